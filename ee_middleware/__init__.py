@@ -1,0 +1,70 @@
+"""ee-middleware: make LangGraph agents learn from their own production tool-use traces.
+
+The top-level names are loaded lazily so that ``import ee_middleware`` stays fast and imports no
+model stack (torch, transformers, vllm) and not even LangChain until a name that needs it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ee_middleware._version import __version__
+
+if TYPE_CHECKING:
+    from ee_middleware.capture.config import CaptureConfig
+    from ee_middleware.capture.processor import ExperienceSpanProcessor
+    from ee_middleware.capture.recorder import RecordedGraph, record_experience
+    from ee_middleware.capture.redaction import Redactor
+    from ee_middleware.records import Action, Approval, ApprovalEvent, Observation, Step, ToolCall, Trajectory
+    from ee_middleware.store import ExperienceStore, LocalExperienceStore, open_store
+
+_LAZY = {
+    "record_experience": "ee_middleware.capture.recorder",
+    "RecordedGraph": "ee_middleware.capture.recorder",
+    "CaptureConfig": "ee_middleware.capture.config",
+    "ExperienceSpanProcessor": "ee_middleware.capture.processor",
+    "Redactor": "ee_middleware.capture.redaction",
+    "ExperienceStore": "ee_middleware.store",
+    "LocalExperienceStore": "ee_middleware.store",
+    "open_store": "ee_middleware.store",
+    "Trajectory": "ee_middleware.records",
+    "Step": "ee_middleware.records",
+    "Action": "ee_middleware.records",
+    "ToolCall": "ee_middleware.records",
+    "Observation": "ee_middleware.records",
+    "Approval": "ee_middleware.records",
+    "ApprovalEvent": "ee_middleware.records",
+}
+
+__all__ = [
+    "Action",
+    "Approval",
+    "ApprovalEvent",
+    "CaptureConfig",
+    "ExperienceSpanProcessor",
+    "ExperienceStore",
+    "LocalExperienceStore",
+    "Observation",
+    "RecordedGraph",
+    "Redactor",
+    "Step",
+    "ToolCall",
+    "Trajectory",
+    "__version__",
+    "open_store",
+    "record_experience",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ee_middleware' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

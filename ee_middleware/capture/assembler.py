@@ -1,0 +1,310 @@
+"""Turn the GenAI spans of one agent run into a :class:`~ee_middleware.records.Trajectory`.
+
+Used by the live span processor and by ``ee traces ingest`` alike. A run is an ``invoke_agent``
+span with its descendants (or a whole trace when no agent span exists); inside it:
+
+* every model span (``chat``) is one decision: ``gen_ai.input.messages`` (+ system instructions)
+  is the state, each tool call in ``gen_ai.output.messages`` becomes a step, a text reply an answer;
+* each tool call's observation comes from the ``execute_tool`` span with the same
+  ``gen_ai.tool.call.id`` (or, failing that, from the tool message in a later model input).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.normalize import normalize, operation_of
+from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.spandata import SpanData
+from ee_middleware.errors import IngestError, RecordError
+from ee_middleware.messages import content_to_text, genai_to_openai, openai_tool_schemas, parse_arguments
+from ee_middleware.records import (
+    Action,
+    Approval,
+    Observation,
+    Step,
+    ToolCall,
+    Trajectory,
+    utcnow,
+)
+
+_ID_NAMESPACE = uuid.UUID("6f1c0f3e-3b1c-4c8e-9f65-2d8b7a1e5c42")
+
+
+@dataclass(frozen=True)
+class AssemblyOptions:
+    """How spans become a trajectory.
+
+    ``app`` names the app when the spans do not (no ``gen_ai.agent.name``/``ee.app``/``service.name``);
+    ``max_observation_chars`` caps stored observations (the cut is recorded in the step).
+    """
+
+    app: str | None = None
+    redactor: Redactor | None = None
+    max_observation_chars: int = 200_000
+    source: str = "otlp-ingest"
+
+
+def split_runs(spans: Sequence[SpanData]) -> list[list[SpanData]]:
+    """Group one trace's spans into agent runs (outermost ``invoke_agent`` subtrees)."""
+    by_id = {s.span_id: s for s in spans}
+    children: dict[str | None, list[SpanData]] = {}
+    for s in spans:
+        parent = s.parent_span_id if s.parent_span_id in by_id else None
+        children.setdefault(parent, []).append(s)
+
+    def subtree(root: SpanData) -> list[SpanData]:
+        out, todo = [], [root]
+        while todo:
+            node = todo.pop()
+            out.append(node)
+            todo.extend(children.get(node.span_id, []))
+        return out
+
+    runs: list[list[SpanData]] = []
+    covered: set[str] = set()
+
+    def visit(node: SpanData) -> None:
+        if operation_of(node.attributes) == sc.OP_INVOKE_AGENT:
+            run = subtree(node)
+            runs.append(run)
+            covered.update(s.span_id for s in run)
+            return
+        for child in children.get(node.span_id, []):
+            visit(child)
+
+    for root in children.get(None, []):
+        visit(root)
+    leftover = [s for s in spans if s.span_id not in covered]
+    if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
+        runs.append(leftover)
+    return runs
+
+
+def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) -> Trajectory:
+    """Build one trajectory from the spans of one run. Raises :class:`IngestError` on bad spans."""
+    options = options or AssemblyOptions()
+    spans = sorted((normalize(s) for s in spans), key=lambda s: (s.start_ns, s.end_ns))
+    if not spans:
+        raise IngestError("No spans to assemble.")
+    root = _root(spans)
+    chats = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) in sc.MODEL_OPERATIONS]
+    tools = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL]
+    if not chats:
+        raise IngestError(
+            f"Trace {root.trace_id}: no model span (gen_ai.operation.name='chat') in run {root.name!r}; "
+            "a trajectory needs the model's inputs and outputs. Enable message capture in the instrumentation."
+        )
+    redact = options.redactor.redact if options.redactor is not None else (lambda v: v)
+    decisions = [_decision(chat, redact) for chat in chats]
+    steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars)
+    attrs = root.attributes
+    last_state, last_output = decisions[-1]["state"], decisions[-1]["outputs"]
+    task = attrs.get(sc.EE_TASK) or _first_user_text(decisions[0]["state"])
+    status, error = _status(root, spans)
+    try:
+        trajectory = Trajectory(
+            id=str(attrs.get(sc.EE_TRAJECTORY_ID) or uuid.uuid5(_ID_NAMESPACE, f"{root.trace_id}:{root.span_id}").hex),
+            app=str(attrs.get(sc.EE_APP) or attrs.get(sc.AGENT_NAME) or root.resource.get("service.name") or options.app or "unknown-app"),
+            app_version=_opt_str(attrs.get(sc.EE_APP_VERSION) or attrs.get(sc.AGENT_VERSION) or root.resource.get("service.version")),
+            thread_id=_opt_str(
+                attrs.get(sc.CONVERSATION_ID)
+                or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None)
+            ),
+            task=redact(task) if task else None,
+            tools=next((d["tools"] for d in decisions if d["tools"]), []),
+            model=_opt_str(chats[0].attributes.get(sc.REQUEST_MODEL) or chats[0].attributes.get(sc.RESPONSE_MODEL)),
+            messages=last_state + last_output,
+            final_answer=redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer,
+            status=status,
+            error=redact(error) if error else None,
+            started_at=_ts(root.start_ns),
+            ended_at=_ts(max(s.end_ns for s in spans)),
+            environment=_json_attr(root, sc.EE_ENVIRONMENT, expect=dict),
+            approval=Approval(),
+            source=options.source,
+            trace_id=root.trace_id,
+            steps=steps,
+        )
+    except RecordError as exc:
+        raise IngestError(f"Trace {root.trace_id}: {exc}") from exc
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise IngestError(f"Trace {root.trace_id}: the spans do not make a valid trajectory: {exc}") from exc
+    for step in trajectory.steps:
+        step.trajectory_id = trajectory.id
+    return trajectory
+
+
+def _root(spans: Sequence[SpanData]) -> SpanData:
+    ids = {s.span_id for s in spans}
+    agents = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) == sc.OP_INVOKE_AGENT]
+    outer = [s for s in agents if s.parent_span_id not in ids]
+    if outer:
+        return outer[0]
+    tops = [s for s in spans if s.parent_span_id not in ids]
+    return tops[0] if tops else spans[0]
+
+
+def _decision(chat: SpanData, redact: Any) -> dict[str, Any]:
+    state = _messages_attr(chat, sc.INPUT_MESSAGES)
+    system = chat.attributes.get(sc.SYSTEM_INSTRUCTIONS)
+    if system and not (state and state[0].get("role") == "system"):
+        state = [{"role": "system", "content": _system_text(system)}, *state]
+    outputs = [m for m in _messages_attr(chat, sc.OUTPUT_MESSAGES) if m.get("role") in ("assistant", None)]
+    tools = _json_attr(chat, sc.TOOL_DEFINITIONS, expect=list) or []
+    try:
+        schemas = openai_tool_schemas(tools)
+    except Exception as exc:
+        raise IngestError(f"Span {chat.span_id} ({chat.name}): {sc.TOOL_DEFINITIONS} is not a list of tool schemas: {exc}") from exc
+    return {"span": chat, "state": redact(state), "outputs": redact(outputs), "tools": schemas}
+
+
+def _system_text(system: Any) -> str:
+    if isinstance(system, str):
+        try:
+            decoded = json.loads(system)
+        except json.JSONDecodeError:
+            return system
+        system = decoded
+    if isinstance(system, list):
+        return "".join(content_to_text(p.get("content")) if isinstance(p, Mapping) else str(p) for p in system)
+    return str(system)
+
+
+def _steps(decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int) -> tuple[list[Step], str | None]:
+    tool_by_call = {str(t.attributes.get(sc.TOOL_CALL_ID)): t for t in tools if t.attributes.get(sc.TOOL_CALL_ID)}
+    unmatched = [t for t in tools if not t.attributes.get(sc.TOOL_CALL_ID)]
+    later_tool_messages: dict[str, dict[str, Any]] = {}
+    for d in decisions:
+        for m in d["state"]:
+            if m.get("role") == "tool" and m.get("tool_call_id"):
+                later_tool_messages.setdefault(m["tool_call_id"], m)
+    steps: list[Step] = []
+    final_answer = None
+    for index, d in enumerate(decisions):
+        chat: SpanData = d["span"]
+        for message in d["outputs"]:
+            calls = message.get("tool_calls") or []
+            for call in calls:
+                function = call.get("function", {})
+                tool_call = ToolCall(
+                    id=call.get("id") or "", name=function.get("name") or "", arguments=parse_arguments(function.get("arguments"))
+                )
+                span = tool_by_call.get(tool_call.id) or _take_by_name(unmatched, tool_call.name)
+                observation, latency = _observation(span, later_tool_messages.get(tool_call.id), redact, max_chars)
+                steps.append(
+                    _step(len(steps), index, d["state"], Action(kind="tool_call", tool_call=tool_call), observation, latency, chat)
+                )
+            text = content_to_text(message.get("content"))
+            if not calls and text:
+                final_answer = text
+                steps.append(_step(len(steps), index, d["state"], Action(kind="answer", content=text), None, None, chat))
+    return steps, final_answer
+
+
+def _step(
+    i: int, decision: int, state: list[dict[str, Any]], action: Action, obs: Observation | None, latency: float | None, chat: SpanData
+) -> Step:
+    return Step(
+        trajectory_id="",
+        index=i,
+        decision_index=decision,
+        state=state,
+        action=action,
+        observation=obs,
+        latency_ms=latency,
+        model_latency_ms=chat.duration_ms,
+    )
+
+
+def _take_by_name(spans: list[SpanData], name: str) -> SpanData | None:
+    for i, span in enumerate(spans):
+        if span.attributes.get(sc.TOOL_NAME) == name:
+            return spans.pop(i)
+    return None
+
+
+def _observation(
+    span: SpanData | None, message: dict[str, Any] | None, redact: Any, max_chars: int
+) -> tuple[Observation | None, float | None]:
+    """The observation the model saw (the tool message of a later model input) or, for the last
+    call of a run, the tool span's result; timing and error flag come from the tool span."""
+    if span is None and message is None:
+        return None, None
+    latency = span.duration_ms if span is not None else None
+    truncated = int(span.attributes.get(sc.EE_OBSERVATION_TRUNCATED) or 0) if span is not None else 0
+    is_error = span is not None and (span.is_error or bool(span.attributes.get(sc.ERROR_TYPE)))
+    if message is not None:
+        result: Any = message.get("content", "")
+    else:
+        assert span is not None
+        result = span.attributes.get(sc.TOOL_CALL_RESULT)
+        if result is None:
+            result = span.exception_message() or span.status_message or ("tool failed" if is_error else "")
+    text = redact(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False))
+    if len(text) > max_chars:
+        truncated += len(text) - max_chars
+        text = text[:max_chars]
+    return Observation(content=text, is_error=is_error, truncated_chars=truncated), latency
+
+
+def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]:
+    status = root.attributes.get(sc.EE_STATUS)
+    error = root.exception_message() or root.status_message if root.is_error else None
+    if status in ("completed", "error", "interrupted"):
+        return str(status), error
+    return ("error", error or "the agent run failed") if root.is_error else ("completed", None)
+
+
+def _messages_attr(span: SpanData, key: str) -> list[dict[str, Any]]:
+    raw = _json_attr(span, key, expect=list)
+    if raw is None:
+        return []
+    try:
+        return genai_to_openai(raw)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise IngestError(f"Span {span.span_id} ({span.name}): {key} does not hold GenAI messages: {exc}") from exc
+
+
+def _json_attr(span: SpanData, key: str, *, expect: type) -> Any:
+    raw = span.attributes.get(key)
+    if raw is None or raw == "":
+        return None
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise IngestError(
+                f"Span {span.span_id} ({span.name}): attribute {key} is not valid JSON ({exc.msg} at char {exc.pos})."
+            ) from exc
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, expect):
+        raise IngestError(
+            f"Span {span.span_id} ({span.name}): attribute {key} must be a JSON {expect.__name__}, got {type(value).__name__}."
+        )
+    return value
+
+
+def _first_user_text(state: list[dict[str, Any]]) -> str | None:
+    for message in state:
+        if message.get("role") == "user":
+            return content_to_text(message.get("content"))
+    return None
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def _ts(ns: int) -> dt.datetime:
+    if ns <= 0:
+        return utcnow()
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)

@@ -1,0 +1,112 @@
+"""Configuration of capture: one typed object, loadable from TOML, overridable by ``EE_*`` variables.
+
+Precedence, lowest first: defaults, the TOML file's ``[capture]`` table, environment variables,
+then keyword arguments given in code.
+
+======================  ===========================  ===================================
+field                   environment variable         meaning
+======================  ===========================  ===================================
+app                     ``EE_APP``                   app name stored with every run
+app_version             ``EE_APP_VERSION``           app version stored with every run
+store                   ``EE_STORE``                 experience store folder
+redact                  ``EE_REDACT`` (0/1)          scrub secrets and e-mails (default on)
+redaction_patterns      (TOML only)                  extra ``{kind = regex}`` rules
+max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
+strict                  ``EE_CAPTURE_STRICT`` (0/1)  raise capture failures instead of logging
+======================  ===========================  ===================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.errors import ConfigError
+
+EnvironmentHook = Callable[[Any, Mapping[str, Any]], Mapping[str, Any] | None]
+
+_ENV = {
+    "app": "EE_APP",
+    "app_version": "EE_APP_VERSION",
+    "store": "EE_STORE",
+    "redact": "EE_REDACT",
+    "max_observation_chars": "EE_MAX_OBSERVATION_CHARS",
+    "strict": "EE_CAPTURE_STRICT",
+}
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Everything :func:`~ee_middleware.record_experience` needs to know.
+
+    ``environment`` is either a fixed dict or a hook ``(graph_input, config) -> dict | None`` called
+    when a run starts; its result is stored as the trajectory's environment reference, which a
+    replay sandbox uses to rebuild the world at step 0. A run can also pass one in
+    ``config["configurable"]["ee_environment"]``.
+    """
+
+    app: str = "default-app"
+    app_version: str | None = None
+    store: str = "./experience"
+    redact: bool = True
+    redaction_patterns: Mapping[str, str] = field(default_factory=dict)
+    redact_fn: Callable[[str], str] | None = None
+    max_observation_chars: int = 200_000
+    strict: bool = False
+    environment: Mapping[str, Any] | EnvironmentHook | None = None
+
+    def __post_init__(self) -> None:
+        if not self.app or not isinstance(self.app, str):
+            raise ConfigError("CaptureConfig.app must be a non-empty string naming the agent, e.g. app='support-bot'.")
+        if self.max_observation_chars < 1:
+            raise ConfigError(f"CaptureConfig.max_observation_chars must be positive, got {self.max_observation_chars}.")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> CaptureConfig:
+        """Defaults <- TOML ``[capture]`` table <- ``EE_*`` environment <- ``overrides``."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(_read_toml_table(Path(path), "capture"))
+        values.update(_from_environment())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown capture setting(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        return cls(**values)
+
+
+def _from_environment() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, var in _ENV.items():
+        raw = os.environ.get(var)
+        if raw is None or raw == "":
+            continue
+        if name in ("redact", "strict"):
+            values[name] = raw.lower() in ("1", "true", "yes", "on")
+        elif name == "max_observation_chars":
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not an integer.") from None
+        else:
+            values[name] = raw
+    return values
+
+
+def _read_toml_table(path: Path, table: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from exc
+    section = data.get(table, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"[{table}] in {path} must be a table.")
+    return section

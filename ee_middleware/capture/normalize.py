@@ -1,0 +1,164 @@
+"""Read GenAI spans written by other instrumentations.
+
+The assembler reads the current GenAI conventions (``gen_ai.operation.name``,
+``gen_ai.input.messages`` as JSON, ...). This module maps the two other common dialects onto them:
+
+* OpenLLMetry / Traceloop's indexed attributes: ``gen_ai.prompt.{i}.role|content|tool_calls.{j}.*``,
+  ``gen_ai.completion.{i}.*``, ``llm.request.type``, ``llm.request.functions.{i}.*``,
+  ``traceloop.span.kind`` and ``traceloop.entity.input|output`` for tools.
+* OpenInference: ``openinference.span.kind`` (LLM / TOOL / AGENT), ``llm.input_messages.{i}.message.*``,
+  ``llm.output_messages.{i}.message.*``, ``llm.tools.{i}.tool.json_schema``, ``tool.name``,
+  ``input.value`` / ``output.value``, ``llm.model_name``.
+
+Attributes already present in GenAI form always win.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.spandata import SpanData
+from ee_middleware.messages import dumps, parse_arguments
+
+_INDEX = re.compile(r"^(\d+)\.(.+)$")
+
+
+def operation_of(attrs: Mapping[str, Any]) -> str | None:
+    """The GenAI operation of a span, recognising the other dialects' markers."""
+    op = attrs.get(sc.OPERATION_NAME)
+    if op:
+        return str(op)
+    kind = str(attrs.get("openinference.span.kind") or attrs.get("traceloop.span.kind") or "").upper()
+    if kind in ("LLM", "CHAT") or str(attrs.get("llm.request.type", "")).lower() == "chat":
+        return sc.OP_CHAT
+    if kind == "TOOL":
+        return sc.OP_EXECUTE_TOOL
+    if kind in ("AGENT", "WORKFLOW"):
+        return sc.OP_INVOKE_AGENT
+    return None
+
+
+def normalize(span: SpanData) -> SpanData:
+    """Return ``span`` with GenAI attributes filled in from the dialect it was written in."""
+    attrs = dict(span.attributes)
+    op = operation_of(attrs)
+    if op is None:
+        return span
+    attrs.setdefault(sc.OPERATION_NAME, op)
+    if op in sc.MODEL_OPERATIONS:
+        _fill_model_attrs(attrs)
+    elif op == sc.OP_EXECUTE_TOOL:
+        _fill_tool_attrs(attrs)
+    elif op == sc.OP_INVOKE_AGENT:
+        name = attrs.get("traceloop.entity.name") or attrs.get("agent.name")
+        if name:
+            attrs.setdefault(sc.AGENT_NAME, name)
+    return replace(span, attributes=attrs)
+
+
+def unflatten(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
+    """Collect ``prefix.{i}.a.b`` attributes into a list of nested dicts ordered by ``i``."""
+    items: dict[int, dict[str, Any]] = {}
+    for key, value in attrs.items():
+        if not key.startswith(prefix + "."):
+            continue
+        match = _INDEX.match(key[len(prefix) + 1 :])
+        if not match:
+            continue
+        _set_path(items.setdefault(int(match.group(1)), {}), match.group(2).split("."), value)
+    return [_lists_from_indexes(items[i]) for i in sorted(items)]
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            return
+    target[path[-1]] = value
+
+
+def _lists_from_indexes(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if node and all(k.isdigit() for k in node):
+        return [_lists_from_indexes(node[k]) for k in sorted(node, key=int)]
+    return {k: _lists_from_indexes(v) for k, v in node.items()}
+
+
+def _fill_model_attrs(attrs: dict[str, Any]) -> None:
+    if sc.INPUT_MESSAGES not in attrs:
+        messages = unflatten(attrs, "gen_ai.prompt") or [m.get("message", m) for m in unflatten(attrs, "llm.input_messages")]
+        if messages:
+            attrs[sc.INPUT_MESSAGES] = dumps([_dialect_message(m) for m in messages])
+    if sc.OUTPUT_MESSAGES not in attrs:
+        messages = unflatten(attrs, "gen_ai.completion") or [m.get("message", m) for m in unflatten(attrs, "llm.output_messages")]
+        if messages:
+            attrs[sc.OUTPUT_MESSAGES] = dumps([_dialect_message(m, default_role="assistant") for m in messages])
+    if sc.TOOL_DEFINITIONS not in attrs:
+        tools = unflatten(attrs, "llm.request.functions")
+        if not tools:
+            tools = [_json_or_none(t.get("tool", {}).get("json_schema")) for t in unflatten(attrs, "llm.tools")]
+        tools = [t for t in tools if isinstance(t, dict)]
+        if tools:
+            for tool in tools:
+                if isinstance(tool.get("parameters"), str):
+                    tool["parameters"] = _json_or_none(tool["parameters"]) or {}
+            attrs[sc.TOOL_DEFINITIONS] = dumps(tools)
+    model = attrs.get("llm.model_name") or attrs.get("llm.request.model")
+    if model:
+        attrs.setdefault(sc.REQUEST_MODEL, model)
+
+
+def _dialect_message(message: Mapping[str, Any], default_role: str = "user") -> dict[str, Any]:
+    """An OpenLLMetry/OpenInference message dict -> OpenAI chat shape."""
+    out: dict[str, Any] = {"role": message.get("role") or default_role, "content": message.get("content") or ""}
+    calls = []
+    for call in message.get("tool_calls") or []:
+        call = call.get("tool_call", call)
+        function = call.get("function", call)
+        calls.append(
+            {
+                "id": str(call.get("id") or ""),
+                "type": "function",
+                "function": {"name": function.get("name", ""), "arguments": dumps(parse_arguments(function.get("arguments")))},
+            }
+        )
+    if calls:
+        out["tool_calls"] = calls
+    if message.get("tool_call_id"):
+        out["tool_call_id"] = str(message["tool_call_id"])
+    return out
+
+
+def _fill_tool_attrs(attrs: dict[str, Any]) -> None:
+    name = attrs.get("tool.name") or attrs.get("traceloop.entity.name")
+    if name:
+        attrs.setdefault(sc.TOOL_NAME, name)
+    if sc.TOOL_CALL_ARGUMENTS not in attrs:
+        raw = attrs.get("input.value") or attrs.get("tool.parameters") or attrs.get("traceloop.entity.input")
+        if raw is not None:
+            decoded = _json_or_none(raw) if isinstance(raw, str) else raw
+            if isinstance(decoded, dict) and isinstance(decoded.get("inputs"), dict):
+                decoded = decoded["inputs"]  # traceloop wraps tool inputs
+            attrs[sc.TOOL_CALL_ARGUMENTS] = dumps(decoded if decoded is not None else raw)
+    if sc.TOOL_CALL_RESULT not in attrs:
+        raw = attrs.get("output.value") or attrs.get("traceloop.entity.output")
+        if raw is not None:
+            attrs[sc.TOOL_CALL_RESULT] = raw if isinstance(raw, str) else dumps(raw)
+    call_id = attrs.get("tool_call.id") or attrs.get("tool.call_id")
+    if call_id:
+        attrs.setdefault(sc.TOOL_CALL_ID, call_id)
+
+
+def _json_or_none(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None

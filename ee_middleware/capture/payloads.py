@@ -1,0 +1,102 @@
+"""Build span attributes from LangChain/LangGraph objects (runs on the finisher thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.redaction import Redactor
+from ee_middleware.messages import (
+    content_to_text,
+    dumps,
+    langchain_to_openai,
+    openai_to_genai,
+    openai_tool_schemas,
+    to_jsonable,
+)
+
+
+class PayloadEncoder:
+    """Turns raw objects into redacted GenAI attribute values."""
+
+    def __init__(self, redactor: Redactor, max_observation_chars: int) -> None:
+        self.redactor = redactor
+        self.max_observation_chars = max_observation_chars
+
+    def _redact(self, value: Any) -> Any:
+        return self.redactor.redact(value) if self.redactor.enabled else value
+
+    def messages(self, messages: Sequence[Any]) -> str:
+        converted = langchain_to_openai(messages)
+        for message in converted:  # a huge tool result would otherwise repeat in every later span
+            if message["role"] == "tool":
+                message["content"] = self._cut(message["content"])[0]
+        return dumps(self._redact(openai_to_genai(converted)))
+
+    def tool_definitions(self, tools: Sequence[Any] | None) -> str | None:
+        if not tools:
+            return None
+        flat = []
+        for schema in openai_tool_schemas(tools):
+            function = schema["function"]
+            flat.append({"type": "function", **function})
+        return dumps(flat)
+
+    def chat_attributes(self, inputs: Sequence[Any], outputs: Sequence[Any], tools: Sequence[Any] | None) -> dict[str, Any]:
+        attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(inputs)}
+        output = openai_to_genai(langchain_to_openai(outputs))
+        for message in output:
+            message["finish_reason"] = "tool_call" if any(p["type"] == "tool_call" for p in message["parts"]) else "stop"
+        attrs[sc.OUTPUT_MESSAGES] = dumps(self._redact(output))
+        attrs[sc.RESPONSE_FINISH_REASONS] = tuple(m["finish_reason"] for m in output)
+        definitions = self.tool_definitions(tools)
+        if definitions:
+            attrs[sc.TOOL_DEFINITIONS] = definitions
+        return attrs
+
+    def tool_arguments(self, arguments: Any) -> str:
+        return dumps(self._redact(to_jsonable(arguments)))
+
+    def tool_result(self, output: Any) -> tuple[str, bool, int]:
+        """(text, is_error, truncated_chars) for a tool's return value."""
+        is_error = False
+        if hasattr(output, "tool_call_id") and hasattr(output, "content"):  # a ToolMessage
+            is_error = getattr(output, "status", "success") == "error"
+            text = content_to_text(output.content)
+        elif isinstance(output, str):
+            text = output
+        else:
+            text = dumps(output)
+        text = self.redactor.redact_text(text) if self.redactor.enabled else text
+        text, truncated = self._cut(text)
+        return text, is_error, truncated
+
+    def _cut(self, text: str) -> tuple[str, int]:
+        if len(text) <= self.max_observation_chars:
+            return text, 0
+        cut = len(text) - self.max_observation_chars
+        return text[: self.max_observation_chars], cut
+
+    def graph_input_attributes(self, graph_input: Any) -> dict[str, Any]:
+        messages = graph_input.get("messages") if isinstance(graph_input, Mapping) else None
+        if not messages:
+            return {}
+        attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages)}
+        task = next((m for m in langchain_to_openai(messages) if m["role"] == "user"), None)
+        if task is not None:
+            attrs[sc.EE_TASK] = self._redact(content_to_text(task["content"]))
+        return attrs
+
+    def graph_output_attributes(self, output: Any) -> dict[str, Any]:
+        messages = output.get("messages") if isinstance(output, Mapping) else None
+        if not messages:
+            return {}
+        converted = langchain_to_openai(messages[-1:])
+        last = converted[-1]
+        if last["role"] != "assistant" or last.get("tool_calls"):
+            return {}
+        return {
+            sc.OUTPUT_MESSAGES: dumps(self._redact(openai_to_genai(converted))),
+            sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
+        }

@@ -1,0 +1,214 @@
+"""An OpenTelemetry span processor that writes finished agent runs into an experience store.
+
+Add it to any SDK ``TracerProvider``: it buffers GenAI spans per run and, when the run's root span
+ends, assembles a trajectory and writes it from a background thread. ``on_end`` only appends to a
+buffer, so it never blocks the thread that ended the span.
+
+With ``recorder_id`` set (as :func:`~ee_middleware.record_experience` does), it takes only the spans
+of that recorder. Without it, it takes every GenAI span and assembles a trace when its local root
+span ends: this is how traces from other instrumentations (OpenLLMetry, OpenInference) are captured
+live.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_runs
+from ee_middleware.capture.normalize import operation_of
+from ee_middleware.capture.spandata import SpanData, from_readable_span
+from ee_middleware.errors import CaptureError
+from ee_middleware.records import Approval, Trajectory, utcnow
+from ee_middleware.store.protocol import ExperienceStore
+
+logger = logging.getLogger("ee_middleware.capture")
+
+ApprovePredicate = Callable[[Trajectory], bool]
+
+
+@dataclass
+class CaptureStats:
+    """Counters of what capture did; ``errors`` holds the last few failure messages."""
+
+    trajectories_written: int = 0
+    trajectories_auto_approved: int = 0
+    runs_failed: int = 0
+    spans_dropped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def record_error(self, message: str) -> None:
+        self.runs_failed += 1
+        self.errors = [*self.errors, message][-20:]
+
+
+def strict_default() -> bool:
+    """Strict capture (raise instead of log) when ``EE_CAPTURE_STRICT=1`` (our test suite sets it)."""
+    return os.environ.get("EE_CAPTURE_STRICT", "").lower() in ("1", "true", "yes")
+
+
+class ExperienceSpanProcessor(SpanProcessor):
+    """Buffers GenAI spans per agent run and writes each finished run to ``store``."""
+
+    def __init__(
+        self,
+        store: ExperienceStore,
+        *,
+        recorder_id: str | None = None,
+        options: AssemblyOptions | None = None,
+        approve_if: ApprovePredicate | None = None,
+        strict: bool | None = None,
+        max_buffered_runs: int = 10_000,
+        max_batch: int = 256,
+    ) -> None:
+        self.store = store
+        self.recorder_id = recorder_id
+        self.options = options or AssemblyOptions(source="record_experience" if recorder_id else "otel-processor")
+        self.approve_if = approve_if
+        self.strict = strict_default() if strict is None else strict
+        self.stats = CaptureStats()
+        self._max_buffered = max_buffered_runs
+        self._max_batch = max_batch
+        self._buffers: OrderedDict[str, list[SpanData]] = OrderedDict()
+        self._jobs: list[list[SpanData]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._busy = False
+        self._closed = False
+        self._pending_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- SpanProcessor -------------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            self._on_end(span)
+        except Exception as exc:  # noqa: BLE001 - capture must never break the host
+            self._fail(f"could not buffer span {span.name!r}: {exc!r}", exc)
+
+    def _on_end(self, span: ReadableSpan) -> None:
+        attrs = span.attributes or {}
+        if self.recorder_id is not None:
+            if attrs.get(sc.EE_RECORDER) != self.recorder_id:
+                return
+            key = str(attrs.get(sc.EE_TRAJECTORY_ID))
+            done = operation_of(attrs) == sc.OP_INVOKE_AGENT
+        else:
+            key = f"{span.context.trace_id:032x}"
+            done = span.parent is None or span.parent.is_remote
+            if operation_of(attrs) is None and not (done and key in self._buffers):
+                return
+        data = from_readable_span(span)
+        with self._lock:
+            if self._closed:
+                return
+            self._buffers.setdefault(key, []).append(data)
+            self._buffers.move_to_end(key)
+            if done:
+                self._jobs.append(self._buffers.pop(key))
+                self._ensure_worker()
+                self._wake.notify()
+            while len(self._buffers) > self._max_buffered:
+                _, dropped = self._buffers.popitem(last=False)
+                self.stats.spans_dropped += len(dropped)
+                logger.warning("ee-middleware dropped %d spans of a run that never finished (buffer full).", len(dropped))
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Wait until every finished run has been written. In strict mode, re-raise a failure."""
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._lock:
+            while self._jobs or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
+            error, self._pending_error = self._pending_error, None
+        if error is not None and self.strict:
+            raise CaptureError(f"Recording failed: {error}") from error
+        return True
+
+    def shutdown(self) -> None:
+        self.force_flush()
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()
+
+    # --- worker --------------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="ee-experience-writer", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs and not self._closed:
+                    self._wake.wait()
+                if not self._jobs:
+                    return
+                jobs, self._jobs = self._jobs[: self._max_batch], self._jobs[self._max_batch :]
+                self._busy = True
+            try:
+                self._write(jobs)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._wake.notify_all()
+
+    def _write(self, jobs: list[list[SpanData]]) -> None:
+        trajectories: list[Trajectory] = []
+        for spans in jobs:
+            runs = [spans] if self.recorder_id is not None else split_runs(spans)
+            for run in runs:
+                try:
+                    trajectories.append(self._approve(assemble(run, self.options)))
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
+        if not trajectories:
+            return
+        try:
+            self.store.write(trajectories)
+            self.stats.trajectories_written += len(trajectories)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(f"could not write {len(trajectories)} trajectories to {self.store!r}: {exc}", exc)
+
+    def _approve(self, trajectory: Trajectory) -> Trajectory:
+        if self.approve_if is None:
+            return trajectory
+        try:
+            approved = bool(self.approve_if(trajectory))
+        except Exception as exc:  # noqa: BLE001 - a user predicate that fails leaves the run pending
+            self._fail(f"approve_if raised for trajectory {trajectory.id}: {exc!r}; it stays pending", exc)
+            return trajectory
+        if approved:
+            trajectory.approval = Approval(status="approved", by="auto:approve_if", at=utcnow(), reason="approve_if returned True")
+            self.stats.trajectories_auto_approved += 1
+        return trajectory
+
+    def _fail(self, message: str, exc: BaseException) -> None:
+        self.stats.record_error(message)
+        logger.error("ee-middleware capture: %s", message)
+        with self._lock:
+            if self._pending_error is None:
+                self._pending_error = exc
+
+    def pending_spans(self) -> int:
+        """Spans buffered for runs that have not finished yet."""
+        with self._lock:
+            return sum(len(v) for v in self._buffers.values())

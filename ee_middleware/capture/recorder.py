@@ -1,0 +1,455 @@
+"""``record_experience``: wrap a compiled LangGraph graph so that every run is recorded.
+
+>>> from ee_middleware import record_experience
+>>> agent = record_experience(graph, app="support-bot", store="./experience")   # doctest: +SKIP
+>>> agent.invoke({"messages": [("user", "Where is my order 42?")]})             # doctest: +SKIP
+
+or, on a function that builds the graph::
+
+    @record_experience(app="support-bot", store="./experience")
+    def build_agent():
+        return create_react_agent(model, tools)
+
+``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch`` and ``abatch`` behave exactly as the
+graph's own (same results, same exceptions); everything else is passed through to the graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import os
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ee_middleware._version import __version__
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.assembler import AssemblyOptions
+from ee_middleware.capture.callbacks import RunCapture
+from ee_middleware.capture.config import CaptureConfig
+from ee_middleware.capture.payloads import PayloadEncoder
+from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, ExperienceSpanProcessor, strict_default
+from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.worker import SpanFinisher
+from ee_middleware.errors import CaptureError, ConfigError
+from ee_middleware.messages import dumps
+from ee_middleware.store.local import open_store
+from ee_middleware.store.protocol import ExperienceStore
+
+logger = logging.getLogger("ee_middleware.capture")
+
+_live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+class Recorder:
+    """Owns the tracer, the span finisher and the span processor of one ``record_experience`` call."""
+
+    def __init__(
+        self,
+        config: CaptureConfig,
+        *,
+        store: ExperienceStore | None = None,
+        tracer_provider: TracerProvider | None = None,
+        approve_if: ApprovePredicate | None = None,
+    ) -> None:
+        self.config = config
+        self.id = uuid.uuid4().hex
+        self.strict = config.strict or strict_default()
+        self.store: ExperienceStore = store if store is not None else open_store(config.store)
+        self.redactor = Redactor(defaults=config.redact, extra_patterns=dict(config.redaction_patterns), custom=config.redact_fn)
+        self.encoder = PayloadEncoder(self.redactor, config.max_observation_chars)
+        self.processor = ExperienceSpanProcessor(
+            self.store,
+            recorder_id=self.id,
+            options=AssemblyOptions(
+                app=config.app, redactor=self.redactor, max_observation_chars=config.max_observation_chars, source="record_experience"
+            ),
+            approve_if=approve_if,
+            strict=self.strict,
+        )
+        self.finisher = SpanFinisher(self.processor._fail)
+        self.tracer_provider = tracer_provider if tracer_provider is not None else self._private_provider()
+        if not hasattr(self.tracer_provider, "add_span_processor"):
+            raise ConfigError(
+                f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(self.tracer_provider).__name__}); "
+                "pass opentelemetry.sdk.trace.TracerProvider() or leave it out."
+            )
+        self.tracer_provider.add_span_processor(self.processor)
+        self.tracer = self.tracer_provider.get_tracer("ee_middleware", __version__)
+        _live_recorders.add(self)
+
+    def _private_provider(self) -> TracerProvider:
+        attrs = {"service.name": self.config.app}
+        if self.config.app_version:
+            attrs["service.version"] = self.config.app_version
+        return TracerProvider(resource=Resource.create(attrs))
+
+    @property
+    def stats(self) -> CaptureStats:
+        """What capture did so far (written, auto-approved, failures)."""
+        return self.processor.stats
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every finished run is in the store. Strict mode re-raises capture failures."""
+        done = self.finisher.flush(timeout)
+        return self.processor.force_flush(int(timeout * 1000)) and done
+
+    def close(self) -> None:
+        """Flush and stop; the recorder records nothing afterwards."""
+        self.flush()
+        self.finisher.close()
+        self.processor.shutdown()
+
+    # --- one run -------------------------------------------------------------------------------
+
+    @contextmanager
+    def run(self, graph_input: Any, config: Mapping[str, Any] | None) -> Iterator[_Run]:
+        """Record one graph run: yields the config to run with; ends the root span afterwards."""
+        run = self._start(graph_input, config)
+        try:
+            yield run
+        except BaseException as exc:
+            run.fail(exc)
+            raise
+        else:
+            run.finish()
+
+    def _start(self, graph_input: Any, config: Mapping[str, Any] | None) -> _Run:
+        try:
+            return _Run(self, graph_input, config)
+        except Exception as exc:
+            if self.strict:
+                raise CaptureError(f"could not start recording: {exc!r}") from exc
+            self.processor._fail(f"could not start recording: {exc!r}", exc)
+            return _Run.disabled(self, config)
+
+
+class _Run:
+    """The root ``invoke_agent`` span of one run and its callback handler."""
+
+    def __init__(self, recorder: Recorder, graph_input: Any, config: Mapping[str, Any] | None) -> None:
+        self.recorder = recorder
+        self.input = graph_input
+        self.output: Any = None
+        self.enabled = True
+        cfg = dict(config or {})
+        configurable = dict(cfg.get("configurable") or {})
+        self.trajectory_id = uuid.uuid4().hex
+        thread_id = configurable.get("thread_id")
+        app = recorder.config.app
+        attrs: dict[str, Any] = {
+            sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
+            sc.AGENT_NAME: app,
+            sc.EE_APP: app,
+            sc.EE_RECORDER: recorder.id,
+            sc.EE_TRAJECTORY_ID: self.trajectory_id,
+        }
+        if recorder.config.app_version:
+            attrs[sc.EE_APP_VERSION] = attrs[sc.AGENT_VERSION] = recorder.config.app_version
+        if thread_id is not None:
+            attrs[sc.CONVERSATION_ID] = str(thread_id)
+        self.environment = self._environment(graph_input, cfg, configurable)
+        self.span = recorder.tracer.start_span(f"invoke_agent {app}", kind=SpanKind.INTERNAL, attributes=attrs)
+        self.context = trace.set_span_in_context(self.span)
+        self.handler = RunCapture(recorder, self.trajectory_id, self.context)
+        self.config = _with_callback(cfg, self.handler)
+
+    @classmethod
+    def disabled(cls, recorder: Recorder, config: Mapping[str, Any] | None) -> _Run:
+        run = cls.__new__(cls)
+        run.recorder, run.enabled, run.config, run.output = recorder, False, config, None
+        return run
+
+    def _environment(self, graph_input: Any, cfg: Mapping[str, Any], configurable: Mapping[str, Any]) -> Any:
+        if configurable.get("ee_environment") is not None:
+            return configurable["ee_environment"]
+        hook = self.recorder.config.environment
+        if callable(hook):
+            return hook(graph_input, cfg)
+        return hook
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make the root span current, so spans the user's code opens nest under it."""
+        if not self.enabled:
+            yield
+            return
+        token = otel_context.attach(self.context)
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    def finish(self, status: str | None = None) -> None:
+        if not self.enabled:
+            return
+        output = self.output
+        if status is None:
+            status = "interrupted" if isinstance(output, Mapping) and output.get("__interrupt__") else "completed"
+        self._end(status, None)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.enabled:
+            return
+        status = (
+            "interrupted" if _is_interrupt(exc) or isinstance(exc, (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)) else "error"
+        )
+        self._end(status, exc)
+
+    def _end(self, status: str, exc: BaseException | None) -> None:
+        self.handler.close_open_spans()
+        span, encoder, graph_input, output, environment = self.span, self.recorder.encoder, self.input, self.output, self.environment
+
+        def finish() -> None:
+            try:
+                attrs: dict[str, Any] = {sc.EE_STATUS: status}
+                attrs.update(encoder.graph_input_attributes(graph_input))
+                attrs.update(encoder.graph_output_attributes(output))
+                if environment is not None:
+                    attrs[sc.EE_ENVIRONMENT] = dumps(environment)
+                span.set_attributes(attrs)
+                if exc is not None and status == "error":
+                    span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, encoder.redactor.redact_text(f"{type(exc).__name__}: {exc}")[:1000]))
+            finally:
+                span.end()
+
+        self.recorder.finisher.submit(finish)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("GraphInterrupt", "NodeInterrupt", "Interrupt")
+
+
+def _with_callback(config: dict[str, Any], handler: RunCapture) -> dict[str, Any]:
+    callbacks = config.get("callbacks")
+    if callbacks is None:
+        config["callbacks"] = [handler]
+    elif isinstance(callbacks, list):
+        config["callbacks"] = [*callbacks, handler]
+    else:  # a CallbackManager: copy it so the caller's manager is not changed
+        manager = callbacks.copy()
+        manager.add_handler(handler, inherit=True)
+        config["callbacks"] = manager
+    return config
+
+
+class RecordedGraph:
+    """A compiled LangGraph graph whose runs are recorded. Behaves like the graph it wraps."""
+
+    def __init__(self, graph: Any, recorder: Recorder) -> None:
+        self._graph = graph
+        self._recorder = recorder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
+
+    def __repr__(self) -> str:
+        return f"RecordedGraph({self._graph!r}, app={self._recorder.config.app!r})"
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder
+
+    def unwrap(self) -> Any:
+        """The original graph, unrecorded."""
+        return self._graph
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every finished run is written to the store."""
+        return self._recorder.flush(timeout)
+
+    def with_config(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> RecordedGraph:
+        return RecordedGraph(self._graph.with_config(config, **kwargs), self._recorder)
+
+    def invoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        with self._recorder.run(input, config) as run, run.active():
+            run.output = self._graph.invoke(input, run.config, **kwargs)
+        return run.output
+
+    async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        with self._recorder.run(input, config) as run, run.active():
+            run.output = await self._graph.ainvoke(input, run.config, **kwargs)
+        return run.output
+
+    def stream(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[Any]:
+        with self._recorder.run(input, config) as run:
+            with run.active():
+                iterator = iter(self._graph.stream(input, run.config, **kwargs))
+            while True:
+                with run.active():
+                    try:
+                        chunk = next(iterator)
+                    except StopIteration:
+                        break
+                yield chunk
+
+    async def astream(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        with self._recorder.run(input, config) as run:
+            with run.active():
+                iterator = self._graph.astream(input, run.config, **kwargs).__aiter__()
+            while True:
+                with run.active():
+                    try:
+                        chunk = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        break
+                yield chunk
+
+    def batch(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        configs = _configs_for(inputs, config)
+        max_workers = (configs[0] or {}).get("max_concurrency") if configs else None
+
+        def one(pair: tuple[Any, Any]) -> Any:
+            try:
+                return self.invoke(pair[0], pair[1], **kwargs)
+            except Exception as exc:
+                if return_exceptions:
+                    return exc
+                raise
+
+        if len(inputs) <= 1:
+            return [one(p) for p in zip(inputs, configs, strict=True)]
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            return list(pool.map(one, zip(inputs, configs, strict=True)))
+
+    async def abatch(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        configs = _configs_for(inputs, config)
+        return list(
+            await asyncio.gather(
+                *(self.ainvoke(i, c, **kwargs) for i, c in zip(inputs, configs, strict=True)), return_exceptions=return_exceptions
+            )
+        )
+
+
+def _configs_for(inputs: Sequence[Any], config: Any) -> list[Any]:
+    if config is None or isinstance(config, Mapping):
+        return [config] * len(inputs)
+    configs = list(config)
+    if len(configs) != len(inputs):
+        raise ValueError(f"batch got {len(inputs)} inputs but {len(configs)} configs")
+    return configs
+
+
+def _is_graph(obj: Any) -> bool:
+    return callable(getattr(obj, "invoke", None)) and callable(getattr(obj, "stream", None))
+
+
+def record_experience(
+    graph: Any = None,
+    *,
+    app: str | None = None,
+    store: str | os.PathLike[str] | ExperienceStore | None = None,
+    app_version: str | None = None,
+    approve_if: ApprovePredicate | None = None,
+    tracer_provider: TracerProvider | None = None,
+    environment: Mapping[str, Any] | Callable[[Any, Mapping[str, Any]], Mapping[str, Any] | None] | None = None,
+    redact: bool | None = None,
+    redaction_patterns: Mapping[str, str] | None = None,
+    redact_fn: Callable[[str], str] | None = None,
+    config: CaptureConfig | str | None = None,
+    **settings: Any,
+) -> Any:
+    """Record every run of a LangGraph graph into an experience store.
+
+    Use it on a compiled graph (``record_experience(graph, app=..., store=...)``) or as a decorator
+    on a function that returns one (``@record_experience(app=..., store=...)``).
+
+    Args:
+        graph: the compiled graph, or a function returning one.
+        app: name of the agent, stored with every run (defaults to the decorated function's name).
+        store: store folder (default ``./experience`` or ``EE_STORE``) or a store object.
+        app_version: version stored with every run.
+        approve_if: ``trajectory -> bool``; runs for which it returns True are approved automatically.
+        tracer_provider: your OpenTelemetry SDK ``TracerProvider``; the spans then also reach your
+            own exporters. By default a private provider is used (the global one is never replaced).
+        environment: environment reference for replay: a dict or a hook ``(input, config) -> dict``.
+        redact / redaction_patterns / redact_fn: secret scrubbing (on by default).
+        config: a :class:`CaptureConfig` or the path of a TOML file with a ``[capture]`` table.
+    """
+    if graph is not None and not _is_graph(graph) and not callable(graph):
+        raise ConfigError(f"record_experience expects a compiled LangGraph graph or a function returning one, got {type(graph).__name__}.")
+
+    store_path = os.fspath(store) if isinstance(store, (str, os.PathLike)) else None
+    store_obj = store if store is not None and store_path is None else None
+
+    def build(default_app: str | None) -> Recorder:
+        overrides = dict(
+            app=app or default_app,
+            store=store_path,
+            app_version=app_version,
+            environment=environment,
+            redact=redact,
+            redaction_patterns=redaction_patterns,
+            redact_fn=redact_fn,
+            **settings,
+        )
+        if isinstance(config, CaptureConfig):
+            import dataclasses
+
+            cfg = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        else:
+            cfg = CaptureConfig.load(config, **overrides)
+        return Recorder(cfg, store=store_obj, tracer_provider=tracer_provider, approve_if=approve_if)
+
+    def wrap(target: Any) -> Any:
+        if isinstance(target, RecordedGraph):
+            return target  # idempotent: never record a run twice
+        if _is_graph(target):
+            return RecordedGraph(target, build(None))
+        recorder_cell: list[Recorder] = []
+
+        @functools.wraps(target)
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            built = target(*args, **kwargs)
+            if isinstance(built, RecordedGraph) or not _is_graph(built):
+                return built
+            if not recorder_cell:
+                recorder_cell.append(build(getattr(target, "__name__", None)))
+            return RecordedGraph(built, recorder_cell[0])
+
+        return factory
+
+    if graph is None:
+        return wrap
+    return wrap(graph)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for recorder in list(_live_recorders):
+        try:
+            recorder.flush(timeout=10)
+            close = getattr(recorder.store, "close", None)
+            if callable(close):
+                close()
+        except Exception:
+            logger.exception("ee-middleware: flushing recorded runs at exit failed")

@@ -1,0 +1,49 @@
+"""Span names and attribute keys: the OpenTelemetry GenAI semantic conventions plus our ``ee.*``.
+
+Kept as plain strings (the GenAI conventions are still "Development" upstream and the incubating
+module of ``opentelemetry-semantic-conventions`` moves between releases).
+"""
+
+from __future__ import annotations
+
+OPERATION_NAME = "gen_ai.operation.name"
+PROVIDER_NAME = "gen_ai.provider.name"
+AGENT_NAME = "gen_ai.agent.name"
+AGENT_VERSION = "gen_ai.agent.version"
+CONVERSATION_ID = "gen_ai.conversation.id"
+REQUEST_MODEL = "gen_ai.request.model"
+RESPONSE_MODEL = "gen_ai.response.model"
+REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+INPUT_MESSAGES = "gen_ai.input.messages"
+OUTPUT_MESSAGES = "gen_ai.output.messages"
+SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+TOOL_DEFINITIONS = "gen_ai.tool.definitions"
+TOOL_NAME = "gen_ai.tool.name"
+TOOL_TYPE = "gen_ai.tool.type"
+TOOL_DESCRIPTION = "gen_ai.tool.description"
+TOOL_CALL_ID = "gen_ai.tool.call.id"
+TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+TOOL_CALL_RESULT = "gen_ai.tool.call.result"
+ERROR_TYPE = "error.type"
+
+OP_INVOKE_AGENT = "invoke_agent"
+OP_CHAT = "chat"
+OP_EXECUTE_TOOL = "execute_tool"
+MODEL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
+
+# ee.* extras
+EE_RECORDER = "ee.recorder.id"
+EE_TRAJECTORY_ID = "ee.trajectory.id"
+EE_APP = "ee.app"
+EE_APP_VERSION = "ee.app.version"
+EE_ENVIRONMENT = "ee.environment"
+EE_STATUS = "ee.status"
+EE_TASK = "ee.task"
+EE_FINAL_ANSWER = "ee.final_answer"
+EE_APPROVAL = "ee.approval"
+EE_OBSERVATION_TRUNCATED = "ee.observation.truncated_chars"
+EE_SCHEMA_VERSION = "ee.schema_version"
+EE_LANGGRAPH_NODE = "ee.langgraph.node"

@@ -1,0 +1,64 @@
+"""A neutral, plain-data view of a finished span.
+
+Both live SDK spans (:class:`opentelemetry.sdk.trace.ReadableSpan`) and spans read from OTLP JSON
+files become :class:`SpanData`, so that one assembler turns either into trajectories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SpanData:
+    """The parts of a span that trajectory assembly reads."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    status_code: str = "UNSET"  # UNSET | OK | ERROR
+    status_message: str | None = None
+    events: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    resource: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> float:
+        return max(self.end_ns - self.start_ns, 0) / 1e6
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code == "ERROR"
+
+    def exception_message(self) -> str | None:
+        """The message of the first recorded exception event, if any."""
+        for name, attrs in self.events:
+            if name == "exception":
+                kind = attrs.get("exception.type")
+                message = attrs.get("exception.message")
+                return f"{kind}: {message}" if kind else str(message)
+        return None
+
+
+def from_readable_span(span: Any) -> SpanData:
+    """Convert an SDK ``ReadableSpan``."""
+    context = span.get_span_context()
+    parent = span.parent
+    return SpanData(
+        trace_id=f"{context.trace_id:032x}",
+        span_id=f"{context.span_id:016x}",
+        parent_span_id=f"{parent.span_id:016x}" if parent is not None else None,
+        name=span.name,
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time or span.start_time or 0,
+        attributes=dict(span.attributes or {}),
+        status_code=span.status.status_code.name,
+        status_message=span.status.description,
+        events=tuple((e.name, dict(e.attributes or {})) for e in span.events),
+        resource=dict(span.resource.attributes) if span.resource is not None else {},
+    )

@@ -1,0 +1,5 @@
+"""The ``ee`` command line."""
+
+from ee_middleware.cli.app import main
+
+__all__ = ["main"]

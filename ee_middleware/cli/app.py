@@ -1,0 +1,56 @@
+"""The ``ee`` command line. Heavy imports happen inside commands, so ``ee --help`` stays fast."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from ee_middleware._version import __version__
+from ee_middleware.cli import store_cmds, traces
+from ee_middleware.errors import EEError
+
+
+class _Root(TyperGroup):
+    """Turns library errors into one red line on stderr and exit code 1 (no traceback)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EEError as exc:
+            typer.secho(f"error: {exc}", err=True, fg="red")
+            raise typer.Exit(1) from exc
+
+
+app = typer.Typer(
+    cls=_Root,
+    name="ee",
+    help="ee-middleware: make LangGraph agents learn from their own tool-use traces.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+app.add_typer(traces.app, name="traces")
+app.add_typer(store_cmds.app, name="store")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ee-middleware {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail to stderr."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Entry point of the ``ee`` script."""
+    app()

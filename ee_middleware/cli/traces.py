@@ -1,0 +1,217 @@
+"""``ee traces``: list, inspect, approve, reject, export and ingest recorded trajectories."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json
+
+app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
+
+LIST_COLUMNS = (
+    "id", "app", "app_version", "approval", "approval_by", "approval_at", "approval_reason", "status",
+    "num_steps", "task", "model", "thread_id", "started_at", "ended_at", "source",
+)  # fmt: skip
+
+
+class StatusFilter(StrEnum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    all = "all"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+@app.command("list")
+def list_traces(
+    store: Path = StoreOption,
+    status: StatusFilter = typer.Option(StatusFilter.all, "--status", help="Only trajectories with this approval."),
+    app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many (newest)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List trajectories, oldest first, with their approval."""
+    frame = open_existing_store(store).trajectories(status=None if status is StatusFilter.all else status.value, app=app_name)
+    frame = frame.sort("started_at")
+    if limit is not None:
+        frame = frame.tail(limit)
+    rows = frame.select(LIST_COLUMNS).to_dicts()
+    if as_json:
+        print_json([{k: _jsonable(v) for k, v in row.items()} for row in rows])
+        return
+    from rich import box
+    from rich.table import Table
+
+    apps = sorted({row["app"] for row in rows})
+    title = f"{len(rows)} trajectories in {store}" + (f" (app {apps[0]})" if len(apps) == 1 else "")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("id", min_width=12, no_wrap=True)
+    if len(apps) > 1:
+        table.add_column("app", max_width=16, overflow="ellipsis", no_wrap=True)
+    table.add_column("approval", min_width=8, no_wrap=True)
+    table.add_column("status", min_width=9, no_wrap=True)
+    table.add_column("steps", justify="right", no_wrap=True)
+    table.add_column("task", ratio=1, min_width=20, overflow="fold")
+    table.add_column("started UTC", min_width=11, no_wrap=True)
+    colours = {"approved": "green", "rejected": "red", "pending": "yellow"}
+    for row in rows:
+        cells = [row["id"][:12]] + ([row["app"]] if len(apps) > 1 else [])
+        cells += [
+            f"[{colours[row['approval']]}]{row['approval']}[/]",
+            row["status"],
+            str(row["num_steps"]),
+            _short(row["task"], 120),
+            row["started_at"].strftime("%m-%d %H:%M") if row["started_at"] else "",
+        ]
+        table.add_row(*cells)
+    console().print(table)
+
+
+@app.command("show")
+def show(
+    trajectory_id: str = typer.Argument(..., help="Trajectory id (a unique prefix is enough)."),
+    store: Path = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show one trajectory with every step: tool call, arguments, observation."""
+    trajectory = open_existing_store(store).get(trajectory_id)
+    if as_json:
+        print_json(trajectory.model_dump(mode="json"))
+        return
+    from rich.panel import Panel
+    from rich.table import Table
+
+    out = console()
+    approval = trajectory.approval
+    header = (
+        f"[bold]{trajectory.id}[/]  app={trajectory.app} version={trajectory.app_version or '-'} model={trajectory.model or '-'}\n"
+        f"status={trajectory.status}  approval={approval.status}"
+        + (f" by {approval.by} at {approval.at:%Y-%m-%d %H:%M:%S}" if approval.by and approval.at else "")
+        + (f" ({approval.reason})" if approval.reason else "")
+        + f"\nthread={trajectory.thread_id or '-'}  started={trajectory.started_at:%Y-%m-%d %H:%M:%S}  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
+        f"[bold]task:[/] {trajectory.task or '-'}"
+    )
+    out.print(Panel(header, title="trajectory"))
+    table = Table(show_lines=True)
+    for column in ("#", "action", "arguments / answer", "observation", "ms"):
+        table.add_column(column, overflow="fold")
+    for step in trajectory.steps:
+        call = step.action.tool_call
+        obs = step.observation
+        observation = "" if obs is None else ("[red]error:[/] " if obs.is_error else "") + _short(obs.content, 300)
+        table.add_row(
+            str(step.index),
+            call.name if call else "[bold]answer[/]",
+            json.dumps(call.arguments, ensure_ascii=False) if call else _short(step.action.content, 300),
+            observation,
+            f"{step.latency_ms:.1f}" if step.latency_ms is not None else "",
+        )
+    out.print(table)
+    if trajectory.error:
+        out.print(f"[red]error:[/] {trajectory.error}")
+
+
+@app.command("approve")
+def approve(
+    trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
+    store: Path = StoreOption,
+    by: str = typer.Option(..., "--by", help="Who approves (stored with the decision)."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
+) -> None:
+    """Approve trajectories for training."""
+    _decide(store, trajectory_ids, "approved", by, reason)
+
+
+@app.command("reject")
+def reject(
+    trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
+    store: Path = StoreOption,
+    by: str = typer.Option(..., "--by", help="Who rejects (stored with the decision)."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
+) -> None:
+    """Reject trajectories: they never feed training."""
+    _decide(store, trajectory_ids, "rejected", by, reason)
+
+
+def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str | None) -> None:
+    from ee_middleware.records import ApprovalEvent
+
+    store = open_existing_store(store_path)
+    resolved = [store.resolve_id(i) for i in ids]
+    store.set_approval([ApprovalEvent(trajectory_id=i, status=status, by=by, reason=reason) for i in resolved])  # type: ignore[arg-type]
+    typer.echo(f"{status.capitalize()} {len(resolved)} trajectory(ies): {', '.join(i[:12] for i in resolved)}")
+
+
+@app.command("export")
+def export(
+    store: Path = StoreOption,
+    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="jsonl: OpenAI chat fine-tuning lines; parquet: one row per trajectory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
+    status: StatusFilter = typer.Option(StatusFilter.approved, "--status", help="Which trajectories (default: approved only)."),
+) -> None:
+    """Export trajectories for fine-tuning (OpenAI chat JSONL with messages and tools, or Parquet)."""
+    from ee_middleware.export import export_jsonl, export_parquet
+
+    source = open_existing_store(store)
+    selected = None if status is StatusFilter.all else status.value
+    count = (export_jsonl if fmt is ExportFormat.jsonl else export_parquet)(source, out, status=selected)
+    typer.echo(f"Wrote {count} trajectories to {out}")
+    if count == 0:
+        typer.secho(f"note: no {status.value} trajectories in {store}; approve some with `ee traces approve`.", err=True, fg="yellow")
+
+
+@app.command("ingest")
+def ingest(
+    files: list[Path] = typer.Argument(..., help="OTLP JSON files (a Collector's file exporter output).", exists=False),
+    store: Path = StoreOption,
+    app_name: str | None = typer.Option(None, "--app", help="App name for runs whose spans name none."),
+    approve_by: str | None = typer.Option(None, "--approve-by", help="Approve every ingested trajectory in this name."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Turn OTLP JSON spans that follow the GenAI conventions into trajectories.
+
+    Spans from any instrumentation are read (ee-middleware, OpenLLMetry, OpenInference). Malformed
+    spans are reported one by one and the good ones are still ingested; the exit code is 1 if any
+    problem was found. Ingesting the same file twice adds nothing.
+    """
+    from ee_middleware.ingest import ingest_files
+    from ee_middleware.store.local import LocalExperienceStore
+
+    report = ingest_files(files, LocalExperienceStore(store), app=app_name, approve_by=approve_by)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        out = console()
+        out.print(
+            f"Read {report.spans} spans from {report.files} file(s): {report.runs} agent run(s), "
+            f"[green]{len(report.ingested)} ingested[/], {len(report.already_stored)} already stored, "
+            f"[{'red' if report.errors else 'green'}]{len(report.errors)} problem(s)[/]."
+        )
+        for error in report.errors:
+            out.print(f"  [red]x[/] {error}", highlight=False)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _short(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _tool_names(tools: list[dict[str, Any]]) -> list[str]:
+    return [t.get("function", {}).get("name", "?") for t in tools]
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value

@@ -1,0 +1,46 @@
+"""The exception tree of ee-middleware.
+
+Every error the library raises on purpose derives from :class:`EEError`; match on the class, never
+on the message text. Each message says what failed and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EEError(Exception):
+    """Root of every ee-middleware error."""
+
+
+class ConfigError(EEError, ValueError):
+    """A configuration value is missing, malformed or inconsistent."""
+
+
+class RecordError(EEError, ValueError):
+    """A record (trajectory, step, approval) does not fit the schema."""
+
+
+class StoreError(EEError):
+    """The experience store cannot be opened, read or written."""
+
+
+class StoreCorruptionWarning(UserWarning):
+    """A stored record was damaged (for example half-written by a crash) and was skipped."""
+
+
+class TrajectoryNotFoundError(StoreError, KeyError):
+    """No trajectory with the given id exists in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CaptureError(EEError):
+    """Recording a run failed. Raised only in strict mode; otherwise logged and counted."""
+
+
+class IngestError(EEError):
+    """A span or trace file could not be turned into a trajectory."""
+
+
+class MissingExtraError(EEError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""

@@ -1,0 +1,80 @@
+"""Export trajectories to fine-tuning formats: OpenAI chat JSONL and Parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ee_middleware.records import ApprovalStatus
+from ee_middleware.store.protocol import ExperienceStore
+
+
+def export_jsonl(store: ExperienceStore, out: str | os.PathLike[str], *, status: ApprovalStatus | None = "approved") -> int:
+    """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for trajectory in store.iter_trajectories(status=status):
+            fh.write(json.dumps(trajectory.to_openai_chat(), ensure_ascii=False) + "\n")
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def export_parquet(store: ExperienceStore, out: str | os.PathLike[str], *, status: ApprovalStatus | None = "approved") -> int:
+    """One row per trajectory: lineage columns, ``messages`` as nested chat structs, ``tools`` as JSON."""
+    rows = [
+        {
+            "id": t.id,
+            "app": t.app,
+            "app_version": t.app_version,
+            "model": t.model,
+            "task": t.task,
+            "approval": t.approval.status,
+            "final_answer": t.final_answer,
+            "num_steps": t.num_steps,
+            "messages": [_message_struct(m) for m in t.messages],
+            "tools": json.dumps(t.tools, ensure_ascii=False),
+        }
+        for t in store.iter_trajectories(status=status)
+    ]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
+    os.replace(tmp, path)
+    return len(rows)
+
+
+_CALL = pl.Struct({"id": pl.String(), "type": pl.String(), "function": pl.Struct({"name": pl.String(), "arguments": pl.String()})})
+_MESSAGE = pl.Struct(
+    {"role": pl.String(), "content": pl.String(), "tool_calls": pl.List(_CALL), "tool_call_id": pl.String(), "name": pl.String()}
+)
+_EXPORT_SCHEMA = {
+    "id": pl.String(),
+    "app": pl.String(),
+    "app_version": pl.String(),
+    "model": pl.String(),
+    "task": pl.String(),
+    "approval": pl.String(),
+    "final_answer": pl.String(),
+    "num_steps": pl.Int64(),
+    "messages": pl.List(_MESSAGE),
+    "tools": pl.String(),
+}
+
+
+def _message_struct(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "role": message.get("role"),
+        "content": message.get("content") if isinstance(message.get("content"), str) else json.dumps(message.get("content")),
+        "tool_calls": message.get("tool_calls") or [],
+        "tool_call_id": message.get("tool_call_id"),
+        "name": message.get("name"),
+    }

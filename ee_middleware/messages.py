@@ -1,0 +1,283 @@
+"""Conversions between the message shapes that meet in this library.
+
+* OpenAI chat messages: the shape stored in records and exported for fine-tuning.
+* OpenTelemetry GenAI messages (``gen_ai.input.messages``): ``{"role", "parts": [...]}`` with parts
+  of type ``text``, ``tool_call`` and ``tool_call_response``.
+* LangChain message objects, converted with ``langchain_core`` (imported lazily: only the capture
+  path has it loaded already).
+
+Plus :func:`to_jsonable` / :func:`dumps`, which turn anything a tool may return into JSON without
+raising, and which replace unpaired surrogates that UTF-8 cannot encode.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Message = dict[str, Any]
+
+
+def clean_text(text: str) -> str:
+    """Replace unpaired surrogates (which UTF-8, Parquet and JSON readers reject) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        # UTF-16 rejoins split surrogate pairs and turns each lone surrogate into one U+FFFD
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def to_jsonable(value: Any, _depth: int = 0) -> Any:
+    """Turn ``value`` into plain JSON data; objects JSON cannot hold become their ``repr``."""
+    if _depth > 64:
+        return "<nested too deep>"
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): to_jsonable(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v, _depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return {"type": "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump):
+        try:
+            return to_jsonable(model_dump(mode="json"), _depth + 1)
+        except Exception:  # noqa: BLE001 - fall through to repr
+            pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value), _depth + 1)
+    return clean_text(repr(value))
+
+
+def dumps(value: Any) -> str:
+    """JSON text for ``value`` (compact, UTF-8, never raises on odd objects)."""
+    return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def content_to_text(content: Any) -> str:
+    """Flatten message content (a string or a list of content blocks) into text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        pieces = []
+        for block in content:
+            if isinstance(block, str):
+                pieces.append(block)
+            elif isinstance(block, Mapping) and isinstance(block.get("text"), str):
+                pieces.append(block["text"])
+            elif isinstance(block, Mapping) and isinstance(block.get("content"), str):
+                pieces.append(block["content"])
+            else:
+                pieces.append(dumps(block))
+        return "".join(pieces)
+    return dumps(content)
+
+
+def parse_arguments(arguments: Any) -> dict[str, Any]:
+    """Tool-call arguments as a dict, from a dict or JSON text; non-objects go under ``"_raw"``."""
+    if isinstance(arguments, Mapping):
+        return dict(to_jsonable(arguments))
+    if arguments is None or arguments == "":
+        return {}
+    if isinstance(arguments, str):
+        try:
+            decoded = json.loads(arguments)
+        except json.JSONDecodeError:
+            return {"_raw": clean_text(arguments)}
+        return decoded if isinstance(decoded, dict) else {"_raw": decoded}
+    return {"_raw": to_jsonable(arguments)}
+
+
+# --- LangChain -> OpenAI ---------------------------------------------------------------------
+
+
+def langchain_to_openai(messages: Iterable[Any]) -> list[Message]:
+    """Convert LangChain messages (objects, tuples or dicts) to OpenAI chat messages."""
+    from langchain_core.messages import convert_to_messages
+
+    out: list[Message] = []
+    for message in convert_to_messages(list(messages)):
+        out.append(_langchain_message_to_openai(message))
+    return out
+
+
+def _langchain_message_to_openai(message: Any) -> Message:
+    kind = message.type
+    role = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}.get(kind, kind)
+    converted: Message = {"role": role, "content": content_to_text(message.content)}
+    if kind == "ai":
+        calls = [
+            {
+                "id": call.get("id") or "",
+                "type": "function",
+                "function": {"name": call["name"], "arguments": dumps(call.get("args") or {})},
+            }
+            for call in getattr(message, "tool_calls", None) or []
+        ]
+        if calls:
+            converted["tool_calls"] = calls
+    elif kind == "tool":
+        converted["tool_call_id"] = message.tool_call_id
+    name = getattr(message, "name", None)
+    if name and kind in ("tool", "human", "ai"):
+        converted["name"] = name
+    return converted
+
+
+def openai_tool_schemas(tools: Iterable[Any] | None) -> list[dict[str, Any]]:
+    """Normalise tool definitions (OpenAI, flat GenAI, or LangChain tools) to OpenAI form."""
+    schemas: list[dict[str, Any]] = []
+    for tool in tools or []:
+        if isinstance(tool, Mapping):
+            schemas.append(_normalise_tool_schema(tool))
+        else:
+            from langchain_core.utils.function_calling import convert_to_openai_tool
+
+            schemas.append(convert_to_openai_tool(tool))
+    return [s for s in schemas if s]
+
+
+def _normalise_tool_schema(tool: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(tool.get("function"), Mapping):
+        function = dict(tool["function"])
+    elif "name" in tool:
+        function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
+    else:
+        return {}
+    function.setdefault("parameters", {"type": "object", "properties": {}})
+    return {"type": "function", "function": to_jsonable(function)}
+
+
+# --- OpenAI <-> GenAI semantic-convention messages ------------------------------------------
+
+
+def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
+    """OpenAI chat messages -> GenAI ``gen_ai.input.messages`` items."""
+    converted = []
+    for message in messages:
+        role = message.get("role", "user")
+        parts: list[dict[str, Any]] = []
+        if role == "tool":
+            parts.append(
+                {
+                    "type": "tool_call_response",
+                    "id": message.get("tool_call_id", ""),
+                    "response": content_to_text(message.get("content")),
+                }
+            )
+        else:
+            text = content_to_text(message.get("content"))
+            if text:
+                parts.append({"type": "text", "content": text})
+            for call in message.get("tool_calls") or []:
+                function = call.get("function", {})
+                parts.append(
+                    {
+                        "type": "tool_call",
+                        "id": call.get("id", ""),
+                        "name": function.get("name", ""),
+                        "arguments": parse_arguments(function.get("arguments")),
+                    }
+                )
+        item: dict[str, Any] = {"role": role, "parts": parts}
+        if message.get("name"):
+            item["name"] = message["name"]
+        converted.append(item)
+    return converted
+
+
+def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
+    """GenAI ``{"role", "parts"}`` messages -> OpenAI chat messages.
+
+    Also accepts messages that are already in OpenAI shape (``content``/``tool_calls``), which some
+    instrumentations emit under the GenAI attribute names.
+    """
+    out: list[Message] = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            raise ValueError(f"a message must be an object, got {type(message).__name__}")
+        if "parts" not in message:
+            out.append(_openai_shaped(message))
+            continue
+        role = str(message.get("role") or "user")
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        responses: list[Message] = []
+        for part in message.get("parts") or []:
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "text":
+                texts.append(content_to_text(part.get("content")))
+            elif kind == "tool_call":
+                calls.append(
+                    {
+                        "id": str(part.get("id") or ""),
+                        "type": "function",
+                        "function": {
+                            "name": str(part.get("name") or ""),
+                            "arguments": dumps(parse_arguments(part.get("arguments"))),
+                        },
+                    }
+                )
+            elif kind == "tool_call_response":
+                responses.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": str(part.get("id") or ""),
+                        "content": _response_text(part.get("response")),
+                    }
+                )
+        if responses:
+            out.extend(responses)
+            continue
+        converted: Message = {"role": role, "content": "".join(texts)}
+        if calls:
+            converted["tool_calls"] = calls
+        if message.get("name"):
+            converted["name"] = message["name"]
+        out.append(converted)
+    return out
+
+
+def _response_text(response: Any) -> str:
+    return response if isinstance(response, str) else dumps(response)
+
+
+def _openai_shaped(message: Mapping[str, Any]) -> Message:
+    converted: Message = {
+        "role": str(message.get("role") or "user"),
+        "content": content_to_text(message.get("content")),
+    }
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or call
+        calls.append(
+            {
+                "id": str(call.get("id") or ""),
+                "type": "function",
+                "function": {
+                    "name": str(function.get("name") or ""),
+                    "arguments": dumps(parse_arguments(function.get("arguments", call.get("args")))),
+                },
+            }
+        )
+    if calls:
+        converted["tool_calls"] = calls
+    for key in ("tool_call_id", "name"):
+        if message.get(key):
+            converted[key] = str(message[key])
+    return converted

@@ -1,0 +1,185 @@
+"""The core records of the experience store: trajectories, steps and approvals.
+
+One schema, versioned by :data:`SCHEMA_VERSION`. Messages and tool calls use the OpenAI chat shapes
+(``{"role": "assistant", "content": ..., "tool_calls": [...]}``) so that data exports straight to
+common fine-tuning formats. Changes to these records are append-only: a new optional field bumps the
+minor part of the version, and readers accept every older version.
+
+Field by field:
+
+``Trajectory``
+    one run of an agent: ``task`` is the first user message, ``tools`` the tool schemas offered to
+    the model (OpenAI ``{"type": "function", "function": {...}}`` form), ``messages`` the whole
+    conversation as the model last saw it plus its final reply, ``environment`` what a sandbox needs
+    to rebuild the world at step 0 (supplied by the user; ``None`` when unknown).
+``Step``
+    one decision of the model: ``state`` is the list of messages the model saw when it decided,
+    ``action`` the tool call it made (or its answer), ``observation`` what the tool returned.
+    Parallel tool calls from one model response become several steps sharing ``decision_index``.
+``Approval``
+    whether the trajectory may feed training (``approved``), may not (``rejected``), or waits for a
+    person (``pending``); with who decided, when and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ee_middleware.errors import RecordError
+
+SCHEMA_VERSION = "1.0"
+"""Version of the record schema written by this library."""
+
+ApprovalStatus = Literal["pending", "approved", "rejected"]
+APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
+TrajectoryStatus = Literal["completed", "error", "interrupted"]
+Message = dict[str, Any]
+ToolSchema = dict[str, Any]
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware in UTC (every timestamp in the store is UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+    @classmethod
+    def parse(cls, data: Any, *, where: str = "") -> Any:
+        """Validate ``data`` (a dict or JSON text); raise :class:`RecordError` naming the field."""
+        try:
+            if isinstance(data, (str, bytes)):
+                return cls.model_validate_json(data)
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecordError(_explain(cls.__name__, exc, where)) from None
+
+
+def _explain(kind: str, exc: ValidationError, where: str) -> str:
+    problems = []
+    for err in exc.errors()[:5]:
+        field = ".".join(str(p) for p in err["loc"]) or "(record)"
+        problems.append(f"{field}: {err['msg']}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    location = f" in {where}" if where else ""
+    return f"Invalid {kind}{location}: " + "; ".join(problems) + more
+
+
+class ToolCall(_Record):
+    """A call of one tool by the model, with arguments already decoded from JSON."""
+
+    id: str
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI chat ``tool_calls`` item for this call."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
+        }
+
+
+class Action(_Record):
+    """What the model did at a step: call a tool, or answer in text."""
+
+    kind: Literal["tool_call", "answer"]
+    tool_call: ToolCall | None = None
+    content: str | None = None
+
+    @field_validator("tool_call")
+    @classmethod
+    def _tool_call_matches_kind(cls, value: ToolCall | None, info: Any) -> ToolCall | None:
+        if info.data.get("kind") == "tool_call" and value is None:
+            raise ValueError("a 'tool_call' action needs its tool_call")
+        return value
+
+
+class Observation(_Record):
+    """What the environment returned for a tool call."""
+
+    content: str
+    is_error: bool = False
+    truncated_chars: int = 0
+
+
+class Step(_Record):
+    """One decision of the model inside a trajectory."""
+
+    trajectory_id: str
+    index: int = Field(ge=0)
+    decision_index: int = Field(ge=0)
+    state: list[Message]
+    action: Action
+    observation: Observation | None = None
+    latency_ms: float | None = None
+    """Wall time of the tool call (``None`` for answers or when the tool span is missing)."""
+    model_latency_ms: float | None = None
+    """Wall time of the model call that produced the action."""
+
+
+class Approval(_Record):
+    """Approval state of a trajectory. ``by``/``at`` are empty while ``pending``."""
+
+    status: ApprovalStatus = "pending"
+    by: str | None = None
+    at: dt.datetime | None = None
+    reason: str | None = None
+
+
+class ApprovalEvent(_Record):
+    """An approval decision as stored in the append-only approval log."""
+
+    trajectory_id: str
+    status: ApprovalStatus
+    by: str
+    at: dt.datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+
+    def as_approval(self) -> Approval:
+        return Approval(status=self.status, by=self.by, at=self.at, reason=self.reason)
+
+
+class Trajectory(_Record):
+    """One recorded agent run with its steps."""
+
+    schema_version: str = SCHEMA_VERSION
+    id: str = Field(min_length=1)
+    app: str = Field(min_length=1)
+    app_version: str | None = None
+    thread_id: str | None = None
+    task: str | None = None
+    tools: list[ToolSchema] = Field(default_factory=list)
+    model: str | None = None
+    messages: list[Message] = Field(default_factory=list)
+    final_answer: str | None = None
+    status: TrajectoryStatus = "completed"
+    error: str | None = None
+    started_at: dt.datetime
+    ended_at: dt.datetime
+    environment: dict[str, Any] | None = None
+    approval: Approval = Field(default_factory=Approval)
+    source: str = "record_experience"
+    trace_id: str | None = None
+    steps: list[Step] = Field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [s.action.tool_call.name for s in self.steps if s.action.tool_call is not None]
+
+    def to_openai_chat(self) -> dict[str, Any]:
+        """This trajectory as one OpenAI chat fine-tuning example (``messages`` and ``tools``)."""
+        example: dict[str, Any] = {"messages": self.messages}
+        if self.tools:
+            example["tools"] = self.tools
+        return example

@@ -1,0 +1,214 @@
+"""An append-only, crash-safe spool of JSON records.
+
+Each writing process owns one *segment* file and holds an exclusive ``flock`` on it while it is
+open, so readers and the compactor can tell a live segment from one left behind by a finished or
+killed process. Every record is one line::
+
+    <crc32 of the JSON, 8 hex digits> <JSON>\\n
+
+A crash can leave at most the last line half-written; readers detect it (no newline, wrong
+checksum or bad JSON), skip it with a :class:`~ee_middleware.errors.StoreCorruptionWarning`, and read
+everything before and after it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.errors import StoreCorruptionWarning, StoreError
+
+SEGMENT_SUFFIX = ".jsonl"
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One spool line for ``record``: checksum, space, compact JSON, newline."""
+    payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return b"%08x " % zlib.crc32(payload) + payload + b"\n"
+
+
+@dataclass(frozen=True)
+class SpoolProblem:
+    """A damaged line found while reading a segment."""
+
+    segment: Path
+    line: int
+    reason: str
+
+
+def decode_lines(data: bytes, segment: Path, *, live: bool) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
+    """Parse a segment's bytes into records, collecting (not raising) problems.
+
+    A final line without a newline in a ``live`` segment is a write in progress, not damage.
+    """
+    records: list[dict[str, Any]] = []
+    problems: list[SpoolProblem] = []
+    lines = data.split(b"\n")
+    tail = lines.pop()  # bytes after the last newline: empty unless a write was cut short
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        record = _decode_line(line)
+        if isinstance(record, str):
+            problems.append(SpoolProblem(segment, number, record))
+        else:
+            records.append(record)
+    if tail and not live:
+        problems.append(SpoolProblem(segment, len(lines) + 1, "half-written last record (no newline)"))
+    return records, problems
+
+
+def _decode_line(line: bytes) -> dict[str, Any] | str:
+    if len(line) < 10 or line[8:9] != b" ":
+        return "line has no checksum prefix"
+    payload = line[9:]
+    try:
+        expected = int(line[:8], 16)
+    except ValueError:
+        return "checksum prefix is not hexadecimal"
+    if zlib.crc32(payload) != expected:
+        return "checksum mismatch (record damaged)"
+    try:
+        record = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"record is not valid JSON: {exc}"
+    if not isinstance(record, dict):
+        return "record is not a JSON object"
+    return record
+
+
+def is_live(segment: Path) -> bool:
+    """Whether some process still holds ``segment`` open for writing."""
+    try:
+        fd = os.open(segment, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_segment(segment: Path, *, warn: bool = True) -> list[dict[str, Any]]:
+    """All intact records of one segment; damaged lines are skipped with a warning."""
+    live = is_live(segment)
+    try:
+        data = segment.read_bytes()
+    except FileNotFoundError:  # compacted away between listing and reading
+        return []
+    records, problems = decode_lines(data, segment, live=live)
+    if warn:
+        for problem in problems:
+            warnings.warn(
+                f"Skipped a damaged record in {problem.segment} line {problem.line}: {problem.reason}. "
+                "The records before and after it are intact.",
+                StoreCorruptionWarning,
+                stacklevel=3,
+            )
+    return records
+
+
+def list_segments(spool_dir: Path) -> list[Path]:
+    """Segments in creation order (their names start with a sortable timestamp)."""
+    if not spool_dir.exists():
+        return []
+    return sorted(p for p in spool_dir.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and not p.name.startswith("."))
+
+
+class SpoolWriter:
+    """Appends records to this process's own segment. Thread-safe; one instance per process."""
+
+    def __init__(self, spool_dir: Path, *, fsync: bool = True, max_segment_bytes: int = 64 << 20, max_segment_age_s: float = 600.0) -> None:
+        self._dir = spool_dir
+        self._fsync = fsync
+        self._max_bytes = max_segment_bytes
+        self._max_age = max_segment_age_s
+        self._opened_at = 0.0
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._size = 0
+        self._pid = os.getpid()
+
+    @property
+    def segment(self) -> Path | None:
+        """The segment currently open for writing, if any."""
+        return self._path
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records durably (one ``write`` and, by default, one ``fsync`` per call)."""
+        data = b"".join(encode_line(r) for r in records)
+        if not data:
+            return
+        with self._lock:
+            fd = self._ensure_open()
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self._fsync:
+                os.fsync(fd)
+            self._size += len(data)
+            # sealed segments can be compacted, so a long-running agent's records still reach Parquet
+            if self._size >= self._max_bytes or time.monotonic() - self._opened_at >= self._max_age:
+                self._seal_locked()
+
+    def seal(self) -> Path | None:
+        """Close the current segment so that it can be compacted; the next append opens a new one."""
+        with self._lock:
+            return self._seal_locked()
+
+    close = seal
+
+    def _ensure_open(self) -> int:
+        if self._fd is not None and self._pid != os.getpid():  # forked child: never share a segment
+            self._fd, self._path, self._size = None, None, 0
+        if self._fd is None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            path = self._dir / _segment_name()
+            # Created and locked under a hidden name, then renamed: a compactor must never see an
+            # unlocked new segment, take it for a dead one and delete it under the writer.
+            hidden = path.with_name(f".{path.name}.new")
+            try:
+                fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.rename(hidden, path)
+            except OSError as exc:
+                raise StoreError(f"Cannot create spool segment {path}: {exc}. Check the store folder's permissions.") from exc
+            self._fd, self._path, self._size, self._pid = fd, path, 0, os.getpid()
+            self._opened_at = time.monotonic()
+        return self._fd
+
+    def _seal_locked(self) -> Path | None:
+        path = self._path
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        self._fd, self._path, self._size = None, None, 0
+        return path
+
+
+def _segment_name() -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:32]
+    return f"{stamp}-{time.time_ns() % 10**9:09d}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SEGMENT_SUFFIX}"
+
+
+def iter_records(spool_dir: Path, *, warn: bool = True) -> Iterator[dict[str, Any]]:
+    """Every intact record of every segment, oldest segment first."""
+    for segment in list_segments(spool_dir):
+        yield from read_segment(segment, warn=warn)

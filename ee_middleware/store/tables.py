@@ -1,0 +1,194 @@
+"""Parquet table schemas of the store and conversion between records and rows.
+
+Scalar fields get their own columns so that they can be filtered without decoding anything;
+nested data (messages, tool schemas, states, arguments) is stored as JSON text columns, which keeps
+the schema stable whatever shapes the messages take.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import polars as pl
+
+from ee_middleware.messages import dumps
+from ee_middleware.records import (
+    Action,
+    Approval,
+    ApprovalEvent,
+    Observation,
+    Step,
+    ToolCall,
+    Trajectory,
+)
+
+UTC_TIME = pl.Datetime("us", "UTC")
+
+TRAJECTORY_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "schema_version": pl.String(),
+    "app": pl.String(),
+    "app_version": pl.String(),
+    "thread_id": pl.String(),
+    "task": pl.String(),
+    "model": pl.String(),
+    "status": pl.String(),
+    "error": pl.String(),
+    "final_answer": pl.String(),
+    "started_at": UTC_TIME,
+    "ended_at": UTC_TIME,
+    "num_steps": pl.Int64(),
+    "source": pl.String(),
+    "trace_id": pl.String(),
+    "recorded_approval": pl.String(),
+    "recorded_approval_by": pl.String(),
+    "recorded_approval_at": UTC_TIME,
+    "recorded_approval_reason": pl.String(),
+    "tools_json": pl.String(),
+    "messages_json": pl.String(),
+    "environment_json": pl.String(),
+}
+
+STEP_SCHEMA: dict[str, pl.DataType] = {
+    "trajectory_id": pl.String(),
+    "index": pl.Int64(),
+    "decision_index": pl.Int64(),
+    "state_json": pl.String(),
+    "action_kind": pl.String(),
+    "tool_call_id": pl.String(),
+    "tool_name": pl.String(),
+    "arguments_json": pl.String(),
+    "content": pl.String(),
+    "observation": pl.String(),
+    "observation_is_error": pl.Boolean(),
+    "observation_truncated_chars": pl.Int64(),
+    "latency_ms": pl.Float64(),
+    "model_latency_ms": pl.Float64(),
+}
+
+APPROVAL_SCHEMA: dict[str, pl.DataType] = {
+    "trajectory_id": pl.String(),
+    "status": pl.String(),
+    "by": pl.String(),
+    "at": UTC_TIME,
+    "reason": pl.String(),
+}
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def trajectory_row(t: Trajectory) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "schema_version": t.schema_version,
+        "app": t.app,
+        "app_version": t.app_version,
+        "thread_id": t.thread_id,
+        "task": t.task,
+        "model": t.model,
+        "status": t.status,
+        "error": t.error,
+        "final_answer": t.final_answer,
+        "started_at": _utc(t.started_at),
+        "ended_at": _utc(t.ended_at),
+        "num_steps": t.num_steps,
+        "source": t.source,
+        "trace_id": t.trace_id,
+        "recorded_approval": t.approval.status,
+        "recorded_approval_by": t.approval.by,
+        "recorded_approval_at": _utc(t.approval.at),
+        "recorded_approval_reason": t.approval.reason,
+        "tools_json": dumps(t.tools),
+        "messages_json": dumps(t.messages),
+        "environment_json": None if t.environment is None else dumps(t.environment),
+    }
+
+
+def step_row(s: Step) -> dict[str, Any]:
+    call = s.action.tool_call
+    obs = s.observation
+    return {
+        "trajectory_id": s.trajectory_id,
+        "index": s.index,
+        "decision_index": s.decision_index,
+        "state_json": dumps(s.state),
+        "action_kind": s.action.kind,
+        "tool_call_id": call.id if call else None,
+        "tool_name": call.name if call else None,
+        "arguments_json": dumps(call.arguments) if call else None,
+        "content": s.action.content,
+        "observation": obs.content if obs else None,
+        "observation_is_error": obs.is_error if obs else None,
+        "observation_truncated_chars": obs.truncated_chars if obs else None,
+        "latency_ms": s.latency_ms,
+        "model_latency_ms": s.model_latency_ms,
+    }
+
+
+def approval_row(e: ApprovalEvent) -> dict[str, Any]:
+    return {"trajectory_id": e.trajectory_id, "status": e.status, "by": e.by, "at": _utc(e.at), "reason": e.reason}
+
+
+def frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """A frame with exactly ``schema``'s columns (an empty frame keeps the schema)."""
+    return pl.DataFrame(rows, schema=schema)
+
+
+def step_from_row(row: dict[str, Any]) -> Step:
+    call = None
+    if row["action_kind"] == "tool_call":
+        call = ToolCall(id=row["tool_call_id"] or "", name=row["tool_name"], arguments=json.loads(row["arguments_json"] or "{}"))
+    observation = None
+    if row["observation"] is not None:
+        observation = Observation(
+            content=row["observation"],
+            is_error=bool(row["observation_is_error"]),
+            truncated_chars=row["observation_truncated_chars"] or 0,
+        )
+    return Step(
+        trajectory_id=row["trajectory_id"],
+        index=row["index"],
+        decision_index=row["decision_index"],
+        state=json.loads(row["state_json"]),
+        action=Action(kind=row["action_kind"], tool_call=call, content=row["content"]),
+        observation=observation,
+        latency_ms=row["latency_ms"],
+        model_latency_ms=row["model_latency_ms"],
+    )
+
+
+def trajectory_from_rows(row: dict[str, Any], steps: list[dict[str, Any]]) -> Trajectory:
+    """Rebuild a :class:`Trajectory`; ``row`` may carry the current ``approval*`` columns."""
+    approval = Approval(
+        status=row.get("approval") or row["recorded_approval"],
+        by=row.get("approval_by", row["recorded_approval_by"]),
+        at=row.get("approval_at", row["recorded_approval_at"]),
+        reason=row.get("approval_reason", row["recorded_approval_reason"]),
+    )
+    return Trajectory(
+        schema_version=row["schema_version"],
+        id=row["id"],
+        app=row["app"],
+        app_version=row["app_version"],
+        thread_id=row["thread_id"],
+        task=row["task"],
+        tools=json.loads(row["tools_json"] or "[]"),
+        model=row["model"],
+        messages=json.loads(row["messages_json"] or "[]"),
+        final_answer=row["final_answer"],
+        status=row["status"],
+        error=row["error"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        environment=json.loads(row["environment_json"]) if row["environment_json"] else None,
+        approval=approval,
+        source=row["source"],
+        trace_id=row["trace_id"],
+        steps=[step_from_row(s) for s in sorted(steps, key=lambda s: s["index"])],
+    )

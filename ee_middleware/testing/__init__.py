@@ -1,0 +1,9 @@
+"""Test helpers that build real objects: a scripted chat model and a store conformance kit.
+
+Import from tests and examples only; this module imports LangChain.
+"""
+
+from ee_middleware.testing.chat_models import ScriptedChatModel, tool_call
+from ee_middleware.testing.store_conformance import check_store
+
+__all__ = ["ScriptedChatModel", "check_store", "tool_call"]

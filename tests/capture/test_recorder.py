@@ -1,0 +1,346 @@
+"""record_experience on real compiled LangGraph graphs, with the real OpenTelemetry SDK."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.prebuilt import create_react_agent
+
+from ee_middleware import LocalExperienceStore, RecordedGraph, record_experience
+from ee_middleware.capture import semconv as sc
+from ee_middleware.errors import CaptureError, ConfigError
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.conftest import USER_TASK, build_multi_node_graph
+
+
+def _messages(result: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return [
+        (m.type, m.content, getattr(m, "tool_calls", None) and [(c["name"], c["args"]) for c in m.tool_calls]) for m in result["messages"]
+    ]
+
+
+def test_invoke_returns_the_same_result_and_records_one_trajectory(react_graph, tools, store, store_path, inventory):
+    plain = _messages(react_graph.invoke(USER_TASK))
+    inventory.stock["pear"] = 0
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    recorded = _messages(agent.invoke(USER_TASK, {"configurable": {"thread_id": "t-42"}}))
+    agent.flush()
+    assert recorded == plain
+    frame = store.trajectories()
+    assert frame.height == 1
+    t = store.get(frame["id"][0])
+    assert (t.app, t.thread_id, t.status, t.model, t.approval.status) == ("shop", "t-42", "completed", "scripted-expert", "pending")
+    assert t.task == "Do we have pears? If not, order 5."
+    assert [tool["function"]["name"] for tool in t.tools] == ["check_stock", "order_item"]
+    assert t.tools[1]["function"]["parameters"]["properties"]["quantity"]["type"] == "integer"
+    assert [s.action.kind for s in t.steps] == ["tool_call", "tool_call", "answer"]
+    first, second, answer = t.steps
+    assert (first.action.tool_call.name, first.action.tool_call.arguments) == ("check_stock", {"item": "pear"})
+    assert first.action.tool_call.id.startswith("call_")
+    assert first.observation.content == "0" and not first.observation.is_error
+    assert second.observation.content == "ordered 5 pear; now 5"
+    assert first.latency_ms is not None and first.latency_ms >= 0 and first.model_latency_ms is not None
+    assert first.state == [{"role": "user", "content": "Do we have pears? If not, order 5."}]
+    assert [m["role"] for m in second.state] == ["user", "assistant", "tool"]
+    assert second.state[1]["tool_calls"][0]["function"]["name"] == "check_stock"
+    assert answer.action.content == t.final_answer == "Pears were out of stock; I ordered 5, so there are 5 now."
+    assert t.messages[-1] == {"role": "assistant", "content": t.final_answer}
+    assert t.environment is None
+
+
+async def test_ainvoke_records_like_invoke(react_graph, store, store_path):
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    result = await agent.ainvoke(USER_TASK)
+    agent.flush()
+    assert result["messages"][-1].content.startswith("Pears were out of stock")
+    [t] = list(store.iter_trajectories())
+    assert [s.action.kind for s in t.steps] == ["tool_call", "tool_call", "answer"]
+
+
+@pytest.mark.parametrize("mode", ["updates", "values", "messages"])
+def test_stream_yields_the_same_chunks_and_records(react_graph, store, store_path, inventory, mode):
+    def shape(chunks: list[Any]) -> list[str]:
+        return [type(c).__name__ if mode == "messages" else ",".join(sorted(c)) for c in chunks]
+
+    plain = shape(list(react_graph.stream(USER_TASK, stream_mode=mode)))
+    inventory.stock["pear"] = 0
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    assert shape(list(agent.stream(USER_TASK, stream_mode=mode))) == plain
+    agent.flush()
+    [t] = list(store.iter_trajectories())
+    assert t.num_steps == 3 and t.final_answer.startswith("Pears")
+
+
+async def test_astream_records(react_graph, store, store_path):
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    chunks = [c async for c in agent.astream(USER_TASK, stream_mode="updates")]
+    assert len(chunks) == 5
+    agent.flush()
+    assert store.trajectories()["num_steps"].to_list() == [3]
+
+
+def test_stream_stopped_early_is_recorded_as_interrupted(react_graph, store, store_path):
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    stream = agent.stream(USER_TASK, stream_mode="updates")
+    next(stream)
+    stream.close()
+    agent.flush()
+    assert store.trajectories()["status"].to_list() == ["interrupted"]
+
+
+def test_exceptions_propagate_unchanged_and_the_run_is_recorded_as_error(tools, store, store_path):
+    class Boom(RuntimeError):
+        pass
+
+    def explode(messages: Any, tools: Any) -> AIMessage:
+        raise Boom("model server went away")
+
+    graph = create_react_agent(ScriptedChatModel(policy=explode), tools)
+    agent = record_experience(graph, app="shop", store=store_path)
+    with pytest.raises(Boom, match="model server went away"):
+        agent.invoke(USER_TASK)
+    agent.flush()
+    row = store.trajectories().row(0, named=True)
+    assert row["status"] == "error" and "model server went away" in row["error"]
+
+
+def test_a_multi_node_graph_records_system_prompt_and_steps(multi_node_graph, store, store_path):
+    agent = record_experience(multi_node_graph, app="shop", store=store_path)
+    agent.invoke(USER_TASK)
+    agent.flush()
+    [t] = list(store.iter_trajectories())
+    assert t.steps[0].state[0] == {"role": "system", "content": "You manage a fruit shop."}
+    assert [s.action.kind for s in t.steps] == ["tool_call", "tool_call", "answer"]
+
+
+def test_decorator_on_a_graph_factory(react_graph, store, store_path):
+    @record_experience(app="shop", store=store_path)
+    def build() -> Any:
+        return react_graph
+
+    first, second = build(), build()
+    assert isinstance(first, RecordedGraph) and first.recorder is second.recorder
+    first.invoke(USER_TASK)
+    first.flush()
+    assert store.trajectories().height == 1
+    assert first.unwrap() is react_graph
+    assert record_experience(first, app="other") is first, "wrapping twice must not record twice"
+
+
+def test_bare_decorator_uses_the_function_name_as_app(react_graph, store_path, monkeypatch):
+    monkeypatch.setenv("EE_STORE", str(store_path))
+
+    @record_experience
+    def support_bot() -> Any:
+        return react_graph
+
+    agent = support_bot()
+    agent.invoke(USER_TASK)
+    agent.flush()
+    assert LocalExperienceStore(store_path).trajectories()["app"].to_list() == ["support_bot"]
+
+
+def test_spans_follow_the_genai_conventions_and_reach_the_users_provider(react_graph, store_path, tracer_provider, span_exporter):
+    agent = record_experience(react_graph, app="shop", store=store_path, tracer_provider=tracer_provider)
+    agent.invoke(USER_TASK, {"configurable": {"thread_id": "th-1"}})
+    agent.flush()
+    spans = span_exporter.get_finished_spans()
+    names = [s.name for s in spans]
+    assert names.count("chat scripted-expert") == 3
+    assert {"execute_tool check_stock", "execute_tool order_item", "invoke_agent shop"} <= set(names)
+    root = next(s for s in spans if s.name == "invoke_agent shop")
+    assert root.attributes[sc.OPERATION_NAME] == "invoke_agent"
+    assert root.attributes[sc.AGENT_NAME] == "shop" and root.attributes[sc.CONVERSATION_ID] == "th-1"
+    children = [s for s in spans if s is not root]
+    assert all(s.parent.span_id == root.context.span_id and s.context.trace_id == root.context.trace_id for s in children)
+    tool_span = next(s for s in spans if s.name == "execute_tool check_stock")
+    assert tool_span.attributes[sc.OPERATION_NAME] == "execute_tool"
+    assert tool_span.attributes[sc.TOOL_NAME] == "check_stock"
+    assert tool_span.attributes[sc.TOOL_CALL_ID].startswith("call_")
+    assert json.loads(tool_span.attributes[sc.TOOL_CALL_ARGUMENTS]) == {"item": "pear"}
+    assert tool_span.attributes[sc.TOOL_CALL_RESULT] == "0"
+    chat = next(s for s in spans if s.name.startswith("chat"))
+    assert chat.attributes[sc.OPERATION_NAME] == "chat" and chat.attributes[sc.REQUEST_MODEL] == "scripted-expert"
+    inputs = json.loads(chat.attributes[sc.INPUT_MESSAGES])
+    assert inputs == [{"role": "user", "parts": [{"type": "text", "content": "Do we have pears? If not, order 5."}]}]
+    outputs = json.loads(chat.attributes[sc.OUTPUT_MESSAGES])
+    assert outputs[0]["parts"][0]["type"] == "tool_call" and outputs[0]["parts"][0]["arguments"] == {"item": "pear"}
+    assert outputs[0]["finish_reason"] == "tool_call"
+    assert [d["name"] for d in json.loads(chat.attributes[sc.TOOL_DEFINITIONS])] == ["check_stock", "order_item"]
+
+
+def test_user_spans_inside_tools_nest_under_the_agent_span(expert_model, store_path, tracer_provider, span_exporter):
+    tracer = tracer_provider.get_tracer("user-code")
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        with tracer.start_as_current_span("db.query"):
+            return "0"
+
+    @tool
+    def order_item(item: str, quantity: int) -> str:
+        """Order more of an item."""
+        return "ok"
+
+    agent = record_experience(
+        create_react_agent(expert_model, [check_stock, order_item]), app="shop", store=store_path, tracer_provider=tracer_provider
+    )
+    agent.invoke(USER_TASK)
+    agent.flush()
+    spans = {s.name: s for s in span_exporter.get_finished_spans()}
+    assert spans["db.query"].context.trace_id == spans["invoke_agent shop"].context.trace_id
+
+
+def test_approve_if_approves_automatically_and_a_failing_predicate_leaves_pending(react_graph, store, store_path, monkeypatch):
+    agent = record_experience(react_graph, app="shop", store=store_path, approve_if=lambda t: t.num_steps == 3)
+    agent.invoke(USER_TASK)
+    agent.flush()
+    row = store.trajectories().row(0, named=True)
+    assert (row["approval"], row["approval_by"]) == ("approved", "auto:approve_if")
+    assert agent.recorder.stats.trajectories_auto_approved == 1
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+
+    def broken(t: Any) -> bool:
+        raise KeyError("no such field")
+
+    lenient = record_experience(react_graph, app="shop2", store=store_path, approve_if=broken, strict=False)
+    lenient.invoke(USER_TASK)
+    lenient.flush()
+    assert store.trajectories(app="shop2")["approval"].to_list() == ["pending"]
+    assert lenient.recorder.stats.runs_failed == 1
+
+
+def test_environment_reference_from_a_hook_and_from_the_run_config(react_graph, store, store_path):
+    seen: list[Any] = []
+
+    def environment(graph_input: Any, config: Any) -> dict[str, Any]:
+        seen.append(config.get("configurable", {}).get("thread_id"))
+        return {"inventory": {"pear": 0}, "seed": 7}
+
+    agent = record_experience(react_graph, app="shop", store=store_path, environment=environment)
+    agent.invoke(USER_TASK, {"configurable": {"thread_id": "x"}})
+    agent.invoke(USER_TASK, {"configurable": {"ee_environment": {"scenario": "given"}}})
+    agent.flush()
+    environments = [t.environment for t in store.iter_trajectories()]
+    assert environments == [{"inventory": {"pear": 0}, "seed": 7}, {"scenario": "given"}]
+    assert seen == ["x"]
+
+
+def test_eight_threads_recording_at_once_lose_nothing(expert_model, tools, store, store_path):
+    graph = create_react_agent(expert_model, tools)
+    agent = record_experience(graph, app="shop", store=store_path)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(5):
+                agent.invoke(USER_TASK, {"configurable": {"thread_id": f"w{n}-{i}"}})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    agent.flush()
+    assert not errors
+    frame = store.trajectories()
+    assert frame.height == 40 and frame["id"].n_unique() == 40
+    assert sorted(frame["thread_id"].to_list()) == sorted(f"w{n}-{i}" for n in range(8) for i in range(5))
+    assert set(frame["num_steps"].to_list()) == {3}, "steps of concurrent runs must not mix"
+
+
+def test_batch_records_each_input(react_graph, store, store_path):
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    results = agent.batch([USER_TASK, USER_TASK, USER_TASK])
+    agent.flush()
+    assert len(results) == 3 and store.trajectories().height == 3
+
+
+def test_odd_tool_outputs_unicode_and_huge_observations(store, store_path):
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<Opaque thing>"
+
+    @tool(response_format="content_and_artifact")
+    def fetch(kind: str) -> tuple[str, Any]:
+        """Fetch something."""
+        if kind == "huge":
+            return "x" * 50_000, None
+        if kind == "unicode":
+            return "naïve café ✓ 日本語 \ud800 🚀", Opaque()
+        return json.dumps({"set": "ok"}), {1, 2}
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("fetch", kind="unicode")]),
+        AIMessage(content="", tool_calls=[tool_call("fetch", kind="huge")]),
+        AIMessage(content="", tool_calls=[tool_call("fetch", kind="set")]),
+        AIMessage(content="done ✓"),
+    ]
+    graph = create_react_agent(ScriptedChatModel(script=script), [fetch])
+    agent = record_experience(graph, app="odd", store=store_path, max_observation_chars=1000)
+    agent.invoke({"messages": [("user", "fetch odd things 🚀")]})
+    agent.flush()
+    store.compact()
+    [t] = list(LocalExperienceStore(store_path).iter_trajectories())
+    unicode_step, huge_step, set_step, _ = t.steps
+    assert unicode_step.observation.content == "naïve café ✓ 日本語 \ufffd 🚀"
+    assert len(huge_step.observation.content) == 1000 and huge_step.observation.truncated_chars == 49_000
+    assert all(len(m["content"]) <= 1000 for m in t.messages if m["role"] == "tool")
+    assert set_step.observation.content == '{"set": "ok"}'
+    assert t.task == "fetch odd things 🚀"
+
+
+def test_tool_errors_are_recorded_as_error_observations(tools, store, store_path):
+    script = [AIMessage(content="", tool_calls=[tool_call("check_stock", item="kiwi")]), AIMessage(content="No kiwis known.")]
+    graph = build_multi_node_graph(ScriptedChatModel(script=script), tools)
+    agent = record_experience(graph, app="shop", store=store_path)
+    agent.invoke({"messages": [("user", "kiwis?")]})
+    agent.flush()
+    [t] = list(store.iter_trajectories())
+    assert t.steps[0].observation.is_error
+    assert "unknown item 'kiwi'" in t.steps[0].observation.content
+
+
+class FailingStore(LocalExperienceStore):
+    """A real local store whose writes fail, as a full disk would make them."""
+
+    def write(self, trajectories: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_recording_failures_never_break_the_agent(react_graph, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(react_graph, app="shop", store=FailingStore(tmp_path / "s"), strict=False)
+    result = agent.invoke(USER_TASK)
+    assert result["messages"][-1].content.startswith("Pears")
+    assert agent.flush()
+    stats = agent.recorder.stats
+    assert stats.runs_failed == 1 and "No space left on device" in stats.errors[0]
+
+
+def test_recording_failures_raise_in_strict_mode(react_graph, tmp_path: Path):
+    agent = record_experience(react_graph, app="shop", store=FailingStore(tmp_path / "s"), strict=True)
+    agent.invoke(USER_TASK)
+    with pytest.raises(CaptureError, match="No space left on device"):
+        agent.flush()
+
+
+def test_bad_arguments_are_rejected_with_a_clear_message(react_graph, store_path):
+    with pytest.raises(ConfigError, match="compiled LangGraph graph"):
+        record_experience(42, app="x")
+    with pytest.raises(ConfigError, match="max_observation_chars"):
+        record_experience(react_graph, app="x", store=store_path, max_observation_chars=0)
+    with pytest.raises(ConfigError, match="Unknown capture setting"):
+        record_experience(react_graph, app="x", store=store_path, colour="blue")
+    with pytest.raises(ConfigError, match="TracerProvider"):
+        record_experience(react_graph, app="x", store=store_path, tracer_provider=object())

@@ -1,0 +1,141 @@
+"""The ``ee`` CLI: contracts of ``--json`` outputs, approvals, export, ingest, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware.cli.app import app
+from ee_middleware.ingest.otlp_json import spans_to_otlp_json
+from tests.conftest import USER_TASK
+
+runner = CliRunner()
+
+
+def ee(*args: str) -> object:
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def recorded(react_graph, store_path: Path, tracer_provider, span_exporter, inventory) -> Path:
+    agent = record_experience(react_graph, app="shop", store=store_path, tracer_provider=tracer_provider)
+    for i in range(3):
+        inventory.stock["pear"] = 0
+        agent.invoke(USER_TASK, {"configurable": {"thread_id": f"t{i}"}})
+    agent.recorder.close()  # as when the agent's process ends: its spool segment can be compacted
+    return store_path
+
+
+def test_list_json_contract(recorded: Path):
+    result = ee("traces", "list", "--store", str(recorded), "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert isinstance(rows, list) and len(rows) == 3
+    for row in rows:
+        assert {"id", "app", "approval", "num_steps"} <= set(row)
+        assert (row["app"], row["approval"], row["num_steps"]) == ("shop", "pending", 3)
+        assert len(row["id"]) == 32
+
+
+def test_show_json_has_every_step_with_call_and_observation(recorded: Path):
+    first = json.loads(ee("traces", "list", "--store", str(recorded), "--json").stdout)[0]["id"]
+    result = ee("traces", "show", first[:8], "--store", str(recorded), "--json")
+    assert result.exit_code == 0, result.output
+    trajectory = json.loads(result.stdout)
+    assert trajectory["id"] == first and trajectory["schema_version"] == "1.0"
+    steps = trajectory["steps"]
+    assert [s["action"]["kind"] for s in steps] == ["tool_call", "tool_call", "answer"]
+    assert steps[0]["action"]["tool_call"]["name"] == "check_stock"
+    assert steps[0]["action"]["tool_call"]["arguments"] == {"item": "pear"}
+    assert steps[0]["observation"]["content"] == "0"
+
+
+def test_tables_for_people(recorded: Path):
+    listing = ee("traces", "list", "--store", str(recorded))
+    assert listing.exit_code == 0 and "3 trajectories" in listing.stdout and "pending" in listing.stdout
+    first = json.loads(ee("traces", "list", "--store", str(recorded), "--json").stdout)[0]["id"]
+    shown = ee("traces", "show", first, "--store", str(recorded))
+    assert shown.exit_code == 0 and "check_stock" in shown.stdout and "order_item" in shown.stdout
+
+
+def test_approve_reject_and_filter(recorded: Path):
+    ids = [r["id"] for r in json.loads(ee("traces", "list", "--store", str(recorded), "--json").stdout)]
+    ok = ee("traces", "approve", ids[0][:10], ids[1], "--store", str(recorded), "--by", "alice", "--reason", "looks right")
+    assert ok.exit_code == 0, ok.output
+    assert ee("traces", "reject", ids[2], "--store", str(recorded), "--by", "bob").exit_code == 0
+    approved = json.loads(ee("traces", "list", "--store", str(recorded), "--status", "approved", "--json").stdout)
+    assert [r["id"] for r in approved] == ids[:2]
+    assert approved[0]["approval_by"] == "alice" and approved[0]["approval_reason"] == "looks right"
+    rejected = json.loads(ee("traces", "list", "--store", str(recorded), "--status", "rejected", "--json").stdout)
+    assert [r["id"] for r in rejected] == [ids[2]]
+
+
+def test_errors_exit_non_zero_with_a_clear_message(recorded: Path, tmp_path: Path):
+    missing = ee("traces", "approve", "does-not-exist", "--store", str(recorded), "--by", "x")
+    assert missing.exit_code == 1 and "No trajectory 'does-not-exist'" in missing.output
+    no_store = ee("traces", "list", "--store", str(tmp_path / "nowhere"))
+    assert no_store.exit_code == 1 and "No experience store" in no_store.output
+    bad_status = ee("traces", "list", "--store", str(recorded), "--status", "maybe")
+    assert bad_status.exit_code == 2
+    assert ee("traces", "approve", "x", "--store", str(recorded)).exit_code == 2, "--by is required"
+
+
+def test_export_jsonl_and_parquet(recorded: Path, tmp_path: Path):
+    ids = [r["id"] for r in json.loads(ee("traces", "list", "--store", str(recorded), "--json").stdout)]
+    ee("traces", "approve", ids[0], ids[1], "--store", str(recorded), "--by", "alice")
+    out = tmp_path / "train.jsonl"
+    result = ee("traces", "export", "--store", str(recorded), "--format", "jsonl", "--out", str(out))
+    assert result.exit_code == 0 and "Wrote 2" in result.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 2 and set(lines[0]) == {"messages", "tools"}
+    roles = [m["role"] for m in lines[0]["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert lines[0]["tools"][0]["function"]["name"] == "check_stock"
+    parquet = tmp_path / "train.parquet"
+    assert ee("traces", "export", "--store", str(recorded), "--format", "parquet", "--out", str(parquet), "--status", "all").exit_code == 0
+    frame = pl.read_parquet(parquet)
+    assert frame.height == 3 and frame["messages"].list.len().to_list() == [6, 6, 6]
+    assert frame["messages"][0][1]["tool_calls"][0]["function"]["name"] == "check_stock"
+
+
+def test_ingest_command_and_exit_codes(react_graph, tmp_path: Path, tracer_provider, span_exporter):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "live", tracer_provider=tracer_provider)
+    agent.invoke(USER_TASK)
+    agent.flush()
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(spans_to_otlp_json(list(span_exporter.get_finished_spans()))) + "\n")
+    target = tmp_path / "ingested"
+    result = ee("traces", "ingest", str(good), "--store", str(target), "--approve-by", "importer", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["ingested"], report["errors"]) == (1, [])
+    assert LocalExperienceStore(target).trajectories()["approval"].to_list() == ["approved"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + "{broken\n")
+    result = ee("traces", "ingest", str(bad), "--store", str(target))
+    assert result.exit_code == 1
+    assert "1 already stored" in result.stdout and "not valid JSON" in result.stdout
+
+
+def test_store_info_and_compact(recorded: Path):
+    result = ee("store", "compact", "--store", str(recorded))
+    assert result.exit_code == 0 and "Compacted 1" in result.stdout
+    info = json.loads(ee("store", "info", "--store", str(recorded), "--json").stdout)
+    assert info["trajectories"] == 3 and info["parquet_parts"]["trajectories"] == 1 and info["spool_segments"] == 0
+
+
+def test_the_installed_ee_script_runs(recorded: Path):
+    ee_script = Path(sys.executable).parent / "ee"
+    help_text = subprocess.run([str(ee_script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "traces" in help_text and "store" in help_text
+    version = subprocess.run([str(ee_script), "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("ee-middleware ")
+    failed = subprocess.run([str(ee_script), "traces", "show", "nope", "--store", str(recorded)], capture_output=True, text=True)
+    assert failed.returncode == 1 and "error: No trajectory 'nope'" in failed.stderr

@@ -1,0 +1,190 @@
+"""The embedded store: real Parquet files, a real spool, real processes killed mid-write."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ee_middleware.errors import StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.store.spool import list_segments
+from ee_middleware.testing import check_store
+from ee_middleware.testing.store_conformance import sample_trajectory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_local_store_passes_the_conformance_kit(store_path: Path):
+    check_store(lambda: LocalExperienceStore(store_path))
+
+
+def test_records_are_readable_as_soon_as_written_and_after_compaction(store: LocalExperienceStore, store_path: Path):
+    written = [sample_trajectory("a"), sample_trajectory("b")]
+    store.write(written)
+    assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["a", "b"]
+    assert store.compact() == 1
+    assert list_segments(store_path / "spool") == []
+    parts = sorted(p.parent.name for p in store_path.glob("*/part-*.parquet"))
+    assert parts == ["steps", "trajectories"]
+    frame = pl.read_parquet(next((store_path / "trajectories").glob("part-*.parquet")))
+    assert frame["id"].to_list() == ["a", "b"], "parts are plain Parquet any tool can read"
+    assert store.get("b") == written[1]
+
+
+def test_compaction_skips_segments_of_live_writers(store_path: Path):
+    writer = LocalExperienceStore(store_path)
+    writer.write([sample_trajectory("live")])
+    other = LocalExperienceStore(store_path)
+    assert other.compact() == 0, "a segment held by a running writer is not touched"
+    assert other.trajectories()["id"].to_list() == ["live"]
+    writer.close()
+    assert other.compact() == 1
+
+
+def test_many_parts_are_merged(store_path: Path, monkeypatch):
+    monkeypatch.setattr("ee_middleware.store.local.MAX_PARTS_BEFORE_MERGE", 3)
+    store = LocalExperienceStore(store_path)
+    for i in range(5):
+        store.write([sample_trajectory(f"t{i}")])
+        store.compact()
+    assert len(list((store_path / "trajectories").glob("part-*.parquet"))) <= 3
+    assert store.trajectories()["id"].to_list() == [f"t{i}" for i in range(5)]
+
+
+def test_a_half_written_last_record_is_skipped_with_a_warning(store: LocalExperienceStore, store_path: Path):
+    store.write([sample_trajectory("good")])
+    segment = store._writer.segment
+    store.close()
+    with open(segment, "ab") as fh:  # what a crash in the middle of a write leaves behind
+        fh.write(b'0badc0de {"kind": "trajectory", "data": {"id": "cut')
+    with pytest.warns(StoreCorruptionWarning, match="half-written"):
+        frame = LocalExperienceStore(store_path).trajectories()
+    assert frame["id"].to_list() == ["good"]
+
+
+def test_a_damaged_record_in_the_middle_is_skipped_and_the_segment_quarantined(store_path: Path):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("before")])
+    store.write([sample_trajectory("damaged")])
+    store.write([sample_trajectory("after")])
+    segment = store._writer.segment
+    store.close()
+    lines = segment.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"damaged", b"dXmaged")  # bit rot: the checksum no longer matches
+    segment.write_bytes(b"\n".join(lines))
+    with pytest.warns(StoreCorruptionWarning, match="checksum mismatch"):
+        assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["before", "after"]
+    LocalExperienceStore(store_path).compact()
+    assert [p.name for p in (store_path / "quarantine").iterdir()] == [segment.name]
+    assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["before", "after"]
+
+
+def test_an_unreadable_parquet_part_is_reported_and_the_rest_still_read(store: LocalExperienceStore, store_path: Path):
+    store.write([sample_trajectory("kept")])
+    store.compact()
+    (store_path / "trajectories" / "part-99999999T000000-000000000-deadbeef.parquet").write_bytes(b"PAR1 not really")
+    with pytest.warns(StoreCorruptionWarning, match="unreadable Parquet part"):
+        assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["kept"]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.testing.store_conformance import sample_trajectory
+    store = LocalExperienceStore(sys.argv[1])
+    prefix = sys.argv[2]
+    for i in range(int(sys.argv[3])):
+        store.write([sample_trajectory(f"{prefix}-{i}", steps=40)])
+        print(f"{prefix}-{i}", flush=True)
+    """
+)
+
+
+def _writer(store_path: Path, prefix: str, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(store_path), prefix, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def test_a_writer_killed_mid_write_loses_nothing_it_confirmed(store_path: Path):
+    LocalExperienceStore(store_path)
+    proc = _writer(store_path, "k", 100_000)
+    confirmed = [proc.stdout.readline().strip() for _ in range(30)]
+    os.kill(proc.pid, signal.SIGKILL)
+    rest = proc.stdout.read().split()
+    proc.wait()
+    confirmed += rest
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreCorruptionWarning)  # the last record may be cut short
+        reader = LocalExperienceStore(store_path)
+        ids = set(reader.trajectories()["id"].to_list())
+        assert set(confirmed) <= ids
+        reader.compact()
+    assert set(confirmed) <= set(LocalExperienceStore(store_path).trajectories()["id"].to_list())
+
+
+def test_many_processes_writing_at_once_lose_nothing(store_path: Path):
+    LocalExperienceStore(store_path)
+    procs = [_writer(store_path, f"p{n}", 25) for n in range(4)]
+    compactor = LocalExperienceStore(store_path)
+    while any(p.poll() is None for p in procs):
+        compactor.compact()  # compaction racing the writers must not lose or duplicate anything
+        time.sleep(0.01)
+    assert all(p.returncode == 0 for p in procs)
+    compactor.compact()
+    frame = LocalExperienceStore(store_path).trajectories()
+    assert frame.height == 100 and frame["id"].n_unique() == 100
+    assert LocalExperienceStore(store_path).steps().height == 100 * 41
+
+
+def test_opening_errors_name_the_problem(tmp_path: Path):
+    with pytest.raises(StoreError, match="No experience store"):
+        LocalExperienceStore(tmp_path / "missing", create=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="non-empty folder"):
+        LocalExperienceStore(tmp_path / "busy")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a folder"):
+        LocalExperienceStore(tmp_path / "file")
+    future = tmp_path / "future"
+    LocalExperienceStore(future)
+    (future / "ee-store.json").write_text(json.dumps({"format": "ee-experience-store", "schema_version": "9.0"}))
+    with pytest.raises(StoreError, match="Upgrade ee-middleware"):
+        LocalExperienceStore(future)
+    (future / "ee-store.json").write_text("{not json")
+    with pytest.raises(StoreError, match="unreadable"):
+        LocalExperienceStore(future)
+
+
+def test_ids_resolve_from_unique_prefixes(store: LocalExperienceStore):
+    store.write([sample_trajectory("abc123"), sample_trajectory("abd456")])
+    assert store.get("abc").id == "abc123"
+    with pytest.raises(TrajectoryNotFoundError, match="ambiguous"):
+        store.get("ab")
+    with pytest.raises(TrajectoryNotFoundError, match="ee traces list"):
+        store.get("zzz")
+
+
+def test_a_long_running_writer_seals_old_segments_for_compaction(store_path: Path):
+    store = LocalExperienceStore(store_path)
+    store._writer._max_age = 0.0  # every append is "old": sealed right after it is durable
+    store.write([sample_trajectory("a")])
+    store.write([sample_trajectory("b")])
+    assert LocalExperienceStore(store_path).compact() == 2
+    assert store.trajectories()["id"].to_list() == ["a", "b"]
