@@ -64,7 +64,11 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
 
 def dumps(value: Any) -> str:
     """JSON text for ``value`` (compact, UTF-8, never raises on odd objects)."""
-    return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    try:  # the C encoder for the common case; odd objects go through to_jsonable one by one
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=to_jsonable)
+    except (ValueError, TypeError, RecursionError):  # NaN, non-string keys, cycles
+        text = json.dumps(to_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    return clean_text(text)
 
 
 def content_to_text(content: Any) -> str:

@@ -1,18 +1,18 @@
 """The LangChain callback handler that turns one graph run's model and tool calls into spans.
 
-On the agent's thread it only starts spans (so that timing and parentage are exact) and keeps
-references to the raw inputs; everything else happens on the :class:`SpanFinisher` thread.
+On the agent's thread it only notes the time and keeps references to the raw inputs and outputs.
+The ``chat`` and ``execute_tool`` spans are created on the :class:`SpanFinisher` thread with those
+exact start and end times, as children of the run's ``invoke_agent`` span (which is live, so that
+spans the user's own code opens nest under it).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
@@ -36,130 +36,112 @@ class RunCapture(BaseCallbackHandler):
         self.trajectory_id = trajectory_id
         self.raise_error = recorder.strict
         self._parent = parent
-        self._open: dict[UUID, tuple[trace.Span, Any]] = {}
-        self._base_attrs = {sc.EE_RECORDER: recorder.id, sc.EE_TRAJECTORY_ID: trajectory_id}
+        # run id -> (start ns, "chat" | "tool", raw start data)
+        self._open: dict[UUID, tuple[int, str, tuple[Any, ...]]] = {}
+        self._fragments: dict[int, tuple[Any, str]] = {}  # touched only on the finisher thread
 
-    # --- model calls ---------------------------------------------------------------------------
+    # --- agent thread: note times and keep references ------------------------------------------
 
     def on_chat_model_start(
-        self,
-        serialized: dict[str, Any],
-        messages: list[list[Any]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
+        self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        params = kwargs.get("invocation_params") or {}
-        metadata = metadata or {}
+        self._open[run_id] = (
+            time.time_ns(),
+            "chat",
+            (list(messages[0]) if messages else [], kwargs.get("invocation_params") or {}, metadata or {}),
+        )
+
+    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._close(run_id, response, None)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._close(run_id, None, error)
+
+    def on_tool_start(
+        self, serialized: dict[str, Any], input_str: str, *, run_id: UUID, inputs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        name = (serialized or {}).get("name") or kwargs.get("name") or "unknown_tool"
+        self._open[run_id] = (time.time_ns(), "tool", (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str))
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._close(run_id, output, None)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._close(run_id, None, error)
+
+    def _close(self, run_id: UUID, result: Any, error: BaseException | None) -> None:
+        opened = self._open.pop(run_id, None)
+        if opened is None:
+            return
+        start, kind, data = opened
+        end = time.time_ns()
+        emit = self._emit_chat if kind == "chat" else self._emit_tool
+        self.recorder.finisher.submit(lambda: emit(start, end, data, result, error))
+
+    def close_open_spans(self) -> int:
+        """Emit the calls whose end callback never came (a cancelled run) as failed; returns how many."""
+        leftovers = list(self._open)
+        cancelled = RuntimeError("cancelled: the run ended before this call finished")
+        for run_id in leftovers:
+            self._close(run_id, None, cancelled)
+        return len(leftovers)
+
+    # --- finisher thread: build, encode, redact, end -------------------------------------------
+
+    def _base_attributes(self, operation: str) -> dict[str, Any]:
+        return {sc.EE_RECORDER: self.recorder.id, sc.EE_TRAJECTORY_ID: self.trajectory_id, sc.OPERATION_NAME: operation}
+
+    def _emit_chat(self, start: int, end: int, data: tuple[Any, ...], response: Any, error: BaseException | None) -> None:
+        inputs, params, metadata = data
         model = params.get("model") or params.get("model_name") or metadata.get("ls_model_name") or params.get("_type") or "unknown"
-        attrs = {
-            **self._base_attrs,
-            sc.OPERATION_NAME: sc.OP_CHAT,
-            sc.REQUEST_MODEL: str(model),
-            sc.PROVIDER_NAME: str(metadata.get("ls_provider") or params.get("_type") or "langchain"),
-        }
+        attrs = self._base_attributes(sc.OP_CHAT)
+        attrs[sc.REQUEST_MODEL] = str(model)
+        attrs[sc.PROVIDER_NAME] = str(metadata.get("ls_provider") or params.get("_type") or "langchain")
         if metadata.get("langgraph_node"):
             attrs[sc.EE_LANGGRAPH_NODE] = str(metadata["langgraph_node"])
         if params.get("temperature") is not None:
             attrs[sc.REQUEST_TEMPERATURE] = float(params["temperature"])
-        span = self.recorder.tracer.start_span(f"chat {model}", context=self._parent, kind=SpanKind.CLIENT, attributes=attrs)
-        self._open[run_id] = (span, (list(messages[0]) if messages else [], params.get("tools")))
+        span = self.recorder.tracer.start_span(
+            f"chat {model}", context=self._parent, kind=SpanKind.CLIENT, attributes=attrs, start_time=start
+        )
+        try:
+            if error is None:
+                outputs = [g.message for g in response.generations[0] if hasattr(g, "message")] if response.generations else []
+                span.set_attributes(self.recorder.encoder.chat_attributes(inputs, outputs, params.get("tools"), self._fragments))
+            else:
+                span.set_attribute(sc.INPUT_MESSAGES, self.recorder.encoder.messages(inputs, self._fragments))
+                self._set_error(span, error)
+        finally:
+            span.end(end_time=end)
 
-    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        opened = self._open.pop(run_id, None)
-        if opened is None:
-            return
-        span, (inputs, tools) = opened
-        outputs = [g.message for g in response.generations[0] if hasattr(g, "message")] if response.generations else []
-        end = time.time_ns()
+    def _emit_tool(self, start: int, end: int, data: tuple[Any, ...], output: Any, error: BaseException | None) -> None:
+        name, call_id, arguments = data
         encoder = self.recorder.encoder
-
-        def finish() -> None:
-            try:
-                span.set_attributes(encoder.chat_attributes(inputs, outputs, tools))
-            finally:
-                span.end(end_time=end)
-
-        self.recorder.finisher.submit(finish)
-
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._fail(run_id, error)
-
-    # --- tool calls ----------------------------------------------------------------------------
-
-    def on_tool_start(
-        self,
-        serialized: dict[str, Any],
-        input_str: str,
-        *,
-        run_id: UUID,
-        inputs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        name = (serialized or {}).get("name") or kwargs.get("name") or "unknown_tool"
-        attrs = {**self._base_attrs, sc.OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.TOOL_NAME: str(name), sc.TOOL_TYPE: "function"}
-        call_id = kwargs.get("tool_call_id")
+        attrs = self._base_attributes(sc.OP_EXECUTE_TOOL)
+        attrs[sc.TOOL_NAME] = str(name)
+        attrs[sc.TOOL_TYPE] = "function"
         if call_id:
             attrs[sc.TOOL_CALL_ID] = str(call_id)
-        span = self.recorder.tracer.start_span(f"execute_tool {name}", context=self._parent, kind=SpanKind.INTERNAL, attributes=attrs)
-        self._open[run_id] = (span, inputs if inputs is not None else input_str)
+        span = self.recorder.tracer.start_span(
+            f"execute_tool {name}", context=self._parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=start
+        )
+        try:
+            span.set_attribute(sc.TOOL_CALL_ARGUMENTS, encoder.tool_arguments(arguments))
+            if error is not None:
+                span.set_attribute(sc.TOOL_CALL_RESULT, encoder.redactor.redact_text(f"{type(error).__name__}: {error}"))
+                self._set_error(span, error)
+                return
+            text, is_error, truncated = encoder.tool_result(output)
+            span.set_attribute(sc.TOOL_CALL_RESULT, text)
+            if truncated:
+                span.set_attribute(sc.EE_OBSERVATION_TRUNCATED, truncated)
+            if is_error:
+                span.set_attribute(sc.ERROR_TYPE, "tool_error")
+                span.set_status(Status(StatusCode.ERROR, text[:500]))
+        finally:
+            span.end(end_time=end)
 
-    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        opened = self._open.pop(run_id, None)
-        if opened is None:
-            return
-        span, arguments = opened
-        end = time.time_ns()
-        encoder = self.recorder.encoder
-
-        def finish() -> None:
-            try:
-                text, is_error, truncated = encoder.tool_result(output)
-                span.set_attribute(sc.TOOL_CALL_ARGUMENTS, encoder.tool_arguments(arguments))
-                span.set_attribute(sc.TOOL_CALL_RESULT, text)
-                if truncated:
-                    span.set_attribute(sc.EE_OBSERVATION_TRUNCATED, truncated)
-                if is_error:
-                    span.set_attribute(sc.ERROR_TYPE, "tool_error")
-                    span.set_status(Status(StatusCode.ERROR, text[:500]))
-            finally:
-                span.end(end_time=end)
-
-        self.recorder.finisher.submit(finish)
-
-    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._fail(run_id, error, tool=True)
-
-    # --- shared --------------------------------------------------------------------------------
-
-    def _fail(self, run_id: UUID, error: BaseException, tool: bool = False) -> None:
-        opened = self._open.pop(run_id, None)
-        if opened is None:
-            return
-        span, payload = opened
-        end = time.time_ns()
-        encoder = self.recorder.encoder
-
-        def finish() -> None:
-            try:
-                if tool:
-                    span.set_attribute(sc.TOOL_CALL_ARGUMENTS, encoder.tool_arguments(payload))
-                    span.set_attribute(sc.TOOL_CALL_RESULT, encoder.redactor.redact_text(f"{type(error).__name__}: {error}"))
-                span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, encoder.redactor.redact_text(str(error))[:500]))
-            finally:
-                span.end(end_time=end)
-
-        self.recorder.finisher.submit(finish)
-
-    def close_open_spans(self) -> Sequence[trace.Span]:
-        """End spans whose end callback never came (a cancelled run); returns them."""
-        leftovers = [span for span, _ in self._open.values()]
-        self._open.clear()
-        end = time.time_ns()
-        for span in leftovers:
-            self.recorder.finisher.submit(lambda s=span: (s.set_status(Status(StatusCode.ERROR, "cancelled")), s.end(end_time=end)))
-        return leftovers
+    def _set_error(self, span: Any, error: BaseException) -> None:
+        span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, self.recorder.encoder.redactor.redact_text(str(error))[:500]))

@@ -1,4 +1,8 @@
-"""Build span attributes from LangChain/LangGraph objects (runs on the finisher thread)."""
+"""Build span attributes from LangChain/LangGraph objects (runs on the finisher thread).
+
+Model calls within one run resend the whole history, so each message is converted, redacted and
+encoded once per run and its JSON fragment reused (``FragmentCache``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from ee_middleware.messages import (
     to_jsonable,
 )
 
+FragmentCache = dict[int, tuple[Any, str]]
+"""id(object) -> (object, its redacted JSON); the object is kept so that its id is not reused."""
+
 
 class PayloadEncoder:
     """Turns raw objects into redacted GenAI attribute values."""
@@ -27,36 +34,57 @@ class PayloadEncoder:
     def _redact(self, value: Any) -> Any:
         return self.redactor.redact(value) if self.redactor.enabled else value
 
-    def messages(self, messages: Sequence[Any]) -> str:
-        converted = langchain_to_openai(messages)
-        for message in converted:  # a huge tool result would otherwise repeat in every later span
-            if message["role"] == "tool":
-                message["content"] = self._cut(message["content"])[0]
-        return dumps(self._redact(openai_to_genai(converted)))
+    def _encode(self, value: Any) -> str:
+        """Redacted JSON text of JSON-like ``value``."""
+        if not self.redactor.enabled:
+            return dumps(value)
+        if self.redactor.json_safe:  # one pass over the JSON text
+            return self.redactor.redact_text(dumps(value))
+        # user rules and functions see each string on its own, so they cannot break the JSON
+        return dumps(self.redactor.redact(to_jsonable(value)))
 
-    def tool_definitions(self, tools: Sequence[Any] | None) -> str | None:
+    def messages(self, messages: Sequence[Any], cache: FragmentCache | None = None) -> str:
+        """``gen_ai.input.messages`` for LangChain messages."""
+        cache = {} if cache is None else cache
+        fragments = []
+        for message in messages:
+            hit = cache.get(id(message))
+            if hit is None or hit[0] is not message:
+                [converted] = langchain_to_openai([message])
+                if converted["role"] == "tool":  # a huge result would otherwise repeat in every later span
+                    converted["content"] = self._cut(converted["content"])[0]
+                hit = (message, self._encode(openai_to_genai([converted])[0]))
+                cache[id(message)] = hit
+            fragments.append(hit[1])
+        return "[" + ",".join(fragments) + "]"
+
+    def tool_definitions(self, tools: Sequence[Any] | None, cache: FragmentCache | None = None) -> str | None:
         if not tools:
             return None
-        flat = []
-        for schema in openai_tool_schemas(tools):
-            function = schema["function"]
-            flat.append({"type": "function", **function})
-        return dumps(flat)
+        cache = {} if cache is None else cache
+        hit = cache.get(id(tools))
+        if hit is None or hit[0] is not tools:
+            flat = [{"type": "function", **schema["function"]} for schema in openai_tool_schemas(tools)]
+            hit = (tools, dumps(flat))
+            cache[id(tools)] = hit
+        return hit[1]
 
-    def chat_attributes(self, inputs: Sequence[Any], outputs: Sequence[Any], tools: Sequence[Any] | None) -> dict[str, Any]:
-        attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(inputs)}
+    def chat_attributes(
+        self, inputs: Sequence[Any], outputs: Sequence[Any], tools: Sequence[Any] | None, cache: FragmentCache | None = None
+    ) -> dict[str, Any]:
+        attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(inputs, cache)}
         output = openai_to_genai(langchain_to_openai(outputs))
         for message in output:
             message["finish_reason"] = "tool_call" if any(p["type"] == "tool_call" for p in message["parts"]) else "stop"
-        attrs[sc.OUTPUT_MESSAGES] = dumps(self._redact(output))
+        attrs[sc.OUTPUT_MESSAGES] = self._encode(output)
         attrs[sc.RESPONSE_FINISH_REASONS] = tuple(m["finish_reason"] for m in output)
-        definitions = self.tool_definitions(tools)
+        definitions = self.tool_definitions(tools, cache)
         if definitions:
             attrs[sc.TOOL_DEFINITIONS] = definitions
         return attrs
 
     def tool_arguments(self, arguments: Any) -> str:
-        return dumps(self._redact(to_jsonable(arguments)))
+        return self._encode(arguments)
 
     def tool_result(self, output: Any) -> tuple[str, bool, int]:
         """(text, is_error, truncated_chars) for a tool's return value."""
@@ -97,6 +125,6 @@ class PayloadEncoder:
         if last["role"] != "assistant" or last.get("tool_calls"):
             return {}
         return {
-            sc.OUTPUT_MESSAGES: dumps(self._redact(openai_to_genai(converted))),
+            sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(converted)),
             sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
         }

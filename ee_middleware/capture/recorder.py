@@ -72,8 +72,9 @@ class Recorder:
         self.processor = ExperienceSpanProcessor(
             self.store,
             recorder_id=self.id,
+            # span payloads are redacted as they are set, so assembly need not redact them again
             options=AssemblyOptions(
-                app=config.app, redactor=self.redactor, max_observation_chars=config.max_observation_chars, source="record_experience"
+                app=config.app, redactor=None, max_observation_chars=config.max_observation_chars, source="record_experience"
             ),
             approve_if=approve_if,
             strict=self.strict,
@@ -164,6 +165,7 @@ class _Run:
         self.context = trace.set_span_in_context(self.span)
         self.handler = RunCapture(recorder, self.trajectory_id, self.context)
         self.config = _with_callback(cfg, self.handler)
+        recorder.finisher.run_started()
 
     @classmethod
     def disabled(cls, recorder: Recorder, config: Mapping[str, Any] | None) -> _Run:
@@ -227,6 +229,7 @@ class _Run:
                 span.end()
 
         self.recorder.finisher.submit(finish)
+        self.recorder.finisher.run_ended()
 
 
 def _is_interrupt(exc: BaseException) -> bool:

@@ -2,6 +2,12 @@
 
 The agent's thread only starts spans and hands the raw objects here, so JSON encoding, redaction
 and every span processor's ``on_end`` (ours and the user's exporters) run off that thread.
+
+Python threads share one interpreter lock, so background work still competes with the agent for
+the CPU. The finisher therefore works while no recorded run is in flight (an agent waiting on its
+model counts as in flight only on its own thread; the lock is free then), and otherwise only when
+the oldest job has waited ``max_delay_s`` or ``max_backlog`` jobs are queued. Memory and latency
+stay bounded; in a busy loop the work is done in batches instead of interleaved with every step.
 """
 
 from __future__ import annotations
@@ -20,33 +26,61 @@ Job = Callable[[], None]
 class SpanFinisher:
     """Runs jobs in order on one daemon thread; :meth:`flush` waits until all are done."""
 
-    def __init__(self, on_error: Callable[[str, BaseException], None], name: str = "ee-span-finisher") -> None:
-        self._jobs: deque[Job] = deque()
+    def __init__(
+        self,
+        on_error: Callable[[str, BaseException], None],
+        *,
+        max_delay_s: float = 2.0,
+        max_backlog: int = 20_000,
+        name: str = "ee-span-finisher",
+    ) -> None:
+        self._jobs: deque[tuple[float, Job]] = deque()
         self._cond = threading.Condition()
         self._outstanding = 0
+        self._active_runs = 0
+        self._flushing = 0
         self._on_error = on_error
+        self._max_delay = max_delay_s
+        self._max_backlog = max_backlog
         self._name = name
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def run_started(self) -> None:
+        with self._cond:
+            self._active_runs += 1
+
+    def run_ended(self) -> None:
+        with self._cond:
+            self._active_runs -= 1
+            if self._active_runs == 0 and self._jobs:
+                self._cond.notify()
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; never blocks beyond a short lock."""
         with self._cond:
             self._outstanding += 1
-            self._jobs.append(job)
+            self._jobs.append((time.monotonic(), job))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._active_runs == 0 or len(self._jobs) >= self._max_backlog:
+                self._cond.notify()
 
     def flush(self, timeout: float = 30.0) -> bool:
+        """Process everything queued now, whatever runs are in flight, and wait for it."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._outstanding:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._outstanding:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -55,14 +89,22 @@ class SpanFinisher:
             self._closed = True
             self._cond.notify_all()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._jobs and not self._closed:
-                    self._cond.wait()
+    def _next(self) -> Job | None:
+        """Wait until a job may run (see the module docstring); ``None`` once closed and empty."""
+        with self._cond:
+            while True:
                 if not self._jobs:
-                    return
-                job = self._jobs.popleft()
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                waited = time.monotonic() - self._jobs[0][0]
+                if self._active_runs == 0 or self._flushing or waited >= self._max_delay or len(self._jobs) >= self._max_backlog:
+                    return self._jobs.popleft()[1]
+                self._cond.wait(self._max_delay - waited)
+
+    def _run(self) -> None:
+        while (job := self._next()) is not None:
             try:
                 job()
             except Exception as exc:  # noqa: BLE001 - capture must never take the thread down

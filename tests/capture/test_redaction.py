@@ -18,7 +18,8 @@ SECRETS = [
     ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payloadpayload.signaturesig", "bearer_token"),
     ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N", "jwt"),
     ("login with password=hunter2 please", "password"),
-    ('{"api_key": "abc123secret"}', "password"),
+    ('{"api_key": "abc123secret"}', "secret"),
+    ("api_key: abc123secret", "password"),
     ("write to jane.doe+test@example.co.uk", "email"),
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "private_key"),
 ]
@@ -30,6 +31,14 @@ def test_default_rules_catch_common_secrets(text, kind):
     assert f"[REDACTED:{kind}]" in redacted
     for needle in ("abcdefghijklmnop", "AKIAIOSFODNN7", "hunter2", "abc123secret", "jane.doe", "MIIEow", "payloadpayload"):
         assert needle not in redacted
+
+
+def test_redacted_json_stays_valid_json():
+    data = {"password": 'a "quoted" pass', "note": "pwd=abc\\def mail bob@x.io", "token": "Bearer abcdefghijklmnop"}
+    redacted = json.loads(Redactor().redact_text(json.dumps(data)))
+    assert redacted["password"] == "[REDACTED:secret]"
+    assert "bob@x.io" not in redacted["note"] and "abc" not in redacted["note"]
+    assert redacted["token"] == "[REDACTED:bearer_token]"
 
 
 def test_plain_text_is_left_alone():
