@@ -39,6 +39,7 @@ class SpanFinisher:
         self._outstanding = 0
         self._active_runs = 0
         self._flushing = 0
+        self._draining = False  # set when the backlog bound is hit: work until the queue is empty
         self._on_error = on_error
         self._max_delay = max_delay_s
         self._max_backlog = max_backlog
@@ -98,9 +99,13 @@ class SpanFinisher:
                         return None
                     self._cond.wait()
                     continue
+                if len(self._jobs) >= self._max_backlog:
+                    self._draining = True
                 waited = time.monotonic() - self._jobs[0][0]
-                if self._active_runs == 0 or self._flushing or waited >= self._max_delay or len(self._jobs) >= self._max_backlog:
-                    return self._jobs.popleft()[1]
+                if self._active_runs == 0 or self._flushing or self._draining or waited >= self._max_delay:
+                    job = self._jobs.popleft()[1]
+                    self._draining = self._draining and bool(self._jobs)
+                    return job
                 self._cond.wait(self._max_delay - waited)
 
     def _run(self) -> None:
