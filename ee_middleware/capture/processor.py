@@ -96,7 +96,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         try:
             self._on_end(span)
         except Exception as exc:  # noqa: BLE001 - capture must never break the host
-            self._fail(f"could not buffer span {span.name!r}: {exc!r}", exc)
+            self.report_failure(f"could not buffer span {span.name!r}: {exc!r}", exc)
 
     def _on_end(self, span: ReadableSpan) -> None:
         attrs = span.attributes or {}
@@ -179,14 +179,14 @@ class ExperienceSpanProcessor(SpanProcessor):
                 try:
                     trajectories.append(self._approve(assemble(run, self.options)))
                 except Exception as exc:  # noqa: BLE001
-                    self._fail(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
+                    self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
         if not trajectories:
             return
         try:
             self.store.write(trajectories)
             self.stats.trajectories_written += len(trajectories)
         except Exception as exc:  # noqa: BLE001
-            self._fail(f"could not write {len(trajectories)} trajectories to {self.store!r}: {exc}", exc)
+            self.report_failure(f"could not write {len(trajectories)} trajectories to {self.store!r}: {exc}", exc)
 
     def _approve(self, trajectory: Trajectory) -> Trajectory:
         if self.approve_if is None:
@@ -194,14 +194,15 @@ class ExperienceSpanProcessor(SpanProcessor):
         try:
             approved = bool(self.approve_if(trajectory))
         except Exception as exc:  # noqa: BLE001 - a user predicate that fails leaves the run pending
-            self._fail(f"approve_if raised for trajectory {trajectory.id}: {exc!r}; it stays pending", exc)
+            self.report_failure(f"approve_if raised for trajectory {trajectory.id}: {exc!r}; it stays pending", exc)
             return trajectory
         if approved:
             trajectory.approval = Approval(status="approved", by="auto:approve_if", at=utcnow(), reason="approve_if returned True")
             self.stats.trajectories_auto_approved += 1
         return trajectory
 
-    def _fail(self, message: str, exc: BaseException) -> None:
+    def report_failure(self, message: str, exc: BaseException) -> None:
+        """Count and log a capture failure (and keep it for strict mode's ``force_flush``)."""
         self.stats.record_error(message)
         logger.error("ee-middleware capture: %s", message)
         with self._lock:

@@ -79,7 +79,7 @@ class Recorder:
             approve_if=approve_if,
             strict=self.strict,
         )
-        self.finisher = SpanFinisher(self.processor._fail)
+        self.finisher = SpanFinisher(self.processor.report_failure)
         self.tracer_provider = tracer_provider if tracer_provider is not None else self._private_provider()
         if not hasattr(self.tracer_provider, "add_span_processor"):
             raise ConfigError(
@@ -132,7 +132,7 @@ class Recorder:
         except Exception as exc:
             if self.strict:
                 raise CaptureError(f"could not start recording: {exc!r}") from exc
-            self.processor._fail(f"could not start recording: {exc!r}", exc)
+            self.processor.report_failure(f"could not start recording: {exc!r}", exc)
             return _Run.disabled(self, config)
 
 
