@@ -9,6 +9,7 @@ spans the user's own code opens nest under it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -36,8 +37,8 @@ class RunCapture(BaseCallbackHandler):
         self.trajectory_id = trajectory_id
         self.raise_error = recorder.strict
         self._parent = parent
-        # run id -> (start ns, "chat" | "tool", raw start data)
-        self._open: dict[UUID, tuple[int, str, tuple[Any, ...]]] = {}
+        # run id -> (start ns, the finisher-side emitter, raw start data)
+        self._open: dict[UUID, tuple[int, Callable[..., None], tuple[Any, ...]]] = {}
         self._fragments: dict[int, tuple[Any, str]] = {}  # touched only on the finisher thread
 
     # --- agent thread: note times and keep references ------------------------------------------
@@ -47,7 +48,7 @@ class RunCapture(BaseCallbackHandler):
     ) -> None:
         self._open[run_id] = (
             time.time_ns(),
-            "chat",
+            self._emit_chat,
             (list(messages[0]) if messages else [], kwargs.get("invocation_params") or {}, metadata or {}),
         )
 
@@ -61,7 +62,11 @@ class RunCapture(BaseCallbackHandler):
         self, serialized: dict[str, Any], input_str: str, *, run_id: UUID, inputs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         name = (serialized or {}).get("name") or kwargs.get("name") or "unknown_tool"
-        self._open[run_id] = (time.time_ns(), "tool", (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str))
+        self._open[run_id] = (
+            time.time_ns(),
+            self._emit_tool,
+            (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str),
+        )
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._close(run_id, output, None)
@@ -73,9 +78,8 @@ class RunCapture(BaseCallbackHandler):
         opened = self._open.pop(run_id, None)
         if opened is None:
             return
-        start, kind, data = opened
+        start, emit, data = opened
         end = time.time_ns()
-        emit = self._emit_chat if kind == "chat" else self._emit_tool
         self.recorder.finisher.submit(lambda: emit(start, end, data, result, error))
 
     def close_open_spans(self) -> int:

@@ -6,7 +6,7 @@ encoded once per run and its JSON fragment reused (``FragmentCache``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ee_middleware.capture import semconv as sc
@@ -46,28 +46,18 @@ class PayloadEncoder:
     def messages(self, messages: Sequence[Any], cache: FragmentCache | None = None) -> str:
         """``gen_ai.input.messages`` for LangChain messages."""
         cache = {} if cache is None else cache
-        fragments = []
-        for message in messages:
-            hit = cache.get(id(message))
-            if hit is None or hit[0] is not message:
-                [converted] = langchain_to_openai([message])
-                if converted["role"] == "tool":  # a huge result would otherwise repeat in every later span
-                    converted["content"] = self._cut(converted["content"])[0]
-                hit = (message, self._encode(openai_to_genai([converted])[0]))
-                cache[id(message)] = hit
-            fragments.append(hit[1])
-        return "[" + ",".join(fragments) + "]"
+        return "[" + ",".join(_cached(cache, message, self._encode_message) for message in messages) + "]"
+
+    def _encode_message(self, message: Any) -> str:
+        [converted] = langchain_to_openai([message])
+        if converted["role"] == "tool":  # a huge result would otherwise repeat in every later span
+            converted["content"] = self._cut(converted["content"])[0]
+        return self._encode(openai_to_genai([converted])[0])
 
     def tool_definitions(self, tools: Sequence[Any] | None, cache: FragmentCache | None = None) -> str | None:
         if not tools:
             return None
-        cache = {} if cache is None else cache
-        hit = cache.get(id(tools))
-        if hit is None or hit[0] is not tools:
-            flat = [{"type": "function", **schema["function"]} for schema in openai_tool_schemas(tools)]
-            hit = (tools, dumps(flat))
-            cache[id(tools)] = hit
-        return hit[1]
+        return _cached({} if cache is None else cache, tools, _encode_tool_definitions)
 
     def chat_attributes(
         self, inputs: Sequence[Any], outputs: Sequence[Any], tools: Sequence[Any] | None, cache: FragmentCache | None = None
@@ -128,3 +118,16 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(converted)),
             sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
         }
+
+
+def _encode_tool_definitions(tools: Sequence[Any]) -> str:
+    return dumps([{"type": "function", **schema["function"]} for schema in openai_tool_schemas(tools)])
+
+
+def _cached(cache: FragmentCache, obj: Any, encode: Callable[[Any], str]) -> str:
+    """``encode(obj)``, computed once per object for the life of ``cache``."""
+    hit = cache.get(id(obj))
+    if hit is None or hit[0] is not obj:
+        hit = (obj, encode(obj))
+        cache[id(obj)] = hit
+    return hit[1]
