@@ -1,11 +1,13 @@
 """A background thread that finishes spans: serialises payloads, redacts them, ends the span.
 
-The agent's thread only starts spans and hands the raw objects here, so JSON encoding, redaction
-and every span processor's ``on_end`` (ours and the user's exporters) run off that thread.
+The agent's thread only notes times and hands the raw objects here, so span creation, JSON
+encoding, redaction and every span processor's ``on_end`` (ours and the user's exporters) run off
+that thread.
 
 Python threads share one interpreter lock, so background work still competes with the agent for
 the CPU. The finisher therefore works while no recorded run is in flight (an agent waiting on its
-model counts as in flight only on its own thread; the lock is free then), and otherwise only when
+model counts as in flight only on its own thread; the lock is free then) and none has been for
+``idle_grace_s``, and otherwise only when
 the oldest job has waited ``max_delay_s`` or ``max_backlog`` jobs are queued. Memory and latency
 stay bounded; in a busy loop the work is done in batches instead of interleaved with every step.
 """
@@ -32,6 +34,7 @@ class SpanFinisher:
         *,
         max_delay_s: float = 2.0,
         max_backlog: int = 20_000,
+        idle_grace_s: float = 0.005,
         name: str = "ee-span-finisher",
     ) -> None:
         self._jobs: deque[tuple[float, Job]] = deque()
@@ -43,6 +46,8 @@ class SpanFinisher:
         self._on_error = on_error
         self._max_delay = max_delay_s
         self._max_backlog = max_backlog
+        self._idle_grace = idle_grace_s
+        self._idle_since = 0.0  # when the last run in flight ended
         self._name = name
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -54,8 +59,10 @@ class SpanFinisher:
     def run_ended(self) -> None:
         with self._cond:
             self._active_runs -= 1
-            if self._active_runs == 0 and self._jobs:
-                self._cond.notify()
+            if self._active_runs == 0:
+                self._idle_since = time.monotonic()
+                if self._jobs:
+                    self._cond.notify()
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; never blocks beyond a short lock."""
@@ -101,12 +108,16 @@ class SpanFinisher:
                     continue
                 if len(self._jobs) >= self._max_backlog:
                     self._draining = True
-                waited = time.monotonic() - self._jobs[0][0]
-                if self._active_runs == 0 or self._flushing or self._draining or waited >= self._max_delay:
+                now = time.monotonic()
+                waited = now - self._jobs[0][0]
+                # a loop of back-to-back runs leaves gaps of microseconds between them: start only
+                # once no run has been in flight for idle_grace_s, not in every such gap
+                idle_for = now - self._idle_since if self._active_runs == 0 else -1.0
+                if idle_for >= self._idle_grace or self._flushing or self._draining or waited >= self._max_delay:
                     job = self._jobs.popleft()[1]
                     self._draining = self._draining and bool(self._jobs)
                     return job
-                self._cond.wait(self._max_delay - waited)
+                self._cond.wait(min(self._max_delay - waited, self._idle_grace - idle_for) if idle_for >= 0 else self._max_delay - waited)
 
     def _run(self) -> None:
         while (job := self._next()) is not None:
