@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ee-installed
+# BFCL's executable backends, without bfcl-eval's own dependency set (6 GB, clashing pins).
+BFCL   := bfcl-eval==2026.3.23 mpmath==1.3.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: install demo test test-slow lint format bench clean
@@ -19,6 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	$(PIP) install --quiet --no-deps $(BFCL)
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -44,3 +44,18 @@ class IngestError(EEError):
 
 class MissingExtraError(EEError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class SandboxError(EEError):
+    """A sandbox cannot be built, or failed in a way that is not a tool's own error."""
+
+
+class EnvironmentUnavailableError(SandboxError):
+    """A sandbox cannot rebuild the world from a trajectory's environment reference.
+
+    The replay job skips such a trajectory and reports this message as the reason.
+    """
+
+
+class PolicyError(EEError):
+    """A proposal policy cannot be built or reached (bad spec, model missing, server down)."""

@@ -19,6 +19,15 @@ Field by field:
 ``Approval``
     whether the trajectory may feed training (``approved``), may not (``rejected``), or waits for a
     person (``pending``); with who decided, when and why.
+``Rollout``
+    one alternative action executed from a recorded state (Early Experience's s_i -> a_i^j -> s_i^j):
+    which trajectory and step it branched from, the branch number, the proposed tool call, who
+    proposed it and with what sampling settings, the real observation the sandbox returned, whether
+    it was an error, whether it is ``synthetic`` (true only for experience-model output), the sandbox
+    kind and how long it took.
+``ReplayRecord``
+    the outcome of replaying one trajectory under one replay configuration (``replay_id``): done,
+    skipped (with the reason) or failed, with counts. The replay job uses it to resume.
 """
 
 from __future__ import annotations
@@ -144,6 +153,73 @@ class ApprovalEvent(_Record):
 
     def as_approval(self) -> Approval:
         return Approval(status=self.status, by=self.by, at=self.at, reason=self.reason)
+
+
+class Proposer(_Record):
+    """Who proposed an alternative action, and with which sampling settings."""
+
+    policy: str = Field(min_length=1)
+    """The policy's name: ``mutate``, ``transformers``, ``openai`` or a user policy's name."""
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """Anything else that shaped the proposal (``refill_for`` when it topped up another policy)."""
+
+
+RolloutIdentity = tuple[str, int, int]
+
+
+class Rollout(_Record):
+    """One alternative tool call executed from a recorded state, with the real observation."""
+
+    schema_version: str = SCHEMA_VERSION
+    id: str = Field(min_length=1)
+    replay_id: str = Field(min_length=1)
+    trajectory_id: str = Field(min_length=1)
+    step_index: int = Field(ge=0)
+    branch_index: int = Field(ge=0)
+    action: Action
+    proposer: Proposer
+    observation: Observation
+    is_error: bool = False
+    synthetic: bool = False
+    sandbox: str = Field(min_length=1)
+    duration_ms: float = Field(ge=0)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+ReplayStatus = Literal["done", "skipped", "failed"]
+
+
+class ReplayRecord(_Record):
+    """What replaying one trajectory under one configuration produced (the job's resume marker)."""
+
+    schema_version: str = SCHEMA_VERSION
+    replay_id: str = Field(min_length=1)
+    trajectory_id: str = Field(min_length=1)
+    status: ReplayStatus
+    reason: str | None = None
+    policy: str
+    sandbox: str
+    k: int = Field(ge=0)
+    seed: int
+    states: int = 0
+    """Recorded states replayed (expert tool-call steps)."""
+    branches: int = 0
+    """Rollouts stored."""
+    errors: int = 0
+    """Rollouts whose observation is an error."""
+    rejected: int = 0
+    """Proposals dropped: unparsable, unknown tool, arguments that fail the schema, duplicates."""
+    refused: int = 0
+    """Proposals not executed because the tool has side effects and no sandbox provides it."""
+    fidelity_mismatches: int = 0
+    """Expert steps whose re-executed observation differs from the recorded one."""
+    details: dict[str, Any] = Field(default_factory=dict)
+    duration_s: float = 0.0
+    finished_at: dt.datetime = Field(default_factory=utcnow)
 
 
 class Trajectory(_Record):

@@ -120,3 +120,30 @@ def tracer_provider(span_exporter: InMemorySpanExporter) -> TracerProvider:
 
 
 USER_TASK = {"messages": [("user", "Do we have pears? If not, order 5.")]}
+
+
+# --- BFCL: real backends, expert trajectories recorded through a real LangGraph agent -------------
+
+BFCL_ENTRIES = 6
+
+
+@pytest.fixture(scope="session")
+def bfcl_expert_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with the first BFCL_ENTRIES multi_turn_base expert trajectories (recorded once per session)."""
+    from ee_middleware.bfcl.experts import record_experts
+
+    root = tmp_path_factory.mktemp("bfcl") / "experience"
+    report = record_experts(root, "multi_turn_base", limit=BFCL_ENTRIES)
+    assert not report.failed, report.failed
+    LocalExperienceStore(root).close()
+    return root
+
+
+@pytest.fixture
+def bfcl_store_path(bfcl_expert_store_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the BFCL expert store (tests may write rollouts into it)."""
+    import shutil
+
+    target = tmp_path / "bfcl-experience"
+    shutil.copytree(bfcl_expert_store_template, target)
+    return target

@@ -118,7 +118,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
                 or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None)
             ),
             task=redact(task) if task else None,
-            tools=next((d["tools"] for d in decisions if d["tools"]), []),
+            tools=_offered_tools(decisions),
             model=_opt_str(chats[0].attributes.get(sc.REQUEST_MODEL) or chats[0].attributes.get(sc.RESPONSE_MODEL)),
             messages=last_state + last_output,
             final_answer=redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer,
@@ -308,3 +308,13 @@ def _ts(ns: int) -> dt.datetime:
     if ns <= 0:
         return utcnow()
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
+
+
+def _offered_tools(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every tool schema offered during the run (tools added mid-run included), first offer first."""
+    seen: dict[str, dict[str, Any]] = {}
+    for decision in decisions:
+        for schema in decision["tools"]:
+            name = schema.get("function", {}).get("name") if isinstance(schema, dict) else None
+            seen.setdefault(name or json.dumps(schema, sort_keys=True, default=str), schema)
+    return list(seen.values())

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._toml import read_toml_table
 from ee_middleware.errors import ConfigError
 
 EnvironmentHook = Callable[[Any, Mapping[str, Any]], Mapping[str, Any] | None]
@@ -71,7 +71,7 @@ class CaptureConfig:
         """Defaults <- TOML ``[capture]`` table <- ``EE_*`` environment <- ``overrides``."""
         values: dict[str, Any] = {}
         if path is not None:
-            values.update(_read_toml_table(Path(path), "capture"))
+            values.update(read_toml_table(Path(path), "capture"))
         values.update(_from_environment())
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
@@ -97,16 +97,3 @@ def _from_environment() -> dict[str, Any]:
         else:
             values[name] = raw
     return values
-
-
-def _read_toml_table(path: Path, table: str) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"Config file {path} does not exist.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from exc
-    section = data.get(table, {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"[{table}] in {path} must be a table.")
-    return section

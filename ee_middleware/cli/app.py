@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from ee_middleware._version import __version__
-from ee_middleware.cli import store_cmds, traces
+from ee_middleware.cli import bfcl_cmds, replay_cmds, store_cmds, traces
 from ee_middleware.errors import EEError
 
 
@@ -35,6 +35,8 @@ app = typer.Typer(
 )
 app.add_typer(traces.app, name="traces")
 app.add_typer(store_cmds.app, name="store")
+app.add_typer(replay_cmds.app, name="replay")
+app.add_typer(bfcl_cmds.app, name="bfcl")
 
 
 def _version(value: bool) -> None:

@@ -27,3 +27,11 @@ def console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+def short(text: str | None, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json
+from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json, short
 
 app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
 
@@ -69,7 +69,7 @@ def list_traces(
             f"[{colours[row['approval']]}]{row['approval']}[/]",
             row["status"],
             str(row["num_steps"]),
-            _short(row["task"], 120),
+            short(row["task"], 120),
             row["started_at"].strftime("%m-%d %H:%M") if row["started_at"] else "",
         ]
         table.add_row(*cells)
@@ -107,11 +107,11 @@ def show(
     for step in trajectory.steps:
         call = step.action.tool_call
         obs = step.observation
-        observation = "" if obs is None else ("[red]error:[/] " if obs.is_error else "") + _short(obs.content, 300)
+        observation = "" if obs is None else ("[red]error:[/] " if obs.is_error else "") + short(obs.content, 300)
         table.add_row(
             str(step.index),
             call.name if call else "[bold]answer[/]",
-            json.dumps(call.arguments, ensure_ascii=False) if call else _short(step.action.content, 300),
+            json.dumps(call.arguments, ensure_ascii=False) if call else short(step.action.content, 300),
             observation,
             f"{step.latency_ms:.1f}" if step.latency_ms is not None else "",
         )
@@ -200,13 +200,6 @@ def ingest(
             out.print(f"  [red]x[/] {error}", highlight=False)
     if report.errors:
         raise typer.Exit(1)
-
-
-def _short(text: str | None, width: int) -> str:
-    if not text:
-        return ""
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _tool_names(tools: list[dict[str, Any]]) -> list[str]:

@@ -8,6 +8,8 @@ Layout::
       trajectories/part-*.parquet
       steps/part-*.parquet
       approvals/part-*.parquet   append-only approval log; the latest decision wins
+      rollouts/part-*.parquet    replayed alternatives (one row per branch)
+      replays/part-*.parquet     one row per (replay configuration, trajectory): the resume markers
       quarantine/                segments with damaged records, kept for inspection
 
 Writers only ever append to their own segment, so many threads and processes can record at once.
@@ -32,14 +34,19 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import RecordError, StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
-from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus, Trajectory, utcnow
+from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory, utcnow
 from ee_middleware.store import spool
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
+    REPLAY_SCHEMA,
+    ROLLOUT_SCHEMA,
     STEP_SCHEMA,
     TRAJECTORY_SCHEMA,
     approval_row,
     frame,
+    replay_row,
+    rollout_from_row,
+    rollout_row,
     step_row,
     trajectory_from_rows,
     trajectory_row,
@@ -47,7 +54,13 @@ from ee_middleware.store.tables import (
 
 MARKER = "ee-store.json"
 FORMAT = "ee-experience-store"
-TABLES = {"trajectories": TRAJECTORY_SCHEMA, "steps": STEP_SCHEMA, "approvals": APPROVAL_SCHEMA}
+TABLES = {
+    "trajectories": TRAJECTORY_SCHEMA,
+    "steps": STEP_SCHEMA,
+    "approvals": APPROVAL_SCHEMA,
+    "rollouts": ROLLOUT_SCHEMA,
+    "replays": REPLAY_SCHEMA,
+}
 MAX_PARTS_BEFORE_MERGE = 16
 
 
@@ -121,6 +134,16 @@ class LocalExperienceStore:
         """Mark trajectories rejected: they never feed training."""
         self.set_approval([ApprovalEvent(trajectory_id=i, status="rejected", by=by, reason=reason) for i in ids])
 
+    def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
+        """Durably append one trajectory's rollouts and its replay record in a single batch.
+
+        The record is written last: a crash part-way leaves rollouts without a record, the
+        trajectory is replayed again, and the repeated rollouts (same ids) are dropped on read.
+        """
+        lines = [{"kind": "rollout", "data": r.model_dump(mode="json")} for r in rollouts]
+        lines.append({"kind": "replay", "data": record.model_dump(mode="json")})
+        self._writer.append(lines)
+
     def close(self) -> None:
         """Seal this process's open segment (it can then be compacted)."""
         self._writer.seal()
@@ -175,6 +198,38 @@ class LocalExperienceStore:
             steps = steps_by_id.get((row["id"],))
             yield trajectory_from_rows(row, steps.to_dicts() if steps is not None else [])
 
+    def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
+        """One row per rollout (alternative action and its real observation)."""
+        rollouts = self._load()["rollouts"]
+        if trajectory_ids is not None:
+            rollouts = rollouts.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
+        if replay_id is not None:
+            rollouts = rollouts.filter(pl.col("replay_id") == replay_id)
+        return rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
+
+    def replays(self, *, replay_id: str | None = None) -> pl.DataFrame:
+        """The latest replay record per (replay configuration, trajectory)."""
+        replays = self._load()["replays"]
+        if replay_id is not None:
+            replays = replays.filter(pl.col("replay_id") == replay_id)
+        return replays
+
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        """One rollout by id (an unambiguous prefix is accepted)."""
+        rollouts = self._load()["rollouts"]
+        exact = rollouts.filter(pl.col("id") == rollout_id)
+        if exact.is_empty():
+            exact = rollouts.filter(pl.col("id").str.starts_with(rollout_id)) if rollout_id else exact
+        if exact.height != 1:
+            hint = f" (ambiguous: {exact.height} ids start with it)" if exact.height > 1 else ""
+            raise TrajectoryNotFoundError(f"No rollout {rollout_id!r} in {self.root}{hint}. List them with: ee replay list --store {self.root}")
+        return rollout_from_row(exact.row(0, named=True))
+
+    def iter_rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> Iterator[Rollout]:
+        """Rollouts as records, ordered by trajectory, step and branch."""
+        for row in self.rollouts(trajectory_ids, replay_id=replay_id).iter_rows(named=True):
+            yield rollout_from_row(row)
+
     def _load(self) -> dict[str, pl.DataFrame]:
         # Spool before parts: a compaction in between then shows a record twice (dropped below),
         # never zero times.
@@ -184,6 +239,10 @@ class LocalExperienceStore:
         merged["trajectories"] = merged["trajectories"].unique("id", keep="first", maintain_order=True)
         merged["steps"] = merged["steps"].unique(["trajectory_id", "index"], keep="first", maintain_order=True)
         merged["approvals"] = merged["approvals"].unique(maintain_order=True)
+        merged["rollouts"] = merged["rollouts"].unique("id", keep="first", maintain_order=True)
+        merged["replays"] = (
+            merged["replays"].sort("finished_at", maintain_order=True).unique(["replay_id", "trajectory_id"], keep="last", maintain_order=True)
+        )
         return merged
 
     def _read_parts(self, table: str) -> pl.DataFrame:
@@ -271,13 +330,16 @@ class LocalExperienceStore:
     def info(self) -> dict[str, Any]:
         """Counts and sizes, for ``ee store info``."""
         segments = spool.list_segments(self.root / "spool")
-        trajectories = self.trajectories()
+        tables = self._load()
+        trajectories = _current_approvals(tables["trajectories"], tables["approvals"])
         counts = trajectories.group_by("approval").len().to_dicts() if not trajectories.is_empty() else []
         return {
             "root": str(self.root),
             "schema_version": SCHEMA_VERSION,
             "trajectories": trajectories.height,
             "by_approval": {c["approval"]: c["len"] for c in counts},
+            "rollouts": tables["rollouts"].height,
+            "replayed_trajectories": tables["replays"]["trajectory_id"].n_unique(),
             "spool_segments": len(segments),
             "live_segments": sum(spool.is_live(s) for s in segments),
             "parquet_parts": {name: len(_parts(self.root / name)) for name in TABLES},
@@ -302,6 +364,10 @@ def _records_to_frames(records: Iterable[dict[str, Any]]) -> dict[str, pl.DataFr
                 rows["steps"].extend(step_row(s) for s in t.steps)
             elif kind == "approval":
                 rows["approvals"].append(approval_row(ApprovalEvent.parse(data, where="spool record")))
+            elif kind == "rollout":
+                rows["rollouts"].append(rollout_row(Rollout.parse(data, where="spool record")))
+            elif kind == "replay":
+                rows["replays"].append(replay_row(ReplayRecord.parse(data, where="spool record")))
             else:
                 raise RecordError(f"unknown spool record kind {kind!r}")
         except RecordError as exc:

@@ -19,6 +19,9 @@ from ee_middleware.records import (
     Approval,
     ApprovalEvent,
     Observation,
+    Proposer,
+    ReplayRecord,
+    Rollout,
     Step,
     ToolCall,
     Trajectory,
@@ -74,6 +77,50 @@ APPROVAL_SCHEMA: dict[str, pl.DataType] = {
     "by": pl.String(),
     "at": UTC_TIME,
     "reason": pl.String(),
+}
+
+
+ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "schema_version": pl.String(),
+    "replay_id": pl.String(),
+    "trajectory_id": pl.String(),
+    "step_index": pl.Int64(),
+    "branch_index": pl.Int64(),
+    "tool_call_id": pl.String(),
+    "tool_name": pl.String(),
+    "arguments_json": pl.String(),
+    "proposer_policy": pl.String(),
+    "proposer_model": pl.String(),
+    "proposer_json": pl.String(),
+    "observation": pl.String(),
+    "observation_truncated_chars": pl.Int64(),
+    "is_error": pl.Boolean(),
+    "synthetic": pl.Boolean(),
+    "sandbox": pl.String(),
+    "duration_ms": pl.Float64(),
+    "created_at": UTC_TIME,
+}
+
+REPLAY_SCHEMA: dict[str, pl.DataType] = {
+    "replay_id": pl.String(),
+    "schema_version": pl.String(),
+    "trajectory_id": pl.String(),
+    "status": pl.String(),
+    "reason": pl.String(),
+    "policy": pl.String(),
+    "sandbox": pl.String(),
+    "k": pl.Int64(),
+    "seed": pl.Int64(),
+    "states": pl.Int64(),
+    "branches": pl.Int64(),
+    "errors": pl.Int64(),
+    "rejected": pl.Int64(),
+    "refused": pl.Int64(),
+    "fidelity_mismatches": pl.Int64(),
+    "details_json": pl.String(),
+    "duration_s": pl.Float64(),
+    "finished_at": UTC_TIME,
 }
 
 
@@ -133,6 +180,76 @@ def step_row(s: Step) -> dict[str, Any]:
 
 def approval_row(e: ApprovalEvent) -> dict[str, Any]:
     return {"trajectory_id": e.trajectory_id, "status": e.status, "by": e.by, "at": _utc(e.at), "reason": e.reason}
+
+
+def rollout_row(r: Rollout) -> dict[str, Any]:
+    call = r.action.tool_call
+    return {
+        "id": r.id,
+        "schema_version": r.schema_version,
+        "replay_id": r.replay_id,
+        "trajectory_id": r.trajectory_id,
+        "step_index": r.step_index,
+        "branch_index": r.branch_index,
+        "tool_call_id": call.id if call else None,
+        "tool_name": call.name if call else None,
+        "arguments_json": dumps(call.arguments) if call else None,
+        "proposer_policy": r.proposer.policy,
+        "proposer_model": r.proposer.model,
+        "proposer_json": dumps(r.proposer.model_dump(mode="json")),
+        "observation": r.observation.content,
+        "observation_truncated_chars": r.observation.truncated_chars,
+        "is_error": r.is_error,
+        "synthetic": r.synthetic,
+        "sandbox": r.sandbox,
+        "duration_ms": r.duration_ms,
+        "created_at": _utc(r.created_at),
+    }
+
+
+def rollout_from_row(row: dict[str, Any]) -> Rollout:
+    call = None
+    if row["tool_name"] is not None:
+        call = ToolCall(id=row["tool_call_id"] or "", name=row["tool_name"], arguments=json.loads(row["arguments_json"] or "{}"))
+    return Rollout(
+        schema_version=row["schema_version"],
+        id=row["id"],
+        replay_id=row["replay_id"],
+        trajectory_id=row["trajectory_id"],
+        step_index=row["step_index"],
+        branch_index=row["branch_index"],
+        action=Action(kind="tool_call", tool_call=call) if call else Action(kind="answer"),
+        proposer=Proposer.model_validate(json.loads(row["proposer_json"])),
+        observation=Observation(content=row["observation"] or "", is_error=bool(row["is_error"]), truncated_chars=row["observation_truncated_chars"] or 0),
+        is_error=bool(row["is_error"]),
+        synthetic=bool(row["synthetic"]),
+        sandbox=row["sandbox"],
+        duration_ms=row["duration_ms"],
+        created_at=row["created_at"],
+    )
+
+
+def replay_row(r: ReplayRecord) -> dict[str, Any]:
+    return {
+        "replay_id": r.replay_id,
+        "schema_version": r.schema_version,
+        "trajectory_id": r.trajectory_id,
+        "status": r.status,
+        "reason": r.reason,
+        "policy": r.policy,
+        "sandbox": r.sandbox,
+        "k": r.k,
+        "seed": r.seed,
+        "states": r.states,
+        "branches": r.branches,
+        "errors": r.errors,
+        "rejected": r.rejected,
+        "refused": r.refused,
+        "fidelity_mismatches": r.fidelity_mismatches,
+        "details_json": dumps(r.details),
+        "duration_s": r.duration_s,
+        "finished_at": _utc(r.finished_at),
+    }
 
 
 def frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -1,0 +1,188 @@
+"""Expert trajectories from BFCL: a real LangGraph agent whose chat model replays the ground truth.
+
+For each entry a LangGraph graph is built with one tool per backend method (executing on that
+entry's own world), an ``agent`` node whose scripted model emits the ground-truth calls turn by
+turn, and a ``user`` node that hands the agent the next user turn. Runs are recorded through
+:func:`~ee_middleware.capture.recorder.record_experience` into the store and approved
+automatically, with the entry's environment reference, so the replay job can rebuild the world.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, BFCLEntry, load_entries
+from ee_middleware.bfcl.world import World, build_world, execute, parse_call
+from ee_middleware.records import ToolCall
+
+EXPERT_MODEL_NAME = "bfcl-ground-truth-expert"
+CLARIFY_ANSWER = "I can't complete this with the information and tools I have. Could you give me the missing details?"
+DONE_ANSWER = "Done: I have completed the request."
+
+
+def app_name(category: str) -> str:
+    """The ``app`` under which a category's expert trajectories are stored."""
+    return f"bfcl.{category}"
+
+
+def _user_turn_messages(entry: BFCLEntry, turn: int) -> list[dict[str, Any]]:
+    messages = entry.turns[turn]
+    if not messages and turn in entry.missed_functions:
+        return [{"role": "user", "content": ADDITIONAL_FUNCTIONS_PROMPT}]
+    return messages
+
+
+def build_expert_graph(entry: BFCLEntry) -> Any:
+    """The compiled LangGraph agent for one entry (unrecorded), with a fresh world of its own."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    from ee_middleware.testing.chat_models import ScriptedChatModel
+
+    world = build_world(entry.initial_config, entry.involved_classes, long_context=entry.long_context)
+
+    class State(MessagesState):
+        turn: int
+
+    def expert(messages: Sequence[Any], _tools: Sequence[Any]) -> AIMessage:
+        turn = sum(1 for m in messages if m.type == "human") - 1
+        done = 0
+        for message in reversed(messages):
+            if message.type == "human":
+                break
+            done += message.type == "tool"
+        calls = entry.ground_truth[turn] if 0 <= turn < len(entry.ground_truth) else []
+        if done < len(calls):
+            call = parse_call(calls[done], world, call_id=f"call_{turn}_{done}")
+            return AIMessage(content="", tool_calls=[{"name": call.name, "args": call.arguments, "id": call.id, "type": "tool_call"}])
+        return AIMessage(content=DONE_ANSWER if calls else CLARIFY_ANSWER)
+
+    model = ScriptedChatModel(policy=expert, model_name=EXPERT_MODEL_NAME)
+    tools_by_turn = [_langchain_tools(entry.tools_at_turn(t), world) for t in range(len(entry.turns))]
+    all_tools = {tool.name: tool for tools in tools_by_turn for tool in tools}
+
+    def agent(state: Any) -> dict[str, Any]:
+        reply = model.bind_tools(tools_by_turn[state["turn"]]).invoke(state["messages"])
+        return {"messages": [reply]}
+
+    def route(state: Any) -> str:
+        last = state["messages"][-1]
+        if getattr(last, "tool_calls", None):
+            return "tools"
+        return "user" if state["turn"] + 1 < len(entry.turns) else END
+
+    def user(state: Any) -> dict[str, Any]:
+        turn = state["turn"] + 1
+        return {"turn": turn, "messages": [_to_langchain(m, HumanMessage, SystemMessage) for m in _user_turn_messages(entry, turn)]}
+
+    graph = StateGraph(State)
+    graph.add_node("agent", agent)
+    graph.add_node("tools", ToolNode(list(all_tools.values())))
+    graph.add_node("user", user)
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", route, ["tools", "user", END])
+    graph.add_edge("tools", "agent")
+    graph.add_edge("user", "agent")
+    return graph.compile()
+
+
+def _to_langchain(message: dict[str, Any], human: type, system: type) -> Any:
+    return (system if message.get("role") == "system" else human)(content=message.get("content", ""))
+
+
+def _langchain_tools(schemas: list[dict[str, Any]], world: World) -> list[Any]:
+    from langchain_core.tools import BaseTool
+
+    class BackendTool(BaseTool):
+        """One BFCL backend method, executed on the entry's world exactly as the replay sandbox executes it."""
+
+        def _run(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> str:
+            return execute(world, ToolCall(id="", name=self.name, arguments=kwargs)).content
+
+    tools = []
+    for schema in schemas:
+        fn = schema["function"]
+        tools.append(BackendTool(name=fn["name"], description=fn.get("description", ""), args_schema=fn["parameters"]))
+    return tools
+
+
+@dataclass
+class RecordReport:
+    """What :func:`record_experts` did."""
+
+    category: str
+    recorded: list[str] = field(default_factory=list)
+    """Entry ids recorded in this call."""
+    already: list[str] = field(default_factory=list)
+    """Entry ids found in the store already (not recorded again)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Entry id -> what went wrong."""
+
+
+def recorded_entry_ids(store: Any, category: str) -> set[str]:
+    """Entry ids of the category's expert trajectories already in ``store``."""
+    import json
+
+    import polars as pl
+
+    frame = store.trajectories(app=app_name(category)).filter(pl.col("environment_json").is_not_null())
+    return {json.loads(env).get("entry_id") for env in frame["environment_json"].to_list()}
+
+
+def record_experts(
+    store: str | os.PathLike[str] | Any,
+    category: str = "multi_turn_base",
+    *,
+    limit: int | None = None,
+    ids: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RecordReport:
+    """Run the ground-truth expert on BFCL entries and record approved trajectories into ``store``.
+
+    Idempotent: entries already recorded for the category are left alone.
+    """
+    from ee_middleware.capture.recorder import record_experience
+    from ee_middleware.store.local import open_store
+
+    store_obj = open_store(store)
+    entries = load_entries(category, limit=limit, ids=ids)
+    report = RecordReport(category=category)
+    done_before = recorded_entry_ids(store_obj, category)
+
+    # Benchmark data holds no secrets, and redaction would alter arguments (passwords are part of
+    # the tasks), which would break the exact re-execution that replay relies on.
+    recorded_graph = record_experience(
+        build_expert_graph,
+        app=app_name(category),
+        app_version="bfcl-eval",
+        store=store_obj,
+        approve_if=lambda t: t.status == "completed",
+        redact=False,
+    )
+    for i, entry in enumerate(entries):
+        if entry.id in done_before:
+            report.already.append(entry.id)
+        else:
+            try:
+                graph = recorded_graph(entry)
+                first = [_to_openai_user(m) for m in _user_turn_messages(entry, 0)]
+                graph.invoke(
+                    {"messages": first, "turn": 0},
+                    config={"recursion_limit": 200, "configurable": {"thread_id": entry.id, "ee_environment": entry.environment}},
+                )
+                report.recorded.append(entry.id)
+            except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the others
+                report.failed[entry.id] = f"{type(exc).__name__}: {exc}"
+        if progress is not None:
+            progress(i + 1, len(entries))
+    if report.recorded:
+        graph.flush()
+    return report
+
+
+def _to_openai_user(message: dict[str, Any]) -> tuple[str, str]:
+    return ("system" if message.get("role") == "system" else "user", message.get("content", ""))

@@ -1,0 +1,143 @@
+"""The BFCL world: backend instances built from an entry's ``initial_config``, and call dispatch.
+
+The expert recordings and the replay sandbox both execute calls through :func:`execute`, so an
+expert action re-executed in the sandbox reproduces the recorded observation exactly. Results are
+formatted as BFCL's own executor formats them (strings as they are, dicts as JSON, errors as
+``Error during execution: ...``), but calls are dispatched by name with decoded arguments: nothing
+is ever ``eval``-ed.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from ee_middleware.bfcl._package import import_bfcl
+from ee_middleware.errors import EnvironmentUnavailableError
+from ee_middleware.records import Observation, ToolCall
+
+World = dict[str, Any]
+"""Backend class name -> instance."""
+
+
+@cache
+def _backend_class(class_name: str) -> type:
+    config = import_bfcl("constants.executable_backend_config")
+    module_path = config.CLASS_FILE_PATH_MAPPING.get(class_name)
+    if module_path is None:
+        raise EnvironmentUnavailableError(f"Unknown BFCL backend class {class_name!r}; known: {', '.join(sorted(config.CLASS_FILE_PATH_MAPPING))}.")
+    module = import_bfcl(module_path.removeprefix("bfcl_eval."))
+    return getattr(module, class_name)
+
+
+def build_world(initial_config: Mapping[str, Any], involved_classes: Sequence[str], *, long_context: bool = False) -> World:
+    """Fresh backend instances loaded with the entry's initial state (as BFCL's executor builds them)."""
+    stateless = set(import_bfcl("constants.executable_backend_config").STATELESS_CLASSES)
+    world: World = {}
+    for class_name in involved_classes:
+        instance = _backend_class(class_name)()
+        if class_name not in stateless:
+            instance._load_scenario(copy.deepcopy(dict(initial_config.get(class_name, {}))), long_context=long_context)
+        world[class_name] = instance
+    return world
+
+
+def world_from_environment(environment: Mapping[str, Any] | None) -> World:
+    """Rebuild the world from a trajectory's environment reference (see ``BFCLEntry.environment``)."""
+    if not environment:
+        raise EnvironmentUnavailableError(
+            "The trajectory has no environment reference. BFCL trajectories need "
+            "{'kind': 'bfcl', 'initial_config': ..., 'involved_classes': [...]}; record them with `ee bfcl record-experts`."
+        )
+    if environment.get("kind", "bfcl") != "bfcl":
+        raise EnvironmentUnavailableError(f"Environment kind {environment.get('kind')!r} is not a BFCL environment; use the sandbox made for it.")
+    classes = environment.get("involved_classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise EnvironmentUnavailableError("BFCL environment reference lacks 'involved_classes' (a list of backend class names).")
+    config = environment.get("initial_config") or {}
+    if not isinstance(config, dict):
+        raise EnvironmentUnavailableError("BFCL environment reference has an 'initial_config' that is not an object.")
+    try:
+        return build_world(config, classes, long_context=bool(environment.get("long_context", False)))
+    except EnvironmentUnavailableError:
+        raise
+    except Exception as exc:
+        raise EnvironmentUnavailableError(f"BFCL backends could not load the initial_config: {type(exc).__name__}: {exc}") from exc
+
+
+def method_table(world: World) -> dict[str, tuple[str, str]]:
+    """Public tool name -> (class name, method name), in ``involved_classes`` order (first wins)."""
+    table: dict[str, tuple[str, str]] = {}
+    for class_name, instance in world.items():
+        for name in _public_methods(type(instance)):
+            table.setdefault(name, (class_name, name))
+    return table
+
+
+@cache
+def _public_methods(cls: type) -> tuple[str, ...]:
+    return tuple(name for name, member in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_"))
+
+
+def format_result(value: Any) -> str:
+    """BFCL's own result formatting: strings unchanged, dicts as JSON (``str`` when not serialisable)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def execute(world: World, call: ToolCall) -> Observation:
+    """Run one call against the world. Failures (unknown tool, bad arguments, exceptions) are error observations."""
+    table = method_table(world)
+    target = table.get(call.name)
+    if target is None:
+        return Observation(content=f"Error during execution: tool '{call.name}' does not exist in this environment.", is_error=True)
+    class_name, method_name = target
+    method = getattr(world[class_name], method_name)
+    try:
+        value = method(**call.arguments)
+    except Exception as exc:  # noqa: BLE001 - the model sees the error, as BFCL's executor shows it
+        return Observation(content=f"Error during execution: {exc}", is_error=True)
+    is_error = isinstance(value, dict) and "error" in value
+    return Observation(content=format_result(value), is_error=is_error)
+
+
+def parse_call(expression: str, world: World, *, call_id: str = "") -> ToolCall:
+    """A ground-truth call expression (``"mv(source='a', destination='b')"``) as a :class:`ToolCall`.
+
+    Parsed with ``ast`` (literal arguments only); positional arguments are named from the backend
+    method's signature. Raises ``ValueError`` for anything that is not one plain call.
+    """
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"not a call expression: {expression!r} ({exc.msg})") from None
+    node = tree.body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise ValueError(f"not a plain function call: {expression!r}")
+    name = node.func.id
+    arguments: dict[str, Any] = {}
+    if node.args:
+        target = method_table(world).get(name)
+        if target is None:
+            raise ValueError(f"positional arguments for unknown tool {name!r} in {expression!r}")
+        params = [p for p in inspect.signature(getattr(type(world[target[0]]), target[1])).parameters if p != "self"]
+        if len(node.args) > len(params):
+            raise ValueError(f"too many positional arguments in {expression!r}")
+        for param, arg in zip(params, node.args, strict=False):
+            arguments[param] = ast.literal_eval(arg)
+    for keyword in node.keywords:
+        if keyword.arg is None:
+            raise ValueError(f"**kwargs are not supported: {expression!r}")
+        arguments[keyword.arg] = ast.literal_eval(keyword.value)
+    return ToolCall(id=call_id, name=name, arguments=arguments)

@@ -1,0 +1,53 @@
+"""``ee bfcl``: BFCL as a real environment (expert trajectories for replay and training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, StoreOption, console, print_json
+
+app = typer.Typer(help="BFCL multi-turn tasks as a real executable environment.", no_args_is_help=True)
+
+
+@app.command("record-experts")
+def record_experts_cmd(
+    store: Path = StoreOption,
+    category: str = typer.Option("multi_turn_base", "--category", help="BFCL multi-turn category (multi_turn_base, multi_turn_miss_func, ...)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N entries."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Record approved expert trajectories: a LangGraph agent replays BFCL's ground-truth calls turn by turn."""
+    from ee_middleware.bfcl.experts import record_experts
+
+    out = console()
+    bar = None
+    if progress and not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn(f"[bold]record[/] {category}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out)
+        bar.start()
+        task = bar.add_task(category, total=None)
+
+    def tick(n: int, total: int) -> None:
+        if bar is not None:
+            bar.update(task, completed=n, total=total)
+
+    try:
+        report = record_experts(store, category, limit=limit, progress=tick)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if as_json:
+        print_json({"category": category, "recorded": report.recorded, "already_recorded": report.already, "failed": report.failed})
+    else:
+        out.print(
+            f"{category}: recorded {len(report.recorded)} expert trajectories into {store} "
+            f"({len(report.already)} were already there, {len(report.failed)} failed)."
+        )
+        for entry_id, reason in report.failed.items():
+            out.print(f"[red]failed[/] {entry_id}: {reason}")
+    if report.failed:
+        raise typer.Exit(1)

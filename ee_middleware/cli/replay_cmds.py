@@ -1,0 +1,269 @@
+"""``ee replay``: run the replay job, and inspect the rollouts it stored."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json, short
+
+app = typer.Typer(help="Replay recorded states with K alternative tool calls in a sandbox; inspect rollouts.", no_args_is_help=True)
+
+
+class ExecutorChoice(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+class IsolationChoice(StrEnum):
+    none = "none"
+    subprocess = "subprocess"
+
+
+@app.command("run")
+def run(
+    store: Path | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="Sandbox: 'bfcl', 'package.module:factory' or an entry point. [default: bfcl]"),
+    policy: str | None = typer.Option(
+        None, "--policy", help="Policy: 'mutate', 'local:MODEL_DIR', 'openai:BASE_URL#MODEL' or 'package.module:factory'. [default: mutate]"
+    ),
+    k: int | None = typer.Option(None, "--k", "-k", min=1, help="Alternatives per recorded state. [default: 8]"),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (or Ray actors). [default: 1]"),
+    executor: ExecutorChoice | None = typer.Option(None, "--executor", help="local worker processes, or a Ray cluster. [default: local]"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the proposals. [default: 0]"),
+    temperature: float | None = typer.Option(None, "--temperature", min=0, help="Sampling temperature of model policies. [default: 1.0]"),
+    isolation: IsolationChoice | None = typer.Option(
+        None, "--isolation", help="'subprocess' runs the sandbox in a child process with time and memory limits. [default: none]"
+    ),
+    tool_timeout: float | None = typer.Option(None, "--tool-timeout", help="Seconds per tool call with --isolation subprocess. [default: 30]"),
+    memory_mb: int | None = typer.Option(None, "--memory-mb", help="Memory limit of the sandbox process with --isolation subprocess."),
+    app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many trajectories in this run."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [replay] table; flags override it."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Replay every approved trajectory not yet replayed with this configuration (resumable)."""
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+
+    cfg = ReplayConfig.load(
+        config,
+        store=store,
+        sandbox=sandbox,
+        policy=policy,
+        k=k,
+        workers=workers,
+        executor=executor.value if executor else None,
+        seed=seed,
+        temperature=temperature,
+        isolation=isolation.value if isolation else None,
+        tool_timeout_s=tool_timeout,
+        memory_mb=memory_mb,
+        app=app_name,
+        limit=limit,
+        ray_address=ray_address,
+    )
+    open_existing_store(cfg.store)  # a clear error before any worker starts
+    out = console()
+    bar: dict[str, Any] = {}
+
+    def on_start(total: int) -> None:
+        if progress and total and not as_json:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            bar["progress"] = Progress(
+                TextColumn("[bold]replay[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("trajectories · {task.fields[branches]} branches"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=out,
+                transient=False,
+            )
+            bar["progress"].start()
+            bar["task"] = bar["progress"].add_task(cfg.replay_id, total=total, branches=0)
+
+    branches = 0
+
+    def on_outcome(outcome: Any, n: int, total: int) -> None:
+        nonlocal branches
+        branches += outcome.record.branches
+        if "progress" in bar:
+            bar["progress"].update(bar["task"], completed=n, branches=branches)
+
+    try:
+        summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
+    finally:
+        if "progress" in bar:
+            bar["progress"].stop()
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        _print_summary(summary, out)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: Any, out: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"replay {summary.replay_id}: sandbox={summary.sandbox} policy={summary.policy} k={summary.k}", box=box.SIMPLE_HEAD)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("trajectories replayed", summary.done),
+        ("skipped (see reasons below)", len(summary.skipped)),
+        ("failed (retried next run)", len(summary.failed)),
+        ("already replayed earlier", summary.already_done),
+        ("states", summary.states),
+        ("branches stored", summary.branches),
+        ("error observations", summary.errors),
+        ("proposals rejected", summary.rejected),
+        ("proposals refused (no sandbox)", sum(summary.refused_tools.values())),
+        ("fidelity mismatches", summary.fidelity_mismatches),
+        ("time", f"{summary.duration_s:.1f} s"),
+        ("branches / s", f"{summary.branches_per_s:.1f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    out.print(table)
+    if summary.rejected_by_reason:
+        out.print("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected_by_reason.items())))
+    for tool, count in sorted(summary.refused_tools.items()):
+        out.print(
+            f"[yellow]refused[/] {count} call(s) of [bold]{tool}[/]: it has side effects or is unknown, and sandbox "
+            f"{summary.sandbox!r} does not provide it. Add it to the sandbox (see docs/sandboxes.md), or mark it read-only."
+        )
+    for trajectory_id, reason in list(summary.skipped.items())[:10]:
+        out.print(f"[yellow]skipped[/] {trajectory_id[:12]}: {reason}")
+    for trajectory_id, reason in list(summary.failed.items())[:10]:
+        out.print(f"[red]failed[/] {trajectory_id[:12]}: {reason}")
+    for example in summary.fidelity_examples:
+        out.print(
+            f"[red]fidelity error[/] {example['trajectory_id'][:12]} step {example['step']} ({example['tool']}): "
+            f"recorded {short(example['recorded'], 80)!r}, sandbox gave {short(example['replayed'], 80)!r}"
+        )
+
+
+def _rollout_json(rollout: Any) -> dict[str, Any]:
+    return rollout.model_dump(mode="json")
+
+
+@app.command("list")
+def list_rollouts(
+    store: Path = StoreOption,
+    trajectory: str | None = typer.Option(None, "--trajectory", "-t", help="Only rollouts of this trajectory (a unique id prefix is enough)."),
+    replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
+    errors_only: bool = typer.Option(False, "--errors", help="Only rollouts whose observation is an error."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many rollouts."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List stored rollouts (alternative actions and their real observations)."""
+    import polars as pl
+
+    from ee_middleware.store.tables import rollout_from_row
+
+    opened = open_existing_store(store)
+    ids = [opened.resolve_id(trajectory)] if trajectory else None
+    frame = opened.rollouts(ids, replay_id=replay_id)
+    if errors_only:
+        frame = frame.filter(pl.col("is_error"))
+    if limit is not None:
+        frame = frame.head(limit)
+    rollouts = [rollout_from_row(row) for row in frame.iter_rows(named=True)]
+    if as_json:
+        print_json([_rollout_json(r) for r in rollouts])
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{len(rollouts)} rollouts in {store}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column, kwargs in (
+        ("id", {"no_wrap": True}),
+        ("trajectory", {"no_wrap": True}),
+        ("step", {"justify": "right"}),
+        ("branch", {"justify": "right"}),
+        ("proposer", {"no_wrap": True}),
+        ("call", {"ratio": 1, "overflow": "fold"}),
+        ("observation", {"ratio": 1, "overflow": "fold"}),
+    ):
+        table.add_column(column, **kwargs)
+    for r in rollouts:
+        call = r.action.tool_call
+        table.add_row(
+            r.id[:10],
+            r.trajectory_id[:10],
+            str(r.step_index),
+            str(r.branch_index),
+            r.proposer.policy,
+            short(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else "", 80),
+            ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 100),
+        )
+    console().print(table)
+
+
+@app.command("show")
+def show(
+    item_id: str = typer.Argument(..., help="A trajectory id (all its rollouts) or a rollout id; a unique prefix is enough."),
+    store: Path = StoreOption,
+    replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show the rollouts of a trajectory, state by state, beside the expert's action."""
+    from ee_middleware.errors import TrajectoryNotFoundError
+
+    opened = open_existing_store(store)
+    trajectory = None
+    try:
+        trajectory = opened.get(item_id)
+        rollouts = list(opened.iter_rollouts([trajectory.id], replay_id=replay_id))
+    except TrajectoryNotFoundError:
+        try:
+            rollouts = [opened.get_rollout(item_id)]
+        except TrajectoryNotFoundError:
+            raise TrajectoryNotFoundError(
+                f"No trajectory or rollout {item_id!r} in {store}. List them with: ee replay list --store {store}"
+            ) from None
+    if as_json:
+        print_json([_rollout_json(r) for r in rollouts])
+        return
+    from rich.table import Table
+
+    out = console()
+    if trajectory is None:
+        r = rollouts[0]
+        trajectory = opened.get(r.trajectory_id)
+    by_step: dict[int, list[Any]] = {}
+    for r in rollouts:
+        by_step.setdefault(r.step_index, []).append(r)
+    out.print(f"[bold]{trajectory.id}[/]  app={trajectory.app}  task: {short(trajectory.task, 160)}")
+    for step in trajectory.steps:
+        if step.index not in by_step:
+            continue
+        table = Table(title=f"step {step.index}", show_lines=False, title_justify="left")
+        table.add_column("", no_wrap=True)
+        table.add_column("call", ratio=1, overflow="fold")
+        table.add_column("observation", ratio=1, overflow="fold")
+        call = step.action.tool_call
+        obs = step.observation
+        table.add_row(
+            "[green]expert[/]",
+            f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200),
+            short(obs.content, 300) if obs else "",
+        )
+        for r in by_step[step.index]:
+            alt = r.action.tool_call
+            table.add_row(
+                f"#{r.branch_index} {r.proposer.policy}",
+                f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})" if alt else "",
+                ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 300),
+            )
+        out.print(table)

@@ -1,0 +1,87 @@
+"""Configuration of the replay job: one typed object, loadable from TOML, overridable by CLI flags.
+
+Precedence, lowest first: defaults, the TOML file's ``[replay]`` table, then flags / keyword
+arguments. Example ``replay.toml``::
+
+    [replay]
+    store = "experience"
+    sandbox = "bfcl"
+    policy = "openai:http://vllm:8000/v1#my-model"
+    k = 8
+    workers = 4
+    temperature = 1.0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ee_middleware._toml import read_toml_table
+from ee_middleware.errors import ConfigError
+
+
+class ReplayConfig(BaseModel):
+    """Everything ``ee replay run`` needs. Fields that change the rollouts make up :attr:`replay_id`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: Path
+    sandbox: str = "bfcl"
+    """Sandbox spec: a built-in name (``bfcl``), ``package.module:factory``, or an entry point."""
+    policy: str = "mutate"
+    """Policy spec: ``mutate``, ``local:MODEL_DIR``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
+    k: int = Field(8, ge=1, le=256)
+    """Alternatives per recorded state (the paper: 8-30 for IWM, 2-4 for SR)."""
+    seed: int = 0
+    temperature: float = Field(1.0, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_new_tokens: int = Field(160, ge=1)
+    workers: int = Field(1, ge=1)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    """Ray cluster to join (``auto``, ``ray://host:10001``); default: ``RAY_ADDRESS`` or a local cluster."""
+    isolation: Literal["none", "subprocess"] = "none"
+    """``subprocess`` runs each worker's sandbox in a child process with the limits below."""
+    tool_timeout_s: float = Field(30.0, gt=0)
+    memory_mb: int | None = Field(None, ge=64)
+    app: str | None = None
+    """Only trajectories of this app."""
+    limit: int | None = Field(None, ge=1)
+    """At most this many trajectories in this run."""
+    check_fidelity: bool = True
+    max_observation_chars: int = Field(200_000, ge=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ReplayConfig:
+        """Defaults <- TOML ``[replay]`` table <- ``overrides`` (``None`` values are ignored)."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(read_toml_table(Path(path), "replay"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "store" not in values:
+            raise ConfigError("The replay job needs a store: pass --store DIR or set store in the [replay] table.")
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"Invalid replay configuration: {problems}") from None
+
+    def policy_options(self) -> dict[str, Any]:
+        """Sampling options passed to model-backed policies (the mutation policy takes none)."""
+        if self.policy == "mutate":
+            return {}
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+
+    @property
+    def replay_id(self) -> str:
+        """Identifies the configuration that shapes rollouts: a re-run with the same id resumes."""
+        shaping = {"sandbox": self.sandbox, "policy": self.policy, "k": self.k, "seed": self.seed}
+        if self.policy != "mutate":
+            shaping.update(self.policy_options())
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]

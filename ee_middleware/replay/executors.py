@@ -1,0 +1,203 @@
+"""Where trajectories are replayed: in this process, in local worker processes, or on a Ray cluster.
+
+Every executor takes a :class:`WorkerSpec` (strings and numbers only, so it crosses process and
+machine boundaries) and yields one :class:`~ee_middleware.replay.runner.ReplayOutcome` per
+trajectory as soon as it is ready, in completion order. Each worker builds its own sandbox and
+policy once and reuses them for every trajectory it is given.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ee_middleware._optional import import_optional
+from ee_middleware.errors import MissingExtraError, PolicyError
+from ee_middleware.records import ReplayRecord, Trajectory, utcnow
+from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
+from ee_middleware.replay.sandboxes.protocol import Sandbox
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to build its sandbox and proposer, and how to replay."""
+
+    sandbox_factory: Callable[[], Sandbox]
+    policy: str
+    settings: ReplaySettings
+    policy_options: dict[str, Any] = field(default_factory=dict)
+
+
+class _Worker:
+    """A sandbox and a proposer, built on first use and rebuilt after a failure."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self._parts: tuple[Sandbox, Any] | None = None
+
+    def _build(self) -> tuple[Sandbox, Any]:
+        from ee_middleware.replay.policies.proposer import Proposer
+        from ee_middleware.replay.policies.registry import build_policy
+
+        if self._parts is None:
+            sandbox = self.spec.sandbox_factory()
+            policy = build_policy(self.spec.policy, **self.spec.policy_options)
+            self._parts = (sandbox, Proposer(policy, k=self.spec.settings.k))
+        return self._parts
+
+    def replay(self, trajectory: Trajectory) -> ReplayOutcome:
+        settings = self.spec.settings
+        sandbox, proposer = self._build()  # a sandbox or policy that cannot be built stops the job
+        try:
+            return replay_trajectory(trajectory, sandbox, proposer, settings)
+        except (PolicyError, MissingExtraError):
+            raise  # the policy is unusable (server down, model missing): stop the whole job
+        except Exception as exc:  # noqa: BLE001 - one trajectory's failure must not stop the job
+            self.close()
+            tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            record = ReplayRecord(
+                replay_id=settings.replay_id,
+                trajectory_id=trajectory.id,
+                status="failed",
+                reason=tb,
+                policy=settings.policy,
+                sandbox="?",
+                k=settings.k,
+                seed=settings.seed,
+                finished_at=utcnow(),
+            )
+            return ReplayOutcome(record)
+
+    def close(self) -> None:
+        if self._parts is not None:
+            sandbox, proposer = self._parts
+            self._parts = None
+            for part in (sandbox, getattr(proposer, "policy", None)):
+                close = getattr(part, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:  # noqa: BLE001 - closing is best effort
+                        pass
+
+
+class Executor(Protocol):
+    """Runs replays and yields outcomes in completion order."""
+
+    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+class InlineExecutor:
+    """Replays in the calling process, one trajectory at a time (``--workers 1``)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self._worker = _Worker(spec)
+
+    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
+        for trajectory in trajectories:
+            yield self._worker.replay(trajectory)
+
+    def close(self) -> None:
+        self._worker.close()
+
+
+_PROCESS_WORKER: _Worker | None = None
+
+
+def _init_process_worker(spec: WorkerSpec, torch_threads: int) -> None:
+    global _PROCESS_WORKER
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+    _PROCESS_WORKER = _Worker(spec)
+
+
+def _replay_in_process(trajectory: Trajectory) -> ReplayOutcome:
+    assert _PROCESS_WORKER is not None
+    return _PROCESS_WORKER.replay(trajectory)
+
+
+class ProcessExecutor:
+    """Replays in ``workers`` local processes (spawned, so nothing of the parent's state leaks in)."""
+
+    def __init__(self, spec: WorkerSpec, workers: int, *, start_method: str = "spawn", torch_threads: int = 1) -> None:
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context(start_method),
+            initializer=_init_process_worker,
+            initargs=(spec, torch_threads),
+        )
+
+    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
+        pending: set[Future[ReplayOutcome]] = set()
+        source = iter(trajectories)
+        window = self.workers * 2  # keep every worker busy without shipping the whole store at once
+        try:
+            while True:
+                while len(pending) < window:
+                    trajectory = next(source, None)
+                    if trajectory is None:
+                        break
+                    pending.add(self._pool.submit(_replay_in_process, trajectory))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _RayWorker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self._worker = _Worker(spec)
+
+    def replay(self, trajectory: Trajectory) -> ReplayOutcome:
+        return self._worker.replay(trajectory)
+
+
+class RayExecutor:
+    """Replays on a Ray cluster with ``workers`` actors (each builds its sandbox and policy once).
+
+    Joins ``address`` (or ``RAY_ADDRESS``) when given; otherwise starts a local Ray instance and
+    stops it on :meth:`close`.
+    """
+
+    def __init__(self, spec: WorkerSpec, workers: int, *, address: str | None = None, num_cpus_per_worker: float = 1.0) -> None:
+        ray = import_optional("ray", extra="ray", purpose="run the replay on a Ray cluster (--executor ray)")
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS")
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = max(workers, 1)
+            ray.init(**kwargs)
+            self._started = True
+        actor_class = ray.remote(num_cpus=num_cpus_per_worker)(_RayWorker)
+        self._actors = [actor_class.remote(spec) for _ in range(workers)]
+
+    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
+        from ray.util import ActorPool
+
+        pool = ActorPool(self._actors)
+        yield from pool.map_unordered(lambda actor, trajectory: actor.replay.remote(trajectory), trajectories)
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._actors = []
+        if self._started:
+            self._ray.shutdown()

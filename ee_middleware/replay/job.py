@@ -1,0 +1,169 @@
+"""The replay job: replay every approved trajectory not yet replayed under this configuration.
+
+Resumable and idempotent. Each trajectory's rollouts and its replay record are written together as
+soon as that trajectory finishes; a re-run skips trajectories whose record says ``done`` or
+``skipped`` for the same :attr:`~ee_middleware.replay.config.ReplayConfig.replay_id`, so a killed
+run continues where it stopped, and a finished one does nothing new. ``failed`` ones are retried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+
+from ee_middleware.errors import EEError, PolicyError, StoreError
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, WorkerSpec
+from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
+from ee_middleware.replay.sandboxes.registry import build_sandbox, sandbox_factory
+
+ProgressCallback = Callable[[ReplayOutcome, int, int], None]
+
+
+@dataclass
+class ReplaySummary:
+    """What one ``ee replay run`` did."""
+
+    replay_id: str
+    sandbox: str
+    policy: str
+    k: int
+    executor: str
+    workers: int
+    selected: int = 0
+    """Trajectories this run set out to replay."""
+    already_done: int = 0
+    """Approved trajectories skipped because an earlier run finished them."""
+    done: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    states: int = 0
+    branches: int = 0
+    errors: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    refused_tools: dict[str, int] = field(default_factory=dict)
+    fidelity_mismatches: int = 0
+    fidelity_examples: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def branches_per_s(self) -> float:
+        return self.branches / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "branches_per_s": round(self.branches_per_s, 2)}
+
+    def add(self, outcome: ReplayOutcome) -> None:
+        r = outcome.record
+        if r.status == "done":
+            self.done += 1
+        elif r.status == "skipped":
+            self.skipped[r.trajectory_id] = r.reason or ""
+        else:
+            self.failed[r.trajectory_id] = r.reason or ""
+        self.states += r.states
+        self.branches += r.branches
+        self.errors += r.errors
+        self.rejected += r.rejected
+        self.fidelity_mismatches += r.fidelity_mismatches
+        by_reason = Counter(self.rejected_by_reason)
+        by_reason.update(r.details.get("rejected_by_reason", {}))
+        self.rejected_by_reason = dict(by_reason)
+        refused = Counter(self.refused_tools)
+        refused.update(r.details.get("refused_tools", {}))
+        self.refused_tools = dict(refused)
+        for example in r.details.get("fidelity_mismatches", []):
+            if len(self.fidelity_examples) < 5:
+                self.fidelity_examples.append({"trajectory_id": r.trajectory_id, **example})
+
+
+def select_trajectories(store: Any, config: ReplayConfig) -> tuple[list[str], int]:
+    """Ids of approved trajectories still to replay under ``config`` (oldest first), and how many are done."""
+    approved = store.trajectories(status="approved", app=config.app)
+    finished = store.replays(replay_id=config.replay_id).filter(pl.col("status").is_in(["done", "skipped"]))
+    finished_ids = set(finished["trajectory_id"].to_list())
+    todo = [i for i in approved["id"].to_list() if i not in finished_ids]
+    already = approved.height - len(todo)
+    if config.limit is not None:
+        todo = todo[: config.limit]
+    return todo, already
+
+
+def build_executor(config: ReplayConfig, spec: WorkerSpec) -> Executor:
+    if config.executor == "ray":
+        return RayExecutor(spec, config.workers, address=config.ray_address)
+    if config.workers == 1:
+        return InlineExecutor(spec)
+    return ProcessExecutor(spec, config.workers)
+
+
+def run_replay(
+    config: ReplayConfig, *, on_outcome: ProgressCallback | None = None, on_start: Callable[[int], None] | None = None
+) -> ReplaySummary:
+    """Replay the approved trajectories of ``config.store`` that this configuration has not finished.
+
+    ``on_start(total)`` is called once the selection is known and ``on_outcome(outcome, n, total)``
+    after each trajectory is stored (the CLI draws its progress bar with them).
+    """
+    from ee_middleware.store.local import LocalExperienceStore
+
+    store = LocalExperienceStore(config.store, create=False)
+    factory = sandbox_factory(config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb)
+    build_sandbox(config.sandbox).close()  # a sandbox that cannot be built fails here, with its reason, before any worker starts
+    settings = ReplaySettings(
+        replay_id=config.replay_id,
+        policy=config.policy,
+        k=config.k,
+        seed=config.seed,
+        check_fidelity=config.check_fidelity,
+        max_observation_chars=config.max_observation_chars,
+    )
+    spec = WorkerSpec(sandbox_factory=factory, policy=config.policy, settings=settings, policy_options=config.policy_options())
+    summary = ReplaySummary(
+        replay_id=config.replay_id,
+        sandbox=config.sandbox,
+        policy=config.policy,
+        k=config.k,
+        executor=config.executor,
+        workers=config.workers,
+    )
+    todo, summary.already_done = select_trajectories(store, config)
+    summary.selected = len(todo)
+    if on_start is not None:
+        on_start(len(todo))
+    if not todo:
+        return summary
+
+    wanted = set(todo)
+    trajectories = (t for t in store.iter_trajectories(status="approved") if t.id in wanted)
+    started = time.perf_counter()
+    executor = build_executor(config, spec)
+    n = 0
+    try:
+        for outcome in executor.map(trajectories):
+            try:
+                store.write_replay(outcome.record, outcome.rollouts)
+            except OSError as exc:
+                raise StoreError(f"Could not write rollouts to {config.store}: {exc}. Free space or fix permissions, then re-run.") from exc
+            summary.add(outcome)
+            n += 1
+            if on_outcome is not None:
+                on_outcome(outcome, n, len(todo))
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)  # Ray wraps worker exceptions
+        if isinstance(cause, EEError):
+            exc = cause
+        if isinstance(exc, PolicyError):
+            raise PolicyError(f"{exc} ({n} trajectories finished before this are saved; re-run the same command to continue.)") from None
+        raise exc from None
+    finally:
+        summary.duration_s = time.perf_counter() - started
+        executor.close()
+        store.close()
+    return summary

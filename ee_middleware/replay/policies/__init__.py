@@ -1,0 +1,76 @@
+"""Policies that propose K alternative tool calls at a recorded state, and the proposer around them.
+
+Names are loaded lazily: importing this package imports neither torch nor httpx nor jsonschema.
+
+- :class:`MutationPolicy` — schema-driven argument generation and perturbation, no model;
+- :class:`TransformersPolicy` — samples from a local model (``train`` extra);
+- :class:`OpenAIPolicy` — asks an OpenAI-compatible server such as vLLM;
+- :func:`build_policy` — any of these (or a user policy) from a spec string;
+- :class:`Proposer` — validates, deduplicates, counts rejections and refills up to K.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ee_middleware.replay.policies.mutate import MutationPolicy
+    from ee_middleware.replay.policies.openai_compat import OpenAIPolicy
+    from ee_middleware.replay.policies.parsing import ParseProblem, from_openai_message, parse_tool_calls
+    from ee_middleware.replay.policies.proposer import ProposalResult, Proposer, Rejection
+    from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy, Proposals
+    from ee_middleware.replay.policies.registry import build_policy
+    from ee_middleware.replay.policies.schema import ToolSchemas, normalize_schema
+    from ee_middleware.replay.policies.transformers_local import TransformersPolicy
+
+_LAZY = {
+    "Candidate": "protocol",
+    "DecisionPoint": "protocol",
+    "Policy": "protocol",
+    "Proposals": "protocol",
+    "ToolSchemas": "schema",
+    "normalize_schema": "schema",
+    "ParseProblem": "parsing",
+    "parse_tool_calls": "parsing",
+    "from_openai_message": "parsing",
+    "MutationPolicy": "mutate",
+    "Proposer": "proposer",
+    "ProposalResult": "proposer",
+    "Rejection": "proposer",
+    "TransformersPolicy": "transformers_local",
+    "OpenAIPolicy": "openai_compat",
+    "build_policy": "registry",
+}
+
+__all__ = [
+    "Candidate",
+    "DecisionPoint",
+    "MutationPolicy",
+    "OpenAIPolicy",
+    "ParseProblem",
+    "Policy",
+    "ProposalResult",
+    "Proposals",
+    "Proposer",
+    "Rejection",
+    "ToolSchemas",
+    "TransformersPolicy",
+    "build_policy",
+    "from_openai_message",
+    "normalize_schema",
+    "parse_tool_calls",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,346 @@
+"""Read tool calls out of model output, whatever shape the model chose, without ever raising.
+
+Accepted shapes, tried in this order:
+
+- ``<tool_call>{...}</tool_call>`` blocks (Hermes, Qwen, SmolLM2 style), possibly several;
+- fenced code blocks (```` ```json ... ``` ````);
+- the whole text as JSON: ``{"name": ..., "arguments"|"parameters": {...}}`` (``arguments`` may be
+  a JSON string), a list of those, OpenAI ``{"type": "function", "function": {...}}`` items, or a
+  chat message with ``tool_calls``;
+- Python call syntax: ``name(a=1, b='x')`` or ``[f(a=1), g()]``, read with :mod:`ast` and
+  ``ast.literal_eval`` on each argument node (never ``eval``): only literal values are accepted;
+- JSON objects or Python calls embedded in prose.
+
+Every function here returns :class:`ParseProblem` items for what it cannot read; none raises on bad
+input.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.policies.schema import canonical_call
+
+_TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_FENCED = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+_CALL_START = re.compile(r"\[?\s*[A-Za-z_][A-Za-z0-9_.]*\s*\(")
+# Where an embedded tool call can start: an object with a key, or a list of objects.
+_JSON_START = re.compile(r'\{\s*"|\[\s*\{')
+_MAX_EMBEDDED_TRIES = 64
+_JSON_LITERALS = {"true": True, "false": False, "null": None}
+_MAX_TEXT_CHARS = 50_000
+_MAX_RAW_IN_PROBLEM = 120
+
+
+@dataclass(frozen=True)
+class ParseProblem:
+    """A piece of model output that could not be read as a tool call, and why."""
+
+    problem: str
+    raw: str = ""
+
+
+ParsedCall = ToolCall | ParseProblem
+ParamOrder = Mapping[str, Sequence[str]]
+
+
+def call_id(name: str, arguments: Mapping[str, Any], index: int = 0, *, prefix: str = "alt") -> str:
+    """A deterministic call id for a call that came without one: ``alt-<hash of name, arguments, index>``."""
+    digest = hashlib.sha1(f"{canonical_call(name, arguments)}#{index}".encode(), usedforsecurity=False).hexdigest()
+    return f"{prefix}-{digest[:12]}"
+
+
+def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
+    """Every tool call found in ``text``, or a single :class:`ParseProblem` saying why there is none.
+
+    ``param_order`` (tool name -> argument names in order) lets Python-style positional arguments
+    ``f(1, 'x')`` be mapped to names; without it they are a problem.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if not isinstance(text, str) or not text.strip():
+        return [ParseProblem("the output is empty", "" if text is None else str(text))]
+    if len(text) > _MAX_TEXT_CHARS:
+        return [ParseProblem(f"the output is too long to be a tool call ({len(text)} characters)", text[:_MAX_RAW_IN_PROBLEM])]
+    results = _parse(text.strip(), param_order or {})
+    return _with_ids(results)
+
+
+def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
+    """The tool calls of a chat-completion ``message``; its text content is parsed when it has none.
+
+    ``tool_calls[*].function.arguments`` is a JSON string in the OpenAI format (a JSON object is
+    accepted too); arguments that are not valid JSON become a :class:`ParseProblem`.
+    """
+    if not isinstance(message, Mapping):
+        return [ParseProblem(f"the message is not a JSON object but {type(message).__name__}", _short(message))]
+    tool_calls = message.get("tool_calls")
+    if tool_calls:
+        if not isinstance(tool_calls, list):
+            return [ParseProblem("'tool_calls' is not a list", _short(tool_calls))]
+        return _with_ids([_from_json_call(item) for item in tool_calls])
+    legacy = message.get("function_call")
+    if isinstance(legacy, Mapping):
+        return _with_ids([_from_json_call(legacy)])
+    content = message.get("content")
+    if isinstance(content, list):  # content parts
+        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
+    if not content:
+        return [ParseProblem("the message has neither tool_calls nor content", _short(message))]
+    return parse_tool_calls(content, param_order=param_order)
+
+
+def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
+    tagged = _TAGGED.findall(text)
+    if tagged:
+        return [item for block in tagged for item in _parse_segment(block.strip(), order)]
+    fenced = [block.strip() for block in _FENCED.findall(text) if block.strip()]
+    if fenced:
+        results = [item for block in fenced for item in _parse_segment(block, order)]
+        if any(isinstance(r, ToolCall) for r in results):
+            return results
+    return _parse_segment(text, order)
+
+
+def _parse_segment(text: str, order: ParamOrder) -> list[ParsedCall]:
+    """A block as a whole, else the calls embedded in it, else the best explanation of why not."""
+    direct = _parse_block(text, order)
+    if any(isinstance(r, ToolCall) for r in direct):
+        return direct
+    embedded = _embedded_json(text) or _embedded_python(text, order)
+    if embedded:
+        return embedded
+    return direct if _looks_structured(text) else [ParseProblem("no tool call found in the output", _short(text))]
+
+
+def _parse_block(block: str, order: ParamOrder) -> list[ParsedCall]:
+    """One candidate payload: JSON (object or list), else a Python call expression."""
+    if not block:
+        return [ParseProblem("empty tool-call block", "")]
+    try:
+        payload = json.loads(block)
+    except (ValueError, RecursionError) as exc:
+        if _CALL_START.match(block):
+            return _from_python(block, order)
+        if block[0] in "[{":
+            literal = _python_literal(block)  # single-quoted dicts, True/None: Python-literal JSON
+            if literal is not None:
+                return _from_json_payload(literal)
+            return [ParseProblem(f"invalid JSON ({_short(str(exc))})", _short(block))]
+        return [ParseProblem("not JSON and not a Python call", _short(block))]
+    return _from_json_payload(payload)
+
+
+def _python_literal(block: str) -> Any:
+    """A dict or list written as a Python literal, as JSON-compatible data; ``None`` if it is not one."""
+    try:
+        tree = ast.parse(block, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if not isinstance(tree.body, (ast.Dict, ast.List)):
+        return None
+    value = _literal(tree.body)
+    return None if isinstance(value, ParseProblem) else value
+
+
+def _from_json_payload(payload: Any) -> list[ParsedCall]:
+    if isinstance(payload, list):
+        if not payload:
+            return [ParseProblem("an empty JSON list", "[]")]
+        return [item for element in payload for item in _from_json_payload(element)]
+    if isinstance(payload, Mapping) and isinstance(payload.get("tool_calls"), list):
+        return [_from_json_call(item) for item in payload["tool_calls"]]
+    return [_from_json_call(payload)]
+
+
+def _from_json_call(item: Any) -> ParsedCall:
+    """``{"name", "arguments"|"parameters"}`` or an OpenAI ``{"type": "function", "function": {...}}`` item."""
+    if not isinstance(item, Mapping):
+        return ParseProblem(f"expected a JSON object for a tool call, got {type(item).__name__}", _short(item))
+    given_id = item.get("id") if isinstance(item.get("id"), str) and item.get("id") else None
+    body = item.get("function") if isinstance(item.get("function"), Mapping) else item
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return ParseProblem("the tool call has no 'name' string", _short(item))
+    raw_args = body.get("arguments", body.get("parameters", {}))
+    arguments = _decode_arguments(raw_args)
+    if isinstance(arguments, ParseProblem):
+        return ParseProblem(f"{name}: {arguments.problem}", _short(item))
+    return ToolCall(id=given_id or "", name=name.strip(), arguments=arguments)
+
+
+def _decode_arguments(raw: Any) -> dict[str, Any] | ParseProblem:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        if not raw.strip():
+            return {}
+        try:
+            raw = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            return ParseProblem(f"arguments are not valid JSON ({exc})", raw[:_MAX_RAW_IN_PROBLEM])
+    if not isinstance(raw, Mapping):
+        return ParseProblem(f"arguments must be a JSON object, got {type(raw).__name__}", _short(raw))
+    return dict(raw)
+
+
+def _from_python(source: str, order: ParamOrder) -> list[ParsedCall]:
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return [ParseProblem(f"not a valid Python call ({type(exc).__name__})", _short(source))]
+    body = tree.body
+    calls = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
+    if not calls:
+        return [ParseProblem("an empty list of calls", _short(source))]
+    return [_python_call(node, order) if isinstance(node, ast.Call) else _not_a_call(node) for node in calls]
+
+
+def _not_a_call(node: ast.AST) -> ParseProblem:
+    return ParseProblem("expected a function call", _short(_unparse(node)))
+
+
+def _python_call(node: ast.Call, order: ParamOrder) -> ParsedCall:
+    raw = _short(_unparse(node))
+    name = _dotted_name(node.func)
+    if name is None:
+        return ParseProblem("the called object is not a plain function name", raw)
+    arguments: dict[str, Any] = {}
+    if node.args:
+        names = list(order.get(name, ()))
+        if not names:
+            return ParseProblem(f"{name}: positional arguments need the tool's parameter order; use keyword arguments", raw)
+        if len(node.args) > len(names):
+            return ParseProblem(f"{name}: {len(node.args)} positional arguments but the tool has {len(names)} parameters", raw)
+        for param, value_node in zip(names, node.args, strict=False):
+            value = _literal(value_node)
+            if isinstance(value, ParseProblem):
+                return ParseProblem(f"{name}: argument {param!r} {value.problem}", raw)
+            arguments[param] = value
+    for keyword in node.keywords:
+        if keyword.arg is None:
+            return ParseProblem(f"{name}: '**' arguments are not accepted", raw)
+        value = _literal(keyword.value)
+        if isinstance(value, ParseProblem):
+            return ParseProblem(f"{name}: argument {keyword.arg!r} {value.problem}", raw)
+        arguments[keyword.arg] = value
+    return ToolCall(id="", name=name, arguments=arguments)
+
+
+def _dotted_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted_name(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+class _JsonLiterals(ast.NodeTransformer):
+    """Let ``true``/``false``/``null`` through as the constants models often mean by them."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in _JSON_LITERALS:
+            return ast.copy_location(ast.Constant(_JSON_LITERALS[node.id]), node)
+        return node
+
+
+def _literal(node: ast.expr) -> Any:
+    """The value of a literal argument node, as JSON-compatible data, or a :class:`ParseProblem`."""
+    try:
+        value = ast.literal_eval(_JsonLiterals().visit(node))
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        return ParseProblem(f"is not a literal value: {_short(_unparse(node))}")
+    return _jsonable(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_jsonable(v) for v in (sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value)]
+        bad = next((i for i in items if isinstance(i, ParseProblem)), None)
+        return bad or items
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            converted = _jsonable(item)
+            if not isinstance(key, str) or isinstance(converted, ParseProblem):
+                return converted if isinstance(converted, ParseProblem) else ParseProblem(f"has a non-string dict key {key!r}")
+            out[key] = converted
+        return out
+    return ParseProblem(f"is a {type(value).__name__}, which JSON cannot carry")
+
+
+def _embedded_json(text: str) -> list[ParsedCall]:
+    """Tool-call-like JSON objects or lists inside prose, left to right, not overlapping."""
+    decoder = json.JSONDecoder()
+    found: list[ParsedCall] = []
+    pos = 0
+    for _ in range(_MAX_EMBEDDED_TRIES):  # bounds the work on adversarial input like '{"a":' * 10_000
+        match = _JSON_START.search(text, pos)
+        if match is None:
+            break
+        try:
+            payload, end = decoder.raw_decode(text, match.start())
+        except (ValueError, RecursionError):
+            pos = match.start() + 1
+            continue
+        calls = _from_json_payload(payload) if _looks_like_call(payload) else []
+        if calls:
+            found.extend(calls)
+            pos = end
+        else:
+            pos = match.start() + 1
+    return found
+
+
+def _looks_like_call(payload: Any) -> bool:
+    if isinstance(payload, list):
+        return bool(payload) and all(_looks_like_call(p) for p in payload)
+    return isinstance(payload, Mapping) and ("name" in payload or "function" in payload or "tool_calls" in payload)
+
+
+def _embedded_python(text: str, order: ParamOrder) -> list[ParsedCall]:
+    """Python calls that stand alone on a line of prose (``Call: ls(a=True)`` is not read)."""
+    found: list[ParsedCall] = []
+    for line in text.splitlines():
+        line = line.strip().strip("`").strip()
+        if _CALL_START.match(line):
+            calls = _from_python(line, order)
+            if any(isinstance(c, ToolCall) for c in calls):
+                found.extend(calls)
+    return found
+
+
+def _looks_structured(text: str) -> bool:
+    """Whether the text tried to be a call (so its own problem is worth more than 'none found')."""
+    return text[:1] in "[{" or bool(_CALL_START.match(text))
+
+
+def _with_ids(items: list[ParsedCall]) -> list[ParsedCall]:
+    out: list[ParsedCall] = []
+    for index, item in enumerate(items):
+        if isinstance(item, ToolCall) and not item.id:
+            item = item.model_copy(update={"id": call_id(item.name, item.arguments, index)})
+        out.append(item)
+    return out
+
+
+def _unparse(node: ast.AST) -> str:
+    try:
+        return ast.unparse(node)
+    except (ValueError, RecursionError):
+        return "<unprintable>"
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _MAX_RAW_IN_PROBLEM else text[: _MAX_RAW_IN_PROBLEM - 3] + "..."

@@ -1,0 +1,163 @@
+"""The proposer: turns what a policy proposes into exactly K valid, distinct alternatives.
+
+Around any :class:`~ee_middleware.replay.policies.protocol.Policy` it parses nothing itself (the
+policy already did) but checks every candidate, first come first served: unreadable output, an
+unknown tool, arguments that fail the schema, a duplicate of an earlier candidate, or the expert's own
+action are rejected and counted by reason. When fewer than K remain, the mutation policy tops the
+list up (``refill``), and the refilled candidates say so in their proposer metadata.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ee_middleware.errors import ConfigError, MissingExtraError, PolicyError
+from ee_middleware.replay.policies.mutate import MutationPolicy
+from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy
+from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call
+
+RejectReason = Literal["unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error"]
+REJECT_REASONS: tuple[str, ...] = ("unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A candidate (or a whole ``propose`` call, for ``policy_error``) that was not kept, and why."""
+
+    reason: RejectReason
+    detail: str
+    candidate: Candidate | None = None
+    refill: bool = False
+    """True when the rejected candidate came from the refill policy rather than the policy itself."""
+
+
+@dataclass
+class ProposalResult:
+    """The alternatives kept at one decision point, and everything that was dropped."""
+
+    accepted: list[Candidate] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    refilled: int = 0
+    """How many of ``accepted`` came from the refill policy."""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rejections of the policy's own proposals, by reason (refill rejections not included)."""
+        return dict(Counter(r.reason for r in self.rejected if not r.refill))
+
+    @property
+    def refill_counts(self) -> dict[str, int]:
+        """Rejections of refill candidates, by reason (usually duplicates of accepted ones)."""
+        return dict(Counter(r.reason for r in self.rejected if r.refill))
+
+
+_DEFAULT_REFILL: Any = object()
+
+
+class Proposer:
+    """Asks ``policy`` for alternatives and keeps exactly ``k`` valid, distinct ones where it can.
+
+    ``refill`` (the :class:`MutationPolicy` by default; ``None`` for no refill) tops up the list
+    when the policy's own candidates fall short, in up to ``max_refill_rounds`` rounds. Accepted calls
+    get deterministic ids ``alt-{step_index}-{branch}``. An exception from ``policy.propose`` is
+    counted as ``policy_error`` and the point is refilled, except :class:`PolicyError` and
+    :class:`MissingExtraError` (the policy cannot work at all), which propagate.
+    """
+
+    def __init__(self, policy: Policy, *, k: int, refill: Policy | None = _DEFAULT_REFILL, max_refill_rounds: int = 3) -> None:
+        if k < 0:
+            raise ConfigError(f"k must be 0 or more, got {k}")
+        self.policy = policy
+        self.k = k
+        self.refill: Policy | None = MutationPolicy() if refill is _DEFAULT_REFILL else refill
+        self.max_refill_rounds = max_refill_rounds
+
+    def describe(self) -> dict[str, Any]:
+        """The policy's and the refill's settings, and K."""
+        return {"k": self.k, "policy": self.policy.describe(), "refill": self.refill.describe() if self.refill else None}
+
+    def close(self) -> None:
+        """Close the policy and the refill policy."""
+        self.policy.close()
+        if self.refill is not None:
+            self.refill.close()
+
+    def propose(self, point: DecisionPoint, seed: int) -> ProposalResult:
+        """Up to ``k`` accepted alternatives at ``point`` (exactly ``k`` unless even the refill runs out)."""
+        state = _Selection(point, self.k)
+        if self.k == 0:
+            return state.result
+        state.offer_from(self.policy, point, self.k, seed, refill=False)
+        if self.refill is None:
+            return state.result
+        for round_index in range(self.max_refill_rounds):
+            missing = self.k - len(state.result.accepted)
+            if missing <= 0:
+                break
+            # Asking for missing + already-accepted distinct calls guarantees `missing` new ones
+            # whenever the schemas allow that many.
+            want = missing + len(state.accepted_keys)
+            state.offer_from(self.refill, point, want, seed + 7919 * (round_index + 1), refill=True, refill_for=self.policy.name)
+        return state.result
+
+
+class _Selection:
+    """The running selection at one decision point."""
+
+    def __init__(self, point: DecisionPoint, k: int) -> None:
+        self.point = point
+        self.k = k
+        self.schemas = ToolSchemas(point.tools)
+        self.expert_key = canonical_call(point.expert.name, point.expert.arguments)
+        self.accepted_keys: set[str] = set()
+        self.result = ProposalResult()
+
+    def offer_from(
+        self, policy: Policy, point: DecisionPoint, want: int, seed: int, *, refill: bool, refill_for: str | None = None
+    ) -> None:
+        try:
+            proposals = policy.propose(point, want, seed=seed)
+        except (PolicyError, MissingExtraError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad state must not end the replay; the error is counted
+            self.result.rejected.append(Rejection("policy_error", f"{policy.name}: {type(exc).__name__}: {exc}", refill=refill))
+            return
+        for candidate in proposals.candidates:
+            if len(self.result.accepted) >= self.k:
+                return
+            if refill_for is not None:
+                settings = {**candidate.proposer.settings, "refill_for": refill_for}
+                candidate = Candidate(
+                    candidate.call, candidate.proposer.model_copy(update={"settings": settings}), candidate.raw, candidate.problem
+                )
+            self._offer(candidate, refill=refill)
+
+    def _offer(self, candidate: Candidate, *, refill: bool) -> None:
+        rejection = self._check(candidate)
+        if rejection is not None:
+            self.result.rejected.append(Rejection(rejection[0], rejection[1], candidate, refill=refill))
+            return
+        assert candidate.call is not None
+        self.accepted_keys.add(canonical_call(candidate.call.name, candidate.call.arguments))
+        branch = len(self.result.accepted)
+        call = candidate.call.model_copy(update={"id": f"alt-{self.point.step_index}-{branch}"})
+        self.result.accepted.append(Candidate(call, candidate.proposer, candidate.raw, candidate.problem))
+        self.result.refilled += int(refill)
+
+    def _check(self, candidate: Candidate) -> tuple[RejectReason, str] | None:
+        call = candidate.call
+        if call is None:
+            return "unparsable", candidate.problem or "the policy returned no tool call"
+        if call.name not in self.schemas:
+            return "unknown_tool", self.schemas.validate(call) or call.name
+        problem = self.schemas.validate(call)
+        if problem is not None:
+            return "invalid_arguments", problem
+        key = canonical_call(call.name, call.arguments)
+        if key == self.expert_key:
+            return "expert_action", f"{call.name} with the expert's own arguments"
+        if key in self.accepted_keys:
+            return "duplicate", f"{call.name} was already proposed with the same arguments"
+        return None

@@ -1,0 +1,214 @@
+"""Tool schemas offered at a decision point, and validation of tool calls against them.
+
+Schemas come in the OpenAI form ``{"type": "function", "function": {"name", "description",
+"parameters"}}`` (bare ``{"name", "parameters"}`` function docs are accepted too). BFCL's function
+docs use non-standard JSON-schema types (``dict``, ``float``, ``tuple``, ``any``);
+:func:`normalize_schema` maps them to standard ones before anything validates against them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ee_middleware.records import ToolCall, ToolSchema
+
+_TYPE_ALIASES = {
+    "dict": "object",
+    "float": "number",
+    "tuple": "array",
+    "int": "integer",
+    "str": "string",
+    "bool": "boolean",
+    "list": "array",
+}
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+_SUBSCHEMA_SINGLE = ("additionalProperties", "items", "not", "contains")
+_MAX_PROBLEM_CHARS = 300
+
+
+def normalize_schema(schema: Any) -> Any:
+    """A copy of ``schema`` with BFCL's non-standard types mapped to JSON-schema ones, recursively.
+
+    ``dict`` -> ``object``, ``float`` -> ``number``, ``tuple`` -> ``array``, ``any`` -> no type
+    constraint; a list-valued ``items`` (draft-4 tuple form) becomes ``prefixItems``.
+    """
+    if not isinstance(schema, Mapping):
+        return schema
+    out = dict(schema)
+    if "type" in out:
+        normalized = _normalize_type(out["type"])
+        if normalized is None:
+            del out["type"]
+        else:
+            out["type"] = normalized
+    if isinstance(out.get("items"), list):
+        out["prefixItems"] = out.pop("items")
+    for key in _SUBSCHEMA_SINGLE:
+        if isinstance(out.get(key), Mapping):
+            out[key] = normalize_schema(out[key])
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), Mapping):
+            out[key] = {name: normalize_schema(sub) for name, sub in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [normalize_schema(sub) for sub in out[key]]
+    return out
+
+
+def _normalize_type(value: Any) -> Any:
+    if isinstance(value, str):
+        if value == "any":
+            return None
+        return _TYPE_ALIASES.get(value, value)
+    if isinstance(value, list):
+        types = [_normalize_type(v) for v in value]
+        return None if None in types else list(dict.fromkeys(types))
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON text for ``value`` (sorted keys, no spaces): equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def canonical_call(name: str, arguments: Mapping[str, Any]) -> str:
+    """The identity of a tool call for duplicate detection: its name and arguments, ids ignored."""
+    return canonical_json({"name": name, "arguments": dict(arguments)})
+
+
+def _tool_function(tool: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    function = tool.get("function") if tool.get("type") == "function" or "function" in tool else tool
+    return function if isinstance(function, Mapping) and isinstance(function.get("name"), str) else None
+
+
+class ToolSchemas:
+    """The tools offered at a decision point, by name, with their normalized parameter schemas.
+
+    ``validate`` checks a :class:`~ee_middleware.records.ToolCall` and returns ``None`` when it
+    fits, or a sentence saying what is wrong (unknown tool, missing or unexpected argument, wrong
+    type, value outside an enum). Integers are accepted where a number is expected; booleans are
+    never integers; ``3.0`` is not an integer.
+    """
+
+    def __init__(self, tools: Iterable[ToolSchema]) -> None:
+        self._parameters: dict[str, dict[str, Any]] = {}
+        self._descriptions: dict[str, str] = {}
+        for tool in tools:
+            function = _tool_function(tool) if isinstance(tool, Mapping) else None
+            if function is None:
+                continue  # not a function tool (or malformed): nothing can call it
+            params = function.get("parameters")
+            normalized = normalize_schema(params) if isinstance(params, Mapping) else {"type": "object", "properties": {}}
+            normalized.setdefault("type", "object")
+            self._parameters[function["name"]] = normalized
+            self._descriptions[function["name"]] = str(function.get("description") or "")
+
+    @property
+    def names(self) -> list[str]:
+        """Tool names in the order they were offered."""
+        return list(self._parameters)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._parameters
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def parameters(self, name: str) -> dict[str, Any]:
+        """The normalized JSON schema of ``name``'s arguments (raises ``KeyError`` for an unknown tool)."""
+        return self._parameters[name]
+
+    def properties(self, name: str) -> dict[str, Any]:
+        """Argument name -> schema for ``name`` (empty when the schema lists none)."""
+        props = self._parameters[name].get("properties")
+        return dict(props) if isinstance(props, Mapping) else {}
+
+    def required(self, name: str) -> list[str]:
+        """The required argument names of ``name``."""
+        req = self._parameters[name].get("required")
+        return [r for r in req if isinstance(r, str)] if isinstance(req, list) else []
+
+    def description(self, name: str) -> str:
+        """The tool's description ('' when it has none)."""
+        return self._descriptions[name]
+
+    def param_order(self) -> dict[str, list[str]]:
+        """Tool name -> argument names in schema order (maps positional arguments of ``f(1, 2)``)."""
+        return {name: list(self.properties(name)) for name in self._parameters}
+
+    def validate(self, call: ToolCall) -> str | None:
+        """``None`` when ``call`` fits the offered schemas, else a human-readable problem."""
+        return self.check(call.name, call.arguments)
+
+    def check(self, name: str, arguments: Mapping[str, Any]) -> str | None:
+        """Like :meth:`validate`, for a name and an argument mapping."""
+        if name not in self._parameters:
+            known = ", ".join(self._parameters) or "(none offered)"
+            return _clip(f"unknown tool {name!r}; the tools offered are: {known}")
+        props = self.properties(name)
+        schema = self._parameters[name]
+        if props and "additionalProperties" not in schema:
+            extra = [key for key in arguments if key not in props]
+            if extra:
+                return _clip(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; it accepts: {', '.join(props)}")
+        validator = _validator(canonical_json(schema))
+        if validator is None:
+            missing = [r for r in self.required(name) if r not in arguments]
+            return f"{name}: missing required argument {missing[0]!r}" if missing else None
+        return _describe_error(name, validator, dict(arguments))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 3] + "..."
+
+
+@functools.lru_cache(maxsize=1024)
+def _validator(schema_json: str) -> Any:
+    """A compiled validator for one parameters schema, or ``None`` when the schema itself is invalid."""
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    cls = jsonschema.Draft202012Validator
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError:
+        return None
+    return _strict_validator_class()(schema)
+
+
+@functools.cache
+def _strict_validator_class() -> Any:
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    # JSON Schema lets 3.0 pass as an integer; a Python tool receiving 3.0 for an index or a count
+    # behaves differently from 3, so only real ints count (and bools never do).
+    checker = base.TYPE_CHECKER.redefine("integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def _describe_error(name: str, validator: Any, arguments: dict[str, Any]) -> str | None:
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    if error is None:
+        return None
+    if error.validator == "required" and not error.absolute_path:
+        missing = [r for r in error.validator_value if r not in arguments]
+        return f"{name}: missing required argument {(missing or error.validator_value)[0]!r}"
+    where = _path_text(error.absolute_path)
+    return _clip(f"{name}: argument {where}: {error.message}" if where else f"{name}: {error.message}")
+
+
+def _path_text(path: Sequence[Any]) -> str:
+    if not path:
+        return ""
+    text = repr(path[0])
+    for part in list(path)[1:]:
+        text += f"[{part!r}]"
+    return text

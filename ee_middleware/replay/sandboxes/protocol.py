@@ -1,0 +1,59 @@
+"""The sandbox protocol: a tool environment that can be rebuilt, branched and rewound.
+
+Replay executes alternative tool calls only inside a sandbox. A sandbox is reset to a trajectory's
+environment reference (the world at step 0), executes tool calls against that world, and can take
+a snapshot of the world and restore it, so that every alternative branches from exactly the
+recorded state and no branch's side effects leak into another branch or into the next expert step.
+
+Writing one for an app's own tools takes a small class; see :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox`
+for the usual way (a world object plus tool functions) and ``docs/sandboxes.md`` for a walk-through.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ee_middleware.records import Observation, ToolCall
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """A rebuildable, branchable tool environment.
+
+    ``kind`` names the sandbox in rollout records (``python``, ``subprocess``, ``bfcl``, ...).
+    """
+
+    kind: str
+
+    def covers(self, tool_name: str) -> bool:
+        """Whether this sandbox can execute ``tool_name`` (the replay never calls any other tool)."""
+        ...
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        """Rebuild the world at step 0 from a trajectory's environment reference.
+
+        Raise :class:`~ee_middleware.errors.EnvironmentUnavailableError` (with the reason) when the
+        reference is missing or cannot be rebuilt; the trajectory is then skipped.
+        """
+        ...
+
+    def execute(self, call: ToolCall) -> Observation:
+        """Run one tool call against the current world and return what the tool returned.
+
+        A tool's own failure (bad arguments, an exception, a time-out) is an observation with
+        ``is_error=True``, never an exception: the model must see it, and the replay goes on.
+        """
+        ...
+
+    def snapshot(self) -> Any:
+        """An opaque copy of the current world, for :meth:`restore`."""
+        ...
+
+    def restore(self, snapshot: Any) -> None:
+        """Put the world back exactly as it was when ``snapshot`` was taken (repeatable)."""
+        ...
+
+    def close(self) -> None:
+        """Release processes, files or connections held by the sandbox."""
+        ...

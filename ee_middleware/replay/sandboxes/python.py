@@ -1,0 +1,142 @@
+"""In-process sandboxes: a Python world object plus tool functions, snapshotted by deep copy.
+
+This is the usual way to give replay an app's own tools. The world is whatever object your tools
+read and change (a dict, a dataclass, a fake database); every tool is a function that receives it
+as its first argument. Branching from any recorded state is exact because a snapshot is a deep
+copy of the world; for small worlds a restore takes microseconds.
+
+>>> def build(environment):                                   # doctest: +SKIP
+...     return {"stock": dict(environment["stock"])}
+>>> def order_item(world, item: str, quantity: int = 1):      # doctest: +SKIP
+...     world["stock"][item] -= quantity
+...     return f"ordered {quantity} {item}"
+>>> sandbox = PythonSandbox(build, tools={"order_item": order_item})  # doctest: +SKIP
+
+Tools that only read (a search API, a price lookup) and need no world may be listed in
+``read_only_tools``: they are then called directly, as they are in production. Any tool that is
+not listed is never executed by replay (see :mod:`ee_middleware.replay.safety`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
+from ee_middleware.records import Observation, ToolCall
+
+WorldBuilder = Callable[[dict[str, Any] | None], Any]
+WorldTool = Callable[..., Any]
+
+
+def format_result(value: Any) -> str:
+    """A tool's return value as the text a model sees: strings as they are, JSON for containers."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def format_exception(exc: BaseException) -> str:
+    """The error text an agent's tool node would show the model for ``exc``."""
+    return f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
+
+
+class PythonSandbox:
+    """A world object and tool functions ``tool(world, **arguments)``, snapshotted by deep copy.
+
+    Args:
+        build: ``environment -> world``: rebuild the world at step 0 from a trajectory's
+            environment reference. Raise :class:`EnvironmentUnavailableError` (or any exception,
+            which is wrapped) when it cannot.
+        tools: tool name -> function taking the world first, then the call's arguments.
+        read_only_tools: tool name -> function taking only the call's arguments, for tools that
+            read and never change anything (called directly, no world).
+        kind: the sandbox name stored in rollout records.
+        format_result: turns a tool's return value into the observation text.
+        is_error_result: marks returned values that are errors (for APIs that return
+            ``{"error": ...}`` instead of raising).
+        format_error: turns a tool's exception into the observation text.
+    """
+
+    def __init__(
+        self,
+        build: WorldBuilder,
+        tools: Mapping[str, WorldTool],
+        *,
+        read_only_tools: Mapping[str, Callable[..., Any]] | None = None,
+        kind: str = "python",
+        format_result: Callable[[Any], str] = format_result,
+        is_error_result: Callable[[Any], bool] | None = None,
+        format_error: Callable[[BaseException], str] = format_exception,
+    ) -> None:
+        overlap = set(tools) & set(read_only_tools or {})
+        if overlap:
+            raise SandboxError(f"Tools {sorted(overlap)} are listed both as world tools and as read-only tools; list each once.")
+        self.kind = kind
+        self._build = build
+        self._tools = dict(tools)
+        self._direct = dict(read_only_tools or {})
+        self._format_result = format_result
+        self._is_error_result = is_error_result
+        self._format_error = format_error
+        self._world: Any = None
+        self._ready = False
+
+    @property
+    def world(self) -> Any:
+        """The current world object (for tests and debugging)."""
+        return self._world
+
+    @property
+    def tool_names(self) -> list[str]:
+        return sorted([*self._tools, *self._direct])
+
+    def covers(self, tool_name: str) -> bool:
+        return tool_name in self._tools or tool_name in self._direct
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        try:
+            self._world = self._build(environment)
+        except EnvironmentUnavailableError:
+            raise
+        except Exception as exc:
+            raise EnvironmentUnavailableError(f"{self.kind} sandbox could not rebuild the world: {type(exc).__name__}: {exc}") from exc
+        self._ready = True
+
+    def execute(self, call: ToolCall) -> Observation:
+        if not self._ready:
+            raise SandboxError(f"{self.kind} sandbox: call reset(environment) before execute().")
+        if call.name in self._direct:
+            return self._invoke(self._direct[call.name], call.arguments)
+        tool = self._tools.get(call.name)
+        if tool is None:
+            return Observation(content=f"Error: tool '{call.name}' is not available in this sandbox.", is_error=True)
+        return self._invoke(tool, call.arguments, self._world)
+
+    def _invoke(self, fn: Callable[..., Any], arguments: dict[str, Any], *world: Any) -> Observation:
+        try:
+            value = fn(*world, **arguments)
+        except Exception as exc:  # noqa: BLE001 - a tool's failure is an observation, not a crash
+            return Observation(content=self._format_error(exc), is_error=True)
+        is_error = bool(self._is_error_result(value)) if self._is_error_result else False
+        return Observation(content=self._format_result(value), is_error=is_error)
+
+    def snapshot(self) -> Any:
+        return copy.deepcopy(self._world)
+
+    def restore(self, snapshot: Any) -> None:
+        self._world = copy.deepcopy(snapshot)
+        self._ready = True
+
+    def close(self) -> None:
+        self._world = None
+        self._ready = False

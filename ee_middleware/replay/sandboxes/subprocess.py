@@ -1,0 +1,714 @@
+"""Run any sandbox inside one long-lived child process, with a time limit and a memory limit.
+
+Tools replayed with alternative arguments may hang, crash the interpreter or eat all memory.
+:class:`SubprocessSandbox` wraps an inner sandbox (anything that satisfies
+:class:`~ee_middleware.replay.sandboxes.protocol.Sandbox`) so that none of that can take the replay
+job down: the inner sandbox lives in a child process started with ``spawn``, calls travel over a
+:func:`multiprocessing.Pipe`, and
+
+- a tool call that runs past ``timeout_s`` gets the child killed (``SIGKILL``) and restarted, and the
+  call returns an error observation;
+- a tool that crashes the child (segfault, ``os._exit``, a signal) returns an error observation naming
+  the exit code or signal, and the child is restarted;
+- a tool that allocates past ``memory_mb`` (an ``RLIMIT_AS`` limit on the child's whole address space,
+  Python itself included) gets a ``MemoryError`` inside the child, which becomes an error observation
+  saying how to raise the limit.
+
+After a restart the world is rebuilt where replay expects it: the new child is reset to the last
+environment and then restored to the **last snapshot taken or restored** (what replay branches from),
+or left right after the last reset when there is none. Changes made after that snapshot are lost,
+exactly as if the branch had been rewound.
+
+>>> import functools                                                      # doctest: +SKIP
+>>> sandbox = SubprocessSandbox(functools.partial(build_my_sandbox, "config.toml"), timeout_s=5)  # doctest: +SKIP
+>>> with sandbox:                                                         # doctest: +SKIP
+...     sandbox.reset(trajectory.environment)
+...     start = sandbox.snapshot()
+...     observation = sandbox.execute(call)
+
+``factory`` must be picklable (a module-level function or a :func:`functools.partial` of one) and
+importable in a fresh interpreter; the same holds for the inner sandbox's snapshots, environments,
+tool calls and observations, which cross the pipe pickled. Snapshots are kept in the child by
+handle, so a restore sends a few bytes, not the world; each snapshot's pickled bytes are also kept
+in the parent (fetched once, when it is taken) to rebuild it after a restart.
+
+With the ``spawn`` start method the child re-imports the parent's ``__main__`` module under the name
+``__mp_main__`` (standard :mod:`multiprocessing` behaviour), so scripts need the usual
+``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import multiprocessing
+import multiprocessing.util  # registers its exit hook now, so ours (below) runs before it
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
+from ee_middleware.records import Observation, ToolCall
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from ee_middleware.replay.sandboxes.protocol import Sandbox
+
+__all__ = ["SubprocessSandbox", "SubprocessSnapshot"]
+
+SandboxFactory = Callable[[], "Sandbox"]
+
+_OK = "ok"
+_ERR = "err"
+_WATCHDOG_INTERVAL_S = 1.0
+_KILL_WAIT_S = 5.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Child side
+# --------------------------------------------------------------------------------------------------
+
+
+def _child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None, max_snapshots: int) -> None:
+    """Entry point of the child process: build the inner sandbox, then serve requests until EOF or close."""
+    # A spawned child inherits the signal mask of the thread that started it; make it a clean slate.
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens to the child.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Own process group: a kill on time-out also takes the processes a hung tool started.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    if memory_mb is not None:
+        _one_malloc_arena()
+    _start_orphan_watchdog()
+    try:
+        if memory_mb is not None:
+            _limit_address_space(memory_mb)
+        inner = factory()
+        kind = str(getattr(inner, "kind", "") or type(inner).__name__)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises SandboxError
+        _send_error(conn, exc)
+        conn.close()
+        return
+    conn.send((_OK, {"kind": kind, "pid": os.getpid()}))
+    server = _ChildServer(inner, memory_mb, max_snapshots)
+    while True:
+        try:
+            op, args, drops = conn.recv()
+        except (EOFError, OSError):  # the parent went away
+            break
+        for handle in drops:
+            server.snapshots.pop(handle, None)
+        if op == "close":
+            try:
+                inner.close()
+            except BaseException as exc:  # noqa: BLE001 - the child ends either way
+                _send_error(conn, exc)
+            else:
+                conn.send((_OK, None))
+            break
+        try:
+            reply: tuple[Any, ...] = (_OK, server.handle(op, args))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+            _send_error(conn, exc)
+            continue
+        try:
+            conn.send(reply)
+        except MemoryError as exc:
+            _send_error(conn, exc)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            _send_error(conn, SandboxError(f"the inner sandbox returned a value that cannot be pickled for {op}(): {exc}"))
+    conn.close()
+
+
+def _limit_address_space(memory_mb: int) -> None:
+    import resource
+
+    limit = int(memory_mb) * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _one_malloc_arena() -> None:
+    """Under RLIMIT_AS, glibc's per-thread malloc arenas (64 MiB of address space each) eat the budget."""
+    try:
+        import ctypes
+
+        m_arena_max = -8
+        ctypes.CDLL(None).mallopt(m_arena_max, 1)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _start_orphan_watchdog() -> None:
+    """Exit when the parent dies, even while a tool hangs (the pipe's EOF is only seen between calls)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCHDOG_INTERVAL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    previous = threading.stack_size(256 * 1024)  # it only sleeps; keep its address space small
+    try:
+        threading.Thread(target=watch, name="ee-sandbox-orphan-watchdog", daemon=True).start()
+    finally:
+        threading.stack_size(previous)
+
+
+def _send_error(conn: Connection, exc: BaseException) -> None:
+    try:
+        payload: bytes | None = pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - some exceptions do not pickle; type and message still go back
+        payload = None
+    summary = "".join(traceback.format_exception(exc)[-8:])
+    try:
+        conn.send((_ERR, payload, f"{type(exc).__module__}.{type(exc).__qualname__}", type(exc).__name__, str(exc), summary))
+    except (OSError, MemoryError):
+        pass
+
+
+class _ChildServer:
+    """Holds the inner sandbox and the snapshots by handle (most recently used last)."""
+
+    def __init__(self, inner: Any, memory_mb: int | None, max_snapshots: int) -> None:
+        self.inner = inner
+        self.memory_mb = memory_mb
+        self.max_snapshots = max_snapshots
+        self.snapshots: collections.OrderedDict[int, Any] = collections.OrderedDict()
+
+    def handle(self, op: str, args: tuple[Any, ...]) -> Any:
+        if op == "execute":
+            return self.execute(*args)
+        if op == "reset":
+            self.snapshots.clear()
+            self.inner.reset(*args)
+            return None
+        if op == "snapshot":
+            (handle,) = args
+            state = self.inner.snapshot()
+            data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            self._keep(handle, state)
+            return data
+        if op == "restore":
+            handle, data = args
+            if handle in self.snapshots:
+                self.snapshots.move_to_end(handle)
+                state = self.snapshots[handle]
+            elif data is None:
+                return False  # evicted or from an earlier child: the parent sends the bytes
+            else:
+                state = pickle.loads(data)
+                self._keep(handle, state)
+            self.inner.restore(state)
+            return True
+        if op == "covers":
+            return bool(self.inner.covers(*args))
+        if op == "stats":
+            return {"snapshots": list(self.snapshots), "pid": os.getpid()}
+        raise SandboxError(f"unknown request {op!r}")
+
+    def _keep(self, handle: int, state: Any) -> None:
+        self.snapshots[handle] = state
+        self.snapshots.move_to_end(handle)
+        while len(self.snapshots) > self.max_snapshots:
+            self.snapshots.popitem(last=False)
+
+    def execute(self, call: ToolCall) -> Observation:
+        try:
+            result = self.inner.execute(call)
+        except MemoryError:
+            return Observation(content=self._memory_message(call.name), is_error=True)
+        except SandboxError:
+            raise  # the sandbox itself failed (misuse, broken world): the parent raises it as in-process
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a tool included: the child must survive
+            text = f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
+            return Observation(content=text, is_error=True)
+        if not isinstance(result, Observation):
+            return Observation(
+                content=f"Error: the inner sandbox returned {type(result).__name__} for tool '{call.name}', not an Observation.",
+                is_error=True,
+            )
+        if result.is_error and self.memory_mb is not None and "MemoryError" in result.content:
+            # The inner sandbox caught the MemoryError itself; still say which limit was hit.
+            hint = self._memory_message(call.name)
+            result = result.model_copy(update={"content": f"{result.content}\n{hint}"})
+        return result
+
+    def _memory_message(self, tool: str) -> str:
+        return (
+            f"Error: tool '{tool}' hit the memory limit of the subprocess sandbox ({self.memory_mb} MB of address space, "
+            "MemoryError). Raise it with SubprocessSandbox(memory_mb=...) or pass memory_mb=None for no limit."
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Parent side
+# --------------------------------------------------------------------------------------------------
+
+
+class _ChildDied(Exception):
+    """The child exited or closed the pipe while the parent waited for an answer."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
+class _ChildTimedOut(Exception):
+    """The child did not answer in time (it has been killed)."""
+
+
+class SubprocessSnapshot:
+    """A snapshot taken by :class:`SubprocessSandbox`: a handle in the child plus the pickled world.
+
+    Restoring sends only the handle; the bytes rebuild the snapshot in a restarted child or after
+    the child dropped it. Dropping the last reference to this object frees it in the child.
+    """
+
+    __slots__ = ("__weakref__", "_owner", "data", "handle")
+
+    def __init__(self, owner: str, handle: int, data: bytes) -> None:
+        self._owner = owner
+        self.handle = handle
+        self.data = data
+        """The inner sandbox's snapshot, pickled."""
+
+    def __repr__(self) -> str:
+        return f"SubprocessSnapshot(handle={self.handle}, {len(self.data)} bytes)"
+
+
+_LIVE: weakref.WeakSet[SubprocessSandbox] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Registered after multiprocessing's own exit hook, so it runs first: a hung child must be
+    # killed before multiprocessing joins it, or the interpreter would wait forever.
+    for sandbox in list(_LIVE):
+        try:
+            sandbox.close()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
+
+
+class SubprocessSandbox:
+    """An inner sandbox run in one long-lived child process, with time, memory and crash isolation.
+
+    Args:
+        factory: zero-argument picklable callable returning the inner sandbox (a module-level function
+            or a :func:`functools.partial`); it runs in the child, after the memory limit is set.
+        timeout_s: how long one :meth:`execute` may run before the child is killed and restarted
+            (``None``: no limit, crashes are still caught).
+        memory_mb: ``RLIMIT_AS`` of the child in MiB: its whole address space, the Python interpreter
+            and imports included (a bare child takes about 40 MiB, more with heavy imports). ``None``:
+            no limit.
+        control_timeout_s: limit for everything else (start, reset, snapshot, restore, covers, close);
+            if one of those hangs, the child is killed and :class:`SandboxError` is raised.
+        start_method: :mod:`multiprocessing` start method: ``spawn`` (default, a fresh interpreter)
+            or ``forkserver``. ``fork`` works but copies the parent's threads and locks; avoid it.
+        kind: the name stored in rollout records; default ``subprocess:<inner kind>``.
+        max_snapshots: snapshots kept in the child; older ones are re-created from their bytes when
+            restored.
+
+    The child starts in the constructor (so :attr:`kind` is known and a broken factory fails early).
+    After a time-out or crash the world is the last snapshot taken or restored, or the state right
+    after the last :meth:`reset` when there is none. Not thread-safe beyond a lock that serializes calls.
+    """
+
+    def __init__(
+        self,
+        factory: SandboxFactory,
+        *,
+        timeout_s: float | None = 10.0,
+        memory_mb: int | None = 1024,
+        control_timeout_s: float = 60.0,
+        start_method: str = "spawn",
+        kind: str | None = None,
+        max_snapshots: int = 32,
+    ) -> None:
+        if not callable(factory):
+            raise SandboxError(f"SubprocessSandbox needs a callable factory that returns a sandbox, got {type(factory).__name__}.")
+        if timeout_s is not None and timeout_s <= 0:
+            raise SandboxError(f"timeout_s must be positive or None, got {timeout_s!r}.")
+        if memory_mb is not None and memory_mb <= 0:
+            raise SandboxError(f"memory_mb must be positive or None, got {memory_mb!r}.")
+        if control_timeout_s <= 0:
+            raise SandboxError(f"control_timeout_s must be positive, got {control_timeout_s!r}.")
+        if max_snapshots < 1:
+            raise SandboxError(f"max_snapshots must be at least 1, got {max_snapshots!r}.")
+        try:
+            self._ctx = multiprocessing.get_context(start_method)
+        except ValueError as exc:
+            raise SandboxError(f"Unknown start_method {start_method!r}: {exc}") from None
+        self._factory = factory
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        self.control_timeout_s = control_timeout_s
+        self.start_method = start_method
+        self.max_snapshots = max_snapshots
+        self._kind = kind
+        self._inner_kind: str | None = None
+        self._id = uuid.uuid4().hex
+        self._lock = threading.RLock()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._closed = False
+        self._needs_recovery = False
+        self._has_environment = False
+        self._environment: bytes | None = None
+        self._recovery: SubprocessSnapshot | None = None
+        self._covers: dict[str, bool] = {}
+        self._handles = itertools.count(1)
+        self._dropped: collections.deque[int] = collections.deque()
+        self._starts = 0
+        _LIVE.add(self)
+        try:
+            self._start_child()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """``subprocess:<inner kind>``, or the ``kind`` given to the constructor."""
+        if self._kind is not None:
+            return self._kind
+        return f"subprocess:{self._inner_kind}" if self._inner_kind else "subprocess"
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (``None`` when closed or between a failure and the next restart)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def restarts(self) -> int:
+        """How many times a new child was started after the first one (time-outs, crashes, hung calls)."""
+        return max(self._starts - 1, 0)
+
+    def covers(self, tool_name: str) -> bool:
+        """Whether the inner sandbox executes ``tool_name`` (asked once per name, then cached)."""
+        cached = self._covers.get(tool_name)
+        if cached is None:
+            with self._lock:
+                self._check_open()
+                cached = bool(self._control("covers", tool_name))
+            self._covers[tool_name] = cached
+        return cached
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        """Reset the inner sandbox to ``environment``; drops every snapshot held in the child.
+
+        Raises :class:`EnvironmentUnavailableError` as the inner sandbox raised it (same class and
+        message), and :class:`SandboxError` for anything else that failed or hung.
+        """
+        try:
+            env_bytes = pickle.dumps(environment, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise SandboxError(f"The environment cannot be sent to the subprocess sandbox (it must pickle): {exc}") from exc
+        with self._lock:
+            self._check_open()
+            # A reset rebuilds the world anyway: after a failure, a fresh child is enough.
+            if self._needs_recovery or self._proc is None:
+                self._start_child()
+            self._recovery = None
+            self._has_environment = False
+            self._control("reset", environment, recover=False)
+            self._environment = env_bytes
+            self._has_environment = True
+
+    def execute(self, call: ToolCall) -> Observation:
+        """Run ``call`` in the child; time-outs, crashes and memory exhaustion become error observations.
+
+        Raises :class:`SandboxError` only when the sandbox itself is broken: the inner sandbox raised
+        one, or the world could not be rebuilt after a restart.
+        """
+        with self._lock:
+            self._check_open()
+            if self._needs_recovery:
+                self._recover()
+            started = time.monotonic()
+            try:
+                return self._request("execute", (call,), self.timeout_s)
+            except _ChildTimedOut:
+                elapsed = time.monotonic() - started
+                problem = f"timed out after {_seconds(self.timeout_s or elapsed)} s in the subprocess sandbox"
+                advice = " Raise SubprocessSandbox(timeout_s=...) if the tool is only slow."
+            except _ChildDied as died:
+                problem = f"crashed the subprocess sandbox ({died.how})"
+                advice = ""
+                if self.memory_mb is not None and "signal" in died.how:
+                    advice = f" If it ran out of memory, the limit is memory_mb={self.memory_mb}."
+            where = self._recovery_description()
+            try:
+                self._recover()
+            except SandboxError as exc:
+                raise SandboxError(f"Tool '{call.name}' {problem}, and the world could not be rebuilt afterwards: {exc}") from exc
+            return Observation(
+                content=f"Error: tool '{call.name}' {problem}; the sandbox was restarted and the world restored to {where}.{advice}",
+                is_error=True,
+            )
+
+    def snapshot(self) -> SubprocessSnapshot:
+        """Snapshot the inner world: kept in the child by handle, pickled bytes kept in the returned object.
+
+        The snapshot becomes the point the world returns to after a time-out or crash.
+        """
+        with self._lock:
+            self._check_open()
+            handle = next(self._handles)
+            data = self._control("snapshot", handle)
+            snap = SubprocessSnapshot(self._id, handle, data)
+            weakref.finalize(snap, self._dropped.append, handle)
+            self._recovery = snap
+            return snap
+
+    def restore(self, snapshot: SubprocessSnapshot) -> None:
+        """Put the inner world back to ``snapshot`` (cheap: the child keeps it; rebuilt from bytes if not).
+
+        The snapshot becomes the point the world returns to after a time-out or crash.
+        """
+        if not isinstance(snapshot, SubprocessSnapshot):
+            raise SandboxError(
+                f"SubprocessSandbox.restore() needs a snapshot from SubprocessSandbox.snapshot(), got {type(snapshot).__name__}."
+            )
+        with self._lock:
+            self._check_open()
+            self._restore(snapshot)
+            self._recovery = snapshot
+
+    def close(self) -> None:
+        """Close the inner sandbox and end the child (killed if it does not exit in time). Idempotent."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # the constructor failed before the lock existed
+            return
+        with lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._conn is not None and self._proc is not None and not self._needs_recovery:
+                try:
+                    self._request("close", (), min(self.control_timeout_s, _KILL_WAIT_S))
+                except (_ChildDied, _ChildTimedOut, SandboxError):
+                    pass
+            self._stop_child()
+            _LIVE.discard(self)
+
+    def __enter__(self) -> SubprocessSandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"pid={self.pid}"
+        return f"SubprocessSandbox(kind={self.kind!r}, {state}, timeout_s={self.timeout_s}, memory_mb={self.memory_mb})"
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxError("This SubprocessSandbox is closed; create a new one.")
+
+    def _recovery_description(self) -> str:
+        if self._recovery is not None:
+            return "the last snapshot taken or restored"
+        if self._has_environment:
+            return "the state right after the last reset"
+        return "a freshly built sandbox (no reset yet)"
+
+    def _restore(self, snapshot: SubprocessSnapshot) -> None:
+        if snapshot._owner == self._id:
+            if not self._control("restore", snapshot.handle, None):
+                self._control("restore", snapshot.handle, snapshot.data)
+        else:
+            # A snapshot of another SubprocessSandbox: its handle means nothing here, use a fresh one.
+            self._control("restore", next(self._handles), snapshot.data)
+
+    def _recover(self) -> None:
+        """Start a fresh child and bring it to the last known world (see the class docstring)."""
+        self._start_child()
+        try:
+            if self._has_environment:
+                self._control("reset", pickle.loads(self._environment or pickle.dumps(None)), recover=False)
+            if self._recovery is not None:
+                self._control("restore", self._recovery.handle, self._recovery.data, recover=False)
+        except EnvironmentUnavailableError as exc:
+            self._needs_recovery = True
+            raise SandboxError(f"the restarted sandbox could not be reset to the last environment: {exc}") from exc
+        except SandboxError:
+            self._needs_recovery = True
+            raise
+
+    def _start_child(self) -> None:
+        self._stop_child()
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_child_main,
+            args=(child_conn, self._factory, self.memory_mb, self.max_snapshots),
+            name=f"ee-subprocess-sandbox-{self._id[:8]}",
+            daemon=False,  # a daemonic child could not start processes of its own (some tools do)
+        )
+        try:
+            proc.start()
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            parent_conn.close()
+            child_conn.close()
+            self._needs_recovery = True
+            raise SandboxError(
+                f"The SubprocessSandbox factory cannot be sent to the child process ({exc}); "
+                "use a module-level function or a functools.partial of one, not a lambda or a local function."
+            ) from exc
+        finally:
+            child_conn.close()  # only the child holds its end now, so its death shows as EOF here
+        self._proc, self._conn = proc, parent_conn
+        self._dropped.clear()  # a new child holds no handles
+        self._starts += 1
+        try:
+            hello = self._receive(self.control_timeout_s)
+        except _ChildTimedOut:
+            self._needs_recovery = True
+            raise SandboxError(
+                f"The subprocess sandbox did not start within {_seconds(self.control_timeout_s)} s (control_timeout_s)."
+            ) from None
+        except _ChildDied as died:
+            self._needs_recovery = True
+            raise SandboxError(f"The subprocess sandbox exited while starting ({died.how}).") from None
+        except SandboxError as exc:
+            self._needs_recovery = True
+            self._stop_child()  # it reported the error and is exiting; reap it
+            hint = ""
+            if self.memory_mb is not None and "MemoryError" in str(exc):
+                hint = f" The memory limit (memory_mb={self.memory_mb}) may be too low to even build it."
+            raise SandboxError(f"The inner sandbox could not be built in the child process: {exc}{hint}") from None
+        self._inner_kind = hello["kind"]
+        self._needs_recovery = False
+
+    def _stop_child(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            conn.close()
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.join(0.5 if self._closed else 0)  # after "close" the child exits by itself
+        if proc.is_alive():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own group (see _child_main)
+            except OSError:
+                pass
+            proc.kill()
+        proc.join(_KILL_WAIT_S)
+        if proc.exitcode is not None:
+            proc.close()
+
+    def _control(self, op: str, *args: Any, recover: bool = True) -> Any:
+        """A request other than execute: bounded by ``control_timeout_s``; failures raise SandboxError."""
+        if recover and self._needs_recovery:
+            self._recover()
+        try:
+            return self._request(op, args, self.control_timeout_s)
+        except _ChildTimedOut:
+            raise SandboxError(
+                f"{op}() did not answer within {_seconds(self.control_timeout_s)} s (control_timeout_s) in the subprocess sandbox; "
+                "the child was killed and is restarted on the next call."
+            ) from None
+        except _ChildDied as died:
+            raise SandboxError(f"The subprocess sandbox died during {op}() ({died.how}); it is restarted on the next call.") from None
+
+    def _request(self, op: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+        conn = self._conn
+        if conn is None:
+            self._needs_recovery = True
+            raise _ChildDied("no child process is running")
+        drops = []
+        while self._dropped:  # popleft, not clear(): a finalizer may append meanwhile
+            drops.append(self._dropped.popleft())
+        try:
+            conn.send((op, args, drops))
+        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            raise self._died(f"{type(exc).__name__} while sending") from None
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise SandboxError(f"The arguments of {op}() cannot be sent to the subprocess sandbox (they must pickle): {exc}") from exc
+        return self._receive(timeout)
+
+    def _receive(self, timeout: float | None) -> Any:
+        conn = self._conn
+        assert conn is not None
+        try:
+            ready = conn.poll(timeout)
+        except (EOFError, OSError):
+            ready = True  # recv below reports how the child died
+        if not ready:
+            self._needs_recovery = True
+            self._stop_child()
+            raise _ChildTimedOut
+        try:
+            reply = conn.recv()
+        except (EOFError, OSError, ConnectionResetError):
+            raise self._died("the pipe closed") from None
+        if reply[0] == _OK:
+            return reply[1]
+        _, payload, qualname, name, message, summary = reply
+        exc: BaseException | None = None
+        if payload is not None:
+            try:
+                exc = pickle.loads(payload)
+            except Exception:  # noqa: BLE001 - the class may not import here; fall back to the text
+                exc = None
+        if isinstance(exc, SandboxError):  # EnvironmentUnavailableError included: same class, same message
+            exc.add_note(f"in the subprocess sandbox child:\n{summary.rstrip()}")
+            raise exc
+        text = f"{name}: {message}" if message else name
+        raise SandboxError(f"{text}\nin the subprocess sandbox child ({qualname}):\n{summary.rstrip()}")
+
+    def _died(self, detail: str) -> _ChildDied:
+        proc = self._proc
+        code: int | None = None
+        if proc is not None:
+            proc.join(_KILL_WAIT_S)
+            code = proc.exitcode
+        self._needs_recovery = True
+        self._stop_child()
+        return _ChildDied(_describe_exit(code, detail))
+
+
+def _describe_exit(code: int | None, detail: str) -> str:
+    if code is None:
+        return f"the child stopped answering: {detail}"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the child was killed by signal {name}"
+    return f"the child exited with code {code}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"

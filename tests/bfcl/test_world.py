@@ -1,0 +1,92 @@
+"""The BFCL world: every ground-truth call of every multi-turn category runs on the real backends."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ee_middleware.bfcl.data import MULTI_TURN_CATEGORIES, load_entries, openai_tool
+from ee_middleware.bfcl.world import build_world, execute, parse_call, world_from_environment
+from ee_middleware.errors import ConfigError, EnvironmentUnavailableError
+from ee_middleware.records import ToolCall
+
+
+@pytest.mark.parametrize("category", MULTI_TURN_CATEGORIES)
+def test_every_ground_truth_call_parses_and_executes_without_error(category: str) -> None:
+    entries = load_entries(category)
+    assert len(entries) == 200
+    calls = 0
+    for entry in entries:
+        world = build_world(entry.initial_config, entry.involved_classes, long_context=entry.long_context)
+        for turn in entry.ground_truth:
+            for expression in turn:
+                observation = execute(world, parse_call(expression, world))
+                assert not observation.is_error, (entry.id, expression, observation.content)
+                calls += 1
+    assert calls > 900
+
+
+def test_positional_arguments_are_named_from_the_backend_signature() -> None:
+    entry = load_entries("multi_turn_base", ids=["multi_turn_base_0"])[0]
+    world = build_world(entry.initial_config, entry.involved_classes)
+    assert parse_call("sort('final_report.pdf')", world) == ToolCall(id="", name="sort", arguments={"file_name": "final_report.pdf"})
+
+
+@pytest.mark.parametrize("expression", ["__import__('os').system('true')", "mv(source=open('x'))", "a; b", "x.y(1)", "mv(**{'a': 1})"])
+def test_call_parser_never_evaluates_code(expression: str) -> None:
+    entry = load_entries("multi_turn_base", limit=1)[0]
+    world = build_world(entry.initial_config, entry.involved_classes)
+    with pytest.raises(ValueError):
+        parse_call(expression, world)
+
+
+def test_bad_calls_become_error_observations() -> None:
+    entry = load_entries("multi_turn_base", limit=1)[0]
+    world = build_world(entry.initial_config, entry.involved_classes)
+    assert execute(world, ToolCall(id="", name="no_such_tool")).is_error
+    bad = execute(world, ToolCall(id="", name="cd", arguments={"nope": 1}))
+    assert bad.is_error and bad.content.startswith("Error during execution:")
+    missing = execute(world, ToolCall(id="", name="cd", arguments={"folder": "does-not-exist"}))
+    assert missing.is_error and "error" in missing.content
+
+
+def test_deep_copy_snapshots_the_world_exactly() -> None:
+    entry = load_entries("multi_turn_base", limit=1)[0]
+    world = build_world(entry.initial_config, entry.involved_classes)
+    snapshot = copy.deepcopy(world)
+    execute(world, ToolCall(id="", name="cd", arguments={"folder": "document"}))
+    execute(world, ToolCall(id="", name="mkdir", arguments={"dir_name": "temp"}))
+    assert execute(world, ToolCall(id="", name="ls")).content != execute(snapshot, ToolCall(id="", name="ls")).content
+    assert "temp" not in execute(snapshot, ToolCall(id="", name="ls")).content
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        (None, "no environment reference"),
+        ({"kind": "sql"}, "not a BFCL environment"),
+        ({"kind": "bfcl", "involved_classes": []}, "involved_classes"),
+        ({"kind": "bfcl", "involved_classes": ["NoSuchAPI"]}, "NoSuchAPI"),
+        ({"kind": "bfcl", "involved_classes": ["GorillaFileSystem"], "initial_config": "x"}, "not an object"),
+    ],
+)
+def test_unrebuildable_environments_name_the_problem(environment: dict | None, message: str) -> None:
+    with pytest.raises(EnvironmentUnavailableError, match=message):
+        world_from_environment(environment)
+
+
+def test_tool_schemas_are_standard_json_schema() -> None:
+    entry = load_entries("multi_turn_miss_func", limit=1)[0]
+    names_at = [{t["function"]["name"] for t in entry.tools_at_turn(turn)} for turn in range(len(entry.turns))]
+    held_out = entry.missed_functions
+    turn, functions = next(iter(held_out.items()))
+    assert not set(functions) & names_at[turn - 1] and set(functions) <= names_at[turn]
+    assert not set(entry.excluded_functions) & names_at[-1]
+    schema = openai_tool({"name": "f", "parameters": {"type": "dict", "properties": {"x": {"type": "float"}, "y": {"type": "any"}}}})
+    assert schema["function"]["parameters"] == {"type": "object", "properties": {"x": {"type": "number"}, "y": {}}}
+
+
+def test_unknown_category_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="multi_turn_base"):
+        load_entries("multi_turn_nope")

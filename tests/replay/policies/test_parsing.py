@@ -1,0 +1,169 @@
+"""Parsing model output into tool calls: every accepted shape, and garbage that never raises."""
+
+from __future__ import annotations
+
+import builtins
+import random
+
+import pytest
+
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.policies.parsing import ParseProblem, call_id, from_openai_message, parse_tool_calls
+
+
+def calls_of(text: str, **kwargs: object) -> list[tuple[str, dict]]:
+    results = parse_tool_calls(text, **kwargs)  # type: ignore[arg-type]
+    assert all(isinstance(r, ToolCall) for r in results), results
+    return [(r.name, r.arguments) for r in results if isinstance(r, ToolCall)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"name": "cd", "arguments": {"folder": "temp"}}', [("cd", {"folder": "temp"})]),
+        ('{"name": "cd", "parameters": {"folder": "temp"}}', [("cd", {"folder": "temp"})]),
+        ('{"name": "cd", "arguments": "{\\"folder\\": \\"temp\\"}"}', [("cd", {"folder": "temp"})]),
+        ('{"name": "pwd"}', [("pwd", {})]),
+        ('[{"name": "cd", "arguments": {"folder": "a"}}, {"name": "ls", "arguments": {}}]', [("cd", {"folder": "a"}), ("ls", {})]),
+        ('{"type": "function", "function": {"name": "cd", "arguments": "{\\"folder\\": \\"b\\"}"}}', [("cd", {"folder": "b"})]),
+        ("<tool_call>\n" + '{"name": "cd", "arguments": {"folder": "a"}}' + "\n</tool_call>", [("cd", {"folder": "a"})]),
+        (
+            '<tool_call>{"name": "cd", "arguments": {"folder": "a"}}</tool_call>\n<tool_call>{"name": "ls", "arguments": {"a": true}}</tool_call>',
+            [("cd", {"folder": "a"}), ("ls", {"a": True})],
+        ),
+        ('<tool_call>\n{"name": "ls", "arguments": {}}', [("ls", {})]),  # generation stopped before the closing tag
+        ("mv(source='a.txt', destination='temp')", [("mv", {"source": "a.txt", "destination": "temp"})]),
+        ("[cd(folder='temp'), ls(a=True), pwd()]", [("cd", {"folder": "temp"}), ("ls", {"a": True}), ("pwd", {})]),
+        ("ls(a=true, limit=null)", [("ls", {"a": True, "limit": None})]),
+        ("tag(items=('a', 'b'), weights={'x': -1.5})", [("tag", {"items": ["a", "b"], "weights": {"x": -1.5}})]),
+        ("math.sqrt(x=4)", [("math.sqrt", {"x": 4})]),
+        ('Sure, here it is:\n```json\n{"name": "cat", "arguments": {"file_name": "notes.txt"}}\n```\nDone.', [("cat", {"file_name": "notes.txt"})]),
+        ('I will call {"name": "cat", "arguments": {"file_name": "notes.txt"}} now, then {"name": "pwd"}.', [("cat", {"file_name": "notes.txt"}), ("pwd", {})]),
+        ("Let me look first.\nls(a=True)\nThen decide.", [("ls", {"a": True})]),
+        ("[{'name': 'cd', 'arguments': {'folder': 'temp'}}]", [("cd", {"folder": "temp"})]),
+        ('{"tool_calls": [{"id": "q", "type": "function", "function": {"name": "pwd", "arguments": ""}}]}', [("pwd", {})]),
+    ],
+)
+def test_accepted_formats(text: str, expected: list[tuple[str, dict]]) -> None:
+    assert calls_of(text) == expected
+
+
+def test_positional_arguments_need_a_parameter_order() -> None:
+    [problem] = parse_tool_calls("mv('a.txt', 'temp')")
+    assert isinstance(problem, ParseProblem) and "positional" in problem.problem
+    assert calls_of("mv('a.txt', 'temp')", param_order={"mv": ["source", "destination"]}) == [("mv", {"source": "a.txt", "destination": "temp"})]
+    [too_many] = parse_tool_calls("mv('a', 'b', 'c')", param_order={"mv": ["source", "destination"]})
+    assert isinstance(too_many, ParseProblem) and "3 positional arguments" in too_many.problem
+
+
+def test_ids_are_kept_or_generated_deterministically() -> None:
+    [kept] = from_openai_message({"tool_calls": [{"id": "call_7", "type": "function", "function": {"name": "pwd", "arguments": "{}"}}]})
+    assert isinstance(kept, ToolCall) and kept.id == "call_7"
+    first = parse_tool_calls('[{"name": "cd", "arguments": {"folder": "a"}}, {"name": "cd", "arguments": {"folder": "a"}}]')
+    again = parse_tool_calls('[{"name": "cd", "arguments": {"folder": "a"}}, {"name": "cd", "arguments": {"folder": "a"}}]')
+    assert [c.id for c in first] == [c.id for c in again]  # type: ignore[union-attr]
+    assert first[0].id.startswith("alt-") and first[0].id != first[1].id  # type: ignore[union-attr]
+    assert call_id("cd", {"folder": "a"}) == call_id("cd", {"folder": "a"}) != call_id("cd", {"folder": "b"})
+
+
+def test_openai_message_with_several_calls_and_bad_argument_json() -> None:
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "cd", "arguments": '{"folder": "temp"}'}},
+            {"id": "c2", "type": "function", "function": {"name": "cat", "arguments": '{"file_name": '}},
+            {"id": "c3", "type": "function", "function": {"name": "ls", "arguments": {"a": True}}},
+            {"id": "c4", "type": "function", "function": {"name": "mv", "arguments": '["a", "b"]'}},
+        ],
+    }
+    good, bad_json, dict_args, list_args = from_openai_message(message)
+    assert isinstance(good, ToolCall) and (good.id, good.name, good.arguments) == ("c1", "cd", {"folder": "temp"})
+    assert isinstance(bad_json, ParseProblem) and bad_json.problem.startswith("cat: arguments are not valid JSON")
+    assert isinstance(dict_args, ToolCall) and dict_args.arguments == {"a": True}
+    assert isinstance(list_args, ParseProblem) and "must be a JSON object" in list_args.problem
+
+
+def test_openai_message_without_tool_calls_parses_its_content() -> None:
+    assert [(c.name, c.arguments) for c in from_openai_message({"role": "assistant", "content": "pwd()"})] == [("pwd", {})]  # type: ignore[union-attr]
+    parts = {"role": "assistant", "content": [{"type": "text", "text": '{"name": "pwd"}'}]}
+    assert [c.name for c in from_openai_message(parts)] == ["pwd"]  # type: ignore[union-attr]
+    for message in (None, "text", {"role": "assistant", "content": ""}, {"tool_calls": "nope"}, {"tool_calls": [5]}):
+        results = from_openai_message(message)
+        assert results and all(isinstance(r, ParseProblem) for r in results), message
+
+
+GARBAGE = [
+    "",
+    "   \n ",
+    "I don't know which tool to use.",
+    "rm -rf / --no-preserve-root",
+    "sudo shutdown -h now; echo done",
+    '{"name": "cd", "arguments": {"folder": "te',
+    '{"arguments": {"folder": "a"}}',
+    '{"name": 42, "arguments": {}}',
+    '{"name": "cd", "arguments": [1, 2]}',
+    "[]",
+    "[1, 2, 3]",
+    '"just a string"',
+    "__import__('os').system('rm -rf /')",
+    "cd(folder=__import__('os').getcwd())",
+    "cd(**{'folder': 'x'})",
+    "cd(folder=open('/etc/passwd').read())",
+    "cd(folder=lambda: 1)",
+    "cd(folder=1j)",
+    "cd(folder=b'bytes')",
+    "(lambda: __import__('os'))()",
+    "exec('print(1)')",
+    "cd(folder='unterminated)",
+    "<tool_call>not json at all</tool_call>",
+    "<tool_call></tool_call>",
+    "```json\n{broken\n```",
+    "[" * 50_000,
+    '{"a":' * 10_000,
+    "x" * 100_000,
+    "f(" * 5_000,
+]
+
+
+@pytest.mark.parametrize("text", GARBAGE, ids=[repr(g[:25]) for g in GARBAGE])
+def test_garbage_gives_problems_and_never_raises(text: str) -> None:
+    results = parse_tool_calls(text)
+    assert results, "a problem is always reported"
+    assert all(isinstance(r, ParseProblem) and r.problem for r in results), results
+
+
+def test_random_bytes_never_raise() -> None:
+    rng = random.Random(1)
+    for _ in range(300):
+        blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        for text in (blob, blob.decode("latin-1"), "{" + blob.decode("latin-1"), "f(" + blob.decode("latin-1")):
+            results = parse_tool_calls(text)
+            assert results and all(isinstance(r, ToolCall | ParseProblem) for r in results)
+
+
+def test_python_calls_are_never_evaluated(monkeypatch: pytest.MonkeyPatch) -> None:
+    touched: list[str] = []
+    monkeypatch.setattr(builtins, "__import__", _recording_import(touched))
+    monkeypatch.setattr(builtins, "eval", lambda *a, **k: touched.append("eval"))
+    monkeypatch.setattr(builtins, "exec", lambda *a, **k: touched.append("exec"))
+    parse_tool_calls("__import__('os').system('touch /tmp/pwned')")
+    parse_tool_calls("cd(folder=__import__('os').system('touch /tmp/pwned'))")
+    parse_tool_calls("[exec(code='1'), eval(expr='2')]")
+    assert "os" not in touched and "eval" not in touched and "exec" not in touched
+
+
+def _recording_import(touched: list[str]) -> object:
+    real = builtins.__import__
+
+    def fake(name: str, *args: object, **kwargs: object) -> object:
+        touched.append(name)
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    return fake
+
+
+def test_a_named_call_to_a_dangerous_builtin_is_only_data() -> None:
+    """`exec(code='...')` parses as a call NAMED exec; the schema check, not the parser, rejects it."""
+    [parsed] = parse_tool_calls("exec(code='import os')")
+    assert isinstance(parsed, ToolCall) and parsed.name == "exec" and parsed.arguments == {"code": "import os"}

@@ -1,0 +1,137 @@
+"""A tiny sandbox with a dict world, for the subprocess sandbox tests.
+
+It lives in an importable module (not a test file) because spawned child processes import the
+factory by name. Tools: ``add(key, n)``, ``get(key)``, ``sleep(seconds)``, ``crash(code)``
+(``os._exit``), ``kill_self(signal)``, ``hog(mb)`` (allocates a bytearray), ``boom()`` (raises
+ValueError). Unlike a well-behaved sandbox, ``execute`` lets tool exceptions escape, so the tests
+see how the subprocess sandbox copes with that.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+from typing import Any
+
+from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
+from ee_middleware.records import Observation, ToolCall
+
+
+class CounterSandbox:
+    """A dict of counters; ``reset`` reads ``{"counts": {...}}`` from the environment."""
+
+    kind = "counter"
+
+    def __init__(self, reset_sleep: float = 0.0) -> None:
+        self.world: dict[str, int] = {}
+        self.ready = False
+        self.reset_sleep = reset_sleep
+
+    def covers(self, tool_name: str) -> bool:
+        return tool_name in TOOLS
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        environment = environment or {}
+        if environment.get("unavailable"):
+            raise EnvironmentUnavailableError(f"counter world {environment['unavailable']!r} is gone")
+        if environment.get("broken"):
+            raise RuntimeError(f"reset exploded: {environment['broken']}")
+        if environment.get("hang"):
+            time.sleep(float(environment["hang"]))
+        self.world = dict(environment.get("counts", {}))
+        self.ready = True
+
+    def execute(self, call: ToolCall) -> Observation:
+        if not self.ready:
+            raise SandboxError("counter sandbox: call reset() first")
+        tool = TOOLS.get(call.name)
+        if tool is None:
+            return Observation(content=f"Error: unknown tool {call.name!r}", is_error=True)
+        return Observation(content=str(tool(self.world, **call.arguments)))
+
+    def snapshot(self) -> dict[str, int]:
+        return copy.deepcopy(self.world)
+
+    def restore(self, snapshot: dict[str, int]) -> None:
+        self.world = copy.deepcopy(snapshot)
+        self.ready = True
+
+    def close(self) -> None:
+        self.world = {}
+
+
+def add(world: dict[str, int], key: str, n: int = 1) -> int:
+    world[key] = world.get(key, 0) + n
+    return world[key]
+
+
+def get(world: dict[str, int], key: str) -> int:
+    return world.get(key, 0)
+
+
+def sleep(world: dict[str, int], seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def crash(world: dict[str, int], code: int = 3) -> str:
+    os._exit(code)
+
+
+def kill_self(world: dict[str, int], signal_name: str = "SIGKILL") -> str:
+    os.kill(os.getpid(), getattr(signal, signal_name))
+    time.sleep(10)
+    return "still alive"
+
+
+def hog(world: dict[str, int], mb: int) -> str:
+    block = bytearray(mb * 1024 * 1024)
+    return f"allocated {len(block) // (1024 * 1024)} MB"
+
+
+def boom(world: dict[str, int]) -> str:
+    raise ValueError("boom went the tool")
+
+
+def vm_size_kb(world: dict[str, int]) -> int:
+    """The child's current address-space size (VmSize), to pick a memory limit in tests."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1])
+    return -1
+
+
+def spawn_and_hang(world: dict[str, int], pid_file: str) -> str:
+    """Start a grandchild process, write its pid to ``pid_file``, then hang."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "60"])
+    with open(pid_file, "w") as out:
+        out.write(str(child.pid))
+    time.sleep(60)
+    return "unreachable"
+
+
+TOOLS = {
+    "add": add,
+    "get": get,
+    "sleep": sleep,
+    "crash": crash,
+    "kill_self": kill_self,
+    "hog": hog,
+    "boom": boom,
+    "vm_size_kb": vm_size_kb,
+    "spawn_and_hang": spawn_and_hang,
+}
+
+
+def make_counter_sandbox() -> CounterSandbox:
+    """The factory handed to SubprocessSandbox (module-level, so it pickles by name)."""
+    return CounterSandbox()
+
+
+def broken_factory() -> CounterSandbox:
+    raise RuntimeError("factory failed on purpose")

@@ -1,0 +1,35 @@
+"""Sandbox factories named by spec strings in tests (importable by worker processes)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ee_middleware.bfcl.sandbox import BFCLSandbox
+from ee_middleware.records import Observation, ToolCall
+
+
+class SlowBFCLSandbox(BFCLSandbox):
+    """The real BFCL sandbox, slowed down on reset so that a test can kill a run part-way."""
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        time.sleep(float(os.environ.get("EE_TEST_RESET_DELAY", "0.3")))
+        super().reset(environment)
+
+
+class FlakyBFCLSandbox(BFCLSandbox):
+    """Crashes (raises, not an observation) on one entry's trajectories until EE_TEST_FLAKY_FIXED is set."""
+
+    def execute(self, call: ToolCall) -> Observation:
+        if self._entry == "multi_turn_base_1" and not os.environ.get("EE_TEST_FLAKY_FIXED"):
+            raise RuntimeError("backend connection lost")
+        return super().execute(call)
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        self._entry = (environment or {}).get("entry_id")
+        super().reset(environment)
+
+
+def not_a_sandbox() -> object:
+    return object()

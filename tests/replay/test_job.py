@@ -1,0 +1,121 @@
+"""The replay job over a real store: resumable, idempotent, the same on 1 or 2 workers and on Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ee_middleware.errors import ConfigError, SandboxError
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.store import LocalExperienceStore
+from tests.conftest import BFCL_ENTRIES
+
+SLOW = "tests.replay.sandboxes_for_tests:SlowBFCLSandbox"
+
+
+def _rollouts(path: Path) -> pl.DataFrame:
+    return LocalExperienceStore(path).rollouts().drop("created_at", "duration_ms").sort("id")
+
+
+def test_a_run_replays_every_approved_trajectory_and_a_rerun_does_nothing_new(bfcl_store_path: Path) -> None:
+    config = ReplayConfig.load(store=bfcl_store_path, k=3)
+    summary = run_replay(config)
+    assert summary.selected == summary.done == BFCL_ENTRIES and not summary.failed and not summary.skipped
+    assert summary.fidelity_mismatches == 0 and summary.branches == 3 * summary.states
+    store = LocalExperienceStore(bfcl_store_path)
+    assert store.rollouts().height == summary.branches
+    assert set(store.replays()["status"].to_list()) == {"done"}
+
+    again = run_replay(config)
+    assert again.selected == 0 and again.already_done == BFCL_ENTRIES
+    assert store.rollouts().height == summary.branches
+
+    other_k = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2))
+    assert other_k.selected == BFCL_ENTRIES and other_k.replay_id != summary.replay_id
+    assert store.rollouts(replay_id=other_k.replay_id).height == other_k.branches
+
+
+def test_two_worker_processes_store_the_same_rollouts_as_one(bfcl_store_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(bfcl_store_path, twin)
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=4, workers=1))
+    summary = run_replay(ReplayConfig.load(store=twin, k=4, workers=2))
+    assert summary.done == BFCL_ENTRIES
+    assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
+
+
+def test_a_killed_run_continues_where_it_stopped(bfcl_store_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    reference = tmp_path / "reference"
+    shutil.copytree(bfcl_store_path, reference)
+    run_replay(ReplayConfig.load(store=reference, k=3, sandbox=SLOW))
+
+    env = {**os.environ, "EE_TEST_RESET_DELAY": "0.5", "PYTHONPATH": str(Path(__file__).parents[2])}
+    cmd = [sys.executable, "-m", "ee_middleware.cli", "replay", "run", "--store", str(bfcl_store_path), "--k", "3", "--sandbox", SLOW, "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    store = LocalExperienceStore(bfcl_store_path)
+    deadline = time.monotonic() + 60
+    while store.replays().height < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = store.replays().height
+    assert 2 <= finished < BFCL_ENTRIES, "the run should have been killed part-way"
+
+    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=3, sandbox=SLOW))
+    assert summary.already_done == finished and summary.selected == BFCL_ENTRIES - finished
+    assert _rollouts(bfcl_store_path).equals(_rollouts(reference))
+
+
+def test_a_failing_trajectory_is_recorded_and_retried_on_the_next_run(bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = ReplayConfig.load(store=bfcl_store_path, k=2, sandbox="tests.replay.sandboxes_for_tests:FlakyBFCLSandbox")
+    summary = run_replay(config)
+    assert len(summary.failed) == 1 and "backend connection lost" in next(iter(summary.failed.values()))
+    assert summary.done == BFCL_ENTRIES - 1
+    monkeypatch.setenv("EE_TEST_FLAKY_FIXED", "1")
+    retry = run_replay(config)
+    assert retry.selected == 1 and retry.done == 1 and not retry.failed
+
+
+def test_ray_executor_on_a_local_cluster_stores_the_same_rollouts(bfcl_store_path: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(bfcl_store_path, twin)
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, limit=3))
+    summary = run_replay(ReplayConfig.load(store=twin, k=2, limit=3, executor="ray", workers=2))
+    assert summary.done == 3 and summary.executor == "ray"
+    assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
+
+
+def test_bad_configuration_is_reported_before_any_work(bfcl_store_path: Path) -> None:
+    with pytest.raises(ConfigError, match="k"):
+        ReplayConfig.load(store=bfcl_store_path, k=0)
+    with pytest.raises(ConfigError, match="needs a store"):
+        ReplayConfig.load()
+    with pytest.raises(SandboxError, match="Unknown sandbox 'nope'"):
+        run_replay(ReplayConfig.load(store=bfcl_store_path, sandbox="nope"))
+    with pytest.raises(SandboxError, match="lacks the sandbox methods"):
+        run_replay(ReplayConfig.load(store=bfcl_store_path, sandbox="tests.replay.sandboxes_for_tests:not_a_sandbox"))
+
+
+def test_config_loads_from_toml_and_flags_override_it(tmp_path: Path) -> None:
+    path = tmp_path / "replay.toml"
+    path.write_text('[replay]\nstore = "s"\nk = 12\npolicy = "mutate"\nworkers = 2\n')
+    config = ReplayConfig.load(path, workers=1)
+    assert (config.k, config.workers, str(config.store)) == (12, 1, "s")
+    path.write_text("[replay]\nstore = 's'\nbogus = 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        ReplayConfig.load(path)
