@@ -19,9 +19,7 @@ MULTI_TURN_CATEGORIES: tuple[str, ...] = (
 )
 """The BFCL multi-turn categories with executable backends and ground truth."""
 
-ADDITIONAL_FUNCTIONS_PROMPT = (
-    "I have updated some more functions you can choose from. What about now?"  # BFCL's holdout-turn prompt
-)
+ADDITIONAL_FUNCTIONS_PROMPT = "I have updated some more functions you can choose from. What about now?"  # BFCL's holdout-turn prompt
 
 
 @dataclass(frozen=True)

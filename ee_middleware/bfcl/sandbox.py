@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from ee_middleware.bfcl.world import World, execute, method_table, world_from_environment
 from ee_middleware.errors import SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.python import WorldSnapshot
 
 
 class BFCLSandbox:
@@ -38,14 +38,13 @@ class BFCLSandbox:
         self._tools = method_table(self._world)
 
     def execute(self, call: ToolCall) -> Observation:
-        return execute(self.world, call)
+        return execute(self.world, call, table=self._tools)
 
-    def snapshot(self) -> World:
-        return copy.deepcopy(self.world)
+    def snapshot(self) -> WorldSnapshot:
+        return WorldSnapshot(self.world)
 
-    def restore(self, snapshot: World) -> None:
-        self._world = copy.deepcopy(snapshot)
-        self._tools = method_table(self._world)
+    def restore(self, snapshot: WorldSnapshot) -> None:
+        self._world = snapshot.materialize()  # same classes as at reset, so the tool table stands
 
     def close(self) -> None:
         self._world = None

@@ -13,6 +13,7 @@ import ast
 import copy
 import inspect
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -30,9 +31,33 @@ def _backend_class(class_name: str) -> type:
     config = import_bfcl("constants.executable_backend_config")
     module_path = config.CLASS_FILE_PATH_MAPPING.get(class_name)
     if module_path is None:
-        raise EnvironmentUnavailableError(f"Unknown BFCL backend class {class_name!r}; known: {', '.join(sorted(config.CLASS_FILE_PATH_MAPPING))}.")
+        raise EnvironmentUnavailableError(
+            f"Unknown BFCL backend class {class_name!r}; known: {', '.join(sorted(config.CLASS_FILE_PATH_MAPPING))}."
+        )
     module = import_bfcl(module_path.removeprefix("bfcl_eval."))
-    return getattr(module, class_name)
+    cls = getattr(module, class_name)
+    _PRISTINE_DEFAULTS[cls] = _mutable_defaults(cls)
+    return cls
+
+
+# Some backends declare mutable default arguments (``post_tweet(..., mentions=[])``) and store them in
+# the world, where later calls mutate them: the default then carries state from one call, branch or
+# entry to the next, outside any snapshot. Every call gets its own copy of the default as it was
+# when the class was loaded, which is what a fresh process would see.
+_PRISTINE_DEFAULTS: dict[type, dict[str, dict[str, Any]]] = {}
+
+
+def _mutable_defaults(cls: type) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for name, member in inspect.getmembers(cls, inspect.isfunction):
+        defaults = {
+            p.name: copy.deepcopy(p.default)
+            for p in inspect.signature(member).parameters.values()
+            if isinstance(p.default, (list, dict, set, bytearray))
+        }
+        if defaults:
+            table[name] = defaults
+    return table
 
 
 def build_world(initial_config: Mapping[str, Any], involved_classes: Sequence[str], *, long_context: bool = False) -> World:
@@ -55,7 +80,9 @@ def world_from_environment(environment: Mapping[str, Any] | None) -> World:
             "{'kind': 'bfcl', 'initial_config': ..., 'involved_classes': [...]}; record them with `ee bfcl record-experts`."
         )
     if environment.get("kind", "bfcl") != "bfcl":
-        raise EnvironmentUnavailableError(f"Environment kind {environment.get('kind')!r} is not a BFCL environment; use the sandbox made for it.")
+        raise EnvironmentUnavailableError(
+            f"Environment kind {environment.get('kind')!r} is not a BFCL environment; use the sandbox made for it."
+        )
     classes = environment.get("involved_classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise EnvironmentUnavailableError("BFCL environment reference lacks 'involved_classes' (a list of backend class names).")
@@ -96,20 +123,40 @@ def format_result(value: Any) -> str:
     return str(value)
 
 
-def execute(world: World, call: ToolCall) -> Observation:
-    """Run one call against the world. Failures (unknown tool, bad arguments, exceptions) are error observations."""
-    table = method_table(world)
+def execute(world: World, call: ToolCall, *, table: Mapping[str, tuple[str, str]] | None = None) -> Observation:
+    """Run one call against the world. Failures (unknown tool, bad arguments, exceptions) are error observations.
+
+    ``table`` is the world's :func:`method_table`, when the caller keeps one.
+    """
+    table = method_table(world) if table is None else table
     target = table.get(call.name)
     if target is None:
         return Observation(content=f"Error during execution: tool '{call.name}' does not exist in this environment.", is_error=True)
     class_name, method_name = target
-    method = getattr(world[class_name], method_name)
+    instance = world[class_name]
+    method = getattr(instance, method_name)
+    # Copies, so that the world never shares a list with the caller's records (or with a default).
+    arguments = copy.deepcopy(call.arguments)
+    for param, default in _PRISTINE_DEFAULTS.get(type(instance), {}).get(method_name, {}).items():
+        arguments.setdefault(param, copy.deepcopy(default))
+    mp = _mpmath_context()
+    precision = mp.dps if mp is not None else None
     try:
-        value = method(**call.arguments)
+        value = method(**arguments)
     except Exception as exc:  # noqa: BLE001 - the model sees the error, as BFCL's executor shows it
         return Observation(content=f"Error during execution: {exc}", is_error=True)
+    finally:
+        # MathAPI sets mpmath's process-wide precision; left alone it would change later calls'
+        # results (and speed) in other branches, outside any snapshot.
+        if mp is not None and mp.dps != precision:
+            mp.dps = precision
     is_error = isinstance(value, dict) and "error" in value
     return Observation(content=format_result(value), is_error=is_error)
+
+
+def _mpmath_context() -> Any:
+    module = sys.modules.get("mpmath")
+    return getattr(module, "mp", None)
 
 
 def parse_call(expression: str, world: World, *, call_id: str = "") -> ToolCall:

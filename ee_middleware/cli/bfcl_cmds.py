@@ -14,7 +14,9 @@ app = typer.Typer(help="BFCL multi-turn tasks as a real executable environment."
 @app.command("record-experts")
 def record_experts_cmd(
     store: Path = StoreOption,
-    category: str = typer.Option("multi_turn_base", "--category", help="BFCL multi-turn category (multi_turn_base, multi_turn_miss_func, ...)."),
+    category: str = typer.Option(
+        "multi_turn_base", "--category", help="BFCL multi-turn category (multi_turn_base, multi_turn_miss_func, ...)."
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N entries."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JsonOption,

@@ -27,7 +27,9 @@ class IsolationChoice(StrEnum):
 @app.command("run")
 def run(
     store: Path | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="Sandbox: 'bfcl', 'package.module:factory' or an entry point. [default: bfcl]"),
+    sandbox: str | None = typer.Option(
+        None, "--sandbox", help="Sandbox: 'bfcl', 'package.module:factory' or an entry point. [default: bfcl]"
+    ),
     policy: str | None = typer.Option(
         None, "--policy", help="Policy: 'mutate', 'local:MODEL_DIR', 'openai:BASE_URL#MODEL' or 'package.module:factory'. [default: mutate]"
     ),
@@ -39,7 +41,9 @@ def run(
     isolation: IsolationChoice | None = typer.Option(
         None, "--isolation", help="'subprocess' runs the sandbox in a child process with time and memory limits. [default: none]"
     ),
-    tool_timeout: float | None = typer.Option(None, "--tool-timeout", help="Seconds per tool call with --isolation subprocess. [default: 30]"),
+    tool_timeout: float | None = typer.Option(
+        None, "--tool-timeout", help="Seconds per tool call with --isolation subprocess. [default: 30]"
+    ),
     memory_mb: int | None = typer.Option(None, "--memory-mb", help="Memory limit of the sandbox process with --isolation subprocess."),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many trajectories in this run."),
@@ -160,7 +164,9 @@ def _rollout_json(rollout: Any) -> dict[str, Any]:
 @app.command("list")
 def list_rollouts(
     store: Path = StoreOption,
-    trajectory: str | None = typer.Option(None, "--trajectory", "-t", help="Only rollouts of this trajectory (a unique id prefix is enough)."),
+    trajectory: str | None = typer.Option(
+        None, "--trajectory", "-t", help="Only rollouts of this trajectory (a unique id prefix is enough)."
+    ),
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
     errors_only: bool = typer.Option(False, "--errors", help="Only rollouts whose observation is an error."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many rollouts."),

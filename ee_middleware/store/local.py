@@ -222,7 +222,9 @@ class LocalExperienceStore:
             exact = rollouts.filter(pl.col("id").str.starts_with(rollout_id)) if rollout_id else exact
         if exact.height != 1:
             hint = f" (ambiguous: {exact.height} ids start with it)" if exact.height > 1 else ""
-            raise TrajectoryNotFoundError(f"No rollout {rollout_id!r} in {self.root}{hint}. List them with: ee replay list --store {self.root}")
+            raise TrajectoryNotFoundError(
+                f"No rollout {rollout_id!r} in {self.root}{hint}. List them with: ee replay list --store {self.root}"
+            )
         return rollout_from_row(exact.row(0, named=True))
 
     def iter_rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> Iterator[Rollout]:
@@ -241,7 +243,9 @@ class LocalExperienceStore:
         merged["approvals"] = merged["approvals"].unique(maintain_order=True)
         merged["rollouts"] = merged["rollouts"].unique("id", keep="first", maintain_order=True)
         merged["replays"] = (
-            merged["replays"].sort("finished_at", maintain_order=True).unique(["replay_id", "trajectory_id"], keep="last", maintain_order=True)
+            merged["replays"]
+            .sort("finished_at", maintain_order=True)
+            .unique(["replay_id", "trajectory_id"], keep="last", maintain_order=True)
         )
         return merged
 

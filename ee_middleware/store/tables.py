@@ -220,7 +220,9 @@ def rollout_from_row(row: dict[str, Any]) -> Rollout:
         branch_index=row["branch_index"],
         action=Action(kind="tool_call", tool_call=call) if call else Action(kind="answer"),
         proposer=Proposer.model_validate(json.loads(row["proposer_json"])),
-        observation=Observation(content=row["observation"] or "", is_error=bool(row["is_error"]), truncated_chars=row["observation_truncated_chars"] or 0),
+        observation=Observation(
+            content=row["observation"] or "", is_error=bool(row["is_error"]), truncated_chars=row["observation_truncated_chars"] or 0
+        ),
         is_error=bool(row["is_error"]),
         synthetic=bool(row["synthetic"]),
         sandbox=row["sandbox"],

@@ -90,3 +90,33 @@ def test_tool_schemas_are_standard_json_schema() -> None:
 def test_unknown_category_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="multi_turn_base"):
         load_entries("multi_turn_nope")
+
+
+def test_mutable_default_arguments_do_not_carry_state_between_worlds() -> None:
+    # TwitterAPI.post_tweet(..., mentions=[]) stores its default list in the world; `mention`
+    # then appends to it. Found by the replay's fidelity check on the 200-entry benchmark.
+    config = {"TwitterAPI": {"username": "ann", "password": "pw", "authenticated": True, "tweets": {}, "tweet_counter": 0}}
+    first = build_world(config, ["TwitterAPI"])
+    execute(first, ToolCall(id="", name="post_tweet", arguments={"content": "hi"}))
+    execute(first, ToolCall(id="", name="mention", arguments={"tweet_id": 0, "mentioned_usernames": ["bob"]}))
+    second = build_world(config, ["TwitterAPI"])
+    posted = execute(second, ToolCall(id="", name="post_tweet", arguments={"content": "hello"}))
+    assert '"mentions": []' in posted.content, posted.content
+
+
+def test_the_world_never_shares_lists_with_the_call_record() -> None:
+    config = {"TwitterAPI": {"username": "ann", "password": "pw", "authenticated": True, "tweets": {}, "tweet_counter": 0}}
+    world = build_world(config, ["TwitterAPI"])
+    call = ToolCall(id="", name="post_tweet", arguments={"content": "hi", "mentions": ["@a"]})
+    execute(world, call)
+    execute(world, ToolCall(id="", name="mention", arguments={"tweet_id": 0, "mentioned_usernames": ["bob"]}))
+    assert call.arguments["mentions"] == ["@a"]
+
+
+def test_math_precision_set_by_one_call_does_not_leak_into_the_next() -> None:
+    import mpmath
+
+    world = build_world({}, ["MathAPI"])
+    before = mpmath.mp.dps
+    execute(world, ToolCall(id="", name="logarithm", arguments={"value": 8.0, "base": 2.0, "precision": 60}))
+    assert mpmath.mp.dps == before

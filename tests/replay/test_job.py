@@ -62,7 +62,20 @@ def test_a_killed_run_continues_where_it_stopped(bfcl_store_path: Path, tmp_path
     run_replay(ReplayConfig.load(store=reference, k=3, sandbox=SLOW))
 
     env = {**os.environ, "EE_TEST_RESET_DELAY": "0.5", "PYTHONPATH": str(Path(__file__).parents[2])}
-    cmd = [sys.executable, "-m", "ee_middleware.cli", "replay", "run", "--store", str(bfcl_store_path), "--k", "3", "--sandbox", SLOW, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ee_middleware.cli",
+        "replay",
+        "run",
+        "--store",
+        str(bfcl_store_path),
+        "--k",
+        "3",
+        "--sandbox",
+        SLOW,
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     store = LocalExperienceStore(bfcl_store_path)
     deadline = time.monotonic() + 60

@@ -10,12 +10,12 @@ import pytest
 
 from ee_middleware.bfcl.sandbox import BFCLSandbox
 from ee_middleware.records import Observation, ToolCall, Trajectory
+from ee_middleware.records import Proposer as ProposerInfo
 from ee_middleware.replay.policies.mutate import MutationPolicy
-from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.proposer import Proposer
+from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.python import PythonSandbox
-from ee_middleware.records import Proposer as ProposerInfo
 from ee_middleware.store import LocalExperienceStore
 
 SETTINGS = ReplaySettings(replay_id="test", policy="mutate", k=4, seed=7)
@@ -39,7 +39,9 @@ def test_same_seed_gives_identical_rollouts_and_the_expert_path_is_reproduced(bf
     assert first.record.states == len(tool_steps)
     assert first.record.branches == len(first.rollouts) == 4 * len(tool_steps)
     assert _comparable(first.rollouts) == _comparable(second.rollouts)
-    other_seed = replay_trajectory(trajectory, BFCLSandbox(), Proposer(MutationPolicy(), k=4), ReplaySettings("test", "mutate", k=4, seed=8))
+    other_seed = replay_trajectory(
+        trajectory, BFCLSandbox(), Proposer(MutationPolicy(), k=4), ReplaySettings("test", "mutate", k=4, seed=8)
+    )
     assert _comparable(other_seed.rollouts) != _comparable(first.rollouts)
     for rollout in first.rollouts:
         step = trajectory.steps[rollout.step_index]
@@ -188,7 +190,9 @@ def test_malformed_policy_output_is_counted_and_refilled(garbage: str) -> None:
             candidates = []
             for parsed in parse_tool_calls(garbage) or [None]:
                 call = parsed if isinstance(parsed, ToolCall) else None
-                candidates.append(Candidate(call=call, proposer=ProposerInfo(policy="garbage"), raw=garbage, problem=None if call else "unparsable"))
+                candidates.append(
+                    Candidate(call=call, proposer=ProposerInfo(policy="garbage"), raw=garbage, problem=None if call else "unparsable")
+                )
             return Proposals(candidates)
 
     sandbox = PythonSandbox(

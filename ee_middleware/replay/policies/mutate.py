@@ -223,7 +223,7 @@ class _ValueMaker:
         if kind == "array":
             return self._array(schema, name, depth + 1)
         if kind == "integer":
-            return self._int(schema)
+            return self._int(schema, name)
         if kind == "number":
             return self._number(schema)
         if kind == "boolean":
@@ -264,8 +264,12 @@ class _ValueMaker:
         singular = name[:-1] if name.endswith("s") else name
         return [self.value(schema.get("items", {}), singular, depth) for _ in range(count)]
 
-    def _int(self, schema: Mapping[str, Any]) -> int:
-        if self.vocab.ints and self.rng.random() < 0.6:
+    def _int(self, schema: Mapping[str, Any], name: str = "") -> int:
+        if _SIZE_PARAMETER.search(name):
+            # Sizes, counts and precisions drawn from ids in the conversation (precision=94016) make
+            # calls that run for seconds and that no model would propose; keep them small.
+            value = self.rng.randint(0, 20)
+        elif self.vocab.ints and self.rng.random() < 0.6:
             value = self.rng.choice(self.vocab.ints) + self.rng.randint(-2, 2)
         else:
             value = self.rng.randint(0, 10)
@@ -292,6 +296,9 @@ class _ValueMaker:
                 return self.rng.choice(_prefer_for_name(fitting, name))
         synthetic = f"{self.rng.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
         return (synthetic + "x" * low)[: max(low, min(high, len(synthetic)))]
+
+
+_SIZE_PARAMETER = re.compile(r"(precision|count|lines|limit|num|size|depth|times|repeat|max|min|length|digits|top|n$)", re.IGNORECASE)
 
 
 def _bounds(schema: Mapping[str, Any], *, integer: bool) -> tuple[float, float]:

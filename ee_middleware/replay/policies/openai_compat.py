@@ -181,7 +181,7 @@ class OpenAIPolicy:
 
 
 def _httpx() -> Any:
-    return import_optional("httpx", extra="serve", purpose="call an OpenAI-compatible server")
+    return import_optional("httpx", extra="all", purpose="call an OpenAI-compatible server")
 
 
 def _wire_messages(state: list[Message]) -> list[Message]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def _parse_block(block: str, order: ParamOrder) -> list[ParsedCall]:
     if not block:
         return [ParseProblem("empty tool-call block", "")]
     try:
-        payload = json.loads(block)
+        payload = _loads(block)
     except (ValueError, RecursionError) as exc:
         if _CALL_START.match(block):
             return _from_python(block, order)
@@ -136,6 +137,15 @@ def _parse_block(block: str, order: ParamOrder) -> list[ParsedCall]:
             return [ParseProblem(f"invalid JSON ({_short(str(exc))})", _short(block))]
         return [ParseProblem("not JSON and not a Python call", _short(block))]
     return _from_json_payload(payload)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON: ``NaN`` and ``Infinity`` are refused (tools and stores cannot carry them)."""
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 def _python_literal(block: str) -> Any:
@@ -183,7 +193,7 @@ def _decode_arguments(raw: Any) -> dict[str, Any] | ParseProblem:
         if not raw.strip():
             return {}
         try:
-            raw = json.loads(raw)
+            raw = _loads(raw)
         except (ValueError, RecursionError) as exc:
             return ParseProblem(f"arguments are not valid JSON ({exc})", raw[:_MAX_RAW_IN_PROBLEM])
     if not isinstance(raw, Mapping):
@@ -262,6 +272,8 @@ def _literal(node: ast.expr) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return ParseProblem(f"is {value}, which JSON cannot carry")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -281,7 +293,7 @@ def _jsonable(value: Any) -> Any:
 
 def _embedded_json(text: str) -> list[ParsedCall]:
     """Tool-call-like JSON objects or lists inside prose, left to right, not overlapping."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
     found: list[ParsedCall] = []
     pos = 0
     for _ in range(_MAX_EMBEDDED_TRIES):  # bounds the work on adversarial input like '{"a":' * 10_000

@@ -98,6 +98,7 @@ class ToolSchemas:
     def __init__(self, tools: Iterable[ToolSchema]) -> None:
         self._parameters: dict[str, dict[str, Any]] = {}
         self._descriptions: dict[str, str] = {}
+        self._validators: dict[str, Any] = {}
         for tool in tools:
             function = _tool_function(tool) if isinstance(tool, Mapping) else None
             if function is None:
@@ -156,7 +157,9 @@ class ToolSchemas:
             extra = [key for key in arguments if key not in props]
             if extra:
                 return _clip(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; it accepts: {', '.join(props)}")
-        validator = _validator(canonical_json(schema))
+        if name not in self._validators:
+            self._validators[name] = _validator(canonical_json(schema))
+        validator = self._validators[name]
         if validator is None:
             missing = [r for r in self.required(name) if r not in arguments]
             return f"{name}: missing required argument {missing[0]!r}" if missing else None

@@ -60,6 +60,11 @@ class TransformersPolicy:
                 "(config.json, weights, tokenizer files) or at a .gguf file, e.g. 'local:/models/smollm2'; "
                 "models are never downloaded during replay."
             )
+        if gguf_file is None and not (path / "config.json").is_file():
+            raise PolicyError(
+                f"{path} has no config.json, so it is not a saved transformers model. Save one there with "
+                "model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR), or point at a .gguf file."
+            )
         if gguf_file is not None and not (path / gguf_file).is_file():
             raise PolicyError(
                 f"No GGUF file {gguf_file!r} in {path}. Check the file name, or point at a folder saved with save_pretrained."

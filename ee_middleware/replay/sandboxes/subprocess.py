@@ -71,6 +71,7 @@ _OK = "ok"
 _ERR = "err"
 _WATCHDOG_INTERVAL_S = 1.0
 _KILL_WAIT_S = 5.0
+_MIN_HEADROOM = 32 * 2**20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,10 +139,27 @@ def _limit_address_space(memory_mb: int) -> None:
     import resource
 
     limit = int(memory_mb) * 1024 * 1024
+    in_use = _address_space_in_use()
+    if in_use is not None and in_use + _MIN_HEADROOM > limit:
+        raise SandboxError(
+            f"memory_mb={memory_mb} leaves no room: the child process already uses {in_use // 2**20} MB of address space "
+            f"before building the sandbox; give it at least {(in_use + _MIN_HEADROOM) // 2**20 + 1} MB plus what the tools need."
+        )
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _address_space_in_use() -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _one_malloc_arena() -> None:
@@ -615,8 +633,8 @@ class SubprocessSandbox:
             conn.close()
         if proc is None:
             return
-        if proc.is_alive():
-            proc.join(0.5 if self._closed else 0)  # after "close" the child exits by itself
+        if self._closed and proc.is_alive():
+            proc.join(0.5)  # after "close" the child exits by itself
         if proc.is_alive():
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own group (see _child_main)
@@ -655,7 +673,22 @@ class SubprocessSandbox:
             raise self._died(f"{type(exc).__name__} while sending") from None
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise SandboxError(f"The arguments of {op}() cannot be sent to the subprocess sandbox (they must pickle): {exc}") from exc
-        return self._receive(timeout)
+        except BaseException:
+            self._desynchronized()
+            raise
+        try:
+            return self._receive(timeout)
+        except (_ChildDied, _ChildTimedOut, SandboxError):
+            raise
+        except BaseException:
+            self._desynchronized()
+            raise
+
+    def _desynchronized(self) -> None:
+        # Interrupted (KeyboardInterrupt, a signal handler's exception) between sending a request and
+        # reading its whole answer: a late answer would be taken for the next call's. Start over.
+        self._needs_recovery = True
+        self._stop_child()
 
     def _receive(self, timeout: float | None) -> Any:
         conn = self._conn

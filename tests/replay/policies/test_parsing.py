@@ -37,8 +37,14 @@ def calls_of(text: str, **kwargs: object) -> list[tuple[str, dict]]:
         ("ls(a=true, limit=null)", [("ls", {"a": True, "limit": None})]),
         ("tag(items=('a', 'b'), weights={'x': -1.5})", [("tag", {"items": ["a", "b"], "weights": {"x": -1.5}})]),
         ("math.sqrt(x=4)", [("math.sqrt", {"x": 4})]),
-        ('Sure, here it is:\n```json\n{"name": "cat", "arguments": {"file_name": "notes.txt"}}\n```\nDone.', [("cat", {"file_name": "notes.txt"})]),
-        ('I will call {"name": "cat", "arguments": {"file_name": "notes.txt"}} now, then {"name": "pwd"}.', [("cat", {"file_name": "notes.txt"}), ("pwd", {})]),
+        (
+            'Sure, here it is:\n```json\n{"name": "cat", "arguments": {"file_name": "notes.txt"}}\n```\nDone.',
+            [("cat", {"file_name": "notes.txt"})],
+        ),
+        (
+            'I will call {"name": "cat", "arguments": {"file_name": "notes.txt"}} now, then {"name": "pwd"}.',
+            [("cat", {"file_name": "notes.txt"}), ("pwd", {})],
+        ),
         ("Let me look first.\nls(a=True)\nThen decide.", [("ls", {"a": True})]),
         ("[{'name': 'cd', 'arguments': {'folder': 'temp'}}]", [("cd", {"folder": "temp"})]),
         ('{"tool_calls": [{"id": "q", "type": "function", "function": {"name": "pwd", "arguments": ""}}]}', [("pwd", {})]),
@@ -51,7 +57,9 @@ def test_accepted_formats(text: str, expected: list[tuple[str, dict]]) -> None:
 def test_positional_arguments_need_a_parameter_order() -> None:
     [problem] = parse_tool_calls("mv('a.txt', 'temp')")
     assert isinstance(problem, ParseProblem) and "positional" in problem.problem
-    assert calls_of("mv('a.txt', 'temp')", param_order={"mv": ["source", "destination"]}) == [("mv", {"source": "a.txt", "destination": "temp"})]
+    assert calls_of("mv('a.txt', 'temp')", param_order={"mv": ["source", "destination"]}) == [
+        ("mv", {"source": "a.txt", "destination": "temp"})
+    ]
     [too_many] = parse_tool_calls("mv('a', 'b', 'c')", param_order={"mv": ["source", "destination"]})
     assert isinstance(too_many, ParseProblem) and "3 positional arguments" in too_many.problem
 
@@ -113,6 +121,9 @@ GARBAGE = [
     "cd(folder=lambda: 1)",
     "cd(folder=1j)",
     "cd(folder=b'bytes')",
+    "cd(folder=1e999)",
+    '{"name": "cd", "arguments": {"folder": NaN}}',
+    '{"name": "cd", "arguments": "{\\"folder\\": Infinity}"}',
     "(lambda: __import__('os'))()",
     "exec('print(1)')",
     "cd(folder='unterminated)",

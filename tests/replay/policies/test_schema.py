@@ -42,7 +42,10 @@ def test_a_valid_call_passes(shop: ToolSchemas) -> None:
         (call("order_item", item="pear", quantity=True), "order_item: argument 'quantity': True is not of type 'integer'"),
         (call("order_item", item="pear", quantity=5.0), "order_item: argument 'quantity': 5.0 is not of type 'integer'"),
         (call("order_item", item="pear", quantity=500), "order_item: argument 'quantity': 500 is greater than the maximum of 100"),
-        (call("set_priority", order_id="A", level="urgent"), "set_priority: argument 'level': 'urgent' is not one of ['low', 'normal', 'high']"),
+        (
+            call("set_priority", order_id="A", level="urgent"),
+            "set_priority: argument 'level': 'urgent' is not one of ['low', 'normal', 'high']",
+        ),
         (call("check_stock", item="pear", colour="green"), "check_stock: unexpected argument(s) 'colour'; it accepts: item"),
         (call("ship", order_id="A", address={"street": "Elm"}), "ship: argument 'address': 'city' is a required property"),
     ],

@@ -2,14 +2,15 @@
 
 It lives in an importable module (not a test file) because spawned child processes import the
 factory by name. Tools: ``add(key, n)``, ``get(key)``, ``sleep(seconds)``, ``crash(code)``
-(``os._exit``), ``kill_self(signal)``, ``hog(mb)`` (allocates a bytearray), ``boom()`` (raises
-ValueError). Unlike a well-behaved sandbox, ``execute`` lets tool exceptions escape, so the tests
+(``os._exit``), ``kill_self(signal_name)``, ``hog(mb)`` (allocates a bytearray), ``boom()`` (raises
+ValueError), ``vm_size_kb()`` (the process's address space) and ``spawn_and_hang(pid_file)``. Unlike a well-behaved sandbox, ``execute`` lets tool exceptions escape, so the tests
 see how the subprocess sandbox copes with that.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.python import PythonSandbox
 
 
 class CounterSandbox:
@@ -131,6 +133,15 @@ TOOLS = {
 def make_counter_sandbox() -> CounterSandbox:
     """The factory handed to SubprocessSandbox (module-level, so it pickles by name)."""
     return CounterSandbox()
+
+
+def build_world(environment: dict[str, Any] | None) -> dict[str, int]:
+    """World builder for wrapping the same tools in a PythonSandbox."""
+    return dict((environment or {}).get("counts", {}))
+
+
+PYTHON_SANDBOX_FACTORY = functools.partial(PythonSandbox, build_world, tools=TOOLS)
+"""The usual case, as a functools.partial: a PythonSandbox (it turns tool exceptions into observations itself)."""
 
 
 def broken_factory() -> CounterSandbox:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.protocol import Sandbox
 from ee_middleware.replay.sandboxes.subprocess import SubprocessSandbox, SubprocessSnapshot
-from tests.replay.sandboxes.counter_world import broken_factory, make_counter_sandbox
+from tests.replay.sandboxes.counter_world import PYTHON_SANDBOX_FACTORY, broken_factory, make_counter_sandbox
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -213,6 +214,49 @@ def test_a_memory_hog_hits_the_limit_and_the_child_survives(sandbox: SubprocessS
     assert value(sandbox, "a") == "1"
 
 
+def test_a_python_sandbox_inside_reports_the_memory_limit_too() -> None:
+    with SubprocessSandbox(PYTHON_SANDBOX_FACTORY, timeout_s=1.0, memory_mb=300) as box:
+        assert box.kind == "subprocess:python"
+        box.reset({"counts": {"a": 1}})
+        assert box.execute(call("add", key="a", n=2)).content == "3"
+        observation = box.execute(call("hog", mb=1000))  # PythonSandbox catches the MemoryError itself
+        assert observation.is_error
+        assert observation.content.startswith("Error: MemoryError")
+        assert "memory limit of the subprocess sandbox (300 MB" in observation.content
+        assert box.execute(call("boom")) == Observation(content="Error: ValueError: boom went the tool", is_error=True)
+        assert "timed out" in box.execute(call("sleep", seconds=60)).content
+        assert value(box, "a") == "1"
+
+
+def test_a_memory_limit_below_the_child_baseline_is_explained() -> None:
+    with pytest.raises(SandboxError, match=r"memory_mb=20 leaves no room.*MB of address space"):
+        SubprocessSandbox(make_counter_sandbox, memory_mb=20)
+
+
+class Interrupted(BaseException):
+    """Stands in for KeyboardInterrupt, raised by a signal handler while the parent waits."""
+
+
+def test_an_interrupted_call_does_not_desynchronize_the_next_one(sandbox: SubprocessSandbox) -> None:
+    sandbox.execute(call("add", key="a", n=1))
+    sandbox.snapshot()  # a == 2
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            sandbox.execute(call("sleep", seconds=0.8))  # its late answer must not reach the next call
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(1.0)
+    assert sandbox.execute(call("add", key="a", n=1)).content == "3"
+    assert sandbox.restarts == 1
+
+
 # -- control calls --------------------------------------------------------------------------------
 
 
@@ -251,7 +295,7 @@ def test_a_broken_factory_fails_in_the_constructor() -> None:
 
 
 def test_an_unpicklable_factory_is_explained() -> None:
-    with pytest.raises(SandboxError, match="module-level function or a functools.partial"):
+    with pytest.raises(SandboxError, match=r"module-level function or a functools\.partial"):
         SubprocessSandbox(lambda: make_counter_sandbox(), memory_mb=None)
 
 

@@ -1,0 +1,229 @@
+"""The OpenAI-compatible policy against a real local HTTP server: a scripted stand-in for vLLM.
+
+The server is the standard library's ``ThreadingHTTPServer`` on 127.0.0.1, answering
+``POST /v1/chat/completions`` with scripted responses and recording every request it gets.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import PolicyError
+from ee_middleware.replay.policies.openai_compat import OpenAIPolicy
+from ee_middleware.replay.policies.proposer import Proposer
+from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
+
+
+@dataclass
+class ScriptedReply:
+    status: int = 200
+    body: Any = None
+    delay_s: float = 0.0
+
+
+@dataclass
+class ScriptedVLLMStandIn:
+    """A real HTTP server that answers chat completions from a script (the last reply repeats)."""
+
+    script: list[ScriptedReply] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    base_url: str = ""
+
+    def reply(self) -> ScriptedReply:
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+
+def make_handler(stand_in: ScriptedVLLMStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            stand_in.requests.append({"path": self.path, "body": json.loads(self.rfile.read(length))})
+            stand_in.headers.append(dict(self.headers))
+            reply = stand_in.reply()
+            if reply.delay_s:
+                time.sleep(reply.delay_s)
+            data = reply.body.encode() if isinstance(reply.body, str) else json.dumps(reply.body).encode()
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (the timeout test): nothing to answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def vllm_stand_in() -> Iterator[ScriptedVLLMStandIn]:
+    stand_in = ScriptedVLLMStandIn()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(stand_in))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    stand_in.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield stand_in
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def completion(*messages: Any) -> dict[str, Any]:
+    choices = [{"index": i, "message": m, "finish_reason": "tool_calls"} for i, m in enumerate(messages)]
+    return {"id": "chatcmpl-1", "object": "chat.completion", "model": "support-bot", "choices": choices}
+
+
+def assistant(*calls: dict[str, Any], content: str | None = None) -> dict[str, Any]:
+    return {"role": "assistant", "content": content, "tool_calls": list(calls)}
+
+
+GOOD_AND_BAD = completion(
+    assistant(tool_call("call_1", "check_stock", '{"item": "apple"}')),
+    assistant(
+        tool_call("call_2", "set_priority", '{"order_id": "A-1017", "level": "high"}'),
+        tool_call("call_3", "check_stock", '{"item": "banana"}'),
+    ),
+    assistant(tool_call("call_4", "order_item", '{"item": "pear", "quantity": ')),  # malformed argument JSON
+    {"role": "assistant", "content": '<tool_call>{"name": "check_stock", "arguments": {"item": "kiwi"}}</tool_call>'},
+    {"role": "assistant", "content": "I think pears are out of stock."},
+    {"role": "assistant"},
+    "not even an object",
+)
+
+
+def policy_for(stand_in: ScriptedVLLMStandIn, **settings: Any) -> OpenAIPolicy:
+    settings.setdefault("backoff_s", 0.01)
+    return OpenAIPolicy(stand_in.base_url, "support-bot", **settings)
+
+
+def test_scripted_vllm_stand_in_tool_calls_and_content_become_candidates(
+    vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint
+) -> None:
+    vllm_stand_in.script = [ScriptedReply(body=GOOD_AND_BAD)]
+    policy = policy_for(vllm_stand_in, temperature=0.8, top_p=0.9)
+    assert isinstance(policy, Policy)
+    proposals = policy.propose(shop_point, 7, seed=42)
+    parsed = [(c.call.id, c.call.name, c.call.arguments) if c.call else c.problem for c in proposals.candidates]
+    assert parsed[:3] == [
+        ("call_1", "check_stock", {"item": "apple"}),
+        ("call_2", "set_priority", {"order_id": "A-1017", "level": "high"}),
+        ("call_3", "check_stock", {"item": "banana"}),
+    ]
+    assert parsed[3].startswith("order_item: arguments are not valid JSON")
+    assert parsed[4][1:] == ("check_stock", {"item": "kiwi"})
+    assert parsed[5:] == [
+        "no tool call found in the output",
+        "the message has neither tool_calls nor content",
+        "the message is not a JSON object but str",
+    ]
+    meta = proposals.candidates[0].proposer
+    assert (meta.policy, meta.model, meta.temperature, meta.top_p, meta.seed) == ("openai", "support-bot", 0.8, 0.9, 42)
+    assert meta.settings == {"base_url": vllm_stand_in.base_url}
+    assert json.loads(proposals.candidates[3].raw or "")["tool_calls"][0]["id"] == "call_4", "the raw choice is kept"
+    policy.close()
+
+
+def test_scripted_vllm_stand_in_receives_the_state_tools_n_and_seed(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
+    vllm_stand_in.script = [ScriptedReply(body=completion(assistant(tool_call("c", "check_stock", '{"item": "apple"}'))))]
+    policy = policy_for(vllm_stand_in, api_key="sk-test", max_tokens=64)
+    policy.propose(shop_point, 4, seed=9)
+    [request] = vllm_stand_in.requests
+    body = request["body"]
+    assert request["path"] == "/v1/chat/completions"
+    assert body["model"] == "support-bot" and body["n"] == 4 and body["seed"] == 9
+    assert body["messages"] == shop_point.state and body["tools"] == shop_point.tools
+    assert body["tool_choice"] == "auto" and body["temperature"] == 1.0 and body["max_tokens"] == 64
+    assert "top_p" not in body
+    assert vllm_stand_in.headers[0]["Authorization"] == "Bearer sk-test"
+    assert "sk-test" not in json.dumps(policy.describe())
+
+
+def test_scripted_vllm_stand_in_api_key_from_environment(
+    vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EE_OPENAI_API_KEY", "sk-env")
+    vllm_stand_in.script = [ScriptedReply(body=completion({"role": "assistant", "content": "pwd()"}))]
+    policy_for(vllm_stand_in).propose(shop_point, 1, seed=0)
+    assert vllm_stand_in.headers[0]["Authorization"] == "Bearer sk-env"
+
+
+def test_scripted_vllm_stand_in_through_the_proposer(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
+    vllm_stand_in.script = [ScriptedReply(body=GOOD_AND_BAD)]
+    result = Proposer(policy_for(vllm_stand_in), k=6).propose(shop_point, seed=1)
+    assert len(result.accepted) == 6
+    assert [c.call.arguments.get("item") for c in result.accepted[:4] if c.call] == ["apple", None, "banana", "kiwi"]
+    assert result.counts == {"unparsable": 4}
+    assert result.refilled == 2
+
+
+def test_scripted_vllm_stand_in_500_then_success_is_retried(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
+    good = completion(assistant(tool_call("c", "check_stock", '{"item": "apple"}')))
+    vllm_stand_in.script = [ScriptedReply(500, {"error": "engine busy"}), ScriptedReply(429, "slow down"), ScriptedReply(body=good)]
+    proposals = policy_for(vllm_stand_in, retries=2).propose(shop_point, 1, seed=0)
+    assert len(vllm_stand_in.requests) == 3
+    assert proposals.candidates[0].call is not None
+
+
+def test_scripted_vllm_stand_in_keeps_failing_gives_policy_error(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
+    vllm_stand_in.script = [ScriptedReply(503, {"error": "model still loading"})]
+    with pytest.raises(PolicyError, match=r"after 3 attempt\(s\): HTTP 503: .*model still loading.*vLLM"):
+        policy_for(vllm_stand_in, retries=2).propose(shop_point, 1, seed=0)
+    assert len(vllm_stand_in.requests) == 3
+
+
+def test_scripted_vllm_stand_in_4xx_includes_the_server_text_and_is_not_retried(
+    vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint
+) -> None:
+    vllm_stand_in.script = [ScriptedReply(404, {"error": {"message": "The model `support-bot` does not exist."}})]
+    with pytest.raises(PolicyError, match=r"HTTP 404: .*The model `support-bot` does not exist"):
+        policy_for(vllm_stand_in).propose(shop_point, 1, seed=0)
+    assert len(vllm_stand_in.requests) == 1
+
+
+def test_scripted_vllm_stand_in_timeout(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
+    vllm_stand_in.script = [ScriptedReply(body=completion(), delay_s=0.5)]
+    with pytest.raises(PolicyError, match=r"timed out after 0.1 s"):
+        policy_for(vllm_stand_in, timeout_s=0.1, retries=0).propose(shop_point, 1, seed=0)
+
+
+def test_scripted_vllm_stand_in_non_json_or_empty_answers(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
+    vllm_stand_in.script = [ScriptedReply(body="<html>proxy error</html>")]
+    with pytest.raises(PolicyError, match="not JSON: <html>proxy error"):
+        policy_for(vllm_stand_in).propose(shop_point, 1, seed=0)
+    vllm_stand_in.script = [ScriptedReply(body={"choices": []})]
+    [candidate] = policy_for(vllm_stand_in).propose(shop_point, 1, seed=0).candidates
+    assert candidate.call is None and candidate.problem == "the response has no choices"
+
+
+def test_server_down_names_the_url(shop_point: DecisionPoint) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    policy = OpenAIPolicy(url, "support-bot", retries=1, backoff_s=0.01)
+    with pytest.raises(PolicyError, match=rf"No usable answer from {url}/chat/completions after 2 attempt\(s\).*Is the vLLM"):
+        policy.propose(shop_point, 2, seed=0)
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(PolicyError, match="http"):
+        OpenAIPolicy("localhost:8000/v1", "m")
+    with pytest.raises(PolicyError, match="model name"):
+        OpenAIPolicy("http://localhost:8000/v1", "")

@@ -1,0 +1,104 @@
+"""The in-process sandbox: exact branching by deep copy, tool failures as observations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.sandboxes.protocol import Sandbox
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.replay.sandboxes.registry import build_sandbox, sandbox_factory
+
+
+@dataclass
+class Shop:
+    stock: dict[str, int]
+    orders: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build(environment: dict[str, Any] | None) -> Shop:
+    if not environment or "stock" not in environment:
+        raise EnvironmentUnavailableError("shop needs {'stock': {...}}")
+    return Shop(stock=dict(environment["stock"]))
+
+
+def order_item(shop: Shop, item: str, quantity: int = 1) -> dict[str, Any]:
+    if shop.stock.get(item, 0) < quantity:
+        raise ValueError(f"only {shop.stock.get(item, 0)} {item} left")
+    shop.stock[item] -= quantity
+    shop.orders.append({"item": item, "quantity": quantity})
+    return {"ordered": item, "left": shop.stock[item]}
+
+
+def check_stock(shop: Shop, item: str) -> int:
+    return shop.stock.get(item, 0)
+
+
+def make() -> PythonSandbox:
+    return PythonSandbox(build, tools={"order_item": order_item, "check_stock": check_stock}, read_only_tools={"now": lambda: "12:00"})
+
+
+def call(name: str, **arguments: Any) -> ToolCall:
+    return ToolCall(id="c", name=name, arguments=arguments)
+
+
+def test_it_satisfies_the_protocol_and_formats_results() -> None:
+    sandbox = make()
+    assert isinstance(sandbox, Sandbox)
+    sandbox.reset({"stock": {"apple": 2}})
+    assert sandbox.execute(call("order_item", item="apple")).content == '{"ordered": "apple", "left": 1}'
+    assert sandbox.execute(call("check_stock", item="apple")).content == "1"
+    assert sandbox.execute(call("now")).content == "12:00"
+    assert sandbox.covers("now") and not sandbox.covers("send_email")
+
+
+def test_snapshot_and_restore_branch_exactly_and_repeatably() -> None:
+    sandbox = make()
+    sandbox.reset({"stock": {"apple": 3}})
+    snapshot = sandbox.snapshot()
+    for _ in range(3):
+        sandbox.restore(snapshot)
+        sandbox.execute(call("order_item", item="apple", quantity=2))
+        assert sandbox.world.stock["apple"] == 1 and len(sandbox.world.orders) == 1
+    sandbox.restore(snapshot)
+    assert sandbox.world.stock["apple"] == 3 and sandbox.world.orders == []
+
+
+def test_tool_failures_and_bad_arguments_are_error_observations() -> None:
+    sandbox = make()
+    sandbox.reset({"stock": {"apple": 0}})
+    empty = sandbox.execute(call("order_item", item="apple"))
+    assert empty.is_error and empty.content == "Error: ValueError: only 0 apple left"
+    bad = sandbox.execute(call("order_item", colour="red"))
+    assert bad.is_error and "TypeError" in bad.content
+    unknown = sandbox.execute(call("send_email", to="x"))
+    assert unknown.is_error and "not available" in unknown.content
+
+
+def test_environment_problems_and_misuse_are_clear_errors() -> None:
+    sandbox = make()
+    with pytest.raises(SandboxError, match="call reset"):
+        sandbox.execute(call("check_stock", item="a"))
+    with pytest.raises(EnvironmentUnavailableError, match="needs"):
+        sandbox.reset(None)
+    crashing = PythonSandbox(lambda env: 1 / 0, tools={})
+    with pytest.raises(EnvironmentUnavailableError, match="ZeroDivisionError"):
+        crashing.reset({})
+    with pytest.raises(SandboxError, match="both"):
+        PythonSandbox(build, tools={"now": check_stock}, read_only_tools={"now": lambda: 1})
+
+
+def test_a_user_sandbox_is_named_by_module_and_factory() -> None:
+    sandbox = build_sandbox("tests.replay.sandboxes.test_python:make")
+    assert isinstance(sandbox, PythonSandbox)
+    assert sandbox_factory("tests.replay.sandboxes.test_python:make")().covers("order_item")
+    with pytest.raises(SandboxError, match="has no attribute"):
+        build_sandbox("tests.replay.sandboxes.test_python:nope")
+    with pytest.raises(SandboxError, match="cannot import"):
+        build_sandbox("no_such_module_xyz:make")
+    with pytest.raises(SandboxError, match="isolation"):
+        sandbox_factory("bfcl", isolation="docker")
