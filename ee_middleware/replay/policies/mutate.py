@@ -26,7 +26,7 @@ from typing import Any
 from ee_middleware.records import Proposer, ToolCall
 from ee_middleware.replay.policies.parsing import call_id
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
-from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call
+from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call, tool_schemas_for
 
 _WORD = re.compile(r"[A-Za-z0-9][\w.\-/]*\w")
 _INT = re.compile(r"(?<![\w.])-?\d{1,9}(?![\w.])")
@@ -291,7 +291,8 @@ class _ValueMaker:
         pattern = schema.get("pattern")
         pools = [self.vocab.strings, self.vocab.words] if self.rng.random() < 0.4 else [self.vocab.words, self.vocab.strings]
         for pool in pools:
-            fitting = [s for s in pool if low <= len(s) <= high and _matches(pattern, s)]
+            unconstrained = pattern is None and low == 0 and high >= 10_000
+            fitting = pool if unconstrained else [s for s in pool if low <= len(s) <= high and _matches(pattern, s)]
             if fitting:
                 return self.rng.choice(_prefer_for_name(fitting, name))
         synthetic = f"{self.rng.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
@@ -363,7 +364,7 @@ class MutationPolicy:
 
     def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
         """Up to ``k`` distinct schema-valid calls, none equal to the expert's (fewer only when the schemas allow fewer)."""
-        schemas = ToolSchemas(point.tools)
+        schemas = tool_schemas_for(point.tools)
         rng = random.Random(f"{self.name}:{seed}:{point.trajectory_id}:{point.step_index}")
         maker = _ValueMaker(rng, Vocabulary.harvest(point), self.optional_arg_rate)
         proposer = Proposer(policy=self.name, seed=seed, settings={"same_tool_share": self.same_tool_share})

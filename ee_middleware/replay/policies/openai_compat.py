@@ -19,7 +19,7 @@ from ee_middleware.errors import PolicyError
 from ee_middleware.records import Message, Proposer
 from ee_middleware.replay.policies.parsing import ParseProblem, from_openai_message
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
-from ee_middleware.replay.policies.schema import ToolSchemas
+from ee_middleware.replay.policies.schema import tool_schemas_for
 
 _API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
 _MAX_ERROR_TEXT = 500
@@ -110,7 +110,7 @@ class OpenAIPolicy:
             return Proposals(
                 [Candidate(call=None, proposer=proposer, raw=_clip(json.dumps(response)), problem="the response has no choices")]
             )
-        param_order = ToolSchemas(point.tools).param_order()
+        param_order = tool_schemas_for(point.tools).param_order()
         candidates = []
         for choice in choices:
             message = choice.get("message") if isinstance(choice, dict) else None

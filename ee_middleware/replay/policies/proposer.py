@@ -16,7 +16,7 @@ from typing import Any, Literal
 from ee_middleware.errors import ConfigError, MissingExtraError, PolicyError
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy
-from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call
+from ee_middleware.replay.policies.schema import canonical_call, tool_schemas_for
 
 RejectReason = Literal["unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error"]
 REJECT_REASONS: tuple[str, ...] = ("unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error")
@@ -109,7 +109,7 @@ class _Selection:
     def __init__(self, point: DecisionPoint, k: int) -> None:
         self.point = point
         self.k = k
-        self.schemas = ToolSchemas(point.tools)
+        self.schemas = tool_schemas_for(point.tools)
         self.expert_key = canonical_call(point.expert.name, point.expert.arguments)
         self.accepted_keys: set[str] = set()
         self.result = ProposalResult()

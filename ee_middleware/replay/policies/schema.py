@@ -8,8 +8,10 @@ docs use non-standard JSON-schema types (``dict``, ``float``, ``tuple``, ``any``
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -215,3 +217,29 @@ def _path_text(path: Sequence[Any]) -> str:
     for part in list(path)[1:]:
         text += f"[{part!r}]"
     return text
+
+
+_CACHE: collections.OrderedDict[int, tuple[Sequence[Any], ToolSchemas]] = collections.OrderedDict()
+_CACHE_SIZE = 64
+_CACHE_LOCK = threading.Lock()
+
+
+def tool_schemas_for(tools: Sequence[Any]) -> ToolSchemas:
+    """:class:`ToolSchemas` for ``tools``, reused while the same list object comes back.
+
+    Every state of a trajectory offers the same tool list, so the replay compiles its schemas once
+    per trajectory instead of once per state (normalising and compiling dominate proposal time).
+    The cache holds the list itself, so an id is never reused while cached.
+    """
+    key = id(tools)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] is tools:
+            _CACHE.move_to_end(key)
+            return hit[1]
+    schemas = ToolSchemas(tools)
+    with _CACHE_LOCK:
+        _CACHE[key] = (tools, schemas)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return schemas

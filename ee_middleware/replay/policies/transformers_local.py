@@ -23,7 +23,7 @@ from ee_middleware.errors import PolicyError
 from ee_middleware.records import Message, Proposer
 from ee_middleware.replay.policies.parsing import ParseProblem, parse_tool_calls
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
-from ee_middleware.replay.policies.schema import ToolSchemas
+from ee_middleware.replay.policies.schema import tool_schemas_for
 
 _PURPOSE = "propose alternatives with a local transformers model"
 _FALLBACK_MAX_LENGTH = 2048
@@ -149,7 +149,7 @@ class TransformersPolicy:
             output = self._model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
         texts = [self._tokenizer.decode(seq[input_ids.shape[1] :], skip_special_tokens=True) for seq in output]
         proposer = Proposer(policy=self.name, model=self.model_name, temperature=self.temperature, top_p=self.top_p, seed=seed)
-        param_order = ToolSchemas(point.tools).param_order()
+        param_order = tool_schemas_for(point.tools).param_order()
         candidates = []
         for text in texts:
             for item in parse_tool_calls(text, param_order=param_order):
