@@ -1,0 +1,151 @@
+"""``ee datasets``: build IL/IWM/SR datasets from a store, inspect them, export them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, console, print_json, short
+
+app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, export.", no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    store: Path | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
+    kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. [default: il,iwm,sr]"),
+    teacher: str | None = typer.Option(None, "--teacher", help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL. [default: template]"),
+    app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
+    replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
+    max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
+    max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. [default: 512]"),
+    sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [datasets] table; flags override it."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build datasets from the approved trajectories and their rollouts."""
+    from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+    cfg = DatasetConfig.load(
+        config,
+        store=store,
+        out=out,
+        kinds=kinds,
+        teacher=teacher,
+        app=app_name,
+        replay_id=replay_id,
+        iwm_max_error_share=max_error_share,
+        iwm_max_observation_tokens=max_observation_tokens,
+        sr_k=sr_k,
+    )
+    out_console = console()
+    progress: Any = None
+    if not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out_console)
+        progress.start()
+    tasks: dict[str, Any] = {}
+
+    def on_stage(kind: str) -> None:
+        if progress is not None:
+            for task in tasks.values():
+                progress.update(task, completed=progress.tasks[task].total or 1, total=progress.tasks[task].total or 1)
+            tasks[kind] = progress.add_task(f"building {kind}", total=None)
+
+    def on_sr(done: int, total: int) -> None:
+        if progress is not None and "sr" in tasks:
+            progress.update(tasks["sr"], completed=done, total=total)
+
+    try:
+        summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr)
+    finally:
+        if progress is not None:
+            for task in tasks.values():
+                progress.update(task, completed=progress.tasks[task].total or 1, total=progress.tasks[task].total or 1)
+            progress.stop()
+    if as_json:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"datasets in {cfg.out} (source {summary['source_hash']}: {summary['trajectories']} trajectories, {summary['rollouts']} rollouts)")
+    for column in ("dataset", "rows", "seconds", "notes"):
+        table.add_column(column, justify="right" if column in ("rows", "seconds") else "left")
+    for info in summary["datasets"].values():
+        notes = {k: v for k, v in info.items() if k not in ("path", "rows", "seconds")}
+        table.add_row(Path(info["path"]).name, str(info["rows"]), f"{info['seconds']:.2f}", ", ".join(f"{k}={v}" for k, v in notes.items()))
+    out_console.print(table)
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    hf = "hf"
+
+
+@app.command("show")
+def show(
+    folder: Path = typer.Argument(..., help="A folder written by ee datasets build (or one .parquet file)."),
+    examples: int = typer.Option(2, "--examples", "-n", min=0, help="Rendered examples per dataset."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write the token-length histograms as a PNG here."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Counts, token-length histograms and a few rendered examples."""
+    from ee_middleware.trainers.datasets.build import read_dataset
+    from ee_middleware.trainers.datasets.inspect import describe_dataset, histogram_lines, render_example, write_histogram_png
+
+    files = [folder] if folder.suffix == ".parquet" else sorted(folder.glob("*.parquet"))
+    if not files:
+        from ee_middleware.errors import ConfigError
+
+        raise ConfigError(f"No datasets in {folder}. Build them with: ee datasets build --store DIR --out {folder}")
+    tok = None
+    if tokenizer is not None:
+        from ee_middleware._optional import import_optional
+
+        transformers = import_optional("transformers", extra="train", purpose="count tokens with a tokenizer")
+        tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    described = {f.stem: describe_dataset(read_dataset(f), tok) for f in files}
+    if plot is not None:
+        write_histogram_png(described, plot)
+    if as_json:
+        print_json({name: {k: v for k, v in d.items() if k != "lengths"} for name, d in described.items()})
+        return
+    out = console()
+    for file in files:
+        d = described[file.stem]
+        out.rule(f"[bold]{file.name}[/]: {d['rows']} rows")
+        out.print(", ".join(f"{k}={v}" for k, v in d["counts"].items()))
+        out.print(f"prompt+completion {d['unit']}: min {d['min']}, median {d['median']}, max {d['max']}")
+        for line in histogram_lines(d["lengths"]):
+            out.print(line, highlight=False)
+        frame = read_dataset(file)
+        for row in frame.head(examples).iter_rows(named=True):
+            out.print(f"[dim]--- {row['id']} (trajectory {short(row['trajectory_id'], 12)}, step {row['step_index']}, branch {row['branch_index']})[/]")
+            out.print(render_example(row, tok), markup=False, highlight=False)
+    if plot is not None:
+        out.print(f"histograms: {plot}")
+
+
+@app.command("export")
+def export(
+    dataset: Path = typer.Argument(..., help="A .parquet dataset file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (jsonl) or folder (hf)."),
+    fmt: ExportFormat = typer.Option(ExportFormat.jsonl, "--format", help="OpenAI chat JSONL, or a Hugging Face dataset saved to disk."),
+) -> None:
+    """Export a dataset to OpenAI chat JSONL or a Hugging Face dataset."""
+    from ee_middleware.trainers.datasets.build import export_chat_jsonl, read_dataset, to_hf_dataset
+
+    frame = read_dataset(dataset)
+    if fmt is ExportFormat.jsonl:
+        n = export_chat_jsonl(frame, out)
+    else:
+        to_hf_dataset(frame).save_to_disk(str(out))
+        n = frame.height
+    console().print(f"Wrote {n} examples to {out}")
+

@@ -1,0 +1,218 @@
+"""``ee datasets build``: IL, IWM and SR datasets from an experience store, as Parquet.
+
+Writes ``OUT/il.parquet``, ``OUT/iwm.parquet``, ``OUT/sr.parquet`` (one row per example, see
+:mod:`ee_middleware.trainers.datasets.rows`) and ``OUT/datasets.json`` (what was built from what).
+Each file is written to a temporary name and renamed, so a crash never leaves half a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from ee_middleware.trainers.datasets.il import build_il
+from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
+from ee_middleware.trainers.datasets.rows import KINDS
+from ee_middleware.trainers.datasets.source import load_source
+from ee_middleware.trainers.datasets.sr import SROptions, build_sr
+from ee_middleware.trainers.datasets.teachers import build_teacher
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ee_middleware._toml import read_toml_table
+from ee_middleware.errors import ConfigError
+
+
+class DatasetConfig(BaseModel):
+    """Everything ``ee datasets build`` needs; loadable from a TOML ``[datasets]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: Path
+    out: Path
+    kinds: tuple[str, ...] = ("il", "iwm", "sr")
+    teacher: str = "template"
+    """``template`` (deterministic, for tests and demos), ``local:MODEL_DIR`` or ``openai:BASE_URL#MODEL``."""
+    app: str | None = None
+    replay_id: str | None = None
+    """Only rollouts of this replay configuration (default: all real rollouts)."""
+    iwm_max_observation_tokens: int = Field(512, ge=8)
+    iwm_max_error_share: float = Field(0.5, ge=0, le=1)
+    iwm_include_expert_steps: bool = True
+    sr_k: int = Field(3, ge=1)
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> DatasetConfig:
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(read_toml_table(Path(path), "datasets"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        kinds = values.get("kinds")
+        if isinstance(kinds, str):
+            values["kinds"] = tuple(k.strip() for k in kinds.split(",") if k.strip())
+        unknown = [k for k in values.get("kinds", ()) if k not in KINDS]
+        if unknown:
+            raise ConfigError(f"Unknown dataset kind(s) {', '.join(unknown)}. Choose from: {', '.join(KINDS)}.")
+        for required in ("store", "out"):
+            if required not in values:
+                raise ConfigError(f"The dataset build needs --{required}.")
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"Invalid dataset configuration: {problems}") from None
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def build_datasets(
+    config: DatasetConfig,
+    *,
+    on_stage: Callable[[str], None] | None = None,
+    on_sr_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Build the configured kinds; return the summary also written to ``OUT/datasets.json``."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    store = LocalExperienceStore(config.store, create=False)
+    source = load_source(store, app=config.app, replay_id=config.replay_id)
+    config.out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {
+        "store": str(config.store),
+        "source_hash": source.source_hash,
+        "trajectories": source.trajectories.height,
+        "steps": source.steps.height,
+        "rollouts": source.rollouts.height,
+        "config": json.loads(config.model_dump_json()),
+        "datasets": {},
+    }
+    if source.trajectories.is_empty():
+        raise ConfigError(f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets.")
+    for kind in config.kinds:
+        if on_stage is not None:
+            on_stage(kind)
+        started = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if kind == "il":
+            frame = build_il(source)
+        elif kind == "iwm":
+            if source.rollouts.is_empty():
+                extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
+            options = IWMOptions(
+                max_observation_tokens=config.iwm_max_observation_tokens,
+                max_error_share=config.iwm_max_error_share,
+                include_expert_steps=config.iwm_include_expert_steps,
+                seed=config.seed,
+            )
+            frame = build_iwm(source, options)
+            extra["error_share"] = round(float(frame["is_error"].mean() or 0.0), 3) if frame.height else 0.0
+            extra["truncated_rows"] = int((frame["observation_truncated_chars"] > 0).sum())
+        else:
+            teacher = build_teacher(config.teacher)
+            total = source.steps.filter(pl.col("action_kind") == "tool_call").height
+            done = 0
+
+            def tick(n: int, total: int = total) -> None:
+                nonlocal done
+                done += n
+                if on_sr_progress is not None:
+                    on_sr_progress(done, total)
+
+            frame, report = build_sr(source, teacher, SROptions(k=config.sr_k, seed=config.seed), on_batch=tick)
+            extra.update(teacher=teacher.name, states=report.states, dropped=dict(report.dropped), flagged=dict(report.flagged))
+        path = config.out / f"{kind}.parquet"
+        write_parquet_atomic(frame, path)
+        summary["datasets"][kind] = {"path": str(path), "rows": frame.height, "seconds": round(time.perf_counter() - started, 3), **extra}
+    (config.out / "datasets.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:
+    """One dataset file, checked to have the dataset columns."""
+    from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Dataset {path} does not exist. Build it with: ee datasets build --store DIR --out {path.parent}")
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:
+        raise ConfigError(f"Dataset {path} is not readable Parquet ({exc}). Rebuild it with ee datasets build.") from exc
+    missing = [c for c in ("prompt", "completion", "tools") if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"Dataset {path} lacks column(s) {', '.join(missing)}; it was not built by ee datasets build.")
+    return frame.select([c for c in DATASET_SCHEMA if c in frame.columns])
+
+
+def chat_examples(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows as OpenAI chat fine-tuning examples (``messages`` = prompt + completion, ``tools``)."""
+    examples = []
+    for prompt, completion, tools in frame.select("prompt", "completion", "tools").iter_rows():
+        example: dict[str, Any] = {"messages": json.loads(prompt) + json.loads(completion)}
+        parsed_tools = json.loads(tools or "[]")
+        if parsed_tools:
+            example["tools"] = parsed_tools
+        examples.append(example)
+    return examples
+
+
+def export_chat_jsonl(frame: pl.DataFrame, path: str | os.PathLike[str]) -> int:
+    """Write the OpenAI chat JSONL fine-tuning format; return the number of lines."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    examples = chat_examples(frame)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for example in examples:
+            fh.write(json.dumps(example, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return len(examples)
+
+
+def to_hf_dataset(frame: pl.DataFrame) -> Any:
+    """A Hugging Face ``datasets.Dataset`` of the rows.
+
+    ``prompt``, ``completion`` and ``tools`` stay JSON text (Arrow cannot hold tool arguments of
+    varying shapes in one column), with tool-call arguments decoded to objects, as chat templates
+    expect: ``json.loads(row["prompt"])`` gives the messages to pass to ``apply_chat_template``.
+    """
+    from ee_middleware._optional import import_optional
+
+    datasets = import_optional("datasets", extra="train", purpose="export to a Hugging Face dataset")
+    records = []
+    for row in frame.iter_rows(named=True):
+        records.append(
+            {
+                **{k: v for k, v in row.items() if k not in ("prompt", "completion", "tools")},
+                "prompt": json.dumps(_decode_arguments(json.loads(row["prompt"]))),
+                "completion": json.dumps(_decode_arguments(json.loads(row["completion"]))),
+                "tools": row["tools"],
+            }
+        )
+    return datasets.Dataset.from_list(records)
+
+
+def _decode_arguments(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                arguments = call.get("function", {}).get("arguments")
+                if isinstance(arguments, str):
+                    try:
+                        arguments = json.loads(arguments)
+                    except ValueError:
+                        pass
+                calls.append({**call, "function": {**call.get("function", {}), "arguments": arguments}})
+            message = {**message, "tool_calls": calls}
+        out.append(message)
+    return out

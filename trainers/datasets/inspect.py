@@ -1,0 +1,108 @@
+"""Looking at datasets: counts, token-length histograms and rendered examples."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+CHARS_PER_TOKEN = 4.0
+
+
+def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None) -> dict[str, Any]:
+    """Row counts by proposer/error/kind and prompt+completion lengths (tokens with a tokenizer, else estimated)."""
+    if tokenizer is not None:
+        lengths = [len(tokenizer(p + c)["input_ids"]) for p, c in frame.select("prompt", "completion").iter_rows()]
+        unit = "tokens"
+    else:
+        chars = frame.select((pl.col("prompt").str.len_chars() + pl.col("completion").str.len_chars()).alias("n"))["n"].to_list()
+        lengths = [int(c / CHARS_PER_TOKEN) for c in chars]
+        unit = "tokens (estimated: chars/4; pass --tokenizer for real counts)"
+    counts: dict[str, Any] = {}
+    if "proposer" in frame.columns:
+        counts.update({f"proposer:{k}": v for k, v in Counter(frame["proposer"].to_list()).items()})
+    if "is_error" in frame.columns and frame["is_error"].null_count() < frame.height:
+        counts["error_observations"] = int(frame["is_error"].fill_null(False).sum())
+    if "observation_truncated_chars" in frame.columns:
+        counts["truncated"] = int((frame["observation_truncated_chars"].fill_null(0) > 0).sum())
+    if "quality_flags" in frame.columns:
+        flags: Counter[str] = Counter()
+        for text in frame["quality_flags"].drop_nulls().to_list():
+            flags.update(json.loads(text))
+        counts.update({f"flag:{k}": v for k, v in flags.items()})
+    ordered = sorted(lengths)
+    return {
+        "rows": frame.height,
+        "counts": counts,
+        "unit": unit,
+        "min": ordered[0] if ordered else 0,
+        "median": ordered[len(ordered) // 2] if ordered else 0,
+        "max": ordered[-1] if ordered else 0,
+        "lengths": lengths,
+    }
+
+
+def histogram_lines(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
+    """A text histogram of ``lengths``."""
+    if not lengths:
+        return ["(empty)"]
+    low, high = min(lengths), max(lengths)
+    step = max(1, (high - low + bins) // bins)
+    counts = Counter((n - low) // step for n in lengths)
+    peak = max(counts.values())
+    lines = []
+    for b in range(bins):
+        if b * step + low > high:
+            break
+        count = counts.get(b, 0)
+        lines.append(f"{low + b * step:>7}-{low + (b + 1) * step - 1:<7} {'█' * max(0, round(width * count / peak)):<{width}} {count}")
+    return lines
+
+
+def write_histogram_png(described: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """Token-length histograms of several datasets, one panel each, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(described), figsize=(4.5 * len(described), 3.2), squeeze=False)
+    for ax, (name, d) in zip(axes[0], described.items(), strict=True):
+        ax.hist(d["lengths"], bins=30, color="#4c72b0")
+        ax.set_title(f"{name} ({d['rows']} rows)")
+        ax.set_xlabel("tokens" if d["unit"] == "tokens" else "tokens (estimated)")
+        ax.set_ylabel("examples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_example(row: dict[str, Any], tokenizer: Any = None) -> str:
+    """One example as the model sees it: the chat template's text with a tokenizer, else role-prefixed lines."""
+    prompt = json.loads(row["prompt"])
+    completion = json.loads(row["completion"])
+    tools = json.loads(row.get("tools") or "[]")
+    if tokenizer is not None:
+        from ee_middleware.trainers.datasets.build import _decode_arguments
+
+        text = tokenizer.apply_chat_template(_decode_arguments(prompt + completion), tools=tools or None, tokenize=False)
+        return str(text)
+    lines = []
+    for message in prompt[-4:]:
+        lines.append(_line(message))
+    lines.append("=> " + _line(completion[0]))
+    if len(prompt) > 4:
+        lines.insert(0, f"(… {len(prompt) - 4} earlier messages)")
+    return "\n".join(lines)
+
+
+def _line(message: dict[str, Any]) -> str:
+    text = message.get("content") or ""
+    if message.get("tool_calls"):
+        calls = "; ".join(f"{c['function']['name']}({c['function'].get('arguments', '')})" for c in message["tool_calls"])
+        text = (text + " " if text else "") + f"[calls {calls}]"
+    text = " ".join(str(text).split())
+    return f"{message.get('role', '?')}: {text[:300]}{'…' if len(text) > 300 else ''}"

@@ -1,0 +1,110 @@
+"""IWM: implicit world modeling, the state and an action -> the observation the environment returned.
+
+One row per rollout (the alternatives' real outcomes) and one per expert tool-call step, in the
+same format: the prompt is the state, the assistant message making the call, and an instruction to
+predict its result; the completion is the observation text. Long observations are cut to a budget
+(the cut is recorded per row) and the share of error observations is capped (too many error
+outcomes hurt, as the paper notes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+from ee_middleware.trainers.datasets.rows import (
+    IWM_INSTRUCTION,
+    action_message,
+    answer_message,
+    append_to_json_list,
+    conform,
+    example_id,
+    json_list,
+    user_message,
+)
+from ee_middleware.trainers.datasets.source import DatasetSource
+
+
+@dataclass(frozen=True)
+class IWMOptions:
+    """How IWM rows are shaped."""
+
+    max_observation_tokens: int = 512
+    """Observations longer than this budget are cut (the cut is recorded in ``observation_truncated_chars``)."""
+    chars_per_token: float = 4.0
+    """Used to turn the token budget into characters when building (the trainer re-checks lengths)."""
+    max_error_share: float = 0.5
+    """At most this share of rows may have an error observation (errors beyond it are dropped, seeded)."""
+    include_expert_steps: bool = True
+    seed: int = 0
+
+
+def build_iwm(source: DatasetSource, options: IWMOptions | None = None) -> pl.DataFrame:
+    """IWM rows for every rollout and expert step (vectorised), with the error share capped."""
+    options = options or IWMOptions()
+    budget = max(1, int(options.max_observation_tokens * options.chars_per_token))
+    tools = source.trajectories.rename({"id": "trajectory_id", "tools_json": "tools"})
+    states = source.steps.select("trajectory_id", pl.col("index").alias("step_index"), "state_json")
+
+    rollouts = source.rollouts.join(states, on=["trajectory_id", "step_index"], how="inner").select(
+        "trajectory_id",
+        "step_index",
+        "branch_index",
+        "replay_id",
+        pl.col("proposer_policy").alias("proposer"),
+        "state_json",
+        action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("action"),
+        "observation",
+        "is_error",
+        pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
+    )
+    parts = [rollouts]
+    if options.include_expert_steps:
+        expert = source.steps.filter((pl.col("action_kind") == "tool_call") & pl.col("observation").is_not_null()).select(
+            "trajectory_id",
+            pl.col("index").alias("step_index"),
+            pl.lit(None, dtype=pl.Int64).alias("branch_index"),
+            pl.lit(None, dtype=pl.String).alias("replay_id"),
+            pl.lit("expert").alias("proposer"),
+            "state_json",
+            action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("action"),
+            "observation",
+            pl.col("observation_is_error").fill_null(False).alias("is_error"),
+            pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
+        )
+        parts.append(expert)
+    rows = pl.concat(parts, how="vertical").join(tools, on="trajectory_id", how="inner")
+    length = pl.col("observation").str.len_chars().cast(pl.Int64)  # u32 would wrap below zero
+    rows = rows.with_columns(
+        pl.col("observation").str.slice(0, budget).alias("observation"),
+        (pl.col("stored_cut") + (length - budget).clip(lower_bound=0)).alias("observation_truncated_chars"),
+    )
+    rows = _cap_errors(rows, options.max_error_share, options.seed)
+    frame = rows.select(
+        example_id(pl.lit("iwm"), pl.col("trajectory_id"), pl.col("step_index"), pl.col("branch_index"), pl.col("replay_id")).alias("id"),
+        pl.lit("iwm").alias("kind"),
+        append_to_json_list(pl.col("state_json"), pl.col("action"), user_message(IWM_INSTRUCTION)).alias("prompt"),
+        json_list(answer_message(pl.col("observation"))).alias("completion"),
+        pl.col("tools").fill_null("[]"),
+        "trajectory_id",
+        "step_index",
+        "branch_index",
+        "replay_id",
+        "proposer",
+        "is_error",
+        "observation_truncated_chars",
+        pl.lit(source.source_hash).alias("source_hash"),
+    )
+    return conform(frame).sort(["trajectory_id", "step_index", "branch_index"], nulls_last=False)
+
+
+def _cap_errors(rows: pl.DataFrame, max_share: float, seed: int) -> pl.DataFrame:
+    if max_share >= 1.0:
+        return rows
+    errors = rows.filter(pl.col("is_error"))
+    fine = rows.filter(~pl.col("is_error"))
+    allowed = int(max_share / (1.0 - max_share) * fine.height) if max_share > 0 else 0
+    if errors.height <= allowed:
+        return rows
+    kept = errors.sample(n=allowed, seed=seed, shuffle=False) if allowed else errors.head(0)
+    return pl.concat([fine, kept], how="vertical")

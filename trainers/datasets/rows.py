@@ -1,0 +1,99 @@
+"""The dataset row: a chat-format prompt/completion pair with its lineage.
+
+Every dataset (IL, IWM, SR) has the same columns, so that rows of different kinds can be mixed:
+
+==============================  =============================================================
+column                          meaning
+==============================  =============================================================
+``id``                          stable id of the example (kind, trajectory, step, branch)
+``kind``                        ``il``, ``iwm`` or ``sr``
+``prompt``                      JSON text: the OpenAI chat messages the model is shown
+``completion``                  JSON text: a list with the one assistant message to learn
+``tools``                       JSON text: the OpenAI tool schemas offered (for the chat template)
+``trajectory_id``, ``step_index``  where the example comes from
+``branch_index``                the rollout's branch (null for expert steps)
+``replay_id``                   the replay configuration that produced the rollout (IWM)
+``proposer``                    who proposed the action (``expert``, ``mutate``, ``openai``, ...)
+``is_error``                    the observation was an error (IWM)
+``observation_truncated_chars`` characters cut from the observation (recorded and budgeted)
+``teacher``                     who wrote the rationale (SR)
+``quality_flags``               JSON text: SR guards' findings (empty object when clean)
+``source_hash``                 hash of the store content the dataset was built from
+==============================  =============================================================
+
+Messages use the OpenAI shapes; an action is ``{"role": "assistant", "content": "", "tool_calls":
+[{"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}]}``.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+KINDS: tuple[str, ...] = ("il", "iwm", "sr")
+
+DATASET_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "kind": pl.String(),
+    "prompt": pl.String(),
+    "completion": pl.String(),
+    "tools": pl.String(),
+    "trajectory_id": pl.String(),
+    "step_index": pl.Int64(),
+    "branch_index": pl.Int64(),
+    "replay_id": pl.String(),
+    "proposer": pl.String(),
+    "is_error": pl.Boolean(),
+    "observation_truncated_chars": pl.Int64(),
+    "teacher": pl.String(),
+    "quality_flags": pl.String(),
+    "source_hash": pl.String(),
+}
+
+IWM_INSTRUCTION = "Predict exactly what the tool call above returns."
+"""The last prompt message of an IWM example: the target is the environment's response."""
+
+
+def conform(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with exactly the dataset columns, in order (missing ones as nulls)."""
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in DATASET_SCHEMA.items() if name not in frame.columns]
+    return frame.with_columns(missing).select([pl.col(name).cast(dtype) for name, dtype in DATASET_SCHEMA.items()])
+
+
+def example_id(*parts: pl.Expr) -> pl.Expr:
+    """A stable id from columns (hex of a 64-bit hash; the same inputs give the same id in every run)."""
+    return pl.concat_str([p.cast(pl.String).fill_null("-") for p in parts], separator=":").hash(seed=0x5EED).cast(pl.String)
+
+
+def action_message(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> pl.Expr:
+    """JSON text of the assistant message that makes one tool call."""
+    call = pl.struct(
+        call_id.fill_null("").alias("id"),
+        pl.lit("function").alias("type"),
+        pl.struct(name.alias("name"), arguments_json.fill_null("{}").alias("arguments")).alias("function"),
+    )
+    return pl.struct(pl.lit("assistant").alias("role"), pl.lit("").alias("content"), pl.concat_list([call]).alias("tool_calls")).struct.json_encode()
+
+
+def answer_message(content: pl.Expr) -> pl.Expr:
+    """JSON text of an assistant message with text content."""
+    return pl.struct(pl.lit("assistant").alias("role"), content.fill_null("").alias("content")).struct.json_encode()
+
+
+def user_message(content: str) -> pl.Expr:
+    return pl.struct(pl.lit("user").alias("role"), pl.lit(content).alias("content")).struct.json_encode()
+
+
+def json_list(*items: pl.Expr) -> pl.Expr:
+    """JSON text of a list of already-encoded items."""
+    return pl.concat_str([pl.lit("["), pl.concat_str(list(items), separator=","), pl.lit("]")])
+
+
+def append_to_json_list(list_json: pl.Expr, *items: pl.Expr) -> pl.Expr:
+    """JSON text of ``list_json`` (a JSON array as text) with encoded ``items`` appended."""
+    body = pl.concat_str(list(items), separator=",")
+    trimmed = list_json.str.strip_chars_end()
+    return (
+        pl.when(trimmed.str.strip_chars() == "[]")
+        .then(pl.concat_str([pl.lit("["), body, pl.lit("]")]))
+        .otherwise(pl.concat_str([trimmed.str.slice(0, trimmed.str.len_chars() - 1), pl.lit(","), body, pl.lit("]")]))
+    )

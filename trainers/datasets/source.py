@@ -1,0 +1,40 @@
+"""What the builders read from an experience store: approved trajectories, their steps, rollouts."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Frames of the store content a dataset is built from (approved trajectories only)."""
+
+    trajectories: pl.DataFrame
+    steps: pl.DataFrame
+    rollouts: pl.DataFrame
+
+    @property
+    def source_hash(self) -> str:
+        """Identifies the content: approved trajectory ids, their step count and rollout ids."""
+        digest = hashlib.sha256()
+        for ids in (self.trajectories["id"], self.rollouts["id"]):
+            digest.update("\n".join(sorted(ids.to_list())).encode())
+            digest.update(b"\x00")
+        digest.update(str(self.steps.height).encode())
+        return digest.hexdigest()[:16]
+
+
+def load_source(store: Any, *, app: str | None = None, replay_id: str | None = None) -> DatasetSource:
+    """Approved trajectories of ``store`` (optionally one app), their steps and rollouts.
+
+    Rollouts flagged ``synthetic`` are left out: IWM learns from real observations only.
+    """
+    trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json")
+    ids = trajectories["id"].to_list()
+    steps = store.steps(ids)
+    rollouts = store.rollouts(ids, replay_id=replay_id).filter(~pl.col("synthetic"))
+    return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rollouts)

@@ -1,0 +1,189 @@
+"""SR: self-reflection examples. The state -> a rationale for the chosen action, then the action.
+
+For each state with rollouts, a teacher sees the situation, the action taken and its real outcome,
+and up to K alternatives with their real outcomes (K=3 by default, as the paper finds small K best
+for SR), and writes a short first-person rationale. The target is that rationale followed by the
+action. Guards keep the data clean, and every row records what they found in ``quality_flags``:
+
+* ``label_leak``: the rationale names labels ("expert", "Action 2", "option 1"): dropped;
+* ``recommends_alternative``: it argues for one of the alternatives' tools: dropped;
+* ``repeated_text``: repeated sentences or paragraphs were removed (kept if text remains);
+* ``empty``: nothing usable: dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, conform
+from ee_middleware.trainers.datasets.source import DatasetSource
+from ee_middleware.trainers.datasets.teachers import ReflectionCase, Teacher
+
+_LEAK = re.compile(r"\bexpert\b|\b(action|option|alternative|choice)\s*#?\s*\d+\b", re.IGNORECASE)
+_RECOMMEND = re.compile(r"\b(should|better|instead|prefer|best|i will|i'll|let me|go with|choose)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SROptions:
+    k: int = 3
+    """Alternatives shown to the teacher per state."""
+    context_messages: int = 4
+    max_outcome_chars: int = 400
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class SRReport:
+    """What the SR builder kept and dropped."""
+
+    states: int = 0
+    rows: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    flagged: Counter[str] = field(default_factory=Counter)
+
+
+def _call_text(name: str, arguments_json: str | None) -> str:
+    try:
+        args = json.loads(arguments_json or "{}")
+    except ValueError:
+        args = {}
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    role = message.get("role", "?")
+    if message.get("tool_calls"):
+        calls = [_call_text(c["function"]["name"], c["function"].get("arguments")) for c in message["tool_calls"]]
+        return f"{role}: " + "; ".join(calls)
+    content = message.get("content")
+    if isinstance(content, list):
+        content = " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+    return f"{role}: {content or ''}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def check_rationale(text: str, chosen_tool: str, alternative_tools: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Apply the guards: the cleaned rationale (``None`` when dropped) and the quality flags."""
+    flags: dict[str, Any] = {}
+    text = (text or "").strip()
+    if not text:
+        return None, {"empty": True}
+    if _LEAK.search(text):
+        return None, {"label_leak": True}
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n{2,}", text) if s.strip()]
+    seen: set[str] = set()
+    kept = []
+    for sentence in sentences:
+        key = re.sub(r"\W+", " ", sentence.lower()).strip()
+        if key in seen:
+            flags["repeated_text"] = True
+            continue
+        seen.add(key)
+        kept.append(sentence)
+    others = {t for t in alternative_tools if t and t != chosen_tool}
+    verdict = re.compile(r"\b(fail|fails|error|not|wrong|unnecessary|doesn't|won't)\b", re.IGNORECASE)
+    for sentence in kept:
+        # "Calling X instead fails" argues against X and is fine; "I should call X" is not.
+        names_other = any(re.search(rf"\b{re.escape(t)}\b", sentence) for t in others)
+        if names_other and _RECOMMEND.search(sentence) and not verdict.search(sentence):
+            return None, {**flags, "recommends_alternative": True}
+    cleaned = " ".join(kept)
+    return (cleaned or None), flags if cleaned else {**flags, "empty": True}
+
+
+def build_sr(source: DatasetSource, teacher: Teacher, options: SROptions | None = None, *, on_batch: Callable[[int], None] | None = None) -> tuple[pl.DataFrame, SRReport]:
+    """SR rows for every expert step that has rollouts, written by ``teacher`` and checked by the guards."""
+    options = options or SROptions()
+    report = SRReport()
+    steps = source.steps.filter(pl.col("action_kind") == "tool_call")
+    tools = dict(source.trajectories.select("id", "tools_json").iter_rows())
+    by_state = source.rollouts.partition_by(["trajectory_id", "step_index"], as_dict=True)
+    pending: list[tuple[dict[str, Any], ReflectionCase]] = []
+    rows: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        texts = teacher.write([case for _, case in pending])
+        for (step, case), text in zip(pending, texts, strict=True):
+            cleaned, flags = check_rationale(text, case.chosen_tool, case.alternative_tools)
+            for flag in flags:
+                (report.flagged if cleaned else report.dropped)[flag] += 1
+            if cleaned is None:
+                continue
+            action = {
+                "role": "assistant",
+                "content": cleaned,
+                "tool_calls": [{"id": step["tool_call_id"] or "", "type": "function", "function": {"name": step["tool_name"], "arguments": step["arguments_json"] or "{}"}}],
+            }
+            rows.append(
+                {
+                    "id": f"sr:{step['trajectory_id']}:{step['index']}",
+                    "kind": "sr",
+                    "prompt": step["state_json"],
+                    "completion": json.dumps([action], ensure_ascii=False),
+                    "tools": tools.get(step["trajectory_id"]) or "[]",
+                    "trajectory_id": step["trajectory_id"],
+                    "step_index": step["index"],
+                    "proposer": "expert",
+                    "teacher": teacher.name,
+                    "quality_flags": json.dumps(flags),
+                    "source_hash": source.source_hash,
+                }
+            )
+        if on_batch is not None:
+            on_batch(len(pending))
+        pending.clear()
+
+    for step in steps.iter_rows(named=True):
+        alternatives = by_state.get((step["trajectory_id"], step["index"]))
+        if alternatives is None or alternatives.is_empty():
+            continue
+        report.states += 1
+        picked = _pick(alternatives.to_dicts(), options.k, random.Random(f"{options.seed}:{step['trajectory_id']}:{step['index']}"))
+        state = json.loads(step["state_json"])
+        task = next((m.get("content", "") for m in state if m.get("role") == "user"), "")
+        case = ReflectionCase(
+            task=_clip(str(task), 600),
+            context="\n".join(_clip(_message_text(m), 300) for m in state[-options.context_messages :]),
+            chosen=_call_text(step["tool_name"], step["arguments_json"]),
+            chosen_outcome=_clip(step["observation"] or "", options.max_outcome_chars),
+            alternatives=[(_call_text(r["tool_name"], r["arguments_json"]), _clip(r["observation"] or "", options.max_outcome_chars)) for r in picked],
+            chosen_tool=step["tool_name"],
+            alternative_tools=[r["tool_name"] for r in picked],
+        )
+        pending.append((step, case))
+        if len(pending) >= options.batch_size:
+            flush()
+    flush()
+    report.rows = len(rows)
+    frame = pl.DataFrame(rows, schema={k: DATASET_SCHEMA[k] for k in rows[0]}) if rows else pl.DataFrame()
+    return conform(frame), report
+
+
+def _pick(rollouts: list[dict[str, Any]], k: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Up to ``k`` alternatives with distinct outcomes, errors and successes both represented where possible."""
+    rng.shuffle(rollouts)
+    distinct: dict[str, dict[str, Any]] = {}
+    for r in sorted(rollouts, key=lambda r: r["is_error"]):  # successes first, then errors
+        distinct.setdefault(r["observation"] or "", r)
+    pool = list(distinct.values())
+    successes = [r for r in pool if not r["is_error"]]
+    errors = [r for r in pool if r["is_error"]]
+    picked: list[dict[str, Any]] = []
+    while len(picked) < k and (successes or errors):
+        for group in (successes, errors):
+            if group and len(picked) < k:
+                picked.append(group.pop(0))
+    return sorted(picked, key=lambda r: r["branch_index"])

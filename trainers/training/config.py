@@ -1,0 +1,108 @@
+"""Configuration of a LoRA training job: one typed object, loadable from TOML, overridable by flags.
+
+Precedence, lowest first: defaults, the TOML file's ``[train]`` table, then flags / keyword
+arguments. Example ``train.toml``::
+
+    [train]
+    base_model = "/models/smollm2-135m-instruct"   # a save_pretrained folder, a .gguf file, or a folder with one
+    data = "datasets/2026-11-22"                   # holds il.parquet, iwm.parquet, sr.parquet
+    schedule = "iwm"
+    output_dir = "adapters/support-bot-v7"
+    epochs = 2
+    batch_size = 4
+    learning_rate = 2e-4
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ee_middleware._toml import read_toml_table
+from ee_middleware.errors import ConfigError
+
+Schedule = Literal["il", "iwm", "sr"]
+
+
+class TrainConfig(BaseModel):
+    """Everything ``ee train`` needs.
+
+    ``None`` for ``bf16``, ``gradient_checkpointing`` and ``num_threads`` means "pick for the
+    device": bf16 and gradient checkpointing on a GPU, fp32 and one torch thread on the CPU.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model: str
+    """A local folder saved with ``save_pretrained``, a ``.gguf`` file, or a folder holding one .gguf file."""
+    data: Path = Path("data")
+    """Folder with the dataset files ``il.parquet``, ``iwm.parquet``, ``sr.parquet``."""
+    schedule: Schedule = "il"
+    """``il``: imitation; ``iwm``: world modeling then imitation (same total steps as ``il``); ``sr``: SR mixed with IL."""
+    output_dir: Path = Path("adapter")
+    """Where the adapter, ``manifest.json`` and ``loss.png`` are written."""
+
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "constant"] = "linear"
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer updates of the whole schedule; overrides ``epochs``."""
+    batch_size: int = Field(4, ge=1)
+    """Examples per device per forward pass."""
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=8)
+    """Tokens per example; longer prompts are cut from the left, the completion is kept."""
+    iwm_share: float = Field(0.5, gt=0, lt=1)
+    """Most of the ``iwm`` budget the world-modeling stage may take (it also stops after one pass over the IWM rows)."""
+    seed: int = 0
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool | None = None
+    gradient_checkpointing: bool | None = None
+    packing: bool = False
+    num_threads: int | None = Field(None, ge=1)
+    backend: Literal["trl", "peft-loop"] = "trl"
+    """``trl``: trl's SFTTrainer (the default); ``peft-loop``: a plain PyTorch loop, single process, for comparison."""
+    logging_steps: int = Field(1, ge=1)
+    base_cache_dir: Path | None = None
+    """Where a base model read from GGUF is saved once as a plain folder (default: ``<output_dir>/../base-models``)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module, e.g. ['q_proj', 'v_proj']")
+        return self
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults <- TOML ``[train]`` table <- ``overrides`` (``None`` values are ignored)."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(read_toml_table(Path(path), "train"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if not values.get("base_model"):
+            raise ConfigError(
+                "The train job needs a base model: pass --base-model PATH (a save_pretrained folder or a .gguf file) "
+                "or set base_model in the [train] table."
+            )
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"Invalid train configuration: {problems}") from None
+
+    def resolved_device(self) -> str:
+        """``cuda`` or ``cpu``: ``auto`` picks a GPU when torch sees one."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,112 @@
+"""Reading the dataset files (Parquet, one chat prompt/completion pair a row) for training.
+
+Only ``id``, ``kind``, ``prompt``, ``completion`` and ``tools`` are used; ``prompt``, ``completion``
+and ``tools`` hold JSON text of OpenAI chat messages / tool schemas. Other columns (lineage) are
+ignored. Each file is hashed (sha256) so the manifest says exactly what was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.trainers.training.errors import TrainDataError
+
+REQUIRED_COLUMNS = ("id", "prompt", "completion", "tools")
+FILE_NAMES = {"il": "il.parquet", "iwm": "iwm.parquet", "sr": "sr.parquet"}
+_BUILD_HINT = "Rebuild it with the dataset builders (ee_middleware.trainers.datasets)."
+
+
+@dataclass(frozen=True)
+class ChatRow:
+    """One training example: the state (prompt messages), the target message, the tools offered."""
+
+    id: str
+    kind: str
+    prompt: list[dict[str, Any]]
+    completion: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+
+
+@dataclass
+class DatasetFile:
+    """A dataset file read for training, with what the manifest records about it."""
+
+    kind: str
+    path: Path
+    sha256: str
+    rows: list[ChatRow] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "rows": len(self.rows), "metadata": self.metadata}
+
+
+def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
+    """Read and check ``<data_dir>/<kind>.parquet``; raise :class:`TrainDataError` naming the file and row."""
+    import polars as pl
+
+    path = Path(data_dir) / FILE_NAMES[kind]
+    if not path.is_file():
+        raise TrainDataError(
+            f"No {kind.upper()} dataset at {path}. Build it first (ee_middleware.trainers.datasets), "
+            f"or point --data at the folder that holds {FILE_NAMES[kind]}."
+        )
+    try:
+        frame = pl.read_parquet(path)
+        metadata = dict(pl.read_parquet_metadata(path) or {})
+    except Exception as exc:
+        raise TrainDataError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {exc}). {_BUILD_HINT}") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise TrainDataError(f"{path} lacks the column(s) {', '.join(missing)}; a dataset needs {', '.join(REQUIRED_COLUMNS)}. {_BUILD_HINT}")
+    if frame.height == 0:
+        raise TrainDataError(f"{path} has no rows. Approve more trajectories or re-run replay, then rebuild the {kind.upper()} dataset.")
+    metadata = {k: v for k, v in metadata.items() if k not in ("ARROW:schema",)}
+    dataset = DatasetFile(kind=kind, path=path, sha256=_sha256(path), metadata=metadata)
+    columns = ["id", "prompt", "completion", "tools"] + (["kind"] if "kind" in frame.columns else [])
+    for index, record in enumerate(frame.select(columns).iter_rows(named=True)):
+        dataset.rows.append(_parse_row(path, index, record, kind))
+    return dataset
+
+
+def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> ChatRow:
+    where = f"{path} row {index} (id {record.get('id')!r})"
+    prompt = _json_list(where, "prompt", record["prompt"])
+    completion = _json_list(where, "completion", record["completion"])
+    tools = _json_list(where, "tools", record["tools"] if record["tools"] is not None else "[]")
+    for column, messages in (("prompt", prompt), ("completion", completion)):
+        for message in messages:
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise TrainDataError(
+                    f"{where}: {column} must be a list of chat messages with a 'role' (OpenAI shape), got {str(message)[:80]!r}. "
+                    f"{_BUILD_HINT}"
+                )
+    if not prompt:
+        raise TrainDataError(f"{where}: prompt has no messages. {_BUILD_HINT}")
+    if len(completion) != 1 or completion[0]["role"] != "assistant":
+        raise TrainDataError(f"{where}: completion must be a list with one assistant message. {_BUILD_HINT}")
+    return ChatRow(id=str(record["id"]), kind=record.get("kind") or kind, prompt=prompt, completion=completion, tools=tools)
+
+
+def _json_list(where: str, column: str, text: Any) -> list[Any]:
+    if not isinstance(text, str):
+        raise TrainDataError(f"{where}: {column} must be JSON text, got {type(text).__name__}. {_BUILD_HINT}")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise TrainDataError(f"{where}: {column} is not valid JSON ({exc}). {_BUILD_HINT}") from None
+    if not isinstance(value, list):
+        raise TrainDataError(f"{where}: {column} must be a JSON list, got {type(value).__name__}. {_BUILD_HINT}")
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
