@@ -1,0 +1,110 @@
+"""``ee datasets build|show|export`` and the build job: files, summary, exports, errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.errors import ConfigError
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets, read_dataset, to_hf_dataset
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
+
+runner = CliRunner()
+
+
+def test_build_writes_three_parquet_files_with_lineage_and_a_summary(replayed_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["datasets", "build", "--store", str(replayed_store), "--kinds", "il,iwm,sr", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert set(summary["datasets"]) == {"il", "iwm", "sr"}
+    for kind in ("il", "iwm", "sr"):
+        frame = pl.read_parquet(out / f"{kind}.parquet")
+        assert frame.height == summary["datasets"][kind]["rows"] > 0
+        assert dict(frame.schema) == DATASET_SCHEMA
+        assert set(frame["source_hash"]) == {summary["source_hash"]}
+        assert frame["trajectory_id"].null_count() == 0 and frame["step_index"].null_count() == 0
+    assert json.loads((out / "datasets.json").read_text())["source_hash"] == summary["source_hash"]
+    assert not list(out.glob(".*.tmp"))
+
+    shown = runner.invoke(app, ["datasets", "show", str(out), "--examples", "1", "--plot", str(tmp_path / "lengths.png")])
+    assert shown.exit_code == 0, shown.output
+    assert "iwm.parquet" in shown.stdout and "Predict exactly" in shown.stdout and "█" in shown.stdout
+    assert (tmp_path / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+    exported = runner.invoke(app, ["datasets", "export", str(out / "il.parquet"), "--out", str(tmp_path / "il.jsonl")])
+    assert exported.exit_code == 0, exported.output
+    lines = (tmp_path / "il.jsonl").read_text().splitlines()
+    assert len(lines) == summary["datasets"]["il"]["rows"]
+    example = json.loads(lines[0])
+    assert example["messages"][-1]["role"] == "assistant" and example["tools"]
+
+
+def test_a_hugging_face_dataset_holds_every_row(replayed_store: Path, tmp_path: Path) -> None:
+    build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="il"))
+    frame = read_dataset(tmp_path / "il.parquet")
+    dataset = to_hf_dataset(frame)
+    assert len(dataset) == frame.height
+    messages = json.loads(dataset[0]["completion"])
+    assert isinstance(messages[0]["tool_calls"][0]["function"]["arguments"], dict)
+
+
+def test_bad_input_is_named(replayed_store: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Unknown dataset kind"):
+        DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="il,rl")
+    with pytest.raises(ConfigError, match="Unknown teacher"):
+        build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher="oracle"))
+    empty = tmp_path / "empty-store"
+    from ee_middleware.store import LocalExperienceStore
+
+    LocalExperienceStore(empty)
+    with pytest.raises(ConfigError, match="No approved trajectories"):
+        build_datasets(DatasetConfig.load(store=empty, out=tmp_path / "x"))
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match="not readable Parquet"):
+        read_dataset(tmp_path / "broken.parquet")
+    result = runner.invoke(app, ["datasets", "show", str(tmp_path / "nothing-here")])
+    assert result.exit_code == 1 and "No datasets" in result.output
+
+
+class _ScriptedTeacherServer(BaseHTTPRequestHandler):
+    prompts: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _ScriptedTeacherServer.prompts.append(body["messages"][0]["content"])
+        reply = {"choices": [{"message": {"role": "assistant", "content": "I call this because it returns what the task needs."}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_openai_teacher_against_a_scripted_stand_in_server(replayed_store: Path, tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedTeacherServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        summary = build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher=f"openai:{url}#teacher-model"))
+    finally:
+        server.shutdown()
+    assert summary["datasets"]["sr"]["rows"] > 0 and summary["datasets"]["sr"]["teacher"] == "openai:teacher-model"
+    assert _ScriptedTeacherServer.prompts and all("expert" not in p.lower() for p in _ScriptedTeacherServer.prompts)
+    down = DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher="openai:http://127.0.0.1:9/v1#m")
+    from ee_middleware.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="127.0.0.1:9"):
+        build_datasets(down)

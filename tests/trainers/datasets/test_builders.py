@@ -1,0 +1,143 @@
+"""IL, IWM and SR builders on a real replayed BFCL store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.trainers.datasets.il import build_il
+from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, IWM_INSTRUCTION
+from ee_middleware.trainers.datasets.source import load_source
+from ee_middleware.trainers.datasets.sr import SROptions, build_sr, check_rationale
+from ee_middleware.trainers.datasets.teachers import ReflectionCase, TemplateTeacher, teacher_prompt
+
+
+def _source(path: Path):
+    return load_source(LocalExperienceStore(path))
+
+
+def test_il_has_one_row_per_expert_step_with_the_state_as_prompt_and_the_action_as_target(replayed_store: Path) -> None:
+    store = LocalExperienceStore(replayed_store)
+    il = build_il(_source(replayed_store))
+    steps = store.steps()
+    assert il.height == steps.height and dict(il.schema) == DATASET_SCHEMA
+    assert il["id"].n_unique() == il.height and set(il["kind"]) == {"il"} and set(il["proposer"]) == {"expert"}
+    trajectory = next(store.iter_trajectories())
+    for step in trajectory.steps:
+        row = il.filter((pl.col("trajectory_id") == trajectory.id) & (pl.col("step_index") == step.index)).row(0, named=True)
+        assert json.loads(row["prompt"]) == step.state
+        (target,) = json.loads(row["completion"])
+        if step.action.tool_call:
+            call = target["tool_calls"][0]
+            assert call["function"]["name"] == step.action.tool_call.name
+            assert json.loads(call["function"]["arguments"]) == step.action.tool_call.arguments
+        else:
+            assert target == {"role": "assistant", "content": step.action.content}
+        assert {t["function"]["name"] for t in json.loads(row["tools"])} == {t["function"]["name"] for t in trajectory.tools}
+
+
+def test_iwm_rows_predict_the_real_observation_of_each_rollout_and_expert_step(replayed_store: Path) -> None:
+    store = LocalExperienceStore(replayed_store)
+    rollouts = store.rollouts()
+    iwm = build_iwm(_source(replayed_store), IWMOptions(max_error_share=1.0))
+    expert_steps = store.steps().filter(pl.col("action_kind") == "tool_call").height
+    assert iwm.height == rollouts.height + expert_steps
+    rollout = rollouts.row(0, named=True)
+    row = iwm.filter((pl.col("trajectory_id") == rollout["trajectory_id"]) & (pl.col("branch_index") == rollout["branch_index"]) & (pl.col("step_index") == rollout["step_index"])).row(0, named=True)
+    prompt = json.loads(row["prompt"])
+    assert prompt[-1] == {"role": "user", "content": IWM_INSTRUCTION}
+    assert prompt[-2]["tool_calls"][0]["function"]["name"] == rollout["tool_name"]
+    step = store.get(rollout["trajectory_id"]).steps[rollout["step_index"]]
+    assert prompt[:-2] == step.state
+    assert json.loads(row["completion"]) == [{"role": "assistant", "content": rollout["observation"]}]
+    assert row["proposer"] == "mutate" and row["replay_id"] == rollout["replay_id"] and row["is_error"] == rollout["is_error"]
+
+
+def test_iwm_caps_the_error_share_and_records_truncation(replayed_store: Path) -> None:
+    source = _source(replayed_store)
+    uncapped = build_iwm(source, IWMOptions(max_error_share=1.0))
+    assert uncapped["is_error"].mean() > 0.2
+    capped = build_iwm(source, IWMOptions(max_error_share=0.2))
+    assert capped["is_error"].mean() <= 0.2 + 1e-9
+    assert capped.filter(~pl.col("is_error")).height == uncapped.filter(~pl.col("is_error")).height
+    assert build_iwm(source, IWMOptions(max_error_share=0.2))["id"].to_list() == capped["id"].to_list()  # seeded
+    tiny = build_iwm(source, IWMOptions(max_observation_tokens=8, max_error_share=1.0))
+    for row in tiny.iter_rows(named=True):
+        observation = json.loads(row["completion"])[0]["content"]
+        assert len(observation) <= 32
+    full = {r["id"]: len(json.loads(r["completion"])[0]["content"]) for r in uncapped.iter_rows(named=True)}
+    cut = tiny.filter(pl.col("observation_truncated_chars") > 0)
+    assert cut.height > 0 and all(full[r["id"]] - 32 == r["observation_truncated_chars"] for r in cut.iter_rows(named=True))
+
+
+def test_synthetic_rollouts_never_feed_iwm(replayed_store: Path) -> None:
+    store = LocalExperienceStore(replayed_store)
+    real = next(store.iter_rollouts())
+    fake = real.model_copy(update={"id": "synthetic-1", "branch_index": 99, "synthetic": True})
+    record = store.replays().row(0, named=True)
+    from ee_middleware.records import ReplayRecord
+
+    store.write_replay(ReplayRecord(replay_id="dream", trajectory_id=record["trajectory_id"], status="done", policy="x", sandbox="y", k=1, seed=0), [fake])
+    assert 99 not in build_iwm(_source(replayed_store), IWMOptions(max_error_share=1.0))["branch_index"].to_list()
+
+
+def test_sr_rows_give_a_rationale_then_the_expert_action(replayed_store: Path) -> None:
+    sr, report = build_sr(_source(replayed_store), TemplateTeacher(), SROptions(k=3))
+    assert report.states == sr.height + sum(report.dropped.values()) > 0
+    row = sr.row(0, named=True)
+    (target,) = json.loads(row["completion"])
+    assert target["content"].startswith("I call ") and len(target["tool_calls"]) == 1
+    step = LocalExperienceStore(replayed_store).get(row["trajectory_id"]).steps[row["step_index"]]
+    assert target["tool_calls"][0]["function"]["name"] == step.action.tool_call.name
+    assert json.loads(row["prompt"]) == step.state
+    assert row["teacher"] == "template" and isinstance(json.loads(row["quality_flags"]), dict)
+
+
+class RecordingTeacher:
+    """Returns scripted rationales and keeps the prompts it was shown."""
+
+    name = "recording"
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.cases: list[ReflectionCase] = []
+
+    def write(self, cases: list[ReflectionCase]) -> list[str]:
+        self.cases.extend(cases)
+        return [self.answers[i % len(self.answers)] for i in range(len(cases))]
+
+
+def test_sr_teacher_prompts_never_leak_labels_and_bad_rationales_are_dropped(replayed_store: Path) -> None:
+    teacher = RecordingTeacher(["The expert would do this.", "", "I call it because it works. I call it because it works."])
+    sr, report = build_sr(_source(replayed_store), teacher, SROptions(k=3))
+    for case in teacher.cases:
+        prompt = teacher_prompt(case).lower()
+        assert "expert" not in prompt and "action 1" not in prompt and "option 1" not in prompt
+        assert 1 <= len(case.alternatives) <= 3
+    assert report.dropped["label_leak"] > 0 and report.dropped["empty"] > 0
+    assert all(json.loads(f) == {"repeated_text": True} for f in sr["quality_flags"].to_list())
+    assert all(json.loads(c)[0]["content"] == "I call it because it works." for c in sr["completion"].to_list())
+
+
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [
+        ("", "empty"),
+        ("As the expert action shows, cd is right.", "label_leak"),
+        ("Action 2 is worse.", "label_leak"),
+        ("I should use rm here instead.", "recommends_alternative"),
+    ],
+)
+def test_rationale_guards(text: str, flag: str) -> None:
+    cleaned, flags = check_rationale(text, "cd", ["rm", "ls"])
+    assert cleaned is None and flags.get(flag)
+
+
+def test_a_rationale_that_argues_against_an_alternative_is_kept() -> None:
+    cleaned, flags = check_rationale("I call cd because it opens the folder. Calling rm instead would fail with an error.", "cd", ["rm"])
+    assert cleaned and not flags

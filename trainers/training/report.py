@@ -1,0 +1,96 @@
+"""What a training run leaves next to its adapter: ``manifest.json``, ``loss.png``, and a summary table."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST_SCHEMA_VERSION = 1
+_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the training stack (``None`` for a missing one)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically (a reader never sees half a file)."""
+    path = folder / "manifest.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    partial.replace(path)
+    return path
+
+
+def plot_loss(path: Path, losses: list[tuple[int, float]], boundaries: list[tuple[int, str]], title: str) -> Path:
+    """Training loss per logged step; a dashed line where each later stage starts."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    axes = figure.add_subplot()
+    if losses:
+        steps, values = zip(*losses, strict=True)
+        axes.plot(steps, values, marker="." if len(steps) < 60 else None, linewidth=1.2)
+    for step, label in boundaries:
+        axes.axvline(step + 0.5, color="grey", linestyle="--", linewidth=1)
+        axes.annotate(label, (step + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -14), textcoords="offset points", fontsize=8)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss (completion tokens)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def print_summary(manifest: dict[str, Any]) -> None:
+    """A table of the run's metrics, per stage and in total."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = manifest["metrics"]
+    table = Table(title=f"LoRA training: schedule {manifest['schedule']['name']} ({metrics['backend']}, {metrics['device']})")
+    for column in ("stage", "steps", "tokens", "tokens/s", "first loss", "last loss", "seconds"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage in metrics["stages"]:
+        table.add_row(
+            stage["name"],
+            str(stage["steps"]),
+            f"{stage['tokens']:,}",
+            f"{stage['tokens_per_s']:.1f}",
+            _fmt(stage["first_loss"]),
+            _fmt(stage["final_loss"]),
+            f"{stage['seconds']:.1f}",
+        )
+    table.add_row(
+        "total",
+        str(metrics["steps"]),
+        f"{metrics['tokens']:,}",
+        f"{metrics['tokens_per_s']:.1f}",
+        _fmt(metrics["first_loss"]),
+        _fmt(metrics["final_loss"]),
+        f"{metrics['train_seconds']:.1f}",
+        style="bold",
+    )
+    console = Console()
+    console.print(table)
+    cut = sum(d["render"]["truncated"] for d in manifest["datasets"].values())
+    dropped = sum(d["render"]["dropped_too_long"] + d["render"]["dropped_empty"] for d in manifest["datasets"].values())
+    console.print(f"adapter: {manifest['adapter_dir']}  (prompts cut to fit max_length: {cut}, rows dropped: {dropped})")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
