@@ -45,6 +45,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capture_overhead.py
 	$(BIN)/python benchmarks/replay_throughput.py
+	$(BIN)/python benchmarks/dataset_build.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

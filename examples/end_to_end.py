@@ -12,6 +12,8 @@ Stages, each on real parts and with nothing downloaded:
 3. **Replay**: at every recorded state, K alternative tool calls proposed by the schema-driven
    mutation policy run in the BFCL sandbox from exactly that state, and the real observations are
    stored as rollouts (``ee replay run``), then inspected (``ee replay show``).
+4. **Datasets**: IL, IWM and SR datasets from the expert steps and rollouts (``ee datasets build``,
+   with the deterministic template teacher), and a look at them (``ee datasets show``).
 """
 
 from __future__ import annotations
@@ -89,10 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[dim]$ ee {' '.join(argv_)}[/]")
     cli(argv_, standalone_mode=False)
 
+    data = args.out / "datasets"
+    for title, argv_ in [
+        ("Stage 4: IL, IWM and SR datasets", ["datasets", "build", "--store", str(bfcl_store), "--kinds", "il,iwm,sr", "--out", str(data)]),
+        ("What the datasets hold", ["datasets", "show", str(data), "--examples", "1", "--plot", str(data / "lengths.png")]),
+    ]:
+        console.rule(f"[bold magenta]{title}")
+        console.print(f"[dim]$ ee {' '.join(argv_)}[/]")
+        cli(argv_, standalone_mode=False)
+
     info = store.info()
     console.print(
         f"\n[bold green]Done.[/] {info['trajectories']} BFCL expert trajectories and {info['rollouts']} rollouts in {bfcl_store}; "
-        f"the captured app runs are in {args.out / 'experience'}.\n"
+        f"datasets in {data}; the captured app runs are in {args.out / 'experience'}.\n"
         f"Try: .venv/bin/ee replay list --store {bfcl_store} --errors --limit 10"
     )
     replays = store.replays()

@@ -20,5 +20,6 @@ def test_end_to_end_demo_records_replays_and_shows(tmp_path: Path, capsys) -> No
     assert store.trajectories(status="approved").height == 3
     replays = store.replays()
     assert replays.height == 3 and store.rollouts().height == int(replays["branches"].sum()) > 0
+    assert all((out / "datasets" / f"{kind}.parquet").exists() for kind in ("il", "iwm", "sr"))
     printed = capsys.readouterr().out
     assert "Stage 3" in printed and "expert" in printed and "Done." in printed

@@ -95,7 +95,7 @@ def build_iwm(source: DatasetSource, options: IWMOptions | None = None) -> pl.Da
         "observation_truncated_chars",
         pl.lit(source.source_hash).alias("source_hash"),
     )
-    return conform(frame).sort(["trajectory_id", "step_index", "branch_index"], nulls_last=False)
+    return conform(frame)
 
 
 def _cap_errors(rows: pl.DataFrame, max_share: float, seed: int) -> pl.DataFrame:

@@ -11,6 +11,7 @@ Each stage has its own optimizer and learning-rate schedule over its own number 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tempfile
 import time
@@ -87,8 +88,7 @@ def _run_trl(
             seed=config.seed,
             data_seed=config.seed,
             bf16=runtime.bf16,
-            gradient_checkpointing=runtime.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if runtime.gradient_checkpointing else None,
+            **_checkpointing_args(transformers, runtime.gradient_checkpointing),
             use_cpu=runtime.device == "cpu",
             max_length=config.max_length,
             packing=config.packing,
@@ -104,6 +104,15 @@ def _run_trl(
         run.steps = trainer.state.global_step
         run.tokens = int(trainer.state.num_input_tokens_seen)
     return run
+
+
+def _checkpointing_args(transformers: Any, enabled: bool) -> dict[str, Any]:
+    """The checkpointing switch under its current name (transformers 5.2x renamed it; the old one warns)."""
+    if not enabled:
+        return {}
+    names = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def _run_loop(

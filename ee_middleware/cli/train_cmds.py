@@ -1,0 +1,87 @@
+"""``ee train``: train a LoRA adapter from the IL / IWM / SR datasets.
+
+Wire it into the root app with ``train_cmds.register(app)``; ``app`` here is a standalone Typer with
+the same single command (used by the tests).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, print_json
+from ee_middleware.errors import EEError
+
+
+class ScheduleChoice(StrEnum):
+    il = "il"
+    iwm = "iwm"
+    sr = "sr"
+
+
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class BackendChoice(StrEnum):
+    trl = "trl"
+    peft_loop = "peft-loop"
+
+
+def train(
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [train] table; flags override it."),
+    base_model: str | None = typer.Option(None, "--base-model", help="Local save_pretrained folder or .gguf file (never downloaded)."),
+    data: Path | None = typer.Option(None, "--data", help="Folder with il.parquet, iwm.parquet, sr.parquet. [default: data]"),
+    schedule: ScheduleChoice | None = typer.Option(None, "--schedule", help="il, iwm (world modeling then IL) or sr (SR mixed with IL)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Where the adapter, manifest.json and loss.png go."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer updates in total (overrides epochs)."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the data. [default: 1]"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Examples per device per step. [default: 4]"),
+    learning_rate: float | None = typer.Option(None, "--learning-rate", "--lr", help="[default: 2e-4]"),
+    max_length: int | None = typer.Option(None, "--max-length", min=8, help="Tokens per example. [default: 1024]"),
+    device: DeviceChoice | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
+    backend: BackendChoice | None = typer.Option(None, "--backend", help="trl (SFTTrainer) or peft-loop (plain loop). [default: trl]"),
+    seed: int | None = typer.Option(None, "--seed"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the summary table."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Train a LoRA adapter on the base model with the il, iwm or sr schedule."""
+    from ee_middleware.trainers.training import TrainConfig, train as run_training
+
+    try:
+        cfg = TrainConfig.load(
+            config,
+            base_model=base_model,
+            data=data,
+            schedule=schedule.value if schedule else None,
+            output_dir=output_dir,
+            max_steps=max_steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            device=device.value if device else None,
+            backend=backend.value if backend else None,
+            seed=seed,
+        )
+        result = run_training(cfg, progress=progress and not as_json)
+    except EEError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print_json({"adapter_dir": str(result.adapter_dir), **result.metrics})
+    elif not progress:
+        typer.echo(str(result.adapter_dir))
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``ee train`` to the root app."""
+    root.command("train")(train)
+
+
+app = typer.Typer(help="Train a LoRA adapter.", add_completion=False, pretty_exceptions_enable=False)
+register(app)

@@ -1,0 +1,78 @@
+"""Rendering rows with the base model's chat template: loss on completion tokens only, truncation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ee_middleware.trainers.training.data import ChatRow
+from ee_middleware.trainers.training.render import probe_template, render_texts, tokenize_rows
+
+from .conftest import FILE_TOOLS, PLAIN_CHAT_TEMPLATE, build_tokenizer, il_row, iwm_row
+
+
+def chat_row(raw: dict[str, Any]) -> ChatRow:
+    return ChatRow(raw["id"], raw["kind"], json.loads(raw["prompt"]), json.loads(raw["completion"]), json.loads(raw["tools"]))
+
+
+def test_labels_cover_exactly_the_rendered_completion(tool_tokenizer: Any) -> None:
+    support = probe_template(tool_tokenizer)
+    assert support.tools and support.tool_calls
+    row = chat_row(il_row(0, "temp"))
+    examples, stats = tokenize_rows(tool_tokenizer, [row], 1024, support)
+    (example,) = examples
+    prompt_len = example.labels.count(-100)
+    assert example.labels[:prompt_len] == [-100] * prompt_len and -100 not in example.labels[prompt_len:]
+    assert example.labels[prompt_len:] == example.input_ids[prompt_len:]
+    completion = tool_tokenizer.decode(example.input_ids[prompt_len:])
+    # arguments were a JSON string in the row: the template got a dict, so they render as an object
+    assert completion == '<tool_call>{"name": "cd", "arguments": {"folder": "temp"}}</tool_call><|im_end|>\n'
+    prompt = tool_tokenizer.decode(example.input_ids[:prompt_len])
+    assert prompt.endswith("<|im_start|>assistant\n") and '"name": "cat"' in prompt
+    assert stats.examples == 1 and stats.loss_tokens == len(example.input_ids) - prompt_len
+
+
+def test_iwm_completion_is_the_observation(tool_tokenizer: Any) -> None:
+    row = chat_row(iwm_row(0, "docs"))
+    prompt, completion, fallback = render_texts(tool_tokenizer, row, probe_template(tool_tokenizer))
+    assert not fallback
+    assert completion == '{"error": "cd: docsx: No such folder"}<|im_end|>\n'
+    assert '<tool_call>{"name": "cd", "arguments": {"folder": "docsx"}}</tool_call>' in prompt
+
+
+def test_template_without_tool_support_gets_tools_in_system_and_calls_as_text() -> None:
+    tokenizer = build_tokenizer(PLAIN_CHAT_TEMPLATE)
+    support = probe_template(tokenizer)
+    assert not support.tools and not support.tool_calls
+    prompt, completion, _ = render_texts(tokenizer, chat_row(il_row(0, "temp")), support)
+    assert prompt.startswith("<|im_start|>system\nYou manage files.\n\nYou may call these tools:\n")
+    assert json.dumps(FILE_TOOLS[0]) in prompt
+    assert completion == '<tool_call>{"name": "cd", "arguments": {"folder": "temp"}}</tool_call><|im_end|>\n'
+
+
+def test_long_prompts_are_cut_from_the_left_and_counted(tool_tokenizer: Any) -> None:
+    support = probe_template(tool_tokenizer)
+    long_row = il_row(1, "temp")
+    long_row["prompt"] = json.dumps([{"role": "user", "content": "notes " * 400}])
+    rows = [chat_row(il_row(0, "temp")), chat_row(long_row)]
+    full, _ = tokenize_rows(tool_tokenizer, rows, 4096, support)
+    limit = len(full[0].input_ids)
+    assert len(full[1].input_ids) > limit
+    cut, stats = tokenize_rows(tool_tokenizer, rows, limit, support)
+    assert stats.truncated == 1 and stats.dropped_too_long == 0 and len(cut) == 2
+    assert cut[0] == full[0] and len(cut[1].input_ids) == limit
+    assert cut[1].input_ids == full[1].input_ids[-limit:] and cut[1].labels == full[1].labels[-limit:]
+    tiny, stats = tokenize_rows(tool_tokenizer, rows, 10, support)
+    assert tiny == [] and stats.dropped_too_long == 2 and stats.dropped_ids == ["il-0", "il-1"]
+
+
+@pytest.mark.parametrize("arguments", ["", "{}"])
+def test_empty_arguments_render(tool_tokenizer: Any, arguments: str) -> None:
+    raw = il_row(0, "temp")
+    completion = json.loads(raw["completion"])
+    completion[0]["tool_calls"][0]["function"] = {"name": "ls", "arguments": arguments}
+    raw["completion"] = json.dumps(completion)
+    _, text, _ = render_texts(tool_tokenizer, chat_row(raw), probe_template(tool_tokenizer))
+    assert text.startswith('<tool_call>{"name": "ls", "arguments": {}}')
