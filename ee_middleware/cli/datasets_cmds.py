@@ -18,7 +18,9 @@ def build(
     store: Path | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
     kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. [default: il,iwm,sr]"),
-    teacher: str | None = typer.Option(None, "--teacher", help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL. [default: template]"),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL. [default: template]"
+    ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
@@ -47,7 +49,9 @@ def build(
     if not as_json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out_console)
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out_console
+        )
         progress.start()
     tasks: dict[str, Any] = {}
 
@@ -73,7 +77,9 @@ def build(
         return
     from rich.table import Table
 
-    table = Table(title=f"datasets in {cfg.out} (source {summary['source_hash']}: {summary['trajectories']} trajectories, {summary['rollouts']} rollouts)")
+    table = Table(
+        title=f"datasets in {cfg.out} (source {summary['source_hash']}: {summary['trajectories']} trajectories, {summary['rollouts']} rollouts)"
+    )
     for column in ("dataset", "rows", "seconds", "notes"):
         table.add_column(column, justify="right" if column in ("rows", "seconds") else "left")
     for info in summary["datasets"].values():
@@ -91,7 +97,9 @@ class ExportFormat(StrEnum):
 def show(
     folder: Path = typer.Argument(..., help="A folder written by ee datasets build (or one .parquet file)."),
     examples: int = typer.Option(2, "--examples", "-n", min=0, help="Rendered examples per dataset."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."
+    ),
     plot: Path | None = typer.Option(None, "--plot", help="Also write the token-length histograms as a PNG here."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -126,7 +134,9 @@ def show(
             out.print(line, highlight=False)
         frame = read_dataset(file)
         for row in frame.head(examples).iter_rows(named=True):
-            out.print(f"[dim]--- {row['id']} (trajectory {short(row['trajectory_id'], 12)}, step {row['step_index']}, branch {row['branch_index']})[/]")
+            out.print(
+                f"[dim]--- {row['id']} (trajectory {short(row['trajectory_id'], 12)}, step {row['step_index']}, branch {row['branch_index']})[/]"
+            )
             out.print(render_example(row, tok), markup=False, highlight=False)
     if plot is not None:
         out.print(f"histograms: {plot}")
@@ -148,4 +158,3 @@ def export(
         to_hf_dataset(frame).save_to_disk(str(out))
         n = frame.height
     console().print(f"Wrote {n} examples to {out}")
-

@@ -50,7 +50,8 @@ def train(
     as_json: bool = JsonOption,
 ) -> None:
     """Train a LoRA adapter on the base model with the il, iwm or sr schedule."""
-    from ee_middleware.trainers.training import TrainConfig, train as run_training
+    from ee_middleware.trainers.training import TrainConfig
+    from ee_middleware.trainers.training import train as run_training
 
     try:
         cfg = TrainConfig.load(

@@ -71,7 +71,9 @@ def action_message(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> 
         pl.lit("function").alias("type"),
         pl.struct(name.alias("name"), arguments_json.fill_null("{}").alias("arguments")).alias("function"),
     )
-    return pl.struct(pl.lit("assistant").alias("role"), pl.lit("").alias("content"), pl.concat_list([call]).alias("tool_calls")).struct.json_encode()
+    return pl.struct(
+        pl.lit("assistant").alias("role"), pl.lit("").alias("content"), pl.concat_list([call]).alias("tool_calls")
+    ).struct.json_encode()
 
 
 def answer_message(content: pl.Expr) -> pl.Expr:

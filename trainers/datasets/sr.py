@@ -102,7 +102,9 @@ def check_rationale(text: str, chosen_tool: str, alternative_tools: list[str]) -
     return (cleaned or None), flags if cleaned else {**flags, "empty": True}
 
 
-def build_sr(source: DatasetSource, teacher: Teacher, options: SROptions | None = None, *, on_batch: Callable[[int], None] | None = None) -> tuple[pl.DataFrame, SRReport]:
+def build_sr(
+    source: DatasetSource, teacher: Teacher, options: SROptions | None = None, *, on_batch: Callable[[int], None] | None = None
+) -> tuple[pl.DataFrame, SRReport]:
     """SR rows for every expert step that has rollouts, written by ``teacher`` and checked by the guards."""
     options = options or SROptions()
     report = SRReport()
@@ -125,7 +127,13 @@ def build_sr(source: DatasetSource, teacher: Teacher, options: SROptions | None 
             action = {
                 "role": "assistant",
                 "content": cleaned,
-                "tool_calls": [{"id": step["tool_call_id"] or "", "type": "function", "function": {"name": step["tool_name"], "arguments": step["arguments_json"] or "{}"}}],
+                "tool_calls": [
+                    {
+                        "id": step["tool_call_id"] or "",
+                        "type": "function",
+                        "function": {"name": step["tool_name"], "arguments": step["arguments_json"] or "{}"},
+                    }
+                ],
             }
             rows.append(
                 {
@@ -159,7 +167,9 @@ def build_sr(source: DatasetSource, teacher: Teacher, options: SROptions | None 
             context="\n".join(_clip(_message_text(m), 300) for m in state[-options.context_messages :]),
             chosen=_call_text(step["tool_name"], step["arguments_json"]),
             chosen_outcome=_clip(step["observation"] or "", options.max_outcome_chars),
-            alternatives=[(_call_text(r["tool_name"], r["arguments_json"]), _clip(r["observation"] or "", options.max_outcome_chars)) for r in picked],
+            alternatives=[
+                (_call_text(r["tool_name"], r["arguments_json"]), _clip(r["observation"] or "", options.max_outcome_chars)) for r in picked
+            ],
             chosen_tool=step["tool_name"],
             alternative_tools=[r["tool_name"] for r in picked],
         )

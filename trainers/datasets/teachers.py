@@ -87,7 +87,9 @@ class TemplateTeacher:
         parts = [f"I call {case.chosen} because it returns {_short(case.chosen_outcome, 120)}, which moves the task forward."]
         for action, outcome in case.alternatives:
             failed = outcome.lower().lstrip("{\"' ").startswith("error") or '"error"' in outcome.lower()
-            effect = f"fails with {_short(outcome, 100)}" if failed else f"returns {_short(outcome, 100)}, which does not do what the task asks"
+            effect = (
+                f"fails with {_short(outcome, 100)}" if failed else f"returns {_short(outcome, 100)}, which does not do what the task asks"
+            )
             parts.append(f"Calling {action} {effect}.")
         return " ".join(parts)
 

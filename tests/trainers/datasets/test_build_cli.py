@@ -6,15 +6,16 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 import pytest
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets, read_dataset, to_hf_dataset
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.errors import ConfigError
-from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets, read_dataset, to_hf_dataset
-from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
 
 runner = CliRunner()
 
@@ -75,9 +76,9 @@ def test_bad_input_is_named(replayed_store: Path, tmp_path: Path) -> None:
 
 
 class _ScriptedTeacherServer(BaseHTTPRequestHandler):
-    prompts: list[str] = []
+    prompts: ClassVar[list[str]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _ScriptedTeacherServer.prompts.append(body["messages"][0]["content"])
         reply = {"choices": [{"message": {"role": "assistant", "content": "I call this because it returns what the task needs."}}]}
@@ -106,5 +107,5 @@ def test_openai_teacher_against_a_scripted_stand_in_server(replayed_store: Path,
     down = DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher="openai:http://127.0.0.1:9/v1#m")
     from ee_middleware.errors import PolicyError
 
-    with pytest.raises(PolicyError, match="127.0.0.1:9"):
+    with pytest.raises(PolicyError, match=r"127\.0\.0\.1:9"):
         build_datasets(down)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from ee_middleware.store import LocalExperienceStore
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, IWM_INSTRUCTION
 from ee_middleware.trainers.datasets.source import load_source
 from ee_middleware.trainers.datasets.sr import SROptions, build_sr, check_rationale
 from ee_middleware.trainers.datasets.teachers import ReflectionCase, TemplateTeacher, teacher_prompt
+
+from ee_middleware.store import LocalExperienceStore
 
 
 def _source(path: Path):
@@ -48,7 +48,11 @@ def test_iwm_rows_predict_the_real_observation_of_each_rollout_and_expert_step(r
     expert_steps = store.steps().filter(pl.col("action_kind") == "tool_call").height
     assert iwm.height == rollouts.height + expert_steps
     rollout = rollouts.row(0, named=True)
-    row = iwm.filter((pl.col("trajectory_id") == rollout["trajectory_id"]) & (pl.col("branch_index") == rollout["branch_index"]) & (pl.col("step_index") == rollout["step_index"])).row(0, named=True)
+    row = iwm.filter(
+        (pl.col("trajectory_id") == rollout["trajectory_id"])
+        & (pl.col("branch_index") == rollout["branch_index"])
+        & (pl.col("step_index") == rollout["step_index"])
+    ).row(0, named=True)
     prompt = json.loads(row["prompt"])
     assert prompt[-1] == {"role": "user", "content": IWM_INSTRUCTION}
     assert prompt[-2]["tool_calls"][0]["function"]["name"] == rollout["tool_name"]
@@ -82,7 +86,9 @@ def test_synthetic_rollouts_never_feed_iwm(replayed_store: Path) -> None:
     record = store.replays().row(0, named=True)
     from ee_middleware.records import ReplayRecord
 
-    store.write_replay(ReplayRecord(replay_id="dream", trajectory_id=record["trajectory_id"], status="done", policy="x", sandbox="y", k=1, seed=0), [fake])
+    store.write_replay(
+        ReplayRecord(replay_id="dream", trajectory_id=record["trajectory_id"], status="done", policy="x", sandbox="y", k=1, seed=0), [fake]
+    )
     assert 99 not in build_iwm(_source(replayed_store), IWMOptions(max_error_share=1.0))["branch_index"].to_list()
 
 
