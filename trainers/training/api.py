@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ee_middleware._optional import import_optional
-from ee_middleware._version import __version__
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.data import DatasetFile, load_dataset
@@ -25,6 +23,9 @@ from ee_middleware.trainers.training.errors import TrainDataError, TrainError, T
 from ee_middleware.trainers.training.model import add_lora, load_base, plain_base, resolve_base
 from ee_middleware.trainers.training.render import Example, RenderStats, TemplateSupport, probe_template, tokenize_rows
 from ee_middleware.trainers.training.report import MANIFEST_SCHEMA_VERSION, library_versions, plot_loss, print_summary, write_manifest
+
+from ee_middleware._optional import import_optional
+from ee_middleware._version import __version__
 
 _PURPOSE = "train LoRA adapters"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -117,13 +118,21 @@ def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConf
 
 
 def _run_stages(
-    model: Any, tokenizer: Any, prepared: _Prepared, stages: list[schedule.Stage], config: TrainConfig, runtime: backends.Runtime, torch: Any
+    model: Any,
+    tokenizer: Any,
+    prepared: _Prepared,
+    stages: list[schedule.Stage],
+    config: TrainConfig,
+    runtime: backends.Runtime,
+    torch: Any,
 ) -> list[backends.StageRun]:
     runs, offset = [], 0
     for index, stage in enumerate(stages):
         examples = schedule.mixed([prepared.examples[kind] for kind in stage.kinds], config.seed + index)
         try:
-            run = backends.run_stage(config.backend, model, tokenizer, examples, stage.steps, config, runtime, name=stage.name, offset=offset)
+            run = backends.run_stage(
+                config.backend, model, tokenizer, examples, stage.steps, config, runtime, name=stage.name, offset=offset
+            )
         except (RuntimeError, MemoryError) as exc:
             if not backends.is_out_of_memory(exc):
                 raise

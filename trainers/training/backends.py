@@ -47,7 +47,16 @@ class Runtime:
 
 
 def run_stage(
-    backend: str, model: Any, tokenizer: Any, examples: list[Example], steps: int, config: TrainConfig, runtime: Runtime, *, name: str, offset: int
+    backend: str,
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    steps: int,
+    config: TrainConfig,
+    runtime: Runtime,
+    *,
+    name: str,
+    offset: int,
 ) -> StageRun:
     """Run ``steps`` optimizer updates of stage ``name`` with ``backend``; step numbers start after ``offset``."""
     runner: Callable[..., StageRun] = {"trl": _run_trl, "peft-loop": _run_loop}[backend]
@@ -107,12 +116,13 @@ def _run_trl(
 
 
 def _checkpointing_args(transformers: Any, enabled: bool) -> dict[str, Any]:
-    """The checkpointing switch under its current name (transformers 5.2x renamed it; the old one warns)."""
-    if not enabled:
-        return {}
+    """The checkpointing switch under its current name (transformers 5.2x renamed it; the old one warns).
+
+    Always explicit: trl's configs default it to on, which only slows training down on a CPU.
+    """
     names = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
     name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}} if enabled else {name: False}
 
 
 def _run_loop(
@@ -202,6 +212,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is torch running out of GPU or host memory."""
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

@@ -62,7 +62,9 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
         raise TrainDataError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {exc}). {_BUILD_HINT}") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise TrainDataError(f"{path} lacks the column(s) {', '.join(missing)}; a dataset needs {', '.join(REQUIRED_COLUMNS)}. {_BUILD_HINT}")
+        raise TrainDataError(
+            f"{path} lacks the column(s) {', '.join(missing)}; a dataset needs {', '.join(REQUIRED_COLUMNS)}. {_BUILD_HINT}"
+        )
     if frame.height == 0:
         raise TrainDataError(f"{path} has no rows. Approve more trajectories or re-run replay, then rebuild the {kind.upper()} dataset.")
     metadata = {k: v for k, v in metadata.items() if k not in ("ARROW:schema",)}

@@ -79,7 +79,7 @@ def probe_template(tokenizer: Any) -> TemplateSupport:
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
     try:
         text = tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a template that cannot take tools at all supports neither
         return TemplateSupport(tools=False, tool_calls=False)
     return TemplateSupport(tools=_PROBE_TOOL in text, tool_calls=_PROBE_CALL in text)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import PolicyError
-from ee_middleware.records import Message, Proposer
+from ee_middleware.records import Proposer
 from ee_middleware.replay.policies.parsing import ParseProblem, parse_tool_calls
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import tool_schemas_for
@@ -192,9 +192,17 @@ class TransformersPolicy:
 
     def _prompt_ids(self, point: DecisionPoint) -> tuple[Any, int]:
         """The prompt's token ids (cut from the left to fit the context) and how many tokens may follow."""
-        text = self._tokenizer.apply_chat_template(
-            _template_messages(point.state), tools=point.tools or None, add_generation_prompt=True, tokenize=False
-        )
+        # The same prompt format the trainer renders (ee_middleware.trainers.training.render): a
+        # template that drops tools or tool calls (SmolLM2's does) gets them as text instead.
+        from ee_middleware.trainers.training.render import probe_template, template_messages, with_tools_in_system
+
+        if getattr(self, "_support", None) is None:
+            self._support = probe_template(self._tokenizer)
+        messages = template_messages(list(point.state), self._support)
+        tools = point.tools or None
+        if tools and not self._support.tools:
+            messages, tools = with_tools_in_system(messages, list(point.tools)), None
+        text = self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         input_ids = self._tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         max_length = self._max_length()
         new_tokens = min(self.max_new_tokens, max(1, max_length // 2))
@@ -208,19 +216,6 @@ class TransformersPolicy:
         if not isinstance(length, int) or length <= 0:
             length = getattr(self._tokenizer, "model_max_length", None)
         return length if isinstance(length, int) and 0 < length < 10_000_000 else _FALLBACK_MAX_LENGTH
-
-
-def _template_messages(state: list[Message]) -> list[Message]:
-    """The state as chat templates expect it: text content, tool-call arguments as objects."""
-    messages = []
-    for message in state:
-        message = dict(message)
-        if message.get("content") is None:
-            message["content"] = ""
-        if message.get("tool_calls"):
-            message["tool_calls"] = [_decoded_call(call) for call in message["tool_calls"]]
-        messages.append(message)
-    return messages
 
 
 def _decoded_call(call: Any) -> Any:

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ee_middleware.errors import ConfigError
 from ee_middleware.trainers.training import TrainConfig
 from ee_middleware.trainers.training.schedule import budget, mixed, plan
+from pydantic import ValidationError
+
+from ee_middleware.errors import ConfigError
 
 
 def test_config_loads_toml_and_overrides(tmp_path: Path) -> None:
@@ -19,7 +20,7 @@ def test_config_loads_toml_and_overrides(tmp_path: Path) -> None:
     config = TrainConfig.load(toml, epochs=None, max_steps=7)
     assert config.schedule == "iwm" and config.epochs == 3 and config.max_steps == 7
     assert config.target_modules == ("q_proj", "k_proj")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.epochs = 1  # frozen
 
 

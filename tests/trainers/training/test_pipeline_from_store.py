@@ -1,0 +1,38 @@
+"""The whole path on real parts: BFCL experts -> replay -> IL/IWM/SR datasets -> LoRA adapters for each schedule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from ee_middleware.trainers.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def built_data(replayed_store_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "data"
+    build_datasets(DatasetConfig.load(store=replayed_store_template, out=out))
+    return out
+
+
+@pytest.mark.parametrize("schedule", ["il", "iwm", "sr"])
+def test_datasets_built_from_a_replayed_store_train_an_adapter(built_data: Path, tiny_model_dir: Path, tmp_path: Path, schedule: str) -> None:
+    config = TrainConfig.load(
+        base_model=str(tiny_model_dir),
+        data=str(built_data),
+        schedule=schedule,
+        output_dir=str(tmp_path / f"adapter-{schedule}"),
+        max_steps=4,
+        batch_size=2,
+        max_length=512,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    )
+    result = train(config, progress=False)
+    assert (result.adapter_dir / "adapter_config.json").exists() and (result.adapter_dir / "adapter_model.safetensors").exists()
+    manifest = json.loads((result.adapter_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 4
+    hashes = json.dumps(manifest)
+    assert "il.parquet" in hashes and (schedule == "il" or f"{schedule}.parquet" in hashes)

@@ -1,0 +1,181 @@
+"""Training end to end with a tiny random Llama saved as a base-model folder (CPU, one thread)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ee_middleware.trainers.training import BaseModelError, TrainConfig, TrainDataError, TrainError, TrainOutOfMemoryError, train
+from ee_middleware.trainers.training.model import resolve_base
+
+from .conftest import il_row, write_dataset
+
+torch = pytest.importorskip("torch")
+
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def config(base: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:
+    # A random 2-layer model learns too slowly through q_proj/v_proj alone: adapt every linear layer here.
+    values: dict[str, Any] = {
+        "base_model": str(base),
+        "data": data,
+        "output_dir": out,
+        "learning_rate": 1e-2,
+        "batch_size": 4,
+        "seed": 0,
+        "target_modules": ALL_LINEAR,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def il_run(tiny_model_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """IL with trl: 16 rows, 4 a step, 6 epochs -> 24 optimizer updates."""
+    out = tmp_path_factory.mktemp("runs") / "il-adapter"
+    return train(config(tiny_model_dir, data_dir, out, schedule="il", epochs=6), progress=False)
+
+
+def test_loss_goes_down(il_run: Any) -> None:
+    metrics = il_run.metrics
+    assert metrics["steps"] == 24 and len(il_run.manifest["losses"]) == 24
+    assert metrics["final_loss"] < metrics["first_loss"] - 0.5, il_run.manifest["losses"]
+
+
+def test_adapter_reloads_and_changes_the_logits(il_run: Any, tiny_model_dir: Path, tool_tokenizer: Any) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = il_run.adapter_dir
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
+    assert adapter_config["r"] == 8 and sorted(adapter_config["target_modules"]) == sorted(ALL_LINEAR)
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 0
+    ids = tool_tokenizer("<|im_start|>user\nGo into temp<|im_end|>\n<|im_start|>assistant\n", return_tensors="pt")["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True).eval()
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(base, adapter).eval()
+        after = tuned(input_ids=ids).logits
+    assert (after - before).abs().max().item() > 1e-2
+
+
+def test_manifest_records_hashes_versions_and_metrics(il_run: Any, data_dir: Path) -> None:
+    import hashlib
+
+    manifest = json.loads((il_run.adapter_dir / "manifest.json").read_text())
+    il = manifest["datasets"]["il"]
+    assert il["sha256"] == hashlib.sha256((data_dir / "il.parquet").read_bytes()).hexdigest()
+    assert il["rows"] == 16 and il["render"]["examples"] == 16 and il["render"]["truncated"] == 0
+    assert set(manifest["versions"]) >= {"torch", "transformers", "peft", "trl"} and manifest["versions"]["trl"]
+    metrics = manifest["metrics"]
+    assert metrics["device"] == "cpu" and metrics["backend"] == "trl" and not metrics["bf16"]
+    assert metrics["tokens"] > 0 and metrics["tokens_per_s"] > 0 and metrics["duration_s"] > 0
+    assert manifest["config"]["schedule"] == "il" and manifest["rendering"]["tool_calls"] == "chat template"
+    assert (il_run.adapter_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(il_run.adapter_dir.parent.glob("*.partial-*"))
+
+
+def test_iwm_runs_two_stages_with_the_same_total_steps_as_il(il_run: Any, tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = train(config(tiny_model_dir, data_dir, tmp_path / "iwm", schedule="iwm", epochs=6), progress=False)
+    metrics = result.metrics
+    assert metrics["steps"] == il_run.metrics["steps"] == 24
+    # IWM: min(one pass over 24 rows = 6, half of 24 = 12) = 6 updates, then 18 of IL on the same adapter
+    assert [(s["name"], s["steps"]) for s in metrics["stages"]] == [("iwm", 6), ("il", 18)]
+    assert [s for s, _ in result.manifest["losses"]] == list(range(1, 25))
+    assert metrics["stage_boundaries"][1] == {"stage": "il", "first_step": 7, "last_step": 24}
+    assert (result.adapter_dir / "loss.png").is_file()
+
+
+def test_sr_mixes_with_il_and_the_plain_loop_learns(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = train(config(tiny_model_dir, data_dir, tmp_path / "sr", schedule="sr", backend="peft-loop", max_steps=20), progress=False)
+    manifest = result.manifest
+    assert manifest["schedule"]["stages"] == [{"name": "sr+il", "kinds": ["sr", "il"], "steps": 20}]
+    assert set(manifest["datasets"]) == {"sr", "il"} and manifest["datasets"]["sr"]["render"]["examples"] == 8
+    assert result.metrics["steps"] == 20 and result.metrics["backend"] == "peft-loop"
+    assert result.metrics["final_loss"] < result.metrics["first_loss"] - 0.3, result.manifest["losses"]
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_plain_template_model_trains_on_tool_calls_as_text(plain_template_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = train(config(plain_template_model_dir, data_dir, tmp_path / "plain", max_steps=2), progress=False)
+    assert result.manifest["rendering"]["tools"].startswith("system message")
+    assert result.manifest["datasets"]["il"]["render"]["loss_tokens"] > 16 * 10
+
+
+# --- errors: each names the fix ---------------------------------------------------------------
+
+
+def test_missing_base_model(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(BaseModelError, match=r"No base model at .*never downloaded"):
+        train(config(tmp_path / "nope", data_dir, tmp_path / "out"), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BaseModelError, match=r"no config.json and no .gguf file.*save_pretrained"):
+        train(config(tmp_path / "empty", data_dir, tmp_path / "out"), progress=False)
+
+
+def test_unloadable_base_model(data_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(BaseModelError, match=r"Cannot load a causal language model from .* offline"):
+        train(config(folder, data_dir, tmp_path / "out"), progress=False)
+
+
+def test_gguf_is_found_in_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert resolve_base(str(tmp_path)).gguf_file == "m.gguf"
+    assert resolve_base(str(tmp_path / "m.gguf")).folder == tmp_path.resolve()
+
+
+def test_missing_and_empty_datasets(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainDataError, match=r"No IL dataset at .*il\.parquet.*--data"):
+        train(config(tiny_model_dir, tmp_path / "data", tmp_path / "out"), progress=False)
+    write_dataset(tmp_path / "data", "il", [])
+    with pytest.raises(TrainDataError, match=r"has no rows"):
+        train(config(tiny_model_dir, tmp_path / "data", tmp_path / "out"), progress=False)
+    write_dataset(tmp_path / "data", "il", [il_row(0, "temp")])
+    with pytest.raises(TrainDataError, match=r"No IWM dataset"):
+        train(config(tiny_model_dir, tmp_path / "data", tmp_path / "out", schedule="iwm"), progress=False)
+
+
+def test_malformed_rows_name_file_and_row(tiny_model_dir: Path, tmp_path: Path) -> None:
+    bad_json = il_row(1, "temp")
+    bad_json["prompt"] = "[{'role': 'user'"
+    write_dataset(tmp_path / "data", "il", [il_row(0, "temp"), bad_json])
+    with pytest.raises(TrainDataError, match=r"il\.parquet row 1 \(id 'il-1'\): prompt is not valid JSON"):
+        train(config(tiny_model_dir, tmp_path / "data", tmp_path / "out"), progress=False)
+    not_chat = il_row(0, "temp")
+    not_chat["completion"] = json.dumps([{"role": "user", "content": "x"}])
+    write_dataset(tmp_path / "data", "il", [not_chat])
+    with pytest.raises(TrainDataError, match=r"row 0 .*one assistant message"):
+        train(config(tiny_model_dir, tmp_path / "data", tmp_path / "out"), progress=False)
+
+
+def test_all_rows_too_long(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainDataError, match=r"Every row .* dropped .*Raise max_length"):
+        train(config(tiny_model_dir, data_dir, tmp_path / "out", max_length=8), progress=False)
+
+
+def test_out_of_memory_suggests_smaller_settings(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def oom(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.nn.Embedding, "forward", oom)  # the first layer of the forward pass
+    for backend in ("trl", "peft-loop"):
+        with pytest.raises(TrainOutOfMemoryError, match=r"Lower batch_size .*max_length.*gradient_checkpointing"):
+            train(config(tiny_model_dir, data_dir, tmp_path / backend, max_steps=1, backend=backend), progress=False)
+    assert not (tmp_path / "trl").exists()
+
+
+def test_an_existing_adapter_is_never_overwritten(il_run: Any, tiny_model_dir: Path, data_dir: Path) -> None:
+    before = (il_run.adapter_dir / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(TrainError, match=r"already holds an adapter.*new output_dir"):
+        train(config(tiny_model_dir, data_dir, il_run.adapter_dir, max_steps=1), progress=False)
+    assert (il_run.adapter_dir / "adapter_model.safetensors").read_bytes() == before
