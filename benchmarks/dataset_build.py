@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import polars as pl
+
+from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.store.tables import ROLLOUT_SCHEMA, STEP_SCHEMA, TRAJECTORY_SCHEMA
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
 from ee_middleware.trainers.datasets.rows import IWM_INSTRUCTION
 from ee_middleware.trainers.datasets.source import DatasetSource, load_source
-
-from ee_middleware.store.local import LocalExperienceStore
-from ee_middleware.store.tables import ROLLOUT_SCHEMA, STEP_SCHEMA, TRAJECTORY_SCHEMA
 
 STEPS_PER_TRAJECTORY = 10
 TOOLS = [

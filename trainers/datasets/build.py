@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ee_middleware._toml import read_toml_table
+from ee_middleware.errors import ConfigError
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
 from ee_middleware.trainers.datasets.rows import KINDS
 from ee_middleware.trainers.datasets.source import load_source
 from ee_middleware.trainers.datasets.sr import SROptions, build_sr
 from ee_middleware.trainers.datasets.teachers import build_teacher
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from ee_middleware._toml import read_toml_table
-from ee_middleware.errors import ConfigError
 
 
 class DatasetConfig(BaseModel):

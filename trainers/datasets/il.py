@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+
 from ee_middleware.trainers.datasets.rows import action_message, answer_message, conform, example_id, json_list
 from ee_middleware.trainers.datasets.source import DatasetSource
 

@@ -64,8 +64,9 @@ def histogram_lines(lengths: list[int], bins: int = 10, width: int = 40) -> list
 
 def write_histogram_png(described: dict[str, dict[str, Any]], path: str | Path) -> None:
     """Token-length histograms of several datasets, one panel each, as a PNG."""
-    import matplotlib
+    from ee_middleware._optional import import_optional
 
+    matplotlib = import_optional("matplotlib", extra="train", purpose="draw the histograms (--plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

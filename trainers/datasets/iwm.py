@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
+
 from ee_middleware.trainers.datasets.rows import (
     IWM_INSTRUCTION,
     action_message,

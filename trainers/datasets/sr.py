@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, conform
 from ee_middleware.trainers.datasets.source import DatasetSource
 from ee_middleware.trainers.datasets.teachers import ReflectionCase, Teacher

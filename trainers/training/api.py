@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._optional import import_optional
+from ee_middleware._version import __version__
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.data import DatasetFile, load_dataset
@@ -23,9 +25,6 @@ from ee_middleware.trainers.training.errors import TrainDataError, TrainError, T
 from ee_middleware.trainers.training.model import add_lora, load_base, plain_base, resolve_base
 from ee_middleware.trainers.training.render import Example, RenderStats, TemplateSupport, probe_template, tokenize_rows
 from ee_middleware.trainers.training.report import MANIFEST_SCHEMA_VERSION, library_versions, plot_loss, print_summary, write_manifest
-
-from ee_middleware._optional import import_optional
-from ee_middleware._version import __version__
 
 _PURPOSE = "train LoRA adapters"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._optional import import_optional
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.errors import BaseModelError
-
-from ee_middleware._optional import import_optional
 
 _PURPOSE = "train LoRA adapters"
 

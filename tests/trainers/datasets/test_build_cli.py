@@ -10,12 +10,12 @@ from typing import ClassVar
 
 import polars as pl
 import pytest
-from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets, read_dataset, to_hf_dataset
-from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.errors import ConfigError
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets, read_dataset, to_hf_dataset
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
 
 runner = CliRunner()
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from ee_middleware.store import LocalExperienceStore
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, IWM_INSTRUCTION
 from ee_middleware.trainers.datasets.source import load_source
 from ee_middleware.trainers.datasets.sr import SROptions, build_sr, check_rationale
 from ee_middleware.trainers.datasets.teachers import ReflectionCase, TemplateTeacher, teacher_prompt
-
-from ee_middleware.store import LocalExperienceStore
 
 
 def _source(path: Path):

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from ee_middleware.trainers.training import TrainConfig
-from ee_middleware.trainers.training.schedule import budget, mixed, plan
 from pydantic import ValidationError
 
 from ee_middleware.errors import ConfigError
+from ee_middleware.trainers.training import TrainConfig
+from ee_middleware.trainers.training.schedule import budget, mixed, plan
 
 
 def test_config_loads_toml_and_overrides(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ def built_data(replayed_store_template: Path, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.mark.parametrize("schedule", ["il", "iwm", "sr"])
-def test_datasets_built_from_a_replayed_store_train_an_adapter(built_data: Path, tiny_model_dir: Path, tmp_path: Path, schedule: str) -> None:
+def test_datasets_built_from_a_replayed_store_train_an_adapter(
+    built_data: Path, tiny_model_dir: Path, tmp_path: Path, schedule: str
+) -> None:
     config = TrainConfig.load(
         base_model=str(tiny_model_dir),
         data=str(built_data),

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.render import probe_template, render_texts, tokenize_rows
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ee_middleware.trainers.training import TrainConfig, train
 from ee_middleware.trainers.training.render import with_tools_in_system
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ee_middleware.trainers.training import BaseModelError, TrainConfig, TrainDataError, TrainError, TrainOutOfMemoryError, train
 from ee_middleware.trainers.training.model import resolve_base
 
