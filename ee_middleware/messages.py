@@ -107,6 +107,31 @@ def parse_arguments(arguments: Any) -> dict[str, Any]:
     return {"_raw": to_jsonable(arguments)}
 
 
+def decode_tool_call(call: Any) -> Any:
+    """An OpenAI ``tool_calls`` item with its ``arguments`` decoded from JSON text to an object,
+    as chat templates expect. Empty text becomes ``{}``; an item whose arguments are not valid JSON
+    (or that is not a function call) is returned unchanged."""
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        return call
+    arguments = call["function"].get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            return call
+    return {**call, "function": {**call["function"], "arguments": arguments}}
+
+
+def with_decoded_arguments(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` with every tool call's arguments decoded (see :func:`decode_tool_call`)."""
+    out = []
+    for message in messages:
+        if message.get("tool_calls"):
+            message = {**message, "tool_calls": [decode_tool_call(call) for call in message["tool_calls"]]}
+        out.append(message)
+    return out
+
+
 # --- LangChain -> OpenAI ---------------------------------------------------------------------
 
 

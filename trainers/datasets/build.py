@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ee_middleware._toml import read_toml_table
 from ee_middleware.errors import ConfigError
+from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
 from ee_middleware.trainers.datasets.rows import KINDS
@@ -192,27 +193,9 @@ def to_hf_dataset(frame: pl.DataFrame) -> Any:
         records.append(
             {
                 **{k: v for k, v in row.items() if k not in ("prompt", "completion", "tools")},
-                "prompt": json.dumps(_decode_arguments(json.loads(row["prompt"]))),
-                "completion": json.dumps(_decode_arguments(json.loads(row["completion"]))),
+                "prompt": json.dumps(with_decoded_arguments(json.loads(row["prompt"]))),
+                "completion": json.dumps(with_decoded_arguments(json.loads(row["completion"]))),
                 "tools": row["tools"],
             }
         )
     return datasets.Dataset.from_list(records)
-
-
-def _decode_arguments(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for message in messages:
-        if message.get("tool_calls"):
-            calls = []
-            for call in message["tool_calls"]:
-                arguments = call.get("function", {}).get("arguments")
-                if isinstance(arguments, str):
-                    try:
-                        arguments = json.loads(arguments)
-                    except ValueError:
-                        pass
-                calls.append({**call, "function": {**call.get("function", {}), "arguments": arguments}})
-            message = {**message, "tool_calls": calls}
-        out.append(message)
-    return out

@@ -87,9 +87,9 @@ def render_example(row: dict[str, Any], tokenizer: Any = None) -> str:
     completion = json.loads(row["completion"])
     tools = json.loads(row.get("tools") or "[]")
     if tokenizer is not None:
-        from ee_middleware.trainers.datasets.build import _decode_arguments
+        from ee_middleware.messages import with_decoded_arguments
 
-        text = tokenizer.apply_chat_template(_decode_arguments(prompt + completion), tools=tools or None, tokenize=False)
+        text = tokenizer.apply_chat_template(with_decoded_arguments(prompt + completion), tools=tools or None, tokenize=False)
         return str(text)
     lines = []
     for message in prompt[-4:]:

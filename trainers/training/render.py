@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ee_middleware.messages import decode_tool_call
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.errors import TrainDataError
 
@@ -91,7 +92,7 @@ def template_messages(messages: list[dict[str, Any]], support: TemplateSupport) 
         message = dict(message)
         if message.get("content") is None:
             message["content"] = ""
-        calls = [_decoded_call(call) for call in message.get("tool_calls") or []]
+        calls = [decode_tool_call(call) for call in message.get("tool_calls") or []]
         if calls and support.tool_calls:
             message["tool_calls"] = calls
         elif calls:
@@ -162,18 +163,6 @@ def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support:
         stats.loss_tokens += len(completion_ids)
     stats.examples = len(examples)
     return examples, stats
-
-
-def _decoded_call(call: Any) -> Any:
-    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-        return call
-    arguments = call["function"].get("arguments")
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
-            return call
-    return {**call, "function": {**call["function"], "arguments": arguments}}
 
 
 def _call_text(call: Any) -> str:

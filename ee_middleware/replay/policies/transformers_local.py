@@ -13,7 +13,6 @@ from local folders (``local_files_only=True``): nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -216,15 +215,3 @@ class TransformersPolicy:
         if not isinstance(length, int) or length <= 0:
             length = getattr(self._tokenizer, "model_max_length", None)
         return length if isinstance(length, int) and 0 < length < 10_000_000 else _FALLBACK_MAX_LENGTH
-
-
-def _decoded_call(call: Any) -> Any:
-    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-        return call
-    arguments = call["function"].get("arguments")
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return call
-    return {**call, "function": {**call["function"], "arguments": arguments}}
