@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ee_middleware._toml import read_toml_table
+from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 
 
@@ -60,17 +60,10 @@ class ReplayConfig(BaseModel):
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ReplayConfig:
         """Defaults <- TOML ``[replay]`` table <- ``overrides`` (``None`` values are ignored)."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            values.update(read_toml_table(Path(path), "replay"))
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = layered_values(path, "replay", overrides)
         if "store" not in values:
             raise ConfigError("The replay job needs a store: pass --store DIR or set store in the [replay] table.")
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"Invalid replay configuration: {problems}") from None
+        return build_config(cls, values, "replay")
 
     def policy_options(self) -> dict[str, Any]:
         """Sampling options passed to model-backed policies (the mutation policy takes none)."""

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ee_middleware._toml import read_toml_table
+from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.trainers.datasets.il import build_il
@@ -49,10 +49,7 @@ class DatasetConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> DatasetConfig:
-        values: dict[str, Any] = {}
-        if path is not None:
-            values.update(read_toml_table(Path(path), "datasets"))
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = layered_values(path, "datasets", overrides)
         kinds = values.get("kinds")
         if isinstance(kinds, str):
             values["kinds"] = tuple(k.strip() for k in kinds.split(",") if k.strip())
@@ -62,11 +59,7 @@ class DatasetConfig(BaseModel):
         for required in ("store", "out"):
             if required not in values:
                 raise ConfigError(f"The dataset build needs --{required}.")
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"Invalid dataset configuration: {problems}") from None
+        return build_config(cls, values, "dataset")
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:

@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ee_middleware._toml import read_toml_table
+from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 
 Schedule = Literal["il", "iwm", "sr"]
@@ -84,20 +84,13 @@ class TrainConfig(BaseModel):
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:
         """Defaults <- TOML ``[train]`` table <- ``overrides`` (``None`` values are ignored)."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            values.update(read_toml_table(Path(path), "train"))
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = layered_values(path, "train", overrides)
         if not values.get("base_model"):
             raise ConfigError(
                 "The train job needs a base model: pass --base-model PATH (a save_pretrained folder or a .gguf file) "
                 "or set base_model in the [train] table."
             )
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"Invalid train configuration: {problems}") from None
+        return build_config(cls, values, "train")
 
     def resolved_device(self) -> str:
         """``cuda`` or ``cpu``: ``auto`` picks a GPU when torch sees one."""
