@@ -56,14 +56,6 @@ TOOLS = [
     },
 ]
 FOLDERS = ["temp", "docs", "reports", "music", "photos", "src", "notes", "backup"]
-TINY_TEMPLATE = """{%- if tools %}<|im_start|>system
-You may call these tools:
-{% for tool in tools %}{{ tool | tojson }}
-{% endfor %}<|im_end|>
-{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
-{% if m.content %}{{ m.content }}{% endif %}{% for c in m.tool_calls or [] %}<tool_call>{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}</tool_call>{% endfor %}<|im_end|>
-{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
 
 
 def write_rows(folder: Path, n: int) -> Path:
@@ -87,38 +79,10 @@ def write_rows(folder: Path, n: int) -> Path:
 
 
 def tiny_model(folder: Path) -> Path:
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, build_test_tokenizer, save_tiny_llama
 
-    corpus = [TINY_TEMPLATE, json.dumps(TOOLS), *FOLDERS, "Please move into the folder, then tell me when it is done."] * 3
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    bpe = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    backend.train_from_iterator(corpus, bpe)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=TINY_TEMPLATE
-    )
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    corpus = [TOOL_CHAT_TEMPLATE, json.dumps(TOOLS), *FOLDERS, "Please move into the folder, then tell me when it is done."] * 3
+    return save_tiny_llama(folder, build_test_tokenizer(corpus, vocab_size=1000))
 
 
 def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: str) -> dict[str, Any]:

@@ -23,6 +23,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+from ee_middleware.testing.tiny_models import build_test_tokenizer  # noqa: E402
+from ee_middleware.testing.tiny_models import build_tiny_llama as tiny_llama  # noqa: E402
+
 # A ChatML-style template that renders the offered tools and earlier tool calls, like Qwen/SmolLM2.
 TEST_CHAT_TEMPLATE = """{%- if tools %}<|im_start|>system
 You may call these tools:
@@ -62,45 +65,12 @@ STOCK_TOOLS = [
 @pytest.fixture(scope="module")
 def tiny_test_tokenizer() -> Any:
     """A TEST tokenizer: byte-level BPE trained in memory on a few lines, wrapped as a fast HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     corpus = [MEMORISED_CALL, "Are apples in stock? Order 5 pears.", "You run the stock room.", TEST_CHAT_TEMPLATE] * 3
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=TEST_CHAT_TEMPLATE,
-    )
+    return build_test_tokenizer(corpus, chat_template=TEST_CHAT_TEMPLATE, vocab_size=400)
 
 
 def build_tiny_llama(tokenizer: Any, *, max_positions: int = 512, seed: int = 0) -> Any:
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer, max_positions=max_positions, seed=seed).eval()
 
 
 @pytest.fixture(scope="module")

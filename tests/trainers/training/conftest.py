@@ -14,15 +14,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
-# ChatML with tools, like Qwen/Hermes: tools listed in a system block, calls as <tool_call> JSON.
-TOOL_CHAT_TEMPLATE = """{%- if tools %}<|im_start|>system
-You may call these tools:
-{% for tool in tools %}{{ tool | tojson }}
-{% endfor %}<|im_end|>
-{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
-{% if m.content %}{{ m.content }}{% endif %}{% for c in m.tool_calls or [] %}<tool_call>{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}</tool_call>{% endfor %}<|im_end|>
-{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
+from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, build_test_tokenizer, save_tiny_llama  # noqa: E402
 
 # SmolLM2's template: it ignores tools and tool_calls.
 PLAIN_CHAT_TEMPLATE = """{% for message in messages %}{{'<|im_start|>' + message['role'] + '
@@ -129,44 +121,9 @@ def write_datasets(folder: Path, *, il: int = 16, iwm: int = 24, sr: int = 8) ->
 
 
 def build_tokenizer(chat_template: str) -> Any:
-    """A TEST tokenizer: byte-level BPE trained in memory, wrapped as a fast HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    """A TEST tokenizer trained on the file-tool vocabulary of these tests."""
     corpus = [TOOL_CHAT_TEMPLATE, json.dumps(FILE_TOOLS), "You manage files. Go into and show notes.txt", *FOLDERS] * 3
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=500,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=chat_template
-    )
-
-
-def save_tiny_llama(folder: Path, tokenizer: Any, *, seed: int = 0) -> Path:
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_test_tokenizer(corpus, chat_template=chat_template, vocab_size=500)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,74 @@
+"""Tiny language models built on the spot, for tests and benchmarks (nothing is downloaded).
+
+``build_test_tokenizer`` trains a byte-level BPE tokenizer in memory on a few lines and wraps it as
+a fast Hugging Face tokenizer with a chat template; ``build_tiny_llama`` makes a randomly
+initialised 2-layer Llama (about 0.1M parameters plus embeddings) for it. Needs the ``[train]``
+extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TOOL_CHAT_TEMPLATE = """{%- if tools %}<|im_start|>system
+You may call these tools:
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}<|im_end|>
+{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
+{% if m.content %}{{ m.content }}{% endif %}{% for c in m.tool_calls or [] %}<tool_call>{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}</tool_call>{% endfor %}<|im_end|>
+{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+"""ChatML with tools, like Qwen/Hermes: tools listed in a system block, calls as ``<tool_call>`` JSON."""
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def build_test_tokenizer(corpus: Sequence[str], *, chat_template: str = TOOL_CHAT_TEMPLATE, vocab_size: int = 500) -> Any:
+    """A TEST tokenizer: byte-level BPE trained on ``corpus``, wrapped as a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(corpus), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=chat_template
+    )
+
+
+def build_tiny_llama(tokenizer: Any, *, max_positions: int = 1024, seed: int = 0) -> Any:
+    """A randomly initialised 2-layer Llama sized for ``tokenizer`` (torch set to 1 thread)."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def save_tiny_llama(folder: Path, tokenizer: Any, *, max_positions: int = 1024, seed: int = 0) -> Path:
+    """:func:`build_tiny_llama` saved with its tokenizer as a base-model folder (``save_pretrained``)."""
+    build_tiny_llama(tokenizer, max_positions=max_positions, seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
