@@ -107,6 +107,14 @@ def parse_arguments(arguments: Any) -> dict[str, Any]:
     return {"_raw": to_jsonable(arguments)}
 
 
+def one_line(text: str | None, width: int) -> str:
+    """``text`` on one line (whitespace collapsed), cut to ``width`` characters with an ellipsis."""
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def decode_tool_call(call: Any) -> Any:
     """An OpenAI ``tool_calls`` item with its ``arguments`` decoded from JSON text to an object,
     as chat templates expect. Empty text becomes ``{}``; an item whose arguments are not valid JSON

@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from ee_middleware.messages import one_line
+
 StoreOption = typer.Option(..., "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True)
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 
@@ -29,9 +31,5 @@ def console() -> Any:
     return Console()
 
 
-def short(text: str | None, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
-    if not text:
-        return ""
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+short = one_line
+"""Text on one line, cut to a width (for table cells)."""

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import ConfigError, PolicyError
+from ee_middleware.messages import one_line
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,6 @@ class Teacher(Protocol):
     def write(self, cases: list[ReflectionCase]) -> list[str]: ...
 
 
-def _short(text: str, width: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 class TemplateTeacher:
     """Deterministic rationales built from the outcomes (for tests and the demo; no model)."""
 
@@ -84,11 +80,13 @@ class TemplateTeacher:
 
     @staticmethod
     def _one(case: ReflectionCase) -> str:
-        parts = [f"I call {case.chosen} because it returns {_short(case.chosen_outcome, 120)}, which moves the task forward."]
+        parts = [f"I call {case.chosen} because it returns {one_line(case.chosen_outcome, 120)}, which moves the task forward."]
         for action, outcome in case.alternatives:
             failed = outcome.lower().lstrip("{\"' ").startswith("error") or '"error"' in outcome.lower()
             effect = (
-                f"fails with {_short(outcome, 100)}" if failed else f"returns {_short(outcome, 100)}, which does not do what the task asks"
+                f"fails with {one_line(outcome, 100)}"
+                if failed
+                else f"returns {one_line(outcome, 100)}, which does not do what the task asks"
             )
             parts.append(f"Calling {action} {effect}.")
         return " ".join(parts)
