@@ -6,9 +6,9 @@ model stack (torch, transformers, vllm) and not even LangChain until a name that
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ee_middleware._lazy import lazy_exports
 from ee_middleware._version import __version__
 
 if TYPE_CHECKING:
@@ -56,15 +56,4 @@ __all__ = [
     "record_experience",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ee_middleware' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -15,8 +15,9 @@ Names load lazily: importing this package pulls in no model stack.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ee_middleware._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ee_middleware.replay.config import ReplayConfig
@@ -62,15 +63,4 @@ __all__ = [
     "run_replay",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ee_middleware.replay' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -11,8 +11,9 @@ Names are loaded lazily: importing this package imports neither torch nor httpx 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ee_middleware._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ee_middleware.replay.policies.mutate import MutationPolicy
@@ -25,22 +26,22 @@ if TYPE_CHECKING:
     from ee_middleware.replay.policies.transformers_local import TransformersPolicy
 
 _LAZY = {
-    "Candidate": "protocol",
-    "DecisionPoint": "protocol",
-    "Policy": "protocol",
-    "Proposals": "protocol",
-    "ToolSchemas": "schema",
-    "normalize_schema": "schema",
-    "ParseProblem": "parsing",
-    "parse_tool_calls": "parsing",
-    "from_openai_message": "parsing",
-    "MutationPolicy": "mutate",
-    "Proposer": "proposer",
-    "ProposalResult": "proposer",
-    "Rejection": "proposer",
-    "TransformersPolicy": "transformers_local",
-    "OpenAIPolicy": "openai_compat",
-    "build_policy": "registry",
+    "Candidate": ".protocol",
+    "DecisionPoint": ".protocol",
+    "Policy": ".protocol",
+    "Proposals": ".protocol",
+    "ToolSchemas": ".schema",
+    "normalize_schema": ".schema",
+    "ParseProblem": ".parsing",
+    "parse_tool_calls": ".parsing",
+    "from_openai_message": ".parsing",
+    "MutationPolicy": ".mutate",
+    "Proposer": ".proposer",
+    "ProposalResult": ".proposer",
+    "Rejection": ".proposer",
+    "TransformersPolicy": ".transformers_local",
+    "OpenAIPolicy": ".openai_compat",
+    "build_policy": ".registry",
 }
 
 __all__ = [
@@ -62,15 +63,4 @@ __all__ = [
     "parse_tool_calls",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
