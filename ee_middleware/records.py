@@ -117,6 +117,13 @@ class Observation(_Record):
     is_error: bool = False
     truncated_chars: int = 0
 
+    def capped(self, max_chars: int) -> Observation:
+        """This observation cut to ``max_chars`` characters, the cut added to ``truncated_chars``."""
+        if len(self.content) <= max_chars:
+            return self
+        cut = len(self.content) - max_chars
+        return Observation(content=self.content[:max_chars], is_error=self.is_error, truncated_chars=self.truncated_chars + cut)
+
 
 class Step(_Record):
     """One decision of the model inside a trajectory."""

@@ -248,10 +248,7 @@ def _observation(
         if result is None:
             result = span.exception_message() or span.status_message or ("tool failed" if is_error else "")
     text = redact(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False))
-    if len(text) > max_chars:
-        truncated += len(text) - max_chars
-        text = text[:max_chars]
-    return Observation(content=text, is_error=is_error, truncated_chars=truncated), latency
+    return Observation(content=text, is_error=is_error, truncated_chars=truncated).capped(max_chars), latency
 
 
 def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]:

@@ -60,15 +60,6 @@ def rollout_id(replay_id: str, trajectory_id: str, step_index: int, branch_index
     return hashlib.blake2b(f"{replay_id}:{trajectory_id}:{step_index}:{branch_index}".encode(), digest_size=12).hexdigest()
 
 
-def _cap(observation: Observation, max_chars: int) -> Observation:
-    if len(observation.content) <= max_chars:
-        return observation
-    cut = len(observation.content) - max_chars
-    return Observation(
-        content=observation.content[:max_chars], is_error=observation.is_error, truncated_chars=observation.truncated_chars + cut
-    )
-
-
 def _same_observation(recorded: Observation, replayed: Observation) -> bool:
     if recorded.truncated_chars:
         return replayed.content.startswith(recorded.content)
@@ -144,7 +135,7 @@ def replay_trajectory(trajectory: Trajectory, sandbox: Sandbox, proposer: Propos
                     branch_index=branch,
                     action=Action(kind="tool_call", tool_call=call),
                     proposer=candidate.proposer,
-                    observation=_cap(observation, settings.max_observation_chars),
+                    observation=observation.capped(settings.max_observation_chars),
                     is_error=observation.is_error,
                     synthetic=False,
                     sandbox=sandbox.kind,
