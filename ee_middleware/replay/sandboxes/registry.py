@@ -1,6 +1,6 @@
 """Naming sandboxes on the command line: built-in names, ``module:factory`` paths and entry points.
 
-A sandbox spec is one of:
+A sandbox spec is one of (see :mod:`ee_middleware.plugins`):
 
 * a built-in name: ``bfcl``;
 * ``package.module:factory``: an importable callable (a class or a function with no required
@@ -14,69 +14,30 @@ sandbox: a sandbox itself never crosses a process boundary.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
-from typing import Any
 
 from ee_middleware.errors import SandboxError
+from ee_middleware.plugins import PluginKind
 from ee_middleware.replay.sandboxes.protocol import Sandbox
 
-BUILTIN_SANDBOXES: dict[str, str] = {
-    "bfcl": "ee_middleware.bfcl.sandbox:BFCLSandbox",
-}
-ENTRY_POINT_GROUP = "ee_middleware.sandboxes"
-
-
-def _load_object(path: str, spec: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SandboxError(f"Sandbox {spec!r}: cannot import module {module_name!r} ({exc}). Is it installed and on PYTHONPATH?") from exc
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise SandboxError(f"Sandbox {spec!r}: module {module_name!r} has no attribute {attr!r}.") from None
-    return target
-
-
-def _resolve(spec: str) -> Callable[[], Any]:
-    if spec in BUILTIN_SANDBOXES:
-        return _load_object(BUILTIN_SANDBOXES[spec], spec)
-    if ":" in spec:
-        return _load_object(spec, spec)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == spec:
-            return ep.load()
-    raise SandboxError(
-        f"Unknown sandbox {spec!r}. Use a built-in name ({', '.join(sorted(BUILTIN_SANDBOXES))}), "
-        f"'package.module:factory' for your own sandbox, or an installed '{ENTRY_POINT_GROUP}' entry point."
-    )
+SANDBOXES = PluginKind(
+    kind="sandbox",
+    group="ee_middleware.sandboxes",
+    error=SandboxError,
+    builtins={"bfcl": "ee_middleware.bfcl.sandbox:BFCLSandbox"},
+    protocol=Sandbox,
+    requires="the sandbox methods (kind, covers, reset, execute, snapshot, restore, close); see ee_middleware.replay.sandboxes.protocol",
+)
 
 
 def build_sandbox(spec: str) -> Sandbox:
     """Build the sandbox named by ``spec`` (see the module docstring)."""
-    factory = _resolve(spec)
-    try:
-        sandbox = factory()
-    except SandboxError:
-        raise
-    except Exception as exc:
-        raise SandboxError(f"Sandbox {spec!r}: its factory failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(sandbox, Sandbox):
-        raise SandboxError(
-            f"Sandbox {spec!r}: the factory returned {type(sandbox).__name__}, which lacks the sandbox methods "
-            "(kind, covers, reset, execute, snapshot, restore, close). See ee_middleware.replay.sandboxes.protocol."
-        )
-    return sandbox
+    return SANDBOXES.build(spec)
 
 
 def sandbox_factory(spec: str, *, isolation: str = "none", timeout_s: float = 30.0, memory_mb: int | None = None) -> Callable[[], Sandbox]:
     """A picklable zero-argument factory for ``spec``, optionally isolated in a subprocess."""
-    _resolve(spec)  # fail early, in the parent, with a clear message
+    SANDBOXES.resolve(spec)  # fail early, in the parent, with a clear message
     if isolation == "none":
         return functools.partial(build_sandbox, spec)
     if isolation == "subprocess":

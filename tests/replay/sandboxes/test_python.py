@@ -98,7 +98,7 @@ def test_a_user_sandbox_is_named_by_module_and_factory() -> None:
     assert sandbox_factory("tests.replay.sandboxes.test_python:make")().covers("order_item")
     with pytest.raises(SandboxError, match="has no attribute"):
         build_sandbox("tests.replay.sandboxes.test_python:nope")
-    with pytest.raises(SandboxError, match="cannot import"):
+    with pytest.raises(SandboxError, match="Cannot import"):
         build_sandbox("no_such_module_xyz:make")
     with pytest.raises(SandboxError, match="isolation"):
         sandbox_factory("bfcl", isolation="docker")

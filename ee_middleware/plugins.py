@@ -1,0 +1,126 @@
+"""One plugin registry for every pluggable part: sandboxes, policies, teachers, stores, model clients.
+
+Every kind of part is named the same three ways on the command line and in configuration files:
+
+* a **built-in name** (``bfcl``, ``mutate``, ``template``, ``local``);
+* ``package.module:factory``: an importable callable (a class or a function) that builds the part;
+* the **name of an entry point** in the kind's group (``ee_middleware.sandboxes``,
+  ``ee_middleware.policies``, ...), for installed plug-ins.
+
+Built-ins go through the same path as third-party plug-ins, so the built-in path is the tested
+one. Kinds with forms of their own (``local:DIR[@ADAPTER]`` and ``openai:BASE_URL#MODEL`` for
+models, a folder for stores) read those first and hand everything else to their
+:class:`PluginKind`. Specs are strings so that worker processes (local or on a Ray cluster) can
+build their own parts: a built part never crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from ee_middleware.errors import EEError
+
+FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+"""``package.module:attr.path``: what a user's own factory looks like."""
+
+
+@dataclass(frozen=True)
+class PluginKind:
+    """One kind of pluggable part and how its specs resolve.
+
+    ``builtins`` maps built-in names to ``module:attr`` paths (imported only when chosen);
+    ``protocol`` is a runtime-checkable protocol every built object must satisfy, described to
+    users by ``requires``; ``forms`` lists accepted spec forms the kind reads itself (shown in
+    errors); ``error`` is the exception class raised for every problem.
+    """
+
+    kind: str
+    group: str
+    error: type[EEError]
+    builtins: Mapping[str, str] = field(default_factory=dict)
+    protocol: type | None = None
+    requires: str = ""
+    forms: tuple[str, ...] = ()
+
+    def installed(self) -> dict[str, EntryPoint]:
+        """The entry points installed in this kind's group, by name."""
+        return {ep.name: ep for ep in entry_points(group=self.group)}
+
+    def accepted_forms(self) -> list[str]:
+        """Every accepted spec form, for error messages and ``--help``."""
+        forms = [f"a built-in name ({', '.join(repr(n) for n in sorted(self.builtins))})"] if self.builtins else []
+        forms += list(self.forms)
+        forms.append(f"'package.module:factory' (a callable that returns a {self.kind})")
+        installed = sorted(self.installed())
+        where = f"installed: {', '.join(repr(n) for n in installed)}" if installed else "none installed"
+        forms.append(f"the name of a '{self.group}' entry point ({where})")
+        return forms
+
+    def unknown(self, spec: Any, why: str) -> EEError:
+        """The error for a spec that names nothing: what is wrong, and every form that would work."""
+        return self.error(f"Unknown {self.kind} {spec!r} ({why}). Accepted forms: " + "; ".join(self.accepted_forms()) + ".")
+
+    def resolve(self, spec: str) -> Callable[..., Any]:
+        """The factory ``spec`` names (imported now), without calling it."""
+        if not isinstance(spec, str) or not spec.strip():
+            raise self.unknown(spec, "the spec is empty")
+        spec = spec.strip()
+        if spec in self.builtins:
+            return self._load(self.builtins[spec], spec)
+        if FACTORY_SPEC.match(spec):
+            return self._load(spec, spec)
+        entry_point = self.installed().get(spec)
+        if entry_point is not None:
+            try:
+                return entry_point.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plug-in must name itself, whatever it raised
+                raise self.error(
+                    f"The {self.kind} plug-in {spec!r} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise self.unknown(spec, "it matches none of the accepted forms")
+
+    def build(self, spec: str, *args: Any, **options: Any) -> Any:
+        """The part ``spec`` names, built with ``args`` and ``options``, checked against the protocol."""
+        return self.construct(spec, self.resolve(spec), *args, **options)
+
+    def construct(self, spec: str, factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        """Call ``factory`` for ``spec`` and check what it returns; every failure is this kind's error."""
+        if not callable(factory):
+            raise self.error(f"{spec!r} names {type(factory).__name__}, not a callable that builds a {self.kind}")
+        try:
+            part = factory(*args, **options)
+        except EEError:
+            raise
+        except TypeError as exc:
+            raise self.error(f"Bad options for {self.kind} {spec!r}: {exc}") from exc
+        except ValueError as exc:
+            raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a user factory may raise anything; the user needs its name
+            raise self.error(f"The factory of {self.kind} {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        if self.protocol is not None and not isinstance(part, self.protocol):
+            raise self.error(
+                f"{spec!r} returned {type(part).__name__}, which is not a {self.protocol.__name__}"
+                + (f": it needs {self.requires}" if self.requires else "")
+            )
+        return part
+
+    def _load(self, path: str, spec: str) -> Any:
+        module_name, _, attr_path = path.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise self.error(
+                f"Cannot import {module_name!r} for {self.kind} {spec!r}: {exc}. Is the package installed in this environment "
+                "(and on PYTHONPATH)?"
+            ) from exc
+        for attr in attr_path.split("."):
+            try:
+                target = getattr(target, attr)
+            except AttributeError:
+                raise self.error(f"{module_name!r} has no attribute {attr_path!r} ({self.kind} spec {spec!r})") from None
+        return target
