@@ -105,7 +105,7 @@ def show(
 ) -> None:
     """Counts, token-length histograms and a few rendered examples."""
     from ee_middleware.trainers.datasets.build import read_dataset
-    from ee_middleware.trainers.datasets.inspect import describe_dataset, histogram_lines, render_example, write_histogram_png
+    from ee_middleware.trainers.datasets.summary import describe_dataset, histogram_lines, render_example, write_histogram_png
 
     files = [folder] if folder.suffix == ".parquet" else sorted(folder.glob("*.parquet"))
     if not files:

@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     from ee_middleware.replay.job import ReplaySummary, run_replay
     from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy, Proposals
     from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
+    from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
     from ee_middleware.replay.sandboxes.protocol import Sandbox
     from ee_middleware.replay.sandboxes.python import PythonSandbox
     from ee_middleware.replay.sandboxes.registry import build_sandbox
-    from ee_middleware.replay.sandboxes.subprocess import SubprocessSandbox
 
 _LAZY = {
     "ReplayConfig": "ee_middleware.replay.config",
@@ -42,7 +42,7 @@ _LAZY = {
     "replay_trajectory": "ee_middleware.replay.runner",
     "Sandbox": "ee_middleware.replay.sandboxes.protocol",
     "PythonSandbox": "ee_middleware.replay.sandboxes.python",
-    "SubprocessSandbox": "ee_middleware.replay.sandboxes.subprocess",
+    "SubprocessSandbox": "ee_middleware.replay.sandboxes.isolated",
     "build_sandbox": "ee_middleware.replay.sandboxes.registry",
 }
 

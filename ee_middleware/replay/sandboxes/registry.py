@@ -46,6 +46,6 @@ def sandbox_factory(spec: str, *, isolation: str = "none", timeout_s: float = 30
 
 
 def _isolated(spec: str, timeout_s: float, memory_mb: int | None) -> Sandbox:
-    from ee_middleware.replay.sandboxes.subprocess import SubprocessSandbox
+    from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
 
     return SubprocessSandbox(functools.partial(build_sandbox, spec), timeout_s=timeout_s, memory_mb=memory_mb)

@@ -17,8 +17,8 @@ import pytest
 
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox, SubprocessSnapshot
 from ee_middleware.replay.sandboxes.protocol import Sandbox
-from ee_middleware.replay.sandboxes.subprocess import SubprocessSandbox, SubprocessSnapshot
 from tests.replay.sandboxes.counter_world import PYTHON_SANDBOX_FACTORY, broken_factory, make_counter_sandbox
 
 pytestmark = pytest.mark.timeout(60)
@@ -330,7 +330,7 @@ def test_the_child_exits_when_the_parent_is_killed_mid_call(tmp_path: Path) -> N
         """
         import sys
         from ee_middleware.records import ToolCall
-        from ee_middleware.replay.sandboxes.subprocess import SubprocessSandbox
+        from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
         from tests.replay.sandboxes.counter_world import make_counter_sandbox
 
         if __name__ == "__main__":
