@@ -32,6 +32,9 @@ tool calls and observations, which cross the pipe pickled. Snapshots are kept in
 handle, so a restore sends a few bytes, not the world; each snapshot's pickled bytes are also kept
 in the parent (fetched once, when it is taken) to rebuild it after a restart.
 
+This module is the parent half; what runs in the child (its request loop, the limits it sets on
+itself, the snapshots it keeps) is :mod:`ee_middleware.replay.sandboxes.isolated_child`.
+
 With the ``spawn`` start method the child re-imports the parent's ``__main__`` module under the name
 ``__mp_main__`` (standard :mod:`multiprocessing` behaviour), so scripts need the usual
 ``if __name__ == "__main__":`` guard.
@@ -49,236 +52,20 @@ import pickle
 import signal
 import threading
 import time
-import traceback
 import uuid
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.isolated_child import OK, SandboxFactory, child_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from ee_middleware.replay.sandboxes.protocol import Sandbox
-
 __all__ = ["SubprocessSandbox", "SubprocessSnapshot"]
 
-SandboxFactory = Callable[[], "Sandbox"]
-
-_OK = "ok"
-_ERR = "err"
-_WATCHDOG_INTERVAL_S = 1.0
 _KILL_WAIT_S = 5.0
-_MIN_HEADROOM = 32 * 2**20
-
-
-# --------------------------------------------------------------------------------------------------
-# Child side
-# --------------------------------------------------------------------------------------------------
-
-
-def _child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None, max_snapshots: int) -> None:
-    """Entry point of the child process: build the inner sandbox, then serve requests until EOF or close."""
-    # A spawned child inherits the signal mask of the thread that started it; make it a clean slate.
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens to the child.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Own process group: a kill on time-out also takes the processes a hung tool started.
-    try:
-        os.setpgid(0, 0)
-    except OSError:
-        pass
-    if memory_mb is not None:
-        _one_malloc_arena()
-    _start_orphan_watchdog()
-    try:
-        if memory_mb is not None:
-            _limit_address_space(memory_mb)
-        inner = factory()
-        kind = str(getattr(inner, "kind", "") or type(inner).__name__)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises SandboxError
-        _send_error(conn, exc)
-        conn.close()
-        return
-    conn.send((_OK, {"kind": kind, "pid": os.getpid()}))
-    server = _ChildServer(inner, memory_mb, max_snapshots)
-    while True:
-        try:
-            op, args, drops = conn.recv()
-        except (EOFError, OSError):  # the parent went away
-            break
-        for handle in drops:
-            server.snapshots.pop(handle, None)
-        if op == "close":
-            try:
-                inner.close()
-            except BaseException as exc:  # noqa: BLE001 - the child ends either way
-                _send_error(conn, exc)
-            else:
-                conn.send((_OK, None))
-            break
-        try:
-            reply: tuple[Any, ...] = (_OK, server.handle(op, args))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            _send_error(conn, exc)
-            continue
-        try:
-            conn.send(reply)
-        except MemoryError as exc:
-            _send_error(conn, exc)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            _send_error(conn, SandboxError(f"the inner sandbox returned a value that cannot be pickled for {op}(): {exc}"))
-    conn.close()
-
-
-def _limit_address_space(memory_mb: int) -> None:
-    import resource
-
-    limit = int(memory_mb) * 1024 * 1024
-    in_use = _address_space_in_use()
-    if in_use is not None and in_use + _MIN_HEADROOM > limit:
-        raise SandboxError(
-            f"memory_mb={memory_mb} leaves no room: the child process already uses {in_use // 2**20} MB of address space "
-            f"before building the sandbox; give it at least {(in_use + _MIN_HEADROOM) // 2**20 + 1} MB plus what the tools need."
-        )
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _address_space_in_use() -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _one_malloc_arena() -> None:
-    """Under RLIMIT_AS, glibc's per-thread malloc arenas (64 MiB of address space each) eat the budget."""
-    try:
-        import ctypes
-
-        m_arena_max = -8
-        ctypes.CDLL(None).mallopt(m_arena_max, 1)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
-def _start_orphan_watchdog() -> None:
-    """Exit when the parent dies, even while a tool hangs (the pipe's EOF is only seen between calls)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(_WATCHDOG_INTERVAL_S)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    previous = threading.stack_size(256 * 1024)  # it only sleeps; keep its address space small
-    try:
-        threading.Thread(target=watch, name="ee-sandbox-orphan-watchdog", daemon=True).start()
-    finally:
-        threading.stack_size(previous)
-
-
-def _send_error(conn: Connection, exc: BaseException) -> None:
-    try:
-        payload: bytes | None = pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - some exceptions do not pickle; type and message still go back
-        payload = None
-    summary = "".join(traceback.format_exception(exc)[-8:])
-    try:
-        conn.send((_ERR, payload, f"{type(exc).__module__}.{type(exc).__qualname__}", type(exc).__name__, str(exc), summary))
-    except (OSError, MemoryError):
-        pass
-
-
-class _ChildServer:
-    """Holds the inner sandbox and the snapshots by handle (most recently used last)."""
-
-    def __init__(self, inner: Any, memory_mb: int | None, max_snapshots: int) -> None:
-        self.inner = inner
-        self.memory_mb = memory_mb
-        self.max_snapshots = max_snapshots
-        self.snapshots: collections.OrderedDict[int, Any] = collections.OrderedDict()
-
-    def handle(self, op: str, args: tuple[Any, ...]) -> Any:
-        if op == "execute":
-            return self.execute(*args)
-        if op == "reset":
-            self.snapshots.clear()
-            self.inner.reset(*args)
-            return None
-        if op == "snapshot":
-            (handle,) = args
-            state = self.inner.snapshot()
-            data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-            self._keep(handle, state)
-            return data
-        if op == "restore":
-            handle, data = args
-            if handle in self.snapshots:
-                self.snapshots.move_to_end(handle)
-                state = self.snapshots[handle]
-            elif data is None:
-                return False  # evicted or from an earlier child: the parent sends the bytes
-            else:
-                state = pickle.loads(data)
-                self._keep(handle, state)
-            self.inner.restore(state)
-            return True
-        if op == "covers":
-            return bool(self.inner.covers(*args))
-        if op == "stats":
-            return {"snapshots": list(self.snapshots), "pid": os.getpid()}
-        raise SandboxError(f"unknown request {op!r}")
-
-    def _keep(self, handle: int, state: Any) -> None:
-        self.snapshots[handle] = state
-        self.snapshots.move_to_end(handle)
-        while len(self.snapshots) > self.max_snapshots:
-            self.snapshots.popitem(last=False)
-
-    def execute(self, call: ToolCall) -> Observation:
-        try:
-            result = self.inner.execute(call)
-        except MemoryError:
-            return Observation(content=self._memory_message(call.name), is_error=True)
-        except SandboxError:
-            raise  # the sandbox itself failed (misuse, broken world): the parent raises it as in-process
-        except BaseException as exc:  # noqa: BLE001 - SystemExit from a tool included: the child must survive
-            text = f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
-            return Observation(content=text, is_error=True)
-        if not isinstance(result, Observation):
-            return Observation(
-                content=f"Error: the inner sandbox returned {type(result).__name__} for tool '{call.name}', not an Observation.",
-                is_error=True,
-            )
-        if result.is_error and self.memory_mb is not None and "MemoryError" in result.content:
-            # The inner sandbox caught the MemoryError itself; still say which limit was hit.
-            hint = self._memory_message(call.name)
-            result = result.model_copy(update={"content": f"{result.content}\n{hint}"})
-        return result
-
-    def _memory_message(self, tool: str) -> str:
-        return (
-            f"Error: tool '{tool}' hit the memory limit of the subprocess sandbox ({self.memory_mb} MB of address space, "
-            "MemoryError). Raise it with SubprocessSandbox(memory_mb=...) or pass memory_mb=None for no limit."
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Parent side
-# --------------------------------------------------------------------------------------------------
 
 
 class _ChildDied(Exception):
@@ -586,7 +373,7 @@ class SubprocessSandbox:
         self._stop_child()
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
-            target=_child_main,
+            target=child_main,
             args=(child_conn, self._factory, self.memory_mb, self.max_snapshots),
             name=f"ee-subprocess-sandbox-{self._id[:8]}",
             daemon=False,  # a daemonic child could not start processes of its own (some tools do)
@@ -637,7 +424,7 @@ class SubprocessSandbox:
             proc.join(0.5)  # after "close" the child exits by itself
         if proc.is_alive():
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own group (see _child_main)
+                os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own group (see isolated_child.child_main)
             except OSError:
                 pass
             proc.kill()
@@ -705,7 +492,7 @@ class SubprocessSandbox:
             reply = conn.recv()
         except (EOFError, OSError, ConnectionResetError):
             raise self._died("the pipe closed") from None
-        if reply[0] == _OK:
+        if reply[0] == OK:
             return reply[1]
         _, payload, qualname, name, message, summary = reply
         exc: BaseException | None = None
