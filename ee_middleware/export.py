@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from ee_middleware._files import atomic_open, atomic_path
 from ee_middleware.records import ApprovalStatus
 from ee_middleware.store.protocol import ExperienceStore
 
@@ -17,13 +18,11 @@ def export_jsonl(store: ExperienceStore, out: str | os.PathLike[str], *, status:
     """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path, "w") as fh:
         for trajectory in store.iter_trajectories(status=status):
             fh.write(json.dumps(trajectory.to_openai_chat(), ensure_ascii=False) + "\n")
             count += 1
-    os.replace(tmp, path)
     return count
 
 
@@ -46,9 +45,8 @@ def export_parquet(store: ExperienceStore, out: str | os.PathLike[str], *, statu
     ]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
     return len(rows)
 
 

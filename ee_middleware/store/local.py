@@ -33,6 +33,7 @@ from typing import Any
 
 import polars as pl
 
+from ee_middleware._files import atomic_path, atomic_write_bytes, fsync_dir
 from ee_middleware.errors import RecordError, StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory, utcnow
 from ee_middleware.store import spool
@@ -106,7 +107,7 @@ class LocalExperienceStore:
             raise StoreError(f"{self.root} is a non-empty folder without {MARKER}. Use an empty or new folder for the store.")
         self.root.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat()}
-        _atomic_write_bytes(marker, json.dumps(meta, indent=2).encode(), fsync=self._fsync)
+        atomic_write_bytes(marker, json.dumps(meta, indent=2).encode(), fsync=self._fsync)
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -292,7 +293,8 @@ class LocalExperienceStore:
                         os.replace(segment, quarantine / segment.name)
                     else:
                         segment.unlink(missing_ok=True)
-                _fsync_dir(self.root / "spool", self._fsync)
+                if self._fsync:
+                    fsync_dir(self.root / "spool")
             for name in TABLES:
                 self._merge_parts(name)
         return len(segments)
@@ -301,14 +303,9 @@ class LocalExperienceStore:
         folder = self.root / table
         folder.mkdir(exist_ok=True)
         name = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".{name}.tmp"
-        df.write_parquet(tmp, compression="zstd")
-        if self._fsync:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
         final = folder / name
-        os.replace(tmp, final)
-        _fsync_dir(folder, self._fsync)
+        with atomic_path(final, fsync=self._fsync) as tmp:
+            df.write_parquet(tmp, compression="zstd")
         return final
 
     def _merge_parts(self, table: str) -> None:
@@ -403,27 +400,6 @@ def _current_approvals(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> p
     )
     joined = trajectories.join(latest, on="id", how="left", maintain_order="left")
     return joined.with_columns(pl.col("approval").fill_null("pending"))
-
-
-def _atomic_write_bytes(path: Path, data: bytes, *, fsync: bool) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent, fsync)
-
-
-def _fsync_dir(folder: Path, enabled: bool) -> None:
-    if not enabled or not folder.exists():
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_store(store: str | os.PathLike[str] | LocalExperienceStore, *, create: bool = True) -> LocalExperienceStore:

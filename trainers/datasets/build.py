@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from ee_middleware._files import atomic_open, atomic_path, atomic_write_text
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
@@ -63,9 +64,9 @@ class DatasetConfig(BaseModel):
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp, compression="zstd")
-    os.replace(tmp, path)
+    """Write ``frame`` to ``path`` as zstd Parquet, atomically (a crash leaves the old file or none)."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp, compression="zstd")
 
 
 def build_datasets(
@@ -126,7 +127,7 @@ def build_datasets(
         path = config.out / f"{kind}.parquet"
         write_parquet_atomic(frame, path)
         summary["datasets"][kind] = {"path": str(path), "rows": frame.height, "seconds": round(time.perf_counter() - started, 3), **extra}
-    (config.out / "datasets.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -162,12 +163,10 @@ def chat_examples(frame: pl.DataFrame) -> list[dict[str, Any]]:
 def export_chat_jsonl(frame: pl.DataFrame, path: str | os.PathLike[str]) -> int:
     """Write the OpenAI chat JSONL fine-tuning format; return the number of lines."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     examples = chat_examples(frame)
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path, "w") as fh:
         for example in examples:
             fh.write(json.dumps(example, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return len(examples)
 
 

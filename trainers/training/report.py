@@ -8,6 +8,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._files import atomic_write_text
+
 MANIFEST_SCHEMA_VERSION = 1
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
 
@@ -26,9 +28,7 @@ def library_versions() -> dict[str, str | None]:
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically (a reader never sees half a file)."""
     path = folder / "manifest.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
-    partial.replace(path)
+    atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
     return path
 
 
