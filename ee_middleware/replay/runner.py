@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
-from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Trajectory, utcnow
+from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.policies.protocol import DecisionPoint
 
 if TYPE_CHECKING:
     from ee_middleware.replay.policies.proposer import Proposer
+    from ee_middleware.replay.policies.protocol import Candidate, Proposals
     from ee_middleware.replay.sandboxes.protocol import Sandbox
 
 MAX_MISMATCH_DETAILS = 5
@@ -68,111 +69,162 @@ def _same_observation(recorded: Observation, replayed: Observation) -> bool:
 
 def replay_trajectory(trajectory: Trajectory, sandbox: Sandbox, proposer: Proposer, settings: ReplaySettings) -> ReplayOutcome:
     """Replay ``trajectory`` in ``sandbox`` with alternatives from ``proposer`` (see the module docstring)."""
-    started = time.perf_counter()
+    run = _Run(trajectory, sandbox, proposer, settings)
+    tool_steps = [s for s in trajectory.steps if s.action.kind == "tool_call" and s.action.tool_call is not None]
+    skipped = _reset_for_replay(run, tool_steps)
+    if skipped is not None:
+        return ReplayOutcome(run.record("skipped", skipped))
+    for step in tool_steps:
+        expert = step.action.tool_call
+        assert expert is not None
+        _branch(run, step, expert)
+        _reexecute_expert(run, step, expert)
+    return ReplayOutcome(run.record("done", None, **run.counts(states=len(tool_steps))), run.rollouts)
 
-    def finish(status: str, reason: str | None = None, **counts: Any) -> ReplayRecord:
+
+@dataclass
+class _Run:
+    """One trajectory's replay: what it works with, and what it has produced and counted so far."""
+
+    trajectory: Trajectory
+    sandbox: Sandbox
+    proposer: Proposer
+    settings: ReplaySettings
+    started: float = field(default_factory=time.perf_counter)
+    rollouts: list[Rollout] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    """Proposals the proposer rejected, by reason."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Accepted proposals not executed because the sandbox does not provide the tool, by tool."""
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    """The first :data:`MAX_MISMATCH_DETAILS` expert calls whose replayed observation differed."""
+    mismatch_count: int = 0
+
+    def record(self, status: str, reason: str | None = None, **counts: Any) -> ReplayRecord:
+        """The replay record of this trajectory, timed from the start of the run."""
         return ReplayRecord(
-            replay_id=settings.replay_id,
-            trajectory_id=trajectory.id,
+            replay_id=self.settings.replay_id,
+            trajectory_id=self.trajectory.id,
             status=status,  # type: ignore[arg-type]
             reason=reason,
-            policy=settings.policy,
-            sandbox=sandbox.kind,
-            k=settings.k,
-            seed=settings.seed,
-            duration_s=time.perf_counter() - started,
+            policy=self.settings.policy,
+            sandbox=self.sandbox.kind,
+            k=self.settings.k,
+            seed=self.settings.seed,
+            duration_s=time.perf_counter() - self.started,
             finished_at=utcnow(),
             **counts,
         )
 
-    tool_steps = [s for s in trajectory.steps if s.action.kind == "tool_call" and s.action.tool_call is not None]
+    def counts(self, states: int) -> dict[str, Any]:
+        """The counts and details of a finished replay, for :meth:`record`."""
+        details: dict[str, Any] = {}
+        if self.rejected:
+            details["rejected_by_reason"] = dict(self.rejected)
+        if self.refused:
+            details["refused_tools"] = dict(self.refused)
+        if self.mismatches:
+            details["fidelity_mismatches"] = self.mismatches
+        return {
+            "states": states,
+            "branches": len(self.rollouts),
+            "errors": sum(r.is_error for r in self.rollouts),
+            "rejected": sum(self.rejected.values()),
+            "refused": sum(self.refused.values()),
+            "fidelity_mismatches": self.mismatch_count,
+            "details": details,
+        }
+
+
+def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
+    """Reset the sandbox to the trajectory's step 0; the reason to skip the trajectory when it cannot be replayed."""
     if not tool_steps:
-        return ReplayOutcome(finish("skipped", "the trajectory has no tool calls, so there is no state to branch from"))
+        return "the trajectory has no tool calls, so there is no state to branch from"
     try:
-        sandbox.reset(trajectory.environment)
+        run.sandbox.reset(run.trajectory.environment)
     except EnvironmentUnavailableError as exc:
-        return ReplayOutcome(finish("skipped", f"environment cannot be rebuilt: {exc}"))
-    missing = sorted({s.action.tool_call.name for s in tool_steps if s.action.tool_call and not sandbox.covers(s.action.tool_call.name)})
-    if missing:
-        return ReplayOutcome(
-            finish(
-                "skipped",
-                f"the expert calls {', '.join(missing)}, which sandbox {sandbox.kind!r} does not provide, so the recorded path cannot be "
-                "followed. Add these tools to the sandbox (or list read-only ones in read_only_tools).",
-            )
-        )
-
-    rollouts: list[Rollout] = []
-    rejected: Counter[str] = Counter()
-    refused: Counter[str] = Counter()
-    mismatches: list[dict[str, Any]] = []
-    mismatch_count = 0
-    for step in tool_steps:
-        expert = step.action.tool_call
-        assert expert is not None
-        point = DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=trajectory.tools, expert=expert)
-        proposals = proposer.propose(point, seed=derive_seed(settings.seed, trajectory.id, step.index))
-        rejected.update(proposals.counts)
-        snapshot = sandbox.snapshot()
-        branched = False
-        for branch, candidate in enumerate(proposals.accepted):
-            call = candidate.call
-            assert call is not None
-            if not sandbox.covers(call.name):
-                refused[call.name] += 1
-                continue
-            sandbox.restore(snapshot)
-            branched = True
-            t0 = time.perf_counter()
-            observation = sandbox.execute(call)
-            duration_ms = (time.perf_counter() - t0) * 1000
-            rollouts.append(
-                Rollout(
-                    id=rollout_id(settings.replay_id, trajectory.id, step.index, branch),
-                    replay_id=settings.replay_id,
-                    trajectory_id=trajectory.id,
-                    step_index=step.index,
-                    branch_index=branch,
-                    action=Action(kind="tool_call", tool_call=call),
-                    proposer=candidate.proposer,
-                    observation=observation.capped(settings.max_observation_chars),
-                    is_error=observation.is_error,
-                    synthetic=False,
-                    sandbox=sandbox.kind,
-                    duration_ms=duration_ms,
-                )
-            )
-        if branched:
-            sandbox.restore(snapshot)
-        replayed = sandbox.execute(expert)
-        if settings.check_fidelity and step.observation is not None and not _same_observation(step.observation, replayed):
-            mismatch_count += 1
-            if len(mismatches) < MAX_MISMATCH_DETAILS:
-                mismatches.append(
-                    {
-                        "step": step.index,
-                        "tool": expert.name,
-                        "recorded": step.observation.content[:300],
-                        "replayed": replayed.content[:300],
-                    }
-                )
-
-    details: dict[str, Any] = {}
-    if rejected:
-        details["rejected_by_reason"] = dict(rejected)
-    if refused:
-        details["refused_tools"] = dict(refused)
-    if mismatches:
-        details["fidelity_mismatches"] = mismatches
-    record = finish(
-        "done",
-        None,
-        states=len(tool_steps),
-        branches=len(rollouts),
-        errors=sum(r.is_error for r in rollouts),
-        rejected=sum(rejected.values()),
-        refused=sum(refused.values()),
-        fidelity_mismatches=mismatch_count,
-        details=details,
+        return f"environment cannot be rebuilt: {exc}"
+    missing = sorted(
+        {s.action.tool_call.name for s in tool_steps if s.action.tool_call and not run.sandbox.covers(s.action.tool_call.name)}
     )
-    return ReplayOutcome(record, rollouts)
+    if missing:
+        return (
+            f"the expert calls {', '.join(missing)}, which sandbox {run.sandbox.kind!r} does not provide, so the recorded path cannot be "
+            "followed. Add these tools to the sandbox (or list read-only ones in read_only_tools)."
+        )
+    return None
+
+
+# -- branching: K alternatives from the recorded state ------------------------------------------------
+
+
+def _branch(run: _Run, step: Step, expert: ToolCall) -> None:
+    """Propose alternatives at ``step`` and execute each from a snapshot; the world is left at the recorded state."""
+    proposals = _propose(run, step, expert)
+    snapshot = run.sandbox.snapshot()
+    branched = False
+    for branch, candidate in enumerate(proposals.accepted):
+        call = candidate.call
+        assert call is not None
+        if not run.sandbox.covers(call.name):
+            run.refused[call.name] += 1
+            continue
+        run.sandbox.restore(snapshot)
+        branched = True
+        run.rollouts.append(_execute_alternative(run, step, branch, candidate))
+    if branched:
+        run.sandbox.restore(snapshot)
+
+
+def _propose(run: _Run, step: Step, expert: ToolCall) -> Proposals:
+    """The proposer's alternatives at ``step``, seeded per state; rejections are counted by reason."""
+    trajectory = run.trajectory
+    point = DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=trajectory.tools, expert=expert)
+    proposals = run.proposer.propose(point, seed=derive_seed(run.settings.seed, trajectory.id, step.index))
+    run.rejected.update(proposals.counts)
+    return proposals
+
+
+def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidate) -> Rollout:
+    """Execute one accepted alternative in the sandbox and keep its real observation as a rollout."""
+    call = candidate.call
+    assert call is not None
+    settings, trajectory_id = run.settings, run.trajectory.id
+    t0 = time.perf_counter()
+    observation = run.sandbox.execute(call)
+    duration_ms = (time.perf_counter() - t0) * 1000
+    return Rollout(
+        id=rollout_id(settings.replay_id, trajectory_id, step.index, branch),
+        replay_id=settings.replay_id,
+        trajectory_id=trajectory_id,
+        step_index=step.index,
+        branch_index=branch,
+        action=Action(kind="tool_call", tool_call=call),
+        proposer=candidate.proposer,
+        observation=observation.capped(settings.max_observation_chars),
+        is_error=observation.is_error,
+        synthetic=False,
+        sandbox=run.sandbox.kind,
+        duration_ms=duration_ms,
+    )
+
+
+# -- expert re-execution: on to the next recorded state -----------------------------------------------
+
+
+def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
+    """Execute the expert's own call (moving the world to the next state) and check it observes what was recorded."""
+    replayed = run.sandbox.execute(expert)
+    recorded = step.observation
+    if not run.settings.check_fidelity or recorded is None or _same_observation(recorded, replayed):
+        return
+    run.mismatch_count += 1
+    if len(run.mismatches) < MAX_MISMATCH_DETAILS:
+        run.mismatches.append(
+            {
+                "step": step.index,
+                "tool": expert.name,
+                "recorded": recorded.content[:300],
+                "replayed": replayed.content[:300],
+            }
+        )
