@@ -41,7 +41,7 @@ def build_expert_graph(entry: BFCLEntry) -> Any:
     from langgraph.graph import END, START, MessagesState, StateGraph
     from langgraph.prebuilt import ToolNode
 
-    from ee_middleware.testing.chat_models import ScriptedChatModel
+    from ee_middleware.scripted import ScriptedChatModel
 
     world = build_world(entry.initial_config, entry.involved_classes, long_context=entry.long_context)
 

@@ -3,7 +3,7 @@
 Import from tests and examples only; this module imports LangChain.
 """
 
-from ee_middleware.testing.chat_models import ScriptedChatModel, tool_call
+from ee_middleware.scripted import ScriptedChatModel, tool_call
 from ee_middleware.testing.store_conformance import check_store
 
 __all__ = ["ScriptedChatModel", "check_store", "tool_call"]

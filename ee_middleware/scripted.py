@@ -1,5 +1,8 @@
 """A scripted chat model: a real LangChain chat model whose replies come from a script or a policy.
 
+Product code: the BFCL expert recordings (:mod:`ee_middleware.bfcl.experts`) drive a real LangGraph
+agent with it; tests and examples use it too (the test helpers package re-exports it).
+
 It goes through LangChain's whole model machinery (callbacks, ``bind_tools``, streaming fallback),
 so an agent built on it records exactly as one on a served model does; only the text is scripted.
 Replies are chosen statelessly from the conversation, so one instance is safe to share between
