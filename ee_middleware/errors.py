@@ -59,3 +59,35 @@ class EnvironmentUnavailableError(SandboxError):
 
 class PolicyError(EEError):
     """A proposal policy cannot be built or reached (bad spec, model missing, server down)."""
+
+
+class ModelError(EEError):
+    """A chat model cannot be built, loaded, reached or understood (see the subclasses)."""
+
+
+class ModelLoadError(ModelError):
+    """A local model (or its adapter) cannot be found or loaded from disk."""
+
+
+class ModelServerError(ModelError):
+    """A model server gave no usable answer: unreachable, timed out, or failing (5xx, 429) after retries."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ModelRequestError(ModelServerError):
+    """A model server refused the request (4xx): wrong model name, API key or request settings."""
+
+    def __init__(self, message: str, *, url: str, status: int) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+
+
+class ModelResponseError(ModelServerError):
+    """A model server answered with something that is not a chat completion (not JSON)."""
+
+
+class ChatTemplateError(ModelError):
+    """A model's chat template cannot render the given messages."""

@@ -78,7 +78,7 @@ class PluginKind:
         if entry_point is not None:
             try:
                 return entry_point.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plug-in must name itself, whatever it raised
+            except Exception as exc:
                 raise self.error(
                     f"The {self.kind} plug-in {spec!r} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -100,7 +100,7 @@ class PluginKind:
             raise self.error(f"Bad options for {self.kind} {spec!r}: {exc}") from exc
         except ValueError as exc:
             raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - a user factory may raise anything; the user needs its name
+        except Exception as exc:
             raise self.error(f"The factory of {self.kind} {spec!r} failed: {type(exc).__name__}: {exc}") from exc
         if self.protocol is not None and not isinstance(part, self.protocol):
             raise self.error(

@@ -120,7 +120,7 @@ def test_bad_configuration_is_reported_before_any_work(bfcl_store_path: Path) ->
         ReplayConfig.load()
     with pytest.raises(SandboxError, match="Unknown sandbox 'nope'"):
         run_replay(ReplayConfig.load(store=bfcl_store_path, sandbox="nope"))
-    with pytest.raises(SandboxError, match="lacks the sandbox methods"):
+    with pytest.raises(SandboxError, match="is not a Sandbox: it needs the sandbox methods"):
         run_replay(ReplayConfig.load(store=bfcl_store_path, sandbox="tests.replay.sandboxes_for_tests:not_a_sandbox"))
 
 

@@ -183,7 +183,7 @@ def test_an_expert_path_through_an_unsandboxed_tool_is_skipped_with_the_fix() ->
 
 @pytest.mark.parametrize("garbage", ["", "not json at all", '{"name": "order_item", "arguments": {"item": 5}}'])
 def test_malformed_policy_output_is_counted_and_refilled(garbage: str) -> None:
-    from ee_middleware.replay.policies.parsing import parse_tool_calls
+    from ee_middleware.models.parsing import parse_tool_calls
 
     class GarbagePolicy(_ScriptedPolicy):
         def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:

@@ -5,8 +5,11 @@ and alternatives with their real outcomes) and returns a short first-person rati
 
 * ``template``: a deterministic template teacher for tests and the demo (no model; its rationales
   only restate the outcomes);
-* ``local:MODEL_DIR``: a local transformers model, greedy decoding;
-* ``openai:BASE_URL#MODEL``: any OpenAI-compatible endpoint (e.g. a vLLM serving a bigger model).
+* ``local:MODEL_DIR[@ADAPTER]``: a local transformers model, greedy decoding;
+* ``openai:BASE_URL#MODEL``: any OpenAI-compatible endpoint (e.g. a vLLM serving a bigger model);
+* ``package.module:factory`` or an ``ee_middleware.teachers`` entry point: a user's own teacher.
+
+Model-backed teachers are thin users of :mod:`ee_middleware.models` (one client, one spec grammar).
 
 Prompts never say which action is the reference one's label: no "expert", no "Action 1/2".
 """
@@ -18,9 +21,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ee_middleware._optional import import_optional
-from ee_middleware.errors import ConfigError, PolicyError
+from ee_middleware.errors import ConfigError
 from ee_middleware.messages import one_line
+from ee_middleware.models.local import LocalGenerator
+from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.protocol import ChatClient, Sampling
+from ee_middleware.models.spec import MODEL_FORMS, is_model_spec, parse_model_spec
+from ee_middleware.plugins import PluginKind
 
 
 @dataclass(frozen=True)
@@ -92,96 +99,63 @@ class TemplateTeacher:
         return " ".join(parts)
 
 
-class LocalTeacher:
-    """A local transformers model writes the rationales (greedy, ``max_new_tokens``)."""
+class ModelTeacher:
+    """A chat model writes the rationales, greedily (temperature 0), one request per case."""
 
-    name = "local"
-
-    def __init__(self, model_dir: str, *, max_new_tokens: int = 160, num_threads: int = 1) -> None:
-        if not os.path.exists(model_dir):
-            raise ConfigError(f"Teacher model folder {model_dir} does not exist. Pass --teacher local:PATH to a saved transformers model.")
-        self.model_dir = model_dir
-        self.max_new_tokens = max_new_tokens
-        self.num_threads = num_threads
-        self._parts: tuple[Any, Any] | None = None
-        self.name = f"local:{os.path.basename(os.path.normpath(model_dir))}"
-
-    def _load(self) -> tuple[Any, Any]:
-        if self._parts is None:
-            torch = import_optional("torch", extra="train", purpose="run a local teacher model")
-            transformers = import_optional("transformers", extra="train", purpose="run a local teacher model")
-            torch.set_num_threads(self.num_threads)
-            try:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, local_files_only=True)
-            except Exception as exc:
-                raise ConfigError(f"Teacher model {self.model_dir} could not be loaded offline: {exc}") from exc
-            model.eval()
-            self._parts = (model, tokenizer)
-        return self._parts
+    def __init__(self, client: ChatClient, *, name: str, max_tokens: int = 256) -> None:
+        self.client = client
+        self.name = name
+        self.max_tokens = max_tokens
 
     def write(self, cases: list[ReflectionCase]) -> list[str]:
-        import torch
-
-        model, tokenizer = self._load()
+        sampling = Sampling(temperature=0.0, max_tokens=self.max_tokens)
         out = []
-        for case in cases:
-            messages = [{"role": "user", "content": teacher_prompt(case)}]
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            with torch.no_grad():
-                generated = model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-            out.append(tokenizer.decode(generated[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+        try:
+            for case in cases:
+                [choice, *_] = self.client.complete([{"role": "user", "content": teacher_prompt(case)}], n=1, sampling=sampling)
+                out.append(choice.text.strip())  # an answer without text counts as an empty rationale in the guards
+        finally:
+            self.client.close()
         return out
 
 
-class OpenAITeacher:
-    """Any OpenAI-compatible endpoint writes the rationales (temperature 0)."""
+class LocalTeacher(ModelTeacher):
+    """A local transformers model (optionally with a LoRA adapter) writes the rationales."""
+
+    def __init__(self, model_dir: str, *, adapter: str | None = None, max_new_tokens: int = 160, num_threads: int = 1) -> None:
+        generator = LocalGenerator(model_dir, adapter=adapter, num_threads=num_threads)
+        super().__init__(generator, name=f"local:{os.path.basename(os.path.normpath(model_dir))}", max_tokens=max_new_tokens)
+        self.model_dir = model_dir
+
+
+class OpenAITeacher(ModelTeacher):
+    """Any OpenAI-compatible endpoint writes the rationales (with the client's retries and typed errors)."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 120.0, max_tokens: int = 256) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key = api_key or os.environ.get("EE_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        self.timeout_s = timeout_s
-        self.max_tokens = max_tokens
-        self.name = f"openai:{model}"
-
-    def write(self, cases: list[ReflectionCase]) -> list[str]:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        out = []
-        with httpx.Client(timeout=self.timeout_s, headers=headers) as client:
-            for case in cases:
-                body = {
-                    "model": self.model,
-                    "messages": [{"role": "user", "content": teacher_prompt(case)}],
-                    "temperature": 0,
-                    "max_tokens": self.max_tokens,
-                }
-                try:
-                    response = client.post(self.url, json=body)
-                except httpx.HTTPError as exc:
-                    raise PolicyError(f"The teacher at {self.url} cannot be reached ({exc}). Is the server running?") from exc
-                if response.status_code >= 400:
-                    raise PolicyError(f"The teacher at {self.url} answered HTTP {response.status_code}: {response.text[:300]}")
-                try:
-                    out.append(str(response.json()["choices"][0]["message"]["content"] or "").strip())
-                except (ValueError, KeyError, IndexError, TypeError):
-                    out.append("")  # counted as an empty rationale by the guards
-        return out
+        client = OpenAIChatClient(base_url, model, api_key=api_key, timeout_s=timeout_s, tool_choice=None)
+        super().__init__(client, name=f"openai:{model}", max_tokens=max_tokens)
+        self.url = client.url
 
 
-def build_teacher(spec: str) -> Teacher:
-    """``template``, ``local:MODEL_DIR`` or ``openai:BASE_URL#MODEL``."""
-    if spec == "template":
-        return TemplateTeacher()
-    kind, _, rest = spec.partition(":")
-    if kind == "local" and rest:
-        return LocalTeacher(rest)
-    if kind == "openai" and "#" in rest:
-        url, _, model = rest.rpartition("#")
-        return OpenAITeacher(url, model)
-    raise ConfigError(f"Unknown teacher {spec!r}. Use template, local:MODEL_DIR or openai:BASE_URL#MODEL.")
+TEACHERS = PluginKind(
+    kind="teacher",
+    group="ee_middleware.teachers",
+    error=ConfigError,
+    builtins={"template": "ee_middleware.trainers.datasets.teachers:TemplateTeacher"},
+    protocol=Teacher,
+    requires="a 'name' attribute and a 'write(cases) -> list[str]' method",
+    forms=MODEL_FORMS,
+)
+
+
+def build_teacher(spec: str, **options: Any) -> Teacher:
+    """The teacher ``spec`` names: ``template``, ``local:MODEL_DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or a plug-in."""
+    if isinstance(spec, str) and is_model_spec(spec):
+        parsed = parse_model_spec(spec, registry=TEACHERS)
+        if parsed.kind == "local":
+            return TEACHERS.construct(spec, LocalTeacher, parsed.path, adapter=parsed.adapter, **options)
+        return TEACHERS.construct(spec, OpenAITeacher, parsed.base_url, parsed.model, **options)
+    return TEACHERS.build(spec, **options)
 
 
 def describe(case: ReflectionCase) -> str:

@@ -18,12 +18,13 @@ from typing import Any
 
 from ee_middleware._optional import import_optional
 from ee_middleware._version import __version__
+from ee_middleware.models.chat_template import TemplateSupport, probe_template
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.data import DatasetFile, load_dataset
 from ee_middleware.trainers.training.errors import TrainDataError, TrainError, TrainOutOfMemoryError
 from ee_middleware.trainers.training.model import add_lora, load_base, plain_base, resolve_base
-from ee_middleware.trainers.training.render import Example, RenderStats, TemplateSupport, probe_template, tokenize_rows
+from ee_middleware.trainers.training.render import Example, RenderStats, tokenize_rows
 from ee_middleware.trainers.training.report import MANIFEST_SCHEMA_VERSION, library_versions, plot_loss, print_summary, write_manifest
 
 _PURPOSE = "train LoRA adapters"

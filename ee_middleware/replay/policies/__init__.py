@@ -3,8 +3,9 @@
 Names are loaded lazily: importing this package imports neither torch nor httpx nor jsonschema.
 
 - :class:`MutationPolicy` — schema-driven argument generation and perturbation, no model;
-- :class:`TransformersPolicy` — samples from a local model (``train`` extra);
-- :class:`OpenAIPolicy` — asks an OpenAI-compatible server such as vLLM;
+- :class:`ChatPolicy` — samples from any :class:`~ee_middleware.models.ChatClient`;
+- :class:`TransformersPolicy` — one over a local model (``train`` extra);
+- :class:`OpenAIPolicy` — one over an OpenAI-compatible server such as vLLM;
 - :func:`build_policy` — any of these (or a user policy) from a spec string;
 - :class:`Proposer` — validates, deduplicates, counts rejections and refills up to K.
 """
@@ -16,14 +17,12 @@ from typing import TYPE_CHECKING
 from ee_middleware._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ee_middleware.replay.policies.chat import ChatPolicy, OpenAIPolicy, TransformersPolicy
     from ee_middleware.replay.policies.mutate import MutationPolicy
-    from ee_middleware.replay.policies.openai_compat import OpenAIPolicy
-    from ee_middleware.replay.policies.parsing import ParseProblem, from_openai_message, parse_tool_calls
     from ee_middleware.replay.policies.proposer import ProposalResult, Proposer, Rejection
     from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy, Proposals
     from ee_middleware.replay.policies.registry import build_policy
     from ee_middleware.replay.policies.schema import ToolSchemas, normalize_schema
-    from ee_middleware.replay.policies.transformers_local import TransformersPolicy
 
 _LAZY = {
     "Candidate": ".protocol",
@@ -32,24 +31,22 @@ _LAZY = {
     "Proposals": ".protocol",
     "ToolSchemas": ".schema",
     "normalize_schema": ".schema",
-    "ParseProblem": ".parsing",
-    "parse_tool_calls": ".parsing",
-    "from_openai_message": ".parsing",
     "MutationPolicy": ".mutate",
     "Proposer": ".proposer",
     "ProposalResult": ".proposer",
     "Rejection": ".proposer",
-    "TransformersPolicy": ".transformers_local",
-    "OpenAIPolicy": ".openai_compat",
+    "ChatPolicy": ".chat",
+    "TransformersPolicy": ".chat",
+    "OpenAIPolicy": ".chat",
     "build_policy": ".registry",
 }
 
 __all__ = [
     "Candidate",
+    "ChatPolicy",
     "DecisionPoint",
     "MutationPolicy",
     "OpenAIPolicy",
-    "ParseProblem",
     "Policy",
     "ProposalResult",
     "Proposals",
@@ -58,9 +55,7 @@ __all__ = [
     "ToolSchemas",
     "TransformersPolicy",
     "build_policy",
-    "from_openai_message",
     "normalize_schema",
-    "parse_tool_calls",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ee_middleware.models.parsing import call_id, canonical_call
 from ee_middleware.records import Proposer, ToolCall
-from ee_middleware.replay.policies.parsing import call_id
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
-from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call, tool_schemas_for
+from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
 
 _WORD = re.compile(r"[A-Za-z0-9][\w.\-/]*\w")
 _INT = re.compile(r"(?<![\w.])-?\d{1,9}(?![\w.])")

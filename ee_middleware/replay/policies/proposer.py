@@ -13,10 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ee_middleware.errors import ConfigError, MissingExtraError, PolicyError
+from ee_middleware.errors import ConfigError, MissingExtraError, ModelError, PolicyError
+from ee_middleware.models.parsing import canonical_call
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy
-from ee_middleware.replay.policies.schema import canonical_call, tool_schemas_for
+from ee_middleware.replay.policies.schema import tool_schemas_for
 
 RejectReason = Literal["unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error"]
 REJECT_REASONS: tuple[str, ...] = ("unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error")
@@ -63,7 +64,7 @@ class Proposer:
     when the policy's own candidates fall short, in up to ``max_refill_rounds`` rounds. Accepted calls
     get deterministic ids ``alt-{step_index}-{branch}``. An exception from ``policy.propose`` is
     counted as ``policy_error`` and the point is refilled, except :class:`PolicyError` and
-    :class:`MissingExtraError` (the policy cannot work at all), which propagate.
+    :class:`ModelError` and :class:`MissingExtraError` (the policy cannot work at all), which propagate.
     """
 
     def __init__(self, policy: Policy, *, k: int, refill: Policy | None = _DEFAULT_REFILL, max_refill_rounds: int = 3) -> None:
@@ -119,7 +120,7 @@ class _Selection:
     ) -> None:
         try:
             proposals = policy.propose(point, want, seed=seed)
-        except (PolicyError, MissingExtraError):
+        except (PolicyError, ModelError, MissingExtraError):
             raise
         except Exception as exc:  # noqa: BLE001 - one bad state must not end the replay; the error is counted
             self.result.rejected.append(Rejection("policy_error", f"{policy.name}: {type(exc).__name__}: {exc}", refill=refill))

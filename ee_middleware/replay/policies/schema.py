@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ee_middleware.models.parsing import canonical_json
+
 if TYPE_CHECKING:
     from ee_middleware.records import ToolCall, ToolSchema
 
@@ -71,16 +73,6 @@ def _normalize_type(value: Any) -> Any:
         types = [_normalize_type(v) for v in value]
         return None if None in types else list(dict.fromkeys(types))
     return value
-
-
-def canonical_json(value: Any) -> str:
-    """Stable JSON text for ``value`` (sorted keys, no spaces): equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
-
-
-def canonical_call(name: str, arguments: Mapping[str, Any]) -> str:
-    """The identity of a tool call for duplicate detection: its name and arguments, ids ignored."""
-    return canonical_json({"name": name, "arguments": dict(arguments)})
 
 
 def _tool_function(tool: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.policies.mutate import MutationPolicy, Vocabulary
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
-from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call
+from ee_middleware.replay.policies.schema import ToolSchemas
 
 from .conftest import SHOP_STATE, bfcl_func_doc_dir, function_tool, load_bfcl_tools
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from ee_middleware.errors import PolicyError
-from ee_middleware.replay.policies.openai_compat import OpenAIPolicy
+from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError, PolicyError
+from ee_middleware.replay.policies.chat import OpenAIPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
 
@@ -181,9 +181,9 @@ def test_scripted_vllm_stand_in_500_then_success_is_retried(vllm_stand_in: Scrip
     assert proposals.candidates[0].call is not None
 
 
-def test_scripted_vllm_stand_in_keeps_failing_gives_policy_error(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
+def test_scripted_vllm_stand_in_keeps_failing_gives_a_server_error(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
     vllm_stand_in.script = [ScriptedReply(503, {"error": "model still loading"})]
-    with pytest.raises(PolicyError, match=r"after 3 attempt\(s\): HTTP 503: .*model still loading.*vLLM"):
+    with pytest.raises(ModelServerError, match=r"after 3 attempt\(s\): HTTP 503: .*model still loading.*vLLM"):
         policy_for(vllm_stand_in, retries=2).propose(shop_point, 1, seed=0)
     assert len(vllm_stand_in.requests) == 3
 
@@ -192,20 +192,21 @@ def test_scripted_vllm_stand_in_4xx_includes_the_server_text_and_is_not_retried(
     vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint
 ) -> None:
     vllm_stand_in.script = [ScriptedReply(404, {"error": {"message": "The model `support-bot` does not exist."}})]
-    with pytest.raises(PolicyError, match=r"HTTP 404: .*The model `support-bot` does not exist"):
+    with pytest.raises(ModelRequestError, match=r"HTTP 404: .*The model `support-bot` does not exist") as info:
         policy_for(vllm_stand_in).propose(shop_point, 1, seed=0)
+    assert info.value.status == 404 and info.value.url == f"{vllm_stand_in.base_url}/chat/completions"
     assert len(vllm_stand_in.requests) == 1
 
 
 def test_scripted_vllm_stand_in_timeout(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
     vllm_stand_in.script = [ScriptedReply(body=completion(), delay_s=0.5)]
-    with pytest.raises(PolicyError, match=r"timed out after 0.1 s"):
+    with pytest.raises(ModelServerError, match=r"timed out after 0.1 s"):
         policy_for(vllm_stand_in, timeout_s=0.1, retries=0).propose(shop_point, 1, seed=0)
 
 
 def test_scripted_vllm_stand_in_non_json_or_empty_answers(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
     vllm_stand_in.script = [ScriptedReply(body="<html>proxy error</html>")]
-    with pytest.raises(PolicyError, match="not JSON: <html>proxy error"):
+    with pytest.raises(ModelResponseError, match="not JSON: <html>proxy error"):
         policy_for(vllm_stand_in).propose(shop_point, 1, seed=0)
     vllm_stand_in.script = [ScriptedReply(body={"choices": []})]
     [candidate] = policy_for(vllm_stand_in).propose(shop_point, 1, seed=0).candidates
@@ -218,7 +219,7 @@ def test_server_down_names_the_url(shop_point: DecisionPoint) -> None:
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
     policy = OpenAIPolicy(url, "support-bot", retries=1, backoff_s=0.01)
-    with pytest.raises(PolicyError, match=rf"No usable answer from {url}/chat/completions after 2 attempt\(s\).*Is the vLLM"):
+    with pytest.raises(ModelServerError, match=rf"No usable answer from {url}/chat/completions after 2 attempt\(s\).*Is the vLLM"):
         policy.propose(shop_point, 2, seed=0)
 
 

@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 
 from ee_middleware.errors import ConfigError, PolicyError
+from ee_middleware.models.parsing import ParseProblem, canonical_call, parse_tool_calls
 from ee_middleware.records import Proposer as ProposerMeta
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.policies.mutate import MutationPolicy
-from ee_middleware.replay.policies.parsing import ParseProblem, parse_tool_calls
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
-from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call
+from ee_middleware.replay.policies.schema import ToolSchemas
 
 from .conftest import function_tool
 

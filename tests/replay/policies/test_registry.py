@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from ee_middleware.errors import PolicyError
+from ee_middleware.replay.policies.chat import OpenAIPolicy
 from ee_middleware.replay.policies.mutate import MutationPolicy
-from ee_middleware.replay.policies.openai_compat import OpenAIPolicy
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy, Proposals
 from ee_middleware.replay.policies.registry import build_policy
 
@@ -81,10 +81,11 @@ def test_user_factory_spec() -> None:
     ],
 )
 def test_bad_specs_list_the_accepted_forms(spec: str, message: str) -> None:
-    with pytest.raises(PolicyError, match="Accepted forms: 'mutate'; 'local:MODEL_DIR'") as info:
+    with pytest.raises(PolicyError, match=r"Accepted forms: a built-in name \('mutate'\); 'local:DIR\[@ADAPTER\]'") as info:
         build_policy(spec)
     assert message in str(info.value)
     assert "'openai:BASE_URL#MODEL'" in str(info.value) and "'package.module:factory'" in str(info.value)
+    assert "'ee_middleware.policies' entry point" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ToolCall
-from ee_middleware.replay.policies.schema import ToolSchemas, canonical_call, normalize_schema
+from ee_middleware.replay.policies.schema import ToolSchemas, normalize_schema
 
 from .conftest import SHOP_TOOLS, function_tool, load_bfcl_tools
 

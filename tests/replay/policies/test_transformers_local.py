@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ee_middleware.errors import PolicyError
+from ee_middleware.errors import ModelLoadError, PolicyError
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
@@ -168,7 +168,7 @@ def test_loads_a_saved_folder_lazily_and_by_spec(random_llama: Any, tiny_test_to
     random_llama.save_pretrained(folder)
     tiny_test_tokenizer.save_pretrained(folder)
     policy = build_policy(f"local:{folder}", max_new_tokens=8, temperature=0.9)
-    assert policy._model is None, "construction is cheap: the model loads on first propose"  # type: ignore[attr-defined]
+    assert not policy.client.loaded, "construction is cheap: the model loads on first propose"  # type: ignore[attr-defined]
     assert policy.describe()["model"] == str(folder) and policy.describe()["temperature"] == 0.9
     proposals = policy.propose(stock_point(), 2, seed=3)
     assert proposals.candidates and proposals.candidates[0].proposer.model == str(folder)
@@ -179,20 +179,20 @@ def test_loads_a_saved_folder_lazily_and_by_spec(random_llama: Any, tiny_test_to
 
 def test_missing_folder_names_the_path_and_the_fix(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
-    with pytest.raises(PolicyError, match=r"No model folder at .*no-such-model.*save_pretrained"):
+    with pytest.raises(ModelLoadError, match=r"No model folder at .*no-such-model.*save_pretrained"):
         build_policy(f"local:{missing}")
 
 
 def test_a_folder_without_config_is_refused_at_construction(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("not a model")
-    with pytest.raises(PolicyError, match=r"has no config\.json"):
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
         build_policy(f"transformers:{tmp_path}")
 
 
 def test_a_broken_model_folder_fails_on_first_use_with_the_path(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     policy = build_policy(f"local:{tmp_path}")
-    with pytest.raises(PolicyError, match=r"(?s)Cannot load a causal language model from .*save_pretrained"):
+    with pytest.raises(ModelLoadError, match=r"(?s)Cannot load a causal language model from .*save_pretrained"):
         policy.propose(stock_point(), 1, seed=0)
 
 
@@ -202,7 +202,7 @@ def test_bad_sampling_settings(random_llama: Any, tiny_test_tokenizer: Any) -> N
 
 
 def build_policy_from_objects(model: Any, tokenizer: Any, **settings: Any) -> Any:
-    from ee_middleware.replay.policies.transformers_local import TransformersPolicy
+    from ee_middleware.replay.policies.chat import TransformersPolicy
 
     return TransformersPolicy.from_objects(model, tokenizer, model_name="tiny-random-llama", **settings)
 

@@ -105,7 +105,8 @@ def test_openai_teacher_against_a_scripted_stand_in_server(replayed_store: Path,
     assert summary["datasets"]["sr"]["rows"] > 0 and summary["datasets"]["sr"]["teacher"] == "openai:teacher-model"
     assert _ScriptedTeacherServer.prompts and all("expert" not in p.lower() for p in _ScriptedTeacherServer.prompts)
     down = DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher="openai:http://127.0.0.1:9/v1#m")
-    from ee_middleware.errors import PolicyError
+    from ee_middleware.errors import ModelServerError
 
-    with pytest.raises(PolicyError, match=r"127\.0\.0\.1:9"):
+    with pytest.raises(ModelServerError, match=r"127\.0\.0\.1:9") as info:
         build_datasets(down)
+    assert info.value.url == "http://127.0.0.1:9/v1/chat/completions"

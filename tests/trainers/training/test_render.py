@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from ee_middleware.models.chat_template import probe_template
 from ee_middleware.trainers.training.data import ChatRow
-from ee_middleware.trainers.training.render import probe_template, render_texts, tokenize_rows
+from ee_middleware.trainers.training.render import render_texts, tokenize_rows
 
 from .conftest import FILE_TOOLS, PLAIN_CHAT_TEMPLATE, build_tokenizer, il_row, iwm_row
 

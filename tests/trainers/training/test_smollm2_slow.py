@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ee_middleware.models.chat_template import with_tools_in_system
 from ee_middleware.trainers.training import TrainConfig, train
-from ee_middleware.trainers.training.render import with_tools_in_system
 
 from .conftest import FOLDERS, write_dataset
 

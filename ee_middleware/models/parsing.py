@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ee_middleware.records import ToolCall
-from ee_middleware.replay.policies.schema import canonical_call
 
 _TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _FENCED = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
@@ -50,6 +49,16 @@ class ParseProblem:
 
 ParsedCall = ToolCall | ParseProblem
 ParamOrder = Mapping[str, Sequence[str]]
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON text for ``value`` (sorted keys, no spaces): equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def canonical_call(name: str, arguments: Mapping[str, Any]) -> str:
+    """The identity of a tool call for duplicate detection: its name and arguments, ids ignored."""
+    return canonical_json({"name": name, "arguments": dict(arguments)})
 
 
 def call_id(name: str, arguments: Mapping[str, Any], index: int = 0, *, prefix: str = "alt") -> str:

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from ee_middleware.models.parsing import ParseProblem, call_id, from_openai_message, parse_tool_calls
 from ee_middleware.records import ToolCall
-from ee_middleware.replay.policies.parsing import ParseProblem, call_id, from_openai_message, parse_tool_calls
 
 
 def calls_of(text: str, **kwargs: object) -> list[tuple[str, dict]]:

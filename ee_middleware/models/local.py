@@ -1,0 +1,213 @@
+"""The local generator: a transformers model on this machine as a :class:`ChatClient`.
+
+Prompts are rendered with :mod:`ee_middleware.models.chat_template`, the same rendering the trainer
+uses, so a model sees at inference what it was trained on. All ``n`` answers come from one
+``generate`` call (``num_return_sequences=n``), seeded with ``torch.manual_seed(seed)``; temperature
+0 is greedy decoding and gives one answer (all ``n`` would be the same). A prompt longer than the context is cut from the
+left (the latest turns matter most for the next action).
+
+torch, transformers (and peft, for an adapter) are imported on first use (the ``train`` extra); the
+model loads on the first ``complete`` so that building a client in a worker process is cheap.
+Models are only read from local folders (``local_files_only=True``): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._optional import import_optional
+from ee_middleware.errors import ModelLoadError
+from ee_middleware.models.chat_template import TemplateSupport, probe_template, render_prompt
+from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema
+
+_PURPOSE = "run a local transformers model"
+_FALLBACK_MAX_LENGTH = 2048
+
+
+class LocalGenerator:
+    """Generates chat answers with a local causal language model (optionally with a LoRA adapter).
+
+    ``model`` is a folder saved with ``save_pretrained`` (config, weights, tokenizer files) or a
+    ``.gguf`` file (transformers dequantizes it on load). ``adapter`` is a peft adapter folder
+    applied on load. Use :meth:`from_objects` for a model and tokenizer already in memory.
+    ``num_threads`` sets ``torch.set_num_threads`` on first use (``None`` leaves it alone); on a
+    shared few-core machine one thread is often the fastest.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        adapter: str | os.PathLike[str] | None = None,
+        gguf_file: str | None = None,
+        num_threads: int | None = 1,
+        device: str = "cpu",
+        model_name: str | None = None,
+    ) -> None:
+        path = Path(model).expanduser()
+        if path.suffix == ".gguf" and gguf_file is None:
+            path, gguf_file = path.parent, path.name
+        _check_model_folder(path, gguf_file)
+        adapter_path = Path(adapter).expanduser() if adapter is not None else None
+        if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"No LoRA adapter at {adapter_path} (no adapter_config.json). Point at a folder written by `ee train` "
+                "or peft's save_pretrained, as in 'local:MODEL_DIR@ADAPTER_DIR'."
+            )
+        self._path: Path | None = path
+        self._gguf_file = gguf_file
+        self._adapter = adapter_path
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._torch: Any = None
+        self._support: TemplateSupport | None = None
+        self.model = model_name or str(model)
+        self.num_threads = num_threads
+        self.device = device
+
+    @classmethod
+    def from_objects(
+        cls, model: Any, tokenizer: Any, *, model_name: str = "in-memory", num_threads: int | None = 1, device: str = "cpu"
+    ) -> LocalGenerator:
+        """A generator around a model and tokenizer already built (tests, notebooks, a model being trained)."""
+        self = cls.__new__(cls)
+        self._path = None
+        self._gguf_file = None
+        self._adapter = None
+        self._model = model
+        self._tokenizer = tokenizer
+        self._torch = None
+        self._support = None
+        self.model = model_name
+        self.num_threads = num_threads
+        self.device = device
+        return self
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self._model is not None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (loads the model if needed)."""
+        self._ensure_ready()
+        return self._tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        """The model, the adapter and the device."""
+        return {"model": self.model, "adapter": str(self._adapter) if self._adapter else None, "device": self.device}
+
+    def close(self) -> None:
+        """Drop the model (a later ``complete`` loads it again when it came from a folder)."""
+        if self._path is not None:
+            self._model = None
+            self._tokenizer = None
+            self._support = None
+
+    def complete(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
+    ) -> list[Choice]:
+        """``n`` answers to ``messages`` (one when greedy), each the decoded continuation of the rendered prompt."""
+        if n <= 0:
+            return []
+        torch = self._ensure_ready()
+        input_ids, new_tokens = self.prompt_ids(messages, tools, max_new_tokens=sampling.max_tokens)
+        options: dict[str, Any] = {"do_sample": not sampling.greedy, "max_new_tokens": new_tokens}
+        options["num_return_sequences"] = 1 if sampling.greedy else n
+        if not sampling.greedy:
+            options.update(temperature=sampling.temperature, top_p=1.0 if sampling.top_p is None else sampling.top_p)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else self._tokenizer.eos_token_id
+        if pad is not None:
+            options["pad_token_id"] = pad
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        with torch.no_grad():
+            output = self._model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
+        texts = [self._tokenizer.decode(seq[input_ids.shape[1] :], skip_special_tokens=True) for seq in output]
+        return [Choice.from_text(text) for text in texts]
+
+    def render(self, messages: Sequence[Message], tools: Sequence[ToolSchema] | None = None) -> str:
+        """The prompt text this generator feeds the model for ``messages`` and ``tools``."""
+        self._ensure_ready()
+        if self._support is None:
+            self._support = probe_template(self._tokenizer)
+        return render_prompt(self._tokenizer, messages, tools, self._support)
+
+    def prompt_ids(self, messages: Sequence[Message], tools: Sequence[ToolSchema] | None, *, max_new_tokens: int) -> tuple[Any, int]:
+        """The prompt's token ids (cut from the left to fit the context) and how many tokens may follow."""
+        text = self.render(messages, tools)
+        input_ids = self._tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        max_length = self._max_length()
+        new_tokens = min(max_new_tokens, max(1, max_length // 2))
+        budget = max_length - new_tokens
+        if input_ids.shape[1] > budget:
+            input_ids = input_ids[:, -budget:]  # the latest turns matter most for the next action
+        return input_ids.to(self.device), new_tokens
+
+    def _ensure_ready(self) -> Any:
+        if self._torch is None:
+            self._torch = import_optional("torch", extra="train", purpose=_PURPOSE)
+            if self.num_threads is not None:
+                self._torch.set_num_threads(self.num_threads)
+        if self._model is None:
+            self._load()
+        return self._torch
+
+    def _load(self) -> None:
+        transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if self._gguf_file is not None:
+            kwargs["gguf_file"] = self._gguf_file
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(self._path, **kwargs)
+            dtype = self._torch.float32 if self.device == "cpu" else "auto"
+            model = transformers.AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype, **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Cannot load a causal language model from {self._path}"
+                + (f" (GGUF file {self._gguf_file})" if self._gguf_file else "")
+                + f": {type(exc).__name__}: {exc}. The folder needs config.json, the weights and the tokenizer files "
+                "(save them with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))."
+            ) from exc
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelLoadError(f"The tokenizer in {self._path} has no chat template; use an instruct model whose tokenizer defines one.")
+        if self._adapter is not None:
+            model = self._with_adapter(model)
+        model.to(self.device)
+        model.eval()
+        self._model, self._tokenizer = model, tokenizer
+
+    def _with_adapter(self, model: Any) -> Any:
+        peft = import_optional("peft", extra="train", purpose="apply a LoRA adapter to a local model")
+        try:
+            return peft.PeftModel.from_pretrained(model, str(self._adapter), is_trainable=False)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Cannot apply the adapter {self._adapter} to {self._path}: {type(exc).__name__}: {exc}. Was it trained on this base model?"
+            ) from exc
+
+    def _max_length(self) -> int:
+        length = getattr(getattr(self._model, "config", None), "max_position_embeddings", None)
+        if not isinstance(length, int) or length <= 0:
+            length = getattr(self._tokenizer, "model_max_length", None)
+        return length if isinstance(length, int) and 0 < length < 10_000_000 else _FALLBACK_MAX_LENGTH
+
+
+def _check_model_folder(path: Path, gguf_file: str | None) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"No model folder at {path}. Point at a local folder saved with save_pretrained "
+            "(config.json, weights, tokenizer files) or at a .gguf file, e.g. 'local:/models/smollm2'; "
+            "models are never downloaded."
+        )
+    if gguf_file is None and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} has no config.json, so it is not a saved transformers model. Save one there with "
+            "model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR), or point at a .gguf file."
+        )
+    if gguf_file is not None and not (path / gguf_file).is_file():
+        raise ModelLoadError(f"No GGUF file {gguf_file!r} in {path}. Check the file name, or point at a folder saved with save_pretrained.")

@@ -1,0 +1,190 @@
+"""The OpenAI-compatible chat client: one ``/chat/completions`` request per call, over httpx.
+
+Works with vLLM, the local server, and hosted APIs. A connection error, a timeout, a 429 or a 5xx
+is retried ``retries`` times with doubling back-off, then raised as
+:class:`~ee_middleware.errors.ModelServerError`; a 4xx is raised at once as
+:class:`~ee_middleware.errors.ModelRequestError` with the server's own text; a body that is not
+JSON as :class:`~ee_middleware.errors.ModelResponseError`. Every message names the URL. A JSON
+answer that is not a usable completion (no choices, a choice without a message) comes back as
+:class:`~ee_middleware.models.protocol.Choice` items with a problem, for the caller to count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
+from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
+
+API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
+
+
+class OpenAIChatClient:
+    """A client for an OpenAI-compatible chat-completions endpoint.
+
+    ``base_url`` is the API root including the version, as for the OpenAI SDK
+    (``http://127.0.0.1:8000/v1`` for vLLM); ``model`` the served model (or adapter) name.
+    ``api_key`` defaults to ``EE_OPENAI_API_KEY``, then ``OPENAI_API_KEY``; no key sends no
+    ``Authorization`` header. ``tool_choice`` and ``extra_body`` go into every request that offers
+    tools / every request. ``transport`` is an ``httpx`` transport (tests pass ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        tool_choice: str | dict[str, Any] | None = "auto",
+        extra_body: dict[str, Any] | None = None,
+        transport: Any = None,
+    ) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+        if not model:
+            raise ValueError("An OpenAI-compatible client needs a model name (the server's served model or adapter name)")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retries = max(0, retries)
+        self.backoff_s = backoff_s
+        self.tool_choice = tool_choice
+        self.extra_body = dict(extra_body or {})
+        self._api_key = api_key if api_key is not None else next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
+        self._transport = transport
+        self._client: Any = None
+
+    @property
+    def url(self) -> str:
+        """The chat-completions URL requests go to."""
+        return f"{self.base_url}/chat/completions"
+
+    def describe(self) -> dict[str, Any]:
+        """Endpoint, model and request settings (never the API key)."""
+        return {"base_url": self.base_url, "model": self.model, "tool_choice": self.tool_choice}
+
+    def close(self) -> None:
+        """Close the HTTP connection pool (a later call opens a new one)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def complete(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
+    ) -> list[Choice]:
+        """``n`` answers from one request."""
+        response = self.post("/chat/completions", self.request_body(messages, tools=tools, n=n, sampling=sampling))
+        choices = response.get("choices") if isinstance(response, dict) else None
+        if not isinstance(choices, list) or not choices:
+            return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
+        out = []
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+            out.append(Choice.from_message(message if message is not None else choice, finish_reason=finish))
+        return out
+
+    def request_body(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
+    ) -> dict[str, Any]:
+        """The JSON body of a chat-completions request."""
+        body: dict[str, Any] = {"model": self.model, "messages": wire_messages(messages), "n": n}
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        body["temperature"] = sampling.temperature
+        body["max_tokens"] = sampling.max_tokens
+        if sampling.top_p is not None:
+            body["top_p"] = sampling.top_p
+        if tools:
+            body["tools"] = list(tools)
+            if self.tool_choice is not None:
+                body["tool_choice"] = self.tool_choice
+        body.update(self.extra_body)
+        return body
+
+    def list_models(self) -> list[str]:
+        """The model (and loaded adapter) names the server serves (``GET /models``)."""
+        response = self._send("GET", "/models", None)
+        data = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(data, list):
+            raise ModelResponseError(
+                f"{self.base_url}/models answered without a 'data' list: {clip(json.dumps(response))}", url=f"{self.base_url}/models"
+            )
+        return [str(item.get("id")) for item in data if isinstance(item, dict) and item.get("id")]
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` to ``base_url + path`` with retries; the decoded JSON answer."""
+        return self._send("POST", path, body)
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        import httpx
+
+        url = f"{self.base_url}{path}"
+        client = self._get_client(httpx)
+        last_problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = client.request(method, url, json=body)
+            except httpx.TimeoutException as exc:
+                last_problem = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})"
+                continue
+            except httpx.TransportError as exc:
+                last_problem = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                last_problem = f"HTTP {response.status_code}: {clip(response.text)}"
+                continue
+            if response.status_code >= 400:
+                raise ModelRequestError(
+                    f"The server at {url} refused the request with HTTP {response.status_code}: {clip(response.text)}. "
+                    f"Check the model name ({self.model!r} must be served there), the API key and the request settings.",
+                    url=url,
+                    status=response.status_code,
+                )
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise ModelResponseError(
+                    f"The server at {url} answered with something that is not JSON: {clip(response.text)}", url=url
+                ) from exc
+        raise ModelServerError(
+            f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. "
+            "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "
+            "(it should end in /v1), the port, and that the model has finished loading.",
+            url=url,
+        )
+
+    def _get_client(self, httpx: Any) -> Any:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._client = httpx.Client(timeout=self.timeout_s, headers=headers, transport=self._transport)
+        return self._client
+
+
+def wire_messages(messages: Sequence[Message]) -> list[Message]:
+    """Messages as the chat API expects them: tool-call arguments as JSON strings."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [_encoded_call(call) for call in calls]}
+        out.append(message)
+    return out
+
+
+def _encoded_call(call: Any) -> Any:
+    if isinstance(call, dict) and isinstance(call.get("function"), dict) and not isinstance(call["function"].get("arguments"), str):
+        function = {**call["function"], "arguments": json.dumps(call["function"].get("arguments") or {}, ensure_ascii=False)}
+        return {**call, "function": function}
+    return call

@@ -1,0 +1,115 @@
+"""The chat-client protocol: messages and tool schemas in, assistant messages with tool calls out.
+
+Every part that asks a model something goes through a :class:`ChatClient`: replay policies
+(K alternatives), self-reflection teachers (rationales), and later the local model server and the
+evaluation harnesses. Two built-ins implement it: an OpenAI-compatible HTTP client
+(:mod:`ee_middleware.models.openai_compat`) and a local transformers generator
+(:mod:`ee_middleware.models.local`). This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ee_middleware.models.parsing import ParamOrder, ParsedCall
+
+Message = dict[str, Any]
+ToolSchema = dict[str, Any]
+
+_MAX_RAW_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: ``temperature`` 0 is greedy decoding; ``seed`` makes sampling repeatable where the backend allows."""
+
+    temperature: float = 1.0
+    top_p: float | None = None
+    max_tokens: int = 256
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One sampled answer: the assistant message as the backend produced it.
+
+    ``message`` is the chat message (OpenAI shape; whatever the server sent, which may be malformed);
+    ``raw`` is the answer as text (clipped for structured messages), for records and debugging;
+    ``problem`` is set when the backend gave no message at all (e.g. a response without choices);
+    ``structured`` is false for a model that only writes text (its tool calls are parsed from it).
+    """
+
+    message: Any
+    raw: str
+    problem: str | None = None
+    finish_reason: str | None = None
+    structured: bool = True
+
+    @property
+    def text(self) -> str:
+        """The message's text content ('' when it has none)."""
+        content = self.message.get("content") if isinstance(self.message, Mapping) else None
+        if isinstance(content, list):  # content parts
+            content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
+        return content if isinstance(content, str) else ""
+
+    def tool_calls(self, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
+        """The tool calls of this answer (structured ``tool_calls``, else parsed from the text), or problems."""
+        from ee_middleware.models.parsing import ParseProblem, from_openai_message, parse_tool_calls
+
+        if self.problem is not None:
+            return [ParseProblem(self.problem, self.raw)]
+        if not self.structured:
+            return parse_tool_calls(self.text, param_order=param_order)
+        return from_openai_message(self.message, param_order=param_order)
+
+    @classmethod
+    def from_text(cls, text: str, *, finish_reason: str | None = None) -> Choice:
+        """A choice for a model that answers with plain text (a local generator)."""
+        return cls({"role": "assistant", "content": text}, raw=text, finish_reason=finish_reason, structured=False)
+
+    @classmethod
+    def from_message(cls, message: Any, *, finish_reason: str | None = None) -> Choice:
+        """A choice for a structured chat message (an OpenAI-compatible server)."""
+        return cls(message, raw=clip(json.dumps(message, ensure_ascii=False, default=repr)), finish_reason=finish_reason)
+
+
+@runtime_checkable
+class ChatClient(Protocol):
+    """Asks a chat model for ``n`` answers to ``messages`` with ``tools`` offered.
+
+    ``model`` names the model for lineage records. ``describe`` returns the settings that shape
+    answers (never secrets). ``complete`` raises :class:`~ee_middleware.errors.ModelError`
+    subclasses when the model cannot answer at all; a garbled answer is returned, not raised.
+    """
+
+    model: str
+
+    def complete(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
+    ) -> list[Choice]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def clip(text: str, limit: int = _MAX_RAW_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

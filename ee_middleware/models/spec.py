@@ -1,0 +1,99 @@
+"""One spec grammar for every model a user names: policies, teachers, servers, eval clients.
+
+* ``local:DIR[@ADAPTER]`` — a local model folder saved with ``save_pretrained`` (or a ``.gguf``
+  file), optionally with a LoRA adapter folder applied; ``transformers:`` is accepted as an alias;
+* ``openai:BASE_URL#MODEL`` — an OpenAI-compatible server and the served model or adapter name,
+  split at the last ``#`` (``openai:http://127.0.0.1:8000/v1#support-bot``);
+* ``package.module:factory`` or an ``ee_middleware.models`` entry point — a user's own
+  :class:`~ee_middleware.models.protocol.ChatClient`.
+
+Each consumer (the policy and teacher registries) parses with :func:`parse_model_spec` and reports
+problems through its own :class:`~ee_middleware.plugins.PluginKind`, so every error lists the forms
+that consumer accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ee_middleware.errors import ModelError
+from ee_middleware.models.protocol import ChatClient
+from ee_middleware.plugins import PluginKind
+
+LOCAL_PREFIXES = ("local", "transformers")
+MODEL_FORMS = (
+    "'local:DIR[@ADAPTER]' (a local model folder or .gguf file, optionally with a LoRA adapter folder)",
+    "'openai:BASE_URL#MODEL' (e.g. 'openai:http://127.0.0.1:8000/v1#my-model')",
+)
+
+CHAT_CLIENTS = PluginKind(
+    kind="model client",
+    group="ee_middleware.models",
+    error=ModelError,
+    protocol=ChatClient,
+    requires="a 'model' attribute and 'complete(messages, *, tools, n, sampling)', 'describe()' and 'close()' methods",
+    forms=MODEL_FORMS,
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: ``kind`` says which of the other fields are set."""
+
+    kind: Literal["local", "openai", "plugin"]
+    spec: str
+    path: str | None = None
+    adapter: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+
+
+def is_model_spec(spec: str) -> bool:
+    """Whether ``spec`` uses one of the model forms (``local:``, ``transformers:``, ``openai:``)."""
+    prefix, sep, _ = spec.strip().partition(":")
+    return bool(sep) and prefix in (*LOCAL_PREFIXES, "openai")
+
+
+def parse_model_spec(spec: str, *, registry: PluginKind = CHAT_CLIENTS) -> ModelSpec:
+    """Read ``spec``; problems are raised as ``registry``'s error, listing its accepted forms."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise registry.unknown(spec, "the spec is empty")
+    spec = spec.strip()
+    prefix, _, rest = spec.partition(":")
+    if prefix in LOCAL_PREFIXES:
+        if not rest:
+            raise registry.unknown(spec, "the model folder is missing")
+        path, adapter = _split_adapter(rest)
+        if not path or adapter == "":
+            raise registry.unknown(spec, "write 'local:MODEL_DIR@ADAPTER_DIR' with both folders, or 'local:MODEL_DIR' alone")
+        return ModelSpec("local", spec, path=path, adapter=adapter)
+    if prefix == "openai":
+        base_url, _, model = rest.rpartition("#")
+        if not base_url or not model:
+            raise registry.unknown(spec, "an openai spec needs the base URL and the model, separated by '#'")
+        return ModelSpec("openai", spec, base_url=base_url, model=model)
+    return ModelSpec("plugin", spec)
+
+
+def build_chat_client(spec: str, **options: Any) -> ChatClient:
+    """The chat client ``spec`` names, built with ``options`` (e.g. ``timeout_s``, ``num_threads``)."""
+    parsed = parse_model_spec(spec)
+    if parsed.kind == "local":
+        from ee_middleware.models.local import LocalGenerator
+
+        return CHAT_CLIENTS.construct(spec, LocalGenerator, parsed.path, adapter=parsed.adapter, **options)
+    if parsed.kind == "openai":
+        from ee_middleware.models.openai_compat import OpenAIChatClient
+
+        return CHAT_CLIENTS.construct(spec, OpenAIChatClient, parsed.base_url, parsed.model, **options)
+    return CHAT_CLIENTS.build(spec, **options)
+
+
+def _split_adapter(rest: str) -> tuple[str, str | None]:
+    """``DIR@ADAPTER`` -> ``(DIR, ADAPTER)``; a path that itself exists and contains '@' is kept whole."""
+    if "@" not in rest or Path(rest).expanduser().exists():
+        return rest, None
+    path, _, adapter = rest.rpartition("@")
+    return path, adapter
