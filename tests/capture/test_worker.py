@@ -12,14 +12,39 @@ def _finisher(**kwargs):
     return SpanFinisher(lambda message, exc: errors.append(message), **kwargs), errors
 
 
+class _WatchedCondition(threading.Condition):
+    """The finisher's condition variable, noting what the worker thread had done when it first waited."""
+
+    def __init__(self, worker_name: str, job_done: threading.Event) -> None:
+        super().__init__()
+        self._worker_name = worker_name
+        self._job_done = job_done
+        self.worker_waited = threading.Event()
+        self.job_done_before_wait: bool | None = None
+        self.first_wait_timeout: float | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread().name == self._worker_name and not self.worker_waited.is_set():
+            self.job_done_before_wait = self._job_done.is_set()
+            self.first_wait_timeout = timeout
+            self.worker_waited.set()
+        return super().wait(timeout)
+
+
 def test_work_waits_while_a_run_is_in_flight_and_runs_when_it_ends():
-    finisher, _ = _finisher(max_delay_s=60)
+    finisher, _ = _finisher(max_delay_s=60, name="finisher-under-test")
     done = threading.Event()
+    watched = _WatchedCondition("finisher-under-test", done)
+    finisher._cond = watched  # before the first submit, which starts the worker thread
     finisher.run_started()
     finisher.submit(done.set)
-    assert not done.wait(0.2), "deferred while the run is in flight"
+    # The worker thread starts with the job queued; it must look at it and wait, bounded by max_delay_s.
+    assert watched.worker_waited.wait(5), "the worker thread never waited"
+    assert watched.job_done_before_wait is False, "the job ran while a run was in flight"
+    assert watched.first_wait_timeout is not None and 0 < watched.first_wait_timeout <= 60
+    assert not done.is_set(), "deferred while the run is in flight"  # only a notify wakes it before 60 s
     finisher.run_ended()
-    assert done.wait(5)
+    assert done.wait(5), "the job runs once the run has ended"
 
 
 def test_flush_and_backlog_and_age_bounds_force_the_work():
