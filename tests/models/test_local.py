@@ -1,0 +1,167 @@
+"""The local generator on a tiny random Llama (built here, nothing downloaded): sampling, rendering, adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import ModelLoadError
+from ee_middleware.models import ChatClient, LocalGenerator, Sampling, build_chat_client
+from ee_middleware.models.chat_template import TOOLS_SUFFIX, probe_template, render_pair
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama, save_tiny_llama  # noqa: E402
+
+PLAIN_TEMPLATE = """{%- for m in messages %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+"""A template that ignores tools and tool calls (as SmolLM2's does)."""
+
+CORPUS = [
+    "Are apples in stock? check_stock order_item item quantity",
+    '<tool_call>{"name": "check_stock", "arguments": {"item": "apple"}}</tool_call>',
+    "You may call these tools: system user assistant tool",
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "check_stock",
+            "parameters": {"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]},
+        },
+    }
+]
+STATE = [
+    {"role": "user", "content": "Are apples in stock?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "check_stock", "arguments": '{"item": "pear"}'}}],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "0"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return build_test_tokenizer(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """A LoRA adapter with random (not identity) weights, so that it visibly changes the model."""
+    base = build_tiny_llama(tokenizer)
+    config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    folder = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(1)
+    peft.get_peft_model(base, config).save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_folder_loads_lazily_and_samples_reproducibly(model_dir: Path) -> None:
+    generator = LocalGenerator(model_dir, model_name="tiny")
+    assert isinstance(generator, ChatClient) and not generator.loaded
+    sampling = Sampling(temperature=1.0, top_p=0.95, max_tokens=6, seed=7)
+    first = [c.text for c in generator.complete(STATE, tools=TOOLS, n=3, sampling=sampling)]
+    assert generator.loaded and len(first) == 3
+    assert first == [c.text for c in generator.complete(STATE, tools=TOOLS, n=3, sampling=sampling)], "same seed, same answers"
+    assert first != [c.text for c in generator.complete(STATE, tools=TOOLS, n=3, sampling=Sampling(max_tokens=6, seed=8))]
+    generator.close()
+    assert not generator.loaded
+    assert first == [c.text for c in generator.complete(STATE, tools=TOOLS, n=3, sampling=sampling)], "reloads after close"
+
+
+def test_greedy_gives_one_answer_and_its_tool_calls_are_parsed_from_text(model_dir: Path) -> None:
+    generator = LocalGenerator(model_dir)
+    [choice] = generator.complete(STATE, n=4, sampling=Sampling(temperature=0, max_tokens=5))
+    assert choice.structured is False and choice.raw == choice.text
+    assert choice.tool_calls(), "a text answer always parses into calls or a problem"
+
+
+@pytest.mark.parametrize("template", ["tools", "plain"])
+def test_the_prompt_is_the_trainers_prompt_byte_for_byte(tmp_path: Path, tokenizer: Any, template: str) -> None:
+    if template == "plain":
+        tokenizer = build_test_tokenizer(CORPUS, chat_template=PLAIN_TEMPLATE)
+    folder = save_tiny_llama(tmp_path / template, tokenizer)
+    generator = LocalGenerator(folder)
+    completion = [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "check_stock", "arguments": {"item": "apple"}}}],
+        }
+    ]
+    prompt_text, completion_text, fallback = render_pair(tokenizer, STATE, completion, TOOLS, probe_template(tokenizer))
+    assert generator.render(STATE, TOOLS) == prompt_text and not fallback
+    assert '"check_stock"' in prompt_text and '"pear"' in prompt_text, "tools and earlier calls reach the model either way"
+    assert (TOOLS_SUFFIX in prompt_text) == (template == "plain"), "a template that ignores tools gets them in the system message"
+    assert '<tool_call>{"name": "check_stock", "arguments": {"item": "apple"}}</tool_call>' in completion_text
+
+
+def test_a_long_state_is_cut_from_the_left(tmp_path: Path, tokenizer: Any) -> None:
+    folder = save_tiny_llama(tmp_path / "short", tokenizer, max_positions=64)
+    generator = LocalGenerator(folder)
+    long_state = [{"role": "user", "content": "Are apples in stock? " * 200}]
+    ids, new_tokens = generator.prompt_ids(long_state, None, max_new_tokens=16)
+    assert new_tokens == 16 and ids.shape[1] == 64 - 16
+    assert generator.complete(long_state, sampling=Sampling(max_tokens=16, seed=0))
+
+
+def test_an_adapter_is_applied_and_changes_the_model(model_dir: Path, adapter_dir: Path) -> None:
+    base = LocalGenerator(model_dir)
+    adapted = build_chat_client(f"local:{model_dir}@{adapter_dir}")
+    assert isinstance(adapted, LocalGenerator) and adapted.describe()["adapter"] == str(adapter_dir)
+    ids, _ = base.prompt_ids(STATE, TOOLS, max_new_tokens=4)
+    adapted.prompt_ids(STATE, TOOLS, max_new_tokens=4)
+    with torch.no_grad():
+        base_logits = base._model(ids).logits[0, -1]
+        adapted_logits = adapted._model(ids).logits[0, -1]
+    assert isinstance(adapted._model, peft.PeftModel)
+    assert not torch.allclose(base_logits, adapted_logits), "the adapter's weights take effect"
+
+
+def test_an_adapter_for_another_base_fails_with_the_paths(tmp_path: Path, tokenizer: Any, adapter_dir: Path) -> None:
+    other = build_test_tokenizer([*CORPUS, "a different vocabulary entirely zebra quokka"], vocab_size=600)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, vocab_size=len(other)
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(wide)
+    other.save_pretrained(wide)
+    generator = LocalGenerator(wide, adapter=adapter_dir)
+    with pytest.raises(ModelLoadError, match=r"(?s)Cannot apply the adapter .*adapter.* to .*wide.*trained on this base model"):
+        generator.complete(STATE, sampling=Sampling(max_tokens=2, seed=0))
+
+
+def test_missing_pieces_are_named(tmp_path: Path, model_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"No model folder at .*nowhere"):
+        LocalGenerator(tmp_path / "nowhere")
+    with pytest.raises(ModelLoadError, match=r"No LoRA adapter at .*adapter-missing.*adapter_config\.json"):
+        LocalGenerator(model_dir, adapter=tmp_path / "adapter-missing")
+    with pytest.raises(ModelLoadError, match=r"No GGUF file 'x\.gguf'"):
+        LocalGenerator(model_dir, gguf_file="x.gguf")
+
+
+def test_the_local_teacher_writes_greedy_deterministic_rationales(model_dir: Path) -> None:
+    from ee_middleware.trainers.datasets.teachers import LocalTeacher, ReflectionCase, build_teacher
+
+    teacher = build_teacher(f"local:{model_dir}", max_new_tokens=6)
+    assert isinstance(teacher, LocalTeacher) and teacher.name == f"local:{model_dir.name}"
+    case = ReflectionCase(task="Are apples in stock?", context="user: apples?", chosen="check_stock(item='apple')", chosen_outcome="3")
+    first = teacher.write([case, case])
+    assert len(first) == 2 and first[0] == first[1] and all(isinstance(text, str) for text in first)
+    assert teacher.write([case]) == first[:1]

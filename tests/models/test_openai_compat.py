@@ -1,0 +1,204 @@
+"""The OpenAI-compatible client: request shape, retries and typed errors, through ``httpx.MockTransport``.
+
+The same client is exercised against a real local HTTP server in
+``tests/replay/policies/test_openai_compat.py`` (through the policy) and
+``tests/trainers/datasets/test_build_cli.py`` (through the teacher).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
+from ee_middleware.models import ChatClient, OpenAIChatClient, Sampling
+from ee_middleware.models.parsing import ParseProblem
+from ee_middleware.records import ToolCall
+
+URL = "http://models.test/v1"
+TOOLS = [
+    {"type": "function", "function": {"name": "check_stock", "parameters": {"type": "object", "properties": {"item": {"type": "string"}}}}}
+]
+
+
+def completion(*messages: Any) -> dict[str, Any]:
+    return {"choices": [{"index": i, "message": m, "finish_reason": "tool_calls"} for i, m in enumerate(messages)]}
+
+
+def call_message(item: str) -> dict[str, Any]:
+    arguments = json.dumps({"item": item})
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": f"c-{item}", "type": "function", "function": {"name": "check_stock", "arguments": arguments}}],
+    }
+
+
+class Script:
+    """Answers requests in order (the last answer repeats) and records them."""
+
+    def __init__(self, *answers: httpx.Response | Callable[[httpx.Request], httpx.Response] | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer(request) if callable(answer) else answer
+
+    def client(self, **options: Any) -> OpenAIChatClient:
+        options.setdefault("backoff_s", 0.0)
+        return OpenAIChatClient(URL, "support-bot", transport=httpx.MockTransport(self), **options)
+
+
+def test_is_a_chat_client_and_sends_the_request_it_describes() -> None:
+    script = Script(httpx.Response(200, json=completion(call_message("apple"))))
+    client = script.client(api_key="sk-secret", extra_body={"top_k": 5})
+    assert isinstance(client, ChatClient)
+    state = [
+        {"role": "user", "content": "Is there any apple?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c0", "type": "function", "function": {"name": "check_stock", "arguments": {"item": "pear"}}}],
+        },
+        {"role": "tool", "tool_call_id": "c0", "content": "0"},
+    ]
+    [choice] = client.complete(state, tools=TOOLS, n=3, sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=64, seed=11))
+    [request] = script.requests
+    body = json.loads(request.content)
+    assert request.url == f"{URL}/chat/completions" and request.headers["Authorization"] == "Bearer sk-secret"
+    assert (body["model"], body["n"], body["seed"], body["temperature"], body["top_p"], body["max_tokens"]) == (
+        "support-bot",
+        3,
+        11,
+        0.7,
+        0.9,
+        64,
+    )
+    assert body["tools"] == TOOLS and body["tool_choice"] == "auto" and body["top_k"] == 5
+    assert body["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"item": "pear"}', "arguments go on the wire as JSON text"
+    assert state[1]["tool_calls"][0]["function"]["arguments"] == {"item": "pear"}, "the caller's messages are not changed"
+    assert "sk-secret" not in json.dumps(client.describe())
+    [call] = choice.tool_calls()
+    assert isinstance(call, ToolCall) and (call.id, call.name, call.arguments) == ("c-apple", "check_stock", {"item": "apple"})
+    assert choice.finish_reason == "tool_calls"
+
+
+def test_no_tools_sends_no_tool_choice_and_no_seed_when_unset() -> None:
+    script = Script(httpx.Response(200, json=completion({"role": "assistant", "content": "Hello"})))
+    [choice] = script.client().complete([{"role": "user", "content": "hi"}])
+    body = json.loads(script.requests[0].content)
+    assert "tools" not in body and "tool_choice" not in body and "seed" not in body and "top_p" not in body
+    assert choice.text == "Hello" and "Authorization" not in script.requests[0].headers
+
+
+def test_5xx_and_429_and_transport_errors_are_retried_then_succeed() -> None:
+    script = Script(
+        httpx.Response(503, text="loading"),
+        httpx.ConnectError("refused"),
+        httpx.Response(429, text="slow down"),
+        httpx.Response(200, json=completion(call_message("kiwi"))),
+    )
+    [choice] = script.client(retries=3).complete([{"role": "user", "content": "kiwi?"}], tools=TOOLS)
+    assert len(script.requests) == 4
+    assert [c.name for c in choice.tool_calls() if isinstance(c, ToolCall)] == ["check_stock"]
+
+
+def test_retries_exhausted_raise_a_server_error_naming_the_url_and_the_last_problem() -> None:
+    script = Script(httpx.Response(500, text="engine crashed"))
+    with pytest.raises(
+        ModelServerError,
+        match=r"No usable answer from http://models\.test/v1/chat/completions after 3 attempt\(s\): HTTP 500: engine crashed",
+    ) as info:
+        script.client(retries=2).complete([{"role": "user", "content": "x"}])
+    assert len(script.requests) == 3 and info.value.url == f"{URL}/chat/completions"
+
+
+def test_timeouts_are_retried_and_reported() -> None:
+    script = Script(httpx.ReadTimeout("too slow"))
+    with pytest.raises(ModelServerError, match=r"timed out after 2 s \(ReadTimeout\)"):
+        script.client(retries=1, timeout_s=2).complete([{"role": "user", "content": "x"}])
+    assert len(script.requests) == 2
+
+
+def test_a_4xx_is_not_retried_and_keeps_the_server_text() -> None:
+    script = Script(httpx.Response(404, json={"error": {"message": "The model `support-bot` does not exist."}}))
+    with pytest.raises(ModelRequestError, match=r"HTTP 404: .*does not exist.*Check the model name \('support-bot'") as info:
+        script.client(retries=5).complete([{"role": "user", "content": "x"}])
+    assert len(script.requests) == 1 and info.value.status == 404
+
+
+def test_a_body_that_is_not_json_is_a_response_error() -> None:
+    script = Script(httpx.Response(200, text="<html>bad gateway</html>"))
+    with pytest.raises(ModelResponseError, match="not JSON: <html>bad gateway</html>"):
+        script.client().complete([{"role": "user", "content": "x"}])
+    assert issubclass(ModelResponseError, ModelServerError)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ({"choices": []}, "the response has no choices"),
+        ({"object": "error"}, "the response has no choices"),
+        ([1, 2], "the response has no choices"),
+    ],
+)
+def test_json_without_choices_comes_back_as_a_problem_choice(payload: Any, problem: str) -> None:
+    [choice] = Script(httpx.Response(200, json=payload)).client().complete([{"role": "user", "content": "x"}])
+    [parsed] = choice.tool_calls()
+    assert isinstance(parsed, ParseProblem) and parsed.problem == problem and choice.text == ""
+
+
+def test_garbled_choices_are_returned_for_the_caller_to_count() -> None:
+    bad_arguments = {
+        "role": "assistant",
+        "tool_calls": [{"id": "x", "type": "function", "function": {"name": "check_stock", "arguments": '{"item": '}}],
+    }
+    script = Script(
+        httpx.Response(200, json={"choices": [{"message": bad_arguments}, "not an object", {"message": {"role": "assistant"}}]})
+    )
+    choices = script.client().complete([{"role": "user", "content": "x"}], n=3)
+    problems = [item.problem for choice in choices for item in choice.tool_calls() if isinstance(item, ParseProblem)]
+    assert len(problems) == 3
+    assert (
+        "arguments are not valid JSON" in problems[0]
+        and "not a JSON object" in problems[1]
+        and "neither tool_calls nor content" in problems[2]
+    )
+
+
+def test_list_models_and_close_reopens() -> None:
+    script = Script(httpx.Response(200, json={"object": "list", "data": [{"id": "base"}, {"id": "support-bot-v3"}]}))
+    client = script.client()
+    assert client.list_models() == ["base", "support-bot-v3"]
+    assert script.requests[0].method == "GET" and script.requests[0].url == f"{URL}/models"
+    client.close()
+    client.close()  # idempotent
+    assert client.list_models() == ["base", "support-bot-v3"], "a closed client opens a new connection pool on next use"
+    script.answers = [httpx.Response(200, json={"object": "list"})]
+    with pytest.raises(ModelResponseError, match="without a 'data' list"):
+        client.list_models()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "message"),
+    [("localhost:8000/v1", "m", "http"), ("http://localhost:8000/v1", "", "model name")],
+)
+def test_bad_construction(base_url: str, model: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OpenAIChatClient(base_url, model)
+
+
+def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("EE_OPENAI_API_KEY", "sk-env")
+    script = Script(httpx.Response(200, json=completion({"role": "assistant", "content": "ok"})))
+    script.client().complete([{"role": "user", "content": "x"}])
+    assert script.requests[0].headers["Authorization"] == "Bearer sk-env"

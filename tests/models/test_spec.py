@@ -1,0 +1,105 @@
+"""One model-spec grammar: ``local:DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL``, ``package.module:factory``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import ModelError, ModelLoadError
+from ee_middleware.models import ChatClient, Choice, OpenAIChatClient, Sampling, build_chat_client, parse_model_spec
+from ee_middleware.models.spec import is_model_spec
+
+
+class EchoClient:
+    """A user's own chat client, built through ``tests.models.test_spec:make_echo``."""
+
+    def __init__(self, prefix: str = "echo") -> None:
+        self.model = f"{prefix}-model"
+        self.closed = False
+
+    def complete(
+        self, messages: Sequence[dict[str, Any]], *, tools: Any = None, n: int = 1, sampling: Sampling = Sampling()
+    ) -> list[Choice]:
+        return [Choice.from_text(f"{self.model}: {messages[-1]['content']}") for _ in range(n)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make_echo(prefix: str = "echo") -> EchoClient:
+    return EchoClient(prefix)
+
+
+def make_nothing() -> object:
+    return object()
+
+
+@pytest.mark.parametrize(
+    ("spec", "fields"),
+    [
+        ("local:/models/base", {"kind": "local", "path": "/models/base", "adapter": None}),
+        ("transformers:/models/base", {"kind": "local", "path": "/models/base", "adapter": None}),
+        ("local:/models/base@/adapters/v3", {"kind": "local", "path": "/models/base", "adapter": "/adapters/v3"}),
+        ("openai:http://127.0.0.1:8000/v1#support-bot", {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "support-bot"}),
+        ("openai:http://h/v1#a#b", {"kind": "openai", "base_url": "http://h/v1#a", "model": "b"}),
+        ("tests.models.test_spec:make_echo", {"kind": "plugin"}),
+    ],
+)
+def test_parse_every_form(spec: str, fields: dict[str, Any]) -> None:
+    parsed = parse_model_spec(spec)
+    assert {name: getattr(parsed, name) for name in fields} == fields and parsed.spec == spec
+
+
+def test_a_folder_whose_name_has_an_at_sign_is_not_split(tmp_path: Path) -> None:
+    folder = tmp_path / "smollm2@v2"
+    folder.mkdir()
+    assert (parse_model_spec(f"local:{folder}").path, parse_model_spec(f"local:{folder}").adapter) == (str(folder), None)
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("", "the spec is empty"),
+        ("local:", "the model folder is missing"),
+        ("local:/m@", "with both folders"),
+        ("local:@/adapter", "with both folders"),
+        ("openai:http://127.0.0.1:8000/v1", "separated by '#'"),
+        ("openai:#m", "separated by '#'"),
+    ],
+)
+def test_bad_specs_say_why_and_list_the_forms(spec: str, why: str) -> None:
+    with pytest.raises(ModelError, match="Accepted forms") as info:
+        parse_model_spec(spec)
+    assert why in str(info.value) and "'local:DIR[@ADAPTER]'" in str(info.value) and "'openai:BASE_URL#MODEL'" in str(info.value)
+
+
+def test_is_model_spec() -> None:
+    assert is_model_spec("local:/m") and is_model_spec("openai:http://h/v1#m") and is_model_spec(" transformers:/m")
+    assert not is_model_spec("mutate") and not is_model_spec("pkg.mod:factory") and not is_model_spec("local")
+
+
+def test_build_every_kind(tmp_path: Path) -> None:
+    client = build_chat_client("openai:http://127.0.0.1:9/v1#m", retries=0)
+    assert isinstance(client, OpenAIChatClient) and client.retries == 0 and client.model == "m"
+    user = build_chat_client("tests.models.test_spec:make_echo", prefix="mine")
+    assert isinstance(user, ChatClient) and user.complete([{"role": "user", "content": "hi"}])[0].text == "mine-model: hi"
+    with pytest.raises(ModelLoadError, match="No model folder"):
+        build_chat_client(f"local:{tmp_path / 'missing'}")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="No LoRA adapter at"):
+        build_chat_client(f"local:{tmp_path}@{tmp_path / 'no-adapter'}")
+
+
+def test_build_errors_name_the_spec() -> None:
+    with pytest.raises(ModelError, match="returned object, which is not a ChatClient: it needs a 'model' attribute"):
+        build_chat_client("tests.models.test_spec:make_nothing")
+    with pytest.raises(ModelError, match="Bad options for model client"):
+        build_chat_client("tests.models.test_spec:make_echo", colour="red")
+    with pytest.raises(ModelError, match="Bad settings for model client"):
+        build_chat_client("openai:localhost#m")

@@ -1,0 +1,143 @@
+"""The one plugin registry: built-in names, ``module:factory`` and entry points, with errors that list them."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import pytest
+
+from ee_middleware.errors import EEError
+from ee_middleware.plugins import PluginKind
+
+
+class GadgetError(EEError):
+    pass
+
+
+@runtime_checkable
+class Gadget(Protocol):
+    name: str
+
+    def run(self) -> str: ...
+
+
+class Spanner:
+    def __init__(self, size: int = 10) -> None:
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        self.name = f"spanner-{size}"
+
+    def run(self) -> str:
+        return self.name
+
+
+def broken_factory() -> Spanner:
+    raise RuntimeError("disk on fire")
+
+
+def not_a_gadget() -> object:
+    return object()
+
+
+NOT_CALLABLE = 3
+
+GADGETS = PluginKind(
+    kind="gadget",
+    group="ee_middleware_test.gadgets",
+    error=GadgetError,
+    builtins={"spanner": f"{__name__}:Spanner"},
+    protocol=Gadget,
+    requires="a 'name' and 'run()'",
+    forms=("'size:N' (a sized spanner)",),
+)
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A real installed distribution (a .dist-info folder on sys.path) that declares two entry points."""
+    dist = tmp_path / "gadget_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gadget-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        f"[ee_middleware_test.gadgets]\nbig-spanner = {__name__}:Spanner\nbroken = no_such_module_for_gadgets:thing\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    yield
+    importlib.invalidate_caches()
+
+
+def test_builtin_and_factory_build_and_check_the_protocol() -> None:
+    assert GADGETS.build("spanner").run() == "spanner-10"
+    assert GADGETS.build(f"{__name__}:Spanner", size=3).run() == "spanner-3"
+    assert GADGETS.resolve(" spanner ") is Spanner
+
+
+def test_entry_points_are_found_listed_and_loaded(installed_plugin: None) -> None:
+    assert set(GADGETS.installed()) == {"big-spanner", "broken"}
+    assert GADGETS.build("big-spanner", size=99).name == "spanner-99"
+    with pytest.raises(GadgetError, match=r"plug-in 'broken' \(no_such_module_for_gadgets:thing\) failed to load: ModuleNotFoundError"):
+        GADGETS.resolve("broken")
+    with pytest.raises(GadgetError, match=r"installed: 'big-spanner', 'broken'"):
+        GADGETS.resolve("hammer")
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("", {}, "Unknown gadget '' (the spec is empty)"),
+        ("hammer", {}, "Unknown gadget 'hammer' (it matches none of the accepted forms)"),
+        ("no_such_pkg_xyz.mod:make", {}, "Cannot import 'no_such_pkg_xyz.mod' for gadget 'no_such_pkg_xyz.mod:make'"),
+        (f"{__name__}:missing", {}, f"'{__name__}' has no attribute 'missing'"),
+        (f"{__name__}:NOT_CALLABLE", {}, "names int, not a callable that builds a gadget"),
+        (f"{__name__}:not_a_gadget", {}, "returned object, which is not a Gadget: it needs a 'name' and 'run()'"),
+        ("spanner", {"colour": "red"}, "Bad options for gadget 'spanner'"),
+        ("spanner", {"size": 0}, "Bad settings for gadget 'spanner': size must be positive"),
+        (f"{__name__}:broken_factory", {}, "The factory of gadget"),
+    ],
+)
+def test_every_failure_is_the_kinds_error_and_says_what_is_wrong(spec: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(GadgetError) as info:
+        GADGETS.build(spec, **options)
+    assert message in str(info.value)
+
+
+def test_unknown_lists_every_accepted_form() -> None:
+    text = str(GADGETS.unknown("x", "why"))
+    assert "a built-in name ('spanner')" in text and "'size:N' (a sized spanner)" in text
+    assert "'package.module:factory'" in text and "'ee_middleware_test.gadgets' entry point (none installed)" in text
+
+
+class EchoTeacher:
+    name = "echo"
+
+    def write(self, cases: list[Any]) -> list[str]:
+        return ["echo"] * len(cases)
+
+
+def test_policies_teachers_and_sandboxes_are_found_through_their_entry_point_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ee_middleware.replay.policies.registry import build_policy
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+    from ee_middleware.trainers.datasets.teachers import build_teacher
+
+    dist = tmp_path / "ee_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ee-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[ee_middleware.policies]\necho = tests.replay.policies.test_registry:make_echo\n"
+        f"[ee_middleware.teachers]\necho = {__name__}:EchoTeacher\n"
+        "[ee_middleware.sandboxes]\nshop = tests.replay.sandboxes.test_python:make\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        assert build_policy("echo", label="x").name == "echo-x"
+        assert build_teacher("echo").write([object(), object()]) == ["echo", "echo"]
+        assert build_sandbox("shop").covers("order_item")
+    finally:
+        importlib.invalidate_caches()
