@@ -1,10 +1,39 @@
+"""ee_middleware.messages: the message shapes every layer exchanges, and JSON that never raises."""
+
 from __future__ import annotations
 
+import copy
+import dataclasses
+import datetime as dt
 import json
+from typing import Any
 
+import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
+from pydantic import BaseModel
 
-from ee_middleware.messages import clean_text, dumps, genai_to_openai, langchain_to_openai, openai_to_genai, parse_arguments
+from ee_middleware.messages import (
+    clean_text,
+    content_to_text,
+    decode_tool_call,
+    dumps,
+    genai_to_openai,
+    langchain_to_openai,
+    one_line,
+    openai_to_genai,
+    openai_tool_schemas,
+    parse_arguments,
+    to_jsonable,
+    with_decoded_arguments,
+)
+
+
+def _call(arguments: Any, call_id: str = "c1", name: str = "f") -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# --- round trips (the shapes meet in capture, ingest and export) -----------------------------------
 
 
 def test_langchain_openai_genai_round_trip():
@@ -33,3 +62,355 @@ def test_arguments_and_odd_values_never_raise():
         "s": [3],
     }
     assert clean_text("ok \ud83d\ude80 \udc00") == "ok 🚀 \ufffd"
+
+
+# --- clean_text -------------------------------------------------------------------------------------
+
+
+def test_clean_text_keeps_valid_unicode_and_replaces_only_lone_surrogates():
+    for text in ("", "plain", "Zürich · 東京 · 🚀", "tab\tnew\nline"):
+        assert clean_text(text) == text
+    assert clean_text("\ud83d") == "\ufffd"  # a lone high surrogate
+    assert clean_text("a\udc00b") == "a\ufffdb"  # a lone low surrogate
+    assert clean_text("\ud83d\ude80") == "🚀"  # a pair split into surrogates is joined again
+    assert clean_text("x\ud800\ud800y").encode("utf-8") == "x\ufffd\ufffdy".encode()
+
+
+# --- to_jsonable / dumps ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    label: str
+
+
+class _Model(BaseModel):
+    name: str
+    when: dt.date
+
+
+class _BrokenModel:
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        raise RuntimeError("cannot dump")
+
+    def __repr__(self) -> str:
+        return "<broken model>"
+
+
+def test_to_jsonable_keeps_json_scalars_and_turns_the_rest_into_json_data():
+    assert to_jsonable(None) is None
+    assert to_jsonable(True) is True and to_jsonable(0) == 0  # bools stay bools, not ints
+    assert to_jsonable(1.5) == 1.5
+    assert [to_jsonable(v) for v in (float("nan"), float("inf"), float("-inf"))] == ["nan", "inf", "-inf"]
+    assert to_jsonable("a\udc00") == "a\ufffd"
+    assert to_jsonable({1: (1, 2), None: {3}, "k\udc00": frozenset()}) == {"1": [1, 2], "None": [3], "k\ufffd": []}
+    assert to_jsonable(bytearray(b"\xff")) == {"type": "bytes", "base64": "/w=="}
+    assert to_jsonable(dt.datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05"
+    assert to_jsonable(dt.date(2026, 1, 2)) == "2026-01-02"
+    assert to_jsonable(_Model(name="n", when=dt.date(2026, 1, 2))) == {"name": "n", "when": "2026-01-02"}
+    assert to_jsonable(_Point(1, "p")) == {"x": 1, "label": "p"}
+    assert to_jsonable(_Point) == repr(_Point)  # a dataclass type is not an instance
+    assert to_jsonable(_BrokenModel()) == "<broken model>"
+    assert to_jsonable(object) == "<class 'object'>"
+
+
+def test_to_jsonable_stops_at_a_depth_limit():
+    nested: list[Any] = []
+    inner = nested
+    for _ in range(100):
+        inner.append([])
+        inner = inner[0]
+    value = to_jsonable(nested)
+    depth = 0
+    while isinstance(value, list):
+        (value,) = value
+        depth += 1
+    assert (depth, value) == (65, "<nested too deep>")
+
+
+def test_dumps_is_compact_utf8_json_and_never_raises():
+    assert dumps({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'
+    assert dumps({1: "int keys are JSON's own"}) == '{"1":"int keys are JSON\'s own"}'
+    assert dumps({(1, 2): "x"}) == '{"(1, 2)":"x"}'  # keys JSON cannot hold fall back to their text
+    assert dumps({"f": float("nan")}) == '{"f":"nan"}'
+    assert dumps("\udc00") == '"\ufffd"'
+    assert dumps(dt.date(2026, 1, 2)) == '"2026-01-02"'
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    text = dumps(cycle)  # a cycle becomes nested lists down to the depth limit
+    assert isinstance(json.loads(text), list) and text.endswith('"<nested too deep>"' + "]" * 65)
+    assert json.loads(dumps({"b": b"\x00"})) == {"b": {"type": "bytes", "base64": "AA=="}}
+
+
+# --- content_to_text --------------------------------------------------------------------------------
+
+
+def test_content_to_text_flattens_strings_and_content_blocks():
+    assert content_to_text(None) == ""
+    assert content_to_text("") == ""
+    assert content_to_text("ünïcode") == "ünïcode"
+    blocks = ["a", {"type": "text", "text": "b"}, {"content": "c"}, {"type": "image_url", "image_url": {"url": "u"}}]
+    assert content_to_text(blocks) == 'abc{"type":"image_url","image_url":{"url":"u"}}'
+    assert content_to_text(("x", "y")) == "xy"
+    assert content_to_text([]) == ""
+    assert content_to_text({"a": 1}) == '{"a":1}'  # a mapping is not a list of blocks
+    assert content_to_text(3) == "3"
+
+
+# --- parse_arguments --------------------------------------------------------------------------------
+
+
+def test_parse_arguments_from_a_dict_copies_and_makes_json_data():
+    given = {"city": "Zürich", "when": dt.date(2026, 1, 2), "ids": (1, 2)}
+    parsed = parse_arguments(given)
+    assert parsed == {"city": "Zürich", "when": "2026-01-02", "ids": [1, 2]}
+    parsed["city"] = "Bern"
+    assert given["city"] == "Zürich"
+
+
+def test_parse_arguments_from_json_text():
+    assert parse_arguments('{"city": "Zürich", "n": [1, {"deep": true}]}') == {"city": "Zürich", "n": [1, {"deep": True}]}
+    assert parse_arguments('{"city": "Z\\u00fcrich"}') == {"city": "Zürich"}
+    assert parse_arguments("") == {}
+    assert parse_arguments("{}") == {}
+
+
+def test_parse_arguments_keeps_malformed_and_non_object_arguments_under_raw():
+    assert parse_arguments('{"city": "Zür') == {"_raw": '{"city": "Zür'}
+    assert parse_arguments("{'single': 'quotes'}") == {"_raw": "{'single': 'quotes'}"}
+    assert parse_arguments("bad \udc00") == {"_raw": "bad \ufffd"}
+    assert parse_arguments('"just a string"') == {"_raw": "just a string"}
+    assert parse_arguments("7") == {"_raw": 7}
+    assert parse_arguments("null") == {"_raw": None}
+    assert parse_arguments([1, b"\x00"]) == {"_raw": [1, {"type": "bytes", "base64": "AA=="}]}
+    assert parse_arguments(7) == {"_raw": 7}
+
+
+# --- one_line ---------------------------------------------------------------------------------------
+
+
+def test_one_line_collapses_whitespace():
+    assert one_line(None, 10) == ""
+    assert one_line("", 10) == ""
+    assert one_line(" \n\t ", 10) == ""
+    assert one_line("  a\n\n b\t c  ", 10) == "a b c"
+
+
+def test_one_line_cuts_to_width_with_an_ellipsis():
+    assert one_line("abcde", 5) == "abcde"  # exactly the width: kept whole
+    assert one_line("abcdef", 5) == "abcd…"
+    assert len(one_line("x" * 500, 40)) == 40
+    assert one_line("ééééé", 3) == "éé…"  # counted in characters, not bytes
+    assert one_line("a  b  c", 5) == "a b c"  # collapsed first (7 characters before), then measured
+    assert one_line("a\nbcdefgh", 4) == "a b…"
+
+
+# --- decode_tool_call / with_decoded_arguments ------------------------------------------------------
+
+
+def test_decode_tool_call_decodes_json_text_arguments_without_touching_the_input():
+    call = _call('{"city": "Zürich"}')
+    original = copy.deepcopy(call)
+    assert decode_tool_call(call) == {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"city": "Zürich"}}}
+    assert call == original
+    assert decode_tool_call(_call(""))["function"]["arguments"] == {}
+    assert decode_tool_call(_call("  \n"))["function"]["arguments"] == {}
+    assert decode_tool_call(_call({"already": "an object"}))["function"]["arguments"] == {"already": "an object"}
+    assert decode_tool_call(_call(None))["function"]["arguments"] is None
+
+
+def test_decode_tool_call_returns_what_it_cannot_decode_unchanged():
+    malformed = _call('{"city": ')
+    assert decode_tool_call(malformed) is malformed
+    not_a_function_call = {"id": "c1", "type": "custom", "input": "x"}
+    assert decode_tool_call(not_a_function_call) is not_a_function_call
+    assert decode_tool_call("a string") == "a string"
+    assert decode_tool_call({"function": "not a dict"}) == {"function": "not a dict"}
+
+
+def test_with_decoded_arguments_decodes_every_call_of_every_message():
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": "", "tool_calls": [_call('{"a": 1}', "c1"), _call("bad", "c2")]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "assistant", "content": "done", "tool_calls": []},
+    ]
+    original = copy.deepcopy(messages)
+    decoded = with_decoded_arguments(messages)
+    assert [c["function"]["arguments"] for c in decoded[1]["tool_calls"]] == [{"a": 1}, "bad"]
+    assert decoded[0] == messages[0] and decoded[2] == messages[2] and decoded[3] == messages[3]
+    assert messages == original
+    assert with_decoded_arguments([]) == []
+
+
+# --- LangChain -> OpenAI ----------------------------------------------------------------------------
+
+
+def test_langchain_to_openai_accepts_objects_tuples_and_dicts():
+    converted = langchain_to_openai([("user", "hi"), {"role": "assistant", "content": "yo"}, SystemMessage("rules")])
+    assert converted == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "system", "content": "rules"},
+    ]
+    assert langchain_to_openai([]) == []
+
+
+def test_langchain_to_openai_tool_calls_names_and_content_blocks():
+    converted = langchain_to_openai(
+        [
+            HumanMessage("h", name="alice"),
+            SystemMessage("s", name="ignored"),
+            AIMessage(
+                [{"type": "text", "text": "let me "}, "look"],
+                tool_calls=[
+                    {"name": "weather", "args": {"city": "Zürich"}, "id": None},
+                    {"name": "ping", "args": {}, "id": "c2"},
+                ],
+            ),
+            ToolMessage("sunny", tool_call_id="c1", name="weather"),
+            AIMessage("no calls"),
+        ]
+    )
+    assert converted[0] == {"role": "user", "content": "h", "name": "alice"}
+    assert converted[1] == {"role": "system", "content": "s"}  # system names are not carried
+    assert converted[2] == {
+        "role": "assistant",
+        "content": "let me look",
+        "tool_calls": [
+            {"id": "", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Zürich"}'}},
+            {"id": "c2", "type": "function", "function": {"name": "ping", "arguments": "{}"}},
+        ],
+    }
+    assert converted[3] == {"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "weather"}
+    assert converted[4] == {"role": "assistant", "content": "no calls"}
+
+
+# --- tool schemas -----------------------------------------------------------------------------------
+
+
+@tool
+def _weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+def test_openai_tool_schemas_normalises_every_form():
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    openai_form = {"type": "function", "function": {"name": "weather", "description": "d", "parameters": parameters}}
+    flat = {"name": "weather", "description": "d", "parameters": parameters, "strict": True}
+    assert openai_tool_schemas([openai_form]) == [openai_form]
+    assert openai_tool_schemas([flat]) == [openai_form]  # keys OpenAI does not define are dropped
+    assert openai_tool_schemas([{"name": "ping"}]) == [
+        {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}}
+    ]
+    assert openai_tool_schemas([{"not": "a tool"}]) == []
+    assert openai_tool_schemas(None) == [] and openai_tool_schemas([]) == []
+    (from_langchain,) = openai_tool_schemas([_weather])
+    assert from_langchain["type"] == "function"
+    assert from_langchain["function"]["name"] == "_weather"
+    assert from_langchain["function"]["description"] == "The weather in a city."
+    assert from_langchain["function"]["parameters"]["properties"] == {"city": {"type": "string"}}
+
+
+def test_openai_tool_schemas_does_not_share_the_callers_dicts():
+    tool_def = {"type": "function", "function": {"name": "f"}}
+    (schema,) = openai_tool_schemas([tool_def])
+    assert "parameters" in schema["function"] and "parameters" not in tool_def["function"]
+
+
+# --- OpenAI <-> GenAI -------------------------------------------------------------------------------
+
+
+def test_openai_to_genai_parts():
+    converted = openai_to_genai(
+        [
+            {"content": "no role means user"},
+            {"role": "assistant", "content": "checking", "tool_calls": [_call('{"city": "Zürich"}'), _call("{broken", "c2", "g")]},
+            {"role": "assistant", "content": None, "tool_calls": [_call({"x": 1}, "c3")]},
+            {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "sunny"}], "name": "f"},
+            {"role": "user", "content": ""},
+        ]
+    )
+    assert converted[0] == {"role": "user", "parts": [{"type": "text", "content": "no role means user"}]}
+    assert converted[1] == {
+        "role": "assistant",
+        "parts": [
+            {"type": "text", "content": "checking"},
+            {"type": "tool_call", "id": "c1", "name": "f", "arguments": {"city": "Zürich"}},
+            {"type": "tool_call", "id": "c2", "name": "g", "arguments": {"_raw": "{broken"}},
+        ],
+    }
+    assert converted[2] == {"role": "assistant", "parts": [{"type": "tool_call", "id": "c3", "name": "f", "arguments": {"x": 1}}]}
+    assert converted[3] == {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "sunny"}], "name": "f"}
+    assert converted[4] == {"role": "user", "parts": []}
+
+
+def test_genai_to_openai_parts():
+    converted = genai_to_openai(
+        [
+            {"role": None, "parts": [{"type": "text", "content": "a"}, {"type": "text", "content": "b"}]},
+            {
+                "role": "assistant",
+                "name": "bot",
+                "parts": [
+                    {"type": "tool_call", "id": "c1", "name": "f", "arguments": {"city": "Zürich"}},
+                    {"type": "tool_call", "id": None, "name": "g", "arguments": '{"n": 1}'},
+                    {"type": "reasoning", "content": "ignored"},
+                    "not a part",
+                ],
+            },
+            {
+                "role": "tool",
+                "parts": [
+                    {"type": "tool_call_response", "id": "c1", "response": "sunny"},
+                    {"type": "tool_call_response", "id": "c2", "response": {"temp": 21}},
+                ],
+            },
+        ]
+    )
+    assert converted == [
+        {"role": "user", "content": "ab"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"city":"Zürich"}'}},
+                {"id": "", "type": "function", "function": {"name": "g", "arguments": '{"n":1}'}},
+            ],
+            "name": "bot",
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},  # one tool message per response
+        {"role": "tool", "tool_call_id": "c2", "content": '{"temp":21}'},
+    ]
+
+
+def test_genai_to_openai_accepts_openai_shaped_messages():
+    converted = genai_to_openai(
+        [
+            {"role": "assistant", "content": None, "tool_calls": [{"name": "f", "args": {"a": 1}, "id": "c1"}]},
+            {"role": "assistant", "content": "", "tool_calls": [_call('{"b": 2}', "c2")]},
+            {"role": "tool", "tool_call_id": "c1", "name": "f", "content": "ok"},
+            {"content": "no role"},
+        ]
+    )
+    assert converted == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
+        },
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "f", "arguments": '{"b":2}'}}],
+        },
+        {"role": "tool", "content": "ok", "tool_call_id": "c1", "name": "f"},
+        {"role": "user", "content": "no role"},
+    ]
+
+
+def test_genai_to_openai_names_a_message_that_is_not_an_object():
+    with pytest.raises(ValueError, match="a message must be an object, got list"):
+        genai_to_openai([["role", "user"]])
