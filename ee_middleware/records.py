@@ -162,7 +162,7 @@ class ApprovalEvent(_Record):
         return Approval(status=self.status, by=self.by, at=self.at, reason=self.reason)
 
 
-class Proposer(_Record):
+class ProposerInfo(_Record):
     """Who proposed an alternative action, and with which sampling settings."""
 
     policy: str = Field(min_length=1)
@@ -188,7 +188,7 @@ class Rollout(_Record):
     step_index: int = Field(ge=0)
     branch_index: int = Field(ge=0)
     action: Action
-    proposer: Proposer
+    proposer: ProposerInfo
     observation: Observation
     is_error: bool = False
     synthetic: bool = False

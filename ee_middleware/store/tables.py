@@ -19,7 +19,7 @@ from ee_middleware.records import (
     Approval,
     ApprovalEvent,
     Observation,
-    Proposer,
+    ProposerInfo,
     ReplayRecord,
     Rollout,
     Step,
@@ -219,7 +219,7 @@ def rollout_from_row(row: dict[str, Any]) -> Rollout:
         step_index=row["step_index"],
         branch_index=row["branch_index"],
         action=Action(kind="tool_call", tool_call=call) if call else Action(kind="answer"),
-        proposer=Proposer.model_validate(json.loads(row["proposer_json"])),
+        proposer=ProposerInfo.model_validate(json.loads(row["proposer_json"])),
         observation=Observation(
             content=row["observation"] or "", is_error=bool(row["is_error"]), truncated_chars=row["observation_truncated_chars"] or 0
         ),

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from ee_middleware.bfcl.sandbox import BFCLSandbox
-from ee_middleware.records import Observation, ToolCall, Trajectory
-from ee_middleware.records import Proposer as ProposerInfo
+from ee_middleware.records import Observation, ProposerInfo, ToolCall, Trajectory
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals

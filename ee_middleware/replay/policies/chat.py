@@ -21,7 +21,7 @@ from ee_middleware.models.local import LocalGenerator
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.parsing import ParseProblem
 from ee_middleware.models.protocol import ChatClient, Sampling
-from ee_middleware.records import Proposer
+from ee_middleware.records import ProposerInfo
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import tool_schemas_for
 
@@ -73,7 +73,7 @@ class ChatPolicy:
             return Proposals()
         sampling = Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=seed)
         choices = self.client.complete(point.state, tools=point.tools or None, n=k, sampling=sampling)
-        proposer = Proposer(
+        proposer = ProposerInfo(
             policy=self.name, model=self.client.model, temperature=self.temperature, top_p=self.top_p, seed=seed, settings=self.settings
         )
         param_order = tool_schemas_for(point.tools).param_order()

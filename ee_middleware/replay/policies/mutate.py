@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ee_middleware.models.parsing import call_id, canonical_call
-from ee_middleware.records import Proposer, ToolCall
+from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
 
@@ -367,7 +367,7 @@ class MutationPolicy:
         schemas = tool_schemas_for(point.tools)
         rng = random.Random(f"{self.name}:{seed}:{point.trajectory_id}:{point.step_index}")
         maker = _ValueMaker(rng, Vocabulary.harvest(point), self.optional_arg_rate)
-        proposer = Proposer(policy=self.name, seed=seed, settings={"same_tool_share": self.same_tool_share})
+        proposer = ProposerInfo(policy=self.name, seed=seed, settings={"same_tool_share": self.same_tool_share})
         seen = {canonical_call(point.expert.name, point.expert.arguments)}
         failures = {"same": 0, "other": 0}
         if point.expert.name not in schemas:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ee_middleware.records import Message, Proposer, ToolCall, ToolSchema
+    from ee_middleware.records import Message, ProposerInfo, ToolCall, ToolSchema
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Candidate:
     """One proposed alternative: a tool call, or the raw text that could not be read as one."""
 
     call: ToolCall | None
-    proposer: Proposer
+    proposer: ProposerInfo
     raw: str | None = None
     """What the model produced (kept for rejects and debugging)."""
     problem: str | None = None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ee_middleware.errors import ConfigError, PolicyError
 from ee_middleware.models.parsing import ParseProblem, canonical_call, parse_tool_calls
-from ee_middleware.records import Proposer as ProposerMeta
-from ee_middleware.records import ToolCall
+from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
@@ -28,7 +28,7 @@ class TextPolicy:
 
     def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
         self.calls.append((k, seed))
-        meta = ProposerMeta(policy=self.name, model="script", seed=seed)
+        meta = ProposerInfo(policy=self.name, model="script", seed=seed)
         out = []
         for text in self.texts:
             for item in parse_tool_calls(text):
@@ -158,7 +158,29 @@ def test_k_zero_and_negative(shop_point: DecisionPoint) -> None:
         Proposer(policy, k=-1)
 
 
-def test_describe_and_close(shop_point: DecisionPoint) -> None:
-    proposer = Proposer(TextPolicy([]), k=2)
-    assert proposer.describe() == {"k": 2, "policy": {"policy": "scripted"}, "refill": MutationPolicy().describe()}
+class ResourcePolicy(TextPolicy):
+    """A policy that holds a real resource (an open file), as a model client holds connections."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__([], name=name)
+        self.handle = path.open("w")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def test_describe_and_close(tmp_path: Path) -> None:
+    assert Proposer(TextPolicy([]), k=2).describe() == {"k": 2, "policy": {"policy": "scripted"}, "refill": MutationPolicy().describe()}
+    policy, refill = ResourcePolicy(tmp_path / "policy", "scripted"), ResourcePolicy(tmp_path / "refill", "refill")
+    proposer = Proposer(policy, k=2, refill=refill)
+    assert proposer.describe() == {"k": 2, "policy": {"policy": "scripted"}, "refill": {"policy": "refill"}}
+    assert not policy.handle.closed and not refill.handle.closed
     proposer.close()
+    assert policy.handle.closed and refill.handle.closed, "close releases what the policy and the refill hold"
+    with pytest.raises(ValueError, match="closed file"):
+        policy.handle.write("after close")
+    alone = ResourcePolicy(tmp_path / "alone", "alone")
+    without_refill = Proposer(alone, k=1, refill=None)
+    assert without_refill.describe()["refill"] is None
+    without_refill.close()
+    assert alone.handle.closed
