@@ -146,7 +146,7 @@ def record_experts(
     Idempotent: entries already recorded for the category are left alone.
     """
     from ee_middleware.capture.recorder import record_experience
-    from ee_middleware.store.local import open_store
+    from ee_middleware.store.registry import open_store
 
     store_obj = open_store(store)
     entries = load_entries(category, limit=limit, ids=ids)

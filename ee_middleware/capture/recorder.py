@@ -44,8 +44,8 @@ from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
 from ee_middleware.messages import dumps
-from ee_middleware.store.local import open_store
 from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.store.registry import open_store
 
 logger = logging.getLogger("ee_middleware.capture")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from ee_middleware.cli.common import JsonOption, StoreOption, console, print_json
@@ -13,7 +11,7 @@ app = typer.Typer(help="BFCL multi-turn tasks as a real executable environment."
 
 @app.command("record-experts")
 def record_experts_cmd(
-    store: Path = StoreOption,
+    store: str = StoreOption,
     category: str = typer.Option(
         "multi_turn_base", "--category", help="BFCL multi-turn category (multi_turn_base, multi_turn_miss_func, ...)."
     ),

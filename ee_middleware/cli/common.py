@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ee_middleware.messages import one_line
 
-StoreOption = typer.Option(..., "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True)
+if TYPE_CHECKING:
+    from ee_middleware.store.protocol import ExperienceStore
+
+STORE_HELP = "Experience store: a folder, or a store spec (local:PATH, NAME:LOCATION for a store plug-in)."
+StoreOption = typer.Option(..., "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True)
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 
 
-def open_existing_store(path: Path) -> Any:
-    from ee_middleware.store.local import LocalExperienceStore
+def open_existing_store(spec: str | Path) -> ExperienceStore:
+    """The store ``spec`` names, which must exist already (a CLI command never creates one by mistake)."""
+    from ee_middleware.store.registry import open_store
 
-    return LocalExperienceStore(path, create=False)
+    return open_store(spec, create=False)
 
 
 def print_json(data: Any) -> None:

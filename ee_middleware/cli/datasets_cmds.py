@@ -8,14 +8,14 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, console, print_json, short
+from ee_middleware.cli.common import STORE_HELP, JsonOption, console, print_json, short
 
 app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, export.", no_args_is_help=True)
 
 
 @app.command("build")
 def build(
-    store: Path | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True),
+    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
     kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. [default: il,iwm,sr]"),
     teacher: str | None = typer.Option(

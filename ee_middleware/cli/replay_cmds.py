@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json, short
+from ee_middleware.cli.common import STORE_HELP, JsonOption, StoreOption, console, open_existing_store, print_json, short
 
 app = typer.Typer(help="Replay recorded states with K alternative tool calls in a sandbox; inspect rollouts.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ class IsolationChoice(StrEnum):
 
 @app.command("run")
 def run(
-    store: Path | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store folder.", show_envvar=True),
+    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     sandbox: str | None = typer.Option(
         None, "--sandbox", help="Sandbox: 'bfcl', 'package.module:factory' or an entry point. [default: bfcl]"
     ),
@@ -163,7 +163,7 @@ def _rollout_json(rollout: Any) -> dict[str, Any]:
 
 @app.command("list")
 def list_rollouts(
-    store: Path = StoreOption,
+    store: str = StoreOption,
     trajectory: str | None = typer.Option(
         None, "--trajectory", "-t", help="Only rollouts of this trajectory (a unique id prefix is enough)."
     ),
@@ -219,7 +219,7 @@ def list_rollouts(
 @app.command("show")
 def show(
     item_id: str = typer.Argument(..., help="A trajectory id (all its rollouts) or a rollout id; a unique prefix is enough."),
-    store: Path = StoreOption,
+    store: str = StoreOption,
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
     as_json: bool = JsonOption,
 ) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json
@@ -12,7 +10,7 @@ app = typer.Typer(help="Inspect and maintain an experience store.", no_args_is_h
 
 
 @app.command("info")
-def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
+def info(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     """Counts of trajectories by approval, spool segments and Parquet parts."""
     data = open_existing_store(store).info()
     if as_json:
@@ -28,7 +26,7 @@ def info(store: Path = StoreOption, as_json: bool = JsonOption) -> None:
 
 
 @app.command("compact")
-def compact(store: Path = StoreOption) -> None:
+def compact(store: str = StoreOption) -> None:
     """Fold finished spool segments into Parquet parts (safe while agents are recording)."""
     folded = open_existing_store(store).compact()
     typer.echo(f"Compacted {folded} spool segment(s) into Parquet parts.")

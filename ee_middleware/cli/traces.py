@@ -33,7 +33,7 @@ class ExportFormat(StrEnum):
 
 @app.command("list")
 def list_traces(
-    store: Path = StoreOption,
+    store: str = StoreOption,
     status: StatusFilter = typer.Option(StatusFilter.all, "--status", help="Only trajectories with this approval."),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many (newest)."),
@@ -79,7 +79,7 @@ def list_traces(
 @app.command("show")
 def show(
     trajectory_id: str = typer.Argument(..., help="Trajectory id (a unique prefix is enough)."),
-    store: Path = StoreOption,
+    store: str = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Show one trajectory with every step: tool call, arguments, observation."""
@@ -123,7 +123,7 @@ def show(
 @app.command("approve")
 def approve(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
-    store: Path = StoreOption,
+    store: str = StoreOption,
     by: str = typer.Option(..., "--by", help="Who approves (stored with the decision)."),
     reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
 ) -> None:
@@ -134,7 +134,7 @@ def approve(
 @app.command("reject")
 def reject(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
-    store: Path = StoreOption,
+    store: str = StoreOption,
     by: str = typer.Option(..., "--by", help="Who rejects (stored with the decision)."),
     reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
 ) -> None:
@@ -153,7 +153,7 @@ def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str 
 
 @app.command("export")
 def export(
-    store: Path = StoreOption,
+    store: str = StoreOption,
     fmt: ExportFormat = typer.Option(..., "--format", "-f", help="jsonl: OpenAI chat fine-tuning lines; parquet: one row per trajectory."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file."),
     status: StatusFilter = typer.Option(StatusFilter.approved, "--status", help="Which trajectories (default: approved only)."),
@@ -172,7 +172,7 @@ def export(
 @app.command("ingest")
 def ingest(
     files: list[Path] = typer.Argument(..., help="OTLP JSON files (a Collector's file exporter output).", exists=False),
-    store: Path = StoreOption,
+    store: str = StoreOption,
     app_name: str | None = typer.Option(None, "--app", help="App name for runs whose spans name none."),
     approve_by: str | None = typer.Option(None, "--approve-by", help="Approve every ingested trajectory in this name."),
     as_json: bool = JsonOption,
@@ -184,9 +184,9 @@ def ingest(
     problem was found. Ingesting the same file twice adds nothing.
     """
     from ee_middleware.ingest import ingest_files
-    from ee_middleware.store.local import LocalExperienceStore
+    from ee_middleware.store.registry import open_store
 
-    report = ingest_files(files, LocalExperienceStore(store), app=app_name, approve_by=approve_by)
+    report = ingest_files(files, open_store(store), app=app_name, approve_by=approve_by)
     if as_json:
         print_json(report.as_dict())
     else:

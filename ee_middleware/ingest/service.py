@@ -13,7 +13,7 @@ from ee_middleware.capture.spandata import SpanData
 from ee_middleware.errors import IngestError
 from ee_middleware.ingest.otlp_json import read_otlp_json
 from ee_middleware.records import Approval, Trajectory, utcnow
-from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.store.protocol import ExperienceStore
 
 
 @dataclass
@@ -41,7 +41,7 @@ class IngestReport:
 
 def ingest_spans(
     spans: Iterable[SpanData],
-    store: LocalExperienceStore,
+    store: ExperienceStore,
     *,
     app: str | None = None,
     approve_by: str | None = None,
@@ -82,7 +82,7 @@ def ingest_spans(
     return report
 
 
-def ingest_files(paths: Sequence[str | Path], store: LocalExperienceStore, **kwargs: object) -> IngestReport:
+def ingest_files(paths: Sequence[str | Path], store: ExperienceStore, **kwargs: object) -> IngestReport:
     """Read OTLP JSON files and ingest their spans; problems are collected, never raised."""
     report = IngestReport()
     spans: list[SpanData] = []

@@ -18,12 +18,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
+from ee_middleware.store.registry import store_config_value
 
 
 class ReplayConfig(BaseModel):
@@ -31,7 +32,8 @@ class ReplayConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    store: Path
+    store: Annotated[Path | str, BeforeValidator(store_config_value)]
+    """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
     sandbox: str = "bfcl"
     """Sandbox spec: a built-in name (``bfcl``), ``package.module:factory``, or an entry point."""
     policy: str = "mutate"

@@ -21,6 +21,7 @@ from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, WorkerSpec
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
 from ee_middleware.replay.sandboxes.registry import build_sandbox, sandbox_factory
+from ee_middleware.store.protocol import ExperienceStore
 
 ProgressCallback = Callable[[ReplayOutcome, int, int], None]
 
@@ -83,7 +84,7 @@ class ReplaySummary:
                 self.fidelity_examples.append({"trajectory_id": r.trajectory_id, **example})
 
 
-def select_trajectories(store: Any, config: ReplayConfig) -> tuple[list[str], int]:
+def select_trajectories(store: ExperienceStore, config: ReplayConfig) -> tuple[list[str], int]:
     """Ids of approved trajectories still to replay under ``config`` (oldest first), and how many are done."""
     approved = store.trajectories(status="approved", app=config.app)
     finished = store.replays(replay_id=config.replay_id).filter(pl.col("status").is_in(["done", "skipped"]))
@@ -111,9 +112,9 @@ def run_replay(
     ``on_start(total)`` is called once the selection is known and ``on_outcome(outcome, n, total)``
     after each trajectory is stored (the CLI draws its progress bar with them).
     """
-    from ee_middleware.store.local import LocalExperienceStore
+    from ee_middleware.store.registry import open_store
 
-    store = LocalExperienceStore(config.store, create=False)
+    store = open_store(config.store, create=False)
     factory = sandbox_factory(config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb)
     build_sandbox(config.sandbox).close()  # a sandbox that cannot be built fails here, with its reason, before any worker starts
     settings = ReplaySettings(

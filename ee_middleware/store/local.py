@@ -400,10 +400,3 @@ def _current_approvals(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> p
     )
     joined = trajectories.join(latest, on="id", how="left", maintain_order="left")
     return joined.with_columns(pl.col("approval").fill_null("pending"))
-
-
-def open_store(store: str | os.PathLike[str] | LocalExperienceStore, *, create: bool = True) -> LocalExperienceStore:
-    """Open a store from a path (or pass a store object through)."""
-    if isinstance(store, LocalExperienceStore):
-        return store
-    return LocalExperienceStore(store, create=create)

@@ -1,49 +1,143 @@
-"""The experience-store protocol: what every store backend provides.
+"""The experience-store protocol: what every store backend provides, and all its callers use.
 
-Kept free of heavy imports; :mod:`ee_middleware.testing` has a conformance kit that checks any
-implementation (the embedded :class:`~ee_middleware.store.local.LocalExperienceStore` is run
-through it in our own tests).
+Capture writes trajectories; people approve or reject them (``ee traces``); the replay job reads
+approved trajectories and writes rollouts with one replay record per trajectory; dataset building
+reads trajectories, steps and rollouts; the CLI lists, shows and resolves short ids. Every one of
+them goes through this protocol (and :func:`~ee_middleware.store.registry.open_store`), never a
+concrete class, so a store on object storage only has to implement it and pass
+:func:`ee_middleware.testing.check_store`, the conformance kit the embedded
+:class:`~ee_middleware.store.local.LocalExperienceStore` passes in our own tests.
+
+Tables come back as Polars frames with the columns of :mod:`ee_middleware.store.tables`; records as
+the pydantic models of :mod:`ee_middleware.records`. Kept free of heavy imports (types only).
+
+A store that subclasses :class:`ExperienceStore` explicitly inherits :meth:`~ExperienceStore.approve`,
+:meth:`~ExperienceStore.reject` and :meth:`~ExperienceStore.iter_rollouts`, written on top of
+the other methods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from ee_middleware.records import ApprovalEvent, ApprovalStatus, Trajectory
+    from ee_middleware.records import ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory
 
 
 @runtime_checkable
 class ExperienceStore(Protocol):
-    """Durable storage of trajectories, their steps and approval decisions."""
+    """Durable storage of trajectories, their steps, approval decisions, rollouts and replay records.
+
+    Writes are appends; reads drop repeated records by id, so writing the same record twice (a
+    retried batch, a crash between two writes) never shows it twice. Ids are unique strings; where
+    a method takes an id, an unambiguous prefix of one is accepted too (see :meth:`resolve_id`).
+    """
+
+    # --- trajectories and approvals ----------------------------------------------------------------
 
     def write(self, trajectories: Iterable[Trajectory]) -> int:
         """Durably append trajectories (idempotent by id on read); return how many were written."""
         ...
 
     def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
-        """Record approval decisions for existing trajectories (raises for unknown ids)."""
+        """Record approval decisions; the latest one per trajectory wins.
+
+        Raises :class:`~ee_middleware.errors.TrajectoryNotFoundError` (and records nothing) when
+        any id is unknown.
+        """
         ...
 
+    def approve(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
+        """Mark trajectories approved for training (a :meth:`set_approval` shorthand)."""
+        from ee_middleware.records import ApprovalEvent
+
+        self.set_approval([ApprovalEvent(trajectory_id=i, status="approved", by=by, reason=reason) for i in ids])
+
+    def reject(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
+        """Mark trajectories rejected: they never feed training (a :meth:`set_approval` shorthand)."""
+        from ee_middleware.records import ApprovalEvent
+
+        self.set_approval([ApprovalEvent(trajectory_id=i, status="rejected", by=by, reason=reason) for i in ids])
+
     def trajectories(self, *, status: ApprovalStatus | None = None, app: str | None = None) -> pl.DataFrame:
-        """One row per trajectory, with the current ``approval`` columns."""
+        """One row per trajectory, oldest write first, with the current ``approval`` columns."""
         ...
 
     def steps(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
-        """One row per step."""
+        """One row per step (of the given trajectories, or all)."""
+        ...
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """The full id of the one trajectory whose id is, or starts with, ``id_or_prefix``.
+
+        Raises :class:`~ee_middleware.errors.TrajectoryNotFoundError` when none or several match.
+        """
         ...
 
     def get(self, trajectory_id: str) -> Trajectory:
-        """The full trajectory with its steps and current approval."""
+        """The full trajectory with its steps and current approval (an unambiguous prefix is accepted).
+
+        Raises :class:`~ee_middleware.errors.TrajectoryNotFoundError` when the id is unknown.
+        """
         ...
 
     def iter_trajectories(self, *, status: ApprovalStatus | None = None) -> Iterator[Trajectory]:
         """Full trajectories, oldest first, optionally only those with the given approval."""
         ...
 
+    # --- replay: rollouts and replay records ----------------------------------------------------------
+
+    def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
+        """Durably append one trajectory's rollouts and its replay record as one batch.
+
+        Rollouts are idempotent by id on read; for replay records the latest per
+        ``(replay_id, trajectory_id)`` wins. The record must become visible no earlier than its
+        rollouts, so that a replay job resuming after a crash redoes the trajectory.
+        """
+        ...
+
+    def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
+        """One row per rollout, ordered by trajectory id, step index and branch index."""
+        ...
+
+    def replays(self, *, replay_id: str | None = None) -> pl.DataFrame:
+        """The latest replay record per ``(replay_id, trajectory_id)``."""
+        ...
+
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        """One rollout by id (an unambiguous prefix is accepted).
+
+        Raises :class:`~ee_middleware.errors.TrajectoryNotFoundError` when none or several match.
+        """
+        ...
+
+    def iter_rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> Iterator[Rollout]:
+        """Rollouts as records, in the order of :meth:`rollouts`."""
+        from ee_middleware.store.tables import rollout_from_row
+
+        for row in self.rollouts(trajectory_ids, replay_id=replay_id).iter_rows(named=True):
+            yield rollout_from_row(row)
+
+    # --- upkeep ----------------------------------------------------------------------------------------
+
     def compact(self) -> int:
-        """Fold finished spool segments into Parquet parts; return how many segments were folded."""
+        """Fold pending writes into the store's long-term form; return how many batches were folded.
+
+        Never changes what is read.
+        """
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready counts for ``ee store info``: at least ``root`` (where the store lives) and
+        ``trajectories`` (how many)."""
+        ...
+
+    def close(self) -> None:
+        """Finish this handle's pending writes and release what it holds (files, connections).
+
+        Idempotent. What was written stays readable through any other handle on the same store.
+        """
         ...

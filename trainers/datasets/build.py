@@ -12,15 +12,16 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._files import atomic_open, atomic_path, atomic_write_text
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
+from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
 from ee_middleware.trainers.datasets.rows import KINDS
@@ -34,7 +35,8 @@ class DatasetConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    store: Path
+    store: Annotated[Path | str, BeforeValidator(store_config_value)]
+    """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
     out: Path
     kinds: tuple[str, ...] = ("il", "iwm", "sr")
     teacher: str = "template"
@@ -76,9 +78,9 @@ def build_datasets(
     on_sr_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Build the configured kinds; return the summary also written to ``OUT/datasets.json``."""
-    from ee_middleware.store.local import LocalExperienceStore
+    from ee_middleware.store.registry import open_store
 
-    store = LocalExperienceStore(config.store, create=False)
+    store = open_store(config.store, create=False)
     source = load_source(store, app=config.app, replay_id=config.replay_id)
     config.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {

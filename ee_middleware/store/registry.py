@@ -1,0 +1,148 @@
+"""Naming experience stores: one :func:`open_store` for capture, ingest, replay, datasets and the CLI.
+
+A store spec is one of (see :mod:`ee_middleware.plugins`):
+
+* a **folder path** (a ``str`` or an ``os.PathLike``): the embedded
+  :class:`~ee_middleware.store.local.LocalExperienceStore`;
+* ``local:PATH`` (or ``local://PATH``): the same, spelled out (for a folder whose name has a colon);
+* ``NAME:LOCATION`` or ``NAME://LOCATION``, where ``NAME`` is a built-in store (``local``) or the name
+  of an installed ``ee_middleware.stores`` entry point: its factory, called as
+  ``factory(LOCATION, create=create)``;
+* ``package.module:factory``: a user's callable that takes no arguments and returns a store.
+
+Every factory must return an :class:`~ee_middleware.store.protocol.ExperienceStore`. Specs are
+strings so that worker processes (local or on a Ray cluster) open their own handle on the store.
+A store plug-in is a callable ``(location: str, *, create: bool = True) -> ExperienceStore``
+declared in ``pyproject.toml``::
+
+    [project.entry-points."ee_middleware.stores"]
+    s3 = "my_package.stores:open_s3_store"      # then: ee traces list --store s3://bucket/experience
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.errors import StoreError
+from ee_middleware.plugins import FACTORY_SPEC, PluginKind
+from ee_middleware.store.protocol import ExperienceStore
+
+__all__ = ["STORES", "StoreSpec", "open_store", "store_config_value"]
+
+StoreSpec = str | os.PathLike[str]
+"""What :func:`open_store` takes (besides an already open store)."""
+
+_NAMED = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.+-]*)(?P<sep>://|:)(?P<location>.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class _StoreKind(PluginKind):
+    """Stores are named by a path or ``NAME:LOCATION``; a bare built-in name would be a folder."""
+
+    def accepted_forms(self) -> list[str]:
+        installed = sorted(self.installed())
+        where = f"installed: {', '.join(repr(n) for n in installed)}" if installed else "none installed"
+        builtins = ", ".join(repr(n) for n in sorted(self.builtins))
+        return [
+            "a folder path (the embedded local store)",
+            "'local:PATH'",
+            f"'NAME:LOCATION' or 'NAME://LOCATION', NAME a built-in store ({builtins}) or the name of a '{self.group}' entry point ({where})",
+            "'package.module:factory' (a callable with no arguments that returns a store)",
+        ]
+
+
+STORES = _StoreKind(
+    kind="store",
+    group="ee_middleware.stores",
+    error=StoreError,
+    builtins={"local": "ee_middleware.store.local:LocalExperienceStore"},
+    protocol=ExperienceStore,
+    requires="the ExperienceStore methods (write, set_approval, trajectories, steps, get, resolve_id, write_replay, rollouts, "
+    "replays, get_rollout, compact, info, close, ...); see ee_middleware.store.protocol",
+)
+
+
+def open_store(spec: StoreSpec | ExperienceStore, *, create: bool = True) -> ExperienceStore:
+    """Open the store ``spec`` names (see the module docstring); an open store is passed through.
+
+    ``create=False`` is for callers that need an existing store (the CLI, the replay job, dataset
+    building): a local folder without a store then raises :class:`StoreError` instead of becoming a
+    new, empty store. Every problem with the spec raises :class:`StoreError` naming the accepted forms.
+    """
+    if isinstance(spec, os.PathLike):
+        return _open_local(spec, create)
+    if not isinstance(spec, str):
+        if isinstance(spec, ExperienceStore):
+            return spec
+        raise STORES.unknown(spec, f"a store spec is a path or a string, not {type(spec).__name__}")
+    parsed = _parse(spec)
+    if parsed.kind == "path":
+        return _open_local(parsed.location, create)
+    if parsed.kind == "named":
+        return STORES.build(parsed.name, parsed.location, create=create)
+    return STORES.build(parsed.name)
+
+
+def store_config_value(spec: Any) -> Any:
+    """A store spec as configuration objects keep it: local folders as :class:`~pathlib.Path`
+    (normalized, as the CLI has always passed them), other specs as the string written."""
+    if isinstance(spec, str) and spec.strip():
+        try:
+            parsed = _parse(spec, check=False)
+        except StoreError:
+            return spec  # open_store reports it, with the accepted forms
+        if parsed.kind == "path":
+            return Path(parsed.location)
+    return spec
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    kind: str
+    """``path`` (a local folder), ``named`` (built-in or entry point + location) or ``factory``."""
+    name: str
+    location: str
+
+
+def _parse(spec: str, *, check: bool = True) -> _Parsed:
+    text = spec.strip()
+    if not text:
+        raise STORES.unknown(spec, "the spec is empty")
+    match = _NAMED.match(text)
+    if match is None:  # no NAME: prefix: a plain folder path
+        return _Parsed("path", "local", text)
+    name, location = match["name"], match["location"]
+    if name in STORES.builtins or name in STORES.installed():
+        if not location.strip():
+            raise STORES.error(f"The store spec {spec!r} names the {name!r} store but no location. Write {name}:LOCATION.")
+        return _Parsed("path" if name == "local" else "named", name, location)
+    if Path(text).expanduser().exists():  # an existing folder whose name happens to have a colon
+        return _Parsed("path", "local", text)
+    if match["sep"] == ":" and FACTORY_SPEC.match(text):
+        if check:
+            _resolve_factory(text)
+        return _Parsed("factory", text, "")
+    advice = "install the plug-in that provides it" if match["sep"] == "://" else f"for a folder whose name has a colon, write local:{text}"
+    raise STORES.unknown(spec, f"{name!r} is neither a built-in store nor an installed {STORES.group!r} entry point; {advice}")
+
+
+def _resolve_factory(text: str) -> None:
+    try:
+        STORES.resolve(text)
+    except StoreError as exc:
+        message = str(exc)
+        raise StoreError(
+            f"{message}{'' if message.endswith(('.', '?')) else '.'} For a folder whose name has a colon, write local:{text}."
+        ) from exc
+
+
+def _open_local(location: str | os.PathLike[str], create: bool) -> ExperienceStore:
+    # The built-in goes through the registry like a plug-in, but is called directly, so that its
+    # own errors (a missing store, a foreign folder) reach the caller exactly as they are.
+    factory = STORES.resolve("local")
+    store: ExperienceStore = factory(location, create=create)
+    return store

@@ -1,0 +1,117 @@
+"""The store conformance kit fails stores that break a promise callers rely on.
+
+Each broken store below is the embedded store with one realistic mistake; the kit must name it.
+(The embedded store itself passes it: tests/store/test_local_store.py.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ee_middleware.errors import TrajectoryNotFoundError
+from ee_middleware.records import ApprovalEvent, Rollout
+from ee_middleware.store import LocalExperienceStore, spool
+from ee_middleware.store.local import _records_to_frames
+from ee_middleware.testing import check_store
+
+
+class RolloutsNotDeduplicated(LocalExperienceStore):
+    """Forgets to drop rollouts written twice (a retried replay batch)."""
+
+    def _load(self) -> dict[str, pl.DataFrame]:
+        tables = super()._load()
+        spooled = _records_to_frames(spool.iter_records(self.root / "spool"))
+        tables["rollouts"] = pl.concat([self._read_parts("rollouts"), spooled["rollouts"]])
+        return tables
+
+
+class FirstMatchingId(LocalExperienceStore):
+    """Resolves an ambiguous prefix to the first id that matches."""
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        matches = [i for i in self.trajectories()["id"].to_list() if i.startswith(id_or_prefix)] if id_or_prefix else []
+        if not matches:
+            raise TrajectoryNotFoundError(id_or_prefix)
+        return id_or_prefix if id_or_prefix in matches else matches[0]
+
+
+class ExactRolloutIdsOnly(LocalExperienceStore):
+    """Finds rollouts by their full id only."""
+
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        if rollout_id not in self.rollouts()["id"].to_list():
+            raise TrajectoryNotFoundError(rollout_id)
+        return super().get_rollout(rollout_id)
+
+
+class EveryReplayRecord(LocalExperienceStore):
+    """Returns every replay record written, not the latest per (replay_id, trajectory)."""
+
+    def replays(self, *, replay_id: str | None = None) -> pl.DataFrame:
+        records = _records_to_frames(spool.iter_records(self.root / "spool"))["replays"]
+        return pl.concat([self._read_parts("replays"), records])
+
+
+class UnsortedRollouts(LocalExperienceStore):
+    """Returns rollouts in write order."""
+
+    def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
+        frame = self._load()["rollouts"]
+        if trajectory_ids is not None:
+            frame = frame.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
+        if replay_id is not None:
+            frame = frame.filter(pl.col("replay_id") == replay_id)
+        return frame
+
+
+class HalfAppliedApprovals(LocalExperienceStore):
+    """Records the known decisions of a batch before complaining about an unknown id."""
+
+    def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
+        known = set(self.trajectories()["id"].to_list())
+        super().set_approval([e for e in events if e.trajectory_id in known])
+        if any(e.trajectory_id not in known for e in events):
+            raise TrajectoryNotFoundError("unknown id in the batch")
+
+
+class LossyCompaction(LocalExperienceStore):
+    """Compacts by dropping the spool's rollouts."""
+
+    def compact(self) -> int:
+        self._writer.seal()
+        folded = 0
+        for segment in spool.list_segments(self.root / "spool"):
+            kept = [r for r in spool.read_segment(segment) if r.get("kind") != "rollout"]
+            segment.write_bytes(b"".join(spool.encode_line(r) for r in kept))
+            folded += 1
+        return folded
+
+
+class StaleInfo(LocalExperienceStore):
+    """Counts trajectories from Parquet parts only, missing what is still in the spool."""
+
+    def info(self) -> dict[str, object]:
+        return {**super().info(), "trajectories": self._read_parts("trajectories").height}
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (RolloutsNotDeduplicated, "must not duplicate them"),
+        (FirstMatchingId, r"resolve_id\('traj-1'\), a prefix of several ids"),
+        (ExactRolloutIdsOnly, "get_rollout\\(\\) accepts a unique prefix"),
+        (EveryReplayRecord, r"replays\(\) keeps one record per \(replay_id, trajectory\), the latest"),
+        (UnsortedRollouts, "ordered by trajectory, step and branch"),
+        (HalfAppliedApprovals, "must record none of its decisions"),
+        (LossyCompaction, "compaction must not change what is read"),
+        (StaleInfo, r"info\(\)\['trajectories'\] counts trajectories"),
+    ],
+    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+)
+def test_a_broken_store_fails_with_the_broken_promise(broken: type[LocalExperienceStore], message: str, store_path: Path):
+    with pytest.raises(AssertionError, match=message):
+        check_store(lambda: broken(store_path))
