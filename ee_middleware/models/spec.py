@@ -14,6 +14,7 @@ that consumer accepts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -79,16 +80,21 @@ def parse_model_spec(spec: str, *, registry: PluginKind = CHAT_CLIENTS) -> Model
 
 def build_chat_client(spec: str, **options: Any) -> ChatClient:
     """The chat client ``spec`` names, built with ``options`` (e.g. ``timeout_s``, ``num_threads``)."""
-    parsed = parse_model_spec(spec)
-    if parsed.kind == "local":
-        from ee_middleware.models.local import LocalGenerator
+    from ee_middleware.models.local import LocalGenerator
+    from ee_middleware.models.openai_compat import OpenAIChatClient
 
-        return CHAT_CLIENTS.construct(spec, LocalGenerator, parsed.path, adapter=parsed.adapter, **options)
-    if parsed.kind == "openai":
-        from ee_middleware.models.openai_compat import OpenAIChatClient
+    return build_from_spec(spec, CHAT_CLIENTS, local=LocalGenerator, openai=OpenAIChatClient, **options)
 
-        return CHAT_CLIENTS.construct(spec, OpenAIChatClient, parsed.base_url, parsed.model, **options)
-    return CHAT_CLIENTS.build(spec, **options)
+
+def build_from_spec(spec: str, registry: PluginKind, *, local: Callable[..., Any], openai: Callable[..., Any], **options: Any) -> Any:
+    """A part of ``registry``'s kind: model forms go to ``local(path, adapter=...)`` or ``openai(base_url, model)``,
+    everything else (built-in names, factories, entry points) to the registry; ``options`` go to the factory."""
+    if isinstance(spec, str) and is_model_spec(spec):
+        parsed = parse_model_spec(spec, registry=registry)
+        if parsed.kind == "local":
+            return registry.construct(spec, local, parsed.path, adapter=parsed.adapter, **options)
+        return registry.construct(spec, openai, parsed.base_url, parsed.model, **options)
+    return registry.build(spec, **options)
 
 
 def _split_adapter(rest: str) -> tuple[str, str | None]:

@@ -26,7 +26,7 @@ from ee_middleware.messages import one_line
 from ee_middleware.models.local import LocalGenerator
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import ChatClient, Sampling
-from ee_middleware.models.spec import MODEL_FORMS, is_model_spec, parse_model_spec
+from ee_middleware.models.spec import MODEL_FORMS, build_from_spec
 from ee_middleware.plugins import PluginKind
 
 
@@ -150,12 +150,7 @@ TEACHERS = PluginKind(
 
 def build_teacher(spec: str, **options: Any) -> Teacher:
     """The teacher ``spec`` names: ``template``, ``local:MODEL_DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or a plug-in."""
-    if isinstance(spec, str) and is_model_spec(spec):
-        parsed = parse_model_spec(spec, registry=TEACHERS)
-        if parsed.kind == "local":
-            return TEACHERS.construct(spec, LocalTeacher, parsed.path, adapter=parsed.adapter, **options)
-        return TEACHERS.construct(spec, OpenAITeacher, parsed.base_url, parsed.model, **options)
-    return TEACHERS.build(spec, **options)
+    return build_from_spec(spec, TEACHERS, local=LocalTeacher, openai=OpenAITeacher, **options)
 
 
 def describe(case: ReflectionCase) -> str:

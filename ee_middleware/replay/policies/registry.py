@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ee_middleware.errors import PolicyError
-from ee_middleware.models.spec import MODEL_FORMS, is_model_spec, parse_model_spec
+from ee_middleware.models.spec import MODEL_FORMS, build_from_spec
 from ee_middleware.plugins import PluginKind
 from ee_middleware.replay.policies.protocol import Policy
 
@@ -35,11 +35,6 @@ POLICIES = PluginKind(
 
 def build_policy(spec: str, **options: Any) -> Policy:
     """The policy named by ``spec``, built with ``options`` as keyword arguments."""
-    if isinstance(spec, str) and is_model_spec(spec):
-        parsed = parse_model_spec(spec, registry=POLICIES)
-        from ee_middleware.replay.policies.chat import OpenAIPolicy, TransformersPolicy
+    from ee_middleware.replay.policies.chat import OpenAIPolicy, TransformersPolicy
 
-        if parsed.kind == "local":
-            return POLICIES.construct(spec, TransformersPolicy, parsed.path, adapter=parsed.adapter, **options)
-        return POLICIES.construct(spec, OpenAIPolicy, parsed.base_url, parsed.model, **options)
-    return POLICIES.build(spec, **options)
+    return build_from_spec(spec, POLICIES, local=TransformersPolicy, openai=OpenAIPolicy, **options)
