@@ -158,23 +158,9 @@ class LocalGenerator:
         return self._torch
 
     def _load(self) -> None:
-        transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if self._gguf_file is not None:
-            kwargs["gguf_file"] = self._gguf_file
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(self._path, **kwargs)
-            dtype = self._torch.float32 if self.device == "cpu" else "auto"
-            model = transformers.AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype, **kwargs)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"Cannot load a causal language model from {self._path}"
-                + (f" (GGUF file {self._gguf_file})" if self._gguf_file else "")
-                + f": {type(exc).__name__}: {exc}. The folder needs config.json, the weights and the tokenizer files "
-                "(save them with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))."
-            ) from exc
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelLoadError(f"The tokenizer in {self._path} has no chat template; use an instruct model whose tokenizer defines one.")
+        assert self._path is not None
+        dtype = self._torch.float32 if self.device == "cpu" else "auto"
+        tokenizer, model = load_pretrained(self._path, gguf_file=self._gguf_file, dtype=dtype)
         if self._adapter is not None:
             model = self._with_adapter(model)
         model.to(self.device)
@@ -195,6 +181,36 @@ class LocalGenerator:
         if not isinstance(length, int) or length <= 0:
             length = getattr(self._tokenizer, "model_max_length", None)
         return length if isinstance(length, int) and 0 < length < 10_000_000 else _FALLBACK_MAX_LENGTH
+
+
+def load_pretrained(
+    folder: Path, *, gguf_file: str | None = None, dtype: Any = None, require_chat_template: bool = True
+) -> tuple[Any, Any]:
+    """``(tokenizer, model)`` from a local folder (or a GGUF file in it), offline; every failure names the folder.
+
+    The one place models are read from disk: the local generator, the trainer and the local server
+    load through it. ``dtype`` goes to ``from_pretrained`` when given.
+    """
+    transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs, **({"dtype": dtype} if dtype is not None else {}))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Cannot load a causal language model from {folder}"
+            + (f" (GGUF file {gguf_file})" if gguf_file else "")
+            + f" offline: {type(exc).__name__}: {exc}. The folder needs config.json, the weights and the tokenizer files "
+            "(save them with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)); nothing is downloaded."
+        ) from exc
+    if require_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(
+            f"The tokenizer in {folder} has no chat template, so chat messages cannot be rendered the way the model will see them. "
+            "Use an instruct model whose tokenizer defines one (or add chat_template to tokenizer_config.json)."
+        )
+    return tokenizer, model
 
 
 def _check_model_folder(path: Path, gguf_file: str | None) -> None:

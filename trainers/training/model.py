@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._optional import import_optional
+from ee_middleware.errors import ModelLoadError
+from ee_middleware.models.local import load_pretrained
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.errors import BaseModelError
 
@@ -65,8 +67,7 @@ def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
     target = cache_dir / f"{gguf.stem}-{_file_hash(gguf)[:12]}"
     if (target / "config.json").is_file():
         return target, False
-    transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
-    tokenizer, model = _load(transformers, source.folder, gguf_file=source.gguf_file)
+    tokenizer, model = _load(source.folder, gguf_file=source.gguf_file, require_chat_template=False)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         # transformers 5.x still marks a dequantized GGUF model as quantized, which blocks saving and training.
@@ -85,30 +86,17 @@ def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
 
 def load_base(folder: Path, *, dtype: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a plain local folder, offline."""
-    transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
-    tokenizer, model = _load(transformers, folder, dtype=dtype)
-    if not getattr(tokenizer, "chat_template", None):
-        raise BaseModelError(
-            f"The tokenizer in {folder} has no chat template, so chat rows cannot be rendered the way the model will see them. "
-            "Use an instruct model whose tokenizer defines one (or add chat_template to tokenizer_config.json)."
-        )
+    tokenizer, model = _load(folder, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
-def _load(transformers: Any, folder: Path, **kwargs: Any) -> tuple[Any, Any]:
-    gguf = kwargs.get("gguf_file")
+def _load(folder: Path, **kwargs: Any) -> tuple[Any, Any]:
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **({"gguf_file": gguf} if gguf else {}))
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs)
-    except Exception as exc:
-        raise BaseModelError(
-            f"Cannot load a causal language model from {folder}" + (f" (GGUF file {gguf})" if gguf else "") + f" offline: "
-            f"{type(exc).__name__}: {exc}. The folder needs config.json, the weights and the tokenizer files "
-            "(model.save_pretrained(DIR), tokenizer.save_pretrained(DIR)); nothing is downloaded."
-        ) from exc
-    return tokenizer, model
+        return load_pretrained(folder, **kwargs)
+    except ModelLoadError as exc:
+        raise BaseModelError(str(exc)) from exc
 
 
 def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
