@@ -210,13 +210,17 @@ class SubprocessSandbox:
         return max(self._starts - 1, 0)
 
     def covers(self, tool_name: str) -> bool:
-        """Whether the inner sandbox executes ``tool_name`` (asked once per name, then cached)."""
+        """Whether the inner sandbox executes ``tool_name`` (asked once per name and reset, then cached).
+
+        The cache is dropped on every :meth:`reset`: what a sandbox covers may depend on the
+        environment (BFCL's tools are those of the entry's involved classes).
+        """
         cached = self._covers.get(tool_name)
         if cached is None:
             with self._lock:
                 self._check_open()
                 cached = bool(self._control("covers", tool_name))
-            self._covers[tool_name] = cached
+                self._covers[tool_name] = cached
         return cached
 
     def reset(self, environment: dict[str, Any] | None) -> None:
@@ -236,6 +240,7 @@ class SubprocessSandbox:
                 self._start_child()
             self._recovery = None
             self._has_environment = False
+            self._covers.clear()
             self._control("reset", environment, recover=False)
             self._environment = env_bytes
             self._has_environment = True

@@ -27,7 +27,10 @@ class Sandbox(Protocol):
     kind: str
 
     def covers(self, tool_name: str) -> bool:
-        """Whether this sandbox can execute ``tool_name`` (the replay never calls any other tool)."""
+        """Whether this sandbox can execute ``tool_name`` (the replay never calls any other tool).
+
+        Asked after :meth:`reset`; the answer may depend on the environment.
+        """
         ...
 
     def reset(self, environment: dict[str, Any] | None) -> None:
@@ -55,5 +58,10 @@ class Sandbox(Protocol):
         ...
 
     def close(self) -> None:
-        """Release processes, files or connections held by the sandbox."""
+        """Release processes, files or connections held by the sandbox.
+
+        Idempotent. Afterwards :meth:`execute`, :meth:`snapshot` and :meth:`restore` raise
+        :class:`~ee_middleware.errors.SandboxError`; whether :meth:`reset` makes the sandbox usable
+        again is up to the sandbox. :func:`ee_middleware.testing.check_sandbox` checks all of this.
+        """
         ...

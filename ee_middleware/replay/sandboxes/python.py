@@ -118,6 +118,7 @@ class PythonSandbox:
         self._format_error = format_error
         self._world: Any = None
         self._ready = False
+        self._closed = False
 
     @property
     def world(self) -> Any:
@@ -139,8 +140,10 @@ class PythonSandbox:
         except Exception as exc:
             raise EnvironmentUnavailableError(f"{self.kind} sandbox could not rebuild the world: {type(exc).__name__}: {exc}") from exc
         self._ready = True
+        self._closed = False
 
     def execute(self, call: ToolCall) -> Observation:
+        self._check_open()
         if not self._ready:
             raise SandboxError(f"{self.kind} sandbox: call reset(environment) before execute().")
         if call.name in self._direct:
@@ -160,12 +163,20 @@ class PythonSandbox:
         return Observation(content=self._format_result(value), is_error=is_error)
 
     def snapshot(self) -> WorldSnapshot:
+        self._check_open()
         return WorldSnapshot(self._world)
 
     def restore(self, snapshot: WorldSnapshot) -> None:
+        self._check_open()
         self._world = snapshot.materialize()
         self._ready = True
 
     def close(self) -> None:
+        """Drop the world. Idempotent; afterwards only :meth:`reset` makes the sandbox usable again."""
         self._world = None
         self._ready = False
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxError(f"{self.kind} sandbox is closed; call reset(environment) to use it again.")

@@ -1,0 +1,203 @@
+"""A conformance kit for sandboxes: run it against any implementation of the sandbox protocol.
+
+>>> from ee_middleware.records import ToolCall                               # doctest: +SKIP
+>>> from ee_middleware.testing import check_sandbox                          # doctest: +SKIP
+>>> check_sandbox(                                                           # doctest: +SKIP
+...     make_sandbox,
+...     environment={"stock": {"apple": 3}},
+...     mutate=ToolCall(id="m", name="order_item", arguments={"item": "apple"}),
+...     read=ToolCall(id="r", name="check_stock", arguments={"item": "apple"}),
+... )
+
+Tools differ from sandbox to sandbox, so the caller names two calls: ``mutate``, a call that
+succeeds and changes the world, and ``read`` (one call or several), calls that change nothing and
+whose observations show the change. The kit observes the world only through them, as replay does,
+and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.protocol`):
+
+* ``covers``: true for the two tools once reset, false for a tool the sandbox does not have;
+* snapshot/restore exactness: after ``restore(s)`` the reads show exactly what they showed when
+  ``s`` was taken, for any snapshot, in any order, as often as asked;
+* branch isolation: a mutating call made after a restore is gone after the next restore, and the
+  same call from the same state gives the same observation;
+* ``reset`` rebuilds step 0 whatever happened before, and never changes the environment it is given;
+* error observations: an unknown tool and bad arguments give an ``Observation`` with
+  ``is_error=True``, never an exception, and the sandbox keeps working;
+* ``close``: idempotent; afterwards ``execute``, ``snapshot`` and ``restore`` raise
+  :class:`~ee_middleware.errors.SandboxError`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ee_middleware.errors import SandboxError
+from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.protocol import Sandbox
+
+UNKNOWN_TOOL = "ee_conformance_no_such_tool"
+"""A tool name no sandbox has."""
+UNEXPECTED_ARGUMENT = "ee_conformance_unexpected_argument"
+"""An argument name no tool takes."""
+
+
+def check_sandbox(
+    make_sandbox: Callable[[], Any],
+    *,
+    environment: dict[str, Any] | None,
+    mutate: ToolCall,
+    read: ToolCall | Sequence[ToolCall],
+    bad_calls: Sequence[ToolCall] | None = None,
+) -> None:
+    """Assert the sandbox protocol's behaviour on a sandbox from ``make_sandbox``.
+
+    Args:
+        make_sandbox: builds a fresh sandbox (the kit closes it).
+        environment: an environment reference the sandbox can reset to.
+        mutate: a call that succeeds from that environment and changes what ``read`` shows.
+        read: one or more calls that change nothing and show the world.
+        bad_calls: calls that must give error observations. Default: the ``mutate`` call with an
+            argument no tool takes. A call to an unknown tool is always checked too.
+
+    Raises :class:`AssertionError` naming the first broken promise.
+    """
+    reads = [read] if isinstance(read, ToolCall) else list(read)
+    assert reads, "check_sandbox needs at least one read call"
+    if bad_calls is None:
+        bad_calls = [mutate.model_copy(update={"arguments": {**mutate.arguments, UNEXPECTED_ARGUMENT: 1}})]
+    pristine = copy.deepcopy(environment)
+    sandbox = make_sandbox()
+    probe = _Probe(sandbox, environment, mutate, reads)
+    try:
+        _check_shape(sandbox, mutate, reads)
+        probe.check_preconditions()
+        probe.check_restore_is_exact()
+        probe.check_branches_are_isolated()
+        probe.check_reset_rebuilds_step_zero()
+        _check_error_observations(probe, [ToolCall(id="bad-unknown", name=UNKNOWN_TOOL, arguments={}), *bad_calls])
+        assert environment == pristine, "the sandbox must never change the environment reference it was given"
+        _check_close(sandbox, probe.start_snapshot, reads[0])
+    finally:
+        try:
+            sandbox.close()
+        except Exception:  # noqa: BLE001 - already failing or already checked; only cleaning up
+            pass
+
+
+class _Probe:
+    """One sandbox under test, observed through its read calls."""
+
+    def __init__(self, sandbox: Any, environment: dict[str, Any] | None, mutate: ToolCall, reads: list[ToolCall]) -> None:
+        self.sandbox = sandbox
+        self.environment = environment
+        self.mutate = mutate
+        self.reads = reads
+        self.start: tuple[str, ...] = ()
+        self.changed: tuple[str, ...] = ()
+        self.mutated: Observation | None = None
+        self.start_snapshot: Any = None
+
+    def execute(self, call: ToolCall) -> Observation:
+        try:
+            observation = self.sandbox.execute(call)
+        except Exception as exc:
+            raise AssertionError(
+                f"execute({call.name}) raised {type(exc).__name__}: {exc}; a tool's failure must be an error observation"
+            ) from exc
+        assert isinstance(observation, Observation), f"execute({call.name}) returned {type(observation).__name__}, not an Observation"
+        return observation
+
+    def observe(self) -> tuple[str, ...]:
+        """What the read calls show now (each must succeed)."""
+        seen = []
+        for call in self.reads:
+            observation = self.execute(call)
+            assert not observation.is_error, f"the read call {call.name} failed: {observation.content!r}; pick a read call that works"
+            seen.append(observation.content)
+        return tuple(seen)
+
+    def check_preconditions(self) -> None:
+        self.sandbox.reset(self.environment)
+        self.start = self.observe()
+        assert self.observe() == self.start, "reading twice shows different worlds: the read calls must not change anything"
+        self.start_snapshot = self.sandbox.snapshot()
+        self.mutated = self.execute(self.mutate)
+        assert not self.mutated.is_error, f"the mutating call {self.mutate.name} failed: {self.mutated.content!r}; pick one that works"
+        self.changed = self.observe()
+        assert self.changed != self.start, (
+            f"the mutating call {self.mutate.name} changed nothing the read calls show; pick calls that show its effect"
+        )
+
+    def check_restore_is_exact(self) -> None:
+        after = self.sandbox.snapshot()
+        self.sandbox.restore(self.start_snapshot)
+        assert self.observe() == self.start, "restore() must put the world back exactly as it was when the snapshot was taken"
+        self.sandbox.restore(self.start_snapshot)
+        assert self.observe() == self.start, "restoring the same snapshot again must give the same world"
+        self.sandbox.restore(after)
+        assert self.observe() == self.changed, "restoring a later snapshot must give the world as it was then"
+        self.sandbox.restore(self.start_snapshot)
+        assert self.observe() == self.start, "snapshots must be restorable in any order"
+
+    def check_branches_are_isolated(self) -> None:
+        self.sandbox.restore(self.start_snapshot)
+        again = self.execute(self.mutate)  # branch 1
+        assert self.mutated is not None and again.content == self.mutated.content, (
+            "the same call from the same snapshot must give the same observation"
+        )
+        assert self.observe() == self.changed, "the same call from the same snapshot must change the world the same way"
+        self.sandbox.restore(self.start_snapshot)  # branch 2
+        assert self.observe() == self.start, "a mutating call made in one branch must not be visible after restoring for the next"
+        fresh = self.sandbox.snapshot()
+        self.execute(self.mutate)
+        self.execute(self.mutate)
+        self.sandbox.restore(fresh)
+        assert self.observe() == self.start, "a snapshot must not change when the world changes after it is taken"
+
+    def check_reset_rebuilds_step_zero(self) -> None:
+        self.sandbox.restore(self.start_snapshot)
+        self.execute(self.mutate)
+        self.sandbox.reset(self.environment)
+        assert self.observe() == self.start, "reset() must rebuild the world at step 0, whatever happened before"
+        for name in sorted({self.mutate.name, *(c.name for c in self.reads)}):
+            assert self.sandbox.covers(name), f"covers({name!r}) must be true after a reset: the sandbox executes it"
+
+
+def _check_shape(sandbox: Any, mutate: ToolCall, reads: list[ToolCall]) -> None:
+    assert isinstance(sandbox, Sandbox), f"{type(sandbox).__name__} lacks sandbox methods (see ee_middleware.replay.sandboxes.protocol)"
+    assert isinstance(sandbox.kind, str) and sandbox.kind, "kind must be a non-empty string (it is stored in every rollout)"
+    for name in sorted({mutate.name, *(c.name for c in reads)}):
+        sandbox.covers(name)  # before any reset: the answer may depend on the environment, but a cached one must not stick
+    assert not sandbox.covers(UNKNOWN_TOOL), f"covers({UNKNOWN_TOOL!r}) must be false: replay would send it unknown tools"
+
+
+def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall]) -> None:
+    probe.sandbox.restore(probe.start_snapshot)
+    for call in bad_calls:
+        observation = probe.execute(call)
+        assert observation.is_error, f"a bad call to {call.name} with {call.arguments} must give an error observation, got {observation!r}"
+        assert observation.content, f"the error observation of {call.name} must say what went wrong"
+    probe.sandbox.restore(probe.start_snapshot)
+    assert probe.observe() == probe.start, "after bad calls the sandbox must still work and restore exactly"
+
+
+def _check_close(sandbox: Any, snapshot: Any, read: ToolCall) -> None:
+    sandbox.close()
+    try:
+        sandbox.close()
+    except Exception as exc:
+        raise AssertionError(f"close() must be idempotent; the second close raised {type(exc).__name__}: {exc}") from exc
+    uses: list[tuple[str, Callable[[], Any]]] = [
+        ("execute()", lambda: sandbox.execute(read)),
+        ("snapshot()", sandbox.snapshot),
+        ("restore()", lambda: sandbox.restore(snapshot)),
+    ]
+    for what, use in uses:
+        try:
+            result = use()
+        except SandboxError:
+            continue
+        except Exception as exc:
+            raise AssertionError(f"{what} after close() must raise SandboxError, not {type(exc).__name__}: {exc}") from exc
+        raise AssertionError(f"{what} after close() must raise SandboxError, got {result!r}")

@@ -1,0 +1,207 @@
+"""The sandbox conformance kit: every built-in sandbox passes it, and it fails sandboxes that break a promise."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ee_middleware.bfcl.data import MULTI_TURN_CATEGORIES, load_entries
+from ee_middleware.bfcl.sandbox import BFCLSandbox
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.replay.sandboxes.registry import sandbox_factory
+from ee_middleware.testing import check_sandbox
+from tests.replay.sandboxes.counter_world import PYTHON_SANDBOX_FACTORY, TOOLS, CounterSandbox, build_world
+
+COUNTER = {
+    "environment": {"counts": {"a": 1, "b": 5}},
+    "mutate": ToolCall(id="m", name="add", arguments={"key": "a", "n": 2}),
+    "read": [ToolCall(id="r1", name="get", arguments={"key": "a"}), ToolCall(id="r2", name="get", arguments={"key": "b"})],
+}
+
+
+def bfcl_probe(category: str = "multi_turn_base") -> dict[str, Any]:
+    """A real BFCL entry: make a folder in the file system, read it back with ``ls``."""
+    entry = load_entries(category, limit=1)[0]
+    assert "GorillaFileSystem" in entry.involved_classes
+    return {
+        "environment": entry.environment,
+        "mutate": ToolCall(id="m", name="mkdir", arguments={"dir_name": "ee_conformance"}),
+        "read": ToolCall(id="r", name="ls", arguments={}),
+    }
+
+
+# --- every built-in sandbox passes ----------------------------------------------------------------------
+
+
+class Ledger:
+    """A world that does not pickle (it holds a lambda), so snapshots take the deep-copy path."""
+
+    def __init__(self, balance: int) -> None:
+        self.balance = balance
+        self.entries: list[int] = []
+        self.fmt = lambda value: f"{value} EUR"
+
+
+def book(ledger: Ledger, amount: int) -> str:
+    ledger.balance += amount
+    ledger.entries.append(amount)
+    return ledger.fmt(ledger.balance)
+
+
+def balance(ledger: Ledger) -> str:
+    return f"{ledger.fmt(ledger.balance)} after {ledger.entries}"
+
+
+def make_ledger_sandbox() -> PythonSandbox:
+    return PythonSandbox(lambda env: Ledger((env or {})["balance"]), tools={"book": book, "balance": balance})
+
+
+def test_python_sandbox_passes() -> None:
+    check_sandbox(PYTHON_SANDBOX_FACTORY, **COUNTER)
+
+
+def test_python_sandbox_with_a_world_that_does_not_pickle_passes() -> None:
+    sandbox = make_ledger_sandbox()
+    sandbox.reset({"balance": 1})
+    assert not sandbox.snapshot().pickled
+    probe = {"environment": {"balance": 10}, "mutate": ToolCall(id="m", name="book", arguments={"amount": 5})}
+    check_sandbox(make_ledger_sandbox, **probe, read=ToolCall(id="r", name="balance", arguments={}))
+
+
+def test_subprocess_sandbox_wrapping_a_python_sandbox_passes() -> None:
+    check_sandbox(functools.partial(SubprocessSandbox, PYTHON_SANDBOX_FACTORY, timeout_s=30), **COUNTER)
+
+
+@pytest.mark.parametrize("category", ["multi_turn_base", "multi_turn_long_context"])
+def test_bfcl_sandbox_passes(category: str) -> None:
+    assert category in MULTI_TURN_CATEGORIES
+    check_sandbox(sandbox_factory("bfcl"), **bfcl_probe(category))
+
+
+def test_bfcl_sandbox_in_a_subprocess_passes() -> None:
+    """The path ``ee replay run --sandbox bfcl --isolation subprocess`` takes."""
+    check_sandbox(sandbox_factory("bfcl", isolation="subprocess", timeout_s=60), **bfcl_probe())
+
+
+def test_bfcl_sandbox_passes_with_a_trading_world() -> None:
+    entry = next(e for e in load_entries("multi_turn_base") if "TradingBot" in e.involved_classes)
+    check_sandbox(
+        BFCLSandbox,
+        environment=entry.environment,
+        mutate=ToolCall(id="m", name="add_to_watchlist", arguments={"stock": "AAPL"}),
+        read=ToolCall(id="r", name="get_watchlist", arguments={}),
+    )
+
+
+# --- broken sandboxes fail, naming the broken promise -------------------------------------------------
+
+
+class ShallowSnapshot(CounterSandbox):
+    """Snapshots by reference: the snapshot changes with the world."""
+
+    def snapshot(self) -> dict[str, int]:
+        return self.world
+
+    def restore(self, snapshot: dict[str, int]) -> None:
+        self.world = snapshot
+
+
+def _leaky_build(environment: dict[str, Any] | None) -> dict[str, int]:
+    return (environment or {})["counts"]  # the environment's own dict: tools change the environment
+
+
+class StickyAfterClose(PythonSandbox):
+    def close(self) -> None:
+        pass
+
+
+class CloseOnlyOnce(PythonSandbox):
+    def close(self) -> None:
+        if getattr(self, "_was_closed", False):
+            raise RuntimeError("already closed")
+        self._was_closed = True
+        super().close()
+
+
+class StaleCovers(PythonSandbox):
+    """Caches ``covers`` forever, though what it covers depends on the environment (as the subprocess sandbox once did)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache: dict[str, bool] = {}
+        self._available: set[str] = set()
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        super().reset(environment)
+        self._available = set(TOOLS)
+
+    def covers(self, tool_name: str) -> bool:
+        return self._cache.setdefault(tool_name, tool_name in self._available)
+
+
+class CoversEverything(PythonSandbox):
+    def covers(self, tool_name: str) -> bool:
+        return True
+
+
+_ticks = itertools.count()
+
+
+def add_with_a_ticket(world: dict[str, int], key: str, n: int = 1) -> str:
+    world[key] = world.get(key, 0) + n
+    return f"{world[key]} (ticket {next(_ticks)})"
+
+
+def python_variant(cls: type[PythonSandbox], build: Callable[..., Any] = build_world, **tools: Any) -> Callable[[], PythonSandbox]:
+    return functools.partial(cls, build, tools={**TOOLS, **tools})
+
+
+@pytest.mark.parametrize(
+    ("make", "probe", "message"),
+    [
+        (ShallowSnapshot, COUNTER, r"restore\(\) must put the world back exactly"),
+        (CounterSandbox, COUNTER, r"execute\(add\) raised TypeError.*must be an error observation"),
+        (python_variant(PythonSandbox, _leaky_build), COUNTER, r"reset\(\) must rebuild the world at step 0"),
+        (python_variant(StickyAfterClose), COUNTER, r"execute\(\) after close\(\) must raise SandboxError"),
+        (python_variant(CloseOnlyOnce), COUNTER, r"close\(\) must be idempotent"),
+        (python_variant(StaleCovers), COUNTER, r"covers\('add'\) must be true after a reset"),
+        (python_variant(CoversEverything), COUNTER, r"covers\('ee_conformance_no_such_tool'\) must be false"),
+        (
+            python_variant(PythonSandbox, add=add_with_a_ticket),
+            COUNTER,
+            "the same call from the same snapshot must give the same observation",
+        ),
+        (
+            PYTHON_SANDBOX_FACTORY,
+            {**COUNTER, "read": ToolCall(id="r", name="add", arguments={"key": "a"})},
+            "the read calls must not change anything",
+        ),
+        (
+            PYTHON_SANDBOX_FACTORY,
+            {**COUNTER, "mutate": ToolCall(id="m", name="add", arguments={"key": "zzz"})},
+            "changed nothing the read calls show",
+        ),
+    ],
+    ids=[
+        "shallow-snapshot",
+        "tool-exceptions-escape",
+        "world-shares-the-environment",
+        "usable-after-close",
+        "close-not-idempotent",
+        "stale-covers",
+        "covers-everything",
+        "nondeterministic-tool",
+        "read-call-mutates",
+        "mutating-call-shows-nothing",
+    ],
+)
+def test_a_broken_sandbox_fails_with_the_broken_promise(make: Callable[[], Any], probe: dict[str, Any], message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_sandbox(make, **copy.deepcopy(probe))
