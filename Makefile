@@ -53,7 +53,7 @@ test-slow: $(STAMP)
 lint: $(STAMP) layout
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	cd $(LAYOUT) && $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml --no-cache --no-logo
+	cd $(LAYOUT) && $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml --no-cache --no-logo
 
 format: $(STAMP)
 	$(BIN)/ruff format .
