@@ -23,6 +23,47 @@ class StoreError(EEError):
     """The experience store cannot be opened, read or written."""
 
 
+class StoreWriteError(StoreError):
+    """The store could not be written (a full disk, a read-only file system, missing permissions).
+
+    Nothing half-written is kept: the failed batch is not stored, what was stored before is intact.
+    ``errno`` is the operating system's error number, when there was one.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class StoreDamagedError(StoreError):
+    """Part of the store cannot be read, so an answer would be incomplete.
+
+    The message names the damaged files and the fix (``ee store repair``), or how to read the rest
+    anyway (``--allow-partial``).
+    """
+
+
+class ApprovalConflictError(StoreError):
+    """A decision would overturn an opposite one (approve a rejected trajectory, or the reverse).
+
+    Pass ``force=True`` (``--force`` on the command line) to override; both decisions are kept.
+    """
+
+
+def os_error_advice(exc: OSError) -> str:
+    """What to do about a failed file operation, by its error number (one sentence)."""
+    import errno
+
+    advice = {
+        errno.ENOSPC: "The disk is full: free space, then try again.",
+        errno.EDQUOT: "The disk quota is used up: free space or raise the quota, then try again.",
+        errno.EROFS: "The file system is mounted read-only: remount it read-write, or copy the store somewhere writable.",
+        errno.EACCES: "Permission denied: run as a user who may write there, or fix the folder's permissions.",
+        errno.EPERM: "Operation not permitted: run as a user who may write there, or fix the folder's permissions.",
+    }
+    return advice.get(exc.errno or 0, "Check the folder's permissions and free space, then try again.")
+
+
 class StoreCorruptionWarning(UserWarning):
     """A stored record was damaged (for example half-written by a crash) and was skipped."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.errors import StoreCorruptionWarning, StoreError
+from ee_middleware.errors import StoreCorruptionWarning, StoreWriteError, os_error_advice
 
 SEGMENT_SUFFIX = ".jsonl"
 
@@ -62,11 +63,28 @@ def decode_lines(data: bytes, segment: Path, *, live: bool) -> tuple[list[dict[s
         record = _decode_line(line)
         if isinstance(record, str):
             problems.append(SpoolProblem(segment, number, record))
+            records.extend(_salvage(line))
         else:
             records.append(record)
     if tail and not live:
         problems.append(SpoolProblem(segment, len(lines) + 1, "half-written last record (no newline)"))
     return records, problems
+
+
+_RECORD_START = re.compile(rb"[0-9a-f]{8} \{")
+
+
+def _salvage(line: bytes) -> list[dict[str, Any]]:
+    """Whole records that follow a cut-off one on the same line.
+
+    Spools written before failed writes were rolled back can hold a line where a write cut short
+    by a full disk is followed by the next, acknowledged record: that record is still read.
+    """
+    for match in _RECORD_START.finditer(line, 1):
+        record = _decode_line(line[match.start() :])
+        if not isinstance(record, str):
+            return [record]
+    return []
 
 
 def _decode_line(line: bytes) -> dict[str, Any] | str:
@@ -115,7 +133,7 @@ def read_segment(segment: Path, *, warn: bool = True) -> list[dict[str, Any]]:
         for problem in problems:
             warnings.warn(
                 f"Skipped a damaged record in {problem.segment} line {problem.line}: {problem.reason}. "
-                "The records before and after it are intact.",
+                "Every other whole record of the segment was read; `ee store compact` moves the segment to quarantine/.",
                 StoreCorruptionWarning,
                 stacklevel=3,
             )
@@ -156,12 +174,21 @@ class SpoolWriter:
             return
         with self._lock:
             fd = self._ensure_open()
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if self._fsync:
-                os.fsync(fd)
+            segment = self._path
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self._fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                what = self._roll_back_locked(fd)
+                raise StoreWriteError(
+                    f"Could not write to spool segment {segment}: {exc}. This batch was not stored ({what}); "
+                    f"everything written before it is intact. {os_error_advice(exc)}",
+                    errno=exc.errno,
+                ) from exc
             self._size += len(data)
             # sealed segments can be compacted, so a long-running agent's records still reach Parquet
             if self._size >= self._max_bytes or time.monotonic() - self._opened_at >= self._max_age:
@@ -178,20 +205,39 @@ class SpoolWriter:
         if self._fd is not None and self._pid != os.getpid():  # forked child: never share a segment
             self._fd, self._path, self._size = None, None, 0
         if self._fd is None:
-            self._dir.mkdir(parents=True, exist_ok=True)
             path = self._dir / _segment_name()
             # Created and locked under a hidden name, then renamed: a compactor must never see an
             # unlocked new segment, take it for a dead one and delete it under the writer.
             hidden = path.with_name(f".{path.name}.new")
+            fd = -1
             try:
+                self._dir.mkdir(parents=True, exist_ok=True)
                 fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 os.rename(hidden, path)
             except OSError as exc:
-                raise StoreError(f"Cannot create spool segment {path}: {exc}. Check the store folder's permissions.") from exc
+                if fd >= 0:
+                    os.close(fd)
+                    hidden.unlink(missing_ok=True)
+                raise StoreWriteError(f"Cannot create spool segment {path}: {exc}. {os_error_advice(exc)}", errno=exc.errno) from exc
             self._fd, self._path, self._size, self._pid = fd, path, 0, os.getpid()
             self._opened_at = time.monotonic()
         return self._fd
+
+    def _roll_back_locked(self, fd: int) -> str:
+        """Undo a failed write: cut the segment back to its last whole record, or close it.
+
+        Either way no later record can land on the line a failed write left half-written (a full
+        disk, a quota): it would be read back as part of a damaged line and lost.
+        """
+        try:
+            os.ftruncate(fd, self._size)
+            if self._fsync:
+                os.fsync(fd)
+        except OSError:
+            self._seal_locked()  # the next append opens a new segment; this one ends in a half line
+            return "the segment it began was closed, its unfinished last line is skipped on read"
+        return "the segment was cut back to its last whole record"
 
     def _seal_locked(self) -> Path | None:
         path = self._path

@@ -1,0 +1,130 @@
+"""A full disk loses nothing that was acknowledged: a failed spool write is rolled back.
+
+One test injects ``ENOSPC`` into the spool's ``os.write`` (always runs); another fills a real 1 MiB
+tmpfs (runs where the test may mount one, as root in the sandbox; skipped elsewhere).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.errors import StoreWriteError
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.store import spool as spool_module
+from ee_middleware.testing.store_conformance import sample_trajectory
+
+
+class _DiskFillsUp:
+    """``os.write`` that writes part of the data and then fails with ENOSPC, ``times`` times."""
+
+    def __init__(self, times: int = 1) -> None:
+        self.left = times
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        if self.left > 0 and len(data) > 10:
+            self.left -= 1
+            self.real(fd, bytes(data[: len(data) // 2]))  # the kernel took half, then the disk was full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.real(fd, data)
+
+
+def test_injected_enospc_is_rolled_back_and_the_next_record_survives(store_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("before")])
+    monkeypatch.setattr(spool_module.os, "write", _DiskFillsUp(times=2))
+    for failed in ("lost-1", "lost-2"):
+        with pytest.raises(StoreWriteError, match=r"No space left on device.*was not stored.*intact.*free space") as caught:
+            store.write([sample_trajectory(failed)])
+        assert caught.value.errno == errno.ENOSPC
+    assert store.write([sample_trajectory("after")]) == 1  # space is back: acknowledged
+    monkeypatch.undo()
+    store.close()
+    # warnings are errors in this suite: a record sharing a line with a cut-off one would fail here
+    reader = LocalExperienceStore(store_path)
+    assert reader.trajectories()["id"].to_list() == ["before", "after"]
+    assert reader.steps(["after"]).height == 3
+    reader.compact()
+    assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["before", "after"]
+    assert not (store_path / "quarantine").exists(), "nothing was damaged, so nothing is quarantined"
+
+
+def test_a_segment_that_cannot_be_cut_back_is_closed_instead(store_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("before")])
+    first = store._writer.segment
+    monkeypatch.setattr(spool_module.os, "write", _DiskFillsUp(times=1))
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(spool_module.os, "ftruncate", no_truncate)
+    with pytest.raises(StoreWriteError, match="segment it began was closed"):
+        store.write([sample_trajectory("lost")])
+    monkeypatch.undo()
+    store.write([sample_trajectory("after")])
+    assert store._writer.segment != first, "the next record goes to a new segment, never onto the cut-off line"
+    store.close()
+    with pytest.warns(Warning, match="half-written last record"):
+        ids = LocalExperienceStore(store_path).trajectories()["id"].to_list()
+    assert ids == ["before", "after"]
+
+
+def test_a_record_after_a_cut_off_one_on_the_same_line_is_still_read(store_path: Path):
+    """Spools written by earlier versions (no rollback) hold such lines; the acknowledged record is kept."""
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("before")])
+    segment = store._writer.segment
+    store.close()
+    good = spool_module.encode_line({"kind": "trajectory", "data": sample_trajectory("after").model_dump(mode="json")})
+    with open(segment, "ab") as fh:
+        fh.write(good[: len(good) // 3] + good)  # a write cut short, then the next record on its line
+    with pytest.warns(Warning, match="checksum mismatch"):
+        ids = LocalExperienceStore(store_path).trajectories()["id"].to_list()
+    assert ids == ["before", "after"]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs mounted for this test (needs root and mount permission; skipped without)."""
+    mount_point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_really_full_tmpfs_loses_nothing_acknowledged(tiny_tmpfs: Path):
+    filler = tiny_tmpfs / "filler"
+    filler.write_bytes(b"x" * 300_000)
+    root = tiny_tmpfs / "experience"
+    store = LocalExperienceStore(root)
+    acknowledged: list[str] = []
+    failures = 0
+    for i in range(2000):
+        try:
+            store.write([sample_trajectory(f"t{i}", steps=6)])
+        except StoreWriteError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            failures += 1
+            if failures == 2:
+                break
+            filler.unlink()  # space comes back: writing goes on until the disk is full again
+            continue
+        acknowledged.append(f"t{i}")
+    store.close()
+    assert failures == 2, "the tmpfs never filled up: the test proved nothing"
+    present = LocalExperienceStore(root).trajectories()["id"].to_list()
+    assert set(acknowledged) <= set(present), f"{len(set(acknowledged) - set(present))} acknowledged records lost"
+    assert len(present) == len(acknowledged), "a batch reported as not stored must not appear"
