@@ -1,0 +1,61 @@
+"""Record the retail agent's expert runs, replay them in the database sandbox, and show one.
+
+    cd examples && python -m retail_db --out ../demo-output/retail
+    # or, from the repository root:
+    PYTHONPATH=examples python -m retail_db --out demo-output/retail
+
+The runs are recorded with ``redact=False`` unless ``--redact`` is given: the data is synthetic, and
+with today's redaction an e-mail address passed to a tool is stored as ``[REDACTED:email]``, which
+the sandbox cannot look up (docs/sandboxes.md, "Redaction and replay"). Try ``--redact`` to see the
+fidelity report that causes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .agent import APP, record_experts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retail_db", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("demo-output/retail"), help="output folder (recreated on each run)")
+    parser.add_argument("--k", type=int, default=8, help="alternatives per recorded state")
+    parser.add_argument("--redact", action="store_true", help="record with the default redaction (e-mail addresses become placeholders)")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    from ee_middleware.cli.app import app as cli
+    from ee_middleware.store import LocalExperienceStore
+
+    console = Console()
+    shutil.rmtree(args.out, ignore_errors=True)
+    store = args.out / "experience"
+    console.rule("[bold]1. The retail agent serves its customers (every run is recorded)")
+    answers = record_experts(store, args.out, redact=bool(args.redact))
+    console.print(f"{len(answers)} conversations recorded in {store}")
+    sandbox = "retail_db.sandbox:make_sandbox"
+    first = LocalExperienceStore(store).trajectories(app=APP).sort("started_at")["id"][0]
+    status = 0
+    for title, argv_ in [
+        (
+            "2. Replay every state with K alternatives in the database sandbox",
+            ["replay", "run", "--store", str(store), "--sandbox", sandbox, "--k", str(args.k)],
+        ),
+        ("3. One conversation's alternatives beside the expert's calls", ["replay", "show", first, "--store", str(store)]),
+    ]:
+        console.rule(f"[bold]{title}")
+        console.print(f"[dim]$ ee {' '.join(argv_)}[/]")
+        try:
+            cli(argv_, standalone_mode=False)
+        except SystemExit as exc:  # `ee replay run` exits 1 when a trajectory failed
+            status = status or int(exc.code or 0)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
