@@ -1,0 +1,101 @@
+"""Errors of the adapter registry and of serving. Each message says what failed and what to do.
+
+Match on the class, never on the text:
+
+- :class:`RegistryError` — the registry refused or cannot do something (:class:`AdapterNotFoundError`,
+  :class:`AdapterFilesError`, :class:`BaseModelMismatchError`, :class:`RankTooLargeError`,
+  :class:`InvalidTransitionError`, :class:`RegistryCorruptionError`);
+- :class:`ServingError` — a model server refused or failed a request; ``url`` names it
+  (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`, :class:`AdapterNameInUseError`,
+  :class:`AdapterPathNotFoundError`, :class:`ServerRankError`, :class:`AdapterLoadError`,
+  :class:`VerificationError`, :class:`ServerStartError`);
+- :class:`PromotionError` — a promote failed on some replica and was rolled back everywhere.
+"""
+
+from __future__ import annotations
+
+from ee_middleware.errors import EEError
+
+
+class AdapterError(EEError):
+    """Root of every adapter registry and serving error."""
+
+
+class RegistryError(AdapterError):
+    """The adapter registry refused an operation or cannot carry it out."""
+
+
+class AdapterNotFoundError(RegistryError, KeyError):
+    """No adapter (or app) with that name is registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AdapterFilesError(RegistryError):
+    """An adapter folder is missing, incomplete or corrupt (config, weights, manifest)."""
+
+
+class BaseModelMismatchError(RegistryError):
+    """An adapter was trained on another base model than the one its app serves."""
+
+
+class RankTooLargeError(RegistryError):
+    """An adapter's LoRA rank exceeds the servers' ``--max-lora-rank``."""
+
+
+class InvalidTransitionError(RegistryError):
+    """The adapter's status does not allow this operation (e.g. retiring the live adapter)."""
+
+
+class RegistryCorruptionError(RegistryError):
+    """The registry's index cannot be read."""
+
+
+class ServingError(AdapterError):
+    """A model server refused or failed a request about adapters; ``url`` names the server."""
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ServerUnavailableError(ServingError):
+    """The server did not answer (connection refused, reset) or kept failing (5xx)."""
+
+
+class ServerTimeoutError(ServerUnavailableError):
+    """The server did not answer in time."""
+
+
+class AdapterNameInUseError(ServingError):
+    """The server already has an adapter under this name (vLLM: HTTP 400)."""
+
+
+class AdapterPathNotFoundError(ServingError):
+    """The server cannot find the adapter folder (vLLM: HTTP 404); it must see the same file system."""
+
+
+class ServerRankError(ServingError):
+    """The server refused the adapter's rank (vLLM: HTTP 500; the local server: HTTP 400)."""
+
+
+class AdapterLoadError(ServingError):
+    """The server could not load (or unload) the adapter for another reason."""
+
+
+class VerificationError(ServingError):
+    """A loaded adapter is not listed by the server, or a smoke request through it failed."""
+
+
+class ServerStartError(ServingError):
+    """A launched server exited or did not become healthy in time; the message has its last log lines."""
+
+
+class PromotionError(AdapterError):
+    """A promote failed on a replica; every replica was rolled back and the adapter marked failed."""
+
+    def __init__(self, message: str, *, adapter: str, replica: str | None) -> None:
+        super().__init__(message)
+        self.adapter = adapter
+        self.replica = replica

@@ -1,0 +1,181 @@
+"""What the registry knows about one adapter, and how it reads an adapter folder.
+
+An adapter folder is what ``ee train`` (or peft's ``save_pretrained``) writes:
+``adapter_config.json`` (rank ``r``, ``base_model_name_or_path``), the weights
+(``adapter_model.safetensors`` or ``adapter_model.bin``) and, from ``ee train``, ``manifest.json``
+(base model, datasets with their hashes, config, losses). :func:`inspect_adapter` reads it and
+checks it; the content hash covers the config and the weights, so one name never stands for two
+different sets of weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.adapters.errors import AdapterFilesError, RegistryError
+
+RECORD_SCHEMA_VERSION = 1
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+CONFIG_FILE = "adapter_config.json"
+MANIFEST_FILE = "manifest.json"
+HASH_CHARS = 8
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class Status(StrEnum):
+    """An adapter's life: registered (``candidate``), serving the app's alias (``live``), withdrawn
+    (``retired``: superseded, rolled back or retired by hand), or refused by a promote (``failed``)."""
+
+    candidate = "candidate"
+    live = "live"
+    retired = "retired"
+    failed = "failed"
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """An adapter folder as read from disk: its rank, base model, content hash and manifest."""
+
+    path: Path
+    rank: int
+    base_model: str
+    content_hash: str
+    weights_file: str
+    manifest: dict[str, Any] | None
+    adapter_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One registered adapter (a row of ``ee adapters list --json``)."""
+
+    name: str
+    app: str
+    version: int
+    content_hash: str
+    status: str
+    base_model: str
+    rank: int
+    path: str
+    """The registry's own copy of the adapter folder (what servers load)."""
+    source_path: str
+    created_at: str
+    created_by: str
+    updated_at: str
+    reason: str | None = None
+    """Why the status is what it is (a failed promote's error, "superseded by ...", a retire note)."""
+    manifest: dict[str, Any] | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    schema_version: int = RECORD_SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdapterRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def adapter_name(app: str, version: int, content_hash: str) -> str:
+    """The immutable versioned name: ``support-bot-v7-3f2a9c1e``."""
+    return f"{app}-v{version}-{content_hash[:HASH_CHARS]}"
+
+
+def check_app_name(app: str) -> str:
+    if not isinstance(app, str) or not APP_NAME.match(app):
+        raise RegistryError(
+            f"Bad app name {app!r}: use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(it becomes part of every adapter name and of the served model name), e.g. --app support-bot."
+        )
+    return app
+
+
+def normalize_base(value: str) -> str:
+    """A base model's identity for comparisons: a local folder as its resolved path, anything else as given."""
+    path = Path(value).expanduser()
+    try:
+        return str(path.resolve()) if path.exists() else value.rstrip("/")
+    except OSError:
+        return value
+
+
+def inspect_adapter(folder: str | Path) -> AdapterFiles:
+    """Read and check an adapter folder; :class:`AdapterFilesError` names what is missing or broken."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise AdapterFilesError(f"No adapter folder at {path}. Pass the folder `ee train` wrote (it holds {CONFIG_FILE}).")
+    config = _read_json(path / CONFIG_FILE, what="the adapter config (written by peft's save_pretrained)")
+    weights = next((name for name in WEIGHT_FILES if (path / name).is_file()), None)
+    if weights is None:
+        raise AdapterFilesError(
+            f"{path} has no adapter weights ({' or '.join(WEIGHT_FILES)}). Was the training run interrupted? Train again."
+        )
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise AdapterFilesError(f"{path / CONFIG_FILE} has no valid LoRA rank 'r' (got {rank!r}); is this a LoRA adapter?")
+    _check_weights(path / weights)
+    manifest = _read_json(path / MANIFEST_FILE, what="the training manifest") if (path / MANIFEST_FILE).is_file() else None
+    base = _base_model(config, manifest)
+    if not base:
+        raise AdapterFilesError(
+            f"{path / CONFIG_FILE} names no base model (base_model_name_or_path is empty) and there is no {MANIFEST_FILE} naming one. "
+            "Set base_model_name_or_path to the base model's folder."
+        )
+    return AdapterFiles(path.resolve(), rank, base, content_hash(path, weights), weights, manifest, config)
+
+
+def content_hash(folder: Path, weights_file: str) -> str:
+    """sha256 over the adapter config and the weights (the files that decide what the adapter does)."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, weights_file):
+        digest.update(name.encode() + b"\0")
+        with open(folder / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _base_model(config: dict[str, Any], manifest: dict[str, Any] | None) -> str:
+    base = manifest.get("base_model") if isinstance(manifest, dict) else None
+    if isinstance(base, dict) and isinstance(base.get("path"), str) and base["path"]:
+        return normalize_base(base["path"])
+    value = config.get("base_model_name_or_path")
+    return normalize_base(value) if isinstance(value, str) and value else ""
+
+
+def _read_json(path: Path, *, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise AdapterFilesError(f"{path} is missing: it should hold {what}. Point at the folder `ee train` wrote.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AdapterFilesError(f"{path} ({what}) cannot be read as JSON: {exc}. The folder is damaged: train the adapter again.") from exc
+    if not isinstance(data, dict):
+        raise AdapterFilesError(f"{path} ({what}) is not a JSON object. The folder is damaged: train the adapter again.")
+    return data
+
+
+def _check_weights(path: Path) -> None:
+    """A safetensors file must have a readable header (a truncated or garbled file fails here, not on a server)."""
+    if path.suffix != ".safetensors":
+        return
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            total = path.stat().st_size
+            if size <= 0 or size > total - 8:
+                raise ValueError(f"header length {size} does not fit a {total}-byte file")
+            header = json.loads(fh.read(size))
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+        if not tensors or 8 + size + end > total:
+            raise ValueError("the tensors it lists run past the end of the file" if tensors else "it holds no tensors")
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise AdapterFilesError(f"{path} is not a valid safetensors file ({exc}). The adapter is damaged: train it again.") from exc

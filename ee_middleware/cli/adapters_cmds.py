@@ -1,0 +1,199 @@
+"""``ee adapters``: register, list, show, promote, rollback and retire LoRA adapters.
+
+The registry and the servers live in ``ee_middleware.adapters`` (the top-level ``adapters/``
+folder), imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, console, print_json, short
+
+app = typer.Typer(help="Versioned LoRA adapters: register, promote (hot-swap into the servers), roll back, retire.", no_args_is_help=True)
+
+RegistryOption = typer.Option(
+    ..., "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="Adapter registry: a folder (created on first register)."
+)
+ServerOption = typer.Option(
+    [],
+    "--server",
+    envvar="EE_SERVER_URLS",
+    show_envvar=True,
+    help="A replica's OpenAI API root, e.g. http://127.0.0.1:8000/v1; once per replica (EE_SERVER_URLS: comma-separated).",
+)
+ByOption = typer.Option(None, "--by", help="Who is acting, for the history. [default: EE_USER or the login name]")
+RankOption = typer.Option(
+    None, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", show_envvar=True, help="The servers' --max-lora-rank. [default: 16, vLLM's]"
+)
+
+
+class BackendChoice(StrEnum):
+    vllm = "vllm"
+    local = "local"
+
+
+BackendOption = typer.Option(BackendChoice.vllm, "--backend", help="What the servers are: vllm or local (ee serve local).")
+
+
+def _registry(spec: str, *, create: bool = False) -> Any:
+    from ee_middleware.adapters.registry import open_registry
+
+    return open_registry(spec, create=create)
+
+
+def _replicas(servers: list[str], backend: BackendChoice, max_lora_rank: int | None) -> list[Any]:
+    from ee_middleware.adapters.serving.backend import build_backends
+
+    urls = [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
+    return build_backends(urls, kind=backend.value, max_lora_rank=max_lora_rank)
+
+
+def _record_json(record: Any) -> dict[str, Any]:
+    return record.to_json()
+
+
+@app.command("register")
+def register(
+    path: Path = typer.Argument(..., help="The adapter folder `ee train` wrote."),
+    app_name: str = typer.Option(..., "--app", "-a", help="The app (and alias) it serves, e.g. support-bot."),
+    registry: str = RegistryOption,
+    max_lora_rank: int | None = RankOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Register an adapter under an immutable versioned name (APP-vN-HASH) as a candidate."""
+    record = _registry(registry, create=True).register(path, app_name, by=by, max_lora_rank=max_lora_rank)
+    if as_json:
+        print_json(_record_json(record))
+    else:
+        typer.echo(f"{record.name} ({record.status}, rank {record.rank}, base {record.base_model})")
+
+
+@app.command("list")
+def list_adapters(
+    registry: str = RegistryOption,
+    app_name: str | None = typer.Option(None, "--app", "-a", help="Only this app."),
+    status: str | None = typer.Option(None, "--status", help="Only candidate, live, retired or failed."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List registered adapters (--json: one array of records)."""
+    records = _registry(registry).list(app=app_name, status=status)
+    if as_json:
+        print_json([_record_json(r) for r in records])
+        return
+    from rich.table import Table
+
+    table = Table("name", "app", "status", "rank", "base model", "created", "by", "reason")
+    for r in records:
+        style = {"live": "bold green", "failed": "red", "retired": "dim"}.get(r.status)
+        table.add_row(
+            r.name,
+            r.app,
+            r.status,
+            str(r.rank),
+            short(r.base_model, 40),
+            r.created_at[:19],
+            r.created_by,
+            short(r.reason or "", 50),
+            style=style,
+        )
+    console().print(table)
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="An adapter name."), registry: str = RegistryOption, as_json: bool = JsonOption) -> None:
+    """An adapter's record, its training manifest and its history."""
+    reg = _registry(registry)
+    record = reg.get(name)
+    history = reg.history(adapter=name)
+    if as_json:
+        print_json({**_record_json(record), "history": history})
+        return
+    manifest = record.manifest or {}
+    out = console()
+    out.print(f"[bold]{record.name}[/bold]  app {record.app}  version {record.version}  status {record.status}  rank {record.rank}")
+    out.print(f"base model: {record.base_model}\npath: {record.path} (registered from {record.source_path})")
+    if record.reason:
+        out.print(f"reason: {record.reason}")
+    if manifest:
+        metrics = manifest.get("metrics", {})
+        datasets = ", ".join(
+            f"{k} ({v.get('rows', '?')} rows, sha256 {str(v.get('sha256', ''))[:12]})" for k, v in manifest.get("datasets", {}).items()
+        )
+        out.print(
+            f"trained: schedule {manifest.get('schedule', {}).get('name')}, {metrics.get('steps')} steps, final loss {metrics.get('final_loss')}"
+        )
+        out.print(f"datasets: {datasets or '-'}")
+    for event in history:
+        applied = "" if event["applied"] else "  (interrupted: not applied)"
+        out.print(f"  {event['at'][:19]}  {event['action']:<16} by {event.get('by', '?')}{applied}")
+
+
+@app.command("promote")
+def promote(
+    name: str = typer.Argument(..., help="The adapter to make live."),
+    registry: str = RegistryOption,
+    servers: list[str] = ServerOption,
+    backend: BackendChoice = BackendOption,
+    max_lora_rank: int | None = RankOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Load and verify the adapter on every replica, then switch its app's alias to it (all or nothing)."""
+    from ee_middleware.adapters.promote import promote as run_promote
+
+    replicas = _replicas(servers, backend, max_lora_rank)
+    result = run_promote(_registry(registry), name, replicas, by=by, progress=None if as_json else lambda t: typer.echo(t, err=True))
+    if as_json:
+        print_json(result.to_json())
+    else:
+        typer.echo(f"{result.live.app} -> {result.live.name} (was {result.replaced or 'none'}) in {result.seconds:.3f} s")
+
+
+@app.command("rollback")
+def rollback(
+    app_name: str = typer.Argument(..., help="The app whose previous live adapter comes back."),
+    registry: str = RegistryOption,
+    servers: list[str] = ServerOption,
+    backend: BackendChoice = BackendOption,
+    max_lora_rank: int | None = RankOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Make the app's previous live adapter live again (it stayed loaded: an alias switch)."""
+    from ee_middleware.adapters.promote import rollback as run_rollback
+
+    result = run_rollback(_registry(registry), app_name, _replicas(servers, backend, max_lora_rank), by=by)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        typer.echo(f"{app_name} -> {result.live.name} (was {result.replaced}) in {result.seconds:.3f} s")
+
+
+@app.command("retire")
+def retire(
+    name: str = typer.Argument(..., help="The adapter to withdraw."),
+    registry: str = RegistryOption,
+    servers: list[str] = ServerOption,
+    backend: BackendChoice = BackendOption,
+    reason: str | None = typer.Option(None, "--reason", help="Why, for the record."),
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Retire an adapter that is not live, and unload it from the given replicas."""
+    from ee_middleware.adapters.promote import retire as run_retire
+
+    urls = [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
+    replicas = _replicas(urls, backend, None) if urls else []
+    record, problems = run_retire(_registry(registry), name, replicas, by=by, reason=reason)
+    if as_json:
+        print_json({**_record_json(record), "unload_problems": problems})
+    else:
+        typer.echo(f"{record.name} retired" + (f"; could not unload from: {'; '.join(problems)}" if problems else ""))
+    if problems:
+        raise typer.Exit(1)

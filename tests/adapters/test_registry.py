@@ -1,0 +1,197 @@
+"""The local adapter registry: names, statuses, refusals with clear errors, crash safety, the history."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.adapters.errors import (
+    AdapterFilesError,
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    InvalidTransitionError,
+    RankTooLargeError,
+    RegistryCorruptionError,
+)
+from ee_middleware.adapters.registry import LocalAdapterRegistry, open_registry
+from ee_middleware.adapters.testing import check_registry
+from ee_middleware.errors import StoreCorruptionWarning
+
+from .helpers import write_adapter
+
+
+def test_the_local_registry_passes_the_conformance_kit(tmp_path: Path) -> None:
+    check_registry(lambda: LocalAdapterRegistry(tmp_path / "reg"), tmp_path / "work")
+
+
+def test_names_are_app_version_and_weight_hash_and_same_weights_keep_their_name(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    manifest = {"base_model": {"path": "/models/base"}, "datasets": {"il": {"sha256": "ab" * 32, "rows": 3}}, "losses": [[1, 2.0]]}
+    first = reg.register(write_adapter(tmp_path / "a", manifest=manifest), "support-bot", by="alice")
+    assert first.name == f"support-bot-v1-{first.content_hash[:8]}"
+    assert (first.status, first.rank, first.base_model, first.created_by) == ("candidate", 8, "/models/base", "alice")
+    assert first.manifest == manifest
+    assert Path(first.path).parent == reg.root / "adapters" and (Path(first.path) / "adapter_model.safetensors").is_file()
+    again = reg.register(tmp_path / "a", "support-bot")
+    assert again == first
+    second = reg.register(write_adapter(tmp_path / "b", seed=1), "support-bot")
+    assert second.name.startswith("support-bot-v2-") and second.content_hash != first.content_hash
+    other_app = reg.register(tmp_path / "a", "other-bot")
+    assert other_app.name == f"other-bot-v1-{first.content_hash[:8]}"
+
+
+def test_a_base_model_other_than_the_live_one_is_refused(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    live = reg.register(write_adapter(tmp_path / "a", base="/models/smollm2"), "bot")
+    reg.switch_live(live.name)
+    with pytest.raises(BaseModelMismatchError, match=r"/models/qwen.*/models/smollm2"):
+        reg.register(write_adapter(tmp_path / "b", base="/models/qwen", seed=1), "bot")
+    assert [r.name for r in reg.list()] == [live.name]
+
+
+def test_a_rank_above_max_lora_rank_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    with pytest.raises(RankTooLargeError, match=r"r=32.*--max-lora-rank 16"):
+        reg.register(write_adapter(tmp_path / "a", rank=32), "bot")
+    monkeypatch.setenv("EE_MAX_LORA_RANK", "8")
+    with pytest.raises(RankTooLargeError, match="--max-lora-rank 8"):
+        reg.register(write_adapter(tmp_path / "b", rank=16), "bot")
+    assert reg.register(tmp_path / "b", "bot", max_lora_rank=16).rank == 16
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("no-config", "adapter_config.json is missing"),
+        ("no-weights", "no adapter weights"),
+        ("bad-config", "cannot be read as JSON"),
+        ("truncated-weights", "not a valid safetensors file"),
+        ("no-rank", "no valid LoRA rank"),
+    ],
+)
+def test_missing_or_corrupt_adapter_files_are_refused_and_nothing_is_registered(tmp_path: Path, damage: str, expected: str) -> None:
+    folder = write_adapter(tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+    if damage == "no-config":
+        (folder / "adapter_config.json").unlink()
+    elif damage == "no-weights":
+        weights.unlink()
+    elif damage == "bad-config":
+        (folder / "adapter_config.json").write_text("{not json")
+    elif damage == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[:-10])
+    else:
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/b"}))
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    with pytest.raises(AdapterFilesError, match=expected):
+        reg.register(folder, "bot")
+    assert reg.list() == [] and reg.history() == []
+
+
+def test_bad_app_names_and_unknown_names_get_clear_errors(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    with pytest.raises(Exception, match="Bad app name 'Support Bot'"):
+        reg.register(write_adapter(tmp_path / "a"), "Support Bot")
+    with pytest.raises(AdapterNotFoundError, match="No adapter named 'nope'"):
+        reg.get("nope")
+    with pytest.raises(AdapterNotFoundError, match="No app named 'nope'"):
+        reg.rollback_target("nope")
+
+
+def test_promote_rollback_retire_and_fail_move_statuses_and_the_alias(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a, b, c = (reg.register(write_adapter(tmp_path / n, seed=i), "bot") for i, n in enumerate("abc"))
+    assert reg.resolve("bot") is None
+    reg.switch_live(a.name)
+    reg.switch_live(b.name)
+    assert reg.resolve("bot") == b.name
+    assert reg.get(a.name).status == "retired" and reg.get(a.name).reason == f"superseded by {b.name}"
+    assert reg.rollback_target("bot").name == a.name
+    with pytest.raises(InvalidTransitionError, match="live adapter of bot"):
+        reg.retire(b.name)
+    reg.mark_failed(c.name, "VerificationError on http://x: no answer")
+    with pytest.raises(InvalidTransitionError, match="failed adapter is not served again"):
+        reg.switch_live(c.name)
+    reg.switch_live(a.name, action="rollback")
+    assert reg.resolve("bot") == a.name and reg.get(b.name).reason == f"rolled back to {a.name}"
+    with pytest.raises(InvalidTransitionError, match="no earlier live adapter"):
+        reg.rollback_target("bot")
+    actions = [(e["action"], e["adapter"]) for e in reg.history(app="bot")]
+    assert actions[3:] == [("promote", a.name), ("promote", b.name), ("fail", c.name), ("rollback", a.name)]
+    assert all(e["applied"] for e in reg.history())
+
+
+def test_list_json_from_the_cli_is_one_array_of_records(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    write_adapter(tmp_path / "a")
+    runner = CliRunner()
+    registered = runner.invoke(app, ["adapters", "register", str(tmp_path / "a"), "--app", "bot", "-r", str(tmp_path / "reg"), "--json"])
+    assert registered.exit_code == 0, registered.output
+    listed = runner.invoke(app, ["adapters", "list", "-r", str(tmp_path / "reg"), "--json"])
+    [record] = json.loads(listed.stdout)
+    assert {"name", "app", "status", "base_model", "created_at"} <= set(record)
+    assert (record["app"], record["status"]) == ("bot", "candidate")
+    refused = runner.invoke(
+        app, ["adapters", "register", str(tmp_path / "a"), "--app", "bot", "-r", str(tmp_path / "reg"), "--max-lora-rank", "4"]
+    )
+    assert refused.exit_code == 1 and "--max-lora-rank 4" in refused.output
+    shown = runner.invoke(app, ["adapters", "show", record["name"], "-r", str(tmp_path / "reg"), "--json"])
+    assert json.loads(shown.stdout)["history"][0]["action"] == "register"
+
+
+def test_a_crash_between_the_history_line_and_the_index_write_reads_back_as_not_applied(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a = reg.register(write_adapter(tmp_path / "a"), "bot")
+    # A child process appends the history event, then dies before writing the index (os._exit in the writer).
+    code = f"""
+import os
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+reg = LocalAdapterRegistry({str(reg.root)!r})
+reg._write_index = lambda index: os._exit(9)
+reg.switch_live({a.name!r})
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 9, result.stderr
+    assert reg.resolve("bot") is None and reg.get(a.name).status == "candidate"
+    last = reg.history()[-1]
+    assert (last["action"], last["applied"]) == ("promote", False)
+    reg.switch_live(a.name)
+    assert reg.resolve("bot") == a.name and reg.history()[-1]["applied"] is True
+
+
+def test_a_half_written_history_line_is_skipped_with_a_warning_and_the_next_one_starts_on_its_own_line(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a = reg.register(write_adapter(tmp_path / "a"), "bot")
+    with open(reg.root / "history.jsonl", "a") as fh:
+        fh.write('{"seq": 2, "act')
+    reg.switch_live(a.name)
+    with pytest.warns(StoreCorruptionWarning, match="damaged history line"):
+        events = reg.history()
+    assert [e["action"] for e in events] == ["register", "promote"]
+
+
+def test_a_damaged_index_is_reported_not_overwritten(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    (reg.root / "index.json").write_text("{garbage")
+    with pytest.raises(RegistryCorruptionError, match="restore it from a backup"):
+        reg.list()
+    with pytest.raises(RegistryCorruptionError):
+        reg.register(write_adapter(tmp_path / "a"), "bot")
+    assert (reg.root / "index.json").read_text() == "{garbage"
+
+
+def test_concurrent_registrations_from_processes_get_distinct_versions(tmp_path: Path) -> None:
+    folders = [write_adapter(tmp_path / f"a{i}", seed=i) for i in range(4)]
+    LocalAdapterRegistry(tmp_path / "reg")
+    code = "import sys; from ee_middleware.adapters.registry import LocalAdapterRegistry as R; R(sys.argv[1]).register(sys.argv[2], 'bot')"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "reg"), str(f)], env=os.environ.copy()) for f in folders]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    assert sorted(r.version for r in open_registry(tmp_path / "reg").list()) == [1, 2, 3, 4]
