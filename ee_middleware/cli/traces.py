@@ -179,10 +179,14 @@ def ingest(
 ) -> None:
     """Turn OTLP JSON spans that follow the GenAI conventions into trajectories.
 
-    Spans from any instrumentation are read (ee-middleware, OpenLLMetry, OpenInference). Malformed
-    spans are reported one by one and the good ones are still ingested; the exit code is 1 if any
-    problem was found. Ingesting the same file twice adds nothing.
+    Spans from any instrumentation are read (ee-middleware, OpenLLMetry, OpenInference); one graph
+    run becomes one trajectory. Files, requests and spans are checked against the OTLP shapes: each
+    bad file, span, trace or run gets one line (at most 20 per file, the rest counted), the good ones
+    are still ingested, and the exit code is 1 if any problem was found. Ingesting the same file
+    twice adds nothing.
     """
+    from rich.markup import escape
+
     from ee_middleware.ingest import ingest_files
     from ee_middleware.store.registry import open_store
 
@@ -194,11 +198,15 @@ def ingest(
         out.print(
             f"Read {report.spans} spans from {report.files} file(s): {report.runs} agent run(s), "
             f"[green]{len(report.ingested)} ingested[/], {len(report.already_stored)} already stored, "
-            f"[{'red' if report.errors else 'green'}]{len(report.errors)} problem(s)[/]."
+            f"[{'red' if report.problems else 'green'}]{report.problems} problem(s)[/]."
         )
         for error in report.errors:
-            out.print(f"  [red]x[/] {error}", highlight=False)
-    if report.errors:
+            out.print(f"  [red]x[/] {escape(error)}", highlight=False)
+        if report.unlisted_problems:
+            out.print(f"  ... and {report.unlisted_problems} more problem(s) not listed.", highlight=False)
+        if report.traces_without_runs:
+            out.print(f"  note: {report.traces_without_runs} trace(s) held no agent run (e.g. only a create_agent span) and were skipped.")
+    if report.problems:
         raise typer.Exit(1)
 
 

@@ -2,14 +2,14 @@
 
 Accepts what an OpenTelemetry Collector's ``file`` exporter writes (one ``ExportTraceServiceRequest``
 JSON object per line) and single pretty-printed documents. Trace and span ids may be hex (the OTLP
-JSON mapping) or base64 (protobuf's generic JSON mapping). A span that cannot be read is reported
-with its location and skipped; the rest of the file is still read.
+JSON mapping) or base64 (protobuf's generic JSON mapping). Every request and span is checked against
+the OTLP shapes (:mod:`ee_middleware.ingest.otlp_schema`); what does not fit is reported with its
+location and skipped, and the rest of the file is still read. A file that is not text, or not
+JSON at all, is one problem, never one per line.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,16 +17,32 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.capture.spandata import SpanData
+from ee_middleware.ingest.otlp_schema import ShapeError, check_request, check_span, loose_ids, resource_attributes
 
-_STATUS = {0: "UNSET", 1: "OK", 2: "ERROR", "STATUS_CODE_UNSET": "UNSET", "STATUS_CODE_OK": "OK", "STATUS_CODE_ERROR": "ERROR"}
+_EXPECTED = "expected OTLP JSON (one ExportTraceServiceRequest per line, as a Collector's file exporter writes)"
+
+
+@dataclass(frozen=True)
+class RejectedSpan:
+    """A span that failed its check, by the ids that could still be read from it."""
+
+    trace_id: str | None
+    span_id: str | None
+    parent_span_id: str | None
+    name: str
 
 
 @dataclass
 class ParseResult:
-    """Spans read from a file, with one message per span or line that could not be read."""
+    """Spans read from a file, with one message per span, line or file that could not be read.
+
+    ``rejected`` lists the spans that failed their check, so that the runs they belonged to are not
+    stored without them.
+    """
 
     spans: list[SpanData] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    rejected: list[RejectedSpan] = field(default_factory=list)
 
 
 def read_otlp_json(path: str | Path) -> ParseResult:
@@ -34,32 +50,65 @@ def read_otlp_json(path: str | Path) -> ParseResult:
     path = Path(path)
     result = ParseResult()
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as exc:
         result.errors.append(f"{path}: cannot read the file: {exc.strerror or exc}")
         return result
-    for where, document in _documents(path, text, result.errors):
-        _read_request(document, where, result)
+    text = _text(path, data, result.errors)
+    if text is not None:
+        for where, document in _documents(path, text, result.errors):
+            _read_request(document, where, result)
     return result
+
+
+def _text(path: Path, data: bytes, errors: list[str]) -> str | None:
+    """The file as text, or None with one error when it is binary (OTLP protobuf, junk)."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        errors.append(f"{path}: not a text file (a NUL byte at offset {nul}); {_EXPECTED}. Binary OTLP (protobuf) is not read.")
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        errors.append(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); {_EXPECTED}.")
+        return None
 
 
 def _documents(path: Path, text: str, errors: list[str]) -> Iterator[tuple[str, Any]]:
     stripped = text.strip()
     if not stripped:
-        errors.append(f"{path}: the file is empty; expected OTLP JSON (one export request per line).")
+        errors.append(f"{path}: the file is empty; {_EXPECTED}.")
         return
     try:
         yield f"{path}", json.loads(stripped)
         return
-    except json.JSONDecodeError:
-        pass  # JSON Lines: one request per line
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    except (ValueError, RecursionError) as exc:
+        whole_file_error = exc
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if len(lines) < 2 or _loads(lines[0][1]) is None:
+        where = f"{path}:{lines[0][0]}" if len(lines) == 1 else f"{path}"
+        errors.append(f"{where}: not valid JSON ({_json_problem(whole_file_error)}); {_EXPECTED}.")
+        return
+    for number, line in lines:  # JSON Lines: one request per line
         try:
             yield f"{path}:{number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); line skipped.")
+        except (ValueError, RecursionError) as exc:
+            errors.append(f"{path}:{number}: not valid JSON ({_json_problem(exc)}); line skipped.")
+
+
+def _loads(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _json_problem(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}" if exc.lineno > 1 else f"{exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "arrays or objects nested too deeply to read"
+    return str(exc)
 
 
 def _read_request(document: Any, where: str, result: ParseResult) -> None:
@@ -67,110 +116,23 @@ def _read_request(document: Any, where: str, result: ParseResult) -> None:
         for i, item in enumerate(document):
             _read_request(item, f"{where}[{i}]", result)
         return
-    if not isinstance(document, Mapping) or "resourceSpans" not in document:
-        result.errors.append(f"{where}: expected an OTLP export request with 'resourceSpans'; skipped.")
+    try:
+        request = check_request(document)
+    except ShapeError as exc:
+        result.errors.append(f"{where}: {exc}; skipped.")
         return
-    for r, resource_spans in enumerate(_list(document.get("resourceSpans"))):
-        resource = _attributes((resource_spans.get("resource") or {}).get("attributes")) if isinstance(resource_spans, Mapping) else {}
-        scopes = (
-            _list(resource_spans.get("scopeSpans") or resource_spans.get("instrumentationLibrarySpans"))
-            if isinstance(resource_spans, Mapping)
-            else []
-        )
-        for s, scope_spans in enumerate(scopes):
-            for k, raw in enumerate(_list(scope_spans.get("spans") if isinstance(scope_spans, Mapping) else None)):
-                location = f"{where} resourceSpans[{r}].scopeSpans[{s}].spans[{k}]"
+    for r, resource_spans in enumerate(request.resourceSpans):
+        resource = resource_attributes(resource_spans)
+        for s, scope_spans in enumerate(resource_spans.scopeSpans):
+            for k, raw in enumerate(scope_spans.spans):
                 try:
-                    result.spans.append(_span(raw, resource))
-                except (ValueError, TypeError, KeyError) as exc:
+                    result.spans.append(check_span(raw, resource))
+                except ShapeError as exc:
                     name = raw.get("name") if isinstance(raw, Mapping) else None
+                    name = name[:80] if isinstance(name, str) else ""
                     label = f" ({name!r})" if name else ""
-                    result.errors.append(f"{location}{label}: {exc}; span skipped.")
-
-
-def _span(raw: Any, resource: Mapping[str, Any]) -> SpanData:
-    if not isinstance(raw, Mapping):
-        raise TypeError(f"a span must be a JSON object, got {type(raw).__name__}")
-    trace_id = _id(raw.get("traceId"), 16, "traceId")
-    span_id = _id(raw.get("spanId"), 8, "spanId")
-    parent = raw.get("parentSpanId")
-    parent_id = _id(parent, 8, "parentSpanId") if parent else None
-    start = _int(raw.get("startTimeUnixNano"), "startTimeUnixNano")
-    end = _int(raw.get("endTimeUnixNano", start), "endTimeUnixNano")
-    if end < start:
-        raise ValueError(f"endTimeUnixNano ({end}) is before startTimeUnixNano ({start})")
-    status = raw.get("status") or {}
-    events = tuple((str(e.get("name", "")), _attributes(e.get("attributes"))) for e in _list(raw.get("events")) if isinstance(e, Mapping))
-    return SpanData(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=parent_id,
-        name=str(raw.get("name") or ""),
-        start_ns=start,
-        end_ns=end,
-        attributes=_attributes(raw.get("attributes")),
-        status_code=_STATUS.get(status.get("code", 0), "UNSET") if isinstance(status, Mapping) else "UNSET",
-        status_message=status.get("message") if isinstance(status, Mapping) else None,
-        events=events,
-        resource=dict(resource),
-    )
-
-
-def _id(value: Any, size: int, field_name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{field_name} is missing or not a string")
-    if len(value) == size * 2:
-        try:
-            int(value, 16)
-            return value.lower()
-        except ValueError:
-            pass
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != size:
-        raise ValueError(f"{field_name} {value!r} is neither {size * 2} hex digits nor base64 of {size} bytes")
-    return raw.hex()
-
-
-def _int(value: Any, field_name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field_name} must be an integer (nanoseconds), got {value!r}") from None
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _attributes(items: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in _list(items):
-        if isinstance(item, Mapping) and "key" in item:
-            out[str(item["key"])] = _value(item.get("value") or {})
-    return out
-
-
-def _value(value: Any) -> Any:
-    if not isinstance(value, Mapping):
-        return value
-    if "stringValue" in value:
-        return value["stringValue"]
-    if "boolValue" in value:
-        return bool(value["boolValue"])
-    if "intValue" in value:
-        return int(value["intValue"])
-    if "doubleValue" in value:
-        return float(value["doubleValue"])
-    if "arrayValue" in value:
-        return [_value(v) for v in _list((value["arrayValue"] or {}).get("values"))]
-    if "kvlistValue" in value:
-        return _attributes((value["kvlistValue"] or {}).get("values"))
-    if "bytesValue" in value:
-        return value["bytesValue"]
-    return None
+                    result.errors.append(f"{where} resourceSpans[{r}].scopeSpans[{s}].spans[{k}]{label}: {exc}; span skipped.")
+                    result.rejected.append(RejectedSpan(*loose_ids(raw), name=name))
 
 
 def spans_to_otlp_json(spans: list[Any], resource: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""Ingest spans into an experience store: group by trace, split into runs, assemble, write."""
+"""Ingest spans into an experience store: group by trace, split into runs, check, assemble, write.
+
+Every problem is collected, never raised: a bad file, span, trace or run costs itself only, the
+good ones are written, and the report says what failed (the CLI exits non-zero then). At most
+:data:`MAX_LISTED_PER_FILE` problems are listed per file and :data:`MAX_LISTED_PROBLEMS` in all;
+the report counts the rest.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_runs
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.assembler import AssemblyOptions, assemble
+from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.errors import IngestError
-from ee_middleware.ingest.otlp_json import read_otlp_json
+from ee_middleware.ingest.genai_schema import check_model_span
+from ee_middleware.ingest.otlp_json import RejectedSpan, read_otlp_json
+from ee_middleware.ingest.runs import group_runs
 from ee_middleware.records import Approval, Trajectory, utcnow
 from ee_middleware.store.protocol import ExperienceStore
+
+MAX_LISTED_PROBLEMS = 200
+MAX_LISTED_PER_FILE = 20
 
 
 @dataclass
@@ -26,6 +39,30 @@ class IngestReport:
     ingested: list[str] = field(default_factory=list)
     already_stored: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    problems: int = 0
+    unlisted_problems: int = 0
+    repeated_spans: int = 0
+    traces_without_runs: int = 0
+
+    def problem(self, message: str) -> None:
+        """Count a problem; list it while fewer than :data:`MAX_LISTED_PROBLEMS` are listed."""
+        self.problems += 1
+        self._list(message, 1)
+
+    def file_problems(self, path: str | Path, messages: Sequence[str]) -> None:
+        """A file's problems: the first :data:`MAX_LISTED_PER_FILE` listed, the rest counted in one line."""
+        for message in messages[:MAX_LISTED_PER_FILE]:
+            self.problem(message)
+        rest = len(messages) - MAX_LISTED_PER_FILE
+        if rest > 0:
+            self.problems += rest
+            self._list(f"{path}: {rest} more problem(s) in this file not listed ({len(messages)} in all).", rest)
+
+    def _list(self, message: str, count: int) -> None:
+        if len(self.errors) < MAX_LISTED_PROBLEMS:
+            self.errors.append(message)
+        else:
+            self.unlisted_problems += count
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -34,7 +71,11 @@ class IngestReport:
             "runs": self.runs,
             "ingested": len(self.ingested),
             "already_stored": len(self.already_stored),
+            "problems": self.problems,
             "errors": self.errors,
+            "unlisted_problems": self.unlisted_problems,
+            "repeated_spans": self.repeated_spans,
+            "traces_without_runs": self.traces_without_runs,
             "trajectory_ids": self.ingested,
         }
 
@@ -47,9 +88,18 @@ def ingest_spans(
     approve_by: str | None = None,
     redactor: Redactor | None = None,
     report: IngestReport | None = None,
+    rejected: Iterable[RejectedSpan] = (),
 ) -> IngestReport:
-    """Assemble spans into trajectories and write the new ones (ingest is idempotent by id)."""
+    """Assemble spans into trajectories and write the new ones (ingest is idempotent by id).
+
+    ``rejected`` names spans that could not be read: a run that held one is skipped, not stored
+    without it (a run whose root span was rejected would otherwise lose its status, for example).
+    """
     report = report or IngestReport()
+    rejected_by_trace: dict[str, list[RejectedSpan]] = defaultdict(list)
+    for bad in rejected:
+        if bad.trace_id is not None:
+            rejected_by_trace[bad.trace_id].append(bad)
     options = AssemblyOptions(app=app, redactor=redactor or Redactor(), source="otlp-ingest")
     by_trace: dict[str, list[SpanData]] = defaultdict(list)
     for span in spans:
@@ -58,18 +108,7 @@ def ingest_spans(
     known = set(store.trajectories()["id"].to_list())
     new: list[Trajectory] = []
     for trace_id, trace_spans in by_trace.items():
-        runs = split_runs(trace_spans)
-        if not runs:
-            report.errors.append(
-                f"trace {trace_id}: no agent run found (no 'chat' or 'invoke_agent' spans among {len(trace_spans)}); skipped."
-            )
-        for run in runs:
-            report.runs += 1
-            try:
-                trajectory = assemble(run, options)
-            except IngestError as exc:
-                report.errors.append(str(exc))
-                continue
+        for trajectory in _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), options, report):
             if trajectory.id in known:
                 report.already_stored.append(trajectory.id)
                 continue
@@ -82,13 +121,72 @@ def ingest_spans(
     return report
 
 
+def _trace_trajectories(
+    trace_id: str, spans: list[SpanData], rejected: list[RejectedSpan], options: AssemblyOptions, report: IngestReport
+) -> list[Trajectory]:
+    grouped = group_runs(trace_id, spans)
+    report.repeated_spans += grouped.repeated_spans
+    if grouped.problem is not None:
+        report.problem(grouped.problem)
+        return []
+    if not grouped.runs:
+        if grouped.agent_related:
+            report.problem(f"trace {trace_id}: no agent run found (no 'chat' or 'invoke_agent' spans among {len(spans)}); skipped.")
+        else:
+            report.traces_without_runs += 1  # e.g. OpenLLMetry's create_agent span: not a run, not a problem
+        return []
+    out = []
+    for run in grouped.runs:
+        report.runs += 1
+        missing = _rejected_in(run, rejected)
+        if missing is not None:
+            report.problem(
+                f"Trace {trace_id}: run {run[0].name!r} is incomplete: its span {missing.name or missing.span_id or '?'!r} could not be "
+                "read (see its problem above); run skipped rather than stored without it."
+            )
+            continue
+        trajectory = _assemble(trace_id, run, options, report)
+        if trajectory is not None:
+            out.append(trajectory)
+    return out
+
+
+def _rejected_in(run: list[SpanData], rejected: list[RejectedSpan]) -> RejectedSpan | None:
+    """A rejected span that belonged to ``run``: its parent is in the run, or it is a run span's parent."""
+    ids = {s.span_id for s in run}
+    parents = {s.parent_span_id for s in run}
+    for bad in rejected:
+        if (bad.parent_span_id is not None and bad.parent_span_id in ids) or (bad.span_id is not None and bad.span_id in parents):
+            return bad
+    return None
+
+
+def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, report: IngestReport) -> Trajectory | None:
+    root = run[0]
+    for span in run:
+        if operation_of(span.attributes) in sc.MODEL_OPERATIONS:
+            problem = check_model_span(normalize(span))
+            if problem:
+                report.problem(f"Trace {trace_id}: span {span.span_id} ({span.name!r}): {problem}; run {root.name!r} skipped.")
+                return None
+    try:
+        return assemble(run, options)
+    except IngestError as exc:
+        report.problem(str(exc))
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        report.problem(f"Trace {trace_id}: run {root.name!r} could not be read as a trajectory ({type(exc).__name__}: {exc}); skipped.")
+    return None
+
+
 def ingest_files(paths: Sequence[str | Path], store: ExperienceStore, **kwargs: object) -> IngestReport:
     """Read OTLP JSON files and ingest their spans; problems are collected, never raised."""
     report = IngestReport()
     spans: list[SpanData] = []
+    rejected: list[RejectedSpan] = []
     for path in paths:
         parsed = read_otlp_json(path)
         report.files += 1
-        report.errors.extend(parsed.errors)
+        report.file_problems(path, parsed.errors)
         spans.extend(parsed.spans)
-    return ingest_spans(spans, store, report=report, **kwargs)  # type: ignore[arg-type]
+        rejected.extend(parsed.rejected)
+    return ingest_spans(spans, store, report=report, rejected=rejected, **kwargs)  # type: ignore[arg-type]

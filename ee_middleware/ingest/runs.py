@@ -1,0 +1,199 @@
+"""Group the spans of one trace into agent runs, as the instrumentation that wrote them meant it.
+
+One run of a LangGraph graph must become one trajectory, whichever instrumentation wrote it:
+
+* ee-middleware writes one ``invoke_agent`` span per run, over model and tool spans marked
+  ``ee.langgraph.node``.
+* OpenLLMetry writes an ``invoke_agent`` span (and a ``workflow`` span) per graph run over one
+  ``task`` span per node.
+* OpenInference writes one CHAIN span per graph run ("LangGraph") and one span per node under it.
+  A node named like an agent ("agent") becomes an AGENT / ``invoke_agent`` span, so one run has
+  several sibling ``invoke_agent`` spans, with the tool spans beside them under the "tools" node.
+
+So a span that runs inside a LangGraph node (its LangGraph metadata names a ``langgraph_node``) is
+never a run of its own: an agent or model span inside a node belongs to the run of the graph that
+holds the node, the nearest enclosing span outside every node. An ``invoke_agent`` span outside any
+node is a run, as before. Runs are the outermost such subtrees; model spans left outside every run
+make one more run, as before.
+
+A trace whose span ids repeat with different contents, or whose parent links loop, cannot be read
+as a tree: it gets one problem and is skipped. Exact repeats (a collector retry) count once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.normalize import normalize, operation_of
+from ee_middleware.capture.spandata import SpanData
+from ee_middleware.messages import content_to_text, genai_to_openai
+
+_NODE_KEYS = (sc.EE_LANGGRAPH_NODE, "traceloop.association.properties.langgraph_node", "langgraph.node")
+_NOT_RUNS = frozenset({"create_agent", "embeddings", "retrieval"})
+
+
+@dataclass
+class TraceRuns:
+    """The runs found in one trace, and why none could be read when that is so."""
+
+    runs: list[list[SpanData]] = field(default_factory=list)
+    problem: str | None = None
+    repeated_spans: int = 0
+    agent_related: bool = True
+
+
+def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
+    """Split one trace's spans into runs (each a list of spans whose first item is the run's root)."""
+    unique, repeated, problem = _unique(trace_id, spans)
+    if problem is None:
+        problem = _cycle(trace_id, unique)
+    if problem is not None:
+        return TraceRuns(problem=problem, repeated_spans=repeated)
+    tree = _Tree(unique)
+    roots = tree.outermost({r for s in unique if (r := tree.run_root(s)) is not None})
+    runs: list[list[SpanData]] = []
+    covered: set[str] = set()
+    for root_id in sorted(roots, key=lambda i: (tree.by_id[i].start_ns, i)):
+        run = tree.subtree(root_id)
+        covered.update(s.span_id for s in run)
+        runs.append(run)
+    leftover = [s for s in unique if s.span_id not in covered]
+    if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
+        runs.append(leftover)
+    ops = {operation_of(s.attributes) for s in unique}
+    related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
+    return TraceRuns(runs=[with_task(run) for run in runs], repeated_spans=repeated, agent_related=related)
+
+
+def _unique(trace_id: str, spans: Sequence[SpanData]) -> tuple[list[SpanData], int, str | None]:
+    by_id: dict[str, SpanData] = {}
+    repeated = 0
+    for span in spans:
+        seen = by_id.get(span.span_id)
+        if seen is None:
+            by_id[span.span_id] = span
+        elif seen == span:
+            repeated += 1
+        else:
+            return (
+                [],
+                repeated,
+                (
+                    f"trace {trace_id}: span id {span.span_id} is used by two different spans ({seen.name!r} and {span.name!r}); "
+                    "span ids must be unique within a trace, so its parent links are ambiguous; trace skipped."
+                ),
+            )
+    return list(by_id.values()), repeated, None
+
+
+def _cycle(trace_id: str, spans: Sequence[SpanData]) -> str | None:
+    parent = {s.span_id: s.parent_span_id for s in spans}
+    done: set[str] = set()
+    for start in parent:
+        path: list[str] = []
+        on_path: set[str] = set()
+        node: str | None = start
+        while node is not None and node in parent and node not in done:
+            if node in on_path:
+                loop = " -> ".join([*path[path.index(node) :], node])
+                return f"trace {trace_id}: parentSpanId links form a loop ({loop}); a span cannot be its own ancestor; trace skipped."
+            path.append(node)
+            on_path.add(node)
+            node = parent[node]
+        done.update(path)
+    return None
+
+
+class _Tree:
+    def __init__(self, spans: Sequence[SpanData]) -> None:
+        self.by_id = {s.span_id: s for s in spans}
+        self.children: dict[str, list[str]] = {}
+        for s in spans:
+            if s.parent_span_id in self.by_id:
+                self.children.setdefault(s.parent_span_id, []).append(s.span_id)
+
+    def parent(self, span_id: str) -> str | None:
+        parent = self.by_id[span_id].parent_span_id
+        return parent if parent in self.by_id else None
+
+    def run_root(self, span: SpanData) -> str | None:
+        """The root of the run ``span`` marks, if it marks one (agent or model spans only)."""
+        op = operation_of(span.attributes)
+        if op != sc.OP_INVOKE_AGENT and op not in sc.MODEL_OPERATIONS:
+            return None
+        if not in_graph_node(span):
+            return span.span_id if op == sc.OP_INVOKE_AGENT else None
+        node = span.span_id
+        while (up := self.parent(node)) is not None:
+            if not in_graph_node(self.by_id[up]):
+                return up
+            node = up
+        return node  # the graph's own span was not exported: the outermost node span stands in
+
+    def outermost(self, roots: set[str]) -> set[str]:
+        def nested(span_id: str) -> bool:
+            up = self.parent(span_id)
+            while up is not None:
+                if up in roots:
+                    return True
+                up = self.parent(up)
+            return False
+
+        return {r for r in roots if not nested(r)}
+
+    def subtree(self, root_id: str) -> list[SpanData]:
+        out, todo = [], [root_id]
+        while todo:
+            span_id = todo.pop()
+            out.append(self.by_id[span_id])
+            todo.extend(self.children.get(span_id, ()))
+        return out
+
+
+def in_graph_node(span: SpanData) -> bool:
+    """Whether the span ran inside a LangGraph node (by the node metadata each dialect records)."""
+    attrs = span.attributes
+    if any(attrs.get(key) for key in _NODE_KEYS):
+        return True
+    metadata = attrs.get("metadata")  # OpenInference: the LangChain run's metadata as JSON
+    if isinstance(metadata, str) and "langgraph_node" in metadata:
+        try:
+            decoded = json.loads(metadata)
+        except (ValueError, RecursionError):
+            return False
+        return isinstance(decoded, Mapping) and bool(decoded.get("langgraph_node"))
+    return False
+
+
+def with_task(run: list[SpanData]) -> list[SpanData]:
+    """Name the run's task when the spans do not (``ee.task``): the user message that started it.
+
+    On a thread with several turns the first model call of a run sees the whole history; the task of
+    this run is its last user message, not the thread's first one.
+    """
+    ids = {s.span_id for s in run}
+    tops = [s for s in run if s.parent_span_id not in ids]
+    if any(key.startswith("ee.") for s in tops for key in s.attributes):
+        return run  # ee-middleware's own run: its root says what it knows (ee.task), as live capture reads it
+    task = _last_user_text(run)
+    if not task:
+        return run
+    return [replace(s, attributes={**s.attributes, sc.EE_TASK: task}) if s.parent_span_id not in ids else s for s in run]
+
+
+def _last_user_text(run: Sequence[SpanData]) -> str | None:
+    models = sorted((s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS), key=lambda s: (s.start_ns, s.end_ns))
+    if not models:
+        return None
+    raw = normalize(models[0]).attributes.get(sc.INPUT_MESSAGES)
+    try:
+        messages: Any = json.loads(raw) if isinstance(raw, str) else raw
+        converted = genai_to_openai(messages or [])
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None  # the model span's own check reports it
+    users = [content_to_text(m.get("content")) for m in converted if m.get("role") == "user"]
+    return users[-1] if users and users[-1] else None
