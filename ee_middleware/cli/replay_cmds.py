@@ -151,10 +151,33 @@ def _print_summary(summary: Any, out: Any) -> None:
     for trajectory_id, reason in list(summary.failed.items())[:10]:
         out.print(f"[red]failed[/] {trajectory_id[:12]}: {reason}")
     for example in summary.fidelity_examples:
+        _print_mismatch(out, example, f"{example['trajectory_id'][:12]} step {example['step']}")
+    if summary.fidelity_mismatches > len(summary.fidelity_examples):
+        out.print(f"({summary.fidelity_mismatches - len(summary.fidelity_examples)} more fidelity errors: ee replay show TRAJECTORY_ID)")
+
+
+def _print_mismatch(out: Any, mismatch: dict[str, Any], where: str) -> None:
+    """A fidelity error: where the sandbox's observation parts from the recorded one, and a short diff."""
+    from rich.markup import escape
+
+    from ee_middleware.replay.fidelity import describe_mismatch
+
+    if "diff" not in mismatch:  # recorded by a version that kept only the first 300 characters of both
+        mismatch = {**describe_mismatch(mismatch.get("recorded", ""), mismatch.get("replayed", "")), **mismatch}
+    out.print(
+        f"[red]fidelity error[/] {escape(where)} ({escape(str(mismatch.get('tool')))}): differs at character {mismatch['position']} "
+        f"(line {mismatch['line']}, column {mismatch['column']}); recorded {mismatch['recorded_chars']} chars, "
+        f"sandbox gave {mismatch['replayed_chars']}"
+    )
+    if mismatch.get("redacted_arguments"):
         out.print(
-            f"[red]fidelity error[/] {example['trajectory_id'][:12]} step {example['step']} ({example['tool']}): "
-            f"recorded {short(example['recorded'], 80)!r}, sandbox gave {short(example['replayed'], 80)!r}"
+            f"    [yellow]the expert's {', '.join(mismatch['redacted_arguments'])} argument(s) were redacted at capture: the sandbox "
+            "received the placeholder, not the value (docs/sandboxes.md, 'Redaction and replay')[/]"
         )
+    styles = {"-": "red", "+": "green", "@": "cyan"}
+    for line in mismatch["diff"].splitlines():
+        style = "bold" if line.startswith(("---", "+++")) else styles.get(line[:1], "")
+        out.print(f"    [{style}]{escape(line)}[/]" if style else f"    {escape(line)}", soft_wrap=True, highlight=False)
 
 
 def _rollout_json(rollout: Any) -> dict[str, Any]:
@@ -250,9 +273,10 @@ def show(
     by_step: dict[int, list[Any]] = {}
     for r in rollouts:
         by_step.setdefault(r.step_index, []).append(r)
+    mismatches = _mismatches_by_step(opened, trajectory.id, replay_id)
     out.print(f"[bold]{trajectory.id}[/]  app={trajectory.app}  task: {short(trajectory.task, 160)}")
     for step in trajectory.steps:
-        if step.index not in by_step:
+        if step.index not in by_step and step.index not in mismatches:
             continue
         table = Table(title=f"step {step.index}", show_lines=False, title_justify="left")
         table.add_column("", no_wrap=True)
@@ -265,7 +289,7 @@ def show(
             f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200),
             short(obs.content, 300) if obs else "",
         )
-        for r in by_step[step.index]:
+        for r in by_step.get(step.index, []):
             alt = r.action.tool_call
             table.add_row(
                 f"#{r.branch_index} {r.proposer.policy}",
@@ -273,3 +297,22 @@ def show(
                 ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 300),
             )
         out.print(table)
+        for replay, mismatch in mismatches.get(step.index, []):
+            _print_mismatch(out, mismatch, f"step {step.index}, replay {replay}")
+
+
+def _mismatches_by_step(opened: Any, trajectory_id: str, replay_id: str | None) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+    """The fidelity errors the replay records of a trajectory kept, by step (one per distinct diff)."""
+    import polars as pl
+
+    records = opened.replays(replay_id=replay_id).filter(pl.col("trajectory_id") == trajectory_id)
+    out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    seen: set[tuple[int, str, str]] = set()
+    for row in records.sort("finished_at", descending=True).iter_rows(named=True):
+        details = json.loads(row["details_json"] or "{}")
+        for mismatch in details.get("fidelity_mismatches", []):
+            key = (mismatch["step"], str(mismatch.get("recorded")), str(mismatch.get("replayed")))
+            if key not in seen:
+                seen.add(key)
+                out.setdefault(mismatch["step"], []).append((row["replay_id"], mismatch))
+    return out

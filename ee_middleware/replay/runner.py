@@ -4,7 +4,8 @@ For each expert tool-call step s_i (in order): take a snapshot of the world, let
 suggest K alternative calls, and for each one restore the snapshot, execute it in the sandbox and
 keep the real observation as a :class:`~ee_middleware.records.Rollout`. Then restore the snapshot
 once more and re-execute the expert's own call, which moves the world to s_{i+1} and checks the
-sandbox's fidelity: the observation must equal the recorded one.
+sandbox's fidelity: the observation must equal the recorded one (a mismatch is kept with the first
+differing position and a short diff, :mod:`ee_middleware.replay.fidelity`).
 
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
 tool is refused and counted (with the tool's name, for the run's report), never executed.
@@ -13,6 +14,7 @@ tool is refused and counted (with the tool's name, for the run's report), never 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
 from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
 
 if TYPE_CHECKING:
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from ee_middleware.replay.sandboxes.protocol import Sandbox
 
 MAX_MISMATCH_DETAILS = 5
+REDACTED_MARK = "[REDACTED:"
+"""How capture's redaction placeholders begin (``[REDACTED:email]``): an argument holding one was not replayed as recorded."""
 
 
 @dataclass(frozen=True)
@@ -220,11 +225,15 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
         return
     run.mismatch_count += 1
     if len(run.mismatches) < MAX_MISMATCH_DETAILS:
-        run.mismatches.append(
-            {
-                "step": step.index,
-                "tool": expert.name,
-                "recorded": recorded.content[:300],
-                "replayed": replayed.content[:300],
-            }
-        )
+        mismatch = {
+            "step": step.index,
+            "tool": expert.name,
+            "recorded": recorded.content[:300],
+            "replayed": replayed.content[:300],
+            # where they part, and a short diff (of both texts in full, not of the 300-character excerpts)
+            **describe_mismatch(recorded.content, replayed.content, recorded_is_prefix=bool(recorded.truncated_chars)),
+        }
+        redacted = sorted(key for key, value in expert.arguments.items() if REDACTED_MARK in json.dumps(value, ensure_ascii=False))
+        if redacted:
+            mismatch["redacted_arguments"] = redacted  # the sandbox received placeholders, not the values
+        run.mismatches.append(mismatch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -73,3 +74,84 @@ def test_errors_are_one_red_line_and_exit_1(tmp_path: Path) -> None:
     assert unknown.exit_code == 1 and "No trajectory or rollout 'zzz'" in unknown.output
     bad_category = ee("bfcl", "record-experts", "--store", str(tmp_path / "s"), "--category", "simple")
     assert bad_category.exit_code == 1 and "multi_turn_base" in bad_category.output
+
+
+# --- fidelity errors: where the sandbox parts from the recording, with a short diff -------------------
+
+_LEDGER_TOOL = {
+    "type": "function",
+    "function": {"name": "balance", "description": "An account's balance.", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+def ledger_sandbox() -> Any:
+    """A sandbox whose `balance` answers a little differently from what was recorded (named by spec in the test)."""
+    from ee_middleware.replay import PythonSandbox
+
+    return PythonSandbox(lambda env: dict(env or {}), tools={"balance": lambda world: {**_LEDGER, "status": "frozen"}})
+
+
+_LEDGER = {"account": "ACC-778201", "owner": "Mateo Rossi", "currency": "EUR", "opened": "2024-02-11", "status": "active", "balance": 120.5}
+
+
+def _ledger_store(path: Path) -> str:
+    import datetime as dt
+
+    from ee_middleware.records import Trajectory
+    from ee_middleware.store import LocalExperienceStore
+
+    state = [{"role": "user", "content": "What is my balance?"}]
+    call = {"id": "c1", "type": "function", "function": {"name": "balance", "arguments": "{}"}}
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    trajectory = Trajectory.parse(
+        {
+            "id": "ledger-1",
+            "app": "ledger",
+            "tools": [_LEDGER_TOOL],
+            "started_at": now,
+            "ended_at": now,
+            "environment": {},
+            "messages": [*state, {"role": "assistant", "content": "", "tool_calls": [call]}],
+            "steps": [
+                {
+                    "trajectory_id": "ledger-1",
+                    "index": 0,
+                    "decision_index": 0,
+                    "state": state,
+                    "action": {"kind": "tool_call", "tool_call": {"id": "c1", "name": "balance", "arguments": {}}},
+                    "observation": {"content": json.dumps(_LEDGER)},
+                }
+            ],
+        }
+    )
+    store = LocalExperienceStore(path)
+    store.write([trajectory])
+    store.approve([trajectory.id], by="test")
+    store.close()
+    return trajectory.id
+
+
+def test_a_fidelity_error_shows_where_it_differs_with_a_diff(tmp_path: Path) -> None:
+    store = str(tmp_path / "experience")
+    trajectory_id = _ledger_store(Path(store))
+    spec = "tests.cli.test_replay_cli:ledger_sandbox"
+    result = runner.invoke(app, ["replay", "run", "--store", store, "--sandbox", spec, "--k", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["fidelity_mismatches"] == 1
+    (example,) = summary["fidelity_examples"]
+    recorded = json.dumps(_LEDGER)
+    assert {"trajectory_id", "step", "tool", "recorded", "replayed"} <= set(example), "the fields --json always had"
+    assert example["recorded"] == recorded[:300] and example["position"] == recorded.index('"active"') + 1
+    assert '- "status": "active",' in example["diff"] and '+ "status": "frozen",' in example["diff"]
+
+    table = runner.invoke(app, ["replay", "run", "--store", store, "--sandbox", spec, "--k", "1", "--seed", "1"], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert f"fidelity error {trajectory_id[:12]} step 0 (balance): differs at character {example['position']}" in table.stdout
+    assert '    - "status": "active",' in table.stdout and '    + "status": "frozen",' in table.stdout
+
+    shown = runner.invoke(app, ["replay", "show", trajectory_id, "--store", store], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    assert "fidelity error step 0, replay" in shown.stdout and '+ "status": "frozen",' in shown.stdout
+    shown_json = runner.invoke(app, ["replay", "show", trajectory_id, "--store", store, "--json"])
+    assert isinstance(json.loads(shown_json.stdout), list), "--json of show stays a list of rollouts"

@@ -94,6 +94,28 @@ def test_a_sandbox_that_diverges_is_reported_as_a_fidelity_error(bfcl_store_path
     assert outcome.record.fidelity_mismatches == 1
     (mismatch,) = outcome.record.details["fidelity_mismatches"]
     assert mismatch["step"] == step.index and mismatch["recorded"] == "something the sandbox will not return"
+    assert mismatch["position"] == 0 and mismatch["recorded_chars"] == len("something the sandbox will not return")
+    assert mismatch["diff"].startswith("--- recorded\n+++ sandbox\n@@") and "-something the sandbox will not return" in mismatch["diff"]
+    assert "redacted_arguments" not in mismatch
+
+
+def test_a_fidelity_error_says_where_and_which_arguments_were_redacted() -> None:
+    """The expert's argument was stored as a redaction placeholder: the sandbox looks up the placeholder."""
+    trajectory = _shop_trajectory()
+    step = trajectory.steps[0]
+    step.action.tool_call.arguments = {"item": "[REDACTED:email]"}
+    step.observation = Observation(content='{"ordered": "apple", "left": 2, "note": "' + "x" * 120 + '"}')
+
+    def order_item(world: dict[str, Any], item: str) -> dict[str, Any]:
+        return {"ordered": item, "left": world["stock"].get(item, 0), "note": "x" * 120}
+
+    sandbox = PythonSandbox(lambda env: {"stock": dict(env["stock"])}, tools={"order_item": order_item})
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(_ScriptedPolicy([]), k=1, refill=None), SETTINGS)
+    (mismatch,) = outcome.record.details["fidelity_mismatches"]
+    assert mismatch["redacted_arguments"] == ["item"]
+    assert mismatch["position"] == len('{"ordered": "'), "the first character that differs"
+    changed = [line for line in mismatch["diff"].splitlines()[3:] if line[:1] in "-+"]
+    assert changed == ['- "ordered": "apple",', '- "left": 2,', '+ "ordered": "[REDACTED:email]",', '+ "left": 0,'], changed
 
 
 def test_an_environment_the_sandbox_cannot_rebuild_is_skipped_with_the_reason(bfcl_store_path: Path) -> None:

@@ -1,0 +1,82 @@
+"""Where a replayed observation differs from the recorded one: the first differing position and a short diff.
+
+The replay re-executes the expert's own call at every state and compares what the sandbox answers
+with what production recorded. When they differ, "recorded X…, sandbox gave Y…" cut at a fixed
+length hides the difference whenever it lies past the cut (an order's status deep inside a JSON
+document). :func:`describe_mismatch` says where the texts part, and gives a unified diff of the
+lines around it: JSON documents are compared pretty-printed, one field per line; other long lines
+are broken after ``, ``, ``; `` and sentence ends, so that the diff shows the clause that changed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from typing import Any
+
+MAX_DIFF_LINES = 12
+"""Lines of a diff kept (headers and hunk markers included); the rest is counted in one last line."""
+MAX_LINE_CHARS = 160
+_BREAK = re.compile(r"(?<=[,;.!?]) (?=\S)")
+
+
+def first_difference(a: str, b: str) -> int:
+    """The index of the first character where ``a`` and ``b`` differ (the shorter length when one is a prefix of the other)."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: bool = False) -> dict[str, Any]:
+    """Where ``replayed`` parts from ``recorded``, for a fidelity report.
+
+    Returns ``position`` (0-based character index), ``line`` and ``column`` (1-based, in the
+    recorded text), both lengths, and ``diff``: a unified diff from ``recorded`` to ``replayed``
+    of at most :data:`MAX_DIFF_LINES` lines. With ``recorded_is_prefix`` (the recorded observation
+    was cut when it was stored), only the sandbox's first ``len(recorded)`` characters are compared.
+    """
+    compared = replayed[: len(recorded)] if recorded_is_prefix else replayed
+    position = first_difference(recorded, compared)
+    line = recorded.count("\n", 0, position) + 1
+    column = position - (recorded.rfind("\n", 0, position) + 1) + 1
+    return {
+        "position": position,
+        "line": line,
+        "column": column,
+        "recorded_chars": len(recorded),
+        "replayed_chars": len(replayed),
+        "diff": unified_diff(recorded, compared),
+    }
+
+
+def unified_diff(recorded: str, replayed: str, *, max_lines: int = MAX_DIFF_LINES, context: int = 1) -> str:
+    """A short unified diff (``--- recorded`` / ``+++ sandbox``) of the two observations."""
+    old, new = _diff_lines(recorded), _diff_lines(replayed)
+    lines = [line.rstrip("\n") for line in difflib.unified_diff(old, new, "recorded", "sandbox", n=context, lineterm="")]
+    if not lines:  # the texts differ only in what the splitting hides (trailing whitespace, line ends)
+        lines = ["--- recorded", "+++ sandbox", f"-{recorded!r}"[:MAX_LINE_CHARS], f"+{replayed!r}"[:MAX_LINE_CHARS]]
+    lines = [_clip(line) for line in lines]
+    if len(lines) > max_lines:
+        rest = len(lines) - (max_lines - 1)
+        lines = [*lines[: max_lines - 1], f"… {rest} more diff line{'s' if rest != 1 else ''}"]
+    return "\n".join(lines)
+
+
+def _diff_lines(text: str) -> list[str]:
+    """The units a diff compares: one JSON field per line for JSON documents, else lines broken at clause ends."""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            return json.dumps(json.loads(stripped), indent=1, ensure_ascii=False).splitlines()
+        except ValueError:
+            pass
+    out: list[str] = []
+    for line in text.splitlines() or [""]:
+        out.extend(_BREAK.split(line) if len(line) > MAX_LINE_CHARS // 2 else [line])
+    return out
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…"
