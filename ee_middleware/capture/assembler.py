@@ -113,9 +113,10 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             id=str(attrs.get(sc.EE_TRAJECTORY_ID) or uuid.uuid5(_ID_NAMESPACE, f"{root.trace_id}:{root.span_id}").hex),
             app=str(attrs.get(sc.EE_APP) or attrs.get(sc.AGENT_NAME) or root.resource.get("service.name") or options.app or "unknown-app"),
             app_version=_opt_str(attrs.get(sc.EE_APP_VERSION) or attrs.get(sc.AGENT_VERSION) or root.resource.get("service.version")),
-            thread_id=_opt_str(
+            thread_id=_redact_opt(
+                redact,
                 attrs.get(sc.CONVERSATION_ID)
-                or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None)
+                or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None),
             ),
             task=redact(task) if task else None,
             tools=_offered_tools(decisions),
@@ -126,7 +127,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             error=redact(error) if error else None,
             started_at=_ts(root.start_ns),
             ended_at=_ts(max(s.end_ns for s in spans)),
-            environment=_json_attr(root, sc.EE_ENVIRONMENT, expect=dict),
+            environment=redact(_json_attr(root, sc.EE_ENVIRONMENT, expect=dict)),
             approval=Approval(),
             source=options.source,
             trace_id=root.trace_id,
@@ -295,6 +296,11 @@ def _first_user_text(state: list[dict[str, Any]]) -> str | None:
         if message.get("role") == "user":
             return content_to_text(message.get("content"))
     return None
+
+
+def _redact_opt(redact: Any, value: Any) -> str | None:
+    text = _opt_str(value)
+    return None if text is None else redact(text)
 
 
 def _opt_str(value: Any) -> str | None:

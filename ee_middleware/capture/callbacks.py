@@ -132,7 +132,7 @@ class RunCapture(BaseCallbackHandler):
         try:
             span.set_attribute(sc.TOOL_CALL_ARGUMENTS, encoder.tool_arguments(arguments))
             if error is not None:
-                span.set_attribute(sc.TOOL_CALL_RESULT, encoder.redactor.redact_text(f"{type(error).__name__}: {error}"))
+                span.set_attribute(sc.TOOL_CALL_RESULT, encoder.text(f"{type(error).__name__}: {error}"))
                 self._set_error(span, error)
                 return
             text, is_error, truncated = encoder.tool_result(output)
@@ -146,6 +146,7 @@ class RunCapture(BaseCallbackHandler):
             span.end(end_time=end)
 
     def _set_error(self, span: Any, error: BaseException) -> None:
+        encoder = self.recorder.encoder
         span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, self.recorder.encoder.redactor.redact_text(str(error))[:500]))
+        span.add_event("exception", encoder.exception_attributes(error))
+        span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))

@@ -9,8 +9,10 @@ field                   environment variable         meaning
 app                     ``EE_APP``                   app name stored with every run
 app_version             ``EE_APP_VERSION``           app version stored with every run
 store                   ``EE_STORE``                 experience store folder
-redact                  ``EE_REDACT`` (0/1)          scrub secrets and e-mails (default on)
+redact                  ``EE_REDACT`` (0/1)          the built-in redaction kinds (default on)
+redaction_kinds         (TOML only)                  ``{kind = true/false}``: one kind on or off
 redaction_patterns      (TOML only)                  extra ``{kind = regex}`` rules
+redaction_pseudonyms    ``EE_REDACTION_PSEUDONYMS``  ``[REDACTED:kind:tag]``, same value same tag
 max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
 strict                  ``EE_CAPTURE_STRICT`` (0/1)  raise capture failures instead of logging
 ======================  ===========================  ===================================
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._toml import read_toml_table
+from ee_middleware.capture.redaction import RedactionRules
 from ee_middleware.errors import ConfigError
 
 EnvironmentHook = Callable[[Any, Mapping[str, Any]], Mapping[str, Any] | None]
@@ -35,6 +38,7 @@ _ENV = {
     "app_version": "EE_APP_VERSION",
     "store": "EE_STORE",
     "redact": "EE_REDACT",
+    "redaction_pseudonyms": "EE_REDACTION_PSEUDONYMS",
     "max_observation_chars": "EE_MAX_OBSERVATION_CHARS",
     "strict": "EE_CAPTURE_STRICT",
 }
@@ -54,7 +58,9 @@ class CaptureConfig:
     app_version: str | None = None
     store: str = "./experience"
     redact: bool = True
+    redaction_kinds: Mapping[str, bool] = field(default_factory=dict)
     redaction_patterns: Mapping[str, str] = field(default_factory=dict)
+    redaction_pseudonyms: bool = True
     redact_fn: Callable[[str], str] | None = None
     max_observation_chars: int = 200_000
     strict: bool = False
@@ -65,6 +71,14 @@ class CaptureConfig:
             raise ConfigError("CaptureConfig.app must be a non-empty string naming the agent, e.g. app='support-bot'.")
         if self.max_observation_chars < 1:
             raise ConfigError(f"CaptureConfig.max_observation_chars must be positive, got {self.max_observation_chars}.")
+        self.redaction_rules()  # unknown kinds and bad patterns fail here, not at the first run
+
+    def redaction_rules(self) -> RedactionRules:
+        """What capture redacts (see :data:`~ee_middleware.capture.redaction.KINDS`)."""
+        bad = {k: v for k, v in self.redaction_kinds.items() if not isinstance(v, bool)}
+        if bad:
+            raise ConfigError(f"CaptureConfig.redaction_kinds maps kind names to true/false; got {bad}.")
+        return RedactionRules(defaults=self.redact, kinds=dict(self.redaction_kinds), patterns=dict(self.redaction_patterns))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> CaptureConfig:
@@ -87,7 +101,7 @@ def _from_environment() -> dict[str, Any]:
         raw = os.environ.get(var)
         if raw is None or raw == "":
             continue
-        if name in ("redact", "strict"):
+        if name in ("redact", "strict", "redaction_pseudonyms"):
             values[name] = raw.lower() in ("1", "true", "yes", "on")
         elif name == "max_observation_chars":
             try:

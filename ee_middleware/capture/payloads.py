@@ -6,6 +6,7 @@ encoded once per run and its JSON fragment reused (``FragmentCache``).
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,16 +33,33 @@ class PayloadEncoder:
         self.max_observation_chars = max_observation_chars
 
     def _redact(self, value: Any) -> Any:
-        return self.redactor.redact(value) if self.redactor.enabled else value
+        return self.redactor.redact_value(value) if self.redactor.enabled else value
 
-    def _encode(self, value: Any) -> str:
-        """Redacted JSON text of JSON-like ``value``."""
+    def text(self, text: str) -> str:
+        """Redacted text (for messages, errors and ids)."""
+        return self.redactor.redact_text(text) if self.redactor.enabled else text
+
+    def encode(self, value: Any) -> str:
+        """Redacted JSON text of JSON-like ``value``.
+
+        Redaction walks the data (not its JSON text): values under secret-named keys go whole, and
+        strings holding JSON (a tool result like ``'{"password": ...}'``) are redacted as JSON.
+        """
         if not self.redactor.enabled:
             return dumps(value)
-        if self.redactor.json_safe:  # one pass over the JSON text
-            return self.redactor.redact_text(dumps(value))
-        # user rules and functions see each string on its own, so they cannot break the JSON
-        return dumps(self.redactor.redact(to_jsonable(value)))
+        return dumps(self.redactor.redact_value(to_jsonable(value)))
+
+    _encode = encode
+
+    def exception_attributes(self, error: BaseException) -> dict[str, str]:
+        """The attributes of an OpenTelemetry ``exception`` event, message and stack trace redacted
+        (``span.record_exception`` would put the raw message on every exporter)."""
+        return {
+            "exception.type": type(error).__qualname__,
+            "exception.message": self.text(str(error)),
+            "exception.stacktrace": self.text("".join(traceback.format_exception(error))),
+            "exception.escaped": "False",
+        }
 
     def messages(self, messages: Sequence[Any], cache: FragmentCache | None = None) -> str:
         """``gen_ai.input.messages`` for LangChain messages."""
@@ -86,7 +104,7 @@ class PayloadEncoder:
             text = output
         else:
             text = dumps(output)
-        text = self.redactor.redact_text(text) if self.redactor.enabled else text
+        text = self._redact(text)
         text, truncated = self._cut(text)
         return text, is_error, truncated
 

@@ -21,6 +21,7 @@ import atexit
 import functools
 import logging
 import os
+import secrets
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -40,10 +41,9 @@ from ee_middleware.capture.callbacks import RunCapture
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.payloads import PayloadEncoder
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, ExperienceSpanProcessor, strict_default
-from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.redaction import Redactor, store_salt
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
-from ee_middleware.messages import dumps
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import open_store
 
@@ -67,7 +67,7 @@ class Recorder:
         self.id = uuid.uuid4().hex
         self.strict = config.strict or strict_default()
         self.store: ExperienceStore = store if store is not None else open_store(config.store)
-        self.redactor = Redactor(defaults=config.redact, extra_patterns=dict(config.redaction_patterns), custom=config.redact_fn)
+        self.redactor = Redactor(config.redaction_rules(), salt=self._pseudonym_salt(), custom=config.redact_fn)
         self.encoder = PayloadEncoder(self.redactor, config.max_observation_chars)
         self.processor = ExperienceSpanProcessor(
             self.store,
@@ -89,6 +89,19 @@ class Recorder:
         self.tracer_provider.add_span_processor(self.processor)
         self.tracer = self.tracer_provider.get_tracer("ee_middleware", __version__)
         _live_recorders.add(self)
+
+    def _pseudonym_salt(self) -> bytes | None:
+        """The store's salt (placeholders are consistent pseudonyms within a store); a salt of this
+        recorder's own for a store without a local folder, or if the store's cannot be read."""
+        config = self.config
+        if not config.redaction_pseudonyms or not (config.redact or config.redaction_patterns):
+            return None
+        try:
+            salt = store_salt(self.store)
+        except OSError as exc:
+            logger.warning("ee-middleware: cannot read or create the store's redaction salt (%s); using one for this recorder only.", exc)
+            salt = None
+        return salt if salt is not None else secrets.token_bytes(32)
 
     def _private_provider(self) -> TracerProvider:
         attrs = {"service.name": self.config.app}
@@ -158,8 +171,8 @@ class _Run:
         }
         if recorder.config.app_version:
             attrs[sc.EE_APP_VERSION] = attrs[sc.AGENT_VERSION] = recorder.config.app_version
-        if thread_id is not None:
-            attrs[sc.CONVERSATION_ID] = str(thread_id)
+        if thread_id is not None:  # ids are often e-mails or phone numbers; pseudonyms keep threads apart
+            attrs[sc.CONVERSATION_ID] = recorder.encoder.text(str(thread_id))
         self.environment = self._environment(graph_input, cfg, configurable)
         self.span = recorder.tracer.start_span(f"invoke_agent {app}", kind=SpanKind.INTERNAL, attributes=attrs)
         self.context = trace.set_span_in_context(self.span)
@@ -219,12 +232,12 @@ class _Run:
                 attrs.update(encoder.graph_input_attributes(graph_input))
                 attrs.update(encoder.graph_output_attributes(output))
                 if environment is not None:
-                    attrs[sc.EE_ENVIRONMENT] = dumps(environment)
+                    attrs[sc.EE_ENVIRONMENT] = encoder.encode(environment)
                 span.set_attributes(attrs)
                 if exc is not None and status == "error":
                     span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, encoder.redactor.redact_text(f"{type(exc).__name__}: {exc}")[:1000]))
+                    span.add_event("exception", encoder.exception_attributes(exc))
+                    span.set_status(Status(StatusCode.ERROR, encoder.text(f"{type(exc).__name__}: {exc}")[:1000]))
             finally:
                 span.end()
 

@@ -1,143 +1,477 @@
-"""Scrub secrets and e-mail addresses from everything before it is written or exported.
+"""Scrub secrets and personal data from text and JSON-like values before anything is written.
 
-On by default. The built-in rules catch API keys of the common providers, bearer tokens, JWTs,
-private-key blocks, ``password=...``-style assignments and e-mail addresses. Users add regular
-expressions (``extra_patterns``) or a function ``str -> str`` (``custom``), or turn the defaults off.
-Values under keys that name a secret (``password``, ``api_key``, ``token``, ...) are replaced whole.
+On by default. :data:`KINDS` lists the built-in kinds and whether each is on by default; switch
+one off (or an off-by-default one on) with ``RedactionRules(kinds={"phone": False})`` — in capture,
+``record_experience(..., redaction_kinds={"phone": False})`` or a ``[capture.redaction_kinds]``
+TOML table. Users add regular expressions (``patterns``, ``{kind: regex}``) or a function
+``str -> str`` (``custom``).
+
+A match becomes a placeholder ``[REDACTED:<kind>]``, or with a salt (capture keeps one per store)
+a consistent pseudonym ``[REDACTED:<kind>:<tag>]``: ``tag`` is the first 8 hex digits of
+HMAC-SHA256(salt, value), so the same value gets the same placeholder everywhere in a store (the
+same e-mail in a user turn, a tool argument and a tool result stays recognisably the same), while
+different stores, or no salt, give unrelated tags.
+
+:meth:`Redactor.redact_value` walks JSON-like data: values under secret-named keys (``password``,
+``db_password``, ``apiKey``, ``client_secret``, ...) are replaced whole, and a string that holds
+JSON (a tool returning ``'{"password": ...}'`` as text) is parsed, redacted as data and written
+back in the same layout. :meth:`Redactor.redact_text` works on any text, JSON text included: it
+never consumes a quote or a backslash escape, so valid JSON stays valid.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import os
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from re import Pattern
 from typing import Any
 
-REPLACEMENT = "[REDACTED:{kind}]"
+logger = logging.getLogger("ee_middleware.capture")
 
-_SECRET_NAMES = (
-    r"password|passwd|pwd|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token"
-    r"|authorization|refresh[_-]?token|private[_-]?key"
+PLACEHOLDER = re.compile(r"\[REDACTED:[A-Za-z0-9_.-]+(?::[0-9a-f]{8})?\]")
+"""What a placeholder looks like (rules never match inside one, so redacting twice changes nothing)."""
+
+SALT_FILE = "redaction.key"
+"""The per-store pseudonym salt, beside the store's own files (owner-only; never exported)."""
+
+# --- validators: cut false positives on numbers -------------------------------------------------
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d)
+        if i % 2 == 1:
+            n = n * 2 - 9 if n * 2 > 9 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def _is_card(text: str) -> bool:
+    digits = re.sub(r"[ -]", "", text)
+    return 13 <= len(digits) <= 19 and digits[0] in "3456" and _luhn(digits)
+
+
+def _is_iban(text: str) -> bool:
+    compact = text.replace(" ", "")
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _is_phone(text: str) -> bool:
+    return 8 <= sum(c.isdigit() for c in text) <= 15
+
+
+def _is_basic_credentials(text: str) -> bool:
+    try:
+        decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return False
+    return ":" in decoded and decoded.isprintable()
+
+
+def _is_token(text: str) -> bool:
+    """Random-looking: has a digit, or mixes upper and lower case over 20+ characters."""
+    return any(c.isdigit() for c in text) or (len(text) >= 20 and any(c.isupper() for c in text) and any(c.islower() for c in text))
+
+
+def _is_aws_secret(text: str) -> bool:
+    return any(c.islower() for c in text) and any(c.isupper() for c in text) and any(c.isdigit() for c in text)
+
+
+_PROSE_STOP = {"not", "the", "a", "an", "too", "incorrect", "wrong", "invalid", "expired", "required", "set", "missing", "empty"}
+_PROSE_STOP |= {"correct", "changed", "reset", "updated", "weak", "strong", "valid", "case", "different", "same", "ok", "fine"}
+
+
+def _is_prose_password(text: str) -> bool:
+    return text.strip("'\"`").lower() not in _PROSE_STOP
+
+
+# --- secret-named keys --------------------------------------------------------------------------
+
+_STRONG_WORDS = {"password", "passwd", "passphrase", "passcode", "pwd", "secret", "secrets", "credential", "credentials"}
+_LAST_WORDS = {"token", "authorization", "cookie", "apikey", "pass", "pin", "cvv", "cvc", "ssn", "privatekey", "dsn"}
+_LAST_PAIRS = {
+    ("api", "key"),
+    ("access", "key"),
+    ("private", "key"),
+    ("secret", "key"),
+    ("signing", "key"),
+    ("encryption", "key"),
+    ("master", "key"),
+    ("client", "key"),
+    ("session", "id"),
+}
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key or variable name says its value is a secret (``DB_PASSWORD``, ``apiKey``,
+    ``client_secret``, ``x-auth-token``; not ``max_tokens``, ``primary_key`` or ``token_count``)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if w]
+    if not words or len(name) > 64:
+        return False
+    if _STRONG_WORDS.intersection(words):
+        return True
+    return words[-1] in _LAST_WORDS or tuple(words[-2:]) in _LAST_PAIRS
+
+
+# --- the built-in rules -------------------------------------------------------------------------
+
+_DIGITS = tuple("0123456789")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One kind of secret: a regex, the group that is the secret itself, an optional check."""
+
+    kind: str
+    pattern: Pattern[str]
+    triggers: tuple[str, ...] | None = None
+    """Lower-cased substrings one of which must occur for the rule to run (a cheap pre-filter)."""
+    group: str | int = 0
+    check: Callable[[str], bool] | None = None
+    """A further test of the matched secret (Luhn, IBAN checksum, ...); False leaves it alone."""
+    name_group: str | None = None
+    """A group holding a name that must be secret-named (:func:`is_secret_name`)."""
+
+
+_VALUE = r"""(?P<value>\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s"'`,;&|}\])\\]+)"""
+
+BUILTIN_RULES: tuple[Rule, ...] = (
+    Rule("private_key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), ("private key",)),
+    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), ("eyj",)),
+    Rule(
+        "url_credentials",
+        re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://(?P<value>[^\s:/?#@\"'\\]*:[^\s/@\"'\\]+)@"),
+        ("://",),
+        group="value",
+    ),
+    Rule("basic_auth", re.compile(r"(?i)\bbasic\s+(?P<value>[A-Za-z0-9+/]{8,}={0,2})"), ("basic",), "value", _is_basic_credentials),
+    Rule("bearer_token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)"), ("bearer",), "value", _is_token),
+    Rule(
+        "api_key",
+        re.compile(
+            r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{16,}"
+            r"|(?:AKIA|ASIA)[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|xox[abposr]-[A-Za-z0-9-]{10,}"
+            r"|AIza[0-9A-Za-z_-]{35}|hf_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36}"
+            r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,})"
+        ),
+        ("sk-", "sk_", "rk_", "whsec_", "akia", "asia", "gh", "xox", "aiza", "hf_", "glpat-", "npm_", "sg."),
+    ),
+    Rule(
+        "aws_secret_key",
+        re.compile(r"(?<![A-Za-z0-9/+=])(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
+        _DIGITS,
+        "value",
+        _is_aws_secret,
+    ),
+    Rule(
+        "secret",
+        # the value is matched in a lookahead, so that "Note: password: x" is tried at "password" too
+        re.compile(r"(?P<name>\b[A-Za-z_][A-Za-z0-9_.-]{0,63})\\?[\"']?\s*[:=]\s*(?=" + _VALUE + ")"),
+        (":", "="),
+        "value",
+        lambda v: v.strip("\\\"'").lower() not in ("bearer", "basic", "", "null", "none", "true", "false"),
+        name_group="name",
+    ),
+    Rule(
+        "password",
+        re.compile(
+            r"(?i)\b(?:password|passwd|passphrase|passcode|pwd)\b(?:\s+(?!is\b|was\b)[\w'-]+){0,4}?\s+(?:is|was)(?:\s+now)?\s+"
+            r"(?P<value>'[^'\n]+'|\"[^\"\n]+\"|`[^`\n]+`|[^\s'\"`]+?)(?=[.,;!?)]*(?:\s|$|\"|\\))"
+        ),
+        ("pass", "pwd"),
+        "value",
+        _is_prose_password,
+    ),
+    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), ("@",)),
+    Rule("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _DIGITS, check=_is_card),
+    Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _DIGITS, check=_is_iban),
+    Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _DIGITS),
+    Rule(
+        "phone",
+        re.compile(
+            r"(?:(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\d])"
+            r"|(?<![\w+(])(?:\(\d{3}\)\s?|\d{3}[-. ])\d{3}[-.]\d{4}(?![\d-]))"
+        ),
+        _DIGITS,
+        check=_is_phone,
+    ),
+    Rule(
+        "ip_address",
+        re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"),
+        _DIGITS,
+    ),
 )
 
-# Applied in this order; each rule leaves the placeholders of the ones before it alone.
-DEFAULT_PATTERNS: dict[str, str] = {
-    # a JSON member whose name says it is a secret: the whole string value goes
-    "secret": rf'(?i)(?P<keep_secret>"(?:{_SECRET_NAMES})"\s*:\s*)"(?:[^"\\]|\\.)*"',
-    "private_key": r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-    "bearer_token": r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{8,}=*",
-    "jwt": r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-    "api_key": (
-        r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}"
-        r"|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|hf_[A-Za-z0-9]{30,}"
-        r"|glpat-[A-Za-z0-9_-]{20,})"
-    ),
-    "password": (
-        # not "authorization": "Authorization: Bearer <token>" is the bearer rule's, whole
-        r"(?i)(?P<keep>\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-        r"\b[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED:)[^\s\"',;}\\]+"
-    ),
-    "email": r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b",
+KINDS: dict[str, tuple[bool, str]] = {
+    "private_key": (True, "PEM private-key blocks"),
+    "jwt": (True, "JSON Web Tokens (eyJ...)"),
+    "url_credentials": (True, "user:password in URLs (https://user:pass@host, postgres://...)"),
+    "basic_auth": (True, "HTTP Basic credentials (Basic <base64 of user:password>)"),
+    "bearer_token": (True, "Bearer tokens"),
+    "api_key": (True, "provider keys: OpenAI/Anthropic sk-, Stripe sk_live_/rk_live_, AWS AKIA, GitHub, Slack, Google, HF, GitLab, npm"),
+    "aws_secret_key": (True, "AWS secret access keys (40 characters of base64)"),
+    "secret": (True, "values under secret-named keys: JSON fields, key=value, DB_PASSWORD=... environment lines"),
+    "password": (True, 'passwords in prose ("my password is ...")'),
+    "email": (True, "e-mail addresses"),
+    "credit_card": (True, "payment card numbers (Luhn-checked)"),
+    "iban": (True, "IBANs (checksum-checked)"),
+    "us_ssn": (True, "US social security numbers (123-45-6789)"),
+    "phone": (True, "phone numbers (+ international, or US (415) 555-0134 / 415-555-0134)"),
+    "ip_address": (False, "IPv4 addresses"),
 }
+"""Every built-in kind: (on by default, what it catches)."""
 
-SECRET_KEY = re.compile(rf"(?i)^(?:{_SECRET_NAMES})$")
-
-
-TRIGGERS: dict[str, tuple[str, ...]] = {
-    "secret": ("pass", "pwd", "secret", "key", "token", "authorization"),
-    "private_key": ("private key",),
-    "bearer_token": ("bearer",),
-    "jwt": ("eyj",),
-    "api_key": ("sk-", "akia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox", "aiza", "hf_", "glpat-"),
-    "password": ("pass", "pwd", "secret", "key", "token"),
-    "email": ("@",),
-}
-"""A built-in rule runs only when one of its triggers occurs in the lower-cased text: ordinary
-agent text has none, and a substring test is far cheaper than a regex scan."""
+DEFAULT_KINDS = tuple(kind for kind, (on, _) in KINDS.items() if on)
 
 
-def _replacer(kind: str) -> Callable[[re.Match[str]], str]:
-    def replace(match: re.Match[str]) -> str:
-        groups = match.groupdict()
-        if "keep_secret" in groups:  # keep the JSON member name and quotes: the text stays valid JSON
-            return f'{groups["keep_secret"]}"{REPLACEMENT.format(kind=kind)}"'
-        return (groups.get("keep") or "") + REPLACEMENT.format(kind=kind)
-
-    return replace
+# --- configuration ------------------------------------------------------------------------------
 
 
-_DEFAULT_RULES = [(re.compile(pattern), TRIGGERS[kind], _replacer(kind)) for kind, pattern in DEFAULT_PATTERNS.items()]
+@dataclass(frozen=True)
+class RedactionRules:
+    """What to redact, as plain data (so it can be stored with a store and reused by every writer).
 
-
-@dataclass
-class Redactor:
-    """Replaces secrets in strings and in nested JSON data.
-
-    >>> Redactor().redact_text("mail bob@example.com, key sk-abcdefghijklmnopqrstuv")
-    'mail [REDACTED:email], key [REDACTED:api_key]'
+    ``defaults`` turns the built-in kinds on as a group; ``kinds`` switches single built-in kinds
+    on or off (``{"phone": False, "ip_address": True}``); ``patterns`` adds ``{kind: regex}``
+    rules (a group named ``value`` marks the part to replace; the rest of the match is kept).
     """
 
     defaults: bool = True
-    extra_patterns: Mapping[str, str | Pattern[str]] | Iterable[str | Pattern[str]] = ()
-    custom: Callable[[str], str] | None = None
-    _rules: list[tuple[str, Pattern[str]]] = field(init=False, repr=False)
+    kinds: Mapping[str, bool] = field(default_factory=dict)
+    patterns: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        rules: list[tuple[str, Pattern[str]]] = []
-        extras = self.extra_patterns
-        items = extras.items() if isinstance(extras, Mapping) else (("custom", p) for p in extras)
-        for kind, pattern in items:
-            try:
-                rules.append((kind, re.compile(pattern) if isinstance(pattern, str) else pattern))
-            except re.error as exc:
-                from ee_middleware.errors import ConfigError
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        if unknown:
+            from ee_middleware.errors import ConfigError
 
-                raise ConfigError(f"Redaction pattern {pattern!r} is not a valid regex: {exc}") from exc
-        self._rules = rules
+            raise ConfigError(f"Unknown redaction kind(s) {', '.join(unknown)}. Built-in kinds: {', '.join(KINDS)}.")
+
+    def enabled_kinds(self) -> list[str]:
+        """The built-in kinds this configuration applies."""
+        return [k for k, (on, _) in KINDS.items() if self.kinds.get(k, on and self.defaults)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"defaults": self.defaults, "kinds": dict(self.kinds), "patterns": {k: str(v) for k, v in self.patterns.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RedactionRules:
+        return cls(
+            defaults=bool(data.get("defaults", True)), kinds=dict(data.get("kinds") or {}), patterns=dict(data.get("patterns") or {})
+        )
+
+
+# --- the redactor -------------------------------------------------------------------------------
+
+
+class Redactor:
+    """Replaces secrets in text and in JSON-like data.
+
+    >>> Redactor().redact_text("mail bob@example.com, key sk-abcdefghijklmnopqrstuv")
+    'mail [REDACTED:email], key [REDACTED:api_key]'
+    >>> r = Redactor(salt=b"store-salt")
+    >>> r.redact_text("bob@example.com") == r.redact_value({"to": "bob@example.com"})["to"]
+    True
+
+    ``rules`` says what to redact (default: the built-in kinds that are on by default); ``salt``
+    makes placeholders consistent pseudonyms; ``custom`` is a last ``str -> str`` pass over every
+    string. ``defaults=`` and ``extra_patterns=`` are shorthands for the same fields of ``rules``.
+    """
+
+    def __init__(
+        self,
+        rules: RedactionRules | None = None,
+        *,
+        salt: bytes | str | None = None,
+        custom: Callable[[str], str] | None = None,
+        defaults: bool | None = None,
+        extra_patterns: Mapping[str, str | Pattern[str]] | Iterable[str | Pattern[str]] = (),
+    ) -> None:
+        rules = rules or RedactionRules()
+        if defaults is not None:
+            rules = RedactionRules(defaults=defaults, kinds=rules.kinds, patterns=rules.patterns)
+        self.rules = rules
+        self.custom = custom
+        self.salt = salt.encode() if isinstance(salt, str) else salt
+        enabled = set(rules.enabled_kinds())
+        self._rules: list[Rule] = [r for r in BUILTIN_RULES if r.kind in enabled]
+        self._secret_keys = "secret" in enabled
+        extras = extra_patterns.items() if isinstance(extra_patterns, Mapping) else (("custom", p) for p in extra_patterns)
+        for kind, pattern in [*rules.patterns.items(), *extras]:
+            self._rules.append(_user_rule(kind, pattern))
 
     @property
     def enabled(self) -> bool:
-        return self.defaults or bool(self._rules) or self.custom is not None
+        return bool(self._rules) or self.custom is not None
 
     @property
     def json_safe(self) -> bool:
-        """Whether :meth:`redact_text` keeps JSON text valid (true for the built-in rules only)."""
-        return not self._rules and self.custom is None
+        """Whether :meth:`redact_text` keeps JSON text valid (true without a ``custom`` function)."""
+        return self.custom is None
+
+    def placeholder(self, kind: str, value: str) -> str:
+        """``[REDACTED:<kind>]``, or ``[REDACTED:<kind>:<tag>]`` with a salt (same value, same tag)."""
+        if self.salt is None:
+            return f"[REDACTED:{kind}]"
+        tag = hmac.new(self.salt, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
+        return f"[REDACTED:{kind}:{tag}]"
 
     def redact_text(self, text: str) -> str:
-        """Return ``text`` with every match replaced by ``[REDACTED:<kind>]``.
-
-        The built-in rules keep JSON text valid JSON: none consumes a quote or a backslash escape,
-        and a secret-named JSON member keeps its name.
-        """
-        if self.defaults:
-            lowered = text.lower()
-            for pattern, triggers, replace in _DEFAULT_RULES:
-                if any(t in lowered for t in triggers):
-                    text = pattern.sub(replace, text)
-        for kind, pattern in self._rules:
-            if "keep" in pattern.groupindex:
-                text = pattern.sub(lambda m, k=kind: m.group("keep") + REPLACEMENT.format(kind=k), text)
-            else:
-                text = pattern.sub(REPLACEMENT.format(kind=kind), text)
+        """Return ``text`` with every secret replaced by its placeholder."""
+        if self._rules and text:
+            text = self._apply_rules(text)
         if self.custom is not None:
             text = self.custom(text)
         return text
 
-    def redact(self, value: Any) -> Any:
-        """Redact every string inside JSON-like data; values under secret-named keys go whole."""
+    def redact_value(self, value: Any) -> Any:
+        """Redact every string inside JSON-like data (keys included); values under secret-named keys
+        go whole, and strings that hold JSON are redacted as JSON and written back in their layout."""
         if isinstance(value, str):
-            return self.redact_text(value)
+            return self._redact_string(value)
         if isinstance(value, Mapping):
-            return {k: (REPLACEMENT.format(kind="secret") if _is_secret(k, v) else self.redact(v)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.redact(v) for v in value]
+            return {self._redact_key(k): self._redact_member(k, v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.redact_value(v) for v in value]
         return value
 
+    redact = redact_value
+    """Alias of :meth:`redact_value`."""
 
-def _is_secret(key: Any, value: Any) -> bool:
-    return isinstance(key, str) and isinstance(value, str) and bool(value) and bool(SECRET_KEY.match(key))
+    # --- internals ---
+
+    def _redact_key(self, key: Any) -> Any:
+        return self.redact_text(key) if isinstance(key, str) else key
+
+    def _redact_member(self, key: Any, value: Any) -> Any:
+        scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != ""
+        if scalar and self._secret_keys and isinstance(key, str) and is_secret_name(key):
+            text = str(value)
+            return text if PLACEHOLDER.fullmatch(text) else self.placeholder("secret", text)
+        return self.redact_value(value)
+
+    def _redact_string(self, text: str) -> str:
+        stripped = text.strip()
+        if len(stripped) > 1 and stripped[0] in "{[" and stripped[-1] in "}]":
+            try:
+                data = json.loads(stripped)
+            except ValueError:
+                data = None
+            if isinstance(data, (dict, list)):
+                redacted = self.redact_value(data)
+                if redacted == data:
+                    return text
+                start = text.index(stripped[0])
+                return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
+        return self.redact_text(text)
+
+    def _apply_rules(self, text: str) -> str:
+        lowered = text.lower()
+        taken: list[tuple[int, int]] = [m.span() for m in PLACEHOLDER.finditer(text)] if "[redacted:" in lowered else []
+        replacements: list[tuple[int, int, str]] = []
+        for rule in self._rules:
+            if rule.triggers is not None and not any(t in lowered for t in rule.triggers):
+                continue
+            for match in rule.pattern.finditer(text):
+                start, end = _secret_span(match, rule.group)
+                if start == end or any(s < end and start < e for s, e in taken):
+                    continue
+                secret = text[start:end]
+                if rule.check is not None and not rule.check(secret):
+                    continue
+                if rule.name_group is not None and not is_secret_name(match.group(rule.name_group)):
+                    continue
+                taken.append((start, end))
+                replacements.append((start, end, self.placeholder(rule.kind, secret)))
+        if not replacements:
+            return text
+        out, last = [], 0
+        for start, end, placeholder in sorted(replacements):
+            out.append(text[last:start])
+            out.append(placeholder)
+            last = end
+        out.append(text[last:])
+        return "".join(out)
+
+
+def _secret_span(match: re.Match[str], group: str | int) -> tuple[int, int]:
+    """The span of the secret itself: the rule's group, without surrounding quotes."""
+    if group == "keep":
+        return match.end("keep"), match.end()
+    start, end = match.span(group)
+    value = match.group(group) or ""
+    for quote in ('\\"', '"', "'", "`"):
+        if len(value) >= 2 * len(quote) and value.startswith(quote) and value.endswith(quote):
+            return start + len(quote), end - len(quote)
+    return start, end
+
+
+def _user_rule(kind: str, pattern: str | Pattern[str]) -> Rule:
+    try:
+        compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
+    except re.error as exc:
+        from ee_middleware.errors import ConfigError
+
+        raise ConfigError(f"Redaction pattern {pattern!r} for kind {kind!r} is not a valid regex: {exc}") from exc
+    if "value" in compiled.groupindex:
+        return Rule(kind, compiled, group="value")
+    if "keep" in compiled.groupindex:  # the older form: a leading group that stays, the rest replaced
+        return Rule(kind, compiled, group="keep")
+    return Rule(kind, compiled)
+
+
+def _dump_like(value: Any, original: Any, text: str) -> str:
+    """``value`` as JSON in the layout ``text`` (the JSON of ``original``) was written in."""
+    for options in ({"separators": (",", ":")}, {}, {"indent": 2}, {"indent": 4}):
+        for ensure_ascii in (False, True):
+            if json.dumps(original, ensure_ascii=ensure_ascii, **options) == text:
+                return json.dumps(value, ensure_ascii=ensure_ascii, **options)
+    return json.dumps(value, ensure_ascii=False)
+
+
+# --- the per-store salt -------------------------------------------------------------------------
+
+
+def store_salt(store: Any) -> bytes | None:
+    """The pseudonym salt kept in a local store's folder (created on first use, owner-only);
+    ``None`` for a store without a local folder."""
+    root = getattr(store, "root", None)
+    if root is None:
+        return None
+    path = Path(root) / SALT_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{SALT_FILE}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic and exclusive: two processes starting at once agree on one salt
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
 
 
 NO_REDACTION = Redactor(defaults=False)

@@ -240,6 +240,13 @@ CLEAN_VALUES: tuple[str, ...] = (
     "(see section 4.2)",
     "call #5551234",
     "ref 00012345678901234567",
+    "The password is incorrect, please try again.",
+    "Reset your password from the account page.",
+    "your session token expired at 10:42",
+    "Basic plan: $9/month",
+    "bearer of this voucher",
+    "See https://shop.example.com/orders/A-10023?tab=items",
+    "shipping to 1600 Amphitheatre Pkwy, Mountain View",
 )
 """Ordinary values that must survive redaction unchanged (the last card-like number fails Luhn)."""
 
@@ -294,8 +301,22 @@ def build_corpus(seed: int = 7, *, group_size: int = 6) -> tuple[list[Run], list
                 key = rng.choice(kind.json_keys) if kind.json_keys and structured else None
                 run.plants.append(Plant(kind.name, place, value, rng.choice(kind.texts).format(v=value), key))
             planted.append(run)
-    clean = [Run(place, clean=CLEAN_VALUES) for place in PLACES]
+    clean = [Run(place, clean=CLEAN_VALUES + _random_clean(rng)) for place in PLACES]
     return planted, clean
+
+
+def _random_clean(rng: random.Random) -> tuple[str, ...]:
+    """Seeded ordinary values: ids, prices, dates, timestamps, UUIDs, a 16-digit number failing Luhn."""
+    card_like = _luhn_complete(rng, "4", 16)
+    not_luhn = card_like[:-1] + str((int(card_like[-1]) + 1) % 10)
+    return (
+        f"ORD-{rng.randint(0, 999999):06d}",
+        f"${rng.randint(1, 9999)}.{rng.randint(0, 99):02d}",
+        f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
+        str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        f"customer {rng.randint(10**9, 10**10 - 1)}",
+        f"batch {not_luhn}",
+    )
 
 
 # --- running the corpus through real agents -----------------------------------------------------
