@@ -7,7 +7,7 @@ existing PyPI package.
 
 from setuptools import find_packages, setup
 
-MAPPED_FOLDERS = ["trainers"]
+MAPPED_FOLDERS = ["trainers", "adapters", "evals"]
 
 packages = find_packages(include=["ee_middleware", "ee_middleware.*"])
 package_dir = {}

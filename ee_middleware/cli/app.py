@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from ee_middleware._version import __version__
-from ee_middleware.cli import adapters_cmds, bfcl_cmds, datasets_cmds, replay_cmds, serve_cmds, store_cmds, traces, train_cmds
+from ee_middleware.cli import adapters_cmds, bfcl_cmds, datasets_cmds, eval_cmds, replay_cmds, serve_cmds, store_cmds, traces, train_cmds
 from ee_middleware.errors import EEError
 
 
@@ -38,6 +38,7 @@ app.add_typer(store_cmds.app, name="store")
 app.add_typer(replay_cmds.app, name="replay")
 app.add_typer(bfcl_cmds.app, name="bfcl")
 app.add_typer(datasets_cmds.app, name="datasets")
+app.add_typer(eval_cmds.app, name="eval")
 train_cmds.register(app)
 app.add_typer(adapters_cmds.app, name="adapters")
 app.add_typer(serve_cmds.app, name="serve")

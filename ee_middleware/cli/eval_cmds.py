@@ -1,0 +1,113 @@
+"""``ee eval``: run the BFCL, tau-style and ``traces:`` suites against a model, and gate a deploy on the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, console, print_json
+
+app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
+
+
+def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None) -> str | None:
+    if model_spec and (endpoint or model):
+        raise typer.BadParameter("give either --model-spec, or --endpoint with --model, not both")
+    if endpoint or model:
+        if not (endpoint and model):
+            raise typer.BadParameter("--endpoint and --model go together (the OpenAI-compatible base URL and the served model name)")
+        return f"openai:{endpoint}#{model}"
+    return model_spec
+
+
+@app.command("run")
+def run_cmd(
+    suite: list[str] = typer.Option(
+        ..., "--suite", help="bfcl:CATEGORY[:N], tau:DOMAIN[:SPLIT][:N] or traces:STORE[:APP][:N]; repeat for several."
+    ),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
+    model: str | None = typer.Option(None, "--model", help="Served model or adapter name at --endpoint."),
+    model_spec: str | None = typer.Option(
+        None, "--model-spec", help="oracle, noop, local:DIR[@ADAPTER], openai:URL#MODEL or module:factory."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run folder: results.parquet, report.md/html, success.png. Re-run to resume."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per task (pass^k over them)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k)."),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."),
+    max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn."),
+    timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request."),
+    user_model: str | None = typer.Option(None, "--user-model", help="tau suites: an openai:URL#MODEL user simulator (default: scripted)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file with an [eval] table; flags override it."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run suites against a model; a task the model fails (garbage, server down, a tool raising) is a failure with a reason."""
+    from ee_middleware.evals.job import EvalJob
+    from ee_middleware.evals.runner import run_eval
+
+    overrides: dict[str, Any] = {
+        "suites": suite,
+        "model": _model_spec(endpoint, model, model_spec),
+        "out": str(out),
+        "trials": trials,
+        "workers": workers,
+        "seed": seed,
+        "temperature": temperature,
+        "max_steps_per_turn": max_steps,
+        "timeout_s": timeout_s,
+        "user_model": user_model,
+    }
+    job = EvalJob.load(config, **overrides)
+    out_console = console()
+    bars = _Bars(out_console) if progress and not as_json else None
+    try:
+        summary = run_eval(job, progress=bars.update if bars else None)
+    finally:
+        if bars:
+            bars.stop()
+    if as_json:
+        print_json(summary[0] if len(summary) == 1 else summary)
+        return
+    _print_summary(out_console, summary, out)
+
+
+class _Bars:
+    def __init__(self, out: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=out,
+        )
+        self._progress.start()
+        self._tasks: dict[str, Any] = {}
+
+    def update(self, suite: str, done: int, total: int) -> None:
+        if suite not in self._tasks:
+            self._tasks[suite] = self._progress.add_task(suite, total=total)
+        self._progress.update(self._tasks[suite], completed=done, total=total)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Results in {folder}")
+    for column in ("suite", "tasks", "trials", "success", "pass^k", "failures"):
+        table.add_column(column)
+    for s in summary:
+        failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
+        table.add_row(
+            s["suite"], str(s["tasks"]), str(s["trials"]), f"{100 * s['success_rate']:.1f}%", f"{100 * s['pass_hat_k']:.1f}%", failures
+        )
+    out.print(table)
+    out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")

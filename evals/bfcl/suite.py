@@ -1,0 +1,228 @@
+"""The BFCL harness: ``bfcl:CATEGORY[:N]`` on the real ``bfcl-eval`` data, backends and checkers.
+
+* Multi-turn categories (``multi_turn_base``, ``multi_turn_miss_func``, ``multi_turn_miss_param``,
+  ``multi_turn_long_context``): the agent runs turn by turn against the real backends (the replay
+  sandbox, :class:`ee_middleware.bfcl.sandbox.BFCLSandbox`); its calls are scored by BFCL's own
+  ``multi_turn_checker`` (every public attribute of every backend compared with a ground-truth run
+  after each turn, and the turn's ground-truth outputs present among the model's).
+* Single-turn AST categories (``simple``, ``multiple``, ``parallel``, ``parallel_multiple``,
+  ``irrelevance``): one model answer, scored by BFCL's ``ast_checker``
+  (``irrelevance``: no call at all). Tool names with ``.`` are offered with ``_`` (OpenAI's rule).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from functools import cache
+from typing import Any
+
+from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, MULTI_TURN_CATEGORIES, BFCLEntry, load_entries, openai_tool
+from ee_middleware.bfcl.world import build_world, parse_call
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.bfcl.official import Verdict, ast_check, call_string, multi_turn_check
+from ee_middleware.evals.clients import bind
+from ee_middleware.evals.loop import LoopConfig, run_conversation
+from ee_middleware.evals.tasks import Conversation, EvalTask, TaskResult
+from ee_middleware.models.protocol import ChatClient
+
+AST_CATEGORIES: dict[str, str] = {
+    "simple": "simple_python",
+    "multiple": "multiple",
+    "parallel": "parallel",
+    "parallel_multiple": "parallel_multiple",
+    "irrelevance": "irrelevance",
+}
+"""Single-turn category -> the BFCL data file's name (``BFCL_v4_<name>.json``)."""
+CATEGORIES: tuple[str, ...] = (*AST_CATEGORIES, *MULTI_TURN_CATEGORIES)
+IRRELEVANCE_ANSWER = "None of the available functions fits this request."
+
+
+class BFCLSuite:
+    """One BFCL category as an eval suite (``limit``: the first N entries, in file order)."""
+
+    def __init__(self, category: str, limit: int | None = None) -> None:
+        category = {"simple_python": "simple"}.get(category, category)
+        if category not in CATEGORIES:
+            raise ConfigError(f"Unknown BFCL category {category!r} in the suite 'bfcl:{category}'. Choose one of: {', '.join(CATEGORIES)}.")
+        self.category = category
+        self.limit = limit
+        self.name = f"bfcl:{category}"
+        self.multi_turn = category in MULTI_TURN_CATEGORIES
+
+    def tasks(self) -> list[EvalTask]:
+        if self.multi_turn:
+            return [multi_turn_task(entry, self.name) for entry in load_entries(self.category, limit=self.limit)]
+        return [ast_task(q, a, self.name, self.category) for q, a in ast_entries(self.category, self.limit)]
+
+    def loop_config(self, base: LoopConfig) -> LoopConfig:
+        return base if self.multi_turn else replace(base, execute_tools=False, max_steps_per_turn=1)
+
+    def run(self, client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> TaskResult:
+        config = self.loop_config(config)
+        started = time.perf_counter()
+        if self.multi_turn:
+            conversation, verdict = _run_multi_turn(client, task, trial, config)
+        else:
+            conversation = run_conversation(bind(client, task), task, None, config, trial=trial)
+            verdict = score_ast(task, conversation)
+        return TaskResult(
+            suite=self.name,
+            category=self.category,
+            task_id=task.id,
+            trial=trial,
+            success=verdict.valid,
+            reason=None if verdict.valid else verdict.message or verdict.error_type,
+            error_type=verdict.error_type,
+            conversation=conversation,
+            duration_s=time.perf_counter() - started,
+        )
+
+
+# --- multi-turn ---------------------------------------------------------------------------------
+
+
+def _user_turn(entry: BFCLEntry, turn: int) -> list[dict[str, Any]]:
+    messages = entry.turns[turn]
+    if not messages and turn in entry.missed_functions:
+        return [{"role": "user", "content": ADDITIONAL_FUNCTIONS_PROMPT}]
+    return [dict(m) for m in messages]
+
+
+def multi_turn_task(entry: BFCLEntry, suite: str) -> EvalTask:
+    """A multi-turn entry as a task: user turns, tools per turn, the ground truth as reference answers."""
+    world: dict[str, Any] = {}
+    reference = []
+    for turn, expressions in enumerate(entry.ground_truth):
+        calls = []
+        for i, expression in enumerate(expressions):
+            try:
+                call = parse_call(expression, world, call_id=f"call_{turn}_{i}")
+            except ValueError:  # positional arguments: name them from the backend's signature
+                world = world or build_world(entry.initial_config, entry.involved_classes, long_context=entry.long_context)
+                call = parse_call(expression, world, call_id=f"call_{turn}_{i}")
+            calls.append(_tool_call(call.id, call.name, call.arguments))
+        # One answer with the turn's calls in order (BFCL allows parallel calls; 20 steps a turn would cut long turns).
+        reference.append([{"role": "assistant", "content": "", "tool_calls": calls}] if calls else [])
+    return EvalTask(
+        suite=suite,
+        id=entry.id,
+        category=entry.category,
+        turns=[_user_turn(entry, t) for t in range(len(entry.turns))],
+        tools=[entry.tools_at_turn(t) for t in range(len(entry.turns))],
+        reference=reference,
+        payload={
+            "entry": {"id": entry.id, "initial_config": entry.initial_config, "involved_classes": entry.involved_classes},
+            "environment": entry.environment,
+            "ground_truth": entry.ground_truth,
+        },
+    )
+
+
+def _tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+def decoded_calls(conversation: Conversation) -> list[list[list[str]]]:
+    """The model's calls per turn, per step, as the official checker reads them."""
+    return [[[call_string(c.name, c.arguments) for c in step.calls] for step in turn.steps] for turn in conversation.turns]
+
+
+def _run_multi_turn(client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> tuple[Conversation, Verdict]:
+    from ee_middleware.bfcl.sandbox import BFCLSandbox
+
+    sandbox = BFCLSandbox()
+    try:
+        sandbox.reset(task.payload["environment"])
+        conversation = run_conversation(bind(client, task), task, sandbox, config, trial=trial)
+    finally:
+        sandbox.close()
+    if conversation.error is not None:
+        return conversation, Verdict(False, conversation.error_type, conversation.error)
+    return conversation, Verdict.of(multi_turn_check(decoded_calls(conversation), task.payload["ground_truth"], task.payload["entry"]))
+
+
+# --- single-turn AST ------------------------------------------------------------------------------
+
+
+@cache
+def _read(name: str) -> tuple[dict[str, Any], ...]:
+    from ee_middleware.bfcl.data import _read_jsonl
+
+    return tuple(_read_jsonl(name))
+
+
+def ast_entries(category: str, limit: int | None) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """``(question entry, possible answer or None)`` pairs of a single-turn category, in file order."""
+    file = AST_CATEGORIES[category]
+    questions = list(_read(f"BFCL_v4_{file}.json"))[:limit]
+    if "irrelevance" in category:
+        return [(q, None) for q in questions]
+    answers = {a["id"]: a for a in _read(f"possible_answer/BFCL_v4_{file}.json")}
+    return [(q, answers[q["id"]]) for q in questions]
+
+
+def tool_name(name: str) -> str:
+    """A BFCL function name as offered to the model (``.`` is not allowed in OpenAI tool names)."""
+    return name.replace(".", "_")
+
+
+def ast_task(question: dict[str, Any], answer: dict[str, Any] | None, suite: str, category: str) -> EvalTask:
+    tools = []
+    for doc in question["function"]:
+        tool = openai_tool(doc)
+        tool["function"]["name"] = tool_name(doc["name"])
+        tools.append(tool)
+    turns = [[dict(m) for m in turn] for turn in question["question"]]
+    if answer is None:
+        reference = [[{"role": "assistant", "content": IRRELEVANCE_ANSWER}]]
+    else:
+        docs = {doc["name"]: doc for doc in question["function"]}
+        calls = [
+            oracle_call(name, params, i, docs.get(name)) for i, item in enumerate(answer["ground_truth"]) for name, params in item.items()
+        ]
+        reference = [[{"role": "assistant", "content": "", "tool_calls": calls}]]
+    payload = {"functions": question["function"], "possible_answer": answer["ground_truth"] if answer else None}
+    return EvalTask(suite=suite, id=question["id"], category=category, turns=turns[:1], tools=[tools], reference=reference, payload=payload)
+
+
+def oracle_call(name: str, params: dict[str, list[Any]], index: int, doc: dict[str, Any] | None) -> dict[str, Any]:
+    """A call built from a possible answer: the first accepted value of each parameter the function declares
+    (an optional one is left out when leaving it out is accepted)."""
+    schema = (doc or {}).get("parameters") or {}
+    declared, required = set(schema.get("properties") or params), set(schema.get("required") or ())
+    arguments = {
+        key: _pick(values) for key, values in params.items() if key in declared and values and (key in required or "" not in values)
+    }
+    return _tool_call(f"call_0_{index}", tool_name(name), arguments)
+
+
+def _pick(values: Any) -> Any:
+    if not isinstance(values, list):
+        return values
+    value = next((v for v in values if v != ""), "")
+    if isinstance(value, dict):  # a dict parameter: each key's own accepted values
+        return _pick_dict(value)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # a list of dicts
+        return [_pick_dict(item) for item in value]
+    return value
+
+
+def _pick_dict(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: _pick(v) for k, v in value.items() if not (isinstance(v, list) and v and v[0] == "")}
+
+
+def score_ast(task: EvalTask, conversation: Conversation) -> Verdict:
+    if conversation.error is not None:
+        return Verdict(False, conversation.error_type, conversation.error)
+    first = conversation.turns[0].steps[0] if conversation.turns and conversation.turns[0].steps else None
+    calls = first.calls if first is not None else []
+    if task.payload["possible_answer"] is None:  # irrelevance: any call is wrong
+        if calls:
+            return Verdict(
+                False, "irrelevance_error:decoder_success", f"the model called {', '.join(c.name for c in calls)} where no function fits"
+            )
+        return Verdict(True)
+    output = [{c.name: c.arguments} for c in calls]
+    return Verdict.of(ast_check(task.payload["functions"], output, task.payload["possible_answer"], AST_CATEGORIES[task.category]))

@@ -1,0 +1,189 @@
+"""The one agent loop every harness runs: user turn in, model answers, tool calls executed, repeat.
+
+Per user turn the model is asked for an answer with the turn's tools offered; its tool calls are
+read from structured ``tool_calls`` or, failing that, from its text (``<tool_call>`` blocks, JSON,
+Python call syntax: :meth:`ee_middleware.models.Choice.tool_calls`); each call is executed in the
+environment and its observation goes back as a ``tool`` message (errors included, formatted by the
+environment, so the model sees what went wrong); the turn ends when an answer has no tool call or
+after ``max_steps_per_turn`` answers. A model that cannot answer at all (server down, timed out,
+refusing the request) or an environment that raises ends the conversation with an error, which the
+harness scores as a failed task with that reason: a run never crashes on one task.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ee_middleware.errors import EEError, ModelError
+from ee_middleware.evals.tasks import Conversation, Environment, EvalTask, Message, Step, Turn
+from ee_middleware.models.parsing import ParseProblem
+from ee_middleware.models.protocol import ChatClient, Sampling
+from ee_middleware.records import ToolCall
+
+PARSE_ERROR_PROMPT = "Your last message looked like a tool call but could not be read ({problem}). Write the call again as valid JSON."
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the loop talks to the model.
+
+    ``max_steps_per_turn``: model answers per user turn before the turn is cut (BFCL uses 20).
+    ``execute_tools``: false for single-turn categories scored on the calls alone (one answer per turn).
+    ``parse_text_calls``: read calls from the text when a message has no structured ``tool_calls``.
+    ``feed_back_parse_errors``: when an answer looks like a call but cannot be read, tell the model
+    (as a user message) and let it try again within the step budget, instead of ending the turn.
+    """
+
+    max_steps_per_turn: int = 20
+    execute_tools: bool = True
+    parse_text_calls: bool = True
+    feed_back_parse_errors: bool = False
+    temperature: float = 0.0
+    max_tokens: int = 512
+    seed: int | None = 0
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_steps_per_turn < 1:
+            raise ValueError(f"max_steps_per_turn must be >= 1, got {self.max_steps_per_turn}")
+
+    def sampling(self, trial: int = 0) -> Sampling:
+        """Sampling for ``trial``: the seed moves with the trial, so trials differ when sampling and repeat across runs."""
+        seed = None if self.seed is None else self.seed + trial
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens, seed=seed)
+
+
+@dataclass
+class _State:
+    conversation: Conversation = field(default_factory=Conversation)
+
+
+def run_conversation(
+    client: ChatClient,
+    task: EvalTask,
+    environment: Environment | None,
+    config: LoopConfig = LoopConfig(),
+    *,
+    trial: int = 0,
+    user: Any = None,
+) -> Conversation:
+    """Run ``task`` with ``client`` against ``environment``; never raises for model or tool failures.
+
+    ``user`` optionally replaces the scripted user: an object with ``next_turn(conversation) ->
+    list[Message] | None`` (None ends the conversation); by default the task's scripted turns are used.
+    """
+    conversation = Conversation()
+    system = task.system or config.system_prompt
+    if system:
+        conversation.messages.append({"role": "system", "content": system})
+    sampling = config.sampling(trial)
+    index = 0
+    while True:
+        user_messages = _next_user_turn(task, index, conversation, user)
+        if user_messages is None:
+            break
+        conversation.messages.extend(copy.deepcopy(user_messages))
+        tools = task.tools[min(index, len(task.tools) - 1)] if task.tools else []
+        turn = Turn()
+        conversation.turns.append(turn)
+        try:
+            _run_turn(client, tools, environment, config, sampling, conversation, turn)
+        except ModelError as exc:
+            return _fail(conversation, turn, "model_error", f"the model could not answer: {exc}")
+        except _ToolFailure as exc:
+            return _fail(conversation, turn, "tool_error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a client bug is one task's failure, not the run's
+            return _fail(conversation, turn, "client_error", f"the model client raised {type(exc).__name__}: {exc}")
+        index += 1
+    return conversation
+
+
+def _next_user_turn(task: EvalTask, index: int, conversation: Conversation, user: Any) -> list[Message] | None:
+    if user is not None:
+        return user.next_turn(conversation)
+    return task.turns[index] if index < len(task.turns) else None
+
+
+class _ToolFailure(Exception):
+    """The environment raised instead of returning an error observation."""
+
+
+def _fail(conversation: Conversation, turn: Turn, error_type: str, reason: str) -> Conversation:
+    turn.stopped = "error"
+    conversation.error = reason
+    conversation.error_type = error_type
+    return conversation
+
+
+def _run_turn(
+    client: ChatClient,
+    tools: list[dict[str, Any]],
+    environment: Environment | None,
+    config: LoopConfig,
+    sampling: Sampling,
+    conversation: Conversation,
+    turn: Turn,
+) -> None:
+    for _ in range(config.max_steps_per_turn):
+        choices = client.complete(conversation.messages, tools=tools or None, n=1, sampling=sampling)
+        if not choices:
+            raise ModelError("the model returned no answer")
+        step = _read_answer(choices[0], config)
+        turn.steps.append(step)
+        conversation.messages.append(_assistant_message(step))
+        if not step.calls:
+            if step.problems and config.feed_back_parse_errors and _looks_like_call(step.text):
+                conversation.messages.append({"role": "user", "content": PARSE_ERROR_PROMPT.format(problem=step.problems[0])})
+                continue
+            turn.stopped = "answer"
+            return
+        if not config.execute_tools or environment is None:
+            turn.stopped = "answer"
+            return
+        for call in step.calls:
+            conversation.messages.append(
+                {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": _execute(environment, call)}
+            )
+    turn.stopped = "max_steps"
+
+
+def _read_answer(choice: Any, config: LoopConfig) -> Step:
+    if choice.problem is not None:
+        return Step(calls=[], text="", problems=[choice.problem])
+    structured_calls = isinstance(choice.message, dict) and bool(choice.message.get("tool_calls"))
+    parsed = choice.tool_calls() if config.parse_text_calls or structured_calls else []
+    calls = [item for item in parsed if isinstance(item, ToolCall)]
+    text = choice.text.strip()
+    # Text without any call is an answer; problems count only where the text tried to be a call.
+    problems = [item.problem for item in parsed if isinstance(item, ParseProblem)] if (calls or _looks_like_call(text)) else []
+    if calls and not structured_calls:
+        text = ""  # the text was the calls themselves
+    return Step(calls=calls, text=text, problems=problems)
+
+
+def _looks_like_call(text: str) -> bool:
+    stripped = text.lstrip()
+    return "<tool_call>" in text or stripped.startswith(("{", "["))
+
+
+def _assistant_message(step: Step) -> Message:
+    message: Message = {"role": "assistant", "content": step.text}
+    if step.calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+            for c in step.calls
+        ]
+    return message
+
+
+def _execute(environment: Environment, call: ToolCall) -> str:
+    try:
+        observation = environment.execute(call)
+    except EEError as exc:
+        raise _ToolFailure(f"the environment failed on tool {call.name!r}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise _ToolFailure(f"tool {call.name!r} raised {type(exc).__name__}: {exc}") from exc
+    return observation.content

@@ -1,0 +1,155 @@
+"""What a run leaves behind: ``results.parquet``, ``summary.json``, ``report.md``, ``report.html``, ``success.png``."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._files import atomic_path, atomic_write_text
+
+SUMMARY = "summary.json"
+
+
+def summarize(rows: list[dict[str, Any]], suites: list[str]) -> list[dict[str, Any]]:
+    """One summary per suite: ``suite``, ``tasks``, ``trials``, ``success_rate`` (0..1), ``pass_hat_k``, failures by type."""
+    by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_suite[row["suite"]].append(row)
+    out = []
+    for name in suites:
+        items = by_suite.get(name, [])
+        per_task: dict[str, list[bool]] = defaultdict(list)
+        for row in items:
+            per_task[row["task_id"]].append(bool(row["success"]))
+        trials = max((len(v) for v in per_task.values()), default=0)
+        successes = sum(1 for r in items if r["success"])
+        out.append(
+            {
+                "suite": name,
+                "tasks": len(per_task),
+                "trials": trials,
+                "runs": len(items),
+                "successes": successes,
+                "success_rate": successes / len(items) if items else 0.0,
+                "pass_hat_k": sum(all(v) for v in per_task.values()) / len(per_task) if per_task else 0.0,
+                "failures": dict(Counter(r["error_type"] or "unknown" for r in items if not r["success"]).most_common()),
+            }
+        )
+    return out
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], job: Any) -> None:
+    """Results Parquet, summary JSON, markdown and HTML reports and the bar chart, each written atomically."""
+    import polars as pl
+
+    rows = sorted(rows, key=lambda r: (r["suite"], r["task_id"], r["trial"]))
+    names = list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
+    frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
+    with atomic_path(out / "results.parquet") as tmp:
+        frame.write_parquet(tmp)
+    summary = summarize(rows, names)
+    atomic_write_text(out / SUMMARY, json.dumps({"model": job.model, "trials": job.trials, "seed": job.seed, "suites": summary}, indent=2))
+    chart = _bar_chart(out / "success.png", summary)
+    atomic_write_text(out / "report.md", markdown_report(summary, rows, job.model, chart))
+    atomic_write_text(out / "report.html", html_report(summary, rows, job.model, chart))
+
+
+_SCHEMA = {
+    "suite": str,
+    "category": str,
+    "task_id": str,
+    "trial": int,
+    "success": bool,
+    "reason": str,
+    "error_type": str,
+    "model": str,
+    "turns": int,
+    "steps": int,
+    "tool_calls": int,
+    "duration_s": float,
+    "conversation": str,
+    "details": str,
+}
+
+
+def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(summary) + 2), 3.2))
+    names = [s["suite"] for s in summary]
+    rates = [100 * s["success_rate"] for s in summary]
+    bars = ax.bar(names, rates, color="#4C72B0")
+    ax.bar_label(bars, labels=[f"{r:.1f}%" for r in rates], fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("success (%)")
+    ax.set_title("Success rate per suite")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _failures(rows: list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
+    return [r for r in rows if not r["success"]][:limit]
+
+
+def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None) -> str:
+    lines = [
+        f"# Evaluation of `{model}`",
+        "",
+        "| suite | tasks | trials | success | pass^k | failures |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in summary:
+        failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
+        lines.append(
+            f"| {s['suite']} | {s['tasks']} | {s['trials']} | {100 * s['success_rate']:.1f}% | {100 * s['pass_hat_k']:.1f}% | {failures} |"
+        )
+    if chart:
+        lines += ["", f"![success rate per suite]({chart})"]
+    failed = _failures(rows)
+    if failed:
+        lines += ["", "## First failures", "", "| suite | task | trial | reason |", "| --- | --- | ---: | --- |"]
+        for r in failed:
+            reason = (r["reason"] or "").replace("|", "\\|").replace("\n", " ")[:200]
+            lines.append(f"| {r['suite']} | {r['task_id']} | {r['trial']} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
+def html_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None) -> str:
+    e = html.escape
+    body = [
+        f"<h1>Evaluation of <code>{e(model)}</code></h1>",
+        "<table><tr><th>suite</th><th>tasks</th><th>trials</th><th>success</th><th>pass^k</th><th>failures</th></tr>",
+    ]
+    for s in summary:
+        failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
+        body.append(
+            f"<tr><td>{e(s['suite'])}</td><td>{s['tasks']}</td><td>{s['trials']}</td><td>{100 * s['success_rate']:.1f}%</td>"
+            f"<td>{100 * s['pass_hat_k']:.1f}%</td><td>{e(failures)}</td></tr>"
+        )
+    body.append("</table>")
+    if chart:
+        body.append(f'<p><img src="{e(chart)}" alt="success rate per suite"></p>')
+    failed = _failures(rows)
+    if failed:
+        body.append("<h2>First failures</h2><table><tr><th>suite</th><th>task</th><th>trial</th><th>reason</th></tr>")
+        body += [
+            f"<tr><td>{e(r['suite'])}</td><td>{e(r['task_id'])}</td><td>{r['trial']}</td><td>{e((r['reason'] or '')[:300])}</td></tr>"
+            for r in failed
+        ]
+        body.append("</table>")
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"

@@ -1,0 +1,203 @@
+"""Running an eval job: every task of every suite, ``trials`` times, in one or more workers.
+
+Results go to ``OUT/results.jsonl`` as each task finishes (one line per task and trial, flushed),
+so an interrupted run resumes where it stopped: the same command skips every (suite, task, trial)
+already there. At the end the lines become ``OUT/results.parquet`` (written atomically) and the
+summary and report are written (:mod:`ee_middleware.evals.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._files import atomic_write_text
+from ee_middleware._version import __version__
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.clients import build_eval_client
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.loop import LoopConfig
+from ee_middleware.evals.suites import load_suite
+from ee_middleware.evals.tasks import EvalTask, TaskResult
+
+RUN_FILE = "run.json"
+JOURNAL = "results.jsonl"
+RESULTS = "results.parquet"
+Progress = Callable[[str, int, int], None]
+"""``progress(suite, done, total)``."""
+
+
+def result_row(result: TaskResult, model: str) -> dict[str, Any]:
+    """One results row: the score, the reason, and the full conversation as JSON text."""
+    conversation = result.conversation
+    return {
+        "suite": result.suite,
+        "category": result.category,
+        "task_id": result.task_id,
+        "trial": result.trial,
+        "success": result.success,
+        "reason": result.reason,
+        "error_type": result.error_type,
+        "model": model,
+        "turns": len(conversation.turns),
+        "steps": sum(len(t.steps) for t in conversation.turns),
+        "tool_calls": len(conversation.calls),
+        "duration_s": round(result.duration_s, 6),
+        "conversation": json.dumps(conversation.messages, ensure_ascii=False, default=str),
+        "details": json.dumps(result.details, ensure_ascii=False, default=str),
+    }
+
+
+def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Run ``job`` (resuming a run in ``job.out`` with the same settings); the summary per suite."""
+    from ee_middleware.evals.report import summarize, write_outputs
+
+    out = Path(job.out)
+    _claim_run_dir(out, job)
+    done = read_journal(out / JOURNAL)
+    seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
+    suites = {spec: load_suite(spec) for spec in job.suites}
+    todo: list[tuple[str, EvalTask, int]] = []
+    totals = {}
+    for spec, suite in suites.items():
+        tasks = suite.tasks()
+        totals[suite.name] = len(tasks) * job.trials
+        todo += [(spec, t, k) for t in tasks for k in range(job.trials) if (suite.name, t.id, k) not in seen]
+    counts = {name: sum(1 for r in done if r["suite"] == name) for name in totals}
+    with open(out / JOURNAL, "a", encoding="utf-8") as journal:
+        for name in totals:
+            if progress:
+                progress(name, counts[name], totals[name])
+        for row in _execute(job, todo):
+            journal.write(json.dumps(row, ensure_ascii=False) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+            done.append(row)
+            counts[row["suite"]] += 1
+            if progress:
+                progress(row["suite"], counts[row["suite"]], totals[row["suite"]])
+    names = [suite.name for suite in suites.values()]
+    rows = [r for r in done if r["suite"] in names]
+    write_outputs(out, rows, job)
+    return summarize(rows, names)
+
+
+def _claim_run_dir(out: Path, job: EvalJob) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / RUN_FILE
+    record = {"job": job.model_dump(), "run_key": job.run_key(), "version": __version__}
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous.get("run_key") != record["run_key"]:
+            raise ConfigError(
+                f"{out} holds a run with other settings (model, trials, seed or sampling differ), so it cannot be resumed "
+                "with these. Use another --out, or delete that folder to start over."
+            )
+        record["job"]["suites"] = sorted(set(previous["job"]["suites"]) | set(job.suites))
+    record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_text(run_file, json.dumps(record, indent=2))
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The rows already written; a line cut off by a crash is ignored (its task runs again)."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _execute(job: EvalJob, todo: list[tuple[str, EvalTask, int]]) -> Iterator[dict[str, Any]]:
+    if not todo:
+        return
+    if job.workers == 1 or len(todo) == 1:
+        worker = _Worker(job)
+        try:
+            for spec, task, trial in todo:
+                yield worker.run(spec, task, trial)
+        finally:
+            worker.close()
+        return
+    yield from _in_processes(job, todo)
+
+
+class _Worker:
+    """A client built once, reused for every task this worker runs."""
+
+    def __init__(self, job: EvalJob) -> None:
+        self.job = job
+        self.client = build_eval_client(job.model, **job.client_options())
+        self.config: LoopConfig = job.loop_config()
+
+    def run(self, spec: str, task: EvalTask, trial: int) -> dict[str, Any]:
+        suite = load_suite(spec)
+        try:
+            result = suite.run(self.client, task, trial, self.config, **_suite_options(self.job, spec))
+        except Exception as exc:  # noqa: BLE001 - a harness bug on one task is that task's failure, with the reason
+            result = _crashed(suite.name, task, trial, exc)
+        return result_row(result, self.client.model)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _suite_options(job: EvalJob, spec: str) -> dict[str, Any]:
+    return {"user_model": job.user_model} if spec.startswith("tau:") and job.user_model else {}
+
+
+def _crashed(suite: str, task: EvalTask, trial: int, exc: Exception) -> TaskResult:
+    from ee_middleware.evals.tasks import Conversation
+
+    reason = f"the harness failed on this task: {type(exc).__name__}: {exc}"
+    return TaskResult(suite, task.category, task.id, trial, False, reason, "harness_error", Conversation(error=reason), 0.0)
+
+
+_PROCESS_WORKER: _Worker | None = None
+
+
+def _init_process(job_data: dict[str, Any]) -> None:
+    global _PROCESS_WORKER
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _PROCESS_WORKER = _Worker(EvalJob(**job_data))
+
+
+def _run_in_process(spec: str, task: EvalTask, trial: int) -> dict[str, Any]:
+    assert _PROCESS_WORKER is not None
+    return _PROCESS_WORKER.run(spec, task, trial)
+
+
+def _in_processes(job: EvalJob, todo: list[tuple[str, EvalTask, int]]) -> Iterator[dict[str, Any]]:
+    context = multiprocessing.get_context("spawn")  # nothing of the parent's state (threads, caches) leaks in
+    pool = ProcessPoolExecutor(max_workers=job.workers, mp_context=context, initializer=_init_process, initargs=(job.model_dump(),))
+    pending: set[Future[dict[str, Any]]] = set()
+    source = iter(todo)
+    try:
+        while True:
+            while len(pending) < job.workers * 4:
+                item = next(source, None)
+                if item is None:
+                    break
+                pending.add(pool.submit(_run_in_process, *item))
+            if not pending:
+                return
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["EvalJob", "read_journal", "result_row", "run_eval"]
