@@ -16,7 +16,7 @@ imports transformers.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ _PROBE_TOOL = "ee_probe_tool_7f3a"
 _PROBE_CALL = "ee_probe_call_9c1d"
 TOOLS_PREAMBLE = "You may call these tools:\n"
 TOOLS_SUFFIX = 'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
+COMPACT_TOOLS_PREAMBLE = "You may call these tools (name and arguments):\n"
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,49 @@ def template_messages(messages: Sequence[dict[str, Any]], support: TemplateSuppo
     return out
 
 
-def with_tools_in_system(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages with the tool schemas written into the system message (added if there is none)."""
-    listing = TOOLS_PREAMBLE + "".join(json.dumps(tool, ensure_ascii=False) + "\n" for tool in tools) + TOOLS_SUFFIX
+def with_tools_in_system(
+    messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]], *, compact: bool = False
+) -> list[dict[str, Any]]:
+    """The messages with the tool schemas written into the system message (added if there is none).
+
+    ``compact`` lists each tool on one line (name and typed arguments) instead of its JSON schema:
+    the fallback for states too long for full schemas (see :mod:`ee_middleware.models.truncation`).
+    """
+    if compact:
+        listing = compact_tool_listing(tools) + "\n" + TOOLS_SUFFIX
+    else:
+        listing = TOOLS_PREAMBLE + "".join(json.dumps(tool, ensure_ascii=False) + "\n" for tool in tools) + TOOLS_SUFFIX
     if messages and messages[0].get("role") == "system":
         first = dict(messages[0])
         first["content"] = f"{first['content']}\n\n{listing}" if first.get("content") else listing
         return [first, *messages[1:]]
     return [{"role": "system", "content": listing}, *messages]
+
+
+def compact_tool_listing(tools: Sequence[Mapping[str, Any]]) -> str:
+    """One line per tool, ``name(arg: type, optional?: type)``, under a preamble."""
+    lines = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool.get("function"), Mapping) else tool
+        parameters = function.get("parameters") if isinstance(function.get("parameters"), Mapping) else {}
+        properties = parameters.get("properties") if isinstance(parameters.get("properties"), Mapping) else {}
+        required = set(parameters.get("required") or ())
+        arguments = [f"{arg}{'' if arg in required else '?'}: {_type_name(spec)}" for arg, spec in properties.items()]
+        lines.append(f"{function.get('name', '?')}({', '.join(arguments)})")
+    return COMPACT_TOOLS_PREAMBLE + "\n".join(lines)
+
+
+def _type_name(spec: Any) -> str:
+    if not isinstance(spec, Mapping):
+        return "any"
+    kind = spec.get("type")
+    if isinstance(kind, list):
+        return "|".join(str(k) for k in kind)
+    if kind == "array" and isinstance(spec.get("items"), Mapping):
+        return f"array[{_type_name(spec['items'])}]"
+    if isinstance(spec.get("enum"), list):
+        return "|".join(repr(v) for v in spec["enum"][:6])
+    return str(kind) if kind else "any"
 
 
 def tool_call_text(call: Any) -> str:

@@ -3,8 +3,8 @@
 Prompts are rendered with :mod:`ee_middleware.models.chat_template`, the same rendering the trainer
 uses, so a model sees at inference what it was trained on. All ``n`` answers come from one
 ``generate`` call (``num_return_sequences=n``), seeded with ``torch.manual_seed(seed)``; temperature
-0 is greedy decoding and gives one answer (all ``n`` would be the same). A prompt longer than the context is cut from the
-left (the latest turns matter most for the next action).
+0 is greedy decoding and gives one answer (all ``n`` would be the same). A state longer than the
+context is fitted as the trainer fits it (:mod:`ee_middleware.models.truncation`).
 
 torch, transformers (and peft, for an adapter) are imported on first use (the ``train`` extra); the
 model loads on the first ``complete`` so that building a client in a worker process is cheap.
@@ -22,6 +22,7 @@ from ee_middleware._optional import import_optional
 from ee_middleware.errors import ModelLoadError
 from ee_middleware.models.chat_template import TemplateSupport, probe_template, render_prompt
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema
+from ee_middleware.models.truncation import fit_messages
 
 _PURPOSE = "run a local transformers model"
 _FALLBACK_MAX_LENGTH = 2048
@@ -138,14 +139,22 @@ class LocalGenerator:
         return render_prompt(self._tokenizer, messages, tools, self._support)
 
     def prompt_ids(self, messages: Sequence[Message], tools: Sequence[ToolSchema] | None, *, max_new_tokens: int) -> tuple[Any, int]:
-        """The prompt's token ids (cut from the left to fit the context) and how many tokens may follow."""
-        text = self.render(messages, tools)
-        input_ids = self._tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        """The prompt's token ids, fitted to the context, and how many tokens may follow.
+
+        A state too long for the context is fitted by the trainer's truncation policy
+        (:func:`ee_middleware.models.truncation.fit_messages`: system message, tools, task and the
+        latest turns kept); only what still does not fit is cut from the left.
+        """
+        self._ensure_ready()
+        if self._support is None:
+            self._support = probe_template(self._tokenizer)
         max_length = self._max_length()
         new_tokens = min(max_new_tokens, max(1, max_length // 2))
         budget = max_length - new_tokens
+        fit = fit_messages(self._tokenizer, messages, tools, self._support, budget)
+        input_ids = self._tokenizer(fit.text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if input_ids.shape[1] > budget:
-            input_ids = input_ids[:, -budget:]  # the latest turns matter most for the next action
+            input_ids = input_ids[:, -budget:]
         return input_ids.to(self.device), new_tokens
 
     def _ensure_ready(self) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ee_middleware.errors import ChatTemplateError
 from ee_middleware.models.chat_template import TemplateSupport, render_pair
+from ee_middleware.models.truncation import Fit, fit_messages
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.errors import TrainDataError
 
@@ -42,9 +43,30 @@ class RenderStats:
     tokens: int = 0
     loss_tokens: int = 0
     dropped_ids: list[str] = field(default_factory=list)
+    middle_dropped: int = 0
+    """Rows that lost older turns (system message, tools, task and latest turns kept)."""
+    compact_tools: int = 0
+    """Rows whose tool schemas were listed compactly to fit."""
+    left_cut: int = 0
+    """Rows cut from the left even so: they lost the system message, the tools or the task."""
+    cuts: list[dict[str, Any]] = field(default_factory=list)
+    """Per fitted row: id, tokens before and after, messages dropped, compact tools, tokens cut from the left."""
+
+    def record_cut(self, row_id: str, fit: Fit, left_cut: int) -> None:
+        self.truncated += 1
+        self.middle_dropped += fit.dropped_messages > 0
+        self.compact_tools += fit.compact_tools
+        self.left_cut += left_cut > 0
+        self.cuts.append({"id": row_id, **fit.describe(), "left_cut_tokens": left_cut})
+
+    @property
+    def lost_essentials_share(self) -> float:
+        """Share of kept rows that lost more than older turns (compact tools or a left cut)."""
+        lost = sum(1 for cut in self.cuts if cut["compact_tools"] or cut["left_cut_tokens"])
+        return lost / self.examples if self.examples else 0.0
 
     def describe(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "dropped_ids"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("dropped_ids", "cuts")}
         data["dropped_ids"] = self.dropped_ids[:20]
         return data
 
@@ -63,7 +85,11 @@ def render_texts(tokenizer: Any, row: ChatRow, support: TemplateSupport) -> tupl
 
 
 def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support: TemplateSupport) -> tuple[list[Example], RenderStats]:
-    """Tokenize rows; prompts that do not fit are cut from the left, rows whose completion alone is too long are dropped."""
+    """Tokenize rows. A prompt that does not fit beside its completion is fitted by the one truncation
+    policy (:func:`ee_middleware.models.truncation.fit_messages`: system message, tools, task, latest
+    turns and the completion kept; oldest turns dropped; compact tool listings; a left cut only as the
+    last resort); rows whose completion alone is too long are dropped. ``stats.cuts`` says what each
+    fitted row lost."""
     stats = RenderStats(rows=len(rows))
     examples = []
     for row in rows:
@@ -80,11 +106,24 @@ def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support:
             stats.dropped_ids.append(row.id)
             continue
         if len(prompt_ids) + len(completion_ids) > max_length:
-            prompt_ids = prompt_ids[len(prompt_ids) + len(completion_ids) - max_length :]
-            stats.truncated += 1
+            prompt_ids, completion_ids = _fitted(tokenizer, row, support, max_length - len(completion_ids), stats)
         example = Example(row.id, list(prompt_ids) + list(completion_ids), [-100] * len(prompt_ids) + list(completion_ids))
         examples.append(example)
         stats.tokens += len(example.input_ids)
         stats.loss_tokens += len(completion_ids)
     stats.examples = len(examples)
     return examples, stats
+
+
+def _fitted(tokenizer: Any, row: ChatRow, support: TemplateSupport, budget: int, stats: RenderStats) -> tuple[list[int], list[int]]:
+    """Prompt and completion ids for a row whose prompt exceeds ``budget``, and the record of the cut."""
+    fit = fit_messages(tokenizer, row.prompt, row.tools or None, support, budget)
+    fitted_row = ChatRow(row.id, row.kind, fit.messages, row.completion, fit.tools or [])
+    prompt_text, completion_text, _ = render_texts(tokenizer, fitted_row, support)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+    left_cut = max(0, len(prompt_ids) - budget)
+    if left_cut:
+        prompt_ids = prompt_ids[left_cut:]
+    stats.record_cut(row.id, fit, left_cut)
+    return list(prompt_ids), list(completion_ids)

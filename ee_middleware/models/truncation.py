@@ -1,0 +1,154 @@
+"""Fitting a long agent state into a token budget without losing what the model needs most.
+
+Agent states grow with every tool call: a BFCL multi-turn state is thousands of tokens. Cutting
+from the left throws away the system message, the tool schemas and the task, so a model learns (and
+later emits) calls for tools it cannot see. :func:`fit_messages` is the one truncation policy, used
+wherever a prompt is rendered (the trainer, the local generator, the local server), so that a model
+is served the prompts it was trained on:
+
+1. keep the leading system messages (and with them the tool schemas), the task (the first user
+   message), the most recent turns and the whole completion;
+2. drop the oldest turns in between, whole (an assistant tool call is never separated from its tool
+   results), and say so with a visible marker at the end of the task message;
+3. when even the task and the last turn do not fit, list the tools compactly (one line per tool:
+   name and argument names with types) instead of their full JSON schemas;
+4. only when that is still too long, the caller cuts tokens from the left, and reports it.
+
+What was done is returned as a :class:`Fit`, so trainers and reports can record it per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ee_middleware.models.chat_template import TemplateSupport, render_prompt, with_tools_in_system
+
+OMITTED_MARKER = "[{n} earlier messages omitted to fit the context]"
+_HEAD_ROLES = ("system", "developer")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A state fitted to a budget: the messages and tools to render, and what was given up."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    text: str
+    """The rendered prompt (generation prompt included)."""
+    tokens: int
+    original_tokens: int
+    dropped_messages: int = 0
+    compact_tools: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.dropped_messages > 0 or self.compact_tools
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "original_tokens": self.original_tokens,
+            "tokens": self.tokens,
+            "dropped_messages": self.dropped_messages,
+            "compact_tools": self.compact_tools,
+        }
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens in ``text`` as the model sees it (no special tokens added: the template has them)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_messages(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    support: TemplateSupport,
+    budget: int,
+) -> Fit:
+    """``messages`` and ``tools`` fitted to ``budget`` prompt tokens by the policy in the module docstring.
+
+    The returned :class:`Fit` may still exceed ``budget`` when not even the system message, the
+    task, the last turn and compact tool listings fit; the caller then cuts from the left.
+    """
+    messages, tool_list = [dict(m) for m in messages], list(tools) if tools else None
+    text = render_prompt(tokenizer, messages, tool_list, support)
+    original = count_tokens(tokenizer, text)
+    if original <= budget:
+        return Fit(messages, tool_list, text, original, original)
+    head, turns = split_turns(messages)
+    fit = _fewest_dropped(tokenizer, head, turns, tool_list, support, budget, original, compact=False)
+    if fit.tokens <= budget or not tool_list:
+        return fit
+    compact = _fewest_dropped(tokenizer, head, turns, tool_list, support, budget, original, compact=True)
+    return compact if compact.tokens < fit.tokens else fit
+
+
+def split_turns(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """``(head, turns)``: the leading system messages and the first user message; then the rest in
+    whole turns, each a user or assistant message with the tool results that answer it."""
+    index = 0
+    while index < len(messages) and messages[index].get("role") in _HEAD_ROLES:
+        index += 1
+    if index < len(messages) and messages[index].get("role") == "user":
+        index += 1
+    head, turns = list(messages[:index]), []
+    for message in messages[index:]:
+        if message.get("role") == "tool" and turns:
+            turns[-1].append(message)
+        else:
+            turns.append([message])
+    return head, turns
+
+
+def _fewest_dropped(
+    tokenizer: Any,
+    head: list[dict[str, Any]],
+    turns: list[list[dict[str, Any]]],
+    tools: list[dict[str, Any]] | None,
+    support: TemplateSupport,
+    budget: int,
+    original: int,
+    *,
+    compact: bool,
+) -> Fit:
+    """The fit that drops the fewest oldest turns (never the last one) and fits, else the one that drops most."""
+
+    def build(drop: int) -> Fit:
+        kept = [message for turn in turns[drop:] for message in turn]
+        dropped = sum(len(turn) for turn in turns[:drop])
+        marked = _with_marker(head, dropped) + kept
+        rendered_tools = tools
+        if compact and tools:
+            marked, rendered_tools = with_tools_in_system(marked, tools, compact=True), None
+        text = render_prompt(tokenizer, marked, rendered_tools, support)
+        return Fit(marked, rendered_tools, text, count_tokens(tokenizer, text), original, dropped, compact and bool(tools))
+
+    built: dict[int, Fit] = {}
+
+    def fit_after_dropping(drop: int) -> Fit:
+        if drop not in built:
+            built[drop] = build(drop)
+        return built[drop]
+
+    low, high = 0, max(0, len(turns) - 1)
+    if fit_after_dropping(high).tokens > budget:
+        return built[high]
+    while low < high:  # the fewest dropped turns that fit (dropping more never makes the prompt longer)
+        middle = (low + high) // 2
+        if fit_after_dropping(middle).tokens <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return fit_after_dropping(high)
+
+
+def _with_marker(head: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:
+    if not dropped or not head:
+        return list(head)
+    marker = OMITTED_MARKER.format(n=dropped)
+    last = dict(head[-1])
+    content = last.get("content")
+    last["content"] = f"{content}\n\n{marker}" if isinstance(content, str) and content else marker
+    return [*head[:-1], last]

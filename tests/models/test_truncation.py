@@ -1,0 +1,136 @@
+"""The one truncation policy, with a real (test-trained BPE) tokenizer: what a long state keeps and loses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.models.chat_template import COMPACT_TOOLS_PREAMBLE, probe_template, render_prompt
+from ee_middleware.models.truncation import OMITTED_MARKER, count_tokens, fit_messages, split_turns
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama  # noqa: E402
+
+PLAIN_TEMPLATE = """{%- for m in messages %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"{name} does something useful with the file system, described at length. " * 3,
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "recursive": {"type": "boolean"}, "depth": {"type": "integer"}},
+                "required": ["path"],
+            },
+        },
+    }
+    for name in ("ls", "cd", "cat", "grep", "mv")
+]
+SYSTEM = {"role": "system", "content": "You are a careful file-system assistant."}
+TASK = {"role": "user", "content": "Move every report into the archive folder."}
+
+
+def call(i: int) -> dict[str, Any]:
+    return {"id": f"c{i}", "type": "function", "function": {"name": "ls", "arguments": json.dumps({"path": f"folder_{i}"})}}
+
+
+def long_state(turns: int) -> list[dict[str, Any]]:
+    messages = [SYSTEM, TASK]
+    for i in range(turns):
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call(i)]})
+        messages.append({"role": "tool", "tool_call_id": f"c{i}", "content": f"report_{i}.pdf notes_{i}.txt " * 6})
+        if i % 3 == 2:
+            messages.append({"role": "user", "content": f"Now the next folder, number {i + 1}."})
+    return messages
+
+
+@pytest.fixture(scope="module", params=["tools-template", "plain-template"])
+def tokenizer(request: pytest.FixtureRequest) -> Any:
+    corpus = ["report notes folder archive move every file system assistant", json.dumps(TOOLS), json.dumps(long_state(3))]
+    if request.param == "plain-template":
+        return build_test_tokenizer(corpus, chat_template=PLAIN_TEMPLATE)
+    return build_test_tokenizer(corpus)
+
+
+def test_a_state_that_fits_is_untouched(tokenizer: Any) -> None:
+    support = probe_template(tokenizer)
+    state = long_state(2)
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget=100_000)
+    assert fit.messages == state and fit.tools == TOOLS and not fit.changed
+    assert fit.text == render_prompt(tokenizer, state, TOOLS, support) and fit.tokens == fit.original_tokens
+
+
+def test_a_long_state_keeps_system_tools_task_and_latest_turns_and_drops_whole_middle_turns(tokenizer: Any) -> None:
+    support = probe_template(tokenizer)
+    state = long_state(30)
+    full = count_tokens(tokenizer, render_prompt(tokenizer, state, TOOLS, support))
+    budget = full // 3
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+    assert fit.tokens <= budget < fit.original_tokens == full
+    assert fit.dropped_messages > 0 and not fit.compact_tools
+    assert fit.messages[0] == SYSTEM and fit.tools == TOOLS
+    assert all(f'"{tool["function"]["name"]}"' in fit.text for tool in TOOLS), "every tool schema is still rendered"
+    assert fit.messages[1]["content"].startswith(TASK["content"]) and OMITTED_MARKER.format(n=fit.dropped_messages) in fit.text
+    assert fit.messages[-1] == state[-1] and fit.messages[-2] == state[-2], "the latest turn is kept whole"
+    kept_ids = [m.get("tool_call_id") for m in fit.messages if m.get("role") == "tool"]
+    called_ids = [c["id"] for m in fit.messages for c in m.get("tool_calls") or []]
+    assert kept_ids == called_ids, "no tool result without its call, no call without its result"
+    assert len(fit.messages) - 2 + fit.dropped_messages == len(state) - 2
+    one_less = fit_messages(tokenizer, state, TOOLS, support, budget=fit.tokens - 1)
+    assert one_less.dropped_messages > fit.dropped_messages, "the fewest turns are dropped that fit the budget"
+
+
+def test_when_turns_are_not_enough_tools_are_listed_compactly(tokenizer: Any) -> None:
+    support = probe_template(tokenizer)
+    state = long_state(6)
+    head, turns = split_turns(state)
+    only_last = head + turns[-1]
+    smallest_full = count_tokens(tokenizer, render_prompt(tokenizer, only_last, TOOLS, support))
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget=smallest_full - 1)
+    assert fit.compact_tools and fit.tools is None and fit.tokens <= smallest_full - 1
+    assert COMPACT_TOOLS_PREAMBLE in fit.text and "mv(path: string, recursive?: boolean, depth?: integer)" in fit.text
+    assert TASK["content"] in fit.text and SYSTEM["content"] in fit.text
+
+
+def test_when_nothing_fits_the_best_effort_exceeds_the_budget_for_the_caller_to_cut(tokenizer: Any) -> None:
+    fit = fit_messages(tokenizer, long_state(4), TOOLS, probe_template(tokenizer), budget=5)
+    assert fit.tokens > 5 and fit.changed
+
+
+def test_split_turns_groups_tool_results_with_their_call() -> None:
+    head, turns = split_turns(long_state(3))
+    assert head == [SYSTEM, TASK]
+    assert [[m["role"] for m in turn] for turn in turns] == [["assistant", "tool"], ["assistant", "tool"], ["assistant", "tool"], ["user"]]
+    assert split_turns([{"role": "assistant", "content": "hi"}]) == ([], [[{"role": "assistant", "content": "hi"}]])
+
+
+def test_trainer_and_local_generator_render_the_same_truncated_prompt(tokenizer: Any, tmp_path: Path) -> None:
+    """Byte-identical after truncation: the generator's prompt ids for a state equal the trainer's for a row with that state."""
+    from ee_middleware.models.local import LocalGenerator
+    from ee_middleware.trainers.training.data import ChatRow
+    from ee_middleware.trainers.training.render import render_texts, tokenize_rows
+
+    positions, new_tokens = 1024, 64
+    generator = LocalGenerator(save_tiny_llama(tmp_path / "model", tokenizer, max_positions=positions))
+    state = long_state(20)
+    completion = [{"role": "assistant", "content": "", "tool_calls": [call(99)]}]
+    support = probe_template(tokenizer)
+    row = ChatRow("row-1", "il", state, completion, TOOLS)
+    completion_tokens = count_tokens(tokenizer, render_texts(tokenizer, row, support)[1])
+    [example], stats = tokenize_rows(tokenizer, [row], positions - new_tokens + completion_tokens, support)
+    generator_ids, _ = generator.prompt_ids(state, TOOLS, max_new_tokens=new_tokens)
+    trainer_prompt_ids = [i for i, label in zip(example.input_ids, example.labels, strict=True) if label == -100]
+    assert generator_ids[0].tolist() == trainer_prompt_ids
+    assert stats.truncated == 1 and stats.middle_dropped == 1 and stats.left_cut == 0
+    [cut] = stats.cuts
+    assert cut["id"] == "row-1" and cut["dropped_messages"] > 0 and cut["tokens"] <= positions - new_tokens
