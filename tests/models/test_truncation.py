@@ -14,7 +14,7 @@ from ee_middleware.models.truncation import OMITTED_MARKER, count_tokens, fit_me
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama  # noqa: E402
+from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama
 
 PLAIN_TEMPLATE = """{%- for m in messages %}<|im_start|>{{ m.role }}
 {{ m.content }}<|im_end|>
