@@ -8,9 +8,13 @@ The assembler reads the current GenAI conventions (``gen_ai.operation.name``,
   ``traceloop.span.kind`` and ``traceloop.entity.input|output`` for tools.
 * OpenInference: ``openinference.span.kind`` (LLM / TOOL / AGENT), ``llm.input_messages.{i}.message.*``,
   ``llm.output_messages.{i}.message.*``, ``llm.tools.{i}.tool.json_schema``, ``tool.name``,
-  ``input.value`` / ``output.value``, ``llm.model_name``.
+  ``input.value`` / ``output.value``, ``llm.model_name``, ``session.id``.
 
-Attributes already present in GenAI form always win.
+Attributes already present in GenAI form win, with two exceptions where the GenAI value is a
+placeholder: a tool result that is a serialized LangChain ``ToolMessage`` (both instrumentations
+write LangChain's dump of the message, not the tool's output) is read as the message's content and
+gives the tool call id, and a model named ``"unknown"`` (OpenLLMetry) yields to LangChain's
+``ls_model_name`` metadata.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def normalize(span: SpanData) -> SpanData:
     if op is None:
         return span
     attrs.setdefault(sc.OPERATION_NAME, op)
+    conversation = attrs.get("session.id") or attrs.get("traceloop.association.properties.thread_id")
+    if conversation and not attrs.get(sc.CONVERSATION_ID):
+        attrs[sc.CONVERSATION_ID] = conversation  # OpenInference's session, LangGraph's thread
     if op in sc.MODEL_OPERATIONS:
         _fill_model_attrs(attrs)
     elif op == sc.OP_EXECUTE_TOOL:
@@ -109,9 +116,9 @@ def _fill_model_attrs(attrs: dict[str, Any]) -> None:
                 if isinstance(tool.get("parameters"), str):
                     tool["parameters"] = _json_or_none(tool["parameters"]) or {}
             attrs[sc.TOOL_DEFINITIONS] = dumps(tools)
-    model = attrs.get("llm.model_name") or attrs.get("llm.request.model")
-    if model:
-        attrs.setdefault(sc.REQUEST_MODEL, model)
+    model = attrs.get("llm.model_name") or attrs.get("llm.request.model") or attrs.get("traceloop.association.properties.ls_model_name")
+    if model and attrs.get(sc.REQUEST_MODEL) in (None, "", "unknown"):
+        attrs[sc.REQUEST_MODEL] = model
 
 
 def _dialect_message(message: Mapping[str, Any], default_role: str = "user") -> dict[str, Any]:
@@ -150,9 +157,37 @@ def _fill_tool_attrs(attrs: dict[str, Any]) -> None:
         raw = attrs.get("output.value") or attrs.get("traceloop.entity.output")
         if raw is not None:
             attrs[sc.TOOL_CALL_RESULT] = raw if isinstance(raw, str) else dumps(raw)
+    message = _langchain_tool_message(attrs.get(sc.TOOL_CALL_RESULT))
+    if message is not None:
+        content = message.get("content")
+        attrs[sc.TOOL_CALL_RESULT] = content if isinstance(content, str) else dumps(content)
+        if message.get("tool_call_id"):
+            attrs.setdefault(sc.TOOL_CALL_ID, str(message["tool_call_id"]))
     call_id = attrs.get("tool_call.id") or attrs.get("tool.call_id")
     if call_id:
         attrs.setdefault(sc.TOOL_CALL_ID, call_id)
+
+
+def _langchain_tool_message(raw: Any) -> Mapping[str, Any] | None:
+    """The fields of a LangChain ``ToolMessage`` serialized as JSON, in the shapes instrumentations write.
+
+    OpenInference: ``{"type": "tool", "data": {...}}`` (``messages_to_dict``); OpenLLMetry:
+    ``{"output": {"lc": 1, "id": [..., "ToolMessage"], "kwargs": {...}}, "kwargs": {...}}``.
+    """
+    if not isinstance(raw, str) or '"tool_call_id"' not in raw:
+        return None
+    decoded = _json_or_none(raw)
+    if isinstance(decoded, Mapping) and isinstance(decoded.get("output"), Mapping):
+        decoded = decoded["output"]
+    if not isinstance(decoded, Mapping):
+        return None
+    if decoded.get("type") == "tool" and isinstance(decoded.get("data"), Mapping):
+        fields = decoded["data"]
+    elif decoded.get("lc") == 1 and list(decoded.get("id") or [])[-1:] == ["ToolMessage"] and isinstance(decoded.get("kwargs"), Mapping):
+        fields = decoded["kwargs"]
+    else:
+        return None
+    return fields if "content" in fields and "tool_call_id" in fields else None
 
 
 def _json_or_none(text: Any) -> Any:
@@ -160,5 +195,5 @@ def _json_or_none(text: Any) -> Any:
         return text
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None

@@ -1,0 +1,129 @@
+"""One graph run is one trajectory, whichever instrumentation wrote it (issue 9, item 4).
+
+The fixtures are real: ``fixtures/make_fixtures.py`` ran a real LangGraph ReAct graph (scripted chat
+model, two tools, one that raises) for two user turns on one thread under the real
+``openinference-instrumentation-langchain`` 0.1.80 (with and without its GenAI attributes) and
+``opentelemetry-instrumentation-langchain`` 0.62.4 (OpenLLMetry), and wrote the spans with the OTel
+SDK's OTLP encoder in the OTLP/JSON mapping. Before runs were grouped by graph, the OpenInference
+files became 5 one-step trajectories without observations, and OpenLLMetry's ``create_agent``
+span was reported as a problem.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.ingest import ingest_files
+from ee_middleware.records import Trajectory
+
+FIXTURES = Path(__file__).parent / "fixtures"
+INSTRUMENTATIONS = {
+    "openinference": "openinference_langgraph.jsonl",
+    "openinference-plain": "openinference_plain_langgraph.jsonl",
+    "openllmetry": "openllmetry_langgraph.jsonl",
+}
+TURN_1, TURN_2 = json.loads((FIXTURES / "openinference_langgraph.meta.json").read_text())["turns"]
+
+
+def _steps(t: Trajectory) -> list[tuple[Any, ...]]:
+    out = []
+    for step in t.steps:
+        if step.action.kind == "answer":
+            out.append(("answer", step.action.content))
+        else:
+            call, obs = step.action.tool_call, step.observation
+            out.append((call.name, call.arguments, obs.content if obs else None, obs.is_error if obs else None))
+    return out
+
+
+def _ingest(store: Any, *paths: Path) -> tuple[Any, list[Trajectory]]:
+    report = ingest_files(list(paths), store)
+    return report, sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+
+
+@pytest.mark.parametrize("instrumentation", INSTRUMENTATIONS)
+def test_each_graph_run_is_one_trajectory_with_all_its_steps(store, instrumentation):
+    report, (first, second) = _ingest(store, FIXTURES / INSTRUMENTATIONS[instrumentation])
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    assert report.traces_without_runs == (1 if instrumentation == "openllmetry" else 0)  # its create_agent span
+    assert (first.task, second.task) == (TURN_1, TURN_2), "each run's task is its own user turn, not the thread's first"
+    assert _steps(first) == [
+        ("check_stock", {"fruit": "pears"}, "0 pears in stock", False),
+        ("order", {"fruit": "pears", "quantity": 5}, "ordered 5 pears", False),
+        ("answer", "We had no pears, so I ordered 5."),
+    ]
+    check, order, answer = _steps(second)
+    assert check == ("check_stock", {"fruit": "apples"}, "12 apples in stock", False)
+    assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and order[3] is True
+    assert "the supplier takes at most 10 apples per order, not 50" in order[2]
+    assert answer == ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order).")
+    for t in (first, second):
+        assert (t.status, t.thread_id, t.model, t.final_answer) == (
+            "completed",
+            "shop-thread-1",
+            "scripted-shop-model",
+            t.steps[-1].action.content,
+        )
+        assert [tool["function"]["name"] for tool in t.tools] == ["check_stock", "order"]
+        assert [s.index for s in t.steps] == list(range(len(t.steps)))
+    assert second.steps[0].state[-1] == {"role": "user", "content": TURN_2}, "the second turn's model saw the whole thread"
+    assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
+
+
+@pytest.mark.parametrize("instrumentation", INSTRUMENTATIONS)
+def test_observations_come_from_the_tool_spans_when_no_later_model_call_shows_them(tmp_path, store, instrumentation):
+    """Without the final model span, the last tool results are read from the tool spans (their
+    ToolMessage dumps unwrapped, matched by tool call id), and the tool error from its status."""
+    requests = [json.loads(line) for line in (FIXTURES / INSTRUMENTATIONS[instrumentation]).read_text().splitlines()]
+    second = requests[1]
+    spans = [s for rs in second["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+    last_model = max((s for s in spans if _is_model_span(s)), key=lambda s: int(s["startTimeUnixNano"]))
+    for rs in second["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            ss["spans"] = [s for s in ss["spans"] if s is not last_model and s.get("parentSpanId") != last_model["spanId"]]
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(second) + "\n")
+    report, (trajectory,) = _ingest(store, path)
+    assert report.problems == 0, report.errors
+    check, order = _steps(trajectory)
+    assert check == ("check_stock", {"fruit": "apples"}, "12 apples in stock", False)
+    assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and order[3] is True
+    assert "at most 10 apples per order" in order[2]
+
+
+def _is_model_span(span: dict[str, Any]) -> bool:
+    attrs = {a["key"]: next(iter(a["value"].values()), None) for a in span.get("attributes", [])}
+    return attrs.get("gen_ai.operation.name") == "chat" or attrs.get("openinference.span.kind") == "LLM"
+
+
+def test_two_graph_runs_under_one_request_span_stay_two_trajectories(tmp_path, store):
+    """An app span (say an HTTP request) over two graph runs in one trace: still one trajectory per run."""
+    requests = [json.loads(line) for line in (FIXTURES / INSTRUMENTATIONS["openinference"]).read_text().splitlines()]
+    trace = None
+    request_span = {"spanId": "f" * 16, "name": "POST /chat", "startTimeUnixNano": "1", "endTimeUnixNano": str(2**62)}
+    for request in requests:
+        for rs in request["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                for span in ss["spans"]:
+                    trace = trace or span["traceId"]
+                    span["traceId"] = trace
+                    span.setdefault("parentSpanId", request_span["spanId"])  # each graph's root span
+    merged = {"resourceSpans": [rs for r in requests for rs in r["resourceSpans"]]}
+    merged["resourceSpans"][0]["scopeSpans"][0]["spans"].append({**request_span, "traceId": trace})
+    path = tmp_path / "one_trace.jsonl"
+    path.write_text(json.dumps(merged) + "\n")
+    report, trajectories = _ingest(store, path)
+    assert report.problems == 0 and len(trajectories) == 2, report.errors
+    assert [t.task for t in trajectories] == [TURN_1, TURN_2]
+    assert [len(t.steps) for t in trajectories] == [3, 3]
+
+
+def test_ingesting_every_fixture_twice_adds_nothing(store):
+    paths = [FIXTURES / name for name in INSTRUMENTATIONS.values()]
+    first = ingest_files(paths, store)
+    again = ingest_files(paths, store)
+    assert (len(first.ingested), again.ingested, len(again.already_stored)) == (6, [], 6)
