@@ -103,7 +103,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         )
     redact = options.redactor.redact if options.redactor is not None else (lambda v: v)
     decisions = [_decision(chat, redact) for chat in chats]
-    steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars)
+    # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
+    final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
+    steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars, final_tool_messages)
     attrs = root.attributes
     last_state, last_output = decisions[-1]["state"], decisions[-1]["outputs"]
     task = attrs.get(sc.EE_TASK) or _first_user_text(decisions[0]["state"])
@@ -178,11 +180,13 @@ def _system_text(system: Any) -> str:
     return str(system)
 
 
-def _steps(decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int) -> tuple[list[Step], str | None]:
+def _steps(
+    decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final_tool_messages: list[dict[str, Any]]
+) -> tuple[list[Step], str | None]:
     tool_by_call = {str(t.attributes.get(sc.TOOL_CALL_ID)): t for t in tools if t.attributes.get(sc.TOOL_CALL_ID)}
     unmatched = [t for t in tools if not t.attributes.get(sc.TOOL_CALL_ID)]
     later_tool_messages: dict[str, dict[str, Any]] = {}
-    for d in decisions:
+    for d in [*decisions, {"state": final_tool_messages}]:
         for m in d["state"]:
             if m.get("role") == "tool" and m.get("tool_call_id"):
                 later_tool_messages.setdefault(m["tool_call_id"], m)

@@ -125,9 +125,20 @@ class PayloadEncoder:
         return attrs
 
     def graph_output_attributes(self, output: Any) -> dict[str, Any]:
+        """The run's outcome: its final assistant message, or, when the run ends on tool messages
+        (``create_agent`` with a ``response_format``, tools with ``return_direct``), those tool
+        messages (the observations of the last calls) and the structured response as the answer."""
         messages = output.get("messages") if isinstance(output, Mapping) else None
         if not messages:
             return {}
+        tail = 0
+        while tail < len(messages) and getattr(messages[-1 - tail], "type", None) == "tool":
+            tail += 1
+        structured = output.get("structured_response")
+        if tail:
+            tools = [dict(m, content=self._cut(content_to_text(m["content"]))[0]) for m in langchain_to_openai(messages[-tail:])]
+            answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(tools[-1]["content"])
+            return {sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(tools)), sc.EE_FINAL_ANSWER: self._redact(answer)}
         converted = langchain_to_openai(messages[-1:])
         last = converted[-1]
         if last["role"] != "assistant" or last.get("tool_calls"):
