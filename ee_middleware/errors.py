@@ -68,6 +68,11 @@ class StoreCorruptionWarning(UserWarning):
     """A stored record was damaged (for example half-written by a crash) and was skipped."""
 
 
+class IncompleteReadWarning(StoreCorruptionWarning):
+    """Damage hides stored records from a read (an unreadable Parquet part, a damaged whole record):
+    the answer is incomplete. Commands exit non-zero on it unless given ``--allow-partial``."""
+
+
 class TrajectoryNotFoundError(StoreError, KeyError):
     """No trajectory with the given id exists in the store."""
 

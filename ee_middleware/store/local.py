@@ -33,10 +33,19 @@ from typing import Any
 
 import polars as pl
 
-from ee_middleware._files import atomic_path, atomic_write_bytes, fsync_dir
-from ee_middleware.errors import RecordError, StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
+from ee_middleware._files import TMP_SUFFIX, atomic_path, atomic_write_bytes, fsync_dir
+from ee_middleware.errors import (
+    IncompleteReadWarning,
+    RecordError,
+    StoreCorruptionWarning,
+    StoreError,
+    StoreWriteError,
+    TrajectoryNotFoundError,
+    os_error_advice,
+)
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory, utcnow
 from ee_middleware.store import spool
+from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
     REPLAY_SCHEMA,
@@ -63,6 +72,8 @@ TABLES = {
     "replays": REPLAY_SCHEMA,
 }
 MAX_PARTS_BEFORE_MERGE = 16
+READ_ATTEMPTS = 8
+"""How often one read starts again when compaction swapped the manifest under it."""
 
 
 class LocalExperienceStore:
@@ -234,34 +245,61 @@ class LocalExperienceStore:
             yield rollout_from_row(row)
 
     def _load(self) -> dict[str, pl.DataFrame]:
-        # Spool before parts: a compaction in between then shows a record twice (dropped below),
-        # never zero times.
-        spooled = _records_to_frames(spool.iter_records(self.root / "spool"))
-        parts = {name: self._read_parts(name) for name in TABLES}
-        merged = {name: pl.concat([parts[name], spooled[name]], how="vertical") for name in TABLES}
-        merged["trajectories"] = merged["trajectories"].unique("id", keep="first", maintain_order=True)
-        merged["steps"] = merged["steps"].unique(["trajectory_id", "index"], keep="first", maintain_order=True)
-        merged["approvals"] = merged["approvals"].unique(maintain_order=True)
-        merged["rollouts"] = merged["rollouts"].unique("id", keep="first", maintain_order=True)
-        merged["replays"] = (
-            merged["replays"]
-            .sort("finished_at", maintain_order=True)
-            .unique(["replay_id", "trajectory_id"], keep="last", maintain_order=True)
-        )
-        return merged
+        # The spool before the manifest: a compaction in between then shows a record twice (dropped
+        # below), never zero times. The manifest's parts are one consistent snapshot; should one of
+        # them vanish because a compaction moved on meanwhile, the whole read starts again.
+        for _ in range(READ_ATTEMPTS):
+            records, spool_problems = spool.read_spool(self.root / "spool")
+            snapshot = read_manifest(self.root, TABLES)
+            try:
+                parts = {name: self._read_table(snapshot, name) for name in TABLES}
+            except PartVanished:
+                continue
+            break
+        else:
+            raise StoreError(
+                f"The Parquet parts of {self.root} changed {READ_ATTEMPTS} times while being read (compaction running "
+                "without pause?). Try again; nothing stored is affected."
+            )
+        self._warn_manifest(snapshot)
+        for problem in spool_problems:
+            problem.warn(stacklevel=4)
+        spooled = _records_to_frames(records)
+        return {name: _dedup(name, pl.concat([parts[name], spooled[name]], how="vertical")) for name in TABLES}
 
     def _read_parts(self, table: str) -> pl.DataFrame:
+        """The rows of ``table``'s live Parquet parts (damaged parts are skipped with a warning)."""
+        return self._read_table(read_manifest(self.root, TABLES), table)
+
+    def _read_table(self, snapshot: Manifest, table: str) -> pl.DataFrame:
         frames = [frame([], TABLES[table])]
-        for path in _parts(self.root / table):
+        for path in snapshot.paths(self.root, table):
             try:
-                frames.append(pl.read_parquet(path).select(list(TABLES[table])).cast(TABLES[table]))  # type: ignore[arg-type]
+                frames.append(_read_part(path, TABLES[table]))
+            except FileNotFoundError:
+                if snapshot.generation is None or not read_manifest(self.root, TABLES).same_as(snapshot):
+                    raise PartVanished(path) from None
+                self._warn_part(path, f"it is listed in {MANIFEST} but missing")
             except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
-                warnings.warn(
-                    f"Skipped unreadable Parquet part {path}: {exc}. Move it out of the store or restore it from a backup.",
-                    StoreCorruptionWarning,
-                    stacklevel=3,
-                )
+                self._warn_part(path, str(exc))
         return pl.concat(frames, how="vertical")
+
+    def _warn_part(self, path: Path, why: str) -> None:
+        warnings.warn(
+            f"Skipped unreadable Parquet part {path}: {why}. Its rows are missing from this answer. "
+            f"Run `ee store repair --store {self.root}` to move it to quarantine/, then restore it from a backup if you have one.",
+            IncompleteReadWarning,
+            stacklevel=5,
+        )
+
+    def _warn_manifest(self, snapshot: Manifest) -> None:
+        if snapshot.unreadable is not None:
+            warnings.warn(
+                f"{self.root / MANIFEST} is unreadable ({snapshot.unreadable}); read every part file instead. "
+                f"`ee store compact --store {self.root}` writes a new one.",
+                StoreCorruptionWarning,
+                stacklevel=5,
+            )
 
     # --- compaction --------------------------------------------------------------------------
 
@@ -269,35 +307,78 @@ class LocalExperienceStore:
         """Fold finished spool segments into Parquet parts; merge parts when there are many.
 
         Returns the number of segments folded. Live segments (held by a running writer) are left.
+        Readers are never disturbed: new parts go live in one atomic manifest swap, and the parts a
+        merge replaced stay readable for :data:`~ee_middleware.store.manifest.RETIRED_PART_GRACE_S`.
         """
         self._writer.seal()
-        with self._compaction_lock():
-            segments = [s for s in spool.list_segments(self.root / "spool") if not spool.is_live(s)]
-            if segments:
-                records: list[dict[str, Any]] = []
-                damaged: list[Path] = []
-                for segment in segments:
-                    data = segment.read_bytes()
-                    good, problems = spool.decode_lines(data, segment, live=False)
-                    records.extend(good)
-                    if problems:
-                        damaged.append(segment)
-                frames = _records_to_frames(records)
-                for name, df in frames.items():
-                    if not df.is_empty():
-                        self._write_part(name, df)
-                for segment in segments:
-                    if segment in damaged:
-                        quarantine = self.root / "quarantine"
-                        quarantine.mkdir(exist_ok=True)
-                        os.replace(segment, quarantine / segment.name)
-                    else:
-                        segment.unlink(missing_ok=True)
-                if self._fsync:
-                    fsync_dir(self.root / "spool")
+        try:
+            with self._compaction_lock():
+                return self._compact_locked()
+        except OSError as exc:
+            raise StoreWriteError(
+                f"Cannot compact {self.root}: {exc}. Nothing stored was changed or lost. {os_error_advice(exc)}", errno=exc.errno
+            ) from exc
+
+    def _compact_locked(self) -> int:
+        snapshot = read_manifest(self.root, TABLES)
+        changed = self._remove_leftovers(snapshot)
+        spool_dir = self.root / "spool"
+        segments = [s for s in spool.list_segments(spool_dir) if not spool.is_live(s)]
+        records: list[dict[str, Any]] = []
+        damaged: list[Path] = []
+        for segment in segments:
+            good, problems = spool.decode_lines(segment.read_bytes(), segment, live=False)
+            records.extend(good)
+            if problems:
+                damaged.append(segment)
+        written: list[Path] = []
+        try:  # nothing is live before the manifest swap: on any failure, remove what this pass wrote
+            for name, df in _records_to_frames(records).items():
+                if not df.is_empty():
+                    written.append(self._write_part(name, df))
+                    snapshot.parts[name].append(written[-1].name)
             for name in TABLES:
-                self._merge_parts(name)
+                written += self._merge_parts(snapshot, name)
+            if written or changed or snapshot.generation is None:
+                snapshot.generation = (snapshot.generation or 0) + 1
+                write_manifest(self.root, snapshot, fsync=self._fsync)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        for segment in segments:  # their records are live in parts now
+            if segment in damaged:
+                quarantine = self.root / "quarantine"
+                quarantine.mkdir(exist_ok=True)
+                os.replace(segment, quarantine / segment.name)
+            else:
+                segment.unlink(missing_ok=True)
+        if self._fsync and segments:
+            fsync_dir(spool_dir)
         return len(segments)
+
+    def _remove_leftovers(self, snapshot: Manifest) -> bool:
+        """Delete retired parts past their grace period and temporary files of killed compactions;
+        adopt part files no manifest lists (a compaction killed before its swap, or one by an older
+        version: their rows are whole, and repeats are dropped on read). Returns whether the
+        manifest changed."""
+        changed = False
+        if snapshot.generation is not None:
+            for entry in expired(snapshot):
+                (self.root / entry["table"] / entry["name"]).unlink(missing_ok=True)
+                snapshot.retired.remove(entry)
+                changed = True
+            retired = {(r["table"], r["name"]) for r in snapshot.retired}
+            for table in TABLES:
+                listed = set(snapshot.parts[table])
+                for path in list_part_files(self.root / table):
+                    if path.name not in listed and (table, path.name) not in retired:
+                        snapshot.parts[table].append(path.name)
+                        changed = True
+        for folder in [self.root, *(self.root / t for t in TABLES)]:
+            for tmp in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else ():
+                tmp.unlink(missing_ok=True)  # only compaction writes here, and it holds the lock
+        return changed
 
     def _write_part(self, table: str, df: pl.DataFrame) -> Path:
         folder = self.root / table
@@ -308,14 +389,24 @@ class LocalExperienceStore:
             df.write_parquet(tmp, compression="zstd")
         return final
 
-    def _merge_parts(self, table: str) -> None:
-        parts = _parts(self.root / table)
-        if len(parts) <= MAX_PARTS_BEFORE_MERGE:
-            return
-        merged = pl.concat([pl.read_parquet(p) for p in parts], how="vertical")
-        self._write_part(table, merged)
-        for p in parts:
-            p.unlink()
+    def _merge_parts(self, snapshot: Manifest, table: str) -> list[Path]:
+        """Merge ``table``'s readable parts into one when there are many; retire the merged ones."""
+        names = snapshot.parts[table]
+        if len(names) <= MAX_PARTS_BEFORE_MERGE:
+            return []
+        frames, merged = [], []
+        for name in names:
+            try:
+                frames.append(_read_part(self.root / table / name, TABLES[table]))
+                merged.append(name)
+            except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
+                self._warn_part(self.root / table / name, str(exc))
+        if len(merged) < 2:
+            return []
+        path = self._write_part(table, _dedup(table, pl.concat(frames, how="vertical")))
+        snapshot.parts[table] = [n for n in names if n not in merged] + [path.name]
+        retire(snapshot, table, merged)
+        return [path]
 
     @contextmanager
     def _compaction_lock(self) -> Iterator[None]:
@@ -326,14 +417,56 @@ class LocalExperienceStore:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+    # --- repair ------------------------------------------------------------------------------
+
+    def repair(self) -> dict[str, Any]:
+        """Take damaged Parquet parts out of the store: move them to ``quarantine/TABLE/`` and drop
+        parts the manifest lists but that are gone, so that reads are complete again (without
+        their rows). Returns what was done, JSON-ready."""
+        try:
+            with self._compaction_lock():
+                return self._repair_locked()
+        except OSError as exc:
+            raise StoreWriteError(
+                f"Cannot repair {self.root}: {exc}. Nothing was changed. {os_error_advice(exc)}", errno=exc.errno
+            ) from exc
+
+    def _repair_locked(self) -> dict[str, Any]:
+        snapshot = read_manifest(self.root, TABLES)
+        damaged: list[tuple[str, str, str]] = []
+        missing: list[str] = []
+        for table in TABLES:
+            keep = []
+            for path in snapshot.paths(self.root, table):
+                try:
+                    _read_part(path, TABLES[table])
+                    keep.append(path.name)
+                except FileNotFoundError:
+                    missing.append(str(path))
+                except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+                    damaged.append((table, path.name, str(exc)))
+            snapshot.parts[table] = keep
+        if damaged or missing or snapshot.generation is None:
+            snapshot.generation = (snapshot.generation or 0) + 1
+            write_manifest(self.root, snapshot, fsync=self._fsync)  # first out of the snapshot, then moved
+        moved = []
+        for table, name, reason in damaged:
+            target = self.root / "quarantine" / table / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.root / table / name, target)
+            moved.append({"part": str(self.root / table / name), "moved_to": str(target), "reason": reason})
+        return {"root": str(self.root), "quarantined_parts": moved, "missing_parts_dropped": missing}
+
     # --- information -------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """Counts and sizes, for ``ee store info``."""
         segments = spool.list_segments(self.root / "spool")
         tables = self._load()
+        snapshot = read_manifest(self.root, TABLES)
         trajectories = _current_approvals(tables["trajectories"], tables["approvals"])
         counts = trajectories.group_by("approval").len().to_dicts() if not trajectories.is_empty() else []
+        quarantine = self.root / "quarantine"
         return {
             "root": str(self.root),
             "schema_version": SCHEMA_VERSION,
@@ -343,15 +476,32 @@ class LocalExperienceStore:
             "replayed_trajectories": tables["replays"]["trajectory_id"].n_unique(),
             "spool_segments": len(segments),
             "live_segments": sum(spool.is_live(s) for s in segments),
-            "parquet_parts": {name: len(_parts(self.root / name)) for name in TABLES},
-            "quarantined_segments": len(list((self.root / "quarantine").glob("*"))) if (self.root / "quarantine").exists() else 0,
+            "parquet_parts": {name: len(snapshot.parts[name]) for name in TABLES},
+            "retired_parts": len(snapshot.retired),
+            "manifest_generation": snapshot.generation,
+            "quarantined_segments": len(list(quarantine.glob(f"*{spool.SEGMENT_SUFFIX}"))),
+            "quarantined_parts": len(list(quarantine.glob("*/part-*.parquet"))),
         }
 
 
-def _parts(folder: Path) -> list[Path]:
-    if not folder.exists():
-        return []
-    return sorted(p for p in folder.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
+def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """One part with exactly ``schema``'s columns (columns added since it was written are null)."""
+    df = pl.read_parquet(path)
+    absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in df.columns]
+    return (df.with_columns(absent) if absent else df).select(list(schema)).cast(schema)  # type: ignore[arg-type]
+
+
+def _dedup(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """Drop repeated records (a retried batch, a compaction killed after its swap)."""
+    if table == "trajectories":
+        return df.unique("id", keep="first", maintain_order=True)
+    if table == "steps":
+        return df.unique(["trajectory_id", "index"], keep="first", maintain_order=True)
+    if table == "rollouts":
+        return df.unique("id", keep="first", maintain_order=True)
+    if table == "replays":
+        return df.sort("finished_at", maintain_order=True).unique(["replay_id", "trajectory_id"], keep="last", maintain_order=True)
+    return df.unique(maintain_order=True)
 
 
 def _records_to_frames(records: Iterable[dict[str, Any]]) -> dict[str, pl.DataFrame]:
@@ -372,7 +522,7 @@ def _records_to_frames(records: Iterable[dict[str, Any]]) -> dict[str, pl.DataFr
             else:
                 raise RecordError(f"unknown spool record kind {kind!r}")
         except RecordError as exc:
-            warnings.warn(f"Skipped a spool record that does not fit the schema: {exc}", StoreCorruptionWarning, stacklevel=4)
+            warnings.warn(f"Skipped a spool record that does not fit the schema: {exc}", IncompleteReadWarning, stacklevel=4)
     return {name: frame(rows[name], TABLES[name]) for name in TABLES}
 
 

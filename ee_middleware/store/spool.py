@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.errors import StoreCorruptionWarning, StoreWriteError, os_error_advice
+from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreWriteError, os_error_advice
 
 SEGMENT_SUFFIX = ".jsonl"
 
@@ -46,6 +46,23 @@ class SpoolProblem:
     segment: Path
     line: int
     reason: str
+
+    @property
+    def hides_records(self) -> bool:
+        """Whether a stored record was lost. A half-written last line is a write a crash cut
+        short, never acknowledged to its writer; a damaged whole line was acknowledged."""
+        return self.reason != HALF_WRITTEN
+
+    def warn(self, *, stacklevel: int = 2) -> None:
+        warnings.warn(
+            f"Skipped a damaged record in {self.segment} line {self.line}: {self.reason}. "
+            "Every other whole record of the segment was read; `ee store compact` moves the segment to quarantine/.",
+            IncompleteReadWarning if self.hides_records else StoreCorruptionWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+HALF_WRITTEN = "half-written last record (no newline)"
 
 
 def decode_lines(data: bytes, segment: Path, *, live: bool) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
@@ -67,7 +84,7 @@ def decode_lines(data: bytes, segment: Path, *, live: bool) -> tuple[list[dict[s
         else:
             records.append(record)
     if tail and not live:
-        problems.append(SpoolProblem(segment, len(lines) + 1, "half-written last record (no newline)"))
+        problems.append(SpoolProblem(segment, len(lines) + 1, HALF_WRITTEN))
     return records, problems
 
 
@@ -123,21 +140,32 @@ def is_live(segment: Path) -> bool:
 
 def read_segment(segment: Path, *, warn: bool = True) -> list[dict[str, Any]]:
     """All intact records of one segment; damaged lines are skipped with a warning."""
+    records, problems = check_segment(segment)
+    if warn:
+        for problem in problems:
+            problem.warn(stacklevel=3)
+    return records
+
+
+def check_segment(segment: Path) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
+    """All intact records of one segment and the damaged lines found (nothing is warned)."""
     live = is_live(segment)
     try:
         data = segment.read_bytes()
-    except FileNotFoundError:  # compacted away between listing and reading
-        return []
-    records, problems = decode_lines(data, segment, live=live)
-    if warn:
-        for problem in problems:
-            warnings.warn(
-                f"Skipped a damaged record in {problem.segment} line {problem.line}: {problem.reason}. "
-                "Every other whole record of the segment was read; `ee store compact` moves the segment to quarantine/.",
-                StoreCorruptionWarning,
-                stacklevel=3,
-            )
-    return records
+    except FileNotFoundError:  # compacted away between listing and reading: its records are in parts now
+        return [], []
+    return decode_lines(data, segment, live=live)
+
+
+def read_spool(spool_dir: Path) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
+    """Every intact record of every segment (oldest segment first) and the damaged lines found."""
+    records: list[dict[str, Any]] = []
+    problems: list[SpoolProblem] = []
+    for segment in list_segments(spool_dir):
+        good, bad = check_segment(segment)
+        records += good
+        problems += bad
+    return records, problems
 
 
 def list_segments(spool_dir: Path) -> list[Path]:

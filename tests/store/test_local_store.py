@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ee_middleware.errors import StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
+from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store.spool import list_segments
 from ee_middleware.testing import check_store
@@ -50,14 +50,24 @@ def test_compaction_skips_segments_of_live_writers(store_path: Path):
     assert other.compact() == 1
 
 
-def test_many_parts_are_merged(store_path: Path, monkeypatch):
+def test_many_parts_are_merged_and_the_merged_ones_deleted_after_a_grace_period(store_path: Path, monkeypatch):
     monkeypatch.setattr("ee_middleware.store.local.MAX_PARTS_BEFORE_MERGE", 3)
     store = LocalExperienceStore(store_path)
     for i in range(5):
         store.write([sample_trajectory(f"t{i}")])
         store.compact()
-    assert len(list((store_path / "trajectories").glob("part-*.parquet"))) <= 3
+    info = store.info()
+    assert info["parquet_parts"]["trajectories"] <= 3 and info["retired_parts"] > 0
+    files = len(list((store_path / "trajectories").glob("part-*.parquet")))
+    assert files > info["parquet_parts"]["trajectories"], "merged parts stay on disk for readers that picked them"
     assert store.trajectories()["id"].to_list() == [f"t{i}" for i in range(5)]
+    monkeypatch.setattr("ee_middleware.store.manifest.RETIRED_PART_GRACE_S", 0.0)
+    store.compact()
+    live = store.info()["parquet_parts"]
+    assert sum(live.values()) == len(list(store_path.glob("*/part-*.parquet"))), "retired parts are gone after their grace period"
+    assert store.info()["retired_parts"] == 0
+    assert store.trajectories()["id"].to_list() == [f"t{i}" for i in range(5)]
+    assert store.steps().height == 5 * 3
 
 
 def test_a_half_written_last_record_is_skipped_with_a_warning(store: LocalExperienceStore, store_path: Path):
@@ -91,9 +101,14 @@ def test_a_damaged_record_in_the_middle_is_skipped_and_the_segment_quarantined(s
 def test_an_unreadable_parquet_part_is_reported_and_the_rest_still_read(store: LocalExperienceStore, store_path: Path):
     store.write([sample_trajectory("kept")])
     store.compact()
-    (store_path / "trajectories" / "part-99999999T000000-000000000-deadbeef.parquet").write_bytes(b"PAR1 not really")
-    with pytest.warns(StoreCorruptionWarning, match="unreadable Parquet part"):
-        assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["kept"]
+    before = set(store_path.glob("trajectories/part-*.parquet"))
+    store.write([sample_trajectory("damaged")])
+    store.compact()
+    (part,) = set(store_path.glob("trajectories/part-*.parquet")) - before
+    part.write_bytes(part.read_bytes()[:100])  # truncated: a full disk, a bad copy
+    store.write([sample_trajectory("spooled")])
+    with pytest.warns(IncompleteReadWarning, match=f"unreadable Parquet part {part}.*ee store repair"):
+        assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["kept", "spooled"]
 
 
 WRITER = textwrap.dedent(
