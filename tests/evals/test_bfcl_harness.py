@@ -1,0 +1,182 @@
+"""The BFCL harness on the real bfcl-eval data, backends and official checkers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from ee_middleware.bfcl._package import import_bfcl
+from ee_middleware.evals.bfcl.official import ast_check, call_string, unique_model_name
+from ee_middleware.evals.bfcl.suite import AST_CATEGORIES, CATEGORIES, BFCLSuite
+from ee_middleware.evals.clients import NoopClient, OracleClient
+from ee_middleware.evals.loop import LoopConfig
+from ee_middleware.evals.tasks import EvalTask
+
+SAMPLE = 12
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_oracle_scores_every_sampled_task_and_noop_scores_none_where_calls_are_required(category: str) -> None:
+    suite = BFCLSuite(category)
+    tasks = suite.tasks()[:SAMPLE]
+    oracle = [suite.run(OracleClient(), t, 0, LoopConfig()) for t in tasks]
+    assert [(r.task_id, r.reason) for r in oracle if not r.success] == []
+    noop = [suite.run(NoopClient(), t, 0, LoopConfig()) for t in tasks]
+    if category == "irrelevance":
+        assert all(r.success for r in noop)
+    else:
+        assert not any(r.success for r in noop)
+        assert all(r.reason for r in noop)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_oracle_scores_every_task_of_the_category(category: str) -> None:
+    suite = BFCLSuite(category)
+    failed = [(t.id, r.reason) for t in suite.tasks() if not (r := suite.run(OracleClient(), t, 0, LoopConfig())).success]
+    assert failed == []
+
+
+# --- perturbed answers: the harness's verdict, end to end, against the official checker called directly
+
+
+def _calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return message.get("tool_calls") or []
+
+
+def _args(call: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(call["function"]["arguments"])
+
+
+def _set_args(call: dict[str, Any], arguments: dict[str, Any]) -> None:
+    call["function"]["arguments"] = json.dumps(arguments)
+
+
+def _wrong_argument(reference: list[list[dict[str, Any]]], rng: random.Random) -> bool:
+    candidates = [
+        (c, k) for turn in reference for m in turn for c in _calls(m) for k, v in _args(c).items() if isinstance(v, (str, int, float))
+    ]
+    if not candidates:
+        return False
+    call, key = rng.choice(candidates)
+    arguments = _args(call)
+    value = arguments[key]
+    arguments[key] = value + "_x" if isinstance(value, str) else value + 7
+    _set_args(call, arguments)
+    return True
+
+
+def _missing_call(reference: list[list[dict[str, Any]]], rng: random.Random) -> bool:
+    turns = [m for turn in reference for m in turn if _calls(m)]
+    if not turns:
+        return False
+    message = rng.choice(turns)
+    del message["tool_calls"][rng.randrange(len(message["tool_calls"]))]
+    return True
+
+
+EXTRA_CALLS = {  # a state-changing call per backend, with arguments every scenario accepts
+    "GorillaFileSystem": ("touch", {"file_name": "ee_extra_file.txt"}),
+    "TwitterAPI": ("post_tweet", {"content": "ee extra tweet"}),
+    "MessageAPI": ("add_contact", {"user_name": "ee_extra_contact"}),
+    "TicketAPI": ("create_ticket", {"title": "ee extra ticket", "description": "extra"}),
+    "VehicleControlAPI": ("lockDoors", {"unlock": False, "door": ["driver"]}),
+    "TradingBot": ("add_to_watchlist", {"stock": "EEXT"}),
+    "TravelAPI": ("set_budget_limit", {"access_token": "ee", "budget_limit": 1.0}),
+}
+
+
+def _extra_call(task: EvalTask, reference: list[list[dict[str, Any]]], rng: random.Random) -> bool:
+    classes = [c for c in task.payload["entry"]["involved_classes"] if c in EXTRA_CALLS]
+    turns = [m for turn in reference for m in turn if _calls(m)]
+    if not classes or not turns:
+        return False
+    name, arguments = EXTRA_CALLS[rng.choice(classes)]
+    message = rng.choice(turns)
+    message["tool_calls"].append({"id": "extra", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}})
+    return True
+
+
+def _official_multi_turn(task: EvalTask, reference: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """BFCL's runner path: each turn's model steps as call strings, straight into multi_turn_checker."""
+    checker = import_bfcl("eval_checker.multi_turn_eval.multi_turn_checker")
+    decoded = [[[call_string(c["function"]["name"], _args(c)) for c in _calls(m)] for m in turn if _calls(m)] for turn in reference]
+    return checker.multi_turn_checker(
+        decoded, task.payload["ground_truth"], copy.deepcopy(task.payload["entry"]), task.category, unique_model_name("official")
+    )
+
+
+PERTURBATIONS = ("wrong_argument", "missing_call", "extra_call")
+
+
+def test_perturbed_multi_turn_answers_agree_with_the_official_checker_and_fail_with_the_right_reason() -> None:
+    rng = random.Random(13)
+    suite = BFCLSuite("multi_turn_base")
+    compared = 0
+    reasons: dict[str, set[str]] = {p: set() for p in PERTURBATIONS}
+    for task in suite.tasks()[:80]:
+        for kind in PERTURBATIONS:
+            reference = copy.deepcopy(task.reference)
+            if kind == "extra_call":
+                changed = _extra_call(task, reference, rng)
+            else:
+                changed = (_wrong_argument if kind == "wrong_argument" else _missing_call)(reference, rng)
+            if not changed:
+                continue
+            ours = suite.run(OracleClient(), replace(task, reference=reference), 0, LoopConfig())
+            official = _official_multi_turn(task, reference)
+            assert ours.success == official["valid"], (task.id, kind, ours.reason, official)
+            if not ours.success:
+                assert ours.error_type == official["error_type"]
+                reasons[kind].add(ours.error_type)
+            compared += 1
+    assert compared >= 200
+    state_or_output = {
+        "multi_turn:instance_state_mismatch",
+        "multi_turn:execution_response_mismatch",
+        "multi_turn:empty_turn_model_response",
+    }
+    assert reasons["extra_call"] == {"multi_turn:instance_state_mismatch"}
+    assert reasons["missing_call"] and reasons["missing_call"] <= state_or_output
+    assert reasons["wrong_argument"] and reasons["wrong_argument"] <= state_or_output
+
+
+@pytest.mark.parametrize("category", [c for c in AST_CATEGORIES if c != "irrelevance"])
+def test_perturbed_single_turn_answers_agree_with_the_official_ast_checker(category: str) -> None:
+    rng = random.Random(7)
+    suite = BFCLSuite(category)
+    compared = failed = 0
+    for task in suite.tasks()[:60]:
+        reference = copy.deepcopy(task.reference)
+        if not _wrong_argument(reference, rng):
+            continue
+        ours = suite.run(OracleClient(), replace(task, reference=reference), 0, LoopConfig())
+        output = [{c["function"]["name"]: _args(c)} for c in _calls(reference[0][0])]
+        official = ast_check(task.payload["functions"], output, task.payload["possible_answer"], AST_CATEGORIES[category])
+        assert ours.success == official["valid"], (task.id, ours.reason, official)
+        failed += not ours.success
+        compared += 1
+    assert compared >= 40 and failed >= compared * 0.8
+
+
+def test_a_call_where_no_function_fits_fails_irrelevance_with_its_reason() -> None:
+    suite = BFCLSuite("irrelevance")
+    task = suite.tasks()[0]
+    name = task.tools[0][0]["function"]["name"]
+    call = {"id": "c", "type": "function", "function": {"name": name, "arguments": "{}"}}
+    result = suite.run(
+        OracleClient(), replace(task, reference=[[{"role": "assistant", "content": "", "tool_calls": [call]}]]), 0, LoopConfig()
+    )
+    assert not result.success and result.error_type == "irrelevance_error:decoder_success" and name in result.reason
+
+
+def test_an_unknown_category_is_refused_with_the_known_ones() -> None:
+    from ee_middleware.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multi_turn_base"):
+        BFCLSuite("multi_turn_nope")
