@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ee_middleware.adapters.errors import (
+    AdapterNameInUseError,
     AdapterNotFoundError,
+    AdapterPathNotFoundError,
     InvalidTransitionError,
     RankTooLargeError,
+    ServerRankError,
 )
 from ee_middleware.adapters.registry import AdapterRegistry
+from ee_middleware.adapters.serving.backend import ServingBackend
+from ee_middleware.errors import ModelRequestError
+from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.protocol import Sampling
 
 
 def _expect(error: type[BaseException], action: Callable[[], Any], what: str) -> BaseException:
@@ -79,3 +87,62 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     assert all(e["applied"] for e in registry.history()) and all({"at", "by", "action"} <= set(e) for e in registry.history())
     fresh = factory()
     assert fresh.resolve("conformance") == a.name, "a second handle must see what the first one wrote"
+
+
+@dataclass(frozen=True)
+class ConformanceAdapters:
+    """Adapter folders for :func:`check_serving_backend`, all trained shapes for the server's base model.
+
+    ``perturbed``: random non-zero LoRA weights (changes greedy output); ``zero``: LoRA B = 0 (output
+    identical to the base); ``too_big``: a rank above the server's ``--max-lora-rank``.
+    """
+
+    perturbed: Path
+    zero: Path
+    too_big: Path
+
+
+def _chat(url: str, model: str, messages: list[dict[str, Any]]) -> str:
+    client = OpenAIChatClient(url, model, retries=0, timeout_s=300, api_key="")
+    try:
+        [choice, *_] = client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=8, seed=0))
+    finally:
+        client.close()
+    return choice.raw
+
+
+def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters, *, base_model: str, prefix: str = "conformance") -> None:
+    """Check a running server through ``backend`` (built without a ``max_lora_rank`` pre-check) against the protocol.
+
+    Load -> listed -> verified; a zero-B adapter answers like the base, a perturbed one differently;
+    a reused name, a missing path and a too-large rank each raise their typed error; unload -> not
+    listed and requests for it are refused. Names start with ``prefix`` plus a random part, so a
+    server is never asked to load anything under a name it saw before.
+    """
+    import uuid
+
+    run = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    zero, perturbed = f"{run}-zero", f"{run}-perturbed"
+    messages = [{"role": "user", "content": "Where is order A-1001?"}]
+    assert isinstance(backend, ServingBackend), f"{backend!r} does not implement ServingBackend"
+    assert base_model in backend.list(), f"{base_model} is not listed by {backend.url}"
+    base_answer = _chat(backend.url, base_model, messages)
+    backend.load(zero, str(adapters.zero))
+    backend.load(perturbed, str(adapters.perturbed))
+    try:
+        assert {zero, perturbed} <= set(backend.list())
+        assert backend.verify(zero).adapter == zero
+        assert _chat(backend.url, zero, messages) == base_answer, "a zero-B adapter must answer exactly like the base model"
+        assert _chat(backend.url, perturbed, messages) != base_answer, "a perturbed adapter must change the greedy answer"
+        assert _chat(backend.url, base_model, messages) == base_answer, "the base model must be unchanged by loaded adapters"
+        _expect(AdapterNameInUseError, lambda: backend.load(perturbed, str(adapters.perturbed)), "loading a name twice")
+        _expect(AdapterPathNotFoundError, lambda: backend.load(f"{run}-missing", str(adapters.zero) + "-missing"), "a missing path")
+        _expect(ServerRankError, lambda: backend.load(f"{run}-big", str(adapters.too_big)), "a rank above --max-lora-rank")
+        assert f"{run}-big" not in backend.list() and f"{run}-missing" not in backend.list()
+    finally:
+        backend.unload(perturbed)
+        backend.unload(zero)
+    assert not {zero, perturbed} & set(backend.list())
+    refused = _expect(ModelRequestError, lambda: _chat(backend.url, perturbed, messages), "a request for an unloaded adapter")
+    assert getattr(refused, "status", None) in (400, 404), refused
+    backend.unload(perturbed)  # unloading what is not loaded is a no-op

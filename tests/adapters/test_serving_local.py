@@ -1,0 +1,197 @@
+"""The serving conformance kit and promote/rollback against a REAL local server process (tiny random Llama)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ee_middleware.adapters.errors import PromotionError, ServerRankError, ServerUnavailableError
+from ee_middleware.adapters.promote import promote, rollback
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.backend import LocalBackend
+from ee_middleware.adapters.serving.local_server import _choice
+from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
+from ee_middleware.adapters.testing import check_serving_backend
+from ee_middleware.models.chat_template import probe_template, render_pair
+from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.protocol import Sampling
+
+from .conftest import SMOLLM2_TEMPLATE, train_shaped_adapter
+
+MESSAGES = [{"role": "user", "content": "Where is order A-1001?"}]
+
+
+def _answer(url: str, model: str) -> str:
+    client = OpenAIChatClient(url, model, retries=0, api_key="")
+    try:
+        return client.complete(MESSAGES, sampling=Sampling(temperature=0, max_tokens=8))[0].raw
+    finally:
+        client.close()
+
+
+def test_the_local_server_passes_the_serving_conformance_kit(local_server: Any, adapter_set: Any) -> None:
+    check_serving_backend(LocalBackend(local_server.url), adapter_set, base_model="tiny-base")
+
+
+def test_a_rank_pre_check_refuses_before_asking_the_server(local_server: Any, adapter_set: Any) -> None:
+    backend = LocalBackend(local_server.url, max_lora_rank=8)
+    with pytest.raises(ServerRankError, match="r=32, above the --max-lora-rank 8"):
+        backend.load("never-sent", str(adapter_set.too_big))
+    assert "never-sent" not in backend.list()
+
+
+def test_chat_completions_take_n_seed_and_temperature(local_server: Any) -> None:
+    body = {"model": "tiny-base", "messages": MESSAGES, "n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 6}
+    first = httpx.post(f"{local_server.url}/chat/completions", json=body, timeout=60).json()
+    again = httpx.post(f"{local_server.url}/chat/completions", json=body, timeout=60).json()
+    assert len(first["choices"]) == 3 and [c["index"] for c in first["choices"]] == [0, 1, 2]
+    assert [c["message"] for c in first["choices"]] == [c["message"] for c in again["choices"]]
+    assert first["usage"]["prompt_tokens"] > 0
+    bad = httpx.post(f"{local_server.url}/chat/completions", json={**body, "n": 0}, timeout=60)
+    assert bad.status_code == 400 and "n must be an integer" in bad.json()["error"]["message"]
+    missing = httpx.post(f"{local_server.url}/chat/completions", json={**body, "model": "nope"}, timeout=60)
+    assert missing.status_code == 404
+
+
+def test_tool_calls_written_by_the_model_come_back_as_tool_calls() -> None:
+    tools = [{"type": "function", "function": {"name": "mv", "parameters": {"type": "object"}}}]
+    text = 'Moving it.<tool_call>{"name": "mv", "arguments": {"source": "a"}}</tool_call>'
+    choice = _choice(0, text, tools)
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Moving it."
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "mv", "arguments": '{"source": "a"}'} and call["type"] == "function"
+    assert _choice(0, text, None)["message"] == {"role": "assistant", "content": text}
+
+
+def test_the_served_prompt_is_the_trained_prompt_token_for_token(local_server: Any, tiny_base: Path) -> None:
+    """The server (shipped smollm2-tools template) vs the trainer's renderer on SmolLM2's own template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    assert tokenizer.chat_template == SMOLLM2_TEMPLATE
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "mv",
+                "description": "Move a file",
+                "parameters": {"type": "object", "properties": {"source": {"type": "string"}}},
+            },
+        }
+    ]
+    prompt = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Move file_1.txt"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mv", "arguments": '{"source": "file_1.txt"}'}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "moved"},
+    ]
+    completion = [{"role": "assistant", "content": "Done."}]
+    for messages, offered in ((prompt, tools), (prompt[1:2], tools), (prompt[1:2], None)):
+        trained_text = render_pair(tokenizer, messages, completion, offered, probe_template(tokenizer))[0]
+        trained = tokenizer(trained_text, add_special_tokens=False)["input_ids"]
+        body = {"model": "tiny-base", "messages": messages, "add_generation_prompt": True, **({"tools": offered} if offered else {})}
+        served = httpx.post(local_server.url.removesuffix("/v1") + "/tokenize", json=body, timeout=60).json()["tokens"]
+        assert served == trained
+
+
+def test_promote_switches_the_alias_and_rollback_restores_the_previous_answer(local_server: Any, tiny_base: Path, tmp_path: Path) -> None:
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    first = registry.register(train_shaped_adapter(tiny_base, tmp_path / "a", seed=11), "bot")
+    second = registry.register(train_shaped_adapter(tiny_base, tmp_path / "b", seed=12), "bot")
+    replicas = [LocalBackend(local_server.url)]
+    router = AliasRouter(registry, [local_server.url])
+    server = make_router_server(router, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    routed = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        assert _answer(routed, "bot") == _answer(local_server.url, "tiny-base")  # no live adapter yet: the base
+        promote(registry, first.name, replicas)
+        first_answer = _answer(routed, "bot")
+        assert first_answer == _answer(local_server.url, first.name)
+        result = promote(registry, second.name, replicas)
+        assert result.replaced == first.name and registry.resolve("bot") == second.name
+        assert _answer(routed, "bot") == _answer(local_server.url, second.name) != first_answer
+        back = rollback(registry, "bot", replicas)
+        assert back.live.name == first.name and back.loaded_on == []  # it stayed loaded: only the alias moved
+        assert _answer(routed, "bot") == first_answer
+        listed = httpx.get(f"{routed}/models", timeout=10).json()["data"]
+        assert listed == [{"id": "bot", "object": "model", "owned_by": "ee-router", "live": first.name}]
+    finally:
+        server.shutdown()
+        server.server_close()
+        for name in (first.name, second.name):
+            replicas[0].unload(name)
+
+
+def test_a_promote_that_fails_on_the_second_replica_unloads_it_from_the_first_and_marks_it_failed(
+    local_server: Any, tiny_base: Path, tmp_path: Path
+) -> None:
+    from ee_middleware.adapters.serving.launch import free_port
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    live = registry.register(train_shaped_adapter(tiny_base, tmp_path / "a", seed=21), "bot")
+    good = LocalBackend(local_server.url)
+    promote(registry, live.name, [good])
+    candidate = registry.register(train_shaped_adapter(tiny_base, tmp_path / "b", seed=22), "bot")
+    dead = LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
+    with pytest.raises(PromotionError, match="unloaded from every replica") as caught:
+        promote(registry, candidate.name, [good, dead])
+    assert isinstance(caught.value.__cause__, ServerUnavailableError)
+    assert candidate.name not in good.list()
+    record = registry.get(candidate.name)
+    assert record.status == "failed" and "ServerUnavailableError" in (record.reason or "")
+    assert registry.resolve("bot") == live.name and registry.get(live.name).status == "live"
+    events = [e["action"] for e in registry.history(adapter=candidate.name)]
+    assert events == ["register", "promote-started", "fail"]
+    good.unload(live.name)
+
+
+def test_killing_the_server_during_a_promote_leaves_the_registry_consistent(tiny_base: Path, tmp_path: Path) -> None:
+    from ee_middleware.adapters.serving.launch import ServerProcess, free_port, local_command
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    live = registry.register(train_shaped_adapter(tiny_base, tmp_path / "a", seed=31), "bot")
+    candidate = registry.register(train_shaped_adapter(tiny_base, tmp_path / "b", seed=32), "bot")
+    port = free_port()
+    server = ServerProcess(
+        local_command(str(tiny_base), port=port, served_model_name="tiny-base"), f"http://127.0.0.1:{port}/v1", name="doomed server"
+    )
+    with server:
+        backend = LocalBackend(server.url, timeout_s=10)
+        promote(registry, live.name, [backend])
+
+        class KilledDuringLoad(LocalBackend):
+            def load(self, name: str, path: str) -> None:
+                super().load(name, path)
+                server.kill()  # the adapter is loaded, then the server dies before it is verified
+
+        with pytest.raises(PromotionError) as caught:
+            promote(registry, candidate.name, [KilledDuringLoad(server.url, timeout_s=10)])
+        assert not server.running()
+    assert "could not unload" in str(caught.value) or "unloaded" in str(caught.value)
+    assert registry.resolve("bot") == live.name
+    assert registry.get(candidate.name).status == "failed" and registry.get(live.name).status == "live"
+    assert json.loads((registry.root / "index.json").read_text())["apps"]["bot"]["live"] == live.name
+
+
+def test_a_server_that_accepts_but_never_answers_gives_a_timeout_error() -> None:
+    import socket
+
+    from ee_middleware.adapters.errors import ServerTimeoutError
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        backend = LocalBackend(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_s=0.5)
+        with pytest.raises(ServerTimeoutError, match=r"did not answer in 0.5 s"):
+            backend.list()
