@@ -111,3 +111,45 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> Non
         )
     out.print(table)
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
+
+
+@app.command("gate")
+def gate_cmd(
+    candidate: Path = typer.Option(..., "--candidate", help="Run folder of the candidate (ee eval run --out)."),
+    baseline: Path = typer.Option(..., "--baseline", help="Run folder of the baseline (the live model) on the same suites."),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="TOML file with a [gate] table (min_improvement, max_regression, min_tasks, alpha, ...)."
+    ),
+    min_tasks: int | None = typer.Option(None, "--min-tasks", min=1, help="Override the policy's min_tasks."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Compare two runs task by task (McNemar exact, Newcombe CIs); exit 1 when the policy fails."""
+    from ee_middleware.evals.gate import GatePolicy, gate
+
+    result = gate(candidate, baseline, GatePolicy.load(policy, min_tasks=min_tasks))
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _print_gate(console(), result)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _print_gate(out: Any, result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="Gate: candidate vs baseline")
+    for column in ("suite", "tasks", "candidate", "baseline", "delta", "95% CI", "McNemar p"):
+        table.add_column(column)
+    for s in [*result.suites, *([result.overall] if result.overall else [])]:
+        table.add_row(
+            s.suite,
+            str(s.tasks),
+            f"{100 * s.candidate_rate:.1f}%",
+            f"{100 * s.baseline_rate:.1f}%",
+            f"{100 * s.delta:+.1f}",
+            f"[{100 * s.ci_low:+.1f}, {100 * s.ci_high:+.1f}]",
+            f"{s.p_value:.3g}",
+        )
+    out.print(table)
+    out.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: " + "; ".join(result.reasons))

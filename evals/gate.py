@@ -1,0 +1,201 @@
+"""The deploy gate: is a candidate run better than the baseline run on the same tasks?
+
+Per suite, tasks are paired by id (a task's outcome is pass^k: every trial succeeded; with one
+trial, its success). The delta of success rates gets a 95% confidence interval by Newcombe's
+hybrid score method for paired proportions (method 10, 1998: Wilson intervals of each rate
+combined with the pairs' correlation; it stays inside [-1, 1] and behaves at 0 or 100%), and the
+paired test is **McNemar's exact test**: only discordant tasks (one run passes, the other fails)
+carry information, and under "no difference" each is equally likely to go either way, so the count
+is Binomial(b + c, 1/2). Exact, because suites are small and discordant counts often single
+digits (the chi-square approximation is poor there); and deterministic, unlike a bootstrap, so the
+same two runs always give the same gate decision.
+
+The policy (``[gate]`` in a TOML file) decides: each suite needs ``min_tasks`` paired tasks; no
+suite may lose more than ``max_regression`` (or, with ``block_significant_regression``, lose
+significantly at ``alpha``); the pooled delta over all suites must be at least ``min_improvement``;
+``require_significant`` also asks for a significant pooled improvement.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ee_middleware._toml import build_config, layered_values
+from ee_middleware.errors import ConfigError
+
+Z95 = 1.959963984540054
+
+
+class GatePolicy(BaseModel):
+    """What the candidate must show (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_improvement: float = Field(0.0, ge=-1, le=1)
+    max_regression: float = Field(0.02, ge=0, le=1)
+    min_tasks: int = Field(20, ge=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    require_significant: bool = False
+    block_significant_regression: bool = True
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> GatePolicy:
+        return build_config(cls, layered_values(path, "gate", overrides), "gate policy")
+
+
+@dataclass(frozen=True)
+class SuiteComparison:
+    suite: str
+    tasks: int
+    candidate_rate: float
+    baseline_rate: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    both: int
+    candidate_only: int
+    baseline_only: int
+    neither: int
+    only_in_candidate: int
+    only_in_baseline: int
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    reasons: list[str]
+    suites: list[SuiteComparison]
+    overall: SuiteComparison | None
+    policy: dict[str, Any] = field(default_factory=dict)
+    test: str = "McNemar exact (two-sided), paired by task; 95% CI: Newcombe hybrid score for paired proportions"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "test": self.test,
+            "policy": self.policy,
+            "suites": [asdict(s) for s in self.suites],
+            "overall": asdict(self.overall) if self.overall else None,
+        }
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
+    """95% CI for p1 - p2 with p1 = (a+b)/n (candidate) and p2 = (a+c)/n (baseline), paired (Newcombe method 10)."""
+    n = a + b + c + d
+    if n == 0:
+        return -1.0, 1.0
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson(a + b, n)
+    l2, u2 = wilson(a + c, n)
+    denominator = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / math.sqrt(denominator) if denominator else 0.0
+    delta = p1 - p2
+    low = delta - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = delta + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return max(-1.0, low), min(1.0, high)
+
+
+def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]:
+    """suite -> task id -> pass^k (every trial succeeded), from a run folder's results.parquet."""
+    import polars as pl
+
+    path = Path(run_dir) / "results.parquet"
+    if not path.exists():
+        raise ConfigError(f"No results.parquet in {run_dir}: point at a folder written by `ee eval run --out` (a finished run).")
+    frame = pl.read_parquet(path, columns=["suite", "task_id", "success"])
+    grouped = frame.group_by("suite", "task_id").agg(pl.col("success").all().alias("ok"))
+    out: dict[str, dict[str, bool]] = defaultdict(dict)
+    for row in grouped.iter_rows(named=True):
+        out[row["suite"]][row["task_id"]] = bool(row["ok"])
+    return dict(out)
+
+
+def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool]) -> SuiteComparison:
+    shared = sorted(set(candidate) & set(baseline))
+    a = sum(candidate[t] and baseline[t] for t in shared)
+    b = sum(candidate[t] and not baseline[t] for t in shared)
+    c = sum(baseline[t] and not candidate[t] for t in shared)
+    d = len(shared) - a - b - c
+    n = len(shared)
+    low, high = newcombe_paired(a, b, c, d)
+    return SuiteComparison(
+        suite=suite,
+        tasks=n,
+        candidate_rate=(a + b) / n if n else 0.0,
+        baseline_rate=(a + c) / n if n else 0.0,
+        delta=(b - c) / n if n else 0.0,
+        ci_low=low,
+        ci_high=high,
+        p_value=mcnemar_exact(b, c),
+        both=a,
+        candidate_only=b,
+        baseline_only=c,
+        neither=d,
+        only_in_candidate=len(set(candidate) - set(baseline)),
+        only_in_baseline=len(set(baseline) - set(candidate)),
+    )
+
+
+def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], policy: GatePolicy = GatePolicy()) -> GateResult:
+    """Compare two runs suite by suite and apply ``policy``; reasons name every rule that failed."""
+    candidate, baseline = task_outcomes(candidate_dir), task_outcomes(baseline_dir)
+    reasons: list[str] = []
+    comparisons = []
+    for suite in sorted(set(candidate) | set(baseline)):
+        if suite not in candidate or suite not in baseline:
+            reasons.append(f"{suite}: only the {'candidate' if suite in candidate else 'baseline'} ran it; run both on the same suites")
+            continue
+        result = compare(suite, candidate[suite], baseline[suite])
+        comparisons.append(result)
+        reasons += _suite_reasons(result, policy)
+    pooled_c = {f"{s}/{t}": v for s in candidate for t, v in candidate[s].items() if s in baseline}
+    pooled_b = {f"{s}/{t}": v for s in baseline for t, v in baseline[s].items() if s in candidate}
+    overall = compare("overall", pooled_c, pooled_b) if comparisons else None
+    if overall is None:
+        reasons.append("no suite was run by both runs")
+    else:
+        if overall.delta < policy.min_improvement:
+            reasons.append(f"overall: delta {overall.delta:+.3f} is below the required improvement {policy.min_improvement:+.3f}")
+        if policy.require_significant and not (overall.delta > 0 and overall.p_value < policy.alpha):
+            reasons.append(f"overall: the improvement is not significant (McNemar p = {overall.p_value:.3g}, alpha {policy.alpha})")
+    return GateResult(passed=not reasons, reasons=reasons, suites=comparisons, overall=overall, policy=policy.model_dump())
+
+
+def _suite_reasons(result: SuiteComparison, policy: GatePolicy) -> list[str]:
+    reasons = []
+    if result.only_in_baseline:
+        reasons.append(f"{result.suite}: the candidate lacks {result.only_in_baseline} task(s) the baseline ran")
+    if result.tasks < policy.min_tasks:
+        reasons.append(f"{result.suite}: {result.tasks} paired task(s), fewer than min_tasks = {policy.min_tasks}")
+    if result.delta < -policy.max_regression:
+        reasons.append(f"{result.suite}: regression {result.delta:+.3f} exceeds max_regression {policy.max_regression:.3f}")
+    elif policy.block_significant_regression and result.delta < 0 and result.p_value < policy.alpha:
+        reasons.append(f"{result.suite}: significant regression {result.delta:+.3f} (McNemar p = {result.p_value:.3g})")
+    return reasons

@@ -1,0 +1,88 @@
+"""ee eval gate: paired comparison of two real runs and the policy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.evals.gate import GatePolicy, gate, mcnemar_exact, newcombe_paired
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import run_eval
+
+
+def test_mcnemar_exact_and_the_paired_interval() -> None:
+    assert mcnemar_exact(9, 2) == pytest.approx(2 * (1 + 11 + 55) / 2**11)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    low, high = newcombe_paired(12, 9, 2, 21)
+    assert low < (9 - 2) / 44 < high and low >= -1 and high <= 1
+    symmetric = newcombe_paired(20, 5, 5, 20)
+    assert math.isclose(symmetric[0], -symmetric[1])  # no difference: an interval centred on zero
+    wide, narrow = newcombe_paired(4, 2, 1, 3), newcombe_paired(40, 20, 10, 30)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]  # ten times the tasks, a narrower interval
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gate")
+    out = {}
+    for model in ("oracle", "noop"):
+        out[model] = root / model
+        run_eval(EvalJob(suites=["bfcl:multi_turn_base:25", "bfcl:irrelevance:20"], model=model, out=str(out[model])))
+    return out
+
+
+def test_a_better_candidate_passes_and_a_worse_one_fails_with_reasons(runs: dict[str, Path]) -> None:
+    better = gate(runs["oracle"], runs["noop"], GatePolicy(min_tasks=20, require_significant=True))
+    assert better.passed, better.reasons
+    [irrelevance, multi] = better.suites
+    assert (multi.suite, multi.tasks, multi.delta, multi.candidate_only) == ("bfcl:multi_turn_base", 25, 1.0, 25)
+    assert multi.p_value == pytest.approx(2 / 2**25) and multi.ci_low > 0.8
+    assert irrelevance.delta == 0 and irrelevance.p_value == 1.0
+    worse = gate(runs["noop"], runs["oracle"], GatePolicy(min_tasks=20))
+    assert not worse.passed
+    assert any("bfcl:multi_turn_base: regression -1.000" in r for r in worse.reasons)
+    assert any(r.startswith("overall: delta") for r in worse.reasons)
+    too_few = gate(runs["oracle"], runs["noop"], GatePolicy(min_tasks=21))
+    assert too_few.reasons == ["bfcl:irrelevance: 20 paired task(s), fewer than min_tasks = 21"]
+
+
+def _run_dir(folder: Path, outcomes: dict[str, bool], suite: str = "s") -> Path:
+    folder.mkdir()
+    rows = [{"suite": suite, "task_id": t, "trial": 0, "success": ok} for t, ok in outcomes.items()]
+    pl.DataFrame(rows).write_parquet(folder / "results.parquet")
+    return folder
+
+
+def test_missing_tasks_and_suites_fail_the_gate(tmp_path: Path) -> None:
+    base = _run_dir(tmp_path / "b", {f"t{i}": True for i in range(30)})
+    cand = _run_dir(tmp_path / "c", {f"t{i}": True for i in range(25)})
+    result = gate(cand, base, GatePolicy())
+    assert result.reasons == ["s: the candidate lacks 5 task(s) the baseline ran"]
+    other = _run_dir(tmp_path / "o", {f"t{i}": True for i in range(30)}, suite="other")
+    assert not gate(other, base).passed
+
+
+def test_ee_eval_gate_cli_json_policy_file_and_exit_code(runs: dict[str, Path], tmp_path: Path) -> None:
+    policy = tmp_path / "gate.toml"
+    policy.write_text("[gate]\nmin_tasks = 20\nmax_regression = 0.0\n")
+    ok = CliRunner().invoke(
+        app, ["eval", "gate", "--candidate", str(runs["oracle"]), "--baseline", str(runs["noop"]), "--policy", str(policy), "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(ok.output)
+    assert data["passed"] and "McNemar exact" in data["test"] and data["policy"]["max_regression"] == 0.0
+    bad = CliRunner().invoke(
+        app, ["eval", "gate", "--candidate", str(runs["noop"]), "--baseline", str(runs["oracle"]), "--policy", str(policy)]
+    )
+    assert bad.exit_code == 1 and "FAIL" in bad.output
+    policy.write_text("[gate]\nmin_taks = 3\n")
+    typo = CliRunner().invoke(
+        app, ["eval", "gate", "--candidate", str(runs["noop"]), "--baseline", str(runs["oracle"]), "--policy", str(policy)]
+    )
+    assert typo.exit_code == 1 and "min_taks" in typo.output
