@@ -12,9 +12,9 @@ One run of a LangGraph graph must become one trajectory, whichever instrumentati
 
 So a span that runs inside a LangGraph node (its LangGraph metadata names a ``langgraph_node``) is
 never a run of its own: an agent or model span inside a node belongs to the run of the graph that
-holds the node, the nearest enclosing span outside every node. An ``invoke_agent`` span outside any
-node is a run, as before. Runs are the outermost such subtrees; model spans left outside every run
-make one more run, as before.
+holds the node, the nearest enclosing span outside every node (or, when the graph's span was never
+exported, everything under its id). An ``invoke_agent`` span outside any node is a run, as before.
+Runs are the outermost such subtrees; model spans left outside every run make one more run, as before.
 
 A trace whose span ids repeat with different contents, or whose parent links loop, cannot be read
 as a tree: it gets one problem and is skipped. Exact repeats (a collector retry) count once.
@@ -57,8 +57,7 @@ def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
     roots = tree.outermost({r for s in unique if (r := tree.run_root(s)) is not None})
     runs: list[list[SpanData]] = []
     covered: set[str] = set()
-    for root_id in sorted(roots, key=lambda i: (tree.by_id[i].start_ns, i)):
-        run = tree.subtree(root_id)
+    for run in sorted((tree.subtree(root) for root in roots), key=lambda run: (min(s.start_ns for s in run), run[0].span_id)):
         covered.update(s.span_id for s in run)
         runs.append(run)
     leftover = [s for s in unique if s.span_id not in covered]
@@ -109,11 +108,14 @@ def _cycle(trace_id: str, spans: Sequence[SpanData]) -> str | None:
 
 
 class _Tree:
+    """Parent links of one trace. A run's root is a span id, or the id of a parent that was not
+    exported (the graph's span of a run cut short): then the run is everything under that id."""
+
     def __init__(self, spans: Sequence[SpanData]) -> None:
         self.by_id = {s.span_id: s for s in spans}
         self.children: dict[str, list[str]] = {}
         for s in spans:
-            if s.parent_span_id in self.by_id:
+            if s.parent_span_id is not None:
                 self.children.setdefault(s.parent_span_id, []).append(s.span_id)
 
     def parent(self, span_id: str) -> str | None:
@@ -132,21 +134,21 @@ class _Tree:
             if not in_graph_node(self.by_id[up]):
                 return up
             node = up
-        return node  # the graph's own span was not exported: the outermost node span stands in
+        return self.by_id[node].parent_span_id or node  # the graph's span missing: its id still joins the run
 
     def outermost(self, roots: set[str]) -> set[str]:
-        def nested(span_id: str) -> bool:
-            up = self.parent(span_id)
+        def nested(root: str) -> bool:
+            up = self.by_id[root].parent_span_id if root in self.by_id else None
             while up is not None:
                 if up in roots:
                     return True
-                up = self.parent(up)
+                up = self.by_id[up].parent_span_id if up in self.by_id else None
             return False
 
         return {r for r in roots if not nested(r)}
 
-    def subtree(self, root_id: str) -> list[SpanData]:
-        out, todo = [], [root_id]
+    def subtree(self, root: str) -> list[SpanData]:
+        out, todo = [], [root] if root in self.by_id else list(self.children.get(root, ()))
         while todo:
             span_id = todo.pop()
             out.append(self.by_id[span_id])

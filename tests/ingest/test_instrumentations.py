@@ -127,3 +127,22 @@ def test_ingesting_every_fixture_twice_adds_nothing(store):
     first = ingest_files(paths, store)
     again = ingest_files(paths, store)
     assert (len(first.ingested), again.ingested, len(again.already_stored)) == (6, [], 6)
+
+
+@pytest.mark.parametrize("instrumentation", ["openinference", "openinference-plain"])
+def test_a_run_whose_graph_span_was_never_exported_is_still_one_trajectory(tmp_path, store, instrumentation):
+    """A process that dies mid-run exports the node spans but never the graph's root span (it ends last)."""
+    lines = []
+    for line in (FIXTURES / INSTRUMENTATIONS[instrumentation]).read_text().splitlines():
+        request = json.loads(line)
+        for rs in request["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                ss["spans"] = [s for s in ss["spans"] if s.get("parentSpanId")]  # drop the graph's root span
+        lines.append(json.dumps(request))
+    path = tmp_path / "no_root.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report, trajectories = _ingest(store, path)
+    assert report.problems == 0 and len(trajectories) == 2, report.errors
+    assert [len(t.steps) for t in trajectories] == [3, 3]
+    assert [t.task for t in trajectories] == [TURN_1, TURN_2]
+    assert trajectories[1].steps[1].observation.is_error
