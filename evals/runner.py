@@ -1,6 +1,7 @@
 """Running an eval job: every task of every suite, ``trials`` times, in one or more workers.
 
-Results go to ``OUT/results.jsonl`` as each task finishes (one line per task and trial, flushed),
+Results go to ``OUT/results.jsonl`` as each task finishes (one line per task and trial, flushed;
+fsync-ed once a second),
 so an interrupted run resumes where it stopped: the same command skips every (suite, task, trial)
 already there. At the end the lines become ``OUT/results.parquet`` (written atomically) and the
 summary and report are written (:mod:`ee_middleware.evals.report`).
@@ -29,6 +30,8 @@ from ee_middleware.evals.tasks import EvalTask, TaskResult
 RUN_FILE = "run.json"
 JOURNAL = "results.jsonl"
 RESULTS = "results.parquet"
+SYNC_EVERY_S = 1.0
+"""The journal is flushed after every row and fsync-ed at most this often."""
 Progress = Callable[[str, int, int], None]
 """``progress(suite, done, total)``."""
 
@@ -74,10 +77,13 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
         for name in totals:
             if progress:
                 progress(name, counts[name], totals[name])
+        synced = time.monotonic()
         for row in _execute(job, todo):
             journal.write(json.dumps(row, ensure_ascii=False) + "\n")
             journal.flush()
-            os.fsync(journal.fileno())
+            if time.monotonic() - synced >= SYNC_EVERY_S:  # a crash loses at most this much work: those tasks run again
+                os.fsync(journal.fileno())
+                synced = time.monotonic()
             done.append(row)
             counts[row["suite"]] += 1
             if progress:
