@@ -33,7 +33,7 @@ from ee_middleware.adapters.errors import (
     ServingError,
     VerificationError,
 )
-from ee_middleware.errors import ModelError, ModelRequestError, ModelServerError
+from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.plugins import PluginKind
@@ -132,6 +132,8 @@ class HTTPServingBackend:
             self._admin.post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         except ModelRequestError as exc:
             raise self._load_refused(exc, name, path, rank) from exc
+        except ModelResponseError:
+            pass  # a 2xx answer in plain text: vLLM's "Success: LoRA adapter ... added successfully."
         except ModelError as exc:
             if not self._timed_out(started) and self._answers():
                 # The server is up and failed this request (5xx): vLLM's answer to a rank above --max-lora-rank.
@@ -176,6 +178,8 @@ class HTTPServingBackend:
         started = time.monotonic()
         try:
             self._admin.post("/unload_lora_adapter", {"lora_name": name})
+        except ModelResponseError:
+            pass  # vLLM answers 200 with plain text
         except ModelRequestError as exc:
             raise AdapterLoadError(f"{self.url} refused to unload {name}: {exc}", url=self.url) from exc
         except ModelError as exc:

@@ -299,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
 
     def _send_text(self, status: int, text: str) -> None:
-        self._send_bytes(status, json.dumps(text).encode(), "application/json")
+        self._send_bytes(status, text.encode(), "text/plain; charset=utf-8")  # as vLLM answers a LoRA load/unload
 
     def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
