@@ -101,11 +101,20 @@ def show(
         None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."
     ),
     plot: Path | None = typer.Option(None, "--plot", help="Also write the token-length histograms as a PNG here."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", min=8, help="With --tokenizer: what training at this many tokens per row would cut, per row kind."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Counts, token-length histograms and a few rendered examples."""
+    """Counts, token-length histograms, a few rendered examples, and (with --max-length) what truncation would cut."""
     from ee_middleware.trainers.datasets.build import read_dataset
-    from ee_middleware.trainers.datasets.summary import describe_dataset, histogram_lines, render_example, write_histogram_png
+    from ee_middleware.trainers.datasets.summary import (
+        budget_report,
+        describe_dataset,
+        histogram_lines,
+        render_example,
+        write_histogram_png,
+    )
 
     files = [folder] if folder.suffix == ".parquet" else sorted(folder.glob("*.parquet"))
     if not files:
@@ -118,7 +127,14 @@ def show(
 
         transformers = import_optional("transformers", extra="train", purpose="count tokens with a tokenizer")
         tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    if max_length is not None and tok is None:
+        from ee_middleware.errors import ConfigError
+
+        raise ConfigError("--max-length needs --tokenizer DIR: token counts depend on the model's tokenizer and chat template.")
     described = {f.stem: describe_dataset(read_dataset(f), tok) for f in files}
+    if max_length is not None:
+        for f in files:
+            described[f.stem]["budget"] = budget_report(read_dataset(f), f, tok, max_length)
     if plot is not None:
         write_histogram_png(described, plot)
     if as_json:
@@ -132,6 +148,14 @@ def show(
         out.print(f"prompt+completion {d['unit']}: min {d['min']}, median {d['median']}, max {d['max']}")
         for line in histogram_lines(d["lengths"]):
             out.print(line, highlight=False)
+        if "budget" in d:
+            b = d["budget"]
+            out.print(
+                f"at max_length {b['max_length']}: {b['over_budget']} of {b['rows']} rows over budget ({b['over_budget_share']:.0%}); "
+                f"{b['older_turns_dropped']} lose older turns only, {b['compact_tools']} get compact tool listings, "
+                f"{b['cut_from_left']} are cut from the left (losing system message, tools or task), "
+                f"{b['dropped_completion_too_long']} dropped (completion alone too long)"
+            )
         frame = read_dataset(file)
         for row in frame.head(examples).iter_rows(named=True):
             out.print(

@@ -45,6 +45,34 @@ def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None) -> dict[str, An
     }
 
 
+def budget_report(frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: int) -> dict[str, Any]:
+    """What training at ``max_length`` with ``tokenizer`` would do to each row: kept whole, older turns
+    dropped, tools listed compactly, cut from the left (losing system message, tools or task), or
+    dropped (the completion alone is too long). Uses the trainer's own rendering and truncation."""
+    from ee_middleware.models.chat_template import probe_template
+    from ee_middleware.trainers.training.data import rows_from_frame
+    from ee_middleware.trainers.training.render import tokenize_rows
+
+    kind = str(frame["kind"][0]) if "kind" in frame.columns and frame.height else path.stem
+    rows = rows_from_frame(frame, path, kind)
+    _, stats = tokenize_rows(tokenizer, rows, max_length, probe_template(tokenizer))
+    needed = sorted(cut["original_tokens"] for cut in stats.cuts)
+    over = stats.truncated + stats.dropped_too_long
+    return {
+        "max_length": max_length,
+        "rows": stats.rows,
+        "over_budget": over,
+        "over_budget_share": round(over / stats.rows, 4) if stats.rows else 0.0,
+        "kept_whole": stats.examples - stats.truncated,
+        "older_turns_dropped": stats.middle_dropped,
+        "compact_tools": stats.compact_tools,
+        "cut_from_left": stats.left_cut,
+        "lost_more_than_older_turns_share": round(stats.lost_essentials_share, 4),
+        "dropped_completion_too_long": stats.dropped_too_long,
+        "prompt_tokens_before_fitting": {"median": needed[len(needed) // 2], "max": needed[-1]} if needed else None,
+    }
+
+
 def histogram_lines(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
     """A text histogram of ``lengths``."""
     if not lengths:

@@ -10,12 +10,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.trainers.training.config import TrainConfig
-from ee_middleware.trainers.training.errors import BaseModelError, TrainDataError, TrainError, TrainOutOfMemoryError
+from ee_middleware.trainers.training.errors import BaseModelError, ContextBudgetWarning, TrainDataError, TrainError, TrainOutOfMemoryError
 
 if TYPE_CHECKING:
     from ee_middleware.trainers.training.api import TrainResult, train
 
-__all__ = ["BaseModelError", "TrainConfig", "TrainDataError", "TrainError", "TrainOutOfMemoryError", "TrainResult", "train"]
+__all__ = [
+    "BaseModelError",
+    "ContextBudgetWarning",
+    "TrainConfig",
+    "TrainDataError",
+    "TrainError",
+    "TrainOutOfMemoryError",
+    "TrainResult",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,10 +23,18 @@ from ee_middleware.models.chat_template import TemplateSupport, probe_template
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.data import DatasetFile, load_dataset
-from ee_middleware.trainers.training.errors import TrainDataError, TrainError, TrainOutOfMemoryError
+from ee_middleware.trainers.training.errors import ContextBudgetWarning, TrainDataError, TrainError, TrainOutOfMemoryError
 from ee_middleware.trainers.training.model import add_lora, load_base, plain_base, resolve_base
 from ee_middleware.trainers.training.render import Example, RenderStats, tokenize_rows
-from ee_middleware.trainers.training.report import MANIFEST_SCHEMA_VERSION, library_versions, plot_loss, print_summary, write_manifest
+from ee_middleware.trainers.training.report import (
+    MANIFEST_SCHEMA_VERSION,
+    RENDER_CUTS_FILE,
+    library_versions,
+    plot_loss,
+    print_summary,
+    write_manifest,
+    write_render_cuts,
+)
 
 _PURPOSE = "train LoRA adapters"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -86,7 +95,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     base_info = {"source": source.describe(), "path": str(base_folder), "from_gguf": source.gguf_file is not None, "cached_now": cached_now}
     manifest = _manifest(config, runtime, base_info, prepared, stages, runs, model, time.perf_counter() - started, output_dir)
     if int(os.environ.get("RANK", "0")) == 0:
-        _write_output(model, manifest, runs, output_dir)
+        _write_output(model, manifest, runs, output_dir, {kind: stats.cuts for kind, stats in prepared.stats.items()})
         if progress:
             print_summary(manifest)
     return TrainResult(output_dir, manifest)
@@ -114,7 +123,25 @@ def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConf
                 f"Every row of {dataset.path} was dropped ({stats[kind].dropped_too_long} completions longer than "
                 f"max_length={config.max_length}, {stats[kind].dropped_empty} empty). Raise max_length or rebuild the dataset."
             )
+        _warn_if_context_lost(kind, stats[kind], config)
     return _Prepared(datasets, examples, stats, support)
+
+
+def _warn_if_context_lost(kind: str, stats: RenderStats, config: TrainConfig) -> None:
+    share = stats.lost_essentials_share
+    if share <= config.max_lost_context_share:
+        return
+    needed = sorted(cut["original_tokens"] for cut in stats.cuts)
+    p90 = needed[min(len(needed) - 1, int(0.9 * len(needed)))] if needed else config.max_length
+    warnings.warn(
+        f"{share:.0%} of the {kind.upper()} rows lose more than older turns at max_length={config.max_length}: "
+        f"{stats.compact_tools} have their tool schemas listed compactly and {stats.left_cut} are cut from the left, "
+        f"losing the system message, the tools or the task. Raise max_length (90% of the over-budget prompts need up to "
+        f"{p90} tokens before fitting), or accept compact tool listings by raising max_lost_context_share "
+        f"(now {config.max_lost_context_share}); see `ee datasets show --tokenizer BASE --max-length N`.",
+        ContextBudgetWarning,
+        stacklevel=3,
+    )
 
 
 def _run_stages(
@@ -214,12 +241,15 @@ def _manifest(
     }
 
 
-def _write_output(model: Any, manifest: dict[str, Any], runs: list[backends.StageRun], output_dir: Path) -> None:
+def _write_output(
+    model: Any, manifest: dict[str, Any], runs: list[backends.StageRun], output_dir: Path, cuts: dict[str, list[dict[str, Any]]]
+) -> None:
     partial = output_dir.with_name(f"{output_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     model.save_pretrained(partial)
     write_manifest(partial, manifest)
+    write_render_cuts(partial / RENDER_CUTS_FILE, cuts)
     boundaries, step = [], 0
     for run in runs[:-1]:
         step += run.steps

@@ -68,11 +68,13 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
     if frame.height == 0:
         raise TrainDataError(f"{path} has no rows. Approve more trajectories or re-run replay, then rebuild the {kind.upper()} dataset.")
     metadata = {k: v for k, v in metadata.items() if k not in ("ARROW:schema",)}
-    dataset = DatasetFile(kind=kind, path=path, sha256=_sha256(path), metadata=metadata)
+    return DatasetFile(kind=kind, path=path, sha256=_sha256(path), rows=rows_from_frame(frame, path, kind), metadata=metadata)
+
+
+def rows_from_frame(frame: Any, path: Path, kind: str) -> list[ChatRow]:
+    """The chat rows of a dataset frame, checked; errors name ``path`` and the row."""
     columns = ["id", "prompt", "completion", "tools"] + (["kind"] if "kind" in frame.columns else [])
-    for index, record in enumerate(frame.select(columns).iter_rows(named=True)):
-        dataset.rows.append(_parse_row(path, index, record, kind))
-    return dataset
+    return [_parse_row(path, index, record, kind) for index, record in enumerate(frame.select(columns).iter_rows(named=True))]
 
 
 def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> ChatRow:

@@ -19,3 +19,7 @@ class TrainDataError(TrainError, ValueError):
 
 class TrainOutOfMemoryError(TrainError, MemoryError):
     """Training ran out of (GPU or host) memory; the message names the settings to lower."""
+
+
+class ContextBudgetWarning(UserWarning):
+    """Many rows lose more than older turns to ``max_length``: the model will train on states without their tools or task."""

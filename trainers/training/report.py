@@ -32,6 +32,16 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+RENDER_CUTS_FILE = "render_cuts.jsonl"
+
+
+def write_render_cuts(path: Path, cuts: dict[str, list[dict[str, Any]]]) -> Path:
+    """One JSON line per row the truncation policy fitted: dataset kind, row id, tokens before and after, what it lost."""
+    lines = [json.dumps({"kind": kind, **cut}) for kind, rows in cuts.items() for cut in rows]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
 def plot_loss(path: Path, losses: list[tuple[int, float]], boundaries: list[tuple[int, str]], title: str) -> Path:
     """Training loss per logged step; a dashed line where each later stage starts."""
     import matplotlib

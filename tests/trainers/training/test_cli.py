@@ -32,3 +32,27 @@ def test_train_command_errors_are_one_red_line(tmp_path: Path, data_dir: Path) -
     assert "error: No base model at" in result.stderr and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["--data", str(data_dir)])
     assert result.exit_code == 1 and "--base-model" in result.stderr
+
+
+def test_datasets_show_reports_what_a_max_length_would_cut(tiny_model_dir: Path, data_dir: Path) -> None:
+    from ee_middleware.cli.app import app as root
+
+    whole = CliRunner().invoke(
+        root, ["datasets", "show", str(data_dir), "--tokenizer", str(tiny_model_dir), "--max-length", "4096", "--json"]
+    )
+    assert whole.exit_code == 0, whole.output
+    assert json.loads(whole.stdout)["il"]["budget"]["over_budget"] == 0
+    short = CliRunner().invoke(
+        root, ["datasets", "show", str(data_dir), "--tokenizer", str(tiny_model_dir), "--max-length", "96", "--json"]
+    )
+    assert short.exit_code == 0, short.output
+    budget = json.loads(short.stdout)["il"]["budget"]
+    assert budget["max_length"] == 96 and budget["rows"] == 16 and budget["over_budget"] > 0
+    assert budget["older_turns_dropped"] + budget["compact_tools"] + budget["cut_from_left"] + budget["dropped_completion_too_long"] > 0
+    assert budget["over_budget_share"] == round(budget["over_budget"] / budget["rows"], 4)
+    text = CliRunner().invoke(
+        root, ["datasets", "show", str(data_dir), "--tokenizer", str(tiny_model_dir), "--max-length", "96", "-n", "0"]
+    )
+    assert "at max_length 96:" in text.stdout and "cut from the left" in text.stdout
+    no_tokenizer = CliRunner().invoke(root, ["datasets", "show", str(data_dir), "--max-length", "96"])
+    assert no_tokenizer.exit_code == 1 and "--max-length needs --tokenizer" in no_tokenizer.stderr

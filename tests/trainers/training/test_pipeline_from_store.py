@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
-from ee_middleware.trainers.training import TrainConfig, train
+from ee_middleware.trainers.training import ContextBudgetWarning, TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,10 @@ def test_datasets_built_from_a_replayed_store_train_an_adapter(
         max_length=512,
         target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
     )
-    result = train(config, progress=False)
+    # BFCL states run to thousands of tokens with this tiny test tokenizer: at 512 most rows cannot keep
+    # full tool schemas, and training says so.
+    with pytest.warns(ContextBudgetWarning, match="lose more than older turns at max_length=512"):
+        result = train(config, progress=False)
     assert (result.adapter_dir / "adapter_config.json").exists() and (result.adapter_dir / "adapter_model.safetensors").exists()
     manifest = json.loads((result.adapter_dir / "manifest.json").read_text())
     assert manifest["metrics"]["steps"] == 4

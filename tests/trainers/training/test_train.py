@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from ee_middleware.trainers.training import BaseModelError, TrainConfig, TrainDataError, TrainError, TrainOutOfMemoryError, train
+from ee_middleware.trainers.training import (
+    BaseModelError,
+    ContextBudgetWarning,
+    TrainConfig,
+    TrainDataError,
+    TrainError,
+    TrainOutOfMemoryError,
+    train,
+)
 from ee_middleware.trainers.training.model import resolve_base
 
 from .conftest import il_row, write_dataset
@@ -180,3 +188,19 @@ def test_an_existing_adapter_is_never_overwritten(il_run: Any, tiny_model_dir: P
     with pytest.raises(TrainError, match=r"already holds an adapter.*new output_dir"):
         train(config(tiny_model_dir, data_dir, il_run.adapter_dir, max_steps=1), progress=False)
     assert (il_run.adapter_dir / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_rows_that_lose_tools_or_task_are_warned_about_and_recorded(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    with pytest.warns(ContextBudgetWarning, match=r"lose more than older turns at max_length=96.*Raise max_length"):
+        result = train(config(tiny_model_dir, data_dir, tmp_path / "short", max_steps=1, max_length=96), progress=False)
+    render = result.manifest["datasets"]["il"]["render"]
+    assert render["truncated"] > 0 and render["compact_tools"] + render["left_cut"] > 0
+    cuts = [json.loads(line) for line in (result.adapter_dir / "render_cuts.jsonl").read_text().splitlines()]
+    assert len(cuts) == render["truncated"] and {cut["kind"] for cut in cuts} == {"il"}
+    assert all(cut["original_tokens"] > cut["tokens"] or cut["left_cut_tokens"] for cut in cuts)
+
+
+def test_rows_that_fit_are_not_cut(il_run: Any) -> None:
+    render = il_run.manifest["datasets"]["il"]["render"]
+    assert (render["truncated"], render["middle_dropped"], render["compact_tools"], render["left_cut"]) == (0, 0, 0, 0)
+    assert (il_run.adapter_dir / "render_cuts.jsonl").read_text() == ""
