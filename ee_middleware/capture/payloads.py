@@ -45,9 +45,7 @@ class PayloadEncoder:
         Redaction walks the data (not its JSON text): values under secret-named keys go whole, and
         strings holding JSON (a tool result like ``'{"password": ...}'``) are redacted as JSON.
         """
-        if not self.redactor.enabled:
-            return dumps(value)
-        return dumps(self.redactor.redact_value(to_jsonable(value)))
+        return self.redactor.redact_json(value)
 
     _encode = encode
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -30,11 +31,13 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from re import Pattern
 from typing import Any
+
+from ee_middleware.messages import dumps, to_jsonable
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -117,6 +120,7 @@ _LAST_PAIRS = {
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a key or variable name says its value is a secret (``DB_PASSWORD``, ``apiKey``,
     ``client_secret``, ``x-auth-token``; not ``max_tokens``, ``primary_key`` or ``token_count``)."""
@@ -130,7 +134,12 @@ def is_secret_name(name: str) -> bool:
 
 # --- the built-in rules -------------------------------------------------------------------------
 
-_DIGITS = tuple("0123456789")
+_LONG_NUMBER = (re.compile(r"\d(?:[ ().+-]{0,2}\d){6,}"),)
+"""Cards, IBANs, SSNs and phone numbers have 7 digits or more, at most two separators apart."""
+
+
+def _having(pattern: str) -> tuple[Pattern[str], ...]:
+    return (re.compile(pattern),)
 
 
 @dataclass(frozen=True)
@@ -139,28 +148,56 @@ class Rule:
 
     kind: str
     pattern: Pattern[str]
-    triggers: tuple[str, ...] | None = None
-    """Lower-cased substrings one of which must occur for the rule to run (a cheap pre-filter)."""
+    prefilter: tuple[Pattern[str], ...] = ()
+    """Cheap searches in the lower-cased text that must all find something for the rule to run."""
     group: str | int = 0
     check: Callable[[str], bool] | None = None
     """A further test of the matched secret (Luhn, IBAN checksum, ...); False leaves it alone."""
     name_group: str | None = None
     """A group holding a name that must be secret-named (:func:`is_secret_name`)."""
+    finder: Callable[[str], Iterator[re.Match[str]]] | None = None
+    """Finds the matches instead of ``pattern.finditer`` (where a plain scan would be slow)."""
+
+
+_NAME_WORDS = r"(?:pass|pwd|secret|token|key|auth|cookie|credential|pin|cvv|cvc|ssn|dsn|session)"
+_NAME_WORD = re.compile(_NAME_WORDS)  # searched in lower-cased text
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _assignments(text: str) -> Iterator[re.Match[str]]:
+    """``name = value`` / ``"name": value`` matches of the ``secret`` rule, looked for only around
+    the words secret names are made of (scanning every word of a long text with the full rule is
+    ten times slower)."""
+    last = -1
+    for hit in _NAME_WORD.finditer(_lower(text)):
+        start = hit.start()
+        while start > 0 and text[start - 1] in _NAME_CHARS:
+            start -= 1
+        while start < hit.start() and not (text[start].isalpha() or text[start] == "_"):
+            start += 1
+        if start == last:
+            continue
+        last = start
+        match = _ASSIGNMENT.match(text, start)
+        if match is not None:
+            yield match
 
 
 _VALUE = r"""(?P<value>\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s"'`,;&|}\])\\]+)"""
 
+_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]{0,63}+)\\?[\"']?\s*[:=]\s*(?=" + _VALUE + ")")
+
 BUILTIN_RULES: tuple[Rule, ...] = (
-    Rule("private_key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), ("private key",)),
-    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), ("eyj",)),
+    Rule("private_key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), _having("private key")),
+    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _having("eyj")),
     Rule(
         "url_credentials",
         re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://(?P<value>[^\s:/?#@\"'\\]*:[^\s/@\"'\\]+)@"),
-        ("://",),
+        _having("://"),
         group="value",
     ),
-    Rule("basic_auth", re.compile(r"(?i)\bbasic\s+(?P<value>[A-Za-z0-9+/]{8,}={0,2})"), ("basic",), "value", _is_basic_credentials),
-    Rule("bearer_token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)"), ("bearer",), "value", _is_token),
+    Rule("basic_auth", re.compile(r"(?i)\bbasic\s+(?P<value>[A-Za-z0-9+/]{8,}={0,2})"), _having("basic"), "value", _is_basic_credentials),
+    Rule("bearer_token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)"), _having("bearer"), "value", _is_token),
     Rule(
         "api_key",
         re.compile(
@@ -169,23 +206,24 @@ BUILTIN_RULES: tuple[Rule, ...] = (
             r"|AIza[0-9A-Za-z_-]{35}|hf_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36}"
             r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,})"
         ),
-        ("sk-", "sk_", "rk_", "whsec_", "akia", "asia", "gh", "xox", "aiza", "hf_", "glpat-", "npm_", "sg."),
+        _having(r"sk-|[sr]k_|whsec_|akia|asia|gh[pousr]_|github_pat_|xox|aiza|hf_|glpat-|npm_|sg\."),
     ),
     Rule(
         "aws_secret_key",
         re.compile(r"(?<![A-Za-z0-9/+=])(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
-        _DIGITS,
+        _having(r"[a-z0-9/+]{40}"),
         "value",
         _is_aws_secret,
     ),
     Rule(
         "secret",
         # the value is matched in a lookahead, so that "Note: password: x" is tried at "password" too
-        re.compile(r"(?P<name>\b[A-Za-z_][A-Za-z0-9_.-]{0,63})\\?[\"']?\s*[:=]\s*(?=" + _VALUE + ")"),
-        (":", "="),
+        _ASSIGNMENT,
+        _having(_NAME_WORDS + r"[a-z0-9_.-]*+\\?[\"']?\s*[:=]"),
         "value",
         lambda v: v.strip("\\\"'").lower() not in ("bearer", "basic", "", "null", "none", "true", "false"),
         name_group="name",
+        finder=lambda text: _assignments(text),
     ),
     Rule(
         "password",
@@ -193,27 +231,27 @@ BUILTIN_RULES: tuple[Rule, ...] = (
             r"(?i)\b(?:password|passwd|passphrase|passcode|pwd)\b(?:\s+(?!is\b|was\b)[\w'-]+){0,4}?\s+(?:is|was)(?:\s+now)?\s+"
             r"(?P<value>'[^'\n]+'|\"[^\"\n]+\"|`[^`\n]+`|[^\s'\"`]+?)(?=[.,;!?)]*(?:\s|$|\"|\\))"
         ),
-        ("pass", "pwd"),
+        _having("pass|pwd"),
         "value",
         _is_prose_password,
     ),
-    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), ("@",)),
-    Rule("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _DIGITS, check=_is_card),
-    Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _DIGITS, check=_is_iban),
-    Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _DIGITS),
+    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), _having("@")),
+    Rule("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _LONG_NUMBER, check=_is_card),
+    Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _LONG_NUMBER, check=_is_iban),
+    Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _LONG_NUMBER),
     Rule(
         "phone",
         re.compile(
             r"(?:(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\d])"
             r"|(?<![\w+(])(?:\(\d{3}\)\s?|\d{3}[-. ])\d{3}[-.]\d{4}(?![\d-]))"
         ),
-        _DIGITS,
+        _LONG_NUMBER,
         check=_is_phone,
     ),
     Rule(
         "ip_address",
         re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"),
-        _DIGITS,
+        _having(r"\d\.\d+\.\d"),
     ),
 )
 
@@ -309,11 +347,13 @@ class Redactor:
         self.custom = custom
         self.salt = salt.encode() if isinstance(salt, str) else salt
         enabled = set(rules.enabled_kinds())
-        self._rules: list[Rule] = [r for r in BUILTIN_RULES if r.kind in enabled]
+        self._builtin = [r for r in BUILTIN_RULES if r.kind in enabled]
         self._secret_keys = "secret" in enabled
         extras = extra_patterns.items() if isinstance(extra_patterns, Mapping) else (("custom", p) for p in extra_patterns)
-        for kind, pattern in [*rules.patterns.items(), *extras]:
-            self._rules.append(_user_rule(kind, pattern))
+        self._user = [_user_rule(kind, pattern) for kind, pattern in [*rules.patterns.items(), *extras]]
+        self._rules = self._builtin + self._user
+        # one search that finds nothing for most strings: then no built-in rule can match
+        self._any_builtin = re.compile("|".join(r.prefilter[-1].pattern for r in self._builtin)) if self._builtin else None
 
     @property
     def enabled(self) -> bool:
@@ -356,7 +396,9 @@ class Redactor:
     # --- internals ---
 
     def _redact_key(self, key: Any) -> Any:
-        return self.redact_text(key) if isinstance(key, str) else key
+        if not isinstance(key, str) or (key.isidentifier() and len(key) < 32 and not self._user and self.custom is None):
+            return key  # "role", "content", "order_id": no built-in kind is a short identifier
+        return self.redact_text(key)
 
     def _redact_member(self, key: Any, value: Any) -> Any:
         scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != ""
@@ -365,9 +407,50 @@ class Redactor:
             return text if PLACEHOLDER.fullmatch(text) else self.placeholder("secret", text)
         return self.redact_value(value)
 
+    def _matches(self, text: str) -> Iterator[tuple[int, int, str]]:
+        """(start, end, kind) of each secret in ``text``; earlier rules win where matches overlap."""
+        rules = self._rules
+        lowered = _lower(text)
+        if self._any_builtin is not None and self._any_builtin.search(lowered) is None:
+            rules = self._user
+        taken: list[tuple[int, int]] = [m.span() for m in PLACEHOLDER.finditer(text)] if "[REDACTED:" in text else []
+        seen: dict[Pattern[str], bool] = {}  # prefilters shared by several rules run once
+        for rule in rules:
+            if not all(_found(seen, p, lowered) for p in rule.prefilter):
+                continue
+            for match in rule.finder(text) if rule.finder is not None else rule.pattern.finditer(text):
+                start, end = _secret_span(match, rule.group)
+                if start == end or any(s < end and start < e for s, e in taken):
+                    continue
+                if rule.check is not None and not rule.check(text[start:end]):
+                    continue
+                if rule.name_group is not None and not is_secret_name(match.group(rule.name_group)):
+                    continue
+                taken.append((start, end))
+                yield start, end, rule.kind
+
+    def _clean_json(self, text: str) -> bool:
+        """Whether JSON ``text`` surely holds nothing to redact: no rule matches in it (secret-named
+        members included: the ``secret`` rule sees ``"password": ...``), and no JSON text sits two
+        strings deep, where escaping would hide a member name from the rules."""
+        return self.custom is None and next(self._matches(text), None) is None and '\\\\\\"' not in text
+
+    def redact_json(self, value: Any) -> str:
+        """Redacted JSON text of JSON-like ``value`` (compact, UTF-8).
+
+        Clean data, the common case, costs one scan of its JSON text; data with something to
+        redact is walked as :meth:`redact_value` does.
+        """
+        text = dumps(value)
+        if not self.enabled or self._clean_json(text):
+            return text
+        return dumps(self.redact_value(to_jsonable(value)))
+
     def _redact_string(self, text: str) -> str:
         stripped = text.strip()
         if len(stripped) > 1 and stripped[0] in "{[" and stripped[-1] in "}]":
+            if self._clean_json(stripped):
+                return text
             try:
                 data = json.loads(stripped)
             except ValueError:
@@ -381,23 +464,7 @@ class Redactor:
         return self.redact_text(text)
 
     def _apply_rules(self, text: str) -> str:
-        lowered = text.lower()
-        taken: list[tuple[int, int]] = [m.span() for m in PLACEHOLDER.finditer(text)] if "[redacted:" in lowered else []
-        replacements: list[tuple[int, int, str]] = []
-        for rule in self._rules:
-            if rule.triggers is not None and not any(t in lowered for t in rule.triggers):
-                continue
-            for match in rule.pattern.finditer(text):
-                start, end = _secret_span(match, rule.group)
-                if start == end or any(s < end and start < e for s, e in taken):
-                    continue
-                secret = text[start:end]
-                if rule.check is not None and not rule.check(secret):
-                    continue
-                if rule.name_group is not None and not is_secret_name(match.group(rule.name_group)):
-                    continue
-                taken.append((start, end))
-                replacements.append((start, end, self.placeholder(rule.kind, secret)))
+        replacements = [(start, end, self.placeholder(kind, text[start:end])) for start, end, kind in self._matches(text)]
         if not replacements:
             return text
         out, last = [], 0
@@ -407,6 +474,22 @@ class Redactor:
             last = end
         out.append(text[last:])
         return "".join(out)
+
+
+def _lower(text: str) -> str:
+    """``text.lower()`` where that keeps every position (it does for ASCII); else ``text`` itself,
+    searched with the lower-case prefilters after an ASCII-only lowering."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(c.lower() if c.isascii() else c for c in text)
+
+
+def _found(seen: dict[Pattern[str], bool], pattern: Pattern[str], text: str) -> bool:
+    found = seen.get(pattern)
+    if found is None:
+        found = seen[pattern] = pattern.search(text) is not None
+    return found
 
 
 def _secret_span(match: re.Match[str], group: str | int) -> tuple[int, int]:
