@@ -1,4 +1,4 @@
-"""Suite specs: ``bfcl:CATEGORY[:N]``, ``tau:DOMAIN[:SPLIT][:N]``, ``traces:STORE[:APP][:N]``.
+"""Suite specs: ``bfcl:CATEGORY[:N]`` (``tau:DOMAIN[:SPLIT][:N]`` and ``traces:STORE[:APP][:N]`` are planned).
 
 A suite turns its data into :class:`~ee_middleware.evals.tasks.EvalTask` items and runs one task
 and trial with a client (:class:`Suite`). Specs are strings so that worker processes rebuild the
@@ -15,7 +15,7 @@ from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.tasks import EvalTask, TaskResult
 from ee_middleware.models.protocol import ChatClient
 
-SUITE_FORMS = "bfcl:CATEGORY[:N], tau:DOMAIN[:SPLIT][:N] or traces:STORE[:APP][:N]"
+SUITE_FORMS = "bfcl:CATEGORY[:N] (tau:DOMAIN and traces:STORE suites are planned)"
 
 
 class Suite(Protocol):
@@ -41,13 +41,4 @@ def load_suite(spec: str) -> Suite:
         from ee_middleware.evals.bfcl.suite import BFCLSuite
 
         return BFCLSuite(parts[0], _limit(parts[1], spec) if len(parts) == 2 else None)
-    if kind == "tau" and 1 <= len(parts) <= 3:
-        from ee_middleware.evals.tau.suite import tau_suite
-
-        limit = _limit(parts.pop(), spec) if len(parts) > 1 and parts[-1].isdigit() else None
-        return tau_suite(parts[0], parts[1] if len(parts) > 1 else None, limit)
-    if kind == "traces" and parts:
-        from ee_middleware.evals.traces import TracesSuite
-
-        return TracesSuite.from_spec(spec, rest)
     raise ConfigError(f"Cannot read the suite {spec!r}: write {SUITE_FORMS}, e.g. bfcl:multi_turn_base:20.")

@@ -24,9 +24,7 @@ def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None)
 
 @app.command("run")
 def run_cmd(
-    suite: list[str] = typer.Option(
-        ..., "--suite", help="bfcl:CATEGORY[:N], tau:DOMAIN[:SPLIT][:N] or traces:STORE[:APP][:N]; repeat for several."
-    ),
+    suite: list[str] = typer.Option(..., "--suite", help="bfcl:CATEGORY[:N] (e.g. bfcl:multi_turn_base:50); repeat for several."),
     endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
     model: str | None = typer.Option(None, "--model", help="Served model or adapter name at --endpoint."),
     model_spec: str | None = typer.Option(
