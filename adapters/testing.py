@@ -146,3 +146,49 @@ def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters
     refused = _expect(ModelRequestError, lambda: _chat(backend.url, perturbed, messages), "a request for an unloaded adapter")
     assert getattr(refused, "status", None) in (400, 404), refused
     backend.unload(perturbed)  # unloading what is not loaded is a no-op
+
+
+PARITY_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "mv",
+            "description": "Move a file",
+            "parameters": {"type": "object", "properties": {"source": {"type": "string"}}},
+        },
+    }
+]
+PARITY_PROMPT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Move file_1.txt"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mv", "arguments": '{"source": "file_1.txt"}'}}],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "moved"},
+]
+
+
+def check_prompt_parity(server_root: str, served_model: str, tokenizer: Any) -> int:
+    """The server's ``/tokenize`` of chat messages equals the trainer's rendering with ``tokenizer``, token for token.
+
+    ``server_root`` is the server's address without ``/v1``; ``tokenizer`` the base model's own (with
+    the template the adapter was trained with). Checks a multi-turn state with tools, tool calls and
+    a tool result, the same without a system message, and a plain prompt; returns how many were compared.
+    """
+    import httpx
+
+    from ee_middleware.models.chat_template import probe_template, render_pair
+
+    completion = [{"role": "assistant", "content": "Done."}]
+    cases = ((PARITY_PROMPT, PARITY_TOOLS), (PARITY_PROMPT[1:], PARITY_TOOLS), (PARITY_PROMPT[1:2], None))
+    for messages, tools in cases:
+        text = render_pair(tokenizer, messages, completion, tools, probe_template(tokenizer))[0]
+        trained = tokenizer(text, add_special_tokens=False)["input_ids"]
+        body = {"model": served_model, "messages": messages, "add_generation_prompt": True, **({"tools": tools} if tools else {})}
+        response = httpx.post(f"{server_root.rstrip('/')}/tokenize", json=body, timeout=120)
+        response.raise_for_status()
+        served = response.json()["tokens"]
+        assert served == trained, f"the served prompt differs from the trained one:\nserved  {served}\ntrained {trained}\n(text {text!r})"
+    return len(cases)

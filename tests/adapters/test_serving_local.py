@@ -16,8 +16,7 @@ from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend
 from ee_middleware.adapters.serving.local_server import _choice
 from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
-from ee_middleware.adapters.testing import check_serving_backend
-from ee_middleware.models.chat_template import probe_template, render_pair
+from ee_middleware.adapters.testing import check_prompt_parity, check_serving_backend
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
 
@@ -74,33 +73,7 @@ def test_the_served_prompt_is_the_trained_prompt_token_for_token(local_server: A
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     assert tokenizer.chat_template == SMOLLM2_TEMPLATE
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "mv",
-                "description": "Move a file",
-                "parameters": {"type": "object", "properties": {"source": {"type": "string"}}},
-            },
-        }
-    ]
-    prompt = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Move file_1.txt"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mv", "arguments": '{"source": "file_1.txt"}'}}],
-        },
-        {"role": "tool", "tool_call_id": "c1", "content": "moved"},
-    ]
-    completion = [{"role": "assistant", "content": "Done."}]
-    for messages, offered in ((prompt, tools), (prompt[1:2], tools), (prompt[1:2], None)):
-        trained_text = render_pair(tokenizer, messages, completion, offered, probe_template(tokenizer))[0]
-        trained = tokenizer(trained_text, add_special_tokens=False)["input_ids"]
-        body = {"model": "tiny-base", "messages": messages, "add_generation_prompt": True, **({"tools": offered} if offered else {})}
-        served = httpx.post(local_server.url.removesuffix("/v1") + "/tokenize", json=body, timeout=60).json()["tokens"]
-        assert served == trained
+    assert check_prompt_parity(local_server.url.removesuffix("/v1"), "tiny-base", tokenizer) == 3
 
 
 def test_promote_switches_the_alias_and_rollback_restores_the_previous_answer(local_server: Any, tiny_base: Path, tmp_path: Path) -> None:
