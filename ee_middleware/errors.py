@@ -43,6 +43,11 @@ class StoreDamagedError(StoreError):
     """
 
 
+class OutputError(EEError):
+    """An output file (an export, a report) cannot be written: the path is a folder, the disk is
+    full, the folder is read-only. No partial or temporary file is left behind."""
+
+
 class ApprovalConflictError(StoreError):
     """A decision would overturn an opposite one (approve a rejected trajectory, or the reverse).
 

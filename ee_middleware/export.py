@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from ee_middleware._files import atomic_open, atomic_path
+from ee_middleware.errors import OutputError, os_error_advice
 from ee_middleware.records import ApprovalStatus
 from ee_middleware.store.protocol import ExperienceStore
 
 
 def export_jsonl(store: ExperienceStore, out: str | os.PathLike[str], *, status: ApprovalStatus | None = "approved") -> int:
-    """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``.
+
+    The file is replaced whole or not at all; raises :class:`~ee_middleware.errors.OutputError`
+    (leaving nothing behind) when it cannot be written.
+    """
+    path = _output_path(out, "jsonl")
     count = 0
-    with atomic_open(path, "w") as fh:
+    with _writing(path), atomic_open(path, "w") as fh:
         for trajectory in store.iter_trajectories(status=status):
             fh.write(json.dumps(trajectory.to_openai_chat(), ensure_ascii=False) + "\n")
             count += 1
@@ -43,11 +49,28 @@ def export_parquet(store: ExperienceStore, out: str | os.PathLike[str], *, statu
         }
         for t in store.iter_trajectories(status=status)
     ]
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    path = _output_path(out, "parquet")
+    with _writing(path), atomic_path(path) as tmp:
         pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
     return len(rows)
+
+
+def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give the file to write, for example {path / f'train.{suffix}'}.")
+    return path
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write into one clear :class:`OutputError` (the atomic helpers already removed
+    their temporary file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
 
 
 _CALL = pl.Struct({"id": pl.String(), "type": pl.String(), "function": pl.Struct({"name": pl.String(), "arguments": pl.String()})})

@@ -18,7 +18,8 @@ Field by field:
     Parallel tool calls from one model response become several steps sharing ``decision_index``.
 ``Approval``
     whether the trajectory may feed training (``approved``), may not (``rejected``), or waits for a
-    person (``pending``); with who decided, when and why.
+    person (``pending``); with who decided, when and why. Every decision is kept (``ApprovalEvent``,
+    an append-only log); one that overturns an opposite decision records it in ``overrides``.
 ``Rollout``
     one alternative action executed from a recorded state (Early Experience's s_i -> a_i^j -> s_i^j):
     which trajectory and step it branched from, the branch number, the proposed tool call, who
@@ -157,6 +158,9 @@ class ApprovalEvent(_Record):
     by: str
     at: dt.datetime = Field(default_factory=utcnow)
     reason: str | None = None
+    overrides: Approval | None = None
+    """The opposite decision this one overturned (approving a rejected trajectory or the reverse,
+    which needs ``force``), kept so that the history shows both."""
 
     def as_approval(self) -> Approval:
         return Approval(status=self.status, by=self.by, at=self.at, reason=self.reason)

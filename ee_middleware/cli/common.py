@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +21,12 @@ if TYPE_CHECKING:
 STORE_HELP = "Experience store: a folder, or a store spec (local:PATH, NAME:LOCATION for a store plug-in)."
 StoreOption = typer.Option(..., "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True)
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+AllowPartialOption = typer.Option(
+    False,
+    "--allow-partial",
+    help="When part of the store is damaged, answer from what can be read (the damage is listed on stderr). "
+    "Without it, an answer that would be incomplete is an error (exit 1).",
+)
 
 
 def open_existing_store(spec: str | Path) -> ExperienceStore:
@@ -24,6 +34,45 @@ def open_existing_store(spec: str | Path) -> ExperienceStore:
     from ee_middleware.store.registry import open_store
 
     return open_store(spec, create=False)
+
+
+@dataclass
+class DamageReport:
+    """Store damage seen while a command read: ``incomplete`` when it hid stored records."""
+
+    messages: list[str] = field(default_factory=list)
+    incomplete: bool = False
+
+
+@contextmanager
+def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
+    """Read a store with its damage reported as plain lines on stderr, not Python warnings.
+
+    Damage that hides stored records (an unreadable part, a damaged record) makes the command fail
+    with :class:`~ee_middleware.errors.StoreDamagedError` naming the file and the fix, before it
+    prints or writes anything, unless ``allow_partial``; then it answers from the rest.
+    """
+    from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreDamagedError
+
+    report = DamageReport()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if not allow_partial:
+            warnings.simplefilter("error", IncompleteReadWarning)
+        try:
+            yield report
+        except IncompleteReadWarning as exc:
+            raise StoreDamagedError(
+                f"{exc} The answer would be incomplete, so none was given; pass --allow-partial to answer from the rest."
+            ) from None
+        finally:
+            for w in caught:
+                if not issubclass(w.category, StoreCorruptionWarning):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+                elif str(w.message) not in report.messages:
+                    report.messages.append(str(w.message))
+                    report.incomplete |= issubclass(w.category, IncompleteReadWarning)
+                    typer.secho(f"warning: {w.message}", err=True, fg="yellow")
 
 
 def print_json(data: Any) -> None:

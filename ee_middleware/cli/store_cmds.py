@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json
+from ee_middleware.cli.common import AllowPartialOption, JsonOption, StoreOption, console, open_existing_store, print_json, reading_store
 
 app = typer.Typer(help="Inspect and maintain an experience store.", no_args_is_help=True)
 
 
 @app.command("info")
-def info(store: str = StoreOption, as_json: bool = JsonOption) -> None:
+def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bool = AllowPartialOption) -> None:
     """Counts of trajectories by approval, spool segments and Parquet parts."""
-    data = open_existing_store(store).info()
+    with reading_store(allow_partial=allow_partial):
+        data = open_existing_store(store).info()
     if as_json:
         print_json(data)
         return
@@ -27,6 +28,40 @@ def info(store: str = StoreOption, as_json: bool = JsonOption) -> None:
 
 @app.command("compact")
 def compact(store: str = StoreOption) -> None:
-    """Fold finished spool segments into Parquet parts (safe while agents are recording)."""
-    folded = open_existing_store(store).compact()
+    """Fold finished spool segments into Parquet parts (safe while agents are recording and reading).
+
+    Exits 1 when it finds a damaged part (it is left as it is: `ee store repair` takes it out).
+    """
+    with reading_store(allow_partial=True) as damage:
+        folded = open_existing_store(store).compact()
     typer.echo(f"Compacted {folded} spool segment(s) into Parquet parts.")
+    if damage.incomplete:
+        typer.secho(f"error: damaged parts found (above); run `ee store repair --store {store}` to take them out.", err=True, fg="red")
+        raise typer.Exit(1)
+
+
+@app.command("repair")
+def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
+    """Take damaged Parquet parts out of the store (moved to quarantine/TABLE/), so reads are complete again.
+
+    Their rows are lost to the store unless you restore the files from a backup. Safe while agents
+    are recording. Damaged spool segments are quarantined by `ee store compact`.
+    """
+    opened = open_existing_store(store)
+    do_repair = getattr(opened, "repair", None)
+    if do_repair is None:
+        typer.secho(f"error: the store {store} ({type(opened).__name__}) has no repair; see its own documentation.", err=True, fg="red")
+        raise typer.Exit(1)
+    report = do_repair()
+    if as_json:
+        print_json(report)
+        return
+    moved, dropped = report["quarantined_parts"], report["missing_parts_dropped"]
+    for item in moved:
+        typer.echo(f"Moved damaged part {item['part']} to {item['moved_to']} ({item['reason']}).")
+    for path in dropped:
+        typer.echo(f"Dropped missing part {path} from the manifest.")
+    if not moved and not dropped:
+        typer.echo(f"No damaged parts in {store}.")
+    else:
+        typer.echo("Reads are complete again, without those parts' rows; restore them from a backup if you have one.")

@@ -9,7 +9,16 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json, short
+from ee_middleware.cli.common import (
+    AllowPartialOption,
+    JsonOption,
+    StoreOption,
+    console,
+    open_existing_store,
+    print_json,
+    reading_store,
+    short,
+)
 
 app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
 
@@ -38,9 +47,11 @@ def list_traces(
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many (newest)."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """List trajectories, oldest first, with their approval."""
-    frame = open_existing_store(store).trajectories(status=None if status is StatusFilter.all else status.value, app=app_name)
+    with reading_store(allow_partial=allow_partial):
+        frame = open_existing_store(store).trajectories(status=None if status is StatusFilter.all else status.value, app=app_name)
     frame = frame.sort("started_at")
     if limit is not None:
         frame = frame.tail(limit)
@@ -81,11 +92,16 @@ def show(
     trajectory_id: str = typer.Argument(..., help="Trajectory id (a unique prefix is enough)."),
     store: str = StoreOption,
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Show one trajectory with every step: tool call, arguments, observation."""
-    trajectory = open_existing_store(store).get(trajectory_id)
+    """Show one trajectory with every step (tool call, arguments, observation) and its approval history."""
+    with reading_store(allow_partial=allow_partial):
+        opened = open_existing_store(store)
+        trajectory = opened.get(trajectory_id)
+        history = opened.approvals([trajectory.id])
+    decisions = [{k: _jsonable(v) for k, v in row.items() if k != "trajectory_id"} for row in history.to_dicts()]
     if as_json:
-        print_json(trajectory.model_dump(mode="json"))
+        print_json({**trajectory.model_dump(mode="json"), "approval_history": decisions})
         return
     from rich.panel import Panel
     from rich.table import Table
@@ -118,6 +134,24 @@ def show(
     out.print(table)
     if trajectory.error:
         out.print(f"[red]error:[/] {trajectory.error}")
+    if decisions:
+        out.print(_history_table(decisions))
+
+
+def _history_table(decisions: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="approval history (oldest first)", title_justify="left")
+    for column in ("at UTC", "decision", "by", "reason", "overrode"):
+        table.add_column(column, overflow="fold")
+    for d in decisions:
+        overrode = ""
+        if d["overrides_status"]:
+            overrode = f"{d['overrides_status']} by {d['overrides_by'] or '?'}" + (
+                f" ({d['overrides_reason']})" if d["overrides_reason"] else ""
+            )
+        table.add_row((d["at"] or "")[:19].replace("T", " "), d["status"], d["by"] or "", d["reason"] or "", overrode)
+    return table
 
 
 @app.command("approve")
@@ -126,9 +160,11 @@ def approve(
     store: str = StoreOption,
     by: str = typer.Option(..., "--by", help="Who approves (stored with the decision)."),
     reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
+    force: bool = typer.Option(False, "--force", help="Overturn a rejection (the history keeps both decisions)."),
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Approve trajectories for training."""
-    _decide(store, trajectory_ids, "approved", by, reason)
+    """Approve trajectories for training. A rejected one needs --force."""
+    _decide(store, trajectory_ids, "approved", by, reason, force=force, allow_partial=allow_partial)
 
 
 @app.command("reject")
@@ -137,18 +173,22 @@ def reject(
     store: str = StoreOption,
     by: str = typer.Option(..., "--by", help="Who rejects (stored with the decision)."),
     reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
+    force: bool = typer.Option(False, "--force", help="Overturn an approval (the history keeps both decisions)."),
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Reject trajectories: they never feed training."""
-    _decide(store, trajectory_ids, "rejected", by, reason)
+    """Reject trajectories: they never feed training. An approved one needs --force."""
+    _decide(store, trajectory_ids, "rejected", by, reason, force=force, allow_partial=allow_partial)
 
 
-def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str | None) -> None:
-    from ee_middleware.records import ApprovalEvent
+def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str | None, *, force: bool, allow_partial: bool) -> None:
+    from ee_middleware.store.approvals import decide
 
-    store = open_existing_store(store_path)
-    resolved = [store.resolve_id(i) for i in ids]
-    store.set_approval([ApprovalEvent(trajectory_id=i, status=status, by=by, reason=reason) for i in resolved])  # type: ignore[arg-type]
-    typer.echo(f"{status.capitalize()} {len(resolved)} trajectory(ies): {', '.join(i[:12] for i in resolved)}")
+    with reading_store(allow_partial=allow_partial):
+        events = decide(open_existing_store(store_path), ids, status, by=by, reason=reason, force=force)  # type: ignore[arg-type]
+    typer.echo(f"{status.capitalize()} {len(events)} trajectory(ies): {', '.join(e.trajectory_id[:12] for e in events)}")
+    for e in events:
+        if e.overrides is not None:
+            typer.echo(f"  {e.trajectory_id[:12]}: overturned {e.overrides.status} by {e.overrides.by or '?'} (both kept in the history)")
 
 
 @app.command("export")
@@ -157,13 +197,18 @@ def export(
     fmt: ExportFormat = typer.Option(..., "--format", "-f", help="jsonl: OpenAI chat fine-tuning lines; parquet: one row per trajectory."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file."),
     status: StatusFilter = typer.Option(StatusFilter.approved, "--status", help="Which trajectories (default: approved only)."),
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Export trajectories for fine-tuning (OpenAI chat JSONL with messages and tools, or Parquet)."""
+    """Export trajectories for fine-tuning (OpenAI chat JSONL with messages and tools, or Parquet).
+
+    The file is written whole or not at all: on any failure, no partial or temporary file is left.
+    """
     from ee_middleware.export import export_jsonl, export_parquet
 
-    source = open_existing_store(store)
     selected = None if status is StatusFilter.all else status.value
-    count = (export_jsonl if fmt is ExportFormat.jsonl else export_parquet)(source, out, status=selected)
+    with reading_store(allow_partial=allow_partial):
+        source = open_existing_store(store)
+        count = (export_jsonl if fmt is ExportFormat.jsonl else export_parquet)(source, out, status=selected)
     typer.echo(f"Wrote {count} trajectories to {out}")
     if count == 0:
         typer.secho(f"note: no {status.value} trajectories in {store}; approve some with `ee traces approve`.", err=True, fg="yellow")

@@ -45,6 +45,7 @@ from ee_middleware.errors import (
 )
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory, utcnow
 from ee_middleware.store import spool
+from ee_middleware.store.approvals import decide
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
@@ -116,9 +117,14 @@ class LocalExperienceStore:
             raise StoreError(f"{self.root} exists and is not a folder. Choose another --store path.")
         if self.root.exists() and any(p.name not in TABLES and p.name != "spool" for p in self.root.iterdir()):
             raise StoreError(f"{self.root} is a non-empty folder without {MARKER}. Use an empty or new folder for the store.")
-        self.root.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat()}
-        atomic_write_bytes(marker, json.dumps(meta, indent=2).encode(), fsync=self._fsync)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(marker, json.dumps(meta, indent=2).encode(), fsync=self._fsync)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"Cannot create an experience store at {self.root}: {exc}. {os_error_advice(exc)}", errno=exc.errno
+            ) from exc
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -136,15 +142,26 @@ class LocalExperienceStore:
             raise TrajectoryNotFoundError(
                 f"No trajectory with id {', '.join(missing)} in {self.root}. List ids with: ee traces list --store {self.root}"
             )
-        self._writer.append({"kind": "approval", "data": e.model_dump(mode="json")} for e in events)
+        # a decision without an override is written as before, so older readers still read it
+        self._writer.append(
+            {"kind": "approval", "data": e.model_dump(mode="json", exclude=None if e.overrides else {"overrides"})} for e in events
+        )
 
     def approve(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
-        """Mark trajectories approved for training."""
-        self.set_approval([ApprovalEvent(trajectory_id=i, status="approved", by=by, reason=reason) for i in ids])
+        """Mark trajectories approved for training (overturning a rejection is recorded as such)."""
+        decide(self, ids, "approved", by=by, reason=reason, force=True)
 
     def reject(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
-        """Mark trajectories rejected: they never feed training."""
-        self.set_approval([ApprovalEvent(trajectory_id=i, status="rejected", by=by, reason=reason) for i in ids])
+        """Mark trajectories rejected: they never feed training (overturning an approval is recorded)."""
+        decide(self, ids, "rejected", by=by, reason=reason, force=True)
+
+    def approvals(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        """Every approval decision, oldest first, with the opposite decision each one overturned."""
+        tables = self._load()
+        history = _decisions(tables["trajectories"], tables["approvals"])
+        if trajectory_ids is not None:
+            history = history.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
+        return history
 
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
         """Durably append one trajectory's rollouts and its replay record in a single batch.
@@ -526,18 +543,25 @@ def _records_to_frames(records: Iterable[dict[str, Any]]) -> dict[str, pl.DataFr
     return {name: frame(rows[name], TABLES[name]) for name in TABLES}
 
 
-def _current_approvals(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:
-    """Attach the latest decision per trajectory (recorded one included) as ``approval*`` columns."""
+def _decisions(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:
+    """Every decision in the order made (the one recorded with a trajectory included), oldest first."""
+    overrides = [pl.lit(None, dtype=APPROVAL_SCHEMA[c]).alias(c) for c in APPROVAL_SCHEMA if c.startswith("overrides_")]
     recorded = trajectories.filter(pl.col("recorded_approval") != "pending").select(
         pl.col("id").alias("trajectory_id"),
         pl.col("recorded_approval").alias("status"),
         pl.col("recorded_approval_by").alias("by"),
         pl.col("recorded_approval_at").alias("at"),
         pl.col("recorded_approval_reason").alias("reason"),
+        *overrides,
     )
-    decisions = pl.concat([recorded, approvals], how="vertical").with_row_index("_seq")
+    decisions = pl.concat([recorded, approvals.select(list(APPROVAL_SCHEMA))], how="vertical").with_row_index("_seq")
+    return decisions.sort(["at", "_seq"], nulls_last=False).drop("_seq")
+
+
+def _current_approvals(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:
+    """Attach the latest decision per trajectory (recorded one included) as ``approval*`` columns."""
     latest = (
-        decisions.sort(["at", "_seq"], nulls_last=False)
+        _decisions(trajectories, approvals)
         .group_by("trajectory_id", maintain_order=True)
         .last()
         .select(

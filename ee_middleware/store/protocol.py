@@ -43,7 +43,8 @@ class ExperienceStore(Protocol):
         ...
 
     def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
-        """Record approval decisions; the latest one per trajectory wins.
+        """Record approval decisions as given (with their ``overrides``); the latest one per
+        trajectory wins, and every one stays in :meth:`approvals`.
 
         Raises :class:`~ee_middleware.errors.TrajectoryNotFoundError` (and records nothing) when
         any id is unknown.
@@ -51,16 +52,24 @@ class ExperienceStore(Protocol):
         ...
 
     def approve(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
-        """Mark trajectories approved for training (a :meth:`set_approval` shorthand)."""
-        from ee_middleware.records import ApprovalEvent
+        """Mark trajectories approved for training; overturning a rejection is recorded with both
+        decisions (see :func:`ee_middleware.store.approvals.decide`)."""
+        from ee_middleware.store.approvals import decide
 
-        self.set_approval([ApprovalEvent(trajectory_id=i, status="approved", by=by, reason=reason) for i in ids])
+        decide(self, ids, "approved", by=by, reason=reason, force=True)
 
     def reject(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
-        """Mark trajectories rejected: they never feed training (a :meth:`set_approval` shorthand)."""
-        from ee_middleware.records import ApprovalEvent
+        """Mark trajectories rejected: they never feed training; overturning an approval is
+        recorded with both decisions."""
+        from ee_middleware.store.approvals import decide
 
-        self.set_approval([ApprovalEvent(trajectory_id=i, status="rejected", by=by, reason=reason) for i in ids])
+        decide(self, ids, "rejected", by=by, reason=reason, force=True)
+
+    def approvals(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        """Every approval decision (of the given trajectories, or all), oldest first: the one
+        recorded with a trajectory and each :meth:`set_approval` event, with the columns of
+        ``ee_middleware.store.tables.APPROVAL_SCHEMA`` (``overrides_*``: the decision it overturned)."""
+        ...
 
     def trajectories(self, *, status: ApprovalStatus | None = None, app: str | None = None) -> pl.DataFrame:
         """One row per trajectory, oldest write first, with the current ``approval`` columns."""

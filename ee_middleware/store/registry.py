@@ -61,7 +61,7 @@ STORES = _StoreKind(
     error=StoreError,
     builtins={"local": "ee_middleware.store.local:LocalExperienceStore"},
     protocol=ExperienceStore,
-    requires="the ExperienceStore methods (write, set_approval, trajectories, steps, get, resolve_id, write_replay, rollouts, "
+    requires="the ExperienceStore methods (write, set_approval, approvals, trajectories, steps, get, resolve_id, write_replay, rollouts, "
     "replays, get_rollout, compact, info, close, ...); see ee_middleware.store.protocol",
 )
 

@@ -77,7 +77,12 @@ APPROVAL_SCHEMA: dict[str, pl.DataType] = {
     "by": pl.String(),
     "at": UTC_TIME,
     "reason": pl.String(),
+    "overrides_status": pl.String(),
+    "overrides_by": pl.String(),
+    "overrides_at": UTC_TIME,
+    "overrides_reason": pl.String(),
 }
+"""One row per decision; ``overrides_*`` is the opposite decision it overturned (null otherwise)."""
 
 
 ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
@@ -179,7 +184,32 @@ def step_row(s: Step) -> dict[str, Any]:
 
 
 def approval_row(e: ApprovalEvent) -> dict[str, Any]:
-    return {"trajectory_id": e.trajectory_id, "status": e.status, "by": e.by, "at": _utc(e.at), "reason": e.reason}
+    old = e.overrides
+    return {
+        "trajectory_id": e.trajectory_id,
+        "status": e.status,
+        "by": e.by,
+        "at": _utc(e.at),
+        "reason": e.reason,
+        "overrides_status": old.status if old else None,
+        "overrides_by": old.by if old else None,
+        "overrides_at": _utc(old.at) if old else None,
+        "overrides_reason": old.reason if old else None,
+    }
+
+
+def approval_from_row(row: dict[str, Any]) -> ApprovalEvent:
+    overrides = None
+    if row.get("overrides_status") is not None:
+        overrides = Approval(status=row["overrides_status"], by=row["overrides_by"], at=row["overrides_at"], reason=row["overrides_reason"])
+    return ApprovalEvent(
+        trajectory_id=row["trajectory_id"],
+        status=row["status"],
+        by=row["by"] or "",
+        at=row["at"],
+        reason=row["reason"],
+        overrides=overrides,
+    )
 
 
 def rollout_row(r: Rollout) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from ee_middleware.testing import check_store
 check_store(lambda: MyStore(tmp_path / "s"))
 
 It exercises every member of :class:`~ee_middleware.store.protocol.ExperienceStore` the way capture,
-``ee traces``, the replay job and dataset building use them: trajectories and approvals, id
+``ee traces``, the replay job and dataset building use them: trajectories and approvals (with the
+history, and overrides that need ``force`` and keep both decisions), id
 resolution (exact ids, unique prefixes, ambiguous and unknown ones), rollouts and replay records
 (idempotent by id, the latest replay record wins), compaction, ``info`` and ``close``. A store that
 passes it can stand in for the embedded local store everywhere.
@@ -16,8 +17,9 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from ee_middleware.errors import TrajectoryNotFoundError
+from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
 from ee_middleware.records import Action, ApprovalEvent, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.store.approvals import decide
 
 MakeStore = Callable[[], Any]
 
@@ -186,6 +188,32 @@ def _check_approvals(store: Any) -> None:
         "a batch of decisions with an unknown id",
     )
     assert store.get(B).approval.status == "rejected", "a batch with an unknown id must record none of its decisions"
+    _check_approval_history(store)
+
+
+def _check_approval_history(store: Any) -> None:
+    history = store.approvals([A])
+    _expect_columns(history, "approvals")
+    assert history["status"].to_list() == ["approved", "rejected", "approved"], "approvals() keeps every decision, oldest first"
+    assert history["by"].to_list() == ["alice", "carol", "erin"]
+    assert history["overrides_status"].to_list() == [None, None, "rejected"], (
+        "approve() of a rejected trajectory records the decision it overturned (overrides_*)"
+    )
+    assert (history["overrides_by"][2], history["overrides_reason"][2]) == ("carol", "changed my mind"), "both decisions are kept"
+    assert store.approvals().height == 3 + 1 + 1 + 1, "approvals() without ids returns every decision"
+    try:
+        decide(store, [B], "approved", by="mallory")
+    except ApprovalConflictError:
+        pass
+    else:
+        raise AssertionError("approving a rejected trajectory without force must raise ApprovalConflictError")
+    assert store.get(B).approval.status == "rejected" and store.approvals([B]).height == 1, "a refused override records nothing"
+    decide(store, ["traj-2"], "approved", by="dana", reason="on second thought", force=True)
+    last = store.approvals([D]).row(-1, named=True)
+    assert (last["status"], last["overrides_status"], last["overrides_by"]) == ("approved", "rejected", "dana"), (
+        "a forced override is stored with both decisions"
+    )
+    assert store.get(D).approval.reason == "on second thought"
 
 
 def _check_id_resolution(store: Any) -> None:
@@ -287,6 +315,7 @@ def _snapshot(store: Any) -> tuple[Any, ...]:
         store.steps().to_dicts(),
         store.rollouts().to_dicts(),
         sorted(store.replays().to_dicts(), key=lambda r: (r["replay_id"], r["trajectory_id"])),
+        store.approvals().to_dicts(),
     )
 
 
@@ -306,8 +335,14 @@ def _expect_not_found(call: Callable[[], Any], what: str) -> None:
 
 
 def _expect_columns(frame: Any, table: str, *extra: str) -> None:
-    from ee_middleware.store.tables import REPLAY_SCHEMA, ROLLOUT_SCHEMA, STEP_SCHEMA, TRAJECTORY_SCHEMA
+    from ee_middleware.store.tables import APPROVAL_SCHEMA, REPLAY_SCHEMA, ROLLOUT_SCHEMA, STEP_SCHEMA, TRAJECTORY_SCHEMA
 
-    schema = {"trajectories": TRAJECTORY_SCHEMA, "steps": STEP_SCHEMA, "rollouts": ROLLOUT_SCHEMA, "replays": REPLAY_SCHEMA}[table]
+    schema = {
+        "trajectories": TRAJECTORY_SCHEMA,
+        "steps": STEP_SCHEMA,
+        "rollouts": ROLLOUT_SCHEMA,
+        "replays": REPLAY_SCHEMA,
+        "approvals": APPROVAL_SCHEMA,
+    }[table]
     missing = [c for c in [*schema, *extra] if c not in frame.columns]
     assert not missing, f"{table} frames must have the columns of ee_middleware.store.tables; missing {missing}"

@@ -139,3 +139,32 @@ def test_the_installed_ee_script_runs(recorded: Path):
     assert version.startswith("ee-middleware ")
     failed = subprocess.run([str(ee_script), "traces", "show", "nope", "--store", str(recorded)], capture_output=True, text=True)
     assert failed.returncode == 1 and "error: No trajectory 'nope'" in failed.stderr
+
+
+def test_overturning_a_decision_needs_force_and_the_history_keeps_both(recorded: Path):
+    ids = [r["id"] for r in json.loads(ee("traces", "list", "--store", str(recorded), "--json").stdout)]
+    assert ee("traces", "approve", ids[0], ids[1], "--store", str(recorded), "--by", "alice", "--reason", "good").exit_code == 0
+    refused = ee("traces", "reject", ids[0][:10], ids[2], "--store", str(recorded), "--by", "bob")
+    assert refused.exit_code == 1 and "opposite decision" in refused.stderr and "--force" in refused.stderr, refused.output
+    assert f"{ids[0][:12]} was approved by alice" in refused.stderr
+    listed = {r["id"]: r["approval"] for r in json.loads(ee("traces", "list", "--store", str(recorded), "--json").stdout)}
+    assert listed == {ids[0]: "approved", ids[1]: "approved", ids[2]: "pending"}, "a refused batch records nothing"
+    forced = ee("traces", "reject", ids[0], "--store", str(recorded), "--by", "bob", "--reason", "wrong tool", "--force")
+    assert forced.exit_code == 0 and "overturned approved by alice" in forced.stdout, forced.output
+    again = ee("traces", "approve", ids[0], "--store", str(recorded), "--by", "carol")
+    assert again.exit_code == 1 and "was rejected by bob" in again.stderr
+    assert ee("traces", "approve", ids[0], "--store", str(recorded), "--by", "carol", "--force").exit_code == 0
+
+    shown = json.loads(ee("traces", "show", ids[0], "--store", str(recorded), "--json").stdout)
+    assert shown["approval"]["status"] == "approved" and shown["approval"]["by"] == "carol" and len(shown["steps"]) == 3
+    history = [(d["status"], d["by"], d["reason"], d["overrides_status"], d["overrides_by"]) for d in shown["approval_history"]]
+    assert history == [
+        ("approved", "alice", "good", None, None),
+        ("rejected", "bob", "wrong tool", "approved", "alice"),
+        ("approved", "carol", None, "rejected", "bob"),
+    ]
+    text = ee("traces", "show", ids[0], "--store", str(recorded))
+    assert text.exit_code == 0 and "approval history" in text.stdout
+    assert "approved by alice" in text.stdout and "rejected by bob" in text.stdout
+    untouched = json.loads(ee("traces", "show", ids[2], "--store", str(recorded), "--json").stdout)
+    assert untouched["approval_history"] == [] and untouched["approval"]["status"] == "pending"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from ee_middleware.errors import StoreWriteError
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store import spool as spool_module
 from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.store.mounts import tiny_tmpfs
 
 
 class _DiskFillsUp:
@@ -92,23 +91,15 @@ def test_a_record_after_a_cut_off_one_on_the_same_line_is_still_read(store_path:
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB tmpfs mounted for this test (needs root and mount permission; skipped without)."""
-    mount_point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with tiny_tmpfs(tmp_path) as point:
+        yield point
 
 
-def test_a_really_full_tmpfs_loses_nothing_acknowledged(tiny_tmpfs: Path):
-    filler = tiny_tmpfs / "filler"
+def test_a_really_full_tmpfs_loses_nothing_acknowledged(tmpfs: Path):
+    filler = tmpfs / "filler"
     filler.write_bytes(b"x" * 300_000)
-    root = tiny_tmpfs / "experience"
+    root = tmpfs / "experience"
     store = LocalExperienceStore(root)
     acknowledged: list[str] = []
     failures = 0

@@ -91,6 +91,13 @@ class LossyCompaction(LocalExperienceStore):
         return folded
 
 
+class SilentOverrides(LocalExperienceStore):
+    """Approves and rejects without recording the decision a flip overturns."""
+
+    def approve(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
+        self.set_approval([ApprovalEvent(trajectory_id=i, status="approved", by=by, reason=reason) for i in ids])
+
+
 class StaleInfo(LocalExperienceStore):
     """Counts trajectories from Parquet parts only, missing what is still in the spool."""
 
@@ -109,6 +116,7 @@ class StaleInfo(LocalExperienceStore):
         (HalfAppliedApprovals, "must record none of its decisions"),
         (LossyCompaction, "compaction must not change what is read"),
         (StaleInfo, r"info\(\)\['trajectories'\] counts trajectories"),
+        (SilentOverrides, "records the decision it overturned"),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )

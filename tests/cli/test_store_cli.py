@@ -1,0 +1,182 @@
+"""``ee store`` and ``ee traces`` on damaged, read-only and full stores: one clear line, no traceback,
+no answer that hides damage, no temporary file left behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.store import local as local_module
+from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.store.mounts import read_only_view
+
+runner = CliRunner()
+
+
+def ee(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(name for name in _files(root) if name.endswith(".tmp") or "/.part-" in name)
+
+
+@pytest.fixture
+def damaged(store_path: Path) -> tuple[Path, Path]:
+    """A store of three compactions whose second trajectories part is truncated (51 rows in the issue)."""
+    store = LocalExperienceStore(store_path)
+    parts: list[Path] = []
+    for batch in range(3):
+        before = set(store_path.glob("trajectories/part-*.parquet"))
+        store.write([sample_trajectory(f"b{batch}-{i}") for i in range(4)])
+        store.approve([f"b{batch}-{i}" for i in range(4)], by="alice")
+        store.compact()
+        parts += sorted(set(store_path.glob("trajectories/part-*.parquet")) - before)
+    part = parts[1]
+    part.write_bytes(part.read_bytes()[:200])
+    return store_path, part
+
+
+def test_a_damaged_part_fails_the_listing_unless_partial_answers_are_allowed(damaged: tuple[Path, Path]):
+    store_path, part = damaged
+    listing = ee("traces", "list", "--store", str(store_path), "--json")
+    assert listing.exit_code == 1, listing.output
+    assert "Traceback" not in listing.output and listing.stdout == "", "no incomplete answer is printed"
+    assert str(part) in listing.stderr and "ee store repair" in listing.stderr and "--allow-partial" in listing.stderr
+    partial = ee("traces", "list", "--store", str(store_path), "--json", "--allow-partial")
+    assert partial.exit_code == 0, partial.output
+    assert {r["id"] for r in json.loads(partial.stdout)} == {f"b{b}-{i}" for b in (0, 2) for i in range(4)}, "the rest is read"
+    assert f"warning: Skipped unreadable Parquet part {part}" in partial.stderr
+    for command in (("store", "info"), ("traces", "show", "b0-1")):
+        failed = ee(*command, "--store", str(store_path))
+        assert failed.exit_code == 1 and str(part) in failed.stderr, (command, failed.output)
+
+
+def test_export_refuses_an_incomplete_answer_and_writes_nothing(damaged: tuple[Path, Path], tmp_path: Path):
+    store_path, part = damaged
+    out = tmp_path / "out" / "train.jsonl"
+    refused = ee("traces", "export", "--store", str(store_path), "-f", "jsonl", "--out", str(out))
+    assert refused.exit_code == 1 and str(part) in refused.stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == [], "no file, no temporary file"
+    allowed = ee("traces", "export", "--store", str(store_path), "-f", "jsonl", "--out", str(out), "--allow-partial")
+    assert allowed.exit_code == 0 and "Wrote 8" in allowed.stdout
+
+
+def test_repair_quarantines_the_damaged_part_and_reads_are_complete_again(damaged: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
+    store_path, part = damaged
+    monkeypatch.setattr(local_module, "MAX_PARTS_BEFORE_MERGE", 2)  # the next compaction merges, and meets the damage
+    compacted = ee("store", "compact", "--store", str(store_path))
+    assert compacted.exit_code == 1 and str(part) in compacted.stderr and "ee store repair" in compacted.stderr, compacted.output
+    assert part.exists(), "compaction leaves a damaged part as it is"
+    repaired = ee("store", "repair", "--store", str(store_path), "--json")
+    assert repaired.exit_code == 0, repaired.output
+    (moved,) = json.loads(repaired.stdout)["quarantined_parts"]
+    assert moved["part"] == str(part) and Path(moved["moved_to"]).exists() and not part.exists()
+    listing = ee("traces", "list", "--store", str(store_path), "--json")
+    assert listing.exit_code == 0 and listing.stderr == "", listing.output
+    assert len(json.loads(listing.stdout)) == 8
+    info = json.loads(ee("store", "info", "--store", str(store_path), "--json").stdout)
+    assert info["quarantined_parts"] == 1
+    again = ee("store", "repair", "--store", str(store_path))
+    assert again.exit_code == 0 and "No damaged parts" in again.stdout
+
+
+def test_export_to_an_existing_folder_is_one_line_and_leaves_nothing(store_path: Path, tmp_path: Path):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory(f"t{i}", steps=30) for i in range(20)])
+    store.approve([f"t{i}" for i in range(20)], by="alice")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    before = _files(tmp_path)
+    for fmt in ("jsonl", "parquet"):
+        result = ee("traces", "export", "--store", str(store_path), "-f", fmt, "--out", str(folder))
+        assert result.exit_code == 1, result.output
+        assert result.stderr.count("\n") == 1 and "is a folder" in result.stderr and f"train.{fmt}" in result.stderr
+        assert _files(tmp_path) == before, "no temporary file survives"
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("t0")])
+    store.approve(["t0"], by="alice")
+    real_replace = os.replace
+
+    def disk_full(src: str, dst: str) -> None:
+        if str(dst).endswith("train.jsonl"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr("ee_middleware._files.os.replace", disk_full)
+    result = ee("traces", "export", "--store", str(store_path), "-f", "jsonl", "--out", str(tmp_path / "train.jsonl"))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "free space" in result.stderr, result.output
+    assert [p.name for p in tmp_path.iterdir() if p.name != store_path.name] == []
+
+
+def test_compact_on_a_full_disk_is_one_line_changes_nothing_and_leaves_nothing(store_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("t0")])
+    store.close()
+    before = _files(store_path)
+    real_write = pl.DataFrame.write_parquet
+    calls = []
+
+    def fills_up(self: pl.DataFrame, file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:  # the trajectories part is written, the steps part hits the full disk
+            Path(file).write_bytes(b"PAR1 half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, file, *args, **kwargs)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", fills_up)
+    result = ee("store", "compact", "--store", str(store_path))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "No space left on device" in result.stderr and "Nothing stored was changed" in result.stderr
+    assert _files(store_path) == before | {".compact.lock"}, "no part, temporary file or manifest is left behind"
+    monkeypatch.undo()
+    assert LocalExperienceStore(store_path).get("t0").num_steps == 3
+    assert ee("store", "compact", "--store", str(store_path)).exit_code == 0
+
+
+def test_compact_and_create_on_a_read_only_file_system_injected(store_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("t0")])
+    store.close()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]))
+
+    monkeypatch.setattr(local_module, "open", read_only, raising=False)  # the compaction lock is the first write
+    result = ee("store", "compact", "--store", str(store_path))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "Read-only file system" in result.stderr, result.output
+    assert "remount it read-write" in result.stderr
+    monkeypatch.setattr(local_module.Path, "mkdir", read_only)
+    created = ee("traces", "ingest", str(store_path / "none.json"), "--store", str(store_path.parent / "new-store"))
+    assert created.exit_code == 1 and "Cannot create an experience store" in created.stderr and "Traceback" not in created.output
+
+
+def test_read_only_mount_reads_fine_and_writes_fail_with_one_line(store_path: Path, tmp_path: Path):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("t0")])
+    store.close()
+    with read_only_view(store_path) as view:
+        listing = ee("traces", "list", "--store", str(view), "--json")
+        assert listing.exit_code == 0 and [r["id"] for r in json.loads(listing.stdout)] == ["t0"]
+        for command in (("store", "compact"), ("traces", "approve", "t0", "--by", "alice")):
+            result = ee(*command, "--store", str(view))
+            assert result.exit_code == 1 and result.stderr.count("\n") == 1, (command, result.output)
+            assert "Read-only file system" in result.stderr and "remount it read-write" in result.stderr
+        created = ee("traces", "ingest", str(tmp_path / "none.json"), "--store", str(view / "new-store"))
+        assert created.exit_code == 1 and "Cannot create an experience store" in created.stderr, created.output
+        assert _files(store_path) == _files(view)
