@@ -26,10 +26,18 @@ def build(
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
     max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. [default: 512]"),
     sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
+    heldout_share: float | None = typer.Option(
+        None, "--heldout-share", help="Hold out this share of trajectories (seeded, stable as the store grows) into OUT/heldout/."
+    ),
+    heldout_ids: Path | None = typer.Option(None, "--heldout-ids", help="Hold out the trajectory ids listed in this file (one per line)."),
+    heldout_app: str | None = typer.Option(None, "--heldout-app", help="Hold out every trajectory of this app."),
+    heldout_after: str | None = typer.Option(None, "--heldout-after", help="Hold out trajectories started at or after this ISO time."),
+    heldout_before: str | None = typer.Option(None, "--heldout-before", help="Hold out trajectories started before this ISO time."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for sampling and the held-out share. [default: 0]"),
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [datasets] table; flags override it."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Build datasets from the approved trajectories and their rollouts."""
+    """Build datasets from the approved trajectories and their rollouts (optionally with a held-out split by trajectory)."""
     from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 
     cfg = DatasetConfig.load(
@@ -43,6 +51,12 @@ def build(
         iwm_max_error_share=max_error_share,
         iwm_max_observation_tokens=max_observation_tokens,
         sr_k=sr_k,
+        heldout_share=heldout_share,
+        heldout_ids=heldout_ids,
+        heldout_app=heldout_app,
+        heldout_started_after=heldout_after,
+        heldout_started_before=heldout_before,
+        seed=seed,
     )
     out_console = console()
     progress: Any = None
@@ -82,10 +96,18 @@ def build(
     )
     for column in ("dataset", "rows", "seconds", "notes"):
         table.add_column(column, justify="right" if column in ("rows", "seconds") else "left")
-    for info in summary["datasets"].values():
+    split = summary.get("split", {})
+    rows = [(Path(i["path"]).name, i) for i in summary["datasets"].values()]
+    rows += [(f"heldout/{Path(i['path']).name}", i) for i in split.get("datasets", {}).values()]
+    for name, info in rows:
         notes = {k: v for k, v in info.items() if k not in ("path", "rows", "seconds")}
-        table.add_row(Path(info["path"]).name, str(info["rows"]), f"{info['seconds']:.2f}", ", ".join(f"{k}={v}" for k, v in notes.items()))
+        table.add_row(name, str(info["rows"]), f"{info['seconds']:.2f}", ", ".join(f"{k}={v}" for k, v in notes.items()))
     out_console.print(table)
+    if split:
+        out_console.print(
+            f"held out: {len(split['heldout_trajectories'])} trajectories (never trained on: ee train refuses heldout/ files), "
+            f"{len(split['train_trajectories'])} for training"
+        )
 
 
 class ExportFormat(StrEnum):

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,9 +26,18 @@ from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
 from ee_middleware.trainers.datasets.rows import KINDS
-from ee_middleware.trainers.datasets.source import load_source
+from ee_middleware.trainers.datasets.source import DatasetSource, load_source
+from ee_middleware.trainers.datasets.split import (
+    HELDOUT,
+    HELDOUT_DIR,
+    SPLIT_METADATA_KEY,
+    SplitRule,
+    heldout_ids,
+    read_id_list,
+    split_source,
+)
 from ee_middleware.trainers.datasets.sr import SROptions, build_sr
-from ee_middleware.trainers.datasets.teachers import build_teacher
+from ee_middleware.trainers.datasets.teachers import Teacher, build_teacher
 
 
 class DatasetConfig(BaseModel):
@@ -49,6 +59,27 @@ class DatasetConfig(BaseModel):
     iwm_include_expert_steps: bool = True
     sr_k: int = Field(3, ge=1)
     seed: int = 0
+    heldout_share: float = Field(0.0, ge=0, lt=1)
+    """Hold out this share of trajectories (seeded by ``seed``, stable as the store grows) into ``OUT/heldout/``."""
+    heldout_ids: Path | None = None
+    """A file of trajectory ids (one per line) to hold out."""
+    heldout_app: str | None = None
+    """Hold out every trajectory of this app."""
+    heldout_started_after: datetime | None = None
+    """Hold out trajectories that started at or after this time (ISO 8601; UTC when no zone)."""
+    heldout_started_before: datetime | None = None
+    """Hold out trajectories that started before this time."""
+
+    def split_rule(self) -> SplitRule:
+        """The held-out rule these settings describe."""
+        return SplitRule(
+            share=self.heldout_share,
+            seed=self.seed,
+            ids=read_id_list(self.heldout_ids) if self.heldout_ids is not None else (),
+            app=self.heldout_app,
+            started_after=self.heldout_started_after,
+            started_before=self.heldout_started_before,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> DatasetConfig:
@@ -65,10 +96,10 @@ class DatasetConfig(BaseModel):
         return build_config(cls, values, "dataset")
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+def write_parquet_atomic(frame: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None) -> None:
     """Write ``frame`` to ``path`` as zstd Parquet, atomically (a crash leaves the old file or none)."""
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd")
+        frame.write_parquet(tmp, compression="zstd", metadata=metadata)
 
 
 def build_datasets(
@@ -94,43 +125,75 @@ def build_datasets(
     }
     if source.trajectories.is_empty():
         raise ConfigError(f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets.")
+    rule = config.split_rule()
+    heldout_source = None
+    if rule.active:
+        held = heldout_ids(store.trajectories(status="approved", app=config.app).select("id", "app", "started_at"), rule)
+        source, heldout_source = split_source(source, held)
+        if source.trajectories.is_empty():
+            raise ConfigError(f"The held-out rule holds out all {len(held)} approved trajectories: nothing is left to train on. Loosen it.")
+        summary["split"] = {
+            "rule": rule.describe(),
+            "train_trajectories": sorted(source.trajectories["id"].to_list()),
+            "heldout_trajectories": sorted(held),
+            "heldout_dir": str(config.out / HELDOUT_DIR),
+        }
+    teacher = None
     for kind in config.kinds:
         if on_stage is not None:
             on_stage(kind)
-        started = time.perf_counter()
-        extra: dict[str, Any] = {}
-        if kind == "il":
-            frame = build_il(source)
-        elif kind == "iwm":
-            if source.rollouts.is_empty():
-                extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
-            options = IWMOptions(
-                max_observation_tokens=config.iwm_max_observation_tokens,
-                max_error_share=config.iwm_max_error_share,
-                include_expert_steps=config.iwm_include_expert_steps,
-                seed=config.seed,
-            )
-            frame = build_iwm(source, options)
-            extra["error_share"] = round(float(frame["is_error"].mean() or 0.0), 3) if frame.height else 0.0
-            extra["truncated_rows"] = int((frame["observation_truncated_chars"] > 0).sum())
-        else:
+        if kind == "sr" and teacher is None:
             teacher = build_teacher(config.teacher)
-            total = source.steps.filter(pl.col("action_kind") == "tool_call").height
-            done = 0
-
-            def tick(n: int, total: int = total) -> None:
-                nonlocal done
-                done += n
-                if on_sr_progress is not None:
-                    on_sr_progress(done, total)
-
-            frame, report = build_sr(source, teacher, SROptions(k=config.sr_k, seed=config.seed), on_batch=tick)
-            extra.update(teacher=teacher.name, states=report.states, dropped=dict(report.dropped), flagged=dict(report.flagged))
-        path = config.out / f"{kind}.parquet"
-        write_parquet_atomic(frame, path)
-        summary["datasets"][kind] = {"path": str(path), "rows": frame.height, "seconds": round(time.perf_counter() - started, 3), **extra}
+        summary["datasets"][kind] = _build_kind(kind, source, config, teacher, config.out / f"{kind}.parquet", on_sr_progress)
+        if heldout_source is not None and not heldout_source.trajectories.is_empty():
+            path = config.out / HELDOUT_DIR / f"{kind}.parquet"
+            path.parent.mkdir(exist_ok=True)
+            summary["split"].setdefault("datasets", {})[kind] = _build_kind(kind, heldout_source, config, teacher, path, None, heldout=True)
     atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _build_kind(
+    kind: str,
+    source: DatasetSource,
+    config: DatasetConfig,
+    teacher: Teacher | None,
+    path: Path,
+    on_sr_progress: Callable[[int, int], None] | None,
+    *,
+    heldout: bool = False,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if kind == "il":
+        frame = build_il(source)
+    elif kind == "iwm":
+        if source.rollouts.is_empty():
+            extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
+        options = IWMOptions(
+            max_observation_tokens=config.iwm_max_observation_tokens,
+            max_error_share=config.iwm_max_error_share,
+            include_expert_steps=config.iwm_include_expert_steps,
+            seed=config.seed,
+        )
+        frame = build_iwm(source, options)
+        extra["error_share"] = round(float(frame["is_error"].mean() or 0.0), 3) if frame.height else 0.0
+        extra["truncated_rows"] = int((frame["observation_truncated_chars"] > 0).sum())
+    else:
+        assert teacher is not None
+        total = source.steps.filter(pl.col("action_kind") == "tool_call").height
+        done = 0
+
+        def tick(n: int, total: int = total) -> None:
+            nonlocal done
+            done += n
+            if on_sr_progress is not None:
+                on_sr_progress(done, total)
+
+        frame, report = build_sr(source, teacher, SROptions(k=config.sr_k, seed=config.seed), on_batch=tick)
+        extra.update(teacher=teacher.name, states=report.states, dropped=dict(report.dropped), flagged=dict(report.flagged))
+    write_parquet_atomic(frame, path, metadata={SPLIT_METADATA_KEY: HELDOUT} if heldout else None)
+    return {"path": str(path), "rows": frame.height, "seconds": round(time.perf_counter() - started, 3), **extra}
 
 
 def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ee_middleware.trainers.datasets.split import is_heldout_file
 from ee_middleware.trainers.training.errors import TrainDataError
 
 REQUIRED_COLUMNS = ("id", "prompt", "completion", "tools")
@@ -68,6 +69,11 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
     if frame.height == 0:
         raise TrainDataError(f"{path} has no rows. Approve more trajectories or re-run replay, then rebuild the {kind.upper()} dataset.")
     metadata = {k: v for k, v in metadata.items() if k not in ("ARROW:schema",)}
+    if is_heldout_file(metadata):
+        raise TrainDataError(
+            f"{path} is a held-out dataset (built by `ee datasets build --heldout-...` for evaluation): it is never trained on. "
+            "Point --data at the training folder (the parent of heldout/), or evaluate with it instead."
+        )
     return DatasetFile(kind=kind, path=path, sha256=_sha256(path), rows=rows_from_frame(frame, path, kind), metadata=metadata)
 
 

@@ -204,3 +204,16 @@ def test_rows_that_fit_are_not_cut(il_run: Any) -> None:
     render = il_run.manifest["datasets"]["il"]["render"]
     assert (render["truncated"], render["middle_dropped"], render["compact_tools"], render["left_cut"]) == (0, 0, 0, 0)
     assert (il_run.adapter_dir / "render_cuts.jsonl").read_text() == ""
+
+
+def test_a_heldout_file_is_never_trained_on(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    import polars as pl
+
+    from ee_middleware.trainers.datasets.split import HELDOUT, SPLIT_METADATA_KEY
+
+    heldout = tmp_path / "heldout"
+    heldout.mkdir()
+    pl.read_parquet(data_dir / "il.parquet").write_parquet(heldout / "il.parquet", metadata={SPLIT_METADATA_KEY: HELDOUT})
+    with pytest.raises(TrainDataError, match=r"il\.parquet is a held-out dataset .* never trained on"):
+        train(config(tiny_model_dir, heldout, tmp_path / "out", max_steps=1), progress=False)
+    assert not (tmp_path / "out").exists()
