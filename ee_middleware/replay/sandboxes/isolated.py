@@ -27,10 +27,18 @@ exactly as if the branch had been rewound.
 ...     observation = sandbox.execute(call)
 
 ``factory`` must be picklable (a module-level function or a :func:`functools.partial` of one) and
-importable in a fresh interpreter; the same holds for the inner sandbox's snapshots, environments,
-tool calls and observations, which cross the pipe pickled. Snapshots are kept in the child by
-handle, so a restore sends a few bytes, not the world; each snapshot's pickled bytes are also kept
-in the parent (fetched once, when it is taken) to rebuild it after a restart.
+importable in a fresh interpreter; the same holds for the inner sandbox's snapshots, environments
+and tool calls, which the parent sends pickled. What comes back is JSON (observations, answers,
+errors by class name and message) or opaque bytes (snapshots): the parent never unpickles anything
+the child sends, so a tool cannot run code in the replay job through the pipe. Snapshots are kept
+in the child by handle, so a restore sends a few bytes, not the world; each snapshot's pickled
+bytes are also kept in the parent (fetched once, when it is taken) to rebuild it in a restarted
+child, which is the only place they are unpickled.
+
+The child leads its own process group: stopping it (on close, time-out or crash) kills the group,
+so processes that tools started go too (unless they left the group with ``setsid``). When the
+parent dies without closing it, even by ``SIGKILL``, the child notices within a second and kills
+its group. In a :mod:`multiprocessing` worker, every open sandbox is closed when the worker exits.
 
 This module is the parent half; what runs in the child (its request loop, the limits it sets on
 itself, the snapshots it keeps) is :mod:`ee_middleware.replay.sandboxes.isolated_child`.
@@ -45,7 +53,9 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
+import json
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.util  # registers its exit hook now, so ours (below) runs before it
 import os
 import pickle
@@ -56,16 +66,21 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from ee_middleware import errors
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
-from ee_middleware.replay.sandboxes.isolated_child import OK, SandboxFactory, child_main
+from ee_middleware.replay._lifetime import kill_process_group
+from ee_middleware.replay.sandboxes.isolated_child import SandboxFactory, child_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-__all__ = ["SubprocessSandbox", "SubprocessSnapshot"]
+__all__ = ["SubprocessSandbox", "SubprocessSnapshot", "kill_all_children"]
 
 _KILL_WAIT_S = 5.0
+_EXIT_POLL_S = 0.1
 
 
 class _ChildDied(Exception):
@@ -78,6 +93,10 @@ class _ChildDied(Exception):
 
 class _ChildTimedOut(Exception):
     """The child did not answer in time (it has been killed)."""
+
+
+class _BadReply(Exception):
+    """The child sent something that is not a reply of the protocol (it has been killed)."""
 
 
 class SubprocessSnapshot:
@@ -100,6 +119,7 @@ class SubprocessSnapshot:
 
 
 _LIVE: weakref.WeakSet[SubprocessSandbox] = weakref.WeakSet()
+_EXIT_HOOK_PID: int | None = None
 
 
 @atexit.register
@@ -111,6 +131,31 @@ def _close_all() -> None:
             sandbox.close()
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
+
+
+def _hook_process_exit() -> None:
+    """Close every sandbox when a :mod:`multiprocessing` process exits, before it joins its children.
+
+    Such processes end with ``os._exit`` and run no ``atexit`` hook, only multiprocessing's own exit
+    function, which first runs finalizers with a priority and then waits for every child process: a
+    sandbox left open there would make the worker wait forever. Registered once per process (a
+    forked child starts with an empty registry).
+    """
+    global _EXIT_HOOK_PID
+    if os.getpid() != _EXIT_HOOK_PID:
+        _EXIT_HOOK_PID = os.getpid()
+        multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
+
+
+def kill_all_children() -> None:
+    """Kill every sandbox child of this process with its process group, at once and without asking.
+
+    For a process that is about to end abruptly (a worker whose job died); a normal end closes them.
+    """
+    for sandbox in list(_LIVE):
+        proc = sandbox._proc
+        if proc is not None:
+            kill_process_group(proc.pid)
 
 
 class SubprocessSandbox:
@@ -174,6 +219,7 @@ class SubprocessSandbox:
         self._lock = threading.RLock()
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._exit_fd: int | None = None
         self._closed = False
         self._needs_recovery = False
         self._has_environment = False
@@ -184,6 +230,7 @@ class SubprocessSandbox:
         self._dropped: collections.deque[int] = collections.deque()
         self._starts = 0
         _LIVE.add(self)
+        _hook_process_exit()
         try:
             self._start_child()
         except BaseException:
@@ -319,7 +366,7 @@ class SubprocessSandbox:
                     self._request("close", (), min(self.control_timeout_s, _KILL_WAIT_S))
                 except (_ChildDied, _ChildTimedOut, SandboxError):
                     pass
-            self._stop_child()
+            self._stop_child(grace_s=0.5)  # after "close" it exits by itself
             _LIVE.discard(self)
 
     def __enter__(self) -> SubprocessSandbox:
@@ -377,9 +424,11 @@ class SubprocessSandbox:
     def _start_child(self) -> None:
         self._stop_child()
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        # The process the child watches: this one, except under forkserver (its parent is the server).
+        parent_pid = None if self.start_method == "forkserver" else os.getpid()
         proc = self._ctx.Process(
             target=child_main,
-            args=(child_conn, self._factory, self.memory_mb, self.max_snapshots),
+            args=(child_conn, self._factory, self.memory_mb, self.max_snapshots, parent_pid),
             name=f"ee-subprocess-sandbox-{self._id[:8]}",
             daemon=False,  # a daemonic child could not start processes of its own (some tools do)
         )
@@ -395,11 +444,11 @@ class SubprocessSandbox:
             ) from exc
         finally:
             child_conn.close()  # only the child holds its end now, so its death shows as EOF here
-        self._proc, self._conn = proc, parent_conn
+        self._proc, self._conn, self._exit_fd = proc, parent_conn, _open_exit_fd(proc.pid)
         self._dropped.clear()  # a new child holds no handles
         self._starts += 1
         try:
-            hello = self._receive(self.control_timeout_s)
+            hello = self._receive("start", self.control_timeout_s)
         except _ChildTimedOut:
             self._needs_recovery = True
             raise SandboxError(
@@ -410,32 +459,45 @@ class SubprocessSandbox:
             raise SandboxError(f"The subprocess sandbox exited while starting ({died.how}).") from None
         except SandboxError as exc:
             self._needs_recovery = True
-            self._stop_child()  # it reported the error and is exiting; reap it
+            self._stop_child(grace_s=_KILL_WAIT_S)  # it reported the error and is exiting; reap it
             hint = ""
             if self.memory_mb is not None and "MemoryError" in str(exc):
                 hint = f" The memory limit (memory_mb={self.memory_mb}) may be too low to even build it."
             raise SandboxError(f"The inner sandbox could not be built in the child process: {exc}{hint}") from None
+        if not isinstance(hello, dict) or not isinstance(hello.get("kind"), str):
+            self._needs_recovery = True
+            self._stop_child()
+            raise SandboxError(f"The subprocess sandbox child started with an unexpected greeting: {hello!r:.200}")
         self._inner_kind = hello["kind"]
         self._needs_recovery = False
 
-    def _stop_child(self) -> None:
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
+    def _stop_child(self, grace_s: float = 0.0) -> int | None:
+        """End the child and every process of its group; its exit code (``None`` if it could not be reaped).
+
+        ``grace_s``: how long to let it exit by itself first (after ``close``, or while it is dying).
+        """
+        proc, conn, exit_fd = self._proc, self._conn, self._exit_fd
+        self._proc = self._conn = self._exit_fd = None
         if conn is not None:
             conn.close()
         if proc is None:
-            return
-        if self._closed and proc.is_alive():
-            proc.join(0.5)  # after "close" the child exits by itself
-        if proc.is_alive():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own group (see isolated_child.child_main)
-            except OSError:
-                pass
-            proc.kill()
-        proc.join(_KILL_WAIT_S)
-        if proc.exitcode is not None:
+            return None
+        try:
+            if grace_s > 0:
+                _wait(proc, exit_fd, None, grace_s)
+            # The child leads its own group (see isolated_child.child_main). Kill the group before
+            # reaping the child: even when the child has exited, processes its tools started may
+            # live on in it, and until the child is reaped its id cannot be reused.
+            kill_process_group(proc.pid)
+            proc.kill()  # should it have died before leading its group
+            _wait(proc, exit_fd, None, _KILL_WAIT_S)
+        finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
+        code = proc.exitcode  # reaps it
+        if code is not None:
             proc.close()
+        return code
 
     def _control(self, op: str, *args: Any, recover: bool = True) -> Any:
         """A request other than execute: bounded by ``control_timeout_s``; failures raise SandboxError."""
@@ -469,7 +531,7 @@ class SubprocessSandbox:
             self._desynchronized()
             raise
         try:
-            return self._receive(timeout)
+            return self._receive(op, timeout)
         except (_ChildDied, _ChildTimedOut, SandboxError):
             raise
         except BaseException:
@@ -482,45 +544,112 @@ class SubprocessSandbox:
         self._needs_recovery = True
         self._stop_child()
 
-    def _receive(self, timeout: float | None) -> Any:
-        conn = self._conn
-        assert conn is not None
-        try:
-            ready = conn.poll(timeout)
-        except (EOFError, OSError):
-            ready = True  # recv below reports how the child died
-        if not ready:
-            self._needs_recovery = True
-            self._stop_child()
-            raise _ChildTimedOut
-        try:
-            reply = conn.recv()
-        except (EOFError, OSError, ConnectionResetError):
-            raise self._died("the pipe closed") from None
-        if reply[0] == OK:
-            return reply[1]
-        _, payload, qualname, name, message, summary = reply
-        exc: BaseException | None = None
-        if payload is not None:
-            try:
-                exc = pickle.loads(payload)
-            except Exception:  # noqa: BLE001 - the class may not import here; fall back to the text
-                exc = None
-        if isinstance(exc, SandboxError):  # EnvironmentUnavailableError included: same class, same message
-            exc.add_note(f"in the subprocess sandbox child:\n{summary.rstrip()}")
-            raise exc
-        text = f"{name}: {message}" if message else name
-        raise SandboxError(f"{text}\nin the subprocess sandbox child ({qualname}):\n{summary.rstrip()}")
+    def _wait_readable(self, timeout: float | None) -> None:
+        """Wait for the child's next frame; raises if it times out or the child exits instead.
 
-    def _died(self, detail: str) -> _ChildDied:
-        proc = self._proc
-        code: int | None = None
-        if proc is not None:
-            proc.join(_KILL_WAIT_S)
-            code = proc.exitcode
+        Watches the child process itself, not the pipe's end of file: a process the tool forked may
+        hold the pipe open after the child died, and that must read as a crash, not as a time-out.
+        """
+        conn, proc = self._conn, self._proc
+        assert conn is not None and proc is not None
+        outcome = _wait(proc, self._exit_fd, conn, timeout)
+        if outcome == "readable":
+            return
+        if outcome == "exited":
+            raise self._died("it exited without answering")
         self._needs_recovery = True
         self._stop_child()
+        raise _ChildTimedOut
+
+    def _read_frame(self, timeout: float | None) -> bytes:
+        self._wait_readable(timeout)
+        assert self._conn is not None
+        try:
+            return self._conn.recv_bytes()
+        except (EOFError, OSError):
+            raise self._died("the pipe closed") from None
+
+    def _receive(self, op: str, timeout: float | None) -> Any:
+        """The child's reply to ``op``, decoded (JSON, never unpickled); its error reply raised."""
+        frame = self._read_frame(timeout)
+        try:
+            reply = json.loads(frame)
+            if not isinstance(reply, dict):
+                raise _BadReply(f"a JSON {type(reply).__name__}, not an object")
+            if "err" in reply:
+                raise _child_error(reply["err"])
+            value = reply["ok"]
+            if reply.get("blob"):
+                value = self._read_frame(self.control_timeout_s)
+            if op == "execute":
+                value = Observation.model_validate(value)
+            return value
+        except (ValueError, KeyError, TypeError, ValidationError, _BadReply) as exc:
+            # Not the protocol: the child (or a tool writing to the pipe) cannot be trusted any more.
+            self._needs_recovery = True
+            self._stop_child()
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise _ChildDied(f"the child answered {op}() with {len(frame)} bytes that are not a reply ({detail}) and was killed") from None
+
+    def _died(self, detail: str) -> _ChildDied:
+        self._needs_recovery = True
+        code = self._stop_child(grace_s=_KILL_WAIT_S)
         return _ChildDied(_describe_exit(code, detail))
+
+
+def _open_exit_fd(pid: int) -> int | None:
+    """A descriptor that becomes readable when process ``pid`` exits (a Linux pidfd); ``None`` where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _wait(proc: Any, exit_fd: int | None, conn: Connection | None, timeout: float | None) -> str:
+    """Wait until ``conn`` is readable, ``proc`` has exited, or ``timeout`` passed: ``readable``, ``exited`` or ``timeout``.
+
+    Not ``proc.sentinel`` (or ``join``): that is a pipe too, which the child's own children inherit.
+    Without a pidfd, the exit is polled every :data:`_EXIT_POLL_S`.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        watched: list[Any] = [] if conn is None else [conn]
+        if exit_fd is not None:
+            watched.append(exit_fd)
+            step = remaining
+        else:
+            step = _EXIT_POLL_S if remaining is None else min(remaining, _EXIT_POLL_S)
+        if watched:
+            try:
+                ready = multiprocessing.connection.wait(watched, step)
+            except OSError:
+                ready = watched[:1]  # a closed pipe: the read that follows reports how the child died
+        else:
+            time.sleep(step or 0.0)
+            ready = []
+        if conn is not None and conn in ready:
+            return "readable"
+        exited = exit_fd in ready if exit_fd is not None else proc.exitcode is not None
+        if exited:
+            return "exited"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timeout"
+
+
+def _child_error(error: Any) -> SandboxError:
+    """The exception an error reply stands for: ``SandboxError`` and its kin as themselves, anything else as ``SandboxError``."""
+    if not isinstance(error, dict):
+        raise _BadReply(f"an error that is a {type(error).__name__}, not an object")
+    module, name = str(error.get("module", "")), str(error.get("name", "Exception"))
+    message, summary = str(error.get("message", "")), str(error.get("summary", ""))
+    known = getattr(errors, name, None) if module == errors.__name__ else None
+    if isinstance(known, type) and issubclass(known, SandboxError):  # EnvironmentUnavailableError included: same class, same message
+        exc = known(message)
+        exc.add_note(f"in the subprocess sandbox child:\n{summary.rstrip()}")
+        return exc
+    text = f"{name}: {message}" if message else name
+    return SandboxError(f"{text}\nin the subprocess sandbox child ({module}.{error.get('qualname', name)}):\n{summary.rstrip()}")
 
 
 def _describe_exit(code: int | None, detail: str) -> str:

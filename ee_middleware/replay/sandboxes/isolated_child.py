@@ -7,51 +7,53 @@ The parent half, with the time limits, restarts and snapshot bytes, is
 
 The pipe protocol, one request and one reply at a time:
 
-- request: ``(op, args, drops)``: ``op`` is one of ``execute``, ``reset``, ``snapshot``,
-  ``restore``, ``covers``, ``stats`` or ``close``; ``drops`` are snapshot handles the parent no
-  longer holds;
-- reply: ``(OK, value)``, or ``(ERR, pickled exception or None, qualified name, name, message,
-  traceback summary)``.
+- request (pickled: the parent is trusted): ``(op, args, drops)``: ``op`` is one of ``execute``,
+  ``reset``, ``snapshot``, ``restore``, ``covers``, ``stats`` or ``close``; ``drops`` are snapshot
+  handles the parent no longer holds;
+- reply (JSON, so that nothing the child sends can run code in the parent): one frame
+  ``{"ok": value}`` (an observation as its fields), or ``{"ok": null, "blob": true}`` followed by
+  one frame of raw bytes (a snapshot, pickled: only ever unpickled by a child), or
+  ``{"err": {"module", "name", "qualname", "message", "summary"}}``.
 
-The first reply, sent once the inner sandbox is built, is ``(OK, {"kind": ..., "pid": ...})``.
+The first reply, sent once the inner sandbox is built, is ``{"ok": {"kind": ..., "pid": ...}}``.
+
+The child leads its own process group, so that the parent can kill it together with every process
+its tools started; and when the parent dies (even by ``SIGKILL``), a watchdog kills that group.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pickle
 import signal
-import threading
-import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay._lifetime import die_with_parent, kill_process_group
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from ee_middleware.replay.sandboxes.protocol import Sandbox
 
-__all__ = ["ERR", "OK", "ChildServer", "SandboxFactory", "child_main"]
+__all__ = ["ChildServer", "SandboxFactory", "child_main", "send_error", "send_reply"]
 
 SandboxFactory = Callable[[], "Sandbox"]
 """A zero-argument picklable callable that builds the inner sandbox in the child."""
 
-OK = "ok"
-"""First item of a reply that carries a value."""
-ERR = "err"
-"""First item of a reply that carries an exception."""
-
-_WATCHDOG_INTERVAL_S = 1.0
 _MIN_HEADROOM = 32 * 2**20
 
 
-def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None, max_snapshots: int) -> None:
-    """Entry point of the child process: build the inner sandbox, then serve requests until EOF or close."""
+def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None, max_snapshots: int, parent_pid: int | None) -> None:
+    """Entry point of the child process: build the inner sandbox, then serve requests until EOF or close.
+
+    ``parent_pid``: the process whose death ends this one (``None``: the parent it has now).
+    """
     # A spawned child inherits the signal mask of the thread that started it; make it a clean slate.
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -65,17 +67,19 @@ def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None,
         pass
     if memory_mb is not None:
         _one_malloc_arena()
-    _start_orphan_watchdog()
+    # Exit when the parent dies, even while a tool hangs (the pipe's EOF is only seen between calls),
+    # and take the tools' own processes along.
+    die_with_parent(os.getppid() if parent_pid is None else parent_pid, _kill_own_group)
     try:
         if memory_mb is not None:
             _limit_address_space(memory_mb)
         inner = factory()
         kind = str(getattr(inner, "kind", "") or type(inner).__name__)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises SandboxError
-        _send_error(conn, exc)
+        send_error(conn, exc)
         conn.close()
         return
-    conn.send((OK, {"kind": kind, "pid": os.getpid()}))
+    send_reply(conn, {"kind": kind, "pid": os.getpid()})
     server = ChildServer(inner, memory_mb, max_snapshots)
     while True:
         try:
@@ -88,22 +92,39 @@ def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None,
             try:
                 inner.close()
             except BaseException as exc:  # noqa: BLE001 - the child ends either way
-                _send_error(conn, exc)
+                send_error(conn, exc)
             else:
-                conn.send((OK, None))
+                send_reply(conn, None)
             break
         try:
-            reply: tuple[Any, ...] = (OK, server.handle(op, args))
+            value = server.handle(op, args)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            _send_error(conn, exc)
+            send_error(conn, exc)
             continue
         try:
-            conn.send(reply)
+            send_reply(conn, value)
         except MemoryError as exc:
-            _send_error(conn, exc)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            _send_error(conn, SandboxError(f"the inner sandbox returned a value that cannot be pickled for {op}(): {exc}"))
+            send_error(conn, exc)
+        except (TypeError, ValueError) as exc:
+            send_error(conn, SandboxError(f"the inner sandbox returned a value that cannot be sent as JSON for {op}(): {exc}"))
     conn.close()
+
+
+def send_reply(conn: Connection, value: Any) -> None:
+    """Send one reply carrying ``value`` (see the module docstring); raises before sending anything if it does not encode."""
+    if isinstance(value, bytes):
+        conn.send_bytes(b'{"ok": null, "blob": true}')
+        conn.send_bytes(value)
+        return
+    if isinstance(value, Observation):
+        value = value.model_dump(mode="json")
+    conn.send_bytes(json.dumps({"ok": value}).encode())
+
+
+def _kill_own_group() -> None:
+    if os.getpgid(0) == os.getpid():  # never the parent's group, should setpgid have failed
+        kill_process_group(os.getpid())  # this process included
+    os._exit(1)
 
 
 def _limit_address_space(memory_mb: int) -> None:
@@ -144,32 +165,18 @@ def _one_malloc_arena() -> None:
         pass
 
 
-def _start_orphan_watchdog() -> None:
-    """Exit when the parent dies, even while a tool hangs (the pipe's EOF is only seen between calls)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(_WATCHDOG_INTERVAL_S)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    previous = threading.stack_size(256 * 1024)  # it only sleeps; keep its address space small
+def send_error(conn: Connection, exc: BaseException) -> None:
+    """Send ``exc`` as an error reply: its class by name, its message and the end of its traceback."""
     try:
-        threading.Thread(target=watch, name="ee-sandbox-orphan-watchdog", daemon=True).start()
-    finally:
-        threading.stack_size(previous)
-
-
-def _send_error(conn: Connection, exc: BaseException) -> None:
-    try:
-        payload: bytes | None = pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - some exceptions do not pickle; type and message still go back
-        payload = None
-    summary = "".join(traceback.format_exception(exc)[-8:])
-    try:
-        conn.send((ERR, payload, f"{type(exc).__module__}.{type(exc).__qualname__}", type(exc).__name__, str(exc), summary))
-    except (OSError, MemoryError):
+        error = {
+            "module": type(exc).__module__,
+            "name": type(exc).__name__,
+            "qualname": type(exc).__qualname__,
+            "message": str(exc),
+            "summary": "".join(traceback.format_exception(exc)[-8:]),
+        }
+        conn.send_bytes(json.dumps({"err": error}).encode())
+    except Exception:  # noqa: BLE001 - a message that cannot be built or sent: the parent sees the child die instead
         pass
 
 

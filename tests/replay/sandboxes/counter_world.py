@@ -3,8 +3,12 @@
 It lives in an importable module (not a test file) because spawned child processes import the
 factory by name. Tools: ``add(key, n)``, ``get(key)``, ``sleep(seconds)``, ``crash(code)``
 (``os._exit``), ``kill_self(signal_name)``, ``hog(mb)`` (allocates a bytearray), ``boom()`` (raises
-ValueError), ``vm_size_kb()`` (the process's address space) and ``spawn_and_hang(pid_file)``. Unlike a well-behaved sandbox, ``execute`` lets tool exceptions escape, so the tests
-see how the subprocess sandbox copes with that.
+ValueError), ``vm_size_kb()`` (the process's address space), ``spawn_and_hang(pid_file)``,
+``spawn_and_return(pid_file)`` (leaves a process running), ``fork_and_exit(pid_file, code)`` (a
+forked process keeps the pipe open while the child calls ``os._exit``) and
+``send_pickle_to_parent(marker)`` (writes a pickle that touches ``marker`` when unpickled onto the
+pipe to the parent). Unlike a well-behaved sandbox, ``execute`` lets tool exceptions escape, so the
+tests see how the subprocess sandbox copes with that.
 """
 
 from __future__ import annotations
@@ -117,6 +121,47 @@ def spawn_and_hang(world: dict[str, int], pid_file: str) -> str:
     return "unreachable"
 
 
+def spawn_and_return(world: dict[str, int], pid_file: str) -> str:
+    """Start a long-lived process, write its pid to ``pid_file`` and return without stopping it."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "60"])
+    with open(pid_file, "w") as out:
+        out.write(str(child.pid))
+    return "started"
+
+
+def fork_and_exit(world: dict[str, int], pid_file: str, code: int = 5) -> str:
+    """Fork (the forked process inherits the pipe to the parent and keeps it open), then ``os._exit(code)``."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(pid_file, "w") as out:
+        out.write(str(pid))
+    os._exit(code)
+
+
+class _TouchOnUnpickle:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def send_pickle_to_parent(world: dict[str, int], marker: str) -> str:
+    """Write, onto the pipe to the parent, a pickle that creates ``marker`` wherever it is unpickled."""
+    import gc
+    from multiprocessing.connection import Connection
+
+    for conn in [o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed]:
+        conn.send(_TouchOnUnpickle(marker))
+    return "sent"
+
+
 TOOLS = {
     "add": add,
     "get": get,
@@ -127,6 +172,9 @@ TOOLS = {
     "boom": boom,
     "vm_size_kb": vm_size_kb,
     "spawn_and_hang": spawn_and_hang,
+    "spawn_and_return": spawn_and_return,
+    "fork_and_exit": fork_and_exit,
+    "send_pickle_to_parent": send_pickle_to_parent,
 }
 
 

@@ -200,6 +200,43 @@ def test_a_time_out_kills_processes_the_tool_started(sandbox: SubprocessSandbox,
         time.sleep(0.05)
 
 
+def wait_gone(pid: int, what: str) -> None:
+    """Wait (bounded) until ``pid`` is gone or a zombie waiting for init to reap it."""
+    deadline = time.monotonic() + NEVER_HANGS_S
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_os_exit_is_a_crash_even_while_a_forked_process_holds_the_pipe(sandbox: SubprocessSandbox, tmp_path: Path) -> None:
+    pid_file = tmp_path / "forked.pid"
+    old_pid = sandbox.pid
+    observation = sandbox.execute(call("fork_and_exit", pid_file=str(pid_file), code=5))
+    assert observation.is_error
+    assert "crashed the subprocess sandbox (the child exited with code 5)" in observation.content, observation.content
+    assert_gone(old_pid)
+    wait_gone(int(pid_file.read_text()), "the forked process outlived the crashed child")
+    assert value(sandbox, "a") == "1"
+
+
+def test_processes_a_tool_left_running_end_when_the_sandbox_closes(tmp_path: Path) -> None:
+    pid_file = tmp_path / "helper.pid"
+    with SubprocessSandbox(make_counter_sandbox, memory_mb=None) as box:
+        box.reset(None)
+        assert box.execute(call("spawn_and_return", pid_file=str(pid_file))).content == "started"
+        helper = int(pid_file.read_text())
+        assert psutil.pid_exists(helper)
+    wait_gone(helper, "the tool's process outlived the closed sandbox")
+
+
+def test_the_parent_never_unpickles_what_the_child_sends(sandbox: SubprocessSandbox, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled-in-the-parent"
+    observation = sandbox.execute(call("send_pickle_to_parent", marker=str(marker)))
+    assert not marker.exists(), "a pickle written by a tool ran code in the parent"
+    assert observation.is_error and "bytes that are not a reply" in observation.content, observation.content
+    assert sandbox.restarts == 1 and value(sandbox, "a") == "1"  # the child was replaced, the world rebuilt
+
+
 def test_a_memory_hog_hits_the_limit_and_the_child_survives(sandbox: SubprocessSandbox) -> None:
     baseline_mb = int(sandbox.execute(call("vm_size_kb")).content) // 1024
     print(f"child address space before the hog: {baseline_mb} MB")
