@@ -4,12 +4,20 @@ Every executor takes a :class:`WorkerSpec` (strings and numbers only, so it cros
 machine boundaries) and yields one :class:`~ee_middleware.replay.runner.ReplayOutcome` per
 trajectory as soon as it is ready, in completion order. Each worker builds its own sandbox and
 policy once and reuses them for every trajectory it is given.
+
+Every worker closes its sandbox and policy when it ends, and no worker outlives the job: local worker
+processes die with the process that started them (see :mod:`ee_middleware.replay._lifetime`), even
+when it is killed with ``SIGKILL``; sandbox children (``--isolation subprocess``) then kill
+themselves and every process their tools started.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -19,6 +27,7 @@ from typing import Any, Protocol
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import MissingExtraError, PolicyError
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
+from ee_middleware.replay._lifetime import die_with_parent
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
 
@@ -111,10 +120,23 @@ class InlineExecutor:
 _PROCESS_WORKER: _Worker | None = None
 
 
-def _init_process_worker(spec: WorkerSpec, torch_threads: int) -> None:
+def _init_process_worker(spec: WorkerSpec, torch_threads: int, job_pid: int) -> None:
     global _PROCESS_WORKER
+    # Killed by the kernel the moment the job dies; the watchdog covers systems without prctl.
+    die_with_parent(job_pid, _end_orphaned_worker, death_signal=signal.SIGKILL)
     os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
-    _PROCESS_WORKER = _Worker(spec)
+    _PROCESS_WORKER = worker = _Worker(spec)
+    # A worker process ends through multiprocessing's exit function, which waits for every child
+    # process: the sandbox (and its child, with --isolation subprocess) must be closed before that.
+    multiprocessing.util.Finalize(None, worker.close, exitpriority=100)
+
+
+def _end_orphaned_worker() -> None:
+    """The job is gone: kill the sandbox children of this worker (their tools' processes too), then end."""
+    isolated = sys.modules.get("ee_middleware.replay.sandboxes.isolated")
+    if isolated is not None:
+        isolated.kill_all_children()
+    os._exit(1)
 
 
 def _replay_in_process(trajectory: Trajectory) -> ReplayOutcome:
@@ -131,7 +153,7 @@ class ProcessExecutor:
             max_workers=workers,
             mp_context=multiprocessing.get_context(start_method),
             initializer=_init_process_worker,
-            initargs=(spec, torch_threads),
+            initargs=(spec, torch_threads, os.getpid()),
         )
 
     def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
@@ -165,6 +187,12 @@ class _RayWorker:
     def replay(self, trajectory: Trajectory) -> ReplayOutcome:
         return self._worker.replay(trajectory)
 
+    def close(self) -> None:
+        self._worker.close()
+
+
+_RAY_CLOSE_TIMEOUT_S = 30.0
+
 
 class RayExecutor:
     """Replays on a Ray cluster with ``workers`` actors (each builds its sandbox and policy once).
@@ -196,6 +224,12 @@ class RayExecutor:
         yield from pool.map_unordered(lambda actor, trajectory: actor.replay.remote(trajectory), trajectories)
 
     def close(self) -> None:
+        # Close the sandboxes first: ray.kill ends an actor at once, and a sandbox child would only
+        # notice a second later that its parent is gone.
+        try:
+            self._ray.get([actor.close.remote() for actor in self._actors], timeout=_RAY_CLOSE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - a dead or hung actor is killed below either way
+            pass
         for actor in self._actors:
             self._ray.kill(actor)
         self._actors = []

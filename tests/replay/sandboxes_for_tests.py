@@ -33,3 +33,18 @@ class FlakyBFCLSandbox(BFCLSandbox):
 
 def not_a_sandbox() -> object:
     return object()
+
+
+class ForkingBFCLSandbox(BFCLSandbox):
+    """The real BFCL sandbox, plus a tool-like habit: every reset starts a long-lived process of its own.
+
+    Stands in for tools that start helpers (servers, shells) and never stop them; the replay job
+    must leave none of them behind.
+    """
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        import subprocess
+
+        subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(os.environ.get("EE_TEST_RESET_DELAY", "0")))
+        super().reset(environment)

@@ -1,0 +1,127 @@
+"""``ee replay run`` always ends and leaves no process behind: workers, sandbox children, tools' own processes.
+
+Each test runs the real CLI in a separate process with a marker in its environment, which every
+process it starts inherits (workers, sandbox children, processes the tools start, even after they
+are re-parented to init), and then counts the live processes that carry the marker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ee_middleware.store import LocalExperienceStore
+from tests.conftest import BFCL_ENTRIES
+
+pytestmark = pytest.mark.timeout(240)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FORKING = "tests.replay.sandboxes_for_tests:ForkingBFCLSandbox"
+MARKER = "EE_TEST_JOB_MARKER"
+ENDS_WITHIN_S = 120.0
+"""A generous bound proving the job ended instead of hanging (not a speed test)."""
+CLEANED_UP_WITHIN_S = 30.0
+"""How long processes get to notice their job died and end (the watchdogs check every second)."""
+
+
+def processes_of(marker: str) -> list[psutil.Process]:
+    """Live (not zombie) processes whose environment carries ``marker``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARKER) == marker and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def wait_until_none_left(marker: str) -> list[str]:
+    """Wait (bounded) for every process of the job to end; what is still alive after that."""
+    deadline = time.monotonic() + CLEANED_UP_WITHIN_S
+    while (left := processes_of(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [f"{p.pid} {p.name()} {p.cmdline()[:4]}" for p in left if p.is_running()]
+
+
+class Job:
+    """``ee replay run`` in its own session, with a marker; kills whatever it left when the test ends."""
+
+    def __init__(self, store: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.marker = uuid.uuid4().hex
+        cmd = [sys.executable, "-m", "ee_middleware.cli", "replay", "run", "--store", str(store), "--k", "2", "--no-progress", *flags]
+        environment = {**os.environ, MARKER: self.marker, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        self.proc = subprocess.Popen(
+            cmd, env=environment, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+
+    def cleanup(self) -> None:
+        for process in processes_of(self.marker):
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def jobs() -> Iterator[list[Job]]:
+    started: list[Job] = []
+    yield started
+    for job in started:
+        job.cleanup()
+
+
+def finish(job: Job) -> str:
+    try:
+        job.proc.wait(ENDS_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        alive = [f"{p.pid} {p.name()}" for p in processes_of(job.marker)]
+        pytest.fail(f"the replay job did not end within {ENDS_WITHIN_S:g} s; its processes: {alive}")
+    stderr = job.proc.stderr.read()
+    assert job.proc.returncode == 0, stderr
+    return stderr
+
+
+def test_two_workers_with_subprocess_isolation_end_and_leave_nothing(bfcl_store_path: Path, jobs: list[Job]) -> None:
+    job = Job(bfcl_store_path, "--workers", "2", "--isolation", "subprocess")
+    jobs.append(job)
+    finish(job)
+    assert wait_until_none_left(job.marker) == []
+    assert LocalExperienceStore(bfcl_store_path).replays().height == BFCL_ENTRIES
+
+
+def test_processes_a_tool_started_end_with_the_job(bfcl_store_path: Path, jobs: list[Job]) -> None:
+    # ForkingBFCLSandbox starts a `sleep 300` on every reset and never stops it.
+    job = Job(bfcl_store_path, "--workers", "1", "--isolation", "subprocess", "--sandbox", FORKING)
+    jobs.append(job)
+    finish(job)
+    assert wait_until_none_left(job.marker) == []
+
+
+def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_along(bfcl_store_path: Path, jobs: list[Job]) -> None:
+    job = Job(bfcl_store_path, "--workers", "2", "--isolation", "subprocess", "--sandbox", FORKING, env={"EE_TEST_RESET_DELAY": "5"})
+    jobs.append(job)
+    # Kill it once both workers' sandbox children are inside a reset, each having started a process.
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    while sum(p.name() == "sleep" for p in processes_of(job.marker)) < 2:
+        assert job.proc.poll() is None, job.proc.stderr.read()
+        assert time.monotonic() < deadline, "the job never got to its sandboxes"
+        time.sleep(0.1)
+    alive = processes_of(job.marker)
+    assert len(alive) >= 7  # the job, 2 workers, 2 sandbox children, 2 tool processes (and multiprocessing's helpers)
+    os.kill(job.proc.pid, signal.SIGKILL)  # the job's process only: nothing of its own clean-up runs
+    job.proc.wait()
+    assert wait_until_none_left(job.marker) == []
