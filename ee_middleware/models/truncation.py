@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ee_middleware.models.chat_template import TemplateSupport, render_prompt, with_tools_in_system
+from ee_middleware.models.chat_template import TemplateSupport, render_pair, render_prompt, with_tools_in_system
 
 OMITTED_MARKER = "[{n} earlier messages omitted to fit the context]"
 _HEAD_ROLES = ("system", "developer")
@@ -53,6 +53,52 @@ class Fit:
             "dropped_messages": self.dropped_messages,
             "compact_tools": self.compact_tools,
         }
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A prompt and its completion as token ids, fitted to a length: what training and scoring see."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    fallback: bool
+    """The template rewrote earlier turns, so the completion is its content plus end-of-sequence."""
+    fit: Fit | None = None
+    """How the prompt was fitted, when it did not fit whole."""
+    left_cut: int = 0
+    """Prompt tokens cut from the left after fitting (the last resort)."""
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids
+
+
+def tokenize_pair(
+    tokenizer: Any,
+    prompt: Sequence[dict[str, Any]],
+    completion: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    support: TemplateSupport,
+    max_length: int,
+) -> TokenizedPair:
+    """Token ids of ``prompt`` and ``completion`` within ``max_length``: the prompt is fitted by
+    :func:`fit_messages` (then cut from the left if still too long); the completion is never cut.
+    A completion that alone reaches ``max_length`` comes back as it is, for the caller to drop."""
+    prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, tools, support)
+    prompt_ids = _ids(tokenizer, prompt_text)
+    completion_ids = _ids(tokenizer, completion_text)
+    if not completion_ids or len(completion_ids) >= max_length or len(prompt_ids) + len(completion_ids) <= max_length:
+        return TokenizedPair(prompt_ids, completion_ids, fallback)
+    budget = max_length - len(completion_ids)
+    fit = fit_messages(tokenizer, prompt, tools, support, budget)
+    prompt_text, completion_text, fallback = render_pair(tokenizer, fit.messages, completion, fit.tools, support)
+    prompt_ids, completion_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, completion_text)
+    left_cut = max(0, len(prompt_ids) - budget)
+    return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut)
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:

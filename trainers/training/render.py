@@ -12,7 +12,7 @@ from typing import Any
 
 from ee_middleware.errors import ChatTemplateError
 from ee_middleware.models.chat_template import TemplateSupport, render_pair
-from ee_middleware.models.truncation import Fit, fit_messages
+from ee_middleware.models.truncation import Fit, tokenize_pair
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.errors import TrainDataError
 
@@ -76,54 +76,42 @@ def render_texts(tokenizer: Any, row: ChatRow, support: TemplateSupport) -> tupl
     try:
         return render_pair(tokenizer, row.prompt, row.completion, row.tools or None, support)
     except ChatTemplateError as exc:
-        cause = exc.__cause__ or exc
-        raise TrainDataError(
-            f"The base model's chat template cannot render row {row.id!r} ({row.kind}): {type(cause).__name__}: {cause}. "
-            "The dataset may have been built for another model's message shapes; rebuild it, or pick a base model "
-            "whose template accepts these roles."
-        ) from exc
+        raise _render_error(row, exc) from exc
+
+
+def _render_error(row: ChatRow, exc: ChatTemplateError) -> TrainDataError:
+    cause = exc.__cause__ or exc
+    return TrainDataError(
+        f"The base model's chat template cannot render row {row.id!r} ({row.kind}): {type(cause).__name__}: {cause}. "
+        "The dataset may have been built for another model's message shapes; rebuild it, or pick a base model "
+        "whose template accepts these roles."
+    )
 
 
 def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support: TemplateSupport) -> tuple[list[Example], RenderStats]:
-    """Tokenize rows. A prompt that does not fit beside its completion is fitted by the one truncation
-    policy (:func:`ee_middleware.models.truncation.fit_messages`: system message, tools, task, latest
-    turns and the completion kept; oldest turns dropped; compact tool listings; a left cut only as the
-    last resort); rows whose completion alone is too long are dropped. ``stats.cuts`` says what each
-    fitted row lost."""
+    """Tokenize rows with :func:`ee_middleware.models.truncation.tokenize_pair`: a prompt that does not
+    fit beside its completion is fitted by the one truncation policy (system message, tools, task,
+    latest turns and the completion kept; oldest turns dropped; compact tool listings; a left cut only
+    as the last resort); rows whose completion alone is too long are dropped. ``stats.cuts`` says what
+    each fitted row lost."""
     stats = RenderStats(rows=len(rows))
     examples = []
     for row in rows:
-        prompt_text, completion_text, fallback = render_texts(tokenizer, row, support)
-        stats.fallback_completion += fallback
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-        if not completion_ids:
-            stats.dropped_empty += 1
+        try:
+            pair = tokenize_pair(tokenizer, row.prompt, row.completion, row.tools or None, support, max_length)
+        except ChatTemplateError as exc:
+            raise _render_error(row, exc) from exc
+        stats.fallback_completion += pair.fallback
+        if not pair.completion_ids or len(pair.completion_ids) >= max_length:
+            stats.dropped_empty += not pair.completion_ids
+            stats.dropped_too_long += bool(pair.completion_ids)
             stats.dropped_ids.append(row.id)
             continue
-        if len(completion_ids) >= max_length:
-            stats.dropped_too_long += 1
-            stats.dropped_ids.append(row.id)
-            continue
-        if len(prompt_ids) + len(completion_ids) > max_length:
-            prompt_ids, completion_ids = _fitted(tokenizer, row, support, max_length - len(completion_ids), stats)
-        example = Example(row.id, list(prompt_ids) + list(completion_ids), [-100] * len(prompt_ids) + list(completion_ids))
+        if pair.fit is not None:
+            stats.record_cut(row.id, pair.fit, pair.left_cut)
+        example = Example(row.id, pair.ids, [-100] * len(pair.prompt_ids) + pair.completion_ids)
         examples.append(example)
         stats.tokens += len(example.input_ids)
-        stats.loss_tokens += len(completion_ids)
+        stats.loss_tokens += len(pair.completion_ids)
     stats.examples = len(examples)
     return examples, stats
-
-
-def _fitted(tokenizer: Any, row: ChatRow, support: TemplateSupport, budget: int, stats: RenderStats) -> tuple[list[int], list[int]]:
-    """Prompt and completion ids for a row whose prompt exceeds ``budget``, and the record of the cut."""
-    fit = fit_messages(tokenizer, row.prompt, row.tools or None, support, budget)
-    fitted_row = ChatRow(row.id, row.kind, fit.messages, row.completion, fit.tools or [])
-    prompt_text, completion_text, _ = render_texts(tokenizer, fitted_row, support)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-    left_cut = max(0, len(prompt_ids) - budget)
-    if left_cut:
-        prompt_ids = prompt_ids[left_cut:]
-    stats.record_cut(row.id, fit, left_cut)
-    return list(prompt_ids), list(completion_ids)
