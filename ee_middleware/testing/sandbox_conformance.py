@@ -23,7 +23,10 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 * error observations: an unknown tool and bad arguments give an ``Observation`` with
   ``is_error=True``, never an exception, and the sandbox keeps working;
 * ``close``: idempotent; afterwards ``execute``, ``snapshot`` and ``restore`` raise
-  :class:`~ee_middleware.errors.SandboxError`.
+  :class:`~ee_middleware.errors.SandboxError`;
+* ``state_digest`` (optional, checked when the sandbox has it or ``require_digest=True``): equal
+  states give equal digests (in this sandbox and in a second one built the same way), reading
+  changes nothing, the mutating call changes it, and restore and reset bring the old one back.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def check_sandbox(
     mutate: ToolCall,
     read: ToolCall | Sequence[ToolCall],
     bad_calls: Sequence[ToolCall] | None = None,
+    require_digest: bool = False,
 ) -> None:
     """Assert the sandbox protocol's behaviour on a sandbox from ``make_sandbox``.
 
@@ -59,6 +63,7 @@ def check_sandbox(
         read: one or more calls that change nothing and show the world.
         bad_calls: calls that must give error observations. Default: the ``mutate`` call with an
             argument no tool takes. A call to an unknown tool is always checked too.
+        require_digest: fail when the sandbox has no ``state_digest()`` (the eval suites need it).
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
@@ -69,15 +74,19 @@ def check_sandbox(
     pristine = copy.deepcopy(environment)
     sandbox = make_sandbox()
     probe = _Probe(sandbox, environment, mutate, reads)
+    digests = callable(getattr(sandbox, "state_digest", None))
+    assert digests or not require_digest, f"{type(sandbox).__name__} has no state_digest() (see ee_middleware.replay.sandboxes.protocol)"
     try:
         _check_shape(sandbox, mutate, reads)
         probe.check_preconditions()
         probe.check_restore_is_exact()
         probe.check_branches_are_isolated()
         probe.check_reset_rebuilds_step_zero()
+        if digests:
+            _check_state_digest(probe, make_sandbox)
         _check_error_observations(probe, [ToolCall(id="bad-unknown", name=UNKNOWN_TOOL, arguments={}), *bad_calls])
         assert environment == pristine, "the sandbox must never change the environment reference it was given"
-        _check_close(sandbox, probe.start_snapshot, reads[0])
+        _check_close(sandbox, probe.start_snapshot, reads[0], digests)
     finally:
         try:
             sandbox.close()
@@ -182,7 +191,43 @@ def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall]) -> N
     assert probe.observe() == probe.start, "after bad calls the sandbox must still work and restore exactly"
 
 
-def _check_close(sandbox: Any, snapshot: Any, read: ToolCall) -> None:
+def _digest(sandbox: Any) -> str:
+    try:
+        value = sandbox.state_digest()
+    except Exception as exc:
+        raise AssertionError(f"state_digest() raised {type(exc).__name__}: {exc}") from exc
+    assert isinstance(value, str) and value, f"state_digest() must return a non-empty string, got {value!r}"
+    return value
+
+
+def _check_state_digest(probe: _Probe, make_sandbox: Callable[[], Any]) -> None:
+    sandbox = probe.sandbox
+    sandbox.reset(probe.environment)
+    start = _digest(sandbox)
+    assert _digest(sandbox) == start, "state_digest() must be the same when asked twice"
+    probe.observe()
+    assert _digest(sandbox) == start, "the read calls changed the state digest: reading must not change the state"
+    probe.execute(probe.mutate)
+    changed = _digest(sandbox)
+    assert changed != start, f"the mutating call {probe.mutate.name} did not change the state digest"
+    after = sandbox.snapshot()
+    sandbox.restore(probe.start_snapshot)
+    assert _digest(sandbox) == start, "restore() must bring the state digest back to its value when the snapshot was taken"
+    sandbox.restore(after)
+    assert _digest(sandbox) == changed, "restoring a later snapshot must give its state digest"
+    sandbox.reset(probe.environment)
+    assert _digest(sandbox) == start, "reset() must bring the state digest of step 0 back"
+    other = make_sandbox()
+    try:
+        other.reset(probe.environment)
+        assert _digest(other) == start, "two sandboxes reset to the same environment must give the same state digest"
+        other.execute(probe.mutate)
+        assert _digest(other) == changed, "the same call from the same state must give the same state digest in another sandbox"
+    finally:
+        other.close()
+
+
+def _check_close(sandbox: Any, snapshot: Any, read: ToolCall, digests: bool = False) -> None:
     sandbox.close()
     try:
         sandbox.close()
@@ -192,6 +237,7 @@ def _check_close(sandbox: Any, snapshot: Any, read: ToolCall) -> None:
         ("execute()", lambda: sandbox.execute(read)),
         ("snapshot()", sandbox.snapshot),
         ("restore()", lambda: sandbox.restore(snapshot)),
+        *([("state_digest()", sandbox.state_digest)] if digests else []),
     ]
     for what, use in uses:
         try:

@@ -5,8 +5,18 @@ environment reference (the world at step 0), executes tool calls against that wo
 a snapshot of the world and restore it, so that every alternative branches from exactly the
 recorded state and no branch's side effects leak into another branch or into the next expert step.
 
+A sandbox may also offer ``state_digest()`` (:class:`StatefulSandbox`): a short string that is equal
+exactly when two worlds are in the same state. The ``traces:`` eval suite compares it between the
+candidate agent's run and the expert's replayed calls; :func:`state_digest` asks for it with a clear
+error when a sandbox has none.
+
 Writing one for an app's own tools takes a small class; see :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox`
 for the usual way (a world object plus tool functions) and ``docs/sandboxes.md`` for a walk-through.
+
+Optional: ``refusal_hint(tool_name) -> str | None``, asked (on a freshly built sandbox, without a
+reset) for each tool the replay refused, says why and how to allow it; ``ee replay run`` prints it
+instead of its generic advice. The BFCL sandbox uses it for the tools it refuses because they
+reach the network.
 """
 
 from __future__ import annotations
@@ -65,3 +75,33 @@ class Sandbox(Protocol):
         again is up to the sandbox. :func:`ee_middleware.testing.check_sandbox` checks all of this.
         """
         ...
+
+
+@runtime_checkable
+class StatefulSandbox(Sandbox, Protocol):
+    """A sandbox that can say which state its world is in (optional; the eval suites need it)."""
+
+    def state_digest(self) -> str:
+        """A digest of the current world: equal for equal states (also across processes and
+        sandboxes of the same kind), different after a call that changed the world, and back to
+        the old value after :meth:`restore`. Reading tools must not change it.
+
+        :func:`ee_middleware.replay.sandboxes.digest.digest_of` digests any data or object world
+        (public attributes, as BFCL's state checker compares them). Raises
+        :class:`~ee_middleware.errors.SandboxError` when closed or before :meth:`reset`.
+        """
+        ...
+
+
+def state_digest(sandbox: Any) -> str:
+    """``sandbox.state_digest()``, or :class:`~ee_middleware.errors.SandboxError` saying how to add it."""
+    method = getattr(sandbox, "state_digest", None)
+    if not callable(method):
+        from ee_middleware.errors import SandboxError
+
+        raise SandboxError(
+            f"The {getattr(sandbox, 'kind', type(sandbox).__name__)!r} sandbox has no state_digest(), which comparing final "
+            "states needs. Add a state_digest() -> str method (see ee_middleware.replay.sandboxes.protocol.StatefulSandbox; "
+            "ee_middleware.replay.sandboxes.digest.digest_of digests a world object), or build it on PythonSandbox, which has one."
+        )
+    return str(method())

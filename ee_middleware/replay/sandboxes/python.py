@@ -28,6 +28,7 @@ from typing import Any
 
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
 
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
 WorldTool = Callable[..., Any]
@@ -93,6 +94,9 @@ class PythonSandbox:
         is_error_result: marks returned values that are errors (for APIs that return
             ``{"error": ...}`` instead of raising).
         format_error: turns a tool's exception into the observation text.
+        state: ``world -> data``: what :meth:`state_digest` digests (default: the world itself, see
+            :func:`~ee_middleware.replay.sandboxes.digest.digest_of`). Give one when the world's
+            own form is not canonical (a database whose bytes depend on the order of writes).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class PythonSandbox:
         format_result: Callable[[Any], str] = format_result,
         is_error_result: Callable[[Any], bool] | None = None,
         format_error: Callable[[BaseException], str] = format_exception,
+        state: Callable[[Any], Any] | None = None,
     ) -> None:
         overlap = set(tools) & set(read_only_tools or {})
         if overlap:
@@ -116,6 +121,7 @@ class PythonSandbox:
         self._format_result = format_result
         self._is_error_result = is_error_result
         self._format_error = format_error
+        self._state = state
         self._world: Any = None
         self._ready = False
         self._closed = False
@@ -170,6 +176,19 @@ class PythonSandbox:
         self._check_open()
         self._world = snapshot.materialize()
         self._ready = True
+
+    def state_digest(self) -> str:
+        """A digest of the world (of ``state(world)`` when given): JSON-canonical, or its pickled bytes."""
+        self._check_open()
+        if not self._ready:
+            raise SandboxError(f"{self.kind} sandbox: call reset(environment) before state_digest().")
+        view = self._state(self._world) if self._state is not None else self._world
+        try:
+            return digest_of(view)
+        except Unencodable as exc:
+            raise SandboxError(
+                f"{self.kind} sandbox cannot digest its world: {exc}. Pass PythonSandbox(state=...) returning plain data."
+            ) from exc
 
     def close(self) -> None:
         """Drop the world. Idempotent; afterwards only :meth:`reset` makes the sandbox usable again."""
