@@ -151,3 +151,70 @@ def _print_gate(out: Any, result: Any) -> None:
         )
     out.print(table)
     out.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: " + "; ".join(result.reasons))
+
+
+@app.command("likelihood")
+def likelihood_cmd(
+    data: Path = typer.Option(
+        ..., "--data", help="Held-out states: DATA/heldout (from ee datasets build --heldout-...), DATA, or an il.parquet."
+    ),
+    base: Path = typer.Option(..., "--base", help="The base model: a save_pretrained folder or a .gguf file."),
+    adapter: list[Path] = typer.Option([], "--adapter", help="A LoRA adapter folder to score against the base; repeat for several."),
+    max_length: int = typer.Option(1024, "--max-length", min=8, help="Tokens per state, fitted as training fits them."),
+    decode: int = typer.Option(0, "--decode", min=0, help="Also decode greedily on the first N states: parse rate, name and exact match."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per greedy answer."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N held-out states."),
+    threads: int | None = typer.Option(1, "--threads", min=1, help="torch threads (1 is often fastest on a shared CPU)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Per-token NLL of the expert's action on held-out states, base vs adapters, paired per state."""
+    from ee_middleware.evals.likelihood import load_heldout, report, score_likelihood
+
+    states = load_heldout(data)[:limit]
+    out_console = console()
+    bar: Any = None
+    if progress and not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out_console)
+        bar.start()
+    tasks: dict[str, Any] = {}
+
+    def on_progress(name: str, done: int, total: int) -> None:
+        if bar is not None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"scoring {name}", total=total)
+            bar.update(tasks[name], completed=done)
+
+    try:
+        scores = score_likelihood(
+            states,
+            base,
+            adapter,
+            max_length=max_length,
+            decode_sample=decode,
+            max_new_tokens=max_new_tokens,
+            num_threads=threads,
+            device=device,
+            on_progress=on_progress,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    rows = report(scores)
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Expert-action NLL per token on {len(scores[0].nll)} held-out states (lower is better)")
+    for column in ("model", "mean NLL", "vs base (± s.e.)", "improved", "parse", "name match", "exact"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        paired = f"{row['paired_diff']:+.3f} ± {row['paired_se']:.3f}" if "paired_diff" in row else ""
+        improved = f"{row['improved_share']:.0%}" if "improved_share" in row else ""
+        decoded = [f"{row[k]:.0%}" if k in row else "" for k in ("parse_rate", "name_match", "exact_match")]
+        table.add_row(row["model"], f"{row['mean_nll']:.3f}", paired, improved, *decoded)
+    out_console.print(table)

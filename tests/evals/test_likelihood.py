@@ -1,0 +1,114 @@
+"""Held-out action likelihood on a tiny random Llama: a zero adapter changes nothing, a trained one lowers the NLL."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.errors import ConfigError
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+from ee_middleware.evals.likelihood import BASE, load_heldout, report, score_likelihood  # noqa: E402
+from ee_middleware.models.chat_template import probe_template  # noqa: E402
+from ee_middleware.models.truncation import tokenize_pair  # noqa: E402
+from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, save_tiny_llama  # noqa: E402
+from ee_middleware.trainers.training import TrainConfig, train  # noqa: E402
+from tests.trainers.training.conftest import FOLDERS, build_tokenizer, il_row, write_dataset  # noqa: E402
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("base") / "tiny", build_tokenizer(TOOL_CHAT_TEMPLATE))
+
+
+@pytest.fixture(scope="module")
+def heldout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    write_dataset(folder, "il", [il_row(i, FOLDERS[i % len(FOLDERS)]) for i in range(12)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def zero_adapter(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter whose B matrices are zero (peft's default init): the model it makes is the base."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("zero") / "zero-adapter"
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(base_dir: Path, heldout_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter trained on these very states (so it must give the expert's actions more probability)."""
+    out = tmp_path_factory.mktemp("trained") / "trained-adapter"
+    config = TrainConfig(
+        base_model=str(base_dir),
+        data=heldout_dir,
+        output_dir=out,
+        max_steps=20,
+        learning_rate=1e-2,
+        batch_size=4,
+        target_modules=ALL_LINEAR,
+    )
+    train(config, progress=False)
+    return out
+
+
+def test_a_zero_adapter_matches_the_base_and_a_trained_one_lowers_the_nll(
+    base_dir: Path, heldout_dir: Path, zero_adapter: Path, trained_adapter: Path
+) -> None:
+    states = load_heldout(heldout_dir)
+    scores = score_likelihood(states, base_dir, [zero_adapter, trained_adapter], max_length=512, decode_sample=4, max_new_tokens=24)
+    base, zero, trained = report(scores)
+    assert [s["model"] for s in (base, zero, trained)] == [BASE, "zero-adapter", "trained-adapter"]
+    assert base["states"] == zero["states"] == trained["states"] == 12
+    assert "paired_diff" not in base and math.isfinite(base["mean_nll"]) and base["mean_nll"] > 0
+    assert abs(zero["paired_diff"]) < 1e-5 and zero["improved_share"] == 0.0, "a zero adapter is the base"
+    assert trained["paired_diff"] < -0.3 and trained["improved_share"] > 0.9, trained
+    assert trained["paired_se"] > 0 and trained["paired_diff"] + 3 * trained["paired_se"] < 0
+    assert all(0 <= row[k] <= 1 for row in (base, trained) for k in ("parse_rate", "name_match", "exact_match"))
+    assert trained["decoded"] == 4 and trained["exact_match"] >= base["exact_match"]
+
+
+def test_nll_is_over_the_completion_tokens_the_trainer_trains_on(base_dir: Path, heldout_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    [state, *_] = load_heldout(heldout_dir)
+    [score] = score_likelihood([state], base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    pair = tokenize_pair(tokenizer, state.prompt, state.completion, state.tools, probe_template(tokenizer), 1024)
+    labels = torch.tensor([[-100] * len(pair.prompt_ids) + pair.completion_ids])
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([pair.ids]), labels=labels).loss  # transformers' own causal-LM loss
+    assert score.nll[0] == pytest.approx(float(loss), rel=1e-4)
+
+
+def test_the_cli_prints_a_table_and_json(base_dir: Path, heldout_dir: Path, zero_adapter: Path) -> None:
+    runner = CliRunner()
+    args = ["eval", "likelihood", "--data", str(heldout_dir), "--base", str(base_dir), "--adapter", str(zero_adapter), "--limit", "3"]
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    rows: list[dict[str, Any]] = json.loads(as_json.stdout)
+    assert [r["model"] for r in rows] == [BASE, "zero-adapter"] and rows[1]["states"] == 3
+    table = runner.invoke(app, [*args, "--no-progress"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "held-out states" in table.stdout and "zero-adapter" in table.stdout
+
+
+def test_missing_heldout_data_and_adapters_are_named(base_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"No held-out IL dataset in .*--heldout-share"):
+        load_heldout(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "likelihood", "--data", str(tmp_path), "--base", str(base_dir)])
+    assert result.exit_code == 1 and "No held-out IL dataset" in result.stderr
