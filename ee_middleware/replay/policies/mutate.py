@@ -7,230 +7,146 @@ Two kinds of alternatives, mixed by ``same_tool_share``:
 - the expert's own tool with one change: a value swapped for another of the right type, an
   optional argument dropped or added.
 
-Values are drawn, where the schema allows, from a vocabulary harvested from the state (the words,
-file names, ids and numbers in the messages and in earlier tool calls) so that alternatives look like
-what an agent in that conversation might have tried. Every candidate validates against the offered
-schemas; none equals the expert's action; all are distinct. Seeded: the same decision point, ``k``
-and ``seed`` give the same candidates.
+Values are drawn **by role** from what the decision point has seen (:mod:`.vocabulary`), so that
+alternatives look like what an agent in that conversation might have tried: an identifier from
+the identifiers that observations and user turns showed, matching the argument's name and format
+(an ``order_id`` like ``#W1234567`` from the order ids seen, an ``email`` from the e-mail addresses
+seen), free text from the user's turns, a number near the numbers seen. System prompts are a last
+resort. A share ``invalid_share`` of the alternatives is deliberately invalid: one value is a
+well-formed near miss (``#W1234567`` -> ``#W1234587``) or a word from the wrong role, so that the
+rollouts also show what failure looks like; those candidates say so in their proposer settings
+(``"deliberately_invalid": "<argument>"``).
+
+Every candidate validates against the offered schemas; none equals the expert's action; all are
+distinct. Seeded: the same decision point, ``k`` and ``seed`` give the same candidates.
 """
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import random
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from ee_middleware.models.parsing import call_id, canonical_call
 from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
+from ee_middleware.replay.policies.vocabulary import DATE, EMAIL, Vocabulary, coarse_shape, is_identifier, shape
 
-_WORD = re.compile(r"[A-Za-z0-9][\w.\-/]*\w")
-_INT = re.compile(r"(?<![\w.])-?\d{1,9}(?![\w.])")
-_STOPWORDS = frozenset(
-    {
-        "the",
-        "and",
-        "for",
-        "are",
-        "but",
-        "not",
-        "you",
-        "your",
-        "with",
-        "this",
-        "that",
-        "have",
-        "from",
-        "they",
-        "will",
-        "would",
-        "there",
-        "their",
-        "what",
-        "about",
-        "which",
-        "when",
-        "make",
-        "like",
-        "time",
-        "just",
-        "him",
-        "know",
-        "take",
-        "into",
-        "year",
-        "them",
-        "some",
-        "could",
-        "than",
-        "then",
-        "now",
-        "look",
-        "only",
-        "come",
-        "its",
-        "over",
-        "think",
-        "also",
-        "back",
-        "after",
-        "use",
-        "two",
-        "how",
-        "our",
-        "work",
-        "first",
-        "well",
-        "way",
-        "even",
-        "new",
-        "want",
-        "because",
-        "any",
-        "these",
-        "give",
-        "day",
-        "most",
-        "can",
-        "was",
-        "has",
-        "had",
-        "please",
-        "should",
-        "were",
-        "been",
-        "being",
-        "did",
-        "does",
-        "done",
-        "here",
-        "more",
-        "other",
-        "such",
-        "very",
-    }
-)
-_MAX_WORDS = 300
+__all__ = ["MutationPolicy", "Vocabulary"]
+
 _MAX_DEPTH = 4
+_CLOSED = 1 << 30
+"""Failure count of a mode that can never produce a candidate (no other tool offered, expert's tool unknown)."""
 _SYNTHETIC = ("alpha", "beta", "gamma", "delta", "notes", "report", "draft", "test", "main", "data")
+_SIZE_PARAMETER = re.compile(r"(precision|count|lines|limit|num|size|depth|times|repeat|max|min|length|digits|top|n$)", re.IGNORECASE)
+_ID_NAME = re.compile(r"(^id$|_id$|[a-z]Id$|_ids$|_key$|^key$|_code$|^code$|symbol|sku|token|_ref$|^ref$)", re.IGNORECASE)
+_PATH_HINTS = ("file", "path", "source", "destination", "dir", "folder")
+_PHRASE_HINTS = (
+    "message", "content", "body", "description", "summary", "comment", "note", "question", "prompt", "text", "reason", "address", "street",
+)  # fmt: skip
+_EXPRESSION_HINTS = ("expression", "formula", "equation")
+_ARITHMETIC = re.compile(r"^[\d\s.+\-*/()%^]+$")
+_WORD_HINTS = ("query", "keyword", "title", "subject", "search", "term", "tag", "label")
 
 
-@dataclass
-class Vocabulary:
-    """Values seen at a decision point, to draw plausible arguments from."""
+def string_role(name: str, schema: Mapping[str, Any], current: Any = None) -> str:
+    """The role of a string argument, from its name, its schema and the expert's value if there is one.
 
-    words: list[str] = field(default_factory=list)
-    strings: list[str] = field(default_factory=list)
-    """Whole string argument values of earlier tool calls and of the expert's action."""
-    ints: list[int] = field(default_factory=list)
-    numbers: list[float] = field(default_factory=list)
-
-    @classmethod
-    def harvest(cls, point: DecisionPoint) -> Vocabulary:
-        """Collect words, argument strings and numbers from the state messages and the expert call."""
-        vocab = cls()
-        texts: list[str] = []
-        for message in point.state:
-            texts.extend(_message_texts(message))
-            for arguments in _message_arguments(message):
-                vocab._add_values(arguments)
-        vocab._add_values(point.expert.arguments)
-        for text in texts:
-            vocab._add_text(text)
-        vocab.words = list(dict.fromkeys(vocab.words))[:_MAX_WORDS]
-        vocab.strings = list(dict.fromkeys(vocab.strings))
-        vocab.ints = list(dict.fromkeys(vocab.ints))
-        vocab.numbers = list(dict.fromkeys(vocab.numbers))
-        return vocab
-
-    def _add_text(self, text: str) -> None:
-        for word in _WORD.findall(text):
-            if 2 <= len(word) <= 40 and word.lower() not in _STOPWORDS:
-                self.words.append(word)
-        self.ints.extend(int(m) for m in _INT.findall(text))
-
-    def _add_values(self, value: Any) -> None:
-        if isinstance(value, bool):
-            return
-        if isinstance(value, int):
-            self.ints.append(value)
-        elif isinstance(value, float):
-            self.numbers.append(value)
-        elif isinstance(value, str):
-            if 0 < len(value) <= 80:
-                self.strings.append(value)
-            self._add_text(value)
-        elif isinstance(value, Mapping):
-            for item in value.values():
-                self._add_values(item)
-        elif isinstance(value, list):
-            for item in value:
-                self._add_values(item)
+    One of ``email``, ``phone``, ``date``, ``path``, ``identifier``, ``expression`` (arithmetic),
+    ``phrase`` (free text), ``word`` (a search term or a title) and ``name`` (any other short value).
+    """
+    lowered = name.lower()
+    value = current if isinstance(current, str) else ""
+    if any(hint in lowered for hint in _EXPRESSION_HINTS) or (
+        " " in value and _ARITHMETIC.match(value) and any(c in value for c in "+-*/")
+    ):
+        return "expression"
+    if schema.get("format") == "email" or "email" in lowered or EMAIL.fullmatch(value):
+        return "email"
+    if "phone" in lowered or "mobile" in lowered:
+        return "phone"
+    if schema.get("format") == "date" or lowered.endswith("date") or DATE.match(value):
+        return "date"
+    if any(hint in lowered for hint in _PATH_HINTS):
+        return "path"
+    if _ID_NAME.search(name) or (value and is_identifier(value) and " " not in value):
+        return "identifier"
+    if any(hint in lowered for hint in _PHRASE_HINTS) or " " in value.strip():
+        return "phrase"
+    if any(hint in lowered for hint in _WORD_HINTS):
+        return "word"
+    return "name"
 
 
-def _message_texts(message: Mapping[str, Any]) -> list[str]:
-    content = message.get("content")
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        return [str(part.get("text")) for part in content if isinstance(part, Mapping) and part.get("text")]
-    return []
-
-
-def _message_arguments(message: Mapping[str, Any]) -> Iterable[Any]:
-    for item in message.get("tool_calls") or ():
-        function = item.get("function", item) if isinstance(item, Mapping) else {}
-        arguments = function.get("arguments", function.get("args")) if isinstance(function, Mapping) else None
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                continue
-        yield arguments
+class _Unseen(Exception):
+    """No value of the argument's role was seen (an e-mail address where the conversation shows none)."""
 
 
 class _ValueMaker:
-    """Generates schema-conforming values, preferring the vocabulary."""
+    """Generates schema-conforming values, drawn by role from the vocabulary.
+
+    While ``strict``, an id, e-mail or phone argument with no seen value of its role raises
+    :class:`_Unseen` (the candidate is dropped); otherwise it gets a guess (a near miss of a seen
+    value, or a word), and :attr:`guessed` names the argument.
+    """
 
     def __init__(self, rng: random.Random, vocab: Vocabulary, optional_arg_rate: float) -> None:
         self.rng = rng
         self.vocab = vocab
         self.optional_arg_rate = optional_arg_rate
+        self.strict = True
+        self.guessed: str | None = None
 
-    def arguments(self, schema: Mapping[str, Any]) -> dict[str, Any]:
-        """Required arguments, plus each optional one with probability ``optional_arg_rate``."""
-        return self._object(schema, 0)
+    def arguments(self, schema: Mapping[str, Any], invalid: bool = False) -> tuple[dict[str, Any], str | None]:
+        """Required arguments, plus each optional one with probability ``optional_arg_rate``.
 
-    def value(self, schema: Any, name: str = "", depth: int = 0) -> Any:
+        With ``invalid``, one of the generated arguments (a string or a number) gets a deliberately
+        invalid value; its name is returned with the arguments (``None`` when none could be).
+        """
+        props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+        required = set(schema.get("required") or ())
+        keys = [key for key in props if key in required or self.rng.random() < self.optional_arg_rate]
+        target = self._invalid_target(props, keys) if invalid else None
+        return {key: self.value(props[key], key, 1, invalid=key == target) for key in keys}, target
+
+    def _invalid_target(self, props: Mapping[str, Any], keys: list[str]) -> str | None:
+        fits = [key for key in keys if isinstance(props[key], Mapping) and props[key].get("type") in ("string", "integer", "number")]
+        fits = [key for key in fits if "enum" not in props[key] and "const" not in props[key]]
+        return self.rng.choice(fits) if fits else None
+
+    def value(self, schema: Any, name: str = "", depth: int = 0, *, current: Any = None, invalid: bool = False) -> Any:
         if not isinstance(schema, Mapping):
-            return self._string({}, name)
+            return self._string({}, name, current, invalid)
         if "const" in schema:
             return schema["const"]
         if isinstance(schema.get("enum"), list) and schema["enum"]:
             return self.rng.choice(schema["enum"])
         for key in ("anyOf", "oneOf"):
             if isinstance(schema.get(key), list) and schema[key]:
-                return self.value(self.rng.choice(schema[key]), name, depth + 1)
+                return self.value(self.rng.choice(schema[key]), name, depth + 1, current=current, invalid=invalid)
         kind = self._type(schema)
         if depth > _MAX_DEPTH:
             return {"object": {}, "array": [], "integer": 0, "number": 0, "boolean": False, "null": None}.get(kind, "")
         if kind == "object":
-            return self._object(schema, depth + 1)
+            props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+            required = set(schema.get("required") or ())
+            return {
+                k: self.value(sub, k, depth + 1) for k, sub in props.items() if k in required or self.rng.random() < self.optional_arg_rate
+            }
         if kind == "array":
             return self._array(schema, name, depth + 1)
         if kind == "integer":
-            return self._int(schema, name)
+            return self._int(schema, name, current, invalid)
         if kind == "number":
-            return self._number(schema)
+            return self._number(schema, name, current, invalid)
         if kind == "boolean":
             return self.rng.random() < 0.5
         if kind == "null":
             return None
-        return self._string(schema, name)
+        return self._string(schema, name, current, invalid)
 
     def _type(self, schema: Mapping[str, Any]) -> str:
         kind = schema.get("type")
@@ -242,15 +158,6 @@ class _ValueMaker:
         if "properties" in schema:
             return "object"
         return "array" if "items" in schema or "prefixItems" in schema else "string"
-
-    def _object(self, schema: Mapping[str, Any], depth: int) -> dict[str, Any]:
-        props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
-        required = set(schema.get("required") or ())
-        out: dict[str, Any] = {}
-        for key, sub in props.items():
-            if key in required or self.rng.random() < self.optional_arg_rate:
-                out[key] = self.value(sub, key, depth)
-        return out
 
     def _array(self, schema: Mapping[str, Any], name: str, depth: int) -> list[Any]:
         prefix = schema.get("prefixItems")
@@ -264,11 +171,21 @@ class _ValueMaker:
         singular = name[:-1] if name.endswith("s") else name
         return [self.value(schema.get("items", {}), singular, depth) for _ in range(count)]
 
-    def _int(self, schema: Mapping[str, Any], name: str = "") -> int:
-        if _SIZE_PARAMETER.search(name):
+    # -- numbers: near the numbers seen, under the same name first ------------------------------------
+
+    def _int(self, schema: Mapping[str, Any], name: str, current: Any, invalid: bool) -> int:
+        keyed = [v for v in self.vocab.keyed_values(name) if isinstance(v, int) and not isinstance(v, bool) and v != current]
+        if invalid:
+            base = self.rng.choice(keyed or self.vocab.ints or [7])
+            value = -abs(base) - 1 if self.rng.random() < 0.5 else abs(base) * 10 + self.rng.randint(1, 9)
+        elif _SIZE_PARAMETER.search(name):
             # Sizes, counts and precisions drawn from ids in the conversation (precision=94016) make
             # calls that run for seconds and that no model would propose; keep them small.
-            value = self.rng.randint(0, 20)
+            value = self.rng.choice([v for v in keyed if 0 <= v <= 100] or [self.rng.randint(0, 20)])
+        elif _ID_NAME.search(name):
+            value = self.rng.choice(keyed or self._same_digits(current) or self.vocab.ints or [self.rng.randint(0, 10)])
+        elif keyed and self.rng.random() < 0.6:
+            value = self.rng.choice(keyed) + self.rng.choice((0, 0, -1, 1))
         elif self.vocab.ints and self.rng.random() < 0.6:
             value = self.rng.choice(self.vocab.ints) + self.rng.randint(-2, 2)
         else:
@@ -276,30 +193,147 @@ class _ValueMaker:
         low, high = _bounds(schema, integer=True)
         return int(min(max(value, low), high))
 
-    def _number(self, schema: Mapping[str, Any]) -> float:
-        seen = self.vocab.numbers + [float(i) for i in self.vocab.ints]
-        if seen and self.rng.random() < 0.6:
-            value = round(self.rng.choice(seen) * self.rng.choice((0.5, 0.9, 1.1, 1.5, 2.0)), 2)
+    def _same_digits(self, current: Any) -> list[int]:
+        if not isinstance(current, int):
+            return []
+        return [v for v in self.vocab.ints if v != current and len(str(abs(v))) == len(str(abs(current)))]
+
+    def _number(self, schema: Mapping[str, Any], name: str, current: Any, invalid: bool) -> float:
+        keyed = [float(v) for v in self.vocab.keyed_values(name) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        seen = keyed or self.vocab.numbers + [float(i) for i in self.vocab.ints]
+        if invalid:
+            value = -round(self.rng.choice(seen or [1.0]) * 10 + 1, 2)
+        elif seen and self.rng.random() < 0.75:
+            value = round(self.rng.choice(seen) * self.rng.choice((0.5, 0.9, 1.0, 1.1, 1.5, 2.0)), 2)
         else:
             value = round(self.rng.uniform(0, 100), 2)
         low, high = _bounds(schema, integer=False)
         return float(min(max(value, low), high))
 
-    def _string(self, schema: Mapping[str, Any], name: str) -> str:
-        low = int(schema.get("minLength", 0) or 0)
-        high = int(schema.get("maxLength", 10_000) or 10_000)
-        pattern = schema.get("pattern")
-        pools = [self.vocab.strings, self.vocab.words] if self.rng.random() < 0.4 else [self.vocab.words, self.vocab.strings]
+    # -- strings: by role -----------------------------------------------------------------------------
+
+    def _string(self, schema: Mapping[str, Any], name: str, current: Any, invalid: bool) -> str:
+        role = string_role(name, schema, current)
+        pools = self._pools(role, name, current)
+        fits = _Fits(schema)
+        if invalid:
+            seeds = [v for pool in pools for v in pool if fits(v)] or [v for v in self.vocab.identifiers if fits(v)]
+            broken = [_corrupt(self.rng, v) for v in seeds[:50]]
+            broken = [v for v in broken if fits(v) and v != current] or [w for w in self.vocab.prose_words if fits(w)]
+            if broken:
+                return self.rng.choice(broken)
+        if role == "date" and isinstance(current, str) and DATE.match(current) and self.rng.random() < 0.5:
+            shifted = _shift_date(current, self.rng.choice((-7, -2, -1, 1, 2, 7)))
+            if shifted and fits(shifted):
+                return shifted
+        if role == "expression":
+            expression = self._expression()
+            if fits(expression) and expression != current:
+                return expression
         for pool in pools:
-            unconstrained = pattern is None and low == 0 and high >= 10_000
-            fitting = pool if unconstrained else [s for s in pool if low <= len(s) <= high and _matches(pattern, s)]
+            fitting = [v for v in pool if v != current and fits(v)]
             if fitting:
-                return self.rng.choice(_prefer_for_name(fitting, name))
+                return self.rng.choice(fitting)
+        if role in ("email", "phone", "identifier"):  # nothing else seen: a near miss of what was, else any word
+            if self.strict:
+                raise _Unseen(name)
+            self.guessed = self.guessed or name
+            near = [_corrupt(self.rng, v) for v in (*pools[0], *([current] if isinstance(current, str) and current else []))]
+            near = [v for v in near if v != current and fits(v)]
+            for pool in [near] if near else [self.vocab.user_words, self.vocab.words]:
+                fitting = [v for v in pool if v != current and fits(v)]
+                if fitting:
+                    return self.rng.choice(fitting)
         synthetic = f"{self.rng.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
-        return (synthetic + "x" * low)[: max(low, min(high, len(synthetic)))]
+        return (synthetic + "x" * fits.low)[: max(fits.low, min(fits.high, len(synthetic)))]
+
+    def _expression(self) -> str:
+        """Arithmetic over numbers seen (``3 * 129.0``)."""
+        numbers = [str(n) for n in [*self.vocab.ints, *self.vocab.numbers] if n >= 0] or ["1", "2"]
+        return f"{self.rng.choice(numbers)} {self.rng.choice('+-*/')} {self.rng.choice(numbers)}"
+
+    def input_weight(self, schema: Mapping[str, Any]) -> float:
+        """How readily an agent would call a tool with ``schema`` here: 4 when it takes ids, e-mails or phones
+        and every required one has a seen value, 1 when it takes none, 0.5 when one has none seen."""
+        props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+        takes_ids = False
+        for key in schema.get("required") or ():
+            sub = props.get(key)
+            if not isinstance(sub, Mapping) or "enum" in sub or sub.get("type") not in ("string", None):
+                continue
+            role = string_role(key, sub)
+            if role in ("email", "phone", "identifier"):
+                if not self._pools(role, key, None)[0]:
+                    return 0.5
+                takes_ids = True
+        return 4.0 if takes_ids else 1.0
+
+    def _pools(self, role: str, name: str, current: Any) -> list[list[str]]:
+        """Candidate values for a string of ``role``, best first."""
+        v = self.vocab
+        keyed = [str(x) for x in v.keyed_values(name) if isinstance(x, (str, int)) and not isinstance(x, bool)]
+        if role == "email":
+            return [keyed + v.emails]
+        if role == "phone":
+            return [keyed + v.phones]
+        if role == "date":
+            return [keyed + v.dates]
+        if role == "path":
+            return [_prefer_for_name(keyed + v.strings + v.words, name), v.user_words + v.words]
+        if role == "identifier":
+            return self._identifiers(keyed, current)
+        if role == "phrase":
+            return [keyed + v.phrases, v.user_words, v.words, v.strings, v.prose_words]
+        if role == "word":
+            return [keyed + v.user_words, v.words, v.strings, v.prose_words]
+        return [keyed, v.user_words + v.strings, v.words, v.prose_words]
+
+    def _identifiers(self, keyed: list[str], current: Any) -> list[list[str]]:
+        """Identifiers seen under the argument's name, then others of the same form, finest match first."""
+        references = [*keyed, *([current] if isinstance(current, str) and current else [])]
+        if not references:
+            return [self.vocab.unclaimed_identifiers()]
+        shapes = {shape(r) for r in references}
+        coarse = {coarse_shape(r) for r in references}
+        same = [i for i in self.vocab.identifiers if shape(i) in shapes]
+        similar = [i for i in self.vocab.identifiers if coarse_shape(i) in coarse]
+        return [list(dict.fromkeys(keyed + same)), similar]
 
 
-_SIZE_PARAMETER = re.compile(r"(precision|count|lines|limit|num|size|depth|times|repeat|max|min|length|digits|top|n$)", re.IGNORECASE)
+class _Fits:
+    """Whether a string fits a schema's length and pattern constraints."""
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.low = int(schema.get("minLength", 0) or 0)
+        self.high = int(schema.get("maxLength", 10_000) or 10_000)
+        self.pattern = schema.get("pattern")
+
+    def __call__(self, value: str) -> bool:
+        return self.low <= len(value) <= self.high and _matches(self.pattern, value)
+
+
+def _corrupt(rng: random.Random, value: str) -> str:
+    """A well-formed near miss of ``value``: one digit (else one letter) changed, the form kept."""
+    digits = [i for i, c in enumerate(value) if c.isdigit()]
+    letters = [i for i, c in enumerate(value) if c.isalpha()]
+    if digits:
+        i = rng.choice(digits)
+        replacement = rng.choice([d for d in "0123456789" if d != value[i]])
+    elif letters:
+        i = rng.choice(letters)
+        pool = "abcdefghijklmnopqrstuvwxyz"
+        replacement = rng.choice([c for c in pool if c != value[i].lower()])
+        replacement = replacement.upper() if value[i].isupper() else replacement
+    else:
+        return value + "x"
+    return value[:i] + replacement + value[i + 1 :]
+
+
+def _shift_date(value: str, days: int) -> str | None:
+    try:
+        return (dt.date.fromisoformat(value) + dt.timedelta(days=days)).isoformat()
+    except ValueError:
+        return None
 
 
 def _bounds(schema: Mapping[str, Any], *, integer: bool) -> tuple[float, float]:
@@ -327,8 +361,9 @@ def _matches(pattern: Any, value: str) -> bool:
 
 
 def _prefer_for_name(options: list[str], name: str) -> list[str]:
-    """File-ish parameters prefer file-ish words (``notes.txt``), when there are any."""
+    """File-ish parameters prefer file-ish values (``notes.txt``), folder-ish ones plain names, when there are any."""
     lowered = name.lower()
+    options = list(dict.fromkeys(options))
     if any(hint in lowered for hint in ("file", "path", "source", "destination")):
         dotted = [o for o in options if "." in o or "/" in o]
         return dotted or options
@@ -343,21 +378,42 @@ class MutationPolicy:
 
     ``same_tool_share`` is the fraction of candidates that keep the expert's tool and change its
     arguments (the rest call another offered tool); ``optional_arg_rate`` is the chance that a
-    generated call also sets an optional argument; ``patience`` is how many failed tries in a row
-    (invalid, duplicate, or the expert's own action) one kind of candidate gets before it is given up.
+    generated call also sets an optional argument; ``invalid_share`` is the fraction of candidates
+    given one deliberately invalid value (a near miss of a seen id, a number out of the seen range;
+    0 for none); ``patience`` is how many failed tries in a row (invalid, duplicate, or the
+    expert's own action) one kind of candidate gets before it is given up.
     """
 
-    def __init__(self, name: str = "mutate", *, same_tool_share: float = 0.5, optional_arg_rate: float = 0.3, patience: int = 25) -> None:
-        if not 0.0 <= same_tool_share <= 1.0 or not 0.0 <= optional_arg_rate <= 1.0:
-            raise ValueError("same_tool_share and optional_arg_rate must be between 0 and 1")
+    def __init__(
+        self,
+        name: str = "mutate",
+        *,
+        same_tool_share: float = 0.5,
+        optional_arg_rate: float = 0.3,
+        invalid_share: float = 0.15,
+        patience: int = 25,
+    ) -> None:
+        for option, value in (
+            ("same_tool_share", same_tool_share),
+            ("optional_arg_rate", optional_arg_rate),
+            ("invalid_share", invalid_share),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{option} must be a number between 0 and 1, got {value!r}")
         self.name = name
-        self.same_tool_share = same_tool_share
-        self.optional_arg_rate = optional_arg_rate
+        self.same_tool_share = float(same_tool_share)
+        self.optional_arg_rate = float(optional_arg_rate)
+        self.invalid_share = float(invalid_share)
         self.patience = patience
 
     def describe(self) -> dict[str, Any]:
         """The settings that shape proposals."""
-        return {"policy": self.name, "same_tool_share": self.same_tool_share, "optional_arg_rate": self.optional_arg_rate}
+        return {
+            "policy": self.name,
+            "same_tool_share": self.same_tool_share,
+            "optional_arg_rate": self.optional_arg_rate,
+            "invalid_share": self.invalid_share,
+        }
 
     def close(self) -> None:
         """Nothing to release."""
@@ -367,24 +423,36 @@ class MutationPolicy:
         schemas = tool_schemas_for(point.tools)
         rng = random.Random(f"{self.name}:{seed}:{point.trajectory_id}:{point.step_index}")
         maker = _ValueMaker(rng, Vocabulary.harvest(point), self.optional_arg_rate)
-        proposer = ProposerInfo(policy=self.name, seed=seed, settings={"same_tool_share": self.same_tool_share})
+        settings = {"same_tool_share": self.same_tool_share, "invalid_share": self.invalid_share}
         seen = {canonical_call(point.expert.name, point.expert.arguments)}
         failures = {"same": 0, "other": 0}
         if point.expert.name not in schemas:
-            failures["same"] = self.patience
+            failures["same"] = _CLOSED
         if not [n for n in schemas.names if n != point.expert.name]:
-            failures["other"] = self.patience
+            failures["other"] = _CLOSED
         candidates: list[Candidate] = []
-        n_same = 0
+        n_same = n_invalid = 0
         while len(candidates) < k:
             open_modes = [m for m, f in failures.items() if f < self.patience]
-            if not open_modes:
-                break
+            if not open_modes and maker.strict:
+                # Too few alternatives from seen values alone: allow guesses for ids never seen.
+                maker.strict = False
+                failures = {m: 0 if f < _CLOSED else f for m, f in failures.items()}
+                open_modes = [m for m, f in failures.items() if f < self.patience]
             wants_same = (n_same + 0.5) / (len(candidates) + 1) <= self.same_tool_share
             mode = "same" if (wants_same and "same" in open_modes) or open_modes == ["same"] else "other"
-            name, arguments = (
-                self._perturb(point.expert, schemas, maker) if mode == "same" else self._other_tool(point.expert, schemas, maker)
-            )
+            if not open_modes:
+                break
+            invalid = self.invalid_share > 0 and (n_invalid + 0.5) / (len(candidates) + 1) <= self.invalid_share
+            maker.guessed = None
+            try:
+                name, arguments, broken = (
+                    self._perturb(point.expert, schemas, maker, invalid)
+                    if mode == "same"
+                    else self._other_tool(point.expert, schemas, maker, invalid)
+                )
+            except _Unseen:
+                name, arguments, broken = point.expert.name, point.expert.arguments, None  # counted as a failed try below
             key = canonical_call(name, arguments)
             if key in seen or schemas.check(name, arguments) is not None:
                 failures[mode] += 1
@@ -392,15 +460,23 @@ class MutationPolicy:
             failures[mode] = 0
             seen.add(key)
             n_same += mode == "same"
+            n_invalid += bool(broken)
             call = ToolCall(id=call_id(name, arguments, len(candidates)), name=name, arguments=arguments)
-            candidates.append(Candidate(call=call, proposer=proposer))
+            marks = {"deliberately_invalid": broken} if broken else {"guessed": maker.guessed} if maker.guessed else {}
+            candidates.append(Candidate(call=call, proposer=ProposerInfo(policy=self.name, seed=seed, settings={**settings, **marks})))
         return Proposals(candidates)
 
-    def _other_tool(self, expert: ToolCall, schemas: ToolSchemas, maker: _ValueMaker) -> tuple[str, dict[str, Any]]:
-        name = maker.rng.choice([n for n in schemas.names if n != expert.name])
-        return name, maker.arguments(schemas.parameters(name))
+    def _other_tool(
+        self, expert: ToolCall, schemas: ToolSchemas, maker: _ValueMaker, invalid: bool
+    ) -> tuple[str, dict[str, Any], str | None]:
+        others = [n for n in schemas.names if n != expert.name]
+        # An agent calls tools it has the inputs for: those whose ids, e-mails and phones it has seen come first.
+        weights = [maker.input_weight(schemas.parameters(n)) for n in others]
+        name = maker.rng.choices(others, weights)[0]
+        arguments, broken = maker.arguments(schemas.parameters(name), invalid)
+        return name, arguments, broken
 
-    def _perturb(self, expert: ToolCall, schemas: ToolSchemas, maker: _ValueMaker) -> tuple[str, dict[str, Any]]:
+    def _perturb(self, expert: ToolCall, schemas: ToolSchemas, maker: _ValueMaker, invalid: bool) -> tuple[str, dict[str, Any], str | None]:
         props = schemas.properties(expert.name)
         required = set(schemas.required(expert.name))
         arguments = dict(expert.arguments)
@@ -412,25 +488,36 @@ class MutationPolicy:
         if any(key not in arguments for key in props):
             ops.append("add")
         if not ops:
-            return expert.name, arguments
-        op = maker.rng.choice(ops)
+            return expert.name, arguments, None
+        op = "change" if invalid and "change" in ops else maker.rng.choice(ops)
         if op == "change":
             key = maker.rng.choice([key for key in arguments if key in props])
-            arguments[key] = self._different_value(props[key], key, arguments[key], maker)
-        elif op == "drop":
+            arguments[key] = self._different_value(props[key], key, arguments[key], maker, invalid)
+            return expert.name, arguments, key if invalid and _breakable(props[key]) else None
+        if op == "drop":
             del arguments[maker.rng.choice([key for key in arguments if key not in required])]
         else:
             key = maker.rng.choice([key for key in props if key not in arguments])
             arguments[key] = maker.value(props[key], key)
-        return expert.name, arguments
+        return expert.name, arguments, None
 
     @staticmethod
-    def _different_value(schema: Any, name: str, current: Any, maker: _ValueMaker) -> Any:
+    def _different_value(schema: Any, name: str, current: Any, maker: _ValueMaker, invalid: bool) -> Any:
         if isinstance(current, bool) and isinstance(schema, Mapping) and schema.get("type") == "boolean":
             return not current
         value = current
         for _ in range(5):  # a few draws usually find a different value; the caller rejects a repeat
-            value = maker.value(schema, name)
+            value = maker.value(schema, name, current=current, invalid=invalid and _breakable(schema))
             if value != current:
                 break
         return value
+
+
+def _breakable(schema: Any) -> bool:
+    """Whether a value of ``schema`` can be made deliberately invalid (strings and numbers without an enum)."""
+    return (
+        isinstance(schema, Mapping)
+        and schema.get("type") in ("string", "integer", "number")
+        and "enum" not in schema
+        and "const" not in schema
+    )

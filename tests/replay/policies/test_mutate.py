@@ -6,9 +6,10 @@ import pytest
 
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ToolCall
-from ee_middleware.replay.policies.mutate import MutationPolicy, Vocabulary
+from ee_middleware.replay.policies.mutate import MutationPolicy, Vocabulary, string_role
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
 from ee_middleware.replay.policies.schema import ToolSchemas
+from ee_middleware.replay.policies.vocabulary import shape
 
 from .conftest import SHOP_STATE, bfcl_func_doc_dir, function_tool, load_bfcl_tools
 
@@ -37,9 +38,11 @@ def assert_valid_distinct_not_expert(point: DecisionPoint, k: int, seed: int = 0
 def test_is_a_policy_and_describes_its_settings() -> None:
     policy = MutationPolicy(same_tool_share=0.25)
     assert isinstance(policy, Policy)
-    assert policy.describe() == {"policy": "mutate", "same_tool_share": 0.25, "optional_arg_rate": 0.3}
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    assert policy.describe() == {"policy": "mutate", "same_tool_share": 0.25, "optional_arg_rate": 0.3, "invalid_share": 0.15}
+    with pytest.raises(ValueError, match="same_tool_share must be a number between 0 and 1"):
         MutationPolicy(same_tool_share=1.5)
+    with pytest.raises(ValueError, match=r"invalid_share must be a number between 0 and 1, got -0\.1"):
+        MutationPolicy(invalid_share=-0.1)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -160,3 +163,117 @@ def test_expert_tool_not_offered_still_gives_other_tools(shop_point: DecisionPoi
     point = DecisionPoint("t", 0, list(SHOP_STATE), shop_point.tools, ToolCall(id="e", name="retired_tool", arguments={"x": 1}))
     calls = assert_valid_distinct_not_expert(point, k=6)
     assert "retired_tool" not in {c.name for c in calls}
+
+
+# --- values by role: what an agent in this conversation could have tried ------------------------------
+
+RETAIL_TOOLS = [
+    function_tool(
+        "get_order_details", "An order.", {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}
+    ),
+    function_tool(
+        "find_user_by_email", "A user id.", {"type": "object", "properties": {"email": {"type": "string"}}, "required": ["email"]}
+    ),
+    function_tool(
+        "get_user_details", "A user.", {"type": "object", "properties": {"user_id": {"type": "string"}}, "required": ["user_id"]}
+    ),
+    function_tool(
+        "cancel_order",
+        "Cancel a pending order.",
+        {
+            "type": "object",
+            "properties": {
+                "order_id": {"type": "string"},
+                "reason": {"type": "string", "enum": ["no longer needed", "ordered by mistake"]},
+            },
+            "required": ["order_id", "reason"],
+        },
+    ),
+    function_tool("add_note", "Note on the account.", {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}),
+    function_tool("refund", "Refund an amount.", {"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]}),
+]
+RETAIL_STATE = [
+    {"role": "system", "content": "You are a support agent. Escalate complaints about Johnson or Rivera at the Portland warehouse to a human."},
+    {"role": "user", "content": "Hi, I'm Mia (mia.kim@example.com). Cancel order #W4821937, it was ordered by mistake; my sister ana@example.org too."},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "find_user_by_email", "arguments": '{"email": "mia.kim@example.com"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "mia_kim_4821"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "get_user_details", "arguments": '{"user_id": "mia_kim_4821"}'}}]},
+    {"role": "tool", "tool_call_id": "c2", "content": '{"user_id": "mia_kim_4821", "email": "[REDACTED:email]", "orders": ["#W4821937", "#W1203958", "#W7730021"], "credit": 54.5}'},
+]  # fmt: skip
+
+
+@pytest.fixture
+def retail_point() -> DecisionPoint:
+    expert = ToolCall(id="c3", name="cancel_order", arguments={"order_id": "#W4821937", "reason": "ordered by mistake"})
+    return DecisionPoint("traj-retail", 2, list(RETAIL_STATE), list(RETAIL_TOOLS), expert)
+
+
+def _valid_calls(point: DecisionPoint, k: int = 40, **settings: float) -> list[tuple[ToolCall, dict]]:
+    proposals = MutationPolicy(**settings).propose(point, k, seed=1)  # type: ignore[arg-type]
+    return [(c.call, c.proposer.settings) for c in proposals.candidates if c.call]
+
+
+def test_identifiers_come_from_the_identifiers_seen_for_that_name(retail_point: DecisionPoint) -> None:
+    calls = _valid_calls(retail_point, invalid_share=0.0)
+    order_ids = {c.arguments["order_id"] for c, _ in calls if "order_id" in c.arguments}
+    assert order_ids and order_ids <= {"#W4821937", "#W1203958", "#W7730021"}, order_ids
+    user_ids = {c.arguments["user_id"] for c, _ in calls if "user_id" in c.arguments}
+    assert user_ids == {"mia_kim_4821"}, "the user id the tools returned, not an order id or a word"
+    emails = {c.arguments["email"] for c, _ in calls if "email" in c.arguments}
+    assert emails and emails <= {"mia.kim@example.com", "ana@example.org"}, "e-mail addresses seen, never a word"
+
+
+def test_free_text_comes_from_the_user_and_numbers_from_what_was_seen(retail_point: DecisionPoint) -> None:
+    calls = _valid_calls(retail_point, invalid_share=0.0)
+    values = [str(v) for c, _ in calls for v in c.arguments.values()]
+    assert not any(word in value for value in values for word in ("Johnson", "Rivera", "Portland", "Escalate")), "never the system prompt"
+    assert not any("[REDACTED" in value for value in values), "a redaction placeholder is not a value"
+    notes = [c.arguments["note"] for c, _ in calls if c.name == "add_note"]
+    user_turn = RETAIL_STATE[1]["content"]
+    assert notes and all(note in user_turn for note in notes), notes
+    amounts = [c.arguments["amount"] for c, _ in calls if c.name == "refund"]
+    near_seen = [a for a in amounts if any(a == round(54.5 * f, 2) for f in (0.5, 0.9, 1.0, 1.1, 1.5, 2.0))]
+    assert amounts and len(near_seen) >= len(amounts) / 2, amounts
+
+
+def test_a_share_of_deliberately_invalid_values_marked_and_well_formed(retail_point: DecisionPoint) -> None:
+    calls = _valid_calls(retail_point, k=20, invalid_share=0.25)
+    invalid = [(c, s["deliberately_invalid"]) for c, s in calls if "deliberately_invalid" in s]
+    assert len(invalid) == 5, "exactly the configured share of 20"
+    seen_orders = {"#W4821937", "#W1203958", "#W7730021"}
+    for call, argument in invalid:
+        value = call.arguments[argument]
+        if argument == "order_id":
+            assert value not in seen_orders and shape(value) == "#A9999999", "a near miss: the form of an order id, not a seen one"
+    assert not [s for _, s in _valid_calls(retail_point, k=20, invalid_share=0.0) if "deliberately_invalid" in s]
+
+
+def test_with_nothing_seen_for_a_role_the_value_is_a_marked_guess() -> None:
+    state = [{"role": "user", "content": "Show me my orders."}]
+    tools = RETAIL_TOOLS[:3]
+    point = DecisionPoint("t", 0, state, tools, ToolCall(id="e", name="get_order_details", arguments={"order_id": "#W1111111"}))
+    calls = _valid_calls(point, k=4, invalid_share=0.0)
+    assert len(calls) == 4, "still k alternatives"
+    assert all(s.get("guessed") in ("order_id", "email", "user_id") for _, s in calls), calls
+
+
+@pytest.mark.parametrize(
+    ("name", "schema", "current", "role"),
+    [
+        ("email", {}, None, "email"),
+        ("contact", {"format": "email"}, None, "email"),
+        ("phone", {}, None, "phone"),
+        ("travel_date", {}, None, "date"),
+        ("file_name", {}, None, "path"),
+        ("order_id", {}, None, "identifier"),
+        ("symbol", {}, None, "identifier"),
+        ("x", {}, "#W1234567", "identifier"),
+        ("expression", {}, None, "expression"),
+        ("x", {}, "3 * 129.0", "expression"),
+        ("reason", {}, None, "phrase"),
+        ("query", {}, None, "word"),
+        ("city", {}, None, "name"),
+    ],
+)
+def test_string_roles(name: str, schema: dict, current: str | None, role: str) -> None:
+    assert string_role(name, schema, current) == role

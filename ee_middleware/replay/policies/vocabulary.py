@@ -1,0 +1,268 @@
+"""What a decision point has seen, sorted by role, for the mutation policy to draw argument values from.
+
+An agent that tries something else at a state uses what the conversation gave it: the order ids
+that tools returned, the e-mail address the customer typed, words of the customer's request, a
+number close to one it has seen. It does not call ``get_order(order_id="Johnson")`` because the
+system prompt mentioned a Mr Johnson. So values are harvested by *source* and *role*:
+
+- **keyed values**: every scalar that a tool observation (parsed as JSON) or an earlier tool call
+  put under a name (``"order_id": "#W1234567"``, ``"orders": ["#W…", …]``), so that an argument
+  named ``order_id`` can take the order ids seen so far;
+- **identifiers**: id-like tokens (``#W1234567``, ``emma_kim_4821``, ``A-1017``, ``NVDA``, long
+  digit strings) from user turns, observations and earlier calls, matched to an argument by the
+  *shape* of its values (``#W1234567`` has the shape ``#A9999999``);
+- **e-mail addresses**, **phone numbers** and **dates**, recognised by their form;
+- **free text**: clauses and words of the user's turns;
+- **numbers**: from user turns, observations and calls, and under their names.
+
+System prompts are read last, only as a source of plain words when nothing else fits: they describe
+the agent, not the situation. Redaction placeholders (``[REDACTED:email]``) are never values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_WORD = re.compile(r"[A-Za-z0-9][\w.\-/]*\w")
+_INT = re.compile(r"(?<![\w.])-?\d{1,9}(?![\w.])")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.])")
+_TOKEN = re.compile(r"[#@$]?[A-Za-z0-9][\w.\-/@+#:]*[A-Za-z0-9]")
+EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+PHONE = re.compile(r"(?<![\w-])\+?\d{1,3}?[ .-]?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}(?![\w-])")
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_CLAUSE = re.compile(r"[^.?!;:,()\n]+")
+_PLACEHOLDER = re.compile(r"\[REDACTED:[^\]]*\]")
+_MAX_WORDS = 300
+_MAX_JSON_CHARS = 200_000
+_STOPWORDS_TEXT = """the and for are but not you your with this that have from they will would there their what about which when make like
+    time just him know take into year them some could than then now look only come its over think also back after use two how
+    our work first well way even new want because any these give day most can was has had please should were been being did
+    does done here more other such very i'm i've it's don't can't my me we is it of to in on at by or an as be if so do
+    hi hello thanks thank"""
+STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+
+
+def shape(value: str) -> str:
+    """The form of a value, character by character: ``#W1234567`` -> ``#A9999999``, ``emma_kim_4821`` -> ``aaaa_aaa_9999``."""
+    return "".join("9" if c.isdigit() else "A" if c.isupper() else "a" if c.isalpha() else c for c in value)
+
+
+def coarse_shape(value: str) -> str:
+    """:func:`shape` with runs collapsed: ``#W1234567`` -> ``#A9``; ``emma_kim_4821`` -> ``a_a_9``."""
+    out: list[str] = []
+    for c in shape(value):
+        if not out or out[-1] != c:
+            out.append(c)
+    return "".join(out)
+
+
+def is_identifier(token: str) -> bool:
+    """Whether a token looks like an id, a code or a key rather than a word."""
+    if not 2 <= len(token) <= 64 or " " in token or _PLACEHOLDER.search(token):
+        return False
+    digits = sum(c.isdigit() for c in token)
+    letters = sum(c.isalpha() for c in token)
+    if digits and (letters or any(c in "#_-/:" for c in token)):
+        return True
+    if digits == len(token):
+        return len(token) >= 4
+    if token.isupper() and letters >= 2:
+        return True
+    return "_" in token.strip("_")
+
+
+def stem(name: str) -> str:
+    """An argument or field name without id suffixes and plurals: ``order_id``, ``orderId``, ``orders`` -> ``order``."""
+    lowered = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
+    lowered = re.sub(r"(_?ids?|_?list|_?number|_?no)$", "", lowered) or lowered
+    return lowered[:-1] if lowered.endswith("s") and len(lowered) > 3 else lowered
+
+
+@dataclass
+class Vocabulary:
+    """Values seen at a decision point, by role (see the module docstring)."""
+
+    words: list[str] = field(default_factory=list)
+    """Words of user turns, tool observations and tool calls (not of system prompts)."""
+    strings: list[str] = field(default_factory=list)
+    """Whole string argument values of earlier tool calls and of the expert's action."""
+    ints: list[int] = field(default_factory=list)
+    numbers: list[float] = field(default_factory=list)
+    keyed: dict[str, list[Any]] = field(default_factory=dict)
+    """Field or argument name (stemmed, see :func:`stem`) -> scalar values seen under it."""
+    identifiers: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    phones: list[str] = field(default_factory=list)
+    dates: list[str] = field(default_factory=list)
+    phrases: list[str] = field(default_factory=list)
+    """Clauses of the user's turns (2-12 words), for free-text arguments."""
+    user_words: list[str] = field(default_factory=list)
+    prose_words: list[str] = field(default_factory=list)
+    """Words of system prompts: the last resort."""
+
+    @classmethod
+    def harvest(cls, point: Any) -> Vocabulary:
+        """Collect values from a :class:`~ee_middleware.replay.policies.protocol.DecisionPoint`'s state and expert call."""
+        vocab = cls()
+        tool_names: dict[str, str] = {}
+        for message in point.state:
+            role = message.get("role")
+            for text in _message_texts(message):
+                if role == "system":
+                    vocab.prose_words.extend(_words(text))
+                elif role == "tool":
+                    vocab._add_observation(text, message.get("name") or tool_names.get(str(message.get("tool_call_id")), ""))
+                else:
+                    vocab._add_text(text, user=role in ("user", "human"))
+            for call_id, name, arguments in _message_calls(message):
+                tool_names[call_id] = name
+                vocab._add_keyed(arguments, "")
+        vocab._add_keyed(point.expert.arguments, "")
+        vocab._dedupe()
+        return vocab
+
+    def keyed_values(self, name: str) -> list[Any]:
+        """Values seen under ``name`` (or a name with the same stem)."""
+        return self.keyed.get(stem(name), [])
+
+    def unclaimed_identifiers(self) -> list[str]:
+        """Identifiers not seen under any name (an order id the user typed after "order" is claimed by ``order``)."""
+        claimed = {str(v) for values in self.keyed.values() for v in values}
+        return [i for i in self.identifiers if i not in claimed]
+
+    def _add_text(self, text: str, *, user: bool) -> None:
+        text = _PLACEHOLDER.sub(" ", text)
+        words = _words(PHONE.sub(" ", EMAIL.sub(" ", text)))
+        self.words.extend(words)
+        if user:
+            self.user_words.extend(words)
+            for clause in _CLAUSE.findall(text):
+                clause = clause.strip()
+                if 2 <= len(clause.split()) <= 12:
+                    self.phrases.append(clause)
+        self.emails.extend(EMAIL.findall(text))
+        phones = [m.group(0).strip() for m in PHONE.finditer(text)]
+        self.phones.extend(phones)
+        previous = ""
+        for match in _TOKEN.finditer(PHONE.sub(" ", EMAIL.sub(" ", text))):
+            token = match.group(0).rstrip(".:")
+            if DATE.match(token):
+                self.dates.append(token)
+            elif is_identifier(token):
+                self.identifiers.append(token)
+                if previous and previous.lower() not in STOPWORDS:
+                    # "my order #W1234567", "account 4021": the word before an id names what it identifies
+                    self.keyed.setdefault(stem(previous), []).append(token)
+            previous = token if token.isalpha() else ""
+        self.ints.extend(int(m) for m in _INT.findall(text))
+        self.numbers.extend(float(m) for m in _NUMBER.findall(text))
+
+    def _add_observation(self, text: str, tool: str) -> None:
+        stripped = text.strip()
+        if stripped[:1] in ("{", "[") and len(stripped) <= _MAX_JSON_CHARS:
+            try:
+                self._add_keyed(json.loads(stripped), "")
+                return
+            except ValueError:
+                pass
+        if tool and is_identifier(stripped) and not EMAIL.fullmatch(stripped):
+            # A bare id answered by find_user_by_email is a user id: key it by the tool's object.
+            for noun in _tool_nouns(tool):
+                self.keyed.setdefault(noun, []).append(stripped)
+        self._add_text(text, user=False)
+
+    def _add_keyed(self, value: Any, key: str, depth: int = 0) -> None:
+        if depth > 6 or value is None:
+            return
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                self._add_keyed(item, str(name), depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for item in value[:200]:
+                self._add_keyed(item, key, depth + 1)
+        elif isinstance(value, bool):
+            return
+        else:
+            if key and not (isinstance(value, str) and (_PLACEHOLDER.search(value) or len(value) > 200)):
+                self.keyed.setdefault(stem(key), []).append(value)
+            if isinstance(value, int):
+                self.ints.append(value)
+            elif isinstance(value, float):
+                self.numbers.append(value)
+            elif isinstance(value, str):
+                if 0 < len(value) <= 80 and not _PLACEHOLDER.search(value):
+                    self.strings.append(value)
+                    if is_identifier(value) and not EMAIL.fullmatch(value) and not PHONE.fullmatch(value):
+                        self.identifiers.append(value)
+                self._add_text(value, user=False)
+
+    def _dedupe(self) -> None:
+        for name in ("words", "user_words", "prose_words"):
+            setattr(self, name, list(dict.fromkeys(getattr(self, name)))[:_MAX_WORDS])
+        for name in ("strings", "ints", "numbers", "identifiers", "emails", "phones", "dates", "phrases"):
+            setattr(self, name, list(dict.fromkeys(getattr(self, name))))
+        self.keyed = {k: list(dict.fromkeys(v)) for k, v in self.keyed.items()}
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text) if 2 <= len(w) <= 40 and w.lower() not in STOPWORDS]
+
+
+def _message_texts(message: Mapping[str, Any]) -> list[str]:
+    content = message.get("content")
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [str(part.get("text")) for part in content if isinstance(part, Mapping) and part.get("text")]
+    return []
+
+
+_VERBS = frozenset(
+    (
+        "get",
+        "find",
+        "list",
+        "search",
+        "lookup",
+        "look",
+        "fetch",
+        "show",
+        "read",
+        "check",
+        "query",
+        "by",
+        "for",
+        "with",
+        "from",
+        "of",
+        "the",
+        "all",
+    )
+)
+
+
+def _tool_nouns(tool: str) -> list[str]:
+    """What a tool's answer is about, from its name: ``find_user_by_email`` -> ``["user"]``; ``getOrder`` -> ``["order"]``."""
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", tool).lower().split("_")
+    if "by" in words:
+        words = words[: words.index("by")]
+    return [stem(w) for w in words if w and w not in _VERBS][:1]
+
+
+def _message_calls(message: Mapping[str, Any]) -> Iterable[tuple[str, str, Any]]:
+    """(call id, tool name, arguments) of an assistant message's tool calls."""
+    for item in message.get("tool_calls") or ():
+        function = item.get("function", item) if isinstance(item, Mapping) else {}
+        if not isinstance(function, Mapping):
+            continue
+        arguments = function.get("arguments", function.get("args"))
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                continue
+        yield str(item.get("id")), str(function.get("name") or ""), arguments
