@@ -168,3 +168,41 @@ def test_a_server_that_accepts_but_never_answers_gives_a_timeout_error() -> None
         backend = LocalBackend(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_s=0.5)
         with pytest.raises(ServerTimeoutError, match=r"did not answer in 0.5 s"):
             backend.list()
+
+
+def test_the_cli_promotes_rolls_back_and_retires_against_a_real_server(local_server: Any, tiny_base: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    first = registry.register(train_shaped_adapter(tiny_base, tmp_path / "a", seed=41), "bot")
+    second = registry.register(train_shaped_adapter(tiny_base, tmp_path / "b", seed=42), "bot")
+    common = ["-r", str(registry.root), "--server", local_server.url, "--backend", "local", "--json"]
+    runner = CliRunner()
+    for name in (first.name, second.name):
+        result = runner.invoke(app, ["adapters", "promote", name, *common])
+        assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["replaced"] == first.name
+    result = runner.invoke(app, ["adapters", "rollback", "bot", *common])
+    assert result.exit_code == 0 and json.loads(result.stdout)["live"] == first.name
+    result = runner.invoke(app, ["adapters", "retire", second.name, *common])
+    assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "retired"
+    assert second.name not in LocalBackend(local_server.url).list()
+    refused = runner.invoke(app, ["adapters", "retire", first.name, *common])
+    assert refused.exit_code == 1 and "live adapter of bot" in refused.output
+    LocalBackend(local_server.url).unload(first.name)
+
+
+def test_serve_vllm_prints_the_command_it_would_run() -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    result = CliRunner().invoke(
+        app, ["serve", "vllm", "--base", "/models/smol", "--chat-template", "smollm2-tools", "--print-command", "--max-lora-rank", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True ")
+    assert "serve /models/smol" in result.stdout and "--enable-lora --max-lora-rank 8" in result.stdout
+    assert "smollm2-tools.jinja --enable-auto-tool-choice --tool-call-parser hermes" in result.stdout
