@@ -6,8 +6,8 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-from ee_middleware.bfcl.world import World, execute, method_table, world_from_environment
-from ee_middleware.errors import SandboxError
+from ee_middleware.bfcl.world import NETWORK_CLASSES, NETWORK_METHODS, World, execute, method_table, network_tools, world_from_environment
+from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
 
 
@@ -28,13 +28,21 @@ class BFCLSandbox:
     Restores are incremental: a call only ever changes the instance that owns the method, so
     restoring the snapshot the sandbox last started from only unpickles the instances that calls
     touched since (usually one), not the whole world.
+
+    No network by default: the tools that send real requests (``WebSearchAPI.fetch_url_content``
+    and ``search_engine_query``, see :data:`~ee_middleware.bfcl.world.NETWORK_METHODS`) are not
+    covered, so replay refuses and counts them, and environments with a backend that goes online
+    when loaded (:data:`~ee_middleware.bfcl.world.NETWORK_CLASSES`) cannot be reset.
+    ``allow_network=True`` (``ee replay run --allow-network``) lifts both.
     """
 
     kind = "bfcl"
 
-    def __init__(self) -> None:
+    def __init__(self, *, allow_network: bool = False) -> None:
+        self.allow_network = allow_network
         self._world: World | None = None
         self._tools: dict[str, tuple[str, str]] = {}
+        self._offline: frozenset[str] = frozenset()
         self._base: BFCLSnapshot | None = None
         self._dirty: set[str] = set()
 
@@ -45,16 +53,34 @@ class BFCLSandbox:
         return self._world
 
     def covers(self, tool_name: str) -> bool:
-        return tool_name in self._tools
+        return tool_name in self._tools and tool_name not in self._offline
+
+    def refusal_hint(self, tool_name: str) -> str | None:
+        """Why replay refused ``tool_name`` and how to allow it, when that is the network rule."""
+        if self.allow_network or not any(tool_name in methods for methods in NETWORK_METHODS.values()):
+            return None
+        return f"it sends real network requests. {_ALLOW_HINT}"
 
     def reset(self, environment: dict[str, Any] | None) -> None:
+        if not self.allow_network:
+            classes = (environment or {}).get("involved_classes")
+            online = [name for name in classes if isinstance(name, str) and name in NETWORK_CLASSES] if isinstance(classes, list) else []
+            if online:
+                raise EnvironmentUnavailableError(
+                    f"BFCL backend {online[0]} {NETWORK_CLASSES[online[0]]}, and replay does not reach the network by default. {_ALLOW_HINT}"
+                )
         self._world = world_from_environment(environment)
         self._tools = method_table(self._world)
+        self._offline = frozenset() if self.allow_network else network_tools(self._tools)
         self._base = None
         self._dirty = set()
 
     def execute(self, call: ToolCall) -> Observation:
         world = self.world
+        if call.name in self._offline:  # replay never gets here (covers() is false); a direct caller might
+            return Observation(
+                content=f"Error: tool '{call.name}' was not run: it sends real network requests. {_ALLOW_HINT}", is_error=True
+            )
         owner = self._tools.get(call.name)
         if owner is not None:
             self._dirty.add(owner[0])
@@ -75,5 +101,11 @@ class BFCLSandbox:
     def close(self) -> None:
         self._world = None
         self._tools = {}
+        self._offline = frozenset()
         self._base = None
         self._dirty = set()
+
+
+_ALLOW_HINT = (
+    "To allow it, pass --allow-network to `ee replay run` (allow_network = true under [replay]), or BFCLSandbox(allow_network=True)."
+)

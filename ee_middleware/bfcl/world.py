@@ -25,6 +25,19 @@ from ee_middleware.records import Observation, ToolCall
 World = dict[str, Any]
 """Backend class name -> instance."""
 
+NETWORK_METHODS: Mapping[str, frozenset[str]] = {
+    "WebSearchAPI": frozenset({"search_engine_query", "fetch_url_content"}),
+}
+"""Backend methods that send real network requests (``requests.get``, SerpAPI), by class.
+
+Read from bfcl-eval 2026.3.23's backends: ``web_search.py`` is the only one that makes HTTP calls.
+"""
+
+NETWORK_CLASSES: Mapping[str, str] = {
+    "MemoryAPI_vector": "downloads the all-MiniLM-L6-v2 model from the Hugging Face hub when it is loaded",
+}
+"""Backend classes that reach the network just by being loaded, with what they do."""
+
 
 @cache
 def _backend_class(class_name: str) -> type:
@@ -95,6 +108,11 @@ def world_from_environment(environment: Mapping[str, Any] | None) -> World:
         raise
     except Exception as exc:
         raise EnvironmentUnavailableError(f"BFCL backends could not load the initial_config: {type(exc).__name__}: {exc}") from exc
+
+
+def network_tools(table: Mapping[str, tuple[str, str]]) -> frozenset[str]:
+    """The tool names of a :func:`method_table` that send real network requests (see :data:`NETWORK_METHODS`)."""
+    return frozenset(name for name, (class_name, method) in table.items() if method in NETWORK_METHODS.get(class_name, ()))
 
 
 def method_table(world: World) -> dict[str, tuple[str, str]]:

@@ -14,7 +14,8 @@ sandbox: a sandbox itself never crosses a process boundary.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ee_middleware.errors import SandboxError
 from ee_middleware.plugins import PluginKind
@@ -30,22 +31,53 @@ SANDBOXES = PluginKind(
 )
 
 
-def build_sandbox(spec: str) -> Sandbox:
-    """Build the sandbox named by ``spec`` (see the module docstring)."""
-    return SANDBOXES.build(spec)
+def build_sandbox(spec: str, **options: Any) -> Sandbox:
+    """Build the sandbox named by ``spec`` (see the module docstring), passing ``options`` to its factory."""
+    return SANDBOXES.build(spec, **options)
 
 
-def sandbox_factory(spec: str, *, isolation: str = "none", timeout_s: float = 30.0, memory_mb: int | None = None) -> Callable[[], Sandbox]:
-    """A picklable zero-argument factory for ``spec``, optionally isolated in a subprocess."""
+def sandbox_options(*, allow_network: bool = False) -> dict[str, Any]:
+    """The keyword options a replay job passes to sandbox factories: only those that differ from the default.
+
+    So a factory that takes no arguments keeps working until a job asks for something it cannot
+    do; then building it fails with ``Bad options for sandbox ...``, before any worker starts.
+    """
+    return {"allow_network": True} if allow_network else {}
+
+
+def sandbox_factory(
+    spec: str, *, isolation: str = "none", timeout_s: float = 30.0, memory_mb: int | None = None, options: dict[str, Any] | None = None
+) -> Callable[[], Sandbox]:
+    """A picklable zero-argument factory for ``spec`` built with ``options``, optionally isolated in a subprocess."""
     SANDBOXES.resolve(spec)  # fail early, in the parent, with a clear message
+    inner = functools.partial(build_sandbox, spec, **(options or {}))
     if isolation == "none":
-        return functools.partial(build_sandbox, spec)
+        return inner
     if isolation == "subprocess":
-        return functools.partial(_isolated, spec, timeout_s, memory_mb)
+        return functools.partial(_isolated, inner, timeout_s, memory_mb)
     raise SandboxError(f"Unknown isolation {isolation!r}: use 'none' or 'subprocess'.")
 
 
-def _isolated(spec: str, timeout_s: float, memory_mb: int | None) -> Sandbox:
+def refusal_hints(spec: str, tools: Iterable[str], **options: Any) -> dict[str, str]:
+    """Why the sandbox refused each of ``tools`` and how to allow it, for those its ``refusal_hint`` explains.
+
+    ``refusal_hint(tool_name) -> str | None`` is optional (see
+    :mod:`ee_middleware.replay.sandboxes.protocol`); without it, or when none of ``tools`` is
+    explained, the answer is empty. A sandbox class without the method is not even built.
+    """
+    tools = list(tools)
+    factory = SANDBOXES.resolve(spec)
+    if not tools or (isinstance(factory, type) and not hasattr(factory, "refusal_hint")):
+        return {}
+    sandbox = SANDBOXES.construct(spec, factory, **options)
+    try:
+        hint = getattr(sandbox, "refusal_hint", None)
+        return {tool: text for tool in tools if hint is not None and (text := hint(tool))}
+    finally:
+        sandbox.close()
+
+
+def _isolated(inner: Callable[[], Sandbox], timeout_s: float, memory_mb: int | None) -> Sandbox:
     from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
 
-    return SubprocessSandbox(functools.partial(build_sandbox, spec), timeout_s=timeout_s, memory_mb=memory_mb)
+    return SubprocessSandbox(inner, timeout_s=timeout_s, memory_mb=memory_mb)
