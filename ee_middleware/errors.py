@@ -108,6 +108,11 @@ class EnvironmentUnavailableError(SandboxError):
     """
 
 
+class StateDigestUnavailableError(SandboxError):
+    """A sandbox has no ``state_digest()`` (see ``ee_middleware.replay.sandboxes.protocol.StatefulSandbox``),
+    which comparing final states (the ``traces:`` eval suite) needs."""
+
+
 class PolicyError(EEError):
     """A proposal policy cannot be built or reached (bad spec, model missing, server down)."""
 

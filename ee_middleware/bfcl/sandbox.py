@@ -9,6 +9,7 @@ from typing import Any
 from ee_middleware.bfcl.world import NETWORK_CLASSES, NETWORK_METHODS, World, execute, method_table, network_tools, world_from_environment
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.digest import canonical, digest_text
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +98,11 @@ class BFCLSandbox:
         for name in stale:
             world[name] = pickle.loads(snapshot.parts[name])
         self._base, self._dirty = snapshot, set()
+
+    def state_digest(self) -> str:
+        """A digest of every public attribute of every backend instance: what BFCL's state checker compares
+        (private ones, like the file system's current directory, are left out as the checker leaves them)."""
+        return digest_text({name: canonical(instance) for name, instance in self.world.items()})
 
     def close(self) -> None:
         self._world = None

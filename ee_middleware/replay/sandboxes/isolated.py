@@ -352,6 +352,12 @@ class SubprocessSandbox:
             self._restore(snapshot)
             self._recovery = snapshot
 
+    def state_digest(self) -> str:
+        """The inner sandbox's ``state_digest()``, asked in the child (:class:`StateDigestUnavailableError` when it has none)."""
+        with self._lock:
+            self._check_open()
+            return str(self._control("state_digest"))
+
     def close(self) -> None:
         """Close the inner sandbox and end the child (killed if it does not exit in time). Idempotent."""
         lock = getattr(self, "_lock", None)

@@ -8,7 +8,7 @@ The parent half, with the time limits, restarts and snapshot bytes, is
 The pipe protocol, one request and one reply at a time:
 
 - request (pickled: the parent is trusted): ``(op, args, drops)``: ``op`` is one of ``execute``,
-  ``reset``, ``snapshot``, ``restore``, ``covers``, ``stats`` or ``close``; ``drops`` are snapshot
+  ``reset``, ``snapshot``, ``restore``, ``covers``, ``state_digest``, ``stats`` or ``close``; ``drops`` are snapshot
   handles the parent no longer holds;
 - reply (JSON, so that nothing the child sends can run code in the parent): one frame
   ``{"ok": value}`` (an observation as its fields), or ``{"ok": null, "blob": true}`` followed by
@@ -219,6 +219,10 @@ class ChildServer:
             return bool(self.inner.covers(*args))
         if op == "stats":
             return {"snapshots": list(self.snapshots), "pid": os.getpid()}
+        if op == "state_digest":
+            from ee_middleware.replay.sandboxes.protocol import state_digest
+
+            return state_digest(self.inner)
         raise SandboxError(f"unknown request {op!r}")
 
     def _keep(self, handle: int, state: Any) -> None:

@@ -94,12 +94,12 @@ class StatefulSandbox(Sandbox, Protocol):
 
 
 def state_digest(sandbox: Any) -> str:
-    """``sandbox.state_digest()``, or :class:`~ee_middleware.errors.SandboxError` saying how to add it."""
+    """``sandbox.state_digest()``, or :class:`~ee_middleware.errors.StateDigestUnavailableError` saying how to add it."""
     method = getattr(sandbox, "state_digest", None)
     if not callable(method):
-        from ee_middleware.errors import SandboxError
+        from ee_middleware.errors import StateDigestUnavailableError
 
-        raise SandboxError(
+        raise StateDigestUnavailableError(
             f"The {getattr(sandbox, 'kind', type(sandbox).__name__)!r} sandbox has no state_digest(), which comparing final "
             "states needs. Add a state_digest() -> str method (see ee_middleware.replay.sandboxes.protocol.StatefulSandbox; "
             "ee_middleware.replay.sandboxes.digest.digest_of digests a world object), or build it on PythonSandbox, which has one."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import sqlite3
 import subprocess
 import sys
@@ -10,11 +11,13 @@ from typing import Any
 
 import pytest
 
-from ee_middleware.errors import SandboxError
+from ee_middleware.errors import SandboxError, StateDigestUnavailableError
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.sandboxes.digest import Unencodable, canonical, digest_of
+from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
 from ee_middleware.replay.sandboxes.protocol import StatefulSandbox, state_digest
 from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.replay.sandboxes.registry import sandbox_factory
 from ee_middleware.testing import check_sandbox
 from tests.replay.sandboxes.counter_world import PYTHON_SANDBOX_FACTORY, TOOLS, CounterSandbox, build_world
 
@@ -151,3 +154,34 @@ class PerSandboxDigest(_Counters):
 def test_the_kit_fails_a_broken_digest_naming_the_promise(sandbox: type, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_sandbox(sandbox, **COUNTER)
+
+
+def test_built_in_sandboxes_have_digests_in_process_and_in_a_subprocess() -> None:
+    from tests.testing.test_sandbox_conformance import bfcl_probe
+
+    check_sandbox(sandbox_factory("bfcl"), **bfcl_probe(), require_digest=True)
+    check_sandbox(functools.partial(SubprocessSandbox, PYTHON_SANDBOX_FACTORY, timeout_s=30), **COUNTER, require_digest=True)
+
+
+def test_a_subprocess_sandbox_reports_an_inner_sandbox_without_a_digest() -> None:
+    with SubprocessSandbox(functools.partial(_Counters), timeout_s=30) as sandbox:
+        sandbox.reset(COUNTER["environment"])
+        assert sandbox.state_digest() == digest_of(COUNTER["environment"]["counts"])
+    with SubprocessSandbox(CounterSandbox, timeout_s=30) as sandbox:
+        sandbox.reset(COUNTER["environment"])
+        with pytest.raises(StateDigestUnavailableError, match="has no state_digest"):
+            sandbox.state_digest()
+
+
+def test_the_bfcl_digest_follows_public_attributes_only() -> None:
+    from ee_middleware.bfcl.sandbox import BFCLSandbox
+    from tests.testing.test_sandbox_conformance import bfcl_probe
+
+    sandbox = BFCLSandbox()
+    sandbox.reset(bfcl_probe()["environment"])
+    start = sandbox.state_digest()
+    folder = next(k for k, v in sandbox.world["GorillaFileSystem"].root.contents.items() if hasattr(v, "contents"))
+    sandbox.execute(ToolCall(id="cd", name="cd", arguments={"folder": folder}))
+    assert sandbox.state_digest() == start, "the current directory is private: BFCL's checker ignores it, so does the digest"
+    sandbox.execute(ToolCall(id="t", name="touch", arguments={"file_name": "new.txt"}))
+    assert sandbox.state_digest() != start
