@@ -16,4 +16,7 @@ for folder in MAPPED_FOLDERS:
     packages.append(f"ee_middleware.{folder}")
     packages += [f"ee_middleware.{folder}.{sub}" for sub in find_packages(where=folder)]
 
-setup(packages=packages, package_dir=package_dir)
+# The tau-style harness's own domain ships as data (a JSON database, a policy, tasks).
+package_data = {"ee_middleware.evals.tau.domains.library": ["*.json", "*.md"]}
+
+setup(packages=packages, package_dir=package_dir, package_data=package_data)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.evals.loop import LoopConfig
+from ee_middleware.evals.suites import SuiteSettings
 
 
 class EvalJob(BaseModel):
@@ -18,7 +19,11 @@ class EvalJob(BaseModel):
 
     ``model`` is ``oracle``, ``noop`` or a model spec (``openai:BASE_URL#MODEL``,
     ``local:DIR[@ADAPTER]``, ``package.module:factory``). ``user_model`` (tau suites) is an
-    OpenAI-compatible model spec for the LLM user simulator; without it the user is scripted.
+    OpenAI-compatible model spec for the LLM user simulator (at most ``max_user_turns`` messages);
+    without it the user is scripted. ``tau_bench_dir``: a tau-bench checkout for ``tau:retail`` and
+    ``tau:airline`` (default: the ``EE_TAU_BENCH_DIR`` environment variable). ``split``: the
+    ``datasets.json`` whose held-out trajectories ``traces:`` suites evaluate; ``sandbox``: their
+    sandbox spec (default ``bfcl`` for BFCL expert apps).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,6 +41,10 @@ class EvalJob(BaseModel):
     timeout_s: float = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
     user_model: str | None = None
+    max_user_turns: int = Field(10, ge=1)
+    tau_bench_dir: str | None = None
+    split: str | None = None
+    sandbox: str | None = None
 
     @field_validator("suites")
     @classmethod
@@ -57,6 +66,11 @@ class EvalJob(BaseModel):
             seed=self.seed,
         )
 
+    def suite_settings(self) -> SuiteSettings:
+        """What the suites need from this job (hashable: suites are cached per spec and settings)."""
+        tau_bench_dir = self.tau_bench_dir or os.environ.get("EE_TAU_BENCH_DIR") or None
+        return SuiteSettings(tau_bench_dir, self.user_model, self.max_user_turns, self.split, self.sandbox)
+
     def client_options(self) -> dict[str, Any]:
         """Options for the model client (only an OpenAI-compatible client takes them)."""
         return {"timeout_s": self.timeout_s, "retries": self.retries} if self.model.startswith("openai:") else {}
@@ -64,4 +78,7 @@ class EvalJob(BaseModel):
     def run_key(self) -> str:
         """What makes two runs the same run (a resumed run must match): everything but ``out`` and ``workers``."""
         data = self.model_dump(exclude={"out", "workers", "suites"})
+        for added in ("max_user_turns", "tau_bench_dir", "split", "sandbox"):  # left at their defaults, runs keep their old key
+            if data[added] == type(self).model_fields[added].default:
+                del data[added]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

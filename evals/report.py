@@ -13,8 +13,13 @@ from ee_middleware._files import atomic_path, atomic_write_text
 SUMMARY = "summary.json"
 
 
-def summarize(rows: list[dict[str, Any]], suites: list[str]) -> list[dict[str, Any]]:
-    """One summary per suite: ``suite``, ``tasks``, ``trials``, ``success_rate`` (0..1), ``pass_hat_k``, failures by type."""
+def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """One summary per suite: ``suite``, ``tasks``, ``trials``, ``success_rate`` (0..1), ``pass_hat_k``, failures by type.
+
+    ``pass_hat`` maps each k up to the trials run to tau-bench's pass^k estimate (per task
+    C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Suites that
+    left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``.
+    """
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_suite[row["suite"]].append(row)
@@ -35,13 +40,28 @@ def summarize(rows: list[dict[str, Any]], suites: list[str]) -> list[dict[str, A
                 "successes": successes,
                 "success_rate": successes / len(items) if items else 0.0,
                 "pass_hat_k": sum(all(v) for v in per_task.values()) / len(per_task) if per_task else 0.0,
+                "pass_hat": _pass_hat(per_task, trials),
                 "failures": dict(Counter(r["error_type"] or "unknown" for r in items if not r["success"]).most_common()),
             }
         )
+        if excluded and excluded.get(name):
+            out[-1]["excluded"] = len(excluded[name])
+            out[-1]["excluded_reasons"] = dict(Counter(excluded[name].values()).most_common())
     return out
 
 
-def write_outputs(out: Path, rows: list[dict[str, Any]], job: Any) -> None:
+def _pass_hat(per_task: dict[str, list[bool]], trials: int) -> dict[str, float]:
+    """tau-bench's pass^k for k = 1..trials (tasks with fewer trials than k are left out of that k)."""
+    from math import comb
+
+    result = {}
+    for k in range(1, trials + 1):
+        values = [comb(sum(v), k) / comb(len(v), k) for v in per_task.values() if len(v) >= k]
+        result[str(k)] = sum(values) / len(values) if values else 0.0
+    return result
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], job: Any, excluded: dict[str, dict[str, str]] | None = None) -> None:
     """Results Parquet, summary JSON, markdown and HTML reports and the bar chart, each written atomically."""
     import polars as pl
 
@@ -50,7 +70,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], job: Any) -> None:
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
     with atomic_path(out / "results.parquet") as tmp:
         frame.write_parquet(tmp)
-    summary = summarize(rows, names)
+    summary = summarize(rows, names, excluded)
     atomic_write_text(out / SUMMARY, json.dumps({"model": job.model, "trials": job.trials, "seed": job.seed, "suites": summary}, indent=2))
     chart = _bar_chart(out / "success.png", summary)
     atomic_write_text(out / "report.md", markdown_report(summary, rows, job.model, chart))

@@ -65,7 +65,8 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     _claim_run_dir(out, job)
     done = read_journal(out / JOURNAL)
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
-    suites = {spec: load_suite(spec) for spec in job.suites}
+    settings = job.suite_settings()
+    suites = {spec: load_suite(spec, settings) for spec in job.suites}
     todo: list[tuple[str, EvalTask, int]] = []
     totals = {}
     for spec, suite in suites.items():
@@ -90,8 +91,9 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
                 progress(row["suite"], counts[row["suite"]], totals[row["suite"]])
     names = [suite.name for suite in suites.values()]
     rows = [r for r in done if r["suite"] in names]
-    write_outputs(out, rows, job)
-    return summarize(rows, names)
+    excluded = {suite.name: dict(getattr(suite, "excluded", None) or {}) for suite in suites.values()}
+    write_outputs(out, rows, job, excluded)
+    return summarize(rows, names, excluded)
 
 
 def _claim_run_dir(out: Path, job: EvalJob) -> None:
@@ -147,19 +149,15 @@ class _Worker:
         self.config: LoopConfig = job.loop_config()
 
     def run(self, spec: str, task: EvalTask, trial: int) -> dict[str, Any]:
-        suite = load_suite(spec)
+        suite = load_suite(spec, self.job.suite_settings())
         try:
-            result = suite.run(self.client, task, trial, self.config, **_suite_options(self.job, spec))
+            result = suite.run(self.client, task, trial, self.config)
         except Exception as exc:  # noqa: BLE001 - a harness bug on one task is that task's failure, with the reason
             result = _crashed(suite.name, task, trial, exc)
         return result_row(result, self.client.model)
 
     def close(self) -> None:
         self.client.close()
-
-
-def _suite_options(job: EvalJob, spec: str) -> dict[str, Any]:
-    return {"user_model": job.user_model} if spec.startswith("tau:") and job.user_model else {}
 
 
 def _crashed(suite: str, task: EvalTask, trial: int, exc: Exception) -> TaskResult:

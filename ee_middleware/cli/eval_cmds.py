@@ -24,7 +24,11 @@ def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None)
 
 @app.command("run")
 def run_cmd(
-    suite: list[str] = typer.Option(..., "--suite", help="bfcl:CATEGORY[:N] (e.g. bfcl:multi_turn_base:50); repeat for several."),
+    suite: list[str] = typer.Option(
+        ...,
+        "--suite",
+        help="bfcl:CATEGORY[:N], tau:DOMAIN[:SPLIT][:N] or traces:STORE[:APP][:N] (e.g. bfcl:multi_turn_base:50); repeat for several.",
+    ),
     endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
     model: str | None = typer.Option(None, "--model", help="Served model or adapter name at --endpoint."),
     model_spec: str | None = typer.Option(
@@ -38,6 +42,15 @@ def run_cmd(
     max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn."),
     timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request."),
     user_model: str | None = typer.Option(None, "--user-model", help="tau suites: an openai:URL#MODEL user simulator (default: scripted)."),
+    tau_bench_dir: str | None = typer.Option(
+        None, "--tau-bench-dir", envvar="EE_TAU_BENCH_DIR", help="tau suites: a tau-bench checkout (for tau:retail and tau:airline)."
+    ),
+    split: Path | None = typer.Option(
+        None, "--split", help="traces suites: the datasets.json (or its folder) whose held-out trajectories are evaluated."
+    ),
+    sandbox: str | None = typer.Option(
+        None, "--sandbox", help="traces suites: the trajectories' sandbox spec (default: bfcl for BFCL expert apps)."
+    ),
     config: Path | None = typer.Option(None, "--config", help="TOML file with an [eval] table; flags override it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = JsonOption,
@@ -57,6 +70,9 @@ def run_cmd(
         "max_steps_per_turn": max_steps,
         "timeout_s": timeout_s,
         "user_model": user_model,
+        "tau_bench_dir": tau_bench_dir,
+        "split": str(split) if split else None,
+        "sandbox": sandbox,
     }
     job = EvalJob.load(config, **overrides)
     out_console = console()
@@ -108,6 +124,10 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> Non
             s["suite"], str(s["tasks"]), str(s["trials"]), f"{100 * s['success_rate']:.1f}%", f"{100 * s['pass_hat_k']:.1f}%", failures
         )
     out.print(table)
+    for s in summary:
+        if s.get("excluded"):
+            reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
+            out.print(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})")
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 

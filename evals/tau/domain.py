@@ -1,0 +1,125 @@
+"""What a tau-style domain is: tools over a JSON database, a policy text, tasks with ground truth.
+
+* **tools**: functions ``tool(data, **arguments) -> str`` that read and change ``data`` (the
+  database, a JSON object) in place, each with an OpenAI tool schema;
+* **policy**: the text the agent gets as its system prompt (what it may and may not do);
+* **tasks**: per split, :class:`TauTask` items: the user's turns (scripted; each with the ground-truth
+  actions the agent should take in that turn and a reply that says what the user must hear), an
+  instruction for an LLM user simulator, and the outputs every reply set must contain.
+
+The agent's run is scored by the database it leaves (:mod:`~ee_middleware.evals.tau.suite`), so
+the world is a :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox` over a fresh copy of
+the data: the same sandbox type replay uses, with its JSON-canonical :meth:`state_digest`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+
+Tool = Callable[..., Any]
+RESPOND = "respond"
+"""tau-bench's name for "say this to the user" in ground-truth actions: not a tool, never replayed."""
+
+
+@dataclass(frozen=True)
+class TauAction:
+    """A ground-truth tool call."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TauTurn:
+    """One scripted user turn: what the user says, what the agent should do, what it should answer."""
+
+    user: str
+    actions: tuple[TauAction, ...] = ()
+    reply: str = "Done."
+
+
+@dataclass(frozen=True)
+class TauTask:
+    """One task: scripted turns, an instruction for a simulated user, required outputs.
+
+    ``category``: ``action`` (the database must change), ``answer`` (nothing changes, outputs are
+    required) or ``refusal`` (the policy forbids what the user asks: nothing may change).
+    """
+
+    id: str
+    turns: tuple[TauTurn, ...]
+    instruction: str
+    outputs: tuple[str, ...] = ()
+    category: str = "action"
+
+    @property
+    def actions(self) -> list[TauAction]:
+        return [action for turn in self.turns for action in turn.actions]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str) -> TauTask:
+        try:
+            turns = tuple(
+                TauTurn(
+                    user=turn["user"],
+                    actions=tuple(TauAction(a["name"], dict(a.get("arguments", {}))) for a in turn.get("actions", [])),
+                    reply=turn.get("reply", "Done."),
+                )
+                for turn in data["turns"]
+            )
+            return cls(
+                id=str(data["id"]),
+                turns=turns,
+                instruction=data["instruction"],
+                outputs=tuple(data.get("outputs", [])),
+                category=data.get("category", "action"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"Task {data.get('id', '?')!r} in {where} is malformed ({type(exc).__name__}: {exc}).") from exc
+
+
+@dataclass
+class TauDomain:
+    """A domain: ``load_data()`` returns a fresh database; ``splits`` name -> loader of its tasks."""
+
+    name: str
+    policy: str
+    tools: Mapping[str, Tool]
+    schemas: list[dict[str, Any]]
+    load_data: Callable[[], dict[str, Any]]
+    splits: Mapping[str, Callable[[], list[TauTask]]]
+    source: str = "built-in"
+    _data_text: str | None = field(default=None, repr=False)
+
+    def fresh_data(self) -> dict[str, Any]:
+        """A fresh, independent copy of the initial database (loaded once, then parsed from its JSON text)."""
+        if self._data_text is None:
+            self._data_text = json.dumps(self.load_data())
+        data: dict[str, Any] = json.loads(self._data_text)
+        return data
+
+    def tasks(self, split: str) -> list[TauTask]:
+        loader = self.splits.get(split)
+        if loader is None:
+            raise ConfigError(f"The tau domain {self.name!r} has no split {split!r}; it has: {', '.join(self.splits)}.")
+        return loader()
+
+    def sandbox(self) -> PythonSandbox:
+        """A sandbox over a fresh database at every ``reset`` (the environment is ignored)."""
+        return PythonSandbox(functools.partial(_fresh, self), tools=dict(self.tools), kind=f"tau:{self.name}")
+
+
+def _fresh(domain: TauDomain, environment: Any) -> dict[str, Any]:
+    return domain.fresh_data()
+
+
+def respond_text(outputs: tuple[str, ...] | list[str]) -> str:
+    """The reply a scripted expert gives when a task's ground truth has no reply text of its own."""
+    return "Here is what I found: " + "; ".join(outputs) + "." if outputs else "Done."

@@ -1,0 +1,181 @@
+"""The tau-style suite ``tau:DOMAIN[:SPLIT][:N]``: run the agent on a fresh database, score what it left.
+
+Per task and trial:
+
+1. the agent (any client, through the one agent loop) talks with the user, scripted from the task's
+   turns by default or simulated by a model (``user_model``: :mod:`~ee_middleware.evals.tau.user`),
+   with the domain's policy as its system prompt and its tools executing on a fresh copy of the
+   database (a :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox`);
+2. the ground-truth actions are replayed on another fresh copy;
+3. reward 1 when both databases have the same state digest (JSON-canonical SHA-256, as tau-bench
+   hashes its data) **and** every required output appears in the agent's replies (case-insensitive,
+   commas ignored, as tau-bench compares); else 0, with the reason: where the databases differ
+   (``database_mismatch``) or which outputs are missing (``missing_output``).
+
+Over ``--trials k`` the summary's ``pass_hat_k`` is tau-bench's pass^k (every trial of a task succeeds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.clients import bind
+from ee_middleware.evals.loop import LoopConfig, run_conversation
+from ee_middleware.evals.matching import differences, missing_outputs
+from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
+from ee_middleware.evals.tau import tau_bench
+from ee_middleware.evals.tau.domain import TauDomain, TauTask
+from ee_middleware.models.protocol import ChatClient
+from ee_middleware.records import ToolCall
+
+BUILTIN_DOMAINS: Mapping[str, str] = {"library": "ee_middleware.evals.tau.domains.library"}
+DEFAULT_SPLIT = "test"
+
+
+def resolve_domain(name: str, tau_bench_dir: str | None = None) -> TauDomain:
+    """A built-in domain, or one of a tau-bench checkout's (``retail``, ``airline``)."""
+    if name in BUILTIN_DOMAINS:
+        import importlib
+
+        domain: TauDomain = importlib.import_module(BUILTIN_DOMAINS[name]).domain()
+        return domain
+    if name in tau_bench.DOMAINS:
+        root = tau_bench.checkout_dir(tau_bench_dir)
+        if root is None:
+            raise ConfigError(
+                f"tau:{name} is a tau-bench domain, and no checkout is set. Clone https://github.com/sierra-research/tau-bench and "
+                f"set {tau_bench.ENV_VAR}=PATH (or --tau-bench-dir PATH, or tau_bench_dir under [eval])."
+            )
+        return tau_bench.load_domain(name, root)
+    known = [*BUILTIN_DOMAINS, *(f"{d} (with a tau-bench checkout)" for d in tau_bench.DOMAINS)]
+    raise ConfigError(f"Unknown tau domain {name!r}. Choose one of: {', '.join(known)}.")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    success: bool
+    error_type: str | None = None
+    reason: str | None = None
+
+
+class TauSuite:
+    """One domain and split as an eval suite (``limit``: its first N tasks)."""
+
+    def __init__(
+        self,
+        domain: str,
+        split: str | None = None,
+        limit: int | None = None,
+        *,
+        tau_bench_dir: str | None = None,
+        user_model: str | None = None,
+        max_user_turns: int = 10,
+    ) -> None:
+        self.domain = resolve_domain(domain, tau_bench_dir)
+        self.split = split or DEFAULT_SPLIT
+        if self.split not in self.domain.splits:
+            raise ConfigError(f"The tau domain {domain!r} has no split {self.split!r}; it has: {', '.join(self.domain.splits)}.")
+        self.limit = limit
+        self.user_model = user_model
+        self.max_user_turns = max_user_turns
+        self.name = f"tau:{domain}:{self.split}"
+
+    def tasks(self) -> list[EvalTask]:
+        return [self.eval_task(task) for task in self.domain.tasks(self.split)[: self.limit]]
+
+    def eval_task(self, task: TauTask) -> EvalTask:
+        reference: list[list[Message]] = []
+        for t, turn in enumerate(task.turns):
+            steps: list[Message] = [_call_message(f"call_{t}_{i}", a.name, a.arguments) for i, a in enumerate(turn.actions)]
+            reference.append([*steps, {"role": "assistant", "content": turn.reply}])
+        return EvalTask(
+            suite=self.name,
+            id=task.id,
+            category=task.category,
+            turns=[[{"role": "user", "content": turn.user}] for turn in task.turns],
+            tools=[self.domain.schemas] * len(task.turns),
+            reference=reference,
+            payload={
+                "actions": [[a.name, a.arguments] for a in task.actions],
+                "outputs": list(task.outputs),
+                "instruction": task.instruction,
+            },
+            system=self.domain.policy,
+        )
+
+    def run(self, client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> TaskResult:
+        started = time.perf_counter()
+        sandbox = self.domain.sandbox()
+        user, user_client = self._user(task, config, trial)
+        try:
+            sandbox.reset(None)
+            conversation = run_conversation(bind(client, task), task, sandbox, config, trial=trial, user=user)
+            verdict, details = self.score(sandbox, task, conversation, user_error=getattr(user, "error", None))
+        finally:
+            sandbox.close()
+            if user_client is not None:
+                user_client.close()
+        return TaskResult(
+            suite=self.name,
+            category=task.category,
+            task_id=task.id,
+            trial=trial,
+            success=verdict.success,
+            reason=verdict.reason,
+            error_type=verdict.error_type,
+            conversation=conversation,
+            duration_s=time.perf_counter() - started,
+            details=details,
+        )
+
+    def _user(self, task: EvalTask, config: LoopConfig, trial: int) -> tuple[Any, ChatClient | None]:
+        if not self.user_model:
+            return None, None
+        from ee_middleware.evals.tau.user import SimulatedUser
+        from ee_middleware.models.spec import build_chat_client
+
+        client = build_chat_client(self.user_model)
+        return SimulatedUser(client, task.payload["instruction"], sampling=config.sampling(trial), max_turns=self.max_user_turns), client
+
+    def score(
+        self, sandbox: Any, task: EvalTask, conversation: Conversation, *, user_error: str | None = None
+    ) -> tuple[Verdict, dict[str, Any]]:
+        """Compare the sandbox's database (after the agent's run) with a ground-truth replay on a fresh copy."""
+        if conversation.error is not None:
+            return Verdict(False, conversation.error_type, conversation.error), {}
+        if user_error is not None:
+            return Verdict(False, "user_model_error", user_error), {}
+        actual, actual_digest = sandbox.world, sandbox.state_digest()
+        sandbox.reset(None)
+        ground_truth_errors = []
+        for i, (name, arguments) in enumerate(task.payload["actions"]):
+            observation = sandbox.execute(ToolCall(id=f"gt_{i}", name=name, arguments=arguments))
+            if observation.is_error:
+                ground_truth_errors.append(f"{name}: {observation.content[:200]}")
+        expected, expected_digest = sandbox.world, sandbox.state_digest()
+        missing = missing_outputs(task.payload["outputs"], conversation.replies)
+        details = {
+            "database_ok": actual_digest == expected_digest,
+            "missing_outputs": missing,
+            "digest": actual_digest,
+            "expected_digest": expected_digest,
+            "ground_truth_errors": ground_truth_errors,
+        }
+        problems = []
+        if actual_digest != expected_digest:
+            where = "; ".join(differences(actual, expected))
+            problems.append(("database_mismatch", f"the database after the run differs from the ground truth's: {where}"))
+        if missing:
+            listed = ", ".join(repr(m) for m in missing)
+            problems.append(("missing_output", f"required output {listed} appears in none of the agent's replies"))
+        if not problems:
+            return Verdict(True), details
+        return Verdict(False, problems[0][0], "; and ".join(text for _, text in problems)), details
+
+
+def _call_message(call_id: str, name: str, arguments: dict[str, Any]) -> Message:
+    return {"role": "assistant", "content": "", "tool_calls": [ToolCall(id=call_id, name=name, arguments=arguments).to_openai()]}

@@ -1,0 +1,69 @@
+"""The LLM user simulator: a chat model plays the customer of a tau-style task (``--user-model``).
+
+It gets the task's instruction as its system prompt and the conversation so far with the roles
+swapped (the agent's replies are its "user" turns; tool calls and results are not shown: a customer
+does not see them), and writes the customer's next message. It ends the conversation by writing
+:data:`STOP`, or after ``max_turns`` messages. The model is any :mod:`ee_middleware.models` spec
+(``openai:BASE_URL#MODEL`` for an OpenAI-compatible endpoint), built with
+:func:`~ee_middleware.models.build_chat_client`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ee_middleware.errors import ModelError
+from ee_middleware.evals.tasks import Conversation, Message
+from ee_middleware.models.protocol import ChatClient, Sampling
+
+STOP = "###STOP###"
+OPENING = "Hello! How can I help you today?"
+PROMPT = """You are a customer talking to a support assistant. Play this customer:
+
+{instruction}
+
+Rules: write only what the customer says next, in one or two sentences. Give a detail only when it is
+asked for or needed. Do not invent details the instruction does not give. When your goal is reached,
+or it clearly cannot be reached, write {stop} and nothing else."""
+
+
+class SimulatedUser:
+    """``next_turn(conversation)`` for :func:`~ee_middleware.evals.loop.run_conversation`'s ``user``."""
+
+    def __init__(self, client: ChatClient, instruction: str, *, sampling: Sampling, max_turns: int = 10) -> None:
+        self.client = client
+        self.instruction = instruction
+        self.sampling = sampling
+        self.max_turns = max_turns
+        self.turns = 0
+        self.error: str | None = None
+        """Set when the simulator's model failed (the conversation then ends, and the task fails with this reason)."""
+
+    def next_turn(self, conversation: Conversation) -> list[Message] | None:
+        if self.turns >= self.max_turns or conversation.error is not None:
+            return None
+        try:
+            choices = self.client.complete(self._messages(conversation), sampling=self.sampling)
+        except ModelError as exc:
+            self.error = f"the user simulator's model could not answer: {exc}"
+            return None
+        text = choices[0].text.strip() if choices else ""
+        if not text or STOP in text:
+            return None
+        self.turns += 1
+        return [{"role": "user", "content": text}]
+
+    def _messages(self, conversation: Conversation) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": PROMPT.format(instruction=self.instruction, stop=STOP)},
+            {"role": "user", "content": OPENING},
+        ]
+        for message in conversation.messages:
+            content = message.get("content")
+            if not isinstance(content, str) or not content.strip():
+                continue
+            if message.get("role") == "user":
+                messages.append({"role": "assistant", "content": content})
+            elif message.get("role") == "assistant":
+                messages.append({"role": "user", "content": content})
+        return messages

@@ -1,0 +1,304 @@
+"""The ``traces:STORE[:APP][:N]`` regression suite: the app's own approved trajectories, held out of training.
+
+Only trajectories a dataset build held out are used, never ones that were trained on: the split is
+read from the ``datasets.json`` that ``ee datasets build --heldout-...`` wrote (``--split
+DATA_DIR/datasets.json`` or ``split`` under ``[eval]``): its ``split.heldout_trajectories``, minus
+anything it lists under ``split.train_trajectories``, that are still approved in ``STORE`` (of
+``APP`` when given).
+
+Each trajectory is a task:
+
+* the user turns are the recorded user messages, in order (the first one is the task); the tools
+  are the recorded tool schemas; the system prompt is the recorded one;
+* the world is the trajectory's sandbox (``sandbox`` setting: a spec for
+  :func:`~ee_middleware.replay.sandboxes.registry.build_sandbox`; default ``bfcl`` for the ``bfcl.*``
+  apps that ``ee bfcl record-experts`` writes), reset to the trajectory's environment reference;
+* success: the sandbox's :meth:`state_digest` after the candidate's run equals the digest after
+  replaying the expert's recorded calls on a fresh world, **and** the facts of the expert's final
+  answer appear in the candidate's replies (:func:`answer_facts`: its numbers and identifiers,
+  and the words it took from the tools' results). Otherwise the reason says which check failed,
+  with the expert calls the candidate did not make or the facts it did not state.
+
+A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact)
+or whose world cannot be rebuilt is left out when the suite is built; the summary's ``excluded``
+counts them and ``excluded_reasons`` says why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.errors import ConfigError, EEError
+from ee_middleware.evals.clients import bind
+from ee_middleware.evals.loop import LoopConfig, run_conversation
+from ee_middleware.evals.matching import missing_outputs, normalize
+from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
+from ee_middleware.models.protocol import ChatClient
+from ee_middleware.records import ToolCall, Trajectory
+
+BFCL_APP_PREFIX = "bfcl."
+_TOKEN = re.compile(r"[A-Za-z0-9$#@][\w.\-@/#:$]*[A-Za-z0-9]|\d")
+_STOPWORDS = frozenset(
+    [
+        "the",
+        "and",
+        "for",
+        "you",
+        "your",
+        "are",
+        "was",
+        "were",
+        "with",
+        "that",
+        "this",
+        "have",
+        "has",
+        "had",
+        "not",
+        "but",
+        "can",
+        "will",
+        "would",
+        "from",
+        "into",
+        "been",
+        "done",
+        "here",
+        "there",
+        "then",
+        "than",
+        "they",
+        "them",
+        "their",
+        "what",
+        "when",
+        "which",
+        "who",
+        "how",
+        "all",
+        "any",
+        "its",
+        "our",
+        "out",
+        "per",
+        "via",
+        "yes",
+    ]
+)
+
+
+def read_split(path: str | Path) -> tuple[set[str], set[str]]:
+    """``(held-out ids, trained ids)`` from a ``datasets.json`` (or the folder holding one)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "datasets.json"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot read the dataset split {file}: {exc}. Give the datasets.json that `ee datasets build` wrote.") from exc
+    split = data.get("split") if isinstance(data, dict) else None
+    if not isinstance(split, dict) or not isinstance(split.get("heldout_trajectories"), list):
+        raise ConfigError(
+            f"{file} records no held-out split, so every trajectory in it may have been trained on. Rebuild the datasets "
+            "with a held-out rule (ee datasets build --heldout-share 0.1, or --heldout-ids/--heldout-app/--heldout-after)."
+        )
+    return set(split["heldout_trajectories"]), set(split.get("train_trajectories") or [])
+
+
+def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]:
+    """The facts of an expert's final answer: tokens with a digit (amounts, dates, ids), and words of
+    three letters or more, capitalized or not purely alphabetic, that the expert's tool results contain."""
+    if not final_answer:
+        return []
+    seen = normalize(" ".join(observations))
+    facts: list[str] = []
+    for token in _TOKEN.findall(normalize(final_answer)):
+        token = token.strip(".:/-$#")
+        if not token or token in facts:
+            continue
+        original = re.search(re.escape(token), final_answer, re.IGNORECASE)
+        word = original.group(0) if original else token
+        if any(c.isdigit() for c in token) or (
+            len(token) >= 3
+            and token not in _STOPWORDS
+            and (word[0].isupper() or not token.isalpha())
+            and re.search(rf"(?<!\w){re.escape(token)}(?!\w)", seen)
+        ):
+            facts.append(token)
+    return facts
+
+
+def sandbox_spec(app: str, setting: str | None) -> str | None:
+    """The sandbox for trajectories of ``app``: the setting, else ``bfcl`` for BFCL expert apps."""
+    if setting:
+        return setting
+    return "bfcl" if app.startswith(BFCL_APP_PREFIX) else None
+
+
+def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTask:
+    """A trajectory as a task: recorded user turns and tools, the expert's messages as the oracle's reference."""
+    system: list[str] = []
+    turns: list[list[Message]] = []
+    reference: list[list[Message]] = []
+    for message in trajectory.messages:
+        role = message.get("role")
+        if role in ("system", "developer") and not turns:
+            system.append(str(message.get("content") or ""))
+        elif role in ("user", "system", "developer"):
+            if not turns or reference[-1]:
+                turns.append([])
+                reference.append([])
+            turns[-1].append({"role": role, "content": message.get("content") or ""})
+        elif role == "assistant" and turns:
+            reference[-1].append({k: message[k] for k in ("role", "content", "tool_calls") if k in message})
+    calls = [s.action.tool_call for s in trajectory.steps if s.action.tool_call is not None]
+    observations = [s.observation.content for s in trajectory.steps if s.observation is not None and not s.observation.is_error]
+    return EvalTask(
+        suite=suite,
+        id=trajectory.id,
+        category=trajectory.app,
+        turns=turns,
+        tools=[list(trajectory.tools)] * len(turns),
+        reference=reference,
+        payload={
+            "sandbox": sandbox,
+            "environment": trajectory.environment,
+            "expert_calls": [c.model_dump() for c in calls],
+            "final_answer": trajectory.final_answer,
+            "facts": answer_facts(trajectory.final_answer, observations),
+        },
+        system="\n\n".join(system) or None,
+    )
+
+
+def expert_digests(sandbox: Any, task: EvalTask) -> tuple[str, str]:
+    """``(digest at step 0, digest after the expert's calls)``, replayed on a fresh world."""
+    from ee_middleware.replay.sandboxes.protocol import state_digest
+
+    sandbox.reset(task.payload["environment"])
+    start = state_digest(sandbox)
+    for call in task.payload["expert_calls"]:
+        sandbox.execute(ToolCall(**call))
+    return start, state_digest(sandbox)
+
+
+class TracesSuite:
+    """Held-out approved trajectories of a store (optionally one app) as an eval suite."""
+
+    def __init__(
+        self, store: str, app: str | None = None, limit: int | None = None, *, split: str | None = None, sandbox: str | None = None
+    ):
+        if not split:
+            raise ConfigError(
+                "traces: suites evaluate only trajectories held out of training. Give the split of the dataset build the model "
+                "was trained from: --split DATA_DIR/datasets.json (or split under [eval]); build one with "
+                "`ee datasets build --heldout-share 0.1` (or --heldout-ids/--heldout-app/--heldout-after)."
+            )
+        self.store, self.app, self.limit, self.split, self.sandbox = store, app, limit, split, sandbox
+        self.name = f"traces:{store}" + (f":{app}" if app else "")
+        self.excluded: dict[str, str] = {}
+
+    def tasks(self) -> list[EvalTask]:
+        from ee_middleware.store.registry import open_store
+
+        heldout, trained = read_split(self.split)  # type: ignore[arg-type]
+        store = open_store(self.store, create=False)
+        try:
+            frame = store.trajectories(status="approved", app=self.app)
+            ids = [i for i in frame["id"].to_list() if i in heldout and i not in trained]
+            if not ids:
+                where = f"{self.store}" + (f" (app {self.app})" if self.app else "")
+                raise ConfigError(
+                    f"None of the {len(heldout)} held-out trajectories of {self.split} is an approved trajectory in {where}. "
+                    "Check the store and the app match the dataset build."
+                )
+            tasks: list[EvalTask] = []
+            self.excluded = {}
+            for trajectory_id in ids:
+                if self.limit is not None and len(tasks) >= self.limit:
+                    break
+                task, why = self._task(store.get(trajectory_id))
+                if task is None:
+                    self.excluded[trajectory_id] = why
+                else:
+                    tasks.append(task)
+            return tasks
+        finally:
+            store.close()
+
+    def _task(self, trajectory: Trajectory) -> tuple[EvalTask | None, str]:
+        from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+        spec = sandbox_spec(trajectory.app, self.sandbox)
+        if spec is None:
+            return None, f"no sandbox for app {trajectory.app!r}: give --sandbox package.module:factory"
+        task = trajectory_task(trajectory, self.name, spec)
+        if not task.turns:
+            return None, "the trajectory has no user message"
+        try:
+            sandbox = build_sandbox(spec)
+            try:
+                start, end = expert_digests(sandbox, task)
+            finally:
+                sandbox.close()
+        except EEError as exc:
+            return None, f"its world cannot be rebuilt in the {spec!r} sandbox: {exc}"
+        if start == end and not task.payload["facts"]:
+            return None, "nothing to check: the expert changed no state and its final answer states no fact"
+        return task, ""
+
+    def run(self, client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> TaskResult:
+        from ee_middleware.replay.sandboxes.protocol import state_digest
+        from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+        started = time.perf_counter()
+        sandbox = build_sandbox(task.payload["sandbox"])
+        try:
+            _, expected = expert_digests(sandbox, task)
+            sandbox.reset(task.payload["environment"])
+            conversation = run_conversation(bind(client, task), task, sandbox, config, trial=trial)
+            actual = state_digest(sandbox) if conversation.error is None else None
+        finally:
+            sandbox.close()
+        success, error_type, reason, details = self.score(task, conversation, actual, expected)
+        return TaskResult(
+            self.name, task.category, task.id, trial, success, reason, error_type, conversation, time.perf_counter() - started, details
+        )
+
+    @staticmethod
+    def score(
+        task: EvalTask, conversation: Conversation, actual: str | None, expected: str
+    ) -> tuple[bool, str | None, str | None, dict[str, Any]]:
+        if conversation.error is not None:
+            return False, conversation.error_type, conversation.error, {}
+        missing = missing_outputs(task.payload["facts"], conversation.replies)
+        details = {"digest": actual, "expected_digest": expected, "missing_facts": missing}
+        problems = []
+        if actual != expected:
+            not_made = _calls_not_made(task.payload["expert_calls"], conversation.calls)
+            hint = f"; expert calls it did not make: {', '.join(not_made)}" if not_made else "; it made every expert call, and others too"
+            problems.append(("state_mismatch", f"the final sandbox state differs from the expert's{hint}"))
+        if missing:
+            said = ", ".join(repr(m) for m in missing)
+            problems.append(("answer_not_covered", f"the expert's final answer states {said}, which none of the candidate's replies does"))
+        if not problems:
+            return True, None, None, details
+        return False, problems[0][0], "; and ".join(text for _, text in problems), details
+
+
+def _calls_not_made(expert: list[dict[str, Any]], made: list[ToolCall], limit: int = 3) -> list[str]:
+    key = lambda name, arguments: (name, json.dumps(arguments, sort_keys=True))  # noqa: E731
+    available = Counter(key(c.name, c.arguments) for c in made)
+    missing = []
+    for call in expert:
+        k = key(call["name"], call.get("arguments", {}))
+        if available[k]:
+            available[k] -= 1
+        else:
+            missing.append(f"{call['name']}({', '.join(f'{a}={v!r}' for a, v in call.get('arguments', {}).items())})")
+    return missing[:limit] + ([f"and {len(missing) - limit} more"] if len(missing) > limit else [])
