@@ -126,19 +126,24 @@ class ModelLoadError(ModelError):
 
 
 class ModelServerError(ModelError):
-    """A model server gave no usable answer: unreachable, timed out, or failing (5xx, 429) after retries."""
+    """A model server gave no usable answer: unreachable, timed out, or failing (5xx, 429) after retries.
 
-    def __init__(self, message: str, *, url: str) -> None:
+    ``status`` is the HTTP status of the last answer (``None`` when none came: refused or timed out);
+    ``timed_out`` says the last attempt ran out of time.
+    """
+
+    def __init__(self, message: str, *, url: str, status: int | None = None, timed_out: bool = False) -> None:
         super().__init__(message)
         self.url = url
+        self.status = status
+        self.timed_out = timed_out
 
 
 class ModelRequestError(ModelServerError):
     """A model server refused the request (4xx): wrong model name, API key or request settings."""
 
     def __init__(self, message: str, *, url: str, status: int) -> None:
-        super().__init__(message, url=url)
-        self.status = status
+        super().__init__(message, url=url, status=status)
 
 
 class ModelResponseError(ModelServerError):

@@ -113,11 +113,10 @@ class HTTPServingBackend:
         self._admin.close()
 
     def list(self) -> list[str]:
-        started = time.monotonic()
         try:
             return self._admin.list_models()
         except ModelError as exc:
-            raise self._translate(exc, "list the served models", timed_out=self._timed_out(started)) from exc
+            raise self._translate(exc, "list the served models") from exc
 
     def load(self, name: str, path: str) -> None:
         rank = _rank(path)
@@ -127,7 +126,6 @@ class HTTPServingBackend:
                 f"with --max-lora-rank {rank}, or train with a smaller lora_r.",
                 url=self.url,
             )
-        started = time.monotonic()
         try:
             self._admin.post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         except ModelRequestError as exc:
@@ -135,7 +133,7 @@ class HTTPServingBackend:
         except ModelResponseError:
             pass  # a 2xx answer in plain text: vLLM's "Success: LoRA adapter ... added successfully."
         except ModelError as exc:
-            if not self._timed_out(started) and self._answers():
+            if isinstance(exc, ModelServerError) and exc.status is not None and exc.status >= 500:
                 # The server is up and failed this request (5xx): vLLM's answer to a rank above --max-lora-rank.
                 raise ServerRankError(
                     f"{self.url} failed to load {name} from {path}: {exc}. That is how vLLM refuses an adapter whose rank "
@@ -143,18 +141,7 @@ class HTTPServingBackend:
                     "a smaller lora_r. Otherwise see the server's log.",
                     url=self.url,
                 ) from exc
-            raise self._translate(exc, f"load the adapter {name}", timed_out=self._timed_out(started)) from exc
-
-    def _timed_out(self, started: float) -> bool:
-        """Whether a failed call took (about) the whole timeout: a timeout rather than a refused connection."""
-        return time.monotonic() - started >= 0.95 * self.timeout_s
-
-    def _answers(self) -> bool:
-        try:
-            self._admin.list_models()
-        except ModelError:
-            return False
-        return True
+            raise self._translate(exc, f"load the adapter {name}") from exc
 
     def _load_refused(self, exc: ModelRequestError, name: str, path: str, rank: int | None) -> ServingError:
         if exc.status == 404:
@@ -175,7 +162,6 @@ class HTTPServingBackend:
         """Unload ``name``; an adapter that is not loaded is left alone."""
         if name not in self.list():
             return
-        started = time.monotonic()
         try:
             self._admin.post("/unload_lora_adapter", {"lora_name": name})
         except ModelResponseError:
@@ -183,7 +169,7 @@ class HTTPServingBackend:
         except ModelRequestError as exc:
             raise AdapterLoadError(f"{self.url} refused to unload {name}: {exc}", url=self.url) from exc
         except ModelError as exc:
-            raise self._translate(exc, f"unload the adapter {name}", timed_out=self._timed_out(started)) from exc
+            raise self._translate(exc, f"unload the adapter {name}") from exc
 
     def verify(self, name: str) -> Verification:
         """``name`` is listed by ``GET /v1/models`` and a greedy smoke chat request through it answers."""
@@ -206,9 +192,9 @@ class HTTPServingBackend:
             raise VerificationError(f"A smoke chat request through {name} at {self.url} got no answer: {choice.problem}", url=self.url)
         return Verification(self.url, name, choice.raw, time.perf_counter() - started)
 
-    def _translate(self, exc: ModelError, doing: str, *, timed_out: bool) -> ServingError:
+    def _translate(self, exc: ModelError, doing: str) -> ServingError:
         url = getattr(exc, "url", self.url)
-        if timed_out:
+        if isinstance(exc, ModelServerError) and exc.timed_out:
             return ServerTimeoutError(
                 f"{url} did not answer in {self.timeout_s:g} s when asked to {doing}. Is it overloaded or stuck? Check its log; "
                 "raise the timeout if it is just slow.",

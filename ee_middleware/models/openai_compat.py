@@ -130,20 +130,20 @@ class OpenAIChatClient:
 
         url = f"{self.base_url}{path}"
         client = self._get_client(httpx)
-        last_problem = ""
+        last_problem, last_status, timed_out = "", None, False
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 response = client.request(method, url, json=body)
             except httpx.TimeoutException as exc:
-                last_problem = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})"
+                last_problem, last_status, timed_out = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})", None, True
                 continue
             except httpx.TransportError as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
+                last_problem, last_status, timed_out = f"{type(exc).__name__}: {exc}", None, False
                 continue
             if response.status_code == 429 or response.status_code >= 500:
-                last_problem = f"HTTP {response.status_code}: {clip(response.text)}"
+                last_problem, last_status, timed_out = f"HTTP {response.status_code}: {clip(response.text)}", response.status_code, False
                 continue
             if response.status_code >= 400:
                 raise ModelRequestError(
@@ -163,6 +163,8 @@ class OpenAIChatClient:
             "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "
             "(it should end in /v1), the port, and that the model has finished loading.",
             url=url,
+            status=last_status,
+            timed_out=timed_out,
         )
 
     def _get_client(self, httpx: Any) -> Any:

@@ -202,3 +202,15 @@ def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     script = Script(httpx.Response(200, json=completion({"role": "assistant", "content": "ok"})))
     script.client().complete([{"role": "user", "content": "x"}])
     assert script.requests[0].headers["Authorization"] == "Bearer sk-env"
+
+
+def test_server_errors_carry_the_last_status_and_whether_it_timed_out() -> None:
+    with pytest.raises(ModelServerError) as failing:
+        Script(httpx.Response(500, text="rank too large")).client(retries=0).complete([{"role": "user", "content": "x"}])
+    assert (failing.value.status, failing.value.timed_out) == (500, False)
+    with pytest.raises(ModelServerError) as slow:
+        Script(httpx.ReadTimeout("slow")).client(retries=0).complete([{"role": "user", "content": "x"}])
+    assert (slow.value.status, slow.value.timed_out) == (None, True)
+    with pytest.raises(ModelServerError) as down:
+        Script(httpx.ConnectError("refused")).client(retries=0).complete([{"role": "user", "content": "x"}])
+    assert (down.value.status, down.value.timed_out) == (None, False)
