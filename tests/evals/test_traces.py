@@ -1,0 +1,193 @@
+"""The traces: suite on real recorded experts: BFCL (bfcl sandbox) and the retail example (a user PythonSandbox)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.clients import NoopClient, OracleClient
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.loop import LoopConfig
+from ee_middleware.evals.runner import run_eval
+from ee_middleware.evals.suites import SuiteSettings, load_suite, parse_traces
+from ee_middleware.evals.traces.suite import answer_facts, expert_digests, read_split
+from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+RETAIL_SANDBOX = "retail_db.sandbox:make_sandbox"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+if str(EXAMPLES) not in sys.path:  # the retail example imports as retail_db (as tests/examples/conftest.py does)
+    sys.path.insert(0, str(EXAMPLES))
+
+
+def _build_split(store: Path, out: Path) -> dict[str, Any]:
+    """Hold out every other trajectory (by id list: ids are random, so a seeded share would hold out a varying number)."""
+    from ee_middleware.store.registry import open_store
+
+    handle = open_store(store)
+    ids = handle.trajectories(status="approved")["id"].to_list()
+    handle.close()
+    (out.parent / "heldout.txt").write_text("\n".join(ids[::2]))
+    args = [
+        "datasets",
+        "build",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--kinds",
+        "il",
+        "--heldout-ids",
+        str(out.parent / "heldout.txt"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    split: dict[str, Any] = json.loads((out / "datasets.json").read_text())["split"]
+    return split
+
+
+@pytest.fixture(scope="module")
+def bfcl_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    from ee_middleware.bfcl.experts import record_experts
+
+    folder = tmp_path_factory.mktemp("traces-bfcl")
+    report = record_experts(folder / "store", "multi_turn_base", limit=10)
+    assert len(report.recorded) == 10
+    return folder / "store", folder / "data", _build_split(folder / "store", folder / "data")
+
+
+@pytest.fixture(scope="module")
+def retail_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    from retail_db.agent import record_experts
+
+    folder = tmp_path_factory.mktemp("traces-retail")
+    record_experts(folder / "store", folder, redact=False)
+    return folder / "store", folder / "data", _build_split(folder / "store", folder / "data")
+
+
+def _rows(folder: Path) -> list[dict[str, Any]]:
+    return pl.read_parquet(folder / "results.parquet").to_dicts()
+
+
+def test_bfcl_experts_oracle_100_noop_0_and_only_held_out_trajectories(
+    bfcl_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    store, data, split = bfcl_store
+    job = EvalJob(suites=[f"traces:{store}"], model="oracle", out=str(tmp_path / "o"), split=str(data / "datasets.json"))
+    [oracle] = run_eval(job)
+    assert oracle["success_rate"] == 1.0 and oracle["tasks"] + oracle.get("excluded", 0) == len(split["heldout_trajectories"])
+    ids = {r["task_id"] for r in _rows(tmp_path / "o")}
+    assert ids <= set(split["heldout_trajectories"]) and not ids & set(split["train_trajectories"]), "never a trained-on trajectory"
+    [noop] = run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "n")}))
+    assert noop["success_rate"] == 0.0 and set(noop["failures"]) == {"state_mismatch"}
+    reasons = [r["reason"] for r in _rows(tmp_path / "n")]
+    assert all("expert calls it did not make:" in r for r in reasons)
+
+
+def test_a_python_sandbox_domain_oracle_100_noop_fails_with_the_right_reason(
+    retail_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    store, data, split = retail_store
+    settings = SuiteSettings(split=str(data), sandbox=RETAIL_SANDBOX)
+    suite = load_suite(f"traces:{store}:retail-support", settings)
+    tasks = suite.tasks()
+    assert len(tasks) == len(split["heldout_trajectories"]) and not suite.excluded
+    by_kind: dict[str, set[str]] = {"mutating": set(), "reading": set()}
+    for task in tasks:
+        assert suite.run(OracleClient(), task, 0, LoopConfig()).success
+        result = suite.run(NoopClient(), task, 0, LoopConfig())
+        assert not result.success
+        sandbox = build_sandbox(RETAIL_SANDBOX)
+        start, end = expert_digests(sandbox, task)
+        sandbox.close()
+        mutating = start != end  # a cancel the store refused (delivered order) changed nothing
+        assert result.error_type == ("state_mismatch" if mutating else "answer_not_covered"), (task.payload["expert_calls"], result.reason)
+        by_kind["mutating" if mutating else "reading"].add(task.id)
+    assert all(by_kind.values()), "the held-out half has both kinds of task"
+
+
+def test_right_calls_with_an_answer_that_misses_the_facts_fail_as_not_covered(retail_store: tuple[Path, Path, dict[str, Any]]) -> None:
+    store, data, _ = retail_store
+    suite = load_suite(f"traces:{store}", SuiteSettings(split=str(data), sandbox=RETAIL_SANDBOX))
+    task = next(t for t in suite.tasks() if t.payload["facts"])
+    reference = json.loads(json.dumps(task.reference))
+    reference[-1][-1]["content"] = "Done."
+    result = suite.run(OracleClient(), replace(task, reference=reference), 0, LoopConfig())
+    assert result.error_type == "answer_not_covered" and repr(task.payload["facts"][0]) in result.reason
+
+
+def test_an_extra_state_changing_call_fails_as_a_state_mismatch(bfcl_store: tuple[Path, Path, dict[str, Any]]) -> None:
+    store, data, _ = bfcl_store
+    suite = load_suite(f"traces:{store}:bfcl.multi_turn_base", SuiteSettings(split=str(data)))
+    task = suite.tasks()[0]
+    extra = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "x", "type": "function", "function": {"name": "mkdir", "arguments": '{"dir_name": "extra"}'}}],
+    }
+    reference = [list(turn) for turn in task.reference]
+    reference[0].insert(0, extra)
+    result = suite.run(OracleClient(), replace(task, reference=reference), 0, LoopConfig())
+    assert result.error_type == "state_mismatch" and "it made every expert call, and others too" in result.reason
+
+
+def test_the_split_is_required_and_must_hold_something_out(bfcl_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+    store, data, _ = bfcl_store
+    with pytest.raises(ConfigError, match=r"held out of training.*--split"):
+        load_suite(f"traces:{store}", SuiteSettings())
+    whole = json.loads((data / "datasets.json").read_text())
+    del whole["split"]
+    (tmp_path / "datasets.json").write_text(json.dumps(whole))
+    with pytest.raises(ConfigError, match="records no held-out split"):
+        read_split(tmp_path)
+    with pytest.raises(ConfigError, match=r"None of the .* held-out trajectories"):
+        load_suite(f"traces:{store}:other-app", SuiteSettings(split=str(data))).tasks()
+
+
+def test_trajectories_without_a_sandbox_are_left_out_with_the_reason(retail_store: tuple[Path, Path, dict[str, Any]]) -> None:
+    store, data, _ = retail_store
+    suite = load_suite(f"traces:{store}", SuiteSettings(split=str(data)))
+    assert suite.tasks() == [] and set(suite.excluded.values()) == {
+        "no sandbox for app 'retail-support': give --sandbox package.module:factory"
+    }
+
+
+def test_ee_eval_run_traces_json(bfcl_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+    store, data, _ = bfcl_store
+    args = [
+        "eval",
+        "run",
+        "--suite",
+        f"traces:{store}::3",
+        "--model-spec",
+        "oracle",
+        "--out",
+        str(tmp_path),
+        "--split",
+        str(data),
+        "--json",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["suite"] == f"traces:{store}" and summary["tasks"] == 3 and summary["success_rate"] == 1.0
+
+
+def test_traces_specs_and_answer_facts() -> None:
+    assert parse_traces("/data/store", "s") == ("/data/store", None, None)
+    assert parse_traces("/data/store:support-bot:20", "s") == ("/data/store", "support-bot", 20)
+    assert parse_traces("local:/data/store", "s") == ("local:/data/store", None, None)
+    assert parse_traces("s3://bucket/exp:bot", "s") == ("s3://bucket/exp", "bot", None)
+    assert parse_traces("pkg.stores:open_store::5", "s") == ("pkg.stores:open_store", None, 5)
+    observations = ['{"status": "pending", "city": "Raleigh", "total": "1,126.00"}']
+    facts = answer_facts("Done: order #W5952658 is cancelled, $1,126.00 goes back to you in Raleigh.", observations)
+    assert facts == ["w5952658", "1126.00", "raleigh"]
+    assert answer_facts("Done: I have completed the request.", ["{}"]) == []
