@@ -45,6 +45,9 @@ def run(
         None, "--tool-timeout", help="Seconds per tool call with --isolation subprocess. [default: 30]"
     ),
     memory_mb: int | None = typer.Option(None, "--memory-mb", help="Memory limit of the sandbox process with --isolation subprocess."),
+    allow_network: bool = typer.Option(
+        False, "--allow-network", help="Let the sandbox run tools that send real network requests (refused by default)."
+    ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many trajectories in this run."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)."),
@@ -69,6 +72,7 @@ def run(
         isolation=isolation.value if isolation else None,
         tool_timeout_s=tool_timeout,
         memory_mb=memory_mb,
+        allow_network=allow_network or None,  # None: the TOML file (or the default, off) decides
         app=app_name,
         limit=limit,
         ray_address=ray_address,
@@ -141,7 +145,12 @@ def _print_summary(summary: Any, out: Any) -> None:
     out.print(table)
     if summary.rejected_by_reason:
         out.print("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected_by_reason.items())))
+    from rich.markup import escape
+
     for tool, count in sorted(summary.refused_tools.items()):
+        if tool in summary.refused_hints:
+            out.print(f"[yellow]refused[/] {count} call(s) of [bold]{tool}[/]: {escape(summary.refused_hints[tool])}", highlight=False)
+            continue
         out.print(
             f"[yellow]refused[/] {count} call(s) of [bold]{tool}[/]: it has side effects or is unknown, and sandbox "
             f"{summary.sandbox!r} does not provide it. Add it to the sandbox (see docs/sandboxes.md), or mark it read-only."

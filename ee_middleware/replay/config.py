@@ -51,6 +51,8 @@ class ReplayConfig(BaseModel):
     isolation: Literal["none", "subprocess"] = "none"
     """``subprocess`` runs each worker's sandbox in a child process with the limits below."""
     tool_timeout_s: float = Field(30.0, gt=0)
+    allow_network: bool = False
+    """Let the sandbox run tools that send real network requests (the BFCL sandbox refuses them otherwise)."""
     memory_mb: int | None = Field(None, ge=64)
     app: str | None = None
     """Only trajectories of this app."""
@@ -77,6 +79,8 @@ class ReplayConfig(BaseModel):
     def replay_id(self) -> str:
         """Identifies the configuration that shapes rollouts: a re-run with the same id resumes."""
         shaping = {"sandbox": self.sandbox, "policy": self.policy, "k": self.k, "seed": self.seed}
+        if self.allow_network:  # only when on, so that earlier ids stay valid
+            shaping["allow_network"] = True
         if self.policy != "mutate":
             shaping.update(self.policy_options())
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]

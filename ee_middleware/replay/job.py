@@ -20,7 +20,7 @@ from ee_middleware.errors import EEError, PolicyError, StoreError
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, WorkerSpec
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
-from ee_middleware.replay.sandboxes.registry import build_sandbox, sandbox_factory
+from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints, sandbox_factory, sandbox_options
 from ee_middleware.store.protocol import ExperienceStore
 
 ProgressCallback = Callable[[ReplayOutcome, int, int], None]
@@ -49,6 +49,8 @@ class ReplaySummary:
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     refused_tools: dict[str, int] = field(default_factory=dict)
+    refused_hints: dict[str, str] = field(default_factory=dict)
+    """Why the sandbox refused a tool and how to allow it, where the sandbox says (``refusal_hint``)."""
     fidelity_mismatches: int = 0
     fidelity_examples: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
@@ -115,8 +117,11 @@ def run_replay(
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
-    factory = sandbox_factory(config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb)
-    build_sandbox(config.sandbox).close()  # a sandbox that cannot be built fails here, with its reason, before any worker starts
+    options = sandbox_options(allow_network=config.allow_network)
+    factory = sandbox_factory(
+        config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb, options=options
+    )
+    build_sandbox(config.sandbox, **options).close()  # a sandbox that cannot be built fails here, with its reason, before any worker starts
     settings = ReplaySettings(
         replay_id=config.replay_id,
         policy=config.policy,
@@ -167,4 +172,5 @@ def run_replay(
         summary.duration_s = time.perf_counter() - started
         executor.close()
         store.close()
+    summary.refused_hints = refusal_hints(config.sandbox, summary.refused_tools, **options)
     return summary

@@ -48,3 +48,25 @@ class ForkingBFCLSandbox(BFCLSandbox):
         subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(float(os.environ.get("EE_TEST_RESET_DELAY", "0")))
         super().reset(environment)
+
+
+class FetchPolicy:
+    """Proposes one call at every state: ``fetch_url_content`` of the page at ``EE_TEST_URL`` (a local server in tests)."""
+
+    name = "fetch"
+
+    def __init__(self, **sampling: Any) -> None:  # the job passes sampling options to policies other than mutate
+        self.url = os.environ["EE_TEST_URL"]
+
+    def propose(self, point: Any, k: int, *, seed: int) -> Any:
+        from ee_middleware.records import ProposerInfo
+        from ee_middleware.replay.policies.protocol import Candidate, Proposals
+
+        call = ToolCall(id=f"fetch_{point.step_index}", name="fetch_url_content", arguments={"url": self.url, "mode": "raw"})
+        return Proposals([Candidate(call=call, proposer=ProposerInfo(policy=self.name))])
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.url}
+
+    def close(self) -> None:
+        pass

@@ -18,13 +18,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from ee_middleware.bfcl import world as bfcl_world
+from ee_middleware.bfcl.data import function_docs, openai_tool
 from ee_middleware.bfcl.sandbox import BFCLSandbox
 from ee_middleware.errors import EnvironmentUnavailableError
-from ee_middleware.records import ToolCall
+from ee_middleware.records import ToolCall, Trajectory
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.store import LocalExperienceStore
 
 PAGE = "<html><body>served by the test's own server</body></html>"
+FETCH_POLICY = "tests.replay.sandboxes_for_tests:FetchPolicy"
 WEB = {"WebSearchAPI": {"show_snippet": True}}
 STAND_INS = {
     "serpapi": "class GoogleSearch:\n    def __init__(self, *a, **k):\n        raise RuntimeError('stand-in: serpapi is not installed')\n",
@@ -122,3 +128,53 @@ def test_the_bfcl_sandbox_refuses_network_tools_unless_allowed(server: Server) -
 def test_a_backend_that_goes_online_when_loaded_is_not_loaded_offline() -> None:
     with pytest.raises(EnvironmentUnavailableError, match=r"MemoryAPI_vector downloads .* --allow-network"):
         BFCLSandbox().reset({"involved_classes": ["MemoryAPI_vector"], "initial_config": {}})
+
+
+@pytest.fixture
+def online_store(bfcl_store_path: Path, tmp_path: Path) -> Path:
+    """One recorded BFCL trajectory whose world also has the WebSearchAPI backend and its tools."""
+    source = LocalExperienceStore(bfcl_store_path)
+    original = next(t for t in source.iter_trajectories(status="approved") if t.environment["entry_id"] == "multi_turn_base_0")
+    source.close()
+    data = original.model_dump()
+    environment = data["environment"]
+    environment["involved_classes"] = [*environment["involved_classes"], "WebSearchAPI"]
+    environment["initial_config"] = {**environment["initial_config"], **WEB}
+    data["tools"] = [*data["tools"], *(openai_tool(doc) for doc in function_docs(("WebSearchAPI",)))]
+    trajectory = Trajectory.model_validate(data)
+    path = tmp_path / "online"
+    store = LocalExperienceStore(path)
+    store.write([trajectory])
+    store.approve([trajectory.id], by="test")
+    store.close()
+    return path
+
+
+@pytest.mark.usefixtures("stand_ins_for_web_search_imports")
+def test_a_replay_job_counts_refused_network_calls_and_makes_them_only_when_allowed(online_store: Path, server: Server) -> None:
+    offline = run_replay(ReplayConfig.load(store=online_store, policy=FETCH_POLICY, k=1))
+    assert offline.done == 1 and offline.states > 0
+    assert offline.refused_tools == {"fetch_url_content": offline.states}
+    assert "--allow-network" in offline.refused_hints["fetch_url_content"]
+    assert offline.branches == 0 and server.requests == 0
+
+    online = run_replay(ReplayConfig.load(store=online_store, policy=FETCH_POLICY, k=1, allow_network=True, isolation="subprocess"))
+    assert online.replay_id != offline.replay_id  # a different configuration, stored apart
+    assert online.done == 1 and not online.refused_tools and online.branches == online.states
+    assert server.requests == online.states
+    rollouts = LocalExperienceStore(online_store).rollouts(replay_id=online.replay_id)
+    assert rollouts.height == online.states
+
+
+@pytest.mark.usefixtures("stand_ins_for_web_search_imports")
+def test_ee_replay_run_says_how_to_allow_the_network(online_store: Path, server: Server) -> None:
+    from ee_middleware.cli.app import app
+
+    args = ["replay", "run", "--store", str(online_store), "--policy", FETCH_POLICY, "--k", "1", "--no-progress"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "of fetch_url_content: it sends real network requests. To allow it, pass --allow-network" in result.output
+    assert server.requests == 0
+    result = CliRunner().invoke(app, [*args, "--allow-network"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert server.requests > 0 and "call(s) of fetch_url_content" not in result.output
