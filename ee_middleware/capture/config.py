@@ -13,6 +13,7 @@ redact                  ``EE_REDACT`` (0/1)          the built-in redaction kind
 redaction_kinds         (TOML only)                  ``{kind = true/false}``: one kind on or off
 redaction_patterns      (TOML only)                  extra ``{kind = regex}`` rules
 redaction_pseudonyms    ``EE_REDACTION_PSEUDONYMS``  ``[REDACTED:kind:tag]``, same value same tag
+vault                   ``EE_VAULT`` (0/1 or path)   opt-in: keep pseudonym -> value for replay
 max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
 strict                  ``EE_CAPTURE_STRICT`` (0/1)  raise capture failures instead of logging
 ======================  ===========================  ===================================
@@ -39,6 +40,7 @@ _ENV = {
     "store": "EE_STORE",
     "redact": "EE_REDACT",
     "redaction_pseudonyms": "EE_REDACTION_PSEUDONYMS",
+    "vault": "EE_VAULT",
     "max_observation_chars": "EE_MAX_OBSERVATION_CHARS",
     "strict": "EE_CAPTURE_STRICT",
 }
@@ -62,6 +64,10 @@ class CaptureConfig:
     redaction_patterns: Mapping[str, str] = field(default_factory=dict)
     redaction_pseudonyms: bool = True
     redact_fn: Callable[[str], str] | None = None
+    vault: bool | str = False
+    """Opt-in redaction vault (:mod:`ee_middleware.capture.vault`): ``True`` keeps it in
+    ``<store>.vault`` beside the store folder, a string is its path. Replay then gives the sandbox
+    the real values of redacted arguments. ``EE_VAULT_KEY`` encrypts it."""
     max_observation_chars: int = 200_000
     strict: bool = False
     environment: Mapping[str, Any] | EnvironmentHook | None = None
@@ -72,6 +78,11 @@ class CaptureConfig:
         if self.max_observation_chars < 1:
             raise ConfigError(f"CaptureConfig.max_observation_chars must be positive, got {self.max_observation_chars}.")
         self.redaction_rules()  # unknown kinds and bad patterns fail here, not at the first run
+        if self.vault and not self.redaction_pseudonyms:
+            raise ConfigError(
+                "CaptureConfig.vault needs redaction_pseudonyms=True: the vault maps each pseudonym to its value, and plain "
+                "[REDACTED:kind] placeholders name no value."
+            )
 
     def redaction_rules(self) -> RedactionRules:
         """What capture redacts (see :data:`~ee_middleware.capture.redaction.KINDS`)."""
@@ -103,6 +114,9 @@ def _from_environment() -> dict[str, Any]:
             continue
         if name in ("redact", "strict", "redaction_pseudonyms"):
             values[name] = raw.lower() in ("1", "true", "yes", "on")
+        elif name == "vault":
+            flag = raw.lower()
+            values[name] = True if flag in ("1", "true", "yes", "on") else False if flag in ("0", "false", "no", "off") else raw
         elif name == "max_observation_chars":
             try:
                 values[name] = int(raw)

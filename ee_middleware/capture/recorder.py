@@ -26,6 +26,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -42,6 +43,8 @@ from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.payloads import PayloadEncoder
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, ExperienceSpanProcessor, strict_default
 from ee_middleware.capture.redaction import Redactor, store_salt
+from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
+from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
 from ee_middleware.store.protocol import ExperienceStore
@@ -67,7 +70,12 @@ class Recorder:
         self.id = uuid.uuid4().hex
         self.strict = config.strict or strict_default()
         self.store: ExperienceStore = store if store is not None else open_store(config.store)
-        self.redactor = Redactor(config.redaction_rules(), salt=self._pseudonym_salt(), custom=config.redact_fn)
+        salt = self._pseudonym_salt()
+        self.vault = self._open_vault() if salt is not None else None
+        self.redactor = Redactor(
+            config.redaction_rules(), salt=salt, custom=config.redact_fn, on_replace=self.vault.add if self.vault is not None else None
+        )
+        self._record_redaction()
         self.encoder = PayloadEncoder(self.redactor, config.max_observation_chars)
         self.processor = ExperienceSpanProcessor(
             self.store,
@@ -103,6 +111,37 @@ class Recorder:
             salt = None
         return salt if salt is not None else secrets.token_bytes(32)
 
+    def _vault_path(self) -> Path | None:
+        vault = self.config.vault
+        if not vault:
+            return None
+        if isinstance(vault, str):
+            return Path(vault).expanduser().absolute()
+        root = getattr(self.store, "root", None)
+        if root is None:
+            raise ConfigError(f"vault=True keeps the vault beside a local store folder; {self.store!r} has none. Give a path: vault='...'.")
+        root = Path(root).absolute()
+        return root.with_name(root.name + ".vault")
+
+    def _open_vault(self) -> Vault | None:
+        path = self._vault_path()
+        return Vault(path, create=True) if path is not None else None
+
+    def _record_redaction(self) -> None:
+        """Keep the rules with the store (``redaction.json``), for replay, datasets and exports."""
+        config = self.config
+        fn = config.redact_fn
+        settings = StoreRedaction(
+            rules=config.redaction_rules(),
+            pseudonyms=config.redaction_pseudonyms,
+            vault=str(self.vault.path) if self.vault is not None else None,
+            custom_function=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}" if fn is not None else None,
+        )
+        try:
+            record_store_redaction(self.store, settings)
+        except OSError as exc:
+            logger.warning("ee-middleware: cannot write the store's redaction settings (%s); replay and datasets use the defaults.", exc)
+
     def _private_provider(self) -> TracerProvider:
         attrs = {"service.name": self.config.app}
         if self.config.app_version:
@@ -117,13 +156,18 @@ class Recorder:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every finished run is in the store. Strict mode re-raises capture failures."""
         done = self.finisher.flush(timeout)
-        return self.processor.force_flush(int(timeout * 1000)) and done
+        flushed = self.processor.force_flush(int(timeout * 1000)) and done
+        if self.vault is not None:
+            self.vault.flush()
+        return flushed
 
     def close(self) -> None:
         """Flush and stop; the recorder records nothing afterwards."""
         self.flush()
         self.finisher.close()
         self.processor.shutdown()
+        if self.vault is not None:
+            self.vault.close()
 
     # --- one run -------------------------------------------------------------------------------
 

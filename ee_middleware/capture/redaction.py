@@ -329,6 +329,8 @@ class Redactor:
     ``rules`` says what to redact (default: the built-in kinds that are on by default); ``salt``
     makes placeholders consistent pseudonyms; ``custom`` is a last ``str -> str`` pass over every
     string. ``defaults=`` and ``extra_patterns=`` are shorthands for the same fields of ``rules``.
+    ``on_replace(pseudonym, value)`` is told of every pseudonym made (with a salt only): capture's
+    redaction vault (:mod:`ee_middleware.capture.vault`) is fed this way.
     """
 
     def __init__(
@@ -339,6 +341,7 @@ class Redactor:
         custom: Callable[[str], str] | None = None,
         defaults: bool | None = None,
         extra_patterns: Mapping[str, str | Pattern[str]] | Iterable[str | Pattern[str]] = (),
+        on_replace: Callable[[str, str], None] | None = None,
     ) -> None:
         rules = rules or RedactionRules()
         if defaults is not None:
@@ -346,6 +349,7 @@ class Redactor:
         self.rules = rules
         self.custom = custom
         self.salt = salt.encode() if isinstance(salt, str) else salt
+        self.on_replace = on_replace if self.salt is not None else None
         enabled = set(rules.enabled_kinds())
         self._builtin = [r for r in BUILTIN_RULES if r.kind in enabled]
         self._secret_keys = "secret" in enabled
@@ -369,7 +373,10 @@ class Redactor:
         if self.salt is None:
             return f"[REDACTED:{kind}]"
         tag = hmac.new(self.salt, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
-        return f"[REDACTED:{kind}:{tag}]"
+        placeholder = f"[REDACTED:{kind}:{tag}]"
+        if self.on_replace is not None:
+            self.on_replace(placeholder, value)
+        return placeholder
 
     def redact_text(self, text: str) -> str:
         """Return ``text`` with every secret replaced by its placeholder."""

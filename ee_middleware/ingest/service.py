@@ -18,6 +18,7 @@ from ee_middleware.capture.assembler import AssemblyOptions, assemble
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
+from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
 from ee_middleware.errors import IngestError
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import RejectedSpan, read_otlp_json
@@ -80,6 +81,15 @@ class IngestReport:
         }
 
 
+def _ingest_redactor(store: ExperienceStore, redactor: Redactor | None) -> Redactor:
+    """``redactor`` (its rules recorded with the store), or the store's own rules and salt."""
+    if redactor is not None:
+        record_store_redaction(store, StoreRedaction(rules=redactor.rules, pseudonyms=redactor.salt is not None))
+        return redactor
+    record_store_redaction(store, read_store_redaction(store))
+    return store_redactor(store)
+
+
 def ingest_spans(
     spans: Iterable[SpanData],
     store: ExperienceStore,
@@ -100,7 +110,7 @@ def ingest_spans(
     for bad in rejected:
         if bad.trace_id is not None:
             rejected_by_trace[bad.trace_id].append(bad)
-    options = AssemblyOptions(app=app, redactor=redactor or Redactor(), source="otlp-ingest")
+    options = AssemblyOptions(app=app, redactor=_ingest_redactor(store, redactor), source="otlp-ingest")
     by_trace: dict[str, list[SpanData]] = defaultdict(list)
     for span in spans:
         by_trace[span.trace_id].append(span)

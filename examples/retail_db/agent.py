@@ -258,17 +258,18 @@ def environment_of(graph_input: Any, config: Any) -> dict[str, Any]:
     return {"dataset": DATASET, "seed": config["configurable"]["db_seed"]}
 
 
-def record_experts(store: Any, workdir: Path, *, tasks: list[Task] | None = None, redact: bool | None = None) -> list[str]:
+def record_experts(store: Any, workdir: Path, *, tasks: list[Task] | None = None, redact: bool | None = None, **capture: Any) -> list[str]:
     """Run every task once on a fresh copy of its database and record the runs (approved when completed).
 
-    ``redact`` is passed to :func:`~ee_middleware.record_experience` (``None``: its default, on).
+    ``redact`` and other ``capture`` settings (``vault=True``, ...) are passed to
+    :func:`~ee_middleware.record_experience` (``redact=None``: its default, on).
     Returns the final answers, in task order.
     """
     from ee_middleware import record_experience
 
     tasks = make_tasks() if tasks is None else tasks
     shop = RetailShop(Path(workdir) / "retail.sqlite")
-    settings: dict[str, Any] = {} if redact is None else {"redact": redact}
+    settings: dict[str, Any] = dict(capture) if redact is None else {**capture, "redact": redact}
     agent = record_experience(
         build_graph(shop, tasks),
         app=APP,

@@ -1,0 +1,169 @@
+"""The redaction a store's data was recorded with, kept with the store so every later writer applies it.
+
+Capture and ingest write ``<store>/redaction.json`` when they first write to a store (beside
+``redaction.key``, the pseudonym salt)::
+
+    {"format": "ee-redaction", "version": 1,
+     "rules": {"defaults": true, "kinds": {"phone": false}, "patterns": {"ticket": "TCK-\\\\d+"}},
+     "pseudonyms": true, "vault": "/data/experience.vault", "custom_function": null}
+
+Replay (rollout observations and proposed arguments, replay records and their fidelity details),
+the dataset builders (every row, held-out ones too) and the exports read it back with
+:func:`store_redactor`, so they use the app's own kinds, patterns and salt: the same value gets the
+same pseudonym everywhere in the store and its datasets.
+
+A store written before this file existed, or by a writer that never recorded one, is treated as
+recorded with the defaults (the built-in kinds that are on by default), the safe choice. When two
+recorders with different rules write to one store, the file keeps the union (every kind either
+enabled, every pattern), since the store then holds data redacted under both. A ``redact_fn``
+(a Python function) cannot be stored: its qualified name is kept for reference only, and other
+writers apply the stored rules without it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._files import atomic_write_text
+from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
+from ee_middleware.errors import ConfigError
+
+logger = logging.getLogger("ee_middleware.capture")
+
+REDACTION_FILE = "redaction.json"
+FORMAT = "ee-redaction"
+
+
+@dataclass(frozen=True)
+class StoreRedaction:
+    """What a store's data was redacted with (see the module docstring)."""
+
+    rules: RedactionRules = field(default_factory=RedactionRules)
+    pseudonyms: bool = True
+    vault: str | None = None
+    """The redaction vault's path (absolute), when capture keeps one."""
+    custom_function: str | None = None
+    """The qualified name of a ``redact_fn`` capture applied (not applied by other writers)."""
+    recorded: bool = True
+    """False when the store has no ``redaction.json`` (these are the assumed defaults)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "rules": self.rules.to_dict(),
+            "pseudonyms": self.pseudonyms,
+            "vault": self.vault,
+            "custom_function": self.custom_function,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = REDACTION_FILE) -> StoreRedaction:
+        if data.get("format") != FORMAT:
+            raise ConfigError(f"{where} is not a redaction settings file (format={data.get('format')!r}).")
+        return cls(
+            rules=RedactionRules.from_dict(data.get("rules") or {}),
+            pseudonyms=bool(data.get("pseudonyms", True)),
+            vault=data.get("vault"),
+            custom_function=data.get("custom_function"),
+        )
+
+    def union(self, other: StoreRedaction) -> StoreRedaction:
+        """Settings that redact everything either does (for a store written under both)."""
+        if self.vault and other.vault and Path(self.vault) != Path(other.vault):
+            raise ConfigError(
+                f"This store's redaction vault is {self.vault}; a recorder asked for {other.vault}. Use one vault per store "
+                f"(vault=True, or vault={self.vault!r})."
+            )
+        kinds = sorted(set(self.rules.enabled_kinds()) | set(other.rules.enabled_kinds()))
+        patterns = dict(self.rules.patterns)
+        for name, regex in other.rules.patterns.items():
+            if patterns.get(name, regex) != regex:
+                name = next(f"{name}_{i}" for i in range(2, 1000) if patterns.get(f"{name}_{i}", regex) == regex)
+            patterns[name] = regex
+        same_kinds = kinds == sorted(self.rules.enabled_kinds())
+        rules = self.rules if same_kinds and patterns == dict(self.rules.patterns) else _rules_for(kinds, patterns)
+        return StoreRedaction(
+            rules=rules,
+            pseudonyms=self.pseudonyms or other.pseudonyms,
+            vault=self.vault or other.vault,
+            custom_function=self.custom_function or other.custom_function,
+        )
+
+    def redactor(self, salt: bytes | None) -> Redactor:
+        return Redactor(self.rules, salt=salt if self.pseudonyms else None)
+
+
+def _rules_for(kinds: list[str], patterns: dict[str, str]) -> RedactionRules:
+    from ee_middleware.capture.redaction import KINDS
+
+    return RedactionRules(defaults=False, kinds={k: k in kinds for k in KINDS}, patterns=patterns)
+
+
+def _root(store: Any) -> Path | None:
+    root = getattr(store, "root", None)
+    return Path(root) if root is not None else None
+
+
+def read_store_redaction(store: Any) -> StoreRedaction:
+    """The settings in the store's ``redaction.json``; the defaults (``recorded=False``) when there is none."""
+    root = _root(store)
+    path = root / REDACTION_FILE if root is not None else None
+    if path is None or not path.exists():
+        return StoreRedaction(recorded=False)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is unreadable ({exc}). It says how this store's data is redacted; restore it, or delete it to use the defaults."
+        ) from exc
+    return StoreRedaction.from_dict(data, where=str(path))
+
+
+def record_store_redaction(store: Any, settings: StoreRedaction) -> StoreRedaction:
+    """Write ``settings`` into the store's ``redaction.json`` (the union with what is there); return what is in force.
+
+    A store without a local folder keeps nothing (its writers must pass the same settings)."""
+    root = _root(store)
+    if root is None:
+        return settings
+    with _locked(root):
+        current = read_store_redaction(store)
+        merged = current.union(settings) if current.recorded else replace(settings, recorded=True)
+        if merged != current:
+            atomic_write_text(root / REDACTION_FILE, json.dumps(merged.to_dict(), indent=2) + "\n")
+    return merged
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    with open(root / ".redaction.lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def store_redactor(store: Any) -> Redactor:
+    """The redactor every writer after capture uses for ``store``: its recorded rules and its salt."""
+    settings = read_store_redaction(store)
+    salt = store_salt(store) if settings.pseudonyms and settings.rules.enabled_kinds() + list(settings.rules.patterns) else None
+    return settings.redactor(salt)
+
+
+def placeholders_in(text: str) -> list[str]:
+    """The redaction placeholders in ``text``, in order."""
+    return PLACEHOLDER.findall(text) if "[REDACTED:" in text else []
+
+
+def is_pseudonym(placeholder: str) -> bool:
+    """Whether a placeholder carries a tag (``[REDACTED:email:1a2b3c4d]``), i.e. names one value."""
+    return placeholder.count(":") == 2

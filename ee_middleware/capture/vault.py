@@ -1,0 +1,210 @@
+"""The redaction vault: an opt-in file that maps each pseudonym back to the value it replaced.
+
+Capture with ``record_experience(..., vault=True)`` writes every pseudonym it makes
+(``[REDACTED:email:1a2b3c4d]``) with the real value into the vault; replay reads it to give the
+sandbox the real argument values (the stored trajectory, rollouts and datasets keep the
+pseudonyms). Nothing else ever reads it: it is not exported, copied into datasets or shown.
+
+Where: ``<store>.vault`` beside the store folder (so that copying or sharing the store folder does
+not carry it), or the path given as ``vault=PATH``. The store's ``redaction.json`` names it.
+
+Format (JSON lines, owner-only ``0600``, append-only)::
+
+    {"format": "ee-redaction-vault", "version": 1, "encryption": null}
+    {"p": "[REDACTED:email:1a2b3c4d]", "v": "emma.kim21@example.com"}
+
+With ``EE_VAULT_KEY`` set (a Fernet key: ``python -c "from ee_middleware.capture.vault import
+new_key; print(new_key())"``) values are encrypted (``"c"`` instead of ``"v"``; the header has
+``"encryption": "fernet"`` and a ``key_check`` token, so a wrong key is refused at once). Encryption
+needs ``cryptography``: ``pip install 'ee-middleware[vault]'``.
+
+A vault whose file is readable by group or others is refused (``chmod 600 PATH``). A placeholder
+that maps to two different values (two values whose 8-hex-digit tags collide) is *ambiguous*:
+replay does not restore it and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.errors import ConfigError
+
+FORMAT = "ee-redaction-vault"
+KEY_ENV = "EE_VAULT_KEY"
+_KEY_CHECK = b"ee-redaction-vault"
+AMBIGUOUS = object()
+"""What :meth:`Vault.lookup` returns for a placeholder recorded with two different values."""
+
+
+def new_key() -> str:
+    """A new Fernet key for ``EE_VAULT_KEY`` (needs ``cryptography``)."""
+    return _fernet_module().Fernet.generate_key().decode()
+
+
+def _fernet_module() -> Any:
+    from ee_middleware._optional import import_optional
+
+    return import_optional("cryptography.fernet", extra="vault", purpose=f"encrypt the redaction vault ({KEY_ENV} is set)")
+
+
+def _cipher(key: str) -> Any:
+    fernet = _fernet_module()
+    try:
+        return fernet.Fernet(key.strip().encode())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"{KEY_ENV} is not a Fernet key ({exc}). Make one with: python -c 'from ee_middleware.capture.vault import new_key; print(new_key())'"
+        ) from None
+
+
+class Vault:
+    """One vault file: append pseudonym -> value pairs (capture), look them up (replay)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False, key: str | None = None) -> None:
+        self.path = Path(path).expanduser()
+        key = key if key is not None else os.environ.get(KEY_ENV) or None
+        self._lock = threading.Lock()
+        self._values: dict[str, Any] = {}
+        self._fd: int | None = None
+        if create:
+            self._create(key)
+        self._cipher = self._open(key)
+        self._load()
+
+    def __repr__(self) -> str:
+        return f"Vault({str(self.path)!r}, entries={len(self._values)})"
+
+    # --- opening ---
+
+    def _create(self, key: str | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except FileExistsError:
+            return
+        header: dict[str, Any] = {"format": FORMAT, "version": 1, "encryption": None}
+        if key:
+            header.update(encryption="fernet", key_check=_cipher(key).encrypt(_KEY_CHECK).decode())
+        try:
+            os.write(fd, (json.dumps(header) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _open(self, key: str | None) -> Any:
+        try:
+            info = self.path.stat()
+            with open(self.path, encoding="utf-8") as fh:
+                header = json.loads(fh.readline() or "{}")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"No redaction vault at {self.path}. It is written by capture with record_experience(..., vault=True); "
+                "without it, replay cannot restore redacted arguments."
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"The redaction vault {self.path} is unreadable ({exc}).") from exc
+        if header.get("format") != FORMAT:
+            raise ConfigError(f"{self.path} is not a redaction vault (its first line says format={header.get('format')!r}).")
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+            raise ConfigError(
+                f"The redaction vault {self.path} is readable by others (mode {stat.filemode(info.st_mode)}) or not yours; "
+                f"it holds real values. Make it owner-only: chmod 600 {self.path}"
+            )
+        if header.get("encryption") is None:
+            if key:
+                raise ConfigError(
+                    f"{KEY_ENV} is set but the vault {self.path} was written without encryption. Unset {KEY_ENV} to use it, "
+                    "or move it away to start an encrypted one."
+                )
+            return None
+        if not key:
+            raise ConfigError(f"The redaction vault {self.path} is encrypted: set {KEY_ENV} to the key it was written with.")
+        cipher = _cipher(key)
+        try:
+            ok = cipher.decrypt(str(header.get("key_check", "")).encode()) == _KEY_CHECK
+        except Exception:  # noqa: BLE001 - cryptography raises InvalidToken for a wrong key
+            ok = False
+        if not ok:
+            raise ConfigError(f"{KEY_ENV} is not the key the redaction vault {self.path} was written with.")
+        return cipher
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as fh:
+            next(fh, None)
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    placeholder = entry["p"]
+                    value = self._cipher.decrypt(entry["c"].encode()).decode() if self._cipher is not None else entry["v"]
+                except Exception:  # noqa: BLE001 - a half-written last line (a crash) or a foreign line: skip it
+                    continue
+                self._remember(placeholder, value)
+
+    def _remember(self, placeholder: str, value: str) -> bool:
+        known = self._values.get(placeholder)
+        if known is None:
+            self._values[placeholder] = value
+            return True
+        if known is not AMBIGUOUS and known != value:
+            self._values[placeholder] = AMBIGUOUS
+            return True
+        return False
+
+    # --- use ---
+
+    def add(self, placeholder: str, value: str) -> None:
+        """Record that ``placeholder`` stands for ``value`` (appended once per new pair)."""
+        with self._lock:
+            known = self._values.get(placeholder)
+            if known == value or known is AMBIGUOUS:
+                return
+            self._remember(placeholder, value)
+            entry = (
+                {"p": placeholder, "c": self._cipher.encrypt(value.encode()).decode()} if self._cipher else {"p": placeholder, "v": value}
+            )
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            os.write(self._fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass"))
+
+    def lookup(self, placeholder: str) -> Any:
+        """The value ``placeholder`` stands for; ``None`` when unknown, :data:`AMBIGUOUS` when two values share it."""
+        return self._values.get(placeholder)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def flush(self) -> None:
+        """Make what was added durable."""
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+
+
+_OPEN: dict[tuple[str, int, int, str | None], Vault] = {}
+
+
+def read_vault(path: str | os.PathLike[str]) -> Vault:
+    """The vault at ``path`` for lookups, read once per process while the file is unchanged."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        info = resolved.stat()
+    except FileNotFoundError:
+        return Vault(resolved)  # raises the clear error
+    cache_key = (str(resolved), info.st_mtime_ns, info.st_size, os.environ.get(KEY_ENV))
+    vault = _OPEN.get(cache_key)
+    if vault is None:
+        _OPEN.clear()
+        vault = _OPEN[cache_key] = Vault(resolved)
+    return vault

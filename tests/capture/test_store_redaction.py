@@ -1,0 +1,159 @@
+"""The redaction rules kept with a store (redaction.json) and the opt-in redaction vault, written by
+capture of a real LangGraph agent (the retail example) and by OTLP ingest."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
+from ee_middleware.capture.store_redaction import (
+    REDACTION_FILE,
+    StoreRedaction,
+    read_store_redaction,
+    record_store_redaction,
+    store_redactor,
+)
+from ee_middleware.capture.vault import AMBIGUOUS, KEY_ENV, Vault, new_key
+from ee_middleware.errors import ConfigError
+from ee_middleware.store import LocalExperienceStore
+from tests.examples.conftest import EXAMPLES
+
+assert EXAMPLES.is_dir()  # importing it put examples/ on sys.path: the retail agent is a real LangGraph graph
+
+EMAIL = re.compile(r"[\w.+-]+@example\.com")
+
+
+def _one_task(prefix: str) -> list:
+    from retail_db.agent import make_tasks
+
+    return [next(t for t in make_tasks() if t.user.startswith(prefix))]
+
+
+def record_experts(*args, **kwargs):
+    from retail_db.agent import record_experts
+
+    return record_experts(*args, **kwargs)
+
+
+def _store_text(root: Path) -> str:
+    import polars as pl
+
+    parts = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            parts.append(
+                pl.read_parquet(path).write_ndjson() if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
+            )
+    return "\n".join(parts)
+
+
+def test_capture_keeps_its_rules_with_the_store_and_later_writers_make_the_same_pseudonyms(tmp_path: Path) -> None:
+    task = _one_task("Hi, I'm")
+    store = tmp_path / "experience"
+    record_experts(store, tmp_path, tasks=task, redaction_kinds={"ip_address": True}, redaction_patterns={"order": r"#W\d{7}"})
+    saved = json.loads((store / REDACTION_FILE).read_text())
+    assert saved["rules"]["kinds"] == {"ip_address": True} and saved["rules"]["patterns"] == {"order": r"#W\d{7}"}
+    assert saved["pseudonyms"] is True and saved["vault"] is None
+    opened = LocalExperienceStore(store)
+    [trajectory] = opened.iter_trajectories()
+    email = EMAIL.search(task[0].user).group(0)
+    redactor = store_redactor(opened)
+    assert "ip_address" in redactor.rules.enabled_kinds() and redactor.salt == store_salt(opened)
+    # the same value gets the same pseudonym from a later writer as it got from capture
+    assert redactor.redact_text(email) in trajectory.task
+    assert redactor.redact_text("order #W1234567").startswith("order [REDACTED:order:")
+
+
+def test_a_second_recorder_with_other_rules_leaves_the_union(tmp_path: Path) -> None:
+    store = tmp_path / "experience"
+    record_experts(store, tmp_path, tasks=_one_task("Hi, I'm"), redaction_kinds={"phone": False}, redaction_patterns={"t": "TCK-1"})
+    record_experts(store, tmp_path, tasks=_one_task("Hi, I'm"), redaction_kinds={"ip_address": True}, redaction_patterns={"t": "TCK-2"})
+    settings = read_store_redaction(LocalExperienceStore(store))
+    kinds = settings.rules.enabled_kinds()
+    assert "phone" in kinds and "ip_address" in kinds, "a kind either recorder redacts stays redacted"
+    assert settings.rules.patterns == {"t": "TCK-1", "t_2": "TCK-2"}
+
+
+def test_a_store_without_the_file_gets_the_defaults_and_recording_nothing_keeps_nothing(tmp_path: Path) -> None:
+    store = LocalExperienceStore(tmp_path / "s")
+    assert read_store_redaction(store) == StoreRedaction(recorded=False)
+    assert "email" in store_redactor(store).rules.enabled_kinds()
+    record_experts(tmp_path / "plain", tmp_path, tasks=_one_task("Hi, I'm"), redact=False)
+    assert not store_redactor(LocalExperienceStore(tmp_path / "plain")).enabled, "redact=False is recorded: later writers change nothing"
+
+
+def test_the_vault_maps_every_pseudonym_in_the_store_to_its_value_and_stays_out_of_the_store(tmp_path: Path) -> None:
+    task = _one_task("Please cancel order")
+    store = tmp_path / "experience"
+    record_experts(store, tmp_path, tasks=task, vault=True)
+    vault_path = tmp_path / "experience.vault"
+    assert json.loads((store / REDACTION_FILE).read_text())["vault"] == str(vault_path)
+    assert stat.S_IMODE(vault_path.stat().st_mode) == 0o600
+    vault = Vault(vault_path)
+    [trajectory] = LocalExperienceStore(store).iter_trajectories()
+    placeholders = set(PLACEHOLDER.findall(json.dumps(trajectory.model_dump(mode="json"))))
+    assert placeholders and all(vault.lookup(p) for p in placeholders)
+    phone = re.search(r"\d{3}-555-\d{4}", task[0].user).group(0)
+    assert phone in {vault.lookup(p) for p in placeholders}
+    assert phone not in _store_text(store), "the real value is only in the vault"
+
+
+def test_an_encrypted_vault_holds_no_plain_value_and_refuses_a_wrong_or_missing_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = new_key()
+    monkeypatch.setenv(KEY_ENV, key)
+    task = _one_task("Please cancel order")
+    record_experts(tmp_path / "experience", tmp_path, tasks=task, vault=str(tmp_path / "keys" / "v.jsonl"))
+    path = tmp_path / "keys" / "v.jsonl"
+    phone = re.search(r"\d{3}-555-\d{4}", task[0].user).group(0)
+    assert phone not in path.read_text() and json.loads(path.read_text().splitlines()[0])["encryption"] == "fernet"
+    assert phone in {Vault(path).lookup(p) for p in Vault(path)._values}
+    monkeypatch.setenv(KEY_ENV, new_key())
+    with pytest.raises(ConfigError, match="not the key"):
+        Vault(path)
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(ConfigError, match=f"set {KEY_ENV}"):
+        Vault(path)
+
+
+def test_a_vault_others_can_read_is_refused_and_ambiguous_tags_are_not_restored(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "v", create=True)
+    vault.add("[REDACTED:email:00000000]", "a@example.com")
+    vault.add("[REDACTED:email:00000000]", "b@example.com")
+    vault.add("[REDACTED:phone:11111111]", "415-555-0100")
+    vault.close()
+    reread = Vault(tmp_path / "v")
+    assert reread.lookup("[REDACTED:email:00000000]") is AMBIGUOUS
+    assert reread.lookup("[REDACTED:phone:11111111]") == "415-555-0100"
+    os.chmod(tmp_path / "v", 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        Vault(tmp_path / "v")
+    with pytest.raises(ConfigError, match="No redaction vault"):
+        Vault(tmp_path / "missing")
+
+
+def test_a_vault_needs_pseudonyms(tmp_path: Path) -> None:
+    from ee_middleware.capture.config import CaptureConfig
+
+    with pytest.raises(ConfigError, match="redaction_pseudonyms"):
+        CaptureConfig(vault=True, redaction_pseudonyms=False)
+
+
+def test_ingest_records_the_rules_it_redacts_with(tmp_path: Path) -> None:
+    from ee_middleware.ingest.service import ingest_spans
+
+    store = LocalExperienceStore(tmp_path / "s")
+    ingest_spans([], store)
+    assert read_store_redaction(store).recorded and store_redactor(store).salt == store_salt(store)
+    ingest_spans([], store, redactor=Redactor(RedactionRules(kinds={"ip_address": True})))
+    assert "ip_address" in read_store_redaction(store).rules.enabled_kinds()
+    record_store_redaction(store, StoreRedaction(vault=str(tmp_path / "a.vault")))
+    with pytest.raises(ConfigError, match="one vault per store"):
+        record_store_redaction(store, StoreRedaction(vault=str(tmp_path / "b.vault")))
