@@ -38,6 +38,11 @@ def run(
     executor: ExecutorChoice | None = typer.Option(None, "--executor", help="local worker processes, or a Ray cluster. [default: local]"),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the proposals. [default: 0]"),
     temperature: float | None = typer.Option(None, "--temperature", min=0, help="Sampling temperature of model policies. [default: 1.0]"),
+    policy_setting: list[str] | None = typer.Option(
+        None,
+        "--policy-setting",
+        help="KEY=VALUE option of the policy (repeatable; VALUE is read as JSON when it parses), e.g. invalid_share=0.1 for mutate.",
+    ),
     isolation: IsolationChoice | None = typer.Option(
         None, "--isolation", help="'subprocess' runs the sandbox in a child process with time and memory limits. [default: none]"
     ),
@@ -69,6 +74,7 @@ def run(
         executor=executor.value if executor else None,
         seed=seed,
         temperature=temperature,
+        policy_settings=_policy_settings(policy_setting) if policy_setting else None,
         isolation=isolation.value if isolation else None,
         tool_timeout_s=tool_timeout,
         memory_mb=memory_mb,
@@ -117,6 +123,22 @@ def run(
         _print_summary(summary, out)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _policy_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["invalid_share=0.1", "name=x"]`` -> ``{"invalid_share": 0.1, "name": "x"}``."""
+    from ee_middleware.errors import ConfigError
+
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--policy-setting {pair!r}: write KEY=VALUE, e.g. --policy-setting invalid_share=0.1")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except ValueError:
+            settings[key.strip()] = value
+    return settings
 
 
 def _print_summary(summary: Any, out: Any) -> None:

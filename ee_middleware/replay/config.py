@@ -10,6 +10,9 @@ arguments. Example ``replay.toml``::
     k = 8
     workers = 4
     temperature = 1.0
+
+    [replay.policy_settings]     # keyword options of the policy, e.g. for mutate:
+    invalid_share = 0.15         # share of deliberately invalid alternatives
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class ReplayConfig(BaseModel):
     """Sandbox spec: a built-in name (``bfcl``), ``package.module:factory``, or an entry point."""
     policy: str = "mutate"
     """Policy spec: ``mutate``, ``local:MODEL_DIR``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
+    policy_settings: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of the policy's constructor, e.g. ``{"invalid_share": 0.1, "same_tool_share": 0.5}`` for
+    ``mutate`` (see :class:`~ee_middleware.replay.policies.mutate.MutationPolicy`). They shape the rollouts, so
+    they are part of :attr:`replay_id`."""
     k: int = Field(8, ge=1, le=256)
     """Alternatives per recorded state (the paper: 8-30 for IWM, 2-4 for SR)."""
     seed: int = 0
@@ -70,10 +77,12 @@ class ReplayConfig(BaseModel):
         return build_config(cls, values, "replay")
 
     def policy_options(self) -> dict[str, Any]:
-        """Sampling options passed to model-backed policies (the mutation policy takes none)."""
-        if self.policy == "mutate":
-            return {}
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+        """Options passed to the policy: sampling options for model-backed policies (the mutation policy
+        takes none of them), then :attr:`policy_settings`."""
+        sampling = (
+            {} if self.policy == "mutate" else {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+        )
+        return {**sampling, **self.policy_settings}
 
     @property
     def replay_id(self) -> str:
@@ -81,6 +90,6 @@ class ReplayConfig(BaseModel):
         shaping = {"sandbox": self.sandbox, "policy": self.policy, "k": self.k, "seed": self.seed}
         if self.allow_network:  # only when on, so that earlier ids stay valid
             shaping["allow_network"] = True
-        if self.policy != "mutate":
+        if self.policy != "mutate" or self.policy_settings:
             shaping.update(self.policy_options())
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]

@@ -155,3 +155,25 @@ def test_a_fidelity_error_shows_where_it_differs_with_a_diff(tmp_path: Path) -> 
     assert "fidelity error step 0, replay" in shown.stdout and '+ "status": "frozen",' in shown.stdout
     shown_json = runner.invoke(app, ["replay", "show", trajectory_id, "--store", store, "--json"])
     assert isinstance(json.loads(shown_json.stdout), list), "--json of show stays a list of rollouts"
+
+
+def test_policy_settings_reach_the_policy_and_shape_the_replay_id(tmp_path: Path) -> None:
+    from ee_middleware.replay.config import ReplayConfig
+
+    plain = ReplayConfig(store=tmp_path)
+    tuned = ReplayConfig(store=tmp_path, policy_settings={"invalid_share": 0.3})
+    assert tuned.policy_options() == {"invalid_share": 0.3} and plain.policy_options() == {}
+    assert tuned.replay_id != plain.replay_id, "settings that shape rollouts make another replay configuration"
+
+    store = str(tmp_path / "experience")
+    _ledger_store(Path(store))
+    spec = "tests.cli.test_replay_cli:ledger_sandbox"
+    bad_value = ee("replay", "run", "--store", store, "--sandbox", spec, "--policy-setting", "invalid_share=2")
+    assert bad_value.exit_code == 1 and "invalid_share must be a number between 0 and 1, got 2" in bad_value.output
+    unknown = ee("replay", "run", "--store", store, "--sandbox", spec, "--policy-setting", "telepathy=1")
+    assert unknown.exit_code == 1 and "telepathy" in unknown.output
+    malformed = ee("replay", "run", "--store", store, "--sandbox", spec, "--policy-setting", "invalid_share")
+    assert malformed.exit_code == 1 and "KEY=VALUE" in malformed.output
+    ok = ee("replay", "run", "--store", store, "--sandbox", spec, "--policy-setting", "invalid_share=0.3", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["replay_id"] == ReplayConfig(store=store, sandbox=spec, policy_settings={"invalid_share": 0.3}).replay_id
