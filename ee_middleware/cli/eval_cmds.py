@@ -139,12 +139,23 @@ def gate_cmd(
         None, "--policy", help="TOML file with a [gate] table (min_improvement, max_regression, min_tasks, alpha, ...)."
     ),
     min_tasks: int | None = typer.Option(None, "--min-tasks", min=1, help="Override the policy's min_tasks."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Record the result on this registered adapter (with --registry)."),
+    registry: str | None = typer.Option(
+        None, "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="The adapter registry --adapter is in."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Compare two runs task by task (McNemar exact, Newcombe CIs); exit 1 when the policy fails."""
     from ee_middleware.evals.gate import GatePolicy, gate
 
+    if (adapter is None) != (registry is None):
+        raise typer.BadParameter("--adapter and --registry go together: the adapter the gate decides on, and its registry")
     result = gate(candidate, baseline, GatePolicy.load(policy, min_tasks=min_tasks))
+    if adapter is not None and registry is not None:
+        from ee_middleware.adapters.registry import open_registry
+
+        record = {"kind": "gate", "candidate_run": str(candidate), "baseline_run": str(baseline), **result.to_dict()}
+        open_registry(registry, create=False).add_eval(adapter, record)
     if as_json:
         print_json(result.to_dict())
     else:
