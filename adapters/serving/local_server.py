@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from ee_middleware._optional import import_optional
+from ee_middleware.adapters.serving.http import JSONHandler, RequestError, make_server
 from ee_middleware.models.chat_template import probe_template, render_prompt
 from ee_middleware.models.local import LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
@@ -39,15 +39,6 @@ from ee_middleware.models.protocol import Sampling
 
 _PURPOSE = "run the local model server"
 DEFAULT_MAX_LORA_RANK = 16
-
-
-class RequestError(Exception):
-    """An HTTP error answer: status and message (vLLM's error shape)."""
-
-    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
 
 
 class LocalModelServer:
@@ -248,77 +239,28 @@ def _adapter_rank(folder: Path) -> int:
     return rank
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     server_version = "ee-local-server"
-    protocol_version = "HTTP/1.1"
     app: LocalModelServer  # set on the subclass made by make_http_server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+    def models(self) -> Any:
+        return self.app.models()
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/health":
-            self._send(200, {})
-        elif path == "/v1/models":
-            self._send(200, self.app.models())
-        else:
-            self._send(404, _error(404, f"No route {self.path}", "NotFoundError"))
-
-    def do_POST(self) -> None:
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         routes = {
             "/v1/chat/completions": self.app.chat,
             "/tokenize": self.app.tokenize,
             "/v1/load_lora_adapter": self.app.load_adapter,
             "/v1/unload_lora_adapter": self.app.unload_adapter,
         }
-        handler = routes.get(self.path.split("?", 1)[0].rstrip("/"))
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if handler is None:
-                raise RequestError(404, f"No route {self.path}", "NotFoundError")
-            if not isinstance(body, dict):
-                raise RequestError(400, "the request body must be a JSON object")
-            result = handler(body)
-        except RequestError as exc:
-            self._send(exc.status, _error(exc.status, str(exc), exc.kind))
-            return
-        except ValueError as exc:
-            self._send(400, _error(400, f"Bad request: {exc}"))
-            return
-        except Exception as exc:  # noqa: BLE001 - the server answers 500 and keeps serving
-            self._send(500, _error(500, f"{type(exc).__name__}: {exc}", "InternalServerError"))
-            return
-        if isinstance(result, str):
-            self._send_text(200, result)
-        else:
-            self._send(200, result)
-
-    def _send(self, status: int, payload: Any) -> None:
-        self._send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
-
-    def _send_text(self, status: int, text: str) -> None:
-        self._send_bytes(status, text.encode(), "text/plain; charset=utf-8")  # as vLLM answers a LoRA load/unload
-
-    def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def _error(status: int, message: str, kind: str = "BadRequestError") -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+        if path not in routes:
+            raise RequestError(404, f"No route {self.path}", "NotFoundError")
+        return 200, routes[path](body)
 
 
 def make_http_server(app: LocalModelServer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """A threading HTTP server for ``app`` (call ``serve_forever``); port 0 picks a free one."""
-    handler = type("Handler", (_Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return make_server(_Handler, {"app": app}, host, port)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,14 +19,13 @@ vLLM and the local server. Run it with ``ee serve router --registry DIR --server
 from __future__ import annotations
 
 import itertools
-import json
-import sys
 import threading
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ee_middleware.adapters.registry import AdapterRegistry
+from ee_middleware.adapters.serving.http import JSONHandler, RequestError, error_body, make_server
 from ee_middleware.errors import ModelError, ModelRequestError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
@@ -77,7 +76,7 @@ class AliasRouter:
     def forward(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         """Send ``body`` (model resolved) to the replicas in turn; ``(status, answer)``."""
         if body.get("stream"):
-            return 400, _error(400, "stream=true is not supported through the ee router yet; leave it out")
+            return 400, error_body(400, "stream=true is not supported through the ee router yet; leave it out")
         body = {**body, "model": self.resolve(body.get("model"))}
         with self._lock:
             first = next(self._next)
@@ -89,10 +88,10 @@ class AliasRouter:
             try:
                 return 200, self._client(root).post(suffix, body)
             except ModelRequestError as exc:
-                return exc.status, _error(exc.status, str(exc))
+                return exc.status, error_body(exc.status, str(exc))
             except ModelError as exc:
                 problems.append(f"{url}: {exc}")
-        return 502, _error(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")
+        return 502, error_body(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")
 
     def _client(self, root: str) -> OpenAIChatClient:
         clients = getattr(self._local, "clients", None)
@@ -103,55 +102,19 @@ class AliasRouter:
         return clients[root]
 
 
-def _error(status: int, message: str, kind: str = "BadRequestError") -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     server_version = "ee-router"
-    protocol_version = "HTTP/1.1"
     router: AliasRouter
 
-    def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+    def models(self) -> Any:
+        return self.router.models()
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/health":
-            self._send(200, {})
-        elif path == "/v1/models":
-            self._send(200, self.router.models())
-        else:
-            self._send(404, _error(404, f"No route {self.path}", "NotFoundError"))
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        except ValueError as exc:
-            self._send(400, _error(400, f"the body is not JSON: {exc}"))
-            return
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         if path not in FORWARDED:
-            self._send(404, _error(404, f"No route {self.path} (the router forwards {', '.join(FORWARDED)})", "NotFoundError"))
-        elif not isinstance(body, dict):
-            self._send(400, _error(400, "the request body must be a JSON object"))
-        else:
-            try:
-                self._send(*self.router.forward(path, body))
-            except Exception as exc:  # noqa: BLE001 - answer 500, keep routing
-                self._send(500, _error(500, f"{type(exc).__name__}: {exc}", "InternalServerError"))
-
-    def _send(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            raise RequestError(404, f"No route {self.path} (the router forwards {', '.join(FORWARDED)})", "NotFoundError")
+        return self.router.forward(path, body)
 
 
 def make_router_server(router: AliasRouter, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     """A threading HTTP server for ``router`` (call ``serve_forever``); port 0 picks a free one."""
-    server = ThreadingHTTPServer((host, port), type("Handler", (_Handler,), {"router": router}))
-    server.daemon_threads = True
-    return server
+    return make_server(_Handler, {"router": router}, host, port)

@@ -1,0 +1,94 @@
+"""The HTTP side shared by the local model server and the alias router: OpenAI-shaped JSON in and out.
+
+Both answer ``GET /health`` and ``GET /v1/models``, read a JSON object per ``POST``, and answer
+errors in the OpenAI shape (``{"error": {"message", "type", "code"}}``), so any OpenAI-compatible
+client (and :class:`~ee_middleware.models.OpenAIChatClient`) reads them the same way as vLLM's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class RequestError(Exception):
+    """A request the server refuses: the HTTP status, the message and the OpenAI error type."""
+
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+def error_body(status: int, message: str, kind: str = "BadRequestError") -> dict[str, Any]:
+    """An error answer in the OpenAI shape."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """Routes ``GET /health`` and ``GET /v1/models``; subclasses set :meth:`models` and :meth:`post`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def models(self) -> Any:
+        raise NotImplementedError
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """``(status, payload)`` for a POST of a JSON object; a ``str`` payload is sent as plain text."""
+        raise NotImplementedError
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/health":
+            self.send_json(200, {})
+        elif path == "/v1/models":
+            self.send_json(200, self.models())
+        else:
+            self.send_json(404, error_body(404, f"No route {self.path}", "NotFoundError"))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if not isinstance(body, dict):
+                raise RequestError(400, "the request body must be a JSON object")
+            status, payload = self.post(path, body)
+        except RequestError as exc:
+            self.send_json(exc.status, error_body(exc.status, str(exc), exc.kind))
+            return
+        except ValueError as exc:
+            self.send_json(400, error_body(400, f"Bad request: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the server answers 500 and keeps serving
+            self.send_json(500, error_body(500, f"{type(exc).__name__}: {exc}", "InternalServerError"))
+            return
+        if isinstance(payload, str):
+            self.send_bytes(status, payload.encode(), "text/plain; charset=utf-8")  # as vLLM answers a LoRA load/unload
+        else:
+            self.send_json(status, payload)
+
+    def send_json(self, status: int, payload: Any) -> None:
+        self.send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
+
+    def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def make_server(handler: type[JSONHandler], attributes: dict[str, Any], host: str, port: int) -> ThreadingHTTPServer:
+    """A threading HTTP server whose handler class carries ``attributes`` (the app it serves); port 0 picks a free one."""
+    server = ThreadingHTTPServer((host, port), type("Handler", (handler,), attributes))
+    server.daemon_threads = True
+    return server
+
+
+Route = Callable[[dict[str, Any]], Any]
