@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -89,6 +88,3 @@ def make_server(handler: type[JSONHandler], attributes: dict[str, Any], host: st
     server = ThreadingHTTPServer((host, port), type("Handler", (handler,), attributes))
     server.daemon_threads = True
     return server
-
-
-Route = Callable[[dict[str, Any]], Any]
