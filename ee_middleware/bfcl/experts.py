@@ -62,7 +62,8 @@ def build_expert_graph(entry: BFCLEntry) -> Any:
         return AIMessage(content=DONE_ANSWER if calls else CLARIFY_ANSWER)
 
     model = ScriptedChatModel(policy=expert, model_name=EXPERT_MODEL_NAME)
-    tools_by_turn = [_langchain_tools(entry.tools_at_turn(t), world) for t in range(len(entry.turns))]
+    built: dict[str, Any] = {}
+    tools_by_turn = [_langchain_tools(entry.tools_at_turn(t), world, built) for t in range(len(entry.turns))]
     all_tools = {tool.name: tool for tools in tools_by_turn for tool in tools}
 
     def agent(state: Any) -> dict[str, Any]:
@@ -94,20 +95,41 @@ def _to_langchain(message: dict[str, Any], human: type, system: type) -> Any:
     return (system if message.get("role") == "system" else human)(content=message.get("content", ""))
 
 
-def _langchain_tools(schemas: list[dict[str, Any]], world: World) -> list[Any]:
-    from langchain_core.tools import BaseTool
-
-    class BackendTool(BaseTool):
-        """One BFCL backend method, executed on the entry's world exactly as the replay sandbox executes it."""
-
-        def _run(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> str:
-            return execute(world, ToolCall(id="", name=self.name, arguments=kwargs)).content
-
+def _langchain_tools(schemas: list[dict[str, Any]], world: World, built: dict[str, Any] | None = None) -> list[Any]:
+    """One LangChain tool per schema, executing on ``world``; ``built`` (name -> tool) reuses tools across turns."""
+    cls = _backend_tool_class()
     tools = []
     for schema in schemas:
         fn = schema["function"]
-        tools.append(BackendTool(name=fn["name"], description=fn.get("description", ""), args_schema=fn["parameters"]))
+        tool = built.get(fn["name"]) if built is not None else None
+        if tool is None or tool.args_schema != fn["parameters"] or tool.description != fn.get("description", ""):
+            tool = cls(name=fn["name"], description=fn.get("description", ""), args_schema=fn["parameters"])
+            tool._world = world
+            if built is not None:
+                built[fn["name"]] = tool
+        tools.append(tool)
     return tools
+
+
+_BACKEND_TOOL: list[type] = []
+
+
+def _backend_tool_class() -> type:
+    """The LangChain tool class for BFCL backend methods, built once (a pydantic model class costs milliseconds)."""
+    if not _BACKEND_TOOL:
+        from langchain_core.tools import BaseTool
+        from pydantic import PrivateAttr
+
+        class BackendTool(BaseTool):
+            """One BFCL backend method, executed on the entry's world exactly as the replay sandbox executes it."""
+
+            _world: Any = PrivateAttr(default=None)
+
+            def _run(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> str:
+                return execute(self._world, ToolCall(id="", name=self.name, arguments=kwargs)).content
+
+        _BACKEND_TOOL.append(BackendTool)
+    return _BACKEND_TOOL[0]
 
 
 @dataclass

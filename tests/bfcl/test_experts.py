@@ -57,3 +57,45 @@ def test_every_multi_turn_category_records(tmp_path: Path, category: str) -> Non
         held_out = {name for names in entry.missed_functions.values() for name in names}
         assert held_out <= {t["function"]["name"] for t in trajectory.tools}
         assert any("updated some more functions" in m.get("content", "") for m in trajectory.messages if m["role"] == "user")
+
+
+def _per_entry_tool_classes(schemas: list[dict], world: object, built: dict | None = None) -> list:
+    """The tools as they were built before issue 11.6: a new pydantic tool class for every entry and turn."""
+    from langchain_core.tools import BaseTool
+
+    from ee_middleware.bfcl.world import execute
+    from ee_middleware.records import ToolCall
+
+    class BackendTool(BaseTool):
+        def _run(self, *args: object, run_manager: object = None, **kwargs: object) -> str:
+            return execute(world, ToolCall(id="", name=self.name, arguments=kwargs)).content
+
+    return [
+        BackendTool(name=s["function"]["name"], description=s["function"].get("description", ""), args_schema=s["function"]["parameters"])
+        for s in schemas
+    ]
+
+
+def _recorded(store_path: Path) -> dict[str, tuple]:
+    trajectories = LocalExperienceStore(store_path).iter_trajectories()
+    return {
+        t.environment["entry_id"]: (
+            t.task,
+            t.messages,
+            t.tools,
+            [s.model_dump(exclude={"trajectory_id", "latency_ms", "model_latency_ms"}) for s in t.steps],
+        )
+        for t in trajectories
+    }
+
+
+def test_tool_classes_built_once_record_the_same_trajectories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ee_middleware.bfcl.experts as experts
+
+    ids = [e.id for e in load_entries("multi_turn_miss_func", limit=2)]
+    record_experts(tmp_path / "new", "multi_turn_miss_func", ids=ids)
+    monkeypatch.setattr(experts, "_langchain_tools", _per_entry_tool_classes)
+    record_experts(tmp_path / "old", "multi_turn_miss_func", ids=ids)
+    new, old = _recorded(tmp_path / "new"), _recorded(tmp_path / "old")
+    assert sorted(new) == sorted(ids) and new == old
+    assert experts._backend_tool_class() is experts._backend_tool_class()
