@@ -9,7 +9,18 @@ import typer
 from typer.core import TyperGroup
 
 from ee_middleware._version import __version__
-from ee_middleware.cli import adapters_cmds, bfcl_cmds, datasets_cmds, eval_cmds, replay_cmds, serve_cmds, store_cmds, traces, train_cmds
+from ee_middleware.cli import (
+    adapters_cmds,
+    bfcl_cmds,
+    datasets_cmds,
+    eval_cmds,
+    experience_cmds,
+    replay_cmds,
+    serve_cmds,
+    store_cmds,
+    traces,
+    train_cmds,
+)
 from ee_middleware.errors import EEError
 
 
@@ -42,6 +53,7 @@ app.add_typer(eval_cmds.app, name="eval")
 train_cmds.register(app)
 app.add_typer(adapters_cmds.app, name="adapters")
 app.add_typer(serve_cmds.app, name="serve")
+app.add_typer(experience_cmds.app, name="experience")
 
 
 def _version(value: bool) -> None:

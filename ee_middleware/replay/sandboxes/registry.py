@@ -5,7 +5,9 @@ A sandbox spec is one of (see :mod:`ee_middleware.plugins`):
 * a built-in name: ``bfcl``;
 * ``package.module:factory``: an importable callable (a class or a function with no required
   arguments) that returns a sandbox, for an app's own tools;
-* the name of an entry point in the ``ee_middleware.sandboxes`` group, for installed plug-ins.
+* the name of an entry point in the ``ee_middleware.sandboxes`` group, for installed plug-ins;
+* ``experience:MODEL_SPEC``: an experience model stands in for the tools (DreamGym; see
+  :mod:`ee_middleware.replay.sandboxes.experience`), ``MODEL_SPEC`` as for policies.
 
 Specs are strings so that worker processes (local or on a Ray cluster) can build their own
 sandbox: a sandbox itself never crosses a process boundary.
@@ -33,7 +35,15 @@ SANDBOXES = PluginKind(
 
 def build_sandbox(spec: str, **options: Any) -> Sandbox:
     """Build the sandbox named by ``spec`` (see the module docstring), passing ``options`` to its factory."""
+    if _is_experience(spec):
+        from ee_middleware.replay.sandboxes.experience import build_experience_sandbox
+
+        return build_experience_sandbox(spec, **options)
     return SANDBOXES.build(spec, **options)
+
+
+def _is_experience(spec: str) -> bool:
+    return isinstance(spec, str) and spec.strip().startswith("experience:")
 
 
 def sandbox_options(*, allow_network: bool = False) -> dict[str, Any]:
@@ -49,7 +59,8 @@ def sandbox_factory(
     spec: str, *, isolation: str = "none", timeout_s: float = 30.0, memory_mb: int | None = None, options: dict[str, Any] | None = None
 ) -> Callable[[], Sandbox]:
     """A picklable zero-argument factory for ``spec`` built with ``options``, optionally isolated in a subprocess."""
-    SANDBOXES.resolve(spec)  # fail early, in the parent, with a clear message
+    if not _is_experience(spec):
+        SANDBOXES.resolve(spec)  # fail early, in the parent, with a clear message
     inner = functools.partial(build_sandbox, spec, **(options or {}))
     if isolation == "none":
         return inner
@@ -66,6 +77,14 @@ def refusal_hints(spec: str, tools: Iterable[str], **options: Any) -> dict[str, 
     explained, the answer is empty. A sandbox class without the method is not even built.
     """
     tools = list(tools)
+    if _is_experience(spec):
+        if not tools:
+            return {}
+        sandbox = build_sandbox(spec, **options)
+        try:
+            return {tool: text for tool in tools if (text := sandbox.refusal_hint(tool))}  # type: ignore[attr-defined]
+        finally:
+            sandbox.close()
     factory = SANDBOXES.resolve(spec)
     if not tools or (isinstance(factory, type) and not hasattr(factory, "refusal_hint")):
         return {}

@@ -1,0 +1,182 @@
+"""How far an experience model can be trusted: predict held-out real transitions and compare.
+
+The store's real transitions (expert steps with a recorded observation) are split by trajectory:
+a deterministic share of trajectories (by a hash of the id and the seed) is held out; the replay
+buffer is built from the others only, and every query also excludes the held-out trajectories, so
+retrieval never returns the transition being predicted or anything else held out.
+
+Each held-out transition is predicted once per variant (``no-retrieval``: top-k 0; ``retrieval``:
+top-k k) and scored per tool:
+
+* ``exact``: the predicted observation equals the real one (whitespace at the ends ignored);
+* ``token_f1``: bag-of-words F1 between the predicted and the real observation;
+* ``error_agreement``: the predicted ``is_error`` equals the real one;
+* ``reward_agreement``: on a trajectory's last step, whether a predicted reward (>= 0.5 is success)
+  agrees with the real outcome (``None`` where no prediction had a reward);
+* ``failed``: answers that were not a usable observation (scored 0 on every metric above).
+
+The JSON report's ``variants.retrieval.tools`` is what a replay config's fidelity gate reads
+(:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.records import ToolCall, Trajectory
+from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, TransitionIndex, rollout_transition, tokenize, trajectory_transitions
+from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError
+
+VARIANTS = ("no-retrieval", "retrieval")
+METRICS = ("exact", "token_f1", "error_agreement")
+
+
+def token_f1(predicted: str, real: str) -> float:
+    """Bag-of-words F1 between two texts (1.0 when both are empty)."""
+    p, r = Counter(tokenize(predicted)), Counter(tokenize(real))
+    if not p and not r:
+        return 1.0
+    common = sum((p & r).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(p.values()), common / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def is_held_out(trajectory_id: str, share: float, seed: int = 0) -> bool:
+    """Whether ``trajectory_id`` is in the held-out share (deterministic for a seed)."""
+    digest = hashlib.blake2b(f"{seed}:{trajectory_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+@dataclass
+class HeldOutSplit:
+    """The held-out trajectories and transitions, and the replay buffer built from the rest."""
+
+    held_out: list[tuple[Trajectory, Transition]]
+    held_out_ids: set[str]
+    index: TransitionIndex
+
+
+def split_store(store: Any, *, share: float = 0.2, seed: int = 0, limit: int | None = None) -> HeldOutSplit:
+    """Hold out ``share`` of the store's trajectories (at least one) and index the real transitions of the rest."""
+    trajectories = [t for t in store.iter_trajectories() if t.approval.status != "rejected" and trajectory_transitions(t)]
+    held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
+    if not held and len(trajectories) > 1:
+        held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
+    index = TransitionIndex()
+    kept = {t.id: t for t in trajectories if t.id not in held}
+    for trajectory in kept.values():
+        index.add(trajectory_transitions(trajectory))
+    if kept:
+        for rollout in store.iter_rollouts(list(kept)):
+            transition = rollout_transition(rollout, kept[rollout.trajectory_id])
+            if transition is not None:
+                index.add([transition])
+    pairs = [(t, tr) for t in trajectories if t.id in held for tr in trajectory_transitions(t)]
+    return HeldOutSplit(pairs[:limit] if limit else pairs, held, index)
+
+
+def evaluate(
+    sandbox: ExperienceSandbox,
+    split: HeldOutSplit,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    variants: tuple[str, ...] = VARIANTS,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Predict every held-out transition under each variant; the report (see the module docstring)."""
+    sandbox._index = split.index  # the buffer built without the held-out set
+    sandbox.exclude_trajectories = set(split.held_out_ids)
+    report: dict[str, Any] = {
+        "model": sandbox.model,
+        "held_out_trajectories": len(split.held_out_ids),
+        "held_out_transitions": len(split.held_out),
+        "indexed_transitions": len(split.index),
+        "top_k": top_k,
+        "variants": {},
+    }
+    for variant in variants:
+        sandbox.top_k = 0 if variant == "no-retrieval" else top_k
+        rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for trajectory, transition in split.held_out:
+            step = next(s for s in trajectory.steps if s.index == transition.step_index)
+            sandbox.at_step(trajectory, step)
+            call = ToolCall(id="eval", name=transition.tool, arguments=transition.arguments)
+            rows[transition.tool].append(_score(sandbox, call, transition))
+            if progress is not None:
+                progress(1)
+        report["variants"][variant] = {
+            "tools": {tool: _summarise(r) for tool, r in sorted(rows.items())},
+            "overall": _summarise([r for tool_rows in rows.values() for r in tool_rows]),
+        }
+    return report
+
+
+def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict[str, Any]:
+    try:
+        prediction, examples = sandbox.predict(call, exclude_ids=(real.id,))
+    except SyntheticObservationError as exc:
+        return {"failed": True, "reason": exc.reason, "exact": 0.0, "token_f1": 0.0, "error_agreement": 0.0, "reward": None}
+    assert all(e.trajectory_id not in sandbox.exclude_trajectories and e.id != real.id for e in examples)
+    reward = None
+    if real.reward is not None and prediction["reward"] is not None:
+        reward = float((prediction["reward"] >= 0.5) == (real.reward >= 0.5))
+    return {
+        "failed": False,
+        "exact": float(prediction["observation"].strip() == real.observation.strip()),
+        "token_f1": token_f1(prediction["observation"], real.observation),
+        "error_agreement": float(prediction["is_error"] == real.is_error),
+        "reward": reward,
+    }
+
+
+def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    out: dict[str, Any] = {"n": n, "failed": sum(r["failed"] for r in rows)}
+    for metric in METRICS:
+        out[metric] = sum(r[metric] for r in rows) / n if n else 0.0
+    rewards = [r["reward"] for r in rows if r["reward"] is not None]
+    out["reward_agreement"] = sum(rewards) / len(rewards) if rewards else None
+    reasons = Counter(r["reason"] for r in rows if r["failed"])
+    if reasons:
+        out["failure_reasons"] = dict(reasons.most_common(3))
+    return out
+
+
+def write_chart(report: dict[str, Any], path: Path) -> bool:
+    """A PNG of token F1 per tool, one bar per variant; ``False`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    from ee_middleware._files import atomic_path
+
+    variants = list(report["variants"])
+    tools = [*sorted({tool for v in variants for tool in report["variants"][v]["tools"]}), "(all)"]
+    figure = Figure(figsize=(max(5, 0.9 * len(tools) + 2), 3.8), dpi=100)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        data = report["variants"][variant]
+        values = [data["tools"].get(t, {}).get("token_f1", 0.0) for t in tools[:-1]] + [data["overall"]["token_f1"]]
+        bars = axes.bar([x + (i - (len(variants) - 1) / 2) * width for x in range(len(tools))], values, width, label=variant)
+        axes.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7)
+    axes.set_xticks(range(len(tools)), [t[:18] for t in tools], fontsize=7, rotation=30, ha="right")
+    axes.set_ylim(0, 1.1)
+    axes.set_ylabel("token F1 vs the real observation")
+    axes.set_title(f"experience-model fidelity on {report['held_out_transitions']} held-out transitions", fontsize=10)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return True

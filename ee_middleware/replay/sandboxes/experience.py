@@ -1,0 +1,326 @@
+"""The experience-model sandbox (DreamGym): a language model stands in for tools that cannot be replayed.
+
+``ee replay run --sandbox experience:MODEL_SPEC`` (``MODEL_SPEC`` as for policies: ``local:DIR[@ADAPTER]``,
+``openai:BASE_URL#MODEL`` or ``package.module:factory``). For each call the model is shown the task,
+the interaction so far (the recorded state's messages), the top-k most similar *real* transitions
+retrieved from the store (:mod:`ee_middleware.replay.retrieval`) and the action, and answers with a
+short reasoning and the predicted observation as one JSON object::
+
+    {"reasoning": "...", "observation": "...", "is_error": false}
+
+Lineage: after every ``execute`` :meth:`ExperienceSandbox.provenance` says whether the observation
+was synthetic and, if so, which model wrote it, which transitions were retrieved and the model's
+reasoning; the replay runner marks such rollouts ``synthetic`` and keeps that lineage with them.
+An answer that is not such an object (garbage, nothing parseable) raises
+:class:`SyntheticObservationError`: the runner counts the branch as failed with the reason and
+stores no observation.
+
+Per tool: with ``real=SPEC`` the tools that real sandbox covers run there for real (not synthetic),
+the rest go to the model. ``min_fidelity`` (tool -> minimum token F1, ``"*"`` for every tool) with
+``fidelity`` (a report of ``ee experience eval --json``, or a tool -> score mapping) refuses the
+tools whose measured fidelity is below their threshold or was never measured; :meth:`refusal_hint`
+says which and why, and ``ee replay run`` prints it.
+
+Expert steps are not predicted: the runner announces each recorded step (:meth:`at_step`) and the
+expert's own call then returns its recorded observation, so the history stays real.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ee_middleware.errors import ModelError, SandboxError
+from ee_middleware.models.protocol import Sampling
+from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, TransitionIndex, state_text
+
+if TYPE_CHECKING:
+    from ee_middleware.models.protocol import ChatClient
+    from ee_middleware.records import Observation, Step, ToolCall, Trajectory
+
+PREFIX = "experience:"
+FIDELITY_METRIC = "token_f1"
+"""The metric ``min_fidelity`` thresholds compare against."""
+
+SYSTEM_PROMPT = (
+    "You are an experience model: you simulate the tools of an agent's environment. Given the task, the interaction so far, "
+    "real examples of similar tool calls with what the tools returned, and a new tool call, think briefly about what the tool "
+    "would return, then answer with one JSON object and nothing else: "
+    '{"reasoning": "<one or two sentences>", "observation": "<exactly what the tool returns>", "is_error": <true or false>}'
+)
+
+
+class SyntheticObservationError(SandboxError):
+    """The experience model's answer is not a usable observation (garbage, nothing parseable, no answer)."""
+
+    def __init__(self, reason: str, raw: str = "") -> None:
+        super().__init__(f"The experience model gave no usable observation: {reason}" + (f" (answer: {raw[:200]!r})" if raw else ""))
+        self.reason = reason
+        self.raw = raw
+
+
+def parse_prediction(text: str) -> dict[str, Any]:
+    """``{"reasoning", "observation", "is_error", "reward"}`` from the model's answer, or :class:`SyntheticObservationError`.
+
+    Accepts the JSON object alone, in a code fence, or after some text; ``observation`` must be
+    present (a non-string value is kept as its JSON text).
+    """
+    if not text or not text.strip():
+        raise SyntheticObservationError("the answer is empty")
+    decoder = json.JSONDecoder()
+    found: Any = None
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        try:
+            found, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(found, dict) and "observation" in found:
+            break
+        found = None
+    if found is None:
+        raise SyntheticObservationError("no JSON object with an 'observation' field in the answer", text)
+    observation = found["observation"]
+    if observation is None:
+        raise SyntheticObservationError("the 'observation' field is null", text)
+    if not isinstance(observation, str):
+        observation = json.dumps(observation, ensure_ascii=False)
+    is_error = found.get("is_error", False)
+    if not isinstance(is_error, bool):
+        raise SyntheticObservationError(f"'is_error' must be true or false, got {is_error!r}", text)
+    reasoning = found.get("reasoning")
+    reward = found.get("reward")
+    return {
+        "reasoning": reasoning if isinstance(reasoning, str) else None,
+        "observation": observation,
+        "is_error": is_error,
+        "reward": float(reward) if isinstance(reward, (int, float)) and not isinstance(reward, bool) else None,
+    }
+
+
+def build_prompt(task: str, state: str, call_name: str, arguments: dict[str, Any], examples: list[Transition]) -> list[dict[str, Any]]:
+    """The chat messages the experience model is asked (one system and one user message)."""
+    parts = [f"Task: {task or '(none recorded)'}"]
+    if state:
+        parts.append(f"Interaction so far (end):\n{state}")
+    if examples:
+        shown = "\n".join(json.dumps(e.as_example(), ensure_ascii=False) for e in examples)
+        parts.append(f"Real examples of similar tool calls:\n{shown}")
+    parts.append(f"Tool call: {json.dumps({'tool': call_name, 'arguments': arguments}, ensure_ascii=False)}")
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def load_fidelity(source: str | Path | Mapping[str, Any] | None, variant: str = "retrieval") -> dict[str, float]:
+    """Per-tool fidelity (token F1) from an ``ee experience eval --json`` report (its ``variant``) or a mapping."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping) and all(isinstance(v, (int, float)) for v in source.values()):
+        return {str(k): float(v) for k, v in source.items()}
+    if isinstance(source, (str, Path)):
+        try:
+            source = json.loads(Path(source).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SandboxError(
+                f"Cannot read the fidelity report {str(source)!r}: {exc}. Write one with 'ee experience eval --json'."
+            ) from None
+    variants = source.get("variants") if isinstance(source, Mapping) else None
+    if not isinstance(variants, Mapping) or variant not in variants:
+        raise SandboxError(f"The fidelity report has no {variant!r} variant; write one with 'ee experience eval --json'.")
+    return {tool: float(row[FIDELITY_METRIC]) for tool, row in variants[variant]["tools"].items()}
+
+
+class ExperienceSandbox:
+    """A sandbox whose observations an experience model predicts (see the module docstring)."""
+
+    kind = "experience"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        client: ChatClient | None = None,
+        store: Any = None,
+        index: TransitionIndex | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        real: str | None = None,
+        min_fidelity: Mapping[str, float] | None = None,
+        fidelity: str | Path | Mapping[str, Any] | None = None,
+        max_tokens: int = 256,
+        exclude_trajectories: list[str] | None = None,
+        allow_network: bool = False,
+        check_endpoint: bool = True,
+    ) -> None:
+        if client is None and not model:
+            raise SandboxError("The experience sandbox needs a model: 'experience:local:DIR' or 'experience:openai:BASE_URL#MODEL'.")
+        if top_k < 0:
+            raise SandboxError(f"top_k must be >= 0, got {top_k}")
+        self.model = model or str(getattr(client, "model", "client"))
+        self._client = client
+        self._store_spec = store
+        self._index = index
+        self.top_k = top_k
+        self.max_tokens = max_tokens
+        self.exclude_trajectories = set(exclude_trajectories or ())
+        self.min_fidelity = dict(min_fidelity or {})
+        self.fidelity = load_fidelity(fidelity) if self.min_fidelity else {}
+        self._real = None
+        if real:
+            from ee_middleware.replay.sandboxes.registry import build_sandbox, sandbox_options
+
+            self._real = build_sandbox(real, **sandbox_options(allow_network=allow_network))
+        if self._client is None:
+            from ee_middleware.models.spec import build_chat_client
+
+            self._client = build_chat_client(model)  # type: ignore[arg-type]
+        if check_endpoint:
+            self._check_endpoint()
+        self._trajectory: Trajectory | None = None
+        self._step: Step | None = None
+        self._provenance: dict[str, Any] | None = None
+        self._closed = False
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _check_endpoint(self) -> None:
+        """An OpenAI-compatible endpoint that is down fails here, before any work."""
+        list_models = getattr(self._client, "list_models", None)
+        if list_models is None:
+            return
+        try:
+            list_models()
+        except ModelError as exc:
+            raise SandboxError(f"The experience model's endpoint cannot be reached ({self.model}): {exc}") from None
+
+    @property
+    def index(self) -> TransitionIndex:
+        """The replay buffer, built from the store on first use and refreshed on every :meth:`reset`."""
+        if self._index is None:
+            self._index = TransitionIndex()
+            self._refresh()
+        return self._index
+
+    def _refresh(self) -> None:
+        if self._store_spec is None or self._index is None:
+            return
+        from ee_middleware.store.registry import open_store
+
+        store = open_store(self._store_spec) if isinstance(self._store_spec, (str, Path)) else self._store_spec
+        self._index.refresh(store)
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    def covers(self, tool_name: str) -> bool:
+        if self._real is not None and self._real.covers(tool_name):
+            return True
+        return self.refusal_hint(tool_name) is None
+
+    def refusal_hint(self, tool_name: str) -> str | None:
+        """Why the experience model may not stand in for ``tool_name`` (low or unmeasured fidelity), or ``None``."""
+        threshold = self.min_fidelity.get(tool_name, self.min_fidelity.get("*"))
+        if threshold is None:
+            return None
+        measured = self.fidelity.get(tool_name)
+        if measured is None:
+            return (
+                f"refused for low fidelity: the experience model's fidelity for {tool_name!r} was never measured (minimum {threshold}). "
+                "Measure it with 'ee experience eval --json' and pass the report as fidelity."
+            )
+        if measured < threshold:
+            return f"refused for low fidelity: the experience model's {FIDELITY_METRIC} for {tool_name!r} is {measured:.3f} < {threshold}."
+        return None
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        self._check_open()
+        if self._real is not None:
+            self._real.reset(environment)
+        if self._index is not None:
+            self._refresh()
+        self._trajectory, self._step, self._provenance = None, None, None
+
+    def at_step(self, trajectory: Trajectory, step: Step) -> None:
+        """The recorded step the next calls branch from (the runner calls this before branching)."""
+        self._trajectory, self._step = trajectory, step
+
+    def execute(self, call: ToolCall) -> Observation:
+        from ee_middleware.records import Observation
+
+        self._check_open()
+        self._provenance = None
+        if self._real is not None and self._real.covers(call.name):
+            return self._real.execute(call)
+        step = self._step
+        expert = step.action.tool_call if step is not None else None
+        if (
+            step is not None
+            and step.observation is not None
+            and expert is not None
+            and (expert.name, expert.arguments) == (call.name, call.arguments)
+        ):
+            return step.observation  # the expert's own call: the recorded observation keeps the history real
+        prediction, examples = self.predict(call)
+        self._provenance = {
+            "model": self.model,
+            "retrieved": [e.id for e in examples],
+            "reasoning": prediction["reasoning"],
+            "reward": prediction["reward"],
+        }
+        return Observation(content=prediction["observation"], is_error=prediction["is_error"])
+
+    def predict(self, call: ToolCall, *, exclude_ids: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[Transition]]:
+        """The model's parsed prediction for ``call`` at the current step, and the examples it was shown."""
+        trajectory, step = self._trajectory, self._step
+        state = state_text(step.state) if step is not None else ""
+        exclude = set(self.exclude_trajectories)
+        if trajectory is not None:
+            exclude.add(trajectory.id)  # never the transition being predicted, nor its own trajectory's answers
+        examples = (
+            self.index.search(call.name, call.arguments, state, k=self.top_k, exclude_ids=exclude_ids, exclude_trajectories=exclude)
+            if self.top_k
+            else []
+        )
+        messages = build_prompt(trajectory.task or "" if trajectory else "", state, call.name, call.arguments, examples)
+        assert self._client is not None
+        choices = self._client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=self.max_tokens))
+        if not choices:
+            raise SyntheticObservationError("the model returned no answer")
+        choice = choices[0]
+        if choice.problem is not None:
+            raise SyntheticObservationError(choice.problem, choice.raw)
+        return parse_prediction(choice.text), examples
+
+    def provenance(self) -> dict[str, Any] | None:
+        """The lineage of the last :meth:`execute`'s observation when the model wrote it; ``None`` when it is real."""
+        return None if self._provenance is None else dict(self._provenance)
+
+    def snapshot(self) -> Any:
+        self._check_open()
+        return (self._real.snapshot() if self._real is not None else None, self._trajectory, self._step)
+
+    def restore(self, snapshot: Any) -> None:
+        self._check_open()
+        real, self._trajectory, self._step = snapshot
+        if self._real is not None:
+            self._real.restore(real)
+        self._provenance = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._real is not None:
+            self._real.close()
+        if self._client is not None:
+            self._client.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxError("The experience sandbox is closed.")
+
+
+def build_experience_sandbox(spec: str, **options: Any) -> ExperienceSandbox:
+    """The sandbox for ``experience:MODEL_SPEC`` (the registry's prefix form)."""
+    model = spec[len(PREFIX) :].strip()
+    if not model:
+        raise SandboxError("Write the experience sandbox as 'experience:MODEL_SPEC', e.g. 'experience:openai:http://127.0.0.1:8000/v1#em'.")
+    return ExperienceSandbox(model, **options)

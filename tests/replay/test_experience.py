@@ -1,0 +1,289 @@
+"""The experience-model sandbox (DreamGym), its replay buffer and `ee experience eval`.
+
+The model is either a scripted stand-in for an OpenAI-compatible server (the standard library's
+``ThreadingHTTPServer`` on 127.0.0.1, answering ``GET /v1/models`` and ``POST /v1/chat/completions``),
+or a tiny randomly initialised local model (garbage output, by design). Transitions are real: BFCL
+expert trajectories recorded through a real LangGraph agent against the real bfcl-eval backends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import SandboxError
+from ee_middleware.records import ToolCall, Trajectory
+from ee_middleware.replay.retrieval import TransitionIndex, trajectory_transitions
+from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError, parse_prediction
+from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints
+from ee_middleware.store.local import LocalExperienceStore
+
+Answer = Callable[[list[dict[str, Any]]], str]
+
+
+@dataclass
+class ScriptedExperienceModel:
+    """A real HTTP server whose chat answers come from ``answer(messages)`` (a stand-in for a served experience model)."""
+
+    answer: Answer
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    base_url: str = ""
+
+    @property
+    def spec(self) -> str:
+        return f"openai:{self.base_url}#em"
+
+
+def _handler(model: ScriptedExperienceModel) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._send({"object": "list", "data": [{"id": "em"}]})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            model.requests.append(body)
+            content = model.answer(body["messages"])
+            self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]})
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], ScriptedExperienceModel]]:
+    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    def start(answer: Answer) -> ScriptedExperienceModel:
+        model = ScriptedExperienceModel(answer)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        model.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        return model
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def copy_first_example(messages: list[dict[str, Any]]) -> str:
+    """Answers with the first retrieved example's observation, or an empty object when none was shown."""
+    prompt = messages[-1]["content"]
+    match = re.search(r"Real examples of similar tool calls:\n(.*?)\n\nTool call:", prompt, re.S)
+    if not match:
+        return json.dumps({"reasoning": "no example to go by", "observation": "{}", "is_error": False})
+    first = json.loads(match.group(1).splitlines()[0])
+    return json.dumps(
+        {"reasoning": "a similar real call returned this", "observation": first["observation"], "is_error": first["is_error"]}
+    )
+
+
+def _trajectories(path: Path) -> list[Trajectory]:
+    store = LocalExperienceStore(path)
+    try:
+        return list(store.iter_trajectories())
+    finally:
+        store.close()
+
+
+def _a_non_expert_call(trajectory: Trajectory) -> tuple[Any, ToolCall]:
+    step = next(s for s in trajectory.steps if s.action.tool_call is not None)
+    expert = step.action.tool_call
+    assert expert is not None
+    return step, ToolCall(id="alt", name=expert.name, arguments={**expert.arguments, "__alt": 1})
+
+
+# -- the replay buffer -----------------------------------------------------------------------------
+
+
+def test_retrieval_finds_same_tool_transitions_and_never_returns_excluded_ones(bfcl_store_path: Path) -> None:
+    store = LocalExperienceStore(bfcl_store_path)
+    index = TransitionIndex()
+    added = index.refresh(store)
+    trajectories = list(store.iter_trajectories())
+    assert added == sum(len(trajectory_transitions(t)) for t in trajectories) > 0
+    assert index.refresh(store) == 0, "a second refresh indexes nothing new"
+
+    probe = trajectory_transitions(trajectories[0])[0]
+    hits = index.search(probe.tool, probe.arguments, probe.state, k=3)
+    assert hits[0].id == probe.id, "the transition itself is the best match when not excluded"
+    held_out = {trajectories[0].id, trajectories[1].id}
+    hits = index.search(probe.tool, probe.arguments, probe.state, k=50, exclude_ids={probe.id}, exclude_trajectories=held_out)
+    assert hits and all(h.id != probe.id and h.trajectory_id not in held_out for h in hits)
+    same_tool = [h.tool == probe.tool for h in hits]
+    assert same_tool == sorted(same_tool, reverse=True), "transitions of the same tool rank first"
+    store.close()
+
+
+def test_the_buffer_grows_with_real_rollouts_only(bfcl_store_path: Path, serve: Any) -> None:
+    from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout
+
+    store = LocalExperienceStore(bfcl_store_path)
+    index = TransitionIndex()
+    index.refresh(store)
+    trajectory = next(iter(store.iter_trajectories()))
+    step, call = _a_non_expert_call(trajectory)
+
+    def rollout(rid: str, synthetic: bool) -> Rollout:
+        return Rollout(
+            id=rid, replay_id="r", trajectory_id=trajectory.id, step_index=step.index, branch_index=int(synthetic),
+            action=Action(kind="tool_call", tool_call=call), proposer=ProposerInfo(policy="test"),
+            observation=Observation(content="real" if not synthetic else "guess"), synthetic=synthetic, sandbox="bfcl", duration_ms=1.0,
+        )  # fmt: skip
+
+    record = ReplayRecord(replay_id="r", trajectory_id=trajectory.id, status="done", policy="test", sandbox="bfcl", k=2, seed=0)
+    store.write_replay(record, [rollout("real-1", False), rollout("synthetic-1", True)])
+    assert index.refresh(store) == 1
+    assert [t.id for t in index.transitions[-1:]] == ["rollout:real-1"]
+    store.close()
+
+
+# -- the sandbox ------------------------------------------------------------------------------------
+
+
+def test_parse_prediction_accepts_json_and_rejects_garbage() -> None:
+    assert (
+        parse_prediction('thinking...\n```json\n{"reasoning": "r", "observation": {"a": 1}, "is_error": true}\n```')["observation"]
+        == '{"a": 1}'
+    )
+    for garbage in (
+        "",
+        "   ",
+        "Sure! The tool returns 42.",
+        '{"reasoning": "no observation"}',
+        '{"observation": "x", "is_error": "maybe"}',
+    ):
+        with pytest.raises(SyntheticObservationError):
+            parse_prediction(garbage)
+
+
+def test_a_prediction_carries_the_model_the_retrieved_ids_and_the_reasoning(bfcl_store_path: Path, serve: Any) -> None:
+    model = serve(copy_first_example)
+    sandbox = build_sandbox(f"experience:{model.spec}", store=str(bfcl_store_path))
+    assert isinstance(sandbox, ExperienceSandbox) and sandbox.kind == "experience"
+    trajectory = _trajectories(bfcl_store_path)[0]
+    step, call = _a_non_expert_call(trajectory)
+    sandbox.reset(trajectory.environment)
+    sandbox.at_step(trajectory, step)
+    observation = sandbox.execute(call)
+    lineage = sandbox.provenance()
+    assert lineage is not None and lineage["model"] == model.spec and lineage["reasoning"] == "a similar real call returned this"
+    assert len(lineage["retrieved"]) == 3 and not any(f":{trajectory.id}:" in r for r in lineage["retrieved"]), "never its own trajectory"
+    assert observation.content and model.requests[-1]["temperature"] == 0.0
+
+    expert = step.action.tool_call
+    assert sandbox.execute(expert) == step.observation and sandbox.provenance() is None, "the expert's call keeps its recorded observation"
+    requests = len(model.requests)
+    snap = sandbox.snapshot()
+    sandbox.restore(snap)
+    assert len(model.requests) == requests
+    sandbox.close()
+    with pytest.raises(SandboxError):
+        sandbox.execute(call)
+
+
+def test_garbage_from_the_model_is_an_error_never_an_observation(bfcl_store_path: Path, serve: Any) -> None:
+    model = serve(lambda messages: "I am not sure what the tool would say.")
+    sandbox = ExperienceSandbox(model.spec, store=str(bfcl_store_path))
+    trajectory = _trajectories(bfcl_store_path)[0]
+    step, call = _a_non_expert_call(trajectory)
+    sandbox.reset(None)
+    sandbox.at_step(trajectory, step)
+    with pytest.raises(SyntheticObservationError, match="no JSON object"):
+        sandbox.execute(call)
+    assert sandbox.provenance() is None
+    sandbox.close()
+
+
+def test_an_endpoint_that_is_down_fails_before_any_work() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SandboxError, match="cannot be reached"):
+        build_sandbox(f"experience:openai:http://127.0.0.1:{port}/v1#em")
+    with pytest.raises(SandboxError, match="experience:MODEL_SPEC"):
+        build_sandbox("experience:")
+
+
+def test_fidelity_gating_refuses_tools_below_their_threshold(serve: Any, tmp_path: Path) -> None:
+    model = serve(copy_first_example)
+    report = {"variants": {"retrieval": {"tools": {"ls": {"token_f1": 0.9}, "cd": {"token_f1": 0.2}}}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    options = {"min_fidelity": {"*": 0.5, "cd": 0.1, "mkdir": 0.95}, "fidelity": str(tmp_path / "report.json")}
+    sandbox = build_sandbox(f"experience:{model.spec}", **options)
+    assert [sandbox.covers(t) for t in ("ls", "cd", "mkdir", "rm")] == [True, True, False, False]
+    sandbox.close()
+    hints = refusal_hints(f"experience:{model.spec}", ["ls", "mkdir", "rm"], **options)
+    assert set(hints) == {"mkdir", "rm"}
+    assert "low fidelity" in hints["mkdir"] and "0.200" not in hints["mkdir"] and "never measured" in hints["rm"]
+
+
+def test_the_tiny_random_model_answers_garbage_which_is_refused(bfcl_store_path: Path, tmp_path: Path) -> None:
+    from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama
+
+    folder = save_tiny_llama(tmp_path / "tiny", build_test_tokenizer(["ls cd mkdir observation reasoning {}"]), max_positions=4096)
+    sandbox = build_sandbox(f"experience:local:{folder}", store=str(bfcl_store_path), max_tokens=12)
+    trajectory = _trajectories(bfcl_store_path)[0]
+    step, call = _a_non_expert_call(trajectory)
+    sandbox.reset(None)
+    sandbox.at_step(trajectory, step)
+    with pytest.raises(SyntheticObservationError):
+        sandbox.execute(call)
+    sandbox.close()
+
+
+# -- ee experience eval -----------------------------------------------------------------------------
+
+
+def test_experience_eval_compares_no_retrieval_with_retrieval_on_the_same_held_out_set(
+    bfcl_store_path: Path, serve: Any, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    model = serve(copy_first_example)
+    out = tmp_path / "eval"
+    args = ["experience", "eval", "--model", model.spec, "--store", str(bfcl_store_path), "--held-out", "0.34", "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    none, retrieval = report["variants"]["no-retrieval"], report["variants"]["retrieval"]
+    assert none["overall"]["n"] == retrieval["overall"]["n"] == report["held_out_transitions"] > 0
+    assert retrieval["overall"]["token_f1"] > none["overall"]["token_f1"]
+    assert set(retrieval["tools"]) == set(none["tools"]) and all(
+        "exact" in row and "error_agreement" in row for row in retrieval["tools"].values()
+    )
+    assert (out / "fidelity.png").read_bytes()[:4] == b"\x89PNG" and json.loads((out / "report.json").read_text())["top_k"] == 3
+
+    # the report gates a replay: tools at or above the threshold are covered, the others refused
+    fidelity = {tool: row["token_f1"] for tool, row in retrieval["tools"].items()}
+    threshold = sorted(fidelity.values())[len(fidelity) // 2]
+    sandbox = build_sandbox(f"experience:{model.spec}", min_fidelity={"*": threshold}, fidelity=str(out / "report.json"))
+    assert {t for t in fidelity if sandbox.covers(t)} == {t for t, v in fidelity.items() if v >= threshold}
+    sandbox.close()
+
+    table = CliRunner().invoke(app, args[:-1], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "token F1" in table.stdout and "no-retrieval" in table.stdout
