@@ -7,6 +7,13 @@ once more and re-execute the expert's own call, which moves the world to s_{i+1}
 sandbox's fidelity: the observation must equal the recorded one (a mismatch is kept with the first
 differing position and a short diff, :mod:`ee_middleware.replay.fidelity`).
 
+Experience models (:mod:`ee_middleware.replay.sandboxes.experience`): a sandbox with ``at_step(trajectory, step)``
+is told each recorded step before branching from it; one with ``provenance()`` says after each call
+whether a model wrote the observation, and such a rollout is stored ``synthetic`` with that lineage
+(model, retrieved transition ids, reasoning) under its proposer's ``settings["experience"]``. A
+prediction that is not a usable observation is counted by reason (``details["synthetic_failures"]``)
+and never stored.
+
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
 tool is refused and counted (with the tool's name, for the run's report), never executed.
 """
@@ -21,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
-from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
+from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 
 if TYPE_CHECKING:
     from ee_middleware.replay.policies.proposer import Proposer
@@ -82,6 +90,9 @@ def replay_trajectory(trajectory: Trajectory, sandbox: Sandbox, proposer: Propos
     for step in tool_steps:
         expert = step.action.tool_call
         assert expert is not None
+        at_step = getattr(sandbox, "at_step", None)
+        if at_step is not None:
+            at_step(trajectory, step)
         _branch(run, step, expert)
         _reexecute_expert(run, step, expert)
     return ReplayOutcome(run.record("done", None, **run.counts(states=len(tool_steps))), run.rollouts)
@@ -101,6 +112,8 @@ class _Run:
     """Proposals the proposer rejected, by reason."""
     refused: Counter[str] = field(default_factory=Counter)
     """Accepted proposals not executed because the sandbox does not provide the tool, by tool."""
+    synthetic_failures: Counter[str] = field(default_factory=Counter)
+    """Alternatives an experience model gave no usable observation for, by reason (nothing stored)."""
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     """The first :data:`MAX_MISMATCH_DETAILS` expert calls whose replayed observation differed."""
     mismatch_count: int = 0
@@ -128,6 +141,8 @@ class _Run:
             details["rejected_by_reason"] = dict(self.rejected)
         if self.refused:
             details["refused_tools"] = dict(self.refused)
+        if self.synthetic_failures:
+            details["synthetic_failures"] = dict(self.synthetic_failures)
         if self.mismatches:
             details["fidelity_mismatches"] = self.mismatches
         return {
@@ -176,7 +191,10 @@ def _branch(run: _Run, step: Step, expert: ToolCall) -> None:
             continue
         run.sandbox.restore(snapshot)
         branched = True
-        run.rollouts.append(_execute_alternative(run, step, branch, candidate))
+        try:
+            run.rollouts.append(_execute_alternative(run, step, branch, candidate))
+        except SyntheticObservationError as exc:
+            run.synthetic_failures[exc.reason] += 1
     if branched:
         run.sandbox.restore(snapshot)
 
@@ -198,6 +216,8 @@ def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidat
     t0 = time.perf_counter()
     observation = run.sandbox.execute(call)
     duration_ms = (time.perf_counter() - t0) * 1000
+    provenance = getattr(run.sandbox, "provenance", None)
+    lineage = provenance() if provenance is not None else None
     return Rollout(
         id=rollout_id(settings.replay_id, trajectory_id, step.index, branch),
         replay_id=settings.replay_id,
@@ -205,13 +225,18 @@ def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidat
         step_index=step.index,
         branch_index=branch,
         action=Action(kind="tool_call", tool_call=call),
-        proposer=candidate.proposer,
+        proposer=candidate.proposer if lineage is None else _with_lineage(candidate.proposer, lineage),
         observation=observation.capped(settings.max_observation_chars),
         is_error=observation.is_error,
-        synthetic=False,
+        synthetic=lineage is not None,
         sandbox=run.sandbox.kind,
         duration_ms=duration_ms,
     )
+
+
+def _with_lineage(proposer: ProposerInfo, lineage: dict[str, Any]) -> ProposerInfo:
+    """``proposer`` with an experience model's lineage (model, retrieved ids, reasoning) under ``settings["experience"]``."""
+    return proposer.model_copy(update={"settings": {**proposer.settings, "experience": lineage}})
 
 
 # -- expert re-execution: on to the next recorded state -----------------------------------------------

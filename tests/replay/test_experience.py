@@ -287,3 +287,69 @@ def test_experience_eval_compares_no_retrieval_with_retrieval_on_the_same_held_o
 
     table = CliRunner().invoke(app, args[:-1], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "token F1" in table.stdout and "no-retrieval" in table.stdout
+
+
+# -- replay through the experience model -----------------------------------------------------------
+
+
+class _ScriptedPolicy:
+    """Proposes fixed calls at every state."""
+
+    name = "scripted"
+
+    def __init__(self, calls: list[ToolCall]) -> None:
+        self.calls = calls
+
+    def propose(self, point: Any, k: int, *, seed: int) -> Any:
+        from ee_middleware.records import ProposerInfo
+        from ee_middleware.replay.policies.protocol import Candidate, Proposals
+
+        return Proposals([Candidate(call=c, proposer=ProposerInfo(policy=self.name)) for c in self.calls])
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def _replay(store_path: Path, sandbox: ExperienceSandbox) -> tuple[Trajectory, Any]:
+    from ee_middleware.replay.policies.proposer import Proposer
+    from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
+
+    trajectory = next(t for t in _trajectories(store_path) if t.environment["entry_id"] == "multi_turn_base_0")
+    policy = _ScriptedPolicy(
+        [ToolCall(id="a", name="ls", arguments={"a": True}), ToolCall(id="b", name="mkdir", arguments={"dir_name": "x"})]
+    )
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(policy, k=2, refill=None), ReplaySettings("dream", "scripted", k=2))
+    sandbox.close()
+    return trajectory, outcome
+
+
+def test_replay_through_the_experience_model_stores_synthetic_rollouts_with_their_lineage(bfcl_store_path: Path, serve: Any) -> None:
+    model = serve(copy_first_example)
+    trajectory, outcome = _replay(bfcl_store_path, ExperienceSandbox(model.spec, store=str(bfcl_store_path)))
+    tool_steps = [s for s in trajectory.steps if s.action.tool_call is not None]
+    assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, "expert steps keep their recorded observations"
+    assert len(outcome.rollouts) == 2 * len(tool_steps) == len(model.requests), "only the alternatives were predicted"
+    store = LocalExperienceStore(bfcl_store_path)
+    store.write_replay(outcome.record, outcome.rollouts)
+    stored = list(store.iter_rollouts(replay_id="dream"))
+    assert len(stored) == len(outcome.rollouts)
+    for rollout in stored:
+        lineage = rollout.proposer.settings["experience"]
+        assert rollout.synthetic and rollout.sandbox == "experience" and rollout.proposer.policy == "scripted"
+        assert lineage["model"] == model.spec and lineage["reasoning"] and len(lineage["retrieved"]) == 3
+        assert not any(f":{trajectory.id}:" in r for r in lineage["retrieved"])
+    index = TransitionIndex()
+    index.refresh(store)
+    assert not any(t.id.startswith("rollout:") for t in index.transitions), "synthetic rollouts never enter the replay buffer"
+    store.close()
+
+
+def test_replay_never_stores_garbage_predictions_and_says_why(bfcl_store_path: Path, serve: Any) -> None:
+    model = serve(lambda messages: "The tool probably works." if len(messages) else "")
+    _, outcome = _replay(bfcl_store_path, ExperienceSandbox(model.spec, store=str(bfcl_store_path)))
+    assert outcome.record.status == "done" and outcome.rollouts == [] and outcome.record.branches == 0
+    failures = outcome.record.details["synthetic_failures"]
+    assert failures == {"no JSON object with an 'observation' field in the answer": len(model.requests)} and model.requests
