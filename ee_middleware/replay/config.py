@@ -13,6 +13,17 @@ arguments. Example ``replay.toml``::
 
     [replay.policy_settings]     # keyword options of the policy, e.g. for mutate:
     invalid_share = 0.15         # share of deliberately invalid alternatives
+
+An experience model (DreamGym) for tools that cannot be replayed, trusted only where its measured
+fidelity is high enough (see :mod:`ee_middleware.replay.sandboxes.experience`)::
+
+    [replay]
+    sandbox = "experience:openai:http://vllm:8000/v1#experience-model"
+
+    [replay.sandbox_settings]
+    real = "bfcl"                           # tools this sandbox covers run for real
+    fidelity = "experience-eval/report.json"  # written by `ee experience eval`
+    min_fidelity = { "*" = 0.6, "send_email" = 0.8 }
 """
 
 from __future__ import annotations
@@ -45,6 +56,10 @@ class ReplayConfig(BaseModel):
     """Keyword options of the policy's constructor, e.g. ``{"invalid_share": 0.1, "same_tool_share": 0.5}`` for
     ``mutate`` (see :class:`~ee_middleware.replay.policies.mutate.MutationPolicy`). They shape the rollouts, so
     they are part of :attr:`replay_id`."""
+    sandbox_settings: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of the sandbox's factory, e.g. for ``experience:MODEL_SPEC``: ``top_k``, ``real``,
+    ``min_fidelity`` and ``fidelity`` (an experience sandbox also gets this job's ``store`` unless set).
+    Part of :attr:`replay_id` when set."""
     k: int = Field(8, ge=1, le=256)
     """Alternatives per recorded state (the paper: 8-30 for IWM, 2-4 for SR)."""
     seed: int = 0
@@ -84,12 +99,21 @@ class ReplayConfig(BaseModel):
         )
         return {**sampling, **self.policy_settings}
 
+    def sandbox_factory_options(self) -> dict[str, Any]:
+        """:attr:`sandbox_settings`, plus the store for an experience sandbox (its replay buffer)."""
+        options = dict(self.sandbox_settings)
+        if self.sandbox.strip().startswith("experience:"):
+            options.setdefault("store", str(self.store))
+        return options
+
     @property
     def replay_id(self) -> str:
         """Identifies the configuration that shapes rollouts: a re-run with the same id resumes."""
         shaping = {"sandbox": self.sandbox, "policy": self.policy, "k": self.k, "seed": self.seed}
         if self.allow_network:  # only when on, so that earlier ids stay valid
             shaping["allow_network"] = True
+        if self.sandbox_settings:
+            shaping["sandbox_settings"] = self.sandbox_settings
         if self.policy != "mutate" or self.policy_settings:
             shaping.update(self.policy_options())
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]

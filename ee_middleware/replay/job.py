@@ -117,7 +117,7 @@ def run_replay(
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
-    options = sandbox_options(allow_network=config.allow_network)
+    options = {**sandbox_options(allow_network=config.allow_network), **config.sandbox_factory_options()}
     factory = sandbox_factory(
         config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb, options=options
     )

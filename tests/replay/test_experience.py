@@ -353,3 +353,34 @@ def test_replay_never_stores_garbage_predictions_and_says_why(bfcl_store_path: P
     assert outcome.record.status == "done" and outcome.rollouts == [] and outcome.record.branches == 0
     failures = outcome.record.details["synthetic_failures"]
     assert failures == {"no JSON object with an 'observation' field in the answer": len(model.requests)} and model.requests
+
+
+class LsAndMkdirPolicy(_ScriptedPolicy):
+    """The scripted policy as a job's policy spec (``tests.replay.test_experience:LsAndMkdirPolicy``)."""
+
+    def __init__(self, **sampling: Any) -> None:
+        super().__init__([ToolCall(id="a", name="ls", arguments={"a": True}), ToolCall(id="b", name="mkdir", arguments={"dir_name": "x"})])
+
+
+def test_a_replay_job_refuses_tools_below_their_fidelity_and_says_which(bfcl_store_path: Path, serve: Any, tmp_path: Path) -> None:
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+
+    model = serve(copy_first_example)
+    settings = {"min_fidelity": {"mkdir": 0.9}, "fidelity": {"mkdir": 0.25}}
+    config = ReplayConfig(
+        store=bfcl_store_path,
+        sandbox=f"experience:{model.spec}",
+        sandbox_settings=settings,
+        policy="tests.replay.test_experience:LsAndMkdirPolicy",
+        k=2,
+        limit=2,
+    )
+    assert config.replay_id != config.model_copy(update={"sandbox_settings": {}}).replay_id
+    summary = run_replay(config)
+    assert summary.refused_tools.get("mkdir", 0) > 0 and set(summary.refused_tools) == {"mkdir"}
+    assert "low fidelity" in summary.refused_hints["mkdir"] and "0.250" in summary.refused_hints["mkdir"]
+    store = LocalExperienceStore(bfcl_store_path)
+    stored = list(store.iter_rollouts(replay_id=config.replay_id))
+    store.close()
+    assert stored and {r.action.tool_call.name for r in stored} == {"ls"} and all(r.synthetic for r in stored)
