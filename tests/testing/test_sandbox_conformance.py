@@ -159,7 +159,7 @@ def add_with_a_ticket(world: dict[str, int], key: str, n: int = 1) -> str:
     return f"{world[key]} (ticket {next(_ticks)})"
 
 
-def python_variant(cls: type[PythonSandbox], build: Callable[..., Any] = build_world, **tools: Any) -> Callable[[], PythonSandbox]:
+def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] = build_world, **tools: Any) -> Callable[[], PythonSandbox]:
     return functools.partial(cls, build, tools={**TOOLS, **tools})
 
 
@@ -168,7 +168,11 @@ def python_variant(cls: type[PythonSandbox], build: Callable[..., Any] = build_w
     [
         (ShallowSnapshot, COUNTER, r"restore\(\) must put the world back exactly"),
         (CounterSandbox, COUNTER, r"execute\(add\) raised TypeError.*must be an error observation"),
-        (python_variant(PythonSandbox, _leaky_build), COUNTER, r"reset\(\) must rebuild the world at step 0"),
+        (
+            python_variant(functools.partial(PythonSandbox, journal=False), _leaky_build),
+            COUNTER,
+            r"reset\(\) must rebuild the world at step 0",
+        ),
         (python_variant(StickyAfterClose), COUNTER, r"execute\(\) after close\(\) must raise SandboxError"),
         (python_variant(CloseOnlyOnce), COUNTER, r"close\(\) must be idempotent"),
         (python_variant(StaleCovers), COUNTER, r"covers\('add'\) must be true after a reset"),

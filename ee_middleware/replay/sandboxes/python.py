@@ -6,6 +6,11 @@ as its first argument. Branching from any recorded state is exact because a snap
 copy of the world (pickled once; each restore unpickles a fresh copy, or deep-copies worlds that
 do not pickle); for small worlds a restore takes microseconds.
 
+Worlds made of plain dicts and lists (a database of users, orders and products) are journaled
+instead (see :mod:`ee_middleware.replay.sandboxes.journal`): each write records the value it
+overwrites, a snapshot is a position in that journal, and a restore undoes only what the calls
+since wrote -- nothing at all after a read-only call -- however large the world is.
+
 >>> def build(environment):                                   # doctest: +SKIP
 ...     return {"stock": dict(environment["stock"])}
 >>> def order_item(world, item: str, quantity: int = 1):      # doctest: +SKIP
@@ -29,6 +34,7 @@ from typing import Any
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
+from ee_middleware.replay.sandboxes.journal import JDict, JList, Journal, JournalSnapshot, NotJournalable, adopt
 
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
 WorldTool = Callable[..., Any]
@@ -97,6 +103,9 @@ class PythonSandbox:
         state: ``world -> data``: what :meth:`state_digest` digests (default: the world itself, see
             :func:`~ee_middleware.replay.sandboxes.digest.digest_of`). Give one when the world's
             own form is not canonical (a database whose bytes depend on the order of writes).
+        journal: journal the writes of worlds made of plain dicts and lists, so that a restore
+            undoes only them (the world's dicts and lists become their journaling subclasses).
+            ``False``: every restore copies the whole world back.
     """
 
     def __init__(
@@ -110,6 +119,7 @@ class PythonSandbox:
         is_error_result: Callable[[Any], bool] | None = None,
         format_error: Callable[[BaseException], str] = format_exception,
         state: Callable[[Any], Any] | None = None,
+        journal: bool = True,
     ) -> None:
         overlap = set(tools) & set(read_only_tools or {})
         if overlap:
@@ -122,6 +132,8 @@ class PythonSandbox:
         self._is_error_result = is_error_result
         self._format_error = format_error
         self._state = state
+        self._journaling = journal
+        self._journal: Journal | None = None
         self._world: Any = None
         self._ready = False
         self._closed = False
@@ -140,11 +152,13 @@ class PythonSandbox:
 
     def reset(self, environment: dict[str, Any] | None) -> None:
         try:
-            self._world = self._build(environment)
+            world = self._build(environment)
         except EnvironmentUnavailableError:
             raise
         except Exception as exc:
             raise EnvironmentUnavailableError(f"{self.kind} sandbox could not rebuild the world: {type(exc).__name__}: {exc}") from exc
+        self._release()
+        self._set_world(world)
         self._ready = True
         self._closed = False
 
@@ -168,14 +182,70 @@ class PythonSandbox:
         is_error = bool(self._is_error_result(value)) if self._is_error_result else False
         return Observation(content=self._format_result(value), is_error=is_error)
 
-    def snapshot(self) -> WorldSnapshot:
+    def snapshot(self) -> WorldSnapshot | JournalSnapshot:
         self._check_open()
+        journal = self._journal
+        if journal is not None:
+            try:
+                journal.seal()
+                return JournalSnapshot(journal)
+            except NotJournalable:  # a call stored something a journal cannot follow: copy whole worlds from now on
+                current = WorldSnapshot(self._world)
+                self._release()
+                self._world, self._journal = current.materialize(), None
         return WorldSnapshot(self._world)
 
-    def restore(self, snapshot: WorldSnapshot) -> None:
+    def restore(self, snapshot: WorldSnapshot | JournalSnapshot) -> None:
         self._check_open()
-        self._world = snapshot.materialize()
+        if isinstance(snapshot, JournalSnapshot):
+            if snapshot.reachable(self._journal):
+                self._undo_to(snapshot)
+            else:
+                copied = snapshot.copy
+                if copied is None:
+                    raise SandboxError(f"{self.kind} sandbox: this snapshot belongs to another sandbox; restore it there.")
+                self._release()
+                self._set_world(copied.materialize(), claim=True)
+                if self._journal is not None:
+                    snapshot.rebind(self._journal)
+        else:
+            world = snapshot.materialize()
+            self._release()
+            self._set_world(world, claim=True)
         self._ready = True
+
+    def _set_world(self, world: Any, *, claim: bool = False) -> None:
+        """Make ``world`` current, journaled when it is plain data (a fresh journal)."""
+        self._journal = None
+        self._world = world
+        if self._journaling and type(world) in (dict, list, JDict, JList):
+            journal = Journal()
+            try:
+                self._world = journal.world = adopt(world, journal, {}, claim=claim)
+            except NotJournalable:
+                return
+            self._journal = journal
+
+    def _undo_to(self, snapshot: JournalSnapshot) -> None:
+        journal = self._journal
+        assert journal is not None
+        later = [s for s in journal.live if s.mark > snapshot.mark and s.copy is None and s.reachable(journal)]
+        for other in sorted(later, key=lambda s: -s.mark):  # keep later snapshots restorable: copy them before undoing past them
+            journal.undo_to(other.mark)
+            other.copy = WorldSnapshot(self._world)
+        journal.undo_to(snapshot.mark)
+
+    def _release(self) -> None:
+        """Before the journaled world is replaced: copy every snapshot still reachable through its journal."""
+        journal = self._journal
+        if journal is None:
+            return
+        for other in sorted((s for s in journal.live if s.copy is None and s.reachable(journal)), key=lambda s: -s.mark):
+            journal.undo_to(other.mark)
+            other.copy = WorldSnapshot(self._world)
+        journal.live.clear()
+        journal.world = None
+        self._journal = None
 
     def state_digest(self) -> str:
         """A digest of the world (of ``state(world)`` when given): JSON-canonical, or its pickled bytes."""
@@ -192,6 +262,7 @@ class PythonSandbox:
 
     def close(self) -> None:
         """Drop the world. Idempotent; afterwards only :meth:`reset` makes the sandbox usable again."""
+        self._release()
         self._world = None
         self._ready = False
         self._closed = True

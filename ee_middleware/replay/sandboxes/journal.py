@@ -1,0 +1,314 @@
+"""A journal of writes for plain-data worlds, so that a restore undoes only what a call changed.
+
+A world made of ``dict`` and ``list`` containers holding plain values (str, numbers, None, bytes,
+dates, tuples of those...) -- a retail database of users, orders and products, say -- is adopted
+once: each container becomes a :class:`JDict` or :class:`JList`, which behave exactly like
+``dict`` and ``list`` (they are subclasses; ``json.dumps``, ``==`` and ``repr`` are unchanged) and
+append the value they are about to overwrite to the sandbox's :class:`Journal`. A snapshot is then
+a position in the journal, and restoring it pops and undoes the entries written since, in reverse:
+microseconds for a call that wrote a few keys, nothing at all after a read-only call, whatever the
+size of the world.
+
+A snapshot stays exact whichever way the world moves: before undoing past a live snapshot (or
+rebuilding the world), the sandbox materialises it as a full copy
+(:class:`~ee_middleware.replay.sandboxes.python.WorldSnapshot`), so snapshots may be restored in
+any order. Containers a call inserts (plain dicts and lists) are adopted when the next snapshot is
+taken; a world that holds anything else (a set, a dataclass, a ``defaultdict``) is not journaled
+and falls back to whole-world copies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import fractions
+import uuid
+import weakref
+from typing import Any
+
+_MISSING: Any = object()
+_REPLACE: Any = object()  # entry (container, _REPLACE, shallow copy of its old contents)
+_TRUNCATE: Any = object()  # entry (list, _TRUNCATE, old length): undoes append/extend
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes, complex})
+_IMMUTABLE = (
+    str,
+    int,
+    float,
+    complex,
+    bytes,
+    type(None),
+    dt.date,
+    dt.time,
+    dt.timedelta,
+    dt.tzinfo,
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+    enum.Enum,
+    range,
+)
+
+
+class NotJournalable(Exception):
+    """The world holds a value whose changes a journal cannot see."""
+
+
+class Journal:
+    """The writes made to one adopted world since it was adopted (entries ``(container, key, old)``)."""
+
+    __slots__ = ("entries", "live", "sealed", "world")
+
+    def __init__(self) -> None:
+        self.world: Any = None
+        self.entries: list[tuple[Any, Any, Any]] = []
+        self.live: weakref.WeakSet[JournalSnapshot] = weakref.WeakSet()
+        self.sealed = 0
+
+    def undo_to(self, mark: int) -> None:
+        entries = self.entries
+        while len(entries) > mark:
+            container, key, old = entries.pop()
+            if key is _REPLACE:
+                if isinstance(container, dict):
+                    dict.clear(container)
+                    dict.update(container, old)
+                else:
+                    list.__setitem__(container, slice(None), old)
+            elif key is _TRUNCATE:
+                list.__delitem__(container, slice(old, None))
+            elif old is _MISSING:
+                dict.pop(container, key, None)
+            else:
+                dict.__setitem__(container, key, old)
+        self.sealed = min(self.sealed, mark)
+
+    def seal(self) -> None:
+        """Adopt the plain containers inserted since the last seal (raises :class:`NotJournalable`)."""
+        memo: dict[int, Any] = {}
+        seen: set[int] = set()
+        for container, key, _old in self.entries[self.sealed :]:
+            if isinstance(container, dict):
+                if key is _REPLACE:
+                    if id(container) not in seen:
+                        seen.add(id(container))
+                        for k, v in dict.items(container):
+                            if type(v) not in _SCALARS:
+                                dict.__setitem__(container, k, adopt(v, self, memo))
+                else:
+                    v = dict.get(container, key, _MISSING)
+                    if v is not _MISSING and type(v) not in _SCALARS:
+                        dict.__setitem__(container, key, adopt(v, self, memo))
+            elif id(container) not in seen:
+                seen.add(id(container))
+                for i, v in enumerate(list.__iter__(container)):
+                    if type(v) not in _SCALARS:
+                        list.__setitem__(container, i, adopt(v, self, memo))
+        self.sealed = len(self.entries)
+
+
+class JournalSnapshot:
+    """A position in a world's journal; ``copy`` holds a full copy once the position can no longer be undone to."""
+
+    __slots__ = ("__weakref__", "copy", "journal", "mark", "token")
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal: Journal | None = journal
+        self.mark = len(journal.entries)
+        self.token = journal.entries[-1] if journal.entries else None
+        self.copy: Any = None
+        journal.live.add(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as a full copy (the form the subprocess sandbox sends its parent): taken now if the world is at this snapshot."""
+        if self.copy is None:
+            journal = self.journal
+            if journal is None or not self.reachable(journal) or len(journal.entries) != self.mark:
+                raise TypeError("a journal snapshot pickles only while its world is at it; pickle it right after snapshot()")
+            from ee_middleware.replay.sandboxes.python import WorldSnapshot
+
+            self.copy = WorldSnapshot(journal.world)
+        return (_same, (self.copy,))
+
+    def reachable(self, journal: Journal | None) -> bool:
+        """Whether undoing ``journal`` leads back to this snapshot."""
+        if journal is None or self.journal is not journal or len(journal.entries) < self.mark:
+            return False
+        return self.mark == 0 or journal.entries[self.mark - 1] is self.token
+
+    def rebind(self, journal: Journal) -> None:
+        """This snapshot is the state ``journal`` starts from."""
+        self.journal, self.mark, self.token = journal, 0, None
+        journal.live.add(self)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class JDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` that journals each write; unjournaled until adopted (``_j`` set)."""
+
+    __slots__ = ("_j",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        dict.__init__(self, *args, **kwargs)
+        self._j: Journal | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JDict, (dict(self),))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if self._j is not None:
+            self._j.entries.append((self, key, dict.get(self, key, _MISSING)))
+        dict.__setitem__(self, key, value)
+
+    def _removing(self, key: Any) -> None:
+        # Re-inserting a key puts it last: exact only for the last key; otherwise keep the order by a copy.
+        if next(reversed(self)) == key:
+            self._j.entries.append((self, key, dict.__getitem__(self, key)))  # type: ignore[union-attr]
+        else:
+            self._j.entries.append((self, _REPLACE, dict(self)))  # type: ignore[union-attr]
+
+    def __delitem__(self, key: Any) -> None:
+        if self._j is not None and key in self:
+            self._removing(key)
+        dict.__delitem__(self, key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if self._j is not None and key in self:
+            self._removing(key)
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[Any, Any]:
+        key, value = dict.popitem(self)
+        if self._j is not None:
+            self._j.entries.append((self, key, value))
+        return key, value
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if self._j is not None and key not in self:
+            self._j.entries.append((self, key, _MISSING))
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        items = dict(*args, **kwargs)
+        if self._j is not None:
+            for key in items:
+                self._j.entries.append((self, key, dict.get(self, key, _MISSING)))
+        dict.update(self, items)
+
+    def __ior__(self, other: Any) -> JDict:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        if self._j is not None:
+            self._j.entries.append((self, _REPLACE, dict(self)))
+        dict.clear(self)
+
+
+def _replacing(name: str) -> Any:
+    base = getattr(list, name)
+
+    def method(self: JList, *args: Any, **kwargs: Any) -> Any:
+        if self._j is not None:
+            self._j.entries.append((self, _REPLACE, list(self)))
+        return base(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+class JList(list):  # type: ignore[type-arg]
+    """A ``list`` that journals each write; unjournaled until adopted (``_j`` set)."""
+
+    __slots__ = ("_j",)
+
+    def __init__(self, *args: Any) -> None:
+        list.__init__(self, *args)
+        self._j: Journal | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JList, (list(self),))
+
+    def append(self, value: Any) -> None:
+        if self._j is not None:
+            self._j.entries.append((self, _TRUNCATE, len(self)))
+        list.append(self, value)
+
+    def extend(self, values: Any) -> None:
+        values = list(values)
+        if self._j is not None:
+            self._j.entries.append((self, _TRUNCATE, len(self)))
+        list.extend(self, values)
+
+    def __iadd__(self, values: Any) -> JList:  # type: ignore[override,misc]
+        self.extend(values)
+        return self
+
+    __setitem__ = _replacing("__setitem__")
+    __delitem__ = _replacing("__delitem__")
+    __imul__ = _replacing("__imul__")
+    insert = _replacing("insert")
+    pop = _replacing("pop")
+    remove = _replacing("remove")
+    clear = _replacing("clear")
+    sort = _replacing("sort")
+    reverse = _replacing("reverse")
+
+
+def adopt(value: Any, journal: Journal, memo: dict[int, Any], *, claim: bool = False) -> Any:
+    """``value`` with every dict and list journaled into ``journal`` (copies of plain containers; shared ones stay shared).
+
+    ``claim``: take unowned journaled containers as they are (a world just unpickled) instead of copying them.
+    Raises :class:`NotJournalable` for anything mutable that is not a plain dict or list.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is JDict or kind is JList:
+        if value._j is journal:
+            return value
+        take = claim and value._j is None
+    elif kind is dict or kind is list:
+        take = False
+    else:
+        _check_immutable(value)
+        return value
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if isinstance(value, dict):
+        new: Any = value if take else JDict()
+        memo[key] = new
+        for k, v in dict.items(value):
+            dict.__setitem__(new, k, v if type(v) in _SCALARS else adopt(v, journal, memo, claim=claim))
+    elif take:
+        new = value
+        memo[key] = new
+        for i, v in enumerate(list.__iter__(value)):
+            if type(v) not in _SCALARS:
+                list.__setitem__(new, i, adopt(v, journal, memo, claim=claim))
+    else:
+        new = JList()
+        memo[key] = new
+        list.extend(new, [v if type(v) in _SCALARS else adopt(v, journal, memo, claim=claim) for v in list.__iter__(value)])
+    new._j = journal
+    return new
+
+
+def _check_immutable(value: Any) -> None:
+    if isinstance(value, (tuple, frozenset)) and type(value) in (tuple, frozenset):
+        for item in value:
+            if type(item) not in _SCALARS:
+                _check_immutable(item)
+        return
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        for item in value:
+            _check_immutable(item)
+        return
+    if isinstance(value, _IMMUTABLE):
+        return
+    raise NotJournalable(f"a {type(value).__qualname__} (only dicts, lists and immutable values are journaled)")

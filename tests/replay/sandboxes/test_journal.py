@@ -1,0 +1,179 @@
+"""Journaled worlds: a restore undoes only what the calls since the snapshot wrote, and stays exact."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import random
+from typing import Any
+
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.policies.mutate import MutationPolicy
+from ee_middleware.replay.policies.proposer import Proposer
+from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
+from ee_middleware.replay.sandboxes.journal import JDict, JList, JournalSnapshot
+from ee_middleware.replay.sandboxes.python import PythonSandbox, WorldSnapshot
+from ee_middleware.testing import check_sandbox
+from tests.replay.sandboxes import retail_world as retail
+
+
+def _plain(value: Any) -> Any:
+    """The world as plain dicts and lists (the journaling subclasses compare equal, but type matters here)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_a_database_world_passes_the_conformance_kit_through_the_journal() -> None:
+    sandbox = retail.make_sandbox()
+    sandbox.reset(retail.SMALL)
+    assert isinstance(sandbox.snapshot(), JournalSnapshot) and type(sandbox.world) is JDict
+    check_sandbox(
+        retail.make_sandbox,
+        environment=retail.SMALL,
+        mutate=ToolCall(id="m", name="place_order", arguments={"user_id": "u1", "product_id": "p2", "quantity": 1}),
+        read=[
+            ToolCall(id="r1", name="get_user", arguments={"user_id": "u1"}),
+            ToolCall(id="r2", name="get_product", arguments={"product_id": "p2"}),
+            ToolCall(id="r3", name="list_orders", arguments={"user_id": "u1"}),
+        ],
+        require_digest=True,
+    )
+
+
+def test_a_read_only_call_leaves_nothing_to_undo_and_a_write_only_its_own_keys() -> None:
+    sandbox = retail.make_sandbox()
+    sandbox.reset(retail.ONE_MB)
+    snapshot = sandbox.snapshot()
+    journal = snapshot.journal
+    assert journal is not None
+    sandbox.execute(ToolCall(id="r", name="list_orders", arguments={"user_id": "u5"}))
+    assert journal.entries == []
+    sandbox.execute(ToolCall(id="w", name="update_address", arguments={"user_id": "u5", "street": "s", "city": "c", "zip": "z"}))
+    assert len(journal.entries) == 1
+    sandbox.restore(snapshot)
+    assert journal.entries == [] and _plain(sandbox.world) == _plain(retail.build(retail.ONE_MB))
+
+
+_OPS = [
+    lambda d, r: d.__setitem__(f"k{r.randrange(6)}", r.randrange(9)),
+    lambda d, r: d.pop(f"k{r.randrange(6)}", None),
+    lambda d, r: d.setdefault(f"k{r.randrange(6)}", []),
+    lambda d, r: d.update({f"k{r.randrange(6)}": {"n": r.randrange(3)}}, z=1),
+    lambda d, r: d.popitem() if d else None,
+    lambda d, r: d.clear() if r.random() < 0.1 else None,
+    lambda d, r: d.__delitem__(next(iter(d))) if d else None,
+    lambda d, r: d.__ior__({"m": [1, 2]}),
+]
+_LIST_OPS = [
+    lambda xs, r: xs.append({"x": r.randrange(5)}),
+    lambda xs, r: xs.extend([r.randrange(5), [r.randrange(5)]]),
+    lambda xs, r: xs.insert(0, r.randrange(5)),
+    lambda xs, r: xs.pop() if xs else None,
+    lambda xs, r: xs.reverse(),
+    lambda xs, r: xs.__setitem__(slice(0, 1), [7, 8]),
+    lambda xs, r: xs.__delitem__(0) if xs else None,
+    lambda xs, r: xs.__iadd__([3]),
+    lambda xs, r: xs.__imul__(2) if len(xs) < 20 else None,
+    lambda xs, r: xs.remove(xs[-1]) if xs else None,
+    lambda xs, r: xs.sort(key=repr),
+    lambda xs, r: xs.clear() if r.random() < 0.1 else None,
+]
+
+
+def _scramble(world: dict[str, Any], seed: int) -> str:
+    """A tool that makes random writes of every kind, also into containers it inserted itself."""
+    rng = random.Random(seed)
+    for _ in range(rng.randrange(1, 8)):
+        table = world[rng.choice(["a", "b", "shared"])]
+        if isinstance(table, dict):
+            rng.choice(_OPS)(table, rng)
+            nested = [v for v in table.values() if isinstance(v, (dict, list))]
+        else:
+            rng.choice(_LIST_OPS)(table, rng)
+            nested = [v for v in table if isinstance(v, (dict, list))]
+        for inner in nested[:1]:
+            (rng.choice(_OPS) if isinstance(inner, dict) else rng.choice(_LIST_OPS))(inner, rng)
+    return repr(world)
+
+
+def _scramble_world(environment: dict[str, Any] | None) -> dict[str, Any]:
+    shared = {"s": [1, 2]}
+    return {"a": {"k1": 1, "k2": {"n": 0}, "sh": shared}, "b": [1, [2, 3], {"x": 1}], "shared": shared}
+
+
+def test_random_writes_of_every_kind_restore_exactly_in_any_order_and_match_whole_copies() -> None:
+    rng = random.Random(11)
+    journaled = PythonSandbox(_scramble_world, tools={"scramble": _scramble})
+    copied = PythonSandbox(_scramble_world, tools={"scramble": _scramble}, journal=False)
+    for sandbox in (journaled, copied):
+        sandbox.reset(None)
+    snapshots: list[tuple[Any, Any, Any]] = []  # (journaled snapshot, whole-copy snapshot, the world then)
+    for i in range(400):
+        roll = rng.random()
+        if roll < 0.2 or not snapshots:
+            snapshots.append((journaled.snapshot(), copied.snapshot(), copy.deepcopy(_plain(copied.world))))
+        elif roll < 0.45:
+            j, c, expected = rng.choice(snapshots)
+            journaled.restore(j)
+            copied.restore(c)
+            assert _plain(journaled.world) == expected
+        else:
+            call = ToolCall(id=f"c{i}", name="scramble", arguments={"seed": i})
+            assert journaled.execute(call) == copied.execute(call)
+        assert _plain(journaled.world) == _plain(copied.world)
+        assert journaled.state_digest() == copied.state_digest()
+        # aliasing survives: the shared dict is one object in both places
+        assert (journaled.world["a"].get("sh") is journaled.world["shared"]) == (copied.world["a"].get("sh") is copied.world["shared"])
+    assert type(journaled.world["b"]) is JList
+
+
+def test_a_world_that_gains_a_set_falls_back_to_whole_copies_and_stays_exact() -> None:
+    def add_set(world: dict[str, Any]) -> str:
+        world["tags"] = {"a"}
+        return "ok"
+
+    def add_tag(world: dict[str, Any], tag: str) -> str:
+        world["tags"].add(tag)
+        return repr(sorted(world["tags"]))
+
+    sandbox = PythonSandbox(lambda env: {"n": 1}, tools={"add_set": add_set, "add_tag": add_tag})
+    sandbox.reset(None)
+    start = sandbox.snapshot()
+    sandbox.execute(ToolCall(id="1", name="add_set", arguments={}))
+    with_set = sandbox.snapshot()
+    assert isinstance(with_set, WorldSnapshot)
+    sandbox.execute(ToolCall(id="2", name="add_tag", arguments={"tag": "b"}))
+    sandbox.restore(with_set)
+    assert sandbox.world["tags"] == {"a"}
+    sandbox.restore(start)
+    assert _plain(sandbox.world) == {"n": 1}
+
+
+def test_a_journal_snapshot_pickles_as_a_whole_copy_for_the_subprocess_sandbox() -> None:
+    sandbox = retail.make_sandbox()
+    sandbox.reset(retail.SMALL)
+    snapshot = sandbox.snapshot()
+    data = pickle.dumps(snapshot)
+    sandbox.execute(ToolCall(id="w", name="update_address", arguments={"user_id": "u1", "street": "s", "city": "c", "zip": "z"}))
+    other = retail.make_sandbox()
+    other.reset(retail.SMALL)
+    other.execute(ToolCall(id="w", name="cancel_order", arguments={"order_id": "o3"}))
+    other.restore(pickle.loads(data))
+    assert _plain(other.world) == _plain(retail.build(retail.SMALL))
+
+
+def test_replay_gives_the_same_rollouts_with_and_without_the_journal() -> None:
+    trajectory = retail.trajectory(retail.SMALL, 12, seed=5)
+    settings = ReplaySettings(replay_id="journal", policy="mutate", k=6, seed=3)
+    outcomes = [
+        replay_trajectory(trajectory, retail.make_sandbox(journal=journal), Proposer(MutationPolicy(), k=6), settings)
+        for journal in (True, False)
+    ]
+    journaled, copied = ([r.model_dump(mode="json", exclude={"created_at", "duration_ms"}) for r in o.rollouts] for o in outcomes)
+    assert len(journaled) >= 40 and journaled == copied
+    writes = {"place_order", "cancel_order", "update_address", "remove_tag"}
+    assert any(not r["observation"]["is_error"] and r["action"]["tool_call"]["name"] in writes for r in journaled), "no branch wrote"
+    assert outcomes[0].record.fidelity_mismatches == 0 == outcomes[1].record.fidelity_mismatches
