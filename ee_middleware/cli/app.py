@@ -12,6 +12,7 @@ from ee_middleware._version import __version__
 from ee_middleware.cli import (
     adapters_cmds,
     bfcl_cmds,
+    curriculum_cmds,
     datasets_cmds,
     eval_cmds,
     experience_cmds,
@@ -54,6 +55,7 @@ train_cmds.register(app)
 app.add_typer(adapters_cmds.app, name="adapters")
 app.add_typer(serve_cmds.app, name="serve")
 app.add_typer(experience_cmds.app, name="experience")
+app.add_typer(curriculum_cmds.app, name="curriculum")
 
 
 def _version(value: bool) -> None:

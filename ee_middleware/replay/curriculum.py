@@ -1,0 +1,210 @@
+"""The curriculum (DreamGym's task generator): variants of the tasks whose outcome varies most.
+
+Given a group of outcomes per task (an eval run's ``results.jsonl`` / ``results.parquet``: one row
+per task and trial with ``success``), each task is scored by the variance of its outcome,
+``p(1 - p)`` for success rate ``p``: highest for tasks the policy solves about half the time, zero
+for tasks it always or never solves, which teach it nothing new. The highest-scoring tasks are
+given to a model that writes variants: a new instruction for the same tools and the same
+environment reference. A variant is kept only when it parses, differs from its parent and every
+tool it names is one of the parent's tool schemas; the others are counted by reason.
+
+Tasks are matched to stored trajectories (their tool schemas and environment reference) by the
+environment's ``entry_id`` equal to the task id, else by the task text equal to the first user
+message of the task's conversation; a task without a match cannot be validated and is listed as
+unmatched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.models.protocol import Sampling
+from ee_middleware.records import Trajectory
+
+SYSTEM_PROMPT = (
+    "You write training tasks for a tool-using agent. Given a task and the tools it may use, write ONE new task for the same "
+    "tools and the same environment: a different goal or different details, solvable with those tools only. Answer with one "
+    'JSON object and nothing else: {"instruction": "<the new task>", "tools": ["<tool names it needs>"]}'
+)
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """A task's outcome group: ``n`` trials, success rate ``p`` and its variance ``p(1 - p)``."""
+
+    suite: str
+    task_id: str
+    n: int
+    p: float
+    instruction: str
+
+    @property
+    def variance(self) -> float:
+        return self.p * (1 - self.p)
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """An eval run's rows: ``results.parquet`` or ``results.jsonl`` (a run folder holding either, or the file)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = next((path / name for name in ("results.parquet", "results.jsonl") if (path / name).exists()), None)
+        if found is None:
+            raise ConfigError(f"{path} holds neither results.parquet nor results.jsonl: pass an eval run's folder (ee eval run --out).")
+        path = found
+    if not path.exists():
+        raise ConfigError(f"No results at {path}: pass an eval run's folder or its results.jsonl / results.parquet.")
+    if path.suffix == ".parquet":
+        import polars as pl
+
+        return pl.read_parquet(path).to_dicts()
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise ConfigError(f"{path}, line {number}: not JSON ({exc}).") from None
+    return rows
+
+
+def score_tasks(rows: Iterable[dict[str, Any]]) -> list[TaskScore]:
+    """Every task's outcome group, highest ``p(1 - p)`` first (ties: more trials, then the task id)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if "task_id" not in row or "success" not in row:
+            raise ConfigError(f"A results row needs 'task_id' and 'success', got the fields {sorted(row)}.")
+        groups[(str(row.get("suite", "")), str(row["task_id"]))].append(row)
+    scores = [
+        TaskScore(suite, task_id, len(group), sum(bool(r["success"]) for r in group) / len(group), _instruction(group))
+        for (suite, task_id), group in groups.items()
+    ]
+    return sorted(scores, key=lambda s: (-s.variance, -s.n, s.suite, s.task_id))
+
+
+def _instruction(group: list[dict[str, Any]]) -> str:
+    for row in group:
+        try:
+            messages = json.loads(row.get("conversation") or "[]")
+        except ValueError:
+            continue
+        first = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
+        if first and isinstance(first.get("content"), str):
+            return first["content"]
+    return ""
+
+
+def match_trajectories(scores: Sequence[TaskScore], trajectories: Iterable[Trajectory]) -> dict[str, Trajectory]:
+    """Task id -> the stored trajectory that gives its tools and environment (see the module docstring)."""
+    by_entry: dict[str, Trajectory] = {}
+    by_task: dict[str, Trajectory] = {}
+    for t in trajectories:
+        entry = (t.environment or {}).get("entry_id")
+        if entry is not None:
+            by_entry.setdefault(str(entry), t)
+        if t.task:
+            by_task.setdefault(t.task, t)
+    out = {}
+    for score in scores:
+        match = by_entry.get(score.task_id) or by_task.get(score.instruction)
+        if match is not None:
+            out[score.task_id] = match
+    return out
+
+
+def tool_names(trajectory: Trajectory) -> list[str]:
+    """The names of the tool schemas a trajectory offered."""
+    return [str(t.get("function", t).get("name")) for t in trajectory.tools if isinstance(t, dict)]
+
+
+@dataclass
+class Proposal:
+    """The curriculum's output: the variants kept, the rejections by reason and the tasks it could not match."""
+
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def validate_variant(text: str, parent_instruction: str, known_tools: Sequence[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """``({"instruction", "tools"}, None)`` for a usable variant, else ``(None, reason)``."""
+    decoder = json.JSONDecoder()
+    data = None
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        try:
+            candidate, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(candidate, dict) and "instruction" in candidate:
+            data = candidate
+            break
+    if data is None:
+        return None, "no JSON object with an 'instruction' field"
+    instruction = data.get("instruction")
+    if not isinstance(instruction, str) or not instruction.strip():
+        return None, "empty instruction"
+    if instruction.strip() == parent_instruction.strip():
+        return None, "same instruction as its parent"
+    tools = data.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        return None, "'tools' is not a list of names"
+    unknown = sorted(set(tools) - set(known_tools))
+    if unknown:
+        return None, "unknown tools"
+    return {"instruction": instruction.strip(), "tools": tools}, None
+
+
+def propose(
+    client: Any, scores: Sequence[TaskScore], trajectories: Iterable[Trajectory], *, n: int, max_tokens: int = 200, seed: int = 0
+) -> Proposal:
+    """Up to ``n`` validated variants of the highest-variance tasks (tasks with ``p(1 - p) = 0`` are never picked)."""
+    result = Proposal()
+    candidates = [s for s in scores if s.variance > 0]
+    matched = match_trajectories(candidates, trajectories)
+    result.unmatched = [s.task_id for s in candidates if s.task_id not in matched]
+    usable = [s for s in candidates if s.task_id in matched]
+    rejected: dict[str, int] = defaultdict(int)
+    attempt = 0
+    while usable and len(result.variants) < n and attempt < 3 * n:
+        score = usable[attempt % len(usable)]
+        parent = matched[score.task_id]
+        known = tool_names(parent)
+        instruction = score.instruction or parent.task or ""
+        user = f"Task: {instruction}\nTools: {json.dumps(known)}\nWrite variant number {attempt // len(usable) + 1}."
+        choices = client.complete(
+            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
+            n=1,
+            sampling=Sampling(temperature=1.0, max_tokens=max_tokens, seed=seed + attempt),
+        )
+        attempt += 1
+        text = choices[0].text if choices and choices[0].problem is None else ""
+        variant, reason = validate_variant(text, instruction, known)
+        if variant is None:
+            rejected[reason or "unknown"] += 1
+            continue
+        digest = hashlib.blake2b(f"{score.suite}:{score.task_id}:{variant['instruction']}".encode(), digest_size=8).hexdigest()
+        result.variants.append(
+            {
+                "id": f"curriculum-{digest}",
+                "source": "curriculum",
+                "parent": {
+                    "suite": score.suite,
+                    "task_id": score.task_id,
+                    "trajectory_id": parent.id,
+                    "p": score.p,
+                    "variance": score.variance,
+                },
+                "instruction": variant["instruction"],
+                "tools": parent.tools,
+                "needs": variant["tools"],
+                "environment": parent.environment,
+            }
+        )
+    result.rejected = dict(rejected)
+    return result

@@ -1,0 +1,97 @@
+"""The curriculum: p(1-p) scoring of eval outcomes and model-written variants validated against the tool schemas.
+
+The model is a scripted stand-in behind a real local HTTP server (see tests/replay/test_experience.py);
+tasks and tools are real BFCL expert trajectories.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.replay.curriculum import score_tasks, validate_variant
+from ee_middleware.store.local import LocalExperienceStore
+from tests.replay.test_experience import ScriptedExperienceModel, _handler
+
+
+@pytest.fixture
+def writer() -> Iterator[ScriptedExperienceModel]:
+    from http.server import ThreadingHTTPServer
+
+    answers = iter(
+        [
+            json.dumps({"instruction": "List the files, then make a folder named drafts.", "tools": ["ls", "mkdir"]}),
+            json.dumps({"instruction": "Email the file to Bob.", "tools": ["send_email"]}),  # not one of the task's tools
+            "Here is a nice task for you!",
+            json.dumps({"instruction": "Show the current folder.", "tools": ["pwd"]}),
+        ]
+        * 10
+    )
+    model = ScriptedExperienceModel(lambda messages: next(answers))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    model.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield model
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _rows(outcomes: dict[str, list[bool]]) -> list[dict[str, Any]]:
+    return [
+        {"suite": "bfcl", "task_id": task, "trial": i, "success": ok} for task, results in outcomes.items() for i, ok in enumerate(results)
+    ]
+
+
+def test_tasks_are_ranked_by_outcome_variance() -> None:
+    scores = score_tasks(
+        _rows({"always": [True] * 4, "never": [False] * 4, "half": [True, False] * 2, "mostly": [True, True, True, False]})
+    )
+    assert [(s.task_id, s.variance) for s in scores] == [("half", 0.25), ("mostly", 0.1875), ("always", 0.0), ("never", 0.0)]
+    with pytest.raises(ConfigError, match="task_id"):
+        score_tasks([{"success": True}])
+
+
+def test_variants_naming_unknown_tools_or_copying_the_parent_are_rejected() -> None:
+    assert validate_variant('{"instruction": "x", "tools": ["rm"]}', "y", ["ls"]) == (None, "unknown tools")
+    assert validate_variant('{"instruction": "y", "tools": []}', "y", ["ls"]) == (None, "same instruction as its parent")
+    assert validate_variant('ok: {"instruction": "x", "tools": ["ls"]}', "y", ["ls"]) == ({"instruction": "x", "tools": ["ls"]}, None)
+
+
+def test_curriculum_propose_writes_validated_variants_of_the_highest_variance_tasks(
+    bfcl_store_path: Path, writer: ScriptedExperienceModel, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    store = LocalExperienceStore(bfcl_store_path)
+    entries = sorted(t.environment["entry_id"] for t in store.iter_trajectories())
+    store.close()
+    results = tmp_path / "run" / "results.jsonl"
+    results.parent.mkdir()
+    outcomes = {entries[0]: [True, False, True, False], entries[1]: [True, True, True, True], "not-in-the-store": [True, False]}
+    results.write_text("".join(json.dumps(r) + "\n" for r in _rows(outcomes)))
+    out = tmp_path / "tasks.jsonl"
+    args = ["curriculum", "propose", "--from", str(results.parent), "--model", f"openai:{writer.base_url}#writer"]
+    result = CliRunner().invoke(app, [*args, "--store", str(bfcl_store_path), "--n", "2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["unmatched"] == ["not-in-the-store"] and summary["top_tasks"][0]["task_id"] in (entries[0], "not-in-the-store")
+    assert summary["rejected"] == {"unknown tools": 1, "no JSON object with an 'instruction' field": 1}
+    variants = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(variants) == summary["variants"] == 2
+    for variant in variants:
+        assert variant["source"] == "curriculum" and variant["parent"]["task_id"] == entries[0], (
+            "only the task with 0 < p < 1 that is stored"
+        )
+        names = {t["function"]["name"] for t in variant["tools"]}
+        assert set(variant["needs"]) <= names and variant["environment"]["entry_id"] == entries[0]
+    assert {v["instruction"] for v in variants} == {"List the files, then make a folder named drafts.", "Show the current folder."}
