@@ -55,3 +55,54 @@ def propose_cmd(
         typer.echo(f"rejected: {proposal.rejected}")
     if proposal.unmatched:
         typer.echo(f"no stored trajectory for (cannot validate): {', '.join(proposal.unmatched[:10])}")
+
+
+@app.command("run")
+def run_cmd(
+    tasks: Path = typer.Argument(..., help="tasks.jsonl from 'ee curriculum propose'."),
+    policy: str = typer.Option(
+        ..., "--policy", help="The policy to roll out: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
+    ),
+    sandbox: str = typer.Option(..., "--sandbox", help="Sandbox spec (bfcl, module:factory, experience:MODEL_SPEC)."),
+    judge: str = typer.Option(..., "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
+    store: str = StoreOption,
+    k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
+    approve_if: str | None = typer.Option(None, "--approve-if", help="module:function(trajectory) -> bool; others stay pending."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Roll the policy out K times on each task and store the rollouts a judge verifies as successful,
+    as trajectories with source=curriculum (pending for approval unless --approve-if accepts them)."""
+    import functools
+    import importlib
+
+    from ee_middleware.evals.curriculum import read_tasks, run_curriculum
+    from ee_middleware.models.spec import build_chat_client
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    if not tasks.exists():
+        raise typer.BadParameter(f"{tasks} does not exist: write it with 'ee curriculum propose'.", param_hint="TASKS")
+    todo = read_tasks(tasks.read_text(encoding="utf-8").splitlines())
+    predicate = None
+    if approve_if:
+        module, _, name = approve_if.partition(":")
+        try:
+            predicate = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise typer.BadParameter(f"cannot import {approve_if!r} ({exc}); write module:function.", param_hint="--approve-if") from None
+    opened = open_existing_store(store)
+    build_sandbox(sandbox).close()  # a sandbox that cannot be built fails here, before any rollout
+    policy_client, judge_client = build_chat_client(policy), build_chat_client(judge)
+    try:
+        result = run_curriculum(
+            todo, policy_client, policy, functools.partial(build_sandbox, sandbox), judge_client, opened, k=k, approve_if=predicate
+        )
+    finally:
+        policy_client.close()
+        judge_client.close()
+    summary = {"rollouts": result.rollouts, "kept": len(result.kept), "approved": result.approved, "dropped": dict(result.dropped)}
+    if as_json:
+        print_json({**summary, "trajectories": result.kept})
+        return
+    typer.echo(f"{result.rollouts} rollouts: {len(result.kept)} kept as source=curriculum trajectories ({result.approved} approved)")
+    for reason, count in result.dropped.most_common():
+        typer.echo(f"  dropped {count}: {reason}")

@@ -1,0 +1,194 @@
+"""Rolling the policy out on curriculum tasks and keeping the verified successes as new trajectories.
+
+``ee curriculum run tasks.jsonl`` (tasks from ``ee curriculum propose``): for each task, ``k`` times,
+the sandbox is reset to the task's environment reference and the policy runs the one agent loop
+(:func:`ee_middleware.evals.loop.run_conversation`) with the task's tools. A generated task has no
+ground truth, so the outcome is verified by a judge model (DreamGym's outcome reward: the experience
+model, or any chat model) that sees the task and the whole conversation, tool results included, and
+answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when the loop ended
+without an error, made at least one tool call and the judge's reward is 1; it is stored as a
+trajectory with ``source="curriculum"``, ``pending`` for approval unless ``approve_if`` accepts it,
+so it feeds IL/IWM/SR like any other once approved. Everything else is counted by reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.loop import LoopConfig, run_conversation
+from ee_middleware.evals.tasks import Conversation, EvalTask
+from ee_middleware.models.protocol import ChatClient, Sampling
+from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, utcnow
+
+JUDGE_PROMPT = (
+    "You judge whether a tool-using agent accomplished its task. Read the task and the conversation (tool results included). "
+    'Answer with one JSON object and nothing else: {"reasoning": "<one or two sentences>", "reward": <1 if accomplished, else 0>}'
+)
+
+
+@dataclass
+class CurriculumRun:
+    """What a curriculum run did: trajectories kept, and the rollouts not kept by reason."""
+
+    rollouts: int = 0
+    kept: list[str] = field(default_factory=list)
+    approved: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The curriculum tasks of a ``tasks.jsonl`` (each needs ``id``, ``instruction`` and ``tools``)."""
+    tasks = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"tasks line {number}: not JSON ({exc}).") from None
+        missing = [key for key in ("id", "instruction", "tools") if key not in task]
+        if missing:
+            raise ConfigError(f"tasks line {number}: missing {', '.join(missing)} (write tasks with 'ee curriculum propose').")
+        tasks.append(task)
+    return tasks
+
+
+def judge(client: ChatClient, instruction: str, conversation: Conversation) -> tuple[float | None, str]:
+    """The judge's reward (``None`` when its answer has no usable verdict) and its reasoning or the problem."""
+    shown = json.dumps(conversation.messages, ensure_ascii=False)[-6000:]
+    messages = [{"role": "system", "content": JUDGE_PROMPT}, {"role": "user", "content": f"Task: {instruction}\n\nConversation:\n{shown}"}]
+    choices = client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=160))
+    text = choices[0].text if choices and choices[0].problem is None else ""
+    decoder = json.JSONDecoder()
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        try:
+            data, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        reward = data.get("reward") if isinstance(data, dict) else None
+        if isinstance(reward, (int, float)) and not isinstance(reward, bool):
+            return float(reward), str(data.get("reasoning") or "")
+    return None, "the judge gave no verdict"
+
+
+class _Recording:
+    """The sandbox as the loop's environment, keeping each call's full observation (``is_error`` included)."""
+
+    def __init__(self, sandbox: Any) -> None:
+        self.sandbox = sandbox
+        self.observations: dict[str, Observation] = {}
+
+    def execute(self, call: ToolCall) -> Observation:
+        if not self.sandbox.covers(call.name):
+            observation = Observation(content=f"Error: tool {call.name!r} is not available here.", is_error=True)
+        else:
+            observation = self.sandbox.execute(call)
+        self.observations[call.id] = observation
+        return observation
+
+
+def to_trajectory(
+    task: dict[str, Any], conversation: Conversation, observations: dict[str, Observation], *, policy: str, trial: int, started: Any
+) -> Trajectory:
+    """One rollout as a stored trajectory (``source="curriculum"``, pending)."""
+    digest = hashlib.blake2b(f"{task['id']}:{policy}:{trial}".encode(), digest_size=12).hexdigest()
+    trajectory_id = f"curriculum-{digest}"
+    steps: list[Step] = []
+    for position, message in enumerate(conversation.messages):
+        calls = (message.get("tool_calls") or []) if message.get("role") == "assistant" else []
+        for call in calls:
+            arguments = json.loads(call["function"]["arguments"] or "{}")
+            tool_call = ToolCall(id=call["id"], name=call["function"]["name"], arguments=arguments)
+            steps.append(
+                Step(
+                    trajectory_id=trajectory_id,
+                    index=len(steps),
+                    decision_index=position,
+                    state=conversation.messages[:position],
+                    action=Action(kind="tool_call", tool_call=tool_call),
+                    observation=observations.get(call["id"]),
+                )
+            )
+    replies = conversation.replies
+    return Trajectory(
+        id=trajectory_id,
+        app="curriculum",
+        task=task["instruction"],
+        tools=task["tools"],
+        model=policy,
+        messages=conversation.messages,
+        final_answer=replies[-1] if replies else None,
+        status="completed",
+        started_at=started,
+        ended_at=utcnow(),
+        environment=task.get("environment"),
+        approval=Approval(),
+        source="curriculum",
+        steps=steps,
+    )
+
+
+def run_curriculum(
+    tasks: list[dict[str, Any]],
+    policy: ChatClient,
+    policy_spec: str,
+    make_sandbox: Callable[[], Any],
+    judge_client: ChatClient,
+    store: Any,
+    *,
+    k: int = 1,
+    approve_if: Callable[[Trajectory], bool] | None = None,
+    loop: LoopConfig = LoopConfig(max_steps_per_turn=10),
+    progress: Callable[[int], None] | None = None,
+) -> CurriculumRun:
+    """Roll ``policy`` out ``k`` times on each task and store the verified successes (see the module docstring)."""
+    run = CurriculumRun()
+    sandbox = make_sandbox()
+    try:
+        for task in tasks:
+            eval_task = EvalTask(
+                suite="curriculum",
+                id=task["id"],
+                category="curriculum",
+                turns=[[{"role": "user", "content": task["instruction"]}]],
+                tools=[task["tools"]],
+                reference=[],
+            )
+            for trial in range(k):
+                run.rollouts += 1
+                started = utcnow()
+                sandbox.reset(task.get("environment"))
+                environment = _Recording(sandbox)
+                conversation = run_conversation(policy, eval_task, environment, loop, trial=trial)
+                if progress is not None:
+                    progress(1)
+                if conversation.error_type:
+                    run.dropped[f"the rollout failed: {conversation.error_type}"] += 1
+                    continue
+                if not conversation.calls:
+                    run.dropped["no tool call"] += 1
+                    continue
+                reward, why = judge(judge_client, task["instruction"], conversation)
+                if reward is None:
+                    run.dropped[why] += 1
+                    continue
+                if reward < 0.5:
+                    run.dropped["judged unsuccessful"] += 1
+                    continue
+                trajectory = to_trajectory(task, conversation, environment.observations, policy=policy_spec, trial=trial, started=started)
+                store.write([trajectory])  # pending; written again by a later run, it is stored once
+                if approve_if is not None and approve_if(trajectory):
+                    store.approve(
+                        [trajectory.id], by="auto:approve_if", reason="approve_if returned True"
+                    )  # an approval event, as for capture
+                    run.approved += 1
+                run.kept.append(trajectory.id)
+    finally:
+        sandbox.close()
+    return run
