@@ -41,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ee_middleware.errors import RecordError
 
-SCHEMA_VERSION = "1.0"
-"""Version of the record schema written by this library."""
+SCHEMA_VERSION = "1.1"
+"""Version of the record schema written by this library (1.1 added ``Rollout.unrestored`` and
+``ReplayRecord.unrestorable``: redacted arguments replay could not restore)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
@@ -196,6 +197,10 @@ class Rollout(_Record):
     observation: Observation
     is_error: bool = False
     synthetic: bool = False
+    unrestored: list[str] = Field(default_factory=list)
+    """Redaction placeholders in the proposed arguments that replay could not give the sandbox the real
+    values of (no vault, a value missing from it, or an ambiguous tag): the observation is the
+    sandbox's answer to the placeholder, not to the value. Dataset builders leave such rollouts out."""
     sandbox: str = Field(min_length=1)
     duration_ms: float = Field(ge=0)
     created_at: dt.datetime = Field(default_factory=utcnow)
@@ -227,7 +232,10 @@ class ReplayRecord(_Record):
     refused: int = 0
     """Proposals not executed because the tool has side effects and no sandbox provides it."""
     fidelity_mismatches: int = 0
-    """Expert steps whose re-executed observation differs from the recorded one."""
+    """Expert steps whose re-executed observation differs from the recorded one (both redacted alike)."""
+    unrestorable: int = 0
+    """Expert steps whose redacted arguments replay could not restore (listed in ``details["unrestorable_steps"]``):
+    their observation is not checked, since the sandbox answered the placeholder."""
     details: dict[str, Any] = Field(default_factory=dict)
     duration_s: float = 0.0
     finished_at: dt.datetime = Field(default_factory=utcnow)

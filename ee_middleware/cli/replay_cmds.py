@@ -159,6 +159,8 @@ def _print_summary(summary: Any, out: Any) -> None:
         ("proposals rejected", summary.rejected),
         ("proposals refused (no sandbox)", sum(summary.refused_tools.values())),
         ("fidelity mismatches", summary.fidelity_mismatches),
+        ("expert steps not restorable (redacted arguments)", summary.unrestorable),
+        ("branches with unrestored arguments", summary.unrestored_branches),
         ("time", f"{summary.duration_s:.1f} s"),
         ("branches / s", f"{summary.branches_per_s:.1f}"),
     ]
@@ -185,6 +187,13 @@ def _print_summary(summary: Any, out: Any) -> None:
         _print_mismatch(out, example, f"{example['trajectory_id'][:12]} step {example['step']}")
     if summary.fidelity_mismatches > len(summary.fidelity_examples):
         out.print(f"({summary.fidelity_mismatches - len(summary.fidelity_examples)} more fidelity errors: ee replay show TRAJECTORY_ID)")
+    if summary.unrestorable or summary.unrestored_branches:
+        reasons = sorted({r for e in summary.unrestorable_examples for r in e.get("reasons", [])})
+        out.print(
+            f"[yellow]{summary.unrestorable} expert step(s) and {summary.unrestored_branches} branch(es) were replayed with redaction "
+            f"placeholders for arguments[/] ({escape('; '.join(reasons) or 'no vault')}): their observations are not checked, and "
+            "dataset builders leave those branches out. Record with vault=True to replay the real values (docs/sandboxes.md)."
+        )
 
 
 def _print_mismatch(out: Any, mismatch: dict[str, Any], where: str) -> None:

@@ -73,7 +73,7 @@ class _Worker:
                 replay_id=settings.replay_id,
                 trajectory_id=trajectory.id,
                 status="failed",
-                reason=tb,
+                reason=settings.privacy.redact_data(tb),
                 policy=settings.policy,
                 sandbox="?",
                 k=settings.k,

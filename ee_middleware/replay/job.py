@@ -19,6 +19,7 @@ import polars as pl
 from ee_middleware.errors import EEError, PolicyError, StoreError
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, WorkerSpec
+from ee_middleware.replay.privacy import ReplayPrivacy
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
 from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints, sandbox_factory, sandbox_options
 from ee_middleware.store.protocol import ExperienceStore
@@ -53,6 +54,13 @@ class ReplaySummary:
     """Why the sandbox refused a tool and how to allow it, where the sandbox says (``refusal_hint``)."""
     fidelity_mismatches: int = 0
     fidelity_examples: list[dict[str, Any]] = field(default_factory=list)
+    unrestorable: int = 0
+    """Expert steps whose redacted arguments could not be restored (no vault, or a value missing): not checked."""
+    unrestored_branches: int = 0
+    """Rollouts whose proposed arguments held placeholders the sandbox could not be given the values of."""
+    unrestorable_examples: list[dict[str, Any]] = field(default_factory=list)
+    vault: str | None = None
+    """The redaction vault replay restored arguments from (``None``: none)."""
     duration_s: float = 0.0
 
     @property
@@ -75,6 +83,11 @@ class ReplaySummary:
         self.errors += r.errors
         self.rejected += r.rejected
         self.fidelity_mismatches += r.fidelity_mismatches
+        self.unrestorable += r.unrestorable
+        self.unrestored_branches += sum(bool(o.unrestored) for o in outcome.rollouts)
+        for example in r.details.get("unrestorable_steps", []):
+            if len(self.unrestorable_examples) < 5:
+                self.unrestorable_examples.append({"trajectory_id": r.trajectory_id, **example})
         by_reason = Counter(self.rejected_by_reason)
         by_reason.update(r.details.get("rejected_by_reason", {}))
         self.rejected_by_reason = dict(by_reason)
@@ -129,6 +142,7 @@ def run_replay(
         seed=config.seed,
         check_fidelity=config.check_fidelity,
         max_observation_chars=config.max_observation_chars,
+        privacy=ReplayPrivacy.of_store(store),  # the store's own redaction rules, salt and vault
     )
     spec = WorkerSpec(sandbox_factory=factory, policy=config.policy, settings=settings, policy_options=config.policy_options())
     summary = ReplaySummary(
@@ -138,6 +152,7 @@ def run_replay(
         k=config.k,
         executor=config.executor,
         workers=config.workers,
+        vault=settings.privacy.vault,
     )
     todo, summary.already_done = select_trajectories(store, config)
     summary.selected = len(todo)

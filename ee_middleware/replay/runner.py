@@ -7,6 +7,12 @@ once more and re-execute the expert's own call, which moves the world to s_{i+1}
 sandbox's fidelity: the observation must equal the recorded one (a mismatch is kept with the first
 differing position and a short diff, :mod:`ee_middleware.replay.fidelity`).
 
+Redaction (:mod:`ee_middleware.replay.privacy`): every call is given the real values of its
+redacted arguments at the sandbox boundary when the store's vault has them, and every observation
+is redacted with the store's rules before it is compared or kept. An expert step whose arguments
+cannot be restored is *unrestorable*: counted and listed, its observation not checked (the sandbox
+answered the placeholder, which says nothing about the sandbox's fidelity).
+
 Experience models (:mod:`ee_middleware.replay.sandboxes.experience`): a sandbox with ``at_step(trajectory, step)``
 is told each recorded step before branching from it; one with ``provenance()`` says after each call
 whether a model wrote the observation, and such a rollout is stored ``synthetic`` with that lineage
@@ -31,6 +37,7 @@ from ee_middleware.errors import EnvironmentUnavailableError
 from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
+from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 
 if TYPE_CHECKING:
@@ -39,8 +46,7 @@ if TYPE_CHECKING:
     from ee_middleware.replay.sandboxes.protocol import Sandbox
 
 MAX_MISMATCH_DETAILS = 5
-REDACTED_MARK = "[REDACTED:"
-"""How capture's redaction placeholders begin (``[REDACTED:email]``): an argument holding one was not replayed as recorded."""
+MAX_UNRESTORABLE_DETAILS = 20
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class ReplaySettings:
     seed: int = 0
     check_fidelity: bool = True
     max_observation_chars: int = 200_000
+    privacy: ReplayPrivacy = NO_PRIVACY
+    """The store's redaction and vault (:meth:`ReplayPrivacy.of_store`); the default redacts and restores nothing."""
 
 
 @dataclass
@@ -117,6 +125,9 @@ class _Run:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     """The first :data:`MAX_MISMATCH_DETAILS` expert calls whose replayed observation differed."""
     mismatch_count: int = 0
+    unrestorable: list[dict[str, Any]] = field(default_factory=list)
+    """Expert calls whose redacted arguments could not be restored (the first :data:`MAX_UNRESTORABLE_DETAILS`)."""
+    unrestorable_count: int = 0
 
     def record(self, status: str, reason: str | None = None, **counts: Any) -> ReplayRecord:
         """The replay record of this trajectory, timed from the start of the run."""
@@ -124,7 +135,7 @@ class _Run:
             replay_id=self.settings.replay_id,
             trajectory_id=self.trajectory.id,
             status=status,  # type: ignore[arg-type]
-            reason=reason,
+            reason=self.settings.privacy.redact_data(reason),
             policy=self.settings.policy,
             sandbox=self.sandbox.kind,
             k=self.settings.k,
@@ -145,6 +156,11 @@ class _Run:
             details["synthetic_failures"] = dict(self.synthetic_failures)
         if self.mismatches:
             details["fidelity_mismatches"] = self.mismatches
+        if self.unrestorable:
+            details["unrestorable_steps"] = self.unrestorable
+        unrestored = sum(bool(r.unrestored) for r in self.rollouts)
+        if unrestored:
+            details["unrestored_branches"] = unrestored
         return {
             "states": states,
             "branches": len(self.rollouts),
@@ -152,8 +168,15 @@ class _Run:
             "rejected": sum(self.rejected.values()),
             "refused": sum(self.refused.values()),
             "fidelity_mismatches": self.mismatch_count,
-            "details": details,
+            "unrestorable": self.unrestorable_count,
+            "details": self.settings.privacy.redact_data(details),
         }
+
+    def execute(self, call: ToolCall) -> tuple[Observation, list[Unrestored]]:
+        """Execute ``call`` with its redacted arguments restored where the vault can; the observation redacted."""
+        privacy = self.settings.privacy
+        restored, unrestored = privacy.restore(call)
+        return privacy.redact_observation(self.sandbox.execute(restored)), unrestored
 
 
 def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
@@ -214,7 +237,7 @@ def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidat
     assert call is not None
     settings, trajectory_id = run.settings, run.trajectory.id
     t0 = time.perf_counter()
-    observation = run.sandbox.execute(call)
+    observation, unrestored = run.execute(call)
     duration_ms = (time.perf_counter() - t0) * 1000
     provenance = getattr(run.sandbox, "provenance", None)
     lineage = provenance() if provenance is not None else None
@@ -224,11 +247,12 @@ def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidat
         trajectory_id=trajectory_id,
         step_index=step.index,
         branch_index=branch,
-        action=Action(kind="tool_call", tool_call=call),
+        action=Action(kind="tool_call", tool_call=settings.privacy.redact_call(call)),
         proposer=candidate.proposer if lineage is None else _with_lineage(candidate.proposer, lineage),
         observation=observation.capped(settings.max_observation_chars),
         is_error=observation.is_error,
         synthetic=lineage is not None,
+        unrestored=sorted({u.placeholder for u in unrestored}),
         sandbox=run.sandbox.kind,
         duration_ms=duration_ms,
     )
@@ -244,8 +268,11 @@ def _with_lineage(proposer: ProposerInfo, lineage: dict[str, Any]) -> ProposerIn
 
 def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
     """Execute the expert's own call (moving the world to the next state) and check it observes what was recorded."""
-    replayed = run.sandbox.execute(expert)
+    replayed, unrestored = run.execute(expert)
     recorded = step.observation
+    if unrestored:
+        _flag_unrestorable(run, step, expert, unrestored, matched=recorded is None or _same_observation(recorded, replayed))
+        return
     if not run.settings.check_fidelity or recorded is None or _same_observation(recorded, replayed):
         return
     run.mismatch_count += 1
@@ -258,7 +285,23 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
             # where they part, and a short diff (of both texts in full, not of the 300-character excerpts)
             **describe_mismatch(recorded.content, replayed.content, recorded_is_prefix=bool(recorded.truncated_chars)),
         }
-        redacted = sorted(key for key, value in expert.arguments.items() if REDACTED_MARK in json.dumps(value, ensure_ascii=False))
-        if redacted:
-            mismatch["redacted_arguments"] = redacted  # the sandbox received placeholders, not the values
         run.mismatches.append(mismatch)
+
+
+def _flag_unrestorable(run: _Run, step: Step, expert: ToolCall, unrestored: list[Unrestored], *, matched: bool) -> None:
+    """Count and list an expert step the sandbox received placeholders for (its observation is not checked)."""
+    run.unrestorable_count += 1
+    if len(run.unrestorable) < MAX_UNRESTORABLE_DETAILS:
+        placeholders = {u.placeholder for u in unrestored}
+        run.unrestorable.append(
+            {
+                "step": step.index,
+                "tool": expert.name,
+                "arguments": sorted(
+                    k for k, v in expert.arguments.items() if any(p in json.dumps(v, ensure_ascii=False) for p in placeholders)
+                ),
+                "placeholders": sorted(placeholders),
+                "reasons": sorted({u.reason for u in unrestored}),
+                "observation_matched": matched,
+            }
+        )

@@ -166,12 +166,32 @@ class LocalExperienceStore:
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
         """Durably append one trajectory's rollouts and its replay record in a single batch.
 
+        Observations, proposed arguments, the record's reason and details are redacted with the
+        store's own rules and salt first (:func:`~ee_middleware.capture.store_redaction.store_redactor`),
+        whoever wrote them: the replay job already did, and redacting twice changes nothing.
+
         The record is written last: a crash part-way leaves rollouts without a record, the
         trajectory is replayed again, and the repeated rollouts (same ids) are dropped on read.
         """
-        lines = [{"kind": "rollout", "data": r.model_dump(mode="json")} for r in rollouts]
-        lines.append({"kind": "replay", "data": record.model_dump(mode="json")})
+        redact = self._replay_redactor().redact_value
+        lines = [{"kind": "rollout", "data": _redacted_rollout(r.model_dump(mode="json"), redact)} for r in rollouts]
+        data = record.model_dump(mode="json")
+        data.update(reason=redact(data["reason"]), details=redact(data["details"]))
+        lines.append({"kind": "replay", "data": data})
         self._writer.append(lines)
+
+    def _replay_redactor(self) -> Any:
+        """The redaction the store's data was recorded with (``redaction.json`` and the salt), re-read when the file changes."""
+        from ee_middleware.capture.store_redaction import REDACTION_FILE, store_redactor
+
+        try:
+            stamp = (self.root / REDACTION_FILE).stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        cached = getattr(self, "_redaction", None)
+        if cached is None or cached[0] != stamp:
+            cached = self._redaction = (stamp, store_redactor(self))
+        return cached[1]
 
     def close(self) -> None:
         """Seal this process's open segment (it can then be compacted)."""
@@ -499,6 +519,14 @@ class LocalExperienceStore:
             "quarantined_segments": len(list(quarantine.glob(f"*{spool.SEGMENT_SUFFIX}"))),
             "quarantined_parts": len(list(quarantine.glob("*/part-*.parquet"))),
         }
+
+
+def _redacted_rollout(data: dict[str, Any], redact: Any) -> dict[str, Any]:
+    call = (data.get("action") or {}).get("tool_call")
+    if call:
+        call["arguments"] = redact(call.get("arguments") or {})
+    data["observation"]["content"] = redact(data["observation"]["content"])
+    return data
 
 
 def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:

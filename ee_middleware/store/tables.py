@@ -105,6 +105,7 @@ ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
     "sandbox": pl.String(),
     "duration_ms": pl.Float64(),
     "created_at": UTC_TIME,
+    "unrestored_json": pl.String(),
 }
 
 REPLAY_SCHEMA: dict[str, pl.DataType] = {
@@ -124,6 +125,7 @@ REPLAY_SCHEMA: dict[str, pl.DataType] = {
     "refused": pl.Int64(),
     "fidelity_mismatches": pl.Int64(),
     "details_json": pl.String(),
+    "unrestorable": pl.Int64(),
     "duration_s": pl.Float64(),
     "finished_at": UTC_TIME,
 }
@@ -234,6 +236,7 @@ def rollout_row(r: Rollout) -> dict[str, Any]:
         "sandbox": r.sandbox,
         "duration_ms": r.duration_ms,
         "created_at": _utc(r.created_at),
+        "unrestored_json": dumps(r.unrestored) if r.unrestored else None,
     }
 
 
@@ -258,6 +261,7 @@ def rollout_from_row(row: dict[str, Any]) -> Rollout:
         sandbox=row["sandbox"],
         duration_ms=row["duration_ms"],
         created_at=row["created_at"],
+        unrestored=json.loads(row.get("unrestored_json") or "[]"),
     )
 
 
@@ -279,6 +283,7 @@ def replay_row(r: ReplayRecord) -> dict[str, Any]:
         "refused": r.refused,
         "fidelity_mismatches": r.fidelity_mismatches,
         "details_json": dumps(r.details),
+        "unrestorable": r.unrestorable,
         "duration_s": r.duration_s,
         "finished_at": _utc(r.finished_at),
     }

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.cli.app import app
 from ee_middleware.ingest.otlp_json import spans_to_otlp_json
+from ee_middleware.records import SCHEMA_VERSION
 from tests.conftest import USER_TASK
 
 runner = CliRunner()
@@ -49,7 +50,7 @@ def test_show_json_has_every_step_with_call_and_observation(recorded: Path):
     result = ee("traces", "show", first[:8], "--store", str(recorded), "--json")
     assert result.exit_code == 0, result.output
     trajectory = json.loads(result.stdout)
-    assert trajectory["id"] == first and trajectory["schema_version"] == "1.0"
+    assert trajectory["id"] == first and trajectory["schema_version"] == SCHEMA_VERSION
     steps = trajectory["steps"]
     assert [s["action"]["kind"] for s in steps] == ["tool_call", "tool_call", "answer"]
     assert steps[0]["action"]["tool_call"]["name"] == "check_stock"

@@ -99,8 +99,9 @@ def test_a_sandbox_that_diverges_is_reported_as_a_fidelity_error(bfcl_store_path
     assert "redacted_arguments" not in mismatch
 
 
-def test_a_fidelity_error_says_where_and_which_arguments_were_redacted() -> None:
-    """The expert's argument was stored as a redaction placeholder: the sandbox looks up the placeholder."""
+def test_an_expert_argument_replay_cannot_restore_is_flagged_not_counted_as_a_fidelity_error() -> None:
+    """The expert's argument was stored as a plain redaction placeholder (no pseudonym, no vault): the
+    sandbox can only be given the placeholder, so its answer says nothing about the sandbox's fidelity."""
     trajectory = _shop_trajectory()
     step = trajectory.steps[0]
     step.action.tool_call.arguments = {"item": "[REDACTED:email]"}
@@ -111,11 +112,12 @@ def test_a_fidelity_error_says_where_and_which_arguments_were_redacted() -> None
 
     sandbox = PythonSandbox(lambda env: {"stock": dict(env["stock"])}, tools={"order_item": order_item})
     outcome = replay_trajectory(trajectory, sandbox, Proposer(_ScriptedPolicy([]), k=1, refill=None), SETTINGS)
-    (mismatch,) = outcome.record.details["fidelity_mismatches"]
-    assert mismatch["redacted_arguments"] == ["item"]
-    assert mismatch["position"] == len('{"ordered": "'), "the first character that differs"
-    changed = [line for line in mismatch["diff"].splitlines()[3:] if line[:1] in "-+"]
-    assert changed == ['- "ordered": "apple",', '- "left": 2,', '+ "ordered": "[REDACTED:email]",', '+ "left": 0,'], changed
+    assert outcome.record.fidelity_mismatches == 0 and "fidelity_mismatches" not in outcome.record.details
+    assert outcome.record.unrestorable == 1
+    (flag,) = outcome.record.details["unrestorable_steps"]
+    assert flag["step"] == step.index and flag["tool"] == "order_item" and flag["arguments"] == ["item"]
+    assert flag["placeholders"] == ["[REDACTED:email]"] and flag["observation_matched"] is False
+    assert flag["reasons"] == ["a placeholder without a pseudonym tag names no value (record with redaction_pseudonyms=True)"]
 
 
 def test_an_environment_the_sandbox_cannot_rebuild_is_skipped_with_the_reason(bfcl_store_path: Path) -> None:

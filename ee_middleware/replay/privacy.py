@@ -1,0 +1,152 @@
+"""Redaction at the sandbox boundary: real values in, redacted observations out.
+
+A trajectory's arguments hold redaction pseudonyms (``find_user_by_email(email="[REDACTED:email:
+1a2b3c4d]")``). Replay keeps the store's redaction on both sides of the sandbox:
+
+- **in**: each call about to be executed (the expert's and every proposed alternative) has its
+  placeholders swapped for the real values from the store's redaction vault, when capture kept
+  one (:mod:`ee_middleware.capture.vault`). What is stored keeps the placeholders. A placeholder
+  that cannot be restored (no vault, a value missing from it, an ambiguous tag, or a plain
+  ``[REDACTED:kind]``) reaches the sandbox as it is, and is reported: an expert step becomes
+  *unrestorable* (counted, listed, its observation not checked), a rollout carries the placeholders
+  in ``Rollout.unrestored`` (and dataset builders leave it out);
+- **out**: every observation is redacted with the store's own rules and salt before anything
+  compares or stores it, so a plain sandbox answer equals the redacted recording, and the same
+  value gets the same pseudonym as at capture.
+
+:class:`ReplayPrivacy` is plain data (the rules, the salt, the vault's path) so that it crosses to
+worker processes and Ray workers; each worker reads the vault once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
+from ee_middleware.capture.store_redaction import is_pseudonym, read_store_redaction
+from ee_middleware.capture.vault import AMBIGUOUS, Vault, read_vault
+from ee_middleware.records import Observation, ToolCall
+
+logger = logging.getLogger("ee_middleware.replay")
+
+VAULT_ENV = "EE_VAULT"
+"""Overrides the vault path recorded with the store (``off`` disables restoring)."""
+
+
+@dataclass(frozen=True)
+class Unrestored:
+    """A placeholder the sandbox received as it is, and why."""
+
+    placeholder: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplayPrivacy:
+    """A store's redaction, for replay workers (see the module docstring)."""
+
+    rules: str | None = None
+    """The store's :class:`~ee_middleware.capture.redaction.RedactionRules` as JSON; ``None``: redact nothing."""
+    salt: str | None = None
+    """The store's pseudonym salt (hex)."""
+    vault: str | None = None
+    """The redaction vault's path, when there is one to restore from."""
+
+    @classmethod
+    def of_store(cls, store: Any) -> ReplayPrivacy:
+        """The redaction ``store`` was recorded with (``redaction.json``), its salt and its vault.
+
+        ``EE_VAULT`` names another vault file, or ``off`` to replay without one. A vault that is
+        recorded but missing is left out with a warning; one that cannot be read (a wrong key,
+        loose permissions) raises :class:`~ee_middleware.errors.ConfigError` before any work starts.
+        """
+        settings = read_store_redaction(store)
+        redacts = bool(settings.rules.enabled_kinds() or settings.rules.patterns)
+        salt = store_salt(store) if redacts and settings.pseudonyms else None
+        vault = os.environ.get(VAULT_ENV) or settings.vault
+        if vault and vault.lower() in ("0", "off", "false", "no"):
+            vault = None
+        if vault and not Path(vault).expanduser().exists():
+            logger.warning("The redaction vault %s is missing: redacted arguments are replayed as placeholders (and flagged).", vault)
+            vault = None
+        privacy = cls(json.dumps(settings.rules.to_dict(), sort_keys=True) if redacts else None, salt.hex() if salt else None, vault)
+        privacy.open_vault()  # a vault that cannot be read fails here, with its reason
+        return privacy
+
+    @property
+    def redactor(self) -> Redactor | None:
+        return _redactor(self.rules, self.salt) if self.rules is not None else None
+
+    def open_vault(self) -> Vault | None:
+        return read_vault(self.vault) if self.vault else None
+
+    # --- in: real values for the sandbox ---
+
+    def restore(self, call: ToolCall) -> tuple[ToolCall, list[Unrestored]]:
+        """``call`` with every placeholder the vault knows replaced by its value, and those it could not restore."""
+        text = json.dumps(call.arguments, ensure_ascii=False)
+        if "[REDACTED:" not in text:
+            return call, []
+        vault = self.open_vault()
+        missing: list[Unrestored] = []
+        arguments = _restore(call.arguments, vault, missing)
+        return call.model_copy(update={"arguments": arguments}), missing
+
+    # --- out: the store's redaction on what the sandbox says ---
+
+    def redact_observation(self, observation: Observation) -> Observation:
+        redactor = self.redactor
+        if redactor is None:
+            return observation
+        content = redactor.redact_value(observation.content)
+        return observation if content == observation.content else observation.model_copy(update={"content": content})
+
+    def redact_call(self, call: ToolCall) -> ToolCall:
+        redactor = self.redactor
+        if redactor is None:
+            return call
+        arguments = redactor.redact_value(call.arguments)
+        return call if arguments == call.arguments else call.model_copy(update={"arguments": arguments})
+
+    def redact_data(self, data: Any) -> Any:
+        redactor = self.redactor
+        return redactor.redact_value(data) if redactor is not None else data
+
+
+NO_PRIVACY = ReplayPrivacy()
+"""Redacts nothing and restores nothing (placeholders still reach the sandbox flagged)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _redactor(rules: str, salt: str | None) -> Redactor:
+    return Redactor(RedactionRules.from_dict(json.loads(rules)), salt=bytes.fromhex(salt) if salt else None)
+
+
+def _restore(value: Any, vault: Vault | None, missing: list[Unrestored]) -> Any:
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda m: _value_of(m.group(0), vault, missing), value) if "[REDACTED:" in value else value
+    if isinstance(value, dict):
+        return {k: _restore(v, vault, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v, vault, missing) for v in value]
+    return value
+
+
+def _value_of(placeholder: str, vault: Vault | None, missing: list[Unrestored]) -> str:
+    if not is_pseudonym(placeholder):
+        reason = "a placeholder without a pseudonym tag names no value (record with redaction_pseudonyms=True)"
+    elif vault is None:
+        reason = "no redaction vault (record with vault=True to replay real values)"
+    else:
+        value = vault.lookup(placeholder)
+        if isinstance(value, str):
+            return value
+        reason = "two values share this tag in the vault" if value is AMBIGUOUS else "not in the redaction vault"
+    missing.append(Unrestored(placeholder, reason))
+    return placeholder

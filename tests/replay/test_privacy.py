@@ -1,0 +1,178 @@
+"""Redaction at the sandbox boundary: the vault's real values go in, observations come out redacted with
+the store's own rules and salt, and what cannot be restored is flagged (a real PythonSandbox over a
+small customer database; the store's redaction.json, salt and vault as capture writes them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.capture.redaction import RedactionRules, Redactor, store_salt
+from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
+from ee_middleware.capture.vault import KEY_ENV, Vault, new_key
+from ee_middleware.errors import ConfigError
+from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, ToolCall, Trajectory
+from ee_middleware.replay.policies.proposer import Proposer
+from ee_middleware.replay.privacy import ReplayPrivacy
+from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.store import LocalExperienceStore
+from tests.replay.test_runner import _ScriptedPolicy
+
+USERS = {"ann@example.com": "ann_1", "bob@example.com": "bob_2"}
+PROFILES = {"ann_1": {"email": "ann@example.com", "phone": "415-555-0134"}, "bob_2": {"email": "bob@example.com", "phone": "212-555-0199"}}
+TOOLS = [
+    {"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {a: {"type": "string"}}, "required": [a]}}}
+    for n, a in (("find_user", "email"), ("profile", "user_id"))
+]
+
+
+def _sandbox() -> PythonSandbox:
+    def find_user(world: dict[str, Any], email: str) -> str:
+        world["lookups"].append(email)
+        return world["users"].get(email, "Error: user not found")
+
+    def profile(world: dict[str, Any], user_id: str) -> str:
+        return json.dumps(world["profiles"][user_id]) if user_id in world["profiles"] else "Error: no such user"
+
+    return PythonSandbox(
+        lambda env: {"users": dict(USERS), "profiles": PROFILES, "lookups": []},
+        tools={"find_user": find_user, "profile": profile},
+        is_error_result=lambda v: isinstance(v, str) and v.startswith("Error"),
+    )
+
+
+def _store(tmp_path: Path, *, vault: bool) -> tuple[LocalExperienceStore, Redactor]:
+    """A store as capture leaves it: rules and salt (and the vault, when asked)."""
+    store = LocalExperienceStore(tmp_path / "experience")
+    settings = StoreRedaction(RedactionRules(), vault=str(tmp_path / "experience.vault") if vault else None)
+    record_store_redaction(store, settings)
+    opened = Vault(settings.vault, create=True) if vault else None
+    redactor = Redactor(settings.rules, salt=store_salt(store), on_replace=opened.add if opened is not None else None)
+    redactor.redact_text("ann@example.com bob@example.com 415-555-0134")
+    if opened is not None:
+        opened.close()
+    return store, redactor
+
+
+def _trajectory(redactor: Redactor) -> Trajectory:
+    """The expert looks ann up by e-mail, then reads her profile (recorded redacted, as capture stores it)."""
+    email = redactor.redact_text("ann@example.com")
+    steps = [
+        ("find_user", {"email": email}, "ann_1"),
+        ("profile", {"user_id": "ann_1"}, redactor.redact_text(json.dumps(PROFILES["ann_1"]))),
+    ]
+    state = [{"role": "user", "content": f"I'm {email}, show my profile"}]
+    return Trajectory.parse(
+        {
+            "id": "t1",
+            "app": "crm",
+            "tools": TOOLS,
+            "started_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            "ended_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            "environment": {},
+            "messages": state,
+            "steps": [
+                {
+                    "trajectory_id": "t1",
+                    "index": i,
+                    "decision_index": i,
+                    "state": state,
+                    "action": {"kind": "tool_call", "tool_call": {"id": f"c{i}", "name": name, "arguments": args}},
+                    "observation": {"content": observation},
+                }
+                for i, (name, args, observation) in enumerate(steps)
+            ],
+        }
+    )
+
+
+def _replay(store: LocalExperienceStore, trajectory: Trajectory, calls: list[ToolCall], sandbox: PythonSandbox | None = None) -> Any:
+    settings = ReplaySettings(replay_id="r", policy="scripted", k=len(calls), privacy=ReplayPrivacy.of_store(store))
+    return replay_trajectory(trajectory, sandbox or _sandbox(), Proposer(_ScriptedPolicy(calls), k=len(calls), refill=None), settings)
+
+
+def test_with_the_vault_the_expert_path_gets_real_values_and_matches_the_redacted_recording(tmp_path: Path) -> None:
+    store, redactor = _store(tmp_path, vault=True)
+    trajectory = _trajectory(redactor)
+    sandbox = _sandbox()
+    ann, bob = redactor.redact_text("ann@example.com"), redactor.redact_text("bob@example.com")
+    outcome = _replay(store, trajectory, [ToolCall(id="a", name="find_user", arguments={"email": bob})], sandbox)
+    assert outcome.record.fidelity_mismatches == 0 and outcome.record.unrestorable == 0, outcome.record.details
+    assert sandbox.world["lookups"][-1] == "ann@example.com", "the sandbox received the real value"
+    alternatives = [r for r in outcome.rollouts if r.step_index == 0]
+    assert alternatives[0].observation.content == "bob_2", "a proposed pseudonym is restored too"
+    assert alternatives[0].action.tool_call.arguments == {"email": bob} and alternatives[0].unrestored == []
+    # the profile alternative at step 1 shows bob's real e-mail in the sandbox: it is stored as the pseudonym
+    assert ann in trajectory.steps[1].observation.content
+    assert all("@example.com" not in r.observation.content and "555-" not in r.observation.content for r in outcome.rollouts)
+
+
+def test_without_a_vault_steps_are_flagged_unrestorable_and_observations_still_redacted(tmp_path: Path) -> None:
+    store, redactor = _store(tmp_path, vault=False)
+    trajectory = _trajectory(redactor)
+    bob = redactor.redact_text("bob@example.com")
+    calls = [
+        ToolCall(id="a", name="find_user", arguments={"email": bob}),
+        ToolCall(id="b", name="profile", arguments={"user_id": "bob_2"}),
+        ToolCall(id="c", name="find_user", arguments={"email": "bob@example.com"}),  # a proposer that wrote a plain value
+    ]
+    outcome = _replay(store, trajectory, calls)
+    record = outcome.record
+    assert record.fidelity_mismatches == 0, "the profile observation compares equal once redacted alike"
+    assert record.unrestorable == 1 and record.details["unrestorable_steps"][0]["arguments"] == ["email"]
+    assert record.details["unrestorable_steps"][0]["reasons"] == ["no redaction vault (record with vault=True to replay real values)"]
+    by_call = {(r.step_index, r.branch_index): r for r in outcome.rollouts}
+    assert by_call[0, 0].unrestored == [bob] and by_call[0, 0].observation.content == "Error: user not found"
+    assert by_call[0, 1].unrestored == [] and by_call[0, 1].observation.content == redactor.redact_text(json.dumps(PROFILES["bob_2"]))
+    assert by_call[0, 2].action.tool_call.arguments == {"email": bob}, "a plain value in proposed arguments is stored redacted"
+    assert by_call[0, 2].observation.content == "bob_2" and by_call[0, 2].unrestored == []
+    assert record.details["unrestored_branches"] == 2
+
+
+def test_replay_privacy_of_a_store_the_vault_override_and_a_wrong_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _ = _store(tmp_path, vault=True)
+    privacy = ReplayPrivacy.of_store(store)
+    assert privacy.vault == str(tmp_path / "experience.vault") and privacy.salt == store_salt(store).hex()
+    monkeypatch.setenv("EE_VAULT", "off")
+    assert ReplayPrivacy.of_store(store).vault is None
+    monkeypatch.setenv("EE_VAULT", str(tmp_path / "nowhere.vault"))
+    assert ReplayPrivacy.of_store(store).vault is None, "a missing vault is left out (with a warning), not fatal"
+    monkeypatch.delenv("EE_VAULT")
+    monkeypatch.setenv(KEY_ENV, new_key())
+    with pytest.raises(ConfigError, match="without encryption"):
+        ReplayPrivacy.of_store(store)
+    plain = LocalExperienceStore(tmp_path / "plain")
+    record_store_redaction(plain, StoreRedaction(RedactionRules(defaults=False)))
+    assert ReplayPrivacy.of_store(plain) == ReplayPrivacy(), "a store recorded with redact=False: replay redacts nothing"
+
+
+def test_the_store_redacts_whatever_writes_replay_records(tmp_path: Path) -> None:
+    store, redactor = _store(tmp_path, vault=False)
+    rollout = Rollout(
+        id="x",
+        replay_id="r",
+        trajectory_id="t1",
+        step_index=0,
+        branch_index=0,
+        action=Action(kind="tool_call", tool_call=ToolCall(id="a", name="find_user", arguments={"email": "ann@example.com"})),
+        proposer=ProposerInfo(policy="someone-elses-job"),
+        observation=Observation(content='{"phone": "415-555-0134"}'),
+        sandbox="s",
+        duration_ms=1.0,
+    )
+    record = ReplayRecord(
+        replay_id="r", trajectory_id="t1", status="failed", reason="boom for ann@example.com", policy="p", sandbox="s", k=1, seed=0,
+        details={"fidelity_mismatches": [{"recorded": "x", "replayed": "ann@example.com", "diff": "+ann@example.com"}]},
+    )  # fmt: skip
+    store.write_replay(record, [rollout])
+    stored = store.get_rollout("x")
+    assert stored.action.tool_call.arguments == {"email": redactor.redact_text("ann@example.com")}
+    assert stored.observation.content == json.dumps({"phone": redactor.redact_text("415-555-0134")})
+    row = store.replays().row(0, named=True)
+    assert "ann@example.com" not in row["reason"] + row["details_json"]
+    assert redactor.redact_text("ann@example.com") in row["details_json"]
