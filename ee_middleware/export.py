@@ -1,4 +1,9 @@
-"""Export trajectories to fine-tuning formats: OpenAI chat JSONL and Parquet."""
+"""Export trajectories to fine-tuning formats: OpenAI chat JSONL and Parquet.
+
+Everything exported goes through the store's own redaction rules and salt once more
+(:func:`~ee_middleware.capture.store_redaction.store_redactor`): what capture stored is already
+redacted, and redacting twice changes nothing; anything a later writer left is caught here.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware._files import atomic_open, atomic_path
+from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, os_error_advice
 from ee_middleware.records import ApprovalStatus
 from ee_middleware.store.protocol import ExperienceStore
@@ -24,27 +30,31 @@ def export_jsonl(store: ExperienceStore, out: str | os.PathLike[str], *, status:
     (leaving nothing behind) when it cannot be written.
     """
     path = _output_path(out, "jsonl")
+    redact = store_redactor(store, create_salt=False).redact_value
     count = 0
     with _writing(path), atomic_open(path, "w") as fh:
         for trajectory in store.iter_trajectories(status=status):
-            fh.write(json.dumps(trajectory.to_openai_chat(), ensure_ascii=False) + "\n")
+            example = trajectory.to_openai_chat()
+            example["messages"] = redact(example["messages"])  # tool schemas are the app's code: kept as they are
+            fh.write(json.dumps(example, ensure_ascii=False) + "\n")
             count += 1
     return count
 
 
 def export_parquet(store: ExperienceStore, out: str | os.PathLike[str], *, status: ApprovalStatus | None = "approved") -> int:
     """One row per trajectory: lineage columns, ``messages`` as nested chat structs, ``tools`` as JSON."""
+    redact = store_redactor(store, create_salt=False).redact_value
     rows = [
         {
             "id": t.id,
             "app": t.app,
             "app_version": t.app_version,
             "model": t.model,
-            "task": t.task,
+            "task": redact(t.task),
             "approval": t.approval.status,
-            "final_answer": t.final_answer,
+            "final_answer": redact(t.final_answer),
             "num_steps": t.num_steps,
-            "messages": [_message_struct(m) for m in t.messages],
+            "messages": [_message_struct(m) for m in redact(t.messages)],
             "tools": json.dumps(t.tools, ensure_ascii=False),
         }
         for t in store.iter_trajectories(status=status)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
-from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
+from ee_middleware.capture.redaction import PLACEHOLDER, SALT_FILE, RedactionRules, Redactor, store_salt
 from ee_middleware.errors import ConfigError
 
 logger = logging.getLogger("ee_middleware.capture")
@@ -152,11 +152,23 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def store_redactor(store: Any) -> Redactor:
-    """The redactor every writer after capture uses for ``store``: its recorded rules and its salt."""
+def store_redactor(store: Any, *, create_salt: bool = True) -> Redactor:
+    """The redactor every writer after capture uses for ``store``: its recorded rules and its salt.
+
+    ``create_salt=False`` (for readers such as exports) never writes a salt into the store: without
+    one, what is left to redact becomes a plain ``[REDACTED:<kind>]``."""
     settings = read_store_redaction(store)
-    salt = store_salt(store) if settings.pseudonyms and settings.rules.enabled_kinds() + list(settings.rules.patterns) else None
+    salt = None
+    if settings.pseudonyms and settings.rules.enabled_kinds() + list(settings.rules.patterns):
+        salt = store_salt(store) if create_salt else _existing_salt(store)
     return settings.redactor(salt)
+
+
+def _existing_salt(store: Any) -> bytes | None:
+    root = _root(store)
+    if root is None or not (root / SALT_FILE).exists():
+        return None
+    return store_salt(store)
 
 
 def placeholders_in(text: str) -> list[str]:

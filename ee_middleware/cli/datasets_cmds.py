@@ -196,11 +196,13 @@ def export(
 ) -> None:
     """Export a dataset to OpenAI chat JSONL or a Hugging Face dataset."""
     from ee_middleware.trainers.datasets.build import export_chat_jsonl, read_dataset, to_hf_dataset
+    from ee_middleware.trainers.datasets.privacy import dataset_redactor
 
     frame = read_dataset(dataset)
+    redactor = dataset_redactor(dataset)  # the redaction rules the dataset was built with
     if fmt is ExportFormat.jsonl:
-        n = export_chat_jsonl(frame, out)
+        n = export_chat_jsonl(frame, out, redactor=redactor)
     else:
-        to_hf_dataset(frame).save_to_disk(str(out))
+        to_hf_dataset(frame, redactor=redactor).save_to_disk(str(out))
         n = frame.height
     console().print(f"Wrote {n} examples to {out}")

@@ -20,11 +20,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._files import atomic_open, atomic_path, atomic_write_text
 from ee_middleware._toml import build_config, layered_values
+from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
+from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redaction_metadata
 from ee_middleware.trainers.datasets.rows import KINDS
 from ee_middleware.trainers.datasets.source import DatasetSource, load_source
 from ee_middleware.trainers.datasets.split import (
@@ -113,6 +116,7 @@ def build_datasets(
 
     store = open_store(config.store, create=False)
     source = load_source(store, app=config.app, replay_id=config.replay_id)
+    redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
     config.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "store": str(config.store),
@@ -121,6 +125,12 @@ def build_datasets(
         "steps": source.steps.height,
         "rollouts": source.rollouts.height,
         "config": json.loads(config.model_dump_json()),
+        "redaction": {
+            "kinds": redactor.rules.enabled_kinds(),
+            "patterns": sorted(redactor.rules.patterns),
+            "pseudonyms": redactor.salt is not None,
+            "unrestored_rollouts_left_out": source.unrestored_rollouts,
+        },
         "datasets": {},
     }
     if source.trajectories.is_empty():
@@ -144,11 +154,13 @@ def build_datasets(
             on_stage(kind)
         if kind == "sr" and teacher is None:
             teacher = build_teacher(config.teacher)
-        summary["datasets"][kind] = _build_kind(kind, source, config, teacher, config.out / f"{kind}.parquet", on_sr_progress)
+        summary["datasets"][kind] = _build_kind(kind, source, config, teacher, config.out / f"{kind}.parquet", on_sr_progress, redactor)
         if heldout_source is not None and not heldout_source.trajectories.is_empty():
             path = config.out / HELDOUT_DIR / f"{kind}.parquet"
             path.parent.mkdir(exist_ok=True)
-            summary["split"].setdefault("datasets", {})[kind] = _build_kind(kind, heldout_source, config, teacher, path, None, heldout=True)
+            summary["split"].setdefault("datasets", {})[kind] = _build_kind(
+                kind, heldout_source, config, teacher, path, None, redactor, heldout=True
+            )
     atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
 
@@ -160,6 +172,7 @@ def _build_kind(
     teacher: Teacher | None,
     path: Path,
     on_sr_progress: Callable[[int, int], None] | None,
+    redactor: Redactor,
     *,
     heldout: bool = False,
 ) -> dict[str, Any]:
@@ -192,7 +205,11 @@ def _build_kind(
 
         frame, report = build_sr(source, teacher, SROptions(k=config.sr_k, seed=config.seed), on_batch=tick)
         extra.update(teacher=teacher.name, states=report.states, dropped=dict(report.dropped), flagged=dict(report.flagged))
-    write_parquet_atomic(frame, path, metadata={SPLIT_METADATA_KEY: HELDOUT} if heldout else None)
+    frame, placeholders = guard_rows(kind, frame, redactor)
+    if placeholders:
+        extra["placeholders"] = placeholders
+    metadata = redaction_metadata(redactor) | ({SPLIT_METADATA_KEY: HELDOUT} if heldout else {})
+    write_parquet_atomic(frame, path, metadata=metadata)
     return {"path": str(path), "rows": frame.height, "seconds": round(time.perf_counter() - started, 3), **extra}
 
 
@@ -225,18 +242,24 @@ def chat_examples(frame: pl.DataFrame) -> list[dict[str, Any]]:
     return examples
 
 
-def export_chat_jsonl(frame: pl.DataFrame, path: str | os.PathLike[str]) -> int:
-    """Write the OpenAI chat JSONL fine-tuning format; return the number of lines."""
+def export_chat_jsonl(frame: pl.DataFrame, path: str | os.PathLike[str], *, redactor: Redactor | None = None) -> int:
+    """Write the OpenAI chat JSONL fine-tuning format; return the number of lines.
+
+    Every example goes through ``redactor`` (the dataset's own rules:
+    :func:`~ee_middleware.trainers.datasets.privacy.dataset_redactor`;
+    default: the built-in default kinds)."""
     path = Path(path)
-    examples = chat_examples(frame)
+    redactor = redactor if redactor is not None else Redactor()
+    examples = [redact_messages(redactor, e) for e in chat_examples(frame)]
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "w") as fh:
         for example in examples:
             fh.write(json.dumps(example, ensure_ascii=False) + "\n")
     return len(examples)
 
 
-def to_hf_dataset(frame: pl.DataFrame) -> Any:
-    """A Hugging Face ``datasets.Dataset`` of the rows.
+def to_hf_dataset(frame: pl.DataFrame, *, redactor: Redactor | None = None) -> Any:
+    """A Hugging Face ``datasets.Dataset`` of the rows, through ``redactor`` as :func:`export_chat_jsonl`.
 
     ``prompt``, ``completion`` and ``tools`` stay JSON text (Arrow cannot hold tool arguments of
     varying shapes in one column), with tool-call arguments decoded to objects, as chat templates
@@ -245,13 +268,14 @@ def to_hf_dataset(frame: pl.DataFrame) -> Any:
     from ee_middleware._optional import import_optional
 
     datasets = import_optional("datasets", extra="train", purpose="export to a Hugging Face dataset")
+    redactor = redactor if redactor is not None else Redactor()
     records = []
     for row in frame.iter_rows(named=True):
         records.append(
             {
                 **{k: v for k, v in row.items() if k not in ("prompt", "completion", "tools")},
-                "prompt": json.dumps(with_decoded_arguments(json.loads(row["prompt"]))),
-                "completion": json.dumps(with_decoded_arguments(json.loads(row["completion"]))),
+                "prompt": json.dumps(redactor.redact_value(with_decoded_arguments(json.loads(row["prompt"])))),
+                "completion": json.dumps(redactor.redact_value(with_decoded_arguments(json.loads(row["completion"])))),
                 "tools": row["tools"],
             }
         )

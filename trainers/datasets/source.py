@@ -16,6 +16,8 @@ class DatasetSource:
     trajectories: pl.DataFrame
     steps: pl.DataFrame
     rollouts: pl.DataFrame
+    unrestored_rollouts: int = 0
+    """Rollouts left out because the sandbox answered a redaction placeholder, not the value (``Rollout.unrestored``)."""
 
     @property
     def source_hash(self) -> str:
@@ -31,10 +33,16 @@ class DatasetSource:
 def load_source(store: Any, *, app: str | None = None, replay_id: str | None = None) -> DatasetSource:
     """Approved trajectories of ``store`` (optionally one app), their steps and rollouts.
 
-    Rollouts flagged ``synthetic`` are left out: IWM learns from real observations only.
+    Rollouts flagged ``synthetic`` are left out: IWM learns from real observations only. So are
+    rollouts whose arguments held redaction placeholders replay could not restore: their
+    observation answers the placeholder (``user not found``), not the value.
     """
     trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json")
     ids = trajectories["id"].to_list()
     steps = store.steps(ids)
     rollouts = store.rollouts(ids, replay_id=replay_id).filter(~pl.col("synthetic"))
-    return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rollouts)
+    unrestored = 0
+    if "unrestored_json" in rollouts.columns:
+        restored = rollouts.filter(pl.col("unrestored_json").is_null())
+        unrestored, rollouts = rollouts.height - restored.height, restored
+    return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rollouts, unrestored_rollouts=unrestored)

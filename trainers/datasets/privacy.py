@@ -1,0 +1,100 @@
+"""The store's redaction on every dataset row, and no training on a placeholder as if it were a value.
+
+Every row of every kind (held-out ones too) has its prompt and completion redacted with the store's
+own rules and salt (:func:`~ee_middleware.capture.store_redaction.store_redactor`) before it is
+written, whatever the store holds. Tool schemas are the app's code, not user data: capture keeps them
+as they are, and so do datasets and exports (a model is trained on the schemas it is served with).
+Then placeholders are dealt with by kind:
+
+* **IL and SR** (the target is the expert's action): a row whose completion holds a placeholder the
+  prompt does not show is **dropped**. With pseudonyms, a target such as
+  ``find_user_by_email(email="[REDACTED:email:1a2b3c4d]")`` whose prompt holds the same pseudonym
+  (the user gave the address) teaches the model to copy the value it was shown, which is what it
+  must do with real values when served; one whose pseudonym appears nowhere in the prompt would
+  teach it to write a placeholder out of nothing. A plain ``[REDACTED:kind]`` names no value, so it
+  can never be checked and its rows are dropped too;
+* **IWM** (the target is the tool's answer): pseudonyms the prompt does not show are **rewritten**
+  to the plain ``[REDACTED:<kind>]`` (the world model learns that an e-mail address is there, not a
+  random tag); pseudonyms the prompt shows stay, so it learns which value comes back;
+* **rollouts the sandbox answered for a placeholder** (``Rollout.unrestored``: replayed without
+  the values) are left out of IWM and SR (see :func:`~ee_middleware.trainers.datasets.source.load_source`).
+
+Counts of all three go into ``datasets.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any
+
+import polars as pl
+
+from ee_middleware.capture.redaction import PLACEHOLDER, Redactor
+
+REDACTION_METADATA_KEY = "ee.redaction"
+"""Parquet metadata of a dataset file: the redaction rules it was built with (JSON), for its exports."""
+
+_TAGGED = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):[0-9a-f]{8}\]")
+
+
+def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.DataFrame, dict[str, int]]:
+    """``frame`` redacted with ``redactor``, IL/SR rows with unseen placeholders dropped, IWM ones rewritten."""
+    counts: Counter[str] = Counter()
+    if frame.is_empty():
+        return frame, {}
+    prompts = [_redact(redactor, p) for p in frame["prompt"].to_list()]
+    completions = [_redact(redactor, c) for c in frame["completion"].to_list()]
+    keep = [True] * len(prompts)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        if "[REDACTED:" not in completion:
+            continue
+        unseen = [p for p in PLACEHOLDER.findall(completion) if p.count(":") < 2 or p not in prompt]
+        if not unseen:
+            counts["rows_with_placeholders_seen_in_prompt"] += 1
+        elif kind == "iwm":
+            rewritten = _TAGGED.sub(lambda m, seen=prompt: m.group(0) if m.group(0) in seen else f"[REDACTED:{m.group(1)}]", completion)
+            if rewritten != completion:
+                completions[i] = rewritten
+                counts["rows_with_unseen_pseudonyms_rewritten"] += 1
+        else:
+            keep[i] = False
+            counts["dropped_placeholder_not_in_prompt"] += 1
+    frame = frame.with_columns(
+        pl.Series("prompt", prompts, dtype=pl.String),
+        pl.Series("completion", completions, dtype=pl.String),
+    )
+    return frame.filter(pl.Series(keep)), dict(counts)
+
+
+def _redact(redactor: Redactor, text: str | None) -> str | None:
+    return redactor.redact_value(text) if text and redactor.enabled else text
+
+
+def redaction_metadata(redactor: Redactor) -> dict[str, str]:
+    """What a dataset file records of the redaction it was built with (the rules; never the salt)."""
+    return {REDACTION_METADATA_KEY: json.dumps({"rules": redactor.rules.to_dict(), "pseudonyms": redactor.salt is not None})}
+
+
+def dataset_redactor(path: Any) -> Redactor:
+    """The redaction a dataset file was built with (its Parquet metadata), for exporting it; the
+    default kinds for a file without it. Values already redacted stay as they are; anything left is
+    redacted without a salt (plain ``[REDACTED:<kind>]``)."""
+    from ee_middleware.capture.redaction import RedactionRules
+
+    try:
+        metadata = pl.read_parquet_metadata(path)
+    except Exception:  # noqa: BLE001 - read_dataset reports unreadable files
+        metadata = {}
+    saved = metadata.get(REDACTION_METADATA_KEY)
+    if not saved:
+        return Redactor()
+    return Redactor(RedactionRules.from_dict(json.loads(saved)["rules"]))
+
+
+def redact_messages(redactor: Redactor, example: dict[str, Any]) -> dict[str, Any]:
+    """One exported example's ``messages`` through ``redactor`` (``tools`` are left as they are)."""
+    if not redactor.enabled:
+        return example
+    return {**example, "messages": redactor.redact_value(example["messages"])}
