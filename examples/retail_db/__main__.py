@@ -4,10 +4,11 @@
     # or, from the repository root:
     PYTHONPATH=examples python -m retail_db --out demo-output/retail
 
-The runs are recorded with ``redact=False`` unless ``--redact`` is given: the data is synthetic, and
-with today's redaction an e-mail address passed to a tool is stored as ``[REDACTED:email]``, which
-the sandbox cannot look up (docs/sandboxes.md, "Redaction and replay"). Try ``--redact`` to see the
-fidelity report that causes.
+The runs are recorded with the default redaction: e-mail addresses and phone numbers are stored as
+pseudonyms (``[REDACTED:email:1a2b3c4d]``). Replay compares the sandbox's answers redacted alike,
+and flags the lookups whose argument it cannot give the sandbox; with ``--vault`` capture keeps the
+real values in a vault beside the store and replay re-executes those lookups with them
+(docs/sandboxes.md, "Redaction and replay"). ``--no-redact`` records plain text.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retail_db", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output/retail"), help="output folder (recreated on each run)")
     parser.add_argument("--k", type=int, default=8, help="alternatives per recorded state")
-    parser.add_argument("--redact", action="store_true", help="record with the default redaction (e-mail addresses become placeholders)")
+    parser.add_argument("--no-redact", action="store_true", help="record without redaction (the data is synthetic)")
+    parser.add_argument("--vault", action="store_true", help="keep a redaction vault, so replay gives the sandbox the real values")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.out, ignore_errors=True)
     store = args.out / "experience"
     console.rule("[bold]1. The retail agent serves its customers (every run is recorded)")
-    answers = record_experts(store, args.out, redact=bool(args.redact))
+    answers = record_experts(store, args.out, redact=False if args.no_redact else None, **({"vault": True} if args.vault else {}))
     console.print(f"{len(answers)} conversations recorded in {store}")
     sandbox = "retail_db.sandbox:make_sandbox"
     first = LocalExperienceStore(store).trajectories(app=APP).sort("started_at")["id"][0]
