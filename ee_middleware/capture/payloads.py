@@ -31,6 +31,8 @@ class PayloadEncoder:
     def __init__(self, redactor: Redactor, max_observation_chars: int) -> None:
         self.redactor = redactor
         self.max_observation_chars = max_observation_chars
+        # A model bound to tools passes the same list on every call of every run: encode it once.
+        self._tool_definitions: dict[tuple[int, ...], tuple[Sequence[Any], str]] = {}
 
     def _redact(self, value: Any) -> Any:
         return self.redactor.redact_value(value) if self.redactor.enabled else value
@@ -73,7 +75,14 @@ class PayloadEncoder:
     def tool_definitions(self, tools: Sequence[Any] | None, cache: FragmentCache | None = None) -> str | None:
         if not tools:
             return None
-        return _cached({} if cache is None else cache, tools, _encode_tool_definitions)
+        key = (id(tools), *map(id, tools))  # the list and each schema in it, kept alive by the entry
+        hit = self._tool_definitions.get(key)
+        if hit is None or hit[0] is not tools:
+            if len(self._tool_definitions) >= 64:
+                self._tool_definitions.pop(next(iter(self._tool_definitions)))
+            hit = (tools, _encode_tool_definitions(tools))
+            self._tool_definitions[key] = hit
+        return hit[1]
 
     def chat_attributes(
         self, inputs: Sequence[Any], outputs: Sequence[Any], tools: Sequence[Any] | None, cache: FragmentCache | None = None

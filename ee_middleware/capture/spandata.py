@@ -60,5 +60,18 @@ def from_readable_span(span: Any) -> SpanData:
         status_code=span.status.status_code.name,
         status_message=span.status.description,
         events=tuple((e.name, dict(e.attributes or {})) for e in span.events),
-        resource=dict(span.resource.attributes) if span.resource is not None else {},
+        resource=_resource_attributes(span.resource),
     )
+
+
+_RESOURCE: list[tuple[Any, dict[str, Any]]] = [(None, {})]  # the last resource and its (immutable) attributes: one per provider
+
+
+def _resource_attributes(resource: Any) -> dict[str, Any]:
+    if resource is None:
+        return {}
+    cached = _RESOURCE[0]  # read once: another thread may replace it
+    if cached[0] is not resource:
+        cached = (resource, dict(resource.attributes))
+        _RESOURCE[0] = cached
+    return dict(cached[1])
