@@ -32,7 +32,7 @@ class PayloadEncoder:
         self.redactor = redactor
         self.max_observation_chars = max_observation_chars
         # A model bound to tools passes the same list on every call of every run: encode it once.
-        self._tool_definitions: dict[tuple[int, ...], tuple[Sequence[Any], str]] = {}
+        self._tool_definitions: dict[tuple[int, ...], tuple[tuple[Any, ...], str]] = {}
 
     def _redact(self, value: Any) -> Any:
         return self.redactor.redact_value(value) if self.redactor.enabled else value
@@ -75,12 +75,13 @@ class PayloadEncoder:
     def tool_definitions(self, tools: Sequence[Any] | None, cache: FragmentCache | None = None) -> str | None:
         if not tools:
             return None
-        key = (id(tools), *map(id, tools))  # the list and each schema in it, kept alive by the entry
+        # Each call gets a new list of the same schema objects: key on those (kept alive by the entry).
+        key = tuple(map(id, tools))
         hit = self._tool_definitions.get(key)
-        if hit is None or hit[0] is not tools:
+        if hit is None or any(a is not b for a, b in zip(hit[0], tools, strict=True)):
             if len(self._tool_definitions) >= 64:
                 self._tool_definitions.pop(next(iter(self._tool_definitions)))
-            hit = (tools, _encode_tool_definitions(tools))
+            hit = (tuple(tools), _encode_tool_definitions(tools))
             self._tool_definitions[key] = hit
         return hit[1]
 
