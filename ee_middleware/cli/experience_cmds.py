@@ -56,6 +56,56 @@ def eval_cmd(
     _print_table(report)
 
 
+@app.command("dataset")
+def dataset_cmd(
+    store: str = StoreOption,
+    out: Path = typer.Option(..., "--out", help="Folder for em.parquet (train on it with 'ee train --schedule experience-model')."),
+    teacher: str = typer.Option("template", "--teacher", help="Who writes the reasoning: template, local:DIR, openai:BASE_URL#MODEL."),
+    held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=1.0, help="Share of trajectories held out (as 'ee experience eval')."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split (as 'ee experience eval')."),
+    top_k: int = typer.Option(3, "--top-k", min=0, help="Retrieved real transitions in each prompt."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the experience model's training rows (em.parquet) from the store's real transitions: the
+    serving prompt (task, state, retrieved transitions, call) -> reasoning, real observation, reward.
+    The held-out share is left out, so 'ee experience eval' with the same share and seed measures
+    transitions never trained on."""
+    from ee_middleware._files import atomic_path
+    from ee_middleware.trainers.datasets.em import build_em
+
+    opened = open_existing_store(store)
+    client = None
+    if teacher != "template":
+        from ee_middleware.models.spec import build_chat_client
+
+        client = build_chat_client(teacher)
+    try:
+        frame = build_em(opened, held_out=held_out, seed=seed, top_k=top_k, teacher=client or "template", teacher_name=teacher)
+    finally:
+        if client is not None:
+            client.close()
+    if frame.height == 0:
+        raise typer.BadParameter(
+            "No real transition outside the held-out share: record or approve more trajectories.", param_hint="--store"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "em.parquet") as tmp:
+        frame.write_parquet(tmp)
+    flagged = frame.filter(frame["quality_flags"] != "{}").height
+    summary = {
+        "path": str(out / "em.parquet"),
+        "rows": frame.height,
+        "teacher": teacher,
+        "held_out": held_out,
+        "seed": seed,
+        "flagged": flagged,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"{frame.height} em rows written to {summary['path']} (teacher {teacher}; {flagged} reasoning(s) replaced by the template)")
+
+
 def _run(sandbox: Any, split: Any, top_k: int, *, quiet: bool) -> dict[str, Any]:
     from ee_middleware.replay.experience_eval import VARIANTS, evaluate
 

@@ -19,6 +19,7 @@ class ScheduleChoice(StrEnum):
     il = "il"
     iwm = "iwm"
     sr = "sr"
+    experience_model = "experience-model"
 
 
 class DeviceChoice(StrEnum):
@@ -36,7 +37,11 @@ def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [train] table; flags override it."),
     base_model: str | None = typer.Option(None, "--base-model", help="Local save_pretrained folder or .gguf file (never downloaded)."),
     data: Path | None = typer.Option(None, "--data", help="Folder with il.parquet, iwm.parquet, sr.parquet. [default: data]"),
-    schedule: ScheduleChoice | None = typer.Option(None, "--schedule", help="il, iwm (world modeling then IL) or sr (SR mixed with IL)."),
+    schedule: ScheduleChoice | None = typer.Option(
+        None,
+        "--schedule",
+        help="il, iwm (world modeling then IL), sr (SR mixed with IL) or experience-model (em.parquet from 'ee experience dataset').",
+    ),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Where the adapter, manifest.json and loss.png go."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer updates in total (overrides epochs)."),
     epochs: float | None = typer.Option(None, "--epochs", help="Passes over the data. [default: 1]"),

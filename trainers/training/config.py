@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 
-Schedule = Literal["il", "iwm", "sr"]
+Schedule = Literal["il", "iwm", "sr", "experience-model"]
 
 
 class TrainConfig(BaseModel):

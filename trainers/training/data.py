@@ -17,7 +17,7 @@ from ee_middleware.trainers.datasets.split import is_heldout_file
 from ee_middleware.trainers.training.errors import TrainDataError
 
 REQUIRED_COLUMNS = ("id", "prompt", "completion", "tools")
-FILE_NAMES = {"il": "il.parquet", "iwm": "iwm.parquet", "sr": "sr.parquet"}
+FILE_NAMES = {"il": "il.parquet", "iwm": "iwm.parquet", "sr": "sr.parquet", "em": "em.parquet"}
 _BUILD_HINT = "Rebuild it with the dataset builders (ee_middleware.trainers.datasets)."
 
 

@@ -1,4 +1,4 @@
-"""The three training schedules and their step budgets (pure arithmetic, no torch).
+"""The training schedules and their step budgets (pure arithmetic, no torch).
 
 One optimizer update consumes ``batch_size * gradient_accumulation * world_size`` examples.
 
@@ -9,6 +9,8 @@ One optimizer update consumes ``batch_size * gradient_accumulation * world_size`
   the IL stage gets the rest (at least one). A budget of one update goes to IL alone.
 - ``sr``: SR rows mixed with IL rows (shuffled with the seed) in one stage; budget ``max_steps`` or
   ``ceil(epochs * ceil((n_sr + n_il) / per_update))``.
+- ``experience-model``: the ``em`` rows alone (``em.parquet``, built by ``ee experience dataset``): the
+  adapter learns to predict next observations and rewards (DreamGym's experience model), not actions.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def plan(
     schedule: str, counts: dict[str, int], *, per_update: int, epochs: float, max_steps: int | None, iwm_share: float = 0.5
 ) -> list[Stage]:
     """The stages of ``schedule`` given the number of examples of each kind (after rendering)."""
+    if schedule == "experience-model":  # the experience model (DreamGym): next observations and rewards only
+        return [Stage("em", ("em",), budget(counts["em"], per_update, epochs, max_steps))]
     il_budget = budget(counts["il"], per_update, epochs, max_steps)
     if schedule == "il":
         return [Stage("il", ("il",), il_budget)]
@@ -65,7 +69,7 @@ def plan(
 
 def kinds_needed(schedule: str) -> tuple[str, ...]:
     """The dataset files a schedule reads."""
-    return {"il": ("il",), "iwm": ("iwm", "il"), "sr": ("sr", "il")}[schedule]
+    return {"il": ("il",), "iwm": ("iwm", "il"), "sr": ("sr", "il"), "experience-model": ("em",)}[schedule]
 
 
 def mixed(groups: list[list[T]], seed: int) -> list[T]:

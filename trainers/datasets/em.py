@@ -1,0 +1,124 @@
+"""The ``em`` dataset: training rows for the experience model (DreamGym), from the store's real transitions.
+
+One row per real transition (an expert step with its recorded observation) of a trajectory that is
+not held out. The prompt is exactly what the experience sandbox sends at serving time
+(:func:`ee_middleware.replay.sandboxes.experience.build_prompt`: task, end of the state, the top-k
+retrieved real transitions, the call); retrieval never returns the row's own trajectory nor any
+held-out trajectory. The held-out split is the one ``ee experience eval`` uses for the same share
+and seed (:func:`ee_middleware.replay.experience_eval.split_store`), so fidelity is always measured
+on transitions never trained on and never retrieved.
+
+The target is one JSON object, as the sandbox parses it: a short ``reasoning``, the real
+``observation``, ``is_error`` and, on a trajectory's last tool step, the outcome ``reward`` (1.0 for
+a completed trajectory, 0.0 otherwise). The reasoning is written by a teacher: ``template`` (a
+fixed sentence from the call and the outcome) or a chat model (``local:``/``openai:``/factory) that
+sees the real observation and must explain it without copying it; a model reasoning that copies the
+observation (or is empty) is replaced by the template's and flagged (``quality_flags``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+
+from ee_middleware.models.protocol import Sampling
+from ee_middleware.replay.experience_eval import split_store
+from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, trajectory_transitions
+from ee_middleware.replay.sandboxes.experience import build_prompt
+from ee_middleware.trainers.datasets.rows import conform, example_id
+
+TEACHER_PROMPT = (
+    "A tool-using agent called a tool; you are shown the call and what the tool really returned. In one or two sentences, "
+    "explain why the tool returned this (what the call asked for and what state it met), without quoting the result."
+)
+_MIN_COPY = 24
+"""An observation at least this long found verbatim in a reasoning counts as copied."""
+
+
+def template_reasoning(transition: Transition) -> str:
+    """The ``template`` teacher: what was called and whether it worked, never the observation itself."""
+    names = ", ".join(sorted(transition.arguments)) or "no arguments"
+    outcome = "so the tool reports an error" if transition.is_error else "so the tool returns its result"
+    return f"The agent calls {transition.tool} with {names}; the call {'does not fit' if transition.is_error else 'fits'} the current state, {outcome}."
+
+
+def _copies(reasoning: str, observation: str) -> bool:
+    text = observation.strip()
+    return len(text) >= _MIN_COPY and text in reasoning
+
+
+def build_em(
+    store: Any,
+    *,
+    held_out: float = 0.2,
+    seed: int = 0,
+    top_k: int = DEFAULT_TOP_K,
+    teacher: Any = "template",
+    teacher_name: str = "template",
+    progress: Callable[[int], None] | None = None,
+) -> pl.DataFrame:
+    """The ``em`` rows of ``store`` (see the module docstring), conforming to the dataset schema."""
+    split = split_store(store, share=held_out, seed=seed)
+    rows = []
+    for trajectory in store.iter_trajectories():
+        if trajectory.id in split.held_out_ids or trajectory.approval.status == "rejected":
+            continue
+        transitions = trajectory_transitions(trajectory)
+        for transition in transitions:
+            examples = split.index.search(
+                transition.tool,
+                transition.arguments,
+                transition.state,
+                k=top_k,
+                exclude_ids={transition.id},
+                exclude_trajectories=split.held_out_ids | {trajectory.id},
+            )
+            prompt = build_prompt(transition.task, transition.state, transition.tool, transition.arguments, examples)
+            reasoning, flags = _reasoning(teacher, transition)
+            target: dict[str, Any] = {"reasoning": reasoning, "observation": transition.observation, "is_error": transition.is_error}
+            if transition.reward is not None:
+                target["reward"] = transition.reward
+            rows.append(
+                {
+                    "kind": "em",
+                    "prompt": json.dumps(prompt, ensure_ascii=False),
+                    "completion": json.dumps(
+                        [{"role": "assistant", "content": json.dumps(target, ensure_ascii=False)}], ensure_ascii=False
+                    ),
+                    "tools": "[]",
+                    "trajectory_id": trajectory.id,
+                    "step_index": transition.step_index,
+                    "proposer": "expert",
+                    "is_error": transition.is_error,
+                    "teacher": teacher_name,
+                    "quality_flags": json.dumps(flags),
+                    "retrieved": [e.id for e in examples],
+                }
+            )
+            if progress is not None:
+                progress(1)
+    if not rows:
+        return conform(pl.DataFrame(schema={"kind": pl.String()}))
+    frame = pl.DataFrame(rows).drop("retrieved")
+    frame = frame.with_columns(example_id(pl.col("kind"), pl.col("trajectory_id"), pl.col("step_index")).alias("id"))
+    return conform(frame)
+
+
+def _reasoning(teacher: Any, transition: Transition) -> tuple[str, dict[str, Any]]:
+    if teacher == "template" or teacher is None:
+        return template_reasoning(transition), {}
+    call = json.dumps({"tool": transition.tool, "arguments": transition.arguments}, ensure_ascii=False)
+    messages = [
+        {"role": "system", "content": TEACHER_PROMPT},
+        {"role": "user", "content": f"Task: {transition.task}\nCall: {call}\nThe tool returned: {transition.observation[:1500]}"},
+    ]
+    choices = teacher.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=96))
+    text = choices[0].text.strip() if choices and choices[0].problem is None else ""
+    if not text:
+        return template_reasoning(transition), {"teacher_empty": True}
+    if _copies(text, transition.observation):
+        return template_reasoning(transition), {"teacher_copied": True}
+    return text, {}
