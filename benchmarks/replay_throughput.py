@@ -14,6 +14,14 @@ truth). Then, with the mutation policy and the same proposals for both:
 Both are timed in this process, side by side. Then the full job (`run_replay`: proposals, sandbox,
 fidelity checks and Parquet-spool writes) runs with 1 worker and with 2 worker processes on copies
 of the same store, and the speed-up is reported.
+
+    .venv/bin/python benchmarks/replay_throughput.py --world retail [--repeats 3] [--k 8]
+
+runs instead the database-sized world: a retail database of about 1 MB as plain Python data (users,
+orders, products; tests/replay/sandboxes/retail_world.py), replayed by the PythonSandbox with whole
+copies (``journal=False``, every restore unpickles the world) and with its journal (a restore undoes
+only the writes since the snapshot), interleaved, with identical observations checked and the
+journaled sandbox run through the conformance kit first.
 """
 
 from __future__ import annotations
@@ -79,13 +87,105 @@ def naive(trajectories: list, plans: dict) -> int:
     return branches
 
 
+def retail_branches(sandbox: object, trajectories: list, plans: dict) -> tuple[int, list[str]]:
+    """Snapshot-and-branch as the replay runner does it (one snapshot per step, dropped after the step)."""
+    seen: list[str] = []
+    branches = 0
+    for t in trajectories:
+        sandbox.reset(t.environment)
+        for step in t.steps:
+            branches += _retail_step(sandbox, step, plans[(t.id, step.index)], seen)
+    return branches, seen
+
+
+def _retail_step(sandbox: object, step: object, calls: list, seen: list[str]) -> int:
+    snapshot = sandbox.snapshot()
+    for call in calls:
+        sandbox.restore(snapshot)
+        seen.append(sandbox.execute(call).content)
+    sandbox.restore(snapshot)
+    seen.append(sandbox.execute(step.action.tool_call).content)
+    return len(calls)
+
+
+def retail_main(args: argparse.Namespace) -> dict:
+    import os
+    import pickle
+    import statistics
+    import sys
+
+    from ee_middleware.records import ToolCall
+    from ee_middleware.testing import check_sandbox
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the world lives with the tests that check it
+    from tests.replay.sandboxes import retail_world as retail
+
+    size = len(pickle.dumps(retail.build(retail.ONE_MB), protocol=pickle.HIGHEST_PROTOCOL))
+    check_sandbox(
+        retail.make_sandbox,
+        environment=retail.ONE_MB,
+        mutate=ToolCall(id="m", name="place_order", arguments={"user_id": "u1", "product_id": "p2", "quantity": 1}),
+        read=[
+            ToolCall(id="r1", name="get_user", arguments={"user_id": "u1"}),
+            ToolCall(id="r2", name="get_product", arguments={"product_id": "p2"}),
+        ],
+        require_digest=True,
+    )
+    trajectories = [retail.trajectory(retail.ONE_MB, args.steps, seed=i, trajectory_id=f"retail-{i}") for i in range(args.trajectories)]
+    proposer = Proposer(MutationPolicy(), k=args.k)
+    plans = {}
+    for t in trajectories:
+        for s in t.steps:
+            point = DecisionPoint(t.id, s.index, s.state, t.tools, s.action.tool_call)
+            plans[(t.id, s.index)] = [c.call for c in proposer.propose(point, seed=derive_seed(0, t.id, s.index)).accepted]
+    times: dict[str, list[float]] = {"whole_copy": [], "journal": []}
+    outputs: dict[str, list[str]] = {}
+    branches = 0
+    for _ in range(args.repeats):  # interleaved
+        for name, journal in (("whole_copy", False), ("journal", True)):
+            sandbox = retail.make_sandbox(journal=journal)
+            t0 = time.perf_counter()
+            branches, seen = retail_branches(sandbox, trajectories, plans)
+            times[name].append(time.perf_counter() - t0)
+            sandbox.close()
+            assert outputs.setdefault(name, seen) == seen, f"{name}: observations differ between repeats"
+    assert outputs["journal"] == outputs["whole_copy"], "the journaled sandbox saw different observations"
+    rate = {name: [branches / s for s in spans] for name, spans in times.items()}
+    results = {
+        "world": "retail",
+        "world_pickled_bytes": size,
+        "trajectories": len(trajectories),
+        "steps_per_trajectory": args.steps,
+        "k": args.k,
+        "branches": branches,
+        "repeats": args.repeats,
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "identical_observations": True,
+        "conformance_kit": "passed (journaled, 1 MB world)",
+    }
+    for name, rates in rate.items():
+        results[f"{name}_branches_per_s_min_median_max"] = [round(min(rates), 1), round(statistics.median(rates), 1), round(max(rates), 1)]
+    results["journal_vs_whole_copy_speedup_median"] = round(statistics.median(rate["journal"]) / statistics.median(rate["whole_copy"]), 1)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--category", default="multi_turn_base")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here too.")
+    parser.add_argument("--world", choices=["bfcl", "retail"], default="bfcl", help="retail: the 1 MB database world (see above).")
+    parser.add_argument("--repeats", type=int, default=3, help="--world retail: interleaved repeats.")
+    parser.add_argument("--trajectories", type=int, default=4, help="--world retail: trajectories.")
+    parser.add_argument("--steps", type=int, default=15, help="--world retail: tool calls per trajectory.")
     args = parser.parse_args()
+    if args.world == "retail":
+        results = retail_main(args)
+        print(json.dumps(results, indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "experience"

@@ -147,17 +147,21 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _unowned(cls: type, contents: Any) -> Any:
+    """A journaling container outside any journal (unpickled or deep-copied)."""
+    new = cls(contents)
+    new._j = None
+    return new
+
+
 class JDict(dict):  # type: ignore[type-arg]
     """A ``dict`` that journals each write; unjournaled until adopted (``_j`` set)."""
 
     __slots__ = ("_j",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        dict.__init__(self, *args, **kwargs)
-        self._j: Journal | None = None
+    _j: Journal | None  # set by whoever makes one (no __init__: adopting a large world makes many, at C speed)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (JDict, (dict(self),))
+        return (_unowned, (JDict, dict(self)))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if self._j is not None:
@@ -225,13 +229,10 @@ class JList(list):  # type: ignore[type-arg]
     """A ``list`` that journals each write; unjournaled until adopted (``_j`` set)."""
 
     __slots__ = ("_j",)
-
-    def __init__(self, *args: Any) -> None:
-        list.__init__(self, *args)
-        self._j: Journal | None = None
+    _j: Journal | None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (JList, (list(self),))
+        return (_unowned, (JList, list(self)))
 
     def append(self, value: Any) -> None:
         if self._j is not None:
@@ -280,21 +281,19 @@ def adopt(value: Any, journal: Journal, memo: dict[int, Any], *, claim: bool = F
     key = id(value)
     if key in memo:
         return memo[key]
+    scalars = _SCALARS
     if isinstance(value, dict):
-        new: Any = value if take else JDict()
+        new: Any = value if take else JDict(value)  # one C-level copy; then only the containers inside are visited
         memo[key] = new
-        for k, v in dict.items(value):
-            dict.__setitem__(new, k, v if type(v) in _SCALARS else adopt(v, journal, memo, claim=claim))
-    elif take:
-        new = value
-        memo[key] = new
-        for i, v in enumerate(list.__iter__(value)):
-            if type(v) not in _SCALARS:
-                list.__setitem__(new, i, adopt(v, journal, memo, claim=claim))
+        for k, v in dict.items(new):
+            if type(v) not in scalars:
+                dict.__setitem__(new, k, adopt(v, journal, memo, claim=claim))
     else:
-        new = JList()
+        new = value if take else JList(value)
         memo[key] = new
-        list.extend(new, [v if type(v) in _SCALARS else adopt(v, journal, memo, claim=claim) for v in list.__iter__(value)])
+        for i, v in enumerate(list.__iter__(new)):
+            if type(v) not in scalars:
+                list.__setitem__(new, i, adopt(v, journal, memo, claim=claim))
     new._j = journal
     return new
 
