@@ -384,3 +384,26 @@ def test_a_replay_job_refuses_tools_below_their_fidelity_and_says_which(bfcl_sto
     stored = list(store.iter_rollouts(replay_id=config.replay_id))
     store.close()
     assert stored and {r.action.tool_call.name for r in stored} == {"ls"} and all(r.synthetic for r in stored)
+
+
+def test_the_sandbox_indexes_what_the_store_gained_on_reset(bfcl_store_path: Path, serve: Any) -> None:
+    from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout
+
+    model = serve(copy_first_example)
+    sandbox = ExperienceSandbox(model.spec, store=str(bfcl_store_path), refresh_s=0.0)
+    before = len(sandbox.index)
+    trajectory = _trajectories(bfcl_store_path)[0]
+    step, call = _a_non_expert_call(trajectory)
+    store = LocalExperienceStore(bfcl_store_path)
+    rollout = Rollout(
+        id="real-2", replay_id="r", trajectory_id=trajectory.id, step_index=step.index, branch_index=0,
+        action=Action(kind="tool_call", tool_call=call), proposer=ProposerInfo(policy="test"),
+        observation=Observation(content="real"), sandbox="bfcl", duration_ms=1.0,
+    )  # fmt: skip
+    store.write_replay(
+        ReplayRecord(replay_id="r", trajectory_id=trajectory.id, status="done", policy="t", sandbox="bfcl", k=1, seed=0), [rollout]
+    )
+    store.close()
+    sandbox.reset(None)
+    assert len(sandbox.index) == before + 1 and sandbox.index.transitions[-1].id == "rollout:real-2"
+    sandbox.close()

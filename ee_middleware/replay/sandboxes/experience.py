@@ -28,6 +28,7 @@ expert's own call then returns its recorded observation, so the history stays re
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,7 @@ class ExperienceSandbox:
         exclude_trajectories: list[str] | None = None,
         allow_network: bool = False,
         check_endpoint: bool = True,
+        refresh_s: float = 60.0,
     ) -> None:
         if client is None and not model:
             raise SandboxError("The experience sandbox needs a model: 'experience:local:DIR' or 'experience:openai:BASE_URL#MODEL'.")
@@ -160,6 +162,10 @@ class ExperienceSandbox:
         self._store_spec = store
         self._index = index
         self.top_k = top_k
+        self.refresh_s = refresh_s
+        self._store: Any = None
+        self._owns_store = False
+        self._refreshed_at = 0.0
         self.max_tokens = max_tokens
         self.exclude_trajectories = set(exclude_trajectories or ())
         self.min_fidelity = dict(min_fidelity or {})
@@ -194,7 +200,8 @@ class ExperienceSandbox:
 
     @property
     def index(self) -> TransitionIndex:
-        """The replay buffer, built from the store on first use and refreshed on every :meth:`reset`."""
+        """The replay buffer, built from the store on first use; :meth:`reset` adds what the store gained
+        since, at most once every ``refresh_s`` seconds (reading the store is not free)."""
         if self._index is None:
             self._index = TransitionIndex()
             self._refresh()
@@ -203,10 +210,13 @@ class ExperienceSandbox:
     def _refresh(self) -> None:
         if self._store_spec is None or self._index is None:
             return
-        from ee_middleware.store.registry import open_store
+        if self._store is None:
+            from ee_middleware.store.registry import open_store
 
-        store = open_store(self._store_spec) if isinstance(self._store_spec, (str, Path)) else self._store_spec
-        self._index.refresh(store)
+            self._owns_store = isinstance(self._store_spec, (str, Path))
+            self._store = open_store(self._store_spec, create=False) if self._owns_store else self._store_spec
+        self._index.refresh(self._store)
+        self._refreshed_at = time.monotonic()
 
     # -- the protocol ----------------------------------------------------------------------------
 
@@ -234,7 +244,7 @@ class ExperienceSandbox:
         self._check_open()
         if self._real is not None:
             self._real.reset(environment)
-        if self._index is not None:
+        if self._index is not None and time.monotonic() - self._refreshed_at >= self.refresh_s:
             self._refresh()
         self._trajectory, self._step, self._provenance = None, None, None
 
@@ -312,6 +322,8 @@ class ExperienceSandbox:
             self._real.close()
         if self._client is not None:
             self._client.close()
+        if self._owns_store and self._store is not None:
+            self._store.close()
 
     def _check_open(self) -> None:
         if self._closed:
