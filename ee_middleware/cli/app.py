@@ -16,6 +16,7 @@ from ee_middleware.cli import (
     datasets_cmds,
     eval_cmds,
     experience_cmds,
+    improve_cmds,
     replay_cmds,
     serve_cmds,
     store_cmds,
@@ -56,6 +57,7 @@ app.add_typer(adapters_cmds.app, name="adapters")
 app.add_typer(serve_cmds.app, name="serve")
 app.add_typer(experience_cmds.app, name="experience")
 app.add_typer(curriculum_cmds.app, name="curriculum")
+improve_cmds.register(app)
 
 
 def _version(value: bool) -> None:

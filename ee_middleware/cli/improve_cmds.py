@@ -1,0 +1,243 @@
+"""``ee improve`` (the nightly job) and ``ee runs list|show`` (what its runs did).
+
+Wire them into the root app with ``register(app)``. The job lives in :mod:`ee_middleware.jobs`,
+imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ee_middleware.cli.common import JsonOption, console, print_json, short
+
+EXIT_STOPPED = 3
+"""Exit status of a run stopped by its ``max_minutes`` budget (the next call continues it)."""
+
+runs_app = typer.Typer(help="Runs of `ee improve`: what each stage did, with manifests and reports.", no_args_is_help=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="TOML file with an [improve] table and the stage tables ([replay], [train], ...).")
+
+
+def improve(
+    config: Path | None = ConfigOption,
+    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides [improve] store)."),
+    app_name: str | None = typer.Option(None, "--app", "-a", help="Learn from this app's approved trajectories."),
+    registry: str | None = typer.Option(None, "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", help="Adapter registry."),
+    runs: Path | None = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (one folder per run)."),
+    base_model: str | None = typer.Option(None, "--base-model", help="Base model folder or .gguf (used when no adapter is live)."),
+    schedule: str | None = typer.Option(None, "--schedule", help="il, iwm or sr."),
+    new_run: bool = typer.Option(False, "--new-run", help="Mark an unfinished run abandoned and start a new one."),
+    force: bool = typer.Option(False, "--force", help="Run every stage even when nothing new was approved."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show stage progress and bars."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Select newly approved trajectories, replay, build datasets, train, evaluate, gate and promote; resumes an unfinished run."""
+    from ee_middleware.jobs.config import ImproveConfig
+    from ee_middleware.jobs.improve import run_improve
+    from ee_middleware.jobs.stages import QuietProgress
+
+    job = ImproveConfig.load(
+        config, store=store, app=app_name, registry=registry, runs=str(runs) if runs else None, base_model=base_model, schedule=schedule
+    )
+    display = RichProgress(console()) if progress and not as_json else QuietProgress()
+    try:
+        run = run_improve(job, progress=display, new_run=new_run, force=force)
+    finally:
+        if isinstance(display, RichProgress):
+            display.close()
+    if as_json:
+        print_json(run_json(run))
+    else:
+        print_summary(console(), run)
+    if run.status == "stopped":
+        raise typer.Exit(EXIT_STOPPED)
+
+
+class RichProgress:
+    """Stage rules, one line per finished stage, and progress bars for long steps."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def stage(self, name: str, index: int, total: int) -> None:
+        self._stop_bars()
+        self.out.rule(f"[bold magenta]ee improve [{index}/{total}] {name}")
+
+    def stage_done(self, name: str, seconds: float, summary: str, *, skipped: bool = False) -> None:
+        self._stop_bars()
+        if skipped:
+            self.out.print(f"[dim]= {name}: finished in an earlier attempt ({seconds:.1f} s), not redone[/]")
+        else:
+            self.out.print(f"[green]done[/] {name} in {seconds:.1f} s: {summary}")
+
+    def info(self, text: str) -> None:
+        self.out.print(f"[dim]  {text}[/]", highlight=False)
+
+    def bar(self, name: str, done: int, total: int | None) -> None:
+        if self._bars is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bars = Progress(
+                TextColumn("  {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.out,
+            )
+            self._bars.start()
+        if name not in self._tasks:
+            self._tasks[name] = self._bars.add_task(name, total=total)
+        self._bars.update(self._tasks[name], completed=done, total=total)
+
+    def _stop_bars(self) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars, self._tasks = None, {}
+
+    def close(self) -> None:
+        self._stop_bars()
+
+
+def run_json(run: Any) -> dict[str, Any]:
+    """A run as JSON: run.json with every stage's manifest."""
+    return {**run.data, "folder": str(run.folder), "stages": run.stages()}
+
+
+def print_summary(out: Any, run: Any) -> None:
+    """The run's stages and results as tables, and where the report is."""
+    from rich.table import Table
+
+    table = Table(title=f"ee improve run {run.id}: {run.status}")
+    for column in ("stage", "status", "seconds", "peak RSS MiB", "result"):
+        table.add_column(column, justify="right" if column in ("seconds", "peak RSS MiB") else "left")
+    manifests = {m["stage"]: m for m in run.stages()}
+    for name in run.data.get("stage_order", []):
+        m = manifests.get(name)
+        if m is None:
+            table.add_row(name, "not run", "-", "-", "")
+            continue
+        rss = m.get("peak_rss_mb") or {}
+        result = m.get("error") or m.get("summary") or "; ".join(m.get("decisions") or [])
+        table.add_row(name, m["status"], f"{m.get('seconds', 0):.1f}", f"{max(rss.values()):.0f}" if rss else "-", short(result, 90))
+    out.print(table)
+    evaluation = (manifests.get("evaluate") or {}).get("outputs") or {}
+    if evaluation.get("runs"):
+        out.print(results_table(evaluation))
+    for line in ((manifests.get("gate") or {}).get("outputs") or {}).get("moved", []):
+        out.print(f"- {line}")
+    for cut in run.data.get("budget_cuts") or []:
+        out.print(f"[yellow]budget {cut['budget']}[/] ({cut.get('limit')}): {cut['cut']}")
+    if run.data.get("error"):
+        out.print(f"[red]{run.status}[/]: {run.data['error']}")
+    report = run.data.get("report") or {}
+    if report:
+        out.print(f"Report: {report.get('markdown')} and {report.get('html')}")
+
+
+def results_table(evaluation: dict[str, Any]) -> Any:
+    """Baseline vs candidate: task success per suite, then the held-out action NLL."""
+    from rich.table import Table
+
+    table = Table(title=f"held-out evaluation: {evaluation['baseline']} (baseline) vs {evaluation['candidate']} (candidate)")
+    for column in ("metric", "tasks/states", "baseline", "candidate"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    baseline = {s["suite"]: s for s in evaluation["runs"]["baseline"]["suites"]}
+    for s in evaluation["runs"]["candidate"]["suites"]:
+        b = baseline.get(s["suite"], {})
+        table.add_row(
+            f"task success {short(s['suite'], 50)}",
+            str(s["tasks"]),
+            f"{100 * b.get('success_rate', 0):.1f}%",
+            f"{100 * s['success_rate']:.1f}%",
+        )
+    like = evaluation.get("likelihood")
+    if like:
+        nll = {m["model"]: m["mean_nll"] for m in like["models"]}
+        table.add_row(
+            "expert-action NLL/token (lower is better)", str(like["states"]), f"{nll[like['baseline']]:.3f}", f"{nll['candidate']:.3f}"
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ee improve`` and ``ee runs`` to the root app."""
+    app.command("improve")(improve)
+    app.add_typer(runs_app, name="runs")
+
+
+def _runs_dir(runs: Path | None, config: Path | None) -> Any:
+    from ee_middleware.jobs.runs import RunsDir
+
+    if runs is None and config is not None:
+        from ee_middleware._toml import read_toml_table
+
+        value = read_toml_table(config, "improve").get("runs")
+        runs = Path(value) if value else None
+    if runs is None:
+        raise typer.BadParameter("say which runs: --runs DIR, --config improve.toml, or EE_RUNS")
+    return RunsDir(runs)
+
+
+RunsOption = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (or --config improve.toml).")
+
+
+@runs_app.command("list")
+def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Every run, oldest first: status, stages finished, candidate, gate, promotion."""
+    folder = _runs_dir(runs, config)
+    records = folder.list()
+    held = folder.locked_by_other()
+    if as_json:
+        print_json([{**r.data, "folder": str(r.folder), "lock_held": held and r.status == "running"} for r in records])
+        return
+    from rich.table import Table
+
+    table = Table("run", "status", "started", "stages done", "candidate", "gate", "promoted", "new trajectories")
+    for r in records:
+        done = [m["stage"] for m in r.stages() if m.get("status") == "done"]
+        outcome = r.data.get("outcome") or {}
+        select = r.outputs("select")
+        status = r.status + (" (killed?)" if r.status == "running" and not held else "")
+        gate = "-" if outcome.get("gate_passed") is None else ("pass" if outcome["gate_passed"] else "fail")
+        table.add_row(
+            r.id,
+            status,
+            str(r.data.get("started_at", ""))[:19],
+            f"{len(done)}/{len(r.data.get('stage_order', []))}",
+            outcome.get("candidate") or "-",
+            gate,
+            "yes" if outcome.get("promoted") else "no",
+            str(select.get("new", "-")),
+        )
+    console().print(table)
+
+
+@runs_app.command("show")
+def show_run(
+    run_id: str = typer.Argument("latest", help="A run id, an unambiguous prefix, or 'latest'."),
+    runs: Path | None = RunsOption,
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """One run: every stage's manifest (inputs with hashes, outputs, timings, decisions) and the report's path."""
+    run = _runs_dir(runs, config).get(run_id)
+    if as_json:
+        print_json(run_json(run))
+        return
+    out = console()
+    print_summary(out, run)
+    for manifest in run.stages():
+        inputs = ", ".join(f"{k}={short(str(_hash_or_value(v)), 40)}" for k, v in (manifest.get("inputs") or {}).items())
+        out.print(f"[bold]{manifest['stage']}[/] ({manifest['status']}, {manifest.get('started_at', '')}): inputs {inputs or '-'}")
+
+
+def _hash_or_value(value: Any) -> Any:
+    if isinstance(value, dict) and "sha256" in value:
+        return f"{value.get('path', '')} sha256:{value['sha256'][:12]}"
+    return value

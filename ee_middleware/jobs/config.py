@@ -1,0 +1,233 @@
+"""Configuration of ``ee improve``: one TOML file for the whole nightly job.
+
+The ``[improve]`` table says what to learn from and where things go; the other jobs' own tables in
+the same file configure each stage exactly as they configure the stand-alone commands (``[replay]``
+for ``ee replay run``, ``[datasets]``, ``[train]``, ``[eval]``, ``[gate]``). The improve job fills in
+only what ties the stages together (the store, the app, each stage's input and output folders)::
+
+    [improve]
+    store = "/data/experience"            # the experience store (a folder or a store spec)
+    app = "support-bot"                   # learn from this app's approved trajectories
+    registry = "/data/adapters"           # the adapter registry; the app's alias is `alias` (default: app)
+    runs = "/data/runs"                   # one folder per run: manifests, datasets, adapter, evals, report
+    base_model = "/models/qwen2.5-1.5b-instruct"
+    schedule = "iwm"                      # il, iwm (world modeling then imitation) or sr
+    suites = ["traces", "bfcl:multi_turn_base:50"]   # "traces" = the app's held-out trajectories
+    gate_on_likelihood = false            # also require a lower held-out action NLL than the live model
+
+    [improve.budgets]                     # keep a night bounded; the run says what each one cut
+    max_trajectories = 2000
+    max_branches = 50000
+    max_train_steps = 1500
+    max_minutes = 360
+
+    [improve.serving]                     # where the candidate is evaluated and promoted (optional)
+    backend = "vllm"                      # or "local" (ee serve local)
+    servers = ["http://vllm-0:8000/v1", "http://vllm-1:8000/v1"]
+
+    [replay]
+    policy = "openai:http://vllm-0:8000/v1#base"
+    k = 8
+    [datasets]
+    kinds = ["il", "iwm"]
+    heldout_share = 0.1
+    [train]
+    max_length = 4096
+    [eval]
+    max_steps_per_turn = 10
+    [gate]
+    min_tasks = 50
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ee_middleware._toml import build_config, layered_values, read_toml_table
+from ee_middleware.errors import ConfigError
+from ee_middleware.jobs.runs import sha256_json
+from ee_middleware.store.registry import store_config_value
+
+if TYPE_CHECKING:
+    from ee_middleware.evals.gate import GatePolicy
+    from ee_middleware.evals.job import EvalJob
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.trainers.datasets.build import DatasetConfig
+    from ee_middleware.trainers.training.config import TrainConfig
+
+STAGE_TABLES = ("replay", "datasets", "train", "eval", "gate")
+SCHEDULE_KINDS = {"il": ("il",), "iwm": ("il", "iwm"), "sr": ("il", "sr")}
+DEFAULT_HELDOUT_SHARE = 0.2
+TRACES_SUITE = "traces"
+
+
+class Budgets(BaseModel):
+    """Limits that keep one run bounded. ``None``: no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_trajectories: int | None = Field(None, ge=1)
+    """Trajectories replayed per run (oldest first); the rest wait for the next run."""
+    max_branches: int | None = Field(None, ge=1)
+    """Alternative actions executed per run (recorded states x k); trajectories past it wait for the next run."""
+    max_train_steps: int | None = Field(None, ge=1)
+    """Optimizer steps of the training stage (caps [train] max_steps / epochs)."""
+    max_minutes: float | None = Field(None, gt=0)
+    """Wall-clock minutes of one call: past it the run stops before its next step (or replayed trajectory) and
+    the next call continues it."""
+
+
+class Serving(BaseModel):
+    """The model servers the candidate is evaluated on and promoted into (none: evaluated in-process, promoted in the registry)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = "local"
+    """``local`` (``ee serve local``), ``vllm``, or a serving-backend plug-in."""
+    servers: list[str] = Field(default_factory=list)
+    """Every replica's OpenAI API root, e.g. ``http://127.0.0.1:8000/v1``."""
+    base_name: str | None = None
+    """The base model's served name (default: the first model the server lists that is not a registered adapter)."""
+    max_lora_rank: int | None = Field(None, ge=1)
+    """The servers' ``--max-lora-rank`` (default: ``EE_MAX_LORA_RANK``, else 16)."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Seconds per request to the servers (evaluation requests included)."""
+
+
+class ImproveConfig(BaseModel):
+    """Everything ``ee improve`` needs (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: Annotated[Path | str, BeforeValidator(store_config_value)]
+    app: str = Field(min_length=1)
+    """Learn from this app's approved trajectories."""
+    registry: str = Field(min_length=1)
+    runs: Path
+    base_model: str = Field(min_length=1)
+    """A save_pretrained folder or a .gguf file; must be the base of the app's live adapter, if any."""
+    alias: str | None = None
+    """The app's name in the registry and at the router (default: ``app``)."""
+    schedule: Literal["il", "iwm", "sr"] = "iwm"
+    suites: list[str] = Field(default_factory=lambda: [TRACES_SUITE], min_length=1)
+    """Eval suites for candidate and live; ``traces`` (or ``traces:N``) is the app's held-out trajectories in ``store``."""
+    likelihood: bool = True
+    """Also score the held-out expert actions' likelihood (candidate vs live vs base)."""
+    likelihood_states: int | None = Field(64, ge=1)
+    """Held-out states scored (None: all)."""
+    likelihood_decode: int = Field(0, ge=0)
+    """Held-out states also decoded greedily (parse rate, name and exact match)."""
+    gate_on_likelihood: bool = False
+    """The gate also requires the candidate's held-out action NLL to be lower than the live model's."""
+    base_cache_dir: Path | None = None
+    """Where a GGUF base is converted once (default: ``RUNS/base-models``)."""
+    budgets: Budgets = Field(default_factory=Budgets)
+    serving: Serving = Field(default_factory=Serving)
+    config_path: Path | None = None
+    """The TOML file the stage tables are read from (set by :meth:`load`)."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ImproveConfig:
+        """Defaults <- the file's ``[improve]`` table <- ``overrides`` (``None`` values are ignored)."""
+        values = layered_values(path, "improve", overrides)
+        missing = [name for name in ("store", "app", "registry", "runs", "base_model") if not values.get(name)]
+        if missing:
+            raise ConfigError(
+                f"The improve job needs {', '.join(missing)}: set {'it' if len(missing) == 1 else 'them'} in the [improve] table "
+                "of --config FILE (or pass the flags)."
+            )
+        if path is not None:
+            values["config_path"] = Path(path).expanduser().resolve()
+        return build_config(cls, values, "improve")
+
+    @property
+    def alias_name(self) -> str:
+        return self.alias or self.app
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The stage tables of the config file (empty when there is no file)."""
+        if self.config_path is None:
+            return {name: {} for name in STAGE_TABLES}
+        return {name: read_toml_table(self.config_path, name) for name in STAGE_TABLES}
+
+    def describe(self) -> dict[str, Any]:
+        """The whole configuration as JSON: ``[improve]`` and the stage tables."""
+        return {"improve": self.model_dump(mode="json", exclude={"config_path"}), **self.tables()}
+
+    def config_hash(self) -> str:
+        """Identifies the configuration: an unfinished run is continued only with the same one.
+
+        Budgets and serving are left out: a stopped run may be continued with a longer night or with
+        replicas that moved (stages not yet finished use the new values)."""
+        described = self.describe()
+        described["improve"] = {k: v for k, v in described["improve"].items() if k not in ("budgets", "serving")}
+        return sha256_json(described)
+
+    # --- the stages' own configs ------------------------------------------------------------------
+
+    def replay_config(self, *, limit: int | None = None) -> ReplayConfig:
+        from ee_middleware.replay.config import ReplayConfig
+
+        return ReplayConfig.load(self.config_path, store=self.store, app=self.app, limit=limit)
+
+    def dataset_config(self, out: Path, replay_id: str | None) -> DatasetConfig:
+        from ee_middleware.trainers.datasets.build import DatasetConfig
+
+        table = self.tables()["datasets"]
+        overrides: dict[str, Any] = {"store": self.store, "out": out, "app": self.app, "replay_id": replay_id}
+        if "kinds" not in table:
+            overrides["kinds"] = SCHEDULE_KINDS[self.schedule]
+        if not any(key.startswith("heldout_") for key in table):
+            overrides["heldout_share"] = DEFAULT_HELDOUT_SHARE
+        config = DatasetConfig.load(self.config_path, **overrides)
+        needed = set(SCHEDULE_KINDS[self.schedule]) - set(config.kinds)
+        if needed:
+            raise ConfigError(f"schedule {self.schedule!r} trains on {', '.join(sorted(needed))}: add it to kinds in [datasets].")
+        if not config.split_rule().active:
+            raise ConfigError(
+                "The improve job evaluates on held-out trajectories: set a held-out rule in [datasets] "
+                f"(heldout_share = {DEFAULT_HELDOUT_SHARE}, heldout_ids, heldout_app, heldout_started_after/before)."
+            )
+        return config
+
+    def train_config(self, data: Path, output_dir: Path, *, max_steps: int | None, base_model: str | None = None) -> TrainConfig:
+        from ee_middleware.trainers.training.config import TrainConfig
+
+        cache = self.base_cache_dir or Path(self.runs) / "base-models"
+        return TrainConfig.load(
+            self.config_path,
+            base_model=base_model or self.base_model,
+            data=data,
+            schedule=self.schedule,
+            output_dir=output_dir,
+            max_steps=max_steps,
+            base_cache_dir=cache,
+        )
+
+    def eval_job(self, model: str, out: Path, split: Path) -> EvalJob:
+        from ee_middleware.evals.job import EvalJob
+
+        options: dict[str, Any] = {"suites": self.suite_specs(), "model": model, "out": str(out), "split": str(split)}
+        if model.startswith("openai:") and "timeout_s" not in self.tables()["eval"]:
+            options["timeout_s"] = self.serving.timeout_s
+        return EvalJob.load(self.config_path, **options)
+
+    def gate_policy(self) -> GatePolicy:
+        from ee_middleware.evals.gate import GatePolicy
+
+        return GatePolicy.load(self.config_path)
+
+    def suite_specs(self) -> list[str]:
+        """The suites with ``traces`` / ``traces:N`` spelled out as this app's ``traces:STORE:APP[:N]``."""
+        specs = []
+        for suite in self.suites:
+            name, _, count = suite.partition(":")
+            if name == TRACES_SUITE and (not count or count.isdigit()):
+                specs.append(f"traces:{self.store}:{self.app}" + (f":{count}" if count else ""))
+            else:
+                specs.append(suite)
+        return specs

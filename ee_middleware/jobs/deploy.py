@@ -1,0 +1,335 @@
+"""The improve job's deploy stages: register, evaluate, gate, promote.
+
+The candidate is registered under its immutable name, evaluated beside the app's live adapter (the
+base model when none is live) on the configured suites and on the held-out action likelihood,
+gated, and promoted (loaded and verified on every replica, then the alias switched) or retired with
+the gate's reasons. With servers configured the evaluation goes through them (the candidate is
+loaded under its registry name first, so a promote only verifies and switches); without, both
+models are evaluated in-process (``local:BASE@ADAPTER``) and a promote switches the registry's alias.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._files import atomic_write_text
+from ee_middleware.jobs.errors import JobError
+from ee_middleware.jobs.runs import file_entry
+from ee_middleware.jobs.stages import ADAPTER_DIR, DATA_DIR, StageContext, StageResult
+
+BASE = "base"
+LIKELIHOOD_FILE = "likelihood.json"
+
+
+def _registry(ctx: StageContext) -> Any:
+    from ee_middleware.adapters.registry import open_registry
+
+    return open_registry(ctx.config.registry, create=True)
+
+
+def _replicas(ctx: StageContext) -> list[Any]:
+    serving = ctx.config.serving
+    if not serving.servers:
+        return []
+    from ee_middleware.adapters.serving.backend import build_backends
+
+    return build_backends(list(serving.servers), kind=serving.backend, max_lora_rank=serving.max_lora_rank)
+
+
+def _by(ctx: StageContext) -> str:
+    return f"ee improve (run {ctx.run.id})"
+
+
+# --- register ----------------------------------------------------------------------------------------------
+
+
+def register(ctx: StageContext) -> StageResult:
+    """The candidate under an immutable versioned name (the same weights again return the same record)."""
+    adapter = Path(ctx.run.outputs("train")["adapter_dir"])
+    registry = _registry(ctx)
+    record = registry.register(adapter, ctx.config.alias_name, by=_by(ctx), max_lora_rank=ctx.config.serving.max_lora_rank)
+    result = StageResult(
+        inputs={"adapter_dir": str(adapter), "weights": file_entry(adapter / "adapter_model.safetensors")},
+        outputs={
+            "candidate": record.name,
+            "version": record.version,
+            "content_hash": record.content_hash,
+            "path": record.path,
+            "status": record.status,
+            "base_model": record.base_model,
+            "registry": str(ctx.config.registry),
+            "alias": ctx.config.alias_name,
+        },
+    )
+    if record.status != "candidate":
+        result.decisions.append(f"the registry already had these weights as {record.name} ({record.status})")
+    result.summary = f"{record.name} ({record.status})"
+    return result
+
+
+# --- evaluate ----------------------------------------------------------------------------------------------
+
+
+def evaluate(ctx: StageContext) -> StageResult:
+    """Suites for the live model (or the base) and the candidate, then the held-out action likelihood."""
+    from ee_middleware.evals.runner import run_eval
+
+    registry = _registry(ctx)
+    candidate = registry.get(ctx.run.outputs("register")["candidate"])
+    live_name = registry.resolve(ctx.config.alias_name)
+    live = registry.get(live_name) if live_name and live_name != candidate.name else None
+    base_folder = ctx.run.outputs("train")["base_folder"]
+    specs, served = _model_specs(ctx, candidate, live, base_folder)
+    split = ctx.path(DATA_DIR, "datasets.json")
+    result = StageResult(
+        inputs={
+            "candidate": candidate.name,
+            "candidate_hash": candidate.content_hash,
+            "baseline": live.name if live else BASE,
+            "base_folder": base_folder,
+            "split": file_entry(split),
+            "suites": ctx.config.suite_specs(),
+        },
+        outputs={"baseline": live.name if live else BASE, "candidate": candidate.name, "models": specs, "served_by": served, "runs": {}},
+    )
+    for side in ("baseline", "candidate"):
+        ctx.check_deadline(f"evaluating the {side}")
+        job = ctx.config.eval_job(specs[side], ctx.path("eval", side), split)
+        ctx.progress.info(f"evaluating the {side} ({specs[side]}) on {', '.join(job.suites)}")
+        summary = run_eval(job, progress=lambda suite, done, total, side=side: ctx.progress.bar(f"{side}: {suite}", done, total))
+        result.outputs["runs"][side] = {"dir": str(job.out), "suites": summary}
+    if ctx.config.likelihood:
+        ctx.check_deadline("scoring the held-out likelihood")
+        result.outputs["likelihood"] = _likelihood(ctx, base_folder, live, candidate)
+    result.summary = _eval_line(result.outputs)
+    return result
+
+
+def _model_specs(ctx: StageContext, candidate: Any, live: Any, base_folder: str) -> tuple[dict[str, str], list[str]]:
+    replicas = _replicas(ctx)
+    if not replicas:
+        baseline = f"local:{base_folder}" + (f"@{live.path}" if live else "")
+        return {"baseline": baseline, "candidate": f"local:{base_folder}@{candidate.path}"}, []
+    for replica in replicas:
+        for record in (candidate, live):
+            if record is not None and record.name not in replica.list():
+                ctx.progress.info(f"loading {record.name} on {replica.url}")
+                replica.load(record.name, record.path)
+    url = replicas[0].url
+    base_name = ctx.config.serving.base_name or _served_base(replicas[0], _registry(ctx))
+    return {"baseline": f"openai:{url}#{live.name if live else base_name}", "candidate": f"openai:{url}#{candidate.name}"}, [
+        r.url for r in replicas
+    ]
+
+
+def _served_base(replica: Any, registry: Any) -> str:
+    adapters = {r.name for r in registry.list()}
+    names = [n for n in replica.list() if n not in adapters]
+    if not names:
+        raise JobError(f"{replica.url} lists no base model besides registered adapters; set base_name in [improve.serving].")
+    return str(names[0])
+
+
+def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) -> dict[str, Any]:
+    path = ctx.path("eval", LIKELIHOOD_FILE)
+    if path.is_file():
+        return json.loads(path.read_text())
+    from ee_middleware.evals.likelihood import load_heldout, report, score_likelihood
+
+    states = load_heldout(ctx.path(DATA_DIR))[: ctx.config.likelihood_states]
+    # Scored under their role's name (peft adapter names cannot hold the dots of registry names).
+    links = ctx.path("eval", "adapters")
+    links.mkdir(parents=True, exist_ok=True)
+    adapters = []
+    for role, record in (("live", live), ("candidate", candidate)):
+        if record is not None:
+            link = links / role
+            link.unlink(missing_ok=True)
+            link.symlink_to(Path(record.path).resolve(), target_is_directory=True)
+            adapters.append(link)
+    max_length = ctx.config.train_config(ctx.path(DATA_DIR), ctx.path(ADAPTER_DIR), max_steps=None).max_length
+    ctx.progress.info(f"scoring the expert action's likelihood on {len(states)} held-out states (max_length {max_length})")
+    scores = score_likelihood(
+        states,
+        base_folder,
+        adapters,
+        max_length=max_length,
+        decode_sample=ctx.config.likelihood_decode,
+        on_progress=lambda name, done, total: ctx.progress.bar(f"likelihood: {name}", done, total),
+    )
+    data = {
+        "states": len(scores[0].nll),
+        "max_length": max_length,
+        "models": report(scores),
+        "per_state_nll": {score.name: score.nll for score in scores},
+        "names": {BASE: BASE, **({"live": live.name} if live else {}), "candidate": candidate.name},
+        "baseline": "live" if live else BASE,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1))
+    return data
+
+
+def _eval_line(outputs: dict[str, Any]) -> str:
+    parts = []
+    for side in ("baseline", "candidate"):
+        suites = outputs["runs"].get(side, {}).get("suites", [])
+        rates = ", ".join(f"{s['suite'].split(':')[0]} {100 * s['success_rate']:.0f}%" for s in suites)
+        parts.append(f"{side} {rates}")
+    like = outputs.get("likelihood")
+    if like:
+        nll = {m["model"]: m["mean_nll"] for m in like["models"]}
+        parts.append(f"NLL {like['baseline']} {nll.get(like['baseline'], math.nan):.3f} -> candidate {nll.get('candidate', math.nan):.3f}")
+    return "; ".join(parts)
+
+
+# --- gate --------------------------------------------------------------------------------------------------
+
+
+def gate(ctx: StageContext) -> StageResult:
+    """The deploy gate on task success (``[gate]`` policy) and, when configured, on the held-out likelihood."""
+    from ee_middleware.evals.gate import gate as run_gate
+
+    evaluation = ctx.run.outputs("evaluate")
+    runs = evaluation["runs"]
+    policy = ctx.config.gate_policy()
+    outcome = run_gate(runs["candidate"]["dir"], runs["baseline"]["dir"], policy)
+    reasons = list(outcome.reasons)
+    likelihood = compare_likelihood(evaluation.get("likelihood"))
+    if ctx.config.gate_on_likelihood:
+        if likelihood is None:
+            reasons.append("likelihood: gate_on_likelihood is set but the likelihood was not scored (likelihood = false)")
+        elif not likelihood["diff"] < 0:
+            reasons.append(f"likelihood: the candidate's held-out action NLL is not lower than the baseline's ({likelihood['diff']:+.3f})")
+    passed = not reasons
+    moved = metrics_moved(outcome.to_dict(), likelihood)
+    result = StageResult(
+        inputs={"candidate_run": runs["candidate"]["dir"], "baseline_run": runs["baseline"]["dir"], "policy": policy.model_dump()},
+        outputs={
+            "passed": passed,
+            "reasons": reasons,
+            "task_success": outcome.to_dict(),
+            "likelihood": likelihood,
+            "gate_on_likelihood": ctx.config.gate_on_likelihood,
+            "moved": moved,
+        },
+    )
+    result.decisions.append(
+        ("PASS" if passed else "FAIL: " + "; ".join(reasons)) + f" (candidate {evaluation['candidate']} vs {evaluation['baseline']})"
+    )
+    result.decisions += moved
+    result.summary = "pass" if passed else "fail: " + "; ".join(reasons)
+    return result
+
+
+def compare_likelihood(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Candidate vs baseline (the live adapter, else the base) held-out NLL, paired per state: mean
+    difference, standard error, share of states improved."""
+    if not data:
+        return None
+    per_state = data["per_state_nll"]
+    candidate, baseline = "candidate", data["baseline"]
+    cand, base = per_state.get(candidate), per_state.get(baseline)
+    if not cand or not base:
+        return None
+    diffs = [c - b for c, b in zip(cand, base, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
+    return {
+        "candidate": data["names"][candidate],
+        "baseline": data["names"][baseline],
+        "states": n,
+        "candidate_nll": sum(cand) / n,
+        "baseline_nll": sum(base) / n,
+        "diff": mean,
+        "se": se,
+        "improved_share": sum(d < 0 for d in diffs) / n,
+        "significant": bool(n > 1 and se > 0 and abs(mean) > 2 * se),
+    }
+
+
+def metrics_moved(task: dict[str, Any], likelihood: dict[str, Any] | None) -> list[str]:
+    """Plain sentences: which metric moved, and whether beyond its noise."""
+    lines = []
+    overall = task.get("overall")
+    if overall:
+        delta = overall["delta"]
+        significant = overall["p_value"] < 0.05
+        if overall["candidate_only"] == 0 and overall["baseline_only"] == 0:
+            lines.append(
+                f"task success did not move: {100 * overall['candidate_rate']:.0f}% vs {100 * overall['baseline_rate']:.0f}% "
+                f"on {overall['tasks']} held-out tasks (no task changed outcome)"
+            )
+        else:
+            lines.append(
+                f"task success moved {100 * delta:+.0f} points ({overall['candidate_only']} tasks gained, {overall['baseline_only']} lost; "
+                f"McNemar p = {overall['p_value']:.2g}, {'significant' if significant else 'not significant'} at 0.05, "
+                f"{overall['tasks']} tasks)"
+            )
+    if likelihood:
+        direction = "fell (better)" if likelihood["diff"] < 0 else "rose (worse)"
+        lines.append(
+            f"held-out action NLL per token {direction}: {likelihood['baseline_nll']:.3f} -> {likelihood['candidate_nll']:.3f} "
+            f"({likelihood['diff']:+.3f} ± {likelihood['se']:.3f} s.e., {100 * likelihood['improved_share']:.0f}% of "
+            f"{likelihood['states']} states improved; {'beyond' if likelihood['significant'] else 'within'} 2 s.e.)"
+        )
+    return lines
+
+
+# --- promote -----------------------------------------------------------------------------------------------
+
+
+def promote(ctx: StageContext) -> StageResult:
+    """Promote on a passed gate (every replica, then the alias); otherwise unload and retire the candidate with the reasons."""
+    from ee_middleware.adapters.promote import promote as run_promote
+    from ee_middleware.adapters.promote import retire
+
+    gate_out = ctx.run.outputs("gate")
+    name = ctx.run.outputs("register")["candidate"]
+    registry = _registry(ctx)
+    _record_eval(ctx, registry, name, gate_out)
+    replicas = _replicas(ctx)
+    result = StageResult(inputs={"candidate": name, "gate_passed": gate_out["passed"], "replicas": [r.url for r in replicas]})
+    live_before = registry.resolve(ctx.config.alias_name)
+    if gate_out["passed"]:
+        switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
+        result.outputs = {**switched.to_json(), "promoted": True, "replaced": switched.replaced or live_before}
+        where = f"on {len(replicas)} replica(s)" if replicas else "in the registry only (no servers configured; the router serves it)"
+        result.decisions.append(f"promoted {name} {where}; {ctx.config.alias_name} was {live_before or 'the base model'}")
+        result.summary = f"{ctx.config.alias_name} -> {name}"
+        return result
+    reason = f"did not pass the gate in run {ctx.run.id}: " + "; ".join(gate_out["reasons"])
+    problems: list[str] = []
+    if registry.get(name).status == "candidate":  # retired and unloaded from every replica
+        _, problems = retire(registry, name, replicas, by=_by(ctx), reason=reason)
+    result.outputs = {"promoted": False, "live": live_before, "reasons": gate_out["reasons"], "unload_problems": problems}
+    result.decisions.append(f"not promoted: {reason}; {ctx.config.alias_name} still serves {live_before or 'the base model'}")
+    result.summary = f"not promoted; {ctx.config.alias_name} still serves {live_before or 'the base model'}"
+    return result
+
+
+def _record_eval(ctx: StageContext, registry: Any, name: str, gate_out: dict[str, Any]) -> None:
+    record = registry.get(name)
+    if any(e.get("run") == ctx.run.id for e in record.evals or []):
+        return
+    evaluation = ctx.run.outputs("evaluate")
+    registry.add_eval(
+        name,
+        {
+            "run": ctx.run.id,
+            "baseline": evaluation["baseline"],
+            "suites": evaluation["runs"]["candidate"]["suites"],
+            "baseline_suites": evaluation["runs"]["baseline"]["suites"],
+            "likelihood": gate_out.get("likelihood"),
+            "gate_passed": gate_out["passed"],
+            "gate_reasons": gate_out["reasons"],
+        },
+        by=_by(ctx),
+    )
+
+
+DEPLOY_FUNCTIONS = {"register": register, "evaluate": evaluate, "gate": gate, "promote": promote}

@@ -1,0 +1,28 @@
+"""Errors of the jobs layer (``ee improve``, ``ee runs``), under the one root :class:`~ee_middleware.errors.EEError`."""
+
+from __future__ import annotations
+
+from ee_middleware.errors import ConfigError, EEError
+
+
+class JobError(EEError):
+    """A job run cannot start, continue or be read."""
+
+
+class RunLockedError(JobError):
+    """Another run holds the runs folder's lock (two nightly runs never overlap)."""
+
+
+class RunNotFoundError(JobError, KeyError):
+    """No run with the given id (or unambiguous prefix) in the runs folder."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RunConfigChangedError(JobError, ConfigError):
+    """An unfinished run was started with another configuration, so it cannot be continued with this one."""
+
+
+class BudgetExhausted(JobError):
+    """The ``max_minutes`` budget ran out: the run stops before its next step and continues on the next call."""

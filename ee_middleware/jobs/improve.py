@@ -1,0 +1,189 @@
+"""``ee improve``: the nightly job, from newly approved trajectories to a gated, promoted adapter.
+
+Stages, in order (each writes ``stages/NAME.json`` in the run folder, see :mod:`ee_middleware.jobs.runs`):
+
+1. ``select``: trajectories approved since the last successful run's watermark, and the replay work
+   this run takes on within ``max_trajectories`` / ``max_branches`` (the rest wait for the next run);
+   nothing new and nothing to replay ends the run as ``nothing-new``;
+2. ``replay``: the replay job on the selected trajectories (K alternatives per recorded state);
+3. ``datasets``: IL / IWM / SR from every approved trajectory of the app, held-out split by trajectory
+   (stable as the store grows);
+4. ``train``: a LoRA candidate from the live adapter's base (``max_train_steps`` caps it);
+5. ``register``: the candidate under its immutable name;
+6. ``evaluate``: the live adapter (the base when none is live) and the candidate on the suites,
+   including the app's held-out ``traces:``, and the held-out action likelihood;
+7. ``gate``: the ``[gate]`` policy (and the likelihood rule when ``gate_on_likelihood``);
+8. ``promote``: on pass, every replica then the alias; otherwise the candidate is retired with the reasons.
+
+Then the report (``report.md``, ``report.html``) is written, whatever happened. One lock per runs
+folder: two runs never overlap. A run that stopped (killed, failed, out of minutes) is continued by
+the next call with the same configuration, from its first unfinished stage; a finished stage is not
+redone. The watermark moves only when a run succeeds (all stages finished, promoted or not).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.errors import BudgetExhausted
+from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, now, peak_rss_mb
+from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, StageResult
+
+STAGES = ("select", "replay", "datasets", "train", "register", "evaluate", "gate", "promote")
+JOB = "improve"
+
+
+def _stage_function(name: str) -> Callable[[StageContext], StageResult]:
+    from ee_middleware.jobs.deploy import DEPLOY_FUNCTIONS
+    from ee_middleware.jobs.stages import STAGE_FUNCTIONS
+
+    return {**STAGE_FUNCTIONS, **DEPLOY_FUNCTIONS}[name]
+
+
+def run_improve(
+    config: ImproveConfig, *, progress: Progress | None = None, new_run: bool = False, force: bool = False, report: bool = True
+) -> Run:
+    """Start a run, or continue the unfinished one; return it (its ``status`` says how it ended).
+
+    ``new_run`` marks an unfinished run ``abandoned`` first; ``force`` goes on even when nothing new was
+    approved (to retrain on the same data). Exceptions from a stage propagate after the run is marked
+    ``failed`` and its report is written.
+    """
+    say = progress or QuietProgress()
+    runs = RunsDir(config.runs)
+    started = time.monotonic()
+    with runs.lock():
+        if new_run:
+            for run_id in runs.abandon_unfinished("--new-run"):
+                say.info(f"run {run_id} marked abandoned (--new-run)")
+        config_hash = config.config_hash()
+        run = runs.resumable(config_hash)
+        if run is None:
+            run = runs.create(JOB, config.describe(), config_hash)
+            run.update(stage_order=list(STAGES), force=force)
+            say.info(f"run {run.id} started in {run.folder}")
+        else:
+            done = [name for name in STAGES if run.stage_done(name)]
+            run.update(status=RUNNING, attempts=int(run.data.get("attempts", 1)) + 1, resumed_at=now(), error=None)
+            say.info(f"continuing run {run.id} ({run.data['attempts']}th attempt; finished stages: {', '.join(done) or 'none'})")
+        deadline = started + 60 * config.budgets.max_minutes if config.budgets.max_minutes else None
+        ctx = StageContext(config, run, runs, say, deadline)
+        try:
+            _run_stages(ctx, force=force or bool(run.data.get("force")))
+        except BudgetExhausted as exc:
+            _cut(run, {"budget": "max_minutes", "limit": config.budgets.max_minutes, "stage": _current(run), "cut": str(exc)})
+            run.update(status=STOPPED, stopped_at=now(), error=str(exc))
+        except BaseException as exc:
+            run.update(status=FAILED, failed_at=now(), error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
+            raise
+        finally:
+            if report:
+                _write_report(run, say)
+    return run
+
+
+def _run_stages(ctx: StageContext, *, force: bool) -> None:
+    run = ctx.run
+    for index, name in enumerate(STAGES, 1):
+        if run.stage_done(name):
+            manifest = run.stage(name) or {}
+            ctx.progress.stage_done(name, float(manifest.get("seconds", 0.0)), "finished earlier", skipped=True)
+            continue
+        ctx.check_deadline(f"stage {name}")
+        ctx.progress.stage(name, index, len(STAGES))
+        result = _run_stage(ctx, name)
+        if name == "select" and result.outputs.get("nothing_new") and not force:
+            run.update(
+                status=NOTHING_NEW,
+                finished_at=now(),
+                outcome={"promoted": False, "reason": "no trajectory approved since the last successful run, nothing to replay"},
+            )
+            return
+    outputs = {name: run.outputs(name) for name in ("select", "register", "evaluate", "gate", "promote")}
+    promote = outputs["promote"]
+    run.update(
+        status=SUCCEEDED,
+        finished_at=now(),
+        watermark={
+            "before": (run.stage("select") or {}).get("inputs", {}).get("watermark"),
+            "after": outputs["select"].get("watermark_after"),
+        },
+        outcome={
+            "candidate": outputs["register"].get("candidate"),
+            "baseline": outputs["evaluate"].get("baseline"),
+            "gate_passed": outputs["gate"].get("passed"),
+            "promoted": promote.get("promoted", False),
+            "live": promote.get("live"),
+            "reasons": outputs["gate"].get("reasons", []),
+            "moved": outputs["gate"].get("moved", []),
+        },
+    )
+
+
+def _run_stage(ctx: StageContext, name: str) -> StageResult:
+    run = ctx.run
+    previous = run.stage(name)
+    attempt = int(previous.get("attempt", 0)) + 1 if previous else 1
+    manifest: dict[str, Any] = {"stage": name, "status": "running", "attempt": attempt, "started_at": now(), "pid": os.getpid()}
+    run.write_stage(name, manifest)
+    started = time.perf_counter()
+    try:
+        result = _stage_function(name)(ctx)
+    except BaseException as exc:
+        failed = isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted)
+        manifest.update(
+            status="failed" if failed else "stopped",
+            finished_at=now(),
+            seconds=round(time.perf_counter() - started, 3),
+            peak_rss_mb=peak_rss_mb(),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        run.write_stage(name, manifest)
+        raise
+    seconds = round(time.perf_counter() - started, 3)
+    manifest.update(
+        status="done",
+        finished_at=now(),
+        seconds=seconds,
+        peak_rss_mb=peak_rss_mb(),
+        inputs=result.inputs,
+        summary=result.summary,
+        outputs=result.outputs,
+        decisions=result.decisions,
+        budget_cuts=result.budget_cuts,
+    )
+    run.write_stage(name, manifest)
+    for cut in result.budget_cuts:
+        _cut(run, cut)
+    ctx.progress.stage_done(name, seconds, result.summary)
+    return result
+
+
+def _cut(run: Run, cut: dict[str, Any]) -> None:
+    cuts = [c for c in run.data.get("budget_cuts", []) if c != cut]
+    run.update(budget_cuts=[*cuts, cut])
+
+
+def _current(run: Run) -> str | None:
+    for name in STAGES:
+        if not run.stage_done(name):
+            return name
+    return None
+
+
+def _write_report(run: Run, say: Progress) -> None:
+    from ee_middleware.jobs.report import write_report
+
+    try:
+        paths = write_report(run)
+    except Exception as exc:  # noqa: BLE001 - a report problem must not hide the run's own outcome
+        run.update(report_error=f"{type(exc).__name__}: {exc}")
+        say.info(f"the report could not be written: {type(exc).__name__}: {exc}")
+        return
+    run.update(report={k: str(v) for k, v in paths.items()})
+    say.info(f"report: {paths['markdown']} and {paths['html']}")

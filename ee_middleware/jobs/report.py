@@ -1,0 +1,437 @@
+"""The run report: ``report.md`` and ``report.html`` (same content) with charts, from the stage manifests.
+
+Sections: how big the run was, the outcome (gate decision, what was promoted, which metric moved),
+the stages (time, peak memory, decisions), budget cuts, what was learned from (counts by app,
+approval source and tool), replay, datasets, training (the loss curve the trainer drew), candidate
+vs live on every suite and on the held-out likelihood (tables and a chart), and the lineage from
+trajectory ids to the deploy, with the commands that show each one.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._files import atomic_path, atomic_write_text
+from ee_middleware.jobs.runs import Run
+
+CHART = "eval.png"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of the report: ``kind`` is h1, h2, p, list, table, img or code."""
+
+    kind: str
+    text: str = ""
+    rows: tuple[tuple[str, ...], ...] = ()
+    header: tuple[str, ...] = ()
+
+
+def write_report(run: Run) -> dict[str, Path]:
+    """Write the run's report and chart; returns their paths."""
+    blocks = build_blocks(run)
+    markdown, page = run.folder / "report.md", run.folder / "report.html"
+    atomic_write_text(markdown, to_markdown(blocks))
+    atomic_write_text(page, to_html(blocks, f"ee improve run {run.id}"))
+    return {"markdown": markdown, "html": page}
+
+
+def build_blocks(run: Run) -> list[Block]:
+    out = {m["stage"]: m for m in run.stages()}
+    done = {name: m.get("outputs") or {} for name, m in out.items() if m.get("status") == "done"}
+    blocks = [Block("h1", f"ee improve run {run.id}: {run.status}")]
+    blocks += _scale(run, done)
+    blocks += _outcome(run, done)
+    blocks += _stages(run, out)
+    blocks += _cuts(run)
+    blocks += _learned_from(done)
+    blocks += _replay(done)
+    blocks += _datasets(done)
+    blocks += _training(run, done)
+    blocks += _evaluation(run, done)
+    blocks += _lineage(run, done)
+    return blocks
+
+
+def _n(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _duration(run: Run) -> str:
+    try:
+        start = datetime.fromisoformat(run.data["started_at"])
+        end = datetime.fromisoformat(run.data.get("finished_at") or run.data.get("updated_at"))
+    except (TypeError, ValueError, KeyError):
+        return "-"
+    return f"{(end - start).total_seconds() / 60:.1f} min"
+
+
+def _scale(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
+    select, data, train, ev = done.get("select", {}), done.get("datasets", {}), done.get("train", {}), done.get("evaluate", {})
+    improve = run.data.get("config", {}).get("improve", {})
+    suites = [s for side in ev.get("runs", {}).values() for s in side.get("suites", [])][: len(improve.get("suites", []))]
+    tasks = ", ".join(f"{s['tasks']} tasks of {s['suite']}" for s in suites) or "-"
+    like = ev.get("likelihood") or {}
+    lines = [
+        f"learned from {data.get('trajectories', '-')} approved trajectories of `{improve.get('app')}` "
+        f"({select.get('new', '-')} new since the last successful run), {data.get('train_trajectories', '-')} used for training, "
+        f"{data.get('heldout_trajectories', '-')} held out",
+        f"replay: {select.get('to_replay', '-')} trajectories this run, k = {select.get('k', '-')}",
+        f"training: {train.get('steps', '-')} optimizer steps ({train.get('backend', '-')} on {train.get('device', '-')}), "
+        f"{train.get('tokens', '-')} tokens, base model `{train.get('base_folder', improve.get('base_model'))}`",
+        f"evaluation: {tasks}; likelihood on {like.get('states', '-')} held-out states",
+        f"wall time {_duration(run)}, {run.data.get('attempts', 1)} attempt(s)",
+    ]
+    note = (
+        "This is the scale of this run. At this size task success rarely moves and the held-out action likelihood is "
+        "the sensitive measure; read the numbers below with their uncertainty."
+    )
+    return [Block("h2", "How big this run was"), Block("list", rows=tuple((line,) for line in lines)), Block("p", note)]
+
+
+def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
+    blocks = [Block("h2", "Outcome")]
+    gate, promote = done.get("gate"), done.get("promote")
+    if run.status == "nothing-new":
+        return [*blocks, Block("p", run.data.get("outcome", {}).get("reason", "nothing new"))]
+    if run.data.get("error"):
+        blocks.append(Block("p", f"The run is {run.status}: {run.data['error']}. `ee improve` with the same config continues it."))
+    if gate is not None:
+        verdict = "PASSED" if gate["passed"] else "FAILED: " + "; ".join(gate["reasons"])
+        blocks.append(Block("p", f"Gate {verdict}."))
+        blocks.append(Block("list", rows=tuple((line,) for line in gate.get("moved", []))))
+    if promote is not None:
+        if promote.get("promoted"):
+            text = f"Promoted `{promote['live']}` (it replaced {promote.get('replaced') or 'the base model'})."
+        else:
+            text = f"Not promoted; the live model stays `{promote.get('live') or 'the base model'}`."
+        blocks.append(Block("p", text))
+    return blocks
+
+
+def _stages(run: Run, manifests: dict[str, dict[str, Any]]) -> list[Block]:
+    rows = []
+    for name in run.data.get("stage_order", []):
+        m = manifests.get(name)
+        if m is None:
+            rows.append((name, "not run", "-", "-", "-", ""))
+            continue
+        rss = m.get("peak_rss_mb") or {}
+        decisions = "; ".join(m.get("decisions") or []) or (m.get("error") or "")
+        rows.append(
+            (name, m["status"], _n(m.get("seconds"), 1), str(m.get("attempt", 1)), _n(max(rss.values()) if rss else None, 0), decisions)
+        )
+    header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (so far)", "decisions")
+    return [Block("h2", "Stages"), Block("table", rows=tuple(rows), header=header)]
+
+
+def _cuts(run: Run) -> list[Block]:
+    cuts = run.data.get("budget_cuts") or []
+    if not cuts:
+        return [Block("h2", "Budgets"), Block("p", "No budget cut anything in this run.")]
+    rows = tuple((c["budget"], _n(c.get("limit")), str(c.get("stage")), c["cut"]) for c in cuts)
+    return [Block("h2", "Budgets"), Block("table", rows=rows, header=("budget", "limit", "stage", "what it cut"))]
+
+
+def _counts_table(title: str, counts: dict[str, int], limit: int = 15) -> Block:
+    items = list(counts.items())
+    rows = [(k, str(v)) for k, v in items[:limit]]
+    if len(items) > limit:
+        rows.append((f"({len(items) - limit} more)", str(sum(v for _, v in items[limit:]))))
+    return Block("table", rows=tuple(rows), header=(title, "count"))
+
+
+def _learned_from(done: dict[str, dict[str, Any]]) -> list[Block]:
+    select = done.get("select")
+    if not select:
+        return []
+    return [
+        Block("h2", "What was learned from"),
+        Block("p", f"{select['new']} trajectories approved since the watermark; recorded tool calls in them:"),
+        _counts_table("app", select.get("by_app", {})),
+        _counts_table("approved by", select.get("by_approval_source", {})),
+        _counts_table("tool", select.get("by_tool", {})),
+    ]
+
+
+def _replay(done: dict[str, dict[str, Any]]) -> list[Block]:
+    replay = done.get("replay")
+    if not replay:
+        return []
+    rows = tuple(
+        (k, _n(replay.get(k)))
+        for k in ("trajectories", "states", "branches", "errors", "rejected", "fidelity_mismatches", "rollouts", "replay_id")
+    )
+    blocks = [Block("h2", "Replay"), Block("table", rows=rows, header=("measure", "value"))]
+    if replay.get("statuses"):
+        blocks.append(_counts_table("trajectory status", replay["statuses"]))
+    if replay.get("by_tool"):
+        blocks.append(_counts_table("alternative tool", replay["by_tool"]))
+    return blocks
+
+
+def _datasets(done: dict[str, dict[str, Any]]) -> list[Block]:
+    data = done.get("datasets")
+    if not data:
+        return []
+    rows = tuple(
+        (kind, str(n), str(data.get("heldout_rows", {}).get(kind, 0)), data["files"][kind]["sha256"][:12])
+        for kind, n in data["rows"].items()
+    )
+    text = (
+        f"{data['trajectories']} approved trajectories, {data['steps']} steps, {data['rollouts']} rollouts; "
+        f"{data['train_trajectories']} trajectories for training, {data['heldout_trajectories']} held out (rule: {data.get('split_rule')})."
+    )
+    return [Block("h2", "Datasets"), Block("p", text), Block("table", rows=rows, header=("kind", "rows", "held-out rows", "sha256"))]
+
+
+def _training(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
+    train = done.get("train")
+    if not train:
+        return []
+    rows = tuple(
+        (s["name"], str(s["steps"]), str(s["tokens"]), _n(s.get("first_loss")), _n(s.get("final_loss")), _n(s.get("seconds"), 1))
+        for s in train.get("stages", [])
+    )
+    blocks = [
+        Block("h2", "Training"),
+        Block(
+            "p",
+            f"{train['steps']} steps of {train['planned_steps']} planned; loss {_n(train['first_loss'])} -> {_n(train['final_loss'])}; "
+            f"{train['train_seconds']:.0f} s on {train['device']}.",
+        ),
+        Block("table", rows=rows, header=("stage", "steps", "tokens", "first loss", "last loss", "seconds")),
+    ]
+    loss = Path(train["loss_png"])
+    if loss.is_file():
+        blocks.append(Block("img", _relative(loss, run.folder), header=("training loss",)))
+    return blocks
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
+    ev, gate = done.get("evaluate"), done.get("gate")
+    if not ev:
+        return []
+    baseline, candidate = ev["baseline"], ev["candidate"]
+    blocks = [Block("h2", "Candidate vs live"), Block("p", f"Candidate `{candidate}` vs baseline `{baseline}` ({ev['models']}).")]
+    comparisons = {c["suite"]: c for c in (gate or {}).get("task_success", {}).get("suites", [])}
+    rows = []
+    base_suites = {s["suite"]: s for s in ev["runs"]["baseline"]["suites"]}
+    for s in ev["runs"]["candidate"]["suites"]:
+        b = base_suites.get(s["suite"], {})
+        c = comparisons.get(s["suite"], {})
+        ci = f"[{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}]" if c else "-"
+        rows.append(
+            (
+                s["suite"],
+                str(s["tasks"]),
+                _pct(b.get("success_rate")),
+                _pct(s["success_rate"]),
+                f"{100 * c['delta']:+.1f}" if c else "-",
+                ci,
+                _n(c.get("p_value")),
+            )
+        )
+    header = ("suite", "tasks", "baseline", "candidate", "delta (points)", "95% CI", "McNemar p")
+    blocks.append(Block("table", rows=tuple(rows), header=header))
+    like = ev.get("likelihood")
+    if like:
+        names = like.get("names", {})
+        lrows = tuple(
+            (
+                f"{m['model']} ({names.get(m['model'], '')})",
+                _n(m["mean_nll"]),
+                f"{m['paired_diff']:+.3f} ± {m['paired_se']:.3f}" if "paired_diff" in m else "-",
+                _pct(m.get("improved_share")),
+                _pct(m.get("parse_rate")),
+                _pct(m.get("exact_match")),
+            )
+            for m in like["models"]
+        )
+        blocks.append(
+            Block("p", f"Held-out expert-action NLL per token on {like['states']} states (lower is better; paired against the base):")
+        )
+        blocks.append(Block("table", rows=lrows, header=("model", "mean NLL", "vs base (± s.e.)", "improved", "parse", "exact call")))
+    if gate and gate.get("moved"):
+        blocks.append(Block("list", rows=tuple((line,) for line in gate["moved"])))
+    chart = _chart(run.folder / CHART, ev)
+    if chart:
+        blocks.append(Block("img", CHART, header=("candidate vs baseline",)))
+    return blocks
+
+
+def _chart(path: Path, ev: dict[str, Any]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    like = ev.get("likelihood")
+    figure = Figure(figsize=(9 if like else 5, 3.6), dpi=100)
+    axes = figure.add_subplot(1, 2 if like else 1, 1)
+    suites = [
+        s["suite"].split(":")[0] + (":" + s["suite"].rsplit(":", 1)[-1] if s["suite"].startswith("bfcl") else "")
+        for s in ev["runs"]["candidate"]["suites"]
+    ]
+    width = 0.38
+    for offset, side, colour in ((-width / 2, "baseline", "#999999"), (width / 2, "candidate", "#4C72B0")):
+        rates = [100 * s["success_rate"] for s in ev["runs"][side]["suites"]]
+        bars = axes.bar([i + offset for i in range(len(rates))], rates, width, label=f"{side} ({ev[side]})"[:48], color=colour)
+        axes.bar_label(bars, labels=[f"{r:.0f}%" for r in rates], fontsize=8)
+    axes.set_xticks(range(len(suites)), suites, fontsize=8)
+    axes.set_ylim(0, 110)
+    axes.set_ylabel("task success (%)")
+    axes.legend(fontsize=7)
+    axes.set_title("held-out task success", fontsize=10)
+    if like:
+        right = figure.add_subplot(1, 2, 2)
+        names = [m["model"] for m in like["models"]]
+        values = [m["mean_nll"] for m in like["models"]]
+        colours = ["#4C72B0" if n == "candidate" else "#999999" for n in names]
+        bars = right.bar(range(len(values)), values, color=colours)
+        right.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8)
+        right.set_xticks(range(len(names)), names, fontsize=8)
+        right.set_ylabel("NLL per token (lower is better)")
+        right.set_title(f"held-out expert-action NLL ({like['states']} states)", fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return True
+
+
+def _lineage(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
+    improve = run.data.get("config", {}).get("improve", {})
+    store, registry = improve.get("store"), improve.get("registry")
+    select, replay, data = done.get("select", {}), done.get("replay", {}), done.get("datasets", {})
+    reg, ev, promote = done.get("register", {}), done.get("evaluate", {}), done.get("promote", {})
+    rows = []
+    sample = select.get("new_ids_sample", [])
+    if sample:
+        rows.append(
+            (
+                "trajectories",
+                f"{select['new']} new (sha256 of ids {select['new_ids_sha256'][:12]}), e.g. {sample[0]}",
+                f"ee traces show {sample[0]} --store {store}",
+            )
+        )
+    if replay:
+        rows.append(
+            (
+                "rollouts",
+                f"{replay['rollouts']} under replay id {replay['replay_id']}",
+                f"ee replay list --store {store} --replay-id {replay['replay_id']}",
+            )
+        )
+    if data:
+        files = ", ".join(f"{k} {v['sha256'][:12]}" for k, v in data["files"].items())
+        held = data.get("heldout_ids_sample", [])
+        rows.append(("datasets", f"{data['data_dir']} ({files})", f"ee datasets show {data['data_dir']}"))
+        if held:
+            rows.append(
+                ("held-out", f"{data['heldout_trajectories']} trajectories, e.g. {held[0]}", f"ee traces show {held[0]} --store {store}")
+            )
+    if reg:
+        rows.append(
+            ("adapter", f"{reg['candidate']} (content {reg['content_hash'][:12]})", f"ee adapters show {reg['candidate']} -r {registry}")
+        )
+    if ev:
+        dirs = ", ".join(v["dir"] for v in ev["runs"].values())
+        rows.append(
+            (
+                "eval",
+                f"candidate and {ev['baseline']}: {dirs}",
+                f"ee eval gate --candidate {ev['runs']['candidate']['dir']} --baseline {ev['runs']['baseline']['dir']}",
+            )
+        )
+    if promote:
+        state = (
+            f"promoted, {improve.get('alias') or improve.get('app')} -> {promote.get('live')}"
+            if promote.get("promoted")
+            else "not promoted"
+        )
+        rows.append(("deploy", state, f"ee adapters list -r {registry}"))
+    if not rows:
+        return []
+    return [Block("h2", "Lineage"), Block("table", rows=tuple(rows), header=("step", "what", "follow it with"))]
+
+
+# --- rendering ---------------------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: Iterable[Block]) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if b.kind == "h1":
+            lines += [f"# {b.text}", ""]
+        elif b.kind == "h2":
+            lines += [f"## {b.text}", ""]
+        elif b.kind == "p":
+            lines += [b.text, ""]
+        elif b.kind == "list":
+            lines += [f"- {row[0]}" for row in b.rows] + [""]
+        elif b.kind == "table":
+            lines.append("| " + " | ".join(b.header) + " |")
+            lines.append("|" + "|".join(" --- " for _ in b.header) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+            lines.append("")
+        elif b.kind == "img":
+            lines += [f"![{b.header[0] if b.header else ''}]({b.text})", ""]
+        elif b.kind == "code":
+            lines += ["```", b.text, "```", ""]
+    return "\n".join(lines)
+
+
+def to_html(blocks: Iterable[Block], title: str) -> str:
+    e = html.escape
+    body: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "p"):
+            body.append(f"<{b.kind}>{_inline(e(b.text))}</{b.kind}>")
+        elif b.kind == "list":
+            body.append("<ul>" + "".join(f"<li>{_inline(e(row[0]))}</li>" for row in b.rows) + "</ul>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in b.header)
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif b.kind == "img":
+            body.append(f'<p><img src="{e(b.text)}" alt="{e(b.header[0] if b.header else "")}"></p>')
+        elif b.kind == "code":
+            body.append(f"<pre>{e(b.text)}</pre>")
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:0.5em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:0.9em}img{max-width:100%}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def _inline(text: str) -> str:
+    """Markdown's `code` spans as <code> (the text is already escaped)."""
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))

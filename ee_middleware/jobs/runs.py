@@ -1,0 +1,272 @@
+"""Runs of a job: one folder per run, one manifest per stage, a lock, and the watermark of the last successful run.
+
+::
+
+    RUNS/
+      .lock                     held (fcntl) for the whole of a run: a second run fails at once, naming the holder
+      base-models/              base models converted once from GGUF, shared by every run
+      20261129-031500-3f2a/     one run (ids sort by start time)
+        run.json                status, config and its hash, stage order, watermark, budget cuts, outcome
+        stages/select.json      one manifest per stage: status, inputs with hashes, outputs, timings, decisions
+        ...
+
+Every file is replaced atomically (:mod:`ee_middleware._files`), so a run killed at any moment
+leaves readable manifests: a stage whose manifest says ``done`` is finished and is not redone; any
+other stage runs again from its start (each stage is idempotent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import resource
+import secrets
+import socket
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ee_middleware._files import atomic_write_text
+from ee_middleware._version import __version__
+from ee_middleware.jobs.errors import JobError, RunConfigChangedError, RunLockedError, RunNotFoundError
+
+RUN_SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+STAGES_DIR = "stages"
+LOCK_FILE = ".lock"
+
+RUNNING, SUCCEEDED, NOTHING_NEW, FAILED, STOPPED, ABANDONED = "running", "succeeded", "nothing-new", "failed", "stopped", "abandoned"
+RESUMABLE = frozenset({RUNNING, FAILED, STOPPED})
+"""A run in one of these states is continued by the next call with the same configuration (``running``
+found while the lock is free means the process was killed)."""
+FINISHED = frozenset({SUCCEEDED, NOTHING_NEW})
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """A hash of a set of ids (order does not matter)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def file_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"path", "sha256", "bytes"}`` of a file, for a manifest's inputs and outputs."""
+    p = Path(path)
+    return {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory so far of this process and of its finished children (MiB, Linux ru_maxrss)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"self": round(own, 1), "children": round(children, 1)}
+
+
+class Run:
+    """One run's folder: ``run.json`` and the stage manifests."""
+
+    def __init__(self, folder: Path, data: dict[str, Any]) -> None:
+        self.folder = folder
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, {self.status!r})"
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    @classmethod
+    def load(cls, folder: Path) -> Run:
+        try:
+            data = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JobError(
+                f"{folder / RUN_FILE} cannot be read ({exc}). It is written atomically: restore it or remove the folder."
+            ) from exc
+        return cls(folder, data)
+
+    def save(self) -> None:
+        self.data["updated_at"] = now()
+        atomic_write_text(self.folder / RUN_FILE, json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def stage_path(self, name: str) -> Path:
+        return self.folder / STAGES_DIR / f"{name}.json"
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        """The stage's manifest, or None when it never started."""
+        path = self.stage_path(name)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def stages(self) -> list[dict[str, Any]]:
+        """Every stage's manifest in the run's stage order (those never started are left out)."""
+        return [m for m in (self.stage(name) for name in self.data.get("stage_order", [])) if m is not None]
+
+    def write_stage(self, name: str, manifest: dict[str, Any]) -> None:
+        path = self.stage_path(name)
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    def stage_done(self, name: str) -> bool:
+        manifest = self.stage(name)
+        return manifest is not None and manifest.get("status") == "done"
+
+    def outputs(self, name: str) -> dict[str, Any]:
+        """A finished stage's outputs (empty when it has none or did not finish)."""
+        manifest = self.stage(name)
+        return dict(manifest.get("outputs") or {}) if manifest and manifest.get("status") == "done" else {}
+
+
+class RunsDir:
+    """The folder that holds a job's runs (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"RunsDir({str(self.root)!r})"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the runs folder's lock; :class:`RunLockedError` at once when another process holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise RunLockedError(
+                    f"Another run holds {self.root / LOCK_FILE} ({holder}); two runs never overlap. Wait for it to finish "
+                    "(`ee runs list` shows it), or stop that process; the lock is released when it exits, even if it is killed."
+                ) from None
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
+                fh.flush()
+                yield
+            finally:
+                fh.seek(0)
+                fh.truncate()
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def locked_by_other(self) -> bool:
+        """Whether some process holds the lock now (a ``running`` run is then really running)."""
+        path = self.root / LOCK_FILE
+        if not path.is_file():
+            return False
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
+    def create(self, job: str, config: dict[str, Any], config_hash: str) -> Run:
+        stamp = datetime.now(UTC)
+        run_id = f"{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        folder = self.root / run_id
+        (folder / STAGES_DIR).mkdir(parents=True)
+        run = Run(
+            folder,
+            {
+                "schema_version": RUN_SCHEMA_VERSION,
+                "ee_middleware_version": __version__,
+                "job": job,
+                "id": run_id,
+                "status": RUNNING,
+                "started_at": now(),
+                "finished_at": None,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "attempts": 1,
+                "config_hash": config_hash,
+                "config": config,
+                "stage_order": [],
+                "budget_cuts": [],
+                "outcome": {},
+            },
+        )
+        run.save()
+        return run
+
+    def list(self) -> list[Run]:
+        """Every run, oldest first (a folder without a readable run.json is skipped)."""
+        if not self.root.is_dir():
+            return []
+        runs = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / RUN_FILE).is_file()):
+            with contextlib.suppress(JobError):
+                runs.append(Run.load(folder))
+        return runs
+
+    def get(self, run_id: str) -> Run:
+        """The run whose id is, or starts with, ``run_id`` (``latest`` for the newest)."""
+        runs = self.list()
+        if run_id == "latest" and runs:
+            return runs[-1]
+        matches = [r for r in runs if r.id == run_id] or [r for r in runs if r.id.startswith(run_id)]
+        if len(matches) != 1:
+            found = "several runs match" if matches else "no run matches"
+            raise RunNotFoundError(f"{found} {run_id!r} in {self.root}. See `ee runs list --runs {self.root}`.")
+        return matches[0]
+
+    def resumable(self, config_hash: str) -> Run | None:
+        """The newest unfinished run, to continue; :class:`RunConfigChangedError` when it ran another configuration."""
+        unfinished = [r for r in self.list() if r.status in RESUMABLE]
+        if not unfinished:
+            return None
+        run = unfinished[-1]
+        if run.data.get("config_hash") != config_hash:
+            raise RunConfigChangedError(
+                f"Run {run.id} in {self.root} is {run.status} and was started with another configuration (hash "
+                f"{str(run.data.get('config_hash'))[:12]}, now {config_hash[:12]}), so it cannot be continued with this one. "
+                "Restore its configuration to continue it, or pass --new-run to mark it abandoned and start a new run."
+            )
+        return run
+
+    def abandon_unfinished(self, reason: str) -> list[str]:
+        """Mark every unfinished run ``abandoned`` (its folder stays, for the record); their ids."""
+        ids = []
+        for run in self.list():
+            if run.status in RESUMABLE:
+                run.update(status=ABANDONED, finished_at=now(), outcome={**run.data.get("outcome", {}), "abandoned": reason})
+                ids.append(run.id)
+        return ids
+
+    def last_successful(self) -> Run | None:
+        """The newest run that finished every stage (its watermark is where the next run starts)."""
+        done = [r for r in self.list() if r.status == SUCCEEDED]
+        return done[-1] if done else None

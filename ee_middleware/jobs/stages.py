@@ -1,0 +1,433 @@
+"""The improve job's learning stages: select, replay, datasets, train.
+
+Each stage is a function of a :class:`StageContext` that returns a :class:`StageResult` (inputs with
+hashes, outputs, decisions, budget cuts) and is idempotent: run again after a crash, it redoes its
+own work from the start or continues it (replay skips finished trajectories, training reuses a
+completed adapter folder). The heavy layers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ee_middleware._files import atomic_write_text
+from ee_middleware.jobs.errors import BudgetExhausted, JobError
+from ee_middleware.jobs.runs import Run, RunsDir, file_entry, ids_digest
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from ee_middleware.jobs.config import ImproveConfig
+
+SELECTION_FILE = "selection.json"
+DATA_DIR = "data"
+ADAPTER_DIR = "adapter"
+
+
+class Progress(Protocol):
+    """What a job tells the person watching: stage starts and ends, lines of text, and bars."""
+
+    def stage(self, name: str, index: int, total: int) -> None: ...
+
+    def stage_done(self, name: str, seconds: float, summary: str, *, skipped: bool = False) -> None: ...
+
+    def info(self, text: str) -> None: ...
+
+    def bar(self, name: str, done: int, total: int | None) -> None: ...
+
+
+class QuietProgress:
+    """Reports nothing (library use, tests)."""
+
+    def stage(self, name: str, index: int, total: int) -> None:
+        pass
+
+    def stage_done(self, name: str, seconds: float, summary: str, *, skipped: bool = False) -> None:
+        pass
+
+    def info(self, text: str) -> None:
+        pass
+
+    def bar(self, name: str, done: int, total: int | None) -> None:
+        pass
+
+
+@dataclass
+class StageContext:
+    config: ImproveConfig
+    run: Run
+    runs: RunsDir
+    progress: Progress
+    deadline: float | None = None
+    """``time.monotonic()`` past which the ``max_minutes`` budget is spent."""
+
+    def check_deadline(self, before: str) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise BudgetExhausted(
+                f"max_minutes = {self.config.budgets.max_minutes:g} was spent before {before}; the run stops here and the next "
+                "`ee improve` with the same config continues it."
+            )
+
+    def path(self, *parts: str) -> Path:
+        return self.run.folder.joinpath(*parts)
+
+
+@dataclass
+class StageResult:
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    decisions: list[str] = field(default_factory=list)
+    budget_cuts: list[dict[str, Any]] = field(default_factory=list)
+    summary: str = ""
+    """One line for the progress display."""
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+# --- select ------------------------------------------------------------------------------------------------
+
+
+def select(ctx: StageContext) -> StageResult:
+    """Trajectories approved since the last successful run's watermark, and the replay work for this run within budgets."""
+    import polars as pl
+
+    from ee_middleware.replay.job import select_trajectories
+    from ee_middleware.store.registry import open_store
+
+    config = ctx.config
+    store = open_store(config.store, create=False)
+    try:
+        previous = ctx.runs.last_successful()
+        watermark = (previous.data.get("watermark") or {}).get("after") if previous else None
+        approved = store.trajectories(status="approved", app=config.app).select("id", "app", "approval_at", "approval_by", "started_at")
+        new = approved if watermark is None else approved.filter(pl.col("approval_at") > datetime.fromisoformat(watermark))
+        new = new.sort("approval_at", "id")
+        replay_config = config.replay_config()
+        pending, already = select_trajectories(store, replay_config)
+        states = _tool_states(store, pending)
+        todo, cuts = _apply_replay_budgets(pending, states, replay_config.k, config)
+        tools = Counter(store.steps(new["id"].to_list()).filter(pl.col("action_kind") == "tool_call")["tool_name"].to_list())
+    finally:
+        store.close()
+    new_ids = new["id"].to_list()
+    selection = {"new": new_ids, "replay": todo, "pending_replay": len(pending)}
+    atomic_write_text(ctx.path(SELECTION_FILE), json.dumps(selection, indent=1))
+    snapshot = approved["approval_at"].max()
+    result = StageResult(
+        inputs={
+            "store": str(config.store),
+            "app": config.app,
+            "watermark": watermark,
+            "watermark_from_run": previous.id if previous else None,
+            "approved": approved.height,
+            "approved_ids_sha256": ids_digest(approved["id"].to_list()),
+            "replay_id": replay_config.replay_id,
+        },
+        outputs={
+            "selection_file": str(ctx.path(SELECTION_FILE)),
+            "new": len(new_ids),
+            "new_ids_sha256": ids_digest(new_ids),
+            "new_ids_sample": new_ids[:20],
+            "watermark_after": _iso(snapshot) if isinstance(snapshot, datetime) else watermark,
+            "replay_id": replay_config.replay_id,
+            "k": replay_config.k,
+            "to_replay": len(todo),
+            "to_replay_states": sum(states.get(i, 0) for i in todo),
+            "already_replayed": already,
+            "pending_replay": len(pending),
+            "by_app": _counts(new, "app"),
+            "by_approval_source": _counts(new, "approval_by"),
+            "by_tool": dict(tools.most_common()),
+            "nothing_new": not new_ids and not todo,
+        },
+        budget_cuts=cuts,
+    )
+    result.decisions.append(
+        f"{len(new_ids)} trajectories approved since {watermark or 'the beginning'} (of {approved.height} approved for {config.app}); "
+        f"{len(todo)} to replay now ({len(pending)} not yet replayed under replay id {replay_config.replay_id})"
+    )
+    result.summary = f"{len(new_ids)} new approved trajectories, {len(todo)} to replay"
+    return result
+
+
+def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in Counter(frame[column].to_list()).most_common()}
+
+
+def _tool_states(store: Any, ids: list[str]) -> dict[str, int]:
+    """Recorded tool-call states per trajectory (where replay proposes alternatives)."""
+    if not ids:
+        return {}
+    import polars as pl
+
+    steps = store.steps(ids).filter(pl.col("action_kind") == "tool_call")
+    return dict(Counter(steps["trajectory_id"].to_list()))
+
+
+def _apply_replay_budgets(
+    pending: list[str], states: dict[str, int], k: int, config: ImproveConfig
+) -> tuple[list[str], list[dict[str, Any]]]:
+    budgets = config.budgets
+    cuts: list[dict[str, Any]] = []
+    todo = list(pending)
+    if budgets.max_trajectories is not None and len(todo) > budgets.max_trajectories:
+        cuts.append(
+            {
+                "budget": "max_trajectories",
+                "limit": budgets.max_trajectories,
+                "stage": "replay",
+                "cut": f"{len(todo) - budgets.max_trajectories} of {len(todo)} trajectories to replay wait for the next run",
+            }
+        )
+        todo = todo[: budgets.max_trajectories]
+    if budgets.max_branches is not None:
+        kept, branches = [], 0
+        for trajectory_id in todo:
+            cost = states.get(trajectory_id, 0) * k
+            if kept and branches + cost > budgets.max_branches:
+                break
+            kept.append(trajectory_id)
+            branches += cost
+        if len(kept) < len(todo):
+            cuts.append(
+                {
+                    "budget": "max_branches",
+                    "limit": budgets.max_branches,
+                    "stage": "replay",
+                    "cut": f"{len(todo) - len(kept)} of {len(todo)} trajectories to replay wait for the next run "
+                    f"({branches} branches now, k = {k})",
+                }
+            )
+            todo = kept
+    return todo, cuts
+
+
+# --- replay ------------------------------------------------------------------------------------------------
+
+
+def replay(ctx: StageContext) -> StageResult:
+    """Replay the selected trajectories (a resumed stage continues where the replay job stopped)."""
+    import polars as pl
+
+    from ee_middleware.replay.job import run_replay
+    from ee_middleware.store.registry import open_store
+
+    selection = json.loads(ctx.path(SELECTION_FILE).read_text())
+    wanted: list[str] = selection["replay"]
+    replay_id = ctx.config.replay_config().replay_id
+    result = StageResult(
+        inputs={"selection_file": file_entry(ctx.path(SELECTION_FILE)), "replay_id": replay_id, "trajectories": len(wanted)}
+    )
+    remaining = _unfinished(ctx, wanted, replay_id)
+    if remaining:
+        ctx.progress.info(f"replaying {len(remaining)} trajectories ({len(wanted) - len(remaining)} finished earlier)")
+
+        def on_outcome(_outcome: Any, done: int, total: int) -> None:
+            ctx.progress.bar("replay", done, total)
+            if done < total:
+                ctx.check_deadline("the next trajectory's replay")
+
+        summary = run_replay(ctx.config.replay_config(limit=len(remaining)), on_outcome=on_outcome)
+        result.outputs["this_attempt"] = {
+            k: v for k, v in summary.to_dict().items() if k not in ("fidelity_examples", "skipped", "failed", "refused_hints")
+        }
+    else:
+        result.decisions.append("nothing to replay" if not wanted else "every selected trajectory was replayed by an earlier attempt")
+    store = open_store(ctx.config.store, create=False)
+    try:
+        records = store.replays(replay_id=replay_id).filter(pl.col("trajectory_id").is_in(wanted))
+        rollouts = store.rollouts(wanted, replay_id=replay_id) if wanted else None
+    finally:
+        store.close()
+    statuses = _counts(records, "status")
+    result.outputs.update(
+        replay_id=replay_id,
+        trajectories=len(wanted),
+        statuses=statuses,
+        states=int(records["states"].sum() or 0),
+        branches=int(records["branches"].sum() or 0),
+        errors=int(records["errors"].sum() or 0),
+        rejected=int(records["rejected"].sum() or 0),
+        fidelity_mismatches=int(records["fidelity_mismatches"].sum() or 0),
+        rollouts=rollouts.height if rollouts is not None else 0,
+        rollout_ids_sha256=ids_digest(rollouts["id"].to_list()) if rollouts is not None else ids_digest([]),
+        by_tool=_counts(rollouts, "tool_name") if rollouts is not None and rollouts.height else {},
+        not_finished=_unfinished(ctx, wanted, replay_id),
+    )
+    failed = statuses.get("failed", 0)
+    if failed:
+        result.decisions.append(f"{failed} trajectories failed to replay (see `ee replay list`); they are retried by the next run")
+    result.summary = (
+        f"{result.outputs['branches']} branches over {result.outputs['states']} states, {result.outputs['errors']} error observations"
+    )
+    return result
+
+
+def _unfinished(ctx: StageContext, ids: list[str], replay_id: str) -> list[str]:
+    if not ids:
+        return []
+    import polars as pl
+
+    from ee_middleware.store.registry import open_store
+
+    store = open_store(ctx.config.store, create=False)
+    try:
+        finished = store.replays(replay_id=replay_id).filter(pl.col("status").is_in(["done", "skipped"]))["trajectory_id"].to_list()
+    finally:
+        store.close()
+    done = set(finished)
+    return [i for i in ids if i not in done]
+
+
+# --- datasets ----------------------------------------------------------------------------------------------
+
+
+def datasets(ctx: StageContext) -> StageResult:
+    """IL / IWM / SR datasets from every approved trajectory of the app, with a held-out split by trajectory."""
+    from ee_middleware.trainers.datasets.build import build_datasets
+
+    out = ctx.path(DATA_DIR)
+    replay_id = ctx.run.outputs("replay").get("replay_id")
+    config = ctx.config.dataset_config(out, replay_id)
+    summary = build_datasets(
+        config, on_stage=lambda kind: ctx.progress.info(f"building {kind}"), on_sr_progress=lambda n, t: ctx.progress.bar("sr", n, t)
+    )
+    split = summary.get("split", {})
+    files = {kind: file_entry(info["path"]) for kind, info in summary["datasets"].items()}
+    heldout = {kind: file_entry(info["path"]) for kind, info in split.get("datasets", {}).items()}
+    if not heldout.get("il"):
+        raise JobError(
+            f"The held-out rule ({split.get('rule')}) held out no trajectory with an expert action, so nothing can be evaluated. "
+            "Raise heldout_share in [datasets] or approve more trajectories."
+        )
+    result = StageResult(
+        inputs={"store": str(ctx.config.store), "source_hash": summary["source_hash"], "replay_id": replay_id},
+        outputs={
+            "data_dir": str(out),
+            "datasets_json": file_entry(out / "datasets.json"),
+            "trajectories": summary["trajectories"],
+            "steps": summary["steps"],
+            "rollouts": summary["rollouts"],
+            "rows": {kind: info["rows"] for kind, info in summary["datasets"].items()},
+            "heldout_rows": {kind: info["rows"] for kind, info in split.get("datasets", {}).items()},
+            "train_trajectories": len(split.get("train_trajectories", [])),
+            "heldout_trajectories": len(split.get("heldout_trajectories", [])),
+            "heldout_ids_sample": split.get("heldout_trajectories", [])[:20],
+            "split_rule": split.get("rule"),
+            "files": files,
+            "heldout_files": heldout,
+            "details": {kind: {k: v for k, v in info.items() if k != "path"} for kind, info in summary["datasets"].items()},
+        },
+    )
+    rows = ", ".join(f"{kind} {n}" for kind, n in result.outputs["rows"].items())
+    result.summary = f"{rows} rows; {result.outputs['heldout_trajectories']} trajectories held out"
+    return result
+
+
+# --- train -------------------------------------------------------------------------------------------------
+
+
+def train(ctx: StageContext) -> StageResult:
+    """A LoRA candidate from the live adapter's base on this run's datasets (a completed adapter folder is reused)."""
+    from ee_middleware.trainers.training import schedule as schedules
+    from ee_middleware.trainers.training.api import ADAPTER_FILES
+    from ee_middleware.trainers.training.api import train as run_training
+
+    data = ctx.path(DATA_DIR)
+    output = ctx.path(ADAPTER_DIR)
+    live = _live_base(ctx)
+    result = StageResult()
+    base = ctx.config.base_model
+    if live is not None and Path(live["base_model"]).is_dir():
+        base = live["base_model"]
+        result.decisions.append(f"trained from the base of the live adapter {live['name']}: {base}")
+    budget = ctx.config.budgets.max_train_steps
+    preview = ctx.config.train_config(data, output, max_steps=None, base_model=base)
+    rows = ctx.run.outputs("datasets").get("rows", {})
+    per_update = preview.batch_size * preview.gradient_accumulation
+    counts = {kind: rows.get(kind, 0) for kind in ("il", "iwm", "sr")}
+    planned = sum(
+        s.steps for s in schedules.plan(preview.schedule, counts, per_update=per_update, epochs=preview.epochs, max_steps=preview.max_steps)
+    )
+    max_steps = preview.max_steps
+    if budget is not None and planned > budget:
+        max_steps = budget
+        result.budget_cuts.append(
+            {
+                "budget": "max_train_steps",
+                "limit": budget,
+                "stage": "train",
+                "cut": f"training capped at {budget} of {planned} planned steps",
+            }
+        )
+    config = ctx.config.train_config(data, output, max_steps=max_steps, base_model=base)
+    complete = all((output / name).is_file() for name in ADAPTER_FILES) and (output / "manifest.json").is_file()
+    if complete:
+        result.decisions.append("the adapter folder was completed by an earlier attempt: reused")
+        manifest = json.loads((output / "manifest.json").read_text())
+    else:
+        for partial in output.parent.glob(f"{output.name}.partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        if output.exists():
+            shutil.rmtree(output)
+        ctx.progress.info(f"training schedule {config.schedule} for {max_steps or planned} steps on {config.base_model}")
+        manifest = run_training(config, progress=True).manifest
+    metrics = manifest["metrics"]
+    result.inputs = {
+        "base_model": config.base_model,
+        "live_adapter": live,
+        "datasets": {kind: info.get("sha256") for kind, info in manifest.get("datasets", {}).items()},
+        "config": config.model_dump(mode="json"),
+    }
+    result.outputs = {
+        "adapter_dir": str(output),
+        "weights": file_entry(output / "adapter_model.safetensors"),
+        "loss_png": str(output / "loss.png"),
+        "base_folder": manifest["base_model"]["path"],
+        "steps": metrics["steps"],
+        "planned_steps": planned,
+        "first_loss": metrics["first_loss"],
+        "final_loss": metrics["final_loss"],
+        "tokens": metrics["tokens"],
+        "train_seconds": metrics["train_seconds"],
+        "device": metrics["device"],
+        "backend": metrics["backend"],
+        "stages": metrics["stages"],
+        "losses": manifest.get("losses", []),
+    }
+    result.summary = f"{metrics['steps']} steps, loss {_fmt(metrics['first_loss'])} -> {_fmt(metrics['final_loss'])}"
+    return result
+
+
+def _live_base(ctx: StageContext) -> dict[str, Any] | None:
+    """The app's live adapter and its base (None when none is live); the candidate must share the base."""
+    from ee_middleware.adapters.registry import open_registry
+
+    registry = open_registry(ctx.config.registry, create=True)
+    name = registry.resolve(ctx.config.alias_name)
+    if name is None:
+        return None
+    record = registry.get(name)
+    return {"name": record.name, "base_model": record.base_model}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[StageContext], StageResult]] = {
+    "select": select,
+    "replay": replay,
+    "datasets": datasets,
+    "train": train,
+}

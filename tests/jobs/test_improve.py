@@ -1,0 +1,234 @@
+"""``ee improve`` end to end on real parts: BFCL expert trajectories recorded by a real LangGraph agent,
+real replay in the BFCL sandbox, real Parquet datasets, a real peft LoRA on a tiny random Llama (TEST
+model), real evaluation on the held-out ``traces:`` suite and likelihood, the real gate and registry.
+Evaluated in-process here (no server); examples/end_to_end.py --quick (tests/examples) goes through a
+real local server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.errors import RunConfigChangedError, RunLockedError
+from ee_middleware.jobs.improve import STAGES, run_improve
+from ee_middleware.jobs.runs import RunsDir
+from tests.jobs.conftest import APP, stage_times, write_config
+
+
+def _registry(workspace: Path):
+    from ee_middleware.adapters.registry import open_registry
+
+    return open_registry(workspace / "registry")
+
+
+def test_every_stage_runs_and_leaves_manifests_a_report_and_a_promoted_adapter(workspace: Path, tiny_base: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    path = write_config(workspace, tiny_base, schedule="iwm", k=2, tasks=2)
+    result = CliRunner().invoke(app, ["improve", "--config", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "held-out evaluation" in result.output and "Report:" in result.output
+    [run] = RunsDir(workspace / "runs").list()
+
+    assert run.status == "succeeded", run.data.get("error")
+    manifests = {m["stage"]: m for m in run.stages()}
+    assert list(manifests) == list(STAGES)
+    for name, manifest in manifests.items():
+        assert manifest["status"] == "done", name
+        assert manifest["seconds"] >= 0 and manifest["peak_rss_mb"]["self"] > 0
+        assert manifest["outputs"], name
+    select, data = manifests["select"]["outputs"], manifests["datasets"]["outputs"]
+    assert select["new"] == 8 and select["to_replay"] == 8 and select["by_app"] == {APP: 8}
+    assert select["by_approval_source"] == {"auto:approve_if": 8} and sum(select["by_tool"].values()) > 8
+    assert manifests["replay"]["outputs"]["branches"] == 2 * manifests["replay"]["outputs"]["states"] > 0
+    assert data["heldout_trajectories"] >= 1 and data["train_trajectories"] >= 1 and set(data["rows"]) == {"il", "iwm"}
+    assert data["files"]["il"]["sha256"] == manifests["train"]["inputs"]["datasets"]["il"]
+    train = manifests["train"]["outputs"]
+    assert train["steps"] == 4 and [s["name"] for s in train["stages"]] == ["iwm", "il"] and Path(train["loss_png"]).is_file()
+
+    # candidate vs the base (nothing was live), on the held-out traces suite and the likelihood
+    evaluation = manifests["evaluate"]["outputs"]
+    assert evaluation["baseline"] == "base"
+    assert [s["tasks"] for s in evaluation["runs"]["candidate"]["suites"]] == [2]
+    assert evaluation["likelihood"]["states"] == 4 and {m["model"] for m in evaluation["likelihood"]["models"]} == {"base", "candidate"}
+    gate = manifests["gate"]["outputs"]
+    assert gate["passed"] and any("NLL" in line for line in gate["moved"]) and any("task success" in line for line in gate["moved"])
+
+    candidate = manifests["register"]["outputs"]["candidate"]
+    registry = _registry(workspace)
+    assert registry.resolve(APP) == candidate
+    assert registry.get(candidate).evals[0]["run"] == run.id
+    assert run.data["outcome"]["promoted"] is True and run.data["watermark"]["after"]
+
+    report = (run.folder / "report.md").read_text()
+    held_out = data["heldout_ids_sample"][0]
+    for text in (
+        "How big this run was",
+        "Lineage",
+        f"ee traces show {held_out}",
+        f"ee adapters show {candidate}",
+        "NLL",
+        "adapter/loss.png",
+    ):
+        assert text in report
+    assert "<table>" in (run.folder / "report.html").read_text() and (run.folder / "eval.png").is_file()
+
+    # ee runs list / show
+    cli = CliRunner()
+    listed = json.loads(cli.invoke(app, ["runs", "list", "--config", str(path), "--json"]).output)
+    assert [r["status"] for r in listed] == ["succeeded"]
+    shown = json.loads(cli.invoke(app, ["runs", "show", run.id[:10], "--runs", str(workspace / "runs"), "--json"]).output)
+    assert [s["stage"] for s in shown["stages"]] == list(STAGES)
+    table = cli.invoke(app, ["runs", "show", "latest", "--runs", str(workspace / "runs")])
+    assert table.exit_code == 0 and "select" in table.output and "promote" in table.output
+    missing = cli.invoke(app, ["runs", "show", "nope", "--runs", str(workspace / "runs")])
+    assert missing.exit_code == 1 and "no run matches" in missing.output
+
+
+def test_a_run_with_nothing_new_stops_after_select_and_new_approvals_move_the_watermark(workspace: Path, tiny_base: Path) -> None:
+    from ee_middleware.bfcl.experts import record_experts
+
+    config = ImproveConfig.load(write_config(workspace, tiny_base))
+    first = run_improve(config)
+    second = run_improve(config)
+    assert second.id != first.id and second.status == "nothing-new"
+    assert [m["stage"] for m in second.stages()] == ["select"]
+    assert second.stage("select")["inputs"]["watermark"] == first.data["watermark"]["after"]
+
+    record_experts(workspace / "experience", "multi_turn_base", limit=10)  # two more entries, approved now
+    third = run_improve(config)
+    assert third.status == "succeeded", third.data.get("error")
+    assert third.stage("select")["outputs"]["new"] == 2 and third.stage("replay")["outputs"]["trajectories"] == 2
+    assert third.stage("evaluate")["outputs"]["baseline"] == first.data["outcome"]["candidate"]  # the live adapter
+    assert third.stage("datasets")["outputs"]["trajectories"] == 10  # datasets are cumulative
+
+
+def test_a_failed_gate_does_not_promote_and_says_why(workspace: Path, tiny_base: Path) -> None:
+    """min_improvement cannot be met, and with gate_on_likelihood a candidate trained with a learning rate of
+    1e-30 (its held-out NLL equal to the base's) is refused too."""
+    path = write_config(
+        workspace,
+        tiny_base,
+        improve="gate_on_likelihood = true\n",
+        gate="min_tasks = 1\nmin_improvement = 0.5",
+        train="learning_rate = 1e-30",
+    )
+    run = run_improve(ImproveConfig.load(path))
+    assert run.status == "succeeded"
+    gate = run.stage("gate")["outputs"]
+    assert not gate["passed"]
+    assert any("below the required improvement" in r for r in gate["reasons"]) and any(r.startswith("likelihood:") for r in gate["reasons"])
+    promote = run.stage("promote")["outputs"]
+    assert promote["promoted"] is False and promote["live"] is None and run.data["outcome"]["promoted"] is False
+    registry = _registry(workspace)
+    candidate = run.stage("register")["outputs"]["candidate"]
+    assert registry.resolve(APP) is None
+    assert registry.get(candidate).status == "retired" and "did not pass the gate" in registry.get(candidate).reason
+    assert "Gate FAILED" in (run.folder / "report.md").read_text()
+
+
+def test_budgets_cut_replay_and_training_and_the_run_says_so(workspace: Path, tiny_base: Path) -> None:
+    improve = "[improve.budgets]\nmax_trajectories = 3\nmax_train_steps = 2\n"
+    config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve))
+    run = run_improve(config)
+    cuts = {c["budget"]: c for c in run.data["budget_cuts"]}
+    assert "5 of 8 trajectories to replay wait for the next run" in cuts["max_trajectories"]["cut"]
+    assert "2 of 4 planned steps" in cuts["max_train_steps"]["cut"]
+    assert run.stage("replay")["outputs"]["trajectories"] == 3 and run.stage("train")["outputs"]["steps"] == 2
+    assert "max_trajectories" in (run.folder / "report.md").read_text()
+    # nothing new was approved, but 5 trajectories still wait for replay: the next run takes 3 more
+    following = run_improve(config)
+    assert following.status == "succeeded" and following.stage("select")["outputs"]["new"] == 0
+    assert following.stage("replay")["outputs"]["trajectories"] == 3
+
+
+def test_max_minutes_stops_a_run_that_the_next_call_continues(workspace: Path, tiny_base: Path) -> None:
+    path = write_config(workspace, tiny_base, improve="[improve.budgets]\nmax_minutes = 0.000001\n")
+    stopped = run_improve(ImproveConfig.load(path))
+    assert stopped.status == "stopped" and stopped.data["budget_cuts"][0]["budget"] == "max_minutes"
+    assert stopped.stages() == []
+    with pytest.raises(RunConfigChangedError, match="--new-run"):  # another config cannot continue it
+        run_improve(ImproveConfig.load(path, schedule="iwm"))
+    path.write_text(path.read_text().replace("max_minutes = 0.000001", "max_minutes = 60"))
+    resumed = run_improve(ImproveConfig.load(path))  # budgets are not part of the config hash: the same run goes on
+    assert resumed.id == stopped.id and resumed.status == "succeeded" and resumed.data["attempts"] == 2
+
+
+def test_new_run_abandons_an_unfinished_run(workspace: Path, tiny_base: Path) -> None:
+    path = write_config(workspace, tiny_base, improve="[improve.budgets]\nmax_minutes = 0.000001\n")
+    stopped = run_improve(ImproveConfig.load(path))
+    other = run_improve(ImproveConfig.load(path, schedule="iwm"), new_run=True)
+    assert other.id != stopped.id and other.status == "stopped"
+    assert RunsDir(workspace / "runs").get(stopped.id).status == "abandoned"
+
+
+def test_a_second_run_cannot_start_while_one_holds_the_lock(workspace: Path, tiny_base: Path) -> None:
+    config = ImproveConfig.load(write_config(workspace, tiny_base))
+    with RunsDir(config.runs).lock(), pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+        run_improve(config)
+    assert RunsDir(config.runs).list() == []
+
+
+def _ee(*args: str | Path, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-m", "ee_middleware.cli", *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
+def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_base: Path) -> None:
+    """SIGKILL the real `ee improve` process while it trains; the next call redoes training only."""
+    path = write_config(workspace, tiny_base, schedule="iwm")
+    path.write_text(path.read_text().replace("max_steps = 4", "max_steps = 400"))  # long enough to be caught in training
+    runs = RunsDir(workspace / "runs")
+    process = _ee("improve", "--config", path, "--no-progress")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            run = runs.list()[0] if runs.list() else None
+            if run is not None and (run.stage("train") or {}).get("status") == "running":
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        with pytest.raises(RunLockedError):  # the running process holds the lock
+            run_improve(ImproveConfig.load(path))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        if process.stdout:
+            process.stdout.close()
+    assert not psutil.pid_exists(process.pid) or psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE
+    killed = runs.list()[0]
+    assert killed.status == "running" and killed.stage("train")["status"] == "running"
+    before = stage_times(killed)
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "ee_middleware.cli", "runs", "list", "--runs", str(runs.root), "--json"], capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["status"] == "running"
+
+    path.write_text(path.read_text().replace("max_steps = 400", "max_steps = 4"))
+    # max_steps is part of the config: the killed run is continued only by the config it started with
+    with pytest.raises(RunConfigChangedError):
+        run_improve(ImproveConfig.load(path))
+    path.write_text(path.read_text().replace("max_steps = 4", "max_steps = 400"))
+    config = ImproveConfig.load(path, budgets={"max_train_steps": 3})  # a budget may change between attempts
+    resumed = run_improve(config)
+    assert resumed.id == killed.id and resumed.status == "succeeded", resumed.data.get("error")
+    after = stage_times(resumed)
+    for name in ("select", "replay", "datasets"):
+        assert after[name] == before[name], f"{name} was redone"
+    assert resumed.stage("train")["attempt"] == 2 and resumed.stage("train")["outputs"]["steps"] == 3
+    assert resumed.data["attempts"] == 2
