@@ -35,7 +35,6 @@ from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.testing import ScriptedChatModel, tool_call
 
 
@@ -96,6 +95,8 @@ def sustained_round(graph: Any, seconds: float) -> tuple[int, float, float]:
 def sustained(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
+    from ee_middleware import LocalExperienceStore, record_experience
+
     graph = build_graph()
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "experience"
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--sustained-s", type=float, default=None, help="sustained mode: seconds per round (> the 2 s deferral bound)")
     args = parser.parse_args(argv)
+    # imported here so that benchmarks/capture_vs_openinference.py can build the graph in a venv without ee's store
+    from ee_middleware import LocalExperienceStore, record_experience
+
     if args.sustained_s is not None:
         result = sustained(args)
         print(json.dumps(result, indent=2))

@@ -1,0 +1,163 @@
+"""Added CPU per run: ee's capture vs OpenInference's LangChain instrumentation, on the same graph.
+
+    .venv/bin/python benchmarks/capture_vs_openinference.py [--instr-python /tmp/instr-venv/bin/python] [--repeats 3]
+
+OpenInference cannot be installed beside ee's dependencies here, so each side runs in its own
+interpreter, alternately (interleaved repeats), each against its own unwrapped baseline of the same
+ReAct graph (benchmarks/capture_overhead.py: instant model, trivial tools):
+
+- ee: ``record_experience`` writing a training-ready trajectory to a local store; the work still
+  queued at the end of the round is drained and counted.
+- OpenInference: ``LangChainInstrumentor`` with the OpenTelemetry SDK, a ``BatchSpanProcessor`` and
+  an exporter that encodes every span to OTLP protobuf bytes (what an OTLP exporter sends) and
+  drops them; ``force_flush`` at the end of the round is counted.
+
+Reported: process CPU per run (ms) for each side's baseline and instrumented graph, the added CPU,
+and ee's added CPU as a share of OpenInference's (target: <= 0.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SECONDS = 5.0
+
+
+def _rounds(plain: Any, instrumented: Any, drain: Any, rounds: int, seconds: float) -> dict[str, float]:
+    from capture_overhead import TASK
+
+    def cpu_per_run(graph: Any, extra: Any = None) -> float:
+        runs, cpu0, start = 0, time.process_time(), time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            graph.invoke(TASK)
+            runs += 1
+        if extra is not None:
+            extra()
+        return (time.process_time() - cpu0) / runs * 1e3
+
+    for _ in range(5):
+        plain.invoke(TASK)
+        instrumented.invoke(TASK)
+    drain()
+    base, inst = [], []
+    for _ in range(rounds):
+        base.append(cpu_per_run(plain))
+        inst.append(cpu_per_run(instrumented, drain))
+    return {"plain_cpu_ms_per_run": statistics.median(base), "instrumented_cpu_ms_per_run": statistics.median(inst)}
+
+
+def side_ee(rounds: int, seconds: float) -> dict[str, float]:
+    from capture_overhead import build_graph
+
+    from ee_middleware import record_experience
+
+    graph = build_graph()
+    with tempfile.TemporaryDirectory() as tmp:
+        wrapped = record_experience(graph, app="bench", store=Path(tmp) / "experience")
+        return _rounds(graph, wrapped, wrapped.flush, rounds, seconds)
+
+
+def side_openinference(rounds: int, seconds: float) -> dict[str, float]:
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class OTLPBytes(SpanExporter):
+        """Encodes spans as an OTLP exporter would, then drops them."""
+
+        def __init__(self) -> None:
+            self.bytes = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.bytes += len(encode_spans(spans).SerializeToString())
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+    from capture_overhead import build_graph
+
+    plain = build_graph()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPBytes()))
+    instrumentor = LangChainInstrumentor()
+    # instrumenting is process-wide: time the plain graph with it off, the instrumented one with it on
+    instrumented = build_graph()
+
+    class Toggled:
+        def __init__(self, graph: Any, on: bool) -> None:
+            self.graph, self.on = graph, on
+
+        def invoke(self, task: Any) -> Any:
+            if self.on != instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.instrument(tracer_provider=provider) if self.on else instrumentor.uninstrument()
+            return self.graph.invoke(task)
+
+    try:
+        return _rounds(Toggled(plain, False), Toggled(instrumented, True), provider.force_flush, rounds, seconds)
+    finally:
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+        provider.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=["ee", "openinference"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--instr-python", default="/tmp/instr-venv/bin/python", help="a Python with openinference-instrumentation-langchain"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    args = parser.parse_args()
+    if args.side is not None:
+        result = (side_ee if args.side == "ee" else side_openinference)(args.rounds, args.seconds)
+        print(json.dumps(result))
+        return 0
+    if not Path(args.instr_python).exists():
+        print(
+            f"error: {args.instr_python} not found; make a venv with openinference-instrumentation-langchain and pass --instr-python",
+            file=sys.stderr,
+        )
+        return 2
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    added: dict[str, list[float]] = {"ee": [], "openinference": []}
+    raw: dict[str, list[dict[str, float]]] = {"ee": [], "openinference": []}
+    for _ in range(args.repeats):  # interleaved
+        for side, python in (("ee", sys.executable), ("openinference", args.instr_python)):
+            cmd = [python, str(Path(__file__).resolve()), "--side", side, "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            raw[side].append(result)
+            added[side].append(result["instrumented_cpu_ms_per_run"] - result["plain_cpu_ms_per_run"])
+    shares = [e / o for e, o in zip(added["ee"], added["openinference"], strict=True)]
+    report = {
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "repeats": args.repeats,
+        "ee_added_cpu_ms_per_run_min_median_max": [round(f(added["ee"]), 3) for f in (min, statistics.median, max)],
+        "openinference_added_cpu_ms_per_run_min_median_max": [round(f(added["openinference"]), 3) for f in (min, statistics.median, max)],
+        "ee_share_of_openinference_added_cpu_min_median_max": [round(f(shares), 3) for f in (min, statistics.median, max)],
+        "plain_cpu_ms_per_run_ee_side_median": round(statistics.median(r["plain_cpu_ms_per_run"] for r in raw["ee"]), 3),
+        "plain_cpu_ms_per_run_openinference_side_median": round(
+            statistics.median(r["plain_cpu_ms_per_run"] for r in raw["openinference"]), 3
+        ),
+        "target_share": 0.25,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
