@@ -9,7 +9,8 @@ fitted exactly as training renders it (:func:`ee_middleware.models.truncation.to
 
 Per model it reports the mean NLL, the paired difference against the base (mean and standard error
 over states) and the share of states improved; on a sample of states it also decodes greedily and
-reports the parse rate, tool-name match and exact-call match.
+reports the parse rate, tool-name match and exact-call match, decoding within the same
+``max_length`` (prompt fitted by the same policy, leaving room for the answer).
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def score_likelihood(
                 if on_progress is not None:
                     on_progress(name, done, len(keep))
             if decode_sample:
-                generator = LocalGenerator.from_objects(model, tokenizer, model_name=name, num_threads=num_threads, device=device)
+                generator = LocalGenerator.from_objects(
+                    model, tokenizer, model_name=name, num_threads=num_threads, device=device, context_length=max_length
+                )
                 for index in keep[:decode_sample]:
                     _decode(generator, states[index], score, max_new_tokens)
         scores.append(score)

@@ -35,7 +35,9 @@ class LocalGenerator:
     ``.gguf`` file (transformers dequantizes it on load). ``adapter`` is a peft adapter folder
     applied on load. Use :meth:`from_objects` for a model and tokenizer already in memory.
     ``num_threads`` sets ``torch.set_num_threads`` on first use (``None`` leaves it alone); on a
-    shared few-core machine one thread is often the fastest.
+    shared few-core machine one thread is often the fastest. ``context_length`` caps the tokens a
+    prompt and its answer may use (default: the model's context), e.g. to decode at the
+    ``max_length`` a model was trained with.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class LocalGenerator:
         num_threads: int | None = 1,
         device: str = "cpu",
         model_name: str | None = None,
+        context_length: int | None = None,
     ) -> None:
         path = Path(model).expanduser()
         if path.suffix == ".gguf" and gguf_file is None:
@@ -68,10 +71,18 @@ class LocalGenerator:
         self.model = model_name or str(model)
         self.num_threads = num_threads
         self.device = device
+        self.context_length = context_length
 
     @classmethod
     def from_objects(
-        cls, model: Any, tokenizer: Any, *, model_name: str = "in-memory", num_threads: int | None = 1, device: str = "cpu"
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_name: str = "in-memory",
+        num_threads: int | None = 1,
+        device: str = "cpu",
+        context_length: int | None = None,
     ) -> LocalGenerator:
         """A generator around a model and tokenizer already built (tests, notebooks, a model being trained)."""
         self = cls.__new__(cls)
@@ -85,6 +96,7 @@ class LocalGenerator:
         self.model = model_name
         self.num_threads = num_threads
         self.device = device
+        self.context_length = context_length
         return self
 
     @property
@@ -186,6 +198,8 @@ class LocalGenerator:
             ) from exc
 
     def _max_length(self) -> int:
+        if self.context_length is not None:
+            return self.context_length
         length = getattr(getattr(self._model, "config", None), "max_position_embeddings", None)
         if not isinstance(length, int) or length <= 0:
             length = getattr(self._tokenizer, "model_max_length", None)

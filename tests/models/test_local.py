@@ -165,3 +165,12 @@ def test_the_local_teacher_writes_greedy_deterministic_rationales(model_dir: Pat
     first = teacher.write([case, case])
     assert len(first) == 2 and first[0] == first[1] and all(isinstance(text, str) for text in first)
     assert teacher.write([case]) == first[:1]
+
+
+def test_context_length_caps_prompt_and_answer(model_dir: Path) -> None:
+    long_state = [{"role": "user", "content": "Are apples in stock? " * 200}]
+    capped = LocalGenerator(model_dir, context_length=96)
+    ids, new_tokens = capped.prompt_ids(long_state, TOOLS, max_new_tokens=32)
+    assert new_tokens == 32 and ids.shape[1] <= 96 - 32
+    uncapped, _ = LocalGenerator(model_dir).prompt_ids(long_state, TOOLS, max_new_tokens=32)
+    assert uncapped.shape[1] > 96, "without a cap the model's own context (1024 here) is the budget"
