@@ -157,3 +157,14 @@ def test_ingest_records_the_rules_it_redacts_with(tmp_path: Path) -> None:
     record_store_redaction(store, StoreRedaction(vault=str(tmp_path / "a.vault")))
     with pytest.raises(ConfigError, match="one vault per store"):
         record_store_redaction(store, StoreRedaction(vault=str(tmp_path / "b.vault")))
+
+
+def test_encryption_without_cryptography_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from ee_middleware.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # as if the package were not installed
+    monkeypatch.setenv(KEY_ENV, "any")
+    with pytest.raises(MissingExtraError, match=r"ee-middleware\[vault\]"):
+        Vault(tmp_path / "v", create=True)
