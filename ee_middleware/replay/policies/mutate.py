@@ -33,7 +33,7 @@ from ee_middleware.models.parsing import call_id, canonical_call
 from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
-from ee_middleware.replay.policies.vocabulary import DATE, EMAIL, Vocabulary, coarse_shape, is_identifier, shape
+from ee_middleware.replay.policies.vocabulary import DATE, EMAIL, Vocabulary, coarse_shape, is_identifier, is_placeholder, shape
 
 __all__ = ["MutationPolicy", "Vocabulary"]
 
@@ -238,7 +238,8 @@ class _ValueMaker:
             if self.strict:
                 raise _Unseen(name)
             self.guessed = self.guessed or name
-            near = [_corrupt(self.rng, v) for v in (*pools[0], *([current] if isinstance(current, str) and current else []))]
+            known = [*pools[0], *([current] if isinstance(current, str) and current and not is_placeholder(current) else [])]
+            near = [_corrupt(self.rng, v) for v in known]
             near = [v for v in near if v != current and fits(v)]
             for pool in [near] if near else [self.vocab.user_words, self.vocab.words]:
                 fitting = [v for v in pool if v != current and fits(v)]

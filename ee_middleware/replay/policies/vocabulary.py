@@ -36,6 +36,13 @@ PHONE = re.compile(r"(?<![\w-])\+?\d{1,3}?[ .-]?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CLAUSE = re.compile(r"[^.?!;:,()\n]+")
 _PLACEHOLDER = re.compile(r"\[REDACTED:[^\]]*\]")
+
+
+def is_placeholder(value: Any) -> bool:
+    """Whether ``value`` holds a redaction placeholder (which is never a value to propose or perturb)."""
+    return isinstance(value, str) and _PLACEHOLDER.search(value) is not None
+
+
 _MAX_WORDS = 300
 _MAX_JSON_CHARS = 200_000
 _STOPWORDS_TEXT = """the and for are but not you your with this that have from they will would there their what about which when make like

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ee_middleware.models.parsing import canonical_call
@@ -255,6 +257,15 @@ def test_with_nothing_seen_for_a_role_the_value_is_a_marked_guess() -> None:
     calls = _valid_calls(point, k=4, invalid_share=0.0)
     assert len(calls) == 4, "still k alternatives"
     assert all(s.get("guessed") in ("order_id", "email", "user_id") for _, s in calls), calls
+
+
+def test_a_redacted_expert_value_is_never_perturbed_into_a_proposal() -> None:
+    """A pseudonym like [REDACTED:email:3f2a1c9e] is not a value: no near miss of it may be proposed."""
+    state = [{"role": "user", "content": "Find my account, please."}]
+    expert = ToolCall(id="e", name="find_user_by_email", arguments={"email": "[REDACTED:email:3f2a1c9e]"})
+    point = DecisionPoint("t", 0, state, RETAIL_TOOLS[:3], expert)
+    calls = _valid_calls(point, k=6, invalid_share=0.5)
+    assert calls and not any("REDACTED" in json.dumps(call.arguments) for call, _ in calls), calls
 
 
 @pytest.mark.parametrize(
