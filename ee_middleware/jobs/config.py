@@ -123,6 +123,8 @@ class ImproveConfig(BaseModel):
     """Held-out states also decoded greedily (parse rate, name and exact match)."""
     gate_on_likelihood: bool = False
     """The gate also requires the candidate's held-out action NLL to be lower than the live model's."""
+    notes: str | None = None
+    """Shown at the top of the report (e.g. what the run is for, or that its base model is a test model)."""
     base_cache_dir: Path | None = None
     """Where a GGUF base is converted once (default: ``RUNS/base-models``)."""
     budgets: Budgets = Field(default_factory=Budgets)

@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ee_middleware._files import atomic_write_text
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted
 from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, now, peak_rss_mb
@@ -36,6 +37,7 @@ from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, Sta
 
 STAGES = ("select", "replay", "datasets", "train", "register", "evaluate", "gate", "promote")
 JOB = "improve"
+CONFIG_COPY = "config.toml"
 
 
 def _stage_function(name: str) -> Callable[[StageContext], StageResult]:
@@ -65,12 +67,16 @@ def run_improve(
         run = runs.resumable(config_hash)
         if run is None:
             run = runs.create(JOB, config.describe(), config_hash)
+            if config.config_path is not None:
+                atomic_write_text(run.folder / CONFIG_COPY, config.config_path.read_text())
             run.update(stage_order=list(STAGES), force=force)
             say.info(f"run {run.id} started in {run.folder}")
         else:
             done = [name for name in STAGES if run.stage_done(name)]
             run.update(status=RUNNING, attempts=int(run.data.get("attempts", 1)) + 1, resumed_at=now(), error=None)
             say.info(f"continuing run {run.id} ({run.data['attempts']}th attempt; finished stages: {', '.join(done) or 'none'})")
+        if (run.folder / CONFIG_COPY).is_file():  # the stages read the file as it was when the run started
+            config = config.model_copy(update={"config_path": run.folder / CONFIG_COPY})
         deadline = started + 60 * config.budgets.max_minutes if config.budgets.max_minutes else None
         ctx = StageContext(config, run, runs, say, deadline)
         try:

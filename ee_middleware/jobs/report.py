@@ -100,7 +100,10 @@ def _scale(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         "This is the scale of this run. At this size task success rarely moves and the held-out action likelihood is "
         "the sensitive measure; read the numbers below with their uncertainty."
     )
-    return [Block("h2", "How big this run was"), Block("list", rows=tuple((line,) for line in lines)), Block("p", note)]
+    blocks = [Block("h2", "How big this run was")]
+    if improve.get("notes"):
+        blocks.append(Block("p", str(improve["notes"])))
+    return [*blocks, Block("list", rows=tuple((line,) for line in lines)), Block("p", note)]
 
 
 def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:

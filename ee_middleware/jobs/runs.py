@@ -5,7 +5,8 @@
     RUNS/
       .lock                     held (fcntl) for the whole of a run: a second run fails at once, naming the holder
       base-models/              base models converted once from GGUF, shared by every run
-      20261129-031500-3f2a/     one run (ids sort by start time)
+      20261129-031500-042a7/    one run (ids sort by start time)
+        config.toml             the configuration file as the run started (its stages read this copy)
         run.json                status, config and its hash, stage order, watermark, budget cuts, outcome
         stages/select.json      one manifest per stage: status, inputs with hashes, outputs, timings, decisions
         ...
@@ -196,7 +197,7 @@ class RunsDir:
 
     def create(self, job: str, config: dict[str, Any], config_hash: str) -> Run:
         stamp = datetime.now(UTC)
-        run_id = f"{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        run_id = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}{secrets.token_hex(1)}"  # sorts by start time
         folder = self.root / run_id
         (folder / STAGES_DIR).mkdir(parents=True)
         run = Run(

@@ -1,0 +1,74 @@
+"""The improve job's configuration, the replay budgets and the run folder, without running a job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.errors import RunNotFoundError
+from ee_middleware.jobs.runs import RunsDir
+from ee_middleware.jobs.stages import _apply_replay_budgets
+
+
+def _config(tmp_path: Path, body: str = "") -> Path:
+    path = tmp_path / "improve.toml"
+    path.write_text(f'[improve]\nstore = "s"\napp = "shop"\nregistry = "r"\nruns = "runs"\nbase_model = "m"\n{body}')
+    return path
+
+
+def test_missing_settings_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "improve.toml"
+    path.write_text('[improve]\nstore = "s"\n')
+    with pytest.raises(ConfigError, match="app, registry, runs, base_model"):
+        ImproveConfig.load(path)
+    with pytest.raises(ConfigError, match=r"budgets\.max_trajectories"):
+        ImproveConfig.load(_config(tmp_path, "[improve.budgets]\nmax_trajectories = 0\n"))
+
+
+def test_the_traces_suite_is_spelled_out_for_the_app_and_stage_tables_are_read(tmp_path: Path) -> None:
+    config = ImproveConfig.load(_config(tmp_path, 'suites = ["traces", "traces:5", "bfcl:multi_turn_base:3"]\n[replay]\nk = 3\n'))
+    assert config.suite_specs() == ["traces:s:shop", "traces:s:shop:5", "bfcl:multi_turn_base:3"]
+    assert config.replay_config().k == 3 and config.replay_config().app == "shop"
+    assert config.alias_name == "shop"
+
+
+def test_datasets_need_a_heldout_rule_and_the_kinds_of_the_schedule(tmp_path: Path) -> None:
+    config = ImproveConfig.load(_config(tmp_path))
+    data = config.dataset_config(tmp_path / "data", "abc")
+    assert data.heldout_share == 0.2 and data.kinds == ("il", "iwm") and data.replay_id == "abc"
+    with pytest.raises(ConfigError, match="held-out rule"):
+        ImproveConfig.load(_config(tmp_path, "[datasets]\nheldout_share = 0.0\n")).dataset_config(tmp_path, None)
+    with pytest.raises(ConfigError, match="trains on sr"):
+        ImproveConfig.load(_config(tmp_path, 'schedule = "sr"\n[datasets]\nkinds = ["il"]\n')).dataset_config(tmp_path, None)
+
+
+def test_budgets_are_left_out_of_the_config_hash(tmp_path: Path) -> None:
+    plain = ImproveConfig.load(_config(tmp_path)).config_hash()  # the stage tables are read from the file when hashed
+    assert ImproveConfig.load(_config(tmp_path, "[improve.budgets]\nmax_minutes = 5\n")).config_hash() == plain
+    assert ImproveConfig.load(_config(tmp_path, "[train]\nmax_steps = 5\n")).config_hash() != plain
+
+
+def test_replay_budgets_cut_trajectories_and_branches_and_say_so(tmp_path: Path) -> None:
+    config = ImproveConfig.load(_config(tmp_path, "[improve.budgets]\nmax_trajectories = 3\nmax_branches = 40\n"))
+    states = {"a": 4, "b": 4, "c": 4, "d": 4}
+    todo, cuts = _apply_replay_budgets(["a", "b", "c", "d"], states, 4, config)
+    assert todo == ["a", "b"]  # 3 by count, then 16 + 16 branches fit in 40 and 48 do not
+    assert [c["budget"] for c in cuts] == ["max_trajectories", "max_branches"]
+    assert "1 of 4" in cuts[0]["cut"] and "1 of 3" in cuts[1]["cut"] and "32 branches" in cuts[1]["cut"]
+    todo, cuts = _apply_replay_budgets(["a"], {"a": 100}, 4, config)
+    assert todo == ["a"] and cuts == []  # one trajectory always goes, however big
+
+
+def test_runs_are_found_by_prefix_and_latest(tmp_path: Path) -> None:
+    runs = RunsDir(tmp_path / "runs")
+    first = runs.create("improve", {}, "h1")
+    second = runs.create("improve", {}, "h1")
+    assert runs.get("latest").id == second.id and runs.get(first.id).id == first.id
+    with pytest.raises(RunNotFoundError, match="several runs match"):
+        runs.get(first.id[:8])
+    first.update(status="succeeded")
+    assert runs.last_successful().id == first.id
+    assert runs.resumable("h1").id == second.id
