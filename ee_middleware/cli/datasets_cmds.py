@@ -23,6 +23,9 @@ def build(
     ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
+    include_synthetic: bool = typer.Option(
+        False, "--include-synthetic", help="Also use experience-model (synthetic) rollouts; recorded in datasets.json."
+    ),
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
     max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. [default: 512]"),
     sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
@@ -48,6 +51,7 @@ def build(
         teacher=teacher,
         app=app_name,
         replay_id=replay_id,
+        include_synthetic=include_synthetic or None,
         iwm_max_error_share=max_error_share,
         iwm_max_observation_tokens=max_observation_tokens,
         sr_k=sr_k,

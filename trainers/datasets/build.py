@@ -57,6 +57,8 @@ class DatasetConfig(BaseModel):
     app: str | None = None
     replay_id: str | None = None
     """Only rollouts of this replay configuration (default: all real rollouts)."""
+    include_synthetic: bool = False
+    """Also use rollouts an experience model predicted (``synthetic``); recorded in ``datasets.json``'s config."""
     iwm_max_observation_tokens: int = Field(512, ge=8)
     iwm_max_error_share: float = Field(0.5, ge=0, le=1)
     iwm_include_expert_steps: bool = True
@@ -115,7 +117,7 @@ def build_datasets(
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
-    source = load_source(store, app=config.app, replay_id=config.replay_id)
+    source = load_source(store, app=config.app, replay_id=config.replay_id, include_synthetic=config.include_synthetic)
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
     config.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {

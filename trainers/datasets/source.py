@@ -30,17 +30,20 @@ class DatasetSource:
         return digest.hexdigest()[:16]
 
 
-def load_source(store: Any, *, app: str | None = None, replay_id: str | None = None) -> DatasetSource:
+def load_source(store: Any, *, app: str | None = None, replay_id: str | None = None, include_synthetic: bool = False) -> DatasetSource:
     """Approved trajectories of ``store`` (optionally one app), their steps and rollouts.
 
-    Rollouts flagged ``synthetic`` are left out: IWM learns from real observations only. So are
+    Rollouts flagged ``synthetic`` (experience-model output) are left out unless ``include_synthetic``:
+    IWM learns from real observations only by default. So are
     rollouts whose arguments held redaction placeholders replay could not restore: their
     observation answers the placeholder (``user not found``), not the value.
     """
     trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json")
     ids = trajectories["id"].to_list()
     steps = store.steps(ids)
-    rollouts = store.rollouts(ids, replay_id=replay_id).filter(~pl.col("synthetic"))
+    rollouts = store.rollouts(ids, replay_id=replay_id)
+    if not include_synthetic:
+        rollouts = rollouts.filter(~pl.col("synthetic"))
     unrestored = 0
     if "unrestored_json" in rollouts.columns:
         restored = rollouts.filter(pl.col("unrestored_json").is_null())
