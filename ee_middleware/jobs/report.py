@@ -318,7 +318,9 @@ def _chart(path: Path, ev: dict[str, Any]) -> bool:
         right.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8)
         right.set_xticks(range(len(names)), names, fontsize=8)
         right.set_ylabel("NLL per token (lower is better)")
-        right.set_title(f"held-out expert-action NLL ({like['states']} states)", fontsize=10)
+        paired = next((m for m in like["models"] if m["model"] == "candidate" and "paired_diff" in m), None)
+        detail = f"; candidate vs base {paired['paired_diff']:+.3f} ± {paired['paired_se']:.3f}" if paired else ""
+        right.set_title(f"held-out expert-action NLL ({like['states']} states{detail})", fontsize=9)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
