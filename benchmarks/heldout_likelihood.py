@@ -104,10 +104,13 @@ def print_table(max_length: int, row: dict[str, Any]) -> None:
     for kind, b in row["budget"].items():
         rows = b["rows"] or 1
         whole = b["kept_whole"] / rows
-        kept_policy = (b["rows"] - b["cut_from_left"] - b["compact_tools"] - b["dropped_completion_too_long"]) / rows
+        # A row is cut from the left only when even compact tool listings did not fit, so left-cut rows are compact too.
+        full = (b["rows"] - b["compact_tools"] - b["dropped_completion_too_long"]) / rows
+        essentials = (b["rows"] - b["cut_from_left"] - b["dropped_completion_too_long"]) / rows
         print(
-            f"{kind}: {b['rows']} rows; full tool schemas, system message and task kept: left cut (before) {whole:.0%}, "
-            f"truncation policy (after) {kept_policy:.0%}; compact tools {b['compact_tools']}, still cut from the left {b['cut_from_left']}"
+            f"{kind}: {b['rows']} rows; system message, task and full tool schemas kept: left cut (before) {whole:.0%}, "
+            f"truncation policy (after) {full:.0%}; system message, task and tools (compact allowed) kept: before {whole:.0%}, "
+            f"after {essentials:.0%} ({b['compact_tools']} compact, {b['cut_from_left']} still cut from the left)"
         )
     for key, scores in row.items():
         if not key.startswith("seed"):
