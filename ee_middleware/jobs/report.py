@@ -134,11 +134,11 @@ def _stages(run: Run, manifests: dict[str, dict[str, Any]]) -> list[Block]:
             rows.append((name, "not run", "-", "-", "-", ""))
             continue
         rss = m.get("peak_rss_mb") or {}
-        decisions = "; ".join(m.get("decisions") or []) or (m.get("error") or "")
+        decisions = m.get("error") or "; ".join(([m["summary"]] if m.get("summary") else []) + list(m.get("decisions") or []))
         rows.append(
             (name, m["status"], _n(m.get("seconds"), 1), str(m.get("attempt", 1)), _n(max(rss.values()) if rss else None, 0), decisions)
         )
-    header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (so far)", "decisions")
+    header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (so far)", "result and decisions")
     return [Block("h2", "Stages"), Block("table", rows=tuple(rows), header=header)]
 
 
