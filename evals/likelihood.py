@@ -128,16 +128,17 @@ def score_likelihood(
     folder = base_path.parent if gguf else base_path
     tokenizer, model = load_pretrained(folder, gguf_file=gguf, dtype=torch.float32 if device == "cpu" else None)
     names = [BASE, *(_adapter_name(i, a) for i, a in enumerate(adapters))]
-    model = _with_adapters(model, names[1:], adapters)
+    peft_names = [f"adapter_{i}" for i in range(len(adapters))]  # peft refuses dots, which adapter folder names may have
+    model = _with_adapters(model, peft_names, adapters)
     model.to(device)
     model.eval()
     support = probe_template(tokenizer)
     pairs = [tokenize_pair(tokenizer, s.prompt, s.completion, s.tools or None, support, max_length) for s in states]
     keep = [i for i, p in enumerate(pairs) if p.completion_ids and len(p.completion_ids) < max_length]
     scores = []
-    for name in names:
+    for name, peft_name in zip(names, [BASE, *peft_names], strict=True):
         score = ModelScore(name)
-        with _active(model, name, has_adapters=bool(adapters)):
+        with _active(model, peft_name, has_adapters=bool(adapters)):
             for done, index in enumerate(keep, 1):
                 score.nll.append(_completion_nll(torch, model, pairs[index].prompt_ids, pairs[index].completion_ids, device))
                 if on_progress is not None:

@@ -68,6 +68,10 @@ class LocalModelServer:
         self.served_model_name = served_model_name or str(self.base_path)
         self.max_lora_rank = max_lora_rank
         self.adapters: dict[str, str] = {}
+        """Served adapter name -> its folder."""
+        self._peft_names: dict[str, str] = {}
+        """Served adapter name -> the name peft knows it by (peft refuses dots, which registry names may have)."""
+        self._loaded_count = 0
         self.lock = threading.Lock()
         self.created = int(time.time())
 
@@ -86,15 +90,20 @@ class LocalModelServer:
             rank = _adapter_rank(folder)
             if rank > self.max_lora_rank:
                 raise RequestError(500, f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.", "InternalServerError")
+            self._loaded_count += 1
+            peft_name = f"adapter_{self._loaded_count}"
             try:
                 if self.model is self.base_model:
-                    self.model = self.peft.PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=name, is_trainable=False)
+                    self.model = self.peft.PeftModel.from_pretrained(
+                        self.base_model, str(folder), adapter_name=peft_name, is_trainable=False
+                    )
                 else:
-                    self.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+                    self.model.load_adapter(str(folder), adapter_name=peft_name, is_trainable=False)
             except Exception as exc:
                 raise RequestError(400, f"Cannot load the adapter at {path}: {type(exc).__name__}: {exc}") from exc
             self.model.eval()
             self.adapters[name] = str(folder)
+            self._peft_names[name] = peft_name
         return f"Success: LoRA adapter '{name}' added successfully."
 
     def unload_adapter(self, body: dict[str, Any]) -> str:
@@ -106,8 +115,8 @@ class LocalModelServer:
                 self.model = self.model.unload()  # the base again, without LoRA layers (peft cannot hold zero adapters)
                 self.base_model = self.model
             else:
-                self.model.delete_adapter(name)
-            del self.adapters[name]
+                self.model.delete_adapter(self._peft_names[name])
+            del self.adapters[name], self._peft_names[name]
         return f"Success: LoRA adapter '{name}' removed successfully."
 
     def models(self) -> dict[str, Any]:
@@ -149,7 +158,7 @@ class LocalModelServer:
             generator = LocalGenerator.from_objects(self.model, self.tokenizer, model_name=model_name, num_threads=None)
             prompt_tokens = int(generator.prompt_ids(messages, tools, max_new_tokens=sampling.max_tokens)[0].shape[1])
             if model_name in self.adapters:
-                self.model.set_adapter(model_name)
+                self.model.set_adapter(self._peft_names[model_name])
                 choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
             elif self.model is not self.base_model:
                 with self.model.disable_adapter():

@@ -206,3 +206,16 @@ def test_serve_vllm_prints_the_command_it_would_run() -> None:
     assert result.stdout.startswith("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True ")
     assert "serve /models/smol" in result.stdout and "--enable-lora --max-lora-rank 8" in result.stdout
     assert "smollm2-tools.jinja --enable-auto-tool-choice --tool-call-parser hermes" in result.stdout
+
+
+def test_registry_names_with_dots_load_answer_and_unload(local_server: Any, adapter_set: Any) -> None:
+    """Registry names come from app names such as bfcl.multi_turn_base; peft refuses dots in its own adapter names."""
+    backend = LocalBackend(local_server.url)
+    name = "bfcl.multi_turn_base-v1-3f2a9c1e"
+    backend.load(name, str(adapter_set.perturbed))
+    try:
+        assert name in backend.list()
+        backend.verify(name)
+    finally:
+        backend.unload(name)
+    assert name not in backend.list()

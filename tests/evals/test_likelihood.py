@@ -112,3 +112,11 @@ def test_missing_heldout_data_and_adapters_are_named(base_dir: Path, tmp_path: P
         load_heldout(tmp_path)
     result = CliRunner().invoke(app, ["eval", "likelihood", "--data", str(tmp_path), "--base", str(base_dir)])
     assert result.exit_code == 1 and "No held-out IL dataset" in result.stderr
+
+
+def test_adapter_folders_with_dots_in_their_names(base_dir: Path, heldout_dir: Path, zero_adapter: Path, tmp_path: Path) -> None:
+    dotted = tmp_path / "bfcl.multi_turn_base-v1-3f2a9c1e"
+    dotted.symlink_to(zero_adapter, target_is_directory=True)
+    [base, adapter] = report(score_likelihood(load_heldout(heldout_dir)[:2], base_dir, [dotted]))
+    assert base["model"] == BASE
+    assert adapter["model"] == dotted.name and abs(adapter["paired_diff"]) < 1e-5
