@@ -46,10 +46,14 @@ def _registry(spec: str, *, create: bool = False) -> Any:
     return open_registry(spec, create=create)
 
 
-def _replicas(servers: list[str], backend: BackendChoice, max_lora_rank: int | None) -> list[Any]:
+def _urls(servers: list[str]) -> list[str]:
+    """Server URLs from repeated and comma-separated --server values."""
+    return [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
+
+
+def _replicas(urls: list[str], backend: BackendChoice, max_lora_rank: int | None) -> list[Any]:
     from ee_middleware.adapters.serving.backend import build_backends
 
-    urls = [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
     return build_backends(urls, kind=backend.value, max_lora_rank=max_lora_rank)
 
 
@@ -147,7 +151,7 @@ def promote(
     """Load and verify the adapter on every replica, then switch its app's alias to it (all or nothing)."""
     from ee_middleware.adapters.promote import promote as run_promote
 
-    replicas = _replicas(servers, backend, max_lora_rank)
+    replicas = _replicas(_urls(servers), backend, max_lora_rank)
     result = run_promote(_registry(registry), name, replicas, by=by, progress=None if as_json else lambda t: typer.echo(t, err=True))
     if as_json:
         print_json(result.to_json())
@@ -168,7 +172,7 @@ def rollback(
     """Make the app's previous live adapter live again (it stayed loaded: an alias switch)."""
     from ee_middleware.adapters.promote import rollback as run_rollback
 
-    result = run_rollback(_registry(registry), app_name, _replicas(servers, backend, max_lora_rank), by=by)
+    result = run_rollback(_registry(registry), app_name, _replicas(_urls(servers), backend, max_lora_rank), by=by)
     if as_json:
         print_json(result.to_json())
     else:
@@ -188,7 +192,7 @@ def retire(
     """Retire an adapter that is not live, and unload it from the given replicas."""
     from ee_middleware.adapters.promote import retire as run_retire
 
-    urls = [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
+    urls = _urls(servers)
     replicas = _replicas(urls, backend, None) if urls else []
     record, problems = run_retire(_registry(registry), name, replicas, by=by, reason=reason)
     if as_json:
