@@ -26,6 +26,10 @@ _ROLLOUT_FIELDS = {
     "id", "replay_id", "trajectory_id", "step_index", "branch_index", "action", "proposer", "observation", "is_error", "synthetic",
     "unrestored", "sandbox",
 }  # fmt: skip
+_RECORD_FIELDS = (
+    "status", "reason", "policy", "sandbox", "k", "seed", "states", "branches", "errors", "rejected", "refused", "fidelity_mismatches",
+    "unrestorable",
+)  # fmt: skip
 
 
 def stable_store(source: Path, target: Path) -> Path:
@@ -62,8 +66,7 @@ def outputs(store_path: Path, replay_id: str) -> dict[str, Any]:
         }
     records = {}
     for row in store.replays(replay_id=replay_id).iter_rows(named=True):
-        keep = ("status", "reason", "policy", "sandbox", "k", "seed", "states", "branches", "errors", "rejected", "refused", "fidelity_mismatches", "unrestorable")
-        records[row["trajectory_id"]] = {**{k: row[k] for k in keep}, "details": json.loads(row["details_json"] or "{}")}
+        records[row["trajectory_id"]] = {**{k: row[k] for k in _RECORD_FIELDS}, "details": json.loads(row["details_json"] or "{}")}
     store.close()
     return {"replay_id": replay_id, "rollouts": dict(sorted(rollouts.items())), "records": dict(sorted(records.items()))}
 
