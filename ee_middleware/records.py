@@ -24,8 +24,9 @@ Field by field:
     one alternative action executed from a recorded state (Early Experience's s_i -> a_i^j -> s_i^j):
     which trajectory and step it branched from, the branch number, the proposed tool call, who
     proposed it and with what sampling settings, the real observation the sandbox returned, whether
-    it was an error, whether it is ``synthetic`` (true only for experience-model output), the sandbox
-    kind and how long it took.
+    it was an error, whether it is ``synthetic`` (true only for experience-model output) and then
+    where it came from (``synthetic_source``: the model, the retrieved real transitions, its
+    reasoning), the sandbox kind and how long it took.
 ``ReplayRecord``
     the outcome of replaying one trajectory under one replay configuration (``replay_id``): done,
     skipped (with the reason) or failed, with counts. The replay job uses it to resume.
@@ -37,13 +38,15 @@ import datetime as dt
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ee_middleware.errors import RecordError
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 """Version of the record schema written by this library (1.1 added ``Rollout.unrestored`` and
-``ReplayRecord.unrestorable``: redacted arguments replay could not restore)."""
+``ReplayRecord.unrestorable``: redacted arguments replay could not restore; 1.2 added
+``Rollout.synthetic_source``: the experience model's lineage, formerly under
+``proposer.settings["experience"]``)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
@@ -180,6 +183,19 @@ class ProposerInfo(_Record):
     """Anything else that shaped the proposal (``refill_for`` when it topped up another policy)."""
 
 
+class SyntheticSource(_Record):
+    """Where a synthetic observation came from: the experience model that wrote it (DreamGym)."""
+
+    model: str = Field(min_length=1)
+    """The experience model's spec (``local:DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL``, ...)."""
+    retrieved: list[str] = Field(default_factory=list)
+    """Ids of the real transitions shown to it as examples (``step:TRAJECTORY:INDEX``, ``rollout:ID``)."""
+    reasoning: str | None = None
+    """The model's reasoning, written before its prediction."""
+    reward: float | None = None
+    """The outcome reward it predicted, when it predicted one."""
+
+
 RolloutIdentity = tuple[str, int, int]
 
 
@@ -204,6 +220,36 @@ class Rollout(_Record):
     sandbox: str = Field(min_length=1)
     duration_ms: float = Field(ge=0)
     created_at: dt.datetime = Field(default_factory=utcnow)
+    synthetic_source: SyntheticSource | None = None
+    """The experience model that wrote a synthetic observation (``None`` for a real one)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_experience_lineage(cls, data: Any) -> Any:
+        """Before 1.2 a synthetic rollout kept its lineage under ``proposer.settings["experience"]``: it moves
+        to :attr:`synthetic_source` (old stores, and writers that still put it there)."""
+        if not isinstance(data, dict) or not data.get("synthetic"):
+            return data
+        proposer = data.get("proposer")
+        settings = (
+            proposer.settings if isinstance(proposer, ProposerInfo) else proposer.get("settings") if isinstance(proposer, dict) else None
+        )
+        if not isinstance(settings, dict) or not isinstance(settings.get("experience"), dict):
+            return data
+        rest = {k: v for k, v in settings.items() if k != "experience"}
+        data = dict(data)
+        data["proposer"] = (
+            proposer.model_copy(update={"settings": rest}) if isinstance(proposer, ProposerInfo) else {**proposer, "settings": rest}
+        )
+        if data.get("synthetic_source") is None:
+            data["synthetic_source"] = settings["experience"]
+        return data
+
+    @model_validator(mode="after")
+    def _source_only_when_synthetic(self) -> Rollout:
+        if self.synthetic_source is not None and not self.synthetic:
+            raise ValueError("synthetic_source is set on a rollout that is not synthetic")
+        return self
 
 
 ReplayStatus = Literal["done", "skipped", "failed"]

@@ -332,13 +332,26 @@ def show(
         for r in by_step.get(step.index, []):
             alt = r.action.tool_call
             table.add_row(
-                f"#{r.branch_index} {r.proposer.policy}",
+                f"#{r.branch_index} {r.proposer.policy}" + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
                 f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})" if alt else "",
-                ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 300),
+                ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 300) + _synthetic_note(r),
             )
         out.print(table)
         for replay, mismatch in mismatches.get(step.index, []):
             _print_mismatch(out, mismatch, f"step {step.index}, replay {replay}")
+
+
+def _synthetic_note(rollout: Any) -> str:
+    """Under a synthetic observation: which experience model wrote it, from which real transitions, and why."""
+    source = rollout.synthetic_source
+    if source is None:
+        return ""
+    from rich.markup import escape
+
+    note = f"\n[magenta]by {escape(source.model)}[/]; retrieved: {escape(', '.join(source.retrieved) or 'none')}"
+    if source.reasoning:
+        note += f"\n[dim]reasoning: {escape(short(source.reasoning, 300))}[/]"
+    return note
 
 
 def _mismatches_by_step(opened: Any, trajectory_id: str, replay_id: str | None) -> dict[int, list[tuple[str, dict[str, Any]]]]:

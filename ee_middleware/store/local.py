@@ -526,6 +526,9 @@ def _redacted_rollout(data: dict[str, Any], redact: Any) -> dict[str, Any]:
     if call:
         call["arguments"] = redact(call.get("arguments") or {})
     data["observation"]["content"] = redact(data["observation"]["content"])
+    source = data.get("synthetic_source")
+    if source and source.get("reasoning"):
+        source["reasoning"] = redact(source["reasoning"])
     return data
 
 

@@ -23,6 +23,7 @@ from ee_middleware.records import (
     ReplayRecord,
     Rollout,
     Step,
+    SyntheticSource,
     ToolCall,
     Trajectory,
 )
@@ -106,7 +107,11 @@ ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
     "duration_ms": pl.Float64(),
     "created_at": UTC_TIME,
     "unrestored_json": pl.String(),
+    "synthetic_model": pl.String(),
+    "synthetic_source_json": pl.String(),
 }
+"""``synthetic_*`` (schema 1.2): the experience model that wrote a synthetic observation; null in older parts,
+whose rollouts carry it in ``proposer_json`` (read back into ``Rollout.synthetic_source``)."""
 
 REPLAY_SCHEMA: dict[str, pl.DataType] = {
     "replay_id": pl.String(),
@@ -237,6 +242,8 @@ def rollout_row(r: Rollout) -> dict[str, Any]:
         "duration_ms": r.duration_ms,
         "created_at": _utc(r.created_at),
         "unrestored_json": dumps(r.unrestored) if r.unrestored else None,
+        "synthetic_model": r.synthetic_source.model if r.synthetic_source else None,
+        "synthetic_source_json": dumps(r.synthetic_source.model_dump(mode="json")) if r.synthetic_source else None,
     }
 
 
@@ -262,6 +269,7 @@ def rollout_from_row(row: dict[str, Any]) -> Rollout:
         duration_ms=row["duration_ms"],
         created_at=row["created_at"],
         unrestored=json.loads(row.get("unrestored_json") or "[]"),
+        synthetic_source=SyntheticSource.model_validate_json(row["synthetic_source_json"]) if row.get("synthetic_source_json") else None,
     )
 
 

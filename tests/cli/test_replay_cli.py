@@ -14,7 +14,7 @@ runner = CliRunner()
 
 ROLLOUT_FIELDS = {
     "schema_version", "id", "replay_id", "trajectory_id", "step_index", "branch_index", "action", "proposer",
-    "observation", "is_error", "synthetic", "sandbox", "duration_ms", "created_at", "unrestored",
+    "observation", "is_error", "synthetic", "sandbox", "duration_ms", "created_at", "unrestored", "synthetic_source",
 }  # fmt: skip
 
 

@@ -337,7 +337,8 @@ def test_replay_through_the_experience_model_stores_synthetic_rollouts_with_thei
     stored = list(store.iter_rollouts(replay_id="dream"))
     assert len(stored) == len(outcome.rollouts)
     for rollout in stored:
-        lineage = rollout.proposer.settings["experience"]
+        lineage = rollout.synthetic_source.model_dump()
+        assert "experience" not in rollout.proposer.settings, "the lineage has its own typed field"
         assert rollout.synthetic and rollout.sandbox == "experience" and rollout.proposer.policy == "scripted"
         assert lineage["model"] == model.spec and lineage["reasoning"] and len(lineage["retrieved"]) == 3
         assert not any(f":{trajectory.id}:" in r for r in lineage["retrieved"])
