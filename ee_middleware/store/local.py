@@ -281,6 +281,46 @@ class LocalExperienceStore:
         for row in self.rollouts(trajectory_ids, replay_id=replay_id).iter_rows(named=True):
             yield rollout_from_row(row)
 
+    def scan(self, table: str) -> pl.LazyFrame:
+        """``table``'s rows as a lazy frame, for readers of stores too large to hold at once (dataset
+        builds read a group of trajectories at a time): the Parquet parts are read only when it is
+        collected, with filters and column selections pushed into the reader; the spool's rows (few:
+        compaction folds them into parts) are read now and come last, as in the other readers.
+        Unlike them, repeated records are still there: filter first (by trajectory: a record's
+        repeats share its trajectory), then drop them with :func:`drop_repeats`. Damaged parts are
+        skipped with a warning, as :meth:`steps` does."""
+        schema = TABLES[table]
+        records, spool_problems = spool.read_spool(self.root / "spool")  # the spool first, as _load
+        snapshot = read_manifest(self.root, TABLES)
+        self._warn_manifest(snapshot)
+        for problem in spool_problems:
+            problem.warn(stacklevel=3)
+        frames = [frame([], schema).lazy()]
+        for path in snapshot.paths(self.root, table):
+            try:
+                columns = pl.read_parquet_schema(path)
+            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged or vanished file
+                self._warn_part(path, str(exc))
+                continue
+            absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in columns]
+            part = pl.scan_parquet(path)
+            frames.append((part.with_columns(absent) if absent else part).select(list(schema)).cast(schema))  # type: ignore[arg-type]
+        frames.append(_records_to_frames(records)[table].lazy())
+        return pl.concat(frames, how="vertical")
+
+    def trajectory_index(self, columns: Sequence[str], *, status: ApprovalStatus | None = None, app: str | None = None) -> pl.DataFrame:
+        """:meth:`trajectories` with only ``columns`` of the trajectories table (and the ``approval*``
+        columns), read without loading steps or rollouts."""
+        needed = ["id", "app", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
+        wanted = list(dict.fromkeys([*needed, *columns]))
+        trajectories = _dedup("trajectories", self.scan("trajectories").select(wanted).collect())
+        current = _current_approvals(trajectories, _dedup("approvals", self.scan("approvals").collect()))
+        if status is not None:
+            current = current.filter(pl.col("approval") == status)
+        if app is not None:
+            current = current.filter(pl.col("app") == app)
+        return current.select(list(dict.fromkeys([*columns, "approval", "approval_by", "approval_at", "approval_reason"])))
+
     def _load(self) -> dict[str, pl.DataFrame]:
         # The spool before the manifest: a compaction in between then shows a record twice (dropped
         # below), never zero times. The manifest's parts are one consistent snapshot; should one of
@@ -537,6 +577,12 @@ def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     df = pl.read_parquet(path)
     absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in df.columns]
     return (df.with_columns(absent) if absent else df).select(list(schema)).cast(schema)  # type: ignore[arg-type]
+
+
+def drop_repeats(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """Drop repeated records from rows of ``table`` read with :meth:`LocalExperienceStore.scan` (the
+    first copy stays, as in every other read)."""
+    return _dedup(table, df)
 
 
 def _dedup(table: str, df: pl.DataFrame) -> pl.DataFrame:
