@@ -9,6 +9,12 @@ import typer
 
 from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json
 
+RetrieverOption = typer.Option(
+    "bm25",
+    "--retriever",
+    help="How the replay buffer is searched: bm25 (built in), bm25s (the [experience] extra), module:factory or an entry point.",
+)
+
 app = typer.Typer(help="The experience model: a language model standing in for tools that cannot be replayed.", no_args_is_help=True)
 
 
@@ -17,10 +23,17 @@ def eval_cmd(
     model: str = typer.Option(
         ..., "--model", "-m", help="The experience model: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
     ),
+    trained: str | None = typer.Option(
+        None,
+        "--trained",
+        help="A trained experience model (e.g. local:BASE_DIR@ADAPTER_DIR from 'ee train --schedule experience-model', or its "
+        "served alias): adds the 'retrieval+trained' variant.",
+    ),
     store: str = StoreOption,
     held_out: float = typer.Option(
         0.2, "--held-out", min=0.0, max=1.0, help="Share of trajectories held out (never indexed, never retrieved)."
     ),
+    retriever: str = RetrieverOption,
     top_k: int = typer.Option(3, "--top-k", min=1, help="Retrieved real transitions per prediction in the 'retrieval' variant."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many held-out transitions."),
@@ -28,22 +41,26 @@ def eval_cmd(
     out: Path = typer.Option(Path("experience-eval"), "--out", help="Folder for report.json and fidelity.png."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Predict held-out real transitions without and with retrieval; per tool: exact match, token F1,
-    error/success agreement and reward agreement. Writes OUT/report.json (a replay config's fidelity
-    gate reads it) and OUT/fidelity.png."""
+    """Predict held-out real transitions without retrieval, with retrieval and (with --trained) with retrieval
+    and the trained experience model; per tool: exact match, token F1, error/success agreement and reward
+    agreement. Writes OUT/report.json (a replay config's fidelity gate reads it) and OUT/fidelity.png."""
     from ee_middleware._files import atomic_write_text
     from ee_middleware.replay.experience_eval import split_store, write_chart
     from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
 
     opened = open_existing_store(store)
-    split = split_store(opened, share=held_out, seed=seed, limit=limit)
+    split = split_store(opened, share=held_out, seed=seed, limit=limit, retriever=retriever)
     if not split.held_out:
         raise typer.BadParameter("No held-out transition: the store needs at least two trajectories with tool calls.", param_hint="--store")
-    sandbox = ExperienceSandbox(model, max_tokens=max_tokens)  # an endpoint that is down fails here, before any prediction
+    sandboxes = []  # an endpoint that is down fails here, before any prediction
     try:
-        report = _run(sandbox, split, top_k, quiet=as_json)
+        sandboxes.append(ExperienceSandbox(model, max_tokens=max_tokens, index=split.index))
+        if trained is not None:
+            sandboxes.append(ExperienceSandbox(trained, max_tokens=max_tokens, index=split.index))
+        report = _run(sandboxes[0], sandboxes[1] if trained else None, split, top_k, quiet=as_json)
     finally:
-        sandbox.close()
+        for sandbox in sandboxes:
+            sandbox.close()
     import json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +81,7 @@ def dataset_cmd(
     held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=1.0, help="Share of trajectories held out (as 'ee experience eval')."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split (as 'ee experience eval')."),
     top_k: int = typer.Option(3, "--top-k", min=0, help="Retrieved real transitions in each prompt."),
+    retriever: str = RetrieverOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Build the experience model's training rows (em.parquet) from the store's real transitions: the
@@ -80,7 +98,9 @@ def dataset_cmd(
 
         client = build_chat_client(teacher)
     try:
-        frame = build_em(opened, held_out=held_out, seed=seed, top_k=top_k, teacher=client or "template", teacher_name=teacher)
+        frame = build_em(
+            opened, held_out=held_out, seed=seed, top_k=top_k, teacher=client or "template", teacher_name=teacher, retriever=retriever
+        )
     finally:
         if client is not None:
             client.close()
@@ -106,24 +126,26 @@ def dataset_cmd(
     typer.echo(f"{frame.height} em rows written to {summary['path']} (teacher {teacher}; {flagged} reasoning(s) replaced by the template)")
 
 
-def _run(sandbox: Any, split: Any, top_k: int, *, quiet: bool) -> dict[str, Any]:
-    from ee_middleware.replay.experience_eval import VARIANTS, evaluate
+def _run(sandbox: Any, trained: Any, split: Any, top_k: int, *, quiet: bool) -> dict[str, Any]:
+    from ee_middleware.replay.experience_eval import evaluate, variant_plan
 
     if quiet:
-        return evaluate(sandbox, split, top_k=top_k)
+        return evaluate(sandbox, split, top_k=top_k, trained=trained)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    total = len(split.held_out) * len(VARIANTS)
+    total = len(split.held_out) * len(variant_plan(sandbox, trained, top_k))
     with Progress(TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console()) as bar:
         task = bar.add_task("predict", total=total)
-        return evaluate(sandbox, split, top_k=top_k, progress=lambda n: bar.advance(task, n))
+        return evaluate(sandbox, split, top_k=top_k, trained=trained, progress=lambda n: bar.advance(task, n))
 
 
 def _print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"experience-model fidelity: {report['held_out_transitions']} held-out transitions, {report['indexed_transitions']} indexed"
+        title=f"experience-model fidelity: {report['held_out_transitions']} held-out transitions, {report['indexed_transitions']} "
+        f"indexed ({report['retriever']}, top-{report['top_k']})",
+        caption="; ".join(f"{name}: {data['model']}" for name, data in report["variants"].items()),
     )
     for column in ("variant", "tool", "n", "failed", "exact", "token F1", "error agr.", "reward agr."):
         table.add_column(column, justify="left" if column in ("variant", "tool") else "right")

@@ -5,8 +5,15 @@ a deterministic share of trajectories (by a hash of the id and the seed) is held
 buffer is built from the others only, and every query also excludes the held-out trajectories, so
 retrieval never returns the transition being predicted or anything else held out.
 
-Each held-out transition is predicted once per variant (``no-retrieval``: top-k 0; ``retrieval``:
-top-k k) and scored per tool:
+Each held-out transition is predicted once per variant and scored per tool. The variants, all on
+the same held-out set and the same replay buffer:
+
+* ``no-retrieval``: the model alone (top-k 0);
+* ``retrieval``: the model with the top-k retrieved real transitions in its prompt;
+* ``retrieval+trained``: a trained experience model (the ``em`` LoRA: ``--trained local:BASE@ADAPTER``
+  or a served adapter) with the same retrieval; only when one is given.
+
+The metrics:
 
 * ``exact``: the predicted observation equals the real one (whitespace at the ends ignored);
 * ``token_f1``: bag-of-words F1 between the predicted and the real observation;
@@ -15,8 +22,8 @@ top-k k) and scored per tool:
   agrees with the real outcome (``None`` where no prediction had a reward);
 * ``failed``: answers that were not a usable observation (scored 0 on every metric above).
 
-The JSON report's ``variants.retrieval.tools`` is what a replay config's fidelity gate reads
-(:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
+Each variant records the ``model`` it ran. A replay config's fidelity gate reads the retrieval
+variant of the model it replays with (:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
 """
 
 from __future__ import annotations
@@ -29,10 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.records import ToolCall, Trajectory
-from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, TransitionIndex, rollout_transition, tokenize, trajectory_transitions
+from ee_middleware.replay.retrieval import (
+    DEFAULT_TOP_K,
+    Retriever,
+    Transition,
+    TransitionIndex,
+    rollout_transition,
+    tokenize,
+    trajectory_transitions,
+)
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError
 
-VARIANTS = ("no-retrieval", "retrieval")
+VARIANTS = ("no-retrieval", "retrieval", "retrieval+trained")
+TRAINED = "retrieval+trained"
 METRICS = ("exact", "token_f1", "error_agreement")
 
 
@@ -63,21 +79,24 @@ class HeldOutSplit:
     index: TransitionIndex
 
 
-def split_store(store: Any, *, share: float = 0.2, seed: int = 0, limit: int | None = None) -> HeldOutSplit:
-    """Hold out ``share`` of the store's trajectories (at least one) and index the real transitions of the rest."""
+def split_store(
+    store: Any, *, share: float = 0.2, seed: int = 0, limit: int | None = None, retriever: str | Retriever | None = None
+) -> HeldOutSplit:
+    """Hold out ``share`` of the store's trajectories (at least one) and index the real transitions of the rest
+    (searched by ``retriever``: see :data:`ee_middleware.replay.retrieval.RETRIEVERS`)."""
     trajectories = [t for t in store.iter_trajectories() if t.approval.status != "rejected" and trajectory_transitions(t)]
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and len(trajectories) > 1:
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
-    index = TransitionIndex()
+    index = TransitionIndex.of(retriever)
     kept = {t.id: t for t in trajectories if t.id not in held}
-    for trajectory in kept.values():
-        index.add(trajectory_transitions(trajectory))
+    transitions = [tr for trajectory in kept.values() for tr in trajectory_transitions(trajectory)]
     if kept:
         for rollout in store.iter_rollouts(list(kept)):
             transition = rollout_transition(rollout, kept[rollout.trajectory_id])
             if transition is not None:
-                index.add([transition])
+                transitions.append(transition)
+    index.add(transitions)
     pairs = [(t, tr) for t in trajectories if t.id in held for tr in trajectory_transitions(t)]
     return HeldOutSplit(pairs[:limit] if limit else pairs, held, index)
 
@@ -87,35 +106,52 @@ def evaluate(
     split: HeldOutSplit,
     *,
     top_k: int = DEFAULT_TOP_K,
-    variants: tuple[str, ...] = VARIANTS,
+    trained: ExperienceSandbox | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Predict every held-out transition under each variant; the report (see the module docstring)."""
-    sandbox._index = split.index  # the buffer built without the held-out set
-    sandbox.exclude_trajectories = set(split.held_out_ids)
+    """Predict every held-out transition under each variant; the report (see the module docstring).
+
+    ``sandbox`` runs ``no-retrieval`` and ``retrieval``; ``trained`` (optional) runs ``retrieval+trained``.
+    """
+    plan = variant_plan(sandbox, trained, top_k)
+    for _, variant_sandbox, _ in plan:
+        variant_sandbox._index = split.index  # the buffer built without the held-out set
+        variant_sandbox.exclude_trajectories = set(split.held_out_ids)
     report: dict[str, Any] = {
         "model": sandbox.model,
+        "trained": trained.model if trained is not None else None,
         "held_out_trajectories": len(split.held_out_ids),
         "held_out_transitions": len(split.held_out),
         "indexed_transitions": len(split.index),
+        "retriever": split.index.retriever_name,
         "top_k": top_k,
         "variants": {},
     }
-    for variant in variants:
-        sandbox.top_k = 0 if variant == "no-retrieval" else top_k
+    for variant, variant_sandbox, k in plan:
+        variant_sandbox.top_k = k
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for trajectory, transition in split.held_out:
             step = next(s for s in trajectory.steps if s.index == transition.step_index)
-            sandbox.at_step(trajectory, step)
+            variant_sandbox.at_step(trajectory, step)
             call = ToolCall(id="eval", name=transition.tool, arguments=transition.arguments)
-            rows[transition.tool].append(_score(sandbox, call, transition))
+            rows[transition.tool].append(_score(variant_sandbox, call, transition))
             if progress is not None:
                 progress(1)
         report["variants"][variant] = {
+            "model": variant_sandbox.model,
+            "top_k": k,
             "tools": {tool: _summarise(r) for tool, r in sorted(rows.items())},
             "overall": _summarise([r for tool_rows in rows.values() for r in tool_rows]),
         }
     return report
+
+
+def variant_plan(sandbox: ExperienceSandbox, trained: ExperienceSandbox | None, top_k: int) -> list[tuple[str, ExperienceSandbox, int]]:
+    """(variant, the sandbox that runs it, its top-k), in report order."""
+    plan = [("no-retrieval", sandbox, 0), ("retrieval", sandbox, top_k)]
+    if trained is not None:
+        plan.append((TRAINED, trained, top_k))
+    return plan
 
 
 def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict[str, Any]:

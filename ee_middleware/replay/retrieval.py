@@ -5,14 +5,24 @@ DreamGym's experience model predicts the next observation of a tool call with th
 trajectory (its recorded observation) or a non-synthetic rollout (the sandbox's real observation);
 experience-model output is never indexed, so the model is never grounded on its own guesses.
 
-Search is lexical BM25 (Okapi, k1=1.5, b=0.75) over the tool name, the arguments and the end of the
-state, implemented here on an inverted index so that it needs no extra dependency and grows
-incrementally: :meth:`TransitionIndex.add` indexes new transitions without rebuilding, and
-:meth:`TransitionIndex.refresh` adds what the store gained since the last call.
+:class:`TransitionIndex` keeps the transitions, reads what the store gained since the last call
+(:meth:`TransitionIndex.refresh`) and applies the rules every query obeys; a **retriever** scores
+the transitions' search text (tool name, arguments, end of the state) for a query. Retrievers are
+plug-ins (:data:`RETRIEVERS`: a built-in name, ``package.module:factory`` or an
+``ee_middleware.retrievers`` entry point; :class:`Retriever` is the protocol and
+:func:`ee_middleware.testing.check_retriever` the conformance kit). Built in, both Okapi BM25
+(k1=1.5, b=0.75, idf ``log(1 + (N - df + 0.5) / (df + 0.5))``) over the same tokens, so they rank alike:
 
-Exclusions are part of every query: the ids of the transition being predicted and whole held-out
-trajectories (``exclude_trajectories``), so fidelity measured on a held-out set is never helped by
-retrieving its own answers.
+* ``bm25`` (the default): an inverted index written here, no dependency; :meth:`~BM25Retriever.add`
+  indexes new transitions in time proportional to their length, never rebuilding.
+* ``bm25s``: the `bm25s <https://github.com/xhluo/bm25s>`_ library (``pip install
+  'ee-middleware[experience]'``), scoring with numpy; it has no incremental add, so new transitions
+  mark the index stale and the next query rebuilds it from the kept tokens (``benchmarks/experience_model.py``
+  measures that rebuild and both retrievers' query times).
+
+Exclusions are part of every query and are applied by the index, whatever the retriever: the ids
+of the transition being predicted and whole held-out trajectories (``exclude_trajectories``), so
+fidelity measured on a held-out set is never helped by retrieving its own answers.
 """
 
 from __future__ import annotations
@@ -23,11 +33,14 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from ee_middleware.errors import SandboxError
+from ee_middleware.plugins import PluginKind
 from ee_middleware.records import Rollout, Trajectory
 
 DEFAULT_TOP_K = 3
+DEFAULT_RETRIEVER = "bm25"
 _TOKEN = re.compile(r"[A-Za-z0-9_]+")
 _STATE_CHARS = 600
 """How much of the end of the state (the last messages' text) goes into a transition's search text."""
@@ -132,49 +145,159 @@ def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition |
     )
 
 
+@runtime_checkable
+class Retriever(Protocol):
+    """Scores the search texts it was given for a query (see the module docstring).
+
+    ``add`` appends texts (document ``i`` is the ``i``-th text ever added); ``scores`` returns one
+    score per added text, in that order, higher is more similar, and 0 or less for a text that
+    does not match at all (it is never returned). Exclusions and the top-k cut are the index's.
+    """
+
+    name: str
+
+    def add(self, texts: Sequence[str]) -> None: ...
+
+    def scores(self, query: str) -> Sequence[float]: ...
+
+
+RETRIEVERS = PluginKind(
+    kind="retriever",
+    group="ee_middleware.retrievers",
+    error=SandboxError,
+    builtins={"bm25": "ee_middleware.replay.retrieval:BM25Retriever", "bm25s": "ee_middleware.replay.retrieval:BM25SRetriever"},
+    protocol=Retriever,
+    requires="a 'name' attribute and 'add(texts)' and 'scores(query) -> one float per added text' methods",
+)
+
+
+def build_retriever(spec: str | Retriever | None = None, **options: Any) -> Retriever:
+    """The retriever ``spec`` names (default ``bm25``), or ``spec`` itself when it already is one."""
+    if spec is None:
+        spec = DEFAULT_RETRIEVER
+    if isinstance(spec, Retriever):
+        return spec
+    return RETRIEVERS.build(spec, **options)
+
+
+class BM25Retriever:
+    """Okapi BM25 on an inverted index, grown incrementally, no dependency (the ``bm25`` built-in)."""
+
+    name = "bm25"
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self._postings: dict[str, dict[int, int]] = {}
+        self._lengths: list[int] = []
+        self._total = 0
+
+    def add(self, texts: Sequence[str]) -> None:
+        for text in texts:
+            doc = len(self._lengths)
+            counts = Counter(tokenize(text))
+            self._lengths.append(sum(counts.values()))
+            self._total += self._lengths[-1]
+            for term, tf in counts.items():
+                self._postings.setdefault(term, {})[doc] = tf
+
+    def scores(self, query: str) -> list[float]:
+        n = len(self._lengths)
+        out = [0.0] * n
+        if not n:
+            return out
+        avgdl = self._total / n or 1.0
+        for term in Counter(tokenize(query)):
+            postings = self._postings.get(term)
+            if not postings:
+                continue
+            idf = math.log(1 + (n - len(postings) + 0.5) / (len(postings) + 0.5))
+            for doc, tf in postings.items():
+                out[doc] += idf * tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * self._lengths[doc] / avgdl))
+        return out
+
+
+class BM25SRetriever:
+    """BM25 by the ``bm25s`` library over the same tokens (the ``bm25s`` built-in; ``[experience]`` extra).
+
+    ``bm25s`` builds its index in one go: :meth:`add` keeps the new documents' tokens and marks the
+    index stale; the next :meth:`scores` rebuilds it from every kept token list (no re-tokenizing),
+    so a burst of adds costs one rebuild.
+    """
+
+    name = "bm25s"
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
+        from ee_middleware._optional import import_optional
+
+        self._bm25s = import_optional("bm25s", extra="experience", purpose="use the bm25s retriever")
+        self.k1, self.b = k1, b
+        self._docs: list[list[str]] = []
+        self._model: Any = None
+        self.rebuilds = 0
+
+    def add(self, texts: Sequence[str]) -> None:
+        if texts:
+            self._docs.extend(tokenize(text) for text in texts)
+            self._model = None
+
+    def scores(self, query: str) -> list[float]:
+        if not self._docs:
+            return []
+        if self._model is None:
+            model = self._bm25s.BM25(k1=self.k1, b=self.b, method="lucene", dtype="float64")
+            model.index(self._docs, show_progress=False)
+            self._model, self.rebuilds = model, self.rebuilds + 1
+        tokens = [t for t in dict.fromkeys(tokenize(query)) if t in self._model.vocab_dict]  # each query term once, as bm25
+        if not tokens:
+            return [0.0] * len(self._docs)
+        return self._model.get_scores(tokens).tolist()
+
+
 @dataclass
 class TransitionIndex:
-    """BM25 over real transitions, grown incrementally (see the module docstring)."""
+    """Real transitions, searchable through a retriever, grown incrementally (see the module docstring)."""
 
-    k1: float = 1.5
-    b: float = 0.75
+    retriever: Retriever = field(default_factory=BM25Retriever)
     transitions: list[Transition] = field(default_factory=list)
     _ids: set[str] = field(default_factory=set)
-    _postings: dict[str, dict[int, int]] = field(default_factory=dict)
-    _lengths: list[int] = field(default_factory=list)
     _seen_rollouts: set[str] = field(default_factory=set)
     _seen_trajectories: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, retriever: str | Retriever | None = None, **options: Any) -> TransitionIndex:
+        """An empty index searched by ``retriever`` (a spec, see :data:`RETRIEVERS`, or a built retriever)."""
+        return cls(retriever=build_retriever(retriever, **options))
+
+    @property
+    def retriever_name(self) -> str:
+        return str(getattr(self.retriever, "name", type(self.retriever).__name__))
 
     def __len__(self) -> int:
         return len(self.transitions)
 
     def add(self, transitions: Iterable[Transition]) -> int:
         """Index ``transitions`` not indexed yet; how many were added."""
-        added = 0
+        new = []
         for transition in transitions:
-            if transition.id in self._ids:
-                continue
-            doc = len(self.transitions)
-            self.transitions.append(transition)
-            self._ids.add(transition.id)
-            counts = Counter(tokenize(transition.search_text))
-            self._lengths.append(sum(counts.values()))
-            for term, tf in counts.items():
-                self._postings.setdefault(term, {})[doc] = tf
-            added += 1
-        return added
+            if transition.id not in self._ids:
+                self._ids.add(transition.id)
+                new.append(transition)
+        if new:
+            self.transitions.extend(new)
+            self.retriever.add([t.search_text for t in new])
+        return len(new)
 
     def refresh(self, store: Any) -> int:
         """Add the store's real transitions not indexed yet (rejected trajectories are left out); how many."""
         trajectories: dict[str, Trajectory] = {}
-        added = 0
+        fresh: list[Transition] = []
         for trajectory in store.iter_trajectories():
             if trajectory.approval.status == "rejected":
                 continue
             trajectories[trajectory.id] = trajectory
             if trajectory.id not in self._seen_trajectories:
                 self._seen_trajectories.add(trajectory.id)
-                added += self.add(trajectory_transitions(trajectory))
+                fresh.extend(trajectory_transitions(trajectory))
         if trajectories:
             for rollout in store.iter_rollouts(list(trajectories)):
                 if rollout.id in self._seen_rollouts:
@@ -182,8 +305,8 @@ class TransitionIndex:
                 self._seen_rollouts.add(rollout.id)
                 transition = rollout_transition(rollout, trajectories[rollout.trajectory_id])
                 if transition is not None:
-                    added += self.add([transition])
-        return added
+                    fresh.append(transition)
+        return self.add(fresh)
 
     def search(
         self,
@@ -198,24 +321,20 @@ class TransitionIndex:
         """The ``k`` best transitions for the query, best first; excluded ids and trajectories never come back.
 
         Transitions of the same tool rank above all others (an example of another tool says little
-        about what this one returns); ties keep indexing order.
+        about what this one returns); ties keep indexing order. Only transitions the retriever
+        scores above 0 are returned.
         """
         if k <= 0 or not self.transitions:
             return []
         skip_ids, skip_trajectories = set(exclude_ids), set(exclude_trajectories)
-        query = Counter(tokenize(f"{tool} {json.dumps(arguments, ensure_ascii=False, sort_keys=True)} {state}"))
-        n = len(self.transitions)
-        avgdl = sum(self._lengths) / n or 1.0
-        scores: dict[int, float] = {}
-        for term in query:
-            postings = self._postings.get(term)
-            if not postings:
-                continue
-            idf = math.log(1 + (n - len(postings) + 0.5) / (len(postings) + 0.5))
-            for doc, tf in postings.items():
-                norm = tf + self.k1 * (1 - self.b + self.b * self._lengths[doc] / avgdl)
-                scores[doc] = scores.get(doc, 0.0) + idf * tf * (self.k1 + 1) / norm
-        ranked = sorted(scores, key=lambda d: (self.transitions[d].tool != tool, -scores[d], d))
+        scores = self.retriever.scores(f"{tool} {json.dumps(arguments, ensure_ascii=False, sort_keys=True)} {state}")
+        if len(scores) != len(self.transitions):
+            raise SandboxError(
+                f"The retriever {self.retriever_name!r} returned {len(scores)} scores for {len(self.transitions)} transitions: "
+                "it must score every text it was given (check it with ee_middleware.testing.check_retriever)."
+            )
+        matched = [d for d, score in enumerate(scores) if score > 0]
+        ranked = sorted(matched, key=lambda d: (self.transitions[d].tool != tool, -scores[d], d))
         out = []
         for doc in ranked:
             transition = self.transitions[doc]

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -66,26 +65,6 @@ def _handler(model: ScriptedExperienceModel) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Answer], ScriptedExperienceModel]]:
-    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
-
-    def start(answer: Answer) -> ScriptedExperienceModel:
-        model = ScriptedExperienceModel(answer)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        model.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        return model
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def copy_first_example(messages: list[dict[str, Any]]) -> str:
@@ -408,3 +387,57 @@ def test_the_sandbox_indexes_what_the_store_gained_on_reset(bfcl_store_path: Pat
     sandbox.reset(None)
     assert len(sandbox.index) == before + 1 and sandbox.index.transitions[-1].id == "rollout:real-2"
     sandbox.close()
+
+
+def test_experience_eval_adds_the_trained_variant_on_the_same_held_out_set_and_its_report_gates_the_trained_model(
+    bfcl_store_path: Path, serve: Any, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    base = serve(copy_first_example)
+    trained = serve(lambda messages: json.dumps({"reasoning": "r", "observation": "trained guess", "is_error": False}))
+    trained_spec = f"openai:{trained.base_url}#em-v1"
+    out = tmp_path / "eval"
+    args = ["experience", "eval", "--model", base.spec, "--trained", trained_spec, "--store", str(bfcl_store_path)]
+    result = CliRunner().invoke(app, [*args, "--held-out", "0.34", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    variants = report["variants"]
+    assert list(variants) == ["no-retrieval", "retrieval", "retrieval+trained"] and report["trained"] == trained_spec
+    assert [v["model"] for v in variants.values()] == [base.spec, base.spec, trained_spec]
+    assert [v["top_k"] for v in variants.values()] == [0, 3, 3]
+    n = report["held_out_transitions"]
+    assert all(v["overall"]["n"] == n for v in variants.values()) and len(trained.requests) == n == len(base.requests) // 2
+    assert all("Real examples of similar tool calls" in r["messages"][-1]["content"] for r in trained.requests), "with retrieval"
+    assert variants["retrieval+trained"]["overall"]["token_f1"] < variants["retrieval"]["overall"]["token_f1"]
+
+    # the fidelity gate reads the variant that measured the model it replays with
+    from ee_middleware.replay.sandboxes.experience import load_fidelity
+
+    report_path = out / "report.json"
+    assert load_fidelity(report_path, model=trained_spec) == {t: r["token_f1"] for t, r in variants["retrieval+trained"]["tools"].items()}
+    assert load_fidelity(report_path, model=base.spec) == {t: r["token_f1"] for t, r in variants["retrieval"]["tools"].items()}
+    with pytest.raises(SandboxError, match="fidelity_variant"):
+        load_fidelity(report_path, model="openai:http://elsewhere/v1#other")
+    assert load_fidelity(report_path, "retrieval+trained", model="openai:http://elsewhere/v1#other")
+
+    table = CliRunner().invoke(app, [*args, "--held-out", "0.34", "--out", str(out)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "retrieval+trained" in table.stdout and "em-v1" in table.stdout
+    assert (out / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_unreachable_trained_model_fails_before_any_prediction(bfcl_store_path: Path, serve: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    base = serve(copy_first_example)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["experience", "eval", "--model", base.spec, "--trained", f"openai:http://127.0.0.1:{port}/v1#em", "--store"]
+    result = CliRunner().invoke(app, [*args, str(bfcl_store_path), "--held-out", "0.34", "--out", str(tmp_path / "e")])
+    assert result.exit_code != 0 and "cannot be reached" in result.output
+    assert base.requests == [] and not (tmp_path / "e" / "report.json").exists()

@@ -59,9 +59,11 @@ def build_em(
     teacher: Any = "template",
     teacher_name: str = "template",
     progress: Callable[[int], None] | None = None,
+    retriever: Any = None,
 ) -> pl.DataFrame:
-    """The ``em`` rows of ``store`` (see the module docstring), conforming to the dataset schema."""
-    split = split_store(store, share=held_out, seed=seed)
+    """The ``em`` rows of ``store`` (see the module docstring), conforming to the dataset schema; ``retriever``
+    searches the replay buffer (see :data:`ee_middleware.replay.retrieval.RETRIEVERS`; ``bm25`` by default)."""
+    split = split_store(store, share=held_out, seed=seed, retriever=retriever)
     rows = []
     for trajectory in store.iter_trajectories():
         if trajectory.id in split.held_out_ids or trajectory.approval.status == "rejected":

@@ -16,8 +16,10 @@ An answer that is not such an object (garbage, nothing parseable) raises
 stores no observation.
 
 Per tool: with ``real=SPEC`` the tools that real sandbox covers run there for real (not synthetic),
-the rest go to the model. ``min_fidelity`` (tool -> minimum token F1, ``"*"`` for every tool) with
-``fidelity`` (a report of ``ee experience eval --json``, or a tool -> score mapping) refuses the
+the rest go to the model. ``retriever`` picks how the replay buffer is searched (``bm25``, the
+default, ``bm25s`` or a plug-in: :data:`ee_middleware.replay.retrieval.RETRIEVERS`). ``min_fidelity`` (tool -> minimum token F1, ``"*"`` for every tool) with
+``fidelity`` (a report of ``ee experience eval --json``, whose variant that measured this model is
+read unless ``fidelity_variant`` names one, or a tool -> score mapping) refuses the
 tools whose measured fidelity is below their threshold or was never measured; :meth:`refusal_hint`
 says which and why, and ``ee replay run`` prints it.
 
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import ModelError, SandboxError
 from ee_middleware.models.protocol import Sampling
-from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, TransitionIndex, state_text
+from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Retriever, Transition, TransitionIndex, build_retriever, state_text
 
 if TYPE_CHECKING:
     from ee_middleware.models.protocol import ChatClient
@@ -112,8 +114,15 @@ def build_prompt(task: str, state: str, call_name: str, arguments: dict[str, Any
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-def load_fidelity(source: str | Path | Mapping[str, Any] | None, variant: str = "retrieval") -> dict[str, float]:
-    """Per-tool fidelity (token F1) from an ``ee experience eval --json`` report (its ``variant``) or a mapping."""
+def load_fidelity(
+    source: str | Path | Mapping[str, Any] | None, variant: str | None = None, *, model: str | None = None
+) -> dict[str, float]:
+    """Per-tool fidelity (token F1) from an ``ee experience eval --json`` report, or a tool -> score mapping.
+
+    The report's variant is ``variant`` when given; otherwise the variant with retrieval that measured
+    ``model`` (``retrieval`` for the base model, ``retrieval+trained`` for the trained one), and
+    ``retrieval`` in reports that do not name their variants' models.
+    """
     if source is None:
         return {}
     if isinstance(source, Mapping) and all(isinstance(v, (int, float)) for v in source.values()):
@@ -126,8 +135,22 @@ def load_fidelity(source: str | Path | Mapping[str, Any] | None, variant: str = 
                 f"Cannot read the fidelity report {str(source)!r}: {exc}. Write one with 'ee experience eval --json'."
             ) from None
     variants = source.get("variants") if isinstance(source, Mapping) else None
-    if not isinstance(variants, Mapping) or variant not in variants:
-        raise SandboxError(f"The fidelity report has no {variant!r} variant; write one with 'ee experience eval --json'.")
+    if not isinstance(variants, Mapping) or not variants:
+        raise SandboxError("The fidelity report has no variants; write one with 'ee experience eval --json'.")
+    if variant is None:
+        measured = {name: v.get("model") for name, v in variants.items() if v.get("top_k", name != "no-retrieval")}
+        if model is None or not any(measured.values()):
+            variant = "retrieval"
+        else:
+            matching = [name for name, m in measured.items() if m == model]
+            if not matching:
+                raise SandboxError(
+                    f"The fidelity report measured {sorted({m for m in measured.values() if m})}, not {model!r}. Measure this model "
+                    "with 'ee experience eval --json', or name the report's variant to use with fidelity_variant."
+                )
+            variant = matching[-1]
+    if variant not in variants:
+        raise SandboxError(f"The fidelity report has no {variant!r} variant (it has {sorted(variants)}).")
     return {tool: float(row[FIDELITY_METRIC]) for tool, row in variants[variant]["tools"].items()}
 
 
@@ -143,10 +166,12 @@ class ExperienceSandbox:
         client: ChatClient | None = None,
         store: Any = None,
         index: TransitionIndex | None = None,
+        retriever: str | Retriever | None = None,
         top_k: int = DEFAULT_TOP_K,
         real: str | None = None,
         min_fidelity: Mapping[str, float] | None = None,
         fidelity: str | Path | Mapping[str, Any] | None = None,
+        fidelity_variant: str | None = None,
         max_tokens: int = 256,
         exclude_trajectories: list[str] | None = None,
         allow_network: bool = False,
@@ -161,6 +186,7 @@ class ExperienceSandbox:
         self._client = client
         self._store_spec = store
         self._index = index
+        self._retriever = build_retriever(retriever) if index is None else None  # an unknown one or a missing extra fails here
         self.top_k = top_k
         self.refresh_s = refresh_s
         self._store: Any = None
@@ -169,7 +195,7 @@ class ExperienceSandbox:
         self.max_tokens = max_tokens
         self.exclude_trajectories = set(exclude_trajectories or ())
         self.min_fidelity = dict(min_fidelity or {})
-        self.fidelity = load_fidelity(fidelity) if self.min_fidelity else {}
+        self.fidelity = load_fidelity(fidelity, fidelity_variant, model=self.model) if self.min_fidelity else {}
         self._real = None
         if real:
             from ee_middleware.replay.sandboxes.registry import build_sandbox, sandbox_options
@@ -203,7 +229,7 @@ class ExperienceSandbox:
         """The replay buffer, built from the store on first use; :meth:`reset` adds what the store gained
         since, at most once every ``refresh_s`` seconds (reading the store is not free)."""
         if self._index is None:
-            self._index = TransitionIndex()
+            self._index = TransitionIndex(retriever=self._retriever or build_retriever())
             self._refresh()
         return self._index
 
