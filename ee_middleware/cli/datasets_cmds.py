@@ -26,6 +26,16 @@ def build(
     include_synthetic: bool = typer.Option(
         False, "--include-synthetic", help="Also use experience-model (synthetic) rollouts; recorded in datasets.json."
     ),
+    max_synthetic_share: float | None = typer.Option(
+        None,
+        "--max-synthetic-share",
+        min=0.0,
+        max=1.0,
+        help="Cap the share of synthetic-task trajectories (source=curriculum) in the datasets; which stay is seeded. [default: no cap]",
+    ),
+    chunk_mb: float | None = typer.Option(
+        None, "--chunk-mb", help="Build and write about this many MB of prompt text at a time (bounds memory; same rows). [default: 32]"
+    ),
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
     max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. [default: 512]"),
     sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
@@ -52,6 +62,8 @@ def build(
         app=app_name,
         replay_id=replay_id,
         include_synthetic=include_synthetic or None,
+        max_synthetic_share=max_synthetic_share,
+        chunk_mb=chunk_mb,
         iwm_max_error_share=max_error_share,
         iwm_max_observation_tokens=max_observation_tokens,
         sr_k=sr_k,
@@ -107,6 +119,13 @@ def build(
         notes = {k: v for k, v in info.items() if k not in ("path", "rows", "seconds")}
         table.add_row(name, str(info["rows"]), f"{info['seconds']:.2f}", ", ".join(f"{k}={v}" for k, v in notes.items()))
     out_console.print(table)
+    synthetic = summary.get("synthetic_tasks")
+    if synthetic:
+        out_console.print(
+            f"synthetic tasks (source={synthetic['source']}): kept {synthetic['kept']} of {synthetic['synthetic_trajectories']} "
+            f"trajectories beside {synthetic['real_trajectories']} real ones (max share {synthetic['max_share']}), "
+            f"left out {synthetic['left_out']}"
+        )
     if split:
         out_console.print(
             f"held out: {len(split['heldout_trajectories'])} trajectories (never trained on: ee train refuses heldout/ files), "

@@ -3,14 +3,25 @@
 Writes ``OUT/il.parquet``, ``OUT/iwm.parquet``, ``OUT/sr.parquet`` (one row per example, see
 :mod:`ee_middleware.trainers.datasets.rows`) and ``OUT/datasets.json`` (what was built from what).
 Each file is written to a temporary name and renamed, so a crash never leaves half a dataset.
+
+The build runs in bounded memory, whatever the store's size: it first reads only the keys of the
+source (:class:`~ee_middleware.trainers.datasets.source.SourceIndex`), then reads, builds and writes
+one group of trajectories at a time (about ``chunk_mb`` of prompt text each) as Parquet parts in a
+hidden folder beside the file, and finally streams the parts, in order, into the one file. The rows,
+and their order, are the same for any group size (a group is a run of consecutive trajectories in
+the order the rows have; IWM's error cap is decided from the keys before any row is built).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,10 +37,10 @@ from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.il import build_il
-from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
+from ee_middleware.trainers.datasets.iwm import IWMOptions, iwm_frame, iwm_rows, kept_errors
 from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redaction_metadata
-from ee_middleware.trainers.datasets.rows import KINDS
-from ee_middleware.trainers.datasets.source import DatasetSource, load_source
+from ee_middleware.trainers.datasets.rows import KINDS, conform
+from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.split import (
     HELDOUT,
     HELDOUT_DIR,
@@ -37,9 +48,8 @@ from ee_middleware.trainers.datasets.split import (
     SplitRule,
     heldout_ids,
     read_id_list,
-    split_source,
 )
-from ee_middleware.trainers.datasets.sr import SROptions, build_sr
+from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher, build_teacher
 
 
@@ -74,6 +84,13 @@ class DatasetConfig(BaseModel):
     """Hold out trajectories that started at or after this time (ISO 8601; UTC when no zone)."""
     heldout_started_before: datetime | None = None
     """Hold out trajectories that started before this time."""
+    max_synthetic_share: float | None = Field(None, ge=0, le=1)
+    """Cap the share of synthetic-task trajectories (``source = curriculum``: rollouts on tasks a model
+    wrote, see ``ee curriculum run``) among the trajectories the datasets are built from; which ones
+    stay is chosen by ``seed`` (stable as the store grows). Default: no cap. Recorded in ``datasets.json``."""
+    chunk_mb: float = Field(32.0, gt=0)
+    """Build and write about this many MB of prompt text at a time: bounds the build's memory. The rows
+    are the same for any value."""
 
     def split_rule(self) -> SplitRule:
         """The held-out rule these settings describe."""
@@ -101,10 +118,8 @@ class DatasetConfig(BaseModel):
         return build_config(cls, values, "dataset")
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None) -> None:
-    """Write ``frame`` to ``path`` as zstd Parquet, atomically (a crash leaves the old file or none)."""
-    with atomic_path(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd", metadata=metadata)
+SYNTHETIC_TASK_SOURCE = "curriculum"
+"""``Trajectory.source`` of trajectories rolled out on generated tasks (``ee curriculum run``)."""
 
 
 def build_datasets(
@@ -117,36 +132,43 @@ def build_datasets(
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
-    source = load_source(store, app=config.app, replay_id=config.replay_id, include_synthetic=config.include_synthetic)
+    reader = SourceReader(store, app=config.app, replay_id=config.replay_id, include_synthetic=config.include_synthetic)
+    index = reader.index()
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
     config.out.mkdir(parents=True, exist_ok=True)
+    synthetic: dict[str, Any] | None = None
+    if config.max_synthetic_share is not None:
+        index, synthetic = cap_synthetic_tasks(index, config.max_synthetic_share, config.seed)
     summary: dict[str, Any] = {
         "store": str(config.store),
-        "source_hash": source.source_hash,
-        "trajectories": source.trajectories.height,
-        "steps": source.steps.height,
-        "rollouts": source.rollouts.height,
+        "source_hash": index.source_hash,
+        "trajectories": index.trajectories.height,
+        "steps": index.steps.height,
+        "rollouts": index.rollouts.height,
         "config": json.loads(config.model_dump_json()),
         "redaction": {
             "kinds": redactor.rules.enabled_kinds(),
             "patterns": sorted(redactor.rules.patterns),
             "pseudonyms": redactor.salt is not None,
-            "unrestored_rollouts_left_out": source.unrestored_rollouts,
+            "unrestored_rollouts_left_out": index.unrestored_rollouts,
         },
         "datasets": {},
     }
-    if source.trajectories.is_empty():
+    if synthetic is not None:
+        summary["synthetic_tasks"] = synthetic
+    if index.trajectories.is_empty():
         raise ConfigError(f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets.")
     rule = config.split_rule()
-    heldout_source = None
+    heldout_index = None
     if rule.active:
-        held = heldout_ids(store.trajectories(status="approved", app=config.app).select("id", "app", "started_at"), rule)
-        source, heldout_source = split_source(source, held)
-        if source.trajectories.is_empty():
+        held = heldout_ids(index.trajectories.select("id", "app", "started_at"), rule)
+        train_ids = set(index.trajectories["id"].to_list()) - held
+        index, heldout_index = index.subset(train_ids), index.subset(held)
+        if index.trajectories.is_empty():
             raise ConfigError(f"The held-out rule holds out all {len(held)} approved trajectories: nothing is left to train on. Loosen it.")
         summary["split"] = {
             "rule": rule.describe(),
-            "train_trajectories": sorted(source.trajectories["id"].to_list()),
+            "train_trajectories": sorted(train_ids),
             "heldout_trajectories": sorted(held),
             "heldout_dir": str(config.out / HELDOUT_DIR),
         }
@@ -156,20 +178,52 @@ def build_datasets(
             on_stage(kind)
         if kind == "sr" and teacher is None:
             teacher = build_teacher(config.teacher)
-        summary["datasets"][kind] = _build_kind(kind, source, config, teacher, config.out / f"{kind}.parquet", on_sr_progress, redactor)
-        if heldout_source is not None and not heldout_source.trajectories.is_empty():
+        summary["datasets"][kind] = _build_kind(
+            kind, reader, index, config, teacher, config.out / f"{kind}.parquet", on_sr_progress, redactor
+        )
+        if heldout_index is not None and not heldout_index.trajectories.is_empty():
             path = config.out / HELDOUT_DIR / f"{kind}.parquet"
             path.parent.mkdir(exist_ok=True)
             summary["split"].setdefault("datasets", {})[kind] = _build_kind(
-                kind, heldout_source, config, teacher, path, None, redactor, heldout=True
+                kind, reader, heldout_index, config, teacher, path, None, redactor, heldout=True
             )
     atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
 
 
+def cap_synthetic_tasks(index: SourceIndex, max_share: float, seed: int) -> tuple[SourceIndex, dict[str, Any]]:
+    """``index`` with at most ``max_share`` of its trajectories from synthetic tasks (``source =
+    curriculum``), and what was kept. The ones kept are those ranked first by a hash of the seed and
+    the id, so the choice is the same in every build and a trajectory kept stays kept as real
+    trajectories are added."""
+    synthetic_ids = index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE)["id"].to_list()
+    real = index.trajectories.height - len(synthetic_ids)
+    allowed = len(synthetic_ids) if max_share >= 1.0 else int(max_share / (1.0 - max_share) * real)
+    ranked = sorted(synthetic_ids, key=lambda i: (synthetic_rank(i, seed), i))
+    left_out = set(ranked[allowed:])
+    info = {
+        "source": SYNTHETIC_TASK_SOURCE,
+        "max_share": max_share,
+        "synthetic_trajectories": len(synthetic_ids),
+        "kept": len(synthetic_ids) - len(left_out),
+        "left_out": len(left_out),
+        "real_trajectories": real,
+    }
+    if not left_out:
+        return index, info
+    return index.subset(set(index.trajectories["id"].to_list()) - left_out), info
+
+
+def synthetic_rank(trajectory_id: str, seed: int) -> float:
+    """Where a synthetic-task trajectory ranks for the cap (lower stays first): a seeded hash in [0, 1)."""
+    digest = hashlib.sha256(f"ee-synthetic:{seed}:{trajectory_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def _build_kind(
     kind: str,
-    source: DatasetSource,
+    reader: SourceReader,
+    index: SourceIndex,
     config: DatasetConfig,
     teacher: Teacher | None,
     path: Path,
@@ -180,39 +234,141 @@ def _build_kind(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     extra: dict[str, Any] = {}
-    if kind == "il":
-        frame = build_il(source)
-    elif kind == "iwm":
-        if source.rollouts.is_empty():
-            extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
-        options = IWMOptions(
-            max_observation_tokens=config.iwm_max_observation_tokens,
-            max_error_share=config.iwm_max_error_share,
-            include_expert_steps=config.iwm_include_expert_steps,
-            seed=config.seed,
-        )
-        frame = build_iwm(source, options)
-        extra["error_share"] = round(float(frame["is_error"].mean() or 0.0), 3) if frame.height else 0.0
-        extra["truncated_rows"] = int((frame["observation_truncated_chars"] > 0).sum())
-    else:
-        assert teacher is not None
-        total = source.steps.filter(pl.col("action_kind") == "tool_call").height
-        done = 0
+    source_hash = index.source_hash
+    budget = max(1, int(config.chunk_mb * 2**20))
 
-        def tick(n: int, total: int = total) -> None:
-            nonlocal done
-            done += n
-            if on_sr_progress is not None:
-                on_sr_progress(done, total)
+    def groups(order: list[str]) -> Iterator[DatasetSource]:
+        for ids in index.groups(order, budget):
+            yield reader.load(ids, source_hash)
 
-        frame, report = build_sr(source, teacher, SROptions(k=config.sr_k, seed=config.seed), on_batch=tick)
-        extra.update(teacher=teacher.name, states=report.states, dropped=dict(report.dropped), flagged=dict(report.flagged))
-    frame, placeholders = guard_rows(kind, frame, redactor)
-    if placeholders:
-        extra["placeholders"] = placeholders
     metadata = redaction_metadata(redactor) | ({SPLIT_METADATA_KEY: HELDOUT} if heldout else {})
-    write_parquet_atomic(frame, path, metadata=metadata)
-    return {"path": str(path), "rows": frame.height, "seconds": round(time.perf_counter() - started, 3), **extra}
+    with PartWriter(path, metadata, kind, redactor) as parts:
+        if kind == "il":
+            for source in groups(index.storage_order()):
+                parts.write(build_il(source))
+        elif kind == "iwm":
+            if index.rollouts.is_empty():
+                extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
+            options = IWMOptions(
+                max_observation_tokens=config.iwm_max_observation_tokens,
+                max_error_share=config.iwm_max_error_share,
+                include_expert_steps=config.iwm_include_expert_steps,
+                seed=config.seed,
+            )
+            extra.update(_write_iwm(parts, index, options, groups))
+        else:
+            assert teacher is not None
+            total = index.steps.filter(pl.col("action_kind") == "tool_call").height
+            done = 0
+
+            def tick(n: int, total: int = total) -> None:
+                nonlocal done
+                done += n
+                if on_sr_progress is not None:
+                    on_sr_progress(done, total)
+
+            builder = SRBuilder(teacher, SROptions(k=config.sr_k, seed=config.seed), on_batch=tick)
+            for source in groups(index.storage_order()):
+                builder.add(source)
+                parts.write(builder.take())
+            parts.write(builder.finish())
+            report = builder.report
+            extra.update(teacher=teacher.name, states=report.states, dropped=dict(report.dropped), flagged=dict(report.flagged))
+        parts.commit()
+    if parts.placeholders:
+        extra["placeholders"] = dict(parts.placeholders)
+    return {"path": str(path), "rows": parts.rows, "seconds": round(time.perf_counter() - started, 3), **extra, "parts": parts.count}
+
+
+def _write_iwm(
+    parts: PartWriter, index: SourceIndex, options: IWMOptions, groups: Callable[[list[str]], Iterator[DatasetSource]]
+) -> dict[str, Any]:
+    """IWM rows in the order one pass over the whole source gives: the rollouts' rows (trajectories
+    sorted, as rollouts are read), then the expert steps' (storage order); with the error cap active,
+    the rows without an error, then the error rows it keeps (chosen from counts taken on the keys)."""
+    steps = index.steps.select(
+        "trajectory_id", pl.col("index").alias("step_index"), "action_kind", "has_observation", "observation_is_error"
+    )
+    flags = [index.rollouts.join(steps, on=["trajectory_id", "step_index"], how="semi")["is_error"]]
+    if options.include_expert_steps:
+        expert = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("has_observation"))
+        flags.append(expert["observation_is_error"].fill_null(False))
+    is_error = pl.concat(flags)
+    keep = kept_errors(int((~is_error).sum()), int(is_error.sum()), options.max_error_share, options.seed)
+    keep_series = pl.Series(keep or [], dtype=pl.Int64).implode()
+    errors_seen = errors = non_null = truncated = 0
+    streams = [(index.sorted_order(), True, False)] + ([(index.storage_order(), False, True)] if options.include_expert_steps else [])
+    for order, rollouts, expert_steps in streams:
+        for source in groups(order):
+            rows = iwm_rows(source, options, rollouts=rollouts, expert=expert_steps)
+            if keep is None:
+                written = [iwm_frame(rows, source.source_hash)]
+                parts.write(written[0])
+            else:
+                error_rows = rows.filter(pl.col("is_error")).with_row_index("_n", offset=errors_seen)
+                errors_seen += error_rows.height
+                kept = iwm_frame(error_rows.filter(pl.col("_n").is_in(keep_series)).drop("_n"), source.source_hash)
+                written = [iwm_frame(rows.filter(~pl.col("is_error")), source.source_hash), kept]
+                parts.write(written[0])
+                parts.write(kept, tail=True)
+            for frame in written:
+                errors += int(frame["is_error"].sum())
+                non_null += frame.height - frame["is_error"].null_count()
+                truncated += int((frame["observation_truncated_chars"] > 0).sum())
+    return {"error_share": round(errors / non_null, 3) if non_null else 0.0, "truncated_rows": truncated}
+
+
+class PartWriter:
+    """One dataset file written from parts, in bounded memory.
+
+    Each group's rows go through the privacy guard (:func:`~ee_middleware.trainers.datasets.privacy.guard_rows`)
+    and become a Parquet part (written atomically) in a hidden folder beside the file; :meth:`commit`
+    streams the parts, in order (``tail`` parts last), into the file, written atomically with
+    ``metadata``. The folder is removed either way: a crash leaves the old file or the new one whole."""
+
+    def __init__(self, path: Path, metadata: dict[str, str], kind: str, redactor: Redactor) -> None:
+        self.path, self.metadata, self.kind, self.redactor = path, metadata, kind, redactor
+        self.rows = 0
+        self.placeholders: Counter[str] = Counter()
+        self._main: list[Path] = []
+        self._tail: list[Path] = []
+        self._folder: Path | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._main) + len(self._tail)
+
+    def __enter__(self) -> PartWriter:
+        self._folder = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.parts-", dir=self.path.parent))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def write(self, frame: pl.DataFrame, *, tail: bool = False) -> None:
+        """Guard ``frame``'s rows and write them as the next part (of the tail with ``tail``)."""
+        assert self._folder is not None, "use PartWriter as a context manager"
+        if frame.is_empty():
+            return
+        frame, placeholders = guard_rows(self.kind, frame, self.redactor)
+        self.placeholders.update(placeholders)
+        self.rows += frame.height
+        if frame.is_empty():
+            return
+        part = self._folder / f"part-{self.count:06d}.parquet"
+        with atomic_path(part, fsync=False) as tmp:  # the file they are merged into is synced
+            frame.write_parquet(tmp, compression="zstd")
+        (self._tail if tail else self._main).append(part)
+
+    def commit(self) -> None:
+        """Stream the parts into the dataset file (atomically)."""
+        parts = self._main + self._tail
+        with atomic_path(self.path) as tmp:
+            if parts:
+                pl.scan_parquet(parts).sink_parquet(tmp, compression="zstd", metadata=self.metadata)
+            else:
+                conform(pl.DataFrame()).write_parquet(tmp, compression="zstd", metadata=self.metadata)
 
 
 def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:

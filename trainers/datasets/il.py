@@ -10,7 +10,7 @@ from ee_middleware.trainers.datasets.source import DatasetSource
 
 def build_il(source: DatasetSource) -> pl.DataFrame:
     """One row per expert step of the approved trajectories (vectorised; no Python loop per row)."""
-    steps = source.steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner")
+    steps = source.steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     is_call = pl.col("action_kind") == "tool_call"
     completion = pl.when(is_call).then(action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")))
     completion = completion.otherwise(answer_message(pl.col("content")))

@@ -43,44 +43,57 @@ class IWMOptions:
 def build_iwm(source: DatasetSource, options: IWMOptions | None = None) -> pl.DataFrame:
     """IWM rows for every rollout and expert step (vectorised), with the error share capped."""
     options = options or IWMOptions()
+    rows = iwm_rows(source, options, rollouts=True, expert=options.include_expert_steps)
+    return iwm_frame(_cap_errors(rows, options.max_error_share, options.seed), source.source_hash)
+
+
+def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expert: bool) -> pl.DataFrame:
+    """The rows before the error cap: the rollouts' (``rollouts``), then the expert steps' (``expert``),
+    observations cut to the budget. A chunked build makes the two apart (their orders differ)."""
     budget = max(1, int(options.max_observation_tokens * options.chars_per_token))
     tools = source.trajectories.rename({"id": "trajectory_id", "tools_json": "tools"})
     states = source.steps.select("trajectory_id", pl.col("index").alias("step_index"), "state_json")
-
-    rollouts = source.rollouts.join(states, on=["trajectory_id", "step_index"], how="inner").select(
-        "trajectory_id",
-        "step_index",
-        "branch_index",
-        "replay_id",
-        pl.col("proposer_policy").alias("proposer"),
-        "state_json",
-        action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("action"),
-        "observation",
-        "is_error",
-        pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
-    )
-    parts = [rollouts]
-    if options.include_expert_steps:
-        expert = source.steps.filter((pl.col("action_kind") == "tool_call") & pl.col("observation").is_not_null()).select(
-            "trajectory_id",
-            pl.col("index").alias("step_index"),
-            pl.lit(None, dtype=pl.Int64).alias("branch_index"),
-            pl.lit(None, dtype=pl.String).alias("replay_id"),
-            pl.lit("expert").alias("proposer"),
-            "state_json",
-            action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("action"),
-            "observation",
-            pl.col("observation_is_error").fill_null(False).alias("is_error"),
-            pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
+    parts = []
+    if rollouts:
+        parts.append(
+            source.rollouts.join(states, on=["trajectory_id", "step_index"], how="inner", maintain_order="left").select(
+                "trajectory_id",
+                "step_index",
+                "branch_index",
+                "replay_id",
+                pl.col("proposer_policy").alias("proposer"),
+                "state_json",
+                action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("action"),
+                "observation",
+                "is_error",
+                pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
+            )
         )
-        parts.append(expert)
-    rows = pl.concat(parts, how="vertical").join(tools, on="trajectory_id", how="inner")
+    if expert:
+        parts.append(
+            source.steps.filter((pl.col("action_kind") == "tool_call") & pl.col("observation").is_not_null()).select(
+                "trajectory_id",
+                pl.col("index").alias("step_index"),
+                pl.lit(None, dtype=pl.Int64).alias("branch_index"),
+                pl.lit(None, dtype=pl.String).alias("replay_id"),
+                pl.lit("expert").alias("proposer"),
+                "state_json",
+                action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("action"),
+                "observation",
+                pl.col("observation_is_error").fill_null(False).alias("is_error"),
+                pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
+            )
+        )
+    rows = pl.concat(parts, how="vertical").join(tools, on="trajectory_id", how="inner", maintain_order="left")
     length = pl.col("observation").str.len_chars().cast(pl.Int64)  # u32 would wrap below zero
-    rows = rows.with_columns(
+    return rows.with_columns(
         pl.col("observation").str.slice(0, budget).alias("observation"),
         (pl.col("stored_cut") + (length - budget).clip(lower_bound=0)).alias("observation_truncated_chars"),
     )
-    rows = _cap_errors(rows, options.max_error_share, options.seed)
+
+
+def iwm_frame(rows: pl.DataFrame, source_hash: str) -> pl.DataFrame:
+    """Dataset rows (the schema of :mod:`~ee_middleware.trainers.datasets.rows`) from :func:`iwm_rows`."""
     frame = rows.select(
         example_id(pl.lit("iwm"), pl.col("trajectory_id"), pl.col("step_index"), pl.col("branch_index"), pl.col("replay_id")).alias("id"),
         pl.lit("iwm").alias("kind"),
@@ -94,9 +107,23 @@ def build_iwm(source: DatasetSource, options: IWMOptions | None = None) -> pl.Da
         "proposer",
         "is_error",
         "observation_truncated_chars",
-        pl.lit(source.source_hash).alias("source_hash"),
+        pl.lit(source_hash).alias("source_hash"),
     )
     return conform(frame)
+
+
+def kept_errors(fine: int, errors: int, max_share: float, seed: int) -> list[int] | None:
+    """Which error rows (by their order among the error rows) the cap keeps, given the counts of rows
+    with and without an error; ``None`` when the cap leaves every row (and the row order) as it is.
+    The same choice as :func:`_cap_errors` makes on the whole frame."""
+    if max_share >= 1.0:
+        return None
+    allowed = int(max_share / (1.0 - max_share) * fine) if max_share > 0 else 0
+    if errors <= allowed:
+        return None
+    if not allowed:
+        return []
+    return pl.DataFrame({"i": pl.int_range(errors, eager=True)}).sample(n=allowed, seed=seed, shuffle=False)["i"].to_list()
 
 
 def _cap_errors(rows: pl.DataFrame, max_share: float, seed: int) -> pl.DataFrame:

@@ -1,12 +1,24 @@
-"""What the builders read from an experience store: approved trajectories, their steps, rollouts."""
+"""What the builders read from an experience store: approved trajectories, their steps, rollouts.
+
+Two ways in. :func:`load_source` reads everything at once (a :class:`DatasetSource` of frames; for
+small stores, tests and the builders' own API). A build reads in bounded memory instead:
+:class:`SourceReader` first reads only the keys of the whole source (a :class:`SourceIndex`: ids,
+step and rollout keys, state sizes; no state, no observation), then loads one group of trajectories
+at a time (:meth:`SourceReader.load`) from the store's Parquet parts, lazily (filters pushed into
+the Parquet reader; see :meth:`~ee_middleware.store.local.LocalExperienceStore.scan`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
+TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "source")
+"""Columns of the trajectories table a build keeps for every trajectory (never the messages)."""
 
 
 @dataclass(frozen=True)
@@ -18,16 +30,26 @@ class DatasetSource:
     rollouts: pl.DataFrame
     unrestored_rollouts: int = 0
     """Rollouts left out because the sandbox answered a redaction placeholder, not the value (``Rollout.unrestored``)."""
+    content_hash: str | None = None
+    """The hash of the whole source this is a group of trajectories of (see :attr:`source_hash`)."""
 
     @property
     def source_hash(self) -> str:
-        """Identifies the content: approved trajectory ids, their step count and rollout ids."""
-        digest = hashlib.sha256()
-        for ids in (self.trajectories["id"], self.rollouts["id"]):
-            digest.update("\n".join(sorted(ids.to_list())).encode())
-            digest.update(b"\x00")
-        digest.update(str(self.steps.height).encode())
-        return digest.hexdigest()[:16]
+        """Identifies the content: approved trajectory ids, their step count and rollout ids (of the
+        whole source when this is one group of it)."""
+        if self.content_hash is not None:
+            return self.content_hash
+        return content_hash(self.trajectories["id"], self.rollouts["id"], self.steps.height)
+
+
+def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) -> str:
+    """The source hash every dataset row records: sorted trajectory ids, sorted rollout ids, step count."""
+    digest = hashlib.sha256()
+    for ids in (trajectory_ids, rollout_ids):
+        digest.update("\n".join(sorted(ids.to_list())).encode())
+        digest.update(b"\x00")
+    digest.update(str(steps).encode())
+    return digest.hexdigest()[:16]
 
 
 def load_source(store: Any, *, app: str | None = None, replay_id: str | None = None, include_synthetic: bool = False) -> DatasetSource:
@@ -49,3 +71,134 @@ def load_source(store: Any, *, app: str | None = None, replay_id: str | None = N
         restored = rollouts.filter(pl.col("unrestored_json").is_null())
         unrestored, rollouts = rollouts.height - restored.height, restored
     return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rollouts, unrestored_rollouts=unrestored)
+
+
+@dataclass(frozen=True)
+class SourceIndex:
+    """The keys of a source, without its text: what a build plans its groups of trajectories with.
+
+    ``trajectories``: :data:`TRAJECTORY_COLUMNS` of the approved trajectories (store order);
+    ``steps``: ``trajectory_id``, ``index``, ``action_kind``, ``has_observation``,
+    ``observation_is_error``, ``state_bytes`` (storage order); ``rollouts``: ``id``,
+    ``trajectory_id``, ``step_index``, ``is_error`` (the rollouts a build uses, sorted as
+    :meth:`~ee_middleware.store.local.LocalExperienceStore.rollouts` sorts them)."""
+
+    trajectories: pl.DataFrame
+    steps: pl.DataFrame
+    rollouts: pl.DataFrame
+    unrestored_rollouts: int = 0
+
+    @property
+    def source_hash(self) -> str:
+        return content_hash(self.trajectories["id"], self.rollouts["id"], self.steps.height)
+
+    def subset(self, ids: Iterable[str]) -> SourceIndex:
+        """The index of only these trajectories (the unrestored count is the whole source's)."""
+        keep = pl.Series(sorted(set(ids)), dtype=pl.String).implode()
+        return SourceIndex(
+            self.trajectories.filter(pl.col("id").is_in(keep)),
+            self.steps.filter(pl.col("trajectory_id").is_in(keep)),
+            self.rollouts.filter(pl.col("trajectory_id").is_in(keep)),
+            self.unrestored_rollouts,
+        )
+
+    def storage_order(self) -> list[str]:
+        """Trajectory ids in the order their steps are stored (the row order of IL, SR and IWM's expert
+        rows), then those without steps."""
+        stored = self.steps["trajectory_id"].unique(maintain_order=True).to_list()
+        seen = set(stored)
+        return stored + [i for i in self.trajectories["id"].to_list() if i not in seen]
+
+    def sorted_order(self) -> list[str]:
+        """Trajectory ids sorted (the row order of IWM's rollout rows: rollouts are read sorted)."""
+        return sorted(self.trajectories["id"].to_list())
+
+    def weights(self) -> dict[str, int]:
+        """Bytes of prompt text each trajectory's rows hold, about: every state is copied into its IL
+        and SR rows and into one IWM row per rollout and for the expert step."""
+        per_step = self.rollouts.group_by("trajectory_id", "step_index").len("rollouts")
+        weighted = self.steps.join(
+            per_step, left_on=["trajectory_id", "index"], right_on=["trajectory_id", "step_index"], how="left"
+        ).select("trajectory_id", (pl.col("state_bytes") * (pl.col("rollouts").fill_null(0) + 2)).alias("w"))
+        totals = weighted.group_by("trajectory_id").agg(pl.col("w").sum())
+        return dict(totals.iter_rows())
+
+    def groups(self, order: Sequence[str], budget_bytes: int) -> Iterator[list[str]]:
+        """``order`` cut into consecutive groups of about ``budget_bytes`` of prompt text (at least one
+        trajectory each)."""
+        weights = self.weights()
+        group: list[str] = []
+        size = 0
+        for trajectory_id in order:
+            weight = weights.get(trajectory_id, 0)
+            if group and size + weight > budget_bytes:
+                yield group
+                group, size = [], 0
+            group.append(trajectory_id)
+            size += weight
+        if group:
+            yield group
+
+
+class SourceReader:
+    """Reads a store's source a group of trajectories at a time (see the module docstring)."""
+
+    def __init__(self, store: Any, *, app: str | None = None, replay_id: str | None = None, include_synthetic: bool = False) -> None:
+        self.replay_id = replay_id
+        self.include_synthetic = include_synthetic
+        if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
+            from ee_middleware.store.local import drop_repeats
+
+            self._trajectories = store.trajectory_index(list(TRAJECTORY_COLUMNS), status="approved", app=app)
+            self._steps, self._rollouts, self._drop = store.scan("steps"), store.scan("rollouts"), drop_repeats
+        else:  # a store without lazy reads: its frames, grouped in memory
+            self._trajectories = store.trajectories(status="approved", app=app)
+            ids = self._trajectories["id"].to_list()
+            self._steps, self._rollouts = store.steps(ids).lazy(), store.rollouts(ids).lazy()
+            self._drop = _no_repeats
+        self._trajectories = self._trajectories.select(
+            [pl.col(c) if c in self._trajectories.columns else pl.lit(None, dtype=pl.String).alias(c) for c in TRAJECTORY_COLUMNS]
+        )
+
+    def _rollout_rows(self, ids: pl.Series) -> pl.LazyFrame:
+        rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
+        if self.replay_id is not None:
+            rows = rows.filter(pl.col("replay_id") == self.replay_id)
+        if not self.include_synthetic:
+            rows = rows.filter(~pl.col("synthetic"))
+        return rows
+
+    def index(self) -> SourceIndex:
+        """The keys of the whole source (no state or observation text is kept)."""
+        ids = self._trajectories["id"]
+        steps = self._steps.filter(pl.col("trajectory_id").is_in(ids.implode())).select(
+            "trajectory_id",
+            "index",
+            "action_kind",
+            pl.col("observation").is_not_null().alias("has_observation"),
+            "observation_is_error",
+            pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
+        )
+        rollouts = self._rollout_rows(ids).select(
+            "id", "trajectory_id", "step_index", "branch_index", "is_error", pl.col("unrestored_json").is_not_null().alias("unrestored")
+        )
+        steps = self._drop("steps", steps.collect(engine="streaming"))
+        rollouts = self._drop("rollouts", rollouts.collect(engine="streaming"))
+        rollouts = rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
+        unrestored = int(rollouts["unrestored"].sum())
+        rollouts = rollouts.filter(~pl.col("unrestored")).select("id", "trajectory_id", "step_index", "is_error")
+        return SourceIndex(self._trajectories, steps, rollouts, unrestored)
+
+    def load(self, ids: Sequence[str], content_hash: str) -> DatasetSource:
+        """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``)."""
+        keep = pl.Series(list(ids), dtype=pl.String)
+        trajectories = self._trajectories.filter(pl.col("id").is_in(keep.implode())).select("id", "tools_json")
+        steps = self._drop("steps", self._steps.filter(pl.col("trajectory_id").is_in(keep.implode())).collect(engine="streaming"))
+        rollouts = self._drop("rollouts", self._rollout_rows(keep).collect(engine="streaming"))
+        rollouts = rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
+        rollouts = rollouts.filter(pl.col("unrestored_json").is_null())
+        return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rollouts, content_hash=content_hash)
+
+
+def _no_repeats(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    return frame

@@ -20,7 +20,6 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import ConfigError
-from ee_middleware.trainers.datasets.source import DatasetSource
 
 SPLIT_METADATA_KEY = "ee.split"
 HELDOUT = "heldout"
@@ -77,19 +76,6 @@ def heldout_ids(trajectories: pl.DataFrame, rule: SplitRule) -> set[str]:
         ):
             held.add(row["id"])
     return held
-
-
-def split_source(source: DatasetSource, held: set[str]) -> tuple[DatasetSource, DatasetSource]:
-    """``(train, heldout)`` sources: the trajectories, steps and rollouts on each side."""
-
-    def side(keep: bool) -> DatasetSource:
-        def pick(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-            mask = pl.col(column).is_in(sorted(held))
-            return frame.filter(mask if keep else ~mask)
-
-        return DatasetSource(pick(source.trajectories, "id"), pick(source.steps, "trajectory_id"), pick(source.rollouts, "trajectory_id"))
-
-    return side(False), side(True)
 
 
 def read_id_list(path: Path) -> tuple[str, ...]:

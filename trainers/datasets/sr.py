@@ -107,22 +107,75 @@ def build_sr(
     source: DatasetSource, teacher: Teacher, options: SROptions | None = None, *, on_batch: Callable[[int], None] | None = None
 ) -> tuple[pl.DataFrame, SRReport]:
     """SR rows for every expert step that has rollouts, written by ``teacher`` and checked by the guards."""
-    options = options or SROptions()
-    report = SRReport()
-    steps = source.steps.filter(pl.col("action_kind") == "tool_call")
-    tools = dict(source.trajectories.select("id", "tools_json").iter_rows())
-    by_state = source.rollouts.partition_by(["trajectory_id", "step_index"], as_dict=True)
-    pending: list[tuple[dict[str, Any], ReflectionCase]] = []
-    rows: list[dict[str, Any]] = []
+    builder = SRBuilder(teacher, options, on_batch=on_batch)
+    builder.add(source)
+    return builder.finish(), builder.report
 
-    def flush() -> None:
-        if not pending:
+
+class SRBuilder:
+    """Builds SR rows a group of trajectories at a time (:meth:`add`, :meth:`take`, :meth:`finish`).
+
+    Cases queue across groups, so the teacher sees the same batches as in one pass; rows come out in
+    the order of the steps added."""
+
+    def __init__(self, teacher: Teacher, options: SROptions | None = None, *, on_batch: Callable[[int], None] | None = None) -> None:
+        self.teacher = teacher
+        self.options = options or SROptions()
+        self.on_batch = on_batch
+        self.report = SRReport()
+        self._pending: list[tuple[dict[str, Any], ReflectionCase, str, str]] = []
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, source: DatasetSource) -> None:
+        """Queue the cases of ``source``'s steps that have rollouts (writing every full batch)."""
+        options = self.options
+        steps = source.steps.filter(pl.col("action_kind") == "tool_call")
+        tools = dict(source.trajectories.select("id", "tools_json").iter_rows())
+        by_state = source.rollouts.partition_by(["trajectory_id", "step_index"], as_dict=True)
+        for step in steps.iter_rows(named=True):
+            alternatives = by_state.get((step["trajectory_id"], step["index"]))
+            if alternatives is None or alternatives.is_empty():
+                continue
+            self.report.states += 1
+            picked = _pick(alternatives.to_dicts(), options.k, random.Random(f"{options.seed}:{step['trajectory_id']}:{step['index']}"))
+            state = json.loads(step["state_json"])
+            task = next((m.get("content", "") for m in state if m.get("role") == "user"), "")
+            case = ReflectionCase(
+                task=_clip(str(task), 600),
+                context="\n".join(_clip(_message_text(m), 300) for m in state[-options.context_messages :]),
+                chosen=_call_text(step["tool_name"], step["arguments_json"]),
+                chosen_outcome=_clip(step["observation"] or "", options.max_outcome_chars),
+                alternatives=[
+                    (_call_text(r["tool_name"], r["arguments_json"]), _clip(r["observation"] or "", options.max_outcome_chars))
+                    for r in picked
+                ],
+                chosen_tool=step["tool_name"],
+                alternative_tools=[r["tool_name"] for r in picked],
+            )
+            self._pending.append((step, case, tools.get(step["trajectory_id"]) or "[]", source.source_hash))
+            if len(self._pending) >= options.batch_size:
+                self._flush()
+
+    def take(self) -> pl.DataFrame:
+        """The rows written so far and not taken yet (dataset schema)."""
+        rows, self._rows = self._rows, []
+        self.report.rows += len(rows)
+        frame = pl.DataFrame(rows, schema={k: DATASET_SCHEMA[k] for k in rows[0]}) if rows else pl.DataFrame()
+        return conform(frame)
+
+    def finish(self) -> pl.DataFrame:
+        """Write the last batch; the rows not taken yet."""
+        self._flush()
+        return self.take()
+
+    def _flush(self) -> None:
+        if not self._pending:
             return
-        texts = teacher.write([case for _, case in pending])
-        for (step, case), text in zip(pending, texts, strict=True):
+        texts = self.teacher.write([case for _, case, _, _ in self._pending])
+        for (step, case, tools, source_hash), text in zip(self._pending, texts, strict=True):
             cleaned, flags = check_rationale(text, case.chosen_tool, case.alternative_tools)
             for flag in flags:
-                (report.flagged if cleaned else report.dropped)[flag] += 1
+                (self.report.flagged if cleaned else self.report.dropped)[flag] += 1
             if cleaned is None:
                 continue
             action = {
@@ -136,51 +189,24 @@ def build_sr(
                     }
                 ],
             }
-            rows.append(
+            self._rows.append(
                 {
                     "id": f"sr:{step['trajectory_id']}:{step['index']}",
                     "kind": "sr",
                     "prompt": step["state_json"],
                     "completion": json.dumps([action], ensure_ascii=False),
-                    "tools": tools.get(step["trajectory_id"]) or "[]",
+                    "tools": tools,
                     "trajectory_id": step["trajectory_id"],
                     "step_index": step["index"],
                     "proposer": "expert",
-                    "teacher": teacher.name,
+                    "teacher": self.teacher.name,
                     "quality_flags": json.dumps(flags),
-                    "source_hash": source.source_hash,
+                    "source_hash": source_hash,
                 }
             )
-        if on_batch is not None:
-            on_batch(len(pending))
-        pending.clear()
-
-    for step in steps.iter_rows(named=True):
-        alternatives = by_state.get((step["trajectory_id"], step["index"]))
-        if alternatives is None or alternatives.is_empty():
-            continue
-        report.states += 1
-        picked = _pick(alternatives.to_dicts(), options.k, random.Random(f"{options.seed}:{step['trajectory_id']}:{step['index']}"))
-        state = json.loads(step["state_json"])
-        task = next((m.get("content", "") for m in state if m.get("role") == "user"), "")
-        case = ReflectionCase(
-            task=_clip(str(task), 600),
-            context="\n".join(_clip(_message_text(m), 300) for m in state[-options.context_messages :]),
-            chosen=_call_text(step["tool_name"], step["arguments_json"]),
-            chosen_outcome=_clip(step["observation"] or "", options.max_outcome_chars),
-            alternatives=[
-                (_call_text(r["tool_name"], r["arguments_json"]), _clip(r["observation"] or "", options.max_outcome_chars)) for r in picked
-            ],
-            chosen_tool=step["tool_name"],
-            alternative_tools=[r["tool_name"] for r in picked],
-        )
-        pending.append((step, case))
-        if len(pending) >= options.batch_size:
-            flush()
-    flush()
-    report.rows = len(rows)
-    frame = pl.DataFrame(rows, schema={k: DATASET_SCHEMA[k] for k in rows[0]}) if rows else pl.DataFrame()
-    return conform(frame), report
+        if self.on_batch is not None:
+            self.on_batch(len(self._pending))
+        self._pending.clear()
 
 
 def _pick(rollouts: list[dict[str, Any]], k: int, rng: random.Random) -> list[dict[str, Any]]:

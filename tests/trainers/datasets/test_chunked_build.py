@@ -1,0 +1,164 @@
+"""Dataset builds in bounded memory (issue 11.4): the rows do not depend on how the build is cut.
+
+A build reads, builds and writes one group of trajectories at a time. These tests build the same
+real replayed BFCL store with groups of one trajectory (many parts) and with one group, and check
+every written row, its order and the file metadata are the same, and the same as the whole-source
+builders give (the build as it was before it was cut into groups). Memory is checked through what
+is observable without timing: no whole table is ever loaded, and no group holds more than its
+budget of trajectories.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.capture.store_redaction import store_redactor
+from ee_middleware.cli.app import app
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets, synthetic_rank
+from ee_middleware.trainers.datasets.il import build_il
+from ee_middleware.trainers.datasets.iwm import IWMOptions, build_iwm
+from ee_middleware.trainers.datasets.privacy import guard_rows
+from ee_middleware.trainers.datasets.source import SourceReader, load_source
+from ee_middleware.trainers.datasets.sr import SROptions, build_sr
+from ee_middleware.trainers.datasets.teachers import TemplateTeacher
+
+TINY = 1e-6
+"""chunk_mb so small that every trajectory is its own group."""
+
+
+def _files(out: Path) -> list[Path]:
+    return sorted(p.relative_to(out) for p in out.rglob("*.parquet"))
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {k: v for k, v in pl.read_parquet_metadata(path).items() if k != "ARROW:schema"}
+
+
+@pytest.fixture(params=["spool", "compacted"])
+def store_path(request: pytest.FixtureRequest, replayed_store: Path) -> Path:
+    if request.param == "compacted":
+        LocalExperienceStore(replayed_store).compact()
+        assert not list((replayed_store / "spool").glob("*.jsonl"))
+    return replayed_store
+
+
+@pytest.mark.parametrize("settings", [{}, {"heldout_share": 0.4, "seed": 3, "iwm_max_error_share": 0.3}, {"iwm_max_error_share": 1.0}])
+def test_many_groups_write_the_same_rows_in_the_same_order_as_one(store_path: Path, tmp_path: Path, settings: dict) -> None:
+    many = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "many", chunk_mb=TINY, **settings))
+    one = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "one", chunk_mb=1024, **settings))
+    trajectories = many["trajectories"]
+    assert many["datasets"]["il"]["parts"] >= trajectories - len(many.get("split", {}).get("heldout_trajectories", []))
+    assert one["datasets"]["il"]["parts"] == 1
+    assert _files(tmp_path / "many") == _files(tmp_path / "one") and _files(tmp_path / "one")
+    for rel in _files(tmp_path / "one"):
+        a, b = pl.read_parquet(tmp_path / "many" / rel), pl.read_parquet(tmp_path / "one" / rel)
+        assert a.height > 0 and a.equals(b), rel  # every column of every row, in order
+        assert _metadata(tmp_path / "many" / rel) == _metadata(tmp_path / "one" / rel)
+    for kind, info in one["datasets"].items():
+        assert {k: v for k, v in info.items() if k not in ("seconds", "parts", "path")} == {
+            k: v for k, v in many["datasets"][kind].items() if k not in ("seconds", "parts", "path")
+        }
+    assert not [p for p in (tmp_path / "many").rglob(".*")], "no part folder or temporary file is left"
+
+
+def test_grouped_build_gives_the_rows_of_the_whole_source_builders(store_path: Path, tmp_path: Path) -> None:
+    """The build before it was cut into groups: each builder on the whole source, then the privacy guard."""
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "out", chunk_mb=TINY, iwm_max_error_share=0.2))
+    store = LocalExperienceStore(store_path)
+    source = load_source(store)
+    redactor = store_redactor(store, create_salt=False)
+    whole = {
+        "il": build_il(source),
+        "iwm": build_iwm(source, IWMOptions(max_error_share=0.2)),
+        "sr": build_sr(source, TemplateTeacher(), SROptions())[0],
+    }
+    assert summary["source_hash"] == source.source_hash
+    for kind, frame in whole.items():
+        expected, _ = guard_rows(kind, frame, redactor)
+        assert pl.read_parquet(tmp_path / "out" / f"{kind}.parquet").equals(expected), kind
+    assert whole["iwm"].height < build_iwm(source, IWMOptions(max_error_share=1.0)).height  # the cap was active
+
+
+def test_the_build_never_loads_a_whole_table_and_groups_stay_within_budget(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def whole_load(self: LocalExperienceStore) -> None:
+        raise AssertionError("the build loaded every table of the store at once")
+
+    monkeypatch.setattr(LocalExperienceStore, "_load", whole_load)
+    loads: list[tuple[int, int]] = []
+    original = SourceReader.load
+
+    def recording(self: SourceReader, ids, content_hash):  # type: ignore[no-untyped-def]
+        source = original(self, ids, content_hash)
+        loads.append((len(ids), source.steps.height))
+        return source
+
+    monkeypatch.setattr(SourceReader, "load", recording)
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "out", chunk_mb=TINY))
+    assert loads and all(n == 1 for n, _ in loads)  # one trajectory per group at this budget
+    assert max(steps for _, steps in loads) < summary["steps"]
+    index = SourceReader(LocalExperienceStore(store_path)).index()
+    assert "state_json" not in index.steps.columns and "observation" not in index.rollouts.columns  # keys only
+
+
+def _add_curriculum_trajectories(store_path: Path, n: int) -> list[str]:
+    store = LocalExperienceStore(store_path)
+    base = list(store.iter_trajectories(status="approved"))
+    copies = []
+    for i in range(n):
+        original, new_id = base[i % len(base)], f"curriculum-{i:02d}"
+        steps = [s.model_copy(update={"trajectory_id": new_id}) for s in original.steps]
+        copies.append(original.model_copy(update={"id": new_id, "source": "curriculum", "steps": steps}))
+    store.write(copies)
+    store.approve([c.id for c in copies], by="test")
+    store.close()
+    return [c.id for c in copies]
+
+
+def test_max_synthetic_share_caps_curriculum_trajectories_chosen_by_seed(bfcl_store_path: Path, tmp_path: Path) -> None:
+    synthetic = _add_curriculum_trajectories(bfcl_store_path, 5)
+    real = LocalExperienceStore(bfcl_store_path).trajectories(status="approved").height - len(synthetic)
+
+    def build(name: str, *flags: str) -> tuple[dict, set[str]]:
+        out = tmp_path / name
+        result = CliRunner().invoke(
+            app, ["datasets", "build", "--store", str(bfcl_store_path), "--out", str(out), "--kinds", "il", *flags, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        ids = set(pl.read_parquet(out / "il.parquet")["trajectory_id"].to_list())
+        return json.loads((out / "datasets.json").read_text()), ids & set(synthetic)
+
+    summary, kept = build("uncapped")
+    assert kept == set(synthetic) and "synthetic_tasks" not in summary and summary["config"]["max_synthetic_share"] is None
+
+    summary, kept = build("capped", "--max-synthetic-share", "0.25", "--seed", "7")
+    allowed = int(0.25 / 0.75 * real)
+    assert 0 < allowed < len(synthetic)
+    assert kept == set(sorted(synthetic, key=lambda i: synthetic_rank(i, 7))[:allowed])
+    assert summary["config"]["max_synthetic_share"] == 0.25
+    assert summary["synthetic_tasks"] == {
+        "source": "curriculum",
+        "max_share": 0.25,
+        "synthetic_trajectories": len(synthetic),
+        "kept": allowed,
+        "left_out": len(synthetic) - allowed,
+        "real_trajectories": real,
+    }
+    assert summary["trajectories"] == real + allowed
+    assert build("again", "--max-synthetic-share", "0.25", "--seed", "7")[1] == kept  # the same choice every build
+
+    summary, kept = build("none", "--max-synthetic-share", "0")
+    assert not kept and summary["trajectories"] == real
+    assert build("all", "--max-synthetic-share", "1")[1] == set(synthetic)
+
+    bad = CliRunner().invoke(
+        app, ["datasets", "build", "--store", str(bfcl_store_path), "--out", str(tmp_path / "x"), "--max-synthetic-share", "1.5"]
+    )
+    assert bad.exit_code != 0 and "max-synthetic-share" in bad.output
