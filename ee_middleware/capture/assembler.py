@@ -102,7 +102,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             "a trajectory needs the model's inputs and outputs. Enable message capture in the instrumentation."
         )
     redact = options.redactor.redact if options.redactor is not None else (lambda v: v)
-    decisions = [_decision(chat, redact) for chat in chats]
+    memo = _RunMemo()
+    decisions = [_decision(chat, redact, memo) for chat in chats]
     # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
     final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
     steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars, final_tool_messages)
@@ -154,18 +155,64 @@ def _root(spans: Sequence[SpanData]) -> SpanData:
     return tops[0] if tops else spans[0]
 
 
-def _decision(chat: SpanData, redact: Any) -> dict[str, Any]:
-    state = _messages_attr(chat, sc.INPUT_MESSAGES)
+class _RunMemo:
+    """What the chat spans of one run repeat, decoded once: each span's input holds the whole
+    history so far (the previous span's input plus the new messages), and the tool list is the
+    same text in every span. Decoding each span whole made assembly quadratic in the run's length."""
+
+    def __init__(self) -> None:
+        self._history: tuple[str, list[dict[str, Any]]] | None = None  # the last input text and its messages
+        self._tools: dict[str, list[dict[str, Any]]] = {}
+
+    def input_messages(self, span: SpanData) -> list[dict[str, Any]]:
+        raw = span.attributes.get(sc.INPUT_MESSAGES)
+        if not isinstance(raw, str):
+            return _messages_attr(span, sc.INPUT_MESSAGES)
+        messages = self._extend(raw)
+        if messages is None:
+            messages = _messages_attr(span, sc.INPUT_MESSAGES)
+        if raw.endswith("]") and messages:
+            self._history = (raw, messages)
+        return list(messages)
+
+    def _extend(self, raw: str) -> list[dict[str, Any]] | None:
+        """The messages of ``raw`` when it is the last input text with more items after a comma:
+        the known messages plus the new ones decoded alone; None when it is not (or they do not decode)."""
+        if self._history is None:
+            return None
+        text, messages = self._history
+        if raw == text:
+            return messages
+        prefix = len(text) - 1  # the last text without its closing bracket
+        if len(raw) <= prefix + 1 or raw[prefix] != "," or not raw.startswith(text[:prefix]):
+            return None
+        try:
+            tail = json.loads("[" + raw[prefix + 1 :])
+            return [*messages, *genai_to_openai(tail)] if isinstance(tail, list) else None
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            return None  # decoded whole again, for the error message with its position
+
+    def tool_schemas(self, span: SpanData) -> list[dict[str, Any]]:
+        raw = span.attributes.get(sc.TOOL_DEFINITIONS)
+        if isinstance(raw, str) and raw in self._tools:
+            return self._tools[raw]
+        tools = _json_attr(span, sc.TOOL_DEFINITIONS, expect=list) or []
+        try:
+            schemas = openai_tool_schemas(tools)
+        except Exception as exc:
+            raise IngestError(f"Span {span.span_id} ({span.name}): {sc.TOOL_DEFINITIONS} is not a list of tool schemas: {exc}") from exc
+        if isinstance(raw, str):
+            self._tools[raw] = schemas
+        return schemas
+
+
+def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
+    state = memo.input_messages(chat)
     system = chat.attributes.get(sc.SYSTEM_INSTRUCTIONS)
     if system and not (state and state[0].get("role") == "system"):
         state = [{"role": "system", "content": _system_text(system)}, *state]
     outputs = [m for m in _messages_attr(chat, sc.OUTPUT_MESSAGES) if m.get("role") in ("assistant", None)]
-    tools = _json_attr(chat, sc.TOOL_DEFINITIONS, expect=list) or []
-    try:
-        schemas = openai_tool_schemas(tools)
-    except Exception as exc:
-        raise IngestError(f"Span {chat.span_id} ({chat.name}): {sc.TOOL_DEFINITIONS} is not a list of tool schemas: {exc}") from exc
-    return {"span": chat, "state": redact(state), "outputs": redact(outputs), "tools": schemas}
+    return {"span": chat, "state": redact(state), "outputs": redact(outputs), "tools": memo.tool_schemas(chat)}
 
 
 def _system_text(system: Any) -> str:
