@@ -9,7 +9,6 @@ expert trajectories recorded through a real LangGraph agent against the real bfc
 from __future__ import annotations
 
 import json
-import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,15 +67,12 @@ def _handler(model: ScriptedExperienceModel) -> type[BaseHTTPRequestHandler]:
 
 
 def copy_first_example(messages: list[dict[str, Any]]) -> str:
-    """Answers with the first retrieved example's observation, or an empty object when none was shown."""
-    prompt = messages[-1]["content"]
-    match = re.search(r"Real examples of similar tool calls:\n(.*?)\n\nTool call:", prompt, re.S)
-    if not match:
+    """Answers with the best retrieved example's observation (the last demonstration), or an empty object when none was shown."""
+    demonstrations = [m for m in messages[1:-1] if m["role"] == "assistant"]
+    if not demonstrations:
         return json.dumps({"reasoning": "no example to go by", "observation": "{}", "is_error": False})
-    first = json.loads(match.group(1).splitlines()[0])
-    return json.dumps(
-        {"reasoning": "a similar real call returned this", "observation": first["observation"], "is_error": first["is_error"]}
-    )
+    best = json.loads(demonstrations[-1]["content"])
+    return json.dumps({"reasoning": "a similar real call returned this", "observation": best["observation"], "is_error": best["is_error"]})
 
 
 def _trajectories(path: Path) -> list[Trajectory]:
@@ -410,7 +406,7 @@ def test_experience_eval_adds_the_trained_variant_on_the_same_held_out_set_and_i
     assert [v["top_k"] for v in variants.values()] == [0, 3, 3]
     n = report["held_out_transitions"]
     assert all(v["overall"]["n"] == n for v in variants.values()) and len(trained.requests) == n == len(base.requests) // 2
-    assert all("Real examples of similar tool calls" in r["messages"][-1]["content"] for r in trained.requests), "with retrieval"
+    assert all(len(r["messages"]) == 2 + 2 * 3 for r in trained.requests), "with retrieval: three demonstrations"
     assert variants["retrieval+trained"]["overall"]["token_f1"] < variants["retrieval"]["overall"]["token_f1"]
 
     # the fidelity gate reads the variant that measured the model it replays with

@@ -27,7 +27,7 @@ import polars as pl
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.replay.experience_eval import split_store
 from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, trajectory_transitions
-from ee_middleware.replay.sandboxes.experience import build_prompt
+from ee_middleware.replay.sandboxes.experience import build_prompt, template_reasoning
 from ee_middleware.trainers.datasets.rows import conform, example_id
 
 TEACHER_PROMPT = (
@@ -36,13 +36,6 @@ TEACHER_PROMPT = (
 )
 _MIN_COPY = 24
 """An observation at least this long found verbatim in a reasoning counts as copied."""
-
-
-def template_reasoning(transition: Transition) -> str:
-    """The ``template`` teacher: what was called and whether it worked, never the observation itself."""
-    names = ", ".join(sorted(transition.arguments)) or "no arguments"
-    outcome = "so the tool reports an error" if transition.is_error else "so the tool returns its result"
-    return f"The agent calls {transition.tool} with {names}; the call {'does not fit' if transition.is_error else 'fits'} the current state, {outcome}."
 
 
 def _copies(reasoning: str, observation: str) -> bool:

@@ -48,10 +48,11 @@ FIDELITY_METRIC = "token_f1"
 """The metric ``min_fidelity`` thresholds compare against."""
 
 SYSTEM_PROMPT = (
-    "You are an experience model: you simulate the tools of an agent's environment. Given the task, the interaction so far, "
-    "real examples of similar tool calls with what the tools returned, and a new tool call, think briefly about what the tool "
-    "would return, then answer with one JSON object and nothing else: "
-    '{"reasoning": "<one or two sentences>", "observation": "<exactly what the tool returns>", "is_error": <true or false>}'
+    "You are an experience model: you simulate the tools of an agent's environment. The conversation starts with real "
+    "examples: tool calls similar to the new one, each answered with what the tool really returned. Given the task, the "
+    "interaction so far and a new tool call, think briefly about what the tool would return, then answer with one JSON "
+    'object and nothing else: {"reasoning": "<one or two sentences>", "observation": "<exactly what the tool returns>", '
+    '"is_error": <true or false>}'
 )
 
 
@@ -102,16 +103,34 @@ def parse_prediction(text: str) -> dict[str, Any]:
     }
 
 
+def template_reasoning(transition: Transition) -> str:
+    """A reasoning from the call and its outcome alone, never the observation: the ``template`` teacher's, and the
+    one the retrieved examples are shown with."""
+    names = ", ".join(sorted(transition.arguments)) or "no arguments"
+    outcome = "so the tool reports an error" if transition.is_error else "so the tool returns its result"
+    return f"The agent calls {transition.tool} with {names}; the call {'does not fit' if transition.is_error else 'fits'} the current state, {outcome}."
+
+
+def _call_text(call_name: str, arguments: dict[str, Any]) -> str:
+    return f"Tool call: {json.dumps({'tool': call_name, 'arguments': arguments}, ensure_ascii=False)}"
+
+
 def build_prompt(task: str, state: str, call_name: str, arguments: dict[str, Any], examples: list[Transition]) -> list[dict[str, Any]]:
-    """The chat messages the experience model is asked (one system and one user message)."""
+    """The chat messages the experience model is asked: the system message, then each retrieved example as a
+    demonstration (its call, and an answer in the expected JSON with the real observation; the best match last,
+    nearest the question), then the question (task, end of the state, the call)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for example in reversed(examples):
+        shown = example.as_example()
+        answer = {"reasoning": template_reasoning(example), "observation": shown["observation"], "is_error": shown["is_error"]}
+        messages.append({"role": "user", "content": _call_text(example.tool, example.arguments)})
+        messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
     parts = [f"Task: {task or '(none recorded)'}"]
     if state:
         parts.append(f"Interaction so far (end):\n{state}")
-    if examples:
-        shown = "\n".join(json.dumps(e.as_example(), ensure_ascii=False) for e in examples)
-        parts.append(f"Real examples of similar tool calls:\n{shown}")
-    parts.append(f"Tool call: {json.dumps({'tool': call_name, 'arguments': arguments}, ensure_ascii=False)}")
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
+    parts.append(_call_text(call_name, arguments))
+    messages.append({"role": "user", "content": "\n\n".join(parts)})
+    return messages
 
 
 def load_fidelity(

@@ -37,7 +37,9 @@ def test_em_rows_are_serving_prompts_with_real_targets_and_leave_the_held_out_se
         held_out_observations = {
             o for t in split.held_out_ids for o in (s.observation.content for s in trajectories[t].steps if s.observation)
         }
-        assert not any(f'"observation": {json.dumps(o[:400])}' in prompt[-1]["content"] for o in held_out_observations if len(o) > 40)
+        demonstrations = [json.loads(m["content"]) for m in prompt[1:-1] if m["role"] == "assistant"]
+        assert len(demonstrations) == 3 and len(prompt) == 2 + 2 * 3, "three retrieved examples, each a call and its real answer"
+        assert not any(d["observation"] == o[:400] for d in demonstrations for o in held_out_observations), "never a held-out answer"
 
 
 def test_a_teacher_that_copies_the_observation_is_replaced_and_flagged(bfcl_store_path: Path) -> None:
