@@ -21,6 +21,7 @@ from ee_middleware.capture import semconv as sc
 if TYPE_CHECKING:
     from opentelemetry.context import Context
 
+    from ee_middleware.capture.payloads import FragmentCache
     from ee_middleware.capture.recorder import Recorder
 
 
@@ -39,7 +40,7 @@ class RunCapture(BaseCallbackHandler):
         self._parent = parent
         # run id -> (start ns, the finisher-side emitter, raw start data)
         self._open: dict[UUID, tuple[int, Callable[..., None], tuple[Any, ...]]] = {}
-        self._fragments: dict[int, tuple[Any, str]] = {}  # touched only on the finisher thread
+        self.fragments: FragmentCache = {}  # the run's encoded messages; touched only on the finisher thread
 
     # --- agent thread: note times and keep references ------------------------------------------
 
@@ -111,9 +112,9 @@ class RunCapture(BaseCallbackHandler):
         try:
             if error is None:
                 outputs = [g.message for g in response.generations[0] if hasattr(g, "message")] if response.generations else []
-                span.set_attributes(self.recorder.encoder.chat_attributes(inputs, outputs, params.get("tools"), self._fragments))
+                span.set_attributes(self.recorder.encoder.chat_attributes(inputs, outputs, params.get("tools"), self.fragments))
             else:
-                span.set_attribute(sc.INPUT_MESSAGES, self.recorder.encoder.messages(inputs, self._fragments))
+                span.set_attribute(sc.INPUT_MESSAGES, self.recorder.encoder.messages(inputs, self.fragments))
                 self._set_error(span, error)
         finally:
             span.end(end_time=end)

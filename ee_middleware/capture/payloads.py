@@ -1,13 +1,14 @@
 """Build span attributes from LangChain/LangGraph objects (runs on the finisher thread).
 
 Model calls within one run resend the whole history, so each message is converted, redacted and
-encoded once per run and its JSON fragment reused (``FragmentCache``).
+encoded once per run and its JSON fragment reused (``FragmentCache``): a model's reply is encoded
+once for its own span's output, the next span's input and the run's final output.
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ee_middleware.capture import semconv as sc
@@ -21,8 +22,9 @@ from ee_middleware.messages import (
     to_jsonable,
 )
 
-FragmentCache = dict[int, tuple[Any, str]]
-"""id(object) -> (object, its redacted JSON); the object is kept so that its id is not reused."""
+FragmentCache = dict[int, tuple[Any, str, bool]]
+"""id(message) -> (message, its redacted GenAI JSON, whether it calls a tool); the message is kept
+so that its id is not reused."""
 
 
 class PayloadEncoder:
@@ -64,13 +66,25 @@ class PayloadEncoder:
     def messages(self, messages: Sequence[Any], cache: FragmentCache | None = None) -> str:
         """``gen_ai.input.messages`` for LangChain messages."""
         cache = {} if cache is None else cache
-        return "[" + ",".join(_cached(cache, message, self._encode_message) for message in messages) + "]"
+        return "[" + ",".join(self._fragment(cache, message)[1] for message in messages) + "]"
 
-    def _encode_message(self, message: Any) -> str:
-        [converted] = langchain_to_openai([message])
-        if converted["role"] == "tool":  # a huge result would otherwise repeat in every later span
-            converted["content"] = self._cut(converted["content"])[0]
-        return self._encode(openai_to_genai([converted])[0])
+    def _fragment(self, cache: FragmentCache, message: Any) -> tuple[Any, str, bool]:
+        """``message``'s cache entry, encoded on first use."""
+        hit = cache.get(id(message))
+        if hit is None or hit[0] is not message:
+            [converted] = langchain_to_openai([message])
+            if converted["role"] == "tool":  # a huge result would otherwise repeat in every later span
+                converted["content"] = self._cut(converted["content"])[0]
+            [genai] = openai_to_genai([converted])
+            hit = (message, self._encode(genai), any(p["type"] == "tool_call" for p in genai["parts"]))
+            cache[id(message)] = hit
+        return hit
+
+    @property
+    def _fragments_compose(self) -> bool:
+        """Whether a message's fragment redacts exactly as it would inside a reply with its
+        ``finish_reason``: true unless user rules or a custom function might match that member."""
+        return not self.redactor.enabled or self.redactor.builtin_only
 
     def tool_definitions(self, tools: Sequence[Any] | None, cache: FragmentCache | None = None) -> str | None:
         if not tools:
@@ -88,12 +102,21 @@ class PayloadEncoder:
     def chat_attributes(
         self, inputs: Sequence[Any], outputs: Sequence[Any], tools: Sequence[Any] | None, cache: FragmentCache | None = None
     ) -> dict[str, Any]:
+        cache = {} if cache is None else cache
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(inputs, cache)}
-        output = openai_to_genai(langchain_to_openai(outputs))
-        for message in output:
-            message["finish_reason"] = "tool_call" if any(p["type"] == "tool_call" for p in message["parts"]) else "stop"
-        attrs[sc.OUTPUT_MESSAGES] = self._encode(output)
-        attrs[sc.RESPONSE_FINISH_REASONS] = tuple(m["finish_reason"] for m in output)
+        if self._fragments_compose and not any(getattr(m, "type", None) == "tool" for m in outputs):
+            # the reply's fragment, reused by the next span's input and the run's output
+            replies = [self._fragment(cache, message) for message in outputs]
+            reasons = tuple("tool_call" if calls else "stop" for _, _, calls in replies)
+            members = (f'{fragment[:-1]},"finish_reason":"{reason}"}}' for (_, fragment, _), reason in zip(replies, reasons, strict=True))
+            attrs[sc.OUTPUT_MESSAGES] = "[" + ",".join(members) + "]"
+            attrs[sc.RESPONSE_FINISH_REASONS] = reasons
+        else:
+            output = openai_to_genai(langchain_to_openai(outputs))
+            for message in output:
+                message["finish_reason"] = "tool_call" if any(p["type"] == "tool_call" for p in message["parts"]) else "stop"
+            attrs[sc.OUTPUT_MESSAGES] = self._encode(output)
+            attrs[sc.RESPONSE_FINISH_REASONS] = tuple(m["finish_reason"] for m in output)
         definitions = self.tool_definitions(tools, cache)
         if definitions:
             attrs[sc.TOOL_DEFINITIONS] = definitions
@@ -122,17 +145,17 @@ class PayloadEncoder:
         cut = len(text) - self.max_observation_chars
         return text[: self.max_observation_chars], cut
 
-    def graph_input_attributes(self, graph_input: Any) -> dict[str, Any]:
+    def graph_input_attributes(self, graph_input: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
         messages = graph_input.get("messages") if isinstance(graph_input, Mapping) else None
         if not messages:
             return {}
-        attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages)}
+        attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages, cache)}
         task = next((m for m in langchain_to_openai(messages) if m["role"] == "user"), None)
         if task is not None:
             attrs[sc.EE_TASK] = self._redact(content_to_text(task["content"]))
         return attrs
 
-    def graph_output_attributes(self, output: Any) -> dict[str, Any]:
+    def graph_output_attributes(self, output: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
         """The run's outcome: its final assistant message, or, when the run ends on tool messages
         (``create_agent`` with a ``response_format``, tools with ``return_direct``), those tool
         messages (the observations of the last calls) and the structured response as the answer."""
@@ -152,19 +175,10 @@ class PayloadEncoder:
         if last["role"] != "assistant" or last.get("tool_calls"):
             return {}
         return {
-            sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(converted)),
+            sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
         }
 
 
 def _encode_tool_definitions(tools: Sequence[Any]) -> str:
     return dumps([{"type": "function", **schema["function"]} for schema in openai_tool_schemas(tools)])
-
-
-def _cached(cache: FragmentCache, obj: Any, encode: Callable[[Any], str]) -> str:
-    """``encode(obj)``, computed once per object for the life of ``cache``."""
-    hit = cache.get(id(obj))
-    if hit is None or hit[0] is not obj:
-        hit = (obj, encode(obj))
-        cache[id(obj)] = hit
-    return hit[1]

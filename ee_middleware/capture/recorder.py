@@ -269,12 +269,13 @@ class _Run:
     def _end(self, status: str, exc: BaseException | None) -> None:
         self.handler.close_open_spans()
         span, encoder, graph_input, output, environment = self.span, self.recorder.encoder, self.input, self.output, self.environment
+        fragments = self.handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
 
         def finish() -> None:
             try:
                 attrs: dict[str, Any] = {sc.EE_STATUS: status}
-                attrs.update(encoder.graph_input_attributes(graph_input))
-                attrs.update(encoder.graph_output_attributes(output))
+                attrs.update(encoder.graph_input_attributes(graph_input, fragments))
+                attrs.update(encoder.graph_output_attributes(output, fragments))
                 if environment is not None:
                     attrs[sc.EE_ENVIRONMENT] = encoder.encode(environment)
                 span.set_attributes(attrs)

@@ -364,6 +364,11 @@ class Redactor:
         return bool(self._rules) or self.custom is not None
 
     @property
+    def builtin_only(self) -> bool:
+        """Whether only built-in rules apply (no user patterns, no ``custom`` function)."""
+        return not self._user and self.custom is None
+
+    @property
     def json_safe(self) -> bool:
         """Whether :meth:`redact_text` keeps JSON text valid (true without a ``custom`` function)."""
         return self.custom is None
