@@ -318,6 +318,11 @@ def _write_iwm(
     return {"error_share": round(errors / non_null, 3) if non_null else 0.0, "truncated_rows": truncated}
 
 
+ROW_GROUP_BYTES = 8 * 2**20
+"""About this much prompt and completion text per row group of a dataset file."""
+MIN_ROW_GROUP_ROWS = 64
+
+
 class PartWriter:
     """One dataset file written from parts, in bounded memory.
 
@@ -329,6 +334,7 @@ class PartWriter:
     def __init__(self, path: Path, metadata: dict[str, str], kind: str, redactor: Redactor) -> None:
         self.path, self.metadata, self.kind, self.redactor = path, metadata, kind, redactor
         self.rows = 0
+        self.text_bytes = 0
         self.placeholders: Counter[str] = Counter()
         self._main: list[Path] = []
         self._tail: list[Path] = []
@@ -356,6 +362,7 @@ class PartWriter:
         self.rows += frame.height
         if frame.is_empty():
             return
+        self.text_bytes += int(frame.select(pl.col("prompt").str.len_bytes().sum() + pl.col("completion").str.len_bytes().sum()).item())
         part = self._folder / f"part-{self.count:06d}.parquet"
         with atomic_path(part, fsync=False) as tmp:  # the file they are merged into is synced
             frame.write_parquet(tmp, compression="zstd")
@@ -365,8 +372,9 @@ class PartWriter:
         """Stream the parts into the dataset file (atomically)."""
         parts = self._main + self._tail
         with atomic_path(self.path) as tmp:
-            if parts:
-                pl.scan_parquet(parts).sink_parquet(tmp, compression="zstd", metadata=self.metadata)
+            if parts:  # row groups of about ROW_GROUP_BYTES of text: the merge holds one at a time
+                rows = max(MIN_ROW_GROUP_ROWS, self.rows * ROW_GROUP_BYTES // max(1, self.text_bytes))
+                pl.scan_parquet(parts).sink_parquet(tmp, compression="zstd", metadata=self.metadata, row_group_size=rows)
             else:
                 conform(pl.DataFrame()).write_parquet(tmp, compression="zstd", metadata=self.metadata)
 
