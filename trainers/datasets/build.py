@@ -87,7 +87,7 @@ class DatasetConfig(BaseModel):
     max_synthetic_share: float | None = Field(None, ge=0, le=1)
     """Cap the share of synthetic-task trajectories (``source = curriculum``: rollouts on tasks a model
     wrote, see ``ee curriculum run``) among the trajectories the datasets are built from; which ones
-    stay is chosen by ``seed`` (stable as the store grows). Default: no cap. Recorded in ``datasets.json``."""
+    stay is chosen by ``seed`` (:func:`cap_synthetic_tasks`). Default: no cap. Recorded in ``datasets.json``."""
     chunk_mb: float = Field(32.0, gt=0)
     """Build and write about this many MB of prompt text at a time: bounds the build's memory. The rows
     are the same for any value."""
@@ -193,9 +193,9 @@ def build_datasets(
 
 def cap_synthetic_tasks(index: SourceIndex, max_share: float, seed: int) -> tuple[SourceIndex, dict[str, Any]]:
     """``index`` with at most ``max_share`` of its trajectories from synthetic tasks (``source =
-    curriculum``), and what was kept. The ones kept are those ranked first by a hash of the seed and
-    the id, so the choice is the same in every build and a trajectory kept stays kept as real
-    trajectories are added."""
+    curriculum``), and what was kept: at most ``max_share / (1 - max_share)`` of them per real
+    trajectory, those ranked first by a hash of the seed and the id (:func:`synthetic_rank`), so every
+    build of the same store keeps the same ones; adding real trajectories only ever keeps more."""
     synthetic_ids = index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE)["id"].to_list()
     real = index.trajectories.height - len(synthetic_ids)
     allowed = len(synthetic_ids) if max_share >= 1.0 else int(max_share / (1.0 - max_share) * real)
