@@ -324,6 +324,18 @@ class ExperienceSandbox:
 
     def predict(self, call: ToolCall, *, exclude_ids: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[Transition]]:
         """The model's parsed prediction for ``call`` at the current step, and the examples it was shown."""
+        messages, examples = self.prompt(call, exclude_ids=exclude_ids)
+        assert self._client is not None
+        choices = self._client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=self.max_tokens))
+        if not choices:
+            raise SyntheticObservationError("the model returned no answer")
+        choice = choices[0]
+        if choice.problem is not None:
+            raise SyntheticObservationError(choice.problem, choice.raw)
+        return parse_prediction(choice.text), examples
+
+    def prompt(self, call: ToolCall, *, exclude_ids: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[Transition]]:
+        """The messages the model is asked for ``call`` at the current step, and the retrieved examples in them."""
         trajectory, step = self._trajectory, self._step
         state = state_text(step.state) if step is not None else ""
         exclude = set(self.exclude_trajectories)
@@ -334,15 +346,7 @@ class ExperienceSandbox:
             if self.top_k
             else []
         )
-        messages = build_prompt(trajectory.task or "" if trajectory else "", state, call.name, call.arguments, examples)
-        assert self._client is not None
-        choices = self._client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=self.max_tokens))
-        if not choices:
-            raise SyntheticObservationError("the model returned no answer")
-        choice = choices[0]
-        if choice.problem is not None:
-            raise SyntheticObservationError(choice.problem, choice.raw)
-        return parse_prediction(choice.text), examples
+        return build_prompt(trajectory.task or "" if trajectory else "", state, call.name, call.arguments, examples), examples
 
     def provenance(self) -> dict[str, Any] | None:
         """The lineage of the last :meth:`execute`'s observation when the model wrote it; ``None`` when it is real."""
