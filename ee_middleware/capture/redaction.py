@@ -157,9 +157,15 @@ class Rule:
     """A group holding a name that must be secret-named (:func:`is_secret_name`)."""
     finder: Callable[[str], Iterator[re.Match[str]]] | None = None
     """Finds the matches instead of ``pattern.finditer`` (where a plain scan would be slow)."""
+    needs: tuple[str, ...] = ()
+    """Strings one of which the lower-cased text holds wherever the prefilter finds something:
+    looked for first (``in`` is far faster than a regex scan), the prefilter runs only if one is there."""
+    digits: int = 0
+    """Digits the text holds at least wherever the prefilter finds something (tested before it)."""
 
 
-_NAME_WORDS = r"(?:pass|pwd|secret|token|key|auth|cookie|credential|pin|cvv|cvc|ssn|dsn|session)"
+_NAME_WORD_LIST = ("pass", "pwd", "secret", "token", "key", "auth", "cookie", "credential", "pin", "cvv", "cvc", "ssn", "dsn", "session")
+_NAME_WORDS = "(?:" + "|".join(_NAME_WORD_LIST) + ")"
 _NAME_WORD = re.compile(_NAME_WORDS)  # searched in lower-cased text
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -188,16 +194,36 @@ _VALUE = r"""(?P<value>\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^
 _ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]{0,63}+)\\?[\"']?\s*[:=]\s*(?=" + _VALUE + ")")
 
 BUILTIN_RULES: tuple[Rule, ...] = (
-    Rule("private_key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), _having("private key")),
-    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _having("eyj")),
+    Rule(
+        "private_key",
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+        _having("private key"),
+        needs=("private key",),
+    ),
+    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _having("eyj"), needs=("eyj",)),
     Rule(
         "url_credentials",
         re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://(?P<value>[^\s:/?#@\"'\\]*:[^\s/@\"'\\]+)@"),
         _having("://"),
         group="value",
+        needs=("://",),
     ),
-    Rule("basic_auth", re.compile(r"(?i)\bbasic\s+(?P<value>[A-Za-z0-9+/]{8,}={0,2})"), _having("basic"), "value", _is_basic_credentials),
-    Rule("bearer_token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)"), _having("bearer"), "value", _is_token),
+    Rule(
+        "basic_auth",
+        re.compile(r"(?i)\bbasic\s+(?P<value>[A-Za-z0-9+/]{8,}={0,2})"),
+        _having("basic"),
+        "value",
+        _is_basic_credentials,
+        needs=("basic",),
+    ),
+    Rule(
+        "bearer_token",
+        re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)"),
+        _having("bearer"),
+        "value",
+        _is_token,
+        needs=("bearer",),
+    ),
     Rule(
         "api_key",
         re.compile(
@@ -207,6 +233,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
             r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,})"
         ),
         _having(r"sk-|[sr]k_|whsec_|akia|asia|gh[pousr]_|github_pat_|xox|aiza|hf_|glpat-|npm_|sg\."),
+        needs=(
+            *("sk-", "sk_", "rk_", "whsec_", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+            *("xox", "aiza", "hf_", "glpat-", "npm_", "sg."),
+        ),
     ),
     Rule(
         "aws_secret_key",
@@ -224,6 +254,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         lambda v: v.strip("\\\"'").lower() not in ("bearer", "basic", "", "null", "none", "true", "false"),
         name_group="name",
         finder=lambda text: _assignments(text),
+        needs=_NAME_WORD_LIST,
     ),
     Rule(
         "password",
@@ -234,11 +265,12 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         _having("pass|pwd"),
         "value",
         _is_prose_password,
+        needs=("pass", "pwd"),
     ),
-    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), _having("@")),
-    Rule("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _LONG_NUMBER, check=_is_card),
-    Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _LONG_NUMBER, check=_is_iban),
-    Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _LONG_NUMBER),
+    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), _having("@"), needs=("@",)),
+    Rule("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _LONG_NUMBER, check=_is_card, digits=7),
+    Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _LONG_NUMBER, check=_is_iban, digits=7),
+    Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _LONG_NUMBER, digits=7),
     Rule(
         "phone",
         re.compile(
@@ -247,11 +279,14 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         ),
         _LONG_NUMBER,
         check=_is_phone,
+        digits=7,
     ),
     Rule(
         "ip_address",
         re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"),
         _having(r"\d\.\d+\.\d"),
+        needs=(".",),
+        digits=3,
     ),
 )
 
@@ -356,8 +391,8 @@ class Redactor:
         extras = extra_patterns.items() if isinstance(extra_patterns, Mapping) else (("custom", p) for p in extra_patterns)
         self._user = [_user_rule(kind, pattern) for kind, pattern in [*rules.patterns.items(), *extras]]
         self._rules = self._builtin + self._user
-        # one search that finds nothing for most strings: then no built-in rule can match
-        self._any_builtin = re.compile("|".join(r.prefilter[-1].pattern for r in self._builtin)) if self._builtin else None
+        # the built-in prefilters find nothing in most strings: then no built-in rule can match
+        self._gates = _gates(self._builtin)
 
     @property
     def enabled(self) -> bool:
@@ -423,7 +458,7 @@ class Redactor:
         """(start, end, kind) of each secret in ``text``; earlier rules win where matches overlap."""
         rules = self._rules
         lowered = _lower(text)
-        if self._any_builtin is not None and self._any_builtin.search(lowered) is None:
+        if not self._could_match(lowered):
             rules = self._user
         taken: list[tuple[int, int]] = [m.span() for m in PLACEHOLDER.finditer(text)] if "[REDACTED:" in text else []
         seen: dict[Pattern[str], bool] = {}  # prefilters shared by several rules run once
@@ -440,6 +475,21 @@ class Redactor:
                     continue
                 taken.append((start, end))
                 yield start, end, rule.kind
+
+    def _could_match(self, lowered: str) -> bool:
+        """Whether a built-in prefilter finds something in ``lowered`` (each tried after its cheap tests)."""
+        digits = -1
+        for pattern, needs, min_digits in self._gates:
+            if needs and not any(word in lowered for word in needs):
+                continue
+            if min_digits:
+                if digits < 0:  # \d also matches other scripts' digits: count only in ASCII text
+                    digits = sum(map(lowered.count, "0123456789")) if lowered.isascii() else len(lowered)
+                if digits < min_digits:
+                    continue
+            if pattern.search(lowered) is not None:
+                return True
+        return False
 
     def _clean_json(self, text: str) -> bool:
         """Whether JSON ``text`` surely holds nothing to redact: no rule matches in it (secret-named
@@ -495,6 +545,14 @@ def _lower(text: str) -> str:
     if len(lowered) == len(text):
         return lowered
     return "".join(c.lower() if c.isascii() else c for c in text)
+
+
+def _gates(rules: Iterable[Rule]) -> list[tuple[Pattern[str], tuple[str, ...], int]]:
+    """Each distinct last prefilter of ``rules`` with its cheap tests; those with a string to look for first."""
+    gates: dict[str, tuple[Pattern[str], tuple[str, ...], int]] = {}
+    for rule in rules:
+        gates.setdefault(rule.prefilter[-1].pattern, (rule.prefilter[-1], rule.needs, rule.digits))
+    return sorted(gates.values(), key=lambda gate: (not gate[1], not gate[2]))
 
 
 def _found(seen: dict[Pattern[str], bool], pattern: Pattern[str], text: str) -> bool:
