@@ -1,6 +1,6 @@
 """Added CPU per run: ee's capture vs OpenInference's LangChain instrumentation, on the same graph.
 
-    .venv/bin/python benchmarks/capture_vs_openinference.py [--instr-python /tmp/instr-venv/bin/python] [--repeats 3]
+    .venv/bin/python benchmarks/capture_vs_openinference.py [--instr-python /tmp/instr-venv/bin/python] [--repeats 5]
 
 OpenInference cannot be installed beside ee's dependencies here, so each side runs in its own
 interpreter, alternately (interleaved repeats), each against its own unwrapped baseline of the same
@@ -13,7 +13,8 @@ ReAct graph (benchmarks/capture_overhead.py: instant model, trivial tools):
   drops them; ``force_flush`` at the end of the round is counted.
 
 Reported: process CPU per run (ms) for each side's baseline and instrumented graph, the added CPU,
-and ee's added CPU as a share of OpenInference's (target: <= 0.25).
+and ee's added CPU as a share of OpenInference's (paired by repeat; min/median/max; target: <= 0.25), with the
+load average before and after.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def main() -> int:
     parser.add_argument(
         "--instr-python", default="/tmp/instr-venv/bin/python", help="a Python with openinference-instrumentation-langchain"
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of both sides (min/median/max are reported)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=SECONDS)
     args = parser.parse_args()
@@ -132,19 +133,21 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    load_before = [round(x, 2) for x in os.getloadavg()]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     added: dict[str, list[float]] = {"ee": [], "openinference": []}
     raw: dict[str, list[dict[str, float]]] = {"ee": [], "openinference": []}
-    for _ in range(args.repeats):  # interleaved
-        for side, python in (("ee", sys.executable), ("openinference", args.instr_python)):
+    sides = [("ee", sys.executable), ("openinference", args.instr_python)]
+    for repeat in range(args.repeats):  # interleaved, the side that goes first swapped every repeat
+        for side, python in sides if repeat % 2 == 0 else sides[::-1]:
             cmd = [python, str(Path(__file__).resolve()), "--side", side, "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600).stdout
             result = json.loads(out.strip().splitlines()[-1])
             raw[side].append(result)
             added[side].append(result["instrumented_cpu_ms_per_run"] - result["plain_cpu_ms_per_run"])
-    shares = [e / o for e, o in zip(added["ee"], added["openinference"], strict=True)]
+    shares = [e / o for e, o in zip(added["ee"], added["openinference"], strict=True)]  # paired by repeat
     report = {
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "load_average_1_5_15_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "repeats": args.repeats,
         "ee_added_cpu_ms_per_run_min_median_max": [round(f(added["ee"]), 3) for f in (min, statistics.median, max)],
         "openinference_added_cpu_ms_per_run_min_median_max": [round(f(added["openinference"]), 3) for f in (min, statistics.median, max)],
