@@ -393,6 +393,10 @@ class Redactor:
         self._rules = self._builtin + self._user
         # the built-in prefilters find nothing in most strings: then no built-in rule can match
         self._gates = _gates(self._builtin)
+        # texts seen lately in which no rule matched (a system prompt, the tool list, a repeated
+        # tool result or task): not scanned again; bounded by _CLEAN_MEMO_CHARS in all
+        self._clean_texts: dict[str, None] = {}
+        self._clean_chars = 0
 
     @property
     def enabled(self) -> bool:
@@ -476,6 +480,24 @@ class Redactor:
                 taken.append((start, end))
                 yield start, end, rule.kind
 
+    def _no_match(self, text: str) -> bool:
+        """Whether no rule matches in ``text`` (remembered for recent clean texts)."""
+        if text in self._clean_texts:
+            return True
+        if next(self._matches(text), None) is not None:
+            return False
+        self._remember_clean(text)
+        return True
+
+    def _remember_clean(self, text: str) -> None:
+        if len(text) > _CLEAN_MEMO_CHARS // 64:
+            return
+        if self._clean_chars + len(text) > _CLEAN_MEMO_CHARS:
+            self._clean_texts.clear()  # simpler than an LRU, and rare: the memo holds hundreds of texts
+            self._clean_chars = 0
+        self._clean_texts[text] = None
+        self._clean_chars += len(text)
+
     def _could_match(self, lowered: str) -> bool:
         """Whether a built-in prefilter finds something in ``lowered`` (each tried after its cheap tests)."""
         digits = -1
@@ -495,7 +517,7 @@ class Redactor:
         """Whether JSON ``text`` surely holds nothing to redact: no rule matches in it (secret-named
         members included: the ``secret`` rule sees ``"password": ...``), and no JSON text sits two
         strings deep, where escaping would hide a member name from the rules."""
-        return self.custom is None and next(self._matches(text), None) is None and '\\\\\\"' not in text
+        return self.custom is None and '\\\\\\"' not in text and self._no_match(text)
 
     def redact_json(self, value: Any) -> str:
         """Redacted JSON text of JSON-like ``value`` (compact, UTF-8).
@@ -526,8 +548,11 @@ class Redactor:
         return self.redact_text(text)
 
     def _apply_rules(self, text: str) -> str:
+        if text in self._clean_texts:
+            return text
         replacements = [(start, end, self.placeholder(kind, text[start:end])) for start, end, kind in self._matches(text)]
         if not replacements:
+            self._remember_clean(text)
             return text
         out, last = [], 0
         for start, end, placeholder in sorted(replacements):
@@ -536,6 +561,10 @@ class Redactor:
             last = end
         out.append(text[last:])
         return "".join(out)
+
+
+_CLEAN_MEMO_CHARS = 4_000_000
+"""Characters of clean text a redactor remembers at most (texts over 1/64 of it are not kept)."""
 
 
 def _lower(text: str) -> str:
