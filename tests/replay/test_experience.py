@@ -20,7 +20,7 @@ import pytest
 
 from ee_middleware.errors import SandboxError
 from ee_middleware.records import ToolCall, Trajectory
-from ee_middleware.replay.retrieval import TransitionIndex, trajectory_transitions
+from ee_middleware.replay.retrieval import TransitionIndex, state_text, trajectory_transitions
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError, parse_prediction
 from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints
 from ee_middleware.store.local import LocalExperienceStore
@@ -362,12 +362,14 @@ def test_a_replay_job_refuses_tools_below_their_fidelity_and_says_which(bfcl_sto
     assert stored and {r.action.tool_call.name for r in stored} == {"ls"} and all(r.synthetic for r in stored)
 
 
-def test_the_sandbox_indexes_what_the_store_gained_on_reset(bfcl_store_path: Path, serve: Any) -> None:
+@pytest.mark.parametrize("retriever", ["bm25", "bm25s"])
+def test_the_sandbox_indexes_what_the_store_gained_on_reset(bfcl_store_path: Path, serve: Any, retriever: str) -> None:
     from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout
 
     model = serve(copy_first_example)
-    sandbox = ExperienceSandbox(model.spec, store=str(bfcl_store_path), refresh_s=0.0)
+    sandbox = ExperienceSandbox(model.spec, store=str(bfcl_store_path), refresh_s=0.0, retriever=retriever)
     before = len(sandbox.index)
+    assert sandbox.index.retriever_name == retriever
     trajectory = _trajectories(bfcl_store_path)[0]
     step, call = _a_non_expert_call(trajectory)
     store = LocalExperienceStore(bfcl_store_path)
@@ -380,8 +382,10 @@ def test_the_sandbox_indexes_what_the_store_gained_on_reset(bfcl_store_path: Pat
         ReplayRecord(replay_id="r", trajectory_id=trajectory.id, status="done", policy="t", sandbox="bfcl", k=1, seed=0), [rollout]
     )
     store.close()
+    sandbox.index.search(call.name, call.arguments)  # queried before the store grew
     sandbox.reset(None)
     assert len(sandbox.index) == before + 1 and sandbox.index.transitions[-1].id == "rollout:real-2"
+    assert sandbox.index.search(call.name, call.arguments, state_text(step.state), k=1)[0].id == "rollout:real-2", "found at once"
     sandbox.close()
 
 
