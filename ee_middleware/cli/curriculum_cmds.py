@@ -61,7 +61,7 @@ def propose_cmd(
 def run_cmd(
     tasks: Path = typer.Argument(..., help="tasks.jsonl from 'ee curriculum propose'."),
     policy: str = typer.Option(
-        ..., "--policy", help="The policy to roll out: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
+        ..., "--policy", help="The policy to roll out: local:DIR\\[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
     ),
     sandbox: str = typer.Option(..., "--sandbox", help="Sandbox spec (bfcl, module:factory, experience:MODEL_SPEC)."),
     judge: str = typer.Option(..., "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
