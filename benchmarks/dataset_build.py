@@ -9,8 +9,8 @@ trajectory, a state growing by two messages per step) and ``--k`` rollouts per s
 store's real layout (Parquet parts and a manifest), not timed. Then each side builds the IL and IWM
 datasets (no error cap, observations cut at 512 tokens) from that store into Parquet files, **each
 run in a fresh process** (cold: nothing imported, read or built before in that process; the OS
-file cache is warm for both), with its peak resident memory taken from the kernel (``wait4``'s
-``ru_maxrss`` of that process) and its time measured over the whole build: opening the store,
+file cache is warm for both), with its peak resident memory taken from the kernel (``VmHWM`` of
+that process, see :func:`peak_rss_mib`) and its time measured over the whole build: opening the store,
 loading the source, building, redacting and writing the Parquet files.
 
 Sides, interleaved (the order alternates between repeats), each repeat gives min/median/max:
@@ -248,10 +248,25 @@ def side_python(store: Path, out: Path) -> None:
 SIDES = {"ee": side_ee, "python": side_python}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's ``VmHWM`` belongs to the process image, so it
+    starts again at ``exec``; ``ru_maxrss`` (also ``wait4``'s) keeps the high-water mark of the
+    image before ``exec``, i.e. of the parent that forked this process, and over-reports a small child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     SIDES[args.side.split("@")[0]](Path(args.store), Path(args.out))
-    print(json.dumps({"build_s": time.perf_counter() - started}))
+    print(json.dumps({"build_s": time.perf_counter() - started, "peak_mib": peak_rss_mib()}))
 
 
 # --- the parent -----------------------------------------------------------------------------------
@@ -271,8 +286,8 @@ def run_side(side: str, store: Path, out: Path, env: dict[str, str]) -> dict[str
         output, errors = stdout.read().decode(), stderr.read().decode()
     if process.returncode != 0:
         raise SystemExit(f"{side} failed ({process.returncode}):\n{errors[-3000:]}")
-    build = json.loads(output.strip().splitlines()[-1])["build_s"]
-    return {"process_s": wall, "build_s": build, "peak_mib": usage.ru_maxrss / 1024}
+    reported = json.loads(output.strip().splitlines()[-1])
+    return {"process_s": wall, "build_s": reported["build_s"], "peak_mib": reported["peak_mib"], "wait4_maxrss_mib": usage.ru_maxrss / 1024}
 
 
 def compare(a: Path, b: Path, slice_rows: int = 50_000) -> dict[str, Any]:

@@ -45,8 +45,8 @@ class DatasetSource:
 def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) -> str:
     """The source hash every dataset row records: sorted trajectory ids, sorted rollout ids, step count."""
     digest = hashlib.sha256()
-    for ids in (trajectory_ids, rollout_ids):
-        digest.update("\n".join(sorted(ids.to_list())).encode())
+    for ids in (trajectory_ids, rollout_ids):  # "\n".join(sorted(ids)), without a Python string per id
+        digest.update((ids.sort().str.join("\n").item() or "").encode())
         digest.update(b"\x00")
     digest.update(str(steps).encode())
     return digest.hexdigest()[:16]
