@@ -24,16 +24,20 @@ distinct. Seeded: the same decision point, ``k`` and ``seed`` give the same cand
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
+import itertools
 import random
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ee_middleware.models.parsing import call_id, canonical_call
+from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
-from ee_middleware.replay.policies.vocabulary import DATE, EMAIL, Vocabulary, coarse_shape, is_identifier, is_placeholder, shape
+from ee_middleware.replay.policies.vocabulary import DATE, EMAIL, Harvester, Vocabulary, coarse_shape, is_identifier, is_placeholder, shape
 
 __all__ = ["MutationPolicy", "Vocabulary"]
 
@@ -58,17 +62,26 @@ def string_role(name: str, schema: Mapping[str, Any], current: Any = None) -> st
     One of ``email``, ``phone``, ``date``, ``path``, ``identifier``, ``expression`` (arithmetic),
     ``phrase`` (free text), ``word`` (a search term or a title) and ``name`` (any other short value).
     """
-    lowered = name.lower()
     value = current if isinstance(current, str) else ""
+    form = schema.get("format")
+    if not isinstance(form, str):
+        form = None  # only "email" and "date" matter; anything else (even unhashable) reads as no format
+    return _string_role(name, form, value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _string_role(name: str, form: str | None, value: str) -> str:
+    """:func:`string_role` of a name, the schema's ``format`` and the expert's string value (cached: a pure function)."""
+    lowered = name.lower()
     if any(hint in lowered for hint in _EXPRESSION_HINTS) or (
         " " in value and _ARITHMETIC.match(value) and any(c in value for c in "+-*/")
     ):
         return "expression"
-    if schema.get("format") == "email" or "email" in lowered or EMAIL.fullmatch(value):
+    if form == "email" or "email" in lowered or EMAIL.fullmatch(value):
         return "email"
     if "phone" in lowered or "mobile" in lowered:
         return "phone"
-    if schema.get("format") == "date" or lowered.endswith("date") or DATE.match(value):
+    if form == "date" or lowered.endswith("date") or DATE.match(value):
         return "date"
     if any(hint in lowered for hint in _PATH_HINTS):
         return "path"
@@ -99,6 +112,11 @@ class _ValueMaker:
         self.optional_arg_rate = optional_arg_rate
         self.strict = True
         self.guessed: str | None = None
+        # What depends only on the vocabulary (never on the random draws), computed once per decision point.
+        self._pool_cache: dict[tuple[str, str, str | None], list[list[str]]] = {}
+        self._weight_cache: dict[int, tuple[Mapping[str, Any], float]] = {}
+        self.other_tools: tuple[list[str], list[float]] | None = None
+        """The tools other than the expert's and their cumulative input weights (set by the policy on first use)."""
 
     def arguments(self, schema: Mapping[str, Any], invalid: bool = False) -> tuple[dict[str, Any], str | None]:
         """Required arguments, plus each optional one with probability ``optional_arg_rate``.
@@ -256,6 +274,14 @@ class _ValueMaker:
     def input_weight(self, schema: Mapping[str, Any]) -> float:
         """How readily an agent would call a tool with ``schema`` here: 4 when it takes ids, e-mails or phones
         and every required one has a seen value, 1 when it takes none, 0.5 when one has none seen."""
+        hit = self._weight_cache.get(id(schema))
+        if hit is not None and hit[0] is schema:
+            return hit[1]
+        weight = self._input_weight(schema)
+        self._weight_cache[id(schema)] = (schema, weight)
+        return weight
+
+    def _input_weight(self, schema: Mapping[str, Any]) -> float:
         props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
         takes_ids = False
         for key in schema.get("required") or ():
@@ -270,7 +296,14 @@ class _ValueMaker:
         return 4.0 if takes_ids else 1.0
 
     def _pools(self, role: str, name: str, current: Any) -> list[list[str]]:
-        """Candidate values for a string of ``role``, best first."""
+        """Candidate values for a string of ``role``, best first (the lists are shared: read them, never change them)."""
+        key = (role, name, current if isinstance(current, str) else None)  # only a string ``current`` shapes the pools
+        pools = self._pool_cache.get(key)
+        if pools is None:
+            pools = self._pool_cache[key] = self._make_pools(role, name, current)
+        return pools
+
+    def _make_pools(self, role: str, name: str, current: Any) -> list[list[str]]:
         v = self.vocab
         keyed = [str(x) for x in v.keyed_values(name) if isinstance(x, (str, int)) and not isinstance(x, bool)]
         if role == "email":
@@ -406,6 +439,7 @@ class MutationPolicy:
         self.optional_arg_rate = float(optional_arg_rate)
         self.invalid_share = float(invalid_share)
         self.patience = patience
+        self._local = threading.local()
 
     def describe(self) -> dict[str, Any]:
         """The settings that shape proposals."""
@@ -419,11 +453,25 @@ class MutationPolicy:
     def close(self) -> None:
         """Nothing to release."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}  # a policy crosses to worker processes without its caches
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _harvester(self) -> Harvester:
+        """This thread's :class:`Harvester` (a trajectory's successive states are read incrementally)."""
+        harvester = getattr(self._local, "harvester", None)
+        if harvester is None:
+            harvester = self._local.harvester = Harvester()
+        return harvester
+
     def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
         """Up to ``k`` distinct schema-valid calls, none equal to the expert's (fewer only when the schemas allow fewer)."""
         schemas = tool_schemas_for(point.tools)
         rng = random.Random(f"{self.name}:{seed}:{point.trajectory_id}:{point.step_index}")
-        maker = _ValueMaker(rng, Vocabulary.harvest(point), self.optional_arg_rate)
+        maker = _ValueMaker(rng, self._harvester().harvest(point), self.optional_arg_rate)
         settings = {"same_tool_share": self.same_tool_share, "invalid_share": self.invalid_share}
         seen = {canonical_call(point.expert.name, point.expert.arguments)}
         failures = {"same": 0, "other": 0}
@@ -462,18 +510,22 @@ class MutationPolicy:
             seen.add(key)
             n_same += mode == "same"
             n_invalid += bool(broken)
-            call = ToolCall(id=call_id(name, arguments, len(candidates)), name=name, arguments=arguments)
+            call = ToolCall(id=_call_id(key, len(candidates)), name=name, arguments=arguments)
             marks = {"deliberately_invalid": broken} if broken else {"guessed": maker.guessed} if maker.guessed else {}
-            candidates.append(Candidate(call=call, proposer=ProposerInfo(policy=self.name, seed=seed, settings={**settings, **marks})))
+            proposer = ProposerInfo(policy=self.name, seed=seed, settings={**settings, **marks})
+            candidates.append(Candidate(call=call, proposer=proposer, checked=(schemas, key)))
         return Proposals(candidates)
 
     def _other_tool(
         self, expert: ToolCall, schemas: ToolSchemas, maker: _ValueMaker, invalid: bool
     ) -> tuple[str, dict[str, Any], str | None]:
-        others = [n for n in schemas.names if n != expert.name]
-        # An agent calls tools it has the inputs for: those whose ids, e-mails and phones it has seen come first.
-        weights = [maker.input_weight(schemas.parameters(n)) for n in others]
-        name = maker.rng.choices(others, weights)[0]
+        if maker.other_tools is None:
+            others = [n for n in schemas.names if n != expert.name]
+            # An agent calls tools it has the inputs for: those whose ids, e-mails and phones it has seen come first.
+            weights = [maker.input_weight(schemas.parameters(n)) for n in others]
+            maker.other_tools = (others, list(itertools.accumulate(weights)))  # what random.choices(others, weights) sums up
+        others, cum_weights = maker.other_tools
+        name = maker.rng.choices(others, cum_weights=cum_weights)[0]
         arguments, broken = maker.arguments(schemas.parameters(name), invalid)
         return name, arguments, broken
 
@@ -512,6 +564,11 @@ class MutationPolicy:
             if value != current:
                 break
         return value
+
+
+def _call_id(key: str, index: int) -> str:
+    """:func:`~ee_middleware.models.parsing.call_id` of a call whose :func:`canonical_call` is ``key`` (computed once)."""
+    return f"alt-{hashlib.sha1(f'{key}#{index}'.encode(), usedforsecurity=False).hexdigest()[:12]}"
 
 
 def _breakable(schema: Any) -> bool:

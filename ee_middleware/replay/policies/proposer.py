@@ -131,34 +131,43 @@ class _Selection:
             if refill_for is not None:
                 settings = {**candidate.proposer.settings, "refill_for": refill_for}
                 candidate = Candidate(
-                    candidate.call, candidate.proposer.model_copy(update={"settings": settings}), candidate.raw, candidate.problem
+                    candidate.call,
+                    candidate.proposer.model_copy(update={"settings": settings}),
+                    candidate.raw,
+                    candidate.problem,
+                    candidate.checked,
                 )
             self._offer(candidate, refill=refill)
 
     def _offer(self, candidate: Candidate, *, refill: bool) -> None:
-        rejection = self._check(candidate)
+        key, rejection = self._check(candidate)
         if rejection is not None:
             self.result.rejected.append(Rejection(rejection[0], rejection[1], candidate, refill=refill))
             return
-        assert candidate.call is not None
-        self.accepted_keys.add(canonical_call(candidate.call.name, candidate.call.arguments))
+        assert candidate.call is not None and key is not None
+        self.accepted_keys.add(key)
         branch = len(self.result.accepted)
         call = candidate.call.model_copy(update={"id": f"alt-{self.point.step_index}-{branch}"})
         self.result.accepted.append(Candidate(call, candidate.proposer, candidate.raw, candidate.problem))
         self.result.refilled += int(refill)
 
-    def _check(self, candidate: Candidate) -> tuple[RejectReason, str] | None:
+    def _check(self, candidate: Candidate) -> tuple[str | None, tuple[RejectReason, str] | None]:
+        """The candidate's :func:`canonical_call` (when it has a call) and why it is rejected (``None``: accepted)."""
         call = candidate.call
         if call is None:
-            return "unparsable", candidate.problem or "the policy returned no tool call"
-        if call.name not in self.schemas:
-            return "unknown_tool", self.schemas.validate(call) or call.name
-        problem = self.schemas.validate(call)
-        if problem is not None:
-            return "invalid_arguments", problem
-        key = canonical_call(call.name, call.arguments)
+            return None, ("unparsable", candidate.problem or "the policy returned no tool call")
+        checked = candidate.checked
+        if checked is not None and checked[0] is self.schemas:
+            key = checked[1]  # the policy validated it against these very schemas (the mutation policy does)
+        else:
+            if call.name not in self.schemas:
+                return None, ("unknown_tool", self.schemas.validate(call) or call.name)
+            problem = self.schemas.validate(call)
+            if problem is not None:
+                return None, ("invalid_arguments", problem)
+            key = canonical_call(call.name, call.arguments)
         if key == self.expert_key:
-            return "expert_action", f"{call.name} with the expert's own arguments"
+            return key, ("expert_action", f"{call.name} with the expert's own arguments")
         if key in self.accepted_keys:
-            return "duplicate", f"{call.name} was already proposed with the same arguments"
-        return None
+            return key, ("duplicate", f"{call.name} was already proposed with the same arguments")
+        return key, None

@@ -39,6 +39,10 @@ class Candidate:
     """What the model produced (kept for rejects and debugging)."""
     problem: str | None = None
     """Why ``raw`` could not be parsed into a tool call (``call`` is then ``None``)."""
+    checked: tuple[Any, str] | None = field(default=None, compare=False, repr=False)
+    """Set by a policy that validated ``call`` itself: the :class:`~ee_middleware.replay.policies.schema.ToolSchemas`
+    it fits (the object :func:`~ee_middleware.replay.policies.schema.tool_schemas_for` gave for the point's tools) and
+    its :func:`~ee_middleware.models.parsing.canonical_call`. The proposer then does not validate it again."""
 
 
 @dataclass

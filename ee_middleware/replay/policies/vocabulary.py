@@ -21,10 +21,12 @@ the agent, not the situation. Redaction placeholders (``[REDACTED:email]``) are 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 _WORD = re.compile(r"[A-Za-z0-9][\w.\-/]*\w")
@@ -53,11 +55,13 @@ _STOPWORDS_TEXT = """the and for are but not you your with this that have from t
 STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def shape(value: str) -> str:
     """The form of a value, character by character: ``#W1234567`` -> ``#A9999999``, ``emma_kim_4821`` -> ``aaaa_aaa_9999``."""
     return "".join("9" if c.isdigit() else "A" if c.isupper() else "a" if c.isalpha() else c for c in value)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def coarse_shape(value: str) -> str:
     """:func:`shape` with runs collapsed: ``#W1234567`` -> ``#A9``; ``emma_kim_4821`` -> ``a_a_9``."""
     out: list[str] = []
@@ -114,23 +118,24 @@ class Vocabulary:
     @classmethod
     def harvest(cls, point: Any) -> Vocabulary:
         """Collect values from a :class:`~ee_middleware.replay.policies.protocol.DecisionPoint`'s state and expert call."""
-        vocab = cls()
-        tool_names: dict[str, str] = {}
-        for message in point.state:
-            role = message.get("role")
-            for text in _message_texts(message):
-                if role == "system":
-                    vocab.prose_words.extend(_words(text))
-                elif role == "tool":
-                    vocab._add_observation(text, message.get("name") or tool_names.get(str(message.get("tool_call_id")), ""))
-                else:
-                    vocab._add_text(text, user=role in ("user", "human"))
-            for call_id, name, arguments in _message_calls(message):
-                tool_names[call_id] = name
-                vocab._add_keyed(arguments, "")
-        vocab._add_keyed(point.expert.arguments, "")
-        vocab._dedupe()
-        return vocab
+        return Harvester().harvest(point)
+
+    def _add_message(self, message: Mapping[str, Any], tool_names: dict[str, str]) -> None:
+        role = message.get("role")
+        for text in _message_texts(message):
+            if role == "system":
+                self.prose_words.extend(_words(text))
+            elif role == "tool":
+                self._add_observation(text, message.get("name") or tool_names.get(str(message.get("tool_call_id")), ""))
+            else:
+                self._add_text(text, user=role in ("user", "human"))
+        for call_id, name, arguments in _message_calls(message):
+            tool_names[call_id] = name
+            self._add_keyed(arguments, "")
+
+    def _copy(self) -> Vocabulary:
+        lists = {f.name: list(getattr(self, f.name)) for f in fields(self) if f.name != "keyed"}
+        return Vocabulary(**lists, keyed={k: list(v) for k, v in self.keyed.items()})
 
     def keyed_values(self, name: str) -> list[Any]:
         """Values seen under ``name`` (or a name with the same stem)."""
@@ -213,6 +218,36 @@ class Vocabulary:
         for name in ("strings", "ints", "numbers", "identifiers", "emails", "phones", "dates", "phrases"):
             setattr(self, name, list(dict.fromkeys(getattr(self, name))))
         self.keyed = {k: list(dict.fromkeys(v)) for k, v in self.keyed.items()}
+
+
+class Harvester:
+    """:meth:`Vocabulary.harvest` for the successive decision points of a trajectory, reading each message once.
+
+    The state at a trajectory's next step extends the state at its previous one, and a message adds
+    the same values wherever it is read, so the values of the messages seen before are kept (with
+    copies of those messages, to tell that a new state really extends them) and only the new
+    messages are read. Any other state starts afresh. The vocabulary is the same as a fresh
+    :meth:`Vocabulary.harvest` gives, value for value and in the same order.
+    """
+
+    def __init__(self) -> None:
+        self._messages: list[Any] = []
+        self._raw = Vocabulary()
+        self._tool_names: dict[str, str] = {}
+
+    def harvest(self, point: Any) -> Vocabulary:
+        state = point.state
+        seen = len(self._messages)
+        if len(state) < seen or list(state[:seen]) != self._messages:
+            self._messages, self._raw, self._tool_names = [], Vocabulary(), {}
+            seen = 0
+        for message in state[seen:]:
+            self._raw._add_message(message, self._tool_names)
+            self._messages.append(copy.deepcopy(message))
+        vocab = self._raw._copy()
+        vocab._add_keyed(point.expert.arguments, "")
+        vocab._dedupe()
+        return vocab
 
 
 def _words(text: str) -> list[str]:
