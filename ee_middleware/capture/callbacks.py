@@ -106,18 +106,24 @@ class RunCapture(BaseCallbackHandler):
             attrs[sc.EE_LANGGRAPH_NODE] = str(metadata["langgraph_node"])
         if params.get("temperature") is not None:
             attrs[sc.REQUEST_TEMPERATURE] = float(params["temperature"])
-        span = self.recorder.tracer.start_span(
-            f"chat {model}", context=self._parent, kind=SpanKind.CLIENT, attributes=attrs, start_time=start
-        )
+        # encoded first and given to start_span: one pass over the attributes instead of two
+        encoded = False
         try:
             if error is None:
                 outputs = [g.message for g in response.generations[0] if hasattr(g, "message")] if response.generations else []
-                span.set_attributes(self.recorder.encoder.chat_attributes(inputs, outputs, params.get("tools"), self.fragments))
+                attrs.update(self.recorder.encoder.chat_attributes(inputs, outputs, params.get("tools"), self.fragments))
             else:
-                span.set_attribute(sc.INPUT_MESSAGES, self.recorder.encoder.messages(inputs, self.fragments))
-                self._set_error(span, error)
-        finally:
-            span.end(end_time=end)
+                attrs[sc.INPUT_MESSAGES] = self.recorder.encoder.messages(inputs, self.fragments)
+            encoded = True
+        finally:  # the span is made even if encoding failed, with the attributes made so far
+            span = self.recorder.tracer.start_span(
+                f"chat {model}", context=self._parent, kind=SpanKind.CLIENT, attributes=attrs, start_time=start
+            )
+            try:
+                if encoded and error is not None:
+                    self._set_error(span, error)
+            finally:
+                span.end(end_time=end)
 
     def _emit_tool(self, start: int, end: int, data: tuple[Any, ...], output: Any, error: BaseException | None) -> None:
         name, call_id, arguments = data
@@ -127,24 +133,31 @@ class RunCapture(BaseCallbackHandler):
         attrs[sc.TOOL_TYPE] = "function"
         if call_id:
             attrs[sc.TOOL_CALL_ID] = str(call_id)
-        span = self.recorder.tracer.start_span(
-            f"execute_tool {name}", context=self._parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=start
-        )
+        encoded, status = False, None
         try:
-            span.set_attribute(sc.TOOL_CALL_ARGUMENTS, encoder.tool_arguments(arguments))
+            attrs[sc.TOOL_CALL_ARGUMENTS] = encoder.tool_arguments(arguments)
             if error is not None:
-                span.set_attribute(sc.TOOL_CALL_RESULT, encoder.text(f"{type(error).__name__}: {error}"))
-                self._set_error(span, error)
-                return
-            text, is_error, truncated = encoder.tool_result(output)
-            span.set_attribute(sc.TOOL_CALL_RESULT, text)
-            if truncated:
-                span.set_attribute(sc.EE_OBSERVATION_TRUNCATED, truncated)
-            if is_error:
-                span.set_attribute(sc.ERROR_TYPE, "tool_error")
-                span.set_status(Status(StatusCode.ERROR, text[:500]))
-        finally:
-            span.end(end_time=end)
+                attrs[sc.TOOL_CALL_RESULT] = encoder.text(f"{type(error).__name__}: {error}")
+            else:
+                text, is_error, truncated = encoder.tool_result(output)
+                attrs[sc.TOOL_CALL_RESULT] = text
+                if truncated:
+                    attrs[sc.EE_OBSERVATION_TRUNCATED] = truncated
+                if is_error:
+                    attrs[sc.ERROR_TYPE] = "tool_error"
+                    status = Status(StatusCode.ERROR, text[:500])
+            encoded = True
+        finally:  # as for chat spans: made even if encoding failed
+            span = self.recorder.tracer.start_span(
+                f"execute_tool {name}", context=self._parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=start
+            )
+            try:
+                if encoded and error is not None:
+                    self._set_error(span, error)
+                elif status is not None:
+                    span.set_status(status)
+            finally:
+                span.end(end_time=end)
 
     def _set_error(self, span: Any, error: BaseException) -> None:
         encoder = self.recorder.encoder

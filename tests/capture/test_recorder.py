@@ -344,3 +344,30 @@ def test_bad_arguments_are_rejected_with_a_clear_message(react_graph, store_path
         record_experience(react_graph, app="x", store=store_path, colour="blue")
     with pytest.raises(ConfigError, match="TracerProvider"):
         record_experience(react_graph, app="x", store=store_path, tracer_provider=object())
+
+
+@pytest.mark.parametrize("failing", ["chat_attributes", "tool_result"])
+def test_a_span_whose_payload_cannot_be_encoded_is_still_exported_and_the_failure_counted(
+    failing, react_graph, store_path, tracer_provider, span_exporter, monkeypatch
+):
+    """Fault injected into the real encoder: the span goes out with what was encoded before the failure."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(react_graph, app="shop", store=store_path, tracer_provider=tracer_provider, strict=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot encode")
+
+    monkeypatch.setattr(agent.recorder.encoder, failing, broken)
+    result = agent.invoke(USER_TASK)
+    assert result["messages"][-1].content.startswith("Pears")
+    agent.flush()
+    spans = span_exporter.get_finished_spans()
+    kind = "chat" if failing == "chat_attributes" else "execute_tool"
+    made = [s for s in spans if s.name.startswith(kind)]
+    assert len(made) == (3 if kind == "chat" else 2)
+    for span in made:
+        assert span.attributes[sc.OPERATION_NAME] == kind and span.end_time >= span.start_time
+        assert sc.INPUT_MESSAGES not in span.attributes and sc.TOOL_CALL_RESULT not in span.attributes
+    if kind == "execute_tool":
+        assert all(json.loads(s.attributes[sc.TOOL_CALL_ARGUMENTS]) for s in made)
+    assert agent.recorder.stats.runs_failed >= len(made) and "cannot encode" in agent.recorder.stats.errors[0]
