@@ -5,6 +5,13 @@ machine boundaries) and yields one :class:`~ee_middleware.replay.runner.ReplayOu
 trajectory as soon as it is ready, in completion order. Each worker builds its own sandbox and
 policy once and reuses them for every trajectory it is given.
 
+Worker processes and Ray actors propose, replay *and write*: given :attr:`WorkerSpec.store`, each
+opens its own handle on the store and appends every trajectory's rollouts and record to its own
+spool segment (the store's writers never share a file), then sends back only the record. The job
+process then only hands out trajectories and counts, so a second worker adds throughput instead of
+waiting on one process that writes everything. A worker that cannot open that very store (a Ray
+node without the shared folder) sends the rollouts back, and the job writes them as before.
+
 Every worker closes its sandbox and policy when it ends, and no worker outlives the job: local worker
 processes die with the process that started them (see :mod:`ee_middleware.replay._lifetime`), even
 when it is killed with ``SIGKILL``; sandbox children (``--isolation subprocess``) then kill
@@ -22,10 +29,11 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ee_middleware._optional import import_optional
-from ee_middleware.errors import MissingExtraError, PolicyError
+from ee_middleware.errors import EEError, MissingExtraError, PolicyError, StoreError
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
 from ee_middleware.replay._lifetime import die_with_parent
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
@@ -40,6 +48,12 @@ class WorkerSpec:
     policy: str
     settings: ReplaySettings
     policy_options: dict[str, Any] = field(default_factory=dict)
+    store: str | None = None
+    """The store (a spec for :func:`~ee_middleware.store.registry.open_store`) the worker writes each
+    trajectory's rollouts and record into; ``None``: it returns them and the job writes them."""
+    store_marker: str | None = None
+    """The text of the store's ``ee-store.json`` where the job read it: a worker writes only into a
+    store whose marker reads the same (the same store, not another one at the same path elsewhere)."""
 
 
 class _Worker:
@@ -48,6 +62,8 @@ class _Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self._parts: tuple[Sandbox, Any] | None = None
+        self._store: Any = None
+        self._store_checked = False
 
     def _build(self) -> tuple[Sandbox, Any]:
         from ee_middleware.replay.policies.proposer import Proposer
@@ -60,6 +76,24 @@ class _Worker:
         return self._parts
 
     def replay(self, trajectory: Trajectory) -> ReplayOutcome:
+        outcome = self._replay(trajectory)
+        store = self._writable_store()
+        if store is None:
+            return outcome
+        try:
+            store.write_replay(outcome.record, outcome.rollouts)
+        except OSError as exc:
+            raise StoreError(f"Could not write rollouts to {self.spec.store}: {exc}. Free space or fix permissions, then re-run.") from exc
+        return ReplayOutcome(outcome.record, stored=True)
+
+    def _writable_store(self) -> Any:
+        """This worker's own handle on the job's store, or ``None`` when the job writes (see :attr:`WorkerSpec.store`)."""
+        if not self._store_checked:
+            self._store_checked = True
+            self._store = _open_same_store(self.spec.store, self.spec.store_marker) if self.spec.store is not None else None
+        return self._store
+
+    def _replay(self, trajectory: Trajectory) -> ReplayOutcome:
         settings = self.spec.settings
         sandbox, proposer = self._build()  # a sandbox or policy that cannot be built stops the job
         try:
@@ -67,7 +101,7 @@ class _Worker:
         except (PolicyError, MissingExtraError):
             raise  # the policy is unusable (server down, model missing): stop the whole job
         except Exception as exc:  # noqa: BLE001 - one trajectory's failure must not stop the job
-            self.close()
+            self._close_parts()
             tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
             record = ReplayRecord(
                 replay_id=settings.replay_id,
@@ -83,6 +117,12 @@ class _Worker:
             return ReplayOutcome(record)
 
     def close(self) -> None:
+        store, self._store, self._store_checked = self._store, None, False
+        if store is not None:
+            store.close()  # seals this worker's spool segment
+        self._close_parts()
+
+    def _close_parts(self) -> None:
         if self._parts is not None:
             sandbox, proposer = self._parts
             self._parts = None
@@ -93,6 +133,29 @@ class _Worker:
                         close()
                     except Exception:  # noqa: BLE001 - closing is best effort
                         pass
+
+
+def store_marker(store: Any) -> str | None:
+    """The text of a local store's ``ee-store.json`` (``None`` for other stores), for :attr:`WorkerSpec.store_marker`."""
+    root = getattr(store, "root", None)
+    try:
+        return (Path(root) / "ee-store.json").read_text() if root is not None else None
+    except OSError:
+        return None
+
+
+def _open_same_store(spec: str, marker: str | None) -> Any:
+    """The store ``spec`` names, opened in this worker, when it is the job's own store; else ``None``."""
+    from ee_middleware.store.registry import open_store
+
+    try:
+        store = open_store(spec, create=False)
+    except EEError:
+        return None  # not reachable from here: the job writes what this worker returns
+    if marker is not None and store_marker(store) != marker:
+        store.close()
+        return None
+    return store
 
 
 class Executor(Protocol):

@@ -8,6 +8,7 @@ run continues where it stopped, and a finished one does nothing new. ``failed`` 
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import polars as pl
 
 from ee_middleware.errors import EEError, PolicyError, StoreError
 from ee_middleware.replay.config import ReplayConfig
-from ee_middleware.replay.executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, WorkerSpec
+from ee_middleware.replay.executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, WorkerSpec, store_marker
 from ee_middleware.replay.privacy import ReplayPrivacy
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
 from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints, sandbox_factory, sandbox_options
@@ -84,7 +85,7 @@ class ReplaySummary:
         self.rejected += r.rejected
         self.fidelity_mismatches += r.fidelity_mismatches
         self.unrestorable += r.unrestorable
-        self.unrestored_branches += sum(bool(o.unrestored) for o in outcome.rollouts)
+        self.unrestored_branches += r.details.get("unrestored_branches", 0)  # counted by the runner, wherever the rollouts went
         for example in r.details.get("unrestorable_steps", []):
             if len(self.unrestorable_examples) < 5:
                 self.unrestorable_examples.append({"trajectory_id": r.trajectory_id, **example})
@@ -144,7 +145,16 @@ def run_replay(
         max_observation_chars=config.max_observation_chars,
         privacy=ReplayPrivacy.of_store(store),  # the store's own redaction rules, salt and vault
     )
-    spec = WorkerSpec(sandbox_factory=factory, policy=config.policy, settings=settings, policy_options=config.policy_options())
+    # Worker processes and Ray actors write into the store themselves (see executors); in-process, the job writes.
+    writers = isinstance(config.store, (str, os.PathLike)) and (config.executor == "ray" or config.workers > 1)
+    spec = WorkerSpec(
+        sandbox_factory=factory,
+        policy=config.policy,
+        settings=settings,
+        policy_options=config.policy_options(),
+        store=str(config.store) if writers else None,
+        store_marker=store_marker(store) if writers else None,
+    )
     summary = ReplaySummary(
         replay_id=config.replay_id,
         sandbox=config.sandbox,
@@ -169,7 +179,8 @@ def run_replay(
     try:
         for outcome in executor.map(trajectories):
             try:
-                store.write_replay(outcome.record, outcome.rollouts)
+                if not outcome.stored:
+                    store.write_replay(outcome.record, outcome.rollouts)
             except OSError as exc:
                 raise StoreError(f"Could not write rollouts to {config.store}: {exc}. Free space or fix permissions, then re-run.") from exc
             summary.add(outcome)

@@ -69,6 +69,9 @@ class ReplayOutcome:
 
     record: ReplayRecord
     rollouts: list[Rollout] = field(default_factory=list)
+    stored: bool = False
+    """The worker wrote the rollouts and the record into the store itself; ``rollouts`` is then empty
+    (they stay in the worker: only the record travels back to the job)."""
 
 
 def derive_seed(seed: int, trajectory_id: str, step_index: int) -> int:

@@ -46,3 +46,40 @@ def test_two_worker_processes_store_the_golden_rollouts(stable_store_path: Path)
 def test_ray_on_a_local_cluster_stores_the_golden_rollouts(stable_store_path: Path) -> None:
     pytest.importorskip("ray")
     _check_against_golden(stable_store_path, workers=2, executor="ray")
+
+
+def test_worker_processes_write_their_own_spool_segments_and_send_back_only_records(stable_store_path: Path) -> None:
+    import os
+
+    from ee_middleware.store import spool
+
+    before = {s.name for s in spool.list_segments(stable_store_path / "spool")}
+    seen = []
+    summary = run_replay(ReplayConfig.load(store=stable_store_path, k=2, workers=2), on_outcome=lambda o, n, total: seen.append(o))
+    assert summary.done == len(seen) and all(o.stored and not o.rollouts and o.record.status == "done" for o in seen)
+    written = [s for s in spool.list_segments(stable_store_path / "spool") if s.name not in before]
+    writers = {s.name.split("-")[-2] for s in written}  # the pid in the segment's name
+    assert str(os.getpid()) not in writers and len(writers) >= 1
+    assert sum(len(spool.decode_lines(s.read_bytes(), s, live=False)[0]) for s in written) == summary.branches + summary.done
+
+
+def test_a_worker_that_cannot_open_the_job_store_sends_its_rollouts_back(stable_store_path: Path) -> None:
+    from ee_middleware.replay.executors import WorkerSpec, _Worker
+    from ee_middleware.replay.runner import ReplaySettings
+    from ee_middleware.replay.sandboxes.registry import sandbox_factory
+    from ee_middleware.store import LocalExperienceStore
+
+    store = LocalExperienceStore(stable_store_path)
+    trajectory = next(store.iter_trajectories(status="approved"))
+    settings = ReplaySettings(replay_id="r", policy="mutate", k=2)
+    for marker in ('{"another": "store"}', None):
+        spec = WorkerSpec(sandbox_factory("bfcl"), "mutate", settings, store=str(stable_store_path / "nowhere"), store_marker=marker)
+        worker = _Worker(spec)
+        outcome = worker.replay(trajectory)
+        worker.close()
+        assert not outcome.stored and outcome.rollouts
+    other = WorkerSpec(sandbox_factory("bfcl"), "mutate", settings, store=str(stable_store_path), store_marker='{"another": "store"}')
+    worker = _Worker(other)
+    assert not worker.replay(trajectory).stored  # a store at that path, but not the job's
+    worker.close()
+    assert store.rollouts(replay_id="r").is_empty()
