@@ -11,9 +11,19 @@ truth). Then, with the mutation policy and the same proposals for both:
 (ii) naive: for every branch, rebuild the environment from step 0 and re-run the expert prefix
      before executing the alternative (what you do without snapshots).
 
-Both are timed in this process, side by side. Then the full job (`run_replay`: proposals, sandbox,
-fidelity checks and Parquet-spool writes) runs with 1 worker and with 2 worker processes on copies
-of the same store, and the speed-up is reported.
+Both are timed in this process, side by side. Then the whole job (`run_replay`: loading the store,
+proposals, sandbox, fidelity checks and spool writes) runs with 1 worker, with 2 worker processes
+and (with --ray) on a local Ray cluster with 2 actors, each on a fresh copy of the same store,
+interleaved with the sandbox-only run (snapshot-and-branch over the same proposals) for --repeats
+rounds. It prints min/median/max rates, the ratios (job with 1 worker / sandbox only, 2 workers / 1,
+Ray / 1), the load average before and after, peak memory, the CPU seconds of the job process per
+branch (what a single job process still has to do while the workers replay), and checks that every
+run stored the same rollouts (ids, calls, observations, records).
+
+It runs itself with PYTHONHASHSEED=0 (workers inherit it): a BFCL error message lists a Python set,
+whose order otherwise differs between processes. The experts are stored with stable ids (``bfcl-<entry id>``): proposals are seeded by trajectory id,
+and with random ids some recordings draw a deliberately invalid ``logarithm(precision=692387)``
+that runs for minutes in mpmath and dominates every rate.
 
     .venv/bin/python benchmarks/replay_throughput.py --world retail [--repeats 3] [--k 8]
 
@@ -169,14 +179,44 @@ def retail_main(args: argparse.Namespace) -> dict:
     return results
 
 
+def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict:
+    """One whole job on ``store``: wall time, and the CPU time of this (the job's) process and of its reaped children."""
+    import resource
+
+    before_self, before_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    summary = run_replay(ReplayConfig.load(store=store, k=k, workers=workers, executor=executor))
+    wall = time.perf_counter() - t0
+    after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert summary.failed == {} and summary.fidelity_mismatches == 0, summary.to_dict()
+    return {
+        "summary": summary,
+        "wall_s": wall,
+        "job_cpu_s": (after_self.ru_utime + after_self.ru_stime) - (before_self.ru_utime + before_self.ru_stime),
+        "children_cpu_s": (after_children.ru_utime + after_children.ru_stime) - (before_children.ru_utime + before_children.ru_stime),
+    }
+
+
+def _spread(values: list[float], digits: int = 1) -> list[float]:
+    import statistics
+
+    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
+
+
 def main() -> None:
+    import os
+    import resource
+    import statistics
+    import sys
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--category", default="multi_turn_base")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here too.")
     parser.add_argument("--world", choices=["bfcl", "retail"], default="bfcl", help="retail: the 1 MB database world (see above).")
-    parser.add_argument("--repeats", type=int, default=3, help="--world retail: interleaved repeats.")
+    parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats (both worlds).")
+    parser.add_argument("--ray", action="store_true", help="--world bfcl: also run the job on a local Ray cluster with 2 actors.")
     parser.add_argument("--trajectories", type=int, default=4, help="--world retail: trajectories.")
     parser.add_argument("--steps", type=int, default=15, help="--world retail: tool calls per trajectory.")
     args = parser.parse_args()
@@ -187,12 +227,22 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=2))
         return
 
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # BFCL's TravelAPI puts a Python set of strings in an error message, so its order depends on each process's hash
+        # seed: without one seed for every process, 1 worker, 2 workers and Ray differ in a few observations.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stable ids and the output digest live with the tests
+    from tests.replay.golden_replay import outputs, stable_store
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
-        store_path = Path(tmp) / "experience"
+        recorded = Path(tmp) / "recorded"
         t0 = time.perf_counter()
-        report = record_experts(store_path, args.category, limit=args.limit)
+        report = record_experts(recorded, args.category, limit=args.limit)
         record_s = time.perf_counter() - t0
         assert not report.failed, report.failed
+        LocalExperienceStore(recorded).close()
+        store_path = stable_store(recorded, Path(tmp) / "experience")
         store = LocalExperienceStore(store_path)
         store.close()
         store.compact()
@@ -208,42 +258,80 @@ def main() -> None:
                     point = DecisionPoint(t.id, s.index, s.state, t.tools, s.action.tool_call)
                     plans[(t.id, s.index)] = [c.call for c in proposer.propose(point, seed=derive_seed(0, t.id, s.index)).accepted]
         propose_s = time.perf_counter() - t0
+        n_branches = sum(len(calls) for calls in plans.values())
 
-        t0 = time.perf_counter()
-        n_snap = snapshot_and_branch(trajectories, plans)
-        snap_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         n_deep = snapshot_and_branch(trajectories, plans, deepcopy=True)
         deep_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         n_naive = naive(trajectories, plans)
         naive_s = time.perf_counter() - t0
-        assert n_snap == n_naive == n_deep
+        assert n_naive == n_deep == n_branches
 
-        jobs = {}
-        for workers in (1, 2):
-            copy_path = Path(tmp) / f"w{workers}"
-            shutil.copytree(store_path, copy_path)
-            summary = run_replay(ReplayConfig.load(store=copy_path, k=args.k, workers=workers))
-            assert summary.done == len(trajectories) and summary.fidelity_mismatches == 0, summary.to_dict()
-            jobs[workers] = summary
+        runs = {"sandbox_only": [], "job_1_worker": [], "job_2_workers": []}
+        if args.ray:
+            runs["job_ray_2_actors"] = []
+        reference = None
+        for repeat in range(args.repeats):  # interleaved: every variant once per round
+            t0 = time.perf_counter()
+            assert snapshot_and_branch(trajectories, plans) == n_branches
+            runs["sandbox_only"].append({"wall_s": time.perf_counter() - t0})
+            for name, workers, executor in (("job_1_worker", 1, "local"), ("job_2_workers", 2, "local"), ("job_ray_2_actors", 2, "ray")):
+                if name not in runs:
+                    continue
+                copy_path = Path(tmp) / f"{name}-{repeat}"
+                shutil.copytree(store_path, copy_path)
+                run = _job_run(copy_path, args.k, workers, executor)
+                assert run["summary"].branches == n_branches, (name, run["summary"].branches, n_branches)
+                stored = outputs(copy_path, run["summary"].replay_id)
+                reference = reference or stored
+                assert stored == reference, f"{name} stored different rollouts than the first job run"
+                runs[name].append(run)
+                shutil.rmtree(copy_path)
+    load_after = [round(x, 2) for x in os.getloadavg()]
 
+    rates = {name: [n_branches / r["wall_s"] for r in rs] for name, rs in runs.items()}
+    median = {name: statistics.median(values) for name, values in rates.items()}
     results = {
         "category": args.category,
         "trajectories": len(trajectories),
         "states": states,
         "k": args.k,
-        "branches": n_snap,
+        "branches": n_branches,
+        "repeats": args.repeats,
+        "load_average_1_5_15_before": load_before,
+        "load_average_1_5_15_after": load_after,
+        "cpus": os.cpu_count(),
         "record_experts_s": round(record_s, 2),
-        "mutation_proposals_per_s": round(n_snap / propose_s, 1),
-        "snapshot_branch_per_s": round(n_snap / snap_s, 1),
+        "mutation_proposals_per_s": round(n_branches / propose_s, 1),
         "snapshot_deepcopy_branch_per_s": round(n_deep / deep_s, 1),
         "naive_branch_per_s": round(n_naive / naive_s, 1),
-        "snapshot_vs_naive_speedup": round(naive_s / snap_s, 2),
-        "job_1_worker_branches_per_s": round(jobs[1].branches_per_s, 1),
-        "job_2_workers_branches_per_s": round(jobs[2].branches_per_s, 1),
-        "job_speedup_1_to_2_workers": round(jobs[1].duration_s / jobs[2].duration_s, 2),
+        "identical_rollouts_across_jobs": True,
     }
+    for name, values in rates.items():
+        results[f"{name}_branches_per_s_min_median_max"] = _spread(values)
+    results["snapshot_vs_naive_speedup"] = round(median["sandbox_only"] / (n_naive / naive_s), 2)
+    results["job_1_worker_vs_sandbox_only_median"] = round(median["job_1_worker"] / median["sandbox_only"], 3)
+    results["job_2_vs_1_workers_speedup_median"] = round(median["job_2_workers"] / median["job_1_worker"], 2)
+    results["job_2_vs_1_workers_speedup_min_max"] = [
+        round(min(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
+        round(max(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
+    ]
+    if args.ray:
+        results["job_ray_2_vs_1_workers_speedup_median"] = round(median["job_ray_2_actors"] / median["job_1_worker"], 2)
+    for name, rs in runs.items():
+        if name == "sandbox_only":
+            continue
+        # The job process's own CPU per branch: with 2 workers, all it still does (load, hand out, count).
+        results[f"{name}_job_process_cpu_us_per_branch_min_median_max"] = _spread([r["job_cpu_s"] / n_branches * 1e6 for r in rs])
+        if name == "job_2_workers":
+            shares = [r["job_cpu_s"] / (r["job_cpu_s"] + r["children_cpu_s"]) for r in rs if r["job_cpu_s"] + r["children_cpu_s"] > 0]
+            results["job_2_workers_job_process_share_of_cpu_min_median_max"] = _spread(shares, 3)
+            results["job_2_workers_cpu_s_job_process_and_workers_median"] = [
+                round(statistics.median(r["job_cpu_s"] for r in rs), 2),
+                round(statistics.median(r["children_cpu_s"] for r in rs), 2),
+            ]
+    results["peak_rss_mib_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
