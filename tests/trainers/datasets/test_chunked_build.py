@@ -162,3 +162,28 @@ def test_max_synthetic_share_caps_curriculum_trajectories_chosen_by_seed(bfcl_st
         app, ["datasets", "build", "--store", str(bfcl_store_path), "--out", str(tmp_path / "x"), "--max-synthetic-share", "1.5"]
     )
     assert bad.exit_code != 0 and "max-synthetic-share" in bad.output
+
+
+class _EagerOnlyStore:
+    """A store without lazy reads (only the ExperienceStore protocol's frames), as a plug-in store may be."""
+
+    def __init__(self, store: LocalExperienceStore) -> None:
+        self._store = store
+        self.root = store.root
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        if name in ("scan", "trajectory_index"):
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def test_a_store_without_lazy_reads_builds_the_same_rows(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ee_middleware.store import registry
+
+    settings = {"chunk_mb": TINY, "heldout_share": 0.4, "seed": 3}
+    lazy = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "lazy", **settings))
+    monkeypatch.setattr(registry, "open_store", lambda spec, create=True: _EagerOnlyStore(LocalExperienceStore(spec, create=create)))
+    eager = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "eager", **settings))
+    assert eager["source_hash"] == lazy["source_hash"] and eager["datasets"]["il"]["parts"] > 1
+    for rel in _files(tmp_path / "lazy"):
+        assert pl.read_parquet(tmp_path / "eager" / rel).equals(pl.read_parquet(tmp_path / "lazy" / rel)), rel
