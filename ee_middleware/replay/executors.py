@@ -202,6 +202,10 @@ def _end_orphaned_worker() -> None:
     os._exit(1)
 
 
+def _started() -> None:
+    """Nothing: submitted once so that the pool starts its processes at once."""
+
+
 def _replay_in_process(trajectory: Trajectory) -> ReplayOutcome:
     assert _PROCESS_WORKER is not None
     return _PROCESS_WORKER.replay(trajectory)
@@ -218,6 +222,9 @@ class ProcessExecutor:
             initializer=_init_process_worker,
             initargs=(spec, torch_threads, os.getpid()),
         )
+        # Start the workers now (one submission starts at most one): they start up while the job reads the store.
+        for _ in range(workers):
+            self._pool.submit(_started)
 
     def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
         pending: set[Future[ReplayOutcome]] = set()
