@@ -345,7 +345,11 @@ class PartWriter:
         return len(self._main) + len(self._tail)
 
     def __enter__(self) -> PartWriter:
-        self._folder = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.parts-", dir=self.path.parent))
+        prefix = f".{self.path.name}.parts-"
+        for left in self.path.parent.glob(f"{prefix}*"):  # parts of a build that was killed
+            if not _alive(left.name.removeprefix(prefix).split("-")[0]):
+                shutil.rmtree(left, ignore_errors=True)
+        self._folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=self.path.parent))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -446,3 +450,16 @@ def to_hf_dataset(frame: pl.DataFrame, *, redactor: Redactor | None = None) -> A
             }
         )
     return datasets.Dataset.from_list(records)
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process ``pid`` (text) still runs (a folder not named by a pid counts as in use)."""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

@@ -11,6 +11,7 @@ budget of trajectories.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -187,3 +188,20 @@ def test_a_store_without_lazy_reads_builds_the_same_rows(store_path: Path, tmp_p
     assert eager["source_hash"] == lazy["source_hash"] and eager["datasets"]["il"]["parts"] > 1
     for rel in _files(tmp_path / "lazy"):
         assert pl.read_parquet(tmp_path / "eager" / rel).equals(pl.read_parquet(tmp_path / "lazy" / rel)), rel
+
+
+def test_parts_left_by_a_killed_build_are_removed_and_a_running_builds_are_kept(replayed_store: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = out / f".il.parquet.parts-{finished.stdout.strip()}-abc"  # a build killed before it removed its parts
+    live = out / f".il.parquet.parts-{os.getpid()}-def"  # a build still running (this process)
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "part-000000.parquet").write_bytes(b"x")
+    build_datasets(DatasetConfig.load(store=replayed_store, out=out, kinds="il"))
+    assert not dead.exists() and live.exists()
+    assert pl.read_parquet(out / "il.parquet").height > 0
