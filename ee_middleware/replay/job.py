@@ -112,6 +112,12 @@ def select_trajectories(store: ExperienceStore, config: ReplayConfig) -> tuple[l
     return todo, already
 
 
+def _worker_store_spec(store: ExperienceStore, spec: str | os.PathLike[str]) -> str:
+    """How workers open the job's store: a local store by its absolute folder (a Ray worker's working folder is not the job's)."""
+    root = getattr(store, "root", None)
+    return f"local:{os.path.abspath(root)}" if root is not None else str(spec)
+
+
 def build_executor(config: ReplayConfig, spec: WorkerSpec) -> Executor:
     if config.executor == "ray":
         return RayExecutor(spec, config.workers, address=config.ray_address)
@@ -152,7 +158,7 @@ def run_replay(
         policy=config.policy,
         settings=settings,
         policy_options=config.policy_options(),
-        store=str(config.store) if writers else None,
+        store=_worker_store_spec(store, config.store) if writers else None,
         store_marker=store_marker(store) if writers else None,
     )
     summary = ReplaySummary(
