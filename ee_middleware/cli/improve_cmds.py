@@ -18,12 +18,14 @@ EXIT_STOPPED = 3
 
 runs_app = typer.Typer(help="Runs of `ee improve`: what each stage did, with manifests and reports.", no_args_is_help=True)
 
-ConfigOption = typer.Option(None, "--config", "-c", help="TOML file with an [improve] table and the stage tables ([replay], [train], ...).")
+ConfigOption = typer.Option(
+    None, "--config", "-c", help="TOML file with an \\[improve] table and the stage tables (\\[replay], \\[train], ...)."
+)
 
 
 def improve(
     config: Path | None = ConfigOption,
-    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides [improve] store)."),
+    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides \\[improve] store)."),
     app_name: str | None = typer.Option(None, "--app", "-a", help="Learn from this app's approved trajectories."),
     registry: str | None = typer.Option(None, "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", help="Adapter registry."),
     runs: Path | None = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (one folder per run)."),

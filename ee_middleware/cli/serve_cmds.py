@@ -36,7 +36,7 @@ def serve_local(
     base: Path = typer.Option(..., "--base", help="The base model folder (save_pretrained)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    served_model_name: str | None = typer.Option(None, "--served-model-name", help="[default: the base folder]"),
+    served_model_name: str | None = typer.Option(None, "--served-model-name", help="\\[default: the base folder]"),
     max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK"),
     chat_template: str | None = TemplateOption,
     num_threads: int = typer.Option(1, "--num-threads", help="torch threads (1 is often fastest on a shared CPU)."),

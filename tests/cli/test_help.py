@@ -1,0 +1,56 @@
+"""Every command's --help shows its help texts whole.
+
+Typer renders help through rich, which reads ``[word ...]`` as markup and drops it: ``[default: 8]``,
+``[replay]`` or ``local:DIR[@ADAPTER]`` vanished from the help unless written ``\\[``. This walks the
+real command tree and checks every bracketed fragment of every help text reaches the screen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+
+# What rich would take for a tag: "[" then a letter, "#", "/" or "@" (rich.markup's own rule).
+_TAG_LIKE = re.compile(r"\[([a-z#/@][^\[\]]*)\]")
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    # Typer vendors click (typer._click), so the tree is walked by shape, not by click's classes.
+    yield path, group
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _commands(command, (*path, name))
+
+
+def _bracketed(text: str | None) -> list[str]:
+    # As written (``\\[`` escapes one) and as it must read on the screen.
+    return [f"[{m.group(1)}]" for m in _TAG_LIKE.finditer((text or "").replace("\\[", "["))]
+
+
+COMMANDS = list(_commands(typer.main.get_command(app)))
+
+
+@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "ee" for p, _ in COMMANDS])
+def test_help_keeps_bracketed_text(path: tuple[str, ...], command: Any) -> None:
+    expected = _bracketed(command.help)
+    for param in command.params:
+        expected += _bracketed(getattr(param, "help", None))
+    if not expected:
+        return
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "2000", "TERMINAL_WIDTH": "2000"})
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    missing = [fragment for fragment in expected if " ".join(fragment.split()) not in flat]
+    assert not missing, f"`ee {' '.join(path)} --help` lost {missing} (escape '[' as '\\\\[' in the help text)"
+
+
+def test_the_walk_sees_bracketed_help() -> None:
+    # The check above must have something to check: the replay command's --k help says its default.
+    replay_run = dict(COMMANDS)[("replay", "run")]
+    assert any(_bracketed(p.help) for p in replay_run.params)
