@@ -23,7 +23,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -460,7 +459,7 @@ class LocalExperienceStore:
     def _write_part(self, table: str, df: pl.DataFrame) -> Path:
         folder = self.root / table
         folder.mkdir(exist_ok=True)
-        name = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
         with atomic_path(final, fsync=self._fsync) as tmp:
             df.write_parquet(tmp, compression="zstd")

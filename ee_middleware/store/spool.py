@@ -276,10 +276,19 @@ class SpoolWriter:
         return path
 
 
+def sortable_stamp() -> str:
+    """``YYYYMMDDTHHMMSS-NNNNNNNNN`` (UTC, nanoseconds) from one clock reading, so names sort in time order.
+
+    Reading the seconds and the nanoseconds separately put a name written at X.999... before one
+    written a moment earlier whenever the second turned between the two readings.
+    """
+    now = time.time_ns()
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now // 10**9))}-{now % 10**9:09d}"
+
+
 def _segment_name() -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:32]
-    return f"{stamp}-{time.time_ns() % 10**9:09d}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SEGMENT_SUFFIX}"
+    return f"{sortable_stamp()}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SEGMENT_SUFFIX}"
 
 
 def iter_records(spool_dir: Path, *, warn: bool = True) -> Iterator[dict[str, Any]]:

@@ -203,3 +203,15 @@ def test_a_long_running_writer_seals_old_segments_for_compaction(store_path: Pat
     store.write([sample_trajectory("b")])
     assert LocalExperienceStore(store_path).compact() == 2
     assert store.trajectories()["id"].to_list() == ["a", "b"]
+
+
+def test_segment_and_part_names_sort_in_write_order_when_the_second_turns(monkeypatch: pytest.MonkeyPatch):
+    # Two writes a moment apart, across a second boundary: names read from two clocks (seconds, then
+    # nanoseconds) put the later one first; the store's read order and compaction follow the names.
+    from ee_middleware.store import spool
+
+    second = int(time.time())
+    readings = iter([second * 10**9 + 999_999_999, (second + 1) * 10**9 + 1])
+    monkeypatch.setattr(spool.time, "time_ns", lambda: next(readings))
+    first, later = spool.sortable_stamp(), spool.sortable_stamp()
+    assert first < later
