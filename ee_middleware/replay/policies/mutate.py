@@ -193,10 +193,14 @@ class _ValueMaker:
 
     def _int(self, schema: Mapping[str, Any], name: str, current: Any, invalid: bool) -> int:
         keyed = [v for v in self.vocab.keyed_values(name) if isinstance(v, int) and not isinstance(v, bool) and v != current]
+        sized = _SIZE_PARAMETER.search(name) is not None
         if invalid:
-            base = self.rng.choice(keyed or self.vocab.ints or [7])
+            seen = keyed or self.vocab.ints or [7]
+            if sized:  # out of range, but from a small base: precision=692387 runs for minutes in mpmath
+                seen = [v for v in seen if abs(v) <= 100] or [self.rng.randint(0, 20)]
+            base = self.rng.choice(seen)
             value = -abs(base) - 1 if self.rng.random() < 0.5 else abs(base) * 10 + self.rng.randint(1, 9)
-        elif _SIZE_PARAMETER.search(name):
+        elif sized:
             # Sizes, counts and precisions drawn from ids in the conversation (precision=94016) make
             # calls that run for seconds and that no model would propose; keep them small.
             value = self.rng.choice([v for v in keyed if 0 <= v <= 100] or [self.rng.randint(0, 20)])

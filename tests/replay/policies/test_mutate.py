@@ -288,3 +288,29 @@ def test_a_redacted_expert_value_is_never_perturbed_into_a_proposal() -> None:
 )
 def test_string_roles(name: str, schema: dict, current: str | None, role: str) -> None:
     assert string_role(name, schema, current) == role
+
+
+def test_deliberately_invalid_sizes_stay_small_even_when_the_conversation_holds_big_numbers() -> None:
+    # A BFCL recording whose ids held 692387 proposed logarithm(precision=6923871): minutes in mpmath.
+    tools = [
+        function_tool(
+            "logarithm",
+            "Log of a number.",
+            {
+                "type": "object",
+                "properties": {"value": {"type": "number"}, "base": {"type": "number"}, "precision": {"type": "integer"}},
+                "required": ["value", "base", "precision"],
+            },
+        )
+    ]
+    state = [{"role": "user", "content": "Ticket 692387 and order 5550123: log of 8 in base 2, please, precision 3."}]
+    expert = ToolCall(id="e", name="logarithm", arguments={"value": 8, "base": 2, "precision": 3})
+    point = DecisionPoint("t", 0, state, tools, expert)
+    precisions = [
+        call.arguments["precision"]
+        for seed in range(30)
+        for candidate in MutationPolicy(invalid_share=0.5).propose(point, 6, seed=seed).candidates
+        if (call := candidate.call) is not None and candidate.proposer.settings.get("deliberately_invalid") == "precision"
+    ]
+    assert precisions, "the invalid share must reach the precision argument"
+    assert all(abs(p) <= 1009 for p in precisions), sorted(precisions)
