@@ -13,6 +13,7 @@ import ast
 import copy
 import inspect
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -169,7 +170,23 @@ def execute(world: World, call: ToolCall, *, table: Mapping[str, tuple[str, str]
         if mp is not None and mp.dps != precision:
             mp.dps = precision
     is_error = isinstance(value, dict) and "error" in value
-    return Observation(content=format_result(value), is_error=is_error)
+    return Observation(content=_sorted_set_literals(format_result(value)), is_error=is_error)
+
+
+_STRING_SET = re.compile(r"\{('(?:[^'\\]|\\.)*'(?:, '(?:[^'\\]|\\.)*')+)\}")
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
+
+
+def _sorted_set_literals(text: str) -> str:
+    """Print the sets of strings bfcl-eval puts in its messages in sorted order.
+
+    TravelAPI answers ``Must be one of {'economy', 'business', 'first'}`` by formatting a Python set,
+    whose order follows the process's string hash seed: the same call gave other text in another
+    worker process or run (49 of 9,136 BFCL replay observations differed between two processes).
+    """
+    if "{'" not in text:
+        return text
+    return _STRING_SET.sub(lambda m: "{" + ", ".join(sorted(_QUOTED.findall(m.group(1)))) + "}", text)
 
 
 def _mpmath_context() -> Any:

@@ -120,3 +120,33 @@ def test_math_precision_set_by_one_call_does_not_leak_into_the_next() -> None:
     before = mpmath.mp.dps
     execute(world, ToolCall(id="", name="logarithm", arguments={"value": 8.0, "base": 2.0, "precision": 60}))
     assert mpmath.mp.dps == before
+
+
+_INVALID_CLASS_SCRIPT = """
+import json
+from ee_middleware.bfcl.world import build_world, execute
+from ee_middleware.records import ToolCall
+world = build_world(
+    {"TravelAPI": {"access_token": "tok", "token_expires_in": 3, "credit_card_list": {"card_1": {"balance": 900.0}}}},
+    ["TravelAPI"],
+)
+arguments = {"access_token": "tok", "card_id": "card_1", "travel_date": "2026-12-01", "travel_from": "SFO",
+             "travel_to": "LAX", "travel_class": "steerage"}
+print(json.dumps(execute(world, ToolCall(id="", name="book_flight", arguments=arguments)).content))
+"""
+
+
+def test_observations_are_the_same_text_in_every_process_whatever_its_hash_seed() -> None:
+    # bfcl-eval formats a Python set into TravelAPI's error; its order follows PYTHONHASHSEED.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    texts = set()
+    for seed in range(6):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        out = subprocess.run([sys.executable, "-c", _INVALID_CLASS_SCRIPT], env=env, capture_output=True, text=True, check=True)
+        texts.add(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert len(texts) == 1, texts
+    assert "{'business', 'economy', 'first'}" in texts.pop()
