@@ -10,6 +10,11 @@ model counts as in flight only on its own thread; the lock is free then) and non
 ``idle_grace_s``, and otherwise only when
 the oldest job has waited ``max_delay_s`` or ``max_backlog`` jobs are queued. Memory and latency
 stay bounded; in a busy loop the work is done in batches instead of interleaved with every step.
+
+The end of a run does not wake the finisher: in a loop of back-to-back runs it would wake at every
+run's end only to go back to sleep, and each wake takes the interpreter lock from the agent. While
+runs are in flight the finisher looks again every ``idle_poll_s`` instead, so work left when the
+runs stop starts within ``idle_poll_s + idle_grace_s``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class SpanFinisher:
         max_delay_s: float = 2.0,
         max_backlog: int = 20_000,
         idle_grace_s: float = 0.005,
+        idle_poll_s: float = 0.05,
         name: str = "ee-span-finisher",
     ) -> None:
         self._jobs: deque[tuple[float, Job]] = deque()
@@ -47,6 +53,7 @@ class SpanFinisher:
         self._max_delay = max_delay_s
         self._max_backlog = max_backlog
         self._idle_grace = idle_grace_s
+        self._idle_poll = idle_poll_s
         self._idle_since = 0.0  # when the last run in flight ended
         self._name = name
         self._thread: threading.Thread | None = None
@@ -60,9 +67,7 @@ class SpanFinisher:
         with self._cond:
             self._active_runs -= 1
             if self._active_runs == 0:
-                self._idle_since = time.monotonic()
-                if self._jobs:
-                    self._cond.notify()
+                self._idle_since = time.monotonic()  # no notify: the finisher polls (module docstring)
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; never blocks beyond a short lock."""
@@ -72,7 +77,9 @@ class SpanFinisher:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            if self._active_runs == 0 or len(self._jobs) >= self._max_backlog:
+            # the finisher waits without a timeout only on an empty queue: wake it for the first job
+            # (it then keeps its own time), when no run is in flight, or at the backlog bound
+            if self._active_runs == 0 or len(self._jobs) == 1 or len(self._jobs) >= self._max_backlog:
                 self._cond.notify()
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -117,7 +124,7 @@ class SpanFinisher:
                     job = self._jobs.popleft()[1]
                     self._draining = self._draining and bool(self._jobs)
                     return job
-                self._cond.wait(min(self._max_delay - waited, self._idle_grace - idle_for) if idle_for >= 0 else self._max_delay - waited)
+                self._cond.wait(min(self._max_delay - waited, self._idle_grace - idle_for if idle_for >= 0 else self._idle_poll))
 
     def _run(self) -> None:
         while (job := self._next()) is not None:
