@@ -507,7 +507,7 @@ class MutationPolicy:
             except _Unseen:
                 name, arguments, broken = point.expert.name, point.expert.arguments, None  # counted as a failed try below
             key = canonical_call(name, arguments)
-            if key in seen or schemas.check(name, arguments) is not None:
+            if key in seen or not schemas.accepts(name, arguments):
                 failures[mode] += 1
                 continue
             failures[mode] = 0

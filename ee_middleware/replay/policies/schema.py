@@ -93,6 +93,7 @@ class ToolSchemas:
         self._parameters: dict[str, dict[str, Any]] = {}
         self._descriptions: dict[str, str] = {}
         self._validators: dict[str, Any] = {}
+        self._fast: dict[str, Any] = {}
         for tool in tools:
             function = _tool_function(tool) if isinstance(tool, Mapping) else None
             if function is None:
@@ -142,22 +143,59 @@ class ToolSchemas:
 
     def check(self, name: str, arguments: Mapping[str, Any]) -> str | None:
         """Like :meth:`validate`, for a name and an argument mapping."""
+        return self._check(name, arguments, fast=True)
+
+    def _check(self, name: str, arguments: Mapping[str, Any], *, fast: bool) -> str | None:
         if name not in self._parameters:
             known = ", ".join(self._parameters) or "(none offered)"
             return _clip(f"unknown tool {name!r}; the tools offered are: {known}")
-        props = self.properties(name)
-        schema = self._parameters[name]
-        if props and "additionalProperties" not in schema:
-            extra = [key for key in arguments if key not in props]
-            if extra:
-                return _clip(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; it accepts: {', '.join(props)}")
-        if name not in self._validators:
-            self._validators[name] = _validator(canonical_json(schema))
-        validator = self._validators[name]
-        if validator is None:
+        extra = self._unexpected(name, arguments)
+        if extra:
+            props = self.properties(name)
+            return _clip(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; it accepts: {', '.join(props)}")
+        schema_json = self._schema_json(name)
+        if schema_json is None:
             missing = [r for r in self.required(name) if r not in arguments]
             return f"{name}: missing required argument {missing[0]!r}" if missing else None
-        return _describe_error(name, validator, dict(arguments))
+        if fast and self._fast_verdict(name, arguments) is True:
+            return None
+        # jsonschema decides every call the fast validator does not accept, and says what is wrong.
+        return _describe_error(name, _validator(schema_json), dict(arguments))
+
+    def accepts(self, name: str, arguments: Mapping[str, Any]) -> bool:
+        """``check(name, arguments) is None``, without wording the problem when the fast validator already rejects it."""
+        if name in self._parameters and not self._unexpected(name, arguments) and self._schema_json(name) is not None:
+            verdict = self._fast_verdict(name, arguments)
+            if verdict is not None:
+                return verdict
+            return self._check(name, arguments, fast=False) is None
+        return self.check(name, arguments) is None
+
+    def _unexpected(self, name: str, arguments: Mapping[str, Any]) -> list[str]:
+        """Arguments the schema does not list, when it lists some and says nothing of others (no ``additionalProperties``)."""
+        schema = self._parameters[name]
+        props = schema.get("properties")
+        if not isinstance(props, Mapping) or not props or "additionalProperties" in schema:
+            return []
+        return [key for key in arguments if key not in props]
+
+    def _schema_json(self, name: str) -> str | None:
+        """The canonical JSON of ``name``'s schema, or ``None`` when it is not a valid JSON schema (compiled on first use)."""
+        if name not in self._validators:
+            schema_json = canonical_json(self._parameters[name])
+            self._fast[name] = _fast_validator(schema_json)
+            self._validators[name] = schema_json if _valid_schema(schema_json) else None
+        return self._validators[name]
+
+    def _fast_verdict(self, name: str, arguments: Mapping[str, Any]) -> bool | None:
+        """jsonschema_rs's verdict on arguments both validators read alike, else ``None``."""
+        fast = self._fast[name]
+        if fast is None or not _plain_json(arguments, 0, fast[1]):
+            return None
+        try:
+            return bool(fast[0].is_valid(arguments))
+        except Exception:  # noqa: BLE001 - anything the Rust validator cannot take (a lone surrogate) goes to jsonschema
+            return None
 
 
 def _clip(text: str) -> str:
@@ -165,17 +203,99 @@ def _clip(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _validator(schema_json: str) -> Any:
-    """A compiled validator for one parameters schema, or ``None`` when the schema itself is invalid."""
+def _schema_is_valid(schema_json: str) -> bool:
+    """Whether jsonschema accepts the parameters schema as a Draft 2020-12 schema."""
     import jsonschema
 
-    schema = json.loads(schema_json)
-    cls = jsonschema.Draft202012Validator
     try:
-        cls.check_schema(schema)
+        jsonschema.Draft202012Validator.check_schema(json.loads(schema_json))
     except jsonschema.SchemaError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _validator(schema_json: str) -> Any:
+    """jsonschema's validator for one parameters schema, or ``None`` when the schema itself is invalid."""
+    schema = json.loads(schema_json)
+    return _strict_validator_class()(schema) if _valid_schema(schema_json) else None
+
+
+def _valid_schema(schema_json: str) -> bool:
+    # jsonschema_rs checks a schema against the 2020-12 meta-schema as it compiles it, with jsonschema's verdicts for
+    # the keywords it is given (test_fast_validation.py), in microseconds instead of about a millisecond.
+    return _fast_validator(schema_json) is not None or _schema_is_valid(schema_json)
+
+
+# Keywords whose meaning jsonschema_rs and jsonschema share exactly on plain JSON values (tests/replay/policies/
+# test_fast_validation.py compares both on every BFCL tool schema). ``pattern`` is not among them: Rust's regex
+# and Python's ``re`` differ (``\d`` matches other digits in Python), so such schemas are validated by jsonschema.
+_FAST_KEYWORDS = frozenset(
+    {
+        "type", "properties", "required", "items", "prefixItems", "enum", "const", "additionalProperties",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems", "minLength", "maxLength",
+        "anyOf", "oneOf", "allOf", "not", "description", "title", "default", "examples", "format",
+    }
+)  # fmt: skip
+_INT64 = 1 << 63
+_INF = float("inf")
+
+
+@functools.lru_cache(maxsize=1024)
+def _fast_validator(schema_json: str) -> Any:
+    """A ``jsonschema_rs`` validator for a schema jsonschema accepts, and whether the schema names no ``integer`` type
+    (then ``3.0`` means the same to both); ``None`` when not installed, when the schema is invalid, or when it has
+    keywords outside :data:`_FAST_KEYWORDS`."""
+    schema = json.loads(schema_json)
+    if not _fast_schema(schema):
         return None
-    return _strict_validator_class()(schema)
+    try:
+        import jsonschema_rs
+    except ImportError:
+        return None
+    try:
+        # Formats are annotations only, as for jsonschema without a format checker.
+        validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=False)
+    except Exception:  # noqa: BLE001 - a schema it cannot compile is left to jsonschema
+        return None
+    return validator, '"integer"' not in schema_json
+
+
+def _fast_schema(schema: Any) -> bool:
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, dict) or not _FAST_KEYWORDS.issuperset(schema):
+        return False
+    props = schema.get("properties", {})
+    if not isinstance(props, dict) or not all(_fast_schema(sub) for sub in props.values()):
+        return False
+    for key in ("items", "additionalProperties", "not"):
+        if key in schema and not _fast_schema(schema[key]):
+            return False
+    for key in ("prefixItems", "anyOf", "oneOf", "allOf"):
+        if key in schema and not (isinstance(schema[key], list) and all(_fast_schema(sub) for sub in schema[key])):
+            return False
+    return True
+
+
+def _plain_json(value: Any, depth: int, integral_floats: bool = False) -> bool:
+    """Whether both validators read ``value`` alike: exact JSON types only. Floats with an integral value (``3.0``:
+    not an integer here, one for jsonschema_rs) only where the schema names no integer type (``integral_floats``),
+    no ints beyond 64 bits, no tuples (arrays for jsonschema_rs, not for jsonschema), no subclasses."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_INT64 <= value < _INT64
+    if kind is float:
+        return value == value and abs(value) != _INF and (integral_floats or not value.is_integer())
+    if depth > 32:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _plain_json(v, depth + 1, integral_floats) for k, v in value.items())
+    if kind is list:
+        return all(_plain_json(v, depth + 1, integral_floats) for v in value)
+    return False
 
 
 @functools.cache
