@@ -46,3 +46,41 @@ def test_processor_records_foreign_genai_spans_live(tmp_path):
     assert set(frame["app"].to_list()) == {"planner"}
     assert processor.pending_spans() == 0
     provider.shutdown()
+
+
+class _CountingStore(LocalExperienceStore):
+    """A real local store that notes how many trajectories each ``write`` call got."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.batches: list[int] = []
+
+    def write(self, trajectories):
+        trajectories = list(trajectories)
+        self.batches.append(len(trajectories))
+        return super().write(trajectories)
+
+
+def test_runs_finishing_close_together_are_written_in_one_batch_and_flush_writes_at_once(tmp_path):
+    import time
+
+    store = _CountingStore(tmp_path / "s")
+    processor = ExperienceSpanProcessor(store, min_write_interval_s=60)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("someone-elses-instrumentation")
+    _genai_run(tracer, "task 0")
+    deadline = time.monotonic() + 5
+    while not store.batches and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert store.batches == [1], "the first run is written at once"
+    for i in range(1, 6):
+        _genai_run(tracer, f"task {i}")
+    time.sleep(0.05)
+    assert store.batches == [1], "runs that finish within the interval wait for the next write"
+    started = time.monotonic()
+    assert processor.force_flush(10_000)
+    assert time.monotonic() - started < 5, "force_flush does not wait for the interval"
+    assert store.batches == [1, 5]
+    assert sorted(store.trajectories()["task"].to_list()) == [f"task {i}" for i in range(6)]
+    provider.shutdown()
