@@ -352,19 +352,30 @@ class _Fits:
 
 def _corrupt(rng: random.Random, value: str) -> str:
     """A well-formed near miss of ``value``: one digit (else one letter) changed, the form kept."""
-    digits = [i for i, c in enumerate(value) if c.isdigit()]
-    letters = [i for i, c in enumerate(value) if c.isalpha()]
+    digits, letters = _positions(value)
     if digits:
         i = rng.choice(digits)
-        replacement = rng.choice([d for d in "0123456789" if d != value[i]])
+        replacement = rng.choice(_OTHER_DIGITS.get(value[i], _DIGITS))
     elif letters:
         i = rng.choice(letters)
-        pool = "abcdefghijklmnopqrstuvwxyz"
-        replacement = rng.choice([c for c in pool if c != value[i].lower()])
+        replacement = rng.choice(_OTHER_LETTERS.get(value[i].lower(), _LETTERS))
         replacement = replacement.upper() if value[i].isupper() else replacement
     else:
         return value + "x"
     return value[:i] + replacement + value[i + 1 :]
+
+
+_DIGITS = tuple("0123456789")
+_LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
+# The choices _corrupt draws from, made once (the same sequences, so the same draws, as building them per call).
+_OTHER_DIGITS = {d: tuple(x for x in _DIGITS if x != d) for d in _DIGITS}
+_OTHER_LETTERS = {c: tuple(x for x in _LETTERS if x != c) for c in _LETTERS}
+
+
+@functools.lru_cache(maxsize=16384)
+def _positions(value: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Where ``value`` has digits and letters (``str.isdigit``/``isalpha``; cached: the same values are corrupted again and again)."""
+    return tuple(i for i, c in enumerate(value) if c.isdigit()), tuple(i for i, c in enumerate(value) if c.isalpha())
 
 
 def _shift_date(value: str, days: int) -> str | None:

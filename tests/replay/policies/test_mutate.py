@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ToolCall
-from ee_middleware.replay.policies.mutate import MutationPolicy, Vocabulary, string_role
+from ee_middleware.replay.policies.mutate import MutationPolicy, Vocabulary, _corrupt, string_role
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
 from ee_middleware.replay.policies.schema import ToolSchemas
 from ee_middleware.replay.policies.vocabulary import shape
@@ -314,3 +315,27 @@ def test_deliberately_invalid_sizes_stay_small_even_when_the_conversation_holds_
     ]
     assert precisions, "the invalid share must reach the precision argument"
     assert all(abs(p) <= 1009 for p in precisions), sorted(precisions)
+
+
+def _corrupt_as_first_written(rng: random.Random, value: str) -> str:
+    """``_corrupt`` before its choices were built once and its positions cached: the draws must stay the same."""
+    digits = [i for i, c in enumerate(value) if c.isdigit()]
+    letters = [i for i, c in enumerate(value) if c.isalpha()]
+    if digits:
+        i = rng.choice(digits)
+        replacement = rng.choice([d for d in "0123456789" if d != value[i]])
+    elif letters:
+        i = rng.choice(letters)
+        replacement = rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != value[i].lower()])
+        replacement = replacement.upper() if value[i].isupper() else replacement
+    else:
+        return value + "x"
+    return value[:i] + replacement + value[i + 1 :]
+
+
+def test_near_misses_draw_exactly_as_before() -> None:
+    values = ["#W1234567", "abc", "ABC", "İstanbul", "x\u0661\u0662", "Ünïcode", "", "--", "a1", "ß", "ǅ", "²3", "mixedCase_9"]
+    for seed in range(100):
+        ours, reference = random.Random(seed), random.Random(seed)
+        assert [_corrupt(ours, v) for v in values * 3] == [_corrupt_as_first_written(reference, v) for v in values * 3]
+        assert ours.random() == reference.random(), "the same number of draws"
