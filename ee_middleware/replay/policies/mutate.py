@@ -253,7 +253,7 @@ class _ValueMaker:
             if fits(expression) and expression != current:
                 return expression
         for pool in pools:
-            fitting = [v for v in pool if v != current and fits(v)]
+            fitting = fits.others(pool, current)
             if fitting:
                 return self.rng.choice(fitting)
         if role in ("email", "phone", "identifier"):  # nothing else seen: a near miss of what was, else any word
@@ -264,7 +264,7 @@ class _ValueMaker:
             near = [_corrupt(self.rng, v) for v in known]
             near = [v for v in near if v != current and fits(v)]
             for pool in [near] if near else [self.vocab.user_words, self.vocab.words]:
-                fitting = [v for v in pool if v != current and fits(v)]
+                fitting = fits.others(pool, current)
                 if fitting:
                     return self.rng.choice(fitting)
         synthetic = f"{self.rng.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
@@ -345,9 +345,18 @@ class _Fits:
         self.low = int(schema.get("minLength", 0) or 0)
         self.high = int(schema.get("maxLength", 10_000) or 10_000)
         self.pattern = schema.get("pattern")
+        self.length_only = self.low <= 0 and not isinstance(self.pattern, str)
+        """Only a maximum length to check (most schemas): the hot loops compare lengths and call nothing."""
 
     def __call__(self, value: str) -> bool:
         return self.low <= len(value) <= self.high and _matches(self.pattern, value)
+
+    def others(self, pool: list[str], current: Any) -> list[str]:
+        """The values of ``pool`` that fit and differ from ``current``, in order."""
+        if self.length_only:
+            high = self.high
+            return [v for v in pool if v != current and len(v) <= high]
+        return [v for v in pool if v != current and self(v)]
 
 
 def _corrupt(rng: random.Random, value: str) -> str:

@@ -71,6 +71,7 @@ def coarse_shape(value: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_identifier(token: str) -> bool:
     """Whether a token looks like an id, a code or a key rather than a word."""
     if not 2 <= len(token) <= 64 or " " in token or _PLACEHOLDER.search(token):
@@ -86,6 +87,7 @@ def is_identifier(token: str) -> bool:
     return "_" in token.strip("_")
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def stem(name: str) -> str:
     """An argument or field name without id suffixes and plurals: ``order_id``, ``orderId``, ``orders`` -> ``order``."""
     lowered = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
