@@ -90,8 +90,7 @@ class ReplayPrivacy:
 
     def restore(self, call: ToolCall) -> tuple[ToolCall, list[Unrestored]]:
         """``call`` with every placeholder the vault knows replaced by its value, and those it could not restore."""
-        text = json.dumps(call.arguments, ensure_ascii=False)
-        if "[REDACTED:" not in text:
+        if not _mentions_placeholder(call.arguments):
             return call, []
         vault = self.open_vault()
         missing: list[Unrestored] = []
@@ -126,6 +125,20 @@ NO_PRIVACY = ReplayPrivacy()
 @functools.lru_cache(maxsize=8)
 def _redactor(rules: str, salt: str | None) -> Redactor:
     return Redactor(RedactionRules.from_dict(json.loads(rules)), salt=bytes.fromhex(salt) if salt else None)
+
+
+def _mentions_placeholder(value: Any) -> bool:
+    """Whether ``"[REDACTED:"`` is in ``json.dumps(value)``: in a string or a key (JSON escapes none of its characters),
+    found without encoding the arguments of every branch."""
+    if isinstance(value, str):
+        return "[REDACTED:" in value
+    if isinstance(value, dict):
+        return any(_mentions_placeholder(k) or _mentions_placeholder(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_mentions_placeholder(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return False
+    return "[REDACTED:" in json.dumps(value, ensure_ascii=False)  # anything else as before (json.dumps says what it cannot encode)
 
 
 def _restore(value: Any, vault: Vault | None, missing: list[Unrestored]) -> Any:

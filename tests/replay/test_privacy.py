@@ -176,3 +176,18 @@ def test_the_store_redacts_whatever_writes_replay_records(tmp_path: Path) -> Non
     row = store.replays().row(0, named=True)
     assert "ann@example.com" not in row["reason"] + row["details_json"]
     assert redactor.redact_text("ann@example.com") in row["details_json"]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {}, {"a": 1, "b": None, "c": True, "d": 2.5}, {"a": "[REDACTED:email]"}, {"a": "x [REDACTED:phone:ab12] y"},
+        {"[REDACTED:name]": 1}, {"a": ["b", {"c": "[REDACTED:x]"}]}, {"a": ("[REDACTED:x]",)}, {"a": "[REDACTED"},
+        {"a": "REDACTED:x"}, {"a": ["[", "REDACTED:"]}, {"REDACTED": ["x"]}, {"a": "é [REDACTED:x]\n"}, {"a": [[[]]]},
+    ],
+)  # fmt: skip
+def test_restore_finds_placeholders_exactly_where_the_json_text_has_them(arguments: dict) -> None:
+    """restore() scans the arguments instead of encoding them: the same answer as the JSON text's."""
+    from ee_middleware.replay.privacy import _mentions_placeholder
+
+    assert _mentions_placeholder(arguments) == ("[REDACTED:" in json.dumps(arguments, ensure_ascii=False))
