@@ -115,6 +115,7 @@ class _ValueMaker:
         # What depends only on the vocabulary (never on the random draws), computed once per decision point.
         self._pool_cache: dict[tuple[str, str, str | None], list[list[str]]] = {}
         self._weight_cache: dict[int, tuple[Mapping[str, Any], float]] = {}
+        self._unclaimed: list[str] | None = None
         self.other_tools: tuple[list[str], list[float]] | None = None
         """The tools other than the expert's and their cumulative input weights (set by the policy on first use)."""
 
@@ -330,7 +331,9 @@ class _ValueMaker:
         """Identifiers seen under the argument's name, then others of the same form, finest match first."""
         references = [*keyed, *([current] if isinstance(current, str) and current else [])]
         if not references:
-            return [self.vocab.unclaimed_identifiers()]
+            if self._unclaimed is None:
+                self._unclaimed = self.vocab.unclaimed_identifiers()
+            return [self._unclaimed]
         shapes = {shape(r) for r in references}
         coarse = {coarse_shape(r) for r in references}
         same = [i for i in self.vocab.identifiers if shape(i) in shapes]
