@@ -8,6 +8,7 @@ run continues where it stopped, and a finished one does nothing new. ``failed`` 
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import Counter
@@ -182,6 +183,9 @@ def run_replay(
     started = time.perf_counter()
     executor = build_executor(config, spec)
     n = 0
+    # What the process holds already (the loaded store, the caller's own data) lives through the whole job: the garbage
+    # collector's full passes need not walk it again every few thousand allocations (see _frozen_heap).
+    frozen = _frozen_heap()
     try:
         for outcome in executor.map(trajectories):
             try:
@@ -201,8 +205,25 @@ def run_replay(
             raise PolicyError(f"{exc} ({n} trajectories finished before this are saved; re-run the same command to continue.)") from None
         raise exc from None
     finally:
+        if frozen:
+            gc.unfreeze()
         summary.duration_s = time.perf_counter() - started
         executor.close()
         store.close()
     summary.refused_hints = refusal_hints(config.sandbox, summary.refused_tools, **options)
     return summary
+
+
+def _frozen_heap() -> bool:
+    """Move the objects alive now out of the collector's way for the job (``gc.freeze``); ``True`` when this call did.
+
+    Each proposal and rollout allocates pydantic models and dicts, and every so often the collector walks the whole
+    oldest generation, which holds everything the process had before the job; in a process holding about a million
+    objects that was ~18% of the job's CPU (BFCL, K=8). Frozen objects are never freed by a collection, so the job
+    unfreezes them when it ends (``gc.unfreeze`` puts them back in the oldest generation): nothing is lost, a cycle
+    that became garbage meanwhile is only collected later. A process that froze objects itself is left as it is.
+    """
+    if gc.get_freeze_count():
+        return False
+    gc.freeze()
+    return True

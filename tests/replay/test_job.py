@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -132,3 +133,42 @@ def test_config_loads_from_toml_and_flags_override_it(tmp_path: Path) -> None:
     path.write_text("[replay]\nstore = 's'\nbogus = 1\n")
     with pytest.raises(ConfigError, match="bogus"):
         ReplayConfig.load(path)
+
+
+def test_the_job_freezes_what_the_process_held_only_while_it_runs(bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects alive before the job are out of the collector's way during it, and back in its care afterwards;
+    a caller that froze objects itself finds them frozen still."""
+    import gc
+
+    from ee_middleware.replay import job
+
+    seen: list[int] = []
+    real_build = job.build_executor
+
+    class _Watching:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def map(self, trajectories: object) -> Iterator[object]:
+            for outcome in self.inner.map(trajectories):
+                seen.append(gc.get_freeze_count())
+                yield outcome
+
+        def close(self) -> None:
+            self.inner.close()
+
+    monkeypatch.setattr(job, "build_executor", lambda config, spec: _Watching(real_build(config, spec)))
+    gc.unfreeze()
+    held = [object() for _ in range(10)]  # noqa: F841 - alive during the run
+    assert gc.get_freeze_count() == 0
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2))
+    assert seen and all(count > 0 for count in seen), "frozen while the job runs"
+    assert gc.get_freeze_count() == 0, "unfrozen afterwards"
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_replay(ReplayConfig.load(store=bfcl_store_path, k=3))
+        assert gc.get_freeze_count() >= frozen, "the caller's own freeze is left alone"
+    finally:
+        gc.unfreeze()
