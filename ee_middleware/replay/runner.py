@@ -16,7 +16,7 @@ answered the placeholder, which says nothing about the sandbox's fidelity).
 Experience models (:mod:`ee_middleware.replay.sandboxes.experience`): a sandbox with ``at_step(trajectory, step)``
 is told each recorded step before branching from it; one with ``provenance()`` says after each call
 whether a model wrote the observation, and such a rollout is stored ``synthetic`` with that lineage
-(model, retrieved transition ids, reasoning) under its proposer's ``settings["experience"]``. A
+(model, retrieved transition ids, reasoning) in ``Rollout.synthetic_source``. A
 prediction that is not a usable observation is counted by reason (``details["synthetic_failures"]``)
 and never stored.
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
-from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
@@ -251,19 +251,15 @@ def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidat
         step_index=step.index,
         branch_index=branch,
         action=Action(kind="tool_call", tool_call=settings.privacy.redact_call(call)),
-        proposer=candidate.proposer if lineage is None else _with_lineage(candidate.proposer, lineage),
+        proposer=candidate.proposer,
         observation=observation.capped(settings.max_observation_chars),
         is_error=observation.is_error,
         synthetic=lineage is not None,
+        synthetic_source=lineage,
         unrestored=sorted({u.placeholder for u in unrestored}),
         sandbox=run.sandbox.kind,
         duration_ms=duration_ms,
     )
-
-
-def _with_lineage(proposer: ProposerInfo, lineage: dict[str, Any]) -> ProposerInfo:
-    """``proposer`` with an experience model's lineage (model, retrieved ids, reasoning) under ``settings["experience"]``."""
-    return proposer.model_copy(update={"settings": {**proposer.settings, "experience": lineage}})
 
 
 # -- expert re-execution: on to the next recorded state -----------------------------------------------
