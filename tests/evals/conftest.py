@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ee_middleware.testing.http import serving
 
 CORPUS = [
     '<tool_call>{"name": "ls", "arguments": {"a": true}}</tool_call>',
@@ -32,24 +33,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(folder, build_test_tokenizer(CORPUS), max_positions=512)
 
 
-def _serve(server: ThreadingHTTPServer) -> Iterator[str]:
-    thread = threading.Thread(target=server.serve_forever, name="eval-test-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def local_server(tiny_model_dir: Path) -> Iterator[Served]:
     """The adapters' local model server (transformers, real HTTP) serving the tiny random Llama."""
     from ee_middleware.adapters.serving.local_server import LocalModelServer, make_http_server
 
     app = LocalModelServer(tiny_model_dir, served_model_name="tiny")
-    for url in _serve(make_http_server(app, port=0)):
+    with serving(make_http_server(app, port=0)) as url:
         yield Served(url, "tiny")
 
 
@@ -96,4 +86,5 @@ def stalling_server() -> Iterator[str]:
     handler = type("Handler", (_Stalling,), {"seen": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    yield from _serve(server)
+    with serving(server) as url:
+        yield url

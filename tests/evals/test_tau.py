@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from ee_middleware.evals.suites import SuiteSettings, load_suite
 from ee_middleware.evals.tasks import EvalTask
 from ee_middleware.evals.tau.suite import TauSuite
 from ee_middleware.records import ToolCall
+from ee_middleware.testing.http import serving
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +164,8 @@ class _ScriptedUserModel(BaseHTTPRequestHandler):
 def user_server() -> Iterator[tuple[str, type]]:
     script = ["Hi, ada.okafor@example.org here. Please renew my lichen guide.", "Yes, go ahead.", "Thanks! ###STOP###"]
     handler = type("Handler", (_ScriptedUserModel,), {"script": script, "seen": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+        yield url, handler
 
 
 def test_an_llm_user_simulator_over_http_drives_the_conversation(user_server: tuple[str, type], tmp_path: Path) -> None:

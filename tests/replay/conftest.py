@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from http.server import ThreadingHTTPServer
 
 import pytest
 
+from ee_middleware.testing.http import serving
 from tests.replay.test_experience import Answer, ScriptedExperienceModel, _handler
 
 
 @pytest.fixture
 def serve() -> Iterator[Callable[[Answer], ScriptedExperienceModel]]:
-    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+    with ExitStack() as servers:
 
-    def start(answer: Answer) -> ScriptedExperienceModel:
-        model = ScriptedExperienceModel(answer)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        model.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        return model
+        def start(answer: Answer) -> ScriptedExperienceModel:
+            model = ScriptedExperienceModel(answer)
+            model.base_url = servers.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))))
+            return model
 
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        yield start

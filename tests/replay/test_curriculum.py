@@ -7,8 +7,7 @@ tasks and tools are real BFCL expert trajectories.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,11 @@ import pytest
 from ee_middleware.errors import ConfigError
 from ee_middleware.replay.curriculum import score_tasks, validate_variant
 from ee_middleware.store.local import LocalExperienceStore
-from tests.replay.test_experience import ScriptedExperienceModel, _handler
+from tests.replay.test_experience import ScriptedExperienceModel
 
 
 @pytest.fixture
-def writer() -> Iterator[ScriptedExperienceModel]:
-    from http.server import ThreadingHTTPServer
-
+def writer(serve: Callable[[Any], ScriptedExperienceModel]) -> ScriptedExperienceModel:
     answers = iter(
         [
             json.dumps({"instruction": "List the files, then make a folder named drafts.", "tools": ["ls", "mkdir"]}),
@@ -33,15 +30,7 @@ def writer() -> Iterator[ScriptedExperienceModel]:
         ]
         * 10
     )
-    model = ScriptedExperienceModel(lambda messages: next(answers))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    model.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield model
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    return serve(lambda messages: next(answers))
 
 
 def _rows(outcomes: dict[str, list[bool]]) -> list[dict[str, Any]]:
@@ -102,18 +91,9 @@ def approve_short(trajectory: Any) -> bool:
     return len(trajectory.steps) == 1
 
 
-def _serve(answer: Any) -> tuple[ScriptedExperienceModel, Any]:
-    from http.server import ThreadingHTTPServer
-
-    model = ScriptedExperienceModel(answer)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    model.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    return model, (server, thread)
-
-
-def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectories(bfcl_store_path: Path, tmp_path: Path) -> None:
+def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectories(
+    bfcl_store_path: Path, tmp_path: Path, serve: Callable[[Any], ScriptedExperienceModel]
+) -> None:
     from typer.testing import CliRunner
 
     from ee_middleware.cli.app import app
@@ -129,38 +109,31 @@ def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectorie
             return "hmm"
         return json.dumps({"reasoning": "the listing was shown", "reward": 1 if "List" in task else 0})
 
-    servers = [_serve(policy), _serve(judge)]
-    try:
-        store = LocalExperienceStore(bfcl_store_path)
-        parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
-        before = len(list(store.iter_trajectories()))
-        store.close()
-        tasks = tmp_path / "tasks.jsonl"
-        lines = [
-            {"id": f"curriculum-{i}", "source": "curriculum", "instruction": text, "tools": parent.tools, "environment": parent.environment}
-            for i, text in enumerate(["List the files here.", "Delete everything.", "A garbled task."])
-        ]
-        tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        (policy_model, _), (judge_model, _) = servers
-        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", "bfcl"]
-        args += ["--judge", f"openai:{judge_model.base_url}#j", "--store", str(bfcl_store_path), "--json"]
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, result.output
-        summary = json.loads(result.stdout)
-        assert summary["rollouts"] == 3 and summary["kept"] == 1 and summary["approved"] == 0
-        assert summary["dropped"] == {"judged unsuccessful": 1, "the judge gave no verdict": 1}
-        approved = CliRunner().invoke(app, [*args, "--approve-if", "tests.replay.test_curriculum:approve_short"])
-        assert approved.exit_code == 0 and json.loads(approved.stdout)["approved"] == 1
+    policy_model, judge_model = serve(policy), serve(judge)
+    store = LocalExperienceStore(bfcl_store_path)
+    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
+    before = len(list(store.iter_trajectories()))
+    store.close()
+    tasks = tmp_path / "tasks.jsonl"
+    lines = [
+        {"id": f"curriculum-{i}", "source": "curriculum", "instruction": text, "tools": parent.tools, "environment": parent.environment}
+        for i, text in enumerate(["List the files here.", "Delete everything.", "A garbled task."])
+    ]
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", "bfcl"]
+    args += ["--judge", f"openai:{judge_model.base_url}#j", "--store", str(bfcl_store_path), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rollouts"] == 3 and summary["kept"] == 1 and summary["approved"] == 0
+    assert summary["dropped"] == {"judged unsuccessful": 1, "the judge gave no verdict": 1}
+    approved = CliRunner().invoke(app, [*args, "--approve-if", "tests.replay.test_curriculum:approve_short"])
+    assert approved.exit_code == 0 and json.loads(approved.stdout)["approved"] == 1
 
-        store = LocalExperienceStore(bfcl_store_path)
-        kept = store.get(summary["trajectories"][0])
-        assert kept.source == "curriculum" and kept.approval.status == "approved" and kept.task == "List the files here."
-        assert [s.action.tool_call.name for s in kept.steps] == ["ls"] and kept.steps[0].observation is not None
-        assert not kept.steps[0].observation.is_error and kept.environment == parent.environment
-        assert len(list(store.iter_trajectories())) == before + 1, "the same rollout is stored once"
-        store.close()
-    finally:
-        for _, (server, thread) in servers:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+    store = LocalExperienceStore(bfcl_store_path)
+    kept = store.get(summary["trajectories"][0])
+    assert kept.source == "curriculum" and kept.approval.status == "approved" and kept.task == "List the files here."
+    assert [s.action.tool_call.name for s in kept.steps] == ["ls"] and kept.steps[0].observation is not None
+    assert not kept.steps[0].observation.is_error and kept.environment == parent.environment
+    assert len(list(store.iter_trajectories())) == before + 1, "the same rollout is stored once"
+    store.close()

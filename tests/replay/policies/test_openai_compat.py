@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelSer
 from ee_middleware.replay.policies.chat import OpenAIPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
+from ee_middleware.testing.http import serving
 
 
 @dataclass
@@ -71,14 +71,8 @@ def make_handler(stand_in: ScriptedVLLMStandIn) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def vllm_stand_in() -> Iterator[ScriptedVLLMStandIn]:
     stand_in = ScriptedVLLMStandIn()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(stand_in))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    stand_in.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield stand_in
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), make_handler(stand_in))) as stand_in.base_url:
+        yield stand_in
 
 
 def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.errors import ConfigError
+from ee_middleware.testing.http import serving
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets, read_dataset, to_hf_dataset
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
 
@@ -94,14 +94,8 @@ class _ScriptedTeacherServer(BaseHTTPRequestHandler):
 
 
 def test_openai_teacher_against_a_scripted_stand_in_server(replayed_store: Path, tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedTeacherServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/v1"
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedTeacherServer)) as url:
         summary = build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher=f"openai:{url}#teacher-model"))
-    finally:
-        server.shutdown()
     assert summary["datasets"]["sr"]["rows"] > 0 and summary["datasets"]["sr"]["teacher"] == "openai:teacher-model"
     assert _ScriptedTeacherServer.prompts and all("expert" not in p.lower() for p in _ScriptedTeacherServer.prompts)
     down = DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher="openai:http://127.0.0.1:9/v1#m")

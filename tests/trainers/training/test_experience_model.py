@@ -43,24 +43,22 @@ def test_em_rows_are_serving_prompts_with_real_targets_and_leave_the_held_out_se
 
 
 def test_a_teacher_that_copies_the_observation_is_replaced_and_flagged(bfcl_store_path: Path) -> None:
-    import threading
     from http.server import ThreadingHTTPServer
+
+    from ee_middleware.testing.http import serving
 
     def teacher(messages: list[dict[str, Any]]) -> str:
         real = messages[-1]["content"].split("The tool returned: ", 1)[1]
         return f"It returned {real}" if len(real) % 2 else "The folder exists, so the listing succeeds."
 
     model = ScriptedExperienceModel(teacher)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))) as url:
         from typer.testing import CliRunner
 
         from ee_middleware.cli.app import app
 
         out = bfcl_store_path.parent / "em"
-        spec = f"openai:http://127.0.0.1:{server.server_address[1]}/v1#teacher"
+        spec = f"openai:{url}#teacher"
         result = CliRunner().invoke(
             app, ["experience", "dataset", "--store", str(bfcl_store_path), "--out", str(out), "--teacher", spec, "--json"]
         )
@@ -72,10 +70,6 @@ def test_a_teacher_that_copies_the_observation_is_replaced_and_flagged(bfcl_stor
         assert 0 < copied.height == summary["flagged"] < frame.height
         reasons = [json.loads(json.loads(c)[0]["content"])["reasoning"] for c in frame["completion"]]
         assert "The folder exists, so the listing succeeds." in reasons and not any(r.startswith("It returned") for r in reasons)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_the_experience_model_schedule_trains_on_em_rows_only(bfcl_store_path: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
