@@ -237,14 +237,14 @@ def _build_kind(
     source_hash = index.source_hash
     budget = max(1, int(config.chunk_mb * 2**20))
 
-    def groups(order: list[str]) -> Iterator[DatasetSource]:
+    def groups(order: list[str], *, rollouts: bool = True) -> Iterator[DatasetSource]:
         for ids in index.groups(order, budget):
-            yield reader.load(ids, source_hash)
+            yield reader.load(ids, source_hash, rollouts=rollouts)
 
     metadata = redaction_metadata(redactor) | ({SPLIT_METADATA_KEY: HELDOUT} if heldout else {})
     with PartWriter(path, metadata, kind, redactor) as parts:
         if kind == "il":
-            for source in groups(index.storage_order()):
+            for source in groups(index.storage_order(), rollouts=False):  # IL rows use none
                 parts.write(build_il(source))
         elif kind == "iwm":
             if index.rollouts.is_empty():
@@ -281,7 +281,7 @@ def _build_kind(
 
 
 def _write_iwm(
-    parts: PartWriter, index: SourceIndex, options: IWMOptions, groups: Callable[[list[str]], Iterator[DatasetSource]]
+    parts: PartWriter, index: SourceIndex, options: IWMOptions, groups: Callable[..., Iterator[DatasetSource]]
 ) -> dict[str, Any]:
     """IWM rows in the order one pass over the whole source gives: the rollouts' rows (trajectories
     sorted, as rollouts are read), then the expert steps' (storage order); with the error cap active,
@@ -299,7 +299,7 @@ def _write_iwm(
     errors_seen = errors = non_null = truncated = 0
     streams = [(index.sorted_order(), True, False)] + ([(index.storage_order(), False, True)] if options.include_expert_steps else [])
     for order, rollouts, expert_steps in streams:
-        for source in groups(order):
+        for source in groups(order, rollouts=rollouts):
             rows = iwm_rows(source, options, rollouts=rollouts, expert=expert_steps)
             if keep is None:
                 written = [iwm_frame(rows, source.source_hash)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import polars as pl
@@ -88,7 +89,7 @@ class SourceIndex:
     rollouts: pl.DataFrame
     unrestored_rollouts: int = 0
 
-    @property
+    @cached_property
     def source_hash(self) -> str:
         return content_hash(self.trajectories["id"], self.rollouts["id"], self.steps.height)
 
@@ -113,6 +114,7 @@ class SourceIndex:
         """Trajectory ids sorted (the row order of IWM's rollout rows: rollouts are read sorted)."""
         return sorted(self.trajectories["id"].to_list())
 
+    @cached_property
     def weights(self) -> dict[str, int]:
         """Bytes of prompt text each trajectory's rows hold, about: every state is copied into its IL
         and SR rows and into one IWM row per rollout and for the expert step."""
@@ -126,7 +128,7 @@ class SourceIndex:
     def groups(self, order: Sequence[str], budget_bytes: int) -> Iterator[list[str]]:
         """``order`` cut into consecutive groups of about ``budget_bytes`` of prompt text (at least one
         trajectory each)."""
-        weights = self.weights()
+        weights = self.weights
         group: list[str] = []
         size = 0
         for trajectory_id in order:
@@ -189,15 +191,19 @@ class SourceReader:
         rollouts = rollouts.filter(~pl.col("unrestored")).select("id", "trajectory_id", "step_index", "is_error")
         return SourceIndex(self._trajectories, steps, rollouts, unrestored)
 
-    def load(self, ids: Sequence[str], content_hash: str) -> DatasetSource:
-        """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``)."""
+    def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
+        """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);
+        with ``rollouts=False`` the rollouts are not read (an empty frame), for builders that use none."""
         keep = pl.Series(list(ids), dtype=pl.String)
         trajectories = self._trajectories.filter(pl.col("id").is_in(keep.implode())).select("id", "tools_json")
         steps = self._drop("steps", self._steps.filter(pl.col("trajectory_id").is_in(keep.implode())).collect(engine="streaming"))
-        rollouts = self._drop("rollouts", self._rollout_rows(keep).collect(engine="streaming"))
-        rollouts = rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
-        rollouts = rollouts.filter(pl.col("unrestored_json").is_null())
-        return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rollouts, content_hash=content_hash)
+        if rollouts:
+            rows = self._drop("rollouts", self._rollout_rows(keep).collect(engine="streaming"))
+            rows = rows.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
+            rows = rows.filter(pl.col("unrestored_json").is_null())
+        else:
+            rows = pl.DataFrame(schema=self._rollouts.collect_schema())
+        return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rows, content_hash=content_hash)
 
 
 def _no_repeats(table: str, frame: pl.DataFrame) -> pl.DataFrame:

@@ -96,8 +96,8 @@ def test_the_build_never_loads_a_whole_table_and_groups_stay_within_budget(
     loads: list[tuple[int, int]] = []
     original = SourceReader.load
 
-    def recording(self: SourceReader, ids, content_hash):  # type: ignore[no-untyped-def]
-        source = original(self, ids, content_hash)
+    def recording(self: SourceReader, ids, content_hash, **options):  # type: ignore[no-untyped-def]
+        source = original(self, ids, content_hash, **options)
         loads.append((len(ids), source.steps.height))
         return source
 
