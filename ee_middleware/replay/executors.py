@@ -137,9 +137,11 @@ class _Worker:
 
 def store_marker(store: Any) -> str | None:
     """The text of a local store's ``ee-store.json`` (``None`` for other stores), for :attr:`WorkerSpec.store_marker`."""
+    from ee_middleware.store.local import MARKER
+
     root = getattr(store, "root", None)
     try:
-        return (Path(root) / "ee-store.json").read_text() if root is not None else None
+        return (Path(root) / MARKER).read_text() if root is not None else None
     except OSError:
         return None
 

@@ -47,7 +47,6 @@ from ee_middleware.replay.retrieval import (
 )
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError
 
-VARIANTS = ("no-retrieval", "retrieval", "retrieval+trained")
 TRAINED = "retrieval+trained"
 METRICS = ("exact", "token_f1", "error_agreement")
 

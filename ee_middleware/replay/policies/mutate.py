@@ -114,7 +114,6 @@ class _ValueMaker:
         self.guessed: str | None = None
         # What depends only on the vocabulary (never on the random draws), computed once per decision point.
         self._pool_cache: dict[tuple[str, str, str | None], list[list[str]]] = {}
-        self._weight_cache: dict[int, tuple[Mapping[str, Any], float]] = {}
         self._unclaimed: list[str] | None = None
         self.other_tools: tuple[list[str], list[float]] | None = None
         """The tools other than the expert's and their cumulative input weights (set by the policy on first use)."""
@@ -279,14 +278,6 @@ class _ValueMaker:
     def input_weight(self, schema: Mapping[str, Any]) -> float:
         """How readily an agent would call a tool with ``schema`` here: 4 when it takes ids, e-mails or phones
         and every required one has a seen value, 1 when it takes none, 0.5 when one has none seen."""
-        hit = self._weight_cache.get(id(schema))
-        if hit is not None and hit[0] is schema:
-            return hit[1]
-        weight = self._input_weight(schema)
-        self._weight_cache[id(schema)] = (schema, weight)
-        return weight
-
-    def _input_weight(self, schema: Mapping[str, Any]) -> float:
         props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
         takes_ids = False
         for key in schema.get("required") or ():
