@@ -115,18 +115,19 @@ def print_summary(out: Any, run: Any) -> None:
     """The run's stages and results as tables, and where the report is."""
     from rich.table import Table
 
+    from ee_middleware.jobs.report import peak_rss_text
+
     table = Table(title=f"ee improve run {run.id}: {run.status}")
-    for column in ("stage", "status", "seconds", "peak RSS MiB", "result"):
-        table.add_column(column, justify="right" if column in ("seconds", "peak RSS MiB") else "left")
+    for column in ("stage", "status", "seconds", "peak RSS MiB (own / children)", "result"):
+        table.add_column(column, justify="right" if column.startswith(("seconds", "peak")) else "left")
     manifests = {m["stage"]: m for m in run.stages()}
     for name in run.data.get("stage_order", []):
         m = manifests.get(name)
         if m is None:
             table.add_row(name, "not run", "-", "-", "")
             continue
-        rss = m.get("peak_rss_mb") or {}
         result = m.get("error") or m.get("summary") or "; ".join(m.get("decisions") or [])
-        table.add_row(name, m["status"], f"{m.get('seconds', 0):.1f}", f"{max(rss.values()):.0f}" if rss else "-", short(result, 90))
+        table.add_row(name, m["status"], f"{m.get('seconds', 0):.1f}", peak_rss_text(m), short(result, 90))
     out.print(table)
     evaluation = (manifests.get("evaluate") or {}).get("outputs") or {}
     if evaluation.get("runs"):

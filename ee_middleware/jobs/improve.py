@@ -32,7 +32,8 @@ from typing import Any
 from ee_middleware._files import atomic_write_text
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted
-from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, now, peak_rss_mb
+from ee_middleware.jobs.memory import PeakMemory
+from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, now
 from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, StageResult
 
 STAGES = ("select", "replay", "datasets", "train", "register", "evaluate", "gate", "promote")
@@ -138,15 +139,18 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
     manifest: dict[str, Any] = {"stage": name, "status": "running", "attempt": attempt, "started_at": now(), "pid": os.getpid()}
     run.write_stage(name, manifest)
     started = time.perf_counter()
+    memory = PeakMemory()
     try:
-        result = _stage_function(name)(ctx)
+        with memory:
+            result = _stage_function(name)(ctx)
     except BaseException as exc:
         failed = isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted)
         manifest.update(
             status="failed" if failed else "stopped",
             finished_at=now(),
             seconds=round(time.perf_counter() - started, 3),
-            peak_rss_mb=peak_rss_mb(),
+            peak_rss_mb=memory.result(),
+            peak_rss_per_stage=memory.per_stage,
             error=f"{type(exc).__name__}: {exc}",
         )
         run.write_stage(name, manifest)
@@ -156,7 +160,8 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
         status="done",
         finished_at=now(),
         seconds=seconds,
-        peak_rss_mb=peak_rss_mb(),
+        peak_rss_mb=memory.result(),
+        peak_rss_per_stage=memory.per_stage,
         inputs=result.inputs,
         summary=result.summary,
         outputs=result.outputs,

@@ -126,6 +126,16 @@ def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     return blocks
 
 
+def peak_rss_text(manifest: dict[str, Any]) -> str:
+    """A stage's peak resident memory as ``"OWN / CHILDREN"`` MiB; ``(so far)`` where the own peak
+    could not be reset at the stage's start (it is then the process's peak up to that stage)."""
+    rss = manifest.get("peak_rss_mb") or {}
+    if not rss:
+        return "-"
+    text = f"{rss.get('self', 0):.0f} / {rss.get('children', 0):.0f}"
+    return text if manifest.get("peak_rss_per_stage") else f"{text} (so far)"
+
+
 def _stages(run: Run, manifests: dict[str, dict[str, Any]]) -> list[Block]:
     rows = []
     for name in run.data.get("stage_order", []):
@@ -133,12 +143,9 @@ def _stages(run: Run, manifests: dict[str, dict[str, Any]]) -> list[Block]:
         if m is None:
             rows.append((name, "not run", "-", "-", "-", ""))
             continue
-        rss = m.get("peak_rss_mb") or {}
         decisions = m.get("error") or "; ".join(([m["summary"]] if m.get("summary") else []) + list(m.get("decisions") or []))
-        rows.append(
-            (name, m["status"], _n(m.get("seconds"), 1), str(m.get("attempt", 1)), _n(max(rss.values()) if rss else None, 0), decisions)
-        )
-    header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (so far)", "result and decisions")
+        rows.append((name, m["status"], _n(m.get("seconds"), 1), str(m.get("attempt", 1)), peak_rss_text(m), decisions))
+    header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (own / children)", "result and decisions")
     return [Block("h2", "Stages"), Block("table", rows=tuple(rows), header=header)]
 
 

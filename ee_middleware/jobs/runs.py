@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import json
 import os
-import resource
 import secrets
 import socket
 from collections.abc import Iterable, Iterator
@@ -72,13 +71,6 @@ def file_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"path", "sha256", "bytes"}`` of a file, for a manifest's inputs and outputs."""
     p = Path(path)
     return {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
-
-
-def peak_rss_mb() -> dict[str, float]:
-    """Peak resident memory so far of this process and of its finished children (MiB, Linux ru_maxrss)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"self": round(own, 1), "children": round(children, 1)}
 
 
 class Run:
