@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _ee import ee
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -118,14 +118,6 @@ def print_table(max_length: int, row: dict[str, Any]) -> None:
             paired = f"{s['paired_diff']:+.3f} ± {s['paired_se']:.3f}, improved {s['improved_share']:.0%}" if "paired_diff" in s else ""
             decoded = f"parse {s.get('parse_rate', 0):.0%} name {s.get('name_match', 0):.0%} exact {s.get('exact_match', 0):.0%}"
             print(f"  {key} {s['model']:<28} NLL {s['mean_nll']:.3f} {paired:<40} {decoded}")
-
-
-def ee(*args: Any) -> str:
-    command = [str(Path(sys.executable).with_name("ee")), *(str(a) for a in args)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def smollm2_gguf() -> Path:

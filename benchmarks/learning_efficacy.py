@@ -38,12 +38,12 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
+
+from _ee import ee
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -132,14 +132,6 @@ def _check_settings(out: Path, args: argparse.Namespace) -> None:
             listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
             raise SystemExit(f"{out} holds cells made with other settings ({listed}): use another --out, or the same settings to resume.")
     path.write_text(json.dumps(wanted, indent=2))
-
-
-def ee(*args: Any) -> str:
-    command = [str(Path(sys.executable).with_name("ee")), *(str(a) for a in args)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def _smollm2() -> Path:
