@@ -36,6 +36,7 @@ from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.store.registry import store_config_value
+from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.il import build_il
 from ee_middleware.trainers.datasets.iwm import IWMOptions, iwm_frame, iwm_rows, kept_errors
 from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redaction_metadata
@@ -194,13 +195,14 @@ def build_datasets(
 def cap_synthetic_tasks(index: SourceIndex, max_share: float, seed: int) -> tuple[SourceIndex, dict[str, Any]]:
     """``index`` with at most ``max_share`` of its trajectories from synthetic tasks (``source =
     curriculum``), and what was kept: at most ``max_share / (1 - max_share)`` of them per real
-    trajectory, those ranked first by a hash of the seed and the id (:func:`synthetic_rank`), so every
-    build of the same store keeps the same ones; adding real trajectories only ever keeps more."""
+    trajectory (:func:`~ee_middleware.trainers.datasets.caps.share_cap`), those ranked first by a hash
+    of the seed and the id (:func:`synthetic_rank`), so every build of the same store keeps the same
+    ones; adding real trajectories only ever keeps more."""
     synthetic_ids = index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE)["id"].to_list()
     real = index.trajectories.height - len(synthetic_ids)
-    allowed = len(synthetic_ids) if max_share >= 1.0 else int(max_share / (1.0 - max_share) * real)
+    allowed = share_cap(real, max_share)
     ranked = sorted(synthetic_ids, key=lambda i: (synthetic_rank(i, seed), i))
-    left_out = set(ranked[allowed:])
+    left_out = set(ranked[allowed:]) if allowed is not None else set()
     info = {
         "source": SYNTHETIC_TASK_SOURCE,
         "max_share": max_share,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.rows import (
     IWM_INSTRUCTION,
     action_message,
@@ -115,11 +116,9 @@ def iwm_frame(rows: pl.DataFrame, source_hash: str) -> pl.DataFrame:
 def kept_errors(fine: int, errors: int, max_share: float, seed: int) -> list[int] | None:
     """Which error rows (by their order among the error rows) the cap keeps, given the counts of rows
     with and without an error; ``None`` when the cap leaves every row (and the row order) as it is.
-    The same choice as :func:`_cap_errors` makes on the whole frame."""
-    if max_share >= 1.0:
-        return None
-    allowed = int(max_share / (1.0 - max_share) * fine) if max_share > 0 else 0
-    if errors <= allowed:
+    A chunked build decides from the keys' counts; :func:`_cap_errors` applies it to a whole frame."""
+    allowed = share_cap(fine, max_share)
+    if allowed is None or errors <= allowed:
         return None
     if not allowed:
         return []
@@ -127,12 +126,11 @@ def kept_errors(fine: int, errors: int, max_share: float, seed: int) -> list[int
 
 
 def _cap_errors(rows: pl.DataFrame, max_share: float, seed: int) -> pl.DataFrame:
-    if max_share >= 1.0:
+    """``rows`` without the error rows the cap drops: the rows without an error, then the kept error rows."""
+    is_error = rows["is_error"]
+    keep = kept_errors(int((~is_error).sum()), int(is_error.sum()), max_share, seed)
+    if keep is None:
         return rows
-    errors = rows.filter(pl.col("is_error"))
-    fine = rows.filter(~pl.col("is_error"))
-    allowed = int(max_share / (1.0 - max_share) * fine.height) if max_share > 0 else 0
-    if errors.height <= allowed:
-        return rows
-    kept = errors.sample(n=allowed, seed=seed, shuffle=False) if allowed else errors.head(0)
-    return pl.concat([fine, kept], how="vertical")
+    errors = rows.filter(pl.col("is_error")).with_row_index("_n")
+    kept = errors.filter(pl.col("_n").is_in(pl.Series(keep, dtype=pl.UInt32).implode())).drop("_n")
+    return pl.concat([rows.filter(~pl.col("is_error")), kept], how="vertical")

@@ -147,3 +147,28 @@ def test_rationale_guards(text: str, flag: str) -> None:
 def test_a_rationale_that_argues_against_an_alternative_is_kept() -> None:
     cleaned, flags = check_rationale("I call cd because it opens the folder. Calling rm instead would fail with an error.", "cd", ["rm"])
     assert cleaned and not flags
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.3, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("errors", [0, 1, 7, 40])
+def test_the_error_cap_keeps_what_a_seeded_sample_of_the_error_rows_kept(share: float, errors: int) -> None:
+    """The whole-frame cap and the chunked build's choice (kept_errors, from counts) are one rule: the
+    rows without an error, then a seeded, order-keeping sample of max_share / (1 - max_share) error
+    rows per other row; written out here as it was before both used share_cap."""
+    from ee_middleware.trainers.datasets.caps import share_cap
+    from ee_middleware.trainers.datasets.iwm import _cap_errors, kept_errors
+
+    flags = [i % 3 == 0 for i in range(3 * errors)] + [False] * 11 + [None]
+    rows = pl.DataFrame({"n": list(range(len(flags))), "is_error": flags}, schema={"n": pl.Int64, "is_error": pl.Boolean})
+    error_rows, fine_rows = rows.filter(pl.col("is_error")), rows.filter(~pl.col("is_error"))
+    allowed = int(share / (1.0 - share) * fine_rows.height) if share < 1.0 else None
+    assert share_cap(fine_rows.height, share) == allowed
+    if allowed is None or error_rows.height <= allowed:
+        expected = rows
+    else:
+        expected = pl.concat([fine_rows, error_rows.sample(n=allowed, seed=5, shuffle=False) if allowed else error_rows.head(0)])
+    assert _cap_errors(rows, share, 5).equals(expected)
+    keep = kept_errors(fine_rows.height, error_rows.height, share, 5)
+    assert (keep is None) == (expected is rows)
+    if keep is not None:
+        assert error_rows[keep]["n"].to_list() == expected.filter(pl.col("is_error"))["n"].to_list()
