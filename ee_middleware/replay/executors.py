@@ -13,7 +13,7 @@ waiting on one process that writes everything. A worker that cannot open that ve
 node without the shared folder) sends the rollouts back, and the job writes them as before.
 
 Every worker closes its sandbox and policy when it ends, and no worker outlives the job: local worker
-processes die with the process that started them (see :mod:`ee_middleware.replay._lifetime`), even
+processes die with the process that started them (see :mod:`ee_middleware._lifetime`), even
 when it is killed with ``SIGKILL``; sandbox children (``--isolation subprocess``) then kill
 themselves and every process their tools started.
 """
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ee_middleware._lifetime import die_with_parent
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import EEError, MissingExtraError, PolicyError, StoreError
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
-from ee_middleware.replay._lifetime import die_with_parent
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
 

@@ -69,9 +69,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ee_middleware import errors
+from ee_middleware._lifetime import kill_process_group
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
-from ee_middleware.replay._lifetime import kill_process_group
 from ee_middleware.replay.sandboxes.isolated_child import SandboxFactory, child_main
 
 if TYPE_CHECKING:

@@ -32,9 +32,9 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ee_middleware._lifetime import die_with_parent, kill_process_group
 from ee_middleware.errors import SandboxError
 from ee_middleware.records import Observation, ToolCall
-from ee_middleware.replay._lifetime import die_with_parent, kill_process_group
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

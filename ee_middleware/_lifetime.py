@@ -1,7 +1,7 @@
-"""Processes of a replay job that end with the process that started them.
+"""Processes that end with the process that started them.
 
-A replay job's worker processes and sandbox children must not outlive it, however it ends: a
-``SIGKILL`` of the job runs none of its clean-up code. Two mechanisms, both armed by the process
+A replay job's worker processes and sandbox children, and capture's offload process, must not
+outlive their parent, however it ends: a ``SIGKILL`` of the parent runs none of its clean-up code. Two mechanisms, both armed by the process
 that must die (see :func:`die_with_parent`):
 
 - on Linux, a parent-death signal (``prctl(PR_SET_PDEATHSIG)``): the kernel sends it the moment the
