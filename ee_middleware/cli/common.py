@@ -80,9 +80,11 @@ def print_json(data: Any) -> None:
 
 
 def console() -> Any:
+    """The console every command prints to. No emoji codes: a redaction placeholder such as
+    ``[REDACTED:email:049d4611]`` would otherwise print as ``[REDACTED✉049d4611]``."""
     from rich.console import Console
 
-    return Console()
+    return Console(emoji=False)
 
 
 short = one_line

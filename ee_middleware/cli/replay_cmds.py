@@ -315,10 +315,10 @@ def show(
     by_step: dict[int, list[Any]] = {}
     for r in rollouts:
         by_step.setdefault(r.step_index, []).append(r)
-    mismatches = _mismatches_by_step(opened, trajectory.id, replay_id)
+    mismatches, unrestorable, unlisted = _replay_notes_by_step(opened, trajectory.id, replay_id)
     out.print(f"[bold]{trajectory.id}[/]  app={trajectory.app}  task: {short(trajectory.task, 160)}")
     for step in trajectory.steps:
-        if step.index not in by_step and step.index not in mismatches:
+        if step.index not in by_step and step.index not in mismatches and step.index not in unrestorable:
             continue
         table = Table(title=f"step {step.index}", show_lines=False, title_justify="left")
         table.add_column("", no_wrap=True)
@@ -341,6 +341,10 @@ def show(
         out.print(table)
         for replay, mismatch in mismatches.get(step.index, []):
             _print_mismatch(out, mismatch, f"step {step.index}, replay {replay}")
+        for replay, note in unrestorable.get(step.index, []):
+            _print_unrestorable(out, note, f"step {step.index}, replay {replay}")
+    if unlisted:
+        out.print(f"[yellow]{unlisted} more unrestorable step(s) were counted but not listed (a replay record lists the first few).[/]")
 
 
 def _synthetic_note(rollout: Any) -> str:
@@ -356,18 +360,46 @@ def _synthetic_note(rollout: Any) -> str:
     return note
 
 
-def _mismatches_by_step(opened: Any, trajectory_id: str, replay_id: str | None) -> dict[int, list[tuple[str, dict[str, Any]]]]:
-    """The fidelity errors the replay records of a trajectory kept, by step (one per distinct diff)."""
+def _replay_notes_by_step(
+    opened: Any, trajectory_id: str, replay_id: str | None
+) -> tuple[dict[int, list[tuple[str, dict[str, Any]]]], dict[int, list[tuple[str, dict[str, Any]]]], int]:
+    """What the replay records of a trajectory kept, by step: fidelity errors (one per distinct diff),
+    unrestorable expert steps (one per step and reason), and how many unrestorable steps went unlisted."""
     import polars as pl
 
     records = opened.replays(replay_id=replay_id).filter(pl.col("trajectory_id") == trajectory_id)
-    out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
-    seen: set[tuple[int, str, str]] = set()
+    mismatches: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    unrestorable: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    seen: set[tuple[Any, ...]] = set()
+    unlisted = 0
     for row in records.sort("finished_at", descending=True).iter_rows(named=True):
         details = json.loads(row["details_json"] or "{}")
         for mismatch in details.get("fidelity_mismatches", []):
-            key = (mismatch["step"], str(mismatch.get("recorded")), str(mismatch.get("replayed")))
+            key = ("mismatch", mismatch["step"], str(mismatch.get("recorded")), str(mismatch.get("replayed")))
             if key not in seen:
                 seen.add(key)
-                out.setdefault(mismatch["step"], []).append((row["replay_id"], mismatch))
-    return out
+                mismatches.setdefault(mismatch["step"], []).append((row["replay_id"], mismatch))
+        listed = details.get("unrestorable_steps", [])
+        unlisted += max(0, int(row.get("unrestorable") or 0) - len(listed))
+        for step in listed:
+            key = ("unrestorable", step["step"], tuple(step.get("arguments", [])), tuple(step.get("reasons", [])))
+            if key not in seen:
+                seen.add(key)
+                unrestorable.setdefault(step["step"], []).append((row["replay_id"], step))
+    return mismatches, unrestorable, unlisted
+
+
+def _print_unrestorable(out: Any, step: dict[str, Any], where: str) -> None:
+    """An expert step whose redacted arguments replay could not give back to the sandbox."""
+    from rich.markup import escape
+
+    arguments = ", ".join(step.get("arguments") or []) or "some"
+    reasons = "; ".join(step.get("reasons") or []) or "no reason recorded"
+    matched = step.get("observation_matched")
+    verdict = "" if matched is None else (" It happened to match the recorded one." if matched else " It differed from the recorded one.")
+    out.print(
+        f"[yellow]unrestorable[/] {escape(where)} ({escape(str(step.get('tool')))}): the expert's {escape(arguments)} argument(s) "
+        f"were redacted at capture and could not be restored ({escape(reasons)}), so the sandbox received "
+        f"{escape(', '.join(step.get('placeholders') or []))}; its observation was not checked.{verdict} "
+        "Keep the values in a vault to replay them (docs/sandboxes.md, 'Redaction and replay')."
+    )

@@ -9,6 +9,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from ee_middleware.records import ToolCall
 
 runner = CliRunner()
 
@@ -177,3 +178,26 @@ def test_policy_settings_reach_the_policy_and_shape_the_replay_id(tmp_path: Path
     ok = ee("replay", "run", "--store", store, "--sandbox", spec, "--policy-setting", "invalid_share=0.3", "--json")
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["replay_id"] == ReplayConfig(store=store, sandbox=spec, policy_settings={"invalid_share": 0.3}).replay_id
+
+
+def test_show_lists_unrestorable_steps_with_what_the_sandbox_received(tmp_path: Path) -> None:
+    from tests.replay.test_privacy import _replay, _store, _trajectory
+
+    store, redactor = _store(tmp_path, vault=False)
+    trajectory = _trajectory(redactor)
+    store.write([trajectory])
+    store.approve([trajectory.id], by="test")
+    bob = redactor.redact_text("bob@example.com")
+    outcome = _replay(store, trajectory, [ToolCall(id="a", name="find_user", arguments={"email": bob})])
+    assert outcome.record.unrestorable == 1
+    store.write_replay(outcome.record, outcome.rollouts)
+    store.close()
+
+    shown = runner.invoke(app, ["replay", "show", trajectory.id, "--store", str(tmp_path / "experience")], terminal_width=400)
+    assert shown.exit_code == 0, shown.output
+    ann = redactor.redact_text("ann@example.com")
+    text = " ".join(shown.stdout.split())
+    assert "unrestorable step 0, replay r (find_user): the expert's email argument(s) were redacted" in text, text
+    assert f"the sandbox received {ann}; its observation was not checked" in text
+    assert "no redaction vault (record with vault=True to replay real values)" in text
+    assert "unrestorable step 1" not in text, "the profile step was restored: nothing to say"
