@@ -162,13 +162,21 @@ class SourceReader:
             [pl.col(c) if c in self._trajectories.columns else pl.lit(None, dtype=pl.String).alias(c) for c in TRAJECTORY_COLUMNS]
         )
 
-    def _rollout_rows(self, ids: pl.Series) -> pl.LazyFrame:
+    def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None) -> tuple[pl.DataFrame, int]:
+        """The rollouts of these trajectories a build uses (of ``replay_id``; synthetic ones only with
+        ``include_synthetic``; repeats dropped; sorted as the store sorts them), with ``columns`` (default:
+        all), and how many were left out as unrestored (``Rollout.unrestored``)."""
         rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
         if self.replay_id is not None:
             rows = rows.filter(pl.col("replay_id") == self.replay_id)
         if not self.include_synthetic:
             rows = rows.filter(~pl.col("synthetic"))
-        return rows
+        restored = pl.col("unrestored_json").is_null().alias("_restored")
+        rows = rows.select(*columns, restored) if columns is not None else rows.with_columns(restored)
+        frame = self._drop("rollouts", rows.collect(engine="streaming"))
+        frame = frame.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
+        kept = frame.filter(pl.col("_restored")).drop("_restored")
+        return kept, frame.height - kept.height
 
     def index(self) -> SourceIndex:
         """The keys of the whole source (no state or observation text is kept)."""
@@ -181,15 +189,9 @@ class SourceReader:
             "observation_is_error",
             pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
         )
-        rollouts = self._rollout_rows(ids).select(
-            "id", "trajectory_id", "step_index", "branch_index", "is_error", pl.col("unrestored_json").is_not_null().alias("unrestored")
-        )
         steps = self._drop("steps", steps.collect(engine="streaming"))
-        rollouts = self._drop("rollouts", rollouts.collect(engine="streaming"))
-        rollouts = rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
-        unrestored = int(rollouts["unrestored"].sum())
-        rollouts = rollouts.filter(~pl.col("unrestored")).select("id", "trajectory_id", "step_index", "is_error")
-        return SourceIndex(self._trajectories, steps, rollouts, unrestored)
+        rollouts, unrestored = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
+        return SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored)
 
     def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);
@@ -197,12 +199,7 @@ class SourceReader:
         keep = pl.Series(list(ids), dtype=pl.String)
         trajectories = self._trajectories.filter(pl.col("id").is_in(keep.implode())).select("id", "tools_json")
         steps = self._drop("steps", self._steps.filter(pl.col("trajectory_id").is_in(keep.implode())).collect(engine="streaming"))
-        if rollouts:
-            rows = self._drop("rollouts", self._rollout_rows(keep).collect(engine="streaming"))
-            rows = rows.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
-            rows = rows.filter(pl.col("unrestored_json").is_null())
-        else:
-            rows = pl.DataFrame(schema=self._rollouts.collect_schema())
+        rows = self._rollout_rows(keep)[0] if rollouts else pl.DataFrame(schema=self._rollouts.collect_schema())
         return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rows, content_hash=content_hash)
 
 

@@ -205,3 +205,61 @@ def test_parts_left_by_a_killed_build_are_removed_and_a_running_builds_are_kept(
     build_datasets(DatasetConfig.load(store=replayed_store, out=out, kinds="il"))
     assert not dead.exists() and live.exists()
     assert pl.read_parquet(out / "il.parquet").height > 0
+
+
+def _add_rollouts_a_build_leaves_out(store_path: Path) -> str:
+    """Rollouts on the first tool-call step: a synthetic one, an unrestored one, and one of another
+    replay; returns the store's own replay id."""
+    from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, ToolCall
+
+    store = LocalExperienceStore(store_path)
+    (replay_id,) = store.rollouts()["replay_id"].unique().to_list()
+    trajectory = next(iter(store.iter_trajectories(status="approved")))
+    step = next(s for s in trajectory.steps if s.action.tool_call is not None)
+
+    def rollout(name: str, branch: int, **fields) -> Rollout:  # type: ignore[no-untyped-def]
+        return Rollout(
+            id=f"left-out-{name}",
+            replay_id=fields.pop("replay_id", replay_id),
+            trajectory_id=trajectory.id,
+            step_index=step.index,
+            branch_index=branch,
+            action=Action(kind="tool_call", tool_call=ToolCall(id="x", name="ls", arguments={"a": name})),
+            proposer=ProposerInfo(policy="test"),
+            observation=Observation(content=f"{name} outcome"),
+            sandbox="bfcl",
+            duration_ms=1.0,
+            **fields,
+        )
+
+    for record, rollouts in (
+        (replay_id, [rollout("synthetic", 90, synthetic=True), rollout("unrestored", 91, unrestored=["a"])]),
+        ("other", [rollout("other", 0, replay_id="other")]),
+    ):
+        store.write_replay(
+            ReplayRecord(replay_id=record, trajectory_id=trajectory.id, status="done", policy="t", sandbox="bfcl", k=1, seed=0), rollouts
+        )
+    store.close()
+    return replay_id
+
+
+@pytest.mark.parametrize("own_replay", [False, True])
+def test_grouped_reads_leave_out_the_rollouts_the_whole_source_reader_leaves_out(
+    replayed_store: Path, tmp_path: Path, own_replay: bool
+) -> None:
+    """The group reader filters rollouts as load_source does (replay id, synthetic, unrestored), and
+    counts the unrestored ones in the index."""
+    own = _add_rollouts_a_build_leaves_out(replayed_store)
+    replay_id = own if own_replay else None
+    summary = build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path / "out", chunk_mb=TINY, replay_id=replay_id))
+    store = LocalExperienceStore(replayed_store)
+    source = load_source(store, replay_id=replay_id)
+    assert source.unrestored_rollouts == 1 and summary["redaction"]["unrestored_rollouts_left_out"] == 1
+    assert summary["rollouts"] == source.rollouts.height and summary["source_hash"] == source.source_hash
+    assert ("left-out-other" in source.rollouts["id"].to_list()) is not own_replay
+    redactor = store_redactor(store, create_salt=False)
+    for kind, frame in {"iwm": build_iwm(source), "sr": build_sr(source, TemplateTeacher(), SROptions())[0]}.items():
+        expected, _ = guard_rows(kind, frame, redactor)
+        assert pl.read_parquet(tmp_path / "out" / f"{kind}.parquet").equals(expected), kind
+    iwm = pl.read_parquet(tmp_path / "out" / "iwm.parquet")
+    assert not iwm.filter(pl.col("completion").str.contains("synthetic outcome|unrestored outcome")).height
