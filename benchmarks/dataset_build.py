@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/dataset_build.py --steps 10000,50000,100000 --repeats 1      # memory vs store size
     .venv/bin/python benchmarks/dataset_build.py --steps 10000 --before-ref HEAD~3            # + an older ee build
     .venv/bin/python benchmarks/dataset_build.py --steps 10000 --redaction                    # with the default redaction rules
+    .venv/bin/python benchmarks/dataset_build.py --steps 20000 --sides ee --kinds il,iwm,sr --before-ref HEAD~1  # + SR (template teacher)
 
 For each size, a synthetic store with ``--steps`` expert steps (``--steps-per-trajectory`` per
 trajectory, a state growing by two messages per step) and ``--k`` rollouts per step is written in the
@@ -30,8 +31,13 @@ rules, scanning every prompt and completion with the redaction regexes is about 
 time on every side (the same scan of the same rows), so it hides the builders' cost and makes a 100k
 build take about ten minutes a side; memory is the same either way. ``--redaction`` measures it.
 
+``--kinds il,iwm,sr`` also builds SR with the deterministic template teacher on the ``ee`` sides (the
+plain-Python side builds IL and IWM only, so it needs ``--sides ee``): all three kinds read the same
+groups of trajectories.
+
 Both sides' files are then compared row by row (every column, in order, in slices), and the
-sha256 of each file's prompts and of all its rows is printed: the run stops if they differ. The
+sha256 of each file's prompts and of all its rows is printed: the run stops if they differ. Between
+``ee`` sides, ``datasets.json`` must be the same too, but for the timings (``seconds``) and the output folder. The
 load average is printed before and after; ratios are ``python / ee`` for time and memory.
 """
 
@@ -55,6 +61,7 @@ from typing import Any
 import polars as pl
 
 KINDS = ("il", "iwm")
+"""What the sides build by default (the plain-Python side builds only these)."""
 BUDGET_CHARS = 512 * 4
 """IWM's default observation budget (512 tokens at 4 characters per token)."""
 TOOLS = [
@@ -149,10 +156,10 @@ def synthetic_store(root: Path, steps: int, k: int, per_trajectory: int, seed: i
 # --- the sides (each runs in its own process: `--side NAME --store S --out O`) ---------------------
 
 
-def side_ee(store: Path, out: Path) -> None:
+def side_ee(store: Path, out: Path, kinds: tuple[str, ...] = KINDS) -> None:
     from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 
-    build_datasets(DatasetConfig.load(store=store, out=out, kinds=",".join(KINDS), iwm_max_error_share=1.0))
+    build_datasets(DatasetConfig.load(store=store, out=out, kinds=",".join(kinds), iwm_max_error_share=1.0, teacher="template"))
 
 
 def _string(value: str) -> str:
@@ -166,7 +173,7 @@ def _action(call_id: str | None, name: str, arguments: str | None) -> str:
     )  # fmt: skip
 
 
-def side_python(store: Path, out: Path) -> None:
+def side_python(store: Path, out: Path, kinds: tuple[str, ...] = KINDS) -> None:
     """The plain-Python build (see the module docstring): read, splice, redact, write."""
     from ee_middleware.capture.store_redaction import store_redactor
     from ee_middleware.store.local import TABLES, LocalExperienceStore
@@ -271,17 +278,17 @@ def peak_rss_mib() -> float:
 
 def run_child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    SIDES[args.side.split("@")[0]](Path(args.store), Path(args.out))
+    SIDES[args.side.split("@")[0]](Path(args.store), Path(args.out), tuple(args.kinds.split(",")))
     print(json.dumps({"build_s": time.perf_counter() - started, "peak_mib": peak_rss_mib()}))
 
 
 # --- the parent -----------------------------------------------------------------------------------
 
 
-def run_side(side: str, store: Path, out: Path, env: dict[str, str]) -> dict[str, float]:
+def run_side(side: str, store: Path, out: Path, env: dict[str, str], kinds: str = ",".join(KINDS)) -> dict[str, float]:
     """One build in a fresh process: wall time, the child's own build time and its peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, __file__, "--side", side, "--store", str(store), "--out", str(out)]
+    command = [sys.executable, __file__, "--side", side, "--store", str(store), "--out", str(out), "--kinds", kinds]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
@@ -316,6 +323,23 @@ def compare(a: Path, b: Path, slice_rows: int = 50_000) -> dict[str, Any]:
     return {"rows": n_left, "prompts_sha256": prompts.hexdigest()[:16], "rows_sha256": rows.hexdigest()[:16]}
 
 
+def same_manifest(a: Path, b: Path) -> None:
+    """Stop unless both builds' ``datasets.json`` are the same but for timings and the output folder."""
+
+    def plain(out: Path) -> Any:
+        def strip(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: strip(v) for k, v in value.items() if k != "seconds"}
+            if isinstance(value, list):
+                return [strip(v) for v in value]
+            return value.replace(str(out), "OUT") if isinstance(value, str) else value
+
+        return strip(json.loads((out / "datasets.json").read_text()))
+
+    if plain(a) != plain(b):
+        raise SystemExit(f"{a}/datasets.json and {b}/datasets.json differ:\n{json.dumps(plain(a))}\n{json.dumps(plain(b))}")
+
+
 def before_tree(ref: str, root: Path) -> Path:
     """The code at ``ref`` as an importable tree (ee_middleware with its mapped folders)."""
     repo = Path(__file__).resolve().parents[1]
@@ -347,6 +371,7 @@ def main() -> None:
         action="store_true",
         help="Keep the default redaction rules on the store (by default its redaction.json turns them off; see the docstring).",
     )
+    parser.add_argument("--kinds", default=",".join(KINDS), help="Datasets to build (il,iwm,sr; sr needs --sides ee).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -355,6 +380,9 @@ def main() -> None:
     if args.side:
         run_child(args)
         return
+    kinds = tuple(args.kinds.split(","))
+    if "python" in args.sides.split(",") and set(kinds) - set(KINDS):
+        parser.error(f"the python side builds {','.join(KINDS)} only: pass --sides ee to build {args.kinds}")
     load_before = os.getloadavg()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dataset-build-") as tmp_name:
@@ -382,16 +410,19 @@ def main() -> None:
             order = list(envs)
             for repeat in range(args.repeats):
                 for side in order if repeat % 2 == 0 else order[::-1]:
-                    runs[side].append(run_side(side, store, tmp / f"out-{side}", envs[side]))
+                    runs[side].append(run_side(side, store, tmp / f"out-{side}", envs[side], args.kinds))
                     last = runs[side][-1]
                     print(f"  repeat {repeat + 1} {side:>10}: {last['process_s']:7.2f} s, peak {last['peak_mib']:7.0f} MiB", flush=True)
             checks = {}
             for side in envs:
                 if side != "ee":
                     checks[side] = {
-                        kind: compare(tmp / "out-ee" / f"{kind}.parquet", tmp / f"out-{side}" / f"{kind}.parquet") for kind in KINDS
+                        kind: compare(tmp / "out-ee" / f"{kind}.parquet", tmp / f"out-{side}" / f"{kind}.parquet") for kind in kinds
                     }
-                    print(f"  ee and {side} wrote identical rows (every column, in order): {json.dumps(checks[side])}")
+                    if side.startswith("ee@"):
+                        same_manifest(tmp / "out-ee", tmp / f"out-{side}")
+                    manifest = ", and the same datasets.json but for timings" if side.startswith("ee@") else ""
+                    print(f"  ee and {side} wrote identical rows (every column, in order){manifest}: {json.dumps(checks[side])}")
             print(f"  {'side':>10} {'process s (min/median/max)':>27} {'build s (min/median/max)':>27} {'peak MiB (min/median/max)':>27}")
             for side, values in runs.items():
                 print(
