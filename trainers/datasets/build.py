@@ -7,7 +7,9 @@ Each file is written to a temporary name and renamed, so a crash never leaves ha
 The build runs in bounded memory, whatever the store's size: it first reads only the keys of the
 source (:class:`~ee_middleware.trainers.datasets.source.SourceIndex`), then reads, builds and writes
 one group of trajectories at a time (about ``chunk_mb`` of prompt text each) as Parquet parts in a
-hidden folder beside the file, and finally streams the parts, in order, into the one file. The rows,
+hidden folder beside the file, and finally streams the parts, in order, into the one file. A group is
+read once for every kind that uses it (:mod:`~ee_middleware.trainers.datasets.passes`: one pass for
+IWM's rollout rows, one for IL, SR and IWM's expert-step rows). The rows,
 and their order, are the same for any group size (a group is a run of consecutive trajectories in
 the order the rows have; IWM's error cap is decided from the keys before any row is built).
 """
@@ -21,7 +23,8 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,11 +40,11 @@ from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.caps import share_cap
-from ee_middleware.trainers.datasets.il import build_il
-from ee_middleware.trainers.datasets.iwm import IWMOptions, iwm_frame, iwm_rows, kept_errors
+from ee_middleware.trainers.datasets.iwm import IWMOptions
+from ee_middleware.trainers.datasets.passes import ILWriter, IWMWriter, KindWriter, SRWriter, run_pass
 from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redaction_metadata
 from ee_middleware.trainers.datasets.rows import KINDS, conform
-from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
+from ee_middleware.trainers.datasets.source import SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.split import (
     HELDOUT,
     HELDOUT_DIR,
@@ -50,7 +53,7 @@ from ee_middleware.trainers.datasets.split import (
     heldout_ids,
     read_id_list,
 )
-from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
+from ee_middleware.trainers.datasets.sr import SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher, build_teacher
 
 
@@ -173,21 +176,14 @@ def build_datasets(
             "heldout_trajectories": sorted(held),
             "heldout_dir": str(config.out / HELDOUT_DIR),
         }
-    teacher = None
-    for kind in config.kinds:
-        if on_stage is not None:
-            on_stage(kind)
-        if kind == "sr" and teacher is None:
-            teacher = build_teacher(config.teacher)
-        summary["datasets"][kind] = _build_kind(
-            kind, reader, index, config, teacher, config.out / f"{kind}.parquet", on_sr_progress, redactor
-        )
-        if heldout_index is not None and not heldout_index.trajectories.is_empty():
-            path = config.out / HELDOUT_DIR / f"{kind}.parquet"
-            path.parent.mkdir(exist_ok=True)
-            summary["split"].setdefault("datasets", {})[kind] = _build_kind(
-                kind, reader, heldout_index, config, teacher, path, None, redactor, heldout=True
-            )
+    teacher = build_teacher(config.teacher) if "sr" in config.kinds else None
+    summary["datasets"] = _build_split(
+        reader, index, config, teacher, config.out, redactor, on_stage=on_stage, on_sr_progress=on_sr_progress
+    )
+    if heldout_index is not None and not heldout_index.trajectories.is_empty():
+        folder = config.out / HELDOUT_DIR
+        folder.mkdir(exist_ok=True)
+        summary["split"]["datasets"] = _build_split(reader, heldout_index, config, teacher, folder, redactor, heldout=True)
     atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
 
@@ -222,102 +218,80 @@ def synthetic_rank(trajectory_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _build_kind(
-    kind: str,
+def _build_split(
     reader: SourceReader,
     index: SourceIndex,
     config: DatasetConfig,
     teacher: Teacher | None,
-    path: Path,
-    on_sr_progress: Callable[[int, int], None] | None,
+    folder: Path,
     redactor: Redactor,
     *,
+    on_stage: Callable[[str], None] | None = None,
+    on_sr_progress: Callable[[int, int], None] | None = None,
     heldout: bool = False,
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    extra: dict[str, Any] = {}
-    source_hash = index.source_hash
+) -> dict[str, dict[str, Any]]:
+    """Build ``config.kinds`` from ``index`` into ``folder`` (the passes of
+    :mod:`~ee_middleware.trainers.datasets.passes`: each group is read once for every kind that uses
+    it); what ``datasets.json`` records of each kind. A kind's ``seconds`` count its own work and an
+    equal share of reading the groups it was fed."""
+    kinds = list(dict.fromkeys(config.kinds))
     budget = max(1, int(config.chunk_mb * 2**20))
-
-    def groups(order: list[str], *, rollouts: bool = True) -> Iterator[DatasetSource]:
-        for ids in index.groups(order, budget):
-            yield reader.load(ids, source_hash, rollouts=rollouts)
-
     metadata = redaction_metadata(redactor) | ({SPLIT_METADATA_KEY: HELDOUT} if heldout else {})
-    with PartWriter(path, metadata, kind, redactor) as parts:
-        if kind == "il":
-            for source in groups(index.storage_order(), rollouts=False):  # IL rows use none
-                parts.write(build_il(source))
-        elif kind == "iwm":
-            if index.rollouts.is_empty():
-                extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
-            options = IWMOptions(
-                max_observation_tokens=config.iwm_max_observation_tokens,
-                max_error_share=config.iwm_max_error_share,
-                include_expert_steps=config.iwm_include_expert_steps,
-                seed=config.seed,
-            )
-            extra.update(_write_iwm(parts, index, options, groups))
-        else:
-            assert teacher is not None
-            total = index.steps.filter(pl.col("action_kind") == "tool_call").height
-            done = 0
-
-            def tick(n: int, total: int = total) -> None:
-                nonlocal done
-                done += n
-                if on_sr_progress is not None:
-                    on_sr_progress(done, total)
-
-            builder = SRBuilder(teacher, SROptions(k=config.sr_k, seed=config.seed), on_batch=tick)
-            for source in groups(index.storage_order()):
-                builder.add(source)
-                parts.write(builder.take())
-            parts.write(builder.finish())
-            report = builder.report
-            extra.update(teacher=teacher.name, states=report.states, dropped=dict(report.dropped), flagged=dict(report.flagged))
-        parts.commit()
-    if parts.placeholders:
-        extra["placeholders"] = dict(parts.placeholders)
-    return {"path": str(path), "rows": parts.rows, "seconds": round(time.perf_counter() - started, 3), **extra, "parts": parts.count}
+    seconds = dict.fromkeys(kinds, 0.0)
+    announce = on_stage if on_stage is not None else (lambda kind: None)
+    with ExitStack() as stack:
+        writers: dict[str, KindWriter] = {}
+        for kind in kinds:
+            started = time.perf_counter()
+            parts = stack.enter_context(PartWriter(folder / f"{kind}.parquet", metadata, kind, redactor))
+            writers[kind] = _writer(kind, parts, index, config, teacher, on_sr_progress)
+            seconds[kind] += time.perf_counter() - started
+        iwm = writers.get("iwm")
+        if isinstance(iwm, IWMWriter):  # IWM's rollout rows come first in its file, trajectories sorted
+            announce("iwm")
+            run_pass(reader, index, index.sorted_order(), budget, {"iwm": iwm.add_rollouts}, seconds, rollouts=True)
+        shared = {kind: writer for kind, writer in writers.items() if writer.reads_storage_order}
+        for kind in sorted(shared, key=lambda k: k == "sr"):  # SR's progress bar last: it is the live one
+            if kind != "iwm":
+                announce(kind)
+        needs_rollouts = any(writer.needs_rollouts for writer in shared.values())
+        feeds = {kind: writer.add for kind, writer in shared.items()}
+        run_pass(reader, index, index.storage_order(), budget, feeds, seconds, rollouts=needs_rollouts)
+        extras: dict[str, dict[str, Any]] = {}
+        for kind, writer in writers.items():
+            started = time.perf_counter()
+            extras[kind] = writer.finish()
+            writer.parts.commit()
+            seconds[kind] += time.perf_counter() - started
+    results = {}
+    for kind, writer in writers.items():
+        parts, extra = writer.parts, extras[kind]
+        if parts.placeholders:
+            extra["placeholders"] = dict(parts.placeholders)
+        results[kind] = {"path": str(parts.path), "rows": parts.rows, "seconds": round(seconds[kind], 3), **extra, "parts": parts.count}
+    return results
 
 
-def _write_iwm(
-    parts: PartWriter, index: SourceIndex, options: IWMOptions, groups: Callable[..., Iterator[DatasetSource]]
-) -> dict[str, Any]:
-    """IWM rows in the order one pass over the whole source gives: the rollouts' rows (trajectories
-    sorted, as rollouts are read), then the expert steps' (storage order); with the error cap active,
-    the rows without an error, then the error rows it keeps (chosen from counts taken on the keys)."""
-    steps = index.steps.select(
-        "trajectory_id", pl.col("index").alias("step_index"), "action_kind", "has_observation", "observation_is_error"
-    )
-    flags = [index.rollouts.join(steps, on=["trajectory_id", "step_index"], how="semi")["is_error"]]
-    if options.include_expert_steps:
-        expert = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("has_observation"))
-        flags.append(expert["observation_is_error"].fill_null(False))
-    is_error = pl.concat(flags)
-    keep = kept_errors(int((~is_error).sum()), int(is_error.sum()), options.max_error_share, options.seed)
-    keep_series = pl.Series(keep or [], dtype=pl.Int64).implode()
-    errors_seen = errors = non_null = truncated = 0
-    streams = [(index.sorted_order(), True, False)] + ([(index.storage_order(), False, True)] if options.include_expert_steps else [])
-    for order, rollouts, expert_steps in streams:
-        for source in groups(order, rollouts=rollouts):
-            rows = iwm_rows(source, options, rollouts=rollouts, expert=expert_steps)
-            if keep is None:
-                written = [iwm_frame(rows, source.source_hash)]
-                parts.write(written[0])
-            else:
-                error_rows = rows.filter(pl.col("is_error")).with_row_index("_n", offset=errors_seen)
-                errors_seen += error_rows.height
-                kept = iwm_frame(error_rows.filter(pl.col("_n").is_in(keep_series)).drop("_n"), source.source_hash)
-                written = [iwm_frame(rows.filter(~pl.col("is_error")), source.source_hash), kept]
-                parts.write(written[0])
-                parts.write(kept, tail=True)
-            for frame in written:
-                errors += int(frame["is_error"].sum())
-                non_null += frame.height - frame["is_error"].null_count()
-                truncated += int((frame["observation_truncated_chars"] > 0).sum())
-    return {"error_share": round(errors / non_null, 3) if non_null else 0.0, "truncated_rows": truncated}
+def _writer(
+    kind: str,
+    parts: PartWriter,
+    index: SourceIndex,
+    config: DatasetConfig,
+    teacher: Teacher | None,
+    on_sr_progress: Callable[[int, int], None] | None,
+) -> KindWriter:
+    if kind == "il":
+        return ILWriter(parts)
+    if kind == "iwm":
+        options = IWMOptions(
+            max_observation_tokens=config.iwm_max_observation_tokens,
+            max_error_share=config.iwm_max_error_share,
+            include_expert_steps=config.iwm_include_expert_steps,
+            seed=config.seed,
+        )
+        return IWMWriter(parts, index, options)
+    assert teacher is not None
+    return SRWriter(parts, teacher, SROptions(k=config.sr_k, seed=config.seed), index, on_sr_progress)
 
 
 ROW_GROUP_BYTES = 8 * 2**20

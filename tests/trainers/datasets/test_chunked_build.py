@@ -263,3 +263,47 @@ def test_grouped_reads_leave_out_the_rollouts_the_whole_source_reader_leaves_out
         assert pl.read_parquet(tmp_path / "out" / f"{kind}.parquet").equals(expected), kind
     iwm = pl.read_parquet(tmp_path / "out" / "iwm.parquet")
     assert not iwm.filter(pl.col("completion").str.contains("synthetic outcome|unrestored outcome")).height
+
+
+def test_one_pass_over_the_stored_order_feeds_il_sr_and_iwms_expert_steps(
+    replayed_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each trajectory's steps are read twice per build of every kind: once with IWM's rollout rows
+    (trajectories sorted) and once for IL, SR and IWM's expert-step rows together (storage order)."""
+    loads: list[tuple[tuple[str, ...], bool]] = []
+    original = SourceReader.load
+
+    def recording(self: SourceReader, ids, content_hash, **options):  # type: ignore[no-untyped-def]
+        loads.append((tuple(ids), options.get("rollouts", True)))
+        return original(self, ids, content_hash, **options)
+
+    monkeypatch.setattr(SourceReader, "load", recording)
+    summary = build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path / "out", chunk_mb=TINY))
+    read = [i for ids, _ in loads for i in ids]
+    assert len(read) == 2 * summary["trajectories"] and set(read) == set(pl.read_parquet(tmp_path / "out" / "il.parquet")["trajectory_id"])
+    assert all(rollouts for _, rollouts in loads)  # SR reads the rollouts of the shared pass
+    loads.clear()
+    build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path / "il-iwm", chunk_mb=TINY, kinds="il,iwm"))
+    assert len(loads) == 2 * summary["trajectories"] and sum(rollouts for _, rollouts in loads) == summary["trajectories"]
+
+
+@pytest.mark.parametrize("settings", [{"iwm_max_error_share": 0.2, "heldout_share": 0.4, "seed": 3}, {"iwm_include_expert_steps": False}])
+def test_kinds_built_together_are_the_kinds_built_alone(replayed_store: Path, tmp_path: Path, settings: dict) -> None:
+    together = build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path / "all", chunk_mb=TINY, **settings))
+    for kind in ("il", "iwm", "sr"):
+        alone = build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path / kind, chunk_mb=TINY, kinds=kind, **settings))
+        for rel in _files(tmp_path / kind):
+            assert pl.read_parquet(tmp_path / kind / rel).equals(pl.read_parquet(tmp_path / "all" / rel)), rel
+            assert _metadata(tmp_path / kind / rel) == _metadata(tmp_path / "all" / rel)
+        for side in ("train", "heldout"):
+            if kind in _kind_infos(alone)[side]:
+                assert _kind_infos(alone)[side][kind] == _kind_infos(together)[side][kind], (side, kind)
+
+
+def _kind_infos(summary: dict) -> dict[str, dict]:
+    """What datasets.json records of each kind, of each side of the split, but timings and paths."""
+    sides = {"train": summary["datasets"], "heldout": summary.get("split", {}).get("datasets", {})}
+    return {
+        side: {kind: {k: v for k, v in info.items() if k not in ("seconds", "path")} for kind, info in kinds.items()}
+        for side, kinds in sides.items()
+    }

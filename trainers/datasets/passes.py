@@ -1,0 +1,157 @@
+"""The passes of a grouped build: each group of trajectories is read once and feeds every kind that uses it.
+
+A build writes each kind's rows as Parquet parts (:class:`~ee_middleware.trainers.datasets.build.PartWriter`),
+in the order one pass over the whole source gives. Two orders of trajectories are read:
+
+* **sorted ids**: IWM's rollout rows (rollouts are read sorted by trajectory);
+* **storage order**: IL's rows, SR's rows and IWM's expert-step rows. One pass feeds all three: the
+  group is read once (with its rollouts only when SR is built) and each kind builds and writes its
+  part from it before the next group is read, so memory holds one group and one kind's rows at a time.
+
+IWM's rollout pass runs first, since its rows come before the expert steps' in ``iwm.parquet``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from ee_middleware.trainers.datasets.il import build_il
+from ee_middleware.trainers.datasets.iwm import IWMOptions, iwm_frame, iwm_rows, kept_errors
+from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
+from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
+from ee_middleware.trainers.datasets.teachers import Teacher
+
+if TYPE_CHECKING:
+    from ee_middleware.trainers.datasets.build import PartWriter
+
+
+class KindWriter:
+    """One kind's rows, fed a group of trajectories at a time in storage order (:meth:`add`)."""
+
+    reads_storage_order = True
+    """Whether the storage-order pass feeds it."""
+    needs_rollouts = False
+    """Whether :meth:`add` reads the groups' rollouts."""
+
+    def __init__(self, parts: PartWriter) -> None:
+        self.parts = parts
+
+    def add(self, source: DatasetSource) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> dict[str, Any]:
+        """Write what is left; what ``datasets.json`` records of this kind besides the common fields."""
+        return {}
+
+
+class ILWriter(KindWriter):
+    def add(self, source: DatasetSource) -> None:
+        self.parts.write(build_il(source))
+
+
+class SRWriter(KindWriter):
+    needs_rollouts = True
+
+    def __init__(
+        self, parts: PartWriter, teacher: Teacher, options: SROptions, index: SourceIndex, on_progress: Callable[[int, int], None] | None
+    ) -> None:
+        super().__init__(parts)
+        self.teacher = teacher
+        self.total = index.steps.filter(pl.col("action_kind") == "tool_call").height
+        self.done = 0
+        self.on_progress = on_progress
+        self.builder = SRBuilder(teacher, options, on_batch=self._tick)
+
+    def _tick(self, n: int) -> None:
+        self.done += n
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+    def add(self, source: DatasetSource) -> None:
+        self.builder.add(source)
+        self.parts.write(self.builder.take())
+
+    def finish(self) -> dict[str, Any]:
+        self.parts.write(self.builder.finish())
+        report = self.builder.report
+        return {"teacher": self.teacher.name, "states": report.states, "dropped": dict(report.dropped), "flagged": dict(report.flagged)}
+
+
+class IWMWriter(KindWriter):
+    """IWM rows: the rollouts' (:meth:`add_rollouts`, trajectories sorted), then the expert steps'
+    (:meth:`add`, storage order); with the error cap active, the rows without an error, then the error
+    rows it keeps (chosen from counts taken on the keys, before any row is built)."""
+
+    def __init__(self, parts: PartWriter, index: SourceIndex, options: IWMOptions) -> None:
+        super().__init__(parts)
+        self.options = options
+        self.reads_storage_order = options.include_expert_steps
+        self.extra: dict[str, Any] = {}
+        if index.rollouts.is_empty():
+            self.extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
+        steps = index.steps.select(
+            "trajectory_id", pl.col("index").alias("step_index"), "action_kind", "has_observation", "observation_is_error"
+        )
+        flags = [index.rollouts.join(steps, on=["trajectory_id", "step_index"], how="semi")["is_error"]]
+        if options.include_expert_steps:
+            expert = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("has_observation"))
+            flags.append(expert["observation_is_error"].fill_null(False))
+        is_error = pl.concat(flags)
+        self.keep = kept_errors(int((~is_error).sum()), int(is_error.sum()), options.max_error_share, options.seed)
+        self.keep_series = pl.Series(self.keep or [], dtype=pl.Int64).implode()
+        self.errors_seen = self.errors = self.non_null = self.truncated = 0
+
+    def add_rollouts(self, source: DatasetSource) -> None:
+        self._write(iwm_rows(source, self.options, rollouts=True, expert=False), source.source_hash)
+
+    def add(self, source: DatasetSource) -> None:
+        self._write(iwm_rows(source, self.options, rollouts=False, expert=True), source.source_hash)
+
+    def _write(self, rows: pl.DataFrame, source_hash: str) -> None:
+        if self.keep is None:
+            written = [iwm_frame(rows, source_hash)]
+            self.parts.write(written[0])
+        else:
+            error_rows = rows.filter(pl.col("is_error")).with_row_index("_n", offset=self.errors_seen)
+            self.errors_seen += error_rows.height
+            kept = iwm_frame(error_rows.filter(pl.col("_n").is_in(self.keep_series)).drop("_n"), source_hash)
+            written = [iwm_frame(rows.filter(~pl.col("is_error")), source_hash), kept]
+            self.parts.write(written[0])
+            self.parts.write(kept, tail=True)
+        for frame in written:
+            self.errors += int(frame["is_error"].sum())
+            self.non_null += frame.height - frame["is_error"].null_count()
+            self.truncated += int((frame["observation_truncated_chars"] > 0).sum())
+
+    def finish(self) -> dict[str, Any]:
+        share = round(self.errors / self.non_null, 3) if self.non_null else 0.0
+        return {**self.extra, "error_share": share, "truncated_rows": self.truncated}
+
+
+def run_pass(
+    reader: SourceReader,
+    index: SourceIndex,
+    order: list[str],
+    budget_bytes: int,
+    feeds: Mapping[str, Callable[[DatasetSource], None]],
+    seconds: dict[str, float],
+    *,
+    rollouts: bool,
+) -> None:
+    """Read ``order`` a group of about ``budget_bytes`` of prompt text at a time (with the rollouts when
+    ``rollouts``) and give each group to every feed; each kind's ``seconds`` gain its feed's time and an
+    equal share of the reading."""
+    if not feeds:
+        return
+    for ids in index.groups(order, budget_bytes):
+        started = time.perf_counter()
+        source = reader.load(ids, index.source_hash, rollouts=rollouts)
+        read = (time.perf_counter() - started) / len(feeds)
+        for kind, feed in feeds.items():
+            started = time.perf_counter()
+            feed(source)
+            seconds[kind] += read + time.perf_counter() - started
