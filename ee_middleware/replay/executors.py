@@ -12,14 +12,19 @@ process then only hands out trajectories and counts, so a second worker adds thr
 waiting on one process that writes everything. A worker that cannot open that very store (a Ray
 node without the shared folder) sends the rollouts back, and the job writes them as before.
 
-Every worker closes its sandbox and policy when it ends, and no worker outlives the job: local worker
-processes die with the process that started them (see :mod:`ee_middleware._lifetime`), even
-when it is killed with ``SIGKILL``; sandbox children (``--isolation subprocess``) then kill
-themselves and every process their tools started.
+Local workers are forked from a fork server of the job's own, which imports what a worker needs once
+(see :class:`_JobForkServer`): a worker starts in milliseconds instead of a fresh interpreter's
+~0.4 s of imports each.
+
+Every worker closes its sandbox and policy when it ends, and no worker outlives the job: the fork
+server ends with the job's process, and local worker processes die with the fork server (see
+:mod:`ee_middleware._lifetime`), even when the job is killed with ``SIGKILL``; sandbox children
+(``--isolation subprocess``) then kill themselves and every process their tools started.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import multiprocessing.util
 import os
@@ -75,15 +80,23 @@ class _Worker:
             self._parts = (sandbox, Proposer(policy, k=self.spec.settings.k))
         return self._parts
 
+    def warm_up(self) -> None:
+        """Build the sandbox and policy and open the store now, before the first trajectory arrives.
+
+        A part that cannot be built is left for the first trajectory, which raises its error to the job as before.
+        """
+        try:
+            self._build()
+            self._writable_store()
+        except Exception:  # noqa: BLE001 - raised again, with its own message, on first use
+            pass
+
     def replay(self, trajectory: Trajectory) -> ReplayOutcome:
         outcome = self._replay(trajectory)
         store = self._writable_store()
         if store is None:
             return outcome
-        try:
-            store.write_replay(outcome.record, outcome.rollouts)
-        except OSError as exc:
-            raise StoreError(f"Could not write rollouts to {self.spec.store}: {exc}. Free space or fix permissions, then re-run.") from exc
+        write_outcome(store, outcome, where=self.spec.store)
         return ReplayOutcome(outcome.record, stored=True)
 
     def _writable_store(self) -> Any:
@@ -133,6 +146,14 @@ class _Worker:
                         close()
                     except Exception:  # noqa: BLE001 - closing is best effort
                         pass
+
+
+def write_outcome(store: Any, outcome: ReplayOutcome, *, where: object) -> None:
+    """Append one trajectory's rollouts and record to ``store`` (named ``where`` in the error a failed write raises)."""
+    try:
+        store.write_replay(outcome.record, outcome.rollouts)
+    except OSError as exc:
+        raise StoreError(f"Could not write rollouts to {where}: {exc}. Free space or fix permissions, then re-run.") from exc
 
 
 def store_marker(store: Any) -> str | None:
@@ -185,15 +206,21 @@ class InlineExecutor:
 _PROCESS_WORKER: _Worker | None = None
 
 
-def _init_process_worker(spec: WorkerSpec, torch_threads: int, job_pid: int) -> None:
+def _init_process_worker(spec: WorkerSpec, torch_threads: int, parent_pid: int) -> None:
     global _PROCESS_WORKER
-    # Killed by the kernel the moment the job dies; the watchdog covers systems without prctl.
-    die_with_parent(job_pid, _end_orphaned_worker, death_signal=signal.SIGKILL)
+    # The process that must not outlive us: the job (spawned workers) or the job's fork server, which ends the moment the
+    # job does. Killed by the kernel when it dies; the watchdog covers systems without prctl.
+    die_with_parent(parent_pid, _end_orphaned_worker, death_signal=signal.SIGKILL)
+    _JobForkServer.release_in_worker()
     os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
     _PROCESS_WORKER = worker = _Worker(spec)
     # A worker process ends through multiprocessing's exit function, which waits for every child
     # process: the sandbox (and its child, with --isolation subprocess) must be closed before that.
     multiprocessing.util.Finalize(None, worker.close, exitpriority=100)
+    worker.warm_up()
+    # What the worker holds now (modules, sandbox, policy) lives as long as it does: out of the collector's full passes,
+    # as the job process does for its own heap (see ee_middleware.replay.job._frozen_heap).
+    gc.freeze()
 
 
 def _end_orphaned_worker() -> None:
@@ -213,20 +240,131 @@ def _replay_in_process(trajectory: Trajectory) -> ReplayOutcome:
     return _PROCESS_WORKER.replay(trajectory)
 
 
-class ProcessExecutor:
-    """Replays in ``workers`` local processes (spawned, so nothing of the parent's state leaks in)."""
+WORKER_MODULES = (
+    "ee_middleware.replay.executors",
+    "ee_middleware.replay.policies.registry",
+    "ee_middleware.replay.policies.proposer",
+    "ee_middleware.replay.policies.mutate",
+    "ee_middleware.store.registry",
+    "ee_middleware.store.local",
+    "ee_middleware.capture.store_redaction",
+)
+"""What every local worker imports, once, in the job's fork server (see :class:`_JobForkServer`)."""
 
-    def __init__(self, spec: WorkerSpec, workers: int, *, start_method: str = "spawn", torch_threads: int = 1) -> None:
+
+class _JobForkServer:
+    """A fork server of the job's own: one fresh interpreter that imports what a worker needs, then forks each worker.
+
+    Spawning a worker costs a fresh interpreter and ~0.4 s CPU of imports, in every worker; forking this server costs
+    a few milliseconds, and its imports run once, beside the job's own work. It is :mod:`multiprocessing`'s fork server
+    (``forkserver`` start method), but this job's private one rather than the process-wide one, so that it ends with
+    the job: :meth:`stop` ends it when the job closes its workers, and it ends by itself the moment the job's process
+    dies (even by ``SIGKILL``: its "alive" pipe then reads EOF). Each worker closes its copy of that pipe (see
+    :meth:`release_in_worker`), so only the job keeps the server alive, and dies with the server (parent-death signal
+    and watchdog). The server itself only imports modules: it starts no thread, so forking it is safe.
+    """
+
+    def __init__(self, preload: Iterable[str]) -> None:
+        from multiprocessing import forkserver
+
+        server = forkserver.ForkServer()
+        server.set_forkserver_preload(list(dict.fromkeys(preload)))
+        server.ensure_running()
+        self._server = server
+        self.pid: int = server._forkserver_pid  # type: ignore[attr-defined]
+        self.context = _fork_server_context(server)
+
+    def stop(self) -> None:
+        """End the server (its workers have ended: it waits for nothing)."""
+        self._server._stop()  # type: ignore[attr-defined]  # closes the "alive" pipe and reaps the server
+
+    @staticmethod
+    def release_in_worker() -> None:
+        """In a worker forked by a server: close the worker's copy of the server's "alive" pipe, so the job alone keeps it open."""
+        from multiprocessing import forkserver
+
+        if forkserver.get_inherited_fds() is None:  # not started by a fork server
+            return
+        state = forkserver._forkserver  # type: ignore[attr-defined]
+        fd, state._forkserver_alive_fd = state._forkserver_alive_fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _fork_server_context(server: Any) -> multiprocessing.context.BaseContext:
+    """A ``forkserver`` context whose processes are forked by ``server`` instead of the process-wide fork server."""
+    import io
+    from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+
+    class Popen(popen_forkserver.Popen):
+        def _launch(self, process_obj: Any) -> None:
+            # popen_forkserver.Popen._launch (CPython 3.11-3.13), asking ``server`` instead of the module's global one.
+            prep_data = spawn.get_preparation_data(process_obj._name)
+            buf = io.BytesIO()
+            multiprocessing.context.set_spawning_popen(self)
+            try:
+                reduction.dump(prep_data, buf)
+                reduction.dump(process_obj, buf)
+            finally:
+                multiprocessing.context.set_spawning_popen(None)
+            self.sentinel, w = server.connect_to_new_process(self._fds)
+            parent_w = os.dup(w)  # the child's sentinel of this process
+            self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
+            with open(w, "wb", closefd=True) as f:
+                f.write(buf.getbuffer())
+            self.pid = forkserver.read_signed(self.sentinel)
+
+    class Process(multiprocessing.context.ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> Popen:
+            return Popen(process_obj)
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (_plain_process, (), self.__dict__)  # the worker unpickles a plain process object: this class is local
+
+    class Context(multiprocessing.context.ForkServerContext):
+        pass
+
+    Context.Process = Process  # type: ignore[assignment]
+    return Context()
+
+
+def _plain_process() -> multiprocessing.process.BaseProcess:
+    return multiprocessing.context.ForkServerProcess.__new__(multiprocessing.context.ForkServerProcess)
+
+
+class ProcessExecutor:
+    """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`_JobForkServer`).
+
+    ``start_method="spawn"`` spawns each worker instead (a fresh interpreter each). Either way nothing of the job
+    process's state leaks into a worker: a worker is a fresh interpreter, or a fork of one that only imported modules.
+    """
+
+    def __init__(
+        self, spec: WorkerSpec, workers: int, *, start_method: str = "forkserver", preload: Iterable[str] = (), torch_threads: int = 1
+    ) -> None:
         self.workers = workers
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context(start_method),
-            initializer=_init_process_worker,
-            initargs=(spec, torch_threads, os.getpid()),
-        )
-        # Start the workers now (one submission starts at most one): they start up while the job reads the store.
-        for _ in range(workers):
-            self._pool.submit(_started)
+        self._server: _JobForkServer | None = None
+        if start_method == "forkserver" and start_method in multiprocessing.get_all_start_methods():
+            self._server = _JobForkServer([*WORKER_MODULES, *preload])
+            context, parent_pid = self._server.context, self._server.pid
+        else:
+            context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
+        try:
+            self._pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_init_process_worker, initargs=(spec, torch_threads, parent_pid)
+            )
+            # Start the workers now (one submission starts at most one): they start up while the job reads the store.
+            for _ in range(workers):
+                self._pool.submit(_started)
+        except BaseException:
+            self._stop_server()
+            raise
+
+    def _stop_server(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
         pending: set[Future[ReplayOutcome]] = set()
@@ -249,7 +387,10 @@ class ProcessExecutor:
                 future.cancel()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._stop_server()
 
 
 class _RayWorker:

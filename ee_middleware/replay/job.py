@@ -12,15 +12,23 @@ import gc
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import polars as pl
 
-from ee_middleware.errors import EEError, PolicyError, StoreError
+from ee_middleware.errors import EEError, PolicyError
 from ee_middleware.replay.config import ReplayConfig
-from ee_middleware.replay.executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, WorkerSpec, store_marker
+from ee_middleware.replay.executors import (
+    Executor,
+    InlineExecutor,
+    ProcessExecutor,
+    RayExecutor,
+    WorkerSpec,
+    store_marker,
+    write_outcome,
+)
 from ee_middleware.replay.privacy import ReplayPrivacy
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
 from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints, sandbox_factory, sandbox_options
@@ -119,12 +127,13 @@ def _worker_store_spec(store: ExperienceStore, spec: str | os.PathLike[str]) -> 
     return f"local:{os.path.abspath(root)}" if root is not None else str(spec)
 
 
-def build_executor(config: ReplayConfig, spec: WorkerSpec) -> Executor:
+def build_executor(config: ReplayConfig, spec: WorkerSpec, *, preload: Sequence[str] = ()) -> Executor:
+    """The executor ``config`` asks for; ``preload``: modules local workers import once, in the job's fork server."""
     if config.executor == "ray":
         return RayExecutor(spec, config.workers, address=config.ray_address)
     if config.workers == 1:
         return InlineExecutor(spec)
-    return ProcessExecutor(spec, config.workers)
+    return ProcessExecutor(spec, config.workers, preload=preload)
 
 
 def run_replay(
@@ -142,7 +151,8 @@ def run_replay(
     factory = sandbox_factory(
         config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb, options=options
     )
-    build_sandbox(config.sandbox, **options).close()  # a sandbox that cannot be built fails here, with its reason, before any worker starts
+    probe = build_sandbox(config.sandbox, **options)  # a sandbox that cannot be built fails here, with its reason, before any worker starts
+    probe.close()
     settings = ReplaySettings(
         replay_id=config.replay_id,
         policy=config.policy,
@@ -181,18 +191,15 @@ def run_replay(
     wanted = set(todo)
     trajectories = (t for t in store.iter_trajectories(status="approved") if t.id in wanted)
     started = time.perf_counter()
-    executor = build_executor(config, spec)
+    executor = build_executor(config, spec, preload=[type(probe).__module__])
     n = 0
     # What the process holds already (the loaded store, the caller's own data) lives through the whole job: the garbage
     # collector's full passes need not walk it again every few thousand allocations (see _frozen_heap).
     frozen = _frozen_heap()
     try:
         for outcome in executor.map(trajectories):
-            try:
-                if not outcome.stored:
-                    store.write_replay(outcome.record, outcome.rollouts)
-            except OSError as exc:
-                raise StoreError(f"Could not write rollouts to {config.store}: {exc}. Free space or fix permissions, then re-run.") from exc
+            if not outcome.stored:
+                write_outcome(store, outcome, where=config.store)
             summary.add(outcome)
             n += 1
             if on_outcome is not None:

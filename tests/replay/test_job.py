@@ -55,6 +55,23 @@ def test_two_worker_processes_store_the_same_rollouts_as_one(bfcl_store_path: Pa
     assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
 
 
+def test_a_two_worker_job_leaves_no_worker_or_fork_server_behind(bfcl_store_path: Path) -> None:
+    import psutil
+
+    def own_processes() -> set[int]:
+        # multiprocessing's resource tracker serves the whole process (every pool, every job) and ends with it
+        return {c.pid for c in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(c.cmdline())}
+
+    before = own_processes()
+    seen: list[set[int]] = []
+    summary = run_replay(
+        ReplayConfig.load(store=bfcl_store_path, k=2, workers=2), on_outcome=lambda o, n, total: seen.append(own_processes())
+    )
+    assert summary.done == BFCL_ENTRIES
+    assert len(seen[0] - before) >= 3  # while it runs: the fork server and the two workers it forked
+    assert own_processes() == before
+
+
 def test_a_killed_run_continues_where_it_stopped(bfcl_store_path: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -157,7 +174,7 @@ def test_the_job_freezes_what_the_process_held_only_while_it_runs(bfcl_store_pat
         def close(self) -> None:
             self.inner.close()
 
-    monkeypatch.setattr(job, "build_executor", lambda config, spec: _Watching(real_build(config, spec)))
+    monkeypatch.setattr(job, "build_executor", lambda config, spec, **options: _Watching(real_build(config, spec, **options)))
     gc.unfreeze()
     held = [object() for _ in range(10)]  # noqa: F841 - alive during the run
     assert gc.get_freeze_count() == 0
