@@ -20,10 +20,16 @@ Ray / 1), the load average before and after, peak memory, the CPU seconds of the
 branch (what a single job process still has to do while the workers replay), and checks that every
 run stored the same rollouts (ids, calls, observations, records).
 
-It runs itself with PYTHONHASHSEED=0 (workers inherit it): a BFCL error message lists a Python set,
-whose order otherwise differs between processes. The experts are stored with stable ids (``bfcl-<entry id>``): proposals are seeded by trajectory id,
+The experts are stored with stable ids (``bfcl-<entry id>``): proposals are seeded by trajectory id,
 and with random ids some recordings draw a deliberately invalid ``logarithm(precision=692387)``
 that runs for minutes in mpmath and dominates every rate.
+
+    .venv/bin/python benchmarks/replay_throughput.py --sustained [--repeats 3]
+
+also runs, after the default run and reported beside it (``sustained``), the sustained case: one
+store holding every multi-turn category (base, miss_func, miss_param, long_context: 800 entries), so
+the job runs several times longer and the workers' start-up is a smaller part of it; the jobs with 1
+and 2 workers alternate for --repeats rounds, each on a fresh copy, with the same rollouts checked.
 
     .venv/bin/python benchmarks/replay_throughput.py --world retail [--repeats 3] [--k 8]
 
@@ -197,6 +203,76 @@ def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict
     }
 
 
+JOBS = (("job_1_worker", 1, "local"), ("job_2_workers", 2, "local"), ("job_ray_2_actors", 2, "ray"))
+
+
+def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, expected: dict) -> None:
+    """One whole job for each of ``runs``' job variants, each on a fresh copy of ``store``.
+
+    Every job must replay ``expected["branches"]`` branches and store ``expected["outputs"]`` (both taken from the
+    first job when missing).
+    """
+    from tests.replay.golden_replay import outputs
+
+    for name, workers, executor in JOBS:
+        if name not in runs:
+            continue
+        copy_path = scratch / name
+        shutil.copytree(store, copy_path)
+        run = _job_run(copy_path, k, workers, executor)
+        branches = expected.setdefault("branches", run["summary"].branches)
+        assert run["summary"].branches == branches, (name, run["summary"].branches, branches)
+        stored = outputs(copy_path, run["summary"].replay_id)
+        assert stored == expected.setdefault("outputs", stored), f"{name} stored different rollouts than the first job run"
+        runs[name].append(run)
+        shutil.rmtree(copy_path)
+
+
+def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
+    """The sustained case: every multi-turn category in one store, jobs with 1 and 2 workers alternating (see the docstring)."""
+    import os
+    import statistics
+
+    from ee_middleware.bfcl.data import MULTI_TURN_CATEGORIES
+    from tests.replay.golden_replay import stable_store
+
+    recorded = tmp / "recorded"
+    for category in MULTI_TURN_CATEGORIES:
+        report = record_experts(recorded, category, limit=args.limit)
+        assert not report.failed, report.failed
+    LocalExperienceStore(recorded).close()
+    store_path = stable_store(recorded, tmp / "experience")
+    store = LocalExperienceStore(store_path)
+    store.close()
+    store.compact()
+    trajectories = list(store.iter_trajectories(status="approved"))
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    runs: dict[str, list[dict]] = {"job_1_worker": [], "job_2_workers": []}
+    expected: dict = {}
+    for repeat in range(args.repeats):
+        _job_round(runs, store_path, tmp / f"round-{repeat}", args.k, expected)
+    n_branches = expected["branches"]
+    rates = {name: [n_branches / r["wall_s"] for r in rs] for name, rs in runs.items()}
+    ratios = [a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)]
+    return {
+        "categories": list(MULTI_TURN_CATEGORIES),
+        "trajectories": len(trajectories),
+        "branches": n_branches,
+        "repeats": args.repeats,
+        "load_average_1_5_15_before": load_before,
+        "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+        "identical_rollouts_across_jobs": True,
+        **{f"{name}_branches_per_s_min_median_max": _spread(values) for name, values in rates.items()},
+        **{f"{name}_wall_s_min_median_max": _spread([r["wall_s"] for r in rs], 2) for name, rs in runs.items()},
+        "cpu_us_per_branch_median": {
+            name: round(statistics.median(r["job_cpu_s"] + r["children_cpu_s"] for r in rs) / n_branches * 1e6, 1)
+            for name, rs in runs.items()
+        },
+        "job_2_vs_1_workers_speedup_median": round(statistics.median(rates["job_2_workers"]) / statistics.median(rates["job_1_worker"]), 2),
+        "job_2_vs_1_workers_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
+    }
+
+
 def _spread(values: list[float], digits: int = 1) -> list[float]:
     import statistics
 
@@ -217,6 +293,11 @@ def main() -> None:
     parser.add_argument("--world", choices=["bfcl", "retail"], default="bfcl", help="retail: the 1 MB database world (see above).")
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats (both worlds).")
     parser.add_argument("--ray", action="store_true", help="--world bfcl: also run the job on a local Ray cluster with 2 actors.")
+    parser.add_argument(
+        "--sustained",
+        action="store_true",
+        help="--world bfcl: also the sustained case, every multi-turn category in one store (see above).",
+    )
     parser.add_argument("--trajectories", type=int, default=4, help="--world retail: trajectories.")
     parser.add_argument("--steps", type=int, default=15, help="--world retail: tool calls per trajectory.")
     args = parser.parse_args()
@@ -227,12 +308,8 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=2))
         return
 
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        # BFCL's TravelAPI puts a Python set of strings in an error message, so its order depends on each process's hash
-        # seed: without one seed for every process, 1 worker, 2 workers and Ray differ in a few observations.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stable ids and the output digest live with the tests
-    from tests.replay.golden_replay import outputs, stable_store
+    from tests.replay.golden_replay import stable_store
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,26 +345,16 @@ def main() -> None:
         naive_s = time.perf_counter() - t0
         assert n_naive == n_deep == n_branches
 
-        runs = {"sandbox_only": [], "job_1_worker": [], "job_2_workers": []}
+        runs: dict[str, list[dict]] = {"sandbox_only": [], "job_1_worker": [], "job_2_workers": []}
         if args.ray:
             runs["job_ray_2_actors"] = []
-        reference = None
+        expected = {"branches": n_branches}
         for repeat in range(args.repeats):  # interleaved: every variant once per round
             t0, c0 = time.perf_counter(), time.process_time()
             assert snapshot_and_branch(trajectories, plans) == n_branches
             runs["sandbox_only"].append({"wall_s": time.perf_counter() - t0, "job_cpu_s": time.process_time() - c0, "children_cpu_s": 0.0})
-            for name, workers, executor in (("job_1_worker", 1, "local"), ("job_2_workers", 2, "local"), ("job_ray_2_actors", 2, "ray")):
-                if name not in runs:
-                    continue
-                copy_path = Path(tmp) / f"{name}-{repeat}"
-                shutil.copytree(store_path, copy_path)
-                run = _job_run(copy_path, args.k, workers, executor)
-                assert run["summary"].branches == n_branches, (name, run["summary"].branches, n_branches)
-                stored = outputs(copy_path, run["summary"].replay_id)
-                reference = reference or stored
-                assert stored == reference, f"{name} stored different rollouts than the first job run"
-                runs[name].append(run)
-                shutil.rmtree(copy_path)
+            _job_round(runs, store_path, Path(tmp) / f"round-{repeat}", args.k, expected)
+        sustained = _sustained(args, Path(tmp) / "sustained") if args.sustained else None
     load_after = [round(x, 2) for x in os.getloadavg()]
 
     rates = {name: [n_branches / r["wall_s"] for r in rs] for name, rs in runs.items()}
@@ -337,6 +404,8 @@ def main() -> None:
             # What 2 workers would give with a core each (the workers' CPU split evenly, the job process alongside):
             # an estimate from CPU time, for a machine whose other work makes the wall-clock ratio meaningless.
             results["job_2_vs_1_workers_cpu_bound_estimate"] = round(cpu["job_1_worker"] / max(job_cpu, workers_cpu / 2), 2)
+    if sustained is not None:
+        results["sustained"] = sustained
     results["peak_rss_mib_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(results, indent=2))
     if args.out:
