@@ -51,9 +51,13 @@ ParsedCall = ToolCall | ParseProblem
 ParamOrder = Mapping[str, Sequence[str]]
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+"""One encoder for every :func:`canonical_json` (``json.dumps`` with these options builds a new one per call)."""
+
+
 def canonical_json(value: Any) -> str:
     """Stable JSON text for ``value`` (sorted keys, no spaces): equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return _CANONICAL.encode(value)
 
 
 def canonical_call(name: str, arguments: Mapping[str, Any]) -> str:
@@ -63,7 +67,12 @@ def canonical_call(name: str, arguments: Mapping[str, Any]) -> str:
 
 def call_id(name: str, arguments: Mapping[str, Any], index: int = 0, *, prefix: str = "alt") -> str:
     """A deterministic call id for a call that came without one: ``alt-<hash of name, arguments, index>``."""
-    digest = hashlib.sha1(f"{canonical_call(name, arguments)}#{index}".encode(), usedforsecurity=False).hexdigest()
+    return call_id_of(canonical_call(name, arguments), index, prefix=prefix)
+
+
+def call_id_of(key: str, index: int = 0, *, prefix: str = "alt") -> str:
+    """:func:`call_id` of a call whose :func:`canonical_call` is ``key`` (for a caller that has computed it already)."""
+    digest = hashlib.sha1(f"{key}#{index}".encode(), usedforsecurity=False).hexdigest()
     return f"{prefix}-{digest[:12]}"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import pickle
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,9 @@ class ToolSchemas:
         self._descriptions: dict[str, str] = {}
         self._validators: dict[str, Any] = {}
         self._fast: dict[str, Any] = {}
+        self._arguments: dict[str, tuple[Mapping[str, Any], frozenset[str]]] = {}
+        self.memo: dict[Any, Any] = {}
+        """What a policy derives from these schemas alone (never from a decision point), kept as long as they are."""
         for tool in tools:
             function = _tool_function(tool) if isinstance(tool, Mapping) else None
             if function is None:
@@ -129,6 +133,13 @@ class ToolSchemas:
         req = self._parameters[name].get("required")
         return [r for r in req if isinstance(r, str)] if isinstance(req, list) else []
 
+    def arguments_of(self, name: str) -> tuple[Mapping[str, Any], frozenset[str]]:
+        """:meth:`properties` and :meth:`required` of ``name`` (a set), computed once: shared, so read them, never change them."""
+        found = self._arguments.get(name)
+        if found is None:
+            found = self._arguments[name] = (self.properties(name), frozenset(self.required(name)))
+        return found
+
     def description(self, name: str) -> str:
         """The tool's description ('' when it has none)."""
         return self._descriptions[name]
@@ -143,9 +154,14 @@ class ToolSchemas:
 
     def check(self, name: str, arguments: Mapping[str, Any]) -> str | None:
         """Like :meth:`validate`, for a name and an argument mapping."""
-        return self._check(name, arguments, fast=True)
+        return self._check(name, arguments, words=True)
 
-    def _check(self, name: str, arguments: Mapping[str, Any], *, fast: bool) -> str | None:
+    def accepts(self, name: str, arguments: Mapping[str, Any]) -> bool:
+        """``check(name, arguments) is None``, without wording the problem when the fast validator already rejects it."""
+        return self._check(name, arguments, words=False) is None
+
+    def _check(self, name: str, arguments: Mapping[str, Any], *, words: bool) -> str | None:
+        """``None`` when the call fits, else its problem (without ``words``: a stand-in when jsonschema_rs rejected it)."""
         if name not in self._parameters:
             known = ", ".join(self._parameters) or "(none offered)"
             return _clip(f"unknown tool {name!r}; the tools offered are: {known}")
@@ -157,19 +173,13 @@ class ToolSchemas:
         if schema_json is None:
             missing = [r for r in self.required(name) if r not in arguments]
             return f"{name}: missing required argument {missing[0]!r}" if missing else None
-        if fast and self._fast_verdict(name, arguments) is True:
+        verdict = self._fast_verdict(name, arguments)
+        if verdict is True:
             return None
+        if verdict is False and not words:
+            return _REJECTED
         # jsonschema decides every call the fast validator does not accept, and says what is wrong.
         return _describe_error(name, _validator(schema_json), dict(arguments))
-
-    def accepts(self, name: str, arguments: Mapping[str, Any]) -> bool:
-        """``check(name, arguments) is None``, without wording the problem when the fast validator already rejects it."""
-        if name in self._parameters and not self._unexpected(name, arguments) and self._schema_json(name) is not None:
-            verdict = self._fast_verdict(name, arguments)
-            if verdict is not None:
-                return verdict
-            return self._check(name, arguments, fast=False) is None
-        return self.check(name, arguments) is None
 
     def _unexpected(self, name: str, arguments: Mapping[str, Any]) -> list[str]:
         """Arguments the schema does not list, when it lists some and says nothing of others (no ``additionalProperties``)."""
@@ -196,6 +206,9 @@ class ToolSchemas:
             return bool(fast[0].is_valid(arguments))
         except Exception:  # noqa: BLE001 - anything the Rust validator cannot take (a lone surrogate) goes to jsonschema
             return None
+
+
+_REJECTED = "rejected by the fast validator"
 
 
 def _clip(text: str) -> str:
@@ -336,12 +349,19 @@ _CACHE_SIZE = 64
 _CACHE_LOCK = threading.Lock()
 
 
-def tool_schemas_for(tools: Sequence[Any]) -> ToolSchemas:
-    """:class:`ToolSchemas` for ``tools``, reused while the same list object comes back.
+_BY_CONTENT: collections.OrderedDict[bytes, ToolSchemas] = collections.OrderedDict()
+"""Schemas by the pickled tool list: equal bytes are the same values of the same types in the same order (``==``
+would take ``1`` for ``True`` and ignore the order of keys, which the mutation policy's draws follow)."""
 
-    Every state of a trajectory offers the same tool list, so the replay compiles its schemas once
-    per trajectory instead of once per state (normalising and compiling dominate proposal time).
-    The cache holds the list itself, so an id is never reused while cached.
+
+def tool_schemas_for(tools: Sequence[Any]) -> ToolSchemas:
+    """:class:`ToolSchemas` for ``tools``, reused while the same list object, or one with the same content, comes back.
+
+    Every state of a trajectory offers the same tool list, and the trajectories of one app offer
+    the same tools (each read from the store as its own list), so the replay compiles each distinct
+    set of schemas once (normalising and compiling dominate proposal time), with what the policies
+    derive from it (:attr:`ToolSchemas.memo`). The cache holds the list itself, so an id is never
+    reused while cached; other lists are matched by their pickled bytes.
     """
     key = id(tools)
     with _CACHE_LOCK:
@@ -349,9 +369,26 @@ def tool_schemas_for(tools: Sequence[Any]) -> ToolSchemas:
         if hit is not None and hit[0] is tools:
             _CACHE.move_to_end(key)
             return hit[1]
-    schemas = ToolSchemas(tools)
+    content = _content_key(tools)
     with _CACHE_LOCK:
+        schemas = _BY_CONTENT.get(content) if content is not None else None
+    if schemas is None:
+        schemas = ToolSchemas(tools)
+    with _CACHE_LOCK:
+        if content is not None:
+            _BY_CONTENT[content] = schemas
+            _BY_CONTENT.move_to_end(content)
+            while len(_BY_CONTENT) > _CACHE_SIZE:
+                _BY_CONTENT.popitem(last=False)
         _CACHE[key] = (tools, schemas)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return schemas
+
+
+def _content_key(tools: Sequence[Any]) -> bytes | None:
+    """The pickled tool list (``None`` when it holds something pickle cannot write: then it is not cached by content)."""
+    try:
+        return pickle.dumps(list(tools), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - anything unpicklable is only cached by identity
+        return None
