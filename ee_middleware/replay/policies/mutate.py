@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import itertools
 import random
 import re
@@ -33,7 +32,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ee_middleware.models.parsing import canonical_call
+from ee_middleware.models.parsing import call_id_of, canonical_call
 from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
@@ -115,8 +114,14 @@ class _ValueMaker:
         # What depends only on the vocabulary (never on the random draws), computed once per decision point.
         self._pool_cache: dict[tuple[str, str, str | None], list[list[str]]] = {}
         self._unclaimed: list[str] | None = None
+        # Per schema object (kept with its entry, so that its id is never another object's): what each draw reads of it.
+        self._fits: dict[int, tuple[Any, _Fits]] = {}
+        self._fitting: dict[tuple[int, str | None, int], tuple[list[str], list[str]]] = {}
+        self._shapes: dict[int, tuple[Any, Mapping[str, Any], frozenset[str]]] = {}
         self.other_tools: tuple[list[str], list[float]] | None = None
         """The tools other than the expert's and their cumulative input weights (set by the policy on first use)."""
+        self.perturbations: _Perturbations | None = None
+        """What the expert's own call allows changing (set by the policy on first use)."""
 
     def arguments(self, schema: Mapping[str, Any], invalid: bool = False) -> tuple[dict[str, Any], str | None]:
         """Required arguments, plus each optional one with probability ``optional_arg_rate``.
@@ -124,11 +129,18 @@ class _ValueMaker:
         With ``invalid``, one of the generated arguments (a string or a number) gets a deliberately
         invalid value; its name is returned with the arguments (``None`` when none could be).
         """
-        props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
-        required = set(schema.get("required") or ())
+        props, required = self._object_shape(schema)
         keys = [key for key in props if key in required or self.rng.random() < self.optional_arg_rate]
         target = self._invalid_target(props, keys) if invalid else None
         return {key: self.value(props[key], key, 1, invalid=key == target) for key in keys}, target
+
+    def _object_shape(self, schema: Mapping[str, Any]) -> tuple[Mapping[str, Any], frozenset[str]]:
+        """An object schema's properties and required names (read once per schema and decision point)."""
+        found = self._shapes.get(id(schema))
+        if found is None or found[0] is not schema:
+            props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+            found = self._shapes[id(schema)] = (schema, props, frozenset(schema.get("required") or ()))
+        return found[1], found[2]
 
     def _invalid_target(self, props: Mapping[str, Any], keys: list[str]) -> str | None:
         fits = [key for key in keys if isinstance(props[key], Mapping) and props[key].get("type") in ("string", "integer", "number")]
@@ -237,7 +249,7 @@ class _ValueMaker:
     def _string(self, schema: Mapping[str, Any], name: str, current: Any, invalid: bool) -> str:
         role = string_role(name, schema, current)
         pools = self._pools(role, name, current)
-        fits = _Fits(schema)
+        fits = self._fits_of(schema)
         if invalid:
             seeds = [v for pool in pools for v in pool if fits(v)] or [v for v in self.vocab.identifiers if fits(v)]
             broken = [_corrupt(self.rng, v) for v in seeds[:50]]
@@ -253,7 +265,7 @@ class _ValueMaker:
             if fits(expression) and expression != current:
                 return expression
         for pool in pools:
-            fitting = fits.others(pool, current)
+            fitting = self._others(fits, pool, current)
             if fitting:
                 return self.rng.choice(fitting)
         if role in ("email", "phone", "identifier"):  # nothing else seen: a near miss of what was, else any word
@@ -270,6 +282,22 @@ class _ValueMaker:
         synthetic = f"{self.rng.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
         return (synthetic + "x" * fits.low)[: max(fits.low, min(fits.high, len(synthetic)))]
 
+    def _fits_of(self, schema: Mapping[str, Any]) -> _Fits:
+        found = self._fits.get(id(schema))
+        if found is None or found[0] is not schema:
+            found = self._fits[id(schema)] = (schema, _Fits(schema))
+        return found[1]
+
+    def _others(self, fits: _Fits, pool: list[str], current: Any) -> list[str]:
+        """``fits.others(pool, current)`` for a pool of this point, listed once per pool, value and length bound (shared: read it only)."""
+        if not fits.length_only or not (current is None or isinstance(current, str)):
+            return fits.others(pool, current)
+        key = (id(pool), current, fits.high)
+        found = self._fitting.get(key)
+        if found is None or found[0] is not pool:
+            found = self._fitting[key] = (pool, fits.others(pool, current))
+        return found[1]
+
     def _expression(self) -> str:
         """Arithmetic over numbers seen (``3 * 129.0``)."""
         numbers = [str(n) for n in [*self.vocab.ints, *self.vocab.numbers] if n >= 0] or ["1", "2"]
@@ -278,18 +306,14 @@ class _ValueMaker:
     def input_weight(self, schema: Mapping[str, Any]) -> float:
         """How readily an agent would call a tool with ``schema`` here: 4 when it takes ids, e-mails or phones
         and every required one has a seen value, 1 when it takes none, 0.5 when one has none seen."""
-        props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
-        takes_ids = False
-        for key in schema.get("required") or ():
-            sub = props.get(key)
-            if not isinstance(sub, Mapping) or "enum" in sub or sub.get("type") not in ("string", None):
-                continue
-            role = string_role(key, sub)
-            if role in ("email", "phone", "identifier"):
-                if not self._pools(role, key, None)[0]:
-                    return 0.5
-                takes_ids = True
-        return 4.0 if takes_ids else 1.0
+        return self._weight(_id_inputs(schema))
+
+    def _weight(self, inputs: tuple[tuple[str, str], ...]) -> float:
+        """:meth:`input_weight` from the schema's :func:`_id_inputs`."""
+        for role, key in inputs:
+            if not self._pools(role, key, None)[0]:
+                return 0.5
+        return 4.0 if inputs else 1.0
 
     def _pools(self, role: str, name: str, current: Any) -> list[list[str]]:
         """Candidate values for a string of ``role``, best first (the lists are shared: read them, never change them)."""
@@ -330,6 +354,32 @@ class _ValueMaker:
         same = [i for i in self.vocab.identifiers if shape(i) in shapes]
         similar = [i for i in self.vocab.identifiers if coarse_shape(i) in coarse]
         return [list(dict.fromkeys(keyed + same)), similar]
+
+
+def _id_inputs(schema: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The required arguments of ``schema`` that take an e-mail address, a phone number or an identifier: (role, name), in order."""
+    props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+    inputs = []
+    for key in schema.get("required") or ():
+        sub = props.get(key)
+        if not isinstance(sub, Mapping) or "enum" in sub or sub.get("type") not in ("string", None):
+            continue
+        role = string_role(key, sub)
+        if role in ("email", "phone", "identifier"):
+            inputs.append((role, key))
+    return tuple(inputs)
+
+
+class _Perturbations:
+    """What the expert's own call allows: the operations, and the arguments each draws from (the same for every try at a point)."""
+
+    def __init__(self, expert: ToolCall, schemas: ToolSchemas) -> None:
+        self.props, self.required = schemas.arguments_of(expert.name)
+        arguments, props, required = expert.arguments, self.props, self.required
+        self.changeable = [key for key in arguments if key in props]
+        self.droppable = [key for key in arguments if key not in required]
+        self.addable = [key for key in props if key not in arguments]
+        self.ops = [op for op, keys in (("change", self.changeable), ("drop", self.droppable), ("add", self.addable)) if keys]
 
 
 class _Fits:
@@ -519,7 +569,8 @@ class MutationPolicy:
                     else self._other_tool(point.expert, schemas, maker, invalid)
                 )
             except _Unseen:
-                name, arguments, broken = point.expert.name, point.expert.arguments, None  # counted as a failed try below
+                failures[mode] += 1  # a failed try (as the expert's own call would be, which `seen` holds)
+                continue
             key = canonical_call(name, arguments)
             if key in seen or not schemas.accepts(name, arguments):
                 failures[mode] += 1
@@ -528,7 +579,7 @@ class MutationPolicy:
             seen.add(key)
             n_same += mode == "same"
             n_invalid += bool(broken)
-            call = ToolCall(id=_call_id(key, len(candidates)), name=name, arguments=arguments)
+            call = ToolCall(id=call_id_of(key, len(candidates)), name=name, arguments=arguments)
             marks = {"deliberately_invalid": broken} if broken else {"guessed": maker.guessed} if maker.guessed else {}
             proposer = ProposerInfo(policy=self.name, seed=seed, settings={**settings, **marks})
             candidates.append(Candidate(call=call, proposer=proposer, checked=(schemas, key)))
@@ -540,7 +591,7 @@ class MutationPolicy:
         if maker.other_tools is None:
             others = [n for n in schemas.names if n != expert.name]
             # An agent calls tools it has the inputs for: those whose ids, e-mails and phones it has seen come first.
-            weights = [maker.input_weight(schemas.parameters(n)) for n in others]
+            weights = [maker._weight(_memo_id_inputs(schemas, n)) for n in others]
             maker.other_tools = (others, list(itertools.accumulate(weights)))  # what random.choices(others, weights) sums up
         others, cum_weights = maker.other_tools
         name = maker.rng.choices(others, cum_weights=cum_weights)[0]
@@ -548,27 +599,22 @@ class MutationPolicy:
         return name, arguments, broken
 
     def _perturb(self, expert: ToolCall, schemas: ToolSchemas, maker: _ValueMaker, invalid: bool) -> tuple[str, dict[str, Any], str | None]:
-        props = schemas.properties(expert.name)
-        required = set(schemas.required(expert.name))
+        plan = maker.perturbations
+        if plan is None:
+            plan = maker.perturbations = _Perturbations(expert, schemas)
+        props, ops = plan.props, plan.ops
         arguments = dict(expert.arguments)
-        ops = []
-        if any(key in props for key in arguments):
-            ops.append("change")
-        if any(key not in required for key in arguments):
-            ops.append("drop")
-        if any(key not in arguments for key in props):
-            ops.append("add")
         if not ops:
             return expert.name, arguments, None
         op = "change" if invalid and "change" in ops else maker.rng.choice(ops)
         if op == "change":
-            key = maker.rng.choice([key for key in arguments if key in props])
+            key = maker.rng.choice(plan.changeable)
             arguments[key] = self._different_value(props[key], key, arguments[key], maker, invalid)
             return expert.name, arguments, key if invalid and _breakable(props[key]) else None
         if op == "drop":
-            del arguments[maker.rng.choice([key for key in arguments if key not in required])]
+            del arguments[maker.rng.choice(plan.droppable)]
         else:
-            key = maker.rng.choice([key for key in props if key not in arguments])
+            key = maker.rng.choice(plan.addable)
             arguments[key] = maker.value(props[key], key)
         return expert.name, arguments, None
 
@@ -584,9 +630,13 @@ class MutationPolicy:
         return value
 
 
-def _call_id(key: str, index: int) -> str:
-    """:func:`~ee_middleware.models.parsing.call_id` of a call whose :func:`canonical_call` is ``key`` (computed once)."""
-    return f"alt-{hashlib.sha1(f'{key}#{index}'.encode(), usedforsecurity=False).hexdigest()[:12]}"
+def _memo_id_inputs(schemas: ToolSchemas, name: str) -> tuple[tuple[str, str], ...]:
+    """:func:`_id_inputs` of tool ``name``, kept with the schemas (it depends on them alone)."""
+    key = ("mutate.id_inputs", name)
+    found = schemas.memo.get(key)
+    if found is None:
+        found = schemas.memo[key] = _id_inputs(schemas.parameters(name))
+    return found
 
 
 def _breakable(schema: Any) -> bool:
