@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,7 @@ PHONE = re.compile(r"(?<![\w-])\+?\d{1,3}?[ .-]?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CLAUSE = re.compile(r"[^.?!;:,()\n]+")
 _PLACEHOLDER = re.compile(r"\[REDACTED:[^\]]*\]")
+_DIGIT = re.compile(r"\d")
 
 
 def is_placeholder(value: Any) -> bool:
@@ -119,8 +121,14 @@ class Vocabulary:
 
     @classmethod
     def harvest(cls, point: Any) -> Vocabulary:
-        """Collect values from a :class:`~ee_middleware.replay.policies.protocol.DecisionPoint`'s state and expert call."""
-        return Harvester().harvest(point)
+        """Collect values from a :class:`~ee_middleware.replay.policies.protocol.DecisionPoint`'s state and expert call
+        (read afresh: :class:`Harvester` gives the same, reading each message of a trajectory once)."""
+        vocab, tool_names = cls(), {}
+        for message in point.state:
+            vocab._add_message(message, tool_names)
+        vocab._add_keyed(point.expert.arguments, "")
+        vocab._dedupe()
+        return vocab
 
     def _add_message(self, message: Mapping[str, Any], tool_names: dict[str, str]) -> None:
         role = message.get("role")
@@ -135,10 +143,6 @@ class Vocabulary:
             tool_names[call_id] = name
             self._add_keyed(arguments, "")
 
-    def _copy(self) -> Vocabulary:
-        lists = {f.name: list(getattr(self, f.name)) for f in fields(self) if f.name != "keyed"}
-        return Vocabulary(**lists, keyed={k: list(v) for k, v in self.keyed.items()})
-
     def keyed_values(self, name: str) -> list[Any]:
         """Values seen under ``name`` (or a name with the same stem)."""
         return self.keyed.get(stem(name), [])
@@ -149,8 +153,14 @@ class Vocabulary:
         return [i for i in self.identifiers if i not in claimed]
 
     def _add_text(self, text: str, *, user: bool) -> None:
-        text = _PLACEHOLDER.sub(" ", text)
-        words = _words(PHONE.sub(" ", EMAIL.sub(" ", text)))
+        if "[REDACTED:" in text:
+            text = _PLACEHOLDER.sub(" ", text)
+        # E-mail addresses need an "@", phone numbers and numbers digits: most texts skip those patterns.
+        digits = _DIGIT.search(text) is not None
+        plain = EMAIL.sub(" ", text) if "@" in text else text
+        if digits:
+            plain = PHONE.sub(" ", plain)
+        words = _words(plain)
         self.words.extend(words)
         if user:
             self.user_words.extend(words)
@@ -158,11 +168,12 @@ class Vocabulary:
                 clause = clause.strip()
                 if 2 <= len(clause.split()) <= 12:
                     self.phrases.append(clause)
-        self.emails.extend(EMAIL.findall(text))
-        phones = [m.group(0).strip() for m in PHONE.finditer(text)]
-        self.phones.extend(phones)
+        if "@" in text:
+            self.emails.extend(EMAIL.findall(text))
+        if digits:
+            self.phones.extend(m.group(0).strip() for m in PHONE.finditer(text))
         previous = ""
-        for match in _TOKEN.finditer(PHONE.sub(" ", EMAIL.sub(" ", text))):
+        for match in _TOKEN.finditer(plain):
             token = match.group(0).rstrip(".:")
             if DATE.match(token):
                 self.dates.append(token)
@@ -172,8 +183,9 @@ class Vocabulary:
                     # "my order #W1234567", "account 4021": the word before an id names what it identifies
                     self.keyed.setdefault(stem(previous), []).append(token)
             previous = token if token.isalpha() else ""
-        self.ints.extend(int(m) for m in _INT.findall(text))
-        self.numbers.extend(float(m) for m in _NUMBER.findall(text))
+        if digits:
+            self.ints.extend(int(m) for m in _INT.findall(text))
+            self.numbers.extend(float(m) for m in _NUMBER.findall(text))
 
     def _add_observation(self, text: str, tool: str) -> None:
         stripped = text.strip()
@@ -236,20 +248,72 @@ class Harvester:
         self._messages: list[Any] = []
         self._raw = Vocabulary()
         self._tool_names: dict[str, str] = {}
+        self._unique = _Unique()
 
     def harvest(self, point: Any) -> Vocabulary:
         state = point.state
         seen = len(self._messages)
         if len(state) < seen or list(state[:seen]) != self._messages:
-            self._messages, self._raw, self._tool_names = [], Vocabulary(), {}
+            self._messages, self._raw, self._tool_names, self._unique = [], Vocabulary(), {}, _Unique()
             seen = 0
         for message in state[seen:]:
             self._raw._add_message(message, self._tool_names)
-            self._messages.append(copy.deepcopy(message))
-        vocab = self._raw._copy()
-        vocab._add_keyed(point.expert.arguments, "")
-        vocab._dedupe()
-        return vocab
+            self._messages.append(_copy_of(message))
+        self._unique.update(self._raw)
+        expert = Vocabulary()
+        expert._add_keyed(point.expert.arguments, "")
+        return self._unique.with_values_of(expert)
+
+
+_LISTS = tuple(f.name for f in fields(Vocabulary) if f.name != "keyed")
+_CAPPED = frozenset(("words", "user_words", "prose_words"))
+"""The lists :meth:`Vocabulary._dedupe` keeps the first :data:`_MAX_WORDS` values of."""
+
+
+class _Unique:
+    """The values of a growing :class:`Vocabulary`, each once, in the order first seen: what :meth:`Vocabulary._dedupe`
+    makes of its lists, kept up to date as the lists grow instead of rebuilt for every state."""
+
+    def __init__(self) -> None:
+        self._lists: dict[str, dict[Any, None]] = {name: {} for name in _LISTS}
+        self._keyed: dict[str, dict[Any, None]] = {}
+        self._read: dict[str, int] = {}
+        """How many values of each of the raw vocabulary's lists have been read (``keyed:<name>`` for keyed ones)."""
+
+    def update(self, raw: Vocabulary) -> None:
+        for name, unique in self._lists.items():
+            values = getattr(raw, name)
+            start = self._read.get(name, 0)
+            if start < len(values):
+                unique.update(dict.fromkeys(values[start:]))
+                self._read[name] = len(values)
+        for key, values in raw.keyed.items():
+            start = self._read.get("keyed:" + key, 0)
+            if start < len(values):
+                self._keyed.setdefault(key, {}).update(dict.fromkeys(values[start:]))
+                self._read["keyed:" + key] = len(values)
+
+    def with_values_of(self, extra: Vocabulary) -> Vocabulary:
+        """The deduplicated vocabulary of what was read plus ``extra`` (``Vocabulary._dedupe`` of both lists together)."""
+        lists: dict[str, list[Any]] = {}
+        for name, unique in self._lists.items():
+            added = getattr(extra, name)
+            if added:
+                unique = {**unique, **dict.fromkeys(added)}
+            values = list(unique)
+            lists[name] = values[:_MAX_WORDS] if name in _CAPPED else values
+        keyed = {key: list(unique) for key, unique in self._keyed.items()}
+        for key, added in extra.keyed.items():
+            keyed[key] = list({**self._keyed[key], **dict.fromkeys(added)}) if key in self._keyed else list(dict.fromkeys(added))
+        return Vocabulary(**lists, keyed=keyed)
+
+
+def _copy_of(message: Any) -> Any:
+    """A deep copy of a message (plain JSON data: pickled and read back, far faster than ``copy.deepcopy``)."""
+    try:
+        return pickle.loads(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # noqa: BLE001 - anything pickle cannot copy is copied as before
+        return copy.deepcopy(message)
 
 
 def _words(text: str) -> list[str]:
