@@ -24,12 +24,15 @@ server ends with the job's process, and local worker processes die with the fork
 
 from __future__ import annotations
 
+import collections
 import gc
+import itertools
 import multiprocessing
 import multiprocessing.util
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -158,17 +161,30 @@ def write_outcome(store: Any, outcome: ReplayOutcome, *, where: object) -> None:
 
 def store_marker(store: Any) -> str | None:
     """The text of a local store's ``ee-store.json`` (``None`` for other stores), for :attr:`WorkerSpec.store_marker`."""
-    from ee_middleware.store.local import MARKER
-
     root = getattr(store, "root", None)
+    return _marker_text(Path(root)) if root is not None else None
+
+
+def _marker_text(root: Path) -> str | None:
+    from ee_middleware.store.replay_spool import MARKER
+
     try:
-        return (Path(root) / MARKER).read_text() if root is not None else None
+        return (root / MARKER).read_text()
     except OSError:
         return None
 
 
 def _open_same_store(spec: str, marker: str | None) -> Any:
-    """The store ``spec`` names, opened in this worker, when it is the job's own store; else ``None``."""
+    """Where this worker writes into the store ``spec`` names, when it is the job's own store; else ``None``.
+
+    A local store (``local:FOLDER``, as the job names it) is written through its spool alone
+    (:class:`~ee_middleware.store.replay_spool.ReplaySpool`: the same records, without loading the store's tables).
+    """
+    if spec.startswith("local:") and marker is not None:
+        from ee_middleware.store.replay_spool import ReplaySpool
+
+        root = Path(spec.removeprefix("local:"))
+        return ReplaySpool(root) if _marker_text(root) == marker else None
     from ee_middleware.store.registry import open_store
 
     try:
@@ -245,8 +261,7 @@ WORKER_MODULES = (
     "ee_middleware.replay.policies.registry",
     "ee_middleware.replay.policies.proposer",
     "ee_middleware.replay.policies.mutate",
-    "ee_middleware.store.registry",
-    "ee_middleware.store.local",
+    "ee_middleware.store.replay_spool",
     "ee_middleware.capture.store_redaction",
 )
 """What every local worker imports, once, in the job's fork server (see :class:`_JobForkServer`)."""
@@ -333,6 +348,10 @@ def _plain_process() -> multiprocessing.process.BaseProcess:
     return multiprocessing.context.ForkServerProcess.__new__(multiprocessing.context.ForkServerProcess)
 
 
+_READ_AHEAD = 256
+"""At most this many trajectories are read ahead while the workers start."""
+
+
 class ProcessExecutor:
     """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`_JobForkServer`).
 
@@ -350,16 +369,40 @@ class ProcessExecutor:
             context, parent_pid = self._server.context, self._server.pid
         else:
             context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
+        self._start_error: BaseException | None = None
         try:
             self._pool = ProcessPoolExecutor(
                 max_workers=workers, mp_context=context, initializer=_init_process_worker, initargs=(spec, torch_threads, parent_pid)
             )
-            # Start the workers now (one submission starts at most one): they start up while the job reads the store.
-            for _ in range(workers):
-                self._pool.submit(_started)
         except BaseException:
             self._stop_server()
             raise
+        # Start the workers now: they start up while the job reads the store. Starting one waits until the fork server
+        # has imported what workers need, so under a fork server a thread starts them, and meanwhile map() reads the
+        # first trajectories. (A spawned worker's parent-death signal is tied to the thread that started it: spawned
+        # workers are started here, on the job's thread.)
+        self._starter: threading.Thread | None = None
+        if self._server is None:
+            self._start_workers()
+        else:
+            self._starter = threading.Thread(target=self._start_workers, name="ee-replay-worker-start", daemon=True)
+            self._starter.start()
+
+    def _start_workers(self) -> None:
+        try:
+            for _ in range(self.workers):  # one submission starts at most one worker
+                self._pool.submit(_started)
+        except BaseException as exc:  # noqa: BLE001 - raised by map() on the job's thread
+            self._start_error = exc
+
+    def _starting(self) -> bool:
+        return self._starter is not None and self._starter.is_alive()
+
+    def _await_workers(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
+        if self._start_error is not None:
+            raise self._start_error
 
     def _stop_server(self) -> None:
         server, self._server = self._server, None
@@ -369,6 +412,12 @@ class ProcessExecutor:
     def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
         pending: set[Future[ReplayOutcome]] = set()
         source = iter(trajectories)
+        # While the workers start, read ahead (bounded): the job's own reading then overlaps their start-up.
+        read_ahead: collections.deque[Trajectory] = collections.deque()
+        while self._starting() and len(read_ahead) < _READ_AHEAD and (trajectory := next(source, None)) is not None:
+            read_ahead.append(trajectory)
+        self._await_workers()
+        source = itertools.chain(read_ahead, source)
         window = self.workers * 2  # keep every worker busy without shipping the whole store at once
         try:
             while True:
@@ -388,6 +437,8 @@ class ProcessExecutor:
 
     def close(self) -> None:
         try:
+            if self._starter is not None:
+                self._starter.join()  # it ends once the server forked the workers, or failed to
             self._pool.shutdown(wait=True, cancel_futures=True)
         finally:
             self._stop_server()

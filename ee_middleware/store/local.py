@@ -46,6 +46,7 @@ from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus,
 from ee_middleware.store import spool
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
+from ee_middleware.store.replay_spool import MARKER, replay_records, replay_redactor
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
     REPLAY_SCHEMA,
@@ -62,7 +63,6 @@ from ee_middleware.store.tables import (
     trajectory_row,
 )
 
-MARKER = "ee-store.json"
 FORMAT = "ee-experience-store"
 TABLES = {
     "trajectories": TRAJECTORY_SCHEMA,
@@ -172,25 +172,7 @@ class LocalExperienceStore:
         The record is written last: a crash part-way leaves rollouts without a record, the
         trajectory is replayed again, and the repeated rollouts (same ids) are dropped on read.
         """
-        redact = self._replay_redactor().redact_value
-        lines = [{"kind": "rollout", "data": _redacted_rollout(r.model_dump(mode="json"), redact)} for r in rollouts]
-        data = record.model_dump(mode="json")
-        data.update(reason=redact(data["reason"]), details=redact(data["details"]))
-        lines.append({"kind": "replay", "data": data})
-        self._writer.append(lines)
-
-    def _replay_redactor(self) -> Any:
-        """The redaction the store's data was recorded with (``redaction.json`` and the salt), re-read when the file changes."""
-        from ee_middleware.capture.store_redaction import REDACTION_FILE, store_redactor
-
-        try:
-            stamp = (self.root / REDACTION_FILE).stat().st_mtime_ns
-        except FileNotFoundError:
-            stamp = None
-        cached = getattr(self, "_redaction", None)
-        if cached is None or cached[0] != stamp:
-            cached = self._redaction = (stamp, store_redactor(self))
-        return cached[1]
+        self._writer.append(replay_records(record, rollouts, replay_redactor(self).redact_value))
 
     def close(self) -> None:
         """Seal this process's open segment (it can then be compacted)."""
@@ -558,17 +540,6 @@ class LocalExperienceStore:
             "quarantined_segments": len(list(quarantine.glob(f"*{spool.SEGMENT_SUFFIX}"))),
             "quarantined_parts": len(list(quarantine.glob("*/part-*.parquet"))),
         }
-
-
-def _redacted_rollout(data: dict[str, Any], redact: Any) -> dict[str, Any]:
-    call = (data.get("action") or {}).get("tool_call")
-    if call:
-        call["arguments"] = redact(call.get("arguments") or {})
-    data["observation"]["content"] = redact(data["observation"]["content"])
-    source = data.get("synthetic_source")
-    if source and source.get("reasoning"):
-        source["reasoning"] = redact(source["reasoning"])
-    return data
 
 
 def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
