@@ -28,7 +28,7 @@ import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 _WORD = re.compile(r"[A-Za-z0-9][\w.\-/]*\w")
 _INT = re.compile(r"(?<![\w.])-?\d{1,9}(?![\w.])")
@@ -118,6 +118,8 @@ class Vocabulary:
     user_words: list[str] = field(default_factory=list)
     prose_words: list[str] = field(default_factory=list)
     """Words of system prompts: the last resort."""
+    _memo: ClassVar[dict[tuple[str, bool], Any] | None] = None
+    """Set on a :class:`Harvester`'s own vocabulary: what each text added (see :data:`_MEMO_CHARS`)."""
 
     @classmethod
     def harvest(cls, point: Any) -> Vocabulary:
@@ -153,39 +155,28 @@ class Vocabulary:
         return [i for i in self.identifiers if i not in claimed]
 
     def _add_text(self, text: str, *, user: bool) -> None:
-        if "[REDACTED:" in text:
-            text = _PLACEHOLDER.sub(" ", text)
-        # E-mail addresses need an "@", phone numbers and numbers digits: most texts skip those patterns.
-        digits = _DIGIT.search(text) is not None
-        plain = EMAIL.sub(" ", text) if "@" in text else text
-        if digits:
-            plain = PHONE.sub(" ", plain)
-        words = _words(plain)
+        memo = self._memo
+        if memo is None or len(text) > _MEMO_CHARS:
+            found = _read_text(text, user)
+        else:
+            found = memo.get((text, user))
+            if found is None:
+                if len(memo) >= _MEMO_SIZE:
+                    memo.clear()
+                found = memo[(text, user)] = _read_text(text, user)
+        words, phrases, emails, phones, dates, identifiers, keyed, ints, numbers = found
         self.words.extend(words)
         if user:
             self.user_words.extend(words)
-            for clause in _CLAUSE.findall(text):
-                clause = clause.strip()
-                if 2 <= len(clause.split()) <= 12:
-                    self.phrases.append(clause)
-        if "@" in text:
-            self.emails.extend(EMAIL.findall(text))
-        if digits:
-            self.phones.extend(m.group(0).strip() for m in PHONE.finditer(text))
-        previous = ""
-        for match in _TOKEN.finditer(plain):
-            token = match.group(0).rstrip(".:")
-            if DATE.match(token):
-                self.dates.append(token)
-            elif is_identifier(token):
-                self.identifiers.append(token)
-                if previous and previous.lower() not in STOPWORDS:
-                    # "my order #W1234567", "account 4021": the word before an id names what it identifies
-                    self.keyed.setdefault(stem(previous), []).append(token)
-            previous = token if token.isalpha() else ""
-        if digits:
-            self.ints.extend(int(m) for m in _INT.findall(text))
-            self.numbers.extend(float(m) for m in _NUMBER.findall(text))
+            self.phrases.extend(phrases)
+        self.emails.extend(emails)
+        self.phones.extend(phones)
+        self.dates.extend(dates)
+        self.identifiers.extend(identifiers)
+        for key, token in keyed:
+            self.keyed.setdefault(key, []).append(token)
+        self.ints.extend(ints)
+        self.numbers.extend(numbers)
 
     def _add_observation(self, text: str, tool: str) -> None:
         stripped = text.strip()
@@ -234,6 +225,56 @@ class Vocabulary:
         self.keyed = {k: list(dict.fromkeys(v)) for k, v in self.keyed.items()}
 
 
+_MEMO_CHARS = 2000
+"""A :class:`Harvester` remembers what texts up to this long add (:func:`_read_text`): short ones (names, ids,
+statuses inside tool observations) come back again and again, in one trajectory and the next; long ones seldom do."""
+_MEMO_SIZE = 1 << 13
+_TextValues = tuple[tuple[Any, ...], ...]
+
+
+def _read_text(text: str, user: bool) -> _TextValues:
+    """What :meth:`Vocabulary._add_text` adds for ``text``: words, phrases (``user`` only), e-mail addresses, phones,
+    dates, identifiers, (stemmed name, identifier) pairs, ints and numbers, each in the order found."""
+    if "[REDACTED:" in text:
+        text = _PLACEHOLDER.sub(" ", text)
+    # E-mail addresses need an "@", phone numbers and numbers digits: most texts skip those patterns.
+    digits = _DIGIT.search(text) is not None
+    plain = EMAIL.sub(" ", text) if "@" in text else text
+    if digits:
+        plain = PHONE.sub(" ", plain)
+    phrases = []
+    if user:
+        for clause in _CLAUSE.findall(text):
+            clause = clause.strip()
+            if 2 <= len(clause.split()) <= 12:
+                phrases.append(clause)
+    dates: list[str] = []
+    identifiers: list[str] = []
+    keyed: list[tuple[str, str]] = []
+    previous = ""
+    for match in _TOKEN.finditer(plain):
+        token = match.group(0).rstrip(".:")
+        if DATE.match(token):
+            dates.append(token)
+        elif is_identifier(token):
+            identifiers.append(token)
+            if previous and previous.lower() not in STOPWORDS:
+                # "my order #W1234567", "account 4021": the word before an id names what it identifies
+                keyed.append((stem(previous), token))
+        previous = token if token.isalpha() else ""
+    return (
+        tuple(_words(plain)),
+        tuple(phrases),
+        tuple(EMAIL.findall(text)) if "@" in text else (),
+        tuple(m.group(0).strip() for m in PHONE.finditer(text)) if digits else (),
+        tuple(dates),
+        tuple(identifiers),
+        tuple(keyed),
+        tuple(int(m) for m in _INT.findall(text)) if digits else (),
+        tuple(float(m) for m in _NUMBER.findall(text)) if digits else (),
+    )
+
+
 class Harvester:
     """:meth:`Vocabulary.harvest` for the successive decision points of a trajectory, reading each message once.
 
@@ -249,12 +290,15 @@ class Harvester:
         self._raw = Vocabulary()
         self._tool_names: dict[str, str] = {}
         self._unique = _Unique()
+        self._memo: dict[tuple[str, bool], Any] = {}
+        self._raw._memo = self._memo
 
     def harvest(self, point: Any) -> Vocabulary:
         state = point.state
         seen = len(self._messages)
         if len(state) < seen or list(state[:seen]) != self._messages:
             self._messages, self._raw, self._tool_names, self._unique = [], Vocabulary(), {}, _Unique()
+            self._raw._memo = self._memo
             seen = 0
         for message in state[seen:]:
             self._raw._add_message(message, self._tool_names)
