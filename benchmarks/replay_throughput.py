@@ -186,18 +186,24 @@ def retail_main(args: argparse.Namespace) -> dict:
 
 
 def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict:
-    """One whole job on ``store``: wall time, and the CPU time of this (the job's) process and of its reaped children."""
+    """One whole job on ``store``: wall time, when the first trajectory was done (start-up), and the CPU time of this
+    (the job's) process and of its reaped children (workers, the fork server)."""
     import resource
 
     before_self, before_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    first: list[float] = []
     t0 = time.perf_counter()
-    summary = run_replay(ReplayConfig.load(store=store, k=k, workers=workers, executor=executor))
+    summary = run_replay(
+        ReplayConfig.load(store=store, k=k, workers=workers, executor=executor),
+        on_outcome=lambda outcome, n, total: first or first.append(time.perf_counter() - t0),
+    )
     wall = time.perf_counter() - t0
     after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     assert summary.failed == {} and summary.fidelity_mismatches == 0, summary.to_dict()
     return {
         "summary": summary,
         "wall_s": wall,
+        "first_outcome_s": first[0],
         "job_cpu_s": (after_self.ru_utime + after_self.ru_stime) - (before_self.ru_utime + before_self.ru_stime),
         "children_cpu_s": (after_children.ru_utime + after_children.ru_stime) - (before_children.ru_utime + before_children.ru_stime),
     }
@@ -264,6 +270,7 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
         "identical_rollouts_across_jobs": True,
         **{f"{name}_branches_per_s_min_median_max": _spread(values) for name, values in rates.items()},
         **{f"{name}_wall_s_min_median_max": _spread([r["wall_s"] for r in rs], 2) for name, rs in runs.items()},
+        **{f"{name}_first_outcome_s_min_median_max": _spread([r["first_outcome_s"] for r in rs], 3) for name, rs in runs.items()},
         "cpu_us_per_branch_median": {
             name: round(statistics.median(r["job_cpu_s"] + r["children_cpu_s"] for r in rs) / n_branches * 1e6, 1)
             for name, rs in runs.items()
@@ -393,6 +400,8 @@ def main() -> None:
     for name, rs in runs.items():
         if name == "sandbox_only":
             continue
+        # Start-up: from the job's start until its first trajectory is done (workers: started, warm, one trajectory replayed).
+        results[f"{name}_first_outcome_s_min_median_max"] = _spread([r["first_outcome_s"] for r in rs], 3)
         # The job process's own CPU per branch: with 2 workers, all it still does (load, hand out, count).
         results[f"{name}_job_process_cpu_us_per_branch_min_median_max"] = _spread([r["job_cpu_s"] / n_branches * 1e6 for r in rs])
         if name == "job_2_workers":
