@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,6 +29,24 @@ def error_body(status: int, message: str, kind: str = "BadRequestError") -> dict
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
+@dataclass
+class EventStream:
+    """An answer sent as it is produced: the bytes of a server-sent event stream (``"stream": true``).
+
+    ``chunks`` is read until it ends; ``close`` runs afterwards, also when the client went away. An
+    exception from ``chunks`` after the first bytes ends the stream with an OpenAI-shaped error event
+    (the status line is already sent by then)."""
+
+    chunks: Iterable[bytes]
+    close: Callable[[], None] = lambda: None
+
+
+def sse_event(payload: Any) -> bytes:
+    """One server-sent event carrying ``payload`` as JSON (``"[DONE]"`` is sent as it is)."""
+    data = payload if payload == "[DONE]" else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
 class JSONHandler(BaseHTTPRequestHandler):
     """Routes ``GET /health`` and ``GET /v1/models``; subclasses set :meth:`models` and :meth:`post`."""
 
@@ -36,7 +56,8 @@ class JSONHandler(BaseHTTPRequestHandler):
         raise NotImplementedError
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        """``(status, payload)`` for a POST of a JSON object; a ``str`` payload is sent as plain text."""
+        """``(status, payload)`` for a POST of a JSON object; a ``str`` payload is sent as plain text, an
+        :class:`EventStream` as a server-sent event stream."""
         raise NotImplementedError
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -67,13 +88,41 @@ class JSONHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001 - the server answers 500 and keeps serving
             self.send_json(500, error_body(500, f"{type(exc).__name__}: {exc}", "InternalServerError"))
             return
-        if isinstance(payload, str):
+        if isinstance(payload, EventStream):
+            self.send_stream(status, payload)
+        elif isinstance(payload, str):
             self.send_bytes(status, payload.encode(), "text/plain; charset=utf-8")  # as vLLM answers a LoRA load/unload
         else:
             self.send_json(status, payload)
 
     def send_json(self, status: int, payload: Any) -> None:
         self.send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
+
+    def send_stream(self, status: int, stream: EventStream) -> None:
+        """Send ``stream`` with chunked transfer encoding, each piece as soon as it is produced."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for chunk in stream.chunks:
+                    if chunk:
+                        self._write_chunk(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the status is sent: say what broke inside the stream
+                self._write_chunk(sse_event(error_body(502, f"the stream broke: {type(exc).__name__}: {exc}", "BadGatewayError")))
+            self._write_chunk(b"")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away; stop reading upstream
+        finally:
+            stream.close()
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)

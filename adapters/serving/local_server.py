@@ -6,7 +6,9 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
 - ``POST /v1/chat/completions`` — ``model`` is the served base name or a loaded adapter name;
   ``messages``, ``tools``, ``n``, ``seed``, ``temperature``, ``top_p``, ``max_tokens``; tool calls the
   model writes as ``<tool_call>{...}</tool_call>`` come back as ``tool_calls`` (vLLM's ``hermes``
-  parser does the same); no streaming;
+  parser does the same); ``"stream": true`` sends the answer as OpenAI's ``chat.completion.chunk``
+  server-sent events once it is generated whole (the wire format clients expect, not token by
+  token), with a usage chunk when ``stream_options.include_usage`` is set;
 - ``GET /v1/models``, ``GET /health``;
 - ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` — vLLM's status codes: 400 for a
   name already loaded, 404 for a missing path, 500 for a rank above ``--max-lora-rank``;
@@ -26,12 +28,13 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ee_middleware._optional import import_optional
-from ee_middleware.adapters.serving.http import JSONHandler, RequestError, make_server
+from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, make_server, sse_event
 from ee_middleware.models.chat_template import probe_template, render_prompt
 from ee_middleware.models.local import LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
@@ -141,9 +144,13 @@ class LocalModelServer:
         tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return {"tokens": tokens, "count": len(tokens), "max_model_len": self._max_len()}
 
-    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+    def chat(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
         if body.get("stream"):
-            raise RequestError(400, "stream=true is not supported by the local server; leave it out")
+            options = body.get("stream_options") or {}
+            if not isinstance(options, dict):
+                raise RequestError(400, f"stream_options must be an object, got {options!r}")
+            completion = cast(dict[str, Any], self.chat({k: v for k, v in body.items() if k not in ("stream", "stream_options")}))
+            return EventStream(completion_chunks(completion, include_usage=bool(options.get("include_usage"))))
         model_name = body.get("model") or self.served_model_name
         self._check_model(model_name)
         messages, tools = _messages(body), body.get("tools") or None
@@ -188,6 +195,27 @@ class LocalModelServer:
 
     def _max_len(self) -> int:
         return int(getattr(self.base_model.config, "max_position_embeddings", 0) or 0)
+
+
+def completion_chunks(completion: dict[str, Any], *, include_usage: bool = False) -> Iterator[bytes]:
+    """A whole ``chat.completion`` as the server-sent events of a streamed one: per choice its role,
+    its content, each tool call (whole, with its index) and its finish reason; the usage when asked; ``[DONE]``."""
+    head = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"], "model": completion["model"]}
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse_event({**head, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    for choice in completion["choices"]:
+        index, message = choice["index"], choice["message"]
+        yield chunk(index, {"role": "assistant", "content": ""})
+        if message.get("content"):
+            yield chunk(index, {"content": message["content"]})
+        for position, call in enumerate(message.get("tool_calls") or []):
+            yield chunk(index, {"tool_calls": [{"index": position, **call}]})
+        yield chunk(index, {}, choice["finish_reason"])
+    if include_usage:
+        yield sse_event({**head, "choices": [], "usage": completion["usage"]})
+    yield sse_event("[DONE]")
 
 
 def _choice(index: int, text: str, tools: Any) -> dict[str, Any]:

@@ -5,7 +5,9 @@ for one stable name, the app's name. For each request the router reads the regis
 (:meth:`~ee_middleware.adapters.registry.AdapterRegistry.resolve`), replaces ``model`` with the live
 adapter's immutable name (or the served base model when the app has no live adapter yet) and
 forwards the request to the next replica (round robin), trying the others when one does not
-answer. A promote or rollback is one atomic write of the registry index: the next request goes to
+answer. ``"stream": true`` answers are relayed as the replica sends them (server-sent events); a
+replica that fails before its first byte is skipped, one that breaks mid-stream ends the stream with
+an error event. A promote or rollback is one atomic write of the registry index: the next request goes to
 the new adapter, requests in flight finish on the old one (it stays loaded), and no request fails
 or waits for a restart. Answers keep the adapter's name in ``model``, so recorded traces say which
 adapter answered.
@@ -18,6 +20,7 @@ vLLM and the local server. Run it with ``ee serve router --registry DIR --server
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections.abc import Sequence
@@ -25,7 +28,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ee_middleware.adapters.registry import AdapterRegistry
-from ee_middleware.adapters.serving.http import JSONHandler, RequestError, error_body, make_server
+from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, error_body, make_server
 from ee_middleware.errors import ModelError, ModelRequestError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
@@ -75,8 +78,6 @@ class AliasRouter:
 
     def forward(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         """Send ``body`` (model resolved) to the replicas in turn; ``(status, answer)``."""
-        if body.get("stream"):
-            return 400, error_body(400, "stream=true is not supported through the ee router yet; leave it out")
         body = {**body, "model": self.resolve(body.get("model"))}
         with self._lock:
             first = next(self._next)
@@ -86,12 +87,25 @@ class AliasRouter:
             suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
             root = url if path.startswith("/v1/") else url.removesuffix("/v1")
             try:
+                if body.get("stream"):
+                    return 200, self._open_stream(root, suffix, body)
                 return 200, self._client(root).post(suffix, body)
             except ModelRequestError as exc:
                 return exc.status, error_body(exc.status, str(exc))
             except ModelError as exc:
                 problems.append(f"{url}: {exc}")
         return 502, error_body(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")
+
+    def _open_stream(self, root: str, path: str, body: dict[str, Any]) -> EventStream:
+        """The replica's event stream, relayed piece by piece; a replica that fails before it starts
+        answering is skipped like any other (the caller tries the next)."""
+        opened = contextlib.ExitStack()
+        try:
+            chunks = opened.enter_context(self._client(root).stream(path, body))
+        except BaseException:
+            opened.close()
+            raise
+        return EventStream(chunks, opened.close)
 
     def _client(self, root: str) -> OpenAIChatClient:
         clients = getattr(self._local, "clients", None)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
@@ -125,7 +126,52 @@ class OpenAIChatClient:
         """POST ``body`` to ``base_url + path`` with retries; the decoded JSON answer."""
         return self._send("POST", path, body)
 
+    @contextmanager
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[Iterator[bytes]]:
+        """POST ``body`` (``"stream": true``) and yield an iterator over the answer's bytes as they arrive.
+
+        Retried as :meth:`post` is until the server starts answering; a connection that breaks after
+        that raises :class:`~ee_middleware.errors.ModelServerError` from the iterator (what was read
+        is not re-sent). The response is closed when the ``with`` block ends.
+        """
+        import httpx
+
+        url = f"{self.base_url}{path}"
+        response = self._open("POST", path, body, stream=True)
+        received = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal received
+            try:
+                for chunk in response.iter_raw():
+                    received += len(chunk)
+                    yield chunk
+            except httpx.TimeoutException as exc:
+                raise ModelServerError(
+                    f"The stream from {url} stalled for {self.timeout_s:g} s after {received} bytes ({type(exc).__name__})",
+                    url=url,
+                    timed_out=True,
+                ) from exc
+            except httpx.TransportError as exc:
+                raise ModelServerError(f"The stream from {url} broke after {received} bytes: {type(exc).__name__}: {exc}", url=url) from exc
+
+        try:
+            yield chunks()
+        finally:
+            response.close()
+
     def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        url = f"{self.base_url}{path}"
+        response = self._open(method, path, body)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ModelResponseError(
+                f"The server at {url} answered with something that is not JSON: {clip(response.text)}", url=url
+            ) from exc
+
+    def _open(self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False) -> Any:
+        """The server's successful response (its body not yet read when ``stream``), after retries."""
         import httpx
 
         url = f"{self.base_url}{path}"
@@ -135,7 +181,10 @@ class OpenAIChatClient:
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = client.request(method, url, json=body)
+                response = client.send(client.build_request(method, url, json=body), stream=stream)
+                if stream and response.status_code >= 400:
+                    response.read()
+                    response.close()
             except httpx.TimeoutException as exc:
                 last_problem, last_status, timed_out = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})", None, True
                 continue
@@ -152,12 +201,7 @@ class OpenAIChatClient:
                     url=url,
                     status=response.status_code,
                 )
-            try:
-                return response.json()
-            except ValueError as exc:
-                raise ModelResponseError(
-                    f"The server at {url} answered with something that is not JSON: {clip(response.text)}", url=url
-                ) from exc
+            return response
         raise ModelServerError(
             f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. "
             "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "

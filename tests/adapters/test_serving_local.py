@@ -219,3 +219,101 @@ def test_registry_names_with_dots_load_answer_and_unload(local_server: Any, adap
     finally:
         backend.unload(name)
     assert name not in backend.list()
+
+
+def _events(response: httpx.Response) -> list[Any]:
+    """The JSON payloads of a server-sent event stream (``"[DONE]"`` kept as the string)."""
+    assert response.headers["content-type"].startswith("text/event-stream"), response.headers
+    events = []
+    for block in response.text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            data = block.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def _assembled(events: list[Any]) -> list[dict[str, Any]]:
+    """Each choice's message and finish reason put together from its deltas, as an OpenAI client does."""
+    choices: dict[int, dict[str, Any]] = {}
+    for event in events[:-1]:
+        for part in event["choices"]:
+            choice = choices.setdefault(part["index"], {"message": {}, "finish_reason": None})
+            for key, value in part["delta"].items():
+                if key == "tool_calls":
+                    for call in value:
+                        choice["message"].setdefault("tool_calls", []).append({k: v for k, v in call.items() if k != "index"})
+                elif key == "content":
+                    choice["message"]["content"] = (choice["message"].get("content") or "") + value
+                else:
+                    choice["message"][key] = value
+            choice["finish_reason"] = part["finish_reason"] or choice["finish_reason"]
+    return [choices[i] for i in sorted(choices)]
+
+
+def test_a_streamed_answer_through_the_router_is_the_whole_answer_in_chunks(local_server: Any, tmp_path: Path) -> None:
+    """stream=true through the router: the real local server's events relayed as they come, the same answer as without streaming."""
+    from ee_middleware.adapters.serving.launch import free_port
+    from ee_middleware.testing.http import serving
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    tools = [{"type": "function", "function": {"name": "mv", "parameters": {"type": "object"}}}]
+    body = {"model": "tiny-base", "messages": MESSAGES, "n": 2, "temperature": 1.0, "seed": 3, "max_tokens": 12, "tools": tools}
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with serving(make_router_server(AliasRouter(registry, [down, local_server.url], retries=0), port=0)) as routed:
+        whole = httpx.post(f"{routed}/chat/completions", json=body, timeout=60).json()
+        for attempt in range(2):  # round robin: one of the two requests goes first to the replica that is down
+            streamed = httpx.post(
+                f"{routed}/chat/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}}, timeout=60
+            )
+            assert streamed.status_code == 200, streamed.text
+            assert "chunked" in streamed.headers.get("transfer-encoding", "")
+            events = _events(streamed)
+            assert events[-1] == "[DONE]" and events[-2]["usage"] == whole["usage"] and events[-2]["choices"] == []
+            assert {e["object"] for e in events[:-1]} == {"chat.completion.chunk"} and {e["model"] for e in events[:-1]} == {"tiny-base"}
+            got = _assembled(events[:-1])
+            want = [{"message": c["message"], "finish_reason": c["finish_reason"]} for c in whole["choices"]]
+            for choice in got + want:  # tool call ids are made per answer
+                for call in choice["message"].get("tool_calls") or []:
+                    call["id"] = "-"
+            assert [{**c, "message": {**c["message"], "content": c["message"].get("content") or None}} for c in got] == want, attempt
+        refused = httpx.post(f"{routed}/chat/completions", json={**body, "model": "nope", "stream": True}, timeout=60)
+        assert refused.status_code == 404 and "does not exist" in refused.json()["error"]["message"]
+
+
+def test_a_replica_that_breaks_mid_stream_ends_the_stream_with_an_error_event_fake_replica() -> None:
+    """The upstream is a real HTTP server that sends one event and then drops the connection (no real server fails on cue)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ee_middleware.testing.http import serving
+
+    class Breaking(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            first = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+            self.wfile.write(f"{len(first):X}\r\n".encode() + first + b"\r\n")
+            self.wfile.flush()
+            self.connection.shutdown(2)  # gone mid-answer, without the closing chunk
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Breaking)
+    upstream.daemon_threads = True
+    with serving(upstream) as broken, serving(make_router_server(AliasRouter(_EmptyRegistry(), [broken], retries=0), port=0)) as routed:
+        response = httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30)
+    assert response.status_code == 200
+    events = _events(response)
+    assert events[0]["choices"][0]["delta"] == {"content": "Hel"}, "what arrived was relayed"
+    assert events[-1]["error"]["type"] == "BadGatewayError" and "broke after" in events[-1]["error"]["message"], events
+
+
+class _EmptyRegistry:
+    def apps(self) -> dict[str, Any]:
+        return {}
