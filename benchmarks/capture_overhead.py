@@ -10,12 +10,14 @@ agent's thread, which is the point of the design, and deferred while runs are in
 ee_middleware/capture/worker.py). ``ratio_including_drain`` adds that work back: the total CPU a
 process pays when its agent never waits on a model. Target: ratio <= 1.10.
 
-    .venv/bin/python benchmarks/capture_overhead.py --sustained-s 5 [--rounds 5]
+    .venv/bin/python benchmarks/capture_overhead.py --sustained-s 5 [--rounds 5] [--offload thread,process]
 
 Sustained mode: each round runs the graph back to back for longer than the finisher's deferral
-bound (2 s), unwrapped and wrapped alternately (which goes first swaps every round), so background
-work lands inside the timed window and competes with the agent for the interpreter lock, as it does
-in a busy service. Reported as min/median/max over rounds, with the load average before and after:
+bound (2 s), unwrapped and wrapped once per capture mode (``offload="thread"``: background threads
+of the agent's process; ``"process"``: capture's child process), the order rotated every round, so
+background work lands inside the timed window and competes with the agent, for the interpreter
+lock (threads) or for the CPUs (the child), as it does in a busy service. Each mode is reported
+against the same rounds' unwrapped runs, and its CPU includes its child process's. Reported as min/median/max over rounds, with the load average before and after:
 the agent-thread ratio (wrapped / unwrapped wall seconds per run: what the agent feels), the
 agent-thread CPU ratio (capture's own work on the agent's thread), the process CPU ratio with the
 work still queued at the end of the round drained and counted, the added and the background CPU per
@@ -106,62 +108,81 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
     from ee_middleware import LocalExperienceStore, record_experience
 
     load_before = [round(x, 2) for x in os.getloadavg()]
+    modes = [m.strip() for m in args.offload.split(",") if m.strip()]
     graph = build_graph()
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store_path = Path(tmp) / "experience"
-        wrapped = record_experience(graph, app="bench", store=store_path)
+        wrapped = {m: record_experience(graph, app="bench", store=Path(tmp) / m, offload=m) for m in modes}
         timed(graph, 10)
-        timed(wrapped, 10)
-        wrapped.flush()
-        total_runs = 10
-        measures: dict[str, list[float]] = {
-            "agent_wall": [],
-            "agent_cpu": [],
-            "process_cpu": [],
-            "added_cpu_ms": [],
-            "background_ms": [],
-            "background_in_window": [],
-        }
+        for agent in wrapped.values():
+            timed(agent, 10)
+            agent.flush()
+        total_runs = dict.fromkeys(modes, 10)
+        measures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+        plain_ms: list[float] = []
+        variants = ["plain", *modes]
         for i in range(args.rounds):
             rounds: dict[str, dict[str, float]] = {}
-            # alternate which variant goes first, so that neither always follows the other
-            for variant in ("plain", "wrapped") if i % 2 == 0 else ("wrapped", "plain"):
-                rounds[variant] = sustained_round(graph if variant == "plain" else wrapped, args.sustained_s)
-                if variant == "wrapped":
-                    cpu0 = time.process_time()
-                    wrapped.flush()  # what is still queued: counted, not left to the next round
-                    rounds["drain"] = {"cpu": time.process_time() - cpu0}
-            p, w, drain = rounds["plain"], rounds["wrapped"], rounds["drain"]
-            total_runs += int(w["runs"])
-            per = {k: {m: v[m] / v["runs"] for m in ("wall", "cpu", "thread")} for k, v in (("p", p), ("w", w))}
-            w_cpu = (w["cpu"] + drain["cpu"]) / w["runs"]
-            # background: CPU off the agent's thread (span finishing, assembly, store writes), beyond the plain graph's
-            background = (w_cpu - per["w"]["thread"]) - (per["p"]["cpu"] - per["p"]["thread"])
-            in_window = (w["cpu"] - w["thread"]) / w["runs"] - (per["p"]["cpu"] - per["p"]["thread"])
-            measures["agent_wall"].append(per["w"]["wall"] / per["p"]["wall"])
-            measures["agent_cpu"].append(per["w"]["thread"] / per["p"]["thread"])
-            measures["process_cpu"].append(w_cpu / per["p"]["cpu"])
-            measures["added_cpu_ms"].append((w_cpu - per["p"]["cpu"]) * 1e3)
-            measures["background_ms"].append(background * 1e3)
-            measures["background_in_window"].append(in_window / background if background > 0 else 0.0)
-            measures.setdefault("plain_ms", []).append(per["p"]["cpu"] * 1e3)
-        stats = wrapped.recorder.stats
-        stored = LocalExperienceStore(store_path).trajectories().height
+            # rotate the order every round, so that no variant always follows the same one
+            for variant in variants[i % len(variants) :] + variants[: i % len(variants)]:
+                if variant == "plain":
+                    rounds[variant] = sustained_round(graph, args.sustained_s)
+                    continue
+                agent = wrapped[variant]
+                child0 = agent.recorder.offload_cpu_s  # the capture process's CPU, as of the last flush
+                rounds[variant] = sustained_round(agent, args.sustained_s)
+                cpu0 = time.process_time()
+                agent.flush()  # what is still queued: counted, not left to the next round
+                rounds[variant]["drain"] = time.process_time() - cpu0
+                rounds[variant]["child"] = agent.recorder.offload_cpu_s - child0
+            p = rounds["plain"]
+            pp = {m: p[m] / p["runs"] for m in ("wall", "cpu", "thread")}
+            plain_ms.append(pp["cpu"] * 1e3)
+            for mode in modes:
+                w = rounds[mode]
+                total_runs[mode] += int(w["runs"])
+                pw = {m: w[m] / w["runs"] for m in ("wall", "cpu", "thread")}
+                w_cpu = (w["cpu"] + w["drain"] + w["child"]) / w["runs"]
+                # background: CPU off the agent's thread (span finishing, assembly, store writes; the child's), beyond the plain graph's
+                background = (w_cpu - pw["thread"]) - (pp["cpu"] - pp["thread"])
+                m = measures[mode]
+                m.setdefault("agent_wall", []).append(pw["wall"] / pp["wall"])
+                m.setdefault("agent_cpu", []).append(pw["thread"] / pp["thread"])
+                m.setdefault("process_cpu", []).append(w_cpu / pp["cpu"])
+                m.setdefault("added_cpu_ms", []).append((w_cpu - pp["cpu"]) * 1e3)
+                m.setdefault("background_ms", []).append(background * 1e3)
+                m.setdefault("child_ms", []).append(w["child"] / w["runs"] * 1e3)
+                if not w["child"]:  # thread mode: how much of the background work ran inside the timed window
+                    in_window = (w["cpu"] - w["thread"]) / w["runs"] - (pp["cpu"] - pp["thread"])
+                    m.setdefault("background_in_window", []).append(in_window / background if background > 0 else 0.0)
+        for mode in modes:
+            agent, m = wrapped[mode], measures[mode]
+            stats = agent.recorder.stats
+            agent.recorder.close()
+            results[mode] = {
+                "capture_process": agent.recorder.offload is not None,
+                "agent_thread_ratio_min_median_max": _spread(m["agent_wall"]),
+                "agent_thread_cpu_ratio_min_median_max": _spread(m["agent_cpu"]),
+                "process_cpu_ratio_with_drain_and_child_min_median_max": _spread(m["process_cpu"]),
+                "added_cpu_ms_per_run_min_median_max": _spread(m["added_cpu_ms"]),
+                "background_cpu_ms_per_run_min_median_max": _spread(m["background_ms"]),
+                "child_process_cpu_ms_per_run_min_median_max": _spread(m["child_ms"]),
+                **(
+                    {"background_share_inside_window_median": round(statistics.median(m["background_in_window"]), 3)}
+                    if m.get("background_in_window")
+                    else {}
+                ),
+                "trajectories_stored": LocalExperienceStore(Path(tmp) / mode).trajectories().height,
+                "expected_trajectories": total_runs[mode],
+                "capture_failures": stats.runs_failed,
+            }
     return {
-        "mode": f"sustained {args.sustained_s:g} s rounds, plain and wrapped alternately (order swapped every round)",
+        "mode": f"sustained {args.sustained_s:g} s rounds: plain and one wrapped graph per capture mode, order rotated every round",
         "rounds": args.rounds,
         "load_average_1_5_15_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
-        "agent_thread_ratio_min_median_max": _spread(measures["agent_wall"]),
-        "agent_thread_cpu_ratio_min_median_max": _spread(measures["agent_cpu"]),
-        "process_cpu_ratio_with_drain_min_median_max": _spread(measures["process_cpu"]),
-        "plain_cpu_ms_per_run_min_median_max": _spread(measures["plain_ms"]),
-        "added_cpu_ms_per_run_min_median_max": _spread(measures["added_cpu_ms"]),
-        "background_cpu_ms_per_run_min_median_max": _spread(measures["background_ms"]),
-        "background_share_inside_window_median": round(statistics.median(measures["background_in_window"]), 3),
-        "trajectories_stored": stored,
-        "expected_trajectories": total_runs,
-        "capture_failures": stats.runs_failed,
+        "plain_cpu_ms_per_run_min_median_max": _spread(plain_ms),
         "target_agent_thread_ratio": 1.10,
+        **{f"offload={mode}": result for mode, result in results.items()},
     }
 
 
@@ -171,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds (min/median/max are reported)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--sustained-s", type=float, default=None, help="sustained mode: seconds per round (> the 2 s deferral bound)")
+    parser.add_argument("--offload", default="thread,process", help="sustained mode: the capture modes to measure (comma-separated)")
     args = parser.parse_args(argv)
     # imported here so that benchmarks/capture_vs_openinference.py can build the graph in a venv without ee's store
     from ee_middleware import LocalExperienceStore, record_experience
@@ -178,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sustained_s is not None:
         result = sustained(args)
         print(json.dumps(result, indent=2))
-        if result["trajectories_stored"] != result["expected_trajectories"] or result["capture_failures"]:
+        modes = [v for k, v in result.items() if k.startswith("offload=")]
+        if any(m["trajectories_stored"] != m["expected_trajectories"] or m["capture_failures"] for m in modes):
             print("error: not every run was stored", file=sys.stderr)
             return 1
         return 0

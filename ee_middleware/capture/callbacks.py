@@ -4,19 +4,29 @@ On the agent's thread it only notes the time and keeps references to the raw inp
 The ``chat`` and ``execute_tool`` spans are created on the :class:`SpanFinisher` thread with those
 exact start and end times, as children of the run's ``invoke_agent`` span (which is live, so that
 spans the user's own code opens nest under it).
+
+When capture offloads to a process (:mod:`ee_middleware.capture.offload`), the handler keeps the
+run's calls (``buffered=True``) instead; they are sent to that process with the end of the run and
+emitted there by :meth:`RunCapture.emit`, the same code.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.payloads import captured_error
+
+Call = tuple[str, int, int, tuple[Any, ...], Any, "BaseException | None"]
+"""One finished model or tool call: (``"chat"`` or ``"tool"``, start ns, end ns, raw start data,
+result (a chat call's reply messages, a tool's output), error)."""
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -33,14 +43,15 @@ class RunCapture(BaseCallbackHandler):
     ignore_retriever = True
     ignore_custom_event = True
 
-    def __init__(self, recorder: Recorder, trajectory_id: str, parent: Context) -> None:
+    def __init__(self, recorder: Recorder, trajectory_id: str, parent: Context | None, *, buffered: bool = False) -> None:
         self.recorder = recorder
         self.trajectory_id = trajectory_id
         self.raise_error = recorder.strict
         self._parent = parent
-        # run id -> (start ns, the finisher-side emitter, raw start data)
-        self._open: dict[UUID, tuple[int, Callable[..., None], tuple[Any, ...]]] = {}
+        # run id -> (start ns, "chat" or "tool", raw start data)
+        self._open: dict[UUID, tuple[int, str, tuple[Any, ...]]] = {}
         self.fragments: FragmentCache = {}  # the run's encoded messages; touched only on the finisher thread
+        self.calls: list[Call] | None = [] if buffered else None  # kept for the offload process, in end order
 
     # --- agent thread: note times and keep references ------------------------------------------
 
@@ -49,12 +60,12 @@ class RunCapture(BaseCallbackHandler):
     ) -> None:
         self._open[run_id] = (
             time.time_ns(),
-            self._emit_chat,
+            "chat",
             (list(messages[0]) if messages else [], kwargs.get("invocation_params") or {}, metadata or {}),
         )
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._close(run_id, response, None)
+        self._close(run_id, _reply_messages(response), None)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._close(run_id, None, error)
@@ -65,7 +76,7 @@ class RunCapture(BaseCallbackHandler):
         name = (serialized or {}).get("name") or kwargs.get("name") or "unknown_tool"
         self._open[run_id] = (
             time.time_ns(),
-            self._emit_tool,
+            "tool",
             (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str),
         )
 
@@ -79,9 +90,12 @@ class RunCapture(BaseCallbackHandler):
         opened = self._open.pop(run_id, None)
         if opened is None:
             return
-        start, emit, data = opened
+        start, kind, data = opened
         end = time.time_ns()
-        self.recorder.finisher.submit(lambda: emit(start, end, data, result, error))
+        if self.calls is not None:
+            self.calls.append((kind, start, end, data, result, error))
+        else:
+            self.recorder.finisher.submit(lambda: self.emit(kind, start, end, data, result, error))
 
     def close_open_spans(self) -> int:
         """Emit the calls whose end callback never came (a cancelled run) as failed; returns how many."""
@@ -93,10 +107,14 @@ class RunCapture(BaseCallbackHandler):
 
     # --- finisher thread: build, encode, redact, end -------------------------------------------
 
+    def emit(self, kind: str, start: int, end: int, data: tuple[Any, ...], result: Any, error: BaseException | None) -> None:
+        """Make and end the span of one finished call (a :data:`Call`)."""
+        (self._emit_chat if kind == "chat" else self._emit_tool)(start, end, data, result, error)
+
     def _base_attributes(self, operation: str) -> dict[str, Any]:
         return {sc.EE_RECORDER: self.recorder.id, sc.EE_TRAJECTORY_ID: self.trajectory_id, sc.OPERATION_NAME: operation}
 
-    def _emit_chat(self, start: int, end: int, data: tuple[Any, ...], response: Any, error: BaseException | None) -> None:
+    def _emit_chat(self, start: int, end: int, data: tuple[Any, ...], outputs: list[Any] | None, error: BaseException | None) -> None:
         inputs, params, metadata = data
         model = params.get("model") or params.get("model_name") or metadata.get("ls_model_name") or params.get("_type") or "unknown"
         attrs = self._base_attributes(sc.OP_CHAT)
@@ -110,20 +128,12 @@ class RunCapture(BaseCallbackHandler):
         encoded = False
         try:
             if error is None:
-                outputs = [g.message for g in response.generations[0] if hasattr(g, "message")] if response.generations else []
-                attrs.update(self.recorder.encoder.chat_attributes(inputs, outputs, params.get("tools"), self.fragments))
+                attrs.update(self.recorder.encoder.chat_attributes(inputs, outputs or [], params.get("tools"), self.fragments))
             else:
                 attrs[sc.INPUT_MESSAGES] = self.recorder.encoder.messages(inputs, self.fragments)
             encoded = True
         finally:  # the span is made even if encoding failed, with the attributes made so far
-            span = self.recorder.tracer.start_span(
-                f"chat {model}", context=self._parent, kind=SpanKind.CLIENT, attributes=attrs, start_time=start
-            )
-            try:
-                if encoded and error is not None:
-                    self._set_error(span, error)
-            finally:
-                span.end(end_time=end)
+            self._span(f"chat {model}", SpanKind.CLIENT, attrs, start, end, error if encoded else None, None)
 
     def _emit_tool(self, start: int, end: int, data: tuple[Any, ...], output: Any, error: BaseException | None) -> None:
         name, call_id, arguments = data
@@ -148,19 +158,123 @@ class RunCapture(BaseCallbackHandler):
                     status = Status(StatusCode.ERROR, text[:500])
             encoded = True
         finally:  # as for chat spans: made even if encoding failed
-            span = self.recorder.tracer.start_span(
-                f"execute_tool {name}", context=self._parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=start
-            )
-            try:
-                if encoded and error is not None:
-                    self._set_error(span, error)
-                elif status is not None:
-                    span.set_status(status)
-            finally:
-                span.end(end_time=end)
+            self._span(f"execute_tool {name}", SpanKind.INTERNAL, attrs, start, end, error if encoded else None, status)
+
+    def _span(
+        self, name: str, kind: SpanKind, attrs: dict[str, Any], start: int, end: int, error: BaseException | None, status: Status | None
+    ) -> None:
+        """Make and end one call's span: ``error`` (recorded as an exception) or else ``status`` set."""
+        span = self.recorder.tracer.start_span(name, context=self._parent, kind=kind, attributes=attrs, start_time=start)
+        try:
+            if error is not None:
+                self._set_error(span, error)
+            elif status is not None:
+                span.set_status(status)
+        finally:
+            span.end(end_time=end)
 
     def _set_error(self, span: Any, error: BaseException) -> None:
         encoder = self.recorder.encoder
         span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
         span.add_event("exception", encoder.exception_attributes(error))
         span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))
+
+
+def _reply_messages(response: Any) -> list[Any]:
+    """The messages of a model's reply (an ``LLMResult``)."""
+    return [g.message for g in response.generations[0] if hasattr(g, "message")] if response.generations else []
+
+
+# --- one whole run ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """Everything a finished run's spans are made of, kept raw: what the agent's process sends to
+    the offload process (pickled), or emits itself on its finisher thread (:func:`emit_run`)."""
+
+    trajectory_id: str
+    start_ns: int
+    end_ns: int
+    thread_id: Any
+    status: str
+    error: BaseException | None
+    graph_input: Any
+    output: Any
+    environment: Any
+    calls: list[Call]
+    tool_lists: dict[int, list[Any]] | None = None
+    """Sent to the capture process: tool lists its chat calls name by number (``params["tools"]``)
+    the first time each is used; later runs send only the number (see ``ProcessOffload.send``)."""
+
+
+def root_attributes(recorder: Recorder, trajectory_id: str, thread_id: Any) -> dict[str, Any]:
+    """The attributes of a run's ``invoke_agent`` span known when it starts."""
+    app = recorder.config.app
+    attrs: dict[str, Any] = {
+        sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
+        sc.AGENT_NAME: app,
+        sc.EE_APP: app,
+        sc.EE_RECORDER: recorder.id,
+        sc.EE_TRAJECTORY_ID: trajectory_id,
+    }
+    if recorder.config.app_version:
+        attrs[sc.EE_APP_VERSION] = attrs[sc.AGENT_VERSION] = recorder.config.app_version
+    if thread_id is not None:  # ids are often e-mails or phone numbers; pseudonyms keep threads apart
+        attrs[sc.CONVERSATION_ID] = recorder.encoder.text(str(thread_id))
+    return attrs
+
+
+def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: FragmentCache, end_time: int | None = None) -> None:
+    """Set the outcome of a run on its ``invoke_agent`` span and end it (``fragments``: the run's
+    messages, encoded by its chat spans)."""
+    encoder = recorder.encoder
+    try:
+        attrs: dict[str, Any] = {sc.EE_STATUS: record.status}
+        attrs.update(encoder.graph_input_attributes(record.graph_input, fragments))
+        attrs.update(encoder.graph_output_attributes(record.output, fragments))
+        if record.environment is not None:
+            attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)
+        span.set_attributes(attrs)
+        exc = record.error
+        if exc is not None and record.status == "error":
+            span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+            span.add_event("exception", encoder.exception_attributes(exc))
+            span.set_status(Status(StatusCode.ERROR, encoder.text(f"{type(exc).__name__}: {exc}")[:1000]))
+    finally:
+        span.end(end_time=end_time)
+
+
+def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
+    """Make every span of a run recorded whole (``RunCapture(buffered=True)``): the root span, its
+    calls in the order they ended, then the root's outcome. ``on_error(message, exc)`` hears of a
+    call that could not be emitted (the others still are)."""
+    span = recorder.tracer.start_span(
+        f"invoke_agent {recorder.config.app}",
+        kind=SpanKind.INTERNAL,
+        attributes=root_attributes(recorder, record.trajectory_id, record.thread_id),
+        start_time=record.start_ns,
+    )
+    handler = RunCapture(recorder, record.trajectory_id, trace.set_span_in_context(span))
+    try:
+        for call in record.calls:
+            try:
+                handler.emit(*call)
+            except Exception as exc:  # noqa: BLE001 - as the finisher does for one job
+                on_error(f"could not finish a span: {exc!r}", exc)
+    finally:
+        finish_root(recorder, span, record, handler.fragments, end_time=record.end_ns)
+
+
+def slim_call(call: Call) -> Call:
+    """``call`` with only what its span reads (smaller to send; no callback metadata objects), its
+    error made picklable."""
+    kind, start, end, data, result, error = call
+    if kind == "chat":
+        inputs, params, metadata = data
+        data = (
+            inputs,
+            {k: params[k] for k in ("model", "model_name", "_type", "temperature", "tools") if k in params},
+            {k: metadata[k] for k in ("ls_model_name", "ls_provider", "langgraph_node") if k in metadata},
+        )
+    return (kind, start, end, data, result, captured_error(error))

@@ -16,6 +16,7 @@ redaction_pseudonyms    ``EE_REDACTION_PSEUDONYMS``  ``[REDACTED:kind:tag]``, sa
 vault                   ``EE_VAULT`` (0/1 or path)   opt-in: keep pseudonym -> value for replay
 max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
 strict                  ``EE_CAPTURE_STRICT`` (0/1)  raise capture failures instead of logging
+offload                 ``EE_CAPTURE_OFFLOAD``       where capture's work runs: thread | process | auto
 ======================  ===========================  ===================================
 """
 
@@ -43,7 +44,10 @@ _ENV = {
     "vault": "EE_VAULT",
     "max_observation_chars": "EE_MAX_OBSERVATION_CHARS",
     "strict": "EE_CAPTURE_STRICT",
+    "offload": "EE_CAPTURE_OFFLOAD",
 }
+
+OFFLOAD_MODES = ("thread", "process", "auto")
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,21 @@ class CaptureConfig:
     max_observation_chars: int = 200_000
     strict: bool = False
     environment: Mapping[str, Any] | EnvironmentHook | None = None
+    offload: str = "auto"
+    """Where encoding, redaction, spans, assembly and store writes run
+    (:mod:`ee_middleware.capture.offload`): ``"thread"``, background threads of the agent's process
+    (deferred while runs are in flight, up to 2 s); ``"process"``, a child process started with the
+    recorder (the agent's process only pickles each run: the low-overhead mode under sustained
+    load; needs the recorder's private tracer provider, a store given as a folder or spec, and
+    ``redact_fn``/``approve_if`` that pickle); ``"auto"`` (default), threads until the deferral
+    bound is reached while runs are in flight (sustained load), then the child process where the
+    process mode can be used and there are two CPUs."""
 
     def __post_init__(self) -> None:
         if not self.app or not isinstance(self.app, str):
             raise ConfigError("CaptureConfig.app must be a non-empty string naming the agent, e.g. app='support-bot'.")
+        if self.offload not in OFFLOAD_MODES:
+            raise ConfigError(f"CaptureConfig.offload must be one of {', '.join(OFFLOAD_MODES)}; got {self.offload!r}.")
         if self.max_observation_chars < 1:
             raise ConfigError(f"CaptureConfig.max_observation_chars must be positive, got {self.max_observation_chars}.")
         self.redaction_rules()  # unknown kinds and bad patterns fail here, not at the first run

@@ -56,10 +56,11 @@ class PayloadEncoder:
     def exception_attributes(self, error: BaseException) -> dict[str, str]:
         """The attributes of an OpenTelemetry ``exception`` event, message and stack trace redacted
         (``span.record_exception`` would put the raw message on every exporter)."""
+        stacktrace = error.stacktrace if isinstance(error, CapturedError) else "".join(traceback.format_exception(error))
         return {
             "exception.type": type(error).__qualname__,
             "exception.message": self.text(str(error)),
-            "exception.stacktrace": self.text("".join(traceback.format_exception(error))),
+            "exception.stacktrace": self.text(stacktrace),
             "exception.escaped": "False",
         }
 
@@ -182,3 +183,35 @@ class PayloadEncoder:
 
 def _encode_tool_definitions(tools: Sequence[Any]) -> str:
     return dumps([{"type": "function", **schema["function"]} for schema in openai_tool_schemas(tools)])
+
+
+class CapturedError(Exception):
+    """A picklable stand-in for an exception of the agent's process, sent to the offload process:
+    it keeps what spans record (the type's names through :func:`captured_error`'s subclass, the
+    message, the formatted stack trace) and drops the objects the exception held."""
+
+    stacktrace: str = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        cls = type(self)
+        return (_rebuild_error, (cls.__qualname__, cls.__name__, str(self), self.stacktrace))
+
+
+_ERROR_TYPES: dict[tuple[str, str], type[CapturedError]] = {}
+
+
+def _rebuild_error(qualname: str, name: str, message: str, stacktrace: str) -> CapturedError:
+    cls = _ERROR_TYPES.get((qualname, name))
+    if cls is None:
+        cls = _ERROR_TYPES[(qualname, name)] = type(name, (CapturedError,), {"__qualname__": qualname})
+    error = cls(message)
+    error.stacktrace = stacktrace
+    return error
+
+
+def captured_error(error: BaseException | None) -> CapturedError | None:
+    """``error`` as a :class:`CapturedError` (its stack trace formatted now, where it happened)."""
+    if error is None or isinstance(error, CapturedError):
+        return error
+    cls = type(error)
+    return _rebuild_error(cls.__qualname__, cls.__name__, str(error), "".join(traceback.format_exception(error)))

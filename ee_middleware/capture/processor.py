@@ -48,10 +48,24 @@ class CaptureStats:
     runs_failed: int = 0
     spans_dropped: int = 0
     errors: list[str] = field(default_factory=list)
+    runs_not_offloaded: int = 0
+    """With capture offloaded to a process: runs recorded in the agent's process instead (objects
+    that cannot be pickled); they are stored all the same."""
 
     def record_error(self, message: str) -> None:
         self.runs_failed += 1
         self.errors = [*self.errors, message][-20:]
+
+    def merged(self, other: CaptureStats) -> CaptureStats:
+        """The sum of two processes' counters (``errors``: the last 20 of both)."""
+        return CaptureStats(
+            trajectories_written=self.trajectories_written + other.trajectories_written,
+            trajectories_auto_approved=self.trajectories_auto_approved + other.trajectories_auto_approved,
+            runs_failed=self.runs_failed + other.runs_failed,
+            spans_dropped=self.spans_dropped + other.spans_dropped,
+            errors=[*self.errors, *other.errors][-20:],
+            runs_not_offloaded=self.runs_not_offloaded + other.runs_not_offloaded,
+        )
 
 
 def strict_default() -> bool:

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import functools
 import logging
 import os
+import random
 import secrets
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -31,22 +34,22 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from ee_middleware._version import __version__
-from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions
-from ee_middleware.capture.callbacks import RunCapture
+from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, root_attributes, slim_call
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.capture.payloads import PayloadEncoder
+from ee_middleware.capture.offload import ProcessOffload, picklable_problem, private_provider
+from ee_middleware.capture.payloads import PayloadEncoder, captured_error
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, ExperienceSpanProcessor, strict_default
 from ee_middleware.capture.redaction import Redactor, store_salt
 from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
+from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import open_store
 
@@ -96,7 +99,78 @@ class Recorder:
             )
         self.tracer_provider.add_span_processor(self.processor)
         self.tracer = self.tracer_provider.get_tracer("ee_middleware", __version__)
+        self.offload: ProcessOffload | None = None
+        self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
+        self._offload_blocker: str | None = None
+        self._plan_offload(store, tracer_provider, approve_if, salt)
         _live_recorders.add(self)
+
+    def _plan_offload(self, store: ExperienceStore | None, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
+        """Decide ``config.offload``: start the capture process now (``"process"``), later under
+        sustained load (``"auto"``), or never (``"thread"``, or ``"auto"`` where it cannot)."""
+        mode = self.config.offload
+        if mode == "thread":
+            return
+        problems = []
+        if provider is not None:
+            problems.append("records to your own tracer_provider (its exporters must see the spans in this process)")
+        if store is None:
+            store_spec: str | None = self.config.store
+        elif isinstance(store, LocalExperienceStore):
+            store_spec = str(store.root)
+        else:
+            store_spec = None
+            problems.append(
+                f"got a store object ({type(store).__name__}) that another process cannot open; pass its folder or spec as store="
+            )
+        problems += [p for p in (picklable_problem("redact_fn", self.config.redact_fn), picklable_problem("approve_if", approve_if)) if p]
+        if problems:
+            self._offload_blocker = "; ".join(problems)
+            if mode == "process":
+                raise ConfigError(
+                    f"offload='process' cannot be used: the recorder {self._offload_blocker}. Define functions at module level "
+                    "in an importable module, or use offload='thread'."
+                )
+            return
+        if mode == "auto" and len(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)) < 2:
+            self._offload_blocker = "has one CPU to run on (a second process would only take turns with the agent)"
+            return
+        self._offload_init = {
+            "config": dataclasses.replace(self.config, environment=None),  # the hook runs here, when a run starts
+            "recorder_id": self.id,
+            "strict": self.strict,
+            "store": store_spec,
+            "salt": salt,
+            "vault": str(self.vault.path) if self.vault is not None else None,
+            "approve_if": approve_if,
+        }
+        if mode == "process":
+            self._start_offload(wait_first=True)
+
+    def _start_offload(self, *, wait_first: bool) -> None:
+        init, self._offload_init = self._offload_init, None
+        try:
+            self.offload = ProcessOffload(init, self.processor.report_failure, wait_first=wait_first)
+        except OSError as exc:
+            self.processor.report_failure(f"could not start the capture process ({exc!r}); recording in this process", exc)
+
+    def _offload_for_run(self) -> ProcessOffload | None:
+        """The capture process to send the next run to, if any (starts it under sustained load in auto mode)."""
+        offload = self.offload
+        if offload is not None:
+            return offload if offload.ready() else None
+        if self.finisher.forced and self.config.offload == "auto":
+            if self._offload_init is not None:
+                logger.info("ee-middleware: sustained load; moving capture's work to a child process (offload='auto').")
+                self._start_offload(wait_first=False)
+            elif self._offload_blocker is not None:
+                logger.warning(
+                    "ee-middleware: capture works on the agent's threads under sustained load; offload='auto' would move it to a "
+                    "child process, but the recorder %s.",
+                    self._offload_blocker,
+                )
+                self._offload_blocker = None  # said once
+        return None
 
     def _pseudonym_salt(self) -> bytes | None:
         """The store's salt (placeholders are consistent pseudonyms within a store); a salt of this
@@ -143,27 +217,42 @@ class Recorder:
             logger.warning("ee-middleware: cannot write the store's redaction settings (%s); replay and datasets use the defaults.", exc)
 
     def _private_provider(self) -> TracerProvider:
-        attrs = {"service.name": self.config.app}
-        if self.config.app_version:
-            attrs["service.version"] = self.config.app_version
-        return TracerProvider(resource=Resource.create(attrs))
+        return private_provider(self.config)
 
     @property
     def stats(self) -> CaptureStats:
-        """What capture did so far (written, auto-approved, failures)."""
-        return self.processor.stats
+        """What capture did so far (written, auto-approved, failures); with a capture process, its
+        counters as of the last :meth:`flush` are added."""
+        if self.offload is None:
+            return self.processor.stats
+        return self.processor.stats.merged(self.offload.stats)
+
+    @property
+    def offload_cpu_s(self) -> float:
+        """CPU seconds the capture process has used, as of the last :meth:`flush` (0 without one)."""
+        return self.offload.cpu_s if self.offload is not None else 0.0
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every finished run is in the store. Strict mode re-raises capture failures."""
+        """Wait until every finished run is in the store (written by the capture process too, when
+        there is one). Strict mode re-raises capture failures, also the capture process's."""
         done = self.finisher.flush(timeout)
         flushed = self.processor.force_flush(int(timeout * 1000)) and done
+        if self.offload is not None:
+            offloaded, error = self.offload.flush(timeout)
+            flushed = flushed and offloaded
+            if error is not None and self.strict:
+                raise CaptureError(f"Recording failed in the capture process: {error}")
         if self.vault is not None:
             self.vault.flush()
         return flushed
 
     def close(self) -> None:
-        """Flush and stop; the recorder records nothing afterwards."""
-        self.flush()
+        """Flush and stop (the capture process too); the recorder records nothing afterwards."""
+        try:
+            self.flush()
+        finally:
+            if self.offload is not None:
+                self.offload.close()
         self.finisher.close()
         self.processor.shutdown()
         if self.vault is not None:
@@ -204,23 +293,19 @@ class _Run:
         cfg = dict(config or {})
         configurable = dict(cfg.get("configurable") or {})
         self.trajectory_id = uuid.uuid4().hex
-        thread_id = configurable.get("thread_id")
-        app = recorder.config.app
-        attrs: dict[str, Any] = {
-            sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
-            sc.AGENT_NAME: app,
-            sc.EE_APP: app,
-            sc.EE_RECORDER: recorder.id,
-            sc.EE_TRAJECTORY_ID: self.trajectory_id,
-        }
-        if recorder.config.app_version:
-            attrs[sc.EE_APP_VERSION] = attrs[sc.AGENT_VERSION] = recorder.config.app_version
-        if thread_id is not None:  # ids are often e-mails or phone numbers; pseudonyms keep threads apart
-            attrs[sc.CONVERSATION_ID] = recorder.encoder.text(str(thread_id))
+        self.thread_id = configurable.get("thread_id")
         self.environment = self._environment(graph_input, cfg, configurable)
-        self.span = recorder.tracer.start_span(f"invoke_agent {app}", kind=SpanKind.INTERNAL, attributes=attrs)
+        self.offload = recorder._offload_for_run()
+        if self.offload is not None:
+            # the spans are made in the capture process; the user's spans nest under a stand-in here
+            self.start_ns = time.time_ns()
+            ids = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, TraceFlags(TraceFlags.SAMPLED))
+            self.span = NonRecordingSpan(ids)
+        else:
+            attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
+            self.span = recorder.tracer.start_span(f"invoke_agent {recorder.config.app}", kind=SpanKind.INTERNAL, attributes=attrs)
         self.context = trace.set_span_in_context(self.span)
-        self.handler = RunCapture(recorder, self.trajectory_id, self.context)
+        self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
         self.config = _with_callback(cfg, self.handler)
         recorder.finisher.run_started()
 
@@ -267,27 +352,30 @@ class _Run:
         self._end(status, exc)
 
     def _end(self, status: str, exc: BaseException | None) -> None:
-        self.handler.close_open_spans()
-        span, encoder, graph_input, output, environment = self.span, self.recorder.encoder, self.input, self.output, self.environment
-        fragments = self.handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
-
-        def finish() -> None:
-            try:
-                attrs: dict[str, Any] = {sc.EE_STATUS: status}
-                attrs.update(encoder.graph_input_attributes(graph_input, fragments))
-                attrs.update(encoder.graph_output_attributes(output, fragments))
-                if environment is not None:
-                    attrs[sc.EE_ENVIRONMENT] = encoder.encode(environment)
-                span.set_attributes(attrs)
-                if exc is not None and status == "error":
-                    span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
-                    span.add_event("exception", encoder.exception_attributes(exc))
-                    span.set_status(Status(StatusCode.ERROR, encoder.text(f"{type(exc).__name__}: {exc}")[:1000]))
-            finally:
-                span.end()
-
-        self.recorder.finisher.submit(finish)
-        self.recorder.finisher.run_ended()
+        recorder, handler = self.recorder, self.handler
+        handler.close_open_spans()
+        error = exc if status == "error" else None
+        if self.offload is not None:
+            calls = [slim_call(call) for call in handler.calls or ()]
+            record = RunRecord(
+                self.trajectory_id,
+                self.start_ns,
+                time.time_ns(),
+                self.thread_id,
+                status,
+                captured_error(error),
+                self.input,
+                self.output,
+                self.environment,
+                calls,
+            )
+            if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
+                recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_failure))
+        else:
+            record = RunRecord(self.trajectory_id, 0, 0, self.thread_id, status, error, self.input, self.output, self.environment, [])
+            span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
+            recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
+        recorder.finisher.run_ended()
 
 
 def _is_interrupt(exc: BaseException) -> bool:
@@ -474,8 +562,6 @@ def record_experience(
             **settings,
         )
         if isinstance(config, CaptureConfig):
-            import dataclasses
-
             cfg = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         else:
             cfg = CaptureConfig.load(config, **overrides)
@@ -508,7 +594,11 @@ def record_experience(
 def _flush_at_exit() -> None:
     for recorder in list(_live_recorders):
         try:
-            recorder.flush(timeout=10)
+            try:
+                recorder.flush(timeout=10)
+            finally:
+                if recorder.offload is not None:
+                    recorder.offload.close(timeout=10)
             close = getattr(recorder.store, "close", None)
             if callable(close):
                 close()

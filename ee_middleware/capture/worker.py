@@ -58,6 +58,9 @@ class SpanFinisher:
         self._name = name
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.forced = 0
+        """Jobs run while runs were in flight because the deferral or backlog bound was reached:
+        sustained load (``offload="auto"`` moves capture to a process then)."""
 
     def run_started(self) -> None:
         with self._cond:
@@ -121,6 +124,8 @@ class SpanFinisher:
                 # once no run has been in flight for idle_grace_s, not in every such gap
                 idle_for = now - self._idle_since if self._active_runs == 0 else -1.0
                 if idle_for >= self._idle_grace or self._flushing or self._draining or waited >= self._max_delay:
+                    if idle_for < self._idle_grace and not self._flushing:
+                        self.forced += 1
                     job = self._jobs.popleft()[1]
                     self._draining = self._draining and bool(self._jobs)
                     return job

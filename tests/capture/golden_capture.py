@@ -6,6 +6,11 @@ and the spans that reach the user's own exporter are kept; ids, times and latenc
 and the random tool-call ids are numbered in order of appearance. The store's pseudonym salt is
 fixed, so redaction placeholders are the same on every run.
 
+``record_all(root, offload="process")`` records the same scenarios with capture's work in its
+child process (ee_middleware/capture/offload.py): there the recorder keeps its private tracer
+provider, and the child's spans reach the test through :func:`span_file_tap` (a span processor the
+child adds, named by ``EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR``).
+
 Regenerate (only when a behaviour change is intended, and say so in the commit):
 
     .venv/bin/python -m tests.capture.golden_capture --write
@@ -14,6 +19,7 @@ Regenerate (only when a behaviour change is intended, and say so in the commit):
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -25,11 +31,12 @@ from langchain_core.tools import ToolException, tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, create_react_agent, tools_condition
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.offload import SPAN_PROCESSOR_ENV
 from ee_middleware.capture.redaction import SALT_FILE
 from ee_middleware.testing import ScriptedChatModel, tool_call
 
@@ -166,11 +173,34 @@ def _model_error_graph() -> Any:
 # --- recording ------------------------------------------------------------------------------
 
 
-def _recorded(root: Path, name: str, graph: Any, provider: TracerProvider, **settings: Any) -> Any:
+def _recorded(root: Path, name: str, graph: Any, provider: TracerProvider | None, **settings: Any) -> Any:
     path = root / name
     LocalExperienceStore(path).close()
     (path / SALT_FILE).write_text(SALT_HEX + "\n")
     return record_experience(graph, app=name, store=path, tracer_provider=provider, **settings), path
+
+
+def hide_apples(text: str) -> str:
+    """The "custom" scenario's redact_fn (module level, so that the capture process can use it)."""
+    return text.replace("apple", "a***e")
+
+
+SPANS_FILE_ENV = "EE_GOLDEN_SPANS_FILE"
+
+
+class _SpanFile(SpanExporter):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def export(self, spans: Any) -> SpanExportResult:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(_span(s), ensure_ascii=False) + "\n" for s in spans)
+        return SpanExportResult.SUCCESS
+
+
+def span_file_tap() -> SimpleSpanProcessor:
+    """In the capture process: write each span's stable parts to ``$EE_GOLDEN_SPANS_FILE``."""
+    return SimpleSpanProcessor(_SpanFile(os.environ[SPANS_FILE_ENV]))
 
 
 def _scenarios() -> list[tuple[str, Callable[[], Any], dict[str, Any], Callable[[Any], None]]]:
@@ -220,7 +250,7 @@ def _scenarios() -> list[tuple[str, Callable[[], Any], dict[str, Any], Callable[
             long_run,
         ),
         ("plain", lambda: _react(SHOP_SCRIPT), {"redact": False}, twice),
-        ("custom", lambda: _multi_node(LONG_SCRIPT, "Be brief."), {"redact_fn": lambda s: s.replace("apple", "a***e")}, long_run),
+        ("custom", lambda: _multi_node(LONG_SCRIPT, "Be brief."), {"redact_fn": hide_apples}, long_run),
         ("fails", _failing_graph, {}, fails),
         ("model-fails", _model_error_graph, {}, model_fails),
         ("streamed", lambda: _react(SHOP_SCRIPT), {}, streamed),
@@ -229,27 +259,52 @@ def _scenarios() -> list[tuple[str, Callable[[], Any], dict[str, Any], Callable[
     ]
 
 
-def record_all(root: Path) -> dict[str, Any]:
-    """Run every scenario; the stable parts of what was stored and exported, by scenario."""
+def record_all(root: Path, offload: str = "thread") -> dict[str, Any]:
+    """Run every scenario; the stable parts of what was stored and exported, by scenario.
+
+    ``offload="process"``: capture's work in its child process, whose spans are read back through
+    :func:`span_file_tap` (the environment variables it needs are set for the call and restored)."""
     out: dict[str, Any] = {}
-    for name, make, settings, drive in _scenarios():
-        exporter = InMemorySpanExporter()
+    saved = {k: os.environ.get(k) for k in (SPAN_PROCESSOR_ENV, SPANS_FILE_ENV)}
+    try:
+        for name, make, settings, drive in _scenarios():
+            out[name] = _record_one(root, name, make, settings, drive, offload)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return out
+
+
+def _record_one(root: Path, name: str, make: Any, settings: dict[str, Any], drive: Any, offload: str) -> dict[str, Any]:
+    exporter = InMemorySpanExporter()
+    provider: TracerProvider | None = None
+    spans_file = root / f"{name}.spans.jsonl"
+    if offload == "thread":
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        agent, path = _recorded(root, name, make(), provider, **settings)
-        drive(agent)
-        agent.flush()
-        agent.recorder.close()
-        store = LocalExperienceStore(path)
-        # call ids are numbered within each trajectory (runs of a batch end in any order); in spans they are blanked
-        trajectories = sorted(_renumber_calls(_stable(t.model_dump(mode="json"))) for t in store.iter_trajectories())
-        store.close()
-        spans = sorted(
-            _CALL_ID.sub("call_?", json.dumps(_span(s), sort_keys=True, ensure_ascii=False)) for s in exporter.get_finished_spans()
-        )
+    else:
+        os.environ[SPAN_PROCESSOR_ENV] = f"{__name__}:span_file_tap"
+        os.environ[SPANS_FILE_ENV] = str(spans_file)
+    agent, path = _recorded(root, name, make(), provider, offload=offload, **settings)
+    if offload == "process":
+        assert agent.recorder.offload is not None, "the recorder did not start its capture process"
+    drive(agent)
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(path)
+    # call ids are numbered within each trajectory (runs of a batch end in any order); in spans they are blanked
+    trajectories = sorted(_renumber_calls(_stable(t.model_dump(mode="json"))) for t in store.iter_trajectories())
+    store.close()
+    if provider is not None:
+        exported = [_span(s) for s in exporter.get_finished_spans()]
         provider.shutdown()
-        out[name] = {"trajectories": [json.loads(t) for t in trajectories], "spans": [json.loads(s) for s in spans]}
-    return out
+    else:
+        exported = [json.loads(line) for line in spans_file.read_text(encoding="utf-8").splitlines()] if spans_file.exists() else []
+    spans = sorted(_CALL_ID.sub("call_?", json.dumps(s, sort_keys=True, ensure_ascii=False)) for s in exported)
+    return {"trajectories": [json.loads(t) for t in trajectories], "spans": [json.loads(s) for s in spans]}
 
 
 def _span(span: Any) -> dict[str, Any]:

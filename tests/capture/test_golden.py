@@ -1,7 +1,9 @@
 """No behaviour change in capture: real LangGraph runs store exactly the trajectories (steps,
 states, observations, messages, redaction placeholders) and export exactly the spans recorded in
 tests/capture/golden/trajectories.json, which was written before capture's encoding was reworked
-for speed (issue 11.5). See tests/capture/golden_capture.py for the scenarios."""
+for speed (issue 11.5). See tests/capture/golden_capture.py for the scenarios. Both places capture's
+work can run give the golden: background threads (``offload="thread"``) and the child process
+(``offload="process"``: real child, its spans read back from it)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import pytest
 from tests.capture.golden_capture import GOLDEN, record_all
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return record_all(Path(tmp_path_factory.mktemp("golden")))
+@pytest.fixture(scope="module", params=["thread", "process"])
+def recorded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return record_all(Path(tmp_path_factory.mktemp(f"golden-{request.param}")), offload=request.param)
 
 
 GOLDEN_DATA = json.loads(GOLDEN.read_text())

@@ -1,0 +1,418 @@
+"""Capture's work in a child process: encoding, redaction, spans, assembly and store writes.
+
+Under sustained load the background work of capture (about 1.9 ms of CPU per run of a small ReAct
+graph) cannot wait for idle moments, and a thread of the agent's process doing it holds the
+interpreter lock the agent needs. With ``offload="process"`` (or ``"auto"`` under sustained load)
+the agent's process only pickles each finished run's raw objects (:class:`RunRecord`: messages,
+outputs, times; about 0.1 ms) and writes them to a pipe; a child process started from this module
+(:func:`child_main`) makes the spans with the same code as the thread path
+(:func:`~ee_middleware.capture.callbacks.emit_run`), on its own private tracer provider, with the
+same redaction rules, salt and vault, and writes the trajectories to the same store (its own spool
+segment).
+
+Only for the recorder's private tracer provider: spans made in the child never reach a provider of
+the agent's process, so with the user's own ``tracer_provider`` capture stays in-thread.
+
+- ``flush()`` sends a marker and waits for the child's answer, which comes after everything sent
+  before it is written (``fsync``) and the vault is made durable; it carries the child's counters
+  and the failures since the last answer (strict mode re-raises them in the agent's process).
+- A run whose objects cannot be pickled (a user's environment object), or whose pickle names
+  something only the parent's ``__main__`` has, is emitted in the agent's process instead (the
+  thread path); nothing is lost.
+- The child ends with its parent: it reads to the end of the pipe (the runs sent before the parent
+  died are still written) and exits; a parent-death signal and a watchdog
+  (:mod:`ee_middleware._lifetime`) end it within a grace period in any case. ``close()`` and exit
+  stop it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from ee_middleware.capture.callbacks import RunRecord
+from ee_middleware.capture.processor import CaptureStats
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from ee_middleware.capture.config import CaptureConfig
+
+logger = logging.getLogger("ee_middleware.capture")
+
+MODES = ("thread", "process", "auto")
+SPAN_PROCESSOR_ENV = "EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR"
+"""``package.module:factory`` of a span processor the child adds to its provider (tests read the
+child's spans with it)."""
+ORPHAN_GRACE_S = 10.0
+_PICKLE_PROTOCOL = 5
+
+
+def private_provider(config: CaptureConfig) -> TracerProvider:
+    """The recorder's own tracer provider (the global one is never replaced)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    attrs = {"service.name": config.app}
+    if config.app_version:
+        attrs["service.version"] = config.app_version
+    return TracerProvider(resource=Resource.create(attrs))
+
+
+def picklable_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` (the setting ``name``) cannot be sent to the child, or ``None``."""
+    if value is None:
+        return None
+    module = getattr(value, "__module__", None)
+    if module == "__main__":
+        return f"{name} ({getattr(value, '__qualname__', value)!r}) is defined in the script run as __main__, which the capture process cannot import"
+    try:
+        pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError: all mean the same here
+        return f"{name} ({getattr(value, '__qualname__', type(value).__name__)!r}) cannot be pickled ({exc})"
+    return None
+
+
+class ProcessOffload:
+    """The agent process's side: starts the child, sends it runs, flushes, stops it."""
+
+    def __init__(self, init: dict[str, Any], on_error: Callable[[str, BaseException], None], *, wait_first: bool) -> None:
+        self._on_error = on_error
+        self._wait_first = wait_first
+        self._lock = threading.Lock()  # one sender at a time (batch runs on several threads)
+        self._state = "starting"  # starting | ready | failed | closed
+        self.stats = CaptureStats()
+        self.cpu_s = 0.0  # the child's CPU time, as of its last answer
+        self.pid: int | None = None
+        self._token = 0
+        self._unacked = 0
+        self._tool_numbers: dict[tuple[int, ...], tuple[tuple[Any, ...], int]] = {}
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        main_thread = threading.current_thread() is threading.main_thread()  # the death signal follows the starting thread
+        code = "from ee_middleware.capture.offload import child_main; child_main()"
+        args = [sys.executable, "-c", code, str(to_child_r), str(from_child_w), str(os.getpid()), "1" if main_thread else "0"]
+        try:
+            # its own session: a Ctrl-C to the agent's terminal does not cut it off mid-write (the
+            # agent's exit stops it), and where the kernel groups CPU shares by session
+            # (autogroup) it does not take the agent's share
+            self._process = subprocess.Popen(
+                args, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.pid = self._process.pid
+        self._out = Connection(to_child_w, readable=False)
+        self._in = Connection(from_child_r, writable=False)
+        self._out.send_bytes(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL))
+        self._out.send_bytes(pickle.dumps(init, protocol=_PICKLE_PROTOCOL))
+
+    def __repr__(self) -> str:
+        return f"ProcessOffload(pid={self.pid}, state={self._state})"
+
+    @property
+    def alive(self) -> bool:
+        return self._state in ("starting", "ready")
+
+    def ready(self) -> bool:
+        """Whether runs go to the child now: the first call waits for it to start when built with
+        ``wait_first`` (explicit ``offload="process"``); otherwise runs take the thread path until it has."""
+        if self._state == "ready":
+            return True
+        if self._state != "starting":
+            return False
+        with self._lock:
+            if self._state == "starting":
+                timeout = 60.0 if self._wait_first else 0.0
+                if self._in.poll(timeout):
+                    self._read_hello()
+                elif self._wait_first:
+                    self._fail("the capture process did not start within 60 s", TimeoutError("capture process start-up"))
+            return self._state == "ready"
+
+    def _read_hello(self) -> None:
+        try:
+            kind, detail = pickle.loads(self._in.recv_bytes())
+        except (EOFError, OSError) as exc:
+            self._fail(f"the capture process exited while starting (exit code {self._process.poll()})", exc)
+            return
+        if kind == "ready":
+            self._state = "ready"
+        else:
+            self._fail(f"the capture process could not start: {detail}", RuntimeError(detail))
+
+    def send(self, record: RunRecord) -> bool:
+        """Hand a finished run to the child; ``False`` when it must be emitted here instead (then
+        ``record`` is unchanged)."""
+        with self._lock:
+            if self._state != "ready":
+                return False
+            sent_tools = self._number_tool_lists(record)
+            try:
+                data = pickle.dumps(record, protocol=_PICKLE_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - whatever the objects raise: the thread path takes the run
+                data, why = None, f"its objects cannot be pickled ({exc!r})"
+            else:
+                why = "it holds objects of classes defined in the script run as __main__"
+            if data is None or b"__main__" in data:  # __main__: a class of the parent's script, which the child cannot import
+                self._unnumber_tool_lists(record, sent_tools)
+                self._note_fallback(why)
+                return False
+            try:
+                self._out.send_bytes(data)
+            except OSError as exc:
+                self._unnumber_tool_lists(record, sent_tools)
+                self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
+                return False
+            self._unacked += 1
+        return True
+
+    def _number_tool_lists(self, record: RunRecord) -> list[int]:
+        """Replace each chat call's tool list (a model bound to tools passes the same schema objects
+        on every call) by its number; the first use of a list sends it along. Returns the numbers
+        sent with this record."""
+        new: dict[int, list[Any]] = {}
+        for _, _, _, data, _, _ in record.calls:
+            params = data[1] if len(data) == 3 and isinstance(data[1], dict) else None
+            tools = params.get("tools") if params is not None else None
+            if not isinstance(tools, list) or not tools:
+                continue
+            key = tuple(map(id, tools))
+            known = self._tool_numbers.get(key)
+            if known is None or any(a is not b for a, b in zip(known[0], tools, strict=True)):
+                known = (tuple(tools), len(self._tool_numbers) + len(new) + 1)  # the tuple keeps the ids from being reused
+                new[known[1]] = tools
+                self._tool_numbers[key] = known
+            params["tools"] = known[1]
+        record.tool_lists = new or None
+        return list(new)
+
+    def _unnumber_tool_lists(self, record: RunRecord, sent: list[int]) -> None:
+        """Undo :meth:`_number_tool_lists` for a record that is not sent."""
+        lists = {number: list(objects) for objects, number in self._tool_numbers.values()}
+        for _, _, _, data, _, _ in record.calls:
+            if len(data) == 3 and isinstance(data[1], dict) and isinstance(data[1].get("tools"), int):
+                data[1]["tools"] = lists[data[1]["tools"]]
+        for key in [k for k, (_, number) in self._tool_numbers.items() if number in sent]:
+            del self._tool_numbers[key]  # the child never got them
+        record.tool_lists = None
+
+    _fallback_noted = False
+
+    def _note_fallback(self, why: str) -> None:
+        self.stats.runs_not_offloaded += 1
+        if not self._fallback_noted:
+            self._fallback_noted = True
+            logger.warning("ee-middleware: a run is recorded in the agent's process instead of the capture process: %s.", why)
+
+    def flush(self, timeout: float = 30.0) -> tuple[bool, str | None]:
+        """Wait until the child has written everything sent so far: (done in time, the failures it
+        reported since the last flush, as one message or ``None``)."""
+        with self._lock:
+            if self._state == "starting" and self._in.poll(0):
+                self._read_hello()
+            if self._state != "ready":  # not started yet, nothing was sent to it; or gone (said so)
+                return True, None
+            self._token += 1
+            token = self._token
+            try:
+                self._out.send_bytes(pickle.dumps(("flush", token, timeout), protocol=_PICKLE_PROTOCOL))
+                return self._await(token, time.monotonic() + timeout + 5.0)
+            except (OSError, EOFError) as exc:
+                self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
+                return False, None
+
+    def _await(self, token: int, deadline: float) -> tuple[bool, str | None]:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._in.poll(remaining):
+                return False, None
+            _, got, done, stats, cpu_s, error = pickle.loads(self._in.recv_bytes())
+            runs_not_offloaded = self.stats.runs_not_offloaded
+            self.stats = CaptureStats(**stats)
+            self.stats.runs_not_offloaded = runs_not_offloaded
+            self.cpu_s = cpu_s
+            if got == token:
+                self._unacked = 0
+                return done, error
+
+    def _fail(self, message: str, exc: BaseException) -> None:
+        """The child is unusable: say so (with what may be lost) and send nothing more."""
+        if self._unacked:
+            message += f"; {self._unacked} runs sent since the last flush may not be written"
+        self._state = "failed"
+        self._unacked = 0
+        self._on_error(message + "; later runs are recorded in the agent's process", exc)
+        self._stop(kill=True)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, then stop the child (killed if it does not exit in time)."""
+        with self._lock:
+            if self._state == "ready":
+                try:
+                    self._out.send_bytes(pickle.dumps(("close", 0, timeout), protocol=_PICKLE_PROTOCOL))
+                    self._token += 1
+                except OSError:
+                    pass
+            if self._state in ("starting", "ready"):
+                self._state = "closed"
+            self._stop(kill=False, timeout=timeout)
+
+    def _stop(self, *, kill: bool, timeout: float = 5.0) -> None:
+        for conn in (self._out, self._in):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        try:
+            if kill:
+                self._process.kill()
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+# --- the child ------------------------------------------------------------------------------------
+
+
+class _Worker:
+    """The child's recorder: what :func:`~ee_middleware.capture.callbacks.emit_run` reads."""
+
+    def __init__(
+        self, *, config: CaptureConfig, recorder_id: str, strict: bool, store: str, salt: bytes | None, vault: str | None, approve_if: Any
+    ) -> None:
+        from ee_middleware.capture.assembler import AssemblyOptions
+        from ee_middleware.capture.payloads import PayloadEncoder
+        from ee_middleware.capture.processor import ExperienceSpanProcessor
+        from ee_middleware.capture.redaction import Redactor
+        from ee_middleware.capture.vault import Vault
+        from ee_middleware.store.registry import open_store
+
+        self.config, self.id, self.strict = config, recorder_id, strict
+        self.store = open_store(store)
+        self.vault = Vault(vault) if vault is not None else None
+        redactor = Redactor(
+            config.redaction_rules(), salt=salt, custom=config.redact_fn, on_replace=self.vault.add if self.vault is not None else None
+        )
+        self.encoder = PayloadEncoder(redactor, config.max_observation_chars)
+        self.processor = ExperienceSpanProcessor(
+            self.store,
+            recorder_id=recorder_id,
+            options=AssemblyOptions(
+                app=config.app, redactor=None, max_observation_chars=config.max_observation_chars, source="record_experience"
+            ),
+            approve_if=approve_if,
+            strict=strict,
+        )
+        self.provider = private_provider(config)
+        self.provider.add_span_processor(self.processor)
+        tap = os.environ.get(SPAN_PROCESSOR_ENV)
+        if tap:
+            import importlib
+
+            module, _, factory = tap.partition(":")
+            self.provider.add_span_processor(getattr(importlib.import_module(module), factory)())
+        from ee_middleware._version import __version__
+
+        self.tracer = self.provider.get_tracer("ee_middleware", __version__)
+        self._tool_lists: dict[int, list[Any]] = {}
+
+    def report_failure(self, message: str, exc: BaseException) -> None:
+        self.processor.report_failure(message, exc)
+
+    def emit(self, record: RunRecord) -> None:
+        from ee_middleware.capture.callbacks import emit_run
+
+        try:
+            if record.tool_lists:
+                self._tool_lists.update(record.tool_lists)
+            for _, _, _, data, _, _ in record.calls:  # numbered tool lists: the same objects every time, so encoded once
+                if len(data) == 3 and isinstance(data[1], dict) and isinstance(data[1].get("tools"), int):
+                    data[1]["tools"] = self._tool_lists[data[1]["tools"]]
+            emit_run(self, record, self.report_failure)
+        except Exception as exc:  # noqa: BLE001 - one run's failure never stops the child
+            self.report_failure(f"could not finish a span: {exc!r}", exc)
+
+    def flush(self, timeout: float) -> tuple[bool, str | None]:
+        error = None
+        try:
+            done = self.processor.force_flush(int(timeout * 1000))
+        except Exception as exc:  # noqa: BLE001 - strict mode's CaptureError: sent to the parent, which raises it
+            done, error = True, str(exc)
+        if self.vault is not None:
+            self.vault.flush()
+        return done, error
+
+    def close(self) -> None:
+        self.flush(30.0)
+        self.processor.shutdown()
+        if self.vault is not None:
+            self.vault.close()
+
+
+def _arm_lifetime(parent_pid: int, death_signal: bool) -> None:
+    from ee_middleware._lifetime import die_with_parent
+
+    def orphaned(*_: Any) -> None:
+        # the parent is gone: the main loop reads the rest of the pipe and exits; this bounds it
+        timer = threading.Timer(ORPHAN_GRACE_S, os._exit, (3,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, orphaned)
+    die_with_parent(parent_pid, orphaned, death_signal=signal.SIGTERM if death_signal else None)
+
+
+def child_main() -> None:
+    """``python -c 'from ee_middleware.capture.offload import child_main; child_main()' IN OUT PPID SIGNAL``."""
+    in_fd, out_fd, parent_pid, death_signal = (int(a) for a in sys.argv[1:5])
+    _arm_lifetime(parent_pid, bool(death_signal))
+    inbox, outbox = Connection(in_fd, writable=False), Connection(out_fd, readable=False)
+
+    def answer(*message: Any) -> None:
+        try:
+            outbox.send_bytes(pickle.dumps(message, protocol=_PICKLE_PROTOCOL))
+        except OSError:
+            pass  # the parent is gone; keep writing what it sent
+
+    try:
+        sys.path[:] = pickle.loads(inbox.recv_bytes())
+        worker = _Worker(**pickle.loads(inbox.recv_bytes()))
+    except EOFError:
+        return
+    except Exception as exc:  # noqa: BLE001 - told to the parent, which records in-thread instead
+        answer("failed", f"{exc!r}")
+        return
+    answer("ready", os.getpid())
+    while True:
+        try:
+            data = inbox.recv_bytes()
+        except (EOFError, OSError):
+            break  # the parent closed the pipe or died: everything it sent is read
+        try:
+            message = pickle.loads(data)
+        except Exception as exc:  # noqa: BLE001 - a run the child cannot read is counted, not fatal
+            worker.report_failure(f"could not read a run sent by the agent's process: {exc!r}", exc)
+            continue
+        if isinstance(message, RunRecord):
+            worker.emit(message)
+            continue
+        kind, token, timeout = message
+        done, error = worker.flush(timeout)  # error: strict mode's failure since the last flush
+        answer("flushed", token, done, dataclasses.asdict(worker.processor.stats), time.process_time(), error)
+        if kind == "close":
+            break
+    worker.close()

@@ -1,0 +1,263 @@
+"""Capture's work in a child process (``offload="process"`` / ``"auto"``): real LangGraph graphs, the
+real OpenTelemetry SDK in the child, the real local store, real child processes (checked with psutil:
+none is left behind). The golden of both modes is tests/capture/test_golden.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware.capture.config import CaptureConfig
+from ee_middleware.capture.vault import Vault
+from ee_middleware.errors import CaptureError, ConfigError
+from ee_middleware.records import Trajectory
+from tests.conftest import USER_TASK
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def approve_completed(trajectory: Trajectory) -> bool:
+    return trajectory.status == "completed"
+
+
+def approve_or_fail(trajectory: Trajectory) -> bool:
+    raise RuntimeError("approve_if broke")
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def no_child_left():
+    before = _children()
+    yield
+    deadline = time.monotonic() + 10
+    while (left := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"processes left behind: {left}"
+
+
+def _salted(path: Path) -> Path:
+    """A new store whose pseudonym salt is fixed, so that two stores' placeholders can be compared."""
+    LocalExperienceStore(path).close()
+    (path / "redaction.key").write_text("5e" * 32 + "\n")
+    return path
+
+
+def _stable(store_path: Path) -> list[dict[str, Any]]:
+    store = LocalExperienceStore(store_path)
+    try:
+        out = []
+        for t in store.iter_trajectories():
+            data = t.model_dump(mode="json")
+            steps = [{k: v for k, v in s.items() if k not in ("trajectory_id", "latency_ms", "model_latency_ms")} for s in data["steps"]]
+            out.append({"status": data["status"], "thread_id": data["thread_id"], "steps": steps, "environment": data["environment"]})
+        return sorted(out, key=_mask_call_ids)
+    finally:
+        store.close()
+
+
+def _mask_call_ids(data: Any) -> str:
+    import re
+
+    return re.sub(r"call_[0-9a-f]{12}", "call_?", json.dumps(data, sort_keys=True))
+
+
+def test_process_mode_stores_what_thread_mode_stores_and_leaves_no_process(react_graph, inventory, tmp_path, no_child_left):
+    agents = {}
+    for mode in ("thread", "process"):
+        inventory.stock["pear"] = 0
+        agent = record_experience(
+            react_graph,
+            app="shop",
+            store=_salted(tmp_path / mode),
+            offload=mode,
+            approve_if=approve_completed,
+            environment={"region": "eu"},
+        )
+        agent.invoke(USER_TASK, {"configurable": {"thread_id": "bob@example.com"}})
+        for _ in range(2):
+            inventory.stock["pear"] = 0  # the same world for every run, so that both modes record the same
+            agent.invoke(USER_TASK)
+        assert agent.flush()
+        agents[mode] = agent
+    process = agents["process"].recorder
+    assert process.offload is not None and psutil.pid_exists(process.offload.pid)
+    assert process.stats.trajectories_written == 3 and process.stats.trajectories_auto_approved == 3
+    assert process.stats.runs_failed == 0 and process.offload_cpu_s > 0
+    assert agents["thread"].recorder.offload is None
+    thread_runs, process_runs = _stable(tmp_path / "thread"), _stable(tmp_path / "process")
+    assert len(process_runs) == 3
+    assert _mask_call_ids(process_runs) == _mask_call_ids(thread_runs)
+    assert "bob@example.com" not in json.dumps(process_runs)  # the thread id is redacted in the child too
+    pid = process.offload.pid
+    for agent in agents.values():
+        agent.recorder.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_offload_setting_is_checked(monkeypatch):
+    with pytest.raises(ConfigError, match="offload must be one of thread, process, auto"):
+        CaptureConfig(offload="fork")
+    monkeypatch.setenv("EE_CAPTURE_OFFLOAD", "thread")
+    assert CaptureConfig.load().offload == "thread"
+    assert CaptureConfig().offload == "auto"
+
+
+def test_process_mode_refuses_what_the_child_cannot_have(react_graph, tmp_path, tracer_provider):
+    with pytest.raises(ConfigError, match=r"approve_if .*cannot be pickled.*module level.*offload='thread'"):
+        record_experience(react_graph, app="shop", store=tmp_path / "a", offload="process", approve_if=lambda t: True)
+    with pytest.raises(ConfigError, match=r"redact_fn"):
+        record_experience(react_graph, app="shop", store=tmp_path / "b", offload="process", redact_fn=lambda s: s)
+    with pytest.raises(ConfigError, match=r"own tracer_provider"):
+        record_experience(react_graph, app="shop", store=tmp_path / "c", offload="process", tracer_provider=tracer_provider)
+    # auto: the same recorders stay on threads, without a child
+    for kwargs in ({"approve_if": lambda t: True}, {"tracer_provider": tracer_provider}):
+        agent = record_experience(react_graph, app="shop", store=tmp_path / "d", offload="auto", **kwargs)
+        assert agent.recorder.offload is None and agent.recorder._offload_init is None
+        agent.recorder.close()
+
+
+class _Connection:
+    """A user's environment object that cannot be pickled (it holds a lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "<Connection db=shop>"
+
+
+def test_a_run_that_cannot_be_pickled_is_recorded_in_the_agent_process(react_graph, inventory, tmp_path, no_child_left):
+    environment = {"db": _Connection(), "region": "eu"}
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", environment=environment)
+    agent.invoke(USER_TASK)
+    agent.invoke(USER_TASK, {"configurable": {"ee_environment": {"region": "us"}}})  # this one pickles
+    agent.flush()
+    stats = agent.recorder.stats
+    assert (stats.trajectories_written, stats.runs_not_offloaded, stats.runs_failed) == (2, 1, 0)
+    environments = sorted(json.dumps(t["environment"], sort_keys=True) for t in _stable(tmp_path / "p"))
+    assert environments == ['{"db": "<Connection db=shop>", "region": "eu"}', '{"region": "us"}']
+    agent.recorder.close()
+
+
+def test_strict_mode_raises_the_child_failures_on_flush(react_graph, tmp_path, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True, approve_if=approve_or_fail)
+    agent.invoke(USER_TASK)
+    with pytest.raises(CaptureError, match=r"capture process.*approve_if broke"):
+        agent.flush()
+    stats = agent.recorder.stats
+    assert stats.runs_failed == 1 and stats.trajectories_written == 1  # the run stays, pending
+    assert "approve_if raised" in stats.errors[-1]
+    agent.flush()  # said once
+    agent.recorder.close()
+
+
+def test_the_vault_and_store_redaction_settings_match_thread_mode(react_graph, inventory, tmp_path, no_child_left):
+    task = {"messages": [("user", "Pears for carol@example.org? Call +1 415 555 0134.")]}
+    written = {}
+    for mode in ("thread", "process"):
+        path = _salted(tmp_path / mode / "experience")
+        agent = record_experience(react_graph, app="shop", store=path, offload=mode, vault=True)
+        inventory.stock["pear"] = 0
+        agent.invoke(task, {"configurable": {"thread_id": "carol@example.org"}})
+        agent.flush()
+        agent.recorder.close()
+        vault = Vault(path.with_name("experience.vault"))
+        written[mode] = (
+            sorted((p, vault.lookup(p)) for p in vault._values),
+            json.loads((path / "redaction.json").read_text().replace(str(tmp_path / mode), "<store folder>")),
+            _mask_call_ids(_stable(path)),
+        )
+    assert written["process"] == written["thread"]
+    assert ("carol@example.org" in {v for _, v in written["process"][0]}) and "carol@example.org" not in written["process"][2]
+
+
+def test_auto_moves_to_a_process_under_sustained_load_and_loses_no_run(react_graph, inventory, tmp_path, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="auto")
+    recorder, runs = agent.recorder, 0
+    assert recorder.offload is None
+    deadline = time.monotonic() + 30
+    # back-to-back runs for longer than the 2 s deferral: capture starts its child, and runs go there once it is up
+    while (recorder.offload is None or not recorder.offload.ready()) and time.monotonic() < deadline:
+        agent.invoke(USER_TASK)
+        runs += 1
+    for _ in range(5):
+        agent.invoke(USER_TASK)
+        runs += 1
+    assert recorder.offload is not None and recorder.offload.ready()
+    agent.flush()
+    assert recorder.stats.trajectories_written == runs and recorder.stats.runs_failed == 0
+    assert recorder.offload.stats.trajectories_written >= 5  # some were written by the child
+    recorder.close()
+    store = LocalExperienceStore(tmp_path / "p")
+    assert store.trajectories().height == runs
+    store.close()
+
+
+_KILLED_PARENT = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from ee_middleware import record_experience
+from tests.conftest import USER_TASK, build_multi_node_graph
+from tests.capture.test_offload import _graph
+agent = record_experience(_graph(), app="shop", store={store!r}, offload="process")
+for _ in range(5):
+    agent.invoke(USER_TASK)
+print(agent.recorder.offload.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _graph() -> Any:
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from tests.conftest import build_multi_node_graph
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        return "0"
+
+    script = [AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]), AIMessage(content="None left.")]
+    return build_multi_node_graph(ScriptedChatModel(script=script, model_name="scripted"), [check_stock])
+
+
+def test_the_child_writes_what_it_was_sent_and_ends_when_its_parent_is_killed(tmp_path):
+    store = tmp_path / "experience"
+    code = textwrap.dedent(_KILLED_PARENT).format(repo=str(REPO), store=str(store))
+    parent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    child = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, "the capture process outlived its parent"
+    reader = LocalExperienceStore(store)
+    assert reader.trajectories().height == 5  # the runs in the pipe when the parent died were still written
+    reader.close()
+
+
+def test_import_stays_light_and_the_child_is_started_only_when_asked(react_graph, tmp_path, no_child_left):
+    before = _children()
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p")  # auto: no child until sustained load
+    agent.invoke(USER_TASK)
+    agent.flush()
+    assert _children() == before and agent.recorder.offload is None
+    agent.recorder.close()
+    assert os.environ.get("EE_CAPTURE_OFFLOAD") is None
