@@ -458,6 +458,7 @@ class ProcessExecutor:
 class _RayWorker:
     def __init__(self, spec: WorkerSpec) -> None:
         self._worker = _Worker(spec)
+        self._worker.warm_up()  # while the driver reads the store
 
     def replay(self, trajectory: Trajectory) -> ReplayOutcome:
         return self._worker.replay(trajectory)
