@@ -26,6 +26,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -159,9 +160,18 @@ class Rule:
     """Finds the matches instead of ``pattern.finditer`` (where a plain scan would be slow)."""
     needs: tuple[str, ...] = ()
     """Strings one of which the lower-cased text holds wherever the prefilter finds something:
-    looked for first (``in`` is far faster than a regex scan), the prefilter runs only if one is there."""
+    looked for first (``in`` is far faster than a regex scan), the prefilter runs only if one is there.
+    A last prefilter made of plain words (``"pass|pwd"``) needs those words without saying so."""
     digits: int = 0
     """Digits the text holds at least wherever the prefilter finds something (tested before it)."""
+
+    def __post_init__(self) -> None:
+        if not self.needs and self.prefilter and _WORDS.fullmatch(self.prefilter[-1].pattern):
+            object.__setattr__(self, "needs", tuple(self.prefilter[-1].pattern.split("|")))
+
+
+_WORDS = re.compile(r"[^\\^$.|?*+()\[\]{}]+(?:\|[^\\^$.|?*+()\[\]{}]+)*")
+"""A regex that is only words or other plain strings, ``|``-separated."""
 
 
 _NAME_WORD_LIST = ("pass", "pwd", "secret", "token", "key", "auth", "cookie", "credential", "pin", "cvv", "cvc", "ssn", "dsn", "session")
@@ -198,15 +208,13 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "private_key",
         re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
         _having("private key"),
-        needs=("private key",),
     ),
-    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _having("eyj"), needs=("eyj",)),
+    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _having("eyj")),
     Rule(
         "url_credentials",
         re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://(?P<value>[^\s:/?#@\"'\\]*:[^\s/@\"'\\]+)@"),
         _having("://"),
         group="value",
-        needs=("://",),
     ),
     Rule(
         "basic_auth",
@@ -214,7 +222,6 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         _having("basic"),
         "value",
         _is_basic_credentials,
-        needs=("basic",),
     ),
     Rule(
         "bearer_token",
@@ -222,7 +229,6 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         _having("bearer"),
         "value",
         _is_token,
-        needs=("bearer",),
     ),
     Rule(
         "api_key",
@@ -265,9 +271,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         _having("pass|pwd"),
         "value",
         _is_prose_password,
-        needs=("pass", "pwd"),
     ),
-    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), _having("@"), needs=("@",)),
+    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), _having("@")),
     Rule("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _LONG_NUMBER, check=_is_card, digits=7),
     Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _LONG_NUMBER, check=_is_iban, digits=7),
     Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _LONG_NUMBER, digits=7),
@@ -462,12 +467,15 @@ class Redactor:
         """(start, end, kind) of each secret in ``text``; earlier rules win where matches overlap."""
         rules = self._rules
         lowered = _lower(text)
-        if not self._could_match(lowered):
+        seen: dict[Any, Any] = {}  # each prefilter's verdict: searched once, by the gate or the first rule that needs it
+        if not self._could_match(lowered, seen):
             rules = self._user
         taken: list[tuple[int, int]] = [m.span() for m in PLACEHOLDER.finditer(text)] if "[REDACTED:" in text else []
-        seen: dict[Pattern[str], bool] = {}  # prefilters shared by several rules run once
         for rule in rules:
-            if not all(_found(seen, p, lowered) for p in rule.prefilter):
+            if rule.prefilter and not all(
+                _found(seen, p, lowered, rule.needs, rule.digits) if p is rule.prefilter[-1] else _found(seen, p, lowered)
+                for p in rule.prefilter
+            ):
                 continue
             for match in rule.finder(text) if rule.finder is not None else rule.pattern.finditer(text):
                 start, end = _secret_span(match, rule.group)
@@ -480,14 +488,19 @@ class Redactor:
                 taken.append((start, end))
                 yield start, end, rule.kind
 
+    def _find(self, text: str, *, first_only: bool = False) -> list[tuple[int, int, str]]:
+        """:meth:`_matches` in ``text`` (only the first with ``first_only``); none for a text
+        remembered clean, and a clean text is remembered."""
+        if text in self._clean_texts:
+            return []
+        found = list(itertools.islice(self._matches(text), 1) if first_only else self._matches(text))
+        if not found:
+            self._remember_clean(text)
+        return found
+
     def _no_match(self, text: str) -> bool:
         """Whether no rule matches in ``text`` (remembered for recent clean texts)."""
-        if text in self._clean_texts:
-            return True
-        if next(self._matches(text), None) is not None:
-            return False
-        self._remember_clean(text)
-        return True
+        return not self._find(text, first_only=True)
 
     def _remember_clean(self, text: str) -> None:
         if len(text) > _CLEAN_MEMO_CHARS // 64:
@@ -498,20 +511,11 @@ class Redactor:
         self._clean_texts[text] = None
         self._clean_chars += len(text)
 
-    def _could_match(self, lowered: str) -> bool:
-        """Whether a built-in prefilter finds something in ``lowered`` (each tried after its cheap tests)."""
-        digits = -1
-        for pattern, needs, min_digits in self._gates:
-            if needs and not any(word in lowered for word in needs):
-                continue
-            if min_digits:
-                if digits < 0:  # \d also matches other scripts' digits: count only in ASCII text
-                    digits = sum(map(lowered.count, "0123456789")) if lowered.isascii() else len(lowered)
-                if digits < min_digits:
-                    continue
-            if pattern.search(lowered) is not None:
-                return True
-        return False
+    def _could_match(self, lowered: str, seen: dict[Any, Any] | None = None) -> bool:
+        """Whether a built-in prefilter finds something in ``lowered`` (each tried after its cheap
+        tests); the verdicts go into ``seen``, for the rules."""
+        seen = {} if seen is None else seen
+        return any(_found(seen, pattern, lowered, needs, min_digits) for pattern, needs, min_digits in self._gates)
 
     def _clean_json(self, text: str) -> bool:
         """Whether JSON ``text`` surely holds nothing to redact: no rule matches in it (secret-named
@@ -548,11 +552,8 @@ class Redactor:
         return self.redact_text(text)
 
     def _apply_rules(self, text: str) -> str:
-        if text in self._clean_texts:
-            return text
-        replacements = [(start, end, self.placeholder(kind, text[start:end])) for start, end, kind in self._matches(text)]
+        replacements = [(start, end, self.placeholder(kind, text[start:end])) for start, end, kind in self._find(text)]
         if not replacements:
-            self._remember_clean(text)
             return text
         out, last = [], 0
         for start, end, placeholder in sorted(replacements):
@@ -584,11 +585,27 @@ def _gates(rules: Iterable[Rule]) -> list[tuple[Pattern[str], tuple[str, ...], i
     return sorted(gates.values(), key=lambda gate: (not gate[1], not gate[2]))
 
 
-def _found(seen: dict[Pattern[str], bool], pattern: Pattern[str], text: str) -> bool:
+_DIGITS = object()
+"""``seen``'s key for the number of digits in the text."""
+
+
+def _found(seen: dict[Any, Any], pattern: Pattern[str], text: str, needs: tuple[str, ...] = (), min_digits: int = 0) -> bool:
+    """Whether ``pattern`` finds something in ``text``, searched once per text (``seen``), and not
+    at all when a cheap test says it cannot: none of the strings it ``needs`` is there, or fewer
+    than ``min_digits`` digits are."""
     found = seen.get(pattern)
     if found is None:
-        found = seen[pattern] = pattern.search(text) is not None
+        cannot = (needs and not any(word in text for word in needs)) or (min_digits and _digit_count(seen, text) < min_digits)
+        found = not cannot and pattern.search(text) is not None
+        seen[pattern] = found
     return found
+
+
+def _digit_count(seen: dict[Any, Any], text: str) -> int:
+    digits = seen.get(_DIGITS)
+    if digits is None:  # \d also matches other scripts' digits: count only in ASCII text
+        digits = seen[_DIGITS] = sum(map(text.count, "0123456789")) if text.isascii() else len(text)
+    return digits
 
 
 def _secret_span(match: re.Match[str], group: str | int) -> tuple[int, int]:

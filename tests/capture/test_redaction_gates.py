@@ -84,3 +84,37 @@ def test_the_memo_is_bounded(monkeypatch):
         assert redactor.redact_text(f"clean text number {i}") == f"clean text number {i}"
     assert redactor._clean_chars <= 640 and sum(map(len, redactor._clean_texts)) == redactor._clean_chars
     assert redactor.redact_text("x" * 11) == "x" * 11 and "x" * 11 not in redactor._clean_texts  # over 1/64 of the bound
+
+
+class _CountingPattern:
+    """A prefilter that counts its searches."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.inner, self.pattern, self.calls = pattern, pattern.pattern, 0
+
+    def search(self, text: str) -> re.Match[str] | None:
+        self.calls += 1
+        return self.inner.search(text)
+
+
+def test_each_prefilter_is_searched_at_most_once_per_text_and_results_do_not_change():
+    import dataclasses
+
+    from ee_middleware.capture.redaction import _gates
+
+    rules = RedactionRules(kinds=dict.fromkeys(KINDS, True))
+    counted = Redactor(rules)
+    wrapped: dict[str, _CountingPattern] = {}
+    builtin = [
+        dataclasses.replace(rule, prefilter=tuple(wrapped.setdefault(p.pattern, _CountingPattern(p)) for p in rule.prefilter))
+        for rule in counted._builtin
+    ]
+    counted._builtin, counted._rules, counted._gates = builtin, builtin + counted._user, _gates(builtin)
+    plain = Redactor(rules)
+    most = 0
+    for text in _texts():
+        for pattern in wrapped.values():
+            pattern.calls = 0
+        assert counted.redact_text(text) == plain.redact_text(text)
+        most = max(most, *(p.calls for p in wrapped.values()))
+    assert most == 1  # the gate's verdicts are the rules' verdicts: no prefilter runs twice on one text
