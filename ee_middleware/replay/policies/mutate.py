@@ -29,7 +29,7 @@ import itertools
 import random
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ee_middleware.models.parsing import call_id_of, canonical_call
@@ -107,6 +107,8 @@ class _ValueMaker:
 
     def __init__(self, rng: random.Random, vocab: Vocabulary, optional_arg_rate: float) -> None:
         self.rng = rng
+        self.choice = _chooser(rng)
+        """``rng.choice``, drawing the same values (see :func:`_chooser`)."""
         self.vocab = vocab
         self.optional_arg_rate = optional_arg_rate
         self.strict = True
@@ -145,7 +147,7 @@ class _ValueMaker:
     def _invalid_target(self, props: Mapping[str, Any], keys: list[str]) -> str | None:
         fits = [key for key in keys if isinstance(props[key], Mapping) and props[key].get("type") in ("string", "integer", "number")]
         fits = [key for key in fits if "enum" not in props[key] and "const" not in props[key]]
-        return self.rng.choice(fits) if fits else None
+        return self.choice(fits) if fits else None
 
     def value(self, schema: Any, name: str = "", depth: int = 0, *, current: Any = None, invalid: bool = False) -> Any:
         if not isinstance(schema, Mapping):
@@ -153,10 +155,10 @@ class _ValueMaker:
         if "const" in schema:
             return schema["const"]
         if isinstance(schema.get("enum"), list) and schema["enum"]:
-            return self.rng.choice(schema["enum"])
+            return self.choice(schema["enum"])
         for key in ("anyOf", "oneOf"):
             if isinstance(schema.get(key), list) and schema[key]:
-                return self.value(self.rng.choice(schema[key]), name, depth + 1, current=current, invalid=invalid)
+                return self.value(self.choice(schema[key]), name, depth + 1, current=current, invalid=invalid)
         kind = self._type(schema)
         if depth > _MAX_DEPTH:
             return {"object": {}, "array": [], "integer": 0, "number": 0, "boolean": False, "null": None}.get(kind, "")
@@ -182,7 +184,7 @@ class _ValueMaker:
         kind = schema.get("type")
         if isinstance(kind, list):
             options = [k for k in kind if k != "null"] or ["null"]
-            kind = self.rng.choice(options)
+            kind = self.choice(options)
         if isinstance(kind, str):
             return kind
         if "properties" in schema:
@@ -210,18 +212,18 @@ class _ValueMaker:
             seen = keyed or self.vocab.ints or [7]
             if sized:  # out of range, but from a small base: precision=692387 runs for minutes in mpmath
                 seen = [v for v in seen if abs(v) <= 100] or [self.rng.randint(0, 20)]
-            base = self.rng.choice(seen)
+            base = self.choice(seen)
             value = -abs(base) - 1 if self.rng.random() < 0.5 else abs(base) * 10 + self.rng.randint(1, 9)
         elif sized:
             # Sizes, counts and precisions drawn from ids in the conversation (precision=94016) make
             # calls that run for seconds and that no model would propose; keep them small.
-            value = self.rng.choice([v for v in keyed if 0 <= v <= 100] or [self.rng.randint(0, 20)])
+            value = self.choice([v for v in keyed if 0 <= v <= 100] or [self.rng.randint(0, 20)])
         elif _ID_NAME.search(name):
-            value = self.rng.choice(keyed or self._same_digits(current) or self.vocab.ints or [self.rng.randint(0, 10)])
+            value = self.choice(keyed or self._same_digits(current) or self.vocab.ints or [self.rng.randint(0, 10)])
         elif keyed and self.rng.random() < 0.6:
-            value = self.rng.choice(keyed) + self.rng.choice((0, 0, -1, 1))
+            value = self.choice(keyed) + self.choice((0, 0, -1, 1))
         elif self.vocab.ints and self.rng.random() < 0.6:
-            value = self.rng.choice(self.vocab.ints) + self.rng.randint(-2, 2)
+            value = self.choice(self.vocab.ints) + self.rng.randint(-2, 2)
         else:
             value = self.rng.randint(0, 10)
         low, high = _bounds(schema, integer=True)
@@ -236,9 +238,9 @@ class _ValueMaker:
         keyed = [float(v) for v in self.vocab.keyed_values(name) if isinstance(v, (int, float)) and not isinstance(v, bool)]
         seen = keyed or self.vocab.numbers + [float(i) for i in self.vocab.ints]
         if invalid:
-            value = -round(self.rng.choice(seen or [1.0]) * 10 + 1, 2)
+            value = -round(self.choice(seen or [1.0]) * 10 + 1, 2)
         elif seen and self.rng.random() < 0.75:
-            value = round(self.rng.choice(seen) * self.rng.choice((0.5, 0.9, 1.0, 1.1, 1.5, 2.0)), 2)
+            value = round(self.choice(seen) * self.choice((0.5, 0.9, 1.0, 1.1, 1.5, 2.0)), 2)
         else:
             value = round(self.rng.uniform(0, 100), 2)
         low, high = _bounds(schema, integer=False)
@@ -252,12 +254,12 @@ class _ValueMaker:
         fits = self._fits_of(schema)
         if invalid:
             seeds = [v for pool in pools for v in pool if fits(v)] or [v for v in self.vocab.identifiers if fits(v)]
-            broken = [_corrupt(self.rng, v) for v in seeds[:50]]
+            broken = [_corrupt(self.rng, v, self.choice) for v in seeds[:50]]
             broken = [v for v in broken if fits(v) and v != current] or [w for w in self.vocab.prose_words if fits(w)]
             if broken:
-                return self.rng.choice(broken)
+                return self.choice(broken)
         if role == "date" and isinstance(current, str) and DATE.match(current) and self.rng.random() < 0.5:
-            shifted = _shift_date(current, self.rng.choice((-7, -2, -1, 1, 2, 7)))
+            shifted = _shift_date(current, self.choice((-7, -2, -1, 1, 2, 7)))
             if shifted and fits(shifted):
                 return shifted
         if role == "expression":
@@ -267,19 +269,19 @@ class _ValueMaker:
         for pool in pools:
             fitting = self._others(fits, pool, current)
             if fitting:
-                return self.rng.choice(fitting)
+                return self.choice(fitting)
         if role in ("email", "phone", "identifier"):  # nothing else seen: a near miss of what was, else any word
             if self.strict:
                 raise _Unseen(name)
             self.guessed = self.guessed or name
             known = [*pools[0], *([current] if isinstance(current, str) and current and not is_placeholder(current) else [])]
-            near = [_corrupt(self.rng, v) for v in known]
+            near = [_corrupt(self.rng, v, self.choice) for v in known]
             near = [v for v in near if v != current and fits(v)]
             for pool in [near] if near else [self.vocab.user_words, self.vocab.words]:
                 fitting = fits.others(pool, current)
                 if fitting:
-                    return self.rng.choice(fitting)
-        synthetic = f"{self.rng.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
+                    return self.choice(fitting)
+        synthetic = f"{self.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
         return (synthetic + "x" * fits.low)[: max(fits.low, min(fits.high, len(synthetic)))]
 
     def _fits_of(self, schema: Mapping[str, Any]) -> _Fits:
@@ -301,7 +303,7 @@ class _ValueMaker:
     def _expression(self) -> str:
         """Arithmetic over numbers seen (``3 * 129.0``)."""
         numbers = [str(n) for n in [*self.vocab.ints, *self.vocab.numbers] if n >= 0] or ["1", "2"]
-        return f"{self.rng.choice(numbers)} {self.rng.choice('+-*/')} {self.rng.choice(numbers)}"
+        return f"{self.choice(numbers)} {self.choice('+-*/')} {self.choice(numbers)}"
 
     def input_weight(self, schema: Mapping[str, Any]) -> float:
         """How readily an agent would call a tool with ``schema`` here: 4 when it takes ids, e-mails or phones
@@ -403,15 +405,36 @@ class _Fits:
         return [v for v in pool if v != current and self(v)]
 
 
-def _corrupt(rng: random.Random, value: str) -> str:
-    """A well-formed near miss of ``value``: one digit (else one letter) changed, the form kept."""
+def _chooser(rng: random.Random) -> Callable[[Sequence[Any]], Any]:
+    """``rng.choice`` without its two Python calls per draw (``choice`` and ``_randbelow``), for a plain
+    ``random.Random``: the same ``getrandbits`` draws, so the same values (a subclass keeps its own ``choice``)."""
+    if type(rng) is not random.Random:
+        return rng.choice
+    bits = rng.getrandbits
+
+    def choice(seq: Sequence[Any]) -> Any:
+        n = len(seq)
+        if not n:
+            raise IndexError("Cannot choose from an empty sequence")
+        k = n.bit_length()
+        r = bits(k)
+        while r >= n:
+            r = bits(k)
+        return seq[r]
+
+    return choice
+
+
+def _corrupt(rng: random.Random, value: str, choice: Callable[[Sequence[Any]], Any] | None = None) -> str:
+    """A well-formed near miss of ``value``: one digit (else one letter) changed, the form kept (``choice``: ``rng``'s :func:`_chooser`)."""
+    choice = choice or rng.choice
     digits, letters = _positions(value)
     if digits:
-        i = rng.choice(digits)
-        replacement = rng.choice(_OTHER_DIGITS.get(value[i], _DIGITS))
+        i = choice(digits)
+        replacement = choice(_OTHER_DIGITS.get(value[i], _DIGITS))
     elif letters:
-        i = rng.choice(letters)
-        replacement = rng.choice(_OTHER_LETTERS.get(value[i].lower(), _LETTERS))
+        i = choice(letters)
+        replacement = choice(_OTHER_LETTERS.get(value[i].lower(), _LETTERS))
         replacement = replacement.upper() if value[i].isupper() else replacement
     else:
         return value + "x"
@@ -606,15 +629,15 @@ class MutationPolicy:
         arguments = dict(expert.arguments)
         if not ops:
             return expert.name, arguments, None
-        op = "change" if invalid and "change" in ops else maker.rng.choice(ops)
+        op = "change" if invalid and "change" in ops else maker.choice(ops)
         if op == "change":
-            key = maker.rng.choice(plan.changeable)
+            key = maker.choice(plan.changeable)
             arguments[key] = self._different_value(props[key], key, arguments[key], maker, invalid)
             return expert.name, arguments, key if invalid and _breakable(props[key]) else None
         if op == "drop":
-            del arguments[maker.rng.choice(plan.droppable)]
+            del arguments[maker.choice(plan.droppable)]
         else:
-            key = maker.rng.choice(plan.addable)
+            key = maker.choice(plan.addable)
             arguments[key] = maker.value(props[key], key)
         return expert.name, arguments, None
 

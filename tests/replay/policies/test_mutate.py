@@ -339,3 +339,25 @@ def test_near_misses_draw_exactly_as_before() -> None:
         ours, reference = random.Random(seed), random.Random(seed)
         assert [_corrupt(ours, v) for v in values * 3] == [_corrupt_as_first_written(reference, v) for v in values * 3]
         assert ours.random() == reference.random(), "the same number of draws"
+
+
+def test_the_fast_chooser_draws_exactly_what_random_choice_draws() -> None:
+    from ee_middleware.replay.policies.mutate import _chooser
+
+    sequences = [[1], "ab", tuple(range(3)), list(range(4)), "0123456789", list(range(17)), list(range(64)), list(range(1000))]
+    for seed in range(50):
+        ours, reference = random.Random(seed), random.Random(seed)
+        choice = _chooser(ours)
+        assert [choice(s) for s in sequences * 4] == [reference.choice(s) for s in sequences * 4]
+        assert [_corrupt(ours, v, choice) for v in ["#W1234567", "abc", "İstanbul", "--"] * 3] == [
+            _corrupt_as_first_written(reference, v) for v in ["#W1234567", "abc", "İstanbul", "--"] * 3
+        ]
+        assert ours.random() == reference.random(), "the same number of draws"
+    with pytest.raises(IndexError):
+        _chooser(random.Random(0))([])
+
+    class Custom(random.Random):
+        def choice(self, seq):  # type: ignore[no-untyped-def]
+            return seq[0]
+
+    assert _chooser(Custom(0))([3, 4, 5]) == 3, "a subclass keeps its own choice"
