@@ -122,3 +122,24 @@ def test_a_schema_that_is_itself_invalid_still_checks_required_arguments() -> No
 def test_canonical_call_ignores_key_order() -> None:
     assert canonical_call("f", {"a": 1, "b": [1, 2]}) == canonical_call("f", {"b": [1, 2], "a": 1})
     assert canonical_call("f", {"a": 1}) != canonical_call("g", {"a": 1})
+
+
+def test_tool_lists_with_the_same_content_share_their_schemas_and_others_do_not() -> None:
+    import copy
+
+    from ee_middleware.replay.policies.schema import tool_schemas_for
+
+    tools = [
+        {"type": "function", "function": {"name": "pick", "parameters": {"type": "object", "properties": {"a": {"enum": [1]}, "b": {}}}}}
+    ]
+    schemas = tool_schemas_for(tools)
+    assert tool_schemas_for(tools) is schemas and tool_schemas_for(copy.deepcopy(tools)) is schemas
+    as_true = copy.deepcopy(tools)
+    as_true[0]["function"]["parameters"]["properties"]["a"]["enum"] = [True]  # == [1], but another value to draw
+    reordered = copy.deepcopy(tools)
+    properties = reordered[0]["function"]["parameters"]["properties"]
+    reordered[0]["function"]["parameters"]["properties"] = {"b": properties["b"], "a": properties["a"]}  # == as a dict
+    for other in (as_true, reordered):
+        assert other == tools and tool_schemas_for(other) is not schemas
+    assert list(tool_schemas_for(reordered).properties("pick")) == ["b", "a"]
+    assert tool_schemas_for(as_true).properties("pick")["a"]["enum"] == [True]
