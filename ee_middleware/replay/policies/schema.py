@@ -229,9 +229,9 @@ def _schema_is_valid(schema_json: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _validator(schema_json: str) -> Any:
-    """jsonschema's validator for one parameters schema, or ``None`` when the schema itself is invalid."""
-    schema = json.loads(schema_json)
-    return _strict_validator_class()(schema) if _valid_schema(schema_json) else None
+    """jsonschema's validator for one parameters schema that :func:`_valid_schema` accepted (``ToolSchemas._schema_json``
+    checked it once; only a schema it gave is validated against)."""
+    return _strict_validator_class()(json.loads(schema_json))
 
 
 def _valid_schema(schema_json: str) -> bool:
