@@ -7,7 +7,8 @@ interpreter, alternately (interleaved repeats), each against its own unwrapped b
 ReAct graph (benchmarks/capture_overhead.py: instant model, trivial tools):
 
 - ee: ``record_experience`` writing a training-ready trajectory to a local store; the work still
-  queued at the end of the round is drained and counted.
+  queued at the end of the round is drained and counted. Once per capture mode (``--ee-offload``,
+  default ``thread,process``); in process mode the CPU of capture's child process is counted too.
 - OpenInference: ``LangChainInstrumentor`` with the OpenTelemetry SDK, a ``BatchSpanProcessor`` and
   an exporter that encodes every span to OTLP protobuf bytes (what an OTLP exporter sends) and
   drops them; ``force_flush`` at the end of the round is counted.
@@ -34,17 +35,20 @@ HERE = Path(__file__).resolve().parent
 SECONDS = 5.0
 
 
-def _rounds(plain: Any, instrumented: Any, drain: Any, rounds: int, seconds: float) -> dict[str, float]:
+def _rounds(plain: Any, instrumented: Any, drain: Any, rounds: int, seconds: float, child_cpu: Any = None) -> dict[str, float]:
+    """``child_cpu``: the CPU seconds of the instrumentation's own child process so far (read after ``drain``)."""
     from capture_overhead import TASK
 
     def cpu_per_run(graph: Any, extra: Any = None) -> float:
+        child0 = child_cpu() if child_cpu is not None and extra is not None else 0.0
         runs, cpu0, start = 0, time.process_time(), time.perf_counter()
         while time.perf_counter() - start < seconds:
             graph.invoke(TASK)
             runs += 1
         if extra is not None:
             extra()
-        return (time.process_time() - cpu0) / runs * 1e3
+        child = child_cpu() - child0 if child_cpu is not None and extra is not None else 0.0
+        return (time.process_time() - cpu0 + child) / runs * 1e3
 
     for _ in range(5):
         plain.invoke(TASK)
@@ -57,15 +61,18 @@ def _rounds(plain: Any, instrumented: Any, drain: Any, rounds: int, seconds: flo
     return {"plain_cpu_ms_per_run": statistics.median(base), "instrumented_cpu_ms_per_run": statistics.median(inst)}
 
 
-def side_ee(rounds: int, seconds: float) -> dict[str, float]:
+def side_ee(rounds: int, seconds: float, offload: str = "thread") -> dict[str, float]:
     from capture_overhead import build_graph
 
     from ee_middleware import record_experience
 
     graph = build_graph()
     with tempfile.TemporaryDirectory() as tmp:
-        wrapped = record_experience(graph, app="bench", store=Path(tmp) / "experience")
-        return _rounds(graph, wrapped, wrapped.flush, rounds, seconds)
+        wrapped = record_experience(graph, app="bench", store=Path(tmp) / "experience", offload=offload)
+        try:
+            return _rounds(graph, wrapped, wrapped.flush, rounds, seconds, child_cpu=lambda: wrapped.recorder.offload_cpu_s)
+        finally:
+            wrapped.recorder.close()
 
 
 def side_openinference(rounds: int, seconds: float) -> dict[str, float]:
@@ -116,6 +123,7 @@ def side_openinference(rounds: int, seconds: float) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=["ee", "openinference"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ee-offload", default="thread,process", help="ee's capture modes to measure (comma-separated)")
     parser.add_argument(
         "--instr-python", default="/tmp/instr-venv/bin/python", help="a Python with openinference-instrumentation-langchain"
     )
@@ -124,7 +132,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=SECONDS)
     args = parser.parse_args()
     if args.side is not None:
-        result = (side_ee if args.side == "ee" else side_openinference)(args.rounds, args.seconds)
+        result = side_ee(args.rounds, args.seconds, args.ee_offload) if args.side == "ee" else side_openinference(args.rounds, args.seconds)
         print(json.dumps(result))
         return 0
     if not Path(args.instr_python).exists():
@@ -135,29 +143,39 @@ def main() -> int:
         return 2
     load_before = [round(x, 2) for x in os.getloadavg()]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    added: dict[str, list[float]] = {"ee": [], "openinference": []}
-    raw: dict[str, list[dict[str, float]]] = {"ee": [], "openinference": []}
-    sides = [("ee", sys.executable), ("openinference", args.instr_python)]
-    for repeat in range(args.repeats):  # interleaved, the side that goes first swapped every repeat
-        for side, python in sides if repeat % 2 == 0 else sides[::-1]:
-            cmd = [python, str(Path(__file__).resolve()), "--side", side, "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+    ee_sides = [f"ee offload={mode.strip()}" for mode in args.ee_offload.split(",") if mode.strip()]
+    added: dict[str, list[float]] = {side: [] for side in [*ee_sides, "openinference"]}
+    raw: dict[str, list[dict[str, float]]] = {side: [] for side in added}
+    sides = [(side, sys.executable, ["--side", "ee", "--ee-offload", side.split("=")[1]]) for side in ee_sides]
+    sides.append(("openinference", args.instr_python, ["--side", "openinference"]))
+    for repeat in range(args.repeats):  # interleaved, the order rotated every repeat
+        for side, python, flags in sides[repeat % len(sides) :] + sides[: repeat % len(sides)]:
+            cmd = [python, str(Path(__file__).resolve()), *flags, "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600).stdout
             result = json.loads(out.strip().splitlines()[-1])
             raw[side].append(result)
             added[side].append(result["instrumented_cpu_ms_per_run"] - result["plain_cpu_ms_per_run"])
-    shares = [e / o for e, o in zip(added["ee"], added["openinference"], strict=True)]  # paired by repeat
-    report = {
+
+    def spread(values: Any) -> list[float]:
+        values = list(values)
+        return [round(f(values), 3) for f in (min, statistics.median, max)]
+
+    report: dict[str, Any] = {
         "load_average_1_5_15_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "repeats": args.repeats,
-        "ee_added_cpu_ms_per_run_min_median_max": [round(f(added["ee"]), 3) for f in (min, statistics.median, max)],
-        "openinference_added_cpu_ms_per_run_min_median_max": [round(f(added["openinference"]), 3) for f in (min, statistics.median, max)],
-        "ee_share_of_openinference_added_cpu_min_median_max": [round(f(shares), 3) for f in (min, statistics.median, max)],
-        "plain_cpu_ms_per_run_ee_side_median": round(statistics.median(r["plain_cpu_ms_per_run"] for r in raw["ee"]), 3),
+        "openinference_added_cpu_ms_per_run_min_median_max": spread(added["openinference"]),
         "plain_cpu_ms_per_run_openinference_side_median": round(
             statistics.median(r["plain_cpu_ms_per_run"] for r in raw["openinference"]), 3
         ),
         "target_share": 0.25,
     }
+    for side in ee_sides:
+        shares = [e / o for e, o in zip(added[side], added["openinference"], strict=True)]  # paired by repeat
+        report[side] = {
+            "added_cpu_ms_per_run_min_median_max": spread(added[side]),
+            "share_of_openinference_added_cpu_min_median_max": spread(shares),
+            "plain_cpu_ms_per_run_median": round(statistics.median(r["plain_cpu_ms_per_run"] for r in raw[side]), 3),
+        }
     print(json.dumps(report, indent=2))
     return 0
 
