@@ -334,7 +334,7 @@ def _server_peak_mb(url: str) -> float | None:
 def _timings(console: Any, run: Any, timer: Timer, total: float, server_peak: float | None) -> None:
     from rich.table import Table
 
-    from ee_middleware.jobs.runs import peak_rss_mb
+    from ee_middleware.jobs.memory import process_peak_mib
 
     table = Table(title=f"Demo wall time per step (total {total / 60:.1f} min)")
     table.add_column("step")
@@ -345,19 +345,18 @@ def _timings(console: Any, run: Any, timer: Timer, total: float, server_peak: fl
             for manifest in run.stages():
                 table.add_row(f"  {manifest['stage']}", f"{manifest.get('seconds', 0):.1f}", style="dim")
     console.print(table)
-    peak = peak_rss_mb()
     server = f", local server {server_peak:.0f} MiB" if server_peak else ""
-    console.print(f"peak memory: this process {peak['self']:.0f} MiB{server}")
+    console.print(f"peak memory: this process {process_peak_mib():.0f} MiB{server}")
 
 
 def _save_timings(out: Path, run: Any, timer: Timer, total: float, server_peak: float | None) -> None:
-    from ee_middleware.jobs.runs import peak_rss_mb
+    from ee_middleware.jobs.memory import process_peak_mib
 
     data = {
         "total_s": round(total, 1),
         "steps": {name: round(s, 1) for name, s in timer.rows},
         "improve_stages": {m["stage"]: m.get("seconds") for m in run.stages()},
-        "peak_rss_mb": {**peak_rss_mb(), "server": server_peak},
+        "peak_rss_mb": {"self": round(process_peak_mib(), 1), "server": server_peak},
         "run": run.id,
         "status": run.status,
     }

@@ -2,16 +2,18 @@
 
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is no measure of the children: Linux carries a process's
 high-water mark across ``exec``, so every child started from a large job process reports at least
-the job's size at the moment it was started. :class:`PeakMemory` instead
+the job's size at the moment it was started. :class:`PeakMemory` instead samples, every
+``interval_s`` while the stage runs,
 
-- resets this process's high-water mark when the stage starts (``/proc/self/clear_refs``, Linux 4.0
-  and later) and reads it (``VmHWM``) when the stage ends: the stage's own exact peak;
-- samples the live descendants (children, their children, ...) every ``interval_s`` while the
-  stage runs, and keeps the largest sum of their resident memory, never less than the largest
-  single descendant's own high-water mark (``VmHWM``, which starts afresh at ``exec``). A peak
-  shorter than the interval between two samples can be missed, so this is a lower bound.
+- this process's resident memory; where the process's high-water mark (``VmHWM``) rose during the
+  stage, that new mark is the stage's exact peak (it was set during the stage). The mark is never
+  reset: a program that runs a job in-process keeps its own peak readings;
+- the live descendants (children, their children, ...), keeping the largest sum of their resident
+  memory, never less than the largest single descendant's own high-water mark (``VmHWM``, which
+  starts afresh at ``exec``).
 
-Where ``/proc`` cannot be read (not Linux) it falls back to ``ru_maxrss`` so far, and says so.
+A peak shorter than the interval between two samples can be missed where no high-water mark shows
+it, so the figures are lower bounds. Without ``/proc`` (not Linux) ``self`` is ``ru_maxrss`` so far.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def descendants(pid: int) -> list[int]:
     return seen
 
 
+def process_peak_mib() -> float:
+    """This process's peak resident memory so far (MiB): ``VmHWM``, else ``ru_maxrss``."""
+    own = _status_mib("self", "VmHWM:")
+    return own if own is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class PeakMemory:
     """Context manager: the peak resident memory (MiB) of this process and of its descendants while it is open.
 
@@ -100,21 +108,24 @@ class PeakMemory:
 
     def __init__(self, interval_s: float = 0.2) -> None:
         self.interval_s = interval_s
-        self.per_stage = False
-        """Whether ``self`` is this stage's own peak (the high-water mark could be reset) or the process's so far."""
         self._pid = os.getpid()
+        self._mark_at_start = 0.0
+        self._mark_at_end: float | None = None
+        self._self_peak = 0.0
         self._children_peak = 0.0
         self._child_hwm: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def per_stage(self) -> bool:
+        """Whether ``self`` is this stage's own peak (``/proc`` could be read), not the process's so far."""
+        return self._thread is not None
+
     def __enter__(self) -> PeakMemory:
-        try:
-            (_PROC / "self" / "clear_refs").write_text("5")  # 5: reset the peak RSS (VmHWM) to the current RSS
-            self.per_stage = True
-        except OSError:
-            self.per_stage = False
         if _PROC.is_dir():
+            self._mark_at_start = process_peak_mib()
+            self._sample()
             self._thread = threading.Thread(target=self._watch, name="ee-peak-memory", daemon=True)
             self._thread.start()
         return self
@@ -123,13 +134,17 @@ class PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._sample()  # whatever is still alive at the end
+            self._sample()  # whatever is still alive at the end
+        self._mark_at_end = process_peak_mib()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
     def _sample(self) -> None:
+        own = _resident_mib(self._pid)
+        if own is not None:
+            self._self_peak = max(self._self_peak, own)
         total = 0.0
         for pid in descendants(self._pid):
             rss = _resident_mib(pid)
@@ -142,8 +157,12 @@ class PeakMemory:
         self._children_peak = max(self._children_peak, total, max(self._child_hwm.values(), default=0.0))
 
     def result(self) -> dict[str, float]:
-        """``{"self": MiB, "children": MiB}``, rounded to 0.1 MiB."""
-        own = _status_mib("self", "VmHWM:")
-        if own is None:
-            own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        """``{"self": MiB, "children": MiB}``, rounded to 0.1 MiB (read while open: so far)."""
+        mark = self._mark_at_end if self._mark_at_end is not None else process_peak_mib()
+        if not self.per_stage:
+            own = mark
+        elif mark > self._mark_at_start:
+            own = mark  # the process's high-water mark rose during the stage: the stage set it
+        else:
+            own = self._self_peak
         return {"self": round(own, 1), "children": round(self._children_peak, 1)}

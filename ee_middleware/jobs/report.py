@@ -128,7 +128,7 @@ def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
 
 def peak_rss_text(manifest: dict[str, Any]) -> str:
     """A stage's peak resident memory as ``"OWN / CHILDREN"`` MiB; ``(so far)`` where the own peak
-    could not be reset at the stage's start (it is then the process's peak up to that stage)."""
+    could not be measured per stage (no ``/proc``: it is then the process's peak up to that stage)."""
     rss = manifest.get("peak_rss_mb") or {}
     if not rss:
         return "-"

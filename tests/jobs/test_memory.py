@@ -1,79 +1,116 @@
-"""PeakMemory measures real processes: this one, and children started from it."""
+"""PeakMemory measures real processes: this one, and children started from it.
+
+Each scenario runs in a fresh interpreter, so the children it counts are only the ones it starts
+(the test process may hold other tests' servers)."""
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
-from ee_middleware.jobs.memory import PeakMemory, descendants
-
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-# A child that touches MIB MiB, says so, and waits to be told to end.
+PRELUDE = """
+import json, os, subprocess, sys
+from ee_middleware.jobs.memory import PeakMemory, descendants
+
+# A child that touches MIB MiB, says so, and waits for a line on stdin (or its end) to finish.
 HOLD = "import sys; b = bytearray({mib} << 20); b[::4096] = b'x' * len(b[::4096]); print('ready', flush=True); sys.stdin.readline()"
 
-
-def _hold(mib: int) -> subprocess.Popen[str]:
-    child = subprocess.Popen([sys.executable, "-c", HOLD.format(mib=mib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+def hold(code):
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
     return child
 
-
-def _end(child: subprocess.Popen[str]) -> None:
-    assert child.stdin is not None
-    child.stdin.write("\n")
+def end(child):
     child.stdin.close()
     child.wait(timeout=30)
+
+def ballast(mib):
+    b = bytearray(mib << 20)
+    b[::4096] = b"x" * len(b[::4096])
+    return b
+"""
+
+
+def _run(scenario: str) -> dict[str, float]:
+    """Run ``scenario`` (after PRELUDE) in a fresh interpreter; the JSON it prints last."""
+    done = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(scenario)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_a_small_child_of_a_large_process_is_measured_as_small() -> None:
     """ru_maxrss(RUSAGE_CHILDREN) reports at least the parent's size at the fork; PeakMemory does not."""
-    ballast = bytearray(400 << 20)
-    ballast[::4096] = b"x" * len(ballast[::4096])
-    with PeakMemory(interval_s=0.02) as memory:
-        child = _hold(1)
-        _end(child)
-    result = memory.result()
-    del ballast
-    assert result["self"] >= 400
-    assert 0 < result["children"] < 200, result
+    result = _run(
+        """
+        import resource
+        big = ballast(400)
+        with PeakMemory(interval_s=0.02) as memory:
+            end(hold(HOLD.format(mib=1)))
+        print(json.dumps({**memory.result(), "rusage_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+        """
+    )
+    assert result["rusage_children"] >= 400, "the old measure: the parent's size"
+    assert result["self"] >= 400 and 0 < result["children"] < 200, result
 
 
-def test_a_large_child_is_counted_even_if_it_ends_before_a_sample() -> None:
-    with PeakMemory(interval_s=60) as memory:  # no sample between start and end: only the child's own VmHWM can show it
-        child = _hold(300)
-        assert child.pid in descendants(os.getpid())
-        memory._sample()
-        _end(child)
-    assert memory.result()["children"] >= 300
+def test_a_large_child_is_counted_by_its_own_peak_between_samples() -> None:
+    result = _run(
+        """
+        with PeakMemory(interval_s=60) as memory:  # no timed sample: only the child's own VmHWM can show it
+            child = hold(HOLD.format(mib=300))
+            assert descendants(os.getpid()) == [child.pid]
+            memory._sample()
+            end(child)
+        print(json.dumps(memory.result()))
+        """
+    )
+    assert result["children"] >= 300, result
 
 
 def test_children_of_children_are_summed() -> None:
-    code = HOLD.format(mib=150).replace(
-        "print('ready'",
-        f"import subprocess; c = subprocess.Popen([sys.executable, '-c', {HOLD.format(mib=150)!r}], stdin=subprocess.PIPE, "
-        "stdout=subprocess.PIPE, text=True); assert c.stdout.readline().strip() == 'ready'; print('ready'",
+    result = _run(
+        """
+        inner = HOLD.format(mib=150)
+        middle = HOLD.format(mib=150).replace(
+            "print('ready'",
+            f"import subprocess; c = subprocess.Popen([sys.executable, '-c', {inner!r}], stdin=subprocess.PIPE, "
+            "stdout=subprocess.PIPE, text=True); assert c.stdout.readline().strip() == 'ready'; print('ready'",
+        ) + "; c.stdin.close(); c.wait()"
+        with PeakMemory(interval_s=0.02) as memory:
+            child = hold(middle)
+            assert len(descendants(os.getpid())) == 2
+            memory._sample()
+            end(child)
+        print(json.dumps(memory.result()))
+        """
     )
-    code += "; c.stdin.close(); c.wait()"
-    with PeakMemory(interval_s=0.02) as memory:
-        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        assert len(descendants(os.getpid())) == 2
-        memory._sample()
-        _end(child)  # the grandchild's stdin closes with its parent: it ends too
-    assert memory.result()["children"] >= 300
+    assert result["children"] >= 300, result
 
 
-def test_the_own_peak_is_per_stage() -> None:
-    ballast = bytearray(300 << 20)
-    ballast[::4096] = b"x" * len(ballast[::4096])
-    del ballast
-    before = PeakMemory().result()["self"]  # the process's peak so far: with the ballast
-    with PeakMemory() as memory:
-        pass
-    if not memory.per_stage:
-        pytest.skip("this kernel cannot reset the peak (no /proc/self/clear_refs)")
-    assert memory.result()["self"] < before - 250
+def test_the_own_peak_is_the_stages_and_the_process_mark_is_left_alone() -> None:
+    result = _run(
+        """
+        from ee_middleware.jobs.memory import process_peak_mib
+        big = ballast(300)
+        del big
+        before = process_peak_mib()  # the process's peak so far: with the ballast
+        with PeakMemory() as small:
+            pass
+        with PeakMemory(interval_s=60) as large:  # no timed sample: the risen high-water mark shows the stage's peak
+            bigger = ballast(500)
+            del bigger
+        print(json.dumps({"before": before, "small": small.result()["self"], "after": process_peak_mib(),
+                          "large": large.result()["self"], "per_stage": small.per_stage}))
+        """
+    )
+    assert result["per_stage"], result
+    assert result["small"] < result["before"] - 250, result
+    assert result["large"] >= result["before"] + 150 and abs(result["large"] - result["after"]) < 0.1, result
