@@ -294,8 +294,8 @@ class LocalExperienceStore:
         columns), read without loading steps or rollouts."""
         needed = ["id", "app", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
         wanted = list(dict.fromkeys([*needed, *columns]))
-        trajectories = _dedup("trajectories", self.scan("trajectories").select(wanted).collect())
-        current = _current_approvals(trajectories, _dedup("approvals", self.scan("approvals").collect()))
+        trajectories = drop_repeats("trajectories", self.scan("trajectories").select(wanted).collect())
+        current = _current_approvals(trajectories, drop_repeats("approvals", self.scan("approvals").collect()))
         if status is not None:
             current = current.filter(pl.col("approval") == status)
         if app is not None:
@@ -323,7 +323,7 @@ class LocalExperienceStore:
         for problem in spool_problems:
             problem.warn(stacklevel=4)
         spooled = _records_to_frames(records)
-        return {name: _dedup(name, pl.concat([parts[name], spooled[name]], how="vertical")) for name in TABLES}
+        return {name: drop_repeats(name, pl.concat([parts[name], spooled[name]], how="vertical")) for name in TABLES}
 
     def _read_parts(self, table: str) -> pl.DataFrame:
         """The rows of ``table``'s live Parquet parts (damaged parts are skipped with a warning)."""
@@ -461,7 +461,7 @@ class LocalExperienceStore:
                 self._warn_part(self.root / table / name, str(exc))
         if len(merged) < 2:
             return []
-        path = self._write_part(table, _dedup(table, pl.concat(frames, how="vertical")))
+        path = self._write_part(table, drop_repeats(table, pl.concat(frames, how="vertical")))
         snapshot.parts[table] = [n for n in names if n not in merged] + [path.name]
         retire(snapshot, table, merged)
         return [path]
@@ -550,13 +550,8 @@ def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
 
 
 def drop_repeats(table: str, df: pl.DataFrame) -> pl.DataFrame:
-    """Drop repeated records from rows of ``table`` read with :meth:`LocalExperienceStore.scan` (the
-    first copy stays, as in every other read)."""
-    return _dedup(table, df)
-
-
-def _dedup(table: str, df: pl.DataFrame) -> pl.DataFrame:
-    """Drop repeated records (a retried batch, a compaction killed after its swap)."""
+    """Drop repeated records (a retried batch, a compaction killed after its swap) from rows of
+    ``table``, as every read does: the first copy stays (for replay records, the latest)."""
     if table == "trajectories":
         return df.unique("id", keep="first", maintain_order=True)
     if table == "steps":
