@@ -103,13 +103,17 @@ class ProcessOffload:
         main_thread = threading.current_thread() is threading.main_thread()  # the death signal follows the starting thread
         code = "from ee_middleware.capture.offload import child_main; child_main()"
         args = [sys.executable, "-c", code, str(to_child_r), str(from_child_w), str(os.getpid()), "1" if main_thread else "0"]
-        try:
+        try:  # (the parent's ends are closed if it cannot start)
             # its own session: a Ctrl-C to the agent's terminal does not cut it off mid-write (the
             # agent's exit stops it), and where the kernel groups CPU shares by session
             # (autogroup) it does not take the agent's share
             self._process = subprocess.Popen(
                 args, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
             )
+        except BaseException:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            raise
         finally:
             os.close(to_child_r)
             os.close(from_child_w)

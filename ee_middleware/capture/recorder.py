@@ -543,6 +543,9 @@ def record_experience(
         environment: environment reference for replay: a dict or a hook ``(input, config) -> dict``.
         redact / redaction_patterns / redact_fn: secret scrubbing (on by default).
         config: a :class:`CaptureConfig` or the path of a TOML file with a ``[capture]`` table.
+        **settings: any other :class:`CaptureConfig` field, e.g. ``offload="process"`` (capture's
+            work in a child process: the low-overhead mode under sustained load; see
+            :mod:`ee_middleware.capture.offload`).
     """
     if graph is not None and not _is_graph(graph) and not callable(graph):
         raise ConfigError(f"record_experience expects a compiled LangGraph graph or a function returning one, got {type(graph).__name__}.")
