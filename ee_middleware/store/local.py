@@ -46,7 +46,7 @@ from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus,
 from ee_middleware.store import spool
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
-from ee_middleware.store.replay_spool import MARKER, replay_records, replay_redactor
+from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
     REPLAY_SCHEMA,
@@ -172,7 +172,7 @@ class LocalExperienceStore:
         The record is written last: a crash part-way leaves rollouts without a record, the
         trajectory is replayed again, and the repeated rollouts (same ids) are dropped on read.
         """
-        self._writer.append(replay_records(record, rollouts, replay_redactor(self).redact_value))
+        self._writer.append_lines(replay_lines(record, rollouts, replay_redactor(self)))
 
     def close(self) -> None:
         """Seal this process's open segment (it can then be compacted)."""

@@ -35,7 +35,11 @@ SEGMENT_SUFFIX = ".jsonl"
 
 def encode_line(record: dict[str, Any]) -> bytes:
     """One spool line for ``record``: checksum, space, compact JSON, newline."""
-    payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return frame_line(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def frame_line(payload: bytes) -> bytes:
+    """The spool line for a record already encoded as ``payload`` (compact UTF-8 JSON, as :func:`encode_line` writes it)."""
     return b"%08x " % zlib.crc32(payload) + payload + b"\n"
 
 
@@ -197,7 +201,11 @@ class SpoolWriter:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records durably (one ``write`` and, by default, one ``fsync`` per call)."""
-        data = b"".join(encode_line(r) for r in records)
+        self.append_lines(encode_line(r) for r in records)
+
+    def append_lines(self, lines: Iterable[bytes]) -> None:
+        """:meth:`append` for records already encoded as spool lines (:func:`encode_line`, :func:`frame_line`)."""
+        data = b"".join(lines)
         if not data:
             return
         with self._lock:

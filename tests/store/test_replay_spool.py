@@ -67,3 +67,60 @@ def test_a_worker_writing_a_local_store_imports_no_polars(tmp_path: Path) -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _awkward_replay() -> tuple[ReplayRecord, list[Rollout]]:
+    """Rollouts whose values pydantic's JSON and ``json.dumps`` could spell differently: small and large floats, big ints,
+    non-ASCII, control characters, JSON inside strings, and text that looks like an exponent."""
+    arguments = [
+        {"x": 1e-05, "y": [1.5e-7, 1e16, 1e22, 0.1, -0.0, 123456.789]},
+        {"n": 2**70, "text": 'café \u2028 \x00\x1f\x7f "quoted" \\ 😀', "json": '{"a": [1, 2]}'},
+        {"looks_like": "1e-05 and 2e+16 and 0.00001", "ok": 0.0001},
+        {"plain": "hello", "count": 3, "ratio": 0.25},
+    ]
+    record, template = _replay("awkward")
+    rollouts = [
+        template[0].model_copy(
+            update={
+                "id": f"awkward-{i}",
+                "branch_index": i,
+                "action": Action(kind="tool_call", tool_call=ToolCall(id="a", name="f", arguments=args)),
+                "observation": Observation(content=f"result {args}"),
+                "duration_ms": [3e-05, 0.043113999709, 12.5, 1e-3][i],
+            }
+        )
+        for i, args in enumerate(arguments)
+    ]
+    return record, rollouts
+
+
+def test_a_store_without_redaction_rules_writes_the_same_bytes_as_the_json_path(tmp_path: Path) -> None:
+    """With no rules the rollouts are encoded by pydantic in one step; the lines must be those json.dumps writes."""
+    from ee_middleware.store.replay_spool import replay_records
+
+    store = LocalExperienceStore(tmp_path / "store")
+    record_store_redaction(store, StoreRedaction(RedactionRules(defaults=False)))
+    record, rollouts = _awkward_replay()
+    store.write_replay(record, rollouts)
+    store.close()
+    (by_store,) = spool.list_segments(store.root / "spool")
+    writer = ReplaySpool(store.root)
+    writer.write_replay(record, rollouts)
+    writer.close()
+    (by_writer,) = [s for s in spool.list_segments(store.root / "spool") if s != by_store]
+
+    expected = b"".join(spool.encode_line(r) for r in replay_records(record, rollouts, lambda value: value))
+    assert by_store.read_bytes() == expected
+    assert by_writer.read_bytes() == expected
+    assert b"1e-05" in expected and b'"n":1180591620717411303424' in expected  # the awkward values are there as json writes them
+
+
+def test_a_store_with_rules_still_redacts_what_the_fast_path_would_have_written(tmp_path: Path) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    record_store_redaction(store, StoreRedaction(RedactionRules(defaults=False, patterns={"ticket": r"TICKET-\d+"})))
+    record, rollouts = _replay("r")
+    rollouts[0] = rollouts[0].model_copy(update={"observation": Observation(content="see TICKET-42")})
+    store.write_replay(record, rollouts)
+    store.close()
+    (segment,) = spool.list_segments(store.root / "spool")
+    assert b"TICKET-42" not in segment.read_bytes() and b"[REDACTED:ticket" in segment.read_bytes()
