@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import gc
 import itertools
+import logging
 import multiprocessing
 import multiprocessing.util
 import os
@@ -46,6 +47,8 @@ from ee_middleware.errors import EEError, MissingExtraError, PolicyError, StoreE
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
+
+logger = logging.getLogger("ee_middleware.replay")
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,16 @@ class _JobForkServer:
             os.close(fd)
 
 
+def _start_fork_server(preload: list[str]) -> _JobForkServer | None:
+    """The job's fork server; ``None`` (workers are then spawned) where this Python's :mod:`multiprocessing`
+    internals differ from the CPython 3.11-3.14 ones :class:`_JobForkServer` relies on."""
+    try:
+        return _JobForkServer(preload)
+    except (AttributeError, TypeError) as exc:
+        logger.warning("ee-middleware: cannot start replay workers from a fork server on this Python (%r); spawning them instead.", exc)
+        return None
+
+
 def _fork_server_context(server: Any) -> multiprocessing.context.BaseContext:
     """A ``forkserver`` context whose processes are forked by ``server`` instead of the process-wide fork server."""
     import io
@@ -376,7 +389,8 @@ class ProcessExecutor:
         self.workers = workers
         self._server: _JobForkServer | None = None
         if start_method == "forkserver" and start_method in multiprocessing.get_all_start_methods():
-            self._server = _JobForkServer([*WORKER_MODULES, *preload])
+            self._server = _start_fork_server([*WORKER_MODULES, *preload])
+        if self._server is not None:
             context, parent_pid = self._server.context, self._server.pid
         else:
             context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
