@@ -1,0 +1,70 @@
+"""Trajectories are read back with pydantic's JSON parser where it builds exactly what ``json.loads`` builds, else with ``json``."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ee_middleware.store.tables import _loads
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal values of equal types all the way down (NaN included: compared by its JSON text)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # type: ignore[index]
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+    return json.dumps(a) == json.dumps(b)
+
+
+AWKWARD = [
+    "12345678901234567890123",  # past 64 bits: an int, not a float
+    "-9223372036854775809",
+    '{"a": 1, "a": 2}',  # the last repeated key wins
+    '"\\ud800"',  # a lone surrogate: pydantic refuses it, json decodes it
+    '"\\ud83d\\ude00 caf\\u00e9 \\u2028"',
+    "[NaN, Infinity, -Infinity, 1E400, 1e-400, -0.0, -0]",
+    "[0.1, 1e5, 1e-05, 123456789012345678901234567890.5, 5e-324]",
+    "[" * 300 + "]" * 300,  # deeper than pydantic's parser goes
+    ' {"k" : [true, false, null] } ',
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_decoding_builds_what_json_loads_builds(text: str) -> None:
+    assert _same(_loads(text), json.loads(text))
+
+
+def test_decoding_random_json_builds_what_json_loads_builds() -> None:
+    rnd = random.Random(7)
+    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\U0001f600", "\\", '"']
+
+    def value(depth: int = 0) -> object:
+        c = rnd.random()
+        if depth < 4 and c < 0.25:
+            return {"".join(rnd.choices(alphabet, k=rnd.randint(0, 4))): value(depth + 1) for _ in range(rnd.randint(0, 4))}
+        if depth < 4 and c < 0.45:
+            return [value(depth + 1) for _ in range(rnd.randint(0, 4))]
+        if c < 0.6:
+            return rnd.uniform(-1, 1) * 10 ** rnd.randint(-320, 308)
+        if c < 0.7:
+            return rnd.randint(-(10**30), 10**30)
+        if c < 0.75:
+            return rnd.choice([True, False, None, float("nan"), float("inf")])
+        return "".join(rnd.choices(alphabet, k=rnd.randint(0, 12)))
+
+    for _ in range(3000):
+        v = value()
+        for ascii_only in (True, False):
+            text = json.dumps(v, ensure_ascii=ascii_only)
+            assert _same(_loads(text), json.loads(text)), text
+
+
+@pytest.mark.parametrize("text", ['"a\x01b"', "01", "[1,]", "[1] x", "'a'", ""])
+def test_invalid_json_is_refused_as_json_refuses_it(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        _loads(text)
