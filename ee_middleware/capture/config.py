@@ -16,7 +16,8 @@ redaction_pseudonyms    ``EE_REDACTION_PSEUDONYMS``  ``[REDACTED:kind:tag]``, sa
 vault                   ``EE_VAULT`` (0/1 or path)   opt-in: keep pseudonym -> value for replay
 max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
 strict                  ``EE_CAPTURE_STRICT`` (0/1)  raise capture failures instead of logging
-offload                 ``EE_CAPTURE_OFFLOAD``       where capture's work runs: thread | process | auto
+offload                 ``EE_CAPTURE_OFFLOAD``       where capture's work runs: thread (default),
+                                                     process or auto (opt-in: start a child process)
 ======================  ===========================  ===================================
 """
 
@@ -75,13 +76,14 @@ class CaptureConfig:
     max_observation_chars: int = 200_000
     strict: bool = False
     environment: Mapping[str, Any] | EnvironmentHook | None = None
-    offload: str = "auto"
+    offload: str = "thread"
     """Where encoding, redaction, spans, assembly and store writes run
-    (:mod:`ee_middleware.capture.offload`): ``"thread"``, background threads of the agent's process
-    (deferred while runs are in flight, up to 2 s); ``"process"``, a child process started with the
+    (:mod:`ee_middleware.capture.offload`): ``"thread"`` (default), background threads of the agent's
+    process (deferred while runs are in flight, up to 2 s). Opt-in, because they start a process
+    inside your application: ``"process"``, a child process started with the
     recorder (the agent's process only pickles each run: the low-overhead mode under sustained
     load; needs the recorder's private tracer provider, a store given as a folder or spec, and
-    ``redact_fn``/``approve_if`` that pickle); ``"auto"`` (default), threads until the deferral
+    ``redact_fn``/``approve_if`` that pickle); ``"auto"``, threads until the deferral
     bound is reached while runs are in flight (sustained load), then the child process where the
     process mode can be used and there are two CPUs."""
 

@@ -114,7 +114,7 @@ def test_offload_setting_is_checked(monkeypatch):
         CaptureConfig(offload="fork")
     monkeypatch.setenv("EE_CAPTURE_OFFLOAD", "thread")
     assert CaptureConfig.load().offload == "thread"
-    assert CaptureConfig().offload == "auto"
+    assert CaptureConfig().offload == "thread"  # a child process inside the user's app is opt-in
 
 
 def test_process_mode_refuses_what_the_child_cannot_have(react_graph, tmp_path, tracer_provider):
@@ -255,7 +255,12 @@ def test_the_child_writes_what_it_was_sent_and_ends_when_its_parent_is_killed(tm
 
 def test_import_stays_light_and_the_child_is_started_only_when_asked(react_graph, tmp_path, no_child_left):
     before = _children()
-    agent = record_experience(react_graph, app="shop", store=tmp_path / "p")  # auto: no child until sustained load
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p")  # default: threads, never a child
+    agent.invoke(USER_TASK)
+    agent.flush()
+    assert _children() == before and agent.recorder.offload is None and agent.recorder._offload_init is None
+    agent.recorder.close()
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "q", offload="auto")  # auto: no child until sustained load
     agent.invoke(USER_TASK)
     agent.flush()
     assert _children() == before and agent.recorder.offload is None
