@@ -283,14 +283,23 @@ class _JobForkServer:
     """
 
     def __init__(self, preload: Iterable[str]) -> None:
+        import importlib
         from multiprocessing import forkserver
 
+        # Every internal used here or later (in the context's Popen and in release_in_worker) is looked up before the
+        # server starts, so that a Python whose internals differ falls back to spawning before anything runs.
         server = forkserver.ForkServer()
+        for module, name in _FORK_SERVER_INTERNALS:
+            getattr(server if module is None else importlib.import_module(module), name)  # AttributeError if it moved
         server.set_forkserver_preload(list(dict.fromkeys(preload)))
         server.ensure_running()
         self._server = server
-        self.pid: int = server._forkserver_pid  # type: ignore[attr-defined]
-        self.context = _fork_server_context(server)
+        try:
+            self.pid: int = server._forkserver_pid  # type: ignore[attr-defined]
+            self.context = _fork_server_context(server)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """End the server (its workers have ended: it holds nothing but imported modules)."""
@@ -313,6 +322,34 @@ class _JobForkServer:
         fd, state._forkserver_alive_fd = state._forkserver_alive_fd, None
         if fd is not None:
             os.close(fd)
+
+
+_FORK_SERVER_INTERNALS: tuple[tuple[str | None, str], ...] = (
+    (None, "_forkserver_pid"),  # None: an attribute of the ForkServer instance
+    (None, "_forkserver_alive_fd"),
+    (None, "_stop"),
+    (None, "connect_to_new_process"),
+    ("multiprocessing.forkserver", "read_signed"),
+    ("multiprocessing.forkserver", "get_inherited_fds"),
+    ("multiprocessing.forkserver", "_forkserver"),
+    ("multiprocessing.popen_forkserver", "Popen"),
+    ("multiprocessing.spawn", "get_preparation_data"),
+    ("multiprocessing.context", "set_spawning_popen"),
+    ("multiprocessing.context", "ForkServerProcess"),
+    ("multiprocessing.context", "ForkServerContext"),
+)
+"""The parts of CPython's :mod:`multiprocessing` (3.11-3.14) the job's fork server relies on."""
+
+
+def _refers_to_main(spec: WorkerSpec) -> bool:
+    """Whether ``spec`` holds something defined in the job's ``__main__`` (a sandbox factory in the user's script):
+    workers forked by the fork server do not import the main module, spawned ones do."""
+    import pickle
+
+    try:
+        return b"__main__" in pickle.dumps(spec)
+    except Exception:  # noqa: BLE001 - the pool reports an unpicklable spec itself
+        return False
 
 
 def _start_fork_server(preload: list[str]) -> _JobForkServer | None:
@@ -388,7 +425,7 @@ class ProcessExecutor:
     ) -> None:
         self.workers = workers
         self._server: _JobForkServer | None = None
-        if start_method == "forkserver" and start_method in multiprocessing.get_all_start_methods():
+        if start_method == "forkserver" and start_method in multiprocessing.get_all_start_methods() and not _refers_to_main(spec):
             self._server = _start_fork_server([*WORKER_MODULES, *preload])
         if self._server is not None:
             context, parent_pid = self._server.context, self._server.pid

@@ -19,18 +19,30 @@ def _rollouts(path: Path) -> pl.DataFrame:
     return LocalExperienceStore(path).rollouts().drop("created_at", "duration_ms").sort("id")
 
 
-def test_where_the_fork_server_cannot_start_workers_are_spawned_with_the_same_rollouts(
-    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def _own_processes() -> set[int]:
+    import psutil
+
+    # multiprocessing's resource tracker serves the whole process (every pool, every job) and ends with it
+    return {c.pid for c in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(c.cmdline())}
+
+
+@pytest.mark.parametrize("where", ["an internal is missing", "the server started, then its set-up failed"])
+def test_where_the_fork_server_cannot_be_used_workers_are_spawned_with_the_same_rollouts(
+    where: str, bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A Python whose multiprocessing internals differ (simulated: the fork server's set-up raises AttributeError)."""
+    """A Python whose multiprocessing internals differ (simulated): nothing is left running, and the job still runs."""
     twin = tmp_path / "twin"
     shutil.copytree(bfcl_store_path, twin)
     run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2))
 
-    def changed_internals(self: object, preload: object) -> None:
-        raise AttributeError("'ForkServer' object has no attribute '_forkserver_pid'")
+    if where == "an internal is missing":
+        monkeypatch.setattr(executors, "_FORK_SERVER_INTERNALS", (*executors._FORK_SERVER_INTERNALS, (None, "_moved_in_python_4")))
+    else:
 
-    monkeypatch.setattr(executors._JobForkServer, "__init__", changed_internals)
+        def changed_internals(server: object) -> None:
+            raise AttributeError("module 'multiprocessing.popen_forkserver' has no attribute 'Popen'")
+
+        monkeypatch.setattr(executors, "_fork_server_context", changed_internals)
     spawned: list[str] = []
     real_pool = executors.ProcessPoolExecutor
 
@@ -39,8 +51,39 @@ def test_where_the_fork_server_cannot_start_workers_are_spawned_with_the_same_ro
         return real_pool(*args, mp_context=mp_context, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(executors, "ProcessPoolExecutor", pool)
+    before = _own_processes()
     summary = run_replay(ReplayConfig.load(store=twin, k=2, workers=2))
     assert spawned == ["spawn"]
     assert "spawning them instead" in caplog.text
     assert summary.done == BFCL_ENTRIES
     assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
+    assert _own_processes() == before, "no fork server left behind"
+
+
+SCRIPT = """
+import sys
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.bfcl.sandbox import BFCLSandbox
+
+
+def make_sandbox():
+    return BFCLSandbox()
+
+
+if __name__ == "__main__":
+    summary = run_replay(ReplayConfig.load(store=sys.argv[1], k=2, workers=2, sandbox="__main__:make_sandbox"))
+    print(summary.done, summary.failed)
+"""
+
+
+def test_a_sandbox_defined_in_the_users_script_reaches_the_workers(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Workers forked by the fork server do not import the job's __main__: a spec naming it gets spawned workers."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "my_job.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(bfcl_store_path)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[:2] == [str(BFCL_ENTRIES), "{}"], done.stdout + done.stderr[-2000:]
