@@ -23,6 +23,10 @@ the agent's process, so with the user's own ``tracer_provider`` capture stays in
   died are still written) and exits; a parent-death signal and a watchdog
   (:mod:`ee_middleware._lifetime`) end it within a grace period in any case. ``close()`` and exit
   stop it.
+- Only the process that started the child talks to it. A process forked from it later (gunicorn
+  ``--preload`` workers, ``multiprocessing``'s fork start method, ``os.fork``) closes its copies of
+  the pipe ends at the fork and records its runs on its own threads: it never writes to the pipe,
+  reads the parent's flush answers, or stops the parent's child at its exit.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -84,12 +89,28 @@ def picklable_problem(name: str, value: Any) -> str | None:
     return None
 
 
+_instances: weakref.WeakSet[ProcessOffload] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for offload in list(_instances):
+        offload.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class ProcessOffload:
-    """The agent process's side: starts the child, sends it runs, flushes, stops it."""
+    """The agent process's side: starts the child, sends it runs, flushes, stops it.
+
+    Only the process that made it uses it: in a forked process every method acts as if the child
+    were gone, without touching the pipe or the child (see :meth:`forget_after_fork`)."""
 
     def __init__(self, init: dict[str, Any], on_error: Callable[[str, BaseException], None], *, wait_first: bool) -> None:
         self._on_error = on_error
         self._wait_first = wait_first
+        self._owner_pid = os.getpid()
         self._lock = threading.Lock()  # one sender at a time (batch runs on several threads)
         self._state = "starting"  # starting | ready | failed | closed
         self.stats = CaptureStats()
@@ -122,6 +143,26 @@ class ProcessOffload:
         self._in = Connection(from_child_r, writable=False)
         self._out.send_bytes(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL))
         self._out.send_bytes(pickle.dumps(init, protocol=_PICKLE_PROTOCOL))
+        _instances.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a process forked from the one that started the child: close this process's copies of
+        the pipe ends (the child then still sees the end of the pipe when its parent closes it) and
+        never send, flush or stop anything; runs take the thread path here."""
+        self._lock = threading.Lock()  # it may have been held by a thread that does not exist here
+        self._state = "forked"
+        self._owner_pid = os.getpid()
+        for conn in (self._out, self._in):
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _forked(self) -> bool:
+        """Whether this is a process forked from the owner (where the fork hook did not run)."""
+        if self._owner_pid != os.getpid():
+            self.forget_after_fork()
+        return self._state == "forked"
 
     def __repr__(self) -> str:
         return f"ProcessOffload(pid={self.pid}, state={self._state})"
@@ -133,9 +174,9 @@ class ProcessOffload:
     def ready(self) -> bool:
         """Whether runs go to the child now: the first call waits for it to start when built with
         ``wait_first`` (explicit ``offload="process"``); otherwise runs take the thread path until it has."""
-        if self._state == "ready":
+        if self._state == "ready" and not self._forked():
             return True
-        if self._state != "starting":
+        if self._state != "starting" or self._forked():
             return False
         with self._lock:
             if self._state == "starting":
@@ -160,6 +201,8 @@ class ProcessOffload:
     def send(self, record: RunRecord) -> bool:
         """Hand a finished run to the child; ``False`` when it must be emitted here instead (then
         ``record`` is unchanged)."""
+        if self._forked():
+            return False
         with self._lock:
             if self._state != "ready":
                 return False
@@ -224,6 +267,8 @@ class ProcessOffload:
     def flush(self, timeout: float = 30.0) -> tuple[bool, str | None]:
         """Wait until the child has written everything sent so far: (done in time, the failures it
         reported since the last flush, as one message or ``None``)."""
+        if self._forked():
+            return True, None
         with self._lock:
             if self._state == "starting" and self._in.poll(0):
                 self._read_hello()
@@ -263,6 +308,8 @@ class ProcessOffload:
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush, then stop the child (killed if it does not exit in time)."""
+        if self._forked():
+            return  # the parent's child: only the parent stops it
         with self._lock:
             if self._state == "ready":
                 try:

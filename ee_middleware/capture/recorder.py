@@ -593,6 +593,16 @@ def record_experience(
     return wrap(graph)
 
 
+def _detach_offloads_after_fork() -> None:
+    """A forked process records on its own threads: the capture process belongs to its parent."""
+    for recorder in list(_live_recorders):
+        recorder.offload = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_detach_offloads_after_fork)
+
+
 @atexit.register
 def _flush_at_exit() -> None:
     for recorder in list(_live_recorders):

@@ -266,3 +266,47 @@ def test_import_stays_light_and_the_child_is_started_only_when_asked(react_graph
     assert _children() == before and agent.recorder.offload is None
     agent.recorder.close()
     assert os.environ.get("EE_CAPTURE_OFFLOAD") is None
+
+
+_FORKED = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from ee_middleware import record_experience
+from tests.conftest import USER_TASK
+from tests.capture.test_offload import _graph
+agent = record_experience(_graph(), app="shop", store={store!r}, offload="process")
+offload = agent.recorder.offload
+for _ in range(5):
+    agent.invoke(USER_TASK)
+forks = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:  # a worker forked after the child started (gunicorn --preload, multiprocessing fork)
+        for _ in range(30):
+            agent.invoke(USER_TASK)
+        agent.flush()
+        print("fork", agent.recorder.offload is None, agent.recorder.stats.runs_failed, flush=True)
+        sys.exit(0)  # through atexit, as a worker ends
+    forks.append(pid)
+for _ in range(30):
+    agent.invoke(USER_TASK)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in forks]
+for _ in range(5):  # after the forks ended: the child still takes runs
+    agent.invoke(USER_TASK)
+agent.flush()
+print("parent", codes, offload.alive, agent.recorder.offload is offload, agent.recorder.stats.runs_failed, flush=True)
+agent.recorder.close()
+"""
+
+
+def test_a_forked_process_records_in_its_own_threads_and_leaves_the_child_to_the_parent(tmp_path):
+    store = tmp_path / "experience"
+    code = textwrap.dedent(_FORKED).format(repo=str(REPO), store=str(store))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(result.stdout.split("\n"))
+    assert lines[-1] == "parent [0, 0, 0] True True 0", result.stdout + result.stderr[-3000:]
+    assert lines[-4:-1] == ["fork True 0"] * 3, result.stdout + result.stderr[-3000:]
+    reader = LocalExperienceStore(store)
+    assert reader.trajectories().height == 5 + 3 * 30 + 30 + 5  # every run of the parent and of every fork
+    reader.close()
