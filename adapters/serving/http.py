@@ -29,6 +29,10 @@ def error_body(status: int, message: str, kind: str = "BadRequestError") -> dict
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
+class _ClientGone(Exception):
+    """Writing to the client failed: it closed the connection (or it broke)."""
+
+
 @dataclass
 class EventStream:
     """An answer sent as it is produced: the bytes of a server-sent event stream (``"stream": true``).
@@ -106,23 +110,29 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            tail = b"\n\n"  # the last bytes sent: an event is complete once they end in a blank line
             try:
                 for chunk in stream.chunks:
                     if chunk:
                         self._write_chunk(chunk)
-            except (BrokenPipeError, ConnectionResetError):
+                        tail = (tail + chunk)[-2:]
+            except _ClientGone:
                 raise
             except Exception as exc:  # noqa: BLE001 - the status is sent: say what broke inside the stream
-                self._write_chunk(sse_event(error_body(502, f"the stream broke: {type(exc).__name__}: {exc}", "BadGatewayError")))
+                error = sse_event(error_body(502, f"the stream broke: {type(exc).__name__}: {exc}", "BadGatewayError"))
+                self._write_chunk(error if tail == b"\n\n" else b"\n\n" + error)  # never inside a half-sent event
             self._write_chunk(b"")
-        except (BrokenPipeError, ConnectionResetError):
+        except _ClientGone:
             self.close_connection = True  # the client went away; stop reading upstream
         finally:
             stream.close()
 
     def _write_chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
+        try:
+            self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+        except OSError as exc:
+            raise _ClientGone from exc
 
     def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)

@@ -6,7 +6,7 @@ for one stable name, the app's name. For each request the router reads the regis
 adapter's immutable name (or the served base model when the app has no live adapter yet) and
 forwards the request to the next replica (round robin), trying the others when one does not
 answer. ``"stream": true`` answers are relayed as the replica sends them (server-sent events); a
-replica that fails before its first byte is skipped, one that breaks mid-stream ends the stream with
+replica that fails before it answers (its status line) is skipped, one that breaks mid-stream ends the stream with
 an error event. A promote or rollback is one atomic write of the registry index: the next request goes to
 the new adapter, requests in flight finish on the old one (it stays loaded), and no request fails
 or waits for a restart. Answers keep the adapter's name in ``model``, so recorded traces say which

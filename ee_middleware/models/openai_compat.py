@@ -143,7 +143,7 @@ class OpenAIChatClient:
         def chunks() -> Iterator[bytes]:
             nonlocal received
             try:
-                for chunk in response.iter_raw():
+                for chunk in response.iter_bytes():  # decoded: a compressed answer comes out as plain bytes
                     received += len(chunk)
                     yield chunk
             except httpx.TimeoutException as exc:

@@ -296,10 +296,10 @@ def test_a_replica_that_breaks_mid_stream_ends_the_stream_with_an_error_event_fa
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            first = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
-            self.wfile.write(f"{len(first):X}\r\n".encode() + first + b"\r\n")
-            self.wfile.flush()
-            self.connection.shutdown(2)  # gone mid-answer, without the closing chunk
+            for piece in (b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n', b'data: {"choices": [{"ind'):
+                self.wfile.write(f"{len(piece):X}\r\n".encode() + piece + b"\r\n")
+                self.wfile.flush()
+            self.connection.shutdown(2)  # gone in the middle of an event, without the closing chunk
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -309,9 +309,44 @@ def test_a_replica_that_breaks_mid_stream_ends_the_stream_with_an_error_event_fa
     with serving(upstream) as broken, serving(make_router_server(AliasRouter(_EmptyRegistry(), [broken], retries=0), port=0)) as routed:
         response = httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30)
     assert response.status_code == 200
-    events = _events(response)
-    assert events[0]["choices"][0]["delta"] == {"content": "Hel"}, "what arrived was relayed"
-    assert events[-1]["error"]["type"] == "BadGatewayError" and "broke after" in events[-1]["error"]["message"], events
+    blocks = [b for b in response.text.split("\n\n") if b.strip()]
+    assert json.loads(blocks[0].removeprefix("data: "))["choices"][0]["delta"] == {"content": "Hel"}, "what arrived was relayed"
+    assert blocks[1] == 'data: {"choices": [{"ind', "the half event as it came"
+    error = json.loads(blocks[-1].removeprefix("data: "))["error"]
+    assert error["type"] == "BadGatewayError" and "broke after" in error["message"], "the error is an event of its own"
+
+
+def test_a_compressed_stream_is_relayed_decoded_fake_replica() -> None:
+    """A replica (behind a proxy) that gzips its event stream: the router sends plain events (it sets no Content-Encoding)."""
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ee_middleware.testing.http import serving
+
+    events = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\ndata: [DONE]\n\n'
+
+    class Gzipping(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = gzip.compress(events)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Gzipping)
+    upstream.daemon_threads = True
+    with serving(upstream) as zipped, serving(make_router_server(AliasRouter(_EmptyRegistry(), [zipped], retries=0), port=0)) as routed:
+        response = httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30)
+    assert response.status_code == 200 and "content-encoding" not in response.headers
+    assert response.content == events
 
 
 class _EmptyRegistry:
