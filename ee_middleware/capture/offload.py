@@ -395,7 +395,9 @@ class _Worker:
                     data[1]["tools"] = self._tool_lists[data[1]["tools"]]
             emit_run(self, record, self.report_failure)
         except Exception as exc:  # noqa: BLE001 - one run's failure never stops the child
-            self.report_failure(f"could not finish a span: {exc!r}", exc)
+            self.report_failure(
+                *_without_data(f"could not record a run sent by the agent's process ({len(record.calls)} model calls)", exc)
+            )
 
     def flush(self, timeout: float) -> tuple[bool, str | None]:
         error = None
@@ -412,6 +414,14 @@ class _Worker:
         self.processor.shutdown()
         if self.vault is not None:
             self.vault.close()
+
+
+def _without_data(what: str, exc: BaseException) -> tuple[str, BaseException]:
+    """A failure on data from the agent's process, told without that data: an exception's message
+    may hold the run's text (unpickling errors quote their arguments), which then reached stderr,
+    ``stats.errors`` and strict mode's error unredacted. The exception's type names the cause."""
+    message = f"{what}: {type(exc).__module__}.{type(exc).__qualname__} (its message is not shown: it may hold the run's data)"
+    return message, RuntimeError(message)
 
 
 def _arm_lifetime(parent_pid: int, death_signal: bool) -> None:
@@ -456,7 +466,7 @@ def child_main() -> None:
         try:
             message = pickle.loads(data)
         except Exception as exc:  # noqa: BLE001 - a run the child cannot read is counted, not fatal
-            worker.report_failure(f"could not read a run sent by the agent's process: {exc!r}", exc)
+            worker.report_failure(*_without_data(f"could not read a run sent by the agent's process ({len(data)} bytes pickled)", exc))
             continue
         if isinstance(message, RunRecord):
             worker.emit(message)

@@ -310,3 +310,34 @@ def test_a_forked_process_records_in_its_own_threads_and_leaves_the_child_to_the
     reader = LocalExperienceStore(store)
     assert reader.trajectories().height == 5 + 3 * 30 + 30 + 5  # every run of the parent and of every fork
     reader.close()
+
+
+_SECRET = "order note: card 4111 1111 1111 1111, " * 500  # about 20 KB of a user's message text
+
+
+def _rebuild(text: str) -> Any:
+    raise ValueError(f"cannot rebuild {text}")
+
+
+class _Unloadable:
+    """Pickles in the agent's process; unpickling it in the child raises with the data in the message."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (self.text,)
+
+
+def test_a_run_the_child_cannot_read_is_reported_without_its_data(react_graph, tmp_path, capfd, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True)
+    agent.invoke(USER_TASK, {"configurable": {"ee_environment": {"blob": _Unloadable(_SECRET)}}})
+    with pytest.raises(CaptureError) as raised:
+        agent.flush()
+    stats = agent.recorder.stats
+    agent.recorder.close()
+    assert stats.runs_failed == 1
+    message = stats.errors[-1]
+    assert "ValueError" in message and "bytes" in message, message
+    reported = [str(raised.value), *stats.errors, capfd.readouterr().err]
+    assert not [r for r in reported if "4111" in r or "order note" in r], [r[:300] for r in reported]
