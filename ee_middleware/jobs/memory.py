@@ -8,9 +8,11 @@ the job's size at the moment it was started. :class:`PeakMemory` instead samples
 - this process's resident memory; where the process's high-water mark (``VmHWM``) rose during the
   stage, that new mark is the stage's exact peak (it was set during the stage). The mark is never
   reset: a program that runs a job in-process keeps its own peak readings;
-- the live descendants (children, their children, ...), keeping the largest sum of their resident
-  memory, never less than the largest single descendant's own high-water mark (``VmHWM``, which
-  starts afresh at ``exec``).
+- the descendants started during the stage (children, their children, ...), keeping the largest sum
+  of their proportional set sizes (PSS, ``/proc/PID/smaps_rollup``: pages shared with this process
+  or with each other are divided among the sharers, so forked workers are not counted N times the
+  parent's size). A process already running when the stage began (a server an earlier stage
+  started) is counted by the stage that started it.
 
 A peak shorter than the interval between two samples can be missed where no high-water mark shows
 it, so the figures are lower bounds. Without ``/proc`` (not Linux) ``self`` is ``ru_maxrss`` so far.
@@ -35,6 +37,20 @@ def _status_mib(pid: int | str, field: str) -> float | None:
             for line in fh:
                 if line.startswith(field):
                     return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _proportional_mib(pid: int) -> float | None:
+    """``pid``'s proportional set size (MiB); its resident size where the kernel has no ``smaps_rollup``."""
+    try:
+        with open(_PROC / str(pid) / "smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        return _resident_mib(pid) if (_PROC / str(pid)).exists() else None
     except (OSError, ValueError, IndexError):
         return None
     return None
@@ -113,7 +129,7 @@ class PeakMemory:
         self._mark_at_end: float | None = None
         self._self_peak = 0.0
         self._children_peak = 0.0
-        self._child_hwm: dict[int, float] = {}
+        self._before: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -125,6 +141,7 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if _PROC.is_dir():
             self._mark_at_start = process_peak_mib()
+            self._before = set(descendants(self._pid))
             self._sample()
             self._thread = threading.Thread(target=self._watch, name="ee-peak-memory", daemon=True)
             self._thread.start()
@@ -145,16 +162,8 @@ class PeakMemory:
         own = _resident_mib(self._pid)
         if own is not None:
             self._self_peak = max(self._self_peak, own)
-        total = 0.0
-        for pid in descendants(self._pid):
-            rss = _resident_mib(pid)
-            if rss is None:
-                continue
-            total += rss
-            hwm = _status_mib(pid, "VmHWM:")
-            if hwm is not None and hwm > self._child_hwm.get(pid, 0.0):
-                self._child_hwm[pid] = hwm
-        self._children_peak = max(self._children_peak, total, max(self._child_hwm.values(), default=0.0))
+        total = sum(filter(None, (_proportional_mib(pid) for pid in descendants(self._pid) if pid not in self._before)))
+        self._children_peak = max(self._children_peak, total)
 
     def result(self) -> dict[str, float]:
         """``{"self": MiB, "children": MiB}``, rounded to 0.1 MiB (read while open: so far)."""
