@@ -353,7 +353,7 @@ class PartWriter:
         (self._tail if tail else self._main).append(part)
 
     def commit(self) -> None:
-        """Stream the parts into the dataset file (atomically)."""
+        """Stream the parts into the dataset file (atomically), then remove them."""
         parts = self._main + self._tail
         with atomic_path(self.path) as tmp:
             if parts:  # row groups of about ROW_GROUP_BYTES of text: the merge holds one at a time
@@ -361,6 +361,9 @@ class PartWriter:
                 pl.scan_parquet(parts).sink_parquet(tmp, compression="zstd", metadata=self.metadata, row_group_size=rows)
             else:
                 conform(pl.DataFrame()).write_parquet(tmp, compression="zstd", metadata=self.metadata)
+        if self._folder is not None:  # merged: the parts' disk space goes back before the next kind's merge
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
 
 def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:

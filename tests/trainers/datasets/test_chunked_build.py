@@ -318,3 +318,23 @@ def _kind_infos(summary: dict) -> dict[str, dict]:
         side: {kind: {k: v for k, v in info.items() if k not in ("seconds", "path")} for kind, info in kinds.items()}
         for side, kinds in sides.items()
     }
+
+
+def test_a_kinds_parts_are_removed_as_soon_as_they_are_merged(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the next kind merges, the parts of the kinds already merged are gone (disk: parts + one merge, not all)."""
+    from ee_middleware.trainers.datasets import build
+
+    out = tmp_path / "out"
+    left_at_each_commit: list[list[str]] = []
+    real_commit = build.PartWriter.commit
+
+    def commit(self: build.PartWriter) -> None:
+        left_at_each_commit.append(sorted(p.name.split(".parts-")[0] for p in out.glob(".*.parts-*")))
+        real_commit(self)
+
+    monkeypatch.setattr(build.PartWriter, "commit", commit)
+    build_datasets(DatasetConfig.load(store=store_path, out=out, chunk_mb=TINY, kinds=["il", "iwm"]))
+    assert left_at_each_commit == [[".il.parquet", ".iwm.parquet"], [".il.parquet"]] or left_at_each_commit == [
+        [".il.parquet", ".iwm.parquet"],
+        [".iwm.parquet"],
+    ], left_at_each_commit
