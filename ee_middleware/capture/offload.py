@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -104,20 +105,34 @@ if hasattr(os, "register_at_fork"):
 class ProcessOffload:
     """The agent process's side: starts the child, sends it runs, flushes, stops it.
 
+    The agent's threads never write to the pipe themselves: :meth:`send` pickles the run and queues
+    the bytes for a sender thread, so a child that is slow or stopped never blocks the agent. The
+    queue is bounded (``max_queued_runs``, ``max_queued_bytes``); while it is full, runs are recorded
+    on the agent process's threads instead (``stats.runs_not_offloaded``, with a warning).
+
     Only the process that made it uses it: in a forked process every method acts as if the child
     were gone, without touching the pipe or the child (see :meth:`forget_after_fork`)."""
+
+    max_queued_runs = 2_000
+    max_queued_bytes = 64 * 1024 * 1024
 
     def __init__(self, init: dict[str, Any], on_error: Callable[[str, BaseException], None], *, wait_first: bool) -> None:
         self._on_error = on_error
         self._wait_first = wait_first
         self._owner_pid = os.getpid()
-        self._lock = threading.Lock()  # one sender at a time (batch runs on several threads)
-        self._state = "starting"  # starting | ready | failed | closed
+        self._lock = threading.Lock()  # the queue, the tool-list numbers, the state (held briefly)
+        self._wake = threading.Condition(self._lock)
+        self._read_lock = threading.Lock()  # one reader of the child's answers at a time
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._writing = False  # the sender thread is writing a message taken from the queue
+        self._state = "starting"  # starting | ready | failed | closed | forked
         self.stats = CaptureStats()
         self.cpu_s = 0.0  # the child's CPU time, as of its last answer
         self.pid: int | None = None
         self._token = 0
         self._unacked = 0
+        self._late_errors: list[str] = []  # failures in answers to flushes that had timed out
         self._tool_numbers: dict[tuple[int, ...], tuple[tuple[Any, ...], int]] = {}
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -141,17 +156,22 @@ class ProcessOffload:
         self.pid = self._process.pid
         self._out = Connection(to_child_w, readable=False)
         self._in = Connection(from_child_r, writable=False)
-        self._out.send_bytes(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL))
-        self._out.send_bytes(pickle.dumps(init, protocol=_PICKLE_PROTOCOL))
+        self._queue.append(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL))
+        self._queue.append(pickle.dumps(init, protocol=_PICKLE_PROTOCOL))
+        self._sender = threading.Thread(target=self._send_loop, name="ee-capture-offload-sender", daemon=True)
+        self._sender.start()
         _instances.add(self)
 
     def forget_after_fork(self) -> None:
         """In a process forked from the one that started the child: close this process's copies of
         the pipe ends (the child then still sees the end of the pipe when its parent closes it) and
         never send, flush or stop anything; runs take the thread path here."""
-        self._lock = threading.Lock()  # it may have been held by a thread that does not exist here
+        self._lock = threading.Lock()  # they may have been held by a thread that does not exist here
+        self._wake = threading.Condition(self._lock)
+        self._read_lock = threading.Lock()
         self._state = "forked"
         self._owner_pid = os.getpid()
+        self._queue.clear()
         for conn in (self._out, self._in):
             try:
                 conn.close()
@@ -178,7 +198,7 @@ class ProcessOffload:
             return True
         if self._state != "starting" or self._forked():
             return False
-        with self._lock:
+        with self._read_lock:
             if self._state == "starting":
                 timeout = 60.0 if self._wait_first else 0.0
                 if self._in.poll(timeout):
@@ -194,37 +214,71 @@ class ProcessOffload:
             self._fail(f"the capture process exited while starting (exit code {self._process.poll()})", exc)
             return
         if kind == "ready":
-            self._state = "ready"
+            with self._lock:
+                if self._state == "starting":
+                    self._state = "ready"
         else:
             self._fail(f"the capture process could not start: {detail}", RuntimeError(detail))
 
     def send(self, record: RunRecord) -> bool:
         """Hand a finished run to the child; ``False`` when it must be emitted here instead (then
-        ``record`` is unchanged)."""
+        ``record`` is unchanged). Never waits for the child: the bytes are queued for the sender."""
         if self._forked():
             return False
         with self._lock:
             if self._state != "ready":
                 return False
+            if len(self._queue) >= self.max_queued_runs or self._queued_bytes >= self.max_queued_bytes:
+                self._note_fallback(
+                    f"the capture process is not taking runs ({len(self._queue)} runs, {self._queued_bytes} bytes queued for it; "
+                    "later runs go to it again once it reads them)"
+                )
+                return False
             sent_tools = self._number_tool_lists(record)
             try:
                 data = pickle.dumps(record, protocol=_PICKLE_PROTOCOL)
             except Exception as exc:  # noqa: BLE001 - whatever the objects raise: the thread path takes the run
-                data, why = None, f"its objects cannot be pickled ({exc!r})"
+                data, why = None, f"its objects cannot be pickled ({type(exc).__name__})"
             else:
                 why = "it holds objects of classes defined in the script run as __main__"
             if data is None or b"__main__" in data:  # __main__: a class of the parent's script, which the child cannot import
                 self._unnumber_tool_lists(record, sent_tools)
                 self._note_fallback(why)
                 return False
-            try:
-                self._out.send_bytes(data)
-            except OSError as exc:
-                self._unnumber_tool_lists(record, sent_tools)
-                self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
-                return False
+            self._enqueue(data)
             self._unacked += 1
         return True
+
+    def _enqueue(self, data: bytes) -> None:
+        """(With ``_lock`` held.)"""
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        if len(self._queue) == 1:
+            self._wake.notify()
+
+    def _send_loop(self) -> None:
+        """The sender thread: writes the queued messages to the pipe, in order."""
+        while True:
+            with self._lock:
+                while not self._queue and self._state in ("starting", "ready"):
+                    self._wake.wait()
+                if not self._queue or self._state not in ("starting", "ready", "closed"):
+                    return
+                data = self._queue.popleft()
+                self._queued_bytes -= len(data)
+                self._writing = True
+            try:
+                self._out.send_bytes(data)
+            except (OSError, ValueError) as exc:  # ValueError, TypeError: the connection was closed meanwhile
+                if self._state in ("starting", "ready"):
+                    self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
+                return
+            except TypeError:
+                return
+            finally:
+                with self._lock:
+                    self._writing = False
+                    self._wake.notify_all()
 
     def _number_tool_lists(self, record: RunRecord) -> list[int]:
         """Replace each chat call's tool list (a model bound to tools passes the same schema objects
@@ -256,12 +310,14 @@ class ProcessOffload:
             del self._tool_numbers[key]  # the child never got them
         record.tool_lists = None
 
-    _fallback_noted = False
+    _fallback_noted: frozenset[str] = frozenset()
 
     def _note_fallback(self, why: str) -> None:
+        """(With ``_lock`` held.) Count a run recorded in this process; warn once per kind of cause."""
         self.stats.runs_not_offloaded += 1
-        if not self._fallback_noted:
-            self._fallback_noted = True
+        kind = why.split(" (")[0]
+        if kind not in self._fallback_noted:
+            self._fallback_noted = self._fallback_noted | {kind}
             logger.warning("ee-middleware: a run is recorded in the agent's process instead of the capture process: %s.", why)
 
     def flush(self, timeout: float = 30.0) -> tuple[bool, str | None]:
@@ -269,21 +325,25 @@ class ProcessOffload:
         reported since the last flush, as one message or ``None``)."""
         if self._forked():
             return True, None
-        with self._lock:
+        deadline = time.monotonic() + timeout + 5.0
+        with self._read_lock:
             if self._state == "starting" and self._in.poll(0):
                 self._read_hello()
-            if self._state != "ready":  # not started yet, nothing was sent to it; or gone (said so)
-                return True, None
-            self._token += 1
-            token = self._token
+            with self._lock:
+                if self._state != "ready":  # not started yet, nothing was sent to it; or gone (said so)
+                    return True, None
+                self._token += 1
+                token = self._token
+                self._enqueue(pickle.dumps(("flush", token, timeout), protocol=_PICKLE_PROTOCOL))
             try:
-                self._out.send_bytes(pickle.dumps(("flush", token, timeout), protocol=_PICKLE_PROTOCOL))
-                return self._await(token, time.monotonic() + timeout + 5.0)
+                return self._await(token, deadline)
             except (OSError, EOFError) as exc:
                 self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
                 return False, None
 
     def _await(self, token: int, deadline: float) -> tuple[bool, str | None]:
+        """(With ``_read_lock`` held.) Read answers until ``token``'s; an answer to an earlier flush
+        that had timed out is skipped, but its failures are kept for this one."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._in.poll(remaining):
@@ -293,40 +353,54 @@ class ProcessOffload:
             self.stats = CaptureStats(**stats)
             self.stats.runs_not_offloaded = runs_not_offloaded
             self.cpu_s = cpu_s
+            if error is not None:
+                self._late_errors.append(error)
             if got == token:
-                self._unacked = 0
-                return done, error
+                with self._lock:
+                    self._unacked = 0
+                errors, self._late_errors = self._late_errors, []
+                return done, "; ".join(errors) if errors else None
 
     def _fail(self, message: str, exc: BaseException) -> None:
         """The child is unusable: say so (with what may be lost) and send nothing more."""
-        if self._unacked:
-            message += f"; {self._unacked} runs sent since the last flush may not be written"
-        self._state = "failed"
-        self._unacked = 0
+        with self._lock:
+            if self._state not in ("starting", "ready"):
+                return  # said already, or closing
+            if self._unacked or self._queue:
+                message += f"; {self._unacked} runs sent since the last flush may not be written"
+            self._state = "failed"
+            self._unacked = 0
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._wake.notify_all()
         self._on_error(message + "; later runs are recorded in the agent's process", exc)
         self._stop(kill=True)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush, then stop the child (killed if it does not exit in time)."""
+        """Flush, then stop the child (killed if it has not exited within ``timeout``)."""
         if self._forked():
             return  # the parent's child: only the parent stops it
+        deadline = time.monotonic() + timeout
         with self._lock:
             if self._state == "ready":
-                try:
-                    self._out.send_bytes(pickle.dumps(("close", 0, timeout), protocol=_PICKLE_PROTOCOL))
-                    self._token += 1
-                except OSError:
-                    pass
+                self._token += 1
+                self._enqueue(pickle.dumps(("close", self._token, timeout), protocol=_PICKLE_PROTOCOL))
             if self._state in ("starting", "ready"):
                 self._state = "closed"
-            self._stop(kill=False, timeout=timeout)
+            self._wake.notify_all()
+            # the sender writes what is queued (the close message last); a stalled child is killed
+            while (self._queue or self._writing) and (remaining := deadline - time.monotonic()) > 0:
+                self._wake.wait(remaining)
+            stalled = bool(self._queue or self._writing)
+        if stalled:
+            logger.warning("ee-middleware: the capture process did not take its last runs within %.0f s; stopping it.", timeout)
+        self._stop(kill=stalled, timeout=max(0.1, deadline - time.monotonic()))
 
     def _stop(self, *, kill: bool, timeout: float = 5.0) -> None:
-        for conn in (self._out, self._in):
-            try:
-                conn.close()
-            except OSError:
-                pass
+        try:
+            self._out.close()  # the end of the pipe: the child writes what it read and exits
+        except OSError:
+            pass
         try:
             if kill:
                 self._process.kill()
@@ -334,6 +408,10 @@ class ProcessOffload:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        try:
+            self._in.close()
+        except OSError:
+            pass
 
 
 # --- the child ------------------------------------------------------------------------------------

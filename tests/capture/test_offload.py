@@ -341,3 +341,54 @@ def test_a_run_the_child_cannot_read_is_reported_without_its_data(react_graph, t
     assert "ValueError" in message and "bytes" in message, message
     reported = [str(raised.value), *stats.errors, capfd.readouterr().err]
     assert not [r for r in reported if "4111" in r or "order note" in r], [r[:300] for r in reported]
+
+
+def test_a_stopped_child_never_blocks_the_agent_and_no_run_is_lost(react_graph, inventory, tmp_path, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
+    recorder = agent.recorder
+    offload = recorder.offload
+    offload.max_queued_runs = 10  # (a small queue: the pipe and the queue fill within a few dozen runs)
+    agent.invoke(USER_TASK)
+    assert agent.flush()
+    finished = threading.Event()
+
+    def runs() -> None:
+        for _ in range(100):
+            agent.invoke(USER_TASK)
+        finished.set()
+
+    os.kill(offload.pid, signal.SIGSTOP)
+    try:
+        worker = threading.Thread(target=runs, daemon=True)
+        worker.start()
+        worker.join(60)  # a guard against a hang, not a timing check: 100 runs take well under a second
+        assert finished.is_set(), "the agent blocked on a stopped capture process"
+        assert recorder.stats.runs_not_offloaded > 0  # the runs the queue had no room for were recorded here
+        assert recorder.flush(timeout=0.5) is False  # a flush says it is not done, and does not hang
+    finally:
+        os.kill(offload.pid, signal.SIGCONT)
+    assert agent.flush()
+    stats = recorder.stats
+    assert (stats.trajectories_written, stats.runs_failed) == (101, 0), stats
+    assert offload.alive
+    recorder.close()
+    store = LocalExperienceStore(tmp_path / "p")
+    assert store.trajectories().height == 101
+    store.close()
+
+
+def test_strict_mode_keeps_a_failure_answered_after_its_flush_timed_out(react_graph, tmp_path, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True, approve_if=approve_or_fail)
+    recorder = agent.recorder
+    pid = recorder.offload.pid
+    assert recorder.offload.ready()  # started
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        agent.invoke(USER_TASK)
+        assert recorder.flush(timeout=0.2) is False  # the child answers later, with approve_if's failure
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with pytest.raises(CaptureError, match=r"capture process.*approve_if broke"):
+        agent.flush()
+    assert agent.flush()  # said once
+    recorder.close()
