@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,8 @@ class ProcessOffload:
     Only the process that made it uses it: in a forked process every method acts as if the child
     were gone, without touching the pipe or the child (see :meth:`forget_after_fork`)."""
 
+    max_tool_lists = 64
+    """Tool lists numbered at once (the rest are sent again when used again)."""
     max_queued_runs = 2_000
     max_queued_bytes = 64 * 1024 * 1024
 
@@ -133,7 +135,7 @@ class ProcessOffload:
         self._token = 0
         self._unacked = 0
         self._late_errors: list[str] = []  # failures in answers to flushes that had timed out
-        self._tool_numbers: dict[tuple[int, ...], tuple[tuple[Any, ...], int]] = {}
+        self._tool_numbers: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], int]] = OrderedDict()  # ids -> (lists, slot)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         main_thread = threading.current_thread() is threading.main_thread()  # the death signal follows the starting thread
@@ -280,34 +282,58 @@ class ProcessOffload:
                     self._writing = False
                     self._wake.notify_all()
 
-    def _number_tool_lists(self, record: RunRecord) -> list[int]:
+    def _number_tool_lists(self, record: RunRecord) -> list[tuple[dict[str, Any], list[Any], Any]]:
         """Replace each chat call's tool list (a model bound to tools passes the same schema objects
-        on every call) by its number; the first use of a list sends it along. Returns the numbers
-        sent with this record."""
+        on every call) by its number; the first use of a list sends it along. Returns what to undo
+        if the record is not sent.
+
+        Numbers are slots 1..``max_tool_lists``: a new list takes a free slot or the least recently
+        used one, and is sent with the record, where the child puts it in that slot; both tables
+        stay that small (a model bound anew at every turn makes new lists every time)."""
         new: dict[int, list[Any]] = {}
+        undo: list[tuple[dict[str, Any], list[Any], Any]] = []
+        table = self._tool_numbers
         for _, _, _, data, _, _ in record.calls:
             params = data[1] if len(data) == 3 and isinstance(data[1], dict) else None
             tools = params.get("tools") if params is not None else None
             if not isinstance(tools, list) or not tools:
                 continue
             key = tuple(map(id, tools))
-            known = self._tool_numbers.get(key)
-            if known is None or any(a is not b for a, b in zip(known[0], tools, strict=True)):
-                known = (tuple(tools), len(self._tool_numbers) + len(new) + 1)  # the tuple keeps the ids from being reused
-                new[known[1]] = tools
-                self._tool_numbers[key] = known
+            known = table.get(key)
+            if known is not None and all(a is b for a, b in zip(known[0], tools, strict=True)):
+                table.move_to_end(key)
+            else:
+                if known is not None:  # the same ids, other objects (the old ones were freed): its slot is reused
+                    evicted: tuple[Any, Any] | None = (key, table.pop(key))
+                    slot = known[1]
+                elif len(table) < self.max_tool_lists:
+                    evicted, slot = None, len(table) + 1
+                else:
+                    oldest = next(iter(table))
+                    if table[oldest][1] in new:  # (more new lists in one run than slots: this one goes as it is)
+                        continue
+                    evicted = (oldest, table.pop(oldest))
+                    slot = evicted[1][1]
+                known = (tuple(tools), slot)  # the tuple keeps the ids from being reused while the slot holds them
+                table[key] = known
+                new[slot] = tools
+                undo.append(({}, [], (key, evicted)))
+            undo.append((params, tools, None))
             params["tools"] = known[1]
         record.tool_lists = new or None
-        return list(new)
+        return undo
 
-    def _unnumber_tool_lists(self, record: RunRecord, sent: list[int]) -> None:
-        """Undo :meth:`_number_tool_lists` for a record that is not sent."""
-        lists = {number: list(objects) for objects, number in self._tool_numbers.values()}
-        for _, _, _, data, _, _ in record.calls:
-            if len(data) == 3 and isinstance(data[1], dict) and isinstance(data[1].get("tools"), int):
-                data[1]["tools"] = lists[data[1]["tools"]]
-        for key in [k for k, (_, number) in self._tool_numbers.items() if number in sent]:
-            del self._tool_numbers[key]  # the child never got them
+    def _unnumber_tool_lists(self, record: RunRecord, undo: list[tuple[dict[str, Any], list[Any], Any]]) -> None:
+        """Undo :meth:`_number_tool_lists` for a record that is not sent (the child never saw it)."""
+        for params, tools, change in reversed(undo):
+            if change is None:
+                params["tools"] = tools
+                continue
+            key, evicted = change
+            del self._tool_numbers[key]
+            if evicted is not None:
+                self._tool_numbers[evicted[0]] = evicted[1]
+                self._tool_numbers.move_to_end(evicted[0], last=False)
         record.tool_lists = None
 
     _fallback_noted: frozenset[str] = frozenset()

@@ -392,3 +392,44 @@ def test_strict_mode_keeps_a_failure_answered_after_its_flush_timed_out(react_gr
         agent.flush()
     assert agent.flush()  # said once
     recorder.close()
+
+
+def _binds_tools_every_turn() -> Any:
+    """A graph whose model node binds its tools anew at every turn (new schema dicts each time), the
+    tool's description naming the run (``configurable.run``)."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    from ee_middleware.testing import ScriptedChatModel
+
+    model = ScriptedChatModel(script=[AIMessage(content="Checked.")], model_name="scripted")
+
+    def agent(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
+        run = config["configurable"]["run"]
+        schema = {"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]}
+        tool = {"type": "function", "function": {"name": "check_stock", "description": f"Stock of run {run}", "parameters": schema}}
+        return {"messages": [model.bind_tools([tool]).invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_edge(START, "agent")
+    return graph.compile()
+
+
+def test_tool_lists_bound_anew_every_turn_keep_the_table_bounded_and_each_run_its_own_tools(tmp_path, no_child_left):
+    agent = record_experience(_binds_tools_every_turn(), app="shop", store=tmp_path / "p", offload="process")
+    offload = agent.recorder.offload
+    offload.max_tool_lists = 4  # (small, so that numbers are reused many times over)
+    for run in range(200):
+        configurable: dict[str, Any] = {"run": run}
+        if run % 50 == 7:  # a run that cannot be pickled: its numbering (and the slot it took) is undone
+            configurable["ee_environment"] = {"db": _Connection()}
+        agent.invoke(USER_TASK, {"configurable": configurable})
+    assert agent.flush()
+    assert len(offload._tool_numbers) <= 4 and agent.recorder.stats.runs_not_offloaded == 4
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "p")
+    descriptions = sorted(t.tools[0]["function"]["description"] for t in store.iter_trajectories())
+    store.close()
+    assert descriptions == sorted(f"Stock of run {run}" for run in range(200))  # both sides agree on every number
