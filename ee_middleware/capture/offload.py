@@ -375,9 +375,9 @@ class ProcessOffload:
             if remaining <= 0 or not self._in.poll(remaining):
                 return False, None
             _, got, done, stats, cpu_s, error = pickle.loads(self._in.recv_bytes())
-            runs_not_offloaded = self.stats.runs_not_offloaded
+            here = self.stats  # the counters kept in this process
             self.stats = CaptureStats(**stats)
-            self.stats.runs_not_offloaded = runs_not_offloaded
+            self.stats.runs_not_offloaded, self.stats.offload_start_failures = here.runs_not_offloaded, here.offload_start_failures
             self.cpu_s = cpu_s
             if error is not None:
                 self._late_errors.append(error)
@@ -392,6 +392,7 @@ class ProcessOffload:
         with self._lock:
             if self._state not in ("starting", "ready"):
                 return  # said already, or closing
+            starting = self._state == "starting"  # no run was sent to it: all took the thread path
             if self._unacked or self._queue:
                 message += f"; {self._unacked} runs sent since the last flush may not be written"
             self._state = "failed"
@@ -399,7 +400,11 @@ class ProcessOffload:
             self._queue.clear()
             self._queued_bytes = 0
             self._wake.notify_all()
-        self._on_error(message + "; later runs are recorded in the agent's process", exc)
+        if starting:  # not a run's failure: a warning and its own counter, strict mode raises nothing
+            self.stats.offload_start_failures += 1
+            logger.warning("ee-middleware: %s; capture's work stays on the agent process's threads.", message)
+        else:
+            self._on_error(message + "; later runs are recorded in the agent's process", exc)
         self._stop(kill=True)
 
     def close(self, timeout: float = 30.0) -> None:

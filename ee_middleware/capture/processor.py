@@ -51,6 +51,9 @@ class CaptureStats:
     runs_not_offloaded: int = 0
     """With capture offloaded to a process: runs recorded in the agent's process instead (objects
     that cannot be pickled); they are stored all the same."""
+    offload_start_failures: int = 0
+    """Capture processes that could not be started (logged as warnings): runs were then recorded in
+    the agent's process, and none of them failed for it."""
 
     def record_error(self, message: str) -> None:
         self.runs_failed += 1
@@ -65,6 +68,7 @@ class CaptureStats:
             spans_dropped=self.spans_dropped + other.spans_dropped,
             errors=[*self.errors, *other.errors][-20:],
             runs_not_offloaded=self.runs_not_offloaded + other.runs_not_offloaded,
+            offload_start_failures=self.offload_start_failures + other.offload_start_failures,
         )
 
 

@@ -151,8 +151,9 @@ class Recorder:
         init, self._offload_init = self._offload_init, None
         try:
             self.offload = ProcessOffload(init, self.processor.report_failure, wait_first=wait_first)
-        except OSError as exc:
-            self.processor.report_failure(f"could not start the capture process ({exc!r}); recording in this process", exc)
+        except OSError as exc:  # not a run's failure: runs are recorded on this process's threads
+            self.processor.stats.offload_start_failures += 1
+            logger.warning("ee-middleware: could not start the capture process (%r); capture's work stays on this process's threads.", exc)
 
     def _offload_for_run(self) -> ProcessOffload | None:
         """The capture process to send the next run to, if any (starts it under sustained load in auto mode)."""

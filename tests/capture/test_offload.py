@@ -433,3 +433,20 @@ def test_tool_lists_bound_anew_every_turn_keep_the_table_bounded_and_each_run_it
     descriptions = sorted(t.tools[0]["function"]["description"] for t in store.iter_trajectories())
     store.close()
     assert descriptions == sorted(f"Stock of run {run}" for run in range(200))  # both sides agree on every number
+
+
+def test_a_child_that_cannot_start_is_a_warning_not_a_failed_run(react_graph, inventory, tmp_path, caplog, monkeypatch, no_child_left):
+    import types
+
+    module = types.ModuleType("made_at_runtime")  # importable here (sys.modules), by no other process
+    exec("def approve(trajectory):\n    return True\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, "made_at_runtime", module)
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True, approve_if=module.approve)
+    agent.invoke(USER_TASK)
+    assert agent.flush()  # strict mode: nothing raised, the run was recorded on threads
+    stats = agent.recorder.stats
+    agent.recorder.close()
+    assert (stats.trajectories_written, stats.trajectories_auto_approved, stats.runs_failed) == (1, 1, 0), stats
+    assert stats.offload_start_failures == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "could not start" in r.getMessage()]
+    assert warned and "made_at_runtime" in warned[0] and "threads" in warned[0], warned
