@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import secrets
+import threading
 import time
 import uuid
 import weakref
@@ -100,6 +101,7 @@ class Recorder:
         self.tracer_provider.add_span_processor(self.processor)
         self.tracer = self.tracer_provider.get_tracer("ee_middleware", __version__)
         self.offload: ProcessOffload | None = None
+        self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
         self._offload_blocker: str | None = None
         self._plan_offload(store, tracer_provider, approve_if, salt)
@@ -160,17 +162,23 @@ class Recorder:
         offload = self.offload
         if offload is not None:
             return offload if offload.ready() else None
-        if self.finisher.forced and self.config.offload == "auto":
-            if self._offload_init is not None:
-                logger.info("ee-middleware: sustained load; moving capture's work to a child process (offload='auto').")
-                self._start_offload(wait_first=False)
-            elif self._offload_blocker is not None:
-                logger.warning(
-                    "ee-middleware: capture works on the agent's threads under sustained load; offload='auto' would move it to a "
-                    "child process, but the recorder %s.",
-                    self._offload_blocker,
-                )
-                self._offload_blocker = None  # said once
+        if self.finisher.forced and self.config.offload == "auto" and (self._offload_init or self._offload_blocker):
+            # another thread starting it meanwhile: this run takes the threads, never waits for it
+            if not self._offload_lock.acquire(blocking=False):
+                return None
+            try:
+                if self._offload_init is not None:
+                    logger.info("ee-middleware: sustained load; moving capture's work to a child process (offload='auto').")
+                    self._start_offload(wait_first=False)
+                elif self._offload_blocker is not None:
+                    logger.warning(
+                        "ee-middleware: capture works on the agent's threads under sustained load; offload='auto' would move it to "
+                        "a child process, but the recorder %s.",
+                        self._offload_blocker,
+                    )
+                    self._offload_blocker = None  # said once
+            finally:
+                self._offload_lock.release()
         return None
 
     def _pseudonym_salt(self) -> bytes | None:
@@ -598,6 +606,7 @@ def _detach_offloads_after_fork() -> None:
     """A forked process records on its own threads: the capture process belongs to its parent."""
     for recorder in list(_live_recorders):
         recorder.offload = None
+        recorder._offload_lock = threading.Lock()  # it may have been held by a thread that does not exist here
 
 
 if hasattr(os, "register_at_fork"):

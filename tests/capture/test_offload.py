@@ -450,3 +450,48 @@ def test_a_child_that_cannot_start_is_a_warning_not_a_failed_run(react_graph, in
     assert stats.offload_start_failures == 1
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "could not start" in r.getMessage()]
     assert warned and "made_at_runtime" in warned[0] and "threads" in warned[0], warned
+
+
+def test_threads_reaching_sustained_load_together_start_one_child(react_graph, tmp_path, monkeypatch, no_child_left):
+    import logging
+
+    from ee_middleware.capture import recorder as recorder_module
+
+    started = []
+    real = recorder_module.ProcessOffload
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        started.append(args[0])
+        return real(*args, **kwargs)
+
+    class SlowHandler(logging.Handler):  # a user's slow log handler: the threads meet while the start is logged
+        def emit(self, record: logging.LogRecord) -> None:
+            if "sustained load" in record.getMessage():
+                time.sleep(0.2)
+
+    monkeypatch.setattr(recorder_module, "ProcessOffload", counted)
+    log = logging.getLogger("ee_middleware.capture")
+    handler = SlowHandler(logging.INFO)
+    log.addHandler(handler)
+    monkeypatch.setattr(log, "level", logging.INFO)
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="auto")
+    recorder = agent.recorder
+    recorder.finisher.forced = 1  # the finisher hit its deferral bound: sustained load
+    barrier = threading.Barrier(8)
+
+    def reach() -> None:
+        barrier.wait()
+        recorder._offload_for_run()
+
+    threads = [threading.Thread(target=reach) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(started) == 1, f"{len(started)} capture processes started (settings: {[type(s).__name__ for s in started]})"
+        assert recorder.offload is not None and recorder.offload.ready() is not None
+        assert recorder.stats.offload_start_failures == 0
+    finally:
+        log.removeHandler(handler)
+        recorder.close()
