@@ -452,17 +452,25 @@ class _Worker:
     """The child's recorder: what :func:`~ee_middleware.capture.callbacks.emit_run` reads."""
 
     def __init__(
-        self, *, config: CaptureConfig, recorder_id: str, strict: bool, store: str, salt: bytes | None, vault: str | None, approve_if: Any
+        self,
+        *,
+        config: CaptureConfig,
+        recorder_id: str,
+        strict: bool,
+        store: dict[str, Any],
+        salt: bytes | None,
+        vault: str | None,
+        approve_if: Any,
     ) -> None:
         from ee_middleware.capture.assembler import AssemblyOptions
         from ee_middleware.capture.payloads import PayloadEncoder
         from ee_middleware.capture.processor import ExperienceSpanProcessor
         from ee_middleware.capture.redaction import Redactor
         from ee_middleware.capture.vault import Vault
-        from ee_middleware.store.registry import open_store
+        from ee_middleware.store.local import LocalExperienceStore
 
         self.config, self.id, self.strict = config, recorder_id, strict
-        self.store = open_store(store)
+        self.store = LocalExperienceStore(store["root"], fsync=store["fsync"])  # the agent's store: its resolved folder
         self.vault = Vault(vault) if vault is not None else None
         redactor = Redactor(
             config.redaction_rules(), salt=salt, custom=config.redact_fn, on_replace=self.vault.add if self.vault is not None else None

@@ -104,10 +104,10 @@ class Recorder:
         self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
         self._offload_blocker: str | None = None
-        self._plan_offload(store, tracer_provider, approve_if, salt)
+        self._plan_offload(tracer_provider, approve_if, salt)
         _live_recorders.add(self)
 
-    def _plan_offload(self, store: ExperienceStore | None, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
+    def _plan_offload(self, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
         """Decide ``config.offload``: start the capture process now (``"process"``), later under
         sustained load (``"auto"``), or never (``"thread"``, or ``"auto"`` where it cannot)."""
         mode = self.config.offload
@@ -116,14 +116,14 @@ class Recorder:
         problems = []
         if provider is not None:
             problems.append("records to your own tracer_provider (its exporters must see the spans in this process)")
-        if store is None:
-            store_spec: str | None = self.config.store
-        elif isinstance(store, LocalExperienceStore):
-            store_spec = str(store.root)
-        else:
-            store_spec = None
+        store_spec: dict[str, Any] | None = None
+        if type(self.store) is LocalExperienceStore:
+            # resolved now: the app may change directory before the process starts (auto mode)
+            store_spec = {"root": str(Path(self.store.root).resolve()), "fsync": getattr(self.store, "_fsync", True)}
+        else:  # a subclass or another kind of store may write differently: only the local folder is opened there
             problems.append(
-                f"got a store object ({type(store).__name__}) that another process cannot open; pass its folder or spec as store="
+                f"records to a {type(self.store).__name__}, which the capture process does not open (it opens only a "
+                "LocalExperienceStore folder); pass the store's folder as store="
             )
         problems += [p for p in (picklable_problem("redact_fn", self.config.redact_fn), picklable_problem("approve_if", approve_if)) if p]
         if problems:

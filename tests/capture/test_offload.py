@@ -495,3 +495,43 @@ def test_threads_reaching_sustained_load_together_start_one_child(react_graph, t
     finally:
         log.removeHandler(handler)
         recorder.close()
+
+
+def test_the_store_is_the_folder_named_when_the_recorder_was_made_whatever_the_cwd_later(
+    react_graph, inventory, tmp_path, monkeypatch, no_child_left
+):
+    from ee_middleware.capture import recorder as recorder_module
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    agent = record_experience(react_graph, app="shop", store="experience", offload="auto")
+    recorder = agent.recorder
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the app changes directory before load comes
+    recorder.finisher.forced = 1  # sustained load: the capture process starts now
+    recorder._offload_for_run()
+    try:
+        deadline = time.monotonic() + 60
+        while not recorder.offload.ready() and recorder.offload.alive and time.monotonic() < deadline:
+            time.sleep(0.05)  # auto mode does not wait for the start; the test does
+        assert recorder.offload.ready(), recorder.stats
+        for _ in range(3):
+            agent.invoke(USER_TASK)
+        assert agent.flush()
+        assert recorder.offload.stats.trajectories_written == 3
+    finally:
+        recorder.close()
+    assert not (tmp_path / "elsewhere" / "experience").exists()
+    store = LocalExperienceStore(tmp_path / "app" / "experience")
+    assert store.trajectories().height == 3
+    store.close()
+
+    class AuditedStore(LocalExperienceStore):  # a subclass may write differently: only the base class is opened there
+        pass
+
+    with pytest.raises(ConfigError, match=r"AuditedStore"):
+        record_experience(react_graph, app="shop", store=AuditedStore(tmp_path / "audited"), offload="process")
+    sent = []
+    monkeypatch.setattr(recorder_module, "ProcessOffload", lambda init, *a, **k: sent.append(init))
+    record_experience(react_graph, app="shop", store=LocalExperienceStore(tmp_path / "nofsync", fsync=False), offload="process")
+    assert sent[0]["store"] == {"root": str((tmp_path / "nofsync").resolve()), "fsync": False}
