@@ -90,6 +90,30 @@ def picklable_problem(name: str, value: Any) -> str | None:
     return None
 
 
+def child_executable() -> str:
+    """The interpreter the child runs: ``multiprocessing``'s (``sys.executable`` unless the app set
+    another with ``multiprocessing.set_executable``)."""
+    from multiprocessing.spawn import get_executable
+
+    return os.fsdecode(get_executable())
+
+
+def frozen_problem() -> str | None:
+    """Why no child can be started from this program (a frozen executable runs no ``-c``), or ``None``."""
+    if getattr(sys, "frozen", False):
+        return "runs as a frozen application, whose executable cannot start the capture process"
+    return None
+
+
+def _child_environment() -> dict[str, str]:
+    """The agent's environment, with its ``sys.path`` as ``PYTHONPATH``: ee_middleware (and what it
+    imports) is found in the child also when the app added its folder to ``sys.path`` at runtime."""
+    env = dict(os.environ)
+    paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path if isinstance(p, str)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
 _instances: weakref.WeakSet[ProcessOffload] = weakref.WeakSet()
 
 
@@ -140,13 +164,18 @@ class ProcessOffload:
         from_child_r, from_child_w = os.pipe()
         main_thread = threading.current_thread() is threading.main_thread()  # the death signal follows the starting thread
         code = "from ee_middleware.capture.offload import child_main; child_main()"
-        args = [sys.executable, "-c", code, str(to_child_r), str(from_child_w), str(os.getpid()), "1" if main_thread else "0"]
+        args = [child_executable(), "-c", code, str(to_child_r), str(from_child_w), str(os.getpid()), "1" if main_thread else "0"]
         try:  # (the parent's ends are closed if it cannot start)
             # its own session: a Ctrl-C to the agent's terminal does not cut it off mid-write (the
             # agent's exit stops it), and where the kernel groups CPU shares by session
             # (autogroup) it does not take the agent's share
             self._process = subprocess.Popen(
-                args, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
+                args,
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+                env=_child_environment(),
             )
         except BaseException:
             os.close(to_child_w)

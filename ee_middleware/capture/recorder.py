@@ -42,7 +42,7 @@ from ee_middleware._version import __version__
 from ee_middleware.capture.assembler import AssemblyOptions
 from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, root_attributes, slim_call
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.capture.offload import ProcessOffload, picklable_problem, private_provider
+from ee_middleware.capture.offload import ProcessOffload, frozen_problem, picklable_problem, private_provider
 from ee_middleware.capture.payloads import PayloadEncoder, captured_error
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, ExperienceSpanProcessor, strict_default
 from ee_middleware.capture.redaction import Redactor, store_salt
@@ -125,7 +125,11 @@ class Recorder:
                 f"records to a {type(self.store).__name__}, which the capture process does not open (it opens only a "
                 "LocalExperienceStore folder); pass the store's folder as store="
             )
-        problems += [p for p in (picklable_problem("redact_fn", self.config.redact_fn), picklable_problem("approve_if", approve_if)) if p]
+        problems += [
+            p
+            for p in (picklable_problem("redact_fn", self.config.redact_fn), picklable_problem("approve_if", approve_if), frozen_problem())
+            if p
+        ]
         if problems:
             self._offload_blocker = "; ".join(problems)
             if mode == "process":

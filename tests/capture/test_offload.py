@@ -535,3 +535,41 @@ def test_the_store_is_the_folder_named_when_the_recorder_was_made_whatever_the_c
     monkeypatch.setattr(recorder_module, "ProcessOffload", lambda init, *a, **k: sent.append(init))
     record_experience(react_graph, app="shop", store=LocalExperienceStore(tmp_path / "nofsync", fsync=False), offload="process")
     assert sent[0]["store"] == {"root": str((tmp_path / "nofsync").resolve()), "fsync": False}
+
+
+_RUNTIME_PATH = """
+import sys
+sys.path[:0] = [{repo!r}, {site!r}]  # ee_middleware and its dependencies, importable only through this runtime addition
+from ee_middleware import record_experience
+from tests.conftest import USER_TASK
+from tests.capture.test_offload import _graph
+agent = record_experience(_graph(), app="shop", store={store!r}, offload="process")
+for _ in range(3):
+    agent.invoke(USER_TASK)
+agent.flush()
+stats = agent.recorder.stats
+print(agent.recorder.offload.stats.trajectories_written, stats.offload_start_failures, stats.runs_failed, flush=True)
+agent.recorder.close()
+"""
+
+
+def test_the_child_imports_ee_middleware_from_where_the_agent_added_it_at_runtime(tmp_path):
+    import sysconfig
+
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if not base.exists() or sys.base_prefix == sys.prefix:
+        pytest.skip("needs a virtual environment over a base interpreter (the CI's and this machine's setup)")
+    code = textwrap.dedent(_RUNTIME_PATH).format(repo=str(REPO), site=sysconfig.get_paths()["purelib"], store=str(tmp_path / "p"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    result = subprocess.run([str(base), "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["3", "0", "0"], result.stdout + result.stderr[-3000:]  # written by the child, which started
+
+
+def test_a_frozen_application_never_starts_the_child(react_graph, tmp_path, monkeypatch, no_child_left):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    with pytest.raises(ConfigError, match=r"frozen application"):
+        record_experience(react_graph, app="shop", store=tmp_path / "a", offload="process")
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "b", offload="auto")
+    assert agent.recorder._offload_init is None and agent.recorder._offload_blocker
+    agent.recorder.close()
