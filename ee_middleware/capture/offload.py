@@ -19,6 +19,11 @@ the agent's process, so with the user's own ``tracer_provider`` capture stays in
 - A run whose objects cannot be pickled (a user's environment object), or whose pickle names
   something only the parent's ``__main__`` has, is emitted in the agent's process instead (the
   thread path); nothing is lost.
+- The agent's threads never write to the pipe: the pickled run is queued for a sender thread. The
+  queue is bounded; while it is full (a child that is stopped or cannot keep up) runs take the
+  thread path, so the agent never waits on the child.
+- A child that cannot start (it cannot import a setting, exits, or does not answer) is a warning
+  and ``stats.offload_start_failures``, not a failed run: the runs took the thread path.
 - The child ends with its parent: it reads to the end of the pipe (the runs sent before the parent
   died are still written) and exits; a parent-death signal and a watchdog
   (:mod:`ee_middleware._lifetime`) end it within a grace period in any case. ``close()`` and exit
@@ -404,9 +409,10 @@ class ProcessOffload:
             if remaining <= 0 or not self._in.poll(remaining):
                 return False, None
             _, got, done, stats, cpu_s, error = pickle.loads(self._in.recv_bytes())
-            here = self.stats  # the counters kept in this process
-            self.stats = CaptureStats(**stats)
-            self.stats.runs_not_offloaded, self.stats.offload_start_failures = here.runs_not_offloaded, here.offload_start_failures
+            child = CaptureStats(**stats)
+            with self._lock:  # (send counts runs_not_offloaded under it)
+                child.runs_not_offloaded, child.offload_start_failures = self.stats.runs_not_offloaded, self.stats.offload_start_failures
+                self.stats = child
             self.cpu_s = cpu_s
             if error is not None:
                 self._late_errors.append(error)
