@@ -40,7 +40,9 @@ import dataclasses
 import logging
 import os
 import pickle
+import select
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -119,6 +121,13 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
+def _frame(data: bytes) -> memoryview:
+    """``data`` with the length header :class:`multiprocessing.connection.Connection` reads."""
+    n = len(data)
+    header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+    return memoryview(header + data)
+
+
 _instances: weakref.WeakSet[ProcessOffload] = weakref.WeakSet()
 
 
@@ -154,7 +163,7 @@ class ProcessOffload:
         self._lock = threading.Lock()  # the queue, the tool-list numbers, the state (held briefly)
         self._wake = threading.Condition(self._lock)
         self._read_lock = threading.Lock()  # one reader of the child's answers at a time
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[memoryview] = deque()  # framed messages (or what is left of one) for the sender
         self._queued_bytes = 0
         self._writing = False  # the sender thread is writing a message taken from the queue
         self._state = "starting"  # starting | ready | failed | closed | forked
@@ -190,10 +199,11 @@ class ProcessOffload:
             os.close(to_child_r)
             os.close(from_child_w)
         self.pid = self._process.pid
-        self._out = Connection(to_child_w, readable=False)
+        os.set_blocking(to_child_w, False)  # a write takes what fits in the pipe now, never waits
+        self._out_fd = to_child_w
         self._in = Connection(from_child_r, writable=False)
-        self._queue.append(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL))
-        self._queue.append(pickle.dumps(init, protocol=_PICKLE_PROTOCOL))
+        self._queue.append(_frame(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL)))
+        self._queue.append(_frame(pickle.dumps(init, protocol=_PICKLE_PROTOCOL)))
         self._sender = threading.Thread(target=self._send_loop, name="ee-capture-offload-sender", daemon=True)
         self._sender.start()
         _instances.add(self)
@@ -208,9 +218,17 @@ class ProcessOffload:
         self._state = "forked"
         self._owner_pid = os.getpid()
         self._queue.clear()
-        for conn in (self._out, self._in):
+        self._close_out()
+        try:
+            self._in.close()
+        except OSError:
+            pass
+
+    def _close_out(self) -> None:
+        fd, self._out_fd = self._out_fd, -1
+        if fd >= 0:
             try:
-                conn.close()
+                os.close(fd)
             except OSError:
                 pass
 
@@ -286,30 +304,51 @@ class ProcessOffload:
         return True
 
     def _enqueue(self, data: bytes) -> None:
-        """(With ``_lock`` held.)"""
-        self._queue.append(data)
-        self._queued_bytes += len(data)
+        """(With ``_lock`` held.) Write the message now as far as the pipe takes it without waiting
+        (the agent's thread then makes one ``write`` call and wakes no thread); what does not fit
+        is queued for the sender thread, which waits for the child to read."""
+        frame = _frame(data)
+        if not self._queue and not self._writing and self._state == "ready":  # nothing ahead of it: write here
+            try:
+                written = os.write(self._out_fd, frame)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError:
+                written = 0  # the child is gone: the sender's write finds out and says so
+            if written == len(frame):
+                return
+            frame = frame[written:]
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
         if len(self._queue) == 1:
             self._wake.notify()
 
     def _send_loop(self) -> None:
-        """The sender thread: writes the queued messages to the pipe, in order."""
+        """The sender thread: writes the queued messages to the pipe, in order, waiting for room."""
+        poller = select.poll()
+        poller.register(self._out_fd, select.POLLOUT)
         while True:
             with self._lock:
                 while not self._queue and self._state in ("starting", "ready"):
                     self._wake.wait()
                 if not self._queue or self._state not in ("starting", "ready", "closed"):
                     return
-                data = self._queue.popleft()
-                self._queued_bytes -= len(data)
+                frame = self._queue.popleft()
+                self._queued_bytes -= len(frame)
                 self._writing = True
             try:
-                self._out.send_bytes(data)
-            except (OSError, ValueError) as exc:  # ValueError, TypeError: the connection was closed meanwhile
+                while frame:
+                    if self._state not in ("starting", "ready", "closed"):
+                        return  # failed: the child is being stopped
+                    if not poller.poll(200):
+                        continue  # no room yet (the child is busy, or stopped)
+                    try:
+                        frame = frame[os.write(self._out_fd, frame) :]
+                    except (BlockingIOError, InterruptedError):
+                        continue
+            except OSError as exc:
                 if self._state in ("starting", "ready"):
                     self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
-                return
-            except TypeError:
                 return
             finally:
                 with self._lock:
@@ -463,13 +502,15 @@ class ProcessOffload:
         self._stop(kill=stalled, timeout=max(0.1, deadline - time.monotonic()))
 
     def _stop(self, *, kill: bool, timeout: float = 5.0) -> None:
+        if kill:
+            self._process.kill()
+        with self._lock:
+            self._wake.notify_all()
+        if self._sender is not threading.current_thread():
+            self._sender.join(5.0)  # it ends once nothing is queued, or the child is gone (it looks every 0.2 s)
+        if not self._sender.is_alive() or self._sender is threading.current_thread():
+            self._close_out()  # the end of the pipe: the child writes what it read and exits
         try:
-            self._out.close()  # the end of the pipe: the child writes what it read and exits
-        except OSError:
-            pass
-        try:
-            if kill:
-                self._process.kill()
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             self._process.kill()
