@@ -560,6 +560,7 @@ class _Worker:
             ),
             approve_if=approve_if,
             strict=strict,
+            redact_message=redactor.redact_text,
         )
         self.provider = private_provider(config)
         self.provider.add_span_processor(self.processor)

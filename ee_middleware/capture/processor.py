@@ -88,6 +88,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         options: AssemblyOptions | None = None,
         approve_if: ApprovePredicate | None = None,
         strict: bool | None = None,
+        redact_message: Callable[[str], str] | None = None,
         max_buffered_runs: int = 10_000,
         max_batch: int = 256,
         min_write_interval_s: float = 0.05,
@@ -97,6 +98,9 @@ class ExperienceSpanProcessor(SpanProcessor):
         self.options = options or AssemblyOptions(source="record_experience" if recorder_id else "otel-processor")
         self.approve_if = approve_if
         self.strict = strict_default() if strict is None else strict
+        self.redact_message = redact_message
+        """Applied to every failure message before it is logged or kept in ``stats``: an exception's text
+        (from assembly, the store or ``approve_if``) can quote the run's data."""
         self.stats = CaptureStats()
         self._max_buffered = max_buffered_runs
         self._max_batch = max_batch
@@ -240,6 +244,11 @@ class ExperienceSpanProcessor(SpanProcessor):
 
     def report_failure(self, message: str, exc: BaseException) -> None:
         """Count and log a capture failure (and keep it for strict mode's ``force_flush``)."""
+        if self.redact_message is not None:
+            try:
+                message = self.redact_message(message)
+            except Exception:  # noqa: BLE001 - a failing redaction must not hide the failure, nor show its text
+                message = f"{message.split(':', 1)[0]}: (details withheld: redacting them failed)"
         self.stats.record_error(message)
         logger.error("ee-middleware capture: %s", message)
         with self._lock:

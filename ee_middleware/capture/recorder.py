@@ -90,6 +90,7 @@ class Recorder:
             ),
             approve_if=approve_if,
             strict=self.strict,
+            redact_message=self.redactor.redact_text,
         )
         self.finisher = SpanFinisher(self.processor.report_failure)
         self.tracer_provider = tracer_provider if tracer_provider is not None else self._private_provider()

@@ -371,3 +371,19 @@ def test_a_span_whose_payload_cannot_be_encoded_is_still_exported_and_the_failur
     if kind == "execute_tool":
         assert all(json.loads(s.attributes[sc.TOOL_CALL_ARGUMENTS]) for s in made)
     assert agent.recorder.stats.runs_failed >= len(made) and "cannot encode" in agent.recorder.stats.errors[0]
+
+
+def test_a_failure_message_that_quotes_run_data_is_redacted_before_it_is_logged_or_kept(
+    react_graph, store, store_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+
+    def quoting(t: Any) -> bool:
+        raise ValueError("customer alice.smith@example.com has no order")
+
+    agent = record_experience(react_graph, app="shop", store=store_path, approve_if=quoting, strict=False)
+    agent.invoke(USER_TASK)
+    agent.flush()
+    [message] = agent.recorder.stats.errors
+    assert "approve_if raised" in message and "[REDACTED:email:" in message and "has no order" in message
+    assert "alice.smith@example.com" not in message and "alice.smith@example.com" not in caplog.text
