@@ -283,9 +283,7 @@ def test_a_streamed_answer_through_the_router_is_the_whole_answer_in_chunks(loca
 
 def test_a_replica_that_breaks_mid_stream_ends_the_stream_with_an_error_event_fake_replica() -> None:
     """The upstream is a real HTTP server that sends one event and then drops the connection (no real server fails on cue)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from ee_middleware.testing.http import serving
+    from http.server import BaseHTTPRequestHandler
 
     class Breaking(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -304,10 +302,7 @@ def test_a_replica_that_breaks_mid_stream_ends_the_stream_with_an_error_event_fa
         def log_message(self, *args: Any) -> None:
             pass
 
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Breaking)
-    upstream.daemon_threads = True
-    with serving(upstream) as broken, serving(make_router_server(AliasRouter(_EmptyRegistry(), [broken], retries=0), port=0)) as routed:
-        response = httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30)
+    response = _streamed_through_router(Breaking)
     assert response.status_code == 200
     blocks = [b for b in response.text.split("\n\n") if b.strip()]
     assert json.loads(blocks[0].removeprefix("data: "))["choices"][0]["delta"] == {"content": "Hel"}, "what arrived was relayed"
@@ -319,9 +314,7 @@ def test_a_replica_that_breaks_mid_stream_ends_the_stream_with_an_error_event_fa
 def test_a_compressed_stream_is_relayed_decoded_fake_replica() -> None:
     """A replica (behind a proxy) that gzips its event stream: the router sends plain events (it sets no Content-Encoding)."""
     import gzip
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from ee_middleware.testing.http import serving
+    from http.server import BaseHTTPRequestHandler
 
     events = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\ndata: [DONE]\n\n'
 
@@ -341,12 +334,21 @@ def test_a_compressed_stream_is_relayed_decoded_fake_replica() -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Gzipping)
-    upstream.daemon_threads = True
-    with serving(upstream) as zipped, serving(make_router_server(AliasRouter(_EmptyRegistry(), [zipped], retries=0), port=0)) as routed:
-        response = httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30)
+    response = _streamed_through_router(Gzipping)
     assert response.status_code == 200 and "content-encoding" not in response.headers
     assert response.content == events
+
+
+def _streamed_through_router(replica: type[Any]) -> httpx.Response:
+    """A stream=true request through a router whose one replica is a real HTTP server with ``replica`` as handler."""
+    from http.server import ThreadingHTTPServer
+
+    from ee_middleware.testing.http import serving
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), replica)
+    upstream.daemon_threads = True
+    with serving(upstream) as url, serving(make_router_server(AliasRouter(_EmptyRegistry(), [url], retries=0), port=0)) as routed:
+        return httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30)
 
 
 class _EmptyRegistry:

@@ -36,18 +36,23 @@ def _replay(replay_id: str) -> tuple[ReplayRecord, list[Rollout]]:
     return record, rollouts
 
 
-def test_replay_spool_writes_what_the_store_writes_redacted_alike(tmp_path: Path) -> None:
-    store = LocalExperienceStore(tmp_path / "store")
-    record_store_redaction(store, StoreRedaction(RedactionRules()))
-    record, rollouts = _replay("r")
+def _written_both_ways(store: LocalExperienceStore, record: ReplayRecord, rollouts: list[Rollout]) -> tuple[Path, Path]:
+    """The spool segment ``store`` writes for the replay, then the one a worker's ReplaySpool writes into the same folder."""
     store.write_replay(record, rollouts)
     store.close()
     (by_store,) = spool.list_segments(store.root / "spool")
-
     writer = ReplaySpool(store.root)
     writer.write_replay(record, rollouts)
     writer.close()
     (by_writer,) = [s for s in spool.list_segments(store.root / "spool") if s != by_store]
+    return by_store, by_writer
+
+
+def test_replay_spool_writes_what_the_store_writes_redacted_alike(tmp_path: Path) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    record_store_redaction(store, StoreRedaction(RedactionRules()))
+    record, rollouts = _replay("r")
+    by_store, by_writer = _written_both_ways(store, record, rollouts)
 
     assert by_writer.read_bytes() == by_store.read_bytes()
     assert b"ann@example.com" not in by_writer.read_bytes() and b"415-555-0134" not in by_writer.read_bytes()
@@ -101,13 +106,7 @@ def test_a_store_without_redaction_rules_writes_the_same_bytes_as_the_json_path(
     store = LocalExperienceStore(tmp_path / "store")
     record_store_redaction(store, StoreRedaction(RedactionRules(defaults=False)))
     record, rollouts = _awkward_replay()
-    store.write_replay(record, rollouts)
-    store.close()
-    (by_store,) = spool.list_segments(store.root / "spool")
-    writer = ReplaySpool(store.root)
-    writer.write_replay(record, rollouts)
-    writer.close()
-    (by_writer,) = [s for s in spool.list_segments(store.root / "spool") if s != by_store]
+    by_store, by_writer = _written_both_ways(store, record, rollouts)
 
     expected = b"".join(spool.encode_line(r) for r in replay_records(record, rollouts, lambda value: value))
     assert by_store.read_bytes() == expected
