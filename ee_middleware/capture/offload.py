@@ -61,6 +61,11 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
     from ee_middleware.capture.config import CaptureConfig
+    from ee_middleware.capture.payloads import PayloadEncoder
+    from ee_middleware.capture.processor import ExperienceSpanProcessor
+    from ee_middleware.capture.redaction import Redactor
+    from ee_middleware.capture.vault import Vault
+    from ee_middleware.store.protocol import ExperienceStore
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -81,6 +86,38 @@ def private_provider(config: CaptureConfig) -> TracerProvider:
     if config.app_version:
         attrs["service.version"] = config.app_version
     return TracerProvider(resource=Resource.create(attrs))
+
+
+def recording_parts(
+    config: CaptureConfig,
+    store: ExperienceStore,
+    *,
+    recorder_id: str,
+    strict: bool,
+    approve_if: Any,
+    salt: bytes | None,
+    vault: Vault | None,
+) -> tuple[Redactor, PayloadEncoder, ExperienceSpanProcessor]:
+    """A recorder's redactor, payload encoder and span processor: the same in the agent's process
+    (thread mode) and in the capture process."""
+    from ee_middleware.capture.assembler import AssemblyOptions
+    from ee_middleware.capture.payloads import PayloadEncoder
+    from ee_middleware.capture.processor import ExperienceSpanProcessor
+    from ee_middleware.capture.redaction import Redactor
+
+    redactor = Redactor(config.redaction_rules(), salt=salt, custom=config.redact_fn, on_replace=vault.add if vault is not None else None)
+    processor = ExperienceSpanProcessor(
+        store,
+        recorder_id=recorder_id,
+        # span payloads are redacted as they are set, so assembly need not redact them again
+        options=AssemblyOptions(
+            app=config.app, redactor=None, max_observation_chars=config.max_observation_chars, source="record_experience"
+        ),
+        approve_if=approve_if,
+        strict=strict,
+        redact_message=redactor.redact_text,
+    )
+    return redactor, PayloadEncoder(redactor, config.max_observation_chars), processor
 
 
 def picklable_problem(name: str, value: Any) -> str | None:
@@ -538,29 +575,14 @@ class _Worker:
         vault: str | None,
         approve_if: Any,
     ) -> None:
-        from ee_middleware.capture.assembler import AssemblyOptions
-        from ee_middleware.capture.payloads import PayloadEncoder
-        from ee_middleware.capture.processor import ExperienceSpanProcessor
-        from ee_middleware.capture.redaction import Redactor
         from ee_middleware.capture.vault import Vault
         from ee_middleware.store.local import LocalExperienceStore
 
         self.config, self.id, self.strict = config, recorder_id, strict
         self.store = LocalExperienceStore(store["root"], fsync=store["fsync"])  # the agent's store: its resolved folder
         self.vault = Vault(vault) if vault is not None else None
-        redactor = Redactor(
-            config.redaction_rules(), salt=salt, custom=config.redact_fn, on_replace=self.vault.add if self.vault is not None else None
-        )
-        self.encoder = PayloadEncoder(redactor, config.max_observation_chars)
-        self.processor = ExperienceSpanProcessor(
-            self.store,
-            recorder_id=recorder_id,
-            options=AssemblyOptions(
-                app=config.app, redactor=None, max_observation_chars=config.max_observation_chars, source="record_experience"
-            ),
-            approve_if=approve_if,
-            strict=strict,
-            redact_message=redactor.redact_text,
+        _, self.encoder, self.processor = recording_parts(
+            config, self.store, recorder_id=recorder_id, strict=strict, approve_if=approve_if, salt=salt, vault=self.vault
         )
         self.provider = private_provider(config)
         self.provider.add_span_processor(self.processor)

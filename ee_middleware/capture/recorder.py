@@ -39,13 +39,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from ee_middleware._version import __version__
-from ee_middleware.capture.assembler import AssemblyOptions
 from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, root_attributes, slim_call
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.capture.offload import ProcessOffload, frozen_problem, picklable_problem, private_provider
-from ee_middleware.capture.payloads import PayloadEncoder, captured_error
-from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, ExperienceSpanProcessor, strict_default
-from ee_middleware.capture.redaction import Redactor, store_salt
+from ee_middleware.capture.offload import ProcessOffload, frozen_problem, picklable_problem, private_provider, recording_parts
+from ee_middleware.capture.payloads import captured_error
+from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, strict_default
+from ee_middleware.capture.redaction import store_salt
 from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
@@ -76,24 +75,12 @@ class Recorder:
         self.store: ExperienceStore = store if store is not None else open_store(config.store)
         salt = self._pseudonym_salt()
         self.vault = self._open_vault() if salt is not None else None
-        self.redactor = Redactor(
-            config.redaction_rules(), salt=salt, custom=config.redact_fn, on_replace=self.vault.add if self.vault is not None else None
+        self.redactor, self.encoder, self.processor = recording_parts(
+            config, self.store, recorder_id=self.id, strict=self.strict, approve_if=approve_if, salt=salt, vault=self.vault
         )
         self._record_redaction()
-        self.encoder = PayloadEncoder(self.redactor, config.max_observation_chars)
-        self.processor = ExperienceSpanProcessor(
-            self.store,
-            recorder_id=self.id,
-            # span payloads are redacted as they are set, so assembly need not redact them again
-            options=AssemblyOptions(
-                app=config.app, redactor=None, max_observation_chars=config.max_observation_chars, source="record_experience"
-            ),
-            approve_if=approve_if,
-            strict=self.strict,
-            redact_message=self.redactor.redact_text,
-        )
         self.finisher = SpanFinisher(self.processor.report_failure)
-        self.tracer_provider = tracer_provider if tracer_provider is not None else self._private_provider()
+        self.tracer_provider = tracer_provider if tracer_provider is not None else private_provider(config)
         if not hasattr(self.tracer_provider, "add_span_processor"):
             raise ConfigError(
                 f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(self.tracer_provider).__name__}); "
@@ -229,9 +216,6 @@ class Recorder:
             record_store_redaction(self.store, settings)
         except OSError as exc:
             logger.warning("ee-middleware: cannot write the store's redaction settings (%s); replay and datasets use the defaults.", exc)
-
-    def _private_provider(self) -> TracerProvider:
-        return private_provider(self.config)
 
     @property
     def stats(self) -> CaptureStats:
