@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -239,17 +238,11 @@ def _router(out: Path, server_url: str) -> Iterator[str]:
     """``ee serve router`` in a thread: the app's alias resolves to its live adapter per request."""
     from ee_middleware.adapters.registry import open_registry
     from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
+    from ee_middleware.testing.http import serving
 
     router = AliasRouter(open_registry(out / "registry", create=True), [server_url], timeout_s=300)
-    server = make_router_server(router, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, name="ee-router", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(make_router_server(router, "127.0.0.1", 0)) as url:
+        yield url
 
 
 def _write_config(out: Path, base: Path, server_url: str, heldout: Path, scale: Scale, notes: str) -> Path:
