@@ -9,7 +9,8 @@ Worker processes and Ray actors propose, replay *and write*: given :attr:`Worker
 opens its own handle on the store and appends every trajectory's rollouts and record to its own
 spool segment (the store's writers never share a file), then sends back only the record. The job
 process then only hands out trajectories and counts, so a second worker adds throughput instead of
-waiting on one process that writes everything. A worker that cannot open that very store (a Ray
+waiting on one process that writes everything. Until the first worker is ready, the job replays
+trajectories itself (and writes them), so the workers' start-up costs no throughput. A worker that cannot open that very store (a Ray
 node without the shared folder) sends the rollouts back, and the job writes them as before.
 
 Local workers are forked from a fork server of the job's own, which imports what a worker needs once
@@ -24,9 +25,7 @@ server ends with the job's process, and local worker processes die with the fork
 
 from __future__ import annotations
 
-import collections
 import gc
-import itertools
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -37,7 +36,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -409,16 +408,16 @@ def _plain_process() -> multiprocessing.process.BaseProcess:
     return multiprocessing.context.ForkServerProcess.__new__(multiprocessing.context.ForkServerProcess)
 
 
-_READ_AHEAD = 256
-"""At most this many trajectories are read ahead while the workers start."""
-
-
 class ProcessExecutor:
     """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`_JobForkServer`).
 
     ``start_method="spawn"`` spawns each worker instead (a fresh interpreter each). Either way nothing of the job
     process's state leaks into a worker: a worker is a fresh interpreter, or a fork of one that only imported modules.
     """
+
+    replay_while_starting: bool = True
+    """Until the first worker has started, the job's process replays trajectories itself (and the job writes them)
+    instead of waiting: on 2 cores the fork server's imports take about as long as 10% of a BFCL job."""
 
     def __init__(
         self, spec: WorkerSpec, workers: int, *, start_method: str = "forkserver", preload: Iterable[str] = (), torch_threads: int = 1
@@ -432,6 +431,9 @@ class ProcessExecutor:
         else:
             context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
         self._start_error: BaseException | None = None
+        self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
+        self._job_worker: _Worker | None = None
+        self._job_spec = replace(spec, store=None, store_marker=None)  # the job writes what it replays itself
         try:
             self._pool = ProcessPoolExecutor(
                 max_workers=workers, mp_context=context, initializer=_init_process_worker, initargs=(spec, torch_threads, parent_pid)
@@ -453,7 +455,7 @@ class ProcessExecutor:
     def _start_workers(self) -> None:
         try:
             for _ in range(self.workers):  # one submission starts at most one worker
-                self._pool.submit(_started)
+                self._ready.append(self._pool.submit(_started))
         except BaseException as exc:  # noqa: BLE001 - raised by map() on the job's thread
             self._start_error = exc
 
@@ -471,31 +473,54 @@ class ProcessExecutor:
         if server is not None:
             server.stop()
 
+    def _worker_ready(self) -> bool:
+        """Whether a worker has started (or starting them failed: :meth:`_await_workers` raises it)."""
+        return self._start_error is not None or any(ready.done() for ready in list(self._ready))
+
     def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
-        pending: set[Future[ReplayOutcome]] = set()
-        source = iter(trajectories)
-        # While the workers start, read ahead (bounded): the job's own reading then overlaps their start-up.
-        read_ahead: collections.deque[Trajectory] = collections.deque()
-        while self._starting() and len(read_ahead) < _READ_AHEAD and (trajectory := next(source, None)) is not None:
-            read_ahead.append(trajectory)
-        self._await_workers()
-        source = itertools.chain(read_ahead, source)
+        source = _SharedIterator(trajectories)
         window = self.workers * 2  # keep every worker busy without shipping the whole store at once
+        pending: set[Future[ReplayOutcome]] = set()
+        feeder: _Feeder | None = None
         try:
+            if self.replay_while_starting and not self._worker_ready():
+                # Until the first worker has started (a fork server importing, spawned interpreters starting), the job
+                # replays trajectories itself. A thread hands the workers their first trajectories the moment they are
+                # forked, so a long trajectory here does not keep them waiting.
+                feeder = _Feeder(self, source, window)
+                while not self._worker_ready() and (trajectory := source.next()) is not None:
+                    yield self._replay_here(trajectory)
+                self._close_job_worker()  # its sandbox (a child process, with isolation) is not needed any more
+                feeder, handed_out = None, feeder.join()
+                pending |= handed_out
+            self._await_workers()
             while True:
-                while len(pending) < window:
-                    trajectory = next(source, None)
-                    if trajectory is None:
-                        break
-                    pending.add(self._pool.submit(_replay_in_process, trajectory))
+                self._submit(source, pending, window)
                 if not pending:
                     return
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
         finally:
+            if feeder is not None:
+                pending |= feeder.join(quiet=True)
             for future in pending:
                 future.cancel()
+
+    def _submit(self, source: _SharedIterator, pending: set[Future[ReplayOutcome]], window: int) -> None:
+        while len(pending) < window and (trajectory := source.next()) is not None:
+            pending.add(self._pool.submit(_replay_in_process, trajectory))
+
+    def _replay_here(self, trajectory: Trajectory) -> ReplayOutcome:
+        """Replay ``trajectory`` in the job's process; the job writes its rollouts (``stored`` is false)."""
+        if self._job_worker is None:
+            self._job_worker = _Worker(self._job_spec)
+        return self._job_worker.replay(trajectory)
+
+    def _close_job_worker(self) -> None:
+        worker, self._job_worker = self._job_worker, None
+        if worker is not None:
+            worker.close()
 
     def close(self) -> None:
         try:
@@ -503,7 +528,47 @@ class ProcessExecutor:
                 self._starter.join()  # it ends once the server forked the workers, or failed to
             self._pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            self._stop_server()
+            try:
+                self._close_job_worker()
+            finally:
+                self._stop_server()
+
+
+class _SharedIterator:
+    """An iterator two threads take items from (``next`` under a lock); ``None`` once it is exhausted."""
+
+    def __init__(self, items: Iterable[Trajectory]) -> None:
+        self._items = iter(items)
+        self._lock = threading.Lock()
+
+    def next(self) -> Trajectory | None:
+        with self._lock:
+            return next(self._items, None)
+
+
+class _Feeder:
+    """A thread that waits until an executor's workers are forked, then hands them their first ``window`` trajectories."""
+
+    def __init__(self, executor: ProcessExecutor, source: _SharedIterator, window: int) -> None:
+        self._executor, self._source, self._window = executor, source, window
+        self._handed_out: set[Future[ReplayOutcome]] = set()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._feed, name="ee-replay-feeder", daemon=True)
+        self._thread.start()
+
+    def _feed(self) -> None:
+        try:
+            self._executor._await_workers()
+            self._executor._submit(self._source, self._handed_out, self._window)
+        except BaseException as exc:  # noqa: BLE001 - raised by join() on the job's thread
+            self._error = exc
+
+    def join(self, *, quiet: bool = False) -> set[Future[ReplayOutcome]]:
+        """What the thread handed out; raises what stopped it (unless ``quiet``)."""
+        self._thread.join()
+        if self._error is not None and not quiet:
+            raise self._error
+        return self._handed_out
 
 
 class _RayWorker:

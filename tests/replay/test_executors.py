@@ -87,3 +87,45 @@ def test_a_sandbox_defined_in_the_users_script_reaches_the_workers(bfcl_store_pa
     done = subprocess.run([sys.executable, str(script), str(bfcl_store_path)], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[:2] == [str(BFCL_ENTRIES), "{}"], done.stdout + done.stderr[-2000:]
+
+
+def test_the_job_replays_trajectories_itself_until_a_worker_has_started_then_hands_them_out(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork server is held (its preload waits for a file) while the job takes two trajectories: the job replays
+    those and the one it takes while the first worker starts, the workers replay the rest; the store holds what one
+    worker stores."""
+    import time
+
+    twin = tmp_path / "twin"
+    shutil.copytree(bfcl_store_path, twin)
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=1))
+
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("EE_TEST_PRELOAD_GATE", str(gate))
+    monkeypatch.setattr(executors, "WORKER_MODULES", (*executors.WORKER_MODULES, "tests.replay.gated_preload"))
+    taken: list[str] = []
+    real_map = executors.ProcessExecutor.map
+
+    def gated(executor: executors.ProcessExecutor, trajectories: object) -> object:
+        for n, trajectory in enumerate(trajectories):  # type: ignore[call-overload]
+            if n == 2:
+                assert not executor._worker_ready()
+                gate.touch()
+                deadline = time.monotonic() + 120
+                while not executor._worker_ready() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            taken.append(trajectory.id)
+            yield trajectory
+
+    monkeypatch.setattr(executors.ProcessExecutor, "map", lambda self, trajectories: real_map(self, gated(self, trajectories)))
+    seen: dict[str, bool] = {}
+    before = _own_processes()
+    summary = run_replay(
+        ReplayConfig.load(store=twin, k=2, workers=2), on_outcome=lambda o, n, total: seen.update({o.record.trajectory_id: o.stored})
+    )
+
+    assert summary.done == BFCL_ENTRIES and len(taken) == BFCL_ENTRIES > 3
+    assert [seen[t] for t in taken] == [False] * 3 + [True] * (BFCL_ENTRIES - 3), "the job's 3, then the workers' (they write)"
+    assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
+    assert _own_processes() == before

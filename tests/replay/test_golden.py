@@ -48,11 +48,15 @@ def test_ray_on_a_local_cluster_stores_the_golden_rollouts(stable_store_path: Pa
     _check_against_golden(stable_store_path, workers=2, executor="ray")
 
 
-def test_worker_processes_write_their_own_spool_segments_and_send_back_only_records(stable_store_path: Path) -> None:
+def test_worker_processes_write_their_own_spool_segments_and_send_back_only_records(
+    stable_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
+    from ee_middleware.replay.executors import ProcessExecutor
     from ee_middleware.store import spool
 
+    monkeypatch.setattr(ProcessExecutor, "replay_while_starting", False)  # every trajectory to the workers
     before = {s.name for s in spool.list_segments(stable_store_path / "spool")}
     seen = []
     summary = run_replay(ReplayConfig.load(store=stable_store_path, k=2, workers=2), on_outcome=lambda o, n, total: seen.append(o))
