@@ -25,7 +25,7 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ import polars as pl
 from ee_middleware._files import TMP_SUFFIX, atomic_path, atomic_write_bytes, fsync_dir
 from ee_middleware.errors import (
     IncompleteReadWarning,
-    RecordError,
     StoreCorruptionWarning,
     StoreError,
     StoreWriteError,
@@ -47,30 +46,19 @@ from ee_middleware.store import spool
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
+from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows, warn_rejected
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
-    REPLAY_SCHEMA,
-    ROLLOUT_SCHEMA,
-    STEP_SCHEMA,
+    TABLES,
     TRAJECTORY_SCHEMA,
-    approval_row,
+    Decoded,
     frame,
-    replay_row,
     rollout_from_row,
-    rollout_row,
     step_row,
     trajectory_from_rows,
-    trajectory_row,
 )
 
 FORMAT = "ee-experience-store"
-TABLES = {
-    "trajectories": TRAJECTORY_SCHEMA,
-    "steps": STEP_SCHEMA,
-    "approvals": APPROVAL_SCHEMA,
-    "rollouts": ROLLOUT_SCHEMA,
-    "replays": REPLAY_SCHEMA,
-}
 MAX_PARTS_BEFORE_MERGE = 16
 READ_ATTEMPTS = 8
 """How often one read starts again when compaction swapped the manifest under it."""
@@ -88,6 +76,7 @@ class LocalExperienceStore:
         self._fsync = fsync
         self._open_or_create(create)
         self._writer = spool.SpoolWriter(self.root / "spool", fsync=fsync)
+        self._spool = SpoolCache(self.root / "spool")
 
     def __repr__(self) -> str:
         return f"LocalExperienceStore({str(self.root)!r})"
@@ -223,8 +212,17 @@ class LocalExperienceStore:
         current = _current_approvals(tables["trajectories"], tables["approvals"])
         if status is not None:
             current = current.filter(pl.col("approval") == status)
-        steps_by_id = tables["steps"].partition_by("trajectory_id", as_dict=True)
+        # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
+        # others from their rows; both by trajectory_from_rows, with the same result.
+        decoded = tables.take_spooled_trajectories() if not current.is_empty() else {}
+        steps_by_id = None
         for row in current.iter_rows(named=True):
+            t = decoded.pop(row["id"], None)
+            if t is not None:
+                yield _rebuilt(row, t)
+                continue
+            if steps_by_id is None:
+                steps_by_id = tables["steps"].partition_by("trajectory_id", as_dict=True)
             steps = steps_by_id.get((row["id"],))
             yield trajectory_from_rows(row, steps.to_dicts() if steps is not None else [])
 
@@ -271,11 +269,10 @@ class LocalExperienceStore:
         repeats share its trajectory), then drop them with :func:`drop_repeats`. Damaged parts are
         skipped with a warning, as :meth:`steps` does."""
         schema = TABLES[table]
-        records, spool_problems = spool.read_spool(self.root / "spool")  # the spool first, as _load
+        spooled = self._spool.read()  # the spool first, as _load
         snapshot = read_manifest(self.root, TABLES)
         self._warn_manifest(snapshot)
-        for problem in spool_problems:
-            problem.warn(stacklevel=3)
+        spooled.warn(stacklevel=3)
         frames = [frame([], schema).lazy()]
         for path in snapshot.paths(self.root, table):
             try:
@@ -286,7 +283,7 @@ class LocalExperienceStore:
             absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in columns]
             part = pl.scan_parquet(path)
             frames.append((part.with_columns(absent) if absent else part).select(list(schema)).cast(schema))  # type: ignore[arg-type]
-        frames.append(_records_to_frames(records)[table].lazy())
+        frames.append(spooled.frame(table).lazy())
         return pl.concat(frames, how="vertical")
 
     def trajectory_index(self, columns: Sequence[str], *, status: ApprovalStatus | None = None, app: str | None = None) -> pl.DataFrame:
@@ -302,12 +299,12 @@ class LocalExperienceStore:
             current = current.filter(pl.col("app") == app)
         return current.select(list(dict.fromkeys([*columns, "approval", "approval_by", "approval_at", "approval_reason"])))
 
-    def _load(self) -> dict[str, pl.DataFrame]:
+    def _load(self) -> _Tables:
         # The spool before the manifest: a compaction in between then shows a record twice (dropped
         # below), never zero times. The manifest's parts are one consistent snapshot; should one of
         # them vanish because a compaction moved on meanwhile, the whole read starts again.
         for _ in range(READ_ATTEMPTS):
-            records, spool_problems = spool.read_spool(self.root / "spool")
+            spooled = self._spool.read()
             snapshot = read_manifest(self.root, TABLES)
             try:
                 parts = {name: self._read_table(snapshot, name) for name in TABLES}
@@ -320,10 +317,8 @@ class LocalExperienceStore:
                 "without pause?). Try again; nothing stored is affected."
             )
         self._warn_manifest(snapshot)
-        for problem in spool_problems:
-            problem.warn(stacklevel=4)
-        spooled = _records_to_frames(records)
-        return {name: drop_repeats(name, pl.concat([parts[name], spooled[name]], how="vertical")) for name in TABLES}
+        spooled.warn(stacklevel=4)
+        return _Tables(parts, spooled)
 
     def _read_parts(self, table: str) -> pl.DataFrame:
         """The rows of ``table``'s live Parquet parts (damaged parts are skipped with a warning)."""
@@ -564,25 +559,53 @@ def drop_repeats(table: str, df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _records_to_frames(records: Iterable[dict[str, Any]]) -> dict[str, pl.DataFrame]:
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
-    for record in records:
-        kind, data = record.get("kind"), record.get("data")
-        try:
-            if kind == "trajectory":
-                t = Trajectory.parse(data, where="spool record")
-                rows["trajectories"].append(trajectory_row(t))
-                rows["steps"].extend(step_row(s) for s in t.steps)
-            elif kind == "approval":
-                rows["approvals"].append(approval_row(ApprovalEvent.parse(data, where="spool record")))
-            elif kind == "rollout":
-                rows["rollouts"].append(rollout_row(Rollout.parse(data, where="spool record")))
-            elif kind == "replay":
-                rows["replays"].append(replay_row(ReplayRecord.parse(data, where="spool record")))
-            else:
-                raise RecordError(f"unknown spool record kind {kind!r}")
-        except RecordError as exc:
-            warnings.warn(f"Skipped a spool record that does not fit the schema: {exc}", IncompleteReadWarning, stacklevel=4)
-    return {name: frame(rows[name], TABLES[name]) for name in TABLES}
+    rows = SpoolRows(records)
+    warn_rejected(rows.rejected, stacklevel=3)
+    return rows.frames()
+
+
+class _Tables(MutableMapping[str, pl.DataFrame]):
+    """One read's tables: the Parquet parts' rows, then the spool's, repeats dropped. A table is put together when first
+    asked for, so a read that never needs the steps does not write the spool's states as ``state_json``."""
+
+    def __init__(self, parts: dict[str, pl.DataFrame], spooled: SpoolRead) -> None:
+        self._parts = parts
+        self._spooled = spooled
+        self._tables: dict[str, pl.DataFrame] = {}
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        if name not in self._tables:
+            self._tables[name] = drop_repeats(name, pl.concat([self._parts[name], self._spooled.frame(name)], how="vertical"))
+        return self._tables[name]
+
+    def __setitem__(self, name: str, table: pl.DataFrame) -> None:
+        self._tables[name] = table
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("a read's tables cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TABLES)
+
+    def __len__(self) -> int:
+        return len(TABLES)
+
+    def take_spooled_trajectories(self) -> dict[str, Trajectory]:
+        """Trajectories whose rows come from one spool record alone, for the caller to keep (see spool_cache)."""
+        in_parts = set(self._parts["trajectories"]["id"].to_list()) | set(self._parts["steps"]["trajectory_id"].unique().to_list())
+        return self._spooled.take_trajectories(exclude=in_parts)
+
+
+def _rebuilt(row: dict[str, Any], t: Trajectory) -> Trajectory:
+    """What :func:`trajectory_from_rows` rebuilds from ``t``'s rows (``row`` with its current approval), without writing
+    and parsing its JSON columns: exact for records that round-trip (:func:`~ee_middleware.store.spool_cache.round_trips`)."""
+    row = {
+        **row,
+        "tools_json": Decoded(t.tools),
+        "messages_json": Decoded(t.messages),
+        "environment_json": None if t.environment is None else Decoded(t.environment),
+    }
+    return trajectory_from_rows(row, [step_row(s, encode=Decoded) for s in t.steps])
 
 
 def _decisions(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:

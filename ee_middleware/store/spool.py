@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import from_json
+
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreWriteError, os_error_advice
 
 SEGMENT_SUFFIX = ".jsonl"
@@ -69,10 +71,14 @@ class SpoolProblem:
 HALF_WRITTEN = "half-written last record (no newline)"
 
 
-def decode_lines(data: bytes, segment: Path, *, live: bool) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
+def decode_lines(
+    data: bytes, segment: Path, *, live: bool, payloads: list[bytes | None] | None = None
+) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
     """Parse a segment's bytes into records, collecting (not raising) problems.
 
     A final line without a newline in a ``live`` segment is a write in progress, not damage.
+    ``payloads``, when given, receives for each record (in order) its JSON text if pydantic's parser
+    decoded it (:func:`decode_json`), else ``None``.
     """
     records: list[dict[str, Any]] = []
     problems: list[SpoolProblem] = []
@@ -81,12 +87,17 @@ def decode_lines(data: bytes, segment: Path, *, live: bool) -> tuple[list[dict[s
     for number, line in enumerate(lines, start=1):
         if not line:
             continue
-        record = _decode_line(line)
+        record, strict = _decode_line(line)
         if isinstance(record, str):
             problems.append(SpoolProblem(segment, number, record))
-            records.extend(_salvage(line))
+            salvaged = _salvage(line)
+            records.extend(salvaged)
+            if payloads is not None:
+                payloads.extend(None for _ in salvaged)
         else:
             records.append(record)
+            if payloads is not None:
+                payloads.append(line[9:] if strict else None)
     if tail and not live:
         problems.append(SpoolProblem(segment, len(lines) + 1, HALF_WRITTEN))
     return records, problems
@@ -102,29 +113,43 @@ def _salvage(line: bytes) -> list[dict[str, Any]]:
     by a full disk is followed by the next, acknowledged record: that record is still read.
     """
     for match in _RECORD_START.finditer(line, 1):
-        record = _decode_line(line[match.start() :])
+        record, _ = _decode_line(line[match.start() :])
         if not isinstance(record, str):
             return [record]
     return []
 
 
-def _decode_line(line: bytes) -> dict[str, Any] | str:
+def decode_json(payload: bytes) -> tuple[Any, bool]:
+    """``json.loads(payload)``, and whether pydantic's parser decoded it (about a third less CPU than ``json``).
+
+    Where it accepts the text it builds the same values as ``json`` (see :func:`~ee_middleware.store.tables._loads`); it is
+    asked to refuse ``NaN`` and ``Infinity`` too, so ``True`` also says the record holds neither token and no lone
+    surrogate. Whatever it refuses is decoded, or refused with ``json``'s own error, by ``json``.
+    """
+    try:
+        return from_json(payload, allow_inf_nan=False), True
+    except ValueError:
+        return json.loads(payload), False
+
+
+def _decode_line(line: bytes) -> tuple[dict[str, Any] | str, bool]:
+    """The record on ``line`` (or why there is none), and whether pydantic's parser decoded it (:func:`decode_json`)."""
     if len(line) < 10 or line[8:9] != b" ":
-        return "line has no checksum prefix"
+        return "line has no checksum prefix", False
     payload = line[9:]
     try:
         expected = int(line[:8], 16)
     except ValueError:
-        return "checksum prefix is not hexadecimal"
+        return "checksum prefix is not hexadecimal", False
     if zlib.crc32(payload) != expected:
-        return "checksum mismatch (record damaged)"
+        return "checksum mismatch (record damaged)", False
     try:
-        record = json.loads(payload)
+        record, strict = decode_json(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return f"record is not valid JSON: {exc}"
+        return f"record is not valid JSON: {exc}", False
     if not isinstance(record, dict):
-        return "record is not a JSON object"
-    return record
+        return "record is not a JSON object", False
+    return record, strict
 
 
 def is_live(segment: Path) -> bool:

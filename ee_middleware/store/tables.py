@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -137,6 +138,16 @@ REPLAY_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+TABLES: dict[str, dict[str, pl.DataType]] = {
+    "trajectories": TRAJECTORY_SCHEMA,
+    "steps": STEP_SCHEMA,
+    "approvals": APPROVAL_SCHEMA,
+    "rollouts": ROLLOUT_SCHEMA,
+    "replays": REPLAY_SCHEMA,
+}
+"""The store's tables and their schemas."""
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
@@ -170,18 +181,19 @@ def trajectory_row(t: Trajectory) -> dict[str, Any]:
     }
 
 
-def step_row(s: Step) -> dict[str, Any]:
+def step_row(s: Step, encode: Callable[[Any], Any] = dumps) -> dict[str, Any]:
+    """``s`` as a row; ``encode`` writes its JSON columns (:class:`Decoded` keeps the values, for :func:`step_from_row`)."""
     call = s.action.tool_call
     obs = s.observation
     return {
         "trajectory_id": s.trajectory_id,
         "index": s.index,
         "decision_index": s.decision_index,
-        "state_json": dumps(s.state),
+        "state_json": encode(s.state),
         "action_kind": s.action.kind,
         "tool_call_id": call.id if call else None,
         "tool_name": call.name if call else None,
-        "arguments_json": dumps(call.arguments) if call else None,
+        "arguments_json": encode(call.arguments) if call else None,
         "content": s.action.content,
         "observation": obs.content if obs else None,
         "observation_is_error": obs.is_error if obs else None,
@@ -303,10 +315,26 @@ def frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.Data
     return pl.DataFrame(rows, schema=schema)
 
 
-def _loads(text: str) -> Any:
+class Decoded:
+    """A JSON column's value kept decoded: what :func:`_loads` would build from the column's text.
+
+    A trajectory read from the spool whose JSON values survive the text round trip unchanged (see
+    :mod:`~ee_middleware.store.spool_cache`) is rebuilt from its rows with these in its JSON columns, by the same
+    :func:`trajectory_from_rows` as any other, without writing and parsing its states again."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _loads(text: str | Decoded) -> Any:
     """``json.loads(text)``, decoded by pydantic's parser where it can (about a third less CPU on the large ``state_json``
     and ``tools_json`` of a trajectory). It builds the same values (big ints, floats, NaN and infinities, repeated keys: the
-    last wins); what it refuses (an escaped lone surrogate, nesting deeper than 200) is decoded, or refused, by ``json``."""
+    last wins); what it refuses (an escaped lone surrogate, nesting deeper than 200) is decoded, or refused, by ``json``.
+    A :class:`Decoded` value is returned as it is."""
+    if type(text) is Decoded:
+        return text.value
     try:
         return from_json(text)
     except ValueError:
