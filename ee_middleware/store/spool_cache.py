@@ -36,7 +36,7 @@ import polars as pl
 from ee_middleware.errors import IncompleteReadWarning, RecordError
 from ee_middleware.records import ApprovalEvent, ReplayRecord, Rollout, Trajectory
 from ee_middleware.store import spool
-from ee_middleware.store.tables import TABLES, approval_row, frame, replay_row, rollout_row, step_row, trajectory_row
+from ee_middleware.store.tables import TABLES, approval_row, frame, json_text, replay_row, rollout_row, step_row, trajectory_row
 
 CACHE_BYTES = 32 << 20
 """How many bytes of spool segments one store handle keeps decoded (about three times as much memory)."""
@@ -76,7 +76,7 @@ class SpoolRows:
             try:
                 if kind == "trajectory":
                     t = Trajectory.parse(data, where="spool record")
-                    self.rows["trajectories"].append(trajectory_row(t))
+                    self.rows["trajectories"].append(trajectory_row(t, json_text))
                     self.trajectories.append(t)
                     self.exact.append(line is not None and round_trips(line))
                 elif kind == "approval":
@@ -91,7 +91,7 @@ class SpoolRows:
                 self.rejected.append(f"Skipped a spool record that does not fit the schema: {exc}")
 
     def steps(self) -> list[dict[str, Any]]:
-        return [step_row(s) for t in self.trajectories for s in t.steps]
+        return [step_row(s, json_text) for t in self.trajectories for s in t.steps]
 
     def frames(self) -> dict[str, pl.DataFrame]:
         """Every table's rows, steps included."""

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from ee_middleware.store.tables import _loads
+from ee_middleware.messages import dumps
+from ee_middleware.store.tables import _loads, json_text
 
 
 def _same(a: object, b: object) -> bool:
@@ -68,3 +69,43 @@ def test_decoding_random_json_builds_what_json_loads_builds() -> None:
 def test_invalid_json_is_refused_as_json_refuses_it(text: str) -> None:
     with pytest.raises(json.JSONDecodeError):
         _loads(text)
+
+
+ENCODE_AWKWARD = [
+    {"a": 1e-7, "b": 1e16, "c": 1e-5, "d": 2.5e-5, "e": 0.0001, "f": 1e300, "g": 5e-324, "h": -0.0, "i": 1.5},
+    {"nan": float("nan"), "inf": [float("inf"), float("-inf")]},
+    {"text": "NaN and Infinity and 1e-05 inside strings", "big": 10**40, "neg": -(2**63) - 1},
+    {"ctl": "\x00\x01\x08\x0c\n\r\t\x1f\x7f", "quote": '"\\/', "uni": "caf\u00e9 \u2028 \U0001f600 日本", "lone": "a\ud800b"},
+    [[[[{"k": [True, False, None, 0, -1, ""]}]]]],
+    {"": {"": []}, "dup order": {"z": 1, "a": 2}},
+]
+
+
+@pytest.mark.parametrize("value", ENCODE_AWKWARD)
+def test_json_text_writes_what_dumps_writes(value: object) -> None:
+    assert json_text(value) == dumps(value)
+
+
+def test_json_text_of_random_json_writes_what_dumps_writes() -> None:
+    rnd = random.Random(11)
+    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\U0001f600", "\\", '"', "e-", "e+", "0.0000"]
+
+    def value(depth: int = 0) -> object:
+        c = rnd.random()
+        if depth < 4 and c < 0.25:
+            return {"".join(rnd.choices(alphabet, k=rnd.randint(0, 4))): value(depth + 1) for _ in range(rnd.randint(0, 4))}
+        if depth < 4 and c < 0.45:
+            return [value(depth + 1) for _ in range(rnd.randint(0, 4))]
+        if c < 0.6:
+            return rnd.uniform(-1, 1) * 10 ** rnd.randint(-320, 308)
+        if c < 0.7:
+            return rnd.randint(-(10**30), 10**30)
+        if c < 0.75:
+            return rnd.choice([True, False, None, float("nan"), float("inf"), 0.1, 100.0, 1e22])
+        return "".join(rnd.choices(alphabet, k=rnd.randint(0, 12)))
+
+    for _ in range(3000):
+        v = value()
+        assert json_text(v) == dumps(v), v
+        decoded = json.loads(json.dumps(v))  # what a record decodes to
+        assert json_text(decoded) == dumps(decoded), decoded
