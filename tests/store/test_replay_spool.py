@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ee_middleware.capture.redaction import RedactionRules
 from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
 from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, ToolCall
@@ -99,19 +101,25 @@ def _awkward_replay() -> tuple[ReplayRecord, list[Rollout]]:
     return record, rollouts
 
 
-def test_a_store_without_redaction_rules_writes_the_same_bytes_as_the_json_path(tmp_path: Path) -> None:
-    """With no rules the rollouts are encoded by pydantic in one step; the lines must be those json.dumps writes."""
+@pytest.mark.parametrize("batch", ["awkward", "plain", "empty"])
+def test_a_store_without_redaction_rules_writes_the_same_bytes_as_the_json_path(tmp_path: Path, batch: str) -> None:
+    """With no rules the rollouts are encoded by pydantic in one step; the lines must be those json.dumps writes. In a
+    batch with an awkward rollout each is checked on its own; a plain batch is checked at once."""
     from ee_middleware.store.replay_spool import replay_records
 
     store = LocalExperienceStore(tmp_path / "store")
     record_store_redaction(store, StoreRedaction(RedactionRules(defaults=False)))
-    record, rollouts = _awkward_replay()
+    record, rollouts = _awkward_replay() if batch == "awkward" else _replay("plain")
+    if batch == "empty":
+        rollouts = []
     by_store, by_writer = _written_both_ways(store, record, rollouts)
 
     expected = b"".join(spool.encode_line(r) for r in replay_records(record, rollouts, lambda value: value))
     assert by_store.read_bytes() == expected
     assert by_writer.read_bytes() == expected
-    assert b"1e-05" in expected and b'"n":1180591620717411303424' in expected  # the awkward values are there as json writes them
+    if batch == "awkward":  # the awkward values are there as json writes them
+        assert b"1e-05" in expected and b'"n":1180591620717411303424' in expected
+    assert expected.count(b"\n") == len(rollouts) + 1
 
 
 def test_a_store_with_rules_still_redacts_what_the_fast_path_would_have_written(tmp_path: Path) -> None:
