@@ -53,6 +53,7 @@ from ee_middleware.store.tables import (
     TRAJECTORY_SCHEMA,
     Decoded,
     frame,
+    keep_step,
     rollout_from_row,
     step_row,
     trajectory_from_rows,
@@ -605,7 +606,7 @@ def _rebuilt(row: dict[str, Any], t: Trajectory) -> Trajectory:
         "messages_json": Decoded(t.messages),
         "environment_json": None if t.environment is None else Decoded(t.environment),
     }
-    return trajectory_from_rows(row, [step_row(s, encode=Decoded) for s in t.steps])
+    return trajectory_from_rows(row, [keep_step(step_row(s, encode=Decoded), s) for s in t.steps])
 
 
 def _decisions(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:

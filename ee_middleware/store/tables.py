@@ -361,7 +361,39 @@ def _loads(text: str | Decoded) -> Any:
         return json.loads(text)
 
 
+_KEPT = "_step"
+"""Key of a step row that carries its decoded step itself (:func:`keep_step`)."""
+
+
+def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
+    """``row`` (``step_row(s, Decoded)``) carrying ``s`` itself for :func:`step_from_row` to return, where what it would
+    build from the row is ``s`` again in every respect, which validating ``s``'s own values again would only copy: every
+    field of ``s`` and of its action, call and observation was set (the row path sets them all), and its action's kind
+    says whether it has a call (the row path drops a call of an answer). Else ``row`` as it is."""
+    action, call, observation = s.action, s.action.tool_call, s.observation
+    if (
+        type(s) is Step
+        and s.model_fields_set == _STEP_FIELDS
+        and type(action) is Action
+        and action.model_fields_set == _ACTION_FIELDS
+        and (action.kind == "tool_call") == (call is not None)
+        and (call is None or (type(call) is ToolCall and call.model_fields_set == _CALL_FIELDS))
+        and (observation is None or (type(observation) is Observation and observation.model_fields_set == _OBSERVATION_FIELDS))
+    ):
+        row[_KEPT] = s
+    return row
+
+
+_STEP_FIELDS = frozenset(Step.model_fields)
+_ACTION_FIELDS = frozenset(Action.model_fields)
+_CALL_FIELDS = frozenset(ToolCall.model_fields)
+_OBSERVATION_FIELDS = frozenset(Observation.model_fields)
+
+
 def step_from_row(row: dict[str, Any]) -> Step:
+    kept = row.get(_KEPT)
+    if kept is not None:
+        return kept
     call = None
     if row["action_kind"] == "tool_call":
         call = ToolCall(id=row["tool_call_id"] or "", name=row["tool_name"], arguments=_loads(row["arguments_json"] or "{}"))

@@ -130,6 +130,12 @@ def _state(**extra: Any) -> Any:
     return edit
 
 
+def _sparse(data: dict[str, Any]) -> None:
+    first, last = data["steps"][0], data["steps"][-1]
+    del first["latency_ms"], first["action"]["content"], first["action"]["tool_call"]["arguments"], first["observation"]["is_error"]
+    del last["observation"], last["model_latency_ms"]
+
+
 def test_awkward_records_read_from_the_spool_equal_the_same_store_compacted(store_path: Path, tmp_path: Path, monkeypatch):
     store = LocalExperienceStore(store_path)
     store.write([sample_trajectory("in-parts")])
@@ -147,11 +153,13 @@ def test_awkward_records_read_from_the_spool_equal_the_same_store_compacted(stor
         _trajectory_line(sample_trajectory("int-latency"), lambda d: d["steps"][0].update(latency_ms=3, model_latency_ms=None)),
         _trajectory_line(sample_trajectory("no-env"), lambda d: d.update(environment={}, tools=[], messages=[])),
         _trajectory_line(
-            sample_trajectory("answer-with-call"), lambda d: d["steps"][-1]["action"].update(tool_call={"id": "c", "name": "x"})
+            sample_trajectory("answer-with-call"),
+            lambda d: d["steps"][-1]["action"].update(tool_call={"id": "c", "name": "x", "arguments": {"a": 1}}),
         ),
         _trajectory_line(sample_trajectory("offset-time"), lambda d: d.update(started_at="2026-01-02T03:04:05.123456+02:00")),
         _trajectory_line(sample_trajectory("naive-time"), lambda d: d.update(ended_at="2026-01-02T03:04:05")),
         _trajectory_line(sample_trajectory("unsorted"), lambda d: d["steps"].reverse()),
+        _trajectory_line(sample_trajectory("sparse"), _sparse),  # fields left to their defaults: the rebuilt step sets them
         _trajectory_line(sample_trajectory("twice")),
         _trajectory_line(sample_trajectory("twice", steps=4)),  # repeated id: the first record wins, steps merge by index
         _trajectory_line(sample_trajectory("dup-index"), lambda d: d["steps"][1].update(index=0)),
@@ -168,7 +176,7 @@ def test_awkward_records_read_from_the_spool_equal_the_same_store_compacted(stor
     rebuilt: list[str] = []  # which trajectories were rebuilt from their records, not from rows
     monkeypatch.setattr(local, "_rebuilt", lambda row, t: rebuilt.append(t.id) or _rebuilt(row, t))
     spooled = _everything(store_path)
-    from_records = {"big-int", "escapes", "int-latency", "no-env", "answer-with-call", "offset-time", "naive-time", "unsorted"}
+    from_records = {"sparse", "big-int", "escapes", "int-latency", "no-env", "answer-with-call", "offset-time", "naive-time", "unsorted"}
     assert set(rebuilt) == from_records  # not "plain": a step of "foreign" carries its id
     ids = [t.id for t in spooled["iter"]]
     assert ids[0] == "in-parts" and {"plain", "nan", "huge-exp", "lone", "deep", "twice", "foreign"} <= set(ids) and "bad" not in ids
