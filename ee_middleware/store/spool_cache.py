@@ -20,14 +20,18 @@ read returns:
   surrogate, and is not nested deeper than ``json`` goes) and no number in it is too large for a float. Other
   records take the row path. The records are handed over once (a caller may change what it gets); a second
   ``iter_trajectories`` on the same handle decodes them again.
+
+The garbage collector is paused while a segment is decoded (:func:`_collector_paused`).
 """
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,36 @@ def round_trips(payload: bytes) -> bool:
     if any(p.search(payload) for p in _BIG_EXPONENT):
         return False
     return _LONG_NUMBER not in payload.translate(_DIGITS)
+
+
+_paused = 0
+_paused_lock = threading.Lock()
+_resume = False
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a segment is decoded (and back on when the last decoding thread is done,
+    if it was on before the first began).
+
+    Decoding makes about a million objects (JSON values, validated records) that stay alive, and the collector walked
+    the whole growing heap several times meanwhile: a third of the CPU of reading the spool of the BFCL store. They
+    hold no reference cycles, so nothing needs the collector to be freed; what it still owes them afterwards is one
+    pass (``benchmarks/store_read.py`` counts it, as ``settled``).
+    """
+    global _paused, _resume
+    with _paused_lock:
+        if _paused == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused -= 1
+            if _paused == 0 and _resume:
+                gc.enable()
 
 
 class SpoolRows:
@@ -119,8 +153,9 @@ class DecodedSegment:
 
     def _decode(self) -> tuple[SpoolRows, list[spool.SpoolProblem]]:
         payloads: list[bytes | None] = []
-        records, problems = spool.decode_lines(self.data, self.segment, live=True, payloads=payloads)
-        return SpoolRows(records, payloads), problems
+        with _collector_paused():
+            records, problems = spool.decode_lines(self.data, self.segment, live=True, payloads=payloads)
+            return SpoolRows(records, payloads), problems
 
     def frame(self, table: str) -> pl.DataFrame:
         if table != "steps":

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning
 from ee_middleware.records import Trajectory
-from ee_middleware.store import LocalExperienceStore, local, spool
+from ee_middleware.store import LocalExperienceStore, local, spool, spool_cache
 from ee_middleware.store.local import _rebuilt
 from ee_middleware.store.spool_cache import round_trips
 from ee_middleware.store.tables import _loads
@@ -221,3 +221,25 @@ def test_trajectories_handed_out_are_the_callers_own(store: LocalExperienceStore
     assert again == sample_trajectory("a").model_copy(update={"started_at": again.started_at, "ended_at": again.ended_at})
     assert again.steps[1].state[1]["tool_calls"][0]["function"]["name"] == "lookup"
     assert store.steps()["state_json"].to_list()[0] != "[]"
+
+
+def test_the_collector_is_back_as_it_was_after_decoding(store: LocalExperienceStore, monkeypatch):
+    import gc
+
+    store.write([sample_trajectory("a")])
+    assert gc.isenabled()
+    seen = []
+    original = spool_cache.SpoolRows.__init__
+    monkeypatch.setattr(spool_cache.SpoolRows, "__init__", lambda self, *a: seen.append(gc.isenabled()) or original(self, *a))
+    assert LocalExperienceStore(store.root).trajectories()["id"].to_list() == ["a"]
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        LocalExperienceStore(store.root).trajectories()
+        assert not gc.isenabled(), "a collector switched off by the caller stays off"
+    finally:
+        gc.enable()
+    monkeypatch.setattr(spool_cache.SpoolRows, "__init__", lambda self, *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        LocalExperienceStore(store.root).trajectories()
+    assert gc.isenabled()
