@@ -417,12 +417,22 @@ class ProcessExecutor:
 
     replay_while_starting: bool = True
     """Until the first worker has started, the job's process replays trajectories itself (and the job writes them)
-    instead of waiting: on 2 cores the fork server's imports take about as long as 10% of a BFCL job."""
+    instead of waiting for the fork server's imports or spawned interpreters. Off (the ``replay_while_starting``
+    argument) where the job's process should not build the policy or sandbox, e.g. one that loads a model."""
 
     def __init__(
-        self, spec: WorkerSpec, workers: int, *, start_method: str = "forkserver", preload: Iterable[str] = (), torch_threads: int = 1
+        self,
+        spec: WorkerSpec,
+        workers: int,
+        *,
+        start_method: str = "forkserver",
+        preload: Iterable[str] = (),
+        torch_threads: int = 1,
+        replay_while_starting: bool | None = None,
     ) -> None:
         self.workers = workers
+        if replay_while_starting is not None:
+            self.replay_while_starting = replay_while_starting
         self._server: _JobForkServer | None = None
         if start_method == "forkserver" and start_method in multiprocessing.get_all_start_methods() and not _refers_to_main(spec):
             self._server = _start_fork_server([*WORKER_MODULES, *preload])

@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import EEError, PolicyError
+from ee_middleware.models.spec import is_model_spec, parse_model_spec
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.executors import (
     Executor,
@@ -133,7 +134,16 @@ def build_executor(config: ReplayConfig, spec: WorkerSpec, *, preload: Sequence[
         return RayExecutor(spec, config.workers, address=config.ray_address)
     if config.workers == 1:
         return InlineExecutor(spec)
-    return ProcessExecutor(spec, config.workers, preload=preload)
+    return ProcessExecutor(spec, config.workers, preload=preload, replay_while_starting=light_in_process(config))
+
+
+def light_in_process(config: ReplayConfig) -> bool:
+    """Whether the job's process may replay with ``config``'s policy and sandbox while its workers start: the mutation
+    policy or a server's (not a local model, nor a user's policy of unknown weight), and a sandbox that is not an
+    experience model."""
+    policy = config.policy.strip()
+    light_policy = policy == "mutate" or (is_model_spec(policy) and parse_model_spec(policy).kind == "openai")
+    return light_policy and not config.sandbox.strip().startswith("experience:")
 
 
 def run_replay(

@@ -129,3 +129,23 @@ def test_the_job_replays_trajectories_itself_until_a_worker_has_started_then_han
     assert [seen[t] for t in taken] == [False] * 3 + [True] * (BFCL_ENTRIES - 3), "the job's 3, then the workers' (they write)"
     assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
     assert _own_processes() == before
+
+
+@pytest.mark.parametrize(
+    ("policy", "sandbox", "light"),
+    [
+        ("mutate", "bfcl", True),
+        ("openai:http://127.0.0.1:8000/v1#support-bot", "bfcl", True),
+        ("local:/models/smollm2", "bfcl", False),
+        ("transformers:/models/smollm2@/adapters/a", "bfcl", False),
+        ("my_package.policies:build", "bfcl", False),
+        ("mutate", "experience:local:/models/world", False),
+    ],
+)
+def test_the_job_replays_while_workers_start_only_with_a_light_policy_and_sandbox(
+    policy: str, sandbox: str, light: bool, bfcl_store_path: Path
+) -> None:
+    """A job whose policy loads a model (or is a user's, of unknown weight) leaves all replays to its workers."""
+    from ee_middleware.replay.job import light_in_process
+
+    assert light_in_process(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, policy=policy, sandbox=sandbox)) is light
