@@ -53,10 +53,10 @@ def test_worker_processes_write_their_own_spool_segments_and_send_back_only_reco
 ) -> None:
     import os
 
-    from ee_middleware.replay.executors import ProcessExecutor
+    from ee_middleware.replay import job
     from ee_middleware.store import spool
 
-    monkeypatch.setattr(ProcessExecutor, "replay_while_starting", False)  # every trajectory to the workers
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # every trajectory to the workers
     before = {s.name for s in spool.list_segments(stable_store_path / "spool")}
     seen = []
     summary = run_replay(ReplayConfig.load(store=stable_store_path, k=2, workers=2), on_outcome=lambda o, n, total: seen.append(o))

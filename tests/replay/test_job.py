@@ -58,9 +58,9 @@ def test_two_worker_processes_store_the_same_rollouts_as_one(bfcl_store_path: Pa
 def test_a_two_worker_job_leaves_no_worker_or_fork_server_behind(bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import psutil
 
-    from ee_middleware.replay.executors import ProcessExecutor
+    from ee_middleware.replay import job
 
-    monkeypatch.setattr(ProcessExecutor, "replay_while_starting", False)  # the first outcome comes from a worker
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the first outcome comes from a worker
 
     def own_processes() -> set[int]:
         # multiprocessing's resource tracker serves the whole process (every pool, every job) and ends with it
