@@ -27,6 +27,7 @@ The garbage collector is paused while a segment is decoded (:func:`_collector_pa
 from __future__ import annotations
 
 import gc
+import os
 import re
 import threading
 import warnings
@@ -90,6 +91,17 @@ def _collector_paused() -> Iterator[None]:
             _paused -= 1
             if _paused == 0 and _resume:
                 gc.enable()
+
+
+def _after_fork_in_child() -> None:
+    """A process forked while another thread decodes starts with no decoding under way: its collector back on."""
+    global _paused, _paused_lock
+    if _paused and _resume:
+        gc.enable()
+    _paused, _paused_lock = 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SpoolRows:

@@ -243,3 +243,30 @@ def test_the_collector_is_back_as_it_was_after_decoding(store: LocalExperienceSt
     with pytest.raises(ZeroDivisionError):
         LocalExperienceStore(store.root).trajectories()
     assert gc.isenabled()
+
+
+def test_a_process_forked_while_a_thread_decodes_has_its_collector_on(store: LocalExperienceStore, monkeypatch):
+    import gc
+    import os
+    import threading
+
+    store.write([sample_trajectory("a")])
+    decoding, forked = threading.Event(), threading.Event()
+    original = spool_cache.SpoolRows.__init__
+
+    def slow(self, *args):
+        decoding.set()
+        forked.wait(10)
+        original(self, *args)
+
+    monkeypatch.setattr(spool_cache.SpoolRows, "__init__", slow)
+    reader = threading.Thread(target=lambda: LocalExperienceStore(store.root).trajectories())
+    reader.start()
+    assert decoding.wait(10) and not gc.isenabled()
+    pid = os.fork()
+    if pid == 0:  # the child: exit at once, with 0 when its collector is on
+        os._exit(0 if gc.isenabled() else 1)
+    forked.set()
+    _, status = os.waitpid(pid, 0)
+    reader.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0 and gc.isenabled()
