@@ -215,7 +215,7 @@ class LocalExperienceStore:
             current = current.filter(pl.col("approval") == status)
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
         # others from their rows; both by trajectory_from_rows, with the same result.
-        decoded = tables.take_spooled_trajectories() if not current.is_empty() else {}
+        decoded = tables.take_spooled_trajectories() if isinstance(tables, _Tables) and not current.is_empty() else {}
         steps_by_id = None
         for row in current.iter_rows(named=True):
             t = decoded.pop(row["id"], None)
