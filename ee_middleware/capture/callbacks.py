@@ -58,11 +58,12 @@ class RunCapture(BaseCallbackHandler):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        self._open[run_id] = (
-            time.time_ns(),
-            "chat",
-            (list(messages[0]) if messages else [], kwargs.get("invocation_params") or {}, metadata or {}),
-        )
+        params = kwargs.get("invocation_params") or {}
+        metadata = metadata or {}
+        if self.calls is not None:  # kept for the capture process: only what its span reads (smaller to send)
+            params = {k: params[k] for k in CHAT_PARAMS if k in params}
+            metadata = {k: metadata[k] for k in CHAT_METADATA if k in metadata}
+        self._open[run_id] = (time.time_ns(), "chat", (list(messages[0]) if messages else [], params, metadata))
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._close(run_id, _reply_messages(response), None)
@@ -266,15 +267,13 @@ def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
         finish_root(recorder, span, record, handler.fragments, end_time=record.end_ns)
 
 
-def slim_call(call: Call) -> Call:
-    """``call`` with only what its span reads (smaller to send; no callback metadata objects), its
-    error made picklable."""
-    kind, start, end, data, result, error = call
-    if kind == "chat":
-        inputs, params, metadata = data
-        data = (
-            inputs,
-            {k: params[k] for k in ("model", "model_name", "_type", "temperature", "tools") if k in params},
-            {k: metadata[k] for k in ("ls_model_name", "ls_provider", "langgraph_node") if k in metadata},
-        )
-    return (kind, start, end, data, result, captured_error(error))
+CHAT_PARAMS = ("model", "model_name", "_type", "temperature", "tools")
+"""The invocation parameters a ``chat`` span reads (:meth:`RunCapture._emit_chat`)."""
+CHAT_METADATA = ("ls_model_name", "ls_provider", "langgraph_node")
+"""The callback metadata a ``chat`` span reads."""
+
+
+def sendable_calls(calls: list[Call]) -> list[Call]:
+    """A buffered run's calls (already holding only what their spans read, see
+    :meth:`RunCapture.on_chat_model_start`) with their errors made picklable, formatted now."""
+    return [call if call[5] is None else (*call[:5], captured_error(call[5])) for call in calls]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 import pickle
 import select
@@ -410,7 +411,7 @@ class ProcessOffload:
                 continue
             key = tuple(map(id, tools))
             known = table.get(key)
-            if known is not None and all(a is b for a, b in zip(known[0], tools, strict=True)):
+            if known is not None and all(map(operator.is_, known[0], tools)):  # (as many: the key has one id each)
                 table.move_to_end(key)
             else:
                 if known is not None:  # the same ids, other objects (the old ones were freed): its slot is reused

@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from ee_middleware._version import __version__
-from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, root_attributes, slim_call
+from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, root_attributes, sendable_calls
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.offload import ProcessOffload, frozen_problem, picklable_problem, private_provider, recording_parts
 from ee_middleware.capture.payloads import captured_error
@@ -56,6 +56,7 @@ from ee_middleware.store.registry import open_store
 logger = logging.getLogger("ee_middleware.capture")
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 class Recorder:
@@ -289,7 +290,7 @@ class _Run:
         self.output: Any = None
         self.enabled = True
         cfg = dict(config or {})
-        configurable = dict(cfg.get("configurable") or {})
+        configurable = cfg.get("configurable") or {}  # (read only)
         self.trajectory_id = uuid.uuid4().hex
         self.thread_id = configurable.get("thread_id")
         self.environment = self._environment(graph_input, cfg, configurable)
@@ -297,7 +298,7 @@ class _Run:
         if self.offload is not None:
             # the spans are made in the capture process; the user's spans nest under a stand-in here
             self.start_ns = time.time_ns()
-            ids = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, TraceFlags(TraceFlags.SAMPLED))
+            ids = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _SAMPLED)
             self.span = NonRecordingSpan(ids)
         else:
             attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
@@ -354,7 +355,7 @@ class _Run:
         handler.close_open_spans()
         error = exc if status == "error" else None
         if self.offload is not None:
-            calls = [slim_call(call) for call in handler.calls or ()]
+            calls = sendable_calls(handler.calls or [])
             record = RunRecord(
                 self.trajectory_id,
                 self.start_ns,
