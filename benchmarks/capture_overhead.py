@@ -13,7 +13,8 @@ process pays when its agent never waits on a model. Target: ratio <= 1.10.
     .venv/bin/python benchmarks/capture_overhead.py --sustained-s 5 [--rounds 5] [--offload thread,process]
 
 Sustained mode: each round runs the graph back to back for longer than the finisher's deferral
-bound (2 s), unwrapped and wrapped once per capture mode (``offload="thread"``: background threads
+bound (2 s), unwrapped, with a do-nothing callback handler (``callback_floor``: what a
+callback-based recorder costs before it records anything), and wrapped once per capture mode (``offload="thread"``: background threads
 of the agent's process; ``"process"``: capture's child process), the order rotated every round, so
 background work lands inside the timed window and competes with the agent, for the interpreter
 lock (threads) or for the CPUs (the child), as it does in a busy service. Each mode is reported
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
@@ -82,6 +84,44 @@ def build_graph() -> Any:
     return graph.compile()
 
 
+class FloorHandler(BaseCallbackHandler):
+    """A callback handler that takes the same events as capture's (``RunCapture``) and does nothing:
+    what any callback-based recorder costs the agent's thread before it records anything."""
+
+    run_inline = True
+    ignore_chain = True
+    ignore_retriever = True
+    ignore_custom_event = True
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_llm_error(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_tool_start(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_tool_end(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_tool_error(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class WithFloorHandler:
+    """The plain graph run with a new :class:`FloorHandler` per run (as capture adds its own)."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+
+    def invoke(self, task: Any) -> Any:
+        return self.graph.invoke(task, {"callbacks": [FloorHandler()]})
+
+
 def timed(graph: Any, runs: int) -> float:
     start = time.perf_counter()
     for _ in range(runs):
@@ -120,13 +160,15 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
         total_runs = dict.fromkeys(modes, 10)
         measures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
         plain_ms: list[float] = []
-        variants = ["plain", *modes]
+        floor = WithFloorHandler(graph)
+        floor_ratios: dict[str, list[float]] = {"agent_wall": [], "agent_cpu": []}
+        variants = ["plain", "floor", *modes]
         for i in range(args.rounds):
             rounds: dict[str, dict[str, float]] = {}
             # rotate the order every round, so that no variant always follows the same one
             for variant in variants[i % len(variants) :] + variants[: i % len(variants)]:
-                if variant == "plain":
-                    rounds[variant] = sustained_round(graph, args.sustained_s)
+                if variant in ("plain", "floor"):
+                    rounds[variant] = sustained_round(graph if variant == "plain" else floor, args.sustained_s)
                     continue
                 agent = wrapped[variant]
                 child0 = agent.recorder.offload_cpu_s  # the capture process's CPU, as of the last flush
@@ -138,6 +180,9 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
             p = rounds["plain"]
             pp = {m: p[m] / p["runs"] for m in ("wall", "cpu", "thread")}
             plain_ms.append(pp["cpu"] * 1e3)
+            f = rounds["floor"]
+            floor_ratios["agent_wall"].append(f["wall"] / f["runs"] / pp["wall"])
+            floor_ratios["agent_cpu"].append(f["thread"] / f["runs"] / pp["thread"])
             for mode in modes:
                 w = rounds[mode]
                 total_runs[mode] += int(w["runs"])
@@ -182,6 +227,11 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_1_5_15_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "plain_cpu_ms_per_run_min_median_max": _spread(plain_ms),
         "target_agent_thread_ratio": 1.10,
+        "callback_floor": {
+            "what": "the plain graph with a callback handler that takes capture's events and does nothing",
+            "agent_thread_ratio_min_median_max": _spread(floor_ratios["agent_wall"]),
+            "agent_thread_cpu_ratio_min_median_max": _spread(floor_ratios["agent_cpu"]),
+        },
         **{f"offload={mode}": result for mode, result in results.items()},
     }
 
