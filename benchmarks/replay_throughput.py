@@ -192,11 +192,15 @@ def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict
 
     before_self, before_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     first: list[float] = []
+    by_job: list[int] = []  # branches of the trajectories the job's own process replayed (with 2 workers: while they started)
     t0 = time.perf_counter()
-    summary = run_replay(
-        ReplayConfig.load(store=store, k=k, workers=workers, executor=executor),
-        on_outcome=lambda outcome, n, total: first or first.append(time.perf_counter() - t0),
-    )
+
+    def on_outcome(outcome: object, n: int, total: int) -> None:
+        first or first.append(time.perf_counter() - t0)
+        if workers > 1 and not outcome.stored:  # type: ignore[attr-defined]
+            by_job.append(outcome.record.branches)  # type: ignore[attr-defined]
+
+    summary = run_replay(ReplayConfig.load(store=store, k=k, workers=workers, executor=executor), on_outcome=on_outcome)
     wall = time.perf_counter() - t0
     after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     assert summary.failed == {} and summary.fidelity_mismatches == 0, summary.to_dict()
@@ -204,6 +208,7 @@ def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict
         "summary": summary,
         "wall_s": wall,
         "first_outcome_s": first[0],
+        "branches_replayed_by_job_process": sum(by_job),
         "job_cpu_s": (after_self.ru_utime + after_self.ru_stime) - (before_self.ru_utime + before_self.ru_stime),
         "children_cpu_s": (after_children.ru_utime + after_children.ru_stime) - (before_children.ru_utime + before_children.ru_stime),
     }
@@ -410,9 +415,13 @@ def main() -> None:
             job_cpu = statistics.median(r["job_cpu_s"] for r in rs)
             workers_cpu = statistics.median(r["children_cpu_s"] for r in rs)
             results["job_2_workers_cpu_s_job_process_and_workers_median"] = [round(job_cpu, 2), round(workers_cpu, 2)]
-            # What 2 workers would give with a core each (the workers' CPU split evenly, the job process alongside):
-            # an estimate from CPU time, for a machine whose other work makes the wall-clock ratio meaningless.
-            results["job_2_vs_1_workers_cpu_bound_estimate"] = round(cpu["job_1_worker"] / max(job_cpu, workers_cpu / 2), 2)
+            # What 2 workers could give on 2 cores with no start-up and perfect balance: 1 worker's CPU against all the CPU
+            # of the 2-worker job (job process, fork server, workers) spread over 2 cores. An upper bound from CPU time,
+            # for a machine whose other work makes the wall-clock ratio meaningless.
+            results["job_2_vs_1_workers_cpu_bound_estimate_2_cores"] = round(cpu["job_1_worker"] / ((job_cpu + workers_cpu) / 2), 2)
+            results["job_2_workers_branches_replayed_by_job_process_min_median_max"] = _spread(
+                [r["branches_replayed_by_job_process"] for r in rs], 0
+            )
     if sustained is not None:
         results["sustained"] = sustained
     results["peak_rss_mib_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

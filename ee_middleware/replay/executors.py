@@ -46,6 +46,7 @@ from ee_middleware.errors import EEError, MissingExtraError, PolicyError, StoreE
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
+from ee_middleware.store.rows import TrajectoryRows
 
 logger = logging.getLogger("ee_middleware.replay")
 
@@ -96,7 +97,7 @@ class _Worker:
         except Exception:  # noqa: BLE001 - raised again, with its own message, on first use
             pass
 
-    def replay(self, trajectory: Trajectory) -> ReplayOutcome:
+    def replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
         outcome = self._replay(trajectory)
         store = self._writable_store()
         if store is None:
@@ -111,10 +112,12 @@ class _Worker:
             self._store = _open_same_store(self.spec.store, self.spec.store_marker) if self.spec.store is not None else None
         return self._store
 
-    def _replay(self, trajectory: Trajectory) -> ReplayOutcome:
+    def _replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
         settings = self.spec.settings
         sandbox, proposer = self._build()  # a sandbox or policy that cannot be built stops the job
         try:
+            if type(trajectory) is TrajectoryRows:
+                trajectory = trajectory.build()
             return replay_trajectory(trajectory, sandbox, proposer, settings)
         except (PolicyError, MissingExtraError):
             raise  # the policy is unusable (server down, model missing): stop the whole job
@@ -202,7 +205,7 @@ def _open_same_store(spec: str, marker: str | None) -> Any:
 class Executor(Protocol):
     """Runs replays and yields outcomes in completion order."""
 
-    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]: ...
+    def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]: ...
 
     def close(self) -> None: ...
 
@@ -213,7 +216,7 @@ class InlineExecutor:
     def __init__(self, spec: WorkerSpec) -> None:
         self._worker = _Worker(spec)
 
-    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
+    def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
         for trajectory in trajectories:
             yield self._worker.replay(trajectory)
 
@@ -253,7 +256,7 @@ def _started() -> None:
     """Nothing: submitted once so that the pool starts its processes at once."""
 
 
-def _replay_in_process(trajectory: Trajectory) -> ReplayOutcome:
+def _replay_in_process(trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
     assert _PROCESS_WORKER is not None
     return _PROCESS_WORKER.replay(trajectory)
 
@@ -487,7 +490,7 @@ class ProcessExecutor:
         """Whether a worker has started (or starting them failed: :meth:`_await_workers` raises it)."""
         return self._start_error is not None or any(ready.done() for ready in list(self._ready))
 
-    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
+    def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
         source = _SharedIterator(trajectories)
         window = self.workers * 2  # keep every worker busy without shipping the whole store at once
         pending: set[Future[ReplayOutcome]] = set()
@@ -521,7 +524,7 @@ class ProcessExecutor:
         while len(pending) < window and (trajectory := source.next()) is not None:
             pending.add(self._pool.submit(_replay_in_process, trajectory))
 
-    def _replay_here(self, trajectory: Trajectory) -> ReplayOutcome:
+    def _replay_here(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
         """Replay ``trajectory`` in the job's process; the job writes its rollouts (``stored`` is false)."""
         if self._job_worker is None:
             self._job_worker = _Worker(self._job_spec)
@@ -547,11 +550,11 @@ class ProcessExecutor:
 class _SharedIterator:
     """An iterator two threads take items from (``next`` under a lock); ``None`` once it is exhausted."""
 
-    def __init__(self, items: Iterable[Trajectory]) -> None:
+    def __init__(self, items: Iterable[Trajectory | TrajectoryRows]) -> None:
         self._items = iter(items)
         self._lock = threading.Lock()
 
-    def next(self) -> Trajectory | None:
+    def next(self) -> Trajectory | TrajectoryRows | None:
         with self._lock:
             return next(self._items, None)
 
@@ -586,7 +589,7 @@ class _RayWorker:
         self._worker = _Worker(spec)
         self._worker.warm_up()  # while the driver reads the store
 
-    def replay(self, trajectory: Trajectory) -> ReplayOutcome:
+    def replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
         return self._worker.replay(trajectory)
 
     def close(self) -> None:
@@ -619,7 +622,7 @@ class RayExecutor:
         actor_class = ray.remote(num_cpus=num_cpus_per_worker)(_RayWorker)
         self._actors = [actor_class.remote(spec) for _ in range(workers)]
 
-    def map(self, trajectories: Iterable[Trajectory]) -> Iterator[ReplayOutcome]:
+    def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
         from ray.util import ActorPool
 
         pool = ActorPool(self._actors)

@@ -46,6 +46,7 @@ from ee_middleware.store import spool
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
+from ee_middleware.store.rows import TrajectoryRows
 from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows, warn_rejected
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
@@ -209,6 +210,12 @@ class LocalExperienceStore:
         return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
 
     def iter_trajectories(self, *, status: ApprovalStatus | None = None) -> Iterator[Trajectory]:
+        for t in self.iter_trajectory_rows(status=status):
+            yield t if type(t) is not TrajectoryRows else t.build()
+
+    def iter_trajectory_rows(self, *, status: ApprovalStatus | None = None) -> Iterator[Trajectory | TrajectoryRows]:
+        """As :meth:`iter_trajectories`, but a trajectory read from Parquet parts comes as its rows (:class:`TrajectoryRows`:
+        ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them."""
         tables = self._load()
         current = _current_approvals(tables["trajectories"], tables["approvals"])
         if status is not None:
@@ -225,7 +232,7 @@ class LocalExperienceStore:
             if steps_by_id is None:
                 steps_by_id = tables["steps"].partition_by("trajectory_id", as_dict=True)
             steps = steps_by_id.get((row["id"],))
-            yield trajectory_from_rows(row, steps.to_dicts() if steps is not None else [])
+            yield TrajectoryRows(row, steps.to_dicts() if steps is not None else [])
 
     def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout (alternative action and its real observation)."""

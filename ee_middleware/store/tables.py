@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import polars as pl
-from pydantic_core import from_json, to_json
+from pydantic_core import to_json
 
 from ee_middleware.messages import dumps
 from ee_middleware.records import (
@@ -30,6 +30,11 @@ from ee_middleware.records import (
     Trajectory,
 )
 from ee_middleware.store.replay_spool import _json_may_differ
+from ee_middleware.store.rows import Decoded as Decoded
+from ee_middleware.store.rows import _loads as _loads
+from ee_middleware.store.rows import keep_step as keep_step
+from ee_middleware.store.rows import step_from_row as step_from_row
+from ee_middleware.store.rows import trajectory_from_rows as trajectory_from_rows
 
 UTC_TIME = pl.Datetime("us", "UTC")
 
@@ -333,115 +338,3 @@ def replay_row(r: ReplayRecord) -> dict[str, Any]:
 def frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """A frame with exactly ``schema``'s columns (an empty frame keeps the schema)."""
     return pl.DataFrame(rows, schema=schema)
-
-
-class Decoded:
-    """A JSON column's value kept decoded: what :func:`_loads` would build from the column's text.
-
-    A trajectory read from the spool whose JSON values survive the text round trip unchanged (see
-    :mod:`~ee_middleware.store.spool_cache`) is rebuilt from its rows with these in its JSON columns, by the same
-    :func:`trajectory_from_rows` as any other, without writing and parsing its states again."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _loads(text: str | Decoded) -> Any:
-    """``json.loads(text)``, decoded by pydantic's parser where it can (about a third less CPU on the large ``state_json``
-    and ``tools_json`` of a trajectory). It builds the same values (big ints, floats, NaN and infinities, repeated keys: the
-    last wins); what it refuses (an escaped lone surrogate, nesting deeper than 200) is decoded, or refused, by ``json``.
-    A :class:`Decoded` value is returned as it is."""
-    if type(text) is Decoded:
-        return text.value
-    try:
-        return from_json(text)
-    except ValueError:
-        return json.loads(text)
-
-
-_KEPT = "_step"
-"""Key of a step row that carries its decoded step itself (:func:`keep_step`)."""
-
-
-def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
-    """``row`` (``step_row(s, Decoded)``) carrying ``s`` itself for :func:`step_from_row` to return, where what it would
-    build from the row is ``s`` again in every respect, which validating ``s``'s own values again would only copy: every
-    field of ``s`` and of its action, call and observation was set (the row path sets them all), and its action's kind
-    says whether it has a call (the row path drops a call of an answer). Else ``row`` as it is."""
-    action, call, observation = s.action, s.action.tool_call, s.observation
-    if (
-        type(s) is Step
-        and s.model_fields_set == _STEP_FIELDS
-        and type(action) is Action
-        and action.model_fields_set == _ACTION_FIELDS
-        and (action.kind == "tool_call") == (call is not None)
-        and (call is None or (type(call) is ToolCall and call.model_fields_set == _CALL_FIELDS))
-        and (observation is None or (type(observation) is Observation and observation.model_fields_set == _OBSERVATION_FIELDS))
-    ):
-        row[_KEPT] = s
-    return row
-
-
-_STEP_FIELDS = frozenset(Step.model_fields)
-_ACTION_FIELDS = frozenset(Action.model_fields)
-_CALL_FIELDS = frozenset(ToolCall.model_fields)
-_OBSERVATION_FIELDS = frozenset(Observation.model_fields)
-
-
-def step_from_row(row: dict[str, Any]) -> Step:
-    kept = row.get(_KEPT)
-    if kept is not None:
-        return kept
-    call = None
-    if row["action_kind"] == "tool_call":
-        call = ToolCall(id=row["tool_call_id"] or "", name=row["tool_name"], arguments=_loads(row["arguments_json"] or "{}"))
-    observation = None
-    if row["observation"] is not None:
-        observation = Observation(
-            content=row["observation"],
-            is_error=bool(row["observation_is_error"]),
-            truncated_chars=row["observation_truncated_chars"] or 0,
-        )
-    return Step(
-        trajectory_id=row["trajectory_id"],
-        index=row["index"],
-        decision_index=row["decision_index"],
-        state=_loads(row["state_json"]),
-        action=Action(kind=row["action_kind"], tool_call=call, content=row["content"]),
-        observation=observation,
-        latency_ms=row["latency_ms"],
-        model_latency_ms=row["model_latency_ms"],
-    )
-
-
-def trajectory_from_rows(row: dict[str, Any], steps: list[dict[str, Any]]) -> Trajectory:
-    """Rebuild a :class:`Trajectory`; ``row`` may carry the current ``approval*`` columns."""
-    approval = Approval(
-        status=row.get("approval") or row["recorded_approval"],
-        by=row.get("approval_by", row["recorded_approval_by"]),
-        at=row.get("approval_at", row["recorded_approval_at"]),
-        reason=row.get("approval_reason", row["recorded_approval_reason"]),
-    )
-    return Trajectory(
-        schema_version=row["schema_version"],
-        id=row["id"],
-        app=row["app"],
-        app_version=row["app_version"],
-        thread_id=row["thread_id"],
-        task=row["task"],
-        tools=_loads(row["tools_json"] or "[]"),
-        model=row["model"],
-        messages=_loads(row["messages_json"] or "[]"),
-        final_answer=row["final_answer"],
-        status=row["status"],
-        error=row["error"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        environment=_loads(row["environment_json"]) if row["environment_json"] else None,
-        approval=approval,
-        source=row["source"],
-        trace_id=row["trace_id"],
-        steps=[step_from_row(s) for s in sorted(steps, key=lambda s: s["index"])],
-    )

@@ -8,6 +8,7 @@ and compare everything, types included, and check that the kept segments never s
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning
 from ee_middleware.records import Trajectory
 from ee_middleware.store import LocalExperienceStore, local, spool, spool_cache
 from ee_middleware.store.local import _rebuilt
+from ee_middleware.store.rows import TrajectoryRows
 from ee_middleware.store.spool_cache import round_trips
 from ee_middleware.store.tables import _loads
 from ee_middleware.testing.store_conformance import sample_trajectory
@@ -61,6 +63,10 @@ def _everything(path: Path) -> dict[str, Any]:
         store = LocalExperienceStore(path, create=False)
         out["steps_first"] = [store.steps(), list(store.iter_trajectories()), store.steps()]
         out["trajectories"] = LocalExperienceStore(path, create=False).trajectories()
+        # as a replay job ships them to its workers: pickled, then built there
+        shipped = [pickle.loads(pickle.dumps(t)) for t in LocalExperienceStore(path, create=False).iter_trajectory_rows()]
+        out["rows_shipped"] = sum(type(t) is TrajectoryRows for t in shipped)
+        out["rows"] = [t.build() if type(t) is TrajectoryRows else t for t in shipped]
     out["warnings"] = sorted(str(w.message).split(" in /")[0] for w in caught if issubclass(w.category, IncompleteReadWarning))
     return out
 
@@ -69,7 +75,7 @@ def _assert_read_alike(spooled: dict[str, Any], compacted: dict[str, Any]) -> No
     assert spooled.keys() == compacted.keys()
     for key in spooled:
         a, b = spooled[key], compacted[key]
-        if key == "warnings":
+        if key in ("warnings", "rows_shipped"):
             continue
         a, b = (a, b) if isinstance(a, list) else ([a], [b])
         assert len(a) == len(b), key
@@ -108,7 +114,11 @@ def test_bfcl_experts_read_from_the_spool_equal_the_same_store_compacted(bfcl_st
     spooled = _everything(bfcl_store_path)
     assert len(spooled["iter"]) == len(ids) and sum(len(t.steps) for t in spooled["iter"]) > 10
     assert spooled["iter"][0].approval.status == "rejected" and spooled["iter"][0].approval.reason == "wrong tool"
-    _assert_read_alike(spooled, _everything(_compacted_copy(bfcl_store_path, tmp_path)))
+    compacted = _everything(_compacted_copy(bfcl_store_path, tmp_path))
+    _assert_read_alike(spooled, compacted)
+    assert compacted["rows_shipped"] == len(ids), "read from Parquet parts, every trajectory comes as its rows"
+    for read in (spooled, compacted):
+        _assert_read_alike({"rows": read["rows"]}, {"rows": read["iter"]})
 
 
 def _trajectory_line(t: Trajectory, edit: Any = None, text: Any = None) -> bytes:
