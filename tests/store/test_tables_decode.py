@@ -40,26 +40,32 @@ def test_decoding_builds_what_json_loads_builds(text: str) -> None:
     assert _same(_loads(text), json.loads(text))
 
 
+def _random_json(rnd: random.Random, alphabet: list[str], scalars: list[object], depth: int = 0) -> object:
+    """A random JSON-able value: nested dicts and lists, floats over the whole range, big ints, ``scalars``, strings."""
+    c = rnd.random()
+    if depth < 4 and c < 0.25:
+        return {
+            "".join(rnd.choices(alphabet, k=rnd.randint(0, 4))): _random_json(rnd, alphabet, scalars, depth + 1)
+            for _ in range(rnd.randint(0, 4))
+        }
+    if depth < 4 and c < 0.45:
+        return [_random_json(rnd, alphabet, scalars, depth + 1) for _ in range(rnd.randint(0, 4))]
+    if c < 0.6:
+        return rnd.uniform(-1, 1) * 10 ** rnd.randint(-320, 308)
+    if c < 0.7:
+        return rnd.randint(-(10**30), 10**30)
+    if c < 0.75:
+        return rnd.choice(scalars)
+    return "".join(rnd.choices(alphabet, k=rnd.randint(0, 12)))
+
+
+ALPHABET = [chr(i) for i in range(0x250)] + ["\u2028", "\U0001f600", "\\", '"']
+
+
 def test_decoding_random_json_builds_what_json_loads_builds() -> None:
     rnd = random.Random(7)
-    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\U0001f600", "\\", '"']
-
-    def value(depth: int = 0) -> object:
-        c = rnd.random()
-        if depth < 4 and c < 0.25:
-            return {"".join(rnd.choices(alphabet, k=rnd.randint(0, 4))): value(depth + 1) for _ in range(rnd.randint(0, 4))}
-        if depth < 4 and c < 0.45:
-            return [value(depth + 1) for _ in range(rnd.randint(0, 4))]
-        if c < 0.6:
-            return rnd.uniform(-1, 1) * 10 ** rnd.randint(-320, 308)
-        if c < 0.7:
-            return rnd.randint(-(10**30), 10**30)
-        if c < 0.75:
-            return rnd.choice([True, False, None, float("nan"), float("inf")])
-        return "".join(rnd.choices(alphabet, k=rnd.randint(0, 12)))
-
     for _ in range(3000):
-        v = value()
+        v = _random_json(rnd, ALPHABET, [True, False, None, float("nan"), float("inf")])
         for ascii_only in (True, False):
             text = json.dumps(v, ensure_ascii=ascii_only)
             assert _same(_loads(text), json.loads(text)), text
@@ -88,24 +94,9 @@ def test_json_text_writes_what_dumps_writes(value: object) -> None:
 
 def test_json_text_of_random_json_writes_what_dumps_writes() -> None:
     rnd = random.Random(11)
-    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\U0001f600", "\\", '"', "e-", "e+", "0.0000"]
-
-    def value(depth: int = 0) -> object:
-        c = rnd.random()
-        if depth < 4 and c < 0.25:
-            return {"".join(rnd.choices(alphabet, k=rnd.randint(0, 4))): value(depth + 1) for _ in range(rnd.randint(0, 4))}
-        if depth < 4 and c < 0.45:
-            return [value(depth + 1) for _ in range(rnd.randint(0, 4))]
-        if c < 0.6:
-            return rnd.uniform(-1, 1) * 10 ** rnd.randint(-320, 308)
-        if c < 0.7:
-            return rnd.randint(-(10**30), 10**30)
-        if c < 0.75:
-            return rnd.choice([True, False, None, float("nan"), float("inf"), 0.1, 100.0, 1e22])
-        return "".join(rnd.choices(alphabet, k=rnd.randint(0, 12)))
-
+    alphabet = [*ALPHABET, "e-", "e+", "0.0000"]
     for _ in range(3000):
-        v = value()
+        v = _random_json(rnd, alphabet, [True, False, None, float("nan"), float("inf"), 0.1, 100.0, 1e22])
         assert json_text(v) == dumps(v), v
         decoded = json.loads(json.dumps(v))  # what a record decodes to
         assert json_text(decoded) == dumps(decoded), decoded
