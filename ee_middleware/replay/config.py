@@ -93,11 +93,12 @@ class ReplayConfig(BaseModel):
 
     def policy_options(self) -> dict[str, Any]:
         """Options passed to the policy: sampling options for model-backed policies (the mutation policy
-        takes none of them), then :attr:`policy_settings`."""
-        sampling = (
-            {} if self.policy == "mutate" else {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
-        )
-        return {**sampling, **self.policy_settings}
+        takes none of them), then :attr:`policy_settings`. The length limit is ``max_tokens`` for an
+        ``openai:`` policy (the server's name for it) and ``max_new_tokens`` for every other one."""
+        if self.policy == "mutate":
+            return dict(self.policy_settings)
+        length = "max_tokens" if self.policy.strip().startswith("openai:") else "max_new_tokens"
+        return {"temperature": self.temperature, "top_p": self.top_p, length: self.max_new_tokens, **self.policy_settings}
 
     def sandbox_factory_options(self) -> dict[str, Any]:
         """:attr:`sandbox_settings`, plus the store for an experience sandbox (its replay buffer)."""

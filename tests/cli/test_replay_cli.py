@@ -70,7 +70,7 @@ def test_errors_are_one_red_line_and_exit_1(tmp_path: Path) -> None:
     bad_policy = ee("replay", "run", "--store", str(tmp_path / "s"), "--policy", "telepathy")
     assert bad_policy.exit_code == 1 and "telepathy" in bad_policy.output
     down = ee("replay", "run", "--store", str(tmp_path / "s"), "--policy", "openai:http://127.0.0.1:9/v1#m")
-    assert down.exit_code == 1 and "127.0.0.1:9" in down.output
+    assert down.exit_code == 1 and "127.0.0.1:9" in down.output and "server" in down.output and "Bad options" not in down.output
     unknown = ee("replay", "show", "zzz", "--store", str(tmp_path / "s"))
     assert unknown.exit_code == 1 and "No trajectory or rollout 'zzz'" in unknown.output
     bad_category = ee("bfcl", "record-experts", "--store", str(tmp_path / "s"), "--category", "simple")

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -197,3 +198,14 @@ def test_the_job_freezes_what_the_process_held_only_while_it_runs(bfcl_store_pat
     finally:
         gc.unfreeze()
     assert any(o is marker for o in gc.get_objects(generation=2))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_job_proposes_with_a_served_model(workers: int, bfcl_store_path: Path, serve: Any) -> None:
+    """``--policy openai:URL#MODEL`` against a real HTTP server: the job's sampling settings reach it under the
+    server's names (it once failed at once: the policy was given ``max_new_tokens``, which it does not take)."""
+    model = serve(lambda messages: "I would not call anything else here.")
+    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=workers, policy=model.spec, max_new_tokens=48))
+    assert summary.done == BFCL_ENTRIES and summary.failed == {}
+    assert model.requests and {(r["n"], r["max_tokens"], r["temperature"]) for r in model.requests} == {(2, 48, 1.0)}
+    assert summary.rejected_by_reason.get("unparsable", 0) >= 1  # the answers were read, and refused as calls
