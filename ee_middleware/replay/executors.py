@@ -115,27 +115,35 @@ class _Worker:
     def _replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
         settings = self.spec.settings
         sandbox, proposer = self._build()  # a sandbox or policy that cannot be built stops the job
-        try:
-            if type(trajectory) is TrajectoryRows:
+        if type(trajectory) is TrajectoryRows:
+            try:
                 trajectory = trajectory.build()
+            except Exception as exc:  # noqa: BLE001 - a damaged stored trajectory fails alone; the sandbox is fine
+                return self._failed(trajectory.id, exc)
+        try:
             return replay_trajectory(trajectory, sandbox, proposer, settings)
         except (PolicyError, MissingExtraError):
             raise  # the policy is unusable (server down, model missing): stop the whole job
         except Exception as exc:  # noqa: BLE001 - one trajectory's failure must not stop the job
             self._close_parts()
-            tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            record = ReplayRecord(
-                replay_id=settings.replay_id,
-                trajectory_id=trajectory.id,
-                status="failed",
-                reason=settings.privacy.redact_data(tb),
-                policy=settings.policy,
-                sandbox="?",
-                k=settings.k,
-                seed=settings.seed,
-                finished_at=utcnow(),
-            )
-            return ReplayOutcome(record)
+            return self._failed(trajectory.id, exc)
+
+    def _failed(self, trajectory_id: str, exc: Exception) -> ReplayOutcome:
+        """A ``failed`` record for ``trajectory_id`` (retried by the next run), the error's last line as its reason."""
+        settings = self.spec.settings
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        record = ReplayRecord(
+            replay_id=settings.replay_id,
+            trajectory_id=trajectory_id,
+            status="failed",
+            reason=settings.privacy.redact_data(tb),
+            policy=settings.policy,
+            sandbox="?",
+            k=settings.k,
+            seed=settings.seed,
+            finished_at=utcnow(),
+        )
+        return ReplayOutcome(record)
 
     def close(self) -> None:
         store, self._store, self._store_checked = self._store, None, False
@@ -418,10 +426,11 @@ class ProcessExecutor:
     process's state leaks into a worker: a worker is a fresh interpreter, or a fork of one that only imported modules.
     """
 
-    replay_while_starting: bool = True
+    replay_while_starting: bool = False
     """Until the first worker has started, the job's process replays trajectories itself (and the job writes them)
-    instead of waiting for the fork server's imports or spawned interpreters. Off (the ``replay_while_starting``
-    argument) where the job's process should not build the policy or sandbox, e.g. one that loads a model."""
+    instead of waiting for the fork server's imports or spawned interpreters. Off unless asked for (the
+    ``replay_while_starting`` argument): the job's process then builds the policy and sandbox too, which it should not
+    for one that loads a model (see :func:`ee_middleware.replay.job.light_in_process`)."""
 
     def __init__(
         self,
@@ -566,18 +575,23 @@ class _Feeder:
         self._executor, self._source, self._window = executor, source, window
         self._handed_out: set[Future[ReplayOutcome]] = set()
         self._error: BaseException | None = None
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._feed, name="ee-replay-feeder", daemon=True)
         self._thread.start()
 
     def _feed(self) -> None:
         try:
             self._executor._await_workers()
-            self._executor._submit(self._source, self._handed_out, self._window)
+            if not self._stopped.is_set():
+                self._executor._submit(self._source, self._handed_out, self._window)
         except BaseException as exc:  # noqa: BLE001 - raised by join() on the job's thread
             self._error = exc
 
     def join(self, *, quiet: bool = False) -> set[Future[ReplayOutcome]]:
-        """What the thread handed out; raises what stopped it (unless ``quiet``)."""
+        """What the thread handed out; raises what stopped it (unless ``quiet``: the job is ending, and a thread still
+        waiting for the workers then hands nothing out)."""
+        if quiet:
+            self._stopped.set()
         self._thread.join()
         if self._error is not None and not quiet:
             raise self._error

@@ -199,10 +199,10 @@ def run_replay(
         return summary
 
     wanted = set(todo)
-    # Workers (processes, Ray actors) are sent each trajectory's rows where the store offers them, and build it themselves.
-    ships = config.executor == "ray" or config.workers > 1
-    read = getattr(store, "iter_trajectory_rows", None) if ships else None
-    trajectories = (t for t in (read or store.iter_trajectories)(status="approved") if t.id in wanted)
+    # Trajectories as their rows where the store offers them: a worker (a process, a Ray actor) builds each one it is
+    # sent, and one that cannot be built fails alone, as any other trajectory would.
+    read = getattr(store, "iter_trajectory_rows", None) or store.iter_trajectories
+    trajectories = (t for t in read(status="approved") if t.id in wanted)
     started = time.perf_counter()
     executor = build_executor(config, spec, preload=[type(probe).__module__])
     n = 0

@@ -149,3 +149,66 @@ def test_the_job_replays_while_workers_start_only_with_a_light_policy_and_sandbo
     from ee_middleware.replay.job import light_in_process
 
     assert light_in_process(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, policy=policy, sandbox=sandbox)) is light
+
+
+def test_a_job_that_stops_while_its_workers_start_hands_them_nothing(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's first outcome ends it (its consumer stops) while the fork server is still held: when the server comes
+    up, the feeder hands out no trajectory for the workers to replay after the job has ended."""
+    import threading
+
+    from ee_middleware.replay.executors import ProcessExecutor, WorkerSpec
+    from ee_middleware.replay.runner import ReplaySettings
+    from ee_middleware.replay.sandboxes.registry import sandbox_factory
+
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("EE_TEST_PRELOAD_GATE", str(gate))
+    monkeypatch.setattr(executors, "WORKER_MODULES", (*executors.WORKER_MODULES, "tests.replay.gated_preload"))
+    handed_out: list[int] = []
+    real_submit = ProcessExecutor._submit
+
+    def submit(self: ProcessExecutor, source: object, pending: set, window: int) -> None:
+        before = len(pending)
+        real_submit(self, source, pending, window)  # type: ignore[arg-type]
+        handed_out.append(len(pending) - before)
+
+    monkeypatch.setattr(ProcessExecutor, "_submit", submit)
+    trajectories = list(LocalExperienceStore(bfcl_store_path).iter_trajectories(status="approved"))
+    spec = WorkerSpec(sandbox_factory("bfcl"), "mutate", ReplaySettings(replay_id="r", policy="mutate", k=2))
+    before = _own_processes()
+    executor = ProcessExecutor(spec, 2, replay_while_starting=True)
+    try:
+        outcomes = executor.map(trajectories)
+        first = next(outcomes)
+        assert not first.stored and not executor._worker_ready()  # the job's own, the server still held
+        threading.Timer(0.5, gate.touch).start()
+        outcomes.close()  # waits for the feeder, which waits for the server
+    finally:
+        executor.close()
+    assert sum(handed_out) == 0
+    assert _own_processes() == before
+
+
+def test_a_stored_trajectory_that_cannot_be_built_fails_alone_and_keeps_the_sandbox(bfcl_store_path: Path, tmp_path: Path) -> None:
+    from ee_middleware.replay.executors import WorkerSpec, _Worker
+    from ee_middleware.replay.runner import ReplaySettings
+    from ee_middleware.replay.sandboxes.registry import sandbox_factory
+    from ee_middleware.store.rows import TrajectoryRows
+
+    shutil.copytree(bfcl_store_path, tmp_path / "compacted")
+    store = LocalExperienceStore(tmp_path / "compacted")
+    store.compact()  # read from Parquet parts, trajectories come as their rows
+    good = next(t for t in store.iter_trajectory_rows(status="approved") if type(t) is TrajectoryRows)
+    broken = TrajectoryRows({**good.row, "id": "broken", "tools_json": "{not json"}, good.steps)
+    worker = _Worker(WorkerSpec(sandbox_factory("bfcl"), "mutate", ReplaySettings(replay_id="r", policy="mutate", k=2)))
+    try:
+        assert worker.replay(good).record.status == "done"
+        parts = worker._parts
+        failed = worker.replay(broken)
+        assert failed.record.status == "failed" and failed.record.trajectory_id == "broken"
+        assert "JSONDecodeError" in (failed.record.reason or "")
+        assert worker._parts is parts  # the sandbox and policy were not torn down for it
+        assert worker.replay(good).record.status == "done"
+    finally:
+        worker.close()
