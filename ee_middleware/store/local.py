@@ -223,6 +223,9 @@ class LocalExperienceStore:
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
         # others from their rows; both by trajectory_from_rows, with the same result.
         decoded = tables.take_spooled_trajectories() if isinstance(tables, _Tables) and not current.is_empty() else {}
+        if decoded:  # keep only those this read yields: the others would stay in memory as long as the iterator
+            selected = set(current["id"].to_list())
+            decoded = {i: t for i, t in decoded.items() if i in selected}
         steps_by_id = None
         for row in current.iter_rows(named=True):
             t = decoded.pop(row["id"], None)

@@ -43,8 +43,9 @@ from ee_middleware.records import ApprovalEvent, ReplayRecord, Rollout, Trajecto
 from ee_middleware.store import spool
 from ee_middleware.store.tables import TABLES, approval_row, frame, json_text, replay_row, rollout_row, step_row, trajectory_row
 
-CACHE_BYTES = 32 << 20
-"""How many bytes of spool segments one store handle keeps decoded (about three times as much memory)."""
+CACHE_BYTES = 16 << 20
+"""How many bytes of spool segments one store handle keeps decoded. The decoded records, with their table frames, take
+about seven times as much memory (≈ 110 MB at this bound) until ``iter_trajectories`` takes the trajectories over."""
 
 _BIG_EXPONENT = (re.compile(rb"e\+?[0-9]{3,}[,\]}\s]"), re.compile(rb"E\+?[0-9]{3,}[,\]}\s]"))
 _DIGITS = bytes.maketrans(b"123456789", b"000000000")

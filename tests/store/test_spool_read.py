@@ -280,3 +280,20 @@ def test_a_process_forked_while_a_thread_decodes_has_its_collector_on(store: Loc
     _, status = os.waitpid(pid, 0)
     reader.join(10)
     assert os.waitstatus_to_exitcode(status) == 0 and gc.isenabled()
+
+
+def test_a_filtered_read_does_not_hold_the_trajectories_it_leaves_out(bfcl_store_path: Path):
+    import gc
+
+    store = LocalExperienceStore(bfcl_store_path, create=False)
+    ids = store.trajectories()["id"].to_list()
+    store.reject(ids[1:], by="reviewer", reason="not needed")
+    store.close()
+    del store  # its own reads keep their decoded records (spool_cache.CACHE_BYTES)
+    trajectories = LocalExperienceStore(bfcl_store_path, create=False).iter_trajectories(status="approved")
+    first = next(trajectories)
+    assert first.id == ids[0]
+    gc.collect()
+    held = [o.id for o in gc.get_objects() if type(o) is Trajectory and o.id in set(ids[1:])]
+    assert held == [], "rejected trajectories stay in memory while the read goes on"
+    assert list(trajectories) == []
