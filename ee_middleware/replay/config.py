@@ -97,8 +97,13 @@ class ReplayConfig(BaseModel):
         ``openai:`` policy (the server's name for it) and ``max_new_tokens`` for every other one."""
         if self.policy == "mutate":
             return dict(self.policy_settings)
-        length = "max_tokens" if self.policy.strip().startswith("openai:") else "max_new_tokens"
+        length = "max_tokens" if self.served_policy else "max_new_tokens"
         return {"temperature": self.temperature, "top_p": self.top_p, length: self.max_new_tokens, **self.policy_settings}
+
+    @property
+    def served_policy(self) -> bool:
+        """Whether the policy is a model behind an OpenAI-compatible server (``openai:BASE_URL#MODEL``)."""
+        return self.policy.strip().startswith("openai:")
 
     def sandbox_factory_options(self) -> dict[str, Any]:
         """:attr:`sandbox_settings`, plus the store for an experience sandbox (its replay buffer)."""

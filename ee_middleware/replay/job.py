@@ -19,7 +19,6 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import EEError, PolicyError
-from ee_middleware.models.spec import is_model_spec, parse_model_spec
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.executors import (
     Executor,
@@ -141,8 +140,7 @@ def light_in_process(config: ReplayConfig) -> bool:
     """Whether the job's process may replay with ``config``'s policy and sandbox while its workers start: the mutation
     policy or a server's (not a local model, nor a user's policy of unknown weight), and a sandbox that is not an
     experience model."""
-    policy = config.policy.strip()
-    light_policy = policy == "mutate" or (is_model_spec(policy) and parse_model_spec(policy).kind == "openai")
+    light_policy = config.policy.strip() == "mutate" or config.served_policy
     return light_policy and not config.sandbox.strip().startswith("experience:")
 
 
