@@ -282,15 +282,24 @@ def test_a_process_forked_while_a_thread_decodes_has_its_collector_on(store: Loc
     assert os.waitstatus_to_exitcode(status) == 0 and gc.isenabled()
 
 
-def test_a_filtered_read_does_not_hold_the_trajectories_it_leaves_out(bfcl_store_path: Path):
+def test_a_filtered_read_does_not_hold_the_trajectories_it_leaves_out(bfcl_store_path: Path, tmp_path: Path):
     import gc
+    import uuid
 
-    store = LocalExperienceStore(bfcl_store_path, create=False)
-    ids = store.trajectories()["id"].to_list()
+    # ids of this test's own (other tests' objects may hold trajectories of the shared BFCL store)
+    suffix = uuid.uuid4().hex
+    copies = []
+    for t in LocalExperienceStore(bfcl_store_path, create=False).iter_trajectories():
+        new_id = f"{t.id}-{suffix}"
+        copies.append(t.model_copy(update={"id": new_id, "steps": [s.model_copy(update={"trajectory_id": new_id}) for s in t.steps]}))
+    store = LocalExperienceStore(tmp_path / "own")
+    store.write(copies)
+    ids = [t.id for t in copies]
+    del copies
     store.reject(ids[1:], by="reviewer", reason="not needed")
     store.close()
     del store  # its own reads keep their decoded records (spool_cache.CACHE_BYTES)
-    trajectories = LocalExperienceStore(bfcl_store_path, create=False).iter_trajectories(status="approved")
+    trajectories = LocalExperienceStore(tmp_path / "own", create=False).iter_trajectories(status="approved")
     first = next(trajectories)
     assert first.id == ids[0]
     gc.collect()
