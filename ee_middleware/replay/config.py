@@ -105,10 +105,15 @@ class ReplayConfig(BaseModel):
         """Whether the policy is a model behind an OpenAI-compatible server (``openai:BASE_URL#MODEL``)."""
         return self.policy.strip().startswith("openai:")
 
+    @property
+    def experience_sandbox(self) -> bool:
+        """Whether the sandbox is an experience model (``experience:MODEL_SPEC``) rather than real tools."""
+        return self.sandbox.strip().startswith("experience:")
+
     def sandbox_factory_options(self) -> dict[str, Any]:
         """:attr:`sandbox_settings`, plus the store for an experience sandbox (its replay buffer)."""
         options = dict(self.sandbox_settings)
-        if self.sandbox.strip().startswith("experience:"):
+        if self.experience_sandbox:
             options.setdefault("store", str(self.store))
         return options
 

@@ -141,7 +141,7 @@ def light_in_process(config: ReplayConfig) -> bool:
     policy or a server's (not a local model, nor a user's policy of unknown weight), and a sandbox that is not an
     experience model."""
     light_policy = config.policy.strip() == "mutate" or config.served_policy
-    return light_policy and not config.sandbox.strip().startswith("experience:")
+    return light_policy and not config.experience_sandbox
 
 
 def run_replay(
