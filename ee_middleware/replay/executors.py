@@ -25,6 +25,7 @@ server ends with the job's process, and local worker processes die with the fork
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import multiprocessing
@@ -419,6 +420,10 @@ def _plain_process() -> multiprocessing.process.BaseProcess:
     return multiprocessing.context.ForkServerProcess.__new__(multiprocessing.context.ForkServerProcess)
 
 
+_READ_AHEAD = 256
+"""At most this many trajectories are read ahead while the workers start (when the job does not replay meanwhile)."""
+
+
 class ProcessExecutor:
     """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`_JobForkServer`).
 
@@ -515,6 +520,8 @@ class ProcessExecutor:
                 self._close_job_worker()  # its sandbox (a child process, with isolation) is not needed any more
                 feeder, handed_out = None, feeder.join()
                 pending |= handed_out
+            else:  # the job reads ahead while its workers start, so that its reading overlaps their start-up
+                source.read_ahead(self._starting, _READ_AHEAD)
             self._await_workers()
             while True:
                 self._submit(source, pending, window)
@@ -561,11 +568,18 @@ class _SharedIterator:
 
     def __init__(self, items: Iterable[Trajectory | TrajectoryRows]) -> None:
         self._items = iter(items)
+        self._ahead: collections.deque[Trajectory | TrajectoryRows] = collections.deque()
         self._lock = threading.Lock()
 
     def next(self) -> Trajectory | TrajectoryRows | None:
         with self._lock:
-            return next(self._items, None)
+            return self._ahead.popleft() if self._ahead else next(self._items, None)
+
+    def read_ahead(self, keep_going: Callable[[], bool], limit: int) -> None:
+        """Take items now, while ``keep_going()`` holds and fewer than ``limit`` are waiting; :meth:`next` gives them first."""
+        with self._lock:
+            while keep_going() and len(self._ahead) < limit and (item := next(self._items, None)) is not None:
+                self._ahead.append(item)
 
 
 class _Feeder:

@@ -212,3 +212,31 @@ def test_a_stored_trajectory_that_cannot_be_built_fails_alone_and_keeps_the_sand
         assert worker.replay(good).record.status == "done"
     finally:
         worker.close()
+
+
+def test_a_job_that_leaves_all_replays_to_its_workers_reads_ahead_while_they_start(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a policy the job does not replay with (a model), its first read of the store overlaps the fork server's
+    imports: the first trajectory is taken while the server is still held (the gate opens only then)."""
+    from ee_middleware.replay import job
+
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("EE_TEST_PRELOAD_GATE", str(gate))
+    monkeypatch.setattr(executors, "WORKER_MODULES", (*executors.WORKER_MODULES, "tests.replay.gated_preload"))
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)
+    starting_at_first: list[bool] = []
+    real_map = executors.ProcessExecutor.map
+
+    def gated(executor: executors.ProcessExecutor, trajectories: object) -> object:
+        for trajectory in trajectories:  # type: ignore[attr-defined]
+            if not starting_at_first:
+                starting_at_first.append(executor._starting())  # the workers are still being started
+                gate.touch()
+            yield trajectory
+
+    monkeypatch.setattr(executors.ProcessExecutor, "map", lambda self, trajectories: real_map(self, gated(self, trajectories)))
+    seen: list[bool] = []
+    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2), on_outcome=lambda o, n, total: seen.append(o.stored))
+    assert summary.done == BFCL_ENTRIES and all(seen)  # every trajectory replayed (and written) by the workers
+    assert starting_at_first == [True]
