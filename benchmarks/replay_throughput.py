@@ -13,12 +13,17 @@ truth). Then, with the mutation policy and the same proposals for both:
 
 Both are timed in this process, side by side. Then the whole job (`run_replay`: loading the store,
 proposals, sandbox, fidelity checks and spool writes) runs with 1 worker, with 2 worker processes
-and (with --ray) on a local Ray cluster with 2 actors, each on a fresh copy of the same store,
+and (with --ray) with 2 Ray actors, each on a fresh copy of the same store,
 interleaved with the sandbox-only run (snapshot-and-branch over the same proposals) for --repeats
 rounds. It prints min/median/max rates, the ratios (job with 1 worker / sandbox only, 2 workers / 1,
 Ray / 1), the load average before and after, peak memory, the CPU seconds of the job process per
 branch (what a single job process still has to do while the workers replay), and checks that every
 run stored the same rollouts (ids, calls, observations, records).
+
+Ray runs twice: on a local cluster the job starts itself (``ray.init``, its start-up timed with the
+job) and on a running local cluster (``ray start --head --block``, started before the timed job and
+stopped after it, so that no cluster daemon runs beside the other jobs), which is how a cluster is
+used in production: the job joins it and creates its actors.
 
 The experts are stored with stable ids (``bfcl-<entry id>``): proposals are seeded by trajectory id,
 and with random ids some recordings draw a deliberately invalid ``logarithm(precision=692387)``
@@ -29,7 +34,8 @@ that runs for minutes in mpmath and dominates every rate.
 also runs, after the default run and reported beside it (``sustained``), the sustained case: one
 store holding every multi-turn category (base, miss_func, miss_param, long_context: 800 entries), so
 the job runs several times longer and the workers' start-up is a smaller part of it; the jobs with 1
-and 2 workers alternate for --repeats rounds, each on a fresh copy, with the same rollouts checked.
+and 2 workers (and with --ray both Ray jobs) alternate for --repeats rounds, each on a fresh copy,
+with the same rollouts checked.
 
     .venv/bin/python benchmarks/replay_throughput.py --world retail [--repeats 3] [--k 8]
 
@@ -43,11 +49,17 @@ journaled sandbox run through the conformance kit first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ee_middleware.bfcl.experts import record_experts
@@ -125,10 +137,8 @@ def _retail_step(sandbox: object, step: object, calls: list, seen: list[str]) ->
 
 
 def retail_main(args: argparse.Namespace) -> dict:
-    import os
     import pickle
     import statistics
-    import sys
 
     from ee_middleware.records import ToolCall
     from ee_middleware.testing import check_sandbox
@@ -214,7 +224,39 @@ def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict
     }
 
 
-JOBS = (("job_1_worker", 1, "local"), ("job_2_workers", 2, "local"), ("job_ray_2_actors", 2, "ray"))
+JOBS = (
+    ("job_1_worker", 1, "local"),
+    ("job_2_workers", 2, "local"),
+    ("job_ray_2_actors", 2, "ray"),
+    ("job_ray_2_actors_running_cluster", 2, "ray-running"),
+)
+RAY_JOBS = ("job_ray_2_actors", "job_ray_2_actors_running_cluster")
+
+
+@contextlib.contextmanager
+def _running_ray_cluster(num_cpus: int = 2, timeout_s: float = 120.0) -> Iterator[str]:
+    """A local Ray cluster for one job: ``ray start --head --block`` (its own session, its log in a temporary file),
+    ready when it says so; stopped with SIGTERM afterwards, and whatever of its process group is left is killed."""
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
+        command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--port=0"]
+        command += ["--include-dashboard=false", "--disable-usage-stats"]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while "Ray runtime started" not in Path(log.name).read_text():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ray start did not start a cluster:\n{Path(log.name).read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield "auto"  # the cluster started last on this machine: this one
+        finally:
+            process.terminate()  # ray start --block stops every process of the cluster on SIGTERM
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, expected: dict) -> None:
@@ -230,7 +272,15 @@ def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, 
             continue
         copy_path = scratch / name
         shutil.copytree(store, copy_path)
-        run = _job_run(copy_path, k, workers, executor)
+        if executor == "ray-running":
+            with _running_ray_cluster() as address:
+                os.environ["RAY_ADDRESS"] = address
+                try:
+                    run = _job_run(copy_path, k, workers, "ray")
+                finally:
+                    del os.environ["RAY_ADDRESS"]
+        else:
+            run = _job_run(copy_path, k, workers, executor)
         branches = expected.setdefault("branches", run["summary"].branches)
         assert run["summary"].branches == branches, (name, run["summary"].branches, branches)
         stored = outputs(copy_path, run["summary"].replay_id)
@@ -241,7 +291,6 @@ def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, 
 
 def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
     """The sustained case: every multi-turn category in one store, jobs with 1 and 2 workers alternating (see the docstring)."""
-    import os
     import statistics
 
     from ee_middleware.bfcl.data import MULTI_TURN_CATEGORIES
@@ -258,13 +307,21 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
     store.compact()
     trajectories = list(store.iter_trajectories(status="approved"))
     load_before = [round(x, 2) for x in os.getloadavg()]
-    runs: dict[str, list[dict]] = {"job_1_worker": [], "job_2_workers": []}
+    runs: dict[str, list[dict]] = {"job_1_worker": [], "job_2_workers": [], **({name: [] for name in RAY_JOBS} if args.ray else {})}
     expected: dict = {}
     for repeat in range(args.repeats):
         _job_round(runs, store_path, tmp / f"round-{repeat}", args.k, expected)
     n_branches = expected["branches"]
     rates = {name: [n_branches / r["wall_s"] for r in rs] for name, rs in runs.items()}
     ratios = [a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)]
+    ray_ratios = {
+        f"{name.removeprefix('job_')}_vs_1_worker_speedup_median_min_max": [
+            round(statistics.median(rates[name]) / statistics.median(rates["job_1_worker"]), 2),
+            *_spread([a / b for a, b in zip(rates[name], rates["job_1_worker"], strict=True)], 2)[::2],
+        ]
+        for name in RAY_JOBS
+        if name in rates
+    }
     return {
         "categories": list(MULTI_TURN_CATEGORIES),
         "trajectories": len(trajectories),
@@ -282,6 +339,7 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
         },
         "job_2_vs_1_workers_speedup_median": round(statistics.median(rates["job_2_workers"]) / statistics.median(rates["job_1_worker"]), 2),
         "job_2_vs_1_workers_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
+        **ray_ratios,
     }
 
 
@@ -292,10 +350,8 @@ def _spread(values: list[float], digits: int = 1) -> list[float]:
 
 
 def main() -> None:
-    import os
     import resource
     import statistics
-    import sys
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--category", default="multi_turn_base")
@@ -359,7 +415,7 @@ def main() -> None:
 
         runs: dict[str, list[dict]] = {"sandbox_only": [], "job_1_worker": [], "job_2_workers": []}
         if args.ray:
-            runs["job_ray_2_actors"] = []
+            runs.update({name: [] for name in RAY_JOBS})
         expected = {"branches": n_branches}
         for repeat in range(args.repeats):  # interleaved: every variant once per round
             t0, c0 = time.perf_counter(), time.process_time()
@@ -400,8 +456,9 @@ def main() -> None:
         round(min(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
         round(max(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
     ]
-    if args.ray:
-        results["job_ray_2_vs_1_workers_speedup_median"] = round(median["job_ray_2_actors"] / median["job_1_worker"], 2)
+    for name in RAY_JOBS:
+        if name in median:
+            results[f"{name.removeprefix('job_')}_vs_1_worker_speedup_median"] = round(median[name] / median["job_1_worker"], 2)
     for name, rs in runs.items():
         if name == "sandbox_only":
             continue

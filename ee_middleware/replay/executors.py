@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -209,6 +210,26 @@ def _open_same_store(spec: str, marker: str | None) -> Any:
         store.close()
         return None
     return store
+
+
+class _JobReplays:
+    """The job's own process replaying while its workers start: a worker of its own, built on first use, that returns
+    what it replays (``stored`` is false) for the job to write."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self._spec = replace(spec, store=None, store_marker=None)
+        self._worker: _Worker | None = None
+
+    def replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
+        if self._worker is None:
+            self._worker = _Worker(self._spec)
+        return self._worker.replay(trajectory)
+
+    def close(self) -> None:
+        """Close its sandbox and policy (the workers replay from now on); a later :meth:`replay` builds them again."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
 
 
 class Executor(Protocol):
@@ -459,8 +480,7 @@ class ProcessExecutor:
             context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
         self._start_error: BaseException | None = None
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
-        self._job_worker: _Worker | None = None
-        self._job_spec = replace(spec, store=None, store_marker=None)  # the job writes what it replays itself
+        self._here = _JobReplays(spec)
         try:
             self._pool = ProcessPoolExecutor(
                 max_workers=workers, mp_context=context, initializer=_init_process_worker, initargs=(spec, torch_threads, parent_pid)
@@ -516,8 +536,8 @@ class ProcessExecutor:
                 # forked, so a long trajectory here does not keep them waiting.
                 feeder = _Feeder(self, source, window)
                 while not self._worker_ready() and (trajectory := source.next()) is not None:
-                    yield self._replay_here(trajectory)
-                self._close_job_worker()  # its sandbox (a child process, with isolation) is not needed any more
+                    yield self._here.replay(trajectory)
+                self._here.close()  # its sandbox (a child process, with isolation) is not needed any more
                 feeder, handed_out = None, feeder.join()
                 pending |= handed_out
             else:  # the job reads ahead while its workers start, so that its reading overlaps their start-up
@@ -540,17 +560,6 @@ class ProcessExecutor:
         while len(pending) < window and (trajectory := source.next()) is not None:
             pending.add(self._pool.submit(_replay_in_process, trajectory))
 
-    def _replay_here(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
-        """Replay ``trajectory`` in the job's process; the job writes its rollouts (``stored`` is false)."""
-        if self._job_worker is None:
-            self._job_worker = _Worker(self._job_spec)
-        return self._job_worker.replay(trajectory)
-
-    def _close_job_worker(self) -> None:
-        worker, self._job_worker = self._job_worker, None
-        if worker is not None:
-            worker.close()
-
     def close(self) -> None:
         try:
             if self._starter is not None:
@@ -558,7 +567,7 @@ class ProcessExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
         finally:
             try:
-                self._close_job_worker()
+                self._here.close()
             finally:
                 self._stop_server()
 
@@ -616,47 +625,137 @@ class _RayWorker:
     def __init__(self, spec: WorkerSpec) -> None:
         self._worker = _Worker(spec)
         self._worker.warm_up()  # while the driver reads the store
+        gc.freeze()  # what the actor holds now lives as long as it does (as in a local worker)
 
-    def replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
-        return self._worker.replay(trajectory)
+    def ready(self) -> None:
+        """Nothing: its result is there once the actor has been built."""
+
+    def replay(self, trajectories: list[Trajectory | TrajectoryRows]) -> tuple[list[ReplayOutcome], Exception | None]:
+        """The outcomes of ``trajectories``, in order, and the error that stopped them (``None`` when none did): what
+        was replayed before a policy that stopped working is kept, as with one worker."""
+        outcomes = []
+        for trajectory in trajectories:
+            try:
+                outcomes.append(self._worker.replay(trajectory))
+            except Exception as exc:  # noqa: BLE001 - raised by the driver once it has the outcomes before it
+                return outcomes, exc
+        return outcomes, None
 
     def close(self) -> None:
         self._worker.close()
 
 
 _RAY_CLOSE_TIMEOUT_S = 30.0
+_RAY_CALLS_IN_FLIGHT = 2
+"""Calls queued per actor: the next one starts the moment the last one ends, without waiting for the driver."""
+
+
+class _BatchSizes:
+    """How many trajectories one call to an actor carries: about ``target_s`` of replay (measured from the outcomes that
+    came back), so that Ray's cost per call (about a millisecond in the driver and in the actor) stays small beside
+    trajectories that take milliseconds, while a trajectory that takes seconds still goes alone."""
+
+    def __init__(self, target_s: float = 0.05, largest: int = 32) -> None:
+        self.target_s = target_s
+        self.largest = largest
+        self.size = 1
+        self._mean_s: float | None = None
+
+    def observe(self, outcomes: Iterable[ReplayOutcome]) -> None:
+        for outcome in outcomes:
+            duration = outcome.record.duration_s
+            if duration:
+                self._mean_s = duration if self._mean_s is None else 0.8 * self._mean_s + 0.2 * duration
+        if self._mean_s:
+            self.size = max(1, min(self.largest, int(self.target_s / self._mean_s)))
 
 
 class RayExecutor:
     """Replays on a Ray cluster with ``workers`` actors (each builds its sandbox and policy once).
 
     Joins ``address`` (or ``RAY_ADDRESS``) when given; otherwise starts a local Ray instance and
-    stops it on :meth:`close`.
+    stops it on :meth:`close`. Each call to an actor carries a batch of trajectories (see
+    :class:`_BatchSizes`), and every actor has :data:`_RAY_CALLS_IN_FLIGHT` calls queued, so no actor waits for the
+    driver between two. With ``replay_while_starting`` the driver replays trajectories itself until the first actor
+    is built, as :class:`ProcessExecutor` does.
     """
 
-    def __init__(self, spec: WorkerSpec, workers: int, *, address: str | None = None, num_cpus_per_worker: float = 1.0) -> None:
+    replay_while_starting: bool = False
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        workers: int,
+        *,
+        address: str | None = None,
+        num_cpus_per_worker: float = 1.0,
+        replay_while_starting: bool | None = None,
+    ) -> None:
         ray = import_optional("ray", extra="ray", purpose="run the replay on a Ray cluster (--executor ray)")
         self._ray = ray
         self._started = False
+        if replay_while_starting is not None:
+            self.replay_while_starting = replay_while_starting
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS")
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             if address:
                 kwargs["address"] = address
-            else:
-                kwargs["num_cpus"] = max(workers, 1)
+            else:  # a new local instance, even where an earlier `ray start` left its address behind
+                kwargs.update(address="local", num_cpus=max(workers, 1))
             ray.init(**kwargs)
             self._started = True
         actor_class = ray.remote(num_cpus=num_cpus_per_worker)(_RayWorker)
         self._actors = [actor_class.remote(spec) for _ in range(workers)]
+        self._ready = [actor.ready.remote() for actor in self._actors]
+        self._pending: dict[Any, Any] = {}  # a call's result -> the actor it was sent to
+        self._here = _JobReplays(spec)
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
-        from ray.util import ActorPool
+        ray, pending = self._ray, self._pending
+        source = iter(trajectories)
+        sizes = _BatchSizes()
+        try:
+            for _ in range(_RAY_CALLS_IN_FLIGHT):  # queued now: each actor starts on them the moment it is built
+                for actor in self._actors:
+                    self._send(actor, source, sizes.size)
+            if self.replay_while_starting:
+                while not ray.wait(self._ready, num_returns=1, timeout=0)[0] and (trajectory := next(source, None)) is not None:
+                    yield self._here.replay(trajectory)
+                self._here.close()
+            while pending:
+                (done,), _ = ray.wait(list(pending), num_returns=1)
+                actor = pending.pop(done)
+                outcomes, error = ray.get(done)
+                sizes.observe(outcomes)
+                if error is None:
+                    self._send(actor, source, sizes.size)  # before the job writes and counts what came back
+                yield from outcomes
+                if error is not None:
+                    raise error
+        finally:
+            self._cancel_pending()
 
-        pool = ActorPool(self._actors)
-        yield from pool.map_unordered(lambda actor, trajectory: actor.replay.remote(trajectory), trajectories)
+    def _send(self, actor: Any, source: Iterator[Trajectory | TrajectoryRows], size: int) -> None:
+        batch = list(itertools.islice(source, size))
+        if batch:
+            self._pending[actor.replay.remote(batch)] = actor
+
+    def _cancel_pending(self) -> None:
+        pending, self._pending = list(self._pending), {}
+        for ref in pending:
+            try:
+                self._ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - the actors are killed on close either way
+                pass
 
     def close(self) -> None:
+        try:
+            self._here.close()
+        finally:
+            self._close_actors()
+
+    def _close_actors(self) -> None:
         # Close the sandboxes first: ray.kill ends an actor at once, and a sandbox child would only
         # notice a second later that its parent is gone.
         try:

@@ -130,7 +130,7 @@ def _worker_store_spec(store: ExperienceStore, spec: str | os.PathLike[str]) -> 
 def build_executor(config: ReplayConfig, spec: WorkerSpec, *, preload: Sequence[str] = ()) -> Executor:
     """The executor ``config`` asks for; ``preload``: modules local workers import once, in the job's fork server."""
     if config.executor == "ray":
-        return RayExecutor(spec, config.workers, address=config.ray_address)
+        return RayExecutor(spec, config.workers, address=config.ray_address, replay_while_starting=light_in_process(config))
     if config.workers == 1:
         return InlineExecutor(spec)
     return ProcessExecutor(spec, config.workers, preload=preload, replay_while_starting=light_in_process(config))

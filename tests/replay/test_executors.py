@@ -1,4 +1,4 @@
-"""The local process executor's start-up paths."""
+"""The executors: the local process executor's start-up paths, and Ray's batches, start-up and errors."""
 
 from __future__ import annotations
 
@@ -240,3 +240,104 @@ def test_a_job_that_leaves_all_replays_to_its_workers_reads_ahead_while_they_sta
     summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2), on_outcome=lambda o, n, total: seen.append(o.stored))
     assert summary.done == BFCL_ENTRIES and all(seen)  # every trajectory replayed (and written) by the workers
     assert starting_at_first == [True]
+
+
+# -- Ray ----------------------------------------------------------------------------------------------------------------
+
+GATED = "tests.replay.policies_for_tests:gated"
+
+
+def test_on_ray_the_job_replays_until_an_actor_is_built_and_the_actors_replay_and_write_the_rest(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actors' policy is held until the job has replayed two trajectories itself (the ones it read after queueing
+    one call per actor, twice); then the actors replay and write what was queued for them. The store holds what one
+    worker stores, and no Ray process is left."""
+    pytest.importorskip("ray")
+    import os
+
+    from ee_middleware.replay import job
+
+    twin = tmp_path / "twin"
+    shutil.copytree(bfcl_store_path, twin)
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=1, policy=GATED))
+
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("EE_TEST_POLICY_GATE", str(gate))
+    monkeypatch.setenv("EE_TEST_GATE_PID", str(os.getpid()))
+    monkeypatch.setattr(job, "light_in_process", lambda config: True)  # this user policy is the mutation policy
+    seen: list[bool] = []
+
+    def on_outcome(outcome: object, n: int, total: int) -> None:
+        seen.append(outcome.stored)  # type: ignore[attr-defined]
+        if n == 2:
+            gate.touch()
+
+    before = _own_processes()
+    summary = run_replay(ReplayConfig.load(store=twin, k=2, workers=2, executor="ray", policy=GATED), on_outcome=on_outcome)
+    assert summary.done == BFCL_ENTRIES == 6
+    assert seen == [False, False, True, True, True, True], "the job's two (it writes them), then the actors' four (they write)"
+    assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
+    assert _own_processes() == before
+
+
+def test_on_ray_a_policy_that_stops_working_mid_batch_stops_the_job_and_keeps_what_came_before(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three trajectories per call: the policy fails at the second of the first actor's batch. The job raises the
+    policy's error (not Ray's wrapper), and the trajectory replayed before it in that batch is stored and counted."""
+    pytest.importorskip("ray")
+    from ee_middleware.errors import PolicyError
+
+    order = [t.id for t in LocalExperienceStore(bfcl_store_path).iter_trajectories(status="approved")]
+    monkeypatch.setenv("EE_TEST_FAIL_ON", order[1])
+
+    class ThreeAtOnce(executors._BatchSizes):
+        def __init__(self) -> None:
+            super().__init__()
+            self.size = 3
+
+        def observe(self, outcomes: object) -> None:
+            pass
+
+    monkeypatch.setattr(executors, "_BatchSizes", ThreeAtOnce)
+    finished: list[str] = []
+    with pytest.raises(PolicyError, match=f"went away at {order[1]}.*finished before this are saved"):
+        run_replay(
+            ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, executor="ray", policy="tests.replay.policies_for_tests:failing"),
+            on_outcome=lambda o, n, total: finished.append(o.record.trajectory_id),
+        )
+    assert order[0] in finished and order[1] not in finished
+    done = LocalExperienceStore(bfcl_store_path).replays().filter(pl.col("status") == "done")["trajectory_id"].to_list()
+    assert order[0] in done and order[1] not in done
+
+
+def test_a_ray_call_carries_about_fifty_milliseconds_of_trajectories_and_a_slow_one_alone() -> None:
+    from ee_middleware.records import ReplayRecord, utcnow
+    from ee_middleware.replay.runner import ReplayOutcome
+
+    def took(seconds: float) -> ReplayOutcome:
+        return ReplayOutcome(
+            ReplayRecord(
+                replay_id="r",
+                trajectory_id="t",
+                status="done",
+                policy="mutate",
+                sandbox="bfcl",
+                k=2,
+                seed=0,
+                duration_s=seconds,
+                finished_at=utcnow(),
+            )
+        )
+
+    sizes = executors._BatchSizes()
+    assert sizes.size == 1  # nothing measured yet: one at a time
+    sizes.observe([took(0.01)] * 20)
+    assert sizes.size == 5
+    sizes.observe([took(0.0001)] * 50)
+    assert sizes.size == sizes.largest == 32
+    sizes.observe([took(3.0)])
+    assert sizes.size == 1
+    sizes.observe([took(0.0)])  # a failed record carries no duration: it changes nothing
+    assert sizes.size == 1
