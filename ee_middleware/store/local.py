@@ -154,7 +154,10 @@ class LocalExperienceStore:
         return history
 
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
-        """Durably append one trajectory's rollouts and its replay record in a single batch.
+        """Append one trajectory's rollouts and its replay record in a single batch, synced in groups (at most
+        :data:`~ee_middleware.store.spool.GROUP_SYNC_INTERVAL_S` later, and when the store is closed: see
+        :meth:`~ee_middleware.store.spool.SpoolWriter.append_lines`; a replay lost to a machine that stopped is made
+        again by the next run).
 
         Observations, proposed arguments, the record's reason and details are redacted with the
         store's own rules and salt first (:func:`~ee_middleware.capture.store_redaction.store_redactor`),
@@ -163,7 +166,7 @@ class LocalExperienceStore:
         The record is written last: a crash part-way leaves rollouts without a record, the
         trajectory is replayed again, and the repeated rollouts (same ids) are dropped on read.
         """
-        self._writer.append_lines(replay_lines(record, rollouts, replay_redactor(self)))
+        self._writer.append_lines(replay_lines(record, rollouts, replay_redactor(self)), durable=False)
 
     def close(self) -> None:
         """Seal this process's open segment (it can then be compacted)."""

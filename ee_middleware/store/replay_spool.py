@@ -142,8 +142,9 @@ class ReplaySpool:
         return f"ReplaySpool({str(self.root)!r})"
 
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
-        """Durably append one trajectory's rollouts and its replay record in a single batch, as the store itself does."""
-        self._writer.append_lines(replay_lines(record, rollouts, replay_redactor(self)))
+        """Append one trajectory's rollouts and its replay record in a single batch, synced in groups, as the store
+        itself does (:meth:`LocalExperienceStore.write_replay`)."""
+        self._writer.append_lines(replay_lines(record, rollouts, replay_redactor(self)), durable=False)
 
     def close(self) -> None:
         """Seal the open segment (it can then be compacted)."""

@@ -204,12 +204,27 @@ def list_segments(spool_dir: Path) -> list[Path]:
     return sorted(p for p in spool_dir.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and not p.name.startswith("."))
 
 
+GROUP_SYNC_INTERVAL_S = 0.5
+"""How long a write made with ``durable=False`` may wait for its ``fsync`` (see :meth:`SpoolWriter.append_lines`)."""
+
+
 class SpoolWriter:
     """Appends records to this process's own segment. Thread-safe; one instance per process."""
 
-    def __init__(self, spool_dir: Path, *, fsync: bool = True, max_segment_bytes: int = 64 << 20, max_segment_age_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        spool_dir: Path,
+        *,
+        fsync: bool = True,
+        max_segment_bytes: int = 64 << 20,
+        max_segment_age_s: float = 600.0,
+        group_sync_interval_s: float | None = None,
+    ) -> None:
         self._dir = spool_dir
         self._fsync = fsync
+        self._group_sync_interval = GROUP_SYNC_INTERVAL_S if group_sync_interval_s is None else group_sync_interval_s
+        self._synced_at = float("-inf")
+        self._unsynced = False  # the open segment holds writes not yet synced (made with durable=False)
         self._max_bytes = max_segment_bytes
         self._max_age = max_segment_age_s
         self._opened_at = 0.0
@@ -228,8 +243,16 @@ class SpoolWriter:
         """Append records durably (one ``write`` and, by default, one ``fsync`` per call)."""
         self.append_lines(encode_line(r) for r in records)
 
-    def append_lines(self, lines: Iterable[bytes]) -> None:
-        """:meth:`append` for records already encoded as spool lines (:func:`encode_line`, :func:`frame_line`)."""
+    def append_lines(self, lines: Iterable[bytes], *, durable: bool = True) -> None:
+        """:meth:`append` for records already encoded as spool lines (:func:`encode_line`, :func:`frame_line`).
+
+        ``durable=False`` syncs in groups: the write is synced with the first write made
+        :data:`GROUP_SYNC_INTERVAL_S` or more after the last sync, or when the segment is sealed. A
+        process that crashes (even killed) loses none of it, the kernel holds it; only a machine that
+        stops (power, kernel) can lose the writes of the last interval. For records that can be made
+        again (a replay's rollouts: the next run replays what has no record), not for captured
+        trajectories.
+        """
         data = b"".join(lines)
         if not data:
             return
@@ -242,7 +265,12 @@ class SpoolWriter:
                     written = os.write(fd, view)
                     view = view[written:]
                 if self._fsync:
-                    os.fsync(fd)
+                    now = time.monotonic()
+                    if durable or now - self._synced_at >= self._group_sync_interval:
+                        os.fsync(fd)
+                        self._synced_at, self._unsynced = now, False
+                    else:
+                        self._unsynced = True
             except OSError as exc:
                 what = self._roll_back_locked(fd)
                 raise StoreWriteError(
@@ -264,7 +292,7 @@ class SpoolWriter:
 
     def _ensure_open(self) -> int:
         if self._fd is not None and self._pid != os.getpid():  # forked child: never share a segment
-            self._fd, self._path, self._size = None, None, 0
+            self._fd, self._path, self._size, self._unsynced = None, None, 0, False
         if self._fd is None:
             path = self._dir / _segment_name()
             # Created and locked under a hidden name, then renamed: a compactor must never see an
@@ -296,6 +324,7 @@ class SpoolWriter:
             if self._fsync:
                 os.fsync(fd)
         except OSError:
+            self._unsynced = False  # the segment is given up on: its sync failed already
             self._seal_locked()  # the next append opens a new segment; this one ends in a half line
             return "the segment it began was closed, its unfinished last line is skipped on read"
         return "the segment was cut back to its last whole record"
@@ -303,8 +332,20 @@ class SpoolWriter:
     def _seal_locked(self) -> Path | None:
         path = self._path
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            fd, unsynced = self._fd, self._unsynced
+            self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+            try:
+                if unsynced:  # what durable=False writes left for a later sync: synced before the segment can be compacted
+                    os.fsync(fd)
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"Could not sync spool segment {path}: {exc}. Its last writes are in the system's cache and may be lost if "
+                    f"the machine stops before it writes them out. {os_error_advice(exc)}",
+                    errno=exc.errno,
+                ) from exc
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
         self._fd, self._path, self._size = None, None, 0
         return path
 
