@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from ee_middleware._lifetime import die_with_parent
 from ee_middleware._optional import import_optional
-from ee_middleware.errors import EEError, MissingExtraError, PolicyError, StoreError
+from ee_middleware.errors import EEError, MissingExtraError, ModelError, PolicyError, StoreError
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
@@ -149,9 +149,11 @@ class _Worker:
 
     def close(self) -> None:
         store, self._store, self._store_checked = self._store, None, False
-        if store is not None:
-            store.close()  # seals this worker's spool segment
-        self._close_parts()
+        try:
+            if store is not None:
+                store.close()  # seals (and syncs) this worker's spool segment
+        finally:
+            self._close_parts()  # the sandbox's child must end even if that failed: the worker waits for it on exit
 
     def _close_parts(self) -> None:
         if self._parts is not None:
@@ -632,17 +634,41 @@ class _RayWorker:
 
     def replay(self, trajectories: list[Trajectory | TrajectoryRows]) -> tuple[list[ReplayOutcome], Exception | None]:
         """The outcomes of ``trajectories``, in order, and the error that stopped them (``None`` when none did): what
-        was replayed before a policy that stopped working is kept, as with one worker."""
+        was replayed before a policy that stopped working is kept, as with one worker. A call the driver cancelled
+        (the job is ending) stops after the trajectory it is replaying."""
+        import ray
+
+        context = ray.get_runtime_context()
         outcomes = []
         for trajectory in trajectories:
+            if context.is_canceled():
+                break
             try:
                 outcomes.append(self._worker.replay(trajectory))
             except Exception as exc:  # noqa: BLE001 - raised by the driver once it has the outcomes before it
-                return outcomes, exc
+                return outcomes, _sendable(exc)
         return outcomes, None
 
     def close(self) -> None:
         self._worker.close()
+
+
+def _sendable(exc: Exception) -> Exception:
+    """``exc`` when it survives a pickle round trip (Ray sends it to the driver), else one of its base class that
+    the job handles alike (:class:`PolicyError`, :class:`ModelError`, :class:`MissingExtraError`, else :class:`RuntimeError`) saying what
+    it was: an error whose class needs keyword arguments, or holds a connection, would otherwise cost the batch's
+    outcomes."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - whatever the class raises: its message still goes
+        message = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+        for kind in (PolicyError, ModelError, MissingExtraError):
+            if isinstance(exc, kind):
+                return kind(message)
+        return RuntimeError(message)
 
 
 _RAY_CLOSE_TIMEOUT_S = 30.0
@@ -681,6 +707,8 @@ class RayExecutor:
     """
 
     replay_while_starting: bool = False
+    """Until the first actor is built, the driver replays trajectories itself (and the job writes them), as
+    :attr:`ProcessExecutor.replay_while_starting` does for local workers (and off unless asked for, for the same reason)."""
 
     def __init__(
         self,
@@ -721,7 +749,9 @@ class RayExecutor:
                     self._send(actor, source, sizes.size)
             if self.replay_while_starting:
                 while not ray.wait(self._ready, num_returns=1, timeout=0)[0] and (trajectory := next(source, None)) is not None:
-                    yield self._here.replay(trajectory)
+                    outcome = self._here.replay(trajectory)
+                    sizes.observe([outcome])  # the actors' next calls are sized from these too
+                    yield outcome
                 self._here.close()
             while pending:
                 (done,), _ = ray.wait(list(pending), num_returns=1)
@@ -750,6 +780,7 @@ class RayExecutor:
                 pass
 
     def close(self) -> None:
+        self._cancel_pending()  # (a consumer that stopped iterating without closing map) calls queued behind close's
         try:
             self._here.close()
         finally:

@@ -154,10 +154,10 @@ class LocalExperienceStore:
         return history
 
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
-        """Append one trajectory's rollouts and its replay record in a single batch, synced in groups (at most
-        :data:`~ee_middleware.store.spool.GROUP_SYNC_INTERVAL_S` later, and when the store is closed: see
-        :meth:`~ee_middleware.store.spool.SpoolWriter.append_lines`; a replay lost to a machine that stopped is made
-        again by the next run).
+        """Append one trajectory's rollouts and its replay record in a single batch, synced in groups (by the first write
+        :data:`~ee_middleware.store.spool.GROUP_SYNC_INTERVAL_S` or more after the last sync, and when the store is
+        closed: see :meth:`~ee_middleware.store.spool.SpoolWriter.append_lines`; a replay lost to a machine that
+        stopped is made again by the next run).
 
         Observations, proposed arguments, the record's reason and details are redacted with the
         store's own rules and salt first (:func:`~ee_middleware.capture.store_redaction.store_redactor`),

@@ -100,7 +100,8 @@ class ExperienceStore(Protocol):
     # --- replay: rollouts and replay records ----------------------------------------------------------
 
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
-        """Durably append one trajectory's rollouts and its replay record as one batch.
+        """Append one trajectory's rollouts and its replay record as one batch (durably, or synced in groups: a replay
+        the store loses is made again by the next run).
 
         Rollouts are idempotent by id on read; for replay records the latest per
         ``(replay_id, trajectory_id)`` wins. The record must become visible no earlier than its

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -33,6 +34,8 @@ from pydantic_core import from_json
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreWriteError, os_error_advice
 
 SEGMENT_SUFFIX = ".jsonl"
+
+logger = logging.getLogger("ee_middleware.store")
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
@@ -246,12 +249,12 @@ class SpoolWriter:
     def append_lines(self, lines: Iterable[bytes], *, durable: bool = True) -> None:
         """:meth:`append` for records already encoded as spool lines (:func:`encode_line`, :func:`frame_line`).
 
-        ``durable=False`` syncs in groups: the write is synced with the first write made
-        :data:`GROUP_SYNC_INTERVAL_S` or more after the last sync, or when the segment is sealed. A
-        process that crashes (even killed) loses none of it, the kernel holds it; only a machine that
-        stops (power, kernel) can lose the writes of the last interval. For records that can be made
-        again (a replay's rollouts: the next run replays what has no record), not for captured
-        trajectories.
+        ``durable=False`` syncs in groups: the write is synced by the first write made
+        :data:`GROUP_SYNC_INTERVAL_S` or more after the last sync, or when the segment is sealed (only
+        sealed segments are compacted). A process that crashes (even killed) loses none of it, the
+        kernel holds it; a machine that stops (power, kernel) can lose the writes made since the last
+        sync. For records that can be made again (a replay's rollouts: the next run replays what has
+        no record), not for captured trajectories.
         """
         data = b"".join(lines)
         if not data:
@@ -259,6 +262,7 @@ class SpoolWriter:
         with self._lock:
             fd = self._ensure_open()
             segment = self._path
+            unsynced_before = self._unsynced
             try:
                 view = memoryview(data)
                 while view:
@@ -273,15 +277,23 @@ class SpoolWriter:
                         self._unsynced = True
             except OSError as exc:
                 what = self._roll_back_locked(fd)
+                before = (
+                    "the writes made since the last sync (replay results, made again by the next run) may not have reached the disk"
+                    if unsynced_before
+                    else "everything written before it is intact"
+                )
                 raise StoreWriteError(
-                    f"Could not write to spool segment {segment}: {exc}. This batch was not stored ({what}); "
-                    f"everything written before it is intact. {os_error_advice(exc)}",
+                    f"Could not write to spool segment {segment}: {exc}. This batch was not stored ({what}); {before}. "
+                    f"{os_error_advice(exc)}",
                     errno=exc.errno,
                 ) from exc
             self._size += len(data)
             # sealed segments can be compacted, so a long-running agent's records still reach Parquet
             if self._size >= self._max_bytes or time.monotonic() - self._opened_at >= self._max_age:
-                self._seal_locked()
+                try:
+                    self._seal_locked()
+                except StoreWriteError as exc:  # this batch was written: its caller is not told it failed
+                    logger.warning("ee-middleware: %s", exc)
 
     def seal(self) -> Path | None:
         """Close the current segment so that it can be compacted; the next append opens a new one."""
@@ -323,6 +335,7 @@ class SpoolWriter:
             os.ftruncate(fd, self._size)
             if self._fsync:
                 os.fsync(fd)
+                self._unsynced = False
         except OSError:
             self._unsynced = False  # the segment is given up on: its sync failed already
             self._seal_locked()  # the next append opens a new segment; this one ends in a half line

@@ -335,9 +335,27 @@ def test_a_ray_call_carries_about_fifty_milliseconds_of_trajectories_and_a_slow_
     assert sizes.size == 1  # nothing measured yet: one at a time
     sizes.observe([took(0.01)] * 20)
     assert sizes.size == 5
+    sizes.observe([took(0.0)])  # a failed record carries no duration: it changes nothing
+    assert sizes.size == 5
     sizes.observe([took(0.0001)] * 50)
     assert sizes.size == sizes.largest == 32
     sizes.observe([took(3.0)])
     assert sizes.size == 1
-    sizes.observe([took(0.0)])  # a failed record carries no duration: it changes nothing
-    assert sizes.size == 1
+
+
+def test_an_error_an_actor_cannot_send_as_it_is_goes_as_its_base_class_with_its_message() -> None:
+    """Ray pickles what an actor returns: an error whose class needs keyword arguments (or holds a connection) is sent
+    as the base class the job handles alike, naming what it was; one that pickles goes as it is."""
+    from ee_middleware.errors import ModelError, ModelRequestError, PolicyError
+
+    server_down = PolicyError("the policy server went away")
+    assert executors._sendable(server_down) is server_down
+    sent = executors._sendable(ModelRequestError("model 'x' not found", url="http://127.0.0.1:8000/v1", status=404))
+    assert type(sent) is ModelError and "ModelRequestError: model 'x' not found" in str(sent)
+    assert type(executors._sendable(_Unpicklable("boom"))) is RuntimeError
+
+
+class _Unpicklable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = __import__("threading").Lock()

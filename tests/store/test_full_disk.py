@@ -119,3 +119,48 @@ def test_a_really_full_tmpfs_loses_nothing_acknowledged(tmpfs: Path):
     present = LocalExperienceStore(root).trajectories()["id"].to_list()
     assert set(acknowledged) <= set(present), f"{len(set(acknowledged) - set(present))} acknowledged records lost"
     assert len(present) == len(acknowledged), "a batch reported as not stored must not appear"
+
+
+class _SyncFails:
+    """``os.fsync`` that fails with EIO on spool segments (``times`` times), as a disk that stopped taking writes."""
+
+    def __init__(self, times: int = 1) -> None:
+        self.left = times
+        self.real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        if self.left > 0 and os.readlink(f"/proc/self/fd/{fd}").endswith(spool_module.SEGMENT_SUFFIX):
+            self.left -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        self.real(fd)
+
+
+def test_a_failed_sync_after_grouped_writes_says_they_may_be_lost_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes left for a group sync were acknowledged: when the sync that should cover them fails, the error says so
+    instead of calling everything before the failed batch intact."""
+    monkeypatch.setattr(spool_module, "GROUP_SYNC_INTERVAL_S", 3600.0)
+    writer = spool_module.SpoolWriter(tmp_path / "spool")
+    writer.append([{"n": 0}])
+    writer.append_lines([spool_module.encode_line({"n": 1})], durable=False)  # not synced yet
+    monkeypatch.setattr(os, "fsync", _SyncFails())
+    with pytest.raises(StoreWriteError, match=r"since the last sync .* may not have reached the disk"):
+        writer.append([{"n": 2}])
+    writer.append([{"n": 3}])  # the sync failed once: the next write goes through
+    monkeypatch.setattr(os, "fsync", _SyncFails())
+    with pytest.raises(StoreWriteError, match="everything written before it is intact"):
+        writer.append([{"n": 4}])  # nothing was left unsynced this time
+    writer.seal()
+
+
+def test_a_segment_sealed_for_its_size_after_a_grouped_write_warns_when_its_sync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch that made the segment full was written: a failed sync while sealing it is logged, not raised to
+    that batch's writer as if it had not been stored."""
+    monkeypatch.setattr(spool_module, "GROUP_SYNC_INTERVAL_S", 3600.0)
+    writer = spool_module.SpoolWriter(tmp_path / "spool", max_segment_bytes=200)
+    writer.append_lines([spool_module.encode_line({"n": 0})], durable=False)  # synced: the first write
+    monkeypatch.setattr(os, "fsync", _SyncFails())
+    writer.append_lines([spool_module.encode_line({"n": 1, "pad": "x" * 300})], durable=False)  # full: sealed here
+    assert "Could not sync spool segment" in caplog.text
+    assert [r["n"] for r in spool_module.iter_records(tmp_path / "spool")] == [0, 1]

@@ -182,8 +182,8 @@ def test_captured_trajectories_are_still_synced_at_every_write(tmp_path: Path, m
 
 
 def test_a_killed_writer_loses_none_of_its_grouped_replay_writes(tmp_path: Path) -> None:
-    """Writes not yet synced are the kernel's once ``write_replay`` returns: a process killed with SIGKILL (never
-    closing its store) leaves them all readable. Only a machine that stops could lose them."""
+    """What ``write_replay`` returned from is the kernel's even before it is synced (nothing is held back in the
+    process): a writer killed with SIGKILL, never closing its store, leaves every replay it wrote readable."""
     import signal
 
     LocalExperienceStore(tmp_path).close()
@@ -206,5 +206,6 @@ time.sleep(60)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
+        child.stdout.close()  # type: ignore[union-attr]
     store = LocalExperienceStore(tmp_path)
     assert store.rollouts().height == 15 and store.replays().height == 5
