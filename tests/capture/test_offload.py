@@ -285,7 +285,9 @@ for _ in range(3):
         for _ in range(30):
             agent.invoke(USER_TASK)
         agent.flush()
-        print("fork", agent.recorder.offload is None, agent.recorder.stats.runs_failed, flush=True)
+        # one write of the whole line (atomic on a pipe): print() may write the text and its newline apart, and the
+        # forks' lines then interleave
+        os.write(1, f"fork {{agent.recorder.offload is None}} {{agent.recorder.stats.runs_failed}}\\n".encode())
         sys.exit(0)  # through atexit, as a worker ends
     forks.append(pid)
 for _ in range(30):
