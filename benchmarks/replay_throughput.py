@@ -240,6 +240,8 @@ def _running_ray_cluster(num_cpus: int = 2, timeout_s: float = 120.0) -> Iterato
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
         command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--port=0"]
         command += ["--include-dashboard=false", "--disable-usage-stats"]
+        address_file = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+        ours = None
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + timeout_s
@@ -247,6 +249,7 @@ def _running_ray_cluster(num_cpus: int = 2, timeout_s: float = 120.0) -> Iterato
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"ray start did not start a cluster:\n{Path(log.name).read_text()[-2000:]}")
                 time.sleep(0.1)
+            ours = address_file.read_text() if address_file.exists() else None
             yield "auto"  # the cluster started last on this machine: this one
         finally:
             process.terminate()  # ray start --block stops every process of the cluster on SIGTERM
@@ -257,6 +260,11 @@ def _running_ray_cluster(num_cpus: int = 2, timeout_s: float = 120.0) -> Iterato
                 process.wait()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+            # SIGTERM leaves the cluster's address behind (``ray stop`` would remove it, and stop every cluster on
+            # the machine): a later ``ray.init()`` without an address would try to join the stopped cluster.
+            with contextlib.suppress(OSError):
+                if ours is not None and address_file.read_text() == ours:
+                    address_file.unlink()
 
 
 def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, expected: dict) -> None:
