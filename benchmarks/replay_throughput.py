@@ -195,7 +195,7 @@ def retail_main(args: argparse.Namespace) -> dict:
     return results
 
 
-def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict:
+def _job_run(store: Path, k: int, workers: int, executor: str = "local", ray_address: str | None = None) -> dict:
     """One whole job on ``store``: wall time, when the first trajectory was done (start-up), and the CPU time of this
     (the job's) process and of its reaped children (workers, the fork server)."""
     import resource
@@ -210,7 +210,9 @@ def _job_run(store: Path, k: int, workers: int, executor: str = "local") -> dict
         if workers > 1 and not outcome.stored:  # type: ignore[attr-defined]
             by_job.append(outcome.record.branches)  # type: ignore[attr-defined]
 
-    summary = run_replay(ReplayConfig.load(store=store, k=k, workers=workers, executor=executor), on_outcome=on_outcome)
+    summary = run_replay(
+        ReplayConfig.load(store=store, k=k, workers=workers, executor=executor, ray_address=ray_address), on_outcome=on_outcome
+    )
     wall = time.perf_counter() - t0
     after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     assert summary.failed == {} and summary.fidelity_mismatches == 0, summary.to_dict()
@@ -282,11 +284,7 @@ def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, 
         shutil.copytree(store, copy_path)
         if executor == "ray-running":
             with _running_ray_cluster() as address:
-                os.environ["RAY_ADDRESS"] = address
-                try:
-                    run = _job_run(copy_path, k, workers, "ray")
-                finally:
-                    del os.environ["RAY_ADDRESS"]
+                run = _job_run(copy_path, k, workers, "ray", ray_address=address)
         else:
             run = _job_run(copy_path, k, workers, executor)
         branches = expected.setdefault("branches", run["summary"].branches)

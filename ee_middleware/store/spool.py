@@ -343,10 +343,9 @@ class SpoolWriter:
         return "the segment was cut back to its last whole record"
 
     def _seal_locked(self) -> Path | None:
-        path = self._path
-        if self._fd is not None:
-            fd, unsynced = self._fd, self._unsynced
-            self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+        path, fd, unsynced = self._path, self._fd, self._unsynced
+        self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+        if fd is not None:
             try:
                 if unsynced:  # what durable=False writes left for a later sync: synced before the segment can be compacted
                     os.fsync(fd)
@@ -359,7 +358,6 @@ class SpoolWriter:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
-        self._fd, self._path, self._size = None, None, 0
         return path
 
 
