@@ -20,6 +20,7 @@ from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
 from ee_middleware.errors import IngestError
+from ee_middleware.ingest.dialects import adapt
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import RejectedSpan, read_otlp_json
 from ee_middleware.ingest.runs import group_runs
@@ -113,7 +114,7 @@ def ingest_spans(
     options = AssemblyOptions(app=app, redactor=_ingest_redactor(store, redactor), source="otlp-ingest")
     by_trace: dict[str, list[SpanData]] = defaultdict(list)
     for span in spans:
-        by_trace[span.trace_id].append(span)
+        by_trace[span.trace_id].append(adapt(span))
         report.spans += 1
     known = set(store.trajectories()["id"].to_list())
     new: list[Trajectory] = []
@@ -173,12 +174,20 @@ def _rejected_in(run: list[SpanData], rejected: list[RejectedSpan]) -> RejectedS
 
 def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, report: IngestReport) -> Trajectory | None:
     root = run[0]
-    for span in run:
-        if operation_of(span.attributes) in sc.MODEL_OPERATIONS:
-            problem = check_model_span(normalize(span))
-            if problem:
-                report.problem(f"Trace {trace_id}: span {span.span_id} ({span.name!r}): {problem}; run {root.name!r} skipped.")
-                return None
+    models = [normalize(span) for span in run if operation_of(span.attributes) in sc.MODEL_OPERATIONS]
+    for span in models:
+        problem = check_model_span(span)
+        if problem:
+            report.problem(f"Trace {trace_id}: span {span.span_id} ({span.name!r}): {problem}; run {root.name!r} skipped.")
+            return None
+    if models and not any(span.attributes.get(key) for span in models for key in (sc.INPUT_MESSAGES, sc.OUTPUT_MESSAGES)):
+        report.problem(
+            f"Trace {trace_id}: run {root.name!r}: its {len(models)} model span(s) carry no messages (no gen_ai.input.messages or "
+            "gen_ai.output.messages, indexed prompt attributes or message events), so it would be a trajectory without steps; "
+            "turn on message content capture in the instrumentation (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true for "
+            "OpenTelemetry's, TRACELOOP_TRACE_CONTENT=true for OpenLLMetry, OPENINFERENCE_HIDE_INPUTS/OUTPUTS unset); run skipped."
+        )
+        return None
     try:
         return assemble(run, options)
     except IngestError as exc:

@@ -1,0 +1,173 @@
+"""Trace shapes of instrumentations beyond the LangGraph fixtures: each run keeps its observations.
+
+* pydantic-ai (real spans, ``fixtures/make_pydantic_ai_fixture.py``) writes tool results in the
+  model's input as ``tool_call_response`` parts with ``result`` (the GenAI conventions say
+  ``response``), and in its version-2 format the tool spans carry ``tool_arguments`` /
+  ``tool_response``. Before ingest read them, every observation was stored as ``"null"``.
+* The event form of the GenAI conventions (semconv 1.27-1.36 as span events, as Azure AI Inference
+  and Semantic Kernel write them: ``gen_ai.{system,user,assistant,tool}.message`` and
+  ``gen_ai.choice`` with the message as JSON in ``gen_ai.event.content``; semconv 1.26's
+  ``gen_ai.content.prompt`` / ``gen_ai.content.completion``) puts the messages in span events. Before,
+  such a run was stored as a trajectory with no steps, no task and no answer, and no problem said so.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.ingest import ingest_files
+from tests.ingest.otlp_builders import _request, _span, _write
+from tests.ingest.test_instrumentations import _steps
+
+FIXTURES = Path(__file__).parent / "fixtures"
+META = json.loads((FIXTURES / "pydantic_ai.meta.json").read_text())
+
+
+@pytest.mark.parametrize("version", [2, 5])
+def test_pydantic_ai_tool_results_are_the_observations(store, version):
+    report = ingest_files([FIXTURES / f"pydantic_ai_v{version}.jsonl"], store)
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (t,) = store.iter_trajectories()
+    assert (t.app, t.task, t.final_answer) == ("shop", META["task"], META["answer"])
+    assert _steps(t) == [
+        ("check_stock", {"fruit": "pears"}, "0 pears in stock", False),
+        ("order", {"fruit": "pears", "quantity": 5}, "ordered 5 pears", False),
+        ("answer", META["answer"]),
+    ]
+
+
+@pytest.mark.parametrize("version", [2, 5])
+def test_pydantic_ai_tool_span_gives_the_observation_no_later_model_call_shows(tmp_path, store, version):
+    """The run cut after the order tool ran (its last model span dropped): the order's observation is
+    the tool span's own result (``tool_response`` in pydantic-ai's version 2)."""
+    request = json.loads((FIXTURES / f"pydantic_ai_v{version}.jsonl").read_text())
+    spans = request["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    chats = [
+        s for s in spans if any(a["key"] == "gen_ai.operation.name" and a["value"] == {"stringValue": "chat"} for a in s["attributes"])
+    ]
+    last_chat = max(chats, key=lambda s: int(s["startTimeUnixNano"]))
+    spans.remove(last_chat)
+    report = ingest_files([_write(tmp_path / "cut.jsonl", request)], store)
+    assert report.problems == 0, report.errors
+    (t,) = store.iter_trajectories()
+    assert _steps(t) == [
+        ("check_stock", {"fruit": "pears"}, "0 pears in stock", False),
+        ("order", {"fruit": "pears", "quantity": 5}, "ordered 5 pears", False),
+    ]
+
+
+def _event(name: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "timeUnixNano": "1700000000001000000",
+        "attributes": [{"key": k, "value": {"stringValue": v if isinstance(v, str) else json.dumps(v)}} for k, v in attributes.items()],
+    }
+
+
+def _content(name: str, message: dict[str, Any]) -> dict[str, Any]:
+    """A message event as Azure AI Inference's tracing writes it (the message as JSON in gen_ai.event.content)."""
+    return _event(name, {"gen_ai.system": "az.ai.inference", "gen_ai.event.content": message})
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+SYSTEM = _content("gen_ai.system.message", {"role": "system", "content": "You are a weather bot."})
+USER = _content("gen_ai.user.message", {"role": "user", "content": "Weather in Paris?"})
+
+
+def _event_form_run() -> list[dict[str, Any]]:
+    model = {"gen_ai.operation.name": "chat", "gen_ai.system": "az.ai.inference", "gen_ai.request.model": "gpt-4o"}
+    return [
+        _span(
+            "d000000000000001", "invoke_agent weather", {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "weather"}, end=10
+        ),
+        _span(
+            "d000000000000002",
+            "chat gpt-4o",
+            model,
+            parent="d000000000000001",
+            start=1,
+            end=2,
+            events=[
+                SYSTEM,
+                USER,
+                _content("gen_ai.choice", {"message": {"content": None, "tool_calls": [CALL]}, "finish_reason": "tool_calls", "index": 0}),
+            ],
+        ),
+        _span(
+            "d000000000000003",
+            "execute_tool get_weather",
+            {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "get_weather", "gen_ai.tool.call.id": "call_1"},
+            parent="d000000000000001",
+            start=3,
+            end=4,
+        ),
+        _span(
+            "d000000000000004",
+            "chat gpt-4o",
+            model,
+            parent="d000000000000001",
+            start=5,
+            end=6,
+            events=[
+                SYSTEM,
+                USER,
+                _content("gen_ai.assistant.message", {"role": "assistant", "tool_calls": [CALL]}),
+                _content("gen_ai.tool.message", {"role": "tool", "tool_call_id": "call_1", "content": "21C and sunny"}),
+                _content("gen_ai.choice", {"message": {"content": "It is 21C and sunny in Paris."}, "finish_reason": "stop", "index": 0}),
+            ],
+        ),
+    ]
+
+
+def test_messages_in_genai_span_events_make_the_steps(tmp_path, store):
+    report = ingest_files([_write(tmp_path / "events.jsonl", _request(_event_form_run()))], store)
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (t,) = store.iter_trajectories()
+    assert (t.task, t.final_answer) == ("Weather in Paris?", "It is 21C and sunny in Paris.")
+    assert _steps(t) == [("get_weather", {"city": "Paris"}, "21C and sunny", False), ("answer", "It is 21C and sunny in Paris.")]
+    assert t.steps[0].state[0] == {"role": "system", "content": "You are a weather bot."}
+
+
+def test_semconv_event_bodies_without_roles_take_the_role_from_the_event_name(tmp_path, store):
+    """The semconv 1.28-1.36 bodies name no role (``{"content": ...}``; a tool message's ``id``)."""
+    spans = _event_form_run()
+    spans[3]["events"] = [
+        _content("gen_ai.user.message", {"content": "Weather in Paris?"}),
+        _content("gen_ai.assistant.message", {"tool_calls": [CALL]}),
+        _content("gen_ai.tool.message", {"id": "call_1", "content": "21C and sunny"}),
+        _content("gen_ai.choice", {"message": {"content": "Sunny."}, "finish_reason": "stop", "index": 0}),
+    ]
+    report = ingest_files([_write(tmp_path / "events.jsonl", _request(spans))], store)
+    assert report.problems == 0, report.errors
+    (t,) = store.iter_trajectories()
+    assert _steps(t) == [("get_weather", {"city": "Paris"}, "21C and sunny", False), ("answer", "Sunny.")]
+
+
+def test_semconv_1_26_prompt_and_completion_events_make_the_steps(tmp_path, store):
+    span = _span(
+        "e000000000000001",
+        "chat gpt-4o",
+        {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o"},
+        events=[
+            _event("gen_ai.content.prompt", {"gen_ai.prompt": [{"role": "user", "content": "Say hi"}]}),
+            _event("gen_ai.content.completion", {"gen_ai.completion": [{"role": "assistant", "content": "Hi!"}]}),
+        ],
+    )
+    report = ingest_files([_write(tmp_path / "legacy.jsonl", _request([span]))], store)
+    assert report.problems == 0, report.errors
+    (t,) = store.iter_trajectories()
+    assert (t.task, t.final_answer, _steps(t)) == ("Say hi", "Hi!", [("answer", "Hi!")])
+
+
+def test_model_spans_without_any_messages_are_a_problem_not_an_empty_trajectory(tmp_path, store):
+    spans = copy.deepcopy(_event_form_run())
+    for span in spans:
+        span.pop("events", None)  # content capture off: the spans carry no messages at all
+    report = ingest_files([_write(tmp_path / "no-content.jsonl", _request(spans))], store)
+    assert (report.problems, report.ingested) == (1, [])
+    assert "carry no messages" in report.errors[0] and "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT" in report.errors[0]
