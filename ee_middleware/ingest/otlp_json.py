@@ -5,13 +5,18 @@ JSON object per line) and single pretty-printed documents. Trace and span ids ma
 JSON mapping) or base64 (protobuf's generic JSON mapping). Every request and span is checked against
 the OTLP shapes (:mod:`ee_middleware.ingest.otlp_schema`); what does not fit is reported with its
 location and skipped, and the rest of the file is still read. A file that is not text, or not
-JSON at all, is one problem, never one per line.
+JSON at all, is one problem, never one per line. Files are read as they stream (one line at a time;
+gzip'd files as they decompress); a zstd-compressed or protobuf file is one problem naming the
+Collector setting that writes JSON.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,60 +52,117 @@ class ParseResult:
 
 def read_otlp_json(path: str | Path) -> ParseResult:
     """Read every span of an OTLP JSON file."""
-    path = Path(path)
     result = ParseResult()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        result.errors.append(f"{path}: cannot read the file: {exc.strerror or exc}")
-        return result
-    text = _text(path, data, result.errors)
-    if text is not None:
-        for where, document in _documents(path, text, result.errors):
-            _read_request(document, where, result)
+    result.spans.extend(iter_otlp_json(path, result))
     return result
 
 
-def _text(path: Path, data: bytes, errors: list[str]) -> str | None:
-    """The file as text, or None with one error when it is binary (OTLP protobuf, junk)."""
-    nul = data.find(b"\0")
-    if nul >= 0:
-        errors.append(f"{path}: not a text file (a NUL byte at offset {nul}); {_EXPECTED}. Binary OTLP (protobuf) is not read.")
-        return None
+def iter_otlp_json(path: str | Path, sink: ParseResult) -> Iterator[SpanData]:
+    """The spans of an OTLP JSON file one at a time; its problems and rejected spans go to ``sink``.
+
+    A JSON Lines file is read line by line, so memory holds one request at a time whatever the file's
+    size (a single pretty-printed document is read whole). A gzip'd file is read as it decompresses.
+    """
+    path = Path(path)
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        errors.append(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); {_EXPECTED}.")
-        return None
+        with path.open("rb") as raw:
+            magic = raw.peek(4)[:4]
+            if magic[:2] == _GZIP:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                    yield from _read_stream(path, io.BufferedReader(unzipped, _HEAD), sink)  # type: ignore[arg-type]
+            elif magic == _ZSTD:
+                sink.errors.append(
+                    f"{path}: zstd-compressed (a Collector file exporter's 'compression: zstd'), which is not read; "
+                    "set 'format: json' without compression on the file exporter (or gzip the files)."
+                )
+            else:
+                yield from _read_stream(path, raw, sink)
+    except gzip.BadGzipFile as exc:
+        sink.errors.append(f"{path}: not a readable gzip file ({exc}).")
+    except (EOFError, zlib.error) as exc:
+        sink.errors.append(f"{path}: a damaged or cut gzip file ({exc}); the spans before the damage were read.")
+    except OSError as exc:
+        sink.errors.append(f"{path}: cannot read the file: {exc.strerror or exc}")
 
 
-def _documents(path: Path, text: str, errors: list[str]) -> Iterator[tuple[str, Any]]:
-    stripped = text.strip()
-    if not stripped:
-        errors.append(f"{path}: the file is empty; {_EXPECTED}.")
+def _read_stream(path: Path, stream: io.BufferedReader, sink: ParseResult) -> Iterator[SpanData]:
+    head = stream.peek(_HEAD)[:_HEAD]
+    nul = head.find(_NUL)
+    if nul >= 0:  # binary (OTLP protobuf, junk): one problem, never one per line
+        sink.errors.append(f"{path}: not a text file (a NUL byte at offset {nul}); {_BINARY}")
         return
-    try:
-        yield f"{path}", json.loads(stripped)
+    lines = _lines(stream)
+    first = next(lines, None)
+    if first is None:
+        sink.errors.append(f"{path}: the file is empty; {_EXPECTED}.")
         return
-    except (ValueError, RecursionError) as exc:
-        whole_file_error = exc
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if len(lines) < 2 or _loads(lines[0][1]) is None:
-        where = f"{path}:{lines[0][0]}" if len(lines) == 1 else f"{path}"
-        errors.append(f"{where}: not valid JSON ({_json_problem(whole_file_error)}); {_EXPECTED}.")
+    number, line = first
+    text = _decode(path, number, line, sink, whole_file=True)
+    if text is None:
         return
-    for number, line in lines:  # JSON Lines: one request per line
+    document = _loads(text)
+    if document is _INVALID:  # not JSON Lines: one document over several lines (pretty-printed), read whole
+        whole = _decode(path, number, b"".join([line, *(chunk for _, chunk in lines)]), sink, whole_file=True)
+        if whole is None:
+            return
         try:
-            yield f"{path}:{number}", json.loads(line)
+            document = json.loads(whole)
         except (ValueError, RecursionError) as exc:
-            errors.append(f"{path}:{number}: not valid JSON ({_json_problem(exc)}); line skipped.")
+            where = f"{path}:{number}" if whole.strip() == text.strip() else f"{path}"
+            sink.errors.append(f"{where}: not valid JSON ({_json_problem(exc)}); {_EXPECTED}.")
+            return
+        yield from _read_request(document, f"{path}", sink)
+        return
+    yield from _read_request(document, f"{path}:{number}", sink)
+    for number, line in lines:  # JSON Lines: one request per line
+        text = _decode(path, number, line, sink, whole_file=False)
+        if text is None:
+            continue
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            sink.errors.append(f"{path}:{number}: not valid JSON ({_json_problem(exc)}); line skipped.")
+            continue
+        yield from _read_request(document, f"{path}:{number}", sink)
 
 
-def _loads(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except (ValueError, RecursionError):
+_GZIP = b"\x1f\x8b"
+_ZSTD = b"\x28\xb5\x2f\xfd"
+_NUL = b"\0"
+_HEAD = 1 << 16
+_BINARY = f"{_EXPECTED}. Binary OTLP (protobuf) is not read: set 'format: json' on the Collector's file exporter."
+_INVALID = object()
+
+
+def _lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of a stream with their numbers (lines end at \\n only, as JSON Lines do)."""
+    for number, line in enumerate(stream, start=1):
+        if line.strip():
+            yield number, line
+
+
+def _decode(path: Path, number: int, line: bytes, sink: ParseResult, *, whole_file: bool) -> str | None:
+    """A line as text, or None with one problem: for the first line, about the whole file (binary, not UTF-8)."""
+    where = f"{path}" if whole_file else f"{path}:{number}"
+    rest = "" if whole_file else "; line skipped"
+    nul = line.find(_NUL)
+    if nul >= 0:
+        sink.errors.append(
+            f"{where}: not a text file (a NUL byte at offset {nul}); {_BINARY}" if whole_file else f"{where}: binary data{rest}."
+        )
         return None
+    try:
+        return line.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        sink.errors.append(f"{where}: not UTF-8 text (byte 0x{line[exc.start]:02x} at offset {exc.start}){rest}; {_EXPECTED}.")
+        return None
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _INVALID
 
 
 def _json_problem(exc: BaseException) -> str:
@@ -111,10 +173,10 @@ def _json_problem(exc: BaseException) -> str:
     return str(exc)
 
 
-def _read_request(document: Any, where: str, result: ParseResult) -> None:
+def _read_request(document: Any, where: str, result: ParseResult) -> Iterator[SpanData]:
     if isinstance(document, list):
         for i, item in enumerate(document):
-            _read_request(item, f"{where}[{i}]", result)
+            yield from _read_request(item, f"{where}[{i}]", result)
         return
     try:
         request = check_request(document)
@@ -126,13 +188,15 @@ def _read_request(document: Any, where: str, result: ParseResult) -> None:
         for s, scope_spans in enumerate(resource_spans.scopeSpans):
             for k, raw in enumerate(scope_spans.spans):
                 try:
-                    result.spans.append(check_span(raw, resource))
+                    span = check_span(raw, resource)
                 except ShapeError as exc:
                     name = raw.get("name") if isinstance(raw, Mapping) else None
                     name = name[:80] if isinstance(name, str) else ""
                     label = f" ({name!r})" if name else ""
                     result.errors.append(f"{where} resourceSpans[{r}].scopeSpans[{s}].spans[{k}]{label}: {exc}; span skipped.")
                     result.rejected.append(RejectedSpan(*loose_ids(raw), name=name))
+                    continue
+                yield span
 
 
 def spans_to_otlp_json(spans: list[Any], resource: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -22,13 +22,16 @@ from ee_middleware.capture.store_redaction import StoreRedaction, read_store_red
 from ee_middleware.errors import IngestError
 from ee_middleware.ingest.dialects import adapt
 from ee_middleware.ingest.genai_schema import check_model_span
-from ee_middleware.ingest.otlp_json import RejectedSpan, read_otlp_json
+from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
 from ee_middleware.ingest.runs import group_runs
+from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Trajectory, utcnow
 from ee_middleware.store.protocol import ExperienceStore
 
 MAX_LISTED_PROBLEMS = 200
 MAX_LISTED_PER_FILE = 20
+WRITE_BATCH = 200
+"""New trajectories are written to the store in batches of this many (memory holds one batch)."""
 
 
 @dataclass
@@ -107,18 +110,31 @@ def ingest_spans(
     without it (a run whose root span was rejected would otherwise lose its status, for example).
     """
     report = report or IngestReport()
+    with SpanSpill() as spill:
+        report.spans += spill.add(adapt(span) for span in spans)
+        _ingest_traces(spill, store, app=app, approve_by=approve_by, redactor=redactor, report=report, rejected=rejected)
+    return report
+
+
+def _ingest_traces(
+    spill: SpanSpill,
+    store: ExperienceStore,
+    *,
+    report: IngestReport,
+    rejected: Iterable[RejectedSpan],
+    app: str | None = None,
+    approve_by: str | None = None,
+    redactor: Redactor | None = None,
+) -> None:
+    """Assemble the spilled spans trace by trace, writing the new trajectories in batches."""
     rejected_by_trace: dict[str, list[RejectedSpan]] = defaultdict(list)
     for bad in rejected:
         if bad.trace_id is not None:
             rejected_by_trace[bad.trace_id].append(bad)
     options = AssemblyOptions(app=app, redactor=_ingest_redactor(store, redactor), source="otlp-ingest")
-    by_trace: dict[str, list[SpanData]] = defaultdict(list)
-    for span in spans:
-        by_trace[span.trace_id].append(adapt(span))
-        report.spans += 1
     known = set(store.trajectories()["id"].to_list())
     new: list[Trajectory] = []
-    for trace_id, trace_spans in by_trace.items():
+    for trace_id, trace_spans in spill.traces():
         for trajectory in _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), options, report):
             if trajectory.id in known:
                 report.already_stored.append(trajectory.id)
@@ -127,9 +143,16 @@ def ingest_spans(
                 trajectory.approval = Approval(status="approved", by=approve_by, at=utcnow(), reason="approved at ingest")
             known.add(trajectory.id)
             new.append(trajectory)
-    store.write(new)
-    report.ingested.extend(t.id for t in new)
-    return report
+        if len(new) >= WRITE_BATCH:
+            _write(store, new, report)
+            new = []
+    _write(store, new, report)
+
+
+def _write(store: ExperienceStore, trajectories: list[Trajectory], report: IngestReport) -> None:
+    if trajectories:
+        store.write(trajectories)
+        report.ingested.extend(t.id for t in trajectories)
 
 
 def _trace_trajectories(
@@ -198,14 +221,19 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
 
 
 def ingest_files(paths: Sequence[str | Path], store: ExperienceStore, **kwargs: object) -> IngestReport:
-    """Read OTLP JSON files and ingest their spans; problems are collected, never raised."""
+    """Read OTLP JSON files (plain or gzip'd) and ingest their spans; problems are collected, never raised.
+
+    The files are read one request at a time and their spans kept on disk until every file is read
+    (a run's spans may be split across files), so memory does not grow with the input.
+    """
     report = IngestReport()
-    spans: list[SpanData] = []
     rejected: list[RejectedSpan] = []
-    for path in paths:
-        parsed = read_otlp_json(path)
-        report.files += 1
-        report.file_problems(path, parsed.errors)
-        spans.extend(parsed.spans)
-        rejected.extend(parsed.rejected)
-    return ingest_spans(spans, store, report=report, rejected=rejected, **kwargs)  # type: ignore[arg-type]
+    with SpanSpill() as spill:
+        for path in paths:
+            parsed = ParseResult()
+            report.spans += spill.add(adapt(span) for span in iter_otlp_json(path, parsed))
+            report.files += 1
+            report.file_problems(path, parsed.errors)
+            rejected.extend(parsed.rejected)
+        _ingest_traces(spill, store, report=report, rejected=rejected, **kwargs)  # type: ignore[arg-type]
+    return report
