@@ -13,6 +13,9 @@ and leaves what it does not change untouched:
   They become ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (OpenAI's chat shape, which the
   assembler reads under those names), unless the span already has them or another dialect's
   indexed attributes.
+* **OpenInference content parts**: a message whose content is a list of parts is written as
+  ``llm.{input,output}_messages.{i}.message.contents.{j}.message_content.type|text`` instead of
+  ``message.content``; its text parts, joined in order, become the message's content.
 * **pydantic-ai**: tool results in messages are ``tool_call_response`` parts with ``result`` where the
   conventions say ``response``; its version-2 tool spans put the call's arguments and result in
   ``tool_arguments`` / ``tool_response``.
@@ -21,6 +24,7 @@ and leaves what it does not change untouched:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -35,6 +39,7 @@ _CHOICE = "gen_ai.choice"
 _EVENT_CONTENT = "gen_ai.event.content"
 _FLAT_BODY = ("role", "content", "tool_calls", "id", "tool_call_id", "message", "index", "finish_reason")
 _LEGACY = {"gen_ai.content.prompt": ("gen_ai.prompt", "user"), "gen_ai.content.completion": ("gen_ai.completion", "assistant")}
+_CONTENT_PART_TEXT = re.compile(r"^(llm\.(?:input|output)_messages\.\d+\.message)\.contents\.(\d+)\.message_content\.text$")
 _INDEXED = {
     sc.INPUT_MESSAGES: ("gen_ai.prompt.", "llm.input_messages."),
     sc.OUTPUT_MESSAGES: ("gen_ai.completion.", "llm.output_messages."),
@@ -47,6 +52,7 @@ def adapt(span: SpanData) -> SpanData:
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_event_messages(span)
         attrs = _with_tool_responses(attrs)
+        attrs = _with_content_parts(attrs)
     elif op == sc.OP_EXECUTE_TOOL:
         attrs = _with_tool_span_keys(span.attributes)
     else:
@@ -148,3 +154,15 @@ def _with_tool_span_keys(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
         if source in attrs and target not in attrs
     }
     return {**attrs, **changed} if changed else attrs
+
+
+def _with_content_parts(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """OpenInference's ``message.contents.{j}.message_content.text`` joined into ``message.content``."""
+    texts: dict[str, list[tuple[int, str]]] = {}
+    for key, value in attrs.items():
+        match = _CONTENT_PART_TEXT.match(key) if ".contents." in key else None
+        if match and isinstance(value, str) and f"{match.group(1)}.content" not in attrs:
+            texts.setdefault(match.group(1), []).append((int(match.group(2)), value))
+    if not texts:
+        return attrs
+    return {**attrs, **{f"{message}.content": "".join(text for _, text in sorted(parts)) for message, parts in texts.items()}}

@@ -171,3 +171,33 @@ def test_model_spans_without_any_messages_are_a_problem_not_an_empty_trajectory(
     report = ingest_files([_write(tmp_path / "no-content.jsonl", _request(spans))], store)
     assert (report.problems, report.ingested) == (1, [])
     assert "carry no messages" in report.errors[0] and "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT" in report.errors[0]
+
+
+def test_openinference_messages_with_content_parts_keep_their_text(tmp_path, store):
+    """OpenInference writes a message whose content is a list of parts (OpenAI's content arrays,
+    Anthropic's blocks) as ``message.contents.{j}.message_content.type|text``, not ``message.content``.
+    Before, those messages were read as empty: no task, no answer, no steps, and no problem."""
+    llm = {
+        "openinference.span.kind": "LLM",
+        "llm.model_name": "gpt-4o",
+        "llm.input_messages.0.message.role": "system",
+        "llm.input_messages.0.message.content": "Be brief.",
+        "llm.input_messages.1.message.role": "user",
+        "llm.input_messages.1.message.contents.0.message_content.type": "text",
+        "llm.input_messages.1.message.contents.0.message_content.text": "What is 2+2? ",
+        "llm.input_messages.1.message.contents.1.message_content.type": "image",
+        "llm.input_messages.1.message.contents.1.message_content.image.image.url": "https://example.com/sum.png",
+        "llm.input_messages.1.message.contents.2.message_content.type": "text",
+        "llm.input_messages.1.message.contents.2.message_content.text": "Answer in digits.",
+        "llm.output_messages.0.message.role": "assistant",
+        "llm.output_messages.0.message.contents.0.message_content.type": "text",
+        "llm.output_messages.0.message.contents.0.message_content.text": "4",
+    }
+    spans = [
+        _span("f000000000000001", "agent", {"openinference.span.kind": "AGENT", "input.value": "What is 2+2?"}, end=5),
+        _span("f000000000000002", "ChatOpenAI", llm, parent="f000000000000001", start=1, end=2),
+    ]
+    report = ingest_files([_write(tmp_path / "oi.jsonl", _request(spans))], store)
+    assert report.problems == 0, report.errors
+    (t,) = store.iter_trajectories()
+    assert (t.task, t.final_answer, _steps(t)) == ("What is 2+2? Answer in digits.", "4", [("answer", "4")])
