@@ -49,6 +49,10 @@ class AssemblyOptions:
     redactor: Redactor | None = None
     max_observation_chars: int = 200_000
     source: str = "otlp-ingest"
+    model_calls_required: bool = True
+    """Whether a run without a model span is an error (ingest: the instrumentation left out the
+    messages). ``record_experience`` stores such runs too (a run resumed after a human review that
+    only runs tools, one that fails before the model): no steps, their tool results in ``messages``."""
 
 
 def split_runs(spans: Sequence[SpanData]) -> list[list[SpanData]]:
@@ -96,7 +100,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     root = _root(spans)
     chats = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) in sc.MODEL_OPERATIONS]
     tools = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL]
-    if not chats:
+    if not chats and options.model_calls_required:
         raise IngestError(
             f"Trace {root.trace_id}: no model span (gen_ai.operation.name='chat') in run {root.name!r}; "
             "a trajectory needs the model's inputs and outputs. Enable message capture in the instrumentation."
@@ -108,8 +112,12 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
     steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars, final_tool_messages)
     attrs = root.attributes
-    last_state, last_output = decisions[-1]["state"], decisions[-1]["outputs"]
-    task = attrs.get(sc.EE_TASK) or _first_user_text(decisions[0]["state"])
+    if decisions:
+        messages = decisions[-1]["state"] + decisions[-1]["outputs"]
+        task = attrs.get(sc.EE_TASK) or _first_user_text(decisions[0]["state"])
+    else:
+        messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
+        task = attrs.get(sc.EE_TASK) or _first_user_text(messages)
     status, error = _status(root, spans)
     try:
         trajectory = Trajectory(
@@ -123,8 +131,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             ),
             task=redact(task) if task else None,
             tools=_offered_tools(decisions),
-            model=_opt_str(chats[0].attributes.get(sc.REQUEST_MODEL) or chats[0].attributes.get(sc.RESPONSE_MODEL)),
-            messages=last_state + last_output,
+            model=_opt_str(chats[0].attributes.get(sc.REQUEST_MODEL) or chats[0].attributes.get(sc.RESPONSE_MODEL)) if chats else None,
+            messages=messages,
             final_answer=redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer,
             status=status,
             error=redact(error) if error else None,
@@ -213,6 +221,21 @@ def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
         state = [{"role": "system", "content": _system_text(system)}, *state]
     outputs = [m for m in _messages_attr(chat, sc.OUTPUT_MESSAGES) if m.get("role") in ("assistant", None)]
     return {"span": chat, "state": redact(state), "outputs": redact(outputs), "tools": memo.tool_schemas(chat)}
+
+
+def _messages_without_model(root: SpanData, tools: list[SpanData], redact: Any, max_chars: int) -> list[dict[str, Any]]:
+    """The messages of a run that called no model: its input, a tool message per tool it ran (the
+    calls were decided in an earlier run of the thread), then what it ended on."""
+    messages = redact(_messages_attr(root, sc.INPUT_MESSAGES))
+    for span in tools:
+        observation, _ = _observation(span, None, redact, max_chars)
+        assert observation is not None
+        messages.append({"role": "tool", "tool_call_id": str(span.attributes.get(sc.TOOL_CALL_ID) or ""), "content": observation.content})
+    known = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+    for message in redact(_messages_attr(root, sc.OUTPUT_MESSAGES)):
+        if not (message.get("role") == "tool" and message.get("tool_call_id") in known):
+            messages.append(message)
+    return messages
 
 
 def _system_text(system: Any) -> str:

@@ -112,7 +112,11 @@ def recording_parts(
         recorder_id=recorder_id,
         # span payloads are redacted as they are set, so assembly need not redact them again
         options=AssemblyOptions(
-            app=config.app, redactor=None, max_observation_chars=config.max_observation_chars, source="record_experience"
+            app=config.app,
+            redactor=None,
+            max_observation_chars=config.max_observation_chars,
+            source="record_experience",
+            model_calls_required=False,  # every run is stored, also one that called no model
         ),
         approve_if=approve_if,
         strict=strict,

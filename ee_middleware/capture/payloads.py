@@ -128,14 +128,16 @@ class PayloadEncoder:
 
     def tool_result(self, output: Any) -> tuple[str, bool, int]:
         """(text, is_error, truncated_chars) for a tool's return value."""
-        is_error = False
-        if hasattr(output, "tool_call_id") and hasattr(output, "content"):  # a ToolMessage
+        replies = _command_tool_messages(output)  # a Command's state update carries the reply the model sees
+        if replies:
+            is_error = any(getattr(m, "status", "success") == "error" for m in replies)
+            text = "\n".join(content_to_text(m.content) for m in replies)
+        elif hasattr(output, "tool_call_id") and hasattr(output, "content"):  # a ToolMessage
             is_error = getattr(output, "status", "success") == "error"
             text = content_to_text(output.content)
-        elif isinstance(output, str):
-            text = output
         else:
-            text = dumps(output)
+            is_error = False
+            text = output if isinstance(output, str) else dumps(output)
         text = self._redact(text)
         text, truncated = self._cut(text)
         return text, is_error, truncated
@@ -179,6 +181,26 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
         }
+
+
+def _command_tool_messages(output: Any) -> list[Any]:
+    """The tool messages in the state update of a LangGraph ``Command`` a tool returned (a handoff,
+    a tool that writes state); empty for anything else."""
+    if type(output).__name__ != "Command" or not hasattr(output, "update"):
+        return []
+    update = output.update
+    if isinstance(update, Mapping):
+        values: Any = update.get("messages")
+    elif isinstance(update, Sequence) and not isinstance(update, str):  # [(channel, value), ...]
+        values = [v for item in update if isinstance(item, tuple) and len(item) == 2 and item[0] == "messages" for v in [item[1]]]
+    else:
+        return []
+    if values is None:
+        return []
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        values = [values]
+    flat = [m for v in values for m in (v if isinstance(v, Sequence) and not isinstance(v, str) else [v])]
+    return [m for m in flat if hasattr(m, "tool_call_id") and hasattr(m, "content")]
 
 
 def _encode_tool_definitions(tools: Sequence[Any]) -> str:

@@ -95,7 +95,11 @@ class ExperienceSpanProcessor(SpanProcessor):
     ) -> None:
         self.store = store
         self.recorder_id = recorder_id
-        self.options = options or AssemblyOptions(source="record_experience" if recorder_id else "otel-processor")
+        self.options = options or (
+            AssemblyOptions(source="record_experience", model_calls_required=False)
+            if recorder_id
+            else AssemblyOptions(source="otel-processor")
+        )
         self.approve_if = approve_if
         self.strict = strict_default() if strict is None else strict
         self.redact_message = redact_message

@@ -1,0 +1,143 @@
+"""record_experience on agent shapes beyond a plain ``invoke``: streams that carry a run's outcome
+(structured output, ``return_direct`` tools, ``interrupt()``), ``astream_events``, resumed runs that
+never call the model, tools that return a ``Command``. Real LangGraph graphs, the real OTel SDK, the
+real local store; each in thread mode and with capture in a child process (same trajectories)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain.agents.middleware import HumanInTheLoopMiddleware
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import InjectedToolCallId, tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Command, interrupt
+
+from ee_middleware import record_experience
+from ee_middleware.records import Trajectory
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+
+OFFLOADS = pytest.mark.parametrize("offload", ["thread", "process"])
+pytestmark = pytest.mark.usefixtures("no_child_left")  # every child process started here is stopped
+
+
+def _recorded(agent: Any, store_path: Any) -> list[Trajectory]:
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(store_path)
+    try:
+        return sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    finally:
+        store.close()
+
+
+@tool(return_direct=True)
+def refund(order_id: str) -> str:
+    """Refund an order; its result goes straight to the user."""
+    return f"Refund for {order_id} issued."
+
+
+def _review_graph() -> Any:
+    """A model drafts, a human reviews it through ``interrupt()``; the resumed run calls no model."""
+    model = ScriptedChatModel(script=[AIMessage(content="draft reply")])
+
+    def review(state: MessagesState) -> dict[str, Any]:
+        verdict = interrupt({"question": "send this reply?"})
+        return {"messages": [AIMessage(content=f"reviewer said {verdict}")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("draft", lambda state: {"messages": [model.invoke(state["messages"])]})
+    builder.add_node("review", review)
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "review")
+    builder.add_edge("review", END)
+    return builder.compile(checkpointer=InMemorySaver())
+
+
+@OFFLOADS
+def test_a_resumed_run_that_calls_no_model_is_recorded(offload, store_path):
+    """Resuming after a human review often runs only tools or the reviewer's node: the run is still
+    stored, with its thread, status, the tool results it produced and its answer (was: lost, with
+    an error asking to 'enable message capture', raised by flush in strict mode)."""
+    graph = create_agent(
+        ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1")])]),
+        [refund],
+        middleware=[HumanInTheLoopMiddleware(interrupt_on={"refund": True})],
+        checkpointer=InMemorySaver(),
+    )
+    agent = record_experience(graph, app="shop", store=store_path, offload=offload)
+    config = {"configurable": {"thread_id": "hitl-1"}}
+    assert "__interrupt__" in agent.invoke({"messages": [("user", "refund A-1")]}, config)
+    done = agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+    assert done["messages"][-1].content == "Refund for A-1 issued."
+    paused, resumed = _recorded(agent, store_path)
+    call = paused.steps[-1].action.tool_call
+    assert (paused.status, call.name, paused.steps[-1].observation) == ("interrupted", "refund", None)
+    assert (resumed.status, resumed.thread_id, resumed.steps, resumed.model) == ("completed", "hitl-1", [], None)
+    assert resumed.final_answer == "Refund for A-1 issued."
+    assert {"role": "tool", "tool_call_id": call.id, "content": "Refund for A-1 issued."} in resumed.messages
+
+    review = record_experience(_review_graph(), app="shop", store=store_path / "review", offload=offload)
+    config = {"configurable": {"thread_id": "r-2"}}
+    review.invoke({"messages": [("user", "answer the customer")]}, config)
+    review.invoke(Command(resume="yes"), config)
+    paused, resumed = _recorded(review, store_path / "review")
+    assert (paused.status, resumed.status, resumed.final_answer) == ("interrupted", "completed", "reviewer said yes")
+
+
+@OFFLOADS
+def test_a_run_that_fails_before_calling_the_model_is_recorded_as_an_error(offload, store_path):
+    def load_profile(state: MessagesState) -> dict[str, Any]:
+        raise LookupError("customer profile service is down")
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("load_profile", load_profile)
+    builder.add_edge(START, "load_profile")
+    agent = record_experience(builder.compile(), app="shop", store=store_path, offload=offload)
+    with pytest.raises(LookupError):
+        agent.invoke({"messages": [("user", "where is my order?")]}, {"configurable": {"thread_id": "t-9"}})
+    [t] = _recorded(agent, store_path)
+    assert (t.status, t.thread_id, t.task, t.steps) == ("error", "t-9", "where is my order?", [])
+    assert "customer profile service is down" in t.error
+
+
+@OFFLOADS
+def test_a_tool_that_returns_a_command_is_observed_as_its_tool_message(offload, store_path):
+    """A tool that updates the graph state through a ``Command`` (handoffs, state-writing tools):
+    its observation is the tool message it returned, also for the last call of a run, which no
+    later model input shows (was: the JSON dump of the Command object)."""
+
+    @tool
+    def remember(fact: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Remember a fact about the customer."""
+        return Command(update={"messages": [ToolMessage(content=f"noted: {fact}", tool_call_id=tool_call_id)]})
+
+    @tool
+    def fail(reason: str) -> str:
+        """Always fails."""
+        raise RuntimeError(reason)
+
+    model = ScriptedChatModel(
+        script=[AIMessage(content="", tool_calls=[tool_call("remember", fact="likes pears"), tool_call("fail", reason="x")])]
+    )
+    bound = model.bind_tools([remember, fail])
+    builder = StateGraph(MessagesState)
+    builder.add_node("agent", lambda state: {"messages": [bound.invoke(state["messages"])]})
+    builder.add_node("tools", ToolNode([remember, fail], handle_tool_errors=False))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    agent = record_experience(builder.compile(), app="shop", store=store_path, offload=offload)
+    with pytest.raises(RuntimeError):
+        agent.invoke({"messages": [("user", "I like pears")]})
+    [t] = _recorded(agent, store_path)
+    assert [(s.action.tool_call.name, s.observation.content, s.observation.is_error) for s in t.steps] == [
+        ("remember", "noted: likes pears", False),
+        ("fail", "RuntimeError: x", True),
+    ]
