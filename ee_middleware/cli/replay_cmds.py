@@ -38,6 +38,13 @@ def run(
     k: int | None = typer.Option(None, "--k", "-k", min=1, help="Alternatives per recorded state. \\[default: 8]"),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (or Ray actors). \\[default: 1]"),
     executor: ExecutorChoice | None = typer.Option(None, "--executor", help="local worker processes, or a Ray cluster. \\[default: local]"),
+    requests_in_flight: int | None = typer.Option(
+        None,
+        "--requests-in-flight",
+        min=1,
+        help="Proposal requests per worker at once, for a policy behind a server that batches them (vLLM). "
+        "\\[default: 8 for openai: policies, else 1]",
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the proposals. \\[default: 0]"),
     temperature: float | None = typer.Option(None, "--temperature", min=0, help="Sampling temperature of model policies. \\[default: 1.0]"),
     policy_setting: list[str] | None = typer.Option(
@@ -73,6 +80,7 @@ def run(
         policy=policy,
         k=k,
         workers=workers,
+        requests_in_flight=requests_in_flight,
         executor=executor.value if executor else None,
         seed=seed,
         temperature=temperature,

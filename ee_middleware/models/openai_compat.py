@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,10 @@ from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelSer
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
 
 API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
+
+
+_CLIENT_LOCK = threading.Lock()
+"""Held while a client opens its connection pool (a module's lock: clients stay picklable)."""
 
 
 class OpenAIChatClient:
@@ -212,10 +217,14 @@ class OpenAIChatClient:
         )
 
     def _get_client(self, httpx: Any) -> Any:
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            self._client = httpx.Client(timeout=self.timeout_s, headers=headers, transport=self._transport)
-        return self._client
+        client = self._client
+        if client is None:
+            with _CLIENT_LOCK:  # threads asking at once (a replay worker's concurrent proposals) share one pool
+                if self._client is None:
+                    headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+                    self._client = httpx.Client(timeout=self.timeout_s, headers=headers, transport=self._transport)
+                client = self._client
+        return client
 
 
 def wire_messages(messages: Sequence[Message]) -> list[Message]:

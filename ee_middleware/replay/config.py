@@ -34,11 +34,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 from ee_middleware.store.registry import store_config_value
+
+DEFAULT_SERVED_REQUESTS = 8
+"""Proposal requests in flight per worker for an ``openai:`` policy when ``requests_in_flight`` is unset."""
 
 
 class ReplayConfig(BaseModel):
@@ -67,6 +70,13 @@ class ReplayConfig(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     max_new_tokens: int = Field(160, ge=1)
     workers: int = Field(1, ge=1)
+    requests_in_flight: int | None = Field(None, ge=1, le=1024)
+    """Proposal requests each worker keeps in flight at once (the states of a trajectory are proposed for
+    concurrently): for a policy behind a server that batches concurrent requests (vLLM). Default: 8 for an
+    ``openai:`` policy, 1 for every other one. ``mutate`` and ``local:`` take only 1 (the mutation policy is
+    CPU work, and a local model answers one request at a time: use more ``workers``); a plug-in policy may set it
+    when its ``propose`` can be called from several threads at once. It does not change the rollouts, so it is not
+    part of :attr:`replay_id` (where the server's answers do not depend on what it batches them with)."""
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     """Ray cluster to join (``auto``, ``ray://host:10001``); default: ``RAY_ADDRESS`` or a local cluster."""
@@ -99,6 +109,24 @@ class ReplayConfig(BaseModel):
             return dict(self.policy_settings)
         length = "max_tokens" if self.served_policy else "max_new_tokens"
         return {"temperature": self.temperature, "top_p": self.top_p, length: self.max_new_tokens, **self.policy_settings}
+
+    @model_validator(mode="after")
+    def _requests_fit_the_policy(self) -> ReplayConfig:
+        requests = self.requests_in_flight
+        if requests is not None and requests > 1 and (self.policy.strip() == "mutate" or self.policy.strip().startswith("local:")):
+            why = "CPU work in the worker" if self.policy.strip() == "mutate" else "a local model, which answers one request at a time"
+            raise ConfigError(
+                f"requests_in_flight={requests} needs a policy behind a server; {self.policy!r} is {why}. "
+                "Set --workers to replay with more processes instead, or leave requests_in_flight unset."
+            )
+        return self
+
+    @property
+    def proposal_requests(self) -> int:
+        """:attr:`requests_in_flight`, resolved: 8 for an ``openai:`` policy and 1 for any other when unset."""
+        if self.requests_in_flight is not None:
+            return self.requests_in_flight
+        return DEFAULT_SERVED_REQUESTS if self.served_policy else 1
 
     @property
     def served_policy(self) -> bool:

@@ -37,14 +37,24 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from ee_middleware._lifetime import die_with_parent
 from ee_middleware._optional import import_optional
-from ee_middleware.errors import EEError, MissingExtraError, ModelError, PolicyError, StoreError
+from ee_middleware.errors import (
+    EEError,
+    MissingExtraError,
+    ModelError,
+    ModelLoadError,
+    ModelRequestError,
+    ModelResponseError,
+    ModelServerError,
+    PolicyError,
+    StoreError,
+)
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
@@ -67,6 +77,18 @@ class WorkerSpec:
     store_marker: str | None = None
     """The text of the store's ``ee-store.json`` where the job read it: a worker writes only into a
     store whose marker reads the same (the same store, not another one at the same path elsewhere)."""
+    requests_in_flight: int = 1
+    """Proposal requests the worker keeps in flight at once (see :attr:`ReplayConfig.requests_in_flight`)."""
+
+
+def model_unusable(exc: ModelError) -> bool:
+    """Whether a model's error (the policy's, or an experience sandbox's) means no trajectory can be replayed: the
+    server is unreachable or failing after retries, refuses the key or the model's name (401, 403, 404), or a local
+    model does not load. A request it refuses otherwise (400: a state longer than its context), an answer it garbles
+    or messages its chat template cannot render fail that trajectory alone."""
+    if isinstance(exc, ModelRequestError):
+        return exc.status in (401, 403, 404)
+    return isinstance(exc, (ModelLoadError, ModelServerError)) and not isinstance(exc, ModelResponseError)
 
 
 class _Worker:
@@ -77,6 +99,7 @@ class _Worker:
         self._parts: tuple[Sandbox, Any] | None = None
         self._store: Any = None
         self._store_checked = False
+        self._requests: ThreadPoolExecutor | None = None
 
     def _build(self) -> tuple[Sandbox, Any]:
         from ee_middleware.replay.policies.proposer import Proposer
@@ -123,12 +146,23 @@ class _Worker:
             except Exception as exc:  # noqa: BLE001 - a damaged stored trajectory fails alone; the sandbox is fine
                 return self._failed(trajectory.id, exc)
         try:
-            return replay_trajectory(trajectory, sandbox, proposer, settings)
+            return replay_trajectory(trajectory, sandbox, proposer, settings, requests=self._request_threads())
         except (PolicyError, MissingExtraError):
             raise  # the policy is unusable (server down, model missing): stop the whole job
+        except ModelError as exc:
+            if model_unusable(exc):
+                raise  # every trajectory would fail the same way (retried each time): stop the job
+            self._close_parts()
+            return self._failed(trajectory.id, exc)
         except Exception as exc:  # noqa: BLE001 - one trajectory's failure must not stop the job
             self._close_parts()
             return self._failed(trajectory.id, exc)
+
+    def _request_threads(self) -> ThreadPoolExecutor | None:
+        """The threads that propose for a trajectory's states concurrently, when the spec asks for more than one."""
+        if self.spec.requests_in_flight > 1 and self._requests is None:
+            self._requests = ThreadPoolExecutor(self.spec.requests_in_flight, thread_name_prefix="ee-replay-propose")
+        return self._requests
 
     def _failed(self, trajectory_id: str, exc: Exception) -> ReplayOutcome:
         """A ``failed`` record for ``trajectory_id`` (retried by the next run), the error's last line as its reason."""
@@ -149,7 +183,10 @@ class _Worker:
 
     def close(self) -> None:
         store, self._store, self._store_checked = self._store, None, False
+        requests, self._requests = self._requests, None
         try:
+            if requests is not None:
+                requests.shutdown(wait=True, cancel_futures=True)  # before the policy closes: no request still uses it
             if store is not None:
                 store.close()  # seals (and syncs) this worker's spool segment
         finally:

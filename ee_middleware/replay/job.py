@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from ee_middleware.errors import EEError, PolicyError
+from ee_middleware.errors import EEError, ModelError, PolicyError
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.executors import (
     Executor,
@@ -179,6 +179,7 @@ def run_replay(
         policy_options=config.policy_options(),
         store=_worker_store_spec(store, config.store) if writers else None,
         store_marker=store_marker(store) if writers else None,
+        requests_in_flight=config.proposal_requests,
     )
     summary = ReplaySummary(
         replay_id=config.replay_id,
@@ -219,8 +220,11 @@ def run_replay(
         cause = getattr(exc, "cause", None)  # Ray wraps worker exceptions
         if isinstance(cause, EEError):
             exc = cause
+        saved = f"{n} trajectories finished before this are saved; re-run the same command to continue."
         if isinstance(exc, PolicyError):
-            raise PolicyError(f"{exc} ({n} trajectories finished before this are saved; re-run the same command to continue.)") from None
+            raise PolicyError(f"{exc} ({saved})") from None
+        if isinstance(exc, ModelError) and len(exc.args) == 1:
+            exc.args = (f"{exc} ({saved})",)  # the same error (its type and fields: url, status), told what is kept
         raise exc from None
     finally:
         if frozen:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,8 @@ from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from ee_middleware.replay.policies.proposer import ProposalResult, Proposer
     from ee_middleware.replay.policies.protocol import Candidate
     from ee_middleware.replay.sandboxes.protocol import Sandbox
@@ -91,8 +94,15 @@ def _same_observation(recorded: Observation, replayed: Observation) -> bool:
     return recorded.content == replayed.content
 
 
-def replay_trajectory(trajectory: Trajectory, sandbox: Sandbox, proposer: Proposer, settings: ReplaySettings) -> ReplayOutcome:
-    """Replay ``trajectory`` in ``sandbox`` with alternatives from ``proposer`` (see the module docstring)."""
+def replay_trajectory(
+    trajectory: Trajectory, sandbox: Sandbox, proposer: Proposer, settings: ReplaySettings, *, requests: Executor | None = None
+) -> ReplayOutcome:
+    """Replay ``trajectory`` in ``sandbox`` with alternatives from ``proposer`` (see the module docstring).
+
+    With ``requests`` (a thread pool), the states' proposals are asked for concurrently, as many at a time as it has
+    threads: for a policy that waits on a model server, which answers concurrent requests together. The proposals,
+    and so the rollouts, are the same as asked one after the other (each state's are seeded by the state alone).
+    """
     run = _Run(trajectory, sandbox, proposer, settings)
     tool_steps = [s for s in trajectory.steps if s.action.kind == "tool_call" and s.action.tool_call is not None]
     skipped = _reset_for_replay(run, tool_steps)
@@ -101,7 +111,7 @@ def replay_trajectory(trajectory: Trajectory, sandbox: Sandbox, proposer: Propos
     # Every state's proposals first: they read the recording only, never the sandbox, so the policy's work and the
     # sandbox's each run in one stretch with their code and data warm in the CPU's caches (BFCL, K=8: ~7% less CPU
     # per branch than alternating the two at every state).
-    proposed = [_propose(run, step) for step in tool_steps]
+    proposed = _propose_all(run, tool_steps, requests)
     for step, proposals in zip(tool_steps, proposed, strict=True):
         expert = step.action.tool_call
         assert expert is not None
@@ -228,14 +238,34 @@ def _branch(run: _Run, step: Step, proposals: ProposalResult) -> None:
         run.sandbox.restore(snapshot)
 
 
+def _propose_all(run: _Run, steps: list[Step], requests: Executor | None) -> list[ProposalResult]:
+    """The proposer's alternatives at every state in ``steps``, in order; rejections are counted by reason.
+
+    With ``requests``, the states are proposed for concurrently. The first state (in order) whose proposing raised
+    raises its error, as one after the other would, once the requests already sent have ended; the states not yet
+    started are not asked for.
+    """
+    if requests is None or len(steps) < 2:
+        results = [_propose(run, step) for step in steps]
+    else:
+        futures = [requests.submit(_propose, run, step) for step in steps]
+        try:
+            results = [future.result() for future in futures]
+        finally:  # after a failure: the states not started are dropped, and none still asks once this returns
+            for future in futures:
+                future.cancel()
+            wait(futures)
+    for proposals in results:
+        run.rejected.update(proposals.counts)
+    return results
+
+
 def _propose(run: _Run, step: Step) -> ProposalResult:
-    """The proposer's alternatives at ``step``, seeded per state; rejections are counted by reason."""
+    """The proposer's alternatives at ``step``, seeded per state (safe to call from several threads at once)."""
     trajectory, expert = run.trajectory, step.action.tool_call
     assert expert is not None
     point = DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=trajectory.tools, expert=expert)
-    proposals = run.proposer.propose(point, seed=derive_seed(run.settings.seed, trajectory.id, step.index))
-    run.rejected.update(proposals.counts)
-    return proposals
+    return run.proposer.propose(point, seed=derive_seed(run.settings.seed, trajectory.id, step.index))
 
 
 def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidate) -> Rollout:

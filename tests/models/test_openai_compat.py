@@ -214,3 +214,35 @@ def test_server_errors_carry_the_last_status_and_whether_it_timed_out() -> None:
     with pytest.raises(ModelServerError) as down:
         Script(httpx.ConnectError("refused")).client(retries=0).complete([{"role": "user", "content": "x"}])
     assert (down.value.status, down.value.timed_out) == (None, False)
+
+
+def test_threads_using_a_new_client_at_once_share_one_connection_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay worker proposes for several states at once through one client: its first requests, made together,
+    must open one pool (two would leave one unclosed). The pool's constructor is slowed so that the threads meet."""
+    import threading
+    import time
+
+    made: list[httpx.Client] = []
+    real_client = httpx.Client
+
+    def slow_client(*args: Any, **kwargs: Any) -> httpx.Client:
+        time.sleep(0.05)
+        made.append(real_client(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(httpx, "Client", slow_client)
+    client = Script(httpx.Response(200, json=completion(call_message("apple")))).client()
+    start = threading.Barrier(4)
+
+    def ask() -> None:
+        start.wait()
+        client.complete([{"role": "user", "content": "stock?"}], tools=TOOLS)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1
+    client.close()
+    assert made[0].is_closed

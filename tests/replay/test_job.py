@@ -209,3 +209,106 @@ def test_a_job_proposes_with_a_served_model(workers: int, bfcl_store_path: Path,
     assert summary.done == BFCL_ENTRIES and summary.failed == {}
     assert model.requests and {(r["n"], r["max_tokens"], r["temperature"]) for r in model.requests} == {(2, 48, 1.0)}
     assert summary.rejected_by_reason.get("unparsable", 0) >= 1  # the answers were read, and refused as calls
+
+
+class _InFlight:
+    """Answers a served policy's requests (text, which the proposer refuses, so the mutation policy refills every
+    state) and counts how many are in flight at once. Until two have met, a request waits (10 s at most, once) for a
+    second one: a job that asks for a trajectory's states together makes them meet, one that asks in turn never does."""
+
+    def __init__(self, wait_for_company: bool) -> None:
+        import threading
+
+        self.wait_for_company = wait_for_company
+        self.now = self.most = 0
+        self.lock = threading.Condition()
+
+    def __call__(self, messages: list[dict[str, Any]]) -> str:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.lock.notify_all()
+            if self.wait_for_company and not self.lock.wait_for(lambda: self.most >= 2, timeout=10):
+                self.wait_for_company = False  # none came: the job asks one at a time (and the test fails)
+        try:
+            return f"I would rather not call anything after {len(messages)} messages."
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def _propose_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("ee-replay-propose")]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_served_policy_is_asked_for_a_trajectorys_states_at_once_and_gives_the_same_rollouts(
+    workers: int, bfcl_store_path: Path, tmp_path: Path, serve: Any
+) -> None:
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(bfcl_store_path, twin)
+    in_flight = _InFlight(wait_for_company=False)
+    model = serve(in_flight)
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=model.spec, requests_in_flight=1))
+    assert in_flight.most == 1
+    in_flight.most, in_flight.wait_for_company = 0, True
+    config = ReplayConfig.load(store=twin, k=2, workers=workers, policy=model.spec)
+    assert config.proposal_requests == 8  # the default for a served policy
+    summary = run_replay(config)
+    assert summary.done == BFCL_ENTRIES and summary.failed == {}
+    if workers == 1:  # (two workers' requests meet anyway)
+        assert in_flight.most >= 2
+    assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
+    assert _propose_threads() == [], "the job's request threads end with it"
+
+
+def test_a_served_policy_that_is_down_stops_the_job_with_its_address(bfcl_store_path: Path) -> None:
+    import socket
+
+    from ee_middleware.errors import ModelServerError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(ModelServerError, match=f"127.0.0.1:{port}.*0 trajectories finished before this are saved") as stopped:
+        run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=f"openai:http://127.0.0.1:{port}/v1#m", requests_in_flight=4))
+    assert stopped.value.url.startswith(f"http://127.0.0.1:{port}/v1")
+    assert _propose_threads() == []
+    store = LocalExperienceStore(bfcl_store_path)
+    assert store.rollouts().height == 0 and store.replays().height == 0, "no trajectory is marked failed: the server was down"
+
+
+def test_a_request_a_served_policy_refuses_fails_its_trajectory_alone(bfcl_store_path: Path) -> None:
+    """A 400 (a state longer than the model's context) fails that trajectory; a 404 (no such model) stops the job."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ee_middleware.errors import ModelRequestError
+    from ee_middleware.testing.http import serving
+
+    refuse = {"status": 400}
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            data = json.dumps({"error": {"message": f"refused with {refuse['status']}"}}).encode()
+            self.send_response(refuse["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Refusing)) as url:
+        summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=f"openai:{url}#m", limit=2))
+        assert summary.done == 0 and len(summary.failed) == 2
+        assert all("ModelRequestError" in reason and "400" in reason for reason in summary.failed.values())
+        refuse["status"] = 404
+        with pytest.raises(ModelRequestError, match="404"):
+            run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=f"openai:{url}#m"))
