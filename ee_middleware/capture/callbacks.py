@@ -39,7 +39,7 @@ class RunCapture(BaseCallbackHandler):
     """Records the model and tool calls of one agent run as children of its ``invoke_agent`` span."""
 
     run_inline = True
-    ignore_chain = True
+    ignore_chain = False  # the graph's own run: what it returned, whether a node was interrupted
     ignore_retriever = True
     ignore_custom_event = True
 
@@ -52,8 +52,26 @@ class RunCapture(BaseCallbackHandler):
         self._open: dict[UUID, tuple[int, str, tuple[Any, ...]]] = {}
         self.fragments: FragmentCache = {}  # the run's encoded messages; touched only on the finisher thread
         self.calls: list[Call] | None = [] if buffered else None  # kept for the offload process, in end order
+        self._graph_run: UUID | None = None  # the first chain this handler sees: the recorded graph itself
+        self.graph_output: Any = None
+        """What the graph's run ended with (its final state), whichever way it was run: a stream's
+        chunks need not hold it (``stream_mode="updates"`` or ``"messages"``)."""
+        self.interrupted = False
+        """Whether a node stopped the run with ``interrupt()`` (a stream's chunks need not say so)."""
 
     # --- agent thread: note times and keep references ------------------------------------------
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if self._graph_run is None:
+            self._graph_run = run_id
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if run_id == self._graph_run:
+            self.graph_output = outputs
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        if is_interrupt(error):
+            self.interrupted = True
 
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
@@ -179,6 +197,11 @@ class RunCapture(BaseCallbackHandler):
         span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
         span.add_event("exception", encoder.exception_attributes(error))
         span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is LangGraph's way of pausing a run for a human (``interrupt()``)."""
+    return type(exc).__name__ in ("GraphInterrupt", "NodeInterrupt", "Interrupt")
 
 
 def _reply_messages(response: Any) -> list[Any]:

@@ -10,8 +10,10 @@ or, on a function that builds the graph::
     def build_agent():
         return create_react_agent(model, tools)
 
-``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch`` and ``abatch`` behave exactly as the
-graph's own (same results, same exceptions); everything else is passed through to the graph.
+``invoke``, ``ainvoke``, ``stream``, ``astream``, ``astream_events``, ``batch`` and ``abatch`` behave
+exactly as the graph's own (same results, same exceptions); everything else is passed through to the
+graph. A run's outcome (final state, interrupt) is taken from the graph's own run, not from what it
+returned, so every way of running it records the same trajectory.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from ee_middleware._version import __version__
-from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, root_attributes, sendable_calls
+from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, is_interrupt, root_attributes, sendable_calls
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.offload import ProcessOffload, frozen_problem, picklable_problem, private_provider, recording_parts
 from ee_middleware.capture.payloads import captured_error
@@ -334,25 +336,28 @@ class _Run:
         finally:
             otel_context.detach(token)
 
-    def finish(self, status: str | None = None) -> None:
+    def finish(self) -> None:
         if not self.enabled:
             return
-        output = self.output
-        if status is None:
-            status = "interrupted" if isinstance(output, Mapping) and output.get("__interrupt__") else "completed"
-        self._end(status, None)
+        returned = self.output  # invoke's: the state with "__interrupt__", a GraphOutput (version="v2"), a list of chunks
+        interrupted = self.handler.interrupted or bool(
+            returned.get("__interrupt__") if isinstance(returned, Mapping) else getattr(returned, "interrupts", None)
+        )
+        self._end("interrupted" if interrupted else "completed", None)
 
     def fail(self, exc: BaseException) -> None:
         if not self.enabled:
             return
         status = (
-            "interrupted" if _is_interrupt(exc) or isinstance(exc, (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)) else "error"
+            "interrupted" if is_interrupt(exc) or isinstance(exc, (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)) else "error"
         )
         self._end(status, exc)
 
     def _end(self, status: str, exc: BaseException | None) -> None:
         recorder, handler = self.recorder, self.handler
         handler.close_open_spans()
+        # the graph's final state, however it was run (see RunCapture); self.output is what the caller gets
+        output = handler.graph_output if handler.graph_output is not None else self.output
         error = exc if status == "error" else None
         if self.offload is not None:
             calls = sendable_calls(handler.calls or [])
@@ -364,21 +369,17 @@ class _Run:
                 status,
                 captured_error(error),
                 self.input,
-                self.output,
+                output,
                 self.environment,
                 calls,
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
                 recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_failure))
         else:
-            record = RunRecord(self.trajectory_id, 0, 0, self.thread_id, status, error, self.input, self.output, self.environment, [])
+            record = RunRecord(self.trajectory_id, 0, 0, self.thread_id, status, error, self.input, output, self.environment, [])
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
         recorder.finisher.run_ended()
-
-
-def _is_interrupt(exc: BaseException) -> bool:
-    return type(exc).__name__ in ("GraphInterrupt", "NodeInterrupt", "Interrupt")
 
 
 def _with_callback(config: dict[str, Any], handler: RunCapture) -> dict[str, Any]:
@@ -433,9 +434,19 @@ class RecordedGraph:
         return run.output
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[Any]:
+        return self._recorded_stream("stream", input, config, kwargs)
+
+    def astream(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        return self._recorded_astream("astream", input, config, kwargs)
+
+    def astream_events(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        """The graph's ``astream_events``, recorded as one run (it runs the graph's own ``astream``)."""
+        return self._recorded_astream("astream_events", input, config, kwargs)
+
+    def _recorded_stream(self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
         with self._recorder.run(input, config) as run:
             with run.active():
-                iterator = iter(self._graph.stream(input, run.config, **kwargs))
+                iterator = iter(getattr(self._graph, method)(input, run.config, **kwargs))
             while True:
                 with run.active():
                     try:
@@ -444,10 +455,12 @@ class RecordedGraph:
                         break
                 yield chunk
 
-    async def astream(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+    async def _recorded_astream(
+        self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
         with self._recorder.run(input, config) as run:
             with run.active():
-                iterator = self._graph.astream(input, run.config, **kwargs).__aiter__()
+                iterator = getattr(self._graph, method)(input, run.config, **kwargs).__aiter__()
             while True:
                 with run.active():
                     try:

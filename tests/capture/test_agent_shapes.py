@@ -5,17 +5,21 @@ real local store; each in thread mode and with capture in a child process (same 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
+from langchain.agents.structured_output import ToolStrategy
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command, interrupt
+from pydantic import BaseModel
 
 from ee_middleware import record_experience
 from ee_middleware.records import Trajectory
@@ -43,6 +47,20 @@ def refund(order_id: str) -> str:
     return f"Refund for {order_id} issued."
 
 
+class Restock(BaseModel):
+    item: str
+    ordered: int
+
+
+def _return_direct_agent() -> Any:
+    return create_agent(ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1")])]), [refund])
+
+
+def _structured_agent() -> Any:
+    model = ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("Restock", item="pear", ordered=5)])])
+    return create_agent(model, [], response_format=ToolStrategy(Restock))
+
+
 def _review_graph() -> Any:
     """A model drafts, a human reviews it through ``interrupt()``; the resumed run calls no model."""
     model = ScriptedChatModel(script=[AIMessage(content="draft reply")])
@@ -58,6 +76,75 @@ def _review_graph() -> Any:
     builder.add_edge("draft", "review")
     builder.add_edge("review", END)
     return builder.compile(checkpointer=InMemorySaver())
+
+
+def _invoke(agent: Any, graph_input: Any, config: Any) -> None:
+    agent.invoke(graph_input, config)
+
+
+def _stream_updates(agent: Any, graph_input: Any, config: Any) -> None:
+    list(agent.stream(graph_input, config, stream_mode="updates"))
+
+
+def _stream_messages(agent: Any, graph_input: Any, config: Any) -> None:
+    list(agent.stream(graph_input, config, stream_mode="messages"))
+
+
+def _astream_values(agent: Any, graph_input: Any, config: Any) -> Any:
+    async def run() -> None:
+        [chunk async for chunk in agent.astream(graph_input, config, stream_mode="values")]
+
+    return run()
+
+
+def _astream_events(agent: Any, graph_input: Any, config: Any) -> Any:
+    async def run() -> None:
+        [event async for event in agent.astream_events(graph_input, config, version="v2")]
+
+    return run()
+
+
+def _invoke_v2(agent: Any, graph_input: Any, config: Any) -> None:
+    agent.invoke(graph_input, config, version="v2")  # returns a GraphOutput, not the state
+
+
+RUN_WAYS: dict[str, Callable[..., Any]] = {
+    "invoke": _invoke,
+    "invoke-v2": _invoke_v2,
+    "stream-updates": _stream_updates,
+    "stream-messages": _stream_messages,
+    "astream-values": _astream_values,
+    "astream_events": _astream_events,
+}
+
+
+async def _run(way: str, agent: Any, graph_input: Any, config: Any = None) -> None:
+    pending = RUN_WAYS[way](agent, graph_input, config)
+    if pending is not None:
+        await pending
+
+
+@OFFLOADS
+@pytest.mark.parametrize("way", list(RUN_WAYS))
+async def test_every_way_of_running_records_the_outcome_of_the_run(way, offload, store_path):
+    """The final answer of a run that ends on a tool (return_direct, structured output) and the
+    status of a run paused by ``interrupt()`` are what the graph produced, however it was run: a
+    stream's chunks need not hold the final state (was: no final answer, and an interrupted stream
+    recorded as completed; astream_events was not recorded at all)."""
+    direct = record_experience(_return_direct_agent(), app="shop", store=store_path / "direct", offload=offload)
+    await _run(way, direct, {"messages": [("user", "refund A-1")]})
+    [t] = _recorded(direct, store_path / "direct")
+    assert (t.status, t.final_answer) == ("completed", "Refund for A-1 issued.")
+
+    structured = record_experience(_structured_agent(), app="shop", store=store_path / "structured", offload=offload)
+    await _run(way, structured, {"messages": [("user", "restock pears")]})
+    [t] = _recorded(structured, store_path / "structured")
+    assert t.status == "completed" and json.loads(t.final_answer) == {"item": "pear", "ordered": 5}
+
+    review = record_experience(_review_graph(), app="shop", store=store_path / "review", offload=offload)
+    await _run(way, review, {"messages": [("user", "answer the customer")]}, {"configurable": {"thread_id": "r-1"}})
+    [t] = _recorded(review, store_path / "review")
+    assert (t.status, t.thread_id, [s.action.content for s in t.steps]) == ("interrupted", "r-1", ["draft reply"])
 
 
 @OFFLOADS
