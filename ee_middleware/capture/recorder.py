@@ -10,9 +10,9 @@ or, on a function that builds the graph::
     def build_agent():
         return create_react_agent(model, tools)
 
-``invoke``, ``ainvoke``, ``stream``, ``astream``, ``astream_events``, ``batch`` and ``abatch`` behave
-exactly as the graph's own (same results, same exceptions); everything else is passed through to the
-graph. A run's outcome (final state, interrupt) is taken from the graph's own run, not from what it
+``invoke``, ``ainvoke``, ``stream``, ``astream``, ``astream_events``, ``batch``, ``abatch`` and their
+``*_as_completed`` forms behave exactly as the graph's own (same results, same exceptions); everything
+else is passed through to the graph. A run's outcome (final state, interrupt) is taken from the graph's own run, not from what it
 returned, so every way of running it records the same trajectory.
 """
 
@@ -477,23 +477,36 @@ class RecordedGraph:
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        from concurrent.futures import ThreadPoolExecutor
+        results = dict(self.batch_as_completed(inputs, config, return_exceptions=return_exceptions, **kwargs))
+        return [results[i] for i in range(len(inputs))]
+
+    def batch_as_completed(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Any]]:
+        """``(index, output)`` of each input as its run ends, each run recorded (as the graph's own)."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
         configs = _configs_for(inputs, config)
-        max_workers = (configs[0] or {}).get("max_concurrency") if configs else None
 
-        def one(pair: tuple[Any, Any]) -> Any:
+        def one(index: int) -> tuple[int, Any]:
             try:
-                return self.invoke(pair[0], pair[1], **kwargs)
+                return index, self.invoke(inputs[index], configs[index], **kwargs)
             except Exception as exc:
                 if return_exceptions:
-                    return exc
+                    return index, exc
                 raise
 
         if len(inputs) <= 1:
-            return [one(p) for p in zip(inputs, configs, strict=True)]
-        with ThreadPoolExecutor(max_workers=max_workers) as pool:
-            return list(pool.map(one, zip(inputs, configs, strict=True)))
+            yield from (one(i) for i in range(len(inputs)))
+            return
+        with ThreadPoolExecutor(max_workers=_max_concurrency(configs)) as pool:
+            for future in as_completed([pool.submit(one, i) for i in range(len(inputs))]):
+                yield future.result()
 
     async def abatch(
         self,
@@ -503,12 +516,48 @@ class RecordedGraph:
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
+        runs = self._aruns(inputs, config, kwargs)
+        return list(await asyncio.gather(*(runs(i) for i in range(len(inputs))), return_exceptions=return_exceptions))
+
+    async def abatch_as_completed(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """``(index, output)`` of each input as its run ends, each run recorded (as the graph's own)."""
+        runs = self._aruns(inputs, config, kwargs)
+
+        async def one(index: int) -> tuple[int, Any]:
+            try:
+                return index, await runs(index)
+            except Exception as exc:
+                if return_exceptions:
+                    return index, exc
+                raise
+
+        for next_done in asyncio.as_completed([one(i) for i in range(len(inputs))]):
+            yield await next_done
+
+    def _aruns(self, inputs: Sequence[Any], config: Any, kwargs: dict[str, Any]) -> Callable[[int], Any]:
+        """``index -> ainvoke of that input``, at most ``max_concurrency`` at once (as the graph's own)."""
         configs = _configs_for(inputs, config)
-        return list(
-            await asyncio.gather(
-                *(self.ainvoke(i, c, **kwargs) for i, c in zip(inputs, configs, strict=True)), return_exceptions=return_exceptions
-            )
-        )
+        limit = _max_concurrency(configs)
+        gate = asyncio.Semaphore(limit) if limit else None
+
+        async def run(index: int) -> Any:
+            if gate is None:
+                return await self.ainvoke(inputs[index], configs[index], **kwargs)
+            async with gate:
+                return await self.ainvoke(inputs[index], configs[index], **kwargs)
+
+        return run
+
+
+def _max_concurrency(configs: Sequence[Any]) -> int | None:
+    return (configs[0] or {}).get("max_concurrency") if configs else None
 
 
 def _configs_for(inputs: Sequence[Any], config: Any) -> list[Any]:

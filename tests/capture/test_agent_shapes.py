@@ -5,6 +5,7 @@ real local store; each in thread mode and with capture in a child process (same 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
 from langchain.agents.structured_output import ToolStrategy
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import InjectedToolCallId, tool
+from langchain_core.tools import InjectedToolCallId, StructuredTool, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
@@ -228,3 +229,52 @@ def test_a_tool_that_returns_a_command_is_observed_as_its_tool_message(offload, 
         ("remember", "noted: likes pears", False),
         ("fail", "RuntimeError: x", True),
     ]
+
+
+def _echo_agent(active: list[int], peak: list[int]) -> Any:
+    async def lookup_slowly(order_id: str) -> str:
+        active.append(1)
+        peak[0] = max(peak[0], len(active))
+        await asyncio.sleep(0.05)
+        active.pop()
+        return f"order {order_id}: shipped"
+
+    lookup = StructuredTool.from_function(
+        func=lambda order_id: f"order {order_id}: shipped",
+        coroutine=lookup_slowly,  # slowly: concurrent runs overlap
+        name="lookup",
+        description="Look an order up.",
+    )
+
+    def policy(messages: Any, tools: Any) -> AIMessage:
+        user = next(m for m in messages if m.type == "human").content
+        if messages[-1].type == "tool":
+            return AIMessage(content=f"{user}: {messages[-1].content}")
+        return AIMessage(content="", tool_calls=[tool_call("lookup", order_id=user)])
+
+    return create_agent(ScriptedChatModel(policy=policy), [lookup])
+
+
+def test_batch_as_completed_records_every_run(store_path):
+    """(was: passed through to the graph, so none of its runs was recorded)"""
+    agent = record_experience(_echo_agent([], [0]), app="shop", store=store_path)
+    inputs = [{"messages": [("user", f"A-{i}")]} for i in range(3)]
+    done = dict(agent.batch_as_completed(inputs))
+    assert sorted(done) == [0, 1, 2] and done[2]["messages"][-1].content == "A-2: order A-2: shipped"
+    recorded = _recorded(agent, store_path)
+    assert sorted(t.final_answer for t in recorded) == [f"A-{i}: order A-{i}: shipped" for i in range(3)]
+
+
+async def test_abatch_keeps_max_concurrency_and_abatch_as_completed_records_every_run(store_path):
+    """abatch runs at most ``max_concurrency`` runs at once, as the graph's own does (was: all at
+    once); abatch_as_completed records its runs (was: passed through unrecorded)."""
+    active: list[int] = []
+    peak = [0]
+    agent = record_experience(_echo_agent(active, peak), app="shop", store=store_path)
+    inputs = [{"messages": [("user", f"B-{i}")]} for i in range(6)]
+    outputs = await agent.abatch(inputs, {"max_concurrency": 2})
+    assert [o["messages"][-1].content for o in outputs] == [f"B-{i}: order B-{i}: shipped" for i in range(6)]
+    assert peak[0] == 2
+    done = {i: out async for i, out in agent.abatch_as_completed(inputs[:2])}
+    assert sorted(done) == [0, 1]
+    assert len(_recorded(agent, store_path)) == 8
