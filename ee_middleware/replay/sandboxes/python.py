@@ -177,7 +177,9 @@ class PythonSandbox:
         try:
             # A copy, so that the world never shares a list or dict with the caller's records.
             value = fn(*world, **copy.deepcopy(arguments))
-        except Exception as exc:  # noqa: BLE001 - a tool's failure is an observation, not a crash
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a tool's failure is an observation, not a crash
+            # SystemExit too: a tool that wraps a command line (argparse on bad arguments) or calls sys.exit()
+            # must not end the replay job. KeyboardInterrupt still stops it.
             return Observation(content=self._format_error(exc), is_error=True)
         is_error = bool(self._is_error_result(value)) if self._is_error_result else False
         return Observation(content=self._format_result(value), is_error=is_error)

@@ -102,3 +102,39 @@ def test_a_user_sandbox_is_named_by_module_and_factory() -> None:
         build_sandbox("no_such_module_xyz:make")
     with pytest.raises(SandboxError, match="isolation"):
         sandbox_factory("bfcl", isolation="docker")
+
+
+def cli_tool(shop: Shop, flags: list[str]) -> str:
+    """A tool that wraps a command line: argparse exits (SystemExit) on arguments it does not know."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="restock", exit_on_error=False)
+    parser.add_argument("--item", required=True)
+    options = parser.parse_args(flags)
+    return f"restocked {options.item}"
+
+
+def quitting_tool(shop: Shop) -> str:
+    raise SystemExit(3)
+
+
+def test_a_tool_that_exits_is_an_error_observation_not_the_end_of_the_replay(capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox = PythonSandbox(build, tools={"restock": cli_tool, "quit": quitting_tool})
+    sandbox.reset({"stock": {"apple": 1}})
+    assert sandbox.execute(call("restock", flags=["--item", "apple"])).content == "restocked apple"
+    bad = sandbox.execute(call("restock", flags=["--colour", "red"]))  # argparse prints usage and calls sys.exit(2)
+    assert bad.is_error and bad.content == "Error: SystemExit: 2"
+    exited = sandbox.execute(call("quit"))
+    assert exited.is_error and exited.content == "Error: SystemExit: 3"
+    assert sandbox.execute(call("check_stock", item="apple")).is_error  # not listed: the sandbox still answers
+    capsys.readouterr()
+
+
+def test_a_keyboard_interrupt_in_a_tool_still_stops_the_replay() -> None:
+    def interrupted(shop: Shop) -> str:
+        raise KeyboardInterrupt
+
+    sandbox = PythonSandbox(build, tools={"wait": interrupted})
+    sandbox.reset({"stock": {}})
+    with pytest.raises(KeyboardInterrupt):
+        sandbox.execute(call("wait"))
