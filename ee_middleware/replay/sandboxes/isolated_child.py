@@ -200,7 +200,17 @@ class ChildServer:
         if op == "snapshot":
             (handle,) = args
             state = self.inner.snapshot()
-            data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            except SandboxError:
+                raise  # the snapshot explained itself (PythonSandbox's does)
+            except Exception as exc:
+                kind = getattr(self.inner, "kind", type(self.inner).__name__)
+                raise SandboxError(
+                    f"The {kind} sandbox's snapshot ({type(state).__name__}) cannot be pickled, which a subprocess sandbox "
+                    f"(--isolation subprocess) needs to send it out of the child: {type(exc).__name__}: {exc}. "
+                    "Make snapshot() return data that pickles."
+                ) from exc
             self._keep(handle, state)
             return data
         if op == "restore":

@@ -44,16 +44,39 @@ class WorldSnapshot:
     """An immutable copy of a world. Pickled bytes when the world pickles (a restore is then one
     ``pickle.loads``, several times faster than ``copy.deepcopy``), else a deep copy."""
 
-    __slots__ = ("_copy", "_data")
+    __slots__ = ("_copy", "_data", "_kind")
 
-    def __init__(self, world: Any) -> None:
+    def __init__(self, world: Any, *, kind: str = "python") -> None:
+        self._kind = kind
         self._data: bytes | None
         try:
             self._data = pickle.dumps(world, protocol=pickle.HIGHEST_PROTOCOL)
             self._copy = None
         except Exception:  # noqa: BLE001 - locks, lambdas, open files: fall back to deepcopy
             self._data = None
-            self._copy = copy.deepcopy(world)
+            try:
+                self._copy = copy.deepcopy(world)
+            except Exception as exc:  # a connection, socket or file: say where it is and what to do
+                raise SandboxError(_uncopyable_message(kind, world, exc)) from exc
+
+    def __getstate__(self) -> tuple[bytes | None, Any, str]:
+        """Pickled (a subprocess sandbox sends its snapshots out as bytes): a deep-copied world must pickle too."""
+        if self._data is None:
+            try:
+                pickle.dumps(self._copy, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # say where the part that does not pickle is, and what to do
+                path, culprit = _failing_part(self._copy, "world", _pickles)
+                raise SandboxError(
+                    f"{self._kind} sandbox's world cannot be pickled, which a subprocess sandbox (--isolation subprocess) needs "
+                    f"to send its snapshots out of the child: {path} is a {_type_name(culprit)} ({type(exc).__name__}: {exc}). "
+                    "In process such a world is deep-copied instead. Keep lambdas, local functions, locks, connections and files "
+                    "out of the world (module-level functions pickle by name), or give the world's class __getstate__/__setstate__ "
+                    "(docs/sandboxes.md)."
+                ) from exc
+        return self._data, self._copy, self._kind
+
+    def __setstate__(self, state: tuple[bytes | None, Any, str]) -> None:
+        self._data, self._copy, self._kind = state
 
     def materialize(self) -> Any:
         """A fresh, independent copy of the world as it was at snapshot time."""
@@ -64,6 +87,54 @@ class WorldSnapshot:
     @property
     def pickled(self) -> bool:
         return self._data is not None
+
+
+def _uncopyable_message(kind: str, world: Any, exc: BaseException) -> str:
+    path, culprit = _failing_part(world, "world", _deep_copies)
+    return (
+        f"{kind} sandbox cannot snapshot its world: {path} is a {_type_name(culprit)}, which can be neither pickled nor "
+        f"deep-copied ({type(exc).__name__}: {exc}). Keep the world plain data (dicts, lists, dataclasses) and open "
+        "connections, files and sockets inside the tools, or give the world's class __getstate__/__setstate__ that save "
+        "and rebuild that part (docs/sandboxes.md: the retail example pickles its SQLite database as bytes)."
+    )
+
+
+def _deep_copies(value: Any) -> None:
+    copy.deepcopy(value)
+
+
+def _pickles(value: Any) -> None:
+    pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _failing_part(value: Any, path: str, check: Callable[[Any], None], seen: set[int] | None = None, depth: int = 0) -> tuple[str, Any]:
+    """The innermost part of ``value`` (and its path) that ``check`` fails on; ``value`` itself when no part is to blame.
+
+    Only for error messages: it checks parts again, level by level.
+    """
+    seen = set() if seen is None else seen
+    if id(value) in seen or depth > 32:
+        return path, value
+    seen.add(id(value))
+    if isinstance(value, Mapping):
+        parts: Any = ((f"{path}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        parts = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    elif hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
+        parts = ((f"{path}.{k}", v) for k, v in vars(value).items())
+    else:
+        return path, value
+    for where, part in parts:
+        try:
+            check(part)
+        except Exception:  # noqa: BLE001 - this part is (or holds) the culprit
+            return _failing_part(part, where, check, seen, depth + 1)
+    return path, value
 
 
 def format_result(value: Any) -> str:
@@ -192,10 +263,10 @@ class PythonSandbox:
                 journal.seal()
                 return JournalSnapshot(journal)
             except NotJournalable:  # a call stored something a journal cannot follow: copy whole worlds from now on
-                current = WorldSnapshot(self._world)
+                current = WorldSnapshot(self._world, kind=self.kind)
                 self._release()
                 self._world, self._journal = current.materialize(), None
-        return WorldSnapshot(self._world)
+        return WorldSnapshot(self._world, kind=self.kind)
 
     def restore(self, snapshot: WorldSnapshot | JournalSnapshot) -> None:
         self._check_open()

@@ -17,6 +17,7 @@ import copy
 import functools
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -194,3 +195,24 @@ PYTHON_SANDBOX_FACTORY = functools.partial(PythonSandbox, build_world, tools=TOO
 
 def broken_factory() -> CounterSandbox:
     raise RuntimeError("factory failed on purpose")
+
+
+def build_world_with_a_local_function(environment: dict[str, Any] | None) -> dict[str, Any]:
+    """A world that deep-copies (in process it replays fine) but does not pickle: it holds a lambda."""
+    return {**build_world(environment), "pricing": lambda quantity: quantity * 2}
+
+
+LAMBDA_WORLD_FACTORY = functools.partial(PythonSandbox, build_world_with_a_local_function, tools=TOOLS, kind="priced")
+"""A PythonSandbox whose snapshots cannot leave a subprocess sandbox's child (they must pickle there)."""
+
+
+class LockSnapshotSandbox(CounterSandbox):
+    """A sandbox whose snapshots hold a lock: fine in process, but they cannot leave a subprocess sandbox's child."""
+
+    kind = "locked"
+
+    def snapshot(self) -> Any:
+        return (copy.deepcopy(self.world), threading.Lock())
+
+    def restore(self, snapshot: Any) -> None:
+        super().restore(snapshot[0])

@@ -393,3 +393,31 @@ def test_the_child_exits_when_the_parent_is_killed_mid_call(tmp_path: Path) -> N
     finally:
         parent.kill()
         parent.stdout.close()
+
+
+def test_a_world_that_does_not_pickle_is_explained_when_snapshotted_in_the_child() -> None:
+    # In process the world is deep-copied and replays fine; a subprocess sandbox must send each snapshot out as bytes.
+    from tests.replay.sandboxes.counter_world import LAMBDA_WORLD_FACTORY
+
+    in_process = LAMBDA_WORLD_FACTORY()
+    in_process.reset({"counts": {"a": 1}})
+    in_process.restore(in_process.snapshot())
+    with SubprocessSandbox(LAMBDA_WORLD_FACTORY, memory_mb=None, control_timeout_s=10.0) as box:
+        box.reset({"counts": {"a": 1}})
+        with pytest.raises(SandboxError) as info:
+            box.snapshot()
+        message = str(info.value)
+        assert "priced sandbox" in message and "--isolation subprocess" in message
+        assert "world['pricing']" in message and "function" in message  # where the culprit is
+        assert "__getstate__" in message  # and how to fix it
+        assert value(box, "a") == "1"  # the sandbox still works
+
+
+def test_any_snapshot_that_does_not_pickle_is_explained() -> None:
+    from tests.replay.sandboxes.counter_world import LockSnapshotSandbox
+
+    with SubprocessSandbox(LockSnapshotSandbox, memory_mb=None, control_timeout_s=10.0) as box:
+        box.reset({"counts": {"a": 1}})
+        with pytest.raises(SandboxError, match=r"The locked sandbox's snapshot \(tuple\) cannot be pickled.*--isolation subprocess"):
+            box.snapshot()
+        assert value(box, "a") == "1"

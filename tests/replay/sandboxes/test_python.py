@@ -138,3 +138,27 @@ def test_a_keyboard_interrupt_in_a_tool_still_stops_the_replay() -> None:
     sandbox.reset({"stock": {}})
     with pytest.raises(KeyboardInterrupt):
         sandbox.execute(call("wait"))
+
+
+class Ledger:
+    """A world that holds an open connection: it neither pickles nor deep-copies."""
+
+    def __init__(self) -> None:
+        import sqlite3
+
+        self.rows = {"apple": 1}
+        self.db = sqlite3.connect(":memory:")
+
+
+def test_a_world_that_cannot_be_copied_is_a_clear_sandbox_error() -> None:
+    sandbox = PythonSandbox(
+        lambda environment: {"stock": {"apple": 1}, "ledger": Ledger()}, tools={"check_stock": check_stock}, kind="ledger"
+    )
+    sandbox.reset({})
+    with pytest.raises(SandboxError) as raised:
+        sandbox.snapshot()
+    message = str(raised.value)
+    assert "ledger sandbox" in message and "cannot snapshot its world" in message
+    assert "world['ledger'].db" in message and "sqlite3.Connection" in message  # where the culprit is
+    assert "__getstate__" in message and "docs/sandboxes.md" in message  # how to fix it
+    sandbox.world["ledger"].db.close()
