@@ -27,6 +27,10 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 * ``state_digest`` (optional, checked when the sandbox has it or ``require_digest=True``): equal
   states give equal digests (in this sandbox and in a second one built the same way), reading
   changes nothing, the mutating call changes it, and restore and reset bring the old one back.
+
+A failure names the broken promise, what the read calls showed against what they should have
+shown, and the usual cause: state kept outside the world (a module-level variable), or a tool that
+shows the clock, random numbers or fresh ids.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ UNKNOWN_TOOL = "ee_conformance_no_such_tool"
 """A tool name no sandbox has."""
 UNEXPECTED_ARGUMENT = "ee_conformance_unexpected_argument"
 """An argument name no tool takes."""
+
+OUTSIDE_STATE = (
+    "If a tool keeps state outside the world (a module-level variable, a class attribute, a file, a service), "
+    "no restore or reset puts it back: keep that state in the world."
+)
+NONDETERMINISM = (
+    "A tool that shows the clock, random numbers or fresh ids (uuid) answers differently every time, and replay reports "
+    "each such step as a fidelity error: take them from the world (a fixed time, a seeded random.Random built from the environment)."
+)
 
 
 def check_sandbox(
@@ -128,10 +141,25 @@ class _Probe:
             seen.append(observation.content)
         return tuple(seen)
 
+    def expect(self, expected: tuple[str, ...], promise: str, cause: str = OUTSIDE_STATE) -> None:
+        """The read calls show ``expected``, or fail with ``promise``, what they showed instead, and the usual ``cause``."""
+        seen = self.observe()
+        if seen != expected:
+            shown = "; ".join(
+                f"{_call_text(call)} showed {got!r:.300}, expected {want!r:.300}"
+                for call, got, want in zip(self.reads, seen, expected, strict=True)
+                if got != want
+            )
+            raise AssertionError(f"{promise}: {shown}. {cause}")
+
     def check_preconditions(self) -> None:
         self.sandbox.reset(self.environment)
         self.start = self.observe()
-        assert self.observe() == self.start, "reading twice shows different worlds: the read calls must not change anything"
+        self.expect(
+            self.start,
+            "reading twice shows different worlds: the read calls must not change anything and must answer alike",
+            f"Pick read calls that change nothing. {NONDETERMINISM}",
+        )
         self.start_snapshot = self.sandbox.snapshot()
         self.mutated = self.execute(self.mutate)
         assert not self.mutated.is_error, f"the mutating call {self.mutate.name} failed: {self.mutated.content!r}; pick one that works"
@@ -143,36 +171,47 @@ class _Probe:
     def check_restore_is_exact(self) -> None:
         after = self.sandbox.snapshot()
         self.sandbox.restore(self.start_snapshot)
-        assert self.observe() == self.start, "restore() must put the world back exactly as it was when the snapshot was taken"
+        self.expect(self.start, "restore() must put the world back exactly as it was when the snapshot was taken")
         self.sandbox.restore(self.start_snapshot)
-        assert self.observe() == self.start, "restoring the same snapshot again must give the same world"
+        self.expect(self.start, "restoring the same snapshot again must give the same world")
         self.sandbox.restore(after)
-        assert self.observe() == self.changed, "restoring a later snapshot must give the world as it was then"
+        self.expect(self.changed, "restoring a later snapshot must give the world as it was then")
         self.sandbox.restore(self.start_snapshot)
-        assert self.observe() == self.start, "snapshots must be restorable in any order"
+        self.expect(self.start, "snapshots must be restorable in any order")
 
     def check_branches_are_isolated(self) -> None:
         self.sandbox.restore(self.start_snapshot)
         again = self.execute(self.mutate)  # branch 1
-        assert self.mutated is not None and again.content == self.mutated.content, (
-            "the same call from the same snapshot must give the same observation"
-        )
-        assert self.observe() == self.changed, "the same call from the same snapshot must change the world the same way"
+        assert self.mutated is not None
+        if again.content != self.mutated.content:
+            raise AssertionError(
+                f"the same call from the same snapshot must give the same observation: {_call_text(self.mutate)} gave "
+                f"{self.mutated.content!r:.300}, then {again.content!r:.300}. {NONDETERMINISM}"
+            )
+        self.expect(self.changed, "the same call from the same snapshot must change the world the same way", NONDETERMINISM)
         self.sandbox.restore(self.start_snapshot)  # branch 2
-        assert self.observe() == self.start, "a mutating call made in one branch must not be visible after restoring for the next"
+        self.expect(self.start, "a mutating call made in one branch must not be visible after restoring for the next")
         fresh = self.sandbox.snapshot()
         self.execute(self.mutate)
         self.execute(self.mutate)
         self.sandbox.restore(fresh)
-        assert self.observe() == self.start, "a snapshot must not change when the world changes after it is taken"
+        self.expect(self.start, "a snapshot must not change when the world changes after it is taken")
 
     def check_reset_rebuilds_step_zero(self) -> None:
         self.sandbox.restore(self.start_snapshot)
         self.execute(self.mutate)
         self.sandbox.reset(self.environment)
-        assert self.observe() == self.start, "reset() must rebuild the world at step 0, whatever happened before"
+        self.expect(
+            self.start,
+            "reset() must rebuild the world at step 0, whatever happened before",
+            f"reset must build a fresh world from the environment each time (not return a shared object). {OUTSIDE_STATE}",
+        )
         for name in sorted({self.mutate.name, *(c.name for c in self.reads)}):
             assert self.sandbox.covers(name), f"covers({name!r}) must be true after a reset: the sandbox executes it"
+
+
+def _call_text(call: ToolCall) -> str:
+    return f"{call.name}({', '.join(f'{key}={value!r}' for key, value in call.arguments.items())})"
 
 
 def _check_shape(sandbox: Any, mutate: ToolCall, reads: list[ToolCall]) -> None:
@@ -190,7 +229,7 @@ def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall]) -> N
         assert observation.is_error, f"a bad call to {call.name} with {call.arguments} must give an error observation, got {observation!r}"
         assert observation.content, f"the error observation of {call.name} must say what went wrong"
     probe.sandbox.restore(probe.start_snapshot)
-    assert probe.observe() == probe.start, "after bad calls the sandbox must still work and restore exactly"
+    probe.expect(probe.start, "after bad calls the sandbox must still work and restore exactly")
 
 
 def _has_digest(sandbox: Any, environment: dict[str, Any] | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -209,3 +210,53 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
 def test_a_broken_sandbox_fails_with_the_broken_promise(make: Callable[[], Any], probe: dict[str, Any], message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_sandbox(make, **copy.deepcopy(probe))
+
+
+# --- a failure shows what the reads saw and names the usual cause -----------------------------------------
+
+_OUTSIDE = {"a": 0}
+
+
+def add_outside_the_world(world: dict[str, int], key: str, n: int = 1) -> int:
+    _OUTSIDE[key] = _OUTSIDE.get(key, 0) + n  # module-level state: no snapshot or reset puts it back
+    return _OUTSIDE[key]
+
+
+def get_outside_the_world(world: dict[str, int], key: str) -> int:
+    return _OUTSIDE.get(key, 0)
+
+
+def get_with_the_time(world: dict[str, int], key: str) -> str:
+    return f"{world.get(key, 0)} at {next(_ticks)}"  # as a tool that shows time.time() would
+
+
+@pytest.mark.parametrize(
+    ("tools", "probe", "shows", "cause"),
+    [
+        (
+            {"add": add_outside_the_world, "get": get_outside_the_world},
+            {**COUNTER, "read": ToolCall(id="r", name="get", arguments={"key": "a"})},
+            r"get\(key='a'\) showed '\d+', expected '\d+'",
+            "state outside the world",
+        ),
+        (
+            {"get": get_with_the_time},
+            COUNTER,
+            r"get\(key='a'\) showed '1 at \d+', expected '1 at \d+'",
+            "the clock, random numbers",
+        ),
+        (
+            {"add": add_with_a_ticket},
+            COUNTER,
+            r"add\(key='a', n=2\) gave '3 \(ticket \d+\)', then '3 \(ticket \d+\)'",
+            "the clock, random numbers",
+        ),
+    ],
+    ids=["module-level-state", "read-shows-the-clock", "call-returns-a-ticket"],
+)
+def test_a_failure_shows_the_observations_and_the_usual_cause(tools: dict[str, Any], probe: dict[str, Any], shows: str, cause: str) -> None:
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(python_variant(PythonSandbox, **tools), **copy.deepcopy(probe))
+    message = str(failed.value)
+    assert re.search(shows, message), message
+    assert cause in message, message
