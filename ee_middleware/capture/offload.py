@@ -86,7 +86,9 @@ def private_provider(config: CaptureConfig) -> TracerProvider:
     attrs = {"service.name": config.app}
     if config.app_version:
         attrs["service.version"] = config.app_version
-    return TracerProvider(resource=Resource.create(attrs))
+    # Not shut down at exit by the SDK: its exit hook ran before the recorder's (``_flush_at_exit``), which ends the runs
+    # still being finished, so the processor was closed by then and those runs were lost. The recorder closes it.
+    return TracerProvider(resource=Resource.create(attrs), shutdown_on_exit=False)
 
 
 def recording_parts(
