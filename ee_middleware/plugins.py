@@ -17,6 +17,7 @@ build their own parts: a built part never crosses a process boundary.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,21 @@ from ee_middleware.errors import EEError
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 """``package.module:attr.path``: what a user's own factory looks like."""
+
+
+def _options_not_taken(factory: Callable[..., Any], options: Mapping[str, Any]) -> list[str]:
+    """The names in ``options`` that ``factory`` has no keyword parameter for (none when its signature cannot be read
+    or it takes ``**kwargs``)."""
+    if not options:
+        return []
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    taken = {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return [name for name in options if name not in taken]
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,14 @@ class PluginKind:
         """Call ``factory`` for ``spec`` and check what it returns; every failure is this kind's error."""
         if not callable(factory):
             raise self.error(f"{spec!r} names {type(factory).__name__}, not a callable that builds a {self.kind}")
+        unknown = _options_not_taken(factory, options)
+        if unknown:
+            names = ", ".join(unknown)
+            raise self.error(
+                f"Bad options for {self.kind} {spec!r}: its factory {getattr(factory, '__qualname__', factory)!r} takes no "
+                f"option {names}. Add a keyword parameter with a default for it to the factory "
+                f"(e.g. `{unknown[0]}: bool = False`), or leave out the setting that passes it."
+            )
         try:
             part = factory(*args, **options)
         except EEError:

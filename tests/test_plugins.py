@@ -95,6 +95,7 @@ def test_entry_points_are_found_listed_and_loaded(installed_plugin: None) -> Non
         (f"{__name__}:NOT_CALLABLE", {}, "names int, not a callable that builds a gadget"),
         (f"{__name__}:not_a_gadget", {}, "returned object, which is not a Gadget: it needs a 'name' and 'run()'"),
         ("spanner", {"colour": "red"}, "Bad options for gadget 'spanner'"),
+        ("spanner", {"colour": "red"}, "takes no option colour. Add a keyword parameter with a default"),
         ("spanner", {"size": 0}, "Bad settings for gadget 'spanner': size must be positive"),
         (f"{__name__}:broken_factory", {}, "The factory of gadget"),
     ],
