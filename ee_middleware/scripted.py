@@ -23,8 +23,8 @@ from pydantic import Field
 Policy = Callable[[Sequence[BaseMessage], Sequence[dict[str, Any]]], AIMessage]
 
 
-def tool_call(name: str, **arguments: Any) -> dict[str, Any]:
-    """A LangChain tool-call dict for scripts (its id is filled in per reply)."""
+def tool_call(name: str, /, **arguments: Any) -> dict[str, Any]:
+    """A LangChain tool-call dict for scripts (its id is filled in per reply); a tool may take an argument called ``name``."""
     return {"name": name, "args": arguments, "id": None, "type": "tool_call"}
 
 
