@@ -187,7 +187,8 @@ def _print_summary(summary: Any, out: Any) -> None:
             continue
         out.print(
             f"[yellow]refused[/] {count} call(s) of [bold]{tool}[/]: it has side effects or is unknown, and sandbox "
-            f"{summary.sandbox!r} does not provide it. Add it to the sandbox (see docs/sandboxes.md), or mark it read-only."
+            f"{summary.sandbox!r} does not provide it. Add it to the sandbox with a world it acts on (see docs/sandboxes.md); "
+            "list it in read_only_tools only if calling it for real changes nothing anywhere."
         )
     for trajectory_id, reason in list(summary.skipped.items())[:10]:
         out.print(f"[yellow]skipped[/] {trajectory_id[:12]}: {reason}")
