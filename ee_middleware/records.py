@@ -26,7 +26,8 @@ Field by field:
     proposed it and with what sampling settings, the real observation the sandbox returned, whether
     it was an error, whether it is ``synthetic`` (true only for experience-model output) and then
     where it came from (``synthetic_source``: the model, the retrieved real transitions, its
-    reasoning), the sandbox kind and how long it took.
+    reasoning), the sandbox kind and how long it took. An observation the sandbox wrote about its own
+    failure (the tool timed out, crashed it or ran out of memory) says so in ``observation.sandbox_failure``.
 ``ReplayRecord``
     the outcome of replaying one trajectory under one replay configuration (``replay_id``): done,
     skipped (with the reason) or failed, with counts. The replay job uses it to resume.
@@ -42,15 +43,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ee_middleware.errors import RecordError
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 """Version of the record schema written by this library (1.1 added ``Rollout.unrestored`` and
 ``ReplayRecord.unrestorable``: redacted arguments replay could not restore; 1.2 added
 ``Rollout.synthetic_source``: the experience model's lineage, formerly under
-``proposer.settings["experience"]``)."""
+``proposer.settings["experience"]``; 1.3 added ``Observation.sandbox_failure``: an observation the
+sandbox wrote about itself, not the tool's answer)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
 TrajectoryStatus = Literal["completed", "error", "interrupted"]
+SandboxFailure = Literal["timeout", "crash", "memory"]
+"""How a sandbox failed to get a tool's answer: the call ran past its time limit (``timeout``), ended the
+sandbox's process (``crash``: a segfault, ``os._exit``, a signal) or hit its memory limit (``memory``)."""
+SANDBOX_FAILURES: tuple[str, ...] = ("timeout", "crash", "memory")
 Message = dict[str, Any]
 ToolSchema = dict[str, Any]
 
@@ -121,13 +127,18 @@ class Observation(_Record):
     content: str
     is_error: bool = False
     truncated_chars: int = 0
+    sandbox_failure: SandboxFailure | None = None
+    """Set (with ``is_error``) when the sandbox got no answer from the tool and ``content`` describes the sandbox's own
+    failure instead (the isolated sandbox's time, crash and memory limits): no production environment returns that
+    text, so dataset builders leave such rollouts out. ``None`` for a real answer, error or not. Recorded steps never
+    carry it (the store keeps it for rollouts only)."""
 
     def capped(self, max_chars: int) -> Observation:
         """This observation cut to ``max_chars`` characters, the cut added to ``truncated_chars``."""
         if len(self.content) <= max_chars:
             return self
         cut = len(self.content) - max_chars
-        return Observation(content=self.content[:max_chars], is_error=self.is_error, truncated_chars=self.truncated_chars + cut)
+        return self.model_copy(update={"content": self.content[:max_chars], "truncated_chars": self.truncated_chars + cut})
 
 
 class Step(_Record):

@@ -64,7 +64,8 @@ def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
 _STEP_FIELDS = frozenset(Step.model_fields)
 _ACTION_FIELDS = frozenset(Action.model_fields)
 _CALL_FIELDS = frozenset(ToolCall.model_fields)
-_OBSERVATION_FIELDS = frozenset(Observation.model_fields)
+_OBSERVATION_FIELDS = frozenset(Observation.model_fields) - {"sandbox_failure"}
+"""The observation fields the row path sets: a step's ``sandbox_failure`` is never stored (only rollouts carry one)."""
 
 
 def step_from_row(row: dict[str, Any]) -> Step:

@@ -117,9 +117,12 @@ ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
     "unrestored_json": pl.String(),
     "synthetic_model": pl.String(),
     "synthetic_source_json": pl.String(),
+    "sandbox_failure": pl.String(),
 }
 """``synthetic_*`` (schema 1.2): the experience model that wrote a synthetic observation; null in older parts,
-whose rollouts carry it in ``proposer_json`` (read back into ``Rollout.synthetic_source``)."""
+whose rollouts carry it in ``proposer_json`` (read back into ``Rollout.synthetic_source``).
+``sandbox_failure`` (schema 1.3): ``timeout``, ``crash`` or ``memory`` when the observation is the sandbox's own
+failure, not the tool's answer (``Observation.sandbox_failure``); null for a real answer and in older parts."""
 
 REPLAY_SCHEMA: dict[str, pl.DataType] = {
     "replay_id": pl.String(),
@@ -282,6 +285,7 @@ def rollout_row(r: Rollout) -> dict[str, Any]:
         "unrestored_json": dumps(r.unrestored) if r.unrestored else None,
         "synthetic_model": r.synthetic_source.model if r.synthetic_source else None,
         "synthetic_source_json": dumps(r.synthetic_source.model_dump(mode="json")) if r.synthetic_source else None,
+        "sandbox_failure": r.observation.sandbox_failure,
     }
 
 
@@ -299,7 +303,10 @@ def rollout_from_row(row: dict[str, Any]) -> Rollout:
         action=Action(kind="tool_call", tool_call=call) if call else Action(kind="answer"),
         proposer=ProposerInfo.model_validate(json.loads(row["proposer_json"])),
         observation=Observation(
-            content=row["observation"] or "", is_error=bool(row["is_error"]), truncated_chars=row["observation_truncated_chars"] or 0
+            content=row["observation"] or "",
+            is_error=bool(row["is_error"]),
+            truncated_chars=row["observation_truncated_chars"] or 0,
+            sandbox_failure=row.get("sandbox_failure"),
         ),
         is_error=bool(row["is_error"]),
         synthetic=bool(row["synthetic"]),

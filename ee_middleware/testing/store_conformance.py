@@ -84,8 +84,10 @@ def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conform
 
 
 def sample_rollout(rollout_id: str, trajectory_id: str, step_index: int, branch_index: int, *, replay_id: str = "replay-1") -> Rollout:
-    """A valid rollout: an alternative ``lookup`` call and its observation (every third one an error)."""
+    """A valid rollout: an alternative ``lookup`` call and its observation (every third one an error; at step 0 the
+    sandbox's own time-out, ``Observation.sandbox_failure``, which must round-trip too)."""
     is_error = branch_index % 3 == 2
+    failure = "timeout" if is_error and step_index == 0 else None
     return Rollout.model_validate(
         {
             "id": rollout_id,
@@ -96,7 +98,9 @@ def sample_rollout(rollout_id: str, trajectory_id: str, step_index: int, branch_
             "action": Action(kind="tool_call", tool_call=ToolCall(id=f"alt-{branch_index}", name="lookup", arguments={"i": branch_index})),
             "proposer": {"policy": "mutate", "seed": 7, "settings": {"k": 3}},
             "observation": Observation(
-                content=f"Error: no {branch_index}" if is_error else f"alt result {branch_index} ü", is_error=is_error
+                content=f"Error: no {branch_index}" if is_error else f"alt result {branch_index} ü",
+                is_error=is_error,
+                sandbox_failure=failure,
             ),
             "is_error": is_error,
             "sandbox": "conformance",
