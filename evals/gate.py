@@ -18,6 +18,7 @@ significantly at ``alpha``); the pooled delta over all suites must be at least `
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import defaultdict
@@ -137,6 +138,22 @@ def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]
     return dict(out)
 
 
+def unscored_suites(run_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """suite -> why, for the suites a run's ``summary.json`` lists with no task scored (every task excluded, or none)."""
+    try:
+        data = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for suite in data.get("suites", []) if isinstance(data, dict) else []:
+        if isinstance(suite, dict) and suite.get("suite") and not suite.get("tasks"):
+            excluded = suite.get("excluded_reasons") or {}
+            out[str(suite["suite"])] = (
+                "; ".join(f"{count} task(s) excluded: {why}" for why, count in excluded.items()) or "the suite has no task"
+            )
+    return out
+
+
 def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool]) -> SuiteComparison:
     shared = sorted(set(candidate) & set(baseline))
     a = sum(candidate[t] and baseline[t] for t in shared)
@@ -168,6 +185,10 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
     candidate, baseline = task_outcomes(candidate_dir), task_outcomes(baseline_dir)
     reasons: list[str] = []
     comparisons = []
+    unscored = {**unscored_suites(baseline_dir), **unscored_suites(candidate_dir)}
+    for suite, why in sorted(unscored.items()):
+        if suite not in candidate and suite not in baseline:
+            reasons.append(f"{suite}: no task was scored ({why})")
     for suite in sorted(set(candidate) | set(baseline)):
         if suite not in candidate or suite not in baseline:
             reasons.append(f"{suite}: only the {'candidate' if suite in candidate else 'baseline'} ran it; run both on the same suites")
@@ -179,7 +200,8 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
     pooled_b = {f"{s}/{t}": v for s in baseline for t, v in baseline[s].items() if s in candidate}
     overall = compare("overall", pooled_c, pooled_b) if comparisons else None
     if overall is None:
-        reasons.append("no suite was run by both runs")
+        if not unscored:
+            reasons.append("no suite was run by both runs")
     else:
         if overall.delta < policy.min_improvement:
             reasons.append(f"overall: delta {overall.delta:+.3f} is below the required improvement {policy.min_improvement:+.3f}")

@@ -61,12 +61,20 @@ def _pass_hat(per_task: dict[str, list[bool]], trials: int) -> dict[str, float]:
     return result
 
 
-def write_outputs(out: Path, rows: list[dict[str, Any]], job: Any, excluded: dict[str, dict[str, str]] | None = None) -> None:
-    """Results Parquet, summary JSON, markdown and HTML reports and the bar chart, each written atomically."""
+def write_outputs(
+    out: Path,
+    rows: list[dict[str, Any]],
+    job: Any,
+    excluded: dict[str, dict[str, str]] | None = None,
+    names: list[str] | None = None,
+) -> None:
+    """Results Parquet, summary JSON, markdown and HTML reports and the bar chart, each written atomically.
+
+    ``names``: every suite's name, those that scored no task included (default: the suites of ``rows``)."""
     import polars as pl
 
     rows = sorted(rows, key=lambda r: (r["suite"], r["task_id"], r["trial"]))
-    names = list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
+    names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
     with atomic_path(out / "results.parquet") as tmp:
         frame.write_parquet(tmp)

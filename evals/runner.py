@@ -92,7 +92,7 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     names = [suite.name for suite in suites.values()]
     rows = [r for r in done if r["suite"] in names]
     excluded = {suite.name: dict(getattr(suite, "excluded", None) or {}) for suite in suites.values()}
-    write_outputs(out, rows, job, excluded)
+    write_outputs(out, rows, job, excluded, names)
     return summarize(rows, names, excluded)
 
 

@@ -214,8 +214,13 @@ class ImproveConfig(BaseModel):
         from ee_middleware.evals.job import EvalJob
 
         options: dict[str, Any] = {"suites": self.suite_specs(), "model": model, "out": str(out), "split": str(split)}
-        if model.startswith("openai:") and "timeout_s" not in self.tables()["eval"]:
+        tables = self.tables()
+        if model.startswith("openai:") and "timeout_s" not in tables["eval"]:
             options["timeout_s"] = self.serving.timeout_s
+        replayed_in = tables["replay"].get("sandbox")
+        if "sandbox" not in tables["eval"] and isinstance(replayed_in, str) and not replayed_in.strip().startswith("experience:"):
+            # The held-out trajectories run in the world their siblings were replayed in (an experience model is not that world).
+            options["sandbox"] = replayed_in
         return EvalJob.load(self.config_path, **options)
 
     def gate_policy(self) -> GatePolicy:

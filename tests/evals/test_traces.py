@@ -191,3 +191,25 @@ def test_traces_specs_and_answer_facts() -> None:
     facts = answer_facts("Done: order #W5952658 is cancelled, $1,126.00 goes back to you in Raleigh.", observations)
     assert facts == ["w5952658", "1126.00", "raleigh"]
     assert answer_facts("Done: I have completed the request.", ["{}"]) == []
+
+
+def test_a_suite_that_scored_no_task_is_named_in_the_summary_and_by_the_gate(
+    retail_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Every held-out trajectory excluded (no sandbox): summary.json keeps the suite with its exclusions, and the gate
+    says that no task was scored and why (was: the suite and its reasons missing from summary.json, and the gate's only
+    reason 'no suite was run by both runs')."""
+    from ee_middleware.evals.gate import GatePolicy, gate
+
+    store, data, _ = retail_store
+    for side in ("a", "b"):
+        job = EvalJob(suites=[f"traces:{store}:retail-support:3"], model="noop", out=str(tmp_path / side), split=str(data))
+        [summary] = run_eval(job)
+        assert summary["tasks"] == 0 and summary["excluded"] > 0
+    [written] = json.loads((tmp_path / "a" / "summary.json").read_text())["suites"]
+    assert written["suite"] == summary["suite"] == f"traces:{store}:retail-support"
+    assert written["excluded_reasons"] == summary["excluded_reasons"]
+    outcome = gate(tmp_path / "a", tmp_path / "b", GatePolicy(min_tasks=1))
+    assert not outcome.passed
+    [reason] = outcome.reasons
+    assert f"traces:{store}:retail-support: no task was scored" in reason and "no sandbox for app 'retail-support'" in reason, reason

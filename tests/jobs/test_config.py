@@ -72,3 +72,16 @@ def test_runs_are_found_by_prefix_and_latest(tmp_path: Path) -> None:
     first.update(status="succeeded")
     assert runs.last_successful().id == first.id
     assert runs.resumable("h1").id == second.id
+
+
+def test_the_traces_suite_runs_in_the_replay_sandbox_unless_eval_names_one(tmp_path: Path) -> None:
+    """A user's tool world replayed with [replay] sandbox = "pkg:factory" is where its held-out trajectories are
+    evaluated too (was: no sandbox, so every held-out trajectory was excluded and the gate saw 0 tasks)."""
+    replay = '[replay]\nsandbox = "retail_db.sandbox:make_sandbox"\n'
+    config = ImproveConfig.load(_config(tmp_path, replay))
+    assert config.eval_job("noop", tmp_path / "e", tmp_path / "d").sandbox == "retail_db.sandbox:make_sandbox"
+    config = ImproveConfig.load(_config(tmp_path, replay + '[eval]\nsandbox = "mine:other"\n'))
+    assert config.eval_job("noop", tmp_path / "e", tmp_path / "d").sandbox == "mine:other"
+    synthetic = '[replay]\nsandbox = "experience:openai:http://x/v1#m"\n'  # a model of the world is not the world
+    assert ImproveConfig.load(_config(tmp_path, synthetic)).eval_job("noop", tmp_path / "e", tmp_path / "d").sandbox is None
+    assert ImproveConfig.load(_config(tmp_path)).eval_job("noop", tmp_path / "e", tmp_path / "d").sandbox is None
