@@ -2,8 +2,9 @@
 
 ``build_test_tokenizer`` trains a byte-level BPE tokenizer in memory on a few lines and wraps it as
 a fast Hugging Face tokenizer with a chat template; ``build_tiny_llama`` makes a randomly
-initialised 2-layer Llama (about 0.1M parameters plus embeddings) for it. Needs the ``[train]``
-extra.
+initialised 2-layer Llama (about 0.1M parameters plus embeddings) for it, ``build_tiny_model`` the
+same size in another architecture (``ARCHITECTURES``: Qwen2, Mistral, GPT-2), to check that nothing
+assumes Llama's module names. Needs the ``[train]`` extra.
 """
 
 from __future__ import annotations
@@ -65,6 +66,39 @@ def build_tiny_llama(tokenizer: Any, *, max_positions: int = 1024, seed: int = 0
         pad_token_id=tokenizer.pad_token_id,
     )
     return transformers.LlamaForCausalLM(config)
+
+
+ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2")
+"""What :func:`build_tiny_model` builds. GPT-2 has no ``q_proj``/``v_proj``: its attention is one fused ``c_attn`` (a Conv1D)."""
+
+
+def build_tiny_model(tokenizer: Any, architecture: str = "llama", *, max_positions: int = 1024, seed: int = 0) -> Any:
+    """A randomly initialised 2-layer causal LM of ``architecture`` (one of :data:`ARCHITECTURES`) sized for ``tokenizer``."""
+    if architecture == "llama":
+        return build_tiny_llama(tokenizer, max_positions=max_positions, seed=seed)
+    import torch
+    import transformers
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    tokens = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "vocab_size": len(tokenizer)}
+    if architecture == "gpt2":
+        config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=max_positions, **tokens)
+        return transformers.GPT2LMHeadModel(config)
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    common = {**sizes, **tokens, "max_position_embeddings": max_positions, "pad_token_id": tokenizer.pad_token_id}
+    if architecture == "qwen2":
+        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True))
+    if architecture == "mistral":
+        return transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=None))
+    raise ValueError(f"unknown architecture {architecture!r}: one of {', '.join(ARCHITECTURES)}")
+
+
+def save_tiny_model(folder: Path, tokenizer: Any, architecture: str = "llama", *, max_positions: int = 1024, seed: int = 0) -> Path:
+    """:func:`build_tiny_model` saved with its tokenizer as a base-model folder (``save_pretrained``)."""
+    build_tiny_model(tokenizer, architecture, max_positions=max_positions, seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def save_tiny_llama(folder: Path, tokenizer: Any, *, max_positions: int = 1024, seed: int = 0) -> Path:

@@ -230,6 +230,7 @@ def _manifest(
         "adapter_dir": str(output_dir),
         "config": config.model_dump(mode="json"),
         "base_model": base_info,
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": _adapted_modules(model)},
         "schedule": {"name": config.schedule, "stages": [s.describe() for s in stages], "rule": schedule.__doc__.strip()},
         "datasets": {
             kind: {**dataset.describe(), "render": prepared.stats[kind].describe()} for kind, dataset in prepared.datasets.items()
@@ -239,6 +240,12 @@ def _manifest(
         "metrics": metrics,
         "losses": [[s, v] for s, v in losses],
     }
+
+
+def _adapted_modules(model: Any) -> list[str]:
+    """The target modules the peft model was made with (the config's, or the base's default)."""
+    config = getattr(model, "peft_config", {}).get("default")
+    return sorted(getattr(config, "target_modules", None) or [])
 
 
 def _write_output(

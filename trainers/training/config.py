@@ -48,7 +48,9 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] | None = None
+    """The base's layers that get LoRA weights. ``None``: ``q_proj`` and ``v_proj`` where the base has them (Llama,
+    Qwen, Mistral, ...), else peft's default for its architecture (GPT-2: ``c_attn``)."""
 
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["linear", "constant"] = "linear"
@@ -80,7 +82,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if not self.target_modules:
+        if self.target_modules is not None and not self.target_modules:
             raise ValueError("target_modules must name at least one module, e.g. ['q_proj', 'v_proj']")
         return self
 

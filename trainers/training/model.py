@@ -99,16 +99,55 @@ def _load(folder: Path, **kwargs: Any) -> tuple[Any, Any]:
         raise BaseModelError(str(exc)) from exc
 
 
-def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
-    """The model wrapped in a fresh LoRA adapter (peft ``LoraConfig``)."""
-    peft = import_optional("peft", extra="train", purpose=_PURPOSE)
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in config.target_modules if m not in names]
+DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
+
+
+def linear_layer_names(model: Any) -> list[str]:
+    """The names (last part) of the layers LoRA can adapt: linear and GPT-2-style Conv1D layers, the output head left out."""
+    names = set()
+    for name, module in model.named_modules():
+        if type(module).__name__ in ("Linear", "Conv1D") and name:
+            names.add(name.rsplit(".", 1)[-1])
+    output = getattr(model, "get_output_embeddings", lambda: None)()
+    for name, module in model.named_modules():
+        if module is output and name:
+            names.discard(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def target_modules(model: Any, config: TrainConfig) -> list[str]:
+    """The layers to adapt: ``config.target_modules``, or the default for this base (see :class:`TrainConfig`)."""
+    layers = linear_layer_names(model)
+    have = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "")
+    wanted = list(config.target_modules or ())
+    if not wanted:
+        if all(m in have for m in DEFAULT_TARGET_MODULES):
+            return list(DEFAULT_TARGET_MODULES)
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+        wanted = list(PEFT_DEFAULTS.get(model_type) or ())
+        if not wanted or any(m not in have for m in wanted):
+            raise BaseModelError(
+                f"No default LoRA target modules for this {model_type or 'unknown'} base model (it has no q_proj/v_proj); "
+                f"its linear layers are {', '.join(layers) or 'none found'}. Set target_modules in [train] to some of them, "
+                "e.g. the attention projections."
+            )
+        return wanted
+    missing = [m for m in wanted if m not in have]
     if missing:
         raise BaseModelError(
-            f"The base model has no module(s) named {', '.join(missing)}; set target_modules to some of its linear layers "
-            "(Llama/Qwen-style models: q_proj, k_proj, v_proj, o_proj)."
+            f"The base model ({model_type or 'unknown type'}) has no module(s) named {', '.join(missing)}; "
+            f"its linear layers are {', '.join(layers) or 'none found'}. Set target_modules in [train] to some of them "
+            "(or leave it out for the default of this architecture)."
         )
+    return wanted
+
+
+def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
+    """The model wrapped in a fresh LoRA adapter (peft ``LoraConfig``) on :func:`target_modules`."""
+    peft = import_optional("peft", extra="train", purpose=_PURPOSE)
+    modules = target_modules(model, config)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -116,7 +155,7 @@ def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
+        target_modules=modules,
         task_type="CAUSAL_LM",
         bias="none",
     )

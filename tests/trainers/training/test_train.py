@@ -116,7 +116,33 @@ def test_plain_template_model_trains_on_tool_calls_as_text(plain_template_model_
     assert result.manifest["datasets"]["il"]["render"]["loss_tokens"] > 16 * 10
 
 
+@pytest.mark.parametrize("architecture", ["qwen2", "gpt2"])
+def test_other_architectures_train_with_the_default_target_modules(
+    architecture: str, tool_tokenizer: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    """The default target_modules fit the base: q_proj/v_proj where it has them, else peft's choice for its
+    architecture (GPT-2's fused c_attn). Was, for GPT-2: 'The base model has no module(s) named q_proj, v_proj'."""
+    from ee_middleware.testing.tiny_models import save_tiny_model
+
+    base = save_tiny_model(tmp_path / architecture, tool_tokenizer, architecture)
+    result = train(
+        TrainConfig(base_model=str(base), data=data_dir, output_dir=tmp_path / "out", max_steps=2, batch_size=4, backend="peft-loop"),
+        progress=False,
+    )
+    adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert sorted(adapter_config["target_modules"]) == (["c_attn"] if architecture == "gpt2" else ["q_proj", "v_proj"])
+    assert result.metrics["steps"] == 2 and result.manifest["lora"]["target_modules"] == sorted(adapter_config["target_modules"])
+
+
 # --- errors: each names the fix ---------------------------------------------------------------
+
+
+def test_target_modules_the_base_lacks_are_named_with_the_layers_it_has(tool_tokenizer: Any, data_dir: Path, tmp_path: Path) -> None:
+    from ee_middleware.testing.tiny_models import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "gpt2", tool_tokenizer, "gpt2")
+    with pytest.raises(BaseModelError, match=r"no module\(s\) named q_proj.*its linear layers are c_attn, c_fc, c_proj\b"):
+        train(config(base, data_dir, tmp_path / "out", target_modules=("q_proj", "v_proj")), progress=False)
 
 
 def test_missing_base_model(data_dir: Path, tmp_path: Path) -> None:
