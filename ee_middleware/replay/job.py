@@ -69,6 +69,9 @@ class ReplaySummary:
     unrestored_branches: int = 0
     """Rollouts whose proposed arguments held placeholders the sandbox could not be given the values of."""
     unrestorable_examples: list[dict[str, Any]] = field(default_factory=list)
+    sandbox_failures: dict[str, int] = field(default_factory=dict)
+    """Rollouts whose observation is the sandbox's own failure, by kind (``timeout``, ``crash``, ``memory``): stored
+    marked (``Observation.sandbox_failure``), left out of datasets."""
     vault: str | None = None
     """The redaction vault replay restored arguments from (``None``: none)."""
     duration_s: float = 0.0
@@ -104,6 +107,9 @@ class ReplaySummary:
         refused = Counter(self.refused_tools)
         refused.update(r.details.get("refused_tools", {}))
         self.refused_tools = dict(refused)
+        failures = Counter(self.sandbox_failures)
+        failures.update(r.details.get("sandbox_failures", {}))  # counted by the runner, wherever the rollouts went
+        self.sandbox_failures = dict(failures)
         for example in r.details.get("fidelity_mismatches", []):
             if len(self.fidelity_examples) < 5:
                 self.fidelity_examples.append({"trajectory_id": r.trajectory_id, **example})

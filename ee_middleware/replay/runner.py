@@ -20,6 +20,10 @@ whether a model wrote the observation, and such a rollout is stored ``synthetic`
 prediction that is not a usable observation is counted by reason (``details["synthetic_failures"]``)
 and never stored.
 
+Sandbox failures: an alternative the sandbox got no answer for (it timed out, crashed or ran out of memory:
+``Observation.sandbox_failure``) is stored with that mark, like any other rollout, and counted by kind
+(``details["sandbox_failures"]``); dataset builders leave it out.
+
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
 tool is refused and counted (with the tool's name, for the run's report), never executed.
 """
@@ -178,6 +182,9 @@ class _Run:
         unrestored = sum(bool(r.unrestored) for r in self.rollouts)
         if unrestored:
             details["unrestored_branches"] = unrestored
+        failures = Counter(r.observation.sandbox_failure for r in self.rollouts if r.observation.sandbox_failure)
+        if failures:
+            details["sandbox_failures"] = dict(failures)
         return {
             "states": states,
             "branches": len(self.rollouts),
@@ -318,6 +325,8 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
             # where they part, and a short diff (of both texts in full, not of the 300-character excerpts)
             **describe_mismatch(recorded.content, replayed.content, recorded_is_prefix=bool(recorded.truncated_chars)),
         }
+        if replayed.sandbox_failure:  # the sandbox's own failure, not a different answer of the tool
+            mismatch["sandbox_failure"] = replayed.sandbox_failure
         run.mismatches.append(mismatch)
 
 

@@ -14,6 +14,10 @@ job down: the inner sandbox lives in a child process started with ``spawn``, cal
   Python itself included) gets a ``MemoryError`` inside the child, which becomes an error observation
   saying how to raise the limit.
 
+Those error observations describe the sandbox, not the tool's answer, so they carry
+``Observation.sandbox_failure`` (``timeout``, ``crash`` or ``memory``): the rollout is stored with it and dataset
+builders leave it out.
+
 After a restart the world is rebuilt where replay expects it: the new child is reset to the last
 environment and then restored to the **last snapshot taken or restored** (what replay branches from),
 or left right after the last reset when there is none. Changes made after that snapshot are lost,
@@ -71,7 +75,7 @@ from pydantic import ValidationError
 from ee_middleware import errors
 from ee_middleware._lifetime import kill_process_group
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
-from ee_middleware.records import Observation, ToolCall
+from ee_middleware.records import Observation, SandboxFailure, ToolCall
 from ee_middleware.replay.sandboxes.isolated_child import SandboxFactory, child_main
 
 if TYPE_CHECKING:
@@ -303,14 +307,15 @@ class SubprocessSandbox:
             if self._needs_recovery:
                 self._recover()
             started = time.monotonic()
+            failure: SandboxFailure
             try:
                 return self._request("execute", (call,), self.timeout_s)
             except _ChildTimedOut:
                 elapsed = time.monotonic() - started
-                problem = f"timed out after {_seconds(self.timeout_s or elapsed)} s in the subprocess sandbox"
+                failure, problem = "timeout", f"timed out after {_seconds(self.timeout_s or elapsed)} s in the subprocess sandbox"
                 advice = " Raise SubprocessSandbox(timeout_s=...) if the tool is only slow."
             except _ChildDied as died:
-                problem = f"crashed the subprocess sandbox ({died.how})"
+                failure, problem = "crash", f"crashed the subprocess sandbox ({died.how})"
                 advice = ""
                 if self.memory_mb is not None and "signal" in died.how:
                     advice = f" If it ran out of memory, the limit is memory_mb={self.memory_mb}."
@@ -322,6 +327,7 @@ class SubprocessSandbox:
             return Observation(
                 content=f"Error: tool '{call.name}' {problem}; the sandbox was restarted and the world restored to {where}.{advice}",
                 is_error=True,
+                sandbox_failure=failure,
             )
 
     def snapshot(self) -> SubprocessSnapshot:

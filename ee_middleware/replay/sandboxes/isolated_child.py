@@ -246,7 +246,7 @@ class ChildServer:
         try:
             result = self.inner.execute(call)
         except MemoryError:
-            return Observation(content=self._memory_message(call.name), is_error=True)
+            return Observation(content=self._memory_message(call.name), is_error=True, sandbox_failure="memory")
         except SandboxError:
             raise  # the sandbox itself failed (misuse, broken world): the parent raises it as in-process
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a tool included: the child must survive
@@ -260,7 +260,7 @@ class ChildServer:
         if result.is_error and self.memory_mb is not None and "MemoryError" in result.content:
             # The inner sandbox caught the MemoryError itself; still say which limit was hit.
             hint = self._memory_message(call.name)
-            result = result.model_copy(update={"content": f"{result.content}\n{hint}"})
+            result = result.model_copy(update={"content": f"{result.content}\n{hint}", "sandbox_failure": "memory"})
         return result
 
     def _memory_message(self, tool: str) -> str:
