@@ -26,6 +26,11 @@ def build(
     include_synthetic: bool = typer.Option(
         False, "--include-synthetic", help="Also use experience-model (synthetic) rollouts; recorded in datasets.json."
     ),
+    include_sandbox_failures: bool = typer.Option(
+        False,
+        "--include-sandbox-failures",
+        help="Also use rollouts whose observation is the sandbox's own time-out, crash or memory error (left out by default).",
+    ),
     max_synthetic_share: float | None = typer.Option(
         None,
         "--max-synthetic-share",
@@ -64,6 +69,7 @@ def build(
         app=app_name,
         replay_id=replay_id,
         include_synthetic=include_synthetic or None,
+        include_sandbox_failures=include_sandbox_failures or None,
         max_synthetic_share=max_synthetic_share,
         chunk_mb=chunk_mb,
         iwm_max_error_share=max_error_share,
@@ -121,6 +127,13 @@ def build(
         notes = {k: v for k, v in info.items() if k not in ("path", "rows", "seconds")}
         table.add_row(name, str(info["rows"]), f"{info['seconds']:.2f}", ", ".join(f"{k}={v}" for k, v in notes.items()))
     out_console.print(table)
+    failures = summary.get("sandbox_failures_left_out") or {}
+    if failures.get("total"):
+        kinds_left = ", ".join(f"{n} {kind}" for kind, n in failures.items() if kind != "total" and n)
+        out_console.print(
+            f"left out {failures['total']} rollout(s) whose observation is the sandbox's own failure ({kinds_left}), not a tool's "
+            "answer; --include-sandbox-failures keeps them"
+        )
     synthetic = summary.get("synthetic_tasks")
     if synthetic:
         out_console.print(

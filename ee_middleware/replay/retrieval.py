@@ -127,9 +127,10 @@ def trajectory_transitions(trajectory: Trajectory) -> list[Transition]:
 
 
 def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition | None:
-    """A real rollout as a transition (``None`` for a synthetic one or an answer)."""
+    """A real rollout as a transition (``None`` for a synthetic one, an answer, or the sandbox's own failure:
+    ``Observation.sandbox_failure``, which no real tool returns)."""
     call = rollout.action.tool_call
-    if rollout.synthetic or call is None:
+    if rollout.synthetic or call is None or rollout.observation.sandbox_failure:
         return None
     step = next((s for s in trajectory.steps if s.index == rollout.step_index), None)
     return Transition(

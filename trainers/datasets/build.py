@@ -38,6 +38,7 @@ from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
+from ee_middleware.records import SANDBOX_FAILURES
 from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.iwm import IWMOptions
@@ -73,6 +74,10 @@ class DatasetConfig(BaseModel):
     """Only rollouts of this replay configuration (default: all real rollouts)."""
     include_synthetic: bool = False
     """Also use rollouts an experience model predicted (``synthetic``); recorded in ``datasets.json``'s config."""
+    include_sandbox_failures: bool = False
+    """Also use rollouts whose observation is the sandbox's own failure (a time-out, a crash, the memory limit:
+    ``Observation.sandbox_failure``). Off by default: the model would learn to predict the sandbox's messages, which no
+    production tool returns. How many were left out is ``datasets.json``'s ``sandbox_failures_left_out``."""
     iwm_max_observation_tokens: int = Field(512, ge=8)
     iwm_max_error_share: float = Field(0.5, ge=0, le=1)
     iwm_include_expert_steps: bool = True
@@ -136,7 +141,13 @@ def build_datasets(
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
-    reader = SourceReader(store, app=config.app, replay_id=config.replay_id, include_synthetic=config.include_synthetic)
+    reader = SourceReader(
+        store,
+        app=config.app,
+        replay_id=config.replay_id,
+        include_synthetic=config.include_synthetic,
+        include_sandbox_failures=config.include_sandbox_failures,
+    )
     index = reader.index()
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
     config.out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +160,7 @@ def build_datasets(
         "trajectories": index.trajectories.height,
         "steps": index.steps.height,
         "rollouts": index.rollouts.height,
+        "sandbox_failures_left_out": sandbox_failures_left_out(index),
         "config": json.loads(config.model_dump_json()),
         "redaction": {
             "kinds": redactor.rules.enabled_kinds(),
@@ -186,6 +198,13 @@ def build_datasets(
         summary["split"]["datasets"] = _build_split(reader, heldout_index, config, teacher, folder, redactor, heldout=True)
     atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
+
+
+def sandbox_failures_left_out(index: SourceIndex) -> dict[str, int]:
+    """Rollouts left out because the sandbox failed instead of the tool answering: ``total`` and each kind
+    (:data:`~ee_middleware.records.SANDBOX_FAILURES`, zero when none)."""
+    counts = {kind: index.sandbox_failures.get(kind, 0) for kind in SANDBOX_FAILURES}
+    return {"total": sum(index.sandbox_failures.values()), **counts}
 
 
 def cap_synthetic_tasks(index: SourceIndex, max_share: float, seed: int) -> tuple[SourceIndex, dict[str, Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -31,6 +31,8 @@ class DatasetSource:
     rollouts: pl.DataFrame
     unrestored_rollouts: int = 0
     """Rollouts left out because the sandbox answered a redaction placeholder, not the value (``Rollout.unrestored``)."""
+    sandbox_failures: dict[str, int] = field(default_factory=dict)
+    """Rollouts left out because their observation is the sandbox's own failure, by kind (``Observation.sandbox_failure``)."""
     content_hash: str | None = None
     """The hash of the whole source this is a group of trajectories of (see :attr:`source_hash`)."""
 
@@ -53,13 +55,22 @@ def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) 
     return digest.hexdigest()[:16]
 
 
-def load_source(store: Any, *, app: str | None = None, replay_id: str | None = None, include_synthetic: bool = False) -> DatasetSource:
+def load_source(
+    store: Any,
+    *,
+    app: str | None = None,
+    replay_id: str | None = None,
+    include_synthetic: bool = False,
+    include_sandbox_failures: bool = False,
+) -> DatasetSource:
     """Approved trajectories of ``store`` (optionally one app), their steps and rollouts.
 
     Rollouts flagged ``synthetic`` (experience-model output) are left out unless ``include_synthetic``:
     IWM learns from real observations only by default. So are
     rollouts whose arguments held redaction placeholders replay could not restore: their
-    observation answers the placeholder (``user not found``), not the value.
+    observation answers the placeholder (``user not found``), not the value; and, unless
+    ``include_sandbox_failures``, rollouts whose observation is the sandbox's own failure (a time-out, a
+    crash, the memory limit: ``Observation.sandbox_failure``), which no production tool returns.
     """
     trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json")
     ids = trajectories["id"].to_list()
@@ -71,7 +82,19 @@ def load_source(store: Any, *, app: str | None = None, replay_id: str | None = N
     if "unrestored_json" in rollouts.columns:
         restored = rollouts.filter(pl.col("unrestored_json").is_null())
         unrestored, rollouts = rollouts.height - restored.height, restored
-    return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rollouts, unrestored_rollouts=unrestored)
+    failures: dict[str, int] = {}
+    if not include_sandbox_failures and "sandbox_failure" in rollouts.columns:
+        failures = failure_counts(rollouts["sandbox_failure"])
+        rollouts = rollouts.filter(pl.col("sandbox_failure").is_null())
+    return DatasetSource(
+        trajectories=trajectories, steps=steps, rollouts=rollouts, unrestored_rollouts=unrestored, sandbox_failures=failures
+    )
+
+
+def failure_counts(kinds: pl.Series) -> dict[str, int]:
+    """How many of ``kinds`` (a rollouts' ``sandbox_failure`` column) are each kind of sandbox failure (nulls: none)."""
+    counted = kinds.drop_nulls().value_counts(sort=True)
+    return {str(kind): int(n) for kind, n in counted.iter_rows()}
 
 
 @dataclass(frozen=True)
@@ -88,19 +111,22 @@ class SourceIndex:
     steps: pl.DataFrame
     rollouts: pl.DataFrame
     unrestored_rollouts: int = 0
+    sandbox_failures: dict[str, int] = field(default_factory=dict)
+    """Rollouts left out because their observation is the sandbox's own failure, by kind (of the whole source)."""
 
     @cached_property
     def source_hash(self) -> str:
         return content_hash(self.trajectories["id"], self.rollouts["id"], self.steps.height)
 
     def subset(self, ids: Iterable[str]) -> SourceIndex:
-        """The index of only these trajectories (the unrestored count is the whole source's)."""
+        """The index of only these trajectories (the counts of rollouts left out are the whole source's)."""
         keep = pl.Series(sorted(set(ids)), dtype=pl.String).implode()
         return SourceIndex(
             self.trajectories.filter(pl.col("id").is_in(keep)),
             self.steps.filter(pl.col("trajectory_id").is_in(keep)),
             self.rollouts.filter(pl.col("trajectory_id").is_in(keep)),
             self.unrestored_rollouts,
+            self.sandbox_failures,
         )
 
     def storage_order(self) -> list[str]:
@@ -145,9 +171,18 @@ class SourceIndex:
 class SourceReader:
     """Reads a store's source a group of trajectories at a time (see the module docstring)."""
 
-    def __init__(self, store: Any, *, app: str | None = None, replay_id: str | None = None, include_synthetic: bool = False) -> None:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        app: str | None = None,
+        replay_id: str | None = None,
+        include_synthetic: bool = False,
+        include_sandbox_failures: bool = False,
+    ) -> None:
         self.replay_id = replay_id
         self.include_synthetic = include_synthetic
+        self.include_sandbox_failures = include_sandbox_failures
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
 
@@ -162,21 +197,26 @@ class SourceReader:
             [pl.col(c) if c in self._trajectories.columns else pl.lit(None, dtype=pl.String).alias(c) for c in TRAJECTORY_COLUMNS]
         )
 
-    def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None) -> tuple[pl.DataFrame, int]:
+    def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None) -> tuple[pl.DataFrame, int, dict[str, int]]:
         """The rollouts of these trajectories a build uses (of ``replay_id``; synthetic ones only with
-        ``include_synthetic``; repeats dropped; sorted as the store sorts them), with ``columns`` (default:
-        all), and how many were left out as unrestored (``Rollout.unrestored``)."""
+        ``include_synthetic``; sandbox failures only with ``include_sandbox_failures``; repeats dropped; sorted as
+        the store sorts them), with ``columns`` (default: all), how many were left out as unrestored
+        (``Rollout.unrestored``) and how many as sandbox failures, by kind (``Observation.sandbox_failure``)."""
         rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
         if self.replay_id is not None:
             rows = rows.filter(pl.col("replay_id") == self.replay_id)
         if not self.include_synthetic:
             rows = rows.filter(~pl.col("synthetic"))
-        restored = pl.col("unrestored_json").is_null().alias("_restored")
-        rows = rows.select(*columns, restored) if columns is not None else rows.with_columns(restored)
+        marks = [pl.col("unrestored_json").is_null().alias("_restored"), pl.col("sandbox_failure").alias("_failure")]
+        rows = rows.select(*columns, *marks) if columns is not None else rows.with_columns(marks)
         frame = self._drop("rollouts", rows.collect(engine="streaming"))
         frame = frame.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
-        kept = frame.filter(pl.col("_restored")).drop("_restored")
-        return kept, frame.height - kept.height
+        restored = frame.filter(pl.col("_restored"))
+        failures: dict[str, int] = {}
+        if not self.include_sandbox_failures:
+            failures = failure_counts(restored["_failure"])
+            restored = restored.filter(pl.col("_failure").is_null())
+        return restored.drop("_restored", "_failure"), frame.height - restored.height - sum(failures.values()), failures
 
     def index(self) -> SourceIndex:
         """The keys of the whole source (no state or observation text is kept)."""
@@ -190,8 +230,8 @@ class SourceReader:
             pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
         )
         steps = self._drop("steps", steps.collect(engine="streaming"))
-        rollouts, unrestored = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
-        return SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored)
+        rollouts, unrestored, failures = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
+        return SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored, failures)
 
     def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);
