@@ -169,6 +169,50 @@ class ImproveConfig(BaseModel):
         described["improve"] = {k: v for k, v in described["improve"].items() if k not in ("budgets", "serving")}
         return sha256_json(described)
 
+    def check(self) -> None:
+        """Build every stage's configuration now and look at the base model, so that a typo in a stage table, an unknown
+        suite or a base model that cannot be trained stops the job before it replays anything (found by the stage that
+        reads it, hours later, it left a failed run that the corrected file could not continue)."""
+        import difflib
+        import tempfile
+
+        if self.config_path is not None:
+            import tomllib
+
+            self.tables()  # a file that is not TOML is named here
+            known = ("improve", *STAGE_TABLES, "capture")
+            for table in tomllib.loads(self.config_path.read_text()):
+                close = difflib.get_close_matches(table, known, n=1, cutoff=0.75)
+                if table not in known and close:
+                    raise ConfigError(f"{self.config_path} has a table [{table}]: did you mean [{close[0]}]? (ee improve reads {known}.)")
+        folder = Path(tempfile.gettempdir()) / "ee-improve-check"
+        self.replay_config()
+        self.dataset_config(folder / "data", None)
+        train = self.train_config(folder / "data", folder / "adapter", max_steps=None)
+        self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
+        self.gate_policy()
+        from ee_middleware.evals.suites import SuiteSettings, load_suite
+
+        for spec in self.suite_specs():
+            load_suite(spec, SuiteSettings(split=str(folder / "data")))  # reads the spec only; nothing is loaded yet
+        self._check_base(train.base_model)
+        from ee_middleware.store.registry import open_store
+
+        open_store(self.store, create=False).close()  # a store that is not there is named before a run starts
+
+    def _check_base(self, base_model: str) -> None:
+        from ee_middleware.adapters.registry import open_registry
+        from ee_middleware.trainers.training.model import check_base
+
+        registry = open_registry(self.registry, create=True)
+        live = registry.resolve(self.alias_name)
+        if live is not None and Path(registry.get(live).base_model).is_dir():
+            return  # the candidate is trained from the live adapter's base
+        try:
+            check_base(base_model)
+        except Exception as exc:
+            raise ConfigError(f"base_model in [improve]: {exc}") from exc
+
     # --- the stages' own configs ------------------------------------------------------------------
 
     def replay_config(self, *, limit: int | None = None) -> ReplayConfig:

@@ -60,6 +60,7 @@ def run_improve(
     say = progress or QuietProgress()
     runs = RunsDir(config.runs)
     started = time.monotonic()
+    config.check()  # a config or base model that cannot work stops the job before a run is started
     with runs.lock():
         if new_run:
             for run_id in runs.abandon_unfinished("--new-run"):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, StoreError
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import RunNotFoundError
 from ee_middleware.jobs.runs import RunsDir
 from ee_middleware.jobs.stages import _apply_replay_budgets
+from ee_middleware.store import LocalExperienceStore
 
 
 def _config(tmp_path: Path, body: str = "") -> Path:
@@ -85,3 +86,60 @@ def test_the_traces_suite_runs_in_the_replay_sandbox_unless_eval_names_one(tmp_p
     synthetic = '[replay]\nsandbox = "experience:openai:http://x/v1#m"\n'  # a model of the world is not the world
     assert ImproveConfig.load(_config(tmp_path, synthetic)).eval_job("noop", tmp_path / "e", tmp_path / "d").sandbox is None
     assert ImproveConfig.load(_config(tmp_path)).eval_job("noop", tmp_path / "e", tmp_path / "d").sandbox is None
+
+
+def _improve_file(tmp_path: Path, base: Path, body: str = "") -> Path:
+    path = tmp_path / "improve.toml"
+    path.write_text(
+        f'[improve]\nstore = "{tmp_path / "s"}"\napp = "shop"\nregistry = "{tmp_path / "r"}"\nruns = "{tmp_path / "runs"}"\n'
+        f'base_model = "{base}"\n{body}'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[train]\nlora_rank = 4\n", r"Invalid train configuration: lora_rank: Extra inputs"),
+        ("[gate]\nmin_task = 2\n", r"Invalid gate policy configuration: min_task"),
+        ("[eval]\nmax_step_per_turn = 2\n", r"Invalid eval configuration: max_step_per_turn"),
+        ("[replay]\nkk = 2\n", r"kk"),
+        ('suites = ["trace:3"]\n', r"Cannot read the suite 'trace:3'"),
+        ("[improv]\nx = 1\n", r"a table \[improv\]: did you mean \[improve\]"),
+    ],
+)
+def test_a_stage_table_that_cannot_work_stops_the_job_before_a_run_starts(tmp_path: Path, body: str, message: str) -> None:
+    """Was: found only by the stage that reads it (train after replay and datasets), leaving a failed run that the
+    corrected file could not continue (another config hash: 'pass --new-run')."""
+    from ee_middleware.jobs.improve import run_improve
+
+    path = _improve_file(tmp_path, _base_folder(tmp_path), body)
+    with pytest.raises(ConfigError, match=message):
+        run_improve(ImproveConfig.load(path))
+    assert RunsDir(tmp_path / "runs").list() == []
+
+
+def _base_folder(tmp_path: Path, *, template: bool = True) -> Path:
+    """A base-model folder's files as far as the check reads them (config.json and the tokenizer's config)."""
+    import json
+
+    folder = tmp_path / ("base" if template else "base-no-template")
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"} if template else {}))
+    return folder
+
+
+def test_a_missing_base_model_or_store_or_chat_template_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
+    from ee_middleware.jobs.improve import run_improve
+
+    with pytest.raises(ConfigError, match=r"base_model in \[improve\]: No base model at .*nope"):
+        run_improve(ImproveConfig.load(_improve_file(tmp_path, tmp_path / "nope")))
+    with pytest.raises(ConfigError, match=r"has no chat template .*tokenizer.chat_template = "):
+        run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path, template=False))))
+    assert RunsDir(tmp_path / "runs").list() == []
+    with pytest.raises(StoreError, match=r"No experience store at .*s\b"):
+        run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))))
+    assert RunsDir(tmp_path / "runs").list() == []
+    LocalExperienceStore(tmp_path / "s").close()
+    ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))).check()  # a good file passes

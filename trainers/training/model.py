@@ -9,6 +9,7 @@ keyed by the file's hash. Training then loads that folder (well under a second),
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -168,3 +169,27 @@ def _file_hash(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def check_base(spec: str) -> BaseSource:
+    """:func:`resolve_base`, and for a plain folder also that its tokenizer has a chat template (read from its files,
+    without loading anything): a job checks its base this way before it spends hours on the stages before training."""
+    source = resolve_base(spec)
+    if source.gguf_file is not None:
+        return source  # a GGUF carries its template inside; it is read when the file is converted
+    folder = source.folder
+    try:
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        tokenizer_config = {}
+    if not tokenizer_config.get("chat_template") and not any((folder / name).is_file() for name in CHAT_TEMPLATE_FILES):
+        raise BaseModelError(
+            f"The tokenizer in {folder} has no chat template (no chat_template.jinja, none in tokenizer_config.json), so the "
+            "trainer cannot render chat prompts the way the served model will see them. Use an instruct model, or give this one "
+            "a template: tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(DIR) (e.g. the ChatML template of a "
+            "Qwen or SmolLM2 instruct model)."
+        )
+    return source
