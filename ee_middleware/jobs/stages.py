@@ -308,7 +308,7 @@ def datasets(ctx: StageContext) -> StageResult:
     if not heldout.get("il"):
         raise JobError(
             f"The held-out rule ({split.get('rule')}) held out no trajectory with an expert action, so nothing can be evaluated. "
-            "Raise heldout_share in [datasets] or approve more trajectories."
+            + _heldout_fix(split.get("rule") or {}, ctx.config.app)
         )
     result = StageResult(
         inputs={"store": str(ctx.config.store), "source_hash": summary["source_hash"], "replay_id": replay_id},
@@ -332,6 +332,20 @@ def datasets(ctx: StageContext) -> StageResult:
     rows = ", ".join(f"{kind} {n}" for kind, n in result.outputs["rows"].items())
     result.summary = f"{rows} rows; {result.outputs['heldout_trajectories']} trajectories held out"
     return result
+
+
+def _heldout_fix(rule: dict[str, Any], app: str) -> str:
+    """What to change in [datasets] when its held-out rule held out nothing."""
+    if rule.get("ids"):
+        return (
+            f"None of the {rule['ids']} trajectory id(s) in heldout_ids is an approved trajectory of {app} with a tool call or answer: "
+            "check the file against `ee traces list --status approved`."
+        )
+    if rule.get("app"):
+        return f"heldout_app = {rule['app']!r} matched no approved trajectory learned from (app {app}): check the app name."
+    if rule.get("started_after") or rule.get("started_before"):
+        return "No approved trajectory started in the heldout_started_after/before window: move it, or use heldout_share."
+    return "Raise heldout_share in [datasets] or approve more trajectories."
 
 
 # --- train -------------------------------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""``ee improve`` on a tool world and a base model its BFCL tests do not use: the retail example's SQLite agent (a real
+LangGraph graph with a scripted expert model, recorded with record_experience), replayed in its own PythonSandbox,
+and a tiny random GPT-2 (TEST model: fused c_attn attention, no q_proj/v_proj) whose chat template knows no tools."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.errors import JobError
+from ee_middleware.jobs.improve import run_improve
+from ee_middleware.jobs.runs import RunsDir
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+if str(EXAMPLES) not in sys.path:  # the retail example imports as retail_db (as tests/examples/conftest.py does)
+    sys.path.insert(0, str(EXAMPLES))
+
+APP = "retail-support"
+NO_TOOLS_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def retail_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from retail_db.agent import record_experts
+
+    folder = tmp_path_factory.mktemp("retail")
+    record_experts(folder / "experience", folder, redact=False)
+    return folder / "experience"
+
+
+@pytest.fixture(scope="module")
+def gpt2_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from retail_db.agent import SYSTEM_PROMPT
+
+    from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_model
+
+    tokenizer = build_test_tokenizer([SYSTEM_PROMPT, "find_user_by_email order_id user_id cancel_order"], chat_template=NO_TOOLS_TEMPLATE)
+    return save_tiny_model(tmp_path_factory.mktemp("gpt2") / "base", tokenizer, "gpt2", max_positions=512)
+
+
+def _config(folder: Path, base: Path, datasets: str = "heldout_share = 0.25") -> Path:
+    path = folder / "improve.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            [improve]
+            store = "{folder / "experience"}"
+            app = "{APP}"
+            registry = "{folder / "registry"}"
+            runs = "{folder / "runs"}"
+            base_model = "{base}"
+            schedule = "iwm"
+            suites = ["traces:2"]
+            likelihood_states = 4
+            [replay]
+            sandbox = "retail_db.sandbox:make_sandbox"
+            k = 2
+            [datasets]
+            {datasets}
+            [train]
+            max_steps = 2
+            batch_size = 2
+            max_length = 256
+            backend = "peft-loop"
+            max_lost_context_share = 1.0
+            [eval]
+            max_tokens = 8
+            max_steps_per_turn = 1
+            [gate]
+            min_tasks = 1
+            """
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, retail_template: Path) -> Path:
+    shutil.copytree(retail_template, tmp_path / "experience")
+    return tmp_path
+
+
+def test_a_gpt2_base_learns_from_the_retail_agent_and_is_evaluated_in_its_sandbox(workspace: Path, gpt2_base: Path) -> None:
+    run = run_improve(ImproveConfig.load(_config(workspace, gpt2_base)))
+    assert run.status == "succeeded", run.data.get("error")
+    adapter = json.loads((Path(run.outputs("train")["adapter_dir"]) / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == ["c_attn"]
+    [suite] = run.outputs("evaluate")["runs"]["candidate"]["suites"]
+    assert suite["tasks"] == 2, suite  # the held-out retail trajectories ran in the retail sandbox
+    assert run.outputs("evaluate")["likelihood"]["states"] == 4
+    assert run.outputs("gate")["task_success"]["overall"]["tasks"] == 2
+
+
+def test_held_out_ids_that_match_nothing_name_the_file_not_heldout_share(workspace: Path, gpt2_base: Path) -> None:
+    (workspace / "ids.txt").write_text("not-a-trajectory\n")
+    config = ImproveConfig.load(_config(workspace, gpt2_base, f'heldout_ids = "{workspace / "ids.txt"}"'))
+    with pytest.raises(JobError, match=r"None of the 1 trajectory id\(s\) in heldout_ids is an approved trajectory of retail-support"):
+        run_improve(config)
+    [run] = RunsDir(workspace / "runs").list()
+    assert run.status == "failed" and "heldout_share" not in run.data["error"]
