@@ -76,7 +76,7 @@ def run_improve(
         else:
             done = [name for name in STAGES if run.stage_done(name)]
             run.update(status=RUNNING, attempts=int(run.data.get("attempts", 1)) + 1, resumed_at=now(), error=None)
-            say.info(f"continuing run {run.id} ({run.data['attempts']}th attempt; finished stages: {', '.join(done) or 'none'})")
+            say.info(f"continuing run {run.id} (attempt {run.data['attempts']}; finished stages: {', '.join(done) or 'none'})")
         if (run.folder / CONFIG_COPY).is_file():  # the stages read the file as it was when the run started
             config = config.model_copy(update={"config_path": run.folder / CONFIG_COPY})
         deadline = started + 60 * config.budgets.max_minutes if config.budgets.max_minutes else None

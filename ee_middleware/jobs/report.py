@@ -72,12 +72,18 @@ def _pct(value: float | None) -> str:
 
 
 def _duration(run: Run) -> str:
+    """Wall time from start to finish; for a run continued by later attempts, the stages' own time as well (the time
+    between attempts, a night perhaps, is no work of the run's)."""
     try:
         start = datetime.fromisoformat(run.data["started_at"])
         end = datetime.fromisoformat(run.data.get("finished_at") or run.data.get("updated_at"))
     except (TypeError, ValueError, KeyError):
         return "-"
-    return f"{(end - start).total_seconds() / 60:.1f} min"
+    text = f"{(end - start).total_seconds() / 60:.1f} min"
+    if int(run.data.get("attempts", 1)) > 1:
+        worked = sum(float(m.get("seconds") or 0.0) for m in run.stages())
+        text = f"{worked / 60:.1f} min in stages ({text} from the first start to the end, between attempts included)"
+    return text
 
 
 def _scale(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
@@ -256,8 +262,8 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
             (
                 s["suite"],
                 str(s["tasks"]),
-                _pct(b.get("success_rate")),
-                _pct(s["success_rate"]),
+                _pct(b.get("success_rate")) if b.get("tasks") else "-",
+                _pct(s["success_rate"]) if s["tasks"] else "-",
                 f"{100 * c['delta']:+.1f}" if c else "-",
                 ci,
                 _n(c.get("p_value")),
@@ -265,6 +271,14 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         )
     header = ("suite", "tasks", "baseline", "candidate", "delta (points)", "95% CI", "McNemar p")
     blocks.append(Block("table", rows=tuple(rows), header=header))
+    excluded = [
+        f"{s['suite']}: {s['excluded']} task(s) left out: "
+        + "; ".join(f"{why} ({count})" for why, count in (s.get("excluded_reasons") or {}).items())
+        for s in ev["runs"]["candidate"]["suites"]
+        if s.get("excluded")
+    ]
+    if excluded:
+        blocks.append(Block("list", rows=tuple((line,) for line in excluded)))
     like = ev.get("likelihood")
     if like:
         names = like.get("names", {})
@@ -303,14 +317,17 @@ def _chart(path: Path, ev: dict[str, Any]) -> bool:
     figure = Figure(figsize=(9 if like else 5, 3.6), dpi=100)
     axes = figure.add_subplot(1, 2 if like else 1, 1)
     suites = [
-        s["suite"].split(":")[0] + (":" + s["suite"].rsplit(":", 1)[-1] if s["suite"].startswith("bfcl") else "")
+        s["suite"].split(":")[0]
+        + (":" + s["suite"].rsplit(":", 1)[-1] if s["suite"].startswith("bfcl") else "")
+        + f"\n({s['tasks']} tasks)"
         for s in ev["runs"]["candidate"]["suites"]
     ]
     width = 0.38
     for offset, side, colour in ((-width / 2, "baseline", "#999999"), (width / 2, "candidate", "#4C72B0")):
-        rates = [100 * s["success_rate"] for s in ev["runs"][side]["suites"]]
+        scored = ev["runs"][side]["suites"]
+        rates = [100 * s["success_rate"] for s in scored]
         bars = axes.bar([i + offset for i in range(len(rates))], rates, width, label=f"{side} ({ev[side]})"[:48], color=colour)
-        axes.bar_label(bars, labels=[f"{r:.0f}%" for r in rates], fontsize=8)
+        axes.bar_label(bars, labels=[f"{r:.0f}%" if s["tasks"] else "no task" for r, s in zip(rates, scored, strict=True)], fontsize=8)
     axes.set_xticks(range(len(suites)), suites, fontsize=8)
     axes.set_ylim(0, 110)
     axes.set_ylabel("task success (%)")
@@ -326,8 +343,8 @@ def _chart(path: Path, ev: dict[str, Any]) -> bool:
         right.set_xticks(range(len(names)), names, fontsize=8)
         right.set_ylabel("NLL per token (lower is better)")
         paired = next((m for m in like["models"] if m["model"] == "candidate" and "paired_diff" in m), None)
-        detail = f"; candidate vs base {paired['paired_diff']:+.3f} ± {paired['paired_se']:.3f}" if paired else ""
-        right.set_title(f"held-out expert-action NLL ({like['states']} states{detail})", fontsize=9)
+        detail = f"\ncandidate vs base {paired['paired_diff']:+.3f} ± {paired['paired_se']:.3f} (paired)" if paired else ""
+        right.set_title(f"held-out expert-action NLL ({like['states']} states){detail}", fontsize=9)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

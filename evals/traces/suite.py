@@ -236,7 +236,7 @@ class TracesSuite:
 
         spec = sandbox_spec(trajectory.app, self.sandbox)
         if spec is None:
-            return None, f"no sandbox for app {trajectory.app!r}: give --sandbox package.module:factory"
+            return None, f"no sandbox for app {trajectory.app!r}: give --sandbox package.module:factory (sandbox under [eval])"
         task = trajectory_task(trajectory, self.name, spec)
         if not task.turns:
             return None, "the trajectory has no user message"

@@ -156,7 +156,7 @@ def test_trajectories_without_a_sandbox_are_left_out_with_the_reason(retail_stor
     store, data, _ = retail_store
     suite = load_suite(f"traces:{store}", SuiteSettings(split=str(data)))
     assert suite.tasks() == [] and set(suite.excluded.values()) == {
-        "no sandbox for app 'retail-support': give --sandbox package.module:factory"
+        "no sandbox for app 'retail-support': give --sandbox package.module:factory (sandbox under [eval])"
     }
 
 

@@ -232,3 +232,5 @@ def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_
         assert after[name] == before[name], f"{name} was redone"
     assert resumed.stage("train")["attempt"] == 2 and resumed.stage("train")["outputs"]["steps"] == 3
     assert resumed.data["attempts"] == 2
+    # the report's time is the stages' own, not the gap between the attempts (which may be a night)
+    assert "min in stages (" in (resumed.folder / "report.md").read_text()

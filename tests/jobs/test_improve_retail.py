@@ -107,3 +107,19 @@ def test_held_out_ids_that_match_nothing_name_the_file_not_heldout_share(workspa
         run_improve(config)
     [run] = RunsDir(workspace / "runs").list()
     assert run.status == "failed" and "heldout_share" not in run.data["error"]
+
+
+def test_a_suite_that_scored_no_task_reads_as_such_in_the_report_and_the_gate(workspace: Path, gpt2_base: Path) -> None:
+    """[eval] sandbox = "" (no sandbox for the app): the report's table shows no rate for the suite (was: 0.0% against
+    0.0%) and says why its tasks were left out; the gate names the suite (was: 'no suite was run by both runs')."""
+    path = _config(workspace, gpt2_base)
+    path.write_text(path.read_text().replace("[eval]\n", '[eval]\nsandbox = ""\n'))
+    run = run_improve(ImproveConfig.load(path))
+    assert run.status == "succeeded" and not run.outputs("gate")["passed"]
+    [reason] = run.outputs("gate")["reasons"]
+    assert "no task was scored" in reason and "no sandbox for app 'retail-support'" in reason
+    report = (run.folder / "report.md").read_text()
+    suite = f"traces:{workspace / 'experience'}:{APP}"
+    assert f"| {suite} | 0 | - | - |" in report, report
+    assert f"- {suite}: " in report and "task(s) left out: no sandbox for app 'retail-support'" in report
+    assert (run.folder / "eval.png").stat().st_size > 0
