@@ -127,11 +127,12 @@ class Observation(_Record):
     content: str
     is_error: bool = False
     truncated_chars: int = 0
-    sandbox_failure: SandboxFailure | None = None
+    sandbox_failure: SandboxFailure | None = Field(None, exclude_if=lambda value: value is None)
     """Set (with ``is_error``) when the sandbox got no answer from the tool and ``content`` describes the sandbox's own
     failure instead (the isolated sandbox's time, crash and memory limits): no production environment returns that
     text, so dataset builders leave such rollouts out. ``None`` for a real answer, error or not. Recorded steps never
-    carry it (the store keeps it for rollouts only)."""
+    carry it (the store keeps it for rollouts only). Left out of dumps while ``None``, so that a real observation
+    serializes as it did before schema 1.3."""
 
     def capped(self, max_chars: int) -> Observation:
         """This observation cut to ``max_chars`` characters, the cut added to ``truncated_chars``."""
