@@ -131,6 +131,26 @@ def inspect_adapter(folder: str | Path) -> AdapterFiles:
     return AdapterFiles(path.resolve(), rank, base, content_hash(path, weights), weights, manifest, config)
 
 
+def check_registered_files(record: AdapterRecord, registry: str) -> None:
+    """The registry's copy of ``record`` is still what was registered (same content hash); otherwise
+    :class:`AdapterFilesError` names the adapter and what to do. A server refusing damaged weights says
+    only that it cannot read them; this says which adapter and how to get past it."""
+    fix = (
+        f"Registered adapters are never edited: roll {record.app} back to an intact version (ee adapters rollback {record.app} "
+        f"-r {registry}) when {record.name} is live, retire it otherwise (ee adapters retire {record.name} -r {registry}), "
+        "or restore the folder from a backup."
+    )
+    try:
+        files = inspect_adapter(record.path)
+    except AdapterFilesError as exc:
+        raise AdapterFilesError(f"The registered adapter {record.name} is damaged: {exc} {fix}") from exc
+    if files.content_hash != record.content_hash:
+        raise AdapterFilesError(
+            f"The files of the registered adapter {record.name} in {record.path} changed since it was registered (content hash "
+            f"{files.content_hash[:12]}, registered {record.content_hash[:12]}). {fix}"
+        )
+
+
 def content_hash(folder: Path, weights_file: str) -> str:
     """sha256 over the adapter config and the weights (the files that decide what the adapter does)."""
     digest = hashlib.sha256()

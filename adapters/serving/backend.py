@@ -156,7 +156,14 @@ class HTTPServingBackend:
                 "it is the same adapter when the name is the same: nothing to load.",
                 url=self.url,
             )
-        return AdapterLoadError(f"{self.url} refused to load {name} from {path}: {exc}", url=self.url)
+        # The client's advice for a refused chat request (check the model name, the key) does not fit a load: drop it.
+        answer = str(exc).split(" Check the model name (", 1)[0]
+        return AdapterLoadError(
+            f"{self.url} refused to load {name} from {path}: {answer} The folder is not an adapter this server can load: "
+            "damaged or incomplete weights, or a LoRA for another base model (see the server's log; ee adapters show NAME prints "
+            "the adapter's base).",
+            url=self.url,
+        )
 
     def unload(self, name: str) -> None:
         """Unload ``name``; an adapter that is not loaded is left alone."""

@@ -75,12 +75,16 @@ def register(ctx: StageContext) -> StageResult:
 
 def evaluate(ctx: StageContext) -> StageResult:
     """Suites for the live model (or the base) and the candidate, then the held-out action likelihood."""
+    from ee_middleware.adapters.records import check_registered_files
     from ee_middleware.evals.runner import run_eval
 
     registry = _registry(ctx)
     candidate = registry.get(ctx.run.outputs("register")["candidate"])
     live_name = registry.resolve(ctx.config.alias_name)
     live = registry.get(live_name) if live_name and live_name != candidate.name else None
+    for record in (candidate, live):
+        if record is not None:
+            check_registered_files(record, str(ctx.config.registry))
     base_folder = ctx.run.outputs("train")["base_folder"]
     specs, served = _model_specs(ctx, candidate, live, base_folder)
     split = ctx.path(DATA_DIR, "datasets.json")

@@ -44,6 +44,20 @@ def test_a_rank_pre_check_refuses_before_asking_the_server(local_server: Any, ad
     assert "never-sent" not in backend.list()
 
 
+def test_a_damaged_adapter_is_refused_with_what_is_wrong_not_model_name_advice(local_server: Any, adapter_set: Any, tmp_path: Path) -> None:
+    import shutil
+
+    from ee_middleware.adapters.errors import AdapterLoadError
+
+    damaged = Path(shutil.copytree(adapter_set.perturbed, tmp_path / "damaged"))
+    weights = damaged / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterLoadError) as caught:
+        LocalBackend(local_server.url).load("damaged-1", str(damaged))
+    assert "HTTP 400" in str(caught.value) and "damaged or incomplete weights" in str(caught.value)
+    assert "Check the model name" not in str(caught.value)
+
+
 def test_chat_completions_take_n_seed_and_temperature(local_server: Any) -> None:
     body = {"model": "tiny-base", "messages": MESSAGES, "n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 6}
     first = httpx.post(f"{local_server.url}/chat/completions", json=body, timeout=60).json()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ee_middleware.adapters.errors import AdapterFilesError
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import JobError
 from ee_middleware.jobs.improve import run_improve
@@ -98,6 +99,14 @@ def test_a_gpt2_base_learns_from_the_retail_agent_and_is_evaluated_in_its_sandbo
     assert suite["tasks"] == 2, suite  # the held-out retail trajectories ran in the retail sandbox
     assert run.outputs("evaluate")["likelihood"]["states"] == 4
     assert run.outputs("gate")["task_success"]["overall"]["tasks"] == 2
+    assert run.outputs("promote")["promoted"], run.outputs("gate")["reasons"]
+
+    # The live adapter's weights get damaged on disk: the next run names it and the fix before any server or peft
+    # reads it (was: a SafetensorError from deep inside loading, with advice about model names).
+    live = Path(run.outputs("register")["path"]) / "adapter_model.safetensors"
+    live.write_bytes(live.read_bytes()[:100])
+    with pytest.raises(AdapterFilesError, match=r"registered adapter retail-support-v1-\w+ .*ee adapters rollback retail-support"):
+        run_improve(ImproveConfig.load(_config(workspace, gpt2_base)), force=True)
 
 
 def test_held_out_ids_that_match_nothing_name_the_file_not_heldout_share(workspace: Path, gpt2_base: Path) -> None:
