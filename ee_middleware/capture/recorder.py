@@ -10,16 +10,21 @@ or, on a function that builds the graph::
     def build_agent():
         return create_react_agent(model, tools)
 
-``invoke``, ``ainvoke``, ``stream``, ``astream``, ``astream_events``, ``batch``, ``abatch`` and their
-``*_as_completed`` forms behave exactly as the graph's own (same results, same exceptions); everything
-else is passed through to the graph. A run's outcome (final state, interrupt) is taken from the graph's own run, not from what it
-returned, so every way of running it records the same trajectory.
+``invoke``, ``ainvoke``, ``stream``, ``astream``, ``astream_events``, ``stream_events``, ``batch``,
+``abatch`` and their ``*_as_completed`` forms behave exactly as the graph's own (same results, same
+exceptions); everything else is passed through to the graph. The recorded agent is a LangChain
+``Runnable`` (and a LangGraph subgraph when it is a node), so ``|``, ``with_retry``, ``with_fallbacks``,
+``bind``, ``with_config``, ``with_listeners`` and ``StateGraph.add_node`` run it through those methods:
+each run is recorded once, a retried run once per attempt. A run's outcome (final state, interrupt)
+is taken from the graph's own run, not from what it returned, so every way of running it records the
+same trajectory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import copy
 import dataclasses
 import functools
 import logging
@@ -35,6 +40,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from langchain_core.runnables import Runnable
+from langchain_core.runnables.config import merge_configs
+from langgraph.pregel.protocol import PregelProtocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -395,14 +403,24 @@ def _with_callback(config: dict[str, Any], handler: RunCapture) -> dict[str, Any
     return config
 
 
-class RecordedGraph:
-    """A compiled LangGraph graph whose runs are recorded. Behaves like the graph it wraps."""
+class RecordedGraph(Runnable[Any, Any]):
+    """A compiled LangGraph graph whose runs are recorded. Behaves like the graph it wraps.
 
-    def __init__(self, graph: Any, recorder: Recorder) -> None:
+    It is a LangChain ``Runnable``, so it stands in for the graph wherever one is taken: ``agent |
+    f``, ``with_retry``, ``with_fallbacks``, ``bind``, ``with_listeners``, a node of a bigger
+    ``StateGraph``. Those wrappers run it through the methods below, so each run is recorded once
+    (a retried run once per attempt). Its name, schemas and drawing are the graph's; every other
+    attribute passes through to the graph.
+    """
+
+    def __init__(self, graph: Any, recorder: Recorder, config: Mapping[str, Any] | None = None) -> None:
         self._graph = graph
         self._recorder = recorder
+        self._config = config  # bound by with_config: merged into each run's config
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_graph", "_recorder", "_config"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self._graph, name)
 
     def __repr__(self) -> str:
@@ -421,15 +439,65 @@ class RecordedGraph:
         return self._recorder.flush(timeout)
 
     def with_config(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> RecordedGraph:
-        return RecordedGraph(self._graph.with_config(config, **kwargs), self._recorder)
+        """This agent with ``config`` bound to each of its runs (as the graph's ``with_config``), so
+        the recorder sees it too (the thread id, ``ee_environment``)."""
+        return RecordedGraph(self._graph, self._recorder, merge_configs(self._config, config, kwargs))  # type: ignore[arg-type]
+
+    def _run(self, input: Any, config: Mapping[str, Any] | None) -> Any:
+        if self._config is not None:
+            config = merge_configs(self._config, config)  # type: ignore[arg-type]
+        return self._recorder.run(input, config)
+
+    # --- what the graph says about itself (Runnable defines these, so they do not pass through) --
+
+    @property
+    def InputType(self) -> Any:
+        return self._graph.InputType
+
+    @property
+    def OutputType(self) -> Any:
+        return self._graph.OutputType
+
+    @property
+    def config_specs(self) -> Any:
+        return self._graph.config_specs
+
+    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
+        return self._graph.get_name(suffix, name=name)
+
+    def get_input_schema(self, config: Any = None) -> Any:
+        return self._graph.get_input_schema(config)
+
+    def get_output_schema(self, config: Any = None) -> Any:
+        return self._graph.get_output_schema(config)
+
+    def get_input_jsonschema(self, config: Any = None) -> dict[str, Any]:
+        return self._graph.get_input_jsonschema(config)
+
+    def get_output_jsonschema(self, config: Any = None) -> dict[str, Any]:
+        return self._graph.get_output_jsonschema(config)
+
+    def config_schema(self, *, include: Sequence[str] | None = None) -> Any:
+        return self._graph.config_schema(include=include)
+
+    def get_config_jsonschema(self, *, include: Sequence[str] | None = None) -> dict[str, Any]:
+        return self._graph.get_config_jsonschema(include=include)
+
+    def get_graph(self, config: Any = None, **kwargs: Any) -> Any:
+        return self._graph.get_graph(config, **kwargs)
+
+    def get_prompts(self, config: Any = None) -> Any:
+        return self._graph.get_prompts(config)
+
+    # --- runs ----------------------------------------------------------------------------------
 
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        with self._recorder.run(input, config) as run, run.active():
+        with self._run(input, config) as run, run.active():
             run.output = self._graph.invoke(input, run.config, **kwargs)
         return run.output
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        with self._recorder.run(input, config) as run, run.active():
+        with self._run(input, config) as run, run.active():
             run.output = await self._graph.ainvoke(input, run.config, **kwargs)
         return run.output
 
@@ -439,12 +507,27 @@ class RecordedGraph:
     def astream(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         return self._recorded_astream("astream", input, config, kwargs)
 
-    def astream_events(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+    def astream_events(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """The graph's ``astream_events``, recorded as one run (it runs the graph's own ``astream``)."""
+        if kwargs.get("version") == "v3":  # an awaitable run stream, driven by the caller
+            return self._streaming_through_self().astream_events(input, config, **kwargs)
         return self._recorded_astream("astream_events", input, config, kwargs)
 
+    def stream_events(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The graph's ``stream_events`` (``version="v3"``: a run stream the caller drives), recorded as one run."""
+        return self._streaming_through_self().stream_events(input, config, **kwargs)
+
+    def _streaming_through_self(self) -> Any:
+        """A shallow copy of the graph whose ``stream``/``astream`` are this recorder's: LangGraph's
+        run streams (``version="v3"``) run the graph through ``self.stream``/``self.astream``, and
+        are built lazily, so the run they drive is recorded as that stream."""
+        shadow = copy.copy(self._graph)
+        shadow.stream = self.stream
+        shadow.astream = self.astream
+        return shadow
+
     def _recorded_stream(self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
-        with self._recorder.run(input, config) as run:
+        with self._run(input, config) as run:
             with run.active():
                 iterator = iter(getattr(self._graph, method)(input, run.config, **kwargs))
             while True:
@@ -458,7 +541,7 @@ class RecordedGraph:
     async def _recorded_astream(
         self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        with self._recorder.run(input, config) as run:
+        with self._run(input, config) as run:
             with run.active():
                 iterator = getattr(self._graph, method)(input, run.config, **kwargs).__aiter__()
             while True:
@@ -554,6 +637,11 @@ class RecordedGraph:
                 return await self.ainvoke(inputs[index], configs[index], **kwargs)
 
         return run
+
+
+# LangGraph looks for a graph inside a node (a subgraph: its state in ``get_state(subgraphs=True)``,
+# its nodes in ``get_graph(xray=True)``) by this type; the calls it makes pass through to the graph.
+PregelProtocol.register(RecordedGraph)
 
 
 def _max_concurrency(configs: Sequence[Any]) -> int | None:
