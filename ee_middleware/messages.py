@@ -166,6 +166,16 @@ def _langchain_message_to_openai(message: Any) -> Message:
             }
             for call in getattr(message, "tool_calls", None) or []
         ]
+        # a call whose arguments did not parse (malformed JSON from the model): kept as the model
+        # wrote it, as OpenAI returns it (arguments the raw text; parse_arguments puts it under "_raw")
+        calls += [
+            {
+                "id": call.get("id") or "",
+                "type": "function",
+                "function": {"name": call.get("name") or "", "arguments": _raw_arguments(call.get("args"))},
+            }
+            for call in getattr(message, "invalid_tool_calls", None) or []
+        ]
         if calls:
             converted["tool_calls"] = calls
     elif kind == "tool":
@@ -174,6 +184,10 @@ def _langchain_message_to_openai(message: Any) -> Message:
     if name and kind in ("tool", "human", "ai"):
         converted["name"] = name
     return converted
+
+
+def _raw_arguments(args: Any) -> str:
+    return clean_text(args) if isinstance(args, str) else dumps(args) if args is not None else ""
 
 
 def openai_tool_schemas(tools: Iterable[Any] | None) -> list[dict[str, Any]]:

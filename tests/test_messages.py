@@ -287,6 +287,30 @@ def test_langchain_to_openai_tool_calls_names_and_content_blocks():
     assert converted[4] == {"role": "assistant", "content": "no calls"}
 
 
+def test_langchain_to_openai_keeps_a_malformed_tool_call_as_the_model_wrote_it():
+    """``invalid_tool_calls`` (arguments that are not JSON, or a call that lost its name) are the
+    model's calls too: kept after the valid ones, their arguments as raw text (was: dropped)."""
+    [converted] = langchain_to_openai(
+        [
+            AIMessage(
+                "",
+                tool_calls=[{"name": "ping", "args": {}, "id": "c1"}],
+                invalid_tool_calls=[
+                    {"type": "invalid_tool_call", "name": "refund", "args": '{"order_id": "A-1"', "id": "c2", "error": "bad JSON"},
+                    {"type": "invalid_tool_call", "name": None, "args": None, "id": None, "error": None},
+                ],
+            )
+        ]
+    )
+    assert converted["tool_calls"] == [
+        {"id": "c1", "type": "function", "function": {"name": "ping", "arguments": "{}"}},
+        {"id": "c2", "type": "function", "function": {"name": "refund", "arguments": '{"order_id": "A-1"'}},
+        {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+    ]
+    [genai] = openai_to_genai([converted])
+    assert genai["parts"][1]["arguments"] == {"_raw": '{"order_id": "A-1"'}  # what records keep for text that is not JSON
+
+
 # --- tool schemas -----------------------------------------------------------------------------------
 
 

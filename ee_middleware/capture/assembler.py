@@ -214,6 +214,10 @@ class _RunMemo:
         return schemas
 
 
+UNKNOWN_TOOL = "unknown_tool"
+"""The name of a call that has none (a malformed call from the model; a tool span without a name)."""
+
+
 def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
     state = memo.input_messages(chat)
     system = chat.attributes.get(sc.SYSTEM_INSTRUCTIONS)
@@ -269,7 +273,9 @@ def _steps(
             for call in calls:
                 function = call.get("function", {})
                 tool_call = ToolCall(
-                    id=call.get("id") or "", name=function.get("name") or "", arguments=parse_arguments(function.get("arguments"))
+                    id=call.get("id") or "",
+                    name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
+                    arguments=parse_arguments(function.get("arguments")),
                 )
                 span = tool_by_call.get(tool_call.id) or _take_by_name(unmatched, tool_call.name)
                 observation, latency = _observation(span, later_tool_messages.get(tool_call.id), redact, max_chars)

@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.payloads import captured_error
 
 Call = tuple[str, int, int, tuple[Any, ...], Any, "BaseException | None"]
@@ -92,7 +93,7 @@ class RunCapture(BaseCallbackHandler):
     def on_tool_start(
         self, serialized: dict[str, Any], input_str: str, *, run_id: UUID, inputs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        name = (serialized or {}).get("name") or kwargs.get("name") or "unknown_tool"
+        name = (serialized or {}).get("name") or kwargs.get("name") or UNKNOWN_TOOL
         self._open[run_id] = (
             time.time_ns(),
             "tool",

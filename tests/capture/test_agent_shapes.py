@@ -278,3 +278,31 @@ async def test_abatch_keeps_max_concurrency_and_abatch_as_completed_records_ever
     done = {i: out async for i, out in agent.abatch_as_completed(inputs[:2])}
     assert sorted(done) == [0, 1]
     assert len(_recorded(agent, store_path)) == 8
+
+
+@OFFLOADS
+def test_a_malformed_tool_call_is_kept_as_the_models_action(offload, store_path):
+    """A reply whose tool call is not valid JSON reaches LangChain as ``invalid_tool_calls`` only:
+    the step keeps it as the model's call with its text under ``_raw`` (as OpenAI returns it), no
+    observation since no tool ran (was: dropped, a trajectory with no step and no answer)."""
+    malformed = {"type": "invalid_tool_call", "id": "call_bad", "name": "refund", "args": '{"order_id": "A-1"', "error": "bad JSON"}
+    graph = create_agent(ScriptedChatModel(script=[AIMessage(content="", invalid_tool_calls=[malformed])]), [refund])
+    agent = record_experience(graph, app="shop", store=store_path, offload=offload)
+    assert agent.invoke({"messages": [("user", "refund A-1")]})["messages"][-1].invalid_tool_calls
+    [t] = _recorded(agent, store_path)
+    [step] = t.steps
+    assert (step.action.kind, step.action.tool_call.model_dump(), step.observation) == (
+        "tool_call",
+        {"id": "call_bad", "name": "refund", "arguments": {"_raw": '{"order_id": "A-1"'}},
+        None,
+    )
+    assert t.messages[-1]["tool_calls"] == [
+        {"id": "call_bad", "type": "function", "function": {"name": "refund", "arguments": '{"_raw":"{\\"order_id\\": \\"A-1\\""}'}}
+    ]
+
+    nameless = {"type": "invalid_tool_call", "id": None, "name": None, "args": '{"order', "error": None}
+    graph = create_agent(ScriptedChatModel(script=[AIMessage(content="", invalid_tool_calls=[nameless])]), [refund])
+    agent = record_experience(graph, app="shop", store=store_path / "nameless", offload=offload, strict=True)
+    agent.invoke({"messages": [("user", "refund A-1")]})
+    [t] = _recorded(agent, store_path / "nameless")  # (was: the run failed to assemble, a ToolCall needs a name)
+    assert [s.action.tool_call.model_dump() for s in t.steps] == [{"id": "", "name": "unknown_tool", "arguments": {"_raw": '{"order'}}]
