@@ -292,10 +292,12 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
                         "content": _response_text(part.get("response")),
                     }
                 )
-        if responses:
-            out.extend(responses)
+        out.extend(responses)  # one tool message per response, right after the calls they answer
+        text = "".join(texts)
+        if responses and not text and not calls:
             continue
-        converted: Message = {"role": role, "content": "".join(texts)}
+        # text beside the responses (an Anthropic-style user turn: tool results, then what the user adds)
+        converted: Message = {"role": role, "content": text}
         if calls:
             converted["tool_calls"] = calls
         if message.get("name"):

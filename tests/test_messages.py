@@ -410,6 +410,31 @@ def test_genai_to_openai_parts():
     ]
 
 
+def test_genai_to_openai_keeps_text_beside_tool_responses():
+    """An Anthropic-style user turn carries tool results and the user's own text together: a tool
+    message per result, then the text as a message of its role (was: the text was dropped)."""
+    converted = genai_to_openai(
+        [
+            {
+                "role": "user",
+                "name": "alice",
+                "parts": [
+                    {"type": "tool_call_response", "id": "c1", "response": "sunny"},
+                    {"type": "text", "content": "and tomorrow?"},
+                    {"type": "tool_call_response", "id": "c2", "response": {"temp": 21}},
+                ],
+            },
+            {"role": "user", "parts": [{"type": "tool_call_response", "id": "c3", "response": "ok"}, {"type": "text", "content": ""}]},
+        ]
+    )
+    assert converted == [
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c2", "content": '{"temp":21}'},
+        {"role": "user", "content": "and tomorrow?", "name": "alice"},
+        {"role": "tool", "tool_call_id": "c3", "content": "ok"},
+    ]
+
+
 def test_genai_to_openai_accepts_openai_shaped_messages():
     converted = genai_to_openai(
         [
