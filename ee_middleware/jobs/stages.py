@@ -395,7 +395,8 @@ def train(ctx: StageContext) -> StageResult:
         if output.exists():
             shutil.rmtree(output)
         ctx.progress.info(f"training schedule {config.schedule} for {max_steps or planned} steps on {config.base_model}")
-        manifest = run_training(config, progress=True).manifest
+        # The trainer's bars and summary table only where someone watches (with --json or --no-progress stdout stays clean).
+        manifest = run_training(config, progress=not isinstance(ctx.progress, QuietProgress)).manifest
     metrics = manifest["metrics"]
     result.inputs = {
         "base_model": config.base_model,

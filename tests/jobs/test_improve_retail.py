@@ -5,7 +5,9 @@ and a tiny random GPT-2 (TEST model: fused c_attn attention, no q_proj/v_proj) w
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -123,8 +125,14 @@ def test_a_suite_that_scored_no_task_reads_as_such_in_the_report_and_the_gate(wo
     0.0%) and says why its tasks were left out; the gate names the suite (was: 'no suite was run by both runs')."""
     path = _config(workspace, gpt2_base)
     path.write_text(path.read_text().replace("[eval]\n", '[eval]\nsandbox = ""\n'))
-    run = run_improve(ImproveConfig.load(path))
-    assert run.status == "succeeded" and not run.outputs("gate")["passed"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "ee_middleware.cli", "improve", "--config", str(path), "--json"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout)  # stdout is the run's JSON only (was: the trainer's summary table came first)
+    [run] = RunsDir(workspace / "runs").list()
+    assert printed["id"] == run.id and run.status == "succeeded" and not run.outputs("gate")["passed"]
     [reason] = run.outputs("gate")["reasons"]
     assert "no task was scored" in reason and "no sandbox for app 'retail-support'" in reason
     report = (run.folder / "report.md").read_text()
