@@ -166,6 +166,7 @@ def _print_summary(summary: Any, out: Any) -> None:
         ("states", summary.states),
         ("branches stored", summary.branches),
         ("error observations", summary.errors),
+        ("  of them the sandbox's own failures (left out of datasets)", sum(summary.sandbox_failures.values())),
         ("proposals rejected", summary.rejected),
         ("proposals refused (no sandbox)", sum(summary.refused_tools.values())),
         ("fidelity mismatches", summary.fidelity_mismatches),
@@ -177,6 +178,12 @@ def _print_summary(summary: Any, out: Any) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     out.print(table)
+    if summary.sandbox_failures:
+        kinds = ", ".join(f"{kind}={count}" for kind, count in sorted(summary.sandbox_failures.items()))
+        out.print(
+            f"[yellow]sandbox failures[/]: {kinds}: alternatives that timed out, crashed the sandbox or ran out of memory "
+            "(--tool-timeout, --memory-mb); their observations describe the sandbox, not the tool"
+        )
     if summary.rejected_by_reason:
         out.print("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected_by_reason.items())))
     from rich.markup import escape

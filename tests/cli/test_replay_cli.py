@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.records import ToolCall
+from ee_middleware.store import LocalExperienceStore
 
 runner = CliRunner()
 
@@ -201,3 +202,18 @@ def test_show_lists_unrestorable_steps_with_what_the_sandbox_received(tmp_path: 
     assert f"the sandbox received {ann}; its observation was not checked" in text
     assert "no redaction vault (record with vault=True to replay real values)" in text
     assert "unrestorable step 1" not in text, "the profile step was restored: nothing to say"
+
+
+def test_the_summary_counts_the_sandboxs_own_failures(tmp_path: Path) -> None:
+    from tests.trainers.datasets.test_sandbox_failures import MEMORY_MB, POLICY, SANDBOX, TRAJECTORIES, _trajectory
+
+    root = tmp_path / "experience"
+    store = LocalExperienceStore(root, create=True)
+    store.write([_trajectory(i) for i in range(TRAJECTORIES)])
+    store.approve([f"traj-{i}" for i in range(TRAJECTORIES)], by="test")
+    store.close()
+    args = ["replay", "run", "--store", str(root), "--sandbox", SANDBOX, "--policy", POLICY, "--k", "4", "--isolation", "subprocess"]
+    result = runner.invoke(app, [*args, "--tool-timeout", "1", "--memory-mb", str(MEMORY_MB), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "of them the sandbox's own failures (left out of datasets)" in result.output
+    assert "sandbox failures: crash=2, memory=2, timeout=2" in " ".join(result.output.split())
