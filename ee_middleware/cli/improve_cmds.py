@@ -199,9 +199,12 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
     if as_json:
         print_json([{**r.data, "folder": str(r.folder), "lock_held": held and r.status == "running"} for r in records])
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("run", "status", "started", "stages done", "candidate", "gate", "promoted", "new trajectories")
+    # The id is what `ee runs show ID` takes: never cut to "202611…" in a narrow terminal; the others fold, never cut.
+    width = max((len(r.id) for r in records), default=3)
+    folded = [Column(name, overflow="fold") for name in ("status", "started", "stages", "candidate", "gate", "promoted", "new")]
+    table = Table(Column("run", no_wrap=True, min_width=width), *folded)
     for r in records:
         done = [m["stage"] for m in r.stages() if m.get("status") == "done"]
         outcome = r.data.get("outcome") or {}
@@ -211,7 +214,7 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
         table.add_row(
             r.id,
             status,
-            str(r.data.get("started_at", ""))[:19],
+            str(r.data.get("started_at", ""))[:16].replace("T", " "),
             f"{len(done)}/{len(r.data.get('stage_order', []))}",
             outcome.get("candidate") or "-",
             gate,

@@ -90,6 +90,8 @@ def test_every_stage_runs_and_leaves_manifests_a_report_and_a_promoted_adapter(w
     assert [r["status"] for r in listed] == ["succeeded"]
     shown = json.loads(cli.invoke(app, ["runs", "show", run.id[:10], "--runs", str(workspace / "runs"), "--json"]).output)
     assert [s["stage"] for s in shown["stages"]] == list(STAGES)
+    narrow = cli.invoke(app, ["runs", "list", "--runs", str(workspace / "runs")], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0 and run.id in narrow.output, narrow.output  # the id `runs show` takes, whole (was: "202611…")
     table = cli.invoke(app, ["runs", "show", "latest", "--runs", str(workspace / "runs")])
     assert table.exit_code == 0 and "select" in table.output and "promote" in table.output
     missing = cli.invoke(app, ["runs", "show", "nope", "--runs", str(workspace / "runs")])
