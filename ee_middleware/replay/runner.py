@@ -175,8 +175,7 @@ class _Run:
             details["refused_tools"] = dict(self.refused)
         if self.synthetic_failures:
             details["synthetic_failures"] = dict(self.synthetic_failures)
-        if self.mismatches:
-            details["fidelity_mismatches"] = self.mismatches
+        mismatches = self.mismatches  # built from redacted texts (see _reexecute_expert): not redacted again
         if self.unrestorable:
             details["unrestorable_steps"] = self.unrestorable
         unrestored = sum(bool(r.unrestored) for r in self.rollouts)
@@ -193,7 +192,7 @@ class _Run:
             "refused": sum(self.refused.values()),
             "fidelity_mismatches": self.mismatch_count,
             "unrestorable": self.unrestorable_count,
-            "details": self.settings.privacy.redact_data(details),
+            "details": {**self.settings.privacy.redact_data(details), **({"fidelity_mismatches": mismatches} if mismatches else {})},
         }
 
     def execute(self, call: ToolCall) -> tuple[Observation, list[Unrestored]]:
@@ -317,13 +316,16 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
         return
     run.mismatch_count += 1
     if len(run.mismatches) < MAX_MISMATCH_DETAILS:
+        # Both texts redacted before they are compared (the replayed one already is): a diff redacted afterwards lost
+        # its markers to the patterns ('+123456789' read as a phone number), so the entries skip the last pass (counts).
+        recorded_text = run.settings.privacy.redact_data(recorded.content)
         mismatch = {
             "step": step.index,
             "tool": expert.name,
-            "recorded": recorded.content[:300],
+            "recorded": recorded_text[:300],
             "replayed": replayed.content[:300],
             # where they part, and a short diff (of both texts in full, not of the 300-character excerpts)
-            **describe_mismatch(recorded.content, replayed.content, recorded_is_prefix=bool(recorded.truncated_chars)),
+            **describe_mismatch(recorded_text, replayed.content, recorded_is_prefix=bool(recorded.truncated_chars)),
         }
         if replayed.sandbox_failure:  # the sandbox's own failure, not a different answer of the tool
             mismatch["sandbox_failure"] = replayed.sandbox_failure

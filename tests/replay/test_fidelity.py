@@ -73,3 +73,52 @@ def test_diffs_stay_short() -> None:
 def test_differences_the_line_split_hides_still_show() -> None:
     diff = unified_diff("ok\n", "ok")  # the same lines once split: shown as Python literals
     assert "-'ok\\n'" in diff and "+'ok'" in diff
+
+
+def fidelity_ref_sandbox() -> object:
+    """A sandbox whose ``ref`` answers another 9-digit number than the recorded one (named by spec in the test)."""
+    from ee_middleware.replay import PythonSandbox
+
+    return PythonSandbox(lambda env: {}, tools={"ref": lambda world: "123456789"})
+
+
+def test_a_fidelity_diff_keeps_its_markers_under_the_stores_redaction(tmp_path: object) -> None:
+    """The job's report of a mismatch is redacted as a whole by the store's rules: a diff redacted after it was made
+    lost its '+' line to the phone pattern ('+123456789'). Both texts are redacted first, then compared."""
+    import datetime as dt
+    from pathlib import Path
+
+    from ee_middleware.records import Trajectory
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+    from ee_middleware.store import LocalExperienceStore
+
+    root = Path(str(tmp_path)) / "experience"
+    state = [{"role": "user", "content": "What is my reference?"}]
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).isoformat()
+    step = {"trajectory_id": "ref-1", "index": 0, "decision_index": 0, "state": state}
+    trajectory = Trajectory.parse(
+        {
+            "id": "ref-1",
+            "app": "refs",
+            "task": "reference?",
+            "tools": [{"type": "function", "function": {"name": "ref", "parameters": {"type": "object", "properties": {}}}}],
+            "messages": state,
+            "started_at": now,
+            "ended_at": now,
+            "steps": [
+                {
+                    **step,
+                    "action": {"kind": "tool_call", "tool_call": {"id": "c1", "name": "ref", "arguments": {}}},
+                    "observation": {"content": "471576218"},
+                }
+            ],
+        }
+    )
+    store = LocalExperienceStore(root)
+    store.write([trajectory])
+    store.approve([trajectory.id], by="test")
+    store.close()
+    summary = run_replay(ReplayConfig.load(store=root, sandbox=f"{__name__}:fidelity_ref_sandbox", k=1))
+    (example,) = summary.fidelity_examples
+    assert example["diff"].splitlines()[-2:] == ["-471576218", "+123456789"], example["diff"]
