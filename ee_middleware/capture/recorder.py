@@ -105,6 +105,10 @@ class Recorder:
         self._offload_blocker: str | None = None
         self._plan_offload(tracer_provider, approve_if, salt)
         _live_recorders.add(self)
+        # atexit runs the last registered first: registered again now, the recorder's exit flush runs before the exit hook
+        # of a tracer provider made before it (the user's own), which would shut its processor down with runs unfinished
+        atexit.unregister(_flush_at_exit)
+        atexit.register(_flush_at_exit)
 
     def _plan_offload(self, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
         """Decide ``config.offload``: start the capture process now (``"process"``), later under

@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize(
     ("offload", "own_provider", "ending"),
-    [("thread", False, "return"), ("process", False, "return"), ("thread", False, "raise")],
+    [("thread", False, "return"), ("process", False, "return"), ("thread", False, "raise"), ("thread", True, "return")],
 )
 def test_runs_are_stored_when_the_script_exits_without_flushing(offload: str, own_provider: bool, ending: str, tmp_path: Path) -> None:
     script = tmp_path / "agent.py"
