@@ -7,11 +7,23 @@ import polars as pl
 from ee_middleware.trainers.datasets.rows import action_message, answer_message, conform, example_id, json_list
 from ee_middleware.trainers.datasets.source import DatasetSource
 
+MALFORMED_CALL = pl.col("arguments_json").str.starts_with('{"_raw":')
+"""An expert call whose arguments were not JSON (kept as their text under ``_raw``: a model's malformed call)."""
+
+
+def malformed_calls(source: DatasetSource) -> int:
+    """How many expert steps :func:`build_il` leaves out because their call's arguments were not JSON."""
+    return source.steps.filter((pl.col("action_kind") == "tool_call") & MALFORMED_CALL).height
+
 
 def build_il(source: DatasetSource) -> pl.DataFrame:
-    """One row per expert step of the approved trajectories (vectorised; no Python loop per row)."""
-    steps = source.steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
+    """One row per expert step of the approved trajectories (vectorised; no Python loop per row).
+
+    A step whose call's arguments were not JSON (the model wrote a malformed call, recorded with its text under
+    ``_raw``) is left out: imitating it would teach the malformed call (see :func:`malformed_calls`)."""
     is_call = pl.col("action_kind") == "tool_call"
+    steps = source.steps.filter(~(is_call & MALFORMED_CALL).fill_null(False))
+    steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     completion = pl.when(is_call).then(action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")))
     completion = completion.otherwise(answer_message(pl.col("content")))
     frame = steps.select(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ee_middleware.trainers.datasets.il import build_il
+from ee_middleware.trainers.datasets.il import build_il, malformed_calls
 from ee_middleware.trainers.datasets.iwm import IWMOptions, iwm_frame, iwm_rows, kept_errors
 from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
@@ -49,8 +49,16 @@ class KindWriter:
 
 
 class ILWriter(KindWriter):
+    def __init__(self, parts: PartWriter) -> None:
+        super().__init__(parts)
+        self.malformed_calls = 0
+
     def add(self, source: DatasetSource) -> None:
+        self.malformed_calls += malformed_calls(source)
         self.parts.write(build_il(source))
+
+    def finish(self) -> dict[str, Any]:
+        return {"malformed_calls_left_out": self.malformed_calls}
 
 
 class SRWriter(KindWriter):

@@ -172,3 +172,43 @@ def test_the_error_cap_keeps_what_a_seeded_sample_of_the_error_rows_kept(share: 
     assert (keep is None) == (expected is rows)
     if keep is not None:
         assert error_rows[keep]["n"].to_list() == expected.filter(pl.col("is_error"))["n"].to_list()
+
+
+def test_il_leaves_out_an_expert_call_whose_arguments_were_not_json(tmp_path: Path) -> None:
+    """A model's malformed tool call is recorded as the step's action (its text under ``arguments["_raw"]``); imitating
+    it would teach the malformed call, so IL leaves it out and says how many."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+    @tool
+    def refund(order_id: str) -> str:
+        """Refund an order."""
+        return f"refunded {order_id}"
+
+    malformed = {"type": "invalid_tool_call", "id": "call_bad", "name": "refund", "args": '{"order_id": "A-1"', "error": None}
+    scripts = {
+        "malformed": [AIMessage(content="", invalid_tool_calls=[malformed])],  # the agent stops on it: no valid call
+        "valid": [AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1")]), AIMessage(content="Refunded.")],
+    }
+    store_path = tmp_path / "experience"
+    for name, script in scripts.items():
+        agent = record_experience(create_agent(ScriptedChatModel(script=script), [refund]), app="shop", store=store_path)
+        agent.invoke({"messages": [("user", f"refund A-1 ({name})")]})
+        agent.flush()
+    store = LocalExperienceStore(store_path)
+    calls = {t.task: [s.action.tool_call.arguments for s in t.steps if s.action.tool_call] for t in store.iter_trajectories()}
+    assert calls == {"refund A-1 (malformed)": [{"_raw": '{"order_id": "A-1"'}], "refund A-1 (valid)": [{"order_id": "A-1"}]}
+    store.approve(store.trajectories()["id"].to_list(), by="test")
+    store.close()
+
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il", heldout_share=0))
+    assert summary["datasets"]["il"]["malformed_calls_left_out"] == 1
+    rows = pl.read_parquet(tmp_path / "ds" / "il.parquet")
+    assert rows.height == 2, "the valid call and its answer"
+    assert "_raw" not in "".join(rows["completion"].to_list())
+    assert "order_id" in rows["completion"][0] and "Refunded." in rows["completion"][1]
