@@ -318,6 +318,9 @@ class _Run:
             attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
             self.span = recorder.tracer.start_span(f"invoke_agent {recorder.config.app}", kind=SpanKind.INTERNAL, attributes=attrs)
         self.context = trace.set_span_in_context(self.span)
+        self.paused = False
+        """Whether the run stopped at a static breakpoint (``interrupt_before``/``interrupt_after``), set by the graph's
+        wrapper: LangGraph returns such a run's state as if it had ended."""
         self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
         self.config = _with_callback(cfg, self.handler)
         recorder.finisher.run_started()
@@ -325,7 +328,7 @@ class _Run:
     @classmethod
     def disabled(cls, recorder: Recorder, config: Mapping[str, Any] | None) -> _Run:
         run = cls.__new__(cls)
-        run.recorder, run.enabled, run.config, run.output = recorder, False, config, None
+        run.recorder, run.enabled, run.config, run.output, run.paused = recorder, False, config, None, False
         return run
 
     def _environment(self, graph_input: Any, cfg: Mapping[str, Any], configurable: Mapping[str, Any]) -> Any:
@@ -352,8 +355,10 @@ class _Run:
         if not self.enabled:
             return
         returned = self.output  # invoke's: the state with "__interrupt__", a GraphOutput (version="v2"), a list of chunks
-        interrupted = self.handler.interrupted or bool(
-            returned.get("__interrupt__") if isinstance(returned, Mapping) else getattr(returned, "interrupts", None)
+        interrupted = (
+            self.handler.interrupted
+            or self.paused
+            or bool(returned.get("__interrupt__") if isinstance(returned, Mapping) else getattr(returned, "interrupts", None))
         )
         self._end("interrupted" if interrupted else "completed", None)
 
@@ -498,11 +503,13 @@ class RecordedGraph(Runnable[Any, Any]):
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         with self._run(input, config) as run, run.active():
             run.output = self._graph.invoke(input, run.config, **kwargs)
+            run.paused = self._stopped_at_breakpoint(run, kwargs)
         return run.output
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         with self._run(input, config) as run, run.active():
             run.output = await self._graph.ainvoke(input, run.config, **kwargs)
+            run.paused = await self._astopped_at_breakpoint(run, kwargs)
         return run.output
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[Any]:
@@ -530,6 +537,41 @@ class RecordedGraph(Runnable[Any, Any]):
         shadow.astream = self.astream
         return shadow
 
+    def _breakpoint_state_config(self, run: _Run, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The config to read the thread's state with after ``run``, when it may have stopped at a static breakpoint: the
+        graph (or this call) sets ``interrupt_before``/``interrupt_after``, and the run has a checkpointer and a thread.
+        ``None`` otherwise: no state is read (a checkpointer may be a database)."""
+        graph = self._graph
+        breakpoints = (
+            kwargs.get("interrupt_before")
+            or kwargs.get("interrupt_after")
+            or getattr(graph, "interrupt_before_nodes", None)
+            or getattr(graph, "interrupt_after_nodes", None)
+        )
+        if not run.enabled or not breakpoints or getattr(graph, "checkpointer", None) in (None, False, True):
+            return None
+        configurable = (run.config or {}).get("configurable") or {}
+        return {"configurable": dict(configurable)} if configurable.get("thread_id") is not None else None
+
+    def _stopped_at_breakpoint(self, run: _Run, kwargs: Mapping[str, Any]) -> bool:
+        """Whether ``run`` ended at a static breakpoint: the thread's state still has nodes to run."""
+        config = self._breakpoint_state_config(run, kwargs)
+        if config is None:
+            return False
+        try:
+            return bool(self._graph.get_state(config).next)
+        except Exception:  # noqa: BLE001 - a checkpointer that cannot be read here (an async one): the run counts as ended
+            return False
+
+    async def _astopped_at_breakpoint(self, run: _Run, kwargs: Mapping[str, Any]) -> bool:
+        config = self._breakpoint_state_config(run, kwargs)
+        if config is None:
+            return False
+        try:
+            return bool((await self._graph.aget_state(config)).next)
+        except Exception:  # noqa: BLE001 - as _stopped_at_breakpoint
+            return False
+
     def _recorded_stream(self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
         with self._run(input, config) as run:
             with run.active():
@@ -539,6 +581,7 @@ class RecordedGraph(Runnable[Any, Any]):
                     try:
                         chunk = next(iterator)
                     except StopIteration:
+                        run.paused = self._stopped_at_breakpoint(run, kwargs)
                         break
                 yield chunk
 
@@ -553,6 +596,7 @@ class RecordedGraph(Runnable[Any, Any]):
                     try:
                         chunk = await iterator.__anext__()
                     except StopAsyncIteration:
+                        run.paused = await self._astopped_at_breakpoint(run, kwargs)
                         break
                 yield chunk
 

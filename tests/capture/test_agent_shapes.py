@@ -306,3 +306,49 @@ def test_a_malformed_tool_call_is_kept_as_the_models_action(offload, store_path)
     agent.invoke({"messages": [("user", "refund A-1")]})
     [t] = _recorded(agent, store_path / "nameless")  # (was: the run failed to assemble, a ToolCall needs a name)
     assert [s.action.tool_call.model_dump() for s in t.steps] == [{"id": "", "name": "unknown_tool", "arguments": {"_raw": '{"order'}}]
+
+
+def _breakpoint_agent(**graph_options: Any) -> Any:
+    @tool
+    def cancel_order(order_id: str) -> str:
+        """Cancel an order."""
+        return f"Order {order_id} cancelled."
+
+    script = [AIMessage(content="", tool_calls=[tool_call("cancel_order", order_id="A-1")]), AIMessage(content="Cancelled A-1.")]
+    return create_agent(ScriptedChatModel(script=script), [cancel_order], checkpointer=InMemorySaver(), **graph_options)
+
+
+@OFFLOADS
+@pytest.mark.parametrize("how", ["invoke", "stream", "ainvoke", "astream", "per_call"])
+def test_a_run_stopped_at_a_static_breakpoint_is_interrupted(offload: str, how: str, tmp_path: Any) -> None:
+    """``interrupt_before=["tools"]`` (a reviewer approves each tool call) pauses the run before the tool: LangGraph
+    returns the state as if the run had ended, so it was recorded as ``completed`` (and an ``approve_if`` on completed
+    runs approved it). The resumed run ends the thread's work and is ``completed``."""
+    per_call = how == "per_call"
+    agent = record_experience(
+        _breakpoint_agent(**({} if per_call else {"interrupt_before": ["tools"]})), app="shop", store=tmp_path, offload=offload
+    )
+    config = {"configurable": {"thread_id": f"review-{how}"}}
+    task = {"messages": [("user", "cancel A-1")]}
+    if how in ("invoke", "per_call"):
+        options = {"interrupt_before": ["tools"]} if per_call else {}
+        agent.invoke(task, config, **options)
+        agent.invoke(None, config, **options)
+    elif how == "stream":
+        list(agent.stream(task, config, stream_mode="values"))
+        list(agent.stream(None, config, stream_mode="values"))
+    else:
+
+        async def twice() -> None:
+            if how == "ainvoke":
+                await agent.ainvoke(task, config)
+                await agent.ainvoke(None, config)
+            else:
+                [chunk async for chunk in agent.astream(task, config, stream_mode="values")]
+                [chunk async for chunk in agent.astream(None, config, stream_mode="values")]
+
+        asyncio.run(twice())
+    paused, resumed = _recorded(agent, tmp_path)
+    assert (paused.status, resumed.status) == ("interrupted", "completed")
+    assert [s.action.tool_call.name for s in paused.steps if s.action.tool_call] == ["cancel_order"]
+    assert resumed.final_answer == "Cancelled A-1." and paused.thread_id == resumed.thread_id
