@@ -140,10 +140,13 @@ class ModelServerError(ModelError):
 
 
 class ModelRequestError(ModelServerError):
-    """A model server refused the request (4xx): wrong model name, API key or request settings."""
+    """A model server refused the request (4xx): wrong model name, API key or request settings.
 
-    def __init__(self, message: str, *, url: str, status: int) -> None:
+    ``refusal`` is what the server said (its status and text, without the advice the message adds)."""
+
+    def __init__(self, message: str, *, url: str, status: int, refusal: str | None = None) -> None:
         super().__init__(message, url=url, status=status)
+        self.refusal = refusal if refusal is not None else message
 
 
 class ModelResponseError(ModelServerError):

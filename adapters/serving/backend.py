@@ -156,8 +156,8 @@ class HTTPServingBackend:
                 "it is the same adapter when the name is the same: nothing to load.",
                 url=self.url,
             )
-        # The client's advice for a refused chat request (check the model name, the key) does not fit a load: drop it.
-        answer = str(exc).split(" Check the model name (", 1)[0]
+        # The client's advice for a refused chat request (check the model name, the key) does not fit a load: the refusal alone.
+        answer = exc.refusal
         return AdapterLoadError(
             f"{self.url} refused to load {name} from {path}: {answer} The folder is not an adapter this server can load: "
             "damaged or incomplete weights, or a LoRA for another base model (see the server's log; ee adapters show NAME prints "

@@ -231,7 +231,8 @@ def load_pretrained(
     if require_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(
             f"The tokenizer in {folder} has no chat template, so chat messages cannot be rendered the way the model will see them. "
-            "Use an instruct model whose tokenizer defines one (or add chat_template to tokenizer_config.json)."
+            "Use an instruct model whose tokenizer defines one, or give it one: tokenizer.chat_template = '...' (a Jinja "
+            "template), then tokenizer.save_pretrained(DIR), which writes chat_template.jinja."
         )
     return tokenizer, model
 

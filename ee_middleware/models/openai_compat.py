@@ -200,11 +200,9 @@ class OpenAIChatClient:
                 last_problem, last_status, timed_out = f"HTTP {response.status_code}: {clip(response.text)}", response.status_code, False
                 continue
             if response.status_code >= 400:
+                refusal = f"The server at {url} refused the request with HTTP {response.status_code}: {clip(response.text)}."
                 raise ModelRequestError(
-                    f"The server at {url} refused the request with HTTP {response.status_code}: {clip(response.text)}. "
-                    f"Check the model name ({self.model!r} must be served there), the API key and the request settings.",
-                    url=url,
-                    status=response.status_code,
+                    f"{refusal} {self._refusal_advice(response.status_code)}", url=url, status=response.status_code, refusal=refusal
                 )
             return response
         raise ModelServerError(
@@ -215,6 +213,19 @@ class OpenAIChatClient:
             status=last_status,
             timed_out=timed_out,
         )
+
+    def _refusal_advice(self, status: int) -> str:
+        """What to check for a request the server refused with ``status`` (4xx)."""
+        if status in (401, 403):
+            return f"Check the API key ({' or '.join(API_KEY_ENV)}, or api_key) and that it may use {self.model!r}."
+        if status == 404:
+            return (
+                f"Check the model name ({self.model!r} must be served there: GET {self.base_url}/models lists them) and that "
+                "base_url ends in the API version (/v1)."
+            )
+        if status in (400, 413, 422):
+            return "The server could not take this request as sent (a prompt longer than the model's context, or a setting it does not support): see its message."
+        return f"Check the model name ({self.model!r} must be served there), the API key and the request settings."
 
     def _get_client(self, httpx: Any) -> Any:
         client = self._client

@@ -246,3 +246,20 @@ def test_threads_using_a_new_client_at_once_share_one_connection_pool(monkeypatc
     assert len(made) == 1
     client.close()
     assert made[0].is_closed
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [
+        (400, "a prompt longer than the model's context"),
+        (401, "Check the API key (EE_OPENAI_API_KEY or OPENAI_API_KEY"),
+        (404, "GET http://models.test/v1/models lists them"),
+    ],
+)
+def test_a_refusal_says_what_to_check_for_its_status(status: int, advice: str) -> None:
+    client = Script(httpx.Response(status, json={"error": {"message": "refused"}})).client()
+    with pytest.raises(ModelRequestError) as info:
+        client.complete([{"role": "user", "content": "hi"}])
+    assert advice in str(info.value) and info.value.refusal in str(info.value)
+    assert info.value.refusal.endswith(f'refused the request with HTTP {status}: {{"error":{{"message":"refused"}}}}.')
+    assert ("model name" in str(info.value)) == (status == 404)
