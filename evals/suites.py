@@ -1,5 +1,8 @@
 """Suite specs: ``bfcl:CATEGORY[:N]``, ``tau:DOMAIN[:SPLIT][:N]`` and ``traces:STORE[:APP][:N]``.
 
+A tau ``DOMAIN`` is a built-in name, a user's ``package.module:factory`` (a dotted module path, so that
+``tau:my_app.tau:domain:test:5`` reads as that factory, split ``test``, 5 tasks) or an entry point's name.
+
 A suite turns its data into :class:`~ee_middleware.evals.tasks.EvalTask` items and runs one task
 and trial with a client (:class:`Suite`). Specs are strings, with the job's :class:`SuiteSettings`
 beside them, so that worker processes rebuild the suite they run (a suite object never crosses a
@@ -21,6 +24,7 @@ from ee_middleware.errors import ConfigError
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.tasks import EvalTask, TaskResult
 from ee_middleware.models.protocol import ChatClient
+from ee_middleware.plugins import FACTORY_SPEC
 
 SUITE_FORMS = "bfcl:CATEGORY[:N], tau:DOMAIN[:SPLIT][:N] or traces:STORE[:APP][:N]"
 
@@ -71,12 +75,17 @@ def load_suite(spec: str, settings: SuiteSettings = SuiteSettings()) -> Suite:
         from ee_middleware.evals.bfcl.suite import BFCLSuite
 
         return BFCLSuite(parts[0], _limit(parts[1], spec) if len(parts) == 2 else None)
-    if kind == "tau" and 1 <= len(parts) <= 3 and parts[0]:
+    if kind == "tau" and 1 <= len(parts) <= 4 and parts[0]:
         from ee_middleware.evals.tau.suite import TauSuite
 
         parts, limit = _tail_limit(parts, spec)
+        if len(parts) >= 2 and "." in parts[0] and FACTORY_SPEC.match(f"{parts[0]}:{parts[1]}"):  # a user's package.module:factory
+            parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]
         if len(parts) > 2 or (len(parts) == 2 and parts[1].isdigit()):
-            raise ConfigError(f"Cannot read the suite {spec!r}: write tau:DOMAIN[:SPLIT][:N], e.g. tau:library:test:10.")
+            raise ConfigError(
+                f"Cannot read the suite {spec!r}: write tau:DOMAIN[:SPLIT][:N], e.g. tau:library:test:10 "
+                "(DOMAIN: a built-in name, package.module:factory or an entry point's name)."
+            )
         split = parts[1] if len(parts) == 2 else None
         return TauSuite(
             parts[0],

@@ -15,6 +15,7 @@ the data: the same sandbox type replay uses, with its JSON-canonical :meth:`stat
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,12 @@ class TauTask:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> TauTask:
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"A task in {where} is {type(data).__name__} {data!r:.80}, not a JSON object: write each task as "
+                '{"id": ..., "instruction": ..., "turns": [{"user": ..., "actions": [{"name": ..., "arguments": {...}}], "reply": ...}], '
+                '"outputs": [...]}.'
+            )
         try:
             turns = tuple(
                 TauTurn(
@@ -81,8 +88,11 @@ class TauTask:
                 outputs=tuple(data.get("outputs", [])),
                 category=data.get("category", "action"),
             )
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"Task {data.get('id', '?')!r} in {where} is malformed ({type(exc).__name__}: {exc}).") from exc
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"Task {data.get('id', '?')!r} in {where} is malformed ({type(exc).__name__}: {exc}): it needs 'id', 'instruction' "
+                "and 'turns', a list of objects with 'user' (and optionally 'actions': [{'name', 'arguments'}] and 'reply')."
+            ) from exc
 
 
 @dataclass
@@ -109,7 +119,34 @@ class TauDomain:
         loader = self.splits.get(split)
         if loader is None:
             raise ConfigError(f"The tau domain {self.name!r} has no split {split!r}; it has: {', '.join(self.splits)}.")
-        return loader()
+        tasks = loader()
+        for task in tasks:
+            self.check_task(task, split)
+        return tasks
+
+    def check_task(self, task: TauTask, split: str) -> None:
+        """Every ground-truth action names one of the domain's tools with arguments it takes.
+
+        (A misspelled action would fail on both databases alike, so the task would score every agent
+        that changes nothing as right and every agent that does the work as wrong.)"""
+        for action in task.actions:
+            where = f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r})"
+            tool = self.tools.get(action.name)
+            if tool is None:
+                raise ConfigError(
+                    f"{where}: its ground-truth action {action.name!r} names no tool of the domain; its tools: {', '.join(self.tools)}."
+                )
+            try:
+                signature = inspect.signature(tool)
+            except (TypeError, ValueError):
+                continue
+            try:
+                signature.bind(None, **action.arguments)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"{where}: its ground-truth action {action.name}({', '.join(action.arguments)}) does not fit the tool: {exc} "
+                    f"(it takes {', '.join(list(signature.parameters)[1:]) or 'no argument'})."
+                ) from None
 
     def sandbox(self) -> PythonSandbox:
         """A sandbox over a fresh database at every ``reset`` (the environment is ignored)."""

@@ -30,18 +30,32 @@ from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResul
 from ee_middleware.evals.tau import tau_bench
 from ee_middleware.evals.tau.domain import TauDomain, TauTask
 from ee_middleware.models.protocol import ChatClient
+from ee_middleware.plugins import FACTORY_SPEC, PluginKind
 from ee_middleware.records import ToolCall
 
 BUILTIN_DOMAINS: Mapping[str, str] = {"library": "ee_middleware.evals.tau.domains.library"}
 DEFAULT_SPLIT = "test"
+TAU_DOMAINS = PluginKind(
+    kind="tau domain",
+    group="ee_middleware.tau_domains",
+    error=ConfigError,
+    builtins={name: f"{module}:domain" for name, module in BUILTIN_DOMAINS.items()},
+    forms=tuple(f"{name!r} (with a tau-bench checkout)" for name in tau_bench.DOMAINS),
+)
+"""Where ``tau:DOMAIN`` finds its domain: a built-in, ``package.module:factory`` (a callable returning a
+:class:`TauDomain`: a user's own tools, database, policy and tasks) or an installed entry point."""
 
 
 def resolve_domain(name: str, tau_bench_dir: str | None = None) -> TauDomain:
-    """A built-in domain, or one of a tau-bench checkout's (``retail``, ``airline``)."""
-    if name in BUILTIN_DOMAINS:
-        import importlib
-
-        domain: TauDomain = importlib.import_module(BUILTIN_DOMAINS[name]).domain()
+    """A built-in domain, one of a tau-bench checkout's (``retail``, ``airline``), or a user's own
+    (``package.module:factory`` or an ``ee_middleware.tau_domains`` entry point)."""
+    if name in TAU_DOMAINS.builtins or FACTORY_SPEC.match(name) or name in TAU_DOMAINS.installed():
+        domain = TAU_DOMAINS.build(name)
+        if not isinstance(domain, TauDomain):
+            raise ConfigError(
+                f"The tau domain factory {name!r} returned {type(domain).__name__}, not a TauDomain "
+                "(ee_middleware.evals.tau.domain.TauDomain: name, policy, tools, schemas, load_data, splits)."
+            )
         return domain
     if name in tau_bench.DOMAINS:
         root = tau_bench.checkout_dir(tau_bench_dir)
@@ -51,8 +65,7 @@ def resolve_domain(name: str, tau_bench_dir: str | None = None) -> TauDomain:
                 f"set {tau_bench.ENV_VAR}=PATH (or --tau-bench-dir PATH, or tau_bench_dir under [eval])."
             )
         return tau_bench.load_domain(name, root)
-    known = [*BUILTIN_DOMAINS, *(f"{d} (with a tau-bench checkout)" for d in tau_bench.DOMAINS)]
-    raise ConfigError(f"Unknown tau domain {name!r}. Choose one of: {', '.join(known)}.")
+    raise TAU_DOMAINS.unknown(name, "no domain has this name")
 
 
 @dataclass(frozen=True)

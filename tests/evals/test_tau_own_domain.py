@@ -1,0 +1,172 @@
+"""A tau-style domain a user writes for their own tools: named by ``tau:package.module:factory``, its task files checked."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import run_eval
+from ee_middleware.evals.suites import load_suite
+
+DOMAIN_MODULE = '''
+import json
+from pathlib import Path
+
+from ee_middleware.evals.tau.domain import TauDomain, TauTask
+from ee_middleware.evals.tau.domains.library.tools import schema
+
+HERE = Path(__file__).parent
+
+
+def check_stock(data, item: str) -> int:
+    """How many of an item are in stock.
+
+    Args:
+        item: the item's name
+    """
+    return data["stock"].get(item, 0)
+
+
+def order_item(data, item: str, quantity: int = 1) -> str:
+    """Order an item.
+
+    Args:
+        item: the item's name
+        quantity: how many
+    """
+    if data["stock"].get(item, 0) < quantity:
+        raise ValueError(f"only {data['stock'].get(item, 0)} {item} left")
+    data["stock"][item] -= quantity
+    data["orders"].append({"item": item, "quantity": quantity})
+    return f"ordered {quantity} {item}"
+
+
+TOOLS = {"check_stock": check_stock, "order_item": order_item}
+
+
+def make_domain(tasks_file: str = "tasks.json") -> TauDomain:
+    def tasks():
+        text = (HERE / tasks_file).read_text()
+        return [TauTask.from_json(item, str(HERE / tasks_file)) for item in json.loads(text)]
+
+    return TauDomain(
+        name="pantry",
+        policy="You run a pantry. Check stock before ordering. Never order more than 2 of anything.",
+        tools=TOOLS,
+        schemas=[schema(fn) for fn in TOOLS.values()],
+        load_data=lambda: {"stock": {"apple": 3, "plum": 5}, "orders": []},
+        splits={"test": tasks},
+    )
+
+
+def from_file(name: str):
+    return lambda: make_domain(name)
+
+
+bad_tool = from_file("bad_tool.json")
+bad_argument = from_file("bad_argument.json")
+not_a_task = from_file("not_a_task.json")
+
+
+def not_a_domain():
+    return {"name": "pantry"}
+'''
+
+TASKS = [
+    {
+        "id": "order-apples",
+        "instruction": "You want 2 apples.",
+        "turns": [
+            {
+                "user": "Two apples please.",
+                "actions": [
+                    {"name": "check_stock", "arguments": {"item": "apple"}},
+                    {"name": "order_item", "arguments": {"item": "apple", "quantity": 2}},
+                ],
+                "reply": "Ordered 2 apples.",
+            }
+        ],
+    },
+    {
+        "id": "ask-plums",
+        "category": "answer",
+        "instruction": "Ask how many plums there are.",
+        "outputs": ["5"],
+        "turns": [{"user": "How many plums?", "actions": [{"name": "check_stock", "arguments": {"item": "plum"}}], "reply": "5 plums."}],
+    },
+    {
+        "id": "refuse-three",
+        "category": "refusal",
+        "instruction": "You want 3 plums.",
+        "turns": [{"user": "Order 3 plums.", "reply": "Sorry, at most 2 of anything."}],
+    },
+]
+
+
+@pytest.fixture
+def pantry(tmp_path: Path) -> Iterator[str]:
+    """A package ``pantry_<id>`` on sys.path holding the domain module and its task files."""
+    package = f"pantry_{abs(hash(str(tmp_path)))}"
+    root = tmp_path / "src" / package
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "domain.py").write_text(textwrap.dedent(DOMAIN_MODULE))
+    (root / "tasks.json").write_text(json.dumps(TASKS))
+    bad_tool = json.loads(json.dumps(TASKS))
+    bad_tool[0]["turns"][0]["actions"][1]["name"] = "order_itme"
+    (root / "bad_tool.json").write_text(json.dumps(bad_tool))
+    bad_argument = json.loads(json.dumps(TASKS))
+    bad_argument[0]["turns"][0]["actions"][1]["arguments"] = {"item": "apple", "qty": 2}
+    (root / "bad_argument.json").write_text(json.dumps(bad_argument))
+    (root / "not_a_task.json").write_text(json.dumps(["order-apples"]))
+    sys.path.insert(0, str(tmp_path / "src"))
+    try:
+        yield f"{package}.domain"
+    finally:
+        sys.path.remove(str(tmp_path / "src"))
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+
+
+def test_a_users_own_domain_runs_by_its_factory_oracle_100_noop_only_the_refusal(pantry: str, tmp_path: Path) -> None:
+    suite = load_suite(f"tau:{pantry}:make_domain")
+    assert suite.name == f"tau:{pantry}:make_domain:test"
+    assert [t.id for t in suite.tasks()] == ["order-apples", "ask-plums", "refuse-three"]
+    assert len(load_suite(f"tau:{pantry}:make_domain:test:2").tasks()) == 2
+    assert len(load_suite(f"tau:{pantry}:make_domain:1").tasks()) == 1
+    [oracle] = run_eval(EvalJob(suites=[f"tau:{pantry}:make_domain"], model="oracle", out=str(tmp_path / "o")))
+    assert (oracle["tasks"], oracle["success_rate"]) == (3, 1.0)
+    [noop] = run_eval(EvalJob(suites=[f"tau:{pantry}:make_domain"], model="noop", out=str(tmp_path / "n")))
+    assert noop["successes"] == 1  # the refusal: nothing may change, and noop changes nothing
+    assert noop["failures"] == {"database_mismatch": 1, "missing_output": 1}
+
+
+def test_a_ground_truth_action_naming_no_tool_is_an_error_naming_the_task_and_the_tools(pantry: str) -> None:
+    with pytest.raises(ConfigError, match=r"order-apples.*'order_itme'.*check_stock, order_item"):
+        load_suite(f"tau:{pantry}:bad_tool").tasks()
+
+
+def test_a_ground_truth_action_with_arguments_its_tool_does_not_take_is_an_error(pantry: str) -> None:
+    with pytest.raises(ConfigError, match=r"order-apples.*order_item.*qty"):
+        load_suite(f"tau:{pantry}:bad_argument").tasks()
+
+
+def test_a_task_that_is_not_an_object_is_an_error_naming_the_file(pantry: str) -> None:
+    with pytest.raises(ConfigError, match=r"not_a_task\.json.*JSON object"):
+        load_suite(f"tau:{pantry}:not_a_task").tasks()
+
+
+def test_a_factory_that_builds_no_domain_or_cannot_be_imported_is_a_clear_error(pantry: str) -> None:
+    with pytest.raises(ConfigError, match=r"not_a_domain.*TauDomain"):
+        load_suite(f"tau:{pantry}:not_a_domain")
+    with pytest.raises(ConfigError, match=r"Cannot import 'no_such_pkg.domain'"):
+        load_suite("tau:no_such_pkg.domain:make")
+    with pytest.raises(ConfigError, match=r"Unknown tau domain 'clinic'.*package\.module:factory"):
+        load_suite("tau:clinic")
