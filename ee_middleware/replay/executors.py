@@ -56,7 +56,7 @@ from ee_middleware.errors import (
     StoreError,
 )
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
-from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
+from ee_middleware.replay.runner import ProposingAhead, ReplayOutcome, ReplaySettings, propose_ahead, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
 from ee_middleware.store.rows import TrajectoryRows
 
@@ -123,7 +123,43 @@ class _Worker:
             pass
 
     def replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
-        outcome = self._replay(trajectory)
+        return self._stored(self._replay(trajectory))
+
+    def replay_all(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
+        """:meth:`replay` for each of ``trajectories``, in order. With proposal threads (``requests_in_flight`` > 1),
+        each trajectory's proposals are asked for while the one before it replays, so a served policy's requests keep
+        coming across trajectories (a trajectory of few states leaves threads idle otherwise)."""
+        if self.spec.requests_in_flight <= 1:
+            for trajectory in trajectories:
+                yield self.replay(trajectory)
+            return
+        waiting: tuple[Trajectory | TrajectoryRows, ProposingAhead | None] | None = None
+        try:
+            for item in trajectories:
+                upcoming = self._ask_ahead(item)
+                if waiting is not None:
+                    yield self._stored(self._replay(*waiting))
+                waiting = upcoming
+            if waiting is not None:
+                last, waiting = waiting, None
+                yield self._stored(self._replay(*last))
+        finally:
+            if waiting is not None and waiting[1] is not None:
+                waiting[1].drop()  # the job stopped (an error, or the caller closed the iterator): none is left asking
+
+    def _ask_ahead(self, item: Trajectory | TrajectoryRows) -> tuple[Trajectory | TrajectoryRows, ProposingAhead | None]:
+        """``item`` built (when it can be), with its proposals asked for now."""
+        sandbox, proposer = self._build()
+        if type(item) is TrajectoryRows:
+            try:
+                item = item.build()
+            except Exception:  # noqa: BLE001 - built again (and failed alone, with its reason) when its turn comes
+                return item, None
+        requests = self._request_threads()
+        assert requests is not None
+        return item, propose_ahead(item, sandbox, proposer, self.spec.settings, requests)
+
+    def _stored(self, outcome: ReplayOutcome) -> ReplayOutcome:
         store = self._writable_store()
         if store is None:
             return outcome
@@ -137,7 +173,7 @@ class _Worker:
             self._store = _open_same_store(self.spec.store, self.spec.store_marker) if self.spec.store is not None else None
         return self._store
 
-    def _replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
+    def _replay(self, trajectory: Trajectory | TrajectoryRows, ahead: ProposingAhead | None = None) -> ReplayOutcome:
         settings = self.spec.settings
         sandbox, proposer = self._build()  # a sandbox or policy that cannot be built stops the job
         if type(trajectory) is TrajectoryRows:
@@ -146,7 +182,7 @@ class _Worker:
             except Exception as exc:  # noqa: BLE001 - a damaged stored trajectory fails alone; the sandbox is fine
                 return self._failed(trajectory.id, exc)
         try:
-            return replay_trajectory(trajectory, sandbox, proposer, settings, requests=self._request_threads())
+            return replay_trajectory(trajectory, sandbox, proposer, settings, requests=self._request_threads(), ahead=ahead)
         except (PolicyError, MissingExtraError):
             raise  # the policy is unusable (server down, model missing): stop the whole job
         except ModelError as exc:
@@ -286,8 +322,7 @@ class InlineExecutor:
         self._worker = _Worker(spec)
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
-        for trajectory in trajectories:
-            yield self._worker.replay(trajectory)
+        return self._worker.replay_all(trajectories)
 
     def close(self) -> None:
         self._worker.close()

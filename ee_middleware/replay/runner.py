@@ -34,7 +34,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,24 +98,63 @@ def _same_observation(recorded: Observation, replayed: Observation) -> bool:
     return recorded.content == replayed.content
 
 
+@dataclass
+class ProposingAhead:
+    """A trajectory's proposals asked for before its replay (:func:`propose_ahead`): one future per state, in order."""
+
+    trajectory_id: str
+    proposer: Proposer
+    futures: list[Future[ProposalResult]]
+
+    def drop(self) -> None:
+        """Cancel the requests not started and wait for the others (none outlives this)."""
+        for future in self.futures:
+            future.cancel()
+        wait(self.futures)
+
+
+def propose_ahead(
+    trajectory: Trajectory, sandbox: Sandbox, proposer: Proposer, settings: ReplaySettings, requests: Executor
+) -> ProposingAhead | None:
+    """Ask ``requests``'s threads for ``trajectory``'s proposals now, while another trajectory replays; ``None`` when
+    it will be skipped for its tools alone (no tool call, or one ``sandbox`` does not provide: nothing is asked)."""
+    steps = _tool_steps(trajectory)
+    if not steps or any(not sandbox.covers(s.action.tool_call.name) for s in steps if s.action.tool_call):
+        return None
+    futures = [requests.submit(_proposals_at, trajectory, proposer, settings, step) for step in steps]
+    return ProposingAhead(trajectory.id, proposer, futures)
+
+
 def replay_trajectory(
-    trajectory: Trajectory, sandbox: Sandbox, proposer: Proposer, settings: ReplaySettings, *, requests: Executor | None = None
+    trajectory: Trajectory,
+    sandbox: Sandbox,
+    proposer: Proposer,
+    settings: ReplaySettings,
+    *,
+    requests: Executor | None = None,
+    ahead: ProposingAhead | None = None,
 ) -> ReplayOutcome:
     """Replay ``trajectory`` in ``sandbox`` with alternatives from ``proposer`` (see the module docstring).
 
     With ``requests`` (a thread pool), the states' proposals are asked for concurrently, as many at a time as it has
-    threads: for a policy that waits on a model server, which answers concurrent requests together. The proposals,
-    and so the rollouts, are the same as asked one after the other (each state's are seeded by the state alone).
+    threads: for a policy that waits on a model server, which answers concurrent requests together; ``ahead`` holds
+    them when they were asked for before (:func:`propose_ahead`, by the same ``proposer``). The proposals, and so the
+    rollouts, are the same as asked one after the other (each state's are seeded by the state alone).
     """
+    if ahead is not None and (ahead.trajectory_id != trajectory.id or ahead.proposer is not proposer):
+        ahead.drop()  # another trajectory's, or a proposer rebuilt since (after a failure): asked again below
+        ahead = None
     run = _Run(trajectory, sandbox, proposer, settings)
-    tool_steps = [s for s in trajectory.steps if s.action.kind == "tool_call" and s.action.tool_call is not None]
+    tool_steps = _tool_steps(trajectory)
     skipped = _reset_for_replay(run, tool_steps)
     if skipped is not None:
+        if ahead is not None:
+            ahead.drop()
         return ReplayOutcome(run.record("skipped", skipped))
     # Every state's proposals first: they read the recording only, never the sandbox, so the policy's work and the
     # sandbox's each run in one stretch with their code and data warm in the CPU's caches (BFCL, K=8: ~7% less CPU
     # per branch than alternating the two at every state).
-    proposed = _propose_all(run, tool_steps, requests)
+    proposed = _propose_all(run, tool_steps, requests, ahead)
     for step, proposals in zip(tool_steps, proposed, strict=True):
         expert = step.action.tool_call
         assert expert is not None
@@ -244,34 +283,42 @@ def _branch(run: _Run, step: Step, proposals: ProposalResult) -> None:
         run.sandbox.restore(snapshot)
 
 
-def _propose_all(run: _Run, steps: list[Step], requests: Executor | None) -> list[ProposalResult]:
+def _tool_steps(trajectory: Trajectory) -> list[Step]:
+    return [s for s in trajectory.steps if s.action.kind == "tool_call" and s.action.tool_call is not None]
+
+
+def _propose_all(run: _Run, steps: list[Step], requests: Executor | None, ahead: ProposingAhead | None = None) -> list[ProposalResult]:
     """The proposer's alternatives at every state in ``steps``, in order; rejections are counted by reason.
 
-    With ``requests``, the states are proposed for concurrently. The first state (in order) whose proposing raised
-    raises its error, as one after the other would, once the requests already sent have ended; the states not yet
-    started are not asked for.
+    With ``requests`` (or ``ahead``: asked for already), the states are proposed for concurrently. The first state (in
+    order) whose proposing raised raises its error, as one after the other would, once the requests already sent have
+    ended; the states not yet started are not asked for.
     """
-    if requests is None or len(steps) < 2:
-        results = [_propose(run, step) for step in steps]
+    if ahead is None and (requests is None or len(steps) < 2):
+        results = [_proposals_at(run.trajectory, run.proposer, run.settings, step) for step in steps]
     else:
-        futures = [requests.submit(_propose, run, step) for step in steps]
+        if ahead is None:
+            assert requests is not None
+            ahead = ProposingAhead(
+                run.trajectory.id,
+                run.proposer,
+                [requests.submit(_proposals_at, run.trajectory, run.proposer, run.settings, step) for step in steps],
+            )
         try:
-            results = [future.result() for future in futures]
+            results = [future.result() for future in ahead.futures]
         finally:  # after a failure: the states not started are dropped, and none still asks once this returns
-            for future in futures:
-                future.cancel()
-            wait(futures)
+            ahead.drop()
     for proposals in results:
         run.rejected.update(proposals.counts)
     return results
 
 
-def _propose(run: _Run, step: Step) -> ProposalResult:
+def _proposals_at(trajectory: Trajectory, proposer: Proposer, settings: ReplaySettings, step: Step) -> ProposalResult:
     """The proposer's alternatives at ``step``, seeded per state (safe to call from several threads at once)."""
-    trajectory, expert = run.trajectory, step.action.tool_call
+    expert = step.action.tool_call
     assert expert is not None
     point = DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=trajectory.tools, expert=expert)
-    return run.proposer.propose(point, seed=derive_seed(run.settings.seed, trajectory.id, step.index))
+    return proposer.propose(point, seed=derive_seed(settings.seed, trajectory.id, step.index))
 
 
 def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidate) -> Rollout:

@@ -312,3 +312,49 @@ def test_a_request_a_served_policy_refuses_fails_its_trajectory_alone(bfcl_store
         refuse["status"] = 404
         with pytest.raises(ModelRequestError, match="404"):
             run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=f"openai:{url}#m"))
+
+
+def lookup_sandbox() -> Any:
+    """A key-value world with one read tool (named by spec in the test below)."""
+    from ee_middleware.replay import PythonSandbox
+
+    return PythonSandbox(lambda env: dict(env or {}), tools={"lookup": lambda world, key: f"{key} = {world.get(key, 'unknown')}"})
+
+
+def _one_state_store(path: Path, trajectories: int) -> None:
+    """Trajectories of one tool call each: a job that asks only for one trajectory's states at a time asks one by one."""
+    import datetime as dt
+
+    from ee_middleware.records import Trajectory
+
+    schema = {"type": "object", "properties": {"key": {"type": "string", "enum": ["a", "b", "c", "d"]}}, "required": ["key"]}
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Read a key.", "parameters": schema}}]
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).isoformat()
+    store = LocalExperienceStore(path)
+    for i in range(trajectories):
+        state = [{"role": "user", "content": f"What is a? ({i})"}]
+        call = {"id": f"c{i}", "name": "lookup", "arguments": {"key": "a"}}
+        step = {"trajectory_id": f"t{i}", "index": 0, "decision_index": 0, "state": state}
+        trajectory = {"id": f"t{i}", "app": "kv", "task": state[0]["content"], "tools": tools, "messages": state}
+        trajectory |= {"started_at": now, "ended_at": now, "environment": {"a": 1, "b": 2, "c": 3}}
+        trajectory["steps"] = [{**step, "action": {"kind": "tool_call", "tool_call": call}, "observation": {"content": "a = 1"}}]
+        store.write([Trajectory.parse(trajectory)])
+    store.approve([f"t{i}" for i in range(trajectories)], by="test")
+    store.close()
+
+
+def test_a_served_policy_is_asked_for_the_next_trajectorys_states_while_one_replays(tmp_path: Path, serve: Any) -> None:
+    one, ahead = tmp_path / "one", tmp_path / "ahead"
+    _one_state_store(one, 5)
+    _one_state_store(ahead, 5)
+    in_flight = _InFlight(wait_for_company=False)
+    model = serve(in_flight)
+    options = {"k": 2, "policy": model.spec, "sandbox": f"{__name__}:lookup_sandbox"}
+    run_replay(ReplayConfig.load(store=one, requests_in_flight=1, **options))
+    assert in_flight.most == 1
+    in_flight.most, in_flight.wait_for_company = 0, True
+    summary = run_replay(ReplayConfig.load(store=ahead, **options))
+    assert summary.done == 5 and summary.branches == 10 and summary.failed == {}
+    assert in_flight.most >= 2, "one trajectory's only state met the next one's"
+    assert _rollouts(ahead).equals(_rollouts(one))
+    assert _propose_threads() == []
