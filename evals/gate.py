@@ -127,6 +127,16 @@ def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]
     """suite -> task id -> pass^k (every trial succeeded), from a run folder's results.parquet."""
     import polars as pl
 
+    from ee_middleware.evals.runner import unfinished
+
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"The run folder {run_dir} does not exist: point at a folder written by `ee eval run --out`.")
+    why = unfinished(run_dir)
+    if why is not None:
+        raise ConfigError(
+            f"The run in {run_dir} is unfinished: {why}. Run the same `ee eval run ... --out {run_dir}` command again to finish it "
+            "(it resumes where it stopped), then gate."
+        )
     path = Path(run_dir) / "results.parquet"
     if not path.exists():
         raise ConfigError(f"No results.parquet in {run_dir}: point at a folder written by `ee eval run --out` (a finished run).")

@@ -62,11 +62,11 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     from ee_middleware.evals.report import summarize, write_outputs
 
     out = Path(job.out)
+    settings = job.suite_settings()
+    suites = {spec: load_suite(spec, settings) for spec in job.suites}  # a misspelled suite claims no folder
     _claim_run_dir(out, job)
     done = read_journal(out / JOURNAL)
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
-    settings = job.suite_settings()
-    suites = {spec: load_suite(spec, settings) for spec in job.suites}
     todo: list[tuple[str, EvalTask, int]] = []
     totals = {}
     for spec, suite in suites.items():
@@ -93,6 +93,7 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     rows = [r for r in done if r["suite"] in names]
     excluded = {suite.name: dict(getattr(suite, "excluded", None) or {}) for suite in suites.values()}
     write_outputs(out, rows, job, excluded, names)
+    _mark_finished(out)
     return summarize(rows, names, excluded)
 
 
@@ -109,7 +110,37 @@ def _claim_run_dir(out: Path, job: EvalJob) -> None:
             )
         record["job"]["suites"] = sorted(set(previous["job"]["suites"]) | set(job.suites))
     record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["finished"] = None  # until the results and reports of this invocation are written: the gate refuses the run
     atomic_write_text(run_file, json.dumps(record, indent=2))
+
+
+def _mark_finished(out: Path) -> None:
+    record = json.loads((out / RUN_FILE).read_text())
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
+
+
+def unfinished(out: str | os.PathLike[str]) -> str | None:
+    """Why the run in ``out`` is unfinished (it was stopped before its results were written), or None.
+
+    A run folder from before ``finished`` was recorded counts as finished when it has results."""
+    path = Path(out)
+    try:
+        record = json.loads((path / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        record = {}
+    if (path / RESULTS).exists() and (not isinstance(record, dict) or record.get("finished", "") is not None):
+        return None
+    rows = read_journal(path / JOURNAL)
+    if not rows and not record:
+        return None
+    suites = sorted({str(r.get("suite")) for r in rows})
+    return (
+        f"{len(rows)} result(s) in {JOURNAL}"
+        + (f" ({', '.join(suites)})" if suites else "")
+        + f", but it stopped before writing {RESULTS}"
+        + (" anew" if (path / RESULTS).exists() else "")
+    )
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:

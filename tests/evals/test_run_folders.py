@@ -1,0 +1,76 @@
+"""Run folders the gate and the runner meet in practice: a typo'd suite, a missing folder, an unfinished or stale run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.gate import GatePolicy, gate
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import RUN_FILE, run_eval
+
+SUITE = "bfcl:simple:3"
+
+
+def test_a_misspelled_suite_leaves_no_claimed_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="Unknown BFCL category 'simpel'"):
+        run_eval(EvalJob(suites=["bfcl:simpel:3"], model="oracle", out=str(out)))
+    assert not (out / RUN_FILE).exists()
+    [summary] = run_eval(EvalJob(suites=[SUITE], model="noop", out=str(out)))  # another model: the folder is still free
+    assert summary["tasks"] == 3
+    assert json.loads((out / RUN_FILE).read_text())["job"]["suites"] == [SUITE]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "oracle"
+    run_eval(EvalJob(suites=[SUITE], model="oracle", out=str(out)))
+    return out
+
+
+def test_the_gate_names_a_run_folder_that_does_not_exist(finished: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no-such-run.*does not exist"):
+        gate(finished, tmp_path / "no-such-run", GatePolicy(min_tasks=1))
+
+
+class Killed(Exception):
+    """Stands for the process being killed mid-run (raised from the progress callback after some results are written)."""
+
+
+def _kill_after(suite: str, done: int):
+    def progress(name: str, count: int, total: int) -> None:
+        if name == suite and count >= done:
+            raise Killed
+
+    return progress
+
+
+def test_the_gate_refuses_an_unfinished_run_and_says_how_to_finish_it(finished: Path, tmp_path: Path) -> None:
+    half = tmp_path / "half"
+    with pytest.raises(Killed):
+        run_eval(EvalJob(suites=[SUITE], model="oracle", out=str(half)), progress=_kill_after("bfcl:simple", 2))
+    assert not (half / "results.parquet").exists()
+    with pytest.raises(ConfigError, match=r"half.*unfinished.*2 result.*ee eval run"):
+        gate(half, finished, GatePolicy(min_tasks=1))
+    run_eval(EvalJob(suites=[SUITE], model="oracle", out=str(half)))  # the same command finishes it
+    assert gate(half, finished, GatePolicy(min_tasks=1)).passed
+
+
+def test_the_gate_refuses_a_stale_results_file_of_a_resumed_run(finished: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "stale"
+    shutil.copytree(finished, stale)
+    job = EvalJob(suites=[SUITE, "bfcl:multiple:3"], model="oracle", out=str(stale))
+    with pytest.raises(Killed):  # resumed with one more suite and killed: results.parquet is the first run's
+        run_eval(job, progress=_kill_after("bfcl:multiple", 1))
+    with pytest.raises(ConfigError, match=r"stale.*unfinished.*bfcl:multiple"):
+        gate(stale, finished, GatePolicy(min_tasks=1))
+    run_eval(job)
+    assert [s.suite for s in gate(stale, stale, GatePolicy(min_tasks=1)).suites] == ["bfcl:multiple", "bfcl:simple"]
+    later = EvalJob(suites=[SUITE], model="oracle", out=str(stale))  # resumed with fewer suites: finished, not stale
+    run_eval(later)
+    assert gate(stale, finished, GatePolicy(min_tasks=1)).passed
