@@ -64,6 +64,7 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     out = Path(job.out)
     settings = job.suite_settings()
     suites = {spec: load_suite(spec, settings) for spec in job.suites}  # a misspelled suite claims no folder
+    _check_distinct(suites)
     _claim_run_dir(out, job)
     done = read_journal(out / JOURNAL)
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
@@ -95,6 +96,19 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     write_outputs(out, rows, job, excluded, names)
     _mark_finished(out)
     return summarize(rows, names, excluded)
+
+
+def _check_distinct(suites: dict[str, Any]) -> None:
+    """Two specs of one suite (``bfcl:simple:5`` and ``bfcl:simple:10``) would run their shared tasks twice, as if trials."""
+    by_name: dict[str, list[str]] = {}
+    for spec, suite in suites.items():
+        by_name.setdefault(suite.name, []).append(spec)
+    for name, specs in by_name.items():
+        if len(specs) > 1:
+            raise ConfigError(
+                f"The suites {' and '.join(repr(s) for s in specs)} are all the suite {name!r}: give it once "
+                "(with the largest task count you want), or a task would run once per spec and count as several trials."
+            )
 
 
 def _claim_run_dir(out: Path, job: EvalJob) -> None:

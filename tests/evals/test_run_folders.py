@@ -74,3 +74,11 @@ def test_the_gate_refuses_a_stale_results_file_of_a_resumed_run(finished: Path, 
     later = EvalJob(suites=[SUITE], model="oracle", out=str(stale))  # resumed with fewer suites: finished, not stale
     run_eval(later)
     assert gate(stale, finished, GatePolicy(min_tasks=1)).passed
+
+
+def test_two_specs_of_one_suite_are_an_error_not_tasks_run_twice(tmp_path: Path) -> None:
+    out = tmp_path / "dup"
+    for specs in (["bfcl:simple:2", "bfcl:simple:3"], ["bfcl:simple:2", "bfcl:simple_python:2"]):
+        with pytest.raises(ConfigError, match=rf"{specs[0]}.*{specs[1]}.*bfcl:simple.*once"):
+            run_eval(EvalJob(suites=specs, model="oracle", out=str(out)))
+        assert not (out / RUN_FILE).exists()
