@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -24,17 +26,55 @@ from ee_middleware.cli import (
     train_cmds,
 )
 from ee_middleware.errors import EEError
+from ee_middleware.messages import one_line
 
 
 class _Root(TyperGroup):
-    """Turns library errors into one red line on stderr and exit code 1 (no traceback)."""
+    """Turns failures into one red line on stderr and exit code 1 (no traceback): library errors as
+    they are, file system errors with the path and what to check, anything else as an unexpected
+    error (``ee --verbose ...`` lets it through with its traceback)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except EEError as exc:
-            typer.secho(f"error: {exc}", err=True, fg="red")
-            raise typer.Exit(1) from exc
+            _fail(str(exc), exc)
+        except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: typer prints them
+            raise
+        except OSError as exc:
+            _fail(_describe_os_error(exc), exc)
+        except Exception as exc:
+            if ctx.params.get("verbose"):
+                raise
+            _fail(
+                f"unexpected {type(exc).__name__}: {one_line(str(exc), 300)} (a bug in ee-middleware or a case it does not "
+                "check yet: run the command again as `ee --verbose ...` for the traceback, and report it)",
+                exc,
+            )
+
+
+def _fail(message: str, exc: BaseException) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(1) from exc
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """What went wrong with which path, and what to check (not Python's ``[Errno 17] File exists: 'x'``)."""
+    path = exc.filename if exc.filename is not None else "a path"
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, FileExistsError) and not Path(path).is_dir():
+        return f"{path} is a file, not a folder: choose another path, or move the file away."
+    if isinstance(exc, NotADirectoryError):
+        return f"{path}: part of this path is a file, not a folder: choose another path."
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a folder; a file is expected there. Give a file's path."
+    if isinstance(exc, PermissionError):
+        return f"{path}: {reason}. Check the permissions of it and its folder, or choose another path."
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: {reason}. Check the path."
+    if exc.errno == errno.ENOSPC:
+        return f"{path}: {reason}. Free some space, or choose another path."
+    return f"{path}: {reason}."
 
 
 app = typer.Typer(

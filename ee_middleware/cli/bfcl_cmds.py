@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, print_json
+from ee_middleware.cli.common import AllowPartialOption, JsonOption, StoreOption, console, print_json, progress_console, reading_store
 
 app = typer.Typer(help="BFCL multi-turn tasks as a real executable environment.", no_args_is_help=True)
 
@@ -18,6 +18,7 @@ def record_experts_cmd(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N entries."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Record approved expert trajectories: a LangGraph agent replays BFCL's ground-truth calls turn by turn."""
     from ee_middleware.bfcl.experts import record_experts
@@ -27,7 +28,9 @@ def record_experts_cmd(
     if progress and not as_json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        bar = Progress(TextColumn(f"[bold]record[/] {category}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out)
+        bar = Progress(
+            TextColumn(f"[bold]record[/] {category}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
+        )
         bar.start()
         task = bar.add_task(category, total=None)
 
@@ -36,7 +39,8 @@ def record_experts_cmd(
             bar.update(task, completed=n, total=total)
 
     try:
-        report = record_experts(store, category, limit=limit, progress=tick)
+        with reading_store(allow_partial=allow_partial):
+            report = record_experts(store, category, limit=limit, progress=tick)
     finally:
         if bar is not None:
             bar.stop()

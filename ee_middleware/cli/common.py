@@ -87,5 +87,13 @@ def console() -> Any:
     return Console(emoji=False)
 
 
+def progress_console() -> Any:
+    """The console progress bars draw on: stderr, so that stdout holds the command's answer alone
+    (``ee ... > out.txt`` or ``| jq`` get no bar, even when it is drawn once at the end off a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True, emoji=False)
+
+
 short = one_line
 """Text on one line, cut to a width (for table cells)."""

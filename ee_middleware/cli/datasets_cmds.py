@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import STORE_HELP, JsonOption, console, print_json, short
+from ee_middleware.cli.common import STORE_HELP, AllowPartialOption, JsonOption, console, print_json, progress_console, reading_store, short
 
 app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, export.", no_args_is_help=True)
 
@@ -56,6 +56,7 @@ def build(
     seed: int | None = typer.Option(None, "--seed", help="Seed for sampling and the held-out share. \\[default: 0]"),
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a \\[datasets] table; flags override it."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Build datasets from the approved trajectories and their rollouts (optionally with a held-out split by trajectory)."""
     from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
@@ -88,7 +89,7 @@ def build(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out_console
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
         )
         progress.start()
     tasks: dict[str, Any] = {}
@@ -104,7 +105,8 @@ def build(
             progress.update(tasks["sr"], completed=done, total=total)
 
     try:
-        summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr)
+        with reading_store(allow_partial=allow_partial):
+            summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr)
     finally:
         if progress is not None:
             for task in tasks.values():

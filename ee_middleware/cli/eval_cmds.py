@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, console, print_json
+from ee_middleware.cli.common import JsonOption, console, print_json, progress_console
 
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
 
@@ -76,7 +76,7 @@ def run_cmd(
     }
     job = EvalJob.load(config, **overrides)
     out_console = console()
-    bars = _Bars(out_console) if progress and not as_json else None
+    bars = _Bars(progress_console()) if progress and not as_json else None
     try:
         summary = run_eval(job, progress=bars.update if bars else None)
     finally:
@@ -209,7 +209,9 @@ def likelihood_cmd(
     if progress and not as_json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out_console)
+        bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
+        )
         bar.start()
     tasks: dict[str, Any] = {}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json
+from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json, progress_console
 
 RetrieverOption = typer.Option(
     "bm25",
@@ -134,7 +134,9 @@ def _run(sandbox: Any, trained: Any, split: Any, top_k: int, *, quiet: bool) -> 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = len(split.held_out) * len(variant_plan(sandbox, trained, top_k))
-    with Progress(TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console()) as bar:
+    with Progress(
+        TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
+    ) as bar:
         task = bar.add_task("predict", total=total)
         return evaluate(sandbox, split, top_k=top_k, trained=trained, progress=lambda n: bar.advance(task, n))
 

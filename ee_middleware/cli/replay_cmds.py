@@ -9,7 +9,18 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import STORE_HELP, JsonOption, StoreOption, console, open_existing_store, print_json, short
+from ee_middleware.cli.common import (
+    STORE_HELP,
+    AllowPartialOption,
+    JsonOption,
+    StoreOption,
+    console,
+    open_existing_store,
+    print_json,
+    progress_console,
+    reading_store,
+    short,
+)
 
 app = typer.Typer(help="Replay recorded states with K alternative tool calls in a sandbox; inspect rollouts.", no_args_is_help=True)
 
@@ -68,6 +79,7 @@ def run(
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a \\[replay] table; flags override it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Replay every approved trajectory not yet replayed with this configuration (resumable)."""
     from ee_middleware.replay.config import ReplayConfig
@@ -108,7 +120,7 @@ def run(
                 TextColumn("trajectories · {task.fields[branches]} branches"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=out,
+                console=progress_console(),
                 transient=False,
             )
             bar["progress"].start()
@@ -123,7 +135,8 @@ def run(
             bar["progress"].update(bar["task"], completed=n, branches=branches)
 
     try:
-        summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
+        with reading_store(allow_partial=allow_partial):
+            summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
     finally:
         if "progress" in bar:
             bar["progress"].stop()
@@ -252,15 +265,17 @@ def list_rollouts(
     errors_only: bool = typer.Option(False, "--errors", help="Only rollouts whose observation is an error."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many rollouts."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """List stored rollouts (alternative actions and their real observations)."""
     import polars as pl
 
     from ee_middleware.store.tables import rollout_from_row
 
-    opened = open_existing_store(store)
-    ids = [opened.resolve_id(trajectory)] if trajectory else None
-    frame = opened.rollouts(ids, replay_id=replay_id)
+    with reading_store(allow_partial=allow_partial):
+        opened = open_existing_store(store)
+        ids = [opened.resolve_id(trajectory)] if trajectory else None
+        frame = opened.rollouts(ids, replay_id=replay_id)
     if errors_only:
         frame = frame.filter(pl.col("is_error"))
     if limit is not None:
@@ -303,64 +318,66 @@ def show(
     store: str = StoreOption,
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Show the rollouts of a trajectory, state by state, beside the expert's action."""
     from ee_middleware.errors import TrajectoryNotFoundError
 
-    opened = open_existing_store(store)
-    trajectory = None
-    try:
-        trajectory = opened.get(item_id)
-        rollouts = list(opened.iter_rollouts([trajectory.id], replay_id=replay_id))
-    except TrajectoryNotFoundError:
+    with reading_store(allow_partial=allow_partial):
+        opened = open_existing_store(store)
+        trajectory = None
         try:
-            rollouts = [opened.get_rollout(item_id)]
+            trajectory = opened.get(item_id)
+            rollouts = list(opened.iter_rollouts([trajectory.id], replay_id=replay_id))
         except TrajectoryNotFoundError:
-            raise TrajectoryNotFoundError(
-                f"No trajectory or rollout {item_id!r} in {store}. List them with: ee replay list --store {store}"
-            ) from None
-    if as_json:
-        print_json([_rollout_json(r) for r in rollouts])
-        return
-    from rich.table import Table
+            try:
+                rollouts = [opened.get_rollout(item_id)]
+            except TrajectoryNotFoundError:
+                raise TrajectoryNotFoundError(
+                    f"No trajectory or rollout {item_id!r} in {store}. List them with: ee replay list --store {store}"
+                ) from None
+        if as_json:
+            print_json([_rollout_json(r) for r in rollouts])
+            return
+        from rich.table import Table
 
-    out = console()
-    if trajectory is None:
-        r = rollouts[0]
-        trajectory = opened.get(r.trajectory_id)
-    by_step: dict[int, list[Any]] = {}
-    for r in rollouts:
-        by_step.setdefault(r.step_index, []).append(r)
-    mismatches, unrestorable, unlisted = _replay_notes_by_step(opened, trajectory.id, replay_id)
-    out.print(f"[bold]{trajectory.id}[/]  app={trajectory.app}  task: {short(trajectory.task, 160)}")
-    for step in trajectory.steps:
-        if step.index not in by_step and step.index not in mismatches and step.index not in unrestorable:
-            continue
-        table = Table(title=f"step {step.index}", show_lines=False, title_justify="left")
-        table.add_column("", no_wrap=True)
-        table.add_column("call", ratio=1, overflow="fold")
-        table.add_column("observation", ratio=1, overflow="fold")
-        call = step.action.tool_call
-        obs = step.observation
-        table.add_row(
-            "[green]expert[/]",
-            f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200),
-            short(obs.content, 300) if obs else "",
-        )
-        for r in by_step.get(step.index, []):
-            alt = r.action.tool_call
+        out = console()
+        if trajectory is None:
+            r = rollouts[0]
+            trajectory = opened.get(r.trajectory_id)
+        by_step: dict[int, list[Any]] = {}
+        for r in rollouts:
+            by_step.setdefault(r.step_index, []).append(r)
+        mismatches, unrestorable, unlisted = _replay_notes_by_step(opened, trajectory.id, replay_id)
+        out.print(f"[bold]{trajectory.id}[/]  app={trajectory.app}  task: {short(trajectory.task, 160)}")
+        for step in trajectory.steps:
+            if step.index not in by_step and step.index not in mismatches and step.index not in unrestorable:
+                continue
+            table = Table(title=f"step {step.index}", show_lines=False, title_justify="left")
+            table.add_column("", no_wrap=True)
+            table.add_column("call", ratio=1, overflow="fold")
+            table.add_column("observation", ratio=1, overflow="fold")
+            call = step.action.tool_call
+            obs = step.observation
             table.add_row(
-                f"#{r.branch_index} {r.proposer.policy}" + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
-                f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})" if alt else "",
-                ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 300) + _synthetic_note(r),
+                "[green]expert[/]",
+                f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200),
+                short(obs.content, 300) if obs else "",
             )
-        out.print(table)
-        for replay, mismatch in mismatches.get(step.index, []):
-            _print_mismatch(out, mismatch, f"step {step.index}, replay {replay}")
-        for replay, note in unrestorable.get(step.index, []):
-            _print_unrestorable(out, note, f"step {step.index}, replay {replay}")
-    if unlisted:
-        out.print(f"[yellow]{unlisted} more unrestorable step(s) were counted but not listed (a replay record lists the first few).[/]")
+            for r in by_step.get(step.index, []):
+                alt = r.action.tool_call
+                table.add_row(
+                    f"#{r.branch_index} {r.proposer.policy}" + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
+                    f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})" if alt else "",
+                    ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 300) + _synthetic_note(r),
+                )
+            out.print(table)
+            for replay, mismatch in mismatches.get(step.index, []):
+                _print_mismatch(out, mismatch, f"step {step.index}, replay {replay}")
+            for replay, note in unrestorable.get(step.index, []):
+                _print_unrestorable(out, note, f"step {step.index}, replay {replay}")
+        if unlisted:
+            out.print(f"[yellow]{unlisted} more unrestorable step(s) were counted but not listed (a replay record lists the first few).[/]")
 
 
 def _synthetic_note(rollout: Any) -> str:

@@ -1,0 +1,122 @@
+"""Conventions every ``ee`` command keeps, probed as a new user would: damaged stores, paths that are
+files or unwritable, bad configs and unexpected failures give one red ``error:`` line on stderr and
+exit code 1, never a Python traceback or a Python warning, and ``--json`` keeps stdout pure JSON."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+
+runner = CliRunner()
+
+
+def ee(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def _damage_spool(store: Path) -> Path:
+    segment = sorted((store / "spool").glob("*.jsonl"))[0]
+    with segment.open("ab") as f:
+        f.write(b"garbage{{{\n")
+    return segment
+
+
+def _one_error_line(result, *needles: str) -> None:
+    assert "Traceback" not in result.output, result.output
+    assert "Warning" not in result.stderr, f"a raw Python warning reached the user: {result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+READERS = {
+    "replay list": lambda s, tmp: ["replay", "list", "--store", s, "--json"],
+    "replay show": lambda s, tmp: ["replay", "show", _first_id(s), "--store", s, "--json"],
+    "replay run": lambda s, tmp: ["replay", "run", "--store", s, "--k", "2", "--no-progress", "--json"],
+    "datasets build": lambda s, tmp: ["datasets", "build", "--store", s, "--kinds", "il", "--out", str(tmp / "ds"), "--json"],
+    "bfcl record-experts": lambda s, tmp: ["bfcl", "record-experts", "--store", s, "--limit", "2", "--no-progress", "--json"],
+}
+
+
+def _first_id(store: str) -> str:
+    from ee_middleware.store import LocalExperienceStore
+
+    return LocalExperienceStore(store).trajectories()["id"][0]
+
+
+@pytest.mark.parametrize("command", list(READERS))
+def test_a_damaged_store_fails_every_reading_command_unless_partial_answers_are_allowed(
+    command: str, bfcl_store_path: Path, tmp_path: Path
+):
+    args = READERS[command](str(bfcl_store_path), tmp_path)  # the id is read before the damage
+    segment = _damage_spool(bfcl_store_path)
+    result = ee(*args)
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, str(segment), "--allow-partial")
+    assert result.stdout == "", "no incomplete answer is printed"
+    assert not (tmp_path / "ds").exists(), "no dataset is built from an incomplete store"
+    partial = ee(*args, "--allow-partial")
+    assert partial.exit_code == 0, partial.output
+    assert "Warning" not in partial.stderr and f"warning: Skipped a damaged record in {segment}" in partial.stderr
+    json.loads(partial.stdout)
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(bfcl_store_path: Path, tmp_path: Path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("hi\n")
+    result = ee("datasets", "build", "--store", str(bfcl_store_path), "--kinds", "il", "--out", str(a_file))
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, str(a_file), "not a folder")
+    assert a_file.read_text() == "hi\n"
+
+
+def test_a_config_that_is_a_folder_is_one_line(bfcl_store_path: Path, tmp_path: Path):
+    result = ee("replay", "run", "--store", str(bfcl_store_path), "--config", str(tmp_path))
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, str(tmp_path))
+
+
+def test_an_unwritable_output_folder_is_one_line_injected(bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Injected: these machines run as root, which chmod does not stop; the error is the one mkdir raises.
+    target = tmp_path / "locked" / "ds"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs):
+        if self == target:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    result = ee("datasets", "build", "--store", str(bfcl_store_path), "--kinds", "il", "--out", str(target))
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, "Permission denied", str(target))
+
+
+def test_an_unexpected_failure_is_one_line_and_verbose_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from ee_middleware.cli import store_cmds
+
+    def broken(spec):
+        raise TypeError("'int' object is not iterable")
+
+    monkeypatch.setattr(store_cmds, "open_existing_store", broken)
+    result = ee("store", "info", "--store", str(tmp_path), "--json")
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    _one_error_line(result, "TypeError: 'int' object is not iterable", "--verbose")
+    verbose = ee("--verbose", "store", "info", "--store", str(tmp_path))
+    assert isinstance(verbose.exception, TypeError), "with --verbose the real exception (and its traceback) comes through"
+
+
+def test_progress_bars_draw_on_stderr_so_stdout_holds_the_answer_alone(tmp_path: Path):
+    # Off a terminal rich draws the bar once, when it stops: that drawing went to stdout, into `> file` or a pipe.
+    result = ee("bfcl", "record-experts", "--store", str(tmp_path / "s"), "--limit", "1")
+    assert result.exit_code == 0, result.output
+    assert "━" not in result.stdout and "recorded 1 expert trajectories" in " ".join(result.stdout.split())
+    assert "record multi_turn_base" in result.stderr and "1/1" in result.stderr
