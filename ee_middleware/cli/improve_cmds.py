@@ -175,15 +175,24 @@ def register(app: typer.Typer) -> None:
 
 
 def _runs_dir(runs: Path | None, config: Path | None) -> Any:
+    from ee_middleware.errors import ConfigError
     from ee_middleware.jobs.runs import RunsDir
 
     if runs is None and config is not None:
         from ee_middleware._toml import read_toml_table
 
         value = read_toml_table(config, "improve").get("runs")
-        runs = Path(value) if value else None
+        if not value:
+            raise ConfigError(f'{config} names no runs folder: add runs = "DIR" to its [improve] table, or pass --runs DIR.')
+        runs = Path(value)
     if runs is None:
         raise typer.BadParameter("say which runs: --runs DIR, --config improve.toml, or EE_RUNS")
+    if not runs.is_dir():
+        what = "is not a folder" if runs.exists() else "does not exist"
+        raise ConfigError(
+            f"No runs folder at {runs} (it {what}): `ee improve` makes it on its first run. Check --runs, EE_RUNS or the "
+            "[improve] runs of --config."
+        )
     return RunsDir(runs)
 
 

@@ -120,3 +120,24 @@ def test_progress_bars_draw_on_stderr_so_stdout_holds_the_answer_alone(tmp_path:
     assert result.exit_code == 0, result.output
     assert "━" not in result.stdout and "recorded 1 expert trajectories" in " ".join(result.stdout.split())
     assert "record multi_turn_base" in result.stderr and "1/1" in result.stderr
+
+
+def test_runs_in_a_folder_that_does_not_exist_is_an_error_not_an_empty_list(tmp_path: Path):
+    # A mistyped --runs printed an empty table (or []) and exit 0, as if no run had ever been made.
+    missing = tmp_path / "runz"
+    for args in (
+        ["runs", "list", "--runs", str(missing), "--json"],
+        ["runs", "list", "--runs", str(missing)],
+        ["runs", "show", "--runs", str(missing)],
+    ):
+        result = ee(*args)
+        assert result.exit_code == 1 and result.stdout == "", result.output
+        _one_error_line(result, f"No runs folder at {missing}", "--runs")
+    config = tmp_path / "improve.toml"
+    config.write_text("[improve]\napp = 'x'\n")
+    result = ee("runs", "list", "--config", str(config))
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, str(config), "runs =")
+    (tmp_path / "runs").mkdir()
+    empty = ee("runs", "list", "--runs", str(tmp_path / "runs"), "--json")
+    assert empty.exit_code == 0 and json.loads(empty.stdout) == [], "an existing folder with no run yet is fine"
