@@ -149,7 +149,7 @@ class _Worker:
 
     def _ask_ahead(self, item: Trajectory | TrajectoryRows) -> tuple[Trajectory | TrajectoryRows, ProposingAhead | None]:
         """``item`` built (when it can be), with its proposals asked for now."""
-        sandbox, proposer = self._build()
+        _, proposer = self._build()
         if type(item) is TrajectoryRows:
             try:
                 item = item.build()
@@ -157,7 +157,7 @@ class _Worker:
                 return item, None
         requests = self._request_threads()
         assert requests is not None
-        return item, propose_ahead(item, sandbox, proposer, self.spec.settings, requests)
+        return item, propose_ahead(item, proposer, self.spec.settings, requests)
 
     def _stored(self, outcome: ReplayOutcome) -> ReplayOutcome:
         store = self._writable_store()

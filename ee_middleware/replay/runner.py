@@ -113,13 +113,12 @@ class ProposingAhead:
         wait(self.futures)
 
 
-def propose_ahead(
-    trajectory: Trajectory, sandbox: Sandbox, proposer: Proposer, settings: ReplaySettings, requests: Executor
-) -> ProposingAhead | None:
+def propose_ahead(trajectory: Trajectory, proposer: Proposer, settings: ReplaySettings, requests: Executor) -> ProposingAhead | None:
     """Ask ``requests``'s threads for ``trajectory``'s proposals now, while another trajectory replays; ``None`` when
-    it will be skipped for its tools alone (no tool call, or one ``sandbox`` does not provide: nothing is asked)."""
+    it has no tool call. (Whether the sandbox provides its tools can only be told once it is reset to the trajectory's
+    environment: a trajectory skipped for that has had its proposals asked for in vain.)"""
     steps = _tool_steps(trajectory)
-    if not steps or any(not sandbox.covers(s.action.tool_call.name) for s in steps if s.action.tool_call):
+    if not steps:
         return None
     futures = [requests.submit(_proposals_at, trajectory, proposer, settings, step) for step in steps]
     return ProposingAhead(trajectory.id, proposer, futures)
