@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from ee_middleware.cli.common import AllowPartialOption, JsonOption, StoreOption, console, print_json, progress_console, reading_store
@@ -24,19 +26,26 @@ def record_experts_cmd(
     from ee_middleware.bfcl.experts import record_experts
 
     out = console()
-    bar = None
-    if progress and not as_json:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(
-            TextColumn(f"[bold]record[/] {category}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
-        )
-        bar.start()
-        task = bar.add_task(category, total=None)
+    bar: Any = None
 
     def tick(n: int, total: int) -> None:
-        if bar is not None:
-            bar.update(task, completed=n, total=total)
+        # Started at the first tick, not before the work: an early error is then the only line on stderr.
+        nonlocal bar
+        if not progress or as_json:
+            return
+        if bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(
+                TextColumn(f"[bold]record[/] {category}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=progress_console(),
+            )
+            bar.start()
+            bar.add_task(category, total=None)
+        bar.update(bar.task_ids[0], completed=n, total=total)
 
     try:
         with reading_store(allow_partial=allow_partial):

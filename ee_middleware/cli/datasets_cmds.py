@@ -85,16 +85,18 @@ def build(
     )
     out_console = console()
     progress: Any = None
-    if not as_json:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
-        )
-        progress.start()
     tasks: dict[str, Any] = {}
 
     def on_stage(kind: str) -> None:
+        # The bars start with the first stage, not before the work: an early error is then the only line on stderr.
+        nonlocal progress
+        if progress is None and not as_json:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
+            )
+            progress.start()
         if progress is not None:
             for task in tasks.values():
                 progress.update(task, completed=progress.tasks[task].total or 1, total=progress.tasks[task].total or 1)

@@ -141,3 +141,27 @@ def test_runs_in_a_folder_that_does_not_exist_is_an_error_not_an_empty_list(tmp_
     (tmp_path / "runs").mkdir()
     empty = ee("runs", "list", "--runs", str(tmp_path / "runs"), "--json")
     assert empty.exit_code == 0 and json.loads(empty.stdout) == [], "an existing folder with no run yet is fine"
+
+
+def test_an_error_before_any_work_is_the_one_line_on_stderr_without_an_empty_progress_bar(bfcl_store_path: Path, tmp_path: Path):
+    # The bar was started before the work, so an early error left an empty bar (or a blank line) above it.
+    bad_category = ee("bfcl", "record-experts", "--store", str(tmp_path / "s"), "--category", "nosuch")
+    assert bad_category.exit_code == 1, bad_category.output
+    _one_error_line(bad_category, "nosuch", "multi_turn_base")
+    missing_ids = ee(
+        "datasets", "build", "--store", str(bfcl_store_path), "--out", str(tmp_path / "ds"), "--heldout-ids", str(tmp_path / "nope.txt")
+    )
+    assert missing_ids.exit_code == 1, missing_ids.output
+    assert missing_ids.stderr.startswith("error: ") and "nope.txt" in missing_ids.stderr, repr(missing_ids.stderr)
+
+
+@pytest.mark.parametrize("flag", [["--tool-timeout", "5"], ["--memory-mb", "100"], ["--ray-address", "auto"]], ids=lambda f: f[0])
+def test_replay_flags_that_would_be_ignored_are_refused(flag: list[str], bfcl_store_path: Path):
+    # --tool-timeout and --memory-mb act only with --isolation subprocess, --ray-address only with --executor ray:
+    # they were silently ignored (a user thinking tools had a time limit had none).
+    result = ee("replay", "run", "--store", str(bfcl_store_path), "--k", "2", "--json", *flag)
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    _one_error_line(result, flag[0], "--isolation subprocess" if flag[0] != "--ray-address" else "--executor ray")
+    from ee_middleware.store import LocalExperienceStore
+
+    assert LocalExperienceStore(bfcl_store_path).rollouts().is_empty(), "nothing was replayed"
