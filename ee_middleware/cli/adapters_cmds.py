@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, console, print_json, short
+from ee_middleware.cli.common import JsonOption, console, examples, print_json, short
 
 app = typer.Typer(help="Versioned LoRA adapters: register, promote (hot-swap into the servers), roll back, retire.", no_args_is_help=True)
 
@@ -61,7 +61,7 @@ def _record_json(record: Any) -> dict[str, Any]:
     return record.to_json()
 
 
-@app.command("register")
+@app.command("register", epilog=examples("ee adapters register ./out/adapter --app support-bot -r ./registry"))
 def register(
     path: Path = typer.Argument(..., help="The adapter folder `ee train` wrote."),
     app_name: str = typer.Option(..., "--app", "-a", help="The app (and alias) it serves, e.g. support-bot."),
@@ -78,7 +78,7 @@ def register(
         typer.echo(f"{record.name} ({record.status}, rank {record.rank}, base {record.base_model})")
 
 
-@app.command("list")
+@app.command("list", epilog=examples("ee adapters list -r ./registry --app support-bot"))
 def list_adapters(
     registry: str = RegistryOption,
     app_name: str | None = typer.Option(None, "--app", "-a", help="Only this app."),
@@ -109,7 +109,7 @@ def list_adapters(
     console().print(table)
 
 
-@app.command("show")
+@app.command("show", epilog=examples("ee adapters show support-bot-v3-1a2b3c -r ./registry"))
 def show(name: str = typer.Argument(..., help="An adapter name."), registry: str = RegistryOption, as_json: bool = JsonOption) -> None:
     """An adapter's record, its training manifest and its history."""
     reg = _registry(registry)
@@ -138,7 +138,7 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         out.print(f"  {event['at'][:19]}  {event['action']:<16} by {event.get('by', '?')}{applied}")
 
 
-@app.command("promote")
+@app.command("promote", epilog=examples("ee adapters promote support-bot-v3-1a2b3c -r ./registry --server http://127.0.0.1:8000/v1"))
 def promote(
     name: str = typer.Argument(..., help="The adapter to make live."),
     registry: str = RegistryOption,
@@ -159,7 +159,7 @@ def promote(
         typer.echo(f"{result.live.app} -> {result.live.name} (was {result.replaced or 'none'}) in {result.seconds:.3f} s")
 
 
-@app.command("rollback")
+@app.command("rollback", epilog=examples("ee adapters rollback support-bot -r ./registry --server http://127.0.0.1:8000/v1"))
 def rollback(
     app_name: str = typer.Argument(..., help="The app whose previous live adapter comes back."),
     registry: str = RegistryOption,
@@ -179,7 +179,7 @@ def rollback(
         typer.echo(f"{app_name} -> {result.live.name} (was {result.replaced}) in {result.seconds:.3f} s")
 
 
-@app.command("retire")
+@app.command("retire", epilog=examples("ee adapters retire support-bot-v2-9f8e7d -r ./registry --server http://127.0.0.1:8000/v1"))
 def retire(
     name: str = typer.Argument(..., help="The adapter to withdraw."),
     registry: str = RegistryOption,

@@ -6,12 +6,21 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import AllowPartialOption, JsonOption, StoreOption, console, print_json, progress_console, reading_store
+from ee_middleware.cli.common import (
+    AllowPartialOption,
+    JsonOption,
+    StoreOption,
+    console,
+    examples,
+    print_json,
+    progress_console,
+    reading_store,
+)
 
 app = typer.Typer(help="BFCL multi-turn tasks as a real executable environment.", no_args_is_help=True)
 
 
-@app.command("record-experts")
+@app.command("record-experts", epilog=examples("ee bfcl record-experts --store ./experience --category multi_turn_base --limit 20"))
 def record_experts_cmd(
     store: str = StoreOption,
     category: str = typer.Option(

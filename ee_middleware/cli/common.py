@@ -95,5 +95,10 @@ def progress_console() -> Any:
     return Console(stderr=True, emoji=False)
 
 
+def examples(*commands: str) -> str:
+    """A command's help epilog: each example on its own line (shown after the options)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {command}" for command in commands)
+
+
 short = one_line
 """Text on one line, cut to a width (for table cells)."""

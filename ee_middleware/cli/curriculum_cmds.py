@@ -7,12 +7,15 @@ from pathlib import Path
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, open_existing_store, print_json
+from ee_middleware.cli.common import JsonOption, StoreOption, examples, open_existing_store, print_json
 
 app = typer.Typer(help="The curriculum: new tasks like the ones the policy solves about half the time.", no_args_is_help=True)
 
 
-@app.command("propose")
+@app.command(
+    "propose",
+    epilog=examples("ee curriculum propose --from ./eval/base --model local:./models/smollm2 --store ./experience --out tasks.jsonl"),
+)
 def propose_cmd(
     results: Path = typer.Option(..., "--from", help="An eval run's folder (or its results.jsonl / results.parquet)."),
     model: str = typer.Option(
@@ -57,7 +60,12 @@ def propose_cmd(
         typer.echo(f"no stored trajectory for (cannot validate): {', '.join(proposal.unmatched[:10])}")
 
 
-@app.command("run")
+@app.command(
+    "run",
+    epilog=examples(
+        "ee curriculum run tasks.jsonl --policy local:./models/smollm2 --sandbox bfcl --judge local:./models/smollm2 --store ./experience"
+    ),
+)
 def run_cmd(
     tasks: Path = typer.Argument(..., help="tasks.jsonl from 'ee curriculum propose'."),
     policy: str = typer.Option(

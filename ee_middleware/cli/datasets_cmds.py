@@ -8,12 +8,22 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import STORE_HELP, AllowPartialOption, JsonOption, console, print_json, progress_console, reading_store, short
+from ee_middleware.cli.common import (
+    STORE_HELP,
+    AllowPartialOption,
+    JsonOption,
+    console,
+    examples,
+    print_json,
+    progress_console,
+    reading_store,
+    short,
+)
 
 app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, export.", no_args_is_help=True)
 
 
-@app.command("build")
+@app.command("build", epilog=examples("ee datasets build --store ./experience --kinds il,iwm,sr --out ./data --heldout-share 0.2"))
 def build(
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
@@ -157,7 +167,7 @@ class ExportFormat(StrEnum):
     hf = "hf"
 
 
-@app.command("show")
+@app.command("show", epilog=examples("ee datasets show ./data --tokenizer ./models/smollm2 --max-length 2048"))
 def show(
     folder: Path = typer.Argument(..., help="A folder written by ee datasets build (or one .parquet file)."),
     examples: int = typer.Option(2, "--examples", "-n", min=0, help="Rendered examples per dataset."),
@@ -230,7 +240,7 @@ def show(
         out.print(f"histograms: {plot}")
 
 
-@app.command("export")
+@app.command("export", epilog=examples("ee datasets export ./data/il.parquet --out il.jsonl"))
 def export(
     dataset: Path = typer.Argument(..., help="A .parquet dataset file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (jsonl) or folder (hf)."),

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, console, print_json, progress_console
+from ee_middleware.cli.common import JsonOption, console, examples, print_json, progress_console
 
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None)
     return model_spec
 
 
-@app.command("run")
+@app.command("run", epilog=examples("ee eval run --suite bfcl:multi_turn_base:20 --model-spec local:./models/smollm2 --out ./eval/base"))
 def run_cmd(
     suite: list[str] = typer.Option(
         ...,
@@ -131,7 +131,7 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> Non
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 
-@app.command("gate")
+@app.command("gate", epilog=examples("ee eval gate --candidate ./eval/candidate --baseline ./eval/base --policy gate.toml"))
 def gate_cmd(
     candidate: Path = typer.Option(..., "--candidate", help="Run folder of the candidate (ee eval run --out)."),
     baseline: Path = typer.Option(..., "--baseline", help="Run folder of the baseline (the live model) on the same suites."),
@@ -184,7 +184,7 @@ def _print_gate(out: Any, result: Any) -> None:
     out.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: " + "; ".join(result.reasons))
 
 
-@app.command("likelihood")
+@app.command("likelihood", epilog=examples("ee eval likelihood --data ./data --base ./models/smollm2 --adapter ./adapters/il"))
 def likelihood_cmd(
     data: Path = typer.Option(
         ..., "--data", help="Held-out states: DATA/heldout (from ee datasets build --heldout-...), DATA, or an il.parquet."

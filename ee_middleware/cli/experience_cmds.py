@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, open_existing_store, print_json, progress_console
+from ee_middleware.cli.common import JsonOption, StoreOption, console, examples, open_existing_store, print_json, progress_console
 
 RetrieverOption = typer.Option(
     "bm25",
@@ -18,7 +18,7 @@ RetrieverOption = typer.Option(
 app = typer.Typer(help="The experience model: a language model standing in for tools that cannot be replayed.", no_args_is_help=True)
 
 
-@app.command("eval")
+@app.command("eval", epilog=examples("ee experience eval --model local:./models/smollm2 --store ./experience --out ./experience-eval"))
 def eval_cmd(
     model: str = typer.Option(
         ..., "--model", "-m", help="The experience model: local:DIR\\[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
@@ -73,7 +73,7 @@ def eval_cmd(
     _print_table(report)
 
 
-@app.command("dataset")
+@app.command("dataset", epilog=examples("ee experience dataset --store ./experience --out ./em-data"))
 def dataset_cmd(
     store: str = StoreOption,
     out: Path = typer.Option(..., "--out", help="Folder for em.parquet (train on it with 'ee train --schedule experience-model')."),

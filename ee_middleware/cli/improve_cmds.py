@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, console, print_json, short
+from ee_middleware.cli.common import JsonOption, console, examples, print_json, short
 
 EXIT_STOPPED = 3
 """Exit status of a run stopped by its ``max_minutes`` budget (the next call continues it)."""
@@ -170,7 +170,9 @@ def results_table(evaluation: dict[str, Any]) -> Any:
 
 def register(app: typer.Typer) -> None:
     """Add ``ee improve`` and ``ee runs`` to the root app."""
-    app.command("improve")(improve)
+    app.command(
+        "improve", epilog=examples("ee improve --config improve.toml", "ee improve --config improve.toml --app support-bot --new-run")
+    )(improve)
     app.add_typer(runs_app, name="runs")
 
 
@@ -199,7 +201,7 @@ def _runs_dir(runs: Path | None, config: Path | None) -> Any:
 RunsOption = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (or --config improve.toml).")
 
 
-@runs_app.command("list")
+@runs_app.command("list", epilog=examples("ee runs list --config improve.toml"))
 def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Every run, oldest first: status, stages finished, candidate, gate, promotion."""
     folder = _runs_dir(runs, config)
@@ -233,7 +235,7 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
     console().print(table)
 
 
-@runs_app.command("show")
+@runs_app.command("show", epilog=examples("ee runs show latest --runs ./runs"))
 def show_run(
     run_id: str = typer.Argument("latest", help="A run id, an unambiguous prefix, or 'latest'."),
     runs: Path | None = RunsOption,

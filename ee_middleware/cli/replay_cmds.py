@@ -15,6 +15,7 @@ from ee_middleware.cli.common import (
     JsonOption,
     StoreOption,
     console,
+    examples,
     open_existing_store,
     print_json,
     progress_console,
@@ -35,7 +36,13 @@ class IsolationChoice(StrEnum):
     subprocess = "subprocess"
 
 
-@app.command("run")
+@app.command(
+    "run",
+    epilog=examples(
+        "ee replay run --store ./experience --sandbox bfcl --policy mutate --k 8 --workers 2",
+        "ee replay run --store ./experience --policy openai:http://127.0.0.1:8000/v1#my-model --isolation subprocess --tool-timeout 30",
+    ),
+)
 def run(
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     sandbox: str | None = typer.Option(
@@ -272,7 +279,7 @@ def _rollout_json(rollout: Any) -> dict[str, Any]:
     return rollout.model_dump(mode="json")
 
 
-@app.command("list")
+@app.command("list", epilog=examples("ee replay list --store ./experience --errors --limit 20"))
 def list_rollouts(
     store: str = StoreOption,
     trajectory: str | None = typer.Option(
@@ -329,7 +336,7 @@ def list_rollouts(
     console().print(table)
 
 
-@app.command("show")
+@app.command("show", epilog=examples("ee replay show 3f2a9c1b --store ./experience"))
 def show(
     item_id: str = typer.Argument(..., help="A trajectory id (all its rollouts) or a rollout id; a unique prefix is enough."),
     store: str = StoreOption,

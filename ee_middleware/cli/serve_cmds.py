@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from ee_middleware.cli.common import examples
+
 app = typer.Typer(
     help="Serve a base model with hot-swappable LoRA adapters, and route app aliases to the live adapter.", no_args_is_help=True
 )
@@ -31,7 +33,7 @@ def _template(value: str | None) -> str | None:
     return str(template_path(value))
 
 
-@app.command("local")
+@app.command("local", epilog=examples("ee serve local --base ./models/smollm2 --port 8000 --chat-template smollm2-tools"))
 def serve_local(
     base: Path = typer.Option(..., "--base", help="The base model folder (save_pretrained)."),
     host: str = typer.Option("127.0.0.1", "--host"),
@@ -64,7 +66,7 @@ def serve_local(
     main(argv)
 
 
-@app.command("vllm")
+@app.command("vllm", epilog=examples("ee serve vllm --base ./models/smollm2 --port 8000 --print-command"))
 def serve_vllm(
     base: str = typer.Option(..., "--base", help="The base model folder (or a model id your vLLM can load offline)."),
     host: str = typer.Option("127.0.0.1", "--host"),
@@ -127,7 +129,7 @@ def _wait(server: object) -> None:
         server.stop()  # type: ignore[attr-defined]
 
 
-@app.command("router")
+@app.command("router", epilog=examples("ee serve router -r ./registry --server http://127.0.0.1:8000/v1 --port 9000"))
 def serve_router(
     registry: str = typer.Option(..., "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="The adapter registry."),
     servers: list[str] = typer.Option([], "--server", envvar="EE_SERVER_URLS", help="A replica's API root (repeat)."),

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from ee_middleware.cli.common import AllowPartialOption, JsonOption, StoreOption, console, open_existing_store, print_json, reading_store
+from ee_middleware.cli.common import (
+    AllowPartialOption,
+    JsonOption,
+    StoreOption,
+    console,
+    examples,
+    open_existing_store,
+    print_json,
+    reading_store,
+)
 
 app = typer.Typer(help="Inspect and maintain an experience store.", no_args_is_help=True)
 
 
-@app.command("info")
+@app.command("info", epilog=examples("ee store info --store ./experience"))
 def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bool = AllowPartialOption) -> None:
     """Counts of trajectories by approval, spool segments and Parquet parts."""
     with reading_store(allow_partial=allow_partial):
@@ -26,7 +35,7 @@ def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bo
     console().print(table)
 
 
-@app.command("compact")
+@app.command("compact", epilog=examples("ee store compact --store ./experience"))
 def compact(store: str = StoreOption) -> None:
     """Fold finished spool segments into Parquet parts (safe while agents are recording and reading).
 
@@ -40,7 +49,7 @@ def compact(store: str = StoreOption) -> None:
         raise typer.Exit(1)
 
 
-@app.command("repair")
+@app.command("repair", epilog=examples("ee store repair --store ./experience"))
 def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     """Take damaged Parquet parts out of the store (moved to quarantine/TABLE/), so reads are complete again.
 

@@ -14,6 +14,7 @@ from ee_middleware.cli.common import (
     JsonOption,
     StoreOption,
     console,
+    examples,
     open_existing_store,
     print_json,
     reading_store,
@@ -40,7 +41,9 @@ class ExportFormat(StrEnum):
     parquet = "parquet"
 
 
-@app.command("list")
+@app.command(
+    "list", epilog=examples("ee traces list --store ./experience --status pending", "ee traces list -s ./experience --json --limit 20")
+)
 def list_traces(
     store: str = StoreOption,
     status: StatusFilter = typer.Option(StatusFilter.all, "--status", help="Only trajectories with this approval."),
@@ -87,7 +90,7 @@ def list_traces(
     console().print(table)
 
 
-@app.command("show")
+@app.command("show", epilog=examples("ee traces show 3f2a9c1b --store ./experience"))
 def show(
     trajectory_id: str = typer.Argument(..., help="Trajectory id (a unique prefix is enough)."),
     store: str = StoreOption,
@@ -154,7 +157,7 @@ def _history_table(decisions: list[dict[str, Any]]) -> Any:
     return table
 
 
-@app.command("approve")
+@app.command("approve", epilog=examples("ee traces approve 3f2a9c1b 77d0e4aa --store ./experience --by alice --reason 'checked by hand'"))
 def approve(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
     store: str = StoreOption,
@@ -167,7 +170,7 @@ def approve(
     _decide(store, trajectory_ids, "approved", by, reason, force=force, allow_partial=allow_partial)
 
 
-@app.command("reject")
+@app.command("reject", epilog=examples("ee traces reject 3f2a9c1b --store ./experience --by alice --reason 'wrong refund amount'"))
 def reject(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
     store: str = StoreOption,
@@ -191,7 +194,7 @@ def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str 
             typer.echo(f"  {e.trajectory_id[:12]}: overturned {e.overrides.status} by {e.overrides.by or '?'} (both kept in the history)")
 
 
-@app.command("export")
+@app.command("export", epilog=examples("ee traces export --store ./experience --format jsonl --out train.jsonl"))
 def export(
     store: str = StoreOption,
     fmt: ExportFormat = typer.Option(..., "--format", "-f", help="jsonl: OpenAI chat fine-tuning lines; parquet: one row per trajectory."),
@@ -214,7 +217,7 @@ def export(
         typer.secho(f"note: no {status.value} trajectories in {store}; approve some with `ee traces approve`.", err=True, fg="yellow")
 
 
-@app.command("ingest")
+@app.command("ingest", epilog=examples("ee traces ingest otel/traces.json --store ./experience --app support-bot"))
 def ingest(
     files: list[Path] = typer.Argument(..., help="OTLP JSON files (a Collector's file exporter output).", exists=False),
     store: str = StoreOption,

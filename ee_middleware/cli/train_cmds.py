@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, print_json
+from ee_middleware.cli.common import JsonOption, examples, print_json
 from ee_middleware.errors import EEError
 
 
@@ -86,7 +86,13 @@ def train(
 
 def register(root: typer.Typer) -> None:
     """Add ``ee train`` to the root app."""
-    root.command("train")(train)
+    root.command(
+        "train",
+        epilog=examples(
+            "ee train --config train.toml",
+            "ee train --base-model ./models/smollm2 --data ./data --schedule il --output-dir ./out/il --max-steps 200",
+        ),
+    )(train)
 
 
 app = typer.Typer(help="Train a LoRA adapter.", add_completion=False, pretty_exceptions_enable=False)

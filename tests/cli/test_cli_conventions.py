@@ -165,3 +165,34 @@ def test_replay_flags_that_would_be_ignored_are_refused(flag: list[str], bfcl_st
     from ee_middleware.store import LocalExperienceStore
 
     assert LocalExperienceStore(bfcl_store_path).rollouts().is_empty(), "nothing was replayed"
+
+
+def _leaf_commands(group, path=()):
+    for name, command in getattr(group, "commands", {}).items():
+        if hasattr(command, "commands"):
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def _leaves():
+    import typer.main
+
+    return list(_leaf_commands(typer.main.get_command(app)))
+
+
+@pytest.mark.parametrize("path,command", _leaves(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_every_command_has_a_working_example_in_its_help(path, command):
+    import shlex
+
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert result.exit_code == 0, result.output
+    assert "Examples:" in result.output, f"`ee {' '.join(path)} --help` shows no example"
+    shown = [line.strip() for line in result.output.split("Examples:", 1)[1].splitlines() if line.strip().startswith("ee ")]
+    assert shown, result.output
+    options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    for example in shown:
+        words = shlex.split(example)
+        assert words[1 : 1 + len(path)] == list(path), f"example {example!r} is not for `ee {' '.join(path)}`"
+        unknown = [w.split("=")[0] for w in words if w.startswith("-") and w.split("=")[0] not in options]
+        assert not unknown, f"example {example!r} uses options the command does not have: {unknown}"
