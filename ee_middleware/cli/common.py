@@ -55,24 +55,27 @@ def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
     from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreDamagedError
 
     report = DamageReport()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if not allow_partial:
-            warnings.simplefilter("error", IncompleteReadWarning)
-        try:
-            yield report
-        except IncompleteReadWarning as exc:
-            raise StoreDamagedError(
-                f"{exc} The answer would be incomplete, so none was given; pass --allow-partial to answer from the rest."
-            ) from None
-        finally:
-            for w in caught:
-                if not issubclass(w.category, StoreCorruptionWarning):
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-                elif str(w.message) not in report.messages:
-                    report.messages.append(str(w.message))
-                    report.incomplete |= issubclass(w.category, IncompleteReadWarning)
-                    typer.secho(f"warning: {w.message}", err=True, fg="yellow")
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if not allow_partial:
+                warnings.simplefilter("error", IncompleteReadWarning)
+            try:
+                yield report
+            except IncompleteReadWarning as exc:
+                raise StoreDamagedError(
+                    f"{exc} The answer would be incomplete, so none was given; pass --allow-partial to answer from the rest."
+                ) from None
+    finally:
+        # After the recording has stopped: re-emitted inside it, a warning was recorded again, and re-emitted, forever.
+        for w in caught:
+            if not issubclass(w.category, StoreCorruptionWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # the user's filters apply
+            elif str(w.message) not in report.messages:
+                report.messages.append(str(w.message))
+                report.incomplete |= issubclass(w.category, IncompleteReadWarning)
+                typer.secho(f"warning: {w.message}", err=True, fg="yellow")
 
 
 def print_json(data: Any) -> None:

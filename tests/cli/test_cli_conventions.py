@@ -196,3 +196,24 @@ def test_every_command_has_a_working_example_in_its_help(path, command):
         assert words[1 : 1 + len(path)] == list(path), f"example {example!r} is not for `ee {' '.join(path)}`"
         unknown = [w.split("=")[0] for w in words if w.startswith("-") and w.split("=")[0] not in options]
         assert not unknown, f"example {example!r} uses options the command does not have: {unknown}"
+
+
+def test_a_warning_other_than_store_damage_is_shown_once_after_reading_and_does_not_loop():
+    # reading_store re-showed other warnings while still recording them: each one was recorded again and
+    # re-shown, forever (memory grew to GBs). Seen when Ctrl-C stopped `ee bfcl record-experts`.
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings\n"
+        "from ee_middleware.cli.common import reading_store\n"
+        "with reading_store(allow_partial=True):\n"
+        "    warnings.warn('a library warning', UserWarning)\n"
+        "print('done')\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading_store never returned: it re-recorded the warning it was showing")
+    assert done.returncode == 0 and done.stdout == "done\n", done.stderr
+    assert done.stderr.count("UserWarning: a library warning") == 1, done.stderr
