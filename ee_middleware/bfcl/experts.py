@@ -170,8 +170,8 @@ def record_experts(
     from ee_middleware.capture.recorder import record_experience
     from ee_middleware.store.registry import open_store
 
+    entries = load_entries(category, limit=limit, ids=ids)  # an unknown category fails before the store is made
     store_obj = open_store(store)
-    entries = load_entries(category, limit=limit, ids=ids)
     report = RecordReport(category=category)
     done_before = recorded_entry_ids(store_obj, category)
 

@@ -214,6 +214,7 @@ def load_pretrained(
     The one place models are read from disk: the local generator, the trainer and the local server
     load through it. ``dtype`` goes to ``from_pretrained`` when given.
     """
+    _check_model_folder(Path(folder), gguf_file)  # before transformers reads a missing folder as a hub repo id
     transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file is not None:

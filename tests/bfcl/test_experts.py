@@ -99,3 +99,9 @@ def test_tool_classes_built_once_record_the_same_trajectories(tmp_path: Path, mo
     new, old = _recorded(tmp_path / "new"), _recorded(tmp_path / "old")
     assert sorted(new) == sorted(ids) and new == old
     assert experts._backend_tool_class() is experts._backend_tool_class()
+
+
+def test_an_unknown_category_makes_no_store(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="nosuch"):
+        record_experts(tmp_path / "experience", "nosuch")
+    assert not (tmp_path / "experience").exists(), "a store was created for a category that does not exist"

@@ -174,3 +174,11 @@ def test_context_length_caps_prompt_and_answer(model_dir: Path) -> None:
     assert new_tokens == 32 and ids.shape[1] <= 96 - 32
     uncapped, _ = LocalGenerator(model_dir).prompt_ids(long_state, TOOLS, max_new_tokens=32)
     assert uncapped.shape[1] > 96, "without a cap the model's own context (1024 here) is the budget"
+
+
+def test_loading_from_a_folder_that_does_not_exist_names_it(tmp_path: Path) -> None:
+    """(transformers read a missing folder as a hub repo id: "Repo id must be in the form 'repo_name'...")."""
+    from ee_middleware.models.local import load_pretrained
+
+    with pytest.raises(ModelLoadError, match=r"No model folder at .*nope.*never downloaded"):
+        load_pretrained(tmp_path / "nope")

@@ -118,6 +118,8 @@ class DatasetConfig(BaseModel):
         kinds = values.get("kinds")
         if isinstance(kinds, str):
             values["kinds"] = tuple(k.strip() for k in kinds.split(",") if k.strip())
+        elif kinds is not None and (not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds)):
+            raise ConfigError(f"kinds must be a list of dataset kinds such as ['il', 'iwm', 'sr'] (or 'il,iwm'), got {kinds!r}.")
         unknown = [k for k in values.get("kinds", ()) if k not in KINDS]
         if unknown:
             raise ConfigError(f"Unknown dataset kind(s) {', '.join(unknown)}. Choose from: {', '.join(KINDS)}.")

@@ -104,3 +104,12 @@ def test_openai_teacher_against_a_scripted_stand_in_server(replayed_store: Path,
     with pytest.raises(ModelServerError, match=r"127\.0\.0\.1:9") as info:
         build_datasets(down)
     assert info.value.url == "http://127.0.0.1:9/v1/chat/completions"
+
+
+@pytest.mark.parametrize("kinds", [5, ["il", 3], {"il": True}])
+def test_kinds_of_the_wrong_type_are_a_config_error(kinds: object, tmp_path: Path) -> None:
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.trainers.datasets.build import DatasetConfig
+
+    with pytest.raises(ConfigError, match="kinds must be a list of dataset kinds"):
+        DatasetConfig.load(store=tmp_path, out=tmp_path / "out", kinds=kinds)
