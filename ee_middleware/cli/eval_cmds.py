@@ -145,7 +145,18 @@ def gate_cmd(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Compare two runs task by task (McNemar exact, Newcombe CIs); exit 1 when the policy fails."""
+    """Compare two runs task by task (McNemar exact, Newcombe CIs); exit 1 when the policy fails.
+
+    Each suite both runs scored needs min_tasks paired tasks (default 20) and may lose at most max_regression (0.02).
+
+    A loss of exactly max_regression passes.
+
+    The delta pooled over the suites must be at least min_improvement (0): equal scores pass, a pooled loss fails.
+
+    block_significant_regression and require_significant add McNemar tests at alpha.
+
+    A missing or unfinished run folder is an error (exit 1 too, with its reason).
+    """
     from ee_middleware.evals.gate import GatePolicy, gate
 
     if (adapter is None) != (registry is None):
