@@ -131,12 +131,17 @@ BFCL_ENTRIES = 6
 
 @pytest.fixture(scope="session")
 def bfcl_expert_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with the first BFCL_ENTRIES multi_turn_base expert trajectories (recorded once per session)."""
+    """A store with the first BFCL_ENTRIES multi_turn_base expert trajectories (recorded once per session), named
+    after their entries (``bfcl-<entry>``): with the random ids of a recording, the held-out share of a seeded split
+    changed from session to session (1 to 4 of the 6), and tests that need examples left after it failed now and then."""
     from ee_middleware.bfcl.experts import record_experts
+    from tests.replay.golden_replay import stable_store
 
-    root = tmp_path_factory.mktemp("bfcl") / "experience"
-    report = record_experts(root, "multi_turn_base", limit=BFCL_ENTRIES)
+    folder = tmp_path_factory.mktemp("bfcl")
+    report = record_experts(folder / "recorded", "multi_turn_base", limit=BFCL_ENTRIES)
     assert not report.failed, report.failed
+    LocalExperienceStore(folder / "recorded").close()
+    root = stable_store(folder / "recorded", folder / "experience")
     LocalExperienceStore(root).close()
     return root
 
