@@ -112,9 +112,9 @@ class ReplayConfig(BaseModel):
 
     @model_validator(mode="after")
     def _requests_fit_the_policy(self) -> ReplayConfig:
-        requests = self.requests_in_flight
-        if requests is not None and requests > 1 and (self.policy.strip() == "mutate" or self.policy.strip().startswith("local:")):
-            why = "CPU work in the worker" if self.policy.strip() == "mutate" else "a local model, which answers one request at a time"
+        requests, policy = self.requests_in_flight, self.policy.strip()
+        if requests is not None and requests > 1 and (policy == "mutate" or policy.startswith("local:")):
+            why = "CPU work in the worker" if policy == "mutate" else "a local model, which answers one request at a time"
             raise ConfigError(
                 f"requests_in_flight={requests} needs a policy behind a server; {self.policy!r} is {why}. "
                 "Set --workers to replay with more processes instead, or leave requests_in_flight unset."

@@ -118,8 +118,11 @@ def propose_ahead(trajectory: Trajectory, proposer: Proposer, settings: ReplaySe
     it has no tool call. (Whether the sandbox provides its tools can only be told once it is reset to the trajectory's
     environment: a trajectory skipped for that has had its proposals asked for in vain.)"""
     steps = _tool_steps(trajectory)
-    if not steps:
-        return None
+    return _ask(trajectory, proposer, settings, steps, requests) if steps else None
+
+
+def _ask(trajectory: Trajectory, proposer: Proposer, settings: ReplaySettings, steps: list[Step], requests: Executor) -> ProposingAhead:
+    """The proposals at each of ``steps``, asked for from ``requests``'s threads now."""
     futures = [requests.submit(_proposals_at, trajectory, proposer, settings, step) for step in steps]
     return ProposingAhead(trajectory.id, proposer, futures)
 
@@ -298,11 +301,7 @@ def _propose_all(run: _Run, steps: list[Step], requests: Executor | None, ahead:
     else:
         if ahead is None:
             assert requests is not None
-            ahead = ProposingAhead(
-                run.trajectory.id,
-                run.proposer,
-                [requests.submit(_proposals_at, run.trajectory, run.proposer, run.settings, step) for step in steps],
-            )
+            ahead = _ask(run.trajectory, run.proposer, run.settings, steps, requests)
         try:
             results = [future.result() for future in ahead.futures]
         finally:  # after a failure: the states not started are dropped, and none still asks once this returns
