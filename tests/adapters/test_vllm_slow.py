@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,19 +53,19 @@ def smollm2_base() -> Path:
     return plain_base(resolve_base(str(gguf)), cache)[0]
 
 
-def start_vllm(base: Path, *, max_lora_rank: int = 8) -> ServerProcess:
+def start_vllm(base: Path, *, max_lora_rank: int = 8, **settings: Any) -> ServerProcess:
+    """vLLM on ``base`` (``settings`` replace the defaults below: benchmarks/replay_served_policy.py batches 8)."""
+    defaults: dict[str, Any] = {"max_model_len": 1024, "max_num_seqs": 1, "cpu_kv_cache_gb": 1}
     options = VLLMOptions(
         base=str(base),
         served_model_name="smollm2",
         port=free_port(),
         max_lora_rank=max_lora_rank,
-        max_model_len=1024,
-        max_num_seqs=1,
         chat_template=str(template_path("smollm2-tools")),
         tool_call_parser="hermes",
         launcher="module",
         python=vllm_python(),
-        cpu_kv_cache_gb=1,
+        **{**defaults, **settings},
     )
     server = ServerProcess(vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server")
     return server.start(timeout_s=300)

@@ -284,23 +284,17 @@ def test_a_served_policy_that_is_down_stops_the_job_with_its_address(bfcl_store_
 
 def test_a_request_a_served_policy_refuses_fails_its_trajectory_alone(bfcl_store_path: Path) -> None:
     """A 400 (a state longer than the model's context) fails that trajectory; a 404 (no such model) stops the job."""
-    import json
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from ee_middleware.errors import ModelRequestError
-    from ee_middleware.testing.http import serving
+    from ee_middleware.testing.http import send_json, serving
 
     refuse = {"status": 400}
 
     class Refusing(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            data = json.dumps({"error": {"message": f"refused with {refuse['status']}"}}).encode()
-            self.send_response(refuse["status"])
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, {"error": {"message": f"refused with {refuse['status']}"}}, refuse["status"])
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
