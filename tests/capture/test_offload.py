@@ -253,6 +253,22 @@ def test_the_child_writes_what_it_was_sent_and_ends_when_its_parent_is_killed(tm
     reader.close()
 
 
+def test_the_child_runs_below_the_agent_in_its_session_and_out_of_its_process_group(react_graph, tmp_path, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
+    agent.invoke(USER_TASK)
+    agent.flush()
+    child = agent.recorder.offload.pid
+    try:
+        # lowest priority: capture takes CPU time the agent does not want
+        assert os.getpriority(os.PRIO_PROCESS, child) == 19
+        # the agent's session (Linux's autogroup shares CPU between sessions first), its own process group (no Ctrl-C)
+        assert os.getsid(child) == os.getsid(0)
+        assert os.getpgid(child) == child != os.getpgid(0)
+    finally:
+        agent.recorder.close()
+    assert len(list(LocalExperienceStore(tmp_path / "p").iter_trajectories())) == 1
+
+
 def test_import_stays_light_and_the_child_is_started_only_when_asked(react_graph, tmp_path, no_child_left):
     before = _children()
     agent = record_experience(react_graph, app="shop", store=tmp_path / "p")  # default: threads, never a child
