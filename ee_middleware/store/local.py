@@ -66,6 +66,19 @@ READ_ATTEMPTS = 8
 """How often one read starts again when compaction swapped the manifest under it."""
 
 
+def _warn_quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spool.SpoolProblem]) -> None:
+    """Say that compaction moved a damaged spool segment out of the store, and what of it was kept."""
+    lost = [p for p in problems if p.hides_records]
+    what = f"{len(lost)} damaged record(s) (line {lost[0].line}: {lost[0].reason})" if lost else problems[0].reason
+    warnings.warn(
+        f"Moved the spool segment {segment.name} to {moved_to}: it held {what}. Its {folded} whole record(s) are in the "
+        "store's Parquet parts now; "
+        + ("the damaged ones are lost to the store (the file is kept for inspection)." if lost else "nothing stored was lost."),
+        StoreCorruptionWarning,
+        stacklevel=4,
+    )
+
+
 class LocalExperienceStore:
     """Experience store in a local folder. Safe to share between threads and processes.
 
@@ -392,12 +405,12 @@ class LocalExperienceStore:
         spool_dir = self.root / "spool"
         segments = [s for s in spool.list_segments(spool_dir) if not spool.is_live(s)]
         records: list[dict[str, Any]] = []
-        damaged: list[Path] = []
+        damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
         for segment in segments:
             good, problems = spool.decode_lines(segment.read_bytes(), segment, live=False)
             records.extend(good)
             if problems:
-                damaged.append(segment)
+                damaged[segment] = (len(good), problems)
         written: list[Path] = []
         try:  # nothing is live before the manifest swap: on any failure, remove what this pass wrote
             for name, df in _records_to_frames(records).items():
@@ -418,6 +431,7 @@ class LocalExperienceStore:
                 quarantine = self.root / "quarantine"
                 quarantine.mkdir(exist_ok=True)
                 os.replace(segment, quarantine / segment.name)
+                _warn_quarantined(segment, quarantine / segment.name, *damaged[segment])
             else:
                 segment.unlink(missing_ok=True)
         if self._fsync and segments:

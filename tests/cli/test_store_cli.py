@@ -74,6 +74,20 @@ def test_export_refuses_an_incomplete_answer_and_writes_nothing(damaged: tuple[P
     assert allowed.exit_code == 0 and "Wrote 8" in allowed.stdout
 
 
+def test_compact_says_which_damaged_spool_segment_it_moved_to_quarantine(store_path: Path):
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory(name) for name in ("before", "damaged", "after")])
+    segment = store._writer.segment
+    store.close()
+    segment.write_bytes(segment.read_bytes().replace(b"damaged", b"dXmaged"))  # bit rot: a checksum no longer matches
+    compacted = ee("store", "compact", "--store", str(store_path))
+    assert compacted.exit_code == 0, compacted.output  # the store is whole again: what was readable is in parts
+    assert f"warning: Moved the spool segment {segment.name} to {store_path / 'quarantine' / segment.name}" in compacted.stderr
+    assert "1 damaged record(s)" in compacted.stderr and "lost to the store" in compacted.stderr
+    assert "ee store repair" not in compacted.stderr, "a spool segment needs no repair after compaction"
+    assert (store_path / "quarantine" / segment.name).exists()
+
+
 def test_repair_quarantines_the_damaged_part_and_reads_are_complete_again(damaged: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
     store_path, part = damaged
     monkeypatch.setattr(local_module, "MAX_PARTS_BEFORE_MERGE", 2)  # the next compaction merges, and meets the damage
