@@ -14,25 +14,54 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
-def read_toml_table(path: Path, table: str) -> dict[str, Any]:
-    """The ``[table]`` of the TOML file at ``path`` (empty when the file has none)."""
+KNOWN_TABLES = ("improve", "replay", "datasets", "train", "eval", "gate", "capture")
+"""The tables ee reads from a configuration file (``ee improve`` reads them all from one file)."""
+
+
+def read_toml_table(path: Path, table: str, *, settings_for: str | None = None) -> dict[str, Any]:
+    """The ``[table]`` of the TOML file at ``path`` (empty when the file has none).
+
+    ``settings_for`` (a job's name) marks ``path`` as the file given for that job alone: one with no
+    ``[table]`` but settings outside any table, or a table whose name is a near miss of ``table``, is
+    a :class:`ConfigError` instead of the job running on its defaults.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"Config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from exc
+    if table not in data and settings_for is not None:
+        _check_missing_table(path, data, table, settings_for)
     section = data.get(table, {})
     if not isinstance(section, dict):
         raise ConfigError(f"[{table}] in {path} must be a table.")
     return section
 
 
-def layered_values(path: str | os.PathLike[str] | None, table: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A job's settings: the TOML file's ``[table]`` (when a file is given) <- ``overrides`` (``None`` values ignored)."""
+def _check_missing_table(path: Path, data: Mapping[str, Any], table: str, job: str) -> None:
+    import difflib
+
+    loose = [key for key, value in data.items() if not isinstance(value, dict)]
+    if loose:
+        raise ConfigError(
+            f"{path} has no [{table}] table, and {', '.join(loose)} {'is' if len(loose) == 1 else 'are'} outside any table: "
+            f"the {job} reads its settings from [{table}]. Put a line [{table}] above them."
+        )
+    unknown = [key for key in data if key not in KNOWN_TABLES]
+    close = difflib.get_close_matches(table, unknown, n=1, cutoff=0.6)
+    if close:
+        raise ConfigError(f"{path} has no [{table}] table but has [{close[0]}]: did you mean [{table}]? (the {job} reads [{table}].)")
+
+
+def layered_values(path: str | os.PathLike[str] | None, table: str, overrides: Mapping[str, Any], *, job: str) -> dict[str, Any]:
+    """A job's settings: the TOML file's ``[table]`` (when a file is given) <- ``overrides`` (``None`` values ignored).
+
+    The file may hold other jobs' tables and no ``[table]`` (the job then runs on its defaults), but
+    settings outside any table, or a near miss of ``[table]``, are an error naming the fix."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(read_toml_table(Path(path), table))
+        values.update(read_toml_table(Path(path), table, settings_for=job))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return values
 

@@ -48,7 +48,7 @@ class GatePolicy(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> GatePolicy:
-        return build_config(cls, layered_values(path, "gate", overrides), "gate policy")
+        return build_config(cls, layered_values(path, "gate", overrides, job="gate"), "gate policy")
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class EvalJob(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> EvalJob:
-        return build_config(cls, layered_values(path, "eval", overrides), "eval")
+        return build_config(cls, layered_values(path, "eval", overrides, job="eval job"), "eval")
 
     def loop_config(self) -> LoopConfig:
         return LoopConfig(

@@ -113,7 +113,7 @@ class CaptureConfig:
         """Defaults <- TOML ``[capture]`` table <- ``EE_*`` environment <- ``overrides``."""
         values: dict[str, Any] = {}
         if path is not None:
-            values.update(read_toml_table(Path(path), "capture"))
+            values.update(read_toml_table(Path(path), "capture", settings_for="capture"))
         values.update(_from_environment())
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}

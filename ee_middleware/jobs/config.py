@@ -135,7 +135,7 @@ class ImproveConfig(BaseModel):
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ImproveConfig:
         """Defaults <- the file's ``[improve]`` table <- ``overrides`` (``None`` values are ignored)."""
-        values = layered_values(path, "improve", overrides)
+        values = layered_values(path, "improve", overrides, job="improve job")
         missing = [name for name in ("store", "app", "registry", "runs", "base_model") if not values.get(name)]
         if missing:
             raise ConfigError(

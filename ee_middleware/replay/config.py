@@ -96,7 +96,7 @@ class ReplayConfig(BaseModel):
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ReplayConfig:
         """Defaults <- TOML ``[replay]`` table <- ``overrides`` (``None`` values are ignored)."""
-        values = layered_values(path, "replay", overrides)
+        values = layered_values(path, "replay", overrides, job="replay job")
         if "store" not in values:
             raise ConfigError("The replay job needs a store: pass --store DIR or set store in the [replay] table.")
         return build_config(cls, values, "replay")

@@ -114,7 +114,7 @@ class DatasetConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> DatasetConfig:
-        values = layered_values(path, "datasets", overrides)
+        values = layered_values(path, "datasets", overrides, job="dataset build")
         kinds = values.get("kinds")
         if isinstance(kinds, str):
             values["kinds"] = tuple(k.strip() for k in kinds.split(",") if k.strip())

@@ -89,7 +89,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:
         """Defaults <- TOML ``[train]`` table <- ``overrides`` (``None`` values are ignored)."""
-        values = layered_values(path, "train", overrides)
+        values = layered_values(path, "train", overrides, job="training job")
         if not values.get("base_model"):
             raise ConfigError(
                 "The train job needs a base model: pass --base-model PATH (a save_pretrained folder or a .gguf file) "
