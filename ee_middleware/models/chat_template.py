@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ee_middleware.errors import ChatTemplateError
-from ee_middleware.messages import decode_tool_call
+from ee_middleware.messages import content_to_text, decode_tool_call
 
 _PROBE_TOOL = "ee_probe_tool_7f3a"
 _PROBE_CALL = "ee_probe_call_9c1d"
@@ -57,12 +57,16 @@ def probe_template(tokenizer: Any) -> TemplateSupport:
 
 
 def template_messages(messages: Sequence[dict[str, Any]], support: TemplateSupport) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them: text content, tool-call arguments as objects."""
+    """Messages as chat templates expect them: text content, tool-call arguments as objects.
+
+    Content parts (``[{"type": "text", "text": ...}]``) become their text and any other content that
+    is not a string (a tool result kept as an object) its JSON, never a Python ``repr``.
+    """
     out = []
     for message in messages:
         message = dict(message)
-        if message.get("content") is None:
-            message["content"] = ""
+        if not isinstance(message.get("content"), str):
+            message["content"] = content_to_text(message.get("content"))
         calls = [decode_tool_call(call) for call in message.get("tool_calls") or []]
         if calls and support.tool_calls:
             message["tool_calls"] = calls
