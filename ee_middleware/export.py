@@ -35,7 +35,7 @@ def export_jsonl(store: ExperienceStore, out: str | os.PathLike[str], *, status:
     with _writing(path), atomic_open(path, "w") as fh:
         for trajectory in store.iter_trajectories(status=status):
             example = trajectory.to_openai_chat()
-            example["messages"] = redact(example["messages"])  # tool schemas are the app's code: kept as they are
+            example["messages"] = [_openai_message(m) for m in redact(example["messages"])]  # tool schemas: the app's code, kept
             fh.write(json.dumps(example, ensure_ascii=False) + "\n")
             count += 1
     return count
@@ -54,7 +54,7 @@ def export_parquet(store: ExperienceStore, out: str | os.PathLike[str], *, statu
             "approval": t.approval.status,
             "final_answer": redact(t.final_answer),
             "num_steps": t.num_steps,
-            "messages": [_message_struct(m) for m in redact(t.messages)],
+            "messages": [_message_struct(_openai_message(m)) for m in redact(t.messages)],
             "tools": json.dumps(t.tools, ensure_ascii=False),
         }
         for t in store.iter_trajectories(status=status)
@@ -101,10 +101,32 @@ _EXPORT_SCHEMA = {
 }
 
 
+def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` with its tool calls' arguments as JSON text, as OpenAI's fine-tuning format takes them (a record built
+    by hand, or by an API such as Ollama's own, can hold them as a JSON object)."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list) or all(isinstance(_arguments(c), str) for c in calls):
+        return message
+    fixed = []
+    for call in calls:
+        arguments = _arguments(call)
+        if not isinstance(arguments, str):
+            function = call["function"]
+            call = {**call, "function": {**function, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+        fixed.append(call)
+    return {**message, "tool_calls": fixed}
+
+
+def _arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    return function.get("arguments", "") if isinstance(function, dict) else ""
+
+
 def _message_struct(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
     return {
         "role": message.get("role"),
-        "content": message.get("content") if isinstance(message.get("content"), str) else json.dumps(message.get("content")),
+        "content": content if content is None or isinstance(content, str) else json.dumps(content, ensure_ascii=False),
         "tool_calls": message.get("tool_calls") or [],
         "tool_call_id": message.get("tool_call_id"),
         "name": message.get("name"),
