@@ -53,8 +53,15 @@ def list_traces(
     allow_partial: bool = AllowPartialOption,
 ) -> None:
     """List trajectories, oldest first, with their approval."""
+    import polars as pl
+
     with reading_store(allow_partial=allow_partial):
-        frame = open_existing_store(store).trajectories(status=None if status is StatusFilter.all else status.value, app=app_name)
+        frame = open_existing_store(store).trajectories()
+    shown_ids = short_ids(frame["id"].to_list())  # unique among every id in the store, so each one resolves
+    if status is not StatusFilter.all:
+        frame = frame.filter(pl.col("approval") == status.value)
+    if app_name is not None:
+        frame = frame.filter(pl.col("app") == app_name)
     frame = frame.sort("started_at")
     if limit is not None:
         frame = frame.tail(limit)
@@ -68,17 +75,17 @@ def list_traces(
     apps = sorted({row["app"] for row in rows})
     title = f"{len(rows)} trajectories in {store}" + (f" (app {apps[0]})" if len(apps) == 1 else "")
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("id", min_width=12, no_wrap=True)
+    table.add_column("id", min_width=12, overflow="fold")
     if len(apps) > 1:
         table.add_column("app", max_width=16, overflow="ellipsis", no_wrap=True)
     table.add_column("approval", min_width=8, no_wrap=True)
     table.add_column("status", min_width=9, no_wrap=True)
     table.add_column("steps", justify="right", no_wrap=True)
-    table.add_column("task", ratio=1, min_width=20, overflow="fold")
+    table.add_column("task", ratio=1, min_width=12, overflow="fold")
     table.add_column("started UTC", min_width=11, no_wrap=True)
     colours = {"approved": "green", "rejected": "red", "pending": "yellow"}
     for row in rows:
-        cells = [row["id"][:12]] + ([row["app"]] if len(apps) > 1 else [])
+        cells = [shown_ids[row["id"]]] + ([row["app"]] if len(apps) > 1 else [])
         cells += [
             f"[{colours[row['approval']]}]{row['approval']}[/]",
             row["status"],
@@ -187,11 +194,13 @@ def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str 
     from ee_middleware.store.approvals import decide
 
     with reading_store(allow_partial=allow_partial):
-        events = decide(open_existing_store(store_path), ids, status, by=by, reason=reason, force=force)  # type: ignore[arg-type]
-    typer.echo(f"{status.capitalize()} {len(events)} trajectory(ies): {', '.join(e.trajectory_id[:12] for e in events)}")
+        opened = open_existing_store(store_path)
+        events = decide(opened, ids, status, by=by, reason=reason, force=force)  # type: ignore[arg-type]
+        shown = short_ids(opened.trajectories()["id"].to_list())
+    typer.echo(f"{status.capitalize()} {len(events)} trajectory(ies): {', '.join(shown[e.trajectory_id] for e in events)}")
     for e in events:
         if e.overrides is not None:
-            typer.echo(f"  {e.trajectory_id[:12]}: overturned {e.overrides.status} by {e.overrides.by or '?'} (both kept in the history)")
+            typer.echo(f"  {shown[e.trajectory_id]}: overturned {e.overrides.status} by {e.overrides.by or '?'} (both kept in the history)")
 
 
 @app.command("export", epilog=examples("ee traces export --store ./experience --format jsonl --out train.jsonl"))
@@ -256,6 +265,34 @@ def ingest(
             out.print(f"  note: {report.traces_without_runs} trace(s) held no agent run (e.g. only a create_agent span) and were skipped.")
     if report.problems:
         raise typer.Exit(1)
+
+
+SHORT_ID = 12
+"""How many characters of an id a table shows at least."""
+
+
+def short_ids(ids: list[str]) -> dict[str, str]:
+    """Each id's shortest prefix of at least :data:`SHORT_ID` characters that no other of ``ids`` starts with (the whole
+    id where it is the start of another): what a person copies from a table and ``ee traces show`` resolves. Ids that
+    share their first characters (``bfcl-simple_python_0``, ``bfcl-simple_python_1``) are shown as long as it takes."""
+    ordered = sorted(set(ids))
+    shown = {}
+    for n, current in enumerate(ordered):
+        length = SHORT_ID
+        for neighbour in ordered[max(n - 1, 0) : n + 2]:
+            if neighbour != current:
+                length = max(length, _common_prefix(current, neighbour) + 1)
+        shown[current] = current[:length]
+    return shown
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _tool_names(tools: list[dict[str, Any]]) -> list[str]:

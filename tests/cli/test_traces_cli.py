@@ -15,6 +15,7 @@ from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.cli.app import app
 from ee_middleware.ingest.otlp_json import spans_to_otlp_json
 from ee_middleware.records import SCHEMA_VERSION
+from ee_middleware.testing.store_conformance import sample_trajectory
 from tests.conftest import USER_TASK
 
 runner = CliRunner()
@@ -169,3 +170,20 @@ def test_overturning_a_decision_needs_force_and_the_history_keeps_both(recorded:
     assert "approved by alice" in text.stdout and "rejected by bob" in text.stdout
     untouched = json.loads(ee("traces", "show", ids[2], "--store", str(recorded), "--json").stdout)
     assert untouched["approval_history"] == [] and untouched["approval"]["status"] == "pending"
+
+
+def test_listed_ids_that_share_their_start_are_shown_long_enough_to_use(store_path: Path):
+    ids = ["bfcl-simple_python_0", "bfcl-simple_python_1", "bfcl-simple_python_10", "3f2a9c1b7d0e4aa18e5f6a7b8c9d0e1f"]
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory(i) for i in ids])
+    store.approve(["bfcl-simple_python_0"], by="alice")
+    # unique among all ids, not only among those listed
+    listed = runner.invoke(app, ["traces", "list", "--store", str(store_path), "--status", "pending"], env={"COLUMNS": "160"})
+    assert listed.exit_code == 0, listed.output
+    cells = [line.split()[0] for line in listed.stdout.splitlines() if " pending " in line]
+    assert cells == ["bfcl-simple_python_1", "bfcl-simple_python_10", "3f2a9c1b7d0e"]
+    for cell, full in zip(cells, ids[1:], strict=True):
+        shown = ee("traces", "show", cell, "--store", str(store_path), "--json")
+        assert shown.exit_code == 0 and json.loads(shown.stdout)["id"] == full, shown.output
+    approved = ee("traces", "approve", "bfcl-simple_python_1", "--store", str(store_path), "--by", "alice")
+    assert approved.stdout.startswith("Approved 1 trajectory(ies): bfcl-simple_python_1\n"), approved.output
