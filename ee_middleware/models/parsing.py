@@ -1,8 +1,13 @@
 """Read tool calls out of model output, whatever shape the model chose, without ever raising.
 
+Reasoning is not read for calls: ``<think>...</think>`` blocks (Qwen3, QwQ, DeepSeek-R1; also an
+answer that holds only the closing tag because the chat template opened the block) are dropped
+first, so a call the model only considered while thinking is not taken for one it made.
+
 Accepted shapes, tried in this order:
 
 - ``<tool_call>{...}</tool_call>`` blocks (Hermes, Qwen, SmolLM2 style), possibly several;
+- Mistral's ``[TOOL_CALLS]name[ARGS]{...}`` (and ``[TOOL_CALLS][{...}]``, read as JSON below);
 - fenced code blocks (```` ```json ... ``` ````);
 - the whole text as JSON: ``{"name": ..., "arguments"|"parameters": {...}}`` (``arguments`` may be
   a JSON string), a list of those, OpenAI ``{"type": "function", "function": {...}}`` items, or a
@@ -29,6 +34,12 @@ from typing import Any
 from ee_middleware.records import ToolCall
 
 _TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_THINK_BLOCK = re.compile(r"<(think|thinking)>.*?</\1>", re.DOTALL)
+_THINK_OPEN = re.compile(r"<think(?:ing)?>")
+_THINK_CLOSE = re.compile(r"</think(?:ing)?>")
+_MISTRAL_CALL = re.compile(r"\[TOOL_CALLS\]\s*([A-Za-z0-9_.:-]+)\s*\[ARGS\]")
+# Markers some models write before a call, which are not part of it.
+_CALL_MARKERS = ("<|python_tag|>", "[TOOL_CALLS]", "<|tool_call|>")
 _FENCED = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _CALL_START = re.compile(r"\[?\s*[A-Za-z_][A-Za-z0-9_.]*\s*\(")
 # Where an embedded tool call can start: an object with a key, or a list of objects.
@@ -88,8 +99,33 @@ def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None
         return [ParseProblem("the output is empty", "" if text is None else str(text))]
     if len(text) > _MAX_TEXT_CHARS:
         return [ParseProblem(f"the output is too long to be a tool call ({len(text)} characters)", text[:_MAX_RAW_IN_PROBLEM])]
-    results = _parse(text.strip(), param_order or {})
+    answer, unfinished = without_reasoning(text)
+    if not answer.strip():
+        if unfinished:
+            return [
+                ParseProblem(
+                    "the output ends inside a <think> block: the model was still reasoning (give it more max_tokens)", _short(text)
+                )
+            ]
+        return [ParseProblem("the output holds only reasoning (<think>...</think>), no tool call", _short(text))]
+    results = _parse(answer.strip(), param_order or {})
     return _with_ids(results)
+
+
+def without_reasoning(text: str) -> tuple[str, bool]:
+    """``text`` without its ``<think>`` reasoning, and whether it ends inside an unclosed ``<think>`` block.
+
+    Closed blocks are removed; a closing tag without its opening one (the chat template opened the
+    block) drops everything before it; an opening tag without its closing one drops everything after.
+    """
+    answer = _THINK_BLOCK.sub("", text)
+    closings = list(_THINK_CLOSE.finditer(answer))
+    if closings:
+        answer = answer[closings[-1].end() :]
+    opening = _THINK_OPEN.search(answer)
+    if opening is None:
+        return answer, False
+    return answer[: opening.start()], True
 
 
 def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
@@ -112,6 +148,8 @@ def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) 
     if isinstance(content, list):  # content parts
         content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
     if not content:
+        if any(isinstance(message.get(key), str) and message[key].strip() for key in ("reasoning_content", "reasoning")):
+            return [ParseProblem("the message holds only reasoning (reasoning_content), neither tool_calls nor content", _short(message))]
         return [ParseProblem("the message has neither tool_calls nor content", _short(message))]
     return parse_tool_calls(content, param_order=param_order)
 
@@ -120,12 +158,36 @@ def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
     tagged = _TAGGED.findall(text)
     if tagged:
         return [item for block in tagged for item in _parse_segment(block.strip(), order)]
+    mistral = _mistral_calls(text)
+    if mistral:
+        return mistral
+    for marker in _CALL_MARKERS:  # '<|python_tag|>f(x=1)' is the call 'f(x=1)'
+        if text.startswith(marker) and text[len(marker) :].strip():
+            return _parse_segment(text[len(marker) :].strip(), order)
     fenced = [block.strip() for block in _FENCED.findall(text) if block.strip()]
     if fenced:
         results = [item for block in fenced for item in _parse_segment(block, order)]
         if any(isinstance(r, ToolCall) for r in results):
             return results
     return _parse_segment(text, order)
+
+
+def _mistral_calls(text: str) -> list[ParsedCall]:
+    """``[TOOL_CALLS]name[ARGS]{...}`` calls (Mistral's tokenizer v11 and later), one per marker."""
+    starts = list(_MISTRAL_CALL.finditer(text))
+    calls: list[ParsedCall] = []
+    for index, match in enumerate(starts):
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
+        raw_args = text[match.end() : end].strip()
+        try:  # the JSON value after [ARGS]; what follows it (an end-of-turn token) is not part of it
+            arguments = _decode_arguments(json.JSONDecoder(parse_constant=_reject_constant).raw_decode(raw_args)[0])
+        except (ValueError, RecursionError):
+            arguments = _decode_arguments(raw_args)
+        if isinstance(arguments, ParseProblem):
+            calls.append(ParseProblem(f"{match.group(1)}: {arguments.problem}", _short(text[match.start() : end])))
+        else:
+            calls.append(ToolCall(id="", name=match.group(1), arguments=arguments))
+    return calls
 
 
 def _parse_segment(text: str, order: ParamOrder) -> list[ParsedCall]:
@@ -205,15 +267,19 @@ def _from_json_call(item: Any) -> ParsedCall:
 
 
 def _decode_arguments(raw: Any) -> dict[str, Any] | ParseProblem:
-    if raw is None:
-        return {}
-    if isinstance(raw, str):
+    """Arguments as a dict: an object, JSON text of one, or that text encoded once more (a server that
+    ``json.dumps`` the string a model wrote); ``null`` and empty text are no arguments."""
+    for _ in range(2):
+        if not isinstance(raw, str):
+            break
         if not raw.strip():
             return {}
         try:
             raw = _loads(raw)
         except (ValueError, RecursionError) as exc:
             return ParseProblem(f"arguments are not valid JSON ({exc})", raw[:_MAX_RAW_IN_PROBLEM])
+    if raw is None:
+        return {}
     if not isinstance(raw, Mapping):
         return ParseProblem(f"arguments must be a JSON object, got {type(raw).__name__}", _short(raw))
     return dict(raw)

@@ -178,3 +178,75 @@ def test_a_named_call_to_a_dangerous_builtin_is_only_data() -> None:
     """`exec(code='...')` parses as a call NAMED exec; the schema check, not the parser, rejects it."""
     [parsed] = parse_tool_calls("exec(code='import os')")
     assert isinstance(parsed, ToolCall) and parsed.name == "exec" and parsed.arguments == {"code": "import os"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a call considered while thinking, then a plain answer (Qwen3 / QwQ): no call was made
+        ('<think>Maybe {"name": "search", "arguments": {"q": "x"}}? No, I know it.</think>\nThe answer is 4.', []),
+        # DeepSeek-R1: the chat template opened <think>, so the answer holds only the closing tag
+        ('Maybe {"name": "search", "arguments": {"q": "x"}}? No.\n</think>\n\nThe answer is 4.', []),
+        ("<think>\nls(a=True) would list it\n</think>\n\nThe folder is empty.", []),
+        # the call made after thinking is the only one, also when the thinking mentions the call format
+        (
+            '<think>I should use <tool_call>{"name": "bad", "arguments": {}}</tool_call></think>\n'
+            '<tool_call>{"name": "good", "arguments": {"a": 1}}</tool_call>',
+            [("good", {"a": 1})],
+        ),
+        ('<thinking>cd(folder="x")?</thinking>\n[ls(a=True)]', [("ls", {"a": True})]),
+    ],
+)
+def test_calls_inside_reasoning_are_not_calls(text: str, expected: list[tuple[str, dict]]) -> None:
+    results = parse_tool_calls(text)
+    assert [(r.name, r.arguments) for r in results if isinstance(r, ToolCall)] == expected
+    assert expected or all(isinstance(r, ParseProblem) for r in results)
+
+
+def test_an_answer_cut_off_while_reasoning_says_so() -> None:
+    [problem] = parse_tool_calls('<think>Let me try {"name": "search", "arguments": {}} and')
+    assert isinstance(problem, ParseProblem) and "ends inside a <think> block" in problem.problem and "max_tokens" in problem.problem
+    [only] = parse_tool_calls("<think>All done.</think>\n")
+    assert isinstance(only, ParseProblem) and "only reasoning" in only.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}', [("get_weather", {"city": "Paris"})]),
+        (
+            '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get-time.v2[ARGS]{}</s>',
+            [("get_weather", {"city": "Paris"}), ("get-time.v2", {})],
+        ),
+        ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]', [("get_weather", {"city": "Paris"})]),
+        ('<|python_tag|>brave_search.call(query="weather Paris")', [("brave_search.call", {"query": "weather Paris"})]),
+        ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', [("get_weather", {"city": "Paris"})]),
+    ],
+)
+def test_model_family_call_markers(text: str, expected: list[tuple[str, dict]]) -> None:
+    """Mistral (tokenizer v11: name[ARGS]{...}; older: a JSON list) and Llama 3.1 (<|python_tag|>)."""
+    assert calls_of(text) == expected
+
+
+def test_a_mistral_call_with_broken_arguments_is_a_problem_naming_the_tool() -> None:
+    [problem] = parse_tool_calls('[TOOL_CALLS]get_weather[ARGS]{"city": "Par')
+    assert isinstance(problem, ParseProblem) and problem.problem.startswith("get_weather: arguments are not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ('"{\\"city\\": \\"Paris\\"}"', {"city": "Paris"}),  # a server json.dumps-ed the string the model wrote
+        ("null", {}),  # a tool without parameters, serialised from None
+        ('"null"', {}),
+    ],
+)
+def test_openai_arguments_encoded_twice_or_null(arguments: str, expected: dict) -> None:
+    message = {"tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]}
+    [call] = from_openai_message(message)
+    assert isinstance(call, ToolCall) and call.arguments == expected
+
+
+def test_a_message_with_only_reasoning_says_so() -> None:
+    [problem] = from_openai_message({"role": "assistant", "content": None, "reasoning_content": "The user wants the weather, so"})
+    assert isinstance(problem, ParseProblem) and "only reasoning" in problem.problem
