@@ -124,7 +124,10 @@ class LocalGenerator:
     def complete(
         self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
     ) -> list[Choice]:
-        """``n`` answers to ``messages`` (one when greedy), each the decoded continuation of the rendered prompt."""
+        """``n`` answers to ``messages`` (one when greedy), each the decoded continuation of the rendered prompt.
+
+        Each answer's ``finish_reason`` is ``"stop"`` when it ended with an end-of-sequence token and
+        ``"length"`` when it ran out of new tokens (as an OpenAI-compatible server reports them)."""
         if n <= 0:
             return []
         torch = self._ensure_ready()
@@ -140,8 +143,23 @@ class LocalGenerator:
             torch.manual_seed(sampling.seed)
         with torch.no_grad():
             output = self._model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
-        texts = [self._tokenizer.decode(seq[input_ids.shape[1] :], skip_special_tokens=True) for seq in output]
-        return [Choice.from_text(text) for text in texts]
+        stops = self._stop_ids()
+        answers = [seq[input_ids.shape[1] :] for seq in output]
+        return [
+            Choice.from_text(
+                self._tokenizer.decode(answer, skip_special_tokens=True),
+                finish_reason="stop" if any(int(token) in stops for token in answer) else "length",
+            )
+            for answer in answers
+        ]
+
+    def _stop_ids(self) -> set[int]:
+        """The token ids that end an answer (the generation config's end-of-sequence ids, else the tokenizer's)."""
+        configured = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
+        if configured is None:
+            configured = self._tokenizer.eos_token_id
+        ids = configured if isinstance(configured, (list, tuple)) else [configured]
+        return {int(i) for i in ids if i is not None}
 
     def render(self, messages: Sequence[Message], tools: Sequence[ToolSchema] | None = None) -> str:
         """The prompt text this generator feeds the model for ``messages`` and ``tools``."""

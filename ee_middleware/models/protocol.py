@@ -70,14 +70,22 @@ class Choice:
         return content if isinstance(content, str) else ""
 
     def tool_calls(self, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
-        """The tool calls of this answer (structured ``tool_calls``, else parsed from the text), or problems."""
+        """The tool calls of this answer (structured ``tool_calls``, else parsed from the text), or problems.
+
+        A problem in an answer that stopped at ``max_tokens`` (``finish_reason`` ``"length"``) says so first.
+        """
         from ee_middleware.models.parsing import ParseProblem, from_openai_message, parse_tool_calls
 
         if self.problem is not None:
             return [ParseProblem(self.problem, self.raw)]
         if not self.structured:
-            return parse_tool_calls(self.text, param_order=param_order)
-        return from_openai_message(self.message, param_order=param_order)
+            results = parse_tool_calls(self.text, param_order=param_order)
+        else:
+            results = from_openai_message(self.message, param_order=param_order)
+        if self.finish_reason != "length":
+            return results
+        cut = "the answer was cut off at max_tokens (finish_reason 'length'; give it more max_tokens)"
+        return [ParseProblem(f"{cut}: {item.problem}", item.raw) if isinstance(item, ParseProblem) else item for item in results]
 
     @classmethod
     def from_text(cls, text: str, *, finish_reason: str | None = None) -> Choice:

@@ -10,6 +10,7 @@ import pytest
 from ee_middleware.errors import ModelLoadError
 from ee_middleware.models import ChatClient, LocalGenerator, Sampling, build_chat_client
 from ee_middleware.models.chat_template import TOOLS_SUFFIX, probe_template, render_pair
+from ee_middleware.models.parsing import ParseProblem
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -182,3 +183,22 @@ def test_loading_from_a_folder_that_does_not_exist_names_it(tmp_path: Path) -> N
 
     with pytest.raises(ModelLoadError, match=r"No model folder at .*nope.*never downloaded"):
         load_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(("eos_bias", "finish"), [(1e4, "stop"), (-1e4, "length")])
+def test_an_answer_says_whether_it_ended_or_ran_out_of_tokens(tokenizer: Any, eos_bias: float, finish: str) -> None:
+    """A hook on the real model's output layer makes the end-of-sequence token certain or impossible."""
+    model = build_tiny_llama(tokenizer)
+    eos = tokenizer.eos_token_id
+
+    def bias(module: Any, inputs: Any, logits: Any) -> Any:
+        logits[..., eos] += eos_bias
+        return logits
+
+    model.lm_head.register_forward_hook(bias)
+    generator = LocalGenerator.from_objects(model, tokenizer)
+    choices = generator.complete(STATE, tools=TOOLS, n=2, sampling=Sampling(max_tokens=4, seed=3))
+    assert [c.finish_reason for c in choices] == [finish, finish]
+    if finish == "length":
+        problems = [item for choice in choices for item in choice.tool_calls() if isinstance(item, ParseProblem)]
+        assert problems and all("cut off at max_tokens" in item.problem for item in problems)
