@@ -148,6 +148,12 @@ def build(
             f"left out {failures['total']} rollout(s) whose observation is the sandbox's own failure ({kinds_left}), not a tool's "
             "answer; --include-sandbox-failures keeps them"
         )
+    stale = summary.get("stale_removed") or []
+    if stale:
+        out_console.print(
+            f"removed {len(stale)} file(s) of an earlier build in {cfg.out} that this build does not write "
+            f"({', '.join(stale)}): the folder holds this build only"
+        )
     synthetic = summary.get("synthetic_tasks")
     if synthetic:
         out_console.print(

@@ -2,7 +2,9 @@
 
 Writes ``OUT/il.parquet``, ``OUT/iwm.parquet``, ``OUT/sr.parquet`` (one row per example, see
 :mod:`ee_middleware.trainers.datasets.rows`) and ``OUT/datasets.json`` (what was built from what).
-Each file is written to a temporary name and renamed, so a crash never leaves half a dataset.
+The files are written into a hidden folder in ``OUT`` and moved in when all are written
+(:func:`publish`), with ``datasets.json`` last: a build that fails or is killed leaves the earlier build
+whole, and the folder holds one build (an earlier build's files this one does not write are removed).
 
 The build runs in bounded memory, whatever the store's size: it first reads only the keys of the
 source (:class:`~ee_middleware.trainers.datasets.source.SourceIndex`), then reads, builds and writes
@@ -23,8 +25,8 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +34,7 @@ from typing import Annotated, Any
 import polars as pl
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._files import atomic_open, atomic_path, atomic_write_text
+from ee_middleware._files import atomic_open, atomic_path, atomic_write_text, fsync_dir
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
@@ -152,7 +154,6 @@ def build_datasets(
     )
     index = reader.index()
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
-    config.out.mkdir(parents=True, exist_ok=True)
     synthetic: dict[str, Any] | None = None
     if config.max_synthetic_share is not None:
         index, synthetic = cap_synthetic_tasks(index, config.max_synthetic_share, config.seed)
@@ -191,15 +192,64 @@ def build_datasets(
             "heldout_dir": str(config.out / HELDOUT_DIR),
         }
     teacher = build_teacher(config.teacher) if "sr" in config.kinds else None
-    summary["datasets"] = _build_split(
-        reader, index, config, teacher, config.out, redactor, on_stage=on_stage, on_sr_progress=on_sr_progress
-    )
-    if heldout_index is not None and not heldout_index.trajectories.is_empty():
-        folder = config.out / HELDOUT_DIR
-        folder.mkdir(exist_ok=True)
-        summary["split"]["datasets"] = _build_split(reader, heldout_index, config, teacher, folder, redactor, heldout=True)
-    atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
+    config.out.mkdir(parents=True, exist_ok=True)
+    with staging_folder(config.out) as staging:
+        summary["datasets"] = _build_split(
+            reader, index, config, teacher, staging, redactor, config.out, on_stage=on_stage, on_sr_progress=on_sr_progress
+        )
+        if heldout_index is not None and not heldout_index.trajectories.is_empty():
+            folder = staging / HELDOUT_DIR
+            folder.mkdir()
+            summary["split"]["datasets"] = _build_split(
+                reader, heldout_index, config, teacher, folder, redactor, config.out / HELDOUT_DIR, heldout=True
+            )
+        summary["stale_removed"] = publish(staging, config.out)
+        atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
+
+
+STAGING_PREFIX = ".build-"
+"""A build writes its files into ``OUT/.build-<pid>-<random>/`` and moves them into ``OUT`` when all are written."""
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh hidden folder in ``out`` for a build's files, removed on the way out; staging folders
+    and part folders that builds killed before (their process is gone) left in ``out`` are removed first."""
+    for left in [*out.glob(f"{STAGING_PREFIX}*"), *out.glob(".*.parquet.parts-*")]:
+        pid = left.name.removeprefix(STAGING_PREFIX) if left.name.startswith(STAGING_PREFIX) else left.name.split(".parts-")[-1]
+        if left.is_dir() and not _alive(pid.split("-")[0]):
+            shutil.rmtree(left, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(staging: Path, out: Path) -> list[str]:
+    """Move the dataset files written in ``staging`` into ``out`` (and ``out/heldout``) and remove the
+    dataset files (:data:`KINDS`) of an earlier build there that this one did not write, so that the
+    folder holds one build; the removed files' paths relative to ``out``. The earlier ``datasets.json``
+    goes first: a build killed while it moves files leaves no description of a build the folder no
+    longer holds. Other files (an ``em.parquet``, a user's notes) stay."""
+    (out / "datasets.json").unlink(missing_ok=True)
+    removed = []
+    for folder in (out, out / HELDOUT_DIR):
+        staged = staging / folder.relative_to(out)
+        for kind in KINDS:
+            name = f"{kind}.parquet"
+            if (staged / name).is_file():
+                folder.mkdir(exist_ok=True)
+                os.replace(staged / name, folder / name)
+            elif (folder / name).is_file():
+                (folder / name).unlink()
+                removed.append(str((folder / name).relative_to(out)))
+        if folder != out and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        fsync_dir(folder)
+    fsync_dir(out)
+    return removed
 
 
 def sandbox_failures_left_out(index: SourceIndex) -> dict[str, int]:
@@ -246,12 +296,13 @@ def _build_split(
     teacher: Teacher | None,
     folder: Path,
     redactor: Redactor,
+    final_folder: Path,
     *,
     on_stage: Callable[[str], None] | None = None,
     on_sr_progress: Callable[[int, int], None] | None = None,
     heldout: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Build ``config.kinds`` from ``index`` into ``folder`` (the passes of
+    """Build ``config.kinds`` from ``index`` into ``folder``, to be moved to ``final_folder`` (the paths recorded) (the passes of
     :mod:`~ee_middleware.trainers.datasets.passes`: each group is read once for every kind that uses
     it); what ``datasets.json`` records of each kind. A kind's ``seconds`` count its own work and an
     equal share of reading the groups it was fed."""
@@ -293,7 +344,13 @@ def _build_split(
         parts, extra = writer.parts, extras[kind]
         if parts.placeholders:
             extra["placeholders"] = dict(parts.placeholders)
-        results[kind] = {"path": str(parts.path), "rows": parts.rows, "seconds": round(seconds[kind], 3), **extra, "parts": parts.count}
+        results[kind] = {
+            "path": str(final_folder / parts.path.name),
+            "rows": parts.rows,
+            "seconds": round(seconds[kind], 3),
+            **extra,
+            "parts": parts.count,
+        }
     return results
 
 

@@ -329,7 +329,7 @@ def test_a_kinds_parts_are_removed_as_soon_as_they_are_merged(store_path: Path, 
     real_commit = build.PartWriter.commit
 
     def commit(self: build.PartWriter) -> None:
-        left_at_each_commit.append(sorted(p.name.split(".parts-")[0] for p in out.glob(".*.parts-*")))
+        left_at_each_commit.append(sorted(p.name.split(".parts-")[0] for p in out.glob(".build-*/.*.parts-*")))
         real_commit(self)
 
     monkeypatch.setattr(build.PartWriter, "commit", commit)

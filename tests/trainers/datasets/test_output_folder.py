@@ -1,0 +1,185 @@
+"""The output folder of ``ee datasets build`` holds one build: the files ``datasets.json`` describes, and no other.
+
+A rebuild into a folder that holds an earlier build (other kinds, another split) leaves none of the earlier
+build's files behind, so ``ee train`` never picks up a stale ``sr.parquet`` and an evaluation never reads a
+stale ``heldout/`` whose trajectories are now trained on. A build that fails or is killed midway leaves the
+earlier build whole (the new files are written in a hidden folder and moved in at the end).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory
+from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.trainers.datasets import build as build_module
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a key up.", "parameters": {"type": "object"}}}]
+
+
+def _trajectory(i: int) -> Trajectory:
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i)
+    state = [{"role": "user", "content": f"What is k{i}?"}]
+    call = ToolCall(id=f"call_{i}", name="lookup", arguments={"key": f"k{i}"})
+    after = [
+        *state,
+        {"role": "assistant", "content": "", "tool_calls": [call.to_openai()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "1"},
+    ]
+    return Trajectory(
+        id=f"traj-{i}",
+        app="kv",
+        task=state[0]["content"],
+        tools=TOOLS,
+        messages=[*after, {"role": "assistant", "content": "1."}],
+        final_answer="1.",
+        started_at=start,
+        ended_at=start,
+        steps=[
+            Step(
+                trajectory_id=f"traj-{i}",
+                index=0,
+                decision_index=0,
+                state=state,
+                action=Action(kind="tool_call", tool_call=call),
+                observation=Observation(content="1"),
+            ),
+            Step(trajectory_id=f"traj-{i}", index=1, decision_index=1, state=after, action=Action(kind="answer", content="1.")),
+        ],
+    )
+
+
+def _rollout(i: int) -> Rollout:
+    call = ToolCall(id="alt", name="lookup", arguments={"key": "nope"})
+    return Rollout(
+        id=f"r-{i}",
+        replay_id="replay-1",
+        trajectory_id=f"traj-{i}",
+        step_index=0,
+        branch_index=0,
+        action=Action(kind="tool_call", tool_call=call),
+        proposer=ProposerInfo(policy="mutate"),
+        observation=Observation(content="no such key", is_error=True),
+        is_error=True,
+        sandbox="python",
+        duration_ms=1.0,
+    )
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    path = tmp_path / "experience"
+    store = LocalExperienceStore(path)
+    store.write([_trajectory(i) for i in range(4)])
+    store.approve([f"traj-{i}" for i in range(4)], by="test")
+    for i in range(4):
+        record = ReplayRecord(
+            replay_id="replay-1", trajectory_id=f"traj-{i}", status="done", policy="mutate", sandbox="python", k=1, seed=0
+        )
+        store.write_replay(record, [_rollout(i)])
+    store.close()
+    return path
+
+
+def _files(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def _trajectories(path: Path) -> set[str]:
+    return set(pl.read_parquet(path)["trajectory_id"].to_list())
+
+
+def test_a_rebuild_with_fewer_kinds_and_no_split_leaves_no_file_of_the_earlier_build(store_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    ids = tmp_path / "heldout.txt"
+    ids.write_text("traj-0\n")
+    build_datasets(DatasetConfig.load(store=store_path, out=out, heldout_ids=ids))
+    assert "heldout/il.parquet" in _files(out) and "sr.parquet" in _files(out)
+
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    assert _files(out) == ["datasets.json", "il.parquet"], "no stale iwm/sr file, no stale heldout/ (traj-0 is now trained on)"
+    assert not (out / "heldout").exists()
+    assert "traj-0" in _trajectories(out / "il.parquet")
+    assert sorted(summary["stale_removed"]) == [
+        "heldout/il.parquet",
+        "heldout/iwm.parquet",
+        "heldout/sr.parquet",
+        "iwm.parquet",
+        "sr.parquet",
+    ]
+    assert json.loads((out / "datasets.json").read_text())["stale_removed"] == summary["stale_removed"]
+
+
+def test_a_rebuild_that_adds_a_split_leaves_no_earlier_file_holding_a_heldout_trajectory(store_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    build_datasets(DatasetConfig.load(store=store_path, out=out))
+    ids = tmp_path / "heldout.txt"
+    ids.write_text("traj-0\n")
+    build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il,iwm", heldout_ids=ids))
+    assert "sr.parquet" not in _files(out), "the earlier sr.parquet trains on traj-0, which is now held out"
+    for name in ("il.parquet", "iwm.parquet"):
+        assert "traj-0" not in _trajectories(out / name) and _trajectories(out / "heldout" / name) == {"traj-0"}
+
+
+def test_a_build_that_fails_midway_leaves_the_earlier_build_whole_and_a_rerun_finishes(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "data"
+    build_datasets(DatasetConfig.load(store=store_path, out=out))
+    before = {name: (out / name).read_bytes() for name in _files(out)}
+    ids = tmp_path / "heldout.txt"
+    ids.write_text("traj-0\n")
+    real = build_module._build_split
+
+    def killed_in_the_heldout_split(*args: object, **kwargs: object) -> object:
+        if kwargs.get("heldout"):
+            raise KeyboardInterrupt  # Ctrl-C while the held-out split is built (an SR teacher can take hours on it)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "_build_split", killed_in_the_heldout_split)
+    with pytest.raises(KeyboardInterrupt):
+        build_datasets(DatasetConfig.load(store=store_path, out=out, heldout_ids=ids, seed=1))
+    assert {name: (out / name).read_bytes() for name in _files(out)} == before, "the earlier build is whole, nothing new mixed in"
+    assert not list(out.glob(".*")), "no hidden folder of the failed build is left"
+
+    monkeypatch.setattr(build_module, "_build_split", real)
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=out, heldout_ids=ids, seed=1))
+    assert summary["config"]["seed"] == 1 and summary["split"]["heldout_trajectories"] == ["traj-0"]
+    assert "traj-0" not in _trajectories(out / "il.parquet")
+
+
+def test_a_build_killed_by_a_signal_leaves_a_hidden_folder_the_next_build_removes(store_path: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "data"
+    out.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = out / f".build-{finished.stdout.strip()}-abc"  # the staging folder of a build killed with SIGKILL
+    (dead / "heldout").mkdir(parents=True)
+    (dead / "il.parquet").write_bytes(b"x")
+    build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    assert _files(out) == ["datasets.json", "il.parquet"]
+
+
+def test_the_cli_says_which_stale_files_it_removed_and_an_empty_store_creates_no_folder(store_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    runner = CliRunner()
+    assert runner.invoke(app, ["datasets", "build", "--store", str(store_path), "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["datasets", "build", "--store", str(store_path), "--out", str(out), "--kinds", "il"])
+    assert result.exit_code == 0, result.output
+    assert "removed 2 file(s) of an earlier build" in " ".join(result.output.split())
+
+    empty = tmp_path / "empty"
+    LocalExperienceStore(empty).close()
+    result = runner.invoke(app, ["datasets", "build", "--store", str(empty), "--out", str(tmp_path / "never")])
+    assert result.exit_code == 1 and "No approved trajectories" in result.output
+    assert not (tmp_path / "never").exists(), "a build that refuses to start leaves no empty folder behind"
