@@ -59,17 +59,51 @@ class Manifest:
 def read_manifest(root: Path, tables: Iterable[str]) -> Manifest:
     """The current manifest, or a listing of every part file for a store without one."""
     path = root / MANIFEST
+    tables = list(tables)
     try:
-        data = json.loads(path.read_bytes())
-        return Manifest(
-            generation=int(data["generation"]),
-            parts={t: [str(n) for n in data["parts"].get(t, [])] for t in tables},
-            retired=list(data.get("retired", [])),
-        )
+        return _parse(json.loads(path.read_bytes()), tables)
     except FileNotFoundError:
         return Manifest(generation=None, parts={t: [p.name for p in list_part_files(root / t)] for t in tables})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return Manifest(generation=None, parts={t: [p.name for p in list_part_files(root / t)] for t in tables}, unreadable=str(exc))
+
+
+def _parse(data: Any, tables: list[str]) -> Manifest:
+    """The manifest ``data`` holds; :class:`ValueError` naming the first thing out of shape (a manifest edited by hand)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    generation, parts, retired = data.get("generation"), data.get("parts"), data.get("retired", [])
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise ValueError(f"'generation' is {_shown(generation)}, not a whole number")
+    if not isinstance(parts, dict):
+        raise ValueError(f"'parts' is {_shown(parts)}, not an object of part names per table")
+    for table in tables:
+        names = parts.get(table, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) and _is_part_name(n) for n in names):
+            raise ValueError(f"'parts' of {table!r} is {_shown(names)}, not a list of part file names (part-....parquet)")
+    if not isinstance(retired, list) or not all(_is_retired_entry(r, tables) for r in retired):
+        raise ValueError(f"'retired' is {_shown(retired)}, not a list of {{'table', 'name', 'retired_at'}} entries")
+    return Manifest(generation=generation, parts={t: list(parts.get(t, [])) for t in tables}, retired=list(retired))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_part_name(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet") and "/" not in name and "\\" not in name
+
+
+def _is_retired_entry(entry: Any, tables: list[str]) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("table") in tables
+        and isinstance(entry.get("name"), str)
+        and _is_part_name(entry["name"])
+        and isinstance(entry.get("retired_at"), (int, float))
+        and not isinstance(entry.get("retired_at"), bool)
+    )
 
 
 def write_manifest(root: Path, manifest: Manifest, *, fsync: bool) -> None:
