@@ -82,6 +82,8 @@ class DatasetConfig(BaseModel):
     production tool returns. How many were left out is ``datasets.json``'s ``sandbox_failures_left_out``."""
     iwm_max_observation_tokens: int = Field(512, ge=8)
     iwm_max_error_share: float = Field(0.5, ge=0, le=1)
+    """At most this share of IWM rows have an error observation; how many error rows the cap left out is
+    ``datasets.json``'s ``datasets.iwm.errors_left_out``."""
     iwm_include_expert_steps: bool = True
     sr_k: int = Field(3, ge=1)
     seed: int = 0

@@ -137,7 +137,8 @@ class IWMWriter(KindWriter):
 
     def finish(self) -> dict[str, Any]:
         share = round(self.errors / self.non_null, 3) if self.non_null else 0.0
-        return {**self.extra, "error_share": share, "truncated_rows": self.truncated}
+        left_out = self.errors_seen - len(self.keep) if self.keep is not None else 0
+        return {**self.extra, "error_share": share, "errors_left_out": left_out, "truncated_rows": self.truncated}
 
 
 def run_pass(

@@ -3,7 +3,8 @@
 A rebuild into a folder that holds an earlier build (other kinds, another split) leaves none of the earlier
 build's files behind, so ``ee train`` never picks up a stale ``sr.parquet`` and an evaluation never reads a
 stale ``heldout/`` whose trajectories are now trained on. A build that fails or is killed midway leaves the
-earlier build whole (the new files are written in a hidden folder and moved in at the end).
+earlier build whole (the new files are written in a hidden folder and moved in at the end). And what a build
+leaves out is counted in ``datasets.json`` (the IWM error cap's rows).
 """
 
 from __future__ import annotations
@@ -183,3 +184,14 @@ def test_the_cli_says_which_stale_files_it_removed_and_an_empty_store_creates_no
     result = runner.invoke(app, ["datasets", "build", "--store", str(empty), "--out", str(tmp_path / "never")])
     assert result.exit_code == 1 and "No approved trajectories" in result.output
     assert not (tmp_path / "never").exists(), "a build that refuses to start leaves no empty folder behind"
+
+
+def test_the_iwm_error_cap_says_how_many_error_rows_it_left_out(store_path: Path, tmp_path: Path) -> None:
+    """4 expert steps answered fine, 4 rollouts answered an error: a 0.2 cap keeps 1 error row (1 of 5 rows)."""
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "data", kinds="iwm", iwm_max_error_share=0.2))
+    iwm = summary["datasets"]["iwm"]
+    assert iwm["rows"] == 5 and iwm["errors_left_out"] == 3
+    rows = pl.read_parquet(tmp_path / "data" / "iwm.parquet")
+    assert rows["is_error"].sum() == 1
+    uncapped = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "all", kinds="iwm", iwm_max_error_share=1.0))
+    assert uncapped["datasets"]["iwm"]["errors_left_out"] == 0 and uncapped["datasets"]["iwm"]["rows"] == 8
