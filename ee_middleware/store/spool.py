@@ -39,8 +39,19 @@ logger = logging.getLogger("ee_middleware.store")
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
-    """One spool line for ``record``: checksum, space, compact JSON, newline."""
-    return frame_line(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    """One spool line for ``record``: checksum, space, compact JSON, newline.
+
+    A lone surrogate (a file name decoded with ``surrogateescape``, a ``"\\ud800"`` escape in JSON a tool received),
+    which UTF-8 cannot encode, is stored as U+FFFD, as capture stores it (:func:`~ee_middleware.messages.clean_text`):
+    the record is kept, not refused."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        from ee_middleware.messages import clean_text
+
+        data = clean_text(text).encode("utf-8")
+    return frame_line(data)
 
 
 def frame_line(payload: bytes) -> bytes:

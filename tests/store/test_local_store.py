@@ -219,3 +219,28 @@ def test_segment_and_part_names_sort_in_write_order_when_the_second_turns(monkey
     monkeypatch.setattr(spool.time, "time_ns", lambda: next(readings))
     first, later = spool.sortable_stamp(), spool.sortable_stamp()
     assert first < later
+
+
+def test_a_lone_surrogate_is_stored_as_a_replacement_character_not_refused(store: LocalExperienceStore, store_path: Path):
+    """A tool that lists files decodes a non-UTF-8 name with surrogateescape ('caf\\udce9.txt'); JSON a tool received
+    can hold a "\\ud800" escape. UTF-8 cannot encode either: the write raised UnicodeEncodeError and the trajectory
+    (or the trajectory's rollouts) was lost."""
+    from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, ToolCall
+
+    t = sample_trajectory("lone")
+    t.steps[0].observation = t.steps[0].observation.model_copy(update={"content": "caf\udce9.txt \ud800"})
+    assert store.write([t]) == 1
+    rollout = Rollout(
+        id="r0", replay_id="rp", trajectory_id="lone", step_index=0, branch_index=0,
+        action=Action(kind="tool_call", tool_call=ToolCall(id="a", name="ls", arguments={"dir": "x\udcff"})),
+        proposer=ProposerInfo(policy="mutate"), observation=Observation(content="caf\udce9.txt"), sandbox="s", duration_ms=1.0,
+    )  # fmt: skip
+    store.write_replay(
+        ReplayRecord(replay_id="rp", trajectory_id="lone", status="done", policy="mutate", sandbox="s", k=1, seed=0), [rollout]
+    )
+    store.close()
+    for reader in (LocalExperienceStore(store_path), LocalExperienceStore(store_path)):
+        assert reader.get("lone").steps[0].observation.content == "caf\ufffd.txt \ufffd"
+        (read,) = reader.iter_rollouts()
+        assert (read.observation.content, read.action.tool_call.arguments) == ("caf\ufffd.txt", {"dir": "x\ufffd"})
+        reader.compact()  # the second reader reads the Parquet parts
