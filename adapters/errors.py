@@ -93,7 +93,8 @@ class ServerStartError(ServingError):
 
 
 class PromotionError(AdapterError):
-    """A promote failed on a replica; every replica was rolled back and the adapter marked failed."""
+    """A promote failed on a replica; every replica was rolled back. The adapter is marked failed when the
+    failure was its own, and stays a candidate when a server did not answer or cannot see its folder."""
 
     def __init__(self, message: str, *, adapter: str, replica: str | None) -> None:
         super().__init__(message)

@@ -4,13 +4,22 @@
 weights) and verify it (listed in ``/v1/models`` and a smoke chat request through it answers). Only
 when every replica verified it does the registry make it the app's live adapter, which switches the
 app's alias (the router resolves the alias per request). A failure on any replica unloads it from
-every replica it was loaded on, marks it ``failed`` with the reason, and raises
-:class:`~ee_middleware.adapters.errors.PromotionError`; the live adapter never changed. The replaced
-adapter stays loaded, so a rollback is only an alias switch.
+every replica it was loaded on and raises :class:`~ee_middleware.adapters.errors.PromotionError`;
+the live adapter never changed. The adapter is marked ``failed`` with the reason when the failure
+was its own (a server refused to load it, or it did not pass the smoke request); when a replica did
+not answer (down, restarting, timed out, 5xx on a listing) or cannot see the registry's folder, it
+stays ``candidate`` and can be promoted again once the servers are fixed (a failed adapter never
+can, and the same weights registered again keep their failed record). The replaced adapter stays
+loaded, so a rollback is only an alias switch.
+
+Before any server is asked, the registry's copy of the adapter must still be what was registered
+(same content hash: :func:`~ee_middleware.adapters.records.check_registered_files`) and be trained on
+the base model of the app's live adapter (servers hold one base).
 
 **Rollback** ``app``: the previous live adapter is checked on every replica (listed; loaded again if
-a replica lost it, e.g. after a restart) and made live again. **Retire**: unloaded everywhere,
-withdrawn from the rollback stack.
+a replica lost it, e.g. after a restart, from a registry copy checked first) and made live again; a
+replica that does not answer stops it with the live adapter unchanged. **Retire**: unloaded
+everywhere, withdrawn from the rollback stack.
 
 A process killed mid-promote leaves the adapter ``candidate`` (the history shows the start without
 an end) and the live adapter unchanged.
@@ -22,8 +31,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ee_middleware.adapters.errors import InvalidTransitionError, PromotionError, ServingError
-from ee_middleware.adapters.records import AdapterRecord, Status
+from ee_middleware.adapters.errors import (
+    AdapterPathNotFoundError,
+    BaseModelMismatchError,
+    InvalidTransitionError,
+    PromotionError,
+    ServerUnavailableError,
+    ServingError,
+)
+from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files, normalize_base
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.backend import ServingBackend, Verification
 
@@ -68,6 +84,7 @@ def promote(
         )
     if record.status == Status.live:
         return SwitchResult(record, None, time.perf_counter() - started)
+    _check_servable(registry, record)
     say = progress or (lambda _text: None)
     registry.note("promote-started", app=record.app, adapter=name, by=by, replicas=[r.url for r in replicas])
     loaded: list[ServingBackend] = []
@@ -87,6 +104,32 @@ def promote(
     return SwitchResult(
         registry.get(name), previous.name if previous else None, time.perf_counter() - started, verifications, [r.url for r in loaded]
     )
+
+
+def _check_servable(registry: AdapterRegistry, record: AdapterRecord) -> None:
+    """The registry's copy is intact and the adapter runs on the live adapter's base model; nothing is marked
+    (a restored folder, or a promote after the live adapter changed, can still succeed)."""
+    if "://" not in record.path:  # a plug-in registry may keep adapters where only the servers see them
+        check_registered_files(record, _registry_label(registry))
+    live_name = registry.resolve(record.app)
+    if live_name is None or live_name == record.name:
+        return
+    live = registry.get(live_name)
+    if normalize_base(live.base_model) != normalize_base(record.base_model):
+        raise BaseModelMismatchError(
+            f"{record.name} was trained on base model {record.base_model}, but {record.app}'s live adapter {live.name} runs on "
+            f"{live.base_model}; the servers hold only that base, so {record.name} cannot be served there. Train on "
+            f"{live.base_model}, or register the adapter under another app served from its own base."
+        )
+
+
+def _registry_label(registry: AdapterRegistry) -> str:
+    return str(getattr(registry, "root", "REGISTRY"))
+
+
+def _adapter_at_fault(exc: ServingError) -> bool:
+    """Whether a promote failure says something about the adapter (then it is marked failed), not about the servers."""
+    return not isinstance(exc, (ServerUnavailableError, AdapterPathNotFoundError))
 
 
 def _fail(
@@ -109,12 +152,20 @@ def _fail(
     reason = f"{type(exc).__name__} on {replica.url}: {exc}"
     if problems:
         reason += " Also " + "; ".join(problems) + "."
-    registry.mark_failed(record.name, reason, by=by)
+    if _adapter_at_fault(exc):
+        registry.mark_failed(record.name, reason, by=by)
+        outcome = "is marked failed"
+    else:
+        registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=reason)
+        outcome = (
+            f"stays a candidate: the adapter is not at fault. Promote it again when every replica answers "
+            f"(ee adapters promote {record.name} ...)"
+        )
     live = registry.resolve(record.app)
     raise PromotionError(
         f"Promoting {record.name} failed on {replica.url}: {exc} It was unloaded from every replica it had been loaded on"
         + (" except where noted: " + "; ".join(problems) if problems else "")
-        + f", and is marked failed. {record.app} still serves {live or 'the base model'}.",
+        + f", and {outcome}. {record.app} still serves {live or 'the base model'}.",
         adapter=record.name,
         replica=replica.url,
     ) from exc
@@ -126,10 +177,24 @@ def rollback(registry: AdapterRegistry, app: str, replicas: Sequence[ServingBack
     target = registry.rollback_target(app)
     loaded = []
     for replica in replicas:
-        if target.name not in replica.list():
-            replica.load(target.name, target.path)
-            replica.verify(target.name)
-            loaded.append(replica.url)
+        try:
+            if target.name not in replica.list():
+                if "://" not in target.path:
+                    check_registered_files(target, _registry_label(registry))
+                replica.load(target.name, target.path)
+                replica.verify(target.name)
+                loaded.append(replica.url)
+        except ServingError as exc:
+            live = registry.resolve(app)
+            message = (
+                f"Rolling {app} back to {target.name} stopped at {replica.url}: {exc} Nothing was switched: {app} still serves "
+                f"{live or 'the base model'}. Run the rollback again when every replica answers (or without the broken one)."
+            )
+            try:
+                wrapped = type(exc)(message, url=exc.url)
+            except TypeError:  # a plug-in's error class with another signature
+                wrapped = ServingError(message, url=exc.url)
+            raise wrapped from exc
     previous = registry.switch_live(target.name, by=by, action="rollback")
     return SwitchResult(registry.get(target.name), previous.name if previous else None, time.perf_counter() - started, loaded_on=loaded)
 

@@ -185,7 +185,7 @@ class LocalAdapterRegistry:
             for data in index["adapters"].values():
                 if data["app"] == app and data["content_hash"] == files.content_hash:
                     return AdapterRecord.from_json(data)
-            self._check_base(index, app, files.base_model, files.path)
+            self._check_base(index, app, files.base_model, str(files.path))
             version = index["apps"].get(app, {}).get("versions", 0) + 1
             name = adapter_name(app, version, files.content_hash)
             copy = self._copy_in(files.path, name, files.weights_file, files.content_hash)
@@ -224,6 +224,8 @@ class LocalAdapterRegistry:
             previous_name = app.get("live")
             if previous_name == name:
                 return None
+            if action != "rollback":  # a rollback restores what these servers ran before
+                self._check_base(index, record["app"], record["base_model"], name)
             stamp = now()
             previous = None
             if previous_name is not None:
@@ -286,14 +288,15 @@ class LocalAdapterRegistry:
             raise AdapterNotFoundError(f"No adapter named {name!r} in the registry at {self.root}. See `ee adapters list`.")
         return record
 
-    def _check_base(self, index: dict[str, Any], app: str, base: str, path: Path) -> None:
+    def _check_base(self, index: dict[str, Any], app: str, base: str, what: str) -> None:
+        """``what`` (a folder or an adapter name) runs on the base model of ``app``'s live adapter."""
         live = index["apps"].get(app, {}).get("live")
-        if live is None:
+        if live is None or live == what:
             return
         live_base = index["adapters"][live]["base_model"]
         if normalize_base(live_base) != normalize_base(base):
             raise BaseModelMismatchError(
-                f"{path} was trained on base model {base}, but {app}'s live adapter {live} runs on {live_base}; the servers "
+                f"{what} was trained on base model {base}, but {app}'s live adapter {live} runs on {live_base}; the servers "
                 f"hold only that base. Train on {live_base}, or register it under another app."
             )
 

@@ -1,0 +1,211 @@
+"""Promote and rollback when the adapter or the servers are not what they should be: the registry and the
+live adapter stay right, and a replica's outage does not condemn a good adapter.
+
+The replicas here are a real HTTP server on a thread that speaks vLLM's runtime LoRA API and can be told to
+fail (a stand-in: no model behind it, so the tests can make it answer 500 on demand); a replica that is down
+is a port nobody listens on."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.adapters.errors import (
+    AdapterFilesError,
+    BaseModelMismatchError,
+    PromotionError,
+    ServerUnavailableError,
+    VerificationError,
+)
+from ee_middleware.adapters.promote import promote, rollback
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.backend import VLLMBackend
+from ee_middleware.adapters.serving.launch import free_port
+from ee_middleware.testing.http import send_json, serving
+
+from .helpers import write_adapter
+
+
+class StandInVLLM(ThreadingHTTPServer):
+    """vLLM's runtime LoRA API without a model: ``fail`` maps a path to the status it answers instead."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.loaded: dict[str, str] = {}
+        self.fail: dict[str, int] = {}
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: StandInVLLM
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _failed(self) -> bool:
+        with self.server.lock:
+            self.server.requests.append(f"{self.command} {self.path}")
+            status = self.server.fail.get(self.path)
+        if status is not None:
+            send_json(self, {"error": {"message": "stand-in failure", "code": status}}, status)
+        return status is not None
+
+    def do_GET(self) -> None:
+        if not self._failed():
+            models = [{"id": "base"}] + [{"id": name, "parent": "base"} for name in self.server.loaded]
+            send_json(self, {"object": "list", "data": models})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self._failed():
+            return
+        if self.path == "/v1/load_lora_adapter":
+            if body["lora_name"] in self.server.loaded:
+                return send_json(self, {"error": {"message": "already loaded"}}, 400)
+            if not Path(body["lora_path"]).is_dir():
+                return send_json(self, {"error": {"message": "not found"}}, 404)
+            self.server.loaded[body["lora_name"]] = body["lora_path"]
+            return send_json(self, {})
+        if self.path == "/v1/unload_lora_adapter":
+            self.server.loaded.pop(body["lora_name"], None)
+            return send_json(self, {})
+        if body.get("model") not in {"base", *self.server.loaded}:
+            return send_json(self, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}, 404)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}
+        send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]})
+
+
+@pytest.fixture
+def stand_in() -> Iterator[tuple[StandInVLLM, VLLMBackend]]:
+    server = StandInVLLM()
+    with serving(server) as url:
+        backend = VLLMBackend(url, timeout_s=5)
+        yield server, backend
+        backend.close()
+
+
+def _dead_replica() -> VLLMBackend:
+    return VLLMBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)
+
+
+def _registry(tmp_path: Path, *bases: str) -> tuple[LocalAdapterRegistry, list[str]]:
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    names = [registry.register(write_adapter(tmp_path / f"src{i}", base=base, seed=i), "bot").name for i, base in enumerate(bases)]
+    return registry, names
+
+
+def _promoted_in_turn(tmp_path: Path, backend: VLLMBackend) -> tuple[LocalAdapterRegistry, list[str]]:
+    """Two adapters of app ``bot``, the first promoted and then replaced by the second."""
+    registry, names = _registry(tmp_path, "/models/base", "/models/base")
+    for name in names:
+        promote(registry, name, [backend])
+    return registry, names
+
+
+def test_a_replica_that_is_down_leaves_a_good_adapter_a_candidate_to_promote_again_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    server, good = stand_in
+    registry, (live, candidate) = _registry(tmp_path, "/models/base", "/models/base")
+    promote(registry, live, [good])
+    with pytest.raises(PromotionError, match="stays a candidate") as caught:
+        promote(registry, candidate, [good, _dead_replica()])
+    assert isinstance(caught.value.__cause__, ServerUnavailableError)
+    assert candidate not in server.loaded, "unloaded from the replica it reached"
+    assert registry.get(candidate).status == "candidate" and registry.resolve("bot") == live
+    assert [e["action"] for e in registry.history(adapter=candidate)] == ["register", "promote-started", "promote-aborted"]
+    assert promote(registry, candidate, [good]).live.name == candidate, "once the replicas answer, the same adapter goes live"
+
+
+def test_a_replica_answering_500_to_its_model_list_does_not_condemn_the_adapter_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    server.fail["/v1/models"] = 500
+    with pytest.raises(PromotionError):
+        promote(registry, name, [backend])
+    assert registry.get(name).status == "candidate"
+
+
+def test_an_adapter_that_fails_its_smoke_request_is_still_marked_failed_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    server.fail["/v1/chat/completions"] = 500
+    with pytest.raises(PromotionError, match="is marked failed") as caught:
+        promote(registry, name, [backend])
+    assert isinstance(caught.value.__cause__, VerificationError)
+    assert registry.get(name).status == "failed" and name not in server.loaded
+
+
+def test_promoting_an_adapter_for_another_base_than_the_live_one_is_refused_before_any_server_is_asked_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """Both were registered before anything was live, so registering could not refuse the second one."""
+    server, backend = stand_in
+    registry, (live, other_base) = _registry(tmp_path, "/models/smollm2", "/models/qwen")
+    promote(registry, live, [backend])
+    asked = len(server.requests)
+    with pytest.raises(BaseModelMismatchError, match=r"trained on base model /models/qwen.*runs on /models/smollm2"):
+        promote(registry, other_base, [backend])
+    assert server.requests[asked:] == [] and other_base not in server.loaded
+    assert registry.resolve("bot") == live and registry.get(other_base).status == "candidate"
+    with pytest.raises(BaseModelMismatchError):
+        registry.switch_live(other_base)  # the registry itself refuses too (another promoter, a race)
+    assert registry.resolve("bot") == live
+
+
+@pytest.mark.parametrize("damage", ["deleted", "other-weights", "truncated"])
+def test_a_damaged_registry_copy_is_refused_before_any_server_loads_it_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path, damage: str
+) -> None:
+    import shutil
+
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    copy = Path(registry.get(name).path)
+    weights = copy / "adapter_model.safetensors"
+    if damage == "deleted":
+        shutil.rmtree(copy)
+    elif damage == "other-weights":  # valid weights, but not the ones this immutable name stands for
+        shutil.copy(write_adapter(tmp_path / "other", seed=99) / "adapter_model.safetensors", weights)
+    else:
+        weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(AdapterFilesError, match=f"registered adapter {name}"):
+        promote(registry, name, [backend])
+    assert server.requests == [] and registry.get(name).status == "candidate" and registry.resolve("bot") is None
+
+
+def test_a_rollback_that_cannot_reach_a_replica_says_nothing_was_switched_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    _, backend = stand_in
+    registry, (first, second) = _promoted_in_turn(tmp_path, backend)
+    with pytest.raises(
+        ServerUnavailableError, match=f"Rolling bot back to {first} stopped at .*Nothing was switched: bot still serves {second}"
+    ):
+        rollback(registry, "bot", [backend, _dead_replica()])
+    assert registry.resolve("bot") == second and registry.get(first).status == "retired"
+    assert rollback(registry, "bot", [backend]).live.name == first
+
+
+def test_a_rollback_does_not_load_a_damaged_copy_on_a_replica_that_lost_it_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    server, backend = stand_in
+    registry, (first, second) = _promoted_in_turn(tmp_path, backend)
+    server.loaded.pop(first)  # the replica restarted and lost it
+    (Path(registry.get(first).path) / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterFilesError, match=f"registered adapter {first} is damaged"):
+        rollback(registry, "bot", [backend])
+    assert first not in server.loaded and registry.resolve("bot") == second
