@@ -69,6 +69,9 @@ def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:
     path = Path(out).expanduser()
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give the file to write, for example {path / f'train.{suffix}'}.")
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise OutputError(f"Cannot write {path}: {folder} is a file, not a folder. Give a path in a folder. Nothing was written.")
     return path
 
 

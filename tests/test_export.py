@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 
+from ee_middleware.errors import OutputError
 from ee_middleware.export import export_jsonl, export_parquet
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing.store_conformance import sample_trajectory
@@ -51,3 +53,12 @@ def test_jsonl_export_writes_tool_call_arguments_as_json_text(store_path: Path, 
     assert isinstance(call["arguments"], str), "OpenAI's fine-tuning format takes arguments as a JSON string"
     assert json.loads(call["arguments"]) == {"item": {"name": "pêche", "n": [1, 2]}}
     assert messages[3]["tool_call_id"] == "call-0" and messages[1]["content"] == [{"type": "text", "text": "voilà 日本"}]
+
+
+def test_an_output_path_inside_a_file_says_so(store_path: Path, tmp_path: Path):
+    store = _own_messages(store_path)
+    (tmp_path / "notes").write_text("mine")
+    for export, out in ((export_jsonl, tmp_path / "notes" / "train.jsonl"), (export_parquet, tmp_path / "notes" / "sub" / "train.parquet")):
+        with pytest.raises(OutputError, match=r"notes is a file, not a folder"):
+            export(store, out)
+    assert (tmp_path / "notes").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["experience", "notes"]
