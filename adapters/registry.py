@@ -21,6 +21,7 @@ returns the existing record.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import getpass
 import json
@@ -363,10 +364,15 @@ class LocalAdapterRegistry:
                 f"The registry index {path} cannot be read ({exc}). It is written atomically, so this is outside damage: "
                 "restore it from a backup; history.jsonl lists every action."
             ) from exc
+        if not isinstance(index, dict):
+            raise RegistryCorruptionError(f"{path} holds a JSON {type(index).__name__}, not the registry's index object. {_RESTORE}")
         if index.get("schema_version") != INDEX_SCHEMA_VERSION:
             raise RegistryCorruptionError(
                 f"{path} has schema version {index.get('schema_version')!r}; this ee-middleware reads version {INDEX_SCHEMA_VERSION}."
             )
+        problem = _index_problem(index)
+        if problem:
+            raise RegistryCorruptionError(f"{path} was edited or damaged outside ee-middleware: {problem}. {_RESTORE}")
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
@@ -380,6 +386,40 @@ class LocalAdapterRegistry:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+_RESTORE = "Restore index.json from a backup, or correct that entry by hand (history.jsonl lists every action); nothing was changed."
+_RECORD_FIELDS = tuple(
+    f.name for f in dataclasses.fields(AdapterRecord) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+_STATUSES = frozenset(Status)
+
+
+def _index_problem(index: dict[str, Any]) -> str | None:
+    """What makes ``index`` unusable (a missing table, a record without its fields, a reference to no record), or None."""
+    if not isinstance(index.get("last_event"), int):
+        return f"'last_event' should be an integer, got {index.get('last_event')!r}"
+    adapters, apps = index.get("adapters"), index.get("apps")
+    if not isinstance(adapters, dict) or not isinstance(apps, dict):
+        return "it needs an 'apps' object and an 'adapters' object"
+    for name, record in adapters.items():
+        if not isinstance(record, dict):
+            return f"adapters.{name} is not an object"
+        missing = [f for f in _RECORD_FIELDS if f not in record]
+        if missing:
+            return f"adapters.{name} lacks {', '.join(missing)}"
+        if record["name"] != name or record["status"] not in _STATUSES or record["app"] not in apps:
+            return (
+                f"adapters.{name} has name {record['name']!r}, status {record['status']!r} and app {record['app']!r} "
+                f"(expected its own name, one of {', '.join(sorted(_STATUSES))}, and an app under 'apps')"
+            )
+    for app, entry in apps.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("previous"), list) or not isinstance(entry.get("versions"), int):
+            return f"apps.{app} should be an object with 'live', a 'previous' list and a 'versions' integer"
+        unknown = [n for n in [entry.get("live"), *entry["previous"]] if n is not None and n not in adapters]
+        if unknown:
+            return f"apps.{app} refers to {', '.join(map(repr, unknown))}, which has no record under 'adapters'"
+    return None
 
 
 def _empty_index() -> dict[str, Any]:

@@ -188,6 +188,60 @@ def test_a_damaged_index_is_reported_not_overwritten(tmp_path: Path) -> None:
     assert (reg.root / "index.json").read_text() == "{garbage"
 
 
+def _drop_record(index: dict, live: str) -> None:
+    del index["adapters"][live]
+
+
+def _dangling_previous(index: dict, live: str) -> None:
+    index["apps"]["bot"]["previous"].append("bot-v9-deadbeef")
+
+
+def _record_without_rank(index: dict, live: str) -> None:
+    del index["adapters"][live]["rank"]
+
+
+def _status_typo(index: dict, live: str) -> None:
+    index["adapters"][live]["status"] = "LIVE"
+
+
+def _no_tables(index: dict, live: str) -> None:
+    index.pop("adapters")
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (_drop_record, "which has no record under 'adapters'"),
+        (_dangling_previous, "apps.bot refers to 'bot-v9-deadbeef'"),
+        (_record_without_rank, "lacks rank"),
+        (_status_typo, "status 'LIVE'"),
+        (_no_tables, "an 'adapters' object"),
+    ],
+)
+def test_an_index_edited_by_hand_into_an_unusable_shape_names_the_entry_and_is_left_alone(tmp_path: Path, edit, named: str) -> None:
+    """Before: `ee adapters rollback` and `list` died with "unexpected KeyError/TypeError" (a bug report request)."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    names = [reg.register(write_adapter(tmp_path / f"a{i}", seed=i), "bot").name for i in range(2)]
+    for name in names:
+        reg.switch_live(name)
+    index = json.loads((reg.root / "index.json").read_text())
+    edit(index, names[1])
+    text = json.dumps(index)
+    (reg.root / "index.json").write_text(text)
+    for call in (reg.list, lambda: reg.resolve("bot"), lambda: reg.rollback_target("bot"), lambda: reg.retire(names[0])):
+        with pytest.raises(RegistryCorruptionError, match=named):
+            call()
+    for args in (["list"], ["rollback", "bot", "--server", "http://127.0.0.1:9/v1"]):
+        result = CliRunner().invoke(app, ["adapters", *args, "-r", str(reg.root), "--json"])
+        assert result.exit_code == 1 and result.stdout == ""
+        assert "unexpected" not in result.stderr and named in result.stderr and "edited or damaged" in result.stderr, result.stderr
+    assert (reg.root / "index.json").read_text() == text
+
+
 def test_concurrent_registrations_from_processes_get_distinct_versions(tmp_path: Path) -> None:
     folders = [write_adapter(tmp_path / f"a{i}", seed=i) for i in range(4)]
     LocalAdapterRegistry(tmp_path / "reg")
