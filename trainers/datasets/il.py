@@ -1,10 +1,10 @@
-"""IL: imitation examples, one per expert step: the state -> the expert's tool call (or answer)."""
+"""IL: imitation examples, one per expert turn: the state -> the expert's tool call(s) (or answer)."""
 
 from __future__ import annotations
 
 import polars as pl
 
-from ee_middleware.trainers.datasets.rows import action_message, answer_message, conform, example_id, json_list
+from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, json_list, tool_call_item
 from ee_middleware.trainers.datasets.source import DatasetSource
 
 MALFORMED_CALL = pl.col("arguments_json").str.starts_with('{"_raw":')
@@ -17,14 +17,29 @@ def malformed_calls(source: DatasetSource) -> int:
 
 
 def build_il(source: DatasetSource) -> pl.DataFrame:
-    """One row per expert step of the approved trajectories (vectorised; no Python loop per row).
+    """One row per expert turn of the approved trajectories (vectorised; no Python loop per row): the state ->
+    the expert's tool call, or its answer. Parallel tool calls (one model response, recorded as steps sharing a
+    ``decision_index`` and their state) are one row whose target makes all of them, in order: the turn the
+    expert made. The row's ``step_index`` is its first step's.
 
     A step whose call's arguments were not JSON (the model wrote a malformed call, recorded with its text under
     ``_raw``) is left out: imitating it would teach the malformed call (see :func:`malformed_calls`)."""
     is_call = pl.col("action_kind") == "tool_call"
     steps = source.steps.filter(~(is_call & MALFORMED_CALL).fill_null(False))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
-    completion = pl.when(is_call).then(action_message(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")))
+    turn = (
+        pl.when(is_call & pl.col("decision_index").is_not_null())
+        .then(pl.format("call:{}", pl.col("decision_index")))
+        .otherwise(pl.format("step:{}", pl.col("index")))
+    )
+    steps = (
+        steps.with_columns(
+            tool_call_item(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("_call"), turn.alias("_turn")
+        )
+        .group_by("trajectory_id", "_turn", maintain_order=True)
+        .agg(pl.all().exclude("_call").first(), pl.col("_call"))
+    )
+    completion = pl.when(is_call).then(calls_message(pl.col("_call")))
     completion = completion.otherwise(answer_message(pl.col("content")))
     frame = steps.select(
         example_id(pl.lit("il"), pl.col("trajectory_id"), pl.col("index")).alias("id"),

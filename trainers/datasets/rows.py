@@ -64,16 +64,23 @@ def example_id(*parts: pl.Expr) -> pl.Expr:
     return pl.concat_str([p.cast(pl.String).fill_null("-") for p in parts], separator=":").hash(seed=0x5EED).cast(pl.String)
 
 
-def action_message(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> pl.Expr:
-    """JSON text of the assistant message that makes one tool call."""
-    call = pl.struct(
+def tool_call_item(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> pl.Expr:
+    """One OpenAI ``tool_calls`` item (a struct)."""
+    return pl.struct(
         call_id.fill_null("").alias("id"),
         pl.lit("function").alias("type"),
         pl.struct(name.alias("name"), arguments_json.fill_null("{}").alias("arguments")).alias("function"),
     )
-    return pl.struct(
-        pl.lit("assistant").alias("role"), pl.lit("").alias("content"), pl.concat_list([call]).alias("tool_calls")
-    ).struct.json_encode()
+
+
+def calls_message(calls: pl.Expr) -> pl.Expr:
+    """JSON text of the assistant message that makes the tool calls ``calls`` (a list of :func:`tool_call_item`)."""
+    return pl.struct(pl.lit("assistant").alias("role"), pl.lit("").alias("content"), calls.alias("tool_calls")).struct.json_encode()
+
+
+def action_message(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> pl.Expr:
+    """JSON text of the assistant message that makes one tool call."""
+    return calls_message(pl.concat_list([tool_call_item(call_id, name, arguments_json)]))
 
 
 def answer_message(content: pl.Expr) -> pl.Expr:

@@ -212,3 +212,55 @@ def test_il_leaves_out_an_expert_call_whose_arguments_were_not_json(tmp_path: Pa
     assert rows.height == 2, "the valid call and its answer"
     assert "_raw" not in "".join(rows["completion"].to_list())
     assert "order_id" in rows["completion"][0] and "Refunded." in rows["completion"][1]
+
+
+def test_il_teaches_parallel_tool_calls_as_the_one_turn_the_expert_made(tmp_path: Path) -> None:
+    """A model response with two tool calls is recorded as two steps with one ``decision_index`` and the same state.
+    IL's target is the whole turn (both calls, in order): one row per call would show the model the same prompt with
+    two different answers, and never the turn it is to make."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+    @tool
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    both = AIMessage(content="", tool_calls=[tool_call("weather", city="Paris"), tool_call("weather", city="Rome")])
+    one = AIMessage(content="", tool_calls=[tool_call("weather", city="Oslo")])
+    store_path = tmp_path / "experience"
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=[both, one, AIMessage(content="Sunny.")]), [weather]), app="w", store=store_path
+    )
+    agent.invoke({"messages": [("user", "Weather in Paris, Rome, then Oslo?")]})
+    agent.flush()
+    store = LocalExperienceStore(store_path)
+    (trajectory,) = store.iter_trajectories()
+    assert [(s.decision_index, s.action.kind) for s in trajectory.steps] == [
+        (0, "tool_call"),
+        (0, "tool_call"),
+        (1, "tool_call"),
+        (2, "answer"),
+    ]
+    store.approve([trajectory.id], by="test")
+    store.close()
+
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il,iwm", iwm_max_error_share=1.0))
+    il = pl.read_parquet(tmp_path / "ds" / "il.parquet")
+    assert summary["datasets"]["il"]["rows"] == il.height == 3, "one row per turn: both calls, then Oslo, then the answer"
+    targets = [json.loads(c)[0] for c in il["completion"]]
+    assert [[json.loads(c["function"]["arguments"])["city"] for c in t.get("tool_calls", [])] for t in targets] == [
+        ["Paris", "Rome"],
+        ["Oslo"],
+        [],
+    ]
+    assert targets[0]["tool_calls"][0]["id"] != targets[0]["tool_calls"][1]["id"]
+    assert il["step_index"].to_list() == [0, 2, 3] and il["id"].n_unique() == 3
+    assert json.loads(il["prompt"][0]) == trajectory.steps[0].state
+    iwm = pl.read_parquet(tmp_path / "ds" / "iwm.parquet")
+    assert iwm.height == 3, "IWM predicts each call's own result"
