@@ -3,11 +3,15 @@
 Approving a rejected trajectory, or rejecting an approved one, needs ``force``; the new decision
 then records the one it overturned (``ApprovalEvent.overrides``), so the history
 (:meth:`~ee_middleware.store.protocol.ExperienceStore.approvals`, ``ee traces show``) shows both.
-Works on any :class:`~ee_middleware.store.protocol.ExperienceStore`.
+Works on any :class:`~ee_middleware.store.protocol.ExperienceStore`. A store that offers ``decisions_locked()``
+(a context manager held across processes, as the local store's) has it held from reading the current decisions
+to recording the new ones: without it, two people deciding on one trajectory at the same moment both saw it
+pending, and the later decision overturned the earlier one without recording that it did.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -32,6 +36,14 @@ def decide(
     Raises :class:`~ee_middleware.errors.ApprovalConflictError`, recording nothing, when a
     trajectory already has the opposite decision and ``force`` is false.
     """
+    locked = getattr(store, "decisions_locked", None)
+    with locked() if locked is not None else contextlib.nullcontext():
+        return _decide(store, ids, status, by=by, reason=reason, force=force)
+
+
+def _decide(
+    store: ExperienceStore, ids: Sequence[str], status: ApprovalStatus, *, by: str, reason: str | None, force: bool
+) -> list[ApprovalEvent]:
     frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
     current = {row["id"]: row for row in frame.to_dicts()}
     resolved = list(dict.fromkeys(i if i in current else store.resolve_id(i) for i in ids))

@@ -498,6 +498,21 @@ class LocalExperienceStore:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+    @contextmanager
+    def decisions_locked(self) -> Iterator[None]:
+        """Held by :func:`~ee_middleware.store.approvals.decide` from reading the current decisions to recording new ones
+        (in any process), so that two people deciding on one trajectory at once cannot overturn each other silently.
+        Readers are not held up."""
+        try:
+            fh = open(self.root / ".decide.lock", "a")  # noqa: SIM115 - closed below, which releases the lock
+        except OSError as exc:
+            raise StoreWriteError(
+                f"Cannot record decisions in {self.root}: {exc}. Nothing was recorded. {os_error_advice(exc)}", errno=exc.errno
+            ) from exc
+        with fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield
+
     # --- repair ------------------------------------------------------------------------------
 
     def repair(self) -> dict[str, Any]:
