@@ -43,8 +43,7 @@ def test_two_people_deciding_on_one_trajectory_at_once_never_overturn_silently(s
         subprocess.Popen([sys.executable, "-c", DECIDER, str(store_path), status, start, str(count)], cwd=REPO)
         for status in ("approved", "rejected")
     ]
-    for proc in procs:
-        assert proc.wait(timeout=120) == 0
+    assert [proc.wait(timeout=120) for proc in procs] == [0, 0]
     history = LocalExperienceStore(store_path).approvals()
     for i in range(count):
         decisions = history.filter(history["trajectory_id"] == f"t{i}").to_dicts()
