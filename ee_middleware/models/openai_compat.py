@@ -1,18 +1,23 @@
 """The OpenAI-compatible chat client: one ``/chat/completions`` request per call, over httpx.
 
 Works with vLLM, the local server, and hosted APIs. A connection error, a timeout, a 429 or a 5xx
-is retried ``retries`` times with doubling back-off, then raised as
+is retried ``retries`` times with doubling back-off (longer where the server's ``Retry-After``
+asks for it, up to :data:`MAX_RETRY_AFTER_S`), then raised as
 :class:`~ee_middleware.errors.ModelServerError`; a 4xx is raised at once as
 :class:`~ee_middleware.errors.ModelRequestError` with the server's own text; a body that is not
-JSON as :class:`~ee_middleware.errors.ModelResponseError`. Every message names the URL. A JSON
+JSON as :class:`~ee_middleware.errors.ModelResponseError`. An error sent with status 200 (``{"error":
+...}``, as some proxies and gateways do) is treated as the status its ``code`` names. Every message
+names the URL (without any user:password in it) and shows an HTML error page by its title. A JSON
 answer that is not a usable completion (no choices, a choice without a message) comes back as
 :class:`~ee_middleware.models.protocol.Choice` items with a problem, for the caller to count.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +28,10 @@ from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelSer
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
 
 API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
+MAX_RETRY_AFTER_S = 60.0
+"""The longest wait a server's ``Retry-After`` can ask of one retry (a longer one is cut to this)."""
+_HTML_TITLE = re.compile(r"<(title|h1)[^>]*>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
+_sleep = time.sleep
 
 
 _CLIENT_LOCK = threading.Lock()
@@ -58,7 +67,7 @@ class OpenAIChatClient:
             raise ValueError("An OpenAI-compatible client needs a model name (the server's served model or adapter name)")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url, self._auth = _without_credentials(base_url.rstrip("/"))
         self.model = model
         self.timeout_s = timeout_s
         self.retries = max(0, retries)
@@ -172,7 +181,7 @@ class OpenAIChatClient:
             return response.json()
         except ValueError as exc:
             raise ModelResponseError(
-                f"The server at {url} answered with something that is not JSON: {clip(response.text)}", url=url
+                f"The server at {url} answered with something that is not JSON: {_shown_body(response)}", url=url
             ) from exc
 
     def _open(self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False) -> Any:
@@ -182,9 +191,11 @@ class OpenAIChatClient:
         url = f"{self.base_url}{path}"
         client = self._get_client(httpx)
         last_problem, last_status, timed_out = "", None, False
+        wait = 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                _sleep(max(self.backoff_s * 2 ** (attempt - 1), wait))
+            wait = 0.0
             try:
                 response = client.send(client.build_request(method, url, json=body), stream=stream)
                 if stream and response.status_code >= 400:
@@ -196,19 +207,30 @@ class OpenAIChatClient:
             except httpx.TransportError as exc:
                 last_problem, last_status, timed_out = f"{type(exc).__name__}: {exc}", None, False
                 continue
-            if response.status_code == 429 or response.status_code >= 500:
-                last_problem, last_status, timed_out = f"HTTP {response.status_code}: {clip(response.text)}", response.status_code, False
+            status, text = response.status_code, _shown_body(response)
+            embedded = None if stream or status >= 400 else _error_in_body(response)
+            if embedded is not None:
+                status, text = embedded
+                if status is None:  # an error without a code we can read
+                    raise ModelResponseError(f"The server at {url} answered with an error instead of a completion: {text}", url=url)
+            if status == 429 or status >= 500:
+                wait = _retry_after(response)
+                asked = f" (it asked to wait {wait:g} s)" if wait else ""
+                last_problem, last_status, timed_out = f"HTTP {status}{asked}: {text}", status, False
                 continue
-            if response.status_code >= 400:
-                refusal = f"The server at {url} refused the request with HTTP {response.status_code}: {clip(response.text)}."
-                raise ModelRequestError(
-                    f"{refusal} {self._refusal_advice(response.status_code)}", url=url, status=response.status_code, refusal=refusal
-                )
+            if status >= 400:
+                refusal = f"The server at {url} refused the request with HTTP {status}: {text}."
+                raise ModelRequestError(f"{refusal} {self._refusal_advice(status)}", url=url, status=status, refusal=refusal)
             return response
+        if last_status == 429:
+            advice = "The server is limiting the request rate: send fewer requests at once (lower the concurrency) or allow more retries."
+        else:
+            advice = (
+                "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "
+                "(it should end in /v1), the port, and that the model has finished loading."
+            )
         raise ModelServerError(
-            f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. "
-            "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "
-            "(it should end in /v1), the port, and that the model has finished loading.",
+            f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. {advice}",
             url=url,
             status=last_status,
             timed_out=timed_out,
@@ -233,7 +255,7 @@ class OpenAIChatClient:
             with _CLIENT_LOCK:  # threads asking at once (a replay worker's concurrent proposals) share one pool
                 if self._client is None:
                     headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-                    self._client = httpx.Client(timeout=self.timeout_s, headers=headers, transport=self._transport)
+                    self._client = httpx.Client(timeout=self.timeout_s, headers=headers, auth=self._auth, transport=self._transport)
                 client = self._client
         return client
 
@@ -254,3 +276,74 @@ def _encoded_call(call: Any) -> Any:
         function = {**call["function"], "arguments": json.dumps(call["function"].get("arguments") or {}, ensure_ascii=False)}
         return {**call, "function": function}
     return call
+
+
+def _without_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without a ``user:password@`` part (kept out of records and messages), and that part as basic auth."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host)), (unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def _shown_body(response: Any) -> str:
+    """A response's text for a message: clipped, and an HTML page (a proxy's error page) by its title."""
+    text = response.text
+    if "html" in response.headers.get("content-type", "") or text.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
+        found = _HTML_TITLE.search(text)
+        shown = (
+            _plain(found.group(2)) if found else clip(_plain(re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", text, flags=re.I | re.S)), 200)
+        )
+        return f"an HTML page ({shown!r}), not an API answer: a proxy or web server answered at this URL"
+    return clip(text) if text.strip() else "an empty body"
+
+
+def _plain(markup: str) -> str:
+    """The text of an HTML fragment, on one line."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", markup)).split())
+
+
+def _error_in_body(response: Any) -> tuple[int | None, str] | None:
+    """``(status, text)`` for a successful response whose JSON is an error instead of an answer (``{"error": ...}``
+    or vLLM's ``{"object": "error", ...}``); the status is the error's ``code`` when that is an HTTP status, else None."""
+    if b'"error"' not in response.content:  # the common case: an answer, read once by the caller
+        return None
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or "choices" in payload or "data" in payload:
+        return None
+    error = payload.get("error") if payload.get("error") else (payload if payload.get("object") == "error" else None)
+    if not error:
+        return None
+    detail = error if isinstance(error, dict) else {"message": error}
+    code = detail.get("code", payload.get("code"))
+    try:
+        status = int(code)
+    except (TypeError, ValueError):
+        status = 0
+    message = clip(str(detail.get("message") or json.dumps(error, ensure_ascii=False)))
+    if 400 <= status < 600:
+        return status, f"{message} (an error with code {status} in an HTTP {response.status_code} answer)"
+    return None, message
+
+
+def _retry_after(response: Any) -> float:
+    """The wait in seconds a ``Retry-After`` header asks for (seconds or an HTTP date), at most :data:`MAX_RETRY_AFTER_S`; 0 if none."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if seconds == seconds else 0.0

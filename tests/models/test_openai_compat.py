@@ -137,7 +137,7 @@ def test_a_4xx_is_not_retried_and_keeps_the_server_text() -> None:
 
 def test_a_body_that_is_not_json_is_a_response_error() -> None:
     script = Script(httpx.Response(200, text="<html>bad gateway</html>"))
-    with pytest.raises(ModelResponseError, match="not JSON: <html>bad gateway</html>"):
+    with pytest.raises(ModelResponseError, match="not JSON: an HTML page \\('bad gateway'\\), not an API answer"):
         script.client().complete([{"role": "user", "content": "x"}])
     assert issubclass(ModelResponseError, ModelServerError)
 
@@ -146,7 +146,7 @@ def test_a_body_that_is_not_json_is_a_response_error() -> None:
     ("payload", "problem"),
     [
         ({"choices": []}, "the response has no choices"),
-        ({"object": "error"}, "the response has no choices"),
+        ({"object": "chat.completion", "id": "x"}, "the response has no choices"),
         ([1, 2], "the response has no choices"),
     ],
 )

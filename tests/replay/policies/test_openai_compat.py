@@ -200,7 +200,7 @@ def test_scripted_vllm_stand_in_timeout(vllm_stand_in: ScriptedVLLMStandIn, shop
 
 def test_scripted_vllm_stand_in_non_json_or_empty_answers(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
     vllm_stand_in.script = [ScriptedReply(body="<html>proxy error</html>")]
-    with pytest.raises(ModelResponseError, match="not JSON: <html>proxy error"):
+    with pytest.raises(ModelResponseError, match=r"not JSON: an HTML page \('proxy error'\)"):
         policy_for(vllm_stand_in).propose(shop_point, 1, seed=0)
     vllm_stand_in.script = [ScriptedReply(body={"choices": []})]
     [candidate] = policy_for(vllm_stand_in).propose(shop_point, 1, seed=0).candidates

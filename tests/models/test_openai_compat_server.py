@@ -1,0 +1,131 @@
+"""The OpenAI-compatible client against a real local HTTP server (the standard library's, on 127.0.0.1):
+what proxies, gateways and rate-limited servers really send back."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
+from ee_middleware.models import openai_compat
+from ee_middleware.models.openai_compat import MAX_RETRY_AFTER_S, OpenAIChatClient
+from ee_middleware.testing.http import serving
+
+ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+Reply = tuple[int, dict[str, str], bytes]
+
+
+def json_reply(body: Any, status: int = 200, **headers: str) -> Reply:
+    return status, {"Content-Type": "application/json", **headers}, json.dumps(body).encode()
+
+
+@contextmanager
+def server(*replies: Reply) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A server answering each request with the next reply (the last repeats); yields its URL and the requests' headers."""
+    script, seen = list(replies), []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(dict(self.headers))
+            status, headers, body = script.pop(0) if len(script) > 1 else script[0]
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        yield url, seen
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The client's waits between attempts, recorded instead of slept."""
+    slept: list[float] = []
+    monkeypatch.setattr(openai_compat, "_sleep", slept.append)
+    return slept
+
+
+def ask(url: str, **options: Any) -> Any:
+    client = OpenAIChatClient(url, "Qwen/Qwen2.5-7B-Instruct", **options)
+    try:
+        return client.complete([{"role": "user", "content": "hi"}])
+    finally:
+        client.close()
+
+
+def test_a_429_waits_as_long_as_retry_after_asks_within_a_bound(waits: list[float]) -> None:
+    limited = json_reply({"error": {"message": "Rate limit reached"}}, 429, **{"Retry-After": "7"})
+    forever = json_reply({"error": {"message": "Rate limit reached"}}, 429, **{"Retry-After": "86400"})
+    dated = json_reply({"error": {"message": "busy"}}, 503, **{"Retry-After": formatdate(usegmt=True)})  # now: no extra wait
+    with server(limited, forever, dated, json_reply(ANSWER)) as (url, seen):
+        [choice] = ask(url, retries=3, backoff_s=0.25)
+    assert choice.text == "hi" and len(seen) == 4
+    assert waits == [7.0, MAX_RETRY_AFTER_S, 1.0], "the server's wait, cut to the bound, else the doubling back-off"
+
+
+def test_a_server_still_rate_limiting_after_the_retries_is_named_as_such(waits: list[float]) -> None:
+    limited = json_reply({"error": {"message": "Rate limit reached"}}, 429, **{"Retry-After": "2"})
+    with server(limited) as (url, seen), pytest.raises(ModelServerError) as info:
+        ask(url, retries=2, backoff_s=0.1)
+    assert len(seen) == 3 and waits == [2.0, 2.0] and info.value.status == 429
+    message = str(info.value)
+    assert (
+        "HTTP 429 (it asked to wait 2 s)" in message and "limiting the request rate" in message and "running and reachable" not in message
+    )
+
+
+def test_an_error_sent_with_status_200_is_an_error_of_its_code(waits: list[float]) -> None:
+    """LiteLLM-style and vLLM-style error bodies that some gateways pass on with 200 OK."""
+    too_long = json_reply({"error": {"message": "maximum context length is 4096 tokens", "type": "invalid_request_error", "code": 400}})
+    with server(too_long) as (url, seen), pytest.raises(ModelRequestError) as refused:
+        ask(url, retries=3)
+    assert len(seen) == 1 and refused.value.status == 400 and "maximum context length is 4096 tokens" in str(refused.value)
+    missing = json_reply({"object": "error", "message": "The model `x` does not exist.", "type": "NotFoundError", "code": 404})
+    with server(missing) as (url, _), pytest.raises(ModelRequestError, match=r"does not exist.*Check the model name") as info:
+        ask(url)
+    assert info.value.status == 404
+    overloaded = json_reply({"error": {"message": "upstream overloaded", "code": "503"}})
+    with server(overloaded, json_reply(ANSWER)) as (url, seen):
+        [choice] = ask(url, retries=1)
+    assert choice.text == "hi" and len(seen) == 2, "an error whose code is a 5xx is retried like one"
+    with server(json_reply({"error": "something went wrong"})) as (url, _), pytest.raises(ModelResponseError) as odd:
+        ask(url, retries=3)
+    assert "answered with an error instead of a completion: something went wrong" in str(odd.value)
+
+
+def test_a_proxys_html_error_page_is_named_by_its_title(waits: list[float]) -> None:
+    page = b"<html><head><title>502 Bad Gateway</title><style>body{color:red}</style></head><body><h1>502 Bad Gateway</h1>"
+    page += b"<hr><center>nginx/1.18.0</center>" + b"<!-- padding -->" * 200 + b"</body></html>"
+    with server((502, {"Content-Type": "text/html"}, page)) as (url, seen), pytest.raises(ModelServerError) as info:
+        ask(url, retries=1)
+    message = str(info.value)
+    assert len(seen) == 2 and "HTTP 502: an HTML page ('502 Bad Gateway'), not an API answer" in message
+    assert "<" not in message.split("HTTP 502")[1], "no markup in the message"
+    login = (200, {"Content-Type": "text/html"}, b"<html><body><p>Sign in to continue</p></body></html>")
+    with server(login) as (url, _), pytest.raises(ModelResponseError, match=r"not JSON: an HTML page \('Sign in to continue'\)"):
+        ask(url)
+
+
+def test_credentials_in_the_base_url_are_sent_but_never_shown(waits: list[float]) -> None:
+    with server(json_reply(ANSWER)) as (url, seen):
+        secret_url = url.replace("http://", "http://agent:s3cr%40t@")
+        client = OpenAIChatClient(secret_url, "llama3:8b")
+        [choice] = client.complete([{"role": "user", "content": "hi"}])
+        client.close()
+    assert choice.text == "hi" and seen[0]["Authorization"] == "Basic " + base64.b64encode(b"agent:s3cr@t").decode()
+    assert client.base_url == url and "s3cr" not in json.dumps(client.describe()) and "s3cr" not in client.url
+    with server(json_reply({"error": "down"}, 500)) as (url, _), pytest.raises(ModelServerError) as info:
+        ask(url.replace("http://", "http://agent:s3cr%40t@"), retries=0)
+    assert "s3cr" not in str(info.value) and "s3cr" not in info.value.url and "agent" not in str(info.value)
