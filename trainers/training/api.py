@@ -69,6 +69,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """
     started = time.perf_counter()
     output_dir = Path(config.output_dir).expanduser().resolve()
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
+    if not existing.is_dir():  # checked before training: the adapter is written only at the end
+        raise TrainError(f"{existing} is a file, not a folder: set output_dir (--output-dir) to a new folder for the adapter.")
     if any((output_dir / name).exists() for name in ADAPTER_FILES):
         raise TrainError(f"{output_dir} already holds an adapter. Adapters are immutable per version: pick a new output_dir, or delete it.")
     torch = import_optional("torch", extra="train", purpose=_PURPOSE)
@@ -254,6 +257,23 @@ def _write_output(
     partial = output_dir.with_name(f"{output_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    try:
+        _fill_output(model, manifest, runs, partial, cuts)
+    except BaseException:  # a half-written adapter is never left where it could be taken for one
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if output_dir.exists():  # an empty or non-adapter folder the user pointed us at: merge into it
+        for item in partial.iterdir():
+            item.replace(output_dir / item.name)
+        partial.rmdir()
+    else:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        partial.rename(output_dir)
+
+
+def _fill_output(
+    model: Any, manifest: dict[str, Any], runs: list[backends.StageRun], partial: Path, cuts: dict[str, list[dict[str, Any]]]
+) -> None:
     model.save_pretrained(partial)
     write_manifest(partial, manifest)
     write_render_cuts(partial / RENDER_CUTS_FILE, cuts)
@@ -263,10 +283,3 @@ def _write_output(
         boundaries.append((step, f"{runs[len(boundaries) + 1].name} starts"))
     title = f"{manifest['schedule']['name']} schedule, {manifest['metrics']['backend']} on {manifest['metrics']['device']}"
     plot_loss(partial / "loss.png", [tuple(p) for p in manifest["losses"]], boundaries, title)
-    if output_dir.exists():  # an empty or non-adapter folder the user pointed us at: merge into it
-        for item in partial.iterdir():
-            item.replace(output_dir / item.name)
-        partial.rmdir()
-    else:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        partial.rename(output_dir)

@@ -243,3 +243,38 @@ def test_a_heldout_file_is_never_trained_on(tiny_model_dir: Path, data_dir: Path
     with pytest.raises(TrainDataError, match=r"il\.parquet is a held-out dataset .* never trained on"):
         train(config(tiny_model_dir, heldout, tmp_path / "out", max_steps=1), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_training_and_leaves_nothing(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the whole run trained, then failed naming ``<file>.partial-<pid>/adapter_model.safetensors`` and left that
+    folder (the adapter inside) beside the file."""
+    from ee_middleware.trainers.training import api
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    trained: list[str] = []
+    real = api._run_stages
+    monkeypatch.setattr(api, "_run_stages", lambda *a, **k: trained.append("stage") or real(*a, **k))
+    with pytest.raises(TrainError, match=r"notes\.txt is a file, not a folder.*output_dir"):
+        train(config(tiny_model_dir, data_dir, taken, max_steps=1), progress=False)
+    with pytest.raises(TrainError, match=r"notes\.txt is a file, not a folder"):
+        train(config(tiny_model_dir, data_dir, taken / "adapter", max_steps=1), progress=False)
+    assert not trained and taken.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_failed_write_leaves_no_partial_folder(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ee_middleware.trainers.training import api
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(api, "plot_loss", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(config(tiny_model_dir, data_dir, tmp_path / "runs" / "out", max_steps=1), progress=False)
+    assert not list((tmp_path / "runs").glob("*.partial-*")), "the half-written adapter folder is removed"
+    assert not (tmp_path / "runs" / "out").exists()
