@@ -70,10 +70,11 @@ def list_traces(
         print_json([{k: _jsonable(v) for k, v in row.items()} for row in rows])
         return
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     apps = sorted({row["app"] for row in rows})
-    title = f"{len(rows)} trajectories in {store}" + (f" (app {apps[0]})" if len(apps) == 1 else "")
+    title = escape(f"{len(rows)} trajectories in {store}" + (f" (app {apps[0]})" if len(apps) == 1 else ""))
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("id", min_width=12, overflow="fold")
     if len(apps) > 1:
@@ -85,12 +86,12 @@ def list_traces(
     table.add_column("started UTC", min_width=11, no_wrap=True)
     colours = {"approved": "green", "rejected": "red", "pending": "yellow"}
     for row in rows:
-        cells = [shown_ids[row["id"]]] + ([row["app"]] if len(apps) > 1 else [])
+        cells = [escape(shown_ids[row["id"]])] + ([escape(row["app"])] if len(apps) > 1 else [])
         cells += [
             f"[{colours[row['approval']]}]{row['approval']}[/]",
             row["status"],
             str(row["num_steps"]),
-            short(row["task"], 120),
+            escape(short(row["task"], 120)),
             row["started_at"].strftime("%m-%d %H:%M") if row["started_at"] else "",
         ]
         table.add_row(*cells)
@@ -113,19 +114,20 @@ def show(
     if as_json:
         print_json({**trajectory.model_dump(mode="json"), "approval_history": decisions})
         return
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
     out = console()
     approval = trajectory.approval
-    header = (
-        f"[bold]{trajectory.id}[/]  app={trajectory.app} version={trajectory.app_version or '-'} model={trajectory.model or '-'}\n"
+    details = escape(
+        f"  app={trajectory.app} version={trajectory.app_version or '-'} model={trajectory.model or '-'}\n"
         f"status={trajectory.status}  approval={approval.status}"
         + (f" by {approval.by} at {approval.at:%Y-%m-%d %H:%M:%S}" if approval.by and approval.at else "")
         + (f" ({approval.reason})" if approval.reason else "")
         + f"\nthread={trajectory.thread_id or '-'}  started={trajectory.started_at:%Y-%m-%d %H:%M:%S}  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
-        f"[bold]task:[/] {trajectory.task or '-'}"
     )
+    header = f"[bold]{escape(trajectory.id)}[/]{details}[bold]task:[/] {escape(trajectory.task or '-')}"
     out.print(Panel(header, title="trajectory"))
     table = Table(show_lines=True)
     for column in ("#", "action", "arguments / answer", "observation", "ms"):
@@ -133,22 +135,23 @@ def show(
     for step in trajectory.steps:
         call = step.action.tool_call
         obs = step.observation
-        observation = "" if obs is None else ("[red]error:[/] " if obs.is_error else "") + short(obs.content, 300)
+        observation = "" if obs is None else ("[red]error:[/] " if obs.is_error else "") + escape(short(obs.content, 300))
         table.add_row(
             str(step.index),
-            call.name if call else "[bold]answer[/]",
-            json.dumps(call.arguments, ensure_ascii=False) if call else short(step.action.content, 300),
+            escape(call.name) if call else "[bold]answer[/]",
+            escape(json.dumps(call.arguments, ensure_ascii=False) if call else short(step.action.content, 300)),
             observation,
             f"{step.latency_ms:.1f}" if step.latency_ms is not None else "",
         )
     out.print(table)
     if trajectory.error:
-        out.print(f"[red]error:[/] {trajectory.error}")
+        out.print(f"[red]error:[/] {escape(trajectory.error)}")
     if decisions:
         out.print(_history_table(decisions))
 
 
 def _history_table(decisions: list[dict[str, Any]]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="approval history (oldest first)", title_justify="left")
@@ -160,7 +163,8 @@ def _history_table(decisions: list[dict[str, Any]]) -> Any:
             overrode = f"{d['overrides_status']} by {d['overrides_by'] or '?'}" + (
                 f" ({d['overrides_reason']})" if d["overrides_reason"] else ""
             )
-        table.add_row((d["at"] or "")[:19].replace("T", " "), d["status"], d["by"] or "", d["reason"] or "", overrode)
+        cells = ((d["at"] or "")[:19].replace("T", " "), d["status"], d["by"] or "", d["reason"] or "", overrode)
+        table.add_row(*(escape(cell) for cell in cells))
     return table
 
 

@@ -187,3 +187,23 @@ def test_listed_ids_that_share_their_start_are_shown_long_enough_to_use(store_pa
         assert shown.exit_code == 0 and json.loads(shown.stdout)["id"] == full, shown.output
     approved = ee("traces", "approve", "bfcl-simple_python_1", "--store", str(store_path), "--by", "alice")
     assert approved.stdout.startswith("Approved 1 trajectory(ies): bfcl-simple_python_1\n"), approved.output
+
+
+def test_stored_text_that_looks_like_markup_is_shown_as_it_is(store_path: Path):
+    """Code and brackets in tasks, observations and reasons (arr[i], list[/], [red]) were read as rich markup: shown
+    altered ([i] became italics and vanished) or the command failed with 'unexpected MarkupError'."""
+    from ee_middleware.records import Observation
+
+    t = sample_trajectory("markup")
+    t.steps[0].observation = Observation(content="x = arr[i] + list[/]")
+    t = t.model_copy(update={"task": "fix [/] in [red]sort[i][/red]", "error": "boom [/]"})
+    store = LocalExperienceStore(store_path)
+    store.write([t])
+    store.approve(["markup"], by="[bold]ann", reason="see [/i]")
+    wide = {"COLUMNS": "200"}
+    listed = runner.invoke(app, ["traces", "list", "--store", str(store_path)], env=wide)
+    assert listed.exit_code == 0 and "fix [/] in [red]sort[i][/red]" in listed.stdout, listed.output
+    shown = runner.invoke(app, ["traces", "show", "markup", "--store", str(store_path)], env=wide)
+    assert shown.exit_code == 0, shown.output
+    for text in ("x = arr[i] + list[/]", "task: fix [/] in [red]sort[i][/red]", "error: boom [/]", "[bold]ann", "see [/i]"):
+        assert text in shown.stdout, text
