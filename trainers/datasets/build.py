@@ -124,6 +124,8 @@ class DatasetConfig(BaseModel):
             values["kinds"] = tuple(k.strip() for k in kinds.split(",") if k.strip())
         elif kinds is not None and (not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds)):
             raise ConfigError(f"kinds must be a list of dataset kinds such as ['il', 'iwm', 'sr'] (or 'il,iwm'), got {kinds!r}.")
+        if "kinds" in values and not values["kinds"]:
+            raise ConfigError(f"kinds is empty: nothing would be built. Choose one or more of {', '.join(KINDS)} (--kinds il,iwm,sr).")
         unknown = [k for k in values.get("kinds", ()) if k not in KINDS]
         if unknown:
             raise ConfigError(f"Unknown dataset kind(s) {', '.join(unknown)}. Choose from: {', '.join(KINDS)}.")

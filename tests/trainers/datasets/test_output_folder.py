@@ -195,3 +195,16 @@ def test_the_iwm_error_cap_says_how_many_error_rows_it_left_out(store_path: Path
     assert rows["is_error"].sum() == 1
     uncapped = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "all", kinds="iwm", iwm_max_error_share=1.0))
     assert uncapped["datasets"]["iwm"]["errors_left_out"] == 0 and uncapped["datasets"]["iwm"]["rows"] == 8
+
+
+@pytest.mark.parametrize("kinds", ["", " , ", []])
+def test_empty_kinds_are_refused_and_the_earlier_build_stays(kinds: object, store_path: Path, tmp_path: Path) -> None:
+    """An empty --kinds built nothing and exited 0; with stale files removed it would empty the folder."""
+    from ee_middleware.errors import ConfigError
+
+    out = tmp_path / "data"
+    build_datasets(DatasetConfig.load(store=store_path, out=out))
+    before = _files(out)
+    with pytest.raises(ConfigError, match=r"kinds is empty.*il, iwm, sr"):
+        DatasetConfig.load(store=store_path, out=out, kinds=kinds)
+    assert _files(out) == before
