@@ -6,8 +6,13 @@ first, so a call the model only considered while thinking is not taken for one i
 
 Accepted shapes, tried in this order:
 
+- Qwen3-Coder's ``<function=name><parameter=p>value</parameter></function>`` (in ``<tool_call>``
+  blocks or not; a value is read as JSON when it is JSON, else kept as text);
 - ``<tool_call>{...}</tool_call>`` blocks (Hermes, Qwen, SmolLM2 style), possibly several;
-- Mistral's ``[TOOL_CALLS]name[ARGS]{...}`` (and ``[TOOL_CALLS][{...}]``, read as JSON below);
+- a name in a model family's markers followed by its JSON arguments: Mistral's
+  ``[TOOL_CALLS]name[ARGS]{...}`` (``[TOOL_CALLS][{...}]`` is read as JSON below), gpt-oss's
+  ``to=functions.name ... {...}``, DeepSeek's ``function SEP name`` (V3, R1) and ``name SEP {...}`` (V3.1),
+  SEP being its tool-separator token;
 - fenced code blocks (```` ```json ... ``` ````);
 - the whole text as JSON: ``{"name": ..., "arguments"|"parameters": {...}}`` (``arguments`` may be
   a JSON string), a list of those, OpenAI ``{"type": "function", "function": {...}}`` items, or a
@@ -37,7 +42,27 @@ _TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _THINK_BLOCK = re.compile(r"<(think|thinking)>.*?</\1>", re.DOTALL)
 _THINK_OPEN = re.compile(r"<think(?:ing)?>")
 _THINK_CLOSE = re.compile(r"</think(?:ing)?>")
-_MISTRAL_CALL = re.compile(r"\[TOOL_CALLS\]\s*([A-Za-z0-9_.:-]+)\s*\[ARGS\]")
+_NAME = r"([A-Za-z_][A-Za-z0-9_.:-]*)"
+# A call's name in a model family's own markers, its JSON arguments following (up to the next one):
+# Mistral (tokenizer v11+), gpt-oss (harmony, with or without its special tokens), DeepSeek V3/R1 and V3.1.
+_SEP = r"<\uff5ctool\u2581sep\uff5c>"  # DeepSeek's tool-separator token, written with full-width bars
+_NAMED_CALL = re.compile(
+    r"\[TOOL_CALLS\]\s*" + _NAME + r"\s*\[ARGS\]"
+    r"|\bto=functions\."
+    + _NAME
+    + r"|function"
+    + _SEP
+    + r"\s*"
+    + _NAME
+    + r"|<\uff5ctool\u2581call\u2581begin\uff5c>\s*(?!function"
+    + _SEP
+    + ")"
+    + _NAME
+    + r"\s*"
+    + _SEP
+)
+_XML_FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)(?:</function>|$)", re.DOTALL)
+_XML_PARAMETER = re.compile(r"<parameter=([^>\s]+)>\n?(.*?)\n?(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
 # Markers some models write before a call, which are not part of it.
 _CALL_MARKERS = ("<|python_tag|>", "[TOOL_CALLS]", "<|tool_call|>")
 _FENCED = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
@@ -155,12 +180,15 @@ def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) 
 
 
 def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
+    xml = _xml_calls(text)
+    if xml:
+        return xml
     tagged = _TAGGED.findall(text)
     if tagged:
         return [item for block in tagged for item in _parse_segment(block.strip(), order)]
-    mistral = _mistral_calls(text)
-    if mistral:
-        return mistral
+    named = _named_calls(text)
+    if named:
+        return named
     for marker in _CALL_MARKERS:  # '<|python_tag|>f(x=1)' is the call 'f(x=1)'
         if text.startswith(marker) and text[len(marker) :].strip():
             return _parse_segment(text[len(marker) :].strip(), order)
@@ -172,21 +200,40 @@ def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
     return _parse_segment(text, order)
 
 
-def _mistral_calls(text: str) -> list[ParsedCall]:
-    """``[TOOL_CALLS]name[ARGS]{...}`` calls (Mistral's tokenizer v11 and later), one per marker."""
-    starts = list(_MISTRAL_CALL.finditer(text))
+def _named_calls(text: str) -> list[ParsedCall]:
+    """Calls whose name a model family's marker gives (:data:`_NAMED_CALL`), each with the JSON object after it."""
+    starts = list(_NAMED_CALL.finditer(text))
     calls: list[ParsedCall] = []
     for index, match in enumerate(starts):
+        name = next(group for group in match.groups() if group)
         end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
-        raw_args = text[match.end() : end].strip()
-        try:  # the JSON value after [ARGS]; what follows it (an end-of-turn token) is not part of it
-            arguments = _decode_arguments(json.JSONDecoder(parse_constant=_reject_constant).raw_decode(raw_args)[0])
-        except (ValueError, RecursionError):
-            arguments = _decode_arguments(raw_args)
+        segment = text[match.end() : end]
+        brace = segment.find("{")
+        try:  # the JSON object after the name; what follows it (end-of-call tokens, a closing fence) is not part of it
+            arguments = (
+                _decode_arguments(json.JSONDecoder(parse_constant=_reject_constant).raw_decode(segment, brace)[0]) if brace >= 0 else {}
+            )
+        except (ValueError, RecursionError) as exc:
+            arguments = ParseProblem(f"arguments are not valid JSON ({exc})")
         if isinstance(arguments, ParseProblem):
-            calls.append(ParseProblem(f"{match.group(1)}: {arguments.problem}", _short(text[match.start() : end])))
+            calls.append(ParseProblem(f"{name}: {arguments.problem}", _short(text[match.start() : end])))
         else:
-            calls.append(ToolCall(id="", name=match.group(1), arguments=arguments))
+            calls.append(ToolCall(id="", name=name, arguments=arguments))
+    return calls
+
+
+def _xml_calls(text: str) -> list[ParsedCall]:
+    """Qwen3-Coder's ``<function=name><parameter=p>value</parameter></function>`` calls."""
+    calls: list[ParsedCall] = []
+    for function in _XML_FUNCTION.finditer(text):
+        arguments = {}
+        for parameter in _XML_PARAMETER.finditer(function.group(2)):
+            value = parameter.group(2)
+            try:
+                arguments[parameter.group(1)] = _loads(value)
+            except (ValueError, RecursionError):
+                arguments[parameter.group(1)] = value
+        calls.append(ToolCall(id="", name=function.group(1), arguments=arguments))
     return calls
 
 
@@ -379,22 +426,21 @@ def _embedded_json(text: str) -> list[ParsedCall]:
     """Tool-call-like JSON objects or lists inside prose, left to right, not overlapping."""
     decoder = json.JSONDecoder(parse_constant=_reject_constant)
     found: list[ParsedCall] = []
-    pos = 0
-    for _ in range(_MAX_EMBEDDED_TRIES):  # bounds the work on adversarial input like '{"a":' * 10_000
+    pos, misses = 0, 0
+    while misses < _MAX_EMBEDDED_TRIES:  # bounds the work on adversarial input like '{"a":' * 10_000
         match = _JSON_START.search(text, pos)
         if match is None:
             break
         try:
             payload, end = decoder.raw_decode(text, match.start())
         except (ValueError, RecursionError):
-            pos = match.start() + 1
-            continue
+            payload, end = None, 0
         calls = _from_json_payload(payload) if _looks_like_call(payload) else []
-        if calls:
+        if calls:  # a call moves past itself, so calls cost no more than reading the text once
             found.extend(calls)
             pos = end
         else:
-            pos = match.start() + 1
+            pos, misses = match.start() + 1, misses + 1
     return found
 
 

@@ -221,10 +221,36 @@ def test_an_answer_cut_off_while_reasoning_says_so() -> None:
         ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]', [("get_weather", {"city": "Paris"})]),
         ('<|python_tag|>brave_search.call(query="weather Paris")', [("brave_search.call", {"query": "weather Paris"})]),
         ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', [("get_weather", {"city": "Paris"})]),
+        # gpt-oss (harmony), with its special tokens and with them skipped when decoding
+        (
+            '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>',
+            [("get_weather", {"city": "Paris"})],
+        ),
+        (
+            'analysisThe user wants the weather.commentary to=functions.get_weather json{"city":"Paris"}',
+            [("get_weather", {"city": "Paris"})],
+        ),
+        # DeepSeek V3 / R1, then V3.1
+        (
+            "<\uff5ctool\u2581calls\u2581begin\uff5c><\uff5ctool\u2581call\u2581begin\uff5c>function<\uff5ctool\u2581sep\uff5c>get_weather\n"
+            '```json\n{"city": "Paris"}\n```<\uff5ctool\u2581call\u2581end\uff5c><\uff5ctool\u2581calls\u2581end\uff5c>',
+            [("get_weather", {"city": "Paris"})],
+        ),
+        (
+            '<\uff5ctool\u2581call\u2581begin\uff5c>get_weather<\uff5ctool\u2581sep\uff5c>{"city": "Paris"}<\uff5ctool\u2581call\u2581end\uff5c>'
+            "<\uff5ctool\u2581call\u2581begin\uff5c>get_time<\uff5ctool\u2581sep\uff5c>{}<\uff5ctool\u2581call\u2581end\uff5c>",
+            [("get_weather", {"city": "Paris"}), ("get_time", {})],
+        ),
+        # Qwen3-Coder: parameters as text, read as JSON where they are JSON
+        (
+            "<tool_call>\n<function=search>\n<parameter=query>\nbest pizza\n</parameter>\n<parameter=limit>\n5\n</parameter>\n"
+            '<parameter=filters>\n{"open": true}\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=noop>\n</function>\n</tool_call>',
+            [("search", {"query": "best pizza", "limit": 5, "filters": {"open": True}}), ("noop", {})],
+        ),
     ],
 )
 def test_model_family_call_markers(text: str, expected: list[tuple[str, dict]]) -> None:
-    """Mistral (tokenizer v11: name[ARGS]{...}; older: a JSON list) and Llama 3.1 (<|python_tag|>)."""
+    """Mistral (tokenizer v11: name[ARGS]{...}; older: a JSON list), Llama 3.1 (<|python_tag|>), gpt-oss, DeepSeek, Qwen3-Coder."""
     assert calls_of(text) == expected
 
 
@@ -250,3 +276,8 @@ def test_openai_arguments_encoded_twice_or_null(arguments: str, expected: dict) 
 def test_a_message_with_only_reasoning_says_so() -> None:
     [problem] = from_openai_message({"role": "assistant", "content": None, "reasoning_content": "The user wants the weather, so"})
     assert isinstance(problem, ParseProblem) and "only reasoning" in problem.problem
+
+
+def test_every_call_embedded_in_prose_is_read_however_many() -> None:
+    text = " and then ".join(f'{{"name": "step_{i}", "arguments": {{"i": {i}}}}}' for i in range(100))
+    assert calls_of(f"Plan: {text}.") == [(f"step_{i}", {"i": i}) for i in range(100)]
