@@ -68,6 +68,12 @@ class OpenAIChatClient:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.base_url, self._auth = _without_credentials(base_url.rstrip("/"))
+        for endpoint in ("/chat/completions", "/completions"):
+            if self.base_url.endswith(endpoint):
+                raise ValueError(
+                    f"base_url is the API root, not an endpoint: use {self.base_url[: -len(endpoint)]!r} "
+                    f"(requests go to BASE_URL/chat/completions), got {self.base_url!r}"
+                )
         self.model = model
         self.timeout_s = timeout_s
         self.retries = max(0, retries)

@@ -189,7 +189,11 @@ def test_list_models_and_close_reopens() -> None:
 
 @pytest.mark.parametrize(
     ("base_url", "model", "message"),
-    [("localhost:8000/v1", "m", "http"), ("http://localhost:8000/v1", "", "model name")],
+    [
+        ("localhost:8000/v1", "m", "http"),
+        ("http://localhost:8000/v1", "", "model name"),
+        ("http://localhost:8000/v1/chat/completions/", "m", r"not an endpoint: use 'http://localhost:8000/v1'"),
+    ],
 )
 def test_bad_construction(base_url: str, model: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
