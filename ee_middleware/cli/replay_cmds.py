@@ -227,17 +227,19 @@ def _print_summary(summary: Any, out: Any) -> None:
 
     for tool, count in sorted(summary.refused_tools.items()):
         if tool in summary.refused_hints:
-            out.print(f"[yellow]refused[/] {count} call(s) of [bold]{tool}[/]: {escape(summary.refused_hints[tool])}", highlight=False)
+            out.print(
+                f"[yellow]refused[/] {count} call(s) of [bold]{escape(tool)}[/]: {escape(summary.refused_hints[tool])}", highlight=False
+            )
             continue
         out.print(
-            f"[yellow]refused[/] {count} call(s) of [bold]{tool}[/]: it has side effects or is unknown, and sandbox "
+            f"[yellow]refused[/] {count} call(s) of [bold]{escape(tool)}[/]: it has side effects or is unknown, and sandbox "
             f"{summary.sandbox!r} does not provide it. Add it to the sandbox with a world it acts on (see docs/sandboxes.md); "
             "list it in read_only_tools only if calling it for real changes nothing anywhere."
         )
     for trajectory_id, reason in list(summary.skipped.items())[:10]:
-        out.print(f"[yellow]skipped[/] {trajectory_id[:12]}: {reason}")
+        out.print(f"[yellow]skipped[/] {escape(trajectory_id[:12])}: {escape(reason)}")
     for trajectory_id, reason in list(summary.failed.items())[:10]:
-        out.print(f"[red]failed[/] {trajectory_id[:12]}: {reason}")
+        out.print(f"[red]failed[/] {escape(trajectory_id[:12])}: {escape(reason)}")
     for example in summary.fidelity_examples:
         _print_mismatch(out, example, f"{example['trajectory_id'][:12]} step {example['step']}")
     if summary.fidelity_mismatches > len(summary.fidelity_examples):
@@ -363,6 +365,7 @@ def show(
         if as_json:
             print_json([_rollout_json(r) for r in rollouts])
             return
+        from rich.markup import escape
         from rich.table import Table
 
         out = console()
@@ -373,7 +376,7 @@ def show(
         for r in rollouts:
             by_step.setdefault(r.step_index, []).append(r)
         mismatches, unrestorable, unlisted = _replay_notes_by_step(opened, trajectory.id, replay_id)
-        out.print(f"[bold]{trajectory.id}[/]  app={trajectory.app}  task: {short(trajectory.task, 160)}")
+        out.print(f"[bold]{escape(trajectory.id)}[/]  app={escape(trajectory.app)}  task: {escape(short(trajectory.task, 160))}")
         for step in trajectory.steps:
             if step.index not in by_step and step.index not in mismatches and step.index not in unrestorable:
                 continue
@@ -385,15 +388,15 @@ def show(
             obs = step.observation
             table.add_row(
                 "[green]expert[/]",
-                f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200),
-                short(obs.content, 300) if obs else "",
+                escape(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200)),
+                escape(short(obs.content, 300)) if obs else "",
             )
             for r in by_step.get(step.index, []):
                 alt = r.action.tool_call
                 table.add_row(
-                    f"#{r.branch_index} {r.proposer.policy}" + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
-                    f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})" if alt else "",
-                    ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 300) + _synthetic_note(r),
+                    escape(f"#{r.branch_index} {r.proposer.policy}") + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
+                    escape(f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})") if alt else "",
+                    ("[red]error:[/] " if r.is_error else "") + escape(short(r.observation.content, 300)) + _synthetic_note(r),
                 )
             out.print(table)
             for replay, mismatch in mismatches.get(step.index, []):

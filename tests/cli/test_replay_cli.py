@@ -217,3 +217,22 @@ def test_the_summary_counts_the_sandboxs_own_failures(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "of them the sandbox's own failures (left out of datasets)" in result.output
     assert "sandbox failures: crash=2, memory=2, timeout=2" in " ".join(result.output.split())
+
+
+def test_show_prints_stored_text_as_it_is_not_as_markup(tmp_path: Path) -> None:
+    from ee_middleware.testing.store_conformance import sample_replay_record, sample_rollout, sample_trajectory
+
+    root = tmp_path / "experience"
+    store = LocalExperienceStore(root, create=True)
+    trajectory = sample_trajectory("t-markup").model_copy(update={"task": "sum arr[i] for [red] rows [/]"})
+    trajectory.steps[0].observation.content = "[bold]x[/] = arr[i]"
+    store.write([trajectory])
+    rollout = sample_rollout("r-1", trajectory.id, 0, 0)
+    rollout.observation.content = "Error: list[/] index [i] out of range"
+    store.write_replay(sample_replay_record(trajectory.id, branches=1), [rollout])
+    store.close()
+    shown = runner.invoke(app, ["replay", "show", trajectory.id, "--store", str(root)], terminal_width=400)
+    assert shown.exit_code == 0, shown.output  # was: "unexpected MarkupError" on the closing tag [/]
+    text = " ".join(shown.stdout.split())
+    assert "task: sum arr[i] for [red] rows [/]" in text
+    assert "[bold]x[/]" in text and "list[/] index [i]" in text  # (table cells wrap)
