@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -57,3 +58,64 @@ def test_a_server_that_never_answers_times_out_and_its_whole_process_group_is_st
     time.sleep(0.2)
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(600)" in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
+
+
+FAKE_VLLM = """#!{python}
+# A stand-in for vLLM's interpreter (vLLM cannot run in the fast suite): `-m vllm...` is ignored, --port is served, a
+# worker child is started as vLLM starts its engine process; {answer} says whether /v1/models ever answers.
+import json, subprocess, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port = int(sys.argv[sys.argv.index("--port") + 1])
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", "{marker}-worker"])
+if not {answer}:
+    time.sleep(600)
+class Models(BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = json.dumps({{"object": "list", "data": [{{"id": "base"}}]}}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", port), Models).serve_forever()
+"""
+
+
+def _ours(marker: str, ee_pid: int) -> list[psutil.Process]:
+    """The stand-in server and its worker (``ee`` itself names the stand-in's file in its arguments)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid not in (ee_pid, os.getpid()) and marker in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.mark.parametrize(("sig", "answer"), [("SIGTERM", True), ("SIGHUP", True), ("SIGTERM", False)])
+def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_in_vllm(tmp_path, sig: str, answer: bool) -> None:
+    """Before: SIGTERM or SIGHUP ended `ee serve vllm` at once and left vLLM (its own session) running, port and GPU held."""
+    import signal
+    import subprocess
+    import uuid
+
+    marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
+    fake = tmp_path / f"{marker}.py"
+    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=answer))
+    fake.chmod(0o755)
+    command = [sys.executable, "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path), "--port", str(free_port())]
+    command += ["--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
+    ee = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        if answer:
+            lines = iter(ee.stdout.readline, "")
+            assert any("vLLM serving" in line for line in lines), "the stand-in never answered"
+        deadline = time.monotonic() + 60
+        while len(_ours(marker, ee.pid)) < 2 and time.monotonic() < deadline:  # the server and its worker
+            time.sleep(0.1)
+        assert len(_ours(marker, ee.pid)) == 2
+        ee.send_signal(getattr(signal, sig))
+        ee.wait(timeout=60)
+        psutil.wait_procs(_ours(marker, ee.pid), timeout=10)
+        assert _ours(marker, ee.pid) == [], "the server or its worker outlived `ee serve vllm`"
+    finally:
+        ee.kill()
+        ee.wait(timeout=30)
+        for process in _ours(marker, ee.pid):
+            process.kill()
