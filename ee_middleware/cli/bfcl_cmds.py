@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from ee_middleware.cli.common import (
     AllowPartialOption,
@@ -70,6 +71,6 @@ def record_experts_cmd(
             f"({len(report.already)} were already there, {len(report.failed)} failed)."
         )
         for entry_id, reason in report.failed.items():
-            out.print(f"[red]failed[/] {entry_id}: {reason}")
+            out.print(f"[red]failed[/] {escape(entry_id)}: {escape(reason)}")
     if report.failed:
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from ee_middleware.cli.common import (
     STORE_HELP,
@@ -139,7 +140,7 @@ def build(
     rows += [(f"heldout/{Path(i['path']).name}", i) for i in split.get("datasets", {}).values()]
     for name, info in rows:
         notes = {k: v for k, v in info.items() if k not in ("path", "rows", "seconds")}
-        table.add_row(name, str(info["rows"]), f"{info['seconds']:.2f}", ", ".join(f"{k}={v}" for k, v in notes.items()))
+        table.add_row(name, str(info["rows"]), f"{info['seconds']:.2f}", escape(", ".join(f"{k}={v}" for k, v in notes.items())))
     out_console.print(table)
     failures = summary.get("sandbox_failures_left_out") or {}
     if failures.get("total"):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from ee_middleware.cli.common import JsonOption, console, examples, print_json, progress_console
 
@@ -121,13 +122,18 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> Non
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         table.add_row(
-            s["suite"], str(s["tasks"]), str(s["trials"]), f"{100 * s['success_rate']:.1f}%", f"{100 * s['pass_hat_k']:.1f}%", failures
+            escape(s["suite"]),
+            str(s["tasks"]),
+            str(s["trials"]),
+            f"{100 * s['success_rate']:.1f}%",
+            f"{100 * s['pass_hat_k']:.1f}%",
+            escape(failures),
         )
     out.print(table)
     for s in summary:
         if s.get("excluded"):
             reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
-            out.print(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})")
+            out.print(escape(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})"))
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 
@@ -183,7 +189,7 @@ def _print_gate(out: Any, result: Any) -> None:
         table.add_column(column)
     for s in [*result.suites, *([result.overall] if result.overall else [])]:
         table.add_row(
-            s.suite,
+            escape(s.suite),
             str(s.tasks),
             f"{100 * s.candidate_rate:.1f}%",
             f"{100 * s.baseline_rate:.1f}%",
@@ -260,5 +266,5 @@ def likelihood_cmd(
         paired = f"{row['paired_diff']:+.3f} ± {row['paired_se']:.3f}" if "paired_diff" in row else ""
         improved = f"{row['improved_share']:.0%}" if "improved_share" in row else ""
         decoded = [f"{row[k]:.0%}" if k in row else "" for k in ("parse_rate", "name_match", "exact_match")]
-        table.add_row(row["model"], f"{row['mean_nll']:.3f}", paired, improved, *decoded)
+        table.add_row(escape(row["model"]), f"{row['mean_nll']:.3f}", paired, improved, *decoded)
     out_console.print(table)

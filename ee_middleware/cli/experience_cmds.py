@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from ee_middleware.cli.common import JsonOption, StoreOption, console, examples, open_existing_store, print_json, progress_console
 
@@ -147,7 +148,7 @@ def _print_table(report: dict[str, Any]) -> None:
     table = Table(
         title=f"experience-model fidelity: {report['held_out_transitions']} held-out transitions, {report['indexed_transitions']} "
         f"indexed ({report['retriever']}, top-{report['top_k']})",
-        caption="; ".join(f"{name}: {data['model']}" for name, data in report["variants"].items()),
+        caption=escape("; ".join(f"{name}: {data['model']}" for name, data in report["variants"].items())),
     )
     for column in ("variant", "tool", "n", "failed", "exact", "token F1", "error agr.", "reward agr."):
         table.add_column(column, justify="left" if column in ("variant", "tool") else "right")
@@ -155,8 +156,8 @@ def _print_table(report: dict[str, Any]) -> None:
         for tool, row in [*data["tools"].items(), ("(all)", data["overall"])]:
             reward = "-" if row["reward_agreement"] is None else f"{row['reward_agreement']:.2f}"
             table.add_row(
-                variant,
-                tool,
+                escape(variant),
+                escape(tool),
                 str(row["n"]),
                 str(row["failed"]),
                 f"{row['exact']:.2f}",

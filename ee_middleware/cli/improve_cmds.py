@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from ee_middleware.cli.common import JsonOption, console, examples, print_json, short
 
@@ -75,10 +76,10 @@ class RichProgress:
         if skipped:
             self.out.print(f"[dim]= {name}: finished in an earlier attempt ({seconds:.1f} s), not redone[/]")
         else:
-            self.out.print(f"[green]done[/] {name} in {seconds:.1f} s: {summary}")
+            self.out.print(f"[green]done[/] {name} in {seconds:.1f} s: {escape(summary)}")
 
     def info(self, text: str) -> None:
-        self.out.print(f"[dim]  {text}[/]", highlight=False)
+        self.out.print(f"[dim]  {escape(text)}[/]", highlight=False)
 
     def bar(self, name: str, done: int, total: int | None) -> None:
         if self._bars is None:
@@ -127,17 +128,17 @@ def print_summary(out: Any, run: Any) -> None:
             table.add_row(name, "not run", "-", "-", "")
             continue
         result = m.get("error") or m.get("summary") or "; ".join(m.get("decisions") or [])
-        table.add_row(name, m["status"], f"{m.get('seconds', 0):.1f}", peak_rss_text(m), short(result, 90))
+        table.add_row(name, escape(str(m["status"])), f"{m.get('seconds', 0):.1f}", peak_rss_text(m), escape(short(result, 90)))
     out.print(table)
     evaluation = (manifests.get("evaluate") or {}).get("outputs") or {}
     if evaluation.get("runs"):
         out.print(results_table(evaluation))
     for line in ((manifests.get("gate") or {}).get("outputs") or {}).get("moved", []):
-        out.print(f"- {line}")
+        out.print(f"- {escape(line)}")
     for cut in run.data.get("budget_cuts") or []:
-        out.print(f"[yellow]budget {cut['budget']}[/] ({cut.get('limit')}): {cut['cut']}")
+        out.print(escape(f"budget {cut['budget']} ({cut.get('limit')}): {cut['cut']}"), style="yellow")
     if run.data.get("error"):
-        out.print(f"[red]{run.status}[/]: {run.data['error']}")
+        out.print(f"[red]{run.status}[/]: {escape(str(run.data['error']))}")
     report = run.data.get("report") or {}
     if report:
         out.print(f"Report: {report.get('markdown')} and {report.get('html')}")
@@ -154,7 +155,7 @@ def results_table(evaluation: dict[str, Any]) -> Any:
     for s in evaluation["runs"]["candidate"]["suites"]:
         b = baseline.get(s["suite"], {})
         table.add_row(
-            f"task success {short(s['suite'], 50)}",
+            escape(f"task success {short(s['suite'], 50)}"),
             str(s["tasks"]),
             f"{100 * b.get('success_rate', 0):.1f}%",
             f"{100 * s['success_rate']:.1f}%",
@@ -227,7 +228,7 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
             status,
             str(r.data.get("started_at", ""))[:16].replace("T", " "),
             f"{len(done)}/{len(r.data.get('stage_order', []))}",
-            outcome.get("candidate") or "-",
+            escape(outcome.get("candidate") or "-"),
             gate,
             "yes" if outcome.get("promoted") else "no",
             str(select.get("new", "-")),
@@ -251,7 +252,7 @@ def show_run(
     print_summary(out, run)
     for manifest in run.stages():
         inputs = ", ".join(f"{k}={short(str(_hash_or_value(v)), 40)}" for k, v in (manifest.get("inputs") or {}).items())
-        out.print(f"[bold]{manifest['stage']}[/] ({manifest['status']}, {manifest.get('started_at', '')}): inputs {inputs or '-'}")
+        out.print(f"[bold]{manifest['stage']}[/] ({manifest['status']}, {manifest.get('started_at', '')}): inputs {escape(inputs or '-')}")
 
 
 def _hash_or_value(value: Any) -> Any:
