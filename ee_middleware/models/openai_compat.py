@@ -213,12 +213,16 @@ class OpenAIChatClient:
             except httpx.TransportError as exc:
                 last_problem, last_status, timed_out = f"{type(exc).__name__}: {exc}", None, False
                 continue
-            status, text = response.status_code, _shown_body(response)
-            embedded = None if stream or status >= 400 else _error_in_body(response)
-            if embedded is not None:
+            status = response.status_code
+            if status < 400:  # a stream's body is not read here: it is the caller's to read as it arrives
+                embedded = None if stream else _error_in_body(response)
+                if embedded is None:
+                    return response
                 status, text = embedded
                 if status is None:  # an error without a code we can read
                     raise ModelResponseError(f"The server at {url} answered with an error instead of a completion: {text}", url=url)
+            else:
+                text = _shown_body(response)
             if status == 429 or status >= 500:
                 wait = _retry_after(response)
                 asked = f" (it asked to wait {wait:g} s)" if wait else ""
@@ -227,7 +231,6 @@ class OpenAIChatClient:
             if status >= 400:
                 refusal = f"The server at {url} refused the request with HTTP {status}: {text}."
                 raise ModelRequestError(f"{refusal} {self._refusal_advice(status)}", url=url, status=status, refusal=refusal)
-            return response
         if last_status == 429:
             advice = "The server is limiting the request rate: send fewer requests at once (lower the concurrency) or allow more retries."
         else:

@@ -129,3 +129,13 @@ def test_credentials_in_the_base_url_are_sent_but_never_shown(waits: list[float]
     with server(json_reply({"error": "down"}, 500)) as (url, _), pytest.raises(ModelServerError) as info:
         ask(url.replace("http://", "http://agent:s3cr%40t@"), retries=0)
     assert "s3cr" not in str(info.value) and "s3cr" not in info.value.url and "agent" not in str(info.value)
+
+
+def test_a_streamed_answer_is_read_as_it_arrives(waits: list[float]) -> None:
+    """The body of a stream is the caller's to read (nothing reads it before, to look for an error in it)."""
+    events = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n'
+    with server((200, {"Content-Type": "text/event-stream"}, events)) as (url, _):
+        client = OpenAIChatClient(url, "m")
+        with client.stream("/chat/completions", {"model": "m", "messages": [], "stream": True}) as chunks:
+            assert b"".join(chunks) == events
+        client.close()
