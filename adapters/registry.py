@@ -21,6 +21,7 @@ returns the existing record.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import getpass
@@ -117,6 +118,7 @@ class LocalAdapterRegistry:
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
+        self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
         if not (self.root / "index.json").is_file():
             if not create:
                 raise RegistryError(
@@ -145,11 +147,28 @@ class LocalAdapterRegistry:
 
     def apps(self) -> dict[str, dict[str, Any]]:
         """Per app: the live adapter, the rollback stack and the last version number."""
-        return self._read_index()["apps"]
+        return copy.deepcopy(self._apps())
 
     def resolve(self, alias: str) -> str | None:
-        app = self._read_index()["apps"].get(alias)
+        app = self._apps().get(alias)
         return app.get("live") if app else None
+
+    def _apps(self) -> dict[str, dict[str, Any]]:
+        """The apps table, parsed again only when the index or the history changed on disk.
+
+        The router resolves an alias per request, and the index holds every adapter's record with its
+        training manifest (losses included): a year of nightly adapters is megabytes of JSON, which took
+        about half a second to parse on every request. Every write through the registry appends to the
+        history before it replaces the index, so the history's size changes with every write even when a
+        new index happens to get the same inode, size and time stamp as an older one; an index replaced
+        by other means gets a new inode or time stamp."""
+        key = (_stat_key(self.root / "index.json"), _stat_key(self.root / "history.jsonl"))
+        cached = self._apps_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        apps = self._read_index()["apps"]
+        self._apps_cache = (key, apps)
+        return apps
 
     def rollback_target(self, app: str) -> AdapterRecord:
         index = self._read_index()
@@ -420,6 +439,14 @@ def _index_problem(index: dict[str, Any]) -> str | None:
         if unknown:
             return f"apps.{app} refers to {', '.join(map(repr, unknown))}, which has no record under 'adapters'"
     return None
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _empty_index() -> dict[str, Any]:

@@ -249,3 +249,28 @@ def test_concurrent_registrations_from_processes_get_distinct_versions(tmp_path:
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "reg"), str(f)], env=os.environ.copy()) for f in folders]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert sorted(r.version for r in open_registry(tmp_path / "reg").list()) == [1, 2, 3, 4]
+
+
+def test_resolving_an_alias_reads_the_index_again_only_when_it_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router resolves per request; the index holds every record with its manifest (losses included), so a
+    year of nightly adapters took ~0.5 s per request to parse. Every change is still seen at the next request."""
+    router_view = LocalAdapterRegistry(tmp_path / "reg")
+    writer = LocalAdapterRegistry(tmp_path / "reg")  # another process: the CLI's promote
+    first, second = (writer.register(write_adapter(tmp_path / f"a{i}", seed=i), "bot").name for i in range(2))
+    writer.switch_live(first)
+    reads = []
+    original = LocalAdapterRegistry._read_index
+    monkeypatch.setattr(LocalAdapterRegistry, "_read_index", lambda self: reads.append(1) or original(self))
+    assert [router_view.resolve("bot") for _ in range(50)] == [first] * 50
+    assert len(reads) == 1
+    router_view.apps()["bot"]["live"] = "mutated by a caller"
+    assert router_view.resolve("bot") == first, "callers get a copy of the apps table"
+    writer.switch_live(second)
+    assert router_view.resolve("bot") == second and len(reads) == 3  # the writer's own read, then the router's
+    index = router_view.root / "index.json"
+    stamp = index.stat()
+    text = index.read_text().replace(f'"live": "{second}"', f'"live": "{first}"')  # same length: a hand edit in place
+    with open(index, "r+") as fh:
+        fh.write(text)
+    os.utime(index, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert router_view.resolve("bot") == first
