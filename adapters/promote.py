@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ee_middleware.adapters.errors import (
+    AdapterNameInUseError,
     AdapterPathNotFoundError,
     BaseModelMismatchError,
     InvalidTransitionError,
@@ -93,8 +94,11 @@ def promote(
         try:
             if name not in replica.list():
                 say(f"loading {name} on {replica.url}")
-                replica.load(name, record.path)
-                loaded.append(replica)
+                try:
+                    replica.load(name, record.path)
+                    loaded.append(replica)
+                except AdapterNameInUseError:
+                    pass  # another promoter loaded it since the listing: one name is one set of weights, so it is this adapter
             say(f"verifying {name} on {replica.url}")
             verifications.append(replica.verify(name))
         except ServingError as exc:

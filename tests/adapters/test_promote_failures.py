@@ -209,3 +209,27 @@ def test_a_rollback_does_not_load_a_damaged_copy_on_a_replica_that_lost_it_stand
     with pytest.raises(AdapterFilesError, match=f"registered adapter {first} is damaged"):
         rollback(registry, "bot", [backend])
     assert first not in server.loaded and registry.resolve("bot") == second
+
+
+def test_two_promoters_of_the_same_adapter_racing_on_a_replica_both_succeed_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """The other promoter loads it between this one's listing and its load: vLLM answers 400 (name in use).
+    Before: this promote unloaded nothing but marked the adapter failed, and the other one's switch was refused."""
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+
+    class Racing(VLLMBackend):
+        listed = 0
+
+        def list(self) -> list[str]:
+            names = super().list()
+            self.listed += 1
+            if self.listed == 1:
+                server.loaded[name] = registry.get(name).path  # the other promoter's load lands now
+                return [n for n in names if n != name]
+            return names
+
+    result = promote(registry, name, [Racing(backend.url)])
+    assert result.live.name == name and result.loaded_on == [] and registry.get(name).status == "live"
+    assert name in server.loaded, "it stays loaded: the other promoter's load"
