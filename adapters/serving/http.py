@@ -7,12 +7,16 @@ client (and :class:`~ee_middleware.models.OpenAIChatClient`) reads them the same
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from ee_middleware.adapters.errors import ServerStartError
 
 
 class RequestError(Exception):
@@ -143,7 +147,34 @@ class JSONHandler(BaseHTTPRequestHandler):
 
 
 def make_server(handler: type[JSONHandler], attributes: dict[str, Any], host: str, port: int) -> ThreadingHTTPServer:
-    """A threading HTTP server whose handler class carries ``attributes`` (the app it serves); port 0 picks a free one."""
-    server = ThreadingHTTPServer((host, port), type("Handler", (handler,), attributes))
+    """A threading HTTP server whose handler class carries ``attributes`` (the app it serves); port 0 picks a free one.
+
+    :class:`~ee_middleware.adapters.errors.ServerStartError` when the address cannot be taken (a port in use)."""
+    try:
+        server = ThreadingHTTPServer((host, port), type("Handler", (handler,), attributes))
+    except OSError as exc:
+        raise address_error(host, port, exc) from exc
     server.daemon_threads = True
     return server
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`~ee_middleware.adapters.errors.ServerStartError` now when a server could not listen on
+    ``host:port`` (checked as the HTTP servers bind, with ``SO_REUSEADDR``), before minutes of model loading."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise address_error(host, port, exc) from exc
+
+
+def address_error(host: str, port: int, exc: OSError) -> ServerStartError:
+    """What to do when ``host:port`` cannot be listened on."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "another process already listens there (a server started before?): stop it, or pick another --port"
+    else:
+        why = f"{exc.strerror or exc}: check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0) and --port"
+    return ServerStartError(f"Cannot listen on {host}:{port}: {why}.", url=f"http://{host}:{port}/v1")

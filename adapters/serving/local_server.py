@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ee_middleware._optional import import_optional
-from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, make_server, sse_event
+from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, check_port_free, make_server, sse_event
 from ee_middleware.models.chat_template import probe_template, render_prompt
 from ee_middleware.models.local import LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-template", default=None, help="a Jinja chat template file replacing the tokenizer's")
     parser.add_argument("--num-threads", type=int, default=1)
     args = parser.parse_args(argv)
+    check_port_free(args.host, args.port)  # before the model loads
     app = LocalModelServer(
         args.base,
         served_model_name=args.served_model_name,

@@ -162,10 +162,17 @@ def serve_router(
     port: int = typer.Option(8080, "--port"),
 ) -> None:
     """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas."""
+    from ee_middleware.adapters.errors import ServingError
     from ee_middleware.adapters.registry import open_registry
     from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
 
     urls = [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
+    if not urls:
+        raise ServingError(
+            "The router needs the model servers it forwards to: pass --server URL once per replica (or set "
+            "EE_SERVER_URLS=URL,URL), e.g. --server http://127.0.0.1:8000/v1.",
+            url="",
+        )
     router = AliasRouter(open_registry(registry, create=False), urls)
     server = make_router_server(router, host, port)
     typer.echo(f"ee router at http://{host}:{server.server_address[1]}/v1 -> {', '.join(router.upstreams)}")

@@ -119,3 +119,51 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
         ee.wait(timeout=30)
         for process in _ours(marker, ee.pid):
             process.kill()
+
+
+@pytest.fixture
+def taken_port():
+    """A port some other process listens on."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        yield listener.getsockname()[1]
+
+
+def test_a_launched_server_whose_port_is_taken_is_not_started(taken_port: int, tmp_path) -> None:
+    """Before: the other process's answers passed for readiness ("vLLM serving ..."), and vLLM exited later for want of the port."""
+    marker = tmp_path / "started"
+    server = ServerProcess([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], f"http://127.0.0.1:{taken_port}/v1", name="vLLM server")
+    with pytest.raises(ServerStartError, match=f"Not starting the vLLM server: Cannot listen on 127.0.0.1:{taken_port}: another process"):
+        server.start(timeout_s=10)
+    assert server.process is None and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["serve", "router", "--port", "{port}", "--server", "http://127.0.0.1:9/v1"],
+            "Cannot listen on 127.0.0.1:{port}: another process",
+        ),
+        (["serve", "local", "--base", "{missing}", "--port", "{port}"], "Cannot listen on 127.0.0.1:{port}: another process"),
+        (["serve", "router", "--port", "0"], "The router needs the model servers it forwards to: pass --server URL"),
+    ],
+)
+def test_serve_commands_that_cannot_serve_say_why_in_one_line(taken_port: int, tmp_path, args: list[str], message: str) -> None:
+    """Before: "a path: Address already in use." and, without --server, "unexpected ValueError ... report it".
+    The local server checks its port before loading the model (here: a folder that does not exist)."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.adapters.registry import LocalAdapterRegistry
+    from ee_middleware.cli.app import app
+
+    registry = LocalAdapterRegistry(tmp_path / "reg").root
+    fill = {"port": taken_port, "missing": tmp_path / "no-model"}
+    result = CliRunner().invoke(app, [a.format(**fill) for a in args] + (["-r", str(registry)] if args[1] == "router" else []))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message.format(**fill)}"), result.stderr
+    assert "unexpected" not in result.stderr
