@@ -40,6 +40,13 @@ class BackendChoice(StrEnum):
 BackendOption = typer.Option(BackendChoice.vllm, "--backend", help="What the servers are: vllm or local (ee serve local).")
 
 
+class StatusChoice(StrEnum):  # the values of ee_middleware.adapters.records.Status (kept out of the CLI's imports)
+    candidate = "candidate"
+    live = "live"
+    retired = "retired"
+    failed = "failed"
+
+
 def _registry(spec: str, *, create: bool = False) -> Any:
     from ee_middleware.adapters.registry import open_registry
 
@@ -82,11 +89,11 @@ def register(
 def list_adapters(
     registry: str = RegistryOption,
     app_name: str | None = typer.Option(None, "--app", "-a", help="Only this app."),
-    status: str | None = typer.Option(None, "--status", help="Only candidate, live, retired or failed."),
+    status: StatusChoice | None = typer.Option(None, "--status", help="Only candidate, live, retired or failed."),
     as_json: bool = JsonOption,
 ) -> None:
     """List registered adapters (--json: one array of records)."""
-    records = _registry(registry).list(app=app_name, status=status)
+    records = _registry(registry).list(app=app_name, status=status.value if status else None)
     if as_json:
         print_json([_record_json(r) for r in records])
         return

@@ -147,6 +147,23 @@ def test_list_json_from_the_cli_is_one_array_of_records(tmp_path: Path) -> None:
     assert json.loads(shown.stdout)["history"][0]["action"] == "register"
 
 
+def test_list_status_takes_only_the_statuses_there_are(tmp_path: Path) -> None:
+    """Before: a typo (--status Live, --status active) listed nothing, exit 0, as if no adapter had that status."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.adapters.records import Status
+    from ee_middleware.cli.adapters_cmds import StatusChoice
+    from ee_middleware.cli.app import app
+
+    assert [s.value for s in StatusChoice] == [s.value for s in Status]
+    LocalAdapterRegistry(tmp_path / "reg").register(write_adapter(tmp_path / "a"), "bot")
+    runner = CliRunner()
+    typo = runner.invoke(app, ["adapters", "list", "-r", str(tmp_path / "reg"), "--status", "active", "--json"])
+    assert typo.exit_code == 2 and typo.stdout == "" and "'active' is not one of" in typo.stderr
+    listed = runner.invoke(app, ["adapters", "list", "-r", str(tmp_path / "reg"), "--status", "candidate", "--json"])
+    assert [r["status"] for r in json.loads(listed.stdout)] == ["candidate"]
+
+
 def test_a_crash_between_the_history_line_and_the_index_write_reads_back_as_not_applied(tmp_path: Path) -> None:
     reg = LocalAdapterRegistry(tmp_path / "reg")
     a = reg.register(write_adapter(tmp_path / "a"), "bot")
