@@ -4,7 +4,7 @@ Match on the class, never on the text:
 
 - :class:`RegistryError` — the registry refused or cannot do something (:class:`AdapterNotFoundError`,
   :class:`AdapterFilesError`, :class:`BaseModelMismatchError`, :class:`RankTooLargeError`,
-  :class:`InvalidTransitionError`, :class:`RegistryCorruptionError`);
+  :class:`InvalidTransitionError` and its :class:`GateFailedError`, :class:`RegistryCorruptionError`);
 - :class:`ServingError` — a model server refused or failed a request; ``url`` names it
   (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`, :class:`AdapterNameInUseError`,
   :class:`AdapterPathNotFoundError`, :class:`ServerRankError`, :class:`AdapterLoadError`,
@@ -46,6 +46,10 @@ class RankTooLargeError(RegistryError):
 
 class InvalidTransitionError(RegistryError):
     """The adapter's status does not allow this operation (e.g. retiring the live adapter)."""
+
+
+class GateFailedError(InvalidTransitionError):
+    """The adapter's last recorded deploy gate failed; a promote needs ``ignore_gate`` (``--ignore-gate``)."""
 
 
 class RegistryCorruptionError(RegistryError):

@@ -30,11 +30,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ee_middleware.adapters.errors import (
     AdapterNameInUseError,
     AdapterPathNotFoundError,
     BaseModelMismatchError,
+    GateFailedError,
     InvalidTransitionError,
     PromotionError,
     ServerUnavailableError,
@@ -75,8 +77,13 @@ def promote(
     *,
     by: str | None = None,
     progress: Progress | None = None,
+    ignore_gate: bool = False,
 ) -> SwitchResult:
-    """Load and verify ``name`` on every replica, then make it live (see the module docstring)."""
+    """Load and verify ``name`` on every replica, then make it live (see the module docstring).
+
+    An adapter whose last recorded deploy gate failed (``ee eval gate --adapter``, or the improve job's
+    gate) is refused with :class:`GateFailedError` unless ``ignore_gate``; the history records the override.
+    """
     started = time.perf_counter()
     record = registry.get(name)
     if record.status == Status.failed:
@@ -85,9 +92,16 @@ def promote(
         )
     if record.status == Status.live:
         return SwitchResult(record, None, time.perf_counter() - started)
+    gate = last_gate(record)
+    if gate is not None and not gate["passed"] and not ignore_gate:
+        raise GateFailedError(
+            f"{name} did not pass its last deploy gate ({gate['at'] or 'time unknown'}): {'; '.join(gate['reasons']) or 'no reason recorded'}. "
+            f"Evaluate a better candidate, or promote it anyway with --ignore-gate (ignore_gate=True; the history records it)."
+        )
     _check_servable(registry, record)
     say = progress or (lambda _text: None)
-    registry.note("promote-started", app=record.app, adapter=name, by=by, replicas=[r.url for r in replicas])
+    overridden = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
+    registry.note("promote-started", app=record.app, adapter=name, by=by, replicas=[r.url for r in replicas], **overridden)
     loaded: list[ServingBackend] = []
     verifications: list[Verification] = []
     for replica in replicas:
@@ -108,6 +122,19 @@ def promote(
     return SwitchResult(
         registry.get(name), previous.name if previous else None, time.perf_counter() - started, verifications, [r.url for r in loaded]
     )
+
+
+def last_gate(record: AdapterRecord) -> dict[str, Any] | None:
+    """The adapter's most recent gate decision among its evals: ``passed``, ``reasons``, ``at``; None when never gated.
+
+    Reads both shapes: ``ee eval gate --adapter`` (``kind: gate``, ``passed``, ``reasons``) and the improve
+    job's (``gate_passed``, ``gate_reasons``)."""
+    for entry in reversed(record.evals or []):
+        if entry.get("kind") == "gate" and isinstance(entry.get("passed"), bool):
+            return {"passed": entry["passed"], "reasons": list(entry.get("reasons") or []), "at": entry.get("at")}
+        if isinstance(entry.get("gate_passed"), bool):
+            return {"passed": entry["gate_passed"], "reasons": list(entry.get("gate_reasons") or []), "at": entry.get("at")}
+    return None
 
 
 def _check_servable(registry: AdapterRegistry, record: AdapterRecord) -> None:

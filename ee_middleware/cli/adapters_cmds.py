@@ -153,13 +153,19 @@ def promote(
     backend: BackendChoice = BackendOption,
     max_lora_rank: int | None = RankOption,
     by: str | None = ByOption,
+    ignore_gate: bool = typer.Option(
+        False, "--ignore-gate", help="Promote even though its last recorded deploy gate failed (the history records it)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Load and verify the adapter on every replica, then switch its app's alias to it (all or nothing)."""
+    """Load and verify the adapter on every replica, then switch its app's alias to it (all or nothing).
+
+    An adapter whose last recorded gate failed (ee eval gate --adapter NAME -r REGISTRY) needs --ignore-gate."""
     from ee_middleware.adapters.promote import promote as run_promote
 
     replicas = _replicas(_urls(servers), backend, max_lora_rank)
-    result = run_promote(_registry(registry), name, replicas, by=by, progress=None if as_json else lambda t: typer.echo(t, err=True))
+    progress = None if as_json else lambda t: typer.echo(t, err=True)
+    result = run_promote(_registry(registry), name, replicas, by=by, progress=progress, ignore_gate=ignore_gate)
     if as_json:
         print_json(result.to_json())
     else:

@@ -19,6 +19,7 @@ import pytest
 from ee_middleware.adapters.errors import (
     AdapterFilesError,
     BaseModelMismatchError,
+    GateFailedError,
     PromotionError,
     ServerUnavailableError,
     VerificationError,
@@ -233,3 +234,46 @@ def test_two_promoters_of_the_same_adapter_racing_on_a_replica_both_succeed_stan
     result = promote(registry, name, [Racing(backend.url)])
     assert result.live.name == name and result.loaded_on == [] and registry.get(name).status == "live"
     assert name in server.loaded, "it stays loaded: the other promoter's load"
+
+
+def _gate_run(folder: Path, success: bool) -> Path:
+    """An eval run folder as `ee eval run` writes it: 25 tasks of one suite, all passed or all failed."""
+    import polars as pl
+
+    folder.mkdir()
+    rows = [{"suite": "s", "task_id": f"t{i}", "trial": 0, "success": success} for i in range(25)]
+    pl.DataFrame(rows).write_parquet(folder / "results.parquet")
+    return folder
+
+
+def test_an_adapter_that_failed_its_recorded_gate_is_promoted_only_with_ignore_gate_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """The hand-off by hand: `ee eval gate --adapter` records the verdict on the adapter, `ee adapters promote`
+    reads it. Before: a candidate that had just failed its gate was promoted without a word."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    server, backend = stand_in
+    registry, (live, worse) = _registry(tmp_path, "/models/base", "/models/base")
+    promote(registry, live, [backend])
+    runner = CliRunner()
+    good, bad = _gate_run(tmp_path / "live-run", True), _gate_run(tmp_path / "cand-run", False)
+    gated = runner.invoke(
+        app, ["eval", "gate", "--candidate", str(bad), "--baseline", str(good), "--adapter", worse, "-r", str(registry.root)]
+    )
+    assert gated.exit_code == 1, gated.output
+    common = [worse, "-r", str(registry.root), "--server", backend.url, "--json"]
+    refused = runner.invoke(app, ["adapters", "promote", *common])
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert f"error: {worse} did not pass its last deploy gate" in refused.stderr and "s: regression -1.000" in refused.stderr
+    assert "--ignore-gate" in refused.stderr and worse not in server.loaded and registry.resolve("bot") == live
+    forced = runner.invoke(app, ["adapters", "promote", *common, "--ignore-gate"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.stdout)["live"] == worse and registry.resolve("bot") == worse
+    [started] = [e for e in registry.history(adapter=worse) if e["action"] == "promote-started"]
+    assert started["ignored_gate"] is True
+    registry.add_eval(live, {"run": "r1", "gate_passed": False, "gate_reasons": ["held-out NLL rose"]})  # the improve job's shape
+    with pytest.raises(GateFailedError, match="held-out NLL rose"):
+        promote(registry, live, [backend])
