@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from ee_middleware._lifetime import _PR_SET_PDEATHSIG
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.http import check_port_free
 from ee_middleware.errors import ModelError
@@ -136,6 +137,10 @@ class ServerProcess:
     env: dict[str, str] | None = None
     log_path: Path | None = None
     name: str = "server"
+    end_with_parent: bool = False
+    """Linux: the server gets SIGTERM when the thread that started it ends, even by SIGKILL (``prctl``
+    parent-death signal). Only for a server started from the main thread of a process that lives as long
+    as it should (``ee serve vllm``): a server started from a worker thread would be ended with that thread."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -145,7 +150,14 @@ class ServerProcess:
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix=f"ee-{self.name}-", suffix=".log")[1])
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_parent_death_sigterm() if self.end_with_parent else None,
+        )
         client = OpenAIChatClient(self.url, "health", retries=0, timeout_s=5, api_key="")
         deadline = time.monotonic() + timeout_s
         try:
@@ -223,6 +235,20 @@ class ServerProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _parent_death_sigterm() -> Any:
+    """A ``preexec_fn`` arming SIGTERM as the child's parent-death signal (Linux; None elsewhere). libc is
+    loaded here, in the parent: the child, between fork and exec, only makes the one system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _signal_group(pid: int, sig: int) -> None:

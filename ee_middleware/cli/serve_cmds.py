@@ -114,7 +114,7 @@ def serve_vllm(
     if print_command:
         typer.echo("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 " + " ".join(command))
         return
-    server = ServerProcess(command, f"http://{host}:{port}/v1", env=vllm_env(options), name="vLLM server")
+    server = ServerProcess(command, f"http://{host}:{port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True)
     typer.echo(f"starting: {' '.join(command)}", err=True)
     with _termination_as_interrupt():
         server.start(timeout_s=timeout_s)

@@ -63,10 +63,14 @@ def test_a_server_that_never_answers_times_out_and_its_whole_process_group_is_st
 FAKE_VLLM = """#!{python}
 # A stand-in for vLLM's interpreter (vLLM cannot run in the fast suite): `-m vllm...` is ignored, --port is served, a
 # worker child is started as vLLM starts its engine process; {answer} says whether /v1/models ever answers.
-import json, subprocess, sys, time
+import json, signal, subprocess, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 port = int(sys.argv[sys.argv.index("--port") + 1])
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", "{marker}-worker"])
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", "{marker}-worker"])
+def stop(*_):  # as vLLM does on SIGTERM: end the workers, then itself
+    worker.kill()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
 if not {answer}:
     time.sleep(600)
 class Models(BaseHTTPRequestHandler):
@@ -88,9 +92,10 @@ def _ours(marker: str, ee_pid: int) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize(("sig", "answer"), [("SIGTERM", True), ("SIGHUP", True), ("SIGTERM", False)])
+@pytest.mark.parametrize(("sig", "answer"), [("SIGTERM", True), ("SIGHUP", True), ("SIGTERM", False), ("SIGKILL", True)])
 def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_in_vllm(tmp_path, sig: str, answer: bool) -> None:
-    """Before: SIGTERM or SIGHUP ended `ee serve vllm` at once and left vLLM (its own session) running, port and GPU held."""
+    """Before: SIGTERM or SIGHUP ended `ee serve vllm` at once and left vLLM (its own session) running, port and GPU held.
+    A SIGKILL runs no clean-up in ee: vLLM gets SIGTERM from Linux (its parent-death signal) and stops its workers."""
     import signal
     import subprocess
     import uuid
