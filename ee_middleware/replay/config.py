@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ee_middleware._toml import build_config, layered_values
+from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.errors import ConfigError
 from ee_middleware.store.registry import store_config_value
 
@@ -113,7 +114,7 @@ class ReplayConfig(BaseModel):
     @model_validator(mode="after")
     def _requests_fit_the_policy(self) -> ReplayConfig:
         requests, policy = self.requests_in_flight, self.policy.strip()
-        if requests is not None and requests > 1 and (policy == "mutate" or policy.startswith("local:")):
+        if requests is not None and requests > 1 and (policy == "mutate" or policy.partition(":")[0] in LOCAL_PREFIXES):
             why = "CPU work in the worker" if policy == "mutate" else "a local model, which answers one request at a time"
             raise ConfigError(
                 f"requests_in_flight={requests} needs a policy behind a server; {self.policy!r} is {why}. "
