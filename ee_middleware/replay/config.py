@@ -37,8 +37,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ee_middleware._toml import build_config, layered_values
-from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.errors import ConfigError
+from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.store.registry import store_config_value
 
 DEFAULT_SERVED_REQUESTS = 8

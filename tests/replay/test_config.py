@@ -10,7 +10,7 @@ from ee_middleware.replay.config import DEFAULT_SERVED_REQUESTS, ReplayConfig
 
 @pytest.mark.parametrize("policy", ["mutate", "local:/models/qwen", "transformers:/models/qwen", " local:/models/qwen@/adapters/a"])
 def test_more_than_one_request_in_flight_is_refused_for_a_policy_no_server_answers(policy: str) -> None:
-    with pytest.raises(ConfigError, match="requests_in_flight=4 needs a policy behind a server.*--workers"):
+    with pytest.raises(ConfigError, match=r"requests_in_flight=4 needs a policy behind a server.*--workers"):
         ReplayConfig.load(store="s", policy=policy, requests_in_flight=4)
     assert ReplayConfig.load(store="s", policy=policy).proposal_requests == 1
 
