@@ -270,7 +270,8 @@ def _steps(
         chat: SpanData = d["span"]
         for message in d["outputs"]:
             calls = message.get("tool_calls") or []
-            for call in calls:
+            text = content_to_text(message.get("content"))
+            for position, call in enumerate(calls):
                 function = call.get("function", {})
                 tool_call = ToolCall(
                     id=call.get("id") or "",
@@ -279,10 +280,9 @@ def _steps(
                 )
                 span = tool_by_call.get(tool_call.id) or _take_by_name(unmatched, tool_call.name)
                 observation, latency = _observation(span, later_tool_messages.get(tool_call.id), redact, max_chars)
-                steps.append(
-                    _step(len(steps), index, d["state"], Action(kind="tool_call", tool_call=tool_call), observation, latency, chat)
-                )
-            text = content_to_text(message.get("content"))
+                # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
+                action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None)
+                steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat))
             if not calls and text:
                 final_answer = text
                 steps.append(_step(len(steps), index, d["state"], Action(kind="answer", content=text), None, None, chat))

@@ -39,7 +39,7 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
         .group_by("trajectory_id", "_turn", maintain_order=True)
         .agg(pl.all().exclude("_call").first(), pl.col("_call"))
     )
-    completion = pl.when(is_call).then(calls_message(pl.col("_call")))
+    completion = pl.when(is_call).then(calls_message(pl.col("_call"), pl.col("content")))
     completion = completion.otherwise(answer_message(pl.col("content")))
     frame = steps.select(
         example_id(pl.lit("il"), pl.col("trajectory_id"), pl.col("index")).alias("id"),

@@ -73,9 +73,11 @@ def tool_call_item(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> 
     )
 
 
-def calls_message(calls: pl.Expr) -> pl.Expr:
-    """JSON text of the assistant message that makes the tool calls ``calls`` (a list of :func:`tool_call_item`)."""
-    return pl.struct(pl.lit("assistant").alias("role"), pl.lit("").alias("content"), calls.alias("tool_calls")).struct.json_encode()
+def calls_message(calls: pl.Expr, content: pl.Expr | None = None) -> pl.Expr:
+    """JSON text of the assistant message that makes the tool calls ``calls`` (a list of :func:`tool_call_item`), with
+    the text the model wrote beside them (``content``; empty when none)."""
+    text = pl.lit("") if content is None else content.fill_null("")
+    return pl.struct(pl.lit("assistant").alias("role"), text.alias("content"), calls.alias("tool_calls")).struct.json_encode()
 
 
 def action_message(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> pl.Expr:

@@ -264,3 +264,38 @@ def test_il_teaches_parallel_tool_calls_as_the_one_turn_the_expert_made(tmp_path
     assert json.loads(il["prompt"][0]) == trajectory.steps[0].state
     iwm = pl.read_parquet(tmp_path / "ds" / "iwm.parquet")
     assert iwm.height == 3, "IWM predicts each call's own result"
+
+
+def test_what_the_expert_said_beside_its_calls_is_kept_and_taught(tmp_path: Path) -> None:
+    """A model that writes text next to its tool calls ("Let me check both.") made that text part of its turn: capture
+    keeps it with the turn's first call, and IL's target says it before the calls (it was dropped from both)."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+    @tool
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    both = AIMessage(content="Let me check both.", tool_calls=[tool_call("weather", city="Paris"), tool_call("weather", city="Rome")])
+    store_path = tmp_path / "experience"
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=[both, AIMessage(content="Sunny.")]), [weather]), app="w", store=store_path
+    )
+    agent.invoke({"messages": [("user", "Weather in Paris and Rome?")]})
+    agent.flush()
+    store = LocalExperienceStore(store_path)
+    (trajectory,) = store.iter_trajectories()
+    assert [s.action.content for s in trajectory.steps] == ["Let me check both.", None, "Sunny."]
+    store.approve([trajectory.id], by="test")
+    store.close()
+
+    build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il"))
+    targets = [json.loads(c)[0] for c in pl.read_parquet(tmp_path / "ds" / "il.parquet")["completion"]]
+    assert targets[0]["content"] == "Let me check both." and len(targets[0]["tool_calls"]) == 2
+    assert targets[1] == {"role": "assistant", "content": "Sunny."}
