@@ -77,6 +77,11 @@ class Teacher(Protocol):
     def write(self, cases: list[ReflectionCase]) -> list[str]: ...
 
 
+def _outcome(text: str | None, width: int) -> str:
+    """A tool's answer on one line for a rationale; an empty answer is called so (not left as a blank)."""
+    return one_line(text, width) or "an empty result"
+
+
 class TemplateTeacher:
     """Deterministic rationales built from the outcomes (for tests and the demo; no model)."""
 
@@ -87,13 +92,13 @@ class TemplateTeacher:
 
     @staticmethod
     def _one(case: ReflectionCase) -> str:
-        parts = [f"I call {case.chosen} because it returns {one_line(case.chosen_outcome, 120)}, which moves the task forward."]
+        parts = [f"I call {case.chosen} because it returns {_outcome(case.chosen_outcome, 120)}, which moves the task forward."]
         for action, outcome in case.alternatives:
             failed = outcome.lower().lstrip("{\"' ").startswith("error") or '"error"' in outcome.lower()
             effect = (
-                f"fails with {one_line(outcome, 100)}"
+                f"fails with {_outcome(outcome, 100)}"
                 if failed
-                else f"returns {one_line(outcome, 100)}, which does not do what the task asks"
+                else f"returns {_outcome(outcome, 100)}, which does not do what the task asks"
             )
             parts.append(f"Calling {action} {effect}.")
         return " ".join(parts)

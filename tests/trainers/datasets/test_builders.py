@@ -299,3 +299,12 @@ def test_what_the_expert_said_beside_its_calls_is_kept_and_taught(tmp_path: Path
     targets = [json.loads(c)[0] for c in pl.read_parquet(tmp_path / "ds" / "il.parquet")["completion"]]
     assert targets[0]["content"] == "Let me check both." and len(targets[0]["tool_calls"]) == 2
     assert targets[1] == {"role": "assistant", "content": "Sunny."}
+
+
+def test_the_template_teacher_names_an_empty_answer() -> None:
+    case = ReflectionCase(task="t", context="c", chosen="mkdir(name='a')", chosen_outcome="", alternatives=[("ls()", "  ")])
+    (rationale,) = TemplateTeacher().write([case])
+    assert rationale == (
+        "I call mkdir(name='a') because it returns an empty result, which moves the task forward. "
+        "Calling ls() returns an empty result, which does not do what the task asks."
+    )  # was: "because it returns , which moves"
