@@ -27,8 +27,10 @@ def propose_cmd(
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = JsonOption,
 ) -> None:
-    """Score each task by the variance p(1-p) of its outcomes, and have MODEL write variants of the
-    highest-scoring ones (same tools and environment, validated against the tool schemas)."""
+    """Have MODEL write variants of the tasks the policy solves about half the time.
+
+    Scores each task by the variance p(1-p) of its outcomes in an eval run, and has MODEL write variants of
+    the highest-scoring ones (same tools and environment, validated against the tool schemas)."""
     from ee_middleware._files import atomic_write_text
     from ee_middleware.models.spec import build_chat_client
     from ee_middleware.replay.curriculum import propose, read_results, score_tasks
@@ -78,8 +80,10 @@ def run_cmd(
     approve_if: str | None = typer.Option(None, "--approve-if", help="module:function(trajectory) -> bool; others stay pending."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Roll the policy out K times on each task and store the rollouts a judge verifies as successful,
-    as trajectories with source=curriculum (pending for approval unless --approve-if accepts them)."""
+    """Roll the policy out K times on each task and store the successes a judge verifies.
+
+    They are stored as trajectories with source=curriculum, pending for approval unless --approve-if
+    accepts them."""
     import functools
     import importlib
 

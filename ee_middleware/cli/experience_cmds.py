@@ -42,7 +42,9 @@ def eval_cmd(
     out: Path = typer.Option(Path("experience-eval"), "--out", help="Folder for report.json and fidelity.png."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Predict held-out real transitions without retrieval, with retrieval and (with --trained) with retrieval
+    """Measure how well the experience model predicts held-out real tool answers, per tool.
+
+    Predicts held-out real transitions without retrieval, with retrieval and (with --trained) with retrieval
     and the trained experience model; per tool: exact match, token F1, error/success agreement and reward
     agreement. Writes OUT/report.json (a replay config's fidelity gate reads it) and OUT/fidelity.png."""
     from ee_middleware._files import atomic_write_text
@@ -85,8 +87,9 @@ def dataset_cmd(
     retriever: str = RetrieverOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Build the experience model's training rows (em.parquet) from the store's real transitions: the
-    serving prompt (task, state, retrieved transitions, call) -> reasoning, real observation, reward.
+    """Build the experience model's training rows (em.parquet) from the store's real transitions.
+
+    Each row: the serving prompt (task, state, retrieved transitions, call) -> reasoning, real observation, reward.
     The held-out share is left out, so 'ee experience eval' with the same share and seed measures
     transitions never trained on."""
     from ee_middleware._files import atomic_path

@@ -54,3 +54,11 @@ def test_the_walk_sees_bracketed_help() -> None:
     # The check above must have something to check: the replay command's --k help says its default.
     replay_run = dict(COMMANDS)[("replay", "run")]
     assert any(_bracketed(p.help) for p in replay_run.params)
+
+
+@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "ee" for p, _ in COMMANDS])
+def test_each_command_is_summed_up_in_one_line(path: tuple[str, ...], command: Any) -> None:
+    # A group's command list shows the first paragraph with its line breaks: a paragraph wrapped in the source
+    # broke mid-sentence there ("have MODEL write variants of the" / "highest-scoring ones").
+    first = (command.help or "").strip().split("\n\n")[0]
+    assert "\n" not in first, f"`ee {' '.join(path)}`: start the help with a one-line summary, then a blank line"
