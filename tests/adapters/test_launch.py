@@ -106,7 +106,8 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
     fake.chmod(0o755)
     command = [sys.executable, "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path), "--port", str(free_port())]
     command += ["--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
-    ee = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the server's log goes there, not into /tmp
+    ee = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         if answer:
             lines = iter(ee.stdout.readline, "")
