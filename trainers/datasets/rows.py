@@ -22,7 +22,8 @@ column                          meaning
 ==============================  =============================================================
 
 Messages use the OpenAI shapes; an action is ``{"role": "assistant", "content": "", "tool_calls":
-[{"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}]}``.
+[{"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}]}`` (in an IL target,
+``content`` is the text the expert wrote beside its calls, empty when none).
 """
 
 from __future__ import annotations
