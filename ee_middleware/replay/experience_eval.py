@@ -52,10 +52,11 @@ METRICS = ("exact", "token_f1", "error_agreement")
 
 
 def token_f1(predicted: str, real: str) -> float:
-    """Bag-of-words F1 between two texts (1.0 when both are empty)."""
+    """Bag-of-words F1 between two texts; texts without a word (empty, ``[]``, ``{}``) score 1.0 only when
+    equal, whitespace at the ends ignored."""
     p, r = Counter(tokenize(predicted)), Counter(tokenize(real))
     if not p and not r:
-        return 1.0
+        return float(predicted.strip() == real.strip())
     common = sum((p & r).values())
     if not common:
         return 0.0

@@ -41,18 +41,20 @@ from ee_middleware.records import Rollout, Trajectory
 
 DEFAULT_TOP_K = 3
 DEFAULT_RETRIEVER = "bm25"
-_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+_TOKEN = re.compile(r"\w+")
+_ASCII_PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _STATE_CHARS = 600
 """How much of the end of the state (the last messages' text) goes into a transition's search text."""
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens; ``camelCase`` and ``snake_case`` names are also split into their parts."""
+    """Lower-cased word tokens in any script (``東京``, ``файл`` and ``café`` are words too); ``camelCase`` and
+    ``snake_case`` names are also split into their parts."""
     tokens: list[str] = []
     for word in _TOKEN.findall(text):
         low = word.lower()
         tokens.append(low)
-        parts = [p.lower() for p in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", word.replace("_", " "))]
+        parts = [p.lower() for piece in word.split("_") if piece for p in (_ASCII_PART.findall(piece) if piece.isascii() else [piece])]
         if len(parts) > 1:
             tokens.extend(parts)
     return tokens

@@ -141,3 +141,22 @@ def test_the_sandbox_and_the_eval_take_a_retriever_by_name_and_refuse_unknown_on
     with pytest.raises(MissingExtraError, match=r"ee-middleware\[experience\]"):
         ExperienceSandbox(model.spec, store=str(bfcl_store_path), retriever="bm25s")
     assert len(model.requests) == requests, "a bad retriever fails before any prediction"
+
+
+def test_non_latin_text_is_tokenized_so_fidelity_and_retrieval_see_it() -> None:
+    from ee_middleware.replay.experience_eval import token_f1
+
+    assert token_f1("東京の天気は晴れ", "Ошибка: файл не найден") == 0.0, "two unrelated non-Latin observations do not match"
+    assert token_f1("Ошибка: файл не найден", "Ошибка: файл не найден") == 1.0
+    assert token_f1("[]", "{}") == 0.0, "punctuation-only observations that differ do not match"
+    assert token_f1(" [] ", "[]") == 1.0
+    assert "café" in tokenize("café naïve") and "naïve" in tokenize("café naïve")
+    assert tokenize("getUserName snake_case") == ["getusername", "get", "user", "name", "snake_case", "snake", "case"]
+    index = TransitionIndex()
+    from ee_middleware.replay.retrieval import Transition
+
+    def transition(i: int, city: str) -> Transition:
+        return Transition(f"t{i}", f"traj{i}", 0, "", "", "weather", {"city": city}, f"{city}: ok", False)
+
+    index.add([transition(0, "東京"), transition(1, "Москва"), transition(2, "Paris")])
+    assert [t.id for t in index.search("weather", {"city": "Москва"}, k=1)] == ["t1"], "a Cyrillic argument finds its own transition"
