@@ -441,3 +441,11 @@ def test_an_unreachable_trained_model_fails_before_any_prediction(bfcl_store_pat
     result = CliRunner().invoke(app, [*args, str(bfcl_store_path), "--held-out", "0.34", "--out", str(tmp_path / "e")])
     assert result.exit_code != 0 and "cannot be reached" in result.output
     assert base.requests == [] and not (tmp_path / "e" / "report.json").exists()
+
+
+def test_a_reward_outside_0_1_or_not_a_number_is_dropped_and_the_observation_kept() -> None:
+    for raw in ("7", "-0.5", "NaN", "Infinity", '"yes"', "true", "null"):
+        prediction = parse_prediction(f'{{"observation": "done", "is_error": false, "reward": {raw}}}')
+        assert prediction["observation"] == "done" and prediction["reward"] is None, raw
+    assert parse_prediction('{"observation": "done", "reward": 1}')["reward"] == 1.0
+    assert parse_prediction('{"observation": "done", "reward": 0.25}')["reward"] == 0.25

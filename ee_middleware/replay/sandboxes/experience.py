@@ -69,7 +69,8 @@ def parse_prediction(text: str) -> dict[str, Any]:
     """``{"reasoning", "observation", "is_error", "reward"}`` from the model's answer, or :class:`SyntheticObservationError`.
 
     Accepts the JSON object alone, in a code fence, or after some text; ``observation`` must be
-    present (a non-string value is kept as its JSON text).
+    present (a non-string value is kept as its JSON text). A ``reward`` that is not a number in [0, 1]
+    (NaN, 7, a string) is dropped: the observation is kept, with no reward.
     """
     if not text or not text.strip():
         raise SyntheticObservationError("the answer is empty")
@@ -95,11 +96,13 @@ def parse_prediction(text: str) -> dict[str, Any]:
         raise SyntheticObservationError(f"'is_error' must be true or false, got {is_error!r}", text)
     reasoning = found.get("reasoning")
     reward = found.get("reward")
+    if not isinstance(reward, (int, float)) or isinstance(reward, bool) or not 0.0 <= reward <= 1.0:
+        reward = None  # a reward is an outcome in [0, 1] (the em target's 1.0 / 0.0); 7, -1, NaN or "yes" is none
     return {
         "reasoning": reasoning if isinstance(reasoning, str) else None,
         "observation": observation,
         "is_error": is_error,
-        "reward": float(reward) if isinstance(reward, (int, float)) and not isinstance(reward, bool) else None,
+        "reward": None if reward is None else float(reward),
     }
 
 
