@@ -77,22 +77,39 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 def score_tasks(rows: Iterable[dict[str, Any]]) -> list[TaskScore]:
     """Every task's outcome group, highest ``p(1 - p)`` first (ties: more trials, then the task id)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ConfigError(f"Results row {number} is {type(row).__name__} {row!r:.80}, not an object with 'task_id' and 'success'.")
         if "task_id" not in row or "success" not in row:
             raise ConfigError(f"A results row needs 'task_id' and 'success', got the fields {sorted(row)}.")
-        groups[(str(row.get("suite", "")), str(row["task_id"]))].append(row)
+        groups[(str(row.get("suite", "")), str(row["task_id"]))].append({**row, "success": _success(row["success"], number)})
     scores = [
-        TaskScore(suite, task_id, len(group), sum(bool(r["success"]) for r in group) / len(group), _instruction(group))
+        TaskScore(suite, task_id, len(group), sum(r["success"] for r in group) / len(group), _instruction(group))
         for (suite, task_id), group in groups.items()
     ]
     return sorted(scores, key=lambda s: (-s.variance, -s.n, s.suite, s.task_id))
 
 
+def _success(value: Any, number: int) -> bool:
+    """A row's ``success`` as a bool: true/false, 1/0 or the strings "true"/"false" (a string such as "false" is
+    not truthy here, as ``bool`` would have it)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"Results row {number}: 'success' must be true or false, got {value!r}.")
+
+
 def _instruction(group: list[dict[str, Any]]) -> str:
     for row in group:
+        conversation = row.get("conversation") or "[]"
         try:
-            messages = json.loads(row.get("conversation") or "[]")
+            messages = json.loads(conversation) if isinstance(conversation, (str, bytes)) else conversation
         except ValueError:
+            continue
+        if not isinstance(messages, list):
             continue
         first = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
         if first and isinstance(first.get("content"), str):

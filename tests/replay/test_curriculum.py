@@ -48,6 +48,21 @@ def test_tasks_are_ranked_by_outcome_variance() -> None:
         score_tasks([{"success": True}])
 
 
+def test_results_from_another_harness_are_read_by_value_or_refused_by_row() -> None:
+    """A "false" string is a failure (bool("false") is True), a conversation may be a list, not only its JSON text."""
+    rows = [
+        {"task_id": "t", "success": "false", "conversation": [{"role": "user", "content": "Make a folder."}]},
+        {"task_id": "t", "success": "True"},
+        {"task_id": "t", "success": 0},
+        {"task_id": "t", "success": 1},
+    ]
+    (score,) = score_tasks(rows)
+    assert (score.p, score.instruction) == (0.5, "Make a folder.")
+    for bad, match in ((42, "row 1 is int"), ({"task_id": "t", "success": "maybe"}, "'success' must be true or false")):
+        with pytest.raises(ConfigError, match=match):
+            score_tasks([bad])
+
+
 def test_variants_naming_unknown_tools_or_copying_the_parent_are_rejected() -> None:
     assert validate_variant('{"instruction": "x", "tools": ["rm"]}', "y", ["ls"]) == (None, "unknown tools")
     assert validate_variant('{"instruction": "y", "tools": []}', "y", ["ls"]) == (None, "same instruction as its parent")
