@@ -148,6 +148,17 @@ def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]
     return dict(out)
 
 
+def unanswered(run_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """suite -> how many task trials the model server gave no answer to (down, timed out), from results.parquet."""
+    import polars as pl
+
+    path = Path(run_dir) / "results.parquet"
+    if not path.exists() or "no_answer" not in pl.read_parquet_schema(path):
+        return {}  # a run from before no_answer was recorded
+    frame = pl.read_parquet(path, columns=["suite", "no_answer"]).filter(pl.col("no_answer"))
+    return {str(suite): int(n) for suite, n in frame.group_by("suite").len().iter_rows()}
+
+
 def unscored_suites(run_dir: str | os.PathLike[str]) -> dict[str, str]:
     """suite -> why, for the suites a run's ``summary.json`` lists with no task scored (every task excluded, or none)."""
     try:
@@ -195,6 +206,12 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
     candidate, baseline = task_outcomes(candidate_dir), task_outcomes(baseline_dir)
     reasons: list[str] = []
     comparisons = []
+    for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
+        for suite, n in sorted(unanswered(run_dir).items()):
+            reasons.append(
+                f"{suite}: the model server gave no answer on {n} task trial(s) of the {role} run (down or timed out), so they "
+                f"say nothing of the model; run the same `ee eval run ... --out {run_dir}` again once it is up (it retries them)"
+            )
     unscored = {**unscored_suites(baseline_dir), **unscored_suites(candidate_dir)}
     for suite, why in sorted(unscored.items()):
         if suite not in candidate and suite not in baseline:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ee_middleware.errors import EEError, ModelError
+from ee_middleware.errors import EEError, ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.evals.tasks import Conversation, Environment, EvalTask, Message, Step, Turn
 from ee_middleware.models.parsing import ParseProblem
 from ee_middleware.models.protocol import ChatClient, Sampling
@@ -92,6 +92,7 @@ def run_conversation(
         try:
             _run_turn(client, tools, environment, config, sampling, conversation, turn)
         except ModelError as exc:
+            conversation.no_answer = gave_no_answer(exc)
             return _fail(conversation, turn, "model_error", f"the model could not answer: {exc}")
         except _ToolFailure as exc:
             return _fail(conversation, turn, "tool_error", str(exc))
@@ -105,6 +106,14 @@ def _next_user_turn(task: EvalTask, index: int, conversation: Conversation, user
     if user is not None:
         return user.next_turn(conversation)
     return task.turns[index] if index < len(task.turns) else None
+
+
+def gave_no_answer(exc: BaseException) -> bool:
+    """Whether ``exc`` means the model server gave no answer (unreachable, timed out, 5xx after retries).
+
+    A refused request (4xx) or an answer that is not a chat completion is the model's or the
+    settings' doing, and stays a plain failure."""
+    return isinstance(exc, ModelServerError) and not isinstance(exc, (ModelRequestError, ModelResponseError))
 
 
 class _ToolFailure(Exception):

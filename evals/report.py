@@ -18,7 +18,8 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
 
     ``pass_hat`` maps each k up to the trials run to tau-bench's pass^k estimate (per task
     C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Suites that
-    left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``.
+    left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``;
+    suites with tasks the model server gave no answer to (down, timed out) get ``no_answer``, their count.
     """
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -44,6 +45,9 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
                 "failures": dict(Counter(r["error_type"] or "unknown" for r in items if not r["success"]).most_common()),
             }
         )
+        no_answer = sum(1 for r in items if r.get("no_answer"))
+        if no_answer:
+            out[-1]["no_answer"] = no_answer
         if excluded and excluded.get(name):
             out[-1]["excluded"] = len(excluded[name])
             out[-1]["excluded_reasons"] = dict(Counter(excluded[name].values()).most_common())
@@ -73,7 +77,7 @@ def write_outputs(
     ``names``: every suite's name, those that scored no task included (default: the suites of ``rows``)."""
     import polars as pl
 
-    rows = sorted(rows, key=lambda r: (r["suite"], r["task_id"], r["trial"]))
+    rows = sorted(({"no_answer": False, **r} for r in rows), key=lambda r: (r["suite"], r["task_id"], r["trial"]))
     names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
     with atomic_path(out / "results.parquet") as tmp:
@@ -98,6 +102,7 @@ _SCHEMA = {
     "steps": int,
     "tool_calls": int,
     "duration_s": float,
+    "no_answer": bool,
     "conversation": str,
     "details": str,
 }
@@ -131,6 +136,17 @@ def _failures(rows: list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any
     return [r for r in rows if not r["success"]][:limit]
 
 
+def unanswered_warning(summary: list[dict[str, Any]]) -> str:
+    """A warning when the model server gave no answer on some tasks ("" when it always answered)."""
+    n = sum(s.get("no_answer", 0) for s in summary)
+    if not n:
+        return ""
+    return (
+        f"Warning: the model server gave no answer on {n} task trial(s) (down or timed out); they count as failures here. "
+        "Run the same `ee eval run` command again once the server is up: it runs only those again."
+    )
+
+
 def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None) -> str:
     lines = [
         f"# Evaluation of `{model}`",
@@ -143,6 +159,8 @@ def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], m
         lines.append(
             f"| {s['suite']} | {s['tasks']} | {s['trials']} | {100 * s['success_rate']:.1f}% | {100 * s['pass_hat_k']:.1f}% | {failures} |"
         )
+    if unanswered_warning(summary):
+        lines += ["", unanswered_warning(summary)]
     if chart:
         lines += ["", f"![success rate per suite]({chart})"]
     failed = _failures(rows)
@@ -167,6 +185,8 @@ def html_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model
             f"<td>{100 * s['pass_hat_k']:.1f}%</td><td>{e(failures)}</td></tr>"
         )
     body.append("</table>")
+    if unanswered_warning(summary):
+        body.append(f"<p><strong>{e(unanswered_warning(summary))}</strong></p>")
     if chart:
         body.append(f'<p><img src="{e(chart)}" alt="success rate per suite"></p>')
     failed = _failures(rows)

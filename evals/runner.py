@@ -3,7 +3,9 @@
 Results go to ``OUT/results.jsonl`` as each task finishes (one line per task and trial, flushed;
 fsync-ed once a second),
 so an interrupted run resumes where it stopped: the same command skips every (suite, task, trial)
-already there. At the end the lines become ``OUT/results.parquet`` (written atomically) and the
+already there, except those the model server gave no answer to (``no_answer``: it was down, timed
+out or failing), which run again, so a server that went down halfway costs a re-run, not a
+score. At the end the lines become ``OUT/results.parquet`` (written atomically) and the
 summary and report are written (:mod:`ee_middleware.evals.report`).
 """
 
@@ -52,6 +54,7 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "steps": sum(len(t.steps) for t in conversation.turns),
         "tool_calls": len(conversation.calls),
         "duration_s": round(result.duration_s, 6),
+        "no_answer": bool(result.conversation.no_answer),
         "conversation": json.dumps(conversation.messages, ensure_ascii=False, default=str),
         "details": json.dumps(result.details, ensure_ascii=False, default=str),
     }
@@ -66,7 +69,7 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     suites = {spec: load_suite(spec, settings) for spec in job.suites}  # a misspelled suite claims no folder
     _check_distinct(suites)
     _claim_run_dir(out, job)
-    done = read_journal(out / JOURNAL)
+    done = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer")]  # the server gave no answer: run again
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
     todo: list[tuple[str, EvalTask, int]] = []
     totals = {}

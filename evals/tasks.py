@@ -59,12 +59,16 @@ class Turn:
 
 @dataclass
 class Conversation:
-    """A whole run of the agent loop on one task. ``error`` is set when the run could not go on."""
+    """A whole run of the agent loop on one task. ``error`` is set when the run could not go on.
+
+    ``no_answer``: the model server gave no answer at all (unreachable, timed out, failing after its
+    retries), so the failure says nothing of the model: a resumed run runs that task again."""
 
     messages: list[Message] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
     error: str | None = None
     error_type: str | None = None
+    no_answer: bool = False
 
     @property
     def calls(self) -> list[ToolCall]:

@@ -134,6 +134,10 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> Non
         if s.get("excluded"):
             reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
             out.print(escape(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})"))
+    from ee_middleware.evals.report import unanswered_warning
+
+    if unanswered_warning(summary):
+        out.print(f"[yellow]{escape(unanswered_warning(summary))}[/yellow]")
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 

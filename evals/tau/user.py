@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ee_middleware.errors import ModelError
+from ee_middleware.evals.loop import gave_no_answer
 from ee_middleware.evals.tasks import Conversation, Message
 from ee_middleware.models.protocol import ChatClient, Sampling
 
@@ -45,6 +46,7 @@ class SimulatedUser:
         try:
             choices = self.client.complete(self._messages(conversation), sampling=self.sampling)
         except ModelError as exc:
+            conversation.no_answer = gave_no_answer(exc)
             self.error = f"the user simulator's model could not answer: {exc}"
             return None
         text = choices[0].text.strip() if choices else ""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.gate import GatePolicy, gate
 from ee_middleware.evals.job import EvalJob
-from ee_middleware.evals.runner import RUN_FILE, run_eval
+from ee_middleware.evals.runner import RUN_FILE, read_journal, run_eval
+from ee_middleware.testing.http import send_json, serving
 
 SUITE = "bfcl:simple:3"
 
@@ -82,3 +85,54 @@ def test_two_specs_of_one_suite_are_an_error_not_tasks_run_twice(tmp_path: Path)
         with pytest.raises(ConfigError, match=rf"{specs[0]}.*{specs[1]}.*bfcl:simple.*once"):
             run_eval(EvalJob(suites=specs, model="oracle", out=str(out)))
         assert not (out / RUN_FILE).exists()
+
+
+class _Answering(BaseHTTPRequestHandler):
+    """A chat server (real HTTP) that answers every request with text and counts them."""
+
+    requests: list[int]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.requests.append(1)
+        send_json(self, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "No."}, "finish_reason": "stop"}]})
+
+
+def _answering_server(port: int = 0) -> tuple[ThreadingHTTPServer, list[int]]:
+    handler = type("Handler", (_Answering,), {"requests": []})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    return server, handler.requests
+
+
+def test_a_server_that_goes_down_halfway_costs_a_rerun_of_those_tasks_not_a_score(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    server, first = _answering_server()
+    port = server.server_address[1]
+    with serving(server) as url:
+        job = EvalJob(suites=["bfcl:simple:5"], model=f"openai:{url}#m", out=str(out), retries=0, timeout_s=5)
+
+        def down_after_two(suite: str, done: int, total: int) -> None:
+            if done == 2:  # the server goes down (its port refuses connections) after two tasks
+                server.shutdown()
+                server.server_close()
+
+        [summary] = run_eval(job, progress=down_after_two)
+    assert len(first) == 2 and summary["no_answer"] == 3 and summary["failures"]["model_error"] == 3
+    assert "gave no answer on 3 task trial(s)" in (out / "report.md").read_text()
+    result = gate(out, out, GatePolicy(min_tasks=1))
+    assert not result.passed and any("no answer on 3 task trial(s) of the candidate run" in r for r in result.reasons)
+    kept = {r["task_id"]: r for r in read_journal(out / "results.jsonl") if not r["no_answer"]}
+
+    again, second = _answering_server(port)  # back up on the same address: the same command resumes
+    with serving(again):
+        [summary] = run_eval(job)
+    assert len(second) == 3, "only the tasks the server gave no answer to ran again"
+    assert "no_answer" not in summary and summary["tasks"] == 5 and summary["runs"] == 5
+    assert summary["failures"] == {"ast_decoder:decoder_wrong_output_format": 5}
+    rows = {r["task_id"]: r for r in pl.read_parquet(out / "results.parquet").to_dicts()}
+    assert all(rows[t]["conversation"] == kept[t]["conversation"] for t in kept) and len(kept) == 2
+    assert gate(out, out, GatePolicy(min_tasks=1)).passed
