@@ -125,6 +125,11 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
 
 def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]:
     """suite -> task id -> pass^k (every trial succeeded), from a run folder's results.parquet."""
+    return _outcomes(run_dir)[0]
+
+
+def _outcomes(run_dir: str | os.PathLike[str]) -> tuple[dict[str, dict[str, bool]], dict[str, int]]:
+    """:func:`task_outcomes` and suite -> trials per task (the most any task ran)."""
     import polars as pl
 
     from ee_middleware.evals.runner import unfinished
@@ -141,11 +146,13 @@ def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]
     if not path.exists():
         raise ConfigError(f"No results.parquet in {run_dir}: point at a folder written by `ee eval run --out` (a finished run).")
     frame = pl.read_parquet(path, columns=["suite", "task_id", "success"])
-    grouped = frame.group_by("suite", "task_id").agg(pl.col("success").all().alias("ok"))
+    grouped = frame.group_by("suite", "task_id").agg(pl.col("success").all().alias("ok"), pl.len().alias("trials"))
     out: dict[str, dict[str, bool]] = defaultdict(dict)
+    trials: dict[str, int] = defaultdict(int)
     for row in grouped.iter_rows(named=True):
         out[row["suite"]][row["task_id"]] = bool(row["ok"])
-    return dict(out)
+        trials[row["suite"]] = max(trials[row["suite"]], int(row["trials"]))
+    return dict(out), dict(trials)
 
 
 def unanswered(run_dir: str | os.PathLike[str]) -> dict[str, int]:
@@ -203,7 +210,7 @@ def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool]) -
 
 def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], policy: GatePolicy = GatePolicy()) -> GateResult:
     """Compare two runs suite by suite and apply ``policy``; reasons name every rule that failed."""
-    candidate, baseline = task_outcomes(candidate_dir), task_outcomes(baseline_dir)
+    (candidate, candidate_trials), (baseline, baseline_trials) = _outcomes(candidate_dir), _outcomes(baseline_dir)
     reasons: list[str] = []
     comparisons = []
     for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
@@ -222,6 +229,11 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
             continue
         result = compare(suite, candidate[suite], baseline[suite])
         comparisons.append(result)
+        if candidate_trials[suite] != baseline_trials[suite]:  # pass^3 is harder than pass^1: the delta would measure k, not the model
+            reasons.append(
+                f"{suite}: the candidate ran {candidate_trials[suite]} trial(s) per task and the baseline {baseline_trials[suite]}, "
+                "so their pass^k are not comparable; run both with the same --trials"
+            )
         reasons += _suite_reasons(result, policy)
     pooled_c = {f"{s}/{t}": v for s in candidate for t, v in candidate[s].items() if s in baseline}
     pooled_b = {f"{s}/{t}": v for s in baseline for t, v in baseline[s].items() if s in candidate}

@@ -104,3 +104,16 @@ def test_the_gate_result_is_recorded_on_the_adapter(runs: dict[str, Path], tmp_p
     assert evaluation["kind"] == "gate" and evaluation["passed"] is True and evaluation["candidate_run"] == str(runs["oracle"])
     alone = CliRunner().invoke(app, [*args, "--adapter", record.name])
     assert alone.exit_code == 2 and "--adapter and --registry go together" in alone.output
+
+
+def test_runs_with_different_trials_per_task_are_not_gated_against_each_other(tmp_path: Path) -> None:
+    base = _run_dir(tmp_path / "b", {f"t{i}": i % 2 == 0 for i in range(30)})
+    three = tmp_path / "c"
+    three.mkdir()
+    rows = [{"suite": "s", "task_id": f"t{i}", "trial": k, "success": True} for i in range(30) for k in range(3)]
+    pl.DataFrame(rows).write_parquet(three / "results.parquet")
+    result = gate(three, base, GatePolicy())
+    assert not result.passed
+    assert result.reasons == [
+        "s: the candidate ran 3 trial(s) per task and the baseline 1, so their pass^k are not comparable; run both with the same --trials"
+    ]
