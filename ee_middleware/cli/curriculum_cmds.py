@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ee_middleware.cli.common import JsonOption, StoreOption, examples, open_existing_store, print_json
+
+if TYPE_CHECKING:
+    from ee_middleware.replay.curriculum import Proposal, TaskScore
 
 app = typer.Typer(help="The curriculum: new tasks like the ones the policy solves about half the time.", no_args_is_help=True)
 
@@ -42,18 +46,47 @@ def propose_cmd(
         proposal = propose(client, scores, opened.iter_trajectories(), n=n, seed=seed)
     finally:
         client.close()
-    atomic_write_text(out, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in proposal.variants))
+    problem = None if proposal.variants else _why_no_variant(scores, proposal, model)
+    if problem is None:  # an earlier tasks.jsonl is never replaced by an empty one
+        atomic_write_text(out, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in proposal.variants))
     summary = {
         "out": str(out),
         "variants": len(proposal.variants),
         "rejected": proposal.rejected,
         "unmatched": proposal.unmatched,
         "top_tasks": [{"task_id": s.task_id, "n": s.n, "p": s.p, "variance": s.variance} for s in scores[:10]],
+        "error": problem,
     }
     if as_json:
         print_json(summary)
-        return
-    typer.echo(f"{len(proposal.variants)} variants written to {out}")
+    else:
+        _print_summary(summary, scores, proposal)
+    if problem is not None:
+        typer.secho(f"error: no variant written ({out} left as it was): {problem}", err=True, fg="red")
+        raise typer.Exit(1)
+
+
+def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str) -> str:
+    """Why ``propose`` wrote nothing, and what to do about it."""
+    if not scores:
+        return "the eval run has no results rows."
+    if all(s.variance == 0 for s in scores):
+        return (
+            "every task was always or never solved (p(1-p) = 0), so none is worth varying: evaluate more trials "
+            "(ee eval run --trials) or other tasks."
+        )
+    if not proposal.rejected:
+        return (
+            "no task with varying outcomes has a stored trajectory (matched by the environment's entry_id or the task text): "
+            "record those tasks into --store, or point --store at the store they were recorded in."
+        )
+    return f"{model} wrote no usable variant (rejected: {proposal.rejected}); try another model or a larger --n."
+
+
+def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: Proposal) -> None:
+    out = summary["out"]
+    if summary["error"] is None:
+        typer.echo(f"{len(proposal.variants)} variants written to {out}")
     for s in scores[:5]:
         typer.echo(f"  {s.task_id}: p={s.p:.2f} p(1-p)={s.variance:.3f} over {s.n} trials")
     if proposal.rejected:

@@ -152,3 +152,36 @@ def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectorie
     assert not kept.steps[0].observation.is_error and kept.environment == parent.environment
     assert len(list(store.iter_trajectories())) == before + 1, "the same rollout is stored once"
     store.close()
+
+
+def test_curriculum_propose_that_writes_no_variant_fails_says_why_and_keeps_the_earlier_tasks(
+    bfcl_store_path: Path, serve: Callable[[Any], ScriptedExperienceModel], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    store = LocalExperienceStore(bfcl_store_path)
+    entry = sorted(t.environment["entry_id"] for t in store.iter_trajectories())[0]
+    store.close()
+    writer = serve(lambda messages: json.dumps({"instruction": "Delete everything.", "tools": ["a_tool_that_no_longer_exists"]}))
+    out = tmp_path / "tasks.jsonl"
+    out.write_text('{"id": "an earlier good task"}\n')
+    cases = {
+        "unknown tools": {entry: [True, False]},
+        "always or never solved": {entry: [True, True]},
+        "no task with varying outcomes has a stored trajectory": {"not-in-the-store": [True, False]},
+        "no results rows": {},
+    }
+    for why, outcomes in cases.items():
+        results = tmp_path / "results.jsonl"
+        results.write_text("".join(json.dumps(r) + "\n" for r in _rows(outcomes)))
+        args = ["curriculum", "propose", "--from", str(results), "--model", f"openai:{writer.base_url}#writer", "--n", "2"]
+        for as_json in (["--json"], []):
+            result = CliRunner().invoke(app, [*args, "--store", str(bfcl_store_path), "--out", str(out), *as_json])
+            assert result.exit_code == 1, (why, result.output)
+            assert why in result.stderr and "no variant written" in result.stderr, result.stderr
+            if as_json:
+                summary = json.loads(result.stdout)
+                assert summary["variants"] == 0 and why in summary["error"]
+        assert out.read_text() == '{"id": "an earlier good task"}\n', "the earlier tasks.jsonl is kept"
