@@ -119,13 +119,21 @@ def _claim_run_dir(out: Path, job: EvalJob) -> None:
     run_file = out / RUN_FILE
     record = {"job": job.model_dump(), "run_key": job.run_key(), "version": __version__}
     if run_file.exists():
-        previous = json.loads(run_file.read_text())
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+            if not isinstance(previous, dict) or not isinstance(previous.get("job"), dict):
+                raise ValueError("not a run record")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{run_file} is not a run record ({exc}), so the run in {out} cannot be resumed: it records the settings its "
+                f"results were made with. Use another --out, or delete {out} to start over."
+            ) from exc
         if previous.get("run_key") != record["run_key"]:
             raise ConfigError(
                 f"{out} holds a run with other settings (model, trials, seed or sampling differ), so it cannot be resumed "
                 "with these. Use another --out, or delete that folder to start over."
             )
-        record["job"]["suites"] = sorted(set(previous["job"]["suites"]) | set(job.suites))
+        record["job"]["suites"] = sorted(set(previous["job"].get("suites") or []) | set(job.suites))
     record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["finished"] = None  # until the results and reports of this invocation are written: the gate refuses the run
     atomic_write_text(run_file, json.dumps(record, indent=2))
@@ -160,17 +168,23 @@ def unfinished(out: str | os.PathLike[str]) -> str | None:
     )
 
 
+_ROW_KEYS = {"suite": str, "task_id": str, "trial": int, "success": bool, "reason": (str, type(None)), "error_type": (str, type(None))}
+"""What a journal line must hold to count as a result (older runs' lines lack the columns added since)."""
+
+
 def read_journal(path: Path) -> list[dict[str, Any]]:
-    """The rows already written; a line cut off by a crash is ignored (its task runs again)."""
+    """The rows already written; a line that is not a whole result (cut off by a crash, edited) is ignored: its task runs again."""
     if not path.exists():
         return []
     rows = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict) and all(isinstance(row.get(key, ...), kind) for key, kind in _ROW_KEYS.items()):
+                rows.append(row)
     return rows
 
 

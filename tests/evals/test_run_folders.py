@@ -136,3 +136,20 @@ def test_a_server_that_goes_down_halfway_costs_a_rerun_of_those_tasks_not_a_scor
     rows = {r["task_id"]: r for r in pl.read_parquet(out / "results.parquet").to_dicts()}
     assert all(rows[t]["conversation"] == kept[t]["conversation"] for t in kept) and len(kept) == 2
     assert gate(out, out, GatePolicy(min_tasks=1)).passed
+
+
+def test_a_damaged_run_record_or_journal_line_is_named_or_run_again_not_a_crash(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    job = EvalJob(suites=[SUITE], model="oracle", out=str(out))
+    run_eval(job)
+    journal = out / "results.jsonl"
+    lines = journal.read_text().splitlines()
+    edited = json.loads(lines[0])
+    del edited["success"]
+    journal.write_text("\n".join([json.dumps(edited), "[1, 2]", '{"suite": "bfcl:simple"}', *lines[1:]]) + "\n")
+    [summary] = run_eval(job)  # the first task's line is no whole result any more: it runs again
+    assert summary["tasks"] == 3 and summary["runs"] == 3 and summary["success_rate"] == 1.0
+    for damaged in ("{bad", "[]", '{"run_key": "x"}'):
+        (out / RUN_FILE).write_text(damaged)
+        with pytest.raises(ConfigError, match=r"run\.json is not a run record .*Use another --out"):
+            run_eval(job)
