@@ -265,6 +265,8 @@ class TransitionIndex:
     _ids: set[str] = field(default_factory=set)
     _seen_rollouts: set[str] = field(default_factory=set)
     _seen_trajectories: set[str] = field(default_factory=set)
+    _rejected: set[str] = field(default_factory=set)
+    """Indexed trajectories rejected since: their transitions stay in the retriever (it only grows) but never come back."""
 
     @classmethod
     def of(cls, retriever: str | Retriever | None = None, **options: Any) -> TransitionIndex:
@@ -291,12 +293,15 @@ class TransitionIndex:
         return len(new)
 
     def refresh(self, store: Any) -> int:
-        """Add the store's real transitions not indexed yet (rejected trajectories are left out); how many."""
+        """Add the store's real transitions not indexed yet; how many. Rejected trajectories are left out, also
+        when they were rejected after they were indexed (and come back when approved again)."""
         trajectories: dict[str, Trajectory] = {}
         fresh: list[Transition] = []
         for trajectory in store.iter_trajectories():
             if trajectory.approval.status == "rejected":
+                self._rejected.add(trajectory.id)
                 continue
+            self._rejected.discard(trajectory.id)
             trajectories[trajectory.id] = trajectory
             if trajectory.id not in self._seen_trajectories:
                 self._seen_trajectories.add(trajectory.id)
@@ -329,7 +334,7 @@ class TransitionIndex:
         """
         if k <= 0 or not self.transitions:
             return []
-        skip_ids, skip_trajectories = set(exclude_ids), set(exclude_trajectories)
+        skip_ids, skip_trajectories = set(exclude_ids), set(exclude_trajectories) | self._rejected
         scores = self.retriever.scores(f"{tool} {json.dumps(arguments, ensure_ascii=False, sort_keys=True)} {state}")
         if len(scores) != len(self.transitions):
             raise SandboxError(

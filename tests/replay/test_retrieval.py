@@ -160,3 +160,23 @@ def test_non_latin_text_is_tokenized_so_fidelity_and_retrieval_see_it() -> None:
 
     index.add([transition(0, "東京"), transition(1, "Москва"), transition(2, "Paris")])
     assert [t.id for t in index.search("weather", {"city": "Москва"}, k=1)] == ["t1"], "a Cyrillic argument finds its own transition"
+
+
+def test_a_trajectory_rejected_after_it_was_indexed_is_never_retrieved_again(bfcl_store_path: Path) -> None:
+    store = LocalExperienceStore(bfcl_store_path)
+    index = TransitionIndex()
+    index.refresh(store)
+    trajectory = next(iter(store.iter_trajectories()))
+    probe = trajectory_transitions(trajectory)[0]
+
+    def hits() -> set[str]:
+        return {h.trajectory_id for h in index.search(probe.tool, probe.arguments, probe.state, k=100)}
+
+    assert trajectory.id in hits()
+    store.reject([trajectory.id], by="reviewer", reason="wrong answer")
+    index.refresh(store)
+    assert trajectory.id not in hits(), "a long-running sandbox must not keep grounding on a rejected trajectory"
+    store.approve([trajectory.id], by="reviewer", reason="fine after all")
+    index.refresh(store)
+    assert trajectory.id in hits()
+    store.close()
