@@ -449,3 +449,19 @@ def test_a_reward_outside_0_1_or_not_a_number_is_dropped_and_the_observation_kep
         assert prediction["observation"] == "done" and prediction["reward"] is None, raw
     assert parse_prediction('{"observation": "done", "reward": 1}')["reward"] == 1.0
     assert parse_prediction('{"observation": "done", "reward": 0.25}')["reward"] == 0.25
+
+
+def test_a_fidelity_report_that_is_not_an_experience_eval_report_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from ee_middleware.replay.sandboxes.experience import load_fidelity
+
+    for report in (
+        {"variants": {"retrieval": {"tools": {"ls": {"n": 1}}}}},  # no token_f1
+        {"variants": {"retrieval": "x"}},
+        {"variants": {"retrieval": {"model": "m"}}},  # no tools
+    ):
+        path = tmp_path / "report.json"
+        path.write_text(json.dumps(report))
+        with pytest.raises(SandboxError, match="ee experience eval --json"):
+            load_fidelity(path)
+    path.write_text(json.dumps({"variants": {"retrieval": {"model": "m", "top_k": 3, "tools": {"ls": {"token_f1": 0.5}}}}}))
+    assert load_fidelity(path) == {"ls": 0.5}

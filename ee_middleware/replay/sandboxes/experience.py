@@ -159,6 +159,12 @@ def load_fidelity(
     variants = source.get("variants") if isinstance(source, Mapping) else None
     if not isinstance(variants, Mapping) or not variants:
         raise SandboxError("The fidelity report has no variants; write one with 'ee experience eval --json'.")
+    malformed = sorted(name for name, v in variants.items() if not _well_formed_variant(v))
+    if malformed:
+        raise SandboxError(
+            f"The fidelity report's variant(s) {malformed} have no per-tool {FIDELITY_METRIC!r} scores: it is not a report of "
+            "'ee experience eval --json' (or it was edited). Write a new one with that command."
+        )
     if variant is None:
         measured = {name: v.get("model") for name, v in variants.items() if v.get("top_k", name != "no-retrieval")}
         if model is None or not any(measured.values()):
@@ -174,6 +180,13 @@ def load_fidelity(
     if variant not in variants:
         raise SandboxError(f"The fidelity report has no {variant!r} variant (it has {sorted(variants)}).")
     return {tool: float(row[FIDELITY_METRIC]) for tool, row in variants[variant]["tools"].items()}
+
+
+def _well_formed_variant(variant: Any) -> bool:
+    tools = variant.get("tools") if isinstance(variant, Mapping) else None
+    return isinstance(tools, Mapping) and all(
+        isinstance(row, Mapping) and isinstance(row.get(FIDELITY_METRIC), (int, float)) for row in tools.values()
+    )
 
 
 class ExperienceSandbox:
