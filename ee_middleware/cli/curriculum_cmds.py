@@ -144,10 +144,20 @@ def run_cmd(
     finally:
         policy_client.close()
         judge_client.close()
+    no_verdict = result.dropped.get("the judge gave no verdict", 0)
+    problem = None
+    if no_verdict and not result.kept and not result.dropped.get("judged unsuccessful"):
+        problem = (
+            f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: it must answer one JSON "
+            'object such as {"reasoning": "...", "reward": 1}. Check --judge (a chat model that follows instructions).'
+        )
     summary = {"rollouts": result.rollouts, "kept": len(result.kept), "approved": result.approved, "dropped": dict(result.dropped)}
     if as_json:
-        print_json({**summary, "trajectories": result.kept})
-        return
-    typer.echo(f"{result.rollouts} rollouts: {len(result.kept)} kept as source=curriculum trajectories ({result.approved} approved)")
-    for reason, count in result.dropped.most_common():
-        typer.echo(f"  dropped {count}: {reason}")
+        print_json({**summary, "trajectories": result.kept, "error": problem})
+    else:
+        typer.echo(f"{result.rollouts} rollouts: {len(result.kept)} kept as source=curriculum trajectories ({result.approved} approved)")
+        for reason, count in result.dropped.most_common():
+            typer.echo(f"  dropped {count}: {reason}")
+    if problem is not None:
+        typer.secho(f"error: {problem}", err=True, fg="red")
+        raise typer.Exit(1)

@@ -185,3 +185,31 @@ def test_curriculum_propose_that_writes_no_variant_fails_says_why_and_keeps_the_
                 summary = json.loads(result.stdout)
                 assert summary["variants"] == 0 and why in summary["error"]
         assert out.read_text() == '{"id": "an earlier good task"}\n', "the earlier tasks.jsonl is kept"
+
+
+def test_curriculum_run_with_a_judge_that_never_verifies_fails_and_names_the_judge(
+    bfcl_store_path: Path, serve: Callable[[Any], ScriptedExperienceModel], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    def policy(messages: list[dict[str, Any]]) -> str:
+        return "Done." if messages[-1]["role"] == "tool" else '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
+
+    policy_model, judge_model = serve(policy), serve(lambda messages: "Looks good to me!")
+    store = LocalExperienceStore(bfcl_store_path)
+    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
+    store.close()
+    tasks = tmp_path / "tasks.jsonl"
+    task = {"id": "c-1", "source": "curriculum", "instruction": "List the files.", "tools": parent.tools, "environment": parent.environment}
+    tasks.write_text(json.dumps(task) + "\n")
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", "bfcl", "--k", "2"]
+    args += ["--judge", f"openai:{judge_model.base_url}#j", "--store", str(bfcl_store_path)]
+    for as_json in (["--json"], []):
+        result = CliRunner().invoke(app, [*args, *as_json])
+        assert result.exit_code == 1, result.output
+        assert f"the judge openai:{judge_model.base_url}#j gave no verdict on any of the 2 rollout(s)" in result.stderr
+        if as_json:
+            summary = json.loads(result.stdout)
+            assert summary["kept"] == 0 and summary["dropped"] == {"the judge gave no verdict": 2} and "judge" in summary["error"]
