@@ -140,6 +140,9 @@ def _run_turn(
         choices = client.complete(conversation.messages, tools=tools or None, n=1, sampling=sampling)
         if not choices:
             raise ModelError("the model returned no answer")
+        if choices[0].problem is not None:  # no message at all: not an empty answer (irrelevance would score it a pass)
+            raw = f" (it sent {choices[0].raw})" if choices[0].raw else ""
+            raise ModelError(f"the server's answer holds no message: {choices[0].problem}{raw}")
         step = _read_answer(choices[0], config)
         turn.steps.append(step)
         conversation.messages.append(_assistant_message(step))
@@ -160,8 +163,6 @@ def _run_turn(
 
 
 def _read_answer(choice: Any, config: LoopConfig) -> Step:
-    if choice.problem is not None:
-        return Step(calls=[], text="", problems=[choice.problem])
     structured_calls = isinstance(choice.message, dict) and bool(choice.message.get("tool_calls"))
     parsed = choice.tool_calls() if config.parse_text_calls or structured_calls else []
     calls = [item for item in parsed if isinstance(item, ToolCall)]

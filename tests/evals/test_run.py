@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -15,6 +16,7 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.runner import run_eval
 from ee_middleware.evals.tasks import EvalTask
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.testing.http import send_json, serving
 
 SUITES = ["bfcl:multi_turn_base:2", "bfcl:simple:3"]
 
@@ -170,3 +172,27 @@ def test_ee_eval_run_json_and_report_files(tmp_path: Path) -> None:
     assert (out / "success.png").read_bytes()[:4] == b"\x89PNG"
     bad = CliRunner().invoke(app, ["eval", "run", "--suite", "bfcl:simple:x", "--model-spec", "noop", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "task count" in bad.output
+
+
+class _NoChoices(BaseHTTPRequestHandler):
+    """A gateway (real HTTP) that answers 200 with JSON holding no choices: no message at all."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        send_json(self, {"id": "x", "object": "chat.completion", "choices": []})
+
+
+def test_a_server_answer_without_any_message_fails_the_task_and_never_passes_irrelevance(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoChoices)
+    server.daemon_threads = True
+    with serving(server) as url:
+        job = EvalJob(suites=["bfcl:irrelevance:2", "bfcl:multi_turn_base:1"], model=f"openai:{url}#m", out=str(tmp_path), retries=0)
+        summaries = run_eval(job)
+    assert [s["success_rate"] for s in summaries] == [0.0, 0.0]
+    assert [s["failures"] for s in summaries] == [{"model_error": 2}, {"model_error": 1}]
+    rows = _rows(tmp_path)
+    assert all("holds no message: the response has no choices" in row["reason"] for row in rows)
+    assert all(len(json.loads(row["conversation"])) <= 3 for row in rows), "the conversation ended at the empty answer"
