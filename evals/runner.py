@@ -11,9 +11,13 @@ summary and report are written (:mod:`ee_middleware.evals.report`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import multiprocessing
 import os
+import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
+from ee_middleware._lifetime import die_with_parent
 from ee_middleware._version import __version__
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.clients import build_eval_client
@@ -31,6 +36,7 @@ from ee_middleware.evals.tasks import EvalTask, TaskResult
 
 RUN_FILE = "run.json"
 JOURNAL = "results.jsonl"
+LOCK = ".lock"
 RESULTS = "results.parquet"
 SYNC_EVERY_S = 1.0
 """The journal is flushed after every row and fsync-ed at most this often."""
@@ -61,13 +67,21 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
 
 
 def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Run ``job`` (resuming a run in ``job.out`` with the same settings); the summary per suite."""
-    from ee_middleware.evals.report import summarize, write_outputs
+    """Run ``job`` (resuming a run in ``job.out`` with the same settings); the summary per suite.
 
+    ``OUT/.lock`` is held meanwhile: a second run on the same folder is refused at once."""
     out = Path(job.out)
     settings = job.suite_settings()
     suites = {spec: load_suite(spec, settings) for spec in job.suites}  # a misspelled suite claims no folder
     _check_distinct(suites)
+    out.mkdir(parents=True, exist_ok=True)
+    with _run_lock(out):
+        return _run_claimed(job, out, suites, progress)
+
+
+def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Progress | None) -> list[dict[str, Any]]:
+    from ee_middleware.evals.report import summarize, write_outputs
+
     _claim_run_dir(out, job)
     done = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer")]  # the server gave no answer: run again
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
@@ -101,6 +115,31 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     return summarize(rows, names, excluded)
 
 
+@contextlib.contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.lock`` for the whole run: two runs appending to one journal would run tasks twice (counted as trials)."""
+    with open(out / LOCK, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ConfigError(
+                f"Another `ee eval run` is writing to {out} right now ({holder}). Wait for it to finish, or stop it and run "
+                "this command again (it resumes); the lock is released when that process exits, even if it is killed."
+            ) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            fh.flush()
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _check_distinct(suites: dict[str, Any]) -> None:
     """Two specs of one suite (``bfcl:simple:5`` and ``bfcl:simple:10``) would run their shared tasks twice, as if trials."""
     by_name: dict[str, list[str]] = {}
@@ -115,7 +154,6 @@ def _check_distinct(suites: dict[str, Any]) -> None:
 
 
 def _claim_run_dir(out: Path, job: EvalJob) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     run_file = out / RUN_FILE
     record = {"job": job.model_dump(), "run_key": job.run_key(), "version": __version__}
     if run_file.exists():
@@ -173,10 +211,13 @@ _ROW_KEYS = {"suite": str, "task_id": str, "trial": int, "success": bool, "reaso
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
-    """The rows already written; a line that is not a whole result (cut off by a crash, edited) is ignored: its task runs again."""
+    """The rows already written; a line that is not a whole result (cut off by a crash, edited) is ignored: its task runs again.
+
+    A (suite, task, trial) written twice (by an older version's overlapping runs) counts once: its first line."""
     if not path.exists():
         return []
     rows = []
+    keys: set[tuple[Any, ...]] = set()
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
@@ -184,7 +225,10 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict) and all(isinstance(row.get(key, ...), kind) for key, kind in _ROW_KEYS.items()):
-                rows.append(row)
+                key = (row["suite"], row["task_id"], row["trial"], bool(row.get("no_answer")))
+                if key not in keys:
+                    keys.add(key)
+                    rows.append(row)
     return rows
 
 
@@ -232,10 +276,16 @@ def _crashed(suite: str, task: EvalTask, trial: int, exc: Exception) -> TaskResu
 _PROCESS_WORKER: _Worker | None = None
 
 
-def _init_process(job_data: dict[str, Any]) -> None:
+def _init_process(job_data: dict[str, Any], parent_pid: int) -> None:
     global _PROCESS_WORKER
+    # `ee eval run` killed (SIGTERM, SIGKILL) runs no clean-up: the kernel ends this worker with it, the watchdog elsewhere.
+    die_with_parent(parent_pid, _end_orphaned, death_signal=signal.SIGKILL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _PROCESS_WORKER = _Worker(EvalJob(**job_data))
+
+
+def _end_orphaned() -> None:
+    os._exit(1)
 
 
 def _run_in_process(spec: str, task: EvalTask, trial: int) -> dict[str, Any]:
@@ -245,7 +295,9 @@ def _run_in_process(spec: str, task: EvalTask, trial: int) -> dict[str, Any]:
 
 def _in_processes(job: EvalJob, todo: list[tuple[str, EvalTask, int]]) -> Iterator[dict[str, Any]]:
     context = multiprocessing.get_context("spawn")  # nothing of the parent's state (threads, caches) leaks in
-    pool = ProcessPoolExecutor(max_workers=job.workers, mp_context=context, initializer=_init_process, initargs=(job.model_dump(),))
+    pool = ProcessPoolExecutor(
+        max_workers=job.workers, mp_context=context, initializer=_init_process, initargs=(job.model_dump(), os.getpid())
+    )
     pending: set[Future[dict[str, Any]]] = set()
     source = iter(todo)
     try:

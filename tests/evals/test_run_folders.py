@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -91,6 +93,7 @@ class _Answering(BaseHTTPRequestHandler):
     """A chat server (real HTTP) that answers every request with text and counts them."""
 
     requests: list[int]
+    delay_s = 0.0
 
     def log_message(self, *args: object) -> None:
         pass
@@ -98,11 +101,12 @@ class _Answering(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.requests.append(1)
+        time.sleep(self.delay_s)
         send_json(self, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "No."}, "finish_reason": "stop"}]})
 
 
-def _answering_server(port: int = 0) -> tuple[ThreadingHTTPServer, list[int]]:
-    handler = type("Handler", (_Answering,), {"requests": []})
+def _answering_server(port: int = 0, delay_s: float = 0.0) -> tuple[ThreadingHTTPServer, list[int]]:
+    handler = type("Handler", (_Answering,), {"requests": [], "delay_s": delay_s})
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     return server, handler.requests
@@ -153,3 +157,52 @@ def test_a_damaged_run_record_or_journal_line_is_named_or_run_again_not_a_crash(
         (out / RUN_FILE).write_text(damaged)
         with pytest.raises(ConfigError, match=r"run\.json is not a run record .*Use another --out"):
             run_eval(job)
+
+
+def test_a_second_run_on_a_folder_being_written_is_refused_and_duplicate_journal_lines_count_once(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    job = EvalJob(suites=[SUITE], model="oracle", out=str(out))
+    refused: list[str] = []
+
+    def second_run(suite: str, done: int, total: int) -> None:
+        if done == 1 and not refused:
+            with pytest.raises(ConfigError, match="Another `ee eval run` is writing to") as info:
+                run_eval(job)  # the same command started twice
+            refused.append(str(info.value))
+
+    run_eval(job, progress=second_run)
+    assert refused and f"pid {os.getpid()}" in refused[0]
+    journal = out / "results.jsonl"
+    journal.write_text(journal.read_text() * 2)  # what two overlapping runs of an older version left
+    [summary] = run_eval(job)
+    assert summary["trials"] == 1 and summary["runs"] == 3
+
+
+def test_killing_ee_eval_run_ends_its_worker_processes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    server, _ = _answering_server(delay_s=0.2)
+    with serving(server) as url:
+        out = tmp_path / "run"
+        args = ["eval", "run", "--suite", "bfcl:simple:200", "--model-spec", f"openai:{url}#m", "--workers", "2", "--out", str(out)]
+        code = "import sys; from ee_middleware.cli.app import app; app(sys.argv[1:])"
+        proc = subprocess.Popen([sys.executable, "-c", code, *args, "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not ((out / "results.jsonl").exists() and (out / "results.jsonl").read_text()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            workers = psutil.Process(proc.pid).children(recursive=True)
+            assert workers, "the run started worker processes"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            _, alive = psutil.wait_procs(workers, timeout=15)
+            for p in alive:
+                p.kill()
+            assert not alive, f"worker processes outlived the killed run: {alive}"
+        finally:
+            proc.kill()
+            proc.wait(10)
