@@ -52,6 +52,10 @@ def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
             task = json.loads(line)
         except ValueError as exc:
             raise ConfigError(f"tasks line {number}: not JSON ({exc}).") from None
+        if not isinstance(task, dict):
+            raise ConfigError(
+                f"tasks line {number}: a JSON {type(task).__name__}, not a task object (write tasks with 'ee curriculum propose')."
+            )
         missing = [key for key in ("id", "instruction", "tools") if key not in task]
         if missing:
             raise ConfigError(f"tasks line {number}: missing {', '.join(missing)} (write tasks with 'ee curriculum propose').")
@@ -72,7 +76,7 @@ def judge(client: ChatClient, instruction: str, conversation: Conversation) -> t
         except ValueError:
             continue
         reward = data.get("reward") if isinstance(data, dict) else None
-        if isinstance(reward, (int, float)) and not isinstance(reward, bool):
+        if isinstance(reward, (int, float)) and not isinstance(reward, bool) and 0.0 <= reward <= 1.0:  # (NaN fails both)
             return float(reward), str(data.get("reasoning") or "")
     return None, "the judge gave no verdict"
 

@@ -213,3 +213,24 @@ def test_curriculum_run_with_a_judge_that_never_verifies_fails_and_names_the_jud
         if as_json:
             summary = json.loads(result.stdout)
             assert summary["kept"] == 0 and summary["dropped"] == {"the judge gave no verdict": 2} and "judge" in summary["error"]
+
+
+@pytest.mark.parametrize("reward", ["7", "-0.5", "NaN", "Infinity"])
+def test_a_judges_reward_outside_0_to_1_is_no_verdict(reward: str, serve: Callable[[Any], ScriptedExperienceModel]) -> None:
+    from ee_middleware.evals.curriculum import judge
+    from ee_middleware.evals.loop import Conversation
+    from ee_middleware.models.openai_compat import OpenAIChatClient
+
+    model = serve(lambda messages: '{"reasoning": "sure", "reward": ' + reward + "}")
+    client = OpenAIChatClient(model.base_url, "j")
+    try:
+        assert judge(client, "List the folder.", Conversation(messages=[])) == (None, "the judge gave no verdict")  # was: kept, 7 a success
+    finally:
+        client.close()
+
+
+def test_a_tasks_line_that_is_not_an_object_is_named() -> None:
+    from ee_middleware.evals.curriculum import read_tasks
+
+    with pytest.raises(ConfigError, match="tasks line 2: a JSON int, not a task object"):
+        read_tasks(['{"id": "a", "instruction": "i", "tools": []}', "5"])
