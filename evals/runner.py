@@ -12,12 +12,10 @@ summary and report are written (:mod:`ee_middleware.evals.report`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import multiprocessing
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -26,6 +24,7 @@ from typing import Any
 
 from ee_middleware._files import atomic_write_text
 from ee_middleware._lifetime import die_with_parent
+from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.clients import build_eval_client
@@ -115,29 +114,15 @@ def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Prog
     return summarize(rows, names, excluded)
 
 
-@contextlib.contextmanager
-def _run_lock(out: Path) -> Iterator[None]:
+def _run_lock(out: Path) -> contextlib.AbstractContextManager[None]:
     """Hold ``OUT/.lock`` for the whole run: two runs appending to one journal would run tasks twice (counted as trials)."""
-    with open(out / LOCK, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise ConfigError(
-                f"Another `ee eval run` is writing to {out} right now ({holder}). Wait for it to finish, or stop it and run "
-                "this command again (it resumes); the lock is released when that process exits, even if it is killed."
-            ) from None
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            fh.flush()
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return holder_lock(
+        out / LOCK,
+        lambda holder: ConfigError(
+            f"Another `ee eval run` is writing to {out} right now ({holder}). Wait for it to finish, or stop it and run "
+            "this command again (it resumes); the lock is released when that process exits, even if it is killed."
+        ),
+    )
 
 
 def _check_distinct(suites: dict[str, Any]) -> None:

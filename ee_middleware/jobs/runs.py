@@ -25,12 +25,13 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
+from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
 from ee_middleware.jobs.errors import JobError, RunConfigChangedError, RunLockedError, RunNotFoundError
 
@@ -149,30 +150,16 @@ class RunsDir:
     def __repr__(self) -> str:
         return f"RunsDir({str(self.root)!r})"
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the runs folder's lock; :class:`RunLockedError` at once when another process holds it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                raise RunLockedError(
-                    f"Another run holds {self.root / LOCK_FILE} ({holder}); two runs never overlap. Wait for it to finish "
-                    "(`ee runs list` shows it), or stop that process; the lock is released when it exits, even if it is killed."
-                ) from None
-            try:
-                fh.seek(0)
-                fh.truncate()
-                fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
-                fh.flush()
-                yield
-            finally:
-                fh.seek(0)
-                fh.truncate()
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return holder_lock(
+            self.root / LOCK_FILE,
+            lambda holder: RunLockedError(
+                f"Another run holds {self.root / LOCK_FILE} ({holder}); two runs never overlap. Wait for it to finish "
+                "(`ee runs list` shows it), or stop that process; the lock is released when it exits, even if it is killed."
+            ),
+        )
 
     def locked_by_other(self) -> bool:
         """Whether some process holds the lock now (a ``running`` run is then really running)."""
