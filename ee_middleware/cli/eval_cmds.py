@@ -56,8 +56,13 @@ def run_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run suites against a model; a task the model fails (garbage, server down, a tool raising) is a failure with a reason."""
+    """Run suites against a model; a task the model fails (garbage, a tool raising) is a failure with a reason.
+
+    Exits 1 when the model server gave no answer on some tasks (down, timing out): the run is incomplete, and
+    the same command run again runs only those tasks.
+    """
     from ee_middleware.evals.job import EvalJob
+    from ee_middleware.evals.report import unanswered_warning
     from ee_middleware.evals.runner import run_eval
 
     overrides: dict[str, Any] = {
@@ -85,8 +90,12 @@ def run_cmd(
             bars.stop()
     if as_json:
         print_json(summary[0] if len(summary) == 1 else summary)
-        return
-    _print_summary(out_console, summary, out)
+    else:
+        _print_summary(out_console, summary, out)
+    if unanswered_warning(summary):  # an incomplete run: a script or CI step must not read it as done
+        if as_json:
+            typer.echo(f"error: {unanswered_warning(summary).removeprefix('Warning: ')}", err=True)
+        raise typer.Exit(1)
 
 
 class _Bars:

@@ -206,3 +206,20 @@ def test_killing_ee_eval_run_ends_its_worker_processes(tmp_path: Path) -> None:
         finally:
             proc.kill()
             proc.wait(10)
+
+
+def test_ee_eval_run_exits_1_while_tasks_got_no_answer(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    with socket.socket() as probe:  # a port nothing listens on: the server is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["eval", "run", "--suite", "bfcl:simple:2", "--model-spec", f"openai:http://127.0.0.1:{port}/v1#m"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--json", "--no-progress"])
+    assert result.exit_code == 1, result.output  # was 0: a script took the incomplete run for a finished one
+    assert json.loads(result.stdout)["no_answer"] == 2
+    assert "error: the model server gave no answer on 2 task trial(s)" in result.stderr and "Run the same" in result.stderr
