@@ -50,10 +50,14 @@ def test_a_small_child_of_a_large_process_is_measured_as_small() -> None:
     """ru_maxrss(RUSAGE_CHILDREN) reports at least the parent's size at the fork; PeakMemory does not."""
     result = _run(
         """
-        import resource
+        import resource, time
         big = ballast(400)
         with PeakMemory(interval_s=0.02) as memory:
-            end(hold(HOLD.format(mib=1)))
+            child = hold(HOLD.format(mib=1))
+            deadline = time.monotonic() + 10  # a loaded machine may not run the sampler in the child's short life
+            while memory.result()["children"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            end(child)
         print(json.dumps({**memory.result(), "rusage_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
         """
     )
