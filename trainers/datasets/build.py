@@ -220,11 +220,8 @@ STAGING_PREFIX = ".build-"
 def staging_folder(out: Path) -> Iterator[Path]:
     """A fresh hidden folder in ``out`` for a build's files, removed on the way out; staging folders
     and part folders that builds killed before (their process is gone) left in ``out`` are removed first."""
-    for left in [*out.glob(f"{STAGING_PREFIX}*"), *out.glob(".*.parquet.parts-*")]:
-        pid = left.name.removeprefix(STAGING_PREFIX) if left.name.startswith(STAGING_PREFIX) else left.name.split(".parts-")[-1]
-        if left.is_dir() and not _alive(pid.split("-")[0]):
-            shutil.rmtree(left, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    _remove_left_behind(out, ".*.parquet.parts-*", ".parts-")  # part folders written straight into OUT before staging
+    folder = _claim_folder(out, STAGING_PREFIX)
     try:
         yield folder
     finally:
@@ -407,11 +404,7 @@ class PartWriter:
         return len(self._main) + len(self._tail)
 
     def __enter__(self) -> PartWriter:
-        prefix = f".{self.path.name}.parts-"
-        for left in self.path.parent.glob(f"{prefix}*"):  # parts of a build that was killed
-            if not _alive(left.name.removeprefix(prefix).split("-")[0]):
-                shutil.rmtree(left, ignore_errors=True)
-        self._folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=self.path.parent))
+        self._folder = _claim_folder(self.path.parent, f".{self.path.name}.parts-")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -515,6 +508,20 @@ def to_hf_dataset(frame: pl.DataFrame, *, redactor: Redactor | None = None) -> A
             }
         )
     return datasets.Dataset.from_list(records)
+
+
+def _claim_folder(parent: Path, prefix: str) -> Path:
+    """A fresh hidden folder ``parent/<prefix><pid>-<random>`` for this process, after removing those that
+    processes now gone (builds that were killed) left there."""
+    _remove_left_behind(parent, f"{prefix}*", prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def _remove_left_behind(parent: Path, pattern: str, marker: str) -> None:
+    """Remove the folders matching ``pattern`` in ``parent`` whose process (the pid after ``marker``) is gone."""
+    for left in parent.glob(pattern):
+        if left.is_dir() and not _alive(left.name.rpartition(marker)[2].split("-")[0]):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def _alive(pid: str) -> bool:
