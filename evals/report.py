@@ -159,8 +159,9 @@ def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], m
         lines.append(
             f"| {s['suite']} | {s['tasks']} | {s['trials']} | {100 * s['success_rate']:.1f}% | {100 * s['pass_hat_k']:.1f}% | {failures} |"
         )
-    if unanswered_warning(summary):
-        lines += ["", unanswered_warning(summary)]
+    warning = unanswered_warning(summary)
+    if warning:
+        lines += ["", warning]
     if chart:
         lines += ["", f"![success rate per suite]({chart})"]
     failed = _failures(rows)
@@ -185,8 +186,9 @@ def html_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model
             f"<td>{100 * s['pass_hat_k']:.1f}%</td><td>{e(failures)}</td></tr>"
         )
     body.append("</table>")
-    if unanswered_warning(summary):
-        body.append(f"<p><strong>{e(unanswered_warning(summary))}</strong></p>")
+    warning = unanswered_warning(summary)
+    if warning:
+        body.append(f"<p><strong>{e(warning)}</strong></p>")
     if chart:
         body.append(f'<p><img src="{e(chart)}" alt="success rate per suite"></p>')
     failed = _failures(rows)

@@ -88,13 +88,14 @@ def run_cmd(
     finally:
         if bars:
             bars.stop()
+    warning = unanswered_warning(summary)
     if as_json:
         print_json(summary[0] if len(summary) == 1 else summary)
     else:
-        _print_summary(out_console, summary, out)
-    if unanswered_warning(summary):  # an incomplete run: a script or CI step must not read it as done
+        _print_summary(out_console, summary, out, warning)
+    if warning:  # an incomplete run: a script or CI step must not read it as done
         if as_json:
-            typer.echo(f"error: {unanswered_warning(summary).removeprefix('Warning: ')}", err=True)
+            typer.echo(f"error: {warning.removeprefix('Warning: ')}", err=True)
         raise typer.Exit(1)
 
 
@@ -122,7 +123,7 @@ class _Bars:
         self._progress.stop()
 
 
-def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> None:
+def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warning: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"Results in {folder}")
@@ -143,10 +144,8 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path) -> Non
         if s.get("excluded"):
             reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
             out.print(escape(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})"))
-    from ee_middleware.evals.report import unanswered_warning
-
-    if unanswered_warning(summary):
-        out.print(f"[yellow]{escape(unanswered_warning(summary))}[/yellow]")
+    if warning:
+        out.print(f"[yellow]{escape(warning)}[/yellow]")
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 
