@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["die_with_parent", "kill_process_group", "set_parent_death_signal"]
+__all__ = ["die_with_parent", "kill_process_group", "parent_death_preexec", "set_parent_death_signal"]
 
 WATCHDOG_INTERVAL_S = 1.0
 _PR_SET_PDEATHSIG = 1
@@ -32,15 +32,30 @@ def set_parent_death_signal(sig: signal.Signals) -> bool:
     The signal is tied to the parent *thread* that started this process, so only arm it in
     processes started from a thread that lives as long as their parent (the main thread).
     """
+    prctl = _prctl()
+    return prctl is not None and prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def parent_death_preexec(sig: signal.Signals) -> Callable[[], object] | None:
+    """A ``preexec_fn`` for :class:`subprocess.Popen` that arms ``sig`` as the child's parent-death signal
+    (see :func:`set_parent_death_signal`; ``None`` where that is not available). libc is loaded here, in
+    the parent: the child, between fork and exec, only makes the one system call."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), else ``None``."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def die_with_parent(

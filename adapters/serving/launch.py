@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from ee_middleware._lifetime import _PR_SET_PDEATHSIG
+from ee_middleware._lifetime import parent_death_preexec
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.http import check_port_free
 from ee_middleware.errors import ModelError
@@ -156,7 +156,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
-            preexec_fn=_parent_death_sigterm() if self.end_with_parent else None,
+            preexec_fn=parent_death_preexec(signal.SIGTERM) if self.end_with_parent else None,
         )
         client = OpenAIChatClient(self.url, "health", retries=0, timeout_s=5, api_key="")
         deadline = time.monotonic() + timeout_s
@@ -235,20 +235,6 @@ class ServerProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def _parent_death_sigterm() -> Any:
-    """A ``preexec_fn`` arming SIGTERM as the child's parent-death signal (Linux; None elsewhere). libc is
-    loaded here, in the parent: the child, between fork and exec, only makes the one system call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _signal_group(pid: int, sig: int) -> None:
