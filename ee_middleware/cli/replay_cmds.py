@@ -311,9 +311,10 @@ def list_rollouts(
         print_json([_rollout_json(r) for r in rollouts])
         return
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{len(rollouts)} rollouts in {store}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=escape(f"{len(rollouts)} rollouts in {store}"), box=box.SIMPLE_HEAD, pad_edge=False)
     for column, kwargs in (
         ("id", {"no_wrap": True}),
         ("trajectory", {"no_wrap": True}),
@@ -331,9 +332,9 @@ def list_rollouts(
             r.trajectory_id[:10],
             str(r.step_index),
             str(r.branch_index),
-            r.proposer.policy,
-            short(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else "", 80),
-            ("[red]error:[/] " if r.is_error else "") + short(r.observation.content, 100),
+            escape(r.proposer.policy),
+            escape(short(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else "", 80)),
+            ("[red]error:[/] " if r.is_error else "") + escape(short(r.observation.content, 100)),
         )
     console().print(table)
 
