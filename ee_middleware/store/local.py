@@ -10,7 +10,8 @@ Layout::
       approvals/part-*.parquet   append-only approval log; the latest decision wins
       rollouts/part-*.parquet    replayed alternatives (one row per branch)
       replays/part-*.parquet     one row per (replay configuration, trajectory): the resume markers
-      quarantine/                segments with damaged records, kept for inspection
+      quarantine/                segments with damaged records, kept for inspection (and any non-empty spool/.*.new
+                                 file a writer killed while creating its segment left)
 
 Writers only ever append to their own segment, so many threads and processes can record at once.
 Readers see parts plus every segment (so a record is visible as soon as it is written). Compaction
@@ -403,6 +404,15 @@ class LocalExperienceStore:
         snapshot = read_manifest(self.root, TABLES)
         changed = self._remove_leftovers(snapshot)
         spool_dir = self.root / "spool"
+        for hidden, moved_to in spool.remove_left_behind(spool_dir, self.root / "quarantine"):
+            if moved_to is not None:
+                warnings.warn(
+                    f"Moved {hidden.name} to {moved_to}: a spool segment that a writer killed while creating it never "
+                    "renamed, holding bytes no writer put there (the store never reads it). Nothing stored was lost; "
+                    "the file is kept for inspection.",
+                    StoreCorruptionWarning,
+                    stacklevel=3,
+                )
         segments = [s for s in spool.list_segments(spool_dir) if not spool.is_live(s)]
         records: list[dict[str, Any]] = []
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}

@@ -2,7 +2,9 @@
 
 Each writing process owns one *segment* file and holds an exclusive ``flock`` on it while it is
 open, so readers and the compactor can tell a live segment from one left behind by a finished or
-killed process. Every record is one line::
+killed process. A segment is created as a hidden ``.NAME.new`` file, locked and only then renamed, under the
+spool's creation lock (held shared); what a writer killed in between leaves is never read, and compaction removes
+it (:func:`remove_left_behind`). Every record is one line::
 
     <crc32 of the JSON, 8 hex digits> <JSON>\\n
 
@@ -218,6 +220,56 @@ def list_segments(spool_dir: Path) -> list[Path]:
     return sorted(p for p in spool_dir.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and not p.name.startswith("."))
 
 
+NEW_SUFFIX = ".new"
+"""A segment is created as ``.NAME.new``, locked, and only then renamed to ``NAME``; it is never written before."""
+
+CREATION_LOCK = ".create.lock"
+"""The spool's creation lock: a writer holds it shared from creating its hidden ``.new`` file until it renamed it, so
+whoever holds it exclusively knows that every ``.new`` file there was left by a writer that died in between."""
+
+
+def remove_left_behind(spool_dir: Path, quarantine: Path) -> list[tuple[Path, Path | None]]:
+    """Take away the hidden ``.new`` files that writers killed between creating a segment and renaming it left in
+    ``spool_dir``: an empty one is deleted, one holding bytes (no writer writes before the rename) is moved to
+    ``quarantine`` for inspection. Returns each file taken and where it went (``None``: deleted).
+
+    The files are listed while no writer is creating a segment (the creation lock, tried without waiting: a writer busy
+    creating one means the files are taken at the next call), and a file still locked by its writer is never taken. Its records are
+    never read either way: :func:`list_segments` skips hidden names.
+    """
+    try:
+        gate = os.open(spool_dir / CREATION_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # no spool yet
+        return []
+    try:
+        try:
+            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []
+        # Listed while no writer is between its create and its rename: each file listed was left by a dead one.
+        # Writers wait for the lock only this long; those that create a file later use fresh names.
+        left = sorted(spool_dir.glob(f".*{SEGMENT_SUFFIX}{NEW_SUFFIX}"))
+    finally:
+        os.close(gate)
+    taken: list[tuple[Path, Path | None]] = []
+    for path in left:
+        if is_live(path):  # a writer of an older version (no creation lock) between its flock and its rename
+            continue
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        if size == 0:
+            path.unlink(missing_ok=True)
+            taken.append((path, None))
+        else:
+            quarantine.mkdir(parents=True, exist_ok=True)
+            target = quarantine / path.name.lstrip(".")  # not hidden there: kept to be looked at
+            os.replace(path, target)
+            taken.append((path, target))
+    return taken
+
+
 GROUP_SYNC_INTERVAL_S = 0.5
 """How long a write made with ``durable=False`` may wait for its ``fsync`` (see :meth:`SpoolWriter.append_lines`)."""
 
@@ -319,11 +371,15 @@ class SpoolWriter:
         if self._fd is None:
             path = self._dir / _segment_name()
             # Created and locked under a hidden name, then renamed: a compactor must never see an
-            # unlocked new segment, take it for a dead one and delete it under the writer.
-            hidden = path.with_name(f".{path.name}.new")
-            fd = -1
+            # unlocked new segment, take it for a dead one and delete it under the writer. The spool's
+            # creation lock, held shared meanwhile, tells a hidden file of a live writer from one a
+            # killed writer left (see remove_left_behind).
+            hidden = path.with_name(f".{path.name}{NEW_SUFFIX}")
+            fd = gate = -1
             try:
                 self._dir.mkdir(parents=True, exist_ok=True)
+                gate = os.open(self._dir / CREATION_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+                fcntl.flock(gate, fcntl.LOCK_SH)
                 fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 os.rename(hidden, path)
@@ -332,6 +388,9 @@ class SpoolWriter:
                     os.close(fd)
                     hidden.unlink(missing_ok=True)
                 raise StoreWriteError(f"Cannot create spool segment {path}: {exc}. {os_error_advice(exc)}", errno=exc.errno) from exc
+            finally:
+                if gate >= 0:
+                    os.close(gate)  # releases the creation lock
             self._fd, self._path, self._size, self._pid = fd, path, 0, os.getpid()
             self._opened_at = time.monotonic()
         return self._fd
