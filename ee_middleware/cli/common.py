@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,3 +105,32 @@ def examples(*commands: str) -> str:
 
 short = one_line
 """Text on one line, cut to a width (for table cells)."""
+
+
+SHORT_ID = 12
+"""How many characters of an id a table shows at least."""
+
+
+def short_ids(ids: Iterable[str]) -> dict[str, str]:
+    """Each id's shortest prefix of at least :data:`SHORT_ID` characters that no other of ``ids`` starts with (the whole
+    id where it is the start of another): what a person copies from a table and a command that takes an id
+    (``ee traces show``, ``ee replay show``) resolves: feed it every id of the store, not only those shown. Ids that
+    share their first characters (``bfcl-simple_python_0``, ``bfcl-simple_python_1``) are shown as long as it takes."""
+    ordered = sorted(set(ids))
+    shown = {}
+    for n, current in enumerate(ordered):
+        length = SHORT_ID
+        for neighbour in ordered[max(n - 1, 0) : n + 2]:
+            if neighbour != current:
+                length = max(length, _common_prefix(current, neighbour) + 1)
+        shown[current] = current[:length]
+    return shown
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -21,6 +21,7 @@ from ee_middleware.cli.common import (
     progress_console,
     reading_store,
     short,
+    short_ids,
 )
 
 app = typer.Typer(help="Replay recorded states with K alternative tool calls in a sandbox; inspect rollouts.", no_args_is_help=True)
@@ -145,13 +146,14 @@ def run(
     try:
         with reading_store(allow_partial=allow_partial):
             summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
+            shown = _shown_trajectory_ids(cfg.store, summary) if not as_json else {}
     finally:
         if "progress" in bar:
             bar["progress"].stop()
     if as_json:
         print_json(summary.to_dict())
     else:
-        _print_summary(summary, out)
+        _print_summary(summary, out, shown)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -188,7 +190,15 @@ def _policy_settings(pairs: list[str]) -> dict[str, Any]:
     return settings
 
 
-def _print_summary(summary: Any, out: Any) -> None:
+def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:
+    """How the summary's lines show the trajectories they name: unique prefixes among every trajectory of the store,
+    so that each one pastes back into ``ee replay show`` (none is looked up when no line names one)."""
+    if not (summary.skipped or summary.failed or summary.fidelity_examples):
+        return {}
+    return short_ids(open_existing_store(store).trajectories()["id"].to_list())
+
+
+def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     from rich import box
     from rich.table import Table
 
@@ -237,11 +247,12 @@ def _print_summary(summary: Any, out: Any) -> None:
             "list it in read_only_tools only if calling it for real changes nothing anywhere."
         )
     for trajectory_id, reason in list(summary.skipped.items())[:10]:
-        out.print(f"[yellow]skipped[/] {escape(trajectory_id[:12])}: {escape(reason)}")
+        out.print(f"[yellow]skipped[/] {escape(shown.get(trajectory_id, trajectory_id))}: {escape(reason)}")
     for trajectory_id, reason in list(summary.failed.items())[:10]:
-        out.print(f"[red]failed[/] {escape(trajectory_id[:12])}: {escape(reason)}")
+        out.print(f"[red]failed[/] {escape(shown.get(trajectory_id, trajectory_id))}: {escape(reason)}")
     for example in summary.fidelity_examples:
-        _print_mismatch(out, example, f"{example['trajectory_id'][:12]} step {example['step']}")
+        trajectory_id = example["trajectory_id"]
+        _print_mismatch(out, example, f"{shown.get(trajectory_id, trajectory_id)} step {example['step']}")
     if summary.fidelity_mismatches > len(summary.fidelity_examples):
         out.print(f"({summary.fidelity_mismatches - len(summary.fidelity_examples)} more fidelity errors: ee replay show TRAJECTORY_ID)")
     if summary.unrestorable or summary.unrestored_branches:
@@ -302,6 +313,13 @@ def list_rollouts(
         opened = open_existing_store(store)
         ids = [opened.resolve_id(trajectory)] if trajectory else None
         frame = opened.rollouts(ids, replay_id=replay_id)
+        if not as_json:
+            # Unique among every id of the store, so that each one resolves: trajectory ids with ``ee traces show`` and
+            # --trajectory, rollout ids with ``ee replay show``, which tries trajectories first (so rollouts are told
+            # apart from trajectories too).
+            trajectory_ids = opened.trajectories()["id"].to_list()
+            shown_trajectories = short_ids(trajectory_ids)
+            shown_rollouts = short_ids([*opened.rollouts()["id"].to_list(), *trajectory_ids])
     if errors_only:
         frame = frame.filter(pl.col("is_error"))
     if limit is not None:
@@ -316,8 +334,8 @@ def list_rollouts(
 
     table = Table(title=escape(f"{len(rollouts)} rollouts in {store}"), box=box.SIMPLE_HEAD, pad_edge=False)
     for column, kwargs in (
-        ("id", {"no_wrap": True}),
-        ("trajectory", {"no_wrap": True}),
+        ("id", {"no_wrap": True, "overflow": "fold"}),  # on one line, or folded (never cut) in a narrow terminal
+        ("trajectory", {"no_wrap": True, "overflow": "fold"}),
         ("step", {"justify": "right"}),
         ("branch", {"justify": "right"}),
         ("proposer", {"no_wrap": True}),
@@ -328,8 +346,8 @@ def list_rollouts(
     for r in rollouts:
         call = r.action.tool_call
         table.add_row(
-            r.id[:10],
-            r.trajectory_id[:10],
+            escape(shown_rollouts.get(r.id, r.id)),
+            escape(shown_trajectories.get(r.trajectory_id, r.trajectory_id)),
             str(r.step_index),
             str(r.branch_index),
             escape(r.proposer.policy),

@@ -19,6 +19,7 @@ from ee_middleware.cli.common import (
     print_json,
     reading_store,
     short,
+    short_ids,
 )
 
 app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
@@ -269,34 +270,6 @@ def ingest(
             out.print(f"  note: {report.traces_without_runs} trace(s) held no agent run (e.g. only a create_agent span) and were skipped.")
     if report.problems:
         raise typer.Exit(1)
-
-
-SHORT_ID = 12
-"""How many characters of an id a table shows at least."""
-
-
-def short_ids(ids: list[str]) -> dict[str, str]:
-    """Each id's shortest prefix of at least :data:`SHORT_ID` characters that no other of ``ids`` starts with (the whole
-    id where it is the start of another): what a person copies from a table and ``ee traces show`` resolves. Ids that
-    share their first characters (``bfcl-simple_python_0``, ``bfcl-simple_python_1``) are shown as long as it takes."""
-    ordered = sorted(set(ids))
-    shown = {}
-    for n, current in enumerate(ordered):
-        length = SHORT_ID
-        for neighbour in ordered[max(n - 1, 0) : n + 2]:
-            if neighbour != current:
-                length = max(length, _common_prefix(current, neighbour) + 1)
-        shown[current] = current[:length]
-    return shown
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _tool_names(tools: list[dict[str, Any]]) -> list[str]:

@@ -96,18 +96,29 @@ def ledger_sandbox() -> Any:
 _LEDGER = {"account": "ACC-778201", "owner": "Mateo Rossi", "currency": "EUR", "opened": "2024-02-11", "status": "active", "balance": 120.5}
 
 
-def _ledger_store(path: Path) -> str:
+def _ledger_store(path: Path, ids: tuple[str, ...] = ("ledger-1",), *, tool: str = "balance") -> str:
+    """A store of approved trajectories ``ids`` that each call ``tool`` once (``balance`` answers ``_LEDGER``); the first id."""
+    from ee_middleware.store import LocalExperienceStore
+
+    store = LocalExperienceStore(path)
+    trajectories = [_ledger_trajectory(i, tool) for i in ids]
+    store.write(trajectories)
+    store.approve(list(ids), by="test")
+    store.close()
+    return ids[0]
+
+
+def _ledger_trajectory(trajectory_id: str, tool: str) -> Any:
     import datetime as dt
 
     from ee_middleware.records import Trajectory
-    from ee_middleware.store import LocalExperienceStore
 
     state = [{"role": "user", "content": "What is my balance?"}]
-    call = {"id": "c1", "type": "function", "function": {"name": "balance", "arguments": "{}"}}
+    call = {"id": "c1", "type": "function", "function": {"name": tool, "arguments": "{}"}}
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    trajectory = Trajectory.parse(
+    return Trajectory.parse(
         {
-            "id": "ledger-1",
+            "id": trajectory_id,
             "app": "ledger",
             "tools": [_LEDGER_TOOL],
             "started_at": now,
@@ -116,21 +127,16 @@ def _ledger_store(path: Path) -> str:
             "messages": [*state, {"role": "assistant", "content": "", "tool_calls": [call]}],
             "steps": [
                 {
-                    "trajectory_id": "ledger-1",
+                    "trajectory_id": trajectory_id,
                     "index": 0,
                     "decision_index": 0,
                     "state": state,
-                    "action": {"kind": "tool_call", "tool_call": {"id": "c1", "name": "balance", "arguments": {}}},
+                    "action": {"kind": "tool_call", "tool_call": {"id": "c1", "name": tool, "arguments": {}}},
                     "observation": {"content": json.dumps(_LEDGER)},
                 }
             ],
         }
     )
-    store = LocalExperienceStore(path)
-    store.write([trajectory])
-    store.approve([trajectory.id], by="test")
-    store.close()
-    return trajectory.id
 
 
 def test_a_fidelity_error_shows_where_it_differs_with_a_diff(tmp_path: Path) -> None:
@@ -236,3 +242,65 @@ def test_show_prints_stored_text_as_it_is_not_as_markup(tmp_path: Path) -> None:
     text = " ".join(shown.stdout.split())
     assert "task: sum arr[i] for [red] rows [/]" in text
     assert "[bold]x[/]" in text and "list[/] index [i]" in text  # (table cells wrap)
+
+
+# --- ids in tables and lines: as long as it takes to tell them apart, and each one resolves ---------------
+
+
+def test_replay_run_prints_ids_that_share_their_start_long_enough_to_use(tmp_path: Path) -> None:
+    """Ids were cut to 12 characters: ``ledger-account-1`` and ``ledger-account-2`` both read ``ledger-accou``."""
+    root = tmp_path / "experience"
+    _ledger_store(root, ("ledger-account-1", "ledger-account-2"))
+    _ledger_store(root, ("ledger-account-3",), tool="transfer")  # no sandbox has it: skipped
+    spec = "tests.cli.test_replay_cli:ledger_sandbox"
+    result = runner.invoke(
+        app, ["replay", "run", "--store", str(root), "--sandbox", spec, "--k", "1", "--no-progress"], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "fidelity error ledger-account-1 step 0 (balance)" in result.stdout, result.stdout
+    assert "fidelity error ledger-account-2 step 0 (balance)" in result.stdout
+    assert "skipped ledger-account-3: " in result.stdout
+    for shown in ("ledger-account-1", "ledger-account-2", "ledger-account-3"):
+        found = ee("traces", "show", shown, "--store", str(root), "--json")
+        assert found.exit_code == 0 and json.loads(found.stdout)["id"] == shown, found.output
+
+    json_result = runner.invoke(app, ["replay", "run", "--store", str(root), "--sandbox", spec, "--k", "1", "--seed", "2", "--json"])
+    summary = json.loads(json_result.stdout)
+    assert sorted(e["trajectory_id"] for e in summary["fidelity_examples"]) == ["ledger-account-1", "ledger-account-2"]
+    assert list(summary["skipped"]) == ["ledger-account-3"], "--json keeps whole ids"
+
+
+def test_replay_list_shows_ids_that_share_their_start_long_enough_to_use(tmp_path: Path) -> None:
+    """The id and trajectory columns were cut to 10 characters: BFCL's ``bfcl-multi_turn_base_12`` and ``..._13`` both
+    read ``bfcl-multi``, and a rollout ``bfcl-multi_turn_base_12-r0`` too; none of them could be pasted back."""
+    from ee_middleware.testing.store_conformance import sample_replay_record, sample_rollout, sample_trajectory
+
+    root = tmp_path / "experience"
+    store = LocalExperienceStore(root, create=True)
+    trajectories = ["bfcl-multi_turn_base_12", "bfcl-multi_turn_base_13", "bfcl-multi_turn_base_130"]
+    store.write([sample_trajectory(t) for t in trajectories])
+    rollouts = {
+        "bfcl-multi_turn_base_12-r0": "bfcl-multi_turn_base_12",
+        "bfcl-multi_turn_base_12-r1": "bfcl-multi_turn_base_12",
+        "5be0c2d9a1f4-0001": "bfcl-multi_turn_base_13",
+        "5be0c2d9a1f4-0002": "bfcl-multi_turn_base_130",
+    }
+    for n, (rollout, trajectory) in enumerate(rollouts.items()):
+        store.write_replay(sample_replay_record(trajectory, branches=1), [sample_rollout(rollout, trajectory, 0, n)])
+    store.close()
+
+    listed = runner.invoke(app, ["replay", "list", "--store", str(root)], env={"COLUMNS": "160"})
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split()[:2] for line in listed.stdout.splitlines() if "lookup(" in line]
+    assert len(rows) == 4 and len({tuple(row) for row in rows}) == 4, listed.stdout
+    for rollout_cell, trajectory_cell in rows:
+        rollout = json.loads(ee("replay", "show", rollout_cell, "--store", str(root), "--json").stdout)
+        assert len(rollout) == 1 and rollout[0]["id"].startswith(rollout_cell), (rollout_cell, rollout)
+        assert rollouts[rollout[0]["id"]] == rollout[0]["trajectory_id"]
+        trajectory = ee("traces", "show", trajectory_cell, "--store", str(root), "--json")
+        assert trajectory.exit_code == 0 and json.loads(trajectory.stdout)["id"] == rollout[0]["trajectory_id"], trajectory.output
+        only = ee("replay", "list", "--store", str(root), "--trajectory", trajectory_cell, "--json")
+        assert only.exit_code == 0 and {r["trajectory_id"] for r in json.loads(only.stdout)} == {rollout[0]["trajectory_id"]}
+
+    as_json = json.loads(ee("replay", "list", "--store", str(root), "--json").stdout)
+    assert sorted(r["id"] for r in as_json) == sorted(rollouts), "--json keeps whole ids"
