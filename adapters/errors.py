@@ -4,7 +4,8 @@ Match on the class, never on the text:
 
 - :class:`RegistryError` — the registry refused or cannot do something (:class:`AdapterNotFoundError`,
   :class:`AdapterFilesError`, :class:`BaseModelMismatchError`, :class:`RankTooLargeError`,
-  :class:`InvalidTransitionError` and its :class:`GateFailedError`, :class:`RegistryCorruptionError`);
+  :class:`InvalidTransitionError` and its :class:`GateFailedError`, :class:`RegistryCorruptionError`,
+  :class:`RegistryBusyError`);
 - :class:`ServingError` — a model server refused or failed a request; ``url`` names it
   (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`, :class:`AdapterNameInUseError`,
   :class:`AdapterPathNotFoundError`, :class:`ServerRankError`, :class:`AdapterLoadError`,
@@ -54,6 +55,15 @@ class GateFailedError(InvalidTransitionError):
 
 class RegistryCorruptionError(RegistryError):
     """The registry's index cannot be read."""
+
+
+class RegistryBusyError(RegistryError):
+    """Another promote, rollback, retire or switch held the registry's operation lease for longer than this one
+    would wait; ``holder`` says who (pid, host, since when, what)."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class ServingError(AdapterError):

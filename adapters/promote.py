@@ -23,10 +23,20 @@ everywhere, withdrawn from the rollback stack.
 
 A process killed mid-promote leaves the adapter ``candidate`` (the history shows the start without
 an end) and the live adapter unchanged.
+
+**One at a time**: promote, rollback and retire each hold the registry's operation lease from reading
+the statuses to the last server call and index change
+(:meth:`~ee_middleware.adapters.registry.LocalAdapterRegistry.operation`), so a retire cannot unload an
+adapter that a promote is about to make live, nor a rollback switch between a promote's verification and
+its switch. A second one, in any process, waits for the first (up to ``EE_REGISTRY_WAIT_S``, default
+120 s, saying who it waits for), then fails with
+:class:`~ee_middleware.adapters.errors.RegistryBusyError` naming the holder (pid, host, since when, what).
+A plug-in registry gets the same guarantee by offering ``operation(doing, by=, on_wait=)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +95,21 @@ def promote(
     gate) is refused with :class:`GateFailedError` unless ``ignore_gate``; the history records the override.
     """
     started = time.perf_counter()
+    say = progress or (lambda _text: None)
+    with _lease(registry, f"promote of {name}", by=by, say=say):
+        return _promote(registry, name, replicas, by=by, say=say, ignore_gate=ignore_gate, started=started)
+
+
+def _promote(
+    registry: AdapterRegistry,
+    name: str,
+    replicas: Sequence[ServingBackend],
+    *,
+    by: str | None,
+    say: Progress,
+    ignore_gate: bool,
+    started: float,
+) -> SwitchResult:
     record = registry.get(name)
     if record.status == Status.failed:
         raise InvalidTransitionError(
@@ -99,7 +124,6 @@ def promote(
             f"Evaluate a better candidate, or promote it anyway with --ignore-gate (ignore_gate=True; the history records it)."
         )
     _check_servable(registry, record)
-    say = progress or (lambda _text: None)
     overridden = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
     registry.note("promote-started", app=record.app, adapter=name, by=by, replicas=[r.url for r in replicas], **overridden)
     loaded: list[ServingBackend] = []
@@ -122,6 +146,12 @@ def promote(
     return SwitchResult(
         registry.get(name), previous.name if previous else None, time.perf_counter() - started, verifications, [r.url for r in loaded]
     )
+
+
+def _lease(registry: AdapterRegistry, doing: str, *, by: str | None, say: Progress) -> contextlib.AbstractContextManager[Any]:
+    """The registry's operation lease for ``doing`` (see the module docstring); nothing for a registry without one."""
+    operation = getattr(registry, "operation", None)
+    return operation(doing, by=by, on_wait=say) if callable(operation) else contextlib.nullcontext()
 
 
 def last_gate(record: AdapterRecord) -> dict[str, Any] | None:
@@ -202,9 +232,16 @@ def _fail(
     ) from exc
 
 
-def rollback(registry: AdapterRegistry, app: str, replicas: Sequence[ServingBackend], *, by: str | None = None) -> SwitchResult:
+def rollback(
+    registry: AdapterRegistry, app: str, replicas: Sequence[ServingBackend], *, by: str | None = None, progress: Progress | None = None
+) -> SwitchResult:
     """Make the previous live adapter of ``app`` live again (loaded again where a replica lost it)."""
     started = time.perf_counter()
+    with _lease(registry, f"rollback of {app}", by=by, say=progress or (lambda _text: None)):
+        return _rollback(registry, app, replicas, by=by, started=started)
+
+
+def _rollback(registry: AdapterRegistry, app: str, replicas: Sequence[ServingBackend], *, by: str | None, started: float) -> SwitchResult:
     target = registry.rollback_target(app)
     loaded = []
     for replica in replicas:
@@ -231,14 +268,21 @@ def rollback(registry: AdapterRegistry, app: str, replicas: Sequence[ServingBack
 
 
 def retire(
-    registry: AdapterRegistry, name: str, replicas: Sequence[ServingBackend], *, by: str | None = None, reason: str | None = None
+    registry: AdapterRegistry,
+    name: str,
+    replicas: Sequence[ServingBackend],
+    *,
+    by: str | None = None,
+    reason: str | None = None,
+    progress: Progress | None = None,
 ) -> tuple[AdapterRecord, list[str]]:
     """Mark ``name`` retired, then unload it from every replica; returns the record and the replicas it could not be unloaded from."""
-    record = registry.retire(name, by=by, reason=reason)
-    problems = []
-    for replica in replicas:
-        try:
-            replica.unload(name)
-        except ServingError as exc:
-            problems.append(f"{replica.url}: {exc}")
-    return record, problems
+    with _lease(registry, f"retire of {name}", by=by, say=progress or (lambda _text: None)):
+        record = registry.retire(name, by=by, reason=reason)
+        problems = []
+        for replica in replicas:
+            try:
+                replica.unload(name)
+            except ServingError as exc:
+                problems.append(f"{replica.url}: {exc}")
+        return record, problems

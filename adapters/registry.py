@@ -11,6 +11,8 @@
                         back with "applied": false
       adapters/NAME/    the registry's own copy of each adapter (config, weights, manifest), what servers load
       .lock             writers take an exclusive lock (several CLI processes may write at once)
+      .operation.lock   the operation lease: one promote, rollback, retire or switch at a time, held across
+                        the servers' loads and unloads and the index change (see :meth:`LocalAdapterRegistry.operation`)
 
 An app's name is its **alias**: applications ask for ``support-bot`` and the router serves
 whatever adapter is live for it (:meth:`AdapterRegistry.resolve`). Names are never reused: the name
@@ -28,18 +30,22 @@ import getpass
 import json
 import os
 import shutil
+import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ee_middleware._files import atomic_write_text, fsync_dir
+from ee_middleware._locks import holder_lock
 from ee_middleware.adapters.errors import (
     AdapterNotFoundError,
     BaseModelMismatchError,
     InvalidTransitionError,
     RankTooLargeError,
+    RegistryBusyError,
     RegistryCorruptionError,
     RegistryError,
 )
@@ -58,6 +64,9 @@ from ee_middleware.plugins import FACTORY_SPEC, PluginKind
 INDEX_SCHEMA_VERSION = 1
 DEFAULT_MAX_LORA_RANK = 16
 """vLLM's own default for ``--max-lora-rank``; set ``EE_MAX_LORA_RANK`` (or ``--max-lora-rank``) to your servers' value."""
+DEFAULT_WAIT_S = 120.0
+"""How long a promote, rollback, retire or switch waits for another one on the same registry before it gives up
+(:class:`RegistryBusyError` naming the holder); set ``EE_REGISTRY_WAIT_S`` (0: give up at once)."""
 
 
 def now() -> str:
@@ -114,10 +123,15 @@ class AdapterRegistry(Protocol):
 
 
 class LocalAdapterRegistry:
-    """The embedded registry: a local folder (see the module docstring)."""
+    """The embedded registry: a local folder (see the module docstring).
 
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+    ``wait_s``: how long :meth:`operation` waits for another holder of the lease (default ``EE_REGISTRY_WAIT_S``,
+    else :data:`DEFAULT_WAIT_S`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True, wait_s: float | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.wait_s = _wait_s() if wait_s is None else max(0.0, wait_s)
         self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
         if not (self.root / "index.json").is_file():
             if not create:
@@ -232,7 +246,7 @@ class LocalAdapterRegistry:
             return record
 
     def switch_live(self, name: str, *, by: str | None = None, action: str = "promote", reason: str | None = None) -> AdapterRecord | None:
-        with self._locked():
+        with self.operation(f"{action} of {name}", by=by), self._locked():
             index = self._read_index()
             record = self._record(index, name)
             if record["status"] not in (Status.candidate, Status.retired, Status.live):
@@ -262,7 +276,7 @@ class LocalAdapterRegistry:
             return AdapterRecord.from_json(previous) if previous else None
 
     def mark_failed(self, name: str, reason: str, *, by: str | None = None) -> AdapterRecord:
-        with self._locked():
+        with self.operation(f"fail of {name}", by=by), self._locked():
             index = self._read_index()
             record = self._record(index, name)
             if record["status"] == Status.live:
@@ -274,7 +288,7 @@ class LocalAdapterRegistry:
             return AdapterRecord.from_json(record)
 
     def retire(self, name: str, *, by: str | None = None, reason: str | None = None) -> AdapterRecord:
-        with self._locked():
+        with self.operation(f"retire of {name}", by=by), self._locked():
             index = self._read_index()
             record = self._record(index, name)
             if record["status"] == Status.live:
@@ -299,6 +313,51 @@ class LocalAdapterRegistry:
     def note(self, action: str, *, app: str | None = None, adapter: str | None = None, by: str | None = None, **details: Any) -> None:
         with self._locked():
             self._commit(self._read_index(), action, app=app, adapter=adapter, by=by or current_user(), **details)
+
+    @contextlib.contextmanager
+    def operation(self, doing: str, *, by: str | None = None, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the registry's operation lease for the block: one promote, rollback, retire or switch at a time.
+
+        The lease spans what the servers do and the index change (a promote holds it from reading the status to
+        switching the alias), so a retire cannot unload an adapter that a promote is about to make live. Another
+        holder, in this or any process, is waited for up to ``wait_s`` seconds (``on_wait`` hears once who it is);
+        then :class:`RegistryBusyError` names it. The lease is an ``flock``: a holder that dies (even killed)
+        releases it at once. A thread that holds it may take it again (a promote's switch, its marking failed).
+        """
+        held = _leases_held()
+        if held.get(self.root):
+            held[self.root] += 1
+            try:
+                yield
+            finally:
+                held[self.root] -= 1
+            return
+        what = f"{doing} by {by or current_user()}"
+        deadline = time.monotonic() + self.wait_s
+        told = False
+        with contextlib.ExitStack() as stack:
+            while True:
+                try:
+                    stack.enter_context(holder_lock(self.root / ".operation.lock", _LeaseHeld, doing=what))
+                    break
+                except _LeaseHeld as busy:
+                    holder = str(busy)
+                    if time.monotonic() >= deadline:
+                        raise RegistryBusyError(
+                            f"The adapter registry at {self.root} is busy: {holder}. Waited {self.wait_s:g} s for it to finish "
+                            f"before the {doing}. Run it again when that is done (`ee adapters show NAME` shows the history), or "
+                            "wait longer with EE_REGISTRY_WAIT_S=SECONDS. A holder that was killed releases the registry at once.",
+                            holder=holder,
+                        ) from None
+                    if on_wait is not None and not told:
+                        on_wait(f"waiting for the registry at {self.root}: {holder}")
+                        told = True
+                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            held[self.root] = 1
+            try:
+                yield
+            finally:
+                held.pop(self.root, None)
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -405,6 +464,31 @@ class LocalAdapterRegistry:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class _LeaseHeld(Exception):
+    """Another holder has the operation lease (the message says who); :meth:`LocalAdapterRegistry.operation` waits."""
+
+
+_THREAD_LEASES = threading.local()
+
+
+def _leases_held() -> dict[Path, int]:
+    """The registries whose operation lease this thread holds, with how deeply it took each."""
+    held = getattr(_THREAD_LEASES, "held", None)
+    if held is None:
+        held = _THREAD_LEASES.held = {}
+    return held
+
+
+def _wait_s() -> float:
+    text = os.environ.get("EE_REGISTRY_WAIT_S", "").strip()
+    if not text:
+        return DEFAULT_WAIT_S
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise RegistryError(f"EE_REGISTRY_WAIT_S={text!r} is not a number of seconds; set it to e.g. 120 (0: do not wait).") from None
 
 
 _RESTORE = "Restore index.json from a backup, or correct that entry by hand (history.jsonl lists every action); nothing was changed."

@@ -17,9 +17,10 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def holder_lock(path: Path, busy: Callable[[str], BaseException]) -> Iterator[None]:
+def holder_lock(path: Path, busy: Callable[[str], BaseException], *, doing: str = "") -> Iterator[None]:
     """Hold ``path``'s lock for the block; when another process holds it, raise ``busy(holder)`` at once
-    (``holder``: what that process wrote, e.g. ``pid 123 on host since 2026-11-30T05:00:00+00:00``)."""
+    (``holder``: what that process wrote, e.g. ``pid 123 on host since 2026-11-30T05:00:00+00:00``, followed by
+    ``: DOING`` when it passed ``doing``, e.g. ``promote of support-bot-v3-1a2b3c4d by alice``)."""
     with open(path, "a+", encoding="utf-8") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -29,7 +30,8 @@ def holder_lock(path: Path, busy: Callable[[str], BaseException]) -> Iterator[No
         try:
             fh.seek(0)
             fh.truncate()
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+            since = datetime.now(UTC).isoformat(timespec="seconds")
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}{': ' + doing if doing else ''}\n")
             fh.flush()
             yield
         finally:

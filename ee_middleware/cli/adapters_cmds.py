@@ -185,7 +185,8 @@ def rollback(
     """Make the app's previous live adapter live again (it stayed loaded: an alias switch)."""
     from ee_middleware.adapters.promote import rollback as run_rollback
 
-    result = run_rollback(_registry(registry), app_name, _replicas(_urls(servers), backend, max_lora_rank), by=by)
+    progress = None if as_json else lambda t: typer.echo(t, err=True)
+    result = run_rollback(_registry(registry), app_name, _replicas(_urls(servers), backend, max_lora_rank), by=by, progress=progress)
     if as_json:
         print_json(result.to_json())
     else:
@@ -207,7 +208,8 @@ def retire(
 
     urls = _urls(servers)
     replicas = _replicas(urls, backend, None) if urls else []
-    record, problems = run_retire(_registry(registry), name, replicas, by=by, reason=reason)
+    progress = None if as_json else lambda t: typer.echo(t, err=True)
+    record, problems = run_retire(_registry(registry), name, replicas, by=by, reason=reason, progress=progress)
     if as_json:
         print_json({**_record_json(record), "unload_problems": problems})
     else:

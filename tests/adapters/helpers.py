@@ -1,12 +1,17 @@
-"""Adapter folders for the tests: real safetensors files, as peft writes them."""
+"""Adapter folders for the tests (real safetensors files, as peft writes them), and a stand-in of vLLM's runtime LoRA API."""
 
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
+
+from ee_middleware.testing.http import send_json
 
 
 def write_adapter(folder: Path, *, rank: int = 8, base: str = "/models/base", seed: int = 0, manifest: dict | None = None) -> Path:
@@ -22,3 +27,67 @@ def write_adapter(folder: Path, *, rank: int = 8, base: str = "/models/base", se
     if manifest is not None:
         (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
+
+
+class StandInVLLM(ThreadingHTTPServer):
+    """vLLM's runtime LoRA API on a real HTTP server, without a model (a stand-in: the tests make it fail on demand).
+
+    ``fail`` maps a path to the status it answers instead, or to ``(status, message)`` for vLLM's error body
+    with that message. While ``hold_chat`` is set, a smoke chat request for a loaded adapter sets
+    ``chat_arrived`` and is answered only once ``release_chat`` is set (a slow replica, mid-verification)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.loaded: dict[str, str] = {}
+        self.fail: dict[str, int | tuple[int, str]] = {}
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+        self.hold_chat = threading.Event()
+        self.chat_arrived = threading.Event()
+        self.release_chat = threading.Event()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: StandInVLLM
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _failed(self) -> bool:
+        with self.server.lock:
+            self.server.requests.append(f"{self.command} {self.path}")
+            failure = self.server.fail.get(self.path)
+        if failure is None:
+            return False
+        status, message = failure if isinstance(failure, tuple) else (failure, "stand-in failure")
+        kind = "InternalServerError" if status >= 500 else "BadRequestError"
+        send_json(self, {"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
+        return True
+
+    def do_GET(self) -> None:
+        if not self._failed():
+            models = [{"id": "base"}] + [{"id": name, "parent": "base"} for name in self.server.loaded]
+            send_json(self, {"object": "list", "data": models})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self._failed():
+            return
+        if self.path == "/v1/load_lora_adapter":
+            if body["lora_name"] in self.server.loaded:
+                return send_json(self, {"error": {"message": "already loaded"}}, 400)
+            if not Path(body["lora_path"]).is_dir():
+                return send_json(self, {"error": {"message": "not found"}}, 404)
+            self.server.loaded[body["lora_name"]] = body["lora_path"]
+            return send_json(self, {})
+        if self.path == "/v1/unload_lora_adapter":
+            self.server.loaded.pop(body["lora_name"], None)
+            return send_json(self, {})
+        if body.get("model") not in {"base", *self.server.loaded}:
+            return send_json(self, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}, 404)
+        if self.server.hold_chat.is_set():
+            self.server.chat_arrived.set()
+            self.server.release_chat.wait(timeout=60)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}
+        send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]})

@@ -8,11 +8,8 @@ is a port nobody listens on."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,60 +25,9 @@ from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import VLLMBackend
 from ee_middleware.adapters.serving.launch import free_port
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import serving
 
-from .helpers import write_adapter
-
-
-class StandInVLLM(ThreadingHTTPServer):
-    """vLLM's runtime LoRA API without a model: ``fail`` maps a path to the status it answers instead."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.loaded: dict[str, str] = {}
-        self.fail: dict[str, int] = {}
-        self.requests: list[str] = []
-        self.lock = threading.Lock()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: StandInVLLM
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _failed(self) -> bool:
-        with self.server.lock:
-            self.server.requests.append(f"{self.command} {self.path}")
-            status = self.server.fail.get(self.path)
-        if status is not None:
-            send_json(self, {"error": {"message": "stand-in failure", "code": status}}, status)
-        return status is not None
-
-    def do_GET(self) -> None:
-        if not self._failed():
-            models = [{"id": "base"}] + [{"id": name, "parent": "base"} for name in self.server.loaded]
-            send_json(self, {"object": "list", "data": models})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        if self._failed():
-            return
-        if self.path == "/v1/load_lora_adapter":
-            if body["lora_name"] in self.server.loaded:
-                return send_json(self, {"error": {"message": "already loaded"}}, 400)
-            if not Path(body["lora_path"]).is_dir():
-                return send_json(self, {"error": {"message": "not found"}}, 404)
-            self.server.loaded[body["lora_name"]] = body["lora_path"]
-            return send_json(self, {})
-        if self.path == "/v1/unload_lora_adapter":
-            self.server.loaded.pop(body["lora_name"], None)
-            return send_json(self, {})
-        if body.get("model") not in {"base", *self.server.loaded}:
-            return send_json(self, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}, 404)
-        choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}
-        send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]})
+from .helpers import StandInVLLM, write_adapter
 
 
 @pytest.fixture
