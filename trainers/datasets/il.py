@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, json_list, tool_call_item
+from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, expert_turns, json_list
 from ee_middleware.trainers.datasets.source import DatasetSource
 
 MALFORMED_CALL = pl.col("arguments_json").str.starts_with('{"_raw":')
@@ -27,19 +27,8 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     is_call = pl.col("action_kind") == "tool_call"
     steps = source.steps.filter(~(is_call & MALFORMED_CALL).fill_null(False))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
-    turn = (
-        pl.when(is_call & pl.col("decision_index").is_not_null())
-        .then(pl.format("call:{}", pl.col("decision_index")))
-        .otherwise(pl.format("step:{}", pl.col("index")))
-    )
-    steps = (
-        steps.with_columns(
-            tool_call_item(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("_call"), turn.alias("_turn")
-        )
-        .group_by("trajectory_id", "_turn", maintain_order=True)
-        .agg(pl.all().exclude("_call").first(), pl.col("_call"))
-    )
-    completion = pl.when(is_call).then(calls_message(pl.col("_call"), pl.col("content")))
+    steps = expert_turns(steps)
+    completion = pl.when(is_call).then(calls_message(pl.col("_calls"), pl.col("content")))
     completion = completion.otherwise(answer_message(pl.col("content")))
     frame = steps.select(
         example_id(pl.lit("il"), pl.col("trajectory_id"), pl.col("index")).alias("id"),

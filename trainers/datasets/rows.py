@@ -81,6 +81,30 @@ def calls_message(calls: pl.Expr, content: pl.Expr | None = None) -> pl.Expr:
     return pl.struct(pl.lit("assistant").alias("role"), text.alias("content"), calls.alias("tool_calls")).struct.json_encode()
 
 
+def expert_turns(steps: pl.DataFrame, **lists: pl.Expr) -> pl.DataFrame:
+    """``steps`` (expert steps, in storage order) as the turns the expert made, in the same order: the tool calls of
+    one model response (parallel tool calls, recorded as steps sharing a ``decision_index`` and their state) are one
+    row, every other step is its own. A row has its first step's columns, ``_calls`` (the turn's calls in order, a
+    :func:`tool_call_item` each: the ``tool_calls`` of the message that makes them) and, for each name in ``lists``,
+    that expression's value at each of its steps (a list)."""
+    is_call = pl.col("action_kind") == "tool_call"
+    turn = (
+        pl.when(is_call & pl.col("decision_index").is_not_null())
+        .then(pl.format("call:{}", pl.col("decision_index")))
+        .otherwise(pl.format("step:{}", pl.col("index")))
+    )
+    collected = ["_calls", *lists]
+    return (
+        steps.with_columns(
+            tool_call_item(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("_calls"),
+            turn.alias("_turn"),
+            **lists,
+        )
+        .group_by("trajectory_id", "_turn", maintain_order=True)
+        .agg(pl.all().exclude(collected).first(), pl.col(collected))
+    )
+
+
 def action_message(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> pl.Expr:
     """JSON text of the assistant message that makes one tool call."""
     return calls_message(pl.concat_list([tool_call_item(call_id, name, arguments_json)]))

@@ -3,10 +3,22 @@
 For each state with rollouts, a teacher sees the situation, the action taken and its real outcome,
 and up to K alternatives with their real outcomes (K=3 by default, as the paper finds small K best
 for SR), and writes a short first-person rationale. The target is that rationale followed by the
-action. Guards keep the data clean, and every row records what they found in ``quality_flags``:
+action.
+
+States are the expert's turns, as IL's (:func:`~ee_middleware.trainers.datasets.rows.expert_turns`). When the
+expert made several tool calls at once (parallel tool calls: one model response, stored as steps sharing a
+``decision_index`` and their state), the turn is one example: its target is the rationale followed by all of the
+turn's calls, in order, as IL's target makes them (one row per call would teach one call where the expert made
+several). Replay branched each of those steps, so each alternative stands in place of one call: the teacher is
+shown every call with its outcome and, under each call, up to K alternatives replayed in its place (picked per
+call as for a single call), in a :class:`~ee_middleware.trainers.datasets.teachers.ReflectionCase` whose ``calls``
+holds them. The turn is an example when any of its calls has rollouts; the row's ``step_index`` and id are its
+first step's. A turn of one call gives exactly the row it gave before turns were grouped.
+
+Guards keep the data clean, and every row records what they found in ``quality_flags``:
 
 * ``label_leak``: the rationale names labels ("expert", "Action 2", "option 1"): dropped;
-* ``recommends_alternative``: it argues for one of the alternatives' tools: dropped;
+* ``recommends_alternative``: it argues for one of the alternatives' tools (one the turn does not call): dropped;
 * ``repeated_text``: repeated sentences or paragraphs were removed (kept if text remains);
 * ``empty``: nothing usable: dropped.
 """
@@ -17,15 +29,15 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, conform
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, conform, expert_turns
 from ee_middleware.trainers.datasets.source import DatasetSource
-from ee_middleware.trainers.datasets.teachers import ReflectionCase, Teacher
+from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher
 
 _LEAK = re.compile(r"\bexpert\b|\b(action|option|alternative|choice)\s*#?\s*\d+\b", re.IGNORECASE)
 _RECOMMEND = re.compile(r"\b(should|better|instead|prefer|best|i will|i'll|let me|go with|choose)\b", re.IGNORECASE)
@@ -34,7 +46,7 @@ _RECOMMEND = re.compile(r"\b(should|better|instead|prefer|best|i will|i'll|let m
 @dataclass(frozen=True)
 class SROptions:
     k: int = 3
-    """Alternatives shown to the teacher per state."""
+    """Alternatives shown to the teacher per state (per call at a turn of parallel calls)."""
     context_messages: int = 4
     max_outcome_chars: int = 400
     seed: int = 0
@@ -46,6 +58,7 @@ class SRReport:
     """What the SR builder kept and dropped."""
 
     states: int = 0
+    """States with rollouts (expert turns: parallel calls are one)."""
     rows: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     flagged: Counter[str] = field(default_factory=Counter)
@@ -74,8 +87,9 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def check_rationale(text: str, chosen_tool: str, alternative_tools: list[str]) -> tuple[str | None, dict[str, Any]]:
-    """Apply the guards: the cleaned rationale (``None`` when dropped) and the quality flags."""
+def check_rationale(text: str, chosen_tool: str | Collection[str], alternative_tools: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Apply the guards: the cleaned rationale (``None`` when dropped) and the quality flags. ``chosen_tool``: the
+    tool the action taken calls (or the tools, for parallel calls)."""
     flags: dict[str, Any] = {}
     text = (text or "").strip()
     if not text:
@@ -92,7 +106,8 @@ def check_rationale(text: str, chosen_tool: str, alternative_tools: list[str]) -
             continue
         seen.add(key)
         kept.append(sentence)
-    others = {t for t in alternative_tools if t and t != chosen_tool}
+    chosen = {chosen_tool} if isinstance(chosen_tool, str) else set(chosen_tool)
+    others = {t for t in alternative_tools if t and t not in chosen}
     verdict = re.compile(r"\b(fail|fails|error|not|wrong|unnecessary|doesn't|won't)\b", re.IGNORECASE)
     for sentence in kept:
         # "Calling X instead fails" argues against X and is fine; "I should call X" is not.
@@ -106,7 +121,7 @@ def check_rationale(text: str, chosen_tool: str, alternative_tools: list[str]) -
 def build_sr(
     source: DatasetSource, teacher: Teacher, options: SROptions | None = None, *, on_batch: Callable[[int], None] | None = None
 ) -> tuple[pl.DataFrame, SRReport]:
-    """SR rows for every expert step that has rollouts, written by ``teacher`` and checked by the guards."""
+    """SR rows for every expert turn that has rollouts, written by ``teacher`` and checked by the guards."""
     builder = SRBuilder(teacher, options, on_batch=on_batch)
     builder.add(source)
     return builder.finish(), builder.report
@@ -116,7 +131,7 @@ class SRBuilder:
     """Builds SR rows a group of trajectories at a time (:meth:`add`, :meth:`take`, :meth:`finish`).
 
     Cases queue across groups, so the teacher sees the same batches as in one pass; rows come out in
-    the order of the steps added."""
+    the order of the turns added. ``on_batch`` is told how many expert steps each written batch covered."""
 
     def __init__(self, teacher: Teacher, options: SROptions | None = None, *, on_batch: Callable[[int], None] | None = None) -> None:
         self.teacher = teacher
@@ -127,32 +142,47 @@ class SRBuilder:
         self._rows: list[dict[str, Any]] = []
 
     def add(self, source: DatasetSource) -> None:
-        """Queue the cases of ``source``'s steps that have rollouts (writing every full batch)."""
+        """Queue the cases of ``source``'s turns that have rollouts (writing every full batch)."""
         options = self.options
-        steps = source.steps.filter(pl.col("action_kind") == "tool_call")
+        calls = ("index", "tool_name", "arguments_json", "observation")
+        turns = expert_turns(source.steps.filter(pl.col("action_kind") == "tool_call"), _steps=pl.struct(*calls))
         tools = dict(source.trajectories.select("id", "tools_json").iter_rows())
         by_state = source.rollouts.partition_by(["trajectory_id", "step_index"], as_dict=True)
-        for step in steps.iter_rows(named=True):
-            alternatives = by_state.get((step["trajectory_id"], step["index"]))
-            if alternatives is None or alternatives.is_empty():
+        for turn in turns.iter_rows(named=True):
+            picks = []
+            for step in turn["_steps"]:
+                alternatives = by_state.get((turn["trajectory_id"], step["index"]))
+                seed = random.Random(f"{options.seed}:{turn['trajectory_id']}:{step['index']}")
+                picks.append(_pick(alternatives.to_dicts(), options.k, seed) if alternatives is not None else [])
+            if not any(picks):
                 continue
             self.report.states += 1
-            picked = _pick(alternatives.to_dicts(), options.k, random.Random(f"{options.seed}:{step['trajectory_id']}:{step['index']}"))
-            state = json.loads(step["state_json"])
+            state = json.loads(turn["state_json"])
             task = next((m.get("content", "") for m in state if m.get("role") == "user"), "")
+            reflections = [
+                CallReflection(
+                    action=_call_text(step["tool_name"], step["arguments_json"]),
+                    outcome=_clip(step["observation"] or "", options.max_outcome_chars),
+                    tool=step["tool_name"],
+                    alternatives=[
+                        (_call_text(r["tool_name"], r["arguments_json"]), _clip(r["observation"] or "", options.max_outcome_chars))
+                        for r in picked
+                    ],
+                    alternative_tools=[r["tool_name"] for r in picked],
+                )
+                for step, picked in zip(turn["_steps"], picks, strict=True)
+            ]
             case = ReflectionCase(
                 task=_clip(str(task), 600),
                 context="\n".join(_clip(_message_text(m), 300) for m in state[-options.context_messages :]),
-                chosen=_call_text(step["tool_name"], step["arguments_json"]),
-                chosen_outcome=_clip(step["observation"] or "", options.max_outcome_chars),
-                alternatives=[
-                    (_call_text(r["tool_name"], r["arguments_json"]), _clip(r["observation"] or "", options.max_outcome_chars))
-                    for r in picked
-                ],
-                chosen_tool=step["tool_name"],
-                alternative_tools=[r["tool_name"] for r in picked],
+                chosen="; ".join(r.action for r in reflections),
+                chosen_outcome="; ".join(r.outcome for r in reflections),
+                alternatives=[a for r in reflections for a in r.alternatives],
+                chosen_tool=reflections[0].tool,
+                alternative_tools=[t for r in reflections for t in r.alternative_tools],
+                calls=reflections if len(reflections) > 1 else [],
             )
-            self._pending.append((step, case, tools.get(step["trajectory_id"]) or "[]", source.source_hash))
+            self._pending.append((turn, case, tools.get(turn["trajectory_id"]) or "[]", source.source_hash))
             if len(self._pending) >= options.batch_size:
                 self._flush()
 
@@ -172,32 +202,22 @@ class SRBuilder:
         if not self._pending:
             return
         texts = self.teacher.write([case for _, case, _, _ in self._pending])
-        for (step, case, tools, source_hash), text in zip(self._pending, texts, strict=True):
-            cleaned, flags = check_rationale(text, case.chosen_tool, case.alternative_tools)
+        for (turn, case, tools, source_hash), text in zip(self._pending, texts, strict=True):
+            cleaned, flags = check_rationale(text, case.chosen_tools, case.alternative_tools)
             for flag in flags:
                 (self.report.flagged if cleaned else self.report.dropped)[flag] += 1
             if cleaned is None:
                 continue
-            action = {
-                "role": "assistant",
-                "content": cleaned,
-                "tool_calls": [
-                    {
-                        "id": step["tool_call_id"] or "",
-                        "type": "function",
-                        "function": {"name": step["tool_name"], "arguments": step["arguments_json"] or "{}"},
-                    }
-                ],
-            }
+            action = {"role": "assistant", "content": cleaned, "tool_calls": turn["_calls"]}  # the turn's calls, as IL's target
             self._rows.append(
                 {
-                    "id": f"sr:{step['trajectory_id']}:{step['index']}",
+                    "id": f"sr:{turn['trajectory_id']}:{turn['index']}",
                     "kind": "sr",
-                    "prompt": step["state_json"],
+                    "prompt": turn["state_json"],
                     "completion": json.dumps([action], ensure_ascii=False),
                     "tools": tools,
-                    "trajectory_id": step["trajectory_id"],
-                    "step_index": step["index"],
+                    "trajectory_id": turn["trajectory_id"],
+                    "step_index": turn["index"],
                     "proposer": "expert",
                     "teacher": self.teacher.name,
                     "quality_flags": json.dumps(flags),
@@ -205,7 +225,7 @@ class SRBuilder:
                 }
             )
         if self.on_batch is not None:
-            self.on_batch(len(self._pending))
+            self.on_batch(sum(len(turn["_calls"]) for turn, _, _, _ in self._pending))
         self._pending.clear()
 
 

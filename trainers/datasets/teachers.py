@@ -31,8 +31,27 @@ from ee_middleware.plugins import PluginKind
 
 
 @dataclass(frozen=True)
+class CallReflection:
+    """One call of a turn of parallel tool calls: the call, its real outcome, and the alternatives replayed in its place
+    (each with its real outcome)."""
+
+    action: str
+    """The call, as ``name(arguments)``."""
+    outcome: str
+    tool: str
+    alternatives: list[tuple[str, str]] = field(default_factory=list)
+    """``(action, outcome)`` pairs, replayed from the state in place of this call."""
+    alternative_tools: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ReflectionCase:
-    """One state with the action taken there and the alternatives, all with real outcomes."""
+    """One state with the action taken there and the alternatives, all with real outcomes.
+
+    When the action taken is several tool calls made at once (one model response; replay branched each call), ``calls``
+    holds them in order, each with the alternatives replayed in its place, and the fields above hold the whole turn,
+    for a teacher that reads only them: ``chosen`` the calls joined by ``"; "``, ``chosen_outcome`` their outcomes
+    likewise, ``alternatives`` every call's alternatives, ``chosen_tool`` the first call's tool."""
 
     task: str
     context: str
@@ -44,25 +63,39 @@ class ReflectionCase:
     """``(action, outcome)`` pairs."""
     chosen_tool: str = ""
     alternative_tools: list[str] = field(default_factory=list)
+    calls: list[CallReflection] = field(default_factory=list)
+    """The calls of a turn of parallel tool calls, in order; empty when the action is one call."""
+
+    @property
+    def chosen_tools(self) -> list[str]:
+        """The tools the action taken calls."""
+        return [c.tool for c in self.calls] if self.calls else [self.chosen_tool]
 
 
 def teacher_prompt(case: ReflectionCase) -> str:
-    """The label-free prompt a model teacher receives."""
-    lines = [
-        f"You are working on this task: {case.task}",
-        "",
-        "Recent conversation:",
-        case.context or "(none)",
-        "",
-        f"You took this action: {case.chosen}",
-        f"It returned: {case.chosen_outcome}",
-        "",
-        "Other actions you could have taken, and what they would have returned:",
-    ]
-    lines += [f"- {action} -> {outcome}" for action, outcome in case.alternatives]
+    """The label-free prompt a model teacher receives (for parallel calls: each call's alternatives under it)."""
+    lines = [f"You are working on this task: {case.task}", "", "Recent conversation:", case.context or "(none)", ""]
+    if not case.calls:
+        lines += [
+            f"You took this action: {case.chosen}",
+            f"It returned: {case.chosen_outcome}",
+            "",
+            "Other actions you could have taken, and what they would have returned:",
+        ]
+        lines += [f"- {action} -> {outcome}" for action, outcome in case.alternatives]
+        what = "the action you took is"
+    else:
+        lines.append("You made these calls at once:")
+        lines += [f"- {call.action} returned: {call.outcome}" for call in case.calls]
+        lines += ["", "Other calls you could have made in place of each of them, and what they would have returned:"]
+        for call in case.calls:
+            if call.alternatives:
+                lines.append(f"In place of {call.action}:")
+                lines += [f"- {action} -> {outcome}" for action, outcome in call.alternatives]
+        what = "the calls you made are"
     lines += [
         "",
-        "In two to four sentences, in the first person, explain why the action you took is the right next step, "
+        f"In two to four sentences, in the first person, explain why {what} the right next step, "
         "using what each action returns. Do not mention these instructions and do not number the actions.",
     ]
     return "\n".join(lines)
@@ -92,16 +125,27 @@ class TemplateTeacher:
 
     @staticmethod
     def _one(case: ReflectionCase) -> str:
-        parts = [f"I call {case.chosen} because it returns {_outcome(case.chosen_outcome, 120)}, which moves the task forward."]
-        for action, outcome in case.alternatives:
-            failed = outcome.lower().lstrip("{\"' ").startswith("error") or '"error"' in outcome.lower()
-            effect = (
-                f"fails with {_outcome(outcome, 100)}"
-                if failed
-                else f"returns {_outcome(outcome, 100)}, which does not do what the task asks"
-            )
-            parts.append(f"Calling {action} {effect}.")
+        if not case.calls:
+            parts = [f"I call {case.chosen} because it returns {_outcome(case.chosen_outcome, 120)}, which moves the task forward."]
+            parts += [f"Calling {action} {_effect(outcome)}." for action, outcome in case.alternatives]
+            return " ".join(parts)
+        actions = _and([call.action for call in case.calls])
+        outcomes = _and([f"{call.action} returns {_outcome(call.outcome, 120)}" for call in case.calls])
+        parts = [f"I call {actions} together because {outcomes}, which moves the task forward."]
+        for call in case.calls:  # each call's alternatives, in the turn's order
+            parts += [f"In place of {call.action}, calling {action} {_effect(outcome)}." for action, outcome in call.alternatives]
         return " ".join(parts)
+
+
+def _effect(outcome: str) -> str:
+    """What an alternative's outcome does, for a template rationale."""
+    if outcome.lower().lstrip("{\"' ").startswith("error") or '"error"' in outcome.lower():
+        return f"fails with {_outcome(outcome, 100)}"
+    return f"returns {_outcome(outcome, 100)}, which does not do what the task asks"
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 class ModelTeacher:

@@ -218,37 +218,22 @@ def test_il_teaches_parallel_tool_calls_as_the_one_turn_the_expert_made(tmp_path
     """A model response with two tool calls is recorded as two steps with one ``decision_index`` and the same state.
     IL's target is the whole turn (both calls, in order): one row per call would show the model the same prompt with
     two different answers, and never the turn it is to make."""
-    from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
-    from langchain_core.tools import tool
 
-    from ee_middleware import record_experience
-    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from ee_middleware.testing import tool_call
     from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
-
-    @tool
-    def weather(city: str) -> str:
-        """The weather in a city."""
-        return f"sunny in {city}"
+    from tests.trainers.datasets.weather_world import record_trajectory
 
     both = AIMessage(content="", tool_calls=[tool_call("weather", city="Paris"), tool_call("weather", city="Rome")])
     one = AIMessage(content="", tool_calls=[tool_call("weather", city="Oslo")])
     store_path = tmp_path / "experience"
-    agent = record_experience(
-        create_agent(ScriptedChatModel(script=[both, one, AIMessage(content="Sunny.")]), [weather]), app="w", store=store_path
-    )
-    agent.invoke({"messages": [("user", "Weather in Paris, Rome, then Oslo?")]})
-    agent.flush()
-    store = LocalExperienceStore(store_path)
-    (trajectory,) = store.iter_trajectories()
+    trajectory = record_trajectory(store_path, [both, one, AIMessage(content="Sunny.")], "Weather in Paris, Rome, then Oslo?")
     assert [(s.decision_index, s.action.kind) for s in trajectory.steps] == [
         (0, "tool_call"),
         (0, "tool_call"),
         (1, "tool_call"),
         (2, "answer"),
     ]
-    store.approve([trajectory.id], by="test")
-    store.close()
 
     summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il,iwm", iwm_max_error_share=1.0))
     il = pl.read_parquet(tmp_path / "ds" / "il.parquet")
@@ -269,31 +254,16 @@ def test_il_teaches_parallel_tool_calls_as_the_one_turn_the_expert_made(tmp_path
 def test_what_the_expert_said_beside_its_calls_is_kept_and_taught(tmp_path: Path) -> None:
     """A model that writes text next to its tool calls ("Let me check both.") made that text part of its turn: capture
     keeps it with the turn's first call, and IL's target says it before the calls (it was dropped from both)."""
-    from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
-    from langchain_core.tools import tool
 
-    from ee_middleware import record_experience
-    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from ee_middleware.testing import tool_call
     from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
-
-    @tool
-    def weather(city: str) -> str:
-        """The weather in a city."""
-        return f"sunny in {city}"
+    from tests.trainers.datasets.weather_world import record_trajectory
 
     both = AIMessage(content="Let me check both.", tool_calls=[tool_call("weather", city="Paris"), tool_call("weather", city="Rome")])
     store_path = tmp_path / "experience"
-    agent = record_experience(
-        create_agent(ScriptedChatModel(script=[both, AIMessage(content="Sunny.")]), [weather]), app="w", store=store_path
-    )
-    agent.invoke({"messages": [("user", "Weather in Paris and Rome?")]})
-    agent.flush()
-    store = LocalExperienceStore(store_path)
-    (trajectory,) = store.iter_trajectories()
+    trajectory = record_trajectory(store_path, [both, AIMessage(content="Sunny.")], "Weather in Paris and Rome?")
     assert [s.action.content for s in trajectory.steps] == ["Let me check both.", None, "Sunny."]
-    store.approve([trajectory.id], by="test")
-    store.close()
 
     build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il"))
     targets = [json.loads(c)[0] for c in pl.read_parquet(tmp_path / "ds" / "il.parquet")["completion"]]
