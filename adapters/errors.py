@@ -91,11 +91,12 @@ class AdapterPathNotFoundError(ServingError):
 
 
 class ServerRankError(ServingError):
-    """The server refused the adapter's rank (vLLM: HTTP 500; the local server: HTTP 400)."""
+    """The server refused the adapter's rank (vLLM and ``ee serve local``: HTTP 500 saying it is above ``max_lora_rank``)."""
 
 
 class AdapterLoadError(ServingError):
-    """The server could not load (or unload) the adapter for another reason."""
+    """The server could not load (or unload) the adapter for a reason of the adapter's own (a 4xx refusal, or a 500
+    whose message names an adapter problem: other target modules, no weights, an unsupported LoRA feature, ...)."""
 
 
 class VerificationError(ServingError):

