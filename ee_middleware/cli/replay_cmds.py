@@ -147,6 +147,7 @@ def run(
         with reading_store(allow_partial=allow_partial):
             summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
             shown = _shown_trajectory_ids(cfg.store, summary) if not as_json else {}
+            idle = _why_nothing_to_replay(cfg) if not (summary.selected or summary.already_done) else None
     finally:
         if "progress" in bar:
             bar["progress"].stop()
@@ -154,6 +155,8 @@ def run(
         print_json(summary.to_dict())
     else:
         _print_summary(summary, out, shown)
+    if idle:
+        typer.secho(f"note: {idle}", err=True, fg="yellow")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -196,6 +199,27 @@ def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:
     if not (summary.skipped or summary.failed or summary.fidelity_examples):
         return {}
     return short_ids(open_existing_store(store).trajectories()["id"].to_list())
+
+
+def _why_nothing_to_replay(cfg: Any) -> str:
+    """Why a run found no trajectory to replay, nor any replayed before: the store (or its --app) has none, or none approved."""
+    import polars as pl
+
+    trajectories = open_existing_store(cfg.store).trajectories()
+    mine = trajectories if cfg.app is None else trajectories.filter(pl.col("app") == cfg.app)
+    if mine.is_empty() and not trajectories.is_empty():
+        apps = sorted(set(trajectories["app"].to_list()))
+        listed = ", ".join(apps[:10]) + (f" and {len(apps) - 10} more" if len(apps) > 10 else "")
+        return f"no trajectories of app {cfg.app!r} in {cfg.store} (its apps: {listed}); check --app."
+    where = "" if cfg.app is None else f" of app {cfg.app!r}"
+    if mine.is_empty():
+        return f"no trajectories{where} in {cfg.store} to replay: record some first."
+    counts = dict(mine.group_by("approval").len().iter_rows())
+    held = ", ".join(f"{counts[status]} {status}" for status in ("pending", "rejected") if counts.get(status))
+    return (
+        f"no approved trajectories{where} in {cfg.store} to replay ({held}): replay takes approved ones only; "
+        "approve some with `ee traces approve`, then run again."
+    )
 
 
 def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
@@ -381,6 +405,10 @@ def show(
                 raise TrajectoryNotFoundError(
                     f"No trajectory or rollout {item_id!r} in {store}. List them with: ee replay list --store {store}"
                 ) from None
+            if replay_id is not None and rollouts[0].replay_id != replay_id:
+                raise TrajectoryNotFoundError(
+                    f"Rollout {rollouts[0].id} is of replay {rollouts[0].replay_id}, not {replay_id}: leave --replay-id out to show it."
+                ) from None
         if as_json:
             print_json([_rollout_json(r) for r in rollouts])
             return
@@ -396,6 +424,8 @@ def show(
             by_step.setdefault(r.step_index, []).append(r)
         mismatches, unrestorable, unlisted = _replay_notes_by_step(opened, trajectory.id, replay_id)
         out.print(f"[bold]{escape(trajectory.id)}[/]  app={escape(trajectory.app)}  task: {escape(short(trajectory.task, 160))}")
+        if not (rollouts or mismatches or unrestorable):
+            out.print(f"[yellow]{escape(_why_no_rollouts(opened, trajectory, replay_id))}[/]")
         for step in trajectory.steps:
             if step.index not in by_step and step.index not in mismatches and step.index not in unrestorable:
                 continue
@@ -424,6 +454,31 @@ def show(
                 _print_unrestorable(out, note, f"step {step.index}, replay {replay}")
         if unlisted:
             out.print(f"[yellow]{unlisted} more unrestorable step(s) were counted but not listed (a replay record lists the first few).[/]")
+
+
+def _why_no_rollouts(opened: Any, trajectory: Any, replay_id: str | None) -> str:
+    """Why a trajectory has no rollouts to show: other replays have them, a replay skipped or failed it, or none ran yet."""
+    import polars as pl
+
+    if replay_id is not None:
+        others = sorted(set(opened.rollouts([trajectory.id])["replay_id"].to_list()))
+        if others:
+            return f"No rollouts of {trajectory.id} under replay {replay_id}; it has rollouts under replay {', '.join(others)}."
+    records = opened.replays(replay_id=replay_id).filter(pl.col("trajectory_id") == trajectory.id)
+    verbs = {"done": "replayed it and kept no branch", "skipped": "skipped it", "failed": "failed on it"}
+    ran = [
+        f"replay {row['replay_id']} {verbs.get(row['status'], row['status'])}"
+        + (f" ({row['reason']})" if row["reason"] else "")
+        + (", and its next run retries it" if row["status"] == "failed" else "")
+        for row in records.sort("finished_at").iter_rows(named=True)
+    ]
+    if ran:
+        return f"No rollouts of {trajectory.id}: {'; '.join(ran)}."
+    under = "" if replay_id is None else f" under replay {replay_id}"
+    return (
+        f"No rollouts of {trajectory.id}: it has not been replayed{under} (its approval: {trajectory.approval.status}; "
+        "ee replay run replays approved trajectories)."
+    )
 
 
 def _synthetic_note(rollout: Any) -> str:

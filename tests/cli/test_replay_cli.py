@@ -304,3 +304,81 @@ def test_replay_list_shows_ids_that_share_their_start_long_enough_to_use(tmp_pat
 
     as_json = json.loads(ee("replay", "list", "--store", str(root), "--json").stdout)
     assert sorted(r["id"] for r in as_json) == sorted(rollouts), "--json keeps whole ids"
+
+
+# --- an empty answer says why it is empty ----------------------------------------------------------------
+
+
+def test_replay_run_says_why_nothing_was_replayed(tmp_path: Path) -> None:
+    """A store of pending trajectories (recorded without approve_if) replayed nothing: a table of zeros, exit 0, no
+    word on why; a misspelt --app the same."""
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    root = tmp_path / "experience"
+    store = LocalExperienceStore(root, create=True)
+    store.write([sample_trajectory(f"t-{i}", app="shop") for i in range(3)])
+    store.reject(["t-2"], by="alice")
+    store.close()
+    spec = "tests.cli.test_replay_cli:ledger_sandbox"
+    pending = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--no-progress")
+    assert pending.exit_code == 0, pending.output
+    assert "trajectories replayed" in pending.stdout
+    note = " ".join(pending.stderr.split())
+    assert f"no approved trajectories in {root} to replay (2 pending, 1 rejected)" in note, note
+    assert "ee traces approve" in note
+    as_json = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--json")
+    assert json.loads(as_json.stdout)["selected"] == 0 and "ee traces approve" in as_json.stderr, "--json stays JSON on stdout"
+
+    misspelt = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--app", "shopp", "--no-progress")
+    note = " ".join(misspelt.stderr.split())
+    assert misspelt.exit_code == 0 and f"no trajectories of app 'shopp' in {root} (its apps: shop)" in note, note
+
+    empty = tmp_path / "empty"
+    LocalExperienceStore(empty, create=True).close()
+    nothing = ee("replay", "run", "--store", str(empty), "--sandbox", spec, "--no-progress")
+    assert nothing.exit_code == 0 and f"no trajectories in {empty} to replay" in " ".join(nothing.stderr.split())
+
+    store = LocalExperienceStore(root)
+    store.approve(["t-0"], by="alice")
+    store.close()
+    done = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--no-progress")
+    assert done.exit_code == 0 and "no approved" not in done.stderr and "no trajectories" not in done.stderr, done.stderr
+    again = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--no-progress")
+    assert again.exit_code == 0 and "no approved" not in again.stderr, "all replayed already: the table says so"
+
+
+def test_replay_show_says_why_a_trajectory_has_no_rollouts(tmp_path: Path) -> None:
+    """``ee replay show`` printed the trajectory's header line and nothing else, exit 0, when it had no rollouts (never
+    replayed, skipped, or a --replay-id it has none under); and a rollout id was shown whatever --replay-id said."""
+    from ee_middleware.testing.store_conformance import sample_replay_record, sample_rollout, sample_trajectory
+
+    root = tmp_path / "experience"
+    store = LocalExperienceStore(root, create=True)
+    store.write([sample_trajectory(t) for t in ("never", "skipped", "failed", "replayed")])
+    store.write_replay(sample_replay_record("skipped", status="skipped"), [])
+    store.write_replay(sample_replay_record("failed", status="failed"), [])
+    store.write_replay(sample_replay_record("replayed", branches=1), [sample_rollout("r-1", "replayed", 0, 0)])
+    store.close()
+
+    def show(*args: str) -> Any:
+        result = runner.invoke(app, ["replay", "show", *args, "--store", str(root)], env={"COLUMNS": "200"})
+        return result.exit_code, " ".join(result.stdout.split()), result
+
+    code, text, _ = show("never")
+    assert code == 0 and "No rollouts of never: it has not been replayed (its approval: pending;" in text, text
+    assert "ee replay run replays approved trajectories" in text
+    code, text, _ = show("skipped")
+    assert code == 0 and "No rollouts of skipped: replay replay-1 skipped it (skipped on purpose)." in text, text
+    code, text, _ = show("failed")
+    assert code == 0 and "No rollouts of failed: replay replay-1 failed on it (failed on purpose), and its next run retries it." in text, (
+        text
+    )
+    code, text, _ = show("replayed", "--replay-id", "replay-2")
+    assert code == 0 and "No rollouts of replayed under replay replay-2; it has rollouts under replay replay-1." in text, text
+    code, text, _ = show("replayed")
+    assert code == 0 and "No rollouts" not in text and "#0 mutate" in text, text
+    code, text, result = show("r-1", "--replay-id", "replay-2")
+    assert code == 1 and "Rollout r-1 is of replay replay-1, not replay-2" in result.output, result.output
+    assert show("r-1", "--replay-id", "replay-1")[0] == 0
+    as_json = runner.invoke(app, ["replay", "show", "never", "--store", str(root), "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout) == []
