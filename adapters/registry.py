@@ -131,7 +131,7 @@ class LocalAdapterRegistry:
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, wait_s: float | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.wait_s = _wait_s() if wait_s is None else max(0.0, wait_s)
+        self._wait_s = None if wait_s is None else max(0.0, wait_s)
         self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
         if not (self.root / "index.json").is_file():
             if not create:
@@ -145,6 +145,14 @@ class LocalAdapterRegistry:
 
     def __repr__(self) -> str:
         return f"LocalAdapterRegistry({str(self.root)!r})"
+
+    @property
+    def wait_s(self) -> float:
+        """How long :meth:`operation` waits for another holder (read from ``EE_REGISTRY_WAIT_S`` when first needed,
+        so a reader such as the router never trips over it)."""
+        if self._wait_s is None:
+            self._wait_s = _wait_s()
+        return self._wait_s
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -188,6 +188,8 @@ def test_the_wait_comes_from_ee_registry_wait_s_and_a_bad_value_is_named(tmp_pat
     monkeypatch.setenv("EE_REGISTRY_WAIT_S", "7.5")
     assert LocalAdapterRegistry(tmp_path / "r").wait_s == 7.5
     monkeypatch.setenv("EE_REGISTRY_WAIT_S", "soon")
+    registry = LocalAdapterRegistry(tmp_path / "r")
+    assert registry.list() == [] and registry.resolve("bot") is None, "readers (the router) do not need it"
     with pytest.raises(RegistryError, match="EE_REGISTRY_WAIT_S='soon' is not a number of seconds"):
-        LocalAdapterRegistry(tmp_path / "r")
+        registry.retire("bot-v1-00000000")
     assert os.environ["EE_REGISTRY_WAIT_S"] == "soon"
