@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
@@ -477,7 +478,13 @@ class LocalExperienceStore:
         name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
         with atomic_path(final, fsync=self._fsync) as tmp:
-            df.write_parquet(tmp, compression="zstd")
+            try:
+                df.write_parquet(tmp, compression="zstd")
+            except pl.exceptions.PolarsError as exc:
+                error = _os_error_in(exc)
+                if error is None:
+                    raise
+                raise error from exc
         return final
 
     def _merge_parts(self, snapshot: Manifest, table: str) -> list[Path]:
@@ -588,6 +595,16 @@ class LocalExperienceStore:
             "quarantined_segments": len(list(quarantine.glob(f"*{spool.SEGMENT_SUFFIX}"))),
             "quarantined_parts": len(list(quarantine.glob("*/part-*.parquet"))),
         }
+
+
+def _os_error_in(exc: Exception) -> OSError | None:
+    """The operating system's error that polars reports inside ``exc`` (``... No space left on device (os error 28)``),
+    as an :class:`OSError`, so that a full disk is told as one (:func:`~ee_middleware.errors.os_error_advice`)."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number))
 
 
 def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:

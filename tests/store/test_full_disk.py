@@ -164,3 +164,48 @@ def test_a_segment_sealed_for_its_size_after_a_grouped_write_warns_when_its_sync
     writer.append_lines([spool_module.encode_line({"n": 1, "pad": "x" * 300})], durable=False)  # full: sealed here
     assert "Could not sync spool segment" in caplog.text
     assert [r["n"] for r in spool_module.iter_records(tmp_path / "spool")] == [0, 1]
+
+
+def test_compaction_on_a_really_full_tmpfs_fails_with_a_store_write_error_and_loses_nothing(tmpfs: Path):
+    """Polars reports the full disk as a ComputeError (``os error 28``): compaction names the disk, not a bug."""
+    root = tmpfs / "experience"
+    store = LocalExperienceStore(root)
+    written = []
+    try:
+        for i in range(10_000):
+            t = sample_trajectory(f"t{i}", steps=6)
+            t.steps[0].observation.content = os.urandom(20_000).hex()  # incompressible: the parts need room too
+            store.write([t])
+            written.append(t.id)
+    except StoreWriteError:
+        pass
+    store.close()
+    with pytest.raises(
+        StoreWriteError, match=r"Cannot compact .*No space left on device.*Nothing stored was changed or lost.*free space"
+    ) as caught:
+        store.compact()
+    assert caught.value.errno == errno.ENOSPC
+    assert not [p for p in root.rglob("*") if p.suffix in (".parquet", ".tmp")], "nothing half-written is left"
+    assert LocalExperienceStore(root).trajectories()["id"].to_list() == written
+
+
+def test_a_parquet_write_failing_on_a_full_disk_is_a_store_write_error(store_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The same error injected where no tmpfs can be mounted: polars' ComputeError carrying the OS error."""
+    import polars as pl
+
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("a")])
+    store.close()
+
+    def disk_full(self: pl.DataFrame, file: object, **kwargs: object) -> None:
+        Path(str(file)).write_bytes(b"PAR1")  # polars had begun the file
+        raise pl.exceptions.ComputeError("parquet: File out of specification: underlying IO error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", disk_full)
+    with pytest.raises(StoreWriteError, match=r"No space left on device.*Nothing stored was changed or lost.*free space") as caught:
+        store.compact()
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert not [p for p in store_path.rglob("*") if p.suffix in (".parquet", ".tmp")]
+    assert store.compact() == 1
+    assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["a"]
