@@ -305,12 +305,12 @@ class LocalExperienceStore:
         frames = [frame([], schema).lazy()]
         for path in snapshot.paths(self.root, table):
             try:
-                columns = pl.read_parquet_schema(path)
+                columns = pl.read_parquet_schema(path) if _named_in_utf8(path) else _read_part(path, schema).schema
             except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged or vanished file
                 self._warn_part(path, str(exc))
                 continue
             absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in columns]
-            part = pl.scan_parquet(path)
+            part = pl.scan_parquet(path) if _named_in_utf8(path) else _read_part(path, schema).lazy()
             frames.append((part.with_columns(absent) if absent else part).select(list(schema)).cast(schema))  # type: ignore[arg-type]
         frames.append(spooled.frame(table).lazy())
         return pl.concat(frames, how="vertical")
@@ -479,7 +479,11 @@ class LocalExperienceStore:
         final = folder / name
         with atomic_path(final, fsync=self._fsync) as tmp:
             try:
-                df.write_parquet(tmp, compression="zstd")
+                if _named_in_utf8(tmp):
+                    df.write_parquet(tmp, compression="zstd")
+                else:
+                    with open(tmp, "wb") as fh:
+                        df.write_parquet(fh, compression="zstd")
             except pl.exceptions.PolarsError as exc:
                 error = _os_error_in(exc)
                 if error is None:
@@ -597,6 +601,16 @@ class LocalExperienceStore:
         }
 
 
+def _named_in_utf8(path: Path) -> bool:
+    """Whether polars can open ``path`` by name. A name that is not UTF-8 (a folder named in Latin-1: Linux names are
+    bytes) it cannot: such files are opened here and polars is given the open file."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _os_error_in(exc: Exception) -> OSError | None:
     """The operating system's error that polars reports inside ``exc`` (``... No space left on device (os error 28)``),
     as an :class:`OSError`, so that a full disk is told as one (:func:`~ee_middleware.errors.os_error_advice`)."""
@@ -609,7 +623,11 @@ def _os_error_in(exc: Exception) -> OSError | None:
 
 def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """One part with exactly ``schema``'s columns (columns added since it was written are null)."""
-    df = pl.read_parquet(path)
+    if _named_in_utf8(path):
+        df = pl.read_parquet(path)
+    else:
+        with open(path, "rb") as fh:
+            df = pl.read_parquet(fh)
     absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in df.columns]
     return (df.with_columns(absent) if absent else df).select(list(schema)).cast(schema)  # type: ignore[arg-type]
 

@@ -244,3 +244,32 @@ def test_a_lone_surrogate_is_stored_as_a_replacement_character_not_refused(store
         (read,) = reader.iter_rollouts()
         assert (read.observation.content, read.action.tool_call.arguments) == ("caf\ufffd.txt", {"dir": "x\ufffd"})
         reader.compact()  # the second reader reads the Parquet parts
+
+
+def test_a_store_in_a_folder_whose_name_is_not_utf8_compacts_and_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Linux names are bytes: a folder named in Latin-1 (b"caf\\xe9") is a valid place for a store. Polars cannot open
+    such a path by name (it said "Object does not have a .write() method" and compaction failed with a TypeError)."""
+    from ee_middleware.store import local
+
+    monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 2)
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9/experience"))
+    store = LocalExperienceStore(root)
+    for name in ("a", "b", "c"):
+        store.write([sample_trajectory(name)])
+        store.close()
+        store.compact()  # the third compaction merges the parts
+    reader = LocalExperienceStore(root)
+    assert reader.trajectories()["id"].to_list() == ["a", "b", "c"]
+    assert reader.steps(["b"]).height == 3
+    assert reader.scan("steps").filter(pl.col("trajectory_id") == "c").collect().height == 3
+    assert reader.trajectory_index(["id"])["id"].to_list() == ["a", "b", "c"]
+    assert reader.repair()["quarantined_parts"] == []
+    other = LocalExperienceStore(tmp_path / "other")  # parts a user copies in under Latin-1 names are adopted too
+    other.write([sample_trajectory("d")])
+    other.compact()
+    for table in ("trajectories", "steps"):
+        (part,) = (other.root / table).glob("part-*.parquet")
+        (root / table / os.fsdecode(b"part-copi\xe9.parquet")).write_bytes(part.read_bytes())
+    reader.compact()
+    assert LocalExperienceStore(root).trajectories()["id"].to_list() == ["a", "b", "c", "d"]
+    assert LocalExperienceStore(root).steps().height == 12
