@@ -19,6 +19,18 @@ and leaves what it does not change untouched:
 * **pydantic-ai**: tool results in messages are ``tool_call_response`` parts with ``result`` where the
   conventions say ``response``; its version-2 tool spans put the call's arguments and result in
   ``tool_arguments`` / ``tool_response``.
+* **LangSmith's OpenTelemetry export** (``LANGSMITH_OTEL_ENABLED``; spans marked ``langsmith.span.kind``)
+  names operations as the conventions do but writes the LangChain run's inputs and outputs as JSON in
+  ``gen_ai.prompt`` / ``gen_ai.completion``: a model span's ``{"messages": [[message, ...]]}`` and
+  ``{"generations": [[{"message": ...}]]}`` (LangChain messages, serialized or dumped), a tool span's
+  arguments and ``{"output": <ToolMessage>}``. The thread is ``langsmith.metadata.thread_id``.
+* **Langfuse** (3+, OpenTelemetry-based; spans marked ``langfuse.observation.type``) names no GenAI
+  operation: a ``generation`` is a model call (``langfuse.observation.model.name``) whose
+  ``langfuse.observation.input`` is its list of messages, the tools it was given appended as
+  ``{"role": "tool", "content": <tool definition>}``, and whose ``langfuse.observation.output`` is the
+  reply; a ``tool`` is a tool call (its name the span's, its arguments the input, its result the
+  output's ToolMessage). Tool calls in these messages are LangChain's (``name`` / ``args``). The thread
+  is ``langfuse.trace.metadata.thread_id`` (JSON text).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.messages import dumps
+from ee_middleware.messages import dumps, langchain_to_openai
 
 _MESSAGE_EVENTS = {f"gen_ai.{role}.message": role for role in ("system", "user", "assistant", "tool")}
 _CHOICE = "gen_ai.choice"
@@ -48,6 +60,10 @@ _INDEXED = {
 
 def adapt(span: SpanData) -> SpanData:
     """``span`` with the shapes above rewritten into the GenAI attributes the assembler reads."""
+    if _LANGFUSE_TYPE in span.attributes:
+        span = _from_langfuse(span)
+    elif _LANGSMITH_KIND in span.attributes:
+        span = _from_langsmith(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_event_messages(span)
@@ -166,3 +182,93 @@ def _with_content_parts(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
     if not texts:
         return attrs
     return {**attrs, **{f"{message}.content": "".join(text for _, text in sorted(parts)) for message, parts in texts.items()}}
+
+
+_LANGSMITH_KIND = "langsmith.span.kind"
+_LANGFUSE_TYPE = "langfuse.observation.type"
+_LANGFUSE_OPS = {"generation": sc.OP_CHAT, "tool": sc.OP_EXECUTE_TOOL}
+
+
+def _from_langsmith(span: SpanData) -> SpanData:
+    """LangSmith's ``gen_ai.prompt`` / ``gen_ai.completion`` JSON as the GenAI attributes."""
+    attrs = span.attributes
+    prompt, completion = _decoded(attrs.get("gen_ai.prompt")), _decoded(attrs.get("gen_ai.completion"))
+    new: dict[str, Any] = {}
+    op = operation_of(attrs)
+    if op in sc.MODEL_OPERATIONS:
+        batch = prompt.get("messages") if isinstance(prompt, Mapping) else None
+        inputs = batch[0] if isinstance(batch, list) and batch and isinstance(batch[0], list) else batch
+        generations = completion.get("generations") if isinstance(completion, Mapping) else None
+        first = generations[0] if isinstance(generations, list) and generations and isinstance(generations[0], list) else generations
+        outputs = [g.get("message") or {"type": "ai", "content": g.get("text", "")} for g in first or [] if isinstance(g, Mapping)]
+        new = {sc.INPUT_MESSAGES: _openai_messages(inputs), sc.OUTPUT_MESSAGES: _openai_messages(outputs)}
+    elif op == sc.OP_EXECUTE_TOOL:
+        output = completion.get("output") if isinstance(completion, Mapping) else None
+        new = {sc.TOOL_CALL_ARGUMENTS: attrs.get("gen_ai.prompt"), sc.TOOL_CALL_RESULT: _tool_message_content(output)}
+    new[sc.CONVERSATION_ID] = attrs.get("langsmith.metadata.thread_id")
+    return _filled(span, new)
+
+
+def _from_langfuse(span: SpanData) -> SpanData:
+    """A Langfuse observation as the GenAI span it is (a model call or a tool call)."""
+    attrs = span.attributes
+    op = _LANGFUSE_OPS.get(str(attrs[_LANGFUSE_TYPE]))
+    given, output = _decoded(attrs.get("langfuse.observation.input")), _decoded(attrs.get("langfuse.observation.output"))
+    new: dict[str, Any] = {sc.OPERATION_NAME: op}
+    if op == sc.OP_CHAT:
+        messages = given if isinstance(given, list) else []
+        tools = [m["content"] for m in messages if _is_tool_definition(m)]
+        new[sc.INPUT_MESSAGES] = _openai_messages([m for m in messages if not _is_tool_definition(m)])
+        new[sc.OUTPUT_MESSAGES] = _openai_messages(output if isinstance(output, list) else [output] if output else [])
+        new[sc.TOOL_DEFINITIONS] = dumps(tools) if tools else None
+        new[sc.REQUEST_MODEL] = attrs.get("langfuse.observation.model.name")
+    elif op == sc.OP_EXECUTE_TOOL:
+        new[sc.TOOL_NAME] = span.name
+        new[sc.TOOL_CALL_ARGUMENTS] = attrs.get("langfuse.observation.input")
+        new[sc.TOOL_CALL_RESULT] = _tool_message_content(output)
+        new[sc.TOOL_CALL_ID] = output.get("tool_call_id") if isinstance(output, Mapping) else None
+    thread = _decoded(attrs.get("langfuse.trace.metadata.thread_id") or attrs.get("langfuse.observation.metadata.thread_id"))
+    new[sc.CONVERSATION_ID] = thread if isinstance(thread, str) else None
+    return _filled(span, new)
+
+
+def _is_tool_definition(message: Any) -> bool:
+    return isinstance(message, Mapping) and message.get("role") == "tool" and isinstance(message.get("content"), Mapping)
+
+
+def _openai_messages(messages: Any) -> str | None:
+    """LangChain messages (dumped, serialized with ``lc``, or role dicts with LangChain tool calls) as OpenAI's chat shape."""
+    if not isinstance(messages, list) or not messages:
+        return None
+    unwrapped = [_lc_fields(m) for m in messages]
+    try:
+        return dumps(langchain_to_openai(unwrapped))
+    except (ValueError, TypeError, KeyError, NotImplementedError):
+        return None  # not LangChain messages after all: the span keeps what it had, and its check reports it
+
+
+def _lc_fields(message: Any) -> Any:
+    """A LangChain message serialized as ``{"lc": 1, "id": [..., "AIMessage"], "kwargs": {...}}`` -> its fields."""
+    if not (isinstance(message, Mapping) and message.get("lc") == 1 and isinstance(message.get("kwargs"), Mapping)):
+        return message
+    kind = {"HumanMessage": "human", "AIMessage": "ai", "SystemMessage": "system", "ToolMessage": "tool"}
+    name = str((message.get("id") or ["?"])[-1]).removesuffix("Chunk")
+    return {"type": kind.get(name, name), **message["kwargs"]}
+
+
+def _tool_message_content(output: Any) -> str | None:
+    """A tool's result from its LangChain ``ToolMessage`` (dumped or serialized), or the output itself."""
+    message = _lc_fields(output)
+    if isinstance(message, Mapping) and message.get("type") == "tool" and "content" in message:
+        content = message["content"]
+    elif isinstance(output, str | int | float) or (output and not isinstance(output, Mapping)):
+        content = output
+    else:
+        return None
+    return content if isinstance(content, str) else dumps(content)
+
+
+def _filled(span: SpanData, new: Mapping[str, Any]) -> SpanData:
+    """``span`` with the ``new`` attributes it does not have already (None values left out)."""
+    added = {key: value for key, value in new.items() if value is not None and span.attributes.get(key) in (None, "")}
+    return replace(span, attributes={**span.attributes, **added}) if added else span

@@ -32,7 +32,13 @@ from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.messages import content_to_text, genai_to_openai
 
-_NODE_KEYS = (sc.EE_LANGGRAPH_NODE, "traceloop.association.properties.langgraph_node", "langgraph.node")
+_NODE_KEYS = (
+    sc.EE_LANGGRAPH_NODE,
+    "traceloop.association.properties.langgraph_node",
+    "langgraph.node",
+    "langsmith.metadata.langgraph_node",
+    "langfuse.observation.metadata.langgraph_node",
+)
 _NOT_RUNS = frozenset({"create_agent", "embeddings", "retrieval"})
 
 
@@ -44,6 +50,8 @@ class TraceRuns:
     problem: str | None = None
     repeated_spans: int = 0
     agent_related: bool = True
+    recognized: bool = True
+    """Whether any span names an operation ingest knows (else: a trace of an instrumentation it does not read)."""
 
 
 def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
@@ -65,7 +73,8 @@ def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
         runs.append(leftover)
     ops = {operation_of(s.attributes) for s in unique}
     related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
-    return TraceRuns(runs=[with_task(run) for run in runs], repeated_spans=repeated, agent_related=related)
+    recognized = ops != {None}
+    return TraceRuns(runs=[with_task(run) for run in runs], repeated_spans=repeated, agent_related=related, recognized=recognized)
 
 
 def _unique(trace_id: str, spans: Sequence[SpanData]) -> tuple[list[SpanData], int, str | None]:

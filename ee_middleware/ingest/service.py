@@ -8,7 +8,7 @@ the report counts the rest.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,8 @@ class IngestReport:
     unlisted_problems: int = 0
     repeated_spans: int = 0
     traces_without_runs: int = 0
+    unread_spans: int = 0
+    unread_keys: Counter[str] = field(default_factory=Counter)
 
     def problem(self, message: str) -> None:
         """Count a problem; list it while fewer than :data:`MAX_LISTED_PROBLEMS` are listed."""
@@ -147,6 +149,20 @@ def _ingest_traces(
             _write(store, new, report)
             new = []
     _write(store, new, report)
+    if report.unread_spans and not report.runs:
+        report.problem(_nothing_read(report))
+
+
+def _nothing_read(report: IngestReport) -> str:
+    """Why no span was read: what ingest looks for, and what the spans carry instead."""
+    keys = ", ".join(key for key, _ in report.unread_keys.most_common(12)) or "none"
+    return (
+        f"None of the {report.unread_spans} span(s) read is one ingest understands, so no trajectory was made: no span names a "
+        "GenAI operation (gen_ai.operation.name), an OpenInference or OpenLLMetry span kind (openinference.span.kind, "
+        "traceloop.span.kind), a LangSmith run kind (langsmith.span.kind) or a Langfuse observation type "
+        f"(langfuse.observation.type). Their most common attributes: {keys}. Export the spans of a GenAI instrumentation "
+        "that follows the OpenTelemetry GenAI conventions (or one of these), with message content capture on."
+    )
 
 
 def _write(store: ExperienceStore, trajectories: list[Trajectory], report: IngestReport) -> None:
@@ -168,6 +184,9 @@ def _trace_trajectories(
             report.problem(f"trace {trace_id}: no agent run found (no 'chat' or 'invoke_agent' spans among {len(spans)}); skipped.")
         else:
             report.traces_without_runs += 1  # e.g. OpenLLMetry's create_agent span: not a run, not a problem
+        if not grouped.recognized:
+            report.unread_spans += len(spans)
+            report.unread_keys.update(key for span in spans for key in span.attributes)
         return []
     out = []
     for run in grouped.runs:
@@ -207,8 +226,10 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
         report.problem(
             f"Trace {trace_id}: run {root.name!r}: its {len(models)} model span(s) carry no messages (no gen_ai.input.messages or "
             "gen_ai.output.messages, indexed prompt attributes or message events), so it would be a trajectory without steps; "
-            "turn on message content capture in the instrumentation (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true for "
-            "OpenTelemetry's, TRACELOOP_TRACE_CONTENT=true for OpenLLMetry, OPENINFERENCE_HIDE_INPUTS/OUTPUTS unset); run skipped."
+            "turn on message content capture in the instrumentation, on spans: OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="
+            "SPAN_ONLY (or SPAN_AND_EVENT) for OpenTelemetry's GenAI instrumentations (older versions: true; current ones read true "
+            "as NO_CONTENT, and EVENT_ONLY writes the messages to logs, not to the trace file), TRACELOOP_TRACE_CONTENT=true for "
+            "OpenLLMetry, OPENINFERENCE_HIDE_INPUTS/OUTPUTS unset; run skipped."
         )
         return None
     try:

@@ -7,6 +7,12 @@ model, two tools, one that raises) for two user turns on one thread under the re
 SDK's OTLP encoder in the OTLP/JSON mapping. Before runs were grouped by graph, the OpenInference
 files became 5 one-step trajectories without observations, and OpenLLMetry's ``create_agent``
 span was reported as a problem.
+
+``fixtures/make_vendor_fixtures.py`` ran the same graph under ``langsmith`` 0.15.1's OpenTelemetry
+export and ``langfuse`` 5.0.4's LangChain callback handler (before their dialects were read, LangSmith's
+files were "model spans carry no messages" problems and Langfuse's were skipped without a problem, 0
+trajectories), and under the official ``opentelemetry-instrumentation-openai-v2`` 2.4b0 with
+``langchain-openai`` and a local OpenAI-compatible HTTP server.
 """
 
 from __future__ import annotations
@@ -25,8 +31,15 @@ INSTRUMENTATIONS = {
     "openinference": "openinference_langgraph.jsonl",
     "openinference-plain": "openinference_plain_langgraph.jsonl",
     "openllmetry": "openllmetry_langgraph.jsonl",
+    "langsmith": "langsmith_langgraph.jsonl",
+    "langfuse": "langfuse_langgraph.jsonl",
 }
 TURN_1, TURN_2 = json.loads((FIXTURES / "openinference_langgraph.meta.json").read_text())["turns"]
+FIRST_RUN_STEPS = [
+    ("check_stock", {"fruit": "pears"}, "0 pears in stock", False),
+    ("order", {"fruit": "pears", "quantity": 5}, "ordered 5 pears", False),
+    ("answer", "We had no pears, so I ordered 5."),
+]
 
 
 def _steps(t: Trajectory) -> list[tuple[Any, ...]]:
@@ -51,11 +64,7 @@ def test_each_graph_run_is_one_trajectory_with_all_its_steps(store, instrumentat
     assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
     assert report.traces_without_runs == (1 if instrumentation == "openllmetry" else 0)  # its create_agent span
     assert (first.task, second.task) == (TURN_1, TURN_2), "each run's task is its own user turn, not the thread's first"
-    assert _steps(first) == [
-        ("check_stock", {"fruit": "pears"}, "0 pears in stock", False),
-        ("order", {"fruit": "pears", "quantity": 5}, "ordered 5 pears", False),
-        ("answer", "We had no pears, so I ordered 5."),
-    ]
+    assert _steps(first) == FIRST_RUN_STEPS
     check, order, answer = _steps(second)
     assert check == ("check_stock", {"fruit": "apples"}, "12 apples in stock", False)
     assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and order[3] is True
@@ -97,7 +106,11 @@ def test_observations_come_from_the_tool_spans_when_no_later_model_call_shows_th
 
 def _is_model_span(span: dict[str, Any]) -> bool:
     attrs = {a["key"]: next(iter(a["value"].values()), None) for a in span.get("attributes", [])}
-    return attrs.get("gen_ai.operation.name") == "chat" or attrs.get("openinference.span.kind") == "LLM"
+    return (
+        attrs.get("gen_ai.operation.name") == "chat"
+        or attrs.get("openinference.span.kind") == "LLM"
+        or attrs.get("langfuse.observation.type") == "generation"
+    )
 
 
 def test_two_graph_runs_under_one_request_span_stay_two_trajectories(tmp_path, store):
@@ -126,7 +139,7 @@ def test_ingesting_every_fixture_twice_adds_nothing(store):
     paths = [FIXTURES / name for name in INSTRUMENTATIONS.values()]
     first = ingest_files(paths, store)
     again = ingest_files(paths, store)
-    assert (len(first.ingested), again.ingested, len(again.already_stored)) == (6, [], 6)
+    assert (len(first.ingested), again.ingested, len(again.already_stored)) == (2 * len(paths), [], 2 * len(paths))
 
 
 @pytest.mark.parametrize("instrumentation", ["openinference", "openinference-plain"])
@@ -146,3 +159,42 @@ def test_a_run_whose_graph_span_was_never_exported_is_still_one_trajectory(tmp_p
     assert [len(t.steps) for t in trajectories] == [3, 3]
     assert [t.task for t in trajectories] == [TURN_1, TURN_2]
     assert trajectories[1].steps[1].observation.is_error
+
+
+def test_openai_v2_model_spans_alone_make_one_trajectory_per_turn(store):
+    """The official OpenAI instrumentation (content as span attributes: SPAN_ONLY) traces model calls
+    only, under the app's span per turn: the steps come from the model spans' messages. No tool span
+    says the order failed, so its error text is the observation, not flagged as an error; no span
+    names the thread or the tools."""
+    report, (first, second) = _ingest(store, FIXTURES / "openai_v2_langgraph.jsonl")
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    assert (first.task, second.task) == (TURN_1, TURN_2)
+    assert _steps(first) == FIRST_RUN_STEPS
+    check, order, answer = _steps(second)
+    assert check == ("check_stock", {"fruit": "apples"}, "12 apples in stock", False)
+    assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and "at most 10 apples per order" in order[2]
+    assert answer == ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order).")
+    assert [(t.status, t.model) for t in (first, second)] == [("completed", "scripted-shop-model")] * 2
+
+
+def test_openai_v2_with_capture_true_names_the_setting_that_puts_messages_on_spans(store):
+    """Its current version reads CAPTURE_MESSAGE_CONTENT=true as NO_CONTENT: the hint must name SPAN_ONLY."""
+    report, trajectories = _ingest(store, FIXTURES / "openai_v2_capture_true_langgraph.jsonl")
+    assert (trajectories, report.problems) == ([], 2)
+    assert all("carry no messages" in error and "SPAN_ONLY" in error for error in report.errors), report.errors
+
+
+@pytest.mark.parametrize("instrumentation", ["langsmith", "langfuse"])
+def test_a_file_whose_dialect_is_not_read_is_a_problem_naming_what_was_missing(tmp_path, store, instrumentation):
+    """Spans of an instrumentation ingest does not read (here: LangSmith's and Langfuse's markers
+    renamed away) give a problem naming what was looked for and what the spans carry, not a
+    zero-trajectory success."""
+    marker = {"langsmith": "langsmith.span.kind", "langfuse": "langfuse.observation.type"}[instrumentation]
+    lines = (FIXTURES / INSTRUMENTATIONS[instrumentation]).read_text().replace(f'"{marker}"', '"vendor.kind"')
+    lines = lines.replace('"gen_ai.operation.name"', '"vendor.operation"')
+    path = tmp_path / "unknown.jsonl"
+    path.write_text(lines)
+    report, trajectories = _ingest(store, path)
+    assert trajectories == [] and report.problems == 1, report.errors
+    (error,) = report.errors
+    assert "40 span(s)" in error and "gen_ai.operation.name" in error and "vendor.kind" in error, error
