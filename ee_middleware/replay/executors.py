@@ -13,6 +13,11 @@ waiting on one process that writes everything. Until the first worker is ready, 
 trajectories itself (and writes them), so the workers' start-up costs no throughput. A worker that cannot open that very store (a Ray
 node without the shared folder) sends the rollouts back, and the job writes them as before.
 
+With a served policy (more than one request in flight), every worker asks for its next trajectory's proposals while
+it replays the one before, whether it is given a stream (one worker), one trajectory per call (local workers) or
+batches (Ray actors): a worker sent trajectories call by call holds its latest until its next call (see
+:meth:`_Worker.replay_all`), so the server's request slots stay busy across trajectories.
+
 Local workers are forked from a fork server of the job's own, which imports what a worker needs once
 (see :class:`_JobForkServer`): a worker starts in milliseconds instead of a fresh interpreter's
 ~0.4 s of imports each.
@@ -79,6 +84,9 @@ class WorkerSpec:
     store whose marker reads the same (the same store, not another one at the same path elsewhere)."""
     requests_in_flight: int = 1
     """Proposal requests the worker keeps in flight at once (see :attr:`ReplayConfig.requests_in_flight`)."""
+    look_ahead: bool = True
+    """With more than one request in flight, ask for the next trajectory's proposals while one replays (see
+    :meth:`_Worker.replay_all`); off only to measure what that gains (``benchmarks/replay_served_policy.py``)."""
 
 
 def model_unusable(exc: ModelError) -> bool:
@@ -100,6 +108,8 @@ class _Worker:
         self._store: Any = None
         self._store_checked = False
         self._requests: ThreadPoolExecutor | None = None
+        self._waiting: tuple[Trajectory | TrajectoryRows, ProposingAhead | None] | None = None
+        """The trajectory held for the next call, with its proposals asked for (see :meth:`replay_all`)."""
 
     def _build(self) -> tuple[Sandbox, Any]:
         from ee_middleware.replay.policies.proposer import Proposer
@@ -125,27 +135,39 @@ class _Worker:
     def replay(self, trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
         return self._stored(self._replay(trajectory))
 
-    def replay_all(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
+    def replay_all(self, trajectories: Iterable[Trajectory | TrajectoryRows], *, hold_last: bool = False) -> Iterator[ReplayOutcome]:
         """:meth:`replay` for each of ``trajectories``, in order. With proposal threads (``requests_in_flight`` > 1),
         each trajectory's proposals are asked for while the one before it replays, so a served policy's requests keep
-        coming across trajectories (a trajectory of few states leaves threads idle otherwise)."""
-        if self.spec.requests_in_flight <= 1:
+        coming across trajectories (a trajectory of few states leaves threads idle otherwise).
+
+        ``hold_last``: for a worker sent its trajectories a few at a time (a local worker process, a Ray actor), the
+        last one is not replayed yet but held, its proposals being asked for, until the next call, which replays it
+        first; a call with no trajectories (and ``hold_last`` false) replays the one held. Its requests so keep coming
+        across calls as they do across one call's trajectories. A call that raises, or is closed early, and
+        :meth:`close`, drop the one held (none is left asking)."""
+        if self.spec.requests_in_flight <= 1 or not self.spec.look_ahead:
             for trajectory in trajectories:
                 yield self.replay(trajectory)
             return
-        waiting: tuple[Trajectory | TrajectoryRows, ProposingAhead | None] | None = None
+        finished = False
         try:
             for item in trajectories:
                 upcoming = self._ask_ahead(item)
-                if waiting is not None:
-                    yield self._stored(self._replay(*waiting))
-                waiting = upcoming
-            if waiting is not None:
-                last, waiting = waiting, None
+                current, self._waiting = self._waiting, upcoming
+                if current is not None:
+                    yield self._stored(self._replay(*current))
+            if not hold_last and self._waiting is not None:
+                last, self._waiting = self._waiting, None
                 yield self._stored(self._replay(*last))
+            finished = True
         finally:
-            if waiting is not None and waiting[1] is not None:
-                waiting[1].drop()  # the job stopped (an error, or the caller closed the iterator): none is left asking
+            if not finished:
+                self._drop_waiting()  # the job stopped (an error, or the caller closed the iterator): none is left asking
+
+    def _drop_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and waiting[1] is not None:
+            waiting[1].drop()
 
     def _ask_ahead(self, item: Trajectory | TrajectoryRows) -> tuple[Trajectory | TrajectoryRows, ProposingAhead | None]:
         """``item`` built (when it can be), with its proposals asked for now."""
@@ -221,6 +243,7 @@ class _Worker:
         store, self._store, self._store_checked = self._store, None, False
         requests, self._requests = self._requests, None
         try:
+            self._drop_waiting()
             if requests is not None:
                 requests.shutdown(wait=True, cancel_futures=True)  # before the policy closes: no request still uses it
             if store is not None:
@@ -360,9 +383,11 @@ def _started() -> None:
     """Nothing: submitted once so that the pool starts its processes at once."""
 
 
-def _replay_in_process(trajectory: Trajectory | TrajectoryRows) -> ReplayOutcome:
+def _replay_in_process(trajectories: list[Trajectory | TrajectoryRows], hold_last: bool) -> list[ReplayOutcome]:
+    """This worker's :meth:`_Worker.replay_all` of ``trajectories``: the outcomes of the trajectory it held and of
+    ``trajectories`` but the last, which it holds (its proposals asked for) until the next call, when ``hold_last``."""
     assert _PROCESS_WORKER is not None
-    return _PROCESS_WORKER.replay(trajectory)
+    return list(_PROCESS_WORKER.replay_all(trajectories, hold_last=hold_last))
 
 
 WORKER_MODULES = (
@@ -518,12 +543,20 @@ def _plain_process() -> multiprocessing.process.BaseProcess:
 _READ_AHEAD = 256
 """At most this many trajectories are read ahead while the workers start (when the job does not replay meanwhile)."""
 
+_CALLS_PER_WORKER = 2
+"""Calls queued per local worker: the next one starts the moment the last one ends, without waiting for the job."""
+
 
 class ProcessExecutor:
     """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`_JobForkServer`).
 
     ``start_method="spawn"`` spawns each worker instead (a fresh interpreter each). Either way nothing of the job
     process's state leaks into a worker: a worker is a fresh interpreter, or a fork of one that only imported modules.
+
+    Each worker is a pool of one process, sent one trajectory per call with :data:`_CALLS_PER_WORKER` calls queued, so
+    that it can hold its latest trajectory for its next call (see :meth:`_Worker.replay_all`'s ``hold_last``): with
+    a served policy, it asks for that trajectory's proposals while it replays the one before, as one worker does.
+    Once the job has no trajectory left, a worker holding one is sent a call that replays it.
     """
 
     replay_while_starting: bool = False
@@ -555,11 +588,17 @@ class ProcessExecutor:
         self._start_error: BaseException | None = None
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
         self._here = _JobReplays(spec)
+        self._unanswered = [0] * workers  # trajectories sent to each worker whose outcomes have not come back
+        self._pools: list[ProcessPoolExecutor] = []  # one per worker (a pool of one process)
         try:
-            self._pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_init_process_worker, initargs=(spec, torch_threads, parent_pid)
-            )
+            for _ in range(workers):
+                self._pools.append(
+                    ProcessPoolExecutor(
+                        max_workers=1, mp_context=context, initializer=_init_process_worker, initargs=(spec, torch_threads, parent_pid)
+                    )
+                )
         except BaseException:
+            self._shut_pools()
             self._stop_server()
             raise
         # Start the workers now: they start up while the job reads the store. Starting one waits until the fork server
@@ -575,8 +614,8 @@ class ProcessExecutor:
 
     def _start_workers(self) -> None:
         try:
-            for _ in range(self.workers):  # one submission starts at most one worker
-                self._ready.append(self._pool.submit(_started))
+            for pool in self._pools:  # its submission starts its worker
+                self._ready.append(pool.submit(_started))
         except BaseException as exc:  # noqa: BLE001 - raised by map() on the job's thread
             self._start_error = exc
 
@@ -600,15 +639,14 @@ class ProcessExecutor:
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
         source = _SharedIterator(trajectories)
-        window = self.workers * 2  # keep every worker busy without shipping the whole store at once
-        pending: set[Future[ReplayOutcome]] = set()
+        pending: dict[Future[list[ReplayOutcome]], int] = {}  # a call -> the worker it was sent to
         feeder: _Feeder | None = None
         try:
             if self.replay_while_starting and not self._worker_ready():
                 # Until the first worker has started (a fork server importing, spawned interpreters starting), the job
                 # replays trajectories itself. A thread hands the workers their first trajectories the moment they are
                 # forked, so a long trajectory here does not keep them waiting.
-                feeder = _Feeder(self, source, window)
+                feeder = _Feeder(self, source)
                 while not self._worker_ready() and (trajectory := source.next()) is not None:
                     yield self._here.replay(trajectory)
                 self._here.close()  # its sandbox (a child process, with isolation) is not needed any more
@@ -618,32 +656,59 @@ class ProcessExecutor:
                 source.read_ahead(self._starting, _READ_AHEAD)
             self._await_workers()
             while True:
-                self._submit(source, pending, window)
+                self._submit(source, pending)
                 if not pending:
                     return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield future.result()
+                    index = pending.pop(future)
+                    outcomes = future.result()
+                    self._unanswered[index] -= len(outcomes)
+                    self._submit(source, pending)  # before the job writes and counts what came back
+                    yield from outcomes
         finally:
             if feeder is not None:
                 pending |= feeder.join(quiet=True)
             for future in pending:
                 future.cancel()
 
-    def _submit(self, source: _SharedIterator, pending: set[Future[ReplayOutcome]], window: int) -> None:
-        while len(pending) < window and (trajectory := source.next()) is not None:
-            pending.add(self._pool.submit(_replay_in_process, trajectory))
+    def _submit(self, source: _SharedIterator, pending: dict[Future[list[ReplayOutcome]], int]) -> None:
+        """Queue up to :data:`_CALLS_PER_WORKER` calls for every worker, a trajectory each; once there is none left, a
+        call that replays the trajectory it holds to a worker that holds one and has no call queued."""
+        queued = collections.Counter(pending.values())
+        for depth in range(1, _CALLS_PER_WORKER + 1):
+            for index, pool in enumerate(self._pools):
+                if queued[index] < depth:
+                    trajectory = source.next()
+                    if trajectory is None:
+                        break
+                    pending[pool.submit(_replay_in_process, [trajectory], True)] = index
+                    queued[index] += 1
+                    self._unanswered[index] += 1
+            else:
+                continue
+            for index, pool in enumerate(self._pools):  # none left
+                if not queued[index] and self._unanswered[index]:
+                    pending[pool.submit(_replay_in_process, [], False)] = index
+            return
 
     def close(self) -> None:
         try:
             if self._starter is not None:
                 self._starter.join()  # it ends once the server forked the workers, or failed to
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._shut_pools()
         finally:
             try:
                 self._here.close()
             finally:
                 self._stop_server()
+
+    def _shut_pools(self) -> None:
+        """End every worker (each closes its sandbox and policy first), all at once."""
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools:
+            pool.shutdown(wait=True)
 
 
 class _SharedIterator:
@@ -666,11 +731,11 @@ class _SharedIterator:
 
 
 class _Feeder:
-    """A thread that waits until an executor's workers are forked, then hands them their first ``window`` trajectories."""
+    """A thread that waits until an executor's workers are forked, then hands them their first trajectories."""
 
-    def __init__(self, executor: ProcessExecutor, source: _SharedIterator, window: int) -> None:
-        self._executor, self._source, self._window = executor, source, window
-        self._handed_out: set[Future[ReplayOutcome]] = set()
+    def __init__(self, executor: ProcessExecutor, source: _SharedIterator) -> None:
+        self._executor, self._source = executor, source
+        self._handed_out: dict[Future[list[ReplayOutcome]], int] = {}
         self._error: BaseException | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._feed, name="ee-replay-feeder", daemon=True)
@@ -680,11 +745,11 @@ class _Feeder:
         try:
             self._executor._await_workers()
             if not self._stopped.is_set():
-                self._executor._submit(self._source, self._handed_out, self._window)
+                self._executor._submit(self._source, self._handed_out)
         except BaseException as exc:  # noqa: BLE001 - raised by join() on the job's thread
             self._error = exc
 
-    def join(self, *, quiet: bool = False) -> set[Future[ReplayOutcome]]:
+    def join(self, *, quiet: bool = False) -> dict[Future[list[ReplayOutcome]], int]:
         """What the thread handed out; raises what stopped it (unless ``quiet``: the job is ending, and a thread still
         waiting for the workers then hands nothing out)."""
         if quiet:
@@ -704,21 +769,25 @@ class _RayWorker:
     def ready(self) -> None:
         """Nothing: its result is there once the actor has been built."""
 
-    def replay(self, trajectories: list[Trajectory | TrajectoryRows]) -> tuple[list[ReplayOutcome], Exception | None]:
-        """The outcomes of ``trajectories``, in order, and the error that stopped them (``None`` when none did): what
-        was replayed before a policy that stopped working is kept, as with one worker. A call the driver cancelled
-        (the job is ending) stops after the trajectory it is replaying."""
+    def replay(
+        self, trajectories: list[Trajectory | TrajectoryRows], hold_last: bool = True
+    ) -> tuple[list[ReplayOutcome], Exception | None]:
+        """The outcomes of the trajectory held from the call before and of ``trajectories`` but the last, which is held
+        for the next call, its proposals being asked for (see :meth:`_Worker.replay_all`: a served policy's requests
+        keep coming across calls); a call with no trajectories and ``hold_last`` false replays the one held. In order,
+        and the error that stopped them (``None`` when none did): what was replayed before a policy that stopped
+        working is kept, as with one worker. A call the driver cancelled (the job is ending) stops after the trajectory
+        it is replaying."""
         import ray
 
         context = ray.get_runtime_context()
-        outcomes = []
-        for trajectory in trajectories:
-            if context.is_canceled():
-                break
-            try:
-                outcomes.append(self._worker.replay(trajectory))
-            except Exception as exc:  # noqa: BLE001 - raised by the driver once it has the outcomes before it
-                return outcomes, _sendable(exc)
+        outcomes: list[ReplayOutcome] = []
+        uncancelled = itertools.takewhile(lambda _: not context.is_canceled(), trajectories)
+        try:
+            for outcome in self._worker.replay_all(uncancelled, hold_last=hold_last):
+                outcomes.append(outcome)
+        except Exception as exc:  # noqa: BLE001 - raised by the driver once it has the outcomes before it
+            return outcomes, _sendable(exc)
         return outcomes, None
 
     def close(self) -> None:
@@ -808,17 +877,18 @@ class RayExecutor:
         actor_class = ray.remote(num_cpus=num_cpus_per_worker)(_RayWorker)
         self._actors = [actor_class.remote(spec) for _ in range(workers)]
         self._ready = [actor.ready.remote() for actor in self._actors]
-        self._pending: dict[Any, Any] = {}  # a call's result -> the actor it was sent to
+        self._pending: dict[Any, int] = {}  # a call's result -> the index of the actor it was sent to
         self._here = _JobReplays(spec)
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
         ray, pending = self._ray, self._pending
         source = iter(trajectories)
         sizes = _BatchSizes()
+        unanswered = [0] * len(self._actors)  # trajectories sent to each actor whose outcomes have not come back
         try:
             for _ in range(_RAY_CALLS_IN_FLIGHT):  # queued now: each actor starts on them the moment it is built
-                for actor in self._actors:
-                    self._send(actor, source, sizes.size)
+                for index in range(len(self._actors)):
+                    unanswered[index] += self._send(index, source, sizes.size)
             if self.replay_while_starting:
                 while not ray.wait(self._ready, num_returns=1, timeout=0)[0] and (trajectory := next(source, None)) is not None:
                     outcome = self._here.replay(trajectory)
@@ -827,21 +897,27 @@ class RayExecutor:
                 self._here.close()
             while pending:
                 (done,), _ = ray.wait(list(pending), num_returns=1)
-                actor = pending.pop(done)
+                index = pending.pop(done)
                 outcomes, error = ray.get(done)
+                unanswered[index] -= len(outcomes)
                 sizes.observe(outcomes)
-                if error is None:
-                    self._send(actor, source, sizes.size)  # before the job writes and counts what came back
+                if error is None:  # the next call before the job writes and counts what came back
+                    sent = self._send(index, source, sizes.size)
+                    unanswered[index] += sent
+                    if not sent and unanswered[index] and index not in pending.values():
+                        self._pending[self._actors[index].replay.remote([], False)] = index  # the trajectory it holds
                 yield from outcomes
                 if error is not None:
                     raise error
         finally:
             self._cancel_pending()
 
-    def _send(self, actor: Any, source: Iterator[Trajectory | TrajectoryRows], size: int) -> None:
+    def _send(self, index: int, source: Iterator[Trajectory | TrajectoryRows], size: int) -> int:
+        """Send actor ``index`` the next ``size`` trajectories (fewer at the end); how many it was sent."""
         batch = list(itertools.islice(source, size))
         if batch:
-            self._pending[actor.replay.remote(batch)] = actor
+            self._pending[self._actors[index].replay.remote(batch)] = index
+        return len(batch)
 
     def _cancel_pending(self) -> None:
         pending, self._pending = list(self._pending), {}

@@ -53,7 +53,7 @@ def test_where_the_fork_server_cannot_be_used_workers_are_spawned_with_the_same_
     monkeypatch.setattr(executors, "ProcessPoolExecutor", pool)
     before = _own_processes()
     summary = run_replay(ReplayConfig.load(store=twin, k=2, workers=2))
-    assert spawned == ["spawn"]
+    assert spawned == ["spawn", "spawn"]  # a pool of one process per worker
     assert "spawning them instead" in caplog.text
     assert summary.done == BFCL_ENTRIES
     assert _rollouts(twin).equals(_rollouts(bfcl_store_path))

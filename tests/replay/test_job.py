@@ -266,7 +266,8 @@ def test_a_served_policy_is_asked_for_a_trajectorys_states_at_once_and_gives_the
     assert _propose_threads() == [], "the job's request threads end with it"
 
 
-def test_a_served_policy_that_is_down_stops_the_job_with_its_address(bfcl_store_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_served_policy_that_is_down_stops_the_job_with_its_address(workers: int, bfcl_store_path: Path) -> None:
     import socket
 
     from ee_middleware.errors import ModelServerError
@@ -275,15 +276,21 @@ def test_a_served_policy_that_is_down_stops_the_job_with_its_address(bfcl_store_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens there once closed
     with pytest.raises(ModelServerError, match=f"127.0.0.1:{port}.*0 trajectories finished before this are saved") as stopped:
-        run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=f"openai:http://127.0.0.1:{port}/v1#m", requests_in_flight=4))
+        run_replay(
+            ReplayConfig.load(
+                store=bfcl_store_path, k=2, workers=workers, policy=f"openai:http://127.0.0.1:{port}/v1#m", requests_in_flight=4
+            )
+        )
     assert stopped.value.url.startswith(f"http://127.0.0.1:{port}/v1")
     assert _propose_threads() == []
     store = LocalExperienceStore(bfcl_store_path)
     assert store.rollouts().height == 0 and store.replays().height == 0, "no trajectory is marked failed: the server was down"
 
 
-def test_a_request_a_served_policy_refuses_fails_its_trajectory_alone(bfcl_store_path: Path) -> None:
-    """A 400 (a state longer than the model's context) fails that trajectory; a 404 (no such model) stops the job."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_request_a_served_policy_refuses_fails_its_trajectory_alone(workers: int, bfcl_store_path: Path) -> None:
+    """A 400 (a state longer than the model's context) fails that trajectory; a 404 (no such model) stops the job. With
+    2 workers, each holding its next trajectory (its requests asked for), too: a held one is not lost or left asking."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from ee_middleware.errors import ModelRequestError
@@ -300,12 +307,13 @@ def test_a_request_a_served_policy_refuses_fails_its_trajectory_alone(bfcl_store
             pass
 
     with serving(ThreadingHTTPServer(("127.0.0.1", 0), Refusing)) as url:
-        summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=f"openai:{url}#m", limit=2))
-        assert summary.done == 0 and len(summary.failed) == 2
+        summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=workers, policy=f"openai:{url}#m", limit=4))
+        assert summary.done == 0 and len(summary.failed) == 4
         assert all("ModelRequestError" in reason and "400" in reason for reason in summary.failed.values())
         refuse["status"] = 404
         with pytest.raises(ModelRequestError, match="404"):
-            run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, policy=f"openai:{url}#m"))
+            run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=workers, policy=f"openai:{url}#m"))
+        assert _propose_threads() == []
 
 
 def lookup_sandbox() -> Any:
@@ -350,5 +358,62 @@ def test_a_served_policy_is_asked_for_the_next_trajectorys_states_while_one_repl
     summary = run_replay(ReplayConfig.load(store=ahead, **options))
     assert summary.done == 5 and summary.branches == 10 and summary.failed == {}
     assert in_flight.most >= 2, "one trajectory's only state met the next one's"
+    assert _rollouts(ahead).equals(_rollouts(one))
+    assert _propose_threads() == []
+
+
+class _Overlaps:
+    """Answers like :class:`_InFlight` and records when each request came and went (and which trajectory it was for).
+    Until ``company`` requests have been in flight at once, a request waits (10 s at most, once) for the others: a job
+    whose workers each ask for one trajectory's only state at a time never has more than one request per worker."""
+
+    def __init__(self, company: int) -> None:
+        import threading
+
+        self.company = company
+        self.now = self.most = 0
+        self.spans: list[tuple[float, float, str]] = []
+        self.lock = threading.Condition()
+
+    def __call__(self, messages: list[dict[str, Any]]) -> str:
+        task = next(str(m["content"]) for m in messages if m["role"] == "user")
+        with self.lock:
+            came = time.monotonic()
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.lock.notify_all()
+            if self.company and not self.lock.wait_for(lambda: self.most >= self.company, timeout=10):
+                self.company = 0  # it never came: the workers ask one at a time each (and the test fails)
+            self.now -= 1
+            self.spans.append((came, time.monotonic(), task))
+        return f"I would rather not call anything after {len(messages)} messages."
+
+    def overlapping_tasks(self) -> int:
+        """The most requests for distinct trajectories in flight at one moment."""
+        return max(len({task for came, went, task in self.spans if came <= moment < went}) for moment, _, _ in self.spans)
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_with_two_workers_a_fake_server_is_asked_for_each_workers_next_trajectory_while_one_replays(
+    executor: str, tmp_path: Path, serve: Any
+) -> None:
+    """Trajectories of one state each, 2 workers: without look-ahead a worker has one request in flight (its current
+    trajectory's only state), so the server never sees more than 2 (3 while the job replays itself as the workers start);
+    with it, each worker asks for its next trajectory while its current one is answered and replays: 4 at once, for 4
+    trajectories. The stored rollouts equal one worker's one-at-a-time ones, and no request thread is left."""
+    if executor == "ray":
+        pytest.importorskip("ray")
+    one, ahead = tmp_path / "one", tmp_path / "ahead"
+    _one_state_store(one, 12)
+    _one_state_store(ahead, 12)
+    server = _Overlaps(company=0)
+    model = serve(server)
+    options = {"k": 2, "policy": model.spec, "sandbox": f"{__name__}:lookup_sandbox"}
+    run_replay(ReplayConfig.load(store=one, requests_in_flight=1, **options))
+    assert server.most == 1
+    server.most, server.company, server.spans = 0, 4, []
+    summary = run_replay(ReplayConfig.load(store=ahead, workers=2, executor=executor, requests_in_flight=2, **options))
+    assert summary.done == 12 and summary.branches == 24 and summary.failed == {}
+    assert server.most >= 4 and server.overlapping_tasks() >= 4, "each worker's next trajectory was asked for with its current one"
     assert _rollouts(ahead).equals(_rollouts(one))
     assert _propose_threads() == []
