@@ -367,7 +367,7 @@ class SpoolWriter:
 
     def _ensure_open(self) -> int:
         if self._fd is not None and self._pid != os.getpid():  # forked child: never share a segment
-            self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+            self._forget_inherited_locked()
         if self._fd is None:
             path = self._dir / _segment_name()
             # Created and locked under a hidden name, then renamed: a compactor must never see an
@@ -412,7 +412,19 @@ class SpoolWriter:
             return "the segment it began was closed, its unfinished last line is skipped on read"
         return "the segment was cut back to its last whole record"
 
+    def _forget_inherited_locked(self) -> None:
+        """In a forked child: let go of the parent's segment without unlocking it. The lock belongs to the open file
+        both processes share, so unlocking it here would tell the compactor the parent's segment is finished (it
+        would be folded and deleted while the parent still writes to it); closing this copy of the descriptor does not."""
+        fd = self._fd
+        self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+        if fd is not None:
+            os.close(fd)
+
     def _seal_locked(self) -> Path | None:
+        if self._fd is not None and self._pid != os.getpid():  # a forked child's copy: the segment is the parent's
+            self._forget_inherited_locked()
+            return None
         path, fd, unsynced = self._path, self._fd, self._unsynced
         self._fd, self._path, self._size, self._unsynced = None, None, 0, False
         if fd is not None:

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
-from ee_middleware.store import LocalExperienceStore
+from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.store.spool import list_segments
 from ee_middleware.testing import check_store
 from ee_middleware.testing.store_conformance import sample_trajectory
@@ -273,3 +273,22 @@ def test_a_store_in_a_folder_whose_name_is_not_utf8_compacts_and_reads(tmp_path:
     reader.compact()
     assert LocalExperienceStore(root).trajectories()["id"].to_list() == ["a", "b", "c", "d"]
     assert LocalExperienceStore(root).steps().height == 12
+
+
+def test_a_forked_child_closing_its_copy_of_the_store_leaves_the_parents_segment_live(store_path: Path):
+    """A fork shares the parent's open segment and its lock: a worker that closed its inherited store released the
+    parent's lock, compaction then folded and deleted the segment the parent still wrote to, and later records were lost."""
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("before-fork")])
+    pid = os.fork()
+    if pid == 0:  # the worker: closes its copy (a multiprocessing worker's finally, a with block)
+        try:
+            store.close()
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert spool.is_live(store._writer.segment), "the parent still writes to its segment"
+    assert LocalExperienceStore(store_path).compact() == 0
+    store.write([sample_trajectory("after-fork")])
+    store.close()
+    assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["before-fork", "after-fork"]
