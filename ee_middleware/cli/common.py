@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import sys
 import warnings
@@ -111,14 +112,17 @@ SHORT_ID = 12
 """How many characters of an id a table shows at least."""
 
 
-def short_ids(ids: Iterable[str]) -> dict[str, str]:
-    """Each id's shortest prefix of at least :data:`SHORT_ID` characters that no other of ``ids`` starts with (the whole
-    id where it is the start of another): what a person copies from a table and a command that takes an id
-    (``ee traces show``, ``ee replay show``) resolves: feed it every id of the store, not only those shown. Ids that
-    share their first characters (``bfcl-simple_python_0``, ``bfcl-simple_python_1``) are shown as long as it takes."""
-    ordered = sorted(set(ids))
+def short_ids(ids: Iterable[str], *, among: Iterable[str] = ()) -> dict[str, str]:
+    """Each of ``ids`` as its shortest prefix of at least :data:`SHORT_ID` characters that no other id (of ``ids`` and
+    ``among``) starts with, or the whole id where it is the start of another: what a person copies from a table and a
+    command that takes an id (``ee traces show``, ``ee replay show``) resolves. Give ``among`` every id of the store,
+    not only those shown. Ids that share their first characters (``bfcl-simple_python_0``, ``bfcl-simple_python_1``)
+    are shown as long as it takes."""
+    wanted = set(ids)
+    ordered = sorted(wanted.union(among))
     shown = {}
-    for n, current in enumerate(ordered):
+    for current in wanted:
+        n = bisect.bisect_left(ordered, current)
         length = SHORT_ID
         for neighbour in ordered[max(n - 1, 0) : n + 2]:
             if neighbour != current:

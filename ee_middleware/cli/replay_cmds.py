@@ -198,7 +198,8 @@ def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:
     so that each one pastes back into ``ee replay show`` (none is looked up when no line names one)."""
     if not (summary.skipped or summary.failed or summary.fidelity_examples):
         return {}
-    return short_ids(open_existing_store(store).trajectories()["id"].to_list())
+    named = [*summary.skipped, *summary.failed, *(example["trajectory_id"] for example in summary.fidelity_examples)]
+    return short_ids(named, among=open_existing_store(store).trajectories()["id"].to_list())
 
 
 def _why_nothing_to_replay(cfg: Any) -> str:
@@ -335,15 +336,16 @@ def list_rollouts(
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
-        ids = [opened.resolve_id(trajectory)] if trajectory else None
-        frame = opened.rollouts(ids, replay_id=replay_id)
-        if not as_json:
-            # Unique among every id of the store, so that each one resolves: trajectory ids with ``ee traces show`` and
-            # --trajectory, rollout ids with ``ee replay show``, which tries trajectories first (so rollouts are told
-            # apart from trajectories too).
-            trajectory_ids = opened.trajectories()["id"].to_list()
-            shown_trajectories = short_ids(trajectory_ids)
-            shown_rollouts = short_ids([*opened.rollouts()["id"].to_list(), *trajectory_ids])
+        only = opened.resolve_id(trajectory) if trajectory else None
+        # Every rollout, read once (a read of the store reads all its spool): the table shows their ids as prefixes unique
+        # among them all, and the filters pick from them.
+        everything = opened.rollouts()
+        trajectory_ids = opened.trajectories()["id"].to_list() if not as_json else []
+    frame = everything
+    if only is not None:
+        frame = frame.filter(pl.col("trajectory_id") == only)
+    if replay_id is not None:
+        frame = frame.filter(pl.col("replay_id") == replay_id)
     if errors_only:
         frame = frame.filter(pl.col("is_error"))
     if limit is not None:
@@ -352,6 +354,11 @@ def list_rollouts(
     if as_json:
         print_json([_rollout_json(r) for r in rollouts])
         return
+    # Unique among every id of the store, so that each one resolves: trajectory ids with ``ee traces show`` and
+    # --trajectory, rollout ids with ``ee replay show``, which tries trajectories first (so rollouts are told apart from
+    # trajectories too).
+    shown_trajectories = short_ids((r.trajectory_id for r in rollouts), among=trajectory_ids)
+    shown_rollouts = short_ids((r.id for r in rollouts), among=[*everything["id"].to_list(), *trajectory_ids])
     from rich import box
     from rich.markup import escape
     from rich.table import Table

@@ -58,7 +58,7 @@ def list_traces(
 
     with reading_store(allow_partial=allow_partial):
         frame = open_existing_store(store).trajectories()
-    shown_ids = short_ids(frame["id"].to_list())  # unique among every id in the store, so each one resolves
+    every_id = frame["id"].to_list()
     if status is not StatusFilter.all:
         frame = frame.filter(pl.col("approval") == status.value)
     if app_name is not None:
@@ -70,6 +70,7 @@ def list_traces(
     if as_json:
         print_json([{k: _jsonable(v) for k, v in row.items()} for row in rows])
         return
+    shown_ids = short_ids((row["id"] for row in rows), among=every_id)  # unique among every id in the store, so each one resolves
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -201,7 +202,7 @@ def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store_path)
         events = decide(opened, ids, status, by=by, reason=reason, force=force)  # type: ignore[arg-type]
-        shown = short_ids(opened.trajectories()["id"].to_list())
+        shown = short_ids((e.trajectory_id for e in events), among=opened.trajectories()["id"].to_list())
     typer.echo(f"{status.capitalize()} {len(events)} trajectory(ies): {', '.join(shown[e.trajectory_id] for e in events)}")
     for e in events:
         if e.overrides is not None:
