@@ -31,6 +31,11 @@ and leaves what it does not change untouched:
   reply; a ``tool`` is a tool call (its name the span's, its arguments the input, its result the
   output's ToolMessage). Tool calls in these messages are LangChain's (``name`` / ``args``). The thread
   is ``langfuse.trace.metadata.thread_id`` (JSON text).
+* **MLflow tracing** (``mlflow.langchain.autolog`` with its OTLP export; spans marked ``mlflow.spanType``,
+  every value JSON text): a ``CHAT_MODEL`` / ``LLM`` span is a model call whose ``mlflow.spanInputs`` is
+  ``{"messages": [...]}`` and ``mlflow.spanOutputs`` ``{"choices": [{"message": ...}]}`` (OpenAI's shape,
+  with nulls), its tools ``mlflow.chat.tools``, its model ``mlflow.llm.model``; a ``TOOL`` span is a tool
+  call (``tool_call_id``, its result the output's ToolMessage). The thread is ``metadata``'s ``thread_id``.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_langfuse(span)
     elif _LANGSMITH_KIND in span.attributes:
         span = _from_langsmith(span)
+    elif _MLFLOW_TYPE in span.attributes:
+        span = _from_mlflow(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_event_messages(span)
@@ -187,6 +194,8 @@ def _with_content_parts(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
 _LANGSMITH_KIND = "langsmith.span.kind"
 _LANGFUSE_TYPE = "langfuse.observation.type"
 _LANGFUSE_OPS = {"generation": sc.OP_CHAT, "tool": sc.OP_EXECUTE_TOOL}
+_MLFLOW_TYPE = "mlflow.spanType"
+_MLFLOW_OPS = {"CHAT_MODEL": sc.OP_CHAT, "LLM": sc.OP_CHAT, "TOOL": sc.OP_EXECUTE_TOOL}
 
 
 def _from_langsmith(span: SpanData) -> SpanData:
@@ -230,6 +239,36 @@ def _from_langfuse(span: SpanData) -> SpanData:
     thread = _decoded(attrs.get("langfuse.trace.metadata.thread_id") or attrs.get("langfuse.observation.metadata.thread_id"))
     new[sc.CONVERSATION_ID] = thread if isinstance(thread, str) else None
     return _filled(span, new)
+
+
+def _from_mlflow(span: SpanData) -> SpanData:
+    """An MLflow span (its attributes JSON text) as the GenAI span it is (a model call or a tool call)."""
+    attrs = span.attributes
+    op = _MLFLOW_OPS.get(str(_decoded(attrs[_MLFLOW_TYPE])))
+    given, output = _decoded(attrs.get("mlflow.spanInputs")), _decoded(attrs.get("mlflow.spanOutputs"))
+    new: dict[str, Any] = {sc.OPERATION_NAME: op}
+    if op == sc.OP_CHAT:
+        choices = output.get("choices") if isinstance(output, Mapping) else None
+        replies = [c.get("message") for c in choices or [] if isinstance(c, Mapping)]
+        new[sc.INPUT_MESSAGES] = _openai_messages(_without_nulls(given.get("messages") if isinstance(given, Mapping) else None))
+        new[sc.OUTPUT_MESSAGES] = _openai_messages(_without_nulls(replies))
+        new[sc.TOOL_DEFINITIONS] = attrs.get("mlflow.chat.tools")
+        new[sc.REQUEST_MODEL] = _decoded(attrs.get("mlflow.llm.model"))
+    elif op == sc.OP_EXECUTE_TOOL:
+        new[sc.TOOL_NAME] = span.name
+        new[sc.TOOL_CALL_ARGUMENTS] = attrs.get("mlflow.spanInputs")
+        new[sc.TOOL_CALL_RESULT] = _tool_message_content(output)
+        new[sc.TOOL_CALL_ID] = _decoded(attrs.get("tool_call_id"))
+    metadata = _decoded(attrs.get("metadata"))
+    new[sc.CONVERSATION_ID] = metadata.get("thread_id") if isinstance(metadata, Mapping) else None
+    return _filled(span, new)
+
+
+def _without_nulls(messages: Any) -> Any:
+    """Messages without their null fields (``"tool_calls": null``); a null content is empty text."""
+    if not isinstance(messages, list):
+        return messages
+    return [{"content": "", **{k: v for k, v in m.items() if v is not None}} if isinstance(m, Mapping) else m for m in messages]
 
 
 def _is_tool_definition(message: Any) -> bool:

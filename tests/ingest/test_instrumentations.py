@@ -9,8 +9,9 @@ files became 5 one-step trajectories without observations, and OpenLLMetry's ``c
 span was reported as a problem.
 
 ``fixtures/make_vendor_fixtures.py`` ran the same graph under ``langsmith`` 0.15.1's OpenTelemetry
-export and ``langfuse`` 5.0.4's LangChain callback handler (before their dialects were read, LangSmith's
-files were "model spans carry no messages" problems and Langfuse's were skipped without a problem, 0
+export, ``langfuse`` 5.0.4's LangChain callback handler and ``mlflow-tracing`` 3.17.2's LangChain autolog
+exporting OTLP to a local collector (before their dialects were read, LangSmith's files were "model
+spans carry no messages" problems, and Langfuse's and MLflow's were skipped without a problem, 0
 trajectories), and under the official ``opentelemetry-instrumentation-openai-v2`` 2.4b0 with
 ``langchain-openai`` and a local OpenAI-compatible HTTP server.
 """
@@ -33,6 +34,7 @@ INSTRUMENTATIONS = {
     "openllmetry": "openllmetry_langgraph.jsonl",
     "langsmith": "langsmith_langgraph.jsonl",
     "langfuse": "langfuse_langgraph.jsonl",
+    "mlflow": "mlflow_langgraph.jsonl",
 }
 TURN_1, TURN_2 = json.loads((FIXTURES / "openinference_langgraph.meta.json").read_text())["turns"]
 FIRST_RUN_STEPS = [
@@ -110,6 +112,7 @@ def _is_model_span(span: dict[str, Any]) -> bool:
         attrs.get("gen_ai.operation.name") == "chat"
         or attrs.get("openinference.span.kind") == "LLM"
         or attrs.get("langfuse.observation.type") == "generation"
+        or attrs.get("mlflow.spanType") == '"CHAT_MODEL"'
     )
 
 
