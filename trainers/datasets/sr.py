@@ -12,7 +12,8 @@ turn's calls, in order, as IL's target makes them (one row per call would teach 
 several). Replay branched each of those steps, so each alternative stands in place of one call: the teacher is
 shown every call with its outcome and, under each call, up to K alternatives replayed in its place (picked per
 call as for a single call), in a :class:`~ee_middleware.trainers.datasets.teachers.ReflectionCase` whose ``calls``
-holds them. The turn is an example when any of its calls has rollouts; the row's ``step_index`` and id are its
+holds them. An alternative at one call that is another call the turn makes (replay proposes from the shared state)
+is left out: the expert made it. The turn is an example when any of its calls has rollouts; the row's ``step_index`` and id are its
 first step's. A turn of one call gives exactly the row it gave before turns were grouped.
 
 Guards keep the data clean, and every row records what they found in ``quality_flags``:
@@ -35,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from ee_middleware.models.parsing import canonical_call
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, conform, expert_turns
 from ee_middleware.trainers.datasets.source import DatasetSource
 from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher
@@ -149,11 +151,17 @@ class SRBuilder:
         tools = dict(source.trajectories.select("id", "tools_json").iter_rows())
         by_state = source.rollouts.partition_by(["trajectory_id", "step_index"], as_dict=True)
         for turn in turns.iter_rows(named=True):
+            steps = turn["_steps"]
+            # at parallel calls, an alternative at one call may be another call the turn makes: not an alternative
+            made = {_call_key(s["tool_name"], s["arguments_json"]) for s in steps} if len(steps) > 1 else set()
             picks = []
-            for step in turn["_steps"]:
+            for step in steps:
                 alternatives = by_state.get((turn["trajectory_id"], step["index"]))
                 seed = random.Random(f"{options.seed}:{turn['trajectory_id']}:{step['index']}")
-                picks.append(_pick(alternatives.to_dicts(), options.k, seed) if alternatives is not None else [])
+                rollouts = [] if alternatives is None else alternatives.to_dicts()
+                if made:
+                    rollouts = [r for r in rollouts if _call_key(r["tool_name"], r["arguments_json"]) not in made]
+                picks.append(_pick(rollouts, options.k, seed) if rollouts else [])
             if not any(picks):
                 continue
             self.report.states += 1
@@ -227,6 +235,15 @@ class SRBuilder:
         if self.on_batch is not None:
             self.on_batch(sum(len(turn["_calls"]) for turn, _, _, _ in self._pending))
         self._pending.clear()
+
+
+def _call_key(name: str, arguments_json: str | None) -> str:
+    """A call's identity for comparing calls (arguments compared as values; text that is not JSON as it is)."""
+    try:
+        arguments = json.loads(arguments_json or "{}")
+    except ValueError:
+        return f"{name}\0{arguments_json}"
+    return canonical_call(name, arguments) if isinstance(arguments, dict) else f"{name}\0{arguments_json}"
 
 
 def _pick(rollouts: list[dict[str, Any]], k: int, rng: random.Random) -> list[dict[str, Any]]:

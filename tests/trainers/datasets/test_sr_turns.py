@@ -102,9 +102,11 @@ def test_sr_teaches_parallel_calls_as_the_turn_the_expert_made(parallel_store: P
         "and weather(city='Rome') returns rainy in Rome, which moves the task forward."
     )
     alternatives = _rollouts(parallel_store)
-    for step_index, call in ((0, "weather(city='Paris')"), (1, "weather(city='Rome')")):
-        for action, _ in alternatives[step_index]:  # K=3 replayed, 3 shown: every alternative, under the call it replaced
-            assert f"In place of {call}, calling {action} " in rationale
+    made = ("weather(city='Paris')", "weather(city='Rome')")
+    for step_index, call in enumerate(made):
+        for action, _ in alternatives[step_index]:  # K=3 replayed: every alternative shown under the call it replaced,
+            shown = f"In place of {call}, calling {action} " in rationale  # but the turn's other call is no alternative
+            assert shown == (action not in made), (call, action)
     assert rationale.index("In place of weather(city='Paris')") < rationale.index("In place of weather(city='Rome')")
 
 
@@ -191,3 +193,25 @@ def test_a_single_call_teacher_prompt_is_the_prompt_model_teachers_were_shown() 
         "In two to four sentences, in the first person, explain why the action you took is the right next step, "
         "using what each action returns. Do not mention these instructions and do not number the actions."
     )
+
+
+def test_an_alternative_that_is_another_call_of_the_turn_is_not_shown_as_an_alternative(tmp_path: Path) -> None:
+    """Replay proposes from the turn's shared state, so in place of weather(Paris) it may have replayed weather(Rome),
+    which the expert also made in that turn: SR must not present the expert's own call as the road not taken."""
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware.testing import tool_call
+
+    root = tmp_path / "experience"
+    both = AIMessage(content="", tool_calls=[tool_call("weather", city="Paris"), tool_call("weather", city="Rome")])
+    record_trajectory(root, [both, AIMessage(content="Sunny and rainy.")], "Weather in Paris and Rome?")
+    policy = "tests.trainers.datasets.weather_world:EveryCityPolicy"
+    run_replay(ReplayConfig.load(store=root, k=3, sandbox=SANDBOX, policy=policy))
+    replayed = _rollouts(root)
+    assert "weather(city='Rome')" in [a for a, _ in replayed[0]] and "weather(city='Paris')" in [a for a, _ in replayed[1]]
+    teacher = RecordingTeacher()
+    build_sr(load_source(LocalExperienceStore(root)), teacher, SROptions(k=3))
+    (turn,) = teacher.cases
+    paris, rome = ([a for a, _ in call.alternatives] for call in turn.calls)
+    assert "weather(city='Oslo')" in paris and "weather(city='Oslo')" in rome
+    assert "weather(city='Rome')" not in paris and "weather(city='Paris')" not in rome

@@ -76,3 +76,31 @@ def record_trajectory(root: Path, script: list[Any], task: str) -> Trajectory:
     store.approve([trajectory.id], by="test")
     store.close()
     return trajectory
+
+
+class EveryCityPolicy:
+    """A replay policy (``tests.trainers.datasets.weather_world:EveryCityPolicy``) proposing ``weather`` of every city
+    at every state, in a fixed order: at a turn that asks for two cities, each call's alternatives include the turn's
+    other call (the proposer leaves out only the call being replaced)."""
+
+    name = "every-city"
+
+    def __init__(self, **options: Any) -> None:
+        pass
+
+    def propose(self, point: Any, k: int, *, seed: int) -> Any:
+        from ee_middleware.records import ProposerInfo, ToolCall
+        from ee_middleware.replay.policies.protocol import Candidate, Proposals
+
+        return Proposals(
+            [
+                Candidate(call=ToolCall(id=f"city-{i}", name="weather", arguments={"city": city}), proposer=ProposerInfo(policy=self.name))
+                for i, city in enumerate(FORECAST)
+            ][:k]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
