@@ -704,11 +704,19 @@ class ProcessExecutor:
                 self._stop_server()
 
     def _shut_pools(self) -> None:
-        """End every worker (each closes its sandbox and policy first), all at once."""
-        for pool in self._pools:
-            pool.shutdown(wait=False, cancel_futures=True)
-        for pool in self._pools:
-            pool.shutdown(wait=True)
+        """End every worker (each closes its sandbox and policy first), all at once, and wait until each has ended.
+
+        ``shutdown(wait=False)`` forgets a pool's processes, so a later ``shutdown(wait=True)`` waits for nothing: the
+        job then stopped its fork server while workers were still closing their sandboxes, which cut them off. Each
+        pool is shut down, waiting, on a thread of its own instead."""
+        enders = [
+            threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, name="ee-replay-worker-end")
+            for pool in self._pools
+        ]
+        for ender in enders:
+            ender.start()
+        for ender in enders:
+            ender.join()
 
 
 class _SharedIterator:

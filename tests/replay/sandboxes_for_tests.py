@@ -70,3 +70,16 @@ class FetchPolicy:
 
     def close(self) -> None:
         pass
+
+
+class SlowClosingBFCLSandbox(BFCLSandbox):
+    """The real BFCL sandbox whose ``close`` takes a while (as stopping a container does) and then leaves a file named
+    by its process id in ``EE_TEST_CLOSED_DIR``: a test can tell that every worker closed its sandbox to the end."""
+
+    def close(self) -> None:
+        time.sleep(0.5)
+        super().close()
+        folder = os.environ.get("EE_TEST_CLOSED_DIR")
+        if folder:
+            with open(os.path.join(folder, str(os.getpid())), "w") as marker:
+                marker.write("closed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -359,3 +360,19 @@ class _Unpicklable(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.lock = __import__("threading").Lock()
+
+
+def test_the_job_returns_only_once_every_worker_has_closed_its_sandbox(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers end by themselves, closing their sandboxes (a container stopped, a connection closed) to the end,
+    before the job returns: none is cut off by the fork server's end, or still running after the job."""
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    monkeypatch.setenv("EE_TEST_CLOSED_DIR", str(closed))
+    sandbox = "tests.replay.sandboxes_for_tests:SlowClosingBFCLSandbox"
+    before = _own_processes()
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, sandbox=sandbox))
+    workers = {int(p.name) for p in closed.iterdir()} - {os.getpid()}
+    assert len(workers) == 2, f"the job returned before its workers closed their sandboxes ({len(workers)} of 2 had)"
+    assert _own_processes() <= before
