@@ -245,6 +245,8 @@ def replay(ctx: StageContext) -> StageResult:
         result.decisions.append("nothing to replay" if not wanted else "every selected trajectory was replayed by an earlier attempt")
     store = open_store(ctx.config.store, create=False)
     try:
+        if remaining:
+            _compact(ctx, store, result)
         records = store.replays(replay_id=replay_id).filter(pl.col("trajectory_id").is_in(wanted))
         rollouts = store.rollouts(wanted, replay_id=replay_id) if wanted else None
     finally:
@@ -271,6 +273,28 @@ def replay(ctx: StageContext) -> StageResult:
         f"{result.outputs['branches']} branches over {result.outputs['states']} states, {result.outputs['errors']} error observations"
     )
     return result
+
+
+def _compact(ctx: StageContext, store: Any, result: StageResult) -> None:
+    """Fold the spool segments this replay wrote (and the finished ones capture wrote) into Parquet parts.
+
+    Every later read of the store (this run's datasets and evaluation, the next run's selection) then reads them
+    decoded once instead of parsing each JSON line again; left alone, a store replayed night after night reads more
+    slowly every night until someone runs ``ee store compact``. Safe while the agent keeps recording (a live
+    segment is left). A store that cannot be compacted (a full disk) is said in the run's decisions, not a failure:
+    nothing is lost, reads are only slower.
+    """
+    from ee_middleware.errors import EEError
+
+    started = time.perf_counter()
+    try:
+        folded = store.compact()
+    except EEError as exc:
+        result.decisions.append(f"the store was not compacted after replay ({exc}); reads stay slower until `ee store compact` runs")
+        return
+    result.outputs["compacted_segments"] = folded
+    if folded:
+        ctx.progress.info(f"compacted the store: {folded} spool segments folded into Parquet in {time.perf_counter() - started:.1f} s")
 
 
 def _unfinished(ctx: StageContext, ids: list[str], replay_id: str) -> list[str]:

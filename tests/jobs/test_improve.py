@@ -52,6 +52,8 @@ def test_every_stage_runs_and_leaves_manifests_a_report_and_a_promoted_adapter(w
     assert select["new"] == 8 and select["to_replay"] == 8 and select["by_app"] == {APP: 8}
     assert select["by_approval_source"] == {"auto:approve_if": 8} and sum(select["by_tool"].values()) > 8
     assert manifests["replay"]["outputs"]["branches"] == 2 * manifests["replay"]["outputs"]["states"] > 0
+    # the replay's spool segments were folded into Parquet, so later reads (and the next night's) do not re-parse them
+    assert manifests["replay"]["outputs"]["compacted_segments"] >= 1
     assert data["heldout_trajectories"] >= 1 and data["train_trajectories"] >= 1 and set(data["rows"]) == {"il", "iwm"}
     assert data["files"]["il"]["sha256"] == manifests["train"]["inputs"]["datasets"]["il"]
     train = manifests["train"]["outputs"]
