@@ -7,7 +7,8 @@ sandbox offers it as ``state_digest()`` (see :class:`~ee_middleware.replay.sandb
 The digest is the SHA-256 of a canonical JSON encoding of the world (:func:`canonical`):
 
 * dicts with their keys sorted (non-string keys kept apart from strings: ``{1: x}`` is not ``{"1": x}``),
-  lists and tuples in order, sets sorted, numbers, strings, booleans and ``None`` as JSON has them;
+  lists and tuples in order, sets sorted, numbers, strings, booleans and ``None`` as JSON has them (a
+  whole float is its int: ``2.0`` and ``2`` are one state, as RFC 8785's canonical JSON and ``==`` have it);
 * objects as their class and their **public** attributes (names not starting with ``_``), which is
   what BFCL's state checker compares; a reference back to an object being encoded (a directory's
   parent) is written as a marker, so cyclic worlds encode;
@@ -81,6 +82,8 @@ class _Encoder:
             return value
         if isinstance(value, enum.Enum):
             return {"$enum": f"{type(value).__qualname__}.{value.name}"}
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # one number, as JSON (RFC 8785 writes 2.0 as 2) and Python's == have it
         if isinstance(value, (int, float)):
             return value
         if isinstance(value, (bytes, bytearray)):

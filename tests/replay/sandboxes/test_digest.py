@@ -185,3 +185,12 @@ def test_the_bfcl_digest_follows_public_attributes_only() -> None:
     assert sandbox.state_digest() == start, "the current directory is private: BFCL's checker ignores it, so does the digest"
     sandbox.execute(ToolCall(id="t", name="touch", arguments={"file_name": "new.txt"}))
     assert sandbox.state_digest() != start
+
+
+def test_a_whole_float_and_its_int_are_one_state() -> None:
+    """JSON has one number 2 (RFC 8785 writes 2.0 as 2) and Python's == agrees, so a world where a tool stored
+    the model's ``{"score": 2}`` is the state the expert's ``{"score": 2.0}`` made. Before, the digests differed:
+    the traces: and tau suites scored such a run a state mismatch."""
+    assert digest_of({"score": 2, "n": [0, -0.0, 1e20]}) == digest_of({"score": 2.0, "n": [0.0, 0, 10**20]})
+    assert canonical({1.0: "a"}) == canonical({1: "a"}) and canonical(True) is True
+    assert digest_of({"score": 2.5}) != digest_of({"score": 2}) and digest_of(float("nan")) == digest_of(float("nan"))
