@@ -147,7 +147,7 @@ def _run_turn(
         turn.steps.append(step)
         conversation.messages.append(_assistant_message(step))
         if not step.calls:
-            if step.problems and config.feed_back_parse_errors and _looks_like_call(step.text):
+            if step.problems and config.feed_back_parse_errors:  # problems are kept only where the answer tried to call
                 conversation.messages.append({"role": "user", "content": PARSE_ERROR_PROMPT.format(problem=step.problems[0])})
                 continue
             turn.stopped = "answer"
@@ -167,8 +167,10 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
     parsed = choice.tool_calls() if config.parse_text_calls or structured_calls else []
     calls = [item for item in parsed if isinstance(item, ToolCall)]
     text = choice.text.strip()
-    # Text without any call is an answer; problems count only where the text tried to be a call.
-    problems = [item.problem for item in parsed if isinstance(item, ParseProblem)] if (calls or _looks_like_call(text)) else []
+    # Text without any call is an answer; problems count only where the answer tried to call (structured
+    # tool_calls, or text that looks like one): a structured call whose arguments cannot be read is not silence.
+    tried = calls or structured_calls or _looks_like_call(text)
+    problems = [item.problem for item in parsed if isinstance(item, ParseProblem)] if tried else []
     if calls and not structured_calls:
         text = ""  # the text was the calls themselves
     return Step(calls=calls, text=text, problems=problems)

@@ -52,7 +52,7 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "task_id": result.task_id,
         "trial": result.trial,
         "success": result.success,
-        "reason": result.reason,
+        "reason": _reason(result),
         "error_type": result.error_type,
         "model": model,
         "turns": len(conversation.turns),
@@ -63,6 +63,16 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "conversation": json.dumps(conversation.messages, ensure_ascii=False, default=str),
         "details": json.dumps(result.details, ensure_ascii=False, default=str),
     }
+
+
+def _reason(result: TaskResult, limit: int = 2) -> str | None:
+    """The suite's reason, plus the calls the model tried that could not be read (else a failure would not say why)."""
+    problems = result.conversation.problems
+    if result.success or not problems:
+        return result.reason
+    listed = "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+    note = f"{len(problems)} call(s) the model tried could not be read, so they were never made ({listed})"
+    return f"{result.reason}; {note}" if result.reason else note
 
 
 def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str, Any]]:

@@ -75,6 +75,11 @@ class Conversation:
         return [call for turn in self.turns for step in turn.steps for call in step.calls]
 
     @property
+    def problems(self) -> list[str]:
+        """Why calls the model tried to make could not be read (they were never executed), in order."""
+        return [problem for turn in self.turns for step in turn.steps for problem in step.problems]
+
+    @property
     def replies(self) -> list[str]:
         """Every text the agent wrote, in order."""
         return [step.text for turn in self.turns for step in turn.steps if step.text]
