@@ -9,7 +9,8 @@ is served the prompts it was trained on:
 1. keep the leading system messages (and with them the tool schemas), the task (the first user
    message), the most recent turns and the whole completion;
 2. drop the oldest turns in between, whole (an assistant tool call is never separated from its tool
-   results), and say so with a visible marker at the end of the task message;
+   results, nor a call still unanswered from the message after it, such as IWM's question about it),
+   and say so with a visible marker at the end of the task message;
 3. when even the task and the last turn do not fit, list the tools compactly (one line per tool:
    name and argument names with types) instead of their full JSON schemas;
 4. only when that is still too long, the caller cuts tokens from the left, and reports it.
@@ -133,7 +134,8 @@ def fit_messages(
 
 def split_turns(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """``(head, turns)``: the leading system messages and the first user message; then the rest in
-    whole turns, each a user or assistant message with the tool results that answer it."""
+    whole turns, each a user or assistant message with the tool results that answer it (an assistant's
+    calls that no result answers keep what follows them: a question about those calls)."""
     index = 0
     while index < len(messages) and messages[index].get("role") in _HEAD_ROLES:
         index += 1
@@ -141,11 +143,17 @@ def split_turns(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]
         index += 1
     head, turns = list(messages[:index]), []
     for message in messages[index:]:
-        if message.get("role") == "tool" and turns:
+        if turns and (message.get("role") == "tool" or _awaits_results(turns[-1])):
             turns[-1].append(message)
         else:
             turns.append([message])
     return head, turns
+
+
+def _awaits_results(turn: list[dict[str, Any]]) -> bool:
+    """A turn that is an assistant's tool calls with no result yet: what follows belongs to it (an IWM
+    prompt's question about the call above, whose answer is the row's target)."""
+    return len(turn) == 1 and turn[0].get("role") == "assistant" and bool(turn[0].get("tool_calls"))
 
 
 def _fewest_dropped(

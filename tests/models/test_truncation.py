@@ -134,3 +134,20 @@ def test_trainer_and_local_generator_render_the_same_truncated_prompt(tokenizer:
     assert stats.truncated == 1 and stats.middle_dropped == 1 and stats.left_cut == 0
     [cut] = stats.cuts
     assert cut["id"] == "row-1" and cut["dropped_messages"] > 0 and cut["tokens"] <= positions - new_tokens
+
+
+def test_an_iwm_state_keeps_the_call_its_question_asks_about(tokenizer: Any) -> None:
+    """An IWM prompt ends with the call to predict and the question about it ("Predict exactly what the tool call above
+    returns."): fitting it drops older turns, never the call (the target is that call's observation)."""
+    from ee_middleware.trainers.datasets.rows import IWM_INSTRUCTION
+
+    support = probe_template(tokenizer)
+    asked = {"role": "assistant", "content": "", "tool_calls": [call(77)]}
+    state = [*long_state(6), asked, {"role": "user", "content": IWM_INSTRUCTION}]
+    _head, turns = split_turns(state)
+    assert turns[-1] == state[-2:], "the call and the question about it are one turn"
+    marked_task = {**TASK, "content": TASK["content"] + "\n\n" + OMITTED_MARKER.format(n=len(state) - 4)}
+    question_only = count_tokens(tokenizer, render_prompt(tokenizer, [SYSTEM, marked_task, state[-1]], TOOLS, support))
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget=question_only + 2)  # room for the question, not the call
+    assert fit.dropped_messages > 0 and fit.messages[-2:] == state[-2:]
+    assert "folder_77" in fit.text and IWM_INSTRUCTION in fit.text
