@@ -156,7 +156,10 @@ def langchain_to_openai(messages: Iterable[Any]) -> list[Message]:
 def _langchain_message_to_openai(message: Any) -> Message:
     kind = message.type
     role = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}.get(kind, kind)
-    converted: Message = {"role": role, "content": content_to_text(message.content)}
+    content = message.content
+    if kind == "ai" and isinstance(content, list):  # the model's reasoning and its calls (in tool_calls) are not its text
+        content = [b for b in content if not (isinstance(b, Mapping) and b.get("type") in NOT_ASSISTANT_TEXT)]
+    converted: Message = {"role": role, "content": content_to_text(content)}
     if kind == "ai":
         calls = [
             {
@@ -184,6 +187,14 @@ def _langchain_message_to_openai(message: Any) -> Message:
     if name and kind in ("tool", "human", "ai"):
         converted["name"] = name
     return converted
+
+
+NOT_ASSISTANT_TEXT = frozenset(
+    {"reasoning", "thinking", "redacted_thinking", "tool_call", "tool_call_chunk", "invalid_tool_call", "tool_use", "function_call"}
+)
+"""Content blocks of a LangChain AI message that are not what the model said: its reasoning (LangChain's
+standard ``reasoning`` block, Anthropic's ``thinking``/``redacted_thinking``) and the tool calls its
+``tool_calls`` already carry (standard ``tool_call`` blocks, Anthropic's ``tool_use``, OpenAI's ``function_call``)."""
 
 
 def _raw_arguments(args: Any) -> str:

@@ -352,3 +352,36 @@ def test_a_run_stopped_at_a_static_breakpoint_is_interrupted(offload: str, how: 
     assert (paused.status, resumed.status) == ("interrupted", "completed")
     assert [s.action.tool_call.name for s in paused.steps if s.action.tool_call] == ["cancel_order"]
     assert resumed.final_answer == "Cancelled A-1." and paused.thread_id == resumed.thread_id
+
+
+@OFFLOADS
+def test_reasoning_and_tool_use_blocks_are_not_the_models_text(offload, store_path):
+    """A model that replies in content blocks (Anthropic's ``thinking`` and ``tool_use``, LangChain's standard
+    ``reasoning`` and ``tool_call`` blocks) says only its ``text`` blocks, as LangChain's ``message.text`` reads it.
+    Was: every other block glued as JSON onto the text, so the answer read
+    '{"type":"thinking",...}Found it' and the action's text carried the tool call twice."""
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        return f"found {q}"
+
+    thinking = {"type": "thinking", "thinking": "The user wants a; look it up.", "signature": "c2ln"}
+    script = [
+        AIMessage(
+            content=[
+                {"type": "reasoning", "reasoning": "I should look it up"},
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "a"}},
+            ],
+            tool_calls=[{"name": "lookup", "args": {"q": "a"}, "id": "toolu_1", "type": "tool_call"}],
+        ),
+        AIMessage(content=[thinking, {"type": "redacted_thinking", "data": "eyJ"}, {"type": "text", "text": "Found "}, "it: a."]),
+    ]
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [lookup]), app="shop", store=store_path, offload=offload)
+    assert agent.invoke({"messages": [("user", "find a")]})["messages"][-1].text == "Found it: a."
+    [t] = _recorded(agent, store_path)
+    assert [(s.action.kind, s.action.content) for s in t.steps] == [("tool_call", "Let me check."), ("answer", "Found it: a.")]
+    assert t.final_answer == "Found it: a."
+    assert [m["content"] for m in t.messages] == ["find a", "Let me check.", "found a", "Found it: a."]
+    assert t.steps[1].state[1]["content"] == "Let me check."  # the history the next decision saw
