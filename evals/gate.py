@@ -67,6 +67,12 @@ class SuiteComparison:
     neither: int
     only_in_candidate: int
     only_in_baseline: int
+    regressed: list[dict[str, Any]] = field(default_factory=list)
+    """Tasks the baseline passed and the candidate failed: ``task_id`` and the candidate's ``reason``."""
+    improved: list[str] = field(default_factory=list)
+    """Tasks the candidate passed and the baseline failed."""
+    missing: list[str] = field(default_factory=list)
+    """Tasks the baseline ran and the candidate did not."""
 
 
 @dataclass
@@ -128,6 +134,27 @@ def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]
     return _outcomes(run_dir)[0]
 
 
+def failure_reasons(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """suite -> task id -> why it failed (its first failed trial's reason, and how many of its trials failed)."""
+    import polars as pl
+
+    path = Path(run_dir) / "results.parquet"
+    schema = pl.read_parquet_schema(path)
+    if "reason" not in schema:
+        return {}
+    order = ["suite", "task_id", *(["trial"] if "trial" in schema else [])]
+    frame = pl.read_parquet(path, columns=[*order, "success", "reason"]).sort(order)
+    grouped = frame.group_by("suite", "task_id", maintain_order=True).agg(
+        pl.col("reason").filter(~pl.col("success")).first(), (~pl.col("success")).sum().alias("failed"), pl.len().alias("trials")
+    )
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in grouped.filter(pl.col("failed") > 0).iter_rows(named=True):
+        reason = row["reason"] or "no reason recorded"
+        trials = f"failed {row['failed']} of {row['trials']} trials: " if row["trials"] > 1 else ""
+        out[row["suite"]][row["task_id"]] = trials + reason
+    return dict(out)
+
+
 def _outcomes(run_dir: str | os.PathLike[str]) -> tuple[dict[str, dict[str, bool]], dict[str, int]]:
     """:func:`task_outcomes` and suite -> trials per task (the most any task ran)."""
     import polars as pl
@@ -182,7 +209,8 @@ def unscored_suites(run_dir: str | os.PathLike[str]) -> dict[str, str]:
     return out
 
 
-def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool]) -> SuiteComparison:
+def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool], why: dict[str, str] | None = None) -> SuiteComparison:
+    """The paired comparison; with ``why`` (task id -> the candidate's failure reason) it also names the tasks that moved."""
     shared = sorted(set(candidate) & set(baseline))
     a = sum(candidate[t] and baseline[t] for t in shared)
     b = sum(candidate[t] and not baseline[t] for t in shared)
@@ -205,12 +233,16 @@ def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool]) -
         neither=d,
         only_in_candidate=len(set(candidate) - set(baseline)),
         only_in_baseline=len(set(baseline) - set(candidate)),
+        regressed=[{"task_id": t, "reason": why.get(t)} for t in shared if baseline[t] and not candidate[t]] if why is not None else [],
+        improved=[t for t in shared if candidate[t] and not baseline[t]] if why is not None else [],
+        missing=sorted(set(baseline) - set(candidate)) if why is not None else [],
     )
 
 
 def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], policy: GatePolicy = GatePolicy()) -> GateResult:
     """Compare two runs suite by suite and apply ``policy``; reasons name every rule that failed."""
     (candidate, candidate_trials), (baseline, baseline_trials) = _outcomes(candidate_dir), _outcomes(baseline_dir)
+    why = failure_reasons(candidate_dir)
     reasons: list[str] = []
     comparisons = []
     for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
@@ -227,7 +259,7 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
         if suite not in candidate or suite not in baseline:
             reasons.append(f"{suite}: only the {'candidate' if suite in candidate else 'baseline'} ran it; run both on the same suites")
             continue
-        result = compare(suite, candidate[suite], baseline[suite])
+        result = compare(suite, candidate[suite], baseline[suite], why.get(suite, {}))
         comparisons.append(result)
         if candidate_trials[suite] != baseline_trials[suite]:  # pass^3 is harder than pass^1: the delta would measure k, not the model
             reasons.append(
@@ -252,7 +284,10 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
 def _suite_reasons(result: SuiteComparison, policy: GatePolicy) -> list[str]:
     reasons = []
     if result.only_in_baseline:
-        reasons.append(f"{result.suite}: the candidate lacks {result.only_in_baseline} task(s) the baseline ran")
+        named = ", ".join(result.missing[:5]) + (f" and {len(result.missing) - 5} more" if len(result.missing) > 5 else "")
+        reasons.append(
+            f"{result.suite}: the candidate lacks {result.only_in_baseline} task(s) the baseline ran" + (f" ({named})" if named else "")
+        )
     if result.tasks < policy.min_tasks:
         reasons.append(f"{result.suite}: {result.tasks} paired task(s), fewer than min_tasks = {policy.min_tasks}")
     if result.delta < -policy.max_regression:

@@ -128,7 +128,7 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warnin
 
     table = Table(title=f"Results in {folder}")
     for column in ("suite", "tasks", "trials", "success", "pass^k", "failures"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         table.add_row(
@@ -198,7 +198,7 @@ def _print_gate(out: Any, result: Any) -> None:
 
     table = Table(title="Gate: candidate vs baseline")
     for column in ("suite", "tasks", "candidate", "baseline", "delta", "95% CI", "McNemar p"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in [*result.suites, *([result.overall] if result.overall else [])]:
         table.add_row(
             escape(s.suite),
@@ -210,7 +210,22 @@ def _print_gate(out: Any, result: Any) -> None:
             f"{s.p_value:.3g}",
         )
     out.print(table)
+    _print_moved(out, result.suites)
     out.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: " + "; ".join(result.reasons))
+
+
+def _print_moved(out: Any, suites: list[Any], limit: int = 10) -> None:
+    """Which tasks regressed (with the candidate's reason) and which improved, per suite."""
+    for s in suites:
+        if s.regressed:
+            out.print(f"[red]{escape(s.suite)}: {len(s.regressed)} task(s) the baseline passed and the candidate failed[/]")
+            for item in s.regressed[:limit]:
+                out.print(f"  {escape(item['task_id'])}: {escape(item['reason'] or 'no reason recorded')}")
+            if len(s.regressed) > limit:
+                out.print(f"  and {len(s.regressed) - limit} more (--json lists them all)")
+        if s.improved:
+            shown = ", ".join(s.improved[:limit]) + (f" and {len(s.improved) - limit} more" if len(s.improved) > limit else "")
+            out.print(f"[green]{escape(s.suite)}: {len(s.improved)} task(s) improved[/]: {escape(shown)}")
 
 
 @app.command("likelihood", epilog=examples("ee eval likelihood --data ./data --base ./models/smollm2 --adapter ./adapters/il"))

@@ -63,7 +63,7 @@ def test_missing_tasks_and_suites_fail_the_gate(tmp_path: Path) -> None:
     base = _run_dir(tmp_path / "b", {f"t{i}": True for i in range(30)})
     cand = _run_dir(tmp_path / "c", {f"t{i}": True for i in range(25)})
     result = gate(cand, base, GatePolicy())
-    assert result.reasons == ["s: the candidate lacks 5 task(s) the baseline ran"]
+    assert result.reasons == ["s: the candidate lacks 5 task(s) the baseline ran (t25, t26, t27, t28, t29)"]
     other = _run_dir(tmp_path / "o", {f"t{i}": True for i in range(30)}, suite="other")
     assert not gate(other, base).passed
 
@@ -117,3 +117,31 @@ def test_runs_with_different_trials_per_task_are_not_gated_against_each_other(tm
     assert result.reasons == [
         "s: the candidate ran 3 trial(s) per task and the baseline 1, so their pass^k are not comparable; run both with the same --trials"
     ]
+
+
+def _trials_dir(folder: Path, rows: list[tuple[str, int, bool, str | None]], append: bool = False) -> None:
+    folder.mkdir(exist_ok=True)
+    frame = pl.DataFrame([{"suite": "s", "task_id": t, "trial": k, "success": ok, "reason": why} for t, k, ok, why in rows])
+    if append:
+        frame = pl.concat([pl.read_parquet(folder / "results.parquet"), frame])
+    frame.write_parquet(folder / "results.parquet")
+
+
+def test_the_gate_names_the_tasks_that_regressed_with_the_candidates_reason_and_those_that_improved(tmp_path: Path) -> None:
+    """Before: only counts (baseline_only: 2), so a person could not tell which tasks regressed, nor why."""
+    base, cand = tmp_path / "b", tmp_path / "c"
+    _trials_dir(base, [("t1", 0, True, None), ("t2", 0, True, None), ("t3", 0, False, "wrong file"), ("t4", 0, True, None)])
+    _trials_dir(cand, [("t1", 0, True, None), ("t1", 1, False, "late"), ("t2", 0, False, "state_mismatch: no mv"), ("t2", 1, False, "x")])
+    _trials_dir(cand, [("t3", 0, True, None)], append=True)
+    result = gate(cand, base, GatePolicy(min_tasks=1))
+    [suite] = result.suites
+    assert suite.regressed == [
+        {"task_id": "t1", "reason": "failed 1 of 2 trials: late"},
+        {"task_id": "t2", "reason": "failed 2 of 2 trials: state_mismatch: no mv"},
+    ]
+    assert suite.improved == ["t3"] and suite.missing == ["t4"]
+    assert "s: the candidate lacks 1 task(s) the baseline ran (t4)" in result.reasons
+    out = CliRunner().invoke(app, ["eval", "gate", "--candidate", str(cand), "--baseline", str(base), "--min-tasks", "1"])
+    assert out.exit_code == 1 and "t2: failed 2 of 2 trials: state_mismatch: no mv" in out.output and "improved" in out.output, out.output
+    listed = json.loads(CliRunner().invoke(app, ["eval", "gate", "--candidate", str(cand), "--baseline", str(base), "--json"]).output)
+    assert [r["task_id"] for r in listed["suites"][0]["regressed"]] == ["t1", "t2"]
