@@ -145,6 +145,28 @@ def test_target_modules_the_base_lacks_are_named_with_the_layers_it_has(tool_tok
         train(config(base, data_dir, tmp_path / "out", target_modules=("q_proj", "v_proj")), progress=False)
 
 
+def test_a_max_length_beyond_the_base_models_context_is_named(tool_tokenizer: Any, data_dir: Path, tmp_path: Path) -> None:
+    """A GPT-2-style base has a position table of n_positions rows: a longer example was 'unexpected IndexError: index
+    out of range in self' mid-training. Now refused before training, naming both lengths and the fix."""
+    from ee_middleware.testing.tiny_models import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "gpt2", tool_tokenizer, "gpt2", max_positions=48)
+    for backend in ("trl", "peft-loop"):
+        with pytest.raises(
+            TrainError,
+            match=r"max_length=1024 is longer than the base model's context \(48 tokens: n_positions in .*config.json\).*max_length.* 48 or less",
+        ):
+            train(
+                TrainConfig(base_model=str(base), data=data_dir, output_dir=tmp_path / backend, max_steps=1, backend=backend),
+                progress=False,
+            )
+        assert not (tmp_path / backend).exists()
+    result = train(
+        TrainConfig(base_model=str(base), data=data_dir, output_dir=tmp_path / "fits", max_steps=1, max_length=48), progress=False
+    )
+    assert result.metrics["steps"] == 1
+
+
 def test_missing_base_model(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(BaseModelError, match=r"No base model at .*never downloaded"):
         train(config(tmp_path / "nope", data_dir, tmp_path / "out"), progress=False)
