@@ -280,8 +280,11 @@ class TracesSuite:
         details = {"digest": actual, "expected_digest": expected, "missing_facts": missing}
         problems = []
         if actual != expected:
-            not_made = _calls_not_made(task.payload["expert_calls"], conversation.calls)
+            made = [c.model_dump() for c in conversation.calls]
+            not_made = _calls_not_made(task.payload["expert_calls"], made)
+            instead = _calls_not_made(made, task.payload["expert_calls"])
             hint = f"; expert calls it did not make: {', '.join(not_made)}" if not_made else "; it made every expert call, and others too"
+            hint += f"; calls it made that the expert did not: {', '.join(instead)}" if instead else ""
             problems.append(("state_mismatch", f"the final sandbox state differs from the expert's{hint}"))
         if missing:
             said = ", ".join(repr(m) for m in missing)
@@ -291,9 +294,12 @@ class TracesSuite:
         return False, problems[0][0], "; and ".join(text for _, text in problems), details
 
 
-def _calls_not_made(expert: list[dict[str, Any]], made: list[ToolCall], limit: int = 3) -> list[str]:
-    key = lambda name, arguments: (name, json.dumps(arguments, sort_keys=True))  # noqa: E731
-    available = Counter(key(c.name, c.arguments) for c in made)
+def _calls_not_made(expert: list[dict[str, Any]], made: list[dict[str, Any]], limit: int = 3) -> list[str]:
+    """The calls of ``expert`` that ``made`` lacks (equal arguments in any key order, 2.0 as 2), written out."""
+    from ee_middleware.replay.sandboxes.digest import canonical
+
+    key = lambda name, arguments: (name, json.dumps(canonical(arguments or {}), sort_keys=True, default=str))  # noqa: E731
+    available = Counter(key(c["name"], c.get("arguments")) for c in made)
     missing = []
     for call in expert:
         k = key(call["name"], call.get("arguments", {}))

@@ -213,3 +213,18 @@ def test_a_suite_that_scored_no_task_is_named_in_the_summary_and_by_the_gate(
     assert not outcome.passed
     [reason] = outcome.reasons
     assert f"traces:{store}:retail-support: no task was scored" in reason and "no sandbox for app 'retail-support'" in reason, reason
+
+
+def test_a_state_mismatch_says_which_calls_the_candidate_made_instead(bfcl_store: tuple[Path, Path, dict[str, Any]]) -> None:
+    """Before: only the expert calls it did not make, so a call with a missing argument (or to another tool) read
+    as if the model had made no call at all."""
+    store, data, _ = bfcl_store
+    suite = load_suite(f"traces:{store}:bfcl.multi_turn_base", SuiteSettings(split=str(data)))
+    task = next(t for t in suite.tasks() if t.reference[0] and t.reference[0][0].get("tool_calls"))
+    reference = json.loads(json.dumps(task.reference))
+    first = reference[0][0]["tool_calls"][0]["function"]
+    first["arguments"] = "{}"
+    result = suite.run(OracleClient(), replace(task, reference=reference), 0, LoopConfig())
+    assert result.error_type == "state_mismatch" and f"calls it made that the expert did not: {first['name']}()" in result.reason, (
+        result.reason
+    )
