@@ -132,8 +132,21 @@ def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
     return path.name
 
 
+REASON_CHARS = 600
+
+
 def _failures(rows: list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
-    return [r for r in rows if not r["success"]][:limit]
+    """The first ``limit`` failed tasks, one row each: its first failed trial, with ``trial`` listing every failed trial."""
+    by_task: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["success"]:
+            continue
+        key = (r["suite"], r["task_id"])
+        if key in by_task:
+            by_task[key]["trial"] += f", {r['trial']}"
+        elif len(by_task) < limit:
+            by_task[key] = {**r, "trial": str(r["trial"])}
+    return list(by_task.values())
 
 
 def unanswered_warning(summary: list[dict[str, Any]]) -> str:
@@ -166,9 +179,15 @@ def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], m
         lines += ["", f"![success rate per suite]({chart})"]
     failed = _failures(rows)
     if failed:
-        lines += ["", "## First failures", "", "| suite | task | trial | reason |", "| --- | --- | ---: | --- |"]
+        lines += [
+            "",
+            "## First failures",
+            "",
+            "| suite | task | failed trials | reason (first failed trial) |",
+            "| --- | --- | ---: | --- |",
+        ]
         for r in failed:
-            reason = (r["reason"] or "").replace("|", "\\|").replace("\n", " ")[:200]
+            reason = (r["reason"] or "").replace("|", "\\|").replace("\n", " ")[:REASON_CHARS]
             lines.append(f"| {r['suite']} | {r['task_id']} | {r['trial']} | {reason} |")
     return "\n".join(lines) + "\n"
 
@@ -193,9 +212,11 @@ def html_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model
         body.append(f'<p><img src="{e(chart)}" alt="success rate per suite"></p>')
     failed = _failures(rows)
     if failed:
-        body.append("<h2>First failures</h2><table><tr><th>suite</th><th>task</th><th>trial</th><th>reason</th></tr>")
+        body.append(
+            "<h2>First failures</h2><table><tr><th>suite</th><th>task</th><th>failed trials</th><th>reason (first failed trial)</th></tr>"
+        )
         body += [
-            f"<tr><td>{e(r['suite'])}</td><td>{e(r['task_id'])}</td><td>{r['trial']}</td><td>{e((r['reason'] or '')[:300])}</td></tr>"
+            f"<tr><td>{e(r['suite'])}</td><td>{e(r['task_id'])}</td><td>{r['trial']}</td><td>{e((r['reason'] or '')[:REASON_CHARS])}</td></tr>"
             for r in failed
         ]
         body.append("</table>")
