@@ -168,6 +168,10 @@ def build_datasets(
         "steps": index.steps.height,
         "rollouts": index.rollouts.height,
         "sandbox_failures_left_out": sandbox_failures_left_out(index),
+        "rollouts_left_out": {
+            "synthetic": index.filtered_out.get("synthetic", 0),
+            "other_replays": index.filtered_out.get("other_replays", 0),
+        },
         "config": json.loads(config.model_dump_json()),
         "redaction": {
             "kinds": redactor.rules.enabled_kinds(),

@@ -73,6 +73,7 @@ class SRWriter(KindWriter):
         self.done = 0
         self.on_progress = on_progress
         self.builder = SRBuilder(teacher, options, on_batch=self._tick)
+        self.no_rollouts = no_rollouts_reason(index) if index.rollouts.is_empty() else None
 
     def _tick(self, n: int) -> None:
         self.done += n
@@ -86,7 +87,21 @@ class SRWriter(KindWriter):
     def finish(self) -> dict[str, Any]:
         self.parts.write(self.builder.finish())
         report = self.builder.report
-        return {"teacher": self.teacher.name, "states": report.states, "dropped": dict(report.dropped), "flagged": dict(report.flagged)}
+        extra = {"teacher": self.teacher.name, "states": report.states, "dropped": dict(report.dropped), "flagged": dict(report.flagged)}
+        if self.no_rollouts is not None:
+            extra["warning"] = f"{self.no_rollouts}; SR needs replayed alternatives, so it has no rows"
+        return extra
+
+
+def no_rollouts_reason(index: SourceIndex) -> str:
+    """Why a build has no rollouts to use: the settings left out the store's, or none were replayed."""
+    synthetic, others = index.filtered_out.get("synthetic", 0), index.filtered_out.get("other_replays", 0)
+    reasons = []
+    if synthetic:
+        reasons.append(f"{synthetic} synthetic (experience-model) rollout(s) left out: --include-synthetic uses them")
+    if others:
+        reasons.append(f"{others} rollout(s) of other replays left out by --replay-id: `ee replay list` shows the replay ids")
+    return "no rollouts: " + ("; ".join(reasons) if reasons else "run `ee replay run` first")
 
 
 class IWMWriter(KindWriter):
@@ -100,7 +115,7 @@ class IWMWriter(KindWriter):
         self.reads_storage_order = options.include_expert_steps
         self.extra: dict[str, Any] = {}
         if index.rollouts.is_empty():
-            self.extra["warning"] = "no rollouts: run `ee replay run` first; IWM has expert steps only"
+            self.extra["warning"] = f"{no_rollouts_reason(index)}; IWM has expert steps only"
         steps = index.steps.select(
             "trajectory_id", pl.col("index").alias("step_index"), "action_kind", "has_observation", "observation_is_error"
         )

@@ -113,6 +113,9 @@ class SourceIndex:
     unrestored_rollouts: int = 0
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts left out because their observation is the sandbox's own failure, by kind (of the whole source)."""
+    filtered_out: dict[str, int] = field(default_factory=dict)
+    """Rollouts of these trajectories the build's settings leave out (of the whole source): ``synthetic`` ones
+    (without ``include_synthetic``) and those of ``other_replays`` (with a ``replay_id``)."""
 
     @cached_property
     def source_hash(self) -> str:
@@ -127,6 +130,7 @@ class SourceIndex:
             self.rollouts.filter(pl.col("trajectory_id").is_in(keep)),
             self.unrestored_rollouts,
             self.sandbox_failures,
+            self.filtered_out,
         )
 
     def storage_order(self) -> list[str]:
@@ -231,7 +235,22 @@ class SourceReader:
         )
         steps = self._drop("steps", steps.collect(engine="streaming"))
         rollouts, unrestored, failures = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
-        return SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored, failures)
+        return SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored, failures, self._filtered_out(ids))
+
+    def _filtered_out(self, ids: pl.Series) -> dict[str, int]:
+        """How many rollouts of these trajectories ``include_synthetic`` and ``replay_id`` leave out (distinct ids)."""
+        if self.include_synthetic and self.replay_id is None:
+            return {}
+        rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
+        counts = []
+        if not self.include_synthetic:
+            mine = rows if self.replay_id is None else rows.filter(pl.col("replay_id") == self.replay_id)
+            counts.append(mine.filter(pl.col("synthetic")).select(pl.col("id").n_unique().alias("synthetic")))
+        if self.replay_id is not None:
+            others = rows.filter(pl.col("replay_id") != self.replay_id)
+            others = others if self.include_synthetic else others.filter(~pl.col("synthetic"))
+            counts.append(others.select(pl.col("id").n_unique().alias("other_replays")))
+        return {k: int(v) for frame in pl.collect_all(counts) for k, v in frame.row(0, named=True).items()}
 
     def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);

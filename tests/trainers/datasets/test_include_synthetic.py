@@ -12,7 +12,7 @@ from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecor
 from ee_middleware.store.local import LocalExperienceStore
 
 
-def _add_rollouts(store_path: Path) -> None:
+def _add_rollouts(store_path: Path, kinds: tuple[bool, ...] = (False, True)) -> None:
     store = LocalExperienceStore(store_path)
     trajectory = next(iter(store.iter_trajectories(status="approved")))
     step = next(s for s in trajectory.steps if s.action.tool_call is not None)
@@ -30,7 +30,7 @@ def _add_rollouts(store_path: Path) -> None:
             sandbox="experience" if synthetic else "bfcl",
             duration_ms=1.0,
         )
-        for synthetic in (False, True)
+        for synthetic in kinds
     ]
     store.write_replay(
         ReplayRecord(replay_id="r", trajectory_id=trajectory.id, status="done", policy="t", sandbox="bfcl", k=2, seed=0), rollouts
@@ -63,3 +63,25 @@ def test_synthetic_rollouts_need_include_synthetic(bfcl_store_path: Path, tmp_pa
         assert manifest["config"]["include_synthetic"] is bool(flag)
         counts[bool(flag)] = manifest["rollouts"]
     assert counts == {False: 1, True: 2}
+
+
+def test_a_build_that_leaves_every_rollout_out_says_which_flag_uses_them(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """A store whose only rollouts are synthetic (or of another replay than --replay-id) was told 'no rollouts: run
+    `ee replay run` first', which replays again for nothing. The warnings now name what left them out and the flag."""
+    _add_rollouts(bfcl_store_path, kinds=(True,))
+    base = ["datasets", "build", "--store", str(bfcl_store_path), "--kinds", "iwm,sr", "--json"]
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "synthetic")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rollouts"] == 0 and summary["rollouts_left_out"] == {"synthetic": 1, "other_replays": 0}
+    for kind in ("iwm", "sr"):
+        warning = summary["datasets"][kind]["warning"]
+        assert "1 synthetic (experience-model) rollout(s) left out: --include-synthetic uses them" in warning
+        assert "ee replay run" not in warning
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "typo"), "--replay-id", "rr", "--include-synthetic"])
+    summary = json.loads(result.stdout)
+    assert summary["rollouts_left_out"] == {"synthetic": 0, "other_replays": 1}
+    assert "1 rollout(s) of other replays left out by --replay-id" in summary["datasets"]["iwm"]["warning"]
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "with"), "--include-synthetic"])
+    summary = json.loads(result.stdout)
+    assert summary["rollouts"] == 1 and "warning" not in summary["datasets"]["iwm"] and "warning" not in summary["datasets"]["sr"]
