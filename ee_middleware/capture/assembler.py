@@ -257,7 +257,10 @@ def _system_text(system: Any) -> str:
 def _steps(
     decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final_tool_messages: list[dict[str, Any]]
 ) -> tuple[list[Step], str | None]:
-    tool_by_call = {str(t.attributes.get(sc.TOOL_CALL_ID)): t for t in tools if t.attributes.get(sc.TOOL_CALL_ID)}
+    tools_by_call: dict[str, list[SpanData]] = {}
+    for t in tools:  # in start order; a model may reuse an id across its turns (servers that number calls per reply)
+        if t.attributes.get(sc.TOOL_CALL_ID):
+            tools_by_call.setdefault(str(t.attributes[sc.TOOL_CALL_ID]), []).append(t)
     unmatched = [t for t in tools if not t.attributes.get(sc.TOOL_CALL_ID)]
     later_tool_messages: dict[str, dict[str, Any]] = {}
     for d in [*decisions, {"state": final_tool_messages}]:
@@ -278,8 +281,9 @@ def _steps(
                     name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
                     arguments=parse_arguments(function.get("arguments")),
                 )
-                span = tool_by_call.get(tool_call.id) or _take_by_name(unmatched, tool_call.name)
-                observation, latency = _observation(span, later_tool_messages.get(tool_call.id), redact, max_chars)
+                span = _take_tool_span(tools_by_call.get(tool_call.id), chat) or _take_by_name(unmatched, tool_call.name)
+                reply = _reply_to(tool_call.id, index, decisions, final_tool_messages) or later_tool_messages.get(tool_call.id)
+                observation, latency = _observation(span, reply, redact, max_chars)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None)
                 steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat))
@@ -287,6 +291,37 @@ def _steps(
                 final_answer = text
                 steps.append(_step(len(steps), index, d["state"], Action(kind="answer", content=text), None, None, chat))
     return steps, final_answer
+
+
+def _take_tool_span(spans: list[SpanData] | None, chat: SpanData) -> SpanData | None:
+    """The first tool span of a call id that started after the model's decision (removed from ``spans``): a reused id
+    (a model numbering its calls per reply) has one span per turn."""
+    if not spans:
+        return None
+    position = next((i for i, s in enumerate(spans) if s.start_ns >= chat.start_ns), 0)
+    return spans.pop(position)
+
+
+def _reply_to(
+    call_id: str, index: int, decisions: list[dict[str, Any]], final_tool_messages: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The tool message answering decision ``index``'s call ``call_id`` in the history a later decision saw: after that
+    decision's reply, which sits where its state ended. None when no later history holds the reply there (a middleware
+    that rewrote the history; a subagent's own history): then the first tool message with the id answers it.
+
+    The run's last calls are answered by the tool messages the run ended on (``final_tool_messages``)."""
+    if not call_id:
+        return None
+    start = len(decisions[index]["state"])
+    for later in decisions[index + 1 :]:
+        state = later["state"]
+        if len(state) > start and any(c.get("id") == call_id for c in state[start].get("tool_calls") or ()):
+            reply = next((m for m in state[start + 1 :] if m.get("role") == "tool" and m.get("tool_call_id") == call_id), None)
+            if reply is not None:
+                return reply
+    if index == len(decisions) - 1:
+        return next((m for m in final_tool_messages if m.get("tool_call_id") == call_id), None)
+    return None
 
 
 def _step(

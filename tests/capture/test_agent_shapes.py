@@ -15,7 +15,7 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
 from langchain.agents.structured_output import ToolStrategy
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import InjectedToolCallId, StructuredTool, tool
+from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
@@ -385,3 +385,50 @@ def test_reasoning_and_tool_use_blocks_are_not_the_models_text(offload, store_pa
     assert t.final_answer == "Found it: a."
     assert [m["content"] for m in t.messages] == ["find a", "Let me check.", "found a", "Found it: a."]
     assert t.steps[1].state[1]["content"] == "Let me check."  # the history the next decision saw
+
+
+@OFFLOADS
+def test_a_model_that_numbers_its_tool_calls_anew_each_turn_gets_each_calls_own_observation(offload, store_path):
+    """Some servers number tool calls per reply (``call_0`` every turn): each step still observes what its own call
+    returned, with its own tool span's error flag. Was: every call with a reused id observed the first one's result
+    ('found a' for the calls of b and c) and took the last one's span."""
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        if q == "b":
+            raise ToolException("b is not indexed")
+        return f"found {q}"
+
+    def call(q: str, call_id: str = "call_0") -> dict[str, Any]:
+        return {"name": "lookup", "args": {"q": q}, "id": call_id, "type": "tool_call"}
+
+    script = [
+        AIMessage(content="", tool_calls=[call("a")]),
+        AIMessage(content="", tool_calls=[call("b")]),
+        AIMessage(content="", tool_calls=[call("c"), call("d", "call_1")]),
+        AIMessage(content="", tool_calls=[call("e")]),  # the run's last call: its observation is on the run's output
+    ]
+    bound = ScriptedChatModel(script=script).bind_tools([lookup])
+    builder = StateGraph(MessagesState)
+    builder.add_node("agent", lambda state: {"messages": [bound.invoke(state["messages"])]})
+    builder.add_node("tools", ToolNode([lookup], handle_tool_errors=lambda exc: f"Error: {exc}"))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_conditional_edges("tools", lambda state: END if len(state["messages"]) > 8 else "agent")
+    agent = record_experience(builder.compile(), app="shop", store=store_path, offload=offload)
+    assert [m.content for m in agent.invoke({"messages": [("user", "look up a to e")]})["messages"] if m.type == "tool"] == [
+        "found a",
+        "Error: b is not indexed",
+        "found c",
+        "found d",
+        "found e",
+    ]
+    [t] = _recorded(agent, store_path)
+    assert [(s.action.tool_call.arguments["q"], s.observation.content, s.observation.is_error) for s in t.steps] == [
+        ("a", "found a", False),
+        ("b", "Error: b is not indexed", True),
+        ("c", "found c", False),
+        ("d", "found d", False),
+        ("e", "found e", False),
+    ]
