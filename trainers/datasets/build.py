@@ -201,7 +201,7 @@ def build_datasets(
         }
     teacher = build_teacher(config.teacher) if "sr" in config.kinds else None
     config.out.mkdir(parents=True, exist_ok=True)
-    with staging_folder(config.out) as staging:
+    with writing_folder(config.out), staging_folder(config.out) as staging:
         summary["datasets"] = _build_split(
             reader, index, config, teacher, staging, redactor, config.out, on_stage=on_stage, on_sr_progress=on_sr_progress
         )
@@ -218,6 +218,29 @@ def build_datasets(
 
 STAGING_PREFIX = ".build-"
 """A build writes its files into ``OUT/.build-<pid>-<random>/`` and moves them into ``OUT`` when all are written."""
+
+
+@contextmanager
+def writing_folder(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one build: an exclusive ``flock`` on the folder itself (released when the process ends, even
+    killed; no lock file is left). A second build into it is refused at once, naming the first: the folder holds one
+    build, and two would each report their own while the folder ends up with the last one's files (or a mix)."""
+    import fcntl
+
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pids = sorted({p.name[len(STAGING_PREFIX) :].split("-")[0] for p in out.glob(f"{STAGING_PREFIX}*")})
+            who = f"pid {', '.join(pids)}" if pids else "another process"
+            raise ConfigError(
+                f"Another dataset build ({who}) is writing {out}: the folder holds one build. "
+                "Wait for it to finish, or build into another --out."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -208,3 +208,45 @@ def test_empty_kinds_are_refused_and_the_earlier_build_stays(kinds: object, stor
     with pytest.raises(ConfigError, match=r"kinds is empty.*il, iwm, sr"):
         DatasetConfig.load(store=store_path, out=out, kinds=kinds)
     assert _files(out) == before
+
+
+def test_a_second_build_into_a_folder_a_build_is_writing_is_refused(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds into one --out both reported success and the one that finished last won: a build with a held-out split
+    returned (and its caller trusted) heldout ids while the folder held the other build, traj-0 in il.parquet. A build
+    into a folder another build is writing is now refused, naming it; the running one finishes whole."""
+    import threading
+
+    from ee_middleware.errors import ConfigError
+
+    out = tmp_path / "data"
+    real = build_module._build_split
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow(*args: object, **kwargs: object) -> object:
+        if threading.current_thread().name == "first":
+            started.set()
+            assert go_on.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "_build_split", slow)
+    results: dict[str, object] = {}
+    first = threading.Thread(
+        target=lambda: results.update(first=build_datasets(DatasetConfig.load(store=store_path, out=out))), name="first"
+    )
+    first.start()
+    try:
+        assert started.wait(30)
+        ids = tmp_path / "heldout.txt"
+        ids.write_text("traj-0\n")
+        with pytest.raises(ConfigError, match=r"Another dataset build \(pid \d+\) is writing .*data.*Wait for it.*another --out"):
+            build_datasets(DatasetConfig.load(store=store_path, out=out, heldout_ids=ids))
+    finally:
+        go_on.set()
+        first.join(30)
+    assert "first" in results and "split" not in json.loads((out / "datasets.json").read_text())
+    assert "traj-0" in _trajectories(out / "il.parquet") and not (out / "heldout").exists()
+    assert not list(out.glob(".*")), "nothing hidden is left"
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=out, heldout_ids=ids))  # once it is done, a build goes ahead
+    assert summary["split"]["heldout_trajectories"] == ["traj-0"] and "traj-0" not in _trajectories(out / "il.parquet")
