@@ -71,19 +71,27 @@ def outputs(store_path: Path, replay_id: str) -> dict[str, Any]:
     return {"replay_id": replay_id, "rollouts": dict(sorted(rollouts.items())), "records": dict(sorted(records.items()))}
 
 
-def main() -> None:  # pragma: no cover - writes the golden file
+def replayed_expert_store(folder: Path, k: int) -> tuple[Path, Any]:  # pragma: no cover - for the golden writers
+    """The goldens' store in ``folder``: BFCL multi_turn_base experts recorded (the tests' entries), given stable ids,
+    replayed with ``k`` alternatives per state; its path and the replay's summary."""
     from ee_middleware.bfcl.experts import record_experts
     from ee_middleware.replay.config import ReplayConfig
     from ee_middleware.replay.job import run_replay
     from tests.conftest import BFCL_ENTRIES
 
+    source = folder / "experts"
+    report = record_experts(source, "multi_turn_base", limit=BFCL_ENTRIES)
+    assert not report.failed, report.failed
+    LocalExperienceStore(source).close()
+    path = stable_store(source, folder / "stable")
+    summary = run_replay(ReplayConfig.load(store=path, k=k))
+    assert summary.done > 0 and not summary.failed, summary.to_dict()
+    return path, summary
+
+
+def main() -> None:  # pragma: no cover - writes the golden file
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "experts"
-        report = record_experts(source, "multi_turn_base", limit=BFCL_ENTRIES)
-        assert not report.failed, report.failed
-        LocalExperienceStore(source).close()
-        path = stable_store(source, Path(tmp) / "stable")
-        summary = run_replay(ReplayConfig.load(store=path, k=K))
+        path, summary = replayed_expert_store(Path(tmp), K)
         result = outputs(path, summary.replay_id)
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False) + "\n")

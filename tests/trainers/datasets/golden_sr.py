@@ -58,21 +58,10 @@ def build(store_path: Path) -> pl.DataFrame:
 
 
 def main() -> None:  # pragma: no cover - writes the golden file
-    from ee_middleware.bfcl.experts import record_experts
-    from ee_middleware.replay.config import ReplayConfig
-    from ee_middleware.replay.job import run_replay
-    from ee_middleware.store import LocalExperienceStore
-    from tests.conftest import BFCL_ENTRIES
-    from tests.replay.golden_replay import stable_store
+    from tests.replay.golden_replay import replayed_expert_store
 
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "experts"
-        report = record_experts(source, "multi_turn_base", limit=BFCL_ENTRIES)
-        assert not report.failed, report.failed
-        LocalExperienceStore(source).close()
-        path = stable_store(source, Path(tmp) / "stable")
-        summary = run_replay(ReplayConfig.load(store=path, k=K))
-        assert summary.done > 0 and not summary.failed
+        path, _ = replayed_expert_store(Path(tmp), K)
         result = outputs(build(path))
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN
     target.parent.mkdir(exist_ok=True)
