@@ -43,21 +43,37 @@ DEFAULT_TOP_K = 3
 DEFAULT_RETRIEVER = "bm25"
 _TOKEN = re.compile(r"\w+")
 _ASCII_PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+"""Kana and CJK ideographs: scripts written without spaces between words."""
+_CJK = re.compile(f"[{_CJK_CHARS}]")
+_CJK_PIECE = re.compile(f"[{_CJK_CHARS}]|[^{_CJK_CHARS}]+")
 _STATE_CHARS = 600
 """How much of the end of the state (the last messages' text) goes into a transition's search text."""
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens in any script (``東京``, ``файл`` and ``café`` are words too); ``camelCase`` and
-    ``snake_case`` names are also split into their parts."""
+    """Lower-cased word tokens in any script (``файл`` and ``café`` are words too); ``camelCase`` and
+    ``snake_case`` names are also split into their parts. Chinese and Japanese are written without spaces,
+    so each of their characters is a token (``決済が完了`` -> ``決 済 が 完 了``), as multilingual QA scoring
+    does: a whole clause as one token would only ever match itself."""
     tokens: list[str] = []
     for word in _TOKEN.findall(text):
-        low = word.lower()
-        tokens.append(low)
-        parts = [p.lower() for piece in word.split("_") if piece for p in (_ASCII_PART.findall(piece) if piece.isascii() else [piece])]
-        if len(parts) > 1:
-            tokens.extend(parts)
+        if _CJK.search(word) is None:
+            _word_tokens(word, tokens)
+            continue
+        for piece in _CJK_PIECE.findall(word):
+            if _CJK.fullmatch(piece):
+                tokens.append(piece)
+            else:
+                _word_tokens(piece, tokens)
     return tokens
+
+
+def _word_tokens(word: str, tokens: list[str]) -> None:
+    tokens.append(word.lower())
+    parts = [p.lower() for piece in word.split("_") if piece for p in (_ASCII_PART.findall(piece) if piece.isascii() else [piece])]
+    if len(parts) > 1:
+        tokens.extend(parts)
 
 
 def state_text(messages: Sequence[dict[str, Any]], max_chars: int = _STATE_CHARS) -> str:
@@ -316,6 +332,28 @@ class TransitionIndex:
                     fresh.append(transition)
         return self.add(fresh)
 
+    def _scores(self, query: str) -> list[float]:
+        """The retriever's scores as floats, one per transition; a plug-in's wrong answer is a SandboxError naming it."""
+        raw = self.retriever.scores(query)
+        fix = "(check it with ee_middleware.testing.check_retriever)."
+        if not hasattr(raw, "__len__"):
+            raise SandboxError(
+                f"The retriever {self.retriever_name!r} returned a {type(raw).__name__}, not a sequence of scores: it must return "
+                f"one float per text it was given {fix}"
+            )
+        if len(raw) != len(self.transitions):
+            raise SandboxError(
+                f"The retriever {self.retriever_name!r} returned {len(raw)} scores for {len(self.transitions)} transitions: "
+                f"it must score every text it was given {fix}"
+            )
+        try:
+            return [float(score) for score in raw]
+        except (TypeError, ValueError):
+            bad = next(score for score in raw if not _is_number(score))
+            raise SandboxError(
+                f"The retriever {self.retriever_name!r} returned the score {bad!r} ({type(bad).__name__}): scores are numbers {fix}"
+            ) from None
+
     def search(
         self,
         tool: str,
@@ -335,12 +373,7 @@ class TransitionIndex:
         if k <= 0 or not self.transitions:
             return []
         skip_ids, skip_trajectories = set(exclude_ids), set(exclude_trajectories) | self._rejected
-        scores = self.retriever.scores(f"{tool} {json.dumps(arguments, ensure_ascii=False, sort_keys=True)} {state}")
-        if len(scores) != len(self.transitions):
-            raise SandboxError(
-                f"The retriever {self.retriever_name!r} returned {len(scores)} scores for {len(self.transitions)} transitions: "
-                "it must score every text it was given (check it with ee_middleware.testing.check_retriever)."
-            )
+        scores = self._scores(f"{tool} {json.dumps(arguments, ensure_ascii=False, sort_keys=True)} {state}")
         matched = [d for d, score in enumerate(scores) if score > 0]
         ranked = sorted(matched, key=lambda d: (self.transitions[d].tool != tool, -scores[d], d))
         out = []
@@ -352,3 +385,11 @@ class TransitionIndex:
             if len(out) == k:
                 break
         return out
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -16,6 +16,7 @@ from ee_middleware.replay.retrieval import (
     RETRIEVERS,
     BM25Retriever,
     BM25SRetriever,
+    Transition,
     TransitionIndex,
     build_retriever,
     tokenize,
@@ -180,3 +181,47 @@ def test_a_trajectory_rejected_after_it_was_indexed_is_never_retrieved_again(bfc
     index.refresh(store)
     assert trajectory.id in hits()
     store.close()
+
+
+def test_words_of_scripts_written_without_spaces_are_compared_by_character() -> None:
+    """Japanese, Chinese and Thai observations have no spaces: a whole clause was one token, so a prediction that differed
+    in one word scored token F1 0, and a query for 決済 never retrieved a transition whose text says 決済が完了しました."""
+    from ee_middleware.replay.experience_eval import token_f1
+
+    real, predicted = "決済が完了しました。注文番号は12345です", "決済が失敗しました。注文番号は12345です"
+    assert 0.6 < token_f1(predicted, real) < 1.0
+    assert token_f1(real, real) == 1.0 and token_f1("送信しました", "error: timeout") == 0.0
+    assert {"決", "済", "12345", "café", "файл"} <= set(tokenize("決済 12345 café файл")), "other scripts keep their words"
+    assert tokenize("send_email東京") == ["send_email", "send", "email", "東", "京"]
+
+    index = TransitionIndex()
+    index.add(
+        [
+            Transition("a", "t1", 0, "", "", "charge", {"memo": "決済が完了しました"}, "ok", False),
+            Transition("b", "t2", 0, "", "", "charge", {"memo": "返金を受け付けました"}, "ok", False),
+        ]
+    )
+    assert [t.id for t in index.search("refund", {}, "決済", k=2)] == ["a"], "only the transition sharing 決済 matches"
+
+
+@pytest.mark.parametrize(
+    ("scores", "shown"),
+    [(lambda n: [None] * n, "None"), (lambda n: iter([1.0] * n), "list_iterator"), (lambda n: ["high"] * n, "'high'")],
+)
+def test_a_retriever_plugin_whose_scores_are_not_numbers_is_named_with_the_fix(scores: Any, shown: str) -> None:
+    """A plug-in returning None, strings or a one-shot iterator crashed the replay with a bare TypeError."""
+
+    class Buggy:
+        name = "buggy"
+        added = 0
+
+        def add(self, texts: Any) -> None:
+            self.added += len(texts)
+
+        def scores(self, query: str) -> Any:
+            return scores(self.added)
+
+    index = TransitionIndex(retriever=Buggy())
+    index.add([Transition("a", "t1", 0, "", "", "charge", {}, "ok", False)])
+    with pytest.raises(SandboxError, match=rf"retriever 'buggy' .*{shown}.*check_retriever"):
+        index.search("charge", {})
