@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ee_middleware.models.protocol import clip, message_refusal
 from ee_middleware.records import ToolCall
 
 _TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
@@ -171,7 +172,10 @@ def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) 
         return _with_ids([_from_json_call(legacy)])
     content = message.get("content")
     if isinstance(content, list):  # content parts
-        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
+        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") != "refusal")
+    refusal = message_refusal(message)
+    if refusal is not None and not (isinstance(content, str) and content.strip()):
+        return [ParseProblem(f"the model refused: {clip(refusal, 300)}", _short(message))]
     if not content:
         if any(isinstance(message.get(key), str) and message[key].strip() for key in ("reasoning_content", "reasoning")):
             return [ParseProblem("the message holds only reasoning (reasoning_content), neither tool_calls nor content", _short(message))]

@@ -63,11 +63,13 @@ class Choice:
 
     @property
     def text(self) -> str:
-        """The message's text content ('' when it has none)."""
-        content = self.message.get("content") if isinstance(self.message, Mapping) else None
-        if isinstance(content, list):  # content parts
-            content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
-        return content if isinstance(content, str) else ""
+        """The message's text: its content, and its :attr:`refusal` where the model refused ('' when it has neither)."""
+        return message_text(self.message)
+
+    @property
+    def refusal(self) -> str | None:
+        """What the model said when it refused (OpenAI's ``message.refusal``, or ``refusal`` content parts); None otherwise."""
+        return message_refusal(self.message)
 
     def tool_calls(self, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
         """The tool calls of this answer (structured ``tool_calls``, else parsed from the text), or problems.
@@ -116,6 +118,34 @@ class ChatClient(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+def message_refusal(message: Any) -> str | None:
+    """The refusal in a chat ``message``: OpenAI's ``refusal`` field (sent with ``content`` null) and any
+    ``{"type": "refusal", "refusal": ...}`` content parts, joined; None when the model did not refuse."""
+    if not isinstance(message, Mapping):
+        return None
+    content = message.get("content")
+    parts = [p for p in content if isinstance(p, Mapping) and p.get("type") == "refusal"] if isinstance(content, list) else []
+    found = [r for r in [message.get("refusal"), *(p.get("refusal") for p in parts)] if isinstance(r, str) and r.strip()]
+    return "\n".join(dict.fromkeys(found)) or None
+
+
+def message_text(message: Any) -> str:
+    """A chat ``message``'s text: its content (text parts joined), then its refusal unless the content holds it already.
+
+    A model that refuses answers with ``content`` null and ``refusal`` set (OpenAI, gateways, guided decoding):
+    the refusal is what it said, so evaluations and replay report it instead of an empty answer."""
+    if not isinstance(message, Mapping):
+        return ""
+    content = message.get("content")
+    if isinstance(content, list):  # content parts (a refusal part is read below)
+        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") != "refusal")
+    text = content if isinstance(content, str) else ""
+    refusal = message_refusal(message)
+    if refusal is None or refusal in text:
+        return text
+    return f"{text}\n{refusal}" if text.strip() and not text.endswith((" ", "\n")) else text + refusal
 
 
 def clip(text: str, limit: int = _MAX_RAW_CHARS) -> str:

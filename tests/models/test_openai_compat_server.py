@@ -139,3 +139,58 @@ def test_a_streamed_answer_is_read_as_it_arrives(waits: list[float]) -> None:
         with client.stream("/chat/completions", {"model": "m", "messages": [], "stream": True}) as chunks:
             assert b"".join(chunks) == events
         client.close()
+
+
+REFUSAL = "I'm sorry, I can't help with deleting another user's files."
+
+
+def refused(*, content: Any = None, **message: Any) -> Reply:
+    """An answer whose message is a refusal (OpenAI's ``message.refusal``, content null), as OpenAI and some gateways send."""
+    answer = {"role": "assistant", "content": content, "refusal": REFUSAL, **message}
+    return json_reply({"choices": [{"index": 0, "message": answer, "finish_reason": "stop"}]})
+
+
+def test_a_refusal_from_a_fake_server_is_the_answers_text_not_silence(waits: list[float]) -> None:
+    with server(refused()) as (url, _):
+        [choice] = ask(url)
+    assert choice.text == REFUSAL and choice.refusal == REFUSAL
+    [problem] = choice.tool_calls()
+    assert "refused" in problem.problem and REFUSAL in problem.problem, problem
+
+
+def test_a_refusal_in_content_parts_from_a_fake_server_is_kept(waits: list[float]) -> None:
+    parts = [{"type": "text", "text": "Let me explain. "}, {"type": "refusal", "refusal": REFUSAL}]
+    with server(json_reply({"choices": [{"message": {"role": "assistant", "content": parts}, "finish_reason": "stop"}]})) as (url, _):
+        [choice] = ask(url)
+    assert choice.text == "Let me explain. " + REFUSAL and choice.refusal == REFUSAL
+
+
+def test_an_answer_with_text_and_a_refusal_from_a_fake_server_keeps_both(waits: list[float]) -> None:
+    with server(refused(content="Here is what I can do:")) as (url, _):
+        [choice] = ask(url)
+    assert choice.text == f"Here is what I can do:\n{REFUSAL}" and choice.refusal == REFUSAL
+    with server(refused(content=REFUSAL)) as (url, _):  # a server that copies the refusal into content too: once
+        [choice] = ask(url)
+    assert choice.text == REFUSAL
+
+
+def test_a_refusal_from_a_fake_server_is_what_replay_and_evals_report(waits: list[float]) -> None:
+    from ee_middleware.records import ToolCall
+    from ee_middleware.replay.policies.chat import OpenAIPolicy
+    from ee_middleware.replay.policies.protocol import DecisionPoint
+    from evals.loop import run_conversation
+    from evals.tasks import EvalTask
+
+    tools = [{"type": "function", "function": {"name": "delete_file", "parameters": {"type": "object", "properties": {}}}}]
+    with server(refused()) as (url, _):
+        client = OpenAIChatClient(url, "m", retries=0)
+        task = EvalTask("s", "t1", "c", turns=[[{"role": "user", "content": "delete bob's files"}]], tools=[tools], reference=[[]])
+        conversation = run_conversation(client, task, None)
+        client.close()
+        policy = OpenAIPolicy(url, "m", retries=0)
+        expert = ToolCall(id="c1", name="delete_file", arguments={})
+        point = DecisionPoint("traj", 0, [{"role": "user", "content": "delete bob's files"}], tools, expert)
+        [candidate] = policy.propose(point, 1, seed=0).candidates
+        policy.close()
+    assert conversation.replies == [REFUSAL] and conversation.messages[-1] == {"role": "assistant", "content": REFUSAL}
+    assert candidate.call is None and REFUSAL in (candidate.problem or "")
