@@ -195,23 +195,25 @@ class ImproveConfig(BaseModel):
 
         for spec in self.suite_specs():
             load_suite(spec, SuiteSettings(split=str(folder / "data")))  # reads the spec only; nothing is loaded yet
-        self._check_base(train.base_model)
+        self._check_base(train.base_model, train.max_length)
         from ee_middleware.store.registry import open_store
 
         open_store(self.store, create=False).close()  # a store that is not there is named before a run starts
 
-    def _check_base(self, base_model: str) -> None:
+    def _check_base(self, base_model: str, max_length: int) -> None:
         from ee_middleware.adapters.registry import open_registry
         from ee_middleware.trainers.training.model import check_base
 
         registry = open_registry(self.registry, create=True)
         live = registry.resolve(self.alias_name)
         if live is not None and Path(registry.get(live).base_model).is_dir():
-            return  # the candidate is trained from the live adapter's base
+            base_model, where = registry.get(live).base_model, f"the base of the live adapter {live}"  # what the candidate trains on
+        else:
+            where = "base_model in [improve]"
         try:
-            check_base(base_model)
+            check_base(base_model, max_length=max_length)
         except Exception as exc:
-            raise ConfigError(f"base_model in [improve]: {exc}") from exc
+            raise ConfigError(f"{where}: {exc}") from exc
 
     # --- the stages' own configs ------------------------------------------------------------------
 

@@ -143,3 +143,46 @@ def test_a_missing_base_model_or_store_or_chat_template_stops_the_job_before_a_r
     assert RunsDir(tmp_path / "runs").list() == []
     LocalExperienceStore(tmp_path / "s").close()
     ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))).check()  # a good file passes
+
+
+@pytest.mark.parametrize(("field", "fix"), [("n_positions", 256), ("max_position_embeddings", 512)])
+def test_a_max_length_longer_than_the_base_models_context_stops_the_job_before_a_run_starts(tmp_path: Path, field: str, fix: int) -> None:
+    """Was: refused only by the train stage, after replay and dataset building (hours into a night), leaving a failed
+    run that the corrected file could not continue. Now the start-up check of the base reads its config.json."""
+    import json
+
+    from ee_middleware.jobs.improve import run_improve
+
+    base = _base_folder(tmp_path)
+    (base / "config.json").write_text(json.dumps({"model_type": "gpt2", field: fix}))
+    LocalExperienceStore(tmp_path / "s").close()
+    path = _improve_file(tmp_path, base, f"[train]\nmax_length = {fix * 2}\n")
+    with pytest.raises(
+        ConfigError,
+        match=rf"max_length={fix * 2} is longer than the base model's context \({fix} tokens: {field}.*"
+        rf"Set max_length .* to {fix} or less",
+    ):
+        run_improve(ImproveConfig.load(path))
+    assert RunsDir(tmp_path / "runs").list() == []
+    ImproveConfig.load(_improve_file(tmp_path, base, f"[train]\nmax_length = {fix}\n")).check()  # at the context: fine
+
+
+def test_the_context_of_the_live_adapters_base_is_checked_when_the_candidate_trains_on_it(tmp_path: Path) -> None:
+    """The candidate trains from the live adapter's base (not base_model): its context is the one max_length must fit.
+    Was: a live base skipped every start-up check of the base."""
+    import json
+
+    from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.adapters.testing import _adapter
+
+    live_base = tmp_path / "live-base"
+    live_base.mkdir()
+    (live_base / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 64}))
+    (live_base / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    registry = open_registry(str(tmp_path / "r"), create=True)
+    record = registry.register(_adapter(tmp_path / "a1", seed=1, base=str(live_base)), "shop")
+    registry.switch_live(record.name)
+    LocalExperienceStore(tmp_path / "s").close()
+    path = _improve_file(tmp_path, _base_folder(tmp_path), "[train]\nmax_length = 128\n")
+    with pytest.raises(ConfigError, match=rf"the base of the live adapter {record.name}: max_length=128 .* \(64 tokens"):
+        ImproveConfig.load(path).check()

@@ -24,7 +24,7 @@ from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.data import DatasetFile, load_dataset
 from ee_middleware.trainers.training.errors import ContextBudgetWarning, TrainDataError, TrainError, TrainOutOfMemoryError
-from ee_middleware.trainers.training.model import add_lora, load_base, plain_base, resolve_base
+from ee_middleware.trainers.training.model import add_lora, check_context, load_base, plain_base, resolve_base
 from ee_middleware.trainers.training.render import Example, RenderStats, tokenize_rows
 from ee_middleware.trainers.training.report import (
     MANIFEST_SCHEMA_VERSION,
@@ -83,7 +83,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     base_folder, cached_now = plain_base(source, cache_dir)
     dtype = torch.bfloat16 if runtime.bf16 else torch.float32
     model, tokenizer = load_base(base_folder, dtype=dtype)
-    _check_context(model, config, base_folder)
+    check_context(getattr(model, "config", None), config.max_length, base_folder / "config.json")
     prepared = _prepare(datasets, tokenizer, config)
 
     per_update = config.batch_size * config.gradient_accumulation * int(os.environ.get("WORLD_SIZE", "1"))
@@ -115,28 +115,6 @@ def _runtime(config: TrainConfig, torch: Any, progress: bool) -> backends.Runtim
     bf16 = config.bf16 if config.bf16 is not None else device == "cuda" and torch.cuda.is_bf16_supported()
     checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
     return backends.Runtime(device=device, bf16=bool(bf16), gradient_checkpointing=checkpointing, progress=progress)
-
-
-CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")
-"""Where a transformers config says how many positions its model has (GPT-2 first: its config maps the second name to it)."""
-
-
-def _check_context(model: Any, config: TrainConfig, base_folder: Path) -> None:
-    """Refuse a ``max_length`` longer than the base model's context: a GPT-2-style position table has no row past it
-    (an ``IndexError`` mid-training), and a rotary model would train on positions it never saw and cannot be served."""
-    model_config = getattr(model, "config", None)
-    for name in CONTEXT_FIELDS:
-        context = getattr(model_config, name, None)
-        if isinstance(context, int) and context > 0:
-            break
-    else:
-        return
-    if config.max_length > context:
-        raise TrainError(
-            f"max_length={config.max_length} is longer than the base model's context ({context} tokens: {name} in "
-            f"{base_folder / 'config.json'}). Set max_length (--max-length, or max_length in [train]) to {context} or less; "
-            "longer states are then fitted by the truncation policy (see `ee datasets show --tokenizer BASE --max-length N`)."
-        )
 
 
 def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConfig) -> _Prepared:

@@ -176,13 +176,20 @@ def _file_hash(path: Path) -> str:
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-def check_base(spec: str) -> BaseSource:
-    """:func:`resolve_base`, and for a plain folder also that its tokenizer has a chat template (read from its files,
-    without loading anything): a job checks its base this way before it spends hours on the stages before training."""
+def check_base(spec: str, *, max_length: int | None = None) -> BaseSource:
+    """:func:`resolve_base`, and for a plain folder also that its tokenizer has a chat template and (given
+    ``max_length``) that its context holds ``max_length`` tokens (:func:`check_context`), read from its files without
+    loading anything: a job checks its base this way before it spends hours on the stages before training."""
     source = resolve_base(spec)
     if source.gguf_file is not None:
-        return source  # a GGUF carries its template inside; it is read when the file is converted
+        return source  # a GGUF carries its template and context inside; they are read when the file is converted
     folder = source.folder
+    if max_length is not None:
+        try:
+            model_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            model_config = None  # an unreadable config.json is named when the model is loaded
+        check_context(model_config, max_length, folder / "config.json")
     try:
         tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -195,3 +202,26 @@ def check_base(spec: str) -> BaseSource:
             "Qwen or SmolLM2 instruct model)."
         )
     return source
+
+
+CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")
+"""Where a transformers config says how many positions its model has (GPT-2 first: its config maps the second name to it)."""
+
+
+def check_context(model_config: Any, max_length: int, config_file: Path) -> None:
+    """Refuse a ``max_length`` longer than the base model's context: a GPT-2-style position table has no row past it
+    (an ``IndexError`` mid-training), and a rotary model would train on positions it never saw and cannot be served.
+
+    ``model_config``: a loaded model's ``config``, or its ``config.json`` as a dict (read before anything is loaded)."""
+    for name in CONTEXT_FIELDS:
+        context = model_config.get(name) if isinstance(model_config, dict) else getattr(model_config, name, None)
+        if isinstance(context, int) and not isinstance(context, bool) and context > 0:
+            break
+    else:
+        return
+    if max_length > context:
+        raise BaseModelError(
+            f"max_length={max_length} is longer than the base model's context ({context} tokens: {name} in "
+            f"{config_file}). Set max_length (--max-length, or max_length in [train]) to {context} or less; "
+            "longer states are then fitted by the truncation policy (see `ee datasets show --tokenizer BASE --max-length N`)."
+        )
