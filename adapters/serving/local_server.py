@@ -6,7 +6,9 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
 - ``POST /v1/chat/completions`` — ``model`` is the served base name or a loaded adapter name;
   ``messages``, ``tools``, ``n``, ``seed``, ``temperature``, ``top_p``, ``max_tokens``; tool calls the
   model writes as ``<tool_call>{...}</tool_call>`` come back as ``tool_calls`` (vLLM's ``hermes``
-  parser does the same); ``"stream": true`` sends the answer as OpenAI's ``chat.completion.chunk``
+  parser does the same) unless ``tool_choice`` is ``none`` (``required`` or a named function is a 400:
+  this server cannot force a call); ``stop`` strings end an answer; ``finish_reason`` is ``length`` for
+  an answer cut at ``max_tokens``; ``"stream": true`` sends the answer as OpenAI's ``chat.completion.chunk``
   server-sent events once it is generated whole (the wire format clients expect, not token by
   token), with a usage chunk when ``stream_options.include_usage`` is set;
 - ``GET /v1/models``, ``GET /health``;
@@ -154,12 +156,20 @@ class LocalModelServer:
         model_name = body.get("model") or self.served_model_name
         self._check_model(model_name)
         messages, tools = _messages(body), body.get("tools") or None
+        parse_calls = _tool_choice(body, tools)
         n = _int(body, "n", 1, low=1)
+        top_p = body.get("top_p")
+        if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1):
+            raise RequestError(400, f"top_p must be a number in (0, 1], got {top_p!r}")
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise RequestError(400, f"seed must be an integer, got {seed!r}")
+        stops = _stop(body)
         sampling = Sampling(
             temperature=_float(body, "temperature", 1.0),
-            top_p=body.get("top_p"),
+            top_p=top_p,
             max_tokens=_int(body, "max_tokens", 256, low=1, key2="max_completion_tokens"),
-            seed=body.get("seed"),
+            seed=seed,
         )
         with self.lock:
             generator = LocalGenerator.from_objects(self.model, self.tokenizer, model_name=model_name, num_threads=None)
@@ -172,9 +182,10 @@ class LocalModelServer:
                     choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
             else:
                 choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
-        texts = [c.text for c in choices]
-        texts = (texts * n)[:n] if len(texts) < n else texts  # greedy: n identical answers, as vLLM gives
-        out = [_choice(i, text, tools) for i, text in enumerate(texts)]
+        answers = [_cut_at_stop(c.text, c.finish_reason or "stop", stops) for c in choices]
+        answers = (answers * n)[:n] if len(answers) < n else answers  # greedy: n identical answers, as vLLM gives
+        texts = [text for text, _ in answers]
+        out = [_choice(i, text, tools if parse_calls else None, finish) for i, (text, finish) in enumerate(answers)]
         completion_tokens = sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -218,9 +229,46 @@ def completion_chunks(completion: dict[str, Any], *, include_usage: bool = False
     yield sse_event("[DONE]")
 
 
-def _choice(index: int, text: str, tools: Any) -> dict[str, Any]:
+def _tool_choice(body: dict[str, Any], tools: Any) -> bool:
+    """Whether tool calls are read out of the answers: ``tool_choice`` ``auto`` (the default with tools) reads
+    them, ``none`` leaves the answer text; ``required`` and a named function are refused (400), since this
+    server cannot force a call (vLLM does it with guided decoding)."""
+    choice = body.get("tool_choice")
+    if choice is None or choice == "auto":
+        return True
+    if choice == "none":
+        return False
+    if choice == "required" or isinstance(choice, dict):
+        raise RequestError(
+            400,
+            f"tool_choice {json.dumps(choice)} is not supported by the local server: it cannot force the model to call a tool "
+            "(vLLM does it with guided decoding). Send tool_choice 'auto' (or leave it out) or 'none', or serve the model with "
+            "`ee serve vllm`.",
+        )
+    raise RequestError(400, f"tool_choice must be 'auto', 'none', 'required' or a named function, got {choice!r}")
+
+
+def _stop(body: dict[str, Any]) -> list[str]:
+    """The ``stop`` strings of a request (a string or a list of them)."""
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestError(400, f"stop must be a string or a list of strings, got {stop!r}")
+    return [s for s in stops if s]
+
+
+def _cut_at_stop(text: str, finish: str, stops: list[str]) -> tuple[str, str]:
+    """``text`` up to its first ``stop`` string (not included, as OpenAI and vLLM answer), and its finish reason."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(found)], "stop") if found else (text, finish)
+
+
+def _choice(index: int, text: str, tools: Any, finish: str = "stop") -> dict[str, Any]:
+    """One answer as a chat-completion choice; with ``tools``, ``<tool_call>`` blocks are its ``tool_calls``.
+    ``finish`` is the generator's finish reason (``stop``, or ``length`` for an answer cut at max_tokens)."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
-    finish = "stop"
     if tools and "<tool_call>" in text:
         calls = [c for c in parse_tool_calls(text) if not isinstance(c, ParseProblem)]
         if calls:

@@ -368,3 +368,44 @@ def _streamed_through_router(replica: type[Any]) -> httpx.Response:
 class _EmptyRegistry:
     def apps(self) -> dict[str, Any]:
         return {}
+
+
+def _chat(url: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{url}/chat/completions", json={"model": "tiny-base", "messages": MESSAGES, "temperature": 0, **body}, timeout=60)
+
+
+def test_an_answer_cut_at_max_tokens_says_length_not_stop(local_server: Any) -> None:
+    """The generator knows whether an answer ended or ran out of tokens; the server used to say 'stop' for both, so a
+    client could not tell a cut-off tool call from a finished answer."""
+    cut = _chat(local_server.url, max_tokens=2).json()
+    [choice] = cut["choices"]
+    assert choice["finish_reason"] == "length", choice
+    streamed = _events(_chat(local_server.url, max_tokens=2, stream=True))
+    assert [e["choices"][0]["finish_reason"] for e in streamed[:-1] if e["choices"][0]["finish_reason"]] == ["length"]
+
+
+def test_tool_choice_none_is_honoured_and_a_forced_call_is_refused_clearly(local_server: Any) -> None:
+    from ee_middleware.adapters.serving.local_server import _tool_choice
+
+    tools = [{"type": "function", "function": {"name": "mv", "parameters": {"type": "object"}}}]
+    assert _chat(local_server.url, max_tokens=2, tools=tools, tool_choice="none").status_code == 200
+    assert _tool_choice({"tool_choice": "none"}, tools) is False and _tool_choice({}, tools) is True
+    for forced in ("required", {"type": "function", "function": {"name": "mv"}}):
+        refused = _chat(local_server.url, max_tokens=2, tools=tools, tool_choice=forced)
+        assert refused.status_code == 400, forced
+        assert "cannot force the model to call a tool" in refused.json()["error"]["message"]
+    unknown = _chat(local_server.url, max_tokens=2, tools=tools, tool_choice="always")
+    assert unknown.status_code == 400 and "tool_choice must be 'auto', 'none'" in unknown.json()["error"]["message"]
+
+
+def test_bad_top_p_seed_and_stop_are_a_400_naming_the_field(local_server: Any) -> None:
+    for field, value in (("top_p", "x"), ("top_p", 1.5), ("seed", "abc"), ("stop", 3)):
+        answer = _chat(local_server.url, max_tokens=2, **{field: value})
+        assert answer.status_code == 400 and answer.json()["error"]["message"].startswith(field), (field, answer.text)
+
+
+def test_stop_strings_end_the_answer_before_them(local_server: Any) -> None:
+    whole = _chat(local_server.url, max_tokens=8).json()["choices"][0]["message"]["content"]
+    stop = next(ch for ch in whole[1:] if ch.strip())
+    cut = _chat(local_server.url, max_tokens=8, stop=[stop, "never-written"]).json()["choices"][0]
+    assert cut["message"]["content"] == whole[: whole.index(stop)] and cut["finish_reason"] == "stop"
