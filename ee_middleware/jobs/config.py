@@ -160,6 +160,12 @@ class ImproveConfig(BaseModel):
         """The whole configuration as JSON: ``[improve]`` and the stage tables."""
         return {"improve": self.model_dump(mode="json", exclude={"config_path"}), **self.tables()}
 
+    def scope(self) -> dict[str, Any]:
+        """What a run learns from (its store and app, as :meth:`describe` writes them): runs of another scope in the same
+        runs folder (another app's nightly job) have their own watermark and are not continued by this one."""
+        described = self.describe()["improve"]
+        return {"store": described["store"], "app": described["app"]}
+
     def config_hash(self) -> str:
         """Identifies the configuration: an unfinished run is continued only with the same one.
 

@@ -63,10 +63,10 @@ def run_improve(
     config.check()  # a config or base model that cannot work stops the job before a run is started
     with runs.lock():
         if new_run:
-            for run_id in runs.abandon_unfinished("--new-run"):
+            for run_id in runs.abandon_unfinished("--new-run", config.scope()):
                 say.info(f"run {run_id} marked abandoned (--new-run)")
         config_hash = config.config_hash()
-        run = runs.resumable(config_hash)
+        run = runs.resumable(config_hash, config.scope())
         if run is None:
             run = runs.create(JOB, config.describe(), config_hash)
             if config.config_path is not None:

@@ -25,7 +25,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -223,9 +223,10 @@ class RunsDir:
             raise RunNotFoundError(f"{found} {run_id!r} in {self.root}. See `ee runs list --runs {self.root}`.")
         return matches[0]
 
-    def resumable(self, config_hash: str) -> Run | None:
-        """The newest unfinished run, to continue; :class:`RunConfigChangedError` when it ran another configuration."""
-        unfinished = [r for r in self.list() if r.status in RESUMABLE]
+    def resumable(self, config_hash: str, scope: Mapping[str, Any] | None = None) -> Run | None:
+        """The newest unfinished run (of ``scope``, see :meth:`last_successful`), to continue; :class:`RunConfigChangedError`
+        when it ran another configuration."""
+        unfinished = [r for r in self._of(scope) if r.status in RESUMABLE]
         if not unfinished:
             return None
         run = unfinished[-1]
@@ -237,16 +238,31 @@ class RunsDir:
             )
         return run
 
-    def abandon_unfinished(self, reason: str) -> list[str]:
-        """Mark every unfinished run ``abandoned`` (its folder stays, for the record); their ids."""
+    def abandon_unfinished(self, reason: str, scope: Mapping[str, Any] | None = None) -> list[str]:
+        """Mark every unfinished run (of ``scope``) ``abandoned`` (its folder stays, for the record); their ids."""
         ids = []
-        for run in self.list():
+        for run in self._of(scope):
             if run.status in RESUMABLE:
                 run.update(status=ABANDONED, finished_at=now(), outcome={**run.data.get("outcome", {}), "abandoned": reason})
                 ids.append(run.id)
         return ids
 
-    def last_successful(self) -> Run | None:
-        """The newest run that finished every stage (its watermark is where the next run starts)."""
-        done = [r for r in self.list() if r.status == SUCCEEDED]
+    def last_successful(self, scope: Mapping[str, Any] | None = None) -> Run | None:
+        """The newest run that finished every stage (its watermark is where the next run starts).
+
+        ``scope``: only runs whose configuration's job table has these values (the improve job's store and app), so that
+        jobs of several apps can share one runs folder: each starts at its own watermark and continues its own runs."""
+        done = [r for r in self._of(scope) if r.status == SUCCEEDED]
         return done[-1] if done else None
+
+    def _of(self, scope: Mapping[str, Any] | None) -> list[Run]:
+        runs = self.list()
+        if not scope:
+            return runs
+        return [r for r in runs if all(_job_table(r).get(key) == value for key, value in scope.items())]
+
+
+def _job_table(run: Run) -> dict[str, Any]:
+    """The run's configuration of its job (the ``[improve]`` table of an improve run)."""
+    table = (run.data.get("config") or {}).get(run.data.get("job") or "")
+    return table if isinstance(table, dict) else {}

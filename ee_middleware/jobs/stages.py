@@ -107,7 +107,7 @@ def select(ctx: StageContext) -> StageResult:
     config = ctx.config
     store = open_store(config.store, create=False)
     try:
-        previous = ctx.runs.last_successful()
+        previous = ctx.runs.last_successful(config.scope())
         watermark = (previous.data.get("watermark") or {}).get("after") if previous else None
         approved = store.trajectories(status="approved", app=config.app).select("id", "app", "approval_at", "approval_by", "started_at")
         new = approved if watermark is None else approved.filter(pl.col("approval_at") > datetime.fromisoformat(watermark))

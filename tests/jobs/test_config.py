@@ -186,3 +186,40 @@ def test_the_context_of_the_live_adapters_base_is_checked_when_the_candidate_tra
     path = _improve_file(tmp_path, _base_folder(tmp_path), "[train]\nmax_length = 128\n")
     with pytest.raises(ConfigError, match=rf"the base of the live adapter {record.name}: max_length=128 .* \(64 tokens"):
         ImproveConfig.load(path).check()
+
+
+def test_the_watermark_and_the_unfinished_run_are_those_of_the_same_app_in_a_shared_runs_folder(tmp_path: Path) -> None:
+    """Two apps' nightly jobs sharing one runs folder (EE_RUNS): app kv's selection starts at kv's own last successful
+    run, not at the other app's (was: the other app's watermark, so kv's approvals older than the other app's newest were
+    never new: 'nothing new' and no training), and another app's stopped run is neither continued nor in the way."""
+    import datetime as dt
+
+    from ee_middleware.jobs.runs import STOPPED, SUCCEEDED
+    from ee_middleware.jobs.stages import QuietProgress, StageContext, select
+    from ee_middleware.records import Action, Step, Trajectory
+
+    store = LocalExperienceStore(tmp_path / "s")
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    state = [{"role": "user", "content": "hi"}]
+    step = Step(trajectory_id="t-kv", index=0, decision_index=0, state=state, action=Action(kind="answer", content="hello"))
+    trajectory = Trajectory(
+        id="t-kv", app="shop", task="hi", messages=[*state, {"role": "assistant", "content": "hello"}], final_answer="hello",
+        started_at=start, ended_at=start, steps=[step],
+    )  # fmt: skip
+    store.write([trajectory])
+    store.approve(["t-kv"], by="test")
+    store.close()
+    runs = RunsDir(tmp_path / "runs")
+    other = ImproveConfig.load(_improve_file(tmp_path, tmp_path / "m"), app="other")
+    done = runs.create("improve", other.describe(), other.config_hash())
+    done.update(status=SUCCEEDED, watermark={"before": None, "after": "2999-01-01T00:00:00+00:00"})
+    stopped = runs.create("improve", other.describe(), other.config_hash())
+    stopped.update(status=STOPPED)
+
+    shop = ImproveConfig.load(_improve_file(tmp_path, tmp_path / "m"))
+    assert runs.resumable(shop.config_hash(), shop.scope()) is None  # was: RunConfigChangedError, 'pass --new-run'
+    run = runs.create("improve", shop.describe(), shop.config_hash())
+    result = select(StageContext(shop, run, runs, QuietProgress()))
+    assert result.outputs["new"] == 1 and result.inputs["watermark"] is None
+    assert runs.abandon_unfinished("--new-run", shop.scope()) == [run.id]  # the other app's stopped run stays continuable
+    assert runs.resumable(other.config_hash(), other.scope()).id == stopped.id
