@@ -6,7 +6,8 @@ the sandbox is reset to the task's environment reference and the policy runs the
 ground truth, so the outcome is verified by a judge model (DreamGym's outcome reward: the experience
 model, or any chat model) that sees the task and the whole conversation, tool results included, and
 answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when the loop ended
-without an error, made at least one tool call and the judge's reward is 1; it is stored as a
+without an error, made at least one tool call, every observation came from the tools (not an experience model's
+guess: a trajectory is stored as recorded experience and carries no lineage) and the judge's reward is 1; it is stored as a
 trajectory with ``source="curriculum"``, ``pending`` for approval unless ``approve_if`` accepts it,
 so it feeds IL/IWM/SR like any other once approved. Everything else is counted by reason.
 """
@@ -29,6 +30,13 @@ from ee_middleware.records import Action, Approval, Observation, Step, ToolCall,
 JUDGE_PROMPT = (
     "You judge whether a tool-using agent accomplished its task. Read the task and the conversation (tool results included). "
     'Answer with one JSON object and nothing else: {"reasoning": "<one or two sentences>", "reward": <1 if accomplished, else 0>}'
+)
+
+
+SYNTHETIC_DROPPED = (
+    "an experience model wrote its observations, not the tools (curriculum trajectories are stored as recorded "
+    "experience: run the curriculum in a sandbox of the real tools, and synthesize with 'ee replay run --sandbox experience:...', "
+    "whose rollouts carry their lineage)"
 )
 
 
@@ -87,12 +95,17 @@ class _Recording:
     def __init__(self, sandbox: Any) -> None:
         self.sandbox = sandbox
         self.observations: dict[str, Observation] = {}
+        self.synthetic: list[str] = []
+        """Tools whose observation a model wrote (an experience-model sandbox's ``provenance()``), not the tools."""
 
     def execute(self, call: ToolCall) -> Observation:
         if not self.sandbox.covers(call.name):
             observation = Observation(content=f"Error: tool {call.name!r} is not available here.", is_error=True)
         else:
             observation = self.sandbox.execute(call)
+            provenance = getattr(self.sandbox, "provenance", None)
+            if provenance is not None and provenance() is not None:
+                self.synthetic.append(call.name)
         self.observations[call.id] = observation
         return observation
 
@@ -177,6 +190,11 @@ def run_curriculum(
                     continue
                 if not conversation.calls:
                     run.dropped["no tool call"] += 1
+                    continue
+                if environment.synthetic:
+                    # a stored trajectory is recorded experience: IL, IWM, SR and the experience model's replay buffer
+                    # read its observations as what the tools returned, and nothing on a trajectory marks one a model wrote
+                    run.dropped[SYNTHETIC_DROPPED] += 1
                     continue
                 reward, why = judge(judge_client, task["instruction"], conversation)
                 if reward is None:

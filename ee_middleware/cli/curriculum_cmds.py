@@ -106,7 +106,11 @@ def run_cmd(
     policy: str = typer.Option(
         ..., "--policy", help="The policy to roll out: local:DIR\\[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
     ),
-    sandbox: str = typer.Option(..., "--sandbox", help="Sandbox spec (bfcl, module:factory, experience:MODEL_SPEC)."),
+    sandbox: str = typer.Option(
+        ...,
+        "--sandbox",
+        help="Sandbox of the real tools (bfcl, module:factory); rollouts whose observations an experience model wrote are not kept.",
+    ),
     judge: str = typer.Option(..., "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
     store: str = StoreOption,
     k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
@@ -120,7 +124,7 @@ def run_cmd(
     import functools
     import importlib
 
-    from ee_middleware.evals.curriculum import read_tasks, run_curriculum
+    from ee_middleware.evals.curriculum import SYNTHETIC_DROPPED, read_tasks, run_curriculum
     from ee_middleware.models.spec import build_chat_client
     from ee_middleware.replay.sandboxes.registry import build_sandbox
 
@@ -146,7 +150,9 @@ def run_cmd(
         judge_client.close()
     no_verdict = result.dropped.get("the judge gave no verdict", 0)
     problem = None
-    if no_verdict and not result.kept and not result.dropped.get("judged unsuccessful"):
+    if result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
+        problem = f"no rollout was kept from the sandbox {sandbox}: {SYNTHETIC_DROPPED}."
+    elif no_verdict and not result.kept and not result.dropped.get("judged unsuccessful"):
         problem = (
             f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: it must answer one JSON "
             'object such as {"reasoning": "...", "reward": 1}. Check --judge (a chat model that follows instructions).'

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ee_middleware.errors import ConfigError
+from ee_middleware.evals.curriculum import SYNTHETIC_DROPPED
 from ee_middleware.replay.curriculum import score_tasks, validate_variant
 from ee_middleware.store.local import LocalExperienceStore
 from tests.replay.test_experience import ScriptedExperienceModel
@@ -234,3 +235,38 @@ def test_a_tasks_line_that_is_not_an_object_is_named() -> None:
 
     with pytest.raises(ConfigError, match="tasks line 2: a JSON int, not a task object"):
         read_tasks(['{"id": "a", "instruction": "i", "tools": []}', "5"])
+
+
+def test_curriculum_run_keeps_no_rollout_whose_observations_an_experience_model_wrote(
+    bfcl_store_path: Path, tmp_path: Path, serve: Callable[[Any], ScriptedExperienceModel]
+) -> None:
+    """A stored trajectory is recorded experience: IL, IWM, SR and the experience model's own replay buffer read its
+    observations as what the tools returned, and a trajectory has no lineage to mark a model's guess. A rollout in an
+    experience-model sandbox is therefore not kept (before: stored as source=curriculum with the model's answer as
+    the tool's observation), and a run that kept nothing for that reason fails, saying what to do instead."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    def policy(messages: list[dict[str, Any]]) -> str:
+        return "Done." if messages[-1]["role"] == "tool" else '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
+
+    experience = serve(lambda messages: json.dumps({"reasoning": "a listing", "observation": "notes.txt", "is_error": False}))
+    policy_model, judge_model = serve(policy), serve(lambda messages: json.dumps({"reasoning": "listed", "reward": 1}))
+    store = LocalExperienceStore(bfcl_store_path)
+    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
+    before = len(list(store.iter_trajectories()))
+    store.close()
+    tasks = tmp_path / "tasks.jsonl"
+    task = {"id": "c-1", "source": "curriculum", "instruction": "List the files.", "tools": parent.tools, "environment": parent.environment}
+    tasks.write_text(json.dumps(task) + "\n")
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", f"experience:{experience.spec}"]
+    args += ["--judge", f"openai:{judge_model.base_url}#j", "--store", str(bfcl_store_path), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert experience.requests, "the experience model was asked for the observation"
+    summary = json.loads(result.stdout)
+    assert summary["kept"] == 0 and list(summary["dropped"]) == [SYNTHETIC_DROPPED], summary
+    assert result.exit_code == 1 and "ee replay run --sandbox experience:" in result.stderr
+    store = LocalExperienceStore(bfcl_store_path)
+    assert len(list(store.iter_trajectories())) == before, "no trajectory with a model-written observation was stored"
+    store.close()
