@@ -6,6 +6,8 @@ on the message text. Each message says what failed and what to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EEError(Exception):
     """Root of every ee-middleware error."""
@@ -142,11 +144,13 @@ class ModelServerError(ModelError):
 class ModelRequestError(ModelServerError):
     """A model server refused the request (4xx): wrong model name, API key or request settings.
 
-    ``refusal`` is what the server said (its status and text, without the advice the message adds)."""
+    ``refusal`` is what the server said (its status and text, without the advice the message adds);
+    ``answer`` its JSON body when it sent one (a proxy relays it as it came)."""
 
-    def __init__(self, message: str, *, url: str, status: int, refusal: str | None = None) -> None:
+    def __init__(self, message: str, *, url: str, status: int, refusal: str | None = None, answer: Any = None) -> None:
         super().__init__(message, url=url, status=status)
         self.refusal = refusal if refusal is not None else message
+        self.answer = answer
 
 
 class ModelResponseError(ModelServerError):

@@ -33,6 +33,7 @@ from ee_middleware.errors import ModelError, ModelRequestError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
 FORWARDED = ("/v1/chat/completions", "/v1/completions", "/tokenize")
+_ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 422: "UnprocessableEntityError"}
 
 
 class AliasRouter:
@@ -90,8 +91,9 @@ class AliasRouter:
                 if body.get("stream"):
                     return 200, self._open_stream(root, suffix, body)
                 return 200, self._client(root).post(suffix, body)
-            except ModelRequestError as exc:
-                return exc.status, error_body(exc.status, str(exc))
+            except ModelRequestError as exc:  # the replica's own answer, as it sent it (not the client's advice for the router)
+                relayed = exc.answer if isinstance(exc.answer, dict) and exc.answer.get("error") else None
+                return exc.status, relayed or error_body(exc.status, exc.refusal, _ERROR_TYPES.get(exc.status, "BadRequestError"))
             except ModelError as exc:
                 problems.append(f"{url}: {exc}")
         return 502, error_body(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")

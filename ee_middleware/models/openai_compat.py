@@ -230,7 +230,9 @@ class OpenAIChatClient:
                 continue
             if status >= 400:
                 refusal = f"The server at {url} refused the request with HTTP {status}: {text}."
-                raise ModelRequestError(f"{refusal} {self._refusal_advice(status)}", url=url, status=status, refusal=refusal)
+                raise ModelRequestError(
+                    f"{refusal} {self._refusal_advice(status)}", url=url, status=status, refusal=refusal, answer=_json_or_none(response)
+                )
         if last_status == 429:
             advice = "The server is limiting the request rate: send fewer requests at once (lower the concurrency) or allow more retries."
         else:
@@ -339,6 +341,14 @@ def _error_in_body(response: Any) -> tuple[int | None, str] | None:
     if 400 <= status < 600:
         return status, f"{message} (an error with code {status} in an HTTP {response.status_code} answer)"
     return None, message
+
+
+def _json_or_none(response: Any) -> Any:
+    """A response's JSON body, None when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _retry_after(response: Any) -> float:

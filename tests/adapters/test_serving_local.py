@@ -409,3 +409,16 @@ def test_stop_strings_end_the_answer_before_them(local_server: Any) -> None:
     stop = next(ch for ch in whole[1:] if ch.strip())
     cut = _chat(local_server.url, max_tokens=8, stop=[stop, "never-written"]).json()["choices"][0]
     assert cut["message"]["content"] == whole[: whole.index(stop)] and cut["finish_reason"] == "stop"
+
+
+def test_the_router_relays_a_replicas_refusal_as_the_replica_sent_it(local_server: Any, tmp_path: Path) -> None:
+    """An unknown model through the router: the replica's own 404, not the router's client advice ('ee-router' must be served)."""
+    from ee_middleware.testing.http import serving
+
+    router = AliasRouter(LocalAdapterRegistry(tmp_path / "reg"), [local_server.url], retries=0)
+    with serving(make_router_server(router, port=0)) as routed:
+        for stream in (False, True):
+            refused = httpx.post(f"{routed}/chat/completions", json={"model": "nope", "messages": MESSAGES, "stream": stream}, timeout=60)
+            error = refused.json()["error"]
+            assert refused.status_code == 404 and error["message"] == "The model `nope` does not exist.", error
+            assert error["type"] == "NotFoundError" and "ee-router" not in refused.text
