@@ -223,10 +223,10 @@ class ImproveConfig(BaseModel):
 
     # --- the stages' own configs ------------------------------------------------------------------
 
-    def replay_config(self, *, limit: int | None = None) -> ReplayConfig:
+    def replay_config(self, *, limit: int | None = None, trajectory_ids: list[str] | None = None) -> ReplayConfig:
         from ee_middleware.replay.config import ReplayConfig
 
-        return ReplayConfig.load(self.config_path, store=self.store, app=self.app, limit=limit)
+        return ReplayConfig.load(self.config_path, store=self.store, app=self.app, limit=limit, trajectory_ids=trajectory_ids)
 
     def dataset_config(self, out: Path, replay_id: str | None) -> DatasetConfig:
         from ee_middleware.trainers.datasets.build import DatasetConfig

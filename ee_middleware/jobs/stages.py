@@ -237,7 +237,8 @@ def replay(ctx: StageContext) -> StageResult:
             if done < total:
                 ctx.check_deadline("the next trajectory's replay")
 
-        summary = run_replay(ctx.config.replay_config(limit=len(remaining)), on_outcome=on_outcome)
+        # exactly the selection's trajectories: one approved meanwhile (or before a resumed replay) waits for the next run
+        summary = run_replay(ctx.config.replay_config(trajectory_ids=remaining), on_outcome=on_outcome)
         result.outputs["this_attempt"] = {
             k: v for k, v in summary.to_dict().items() if k not in ("fidelity_examples", "skipped", "failed", "refused_hints")
         }

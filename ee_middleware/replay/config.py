@@ -91,6 +91,9 @@ class ReplayConfig(BaseModel):
     """Only trajectories of this app."""
     limit: int | None = Field(None, ge=1)
     """At most this many trajectories in this run."""
+    trajectory_ids: list[str] | None = None
+    """Only these approved trajectories (in the store's order), e.g. the nightly job's selection: approvals that come
+    in meanwhile do not take their places. Like :attr:`limit`, not part of :attr:`replay_id`."""
     check_fidelity: bool = True
     max_observation_chars: int = Field(200_000, ge=1)
 

@@ -120,8 +120,12 @@ def select_trajectories(store: ExperienceStore, config: ReplayConfig) -> tuple[l
     approved = store.trajectories(status="approved", app=config.app)
     finished = store.replays(replay_id=config.replay_id).filter(pl.col("status").is_in(["done", "skipped"]))
     finished_ids = set(finished["trajectory_id"].to_list())
-    todo = [i for i in approved["id"].to_list() if i not in finished_ids]
-    already = approved.height - len(todo)
+    ids = approved["id"].to_list()
+    if config.trajectory_ids is not None:
+        wanted = set(config.trajectory_ids)
+        ids = [i for i in ids if i in wanted]
+    todo = [i for i in ids if i not in finished_ids]
+    already = len(ids) - len(todo)
     if config.limit is not None:
         todo = todo[: config.limit]
     return todo, already

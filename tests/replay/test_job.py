@@ -417,3 +417,20 @@ def test_with_two_workers_a_fake_server_is_asked_for_each_workers_next_trajector
     assert server.most >= 4 and server.overlapping_tasks() >= 4, "each worker's next trajectory was asked for with its current one"
     assert _rollouts(ahead).equals(_rollouts(one))
     assert _propose_threads() == []
+
+
+def test_trajectory_ids_replay_exactly_those_and_count_only_them(bfcl_store_path: Path) -> None:
+    """The nightly job passes its selection: trajectories approved meanwhile do not take the selected ones' places
+    (with a limit, the job picked again from the store, oldest first)."""
+    store = LocalExperienceStore(bfcl_store_path)
+    ids = store.trajectories(status="approved")["id"].to_list()
+    store.close()
+    chosen = [ids[-1], ids[1]]  # not the oldest ones, and not in the store's order
+    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, trajectory_ids=chosen))
+    assert summary.selected == 2 and summary.already_done == 0 and summary.done == 2
+    store = LocalExperienceStore(bfcl_store_path)
+    assert sorted(store.replays()["trajectory_id"].to_list()) == sorted(chosen)
+    store.close()
+    again = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, trajectory_ids=[*chosen, ids[0]]))
+    assert again.selected == 1 and again.already_done == 2, "the finished ones count as done, the others are not counted"
+    assert ReplayConfig.load(store=bfcl_store_path, trajectory_ids=chosen).replay_id == ReplayConfig.load(store=bfcl_store_path).replay_id
