@@ -70,10 +70,21 @@ def eval_cmd(
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     report["chart"] = str(out / "fidelity.png") if write_chart(report, out / "fidelity.png") else None
     report["report"] = str(out / "report.json")
+    down = next((data for data in report["variants"].values() if data["overall"]["n"] and not data["overall"]["answered"]), None)
+    report["error"] = None  # or: a model that answered no prediction (it failed or timed out after retries on every one)
+    if down is not None:
+        reason = next(iter(down["overall"].get("failure_reasons") or {"": 0}))
+        report["error"] = (
+            f"every prediction of {down['model']} failed ({reason}); the report ({report['report']}) measures nothing for it: "
+            "check that the model server is up and answers in time."
+        )
     if as_json:
         print_json(report)
-        return
-    _print_table(report)
+    else:
+        _print_table(report)
+    if report["error"] is not None:
+        typer.secho(f"error: {report['error']}", err=True, fg="red")
+        raise typer.Exit(1)
 
 
 @app.command("dataset", epilog=examples("ee experience dataset --store ./experience --out ./em-data"))
@@ -153,7 +164,19 @@ def _print_table(report: dict[str, Any]) -> None:
         f"indexed ({report['retriever']}, top-{report['top_k']})",
         caption=escape("; ".join(f"{name}: {data['model']}" for name, data in report["variants"].items())),
     )
-    for column in ("variant", "tool", "n", "failed", "exact", "token F1", "error agr.", "reward agr."):
+    model_errors = bool(report.get("model_errors"))  # a column only when the model failed on some prediction
+    columns = (
+        "variant",
+        "tool",
+        "n",
+        "failed",
+        *(("model err.",) if model_errors else ()),
+        "exact",
+        "token F1",
+        "error agr.",
+        "reward agr.",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("variant", "tool") else "right")
     for variant, data in report["variants"].items():
         for tool, row in [*data["tools"].items(), ("(all)", data["overall"])]:
@@ -163,6 +186,7 @@ def _print_table(report: dict[str, Any]) -> None:
                 escape(tool),
                 str(row["n"]),
                 str(row["failed"]),
+                *((str(row["model_errors"]),) if model_errors else ()),
                 f"{row['exact']:.2f}",
                 f"{row['token_f1']:.3f}",
                 f"{row['error_agreement']:.2f}",
@@ -170,4 +194,9 @@ def _print_table(report: dict[str, Any]) -> None:
             )
     out = console()
     out.print(table)
+    if model_errors:
+        out.print(
+            f"{report['model_errors']} prediction(s) got no answer from the model (failed or timed out after retries): "
+            "counted as failed, the metrics are over the answered ones"
+        )
     out.print(f"report: {report['report']}" + (f"  chart: {report['chart']}" if report["chart"] else ""))

@@ -20,7 +20,10 @@ The metrics:
 * ``error_agreement``: the predicted ``is_error`` equals the real one;
 * ``reward_agreement``: on a trajectory's last step, whether a predicted reward (>= 0.5 is success)
   agrees with the real outcome (``None`` where no prediction had a reward);
-* ``failed``: answers that were not a usable observation (scored 0 on every metric above).
+* ``failed``: predictions that gave no usable observation, with their ``failure_reasons``: an answer that is not
+  one (scored 0 on every metric above), or a model error (the server failed or timed out after the client's
+  retries: counted in ``model_errors``, and left out of the metrics, which are over the ``answered`` predictions).
+  The report's ``model_errors`` totals them.
 
 Each variant records the ``model`` it ran. A replay config's fidelity gate reads the retrieval
 variant of the model it replays with (:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ee_middleware.errors import ModelError
 from ee_middleware.records import ToolCall, Trajectory
 from ee_middleware.replay.retrieval import (
     DEFAULT_TOP_K,
@@ -126,6 +130,7 @@ def evaluate(
         "retriever": split.index.retriever_name,
         "top_k": top_k,
         "variants": {},
+        "model_errors": 0,
     }
     for variant, variant_sandbox, k in plan:
         variant_sandbox.top_k = k
@@ -143,6 +148,7 @@ def evaluate(
             "tools": {tool: _summarise(r) for tool, r in sorted(rows.items())},
             "overall": _summarise([r for tool_rows in rows.values() for r in tool_rows]),
         }
+        report["model_errors"] += report["variants"][variant]["overall"]["model_errors"]
     return report
 
 
@@ -159,6 +165,8 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
         prediction, examples = sandbox.predict(call, exclude_ids=(real.id,))
     except SyntheticObservationError as exc:
         return {"failed": True, "reason": exc.reason, "exact": 0.0, "token_f1": 0.0, "error_agreement": 0.0, "reward": None}
+    except ModelError as exc:  # no answer at all: not the model's fidelity, so left out of the metrics
+        return {"failed": True, "model_error": True, "reason": f"the model failed: {exc}", "reward": None}
     assert all(e.trajectory_id not in sandbox.exclude_trajectories and e.id != real.id for e in examples)
     reward = None
     if real.reward is not None and prediction["reward"] is not None:
@@ -173,10 +181,11 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    n = len(rows)
-    out: dict[str, Any] = {"n": n, "failed": sum(r["failed"] for r in rows)}
+    answered = [r for r in rows if not r.get("model_error")]
+    out: dict[str, Any] = {"n": len(rows), "failed": sum(r["failed"] for r in rows)}
+    out["model_errors"], out["answered"] = len(rows) - len(answered), len(answered)
     for metric in METRICS:
-        out[metric] = sum(r[metric] for r in rows) / n if n else 0.0
+        out[metric] = sum(r[metric] for r in answered) / len(answered) if answered else 0.0
     rewards = [r["reward"] for r in rows if r["reward"] is not None]
     out["reward_agreement"] = sum(rewards) / len(rewards) if rewards else None
     reasons = Counter(r["reason"] for r in rows if r["failed"])

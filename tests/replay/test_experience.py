@@ -264,6 +264,80 @@ def test_experience_eval_compares_no_retrieval_with_retrieval_on_the_same_held_o
     assert table.exit_code == 0 and "token F1" in table.stdout and "no-retrieval" in table.stdout
 
 
+def _serve_failing_some(failing: Callable[[int], bool]) -> Any:
+    """A fake server: the scripted experience model, except that chat requests numbered in ``failing`` (0-based,
+    retries included) get HTTP 500, as from an intermittent model server (a timeout after the client's retries is
+    the same ModelServerError to the evaluation)."""
+    from contextlib import contextmanager
+    from http.server import ThreadingHTTPServer
+
+    from ee_middleware.testing.http import send_json, serving
+
+    model = ScriptedExperienceModel(copy_first_example)
+    attempts = iter(range(1 << 30))
+
+    class Handler(_handler(model)):  # type: ignore[misc]
+        def do_POST(self) -> None:
+            if failing(next(attempts)):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                send_json(self, {"error": {"message": "the model server is overloaded"}}, status=500)
+                return
+            super().do_POST()
+
+    @contextmanager
+    def started() -> Any:
+        with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+            model.base_url = url
+            yield model
+
+    return started()
+
+
+def test_experience_eval_counts_model_errors_as_failures_and_keeps_the_report_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model error after the client's retries (HTTP 500 three times, or a timeout) in the middle of the evaluation
+    is a failed prediction with its reason, as an unusable answer is; the tools' fidelity is measured over the answered
+    predictions. Before, the first one ended the command with a traceback and no report."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.models import openai_compat
+
+    monkeypatch.setattr(openai_compat, "_sleep", lambda s: None)  # the client's back-off between retries
+    out = tmp_path / "eval"
+    with _serve_failing_some(lambda attempt: attempt in (1, 2, 3)) as model:  # the second prediction, all 3 attempts
+        args = ["experience", "eval", "--model", model.spec, "--store", str(bfcl_store_path), "--held-out", "0.34", "--out", str(out)]
+        result = CliRunner().invoke(app, [*args, "--json"])
+        written = json.loads((out / "report.json").read_text())
+        table = CliRunner().invoke(app, args, env={"COLUMNS": "200"})  # a second run, with no model error: no such column
+    assert table.exit_code == 0 and "model err." not in table.stdout
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report == written | {"chart": report["chart"], "report": report["report"], "error": None}
+    none, retrieval = report["variants"]["no-retrieval"], report["variants"]["retrieval"]
+    n = report["held_out_transitions"]
+    assert report["model_errors"] == 1 and none["overall"]["model_errors"] == 1 and retrieval["overall"]["model_errors"] == 0
+    assert none["overall"]["n"] == retrieval["overall"]["n"] == n and none["overall"]["answered"] == n - 1
+    assert none["overall"]["failed"] >= 1 and any(r.startswith("the model failed: ") for r in none["overall"]["failure_reasons"])
+    assert len(model.requests) == 2 * n - 1 + 2 * n, "every other prediction was made (then the second run's)"
+    assert retrieval["overall"]["token_f1"] > none["overall"]["token_f1"]
+    tool = next(t for t, row in none["tools"].items() if row["model_errors"])
+    assert none["tools"][tool]["answered"] == none["tools"][tool]["n"] - 1
+
+    with _serve_failing_some(lambda attempt: True) as down:  # up for the endpoint check, then every prediction fails
+        args = ["experience", "eval", "--model", down.spec, "--store", str(bfcl_store_path), "--held-out", "0.34", "--out", str(out)]
+        for as_json in (["--json"], []):
+            result = CliRunner().invoke(app, [*args, *as_json], env={"COLUMNS": "200"})
+            assert result.exit_code == 1, result.output
+            assert f"every prediction of {down.spec} failed" in result.stderr and "report.json" in result.stderr
+            assert json.loads((out / "report.json").read_text())["model_errors"] == 2 * n
+            if as_json:
+                assert json.loads(result.stdout)["error"].startswith(f"every prediction of {down.spec} failed")
+            else:
+                assert "model err." in result.stdout
+
+
 # -- replay through the experience model -----------------------------------------------------------
 
 
