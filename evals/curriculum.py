@@ -9,7 +9,8 @@ answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when th
 without an error, made at least one tool call, every observation came from the tools (not an experience model's
 guess: a trajectory is stored as recorded experience and carries no lineage) and the judge's reward is 1; it is stored as a
 trajectory with ``source="curriculum"``, ``pending`` for approval unless ``approve_if`` accepts it,
-so it feeds IL/IWM/SR like any other once approved. Everything else is counted by reason.
+so it feeds IL/IWM/SR like any other once approved. Everything else is counted by reason, a judge that failed after
+its client's retries (timed out, a server error) too (:data:`JUDGE_FAILED`): the run goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.models.protocol import ChatClient, Sampling
@@ -38,6 +39,9 @@ SYNTHETIC_DROPPED = (
     "experience: run the curriculum in a sandbox of the real tools, and synthesize with 'ee replay run --sandbox experience:...', "
     "whose rollouts carry their lineage)"
 )
+
+JUDGE_FAILED = "the judge failed"
+"""The start of the reason a rollout is dropped when the judge gave no answer (``the judge failed: <the error>``)."""
 
 
 @dataclass
@@ -196,7 +200,11 @@ def run_curriculum(
                     # read its observations as what the tools returned, and nothing on a trajectory marks one a model wrote
                     run.dropped[SYNTHETIC_DROPPED] += 1
                     continue
-                reward, why = judge(judge_client, task["instruction"], conversation)
+                try:
+                    reward, why = judge(judge_client, task["instruction"], conversation)
+                except ModelError as exc:  # after the client's retries: this rollout is unjudged, the others may not be
+                    run.dropped[f"{JUDGE_FAILED}: {exc}"] += 1
+                    continue
                 if reward is None:
                     run.dropped[why] += 1
                     continue

@@ -124,7 +124,8 @@ def run_cmd(
     import functools
     import importlib
 
-    from ee_middleware.evals.curriculum import SYNTHETIC_DROPPED, read_tasks, run_curriculum
+    from ee_middleware.errors import ModelError
+    from ee_middleware.evals.curriculum import JUDGE_FAILED, SYNTHETIC_DROPPED, read_tasks, run_curriculum
     from ee_middleware.models.spec import build_chat_client
     from ee_middleware.replay.sandboxes.registry import build_sandbox
 
@@ -142,6 +143,12 @@ def run_cmd(
     build_sandbox(sandbox).close()  # a sandbox that cannot be built fails here, before any rollout
     policy_client, judge_client = build_chat_client(policy), build_chat_client(judge)
     try:
+        list_models = getattr(judge_client, "list_models", None)
+        if list_models is not None:  # a judge endpoint that is down fails here, before any rollout
+            try:
+                list_models()
+            except ModelError as exc:
+                raise typer.BadParameter(f"the judge {judge} cannot be reached: {exc}", param_hint="--judge") from None
         result = run_curriculum(
             todo, policy_client, policy, functools.partial(build_sandbox, sandbox), judge_client, opened, k=k, approve_if=predicate
         )
@@ -149,9 +156,15 @@ def run_cmd(
         policy_client.close()
         judge_client.close()
     no_verdict = result.dropped.get("the judge gave no verdict", 0)
+    judge_failed = sum(count for reason, count in result.dropped.items() if reason.startswith(f"{JUDGE_FAILED}: "))
     problem = None
     if result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
         problem = f"no rollout was kept from the sandbox {sandbox}: {SYNTHETIC_DROPPED}."
+    elif judge_failed and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
+        problem = (
+            f"the judge {judge} failed on every one of the {judge_failed} rollout(s) it was shown (see 'dropped'): check that "
+            "its server is up and answers in time, or pass another --judge."
+        )
     elif no_verdict and not result.kept and not result.dropped.get("judged unsuccessful"):
         problem = (
             f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: it must answer one JSON "

@@ -17,7 +17,7 @@ from ee_middleware.errors import ConfigError
 from ee_middleware.evals.curriculum import SYNTHETIC_DROPPED
 from ee_middleware.replay.curriculum import score_tasks, validate_variant
 from ee_middleware.store.local import LocalExperienceStore
-from tests.replay.test_experience import ScriptedExperienceModel
+from tests.replay.test_experience import ScriptedExperienceModel, _serve_failing_some
 
 
 @pytest.fixture
@@ -270,3 +270,61 @@ def test_curriculum_run_keeps_no_rollout_whose_observations_an_experience_model_
     store = LocalExperienceStore(bfcl_store_path)
     assert len(list(store.iter_trajectories())) == before, "no trajectory with a model-written observation was stored"
     store.close()
+
+
+def test_curriculum_run_counts_a_failing_judge_as_a_dropped_rollout_and_keeps_going_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, serve: Callable[[Any], ScriptedExperienceModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judge that fails after the client's retries (HTTP 500 three times, or a timeout) drops that rollout with the
+    reason; the run goes on, and fails naming the judge only when it failed on every rollout. A judge that cannot be
+    reached fails the run before any rollout. Before: the first judge error ended the run with a ModelError, and an
+    unreachable judge was found only after the first rollout."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.models import openai_compat
+
+    monkeypatch.setattr(openai_compat, "_sleep", lambda s: None)  # the client's back-off between retries
+
+    def policy(messages: list[dict[str, Any]]) -> str:
+        return "Done." if messages[-1]["role"] == "tool" else '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
+
+    def verdict(messages: list[dict[str, Any]]) -> str:
+        return json.dumps({"reasoning": "listed", "reward": 1})
+
+    policy_model = serve(policy)
+    store = LocalExperienceStore(bfcl_store_path)
+    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
+    store.close()
+    tasks = tmp_path / "tasks.jsonl"
+    task = {"id": "c-1", "source": "curriculum", "instruction": "List the files.", "tools": parent.tools, "environment": parent.environment}
+    tasks.write_text(json.dumps(task) + "\n")
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", "bfcl", "--k", "2"]
+    args += ["--store", str(bfcl_store_path)]
+
+    with _serve_failing_some(lambda attempt: attempt < 3, verdict) as judge_model:  # the first rollout's 3 attempts fail
+        result = CliRunner().invoke(app, [*args, "--judge", judge_model.spec, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rollouts"] == 2 and summary["kept"] == 1 and summary["error"] is None
+    [(reason, count)] = summary["dropped"].items()
+    assert count == 1 and reason.startswith("the judge failed: ") and "HTTP 500" in reason
+
+    with _serve_failing_some(lambda attempt: True, verdict) as judge_model:  # up for the endpoint check, then failing
+        for as_json in (["--json"], []):
+            result = CliRunner().invoke(app, [*args, "--judge", judge_model.spec, *as_json])
+            assert result.exit_code == 1, result.output
+            assert f"the judge {judge_model.spec} failed on every one of the 2 rollout(s)" in result.stderr, result.stderr
+            if as_json:
+                summary = json.loads(result.stdout)
+                assert summary["kept"] == 0 and sum(summary["dropped"].values()) == 2 and "judge" in summary["error"]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    asked = len(policy_model.requests)
+    result = CliRunner().invoke(app, [*args, "--judge", f"openai:http://127.0.0.1:{port}/v1#j"])
+    assert result.exit_code != 0 and "--judge" in result.output and "cannot be reached" in result.output, result.output
+    assert len(policy_model.requests) == asked, "no rollout before the judge was found down"

@@ -264,7 +264,7 @@ def test_experience_eval_compares_no_retrieval_with_retrieval_on_the_same_held_o
     assert table.exit_code == 0 and "token F1" in table.stdout and "no-retrieval" in table.stdout
 
 
-def _serve_failing_some(failing: Callable[[int], bool]) -> Any:
+def _serve_failing_some(failing: Callable[[int], bool], answer: Answer = copy_first_example) -> Any:
     """A fake server: the scripted experience model, except that chat requests numbered in ``failing`` (0-based,
     retries included) get HTTP 500, as from an intermittent model server (a timeout after the client's retries is
     the same ModelServerError to the evaluation)."""
@@ -273,7 +273,7 @@ def _serve_failing_some(failing: Callable[[int], bool]) -> Any:
 
     from ee_middleware.testing.http import send_json, serving
 
-    model = ScriptedExperienceModel(copy_first_example)
+    model = ScriptedExperienceModel(answer)
     attempts = iter(range(1 << 30))
 
     class Handler(_handler(model)):  # type: ignore[misc]
