@@ -251,9 +251,9 @@ def ingest(
     from rich.markup import escape
 
     from ee_middleware.ingest import ingest_files
-    from ee_middleware.store.registry import open_store
 
-    report = ingest_files(files, open_store(store), app=app_name, approve_by=approve_by)
+    # the spec, not an open store: a store that does not exist yet is created only when a run is found
+    report = ingest_files(files, store, app=app_name, approve_by=approve_by)
     if as_json:
         print_json(report.as_dict())
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ee_middleware.capture import semconv as sc
@@ -27,6 +28,7 @@ from ee_middleware.ingest.runs import group_runs
 from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Trajectory, utcnow
 from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.store.registry import StoreSpec, open_store
 
 MAX_LISTED_PROBLEMS = 200
 MAX_LISTED_PER_FILE = 20
@@ -96,9 +98,29 @@ def _ingest_redactor(store: ExperienceStore, redactor: Redactor | None) -> Redac
     return store_redactor(store)
 
 
+class _Target:
+    """The store ingest writes to, opened (a new local one created, its redaction and salt written)
+    only when a run is to be assembled: an ingest that finds no run leaves no store behind."""
+
+    def __init__(self, store: ExperienceStore | StoreSpec, app: str | None, redactor: Redactor | None) -> None:
+        self._spec, self._app, self._redactor = store, app, redactor
+
+    @cached_property
+    def store(self) -> ExperienceStore:
+        return open_store(self._spec)
+
+    @cached_property
+    def options(self) -> AssemblyOptions:
+        return AssemblyOptions(app=self._app, redactor=_ingest_redactor(self.store, self._redactor), source="otlp-ingest")
+
+    @cached_property
+    def known(self) -> set[str]:
+        return set(self.store.trajectories()["id"].to_list())
+
+
 def ingest_spans(
     spans: Iterable[SpanData],
-    store: ExperienceStore,
+    store: ExperienceStore | StoreSpec,
     *,
     app: str | None = None,
     approve_by: str | None = None,
@@ -110,6 +132,8 @@ def ingest_spans(
 
     ``rejected`` names spans that could not be read: a run that held one is skipped, not stored
     without it (a run whose root span was rejected would otherwise lose its status, for example).
+    ``store`` may be a spec (see :func:`~ee_middleware.store.registry.open_store`): it is opened only
+    when a run is found, so a new store is not created for input that holds none.
     """
     report = report or IngestReport()
     with SpanSpill() as spill:
@@ -120,7 +144,7 @@ def ingest_spans(
 
 def _ingest_traces(
     spill: SpanSpill,
-    store: ExperienceStore,
+    store: ExperienceStore | StoreSpec,
     *,
     report: IngestReport,
     rejected: Iterable[RejectedSpan],
@@ -133,11 +157,11 @@ def _ingest_traces(
     for bad in rejected:
         if bad.trace_id is not None:
             rejected_by_trace[bad.trace_id].append(bad)
-    options = AssemblyOptions(app=app, redactor=_ingest_redactor(store, redactor), source="otlp-ingest")
-    known = set(store.trajectories()["id"].to_list())
+    target = _Target(store, app, redactor)
     new: list[Trajectory] = []
     for trace_id, trace_spans in spill.traces():
-        for trajectory in _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), options, report):
+        for trajectory in _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), target, report):
+            known = target.known
             if trajectory.id in known:
                 report.already_stored.append(trajectory.id)
                 continue
@@ -146,9 +170,10 @@ def _ingest_traces(
             known.add(trajectory.id)
             new.append(trajectory)
         if len(new) >= WRITE_BATCH:
-            _write(store, new, report)
+            _write(target.store, new, report)
             new = []
-    _write(store, new, report)
+    if new:
+        _write(target.store, new, report)
     if report.unread_spans and not report.runs:
         report.problem(_nothing_read(report))
 
@@ -172,7 +197,7 @@ def _write(store: ExperienceStore, trajectories: list[Trajectory], report: Inges
 
 
 def _trace_trajectories(
-    trace_id: str, spans: list[SpanData], rejected: list[RejectedSpan], options: AssemblyOptions, report: IngestReport
+    trace_id: str, spans: list[SpanData], rejected: list[RejectedSpan], target: _Target, report: IngestReport
 ) -> list[Trajectory]:
     grouped = group_runs(trace_id, spans)
     report.repeated_spans += grouped.repeated_spans
@@ -198,7 +223,7 @@ def _trace_trajectories(
                 "read (see its problem above); run skipped rather than stored without it."
             )
             continue
-        trajectory = _assemble(trace_id, run, options, report)
+        trajectory = _assemble(trace_id, run, target.options, report)
         if trajectory is not None:
             out.append(trajectory)
     return out
@@ -241,8 +266,10 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
     return None
 
 
-def ingest_files(paths: Sequence[str | Path], store: ExperienceStore, **kwargs: object) -> IngestReport:
+def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec, **kwargs: object) -> IngestReport:
     """Read OTLP JSON files (plain or gzip'd) and ingest their spans; problems are collected, never raised.
+
+    ``store`` may be a spec, opened only when a run is found (as in :func:`ingest_spans`).
 
     The files are read one request at a time and their spans kept on disk until every file is read
     (a run's spans may be split across files), so memory does not grow with the input.

@@ -147,12 +147,16 @@ def test_a_vault_needs_pseudonyms(tmp_path: Path) -> None:
 
 
 def test_ingest_records_the_rules_it_redacts_with(tmp_path: Path) -> None:
-    from ee_middleware.ingest.service import ingest_spans
+    from ee_middleware.ingest.service import ingest_files
+    from tests.ingest.otlp_builders import GENAI_FILE, _request, _write
 
     store = LocalExperienceStore(tmp_path / "s")
-    ingest_spans([], store)
+    ingest_files([tmp_path / "missing.json"], store)
+    assert not read_store_redaction(store).recorded, "an ingest that found no run leaves the store as it was"
+    spans = _write(tmp_path / "t.jsonl", _request(GENAI_FILE))
+    ingest_files([spans], store)
     assert read_store_redaction(store).recorded and store_redactor(store).salt == store_salt(store)
-    ingest_spans([], store, redactor=Redactor(RedactionRules(kinds={"ip_address": True})))
+    ingest_files([spans], store, redactor=Redactor(RedactionRules(kinds={"ip_address": True})))
     assert "ip_address" in read_store_redaction(store).rules.enabled_kinds()
     record_store_redaction(store, StoreRedaction(vault=str(tmp_path / "a.vault")))
     with pytest.raises(ConfigError, match="one vault per store"):

@@ -126,6 +126,22 @@ def test_ingest_command_and_exit_codes(react_graph, tmp_path: Path, tracer_provi
     assert "1 already stored" in result.stdout and "not valid JSON" in result.stdout
 
 
+def test_ingest_of_nothing_creates_no_store(tmp_path: Path, store_path: Path):
+    """A misspelt --store with a file that holds nothing to ingest leaves no stray store (with a fresh salt) behind."""
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "not_otlp.json").write_text(json.dumps({"hello": "world"}))
+    for file in ("missing.jsonl", "empty.jsonl", "not_otlp.json"):
+        target = tmp_path / "typo" / "store"
+        result = ee("traces", "ingest", str(tmp_path / file), "--store", str(target))
+        assert result.exit_code == 1, result.output
+        assert not (tmp_path / "typo").exists(), f"{file}: {sorted(p.name for p in (tmp_path / 'typo').rglob('*'))}"
+    LocalExperienceStore(store_path).write([sample_trajectory("t-1")])
+    before = sorted((p.relative_to(store_path), p.stat().st_mtime_ns) for p in store_path.rglob("*"))
+    result = ee("traces", "ingest", str(tmp_path / "missing.jsonl"), "--store", str(store_path))
+    assert result.exit_code == 1
+    assert sorted((p.relative_to(store_path), p.stat().st_mtime_ns) for p in store_path.rglob("*")) == before
+
+
 def test_store_info_and_compact(recorded: Path):
     result = ee("store", "compact", "--store", str(recorded))
     assert result.exit_code == 0 and "Compacted 1" in result.stdout
