@@ -18,12 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_file", "temp_path_for"]
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "fsync_file",
+    "pid_alive",
+    "remove_left_behind",
+    "temp_path_for",
+]
 
 TMP_SUFFIX = ".tmp"
 """Temporary files are named ``.<name>.<random>.tmp`` beside their destination."""
@@ -104,3 +115,25 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
     """Replace ``path`` with ``text`` atomically (see the module docstring)."""
     with atomic_open(path, "w", encoding=encoding, fsync=fsync) as fh:
         fh.write(text)
+
+
+def remove_left_behind(parent: Path, pattern: str, marker: str) -> None:
+    """Remove the folders matching ``pattern`` in ``parent`` whose process (the pid after ``marker``) is gone.
+
+    For work folders named ``...<marker><pid>[-...]`` that a killed process left; a live process's are kept."""
+    for left in parent.glob(pattern):
+        if left.is_dir() and not pid_alive(left.name.rpartition(marker)[2].split("-")[0]):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def pid_alive(pid: str) -> bool:
+    """Whether the process ``pid`` (text) still runs (a folder not named by a pid counts as in use)."""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

@@ -34,7 +34,7 @@ from typing import Annotated, Any
 import polars as pl
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._files import atomic_open, atomic_path, atomic_write_text, fsync_dir
+from ee_middleware._files import atomic_open, atomic_path, atomic_write_text, fsync_dir, remove_left_behind
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
@@ -247,7 +247,7 @@ def writing_folder(out: Path) -> Iterator[None]:
 def staging_folder(out: Path) -> Iterator[Path]:
     """A fresh hidden folder in ``out`` for a build's files, removed on the way out; staging folders
     and part folders that builds killed before (their process is gone) left in ``out`` are removed first."""
-    _remove_left_behind(out, ".*.parquet.parts-*", ".parts-")  # part folders written straight into OUT before staging
+    remove_left_behind(out, ".*.parquet.parts-*", ".parts-")  # part folders written straight into OUT before staging
     folder = _claim_folder(out, STAGING_PREFIX)
     try:
         yield folder
@@ -540,25 +540,5 @@ def to_hf_dataset(frame: pl.DataFrame, *, redactor: Redactor | None = None) -> A
 def _claim_folder(parent: Path, prefix: str) -> Path:
     """A fresh hidden folder ``parent/<prefix><pid>-<random>`` for this process, after removing those that
     processes now gone (builds that were killed) left there."""
-    _remove_left_behind(parent, f"{prefix}*", prefix)
+    remove_left_behind(parent, f"{prefix}*", prefix)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
-
-
-def _remove_left_behind(parent: Path, pattern: str, marker: str) -> None:
-    """Remove the folders matching ``pattern`` in ``parent`` whose process (the pid after ``marker``) is gone."""
-    for left in parent.glob(pattern):
-        if left.is_dir() and not _alive(left.name.rpartition(marker)[2].split("-")[0]):
-            shutil.rmtree(left, ignore_errors=True)
-
-
-def _alive(pid: str) -> bool:
-    """Whether the process ``pid`` (text) still runs (a folder not named by a pid counts as in use)."""
-    if not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True

@@ -8,6 +8,7 @@ name and renamed when complete, so a crash never leaves a half-written adapter b
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import time
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._files import remove_left_behind
 from ee_middleware._optional import import_optional
 from ee_middleware._version import __version__
 from ee_middleware.models.chat_template import TemplateSupport, probe_template
@@ -256,6 +258,8 @@ def _write_output(
     model: Any, manifest: dict[str, Any], runs: list[backends.StageRun], output_dir: Path, cuts: dict[str, list[dict[str, Any]]]
 ) -> None:
     partial = output_dir.with_name(f"{output_dir.name}.partial-{os.getpid()}")
+    # a run killed while saving left its partial folder: remove those of processes now gone
+    remove_left_behind(output_dir.parent, f"{glob.escape(output_dir.name)}.partial-*", ".partial-")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:

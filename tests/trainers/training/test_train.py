@@ -300,3 +300,29 @@ def test_a_failed_write_leaves_no_partial_folder(
         train(config(tiny_model_dir, data_dir, tmp_path / "runs" / "out", max_steps=1), progress=False)
     assert not list((tmp_path / "runs").glob("*.partial-*")), "the half-written adapter folder is removed"
     assert not (tmp_path / "runs" / "out").exists()
+
+
+def test_partial_folders_of_killed_runs_are_removed_by_a_later_run(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """A run killed while saving leaves ``<output_dir>.partial-<pid>``; the next run into that output dir removes it,
+    never the partial folder of a process still alive (nor another output dir's)."""
+    import subprocess
+    import sys
+
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runs = tmp_path / "runs"
+        for name in (f"out.partial-{killed.pid}", f"out.partial-{alive.pid}", f"other.partial-{killed.pid}"):
+            (runs / name).mkdir(parents=True)
+            (runs / name / "adapter_model.safetensors").write_bytes(b"half")
+        train(config(tiny_model_dir, data_dir, runs / "out", max_steps=1), progress=False)
+        assert sorted(p.name for p in runs.iterdir() if ".partial-" in p.name) == [
+            f"other.partial-{killed.pid}",
+            f"out.partial-{alive.pid}",
+        ]
+        assert (runs / "out" / "adapter_model.safetensors").is_file()
+    finally:
+        alive.kill()
+        alive.wait()
