@@ -16,6 +16,7 @@ from ee_middleware.cli.app import app
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store import local as local_module
 from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.ingest.otlp_builders import GENAI_FILE, _request, _write
 from tests.store.mounts import read_only_view
 
 runner = CliRunner()
@@ -175,8 +176,9 @@ def test_compact_and_create_on_a_read_only_file_system_injected(store_path: Path
     result = ee("store", "compact", "--store", str(store_path))
     assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "Read-only file system" in result.stderr, result.output
     assert "remount it read-write" in result.stderr
+    spans = _write(store_path.parent / "spans.jsonl", _request(GENAI_FILE))  # a run to ingest: a new store is created only then
     monkeypatch.setattr(local_module.Path, "mkdir", read_only)
-    created = ee("traces", "ingest", str(store_path / "none.json"), "--store", str(store_path.parent / "new-store"))
+    created = ee("traces", "ingest", str(spans), "--store", str(store_path.parent / "new-store"))
     assert created.exit_code == 1 and "Cannot create an experience store" in created.stderr and "Traceback" not in created.output
 
 
@@ -191,6 +193,7 @@ def test_read_only_mount_reads_fine_and_writes_fail_with_one_line(store_path: Pa
             result = ee(*command, "--store", str(view))
             assert result.exit_code == 1 and result.stderr.count("\n") == 1, (command, result.output)
             assert "Read-only file system" in result.stderr and "remount it read-write" in result.stderr
-        created = ee("traces", "ingest", str(tmp_path / "none.json"), "--store", str(view / "new-store"))
+        spans = _write(tmp_path / "spans.jsonl", _request(GENAI_FILE))  # a run to ingest: a new store is created only then
+        created = ee("traces", "ingest", str(spans), "--store", str(view / "new-store"))
         assert created.exit_code == 1 and "Cannot create an experience store" in created.stderr, created.output
         assert _files(store_path) == _files(view)
