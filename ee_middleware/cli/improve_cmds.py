@@ -204,7 +204,7 @@ RunsOption = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (o
 
 @runs_app.command("list", epilog=examples("ee runs list --config improve.toml"))
 def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Every run, oldest first: status, stages finished, candidate, gate, promotion."""
+    """Every run, oldest first: app, status, stages finished, candidate, gate, promotion."""
     folder = _runs_dir(runs, config)
     records = folder.list()
     held = folder.locked_by_other()
@@ -215,7 +215,8 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
 
     # The id is what `ee runs show ID` takes: never cut to "202611…" in a narrow terminal; the others fold, never cut.
     width = max((len(r.id) for r in records), default=3)
-    folded = [Column(name, overflow="fold") for name in ("status", "started", "stages", "candidate", "gate", "promoted", "new")]
+    names = ("app", "status", "started", "stages", "candidate", "gate", "promoted", "new")  # app: runs of several apps share a folder
+    folded = [Column(name, overflow="fold") for name in names]
     table = Table(Column("run", no_wrap=True, min_width=width), *folded)
     for r in records:
         done = [m["stage"] for m in r.stages() if m.get("status") == "done"]
@@ -225,6 +226,7 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
         gate = "-" if outcome.get("gate_passed") is None else ("pass" if outcome["gate_passed"] else "fail")
         table.add_row(
             r.id,
+            escape(r.app or "-"),
             status,
             str(r.data.get("started_at", ""))[:16].replace("T", " "),
             f"{len(done)}/{len(r.data.get('stage_order', []))}",

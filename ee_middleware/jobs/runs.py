@@ -89,6 +89,12 @@ class Run:
         return str(self.data["id"])
 
     @property
+    def app(self) -> str | None:
+        """The app the run's job worked on (``app`` in its configuration's job table), if it names one."""
+        app = _job_table(self).get("app")
+        return str(app) if app is not None else None
+
+    @property
     def status(self) -> str:
         return str(self.data["status"])
 

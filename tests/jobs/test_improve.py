@@ -94,6 +94,8 @@ def test_every_stage_runs_and_leaves_manifests_a_report_and_a_promoted_adapter(w
     assert [s["stage"] for s in shown["stages"]] == list(STAGES)
     narrow = cli.invoke(app, ["runs", "list", "--runs", str(workspace / "runs")], env={"COLUMNS": "80"})
     assert narrow.exit_code == 0 and run.id in narrow.output, narrow.output  # the id `runs show` takes, whole (was: "202611…")
+    wide = cli.invoke(app, ["runs", "list", "--runs", str(workspace / "runs")], env={"COLUMNS": "200"})
+    assert run.app == APP and APP in wide.output, "runs of several apps share a runs folder: the table says whose each is"
     table = cli.invoke(app, ["runs", "show", "latest", "--runs", str(workspace / "runs")])
     assert table.exit_code == 0 and "select" in table.output and "promote" in table.output
     missing = cli.invoke(app, ["runs", "show", "nope", "--runs", str(workspace / "runs")])
