@@ -125,7 +125,7 @@ def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectorie
             return "hmm"
         return json.dumps({"reasoning": "the listing was shown", "reward": 1 if "List" in task else 0})
 
-    policy_model, judge_model = serve(policy), serve(judge)
+    policy_model, judge_model = serve(_ls_then_answer), serve(judge)
     store = LocalExperienceStore(bfcl_store_path)
     parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
     before = len(list(store.iter_trajectories()))
@@ -188,6 +188,22 @@ def test_curriculum_propose_that_writes_no_variant_fails_says_why_and_keeps_the_
         assert out.read_text() == '{"id": "an earlier good task"}\n', "the earlier tasks.jsonl is kept"
 
 
+def _ls_then_answer(messages: list[dict[str, Any]]) -> str:
+    """A policy: one ``ls`` (as text, parsed from ``<tool_call>``), then an answer."""
+    return "Done." if messages[-1]["role"] == "tool" else '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
+
+
+def _list_the_files_task(store_path: Path, folder: Path) -> Path:
+    """A tasks.jsonl of one task, "List the files.", with the tools and environment of BFCL's multi_turn_base_0."""
+    store = LocalExperienceStore(store_path)
+    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
+    store.close()
+    tasks = folder / "tasks.jsonl"
+    task = {"id": "c-1", "source": "curriculum", "instruction": "List the files.", "tools": parent.tools, "environment": parent.environment}
+    tasks.write_text(json.dumps(task) + "\n")
+    return tasks
+
+
 def test_curriculum_run_with_a_judge_that_never_verifies_fails_and_names_the_judge(
     bfcl_store_path: Path, serve: Callable[[Any], ScriptedExperienceModel], tmp_path: Path
 ) -> None:
@@ -195,16 +211,8 @@ def test_curriculum_run_with_a_judge_that_never_verifies_fails_and_names_the_jud
 
     from ee_middleware.cli.app import app
 
-    def policy(messages: list[dict[str, Any]]) -> str:
-        return "Done." if messages[-1]["role"] == "tool" else '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
-
-    policy_model, judge_model = serve(policy), serve(lambda messages: "Looks good to me!")
-    store = LocalExperienceStore(bfcl_store_path)
-    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
-    store.close()
-    tasks = tmp_path / "tasks.jsonl"
-    task = {"id": "c-1", "source": "curriculum", "instruction": "List the files.", "tools": parent.tools, "environment": parent.environment}
-    tasks.write_text(json.dumps(task) + "\n")
+    policy_model, judge_model = serve(_ls_then_answer), serve(lambda messages: "Looks good to me!")
+    tasks = _list_the_files_task(bfcl_store_path, tmp_path)
     args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", "bfcl", "--k", "2"]
     args += ["--judge", f"openai:{judge_model.base_url}#j", "--store", str(bfcl_store_path)]
     for as_json in (["--json"], []):
@@ -248,18 +256,12 @@ def test_curriculum_run_keeps_no_rollout_whose_observations_an_experience_model_
 
     from ee_middleware.cli.app import app
 
-    def policy(messages: list[dict[str, Any]]) -> str:
-        return "Done." if messages[-1]["role"] == "tool" else '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
-
     experience = serve(lambda messages: json.dumps({"reasoning": "a listing", "observation": "notes.txt", "is_error": False}))
-    policy_model, judge_model = serve(policy), serve(lambda messages: json.dumps({"reasoning": "listed", "reward": 1}))
+    policy_model, judge_model = serve(_ls_then_answer), serve(lambda messages: json.dumps({"reasoning": "listed", "reward": 1}))
     store = LocalExperienceStore(bfcl_store_path)
-    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
     before = len(list(store.iter_trajectories()))
     store.close()
-    tasks = tmp_path / "tasks.jsonl"
-    task = {"id": "c-1", "source": "curriculum", "instruction": "List the files.", "tools": parent.tools, "environment": parent.environment}
-    tasks.write_text(json.dumps(task) + "\n")
+    tasks = _list_the_files_task(bfcl_store_path, tmp_path)
     args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", f"experience:{experience.spec}"]
     args += ["--judge", f"openai:{judge_model.base_url}#j", "--store", str(bfcl_store_path), "--json"]
     result = CliRunner().invoke(app, args)
@@ -288,19 +290,11 @@ def test_curriculum_run_counts_a_failing_judge_as_a_dropped_rollout_and_keeps_go
 
     monkeypatch.setattr(openai_compat, "_sleep", lambda s: None)  # the client's back-off between retries
 
-    def policy(messages: list[dict[str, Any]]) -> str:
-        return "Done." if messages[-1]["role"] == "tool" else '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
-
     def verdict(messages: list[dict[str, Any]]) -> str:
         return json.dumps({"reasoning": "listed", "reward": 1})
 
-    policy_model = serve(policy)
-    store = LocalExperienceStore(bfcl_store_path)
-    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
-    store.close()
-    tasks = tmp_path / "tasks.jsonl"
-    task = {"id": "c-1", "source": "curriculum", "instruction": "List the files.", "tools": parent.tools, "environment": parent.environment}
-    tasks.write_text(json.dumps(task) + "\n")
+    policy_model = serve(_ls_then_answer)
+    tasks = _list_the_files_task(bfcl_store_path, tmp_path)
     args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy_model.base_url}#p", "--sandbox", "bfcl", "--k", "2"]
     args += ["--store", str(bfcl_store_path)]
 
