@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ee_middleware.models.protocol import clip, message_refusal
+from ee_middleware.models.protocol import clip, message_refusal, parts_text
 from ee_middleware.records import ToolCall
 
 _TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
@@ -172,7 +172,7 @@ def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) 
         return _with_ids([_from_json_call(legacy)])
     content = message.get("content")
     if isinstance(content, list):  # content parts
-        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") != "refusal")
+        content = parts_text(content)
     refusal = message_refusal(message)
     if refusal is not None and not (isinstance(content, str) and content.strip()):
         return [ParseProblem(f"the model refused: {clip(refusal, 300)}", _short(message))]

@@ -131,6 +131,11 @@ def message_refusal(message: Any) -> str | None:
     return "\n".join(dict.fromkeys(found)) or None
 
 
+def parts_text(parts: list[Any]) -> str:
+    """The text of a message's content parts, joined (refusal parts are not its text: see :func:`message_refusal`)."""
+    return "".join(str(part.get("text", "")) for part in parts if isinstance(part, Mapping) and part.get("type") != "refusal")
+
+
 def message_text(message: Any) -> str:
     """A chat ``message``'s text: its content (text parts joined), then its refusal unless the content holds it already.
 
@@ -140,7 +145,7 @@ def message_text(message: Any) -> str:
         return ""
     content = message.get("content")
     if isinstance(content, list):  # content parts (a refusal part is read below)
-        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") != "refusal")
+        content = parts_text(content)
     text = content if isinstance(content, str) else ""
     refusal = message_refusal(message)
     if refusal is None or refusal in text:
