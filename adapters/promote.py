@@ -152,8 +152,9 @@ def _promote(
     )
 
 
-def _lease(registry: AdapterRegistry, doing: str, *, by: str | None, say: Progress) -> contextlib.AbstractContextManager[Any]:
-    """The registry's operation lease for ``doing`` (see the module docstring); nothing for a registry without one."""
+def _lease(registry: AdapterRegistry, doing: str, *, by: str | None, say: Progress | None) -> contextlib.AbstractContextManager[Any]:
+    """The registry's operation lease for ``doing`` (see the module docstring; ``say`` hears whom it waits for); nothing for a
+    registry without one."""
     operation = getattr(registry, "operation", None)
     return operation(doing, by=by, on_wait=say) if callable(operation) else contextlib.nullcontext()
 
@@ -241,7 +242,7 @@ def rollback(
 ) -> SwitchResult:
     """Make the previous live adapter of ``app`` live again (loaded again where a replica lost it)."""
     started = time.perf_counter()
-    with _lease(registry, f"rollback of {app}", by=by, say=progress or (lambda _text: None)):
+    with _lease(registry, f"rollback of {app}", by=by, say=progress):
         return _rollback(registry, app, replicas, by=by, started=started)
 
 
@@ -281,7 +282,7 @@ def retire(
     progress: Progress | None = None,
 ) -> tuple[AdapterRecord, list[str]]:
     """Mark ``name`` retired, then unload it from every replica; returns the record and the replicas it could not be unloaded from."""
-    with _lease(registry, f"retire of {name}", by=by, say=progress or (lambda _text: None)):
+    with _lease(registry, f"retire of {name}", by=by, say=progress):
         record = registry.retire(name, by=by, reason=reason)
         problems = []
         for replica in replicas:
