@@ -383,11 +383,19 @@ def _started() -> None:
     """Nothing: submitted once so that the pool starts its processes at once."""
 
 
-def _replay_in_process(trajectories: list[Trajectory | TrajectoryRows], hold_last: bool) -> list[ReplayOutcome]:
+def _replay_in_process(trajectories: list[Trajectory | TrajectoryRows], hold_last: bool) -> tuple[list[ReplayOutcome], Exception | None]:
     """This worker's :meth:`_Worker.replay_all` of ``trajectories``: the outcomes of the trajectory it held and of
-    ``trajectories`` but the last, which it holds (its proposals asked for) until the next call, when ``hold_last``."""
+    ``trajectories`` but the last, which it holds (its proposals asked for) until the next call, when ``hold_last``;
+    and the error that stopped them (``None`` when none did), so that what a call replayed before a policy stopped
+    working is counted by the job, as with one worker and on Ray."""
     assert _PROCESS_WORKER is not None
-    return list(_PROCESS_WORKER.replay_all(trajectories, hold_last=hold_last))
+    outcomes: list[ReplayOutcome] = []
+    try:
+        for outcome in _PROCESS_WORKER.replay_all(trajectories, hold_last=hold_last):
+            outcomes.append(outcome)
+    except Exception as exc:  # noqa: BLE001 - raised by the job once it has the outcomes before it
+        return outcomes, _sendable(exc)
+    return outcomes, None
 
 
 WORKER_MODULES = (
@@ -546,6 +554,14 @@ _READ_AHEAD = 256
 _CALLS_PER_WORKER = 2
 """Calls queued per local worker: the next one starts the moment the last one ends, without waiting for the job."""
 
+_Call = Future[tuple[list[ReplayOutcome], Exception | None]]
+"""A call to a local worker: what :func:`_replay_in_process` returns."""
+
+_LOCAL_BATCH_S = 0.02
+"""About how much replay one call to a local worker carries (see :class:`_BatchSizes`): a call costs the job and the
+pool well under a millisecond of CPU, and at the end of the job a worker waits at most about two calls' worth for the
+other (the calls it has queued)."""
+
 
 class ProcessExecutor:
     """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`_JobForkServer`).
@@ -553,10 +569,13 @@ class ProcessExecutor:
     ``start_method="spawn"`` spawns each worker instead (a fresh interpreter each). Either way nothing of the job
     process's state leaks into a worker: a worker is a fresh interpreter, or a fork of one that only imported modules.
 
-    Each worker is a pool of one process, sent one trajectory per call with :data:`_CALLS_PER_WORKER` calls queued, so
-    that it can hold its latest trajectory for its next call (see :meth:`_Worker.replay_all`'s ``hold_last``): with
-    a served policy, it asks for that trajectory's proposals while it replays the one before, as one worker does.
-    Once the job has no trajectory left, a worker holding one is sent a call that replays it.
+    Each worker is a pool of one process with :data:`_CALLS_PER_WORKER` calls queued, each carrying about
+    :data:`_LOCAL_BATCH_S` of replay (:class:`_BatchSizes`, from the outcomes that came back: one trajectory per call
+    until then, and for trajectories that take longer), so that the job's and the pool's cost per call (pickling,
+    their threads waking) stays small beside trajectories that take milliseconds. A worker holds the last trajectory
+    of a call for its next one (see :meth:`_Worker.replay_all`'s ``hold_last``): with a served policy, it asks for
+    that trajectory's proposals while it replays the one before, as one worker does. Once the job has no trajectory
+    left, a worker holding one is sent a call that replays it.
     """
 
     replay_while_starting: bool = False
@@ -589,6 +608,7 @@ class ProcessExecutor:
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
         self._here = _JobReplays(spec)
         self._unanswered = [0] * workers  # trajectories sent to each worker whose outcomes have not come back
+        self._sizes = _BatchSizes(target_s=_LOCAL_BATCH_S)
         self._pools: list[ProcessPoolExecutor] = []  # one per worker (a pool of one process)
         try:
             for _ in range(workers):
@@ -639,7 +659,7 @@ class ProcessExecutor:
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
         source = _SharedIterator(trajectories)
-        pending: dict[Future[list[ReplayOutcome]], int] = {}  # a call -> the worker it was sent to
+        pending: dict[_Call, int] = {}  # a call -> the worker it was sent to
         feeder: _Feeder | None = None
         try:
             if self.replay_while_starting and not self._worker_ready():
@@ -648,7 +668,9 @@ class ProcessExecutor:
                 # forked, so a long trajectory here does not keep them waiting.
                 feeder = _Feeder(self, source)
                 while not self._worker_ready() and (trajectory := source.next()) is not None:
-                    yield self._here.replay(trajectory)
+                    outcome = self._here.replay(trajectory)
+                    self._sizes.observe([outcome])  # the workers' next calls are sized from these too
+                    yield outcome
                 self._here.close()  # its sandbox (a child process, with isolation) is not needed any more
                 feeder, handed_out = None, feeder.join()
                 pending |= handed_out
@@ -662,29 +684,34 @@ class ProcessExecutor:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     index = pending.pop(future)
-                    outcomes = future.result()
+                    outcomes, error = future.result()
                     self._unanswered[index] -= len(outcomes)
-                    self._submit(source, pending)  # before the job writes and counts what came back
+                    self._sizes.observe(outcomes)
+                    if error is None:
+                        self._submit(source, pending)  # before the job writes and counts what came back
                     yield from outcomes
+                    if error is not None:
+                        raise error
         finally:
             if feeder is not None:
                 pending |= feeder.join(quiet=True)
             for future in pending:
                 future.cancel()
 
-    def _submit(self, source: _SharedIterator, pending: dict[Future[list[ReplayOutcome]], int]) -> None:
-        """Queue up to :data:`_CALLS_PER_WORKER` calls for every worker, a trajectory each; once there is none left, a
-        call that replays the trajectory it holds to a worker that holds one and has no call queued."""
+    def _submit(self, source: _SharedIterator, pending: dict[_Call, int]) -> None:
+        """Queue up to :data:`_CALLS_PER_WORKER` calls for every worker, a batch of trajectories each (see
+        :class:`_BatchSizes`); once there is none left, a call that replays the trajectory it holds to a worker that
+        holds one and has no call queued."""
         queued = collections.Counter(pending.values())
         for depth in range(1, _CALLS_PER_WORKER + 1):
             for index, pool in enumerate(self._pools):
                 if queued[index] < depth:
-                    trajectory = source.next()
-                    if trajectory is None:
+                    batch = source.take(self._sizes.size)
+                    if not batch:
                         break
-                    pending[pool.submit(_replay_in_process, [trajectory], True)] = index
+                    pending[pool.submit(_replay_in_process, batch, True)] = index
                     queued[index] += 1
-                    self._unanswered[index] += 1
+                    self._unanswered[index] += len(batch)
             else:
                 continue
             for index, pool in enumerate(self._pools):  # none left
@@ -731,6 +758,13 @@ class _SharedIterator:
         with self._lock:
             return self._ahead.popleft() if self._ahead else next(self._items, None)
 
+    def take(self, n: int) -> list[Trajectory | TrajectoryRows]:
+        """The next ``n`` items (fewer at the end; none once it is exhausted)."""
+        with self._lock:
+            taken = [self._ahead.popleft() for _ in range(min(n, len(self._ahead)))]
+            taken += itertools.islice(self._items, n - len(taken))
+            return taken
+
     def read_ahead(self, keep_going: Callable[[], bool], limit: int) -> None:
         """Take items now, while ``keep_going()`` holds and fewer than ``limit`` are waiting; :meth:`next` gives them first."""
         with self._lock:
@@ -743,7 +777,7 @@ class _Feeder:
 
     def __init__(self, executor: ProcessExecutor, source: _SharedIterator) -> None:
         self._executor, self._source = executor, source
-        self._handed_out: dict[Future[list[ReplayOutcome]], int] = {}
+        self._handed_out: dict[_Call, int] = {}
         self._error: BaseException | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._feed, name="ee-replay-feeder", daemon=True)
@@ -757,7 +791,7 @@ class _Feeder:
         except BaseException as exc:  # noqa: BLE001 - raised by join() on the job's thread
             self._error = exc
 
-    def join(self, *, quiet: bool = False) -> dict[Future[list[ReplayOutcome]], int]:
+    def join(self, *, quiet: bool = False) -> dict[_Call, int]:
         """What the thread handed out; raises what stopped it (unless ``quiet``: the job is ending, and a thread still
         waiting for the workers then hands nothing out)."""
         if quiet:
@@ -826,9 +860,10 @@ _RAY_CALLS_IN_FLIGHT = 2
 
 
 class _BatchSizes:
-    """How many trajectories one call to an actor carries: about ``target_s`` of replay (measured from the outcomes that
-    came back), so that Ray's cost per call (about a millisecond in the driver and in the actor) stays small beside
-    trajectories that take milliseconds, while a trajectory that takes seconds still goes alone."""
+    """How many trajectories one call to a worker (a Ray actor, a local process) carries: about ``target_s`` of replay
+    (measured from the outcomes that came back), so that the cost per call (about a millisecond in Ray's driver and
+    actor, a fraction of one for a local process) stays small beside trajectories that take milliseconds, while a
+    trajectory that takes seconds still goes alone."""
 
     def __init__(self, target_s: float = 0.05, largest: int = 32) -> None:
         self.target_s = target_s

@@ -243,6 +243,57 @@ def test_a_job_that_leaves_all_replays_to_its_workers_reads_ahead_while_they_sta
     assert starting_at_first == [True]
 
 
+def test_local_workers_are_sent_batches_and_a_policy_that_stops_mid_batch_keeps_what_came_before(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three trajectories per call to a local worker: the same rollouts as one worker; and where the policy fails at the
+    second trajectory of the first worker's first batch, the job raises the policy's error, and the trajectory replayed
+    before it in that batch is counted and stored."""
+    from ee_middleware.errors import PolicyError
+    from ee_middleware.replay import job
+
+    class ThreeAtOnce(executors._BatchSizes):
+        def __init__(self, **options: object) -> None:
+            super().__init__()
+            self.size = 3
+
+        def observe(self, outcomes: object) -> None:
+            pass
+
+    monkeypatch.setattr(executors, "_BatchSizes", ThreeAtOnce)
+    twin, fresh = tmp_path / "twin", tmp_path / "fresh"
+    shutil.copytree(bfcl_store_path, twin)
+    shutil.copytree(bfcl_store_path, fresh)
+    batches: list[int] = []
+    real_take = executors._SharedIterator.take
+
+    def counting(self: executors._SharedIterator, n: int) -> list:
+        taken = real_take(self, n)
+        batches.extend([len(taken)] if taken else [])
+        return taken
+
+    monkeypatch.setattr(executors._SharedIterator, "take", counting)
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
+    summary = run_replay(ReplayConfig.load(store=twin, k=2, workers=2))
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=1))
+    assert summary.done == BFCL_ENTRIES and batches == [3, 3]  # a call to each worker, three trajectories each
+    assert _rollouts(twin).equals(_rollouts(bfcl_store_path))
+
+    order = [t.id for t in LocalExperienceStore(fresh).iter_trajectories(status="approved")]
+    monkeypatch.setenv("EE_TEST_FAIL_ON", order[1])
+    finished: list[str] = []
+    before = _own_processes()
+    with pytest.raises(PolicyError, match=f"went away at {order[1]}.*finished before this are saved"):
+        run_replay(
+            ReplayConfig.load(store=fresh, k=2, workers=2, policy="tests.replay.policies_for_tests:failing"),
+            on_outcome=lambda o, n, total: finished.append(o.record.trajectory_id),
+        )
+    assert order[0] in finished and order[1] not in finished
+    done = LocalExperienceStore(fresh).replays().filter(pl.col("status") == "done")["trajectory_id"].to_list()
+    assert order[0] in done and order[1] not in done
+    assert _own_processes() == before
+
+
 # -- Ray ----------------------------------------------------------------------------------------------------------------
 
 GATED = "tests.replay.policies_for_tests:gated"
