@@ -62,6 +62,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from _ee import project_bytecode
+
 from ee_middleware.bfcl.experts import record_experts
 from ee_middleware.bfcl.sandbox import BFCLSandbox
 from ee_middleware.replay.config import ReplayConfig
@@ -443,6 +445,7 @@ def main() -> None:
         "load_average_1_5_15_before": load_before,
         "load_average_1_5_15_after": load_after,
         "cpus": os.cpu_count(),
+        "project_bytecode": project_bytecode(),
         "record_experts_s": round(record_s, 2),
         "mutation_proposals_per_s": round(n_branches / propose_s, 1),
         "snapshot_deepcopy_branch_per_s": round(n_deep / deep_s, 1),
