@@ -8,7 +8,10 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
   model writes as ``<tool_call>{...}</tool_call>`` come back as ``tool_calls`` (vLLM's ``hermes``
   parser does the same) unless ``tool_choice`` is ``none`` (``required`` or a named function is a 400:
   this server cannot force a call); ``stop`` strings end an answer; ``finish_reason`` is ``length`` for
-  an answer cut at ``max_tokens``; ``"stream": true`` sends the answer as OpenAI's ``chat.completion.chunk``
+  an answer cut at ``max_tokens``, and ``usage`` counts the tokens generated; a prompt that, with its ``max_tokens``
+  (default 256, at most what the context leaves), does not fit in the model's context is a 400 worded as vLLM's
+  ("This model's maximum context length is N tokens. However, you requested M tokens ..."), never cut to fit;
+  ``"stream": true`` sends the answer as OpenAI's ``chat.completion.chunk``
   server-sent events once it is generated whole (the wire format clients expect, not token by
   token), with a usage chunk when ``stream_options.include_usage`` is set;
 - ``GET /v1/models``, ``GET /health``;
@@ -38,12 +41,14 @@ from typing import Any, cast
 from ee_middleware._optional import import_optional
 from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, check_port_free, make_server, sse_event
 from ee_middleware.models.chat_template import probe_template, render_prompt
-from ee_middleware.models.local import LocalGenerator, load_pretrained
+from ee_middleware.models.local import Generated, LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
 from ee_middleware.models.protocol import Sampling
 
 _PURPOSE = "run the local model server"
 DEFAULT_MAX_LORA_RANK = 16
+DEFAULT_MAX_TOKENS = 256
+"""An answer's token budget when a request sets no ``max_tokens`` (at most what the context leaves)."""
 
 
 class LocalModelServer:
@@ -165,28 +170,26 @@ class LocalModelServer:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise RequestError(400, f"seed must be an integer, got {seed!r}")
         stops = _stop(body)
-        sampling = Sampling(
-            temperature=_float(body, "temperature", 1.0),
-            top_p=top_p,
-            max_tokens=_int(body, "max_tokens", 256, low=1, key2="max_completion_tokens"),
-            seed=seed,
-        )
+        max_tokens = _int(body, "max_tokens", 0, low=1, key2="max_completion_tokens") or None
+        temperature = _float(body, "temperature", 1.0)
         with self.lock:
             generator = LocalGenerator.from_objects(self.model, self.tokenizer, model_name=model_name, num_threads=None)
-            prompt_tokens = int(generator.prompt_ids(messages, tools, max_new_tokens=sampling.max_tokens)[0].shape[1])
+            input_ids = self.tokenizer(generator.render(messages, tools), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            prompt_tokens = int(input_ids.shape[1])
+            max_tokens = _within_context(prompt_tokens, max_tokens, generator.max_length)
+            sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
             if model_name in self.adapters:
                 self.model.set_adapter(self._peft_names[model_name])
-                choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
+                generated = generator.generate(input_ids, n=n, sampling=sampling)
             elif self.model is not self.base_model:
                 with self.model.disable_adapter():
-                    choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
+                    generated = generator.generate(input_ids, n=n, sampling=sampling)
             else:
-                choices = generator.complete(messages, tools=tools, n=n, sampling=sampling)
-        answers = [_cut_at_stop(c.text, c.finish_reason or "stop", stops) for c in choices]
+                generated = generator.generate(input_ids, n=n, sampling=sampling)
+        answers = [_cut_at_stop(self.tokenizer, answer, stops) for answer in generated]
         answers = (answers * n)[:n] if len(answers) < n else answers  # greedy: n identical answers, as vLLM gives
-        texts = [text for text, _ in answers]
-        out = [_choice(i, text, tools if parse_calls else None, finish) for i, (text, finish) in enumerate(answers)]
-        completion_tokens = sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        out = [_choice(i, text, tools if parse_calls else None, finish) for i, (text, finish, _) in enumerate(answers)]
+        completion_tokens = sum(used for _, _, used in answers)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -259,10 +262,43 @@ def _stop(body: dict[str, Any]) -> list[str]:
     return [s for s in stops if s]
 
 
-def _cut_at_stop(text: str, finish: str, stops: list[str]) -> tuple[str, str]:
-    """``text`` up to its first ``stop`` string (not included, as OpenAI and vLLM answer), and its finish reason."""
+def _within_context(prompt_tokens: int, max_tokens: int | None, context: int) -> int:
+    """The answer's token budget: ``max_tokens`` when the prompt and it fit in the ``context``, else a 400 worded as
+    vLLM's, naming both lengths (never a prompt cut to fit: the client would get an answer to a prompt it did not send).
+    Without ``max_tokens``: :data:`DEFAULT_MAX_TOKENS`, at most what the context leaves."""
+    if max_tokens is None:
+        if prompt_tokens >= context:
+            raise RequestError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, your request has {prompt_tokens} input tokens. "
+                "Please reduce the length of the input messages (fewer or shorter messages, or fewer tools).",
+            )
+        return min(DEFAULT_MAX_TOKENS, context - prompt_tokens)
+    if prompt_tokens + max_tokens > context:
+        raise RequestError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested {prompt_tokens + max_tokens} tokens "
+            f"({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or "
+            + (
+                f"completion: send fewer or shorter messages, or max_tokens of at most {context - prompt_tokens}."
+                if prompt_tokens < context
+                else "completion: the messages alone fill the context; send fewer or shorter ones."
+            ),
+        )
+    return max_tokens
+
+
+def _cut_at_stop(tokenizer: Any, answer: Generated, stops: list[str]) -> tuple[str, str, int]:
+    """``answer``'s text up to its first ``stop`` string (not included, as OpenAI and vLLM answer), its finish reason, and
+    its length in tokens: all it generated, or, cut at a stop string, the tokens up to the one that completed it (where
+    vLLM stops generating)."""
+    text, tokens = answer.text, answer.token_ids
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(found)], "stop") if found else (text, finish)
+    if not found:
+        return text, answer.finish_reason, len(tokens)
+    prefixes = (k for k in range(1, len(tokens) + 1) if any(s in tokenizer.decode(tokens[:k], skip_special_tokens=True) for s in stops))
+    used = next(prefixes, len(tokens))
+    return text[: min(found)], "stop", used
 
 
 def _choice(index: int, text: str, tools: Any, finish: str = "stop") -> dict[str, Any]:

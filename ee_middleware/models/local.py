@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ from ee_middleware.models.truncation import fit_messages
 
 _PURPOSE = "run a local transformers model"
 _FALLBACK_MAX_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One answer as :meth:`LocalGenerator.generate` made it: its text, its tokens (through the end-of-sequence token
+    when it has one) and why it ended (``"stop"``: that token; ``"length"``: out of new tokens)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
 
 
 class LocalGenerator:
@@ -130,9 +141,20 @@ class LocalGenerator:
         ``"length"`` when it ran out of new tokens (as an OpenAI-compatible server reports them)."""
         if n <= 0:
             return []
-        torch = self._ensure_ready()
         input_ids, new_tokens = self.prompt_ids(messages, tools, max_new_tokens=sampling.max_tokens)
-        options: dict[str, Any] = {"do_sample": not sampling.greedy, "max_new_tokens": new_tokens}
+        return [
+            Choice.from_text(a.text, finish_reason=a.finish_reason)
+            for a in self.generate(input_ids, n=n, sampling=sampling, max_new_tokens=new_tokens)
+        ]
+
+    def generate(self, input_ids: Any, *, n: int, sampling: Sampling, max_new_tokens: int | None = None) -> list[Generated]:
+        """The answers that follow the prompt ``input_ids`` (a ``(1, length)`` tensor), as they were generated: ``n`` of them
+        (one when greedy), each at most ``max_new_tokens`` (default: ``sampling.max_tokens``) tokens long.
+
+        The caller fits the prompt to the context (:meth:`prompt_ids` does it as the trainer does); a local server
+        refuses a prompt that does not fit instead."""
+        torch = self._ensure_ready()
+        options: dict[str, Any] = {"do_sample": not sampling.greedy, "max_new_tokens": max_new_tokens or sampling.max_tokens}
         options["num_return_sequences"] = 1 if sampling.greedy else n
         if not sampling.greedy:
             options.update(temperature=sampling.temperature, top_p=1.0 if sampling.top_p is None else sampling.top_p)
@@ -144,14 +166,14 @@ class LocalGenerator:
         with torch.no_grad():
             output = self._model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
         stops = self._stop_ids()
-        answers = [seq[input_ids.shape[1] :] for seq in output]
-        return [
-            Choice.from_text(
-                self._tokenizer.decode(answer, skip_special_tokens=True),
-                finish_reason="stop" if any(int(token) in stops for token in answer) else "length",
-            )
-            for answer in answers
-        ]
+        answers = []
+        for sequence in output:
+            tokens = [int(token) for token in sequence[input_ids.shape[1] :]]
+            end = next((i for i, token in enumerate(tokens) if token in stops), None)
+            tokens = tokens if end is None else tokens[: end + 1]  # what follows the end (padding) was not generated for it
+            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+            answers.append(Generated(text, tokens, "length" if end is None else "stop"))
+        return answers
 
     def _stop_ids(self) -> set[int]:
         """The token ids that end an answer (the generation config's end-of-sequence ids, else the tokenizer's)."""
@@ -214,6 +236,13 @@ class LocalGenerator:
             raise ModelLoadError(
                 f"Cannot apply the adapter {self._adapter} to {self._path}: {type(exc).__name__}: {exc}. Was it trained on this base model?"
             ) from exc
+
+    @property
+    def max_length(self) -> int:
+        """How many tokens a prompt and its answer may use: ``context_length`` when given, else the model's context
+        (its config's ``max_position_embeddings``, else the tokenizer's ``model_max_length``; loads the model)."""
+        self._ensure_ready()
+        return self._max_length()
 
     def _max_length(self) -> int:
         if self.context_length is not None:

@@ -422,3 +422,58 @@ def test_the_router_relays_a_replicas_refusal_as_the_replica_sent_it(local_serve
             error = refused.json()["error"]
             assert refused.status_code == 404 and error["message"] == "The model `nope` does not exist.", error
             assert error["type"] == "NotFoundError" and "ee-router" not in refused.text
+
+
+def _count(url: str, messages: list[dict[str, Any]]) -> int:
+    """The prompt's length in tokens, as the server counts it (its /tokenize)."""
+    answer = httpx.post(f"{url.removesuffix('/v1')}/tokenize", json={"model": "tiny-base", "messages": messages}, timeout=60)
+    return int(answer.json()["count"])
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_naming_both_lengths_as_vllm_answers(local_server: Any) -> None:
+    """The tiny base has 1024 positions. The server used to fit a longer prompt (cut from the left) and answer 200: the
+    client got an answer to a prompt it never sent. vLLM answers 400 naming the context and what was asked for."""
+    from ee_middleware.errors import ModelRequestError
+
+    long = [{"role": "user", "content": "Where is order A-1001? " * 400}]
+    count = _count(local_server.url, long)
+    assert count > 1024
+    refused = _chat(local_server.url, messages=long, max_tokens=4)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "BadRequestError" and error["code"] == 400
+    asked = f"maximum context length is 1024 tokens. However, you requested {count + 4} tokens ({count} in the messages, 4 in"
+    assert asked in error["message"]
+    assert "reduce the length of the messages or completion" in error["message"]
+    without_max_tokens = httpx.post(f"{local_server.url}/chat/completions", json={"model": "tiny-base", "messages": long}, timeout=60)
+    assert without_max_tokens.status_code == 400
+    assert f"your request has {count} input tokens" in without_max_tokens.json()["error"]["message"]
+    short = _count(local_server.url, MESSAGES)
+    too_many = _chat(local_server.url, max_tokens=1024 - short + 1)
+    assert too_many.status_code == 400 and f"you requested 1025 tokens ({short} in the messages" in too_many.json()["error"]["message"]
+    client = OpenAIChatClient(local_server.url, "tiny-base", retries=0, api_key="")
+    try:
+        with pytest.raises(ModelRequestError) as caught:
+            client.complete(long, sampling=Sampling(temperature=0, max_tokens=4))
+    finally:
+        client.close()
+    assert caught.value.status == 400
+    assert f"maximum context length is 1024 tokens. However, you requested {count + 4} tokens" in str(caught.value)
+
+
+def test_an_answer_stops_at_max_tokens_and_usage_counts_the_tokens_returned(local_server: Any) -> None:
+    """usage.completion_tokens used to re-tokenize the decoded text (more tokens than were generated, past max_tokens), and
+    max_tokens was silently cut to half the context."""
+    for seed in range(4):
+        body = {"n": 2, "temperature": 1.0, "seed": seed, "max_tokens": 3}
+        answer = _chat(local_server.url, **body).json()
+        assert answer["usage"]["completion_tokens"] <= 2 * 3, (seed, answer["usage"])
+        assert answer["usage"]["total_tokens"] == answer["usage"]["prompt_tokens"] + answer["usage"]["completion_tokens"]
+        streamed = _events(_chat(local_server.url, **body, stream=True, stream_options={"include_usage": True}))
+        assert streamed[-2]["usage"]["completion_tokens"] <= 2 * 3
+    whole = _chat(local_server.url, max_tokens=600).json()
+    [choice] = whole["choices"]
+    if choice["finish_reason"] == "length":
+        assert whole["usage"]["completion_tokens"] == 600, whole["usage"]
+    else:
+        assert whole["usage"]["completion_tokens"] <= 600
