@@ -11,6 +11,7 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
   an answer cut at ``max_tokens``, and ``usage`` counts the tokens generated; a prompt that, with its ``max_tokens``
   (default 256, at most what the context leaves), does not fit in the model's context is a 400 worded as vLLM's
   ("This model's maximum context length is N tokens. However, you requested M tokens ..."), never cut to fit;
+  ``tool_choice`` without ``tools`` (other than ``none``) or naming a function not among them is a 400, as in vLLM;
   ``"stream": true`` sends the answer as OpenAI's ``chat.completion.chunk``
   server-sent events once it is generated whole (the wire format clients expect, not token by
   token), with a usage chunk when ``stream_options.include_usage`` is set;
@@ -235,20 +236,38 @@ def completion_chunks(completion: dict[str, Any], *, include_usage: bool = False
 def _tool_choice(body: dict[str, Any], tools: Any) -> bool:
     """Whether tool calls are read out of the answers: ``tool_choice`` ``auto`` (the default with tools) reads
     them, ``none`` leaves the answer text; ``required`` and a named function are refused (400), since this
-    server cannot force a call (vLLM does it with guided decoding)."""
+    server cannot force a call (vLLM does it with guided decoding). As vLLM checks it: a ``tool_choice`` other than
+    ``none`` needs ``tools``, and a named function must be one of them (else a 400 naming it)."""
     choice = body.get("tool_choice")
-    if choice is None or choice == "auto":
-        return True
-    if choice == "none":
-        return False
-    if choice == "required" or isinstance(choice, dict):
+    if choice is None or choice == "none":
+        return choice is None
+    if choice not in ("auto", "required") and not isinstance(choice, dict):
+        raise RequestError(400, f"tool_choice must be 'auto', 'none', 'required' or a named function, got {choice!r}")
+    if body.get("tools") is None:
         raise RequestError(
             400,
-            f"tool_choice {json.dumps(choice)} is not supported by the local server: it cannot force the model to call a tool "
-            "(vLLM does it with guided decoding). Send tool_choice 'auto' (or leave it out) or 'none', or serve the model with "
-            "`ee serve vllm`.",
+            f"When using `tool_choice`, `tools` must be set: this request has tool_choice {json.dumps(choice)} and no tools. "
+            "Send the tools the model may call, or leave tool_choice out.",
         )
-    raise RequestError(400, f"tool_choice must be 'auto', 'none', 'required' or a named function, got {choice!r}")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        offered = [t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+        if not isinstance(name, str) or not name:
+            raise RequestError(400, 'A named tool_choice is {"type": "function", "function": {"name": NAME}}, got ' + json.dumps(choice))
+        if name not in offered:
+            raise RequestError(
+                400,
+                f"The tool specified in `tool_choice` ({name!r}) does not match any of the specified `tools` "
+                f"({', '.join(map(str, offered)) or 'none'}). Name one of them, or add {name!r} to tools.",
+            )
+    if choice == "auto":
+        return True
+    raise RequestError(
+        400,
+        f"tool_choice {json.dumps(choice)} is not supported by the local server: it cannot force the model to call a tool "
+        "(vLLM does it with guided decoding). Send tool_choice 'auto' (or leave it out) or 'none', or serve the model with "
+        "`ee serve vllm`.",
+    )
 
 
 def _stop(body: dict[str, Any]) -> list[str]:

@@ -477,3 +477,17 @@ def test_an_answer_stops_at_max_tokens_and_usage_counts_the_tokens_returned(loca
         assert whole["usage"]["completion_tokens"] == 600, whole["usage"]
     else:
         assert whole["usage"]["completion_tokens"] <= 600
+
+
+def test_tool_choice_without_tools_is_a_400_and_an_unknown_function_is_named(local_server: Any) -> None:
+    """As vLLM (and OpenAI) answer; the server used to accept tool_choice without tools and answer as if it were not sent."""
+    for choice in ("auto", "required", {"type": "function", "function": {"name": "mv"}}):
+        refused = _chat(local_server.url, max_tokens=2, tool_choice=choice)
+        assert refused.status_code == 400, choice
+        assert "When using `tool_choice`, `tools` must be set" in refused.json()["error"]["message"]
+    assert _chat(local_server.url, max_tokens=2, tool_choice="none").status_code == 200, "vLLM lets 'none' through without tools"
+    tools = [{"type": "function", "function": {"name": "mv", "parameters": {"type": "object"}}}]
+    unknown = _chat(local_server.url, max_tokens=2, tools=tools, tool_choice={"type": "function", "function": {"name": "rm"}})
+    assert unknown.status_code == 400
+    message = unknown.json()["error"]["message"]
+    assert "'rm'" in message and "mv" in message and "does not match any of the specified `tools`" in message
