@@ -1,7 +1,9 @@
 """One spec grammar for every model a user names: policies, teachers, servers, eval clients.
 
 * ``local:DIR[@ADAPTER]`` — a local model folder saved with ``save_pretrained`` (or a ``.gguf``
-  file), optionally with a LoRA adapter folder applied; ``transformers:`` is accepted as an alias;
+  file), optionally with a LoRA adapter folder applied; ``transformers:`` is accepted as an alias. A
+  path may contain '@' (``/models/org@v2``): the reading whose folders exist is taken, and a spec none of whose
+  readings exists is an error listing them all;
 * ``openai:BASE_URL#MODEL`` — an OpenAI-compatible server and the served model or adapter name,
   split at the last ``#`` (``openai:http://127.0.0.1:8000/v1#support-bot``);
 * ``package.module:factory`` or an ``ee_middleware.models`` entry point — a user's own
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ee_middleware.errors import ModelError
+from ee_middleware.errors import ModelError, ModelLoadError
 from ee_middleware.models.protocol import ChatClient
 from ee_middleware.plugins import PluginKind
 
@@ -92,14 +94,47 @@ def build_from_spec(spec: str, registry: PluginKind, *, local: Callable[..., Any
     if isinstance(spec, str) and is_model_spec(spec):
         parsed = parse_model_spec(spec, registry=registry)
         if parsed.kind == "local":
+            _check_readings(parsed)
             return registry.construct(spec, local, parsed.path, adapter=parsed.adapter, **options)
         return registry.construct(spec, openai, parsed.base_url, parsed.model, **options)
     return registry.build(spec, **options)
 
 
 def _split_adapter(rest: str) -> tuple[str, str | None]:
-    """``DIR@ADAPTER`` -> ``(DIR, ADAPTER)``; a path that itself exists and contains '@' is kept whole."""
-    if "@" not in rest or Path(rest).expanduser().exists():
-        return rest, None
-    path, _, adapter = rest.rpartition("@")
-    return path, adapter
+    """``DIR@ADAPTER`` -> ``(DIR, ADAPTER)``, where a path may itself contain '@' (``/models/org@v2``): the reading whose
+    folders exist is taken (the whole text as one folder first), then one whose model folder exists (its adapter is
+    then reported missing); when no reading names an existing folder, the split at the last '@' (and building it says
+    that no reading exists: :func:`_check_readings`)."""
+    readings = _readings(rest)
+    found = next((r for r in readings if _exists(r[0]) and (r[1] is None or _exists(r[1]))), None)
+    found = found or next((r for r in readings if _exists(r[0])), None)
+    if found is not None:
+        return found
+    path, at, adapter = rest.rpartition("@")
+    return (path, adapter) if at else (rest, None)
+
+
+def _readings(rest: str) -> list[tuple[str, str | None]]:
+    """Every way to read ``rest`` as ``DIR`` or ``DIR@ADAPTER`` (both parts non-empty), the whole text first."""
+    splits = [(rest[:i], rest[i + 1 :]) for i, char in enumerate(rest) if char == "@" and 0 < i < len(rest) - 1]
+    return [(rest, None), *splits]
+
+
+def _exists(path: str) -> bool:
+    return Path(path).expanduser().exists()
+
+
+def _check_readings(parsed: ModelSpec) -> None:
+    """Raise :class:`ModelLoadError` naming every reading of a ``local:`` spec with an '@' none of whose model folders
+    exists: the user meant one of them, and only the list says which paths were looked for."""
+    rest = parsed.spec.partition(":")[2]
+    readings = _readings(rest)
+    if len(readings) < 2 or any(_exists(path) for path, _ in readings):
+        return
+    shown = "; ".join(
+        f"model {path!r}" + (f" with adapter {adapter!r}" if adapter else " (a folder whose name has '@')") for path, adapter in readings
+    )
+    raise ModelLoadError(
+        f"{parsed.spec!r} names no model on this machine: none of its readings exists ({shown}). Check the path; "
+        "'local:DIR@ADAPTER' puts the LoRA adapter folder after an '@'; a folder whose name has '@' is read whole when it exists."
+    )

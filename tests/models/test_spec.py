@@ -62,6 +62,26 @@ def test_a_folder_whose_name_has_an_at_sign_is_not_split(tmp_path: Path) -> None
     assert (parse_model_spec(f"local:{folder}").path, parse_model_spec(f"local:{folder}").adapter) == (str(folder), None)
 
 
+def test_a_model_and_an_adapter_whose_names_have_at_signs_are_split_where_both_exist(tmp_path: Path) -> None:
+    """The split used to be at the last '@', inside the adapter's name: model '.../org@v2@.../ad', adapter 'v1'."""
+    model, adapter = tmp_path / "org@v2", tmp_path / "ad@v1"
+    model.mkdir()
+    adapter.mkdir()
+    (tmp_path / "org").mkdir()  # a folder named by the text before the first '@' too: the reading where both exist wins
+    parsed = parse_model_spec(f"local:{model}@{adapter}")
+    assert (parsed.path, parsed.adapter) == (str(model), str(adapter))
+
+
+def test_a_spec_none_of_whose_readings_exists_names_them_all(tmp_path: Path) -> None:
+    """It used to be split at the last '@' and reported as 'No model folder at .../org': a folder the user never named."""
+    spec = f"local:{tmp_path}/org@v2/"
+    with pytest.raises(ModelLoadError) as caught:
+        build_chat_client(spec)
+    message = str(caught.value)
+    assert f"model '{tmp_path}/org@v2/' (a folder whose name has '@')" in message
+    assert f"model '{tmp_path}/org' with adapter 'v2/'" in message and "none of its readings exists" in message
+
+
 @pytest.mark.parametrize(
     ("spec", "why"),
     [
