@@ -255,9 +255,13 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
         {s.action.tool_call.name for s in tool_steps if s.action.tool_call and not run.sandbox.covers(s.action.tool_call.name)}
     )
     if missing:
+        hint = getattr(run.sandbox, "refusal_hint", None)  # why a sandbox refuses a tool it has (optional, see its protocol)
+        advice = [text for name in missing if hint is not None and (text := hint(name))]
+        if len(advice) < len(missing):
+            advice.append("Add these tools to the sandbox (or list read-only ones in read_only_tools).")
         return (
             f"the expert calls {', '.join(missing)}, which sandbox {run.sandbox.kind!r} does not provide, so the recorded path cannot be "
-            "followed. Add these tools to the sandbox (or list read-only ones in read_only_tools)."
+            f"followed. {' '.join(advice)}"
         )
     return None
 

@@ -274,6 +274,13 @@ class SubprocessSandbox:
                 self._covers[tool_name] = cached
         return cached
 
+    def refusal_hint(self, tool_name: str) -> str | None:
+        """The inner sandbox's reason for refusing ``tool_name`` (``None`` when it gives none)."""
+        with self._lock:
+            self._check_open()
+            hint = self._control("refusal_hint", tool_name)
+        return str(hint) if hint else None
+
     def reset(self, environment: dict[str, Any] | None) -> None:
         """Reset the inner sandbox to ``environment``; drops every snapshot held in the child.
 

@@ -8,7 +8,7 @@ The parent half, with the time limits, restarts and snapshot bytes, is
 The pipe protocol, one request and one reply at a time:
 
 - request (pickled: the parent is trusted): ``(op, args, drops)``: ``op`` is one of ``execute``,
-  ``reset``, ``snapshot``, ``restore``, ``covers``, ``state_digest``, ``stats`` or ``close``; ``drops`` are snapshot
+  ``reset``, ``snapshot``, ``restore``, ``covers``, ``refusal_hint``, ``state_digest``, ``stats`` or ``close``; ``drops`` are snapshot
   handles the parent no longer holds;
 - reply (JSON, so that nothing the child sends can run code in the parent): one frame
   ``{"ok": value}`` (an observation as its fields), or ``{"ok": null, "blob": true}`` followed by
@@ -227,6 +227,9 @@ class ChildServer:
             return True
         if op == "covers":
             return bool(self.inner.covers(*args))
+        if op == "refusal_hint":
+            hint = getattr(self.inner, "refusal_hint", None)
+            return hint(*args) if hint is not None else None
         if op == "stats":
             return {"snapshots": list(self.snapshots), "pid": os.getpid()}
         if op == "state_digest":

@@ -15,8 +15,9 @@ for the usual way (a world object plus tool functions) and ``docs/sandboxes.md``
 
 Optional: ``refusal_hint(tool_name) -> str | None``, asked (on a freshly built sandbox, without a
 reset) for each tool the replay refused, says why and how to allow it; ``ee replay run`` prints it
-instead of its generic advice. The BFCL sandbox uses it for the tools it refuses because they
-reach the network.
+instead of its generic advice, and a trajectory skipped because its expert calls such a tool gives it
+as the reason. The BFCL sandbox uses it for the tools it refuses because they reach the network, the
+Python sandbox for tools that take the graph's state, store or runtime (LangChain's injected arguments).
 """
 
 from __future__ import annotations

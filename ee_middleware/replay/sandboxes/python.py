@@ -21,6 +21,11 @@ since wrote -- nothing at all after a read-only call -- however large the world 
 Tools that only read (a search API, a price lookup) and need no world may be listed in
 ``read_only_tools``: they are then called directly, as they are in production. Any tool that is
 not listed is never executed by replay (see :mod:`ee_middleware.replay.safety`).
+
+A LangChain tool function's injected parameters (see :mod:`ee_middleware.replay.sandboxes.injected`)
+are handled as LangGraph's ``ToolNode`` would where replay can: an ``InjectedToolCallId`` gets the
+call's id. A tool that takes the graph's state, store or runtime is refused (:meth:`PythonSandbox.refusal_hint`
+says which parameter and how to allow it), never called without it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
+from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters, refusal_reason
 from ee_middleware.replay.sandboxes.journal import JDict, JList, Journal, JournalSnapshot, NotJournalable, adopt
 
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
@@ -199,6 +205,9 @@ class PythonSandbox:
         self._build = build
         self._tools = dict(tools)
         self._direct = dict(read_only_tools or {})
+        # parameters the model never sees: tool name -> parameter -> kind (the world tools' first parameter is the world)
+        self._injected = {name: found for name, fn in self._tools.items() if (found := injected_parameters(fn, skip=1))}
+        self._injected |= {name: found for name, fn in self._direct.items() if (found := injected_parameters(fn))}
         self._format_result = format_result
         self._is_error_result = is_error_result
         self._format_error = format_error
@@ -219,7 +228,12 @@ class PythonSandbox:
         return sorted([*self._tools, *self._direct])
 
     def covers(self, tool_name: str) -> bool:
-        return tool_name in self._tools or tool_name in self._direct
+        return (tool_name in self._tools or tool_name in self._direct) and self.refusal_hint(tool_name) is None
+
+    def refusal_hint(self, tool_name: str) -> str | None:
+        """Why a listed tool is not called (it takes the graph's state, store or runtime) and how to allow it, or ``None``."""
+        injected = self._injected.get(tool_name)
+        return refusal_reason(tool_name, injected) if injected else None
 
     def reset(self, environment: dict[str, Any] | None) -> None:
         try:
@@ -237,12 +251,23 @@ class PythonSandbox:
         self._check_open()
         if not self._ready:
             raise SandboxError(f"{self.kind} sandbox: call reset(environment) before execute().")
+        refused = self.refusal_hint(call.name)
+        if refused is not None:
+            return Observation(content=f"Error: replay does not call {refused}", is_error=True)
+        arguments = self._with_injected(call)
         if call.name in self._direct:
-            return self._invoke(self._direct[call.name], call.arguments)
+            return self._invoke(self._direct[call.name], arguments)
         tool = self._tools.get(call.name)
         if tool is None:
             return Observation(content=f"Error: tool '{call.name}' is not available in this sandbox.", is_error=True)
-        return self._invoke(tool, call.arguments, self._world)
+        return self._invoke(tool, arguments, self._world)
+
+    def _with_injected(self, call: ToolCall) -> dict[str, Any]:
+        """The call's arguments with its id given to the parameters that take it (over any value the model wrote), as LangGraph does."""
+        injected = self._injected.get(call.name)
+        if not injected:
+            return call.arguments
+        return {**call.arguments, **{name: call.id for name, kind in injected.items() if kind == CALL_ID}}
 
     def _invoke(self, fn: Callable[..., Any], arguments: dict[str, Any], *world: Any) -> Observation:
         try:
