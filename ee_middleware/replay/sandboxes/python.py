@@ -162,6 +162,19 @@ def format_exception(exc: BaseException) -> str:
     return f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
 
 
+def _check_callable(table: str, name: str, fn: Any) -> None:
+    """A LangChain tool object (``@tool``) is not a function this sandbox can call: say which function to give."""
+    if callable(fn):
+        return
+    kind = type(fn).__name__
+    if any(base.__name__ == "BaseTool" for base in type(fn).__mro__):
+        raise SandboxError(
+            f"{table}[{name!r}] is a LangChain tool ({kind}), which PythonSandbox cannot call: give the function it wraps, "
+            f"{table}={{{name!r}: {name}.func}}."
+        )
+    raise SandboxError(f"{table}[{name!r}] is a {kind}, not a function: give a function that takes the call's arguments.")
+
+
 class PythonSandbox:
     """A world object and tool functions ``tool(world, **arguments)``, snapshotted by deep copy.
 
@@ -201,6 +214,9 @@ class PythonSandbox:
         overlap = set(tools) & set(read_only_tools or {})
         if overlap:
             raise SandboxError(f"Tools {sorted(overlap)} are listed both as world tools and as read-only tools; list each once.")
+        for table, functions in (("tools", tools), ("read_only_tools", read_only_tools or {})):
+            for name, fn in functions.items():
+                _check_callable(table, name, fn)
         self.kind = kind
         self._build = build
         self._tools = dict(tools)

@@ -20,6 +20,7 @@ from langgraph.prebuilt import InjectedState, InjectedStore
 from langgraph.store.memory import InMemoryStore
 
 from ee_middleware import record_experience
+from ee_middleware.errors import SandboxError
 from ee_middleware.records import ToolCall, Trajectory
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
@@ -169,3 +170,9 @@ def test_a_model_written_value_for_an_injected_call_id_is_replaced_by_the_call_i
     sandbox.reset(None)
     observation = sandbox.execute(ToolCall(id="call_7", name="remember", arguments={"fact": "x", "tool_call_id": "forged"}))
     assert (observation.content, observation.is_error) == ("noted 'x' as call_7", False)
+
+
+def test_a_langchain_tool_object_is_refused_at_once_naming_its_function() -> None:
+    """A @tool object is not a function PythonSandbox can call: it said so only as a TypeError observation per call."""
+    with pytest.raises(SandboxError, match=r"read_only_tools\['lookup'\] is a LangChain tool \(StructuredTool\).*lookup\.func"):
+        PythonSandbox(lambda environment: None, tools={}, read_only_tools={"lookup": tool(lookup)})
