@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -72,24 +73,185 @@ def dumps(value: Any) -> str:
 
 
 def content_to_text(content: Any) -> str:
-    """Flatten message content (a string or a list of content blocks) into text."""
+    """Flatten message content (a string or a list of content blocks) into text.
+
+    Text blocks give their text. A block that is not text (an image, audio, a video, a file, in any
+    dialect: see :func:`media_placeholder`) gives a short placeholder on its own line, never its
+    inline bytes; a block of a kind not known here gives its JSON, with inline data and huge strings
+    left out (:func:`_without_payloads`)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
+    media = media_placeholder(content) if isinstance(content, Mapping) else None
+    if media is not None:  # one block on its own
+        return media
     if isinstance(content, Sequence):
-        pieces = []
+        text = ""
+        after_media = False
         for block in content:
-            if isinstance(block, str):
-                pieces.append(block)
+            media = media_placeholder(block) if isinstance(block, Mapping) else None
+            if media is not None:
+                piece = media
+            elif isinstance(block, str):
+                piece = block
             elif isinstance(block, Mapping) and isinstance(block.get("text"), str):
-                pieces.append(block["text"])
+                piece = block["text"]
             elif isinstance(block, Mapping) and isinstance(block.get("content"), str):
-                pieces.append(block["content"])
+                piece = block["content"]
             else:
-                pieces.append(dumps(block))
-        return "".join(pieces)
+                piece = dumps(_without_payloads(to_jsonable(block)))
+            if (media is not None or after_media) and text and piece and not text[-1].isspace() and not piece[0].isspace():
+                text += "\n"  # a placeholder stands on its own line
+            text += piece
+            after_media = media is not None
+        return text
     return dumps(content)
+
+
+# --- content that is not text ------------------------------------------------------------------
+
+_MEDIA_KINDS = {
+    "image_url": "image",
+    "input_image": "image",
+    "image": "image",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "audio": "audio",
+    "video_url": "video",
+    "video": "video",
+    "input_file": "file",
+    "file": "file",
+    "document": "document",
+    "blob": "",
+    "uri": "",
+    "media": "",
+}
+"""Content block types that are not text, and the kind each says (empty: from its ``modality`` or mime type).
+LangChain's standard blocks (``image``/``audio``/``video``/``file`` with ``base64``/``url``/``file_id``) and
+its 0.3 data blocks (``source_type``), OpenAI chat (``image_url``, ``input_audio``, ``file``) and Responses
+(``input_image``, ``input_file``), Anthropic (``image``/``document`` with a ``source``), MCP (``data`` and
+``mimeType``), the GenAI conventions' ``blob``/``uri``/``file`` parts, vLLM's ``video_url``/``audio_url``,
+Google's ``media``."""
+
+_NESTED = ("source", "image_url", "input_audio", "audio_url", "video_url", "file")
+_DATA_KEYS = ("base64", "data", "file_data", "bytes")
+_URL_KEYS = ("url", "uri", "file_url", "file_uri", "image_url")
+_MIME_KEYS = ("mime_type", "media_type", "mimeType")
+_NAME_KEYS = ("filename", "name", "title")
+_MAX_URL_CHARS = 500
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+_DATA_URL_RE = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
+
+
+def media_placeholder(block: Mapping[str, Any]) -> str | None:
+    """The text that stands for a content block that is not text, or None for any other block.
+
+    It says what was there: the kind (image, audio, video, document, file), the mime type, the file's
+    name, then where it is: the size of inline data (never the data), the URL, or the file id. One
+    placeholder whichever dialect the block came in, e.g. ``[image: image/png, 150.0 KB]``,
+    ``[image: https://example.com/cat.png]``, ``[file: application/pdf, report.pdf, file id file-abc]``."""
+    kind = block.get("type")
+    if not isinstance(kind, str) or kind not in _MEDIA_KINDS:
+        return None
+    fields: dict[str, Any] = dict(block)
+    source_type = block.get("source_type")
+    for key in _NESTED:
+        nested = block.get(key)
+        if isinstance(nested, Mapping):
+            fields.update({k: v for k, v in nested.items() if k != "type"})
+            if key == "source":
+                source_type = nested.get("type")
+        elif isinstance(nested, str) and key == "image_url":
+            fields["url"] = nested
+    if kind == "blob" or source_type == "text":
+        fields.setdefault("data", fields.get("content"))
+    mime = _first_str(fields, _MIME_KEYS)
+    data = next((fields[k] for k in _DATA_KEYS if isinstance(fields.get(k), (str, bytes, bytearray)) and fields[k]), None)
+    url = _first_str(fields, _URL_KEYS)
+    if url and url[:5].lower() == "data:":
+        data, url = url, None
+    size = None
+    if data is not None:
+        data_mime, size = _payload_size(data, text=source_type == "text")
+        mime = mime or data_mime
+    file_id = _first_str(fields, ("file_id",)) or (_first_str(fields, ("id",)) if source_type == "id" else None)
+    audio_format = fields.get("format")
+    if not mime and isinstance(audio_format, str) and audio_format:
+        mime = f"{_MEDIA_KINDS[kind] or 'audio'}/{audio_format}"
+    modality = block.get("modality")
+    said = (modality if isinstance(modality, str) and modality else None) or _MEDIA_KINDS[kind]
+    said = said or (mime.split("/")[0] if mime and mime.split("/")[0] in ("image", "audio", "video") else "file")
+    details = [mime, _first_str(fields, _NAME_KEYS)]
+    if size is not None:
+        details.append(_human_size(size))
+    elif url:
+        details.append(url if len(url) <= _MAX_URL_CHARS else url[: _MAX_URL_CHARS - 1] + "…")
+    elif file_id:
+        details.append(f"file id {file_id}")
+    details = [clean_text(" ".join(d.split())) for d in details if d]
+    return f"[{said}: {', '.join(details)}]" if details else f"[{said}]"
+
+
+def _first_str(fields: Mapping[str, Any], keys: Sequence[str]) -> str | None:
+    return next((fields[k] for k in keys if isinstance(fields.get(k), str) and fields[k]), None)
+
+
+def _payload_size(data: str | bytes | bytearray, *, text: bool = False) -> tuple[str | None, int]:
+    """(mime type of a data URL or None, size in bytes) of inline data: base64 text, a data URL, raw bytes,
+    or (``text``) plain text."""
+    if not isinstance(data, str):
+        return None, len(data)
+    if text:
+        return None, len(data.encode("utf-8", "replace"))
+    match = _DATA_URL_RE.match(data)
+    if match:
+        payload = data[match.end() :]
+        if ";base64" not in match.group(2).lower():
+            return match.group(1) or None, len(payload.encode("utf-8", "replace"))
+        return match.group(1) or None, _base64_size(payload)
+    return None, _base64_size(data)
+
+
+def _base64_size(text: str) -> int:
+    stripped = "".join(text.split())
+    return max(0, len(stripped) * 3 // 4 - (len(stripped) - len(stripped.rstrip("="))))
+
+
+def _human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    value = float(size)
+    for unit in ("KB", "MB", "GB"):
+        value /= 1024
+        if value < 1024 or unit == "GB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+_MIN_BASE64_CHARS = 256
+_MAX_STRING_CHARS = 4096
+_KEPT_CHARS = 1000
+
+
+def _without_payloads(value: Any) -> Any:
+    """JSON data with inline data (data URLs, base64 of 256+ characters) replaced by a note of its size,
+    and other strings over 4096 characters cut to their first 1000 with a note of what was left out:
+    the JSON of a content block of a kind not known here stays short."""
+    if isinstance(value, str):
+        if value[:5].lower() == "data:" and _DATA_URL_RE.match(value):
+            mime, size = _payload_size(value)
+            return f"<data URL, {mime}, {_human_size(size)}>" if mime else f"<data URL, {_human_size(size)}>"
+        if len(value) >= _MIN_BASE64_CHARS and _BASE64_RE.fullmatch(value):
+            return f"<base64, {_human_size(_base64_size(value))}>"
+        if len(value) > _MAX_STRING_CHARS:
+            return f"{value[:_KEPT_CHARS]}… <{len(value) - _KEPT_CHARS} more characters>"
+        return value
+    if isinstance(value, dict):
+        return {k: _without_payloads(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_payloads(v) for v in value]
+    return value
 
 
 def parse_arguments(arguments: Any) -> dict[str, Any]:
@@ -277,13 +439,15 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
             out.append(_openai_shaped(message))
             continue
         role = str(message.get("role") or "user")
-        texts: list[str] = []
+        texts: list[Any] = []  # text, and the parts that are not text (blob, uri, file): content_to_text says them
         calls: list[dict[str, Any]] = []
         responses: list[Message] = []
         for part in message.get("parts") or []:
             kind = part.get("type") if isinstance(part, Mapping) else None
             if kind == "text":
                 texts.append(content_to_text(part.get("content")))
+            elif kind in _MEDIA_KINDS:
+                texts.append(part)
             elif kind == "tool_call":
                 calls.append(
                     {
@@ -304,7 +468,7 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
                     }
                 )
         out.extend(responses)  # one tool message per response, right after the calls they answer
-        text = "".join(texts)
+        text = content_to_text(texts)
         if responses and not text and not calls:
             continue
         # text beside the responses (an Anthropic-style user turn: tool results, then what the user adds)
@@ -318,7 +482,29 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
 
 
 def _response_text(response: Any) -> str:
-    return response if isinstance(response, str) else dumps(response)
+    """A tool's response as the model saw it: text as it is, content blocks (text, images, ...) as their
+    text (see :func:`content_to_text`), anything else (the tool's own JSON) as JSON."""
+    if isinstance(response, str):
+        return response
+    if _is_content_blocks(response):
+        return content_to_text(response)
+    return dumps(response)
+
+
+def _is_content_blocks(value: Any) -> bool:
+    """Whether ``value`` is one content block that is not text, or a list of text and such blocks (and not a
+    tool's own JSON that happens to have ``type`` fields)."""
+    if isinstance(value, Mapping):
+        return media_placeholder(value) is not None
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(b, Mapping)
+            and ((b.get("type") == "text" and isinstance(b.get("text", b.get("content")), str)) or media_placeholder(b) is not None)
+            for b in value
+        )
+    )
 
 
 def _openai_shaped(message: Mapping[str, Any]) -> Message:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import datetime as dt
@@ -150,12 +151,137 @@ def test_content_to_text_flattens_strings_and_content_blocks():
     assert content_to_text(None) == ""
     assert content_to_text("") == ""
     assert content_to_text("ünïcode") == "ünïcode"
-    blocks = ["a", {"type": "text", "text": "b"}, {"content": "c"}, {"type": "image_url", "image_url": {"url": "u"}}]
-    assert content_to_text(blocks) == 'abc{"type":"image_url","image_url":{"url":"u"}}'
+    blocks = ["a", {"type": "text", "text": "b"}, {"content": "c"}, {"type": "citation", "url": "u"}]
+    assert content_to_text(blocks) == 'abc{"type":"citation","url":"u"}'  # a small block of a kind it does not know: its JSON
     assert content_to_text(("x", "y")) == "xy"
     assert content_to_text([]) == ""
     assert content_to_text({"a": 1}) == '{"a":1}'  # a mapping is not a list of blocks
     assert content_to_text(3) == "3"
+
+
+# --- content that is not text (images, audio, files) ------------------------------------------------
+
+PIXELS = bytes(range(256)) * 600  # 153,600 bytes: 150.0 KB
+B64 = base64.b64encode(PIXELS).decode("ascii")
+IMAGE = "[image: image/png, 150.0 KB]"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{B64}", "detail": "high"}},  # LangChain / OpenAI chat
+        {"type": "image_url", "image_url": f"data:image/png;base64,{B64}"},
+        {"type": "image", "base64": B64, "mime_type": "image/png", "id": "blk-1"},  # LangChain v1 standard block
+        {"type": "image", "source_type": "base64", "data": B64, "mime_type": "image/png"},  # LangChain 0.3 data block
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64}},  # Anthropic
+        {"type": "input_image", "image_url": f"data:image/png;base64,{B64}"},  # OpenAI Responses
+        {"type": "blob", "modality": "image", "mime_type": "image/png", "content": B64},  # GenAI semantic conventions
+        {"type": "image", "data": B64, "mimeType": "image/png"},  # MCP
+    ],
+)
+def test_an_inline_image_is_the_same_short_placeholder_in_every_dialect(block):
+    assert content_to_text([block]) == IMAGE
+    assert content_to_text(block) == IMAGE  # one block on its own
+
+
+@pytest.mark.parametrize(
+    ("block", "text"),
+    [
+        ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "[image: https://example.com/cat.png]"),
+        (
+            {"type": "image", "url": "https://example.com/cat.png", "mime_type": "image/png"},
+            "[image: image/png, https://example.com/cat.png]",
+        ),
+        ({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}, "[image: https://example.com/cat.png]"),
+        (
+            {"type": "uri", "modality": "image", "mime_type": "image/png", "uri": "https://example.com/cat.png"},
+            "[image: image/png, https://example.com/cat.png]",
+        ),
+        ({"type": "image", "file_id": "file-abc"}, "[image: file id file-abc]"),
+        ({"type": "image", "source_type": "id", "id": "file-abc"}, "[image: file id file-abc]"),
+        ({"type": "image", "source": {"type": "file", "file_id": "file-abc"}}, "[image: file id file-abc]"),
+        (
+            {"type": "file", "modality": "document", "mime_type": "application/pdf", "file_id": "file-abc"},
+            "[document: application/pdf, file id file-abc]",
+        ),
+        ({"type": "file", "file": {"file_id": "file-abc", "filename": "report.pdf"}}, "[file: report.pdf, file id file-abc]"),
+        (
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{B64}", "filename": "report.pdf"}},
+            "[file: application/pdf, report.pdf, 150.0 KB]",
+        ),
+        (
+            {"type": "file", "base64": B64, "mime_type": "application/pdf", "filename": "report.pdf"},
+            "[file: application/pdf, report.pdf, 150.0 KB]",
+        ),
+        (
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": B64}, "title": "Q3"},
+            "[document: application/pdf, Q3, 150.0 KB]",
+        ),
+        ({"type": "input_audio", "input_audio": {"data": B64, "format": "wav"}}, "[audio: audio/wav, 150.0 KB]"),
+        ({"type": "audio", "base64": B64, "mime_type": "audio/mpeg"}, "[audio: audio/mpeg, 150.0 KB]"),
+        ({"type": "blob", "modality": "audio", "mime_type": "audio/wav", "content": "UklGRg=="}, "[audio: audio/wav, 4 bytes]"),
+        ({"type": "video", "url": "https://example.com/v.mp4"}, "[video: https://example.com/v.mp4]"),
+        ({"type": "image"}, "[image]"),
+    ],
+)
+def test_a_content_block_that_is_not_text_says_what_was_there(block, text):
+    assert content_to_text([block]) == text
+
+
+def test_placeholders_stand_on_their_own_line_between_texts():
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image", "base64": B64, "mime_type": "image/png"}, "Be brief."]
+    assert content_to_text(content) == f"What is this?\n{IMAGE}\nBe brief."
+    assert content_to_text(["Look:\n", {"type": "image", "file_id": "f"}]) == "Look:\n[image: file id f]"
+
+
+def test_an_unknown_block_never_puts_a_large_payload_into_text():
+    text = content_to_text([{"type": "x-sticker", "name": "cat", "payload": B64}, {"type": "x-note", "body": "n" * 100_000}])
+    assert B64[:100] not in text and "n" * 5000 not in text and len(text) < 6000
+    first, _ = text.split("}{")
+    assert json.loads(first + "}") == {"type": "x-sticker", "name": "cat", "payload": "<base64, 150.0 KB>"}
+    assert (
+        content_to_text([{"type": "x-link", "href": f"data:image/gif;base64,{B64}"}])
+        == '{"type":"x-link","href":"<data URL, image/gif, 150.0 KB>"}'
+    )
+
+
+def test_genai_media_parts_become_the_placeholder_beside_the_text():
+    [message] = genai_to_openai(
+        [
+            {
+                "role": "user",
+                "parts": [
+                    {"type": "text", "content": "What is in this picture?"},
+                    {"type": "blob", "modality": "image", "mime_type": "image/png", "content": B64},
+                    {"type": "uri", "modality": "image", "uri": "https://example.com/cat.png"},
+                    {"type": "reasoning", "content": "not the user's text"},
+                ],
+            }
+        ]
+    )
+    assert message == {"role": "user", "content": f"What is in this picture?\n{IMAGE}\n[image: https://example.com/cat.png]"}
+
+
+def test_a_tool_response_of_content_blocks_is_their_text():
+    blocks = [{"type": "text", "text": "the chart:"}, {"type": "image", "base64": B64, "mime_type": "image/png"}]
+    [reply] = genai_to_openai([{"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": blocks}]}])
+    assert reply == {"role": "tool", "tool_call_id": "c1", "content": f"the chart:\n{IMAGE}"}
+    rows = [{"type": "fruit", "name": "pear"}]  # a tool's own JSON, not content blocks: kept as JSON
+    [reply] = genai_to_openai([{"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": rows}]}])
+    assert reply["content"] == '[{"type":"fruit","name":"pear"}]'
+
+
+def test_langchain_messages_with_images_convert_to_the_placeholder():
+    human = HumanMessage(
+        content=[{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{B64}"}}]
+    )
+    tool_reply = ToolMessage(
+        content=[{"type": "image", "base64": B64, "mime_type": "image/png"}], tool_call_id="c1", artifact={"raw": "kept out"}
+    )
+    assert langchain_to_openai([human, tool_reply]) == [
+        {"role": "user", "content": f"Describe it.\n{IMAGE}"},
+        {"role": "tool", "content": IMAGE, "tool_call_id": "c1"},
+    ]
 
 
 # --- parse_arguments --------------------------------------------------------------------------------

@@ -250,7 +250,9 @@ def _system_text(system: Any) -> str:
             return system
         system = decoded
     if isinstance(system, list):
-        return "".join(content_to_text(p.get("content")) if isinstance(p, Mapping) else str(p) for p in system)
+        return content_to_text(
+            [content_to_text(p.get("content")) if isinstance(p, Mapping) and p.get("type") == "text" else p for p in system]
+        )
     return str(system)
 
 

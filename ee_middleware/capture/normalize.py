@@ -27,7 +27,7 @@ from typing import Any
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.messages import dumps, parse_arguments
+from ee_middleware.messages import content_to_text, dumps, parse_arguments
 
 _INDEX = re.compile(r"^(\d+)\.(.+)$")
 
@@ -160,7 +160,7 @@ def _fill_tool_attrs(attrs: dict[str, Any]) -> None:
     message = _langchain_tool_message(attrs.get(sc.TOOL_CALL_RESULT))
     if message is not None:
         content = message.get("content")
-        attrs[sc.TOOL_CALL_RESULT] = content if isinstance(content, str) else dumps(content)
+        attrs[sc.TOOL_CALL_RESULT] = content_to_text(content)  # the text the model saw (an image as its placeholder)
         if message.get("tool_call_id"):
             attrs.setdefault(sc.TOOL_CALL_ID, str(message["tool_call_id"]))
     call_id = attrs.get("tool_call.id") or attrs.get("tool.call_id")

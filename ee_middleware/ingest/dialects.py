@@ -49,14 +49,14 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.messages import dumps, langchain_to_openai
+from ee_middleware.messages import content_to_text, dumps, langchain_to_openai, media_placeholder
 
 _MESSAGE_EVENTS = {f"gen_ai.{role}.message": role for role in ("system", "user", "assistant", "tool")}
 _CHOICE = "gen_ai.choice"
 _EVENT_CONTENT = "gen_ai.event.content"
 _FLAT_BODY = ("role", "content", "tool_calls", "id", "tool_call_id", "message", "index", "finish_reason")
 _LEGACY = {"gen_ai.content.prompt": ("gen_ai.prompt", "user"), "gen_ai.content.completion": ("gen_ai.completion", "assistant")}
-_CONTENT_PART_TEXT = re.compile(r"^(llm\.(?:input|output)_messages\.\d+\.message)\.contents\.(\d+)\.message_content\.text$")
+_CONTENT_PART = re.compile(r"^(llm\.(?:input|output)_messages\.\d+\.message)\.contents\.(\d+)\.message_content\.(.+)$")
 _INDEXED = {
     sc.INPUT_MESSAGES: ("gen_ai.prompt.", "llm.input_messages."),
     sc.OUTPUT_MESSAGES: ("gen_ai.completion.", "llm.output_messages."),
@@ -180,15 +180,30 @@ def _with_tool_span_keys(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _with_content_parts(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """OpenInference's ``message.contents.{j}.message_content.text`` joined into ``message.content``."""
-    texts: dict[str, list[tuple[int, str]]] = {}
+    """OpenInference's ``message.contents.{j}.message_content.*`` parts joined into ``message.content``: text
+    parts as their text, an image part (``message_content.image.image.url``) as every dialect's image is said
+    (:func:`~ee_middleware.messages.content_to_text`)."""
+    parts: dict[str, dict[int, dict[str, Any]]] = {}
     for key, value in attrs.items():
-        match = _CONTENT_PART_TEXT.match(key) if ".contents." in key else None
-        if match and isinstance(value, str) and f"{match.group(1)}.content" not in attrs:
-            texts.setdefault(match.group(1), []).append((int(match.group(2)), value))
-    if not texts:
+        match = _CONTENT_PART.match(key) if ".contents." in key else None
+        if match and f"{match.group(1)}.content" not in attrs:
+            parts.setdefault(match.group(1), {}).setdefault(int(match.group(2)), {})[match.group(3)] = value
+    if not parts:
         return attrs
-    return {**attrs, **{f"{message}.content": "".join(text for _, text in sorted(parts)) for message, parts in texts.items()}}
+    return {
+        **attrs,
+        **{f"{message}.content": content_to_text([_content_block(found[j]) for j in sorted(found)]) for message, found in parts.items()},
+    }
+
+
+def _content_block(part: Mapping[str, Any]) -> Any:
+    """One OpenInference content part (its ``message_content.*`` fields) as a content block."""
+    if isinstance(part.get("text"), str):
+        return part["text"]
+    kind = str(part.get("type") or "")
+    url = part.get(f"{kind}.{kind}.url")
+    block = {"type": kind, "url": url} if isinstance(url, str) else {"type": kind}
+    return block if media_placeholder(block) is not None else ""  # a part of a kind not known: left out, as before
 
 
 _LANGSMITH_KIND = "langsmith.span.kind"
@@ -299,12 +314,10 @@ def _tool_message_content(output: Any) -> str | None:
     """A tool's result from its LangChain ``ToolMessage`` (dumped or serialized), or the output itself."""
     message = _lc_fields(output)
     if isinstance(message, Mapping) and message.get("type") == "tool" and "content" in message:
-        content = message["content"]
-    elif isinstance(output, str | int | float) or (output and not isinstance(output, Mapping)):
-        content = output
-    else:
-        return None
-    return content if isinstance(content, str) else dumps(content)
+        return content_to_text(message["content"])  # the text the model saw (an image as its placeholder)
+    if isinstance(output, str | int | float) or (output and not isinstance(output, Mapping)):
+        return output if isinstance(output, str) else dumps(output)
+    return None
 
 
 def _filled(span: SpanData, new: Mapping[str, Any]) -> SpanData:

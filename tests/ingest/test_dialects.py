@@ -13,14 +13,20 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import ToolMessage, messages_to_dict
 
+from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.normalize import normalize
+from ee_middleware.capture.spandata import SpanData
 from ee_middleware.ingest import ingest_files
+from ee_middleware.ingest.dialects import adapt
 from tests.ingest.otlp_builders import _request, _span, _write
 from tests.ingest.test_instrumentations import _steps
 
@@ -200,4 +206,20 @@ def test_openinference_messages_with_content_parts_keep_their_text(tmp_path, sto
     report = ingest_files([_write(tmp_path / "oi.jsonl", _request(spans))], store)
     assert report.problems == 0, report.errors
     (t,) = store.iter_trajectories()
-    assert (t.task, t.final_answer, _steps(t)) == ("What is 2+2? Answer in digits.", "4", [("answer", "4")])
+    # the image part is said as every dialect's image is (it was dropped before)
+    task = "What is 2+2? [image: https://example.com/sum.png]\nAnswer in digits."
+    assert (t.task, t.final_answer, _steps(t)) == (task, "4", [("answer", "4")])
+
+
+def test_a_tool_message_with_an_image_is_read_as_its_placeholder_in_every_dialect():
+    """A tool that answered with an image block, as OpenInference (``messages_to_dict``) and Langfuse (``dumpd``)
+    write LangChain's ToolMessage: the result is the text the model saw, the image as its placeholder. Before,
+    it was the content's JSON, base64 and all."""
+    chart = base64.b64encode(bytes(range(256)) * 40).decode("ascii")  # 10,240 bytes
+    reply = ToolMessage(content=["the chart:", {"type": "image", "base64": chart, "mime_type": "image/png"}], tool_call_id="c1")
+    openinference = {"openinference.span.kind": "TOOL", "tool.name": "plot", "output.value": json.dumps(messages_to_dict([reply])[0])}
+    langfuse = {"langfuse.observation.type": "tool", "langfuse.observation.output": json.dumps(reply.model_dump())}
+    for attrs in (openinference, langfuse):
+        span = normalize(adapt(SpanData("t" * 32, "0" * 16, None, "plot", 0, 1, attrs)))
+        assert span.attributes[sc.TOOL_CALL_RESULT] == "the chart:\n[image: image/png, 10.0 KB]"
+        assert span.attributes[sc.TOOL_CALL_ID] == "c1"

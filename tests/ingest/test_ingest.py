@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 
 from ee_middleware import LocalExperienceStore, record_experience
@@ -43,6 +44,40 @@ def test_genai_spans_from_another_instrumentation(tmp_path, store):
     assert t.tools[0]["function"]["name"] == "refund"
     again = ingest_files([tmp_path / "t.jsonl"], store)
     assert again.ingested == [] and len(again.already_stored) == 1, "ingesting twice adds nothing"
+
+
+def test_genai_media_parts_are_stored_as_placeholders_not_their_bytes(tmp_path, store):
+    """A GenAI ``blob`` part (an image the user sent, inline) and a tool that answered with content blocks
+    (text and an image): the stored run says what was there, never the base64. Before, the blob was
+    dropped without a trace and the tool's image was stored as its JSON, base64 and all."""
+    photo = base64.b64encode(bytes(range(256)) * 400).decode("ascii")  # 102,400 bytes
+    user = {
+        "role": "user",
+        "parts": [
+            {"type": "text", "content": "Refund invoice 7"},
+            {"type": "blob", "modality": "image", "mime_type": "image/jpeg", "content": photo},
+        ],
+    }
+    receipt = [{"type": "text", "text": "refunded 7"}, {"type": "image", "base64": photo, "mime_type": "image/png"}]
+    spans = copy.deepcopy(GENAI_FILE)
+    for span in spans:
+        for attr in span["attributes"]:
+            if attr["key"] == "gen_ai.input.messages":
+                messages = json.loads(attr["value"]["stringValue"])
+                messages[0] = user
+                for message in messages[1:]:
+                    for part in message["parts"]:
+                        if part["type"] == "tool_call_response":
+                            part["response"] = receipt
+                attr["value"]["stringValue"] = json.dumps(messages)
+    report = ingest_files([_write(tmp_path / "t.jsonl", _request(spans))], store)
+    assert report.errors == [] and len(report.ingested) == 1
+    t = next(store.iter_trajectories())
+    task = "Refund invoice 7\n[image: image/jpeg, 100.0 KB]"
+    assert t.task == task
+    assert [[m for m in s.state if m["role"] == "user"] for s in t.steps] == [[{"role": "user", "content": task}]] * 2
+    assert t.steps[0].observation.content == "refunded 7\n[image: image/png, 100.0 KB]" == t.steps[1].state[-1]["content"]
+    assert photo[:200] not in t.model_dump_json()
 
 
 def test_openllmetry_indexed_attributes(tmp_path, store):
