@@ -100,10 +100,25 @@ def _ingest_redactor(store: ExperienceStore, redactor: Redactor | None) -> Redac
 
 class _Target:
     """The store ingest writes to, opened (a new local one created, its redaction and salt written)
-    only when a run is to be assembled: an ingest that finds no run leaves no store behind."""
+    only once a run has assembled: an ingest that finds no run, or none that assembles, leaves no store
+    behind and an existing one untouched."""
 
     def __init__(self, store: ExperienceStore | StoreSpec, app: str | None, redactor: Redactor | None) -> None:
         self._spec, self._app, self._redactor = store, app, redactor
+
+    def assemble(self, trace_id: str, run: list[SpanData], report: IngestReport) -> Trajectory | None:
+        """``run`` as a trajectory redacted with the store's rules, or ``None`` (the problem reported).
+
+        Until the store is open, a run is first assembled without redaction, kept only to know that it
+        assembles: the store's rules and salt are read (and a new store created) only for one that does.
+        """
+        if "options" not in self.__dict__ and _assemble(trace_id, run, self._trial, report) is None:
+            return None
+        return _assemble(trace_id, run, self.options, report)
+
+    @cached_property
+    def _trial(self) -> AssemblyOptions:
+        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest")
 
     @cached_property
     def store(self) -> ExperienceStore:
@@ -133,7 +148,7 @@ def ingest_spans(
     ``rejected`` names spans that could not be read: a run that held one is skipped, not stored
     without it (a run whose root span was rejected would otherwise lose its status, for example).
     ``store`` may be a spec (see :func:`~ee_middleware.store.registry.open_store`): it is opened only
-    when a run is found, so a new store is not created for input that holds none.
+    when a run assembles, so a new store is not created for input that holds none.
     """
     report = report or IngestReport()
     with SpanSpill() as spill:
@@ -223,7 +238,7 @@ def _trace_trajectories(
                 "read (see its problem above); run skipped rather than stored without it."
             )
             continue
-        trajectory = _assemble(trace_id, run, target.options, report)
+        trajectory = target.assemble(trace_id, run, report)
         if trajectory is not None:
             out.append(trajectory)
     return out
@@ -269,7 +284,7 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
 def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec, **kwargs: object) -> IngestReport:
     """Read OTLP JSON files (plain or gzip'd) and ingest their spans; problems are collected, never raised.
 
-    ``store`` may be a spec, opened only when a run is found (as in :func:`ingest_spans`).
+    ``store`` may be a spec, opened only when a run assembles (as in :func:`ingest_spans`).
 
     The files are read one request at a time and their spans kept on disk until every file is read
     (a run's spans may be split across files), so memory does not grow with the input.
