@@ -129,36 +129,37 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
     return max(-1.0, low), min(1.0, high)
 
 
+RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer")
+"""The columns of a run's results.parquet the gate reads (``trial``, ``reason`` and ``no_answer`` where the run has them)."""
+
+
 def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]:
     """suite -> task id -> pass^k (every trial succeeded), from a run folder's results.parquet."""
-    return _outcomes(run_dir)[0]
+    return _outcomes(_finished_results(run_dir))[0]
 
 
 def failure_reasons(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     """suite -> task id -> why it failed (its first failed trial's reason, and how many of its trials failed)."""
-    import polars as pl
+    return _failure_reasons(_results(Path(run_dir) / "results.parquet"))
 
+
+def unanswered(run_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """suite -> how many task trials the model server gave no answer to (down, timed out), from results.parquet."""
     path = Path(run_dir) / "results.parquet"
-    schema = pl.read_parquet_schema(path)
-    if "reason" not in schema:
-        return {}
-    order = ["suite", "task_id", *(["trial"] if "trial" in schema else [])]
-    frame = pl.read_parquet(path, columns=[*order, "success", "reason"]).sort(order)
-    grouped = frame.group_by("suite", "task_id", maintain_order=True).agg(
-        pl.col("reason").filter(~pl.col("success")).first(), (~pl.col("success")).sum().alias("failed"), pl.len().alias("trials")
-    )
-    out: dict[str, dict[str, str]] = defaultdict(dict)
-    for row in grouped.filter(pl.col("failed") > 0).iter_rows(named=True):
-        reason = row["reason"] or "no reason recorded"
-        trials = f"failed {row['failed']} of {row['trials']} trials: " if row["trials"] > 1 else ""
-        out[row["suite"]][row["task_id"]] = trials + reason
-    return dict(out)
+    return _unanswered(_results(path)) if path.exists() else {}
 
 
-def _outcomes(run_dir: str | os.PathLike[str]) -> tuple[dict[str, dict[str, bool]], dict[str, int]]:
-    """:func:`task_outcomes` and suite -> trials per task (the most any task ran)."""
+def _results(path: Path) -> Any:
+    """The :data:`RESULT_COLUMNS` a results.parquet has, read once (a polars DataFrame)."""
     import polars as pl
 
+    scan = pl.scan_parquet(path)
+    names = set(scan.collect_schema().names())
+    return scan.select([c for c in RESULT_COLUMNS if c in names]).collect()
+
+
+def _finished_results(run_dir: str | os.PathLike[str]) -> Any:
+    """:func:`_results` of a finished run's folder; a :class:`ConfigError` saying what to do for any other folder."""
     from ee_middleware.evals.runner import unfinished
 
     if not Path(run_dir).is_dir():
@@ -172,7 +173,13 @@ def _outcomes(run_dir: str | os.PathLike[str]) -> tuple[dict[str, dict[str, bool
     path = Path(run_dir) / "results.parquet"
     if not path.exists():
         raise ConfigError(f"No results.parquet in {run_dir}: point at a folder written by `ee eval run --out` (a finished run).")
-    frame = pl.read_parquet(path, columns=["suite", "task_id", "success"])
+    return _results(path)
+
+
+def _outcomes(frame: Any) -> tuple[dict[str, dict[str, bool]], dict[str, int]]:
+    """:func:`task_outcomes` and suite -> trials per task (the most any task ran), from :func:`_results`."""
+    import polars as pl
+
     grouped = frame.group_by("suite", "task_id").agg(pl.col("success").all().alias("ok"), pl.len().alias("trials"))
     out: dict[str, dict[str, bool]] = defaultdict(dict)
     trials: dict[str, int] = defaultdict(int)
@@ -182,15 +189,35 @@ def _outcomes(run_dir: str | os.PathLike[str]) -> tuple[dict[str, dict[str, bool
     return dict(out), dict(trials)
 
 
-def unanswered(run_dir: str | os.PathLike[str]) -> dict[str, int]:
-    """suite -> how many task trials the model server gave no answer to (down, timed out), from results.parquet."""
+def _failure_reasons(frame: Any) -> dict[str, dict[str, str]]:
+    """:func:`failure_reasons` from :func:`_results`."""
     import polars as pl
 
-    path = Path(run_dir) / "results.parquet"
-    if not path.exists() or "no_answer" not in pl.read_parquet_schema(path):
-        return {}  # a run from before no_answer was recorded
-    frame = pl.read_parquet(path, columns=["suite", "no_answer"]).filter(pl.col("no_answer"))
-    return {str(suite): int(n) for suite, n in frame.group_by("suite").len().iter_rows()}
+    if "reason" not in frame.columns:
+        return {}
+    order = ["suite", "task_id", *(["trial"] if "trial" in frame.columns else [])]
+    grouped = (
+        frame.select(*order, "success", "reason")
+        .sort(order)
+        .group_by("suite", "task_id", maintain_order=True)
+        .agg(pl.col("reason").filter(~pl.col("success")).first(), (~pl.col("success")).sum().alias("failed"), pl.len().alias("trials"))
+    )
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in grouped.filter(pl.col("failed") > 0).iter_rows(named=True):
+        reason = row["reason"] or "no reason recorded"
+        trials = f"failed {row['failed']} of {row['trials']} trials: " if row["trials"] > 1 else ""
+        out[row["suite"]][row["task_id"]] = trials + reason
+    return dict(out)
+
+
+def _unanswered(frame: Any) -> dict[str, int]:
+    """:func:`unanswered` from :func:`_results` (nothing for a run from before no_answer was recorded)."""
+    import polars as pl
+
+    if "no_answer" not in frame.columns:
+        return {}
+    answered_none = frame.filter(pl.col("no_answer"))
+    return {str(suite): int(n) for suite, n in answered_none.group_by("suite").len().iter_rows()}
 
 
 def unscored_suites(run_dir: str | os.PathLike[str]) -> dict[str, str]:
@@ -241,12 +268,13 @@ def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool], w
 
 def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], policy: GatePolicy = GatePolicy()) -> GateResult:
     """Compare two runs suite by suite and apply ``policy``; reasons name every rule that failed."""
-    (candidate, candidate_trials), (baseline, baseline_trials) = _outcomes(candidate_dir), _outcomes(baseline_dir)
-    why = failure_reasons(candidate_dir)
+    results = {"candidate": _finished_results(candidate_dir), "baseline": _finished_results(baseline_dir)}  # each file read once
+    (candidate, candidate_trials), (baseline, baseline_trials) = _outcomes(results["candidate"]), _outcomes(results["baseline"])
+    why = _failure_reasons(results["candidate"])
     reasons: list[str] = []
     comparisons = []
     for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
-        for suite, n in sorted(unanswered(run_dir).items()):
+        for suite, n in sorted(_unanswered(results[role]).items()):
             reasons.append(
                 f"{suite}: the model server gave no answer on {n} task trial(s) of the {role} run (down or timed out), so they "
                 f"say nothing of the model; run the same `ee eval run ... --out {run_dir}` again once it is up (it retries them)"
