@@ -26,7 +26,7 @@ from typing import Any
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import ConfigError, ModelLoadError
 from ee_middleware.models.chat_template import probe_template
-from ee_middleware.models.local import LocalGenerator, load_pretrained
+from ee_middleware.models.local import LocalGenerator, load_pretrained, model_context
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.models.truncation import tokenize_pair
@@ -126,6 +126,12 @@ def score_likelihood(
     base_path = Path(base).expanduser()
     gguf = base_path.name if base_path.suffix == ".gguf" else None
     folder = base_path.parent if gguf else base_path
+    context = model_context(folder, gguf)  # from the files, before a GGUF is dequantized (tens of seconds)
+    if context is not None and max_length > context[0]:
+        raise ConfigError(
+            f"--max-length {max_length} is longer than the base model's context ({context[0]} tokens: {context[1]}). "
+            f"Set --max-length to {context[0]} or less (states longer than it are fitted as training fits them)."
+        )
     tokenizer, model = load_pretrained(folder, gguf_file=gguf, dtype=torch.float32 if device == "cpu" else None)
     names = [BASE, *(_adapter_name(i, a) for i, a in enumerate(adapters))]
     peft_names = [f"adapter_{i}" for i in range(len(adapters))]  # peft refuses dots, which adapter folder names may have

@@ -13,6 +13,7 @@ Models are only read from local folders (``local_files_only=True``): nothing is 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -283,6 +284,39 @@ def load_pretrained(
             "template), then tokenizer.save_pretrained(DIR), which writes chat_template.jinja."
         )
     return tokenizer, model
+
+
+CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")
+"""Where a transformers config says how many positions its model has (GPT-2 first: its config maps the second name to it)."""
+
+
+def model_context(folder: Path, gguf_file: str | None = None) -> tuple[int, str] | None:
+    """How many positions a local model has, and where that is written, read from its files without loading it:
+    ``config.json`` (:data:`CONTEXT_FIELDS`), or a GGUF file's ``<architecture>.context_length`` (with the ``gguf``
+    package, the ``train`` extra; transformers reads the same key into ``max_position_embeddings``). ``None`` when the
+    files do not say or cannot be read (loading the model then names the problem).
+
+    A job checks a length setting with it before it spends minutes loading (a GGUF is dequantized on load) or hours
+    on the stages before the model is used."""
+    folder = Path(folder)
+    if gguf_file is None:
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        for name in CONTEXT_FIELDS:
+            value = config.get(name) if isinstance(config, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, f"{name} in {folder / 'config.json'}"
+        return None
+    gguf = import_optional("gguf", extra="train", purpose="read a GGUF model's context length")
+    try:
+        fields = gguf.GGUFReader(str(folder / gguf_file)).fields
+        key = f"{fields['general.architecture'].contents()}.context_length"
+        value = fields[key].contents() if key in fields else None
+    except Exception:  # noqa: BLE001 - a damaged file is named when the model is loaded
+        return None
+    return (int(value), f"{key} in {folder / gguf_file}") if isinstance(value, int) and value > 0 else None
 
 
 def _check_model_folder(path: Path, gguf_file: str | None) -> None:

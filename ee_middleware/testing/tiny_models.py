@@ -106,3 +106,17 @@ def save_tiny_llama(folder: Path, tokenizer: Any, *, max_positions: int = 1024, 
     build_tiny_llama(tokenizer, max_positions=max_positions, seed=seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_metadata_gguf(path: Path, *, context_length: int, architecture: str = "llama") -> Path:
+    """A real GGUF file (the ``gguf`` package's writer) with an architecture and a context length and no tensors: what
+    a check reads from a GGUF base's metadata before loading it (loading this one fails: it has no weights)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_context_length(context_length)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -19,7 +19,7 @@ peft = pytest.importorskip("peft")
 from ee_middleware.evals.likelihood import BASE, load_heldout, report, score_likelihood  # noqa: E402
 from ee_middleware.models.chat_template import probe_template  # noqa: E402
 from ee_middleware.models.truncation import tokenize_pair  # noqa: E402
-from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, save_tiny_llama  # noqa: E402
+from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, save_metadata_gguf, save_tiny_llama  # noqa: E402
 from ee_middleware.trainers.training import TrainConfig, train  # noqa: E402
 from tests.trainers.training.conftest import FOLDERS, build_tokenizer, il_row, write_dataset  # noqa: E402
 
@@ -120,3 +120,17 @@ def test_adapter_folders_with_dots_in_their_names(base_dir: Path, heldout_dir: P
     [base, adapter] = report(score_likelihood(load_heldout(heldout_dir)[:2], base_dir, [dotted]))
     assert base["model"] == BASE
     assert adapter["model"] == dotted.name and abs(adapter["paired_diff"]) < 1e-5
+
+
+def test_a_max_length_beyond_the_bases_context_is_refused_before_the_model_loads(heldout_dir: Path, tmp_path: Path) -> None:
+    """A base with 48 positions scored at --max-length 1024: the states were fitted to 1024 tokens and scored past the
+    model's context without a word (a GGUF base was dequantized first, tens of seconds). Now refused from its files."""
+    states = load_heldout(heldout_dir)[:1]
+    short = save_tiny_llama(tmp_path / "short", build_tokenizer(TOOL_CHAT_TEMPLATE), max_positions=48)
+    with pytest.raises(
+        ConfigError, match=r"--max-length 1024 is longer than the base model's context \(48 tokens: max_position_embeddings in"
+    ):
+        score_likelihood(states, short, max_length=1024)
+    save_metadata_gguf(tmp_path / "m.gguf", context_length=48)  # loading it would fail: the check comes first
+    with pytest.raises(ConfigError, match=r"\(48 tokens: llama.context_length in .*m.gguf\)\. Set --max-length to 48 or less"):
+        score_likelihood(states, tmp_path / "m.gguf", max_length=1024)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import ModelLoadError
-from ee_middleware.models.local import load_pretrained
+from ee_middleware.models.local import CONTEXT_FIELDS, load_pretrained, model_context
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.errors import BaseModelError
 
@@ -177,19 +177,18 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
 def check_base(spec: str, *, max_length: int | None = None) -> BaseSource:
-    """:func:`resolve_base`, and for a plain folder also that its tokenizer has a chat template and (given
+    """:func:`resolve_base`, and for a plain folder also that its tokenizer has a chat template, and (given
     ``max_length``) that its context holds ``max_length`` tokens (:func:`check_context`), read from its files without
-    loading anything: a job checks its base this way before it spends hours on the stages before training."""
+    loading anything (a GGUF file's context from its metadata): a job checks its base this way before it spends hours
+    on the stages before training."""
     source = resolve_base(spec)
-    if source.gguf_file is not None:
-        return source  # a GGUF carries its template and context inside; they are read when the file is converted
-    folder = source.folder
     if max_length is not None:
-        try:
-            model_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            model_config = None  # an unreadable config.json is named when the model is loaded
-        check_context(model_config, max_length, folder / "config.json")
+        found = model_context(source.folder, source.gguf_file)  # an unreadable config.json is named when the model is loaded
+        if found is not None:
+            refuse_longer_than_context(max_length, *found)
+    if source.gguf_file is not None:
+        return source  # a GGUF carries its chat template inside; it is read when the file is converted
+    folder = source.folder
     try:
         tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -204,24 +203,23 @@ def check_base(spec: str, *, max_length: int | None = None) -> BaseSource:
     return source
 
 
-CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")
-"""Where a transformers config says how many positions its model has (GPT-2 first: its config maps the second name to it)."""
-
-
 def check_context(model_config: Any, max_length: int, config_file: Path) -> None:
     """Refuse a ``max_length`` longer than the base model's context: a GPT-2-style position table has no row past it
     (an ``IndexError`` mid-training), and a rotary model would train on positions it never saw and cannot be served.
 
-    ``model_config``: a loaded model's ``config``, or its ``config.json`` as a dict (read before anything is loaded)."""
+    ``model_config``: a loaded model's ``config`` (its fields as in ``config.json``, :data:`CONTEXT_FIELDS`)."""
     for name in CONTEXT_FIELDS:
-        context = model_config.get(name) if isinstance(model_config, dict) else getattr(model_config, name, None)
+        context = getattr(model_config, name, None)
         if isinstance(context, int) and not isinstance(context, bool) and context > 0:
-            break
-    else:
-        return
+            refuse_longer_than_context(max_length, context, f"{name} in {config_file}")
+            return
+
+
+def refuse_longer_than_context(max_length: int, context: int, where: str) -> None:
+    """:class:`BaseModelError` when ``max_length`` exceeds the base's ``context`` (``where``: the field and file that say so)."""
     if max_length > context:
         raise BaseModelError(
-            f"max_length={max_length} is longer than the base model's context ({context} tokens: {name} in "
-            f"{config_file}). Set max_length (--max-length, or max_length in [train]) to {context} or less; "
-            "longer states are then fitted by the truncation policy (see `ee datasets show --tokenizer BASE --max-length N`)."
+            f"max_length={max_length} is longer than the base model's context ({context} tokens: {where}). Set max_length "
+            f"(--max-length, or max_length in [train]) to {context} or less; longer states are then fitted by the truncation "
+            "policy (see `ee datasets show --tokenizer BASE --max-length N`)."
         )

@@ -326,3 +326,18 @@ def test_partial_folders_of_killed_runs_are_removed_by_a_later_run(tiny_model_di
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_gguf_bases_context_is_checked_at_start_up_from_its_metadata(tmp_path: Path) -> None:
+    """check_base (ee improve's start-up check) skipped a GGUF base's context: a max_length longer than it was found by
+    the train stage, after replay and datasets. Now read from the file's metadata, without loading the model."""
+    from ee_middleware.testing.tiny_models import save_metadata_gguf
+    from ee_middleware.trainers.training.model import check_base
+
+    gguf = save_metadata_gguf(tmp_path / "m.gguf", context_length=48)
+    with pytest.raises(
+        BaseModelError, match=r"max_length=1024 is longer than the base model's context \(48 tokens: llama.context_length in .*m.gguf\)"
+    ):
+        check_base(str(gguf), max_length=1024)
+    assert check_base(str(gguf), max_length=48).gguf_file == "m.gguf"
+    assert check_base(str(tmp_path), max_length=48).gguf_file == "m.gguf", "a folder holding one .gguf"
