@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._files import remove_left_behind
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import ModelLoadError
 from ee_middleware.models.local import CONTEXT_FIELDS, load_pretrained, model_context
@@ -65,6 +66,8 @@ def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
     if source.gguf_file is None:
         return source.folder, False
     gguf = source.folder / source.gguf_file
+    if cache_dir.is_dir():  # conversions killed while saving left <name>.partial-<pid>; a live writer's stays
+        remove_left_behind(cache_dir, "*.partial-*", ".partial-")
     target = cache_dir / f"{gguf.stem}-{_file_hash(gguf)[:12]}"
     if (target / "config.json").is_file():
         return target, False

@@ -341,3 +341,35 @@ def test_a_gguf_bases_context_is_checked_at_start_up_from_its_metadata(tmp_path:
         check_base(str(gguf), max_length=1024)
     assert check_base(str(gguf), max_length=48).gguf_file == "m.gguf"
     assert check_base(str(tmp_path), max_length=48).gguf_file == "m.gguf", "a folder holding one .gguf"
+
+
+def test_stale_partial_conversions_are_removed_when_the_gguf_cache_is_used(tmp_path: Path) -> None:
+    """A conversion killed while saving left ``<name>-<hash>.partial-<pid>`` in the cache forever; the next use of the cache
+    removes those of processes that are gone, never a live writer's."""
+    import subprocess
+    import sys
+
+    from ee_middleware.testing.tiny_models import save_metadata_gguf
+    from ee_middleware.trainers.training.model import BaseSource, _file_hash, plain_base
+
+    gguf = save_metadata_gguf(tmp_path / "m.gguf", context_length=48)
+    cache = tmp_path / "base-models"
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        target = cache / "m-0123456789ab"  # a finished conversion of another file, and partial ones beside it
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        for name in (f"m-0123456789ab.partial-{killed.pid}", f"m-0123456789ab.partial-{alive.pid}"):
+            (cache / name).mkdir()
+            (cache / name / "model.safetensors").write_bytes(b"half")
+        done = cache / f"m-{_file_hash(gguf)[:12]}"  # this file's conversion: the cache is used, nothing is converted
+        done.mkdir()
+        (done / "config.json").write_text("{}")
+        assert plain_base(BaseSource(tmp_path, "m.gguf"), cache) == (done, False)
+        assert sorted(p.name for p in cache.iterdir()) == sorted([target.name, done.name, f"m-0123456789ab.partial-{alive.pid}"])
+    finally:
+        alive.kill()
+        alive.wait()
