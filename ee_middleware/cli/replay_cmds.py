@@ -271,6 +271,13 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
             f"{summary.sandbox!r} does not provide it. Add it to the sandbox with a world it acts on (see docs/sandboxes.md); "
             "list it in read_only_tools only if calling it for real changes nothing anywhere."
         )
+    if summary.final_calls_not_replayed:
+        calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.final_calls_not_replayed.items()))
+        out.print(
+            f"[yellow]not executed[/] at a trajectory's last step: {calls}: the sandbox does not provide the tool, and nothing "
+            "follows the call (a structured answer given as a tool call), so its state was branched from without it",
+            highlight=False,
+        )
     for trajectory_id, reason in list(summary.skipped.items())[:10]:
         out.print(f"[yellow]skipped[/] {escape(shown.get(trajectory_id, trajectory_id))}: {escape(reason)}")
     for trajectory_id, reason in list(summary.failed.items())[:10]:

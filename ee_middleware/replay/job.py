@@ -69,6 +69,9 @@ class ReplaySummary:
     unrestored_branches: int = 0
     """Rollouts whose proposed arguments held placeholders the sandbox could not be given the values of."""
     unrestorable_examples: list[dict[str, Any]] = field(default_factory=list)
+    final_calls_not_replayed: dict[str, int] = field(default_factory=dict)
+    """Expert calls at a trajectory's last tool-call step that the sandbox does not provide, by tool: left unexecuted
+    (nothing follows them; a structured answer given as a tool call), while the alternatives at their state ran."""
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts whose observation is the sandbox's own failure, by kind (``timeout``, ``crash``, ``memory``): stored
     marked (``Observation.sandbox_failure``), left out of datasets."""
@@ -107,6 +110,9 @@ class ReplaySummary:
         refused = Counter(self.refused_tools)
         refused.update(r.details.get("refused_tools", {}))
         self.refused_tools = dict(refused)
+        final = Counter(self.final_calls_not_replayed)
+        final.update(call["tool"] for call in r.details.get("final_calls_not_replayed", []))
+        self.final_calls_not_replayed = dict(final)
         failures = Counter(self.sandbox_failures)
         failures.update(r.details.get("sandbox_failures", {}))  # counted by the runner, wherever the rollouts went
         self.sandbox_failures = dict(failures)

@@ -25,7 +25,12 @@ Sandbox failures: an alternative the sandbox got no answer for (it timed out, cr
 (``details["sandbox_failures"]``); dataset builders leave it out.
 
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
-tool is refused and counted (with the tool's name, for the run's report), never executed.
+tool is refused and counted (with the tool's name, for the run's report), never executed. A trajectory
+whose expert calls such a tool is skipped (its recorded path cannot be followed), except at its last
+tool-call step: no later state depends on that call (a structured answer given as a tool call, as
+LangChain's ``response_format=ToolStrategy(...)`` does, or a final notification), so the alternatives
+at that state are replayed and the expert's call is left unexecuted and listed
+(``details["final_calls_not_replayed"]``).
 """
 
 from __future__ import annotations
@@ -164,7 +169,10 @@ def replay_trajectory(
         if at_step is not None:
             at_step(trajectory, step)
         _branch(run, step, proposals)
-        _reexecute_expert(run, step, expert)
+        if sandbox.covers(expert.name):
+            _reexecute_expert(run, step, expert)
+        else:  # the last step's (see _reset_for_replay): nothing follows it
+            run.final_not_replayed.append({"step": step.index, "tool": expert.name})
     return ReplayOutcome(run.record("done", None, **run.counts(states=len(tool_steps))), run.rollouts)
 
 
@@ -190,6 +198,8 @@ class _Run:
     unrestorable: list[dict[str, Any]] = field(default_factory=list)
     """Expert calls whose redacted arguments could not be restored (the first :data:`MAX_UNRESTORABLE_DETAILS`)."""
     unrestorable_count: int = 0
+    final_not_replayed: list[dict[str, Any]] = field(default_factory=list)
+    """The expert's call at the last tool-call step when the sandbox does not provide its tool: not executed."""
 
     def record(self, status: str, reason: str | None = None, **counts: Any) -> ReplayRecord:
         """The replay record of this trajectory, timed from the start of the run."""
@@ -219,6 +229,8 @@ class _Run:
         mismatches = self.mismatches  # built from redacted texts (see _reexecute_expert): not redacted again
         if self.unrestorable:
             details["unrestorable_steps"] = self.unrestorable
+        if self.final_not_replayed:
+            details["final_calls_not_replayed"] = self.final_not_replayed
         unrestored = sum(bool(r.unrestored) for r in self.rollouts)
         if unrestored:
             details["unrestored_branches"] = unrestored
@@ -251,8 +263,10 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
         run.sandbox.reset(run.trajectory.environment)
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
+    # The last step's call moves the world to no state replay branches from: a tool the sandbox lacks there (a
+    # structured answer given as a tool call) is left unexecuted instead (see the module docstring).
     missing = sorted(
-        {s.action.tool_call.name for s in tool_steps if s.action.tool_call and not run.sandbox.covers(s.action.tool_call.name)}
+        {s.action.tool_call.name for s in tool_steps[:-1] if s.action.tool_call and not run.sandbox.covers(s.action.tool_call.name)}
     )
     if missing:
         hint = getattr(run.sandbox, "refusal_hint", None)  # why a sandbox refuses a tool it has (optional, see its protocol)

@@ -83,3 +83,10 @@ class SlowClosingBFCLSandbox(BFCLSandbox):
         if folder:
             with open(os.path.join(folder, str(os.getpid())), "w") as marker:
                 marker.write("closed")
+
+
+class UncoveringBFCLSandbox(BFCLSandbox):
+    """The real BFCL sandbox without the tool named by EE_TEST_UNCOVERED (as if it had no sandbox)."""
+
+    def covers(self, tool_name: str) -> bool:
+        return tool_name != os.environ.get("EE_TEST_UNCOVERED") and super().covers(tool_name)

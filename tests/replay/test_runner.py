@@ -139,11 +139,37 @@ SHOP_TOOLS = [
 ]
 
 
-def _shop_trajectory() -> Trajectory:
+def _shop_trajectory(*, then_check: bool = False) -> Trajectory:
+    """The expert orders an apple (``then_check``: and then checks the stock)."""
     import datetime as dt
 
     call = {"id": "c1", "type": "function", "function": {"name": "order_item", "arguments": json.dumps({"item": "apple"})}}
     state = [{"role": "user", "content": "order an apple for bob@example.com"}]
+    messages = [*state, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    steps = [
+        {
+            "trajectory_id": "shop-1",
+            "index": 0,
+            "decision_index": 0,
+            "state": state,
+            "action": {"kind": "tool_call", "tool_call": {"id": "c1", "name": "order_item", "arguments": {"item": "apple"}}},
+            "observation": {"content": "ordered apple, 2 left"},
+        }
+    ]
+    if then_check:
+        check = {"id": "c2", "type": "function", "function": {"name": "check_stock", "arguments": json.dumps({"item": "apple"})}}
+        messages += [{"role": "tool", "tool_call_id": "c1", "content": "ordered apple, 2 left"}]
+        steps.append(
+            {
+                "trajectory_id": "shop-1",
+                "index": 1,
+                "decision_index": 1,
+                "state": list(messages),
+                "action": {"kind": "tool_call", "tool_call": {"id": "c2", "name": "check_stock", "arguments": {"item": "apple"}}},
+                "observation": {"content": "ok"},
+            }
+        )
+        messages += [{"role": "assistant", "content": "", "tool_calls": [check]}]
     return Trajectory.parse(
         {
             "id": "shop-1",
@@ -152,17 +178,8 @@ def _shop_trajectory() -> Trajectory:
             "started_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
             "ended_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
             "environment": {"stock": {"apple": 3}},
-            "messages": [*state, {"role": "assistant", "content": "", "tool_calls": [call]}],
-            "steps": [
-                {
-                    "trajectory_id": "shop-1",
-                    "index": 0,
-                    "decision_index": 0,
-                    "state": state,
-                    "action": {"kind": "tool_call", "tool_call": {"id": "c1", "name": "order_item", "arguments": {"item": "apple"}}},
-                    "observation": {"content": "ordered apple, 2 left"},
-                }
-            ],
+            "messages": messages,
+            "steps": steps,
         }
     )
 
@@ -199,9 +216,90 @@ def test_a_side_effecting_tool_without_a_sandbox_is_never_called() -> None:
 
 def test_an_expert_path_through_an_unsandboxed_tool_is_skipped_with_the_fix() -> None:
     sandbox = PythonSandbox(lambda env: {}, tools={"check_stock": lambda world, item: "ok"})
-    outcome = replay_trajectory(_shop_trajectory(), sandbox, Proposer(MutationPolicy(), k=2), SETTINGS)
-    assert outcome.record.status == "skipped"
+    outcome = replay_trajectory(_shop_trajectory(then_check=True), sandbox, Proposer(MutationPolicy(), k=2), SETTINGS)
+    assert outcome.record.status == "skipped" and not outcome.rollouts
     assert "order_item" in outcome.record.reason and "Add these tools to the sandbox" in outcome.record.reason
+
+
+def test_an_unsandboxed_tool_at_the_last_step_is_left_unexecuted_and_its_state_still_branches() -> None:
+    """Nothing follows the last call, so the path is followed to its state without it: the alternatives there run,
+    the expert's order is never placed, and the replay says which call it did not execute."""
+    checked: list[str] = []
+
+    def check_stock(world: dict[str, Any], item: str) -> str:
+        checked.append(item)
+        return f"{item}: {world['stock'].get(item, 0)}"
+
+    sandbox = PythonSandbox(lambda env: {"stock": dict(env["stock"])}, tools={"check_stock": check_stock})
+    outcome = replay_trajectory(_shop_trajectory(), sandbox, Proposer(MutationPolicy(), k=3), SETTINGS)
+    record = outcome.record
+    assert record.status == "done" and record.states == 1 and record.fidelity_mismatches == 0
+    assert record.details["final_calls_not_replayed"] == [{"step": 0, "tool": "order_item"}]
+    assert outcome.rollouts and {r.action.tool_call.name for r in outcome.rollouts} == {"check_stock"}
+    assert len(checked) == len(outcome.rollouts)  # only the alternatives ran; the expert's order_item never did
+
+
+def test_a_structured_answer_given_as_a_tool_call_leaves_the_rest_of_the_trajectory_replayable(tmp_path: Path) -> None:
+    """LangChain's create_agent(response_format=ToolStrategy(Schema)) ends a run with a call of a tool named after the
+    schema, which no sandbox provides: recorded by @record_experience, the trajectory is replayed up to that call (it
+    was skipped whole before), with the alternatives at its state."""
+    from langchain.agents import create_agent
+    from langchain.agents.structured_output import ToolStrategy
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from pydantic import BaseModel
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+
+    class Restock(BaseModel):
+        item: str
+        ordered: int
+
+    stock = {"pear": 0}
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        return str(stock.get(item, 0))
+
+    @tool
+    def order_item(item: str, quantity: int) -> str:
+        """Order more of an item."""
+        stock[item] = stock.get(item, 0) + quantity
+        return f"ordered {quantity} {item}; now {stock[item]}"
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]),
+        AIMessage(content="", tool_calls=[tool_call("order_item", item="pear", quantity=5)]),
+        AIMessage(content="", tool_calls=[tool_call("Restock", item="pear", ordered=5)]),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [check_stock, order_item], response_format=ToolStrategy(Restock))
+    agent = record_experience(graph, app="shop", store=tmp_path / "store", environment=lambda inputs, config: {"stock": {"pear": 0}})
+    agent.invoke({"messages": [("user", "Do we have pears? If not, order 5.")]})
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "store")
+    [trajectory] = list(store.iter_trajectories())
+    store.close()
+    assert [s.action.tool_call.name for s in trajectory.steps if s.action.tool_call] == ["check_stock", "order_item", "Restock"]
+
+    def order(world: dict[str, Any], item: str, quantity: int) -> str:
+        world["stock"][item] = world["stock"].get(item, 0) + quantity
+        return f"ordered {quantity} {item}; now {world['stock'][item]}"
+
+    sandbox = PythonSandbox(
+        lambda env: {"stock": dict(env["stock"])},
+        tools={"order_item": order, "check_stock": lambda world, item: str(world["stock"].get(item, 0))},
+    )
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(MutationPolicy(), k=3), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.states, record.fidelity_mismatches) == ("done", 3, 0)
+    assert record.details["final_calls_not_replayed"] == [{"step": 2, "tool": "Restock"}]
+    at_the_answer = [r for r in outcome.rollouts if r.step_index == 2]
+    assert at_the_answer and all(r.action.tool_call.name in ("check_stock", "order_item") for r in at_the_answer)
+    checks = [r for r in at_the_answer if r.action.tool_call.name == "check_stock" and r.action.tool_call.arguments == {"item": "pear"}]
+    assert all(r.observation.content == "5" for r in checks)  # the world after the expert's order, as recorded
 
 
 @pytest.mark.parametrize("garbage", ["", "not json at all", '{"name": "order_item", "arguments": {"item": 5}}'])

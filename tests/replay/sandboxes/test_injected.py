@@ -144,7 +144,8 @@ def test_a_tool_needing_what_replay_cannot_rebuild_is_refused_with_the_reason(to
 
 @pytest.mark.parametrize("isolation", ["none", "subprocess"])
 def test_a_trajectory_whose_expert_needs_the_graph_state_is_skipped_naming_the_parameter(tmp_path: Path, isolation: str) -> None:
-    trajectory = _record(tmp_path / "store", [tool_call("count_messages", prefix="n=")])
+    # before its last step: a later state depends on it (at the last step it is left unexecuted, see test_runner)
+    trajectory = _record(tmp_path / "store", [tool_call("count_messages", prefix="n="), tool_call("lookup", key="sky")])
     sandbox = sandbox_factory(f"{__name__}:_sandbox", isolation=isolation, memory_mb=None)()
     try:
         outcome = replay_trajectory(trajectory, sandbox, Proposer(MutationPolicy(), k=2), ReplaySettings("injected", "mutate", k=2))
