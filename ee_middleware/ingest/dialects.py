@@ -250,7 +250,8 @@ def _from_langfuse(span: SpanData) -> SpanData:
         new[sc.TOOL_NAME] = span.name
         new[sc.TOOL_CALL_ARGUMENTS] = attrs.get("langfuse.observation.input")
         new[sc.TOOL_CALL_RESULT] = _tool_message_content(output)
-        new[sc.TOOL_CALL_ID] = output.get("tool_call_id") if isinstance(output, Mapping) else None
+        message = _lc_fields(output)  # a ToolMessage dumped, or serialized with ``lc`` (its fields under "kwargs")
+        new[sc.TOOL_CALL_ID] = message.get("tool_call_id") if isinstance(message, Mapping) else None
     thread = _decoded(attrs.get("langfuse.trace.metadata.thread_id") or attrs.get("langfuse.observation.metadata.thread_id"))
     new[sc.CONVERSATION_ID] = thread if isinstance(thread, str) else None
     return _filled(span, new)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.load import dumpd
 from langchain_core.messages import ToolMessage, messages_to_dict
 
 from ee_middleware.capture import semconv as sc
@@ -219,7 +220,8 @@ def test_a_tool_message_with_an_image_is_read_as_its_placeholder_in_every_dialec
     reply = ToolMessage(content=["the chart:", {"type": "image", "base64": chart, "mime_type": "image/png"}], tool_call_id="c1")
     openinference = {"openinference.span.kind": "TOOL", "tool.name": "plot", "output.value": json.dumps(messages_to_dict([reply])[0])}
     langfuse = {"langfuse.observation.type": "tool", "langfuse.observation.output": json.dumps(reply.model_dump())}
-    for attrs in (openinference, langfuse):
+    langfuse_serialized = {"langfuse.observation.type": "tool", "langfuse.observation.output": json.dumps(dumpd(reply))}  # {"lc": 1, ...}
+    for attrs in (openinference, langfuse, langfuse_serialized):
         span = normalize(adapt(SpanData("t" * 32, "0" * 16, None, "plot", 0, 1, attrs)))
         assert span.attributes[sc.TOOL_CALL_RESULT] == "the chart:\n[image: image/png, 10.0 KB]"
         assert span.attributes[sc.TOOL_CALL_ID] == "c1"
