@@ -96,25 +96,47 @@ def ledger_sandbox() -> Any:
 _LEDGER = {"account": "ACC-778201", "owner": "Mateo Rossi", "currency": "EUR", "opened": "2024-02-11", "status": "active", "balance": 120.5}
 
 
-def _ledger_store(path: Path, ids: tuple[str, ...] = ("ledger-1",), *, tool: str = "balance") -> str:
-    """A store of approved trajectories ``ids`` that each call ``tool`` once (``balance`` answers ``_LEDGER``); the first id."""
+def _ledger_store(path: Path, ids: tuple[str, ...] = ("ledger-1",), *, tool: str = "balance", then: str | None = None) -> str:
+    """A store of approved trajectories ``ids`` that each call ``tool`` once (``balance`` answers ``_LEDGER``), and then
+    ``then`` when given; the first id."""
     from ee_middleware.store import LocalExperienceStore
 
     store = LocalExperienceStore(path)
-    trajectories = [_ledger_trajectory(i, tool) for i in ids]
+    trajectories = [_ledger_trajectory(i, tool, then) for i in ids]
     store.write(trajectories)
     store.approve(list(ids), by="test")
     store.close()
     return ids[0]
 
 
-def _ledger_trajectory(trajectory_id: str, tool: str) -> Any:
+def _ledger_trajectory(trajectory_id: str, tool: str, then: str | None = None) -> Any:
     import datetime as dt
 
     from ee_middleware.records import Trajectory
 
-    state = [{"role": "user", "content": "What is my balance?"}]
-    call = {"id": "c1", "type": "function", "function": {"name": tool, "arguments": "{}"}}
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "What is my balance?"}]
+    steps = []
+    for index, name in enumerate([tool, *([then] if then else [])]):
+        call_id = f"c{index + 1}"
+        if index:
+            messages.append({"role": "tool", "tool_call_id": f"c{index}", "content": json.dumps(_LEDGER)})
+        steps.append(
+            {
+                "trajectory_id": trajectory_id,
+                "index": index,
+                "decision_index": index,
+                "state": list(messages),
+                "action": {"kind": "tool_call", "tool_call": {"id": call_id, "name": name, "arguments": {}}},
+                "observation": {"content": json.dumps(_LEDGER)},
+            }
+        )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}],
+            }
+        )
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     return Trajectory.parse(
         {
@@ -124,17 +146,8 @@ def _ledger_trajectory(trajectory_id: str, tool: str) -> Any:
             "started_at": now,
             "ended_at": now,
             "environment": {},
-            "messages": [*state, {"role": "assistant", "content": "", "tool_calls": [call]}],
-            "steps": [
-                {
-                    "trajectory_id": trajectory_id,
-                    "index": 0,
-                    "decision_index": 0,
-                    "state": state,
-                    "action": {"kind": "tool_call", "tool_call": {"id": "c1", "name": tool, "arguments": {}}},
-                    "observation": {"content": json.dumps(_LEDGER)},
-                }
-            ],
+            "messages": messages,
+            "steps": steps,
         }
     )
 
@@ -251,7 +264,7 @@ def test_replay_run_prints_ids_that_share_their_start_long_enough_to_use(tmp_pat
     """Ids were cut to 12 characters: ``ledger-account-1`` and ``ledger-account-2`` both read ``ledger-accou``."""
     root = tmp_path / "experience"
     _ledger_store(root, ("ledger-account-1", "ledger-account-2"))
-    _ledger_store(root, ("ledger-account-3",), tool="transfer")  # no sandbox has it: skipped
+    _ledger_store(root, ("ledger-account-3",), tool="transfer", then="balance")  # no sandbox has transfer: skipped
     spec = "tests.cli.test_replay_cli:ledger_sandbox"
     result = runner.invoke(
         app, ["replay", "run", "--store", str(root), "--sandbox", spec, "--k", "1", "--no-progress"], env={"COLUMNS": "160"}
