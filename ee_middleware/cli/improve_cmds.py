@@ -46,8 +46,13 @@ def improve(
         config, store=store, app=app_name, registry=registry, runs=str(runs) if runs else None, base_model=base_model, schedule=schedule
     )
     display = RichProgress(console()) if progress and not as_json else QuietProgress()
+    started: list[Any] = []
     try:
-        run = run_improve(job, progress=display, new_run=new_run, force=force)
+        run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
+    except Exception:
+        if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
+            print_json(run_json(started[0]))
+        raise
     finally:
         if isinstance(display, RichProgress):
             display.close()

@@ -49,13 +49,21 @@ def _stage_function(name: str) -> Callable[[StageContext], StageResult]:
 
 
 def run_improve(
-    config: ImproveConfig, *, progress: Progress | None = None, new_run: bool = False, force: bool = False, report: bool = True
+    config: ImproveConfig,
+    *,
+    progress: Progress | None = None,
+    new_run: bool = False,
+    force: bool = False,
+    report: bool = True,
+    on_start: Callable[[Run], None] | None = None,
 ) -> Run:
     """Start a run, or continue the unfinished one; return it (its ``status`` says how it ended).
 
     ``new_run`` marks an unfinished run ``abandoned`` first; ``force`` goes on even when nothing new was
-    approved (to retrain on the same data). Exceptions from a stage propagate after the run is marked
-    ``failed`` and its report is written.
+    approved (to retrain on the same data). ``on_start`` is called with the run once it is started or
+    continued, before its first stage (the object is the one the job updates, so a caller still holds it
+    when a stage fails). Exceptions from a stage propagate after the run is marked ``failed`` and its
+    report is written.
     """
     say = progress or QuietProgress()
     runs = RunsDir(config.runs)
@@ -80,6 +88,8 @@ def run_improve(
         if (run.folder / CONFIG_COPY).is_file():  # the stages read the file as it was when the run started
             config = config.model_copy(update={"config_path": run.folder / CONFIG_COPY})
         deadline = started + 60 * config.budgets.max_minutes if config.budgets.max_minutes else None
+        if on_start is not None:
+            on_start(run)
         ctx = StageContext(config, run, runs, say, deadline)
         try:
             _run_stages(ctx, force=force or bool(run.data.get("force")))

@@ -144,6 +144,26 @@ def test_a_failed_gate_does_not_promote_and_says_why(workspace: Path, tiny_base:
     assert "Gate FAILED" in (run.folder / "report.md").read_text()
 
 
+def test_a_failed_run_prints_its_json_with_the_error_and_exits_1(workspace: Path, tiny_base: Path) -> None:
+    """A run that fails in a stage (here: its held-out rule matches no trajectory) is still described on stdout with
+    --json: its id, folder, status, error and the failed stage's manifest, so a scheduler reading stdout knows which
+    run to look at. The error is also the one line on stderr."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    path = write_config(workspace, tiny_base)
+    (workspace / "heldout-ids.txt").write_text("no-such-trajectory\n")
+    result = CliRunner().invoke(app, ["improve", "--config", str(path), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    [run] = RunsDir(workspace / "runs").list()
+    assert data["id"] == run.id and data["status"] == "failed" and data["folder"] == str(run.folder)
+    assert "no-such-trajectory" not in data["error"] and "heldout_ids" in data["error"]
+    assert {m["stage"]: m["status"] for m in data["stages"]}["datasets"] == "failed"
+    assert "heldout_ids" in result.stderr and Path(data["report"]["markdown"]).is_file()
+
+
 def test_budgets_cut_replay_and_training_and_the_run_says_so(workspace: Path, tiny_base: Path) -> None:
     improve = "[improve.budgets]\nmax_trajectories = 3\nmax_train_steps = 2\n"
     config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve))
