@@ -301,9 +301,13 @@ def promote(ctx: StageContext) -> StageResult:
     live_before = registry.resolve(ctx.config.alias_name)
     if gate_out["passed"]:
         switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
-        result.outputs = {**switched.to_json(), "promoted": True, "replaced": switched.replaced or live_before}
+        replaced = switched.replaced or live_before
+        if replaced == name:  # an earlier attempt switched the alias and was stopped before this manifest: what was live then
+            baseline = ctx.run.outputs("evaluate").get("baseline")
+            replaced = None if baseline in (None, BASE) else baseline
+        result.outputs = {**switched.to_json(), "promoted": True, "replaced": replaced}
         where = f"on {len(replicas)} replica(s)" if replicas else "in the registry only (no servers configured; the router serves it)"
-        result.decisions.append(f"promoted {name} {where}; {ctx.config.alias_name} was {live_before or 'the base model'}")
+        result.decisions.append(f"promoted {name} {where}; {ctx.config.alias_name} was {replaced or 'the base model'}")
         result.summary = f"{ctx.config.alias_name} -> {name}"
         return result
     reason = f"did not pass the gate in run {ctx.run.id}: " + "; ".join(gate_out["reasons"])

@@ -164,6 +164,27 @@ def test_a_failed_run_prints_its_json_with_the_error_and_exits_1(workspace: Path
     assert "heldout_ids" in result.stderr and Path(data["report"]["markdown"]).is_file()
 
 
+def test_a_promote_stopped_after_the_alias_switched_still_names_what_it_replaced(workspace: Path, tiny_base: Path) -> None:
+    """A kill between the registry's alias switch and the promote manifest (simulated: the manifests are set back to
+    what such a kill leaves) is continued: the promote is not redone, and the run still says it replaced the base
+    model (it said the candidate had replaced itself)."""
+    config = ImproveConfig.load(write_config(workspace, tiny_base))
+    run = run_improve(config)
+    candidate = run.data["outcome"]["candidate"]
+    manifest = run.stage("promote")
+    run.write_stage(
+        "promote", {k: v for k, v in manifest.items() if k in ("stage", "attempt", "started_at", "pid")} | {"status": "running"}
+    )
+    run.update(status="running", outcome={})
+    resumed = run_improve(config)
+    assert resumed.id == run.id and resumed.status == "succeeded"
+    promote = resumed.stage("promote")
+    assert promote["attempt"] == 2 and promote["outputs"]["live"] == candidate
+    assert promote["outputs"]["replaced"] is None, promote["outputs"]
+    assert f"{APP} was the base model" in promote["decisions"][0]
+    assert f"Promoted `{candidate}` (it replaced the base model)" in (resumed.folder / "report.md").read_text()
+
+
 def test_budgets_cut_replay_and_training_and_the_run_says_so(workspace: Path, tiny_base: Path) -> None:
     improve = "[improve.budgets]\nmax_trajectories = 3\nmax_train_steps = 2\n"
     config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve))
