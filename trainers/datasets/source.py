@@ -11,12 +11,14 @@ the Parquet reader; see :meth:`~ee_middleware.store.local.LocalExperienceStore.s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
+
+_T = TypeVar("_T")
 
 TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "source")
 """Columns of the trajectories table a build keeps for every trajectory (never the messages)."""
@@ -187,11 +189,15 @@ class SourceReader:
         self.replay_id = replay_id
         self.include_synthetic = include_synthetic
         self.include_sandbox_failures = include_sandbox_failures
+        self._lazy_store: Any = None
+        self._indexed_rollouts: pl.Series | None = None
+        self._rescanned = False
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
 
             self._trajectories = store.trajectory_index(list(TRAJECTORY_COLUMNS), status="approved", app=app)
-            self._steps, self._rollouts, self._drop = store.scan("steps"), store.scan("rollouts"), drop_repeats
+            self._lazy_store, self._drop = store, drop_repeats
+            self._scan()
         else:  # a store without lazy reads: its frames, grouped in memory
             self._trajectories = store.trajectories(status="approved", app=app)
             ids = self._trajectories["id"].to_list()
@@ -201,12 +207,35 @@ class SourceReader:
             [pl.col(c) if c in self._trajectories.columns else pl.lit(None, dtype=pl.String).alias(c) for c in TRAJECTORY_COLUMNS]
         )
 
+    def _scan(self) -> None:
+        """Lazy frames of the steps and rollouts over the parts the store lists now (and its spool, read now)."""
+        self._steps, self._rollouts = self._lazy_store.scan("steps"), self._lazy_store.scan("rollouts")
+
+    def _read(self, read: Callable[[], _T]) -> _T:
+        """``read()``; when a part it reads is gone, the store's parts are listed again and it reads again. A
+        compaction may merge the parts a build listed at its start and a later one deletes them once their grace
+        period is over (``RETIRED_PART_GRACE_S``), which a long build outlives: the rows are in the merged part.
+        Rollouts stored since the build read its keys are not used then (see :meth:`_rollout_rows`)."""
+        from ee_middleware.store.local import READ_ATTEMPTS
+
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return read()
+            except FileNotFoundError:
+                if self._lazy_store is None or attempt == READ_ATTEMPTS - 1:
+                    raise
+                self._scan()
+                self._rescanned = True
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
     def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None) -> tuple[pl.DataFrame, int, dict[str, int]]:
         """The rollouts of these trajectories a build uses (of ``replay_id``; synthetic ones only with
         ``include_synthetic``; sandbox failures only with ``include_sandbox_failures``; repeats dropped; sorted as
         the store sorts them), with ``columns`` (default: all), how many were left out as unrestored
         (``Rollout.unrestored``) and how many as sandbox failures, by kind (``Observation.sandbox_failure``)."""
         rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
+        if self._rescanned and self._indexed_rollouts is not None:  # the source is what index() found: no rollout stored since
+            rows = rows.filter(pl.col("id").is_in(self._indexed_rollouts.implode()))
         if self.replay_id is not None:
             rows = rows.filter(pl.col("replay_id") == self.replay_id)
         if not self.include_synthetic:
@@ -224,6 +253,9 @@ class SourceReader:
 
     def index(self) -> SourceIndex:
         """The keys of the whole source (no state or observation text is kept)."""
+        return self._read(self._index)
+
+    def _index(self) -> SourceIndex:
         ids = self._trajectories["id"]
         steps = self._steps.filter(pl.col("trajectory_id").is_in(ids.implode())).select(
             "trajectory_id",
@@ -235,7 +267,9 @@ class SourceReader:
         )
         steps = self._drop("steps", steps.collect(engine="streaming"))
         rollouts, unrestored, failures = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
-        return SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored, failures, self._filtered_out(ids))
+        index = SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored, failures, self._filtered_out(ids))
+        self._indexed_rollouts = rollouts["id"]
+        return index
 
     def _filtered_out(self, ids: pl.Series) -> dict[str, int]:
         """How many rollouts of these trajectories ``include_synthetic`` and ``replay_id`` leave out (distinct ids)."""
@@ -257,8 +291,12 @@ class SourceReader:
         with ``rollouts=False`` the rollouts are not read (an empty frame), for builders that use none."""
         keep = pl.Series(list(ids), dtype=pl.String)
         trajectories = self._trajectories.filter(pl.col("id").is_in(keep.implode())).select("id", "tools_json")
-        steps = self._drop("steps", self._steps.filter(pl.col("trajectory_id").is_in(keep.implode())).collect(engine="streaming"))
-        rows = self._rollout_rows(keep)[0] if rollouts else pl.DataFrame(schema=self._rollouts.collect_schema())
+
+        def read() -> tuple[pl.DataFrame, pl.DataFrame]:
+            steps = self._drop("steps", self._steps.filter(pl.col("trajectory_id").is_in(keep.implode())).collect(engine="streaming"))
+            return steps, self._rollout_rows(keep)[0] if rollouts else pl.DataFrame(schema=self._rollouts.collect_schema())
+
+        steps, rows = self._read(read)
         return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rows, content_hash=content_hash)
 
 
