@@ -20,7 +20,11 @@ EXIT_STOPPED = 3
 runs_app = typer.Typer(help="Runs of `ee improve`: what each stage did, with manifests and reports.", no_args_is_help=True)
 
 ConfigOption = typer.Option(
-    None, "--config", "-c", help="TOML file with an \\[improve] table and the stage tables (\\[replay], \\[train], ...)."
+    None,
+    "--config",
+    "-c",
+    help="TOML file with an \\[improve] table and the stage tables (\\[replay], \\[train], ...); relative paths in it are read "
+    "from the working directory.",
 )
 
 

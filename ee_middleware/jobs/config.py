@@ -45,7 +45,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._toml import build_config, layered_values, read_toml_table
 from ee_middleware.errors import ConfigError
@@ -98,17 +98,40 @@ class Serving(BaseModel):
     """Seconds per request to the servers (evaluation requests included)."""
 
 
+def absolute_path(value: Any) -> Any:
+    """A local path made absolute against the working directory (``~`` expanded); other values (specs such as
+    ``NAME:LOCATION``, ``s3://...``) as written. ``local:PATH`` keeps its prefix."""
+    if isinstance(value, Path):
+        return Path(os.path.abspath(value.expanduser()))
+    if not isinstance(value, str) or not value.strip():
+        return value
+    if value.startswith("local:"):
+        return "local:" + os.path.abspath(os.path.expanduser(value.removeprefix("local:").removeprefix("//")))
+    if ":" in value:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _absolute_store(value: Any) -> Any:
+    spec = store_config_value(value)
+    return absolute_path(spec) if isinstance(spec, Path) else spec
+
+
 class ImproveConfig(BaseModel):
-    """Everything ``ee improve`` needs (see the module docstring)."""
+    """Everything ``ee improve`` needs (see the module docstring).
+
+    Relative paths (``store``, ``registry``, ``runs``, ``base_model``, ``base_cache_dir``) are read from the working
+    directory, as every ``ee`` command reads paths (not from the config file's folder), and kept absolute: the run
+    records where its store, registry and runs folder were."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    store: Annotated[Path | str, BeforeValidator(store_config_value)]
+    store: Annotated[Path | str, BeforeValidator(_absolute_store)]
     app: str = Field(min_length=1)
     """Learn from this app's approved trajectories."""
-    registry: str = Field(min_length=1)
-    runs: Path
-    base_model: str = Field(min_length=1)
+    registry: Annotated[str, AfterValidator(absolute_path)] = Field(min_length=1)
+    runs: Annotated[Path, AfterValidator(absolute_path)]
+    base_model: Annotated[str, AfterValidator(absolute_path)] = Field(min_length=1)
     """A save_pretrained folder or a .gguf file; must be the base of the app's live adapter, if any."""
     alias: str | None = None
     """The app's name in the registry and at the router (default: ``app``)."""
@@ -125,7 +148,7 @@ class ImproveConfig(BaseModel):
     """The gate also requires the candidate's held-out action NLL to be lower than the live model's."""
     notes: str | None = None
     """Shown at the top of the report (e.g. what the run is for, or that its base model is a test model)."""
-    base_cache_dir: Path | None = None
+    base_cache_dir: Annotated[Path | None, AfterValidator(absolute_path)] = None
     """Where a GGUF base is converted once (default: ``RUNS/base-models``)."""
     budgets: Budgets = Field(default_factory=Budgets)
     serving: Serving = Field(default_factory=Serving)

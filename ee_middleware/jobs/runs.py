@@ -265,7 +265,22 @@ class RunsDir:
         runs = self.list()
         if not scope:
             return runs
-        return [r for r in runs if all(_job_table(r).get(key) == value for key, value in scope.items())]
+        return [r for r in runs if all(_same(_job_table(r).get(key), value) for key, value in scope.items())]
+
+
+def _same(recorded: Any, value: Any) -> bool:
+    """A scope value matches: equal, or a relative path recorded by an older version that names the same folder from the
+    working directory (paths in run.json were written as the config file had them)."""
+    if recorded == value:
+        return True
+    return (
+        isinstance(recorded, str)
+        and isinstance(value, str)
+        and os.path.isabs(value)
+        and ":" not in recorded
+        and not os.path.isabs(recorded)
+        and os.path.abspath(os.path.expanduser(recorded)) == value
+    )
 
 
 def _job_table(run: Run) -> dict[str, Any]:

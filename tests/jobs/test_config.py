@@ -31,7 +31,8 @@ def test_missing_settings_are_named(tmp_path: Path) -> None:
 
 def test_the_traces_suite_is_spelled_out_for_the_app_and_stage_tables_are_read(tmp_path: Path) -> None:
     config = ImproveConfig.load(_config(tmp_path, 'suites = ["traces", "traces:5", "bfcl:multi_turn_base:3"]\n[replay]\nk = 3\n'))
-    assert config.suite_specs() == ["traces:s:shop", "traces:s:shop:5", "bfcl:multi_turn_base:3"]
+    store = Path("s").resolve()  # read from the working directory
+    assert config.suite_specs() == [f"traces:{store}:shop", f"traces:{store}:shop:5", "bfcl:multi_turn_base:3"]
     assert config.replay_config().k == 3 and config.replay_config().app == "shop"
     assert config.alias_name == "shop"
 
@@ -223,3 +224,32 @@ def test_the_watermark_and_the_unfinished_run_are_those_of_the_same_app_in_a_sha
     assert result.outputs["new"] == 1 and result.inputs["watermark"] is None
     assert runs.abandon_unfinished("--new-run", shop.scope()) == [run.id]  # the other app's stopped run stays continuable
     assert runs.resumable(other.config_hash(), other.scope()).id == stopped.id
+
+
+def test_relative_paths_are_read_from_the_working_directory_and_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nightly job started elsewhere (cron starts in $HOME) must not learn from, or write to, other folders without
+    saying so: the [improve] paths are read from the working directory, as every ee command reads them (README), and
+    the run records them absolute (run.json, the scope of the watermark, the report's follow-up commands), so a run
+    says where its store, registry and runs were. A run recorded before with the same path written relative still
+    gives its watermark when the job runs from the same folder."""
+    from ee_middleware.jobs.runs import SUCCEEDED
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = _config(tmp_path, 'base_cache_dir = "cache"\n')  # the file is elsewhere: its folder is not what paths are read from
+    config = ImproveConfig.load(path)
+    assert config.store == work / "s" and config.registry == str(work / "r") and config.runs == work / "runs"
+    assert config.base_model == str(work / "m") and config.base_cache_dir == work / "cache"
+    assert config.describe()["improve"]["store"] == str(work / "s") and config.suite_specs() == [f"traces:{work / 's'}:shop"]
+    assert ImproveConfig.load(path, registry="local:r2").registry == f"local:{work / 'r2'}"
+    assert ImproveConfig.load(path, registry="s3bucket://x/y").registry == "s3bucket://x/y"  # not a path: as written
+
+    runs = RunsDir(config.runs)
+    described = config.describe()
+    described["improve"]["store"] = "s"  # as a run written before paths were recorded absolute
+    earlier = runs.create("improve", described, config.config_hash())
+    earlier.update(status=SUCCEEDED)
+    assert runs.last_successful(config.scope()).id == earlier.id
+    monkeypatch.chdir(tmp_path)  # from another folder, "s" was another store
+    assert runs.last_successful(ImproveConfig.load(path, store=str(work / "s")).scope()) is None
