@@ -76,5 +76,24 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
     try:
         return cls(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}{_meant(cls, e) if e['type'] == 'extra_forbidden' else ''}"
+            for e in exc.errors()
+        )
         raise ConfigError(f"Invalid {job} configuration: {problems}") from None
+
+
+def _meant(cls: type[BaseModel], error: Any) -> str:
+    """`` (did you mean NAME?)`` for an unknown key close to a setting of the (nested) table it is in; else nothing."""
+    import difflib
+
+    from pydantic import BaseModel
+
+    model: Any = cls
+    for part in error["loc"][:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return ""
+    close = difflib.get_close_matches(str(error["loc"][-1]), list(model.model_fields), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""

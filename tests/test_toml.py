@@ -38,3 +38,18 @@ def test_a_shared_file_without_the_jobs_table_runs_on_its_defaults(tmp_path: Pat
 
 def test_the_jobs_table_is_read(tmp_path: Path) -> None:
     assert ReplayConfig.load(_file(tmp_path, "[replay]\nk = 3\n"), store="s").k == 3
+
+
+def test_a_misspelled_setting_is_named_with_the_setting_meant(tmp_path: Path) -> None:
+    """An unknown key names the known one it is close to, in the job's table and in nested tables."""
+    from ee_middleware.jobs.config import ImproveConfig
+
+    with pytest.raises(ConfigError, match=r"worker: Extra inputs are not permitted \(did you mean workers\?\)"):
+        ReplayConfig.load(_file(tmp_path, "[replay]\nworker = 2\n"), store="s")
+    improve = '[improve]\nstore = "s"\napp = "a"\nregistry = "r"\nruns = "runs"\nbase_model = "m"\n'
+    with pytest.raises(ConfigError, match=r"schedul: .*\(did you mean schedule\?\)"):
+        ImproveConfig.load(_file(tmp_path, improve + 'schedul = "il"\n'))
+    with pytest.raises(ConfigError, match=r"budgets\.max_minute: .*\(did you mean max_minutes\?\)"):
+        ImproveConfig.load(_file(tmp_path, improve + "[improve.budgets]\nmax_minute = 5\n"))
+    with pytest.raises(ConfigError, match=r"zzz: Extra inputs are not permitted(;|$)"):  # nothing close: no guess
+        ReplayConfig.load(_file(tmp_path, "[replay]\nzzz = 2\n"), store="s")
