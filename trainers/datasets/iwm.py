@@ -34,7 +34,12 @@ class IWMOptions:
     max_observation_tokens: int = 512
     """Observations longer than this budget are cut (the cut is recorded in ``observation_truncated_chars``)."""
     chars_per_token: float = 4.0
-    """Used to turn the token budget into characters when building (the trainer re-checks lengths)."""
+    """ASCII characters per token, to estimate an observation's tokens when building (the trainer re-checks lengths)."""
+    non_ascii_bytes_per_token: float = 1.5
+    """UTF-8 bytes per token of any other character (Chinese, Japanese, Korean, emoji, accented letters): the
+    byte-level BPE tokenizers of English-centric models (SmolLM2: two tokens per Chinese character, about three per
+    emoji) give far fewer characters per token than English, and counting them at ``chars_per_token`` kept several
+    times the budget (rows the trainer then drops, their completion alone longer than ``max_length``)."""
     max_error_share: float = 0.5
     """At most this share of rows may have an error observation (errors beyond it are dropped, seeded)."""
     include_expert_steps: bool = True
@@ -51,7 +56,6 @@ def build_iwm(source: DatasetSource, options: IWMOptions | None = None) -> pl.Da
 def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expert: bool) -> pl.DataFrame:
     """The rows before the error cap: the rollouts' (``rollouts``), then the expert steps' (``expert``),
     observations cut to the budget. A chunked build makes the two apart (their orders differ)."""
-    budget = max(1, int(options.max_observation_tokens * options.chars_per_token))
     tools = source.trajectories.rename({"id": "trajectory_id", "tools_json": "tools"})
     states = source.steps.select("trajectory_id", pl.col("index").alias("step_index"), "state_json")
     parts = []
@@ -87,10 +91,40 @@ def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expe
         )
     rows = pl.concat(parts, how="vertical").join(tools, on="trajectory_id", how="inner", maintain_order="left")
     length = pl.col("observation").str.len_chars().cast(pl.Int64)  # u32 would wrap below zero
+    kept = pl.Series("_kept", kept_chars(rows["observation"], options), dtype=pl.Int64)
     return rows.with_columns(
-        pl.col("observation").str.slice(0, budget).alias("observation"),
-        (pl.col("stored_cut") + (length - budget).clip(lower_bound=0)).alias("observation_truncated_chars"),
+        pl.col("observation").str.slice(0, kept).alias("observation"),
+        (pl.col("stored_cut") + (length - kept).clip(lower_bound=0)).alias("observation_truncated_chars"),
     )
+
+
+def kept_chars(observations: pl.Series, options: IWMOptions) -> list[int | None]:
+    """How many leading characters of each observation fit ``options.max_observation_tokens``, estimated: an ASCII
+    character is ``1 / chars_per_token`` of a token, any other its UTF-8 bytes over ``non_ascii_bytes_per_token``.
+    An observation is never kept past ``max_observation_tokens * chars_per_token`` characters (all ASCII); those
+    with other characters in that head that do not fit whole are counted one character at a time (the others cost no
+    Python)."""
+    limit = max(1, int(options.max_observation_tokens * options.chars_per_token))
+    heads = observations.str.slice(0, limit).to_frame("head")
+    ascii_chars = pl.col("head").str.count_matches(r"[\x00-\x7f]").cast(pl.Float64)
+    other_bytes = pl.col("head").str.len_bytes().cast(pl.Float64) - ascii_chars
+    tokens = ascii_chars / options.chars_per_token + other_bytes / options.non_ascii_bytes_per_token
+    over = heads.select(((other_bytes > 0) & (tokens > options.max_observation_tokens)).fill_null(False))["head"]
+    kept = heads["head"].str.len_chars().cast(pl.Int64).to_list()
+    for i in over.arg_true().to_list():
+        kept[i] = _chars_within(heads["head"][i], options)
+    return kept
+
+
+def _chars_within(text: str, options: IWMOptions) -> int:
+    """The length of the longest prefix of ``text`` whose estimated tokens fit the budget (see :func:`kept_chars`)."""
+    budget, used = float(options.max_observation_tokens), 0.0
+    ascii_cost = 1 / options.chars_per_token
+    for i, char in enumerate(text):
+        used += ascii_cost if char < "\x80" else len(char.encode("utf-8")) / options.non_ascii_bytes_per_token
+        if used > budget:
+            return i
+    return len(text)
 
 
 def iwm_frame(rows: pl.DataFrame, source_hash: str) -> pl.DataFrame:
