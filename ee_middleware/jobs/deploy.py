@@ -105,11 +105,25 @@ def evaluate(ctx: StageContext) -> StageResult:
         ctx.progress.info(f"evaluating the {side} ({specs[side]}) on {', '.join(job.suites)}")
         summary = run_eval(job, progress=lambda suite, done, total, side=side: ctx.progress.bar(f"{side}: {suite}", done, total))
         result.outputs["runs"][side] = {"dir": str(job.out), "suites": summary}
+        _refuse_unanswered(summary, side, specs[side], served)
     if ctx.config.likelihood:
         ctx.check_deadline("scoring the held-out likelihood")
         result.outputs["likelihood"] = _likelihood(ctx, base_folder, live, candidate)
     result.summary = _eval_line(result.outputs)
     return result
+
+
+def _refuse_unanswered(summary: list[dict[str, Any]], side: str, model: str, served: list[str]) -> None:
+    """Trials the model server gave no answer to (down, timed out, failing) say nothing of the model: gated, they would
+    fail the candidate and retire it for an outage. The stage fails instead; the next call runs only those again."""
+    unanswered = sum(int(s.get("no_answer") or 0) for s in summary)
+    if unanswered:
+        where = f"The model server {', '.join(served)}" if served else "The model"
+        raise JobError(
+            f"{where} gave no answer on {unanswered} task trial(s) of the {side} ({model}): down, timed out or failing, so "
+            "they say nothing of the model and are not gated. Once it answers, run `ee improve` with the same config: it "
+            "continues the evaluation and runs only those trials again."
+        )
 
 
 def _model_specs(ctx: StageContext, candidate: Any, live: Any, base_folder: str) -> tuple[dict[str, str], list[str]]:

@@ -185,6 +185,39 @@ def test_a_promote_stopped_after_the_alias_switched_still_names_what_it_replaced
     assert f"Promoted `{candidate}` (it replaced the base model)" in (resumed.folder / "report.md").read_text()
 
 
+def test_an_evaluation_the_server_did_not_answer_fails_the_run_which_continues_once_it_answers_standin_server(
+    workspace: Path, tiny_base: Path
+) -> None:
+    """A replica that stops answering during the evaluation (stand-in for vLLM's API: it lists and loads adapters, and
+    answers chat requests with 503) leaves trials with no answer. Before, the evaluate stage was 'done' with every such
+    trial a failure, the gate failed on them, the candidate was retired and the watermark moved: a night's training
+    thrown away for an outage. Now the stage fails naming the server and how many trials it did not answer, nothing is
+    retired or promoted, and the next call continues the evaluation (the unanswered trials run again)."""
+    from ee_middleware.jobs.errors import JobError
+    from ee_middleware.testing.http import serving
+    from tests.adapters.helpers import StandInVLLM
+
+    server = StandInVLLM()
+    server.fail["/v1/chat/completions"] = 503
+    with serving(server) as url:
+        improve = f'[improve.serving]\nbackend = "vllm"\nservers = ["{url}"]\nmax_lora_rank = 8\n'
+        config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve, tasks=2))
+        with pytest.raises(JobError, match=rf"{url}.* gave no answer on 2 task trial\(s\) of the baseline"):
+            run_improve(config)
+        [run] = RunsDir(workspace / "runs").list()
+        assert run.status == "failed" and run.stage("evaluate")["status"] == "failed" and run.stage("gate") is None
+        candidate = run.stage("register")["outputs"]["candidate"]
+        assert _registry(workspace).get(candidate).status == "candidate" and not run.data.get("watermark")
+
+        del server.fail["/v1/chat/completions"]
+        resumed = run_improve(config)
+    assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
+    evaluation = resumed.stage("evaluate")
+    assert evaluation["attempt"] == 2
+    assert all(s.get("no_answer", 0) == 0 for side in evaluation["outputs"]["runs"].values() for s in side["suites"])
+    assert resumed.data["outcome"]["promoted"] is True
+
+
 def test_budgets_cut_replay_and_training_and_the_run_says_so(workspace: Path, tiny_base: Path) -> None:
     improve = "[improve.budgets]\nmax_trajectories = 3\nmax_train_steps = 2\n"
     config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve))
