@@ -142,8 +142,12 @@ def print_summary(out: Any, run: Any) -> None:
     evaluation = (manifests.get("evaluate") or {}).get("outputs") or {}
     if evaluation.get("runs"):
         out.print(results_table(evaluation))
-    for line in ((manifests.get("gate") or {}).get("outputs") or {}).get("moved", []):
+    gate = (manifests.get("gate") or {}).get("outputs") or {}
+    for line in gate.get("moved", []):
         out.print(f"- {escape(line)}")
+    if gate and not gate.get("passed"):  # in full: the table cuts its result column
+        for reason in gate.get("reasons") or []:
+            out.print(f"[red]gate failed[/]: {escape(reason)}")
     for cut in run.data.get("budget_cuts") or []:
         out.print(escape(f"budget {cut['budget']} ({cut.get('limit')}): {cut['cut']}"), style="yellow")
     if run.data.get("error"):

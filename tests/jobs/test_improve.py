@@ -142,6 +142,17 @@ def test_a_failed_gate_does_not_promote_and_says_why(workspace: Path, tiny_base:
     assert registry.resolve(APP) is None
     assert registry.get(candidate).status == "retired" and "did not pass the gate" in registry.get(candidate).reason
     assert "Gate FAILED" in (run.folder / "report.md").read_text()
+    # the terminal summary gives every reason in full (the table cuts its result column at 90 characters)
+    import io
+
+    from rich.console import Console
+
+    from ee_middleware.cli.improve_cmds import print_summary
+
+    out = io.StringIO()
+    print_summary(Console(file=out, width=100), run)
+    text = " ".join(out.getvalue().split())
+    assert all(" ".join(reason.split()) in text for reason in gate["reasons"]), text
 
 
 def test_a_failed_run_prints_its_json_with_the_error_and_exits_1(workspace: Path, tiny_base: Path) -> None:
