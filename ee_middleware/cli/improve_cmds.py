@@ -41,7 +41,12 @@ def improve(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show stage progress and bars."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Select newly approved trajectories, replay, build datasets, train, evaluate, gate and promote; resumes an unfinished run."""
+    """Select newly approved trajectories, replay, build datasets, train, evaluate, gate and promote; resumes an unfinished run.
+
+    Flags and their EE_* variables override the file's \\[improve] table. Exit status: 0 the run finished (promoted or not:
+    `ee runs show latest` says which), 1 it failed (the next call continues it), 3 max_minutes stopped it (the next call
+    continues it).
+    """
     from ee_middleware.jobs.config import ImproveConfig
     from ee_middleware.jobs.improve import run_improve
     from ee_middleware.jobs.stages import QuietProgress
