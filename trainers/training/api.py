@@ -24,7 +24,7 @@ from ee_middleware._version import __version__
 from ee_middleware.models.chat_template import TemplateSupport, probe_template
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
-from ee_middleware.trainers.training.data import DatasetFile, load_dataset
+from ee_middleware.trainers.training.data import DatasetFile, check_one_build, load_dataset
 from ee_middleware.trainers.training.errors import ContextBudgetWarning, TrainDataError, TrainError, TrainOutOfMemoryError
 from ee_middleware.trainers.training.model import add_lora, check_context, load_base, plain_base, resolve_base
 from ee_middleware.trainers.training.render import Example, RenderStats, tokenize_rows
@@ -79,6 +79,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     torch = import_optional("torch", extra="train", purpose=_PURPOSE)
     runtime = _runtime(config, torch, progress)
     datasets = {kind: load_dataset(Path(config.data), kind) for kind in schedule.kinds_needed(config.schedule)}
+    check_one_build(datasets)
 
     source = resolve_base(config.base_model)
     cache_dir = Path(config.base_cache_dir or output_dir.parent / "base-models").expanduser().resolve()

@@ -41,9 +41,12 @@ class DatasetFile:
     sha256: str
     rows: list[ChatRow] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    source_hashes: tuple[str, ...] = ()
+    """The ``source_hash`` values of its rows (the store content it was built from; one per build), sorted."""
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256, "rows": len(self.rows), "metadata": self.metadata}
+        data = {"path": str(self.path), "sha256": self.sha256, "rows": len(self.rows), "metadata": self.metadata}
+        return data | ({"source_hash": ",".join(self.source_hashes)} if self.source_hashes else {})
 
 
 def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
@@ -74,7 +77,28 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
             f"{path} is a held-out dataset (built by `ee datasets build --heldout-...` for evaluation): it is never trained on. "
             "Point --data at the training folder (the parent of heldout/), or evaluate with it instead."
         )
-    return DatasetFile(kind=kind, path=path, sha256=_sha256(path), rows=rows_from_frame(frame, path, kind), metadata=metadata)
+    hashes = tuple(sorted(frame["source_hash"].drop_nulls().unique().to_list())) if "source_hash" in frame.columns else ()
+    rows = rows_from_frame(frame, path, kind)
+    return DatasetFile(kind=kind, path=path, sha256=_sha256(path), rows=rows, metadata=metadata, source_hashes=hashes)
+
+
+def check_one_build(datasets: dict[str, DatasetFile]) -> None:
+    """Raise :class:`TrainDataError` when the files a schedule trains on come from different builds (their rows'
+    ``source_hash`` differ). Builds before 19c6991 left an earlier build's files beside a later one's in the
+    folder: the two describe different states of the store, and the earlier file may hold trajectories the later
+    build held out. Files without ``source_hash`` (not made by the builders) are not checked."""
+    built = {kind: d for kind, d in datasets.items() if d.source_hashes}
+    if len({d.source_hashes for d in built.values()}) < 2:
+        return
+    files = " and ".join(f"{d.path.name} (source {', '.join(d.source_hashes)})" for d in built.values())
+    folder = next(iter(built.values())).path.parent
+    kinds = ",".join(sorted(datasets, key=lambda k: list(FILE_NAMES).index(k)))
+    raise TrainDataError(
+        f"{folder} holds dataset files of different builds: {files}. They were built from different states of the "
+        "store (an older ee datasets build left an earlier build's files beside a later one's), and the earlier one may "
+        f"hold trajectories the later build held out. Rebuild them together: ee datasets build --store STORE --out {folder} "
+        f"--kinds {kinds}"
+    )
 
 
 def rows_from_frame(frame: Any, path: Path, kind: str) -> list[ChatRow]:
