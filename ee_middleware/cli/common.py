@@ -138,3 +138,27 @@ def _common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
+
+
+@contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, a Kubernetes pod stopped, ``kill``) and SIGHUP (a closed terminal) end the command the
+    way Ctrl-C does (``KeyboardInterrupt('SIGTERM')``, exit 130), so its clean-up runs: a server's process group is
+    stopped, a job's run and stage say they were stopped, and its report is written. Left to their defaults they end the
+    process at once. A no-op outside the main thread (only it can install handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

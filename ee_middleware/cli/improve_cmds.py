@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from ee_middleware.cli.common import JsonOption, console, examples, print_json, short
+from ee_middleware.cli.common import JsonOption, console, examples, print_json, short, termination_as_interrupt
 
 EXIT_STOPPED = 3
 """Exit status of a run stopped by its ``max_minutes`` budget (the next call continues it)."""
@@ -57,7 +57,8 @@ def improve(
     display = RichProgress(console()) if progress and not as_json else QuietProgress()
     started: list[Any] = []
     try:
-        run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
+        with termination_as_interrupt():  # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time
+            run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
     except Exception:
         if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
             print_json(run_json(started[0]))

@@ -6,17 +6,13 @@ imported inside the commands.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
-from ee_middleware.cli.common import examples
+from ee_middleware.cli.common import examples, termination_as_interrupt
 
 app = typer.Typer(
     help="Serve a base model with hot-swappable LoRA adapters, and route app aliases to the live adapter.", no_args_is_help=True
@@ -116,30 +112,10 @@ def serve_vllm(
         return
     server = ServerProcess(command, f"http://{host}:{port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True)
     typer.echo(f"starting: {' '.join(command)}", err=True)
-    with _termination_as_interrupt():
+    with termination_as_interrupt():
         server.start(timeout_s=timeout_s)
         typer.echo(f"vLLM serving {options.served_model_name or base} at {server.url} (log: {server.log_path}); Ctrl-C stops it")
         _wait(server)
-
-
-@contextlib.contextmanager
-def _termination_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a service manager, ``kill``) and SIGHUP (a closed terminal) end the command the way Ctrl-C does,
-    so the server's process group is stopped. Left to their defaults they end this process at once, and the
-    server, in a session of its own, keeps running (and holding its GPU and port)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _wait(server: object) -> None:

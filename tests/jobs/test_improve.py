@@ -325,3 +325,39 @@ def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_
     assert resumed.data["attempts"] == 2
     # the report's time is the stages' own, not the gap between the attempts (which may be a night)
     assert "min in stages (" in (resumed.folder / "report.md").read_text()
+
+
+def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(workspace: Path, tiny_base: Path) -> None:
+    """SIGTERM (a Kubernetes CronJob past its deadline, a pod evicted, `kill`) ends `ee improve` the way Ctrl-C does: the
+    stage and the run say they were stopped by SIGTERM, the report is written, the exit status is 130, no child is left,
+    and the next call continues the run. Before, the process died at once: run.json and the stage stayed 'running' and
+    no report said what happened."""
+    path = write_config(workspace, tiny_base)
+    path.write_text(path.read_text().replace("max_steps = 4", "max_steps = 400"))  # long enough to be caught in training
+    runs = RunsDir(workspace / "runs")
+    process = _ee("improve", "--config", path, "--no-progress")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            run = runs.list()[0] if runs.list() else None
+            if run is not None and (run.stage("train") or {}).get("status") == "running":
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    assert process.returncode == 130, output
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    stopped = runs.list()[0]
+    assert stopped.status == "failed" and "SIGTERM" in stopped.data["error"], stopped.data
+    assert stopped.stage("train")["status"] == "stopped" and "SIGTERM" in stopped.stage("train")["error"]
+    assert "SIGTERM" in (stopped.folder / "report.md").read_text()
+
+    resumed = run_improve(ImproveConfig.load(path, budgets={"max_train_steps": 2}))  # a budget may change between attempts
+    assert resumed.id == stopped.id and resumed.status == "succeeded", resumed.data.get("error")
+    assert resumed.stage("train")["attempt"] == 2 and resumed.stage("select")["attempt"] == 1
