@@ -19,9 +19,12 @@ from ee_middleware.trainers.datasets.rows import (
     action_message,
     answer_message,
     append_to_json_list,
+    calls_message,
     conform,
     example_id,
     json_list,
+    tool_call_item,
+    tool_result_message,
     user_message,
 )
 from ee_middleware.trainers.datasets.source import DatasetSource
@@ -57,7 +60,7 @@ def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expe
     """The rows before the error cap: the rollouts' (``rollouts``), then the expert steps' (``expert``),
     observations cut to the budget. A chunked build makes the two apart (their orders differ)."""
     tools = source.trajectories.rename({"id": "trajectory_id", "tools_json": "tools"})
-    states = source.steps.select("trajectory_id", pl.col("index").alias("step_index"), "state_json")
+    states = world_states(source.steps)
     parts = []
     if rollouts:
         parts.append(
@@ -75,10 +78,12 @@ def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expe
             )
         )
     if expert:
+        expert_steps = source.steps.filter((pl.col("action_kind") == "tool_call") & pl.col("observation").is_not_null())
+        expert_steps = expert_steps.rename({"index": "step_index"}).drop("state_json")
         parts.append(
-            source.steps.filter((pl.col("action_kind") == "tool_call") & pl.col("observation").is_not_null()).select(
+            expert_steps.join(states, on=["trajectory_id", "step_index"], how="inner", maintain_order="left").select(
                 "trajectory_id",
-                pl.col("index").alias("step_index"),
+                "step_index",
                 pl.lit(None, dtype=pl.Int64).alias("branch_index"),
                 pl.lit(None, dtype=pl.String).alias("replay_id"),
                 pl.lit("expert").alias("proposer"),
@@ -95,6 +100,43 @@ def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expe
     return rows.with_columns(
         pl.col("observation").str.slice(0, kept).alias("observation"),
         (pl.col("stored_cut") + (length - kept).clip(lower_bound=0)).alias("observation_truncated_chars"),
+    )
+
+
+def world_states(steps: pl.DataFrame) -> pl.DataFrame:
+    """``trajectory_id``, ``step_index`` and ``state_json`` of each step: its state as the world stood when replay
+    ran it. The calls of one model response (parallel tool calls: steps sharing a ``decision_index`` and their state)
+    run one after another, so at the turn's k-th call the world has run the first k-1: their state is the recorded one
+    followed by the assistant message making those calls and a tool message with each one's recorded result. An
+    alternative there acts on that world, and the expert's own call returned what it recorded in it."""
+    states = steps.select("trajectory_id", pl.col("index").alias("step_index"), "decision_index", "state_json")
+    calls = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("decision_index").is_not_null()).select(
+        "trajectory_id",
+        "decision_index",
+        pl.col("index").alias("prior_index"),
+        tool_call_item(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("_call"),
+        tool_result_message(pl.col("tool_call_id"), pl.col("observation")).alias("_result"),
+    )
+    prior = (
+        states.join(calls, on=["trajectory_id", "decision_index"], how="inner")
+        .filter(pl.col("prior_index") < pl.col("step_index"))
+        .sort("trajectory_id", "step_index", "prior_index")
+        .group_by("trajectory_id", "step_index", maintain_order=True)
+        .agg("_call", "_result")
+        .select(
+            "trajectory_id",
+            "step_index",
+            pl.concat_str([calls_message(pl.col("_call")), pl.col("_result").list.join(",")], separator=",").alias("_prior"),
+        )
+    )
+    if prior.is_empty():
+        return states.drop("decision_index")
+    states = states.join(prior, on=["trajectory_id", "step_index"], how="left", maintain_order="left")
+    with_prior = append_to_json_list(pl.col("state_json"), pl.col("_prior"))
+    return states.select(
+        "trajectory_id",
+        "step_index",
+        pl.when(pl.col("_prior").is_null()).then(pl.col("state_json")).otherwise(with_prior).alias("state_json"),
     )
 
 

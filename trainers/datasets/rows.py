@@ -110,6 +110,13 @@ def action_message(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> 
     return calls_message(pl.concat_list([tool_call_item(call_id, name, arguments_json)]))
 
 
+def tool_result_message(call_id: pl.Expr, content: pl.Expr) -> pl.Expr:
+    """JSON text of the tool message answering the call ``call_id`` with ``content``."""
+    return pl.struct(
+        pl.lit("tool").alias("role"), call_id.fill_null("").alias("tool_call_id"), content.fill_null("").alias("content")
+    ).struct.json_encode()
+
+
 def answer_message(content: pl.Expr) -> pl.Expr:
     """JSON text of an assistant message with text content."""
     return pl.struct(pl.lit("assistant").alias("role"), content.fill_null("").alias("content")).struct.json_encode()
