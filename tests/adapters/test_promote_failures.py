@@ -68,6 +68,8 @@ def test_a_replica_that_is_down_leaves_a_good_adapter_a_candidate_to_promote_aga
     with pytest.raises(PromotionError, match="stays a candidate") as caught:
         promote(registry, candidate, [good, _dead_replica()])
     assert isinstance(caught.value.__cause__, ServerUnavailableError)
+    # the way to name the right replica wherever it was named: a flag, or ee improve's [improve.serving] table
+    assert "--server URL" in str(caught.value.__cause__) and "[improve.serving]" in str(caught.value.__cause__)
     assert candidate not in server.loaded, "unloaded from the replica it reached"
     assert registry.get(candidate).status == "candidate" and registry.resolve("bot") == live
     assert [e["action"] for e in registry.history(adapter=candidate)] == ["register", "promote-started", "promote-aborted"]
