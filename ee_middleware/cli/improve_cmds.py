@@ -59,7 +59,7 @@ def improve(
     try:
         with termination_as_interrupt():  # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time
             run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
-    except Exception:
+    except (Exception, KeyboardInterrupt):  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
         if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
             print_json(run_json(started[0]))
         raise

@@ -273,7 +273,8 @@ def test_a_second_run_cannot_start_while_one_holds_the_lock(workspace: Path, tin
 
 def _ee(*args: str | Path, **kwargs) -> subprocess.Popen:
     command = [sys.executable, "-m", "ee_middleware.cli", *map(str, args)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+    kwargs.setdefault("stderr", subprocess.STDOUT)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
 
 
 def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_base: Path) -> None:
@@ -335,7 +336,8 @@ def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(wor
     path = write_config(workspace, tiny_base)
     path.write_text(path.read_text().replace("max_steps = 4", "max_steps = 400"))  # long enough to be caught in training
     runs = RunsDir(workspace / "runs")
-    process = _ee("improve", "--config", path, "--no-progress")
+    # --json: a scheduler reads which run stopped, and where, from stdout (the error line goes to stderr)
+    process = _ee("improve", "--config", path, "--no-progress", "--json", stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
@@ -352,6 +354,8 @@ def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(wor
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
     assert process.returncode == 130, output
+    said = json.loads(output)
+    assert said["status"] == "failed" and "SIGTERM" in said["error"] and said["id"] == runs.list()[0].id, said
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     stopped = runs.list()[0]
     assert stopped.status == "failed" and "SIGTERM" in stopped.data["error"], stopped.data
