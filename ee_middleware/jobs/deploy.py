@@ -39,6 +39,31 @@ def _replicas(ctx: StageContext) -> list[Any]:
     return build_backends(list(serving.servers), kind=serving.backend, max_lora_rank=serving.max_lora_rank)
 
 
+def check_replicas(ctx: StageContext) -> None:
+    """Every configured model server answers (lists its models), asked before training: one that is down would fail
+    the evaluate stage only after the whole training, so the run stops before it instead, naming each server and
+    what it said (the next call continues the run). Nothing to ask when the evaluation runs in-process."""
+    from ee_middleware.adapters.errors import ServingError
+
+    replicas = _replicas(ctx)
+    silent = []
+    for replica in replicas:
+        try:
+            replica.list()
+        except ServingError as exc:
+            silent.append(str(exc))
+        finally:
+            close = getattr(replica, "close", None)
+            if close is not None:
+                close()
+    if silent:
+        raise JobError(
+            f"{len(silent)} of {len(replicas)} model server(s) in [improve.serving] did not answer, so the run stops before "
+            f"training (the evaluation goes through them); start them or fix servers, then run again: the run continues. "
+            + " ".join(silent)
+        )
+
+
 def _by(ctx: StageContext) -> str:
     return f"ee improve (run {ctx.run.id})"
 

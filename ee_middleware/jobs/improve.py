@@ -113,6 +113,10 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
             ctx.progress.stage_done(name, float(manifest.get("seconds", 0.0)), "finished earlier", skipped=True)
             continue
         ctx.check_deadline(f"stage {name}")
+        if name == "train" and ctx.config.serving.servers:
+            from ee_middleware.jobs.deploy import check_replicas
+
+            check_replicas(ctx)  # before hours of training that a server which is down would waste
         ctx.progress.stage(name, index, len(STAGES))
         result = _run_stage(ctx, name)
         if name == "select" and result.outputs.get("nothing_new") and not force:

@@ -229,6 +229,34 @@ def test_an_evaluation_the_server_did_not_answer_fails_the_run_which_continues_o
     assert resumed.data["outcome"]["promoted"] is True
 
 
+def test_a_model_server_that_does_not_answer_stops_the_run_before_training_which_continues_once_it_answers_standin_server(
+    workspace: Path, tiny_base: Path
+) -> None:
+    """Evaluation goes through the configured servers: one that is down was found only at the evaluate stage, after the
+    whole training. It is asked before training now; the run fails there naming it, and continues once it answers."""
+    import socket
+
+    from ee_middleware.jobs.errors import JobError
+    from ee_middleware.testing.http import serving
+    from tests.adapters.helpers import StandInVLLM
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server = StandInVLLM()
+    with serving(server) as up:
+        improve = f'[improve.serving]\nbackend = "vllm"\nservers = ["{up}", "{down}"]\nmax_lora_rank = 8\n'
+        path = write_config(workspace, tiny_base, improve=improve)
+        with pytest.raises(JobError, match=rf"1 of 2 model server\(s\) .* did not answer, so the run stops before training.*{down}"):
+            run_improve(ImproveConfig.load(path))
+        [run] = RunsDir(workspace / "runs").list()
+        assert run.status == "failed" and run.stage("datasets")["status"] == "done" and run.stage("train") is None
+        path.write_text(path.read_text().replace(f', "{down}"', ""))  # the fleet fixed: one replica (not in the config hash)
+        resumed = run_improve(ImproveConfig.load(path))
+    assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
+    assert resumed.stage("datasets")["attempt"] == 1 and resumed.stage("train")["attempt"] == 1
+
+
 def test_budgets_cut_replay_and_training_and_the_run_says_so(workspace: Path, tiny_base: Path) -> None:
     improve = "[improve.budgets]\nmax_trajectories = 3\nmax_train_steps = 2\n"
     config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve))
