@@ -8,6 +8,7 @@ real store, replayed by the replay job with a PythonSandbox, built by ee dataset
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,21 @@ def make_sandbox() -> PythonSandbox:
 
 def _record(store: Path) -> None:
     stock = {"pear": 0}
+    ordered = threading.Event()
 
     @tool
     def order_item(item: str, quantity: int) -> str:
         """Order more of an item."""
         stock[item] = stock.get(item, 0) + quantity
+        ordered.set()
         return f"ordered {quantity} {item}; now {stock[item]}"
 
     @tool
     def check_stock(item: str) -> str:
         """How many of an item are in stock."""
+        # LangGraph's ToolNode runs a turn's calls on threads at once: without this the check could run first and record
+        # '0', which replay (the calls one after another, in order) would not reproduce (a fidelity mismatch, seen in CI)
+        ordered.wait(timeout=30)
         return str(stock.get(item, 0))
 
     script = [
