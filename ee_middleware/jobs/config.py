@@ -49,10 +49,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from ee_middleware._toml import build_config, layered_values, read_toml_table
 from ee_middleware.errors import ConfigError
-from ee_middleware.jobs.runs import sha256_json
+from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ee_middleware.evals.gate import GatePolicy
     from ee_middleware.evals.job import EvalJob
     from ee_middleware.replay.config import ReplayConfig
@@ -189,13 +191,19 @@ class ImproveConfig(BaseModel):
         described = self.describe()["improve"]
         return {"store": described["store"], "app": described["app"]}
 
-    def config_hash(self) -> str:
+    def config_hash(self, recorded: Mapping[str, Any] | None = None) -> str:
         """Identifies the configuration: an unfinished run is continued only with the same one.
 
         Budgets and serving are left out: a stopped run may be continued with a longer night or with
-        replicas that moved (stages not yet finished use the new values)."""
+        replicas that moved (stages not yet finished use the new values). ``recorded``: an earlier run's
+        ``[improve]`` table, whose paths are hashed as it wrote them where they name the same place (a
+        version before paths were recorded absolute wrote them as the file had them, ``store = "s"``), so
+        that its hash is this configuration's when nothing else differs."""
         described = self.describe()
-        described["improve"] = {k: v for k, v in described["improve"].items() if k not in ("budgets", "serving")}
+        improve = {k: v for k, v in described["improve"].items() if k not in ("budgets", "serving")}
+        if recorded:
+            improve = {k: recorded[k] if k in recorded and same_place(recorded[k], v) else v for k, v in improve.items()}
+        described["improve"] = improve
         return sha256_json(described)
 
     def check(self) -> None:

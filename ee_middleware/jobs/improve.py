@@ -33,7 +33,7 @@ from ee_middleware._files import atomic_write_text
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted
 from ee_middleware.jobs.memory import PeakMemory
-from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, now
+from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, job_table, now
 from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, StageResult
 
 STAGES = ("select", "replay", "datasets", "train", "register", "evaluate", "gate", "promote")
@@ -74,7 +74,7 @@ def run_improve(
             for run_id in runs.abandon_unfinished("--new-run", config.scope()):
                 say.info(f"run {run_id} marked abandoned (--new-run)")
         config_hash = config.config_hash()
-        run = runs.resumable(config_hash, config.scope())
+        run = runs.resumable(config_hash, config.scope(), hash_like=lambda earlier: config.config_hash(recorded=job_table(earlier)))
         if run is None:
             run = runs.create(JOB, config.describe(), config_hash)
             if config.config_path is not None:

@@ -25,7 +25,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ class Run:
     @property
     def app(self) -> str | None:
         """The app the run's job worked on (``app`` in its configuration's job table), if it names one."""
-        app = _job_table(self).get("app")
+        app = job_table(self).get("app")
         return str(app) if app is not None else None
 
     @property
@@ -229,14 +229,18 @@ class RunsDir:
             raise RunNotFoundError(f"{found} {run_id!r} in {self.root}. See `ee runs list --runs {self.root}`.")
         return matches[0]
 
-    def resumable(self, config_hash: str, scope: Mapping[str, Any] | None = None) -> Run | None:
+    def resumable(
+        self, config_hash: str, scope: Mapping[str, Any] | None = None, *, hash_like: Callable[[Run], str] | None = None
+    ) -> Run | None:
         """The newest unfinished run (of ``scope``, see :meth:`last_successful`), to continue; :class:`RunConfigChangedError`
-        when it ran another configuration."""
+        when it ran another configuration. ``hash_like(run)``: this configuration's hash written as ``run`` wrote its
+        own (see :meth:`ImproveConfig.config_hash`'s ``recorded``), also accepted."""
         unfinished = [r for r in self._of(scope) if r.status in RESUMABLE]
         if not unfinished:
             return None
         run = unfinished[-1]
-        if run.data.get("config_hash") != config_hash:
+        recorded = run.data.get("config_hash")
+        if recorded != config_hash and (hash_like is None or recorded != hash_like(run)):
             raise RunConfigChangedError(
                 f"Run {run.id} in {self.root} is {run.status} and was started with another configuration (hash "
                 f"{str(run.data.get('config_hash'))[:12]}, now {config_hash[:12]}), so it cannot be continued with this one. "
@@ -265,25 +269,28 @@ class RunsDir:
         runs = self.list()
         if not scope:
             return runs
-        return [r for r in runs if all(_same(_job_table(r).get(key), value) for key, value in scope.items())]
+        return [r for r in runs if all(same_place(job_table(r).get(key), value) for key, value in scope.items())]
 
 
-def _same(recorded: Any, value: Any) -> bool:
-    """A scope value matches: equal, or a relative path recorded by an older version that names the same folder from the
-    working directory (paths in run.json were written as the config file had them)."""
+def same_place(recorded: Any, value: Any) -> bool:
+    """A recorded configuration value matches: equal, or a relative path recorded by an older version that names the same
+    folder from the working directory (paths in run.json were written as the config file had them; ``local:PATH``
+    too)."""
     if recorded == value:
         return True
+    if not (isinstance(recorded, str) and isinstance(value, str)):
+        return False
+    if recorded.startswith("local:") and value.startswith("local:"):
+        recorded, value = recorded.removeprefix("local:"), value.removeprefix("local:")
     return (
-        isinstance(recorded, str)
-        and isinstance(value, str)
-        and os.path.isabs(value)
+        os.path.isabs(value)
         and ":" not in recorded
         and not os.path.isabs(recorded)
         and os.path.abspath(os.path.expanduser(recorded)) == value
     )
 
 
-def _job_table(run: Run) -> dict[str, Any]:
+def job_table(run: Run) -> dict[str, Any]:
     """The run's configuration of its job (the ``[improve]`` table of an improve run)."""
     table = (run.data.get("config") or {}).get(run.data.get("job") or "")
     return table if isinstance(table, dict) else {}

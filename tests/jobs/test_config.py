@@ -253,3 +253,37 @@ def test_relative_paths_are_read_from_the_working_directory_and_recorded_absolut
     assert runs.last_successful(config.scope()).id == earlier.id
     monkeypatch.chdir(tmp_path)  # from another folder, "s" was another store
     assert runs.last_successful(ImproveConfig.load(path, store=str(work / "s")).scope()) is None
+
+
+def test_an_unfinished_run_recorded_with_relative_paths_is_continued_from_the_same_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped last night by a version that recorded the paths as the file had them (``store = "s"``) has a hash
+    of those texts: the next night's job, from the same folder and with the same file, continues it. Before, every call
+    refused it ('started with another configuration ... pass --new-run'), which would throw its work away."""
+    from ee_middleware.jobs.errors import RunConfigChangedError
+    from ee_middleware.jobs.runs import STOPPED, sha256_json
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = _config(tmp_path, 'base_cache_dir = "cache"\n')
+    config = ImproveConfig.load(path)
+    as_written = {"store": "s", "registry": "r", "runs": "runs", "base_model": "m", "base_cache_dir": "cache"}
+    described = config.describe()
+    described["improve"].update(as_written)
+    old_hash = sha256_json({**described, "improve": {k: v for k, v in described["improve"].items() if k not in ("budgets", "serving")}})
+    runs = RunsDir(config.runs)
+    stopped = runs.create("improve", described, old_hash)
+    stopped.update(status=STOPPED)
+
+    assert config.config_hash() != old_hash  # the paths are recorded absolute now
+    assert (
+        runs.resumable(
+            config.config_hash(), config.scope(), hash_like=lambda run: config.config_hash(recorded=run.data["config"]["improve"])
+        ).id
+        == stopped.id
+    )
+    with pytest.raises(RunConfigChangedError):  # another setting still makes it another configuration
+        other = ImproveConfig.load(path, schedule="il")  # the default is iwm
+        runs.resumable(other.config_hash(), other.scope(), hash_like=lambda run: other.config_hash(recorded=run.data["config"]["improve"]))
