@@ -77,22 +77,25 @@ def content_to_text(content: Any) -> str:
 
     Text blocks give their text. A block that is not text (an image, audio, a video, a file, in any
     dialect: see :func:`media_placeholder`) gives a short placeholder on its own line, never its
-    inline bytes; a block of a kind not known here gives its JSON, with inline data and huge strings
-    left out (:func:`_without_payloads`)."""
+    inline bytes, followed by the text it carries when it carries text (a document block with its
+    ``text``, an Anthropic document whose source is text): the model read that text. A block of a
+    kind not known here gives its JSON, with inline data and huge strings left out
+    (:func:`_without_payloads`). One mapping on its own is a media block only when it holds media
+    (data, a URL, a file id): a tool's own ``{"type": "file", "name": ...}`` stays its JSON."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    media = media_placeholder(content) if isinstance(content, Mapping) else None
+    media = media_placeholder(content) if isinstance(content, Mapping) and _holds_media(content) else None
     if media is not None:  # one block on its own
-        return media
+        return _with_carried_text(media, content)
     if isinstance(content, Sequence):
         text = ""
         after_media = False
         for block in content:
             media = media_placeholder(block) if isinstance(block, Mapping) else None
             if media is not None:
-                piece = media
+                piece = _with_carried_text(media, block)
             elif isinstance(block, str):
                 piece = block
             elif isinstance(block, Mapping) and isinstance(block.get("text"), str):
@@ -142,6 +145,24 @@ _NAME_KEYS = ("filename", "name", "title")
 _MAX_URL_CHARS = 500
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _DATA_URL_RE = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
+
+
+def _holds_media(block: Mapping[str, Any]) -> bool:
+    """Whether a mapping carries media (inline data, a URL, a file id, a nested source), not only a ``type``."""
+    if block.get("type") == "blob" and block.get("content"):  # a GenAI blob part holds its data under "content"
+        return True
+    return any(block.get(key) for key in (*_NESTED, *_DATA_KEYS, *_URL_KEYS, "file_id"))
+
+
+def _with_carried_text(placeholder: str, block: Mapping[str, Any]) -> str:
+    """A media block's placeholder, and the text the block carries (a document's ``text``, a text source's data)."""
+    source = block.get("source")
+    carried = block.get("text")
+    if not isinstance(carried, str) and isinstance(source, Mapping) and source.get("type") == "text":
+        carried = source.get("data")
+    if not isinstance(carried, str) and block.get("source_type") == "text":
+        carried = block.get("text") or block.get("data")
+    return f"{placeholder}\n{carried}" if isinstance(carried, str) and carried.strip() else placeholder
 
 
 def media_placeholder(block: Mapping[str, Any]) -> str | None:
@@ -491,11 +512,24 @@ def _response_text(response: Any) -> str:
     return dumps(response)
 
 
+LANGCHAIN_TOOL_BLOCK_TYPES = frozenset(
+    {"text", "image_url", "image", "json", "search_result", "custom_tool_call_output", "document", "file"}
+)
+"""The block types LangGraph's ToolNode keeps as a ToolMessage's content (langchain_core.tools.base.TOOL_MESSAGE_BLOCK_TYPES)."""
+
+
+def kept_as_tool_content(value: Any) -> bool:
+    """Whether LangGraph's ToolNode makes a tool's return value the ToolMessage's content as it is (a list of blocks of
+    :data:`LANGCHAIN_TOOL_BLOCK_TYPES`; a list with plain strings becomes its JSON, as any other value): capture then
+    stores its :func:`content_to_text` (an image as its placeholder)."""
+    return isinstance(value, list) and all(isinstance(x, dict) and x.get("type") in LANGCHAIN_TOOL_BLOCK_TYPES for x in value)
+
+
 def _is_content_blocks(value: Any) -> bool:
     """Whether ``value`` is one content block that is not text, or a list of text and such blocks (and not a
     tool's own JSON that happens to have ``type`` fields)."""
     if isinstance(value, Mapping):
-        return media_placeholder(value) is not None
+        return _holds_media(value) and media_placeholder(value) is not None
     return (
         isinstance(value, list)
         and bool(value)

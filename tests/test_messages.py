@@ -589,3 +589,30 @@ def test_genai_to_openai_accepts_openai_shaped_messages():
 def test_genai_to_openai_names_a_message_that_is_not_an_object():
     with pytest.raises(ValueError, match="a message must be an object, got list"):
         genai_to_openai([["role", "user"]])
+
+
+def test_a_document_block_keeps_the_text_the_model_read_beside_its_placeholder() -> None:
+    """A RAG tool's document blocks (for citations) carry the text the model read: it was dropped for the placeholder."""
+    from ee_middleware.messages import content_to_text
+
+    cited = [{"type": "document", "title": "Q3 report", "text": "Revenue grew 12%"}]
+    assert content_to_text(cited) == "[document: Q3 report]\nRevenue grew 12%"
+    anthropic = [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Hello doc"}}]
+    assert content_to_text(anthropic) == "[document: text/plain, 9 bytes]\nHello doc"
+
+
+def test_a_tools_own_json_with_a_type_field_is_not_taken_for_a_media_block() -> None:
+    """``{"type": "file", "name": ..., "content": ...}`` from a file tool is its JSON, not ``[file: notes.txt]``."""
+    from ee_middleware.messages import _response_text, content_to_text
+
+    listing = {"type": "file", "name": "notes.txt", "content": "hello world"}
+    assert _response_text(listing) == '{"type":"file","name":"notes.txt","content":"hello world"}'
+    assert content_to_text({"type": "image", "base64": "aGVsbG8=", "mime_type": "image/png"}) == "[image: image/png, 5 bytes]"
+
+
+def test_system_parts_in_any_dialect_are_the_system_text() -> None:
+    """OpenAI/Anthropic-shaped system parts ({"type": "text", "text"}) gave an empty system prompt to every state."""
+    from ee_middleware.capture.assembler import _system_text
+
+    assert _system_text([{"type": "text", "text": "You are a shop bot."}]) == "You are a shop bot."
+    assert _system_text('[{"type": "text", "content": "GenAI system"}]') == "GenAI system"

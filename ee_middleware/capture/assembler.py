@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,10 +249,8 @@ def _system_text(system: Any) -> str:
         except json.JSONDecodeError:
             return system
         system = decoded
-    if isinstance(system, list):
-        return content_to_text(
-            [content_to_text(p.get("content")) if isinstance(p, Mapping) and p.get("type") == "text" else p for p in system]
-        )
+    if isinstance(system, list):  # parts: GenAI's {"type": "text", "content"}, OpenAI/Anthropic's {"type": "text", "text"}, media
+        return content_to_text(system)
     return str(system)
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
+from ee_middleware.messages import content_to_text, kept_as_tool_content
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
 from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters, refusal_reason
@@ -144,11 +145,15 @@ def _failing_part(value: Any, path: str, check: Callable[[Any], None], seen: set
 
 
 def format_result(value: Any) -> str:
-    """A tool's return value as the text a model sees: strings as they are, JSON for containers."""
+    """A tool's return value as the text a model sees: strings as they are, content blocks (text, images, ...) as
+    capture stores them (:func:`~ee_middleware.messages.content_to_text`: an image as its placeholder, never its
+    bytes), JSON for other containers."""
     if isinstance(value, str):
         return value
     if value is None:
         return ""
+    if kept_as_tool_content(value):  # LangGraph keeps such a list as the ToolMessage's content, and capture its text
+        return content_to_text(value)
     if isinstance(value, (dict, list, tuple)):
         try:
             return json.dumps(value, ensure_ascii=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,3 +163,52 @@ def test_a_world_that_cannot_be_copied_is_a_clear_sandbox_error() -> None:
     assert "world['ledger'].db" in message and "sqlite3.Connection" in message  # where the culprit is
     assert "__getstate__" in message and "docs/sandboxes.md" in message  # how to fix it
     sandbox.world["ledger"].db.close()
+
+
+def test_a_tool_returning_content_blocks_replays_as_capture_recorded_it_never_with_the_bytes(tmp_path: Path) -> None:
+    """LangGraph's ToolNode keeps a tool's list of content blocks as the ToolMessage's content, and capture stores its
+    text (an image as its placeholder); a list with plain strings becomes its JSON. The sandbox answered the blocks'
+    JSON, base64 included: every expert step was a fidelity mismatch and every rollout held the image's bytes."""
+    import base64
+
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.replay.policies.mutate import MutationPolicy
+    from ee_middleware.replay.policies.proposer import Proposer
+    from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
+    from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+
+    png = base64.b64encode(bytes(range(256)) * 8).decode("ascii")
+
+    def chart(item: str) -> list:
+        """A chart of an item's stock."""
+        return [{"type": "text", "text": f"stock of {item}:"}, {"type": "image", "base64": png, "mime_type": "image/png"}]
+
+    def shelves(item: str) -> list:
+        """Where an item is shelved."""
+        return [f"{item}: aisle 3", "top shelf"]
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("chart", item="pear")]),
+        AIMessage(content="", tool_calls=[tool_call("shelves", item="pear")]),
+        AIMessage(content="done"),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [tool(chart), tool(shelves)])
+    agent = record_experience(graph, app="shop", store=tmp_path / "store")
+    agent.invoke({"messages": [("user", "Where are the pears, and how many?")]})
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "store")
+    [trajectory] = list(store.iter_trajectories())
+    store.close()
+    recorded = [s.observation.content for s in trajectory.steps if s.action.tool_call]
+    assert recorded == ["stock of pear:\n[image: image/png, 2.0 KB]", '["pear: aisle 3", "top shelf"]']
+
+    sandbox = PythonSandbox(lambda environment: {}, tools={}, read_only_tools={"chart": chart, "shelves": shelves})
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(MutationPolicy(), k=3), ReplaySettings("blocks", "mutate", k=3))
+    assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
+    assert outcome.rollouts and not [r for r in outcome.rollouts if png[:40] in r.observation.content]
