@@ -312,11 +312,23 @@ def model_context(folder: Path, gguf_file: str | None = None) -> tuple[int, str]
     gguf = import_optional("gguf", extra="train", purpose="read a GGUF model's context length")
     try:
         fields = gguf.GGUFReader(str(folder / gguf_file)).fields
-        key = f"{fields['general.architecture'].contents()}.context_length"
-        value = fields[key].contents() if key in fields else None
+        key = f"{_gguf_value(fields['general.architecture'])}.context_length"
+        value = _gguf_value(fields[key]) if key in fields else None
     except Exception:  # noqa: BLE001 - a damaged file is named when the model is loaded
         return None
     return (int(value), f"{key} in {folder / gguf_file}") if isinstance(value, int) and value > 0 else None
+
+
+def _gguf_value(field: Any) -> Any:
+    """A GGUF metadata field's scalar value: ``ReaderField.contents()`` where the ``gguf`` package has it (recent
+    versions), else read from its parts as older versions lay them out (a string's bytes, a number's array)."""
+    contents = getattr(field, "contents", None)
+    if contents is not None:
+        return contents()
+    part = field.parts[field.data[0]]
+    if getattr(field, "types", None) and field.types[0].name == "STRING":
+        return bytes(part).decode("utf-8")
+    return part.tolist()[0]
 
 
 def _check_model_folder(path: Path, gguf_file: str | None) -> None:

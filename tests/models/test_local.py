@@ -202,3 +202,17 @@ def test_an_answer_says_whether_it_ended_or_ran_out_of_tokens(tokenizer: Any, eo
     if finish == "length":
         problems = [item for choice in choices for item in choice.tool_calls() if isinstance(item, ParseProblem)]
         assert problems and all("cut off at max_tokens" in item.problem for item in problems)
+
+
+@pytest.mark.parametrize("reader", ["this gguf", "an older gguf without ReaderField.contents"])
+def test_a_gguf_models_context_is_read_from_its_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
+    """pyproject allows gguf>=0.10; a version without ``ReaderField.contents`` made the check skip itself silently."""
+    import gguf
+
+    from ee_middleware.models.local import model_context
+    from ee_middleware.testing.tiny_models import save_metadata_gguf
+
+    save_metadata_gguf(tmp_path / "m.gguf", context_length=2048, architecture="llama")
+    if reader != "this gguf":
+        monkeypatch.delattr(gguf.gguf_reader.ReaderField, "contents")
+    assert model_context(tmp_path, "m.gguf") == (2048, f"llama.context_length in {tmp_path / 'm.gguf'}")
