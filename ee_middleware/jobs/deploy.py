@@ -130,7 +130,7 @@ def evaluate(ctx: StageContext) -> StageResult:
         ctx.progress.info(f"evaluating the {side} ({specs[side]}) on {', '.join(job.suites)}")
         summary = run_eval(job, progress=lambda suite, done, total, side=side: ctx.progress.bar(f"{side}: {suite}", done, total))
         result.outputs["runs"][side] = {"dir": str(job.out), "suites": summary}
-        _refuse_unanswered(summary, side, specs[side], served)
+        _refuse_unanswered(summary, side, specs[side], served, timeout_s=ctx.config.serving.timeout_s if served else None)
     if ctx.config.likelihood:
         ctx.check_deadline("scoring the held-out likelihood")
         result.outputs["likelihood"] = _likelihood(ctx, base_folder, live, candidate)
@@ -138,16 +138,23 @@ def evaluate(ctx: StageContext) -> StageResult:
     return result
 
 
-def _refuse_unanswered(summary: list[dict[str, Any]], side: str, model: str, served: list[str]) -> None:
+def _refuse_unanswered(summary: list[dict[str, Any]], side: str, model: str, served: list[str], *, timeout_s: float | None = None) -> None:
     """Trials the model server gave no answer to (down, timed out, failing) say nothing of the model: gated, they would
-    fail the candidate and retire it for an outage. The stage fails instead; the next call runs only those again."""
+    fail the candidate and retire it for an outage. The stage fails instead; the next call runs only those again. A
+    server that answers, but slower than ``timeout_s``, would fail every night the same way: the error says which
+    setting lets it finish (it is not part of the run's configuration, so the run still continues)."""
     unanswered = sum(int(s.get("no_answer") or 0) for s in summary)
     if unanswered:
         where = f"The model server {', '.join(served)}" if served else "The model"
+        slow = (
+            f" If it is up but slow (a CPU server, long answers), raise [improve.serving] timeout_s (now {timeout_s:g} s)."
+            if timeout_s
+            else ""
+        )
         raise JobError(
             f"{where} gave no answer on {unanswered} task trial(s) of the {side} ({model}): down, timed out or failing, so "
             "they say nothing of the model and are not gated. Once it answers, run `ee improve` with the same config: it "
-            "continues the evaluation and runs only those trials again."
+            f"continues the evaluation and runs only those trials again.{slow}"
         )
 
 

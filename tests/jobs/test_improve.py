@@ -213,7 +213,9 @@ def test_an_evaluation_the_server_did_not_answer_fails_the_run_which_continues_o
     with serving(server) as url:
         improve = f'[improve.serving]\nbackend = "vllm"\nservers = ["{url}"]\nmax_lora_rank = 8\n'
         config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve, tasks=2))
-        with pytest.raises(JobError, match=rf"{url}.* gave no answer on 2 task trial\(s\) of the baseline"):
+        with pytest.raises(
+            JobError, match=rf"{url}.* gave no answer on 2 task trial\(s\) of the baseline.*raise \[improve.serving\] timeout_s"
+        ):
             run_improve(config)
         [run] = RunsDir(workspace / "runs").list()
         assert run.status == "failed" and run.stage("evaluate")["status"] == "failed" and run.stage("gate") is None
