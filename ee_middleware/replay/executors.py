@@ -682,16 +682,18 @@ class ProcessExecutor:
                 if not pending:
                     return
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
+                failure: Exception | None = None
+                for future in done:  # every call that came back is counted (its worker stored it), then the error raised
                     index = pending.pop(future)
                     outcomes, error = future.result()
                     self._unanswered[index] -= len(outcomes)
                     self._sizes.observe(outcomes)
-                    if error is None:
+                    failure = failure or error
+                    if failure is None:
                         self._submit(source, pending)  # before the job writes and counts what came back
                     yield from outcomes
-                    if error is not None:
-                        raise error
+                if failure is not None:
+                    raise failure
         finally:
             if feeder is not None:
                 pending |= feeder.join(quiet=True)
