@@ -307,6 +307,17 @@ def _ee(*args: str | Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
 
 
+def _wait_until_training(process: subprocess.Popen, runs: RunsDir) -> None:
+    """Until the run of ``process`` (an ``ee improve`` with 400 training steps) is in its train stage; it must still run."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        run = runs.list()[0] if runs.list() else None
+        if run is not None and (run.stage("train") or {}).get("status") == "running":
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stdout.read() if process.stdout else ""
+
+
 def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_base: Path) -> None:
     """SIGKILL the real `ee improve` process while it trains; the next call redoes training only."""
     path = write_config(workspace, tiny_base, schedule="iwm")
@@ -314,13 +325,7 @@ def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_
     runs = RunsDir(workspace / "runs")
     process = _ee("improve", "--config", path, "--no-progress")
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            run = runs.list()[0] if runs.list() else None
-            if run is not None and (run.stage("train") or {}).get("status") == "running":
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        _wait_until_training(process, runs)
         with pytest.raises(RunLockedError):  # the running process holds the lock
             run_improve(ImproveConfig.load(path))
         os.killpg(process.pid, signal.SIGKILL)
@@ -369,13 +374,7 @@ def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(wor
     # --json: a scheduler reads which run stopped, and where, from stdout (the error line goes to stderr)
     process = _ee("improve", "--config", path, "--no-progress", "--json", stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            run = runs.list()[0] if runs.list() else None
-            if run is not None and (run.stage("train") or {}).get("status") == "running":
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        _wait_until_training(process, runs)
         children = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
