@@ -94,7 +94,11 @@ class SRWriter(KindWriter):
 
 
 def no_rollouts_reason(index: SourceIndex) -> str:
-    """Why a build has no rollouts to use: the settings left out the store's, or none were replayed."""
+    """Why a build has no rollouts to use: its trajectories call no tool, the settings left out the store's, or none
+    were replayed."""
+    if index.steps.filter(pl.col("action_kind") == "tool_call").is_empty():
+        # replay skips such trajectories: telling the user to run it would send them to a job that does nothing
+        return "no rollouts: no trajectory of this build calls a tool, so replay has no state to branch from (IL rows only)"
     synthetic, others = index.filtered_out.get("synthetic", 0), index.filtered_out.get("other_replays", 0)
     reasons = []
     if synthetic:

@@ -85,3 +85,30 @@ def test_a_build_that_leaves_every_rollout_out_says_which_flag_uses_them(bfcl_st
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "with"), "--include-synthetic"])
     summary = json.loads(result.stdout)
     assert summary["rollouts"] == 1 and "warning" not in summary["datasets"]["iwm"] and "warning" not in summary["datasets"]["sr"]
+
+
+def test_a_build_of_trajectories_that_call_no_tool_does_not_send_the_user_to_replay(tmp_path: Path) -> None:
+    """They told 'no rollouts: run `ee replay run` first', and replay skips every such trajectory (no state to branch)."""
+    import datetime as dt
+
+    from ee_middleware.records import Action, Step, Trajectory
+
+    store = LocalExperienceStore(tmp_path / "store", create=True)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    state = [{"role": "user", "content": "hi"}]
+    step = Step(trajectory_id="t-chat", index=0, decision_index=0, state=state, action=Action(kind="answer", content="hello"))
+    store.write(
+        [
+            Trajectory(
+                id="t-chat", app="chat", task="hi", messages=[*state, {"role": "assistant", "content": "hello"}],
+                final_answer="hello", started_at=start, ended_at=start, steps=[step],
+            )
+        ]
+    )  # fmt: skip
+    store.approve(["t-chat"], by="test")
+    store.close()
+    args = ["datasets", "build", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"), "--kinds", "il,iwm", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warning = json.loads(result.stdout)["datasets"]["iwm"]["warning"]
+    assert "no trajectory of this build calls a tool" in warning and "ee replay run" not in warning
