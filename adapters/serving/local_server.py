@@ -315,9 +315,22 @@ def _cut_at_stop(tokenizer: Any, answer: Generated, stops: list[str]) -> tuple[s
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     if not found:
         return text, answer.finish_reason, len(tokens)
-    prefixes = (k for k in range(1, len(tokens) + 1) if any(s in tokenizer.decode(tokens[:k], skip_special_tokens=True) for s in stops))
-    used = next(prefixes, len(tokens))
-    return text[: min(found)], "stop", used
+
+    def completes(k: int) -> bool:
+        return any(s in tokenizer.decode(tokens[:k], skip_special_tokens=True) for s in stops)
+
+    # The first prefix that holds a stop string, by bisection: a longer prefix holds it too, and decoding every prefix
+    # in turn cost the server a decode per token of the answer (quadratic in its length).
+    low, high = 1, len(tokens)
+    if not tokens or not completes(high):
+        return text[: min(found)], "stop", len(tokens)
+    while low < high:
+        middle = (low + high) // 2
+        if completes(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return text[: min(found)], "stop", low
 
 
 def _choice(index: int, text: str, tools: Any, finish: str = "stop") -> dict[str, Any]:

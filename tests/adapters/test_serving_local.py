@@ -491,3 +491,23 @@ def test_tool_choice_without_tools_is_a_400_and_an_unknown_function_is_named(loc
     assert unknown.status_code == 400
     message = unknown.json()["error"]["message"]
     assert "'rm'" in message and "mv" in message and "does not match any of the specified `tools`" in message
+
+
+@pytest.mark.parametrize("stop", ["stop", "wor", "zzz-never", "e"])
+def test_an_answer_cut_at_a_stop_string_counts_the_tokens_up_to_the_one_that_completed_it(stop: str) -> None:
+    """The count found by bisection is the first prefix whose text holds the stop string, as decoding every prefix in
+    turn found it (that cost a decode per token: quadratic in the answer's length)."""
+    from ee_middleware.adapters.serving.local_server import _cut_at_stop
+    from ee_middleware.models.local import Generated
+    from ee_middleware.testing.tiny_models import build_test_tokenizer
+
+    text = "hello world, please stop here and say more words"
+    tokenizer = build_test_tokenizer([text])
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    answer = Generated(text=tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens, finish_reason="length")
+    cut, finish, used = _cut_at_stop(tokenizer, answer, [stop])
+    if stop not in answer.text:
+        assert (cut, finish, used) == (answer.text, "length", len(tokens))
+        return
+    first = next(k for k in range(1, len(tokens) + 1) if stop in tokenizer.decode(tokens[:k], skip_special_tokens=True))
+    assert (cut, finish, used) == (answer.text[: answer.text.index(stop)], "stop", first)
