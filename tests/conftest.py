@@ -98,6 +98,20 @@ def multi_node_graph(expert_model: ScriptedChatModel, tools: list[Any]) -> Any:
     return build_multi_node_graph(expert_model, tools)
 
 
+def record_once(agent: Any, store: Path, inputs: Any, config: Any = None) -> Any:
+    """Invoke ``agent`` (a graph wrapped by ``record_experience`` into ``store``) once, wait until capture has written
+    the run, and return the one trajectory the store then holds."""
+    agent.invoke(inputs, config)
+    agent.flush()
+    agent.recorder.close()
+    opened = LocalExperienceStore(store)
+    try:
+        [trajectory] = list(opened.iter_trajectories())
+    finally:
+        opened.close()
+    return trajectory
+
+
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "experience"

@@ -251,6 +251,7 @@ def test_a_structured_answer_given_as_a_tool_call_leaves_the_rest_of_the_traject
 
     from ee_middleware import record_experience
     from ee_middleware.testing import ScriptedChatModel, tool_call
+    from tests.conftest import record_once
 
     class Restock(BaseModel):
         item: str
@@ -276,12 +277,7 @@ def test_a_structured_answer_given_as_a_tool_call_leaves_the_rest_of_the_traject
     ]
     graph = create_agent(ScriptedChatModel(script=script), [check_stock, order_item], response_format=ToolStrategy(Restock))
     agent = record_experience(graph, app="shop", store=tmp_path / "store", environment=lambda inputs, config: {"stock": {"pear": 0}})
-    agent.invoke({"messages": [("user", "Do we have pears? If not, order 5.")]})
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(tmp_path / "store")
-    [trajectory] = list(store.iter_trajectories())
-    store.close()
+    trajectory = record_once(agent, tmp_path / "store", {"messages": [("user", "Do we have pears? If not, order 5.")]})
     assert [s.action.tool_call.name for s in trajectory.steps if s.action.tool_call] == ["check_stock", "order_item", "Restock"]
 
     def order(world: dict[str, Any], item: str, quantity: int) -> str:

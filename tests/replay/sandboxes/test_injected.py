@@ -27,8 +27,8 @@ from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.replay.sandboxes.registry import sandbox_factory
-from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.conftest import record_once
 
 
 def remember(notes: list[str], fact: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> str:
@@ -75,15 +75,8 @@ def _record(store_path: Path, calls: list[dict[str, Any]]) -> Trajectory:
     memory = InMemoryStore()
     memory.put(("users",), "u1", {"name": "Ann"})
     agent = record_experience(create_agent(ScriptedChatModel(script=script), _agent_tools(), store=memory), app="notes", store=store_path)
-    agent.invoke({"messages": [("user", "The sky is blue; remember that for u1.")]}, {"configurable": {"thread_id": "t"}})
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(store_path)
-    try:
-        [trajectory] = list(store.iter_trajectories())
-    finally:
-        store.close()
-    return trajectory
+    inputs = {"messages": [("user", "The sky is blue; remember that for u1.")]}
+    return record_once(agent, store_path, inputs, {"configurable": {"thread_id": "t"}})
 
 
 def _sandbox() -> PythonSandbox:

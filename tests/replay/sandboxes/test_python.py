@@ -179,8 +179,8 @@ def test_a_tool_returning_content_blocks_replays_as_capture_recorded_it_never_wi
     from ee_middleware.replay.policies.mutate import MutationPolicy
     from ee_middleware.replay.policies.proposer import Proposer
     from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
-    from ee_middleware.store import LocalExperienceStore
     from ee_middleware.testing import ScriptedChatModel, tool_call
+    from tests.conftest import record_once
 
     png = base64.b64encode(bytes(range(256)) * 8).decode("ascii")
 
@@ -199,12 +199,7 @@ def test_a_tool_returning_content_blocks_replays_as_capture_recorded_it_never_wi
     ]
     graph = create_agent(ScriptedChatModel(script=script), [tool(chart), tool(shelves)])
     agent = record_experience(graph, app="shop", store=tmp_path / "store")
-    agent.invoke({"messages": [("user", "Where are the pears, and how many?")]})
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(tmp_path / "store")
-    [trajectory] = list(store.iter_trajectories())
-    store.close()
+    trajectory = record_once(agent, tmp_path / "store", {"messages": [("user", "Where are the pears, and how many?")]})
     recorded = [s.observation.content for s in trajectory.steps if s.action.tool_call]
     assert recorded == ["stock of pear:\n[image: image/png, 2.0 KB]", '["pear: aisle 3", "top shelf"]']
 
