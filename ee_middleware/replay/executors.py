@@ -389,9 +389,15 @@ def _replay_in_process(trajectories: list[Trajectory | TrajectoryRows], hold_las
     and the error that stopped them (``None`` when none did), so that what a call replayed before a policy stopped
     working is counted by the job, as with one worker and on Ray."""
     assert _PROCESS_WORKER is not None
+    return _until_error(_PROCESS_WORKER.replay_all(trajectories, hold_last=hold_last))
+
+
+def _until_error(replays: Iterator[ReplayOutcome]) -> tuple[list[ReplayOutcome], Exception | None]:
+    """The outcomes of a worker's call, in order, and the error that stopped them (``None`` when none did), sendable to
+    the job (see :func:`_sendable`), which raises it once it has counted the outcomes before it."""
     outcomes: list[ReplayOutcome] = []
     try:
-        for outcome in _PROCESS_WORKER.replay_all(trajectories, hold_last=hold_last):
+        for outcome in replays:
             outcomes.append(outcome)
     except Exception as exc:  # noqa: BLE001 - raised by the job once it has the outcomes before it
         return outcomes, _sendable(exc)
@@ -825,14 +831,8 @@ class _RayWorker:
         import ray
 
         context = ray.get_runtime_context()
-        outcomes: list[ReplayOutcome] = []
         uncancelled = itertools.takewhile(lambda _: not context.is_canceled(), trajectories)
-        try:
-            for outcome in self._worker.replay_all(uncancelled, hold_last=hold_last):
-                outcomes.append(outcome)
-        except Exception as exc:  # noqa: BLE001 - raised by the driver once it has the outcomes before it
-            return outcomes, _sendable(exc)
-        return outcomes, None
+        return _until_error(self._worker.replay_all(uncancelled, hold_last=hold_last))
 
     def close(self) -> None:
         self._worker.close()
