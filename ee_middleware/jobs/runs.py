@@ -243,7 +243,7 @@ class RunsDir:
         if recorded != config_hash and (hash_like is None or recorded != hash_like(run)):
             raise RunConfigChangedError(
                 f"Run {run.id} in {self.root} is {run.status} and was started with another configuration (hash "
-                f"{str(run.data.get('config_hash'))[:12]}, now {config_hash[:12]}), so it cannot be continued with this one. "
+                f"{str(recorded)[:12]}, now {config_hash[:12]}), so it cannot be continued with this one. "
                 "Restore its configuration to continue it, or pass --new-run to mark it abandoned and start a new run."
             )
         return run
