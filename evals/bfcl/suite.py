@@ -5,9 +5,12 @@
   sandbox, :class:`ee_middleware.bfcl.sandbox.BFCLSandbox`); its calls are scored by BFCL's own
   ``multi_turn_checker`` (every public attribute of every backend compared with a ground-truth run
   after each turn, and the turn's ground-truth outputs present among the model's).
-* Single-turn AST categories (``simple``, ``multiple``, ``parallel``, ``parallel_multiple``,
-  ``irrelevance``): one model answer, scored by BFCL's ``ast_checker``
-  (``irrelevance``: no call at all). Tool names with ``.`` are offered with ``_`` (OpenAI's rule).
+* Single-turn AST categories (``simple``, ``multiple``, ``parallel``, ``parallel_multiple`` and their
+  ``live_`` counterparts): one model answer, scored by BFCL's ``ast_checker`` with the category's name, as
+  BFCL's own runner calls it. ``irrelevance`` and ``live_irrelevance``: right when the answer makes no call;
+  ``live_relevance``: right when it makes at least one (BFCL checks no arguments there, and has no ground
+  truth, so the oracle calls the first function offered). Tool names with ``.`` are offered with ``_``
+  (OpenAI's rule).
 """
 
 from __future__ import annotations
@@ -33,9 +36,23 @@ AST_CATEGORIES: dict[str, str] = {
     "parallel": "parallel",
     "parallel_multiple": "parallel_multiple",
     "irrelevance": "irrelevance",
+    "live_simple": "live_simple",
+    "live_multiple": "live_multiple",
+    "live_parallel": "live_parallel",
+    "live_parallel_multiple": "live_parallel_multiple",
+    "live_irrelevance": "live_irrelevance",
+    "live_relevance": "live_relevance",
 }
 """Single-turn category -> the BFCL data file's name (``BFCL_v4_<name>.json``)."""
 CATEGORIES: tuple[str, ...] = (*AST_CATEGORIES, *MULTI_TURN_CATEGORIES)
+NOT_RUN_HERE: dict[str, str] = {
+    "simple_java": "Java",
+    "simple_javascript": "JavaScript",
+    "memory": "agentic",
+    "web_search": "agentic",
+    "format_sensitivity": "prompt-format",
+}
+"""BFCL categories whose data ``bfcl-eval`` ships but this harness does not run (and what kind they are)."""
 IRRELEVANCE_ANSWER = "None of the available functions fits this request."
 
 
@@ -45,7 +62,10 @@ class BFCLSuite:
     def __init__(self, category: str, limit: int | None = None) -> None:
         category = {"simple_python": "simple"}.get(category, category)
         if category not in CATEGORIES:
-            raise ConfigError(f"Unknown BFCL category {category!r} in the suite 'bfcl:{category}'. Choose one of: {', '.join(CATEGORIES)}.")
+            known = f" ({NOT_RUN_HERE[category]} entries, which this harness does not run)" if category in NOT_RUN_HERE else ""
+            raise ConfigError(
+                f"Unknown BFCL category {category!r}{known} in the suite 'bfcl:{category}'. Choose one of: {', '.join(CATEGORIES)}."
+            )
         self.category = category
         self.limit = limit
         self.name = f"bfcl:{category}"
@@ -157,7 +177,7 @@ def ast_entries(category: str, limit: int | None) -> list[tuple[dict[str, Any], 
     """``(question entry, possible answer or None)`` pairs of a single-turn category, in file order."""
     file = AST_CATEGORIES[category]
     questions = list(_read(f"BFCL_v4_{file}.json"))[:limit]
-    if "irrelevance" in category:
+    if "relevance" in category:  # irrelevance and live_relevance: no possible answers
         return [(q, None) for q in questions]
     answers = {a["id"]: a for a in _read(f"possible_answer/BFCL_v4_{file}.json")}
     return [(q, answers[q["id"]]) for q in questions]
@@ -175,7 +195,9 @@ def ast_task(question: dict[str, Any], answer: dict[str, Any] | None, suite: str
         tool["function"]["name"] = tool_name(doc["name"])
         tools.append(tool)
     turns = [[dict(m) for m in turn] for turn in question["question"]]
-    if answer is None:
+    if category == "live_relevance":  # any call is right: the first function, with no arguments
+        reference = [[{"role": "assistant", "content": "", "tool_calls": [_tool_call("call_0_0", tools[0]["function"]["name"], {})]}]]
+    elif answer is None:
         reference = [[{"role": "assistant", "content": IRRELEVANCE_ANSWER}]]
     else:
         docs = {doc["name"]: doc for doc in question["function"]}
@@ -218,6 +240,10 @@ def score_ast(task: EvalTask, conversation: Conversation) -> Verdict:
         return Verdict(False, conversation.error_type, conversation.error)
     first = conversation.turns[0].steps[0] if conversation.turns and conversation.turns[0].steps else None
     calls = first.calls if first is not None else []
+    if task.category == "live_relevance":  # BFCL's relevance check: at least one call, arguments not checked
+        if not calls:
+            return Verdict(False, "relevance_error:decoder_failed", "the model made no function call where one fits")
+        return Verdict(True)
     if task.payload["possible_answer"] is None:  # irrelevance: any call is wrong
         if calls:
             return Verdict(

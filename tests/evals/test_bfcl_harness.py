@@ -18,6 +18,16 @@ from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.tasks import EvalTask
 
 SAMPLE = 12
+UNSOLVABLE = {  # bfcl-eval 2026.3.23 entries its own ast_checker rejects whatever the answer
+    "live_simple": {
+        "live_simple_106-63-0": "simple_function_checker:missing_required",  # a required parameter with no accepted value
+        "live_simple_112-68-0": "simple_function_checker:missing_required",
+    },
+    "live_multiple": {
+        "live_multiple_862-181-3": "simple_function_checker:missing_optional",  # the answer names a parameter the function lacks
+        "live_multiple_964-207-0": "simple_function_checker:missing_required",  # the answer names another parameter
+    },
+}
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
@@ -27,7 +37,7 @@ def test_oracle_scores_every_sampled_task_and_noop_scores_none_where_calls_are_r
     oracle = [suite.run(OracleClient(), t, 0, LoopConfig()) for t in tasks]
     assert [(r.task_id, r.reason) for r in oracle if not r.success] == []
     noop = [suite.run(NoopClient(), t, 0, LoopConfig()) for t in tasks]
-    if category == "irrelevance":
+    if "irrelevance" in category:
         assert all(r.success for r in noop)
     else:
         assert not any(r.success for r in noop)
@@ -38,8 +48,19 @@ def test_oracle_scores_every_sampled_task_and_noop_scores_none_where_calls_are_r
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_oracle_scores_every_task_of_the_category(category: str) -> None:
     suite = BFCLSuite(category)
-    failed = [(t.id, r.reason) for t in suite.tasks() if not (r := suite.run(OracleClient(), t, 0, LoopConfig())).success]
-    assert failed == []
+    failed = {t.id: r.error_type for t in suite.tasks() if not (r := suite.run(OracleClient(), t, 0, LoopConfig())).success}
+    assert failed == UNSOLVABLE.get(category, {})
+
+
+@pytest.mark.parametrize("category", UNSOLVABLE)
+def test_the_entries_no_answer_passes_are_rejected_by_the_official_checker_for_every_accepted_value(category: str) -> None:
+    suite = BFCLSuite(category)
+    for task in [t for t in suite.tasks() if t.id in UNSOLVABLE[category]]:
+        (answer,) = task.payload["possible_answer"]
+        ((name, params),) = answer.items()
+        every = {key: values[0] if values else [] for key, values in params.items()}  # each parameter the answer names, declared or not
+        official = ast_check(task.payload["functions"], [{name: every}], task.payload["possible_answer"], category)
+        assert not official["valid"], task.id
 
 
 # --- perturbed answers: the harness's verdict, end to end, against the official checker called directly
@@ -146,12 +167,13 @@ def test_perturbed_multi_turn_answers_agree_with_the_official_checker_and_fail_w
     assert reasons["wrong_argument"] and reasons["wrong_argument"] <= state_or_output
 
 
-@pytest.mark.parametrize("category", [c for c in AST_CATEGORIES if c != "irrelevance"])
+@pytest.mark.parametrize("category", [c for c in AST_CATEGORIES if "relevance" not in c])
 def test_perturbed_single_turn_answers_agree_with_the_official_ast_checker(category: str) -> None:
     rng = random.Random(7)
     suite = BFCLSuite(category)
     compared = failed = 0
-    for task in suite.tasks()[:60]:
+    tasks = suite.tasks()[:60]
+    for task in tasks:
         reference = copy.deepcopy(task.reference)
         if not _wrong_argument(reference, rng):
             continue
@@ -161,7 +183,7 @@ def test_perturbed_single_turn_answers_agree_with_the_official_ast_checker(categ
         assert ours.success == official["valid"], (task.id, ours.reason, official)
         failed += not ours.success
         compared += 1
-    assert compared >= 40 and failed >= compared * 0.8
+    assert compared >= min(40, len(tasks) * 0.6) and failed >= compared * 0.8
 
 
 def test_a_call_where_no_function_fits_fails_irrelevance_with_its_reason() -> None:
@@ -175,8 +197,41 @@ def test_a_call_where_no_function_fits_fails_irrelevance_with_its_reason() -> No
     assert not result.success and result.error_type == "irrelevance_error:decoder_success" and name in result.reason
 
 
+@pytest.mark.parametrize("category", ["irrelevance", "live_irrelevance", "live_relevance"])
+def test_relevance_categories_score_whether_a_call_was_made_as_bfcl_does(category: str) -> None:
+    suite = BFCLSuite(category)
+    task = suite.tasks()[0]
+    name = task.tools[0][0]["function"]["name"]
+    call = {"id": "c", "type": "function", "function": {"name": name, "arguments": "{}"}}
+    with_call = suite.run(
+        OracleClient(), replace(task, reference=[[{"role": "assistant", "content": "", "tool_calls": [call]}]]), 0, LoopConfig()
+    )
+    without = suite.run(NoopClient(), task, 0, LoopConfig())
+    if category == "live_relevance":  # a call is wanted; BFCL checks no argument
+        assert with_call.success and not without.success and without.error_type == "relevance_error:decoder_failed"
+    else:
+        assert without.success and not with_call.success and with_call.error_type == "irrelevance_error:decoder_success"
+
+
+def test_live_categories_read_bfcl_s_live_files_and_score_with_their_own_category() -> None:
+    sizes = {c: len(BFCLSuite(c).tasks()) for c in AST_CATEGORIES if c.startswith("live_")}
+    assert sizes == {
+        "live_simple": 258,
+        "live_multiple": 1053,
+        "live_parallel": 16,
+        "live_parallel_multiple": 24,
+        "live_irrelevance": 884,
+        "live_relevance": 16,
+    }
+    task = BFCLSuite("live_parallel").tasks()[0]
+    assert task.id.startswith("live_parallel_") and len(task.reference[0][0]["tool_calls"]) > 1
+
+
 def test_an_unknown_category_is_refused_with_the_known_ones() -> None:
     from ee_middleware.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="multi_turn_base"):
+    with pytest.raises(ConfigError, match="multi_turn_base") as refused:
         BFCLSuite("multi_turn_nope")
+    assert "live_relevance" in str(refused.value)
+    with pytest.raises(ConfigError, match=r"'simple_java' \(Java entries, which this harness does not run\).*Choose one of: simple,"):
+        BFCLSuite("simple_java")
