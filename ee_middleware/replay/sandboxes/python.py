@@ -145,21 +145,20 @@ def _failing_part(value: Any, path: str, check: Callable[[Any], None], seen: set
 
 
 def format_result(value: Any) -> str:
-    """A tool's return value as the text a model sees: strings as they are, content blocks (text, images, ...) as
-    capture stores them (:func:`~ee_middleware.messages.content_to_text`: an image as its placeholder, never its
-    bytes), JSON for other containers."""
+    """A tool's return value as the text a model sees, by LangChain's rule for a tool's ``ToolMessage``: strings as they
+    are, content blocks (text, images, ...) as capture stores them (:func:`~ee_middleware.messages.content_to_text`: an
+    image as its placeholder, never its bytes), JSON for any other value that has one (``True`` is ``true``, ``None`` is
+    ``null``), else ``str(value)`` (a datetime, a Decimal, a pydantic model, a dict holding a date)."""
     if isinstance(value, str):
         return value
-    if value is None:
-        return ""
+    if isinstance(value, tuple) and value and kept_as_tool_content(list(value)):  # LangChain makes a tuple of blocks a list
+        value = list(value)
     if kept_as_tool_content(value):  # LangGraph keeps such a list as the ToolMessage's content, and capture its text
         return content_to_text(value)
-    if isinstance(value, (dict, list, tuple)):
-        try:
-            return json.dumps(value, ensure_ascii=False)
-        except (TypeError, ValueError):
-            return str(value)
-    return str(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except Exception:  # noqa: BLE001 - as langchain_core's tools: anything JSON refuses (a date, a cycle) is its str()
+        return str(value)
 
 
 def format_exception(exc: BaseException) -> str:
