@@ -77,8 +77,10 @@ class RunCapture(BaseCallbackHandler):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        params = kwargs.get("invocation_params") or {}
         metadata = metadata or {}
+        if is_internal_call(metadata):  # a middleware's own call (a summary, a tool selection): not the agent's decision
+            return
+        params = kwargs.get("invocation_params") or {}
         if self.calls is not None:  # kept for the capture process: only what its span reads (smaller to send)
             params = {k: params[k] for k in CHAT_PARAMS if k in params}
             metadata = {k: metadata[k] for k in CHAT_METADATA if k in metadata}
@@ -203,6 +205,22 @@ class RunCapture(BaseCallbackHandler):
 def is_interrupt(exc: BaseException) -> bool:
     """Whether ``exc`` is LangGraph's way of pausing a run for a human (``interrupt()``)."""
     return type(exc).__name__ in ("GraphInterrupt", "NodeInterrupt", "Interrupt")
+
+
+INTERNAL_CALL_KEY = "lc_internal_call"
+"""The metadata key LangChain's ``internal_call_metadata()`` sets on a model call that a middleware makes for itself."""
+INTERNAL_CALL_SOURCES = frozenset({"summarization", "tool_selection", "tool_emulation"})
+"""``lc_source`` of the middleware's own model calls in LangChain versions before ``lc_internal_call``."""
+
+
+def is_internal_call(metadata: dict[str, Any]) -> bool:
+    """Whether a model call is a middleware's own rather than the agent's decision: LangChain marks them
+    (``SummarizationMiddleware``'s summary, ``LLMToolSelectorMiddleware``'s selection, ``LLMToolEmulator``'s
+    emulated result), and so can a custom middleware, with
+    ``config={"metadata": langchain.agents.middleware.internal_call_transformer.internal_call_metadata()}``.
+    They are not recorded: their text is no action of the agent (a summary recorded as an answer step taught the
+    model to answer with summaries), and their effect is in the next state the agent's model is given."""
+    return bool(metadata.get(INTERNAL_CALL_KEY)) or metadata.get("lc_source") in INTERNAL_CALL_SOURCES
 
 
 def _reply_messages(response: Any) -> list[Any]:

@@ -1,0 +1,147 @@
+"""record_experience on ``create_agent`` apps with LangChain's built-in middleware and on graph shapes users build:
+what each stored step holds is compared with what the agent's model was given and did. Real middleware, real
+LangGraph graphs, the real OTel SDK and a real local store; a scripted chat model stands in for a served one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from langchain.agents import create_agent
+from langchain.agents.middleware import LLMToolSelectorMiddleware, SummarizationMiddleware
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.tools import tool
+from pydantic import Field
+
+from ee_middleware import record_experience
+from ee_middleware.messages import langchain_to_openai
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from tests.conftest import record_once
+
+TASK = {"messages": [("user", "Do we have pears and apples? Order 5 pears.")]}
+PLAN = [
+    AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]),
+    AIMessage(content="", tool_calls=[tool_call("check_stock", item="apple")]),
+    AIMessage(content="", tool_calls=[tool_call("order_item", item="pear", quantity=5)]),
+    AIMessage(content="No pears, 3 apples; I ordered 5 pears."),
+]
+
+
+class PlannedModel(ScriptedChatModel):
+    """Makes the k-th decision of ``PLAN`` on its k-th call (a history rewritten by middleware does not change its
+    plan), keeping the messages and tool names it was given (what the trajectory must hold)."""
+
+    seen: list[tuple[list[BaseMessage], list[str]]] = Field(default_factory=list)
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        tools = [t["function"]["name"] for t in kwargs.get("tools") or self.bound_tools]
+        self.seen.append((list(messages), tools))
+        return super()._generate(messages, *args, **kwargs)
+
+
+def planned_model() -> PlannedModel:
+    calls: list[int] = []
+
+    def policy(messages: Any, tools: Any) -> AIMessage:
+        calls.append(1)
+        return PLAN[min(len(calls) - 1, len(PLAN) - 1)]
+
+    return PlannedModel(policy=policy, model_name="expert", seen=[])
+
+
+def _check_stock(world: dict[str, Any], item: str) -> str:
+    return str(world["stock"].get(item, 0))
+
+
+def _order_item(world: dict[str, Any], item: str, quantity: int) -> str:
+    world["stock"][item] = world["stock"].get(item, 0) + quantity
+    return f"ordered {quantity} {item}; now {world['stock'][item]}"
+
+
+def shop_sandbox() -> PythonSandbox:
+    """The shop's tools on a copy of the recorded stock (replay's sandbox)."""
+    return PythonSandbox(lambda env: {"stock": dict(env["stock"])}, tools={"check_stock": _check_stock, "order_item": _order_item})
+
+
+def shop_tools(stock: dict[str, int]) -> list[Any]:
+    world = {"stock": stock}
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        return _check_stock(world, item)
+
+    @tool
+    def order_item(item: str, quantity: int) -> str:
+        """Order more of an item."""
+        return _order_item(world, item, quantity)
+
+    return [check_stock, order_item]
+
+
+def as_recorded(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """The OpenAI form of messages as a step's state holds them (tool messages keep no ``name``)."""
+    return [{k: v for k, v in m.items() if not (m["role"] == "tool" and k == "name")} for m in langchain_to_openai(messages)]
+
+
+def _actions(trajectory: Any) -> list[tuple[str, Any]]:
+    return [(s.action.kind, s.action.tool_call.name if s.action.tool_call else s.action.content) for s in trajectory.steps]
+
+
+def test_a_summarized_history_is_recorded_as_the_model_saw_it_and_the_summary_is_no_action(tmp_path: Path) -> None:
+    """SummarizationMiddleware calls a model for its summary in the middle of the run. Before, that call was a decision
+    of the agent: the summary was stored as an answer step (twice here), an IL row teaching the model to answer with
+    a summary of the conversation, and the trajectory's offered tools were those of a summary prompt's run."""
+    stock = {"pear": 0, "apple": 3}
+    model = planned_model()
+    summarizer = ScriptedChatModel(script=[AIMessage(content="The user asked about pears: none in stock.")], model_name="summarizer")
+    summarize = SummarizationMiddleware(summarizer, trigger=("messages", 4), keep=("messages", 2))
+    graph = create_agent(model, shop_tools(stock), middleware=[summarize], system_prompt="You run a fruit shop.")
+    store = tmp_path / "store"
+    environment = {"stock": dict(stock)}
+    trajectory = record_once(record_experience(graph, app="shop", store=store, environment=environment), store, TASK)
+
+    assert _actions(trajectory) == [
+        ("tool_call", "check_stock"),
+        ("tool_call", "check_stock"),
+        ("tool_call", "order_item"),
+        ("answer", PLAN[-1].content),
+    ]
+    assert any("summary of the conversation" in str(m.content) for m in model.seen[-1][0])  # the history was rewritten
+    for step, (seen, _) in zip(trajectory.steps, model.seen, strict=True):
+        assert step.state == as_recorded(seen)  # each state is what the model was given, summary included
+    assert [s.observation.content for s in trajectory.steps[:3]] == ["0", "3", "ordered 5 pear; now 5"]
+    assert (trajectory.model, trajectory.task, trajectory.final_answer) == ("expert", TASK["messages"][0][1], PLAN[-1].content)
+
+    # replayed from the recorded states and built: one IL row per decision of the agent, none from the summary
+    opened = LocalExperienceStore(store)
+    opened.approve([trajectory.id], by="test")
+    opened.close()
+    summary = run_replay(ReplayConfig.load(store=store, k=2, sandbox=f"{__name__}:shop_sandbox"))
+    assert summary.done == 1 and summary.fidelity_mismatches == 0
+    build_datasets(DatasetConfig.load(store=store, out=tmp_path / "data", kinds="il"))
+    rows = pl.read_parquet(tmp_path / "data" / "il.parquet")
+    assert sorted(rows["step_index"].to_list()) == [0, 1, 2, 3]
+    assert "none in stock" not in " ".join(rows["completion"].to_list())
+
+
+def test_a_tool_selection_call_is_no_action_and_offers_no_tool(tmp_path: Path) -> None:
+    """LLMToolSelectorMiddleware asks a model (structured output: a call of a ``ToolSelectionResponse`` tool) which
+    tools to offer before each model call. Before, each selection was a tool-call step of a tool the agent does not
+    have (no observation), and ``ToolSelectionResponse`` was among the trajectory's tools."""
+    model = planned_model()
+    selection = AIMessage(content="", tool_calls=[tool_call("ToolSelectionResponse", tools=["check_stock", "order_item"])])
+    selector = LLMToolSelectorMiddleware(model=ScriptedChatModel(script=[selection], model_name="selector"), max_tools=2)
+    graph = create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=[selector])
+    trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    assert [name for _, name in _actions(trajectory)][:3] == ["check_stock", "check_stock", "order_item"]
+    assert trajectory.num_steps == len(model.seen) == 4
+    assert [t["function"]["name"] for t in trajectory.tools] == ["check_stock", "order_item"]
+    assert json.dumps(trajectory.model_dump(mode="json")).count("ToolSelectionResponse") == 0
