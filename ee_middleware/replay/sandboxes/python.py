@@ -31,6 +31,7 @@ says which parameter and how to allow it), never called without it.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import pickle
 from collections.abc import Callable, Mapping
@@ -237,6 +238,7 @@ class PythonSandbox:
         self._world: Any = None
         self._ready = False
         self._closed = False
+        self._loop: Any = None  # the event loop of async tools, made at the first one
 
     @property
     def world(self) -> Any:
@@ -293,12 +295,33 @@ class PythonSandbox:
         try:
             # A copy, so that the world never shares a list or dict with the caller's records.
             value = fn(*world, **copy.deepcopy(arguments))
+            if inspect.isawaitable(value):  # an ``async def`` tool: its result, not the coroutine
+                value = self._await(value)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - a tool's failure is an observation, not a crash
             # SystemExit too: a tool that wraps a command line (argparse on bad arguments) or calls sys.exit()
             # must not end the replay job. KeyboardInterrupt still stops it.
             return Observation(content=self._format_error(exc), is_error=True)
         is_error = bool(self._is_error_result(value)) if self._is_error_result else False
         return Observation(content=self._format_result(value), is_error=is_error)
+
+    def _await(self, awaitable: Any) -> Any:
+        """Run an async tool's awaitable to its end on this sandbox's own event loop (kept across calls, as an app's loop
+        is, so that a tool's cached client stays usable); on a thread of its own when this thread already runs a loop."""
+        import asyncio
+
+        async def result() -> Any:
+            return await awaitable
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(result())
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="ee-sandbox-async") as pool:
+            return pool.submit(asyncio.run, result()).result()
 
     def snapshot(self) -> WorldSnapshot | JournalSnapshot:
         self._check_open()
@@ -384,6 +407,10 @@ class PythonSandbox:
         self._world = None
         self._ready = False
         self._closed = True
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -7,11 +7,14 @@ hold what calling the tool on the recorded state gives.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import decimal
+import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
@@ -23,12 +26,27 @@ from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.python import PythonSandbox
-from ee_middleware.testing import ScriptedChatModel, tool_call
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, check_sandbox, tool_call
 from tests.conftest import record_once
 
 
 def _script(*calls: tuple[str, dict[str, Any]]) -> list[AIMessage]:
     return [*(AIMessage(content="", tool_calls=[tool_call(name, **args)]) for name, args in calls), AIMessage(content="done")]
+
+
+def _record_async(graph: Any, store: Path) -> Trajectory:
+    """Record one run of ``graph`` invoked with ``ainvoke`` (async tools run only so) and read it back."""
+    agent = record_experience(graph, app="shop", store=store)
+    asyncio.run(agent.ainvoke({"messages": [("user", "How are the pears?")]}))
+    agent.flush()
+    agent.recorder.close()
+    opened = LocalExperienceStore(store)
+    try:
+        [trajectory] = list(opened.iter_trajectories())
+    finally:
+        opened.close()
+    return trajectory
 
 
 def _replay(trajectory: Trajectory, sandbox: PythonSandbox, k: int = 2) -> ReplayOutcome:
@@ -88,3 +106,94 @@ def test_return_values_that_are_not_text_replay_as_langchain_made_them_text(tmp_
     assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
     sandbox.reset({})
     assert sandbox.execute(ToolCall(id="f", name="flag", arguments={"item": "plum"})).content == "false"
+
+
+async def lookup(item: str) -> str:
+    """Look an item up."""
+    await asyncio.sleep(0)
+    return f"{item}: aisle 3"
+
+
+def _async_world_tools() -> dict[str, Any]:
+    async def order_item(world: dict[str, int], item: str, quantity: int = 1) -> str:
+        await asyncio.sleep(0)
+        world[item] = world.get(item, 0) + quantity
+        return f"ordered {quantity} {item}; now {world[item]}"
+
+    async def check_stock(world: dict[str, int], item: str) -> int:
+        await asyncio.sleep(0)
+        return world.get(item, 0)
+
+    return {"order_item": order_item, "check_stock": check_stock}
+
+
+def test_async_tools_are_awaited_with_and_without_a_world(tmp_path: Path) -> None:
+    """An ``async def`` tool was called and its coroutine formatted: every observation was
+    '<coroutine object ... at 0x...>' (a fidelity error at each expert step, a 'never awaited' warning, no world
+    change)."""
+    stock = {"pear": 0}
+
+    @tool
+    async def order_item(item: str, quantity: int = 1) -> str:
+        """Order an item."""
+        stock[item] = stock.get(item, 0) + quantity
+        return f"ordered {quantity} {item}; now {stock[item]}"
+
+    @tool
+    async def check_stock(item: str) -> int:
+        """How many are in stock."""
+        return stock.get(item, 0)
+
+    calls = [("lookup", {"item": "pear"}), ("check_stock", {"item": "pear"}), ("order_item", {"item": "pear", "quantity": 5})]
+    graph = create_agent(
+        ScriptedChatModel(script=_script(*calls, ("check_stock", {"item": "pear"}))), [tool(lookup), check_stock, order_item]
+    )
+    trajectory = _record_async(graph, tmp_path / "s")
+    assert _recorded(trajectory) == ["pear: aisle 3", "0", "ordered 5 pear; now 5", "5"]
+
+    def make() -> PythonSandbox:
+        return PythonSandbox(
+            lambda environment: dict(environment or {"pear": 0}), tools=_async_world_tools(), read_only_tools={"lookup": lookup}
+        )
+
+    sandbox = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a coroutine never awaited
+        outcome = _replay(trajectory, sandbox, k=3)
+    assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
+    assert outcome.rollouts and not [r for r in outcome.rollouts if "coroutine" in r.observation.content]
+    sandbox.close()
+    check_sandbox(
+        make,
+        environment={"pear": 1},
+        mutate=ToolCall(id="m", name="order_item", arguments={"item": "pear", "quantity": 2}),
+        read=ToolCall(id="r", name="check_stock", arguments={"item": "pear"}),
+    )
+
+
+def test_an_async_tool_is_awaited_when_the_caller_already_runs_an_event_loop() -> None:
+    """A notebook or an async app calls the sandbox from inside a running loop: the tool still runs to its end."""
+    sandbox = PythonSandbox(lambda environment: {"pear": 2}, tools=_async_world_tools())
+    sandbox.reset({})
+
+    async def inside() -> str:
+        return sandbox.execute(ToolCall(id="c", name="order_item", arguments={"item": "pear"})).content
+
+    assert asyncio.run(inside()) == "ordered 1 pear; now 3"
+    assert sandbox.world == {"pear": 3}
+    sandbox.close()
+
+
+@pytest.mark.parametrize("closed_twice", [False, True])
+def test_closing_a_sandbox_closes_its_event_loop(closed_twice: bool) -> None:
+    sandbox = PythonSandbox(lambda environment: {"pear": 2}, tools=_async_world_tools())
+    sandbox.reset({})
+    assert sandbox.execute(ToolCall(id="c", name="check_stock", arguments={"item": "pear"})).content == "2"
+    loop = sandbox._loop
+    sandbox.close()
+    if closed_twice:
+        sandbox.close()
+    assert loop is not None and loop.is_closed()
+    sandbox.reset({})  # usable again: a new loop
+    assert sandbox.execute(ToolCall(id="c", name="check_stock", arguments={"item": "pear"})).content == "2"
+    sandbox.close()
