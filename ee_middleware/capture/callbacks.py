@@ -106,6 +106,10 @@ class RunCapture(BaseCallbackHandler):
         self._close(run_id, output, None)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        if is_interrupt(error):  # interrupt() in the tool: it has not finished (it runs again when the thread resumes)
+            self._open.pop(run_id, None)
+            self.interrupted = True
+            return
         self._close(run_id, None, error)
 
     def _close(self, run_id: UUID, result: Any, error: BaseException | None) -> None:

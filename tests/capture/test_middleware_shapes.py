@@ -13,6 +13,8 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import LLMToolSelectorMiddleware, SummarizationMiddleware
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command, interrupt
 from pydantic import Field
 
 from ee_middleware import record_experience
@@ -145,3 +147,31 @@ def test_a_tool_selection_call_is_no_action_and_offers_no_tool(tmp_path: Path) -
     assert trajectory.num_steps == len(model.seen) == 4
     assert [t["function"]["name"] for t in trajectory.tools] == ["check_stock", "order_item"]
     assert json.dumps(trajectory.model_dump(mode="json")).count("ToolSelectionResponse") == 0
+
+
+def test_a_tool_that_interrupts_has_no_observation_until_the_thread_resumes(tmp_path: Path) -> None:
+    """A tool that calls ``interrupt()`` (a human approves a refund) has not finished: it runs again when the thread
+    resumes. Before, the interrupted run stored 'GraphInterrupt: (Interrupt(value=...' as the call's observation,
+    flagged as a tool error: replay compared the real refund's result with it and IWM learned it as the outcome."""
+
+    @tool
+    def refund(order_id: str) -> str:
+        """Refund an order once a human approves."""
+        approved = interrupt({"approve refund": order_id})
+        return f"refund {order_id}: {'issued' if approved else 'declined'}"
+
+    script = [AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1")]), AIMessage(content="Refund issued.")]
+    graph = create_agent(ScriptedChatModel(script=script), [refund], checkpointer=InMemorySaver())
+    agent = record_experience(graph, app="shop", store=tmp_path / "s")
+    config = {"configurable": {"thread_id": "refunds"}}
+    assert agent.invoke({"messages": [("user", "refund A-1")]}, config)["__interrupt__"]
+    agent.invoke(Command(resume=True), config)
+    agent.flush()
+    agent.recorder.close()
+    opened = LocalExperienceStore(tmp_path / "s")
+    paused, resumed = sorted(opened.iter_trajectories(), key=lambda t: t.started_at)
+    opened.close()
+    assert paused.status == "interrupted" and [s.action.tool_call.name for s in paused.steps] == ["refund"]
+    assert paused.steps[0].observation is None and paused.steps[0].latency_ms is None
+    assert resumed.status == "completed" and resumed.final_answer == "Refund issued."
+    assert [m["content"] for m in resumed.messages if m["role"] == "tool"] == ["refund A-1: issued"]  # run on resume
