@@ -43,6 +43,7 @@ from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
 from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters, refusal_reason
 from ee_middleware.replay.sandboxes.journal import JDict, JList, Journal, JournalSnapshot, NotJournalable, adopt
+from ee_middleware.replay.sandboxes.langchain_tool import call_tool, is_langchain_tool, tool_injected_parameters
 
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
 WorldTool = Callable[..., Any]
@@ -163,19 +164,25 @@ def format_result(value: Any) -> str:
 
 
 def format_exception(exc: BaseException) -> str:
-    """The error text an agent's tool node would show the model for ``exc``."""
+    """The error text an agent's tool node would show the model for ``exc``: ``Error: ValueError: ...``, or for arguments
+    a LangChain tool's schema refused (LangGraph's ``ToolInvocationError``) its message, as ``create_agent`` shows it."""
+    if type(exc).__name__ == "ToolInvocationError" and isinstance(getattr(exc, "message", None), str):
+        return exc.message  # type: ignore[attr-defined]
     return f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
 
 
 def _check_callable(table: str, name: str, fn: Any) -> None:
-    """A LangChain tool object (``@tool``) is not a function this sandbox can call: say which function to give."""
+    """A LangChain tool object (``@tool``) cannot take the world: say what to give instead."""
+    if table == "read_only_tools" and is_langchain_tool(fn):
+        return
     if callable(fn):
         return
     kind = type(fn).__name__
-    if any(base.__name__ == "BaseTool" for base in type(fn).__mro__):
+    if is_langchain_tool(fn):
         raise SandboxError(
-            f"{table}[{name!r}] is a LangChain tool ({kind}), which PythonSandbox cannot call: give the function it wraps, "
-            f"{table}={{{name!r}: {name}.func}}."
+            f"{table}[{name!r}] is a LangChain tool ({kind}), which cannot take the world as its first argument: list it in "
+            f"read_only_tools if it needs no world (it is then called as LangGraph's ToolNode calls it), or give a function "
+            f"that takes the world first and then the call's arguments."
         )
     raise SandboxError(f"{table}[{name!r}] is a {kind}, not a function: give a function that takes the call's arguments.")
 
@@ -189,7 +196,10 @@ class PythonSandbox:
             which is wrapped) when it cannot.
         tools: tool name -> function taking the world first, then the call's arguments.
         read_only_tools: tool name -> function taking only the call's arguments, for tools that
-            read and never change anything (called directly, no world).
+            read and never change anything (called directly, no world); or the LangChain tool object
+            itself (``@tool``, ``StructuredTool``), then called as LangGraph's ``ToolNode`` calls it
+            (its argument schema, ``response_format``, ``handle_tool_error``, a ``Command``'s message;
+            see :mod:`~ee_middleware.replay.sandboxes.langchain_tool`).
         kind: the sandbox name stored in rollout records.
         format_result: turns a tool's return value into the observation text.
         is_error_result: marks returned values that are errors (for APIs that return
@@ -228,7 +238,11 @@ class PythonSandbox:
         self._direct = dict(read_only_tools or {})
         # parameters the model never sees: tool name -> parameter -> kind (the world tools' first parameter is the world)
         self._injected = {name: found for name, fn in self._tools.items() if (found := injected_parameters(fn, skip=1))}
-        self._injected |= {name: found for name, fn in self._direct.items() if (found := injected_parameters(fn))}
+        self._injected |= {
+            name: found
+            for name, fn in self._direct.items()
+            if (found := tool_injected_parameters(fn) if is_langchain_tool(fn) else injected_parameters(fn))
+        }
         self._format_result = format_result
         self._is_error_result = is_error_result
         self._format_error = format_error
@@ -276,9 +290,12 @@ class PythonSandbox:
         refused = self.refusal_hint(call.name)
         if refused is not None:
             return Observation(content=f"Error: replay does not call {refused}", is_error=True)
+        direct = self._direct.get(call.name)
+        if direct is not None and is_langchain_tool(direct):
+            return self._invoke_langchain_tool(direct, call)
         arguments = self._with_injected(call)
-        if call.name in self._direct:
-            return self._invoke(self._direct[call.name], arguments)
+        if direct is not None:
+            return self._invoke(direct, arguments)
         tool = self._tools.get(call.name)
         if tool is None:
             return Observation(content=f"Error: tool '{call.name}' is not available in this sandbox.", is_error=True)
@@ -302,6 +319,15 @@ class PythonSandbox:
             # must not end the replay job. KeyboardInterrupt still stops it.
             return Observation(content=self._format_error(exc), is_error=True)
         is_error = bool(self._is_error_result(value)) if self._is_error_result else False
+        return Observation(content=self._format_result(value), is_error=is_error)
+
+    def _invoke_langchain_tool(self, tool: Any, call: ToolCall) -> Observation:
+        try:
+            value, is_error = call_tool(tool, call.id, call.name, copy.deepcopy(call.arguments), self._await)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - as _invoke: a tool's failure is an observation
+            return Observation(content=self._format_error(exc), is_error=True)
+        if self._is_error_result is not None and not is_error:
+            is_error = bool(self._is_error_result(value))
         return Observation(content=self._format_result(value), is_error=is_error)
 
     def _await(self, awaitable: Any) -> Any:

@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import datetime
 import decimal
+import enum
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage
-from langchain_core.tools import tool
-from pydantic import BaseModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
+from langgraph.types import Command
+from pydantic import BaseModel, Field
 
 from ee_middleware import record_experience
+from ee_middleware.errors import SandboxError
 from ee_middleware.records import ToolCall, Trajectory
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
@@ -197,3 +200,95 @@ def test_closing_a_sandbox_closes_its_event_loop(closed_twice: bool) -> None:
     sandbox.reset({})  # usable again: a new loop
     assert sandbox.execute(ToolCall(id="c", name="check_stock", arguments={"item": "pear"})).content == "2"
     sandbox.close()
+
+
+class Color(enum.StrEnum):
+    red = "red"
+    blue = "blue"
+
+
+class Address(BaseModel):
+    city: str
+    zip_code: str | None = None
+
+
+class PlaceArgs(BaseModel):
+    item: Annotated[str, Field(description="what to send")]
+    address: Address
+    color: Color = Color.red
+    quantity: int = 1
+
+
+def _place(item: str, address: Address, color: Color = Color.red, quantity: int = 1) -> str:
+    return f"{quantity} {color.value} {item} to {address.city}"
+
+
+def _found(item: str) -> tuple[str, dict[str, Any]]:
+    return f"found {item}", {"rows": [1, 2]}
+
+
+def _refuse(item: str) -> str:
+    raise ToolException(f"no {item} today")
+
+
+def _remember(item: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+    return Command(update={"messages": [ToolMessage(f"remembered {item}", tool_call_id=tool_call_id)]})
+
+
+def _plus_one(n: int) -> str:
+    return str(n + 1)
+
+
+def _langchain_tools() -> list[Any]:
+    return [
+        StructuredTool.from_function(_place, name="place", description="Send an item.", args_schema=PlaceArgs),
+        StructuredTool.from_function(_found, name="found", description="Find.", response_format="content_and_artifact"),
+        StructuredTool.from_function(_refuse, name="refuse", description="Refuse.", handle_tool_error=True),
+        StructuredTool.from_function(_remember, name="remember", description="Remember."),
+        StructuredTool.from_function(_plus_one, name="plus_one", description="Add one."),
+        StructuredTool.from_function(coroutine=lookup, name="lookup", description="Look up."),
+    ]
+
+
+def test_langchain_tool_objects_replay_as_the_tool_node_called_them(tmp_path: Path) -> None:
+    """A LangChain tool object in read_only_tools is called as LangGraph's ToolNode calls it. Before, the sandbox refused
+    it and said to give ``tool.func``, which skips what the tool does around its function: the nested model arrived as a
+    dict ('str' object has no attribute 'value'), '4' stayed a string (TypeError), a content_and_artifact result was the
+    tuple's JSON, handle_tool_error's text was 'Error: ToolException: ...', a Command was its repr, and an async-only
+    tool has no func at all (None)."""
+    calls = [
+        ("place", {"item": "pear", "address": {"city": "Oslo"}, "color": "blue"}),
+        ("found", {"item": "pear"}),
+        ("refuse", {"item": "pear"}),
+        ("remember", {"item": "pear"}),
+        ("plus_one", {"n": "4"}),
+        ("plus_one", {"n": "four"}),  # the schema refuses it: create_agent shows the model LangGraph's message
+        ("lookup", {"item": "pear"}),
+    ]
+    graph = create_agent(ScriptedChatModel(script=_script(*calls)), _langchain_tools())
+    trajectory = _record_async(graph, tmp_path / "s")
+    recorded = [(s.observation.content, s.observation.is_error) for s in trajectory.steps if s.action.tool_call]
+    assert recorded[:5] == [
+        ("1 blue pear to Oslo", False),
+        ("found pear", False),
+        ("no pear today", True),
+        ("remembered pear", False),
+        ("5", False),
+    ]
+    assert recorded[5][0].startswith("Error invoking tool 'plus_one' with kwargs {'n': 'four'}") and recorded[5][1]
+
+    sandbox = PythonSandbox(lambda environment: {}, tools={}, read_only_tools={t.name: t for t in _langchain_tools()})
+    outcome = _replay(trajectory, sandbox, k=3)
+    assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
+    sandbox.reset({})
+    for step in (s for s in trajectory.steps if s.action.tool_call):
+        got = sandbox.execute(step.action.tool_call)
+        assert (got.content, got.is_error) == (step.observation.content, step.observation.is_error)
+    sandbox.close()
+
+
+def test_a_langchain_tool_among_world_tools_says_where_it_belongs() -> None:
+    [place, *_] = _langchain_tools()
+    with pytest.raises(SandboxError) as raised:
+        PythonSandbox(lambda environment: {}, tools={"place": place})
+    assert "cannot take the world" in str(raised.value) and "read_only_tools" in str(raised.value)
