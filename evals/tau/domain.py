@@ -76,7 +76,7 @@ class TauTask:
             turns = tuple(
                 TauTurn(
                     user=turn["user"],
-                    actions=tuple(TauAction(a["name"], dict(a.get("arguments", {}))) for a in turn.get("actions", [])),
+                    actions=tuple(TauAction(a["name"], _arguments(a, data, where)) for a in turn.get("actions", [])),
                     reply=turn.get("reply", "Done."),
                 )
                 for turn in data["turns"]
@@ -85,7 +85,7 @@ class TauTask:
                 id=str(data["id"]),
                 turns=turns,
                 instruction=data["instruction"],
-                outputs=tuple(data.get("outputs", [])),
+                outputs=_outputs(data, where),
                 category=data.get("category", "action"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
@@ -93,6 +93,27 @@ class TauTask:
                 f"Task {data.get('id', '?')!r} in {where} is malformed ({type(exc).__name__}: {exc}): it needs 'id', 'instruction' "
                 "and 'turns', a list of objects with 'user' (and optionally 'actions': [{'name', 'arguments'}] and 'reply')."
             ) from exc
+
+
+def _arguments(action: Mapping[str, Any], task: Mapping[str, Any], where: str) -> dict[str, Any]:
+    arguments = action.get("arguments", {})
+    if not isinstance(arguments, Mapping):
+        raise ConfigError(
+            f"Task {task.get('id', '?')!r} in {where}: the arguments of its action {action.get('name')!r} are "
+            f'{type(arguments).__name__} {arguments!r:.60}, not a JSON object: write them as {{"NAME": VALUE, ...}}.'
+        )
+    return dict(arguments)
+
+
+def _outputs(task: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """The required outputs: a list of strings (a number counts as its JSON text: ``5`` is ``"5"``)."""
+    outputs = task.get("outputs", [])
+    if not isinstance(outputs, list):  # a lone string would be read letter by letter
+        raise ConfigError(
+            f"Task {task.get('id', '?')!r} in {where}: 'outputs' is {type(outputs).__name__} {outputs!r:.60}, not a list: "
+            f"write a list of the texts a reply must hold, e.g. [{json.dumps(str(outputs))[:60]}]."
+        )
+    return tuple(json.dumps(o) if isinstance(o, (int, float)) and not isinstance(o, bool) else o for o in outputs)
 
 
 @dataclass
@@ -120,17 +141,35 @@ class TauDomain:
         if loader is None:
             raise ConfigError(f"The tau domain {self.name!r} has no split {split!r}; it has: {', '.join(self.splits)}.")
         tasks = loader()
+        seen: set[str] = set()
         for task in tasks:
             self.check_task(task, split)
+            if task.id in seen:  # results, resuming and the gate's pairing all go by task id
+                raise ConfigError(
+                    f"The tau domain {self.name!r} (split {split!r}) has two tasks with the id {task.id!r}: give every task its own id."
+                )
+            seen.add(task.id)
         return tasks
 
     def check_task(self, task: TauTask, split: str) -> None:
-        """Every ground-truth action names one of the domain's tools with arguments it takes.
+        """The task has turns, each with the user's text; its outputs are texts; every ground-truth action
+        names one of the domain's tools with arguments it takes.
 
         (A misspelled action would fail on both databases alike, so the task would score every agent
-        that changes nothing as right and every agent that does the work as wrong.)"""
+        that changes nothing as right and every agent that does the work as wrong; a task with no turn
+        would score every agent as right.)"""
+        where = f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r})"
+        if not task.turns:
+            raise ConfigError(f"{where} has no turns, so any agent would pass it: give it at least one {{'user': TEXT}}.")
+        for i, turn in enumerate(task.turns):
+            if not isinstance(turn.user, str) or not turn.user.strip():
+                raise ConfigError(f"{where}: turn {i + 1} has no user text ('user' is {turn.user!r:.60}): write what the user says.")
+            if not isinstance(turn.reply, str):
+                raise ConfigError(f"{where}: turn {i + 1}'s 'reply' is {type(turn.reply).__name__} {turn.reply!r:.60}, not a text.")
+        wrong = [o for o in task.outputs if not isinstance(o, str)]
+        if wrong:
+            raise ConfigError(f"{where}: its outputs must be texts; {', '.join(repr(o) for o in wrong[:3])} is not (write it in quotes).")
         for action in task.actions:
-            where = f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r})"
             tool = self.tools.get(action.name)
             if tool is None:
                 raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import textwrap
@@ -73,6 +74,7 @@ def from_file(name: str):
 bad_tool = from_file("bad_tool.json")
 bad_argument = from_file("bad_argument.json")
 not_a_task = from_file("not_a_task.json")
+edited = from_file("edited.json")
 
 
 def not_a_domain():
@@ -170,3 +172,43 @@ def test_a_factory_that_builds_no_domain_or_cannot_be_imported_is_a_clear_error(
         load_suite("tau:no_such_pkg.domain:make")
     with pytest.raises(ConfigError, match=r"Unknown tau domain 'clinic'.*package\.module:factory"):
         load_suite("tau:clinic")
+
+
+def _edited(pantry: str, change: dict, turn: dict | None = None) -> list:
+    """The pantry's 'ask-plums' task with ``change`` (and its first turn with ``turn``), as edited.json holds it."""
+    task = {**json.loads(json.dumps(TASKS[1])), **change}
+    if turn is not None:
+        task["turns"] = [{**task["turns"][0], **turn}]
+    (Path(importlib.import_module(pantry).__file__).parent / "edited.json").write_text(
+        json.dumps([task, TASKS[0]] if change.get("id") == "order-apples" else [task])
+    )
+    return load_suite(f"tau:{pantry}:edited").tasks()
+
+
+@pytest.mark.parametrize(
+    ("change", "turn", "message"),
+    [
+        ({"outputs": "15"}, None, r"'outputs' is str '15', not a list.*\[\"15\"\]"),  # read letter by letter before: '1' and '5'
+        ({"turns": []}, None, r"'ask-plums'.*has no turns, so any agent would pass it"),
+        ({}, {"actions": [{"name": "check_stock", "arguments": "plum"}]}, r"arguments of its action 'check_stock' are str 'plum'"),
+        ({}, {"user": None}, r"turn 1 has no user text"),
+        ({}, {"reply": 5}, r"turn 1's 'reply' is int 5, not a text"),
+        ({"id": "order-apples"}, None, r"two tasks with the id 'order-apples'"),
+    ],
+)
+def test_a_task_file_with_odd_values_is_refused_naming_the_task_and_the_fix(
+    pantry: str, change: dict, turn: dict | None, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _edited(pantry, change, turn)
+
+
+def test_required_outputs_written_as_numbers_are_their_text_and_a_task_without_actions_is_scored_on_its_outputs(
+    pantry: str, tmp_path: Path
+) -> None:
+    [task] = _edited(pantry, {"outputs": [5], "turns": [{"user": "How many plums?", "reply": "There are 5 plums."}]})
+    assert task.payload == {"actions": [], "outputs": ["5"], "instruction": "Ask how many plums there are."}
+    [oracle] = run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model="oracle", out=str(tmp_path / "o")))
+    assert (oracle["tasks"], oracle["success_rate"]) == (1, 1.0)  # before: a harness_error ('int' object has no attribute 'lower')
+    [noop] = run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model="noop", out=str(tmp_path / "n")))
+    assert noop["failures"] == {"missing_output": 1}
