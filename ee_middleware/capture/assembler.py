@@ -271,6 +271,7 @@ def _steps(
     final_answer = None
     for index, d in enumerate(decisions):
         chat: SpanData = d["span"]
+        until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
         for message in d["outputs"]:
             calls = message.get("tool_calls") or []
             text = content_to_text(message.get("content"))
@@ -281,7 +282,7 @@ def _steps(
                     name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
                     arguments=parse_arguments(function.get("arguments")),
                 )
-                span = _take_tool_span(tools_by_call.get(tool_call.id), chat) or _take_by_name(unmatched, tool_call.name)
+                span = _take_tool_span(tools_by_call.get(tool_call.id), chat, until) or _take_by_name(unmatched, tool_call.name)
                 reply = _reply_to(tool_call.id, index, decisions, final_tool_messages) or later_tool_messages.get(tool_call.id)
                 observation, latency = _observation(span, reply, redact, max_chars)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
@@ -293,13 +294,21 @@ def _steps(
     return steps, final_answer
 
 
-def _take_tool_span(spans: list[SpanData] | None, chat: SpanData) -> SpanData | None:
-    """The first tool span of a call id that started after the model's decision (removed from ``spans``): a reused id
-    (a model numbering its calls per reply) has one span per turn."""
+def _take_tool_span(spans: list[SpanData] | None, chat: SpanData, until: int | None) -> SpanData | None:
+    """The tool span of a call id that gave the model's decision ``chat`` its result (removed from ``spans``, with the
+    attempts before it): the last of those that started after the decision and before the next one (``until``), as a
+    retried call (``ToolRetryMiddleware``) has a span per attempt and its result is the last one's; else the first
+    that started after the decision. A reused id (a model numbering its calls per reply) has one span per turn."""
     if not spans:
         return None
-    position = next((i for i, s in enumerate(spans) if s.start_ns >= chat.start_ns), 0)
-    return spans.pop(position)
+    after = [i for i, s in enumerate(spans) if s.start_ns >= chat.start_ns]
+    if not after:
+        return spans.pop(0)
+    attempts = [i for i in after if until is None or spans[i].start_ns < until] or after[:1]
+    taken = spans[attempts[-1]]
+    for i in reversed(attempts):
+        del spans[i]
+    return taken
 
 
 def _reply_to(

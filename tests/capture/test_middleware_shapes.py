@@ -10,7 +10,12 @@ from typing import Any
 
 import polars as pl
 from langchain.agents import create_agent
-from langchain.agents.middleware import LLMToolSelectorMiddleware, SummarizationMiddleware
+from langchain.agents.middleware import (
+    LLMToolSelectorMiddleware,
+    ModelRetryMiddleware,
+    SummarizationMiddleware,
+    ToolRetryMiddleware,
+)
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -175,3 +180,49 @@ def test_a_tool_that_interrupts_has_no_observation_until_the_thread_resumes(tmp_
     assert paused.steps[0].observation is None and paused.steps[0].latency_ms is None
     assert resumed.status == "completed" and resumed.final_answer == "Refund issued."
     assert [m["content"] for m in resumed.messages if m["role"] == "tool"] == ["refund A-1: issued"]  # run on resume
+
+
+def test_retried_model_and_tool_calls_are_one_step_with_the_last_attempts_result(tmp_path: Path) -> None:
+    """ModelRetryMiddleware and ToolRetryMiddleware call the model or the tool again after a failure. A failed model
+    attempt made no decision (no step); a tool's result is its last attempt's. Before, a retried tool's step took the
+    first attempt's span: the observation the model saw ('0') was flagged as a tool error, with the failed attempt's
+    latency, and replay or datasets read a working call as a failing one."""
+    world = {"stock": {"pear": 0, "apple": 3}}
+    attempts: list[str] = []
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        attempts.append(item)
+        if len(attempts) == 1:
+            raise ConnectionError("inventory database did not answer")
+        return _check_stock(world, item)
+
+    failures = iter([False, True, False, False, False])
+
+    class FlakyModel(PlannedModel):
+        def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+            if next(failures):
+                raise TimeoutError("model server timed out")
+            return super()._generate(messages, *args, **kwargs)
+
+    model = planned_model()
+    model = FlakyModel(policy=model.policy, model_name="expert", seen=[])
+    retries = [
+        ModelRetryMiddleware(max_retries=2, initial_delay=0, jitter=False),
+        ToolRetryMiddleware(max_retries=2, initial_delay=0, jitter=False),
+    ]
+    graph = create_agent(model, [check_stock, shop_tools(world["stock"])[1]], middleware=retries)
+    trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    assert attempts == ["pear", "pear", "apple"]
+    assert _actions(trajectory) == [
+        ("tool_call", "check_stock"),
+        ("tool_call", "check_stock"),
+        ("tool_call", "order_item"),
+        ("answer", PLAN[-1].content),
+    ]
+    for step, (seen, _) in zip(trajectory.steps, model.seen, strict=True):
+        assert step.state == as_recorded(seen)
+    first = trajectory.steps[0]
+    assert (first.observation.content, first.observation.is_error) == ("0", False)
+    assert [s.observation.is_error for s in trajectory.steps[:3]] == [False, False, False]
