@@ -7,7 +7,15 @@ was trained on, byte for byte.
 Some templates (SmolLM2's among them) ignore ``tools`` and ``tool_calls``. :func:`probe_template`
 finds out once per tokenizer; then the tool schemas go into the system message and each tool call
 becomes ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` text (the Hermes/Qwen shape
-that :mod:`ee_middleware.models.parsing` reads), so the model still sees and learns the calls.
+that :mod:`ee_middleware.models.parsing` reads), so the model still sees and learns the calls. The same
+fallback is taken by templates that render calls but lose part of them: one call per message only, or the
+text written beside a call dropped (Llama 3.x: an SR target's rationale would vanish from the labels).
+
+Two more limits of real templates get a fallback rather than a silent loss or a Jinja traceback: a
+template that skips or refuses ``tool`` messages (Phi-3/4 skip them, Gemma raises) gets each run of tool
+results as one user turn of ``<tool_response>`` blocks (Qwen's own rendering of tool results); one without
+a system role (Gemma 2) gets the system text at the start of the first user turn (Gemma 3's own rendering).
+:meth:`TemplateSupport.describe` says which were taken; the trainer records it in the adapter's manifest.
 
 The tokenizer is any object with a transformers-style ``apply_chat_template``; nothing here
 imports transformers.
@@ -17,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ee_middleware.errors import ChatTemplateError
@@ -25,6 +33,10 @@ from ee_middleware.messages import content_to_text, decode_tool_call
 
 _PROBE_TOOL = "ee_probe_tool_7f3a"
 _PROBE_CALL = "ee_probe_call_9c1d"
+_PROBE_SECOND_CALL = "ee_probe_call_3e8b"
+_PROBE_TEXT = "ee_probe_text_6a2f"
+_PROBE_RESULT = "ee_probe_result_4d7c"
+_PROBE_SYSTEM = "ee_probe_system_8b5e"
 TOOLS_PREAMBLE = "You may call these tools:\n"
 TOOLS_SUFFIX = 'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
 COMPACT_TOOLS_PREAMBLE = "You may call these tools (name and arguments):\n"
@@ -32,28 +44,59 @@ COMPACT_TOOLS_PREAMBLE = "You may call these tools (name and arguments):\n"
 
 @dataclass(frozen=True)
 class TemplateSupport:
-    """Whether the chat template renders the ``tools`` argument and assistant ``tool_calls`` itself."""
+    """What the chat template renders itself; each ``False`` is a documented fallback (module docstring)."""
 
     tools: bool
     tool_calls: bool
+    tool_role: bool = True
+    """``tool`` messages are rendered with their content; else each run of them is one user turn of
+    ``<tool_response>`` blocks."""
+    system_role: bool = True
+    """A leading system message is accepted and shown; else its text opens the first user turn."""
 
     def describe(self) -> dict[str, str]:
         return {
             "tools": "chat template" if self.tools else "system message (template ignores tools)",
-            "tool_calls": "chat template" if self.tool_calls else "<tool_call> text (template ignores tool_calls)",
+            "tool_calls": "chat template"
+            if self.tool_calls
+            else "<tool_call> text (template ignores tool_calls, renders one per message, or drops the text beside them)",
+            "tool_results": "chat template"
+            if self.tool_role
+            else "<tool_response> blocks in a user turn (template skips or refuses tool messages)",
+            "system": "chat template" if self.system_role else "start of the first user turn (template has no system role)",
         }
 
 
 def probe_template(tokenizer: Any) -> TemplateSupport:
-    """Render a tiny conversation to see whether the template shows tools and tool calls."""
+    """Render tiny conversations to see what the template shows: tools, tool calls (two in one message, with text
+    beside them), tool results and a system message."""
     tool = {"type": "function", "function": {"name": _PROBE_TOOL, "description": "probe", "parameters": {"type": "object"}}}
-    call = {"id": "p1", "type": "function", "function": {"name": _PROBE_CALL, "arguments": {}}}
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    calls = [
+        {"id": f"p{i}", "type": "function", "function": {"name": name, "arguments": {}}}
+        for i, name in enumerate((_PROBE_CALL, _PROBE_SECOND_CALL))
+    ]
+    user = {"role": "user", "content": "hi"}
+    one_call = _probe_render(tokenizer, [user, {"role": "assistant", "content": "", "tool_calls": calls[:1]}], tools=[tool])
+    support = TemplateSupport(tools=_PROBE_TOOL in one_call, tool_calls=_PROBE_CALL in one_call)
+    if support.tool_calls:
+        both = _probe_render(tokenizer, [user, {"role": "assistant", "content": _PROBE_TEXT, "tool_calls": calls}], tools=[tool])
+        if not all(marker in both for marker in (_PROBE_TEXT, _PROBE_CALL, _PROBE_SECOND_CALL)):
+            support = TemplateSupport(tools=False, tool_calls=False)  # the schemas come with the <tool_call> instructions
+    answered = [
+        user,
+        {"role": "assistant", "content": "", "tool_calls": calls[:1]},
+        {"role": "tool", "tool_call_id": "p0", "content": _PROBE_RESULT},
+    ]
+    tool_role = _PROBE_RESULT in _probe_render(tokenizer, template_messages(answered, support))
+    system = _PROBE_SYSTEM in _probe_render(tokenizer, [{"role": "system", "content": _PROBE_SYSTEM}, user])
+    return replace(support, tool_role=tool_role, system_role=system)
+
+
+def _probe_render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
     try:
-        text = tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that cannot take tools at all supports neither
-        return TemplateSupport(tools=False, tool_calls=False)
-    return TemplateSupport(tools=_PROBE_TOOL in text, tool_calls=_PROBE_CALL in text)
+        return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses the probe does not support what it probes
+        return ""
 
 
 def template_messages(messages: Sequence[dict[str, Any]], support: TemplateSupport) -> list[dict[str, Any]]:
@@ -138,8 +181,51 @@ def _prepared(
     prepared = template_messages(messages, support)
     tool_list = list(tools) if tools else None
     if tool_list and not support.tools:
-        return with_tools_in_system(prepared, tool_list), None
+        prepared, tool_list = with_tools_in_system(prepared, tool_list), None
+    if not support.tool_role:
+        prepared = tool_results_as_user_turns(prepared)
+    if not support.system_role:
+        prepared = system_in_first_user_turn(prepared)
     return prepared, tool_list
+
+
+def tool_results_as_user_turns(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run of ``tool`` messages as one user message of ``<tool_response>`` blocks, in order."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.get("role") != "tool":
+            out.append(message)
+            continue
+        block = f"<tool_response>\n{message.get('content') or ''}\n</tool_response>"
+        if out and out[-1].get("_tool_results"):
+            out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n{block}"}
+        else:
+            out.append({"role": "user", "content": block, "_tool_results": True})
+    return [{k: v for k, v in message.items() if k != "_tool_results"} for message in out]
+
+
+def system_in_first_user_turn(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leading system messages' text at the start of the first user message (a user message when there is none)."""
+    index = 0
+    while index < len(messages) and messages[index].get("role") in ("system", "developer"):
+        index += 1
+    system = "\n\n".join(str(m.get("content") or "") for m in messages[:index] if m.get("content"))
+    rest = list(messages[index:])
+    if not system:
+        return rest
+    if rest and rest[0].get("role") == "user":
+        return [{**rest[0], "content": f"{system}\n\n{rest[0].get('content') or ''}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]
+
+
+def _template_error(exc: Exception, messages: Sequence[dict[str, Any]]) -> ChatTemplateError:
+    roles = ", ".join(str(m.get("role")) for m in messages)
+    return ChatTemplateError(
+        f"The chat template cannot render these messages (roles {roles}): {type(exc).__name__}: {exc}. This is a limit of "
+        "the model's own template (e.g. strict user/assistant alternation). Give the tokenizer a template that accepts "
+        "this conversation (tokenizer.chat_template = ...; tokenizer.save_pretrained(DIR) writes chat_template.jinja), "
+        "or pick a base model whose template does."
+    )
 
 
 def render_prompt(
@@ -150,7 +236,7 @@ def render_prompt(
     try:
         return tokenizer.apply_chat_template(prepared, tools=tool_list, add_generation_prompt=True, tokenize=False)
     except Exception as exc:
-        raise ChatTemplateError(f"The chat template cannot render these messages: {type(exc).__name__}: {exc}") from exc
+        raise _template_error(exc, prepared) from exc
 
 
 def render_pair(
@@ -173,7 +259,7 @@ def render_pair(
         prompt_text = tokenizer.apply_chat_template(prepared_prompt, tools=tool_list, add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(prepared_prompt + prepared_completion, tools=tool_list, tokenize=False)
     except Exception as exc:
-        raise ChatTemplateError(f"The chat template cannot render these messages: {type(exc).__name__}: {exc}") from exc
+        raise _template_error(exc, prepared_prompt + prepared_completion) from exc
     if full.startswith(prompt_text) and len(full) > len(prompt_text):
         return prompt_text, full[len(prompt_text) :], False
     return prompt_text, (prepared_completion[0].get("content") or "") + (tokenizer.eos_token or ""), True

@@ -80,12 +80,8 @@ def render_texts(tokenizer: Any, row: ChatRow, support: TemplateSupport) -> tupl
 
 
 def _render_error(row: ChatRow, exc: ChatTemplateError) -> TrainDataError:
-    cause = exc.__cause__ or exc
-    return TrainDataError(
-        f"The base model's chat template cannot render row {row.id!r} ({row.kind}): {type(cause).__name__}: {cause}. "
-        "The dataset may have been built for another model's message shapes; rebuild it, or pick a base model "
-        "whose template accepts these roles."
-    )
+    """The template's refusal (its message names the roles, the template's own error and the fix) for ``row``."""
+    return TrainDataError(f"The base model's chat template cannot render row {row.id!r} ({row.kind}). {exc}")
 
 
 def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support: TemplateSupport) -> tuple[list[Example], RenderStats]:
