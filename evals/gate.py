@@ -73,6 +73,8 @@ class SuiteComparison:
     """Tasks the candidate passed and the baseline failed."""
     missing: list[str] = field(default_factory=list)
     """Tasks the baseline ran and the candidate did not."""
+    extra: list[str] = field(default_factory=list)
+    """Tasks the candidate ran and the baseline did not."""
 
 
 @dataclass
@@ -83,11 +85,14 @@ class GateResult:
     overall: SuiteComparison | None
     policy: dict[str, Any] = field(default_factory=dict)
     test: str = "McNemar exact (two-sided), paired by task; 95% CI: Newcombe hybrid score for paired proportions"
+    notes: list[str] = field(default_factory=list)
+    """How sure the decision is, where the policy did not ask: a tie, an improvement within the noise."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "reasons": self.reasons,
+            "notes": self.notes,
             "test": self.test,
             "policy": self.policy,
             "suites": [asdict(s) for s in self.suites],
@@ -263,6 +268,7 @@ def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool], w
         regressed=[{"task_id": t, "reason": why.get(t)} for t in shared if baseline[t] and not candidate[t]] if why is not None else [],
         improved=[t for t in shared if candidate[t] and not baseline[t]] if why is not None else [],
         missing=sorted(set(baseline) - set(candidate)) if why is not None else [],
+        extra=sorted(set(candidate) - set(baseline)) if why is not None else [],
     )
 
 
@@ -306,16 +312,48 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
             reasons.append(f"overall: delta {overall.delta:+.3f} is below the required improvement {policy.min_improvement:+.3f}")
         if policy.require_significant and not (overall.delta > 0 and overall.p_value < policy.alpha):
             reasons.append(f"overall: the improvement is not significant (McNemar p = {overall.p_value:.3g}, alpha {policy.alpha})")
-    return GateResult(passed=not reasons, reasons=reasons, suites=comparisons, overall=overall, policy=policy.model_dump())
+    return GateResult(
+        passed=not reasons,
+        reasons=reasons,
+        suites=comparisons,
+        overall=overall,
+        policy=policy.model_dump(),
+        notes=_notes(overall, policy),
+    )
+
+
+def _notes(overall: SuiteComparison | None, policy: GatePolicy) -> list[str]:
+    """What the numbers cannot tell apart, said where the policy let it pass: a tie, a gain within the noise."""
+    if overall is None or not overall.tasks:
+        return []
+    interval = f"95% CI [{100 * overall.ci_low:+.1f}, {100 * overall.ci_high:+.1f}] points"
+    if overall.candidate_only == overall.baseline_only == 0:
+        return [
+            f"no task changed outcome: both pass {overall.both} of {overall.tasks} paired task(s), so the runs cannot tell the "
+            f"models apart ({interval}); a tie passes while min_improvement is {policy.min_improvement:g}"
+        ]
+    if overall.delta > 0 and overall.p_value >= policy.alpha and not policy.require_significant:
+        return [
+            f"the gain of {100 * overall.delta:+.1f} points ({overall.candidate_only} task(s) gained, {overall.baseline_only} lost, "
+            f"{overall.tasks} paired) is not significant (McNemar p = {overall.p_value:.3g} >= alpha {policy.alpha:g}; {interval}): "
+            "it may be chance; set require_significant = true to require a significant gain"
+        ]
+    return []
 
 
 def _suite_reasons(result: SuiteComparison, policy: GatePolicy) -> list[str]:
     reasons = []
-    if result.only_in_baseline:
-        named = ", ".join(result.missing[:5]) + (f" and {len(result.missing) - 5} more" if len(result.missing) > 5 else "")
-        reasons.append(
-            f"{result.suite}: the candidate lacks {result.only_in_baseline} task(s) the baseline ran" + (f" ({named})" if named else "")
-        )
+    for role, other, count, ids in (
+        ("candidate", "baseline", result.only_in_baseline, result.missing),
+        ("baseline", "candidate", result.only_in_candidate, result.extra),
+    ):
+        if count:  # on different task sets (another N, split or data), their scores are not the same measure
+            named = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            reasons.append(
+                f"{result.suite}: the {role} lacks {count} task(s) the {other} ran"
+                + (f" ({named})" if named else "")
+                + "; run both on the same tasks (the same suite specs, task counts included)"
+            )
     if result.tasks < policy.min_tasks:
         reasons.append(f"{result.suite}: {result.tasks} paired task(s), fewer than min_tasks = {policy.min_tasks}")
     if result.delta < -policy.max_regression:

@@ -211,6 +211,8 @@ def _print_gate(out: Any, result: Any) -> None:
         )
     out.print(table)
     _print_moved(out, result.suites)
+    for note in result.notes:
+        out.print(f"[yellow]Note: {escape(note)}[/]")
     out.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: " + "; ".join(result.reasons))
 
 

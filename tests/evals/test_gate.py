@@ -63,9 +63,50 @@ def test_missing_tasks_and_suites_fail_the_gate(tmp_path: Path) -> None:
     base = _run_dir(tmp_path / "b", {f"t{i}": True for i in range(30)})
     cand = _run_dir(tmp_path / "c", {f"t{i}": True for i in range(25)})
     result = gate(cand, base, GatePolicy())
-    assert result.reasons == ["s: the candidate lacks 5 task(s) the baseline ran (t25, t26, t27, t28, t29)"]
+    assert result.reasons == [
+        "s: the candidate lacks 5 task(s) the baseline ran (t25, t26, t27, t28, t29); run both on the same tasks "
+        "(the same suite specs, task counts included)"
+    ]
     other = _run_dir(tmp_path / "o", {f"t{i}": True for i in range(30)}, suite="other")
     assert not gate(other, base).passed
+
+
+def test_a_candidate_run_on_more_tasks_than_the_baseline_is_refused_naming_them(tmp_path: Path) -> None:
+    run_eval(EvalJob(suites=["bfcl:simple:5"], model="oracle", out=str(tmp_path / "cand")))
+    run_eval(EvalJob(suites=["bfcl:simple:3"], model="noop", out=str(tmp_path / "live")))
+    result = gate(tmp_path / "cand", tmp_path / "live", GatePolicy(min_tasks=1))
+    assert not result.passed  # before: PASS on the 3 shared tasks, the candidate's 5-task score beside the baseline's 3
+    assert result.reasons == [
+        "bfcl:simple: the baseline lacks 2 task(s) the candidate ran (simple_python_3, simple_python_4); run both on the same "
+        "tasks (the same suite specs, task counts included)"
+    ]
+    assert result.suites[0].extra == ["simple_python_3", "simple_python_4"]
+
+
+def test_a_pass_the_numbers_cannot_back_says_so(tmp_path: Path) -> None:
+    for model, spec in (("oracle", "bfcl:simple:1"), ("noop", "bfcl:simple:1")):
+        run_eval(EvalJob(suites=[spec], model=model, out=str(tmp_path / model)))
+    one_task_win = gate(tmp_path / "oracle", tmp_path / "noop", GatePolicy(min_tasks=1))
+    assert one_task_win.passed and one_task_win.reasons == []  # the policy allows it (min_tasks = 1)
+    [note] = one_task_win.notes
+    assert "+100.0 points (1 task(s) gained, 0 lost, 1 paired) is not significant (McNemar p = 1 >= alpha 0.05" in note
+    assert "require_significant = true" in note
+    assert gate(tmp_path / "oracle", tmp_path / "noop", GatePolicy(min_tasks=1, require_significant=True)).notes == []  # a reason instead
+    tie = gate(tmp_path / "oracle", tmp_path / "oracle", GatePolicy(min_tasks=1))
+    assert tie.passed and tie.notes[0].startswith("no task changed outcome: both pass 1 of 1 paired task(s)")
+    shown = CliRunner().invoke(
+        app, ["eval", "gate", "--candidate", str(tmp_path / "oracle"), "--baseline", str(tmp_path / "noop"), "--min-tasks", "1"]
+    )
+    assert shown.exit_code == 0 and "Note: the gain of +100.0 points" in " ".join(shown.output.split())
+    data = json.loads(
+        CliRunner()
+        .invoke(
+            app,
+            ["eval", "gate", "--candidate", str(tmp_path / "oracle"), "--baseline", str(tmp_path / "noop"), "--min-tasks", "1", "--json"],
+        )
+        .output
+    )
+    assert data["notes"] == one_task_win.notes
 
 
 def test_ee_eval_gate_cli_json_policy_file_and_exit_code(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -140,7 +181,7 @@ def test_the_gate_names_the_tasks_that_regressed_with_the_candidates_reason_and_
         {"task_id": "t2", "reason": "failed 2 of 2 trials: state_mismatch: no mv"},
     ]
     assert suite.improved == ["t3"] and suite.missing == ["t4"]
-    assert "s: the candidate lacks 1 task(s) the baseline ran (t4)" in result.reasons
+    assert any(r.startswith("s: the candidate lacks 1 task(s) the baseline ran (t4);") for r in result.reasons)
     out = CliRunner().invoke(app, ["eval", "gate", "--candidate", str(cand), "--baseline", str(base), "--min-tasks", "1"])
     assert out.exit_code == 1 and "t2: failed 2 of 2 trials: state_mismatch: no mv" in out.output and "improved" in out.output, out.output
     listed = json.loads(CliRunner().invoke(app, ["eval", "gate", "--candidate", str(cand), "--baseline", str(base), "--json"]).output)
