@@ -166,7 +166,15 @@ def test_a_model_written_value_for_an_injected_call_id_is_replaced_by_the_call_i
     assert (observation.content, observation.is_error) == ("noted 'x' as call_7", False)
 
 
-def test_a_langchain_tool_object_is_refused_at_once_naming_its_function() -> None:
-    """A @tool object is not a function PythonSandbox can call: it said so only as a TypeError observation per call."""
-    with pytest.raises(SandboxError, match=r"read_only_tools\['lookup'\] is a LangChain tool \(StructuredTool\).*lookup\.func"):
-        PythonSandbox(lambda environment: None, tools={}, read_only_tools={"lookup": tool(lookup)})
+def test_a_langchain_tool_object_is_refused_among_world_tools_and_called_as_a_read_only_tool() -> None:
+    """A @tool object cannot take the world: among world tools it is refused at once (it said so only as a TypeError
+    observation per call). In read_only_tools it is called as ToolNode calls it, and one that takes the graph's state
+    is refused as its function would be."""
+    with pytest.raises(SandboxError, match=r"tools\['lookup'\] is a LangChain tool \(StructuredTool\).*read_only_tools"):
+        PythonSandbox(lambda environment: None, tools={"lookup": tool(lookup)})
+    sandbox = PythonSandbox(
+        lambda environment: None, tools={}, read_only_tools={"lookup": tool(lookup), "count_messages": tool(count_messages)}
+    )
+    sandbox.reset(None)
+    assert sandbox.execute(ToolCall(id="c", name="lookup", arguments={"key": "k"})).content == lookup("k")
+    assert not sandbox.covers("count_messages") and "InjectedState" in (sandbox.refusal_hint("count_messages") or "")
