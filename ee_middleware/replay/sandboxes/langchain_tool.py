@@ -49,11 +49,7 @@ def call_tool(tool: Any, call_id: str, name: str, arguments: dict[str, Any], run
         else:
             response = tool.invoke(request)
     except ValidationError as exc:
-        from langgraph.prebuilt.tool_node import ToolInvocationError
-
-        injected = tool_injected_parameters(tool)
-        shown = [error for error in exc.errors() if not (error.get("loc") and error["loc"][0] in injected)]
-        raise ToolInvocationError(name, exc, arguments, shown) from exc
+        raise _invocation_error(name, exc, arguments, tool_injected_parameters(tool)) from exc
     return _answer(response, call_id)
 
 
@@ -69,3 +65,49 @@ def _answer(response: Any, call_id: str) -> tuple[Any, bool]:
             if isinstance(message, ToolMessage) and message.tool_call_id == call_id:
                 return message.content, message.status == "error"
     return response, False
+
+
+def argument_schema(name: str, fn: Callable[..., Any], *, skip: int = 0) -> Any:
+    """The pydantic model LangChain's ``@tool`` builds from ``fn``'s signature (after its first ``skip`` parameters), to
+    validate a call's arguments as the production tool did; ``None`` for a function it cannot describe (one that takes
+    ``*args`` or ``**kwargs``, a builtin, types pydantic does not know), which then gets the arguments as they are."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not parameters[skip:] or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters[skip:]):
+        return None
+    try:
+        from langchain_core.tools import create_schema_from_function
+
+        skipped = [p.name for p in parameters[:skip]]
+        return create_schema_from_function(name, fn, filter_args=[*skipped, "run_manager", "callbacks"])
+    except Exception:  # noqa: BLE001 - annotations pydantic cannot read: the function gets the raw arguments
+        return None
+
+
+def validated_arguments(schema: Any, name: str, arguments: dict[str, Any], injected: dict[str, str]) -> dict[str, Any]:
+    """``arguments`` as LangChain's tool gives them to its function: validated by ``schema`` (``"4"`` is ``4``, a dict a
+    nested model, a string an enum member), only those the call gave (defaults are the function's). Arguments it
+    refuses raise LangGraph's ``ToolInvocationError``.
+
+    One difference: LangChain drops an argument the function does not take; here it is passed on, so that the call
+    fails (``TypeError``) as the sandbox conformance kit requires of a bad call."""
+    from pydantic import ValidationError
+
+    try:
+        result = schema.model_validate(arguments)
+    except ValidationError as exc:
+        raise _invocation_error(name, exc, arguments, injected) from exc
+    fields = type(result).model_fields
+    return {key: getattr(result, key) if key in fields else value for key, value in arguments.items()}
+
+
+def _invocation_error(name: str, exc: Any, arguments: dict[str, Any], injected: dict[str, str]) -> Exception:
+    from langgraph.prebuilt.tool_node import ToolInvocationError
+
+    shown = [error for error in exc.errors() if not (error.get("loc") and error["loc"][0] in injected)]
+    shown_arguments = {key: value for key, value in arguments.items() if key not in injected}
+    return ToolInvocationError(name, exc, shown_arguments, shown)

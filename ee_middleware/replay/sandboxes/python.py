@@ -43,7 +43,13 @@ from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
 from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters, refusal_reason
 from ee_middleware.replay.sandboxes.journal import JDict, JList, Journal, JournalSnapshot, NotJournalable, adopt
-from ee_middleware.replay.sandboxes.langchain_tool import call_tool, is_langchain_tool, tool_injected_parameters
+from ee_middleware.replay.sandboxes.langchain_tool import (
+    argument_schema,
+    call_tool,
+    is_langchain_tool,
+    tool_injected_parameters,
+    validated_arguments,
+)
 
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
 WorldTool = Callable[..., Any]
@@ -253,6 +259,7 @@ class PythonSandbox:
         self._ready = False
         self._closed = False
         self._loop: Any = None  # the event loop of async tools, made at the first one
+        self._schemas: dict[str, Any] = {}  # tool name -> the argument schema LangChain's @tool builds for it, or None
 
     @property
     def world(self) -> Any:
@@ -295,11 +302,11 @@ class PythonSandbox:
             return self._invoke_langchain_tool(direct, call)
         arguments = self._with_injected(call)
         if direct is not None:
-            return self._invoke(direct, arguments)
+            return self._invoke(direct, arguments, name=call.name)
         tool = self._tools.get(call.name)
         if tool is None:
             return Observation(content=f"Error: tool '{call.name}' is not available in this sandbox.", is_error=True)
-        return self._invoke(tool, arguments, self._world)
+        return self._invoke(tool, arguments, self._world, name=call.name)
 
     def _with_injected(self, call: ToolCall) -> dict[str, Any]:
         """The call's arguments with its id given to the parameters that take it (over any value the model wrote), as LangGraph does."""
@@ -308,10 +315,14 @@ class PythonSandbox:
             return call.arguments
         return {**call.arguments, **{name: call.id for name, kind in injected.items() if kind == CALL_ID}}
 
-    def _invoke(self, fn: Callable[..., Any], arguments: dict[str, Any], *world: Any) -> Observation:
+    def _invoke(self, fn: Callable[..., Any], arguments: dict[str, Any], *world: Any, name: str) -> Observation:
         try:
             # A copy, so that the world never shares a list or dict with the caller's records.
-            value = fn(*world, **copy.deepcopy(arguments))
+            arguments = copy.deepcopy(arguments)
+            schema = self._schemas[name] if name in self._schemas else self._schema(name, fn, skip=len(world))
+            if schema is not None:  # as LangChain's tool gives them to its function
+                arguments = validated_arguments(schema, name, arguments, self._injected.get(name, {}))
+            value = fn(*world, **arguments)
             if inspect.isawaitable(value):  # an ``async def`` tool: its result, not the coroutine
                 value = self._await(value)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - a tool's failure is an observation, not a crash
@@ -320,6 +331,10 @@ class PythonSandbox:
             return Observation(content=self._format_error(exc), is_error=True)
         is_error = bool(self._is_error_result(value)) if self._is_error_result else False
         return Observation(content=self._format_result(value), is_error=is_error)
+
+    def _schema(self, name: str, fn: Callable[..., Any], *, skip: int) -> Any:
+        self._schemas[name] = schema = argument_schema(name, fn, skip=skip)
+        return schema
 
     def _invoke_langchain_tool(self, tool: Any, call: ToolCall) -> Observation:
         try:

@@ -74,8 +74,11 @@ def test_tool_failures_and_bad_arguments_are_error_observations() -> None:
     sandbox.reset({"stock": {"apple": 0}})
     empty = sandbox.execute(call("order_item", item="apple"))
     assert empty.is_error and empty.content == "Error: ValueError: only 0 apple left"
-    bad = sandbox.execute(call("order_item", colour="red"))
+    bad = sandbox.execute(call("order_item", item="apple", colour="red"))
     assert bad.is_error and "TypeError" in bad.content
+    missing = sandbox.execute(call("order_item", colour="red"))  # as a LangChain tool's schema refuses it
+    assert missing.is_error and missing.content.startswith("Error invoking tool 'order_item' with kwargs {'colour': 'red'}")
+    assert "item: Field required" in missing.content
     unknown = sandbox.execute(call("send_email", to="x"))
     assert unknown.is_error and "not available" in unknown.content
 

@@ -292,3 +292,38 @@ def test_a_langchain_tool_among_world_tools_says_where_it_belongs() -> None:
     with pytest.raises(SandboxError) as raised:
         PythonSandbox(lambda environment: {}, tools={"place": place})
     assert "cannot take the world" in str(raised.value) and "read_only_tools" in str(raised.value)
+
+
+def _world_place(world: dict[str, Any], item: str, address: Address, color: Color = Color.red, quantity: int = 1) -> str:
+    world[item] = world.get(item, 0) - quantity
+    return f"{quantity} {color.value} {item} to {address.city}; {world[item]} left"
+
+
+def test_world_tools_get_the_arguments_a_langchain_tool_gives_its_function(tmp_path: Path) -> None:
+    """A world tool with the production tool's signature gets the model's arguments as LangChain's ``@tool`` gives them:
+    validated by the schema built from the signature. Before, it got the raw JSON: quantity '2' stayed a string
+    (TypeError), the address a dict and the color a str ('str' object has no attribute 'value'), so the expert's step
+    was a fidelity error and the rollouts held errors production never gives; a call missing an argument gave a
+    TypeError instead of the message create_agent shows."""
+    stock = {"pear": 9}
+
+    @tool
+    def place(item: str, address: Address, color: Color = Color.red, quantity: int = 1) -> str:
+        """Send an item."""
+        stock[item] = stock.get(item, 0) - quantity
+        return f"{quantity} {color.value} {item} to {address.city}; {stock[item]} left"
+
+    calls = [
+        ("place", {"item": "pear", "address": {"city": "Oslo"}, "color": "blue", "quantity": "2"}),
+        ("place", {"item": "pear", "address": {"town": "Oslo"}}),
+    ]
+    graph = create_agent(ScriptedChatModel(script=_script(*calls)), [place])
+    trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", {"messages": [("user", "pears?")]})
+    recorded = _recorded(trajectory)
+    assert recorded[0] == "2 blue pear to Oslo; 7 left" and recorded[1].startswith("Error invoking tool 'place'")
+
+    sandbox = PythonSandbox(lambda environment: dict(environment or {"pear": 9}), tools={"place": _world_place})
+    outcome = _replay(trajectory, sandbox, k=3)
+    assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
+    assert not [r for r in outcome.rollouts if "has no attribute" in r.observation.content]
+    sandbox.close()
