@@ -253,7 +253,17 @@ def _rollback(registry: AdapterRegistry, app: str, replicas: Sequence[ServingBac
         try:
             if target.name not in replica.list():
                 if "://" not in target.path:
-                    check_registered_files(target, _registry_label(registry))
+                    label = _registry_label(registry)
+                    check_registered_files(
+                        target,
+                        label,
+                        fix=(
+                            f"{replica.url} no longer holds it, so it would be loaded from those files. Nothing was switched: {app} "
+                            f"still serves {registry.resolve(app) or 'the base model'}. To roll back past it, retire it (ee adapters "
+                            f"retire {target.name} -r {label}) and roll back again: the rollback then goes to the live adapter before "
+                            "it. Or restore its folder from a backup."
+                        ),
+                    )
                 replica.load(target.name, target.path)
                 replica.verify(target.name)
                 loaded.append(replica.url)

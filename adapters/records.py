@@ -131,15 +131,17 @@ def inspect_adapter(folder: str | Path) -> AdapterFiles:
     return AdapterFiles(path.resolve(), rank, base, content_hash(path, weights), weights, manifest, config)
 
 
-def check_registered_files(record: AdapterRecord, registry: str) -> None:
+def check_registered_files(record: AdapterRecord, registry: str, *, fix: str | None = None) -> None:
     """The registry's copy of ``record`` is still what was registered (same content hash); otherwise
-    :class:`AdapterFilesError` names the adapter and what to do. A server refusing damaged weights says
-    only that it cannot read them; this says which adapter and how to get past it."""
-    fix = (
+    :class:`AdapterFilesError` names the adapter and what to do (``fix``, else the general advice). A server
+    refusing damaged weights says only that it cannot read them; this says which adapter and how to get past it."""
+    fix = fix or (
         f"Registered adapters are never edited: roll {record.app} back to an intact version (ee adapters rollback {record.app} "
         f"-r {registry}) when {record.name} is live, retire it otherwise (ee adapters retire {record.name} -r {registry}), "
         "or restore the folder from a backup."
     )
+    if not Path(record.path).is_dir():  # inspect_adapter's advice (pass the folder ee train wrote) is for registering
+        raise AdapterFilesError(f"The registered adapter {record.name} is damaged: its folder {record.path} is gone. {fix}")
     try:
         files = inspect_adapter(record.path)
     except AdapterFilesError as exc:

@@ -8,6 +8,7 @@ is a port nobody listens on."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ee_middleware.adapters.errors import (
     ServerUnavailableError,
     VerificationError,
 )
-from ee_middleware.adapters.promote import promote, rollback
+from ee_middleware.adapters.promote import promote, retire, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import VLLMBackend
 from ee_middleware.adapters.serving.launch import free_port
@@ -160,6 +161,26 @@ def test_a_rollback_does_not_load_a_damaged_copy_on_a_replica_that_lost_it_stand
     with pytest.raises(AdapterFilesError, match=f"registered adapter {first} is damaged"):
         rollback(registry, "bot", [backend])
     assert first not in server.loaded and registry.resolve("bot") == second
+
+
+def test_a_rollback_to_a_version_whose_folder_was_deleted_says_how_to_roll_back_past_it_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    server, backend = stand_in
+    registry, names = _registry(tmp_path, "/models/base", "/models/base", "/models/base")
+    for name in names:
+        promote(registry, name, [backend])
+    first, second, third = names
+    server.loaded.pop(second)  # the replica restarted and lost it
+    shutil.rmtree(registry.get(second).path)
+    with pytest.raises(AdapterFilesError) as refused:
+        rollback(registry, "bot", [backend])
+    message = str(refused.value)
+    assert f"its folder {registry.get(second).path} is gone" in message and "ee train" not in message  # before: register's advice
+    assert f"Nothing was switched: bot still serves {third}" in message and f"ee adapters retire {second}" in message
+    assert registry.resolve("bot") == third
+    retire(registry, second, [backend])  # as the message says
+    assert rollback(registry, "bot", [backend]).live.name == first and first in server.loaded
 
 
 def test_two_promoters_of_the_same_adapter_racing_on_a_replica_both_succeed_stand_in_replica(
