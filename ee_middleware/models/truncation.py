@@ -10,7 +10,8 @@ is served the prompts it was trained on:
    message), the most recent turns and the whole completion;
 2. drop the oldest turns in between, whole (an assistant tool call is never separated from its tool
    results, nor a call still unanswered from the message after it, such as IWM's question about it),
-   and say so with a visible marker at the end of the task message;
+   and say so with a visible marker at the end of the task message (a user message kept right after it joins
+   it, so that strict-alternation templates never see two user turns in a row);
 3. when even the task and the last turn do not fit, list the tools compactly (one line per tool:
    name and argument names with types) instead of their full JSON schemas;
 4. only when that is still too long, the caller cuts tokens from the left, and reports it.
@@ -172,7 +173,7 @@ def _fewest_dropped(
     def build(drop: int) -> Fit:
         kept = [message for turn in turns[drop:] for message in turn]
         dropped = sum(len(turn) for turn in turns[:drop])
-        marked = _with_marker(head, dropped) + kept
+        marked = _joined(_with_marker(head, dropped), kept)
         rendered_tools = tools
         if compact and tools:
             marked, rendered_tools = with_tools_in_system(marked, tools, compact=True), None
@@ -196,6 +197,18 @@ def _fewest_dropped(
         else:
             low = middle + 1
     return fit_after_dropping(high)
+
+
+def _joined(head: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``head + kept``, where a kept user message right after the (marked) task joins it: dropping the turns between
+    two user messages (the assistant's answer to the first among them) would leave two user turns in a row, which
+    strict-alternation templates (Gemma, Mistral) refuse."""
+    if not (head and kept and head[-1].get("role") == kept[0].get("role") == "user"):
+        return head + kept
+    first, second = head[-1].get("content"), kept[0].get("content")
+    if not (isinstance(first, str) and isinstance(second, str)):
+        return head + kept
+    return [*head[:-1], {**head[-1], "content": f"{first}\n\n{second}" if first else second}, *kept[1:]]
 
 
 def _with_marker(head: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:

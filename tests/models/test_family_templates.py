@@ -129,3 +129,22 @@ def test_a_conversation_the_template_still_refuses_names_the_template_limit_and_
     with pytest.raises(ChatTemplateError, match=r"roles user, user.*must alternate") as caught:
         render_prompt(tokenizer, messages, None, probe_template(tokenizer))
     assert "chat_template" in str(caught.value)
+
+
+def test_a_fitted_multi_turn_state_keeps_alternating_for_strict_templates() -> None:
+    """Fitting a long state drops the oldest turns between the task and the latest ones. When the first turn kept is
+    the user's next request (the assistant's answer to the task was dropped), Gemma and Mistral raised on two user
+    turns in a row: the row was an error at every max_length that needed the cut. The request joins the marked task."""
+    from ee_middleware.models.truncation import OMITTED_MARKER, count_tokens, fit_messages
+
+    tokenizer = build_test_tokenizer([FAMILIES["gemma-2"], json.dumps(ROWS)], chat_template=FAMILIES["gemma-2"])
+    support = probe_template(tokenizer)
+    answer = {"role": "assistant", "content": "We have pears. " + "Details follow. " * 200}
+    later = {"role": "user", "content": "Now order plums laterrequest."}
+    state = [*STATE, answer, later, {"role": "assistant", "content": "", "tool_calls": [call("call_d", "list_fruits")]}]
+    state.append({"role": "tool", "tool_call_id": "call_d", "content": "plums resultfive"})
+    whole = count_tokens(tokenizer, render_prompt(tokenizer, state, TOOLS, support))
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget=whole - 400)
+    assert fit.dropped_messages == 4 and fit.tokens <= whole - 400
+    task = OMITTED_MARKER.format(n=4)
+    assert f"Do we have pears and plums?\n\n{task}\n\nNow order plums laterrequest." in fit.text and "resultfive" in fit.text
