@@ -120,7 +120,7 @@ def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
     names = [s["suite"] for s in summary]
     rates = [100 * s["success_rate"] for s in summary]
     bars = ax.bar(names, rates, color="#4C72B0")
-    ax.bar_label(bars, labels=[f"{r:.1f}%" for r in rates], fontsize=8)
+    ax.bar_label(bars, labels=[rate_text(s, "success_rate") for s in summary], fontsize=8)
     ax.set_ylim(0, 110)
     ax.set_ylabel("success (%)")
     ax.set_title("Success rate per suite")
@@ -136,17 +136,32 @@ REASON_CHARS = 600
 
 
 def _failures(rows: list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
-    """The first ``limit`` failed tasks, one row each: its first failed trial, with ``trial`` listing every failed trial."""
+    """The first ``limit`` failed tasks, one row each: its first failed trial, with ``trial`` saying how many of the
+    task's trials failed and which (``2 of 3 (0, 2)``; a bare ``0`` read as "no failed trial")."""
+    totals = Counter((r["suite"], r["task_id"]) for r in rows)
     by_task: dict[tuple[str, str], dict[str, Any]] = {}
+    failed: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in rows:
         if r["success"]:
             continue
         key = (r["suite"], r["task_id"])
-        if key in by_task:
-            by_task[key]["trial"] += f", {r['trial']}"
-        elif len(by_task) < limit:
-            by_task[key] = {**r, "trial": str(r["trial"])}
+        if key not in by_task and len(by_task) >= limit:
+            continue
+        by_task.setdefault(key, dict(r))
+        failed[key].append(str(r["trial"]))
+    for key, row in by_task.items():
+        row["trial"] = f"{len(failed[key])} of {totals[key]} ({', '.join(failed[key])})"
     return list(by_task.values())
+
+
+def rate_text(suite: dict[str, Any], key: str) -> str:
+    """A summary's rate as a percentage; ``no task`` for a suite that scored none (0.0% would read as all failed)."""
+    return f"{100 * suite[key]:.1f}%" if suite["tasks"] else "no task"
+
+
+def _cell(text: Any) -> str:
+    """A markdown table cell: pipes escaped and lines joined, so a task name or reason cannot break the table."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def unanswered_warning(summary: list[dict[str, Any]]) -> str:
@@ -170,7 +185,7 @@ def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], m
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         lines.append(
-            f"| {s['suite']} | {s['tasks']} | {s['trials']} | {100 * s['success_rate']:.1f}% | {100 * s['pass_hat_k']:.1f}% | {failures} |"
+            f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} |"
         )
     warning = unanswered_warning(summary)
     if warning:
@@ -187,8 +202,7 @@ def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], m
             "| --- | --- | ---: | --- |",
         ]
         for r in failed:
-            reason = (r["reason"] or "").replace("|", "\\|").replace("\n", " ")[:REASON_CHARS]
-            lines.append(f"| {r['suite']} | {r['task_id']} | {r['trial']} | {reason} |")
+            lines.append(f"| {_cell(r['suite'])} | {_cell(r['task_id'])} | {r['trial']} | {_cell((r['reason'] or '')[:REASON_CHARS])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -201,8 +215,8 @@ def html_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         body.append(
-            f"<tr><td>{e(s['suite'])}</td><td>{s['tasks']}</td><td>{s['trials']}</td><td>{100 * s['success_rate']:.1f}%</td>"
-            f"<td>{100 * s['pass_hat_k']:.1f}%</td><td>{e(failures)}</td></tr>"
+            f"<tr><td>{e(s['suite'])}</td><td>{s['tasks']}</td><td>{s['trials']}</td><td>{rate_text(s, 'success_rate')}</td>"
+            f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td></tr>"
         )
     body.append("</table>")
     warning = unanswered_warning(summary)

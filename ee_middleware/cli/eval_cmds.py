@@ -126,6 +126,8 @@ class _Bars:
 def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warning: str) -> None:
     from rich.table import Table
 
+    from ee_middleware.evals.report import rate_text
+
     table = Table(title=f"Results in {folder}")
     for column in ("suite", "tasks", "trials", "success", "pass^k", "failures"):
         table.add_column(column, overflow="fold")
@@ -135,8 +137,8 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warnin
             escape(s["suite"]),
             str(s["tasks"]),
             str(s["trials"]),
-            f"{100 * s['success_rate']:.1f}%",
-            f"{100 * s['pass_hat_k']:.1f}%",
+            rate_text(s, "success_rate"),
+            rate_text(s, "pass_hat_k"),
             escape(failures),
         )
     out.print(table)
