@@ -282,7 +282,8 @@ def _steps(
                     name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
                     arguments=parse_arguments(function.get("arguments")),
                 )
-                span = _take_tool_span(tools_by_call.get(tool_call.id), chat, until) or _take_by_name(unmatched, tool_call.name)
+                spans = tools_by_call.get(tool_call.id)
+                span = _take_tool_span(spans, chat, until, tool_call.arguments) or _take_by_name(unmatched, tool_call.name)
                 reply = _reply_to(tool_call.id, index, decisions, final_tool_messages) or later_tool_messages.get(tool_call.id)
                 observation, latency = _observation(span, reply, redact, max_chars)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
@@ -294,21 +295,32 @@ def _steps(
     return steps, final_answer
 
 
-def _take_tool_span(spans: list[SpanData] | None, chat: SpanData, until: int | None) -> SpanData | None:
+def _take_tool_span(spans: list[SpanData] | None, chat: SpanData, until: int | None, arguments: dict[str, Any]) -> SpanData | None:
     """The tool span of a call id that gave the model's decision ``chat`` its result (removed from ``spans``, with the
     attempts before it): the last of those that started after the decision and before the next one (``until``), as a
     retried call (``ToolRetryMiddleware``) has a span per attempt and its result is the last one's; else the first
-    that started after the decision. A reused id (a model numbering its calls per reply) has one span per turn."""
+    that started after the decision. A reused id (a model numbering its calls per reply) has one span per turn; where
+    branches run at once (``Send``), the spans run with the call's own arguments are preferred."""
     if not spans:
         return None
     after = [i for i, s in enumerate(spans) if s.start_ns >= chat.start_ns]
     if not after:
         return spans.pop(0)
+    if len(after) > 1:
+        after = [i for i in after if _span_arguments(spans[i]) == arguments] or after
     attempts = [i for i in after if until is None or spans[i].start_ns < until] or after[:1]
     taken = spans[attempts[-1]]
     for i in reversed(attempts):
         del spans[i]
     return taken
+
+
+def _span_arguments(span: SpanData) -> dict[str, Any] | None:
+    raw = span.attributes.get(sc.TOOL_CALL_ARGUMENTS)
+    try:
+        return parse_arguments(raw)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _reply_to(
@@ -321,10 +333,15 @@ def _reply_to(
     The run's last calls are answered by the tool messages the run ended on (``final_tool_messages``)."""
     if not call_id:
         return None
-    start = len(decisions[index]["state"])
+    seen = decisions[index]["state"]
+    start = len(seen)
     for later in decisions[index + 1 :]:
         state = later["state"]
-        if len(state) > start and any(c.get("id") == call_id for c in state[start].get("tool_calls") or ()):
+        if (
+            len(state) > start
+            and any(c.get("id") == call_id for c in state[start].get("tool_calls") or ())
+            and state[:start] == seen  # this history, not a parallel branch's (Send) with a reused id
+        ):
             reply = next((m for m in state[start + 1 :] if m.get("role") == "tool" and m.get("tool_call_id") == call_id), None)
             if reply is not None:
                 return reply

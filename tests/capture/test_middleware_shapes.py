@@ -5,8 +5,10 @@ LangGraph graphs, the real OTel SDK and a real local store; a scripted chat mode
 from __future__ import annotations
 
 import json
+import operator
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import polars as pl
 from langchain.agents import create_agent
@@ -19,7 +21,8 @@ from langchain.agents.middleware import (
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.types import Command, interrupt
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, Send, interrupt
 from pydantic import Field
 
 from ee_middleware import record_experience
@@ -226,3 +229,51 @@ def test_retried_model_and_tool_calls_are_one_step_with_the_last_attempts_result
     first = trajectory.steps[0]
     assert (first.observation.content, first.observation.is_error) == ("0", False)
     assert [s.observation.is_error for s in trajectory.steps[:3]] == [False, False, False]
+
+
+def test_parallel_branches_with_reused_call_ids_each_get_their_own_observations(tmp_path: Path) -> None:
+    """A ``Send`` fan-out runs an agent per item at once, and its model numbers its calls per reply (``call_0`` in every
+    branch). Before, the pear branch's call was answered by the apple branch's tool message (stored: check_stock(pear)
+    -> 'apple: 3'), the first later history holding ``call_0`` at that position, whichever branch it was."""
+    stock = {"pear": 0, "apple": 3}
+    pear_asked, apple_answered = threading.Event(), threading.Event()
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        if item == "pear":  # the apple branch answers first: its history is the first later one holding call_0
+            apple_answered.wait(timeout=30)
+        return f"{item}: {stock[item]}"
+
+    def policy(messages: Any, tools: Any) -> AIMessage:
+        item = "pear" if "pear" in messages[0].content else "apple"
+        if item == "pear":
+            pear_asked.set()
+        else:
+            pear_asked.wait(timeout=30)  # the pear branch decides first
+        if not any(m.type == "tool" for m in messages):
+            return AIMessage(content="", tool_calls=[{"name": "check_stock", "args": {"item": item}, "id": "call_0", "type": "tool_call"}])
+        if item == "apple":
+            apple_answered.set()
+        return AIMessage(content=f"{item} checked")
+
+    worker = create_agent(ScriptedChatModel(policy=policy), [check_stock])
+
+    class Items(TypedDict):
+        items: list[str]
+        answers: Annotated[list[str], operator.add]
+
+    def ask(state: dict[str, str]) -> dict[str, list[str]]:
+        return {"answers": [worker.invoke({"messages": [("user", f"How many {state['item']}s?")]})["messages"][-1].content]}
+
+    graph = StateGraph(Items)
+    graph.add_node("ask", ask)
+    graph.add_conditional_edges(START, lambda state: [Send("ask", {"item": i}) for i in state["items"]], ["ask"])
+    graph.add_edge("ask", END)
+    agent = record_experience(graph.compile(), app="shop", store=tmp_path / "s")
+    trajectory = record_once(agent, tmp_path / "s", {"items": ["pear", "apple"], "answers": []})
+    calls = [s for s in trajectory.steps if s.action.kind == "tool_call"]
+    assert sorted(s.action.tool_call.arguments["item"] for s in calls) == ["apple", "pear"]
+    for step in calls:
+        item = step.action.tool_call.arguments["item"]
+        assert step.observation.content == f"{item}: {stock[item]}"
