@@ -12,6 +12,7 @@ emitted there by :meth:`RunCapture.emit`, the same code.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.payloads import captured_error
+
+logger = logging.getLogger("ee_middleware.capture")
 
 Call = tuple[str, int, int, tuple[Any, ...], Any, "BaseException | None"]
 """One finished model or tool call: (``"chat"`` or ``"tool"``, start ns, end ns, raw start data,
@@ -59,6 +62,7 @@ class RunCapture(BaseCallbackHandler):
         chunks need not hold it (``stream_mode="updates"`` or ``"messages"``)."""
         self.interrupted = False
         """Whether a node stopped the run with ``interrupt()`` (a stream's chunks need not say so)."""
+        self._tool_names: tuple[str, ...] | None = None  # of the tools offered at the run's last model call
 
     # --- agent thread: note times and keep references ------------------------------------------
 
@@ -81,10 +85,30 @@ class RunCapture(BaseCallbackHandler):
         if is_internal_call(metadata):  # a middleware's own call (a summary, a tool selection): not the agent's decision
             return
         params = kwargs.get("invocation_params") or {}
+        self._note_tools(params.get("tools"))
         if self.calls is not None:  # kept for the capture process: only what its span reads (smaller to send)
             params = {k: params[k] for k in CHAT_PARAMS if k in params}
             metadata = {k: metadata[k] for k in CHAT_METADATA if k in metadata}
         self._open[run_id] = (time.time_ns(), "chat", (list(messages[0]) if messages else [], params, metadata))
+
+    def _note_tools(self, tools: Any) -> None:
+        """Warn (once per recorder) when this run's model calls are offered different tools: a trajectory keeps the tools
+        of the whole run, not each step's (a middleware that changes ``request.tools``, several agents in one graph)."""
+        if self.recorder.warned_tool_lists:
+            return
+        names = _tool_names(tools)
+        before, self._tool_names = self._tool_names, names
+        if before is not None and names != before:
+            self.recorder.warned_tool_lists = True
+            logger.warning(
+                "ee-middleware: app %r offers its model different tools from one call to the next in a run (%s, then %s): a "
+                "middleware that changes the tools per call (LLMToolSelectorMiddleware, a wrap_model_call setting "
+                "request.tools), or several agents in one recorded graph. A trajectory stores the tools offered in the whole "
+                "run, not each step's, so dataset rows offer every step all of them. (Said once.)",
+                self.recorder.config.app,
+                list(before),
+                list(names),
+            )
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._close(run_id, _reply_messages(response), None)
@@ -225,6 +249,15 @@ def is_internal_call(metadata: dict[str, Any]) -> bool:
     They are not recorded: their text is no action of the agent (a summary recorded as an answer step taught the
     model to answer with summaries), and their effect is in the next state the agent's model is given."""
     return bool(metadata.get(INTERNAL_CALL_KEY)) or metadata.get("lc_source") in INTERNAL_CALL_SOURCES
+
+
+def _tool_names(tools: Any) -> tuple[str, ...]:
+    """The names of a chat call's tools (OpenAI ``{"type": "function", "function": {...}}`` or flat schemas)."""
+    names = []
+    for tool in tools or ():
+        schema = tool.get("function", tool) if isinstance(tool, dict) else tool
+        names.append(str(schema.get("name") if isinstance(schema, dict) else getattr(schema, "name", schema)))
+    return tuple(names)
 
 
 def _reply_messages(response: Any) -> list[Any]:

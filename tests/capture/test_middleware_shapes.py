@@ -5,6 +5,7 @@ LangGraph graphs, the real OTel SDK and a real local store; a scripted chat mode
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from langchain.agents.middleware import (
     ModelRetryMiddleware,
     SummarizationMiddleware,
     ToolRetryMiddleware,
+    wrap_model_call,
 )
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
@@ -277,3 +279,37 @@ def test_parallel_branches_with_reused_call_ids_each_get_their_own_observations(
     for step in calls:
         item = step.action.tool_call.arguments["item"]
         assert step.observation.content == f"{item}: {stock[item]}"
+
+
+def test_tools_that_change_from_call_to_call_are_said_once(tmp_path: Path, caplog: Any) -> None:
+    """A middleware that offers the model other tools at each call: a trajectory stores the tools of the whole run, not
+    each step's, so its dataset rows offer every step all of them. Before, nothing said so; now one warning per
+    recorder names the cause and what is stored. A run whose tools stay the same says nothing."""
+
+    @wrap_model_call
+    def one_tool_per_turn(request: Any, handler: Any) -> Any:
+        done = sum(1 for m in request.messages if m.type == "tool")
+        wanted = {0: "check_stock", 1: "check_stock", 2: "order_item"}.get(done)
+        return handler(request.override(tools=[t for t in request.tools if t.name == wanted]))
+
+    steady = record_experience(create_agent(planned_model(), shop_tools({"pear": 0, "apple": 3})), app="steady", store=tmp_path / "a")
+    with caplog.at_level(logging.WARNING, logger="ee_middleware.capture"):
+        record_once(steady, tmp_path / "a", TASK)
+    assert not caplog.records
+
+    model = planned_model()
+    graph = create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=[one_tool_per_turn])
+    agent = record_experience(graph, app="shop", store=tmp_path / "s")
+    with caplog.at_level(logging.WARNING, logger="ee_middleware.capture"):
+        agent.invoke(TASK)
+        agent.invoke(TASK)
+        agent.flush()
+        agent.recorder.close()
+    [warning] = caplog.records
+    assert "app 'shop' offers its model different tools" in warning.getMessage()
+    assert "['check_stock'], then ['order_item']" in warning.getMessage()
+    opened = LocalExperienceStore(tmp_path / "s")
+    trajectory = next(iter(opened.iter_trajectories()))
+    opened.close()
+    assert [t["function"]["name"] for t in trajectory.tools] == ["check_stock", "order_item"]  # the run's, as said
+    assert [tools for _, tools in model.seen[:4]] == [["check_stock"], ["check_stock"], ["order_item"], []]
