@@ -83,6 +83,14 @@ class RunCapture(BaseCallbackHandler):
     ) -> None:
         metadata = metadata or {}
         if is_internal_call(metadata):  # a middleware's own call (a summary, a tool selection): not the agent's decision
+            if metadata.get("lc_source") == "tool_emulation" and not self.recorder.warned_emulated_tools:
+                self.recorder.warned_emulated_tools = True
+                logger.warning(
+                    "ee-middleware: app %r runs LLMToolEmulator: a model writes the result of emulated tool calls, and the "
+                    "trajectory stores it as the tool's observation. Replay runs the real tools (expert steps will not match) "
+                    "and datasets learn the emulated results; record runs without the emulator for training data. (Said once.)",
+                    self.recorder.config.app,
+                )
             return
         params = kwargs.get("invocation_params") or {}
         self._note_tools(params.get("tools"))

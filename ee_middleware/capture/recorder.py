@@ -100,6 +100,7 @@ class Recorder:
         self.tracer_provider.add_span_processor(self.processor)
         self.tracer = self.tracer_provider.get_tracer("ee_middleware", __version__)
         self.warned_tool_lists = False  # said once: a run's model calls were offered different tools (RunCapture)
+        self.warned_emulated_tools = False  # said once: LLMToolEmulator wrote tool results (RunCapture)
         self.offload: ProcessOffload | None = None
         self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start

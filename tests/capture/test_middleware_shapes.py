@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypedDict
 import polars as pl
 from langchain.agents import create_agent
 from langchain.agents.middleware import (
+    LLMToolEmulator,
     LLMToolSelectorMiddleware,
     ModelRetryMiddleware,
     SummarizationMiddleware,
@@ -313,3 +314,23 @@ def test_tools_that_change_from_call_to_call_are_said_once(tmp_path: Path, caplo
     opened.close()
     assert [t["function"]["name"] for t in trajectory.tools] == ["check_stock", "order_item"]  # the run's, as said
     assert [tools for _, tools in model.seen[:4]] == [["check_stock"], ["check_stock"], ["order_item"], []]
+
+
+def test_tool_results_written_by_llm_tool_emulator_are_said_once(tmp_path: Path, caplog: Any) -> None:
+    """LLMToolEmulator answers a tool call with a model's text instead of running the tool. Its call is the middleware's
+    own (no step), and the emulated text is what the model saw, so it is the step's observation; but replay runs the
+    real tool and datasets learn the emulated world: one warning per recorder says so (before, nothing did)."""
+    model = planned_model()
+    emulator = LLMToolEmulator(tools=["order_item"], model=ScriptedChatModel(script=[AIMessage(content="ordered 5 pears (emulated)")]))
+    graph = create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=[emulator])
+    with caplog.at_level(logging.WARNING, logger="ee_middleware.capture"):
+        trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    [warning] = caplog.records
+    assert "app 'shop' runs LLMToolEmulator" in warning.getMessage()
+    assert _actions(trajectory) == [
+        ("tool_call", "check_stock"),
+        ("tool_call", "check_stock"),
+        ("tool_call", "order_item"),
+        ("answer", PLAN[-1].content),
+    ]
+    assert trajectory.steps[2].observation.content == "ordered 5 pears (emulated)"
