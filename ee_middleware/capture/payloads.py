@@ -149,7 +149,7 @@ class PayloadEncoder:
         return text[: self.max_observation_chars], cut
 
     def graph_input_attributes(self, graph_input: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
-        messages = graph_input.get("messages") if isinstance(graph_input, Mapping) else None
+        messages = state_messages(graph_input)
         if not messages:
             return {}
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages, cache)}
@@ -162,13 +162,13 @@ class PayloadEncoder:
         """The run's outcome: its final assistant message, or, when the run ends on tool messages
         (``create_agent`` with a ``response_format``, tools with ``return_direct``), those tool
         messages (the observations of the last calls) and the structured response as the answer."""
-        messages = output.get("messages") if isinstance(output, Mapping) else None
+        messages = state_messages(output)
         if not messages:
             return {}
         tail = 0
         while tail < len(messages) and getattr(messages[-1 - tail], "type", None) == "tool":
             tail += 1
-        structured = output.get("structured_response")
+        structured = output.get("structured_response") if isinstance(output, Mapping) else None
         if tail:
             tools = [dict(m, content=self._cut(content_to_text(m["content"]))[0]) for m in langchain_to_openai(messages[-tail:])]
             answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(tools[-1]["content"])
@@ -183,16 +183,42 @@ class PayloadEncoder:
         }
 
 
+def state_messages(state: Any) -> Any:
+    """The conversation in a graph's input or final state: its ``messages`` (``MessagesState``, ``create_agent``), else
+    the value that is a list of messages under another key (a custom state's ``chat``); of several such lists, the
+    first that holds a model's reply, else the first. ``None`` for a state without one."""
+    if not isinstance(state, Mapping):
+        return None
+    if "messages" in state:
+        return state.get("messages")
+    lists = [value for value in state.values() if _is_message_list(value)]
+    replied = [value for value in lists if any(getattr(m, "type", None) == "ai" for m in value)]
+    return (replied or lists or [None])[0]
+
+
+def _is_message_list(value: Any) -> bool:
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or not value:
+        return False
+    return all(
+        (hasattr(m, "type") and hasattr(m, "content"))  # a LangChain message
+        or (isinstance(m, Mapping) and "role" in m and "content" in m)
+        or (isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str))  # ("user", "text")
+        for m in value
+    )
+
+
 def _command_tool_messages(output: Any) -> list[Any]:
     """The tool messages in the state update of a LangGraph ``Command`` a tool returned (a handoff,
     a tool that writes state); empty for anything else."""
     if type(output).__name__ != "Command" or not hasattr(output, "update"):
         return []
     update = output.update
-    if isinstance(update, Mapping):
-        values: Any = update.get("messages")
+    if isinstance(update, Mapping):  # a custom state's messages key (``chat``) too
+        values: Any = update.get("messages") if "messages" in update else list(update.values())
     elif isinstance(update, Sequence) and not isinstance(update, str):  # [(channel, value), ...]
-        values = [v for item in update if isinstance(item, tuple) and len(item) == 2 and item[0] == "messages" for v in [item[1]]]
+        channels = [item for item in update if isinstance(item, tuple) and len(item) == 2]
+        named = [value for channel, value in channels if channel == "messages"]
+        values = named if named else [value for _, value in channels]
     else:
         return []
     if values is None:

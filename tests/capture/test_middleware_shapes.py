@@ -21,10 +21,12 @@ from langchain.agents.middleware import (
     ToolRetryMiddleware,
     wrap_model_call,
 )
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.tools import tool
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import ToolNode
 from langgraph.types import Command, Send, interrupt
 from pydantic import Field
 
@@ -334,3 +336,42 @@ def test_tool_results_written_by_llm_tool_emulator_are_said_once(tmp_path: Path,
         ("answer", PLAN[-1].content),
     ]
     assert trajectory.steps[2].observation.content == "ordered 5 pears (emulated)"
+
+
+class ChatState(TypedDict):
+    """A custom state: the conversation under ``chat`` (not ``messages``), beside another list of messages."""
+
+    chat: Annotated[list[AnyMessage], add_messages]
+    notes: Annotated[list[AnyMessage], add_messages]
+
+
+def test_a_custom_messages_key_keeps_the_runs_outcome(tmp_path: Path) -> None:
+    """A graph whose conversation is under ``chat`` and that ends on its tools' messages (a refund, and a tool that
+    writes its reply into ``chat`` with a ``Command``). Before, only a ``messages`` key was read: the run had no final
+    answer, and the Command tool's observation was the Command's JSON instead of the reply the user got."""
+
+    @tool
+    def refund(order_id: str) -> str:
+        """Refund an order."""
+        return f"Refund for {order_id} issued."
+
+    @tool
+    def note(text: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Keep a note for the next shift."""
+        return Command(update={"chat": [ToolMessage(f"Noted: {text}", tool_call_id=tool_call_id)], "notes": [HumanMessage(text)]})
+
+    script = [AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1"), tool_call("note", text="A-1 refunded")])]
+    bound = ScriptedChatModel(script=script).bind_tools([refund, note])
+    graph = StateGraph(ChatState)
+    graph.add_node("agent", lambda state: {"chat": [bound.invoke(state["chat"])]})
+    graph.add_node("tools", ToolNode([refund, note], messages_key="chat"))
+    graph.add_edge(START, "agent")
+    graph.add_edge("agent", "tools")
+    graph.add_edge("tools", END)
+    agent = record_experience(graph.compile(), app="shop", store=tmp_path / "s")
+    trajectory = record_once(agent, tmp_path / "s", {"chat": [HumanMessage("Refund A-1 and note it.")], "notes": []})
+    assert [(s.action.tool_call.name, s.observation.content) for s in trajectory.steps] == [
+        ("refund", "Refund for A-1 issued."),
+        ("note", "Noted: A-1 refunded"),
+    ]
+    assert (trajectory.task, trajectory.final_answer) == ("Refund A-1 and note it.", "Noted: A-1 refunded")
