@@ -131,7 +131,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             ),
             task=redact(task) if task else None,
             tools=_offered_tools(decisions),
-            model=_opt_str(chats[0].attributes.get(sc.REQUEST_MODEL) or chats[0].attributes.get(sc.RESPONSE_MODEL)) if chats else None,
+            model=_model(chats),
             messages=messages,
             final_answer=redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer,
             status=status,
@@ -151,6 +151,15 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     for step in trajectory.steps:
         step.trajectory_id = trajectory.id
     return trajectory
+
+
+def _model(chats: list[SpanData]) -> str | None:
+    """The model that made the run's first decision: a failed call (a model that ModelFallbackMiddleware or
+    ModelRetryMiddleware then replaced) decided nothing."""
+    if not chats:
+        return None
+    chat = next((c for c in chats if not c.is_error), chats[0])
+    return _opt_str(chat.attributes.get(sc.REQUEST_MODEL) or chat.attributes.get(sc.RESPONSE_MODEL))
 
 
 def _root(spans: Sequence[SpanData]) -> SpanData:

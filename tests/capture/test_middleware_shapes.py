@@ -16,6 +16,7 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import (
     LLMToolEmulator,
     LLMToolSelectorMiddleware,
+    ModelFallbackMiddleware,
     ModelRetryMiddleware,
     SummarizationMiddleware,
     ToolRetryMiddleware,
@@ -375,3 +376,23 @@ def test_a_custom_messages_key_keeps_the_runs_outcome(tmp_path: Path) -> None:
         ("note", "Noted: A-1 refunded"),
     ]
     assert (trajectory.task, trajectory.final_answer) == ("Refund A-1 and note it.", "Noted: A-1 refunded")
+
+
+def test_a_fallback_models_decisions_are_recorded_under_its_name(tmp_path: Path) -> None:
+    """ModelFallbackMiddleware: the primary model fails, the fallback decides. The failed call is no step, and the
+    trajectory's model is the one that decided. Before, it was the failed primary's name (its call came first)."""
+
+    class DownModel(ScriptedChatModel):
+        def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("primary model is down")
+
+    backup = planned_model()
+    backup.model_name = "backup"
+    graph = create_agent(
+        DownModel(script=PLAN, model_name="primary"), shop_tools({"pear": 0, "apple": 3}), middleware=[ModelFallbackMiddleware(backup)]
+    )
+    trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    assert trajectory.model == "backup"
+    assert [kind for kind, _ in _actions(trajectory)] == ["tool_call", "tool_call", "tool_call", "answer"]
+    for step, (seen, _) in zip(trajectory.steps, backup.seen, strict=True):
+        assert step.state == as_recorded(seen)
