@@ -13,6 +13,18 @@ and leaves what it does not change untouched:
   They become ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (OpenAI's chat shape, which the
   assembler reads under those names), unless the span already has them or another dialect's
   indexed attributes.
+* **The semconv 1.37+ event form** (``gen_ai.client.inference.operation.details``, as Strands Agents writes it
+  on spans under ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental``): the event's
+  ``gen_ai.input.messages`` / ``gen_ai.output.messages`` / ``gen_ai.system_instructions`` /
+  ``gen_ai.tool.definitions`` are the span's (Strands writes one event per attribute; lists in several
+  events are joined in order). On a tool span, the call's ``tool_call`` part gives its arguments and its
+  ``tool_call_response`` part its result when the span has no ``gen_ai.tool.call.*`` attributes.
+* **Converse content blocks** (Strands Agents' default events, AWS Bedrock's message shape): a message's
+  content is a JSON list of blocks ``{"text"}``, ``{"toolUse": {"toolUseId", "name", "input"}}``,
+  ``{"toolResult": {"toolUseId", "status", "content": [...]}}`` (``{"text"}`` / ``{"json"}`` inside),
+  media blocks; each ``toolResult`` is a tool message of its own. Strands' tool spans carry the arguments
+  in a ``gen_ai.tool.message`` event and the result blocks in a ``gen_ai.choice`` event (``message``),
+  or, in the latest conventions, the result blocks as ``gen_ai.tool.call.result``: the result is their text.
 * **OpenInference content parts**: a message whose content is a list of parts is written as
   ``llm.{input,output}_messages.{i}.message.contents.{j}.message_content.type|text`` instead of
   ``message.content``; its text parts, joined in order, become the message's content.
@@ -49,10 +61,13 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.messages import content_to_text, dumps, langchain_to_openai, media_placeholder
+from ee_middleware.messages import content_to_text, dumps, langchain_to_openai, media_placeholder, parse_arguments
 
 _MESSAGE_EVENTS = {f"gen_ai.{role}.message": role for role in ("system", "user", "assistant", "tool")}
 _CHOICE = "gen_ai.choice"
+_DETAILS = "gen_ai.client.inference.operation.details"
+_DETAILS_KEYS = (sc.INPUT_MESSAGES, sc.OUTPUT_MESSAGES, sc.SYSTEM_INSTRUCTIONS, sc.TOOL_DEFINITIONS)
+_STRANDS = "strands-agents"
 _EVENT_CONTENT = "gen_ai.event.content"
 _FLAT_BODY = ("role", "content", "tool_calls", "id", "tool_call_id", "message", "index", "finish_reason")
 _LEGACY = {"gen_ai.content.prompt": ("gen_ai.prompt", "user"), "gen_ai.content.completion": ("gen_ai.completion", "assistant")}
@@ -73,37 +88,56 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_mlflow(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
-        attrs = _with_event_messages(span)
+        attrs = _with_details_events(span, span.attributes)
+        attrs = _with_event_messages(span, attrs)
         attrs = _with_tool_responses(attrs)
         attrs = _with_content_parts(attrs)
     elif op == sc.OP_EXECUTE_TOOL:
-        attrs = _with_tool_span_keys(span.attributes)
+        attrs = _with_details_events(span, span.attributes)
+        attrs = _with_tool_events(span, attrs)
+        attrs = _with_tool_span_keys(attrs)
     else:
         return span
     return span if attrs is span.attributes else replace(span, attributes=attrs)
 
 
-def _with_event_messages(span: SpanData) -> Mapping[str, Any]:
-    attrs = span.attributes
+def _with_details_events(span: SpanData, attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``gen_ai.client.inference.operation.details`` events' attributes the span does not have."""
+    found: dict[str, list[Any]] = {}
+    for name, event in span.events:
+        if name == _DETAILS:
+            for key in _DETAILS_KEYS:
+                if event.get(key) not in (None, ""):
+                    found.setdefault(key, []).append(_decoded(event[key]))
+    new = {}
+    for key, values in found.items():
+        if attrs.get(key) not in (None, "") or (key in _INDEXED and _has_messages(attrs, key)):
+            continue
+        joined = [item for value in values for item in value] if all(isinstance(v, list) for v in values) else values[0]
+        new[key] = joined if isinstance(joined, str) else dumps(joined)
+    return {**attrs, **new} if new else attrs
+
+
+def _with_event_messages(span: SpanData, attrs: Mapping[str, Any]) -> Mapping[str, Any]:
     if not span.events:
         return attrs
     found: dict[str, list[dict[str, Any]]] = {sc.INPUT_MESSAGES: [], sc.OUTPUT_MESSAGES: []}
-    choices: list[tuple[int, dict[str, Any]]] = []
+    choices: list[tuple[int, list[dict[str, Any]]]] = []
     for name, event in span.events:
         if name in _MESSAGE_EVENTS:
-            found[sc.INPUT_MESSAGES].append(_message(_MESSAGE_EVENTS[name], _body(event)))
+            found[sc.INPUT_MESSAGES].extend(_messages(_MESSAGE_EVENTS[name], _body(event)))
         elif name == _CHOICE:
             body = _body(event)
             index = body.get("index") if isinstance(body, Mapping) else None
             message = body.get("message", {}) if isinstance(body, Mapping) and "message" in body else body
-            choices.append((index if isinstance(index, int) else len(choices), _message("assistant", message)))
+            choices.append((index if isinstance(index, int) else len(choices), _messages("assistant", message)))
         elif name in _LEGACY:
             key, role = _LEGACY[name]
             value = _decoded(event.get(key))
             items = value if isinstance(value, list) else [value] if value is not None else []
             target = sc.INPUT_MESSAGES if role == "user" else sc.OUTPUT_MESSAGES
-            found[target].extend(_message(role, item) for item in items)
-    found[sc.OUTPUT_MESSAGES].extend(message for _, message in sorted(choices, key=lambda c: c[0]))
+            found[target].extend(m for item in items for m in _messages(role, item))
+    found[sc.OUTPUT_MESSAGES].extend(m for _, messages in sorted(choices, key=lambda c: c[0]) for m in messages)
     new = {key: messages for key, messages in found.items() if messages and not _has_messages(attrs, key)}
     if not new:
         return attrs
@@ -130,6 +164,86 @@ def _decoded(value: Any) -> Any:
         return value
 
 
+def _messages(role: str, body: Any) -> list[dict[str, Any]]:
+    """One event's message in OpenAI's chat shape; Converse content blocks may make several (a tool
+    message per ``toolResult``)."""
+    blocks = _converse_blocks(body.get("content") if isinstance(body, Mapping) else body)
+    if blocks is None:
+        return [_message(role, body)]
+    named = body.get("role") if isinstance(body, Mapping) else None
+    return _converse_messages(str(named or role), blocks)
+
+
+_CONVERSE_KINDS = frozenset(
+    {
+        "text",
+        "toolUse",
+        "toolResult",
+        "image",
+        "document",
+        "video",
+        "json",
+        "reasoningContent",
+        "cachePoint",
+        "guardContent",
+        "citationsContent",
+    }
+)
+_CONVERSE_SKIPPED = frozenset({"reasoningContent", "cachePoint"})
+
+
+def _converse_blocks(value: Any) -> list[Mapping[str, Any]] | None:
+    """``value`` (or its JSON text) when it is a list of Converse content blocks (Strands, Bedrock):
+    each block an object with one key naming its kind; else None."""
+    if isinstance(value, str) and value.startswith("[{"):
+        value = _decoded(value)
+    if not (isinstance(value, list) and value):
+        return None
+    if all(isinstance(b, Mapping) and len(b) == 1 and next(iter(b)) in _CONVERSE_KINDS for b in value):
+        return value
+    return None
+
+
+def _converse_messages(role: str, blocks: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    texts: list[Any] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for block in blocks:
+        ((kind, value),) = block.items()
+        if kind == "toolUse" and isinstance(value, Mapping):
+            function = {"name": str(value.get("name") or ""), "arguments": dumps(parse_arguments(value.get("input")))}
+            calls.append({"id": str(value.get("toolUseId") or ""), "type": "function", "function": function})
+        elif kind == "toolResult" and isinstance(value, Mapping):
+            results.append(
+                {"role": "tool", "tool_call_id": str(value.get("toolUseId") or ""), "content": _converse_text(value.get("content"))}
+            )
+        elif kind not in _CONVERSE_SKIPPED:
+            texts.append(_converse_block(kind, value))
+    if results and not texts and not calls:
+        return results
+    message: dict[str, Any] = {"role": role, "content": content_to_text(texts)}
+    if calls:
+        message["tool_calls"] = calls
+    return [*results, message]
+
+
+def _converse_block(kind: str, value: Any) -> Any:
+    """A Converse block as a content block :func:`~ee_middleware.messages.content_to_text` reads."""
+    if kind == "text":
+        return value if isinstance(value, str) else dumps(value)
+    if kind == "json":
+        return dumps(value)
+    return {"type": kind, **value} if isinstance(value, Mapping) else {"type": kind, "content": value}
+
+
+def _converse_text(content: Any) -> str:
+    """The text a ``toolResult``'s content blocks (``{"text"}``, ``{"json"}``, media) give the model."""
+    blocks = _converse_blocks(content)
+    if blocks is None:
+        return content_to_text(content)
+    return content_to_text([_converse_block(*next(iter(b.items()))) for b in blocks if next(iter(b)) not in _CONVERSE_SKIPPED])
+
+
 def _message(role: str, body: Any) -> dict[str, Any]:
     """One message in OpenAI's chat shape (checked later like any other span's messages)."""
     if not isinstance(body, Mapping):
@@ -141,11 +255,12 @@ def _message(role: str, body: Any) -> dict[str, Any]:
 
 
 def _with_tool_responses(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """pydantic-ai's ``tool_call_response`` parts carry ``result``; the conventions say ``response``."""
+    """``tool_call_response`` parts: pydantic-ai's carry ``result`` (the conventions say ``response``); Strands' response
+    is the result's Converse blocks (read as their text)."""
     changed = {}
     for key in (sc.INPUT_MESSAGES, sc.OUTPUT_MESSAGES):
         raw = attrs.get(key)
-        if isinstance(raw, str) and ('"result"' not in raw or '"tool_call_response"' not in raw):
+        if isinstance(raw, str) and ('"tool_call_response"' not in raw or ('"result"' not in raw and '[{"' not in raw)):
             continue
         messages = _decoded(raw)
         if not isinstance(messages, list):
@@ -160,13 +275,51 @@ def _message_with_responses(message: Any) -> Any:
     parts = message.get("parts") if isinstance(message, Mapping) else None
     if not isinstance(parts, list):
         return message
-    fixed = [
-        {**part, "response": part["result"]}
-        if isinstance(part, Mapping) and part.get("type") == "tool_call_response" and "response" not in part and "result" in part
-        else part
-        for part in parts
-    ]
+    fixed = [_response_part(part) if isinstance(part, Mapping) and part.get("type") == "tool_call_response" else part for part in parts]
     return {**message, "parts": fixed} if any(a is not b for a, b in zip(fixed, parts, strict=True)) else message
+
+
+def _with_tool_events(span: SpanData, attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A tool span's arguments and result from its events (Strands), and Converse result blocks as their text."""
+    new: dict[str, Any] = {}
+    for name, event in span.events:
+        if name == "gen_ai.tool.message" and event.get("content") is not None:
+            new.setdefault(sc.TOOL_CALL_ARGUMENTS, event["content"])
+        elif name == _CHOICE and event.get("message") is not None:
+            new.setdefault(sc.TOOL_CALL_RESULT, event["message"])
+        if event.get("id") and name in ("gen_ai.tool.message", _CHOICE):
+            new.setdefault(sc.TOOL_CALL_ID, event["id"])
+    for key, kind, field in ((sc.INPUT_MESSAGES, "tool_call", "arguments"), (sc.OUTPUT_MESSAGES, "tool_call_response", "response")):
+        part = _first_part(attrs.get(key), kind)
+        if part is not None and part.get(field) is not None:
+            value = part[field]
+            new.setdefault(
+                sc.TOOL_CALL_ARGUMENTS if kind == "tool_call" else sc.TOOL_CALL_RESULT, value if isinstance(value, str) else dumps(value)
+            )
+    added = {key: value for key, value in new.items() if attrs.get(key) in (None, "")}
+    merged = {**attrs, **added}
+    result = merged.get(sc.TOOL_CALL_RESULT)
+    if _STRANDS in (merged.get("gen_ai.system"), merged.get(sc.PROVIDER_NAME)) and _converse_blocks(result) is not None:
+        added[sc.TOOL_CALL_RESULT] = _converse_text(result)
+    return {**attrs, **added} if added else attrs
+
+
+def _first_part(raw: Any, kind: str) -> Mapping[str, Any] | None:
+    """The first part of type ``kind`` in GenAI messages (JSON text or decoded)."""
+    messages = _decoded(raw)
+    for message in messages if isinstance(messages, list) else []:
+        for part in message.get("parts") or [] if isinstance(message, Mapping) else []:
+            if isinstance(part, Mapping) and part.get("type") == kind:
+                return part
+    return None
+
+
+def _response_part(part: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "response" not in part and "result" in part:
+        return {**part, "response": part["result"]}
+    if _converse_blocks(part.get("response")) is not None:  # Strands: the result's Converse blocks
+        return {**part, "response": _converse_text(part["response"])}
+    return part
 
 
 def _with_tool_span_keys(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
