@@ -48,6 +48,14 @@ and leaves what it does not change untouched:
   ``{"messages": [...]}`` and ``mlflow.spanOutputs`` ``{"choices": [{"message": ...}]}`` (OpenAI's shape,
   with nulls), its tools ``mlflow.chat.tools``, its model ``mlflow.llm.model``; a ``TOOL`` span is a tool
   call (``tool_call_id``, its result the output's ToolMessage). The thread is ``metadata``'s ``thread_id``.
+* **The Vercel AI SDK** (``experimental_telemetry``; spans marked ``ai.operationId``): ``ai.generateText`` /
+  ``ai.streamText`` (and ``*Object``) is the run; its ``.doGenerate`` / ``.doStream`` span a model call whose
+  ``ai.prompt.messages`` is the AI SDK's prompt (content parts ``text``, ``tool-call`` with ``input`` or
+  v4's ``args``, ``tool-result`` with v5+'s ``output: {type, value}`` or v4's ``result``), its reply
+  ``ai.response.text`` and ``ai.response.toolCalls``, its tools ``ai.prompt.tools`` (JSON text each,
+  ``inputSchema`` or ``parameters``); an ``ai.toolCall`` span is a tool call (``ai.toolCall.name|id|args|result``,
+  the result JSON). The thread is the first of ``ai.telemetry.metadata.threadId`` / ``thread_id`` /
+  ``sessionId`` / ``session_id`` / ``conversationId`` / ``conversation_id``; the agent's name ``ai.telemetry.functionId``.
 """
 
 from __future__ import annotations
@@ -86,6 +94,8 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_langsmith(span)
     elif _MLFLOW_TYPE in span.attributes:
         span = _from_mlflow(span)
+    elif _VERCEL_OP in span.attributes:
+        span = _from_vercel_ai(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_details_events(span, span.attributes)
@@ -431,6 +441,111 @@ def _from_mlflow(span: SpanData) -> SpanData:
     metadata = _decoded(attrs.get("metadata"))
     new[sc.CONVERSATION_ID] = metadata.get("thread_id") if isinstance(metadata, Mapping) else None
     return _filled(span, new)
+
+
+_VERCEL_OP = "ai.operationId"
+_VERCEL_MODEL_CALLS = frozenset(
+    {"ai.generateText.doGenerate", "ai.streamText.doStream", "ai.generateObject.doGenerate", "ai.streamObject.doStream"}
+)
+_VERCEL_RUNS = frozenset({"ai.generateText", "ai.streamText", "ai.generateObject", "ai.streamObject"})
+_VERCEL_THREAD_KEYS = ("threadId", "thread_id", "sessionId", "session_id", "conversationId", "conversation_id")
+
+
+def _from_vercel_ai(span: SpanData) -> SpanData:
+    """A span of the Vercel AI SDK's telemetry (``experimental_telemetry``) as the GenAI span it is."""
+    attrs = span.attributes
+    operation = str(attrs[_VERCEL_OP])
+    new: dict[str, Any] = {}
+    if operation in _VERCEL_MODEL_CALLS:
+        new[sc.OPERATION_NAME] = sc.OP_CHAT
+        new[sc.INPUT_MESSAGES] = _vercel_messages(_decoded(attrs.get("ai.prompt.messages")))
+        reply: dict[str, Any] = {"role": "assistant", "content": attrs.get("ai.response.text") or ""}
+        calls = _decoded(attrs.get("ai.response.toolCalls"))
+        if isinstance(calls, list) and calls:
+            reply["tool_calls"] = [_vercel_call(call) for call in calls if isinstance(call, Mapping)]
+        if reply["content"] or reply.get("tool_calls"):
+            new[sc.OUTPUT_MESSAGES] = dumps([reply])
+        tools = attrs.get("ai.prompt.tools")  # each tool's JSON text: {"type", "name", "description", "inputSchema" (v5+) or "parameters"}
+        if isinstance(tools, list):
+            decoded = [_decoded(t) for t in tools]
+            new[sc.TOOL_DEFINITIONS] = dumps([_vercel_tool(t) for t in decoded if isinstance(t, Mapping)])
+        new[sc.REQUEST_MODEL] = attrs.get("ai.model.id")
+    elif operation == "ai.toolCall":
+        new[sc.OPERATION_NAME] = sc.OP_EXECUTE_TOOL
+        new[sc.TOOL_NAME] = attrs.get("ai.toolCall.name")
+        new[sc.TOOL_CALL_ID] = attrs.get("ai.toolCall.id")
+        new[sc.TOOL_CALL_ARGUMENTS] = attrs.get("ai.toolCall.args") or attrs.get("ai.toolCall.input")
+        result = attrs.get("ai.toolCall.result", attrs.get("ai.toolCall.output"))
+        decoded = _decoded(result)  # the tool's return value as JSON: a string result is its text
+        new[sc.TOOL_CALL_RESULT] = decoded if isinstance(decoded, str) else result
+    elif operation in _VERCEL_RUNS:
+        new[sc.OPERATION_NAME] = sc.OP_INVOKE_AGENT
+        new[sc.AGENT_NAME] = attrs.get("ai.telemetry.functionId")
+    else:
+        return span  # embeddings and the rest: not an agent's step
+    new[sc.CONVERSATION_ID] = next(
+        (attrs[f"ai.telemetry.metadata.{k}"] for k in _VERCEL_THREAD_KEYS if attrs.get(f"ai.telemetry.metadata.{k}")), None
+    )
+    return _filled(span, new)
+
+
+def _vercel_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    schema = tool.get("inputSchema", tool.get("parameters"))
+    return {
+        **{k: v for k, v in tool.items() if k not in ("inputSchema", "parameters")},
+        "parameters": schema if isinstance(schema, Mapping) else {},
+    }
+
+
+def _vercel_messages(messages: Any) -> str | None:
+    """The AI SDK's prompt (``ai.prompt.messages``: content parts ``text``, ``tool-call``, ``tool-result``, media)
+    in OpenAI's chat shape; each ``tool-result`` a tool message."""
+    if not isinstance(messages, list) or not messages:
+        return None
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            return None  # not the AI SDK's prompt after all: the span's own check reports it
+        role, content = str(message.get("role") or "user"), message.get("content")
+        if not isinstance(content, list):
+            out.append({"role": role, "content": content_to_text(content)})
+            continue
+        texts: list[Any] = []
+        calls: list[dict[str, Any]] = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "tool-call":
+                calls.append(_vercel_call(part))
+            elif kind == "tool-result":
+                out.append({"role": "tool", "tool_call_id": str(part.get("toolCallId") or ""), "content": _vercel_output(part)})
+            elif kind == "text" or kind in ("image", "file"):
+                texts.append(part if kind != "text" else str(part.get("text") or ""))
+        if calls or texts or role != "tool":
+            converted: dict[str, Any] = {"role": role, "content": content_to_text(texts)}
+            if calls:
+                converted["tool_calls"] = calls
+            out.append(converted)
+    return dumps(out)
+
+
+def _vercel_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    """An AI SDK tool call (``toolCallId``, ``toolName``, ``input`` (v5+) or ``args``; an object or JSON text)."""
+    arguments = call.get("input", call.get("args"))
+    function = {"name": str(call.get("toolName") or ""), "arguments": dumps(parse_arguments(arguments))}
+    return {"id": str(call.get("toolCallId") or ""), "type": "function", "function": function}
+
+
+def _vercel_output(part: Mapping[str, Any]) -> str:
+    """A ``tool-result`` part's result as the model saw it: v5+'s ``output`` (``{"type": "text" | "json" |
+    "error-text" | "error-json" | "content", "value"}``) or v4's ``result``."""
+    output = part.get("output")
+    if isinstance(output, Mapping) and "value" in output:
+        value = output["value"]
+        if output.get("type") == "content" and isinstance(value, list):
+            return content_to_text([{**v, "type": "text"} if v.get("type") == "text" else v for v in value if isinstance(v, Mapping)])
+        return value if isinstance(value, str) else dumps(value)
+    result = part.get("result", output)
+    return result if isinstance(result, str) else dumps(result)
 
 
 def _without_nulls(messages: Any) -> Any:

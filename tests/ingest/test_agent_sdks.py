@@ -7,6 +7,11 @@ default telemetry, with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experiment
 step as an answer whose text was the JSON of Converse content blocks (``[{"toolUse": ...}]``: no tool
 call, no observation, the task ``[{"text": ...}]``), and its latest-conventions files (messages in
 ``gen_ai.client.inference.operation.details`` events) were refused: "model spans carry no messages".
+
+``fixtures/make_vercel_ai_fixture.mjs`` ran them with the Vercel AI SDK 6 (``generateText`` with tools,
+``experimental_telemetry`` on, the thread id in its metadata) in Node, encoded by OpenTelemetry JS's
+OTLP JSON serializer. Before ingest read its ``ai.*`` spans, such a file was refused as spans of an
+instrumentation ingest does not understand.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ STRANDS = {
     "strands-latest": "strands_latest_shop.jsonl",
     "strands-attributes": "strands_attributes_shop.jsonl",
 }
-META = json.loads((FIXTURES / "strands_shop.meta.json").read_text())
+SDKS = {**STRANDS, "vercel-ai": "vercel_ai_shop.jsonl"}
+MODEL_SPANS = ("chat", "ai.generateText.doGenerate")
 ERROR_TEXT = "the supplier takes at most 10 apples per order, not 50"
 
 
@@ -35,9 +41,10 @@ def _ingest(store: Any, path: Path) -> tuple[Any, list[Any]]:
     return report, sorted(store.iter_trajectories(), key=lambda t: t.started_at)
 
 
-@pytest.mark.parametrize("telemetry", STRANDS)
-def test_strands_agent_runs_are_trajectories_with_their_tool_calls_and_observations(store, telemetry):
-    report, (first, second) = _ingest(store, FIXTURES / STRANDS[telemetry])
+@pytest.mark.parametrize("telemetry", SDKS)
+def test_agent_sdk_runs_are_trajectories_with_their_tool_calls_and_observations(store, telemetry):
+    meta = json.loads((FIXTURES / SDKS[telemetry]).with_suffix(".meta.json").read_text())
+    report, (first, second) = _ingest(store, FIXTURES / SDKS[telemetry])
     assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
     assert (first.task, second.task) == (TURN_1, TURN_2)
     assert _steps(first) == FIRST_RUN_STEPS
@@ -46,20 +53,22 @@ def test_strands_agent_runs_are_trajectories_with_their_tool_calls_and_observati
     assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and order[3] is True and ERROR_TEXT in order[2]
     assert answer == ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order).")
     for t in (first, second):
-        assert (t.status, t.thread_id, t.model) == ("completed", META["thread"], "scripted-shop-model")
-        assert t.steps[0].state[0] == {"role": "system", "content": META["system"]}
+        assert (t.status, t.thread_id, t.model) == ("completed", meta["thread"], "scripted-shop-model")
+        assert t.steps[0].state[0] == {"role": "system", "content": meta["system"]}
+        # Strands writes no tool definitions on its model spans; the AI SDK does (ai.prompt.tools)
+        assert [tool["function"]["name"] for tool in t.tools] == ([] if telemetry in STRANDS else ["check_stock", "order"])
     assert [m["role"] for m in second.steps[0].state] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"]
     assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
 
 
-@pytest.mark.parametrize("telemetry", STRANDS)
-def test_strands_tool_spans_give_the_observations_no_later_model_call_shows(tmp_path, store, telemetry):
-    """The second run cut before its last model call: the results are read from Strands' tool spans
-    (their events, or the result's Converse blocks in ``gen_ai.tool.call.result``), the failed order
-    flagged from the span's status."""
-    request = json.loads((FIXTURES / STRANDS[telemetry]).read_text().splitlines()[1])
+@pytest.mark.parametrize("telemetry", SDKS)
+def test_agent_sdk_tool_spans_give_the_observations_no_later_model_call_shows(tmp_path, store, telemetry):
+    """The second run cut before its last model call: the results are read from the tool spans (Strands'
+    events, or the result's Converse blocks in ``gen_ai.tool.call.result``; the AI SDK's
+    ``ai.toolCall.result``), the failed order flagged from the span's status."""
+    request = json.loads((FIXTURES / SDKS[telemetry]).read_text().splitlines()[1])
     spans = [s for rs in request["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
-    chats = [s for s in spans if s["name"] == "chat"]
+    chats = [s for s in spans if s["name"] in MODEL_SPANS]
     last_chat = max(chats, key=lambda s: int(s["startTimeUnixNano"]))
     for rs in request["resourceSpans"]:
         for ss in rs["scopeSpans"]:
