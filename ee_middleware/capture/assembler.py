@@ -110,7 +110,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     decisions = [_decision(chat, redact, memo) for chat in chats]
     # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
     final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
-    steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars, final_tool_messages)
+    final = {"state": final_tool_messages, "errors": _error_positions(root, 0)}
+    steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars, final)
     attrs = root.attributes
     if decisions:
         messages = decisions[-1]["state"] + decisions[-1]["outputs"]
@@ -228,12 +229,13 @@ UNKNOWN_TOOL = "unknown_tool"
 
 
 def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
-    state = memo.input_messages(chat)
+    state = given = memo.input_messages(chat)
     system = chat.attributes.get(sc.SYSTEM_INSTRUCTIONS)
     if system and not (state and state[0].get("role") == "system"):
         state = [{"role": "system", "content": _system_text(system)}, *state]
     outputs = [m for m in _messages_attr(chat, sc.OUTPUT_MESSAGES) if m.get("role") in ("assistant", None)]
-    return {"span": chat, "state": redact(state), "outputs": redact(outputs), "tools": memo.tool_schemas(chat)}
+    errors = _error_positions(chat, len(state) - len(given))
+    return {"span": chat, "state": redact(state), "outputs": redact(outputs), "tools": memo.tool_schemas(chat), "errors": errors}
 
 
 def _messages_without_model(root: SpanData, tools: list[SpanData], redact: Any, max_chars: int) -> list[dict[str, Any]]:
@@ -264,18 +266,20 @@ def _system_text(system: Any) -> str:
 
 
 def _steps(
-    decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final_tool_messages: list[dict[str, Any]]
+    decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final: dict[str, Any]
 ) -> tuple[list[Step], str | None]:
+    """The steps of the run's decisions; ``final``: the tool messages the run ended on (``state``) and the ids of those
+    that report an error (``errors``: their positions there)."""
     tools_by_call: dict[str, list[SpanData]] = {}
     for t in tools:  # in start order; a model may reuse an id across its turns (servers that number calls per reply)
         if t.attributes.get(sc.TOOL_CALL_ID):
             tools_by_call.setdefault(str(t.attributes[sc.TOOL_CALL_ID]), []).append(t)
     unmatched = [t for t in tools if not t.attributes.get(sc.TOOL_CALL_ID)]
-    later_tool_messages: dict[str, dict[str, Any]] = {}
-    for d in [*decisions, {"state": final_tool_messages}]:
-        for m in d["state"]:
+    later_tool_messages: dict[str, tuple[dict[str, Any], bool]] = {}
+    for d in [*decisions, final]:
+        for position, m in enumerate(d["state"]):
             if m.get("role") == "tool" and m.get("tool_call_id"):
-                later_tool_messages.setdefault(m["tool_call_id"], m)
+                later_tool_messages.setdefault(m["tool_call_id"], (m, position in d["errors"]))
     steps: list[Step] = []
     final_answer = None
     for index, d in enumerate(decisions):
@@ -293,8 +297,8 @@ def _steps(
                 )
                 spans = tools_by_call.get(tool_call.id)
                 span = _take_tool_span(spans, chat, until, tool_call.arguments) or _take_by_name(unmatched, tool_call.name)
-                reply = _reply_to(tool_call.id, index, decisions, final_tool_messages) or later_tool_messages.get(tool_call.id)
-                observation, latency = _observation(span, reply, redact, max_chars)
+                reply, failed = _reply_to(tool_call.id, index, decisions, final) or later_tool_messages.get(tool_call.id) or (None, False)
+                observation, latency = _observation(span, reply, redact, max_chars, failed)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None)
                 steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat))
@@ -332,14 +336,13 @@ def _span_arguments(span: SpanData) -> dict[str, Any] | None:
         return None
 
 
-def _reply_to(
-    call_id: str, index: int, decisions: list[dict[str, Any]], final_tool_messages: list[dict[str, Any]]
-) -> dict[str, Any] | None:
+def _reply_to(call_id: str, index: int, decisions: list[dict[str, Any]], final: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
     """The tool message answering decision ``index``'s call ``call_id`` in the history a later decision saw: after that
-    decision's reply, which sits where its state ended. None when no later history holds the reply there (a middleware
-    that rewrote the history; a subagent's own history): then the first tool message with the id answers it.
+    decision's reply, which sits where its state ended, and whether it reports an error. None when no
+    later history holds the reply there (a middleware that rewrote the history; a subagent's own history): then the
+    first tool message with the id answers it.
 
-    The run's last calls are answered by the tool messages the run ended on (``final_tool_messages``)."""
+    The run's last calls are answered by the tool messages the run ended on (``final``)."""
     if not call_id:
         return None
     seen = decisions[index]["state"]
@@ -351,12 +354,27 @@ def _reply_to(
             and any(c.get("id") == call_id for c in state[start].get("tool_calls") or ())
             and state[:start] == seen  # this history, not a parallel branch's (Send) with a reused id
         ):
-            reply = next((m for m in state[start + 1 :] if m.get("role") == "tool" and m.get("tool_call_id") == call_id), None)
-            if reply is not None:
-                return reply
+            found = _tool_reply(state, start + 1, call_id)
+            if found is not None:
+                return found[1], found[0] in later["errors"]
     if index == len(decisions) - 1:
-        return next((m for m in final_tool_messages if m.get("tool_call_id") == call_id), None)
+        found = _tool_reply(final["state"], 0, call_id)
+        return (found[1], found[0] in final["errors"]) if found is not None else None
     return None
+
+
+def _tool_reply(messages: list[dict[str, Any]], start: int, call_id: str) -> tuple[int, dict[str, Any]] | None:
+    """The position and the first tool message answering ``call_id`` from ``start`` on."""
+    return next(
+        ((i, m) for i, m in enumerate(messages[start:], start) if m.get("role") == "tool" and m.get("tool_call_id") == call_id), None
+    )
+
+
+def _error_positions(span: SpanData, shift: int) -> frozenset[int]:
+    """The positions of the tool messages that report an error in ``span``'s messages (``ee.tool_call.error_positions``),
+    moved by ``shift`` (a system message put before them)."""
+    positions = span.attributes.get(sc.EE_TOOL_ERROR_POSITIONS) or ()
+    return frozenset(int(p) + shift for p in positions if isinstance(p, int) or str(p).isdigit())
 
 
 def _step(
@@ -382,15 +400,16 @@ def _take_by_name(spans: list[SpanData], name: str) -> SpanData | None:
 
 
 def _observation(
-    span: SpanData | None, message: dict[str, Any] | None, redact: Any, max_chars: int
+    span: SpanData | None, message: dict[str, Any] | None, redact: Any, max_chars: int, reported_error: bool = False
 ) -> tuple[Observation | None, float | None]:
     """The observation the model saw (the tool message of a later model input) or, for the last
-    call of a run, the tool span's result; timing and error flag come from the tool span."""
+    call of a run, the tool span's result; timing comes from the tool span, the error flag from it or from the tool
+    message the model was given (``reported_error``: a middleware that answered for the tool with an error)."""
     if span is None and message is None:
         return None, None
     latency = span.duration_ms if span is not None else None
     truncated = int(span.attributes.get(sc.EE_OBSERVATION_TRUNCATED) or 0) if span is not None else 0
-    is_error = span is not None and (span.is_error or bool(span.attributes.get(sc.ERROR_TYPE)))
+    is_error = reported_error or (span is not None and (span.is_error or bool(span.attributes.get(sc.ERROR_TYPE))))
     if message is not None:
         result: Any = message.get("content", "")
     else:

@@ -121,6 +121,9 @@ class PayloadEncoder:
         definitions = self.tool_definitions(tools, cache)
         if definitions:
             attrs[sc.TOOL_DEFINITIONS] = definitions
+        errors = tool_error_positions(inputs)
+        if errors:
+            attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
         return attrs
 
     def tool_arguments(self, arguments: Any) -> str:
@@ -172,7 +175,11 @@ class PayloadEncoder:
         if tail:
             tools = [dict(m, content=self._cut(content_to_text(m["content"]))[0]) for m in langchain_to_openai(messages[-tail:])]
             answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(tools[-1]["content"])
-            return {sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(tools)), sc.EE_FINAL_ANSWER: self._redact(answer)}
+            attrs = {sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(tools)), sc.EE_FINAL_ANSWER: self._redact(answer)}
+            errors = tool_error_positions(messages[-tail:])
+            if errors:
+                attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
+            return attrs
         converted = langchain_to_openai(messages[-1:])
         last = converted[-1]
         if last["role"] != "assistant" or last.get("tool_calls"):
@@ -181,6 +188,11 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
         }
+
+
+def tool_error_positions(messages: Sequence[Any]) -> tuple[int, ...]:
+    """The positions in ``messages`` of the tool messages that report an error (``status="error"``)."""
+    return tuple(i for i, m in enumerate(messages) if getattr(m, "type", None) == "tool" and getattr(m, "status", None) == "error")
 
 
 def state_messages(state: Any) -> Any:

@@ -47,3 +47,7 @@ EE_APPROVAL = "ee.approval"
 EE_OBSERVATION_TRUNCATED = "ee.observation.truncated_chars"
 EE_SCHEMA_VERSION = "ee.schema_version"
 EE_LANGGRAPH_NODE = "ee.langgraph.node"
+EE_TOOL_ERROR_POSITIONS = "ee.tool_call.error_positions"
+"""The positions, in a ``chat`` span's input messages (in the run root's output messages), of the tool messages that
+report an error (a ``ToolMessage`` with ``status="error"``), also those no tool span failed for (a middleware that
+answered for the tool: ``ToolCallLimitMiddleware``, a guardrail). Positions, not call ids: a model may reuse ids."""

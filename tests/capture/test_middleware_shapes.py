@@ -19,8 +19,10 @@ from langchain.agents.middleware import (
     ModelFallbackMiddleware,
     ModelRetryMiddleware,
     SummarizationMiddleware,
+    ToolCallLimitMiddleware,
     ToolRetryMiddleware,
     wrap_model_call,
+    wrap_tool_call,
 )
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, tool
@@ -396,3 +398,37 @@ def test_a_fallback_models_decisions_are_recorded_under_its_name(tmp_path: Path)
     assert [kind for kind, _ in _actions(trajectory)] == ["tool_call", "tool_call", "tool_call", "answer"]
     for step, (seen, _) in zip(trajectory.steps, backup.seen, strict=True):
         assert step.state == as_recorded(seen)
+
+
+def test_a_call_a_middleware_answered_with_an_error_is_an_error_observation(tmp_path: Path) -> None:
+    """ToolCallLimitMiddleware, or a guardrail in wrap_tool_call, answers a call with ``ToolMessage(status="error")``
+    without running the tool: no tool span failed, so before, the step's observation was a success (replay and IWM
+    read "Tool call limit exceeded" as what check_stock returns). The flag is the error status the model was given,
+    per turn: with a model that numbers its calls per reply (``call_0`` every turn), only the blocked turn's."""
+
+    @wrap_tool_call
+    def no_orders_over_3(request: Any, handler: Any) -> Any:
+        if request.tool_call["name"] == "order_item" and request.tool_call["args"]["quantity"] > 3:
+            return ToolMessage("Blocked: orders over 3 need a manager.", tool_call_id=request.tool_call["id"], status="error")
+        return handler(request)
+
+    def numbered(name: str, **args: Any) -> AIMessage:
+        return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": "call_0", "type": "tool_call"}])
+
+    script = [
+        numbered("check_stock", item="pear"),
+        numbered("check_stock", item="apple"),
+        numbered("order_item", item="pear", quantity=5),
+        numbered("order_item", item="pear", quantity=3),
+        AIMessage(content="Ordered 3 pears."),
+    ]
+    limit = ToolCallLimitMiddleware(tool_name="check_stock", run_limit=1)
+    graph = create_agent(ScriptedChatModel(script=script), shop_tools({"pear": 0, "apple": 3}), middleware=[limit, no_orders_over_3])
+    trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    observed = [(s.observation.content[:24], s.observation.is_error) for s in trajectory.steps[:4]]
+    assert observed == [
+        ("0", False),
+        ("Tool call limit exceeded", True),
+        ("Blocked: orders over 3 n", True),
+        ("ordered 3 pear; now 3", False),
+    ]
