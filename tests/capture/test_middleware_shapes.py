@@ -34,13 +34,13 @@ from langgraph.types import Command, Send, interrupt
 from pydantic import Field
 
 from ee_middleware import record_experience
-from ee_middleware.messages import langchain_to_openai
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.job import run_replay
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from tests.capture.test_create_agent import as_recorded
 from tests.conftest import record_once
 
 TASK = {"messages": [("user", "Do we have pears and apples? Order 5 pears.")]}
@@ -102,11 +102,6 @@ def shop_tools(stock: dict[str, int]) -> list[Any]:
         return _order_item(world, item, quantity)
 
     return [check_stock, order_item]
-
-
-def as_recorded(messages: list[BaseMessage]) -> list[dict[str, Any]]:
-    """The OpenAI form of messages as a step's state holds them (tool messages keep no ``name``)."""
-    return [{k: v for k, v in m.items() if not (m["role"] == "tool" and k == "name")} for m in langchain_to_openai(messages)]
 
 
 def _actions(trajectory: Any) -> list[tuple[str, Any]]:
