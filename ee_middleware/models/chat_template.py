@@ -263,3 +263,135 @@ def render_pair(
     if full.startswith(prompt_text) and len(full) > len(prompt_text):
         return prompt_text, full[len(prompt_text) :], False
     return prompt_text, (prepared_completion[0].get("content") or "") + (tokenizer.eos_token or ""), True
+
+
+# --- serving with the same rendering ------------------------------------------------------------
+
+_SERVING_PREAMBLE = r"""{#- ee-middleware: the trainer's rendering of requests (ee_middleware/models/chat_template.py) in front of
+    the model's own chat template, whose limits it works around: @DESCRIBE@.
+    A server using this template (vLLM: --chat-template THIS_FILE @PARSER@) renders each request as the adapter's
+    training rows were rendered. -#}
+{%- macro ee_json_without_nulls(d) -%}
+{{- '{' -}}
+{%- set state = namespace(first=true) -%}
+{%- for key, value in d.items() if value is not none -%}
+{%- if not state.first -%}{{- ', ' -}}{%- endif -%}
+{%- set state.first = false -%}
+{{- key | tojson -}}{{- ': ' -}}
+{%- if key == 'function' and value is mapping -%}{{- ee_json_without_nulls(value) -}}{%- else -%}{{- value | tojson -}}{%- endif -%}
+{%- endfor -%}
+{{- '}' -}}
+{%- endmacro -%}
+{%- set ee = namespace(msgs=[], tools=(tools if tools is defined and tools else none)) -%}
+{%- for m in messages -%}
+{%- if m.content is string -%}
+{%- set ee_text = m.content -%}
+{%- elif m.content is defined and m.content is not none and m.content is not mapping and m.content is iterable -%}
+{%- set ee_parts = namespace(text='') -%}
+{%- for part in m.content -%}
+{%- if part is string -%}{%- set ee_parts.text = ee_parts.text ~ part -%}
+{%- elif part is mapping and part.text is string -%}{%- set ee_parts.text = ee_parts.text ~ part.text -%}
+{%- elif part is mapping and part.content is string -%}{%- set ee_parts.text = ee_parts.text ~ part.content -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set ee_text = ee_parts.text -%}
+{%- else -%}
+{%- set ee_text = '' -%}
+{%- endif -%}
+{%- set ee_calls = m.tool_calls if m.tool_calls is defined and m.tool_calls else [] -%}
+{%- set ee_kept = m.items() | rejectattr('0', 'in', ['content', 'tool_calls']) | list -%}
+{%- if ee_calls and @TOOL_CALLS@ -%}
+{%- set ee.msgs = ee.msgs + [dict(ee_kept, content=ee_text, tool_calls=ee_calls)] -%}
+{%- else -%}
+{%- if ee_calls -%}
+{%- set ee_call_text = namespace(text='') -%}
+{%- for call in ee_calls -%}
+{%- set ee_function = call.function if call.function is defined else {} -%}
+{%- set ee_call_text.text = ee_call_text.text ~ '<tool_call>' ~ ({'name': ee_function.name, 'arguments': (ee_function.arguments if ee_function.arguments is defined else {})} | tojson) ~ '</tool_call>' -%}
+{%- endfor -%}
+{%- set ee_text = ee_text ~ '\n' ~ ee_call_text.text if ee_text else ee_call_text.text -%}
+{%- endif -%}
+{%- set ee.msgs = ee.msgs + [dict(ee_kept, content=ee_text)] -%}
+{%- endif -%}
+{%- endfor -%}
+{%- if ee.tools and not @TOOLS@ -%}
+{%- set ee_listing = namespace(text=@TOOLS_PREAMBLE@) -%}
+{%- for tool in ee.tools -%}{%- set ee_listing.text = ee_listing.text ~ ee_json_without_nulls(tool) ~ '\n' -%}{%- endfor -%}
+{%- set ee_listing.text = ee_listing.text ~ @TOOLS_SUFFIX@ -%}
+{%- if ee.msgs and ee.msgs[0].role == 'system' -%}
+{%- set ee_first = ee.msgs[0] -%}
+{%- set ee.msgs = [dict(ee_first, content=(ee_first.content ~ '\n\n' ~ ee_listing.text if ee_first.content else ee_listing.text))] + ee.msgs[1:] -%}
+{%- else -%}
+{%- set ee.msgs = [{'role': 'system', 'content': ee_listing.text}] + ee.msgs -%}
+{%- endif -%}
+{%- set ee.tools = none -%}
+{%- endif -%}
+{%- if not @TOOL_ROLE@ -%}
+{%- set ee_runs = namespace(msgs=[], pending=none) -%}
+{%- for m in ee.msgs -%}
+{%- if m.role == 'tool' -%}
+{%- set ee_block = '<tool_response>\n' ~ (m.content or '') ~ '\n</tool_response>' -%}
+{%- set ee_runs.pending = ee_runs.pending ~ '\n' ~ ee_block if ee_runs.pending is not none else ee_block -%}
+{%- else -%}
+{%- if ee_runs.pending is not none -%}
+{%- set ee_runs.msgs = ee_runs.msgs + [{'role': 'user', 'content': ee_runs.pending}] -%}
+{%- set ee_runs.pending = none -%}
+{%- endif -%}
+{%- set ee_runs.msgs = ee_runs.msgs + [m] -%}
+{%- endif -%}
+{%- endfor -%}
+{%- if ee_runs.pending is not none -%}{%- set ee_runs.msgs = ee_runs.msgs + [{'role': 'user', 'content': ee_runs.pending}] -%}{%- endif -%}
+{%- set ee.msgs = ee_runs.msgs -%}
+{%- endif -%}
+{%- if not @SYSTEM_ROLE@ -%}
+{%- set ee_system = namespace(text='', index=0, leading=true) -%}
+{%- for m in ee.msgs -%}
+{%- if ee_system.leading and m.role in ['system', 'developer'] -%}
+{%- if m.content -%}{%- set ee_system.text = ee_system.text ~ '\n\n' ~ m.content if ee_system.text else m.content -%}{%- endif -%}
+{%- set ee_system.index = ee_system.index + 1 -%}
+{%- else -%}
+{%- set ee_system.leading = false -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set ee_rest = ee.msgs[ee_system.index:] -%}
+{%- if ee_system.text and ee_rest and ee_rest[0].role == 'user' -%}
+{%- set ee.msgs = [dict(ee_rest[0], content=ee_system.text ~ '\n\n' ~ (ee_rest[0].content or ''))] + ee_rest[1:] -%}
+{%- elif ee_system.text -%}
+{%- set ee.msgs = [{'role': 'user', 'content': ee_system.text}] + ee_rest -%}
+{%- else -%}
+{%- set ee.msgs = ee_rest -%}
+{%- endif -%}
+{%- endif -%}
+{%- set messages = ee.msgs -%}
+{%- set tools = ee.tools -%}
+"""
+
+
+def serving_template(template: str, support: TemplateSupport) -> str | None:
+    """A chat template that renders a server's requests as :func:`render_prompt` renders them with ``support``: the
+    fallbacks for ``template``'s limits (a Jinja preamble rewriting ``messages`` and ``tools``), then ``template``
+    itself. ``None`` when ``template`` needs no fallback (serve it as it is).
+
+    An adapter trained on rows rendered with fallbacks must be served with them too: a server rendering requests
+    with the model's own template (vLLM's default) would show it prompts unlike its training rows, and, where tool
+    calls became ``<tool_call>`` text, parse its answers with another tool-call format. With calls as text, serve with
+    vLLM's ``hermes`` tool-call parser, which reads exactly that text."""
+    if support.tools and support.tool_calls and support.tool_role and support.system_role:
+        return None
+    flags = {
+        "@TOOLS@": support.tools,
+        "@TOOL_CALLS@": support.tool_calls,
+        "@TOOL_ROLE@": support.tool_role,
+        "@SYSTEM_ROLE@": support.system_role,
+    }
+    preamble = _SERVING_PREAMBLE
+    for marker, value in flags.items():
+        preamble = preamble.replace(marker, "true" if value else "false")
+    described = "; ".join(f"{key}: {how}" for key, how in support.describe().items() if how != "chat template")
+    preamble = (
+        preamble.replace("@DESCRIBE@", described.replace("#}", "# }"))
+        .replace("@PARSER@", "" if support.tool_calls else "--enable-auto-tool-choice --tool-call-parser hermes")
+        .replace("@TOOLS_PREAMBLE@", json.dumps(TOOLS_PREAMBLE))
+        .replace("@TOOLS_SUFFIX@", json.dumps(TOOLS_SUFFIX))
+    )
+    return preamble + template

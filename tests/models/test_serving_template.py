@@ -1,0 +1,149 @@
+"""Serving an adapter with the rendering it was trained on: ``serving_template`` (a Jinja preamble applying the trainer's
+fallbacks, then the model's own template) must render every request exactly as ``render_prompt`` renders it, for the
+chat templates of real model families (tests/models/family_templates.py), as vLLM hands requests to the template:
+tool-call arguments decoded to objects, assistant content ``None`` beside calls, tool schemas with null fields added."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import ChatTemplateError
+from ee_middleware.models.chat_template import TemplateSupport, probe_template, render_prompt, serving_template
+
+pytest.importorskip("transformers")
+
+from ee_middleware.testing.tiny_models import build_test_tokenizer
+
+from .family_templates import FAMILIES
+from .test_family_templates import ROWS, STATE, TOOLS, call
+
+CONVERSATIONS = {
+    "state": STATE,
+    "sr_target": [*ROWS["sr"][0], *ROWS["sr"][1]],
+    "iwm_question": ROWS["iwm"][0],
+    "no_system": STATE[1:],
+    "two_systems_and_text_parts": [
+        {"role": "system", "content": "First rule."},
+        {"role": "system", "content": [{"type": "text", "text": "Second rule."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Do we have pears?"}]},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [call("c1", "check_stock", fruit="pears")]},
+        {"role": "tool", "tool_call_id": "c1", "content": "3 pears"},
+        {"role": "assistant", "content": "Yes, 3 pears."},
+        {"role": "user", "content": "Thanks; and plums?"},
+    ],
+    "empty_tool_result": [
+        STATE[1],
+        {"role": "assistant", "content": "", "tool_calls": [call("c1", "list_fruits")]},
+        {"role": "tool", "tool_call_id": "c1", "content": ""},
+    ],
+}
+
+
+def as_vllm_sends(messages: list[dict[str, Any]], *, parts_as_text: bool) -> list[dict[str, Any]]:
+    """What vLLM hands a chat template: arguments decoded from their JSON text, no content beside calls as None, and
+    content parts joined into text for a template that reads content as a string (vLLM's "string" content format)."""
+    out = copy.deepcopy(messages)
+    for message in out:
+        for item in message.get("tool_calls") or []:
+            item["function"]["arguments"] = json.loads(item["function"]["arguments"] or "{}")
+        if message.get("tool_calls") and not message.get("content"):
+            message["content"] = None
+        if parts_as_text and isinstance(message.get("content"), list):
+            message["content"] = "\n".join(part["text"] for part in message["content"])
+    return out
+
+
+def vllm_tools(tools: list[dict[str, Any]], *, nulls: bool) -> list[dict[str, Any]]:
+    """The tool list as vLLM dumps its request model; ``nulls``: with the optional fields older versions add as null
+    (vLLM 0.32 leaves ``strict`` out when unset), which the derived template leaves out as the trainer's rows do."""
+    return [{**tool, "function": {**tool["function"], "strict": None}} for tool in tools] if nulls else tools
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request: pytest.FixtureRequest) -> tuple[str, Any, TemplateSupport]:
+    corpus = [FAMILIES[request.param], json.dumps(TOOLS), json.dumps(CONVERSATIONS)] * 2
+    tokenizer = build_test_tokenizer(corpus, chat_template=FAMILIES[request.param], vocab_size=600)
+    return request.param, tokenizer, probe_template(tokenizer)
+
+
+@pytest.mark.parametrize("with_tools", [True, False], ids=["tools", "no_tools"])
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+def test_the_serving_template_renders_requests_as_the_trainer_does(
+    family: tuple[str, Any, TemplateSupport], conversation: str, with_tools: bool
+) -> None:
+    name, tokenizer, support = family
+    # None: the family's own template needs no fallback, and serving it as it is must give the trainer's prompts
+    template = serving_template(tokenizer.chat_template, support) or tokenizer.chat_template
+    messages = CONVERSATIONS[conversation]
+    try:
+        expected = render_prompt(tokenizer, messages, TOOLS if with_tools else None, support)
+    except ChatTemplateError as exc:  # a conversation the template refuses even after the fallbacks (strict alternation)
+        pytest.skip(f"{name} refuses {conversation}: {exc}")
+    derived = template is not tokenizer.chat_template
+    served = tokenizer.apply_chat_template(
+        as_vllm_sends(messages, parts_as_text=not derived),
+        tools=vllm_tools(TOOLS, nulls=derived) if with_tools else None,
+        chat_template=template,
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert served == expected
+
+
+def test_templates_without_limits_are_served_as_they_are() -> None:
+    support = TemplateSupport(tools=True, tool_calls=True, tool_role=True, system_role=True)
+    assert serving_template("{{ messages }}", support) is None
+
+
+def test_the_preamble_says_what_it_does_and_how_to_serve_it() -> None:
+    tokenizer = build_test_tokenizer([FAMILIES["llama-3-2"], json.dumps(TOOLS)], chat_template=FAMILIES["llama-3-2"])
+    template = serving_template(tokenizer.chat_template, probe_template(tokenizer))
+    assert template is not None and template.endswith(FAMILIES["llama-3-2"])
+    assert "--tool-call-parser hermes" in template and "<tool_call> text" in template
+
+
+def _base_folder(tmp_path: Any, family: str) -> Any:
+    """A base model folder as ``ee serve vllm --base`` reads it: here only its tokenizer, with the family's template."""
+    folder = tmp_path / family
+    build_test_tokenizer([FAMILIES[family], json.dumps(TOOLS)], chat_template=FAMILIES[family]).save_pretrained(folder)
+    return folder
+
+
+def _serve_vllm(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    return CliRunner().invoke(app, ["serve", "vllm", *args, "--print-command", "--max-lora-rank", "8"])
+
+
+def test_ee_serve_vllm_serves_a_base_with_the_rendering_its_adapters_were_trained_on(tmp_path: Any, monkeypatch: Any) -> None:
+    """Given no --chat-template, a base whose own template drops what the trainer renders (Llama 3.x: the text beside a
+    call, parallel calls) is served with the derived template, so vLLM shows an adapter the prompts of its training rows
+    and parses the <tool_call> text it learned (hermes). Before, vLLM used the model's own template: other prompts, and
+    answers in a format its Llama parser does not read."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    result = _serve_vllm("--base", str(_base_folder(tmp_path, "llama-3-2")))
+    assert result.exit_code == 0, result.output
+    [written] = (tmp_path / "cache" / "chat-templates").glob("llama-3-2-*.jinja")
+    assert f"--chat-template {written} --enable-auto-tool-choice --tool-call-parser hermes" in result.stdout
+    assert "needs the trainer's fallbacks" in result.stderr and "<tool_call> text" in result.stderr
+    assert written.read_text().endswith(FAMILIES["llama-3-2"])
+
+    again = _serve_vllm("--base", str(_base_folder(tmp_path, "llama-3-2")))
+    assert str(written) in again.stdout  # named by its content: the same file
+    assert "--chat-template" not in _serve_vllm("--base", str(_base_folder(tmp_path, "llama-3-2")), "--chat-template", "own").stdout
+    parser_warning = _serve_vllm("--base", str(_base_folder(tmp_path, "llama-3-2")), "--tool-call-parser", "llama3_json")
+    assert "need --tool-call-parser hermes" in parser_warning.stderr
+
+
+def test_ee_serve_vllm_keeps_a_template_that_needs_no_fallback_and_a_model_id(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    result = _serve_vllm("--base", str(_base_folder(tmp_path, "qwen-2-5")))
+    assert result.exit_code == 0, result.output
+    assert "--chat-template" not in result.stdout and not (tmp_path / "cache").exists()
+    assert "--chat-template" not in _serve_vllm("--base", "org/some-model-id").stdout
