@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
-from ee_middleware.capture.payloads import captured_error
+from ee_middleware.capture.payloads import captured_error, tool_error_positions
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -189,6 +189,8 @@ class RunCapture(BaseCallbackHandler):
                 attrs.update(self.recorder.encoder.chat_attributes(inputs, outputs or [], params.get("tools"), self.fragments))
             else:
                 attrs[sc.INPUT_MESSAGES] = self.recorder.encoder.messages(inputs, self.fragments)
+                if errors := tool_error_positions(inputs):  # its history may be the one that holds a call's reply
+                    attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
             encoded = True
         finally:  # the span is made even if encoding failed, with the attributes made so far
             self._span(f"chat {model}", SpanKind.CLIENT, attrs, start, end, error if encoded else None, None)

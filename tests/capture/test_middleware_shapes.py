@@ -417,8 +417,20 @@ def test_a_call_a_middleware_answered_with_an_error_is_an_error_observation(tmp_
         numbered("order_item", item="pear", quantity=3),
         AIMessage(content="Ordered 3 pears."),
     ]
-    limit = ToolCallLimitMiddleware(tool_name="check_stock", run_limit=1)
-    graph = create_agent(ScriptedChatModel(script=script), shop_tools({"pear": 0, "apple": 3}), middleware=[limit, no_orders_over_3])
+    failures = iter([False, False, True])  # the call after the blocked one fails once: that history is seen first
+
+    class FlakyModel(ScriptedChatModel):
+        def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+            if next(failures, False):
+                raise TimeoutError("model server timed out")
+            return super()._generate(messages, *args, **kwargs)
+
+    middleware = [
+        ModelRetryMiddleware(max_retries=1, initial_delay=0, jitter=False),
+        ToolCallLimitMiddleware(tool_name="check_stock", run_limit=1),
+        no_orders_over_3,
+    ]
+    graph = create_agent(FlakyModel(script=script), shop_tools({"pear": 0, "apple": 3}), middleware=middleware)
     trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
     observed = [(s.observation.content[:24], s.observation.is_error) for s in trajectory.steps[:4]]
     assert observed == [
