@@ -53,15 +53,16 @@ def smollm2_base() -> Path:
     return plain_base(resolve_base(str(gguf)), cache)[0]
 
 
-def start_vllm(base: Path, *, max_lora_rank: int = 8, **settings: Any) -> ServerProcess:
-    """vLLM on ``base`` (``settings`` replace the defaults below: benchmarks/replay_served_policy.py batches 8)."""
+def start_vllm(base: Path, *, max_lora_rank: int = 8, chat_template: str | None = None, **settings: Any) -> ServerProcess:
+    """vLLM on ``base`` (``settings`` replace the defaults below: benchmarks/replay_served_policy.py batches 8), with
+    ``chat_template`` (default: the shipped smollm2-tools)."""
     defaults: dict[str, Any] = {"max_model_len": 1024, "max_num_seqs": 1, "cpu_kv_cache_gb": 1}
     options = VLLMOptions(
         base=str(base),
         served_model_name="smollm2",
         port=free_port(),
         max_lora_rank=max_lora_rank,
-        chat_template=str(template_path("smollm2-tools")),
+        chat_template=chat_template or str(template_path("smollm2-tools")),
         tool_call_parser="hermes",
         launcher="module",
         python=vllm_python(),
@@ -99,6 +100,25 @@ def test_vllm_sees_the_prompt_the_trainer_rendered_token_for_token(vllm_server: 
     from transformers import AutoTokenizer
 
     assert check_prompt_parity(vllm_server.url.removesuffix("/v1"), "smollm2", AutoTokenizer.from_pretrained(smollm2_base)) == 3
+
+
+def test_vllm_with_the_template_ee_serve_derives_sees_the_trainers_prompt(smollm2_base: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """What ``ee serve vllm`` serves a base with when given no --chat-template (the trainer's fallbacks in front of the
+    model's own template, see adapters.templates.training_rendering), rendered by vLLM itself (its Jinja environment,
+    its content-format detection): token for token the trainer's prompts."""
+    from transformers import AutoTokenizer
+
+    from ee_middleware.adapters.templates import training_rendering
+
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path))
+    derived = training_rendering(smollm2_base)
+    assert derived is not None and derived.calls_as_text  # SmolLM2's own template ignores tools and tool calls
+    server = start_vllm(smollm2_base, chat_template=str(derived.path))
+    try:
+        assert check_prompt_parity(server.url.removesuffix("/v1"), "smollm2", AutoTokenizer.from_pretrained(smollm2_base)) == 3
+    finally:
+        server.stop()
+    assert not server.running()
 
 
 def test_promote_and_rollback_through_the_router_on_vllm(vllm_server: ServerProcess, smollm2_base: Path, tmp_path: Path) -> None:

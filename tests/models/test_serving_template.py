@@ -154,8 +154,10 @@ def test_ee_serve_vllm_without_transformers_serves_the_base_template_and_says_so
     skipped with a note instead of failing the command."""
     import sys
 
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
     folder = _base_folder(tmp_path, "llama-3-2")
     monkeypatch.setitem(sys.modules, "transformers", None)  # what `import transformers` finds: not installed
     result = _serve_vllm("--base", str(folder))
     assert result.exit_code == 0, result.output
     assert "--chat-template" not in result.stdout and "ee-middleware[serve]" in result.stderr
+    assert not (tmp_path / "cache").exists()
