@@ -235,7 +235,15 @@ def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
         state = [{"role": "system", "content": _system_text(system)}, *state]
     outputs = [m for m in _messages_attr(chat, sc.OUTPUT_MESSAGES) if m.get("role") in ("assistant", None)]
     errors = _error_positions(chat, len(state) - len(given))
-    return {"span": chat, "state": redact(state), "outputs": redact(outputs), "tools": memo.tool_schemas(chat), "errors": errors}
+    # "raw": the state before redaction, whose messages the run's spans share (compared by identity first: see _reply_to)
+    return {
+        "span": chat,
+        "state": redact(state),
+        "raw": state,
+        "outputs": redact(outputs),
+        "tools": memo.tool_schemas(chat),
+        "errors": errors,
+    }
 
 
 def _messages_without_model(root: SpanData, tools: list[SpanData], redact: Any, max_chars: int) -> list[dict[str, Any]]:
@@ -345,14 +353,14 @@ def _reply_to(call_id: str, index: int, decisions: list[dict[str, Any]], final: 
     The run's last calls are answered by the tool messages the run ended on (``final``)."""
     if not call_id:
         return None
-    seen = decisions[index]["state"]
-    start = len(seen)
+    seen = decisions[index]["raw"]
+    start = len(decisions[index]["state"])
     for later in decisions[index + 1 :]:
         state = later["state"]
         if (
             len(state) > start
             and any(c.get("id") == call_id for c in state[start].get("tool_calls") or ())
-            and state[:start] == seen  # this history, not a parallel branch's (Send) with a reused id
+            and later["raw"][:start] == seen  # this history, not a parallel branch's (Send) with a reused id
         ):
             found = _tool_reply(state, start + 1, call_id)
             if found is not None:
