@@ -223,11 +223,12 @@ class ImproveConfig(BaseModel):
                 if table not in known and close:
                     raise ConfigError(f"{self.config_path} has a table [{table}]: did you mean [{close[0]}]? (ee improve reads {known}.)")
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
-        self.replay_config()
+        replay = self.replay_config()
         self.dataset_config(folder / "data", None)
         train = self.train_config(folder / "data", folder / "adapter", max_steps=None)
-        self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
+        job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
         self.gate_policy()
+        _check_specs(replay.sandbox, replay.policy, job.sandbox)
         from ee_middleware.evals.suites import SuiteSettings, load_suite
 
         for spec in self.suite_specs():
@@ -321,3 +322,32 @@ class ImproveConfig(BaseModel):
             else:
                 specs.append(suite)
         return specs
+
+
+def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None) -> None:
+    """The replay's sandbox and policy and the evaluation's sandbox name something that imports (a factory is looked
+    up, not called; a ``local:`` model's folder must exist), so that a misspelt name stops the job before a run starts
+    rather than failing it at the replay or evaluate stage, as a run the corrected file could not continue."""
+    from ee_middleware.errors import EEError
+    from ee_middleware.models.spec import is_model_spec, parse_model_spec
+    from ee_middleware.replay.policies.registry import POLICIES
+    from ee_middleware.replay.sandboxes.registry import SANDBOXES
+
+    for key, kind, spec in (
+        ("[replay] sandbox", SANDBOXES, replay_sandbox),
+        ("[replay] policy", POLICIES, policy),
+        ("[eval] sandbox", SANDBOXES, eval_sandbox),
+    ):
+        if not spec or spec.strip().startswith("experience:"):  # an experience model is built from a model spec when it runs
+            continue
+        try:
+            if not is_model_spec(spec):
+                kind.resolve(spec)
+                continue
+            parsed = parse_model_spec(spec, registry=kind)
+            if parsed.kind == "local" and not Path(parsed.path or "").expanduser().exists():
+                raise ConfigError(
+                    f"no model folder at {parsed.path}: write the folder (or .gguf file) of a model saved with save_pretrained"
+                )
+        except EEError as exc:
+            raise ConfigError(f"{key} = {spec!r}: {exc}") from exc

@@ -107,11 +107,17 @@ def _improve_file(tmp_path: Path, base: Path, body: str = "") -> Path:
         ("[replay]\nkk = 2\n", r"kk"),
         ('suites = ["trace:3"]\n', r"Cannot read the suite 'trace:3'"),
         ("[improv]\nx = 1\n", r"a table \[improv\]: did you mean \[improve\]"),
+        ('[replay]\nsandbox = "ee_middleware.replay:make_sandbx"\n', r"\[replay\] sandbox = .*has no attribute 'make_sandbx'"),
+        ('[replay]\nsandbox = "clinic_nope.sandbox:make"\n', r"\[replay\] sandbox = .*Cannot import 'clinic_nope.sandbox'"),
+        ('[replay]\npolicy = "mutat"\n', r"\[replay\] policy = 'mutat': Unknown policy 'mutat'"),
+        ('[replay]\npolicy = "local:/no/such/model"\n', r"\[replay\] policy = 'local:/no/such/model': no model folder at /no/such/model"),
+        ('[eval]\nsandbox = "ee_middleware.replay:nope"\n', r"\[eval\] sandbox = .*has no attribute 'nope'"),
     ],
 )
 def test_a_stage_table_that_cannot_work_stops_the_job_before_a_run_starts(tmp_path: Path, body: str, message: str) -> None:
-    """Was: found only by the stage that reads it (train after replay and datasets), leaving a failed run that the
-    corrected file could not continue (another config hash: 'pass --new-run')."""
+    """Was: found only by the stage that reads it (train after replay and datasets; a misspelt sandbox or policy at
+    replay, an [eval] sandbox at evaluate), leaving a failed run that the corrected file could not continue (another
+    config hash: 'pass --new-run')."""
     from ee_middleware.jobs.improve import run_improve
 
     path = _improve_file(tmp_path, _base_folder(tmp_path), body)
