@@ -142,6 +142,9 @@ def build(
         notes = {k: v for k, v in info.items() if k not in ("path", "rows", "seconds")}
         table.add_row(name, str(info["rows"]), f"{info['seconds']:.2f}", escape(", ".join(f"{k}={v}" for k, v in notes.items())))
     out_console.print(table)
+    missing = summary.get("tool_schemas_missing")
+    if missing:
+        typer.secho(f"warning: {missing['warning']}", err=True, fg="yellow")
     failures = summary.get("sandbox_failures_left_out") or {}
     if failures.get("total"):
         kinds_left = ", ".join(f"{n} {kind}" for kind, n in failures.items() if kind != "total" and n)

@@ -211,6 +211,9 @@ def build_datasets(
             summary["split"]["datasets"] = _build_split(
                 reader, heldout_index, config, teacher, folder, redactor, config.out / HELDOUT_DIR, heldout=True
             )
+        missing = tool_schemas_missing(index, {kind: staging / Path(info["path"]).name for kind, info in summary["datasets"].items()})
+        if missing is not None:
+            summary["tool_schemas_missing"] = missing
         summary["stale_removed"] = publish(staging, config.out)
         atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
@@ -285,6 +288,40 @@ def sandbox_failures_left_out(index: SourceIndex) -> dict[str, int]:
     (:data:`~ee_middleware.records.SANDBOX_FAILURES`, zero when none)."""
     counts = {kind: index.sandbox_failures.get(kind, 0) for kind in SANDBOX_FAILURES}
     return {"total": sum(index.sandbox_failures.values()), **counts}
+
+
+NO_SCHEMAS = pl.col("tools_json").is_null() | pl.col("tools_json").str.strip_chars().is_in(["", "[]"])
+"""A trajectory that recorded no tool schemas (the spans of some instrumentations carry no tool definitions)."""
+
+
+def tool_schemas_missing(index: SourceIndex, files: dict[str, Path]) -> dict[str, Any] | None:
+    """What ``datasets.json`` says of the trajectories that call tools but recorded no tool schemas (``None`` when every
+    trajectory that calls a tool recorded them): how many, their first ids, how many rows of each kind came from them,
+    and a warning saying what such rows teach and where schemas come from (``files``: each kind's file written). The rows are kept as they are: schemas are
+    never made up."""
+    calling = index.steps.filter(pl.col("action_kind") == "tool_call")["trajectory_id"].unique()
+    ids = index.trajectories.filter(NO_SCHEMAS & pl.col("id").is_in(calling.implode()))["id"].sort().to_list()
+    if not ids:
+        return None
+    rows = {
+        kind: pl.scan_parquet(path).filter(pl.col("trajectory_id").is_in(ids)).select(pl.len()).collect().item()
+        for kind, path in files.items()
+    }
+    with_calls = index.trajectories.filter(pl.col("id").is_in(calling.implode())).height
+    return {
+        "trajectories": len(ids),
+        "of": with_calls,
+        "ids": ids[:20],
+        "rows": rows,
+        "warning": (
+            f"{len(ids)} of {with_calls} trajectories record no tool schemas (their spans carried no tool definitions: "
+            "OpenTelemetry's OpenAI v2 instrumentation, Strands and OpenInference's Chat Completions spans do not record them), "
+            f"so {', '.join(f'{n} {kind} rows' for kind, n in rows.items())} show calls to tools their prompt never offers: "
+            "a model trained on them learns to call tools it is not shown. Record the tools: capture with @record_experience, "
+            "or an instrumentation that writes the offered tools (gen_ai.tool.definitions, llm.tools, ai.prompt.tools), then "
+            "ingest again; or leave these trajectories out (ee traces reject ID)."
+        ),
+    }
 
 
 def cap_synthetic_tasks(index: SourceIndex, max_share: float, seed: int) -> tuple[SourceIndex, dict[str, Any]]:

@@ -28,6 +28,13 @@ def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None) -> dict[str, An
         counts["error_observations"] = int(frame["is_error"].fill_null(False).sum())
     if "observation_truncated_chars" in frame.columns:
         counts["truncated"] = int((frame["observation_truncated_chars"].fill_null(0) > 0).sum())
+    if "tools" in frame.columns:
+        calls = pl.col("prompt").str.contains('"tool_calls"', literal=True) | pl.col("completion").str.contains(
+            '"tool_calls"', literal=True
+        )
+        unoffered = frame.select((calls & pl.col("tools").fill_null("[]").str.strip_chars().is_in(["", "[]"])).sum()).item()
+        if unoffered:
+            counts["calls_without_tool_schemas"] = int(unoffered)  # rows showing calls to tools their prompt offers none of
     if "quality_flags" in frame.columns:
         flags: Counter[str] = Counter()
         for text in frame["quality_flags"].drop_nulls().to_list():
@@ -119,12 +126,13 @@ def render_example(row: dict[str, Any], tokenizer: Any = None) -> str:
 
         text = tokenizer.apply_chat_template(with_decoded_arguments(prompt + completion), tools=tools or None, tokenize=False)
         return str(text)
-    lines = []
+    names = [t.get("function", t).get("name", "?") for t in tools if isinstance(t, dict)]
+    lines = [f"tools offered: {', '.join(names) if names else 'none'}"]
     for message in prompt[-4:]:
         lines.append(_line(message))
     lines.append("=> " + _line(completion[0]))
     if len(prompt) > 4:
-        lines.insert(0, f"(… {len(prompt) - 4} earlier messages)")
+        lines.insert(1, f"(… {len(prompt) - 4} earlier messages)")
     return "\n".join(lines)
 
 
