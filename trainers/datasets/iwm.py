@@ -56,9 +56,18 @@ def build_iwm(source: DatasetSource, options: IWMOptions | None = None) -> pl.Da
     return iwm_frame(_cap_errors(rows, options.max_error_share, options.seed), source.source_hash)
 
 
+MEDIA_SIZE = r"\[(?P<kind>image|audio|video|document|file)(?P<rest>: [^\[\]\n]*?)?(?:, |: )\d+(?:\.\d)? (?:bytes|KB|MB|GB)\]"
+"""The size of inline data in a media placeholder (:func:`ee_middleware.messages.media_placeholder`: ``[image: image/png,
+117.2 KB]``): left out of IWM targets (``[image: image/png]``). Which image a tool returns is the world's to say; how
+many bytes its encoding took is noise no model can predict from the call."""
+MEDIA_SIZE_REMOVED = "_media_size_removed"
+"""The column of :func:`iwm_rows` saying that a row's target had a media placeholder's size left out."""
+
+
 def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expert: bool) -> pl.DataFrame:
     """The rows before the error cap: the rollouts' (``rollouts``), then the expert steps' (``expert``),
-    observations cut to the budget. A chunked build makes the two apart (their orders differ)."""
+    observations cut to the budget, with the sizes of media placeholders left out (:data:`MEDIA_SIZE`). A chunked build
+    makes the two apart (their orders differ)."""
     tools = source.trajectories.rename({"id": "trajectory_id", "tools_json": "tools"})
     states = world_states(source.steps)
     parts = []
@@ -95,6 +104,10 @@ def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expe
             )
         )
     rows = pl.concat(parts, how="vertical").join(tools, on="trajectory_id", how="inner", maintain_order="left")
+    rows = rows.with_columns(
+        pl.col("observation").str.replace_all(MEDIA_SIZE, "[${kind}${rest}]"),
+        pl.col("observation").str.contains(MEDIA_SIZE).fill_null(False).alias(MEDIA_SIZE_REMOVED),
+    )
     length = pl.col("observation").str.len_chars().cast(pl.Int64)  # u32 would wrap below zero
     kept = pl.Series("_kept", kept_chars(rows["observation"], options), dtype=pl.Int64)
     return rows.with_columns(

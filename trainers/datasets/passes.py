@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ee_middleware.trainers.datasets.il import build_il, malformed_calls
-from ee_middleware.trainers.datasets.iwm import IWMOptions, iwm_frame, iwm_rows, kept_errors
+from ee_middleware.trainers.datasets.iwm import MEDIA_SIZE_REMOVED, IWMOptions, iwm_frame, iwm_rows, kept_errors
 from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher
@@ -130,7 +130,7 @@ class IWMWriter(KindWriter):
         is_error = pl.concat(flags)
         self.keep = kept_errors(int((~is_error).sum()), int(is_error.sum()), options.max_error_share, options.seed)
         self.keep_series = pl.Series(self.keep or [], dtype=pl.Int64).implode()
-        self.errors_seen = self.errors = self.non_null = self.truncated = 0
+        self.errors_seen = self.errors = self.non_null = self.truncated = self.media_sizes = 0
 
     def add_rollouts(self, source: DatasetSource) -> None:
         self._write(iwm_rows(source, self.options, rollouts=True, expert=False), source.source_hash)
@@ -140,15 +140,17 @@ class IWMWriter(KindWriter):
 
     def _write(self, rows: pl.DataFrame, source_hash: str) -> None:
         if self.keep is None:
+            chosen = [rows]
             written = [iwm_frame(rows, source_hash)]
             self.parts.write(written[0])
         else:
             error_rows = rows.filter(pl.col("is_error")).with_row_index("_n", offset=self.errors_seen)
             self.errors_seen += error_rows.height
-            kept = iwm_frame(error_rows.filter(pl.col("_n").is_in(self.keep_series)).drop("_n"), source_hash)
-            written = [iwm_frame(rows.filter(~pl.col("is_error")), source_hash), kept]
+            chosen = [rows.filter(~pl.col("is_error")), error_rows.filter(pl.col("_n").is_in(self.keep_series)).drop("_n")]
+            written = [iwm_frame(chosen[0], source_hash), iwm_frame(chosen[1], source_hash)]
             self.parts.write(written[0])
-            self.parts.write(kept, tail=True)
+            self.parts.write(written[1], tail=True)
+        self.media_sizes += sum(int(frame[MEDIA_SIZE_REMOVED].sum()) for frame in chosen)
         for frame in written:
             self.errors += int(frame["is_error"].sum())
             self.non_null += frame.height - frame["is_error"].null_count()
@@ -157,7 +159,8 @@ class IWMWriter(KindWriter):
     def finish(self) -> dict[str, Any]:
         share = round(self.errors / self.non_null, 3) if self.non_null else 0.0
         left_out = self.errors_seen - len(self.keep) if self.keep is not None else 0
-        return {**self.extra, "error_share": share, "errors_left_out": left_out, "truncated_rows": self.truncated}
+        media = {"media_sizes_left_out": self.media_sizes} if self.media_sizes else {}
+        return {**self.extra, "error_share": share, "errors_left_out": left_out, "truncated_rows": self.truncated, **media}
 
 
 def run_pass(
