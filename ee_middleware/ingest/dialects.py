@@ -56,6 +56,12 @@ and leaves what it does not change untouched:
   ``inputSchema`` or ``parameters``); an ``ai.toolCall`` span is a tool call (``ai.toolCall.name|id|args|result``,
   the result JSON). The thread is the first of ``ai.telemetry.metadata.threadId`` / ``thread_id`` /
   ``sessionId`` / ``session_id`` / ``conversationId`` / ``conversation_id``; the agent's name ``ai.telemetry.functionId``.
+* **The OpenAI Agents SDK traced by Logfire** (``logfire.instrument_openai_agents()``; spans named by their
+  ``logfire.msg_template``, ``gen_ai.system`` ``openai``): a ``Responses API`` span's messages are one ``events``
+  attribute (a JSON list of ``{"event.name": "gen_ai.{role}.message", "role", "content" | "tool_calls" | "id"}``,
+  one per content part or function call, the reply's trailing), a ``Chat completion with`` span's its ``input`` /
+  ``output`` (OpenAI's chat shape); ``Function:`` spans are the tool calls, a ``Task:`` span (one per
+  ``Runner.run``; ``Agent run:`` where there is none) the run; the trace's span has the thread as ``group_id``.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_mlflow(span)
     elif _VERCEL_OP in span.attributes:
         span = _from_vercel_ai(span)
+    elif _LOGFIRE_TEMPLATE in span.attributes:
+        span = _from_logfire_openai_agents(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_details_events(span, span.attributes)
@@ -546,6 +554,111 @@ def _vercel_output(part: Mapping[str, Any]) -> str:
         return value if isinstance(value, str) else dumps(value)
     result = part.get("result", output)
     return result if isinstance(result, str) else dumps(result)
+
+
+_LOGFIRE_TEMPLATE = "logfire.msg_template"
+_LOGFIRE_AGENTS_OPS = {
+    "Chat completion with {gen_ai.request.model!r}": sc.OP_CHAT,  # the SDK's generation span (Chat Completions)
+    "Function: {name}": sc.OP_EXECUTE_TOOL,
+    "Agent run: {name!r}": sc.OP_INVOKE_AGENT,
+}
+_LOGFIRE_TRACE = "OpenAI Agents trace: {name}"
+
+
+def _from_logfire_openai_agents(span: SpanData) -> SpanData:
+    """A span of Logfire's OpenAI Agents SDK integration (``logfire.instrument_openai_agents``) as the GenAI span it is.
+
+    Logfire names each span by its message template. ``Responses API...`` (the Responses model; already a ``chat``)
+    writes the call's messages as one ``events`` attribute, a JSON list of ``{"event.name": "gen_ai.{role}.message",
+    "role", "content" | "tool_calls" | "id" (a tool message's call id)}`` whose trailing assistant events (one per part
+    of the ``response``'s output items) are the reply; the ``response`` echoes the tools. ``Chat completion with...``
+    (Chat Completions) has ``input`` / ``output`` in OpenAI's chat shape; ``Function: {name}`` is a tool call
+    (``name``, ``input``, ``output``); ``Task: ...`` (``sdk_span_type`` ``task``: one per ``Runner.run``) and
+    ``Agent run: ...`` are the run and its agents; the trace's span (``OpenAI Agents trace: ...``) has the thread as
+    ``group_id``."""
+    attrs = span.attributes
+    template = str(attrs[_LOGFIRE_TEMPLATE])
+    op = _LOGFIRE_AGENTS_OPS.get(template)
+    if attrs.get("gen_ai.system") != "openai" and template != _LOGFIRE_TRACE:
+        return span  # another of Logfire's integrations: not the Agents SDK's
+    new: dict[str, Any] = {}
+    if template.startswith("Responses API"):
+        new = _logfire_response_attrs(attrs)
+    elif op == sc.OP_CHAT:
+        new[sc.INPUT_MESSAGES] = _openai_json(_without_nulls(_decoded(attrs.get("input"))))
+        new[sc.OUTPUT_MESSAGES] = _openai_json(_without_nulls(_decoded(attrs.get("output"))))
+    elif op == sc.OP_EXECUTE_TOOL:
+        output = attrs.get("output")
+        new = {sc.TOOL_NAME: attrs.get("name"), sc.TOOL_CALL_ARGUMENTS: attrs.get("input")}
+        new[sc.TOOL_CALL_RESULT] = output if isinstance(output, str) or output is None else dumps(output)
+    elif op == sc.OP_INVOKE_AGENT:
+        new[sc.AGENT_NAME] = attrs.get("name")
+    elif template.startswith("Task: ") and attrs.get("sdk_span_type") == "task":
+        op = sc.OP_INVOKE_AGENT  # one Runner.run: its agents (handoffs too) and their turns
+    elif template == _LOGFIRE_TRACE:
+        new[sc.CONVERSATION_ID] = attrs.get("group_id")
+    else:
+        return span
+    if op is not None:
+        new[sc.OPERATION_NAME] = op
+    return _filled(span, new)
+
+
+def _logfire_response_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``Responses API`` span's ``events`` split into the call's input and its reply, and the tools it was given."""
+    events = _decoded(attrs.get("events"))
+    if not isinstance(events, list) or not all(isinstance(e, Mapping) for e in events):
+        return {}
+    response = _decoded(attrs.get("response"))
+    output = response.get("output") if isinstance(response, Mapping) else None
+    if isinstance(output, list):
+        replies = sum(_logfire_output_events(item) for item in output)
+    else:  # no response recorded: the reply is the trailing assistant events
+        replies = next((i for i, e in enumerate(reversed(events)) if e.get("role") != "assistant"), len(events))
+    split = len(events) - min(replies, len(events))
+    new = {sc.INPUT_MESSAGES: _logfire_messages(events[:split]), sc.OUTPUT_MESSAGES: _logfire_messages(events[split:])}
+    tools = response.get("tools") if isinstance(response, Mapping) else None
+    if isinstance(tools, list):
+        named = [
+            {k: t[k] for k in ("name", "description", "parameters") if k in t} for t in tools if isinstance(t, Mapping) and t.get("name")
+        ]
+        new[sc.TOOL_DEFINITIONS] = dumps(named) if named else None
+    return new
+
+
+def _logfire_output_events(item: Any) -> int:
+    """How many events Logfire writes for one output item of a Response (one per content part of a message)."""
+    if not isinstance(item, Mapping):
+        return 1
+    content = item.get("content")
+    if item.get("role") and item.get("type") in (None, "message") and content:
+        return 1 if isinstance(content, str) else len(content)
+    return 1
+
+
+def _logfire_messages(events: list[Mapping[str, Any]]) -> str | None:
+    """Logfire's message events in OpenAI's chat shape: an assistant's consecutive events (its text, each function
+    call: separate items in the Responses API) one message; events of items it could not read (``gen_ai.unknown``:
+    reasoning, built-in tool calls) left out."""
+    out: list[dict[str, Any]] = []
+    for event in events:
+        if event.get("event.name") == "gen_ai.unknown":
+            continue
+        role = str(event.get("role") or str(event.get("event.name", "")).removeprefix("gen_ai.").removesuffix(".message"))
+        message = _message(role, {k: event[k] for k in ("content", "tool_calls", "id") if event.get(k) is not None})
+        if role == "assistant" and out and out[-1]["role"] == "assistant":
+            previous = out[-1]
+            previous["content"] = (previous.get("content") or "") + (message.get("content") or "")
+            previous["tool_calls"] = [*(previous.get("tool_calls") or []), *(message.get("tool_calls") or [])]
+            if not previous["tool_calls"]:
+                del previous["tool_calls"]
+            continue
+        out.append({"content": "", **message} if role == "assistant" else message)
+    return dumps(out) if out else None
+
+
+def _openai_json(messages: Any) -> str | None:
+    return dumps(messages) if isinstance(messages, list) and messages else None
 
 
 def _without_nulls(messages: Any) -> Any:

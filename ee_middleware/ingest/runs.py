@@ -23,7 +23,7 @@ as a tree: it gets one problem and is skipped. Exact repeats (a collector retry)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,7 +74,8 @@ def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
     ops = {operation_of(s.attributes) for s in unique}
     related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
     recognized = ops != {None}
-    return TraceRuns(runs=[with_task(run) for run in runs], repeated_spans=repeated, agent_related=related, recognized=recognized)
+    runs = [with_task(_with_context(run, tree)) for run in runs]
+    return TraceRuns(runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized)
 
 
 def _unique(trace_id: str, spans: Sequence[SpanData]) -> tuple[list[SpanData], int, str | None]:
@@ -145,6 +146,13 @@ class _Tree:
             node = up
         return self.by_id[node].parent_span_id or node  # the graph's span missing: its id still joins the run
 
+    def ancestors(self, span_id: str) -> Iterator[SpanData]:
+        """The spans above ``span_id``, nearest first (as far as the parent links are in the trace)."""
+        up = self.by_id[span_id].parent_span_id if span_id in self.by_id else None
+        while up is not None and up in self.by_id:
+            yield self.by_id[up]
+            up = self.by_id[up].parent_span_id
+
     def outermost(self, roots: set[str]) -> set[str]:
         def nested(root: str) -> bool:
             up = self.by_id[root].parent_span_id if root in self.by_id else None
@@ -163,6 +171,23 @@ class _Tree:
             out.append(self.by_id[span_id])
             todo.extend(self.children.get(span_id, ()))
         return out
+
+
+def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
+    """``run`` with what its spans leave to the spans around them.
+
+    * The thread: when no span of the run names one, the nearest enclosing span's (the OpenAI Agents SDK
+      names it on its trace's span, ``group_id``, above the run's ``Task`` span) is the run root's.
+    """
+    normalized = {s.span_id: normalize(s) for s in run}
+    changed: dict[str, dict[str, Any]] = {}
+    if not any(s.attributes.get(sc.CONVERSATION_ID) for s in normalized.values()):
+        thread = next((v for s in tree.ancestors(run[0].span_id) if (v := normalize(s).attributes.get(sc.CONVERSATION_ID))), None)
+        if thread:
+            changed[run[0].span_id] = {sc.CONVERSATION_ID: thread}
+    if not changed:
+        return run
+    return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]
 
 
 def in_graph_node(span: SpanData) -> bool:

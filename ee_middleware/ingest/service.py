@@ -200,7 +200,8 @@ def _nothing_read(report: IngestReport) -> str:
         f"None of the {report.unread_spans} span(s) read is one ingest understands, so no trajectory was made: no span names a "
         "GenAI operation (gen_ai.operation.name), an OpenInference or OpenLLMetry span kind (openinference.span.kind, "
         "traceloop.span.kind), a LangSmith run kind (langsmith.span.kind), a Langfuse observation type "
-        f"(langfuse.observation.type), an MLflow span type (mlflow.spanType) or a Vercel AI SDK operation (ai.operationId). "
+        "(langfuse.observation.type), an MLflow span type (mlflow.spanType), a Vercel AI SDK operation (ai.operationId) "
+        "or a Logfire OpenAI Agents SDK span (logfire.msg_template). "
         f"Their most common attributes: {keys}. Export the spans of a GenAI instrumentation "
         "that follows the OpenTelemetry GenAI conventions (or one of these), with message content capture on."
     )

@@ -41,6 +41,18 @@ def _ingest(store: Any, path: Path) -> tuple[Any, list[Any]]:
     return report, sorted(store.iter_trajectories(), key=lambda t: t.started_at)
 
 
+def _second_run_without_its_last_model_call(tmp_path: Path, fixture: str, model_spans: tuple[str, ...]) -> Path:
+    request = json.loads((FIXTURES / fixture).read_text().splitlines()[1])
+    spans = [s for rs in request["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+    last_chat = max((s for s in spans if s["name"] in model_spans), key=lambda s: int(s["startTimeUnixNano"]))
+    for rs in request["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            ss["spans"] = [s for s in ss["spans"] if s is not last_chat]
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(request) + "\n")
+    return path
+
+
 @pytest.mark.parametrize("telemetry", SDKS)
 def test_agent_sdk_runs_are_trajectories_with_their_tool_calls_and_observations(store, telemetry):
     meta = json.loads((FIXTURES / SDKS[telemetry]).with_suffix(".meta.json").read_text())
@@ -55,8 +67,12 @@ def test_agent_sdk_runs_are_trajectories_with_their_tool_calls_and_observations(
     for t in (first, second):
         assert (t.status, t.thread_id, t.model) == ("completed", meta["thread"], "scripted-shop-model")
         assert t.steps[0].state[0] == {"role": "system", "content": meta["system"]}
-        # Strands writes no tool definitions on its model spans; the AI SDK does (ai.prompt.tools)
-        assert [tool["function"]["name"] for tool in t.tools] == ([] if telemetry in STRANDS else ["check_stock", "order"])
+        # Strands writes tool definitions on its agent span only, and only when asked (gen_ai_tool_definitions); the AI SDK
+        # on its model spans (ai.prompt.tools)
+        offered = {tool["function"]["name"]: tool["function"]["parameters"] for tool in t.tools}
+        assert list(offered) == ([] if telemetry in ("strands", "strands-latest", "strands-attributes") else ["check_stock", "order"])
+        if offered:
+            assert (offered["order"]["required"], set(offered["order"]["properties"])) == (["fruit", "quantity"], {"fruit", "quantity"})
     assert [m["role"] for m in second.steps[0].state] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"]
     assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
 
@@ -66,17 +82,50 @@ def test_agent_sdk_tool_spans_give_the_observations_no_later_model_call_shows(tm
     """The second run cut before its last model call: the results are read from the tool spans (Strands'
     events, or the result's Converse blocks in ``gen_ai.tool.call.result``; the AI SDK's
     ``ai.toolCall.result``), the failed order flagged from the span's status."""
-    request = json.loads((FIXTURES / SDKS[telemetry]).read_text().splitlines()[1])
-    spans = [s for rs in request["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
-    chats = [s for s in spans if s["name"] in MODEL_SPANS]
-    last_chat = max(chats, key=lambda s: int(s["startTimeUnixNano"]))
-    for rs in request["resourceSpans"]:
-        for ss in rs["scopeSpans"]:
-            ss["spans"] = [s for s in ss["spans"] if s is not last_chat]
-    path = tmp_path / "cut.jsonl"
-    path.write_text(json.dumps(request) + "\n")
-    report, (trajectory,) = _ingest(store, path)
+    report, (trajectory,) = _ingest(store, _second_run_without_its_last_model_call(tmp_path, SDKS[telemetry], MODEL_SPANS))
     assert report.problems == 0, report.errors
     check, order = _steps(trajectory)
     assert check == ("check_stock", {"fruit": "apples"}, "12 apples in stock", False)
     assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and order[3] is True and ERROR_TEXT in order[2]
+
+
+OPENAI_AGENTS = {"responses": "openai_agents_logfire_responses.jsonl", "chat-completions": "openai_agents_logfire_chat.jsonl"}
+AGENTS_SDK_TOOL_ERROR = "An error occurred while running the tool. Please try again."  # the SDK's default: the error's details redacted
+
+
+@pytest.mark.parametrize("model", OPENAI_AGENTS)
+def test_openai_agents_sdk_traced_by_logfire_is_one_trajectory_per_run(store, model):
+    """``fixtures/make_openai_agents_fixture.py``: the OpenAI Agents SDK 0.24 with ``logfire.instrument_openai_agents()``.
+    Each ``Runner.run`` (its ``Task`` span, the agent and its turns under it) is one trajectory; the
+    Responses API model's messages are Logfire's ``events`` attribute (the reply its trailing assistant
+    events), the Chat Completions model's its ``input`` / ``output``; ``Function`` spans are the tool
+    calls; the thread is the trace's ``group_id``. Before, the Responses runs were refused ("model
+    spans carry no messages") and the Chat Completions runs not read at all."""
+    meta = json.loads((FIXTURES / OPENAI_AGENTS[model]).with_suffix(".meta.json").read_text())
+    report, (first, second) = _ingest(store, FIXTURES / OPENAI_AGENTS[model])
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    assert (first.task, second.task) == (TURN_1, TURN_2)
+    assert _steps(first) == FIRST_RUN_STEPS
+    assert _steps(second) == [
+        ("check_stock", {"fruit": "apples"}, "12 apples in stock", False),
+        ("order", {"fruit": "apples", "quantity": 50}, AGENTS_SDK_TOOL_ERROR, True),
+        ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order)."),
+    ]
+    for t in (first, second):
+        assert (t.status, t.thread_id, t.model, t.app) == ("completed", meta["thread"], "scripted-shop-model", "fruit-shop")
+        assert t.steps[0].state[0] == {"role": "system", "content": meta["system"]}
+        # the Responses API echoes the tools it was given; a generation span (Chat Completions) carries none
+        assert [tool["function"]["name"] for tool in t.tools] == (["check_stock", "order"] if model == "responses" else [])
+    assert [m["role"] for m in second.steps[0].state] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"]
+    assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
+
+
+@pytest.mark.parametrize("model", OPENAI_AGENTS)
+def test_openai_agents_sdk_function_spans_give_the_observations_no_later_model_call_shows(tmp_path, store, model):
+    model_spans = ("Responses API with {gen_ai.request.model!r}", "Chat completion with {gen_ai.request.model!r}")
+    report, (trajectory,) = _ingest(store, _second_run_without_its_last_model_call(tmp_path, OPENAI_AGENTS[model], model_spans))
+    assert report.problems == 0, report.errors
+    assert _steps(trajectory) == [
+        ("check_stock", {"fruit": "apples"}, "12 apples in stock", False),
+        ("order", {"fruit": "apples", "quantity": 50}, AGENTS_SDK_TOOL_ERROR, True),
+    ]
