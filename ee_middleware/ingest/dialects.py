@@ -25,6 +25,9 @@ and leaves what it does not change untouched:
   media blocks; each ``toolResult`` is a tool message of its own. Strands' tool spans carry the arguments
   in a ``gen_ai.tool.message`` event and the result blocks in a ``gen_ai.choice`` event (``message``),
   or, in the latest conventions, the result blocks as ``gen_ai.tool.call.result``: the result is their text.
+* **Tool definitions with ``inputSchema``** (MCP's name for the schema; Strands' and Bedrock's tool specs nest it
+  under ``inputSchema.json``): the schema is the definition's ``parameters``. Strands writes its definitions
+  (``gen_ai_tool_definitions``) on the ``invoke_agent`` span only; :mod:`.runs` gives them to its model spans.
 * **OpenInference content parts**: a message whose content is a list of parts is written as
   ``llm.{input,output}_messages.{i}.message.contents.{j}.message_content.type|text`` instead of
   ``message.content``; its text parts, joined in order, become the message's content.
@@ -110,10 +113,13 @@ def adapt(span: SpanData) -> SpanData:
         attrs = _with_event_messages(span, attrs)
         attrs = _with_tool_responses(attrs)
         attrs = _with_content_parts(attrs)
+        attrs = _with_tool_parameters(attrs)
     elif op == sc.OP_EXECUTE_TOOL:
         attrs = _with_details_events(span, span.attributes)
         attrs = _with_tool_events(span, attrs)
         attrs = _with_tool_span_keys(attrs)
+    elif op == sc.OP_INVOKE_AGENT:
+        attrs = _with_tool_parameters(span.attributes)  # an agent span's tools may be its model spans' (see runs)
     else:
         return span
     return span if attrs is span.attributes else replace(span, attributes=attrs)
@@ -338,6 +344,29 @@ def _response_part(part: Mapping[str, Any]) -> Mapping[str, Any]:
     if _converse_blocks(part.get("response")) is not None:  # Strands: the result's Converse blocks
         return {**part, "response": _converse_text(part["response"])}
     return part
+
+
+def _with_tool_parameters(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Tool definitions whose schema is ``inputSchema`` (MCP's name; Strands' and Bedrock's tool specs nest it under
+    ``inputSchema.json``) with that schema as ``parameters``, as the conventions' (and OpenAI's) definitions name it."""
+    raw = attrs.get(sc.TOOL_DEFINITIONS)
+    if raw in (None, "") or (isinstance(raw, str) and '"inputSchema"' not in raw):
+        return attrs
+    tools = _decoded(raw)
+    if not isinstance(tools, list):
+        return attrs  # the span's own check reports it
+    fixed = [_tool_with_parameters(t) for t in tools]
+    if all(a is b for a, b in zip(fixed, tools, strict=True)):
+        return attrs
+    return {**attrs, sc.TOOL_DEFINITIONS: dumps(fixed)}
+
+
+def _tool_with_parameters(tool: Any) -> Any:
+    if not isinstance(tool, Mapping) or "parameters" in tool or not isinstance(tool.get("inputSchema"), Mapping):
+        return tool
+    schema = tool["inputSchema"]
+    schema = schema["json"] if len(schema) == 1 and isinstance(schema.get("json"), Mapping) else schema
+    return {**{k: v for k, v in tool.items() if k not in ("inputSchema", "outputSchema")}, "parameters": schema}
 
 
 def _with_tool_span_keys(attrs: Mapping[str, Any]) -> Mapping[str, Any]:

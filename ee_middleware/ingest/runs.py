@@ -178,6 +178,9 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
 
     * The thread: when no span of the run names one, the nearest enclosing span's (the OpenAI Agents SDK
       names it on its trace's span, ``group_id``, above the run's ``Task`` span) is the run root's.
+    * The tools: a model span that lists none is given those its agent (the nearest agent span above it)
+      lists (``gen_ai.tool.definitions`` on ``invoke_agent`` only: AWS Strands with
+      ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_tool_definitions``).
     """
     normalized = {s.span_id: normalize(s) for s in run}
     changed: dict[str, dict[str, Any]] = {}
@@ -185,6 +188,15 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
         thread = next((v for s in tree.ancestors(run[0].span_id) if (v := normalize(s).attributes.get(sc.CONVERSATION_ID))), None)
         if thread:
             changed[run[0].span_id] = {sc.CONVERSATION_ID: thread}
+    for span in run:
+        attrs = normalized[span.span_id].attributes
+        if operation_of(attrs) not in sc.MODEL_OPERATIONS or attrs.get(sc.TOOL_DEFINITIONS) not in (None, ""):
+            continue
+        above = (normalized.get(a.span_id) or normalize(a) for a in tree.ancestors(span.span_id))
+        agent = next((a for a in above if operation_of(a.attributes) == sc.OP_INVOKE_AGENT), None)  # its own agent's, not an outer one's
+        tools = agent.attributes.get(sc.TOOL_DEFINITIONS) if agent is not None else None
+        if tools:
+            changed.setdefault(span.span_id, {})[sc.TOOL_DEFINITIONS] = tools
     if not changed:
         return run
     return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]

@@ -2,8 +2,9 @@
 
 The fixtures are real: ``fixtures/make_agent_sdk_fixtures.py`` ran the shop's two turns on one thread
 under AWS Strands Agents 1.62 (an OpenAI-compatible model served by a local HTTP server) with its
-default telemetry, with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental``, and with that plus
-``gen_ai_span_attributes_only``. Before ingest read Strands' shapes, its default files stored every
+default telemetry, with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental``, with that plus
+``gen_ai_span_attributes_only``, and with ``gen_ai_tool_definitions`` (the tools on the agent span only: before,
+such runs were stored without them). Before ingest read Strands' shapes, its default files stored every
 step as an answer whose text was the JSON of Converse content blocks (``[{"toolUse": ...}]``: no tool
 call, no observation, the task ``[{"text": ...}]``), and its latest-conventions files (messages in
 ``gen_ai.client.inference.operation.details`` events) were refused: "model spans carry no messages".
@@ -30,6 +31,7 @@ STRANDS = {
     "strands": "strands_shop.jsonl",
     "strands-latest": "strands_latest_shop.jsonl",
     "strands-attributes": "strands_attributes_shop.jsonl",
+    "strands-tools": "strands_tools_shop.jsonl",
 }
 SDKS = {**STRANDS, "vercel-ai": "vercel_ai_shop.jsonl"}
 MODEL_SPANS = ("chat", "ai.generateText.doGenerate")
