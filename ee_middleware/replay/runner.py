@@ -31,6 +31,9 @@ tool-call step: no later state depends on that call (a structured answer given a
 LangChain's ``response_format=ToolStrategy(...)`` does, or a final notification), so the alternatives
 at that state are replayed and the expert's call is left unexecuted and listed
 (``details["final_calls_not_replayed"]``).
+
+A trajectory that recorded no tool schemas (ingested from an instrumentation whose spans carry no tool definitions) is
+skipped, saying so and how to record them: every alternative is proposed from, and checked against, the tools offered.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ee_middleware.errors import EnvironmentUnavailableError
 from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
+from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 
@@ -259,6 +263,11 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
     """Reset the sandbox to the trajectory's step 0; the reason to skip the trajectory when it cannot be replayed."""
     if not tool_steps:
         return "the trajectory has no tool calls, so there is no state to branch from"
+    if not run.trajectory.tools:
+        return (
+            "the trajectory records no tool schemas (its spans carried no tool definitions), so no alternative call can be "
+            f"proposed or checked against the tools the model was offered. {NO_SCHEMAS_FIX}"
+        )
     try:
         run.sandbox.reset(run.trajectory.environment)
     except EnvironmentUnavailableError as exc:

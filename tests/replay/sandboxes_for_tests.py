@@ -90,3 +90,23 @@ class UncoveringBFCLSandbox(BFCLSandbox):
 
     def covers(self, tool_name: str) -> bool:
         return tool_name != os.environ.get("EE_TEST_UNCOVERED") and super().covers(tool_name)
+
+
+def _check_stock(world: dict[str, Any], fruit: str) -> str:
+    """How many of a fruit are in stock."""
+    return f"{world['stock'].get(fruit, 0)} {fruit} in stock"
+
+
+def _order(world: dict[str, Any], fruit: str, quantity: int) -> str:
+    """Order a quantity of a fruit from the supplier."""
+    if quantity > 10:
+        raise ValueError(f"the supplier takes at most 10 {fruit} per order, not {quantity}")
+    world["stock"][fruit] = world["stock"].get(fruit, 0) + quantity
+    return f"ordered {quantity} {fruit}"
+
+
+def fruit_shop() -> Any:
+    """The fruit shop of tests/ingest/fixtures (make_fixtures.py) as a PythonSandbox: pears 0, apples 12."""
+    from ee_middleware.replay.sandboxes.python import PythonSandbox
+
+    return PythonSandbox(lambda environment: {"stock": {"pears": 0, "apples": 12}}, tools={"check_stock": _check_stock, "order": _order})

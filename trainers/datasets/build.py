@@ -41,6 +41,7 @@ from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.records import SANDBOX_FAILURES
+from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
 from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.iwm import IWMOptions
@@ -317,9 +318,8 @@ def tool_schemas_missing(index: SourceIndex, files: dict[str, Path]) -> dict[str
             f"{len(ids)} of {with_calls} trajectories record no tool schemas (their spans carried no tool definitions: "
             "OpenTelemetry's OpenAI v2 instrumentation, Strands and OpenInference's Chat Completions spans do not record them), "
             f"so {', '.join(f'{n} {kind} rows' for kind, n in rows.items())} show calls to tools their prompt never offers: "
-            "a model trained on them learns to call tools it is not shown. Record the tools: capture with @record_experience, "
-            "or an instrumentation that writes the offered tools (gen_ai.tool.definitions, llm.tools, ai.prompt.tools), then "
-            "ingest again; or leave these trajectories out (ee traces reject ID)."
+            f"a model trained on them learns to call tools it is not shown. {NO_SCHEMAS_FIX} Or leave these trajectories out "
+            "(ee traces reject ID)."
         ),
     }
 

@@ -344,6 +344,14 @@ def _path_text(path: Sequence[Any]) -> str:
     return text
 
 
+NO_SCHEMAS_FIX = (
+    "Record the offered tools: capture with @record_experience, or with an instrumentation that writes them "
+    "(gen_ai.tool.definitions, llm.tools, ai.prompt.tools), then ingest again."
+)
+"""What to do about trajectories that recorded no tool schemas (OpenTelemetry's OpenAI v2 instrumentation, Strands and
+OpenInference's Chat Completions spans carry no tool definitions): said by replay and by the dataset build."""
+
+
 _CACHE: collections.OrderedDict[int, tuple[Sequence[Any], ToolSchemas]] = collections.OrderedDict()
 _CACHE_SIZE = 64
 _CACHE_LOCK = threading.Lock()
