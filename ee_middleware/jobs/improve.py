@@ -23,6 +23,8 @@ redone. The watermark moves only when a run succeeds (all stages finished, promo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 import traceback
@@ -31,7 +33,7 @@ from typing import Any
 
 from ee_middleware._files import atomic_write_text
 from ee_middleware.jobs.config import ImproveConfig
-from ee_middleware.jobs.errors import BudgetExhausted
+from ee_middleware.jobs.errors import BudgetExhausted, JobError
 from ee_middleware.jobs.memory import PeakMemory
 from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, job_table, now
 from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, StageResult
@@ -97,7 +99,10 @@ def run_improve(
             _cut(run, {"budget": "max_minutes", "limit": config.budgets.max_minutes, "stage": _current(run), "cut": str(exc)})
             run.update(status=STOPPED, stopped_at=now(), error=str(exc))
         except BaseException as exc:
-            run.update(status=FAILED, failed_at=now(), error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
+            # A full disk may refuse run.json too: the stage's own error still goes out (the run then reads as killed
+            # while running, and is continued all the same).
+            with contextlib.suppress(OSError):
+                run.update(status=FAILED, failed_at=now(), error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
             raise
         finally:
             if report:
@@ -157,7 +162,13 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
     memory = PeakMemory()
     try:
         with memory:
-            result = _stage_function(name)(ctx)
+            try:
+                result = _stage_function(name)(ctx)
+            except OSError as exc:
+                unnamed = _unnamed_write_error(ctx, name, exc)
+                if unnamed is None:
+                    raise
+                raise unnamed from exc
     except BaseException as exc:
         failed = isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted)
         manifest.update(
@@ -190,6 +201,35 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
     return result
 
 
+UNNAMED_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _unnamed_write_error(ctx: StageContext, stage: str, exc: OSError) -> JobError | None:
+    """A full or read-only disk met by a write to an already open file (a journal's flush, a library's writer) raises
+    an OSError that names no file, which read 'a path: No space left on device'. The stage's places are then named
+    with their free space (a read-only one says so), so that the disk to free is known; None for any other error."""
+    if exc.filename is not None or exc.errno not in UNNAMED_WRITE_ERRORS:
+        return None
+    config = ctx.config
+    places = [("the runs folder", str(ctx.runs.root))]
+    places += [
+        (what, str(value)) for what, value in (("the store", config.store), ("the registry", config.registry)) if ":" not in str(value)
+    ]
+    described = []
+    for what, where in places:
+        try:
+            stat = os.statvfs(where)
+        except OSError:
+            continue
+        state = "read-only" if stat.f_flag & os.ST_RDONLY else f"{stat.f_bavail * stat.f_frsize / 2**20:,.1f} MiB free"
+        described.append(f"{what} {where} ({state})")
+    return JobError(
+        f"The {stage} stage of run {ctx.run.id} could not write: {exc.strerror or exc} (the error names no file). It writes "
+        f"to {', '.join(described) or 'its run folder ' + str(ctx.run.folder)}. Free some space (or make it writable), then run "
+        "`ee improve` with the same config: it continues from this stage."
+    )
+
+
 def _cut(run: Run, cut: dict[str, Any]) -> None:
     cuts = [c for c in run.data.get("budget_cuts", []) if c != cut]
     run.update(budget_cuts=[*cuts, cut])
@@ -208,7 +248,8 @@ def _write_report(run: Run, say: Progress) -> None:
     try:
         paths = write_report(run)
     except Exception as exc:  # noqa: BLE001 - a report problem must not hide the run's own outcome
-        run.update(report_error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(OSError):  # a full disk that stopped the report may refuse run.json too
+            run.update(report_error=f"{type(exc).__name__}: {exc}")
         say.info(f"the report could not be written: {type(exc).__name__}: {exc}")
         return
     run.update(report={k: str(v) for k, v in paths.items()})

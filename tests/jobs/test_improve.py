@@ -394,3 +394,44 @@ def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(wor
     resumed = run_improve(ImproveConfig.load(path, budgets={"max_train_steps": 2}))  # a budget may change between attempts
     assert resumed.id == stopped.id and resumed.status == "succeeded", resumed.data.get("error")
     assert resumed.stage("train")["attempt"] == 2 and resumed.stage("select")["attempt"] == 1
+
+
+def test_a_full_disk_names_the_places_the_stage_writes_and_the_run_continues_once_there_is_space_standin_full_disk(
+    workspace: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write to an open file on a full disk raises ENOSPC with no file name (a journal's flush): the user saw
+    'error: a path: No space left on device' and not which disk. Now the error names the stage, the run and the
+    places it writes with their free space, and says the next call continues. (Stand-in: the evaluation raises the
+    OSError a full disk gives; a real full disk needs a mount.)"""
+    import errno
+
+    from typer.testing import CliRunner
+
+    import ee_middleware.evals.runner as runner
+    from ee_middleware.cli.app import app
+
+    path = write_config(workspace, tiny_base)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "run_eval", full_disk)
+        result = CliRunner().invoke(app, ["improve", "--config", str(path), "--no-progress"])
+    assert result.exit_code == 1
+    [run] = RunsDir(workspace / "runs").list()
+    message = " ".join(result.stderr.split())
+    assert "a path" not in message, message
+    assert f"The evaluate stage of run {run.id} could not write: No space left on device" in message, message
+    for where in (
+        f"the runs folder {workspace / 'runs'} (",
+        f"the store {workspace / 'experience'} (",
+        f"the registry {workspace / 'registry'} (",
+    ):
+        assert where in message and "free)" in message, message
+    assert "continues from this stage" in message
+    assert run.status == "failed" and (run.folder / "report.md").is_file()
+    assert _registry(workspace).resolve(APP) is None  # nothing was promoted
+
+    resumed = run_improve(ImproveConfig.load(path))
+    assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
