@@ -291,6 +291,8 @@ def _steps(
     steps: list[Step] = []
     final_answer = None
     for index, d in enumerate(decisions):
+        if _discarded(index, decisions):
+            continue
         chat: SpanData = d["span"]
         until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
         for message in d["outputs"]:
@@ -314,6 +316,26 @@ def _steps(
                 final_answer = text
                 steps.append(_step(len(steps), index, d["state"], Action(kind="answer", content=text), None, None, chat))
     return steps, final_answer
+
+
+def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:
+    """Whether decision ``index``'s reply was thrown away and the model asked again: the first later decision given this
+    same history goes on with no assistant message (nothing, or a correction such as "quantities over 100 are not
+    allowed"), where a reply that was kept would be. A middleware does this (a guardrail in ``wrap_model_call`` calling
+    its handler again; a retry after a check of the reply failed). Such a reply never acted: it is no step (an IL row
+    would teach the rejected action). Parallel branches given the same history go on with their own replies; another
+    model call on it (a router's, with its own tools or model) is no second ask."""
+    decision = decisions[index]
+    seen = decision["raw"]
+    start = len(seen)
+    if not decision["outputs"]:
+        return False
+    for later in decisions[index + 1 :]:
+        state = later["raw"]
+        if len(state) >= start and state[:start] == seen:
+            asked_again = len(state) == start or state[start].get("role") != "assistant"
+            return asked_again and later["tools"] == decision["tools"] and _model([later["span"]]) == _model([decision["span"]])
+    return False
 
 
 def _take_tool_span(spans: list[SpanData] | None, chat: SpanData, until: int | None, arguments: dict[str, Any]) -> SpanData | None:

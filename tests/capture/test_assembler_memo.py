@@ -40,6 +40,9 @@ def _spans(inputs: list[str]) -> list[SpanData]:
             10 * i + 2,
             {
                 sc.OPERATION_NAME: sc.OP_CHAT,
+                # a model per span: a span given the same history as the one before is then no second ask of it
+                # (whose first reply assembly leaves out), so every span is a step whose state is checked
+                sc.REQUEST_MODEL: f"m{i}",
                 sc.INPUT_MESSAGES: text,
                 sc.OUTPUT_MESSAGES: json.dumps(
                     [_call(i)] if i < len(inputs) - 1 else [{"role": "assistant", "parts": [{"type": "text", "content": "done"}]}]

@@ -27,11 +27,11 @@ from langchain.agents.middleware import (
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
 from langgraph.types import Command, Send, interrupt
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ee_middleware import record_experience
 from ee_middleware.replay.config import ReplayConfig
@@ -439,3 +439,56 @@ def test_a_call_a_middleware_answered_with_an_error_is_an_error_observation(tmp_
         ("Blocked: orders over 3 n", True),
         ("ordered 3 pear; now 3", False),
     ]
+
+
+def test_a_reply_a_middleware_threw_away_is_no_step(tmp_path: Path) -> None:
+    """A guardrail in wrap_model_call rejects the model's order of 500 pears and asks again with a correction. The
+    rejected reply never acted (the graph never held it, its call never ran). Before, it was stored as the run's first
+    expert step, order_item(quantity=500) with no observation: an IL row teaching the rejected call."""
+
+    @wrap_model_call
+    def no_big_orders(request: Any, handler: Any) -> Any:
+        response = handler(request)
+        if any(call["args"].get("quantity", 0) > 100 for call in response.result[-1].tool_calls):
+            return handler(request.override(messages=[*request.messages, HumanMessage("Orders over 100 are not allowed.")]))
+        return response
+
+    script = iter(
+        [
+            AIMessage(content="", tool_calls=[tool_call("order_item", item="pear", quantity=500)]),
+            AIMessage(content="", tool_calls=[tool_call("order_item", item="pear", quantity=5)]),
+            AIMessage(content="I ordered 5 pears."),
+        ]
+    )
+    model = PlannedModel(policy=lambda messages, tools: next(script), seen=[])
+    graph = create_agent(model, shop_tools({"pear": 0}), middleware=[no_big_orders])
+    trajectory = record_once(
+        record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", {"messages": [("user", "Order pears.")]}
+    )
+    assert [(s.action.kind, s.action.tool_call and s.action.tool_call.arguments) for s in trajectory.steps] == [
+        ("tool_call", {"item": "pear", "quantity": 5}),
+        ("answer", None),
+    ]
+    assert trajectory.steps[0].state == as_recorded(model.seen[1][0])  # the correction the model was given
+    assert trajectory.steps[0].observation.content == "ordered 5 pear; now 5"
+
+
+def test_a_routers_call_on_the_same_history_is_kept(tmp_path: Path) -> None:
+    """A router node asks a model (structured output) which department answers, then the agent's model is given the
+    same history: the router's decision acted (it chose the route) and is kept, as before."""
+
+    class Route(BaseModel):
+        department: str
+
+    router = ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("Route", department="stock")])])
+    answerer = ScriptedChatModel(script=[AIMessage(content="No pears.")])
+    graph = StateGraph(MessagesState)
+    graph.add_node("route", lambda state: {"messages": []} if router.with_structured_output(Route).invoke(state["messages"]) else None)
+    graph.add_node("answer", lambda state: {"messages": [answerer.invoke(state["messages"])]})
+    graph.add_edge(START, "route")
+    graph.add_edge("route", "answer")
+    graph.add_edge("answer", END)
+    trajectory = record_once(
+        record_experience(graph.compile(), app="shop", store=tmp_path / "s"), tmp_path / "s", {"messages": [("user", "Pears?")]}
+    )
+    assert _actions(trajectory) == [("tool_call", "Route"), ("answer", "No pears.")]
