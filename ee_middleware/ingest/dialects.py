@@ -65,6 +65,10 @@ and leaves what it does not change untouched:
   one per content part or function call, the reply's trailing), a ``Chat completion with`` span's its ``input`` /
   ``output`` (OpenAI's chat shape); ``Function:`` spans are the tool calls, a ``Task:`` span (one per
   ``Runner.run``; ``Agent run:`` where there is none) the run; the trace's span has the thread as ``group_id``.
+* **Google ADK's legacy spans** (ADK 1.x; 2.x under ``ADK_TELEMETRY_SCHEMA_VERSION_OPT_IN=1``; its default schema
+  follows the conventions): a ``call_llm`` span's ``gcp.vertex.agent.llm_request`` / ``llm_response`` hold
+  google-genai ``Content`` (``function_call`` / ``function_response`` parts), the system instruction and the
+  function declarations; tool spans' ``gcp.vertex.agent.tool_call_args`` / ``tool_response``.
 """
 
 from __future__ import annotations
@@ -107,6 +111,8 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_vercel_ai(span)
     elif _LOGFIRE_TEMPLATE in span.attributes:
         span = _from_logfire_openai_agents(span)
+    elif _ADK_REQUEST in span.attributes or _ADK_TOOL_ARGS in span.attributes:
+        span = _from_adk_legacy(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_details_events(span, span.attributes)
@@ -688,6 +694,84 @@ def _logfire_messages(events: list[Mapping[str, Any]]) -> str | None:
 
 def _openai_json(messages: Any) -> str | None:
     return dumps(messages) if isinstance(messages, list) and messages else None
+
+
+_ADK_REQUEST = "gcp.vertex.agent.llm_request"
+_ADK_TOOL_ARGS = "gcp.vertex.agent.tool_call_args"
+
+
+def _from_adk_legacy(span: SpanData) -> SpanData:
+    """Google ADK's legacy spans (ADK 1.x; 2.x under ``ADK_TELEMETRY_SCHEMA_VERSION_OPT_IN=1``) as GenAI spans.
+
+    A model call is a ``call_llm`` span (no operation name) whose ``gcp.vertex.agent.llm_request`` is the JSON of
+    ADK's ``LlmRequest`` (``contents``: google-genai ``Content`` with ``parts`` ``text`` / ``function_call`` /
+    ``function_response``; ``config.system_instruction``; ``config.tools[].function_declarations``) and
+    ``gcp.vertex.agent.llm_response`` its ``LlmResponse`` (``content``); the ``generate_content`` span under it
+    carries no content (:mod:`.runs` leaves it out). A tool span's arguments and result are
+    ``gcp.vertex.agent.tool_call_args`` / ``tool_response`` (``"N/A"`` / ``"{}"`` where not captured)."""
+    attrs = span.attributes
+    new: dict[str, Any] = {}
+    request = _decoded(attrs.get(_ADK_REQUEST))
+    if span.name == "call_llm" and isinstance(request, Mapping) and request:
+        config = request.get("config") if isinstance(request.get("config"), Mapping) else {}
+        response = _decoded(attrs.get("gcp.vertex.agent.llm_response"))
+        reply = response.get("content") if isinstance(response, Mapping) else None
+        new[sc.OPERATION_NAME] = sc.OP_CHAT
+        new[sc.INPUT_MESSAGES] = dumps([_genai_content(c) for c in request.get("contents") or [] if isinstance(c, Mapping)])
+        new[sc.OUTPUT_MESSAGES] = dumps([_genai_content(reply)]) if isinstance(reply, Mapping) else None
+        system = config.get("system_instruction", config.get("systemInstruction"))
+        if isinstance(system, Mapping):
+            system = "".join(str(p.get("text") or "") for p in system.get("parts") or [] if isinstance(p, Mapping))
+        new[sc.SYSTEM_INSTRUCTIONS] = dumps([{"type": "text", "content": system}]) if isinstance(system, str) and system else None
+        declarations = [
+            d
+            for tool in config.get("tools") or []
+            if isinstance(tool, Mapping)
+            for d in tool.get("function_declarations", tool.get("functionDeclarations")) or []
+            if isinstance(d, Mapping) and d.get("name")
+        ]
+        new[sc.TOOL_DEFINITIONS] = dumps([_adk_declaration(d) for d in declarations]) if declarations else None
+        new[sc.REQUEST_MODEL] = request.get("model")
+        new[sc.CONVERSATION_ID] = attrs.get("gcp.vertex.agent.session_id")
+    elif operation_of(attrs) == sc.OP_EXECUTE_TOOL:
+        arguments, result = attrs.get(_ADK_TOOL_ARGS), _decoded(attrs.get("gcp.vertex.agent.tool_response"))
+        new[sc.TOOL_CALL_ARGUMENTS] = arguments if arguments != "N/A" else None
+        new[sc.TOOL_CALL_RESULT] = (result if isinstance(result, str) else dumps(result)) if result not in (None, {}) else None
+    return _filled(span, new)
+
+
+def _genai_content(content: Mapping[str, Any]) -> dict[str, Any]:
+    """A google-genai ``Content`` (snake_case or camelCase fields) as a GenAI message with parts."""
+    parts: list[dict[str, Any]] = []
+    for part in content.get("parts") or []:
+        if not isinstance(part, Mapping) or part.get("thought"):
+            continue  # a thinking model's thoughts are not its reply
+        call = part.get("function_call", part.get("functionCall"))
+        answer = part.get("function_response", part.get("functionResponse"))
+        if isinstance(call, Mapping):
+            parts.append({"type": "tool_call", "id": call.get("id"), "name": str(call.get("name") or ""), "arguments": call.get("args")})
+        elif isinstance(answer, Mapping):
+            parts.append({"type": "tool_call_response", "id": answer.get("id"), "response": answer.get("response")})
+        elif isinstance(part.get("text"), str):
+            parts.append({"type": "text", "content": part["text"]})
+        elif media := part.get("inline_data", part.get("inlineData")) or part.get("file_data", part.get("fileData")):
+            mime = media.get("mime_type", media.get("mimeType")) if isinstance(media, Mapping) else None
+            parts.append({"type": "blob" if "data" in media else "uri", "mime_type": mime, **dict(media)})
+    role = str(content.get("role") or "user")
+    return {"role": "assistant" if role == "model" else role, "parts": parts}
+
+
+def _adk_declaration(declaration: Mapping[str, Any]) -> dict[str, Any]:
+    """A google-genai ``FunctionDeclaration`` as a tool definition (its JSON schema, or its genai ``Schema``)."""
+    schema = next(
+        (
+            declaration[k]
+            for k in ("parameters_json_schema", "parametersJsonSchema", "parameters")
+            if isinstance(declaration.get(k), Mapping)
+        ),
+        {"type": "object", "properties": {}},
+    )
+    return {"type": "function", "name": declaration["name"], "description": declaration.get("description") or "", "parameters": schema}
 
 
 def _without_nulls(messages: Any) -> Any:

@@ -74,7 +74,7 @@ def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
     ops = {operation_of(s.attributes) for s in unique}
     related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
     recognized = ops != {None}
-    runs = [with_task(_with_context(run, tree)) for run in runs]
+    runs = [with_task(_with_context(_without_echoes(run, tree), tree)) for run in runs]
     return TraceRuns(runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized)
 
 
@@ -171,6 +171,26 @@ class _Tree:
             out.append(self.by_id[span_id])
             todo.extend(self.children.get(span_id, ()))
         return out
+
+
+def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:
+    """``run`` without the model spans that carry no messages under a model span that does: the same call traced
+    twice (Google ADK's legacy ``call_llm`` over its ``generate_content``), which would be an empty decision, the
+    last one of the run at that (its messages lost)."""
+
+    def has_messages(span: SpanData) -> bool:
+        attrs = normalize(span).attributes
+        return bool(attrs.get(sc.INPUT_MESSAGES) or attrs.get(sc.OUTPUT_MESSAGES))
+
+    def is_model(span: SpanData) -> bool:
+        return operation_of(span.attributes) in sc.MODEL_OPERATIONS
+
+    echoes = {
+        s.span_id
+        for s in run
+        if is_model(s) and not has_messages(s) and any(is_model(a) and has_messages(a) for a in tree.ancestors(s.span_id))
+    }
+    return [s for s in run if s.span_id not in echoes] if echoes else run
 
 
 def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:

@@ -46,10 +46,12 @@ def _ingest(store: Any, path: Path) -> tuple[Any, list[Any]]:
 def _second_run_without_its_last_model_call(tmp_path: Path, fixture: str, model_spans: tuple[str, ...]) -> Path:
     request = json.loads((FIXTURES / fixture).read_text().splitlines()[1])
     spans = [s for rs in request["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
-    last_chat = max((s for s in spans if s["name"] in model_spans), key=lambda s: int(s["startTimeUnixNano"]))
+    cut = {max((s for s in spans if s["name"] in model_spans), key=lambda s: int(s["startTimeUnixNano"]))["spanId"]}
+    while below := {s["spanId"] for s in spans if s.get("parentSpanId") in cut} - cut:  # and the spans under it
+        cut |= below
     for rs in request["resourceSpans"]:
         for ss in rs["scopeSpans"]:
-            ss["spans"] = [s for s in ss["spans"] if s is not last_chat]
+            ss["spans"] = [s for s in ss["spans"] if s["spanId"] not in cut]
     path = tmp_path / "cut.jsonl"
     path.write_text(json.dumps(request) + "\n")
     return path
@@ -131,3 +133,50 @@ def test_openai_agents_sdk_function_spans_give_the_observations_no_later_model_c
         ("check_stock", {"fruit": "apples"}, "12 apples in stock", False),
         ("order", {"fruit": "apples", "quantity": 50}, AGENTS_SDK_TOOL_ERROR, True),
     ]
+
+
+ADK = {"adk": "adk_shop.jsonl", "adk-legacy": "adk_legacy_shop.jsonl"}
+ADK_STEPS = (
+    [
+        ("check_stock", {"fruit": "pears"}, '{"result":"0 pears in stock"}', False),  # ADK answers a function's value as {"result": ...}
+        ("order", {"fruit": "pears", "quantity": 5}, '{"result":"ordered 5 pears"}', False),
+        ("answer", "We had no pears, so I ordered 5."),
+    ],
+    [
+        ("check_stock", {"fruit": "apples"}, '{"result":"12 apples in stock"}', False),
+        ("order", {"fruit": "apples", "quantity": 50}, '{"error":"the supplier takes at most 10 apples per order, not 50"}', True),
+        ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order)."),
+    ],
+)
+
+
+@pytest.mark.parametrize("schema", ADK)
+def test_google_adk_runs_are_trajectories(store, schema):
+    """``fixtures/make_adk_fixture.py``: Google ADK 2.13's own spans. Its default schema follows the GenAI conventions
+    (read as they are, with ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=SPAN_ONLY``); its legacy one
+    (``ADK_TELEMETRY_SCHEMA_VERSION_OPT_IN=1``, ADK 1.x's) writes each model call as a ``call_llm`` span whose
+    ``gcp.vertex.agent.llm_request`` / ``llm_response`` hold google-genai ``Content`` (over a ``generate_content``
+    span without content), and tool calls' ``gcp.vertex.agent.tool_call_args`` / ``tool_response``. Before, the
+    legacy runs were refused: "model spans carry no messages"."""
+    meta = json.loads((FIXTURES / ADK[schema]).with_suffix(".meta.json").read_text())
+    report, (first, second) = _ingest(store, FIXTURES / ADK[schema])
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    assert (first.task, second.task) == (TURN_1, TURN_2)
+    assert (_steps(first), _steps(second)) == ADK_STEPS
+    for t in (first, second):
+        assert (t.status, t.thread_id, t.model) == ("completed", meta["thread"], "openai/scripted-shop-model")
+        assert t.steps[0].state[0]["role"] == "system" and t.steps[0].state[0]["content"].startswith(meta["system"])
+        assert [tool["function"]["name"] for tool in t.tools] == ["check_stock", "order"]
+        assert t.tools[1]["function"]["parameters"]["required"] == ["fruit", "quantity"]
+    assert [m["role"] for m in second.steps[0].state] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"]
+    assert [[s.decision_index for s in t.steps] for t in (first, second)] == [[0, 1, 2], [0, 0, 1]]
+    assert [m["role"] for m in second.messages][-2:] == ["tool", "assistant"] and len(second.messages) == 12
+
+
+@pytest.mark.parametrize("schema", ADK)
+def test_google_adk_tool_spans_give_the_observations_no_later_model_call_shows(tmp_path, store, schema):
+    model_spans = ("call_llm",) if schema == "adk-legacy" else ("generate_content openai/scripted-shop-model",)
+    report, (trajectory,) = _ingest(store, _second_run_without_its_last_model_call(tmp_path, ADK[schema], model_spans))
+    assert report.problems == 0, report.errors
+    # the tool span's JSON text (as json.dumps wrote it, what LiteLLM sent the model) where no model input shows it
+    assert [(*s[:2], json.loads(s[2]), s[3]) for s in _steps(trajectory)] == [(*s[:2], json.loads(s[2]), s[3]) for s in ADK_STEPS[1][:2]]
