@@ -181,9 +181,13 @@ def results_table(evaluation: dict[str, Any]) -> Any:
         )
     like = evaluation.get("likelihood")
     if like:
+        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals
+
         nll = {m["model"]: m["mean_nll"] for m in like["models"]}
+        versus = compare_likelihood(like)
+        d = nll_decimals(*((versus["diff"], versus["se"]) if versus else ()))
         table.add_row(
-            "expert-action NLL/token (lower is better)", str(like["states"]), f"{nll[like['baseline']]:.3f}", f"{nll['candidate']:.3f}"
+            "expert-action NLL/token (lower is better)", str(like["states"]), f"{nll[like['baseline']]:.{d}f}", f"{nll['candidate']:.{d}f}"
         )
     return table
 

@@ -302,6 +302,16 @@ def compare_likelihood(data: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def nll_decimals(*spreads: float | None) -> int:
+    """Decimals that show NLL values and their paired difference apart: 3, or enough for two significant digits of the
+    smallest non-zero ``spreads`` (a standard error, a difference; at most 6). At 3 decimals a small run's
+    ``5.898 -> 5.898 (-0.000 ± 0.000 s.e.)`` hid a difference the gate had measured."""
+    finite = [abs(v) for v in spreads if v is not None and math.isfinite(v) and v != 0]
+    if not finite:
+        return 3
+    return min(6, max(3, 1 - math.floor(math.log10(min(finite)))))
+
+
 def metrics_moved(task: dict[str, Any], likelihood: dict[str, Any] | None) -> list[str]:
     """Plain sentences: which metric moved, and whether beyond its noise."""
     lines = []
@@ -321,10 +331,11 @@ def metrics_moved(task: dict[str, Any], likelihood: dict[str, Any] | None) -> li
                 f"{overall['tasks']} tasks)"
             )
     if likelihood:
-        direction = "fell (better)" if likelihood["diff"] < 0 else "rose (worse)"
+        direction = "fell (better)" if likelihood["diff"] < 0 else "rose (worse)" if likelihood["diff"] > 0 else "did not move"
+        d = nll_decimals(likelihood["se"], likelihood["diff"])
         lines.append(
-            f"held-out action NLL per token {direction}: {likelihood['baseline_nll']:.3f} -> {likelihood['candidate_nll']:.3f} "
-            f"({likelihood['diff']:+.3f} ± {likelihood['se']:.3f} s.e., {100 * likelihood['improved_share']:.0f}% of "
+            f"held-out action NLL per token {direction}: {likelihood['baseline_nll']:.{d}f} -> {likelihood['candidate_nll']:.{d}f} "
+            f"({likelihood['diff']:+.{d}f} ± {likelihood['se']:.{d}f} s.e., {100 * likelihood['improved_share']:.0f}% of "
             f"{likelihood['states']} states improved; {'beyond' if likelihood['significant'] else 'within'} 2 s.e.)"
         )
     return lines

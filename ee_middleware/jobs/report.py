@@ -281,22 +281,36 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         blocks.append(Block("list", rows=tuple((line,) for line in excluded)))
     like = ev.get("likelihood")
     if like:
+        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals
+
         names = like.get("names", {})
+        vs_live = compare_likelihood(like) if like.get("baseline") == "live" else None  # what the gate compares
+        spreads = [v for m in like["models"] for v in (m.get("paired_diff"), m.get("paired_se"))]
+        d = nll_decimals(*spreads, *((vs_live["diff"], vs_live["se"]) if vs_live else ()))
         lrows = tuple(
             (
                 f"{m['model']} ({names.get(m['model'], '')})",
-                _n(m["mean_nll"]),
-                f"{m['paired_diff']:+.3f} ± {m['paired_se']:.3f}" if "paired_diff" in m else "-",
+                _n(m["mean_nll"], d),
+                f"{m['paired_diff']:+.{d}f} ± {m['paired_se']:.{d}f}" if "paired_diff" in m else "-",
                 _pct(m.get("improved_share")),
+                *(
+                    (f"{vs_live['diff']:+.{d}f} ± {vs_live['se']:.{d}f}, {_pct(vs_live['improved_share'])} improved",)
+                    if vs_live and m["model"] == "candidate"
+                    else ("-",)
+                    if vs_live
+                    else ()
+                ),
                 _pct(m.get("parse_rate")),
                 _pct(m.get("exact_match")),
             )
             for m in like["models"]
         )
-        blocks.append(
-            Block("p", f"Held-out expert-action NLL per token on {like['states']} states (lower is better; paired against the base):")
+        paired = "paired against the base" + (
+            f" and, as the gate compares, the candidate against the live adapter {names.get('live', '')}" if vs_live else ""
         )
-        blocks.append(Block("table", rows=lrows, header=("model", "mean NLL", "vs base (± s.e.)", "improved", "parse", "exact call")))
+        blocks.append(Block("p", f"Held-out expert-action NLL per token on {like['states']} states (lower is better; {paired}):"))
+        header = ("model", "mean NLL", "vs base (± s.e.)", "improved", *(("vs live (± s.e.)",) if vs_live else ()), "parse", "exact call")
+        blocks.append(Block("table", rows=lrows, header=header))
     if gate and gate.get("moved"):
         blocks.append(Block("list", rows=tuple((line,) for line in gate["moved"])))
     chart = _chart(run.folder / CHART, ev)
@@ -339,11 +353,14 @@ def _chart(path: Path, ev: dict[str, Any]) -> bool:
         values = [m["mean_nll"] for m in like["models"]]
         colours = ["#4C72B0" if n == "candidate" else "#999999" for n in names]
         bars = right.bar(range(len(values)), values, color=colours)
-        right.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8)
         right.set_xticks(range(len(names)), names, fontsize=8)
         right.set_ylabel("NLL per token (lower is better)")
-        paired = next((m for m in like["models"] if m["model"] == "candidate" and "paired_diff" in m), None)
-        detail = f"\ncandidate vs base {paired['paired_diff']:+.3f} ± {paired['paired_se']:.3f} (paired)" if paired else ""
+        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals
+
+        versus = compare_likelihood(like)  # against the gate's baseline: the live adapter, else the base
+        d = nll_decimals(*((versus["diff"], versus["se"]) if versus else ()))
+        right.bar_label(bars, labels=[f"{v:.{d}f}" for v in values], fontsize=8)
+        detail = f"\ncandidate vs {like['baseline']} {versus['diff']:+.{d}f} ± {versus['se']:.{d}f} (paired)" if versus else ""
         right.set_title(f"held-out expert-action NLL ({like['states']} states){detail}", fontsize=9)
     figure.tight_layout()
     with atomic_path(path) as tmp:

@@ -118,6 +118,33 @@ def test_a_run_with_nothing_new_stops_after_select_and_new_approvals_move_the_wa
     assert third.stage("select")["outputs"]["new"] == 2 and third.stage("replay")["outputs"]["trajectories"] == 2
     assert third.stage("evaluate")["outputs"]["baseline"] == first.data["outcome"]["candidate"]  # the live adapter
     assert third.stage("datasets")["outputs"]["trajectories"] == 10  # datasets are cumulative
+    # the report's likelihood table compares the candidate with the live adapter, as the gate does (it showed only
+    # each model against the base)
+    report = (third.folder / "report.md").read_text()
+    assert "| vs live (± s.e.) |" in report and f"the candidate against the live adapter {first.data['outcome']['candidate']}" in report
+    [row] = [line for line in report.splitlines() if line.startswith("| candidate (")]
+    assert "% improved |" in row, row
+
+
+def test_a_small_likelihood_difference_is_shown_with_the_digits_that_tell_the_models_apart() -> None:
+    """Two nights' adapters differ little on a small run: at 3 decimals the report read '5.898 -> 5.898 (-0.000 ± 0.000
+    s.e., ...; beyond 2 s.e.)', a difference the gate measured shown as none."""
+    from ee_middleware.jobs.deploy import compare_likelihood, metrics_moved
+
+    live = [5.8981, 5.8979, 5.8984, 5.8977]
+    candidate = [v - d for v, d in zip(live, (0.0003, 0.0002, 0.0004, 0.0003), strict=True)]
+    likelihood = compare_likelihood(
+        {"per_state_nll": {"live": live, "candidate": candidate}, "names": {"live": "a-v1", "candidate": "a-v2"}, "baseline": "live"}
+    )
+    [line] = metrics_moved({}, likelihood)
+    assert "5.898025 -> 5.897725 (-0.000300 ± 0.000041 s.e., 100% of 4 states improved; beyond 2 s.e.)" in line, line
+    [same] = metrics_moved(
+        {},
+        compare_likelihood(
+            {"per_state_nll": {"base": live, "candidate": live}, "names": {"base": "base", "candidate": "a-v2"}, "baseline": "base"}
+        ),
+    )
+    assert "did not move: 5.898 -> 5.898 (+0.000 ± 0.000 s.e." in same, same
 
 
 def test_a_failed_gate_does_not_promote_and_says_why(workspace: Path, tiny_base: Path) -> None:
