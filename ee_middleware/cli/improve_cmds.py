@@ -59,9 +59,11 @@ def improve(
     try:
         with termination_as_interrupt():  # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time
             run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
-    except (Exception, KeyboardInterrupt):  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
+    except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
         if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
             print_json(run_json(started[0]))
+        if isinstance(exc, KeyboardInterrupt) and started:  # an error line says the rest; an interrupt said nothing
+            _say_interrupted(started[0])
         raise
     finally:
         if isinstance(display, RichProgress):
@@ -72,6 +74,18 @@ def improve(
         print_summary(console(), run)
     if run.status == "stopped":
         raise typer.Exit(EXIT_STOPPED)
+
+
+def _say_interrupted(run: Any) -> None:
+    """One line on stderr for a run stopped by a signal: which, where, and that the next call continues it."""
+    stopped = next((m["stage"] for m in run.stages() if m.get("status") == "stopped"), None)
+    where = f" in its {stopped} stage" if stopped else ""
+    typer.secho(
+        f"interrupted: run {run.id} stopped{where} ({run.data.get('error') or 'KeyboardInterrupt'}); `ee improve` with the "
+        "same config continues it.",
+        err=True,
+        fg="yellow",
+    )
 
 
 class RichProgress:

@@ -102,7 +102,7 @@ def run_improve(
             # A full disk may refuse run.json too: the stage's own error still goes out (the run then reads as killed
             # while running, and is continued all the same).
             with contextlib.suppress(OSError):
-                run.update(status=FAILED, failed_at=now(), error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
+                run.update(status=FAILED, failed_at=now(), error=error_text(exc), traceback=traceback.format_exc(limit=8))
             raise
         finally:
             if report:
@@ -177,7 +177,7 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
             seconds=round(time.perf_counter() - started, 3),
             peak_rss_mb=memory.result(),
             peak_rss_per_stage=memory.per_stage,
-            error=f"{type(exc).__name__}: {exc}",
+            error=error_text(exc),
         )
         run.write_stage(name, manifest)
         raise
@@ -199,6 +199,14 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
         _cut(run, cut)
     ctx.progress.stage_done(name, seconds, result.summary)
     return result
+
+
+def error_text(exc: BaseException) -> str:
+    """How a run or stage records what ended it: ``Type: message``. Ctrl-C's KeyboardInterrupt carries no message (it
+    read 'KeyboardInterrupt: '): it is named SIGINT as SIGTERM and SIGHUP are (see termination_as_interrupt)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"KeyboardInterrupt: {str(exc) or 'SIGINT (Ctrl-C)'}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 UNNAMED_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -249,7 +257,7 @@ def _write_report(run: Run, say: Progress) -> None:
         paths = write_report(run)
     except Exception as exc:  # noqa: BLE001 - a report problem must not hide the run's own outcome
         with contextlib.suppress(OSError):  # a full disk that stopped the report may refuse run.json too
-            run.update(report_error=f"{type(exc).__name__}: {exc}")
+            run.update(report_error=error_text(exc))
         say.info(f"the report could not be written: {type(exc).__name__}: {exc}")
         return
     run.update(report={k: str(v) for k, v in paths.items()})

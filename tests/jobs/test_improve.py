@@ -390,33 +390,38 @@ def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_
     assert "min in stages (" in (resumed.folder / "report.md").read_text()
 
 
-def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(workspace: Path, tiny_base: Path) -> None:
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(workspace: Path, tiny_base: Path, sent: int) -> None:
     """SIGTERM (a Kubernetes CronJob past its deadline, a pod evicted, `kill`) ends `ee improve` the way Ctrl-C does: the
     stage and the run say they were stopped by SIGTERM, the report is written, the exit status is 130, no child is left,
     and the next call continues the run. Before, the process died at once: run.json and the stage stayed 'running' and
-    no report said what happened."""
+    no report said what happened. Ctrl-C (SIGINT) is named too (was 'KeyboardInterrupt: ' and nothing on stderr)."""
+    name = signal.Signals(sent).name
     path = write_config(workspace, tiny_base)
     path.write_text(path.read_text().replace("max_steps = 4", "max_steps = 400"))  # long enough to be caught in training
     runs = RunsDir(workspace / "runs")
     # --json: a scheduler reads which run stopped, and where, from stdout (the error line goes to stderr)
-    process = _ee("improve", "--config", path, "--no-progress", "--json", stderr=subprocess.DEVNULL)
+    process = _ee("improve", "--config", path, "--no-progress", "--json", stderr=subprocess.PIPE)
     try:
         _wait_until_training(process, runs)
         children = psutil.Process(process.pid).children(recursive=True)
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
+        process.send_signal(sent)
+        output, errors = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
     assert process.returncode == 130, output
     said = json.loads(output)
-    assert said["status"] == "failed" and "SIGTERM" in said["error"] and said["id"] == runs.list()[0].id, said
+    assert said["status"] == "failed" and name in said["error"] and said["id"] == runs.list()[0].id, said
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     stopped = runs.list()[0]
-    assert stopped.status == "failed" and "SIGTERM" in stopped.data["error"], stopped.data
-    assert stopped.stage("train")["status"] == "stopped" and "SIGTERM" in stopped.stage("train")["error"]
-    assert "SIGTERM" in (stopped.folder / "report.md").read_text()
+    assert stopped.status == "failed" and name in stopped.data["error"], stopped.data
+    assert stopped.stage("train")["status"] == "stopped" and name in stopped.stage("train")["error"]
+    assert name in (stopped.folder / "report.md").read_text()
+    said_on_stderr = " ".join(errors.split())
+    assert f"interrupted: run {stopped.id} stopped in its train stage (KeyboardInterrupt: {name}" in said_on_stderr, errors[-2000:]
+    assert "continues it" in said_on_stderr
 
     resumed = run_improve(ImproveConfig.load(path, budgets={"max_train_steps": 2}))  # a budget may change between attempts
     assert resumed.id == stopped.id and resumed.status == "succeeded", resumed.data.get("error")
