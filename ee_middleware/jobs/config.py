@@ -13,7 +13,7 @@ only what ties the stages together (the store, the app, each stage's input and o
     base_model = "/models/qwen2.5-1.5b-instruct"
     schedule = "iwm"                      # il, iwm (world modeling then imitation) or sr
     suites = ["traces", "bfcl:multi_turn_base:50"]   # "traces" = the app's held-out trajectories
-    gate_on_likelihood = false            # also require a lower held-out action NLL than the live model
+    gate_on_likelihood = false            # also require a lower held-out action NLL than the live model (off: it breaks task ties)
 
     [improve.budgets]                     # keep a night bounded; the run says what each one cut
     max_trajectories = 2000
@@ -147,7 +147,8 @@ class ImproveConfig(BaseModel):
     likelihood_decode: int = Field(0, ge=0)
     """Held-out states also decoded greedily (parse rate, name and exact match)."""
     gate_on_likelihood: bool = False
-    """The gate also requires the candidate's held-out action NLL to be lower than the live model's."""
+    """The gate also requires the candidate's held-out action NLL to be lower than the live model's. Off, the likelihood
+    still breaks a tie on tasks: when no task changed outcome, a candidate whose NLL is higher beyond 2 s.e. fails."""
     notes: str | None = None
     """Shown at the top of the report (e.g. what the run is for, or that its base model is a test model)."""
     base_cache_dir: Annotated[Path | None, AfterValidator(absolute_path)] = None

@@ -247,13 +247,8 @@ def gate(ctx: StageContext) -> StageResult:
     runs = evaluation["runs"]
     policy = ctx.config.gate_policy()
     outcome = run_gate(runs["candidate"]["dir"], runs["baseline"]["dir"], policy)
-    reasons = list(outcome.reasons)
     likelihood = compare_likelihood(evaluation.get("likelihood"))
-    if ctx.config.gate_on_likelihood:
-        if likelihood is None:
-            reasons.append("likelihood: gate_on_likelihood is set but the likelihood was not scored (likelihood = false)")
-        elif not likelihood["diff"] < 0:
-            reasons.append(f"likelihood: the candidate's held-out action NLL is not lower than the baseline's ({likelihood['diff']:+.3f})")
+    reasons = [*outcome.reasons, *likelihood_reasons(outcome.to_dict(), likelihood, required=ctx.config.gate_on_likelihood)]
     passed = not reasons
     moved = metrics_moved(outcome.to_dict(), likelihood)
     result = StageResult(
@@ -273,6 +268,35 @@ def gate(ctx: StageContext) -> StageResult:
     result.decisions += moved
     result.summary = "pass" if passed else "fail: " + "; ".join(reasons)
     return result
+
+
+def likelihood_reasons(task_gate: dict[str, Any], likelihood: dict[str, Any] | None, *, required: bool) -> list[str]:
+    """Why the held-out likelihood refuses the candidate (``task_gate``: the task gate's ``to_dict()``, ``likelihood``:
+    :func:`compare_likelihood`'s).
+
+    With ``required`` (``gate_on_likelihood``) its NLL must be lower than the baseline's. Otherwise the likelihood only
+    breaks a tie: when no task changed outcome (the runs cannot tell the models apart), a candidate whose held-out NLL
+    is higher beyond 2 standard errors is not promoted, since the one measurement that tells them apart says it is
+    worse."""
+    if required:
+        if likelihood is None:
+            return ["likelihood: gate_on_likelihood is set but the likelihood was not scored (likelihood = false)"]
+        if not likelihood["diff"] < 0:
+            return [f"likelihood: the candidate's held-out action NLL is not lower than the baseline's ({likelihood['diff']:+.3f})"]
+        return []
+    overall = task_gate.get("overall") or {}
+    tie = bool(overall.get("tasks")) and overall.get("candidate_only") == overall.get("baseline_only") == 0
+    if not tie or likelihood is None:
+        return []
+    diff, se = likelihood["diff"], likelihood["se"]
+    if math.isfinite(se) and se > 0 and diff > 2 * se:
+        decimals = nll_decimals(se)
+        return [
+            f"likelihood: no task changed outcome, and the candidate's held-out action NLL is higher than the baseline's by "
+            f"{diff:.{decimals}f} (± {se:.{decimals}f} s.e., beyond 2 s.e.): the tie is broken against it "
+            "(gate_on_likelihood = true makes the likelihood decide every time)"
+        ]
+    return []
 
 
 def compare_likelihood(data: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -467,3 +467,54 @@ def test_a_full_disk_names_the_places_the_stage_writes_and_the_run_continues_onc
 
     resumed = run_improve(ImproveConfig.load(path))
     assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
+
+
+def _task_gate(candidate_only: int, baseline_only: int, both: int = 0, neither: int = 4) -> dict:
+    """The task gate's result (evals.gate.GateResult.to_dict) over one suite with these paired outcomes."""
+    from evals.gate import GatePolicy, GateResult, SuiteComparison
+
+    tasks = candidate_only + baseline_only + both + neither
+    overall = SuiteComparison(
+        suite="overall",
+        tasks=tasks,
+        candidate_rate=(both + candidate_only) / tasks,
+        baseline_rate=(both + baseline_only) / tasks,
+        delta=(candidate_only - baseline_only) / tasks,
+        ci_low=-0.5,
+        ci_high=0.5,
+        p_value=1.0,
+        both=both,
+        candidate_only=candidate_only,
+        baseline_only=baseline_only,
+        neither=neither,
+        only_in_candidate=0,
+        only_in_baseline=0,
+    )
+    return GateResult(passed=True, reasons=[], suites=[overall], overall=overall, policy=GatePolicy().model_dump()).to_dict()
+
+
+def test_a_tie_on_tasks_is_broken_by_a_likelihood_that_says_the_candidate_is_worse() -> None:
+    """With gate_on_likelihood = false (the default) and 0% vs 0% task success, a candidate whose held-out action NLL had
+    risen beyond 2 s.e. was promoted: a tie passed although the one measurement that told the models apart said it was
+    worse. Such a tie now fails; a better or indistinguishable likelihood, or any task that changed outcome, leaves the
+    task gate's decision alone; gate_on_likelihood still requires a lower NLL every time."""
+    from ee_middleware.jobs.deploy import compare_likelihood, likelihood_reasons
+
+    def likelihood(shift: float, noise: tuple[float, ...] = (0.0001, -0.0001, 0.0002, -0.0002)) -> dict:
+        live = [2.0, 2.1, 2.2, 2.3]
+        candidate = [v + shift + n for v, n in zip(live, noise, strict=True)]
+        return compare_likelihood(
+            {"per_state_nll": {"live": live, "candidate": candidate}, "names": {"live": "a-v1", "candidate": "a-v2"}, "baseline": "live"}
+        )
+
+    worse, better, same = likelihood(0.05), likelihood(-0.05), likelihood(0.0)
+    [reason] = likelihood_reasons(_task_gate(0, 0), worse, required=False)
+    assert reason.startswith("likelihood: no task changed outcome") and "beyond 2 s.e." in reason and "0.050000" in reason
+    assert likelihood_reasons(_task_gate(0, 0), better, required=False) == []
+    assert likelihood_reasons(_task_gate(0, 0), same, required=False) == []  # within the noise: the tie stands
+    assert likelihood_reasons(_task_gate(1, 0), worse, required=False) == []  # a task moved: the task gate decides
+    assert likelihood_reasons(_task_gate(0, 0), None, required=False) == []  # not scored
+    assert likelihood_reasons(_task_gate(1, 0), worse, required=True)[0].startswith(
+        "likelihood: the candidate's held-out action NLL is not lower"
+    )
+    assert likelihood_reasons(_task_gate(0, 0), better, required=True) == []
