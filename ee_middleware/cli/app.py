@@ -59,9 +59,17 @@ def _fail(message: str, exc: BaseException) -> NoReturn:
 
 
 def _describe_os_error(exc: OSError) -> str:
-    """What went wrong with which path, and what to check (not Python's ``[Errno 17] File exists: 'x'``)."""
-    path = exc.filename if exc.filename is not None else "a path"
+    """What went wrong with which path, and what to check (not Python's ``[Errno 17] File exists: 'x'``). An error that
+    names no path (a write to an open file on a full disk) says so instead of naming 'a path'."""
     reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        unnamed = f"{reason} (the operation that failed names no file)"
+        if exc.errno == errno.ENOSPC:
+            return f"{unnamed}. Free some space on the disks this command writes to (df -h shows them), or give it other paths."
+        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+            return f"{unnamed}. Check that the folders this command writes to are writable."
+        return f"{unnamed}."
+    path = exc.filename
     if isinstance(exc, FileExistsError) and not Path(path).is_dir():
         return f"{path} is a file, not a folder: choose another path, or move the file away."
     if isinstance(exc, NotADirectoryError):

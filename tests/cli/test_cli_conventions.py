@@ -217,3 +217,19 @@ def test_a_warning_other_than_store_damage_is_shown_once_after_reading_and_does_
         pytest.fail("reading_store never returned: it re-recorded the warning it was showing")
     assert done.returncode == 0 and done.stdout == "done\n", done.stderr
     assert done.stderr.count("UserWarning: a library warning") == 1, done.stderr
+
+
+def test_a_full_disk_error_that_names_no_file_says_so_injected(bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A write to an open file on a full disk raises ENOSPC with no file name: the line read 'error: a path: No space left
+    on device'. Injected (no full disk here): the build's Parquet write raises it."""
+    import polars as pl
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", full)
+    result = ee("datasets", "build", "--store", str(bfcl_store_path), "--kinds", "il", "--out", str(tmp_path / "ds"))
+    assert result.exit_code == 1, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "No space left on device (the operation that failed names no file)" in line and "df -h" in line, line
+    assert "a path" not in result.output
