@@ -69,6 +69,10 @@ and leaves what it does not change untouched:
   follows the conventions): a ``call_llm`` span's ``gcp.vertex.agent.llm_request`` / ``llm_response`` hold
   google-genai ``Content`` (``function_call`` / ``function_response`` parts), the system instruction and the
   function declarations; tool spans' ``gcp.vertex.agent.tool_call_args`` / ``tool_response``.
+* **LiteLLM's OpenTelemetry callback** (``callbacks=["otel"]``; spans marked ``litellm.call_id``): messages are text
+  parts with OpenAI's ``tool_calls`` / ``tool_call_id`` beside them; a reply's tool calls are
+  ``gen_ai.completion.{i}.function_call.*`` (their ids from the next call's history, in :mod:`.runs`). With a span
+  active and ``USE_OTEL_LITELLM_REQUEST_SPAN`` unset it writes every call onto that span: :func:`run_problem` says so.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ from dataclasses import replace
 from typing import Any
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.normalize import operation_of
+from ee_middleware.capture.normalize import operation_of, unflatten
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.messages import content_to_text, dumps, langchain_to_openai, media_placeholder, parse_arguments
 
@@ -113,6 +117,8 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_logfire_openai_agents(span)
     elif _ADK_REQUEST in span.attributes or _ADK_TOOL_ARGS in span.attributes:
         span = _from_adk_legacy(span)
+    elif LITELLM_CALL in span.attributes:
+        span = _from_litellm(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_details_events(span, span.attributes)
@@ -772,6 +778,73 @@ def _adk_declaration(declaration: Mapping[str, Any]) -> dict[str, Any]:
         {"type": "object", "properties": {}},
     )
     return {"type": "function", "name": declaration["name"], "description": declaration.get("description") or "", "parameters": schema}
+
+
+LITELLM_CALL = "litellm.call_id"
+
+
+def _from_litellm(span: SpanData) -> SpanData:
+    """A model call traced by LiteLLM's OpenTelemetry callback (``callbacks=["otel"]``; spans marked ``litellm.call_id``).
+
+    Its ``gen_ai.input.messages`` hold text parts with OpenAI's ``tool_calls`` (an assistant's) and ``tool_call_id``
+    (a tool message's) beside them, where the conventions have ``tool_call`` / ``tool_call_response`` parts; a reply's
+    tool calls are not in ``gen_ai.output.messages`` but in ``gen_ai.completion.{i}.function_call.name|arguments``,
+    without their ids (:mod:`.runs` reads those from the next call's history)."""
+    attrs = span.attributes
+    if operation_of(attrs) not in sc.MODEL_OPERATIONS:
+        return span
+    new: dict[str, Any] = {}
+    given = _decoded(attrs.get(sc.INPUT_MESSAGES))
+    if isinstance(given, list) and any(isinstance(m, Mapping) and ("tool_calls" in m or "tool_call_id" in m) for m in given):
+        new[sc.INPUT_MESSAGES] = dumps([_litellm_message(m) for m in given])
+    reply = _decoded(attrs.get(sc.OUTPUT_MESSAGES))
+    calls = [c.get("function_call") for c in unflatten(attrs, "gen_ai.completion")]
+    calls = [c for c in calls if isinstance(c, Mapping) and c.get("name")]
+    if calls and isinstance(reply, list) and reply and isinstance(reply[0], Mapping):
+        parts = [p for p in reply[0].get("parts") or [] if not (isinstance(p, Mapping) and p.get("type") == "tool_call")]
+        parts += [{"type": "tool_call", "id": None, "name": c["name"], "arguments": parse_arguments(c.get("arguments"))} for c in calls]
+        new[sc.OUTPUT_MESSAGES] = dumps([{**reply[0], "parts": parts}, *reply[1:]])
+    return replace(span, attributes={**attrs, **new}) if new else span
+
+
+_LITELLM_RAW = "raw_gen_ai_request"
+
+
+def run_problem(run: list[SpanData]) -> str | None:
+    """Why a run cannot be read though each of its spans can: LiteLLM's calls written onto one span of the app's.
+
+    With a span active, LiteLLM's callback starts no span per call: it sets each call's attributes on that span (the
+    last call's win; those logged after the span ended are lost) and writes a ``raw_gen_ai_request`` child per call.
+    Its own spans (``litellm_request``, or the call's ``generation_name``) hold one call each."""
+    by_id = {s.span_id: s for s in run}
+    for raw in run:
+        parent = by_id.get(raw.parent_span_id or "")
+        if raw.name != _LITELLM_RAW or parent is None or parent.name in ("litellm_request", raw.name):
+            continue
+        calls = sum(1 for s in run if s.name == _LITELLM_RAW and s.parent_span_id == parent.span_id)
+        return (
+            f"LiteLLM wrote its model calls onto the span {parent.name!r} ({calls} {_LITELLM_RAW} span(s) under it): with a span "
+            "active, its OpenTelemetry callback starts no span per call but sets each call's attributes on that span, so the "
+            "calls overwrite each other (and those logged after the span ended are lost); set USE_OTEL_LITELLM_REQUEST_SPAN=true "
+            "so that each call is a litellm_request span of its own"
+        )
+    return None
+
+
+def _litellm_message(message: Any) -> Any:
+    if not isinstance(message, Mapping) or not isinstance(message.get("parts"), list):
+        return message
+    parts = [p for p in message["parts"] if not (isinstance(p, Mapping) and p.get("type") == "text" and not p.get("content"))]
+    fields = {k: v for k, v in message.items() if k not in ("tool_calls", "tool_call_id")}
+    if message.get("tool_call_id") is not None:  # a tool message: its text parts are the result
+        text = content_to_text([p.get("content") for p in parts if isinstance(p, Mapping) and p.get("type") == "text"])
+        return {**fields, "parts": [{"type": "tool_call_response", "id": str(message["tool_call_id"]), "response": text}]}
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            arguments = parse_arguments(function.get("arguments"))
+            parts.append({"type": "tool_call", "id": call.get("id"), "name": str(function.get("name") or ""), "arguments": arguments})
+    return {**fields, "parts": parts}
 
 
 def _without_nulls(messages: Any) -> Any:

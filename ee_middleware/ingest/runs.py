@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 
 from ee_middleware.capture import semconv as sc
@@ -70,11 +71,12 @@ def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
         runs.append(run)
     leftover = [s for s in unique if s.span_id not in covered]
     if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
-        runs.append(leftover)
+        ids = {s.span_id for s in leftover}
+        runs.append(sorted(leftover, key=lambda s: (s.parent_span_id in ids, s.start_ns)))  # its top span first: the run's name
     ops = {operation_of(s.attributes) for s in unique}
     related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
     recognized = ops != {None}
-    runs = [with_task(_with_context(_without_echoes(run, tree), tree)) for run in runs]
+    runs = [with_task(_with_reply_ids(_with_context(_without_echoes(run, tree), tree))) for run in runs]
     return TraceRuns(runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized)
 
 
@@ -220,6 +222,38 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
     if not changed:
         return run
     return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]
+
+
+def _with_reply_ids(run: list[SpanData]) -> list[SpanData]:
+    """``run`` with the ids of tool calls that a reply names without them (LiteLLM's ``gen_ai.completion.{i}.function_call``)
+    read from the next model call's history: the message after the history the call was given is that reply."""
+    models = sorted((s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS), key=lambda s: (s.start_ns, s.end_ns))
+    changed: dict[str, dict[str, Any]] = {}
+    for span, following in pairwise(models):
+        outputs = _openai_messages(span, sc.OUTPUT_MESSAGES)
+        reply = next((m for m in outputs or [] if m.get("role") == "assistant" and m.get("tool_calls")), None)
+        if reply is None or all(c.get("id") for c in reply["tool_calls"]):
+            continue
+        given, later = _openai_messages(span, sc.INPUT_MESSAGES), _openai_messages(following, sc.INPUT_MESSAGES)
+        if given is None or later is None or len(later) <= len(given) or later[: len(given)] != given:
+            continue
+        seen = later[len(given)].get("tool_calls") or []
+        if [c.get("function", {}).get("name") for c in seen] != [c.get("function", {}).get("name") for c in reply["tool_calls"]]:
+            continue
+        reply["tool_calls"] = [{**c, "id": c.get("id") or s.get("id")} for c, s in zip(reply["tool_calls"], seen, strict=True)]
+        changed[span.span_id] = {sc.OUTPUT_MESSAGES: json.dumps(outputs, ensure_ascii=False)}
+    if not changed:
+        return run
+    return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]
+
+
+def _openai_messages(span: SpanData, key: str) -> list[dict[str, Any]] | None:
+    """A model span's messages (any dialect) in OpenAI's chat shape, or None where they cannot be read."""
+    raw = normalize(span).attributes.get(key)
+    try:
+        return genai_to_openai(json.loads(raw) if isinstance(raw, str) else raw or [])
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+        return None  # the span's own check reports it
 
 
 def in_graph_node(span: SpanData) -> bool:

@@ -21,7 +21,7 @@ from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
 from ee_middleware.errors import IngestError
-from ee_middleware.ingest.dialects import adapt
+from ee_middleware.ingest.dialects import adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
 from ee_middleware.ingest.runs import group_runs
@@ -233,6 +233,10 @@ def _trace_trajectories(
     out = []
     for run in grouped.runs:
         report.runs += 1
+        problem = run_problem(run)
+        if problem is not None:
+            report.problem(f"Trace {trace_id}: run {run[0].name!r}: {problem}; run skipped.")
+            continue
         missing = _rejected_in(run, rejected)
         if missing is not None:
             report.problem(

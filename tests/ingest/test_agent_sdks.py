@@ -180,3 +180,40 @@ def test_google_adk_tool_spans_give_the_observations_no_later_model_call_shows(t
     assert report.problems == 0, report.errors
     # the tool span's JSON text (as json.dumps wrote it, what LiteLLM sent the model) where no model input shows it
     assert [(*s[:2], json.loads(s[2]), s[3]) for s in _steps(trajectory)] == [(*s[:2], json.loads(s[2]), s[3]) for s in ADK_STEPS[1][:2]]
+
+
+LITELLM = {"request-span": "litellm_otel_request_span_shop.jsonl", "latest": "litellm_otel_latest_shop.jsonl"}
+
+
+@pytest.mark.parametrize("mode", LITELLM)
+def test_litellm_otel_callback_model_spans_keep_their_tool_calls(store, mode):
+    """``fixtures/make_litellm_fixture.py``: LiteLLM 1.110's ``callbacks=["otel"]`` under an app span per turn, one span
+    per call (``USE_OTEL_LITELLM_REQUEST_SPAN=true``; also with the latest conventions). Its messages are text
+    parts with OpenAI's ``tool_calls`` / ``tool_call_id`` beside them, and a reply's tool calls are
+    ``gen_ai.completion.{i}.function_call.*`` without their ids (the next call's history has them). Before, every
+    tool call was lost: each run was one answer step, its history assistant messages with no calls."""
+    report, (first, second) = _ingest(store, FIXTURES / LITELLM[mode])
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    assert (first.task, second.task) == (TURN_1, TURN_2)
+    assert _steps(first) == FIRST_RUN_STEPS
+    assert _steps(second) == [  # no tool span: the error is the text the app gave the model, not flagged
+        ("check_stock", {"fruit": "apples"}, "12 apples in stock", False),
+        ("order", {"fruit": "apples", "quantity": 50}, f"Error: {ERROR_TEXT}", False),
+        ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order)."),
+    ]
+    for t in (first, second):
+        assert (t.status, t.thread_id, t.model) == ("completed", "shop-thread-1", "scripted-shop-model")
+        assert [tool["function"]["name"] for tool in t.tools] == ["check_stock", "order"]
+    state = second.steps[0].state
+    assert [m["role"] for m in state] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"]
+    assert [(c["id"], c["function"]["name"]) for c in state[2]["tool_calls"]] == [("call_stock_pears", "check_stock")]
+    assert state[3]["tool_call_id"] == "call_stock_pears"
+    assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
+
+
+def test_litellm_writing_every_call_onto_the_apps_span_is_refused_naming_the_setting(store):
+    """LiteLLM's default with a span active: one span (the app's) holds some calls' attributes, the rest lost. Before,
+    each run was stored as a completed trajectory without steps."""
+    report, trajectories = _ingest(store, FIXTURES / "litellm_otel_shop.jsonl")
+    assert (trajectories, report.problems) == ([], 2), report.errors
+    assert all("raw_gen_ai_request" in error and "USE_OTEL_LITELLM_REQUEST_SPAN=true" in error for error in report.errors), report.errors
