@@ -197,6 +197,19 @@ def _replay(done: dict[str, dict[str, Any]]) -> list[Block]:
         blocks.append(_counts_table("trajectory status", replay["statuses"]))
     if replay.get("by_tool"):
         blocks.append(_counts_table("alternative tool", replay["by_tool"]))
+    if replay.get("fidelity_by_tool"):
+        blocks.append(
+            Block(
+                "p",
+                "Expert steps whose tool answered differently in the sandbox than in production (fidelity mismatches, "
+                "as far as the replay records describe them): the sandbox's world or tools differ from production there.",
+            )
+        )
+        blocks.append(_counts_table("tool (fidelity mismatches)", replay["fidelity_by_tool"]))
+        for example in replay.get("fidelity_examples", [])[:1]:
+            where = f"trajectory {example['trajectory_id']}, step {example.get('step')}, {example.get('tool')}"
+            blocks.append(Block("p", f"First mismatch ({where}), recorded against sandbox:"))
+            blocks.append(Block("code", str(example.get("sandbox_failure") or example.get("diff") or "")))
     return blocks
 
 

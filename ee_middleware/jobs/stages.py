@@ -266,6 +266,7 @@ def replay(ctx: StageContext) -> StageResult:
         rollout_ids_sha256=ids_digest(rollouts["id"].to_list()) if rollouts is not None else ids_digest([]),
         by_tool=_counts(rollouts, "tool_name") if rollouts is not None and rollouts.height else {},
         not_finished=_unfinished(ctx, wanted, replay_id),
+        **fidelity_mismatches(records),
     )
     failed = statuses.get("failed", 0)
     if failed:
@@ -274,6 +275,30 @@ def replay(ctx: StageContext) -> StageResult:
         f"{result.outputs['branches']} branches over {result.outputs['states']} states, {result.outputs['errors']} error observations"
     )
     return result
+
+
+FIDELITY_EXAMPLES = 3
+"""Mismatches shown with their diff in a run's outputs and report."""
+
+
+def fidelity_mismatches(records: pl.DataFrame) -> dict[str, Any]:
+    """Which tools the expert steps that replayed differently from their recording called (``fidelity_by_tool``: the
+    mismatches the replay records describe, up to the runner's ``MAX_MISMATCH_DETAILS`` per trajectory) and the first
+    :data:`FIDELITY_EXAMPLES` of them (trajectory, step, tool, where the texts part, the diff); empty when none. A count
+    alone does not say which tool's sandbox disagrees with production."""
+    import polars as pl
+
+    if not records.height or not int(records["fidelity_mismatches"].sum() or 0):
+        return {}
+    by_tool: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
+    for trajectory_id, details in records.filter(pl.col("fidelity_mismatches") > 0).select("trajectory_id", "details_json").iter_rows():
+        for mismatch in json.loads(details or "{}").get("fidelity_mismatches", []):
+            by_tool[str(mismatch.get("tool"))] += 1
+            if len(examples) < FIDELITY_EXAMPLES:
+                keep = ("step", "tool", "line", "column", "diff", "sandbox_failure")
+                examples.append({"trajectory_id": trajectory_id, **{k: mismatch[k] for k in keep if k in mismatch}})
+    return {"fidelity_by_tool": dict(by_tool.most_common()), "fidelity_examples": examples}
 
 
 def _compact(ctx: StageContext, store: Any, result: StageResult) -> None:
