@@ -31,6 +31,9 @@ and leaves what it does not change untouched:
 * **OpenInference content parts**: a message whose content is a list of parts is written as
   ``llm.{input,output}_messages.{i}.message.contents.{j}.message_content.type|text`` instead of
   ``message.content``; its text parts, joined in order, become the message's content.
+* **OpenInference's CrewAI event listener** (its LLM spans): a reply of tool calls only as ``output.value`` (OpenAI's
+  JSON list), tool call names in quotes (their ``repr``), the tools as one ``llm.tools`` JSON list with ``repr``
+  property schemas: read as the calls, the names and the schemas they are.
 * **pydantic-ai**: tool results in messages are ``tool_call_response`` parts with ``result`` where the
   conventions say ``response``; its version-2 tool spans put the call's arguments and result in
   ``tool_arguments`` / ``tool_response``.
@@ -77,6 +80,7 @@ and leaves what it does not change untouched:
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Mapping
@@ -125,6 +129,7 @@ def adapt(span: SpanData) -> SpanData:
         attrs = _with_event_messages(span, attrs)
         attrs = _with_tool_responses(attrs)
         attrs = _with_content_parts(attrs)
+        attrs = _with_openinference_calls(attrs)
         attrs = _with_tool_parameters(attrs)
     elif op == sc.OP_EXECUTE_TOOL:
         attrs = _with_details_events(span, span.attributes)
@@ -406,6 +411,69 @@ def _with_content_parts(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
         **attrs,
         **{f"{message}.content": content_to_text([_content_block(found[j]) for j in sorted(found)]) for message, found in parts.items()},
     }
+
+
+_OI_CALL_NAME = re.compile(r"^llm\.(?:input|output)_messages\.\d+\.message\.tool_calls\.\d+\.tool_call\.function\.name$")
+
+
+def _with_openinference_calls(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What OpenInference's CrewAI event listener writes unlike its conventions (other OpenInference spans are left as
+    they are):
+
+    * a reply of tool calls has no ``llm.output_messages``, only ``output.value``: the calls as OpenAI's JSON list;
+    * a tool call's function name in ``llm.*_messages`` is its ``repr`` (``'check_stock'``: a function name never
+      holds quotes);
+    * the tools are one ``llm.tools`` JSON list of OpenAI definitions (not ``llm.tools.{i}.tool.json_schema``), their
+      property schemas ``repr`` text (``"{'type': 'string'}"``) and required names quoted.
+    """
+    if str(attrs.get("openinference.span.kind") or "").upper() != "LLM":
+        return attrs
+    new: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, str) and len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" and _OI_CALL_NAME.match(key):
+            new[key] = value[1:-1]
+    output = _decoded(attrs.get("output.value")) if attrs.get("output.mime_type") == "application/json" else None
+    has_output = any(k.startswith("llm.output_messages.") for k in attrs) or attrs.get(sc.OUTPUT_MESSAGES)
+    if not has_output and isinstance(output, list) and output and all(_is_openai_call(c) for c in output):
+        new[sc.OUTPUT_MESSAGES] = dumps([{"role": "assistant", "content": "", "tool_calls": output}])
+    tools = _decoded(attrs.get("llm.tools"))
+    if isinstance(tools, list) and sc.TOOL_DEFINITIONS not in attrs:
+        new[sc.TOOL_DEFINITIONS] = dumps([_repaired_tool(t) for t in tools if isinstance(t, Mapping)])
+    return {**attrs, **new} if new else attrs
+
+
+def _is_openai_call(call: Any) -> bool:
+    return isinstance(call, Mapping) and isinstance(call.get("function"), Mapping) and bool(call["function"].get("name"))
+
+
+def _repaired_tool(tool: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An OpenAI tool definition whose parameters' property schemas are ``repr`` text and required names quoted, repaired."""
+    function = tool.get("function") if isinstance(tool.get("function"), Mapping) else None
+    parameters = function.get("parameters") if function is not None else None
+    if not isinstance(parameters, Mapping):
+        return tool
+    properties = parameters.get("properties")
+    fixed = dict(parameters)
+    if isinstance(properties, Mapping):
+        fixed["properties"] = {name: _python_literal(schema) for name, schema in properties.items()}
+    if isinstance(parameters.get("required"), list):
+        fixed["required"] = [_unquoted(r) for r in parameters["required"]]
+    return {**tool, "function": {**function, "parameters": fixed}}
+
+
+def _python_literal(value: Any) -> Any:
+    """A dict written as its Python ``repr`` (``"{'type': 'string'}"``) as the dict; anything else as it is."""
+    if not (isinstance(value, str) and value.startswith("{") and value.endswith("}") and len(value) <= 10_000):
+        return value
+    try:
+        parsed = ast.literal_eval(value)  # literals only: never runs code
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return value
+    return parsed if isinstance(parsed, dict) else value
+
+
+def _unquoted(value: Any) -> Any:
+    return value[1:-1] if isinstance(value, str) and len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
 def _content_block(part: Mapping[str, Any]) -> Any:

@@ -217,3 +217,27 @@ def test_litellm_writing_every_call_onto_the_apps_span_is_refused_naming_the_set
     report, trajectories = _ingest(store, FIXTURES / "litellm_otel_shop.jsonl")
     assert (trajectories, report.problems) == ([], 2), report.errors
     assert all("raw_gen_ai_request" in error and "USE_OTEL_LITELLM_REQUEST_SPAN=true" in error for error in report.errors), report.errors
+
+
+def test_crewai_through_openinference_keeps_its_tool_calls_and_tools(store):
+    """``fixtures/make_crewai_fixture.py``: CrewAI 1.15 with OpenInference's CrewAI instrumentation (event listener, LLM
+    spans on): one crew per turn. A reply that is tool calls has no ``llm.output_messages``, only ``output.value`` (the
+    calls as OpenAI's JSON); the calls in later inputs name their function in quotes (``'check_stock'``); the tools are
+    one ``llm.tools`` JSON list whose property schemas are Python ``repr`` text. Before, each run was one answer step
+    (every tool call lost) and offered no tools."""
+    report, (first, second) = _ingest(store, FIXTURES / "crewai_shop.jsonl")
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    assert TURN_1 in first.task and TURN_2 in second.task  # CrewAI's prompt around the task's description
+    assert _steps(first) == FIRST_RUN_STEPS
+    assert _steps(second) == [
+        ("check_stock", {"fruit": "apples"}, "12 apples in stock", False),
+        ("order", {"fruit": "apples", "quantity": 50}, f"Error executing tool: {ERROR_TEXT}", True),
+        ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order)."),
+    ]
+    for t in (first, second):
+        assert (t.status, t.model) == ("completed", "scripted-shop-model")
+        offered = {tool["function"]["name"]: tool["function"]["parameters"] for tool in t.tools}
+        assert list(offered) == ["check_stock", "order"]
+        assert offered["order"]["required"] == ["fruit", "quantity"]
+        assert offered["order"]["properties"]["quantity"] == {"title": "Quantity", "type": "integer"}
+    assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
