@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.ingest.otlp_schema import ShapeError, check_request, check_span, loose_ids, resource_attributes
+from ee_middleware.ingest.otlp_schema import ShapeError, check_request, check_span, loose_ids, never_ended, resource_attributes
 
 _EXPECTED = "expected OTLP JSON (one ExportTraceServiceRequest per line, as a Collector's file exporter writes)"
 
@@ -42,12 +42,13 @@ class ParseResult:
     """Spans read from a file, with one message per span, line or file that could not be read.
 
     ``rejected`` lists the spans that failed their check, so that the runs they belonged to are not
-    stored without them.
+    stored without them; ``unended`` the (trace id, span id) of spans written without an end time.
     """
 
     spans: list[SpanData] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     rejected: list[RejectedSpan] = field(default_factory=list)
+    unended: set[tuple[str, str]] = field(default_factory=set)
 
 
 def read_otlp_json(path: str | Path) -> ParseResult:
@@ -196,6 +197,8 @@ def _read_request(document: Any, where: str, result: ParseResult) -> Iterator[Sp
                     result.errors.append(f"{where} resourceSpans[{r}].scopeSpans[{s}].spans[{k}]{label}: {exc}; span skipped.")
                     result.rejected.append(RejectedSpan(*loose_ids(raw), name=name))
                     continue
+                if never_ended(raw):
+                    result.unended.add((span.trace_id, span.span_id))
                 yield span
 
 

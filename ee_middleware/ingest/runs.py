@@ -18,12 +18,15 @@ Runs are the outermost such subtrees; model spans left outside every run make on
 
 A trace whose span ids repeat with different contents, or whose parent links loop, cannot be read
 as a tree: it gets one problem and is skipped. Exact repeats (a collector retry) count once.
+
+A run whose process died never ended: its root span is missing (exported only when it ends) or written
+without an end time. :func:`unfinished_reason` says so, and ingest stores it as ``interrupted``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -53,10 +56,14 @@ class TraceRuns:
     agent_related: bool = True
     recognized: bool = True
     """Whether any span names an operation ingest knows (else: a trace of an instrumentation it does not read)."""
+    unfinished: list[str | None] = field(default_factory=list)
+    """Per run (in the order of ``runs``): why it never ended, or None (see :func:`unfinished_reason`)."""
 
 
-def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
-    """Split one trace's spans into runs (each a list of spans whose first item is the run's root)."""
+def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str] = ()) -> TraceRuns:
+    """Split one trace's spans into runs (each a list of spans whose first item is the run's root).
+
+    ``unended``: the ids of spans written without an end time (their runs never ended)."""
     unique, repeated, problem = _unique(trace_id, spans)
     if problem is None:
         problem = _cycle(trace_id, unique)
@@ -76,8 +83,9 @@ def group_runs(trace_id: str, spans: Sequence[SpanData]) -> TraceRuns:
     ops = {operation_of(s.attributes) for s in unique}
     related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
     recognized = ops != {None}
+    unfinished = [unfinished_reason(run, tree, unended) for run in runs]
     runs = [with_task(_with_reply_ids(_with_context(_without_echoes(run, tree), tree))) for run in runs]
-    return TraceRuns(runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized)
+    return TraceRuns(runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized, unfinished=unfinished)
 
 
 def _unique(trace_id: str, spans: Sequence[SpanData]) -> tuple[list[SpanData], int, str | None]:
@@ -173,6 +181,33 @@ class _Tree:
             out.append(self.by_id[span_id])
             todo.extend(self.children.get(span_id, ()))
         return out
+
+
+def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str] = ()) -> str | None:
+    """Why ``run`` never ended, or None: a span of it was written without an end time, or its root span is not in the
+    trace (an SDK exports a span when it ends, and the root ends last: the process stopped mid-run) while spans of its
+    steps (agent, model, tool or graph-node spans) point at it. A run's own root with a parent elsewhere (another
+    service's span) is not one: only spans below the missing one count."""
+    ids = {s.span_id for s in run}
+    open_spans = [s for s in run if s.span_id in unended]
+    if open_spans:
+        top = min(open_spans, key=lambda s: (s.parent_span_id in ids, s.start_ns))
+        return (
+            f"the run never ended: its span {top.name!r} ({top.span_id}) never ended (no endTimeUnixNano: the process stopped "
+            "before it did)"
+        )
+    root = run[0]
+    for span in run:
+        parent = span.parent_span_id
+        if parent is None or parent in tree.by_id or (span is root and operation_of(span.attributes) == sc.OP_INVOKE_AGENT):
+            continue
+        if operation_of(span.attributes) is not None or in_graph_node(span):
+            return (
+                f"the run never ended: its root span ({parent}, the parent of {span.name!r}) is not among the spans read (a span "
+                "is exported when it ends, and the root ends last: the process stopped mid-run, or the rest of the trace is in "
+                "files not read with this one)"
+            )
+    return None
 
 
 def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:

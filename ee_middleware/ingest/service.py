@@ -52,6 +52,8 @@ class IngestReport:
     traces_without_runs: int = 0
     unread_spans: int = 0
     unread_keys: Counter[str] = field(default_factory=Counter)
+    unfinished: list[str] = field(default_factory=list)
+    """One line per run stored as ``interrupted`` because it never ended (not a problem: its steps are stored)."""
 
     def problem(self, message: str) -> None:
         """Count a problem; list it while fewer than :data:`MAX_LISTED_PROBLEMS` are listed."""
@@ -85,6 +87,7 @@ class IngestReport:
             "unlisted_problems": self.unlisted_problems,
             "repeated_spans": self.repeated_spans,
             "traces_without_runs": self.traces_without_runs,
+            "unfinished": self.unfinished,
             "trajectory_ids": self.ingested,
         }
 
@@ -163,6 +166,7 @@ def _ingest_traces(
     *,
     report: IngestReport,
     rejected: Iterable[RejectedSpan],
+    unended: Iterable[tuple[str, str]] = (),
     app: str | None = None,
     approve_by: str | None = None,
     redactor: Redactor | None = None,
@@ -172,10 +176,14 @@ def _ingest_traces(
     for bad in rejected:
         if bad.trace_id is not None:
             rejected_by_trace[bad.trace_id].append(bad)
+    unended_by_trace: dict[str, set[str]] = defaultdict(set)
+    for trace_id, span_id in unended:
+        unended_by_trace[trace_id].add(span_id)
     target = _Target(store, app, redactor)
     new: list[Trajectory] = []
     for trace_id, trace_spans in spill.traces():
-        for trajectory in _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), target, report):
+        found = _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), target, report, unended_by_trace[trace_id])
+        for trajectory in found:
             known = target.known
             if trajectory.id in known:
                 report.already_stored.append(trajectory.id)
@@ -214,9 +222,9 @@ def _write(store: ExperienceStore, trajectories: list[Trajectory], report: Inges
 
 
 def _trace_trajectories(
-    trace_id: str, spans: list[SpanData], rejected: list[RejectedSpan], target: _Target, report: IngestReport
+    trace_id: str, spans: list[SpanData], rejected: list[RejectedSpan], target: _Target, report: IngestReport, unended: set[str]
 ) -> list[Trajectory]:
-    grouped = group_runs(trace_id, spans)
+    grouped = group_runs(trace_id, spans, unended)
     report.repeated_spans += grouped.repeated_spans
     if grouped.problem is not None:
         report.problem(grouped.problem)
@@ -231,7 +239,7 @@ def _trace_trajectories(
             report.unread_keys.update(key for span in spans for key in span.attributes)
         return []
     out = []
-    for run in grouped.runs:
+    for run, unfinished in zip(grouped.runs, grouped.unfinished, strict=True):
         report.runs += 1
         problem = run_problem(run)
         if problem is not None:
@@ -245,6 +253,13 @@ def _trace_trajectories(
             )
             continue
         trajectory = target.assemble(trace_id, run, report)
+        if trajectory is not None and unfinished is not None:
+            if trajectory.status == "completed":  # a run that failed before its process died stays an error
+                trajectory.status = "interrupted"
+            trajectory.error = trajectory.error or unfinished
+            report.unfinished.append(
+                f"Trace {trace_id}: run {run[0].name!r} is stored as {trajectory.status}, with the steps its finished spans show: {unfinished}."
+            )
         if trajectory is not None:
             out.append(trajectory)
     return out
@@ -297,6 +312,7 @@ def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec
     """
     report = IngestReport()
     rejected: list[RejectedSpan] = []
+    unended: set[tuple[str, str]] = set()
     with SpanSpill() as spill:
         for path in paths:
             parsed = ParseResult()
@@ -304,5 +320,6 @@ def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec
             report.files += 1
             report.file_problems(path, parsed.errors)
             rejected.extend(parsed.rejected)
-        _ingest_traces(spill, store, report=report, rejected=rejected, **kwargs)  # type: ignore[arg-type]
+            unended |= parsed.unended
+        _ingest_traces(spill, store, report=report, rejected=rejected, unended=unended, **kwargs)  # type: ignore[arg-type]
     return report

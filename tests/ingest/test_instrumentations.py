@@ -162,6 +162,8 @@ def test_a_run_whose_graph_span_was_never_exported_is_still_one_trajectory(tmp_p
     assert [len(t.steps) for t in trajectories] == [3, 3]
     assert [t.task for t in trajectories] == [TURN_1, TURN_2]
     assert trajectories[1].steps[1].observation.is_error
+    # its root never ended: not a run that completed (see test_unfinished_runs.py)
+    assert [t.status for t in trajectories] == ["interrupted"] * 2 and len(report.unfinished) == 2
 
 
 def test_openai_v2_model_spans_alone_make_one_trajectory_per_turn(store):
