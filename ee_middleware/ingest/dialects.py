@@ -13,6 +13,8 @@ and leaves what it does not change untouched:
   They become ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (OpenAI's chat shape, which the
   assembler reads under those names), unless the span already has them or another dialect's
   indexed attributes.
+* **GenAI list attributes as an OTLP array of JSON strings** (one per message, part or tool definition, where the
+  conventions write one JSON text): read as the list.
 * **The semconv 1.37+ event form** (``gen_ai.client.inference.operation.details``, as Strands Agents writes it
   on spans under ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental``): the event's
   ``gen_ai.input.messages`` / ``gen_ai.output.messages`` / ``gen_ai.system_instructions`` /
@@ -125,7 +127,7 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_litellm(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
-        attrs = _with_details_events(span, span.attributes)
+        attrs = _with_details_events(span, _with_json_items(span.attributes))
         attrs = _with_event_messages(span, attrs)
         attrs = _with_tool_responses(attrs)
         attrs = _with_content_parts(attrs)
@@ -140,6 +142,23 @@ def adapt(span: SpanData) -> SpanData:
     else:
         return span
     return span if attrs is span.attributes else replace(span, attributes=attrs)
+
+
+def _with_json_items(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """GenAI list attributes written as an OTLP ``arrayValue`` of JSON strings (one per message, part or tool) as the
+    lists they are; plain strings in ``gen_ai.system_instructions`` are its text parts. (An ``arrayValue`` of
+    ``kvlistValue`` objects is read as it is.)"""
+    new: dict[str, Any] = {}
+    for key in _DETAILS_KEYS:
+        value = attrs.get(key)
+        if not (isinstance(value, list | tuple) and value and all(isinstance(item, str) for item in value)):
+            continue
+        decoded = [_decoded(item) if item.lstrip().startswith("{") else item for item in value]
+        if all(isinstance(item, Mapping) for item in decoded):
+            new[key] = dumps(decoded)
+        elif key == sc.SYSTEM_INSTRUCTIONS and all(isinstance(item, str) for item in decoded):
+            new[key] = dumps([{"type": "text", "content": item} for item in decoded])
+    return {**attrs, **new} if new else attrs
 
 
 def _with_details_events(span: SpanData, attrs: Mapping[str, Any]) -> Mapping[str, Any]:

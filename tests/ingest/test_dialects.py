@@ -28,7 +28,7 @@ from ee_middleware.capture.normalize import normalize
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.ingest import ingest_files
 from ee_middleware.ingest.dialects import adapt
-from tests.ingest.otlp_builders import _request, _span, _write
+from tests.ingest.otlp_builders import GENAI_FILE, _request, _span, _write
 from tests.ingest.test_instrumentations import _steps
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -225,3 +225,42 @@ def test_a_tool_message_with_an_image_is_read_as_its_placeholder_in_every_dialec
         span = normalize(adapt(SpanData("t" * 32, "0" * 16, None, "plot", 0, 1, attrs)))
         assert span.attributes[sc.TOOL_CALL_RESULT] == "the chart:\n[image: image/png, 10.0 KB]"
         assert span.attributes[sc.TOOL_CALL_ID] == "c1"
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    """A JSON value as an OTLP AnyValue (objects as kvlistValue, lists as arrayValue)."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    return {"kvlistValue": {"values": [{"key": k, "value": _any_value(v)} for k, v in value.items()]}}
+
+
+@pytest.mark.parametrize("form", ["kvlist", "json-strings"])
+def test_genai_attributes_as_otlp_arrays_hand_built(tmp_path, store, form):
+    """Hand-built (the Python and JS SDKs write JSON text; a Collector's transform processor, or an SDK that allows
+    structured attributes, writes these): the messages, system instructions and tools as an ``arrayValue`` of
+    ``kvlistValue`` objects (read before), or of JSON strings, one per item (before: "[0]: input should be a valid
+    dictionary", the run skipped)."""
+    keys = ("gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions", "gen_ai.tool.definitions")
+    spans = copy.deepcopy(GENAI_FILE)
+    for span in spans:
+        for attr in span["attributes"]:
+            if attr["key"] in keys:
+                items = json.loads(attr["value"]["stringValue"])
+                strings = {"arrayValue": {"values": [{"stringValue": json.dumps(i)} for i in items]}}
+                attr["value"] = _any_value(items) if form == "kvlist" else strings
+    report = ingest_files([_write(tmp_path / "arrays.jsonl", _request(spans))], store)
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (t,) = store.iter_trajectories()
+    assert [(s.action.kind, s.observation.content if s.observation else None) for s in t.steps] == [
+        ("tool_call", "refunded 7"),
+        ("answer", None),
+    ]
+    assert t.steps[0].action.tool_call.arguments == {"invoice": 7}
+    assert t.steps[0].state[0] == {"role": "system", "content": "You are billing support."}
+    assert [tool["function"]["name"] for tool in t.tools] == ["refund"]
