@@ -278,6 +278,9 @@ def _rejected_in(run: list[SpanData], rejected: list[RejectedSpan]) -> RejectedS
 def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, report: IngestReport) -> Trajectory | None:
     root = run[0]
     models = [normalize(span) for span in run if operation_of(span.attributes) in sc.MODEL_OPERATIONS]
+    if not models:
+        report.problem(f"Trace {trace_id}: run {root.name!r}: {_no_model_calls(run)}; run skipped.")
+        return None
     for span in models:
         problem = check_model_span(span)
         if problem:
@@ -300,6 +303,20 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         report.problem(f"Trace {trace_id}: run {root.name!r} could not be read as a trajectory ({type(exc).__name__}: {exc}); skipped.")
     return None
+
+
+def _no_model_calls(run: list[SpanData]) -> str:
+    """Why a run has no model span: its instrumentation traced the agent (and its tools) but not the model client."""
+    crewai = any("tool.agent_role" in s.attributes or "crew_key" in s.attributes for s in run)
+    hint = (
+        "OpenInference's CrewAI instrumentation writes them with CrewAIInstrumentor().instrument(use_event_listener=True)"
+        if crewai
+        else "instrument the model client too (the GenAI or OpenInference instrumentation of the SDK that calls the model)"
+    )
+    return (
+        f"no model call among its {len(run)} span(s) (no span names a chat operation), so there are no decisions to read: "
+        f"the instrumentation traced the agent but not its model calls; {hint}"
+    )
 
 
 def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec, **kwargs: object) -> IngestReport:

@@ -241,3 +241,12 @@ def test_crewai_through_openinference_keeps_its_tool_calls_and_tools(store):
         assert offered["order"]["required"] == ["fruit", "quantity"]
         assert offered["order"]["properties"]["quantity"] == {"title": "Quantity", "type": "integer"}
     assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
+
+
+def test_an_agent_traced_without_its_model_calls_is_a_problem_naming_what_to_trace(store):
+    """OpenInference's CrewAI instrumentation by default (``instrument()``) traces the crew, the agent and the tools,
+    not the model calls. Before, the problem said to 'enable message capture', which changes nothing."""
+    report, trajectories = _ingest(store, FIXTURES / "crewai_wrappers_shop.jsonl")
+    assert (trajectories, report.problems) == ([], 2), report.errors
+    for error in report.errors:
+        assert "no model call" in error and "use_event_listener=True" in error and "message capture" not in error, error
