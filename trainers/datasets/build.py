@@ -316,7 +316,8 @@ def tool_schemas_missing(index: SourceIndex, files: dict[str, Path]) -> dict[str
         "rows": rows,
         "warning": (
             f"{len(ids)} of {with_calls} trajectories record no tool schemas (their spans carried no tool definitions: "
-            "OpenTelemetry's OpenAI v2 instrumentation, Strands and OpenInference's Chat Completions spans do not record them), "
+            "OpenTelemetry's OpenAI v2 instrumentation, Strands without OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_tool_definitions and "
+            "OpenInference's Chat Completions spans do not record them), "
             f"so {', '.join(f'{n} {kind} rows' for kind, n in rows.items())} show calls to tools their prompt never offers: "
             f"a model trained on them learns to call tools it is not shown. {NO_SCHEMAS_FIX} Or leave these trajectories out "
             "(ee traces reject ID)."
