@@ -62,15 +62,16 @@ def training_rendering(base: str | os.PathLike[str]) -> DerivedTemplate | None:
     skips tool messages or has no system role: a template file that renders requests as the trainer rendered the
     adapter's rows (:func:`ee_middleware.models.chat_template.serving_template`), written once under
     :func:`derived_templates_folder` (named by its content). ``None`` when the base's template needs no fallback, when
-    ``base`` is not a local folder (a model id the server resolves itself), or when its tokenizer has no template."""
+    ``base`` is not a local folder with a tokenizer (a model id the server resolves itself), or when its tokenizer has
+    no template."""
     folder = Path(base).expanduser()
-    if not folder.is_dir():
-        return None
+    if not folder.is_dir() or not any((folder / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json")):
+        return None  # a model id the server resolves itself, or a folder without a tokenizer of its own
     from ee_middleware._files import atomic_write_text
     from ee_middleware._optional import import_optional
     from ee_middleware.models.chat_template import probe_template, serving_template
 
-    transformers = import_optional("transformers", extra="train", purpose="read the base model's chat template")
+    transformers = import_optional("transformers", extra="serve", purpose="read the base model's chat template")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:

@@ -137,14 +137,13 @@ def serve_vllm(
 def _training_rendering(base: str, tool_call_parser: str | None) -> str | None:
     """The template that renders requests as the trainer rendered the adapters' rows, when the base's own needs fallbacks."""
     from ee_middleware.adapters.templates import training_rendering
-    from ee_middleware.errors import MissingExtraError
+    from ee_middleware.errors import ConfigError, MissingExtraError
 
     try:
         derived = training_rendering(base)
-    except MissingExtraError:
+    except (MissingExtraError, ConfigError) as exc:
         typer.secho(
-            f"Not checked whether the chat template of {base} renders requests as the trainer did (that needs "
-            "transformers: pip install 'ee-middleware[serve]'); serving with it as it is.",
+            f"Not checked whether the chat template of {base} renders requests as the trainer did ({exc}); serving with it as it is.",
             err=True,
             fg="yellow",
         )

@@ -161,3 +161,17 @@ def test_ee_serve_vllm_without_transformers_serves_the_base_template_and_says_so
     assert result.exit_code == 0, result.output
     assert "--chat-template" not in result.stdout and "ee-middleware[serve]" in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_ee_serve_vllm_on_a_folder_it_cannot_read_a_tokenizer_from_serves_as_it_is(tmp_path: Any, monkeypatch: Any) -> None:
+    """A folder without tokenizer files (vLLM's business) or with a broken one: no derived template, no failure."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "--chat-template" not in _serve_vllm("--base", str(empty)).stdout
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer_config.json").write_text("{not json")
+    result = _serve_vllm("--base", str(broken))
+    assert result.exit_code == 0, result.output
+    assert "--chat-template" not in result.stdout and "Not checked whether the chat template" in result.stderr
