@@ -189,7 +189,8 @@ class TauDomain:
 
     def sandbox(self) -> PythonSandbox:
         """A sandbox over a fresh database at every ``reset`` (the environment is ignored)."""
-        return PythonSandbox(functools.partial(_fresh, self), tools=dict(self.tools), kind=f"tau:{self.name}")
+        # tau-bench calls a tool with the arguments as the model wrote them (no schema check), and so does the harness
+        return PythonSandbox(functools.partial(_fresh, self), tools=dict(self.tools), kind=f"tau:{self.name}", validate_arguments=False)
 
 
 def _fresh(domain: TauDomain, environment: Any) -> dict[str, Any]:

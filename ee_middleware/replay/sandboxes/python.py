@@ -34,6 +34,7 @@ import copy
 import inspect
 import json
 import pickle
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -159,7 +160,7 @@ def format_result(value: Any) -> str:
     ``null``), else ``str(value)`` (a datetime, a Decimal, a pydantic model, a dict holding a date)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, tuple) and value and kept_as_tool_content(list(value)):  # LangChain makes a tuple of blocks a list
+    if isinstance(value, tuple) and kept_as_tool_content(list(value)):  # LangChain makes a tuple of blocks a list
         value = list(value)
     if kept_as_tool_content(value):  # LangGraph keeps such a list as the ToolMessage's content, and capture its text
         return content_to_text(value)
@@ -217,6 +218,10 @@ class PythonSandbox:
         journal: journal the writes of worlds made of plain dicts and lists, so that a restore
             undoes only them (the world's dicts and lists become their journaling subclasses).
             ``False``: every restore copies the whole world back.
+        validate_arguments: check and convert a plain function's arguments against its signature as LangChain's
+            ``@tool`` does (``"2"`` for an ``int`` is 2; a value it refuses is LangGraph's error message), which is what
+            a LangGraph app's tool received. ``False`` for tools the app called with the raw arguments (another
+            framework, tau-bench-style domains): the function gets them as they are.
     """
 
     def __init__(
@@ -231,6 +236,7 @@ class PythonSandbox:
         format_error: Callable[[BaseException], str] = format_exception,
         state: Callable[[Any], Any] | None = None,
         journal: bool = True,
+        validate_arguments: bool = True,
     ) -> None:
         overlap = set(tools) & set(read_only_tools or {})
         if overlap:
@@ -259,6 +265,8 @@ class PythonSandbox:
         self._ready = False
         self._closed = False
         self._loop: Any = None  # the event loop of async tools, made at the first one
+        self._loop_thread: tuple[Any, threading.Thread] | None = None  # their loop and its thread, for callers inside a loop
+        self._validate = validate_arguments
         self._schemas: dict[str, Any] = {}  # tool name -> the argument schema LangChain's @tool builds for it, or None
 
     @property
@@ -319,7 +327,9 @@ class PythonSandbox:
         try:
             # A copy, so that the world never shares a list or dict with the caller's records.
             arguments = copy.deepcopy(arguments)
-            schema = self._schemas[name] if name in self._schemas else self._schema(name, fn, skip=len(world))
+            schema = None
+            if self._validate:
+                schema = self._schemas[name] if name in self._schemas else self._schema(name, fn, skip=len(world))
             if schema is not None:  # as LangChain's tool gives them to its function
                 arguments = validated_arguments(schema, name, arguments, self._injected.get(name, {}))
             value = fn(*world, **arguments)
@@ -346,8 +356,10 @@ class PythonSandbox:
         return Observation(content=self._format_result(value), is_error=is_error)
 
     def _await(self, awaitable: Any) -> Any:
-        """Run an async tool's awaitable to its end on this sandbox's own event loop (kept across calls, as an app's loop
-        is, so that a tool's cached client stays usable); on a thread of its own when this thread already runs a loop."""
+        """Run an async tool's awaitable to its end on this sandbox's own event loop, kept across calls as an app's loop
+        is, so that a tool's cached client (bound to the loop it was made on) stays usable: the loop runs in this thread,
+        or, when this thread already runs a loop (a notebook, an async service), in a thread of the sandbox's own that
+        :meth:`close` stops."""
         import asyncio
 
         async def result() -> Any:
@@ -359,10 +371,12 @@ class PythonSandbox:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
             return self._loop.run_until_complete(result())
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1, thread_name_prefix="ee-sandbox-async") as pool:
-            return pool.submit(asyncio.run, result()).result()
+        if self._loop_thread is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="ee-sandbox-async", daemon=True)
+            thread.start()
+            self._loop_thread = (loop, thread)
+        return asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]).result()
 
     def snapshot(self) -> WorldSnapshot | JournalSnapshot:
         self._check_open()
@@ -452,6 +466,15 @@ class PythonSandbox:
         if loop is not None and not loop.is_closed():
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+        running, self._loop_thread = self._loop_thread, None
+        if running is not None:
+            import asyncio
+
+            background, thread = running
+            asyncio.run_coroutine_threadsafe(background.shutdown_asyncgens(), background).result(timeout=5)
+            background.call_soon_threadsafe(background.stop)
+            thread.join(timeout=5)
+            background.close()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -187,6 +187,81 @@ def test_an_async_tool_is_awaited_when_the_caller_already_runs_an_event_loop() -
     sandbox.close()
 
 
+class _LoopBoundClient:
+    """As an httpx/aiohttp client made once and cached: it keeps the loop it was made on."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    async def get(self, item: str) -> str:
+        return await self.loop.run_in_executor(None, str.upper, item)
+
+
+def test_an_async_tool_keeps_its_cached_client_when_the_caller_already_runs_an_event_loop() -> None:
+    """Inside a running loop every call ran on a fresh loop (asyncio.run on a new thread): a tool's client cached at the
+    first call was bound to a closed loop at the second ('Event loop is closed'). The sandbox keeps one loop, on a thread
+    of its own that close() stops."""
+    import threading
+
+    cache: dict[str, _LoopBoundClient] = {}
+
+    async def shelf(item: str) -> str:
+        client = cache.setdefault("client", _LoopBoundClient())
+        return f"{await client.get(item)}: aisle 3"
+
+    sandbox = PythonSandbox(lambda environment: {}, tools={}, read_only_tools={"shelf": shelf})
+    sandbox.reset({})
+
+    async def inside() -> list[str]:
+        return [sandbox.execute(ToolCall(id=str(i), name="shelf", arguments={"item": "pear"})).content for i in range(3)]
+
+    assert asyncio.run(inside()) == ["PEAR: aisle 3"] * 3
+    sandbox.close()
+    assert not [t for t in threading.enumerate() if t.name == "ee-sandbox-async"], "close() stops the loop's thread"
+
+
+def test_plain_functions_get_raw_arguments_when_validation_is_off() -> None:
+    """Tools an app called with the raw arguments (another framework, tau-bench-style domains) are not checked as
+    LangChain's @tool would: an int for a str parameter reaches the function, as it did in production."""
+
+    def get_order(world: dict[str, str], order_id: str) -> str:
+        return world.get(str(order_id), f"no order {order_id!r}")
+
+    checked = PythonSandbox(lambda environment: {"1234": "2 pears"}, tools={"get_order": get_order})
+    raw = PythonSandbox(lambda environment: {"1234": "2 pears"}, tools={"get_order": get_order}, validate_arguments=False)
+    call = ToolCall(id="c", name="get_order", arguments={"order_id": 1234})
+    for sandbox in (checked, raw):
+        sandbox.reset({})
+    assert checked.execute(call).is_error and "Input should be a valid string" in checked.execute(call).content
+    assert raw.execute(call).content == "2 pears"
+
+    def add_order(world: dict[str, str], order_id: str, items: str) -> str:
+        world[str(order_id)] = items
+        return "added"
+
+    check_sandbox(
+        lambda: PythonSandbox(
+            lambda environment: {"1234": "2 pears"}, tools={"get_order": get_order, "add_order": add_order}, validate_arguments=False
+        ),
+        environment={},
+        mutate=ToolCall(id="m", name="add_order", arguments={"order_id": 1234, "items": "1 plum"}),
+        read=[call],
+    )
+
+
+def test_an_empty_tuple_is_what_langchain_stores() -> None:
+    """An empty tuple of content blocks is an empty list to LangChain (content ''); the sandbox wrote '[]'."""
+    from ee_middleware.replay.sandboxes.python import format_result
+
+    @tool
+    def nothing_found() -> object:
+        """Nothing."""
+        return ()
+
+    message = nothing_found.invoke({"type": "tool_call", "name": "nothing_found", "args": {}, "id": "c1"})
+    assert message.content == [] and format_result(()) == "" == format_result([])
+
+
 @pytest.mark.parametrize("closed_twice", [False, True])
 def test_closing_a_sandbox_closes_its_event_loop(closed_twice: bool) -> None:
     sandbox = PythonSandbox(lambda environment: {"pear": 2}, tools=_async_world_tools())
