@@ -26,6 +26,7 @@ counts them and ``excluded_reasons`` says why.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -145,7 +146,7 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTas
     system: list[str] = []
     turns: list[list[Message]] = []
     reference: list[list[Message]] = []
-    for message in trajectory.messages:
+    for message in run_messages(trajectory):
         role = message.get("role")
         if role in ("system", "developer") and not turns:
             system.append(str(message.get("content") or ""))
@@ -174,6 +175,61 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTas
         },
         system="\n\n".join(system) or None,
     )
+
+
+def run_messages(trajectory: Trajectory) -> list[Message]:
+    """The whole conversation of the run: ``trajectory.messages`` (the history its model last saw, and its reply) when
+    each decision's history went on from the one before. A middleware that rewrote the history mid-run
+    (``SummarizationMiddleware``: the messages before a point become one user message holding their summary) left
+    the last history without the task and the turns before the summary: the conversation is then rebuilt from every
+    decision's history, what each one added after the reply of the decision before it. A history that holds no such
+    reply adds nothing (its user messages may be a summary)."""
+    decisions: dict[int, list[Any]] = {}
+    for step in trajectory.steps:
+        decisions.setdefault(step.decision_index, []).append(step)
+    states = [steps[0].state for steps in decisions.values()]
+    if not states:
+        return list(trajectory.messages)
+    rewritten = any(later[: len(earlier)] != earlier for earlier, later in itertools.pairwise(states))
+    if not rewritten and trajectory.messages[: len(states[-1])] == states[-1]:
+        return list(trajectory.messages)
+    conversation = list(states[0])
+    previous, replies = states[0], list(decisions.values())
+    for steps, state in zip(replies, states[1:], strict=False):
+        if state[: len(previous)] == previous:
+            conversation += state[len(previous) :]
+        else:
+            at = _reply_position(state, steps)
+            conversation += state[at:] if at is not None else [_reply(steps)]
+        previous = state
+    last = states[-1]
+    if trajectory.messages[: len(last)] == last:
+        conversation += trajectory.messages[len(last) :]
+    else:
+        conversation.append(_reply(replies[-1]))
+    return conversation
+
+
+def _reply_position(state: list[Message], steps: list[Any]) -> int | None:
+    """Where ``steps``' decision's reply (the assistant message making its calls, or its answer) is in ``state``."""
+    ids = {s.action.tool_call.id for s in steps if s.action.tool_call is not None}
+    for at in range(len(state) - 1, -1, -1):
+        message = state[at]
+        if message.get("role") != "assistant":
+            continue
+        made = {c.get("id") for c in message.get("tool_calls") or ()}
+        if (ids and made == ids) or (not ids and not made and message.get("content") == steps[0].action.content):
+            return at
+    return None
+
+
+def _reply(steps: list[Any]) -> Message:
+    """The assistant message of a decision, from its steps (its calls, or its answer)."""
+    calls = [s.action.tool_call.to_openai() for s in steps if s.action.tool_call is not None]
+    message: Message = {"role": "assistant", "content": steps[0].action.content or ""}
+    if calls:
+        message["tool_calls"] = calls
+    return message
 
 
 def expert_digests(sandbox: Any, task: EvalTask) -> tuple[str, str]:
