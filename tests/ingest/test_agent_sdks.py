@@ -250,3 +250,22 @@ def test_an_agent_traced_without_its_model_calls_is_a_problem_naming_what_to_tra
     assert (trajectories, report.problems) == ([], 2), report.errors
     for error in report.errors:
         assert "no model call" in error and "use_event_listener=True" in error and "message capture" not in error, error
+
+
+def test_openai_agents_responses_spans_without_the_response_take_the_trailing_assistant_events_as_the_reply(tmp_path, store):
+    """The real Responses fixture without Logfire's ``response`` attribute (scrubbed, or too large to keep): the reply is
+    the trailing assistant events, and the steps are the same (the tools, which only the response echoes, are gone)."""
+    lines = []
+    for line in (FIXTURES / OPENAI_AGENTS["responses"]).read_text().splitlines():
+        request = json.loads(line)
+        for rs in request["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                for span in ss["spans"]:
+                    span["attributes"] = [a for a in span["attributes"] if a["key"] != "response"]
+        lines.append(json.dumps(request))
+    path = tmp_path / "no_response.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report, (first, second) = _ingest(store, path)
+    assert report.problems == 0, report.errors
+    assert _steps(first) == FIRST_RUN_STEPS and [s[0] for s in _steps(second)] == ["check_stock", "order", "answer"]
+    assert first.tools == []
