@@ -120,6 +120,10 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
         task = attrs.get(sc.EE_TASK) or _first_user_text(messages)
     status, error = _status(root, spans)
+    if status == "completed":
+        stopped = _stopped_by(root, decisions)
+        if stopped is not None:
+            status, error = "stopped", stopped
     try:
         trajectory = Trajectory(
             id=str(attrs.get(sc.EE_TRAJECTORY_ID) or uuid.uuid5(_ID_NAMESPACE, f"{root.trace_id}:{root.span_id}").hex),
@@ -454,9 +458,35 @@ def _observation(
 def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]:
     status = root.attributes.get(sc.EE_STATUS)
     error = root.exception_message() or root.status_message if root.is_error else None
-    if status in ("completed", "error", "interrupted"):
+    if status in ("completed", "error", "interrupted", "stopped"):
         return str(status), error
     return ("error", error or "the agent run failed") if root.is_error else ("completed", None)
+
+
+def _stopped_by(root: SpanData, decisions: list[dict[str, Any]]) -> str | None:
+    """Why a run that returned normally did not end on its model's reply, or None when it did: its last message is a
+    reply (an assistant message without tool calls) that no model call wrote, since the last decision that acted
+    called tools, or every model call failed. A middleware or a graph node wrote it: ``ModelCallLimitMiddleware`` or
+    ``ToolCallLimitMiddleware`` with ``exit_behavior="end"`` ('Model call limits exceeded'), ``ModelRetryMiddleware``
+    with ``on_failure="continue"`` ('Model call failed after 3 attempts'). Such a run is ``stopped``, not
+    ``completed``: an approval rule on ``completed`` would teach the run that failed. A reply that a middleware edited
+    after the model (``after_model``) is still the model's: its decision answered. A run that called no model (resumed
+    after a review, a reviewer's node answering) has no decision to end early."""
+    if not decisions:
+        return None  # a run that called no model (a reviewer's node answering on resume): nothing ended it early
+    ended = [m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "assistant" and not m.get("tool_calls")]
+    if not ended:
+        return None  # it ended on tool messages (structured output, return_direct), or the spans do not say
+    for index in range(len(decisions) - 1, -1, -1):
+        decision = decisions[index]
+        if decision["span"].is_error or not decision["outputs"] or _discarded(index, decisions):
+            continue  # a failed attempt, or a reply thrown away: no decision acted there
+        if not any(m.get("tool_calls") for m in decision["outputs"]):
+            return None  # the model answered: the run ended on its reply
+        break
+    text = content_to_text(ended[-1].get("content"))
+    quoted = text if len(text) <= 200 else text[:200] + "..."
+    return f"a middleware or graph node ended the run, not the model: no model call wrote its last message ({quoted!r})"
 
 
 def _messages_attr(span: SpanData, key: str) -> list[dict[str, Any]]:

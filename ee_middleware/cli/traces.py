@@ -127,6 +127,7 @@ def show(
         f"status={trajectory.status}  approval={approval.status}"
         + (f" by {approval.by} at {approval.at:%Y-%m-%d %H:%M:%S}" if approval.by and approval.at else "")
         + (f" ({approval.reason})" if approval.reason else "")
+        + (f"\nwhy: {short(trajectory.error, 300)}" if trajectory.error else "")  # an error, or what stopped the run
         + f"\nthread={trajectory.thread_id or '-'}  started={trajectory.started_at:%Y-%m-%d %H:%M:%S}  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
     )
     header = f"[bold]{escape(trajectory.id)}[/]{details}[bold]task:[/] {escape(trajectory.task or '-')}"

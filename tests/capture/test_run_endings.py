@@ -1,0 +1,157 @@
+"""How a recorded run ended, when it did not end on its model's reply: a call limit or a retry policy of LangChain's
+``create_agent`` middleware stops the run and writes the last message itself. Real middleware, real LangGraph graphs,
+the real OTel SDK and a real local store; a scripted chat model stands in for a served one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain.agents.middleware import (
+    ModelCallLimitMiddleware,
+    ModelRetryMiddleware,
+    ToolCallLimitMiddleware,
+    ToolRetryMiddleware,
+    after_model,
+)
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.tools import tool
+from pydantic import Field
+from typer.testing import CliRunner
+
+from ee_middleware import record_experience
+from ee_middleware.cli.app import app
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.conftest import record_once
+
+TASK = {"messages": [("user", "How many pears and apples do we have?")]}
+
+
+@tool
+def check_stock(item: str) -> str:
+    """How many of an item are in stock."""
+    return {"pear": "0", "apple": "3"}.get(item, "0")
+
+
+@tool
+def inventory(item: str) -> str:
+    """The inventory database (down today)."""
+    raise ConnectionError("inventory database did not answer")
+
+
+def _checks(*items: str) -> list[AIMessage]:
+    return [AIMessage(content="", tool_calls=[tool_call("check_stock", item=item)]) for item in items]
+
+
+class DownModel(ScriptedChatModel):
+    """A served model that times out on every call after its first ``works`` calls."""
+
+    works: int = 0
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        if self.works <= 0:
+            raise TimeoutError("model server timed out")
+        self.works -= 1
+        return super()._generate(messages, *args, **kwargs)
+
+
+def _no_delay(**kw: Any) -> dict[str, Any]:
+    return {"max_retries": 1, "initial_delay": 0, "jitter": False, **kw}
+
+
+STOPPED_RUNS = {
+    # the model wants a third call; the limit ends the run with its own message
+    "model call limit": (
+        lambda: ScriptedChatModel(script=[*_checks("pear", "apple", "kiwi"), AIMessage(content="0 pears, 3 apples.")]),
+        [check_stock],
+        lambda: [ModelCallLimitMiddleware(run_limit=2, exit_behavior="end")],
+        "Model call limits exceeded",
+    ),
+    # the model's second call is over the limit: the run ends after its reply, before the tool runs
+    "tool call limit": (
+        lambda: ScriptedChatModel(script=[*_checks("pear", "apple"), AIMessage(content="0 pears, 3 apples.")]),
+        [check_stock],
+        lambda: [ToolCallLimitMiddleware(run_limit=1, exit_behavior="end")],
+        "Tool call limit reached",
+    ),
+    # one decision, then the model server goes down: the retry policy gives up and answers for it
+    "model retry gives up after a call": (
+        lambda: DownModel(script=_checks("pear"), works=1),
+        [check_stock],
+        lambda: [ModelRetryMiddleware(**_no_delay(on_failure="continue"))],
+        "Model call failed after 2 attempts",
+    ),
+    "model retry gives up at once": (
+        lambda: DownModel(script=[]),
+        [check_stock],
+        lambda: [ModelRetryMiddleware(**_no_delay(on_failure="continue"))],
+        "Model call failed after 2 attempts",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STOPPED_RUNS))
+def test_a_run_a_middleware_ended_is_stopped_and_not_approved_as_completed(tmp_path: Path, case: str) -> None:
+    """Before, each of these runs was stored ``completed`` with the middleware's message as its final answer, and the
+    README's ``approve_if=lambda t: t.status == "completed"`` approved it: IL learned from a run that failed. The run
+    is now ``stopped``, its ``error`` says why and quotes the message (still the final answer: what the user got)."""
+    make_model, tools, middleware, message = STOPPED_RUNS[case]
+    graph = create_agent(make_model(), tools, middleware=middleware())
+    store = tmp_path / "s"
+    agent = record_experience(graph, app="shop", store=store, approve_if=lambda t: t.status == "completed")
+    trajectory = record_once(agent, store, TASK)
+    assert trajectory.status == "stopped"
+    assert trajectory.final_answer.startswith(message)
+    assert "not the model" in trajectory.error and message in trajectory.error
+    assert trajectory.approval.status == "pending"
+    opened = LocalExperienceStore(store)
+    try:
+        assert opened.trajectories()["status"].to_list() == ["stopped"]
+    finally:
+        opened.close()
+    shown = CliRunner().invoke(app, ["traces", "show", trajectory.id, "--store", str(store)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "status=stopped" in shown.output and "why: a middleware or graph node ended the run" in shown.output
+
+
+def test_runs_the_model_ended_stay_completed(tmp_path: Path) -> None:
+    """The model's own reply ends these: a tool that failed after ToolRetryMiddleware's retries (on_failure="continue"
+    gives the model the failure, and the model answers), a retried model call that then worked, a limit never reached,
+    and a reply an ``after_model`` middleware edited (still the model's answer)."""
+
+    @after_model
+    def sign(state: Any, runtime: Any) -> dict[str, Any] | None:
+        last = state["messages"][-1]
+        if last.tool_calls or last.content.endswith("-- the shop"):
+            return None
+        return {"messages": [AIMessage(content=f"{last.content} -- the shop", id=last.id)]}
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("inventory", item="pear")]),
+        *_checks("apple"),
+        AIMessage(content="No stock data for pears; 3 apples."),
+    ]
+
+    class FlakyModel(ScriptedChatModel):
+        failures: list[bool] = Field(default_factory=lambda: [False, True])
+
+        def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+            if self.failures and self.failures.pop(0):
+                raise TimeoutError("model server timed out")
+            return super()._generate(messages, *args, **kwargs)
+
+    middleware = [
+        ToolRetryMiddleware(**_no_delay(on_failure="continue")),
+        ModelRetryMiddleware(**_no_delay(on_failure="continue")),
+        ModelCallLimitMiddleware(run_limit=5, exit_behavior="end"),
+        sign,
+    ]
+    graph = create_agent(FlakyModel(script=script), [inventory, check_stock], middleware=middleware)
+    trajectory = record_once(record_experience(graph, app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    assert (trajectory.status, trajectory.error) == ("completed", None)
+    assert trajectory.final_answer == "No stock data for pears; 3 apples. -- the shop"
+    assert trajectory.steps[0].observation.is_error and "failed after 2 attempts" in trajectory.steps[0].observation.content
+    assert [s.action.kind for s in trajectory.steps] == ["tool_call", "tool_call", "answer"]
