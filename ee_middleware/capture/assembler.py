@@ -37,6 +37,12 @@ from ee_middleware.records import (
 _ID_NAMESPACE = uuid.UUID("6f1c0f3e-3b1c-4c8e-9f65-2d8b7a1e5c42")
 
 
+def run_trajectory_id(trace_id: str, root_span_id: str) -> str:
+    """The id of the trajectory of a run whose spans carry none (``ee.trajectory.id``): named by its trace and root span,
+    so that reading the same spans again gives the same id."""
+    return uuid.uuid5(_ID_NAMESPACE, f"{trace_id}:{root_span_id}").hex
+
+
 @dataclass(frozen=True)
 class AssemblyOptions:
     """How spans become a trajectory.
@@ -126,7 +132,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             status, error = "stopped", stopped
     try:
         trajectory = Trajectory(
-            id=str(attrs.get(sc.EE_TRAJECTORY_ID) or uuid.uuid5(_ID_NAMESPACE, f"{root.trace_id}:{root.span_id}").hex),
+            id=str(attrs.get(sc.EE_TRAJECTORY_ID) or run_trajectory_id(root.trace_id, root.span_id)),
             app=str(attrs.get(sc.EE_APP) or attrs.get(sc.AGENT_NAME) or root.resource.get("service.name") or options.app or "unknown-app"),
             app_version=_opt_str(attrs.get(sc.EE_APP_VERSION) or attrs.get(sc.AGENT_VERSION) or root.resource.get("service.version")),
             thread_id=_redact_opt(

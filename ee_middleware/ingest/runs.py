@@ -58,6 +58,8 @@ class TraceRuns:
     """Whether any span names an operation ingest knows (else: a trace of an instrumentation it does not read)."""
     unfinished: list[str | None] = field(default_factory=list)
     """Per run (in the order of ``runs``): why it never ended, or None (see :func:`unfinished_reason`)."""
+    missing_roots: list[str | None] = field(default_factory=list)
+    """Per run: the id of its root span when that is not among the spans read (see :func:`missing_root`), else None."""
 
 
 def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str] = ()) -> TraceRuns:
@@ -84,8 +86,11 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
     related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
     recognized = ops != {None}
     unfinished = [unfinished_reason(run, tree, unended) for run in runs]
+    missing = [found[0] if (found := missing_root(run, tree)) else None for run in runs]
     runs = [with_task(_with_reply_ids(_with_context(_without_echoes(run, tree), tree))) for run in runs]
-    return TraceRuns(runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized, unfinished=unfinished)
+    return TraceRuns(
+        runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized, unfinished=unfinished, missing_roots=missing
+    )
 
 
 def _unique(trace_id: str, spans: Sequence[SpanData]) -> tuple[list[SpanData], int, str | None]:
@@ -196,17 +201,27 @@ def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str]
             f"the run never ended: its span {top.name!r} ({top.span_id}) never ended (no endTimeUnixNano: the process stopped "
             "before it did)"
         )
+    found = missing_root(run, tree)
+    if found is not None:
+        parent, span = found
+        return (
+            f"the run never ended: its root span ({parent}, the parent of {span.name!r}) is not among the spans read (a span "
+            "is exported when it ends, and the root ends last: the process stopped mid-run, or the rest of the trace is in "
+            "files not read with this one)"
+        )
+    return None
+
+
+def missing_root(run: list[SpanData], tree: _Tree) -> tuple[str, SpanData] | None:
+    """The id of ``run``'s root span when it is not in the trace while spans of its steps (agent, model, tool or
+    graph-node spans) point at it, with the first such span; else None."""
     root = run[0]
     for span in run:
         parent = span.parent_span_id
         if parent is None or parent in tree.by_id or (span is root and operation_of(span.attributes) == sc.OP_INVOKE_AGENT):
             continue
         if operation_of(span.attributes) is not None or in_graph_node(span):
-            return (
-                f"the run never ended: its root span ({parent}, the parent of {span.name!r}) is not among the spans read (a span "
-                "is exported when it ends, and the root ends last: the process stopped mid-run, or the rest of the trace is in "
-                "files not read with this one)"
-            )
+            return parent, span
     return None
 
 

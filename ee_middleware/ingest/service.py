@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions, assemble
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
@@ -239,7 +239,7 @@ def _trace_trajectories(
             report.unread_keys.update(key for span in spans for key in span.attributes)
         return []
     out = []
-    for run, unfinished in zip(grouped.runs, grouped.unfinished, strict=True):
+    for run, unfinished, absent_root in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, strict=True):
         report.runs += 1
         problem = run_problem(run)
         if problem is not None:
@@ -253,6 +253,12 @@ def _trace_trajectories(
             )
             continue
         trajectory = target.assemble(trace_id, run, report)
+        if trajectory is not None and absent_root is not None and sc.EE_TRAJECTORY_ID not in run[0].attributes:
+            # named after the root it lacks, as the whole run will be once its root is exported: ingesting the files again
+            # later finds it stored instead of storing the same run a second time
+            trajectory.id = run_trajectory_id(trace_id, absent_root)
+            for step in trajectory.steps:
+                step.trajectory_id = trajectory.id
         if trajectory is not None and unfinished is not None:
             if trajectory.status == "completed":  # a run that failed before its process died stays an error
                 trajectory.status = "interrupted"

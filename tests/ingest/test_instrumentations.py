@@ -166,6 +166,29 @@ def test_a_run_whose_graph_span_was_never_exported_is_still_one_trajectory(tmp_p
     assert [t.status for t in trajectories] == ["interrupted"] * 2 and len(report.unfinished) == 2
 
 
+def test_a_run_read_before_its_root_span_was_exported_is_not_stored_again_once_it_was(tmp_path, store):
+    """A nightly ingest reads the collector's file while a run is still going: its steps' spans are there, its root not
+    yet. The partial run was stored as interrupted under the id of its top span, and the next night's file, holding the
+    whole run, stored it a second time under its root's id (datasets then learned its steps twice). The partial run is
+    now named after the root it lacks, as the whole run is, so the second ingest finds it stored."""
+    lines = (FIXTURES / INSTRUMENTATIONS["openinference"]).read_text().splitlines()
+    cut = []
+    for line in lines:
+        request = json.loads(line)
+        for rs in request["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                ss["spans"] = [s for s in ss["spans"] if s.get("parentSpanId")]  # the roots: not exported yet
+        cut.append(json.dumps(request))
+    night_1 = tmp_path / "night1.jsonl"
+    night_1.write_text("\n".join(cut) + "\n")
+    first = ingest_files([night_1], store)
+    assert len(first.ingested) == 2 and len(first.unfinished) == 2, first.errors
+    whole = ingest_files([FIXTURES / INSTRUMENTATIONS["openinference"]], store)
+    assert (whole.ingested, len(whole.already_stored)) == ([], 2)
+    stored = list(store.iter_trajectories())
+    assert len(stored) == 2 and {t.status for t in stored} == {"interrupted"} and [len(t.steps) for t in stored] == [3, 3]
+
+
 def test_openai_v2_model_spans_alone_make_one_trajectory_per_turn(store):
     """The official OpenAI instrumentation (content as span attributes: SPAN_ONLY) traces model calls
     only, under the app's span per turn: the steps come from the model spans' messages. No tool span
