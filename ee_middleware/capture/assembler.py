@@ -334,18 +334,31 @@ def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:
     allowed"), where a reply that was kept would be. A middleware does this (a guardrail in ``wrap_model_call`` calling
     its handler again; a retry after a check of the reply failed). Such a reply never acted: it is no step (an IL row
     would teach the rejected action). Parallel branches given the same history go on with their own replies; another
-    model call on it (a router's, with its own tools or model) is no second ask."""
+    model call on it (a router's, with its own tools or model) is no second ask, nor is a call of another graph task
+    (parallel ``Send`` branches asked the same question: best-of-N, self-consistency) or one that started before this
+    reply was given."""
     decision = decisions[index]
     seen = decision["raw"]
     start = len(seen)
     if not decision["outputs"]:
         return False
     for later in decisions[index + 1 :]:
+        if not _may_ask_again(decision["span"], later["span"]):
+            continue
         state = later["raw"]
         if len(state) >= start and state[:start] == seen:
             asked_again = len(state) == start or state[start].get("role") != "assistant"
             return asked_again and later["tools"] == decision["tools"] and _model([later["span"]]) == _model([decision["span"]])
     return False
+
+
+def _may_ask_again(first: SpanData, later: SpanData) -> bool:
+    """Whether model call ``later`` may be the same graph task asking again after ``first`` replied: it started once
+    ``first`` had ended, in the same LangGraph task (checkpoint namespace) where both spans name theirs."""
+    here, there = first.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS), later.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
+    if here is not None and there is not None and here != there:
+        return False
+    return later.start_ns >= first.end_ns
 
 
 def _take_tool_span(spans: list[SpanData] | None, chat: SpanData, until: int | None, arguments: dict[str, Any]) -> SpanData | None:

@@ -180,6 +180,8 @@ class RunCapture(BaseCallbackHandler):
         attrs[sc.PROVIDER_NAME] = str(metadata.get("ls_provider") or params.get("_type") or "langchain")
         if metadata.get("langgraph_node"):
             attrs[sc.EE_LANGGRAPH_NODE] = str(metadata["langgraph_node"])
+        if metadata.get("langgraph_checkpoint_ns"):
+            attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(metadata["langgraph_checkpoint_ns"])
         if params.get("temperature") is not None:
             attrs[sc.REQUEST_TEMPERATURE] = float(params["temperature"])
         # encoded first and given to start_span: one pass over the attributes instead of two
@@ -358,7 +360,7 @@ def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
 
 CHAT_PARAMS = ("model", "model_name", "_type", "temperature", "tools")
 """The invocation parameters a ``chat`` span reads (:meth:`RunCapture._emit_chat`)."""
-CHAT_METADATA = ("ls_model_name", "ls_provider", "langgraph_node")
+CHAT_METADATA = ("ls_model_name", "ls_provider", "langgraph_node", "langgraph_checkpoint_ns")
 """The callback metadata a ``chat`` span reads."""
 
 

@@ -47,6 +47,8 @@ EE_APPROVAL = "ee.approval"
 EE_OBSERVATION_TRUNCATED = "ee.observation.truncated_chars"
 EE_SCHEMA_VERSION = "ee.schema_version"
 EE_LANGGRAPH_NODE = "ee.langgraph.node"
+EE_LANGGRAPH_CHECKPOINT_NS = "ee.langgraph.checkpoint_ns"
+"""The LangGraph task a model call ran in (its checkpoint namespace): parallel branches (``Send``) differ."""
 EE_TOOL_ERROR_POSITIONS = "ee.tool_call.error_positions"
 """The positions, in a ``chat`` span's input messages (in the run root's output messages), of the tool messages that
 report an error (a ``ToolMessage`` with ``status="error"``), also those no tool span failed for (a middleware that

@@ -48,6 +48,7 @@ _DROP_APPROVAL = {"at"}
 _DROP_STEP = {"trajectory_id", "latency_ms", "model_latency_ms"}
 _DROP_SPAN_ATTRS = {sc.EE_TRAJECTORY_ID, sc.EE_RECORDER}
 _CALL_ID = re.compile(r"call_[0-9a-f]{12}")
+_TASK_ID = re.compile(r":[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # --- tools and graphs -------------------------------------------------------------------------
@@ -309,6 +310,8 @@ def _record_one(root: Path, name: str, make: Any, settings: dict[str, Any], driv
 
 def _span(span: Any) -> dict[str, Any]:
     attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (span.attributes or {}).items() if k not in _DROP_SPAN_ATTRS}
+    if sc.EE_LANGGRAPH_CHECKPOINT_NS in attrs:  # node:task-id: the task ids differ on every run
+        attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = _TASK_ID.sub(":?", attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS])
     events = [
         {"name": e.name, "attributes": {k: v for k, v in (e.attributes or {}).items() if k != "exception.stacktrace"}} for e in span.events
     ]

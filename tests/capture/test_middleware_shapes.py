@@ -492,3 +492,42 @@ def test_a_routers_call_on_the_same_history_is_kept(tmp_path: Path) -> None:
         record_experience(graph.compile(), app="shop", store=tmp_path / "s"), tmp_path / "s", {"messages": [("user", "Pears?")]}
     )
     assert _actions(trajectory) == [("tool_call", "Route"), ("answer", "No pears.")]
+
+
+def test_parallel_branches_asked_the_same_question_each_keep_their_decisions(tmp_path: Path) -> None:
+    """Best-of-N / self-consistency: the same question to 3 parallel create_agent workers (Send), sampled differently.
+    Each branch's reply acted in its own branch, but every reply but the last was taken for one a middleware had thrown
+    away (a later call given the same history went on with no reply), so both check_stock decisions were lost. A second
+    ask is now a call of the same graph task (LangGraph's checkpoint namespace) that started after the reply."""
+    lock, order = threading.Lock(), iter(range(100))
+
+    def policy(messages: Any, tools: Any) -> AIMessage:
+        if any(m.type == "tool" for m in messages):
+            return AIMessage(content="No pears (checked).")
+        with lock:
+            n = next(order)
+        if n < 2:  # samples 1 and 2 check the stock, sample 3 answers from memory
+            return AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")])
+        return AIMessage(content="We have no pears.")
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        return f"{item}: 0"
+
+    worker = create_agent(ScriptedChatModel(policy=policy), [check_stock])
+
+    class Votes(TypedDict):
+        n: int
+        answers: Annotated[list[str], operator.add]
+
+    def ask(state: dict) -> dict:
+        return {"answers": [worker.invoke({"messages": [("user", "How many pears?")]})["messages"][-1].content]}
+
+    graph = StateGraph(Votes)
+    graph.add_node("ask", ask)
+    graph.add_conditional_edges(START, lambda s: [Send("ask", {"i": i}) for i in range(s["n"])], ["ask"])
+    graph.add_edge("ask", END)
+    trajectory = record_once(record_experience(graph.compile(), app="shop", store=tmp_path / "s"), tmp_path / "s", {"n": 3, "answers": []})
+    kinds = sorted((s.action.tool_call.name if s.action.tool_call else s.action.content) for s in trajectory.steps)
+    assert kinds == ["No pears (checked).", "No pears (checked).", "We have no pears.", "check_stock", "check_stock"], kinds
