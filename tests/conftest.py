@@ -98,10 +98,15 @@ def multi_node_graph(expert_model: ScriptedChatModel, tools: list[Any]) -> Any:
     return build_multi_node_graph(expert_model, tools)
 
 
-def record_once(agent: Any, store: Path, inputs: Any, config: Any = None) -> Any:
-    """Invoke ``agent`` (a graph wrapped by ``record_experience`` into ``store``) once, wait until capture has written
-    the run, and return the one trajectory the store then holds."""
-    agent.invoke(inputs, config)
+def record_once(agent: Any, store: Path, inputs: Any, config: Any = None, *, run_async: bool = False) -> Any:
+    """Invoke ``agent`` (a graph wrapped by ``record_experience`` into ``store``) once (``ainvoke`` with ``run_async``:
+    async tools run only so), wait until capture has written the run, and return the one trajectory the store then holds."""
+    if run_async:
+        import asyncio
+
+        asyncio.run(agent.ainvoke(inputs, config))
+    else:
+        agent.invoke(inputs, config)
     agent.flush()
     agent.recorder.close()
     opened = LocalExperienceStore(store)

@@ -29,7 +29,6 @@ from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.python import PythonSandbox
-from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, check_sandbox, tool_call
 from tests.conftest import record_once
 
@@ -41,15 +40,7 @@ def _script(*calls: tuple[str, dict[str, Any]]) -> list[AIMessage]:
 def _record_async(graph: Any, store: Path) -> Trajectory:
     """Record one run of ``graph`` invoked with ``ainvoke`` (async tools run only so) and read it back."""
     agent = record_experience(graph, app="shop", store=store)
-    asyncio.run(agent.ainvoke({"messages": [("user", "How are the pears?")]}))
-    agent.flush()
-    agent.recorder.close()
-    opened = LocalExperienceStore(store)
-    try:
-        [trajectory] = list(opened.iter_trajectories())
-    finally:
-        opened.close()
-    return trajectory
+    return record_once(agent, store, {"messages": [("user", "How are the pears?")]}, run_async=True)
 
 
 def _replay(trajectory: Trajectory, sandbox: PythonSandbox, k: int = 2) -> ReplayOutcome:
