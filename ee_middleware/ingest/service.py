@@ -312,7 +312,14 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
 
 
 def _no_model_calls(run: list[SpanData]) -> str:
-    """Why a run has no model span: its instrumentation traced the agent (and its tools) but not the model client."""
+    """Why a run has no model span: its instrumentation traced the agent (and its tools) but not the model client; or,
+    in spans ee-middleware's own capture exported, the run called no model (a run resumed after a review and ended by
+    a node): then there is nothing to fix."""
+    if any(sc.EE_RECORDER in s.attributes for s in run):
+        return (
+            f"a run recorded by ee-middleware that called no model (its {len(run)} span(s) name no chat operation: e.g. a run "
+            "resumed after a review and ended by a node), so it holds no decision to learn from; nothing to fix"
+        )
     crewai = any("tool.agent_role" in s.attributes or "crew_key" in s.attributes for s in run)
     hint = (
         "OpenInference's CrewAI instrumentation writes them with CrewAIInstrumentor().instrument(use_event_listener=True)"

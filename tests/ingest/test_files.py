@@ -91,3 +91,24 @@ def test_peak_memory_does_not_grow_with_the_input(tmp_path):
     big_runs, big_peak = _peak_mb(tmp_path / "s2", big)
     assert big_runs > 15 * small_runs
     assert big_peak - small_peak < 40, f"peak RSS {small_peak} MB for 2 MB of spans, {big_peak} MB for 40 MB"
+
+
+def test_a_run_of_ee_capture_that_called_no_model_is_not_blamed_on_the_instrumentation(tmp_path, store):
+    """ee-middleware's own spans (exported over OTLP) of a run that called no model (resumed after a review, ended by a
+    node): the skip said 'the instrumentation traced the agent but not its model calls; instrument the model client',
+    advice that does not apply."""
+    from ee_middleware.capture import semconv as sc
+    from tests.ingest.otlp_builders import _request, _span, _write
+
+    spans = [
+        _span("b000000000000001", "invoke_agent shop", {sc.OPERATION_NAME: "invoke_agent", sc.EE_RECORDER: "r1", sc.EE_APP: "shop"}),
+        _span(
+            "b000000000000002",
+            "execute_tool refund",
+            {sc.OPERATION_NAME: "execute_tool", sc.EE_RECORDER: "r1", "gen_ai.tool.name": "refund"},
+            parent="b000000000000001",
+        ),
+    ]
+    report = ingest_files([_write(tmp_path / "ee.jsonl", _request(spans))], store)
+    [error] = report.errors
+    assert "recorded by ee-middleware that called no model" in error and "instrument the model client" not in error, error
