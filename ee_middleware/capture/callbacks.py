@@ -63,6 +63,7 @@ class RunCapture(BaseCallbackHandler):
         self.interrupted = False
         """Whether a node stopped the run with ``interrupt()`` (a stream's chunks need not say so)."""
         self._tool_names: tuple[str, ...] | None = None  # of the tools offered at the run's last model call
+        self._tools_offered: Any = None  # that call's tool list itself: a bound model passes the same list every call
 
     # --- agent thread: note times and keep references ------------------------------------------
 
@@ -102,8 +103,9 @@ class RunCapture(BaseCallbackHandler):
     def _note_tools(self, tools: Any) -> None:
         """Warn (once per recorder) when this run's model calls are offered different tools: a trajectory keeps the tools
         of the whole run, not each step's (a middleware that changes ``request.tools``, several agents in one graph)."""
-        if self.recorder.warned_tool_lists:
-            return
+        if self.recorder.warned_tool_lists or (tools is self._tools_offered and tools is not None):
+            return  # the same list object as the last call's: the same tools, nothing to compare on the agent's thread
+        self._tools_offered = tools
         names = _tool_names(tools)
         before, self._tool_names = self._tool_names, names
         if before is not None and names != before:
