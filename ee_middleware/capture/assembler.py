@@ -169,7 +169,11 @@ def _model(chats: list[SpanData]) -> str | None:
     ModelRetryMiddleware then replaced) decided nothing."""
     if not chats:
         return None
-    chat = next((c for c in chats if not c.is_error), chats[0])
+    return _span_model(next((c for c in chats if not c.is_error), chats[0]))
+
+
+def _span_model(chat: SpanData) -> str | None:
+    """The model a chat span names (asked for, else answering)."""
     return _opt_str(chat.attributes.get(sc.REQUEST_MODEL) or chat.attributes.get(sc.RESPONSE_MODEL))
 
 
@@ -348,7 +352,7 @@ def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:
         state = later["raw"]
         if len(state) >= start and state[:start] == seen:
             asked_again = len(state) == start or state[start].get("role") != "assistant"
-            return asked_again and later["tools"] == decision["tools"] and _model([later["span"]]) == _model([decision["span"]])
+            return asked_again and later["tools"] == decision["tools"] and _span_model(later["span"]) == _span_model(decision["span"])
     return False
 
 
