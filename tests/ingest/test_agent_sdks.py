@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 
 from ee_middleware.ingest import ingest_files
-from tests.ingest.test_instrumentations import FIRST_RUN_STEPS, TURN_1, TURN_2, _steps
+from tests.ingest.test_instrumentations import FIRST_RUN_STEPS, FIXTURES, TURN_1, TURN_2, _steps
 
-FIXTURES = Path(__file__).parent / "fixtures"
 STRANDS = {
     "strands": "strands_shop.jsonl",
     "strands-latest": "strands_latest_shop.jsonl",
