@@ -76,8 +76,12 @@ and leaves what it does not change untouched:
   function declarations; tool spans' ``gcp.vertex.agent.tool_call_args`` / ``tool_response``.
 * **LiteLLM's OpenTelemetry callback** (``callbacks=["otel"]``; spans marked ``litellm.call_id``): messages are text
   parts with OpenAI's ``tool_calls`` / ``tool_call_id`` beside them; a reply's tool calls are
-  ``gen_ai.completion.{i}.function_call.*`` (their ids from the next call's history, in :mod:`.runs`). With a span
-  active and ``USE_OTEL_LITELLM_REQUEST_SPAN`` unset it writes every call onto that span: :func:`run_problem` says so.
+  ``gen_ai.completion.{i}.function_call.*`` (their ids from the next call's history, in :mod:`.runs`). Each call also
+  has a ``raw_gen_ai_request`` child whose ``llm.{provider}.*`` attributes are the provider's request and response as
+  Python ``repr`` text (read as literals, never run): in OpenAI's chat shape, each is the call (:func:`litellm_raw_calls`:
+  the span above it is no call of its own then). With a span active and ``USE_OTEL_LITELLM_REQUEST_SPAN`` unset
+  LiteLLM writes every call onto that span, so its raw spans are the only record of each call; where they cannot be
+  read :func:`run_problem` says so.
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_adk_legacy(span)
     elif LITELLM_CALL in span.attributes:
         span = _from_litellm(span)
+    elif (provider := litellm_raw_provider(span)) is not None and operation_of(span.attributes) is None:
+        span = _from_litellm_raw(span, provider)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_details_events(span, _with_json_items(span.attributes))
@@ -484,11 +490,57 @@ def _python_literal(value: Any) -> Any:
     """A dict written as its Python ``repr`` (``"{'type': 'string'}"``) as the dict; anything else as it is."""
     if not (isinstance(value, str) and value.startswith("{") and value.endswith("}") and len(value) <= 10_000):
         return value
-    try:
-        parsed = ast.literal_eval(value)  # literals only: never runs code
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return value
+    parsed = python_literal(value)
     return parsed if isinstance(parsed, dict) else value
+
+
+_NOT_LITERAL = object()
+MAX_LITERAL_CHARS = 20_000_000
+"""Longest ``repr`` text :func:`python_literal` reads (a model call's whole history)."""
+
+
+def python_literal(text: Any) -> Any:
+    """Data written as its Python ``repr`` (``str()`` of a list of dicts, as LiteLLM writes attributes), or None where
+    the text is not one. Read from the syntax tree, never run (``ast.literal_eval``'s rules): literals, lists, tuples,
+    sets, dicts, and a call with keyword arguments only (``Message(content=None, role='assistant')``, the ``repr`` of
+    a pydantic model or dataclass) as the dict of its fields. JSON text is read as JSON."""
+    if not isinstance(text, str) or len(text) > MAX_LITERAL_CHARS:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        value = _literal_node(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return None
+    return None if value is _NOT_LITERAL else value
+
+
+def _literal_node(node: ast.AST) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value if node.value is None or isinstance(node.value, str | int | float) else _NOT_LITERAL
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        items = [_literal_node(item) for item in node.elts]
+        return _NOT_LITERAL if _NOT_LITERAL in items else items
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):  # {**other}
+            return _NOT_LITERAL
+        pairs = [(_literal_node(k), _literal_node(v)) for k, v in zip(node.keys, node.values, strict=True)]  # type: ignore[arg-type]
+        if any(_NOT_LITERAL in pair for pair in pairs):
+            return _NOT_LITERAL
+        return dict(pairs)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd) and isinstance(node.operand, ast.Constant):
+        value = node.operand.value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return -value if isinstance(node.op, ast.USub) else value
+        return _NOT_LITERAL
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute) and not node.args:
+        if any(keyword.arg is None for keyword in node.keywords):  # Model(**fields)
+            return _NOT_LITERAL
+        fields = {keyword.arg: _literal_node(keyword.value) for keyword in node.keywords}
+        return _NOT_LITERAL if _NOT_LITERAL in fields.values() else fields
+    return _NOT_LITERAL
 
 
 def _unquoted(value: Any) -> Any:
@@ -895,10 +947,81 @@ def _from_litellm(span: SpanData) -> SpanData:
 
 
 _LITELLM_RAW = "raw_gen_ai_request"
+_RAW_MESSAGES = re.compile(r"^llm\.([A-Za-z0-9_\-]+)\.messages$")
+
+
+def litellm_raw_provider(span: SpanData) -> str | None:
+    """The provider of a LiteLLM raw request span (``raw_gen_ai_request``, or one named by the call's
+    ``generation_name``), whose attributes are the provider's request and response fields as ``llm.{provider}.{field}``;
+    None for any other span."""
+    attrs = span.attributes
+    if LITELLM_CALL in attrs:
+        return None
+    for key in attrs:
+        match = _RAW_MESSAGES.match(key)
+        if match and (span.name == _LITELLM_RAW or f"llm.{match.group(1)}.choices" in attrs):
+            return match.group(1)
+    return None
+
+
+def _from_litellm_raw(span: SpanData, provider: str) -> SpanData:
+    """A LiteLLM raw request span in OpenAI's chat shape (``llm.{provider}.messages`` / ``tools`` the request,
+    ``llm.{provider}.choices`` the response, Python ``repr`` text) as the model call it records; one of another shape
+    (Anthropic's Messages API, a streamed call whose response LiteLLM did not write) is left as it is."""
+    attrs = span.attributes
+    messages = python_literal(attrs.get(f"llm.{provider}.messages"))
+    choices = python_literal(attrs.get(f"llm.{provider}.choices"))
+    if not (isinstance(messages, list) and messages and all(isinstance(m, Mapping) and m.get("role") for m in messages)):
+        return span
+    choices = choices if isinstance(choices, list) else []
+    replies = [c["message"] for c in choices if isinstance(c, Mapping) and isinstance(c.get("message"), Mapping)]
+    if not replies:
+        return span
+    tools = python_literal(attrs.get(f"llm.{provider}.tools"))
+    new: dict[str, Any] = {
+        sc.OPERATION_NAME: sc.OP_CHAT,
+        sc.INPUT_MESSAGES: dumps(_without_nulls(messages)),
+        sc.OUTPUT_MESSAGES: dumps(_without_nulls(replies[:1])),
+        sc.REQUEST_MODEL: attrs.get(f"llm.{provider}.model"),
+    }
+    if isinstance(tools, list) and tools:
+        new[sc.TOOL_DEFINITIONS] = dumps(tools)
+    return _filled(span, new)
+
+
+def litellm_raw_calls(spans: list[SpanData]) -> list[SpanData]:
+    """One trace's spans with each LiteLLM model call counted once.
+
+    LiteLLM writes a call's attributes on its own span (``litellm_request``), or, with a span active and
+    ``USE_OTEL_LITELLM_REQUEST_SPAN`` unset, on that span (the app's: every call of the turn onto one span, the last
+    one's win), and a raw request span under it per call (see :func:`_from_litellm_raw`). Where every raw span under a
+    span was read as its call, the span above is no model call of its own (its attributes a copy of one of them); where
+    one was not, none of them is, and the span above stays what it was."""
+    raws: dict[str | None, list[SpanData]] = {}
+    for span in spans:
+        if litellm_raw_provider(span) is not None:
+            raws.setdefault(span.parent_span_id, []).append(span)
+    if not raws:
+        return spans
+    changed: dict[str, SpanData] = {}
+    by_id = {s.span_id: s for s in spans}
+    for parent_id, children in raws.items():
+        parent = by_id.get(parent_id or "")
+        if all(operation_of(c.attributes) in sc.MODEL_OPERATIONS for c in children):
+            if parent is not None and LITELLM_CALL in parent.attributes and operation_of(parent.attributes) in sc.MODEL_OPERATIONS:
+                attrs = {k: v for k, v in parent.attributes.items() if k not in (sc.OPERATION_NAME, "llm.request.type")}
+                changed[parent.span_id] = replace(parent, attributes=attrs)
+        else:
+            for child in children:
+                if sc.OPERATION_NAME in child.attributes:
+                    attrs = {k: v for k, v in child.attributes.items() if k != sc.OPERATION_NAME}
+                    changed[child.span_id] = replace(child, attributes=attrs)
+    return [changed.get(s.span_id, s) for s in spans] if changed else spans
 
 
 def run_problem(run: list[SpanData]) -> str | None:
-    """Why a run cannot be read though each of its spans can: LiteLLM's calls written onto one span of the app's.
+    """Why a run cannot be read though each of its spans can: LiteLLM's calls written onto one span of the app's, with
+    raw request spans that could not be read as the calls.
 
     With a span active, LiteLLM's callback starts no span per call: it sets each call's attributes on that span (the
     last call's win; those logged after the span ended are lost) and writes a ``raw_gen_ai_request`` child per call.
@@ -906,13 +1029,18 @@ def run_problem(run: list[SpanData]) -> str | None:
     by_id = {s.span_id: s for s in run}
     for raw in run:
         parent = by_id.get(raw.parent_span_id or "")
-        if raw.name != _LITELLM_RAW or parent is None or parent.name in ("litellm_request", raw.name):
+        provider = litellm_raw_provider(raw)
+        if provider is None or parent is None or parent.name in ("litellm_request", raw.name):
             continue
-        calls = sum(1 for s in run if s.name == _LITELLM_RAW and s.parent_span_id == parent.span_id)
+        if operation_of(raw.attributes) in sc.MODEL_OPERATIONS:
+            continue  # read as its call (see litellm_raw_calls)
+        calls = sum(1 for s in run if s.parent_span_id == parent.span_id and litellm_raw_provider(s) is not None)
         return (
             f"LiteLLM wrote its model calls onto the span {parent.name!r} ({calls} {_LITELLM_RAW} span(s) under it): with a span "
             "active, its OpenTelemetry callback starts no span per call but sets each call's attributes on that span, so the "
-            "calls overwrite each other (and those logged after the span ended are lost); set USE_OTEL_LITELLM_REQUEST_SPAN=true "
+            "calls overwrite each other (and those logged after the span ended are lost), and its raw request spans could "
+            f"not be read as the calls (their llm.{provider}.messages and llm.{provider}.choices are not an OpenAI chat "
+            "request and response: another provider's shape, or a streamed call); set USE_OTEL_LITELLM_REQUEST_SPAN=true "
             "so that each call is a litellm_request span of its own"
         )
     return None

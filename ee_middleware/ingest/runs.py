@@ -34,6 +34,7 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.spandata import SpanData
+from ee_middleware.ingest.dialects import litellm_raw_calls
 from ee_middleware.messages import content_to_text, genai_to_openai
 
 _NODE_KEYS = (
@@ -71,6 +72,7 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
         problem = _cycle(trace_id, unique)
     if problem is not None:
         return TraceRuns(problem=problem, repeated_spans=repeated)
+    unique = litellm_raw_calls(unique)
     tree = _Tree(unique)
     roots = tree.outermost({r for s in unique if (r := tree.run_root(s)) is not None})
     runs: list[list[SpanData]] = []

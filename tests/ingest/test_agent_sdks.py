@@ -210,10 +210,42 @@ def test_litellm_otel_callback_model_spans_keep_their_tool_calls(store, mode):
     assert second.steps[0].decision_index == second.steps[1].decision_index == 0, "two calls of one reply share a decision"
 
 
-def test_litellm_writing_every_call_onto_the_apps_span_is_refused_naming_the_setting(store):
-    """LiteLLM's default with a span active: one span (the app's) holds some calls' attributes, the rest lost. Before,
-    each run was stored as a completed trajectory without steps."""
-    report, trajectories = _ingest(store, FIXTURES / "litellm_otel_shop.jsonl")
+def test_litellm_calls_written_onto_the_apps_span_are_read_from_their_raw_request_spans(store, tmp_path):
+    """LiteLLM's default with a span active: it writes each call's attributes onto the app's span (the calls overwrite
+    each other, those logged after the span ended are lost) and one ``raw_gen_ai_request`` child per call, whose
+    ``llm.openai.*`` attributes are the provider's request and response as Python ``repr`` text. Before, each run was
+    refused (the app's span is no call's record); now each raw span is its call: the same trajectories as with one
+    span per call, the app's span no decision of its own (no step twice)."""
+    report, (first, second) = _ingest(store, FIXTURES / "litellm_otel_shop.jsonl")
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    other = type(store)(tmp_path / "per-call")
+    _, per_call = _ingest(other, FIXTURES / LITELLM["request-span"])
+    for got, expected in zip((first, second), per_call, strict=True):
+        assert _steps(got) == _steps(expected)
+        assert [s.decision_index for s in got.steps] == [s.decision_index for s in expected.steps]
+        fields = ("task", "status", "thread_id", "model", "final_answer", "tools", "messages")
+        assert [getattr(got, f) for f in fields] == [getattr(expected, f) for f in fields]
+        assert [s.state for s in got.steps] == [s.state for s in expected.steps]
+    # the reply's call ids are those the raw response gave the model
+    assert [c["id"] for c in second.messages[-4]["tool_calls"]] == ["call_stock_apples", "call_order_apples"]
+
+
+def test_litellm_request_span_runs_count_each_call_once(store):
+    """With one ``litellm_request`` span per call, its ``raw_gen_ai_request`` child describes the same call: one decision
+    per call, not two."""
+    report, (first, second) = _ingest(store, FIXTURES / LITELLM["request-span"])
+    assert report.problems == 0, report.errors
+    assert [s.decision_index for s in first.steps] == [0, 1, 2] and [s.decision_index for s in second.steps] == [0, 0, 1]
+
+
+def test_litellm_raw_spans_without_a_response_are_refused_naming_the_setting(store, tmp_path):
+    """A raw span that cannot be read as a call (here without its response: LiteLLM writes ``llm.{provider}.*`` of the
+    response only when the provider answered JSON text) leaves the app's span as the only record of the calls, which
+    overwrite each other: the run is refused, naming the setting that gives each call a span of its own."""
+    lines = (FIXTURES / "litellm_otel_shop.jsonl").read_text().replace('"key": "llm.openai.choices"', '"key": "llm.openai.other"')
+    path = tmp_path / "no_response.jsonl"
+    path.write_text(lines)
+    report, trajectories = _ingest(store, path)
     assert (trajectories, report.problems) == ([], 2), report.errors
     assert all("raw_gen_ai_request" in error and "USE_OTEL_LITELLM_REQUEST_SPAN=true" in error for error in report.errors), report.errors
 

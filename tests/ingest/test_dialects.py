@@ -264,3 +264,41 @@ def test_genai_attributes_as_otlp_arrays_hand_built(tmp_path, store, form):
     assert t.steps[0].action.tool_call.arguments == {"invoice": 7}
     assert t.steps[0].state[0] == {"role": "system", "content": "You are billing support."}
     assert [tool["function"]["name"] for tool in t.tools] == ["refund"]
+
+
+def test_python_repr_text_is_read_as_the_data_it_writes_never_run():
+    """LiteLLM writes request and response fields as ``str()`` of the value: a list of dicts, or of pydantic models (an
+    app that appends the SDK's reply message as it is). Both are read as data; anything else (a call with positional
+    arguments, a name, an expression) is no literal, and nothing in the text runs."""
+    from pydantic import BaseModel
+
+    from ee_middleware.ingest.dialects import python_literal
+
+    class Function(BaseModel):
+        arguments: str
+        name: str
+
+    class ChatCompletionMessageToolCall(BaseModel):
+        function: Function
+        id: str
+        type: str = "function"
+
+    class Message(BaseModel):
+        content: str | None = None
+        role: str = "assistant"
+        tool_calls: list[ChatCompletionMessageToolCall] | None = None
+
+    call = ChatCompletionMessageToolCall(function=Function(arguments='{"fruit": "pears"}', name="check_stock"), id="call_1")
+    history = [{"role": "user", "content": "Pears? é"}, Message(tool_calls=[call])]
+    assert python_literal(str(history)) == [
+        {"role": "user", "content": "Pears? é"},
+        {
+            "content": None,
+            "role": "assistant",
+            "tool_calls": [{"function": {"arguments": '{"fruit": "pears"}', "name": "check_stock"}, "id": "call_1", "type": "function"}],
+        },
+    ]
+    assert python_literal('[{"a": null, "b": true}]') == [{"a": None, "b": True}]
+    assert python_literal("(1, -2.5, {'x'})") == [1, -2.5, ["x"]]
+    for text in ("__import__('os').system('false')", "[open('/etc/passwd')]", "{**x}", "f(**x)", "[1 + 1]", "[...]", "", None):
+        assert python_literal(text) is None, text
