@@ -8,6 +8,14 @@
 
 Plus :func:`to_jsonable` / :func:`dumps`, which turn anything a tool may return into JSON without
 raising, and which replace unpaired surrogates that UTF-8 cannot encode.
+
+A reasoning model's reasoning is kept apart from what it said, in the shape vLLM's reasoning parsers
+return it: ``reasoning_content`` on the OpenAI assistant message (only when there is some, so other
+messages are unchanged), a ``reasoning`` part in GenAI messages. It is read from LangChain's
+``reasoning``/``thinking`` content blocks, from ``additional_kwargs["reasoning_content"]`` (or
+``"reasoning"``), and from reasoning written inline at the start of the text (``<think>...</think>``,
+a model served without a reasoning parser), which never stays in ``content``
+(:func:`split_reasoning`).
 """
 
 from __future__ import annotations
@@ -340,10 +348,18 @@ def _langchain_message_to_openai(message: Any) -> Message:
     kind = message.type
     role = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}.get(kind, kind)
     content = message.content
-    if kind == "ai" and isinstance(content, list):  # the model's reasoning and its calls (in tool_calls) are not its text
-        content = [b for b in content if not (isinstance(b, Mapping) and b.get("type") in NOT_ASSISTANT_TEXT)]
+    reasoning: list[str] = []
+    if kind == "ai":
+        reasoning = _langchain_reasoning(message)
+        if isinstance(content, list):  # the model's reasoning and its calls (in tool_calls) are not its text
+            content = [b for b in content if not (isinstance(b, Mapping) and b.get("type") in NOT_ASSISTANT_TEXT)]
     converted: Message = {"role": role, "content": content_to_text(content)}
     if kind == "ai":
+        inline, converted["content"] = split_reasoning(converted["content"])
+        if inline is not None and inline not in reasoning:
+            reasoning.append(inline)
+        if reasoning:
+            converted["reasoning_content"] = clean_text("\n\n".join(reasoning))
         calls = [
             {
                 "id": call.get("id") or "",
@@ -378,6 +394,62 @@ NOT_ASSISTANT_TEXT = frozenset(
 """Content blocks of a LangChain AI message that are not what the model said: its reasoning (LangChain's
 standard ``reasoning`` block, Anthropic's ``thinking``/``redacted_thinking``) and the tool calls its
 ``tool_calls`` already carry (standard ``tool_call`` blocks, Anthropic's ``tool_use``, OpenAI's ``function_call``)."""
+
+
+def _langchain_reasoning(message: Any) -> list[str]:
+    """The reasoning a LangChain AI message carries apart from its text: its ``reasoning`` blocks (LangChain's standard
+    ``reasoning`` text, or the ``summary`` texts of OpenAI's Responses API) and Anthropic ``thinking`` blocks, else
+    ``additional_kwargs["reasoning_content"]`` (or ``"reasoning"``) as chat models for DeepSeek, vLLM, Ollama, xAI or
+    Groq put it there. Redacted thinking has no text and gives none."""
+    pieces: list[str] = []
+    if isinstance(message.content, list):
+        for block in message.content:
+            if isinstance(block, Mapping) and block.get("type") == "reasoning":
+                pieces.extend(_reasoning_texts(block.get("reasoning"), block.get("summary")))
+            elif isinstance(block, Mapping) and block.get("type") == "thinking":
+                pieces.extend(_reasoning_texts(block.get("thinking")))
+    if not pieces:
+        extra = getattr(message, "additional_kwargs", None) or {}
+        for key in ("reasoning_content", "reasoning"):
+            value = extra.get(key)
+            pieces = _reasoning_texts(value, value.get("summary") if isinstance(value, Mapping) else None)
+            if pieces:
+                break
+    return pieces
+
+
+def _reasoning_texts(text: Any, summary: Any = None) -> list[str]:
+    if isinstance(text, str):
+        return [text] if text.strip() else []
+    if isinstance(summary, list):
+        return [s["text"] for s in summary if isinstance(s, Mapping) and isinstance(s.get("text"), str) and s["text"].strip()]
+    return []
+
+
+_THINK_START = re.compile(r"\s*<(think|thinking)>")
+_THINK_END = re.compile(r"</think(?:ing)?>(?=[ \t]*(?:\n|\Z))")  # ending its line, as models write it (not in a sentence)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """``(reasoning, answer)`` of an assistant's text that starts with its reasoning inline, as a reasoning model
+    (Qwen3, QwQ, DeepSeek-R1) served without a reasoning parser writes it: a leading ``<think>...</think>`` block; one
+    never closed (the model was cut off while reasoning: all of it is reasoning); or text up to a ``</think>`` ending its
+    line whose opening tag the chat template wrote into the prompt (DeepSeek-R1-0528, Qwen3 thinking-2507). The reasoning comes
+    without its surrounding whitespace, the answer without the whitespace that separated them (as Qwen3's template
+    splits them). ``(None, text)`` for text that holds no reasoning; an empty block gives ``None`` and the answer."""
+    start = _THINK_START.match(text)
+    if start is not None:
+        close = text.find(f"</{start.group(1)}>", start.end())
+        if close < 0:
+            reasoning, answer = text[start.end() :], ""
+        else:
+            reasoning, answer = text[start.end() : close], text[close + len(start.group(1)) + 3 :]
+    else:
+        end = _THINK_END.search(text)
+        if end is None or "<think" in text[: end.start()]:
+            return None, text
+        reasoning, answer = text[: end.start()], text[end.end() :]
+    return (reasoning.strip() or None), answer.lstrip()
 
 
 def _raw_arguments(args: Any) -> str:
@@ -426,6 +498,9 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
                 }
             )
         else:
+            reasoning = message_reasoning(message)
+            if reasoning:
+                parts.append({"type": "reasoning", "content": reasoning})
             text = content_to_text(message.get("content"))
             if text:
                 parts.append({"type": "text", "content": text})
@@ -446,6 +521,16 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return converted
 
 
+def message_reasoning(message: Mapping[str, Any]) -> str | None:
+    """The reasoning an OpenAI-shaped message carries apart from its text: ``reasoning_content`` (vLLM, DeepSeek), or
+    ``reasoning`` (its newer name in vLLM, OpenRouter); ``None`` when it has none."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
 def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
     """GenAI ``{"role", "parts"}`` messages -> OpenAI chat messages.
 
@@ -461,12 +546,15 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
             continue
         role = str(message.get("role") or "user")
         texts: list[Any] = []  # text, and the parts that are not text (blob, uri, file): content_to_text says them
+        reasoning: list[str] = []
         calls: list[dict[str, Any]] = []
         responses: list[Message] = []
         for part in message.get("parts") or []:
             kind = part.get("type") if isinstance(part, Mapping) else None
             if kind == "text":
                 texts.append(content_to_text(part.get("content")))
+            elif kind == "reasoning" and isinstance(part.get("content"), str) and part["content"].strip():
+                reasoning.append(part["content"])
             elif kind in _MEDIA_KINDS:
                 texts.append(part)
             elif kind == "tool_call":
@@ -494,6 +582,8 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
             continue
         # text beside the responses (an Anthropic-style user turn: tool results, then what the user adds)
         converted: Message = {"role": role, "content": text}
+        if role == "assistant":
+            _set_reasoning(converted, "\n\n".join(reasoning) or None)
         if calls:
             converted["tool_calls"] = calls
         if message.get("name"):
@@ -541,11 +631,22 @@ def _is_content_blocks(value: Any) -> bool:
     )
 
 
+def _set_reasoning(converted: Message, reasoning: str | None) -> None:
+    """Give an assistant message its ``reasoning_content``: ``reasoning``, or the reasoning written inline at the
+    start of its text (taken out of ``content``, see :func:`split_reasoning`); nothing when it has none."""
+    inline, converted["content"] = split_reasoning(converted["content"])
+    reasoning = reasoning or inline
+    if reasoning:
+        converted["reasoning_content"] = reasoning
+
+
 def _openai_shaped(message: Mapping[str, Any]) -> Message:
     converted: Message = {
         "role": str(message.get("role") or "user"),
         "content": content_to_text(message.get("content")),
     }
+    if converted["role"] == "assistant":
+        _set_reasoning(converted, message_reasoning(message))
     calls = []
     for call in message.get("tool_calls") or []:
         function = call.get("function") or call

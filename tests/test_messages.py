@@ -25,6 +25,7 @@ from ee_middleware.messages import (
     openai_to_genai,
     openai_tool_schemas,
     parse_arguments,
+    split_reasoning,
     to_jsonable,
     with_decoded_arguments,
 )
@@ -507,7 +508,7 @@ def test_genai_to_openai_parts():
                 "parts": [
                     {"type": "tool_call", "id": "c1", "name": "f", "arguments": {"city": "Zürich"}},
                     {"type": "tool_call", "id": None, "name": "g", "arguments": '{"n": 1}'},
-                    {"type": "reasoning", "content": "ignored"},
+                    {"type": "reasoning", "content": "f for the city, g for n"},  # its reasoning, not its text
                     "not a part",
                 ],
             },
@@ -525,6 +526,7 @@ def test_genai_to_openai_parts():
         {
             "role": "assistant",
             "content": "",
+            "reasoning_content": "f for the city, g for n",
             "tool_calls": [
                 {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"city":"Zürich"}'}},
                 {"id": "", "type": "function", "function": {"name": "g", "arguments": '{"n":1}'}},
@@ -616,3 +618,80 @@ def test_system_parts_in_any_dialect_are_the_system_text() -> None:
 
     assert _system_text([{"type": "text", "text": "You are a shop bot."}]) == "You are a shop bot."
     assert _system_text('[{"type": "text", "content": "GenAI system"}]') == "GenAI system"
+
+
+# --- reasoning models ---------------------------------------------------------------------------
+
+THOUGHT = "The user asks about pears; check the stock first."
+PEARS = {"name": "check_stock", "args": {"item": "pear"}, "id": "c1", "type": "tool_call"}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # vLLM --reasoning-parser through a chat model that keeps the field (ChatDeepSeek, Ollama, a ChatOpenAI subclass)
+        AIMessage(content="", additional_kwargs={"reasoning_content": THOUGHT}, tool_calls=[PEARS]),
+        AIMessage(content="", additional_kwargs={"reasoning": THOUGHT}, tool_calls=[PEARS]),  # vLLM's newer field name
+        AIMessage(content=[{"type": "reasoning", "reasoning": THOUGHT}], tool_calls=[PEARS]),  # LangChain's standard block
+        AIMessage(content=[{"type": "thinking", "thinking": THOUGHT, "signature": "c2ln"}], tool_calls=[PEARS]),  # Anthropic
+        AIMessage(  # OpenAI's Responses API (LangChain 0.3 format): the reasoning summary
+            content=[{"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": THOUGHT}]}], tool_calls=[PEARS]
+        ),
+        AIMessage(content=f"<think>\n{THOUGHT}\n</think>\n\n", tool_calls=[PEARS]),  # no reasoning parser: inline
+        AIMessage(content=f"{THOUGHT}\n</think>\n\n", tool_calls=[PEARS]),  # the chat template opened the block
+    ],
+    ids=["reasoning_content", "reasoning", "reasoning-block", "thinking-block", "responses-summary", "inline", "template-opened"],
+)
+def test_a_reasoning_models_reply_keeps_its_reasoning_as_vllm_returns_it(reply: AIMessage) -> None:
+    """Every shape a reasoning model's reply takes in LangChain becomes the OpenAI message vLLM's reasoning parsers
+    return, text and reasoning apart; the GenAI span shape carries it as a ``reasoning`` part and reads back the same.
+    Was: the reasoning was dropped, or (inline) left in ``content``, so an answer's text held ``<think>`` blocks."""
+    [converted] = langchain_to_openai([reply])
+    assert converted == {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": THOUGHT,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "check_stock", "arguments": '{"item":"pear"}'}}],
+    }
+    [genai] = openai_to_genai([converted])
+    assert genai["parts"][0] == {"type": "reasoning", "content": THOUGHT}
+    assert genai_to_openai(json.loads(json.dumps([genai]))) == [converted]
+
+
+def test_an_answer_written_after_inline_reasoning_is_only_the_answer() -> None:
+    [answer] = langchain_to_openai([AIMessage(content=f"<think>\n{THOUGHT}\n</think>\n\nNo pears left.")])
+    assert answer == {"role": "assistant", "content": "No pears left.", "reasoning_content": THOUGHT}
+    # a reply cut off while reasoning said nothing yet
+    [cut] = langchain_to_openai([AIMessage(content=f"<think>{THOUGHT} Maybe")])
+    assert cut == {"role": "assistant", "content": "", "reasoning_content": f"{THOUGHT} Maybe"}
+    # ingested spans in OpenAI's shape (other instrumentations) are read the same way
+    assert genai_to_openai([{"role": "assistant", "content": f"<think>{THOUGHT}</think>No pears left."}]) == [
+        {"role": "assistant", "content": "No pears left.", "reasoning_content": THOUGHT}
+    ]
+    assert genai_to_openai([{"role": "assistant", "content": "No pears left.", "reasoning": THOUGHT}]) == [
+        {"role": "assistant", "content": "No pears left.", "reasoning_content": THOUGHT}
+    ]
+
+
+def test_messages_without_reasoning_are_unchanged() -> None:
+    """No ``reasoning_content`` key where there is no reasoning (records of other models stay byte-identical); text that
+    only mentions the tags, an empty block (Qwen3 with thinking off) and other roles' text are not reasoning."""
+    replies = [
+        AIMessage(content="Use <think> tags to reason."),
+        AIMessage(content="Say </think> to end."),  # a closing tag inside a sentence: not the end of reasoning
+        AIMessage(content="", additional_kwargs={"reasoning_content": ""}, tool_calls=[PEARS]),
+        AIMessage(content=[{"type": "redacted_thinking", "data": "eyJ"}, {"type": "text", "text": "Done."}]),
+        HumanMessage(content="<think>not a model's reasoning</think> hi"),
+    ]
+    converted = langchain_to_openai(replies)
+    assert [m.get("reasoning_content") for m in converted] == [None] * 5
+    assert [m["content"] for m in converted] == [
+        "Use <think> tags to reason.",
+        "Say </think> to end.",
+        "",
+        "Done.",
+        "<think>not a model's reasoning</think> hi",
+    ]
+    assert "reasoning_content" not in converted[0]
+    assert langchain_to_openai([AIMessage(content="<think>\n\n</think>\n\nHello.")]) == [{"role": "assistant", "content": "Hello."}]
+    assert split_reasoning("Say </think> to end.") == (None, "Say </think> to end.")
