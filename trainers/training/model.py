@@ -79,8 +79,12 @@ def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+    except BaseException:  # a full disk, Ctrl-C: the half-written copy goes now, not at the next run's start
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     try:
         partial.rename(target)
     except OSError:  # another process saved it first

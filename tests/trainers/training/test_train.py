@@ -373,3 +373,28 @@ def test_stale_partial_conversions_are_removed_when_the_gguf_cache_is_used(tmp_p
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_conversion_interrupted_while_saving_leaves_no_partial_folder(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a full disk) while a GGUF base's dequantized copy was being saved left ``<name>.partial-<pid>`` in the
+    cache until a later run of another process removed it; now the interrupted conversion removes its own."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ee_middleware.testing.tiny_models import save_metadata_gguf
+    from ee_middleware.trainers.training import model as base_model
+
+    gguf = save_metadata_gguf(tmp_path / "m.gguf", context_length=48)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenizer, "save_pretrained", interrupted)
+    monkeypatch.setattr(base_model, "_load", lambda folder, **kwargs: (tokenizer, loaded))  # the GGUF is metadata only
+    cache = tmp_path / "base-models"
+    with pytest.raises(KeyboardInterrupt):
+        base_model.plain_base(base_model.BaseSource(tmp_path, gguf.name), cache)
+    assert sorted(p.name for p in cache.iterdir()) == [], "neither a partial copy nor a finished-looking one is left"
