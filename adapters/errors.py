@@ -9,7 +9,7 @@ Match on the class, never on the text:
 - :class:`ServingError` — a model server refused or failed a request; ``url`` names it
   (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`, :class:`AdapterNameInUseError`,
   :class:`AdapterPathNotFoundError`, :class:`ServerRankError`, :class:`AdapterLoadError`,
-  :class:`VerificationError`, :class:`ServerStartError`);
+  :class:`VerificationError`, :class:`ServerStartError`, :class:`ChatTemplateMismatchError`);
 - :class:`PromotionError` — a promote failed on some replica and was rolled back everywhere.
 """
 
@@ -105,6 +105,16 @@ class VerificationError(ServingError):
 
 class ServerStartError(ServingError):
     """A launched server exited or did not become healthy in time; the message has its last log lines."""
+
+
+class ChatTemplateMismatchError(ServingError):
+    """A server renders prompts otherwise than the adapter's training rows were rendered (its manifest's ``rendering``
+    against the template the server recorded at start); nothing was loaded. ``checks`` holds each server's
+    :class:`~ee_middleware.adapters.serving.rendering.RenderingCheck`."""
+
+    def __init__(self, message: str, *, url: str = "", checks: list[object] | None = None) -> None:
+        super().__init__(message, url=url)
+        self.checks = checks or []
 
 
 class PromotionError(AdapterError):

@@ -20,6 +20,16 @@ Before any server is asked, the registry's copy of the adapter must still be wha
 (same content hash: :func:`~ee_middleware.adapters.records.check_registered_files`) and be trained on
 the base model of the app's live adapter (servers hold one base).
 
+**Chat template.** Each replica's chat template (recorded by ``ee serve vllm`` / the local server at start) is
+compared with the rendering the adapter was trained with (its manifest's ``rendering``:
+:func:`~ee_middleware.adapters.serving.rendering.check_rendering`). A replica that renders a part otherwise (the
+model's own template where the trainer used a fallback, or the other way round) would show the adapter prompts
+unlike its training rows: the promote is refused with
+:class:`~ee_middleware.adapters.errors.ChatTemplateMismatchError` before anything is loaded, unless
+``ignore_rendering`` (the history records it). When either side is unknown (a manifest from before the rendering was
+recorded, a server started by hand) the progress says so and the promote goes on; the result's ``rendering`` lists
+every check. A rollback makes the same check and only says what it found (a rollback is how one gets out of trouble).
+
 **Rollback** ``app``: the previous live adapter is checked on every replica (listed; loaded again if
 a replica lost it, e.g. after a restart, from a registry copy checked first) and made live again; a
 replica that does not answer stops it with the live adapter unchanged. **Retire**: unloaded
@@ -50,6 +60,7 @@ from ee_middleware.adapters.errors import (
     AdapterNameInUseError,
     AdapterPathNotFoundError,
     BaseModelMismatchError,
+    ChatTemplateMismatchError,
     GateFailedError,
     InvalidTransitionError,
     PromotionError,
@@ -59,6 +70,7 @@ from ee_middleware.adapters.errors import (
 from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files, normalize_base
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.backend import ServingBackend, Verification
+from ee_middleware.adapters.serving.rendering import RenderingCheck, check_rendering, trained_rendering
 
 Progress = Callable[[str], None]
 
@@ -72,6 +84,8 @@ class SwitchResult:
     seconds: float
     verifications: list[Verification] = field(default_factory=list)
     loaded_on: list[str] = field(default_factory=list)
+    rendering: list[RenderingCheck] = field(default_factory=list)
+    """The adapter's training rendering against each replica's chat template (:func:`rendering_checks`)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -81,6 +95,7 @@ class SwitchResult:
             "seconds": round(self.seconds, 4),
             "loaded_on": self.loaded_on,
             "verified_on": [v.url for v in self.verifications],
+            "rendering": [check.to_json() for check in self.rendering],
         }
 
 
@@ -92,16 +107,21 @@ def promote(
     by: str | None = None,
     progress: Progress | None = None,
     ignore_gate: bool = False,
+    ignore_rendering: bool = False,
 ) -> SwitchResult:
     """Load and verify ``name`` on every replica, then make it live (see the module docstring).
 
     An adapter whose last recorded deploy gate failed (``ee eval gate --adapter``, or the improve job's
-    gate) is refused with :class:`GateFailedError` unless ``ignore_gate``; the history records the override.
+    gate) is refused with :class:`GateFailedError` unless ``ignore_gate``; one that a replica would show prompts
+    unlike its training rows, with :class:`ChatTemplateMismatchError` unless ``ignore_rendering``. The history
+    records either override.
     """
     started = time.perf_counter()
     say = progress or (lambda _text: None)
     with _lease(registry, f"promote of {name}", by=by, say=say):
-        return _promote(registry, name, replicas, by=by, say=say, ignore_gate=ignore_gate, started=started)
+        return _promote(
+            registry, name, replicas, by=by, say=say, ignore_gate=ignore_gate, ignore_rendering=ignore_rendering, started=started
+        )
 
 
 def _promote(
@@ -112,6 +132,7 @@ def _promote(
     by: str | None,
     say: Progress,
     ignore_gate: bool,
+    ignore_rendering: bool,
     started: float,
 ) -> SwitchResult:
     record = registry.get(name)
@@ -128,7 +149,22 @@ def _promote(
             f"Evaluate a better candidate, or promote it anyway with --ignore-gate (ignore_gate=True; the history records it)."
         )
     _check_servable(registry, record)
-    overridden = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
+    checks = rendering_checks(record, replicas)
+    differing = [check for check in checks if check.differs]
+    if differing and not ignore_rendering:
+        raise ChatTemplateMismatchError(
+            " ".join(check.message for check in differing)
+            + f" Nothing was loaded; {record.app} still serves {registry.resolve(record.app) or 'the base model'}. Promote it "
+            "anyway with --ignore-rendering (ignore_rendering=True; the history records it).",
+            url=differing[0].server,
+            checks=differing,
+        )
+    for check in checks:
+        if check.status != "same":
+            say(("ignored: " if check.differs else "note: ") + check.message)
+    overridden: dict[str, Any] = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
+    if differing:
+        overridden["ignored_rendering"] = [check.differences for check in differing]
     registry.note("promote-started", app=record.app, adapter=name, by=by, replicas=[r.url for r in replicas], **overridden)
     loaded: list[ServingBackend] = []
     verifications: list[Verification] = []
@@ -148,8 +184,29 @@ def _promote(
     previous = registry.switch_live(name, by=by)
     say(f"{record.app} -> {name}")
     return SwitchResult(
-        registry.get(name), previous.name if previous else None, time.perf_counter() - started, verifications, [r.url for r in loaded]
+        registry.get(name),
+        previous.name if previous else None,
+        time.perf_counter() - started,
+        verifications,
+        [r.url for r in loaded],
+        checks,
     )
+
+
+def rendering_checks(record: AdapterRecord, replicas: Sequence[ServingBackend]) -> list[RenderingCheck]:
+    """The rendering ``record`` was trained with against each replica's chat template (one check for them all when the
+    manifest records none). A replica that can say what it renders offers ``served_template()``
+    (:meth:`~ee_middleware.adapters.serving.backend.HTTPServingBackend.served_template`)."""
+    if not replicas:
+        return []
+    if trained_rendering(record.manifest) is None:
+        return [check_rendering(record.name, record.manifest, ", ".join(r.url for r in replicas), None)]
+    checks = []
+    for replica in replicas:
+        served = getattr(replica, "served_template", None)
+        state = served() if callable(served) else None
+        checks.append(check_rendering(record.name, record.manifest, replica.url, state, base_model=record.base_model))
+    return checks
 
 
 def _lease(registry: AdapterRegistry, doing: str, *, by: str | None, say: Progress | None) -> contextlib.AbstractContextManager[Any]:
@@ -243,11 +300,17 @@ def rollback(
     """Make the previous live adapter of ``app`` live again (loaded again where a replica lost it)."""
     started = time.perf_counter()
     with _lease(registry, f"rollback of {app}", by=by, say=progress):
-        return _rollback(registry, app, replicas, by=by, started=started)
+        return _rollback(registry, app, replicas, by=by, say=progress, started=started)
 
 
-def _rollback(registry: AdapterRegistry, app: str, replicas: Sequence[ServingBackend], *, by: str | None, started: float) -> SwitchResult:
+def _rollback(
+    registry: AdapterRegistry, app: str, replicas: Sequence[ServingBackend], *, by: str | None, say: Progress | None, started: float
+) -> SwitchResult:
     target = registry.rollback_target(app)
+    checks = rendering_checks(target, replicas)
+    for check in checks:
+        if check.status != "same" and say is not None:
+            say(("warning: " if check.differs else "note: ") + check.message)
     loaded = []
     for replica in replicas:
         try:
@@ -279,7 +342,9 @@ def _rollback(registry: AdapterRegistry, app: str, replicas: Sequence[ServingBac
                 wrapped = ServingError(message, url=exc.url)
             raise wrapped from exc
     previous = registry.switch_live(target.name, by=by, action="rollback")
-    return SwitchResult(registry.get(target.name), previous.name if previous else None, time.perf_counter() - started, loaded_on=loaded)
+    return SwitchResult(
+        registry.get(target.name), previous.name if previous else None, time.perf_counter() - started, loaded_on=loaded, rendering=checks
+    )
 
 
 def retire(

@@ -62,6 +62,9 @@ class ServingBackend(Protocol):
     ``url`` is the OpenAI API root (``http://HOST:PORT/v1``). ``load`` never replaces an adapter
     already loaded under the same name (different weights under a reused name can be served from
     stale caches); ``verify`` checks the adapter is listed and answers a smoke chat request.
+
+    A backend may also offer ``served_template() -> dict | None``: what the server recorded about the chat template it
+    renders with (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter against it.
     """
 
     kind: str
@@ -219,6 +222,13 @@ class HTTPServingBackend:
         if choice.problem is not None:
             raise VerificationError(f"A smoke chat request through {name} at {self.url} got no answer: {choice.problem}", url=self.url)
         return Verification(self.url, name, choice.raw, time.perf_counter() - started)
+
+    def served_template(self) -> dict[str, Any] | None:
+        """What this server recorded at start about the chat template it renders with (``ee serve vllm``, the local
+        server: :func:`~ee_middleware.adapters.serving.rendering.server_record`); ``None`` when nothing did."""
+        from ee_middleware.adapters.serving.rendering import server_record
+
+        return server_record(self.url)
 
     def _translate(self, exc: ModelError, doing: str) -> ServingError:
         url = getattr(exc, "url", self.url)

@@ -22,7 +22,8 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
   like vLLM's, to check that the served prompt is the trained one.
 
 Prompts are rendered by :mod:`ee_middleware.models.chat_template` (the trainer's rendering), with
-``--chat-template FILE`` replacing the tokenizer's template as vLLM's flag does. Requests run one at
+``--chat-template FILE`` replacing the tokenizer's template as vLLM's flag does. Once it answers, it records how it
+renders (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter against it. Requests run one at
 a time (one lock around the model); loading an adapter takes tens of milliseconds and never reloads
 the base. Run it with ``ee serve local --base DIR`` (or ``python -m`` this module).
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 import uuid
@@ -41,6 +43,8 @@ from typing import Any, cast
 
 from ee_middleware._optional import import_optional
 from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, check_port_free, make_server, sse_event
+from ee_middleware.adapters.serving.rendering import forget_server, record_server
+from ee_middleware.adapters.templates import local_served_template
 from ee_middleware.models.chat_template import probe_template, render_prompt
 from ee_middleware.models.local import Generated, LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
@@ -437,12 +441,20 @@ def main(argv: list[str] | None = None) -> None:
     server = make_http_server(app, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"ee local server: serving {app.served_model_name} at http://{host}:{port}/v1", flush=True)
+    state = record_server(
+        f"http://{host}:{port}/v1",
+        pid=os.getpid(),
+        base=str(app.base_path),
+        served_model_name=app.served_model_name,
+        template=local_served_template(app.base_path, app.tokenizer, app.support, args.chat_template),
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        forget_server(state, os.getpid())
 
 
 if __name__ == "__main__":

@@ -8,14 +8,20 @@ and to the local server, and both see the prompts the adapter was trained on, to
 
 Any other base whose own template needs one of the trainer's fallbacks gets such a template made for it
 (:func:`training_rendering`): ``ee serve vllm`` does so when it is given no ``--chat-template``.
+
+:func:`served_template` says how a server's template renders requests compared with the trainer, in the terms of the
+``rendering`` an adapter's manifest records (:meth:`~ee_middleware.models.chat_template.TemplateSupport.describe`), so
+an adapter can be checked against the server it is loaded into (:mod:`ee_middleware.adapters.serving.rendering`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ee_middleware.errors import ConfigError
 
@@ -51,25 +57,24 @@ class DerivedTemplate:
     """Tool calls are ``<tool_call>`` text: the server must parse answers with the ``hermes`` tool-call parser."""
 
 
+def cache_folder() -> Path:
+    """ee-middleware's cache: ``$EE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ee-middleware``, ``~/.cache/ee-middleware``)."""
+    root = os.environ.get("EE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ee-middleware"
+    return Path(root).expanduser()
+
+
 def derived_templates_folder() -> Path:
     """Where derived templates are written: ``$EE_CACHE_DIR/chat-templates`` (default ``~/.cache/ee-middleware``)."""
-    root = os.environ.get("EE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ee-middleware"
-    return Path(root).expanduser() / "chat-templates"
+    return cache_folder() / "chat-templates"
 
 
-def training_rendering(base: str | os.PathLike[str]) -> DerivedTemplate | None:
-    """For a local base model folder whose chat template ignores tools or tool calls, drops the text beside a call,
-    skips tool messages or has no system role: a template file that renders requests as the trainer rendered the
-    adapter's rows (:func:`ee_middleware.models.chat_template.serving_template`), written once under
-    :func:`derived_templates_folder` (named by its content). ``None`` when the base's template needs no fallback, when
-    ``base`` is not a local folder with a tokenizer (a model id the server resolves itself), or when its tokenizer has
-    no template."""
+def _base_tokenizer(base: str | os.PathLike[str]) -> tuple[Path, Any, str] | None:
+    """The local base folder, its tokenizer and its own chat template; ``None`` for a model id the server resolves itself,
+    a folder without a tokenizer of its own, or a tokenizer without a template. :class:`ConfigError` for an unreadable one."""
     folder = Path(base).expanduser()
     if not folder.is_dir() or not any((folder / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json")):
-        return None  # a model id the server resolves itself, or a folder without a tokenizer of its own
-    from ee_middleware._files import atomic_write_text
+        return None
     from ee_middleware._optional import import_optional
-    from ee_middleware.models.chat_template import probe_template, serving_template
 
     transformers = import_optional("transformers", extra="serve", purpose="read the base model's chat template")
     try:
@@ -82,7 +87,29 @@ def training_rendering(base: str | os.PathLike[str]) -> DerivedTemplate | None:
     own = getattr(tokenizer, "chat_template", None)
     if not isinstance(own, str) or not own:
         return None
-    support = probe_template(tokenizer)
+    return folder, tokenizer, own
+
+
+def training_rendering(base: str | os.PathLike[str]) -> DerivedTemplate | None:
+    """For a local base model folder whose chat template ignores tools or tool calls, drops the text beside a call,
+    skips tool messages or has no system role: a template file that renders requests as the trainer rendered the
+    adapter's rows (:func:`ee_middleware.models.chat_template.serving_template`), written once under
+    :func:`derived_templates_folder` (named by its content). ``None`` when the base's template needs no fallback, when
+    ``base`` is not a local folder with a tokenizer (a model id the server resolves itself), or when its tokenizer has
+    no template."""
+    read = _base_tokenizer(base)
+    if read is None:
+        return None
+    from ee_middleware.models.chat_template import probe_template
+
+    folder, tokenizer, own = read
+    return _derived(folder, own, probe_template(tokenizer))
+
+
+def _derived(folder: Path, own: str, support: Any) -> DerivedTemplate | None:
+    from ee_middleware._files import atomic_write_text
+    from ee_middleware.models.chat_template import serving_template
+
     text = serving_template(own, support)
     if text is None:
         return None
@@ -93,3 +120,161 @@ def training_rendering(base: str | os.PathLike[str]) -> DerivedTemplate | None:
         atomic_write_text(path, text)
     fallbacks = {key: how for key, how in support.describe().items() if how != "chat template"}
     return DerivedTemplate(path=path, fallbacks=fallbacks, calls_as_text=not support.tool_calls)
+
+
+# --- what a server renders, compared with the trainer ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedTemplate:
+    """The chat template a server renders requests with, and how that compares with the trainer's rendering."""
+
+    kind: str
+    """``derived`` (the base's template with the trainer's fallbacks in front: ``ee serve vllm``'s default),
+    ``own`` (the base's template as it is), ``trainer`` (the local server's own rendering: the trainer's functions)
+    or ``file`` (a template file given with ``--chat-template``)."""
+    path: str | None
+    """The template file the server was given; ``None`` when it uses the base's own."""
+    rendering: dict[str, str] | None
+    """What the server's requests look like, in the terms of an adapter manifest's ``rendering`` (per part,
+    ``chat template`` or the trainer's fallback); ``None`` when that cannot be told (``note`` says why)."""
+    note: str | None = None
+    as_trainer: bool | None = None
+    """It renders requests as ``ee train`` renders rows for this base today (with the fallbacks its template needs);
+    ``None`` when not known (the base's own template, taken without reading it)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_CHECK_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Find an order",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+        },
+    }
+]
+_CHECK_CALLS = [
+    {"id": f"c{i}", "type": "function", "function": {"name": "lookup_order", "arguments": f'{{"order_id": "A-{i}"}}'}} for i in (1, 2)
+]
+_CHECK_CONVERSATIONS: tuple[tuple[list[dict[str, Any]], list[dict[str, Any]] | None], ...] = (
+    (
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Where are orders A-1 and A-2?"},
+            {"role": "assistant", "content": "Looking both up.", "tool_calls": _CHECK_CALLS},
+            {"role": "tool", "tool_call_id": "c1", "content": "A-1 shipped"},
+            {"role": "tool", "tool_call_id": "c2", "content": "A-2 packed"},
+        ],
+        _CHECK_TOOLS,
+    ),
+    (
+        [
+            {"role": "user", "content": "Where is order A-1?"},
+            {"role": "assistant", "content": "", "tool_calls": _CHECK_CALLS[:1]},
+            {"role": "tool", "tool_call_id": "c1", "content": "A-1 shipped"},
+        ],
+        _CHECK_TOOLS,
+    ),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}], None),
+    ([{"role": "user", "content": "Hello"}], None),
+)
+"""Requests rendered both ways to tell what a template file renders like: a system message, tools, two calls with text
+beside them, tool results, and plain turns (each part a fallback changes; the last one every template takes)."""
+
+Render = Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]] | None], str]
+
+
+def _renders_like(tokenizer: Any, support: Any, served: Render) -> bool:
+    """Whether ``served`` renders the check requests exactly as the trainer's :func:`render_prompt` with ``support``
+    (refusing a request counts as rendering it alike only when both refuse it)."""
+    from ee_middleware.models.chat_template import render_prompt
+
+    def attempt(render: Callable[[], str]) -> str | None:
+        try:
+            return render()
+        except Exception:  # noqa: BLE001 - a template that refuses a request: compared as a refusal
+            return None
+
+    for messages, tools in _CHECK_CONVERSATIONS:
+        expected = attempt(lambda messages=messages, tools=tools: render_prompt(tokenizer, messages, tools, support))
+        if attempt(lambda messages=messages, tools=tools: served(messages, tools)) != expected:
+            return False
+    return True
+
+
+def _rendering_like(tokenizer: Any, served: Render) -> tuple[dict[str, str] | None, bool]:
+    """The rendering ``served`` matches (the trainer's, with the base's fallbacks; or the base's template as it is), and
+    whether that is the trainer's."""
+    from ee_middleware.models.chat_template import TemplateSupport, probe_template
+
+    trainer, as_is = probe_template(tokenizer), TemplateSupport(tools=True, tool_calls=True)
+    for support in dict.fromkeys((trainer, as_is)):
+        if _renders_like(tokenizer, support, served):
+            return support.describe(), support == trainer
+    return None, False
+
+
+AS_IS = {"tools": "chat template", "tool_calls": "chat template", "tool_results": "chat template", "system": "chat template"}
+"""The rendering of a server that uses the base's chat template as it is (no fallback)."""
+
+
+def served_template(base: str | os.PathLike[str], chat_template: str | os.PathLike[str] | None) -> ServedTemplate:
+    """How vLLM started with ``--chat-template chat_template`` renders requests for ``base`` (``None``: the base's own),
+    compared with the trainer (see :class:`ServedTemplate`). A file is compared by rendering a few requests both ways;
+    the base's own template renders everything with the template (:data:`AS_IS`), with no tokenizer to read."""
+    if chat_template is None:
+        return ServedTemplate("own", None, dict(AS_IS))
+    path = Path(chat_template)
+    derived_folder = derived_templates_folder()
+    kind = "derived" if path.resolve().parent == derived_folder.resolve() else "file"
+    try:
+        text = path.read_text(encoding="utf-8")
+        read = _base_tokenizer(base)
+    except (OSError, UnicodeDecodeError, ConfigError, ImportError) as exc:  # ImportError: no transformers here (MissingExtraError)
+        return ServedTemplate(kind, str(path), None, f"not compared with the trainer's rendering: {exc}")
+    if read is None:
+        return ServedTemplate(
+            kind, str(path), None, f"not compared with the trainer's rendering: no tokenizer with a chat template in {base}"
+        )
+    tokenizer = read[1]
+    from ee_middleware.models.chat_template import TemplateSupport, template_messages
+
+    as_sent = TemplateSupport(tools=True, tool_calls=True)
+
+    def served(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None) -> str:
+        return tokenizer.apply_chat_template(
+            template_messages(messages, as_sent),
+            tools=list(tools) if tools else None,
+            add_generation_prompt=True,
+            tokenize=False,
+            chat_template=text,
+        )
+
+    rendering, as_trainer = _rendering_like(tokenizer, served)
+    note = None if rendering else "renders requests unlike both the trainer (with the base's fallbacks) and the base's own template"
+    return ServedTemplate(kind, str(path), rendering, note, as_trainer)
+
+
+def local_served_template(
+    base: str | os.PathLike[str], tokenizer: Any, support: Any, chat_template: str | os.PathLike[str] | None
+) -> ServedTemplate:
+    """How the local server renders requests: the trainer's own functions with ``tokenizer`` (its template replaced by
+    ``chat_template`` when given) and ``support``. Without a file that is the trainer's rendering itself; with one, it is
+    compared with the trainer's by rendering a few requests both ways."""
+    if chat_template is None:
+        return ServedTemplate("trainer", None, support.describe(), as_trainer=True)
+    from ee_middleware.models.chat_template import render_prompt
+
+    try:
+        read = _base_tokenizer(base)
+    except (ConfigError, ImportError) as exc:
+        return ServedTemplate("file", str(chat_template), None, f"not compared with the trainer's rendering: {exc}")
+    if read is None:
+        return ServedTemplate("file", str(chat_template), None, f"not compared with the trainer's rendering: no chat template in {base}")
+    rendering, as_trainer = _rendering_like(read[1], lambda messages, tools: render_prompt(tokenizer, messages, tools, support))
+    note = None if rendering else "renders requests unlike both the trainer (with the base's fallbacks) and the base's own template"
+    return ServedTemplate("file", str(chat_template), rendering, note, as_trainer)

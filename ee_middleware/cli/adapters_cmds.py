@@ -156,16 +156,25 @@ def promote(
     ignore_gate: bool = typer.Option(
         False, "--ignore-gate", help="Promote even though its last recorded deploy gate failed (the history records it)."
     ),
+    ignore_rendering: bool = typer.Option(
+        False,
+        "--ignore-rendering",
+        help="Promote even though a server renders prompts unlike the adapter's training rows (the history records it).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Load and verify the adapter on every replica, then switch its app's alias to it (all or nothing).
 
-    An adapter whose last recorded gate failed (ee eval gate --adapter NAME -r REGISTRY) needs --ignore-gate."""
+    An adapter whose last recorded gate failed (ee eval gate --adapter NAME -r REGISTRY) needs --ignore-gate. A server
+    whose chat template (recorded by ee serve vllm / ee serve local) renders prompts unlike the adapter's training rows
+    (its manifest's rendering) is refused unless --ignore-rendering; where either is unknown, a note says so."""
     from ee_middleware.adapters.promote import promote as run_promote
 
     replicas = _replicas(_urls(servers), backend, max_lora_rank)
     progress = None if as_json else lambda t: typer.echo(t, err=True)
-    result = run_promote(_registry(registry), name, replicas, by=by, progress=progress, ignore_gate=ignore_gate)
+    result = run_promote(
+        _registry(registry), name, replicas, by=by, progress=progress, ignore_gate=ignore_gate, ignore_rendering=ignore_rendering
+    )
     if as_json:
         print_json(result.to_json())
     else:

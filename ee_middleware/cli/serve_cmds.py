@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -92,19 +93,29 @@ def serve_vllm(
     extra: list[str] = typer.Option([], "--vllm-arg", help="One more argument for vLLM (repeat)."),
     timeout_s: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the server to answer."),
     print_command: bool = typer.Option(False, "--print-command", help="Print the command and environment, do not start."),
+    ignore_rendering: bool = typer.Option(
+        False,
+        "--ignore-rendering",
+        help="Start even though an adapter given with --vllm-arg --lora-modules was trained on prompts rendered otherwise.",
+    ),
 ) -> None:
     """Start vLLM with --enable-lora and runtime LoRA updating, wait until it answers, stop it (process group) on Ctrl-C.
 
     Adapters are trained on rows rendered with the base's chat template, or with the trainer's fallbacks where that
     template ignores tools or tool calls, drops the text beside a call, skips tool messages or has no system role. Given
     no --chat-template, vLLM gets a template that renders requests the same way (written under ~/.cache/ee-middleware).
+    Which template it serves is recorded (~/.cache/ee-middleware/servers/PORT.json) so that `ee adapters promote` can
+    check each adapter against it; adapters given at start (--lora-modules) are checked here.
     """
     from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, vllm_command, vllm_env
+    from ee_middleware.adapters.serving.rendering import forget_server, record_server
 
     if chat_template is None:
         chat_template = _training_rendering(base, tool_call_parser)
     elif chat_template == "own":
         chat_template = None
+    served = _served_template(base, _template(chat_template))
+    _check_start_adapters(extra, served, f"http://{host}:{port}/v1", ignore_rendering=ignore_rendering)
 
     options = VLLMOptions(
         base=base,
@@ -130,8 +141,79 @@ def serve_vllm(
     typer.echo(f"starting: {' '.join(command)}", err=True)
     with termination_as_interrupt():
         server.start(timeout_s=timeout_s)
+        state = record_server(
+            server.url, pid=server.pid or 0, base=base, served_model_name=options.served_model_name or base, template=served
+        )
         typer.echo(f"vLLM serving {options.served_model_name or base} at {server.url} (log: {server.log_path}); Ctrl-C stops it")
-        _wait(server)
+        try:
+            _wait(server)
+        finally:
+            forget_server(state, server.pid or 0)
+
+
+def _served_template(base: str, chat_template: str | None) -> Any:
+    """How vLLM will render requests compared with the trainer (:func:`~ee_middleware.adapters.templates.served_template`)."""
+    from ee_middleware.adapters.templates import served_template
+
+    served = served_template(base, chat_template)
+    if served.rendering is None:
+        typer.secho(
+            f"The chat template {chat_template} {served.note}: promotes into this server will say they could not check it.",
+            err=True,
+            fg="yellow",
+        )
+    return served
+
+
+def _check_start_adapters(extra: list[str], served: Any, url: str, *, ignore_rendering: bool) -> None:
+    """Each adapter given at start (``--lora-modules NAME=PATH`` among the vLLM arguments) against the template served:
+    refused when it was trained on prompts rendered otherwise (unless ``ignore_rendering``), a note when unknown."""
+    from ee_middleware.adapters.errors import ChatTemplateMismatchError
+    from ee_middleware.adapters.serving.rendering import adapter_manifest, check_rendering
+
+    state = {"chat_template": served.to_json()}
+    checks = [check_rendering(name, adapter_manifest(path), url, state) for name, path in lora_modules(extra)]
+    differing = [check for check in checks if check.differs]
+    for check in checks:
+        if check.status != "same" and (ignore_rendering or not check.differs):
+            typer.secho(("ignored: " if check.differs else "note: ") + check.message, err=True, fg="yellow")
+    if differing and not ignore_rendering:
+        raise ChatTemplateMismatchError(
+            " ".join(check.message for check in differing) + " Not started; start it anyway with --ignore-rendering.",
+            url=url,
+            checks=differing,
+        )
+
+
+def lora_modules(args: list[str]) -> list[tuple[str, str]]:
+    """The adapters given to vLLM at start: ``--lora-modules NAME=PATH ...`` (or its JSON form) among ``args``."""
+    import json
+
+    values: list[str] = []
+    taking = False
+    for arg in args:
+        if arg.startswith("--lora-modules="):
+            values.append(arg.split("=", 1)[1])
+            taking = True
+        elif arg == "--lora-modules":
+            taking = True
+        elif arg.startswith("--"):
+            taking = False
+        elif taking:
+            values.append(arg)
+    modules = []
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                spec = json.loads(value)
+            except ValueError:
+                continue  # vLLM says what is wrong with it
+            if isinstance(spec, dict) and spec.get("name") and spec.get("path"):
+                modules.append((str(spec["name"]), str(spec["path"])))
+        elif "=" in value:
+            name, path = value.split("=", 1)
+            modules.append((name, path))
+    return modules
 
 
 def _training_rendering(base: str, tool_call_parser: str | None) -> str | None:

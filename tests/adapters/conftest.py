@@ -24,6 +24,22 @@ CORPUS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """EE_CACHE_DIR in a temporary folder for the session: servers started here record their chat template there
+    (ee_middleware.adapters.serving.rendering), not in the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("ee-cache")
+    before = os.environ.get("EE_CACHE_DIR")
+    os.environ["EE_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("EE_CACHE_DIR", None)
+    else:
+        os.environ["EE_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama saved with a tokenizer whose chat template is SmolLM2's."""

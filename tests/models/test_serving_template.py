@@ -175,3 +175,63 @@ def test_ee_serve_vllm_on_a_folder_it_cannot_read_a_tokenizer_from_serves_as_it_
     result = _serve_vllm("--base", str(broken))
     assert result.exit_code == 0, result.output
     assert "--chat-template" not in result.stdout and "Not checked whether the chat template" in result.stderr
+
+
+# --- which rendering a server's template gives, and adapters given at start ------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_served_template_says_what_each_template_choice_renders_like(family: str, tmp_path: Any, monkeypatch: Any) -> None:
+    """The derived template renders like the trainer (the base's fallbacks), the base's own file like the template as it
+    is, and a template made for another family like neither (so nothing claims it matches)."""
+    from ee_middleware.adapters.templates import AS_IS, served_template, template_path, training_rendering
+
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _base_folder(tmp_path, family)
+    trainer = probe_template(build_test_tokenizer([FAMILIES[family]], chat_template=FAMILIES[family])).describe()
+    derived = training_rendering(folder)
+    if derived is not None:
+        served = served_template(folder, derived.path)
+        assert (served.kind, served.rendering, served.as_trainer) == ("derived", trainer, True)
+    own_file = tmp_path / "own.jinja"
+    own_file.write_text(FAMILIES[family])
+    assert served_template(folder, own_file).rendering == AS_IS
+    assert served_template(folder, None).rendering == AS_IS
+    other = served_template(folder, template_path("smollm2-tools"))
+    assert other.rendering is None and "unlike both" in (other.note or "")
+
+
+def _adapter_folder(tmp_path: Any, name: str, rendering: dict[str, str] | None) -> Any:
+    folder = tmp_path / name
+    folder.mkdir()
+    if rendering is not None:
+        (folder / "manifest.json").write_text(json.dumps({"rendering": rendering}))
+    return folder
+
+
+def test_ee_serve_vllm_refuses_an_adapter_given_at_start_that_was_trained_on_other_prompts(tmp_path: Any, monkeypatch: Any) -> None:
+    """Llama 3.2's derived template writes calls as <tool_call> text; an adapter trained before that fallback (calls by the
+    template) is refused at start, naming it, the part and the fix, unless --ignore-rendering. One trained with today's
+    rendering starts; one without a recorded rendering gets a note. Before, vLLM started and served it silently."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    base = str(_base_folder(tmp_path, "llama-3-2"))
+    tokenizer = build_test_tokenizer([FAMILIES["llama-3-2"]], chat_template=FAMILIES["llama-3-2"])
+    today = probe_template(tokenizer).describe()
+    old = _adapter_folder(tmp_path, "old", {"tools": "chat template", "tool_calls": "chat template"})
+    new = _adapter_folder(tmp_path, "new", today)
+    bare = _adapter_folder(tmp_path, "bare", None)
+
+    refused = _serve_vllm("--base", base, "--vllm-arg", "--lora-modules", "--vllm-arg", f"old-one={old}", "--vllm-arg", f"new-one={new}")
+    assert refused.exit_code == 1
+    assert "old-one would see prompts unlike its training rows" in refused.output and "new-one" not in refused.output
+    assert "tool_calls: trained with the chat template" in refused.output and "train it again" in refused.output
+    forced = _serve_vllm("--base", base, "--vllm-arg", f"--lora-modules=old-one={old}", "--ignore-rendering")
+    assert forced.exit_code == 0 and "ignored: old-one would see prompts" in forced.stderr
+
+    fine = _serve_vllm("--base", base, "--vllm-arg", "--lora-modules", "--vllm-arg", json.dumps({"name": "new-one", "path": str(new)}))
+    assert fine.exit_code == 0, fine.output
+    noted = _serve_vllm("--base", base, "--vllm-arg", "--lora-modules", "--vllm-arg", f"bare-one={bare}")
+    assert noted.exit_code == 0 and "bare-one's manifest records no rendering" in noted.stderr
+
+    own = _serve_vllm("--base", base, "--chat-template", "own", "--vllm-arg", "--lora-modules", "--vllm-arg", f"new-one={new}")
+    assert own.exit_code == 1 and "without --chat-template" in own.output  # the fix: serve the derived template

@@ -1,0 +1,221 @@
+"""Whether a server renders prompts as an adapter's training rows were rendered, and where a server says what it renders.
+
+An adapter's manifest records its ``rendering`` (:meth:`~ee_middleware.models.chat_template.TemplateSupport.describe`:
+per part of a conversation, ``chat template`` or the trainer's fallback for a base whose template drops it). A server
+renders requests with one chat template (:class:`~ee_middleware.adapters.templates.ServedTemplate` says how that
+compares with the trainer). An adapter loaded into a server that renders a part otherwise sees prompts unlike its
+training rows: no error, only worse answers. :func:`check_rendering` compares the two.
+
+**Where a server's template is recorded.** ``ee serve vllm`` and the local server write a small state file once the
+server answers: ``$EE_CACHE_DIR/servers/PORT.json`` (default ``~/.cache/ee-middleware/servers``) with its URL, process,
+base model and :class:`~ee_middleware.adapters.templates.ServedTemplate`. :func:`server_record` finds it by the URL a
+promote is given (a server on this machine, or on the host the file names when the cache folder is shared); a file
+whose process is gone is ignored. A server started otherwise (``vllm serve`` by hand) has none: the check then says it
+could not tell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ee_middleware._files import atomic_write_text
+from ee_middleware.adapters.records import MANIFEST_FILE
+from ee_middleware.adapters.templates import ServedTemplate, cache_folder
+
+STATE_SCHEMA_VERSION = 1
+AS_TEMPLATE = "chat template"
+PARTS = ("tools", "tool_calls", "tool_results", "system")
+"""The parts of a conversation :meth:`TemplateSupport.describe` names."""
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""}  # names a URL gives this machine by
+
+
+def servers_folder() -> Path:
+    """Where running servers' state files are: ``$EE_CACHE_DIR/servers``."""
+    return cache_folder() / "servers"
+
+
+def record_server(url: str, *, pid: int, base: str, served_model_name: str, template: ServedTemplate) -> Path:
+    """Write the state file of the server at ``url`` (process ``pid``), replacing one left by a server gone from that port."""
+    parts = urlsplit(url)
+    path = servers_folder() / f"{parts.port}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "schema_version": STATE_SCHEMA_VERSION,
+        "url": url,
+        "host": parts.hostname or "",
+        "port": parts.port,
+        "hostname": socket.gethostname(),
+        "pid": pid,
+        "base": base,
+        "served_model_name": served_model_name,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "chat_template": template.to_json(),
+    }
+    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
+    return path
+
+
+def forget_server(path: Path, pid: int) -> None:
+    """Remove the state file at ``path`` if it is still the one of process ``pid`` (a server stopping)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == pid:
+            path.unlink()
+
+
+def server_record(url: str) -> dict[str, Any] | None:
+    """The state file of the running server at ``url`` (see the module docstring), or ``None``."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.port is None:
+        return None
+    path = servers_folder() / f"{parts.port}.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("chat_template"), dict):
+        return None
+    host = (parts.hostname or "").lower()
+    here = socket.gethostname()
+    if state.get("hostname") == here:
+        local = host in _LOCAL_NAMES or host in {here.lower(), socket.getfqdn().lower(), str(state.get("host", "")).lower()}
+        return state if local and _alive(state.get("pid")) else None
+    return state if host and host in {str(state.get("hostname", "")).lower(), str(state.get("host", "")).lower()} else None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def adapter_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The training manifest in an adapter folder (``manifest.json``, written by ``ee train``), or ``None``."""
+    try:
+        manifest = json.loads((Path(folder).expanduser() / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+# --- the check ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderingCheck:
+    """An adapter's training rendering against a server's: ``same``, ``differs`` (certainly wrong) or ``unknown``."""
+
+    adapter: str
+    server: str
+    status: str
+    message: str
+    differences: list[dict[str, str]] = field(default_factory=list)
+    """Per part that differs: ``part``, ``trained`` (how the training rows had it), ``served`` (how the server renders it)."""
+
+    @property
+    def differs(self) -> bool:
+        return self.status == "differs"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trained_rendering(manifest: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The rendering an adapter's manifest records, every part named: a part a manifest from before its fallback existed
+    leaves out was rendered by the chat template (that trainer had no other way). ``None`` when none is recorded."""
+    recorded = manifest.get("rendering") if isinstance(manifest, Mapping) else None
+    if not isinstance(recorded, Mapping) or not recorded:
+        return None
+    return {part: str(recorded.get(part, AS_TEMPLATE)) for part in PARTS}
+
+
+def check_rendering(
+    adapter: str, manifest: Mapping[str, Any] | None, server: str, state: Mapping[str, Any] | None, *, base_model: str | None = None
+) -> RenderingCheck:
+    """Compare the rendering ``adapter`` was trained with (its ``manifest``) with what the server at ``server`` renders
+    (its state file, :func:`server_record`; ``None`` when it has none). Parts compare by whether the chat template or a
+    fallback renders them, so the wording of a manifest from an older version does not count as a difference."""
+    trained = trained_rendering(manifest)
+    if trained is None:
+        return RenderingCheck(
+            adapter,
+            server,
+            "unknown",
+            f"{adapter}'s manifest records no rendering (it was trained before ee-middleware recorded how it rendered the "
+            f"training rows, or not by `ee train`), so whether {server} shows it prompts like its training rows was not "
+            "checked. Train it again with `ee train` to have it checked.",
+        )
+    template = state.get("chat_template") if isinstance(state, Mapping) else None
+    served = template.get("rendering") if isinstance(template, Mapping) else None
+    if not isinstance(served, Mapping):
+        why = (
+            f"its chat template ({template.get('path') or template.get('kind')}) {template.get('note') or 'could not be compared'}"
+            if isinstance(template, Mapping)
+            else "it was not started by `ee serve vllm` or `ee serve local` on this machine, so nothing says which chat template it uses"
+        )
+        return RenderingCheck(
+            adapter,
+            server,
+            "unknown",
+            f"Not checked whether {server} renders prompts as {adapter} was trained ({_summary(trained)}): {why}. "
+            "Serve with `ee serve vllm --base BASE` (no --chat-template: it renders as the trainer does) to have it checked.",
+        )
+    from ee_middleware.adapters.records import normalize_base
+
+    served_base = str(state.get("base") or "") if isinstance(state, Mapping) else ""
+    if base_model and served_base and normalize_base(served_base) != normalize_base(base_model):
+        return RenderingCheck(
+            adapter,
+            server,
+            "unknown",
+            f"Not compared: {server} serves the base {served_base}, {adapter} was trained on {base_model}.",
+        )
+    differences = [
+        {"part": part, "trained": trained[part], "served": str(served.get(part, AS_TEMPLATE))}
+        for part in PARTS
+        if (trained[part] == AS_TEMPLATE) != (str(served.get(part, AS_TEMPLATE)) == AS_TEMPLATE)
+    ]
+    if not differences:
+        return RenderingCheck(adapter, server, "same", f"{server} renders prompts as {adapter} was trained ({_summary(trained)}).")
+    said = "; ".join(f"{d['part']}: trained with {_how(d['trained'])}, served with {_how(d['served'])}" for d in differences)
+    if isinstance(template, Mapping) and template.get("as_trainer"):  # the server renders as ee train does today
+        fix = (
+            f"{server} renders as the trainer does now, so {adapter} was trained with another rendering (before the trainer's "
+            "fallbacks for this base existed, or with another template): train it again on this base"
+        )
+    else:
+        fix = (
+            f"Restart {server} with the template derived for its base (`ee serve vllm --base BASE` without --chat-template: "
+            f"it renders requests as the trainer rendered the rows), or train {adapter} again on what this server renders"
+        )
+    return RenderingCheck(
+        adapter,
+        server,
+        "differs",
+        f"{adapter} would see prompts unlike its training rows on {server} ({said}): it answers worse there, with no error "
+        f"to say why. {fix}.",
+        differences,
+    )
+
+
+def _how(value: str) -> str:
+    return "the chat template" if value == AS_TEMPLATE else f"the fallback ({value})"
+
+
+def _summary(rendering: Mapping[str, str]) -> str:
+    fallbacks = [part for part in PARTS if rendering.get(part, AS_TEMPLATE) != AS_TEMPLATE]
+    return f"fallbacks for {', '.join(fallbacks)}" if fallbacks else "the chat template for every part"

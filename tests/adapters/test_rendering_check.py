@@ -1,0 +1,146 @@
+"""An adapter is checked against the chat template of the server it is promoted into: a REAL local server process (tiny
+random Llama with SmolLM2's template, served with the shipped smollm2-tools template), real peft adapters with the
+manifest ``ee train`` writes, a real registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.adapters.errors import ChatTemplateMismatchError
+from ee_middleware.adapters.promote import promote, rollback
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.backend import LocalBackend
+from ee_middleware.adapters.serving.rendering import check_rendering, record_server, server_record, servers_folder
+from ee_middleware.adapters.templates import AS_IS, ServedTemplate
+
+from .conftest import train_shaped_adapter
+
+TOOLS_AS_TEXT = {
+    "tools": "system message (template ignores tools)",
+    "tool_calls": "<tool_call> text (template ignores tool_calls, renders one per message, or drops the text beside them)",
+    "tool_results": "chat template",
+    "system": "chat template",
+}
+"""What `ee train` records for a base with SmolLM2's template (it ignores tools and tool calls)."""
+BEFORE_FALLBACKS = {"tools": "chat template", "tool_calls": "chat template"}
+"""A manifest of a trainer from before that base's fallbacks: its template rendered tools and calls (so it believed)."""
+
+
+def _adapter(base: Path, folder: Path, seed: int, rendering: dict[str, str] | None) -> Path:
+    train_shaped_adapter(base, folder, seed=seed)
+    if rendering is not None:
+        (folder / "manifest.json").write_text(json.dumps({"schema_version": 1, "rendering": rendering}))
+    return folder
+
+
+def test_the_local_server_records_the_template_it_renders_with(local_server: Any) -> None:
+    """Given smollm2-tools on a SmolLM2-template base, it renders as the trainer does: tools in the system message,
+    calls as <tool_call> text."""
+    state = LocalBackend(local_server.url).served_template()
+    assert state is not None and state["pid"] == local_server.pid
+    assert state["chat_template"]["kind"] == "file" and state["chat_template"]["rendering"] == TOOLS_AS_TEXT
+
+
+def test_a_promote_into_a_server_rendering_otherwise_is_refused_and_loads_nothing(
+    local_server: Any, tiny_base: Path, tmp_path: Path
+) -> None:
+    """An adapter trained before the fallbacks existed (its manifest: tools and calls by the template) would see tool
+    schemas in the system message and calls as text on this server: refused, nothing loaded, still a candidate; with
+    ignore_rendering it goes live and the history records the override. Before, it was promoted silently."""
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    record = registry.register(_adapter(tiny_base, tmp_path / "old", 11, BEFORE_FALLBACKS), "support-bot")
+    replicas = [LocalBackend(local_server.url)]
+    with pytest.raises(ChatTemplateMismatchError) as caught:
+        promote(registry, record.name, replicas)
+    message = str(caught.value)
+    assert record.name in message and local_server.url in message
+    assert "tools: trained with the chat template, served with the fallback" in message
+    assert "tool_calls" in message and "train it again" in message and "--ignore-rendering" in message
+    assert record.name not in replicas[0].list()
+    assert registry.get(record.name).status == "candidate"
+
+    said: list[str] = []
+    result = promote(registry, record.name, replicas, ignore_rendering=True, progress=said.append)
+    assert result.live.name == record.name and registry.get(record.name).status == "live"
+    assert [check.status for check in result.rendering] == ["differs"]
+    assert result.to_json()["rendering"][0]["differences"][0]["part"] == "tools"
+    assert any(line.startswith("ignored: ") for line in said)
+    started = [e for e in registry.history(adapter=record.name) if e["action"] == "promote-started"][-1]
+    assert [d["part"] for d in started["ignored_rendering"][0]] == ["tools", "tool_calls"]
+    replicas[0].unload(record.name)
+
+
+def test_a_matching_adapter_is_promoted_and_an_old_manifest_gets_a_note(local_server: Any, tiny_base: Path, tmp_path: Path) -> None:
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    matching = registry.register(_adapter(tiny_base, tmp_path / "new", 12, TOOLS_AS_TEXT), "support-bot")
+    unrecorded = registry.register(_adapter(tiny_base, tmp_path / "unrecorded", 13, None), "support-bot")
+    replicas = [LocalBackend(local_server.url)]
+    result = promote(registry, matching.name, replicas)
+    assert [(c.status, c.server) for c in result.rendering] == [("same", local_server.url)]
+
+    said: list[str] = []
+    result = promote(registry, unrecorded.name, replicas, progress=said.append)
+    assert result.live.name == unrecorded.name
+    [check] = result.rendering
+    assert check.status == "unknown" and "records no rendering" in check.message and unrecorded.name in check.message
+    assert any("records no rendering" in line for line in said)
+
+    back = rollback(registry, "support-bot", replicas)  # the same check; a rollback only says what it found
+    assert back.live.name == matching.name and [c.status for c in back.rendering] == ["same"]
+    for name in (matching.name, unrecorded.name):
+        replicas[0].unload(name)
+
+
+def test_the_cli_refuses_a_mismatched_adapter_until_ignore_rendering(local_server: Any, tiny_base: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    record = registry.register(_adapter(tiny_base, tmp_path / "old", 14, BEFORE_FALLBACKS), "support-bot")
+    common = ["-r", str(tmp_path / "registry"), "--server", local_server.url, "--backend", "local"]
+    runner = CliRunner()
+    refused = runner.invoke(app, ["adapters", "promote", record.name, *common])
+    assert refused.exit_code == 1 and "would see prompts unlike its training rows" in refused.output
+    forced = runner.invoke(app, ["adapters", "promote", record.name, *common, "--ignore-rendering", "--json"])
+    assert forced.exit_code == 0, forced.output
+    out = json.loads(forced.stdout)
+    assert out["live"] == record.name and out["rendering"][0]["status"] == "differs"
+    assert {"live", "app", "replaced", "seconds", "loaded_on", "verified_on"} <= set(out)  # the keys it always had
+    LocalBackend(local_server.url).unload(record.name)
+
+
+def test_a_state_file_of_a_server_gone_or_on_another_host_is_not_taken_for_the_server(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record_server("http://127.0.0.1:59871/v1", pid=gone.pid, base="/b", served_model_name="b", template=ServedTemplate("own", None, AS_IS))
+    assert (servers_folder() / "59871.json").is_file()
+    assert server_record("http://127.0.0.1:59871/v1") is None
+    record_server(
+        "http://127.0.0.1:59872/v1", pid=os.getpid(), base="/b", served_model_name="b", template=ServedTemplate("own", None, AS_IS)
+    )
+    assert server_record("http://localhost:59872/v1") is not None
+    assert server_record("http://gpu-box.example:59872/v1") is None  # another machine's server on that port
+
+
+def test_the_comparison_goes_by_template_or_fallback_not_by_wording() -> None:
+    """A manifest written by an older version words the fallback otherwise; a part it leaves out was the template's."""
+    state = {"chat_template": ServedTemplate("derived", "/t.jinja", TOOLS_AS_TEXT).to_json()}
+    older = {
+        "rendering": {"tools": "system message (template ignores tools)", "tool_calls": "<tool_call> text (template ignores tool_calls)"}
+    }
+    assert check_rendering("a", older, "http://s/v1", state).status == "same"
+    phi = {**TOOLS_AS_TEXT, "tool_results": "<tool_response> blocks in a user turn (template skips or refuses tool messages)"}
+    check = check_rendering(
+        "a", {"rendering": TOOLS_AS_TEXT}, "http://s/v1", {"chat_template": ServedTemplate("derived", "/t", phi).to_json()}
+    )
+    assert check.differs and [d["part"] for d in check.differences] == ["tool_results"]
+    unknown = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, "http://s/v1", None)
+    assert unknown.status == "unknown" and "not started by `ee serve vllm`" in unknown.message
