@@ -16,7 +16,8 @@ Each trajectory is a task:
 * success: the sandbox's :meth:`state_digest` after the candidate's run equals the digest after
   replaying the expert's recorded calls on a fresh world, **and** the facts of the expert's final
   answer appear in the candidate's replies (:func:`answer_facts`: its numbers and identifiers,
-  and the words it took from the tools' results). Otherwise the reason says which check failed,
+  and the words it took from the tools' results; :func:`missing_facts` says which do not, reading a
+  fact as a whole word and a number by its value). Otherwise the reason says which check failed,
   with the expert calls the candidate did not make or the facts it did not state.
 
 A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact)
@@ -26,18 +27,20 @@ counts them and ``excluded_reasons`` says why.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import re
 import time
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
-from ee_middleware.evals.matching import missing_outputs, normalize
+from ee_middleware.evals.matching import normalize
 from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
 from ee_middleware.models.protocol import ChatClient
 from ee_middleware.records import ToolCall, Trajectory
@@ -132,6 +135,82 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
         ):
             facts.append(token)
     return facts
+
+
+def missing_facts(facts: list[str], replies: list[str]) -> list[str]:
+    """The ``facts`` (from :func:`answer_facts`) that none of the candidate's ``replies`` states.
+
+    A fact is stated as a whole word, never inside a longer one (``ua100`` is not in ``UA1000``, ``2`` not in
+    ``DL200``), with the case and thousands separators ignored. A number is stated by its value however it is written
+    (``1250.00`` by ``$1,250``, ``40.5`` by ``40.50``), a count up to twenty also in words (``3`` by ``three``), a number
+    with a unit by the same number and unit (``21c`` by ``21 °C``), and a date also as ``May 1, 2024`` or
+    ``1 May 2024`` (``2024-05-01``).
+    """
+    texts = [normalize(reply) for reply in replies]
+    numbers = {value for text in texts for value in _numbers(text)}
+    dates = {day for text in texts for day in _dates(text)}
+    return [fact for fact in facts if not _stated(fact, texts, numbers, dates)]
+
+
+def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.date]) -> bool:
+    if any(re.search(rf"(?<![a-z0-9]){re.escape(fact)}(?![a-z0-9])", text) for text in texts):
+        return True
+    number = _NUMBER.fullmatch(fact)
+    if number:
+        value = Decimal(number.group(1))
+        if value in numbers:
+            return True
+        word = _COUNT_WORDS.get(int(value)) if value == value.to_integral_value() and 0 <= value <= 20 else None
+        return word is not None and any(re.search(rf"(?<![a-z]){word}(?![a-z])", text) for text in texts)
+    with_unit = _WITH_UNIT.fullmatch(fact)
+    if with_unit:
+        amount, unit = with_unit.groups()
+        pattern = rf"(?<![\d.]){re.escape(amount)}(?:\.0+)?\s*°?\s*{re.escape(unit)}(?![a-z])"
+        return any(re.search(pattern, text) for text in texts)
+    if _ISO_DATE.fullmatch(fact):
+        try:
+            return dt.date.fromisoformat(fact) in dates
+        except ValueError:
+            return False
+    return False
+
+
+def _numbers(text: str) -> set[Decimal]:
+    return {Decimal(match) for match in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\d])", text)}
+
+
+def _dates(text: str) -> set[dt.date]:
+    found = set()
+    for match in _WRITTEN_DATE.finditer(text):
+        month_first, day_first, year = (
+            match.group("month") or match.group("month2"),
+            match.group("day") or match.group("day2"),
+            match.group("year"),
+        )
+        try:
+            found.add(dt.date(int(year), _MONTHS[month_first[:3]], int(day_first)))
+        except (KeyError, ValueError):
+            continue
+    for match in re.finditer(r"\b(\d{4})[-/](\d{1,2})[-/](\d{1,2})\b", text):
+        try:
+            found.add(dt.date(*(int(part) for part in match.groups())))
+        except ValueError:
+            continue
+    return found
+
+
+_NUMBER = re.compile(r"[$€£]?(-?\d+(?:\.\d+)?)%?")
+_WITH_UNIT = re.compile(r"(\d+(?:\.\d+)?)([a-z%°]{1,4})")
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MONTHS = {
+    name: number for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)
+}
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_WRITTEN_DATE = re.compile(
+    rf"\b(?:(?P<month>{_MONTH})\s+(?P<day>\d{{1,2}})(?:st|nd|rd|th)?|(?P<day2>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<month2>{_MONTH}))\s*,?\s+(?P<year>\d{{4}})\b"
+)
+_NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+_COUNT_WORDS = dict(enumerate(_NUMBER_WORDS.split()))
 
 
 def sandbox_spec(app: str, setting: str | None) -> str | None:
@@ -332,7 +411,7 @@ class TracesSuite:
     ) -> tuple[bool, str | None, str | None, dict[str, Any]]:
         if conversation.error is not None:
             return False, conversation.error_type, conversation.error, {}
-        missing = missing_outputs(task.payload["facts"], conversation.replies)
+        missing = missing_facts(task.payload["facts"], conversation.replies)
         details = {"digest": actual, "expected_digest": expected, "missing_facts": missing}
         problems = []
         if actual != expected:

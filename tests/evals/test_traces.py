@@ -19,7 +19,7 @@ from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.runner import run_eval
 from ee_middleware.evals.suites import SuiteSettings, load_suite, parse_traces
-from ee_middleware.evals.traces.suite import answer_facts, expert_digests, read_split
+from ee_middleware.evals.traces.suite import answer_facts, expert_digests, missing_facts, read_split
 from ee_middleware.replay.sandboxes.registry import build_sandbox
 
 RETAIL_SANDBOX = "retail_db.sandbox:make_sandbox"
@@ -228,3 +228,27 @@ def test_a_state_mismatch_says_which_calls_the_candidate_made_instead(bfcl_store
     assert result.error_type == "state_mismatch" and f"calls it made that the expert did not: {first['name']}()" in result.reason, (
         result.reason
     )
+
+
+@pytest.mark.parametrize(
+    ("answer", "observation", "reply", "missing"),
+    [
+        ("The total is $1,250.00.", '{"total": 1250.0}', "It costs $1,250 in total.", []),
+        ("Your balance is now 40.5.", '{"balance": 40.5}', "Balance: 40.50", []),
+        ("I refunded 3 items.", "ok", "I have refunded three items.", []),
+        ("Paris is at 21C.", '{"city": "Paris", "temp": "21C"}', "Paris: 21 °C", []),
+        ("It ships on 2024-05-01.", '{"ship": "2024-05-01"}', "It ships on May 1st, 2024.", []),
+        ("It ships on 2024-05-01.", '{"ship": "2024-05-01"}', "It ships on 1 May 2024.", []),
+        ("Flight UA100 at 10:30.", '{"f": "UA100", "t": "10:30"}', "Flight UA1000 at 10:30.", ["ua100"]),
+        ("I found 2 flights.", "[]", "Flights DL200 and AA12.", ["2"]),
+        ("Paris is at 21C.", '{"city": "Paris", "temp": "21C"}', "Paris: 210 C", ["21c"]),
+        ("It ships on 2024-05-01.", '{"ship": "2024-05-01"}', "It ships on May 2, 2024.", ["2024-05-01"]),
+    ],
+)
+def test_an_answers_facts_are_read_as_whole_words_numbers_by_value_and_dates_in_any_common_form(
+    answer: str, observation: str, reply: str, missing: list[str]
+) -> None:
+    """A candidate that states the expert's facts in other words passed only where it wrote them as the expert did
+    (``$1,250`` did not state ``1,250.00``, ``three`` not ``3``), while a fact inside a longer word passed (``UA100`` in
+    ``UA1000``, ``2`` in ``DL200``); now a fact is a whole word, a number its value, a date any common form of it."""
+    assert missing_facts(answer_facts(answer, [observation]), [reply]) == missing
