@@ -129,3 +129,25 @@ def test_qwen3s_template_renders_the_recorded_reasoning_as_it_does_when_serving(
     assert f"<|im_start|>assistant\n<think>\n{FIRST}\n</think>\n\n<tool_call>" in rendered[(1, 1)]
     second_request = rendered[(2, 0)]
     assert "<think>" not in second_request and FIRST not in second_request and f"<|im_start|>assistant\n{ANSWER}" in second_request
+
+
+def test_reasoning_is_redacted_as_text_is(tmp_path: Path) -> None:
+    """The store's redaction rules apply to the reasoning too (a model thinks about the user's e-mail address)."""
+    script = [
+        AIMessage(
+            content="",
+            additional_kwargs={"reasoning_content": "Mail alice@example.com?"},
+            tool_calls=[tool_call("check_stock", item="pear")],
+        ),
+        AIMessage(content="<think>\nShe is alice@example.com.\n</think>\n\nNone left."),
+    ]
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [check_stock]), app="shop", store=tmp_path / "store")
+    agent.invoke({"messages": [("user", "Pears?")]})
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "store")
+    [t] = list(store.iter_trajectories())
+    store.close()
+    reasoning = [m["reasoning_content"] for m in t.messages if m["role"] == "assistant"]
+    assert all("[REDACTED:email:" in r and "alice@" not in r for r in reasoning), reasoning
+    assert t.final_answer == "None left."
