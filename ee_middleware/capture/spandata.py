@@ -26,6 +26,9 @@ class SpanData:
     status_message: str | None = None
     events: tuple[tuple[str, Mapping[str, Any]], ...] = ()
     resource: Mapping[str, Any] = field(default_factory=dict)
+    parent_remote: bool | None = None
+    """Whether the parent span is in another process (continued from a W3C ``traceparent``: OTLP span ``flags`` bits 8
+    and 9); None where that is not recorded (no parent, or an exporter that writes no flags)."""
 
     @property
     def duration_ms(self) -> float:
@@ -61,6 +64,7 @@ def from_readable_span(span: Any) -> SpanData:
         status_message=span.status.description,
         events=tuple((e.name, _plain(e.attributes)) for e in span.events),
         resource=_resource_attributes(span.resource),
+        parent_remote=parent.is_remote if parent is not None else None,
     )
 
 

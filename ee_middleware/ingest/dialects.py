@@ -995,8 +995,9 @@ def litellm_raw_calls(spans: list[SpanData]) -> list[SpanData]:
     LiteLLM writes a call's attributes on its own span (``litellm_request``), or, with a span active and
     ``USE_OTEL_LITELLM_REQUEST_SPAN`` unset, on that span (the app's: every call of the turn onto one span, the last
     one's win), and a raw request span under it per call (see :func:`_from_litellm_raw`). Where every raw span under a
-    span was read as its call, the span above is no model call of its own (its attributes a copy of one of them); where
-    one was not, none of them is, and the span above stays what it was."""
+    span was read as its call: a span holding one call is that call, with what its raw span read (the reply's call
+    ids too); a span holding several is no call of its own (its attributes a copy of one of them), each raw span is
+    one. Where one was not read, none of them is a call, and the span above stays what it was."""
     raws: dict[str | None, list[SpanData]] = {}
     for span in spans:
         if litellm_raw_provider(span) is not None:
@@ -1007,15 +1008,20 @@ def litellm_raw_calls(spans: list[SpanData]) -> list[SpanData]:
     by_id = {s.span_id: s for s in spans}
     for parent_id, children in raws.items():
         parent = by_id.get(parent_id or "")
-        if all(operation_of(c.attributes) in sc.MODEL_OPERATIONS for c in children):
-            if parent is not None and LITELLM_CALL in parent.attributes and operation_of(parent.attributes) in sc.MODEL_OPERATIONS:
-                attrs = {k: v for k, v in parent.attributes.items() if k not in (sc.OPERATION_NAME, "llm.request.type")}
-                changed[parent.span_id] = replace(parent, attributes=attrs)
-        else:
-            for child in children:
-                if sc.OPERATION_NAME in child.attributes:
-                    attrs = {k: v for k, v in child.attributes.items() if k != sc.OPERATION_NAME}
-                    changed[child.span_id] = replace(child, attributes=attrs)
+        read = all(operation_of(c.attributes) in sc.MODEL_OPERATIONS for c in children)
+        is_call = parent is not None and LITELLM_CALL in parent.attributes and operation_of(parent.attributes) in sc.MODEL_OPERATIONS
+        if read and is_call and len(children) == 1:
+            raw = children[0].attributes
+            call = {k: raw[k] for k in (sc.INPUT_MESSAGES, sc.OUTPUT_MESSAGES, sc.TOOL_DEFINITIONS) if k in raw}
+            changed[parent.span_id] = replace(parent, attributes={**parent.attributes, **call})  # type: ignore[union-attr]
+        elif read and is_call:
+            drop = (sc.OPERATION_NAME, "llm.request.type")
+            changed[parent.span_id] = replace(parent, attributes={k: v for k, v in parent.attributes.items() if k not in drop})  # type: ignore[union-attr]
+        if read and (not is_call or len(children) > 1):
+            continue  # the raw spans are the calls
+        for child in children:
+            if sc.OPERATION_NAME in child.attributes:
+                changed[child.span_id] = replace(child, attributes={k: v for k, v in child.attributes.items() if k != sc.OPERATION_NAME})
     return [changed.get(s.span_id, s) for s in spans] if changed else spans
 
 

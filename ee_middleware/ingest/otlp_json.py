@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.ingest.otlp_schema import ShapeError, check_request, check_span, loose_ids, never_ended, resource_attributes
+from ee_middleware.ingest.otlp_schema import (
+    SPAN_FLAGS_HAS_IS_REMOTE,
+    SPAN_FLAGS_IS_REMOTE,
+    ShapeError,
+    check_request,
+    check_span,
+    loose_ids,
+    never_ended,
+    resource_attributes,
+)
 
 _EXPECTED = "expected OTLP JSON (one ExportTraceServiceRequest per line, as a Collector's file exporter writes)"
 
@@ -228,6 +237,8 @@ def spans_to_otlp_json(spans: list[Any], resource: Mapping[str, Any] | None = No
                 for e in span.events
             ],
         }
+        remote = span.parent is not None and span.parent.is_remote
+        item["flags"] = SPAN_FLAGS_HAS_IS_REMOTE | (SPAN_FLAGS_IS_REMOTE if remote else 0)  # as the SDK's OTLP encoder
         if span.parent is not None:
             item["parentSpanId"] = f"{span.parent.span_id:016x}"
         encoded.append(item)

@@ -142,6 +142,13 @@ class Span(_Shape):
     attributes: list[KeyValue] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
     status: Status | None = None
+    flags: Annotated[Nanos | None, Field(strict=False)] = None
+
+
+SPAN_FLAGS_HAS_IS_REMOTE = 0x100
+"""``SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK``: the span says whether its parent is remote."""
+SPAN_FLAGS_IS_REMOTE = 0x200
+"""``SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK``: its parent is remote (another process's, from a ``traceparent``)."""
 
 
 class Resource(_Shape):
@@ -207,7 +214,14 @@ def check_span(raw: Any, resource: Mapping[str, Any]) -> SpanData:
         status_message=status.message or None,
         events=tuple((e.name, attributes_dict(e.attributes)) for e in span.events),
         resource=dict(resource),
+        parent_remote=_parent_remote(span.flags) if parent_id else None,
     )
+
+
+def _parent_remote(flags: int | None) -> bool | None:
+    if flags is None or not flags & SPAN_FLAGS_HAS_IS_REMOTE:
+        return None
+    return bool(flags & SPAN_FLAGS_IS_REMOTE)
 
 
 def never_ended(raw: Mapping[str, Any]) -> bool:

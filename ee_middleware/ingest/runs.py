@@ -194,7 +194,9 @@ def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str]
     """Why ``run`` never ended, or None: a span of it was written without an end time, or its root span is not in the
     trace (an SDK exports a span when it ends, and the root ends last: the process stopped mid-run) while spans of its
     steps (agent, model, tool or graph-node spans) point at it. A run's own root with a parent elsewhere (another
-    service's span) is not one: only spans below the missing one count."""
+    service's span) is not one: only spans below the missing one count. Nor is a parent the spans mark as remote
+    (another process's, which called this one: an LLM gateway's model calls under the agent service's span), unless the
+    run's last model call asked for tools: its caller goes on with them, in spans not read yet."""
     ids = {s.span_id for s in run}
     open_spans = [s for s in run if s.span_id in unended]
     if open_spans:
@@ -203,28 +205,61 @@ def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str]
             f"the run never ended: its span {top.name!r} ({top.span_id}) never ended (no endTimeUnixNano: the process stopped "
             "before it did)"
         )
-    found = missing_root(run, tree)
-    if found is not None:
-        parent, span = found
+    missing = _missing_parents(run, tree)
+    local = [(parent, span) for parent, span in missing if span.parent_remote is not True]
+    if local:
+        parent, span = local[0]
+        unknown = (
+            "; if that parent is another service's (a caller that continued its trace into this one), an exporter that writes "
+            "span flags (the OpenTelemetry SDKs' OTLP exporters) marks it remote, and the run is read as complete"
+            if span.parent_remote is None
+            else ""
+        )
         return (
             f"the run never ended: its root span ({parent}, the parent of {span.name!r}) is not among the spans read (a span "
             "is exported when it ends, and the root ends last: the process stopped mid-run, or the rest of the trace is in "
-            "files not read with this one)"
+            f"files not read with this one){unknown}"
+        )
+    if missing and (asked := _last_reply_tool_calls(run)):
+        parent, span = missing[0]
+        return (
+            f"the run is not complete: its root span ({parent}, the parent of {span.name!r}) is remote (in the service that "
+            f"called this one) and its last model call asked for tools ({', '.join(asked)}) that no later call answers: the "
+            "caller goes on with them, in spans not among those read"
         )
     return None
 
 
 def missing_root(run: list[SpanData], tree: _Tree) -> tuple[str, SpanData] | None:
     """The id of ``run``'s root span when it is not in the trace while spans of its steps (agent, model, tool or
-    graph-node spans) point at it, with the first such span; else None."""
+    graph-node spans) point at it, with the first such span; else None. A remote parent counts too: the run is named
+    after it, as the whole run is once the caller's spans are read."""
+    missing = _missing_parents(run, tree)
+    return missing[0] if missing else None
+
+
+def _missing_parents(run: list[SpanData], tree: _Tree) -> list[tuple[str, SpanData]]:
     root = run[0]
+    out = []
     for span in run:
         parent = span.parent_span_id
         if parent is None or parent in tree.by_id or (span is root and operation_of(span.attributes) == sc.OP_INVOKE_AGENT):
             continue
         if operation_of(span.attributes) is not None or in_graph_node(span):
-            return parent, span
-    return None
+            out.append((parent, span))
+    return out
+
+
+def _last_reply_tool_calls(run: list[SpanData]) -> list[str]:
+    """The tools the run's last model call asked for (none when it answered, or its reply cannot be read)."""
+    models = [s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS]
+    if not models:
+        return []
+    last = max(models, key=lambda s: (s.start_ns, s.end_ns))
+    replies = _openai_messages(last, sc.OUTPUT_MESSAGES) or []
+    return [
+        str(c.get("function", {}).get("name") or "?") for m in replies if m.get("role") == "assistant" for c in m.get("tool_calls") or []
+    ]
 
 
 def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:
