@@ -437,6 +437,8 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     line whose opening tag the chat template wrote into the prompt (DeepSeek-R1-0528, Qwen3 thinking-2507). The reasoning comes
     without its surrounding whitespace, the answer without the whitespace that separated them (as Qwen3's template
     splits them). ``(None, text)`` for text that holds no reasoning; an empty block gives ``None`` and the answer."""
+    if "think" not in text:  # most text: no regex over it
+        return None, text
     start = _THINK_START.match(text)
     if start is not None:
         close = text.find(f"</{start.group(1)}>", start.end())

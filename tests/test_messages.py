@@ -695,3 +695,4 @@ def test_messages_without_reasoning_are_unchanged() -> None:
     assert "reasoning_content" not in converted[0]
     assert langchain_to_openai([AIMessage(content="<think>\n\n</think>\n\nHello.")]) == [{"role": "assistant", "content": "Hello."}]
     assert split_reasoning("Say </think> to end.") == (None, "Say </think> to end.")
+    assert split_reasoning("<thinking>Plan it.</thinking>\nDone.") == ("Plan it.", "Done.")
