@@ -263,23 +263,45 @@ def _last_reply_tool_calls(run: list[SpanData]) -> list[str]:
 
 
 def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:
-    """``run`` without the model spans that carry no messages under a model span that does: the same call traced
-    twice (Google ADK's legacy ``call_llm`` over its ``generate_content``), which would be an empty decision, the
-    last one of the run at that (its messages lost)."""
+    """``run`` with each model call once: a model span under another model span is the same call traced twice (Google
+    ADK's legacy ``call_llm`` over its ``generate_content``; a framework's instrumentation over the model client's, as
+    OpenInference's LangChain LLM span over OpenTelemetry's OpenAI ``chat`` span; an app's model client over the LLM
+    gateway it calls). Of nested model spans the outermost that carries messages is the call (with the tools a nested
+    one lists, where it lists none); the others would be decisions twice, or empty ones."""
+    normalized: dict[str, SpanData] = {}
 
-    def has_messages(span: SpanData) -> bool:
-        attrs = normalize(span).attributes
-        return bool(attrs.get(sc.INPUT_MESSAGES) or attrs.get(sc.OUTPUT_MESSAGES))
+    def attrs(span: SpanData) -> Mapping[str, Any]:
+        if span.span_id not in normalized:
+            normalized[span.span_id] = normalize(span)
+        return normalized[span.span_id].attributes
 
     def is_model(span: SpanData) -> bool:
         return operation_of(span.attributes) in sc.MODEL_OPERATIONS
 
-    echoes = {
-        s.span_id
+    groups: dict[str, list[SpanData]] = {}
+    for span in run:
+        if is_model(span):
+            outer = [a for a in tree.ancestors(span.span_id) if is_model(a)]
+            groups.setdefault((outer[-1] if outer else span).span_id, []).append(span)
+    echoes: set[str] = set()
+    tools: dict[str, Any] = {}
+    for calls in groups.values():
+        if len(calls) == 1:
+            continue
+        depth = {s.span_id: sum(1 for a in tree.ancestors(s.span_id) if is_model(a)) for s in calls}
+        calls.sort(key=lambda s: (depth[s.span_id], s.start_ns))
+        keep = next((s for s in calls if attrs(s).get(sc.INPUT_MESSAGES) or attrs(s).get(sc.OUTPUT_MESSAGES)), calls[0])
+        echoes.update(s.span_id for s in calls if s is not keep)
+        listed = next((v for s in calls if (v := attrs(s).get(sc.TOOL_DEFINITIONS)) not in (None, "", "[]")), None)
+        if attrs(keep).get(sc.TOOL_DEFINITIONS) in (None, "", "[]") and listed is not None:
+            tools[keep.span_id] = listed
+    if not echoes:
+        return run
+    return [
+        replace(s, attributes={**s.attributes, sc.TOOL_DEFINITIONS: tools[s.span_id]}) if s.span_id in tools else s
         for s in run
-        if is_model(s) and not has_messages(s) and any(is_model(a) and has_messages(a) for a in tree.ancestors(s.span_id))
-    }
-    return [s for s in run if s.span_id not in echoes] if echoes else run
+        if s.span_id not in echoes
+    ]
 
 
 def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
