@@ -109,10 +109,27 @@ def _run_trl(
         trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[_Record()])
         if not runtime.progress:
             trainer.remove_callback(transformers.PrinterCallback)
+        else:  # the bar's log lines go where the bar goes: stdout holds the command's answer alone
+            trainer.remove_callback(transformers.ProgressCallback)
+            trainer.add_callback(_progress_on_stderr(transformers))
         trainer.train()
         run.steps = trainer.state.global_step
         run.tokens = int(trainer.state.num_input_tokens_seen)
     return run
+
+
+def _progress_on_stderr(transformers: Any) -> Any:
+    """transformers' progress bar with its log lines (``{'loss': ...}``) on stderr beside the bar: its own
+    ``ProgressCallback`` writes them with ``tqdm.write``, to stdout, into the command's answer."""
+    import sys
+
+    class _ProgressOnStderr(transformers.ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
+                self.training_bar.write(str(shown), file=sys.stderr)
+
+    return _ProgressOnStderr()
 
 
 def _checkpointing_args(transformers: Any, enabled: bool) -> dict[str, Any]:

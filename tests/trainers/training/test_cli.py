@@ -56,3 +56,16 @@ def test_datasets_show_reports_what_a_max_length_would_cut(tiny_model_dir: Path,
     assert "at max_length 96:" in text.stdout and "cut from the left" in text.stdout
     no_tokenizer = CliRunner().invoke(root, ["datasets", "show", str(data_dir), "--max-length", "96"])
     assert no_tokenizer.exit_code == 1 and "--max-length needs --tokenizer" in no_tokenizer.stderr
+
+
+def test_train_progress_keeps_trl_log_lines_off_stdout(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """With progress on (the default), trl's per-log dicts ({'loss': ...}) went to stdout through tqdm.write, mixed into the
+    command's answer (the summary table): they belong with the bars on stderr."""
+    out = tmp_path / "adapter"
+    result = CliRunner().invoke(
+        app, ["--base-model", str(tiny_model_dir), "--data", str(data_dir), "--schedule", "il", "--max-steps", "2", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "LoRA training" in result.stdout
+    assert "'loss'" not in result.stdout and "'train_runtime'" not in result.stdout
+    assert "'train_runtime'" in result.stderr
