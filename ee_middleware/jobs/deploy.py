@@ -163,6 +163,7 @@ def _model_specs(ctx: StageContext, candidate: Any, live: Any, base_folder: str)
     if not replicas:
         baseline = f"local:{base_folder}" + (f"@{live.path}" if live else "")
         return {"baseline": baseline, "candidate": f"local:{base_folder}@{candidate.path}"}, []
+    _check_rendering(candidate, replicas)
     for replica in replicas:
         for record in (candidate, live):
             if record is not None and record.name not in replica.list():
@@ -173,6 +174,23 @@ def _model_specs(ctx: StageContext, candidate: Any, live: Any, base_folder: str)
     return {"baseline": f"openai:{url}#{live.name if live else base_name}", "candidate": f"openai:{url}#{candidate.name}"}, [
         r.url for r in replicas
     ]
+
+
+def _check_rendering(candidate: Any, replicas: list[Any]) -> None:
+    """The candidate would be refused at the promote stage by a replica that renders prompts unlike its training rows
+    (:func:`~ee_middleware.adapters.promote.rendering_checks`): found before it is loaded and evaluated there, where its
+    scores would say nothing of it."""
+    from ee_middleware.adapters.errors import ChatTemplateMismatchError
+    from ee_middleware.adapters.promote import rendering_checks
+
+    differing = [check for check in rendering_checks(candidate, replicas) if check.differs]
+    if differing:
+        raise ChatTemplateMismatchError(
+            " ".join(check.message for check in differing) + " Nothing was loaded or evaluated; once the server is fixed, run "
+            "`ee improve` with the same config: it continues (a retrained adapter comes from a new run).",
+            url=differing[0].server,
+            checks=differing,
+        )
 
 
 def _served_base(replica: Any, registry: Any) -> str:
@@ -389,6 +407,7 @@ def promote(ctx: StageContext) -> StageResult:
         result.outputs = {**switched.to_json(), "promoted": True, "replaced": replaced}
         where = f"on {len(replicas)} replica(s)" if replicas else "in the registry only (no servers configured; the router serves it)"
         result.decisions.append(f"promoted {name} {where}; {ctx.config.alias_name} was {replaced or 'the base model'}")
+        result.decisions.extend(check.message for check in switched.rendering if check.status != "same")  # chat template unchecked
         result.summary = f"{ctx.config.alias_name} -> {name}"
         return result
     reason = f"did not pass the gate in run {ctx.run.id}: " + "; ".join(gate_out["reasons"])

@@ -256,6 +256,8 @@ def test_an_evaluation_the_server_did_not_answer_fails_the_run_which_continues_o
     assert evaluation["attempt"] == 2
     assert all(s.get("no_answer", 0) == 0 for side in evaluation["outputs"]["runs"].values() for s in side["suites"])
     assert resumed.data["outcome"]["promoted"] is True
+    # the stand-in recorded no chat template: the report says the adapter's rendering was not checked against it
+    assert any(f"Not checked whether {url}" in d for d in resumed.stage("promote")["decisions"])
 
 
 def test_a_model_server_that_does_not_answer_stops_the_run_before_training_which_continues_once_it_answers_standin_server(
@@ -284,6 +286,43 @@ def test_a_model_server_that_does_not_answer_stops_the_run_before_training_which
         resumed = run_improve(ImproveConfig.load(path))
     assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
     assert resumed.stage("datasets")["attempt"] == 1 and resumed.stage("train")["attempt"] == 1
+
+
+def test_a_server_rendering_prompts_unlike_the_training_rows_stops_the_run_before_evaluating_standin_server(
+    workspace: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica recorded as serving the base's own template (``ee serve vllm --chat-template own``) on a base whose template
+    ignores tools: the candidate, trained with the schemas in the system message and calls as <tool_call> text, would
+    be evaluated (and then promoted) on prompts unlike its rows. Before, nothing said so; now the run stops before
+    loading it, naming the adapter, the parts and the fix, and continues once the server serves the derived template."""
+    from ee_middleware.adapters.errors import ChatTemplateMismatchError
+    from ee_middleware.adapters.serving.rendering import record_server
+    from ee_middleware.adapters.templates import AS_IS, ServedTemplate
+    from ee_middleware.testing.http import serving
+    from tests.adapters.helpers import StandInVLLM
+
+    monkeypatch.setenv("EE_CACHE_DIR", str(workspace / "cache"))
+    server = StandInVLLM()
+    with serving(server) as url:
+        own = ServedTemplate("own", None, dict(AS_IS))
+        record_server(url, pid=os.getpid(), base=str(tiny_base), served_model_name="tiny", template=own)
+        improve = f'[improve.serving]\nbackend = "vllm"\nservers = ["{url}"]\nmax_lora_rank = 8\n'
+        config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve, tasks=2))
+        with pytest.raises(
+            ChatTemplateMismatchError, match=r"would see prompts unlike its training rows.*tools: trained with the fallback"
+        ):
+            run_improve(config)
+        [run] = RunsDir(workspace / "runs").list()
+        assert run.stage("evaluate")["status"] == "failed" and not server.loaded
+        trained = run.stage("train")["outputs"]
+        rendering = json.loads((Path(trained["adapter_dir"]) / "manifest.json").read_text())["rendering"]
+        record_server(
+            url, pid=os.getpid(), base=str(tiny_base), served_model_name="tiny", template=ServedTemplate("derived", "/t", rendering)
+        )
+        resumed = run_improve(config)
+    assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
+    assert resumed.data["outcome"]["promoted"] is True
+    assert [c["status"] for c in resumed.stage("promote")["outputs"]["rendering"]] == ["same"]
 
 
 def test_budgets_cut_replay_and_training_and_the_run_says_so(workspace: Path, tiny_base: Path) -> None:
