@@ -83,6 +83,9 @@ class OpenAIChatClient:
         self._api_key = api_key if api_key is not None else next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
         self._transport = transport
         self._client: Any = None
+        self._sends_reasoning = True
+        """Whether earlier replies' ``reasoning_content`` goes back in requests (vLLM takes it, and reasoning models'
+        templates render it); off for good once this server refused a request over it (OpenAI's and DeepSeek's APIs do)."""
 
     @property
     def url(self) -> str:
@@ -103,7 +106,15 @@ class OpenAIChatClient:
         self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
     ) -> list[Choice]:
         """``n`` answers from one request."""
-        response = self.post("/chat/completions", self.request_body(messages, tools=tools, n=n, sampling=sampling))
+        body = self.request_body(messages, tools=tools, n=n, sampling=sampling)
+        try:
+            response = self.post("/chat/completions", body)
+        except ModelRequestError as exc:
+            if not (self._sends_reasoning and exc.status in (400, 422) and "reasoning_content" in str(exc) and _with_reasoning(messages)):
+                raise
+            # The server takes no reasoning in the messages it is sent: send them without it, now and from now on.
+            self._sends_reasoning = False
+            response = self.post("/chat/completions", self.request_body(messages, tools=tools, n=n, sampling=sampling))
         choices = response.get("choices") if isinstance(response, dict) else None
         if not isinstance(choices, list) or not choices:
             return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
@@ -118,7 +129,7 @@ class OpenAIChatClient:
         self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
     ) -> dict[str, Any]:
         """The JSON body of a chat-completions request."""
-        body: dict[str, Any] = {"model": self.model, "messages": wire_messages(messages), "n": n}
+        body: dict[str, Any] = {"model": self.model, "messages": wire_messages(messages, reasoning=self._sends_reasoning), "n": n}
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         body["temperature"] = sampling.temperature
@@ -271,15 +282,22 @@ class OpenAIChatClient:
         return client
 
 
-def wire_messages(messages: Sequence[Message]) -> list[Message]:
-    """Messages as the chat API expects them: tool-call arguments as JSON strings."""
+def wire_messages(messages: Sequence[Message], *, reasoning: bool = True) -> list[Message]:
+    """Messages as the chat API expects them: tool-call arguments as JSON strings; without ``reasoning``, assistant
+    messages without their ``reasoning_content``."""
     out = []
     for message in messages:
         calls = message.get("tool_calls")
         if calls:
             message = {**message, "tool_calls": [_encoded_call(call) for call in calls]}
+        if not reasoning and "reasoning_content" in message:
+            message = {key: value for key, value in message.items() if key != "reasoning_content"}
         out.append(message)
     return out
+
+
+def _with_reasoning(messages: Sequence[Message]) -> bool:
+    return any(isinstance(message, dict) and message.get("reasoning_content") for message in messages)
 
 
 def _encoded_call(call: Any) -> Any:

@@ -267,3 +267,41 @@ def test_a_refusal_says_what_to_check_for_its_status(status: int, advice: str) -
     assert advice in str(info.value) and info.value.refusal in str(info.value)
     assert info.value.refusal.endswith(f'refused the request with HTTP {status}: {{"error":{{"message":"refused"}}}}.')
     assert ("model name" in str(info.value)) == (status == 404)
+
+
+def test_a_server_that_refuses_reasoning_in_messages_is_sent_them_without_it_from_then_on() -> None:
+    """Recorded states keep a reasoning model's reasoning as ``reasoning_content`` (vLLM's field, which it takes back);
+    OpenAI's and DeepSeek's APIs refuse a request whose messages carry it (HTTP 400), which failed every proposal, eval
+    turn or teacher call with such states. The client now sends them again without it, and keeps doing so."""
+    refusal = httpx.Response(
+        400, json={"error": {"message": "Additional properties are not allowed ('reasoning_content' was unexpected) - 'messages.1'"}}
+    )
+    script = Script(refusal, httpx.Response(200, json=completion(call_message("pear"))))
+    client = script.client()
+    state = [
+        {"role": "user", "content": "pears?"},
+        {"role": "assistant", "content": "Let me check.", "reasoning_content": "The user wants pears."},
+        {"role": "user", "content": "and apples?"},
+    ]
+    [choice] = client.complete(state, tools=TOOLS)
+    [choice_again] = client.complete(state, tools=TOOLS)
+    sent = [json.loads(request.content)["messages"][1] for request in script.requests]
+    assert sent == [
+        state[1],
+        {"role": "assistant", "content": "Let me check."},
+        {"role": "assistant", "content": "Let me check."},
+    ], "sent with it once, then without it, and without it from then on"
+    assert choice.message == choice_again.message == call_message("pear")
+
+
+def test_a_refusal_about_something_else_is_raised_and_reasoning_is_still_sent() -> None:
+    script = Script(httpx.Response(400, json={"error": {"message": "max_tokens is too large"}}))
+    client = script.client()
+    state = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "ok", "reasoning_content": "r"},
+        {"role": "user", "content": "?"},
+    ]
+    with pytest.raises(ModelRequestError, match="max_tokens is too large"):
+        client.complete(state)
+    assert len(script.requests) == 1 and json.loads(script.requests[0].content)["messages"][1]["reasoning_content"] == "r"
