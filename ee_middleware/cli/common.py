@@ -108,6 +108,17 @@ short = one_line
 """Text on one line, cut to a width (for table cells)."""
 
 
+def observation_cell(content: str | None, is_error: bool, width: int) -> str:
+    """A tool's observation as a table cell (rich markup, the text escaped): an error marked ``error:``, and an empty one
+    (a tool that returned nothing, ``[]`` as LangChain stores it) as a dim ``(empty)``, told apart from no observation
+    (``content`` None: a blank cell)."""
+    from rich.markup import escape
+
+    if content is None:
+        return ""
+    return ("[red]error:[/] " if is_error else "") + (escape(short(content, width)) if content else "[dim](empty)[/]")
+
+
 SHORT_ID = 12
 """How many characters of an id a table shows at least."""
 

@@ -16,6 +16,7 @@ from ee_middleware.cli.common import (
     StoreOption,
     console,
     examples,
+    observation_cell,
     open_existing_store,
     print_json,
     progress_console,
@@ -390,7 +391,7 @@ def list_rollouts(
             str(r.branch_index),
             escape(r.proposer.policy),
             escape(short(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else "", 80)),
-            ("[red]error:[/] " if r.is_error else "") + escape(short(r.observation.content, 100)),
+            observation_cell(r.observation.content, r.is_error, 100),
         )
     console().print(table)
 
@@ -452,14 +453,14 @@ def show(
             table.add_row(
                 "[green]expert[/]",
                 escape(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200)),
-                escape(short(obs.content, 300)) if obs else "",
+                observation_cell(obs.content, obs.is_error, 300) if obs else "",
             )
             for r in by_step.get(step.index, []):
                 alt = r.action.tool_call
                 table.add_row(
                     escape(f"#{r.branch_index} {r.proposer.policy}") + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
                     escape(f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})") if alt else "",
-                    ("[red]error:[/] " if r.is_error else "") + escape(short(r.observation.content, 300)) + _synthetic_note(r),
+                    observation_cell(r.observation.content, r.is_error, 300) + _synthetic_note(r),
                 )
             out.print(table)
             for replay, mismatch in mismatches.get(step.index, []):

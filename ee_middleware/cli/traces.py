@@ -15,6 +15,7 @@ from ee_middleware.cli.common import (
     StoreOption,
     console,
     examples,
+    observation_cell,
     open_existing_store,
     print_json,
     reading_store,
@@ -138,7 +139,7 @@ def show(
     for step in trajectory.steps:
         call = step.action.tool_call
         obs = step.observation
-        observation = "" if obs is None else ("[red]error:[/] " if obs.is_error else "") + escape(short(obs.content, 300))
+        observation = "" if obs is None else observation_cell(obs.content, obs.is_error, 300)
         table.add_row(
             str(step.index),
             escape(call.name) if call else "[bold]answer[/]",

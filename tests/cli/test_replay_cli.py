@@ -398,3 +398,104 @@ def test_replay_show_says_why_a_trajectory_has_no_rollouts(tmp_path: Path) -> No
     assert show("r-1", "--replay-id", "replay-1")[0] == 0
     as_json = runner.invoke(app, ["replay", "show", "never", "--store", str(root), "--json"])
     assert as_json.exit_code == 0 and json.loads(as_json.stdout) == []
+
+
+# --- observations in tables: an error is marked on every row, and a tool that returned nothing says so -------------
+
+
+def desk_sandbox() -> Any:
+    """A booking desk whose `cancel` raises for an unknown booking and whose `bookings` lists none (a tool returning [])."""
+    from ee_middleware.replay import PythonSandbox
+
+    def cancel(world: dict[str, Any], booking_id: str) -> str:
+        if booking_id not in world["bookings"]:
+            raise ValueError(f"no booking {booking_id}")
+        del world["bookings"][booking_id]
+        return f"cancelled {booking_id}"
+
+    def bookings(world: dict[str, Any]) -> list[str]:
+        return sorted(world["bookings"])
+
+    return PythonSandbox(lambda env: {"bookings": {}}, tools={"cancel": cancel, "bookings": bookings}, format_error=str)
+
+
+_DESK_TOOLS = [
+    {"type": "function", "function": {"name": "cancel", "description": "Cancel a booking.", "parameters": {
+        "type": "object", "properties": {"booking_id": {"type": "string"}}, "required": ["booking_id"]}}},
+    {"type": "function", "function": {"name": "bookings", "description": "The bookings.", "parameters": {
+        "type": "object", "properties": {}}}},
+]  # fmt: skip
+
+
+def _desk_trajectory() -> Any:
+    """Step 0 cancels an unknown booking (an error observation, as LangChain's handle_tool_error showed it), step 1 lists
+    the bookings and gets nothing back (LangChain stores a tool's [] as '')."""
+    import datetime as dt
+
+    from ee_middleware.records import Trajectory
+
+    calls = [("c1", "cancel", {"booking_id": "B-9"}, "no booking B-9", True), ("c2", "bookings", {}, "", False)]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Cancel B-9, then show my bookings."}]
+    steps = []
+    for index, (call_id, name, arguments, observation, is_error) in enumerate(calls):
+        steps.append(
+            {
+                "trajectory_id": "desk-1",
+                "index": index,
+                "decision_index": index,
+                "state": list(messages),
+                "action": {"kind": "tool_call", "tool_call": {"id": call_id, "name": name, "arguments": arguments}},
+                "observation": {"content": observation, "is_error": is_error},
+            }
+        )
+        call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+        messages += [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call_id, "content": observation},
+        ]
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return Trajectory.parse(
+        {
+            "id": "desk-1",
+            "app": "desk",
+            "tools": _DESK_TOOLS,
+            "started_at": now,
+            "ended_at": now,
+            "environment": {},
+            "messages": messages,
+            "steps": steps,
+        }
+    )
+
+
+def test_tables_mark_expert_errors_and_empty_observations(tmp_path: Path) -> None:
+    """`ee replay show` marked an alternative's error observation but not the expert's (the same text, one row with
+    'error:' and one without), and an empty observation (a tool that returned nothing) was a blank cell, as if there were
+    none: in `replay show`, `replay list` and `traces show`."""
+    root = tmp_path / "experience"
+    store = LocalExperienceStore(root, create=True)
+    store.write([_desk_trajectory()])
+    store.approve(["desk-1"], by="test")
+    store.close()
+    spec = "tests.cli.test_replay_cli:desk_sandbox"
+    result = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fidelity_mismatches"] == 0
+
+    shown = runner.invoke(app, ["replay", "show", "desk-1", "--store", str(root)], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    expert_rows = [line for line in shown.stdout.splitlines() if "expert" in line]
+    assert len(expert_rows) == 2
+    assert "error: no booking B-9" in expert_rows[0]
+    assert "(empty)" in expert_rows[1] and "error" not in expert_rows[1]
+
+    rollouts = json.loads(ee("replay", "list", "--store", str(root), "--json").stdout)
+    empty = [r for r in rollouts if r["observation"]["content"] == ""]
+    assert empty, "the alternatives include a call of `bookings`, which returns nothing"
+    listed = runner.invoke(app, ["replay", "list", "--store", str(root)], terminal_width=200)
+    assert listed.exit_code == 0 and listed.stdout.count("(empty)") == len(empty)
+
+    traced = runner.invoke(app, ["traces", "show", "desk-1", "--store", str(root)], terminal_width=200)
+    assert traced.exit_code == 0, traced.output
+    assert "error: no booking B-9" in traced.stdout
+    assert [line for line in traced.stdout.splitlines() if "bookings" in line and "(empty)" in line]
