@@ -117,8 +117,15 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
     final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
     final = {"state": final_tool_messages, "errors": _error_positions(root, 0)}
-    steps, final_answer = _steps(decisions, tools, redact, options.max_observation_chars, final)
     attrs = root.attributes
+    reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars)
+    steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final)
+    if reviewed:
+        turns = reviewed[-1].decision_index + 1
+        steps = [
+            *reviewed,
+            *(s.model_copy(update={"index": s.index + len(reviewed), "decision_index": s.decision_index + turns}) for s in steps),
+        ]
     if decisions:
         messages = decisions[-1]["state"] + decisions[-1]["outputs"]
         task = attrs.get(sc.EE_TASK) or _first_user_text(decisions[0]["state"])
@@ -330,6 +337,86 @@ def _steps(
                 final_answer = text
                 steps.append(_step(len(steps), index, d["state"], Action(kind="answer", content=text), None, None, chat))
     return steps, final_answer
+
+
+def _reviewed_turns(
+    root: SpanData, decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int
+) -> tuple[list[Step], list[SpanData]]:
+    """The turns of an earlier run of the thread that this run carried out, as steps, and the tool spans left for this
+    run's own decisions.
+
+    A run resumed after a human review (``HumanInTheLoopMiddleware``, a breakpoint, ``interrupt()`` in a tool: the
+    graph's input holds no messages, ``Command(resume=...)`` or ``None``) first runs the calls the paused run's model
+    made, as the reviewer decided them; the paused trajectory ends on those calls without an observation, and datasets
+    never teach them from there. Here each such turn (the assistant message, found in the history this run's first
+    model call was given) becomes steps before this run's own, in the message's order, with the state the model decided
+    in. A call this run ran is taught as it ran: a reviewer's edit (other arguments, or another tool) is the action,
+    observed by the tool's own result (the message the model got also holds LangChain's note about the edit); an
+    approved call is the model's own. Another call of that turn which this run did not run is kept only where the
+    history answers it without an error (it ran before the pause, or the reviewer answered for the tool: ``respond``):
+    a call answered with an error and not run (``reject``) is no step. A turn none of whose calls ran here (all rejected
+    or answered by the reviewer) is none either, nor is any in a run that calls no model: nothing in it says what prompt
+    and tools the model had."""
+    if not decisions or _messages_attr(root, sc.INPUT_MESSAGES):
+        return [], tools
+    first = decisions[0]
+    history = first["state"]
+    carried: dict[str, list[SpanData]] = {}
+    for span in tools:
+        call_id = span.attributes.get(sc.TOOL_CALL_ID)
+        if call_id and span.start_ns < first["span"].start_ns:
+            carried.setdefault(str(call_id), []).append(span)
+    made_at: dict[int, list[str]] = {}
+    for call_id in carried:
+        position = next(
+            (
+                i
+                for i in range(len(history) - 1, -1, -1)
+                if history[i].get("role") == "assistant" and any(c.get("id") == call_id for c in history[i].get("tool_calls") or ())
+            ),
+            None,
+        )
+        if position is not None:
+            made_at.setdefault(position, []).append(call_id)
+    steps: list[Step] = []
+    used: set[int] = set()
+    for turn, position in enumerate(sorted(made_at)):
+        message = history[position]
+        text = content_to_text(message.get("content")) or None
+        for call in message.get("tool_calls") or ():
+            function = call.get("function", {})
+            proposed = ToolCall(
+                id=call.get("id") or "", name=function.get("name") or UNKNOWN_TOOL, arguments=parse_arguments(function.get("arguments"))
+            )
+            found = _tool_reply(history, position + 1, proposed.id) if proposed.id else None
+            reply, failed = (found[1], found[0] in first["errors"]) if found is not None else (None, False)
+            runs = carried.get(proposed.id) if proposed.id in made_at[position] else None
+            if runs:
+                span = runs[-1]  # a retried call's result is its last attempt's
+                used.update(id(s) for s in runs)
+                given = span.attributes.get(sc.TOOL_CALL_ARGUMENTS)
+                arguments = proposed.arguments if given is None else redact(parse_arguments(given))
+                ran = ToolCall(id=proposed.id, name=str(span.attributes.get(sc.TOOL_NAME) or proposed.name), arguments=arguments)
+                edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
+                observation, latency = _observation(span, None if edited else reply, redact, max_chars, False if edited else failed)
+                tool_call = ran
+            elif reply is not None and not failed:
+                (observation, latency), tool_call = _observation(None, reply, redact, max_chars), proposed
+            else:
+                continue  # not run: rejected by the reviewer, or never answered
+            action = Action(kind="tool_call", tool_call=tool_call, content=None if any(s.decision_index == turn for s in steps) else text)
+            steps.append(
+                Step(
+                    trajectory_id="",
+                    index=len(steps),
+                    decision_index=turn,
+                    state=history[:position],
+                    action=action,
+                    observation=observation,
+                    latency_ms=latency,
+                )
+            )
+    return steps, [t for t in tools if id(t) not in used]
 
 
 def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:

@@ -179,6 +179,89 @@ def test_a_resumed_run_that_calls_no_model_is_recorded(offload, store_path):
     assert (paused.status, resumed.status, resumed.final_answer) == ("interrupted", "completed", "reviewer said yes")
 
 
+def _ordering_agent(script: list[AIMessage], placed: list[tuple[str, int]]) -> Any:
+    """A shop agent whose orders a human reviews (``HumanInTheLoopMiddleware``); ``placed`` gets the orders that ran."""
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        return "0"
+
+    @tool
+    def order_item(item: str, quantity: int) -> str:
+        """Order more of an item."""
+        placed.append((item, quantity))
+        return f"ordered {quantity} {item}"
+
+    return create_agent(
+        ScriptedChatModel(script=script),
+        [check_stock, order_item],
+        system_prompt="You run a fruit shop.",
+        middleware=[HumanInTheLoopMiddleware(interrupt_on={"order_item": True})],
+        checkpointer=InMemorySaver(),
+    )
+
+
+REVIEWS = {
+    "approve": {"type": "approve"},
+    "edit": {"type": "edit", "edited_action": {"name": "order_item", "args": {"item": "pear", "quantity": 5}}},
+    "reject": {"type": "reject", "message": "far too many"},
+}
+
+
+@OFFLOADS
+@pytest.mark.parametrize("decision", ["approve", "edit", "reject"])
+def test_the_resumed_run_holds_the_reviewed_call_as_it_ran(offload, store_path, decision):
+    """The paused trajectory ends on the model's call awaiting review (datasets never teach it from there); the resumed
+    one starts with that turn as the reviewer decided it, in the state the model decided in: the call that ran (the
+    reviewer's edit, observed by the tool's own result), and no step for a rejected call (was: no step at all, and
+    datasets taught the paused call whatever the reviewer decided)."""
+    placed: list[tuple[str, int]] = []
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]),
+        AIMessage(content="Ordering.", tool_calls=[tool_call("order_item", item="pear", quantity=500)]),
+        AIMessage(content="Done."),
+    ]
+    agent = record_experience(_ordering_agent(script, placed), app="shop", store=store_path, offload=offload)
+    config = {"configurable": {"thread_id": "hitl-review"}}
+    agent.invoke({"messages": [("user", "order pears if we have none")]}, config)
+    agent.invoke(Command(resume={"decisions": [REVIEWS[decision]]}), config)
+    paused, resumed = _recorded(agent, store_path)
+    proposed = paused.steps[-1]
+    assert (paused.status, proposed.action.tool_call.arguments, proposed.observation) == (
+        "interrupted",
+        {"item": "pear", "quantity": 500},
+        None,
+    )
+    ran = {"approve": [("pear", 500)], "edit": [("pear", 5)], "reject": []}[decision]
+    assert placed == ran
+    reviewed = [s for s in resumed.steps if s.action.kind == "tool_call"]
+    assert [(s.action.tool_call.id, s.action.tool_call.name, s.action.tool_call.arguments) for s in reviewed] == [
+        (proposed.action.tool_call.id, "order_item", {"item": item, "quantity": quantity}) for item, quantity in ran
+    ]
+    assert [s.observation.content for s in reviewed] == [f"ordered {quantity} {item}" for item, quantity in ran]
+    assert all(s.state == proposed.state and s.action.content == "Ordering." for s in reviewed)
+    assert [(s.index, s.decision_index, s.action.kind) for s in resumed.steps] == [
+        *((0, 0, "tool_call") for _ in ran),
+        (len(ran), len(ran), "answer"),
+    ]
+
+
+def test_a_rejected_call_is_left_out_of_its_turn_and_the_others_kept(store_path):
+    """Parallel calls of which the reviewer rejected one: the resumed run's turn makes the others."""
+    placed: list[tuple[str, int]] = []
+    both = AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear"), tool_call("order_item", item="pear", quantity=500)])
+    agent = record_experience(_ordering_agent([both, AIMessage(content="Done.")], placed), app="shop", store=store_path)
+    config = {"configurable": {"thread_id": "hitl-parallel"}}
+    agent.invoke({"messages": [("user", "order pears if we have none")]}, config)
+    agent.invoke(Command(resume={"decisions": [REVIEWS["reject"]]}), config)
+    paused, resumed = _recorded(agent, store_path)
+    assert [s.action.tool_call.name for s in paused.steps] == ["check_stock", "order_item"]
+    assert placed == []
+    assert [(s.decision_index, s.action.tool_call and s.action.tool_call.name) for s in resumed.steps] == [(0, "check_stock"), (1, None)]
+    assert resumed.steps[0].observation.content == "0" and resumed.steps[0].state == paused.steps[0].state
+
+
 @OFFLOADS
 def test_a_run_that_fails_before_calling_the_model_is_recorded_as_an_error(offload, store_path):
     def load_profile(state: MessagesState) -> dict[str, Any]:
@@ -352,6 +435,13 @@ def test_a_run_stopped_at_a_static_breakpoint_is_interrupted(offload: str, how: 
     assert (paused.status, resumed.status) == ("interrupted", "completed")
     assert [s.action.tool_call.name for s in paused.steps if s.action.tool_call] == ["cancel_order"]
     assert resumed.final_answer == "Cancelled A-1." and paused.thread_id == resumed.thread_id
+    # the call that paused is the resumed run's first step, run and observed there (was: in neither trajectory with its result)
+    first = resumed.steps[0]
+    assert (first.action.tool_call.name, first.observation.content, first.state) == (
+        "cancel_order",
+        "Order A-1 cancelled.",
+        paused.steps[0].state,
+    )
 
 
 @OFFLOADS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, expert_turns, json_list
-from ee_middleware.trainers.datasets.source import DatasetSource
+from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 
 MALFORMED_CALL = pl.col("arguments_json").str.starts_with('{"_raw":')
 """An expert call whose arguments were not JSON (kept as their text under ``_raw``: a model's malformed call)."""
@@ -23,9 +23,11 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     expert made. The row's ``step_index`` is its first step's.
 
     A step whose call's arguments were not JSON (the model wrote a malformed call, recorded with its text under
-    ``_raw``) is left out: imitating it would teach the malformed call (see :func:`malformed_calls`)."""
+    ``_raw``) is left out: imitating it would teach the malformed call (see :func:`malformed_calls`). So is a turn
+    awaiting a human review (see :func:`~ee_middleware.trainers.datasets.source.taught_steps`): the reviewer may have
+    rejected or changed its calls; the resumed run's trajectory teaches them as decided."""
     is_call = pl.col("action_kind") == "tool_call"
-    steps = source.steps.filter(~(is_call & MALFORMED_CALL).fill_null(False))
+    steps = taught_steps(source)[0].filter(~(is_call & MALFORMED_CALL).fill_null(False))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     steps = expert_turns(steps)
     completion = pl.when(is_call).then(calls_message(pl.col("_calls"), pl.col("content")))

@@ -21,7 +21,7 @@ import polars as pl
 
 from ee_middleware.trainers.datasets.il import build_il, malformed_calls
 from ee_middleware.trainers.datasets.iwm import MEDIA_SIZE_REMOVED, IWMOptions, iwm_frame, iwm_rows, kept_errors
-from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
+from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader, taught_steps
 from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher
 
@@ -52,13 +52,15 @@ class ILWriter(KindWriter):
     def __init__(self, parts: PartWriter) -> None:
         super().__init__(parts)
         self.malformed_calls = 0
+        self.awaiting_review = 0
 
     def add(self, source: DatasetSource) -> None:
         self.malformed_calls += malformed_calls(source)
+        self.awaiting_review += taught_steps(source)[1]
         self.parts.write(build_il(source))
 
     def finish(self) -> dict[str, Any]:
-        return {"malformed_calls_left_out": self.malformed_calls}
+        return {"malformed_calls_left_out": self.malformed_calls, "calls_awaiting_review_left_out": self.awaiting_review}
 
 
 class SRWriter(KindWriter):

@@ -81,18 +81,24 @@ def calls_message(calls: pl.Expr, content: pl.Expr | None = None) -> pl.Expr:
     return pl.struct(pl.lit("assistant").alias("role"), text.alias("content"), calls.alias("tool_calls")).struct.json_encode()
 
 
+def turn_key() -> pl.Expr:
+    """The turn a step is part of, within its trajectory: the tool calls of one model response (steps sharing a
+    ``decision_index``) are one turn, every other step is its own."""
+    is_call = pl.col("action_kind") == "tool_call"
+    return (
+        pl.when(is_call & pl.col("decision_index").is_not_null())
+        .then(pl.format("call:{}", pl.col("decision_index")))
+        .otherwise(pl.format("step:{}", pl.col("index")))
+    )
+
+
 def expert_turns(steps: pl.DataFrame, **lists: pl.Expr) -> pl.DataFrame:
     """``steps`` (expert steps, in storage order) as the turns the expert made, in the same order: the tool calls of
     one model response (parallel tool calls, recorded as steps sharing a ``decision_index`` and their state) are one
     row, every other step is its own. A row has its first step's columns, ``_calls`` (the turn's calls in order, a
     :func:`tool_call_item` each: the ``tool_calls`` of the message that makes them) and, for each name in ``lists``,
     that expression's value at each of its steps (a list)."""
-    is_call = pl.col("action_kind") == "tool_call"
-    turn = (
-        pl.when(is_call & pl.col("decision_index").is_not_null())
-        .then(pl.format("call:{}", pl.col("decision_index")))
-        .otherwise(pl.format("step:{}", pl.col("index")))
-    )
+    turn = turn_key()
     collected = ["_calls", *lists]
     return (
         steps.with_columns(

@@ -18,15 +18,18 @@ from typing import Any, TypeVar
 
 import polars as pl
 
+from ee_middleware.trainers.datasets.rows import turn_key
+
 _T = TypeVar("_T")
 
-TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "source")
+TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "source", "status")
 """Columns of the trajectories table a build keeps for every trajectory (never the messages)."""
 
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """Frames of the store content a dataset is built from (approved trajectories only)."""
+    """Frames of the store content a dataset is built from (approved trajectories only): ``trajectories`` holds their
+    ``id``, ``tools_json`` and ``status``."""
 
     trajectories: pl.DataFrame
     steps: pl.DataFrame
@@ -45,6 +48,29 @@ class DatasetSource:
         if self.content_hash is not None:
             return self.content_hash
         return content_hash(self.trajectories["id"], self.rollouts["id"], self.steps.height)
+
+
+def taught_steps(source: DatasetSource) -> tuple[pl.DataFrame, int]:
+    """``source.steps`` without the turns awaiting a review, and how many calls that left out.
+
+    A run that paused for a human review (``HumanInTheLoopMiddleware``, a breakpoint, ``interrupt()`` in a tool) is an
+    ``interrupted`` trajectory ending on the model's calls without an observation: the reviewer may still reject them,
+    or change them. Its turn with such a call (all its calls: the turn was not made as recorded) teaches nothing; the
+    run that resumed the thread holds the turn as the reviewer decided it (the call that ran, a reviewer's edit
+    included; no rejected call), and teaches it from there. Datasets use these steps as targets (IL, SR)."""
+    steps = source.steps
+    if "status" not in source.trajectories.columns:
+        return steps, 0
+    paused = source.trajectories.filter(pl.col("status") == "interrupted")["id"]
+    if paused.is_empty():
+        return steps, 0
+    awaiting = (pl.col("action_kind") == "tool_call") & pl.col("observation").is_null() & pl.col("trajectory_id").is_in(paused.implode())
+    keyed = steps.with_columns(turn_key().alias("_turn"))
+    left_out = keyed.filter(awaiting).select("trajectory_id", "_turn").unique()
+    if left_out.is_empty():
+        return steps, 0
+    kept = keyed.join(left_out, on=["trajectory_id", "_turn"], how="anti", maintain_order="left").drop("_turn")
+    return kept, int(keyed.filter(pl.col("action_kind") == "tool_call").height - kept.filter(pl.col("action_kind") == "tool_call").height)
 
 
 def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) -> str:
@@ -74,7 +100,7 @@ def load_source(
     ``include_sandbox_failures``, rollouts whose observation is the sandbox's own failure (a time-out, a
     crash, the memory limit: ``Observation.sandbox_failure``), which no production tool returns.
     """
-    trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json")
+    trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json", "status")
     ids = trajectories["id"].to_list()
     steps = store.steps(ids)
     rollouts = store.rollouts(ids, replay_id=replay_id)
@@ -290,7 +316,7 @@ class SourceReader:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);
         with ``rollouts=False`` the rollouts are not read (an empty frame), for builders that use none."""
         keep = pl.Series(list(ids), dtype=pl.String)
-        trajectories = self._trajectories.filter(pl.col("id").is_in(keep.implode())).select("id", "tools_json")
+        trajectories = self._trajectories.filter(pl.col("id").is_in(keep.implode())).select("id", "tools_json", "status")
 
         def read() -> tuple[pl.DataFrame, pl.DataFrame]:
             steps = self._drop("steps", self._steps.filter(pl.col("trajectory_id").is_in(keep.implode())).collect(engine="streaming"))

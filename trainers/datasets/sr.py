@@ -38,7 +38,7 @@ import polars as pl
 
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, conform, expert_turns
-from ee_middleware.trainers.datasets.source import DatasetSource
+from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher
 
 _LEAK = re.compile(r"\bexpert\b|\b(action|option|alternative|choice)\s*#?\s*\d+\b", re.IGNORECASE)
@@ -147,7 +147,8 @@ class SRBuilder:
         """Queue the cases of ``source``'s turns that have rollouts (writing every full batch)."""
         options = self.options
         calls = ("index", "tool_name", "arguments_json", "observation")
-        turns = expert_turns(source.steps.filter(pl.col("action_kind") == "tool_call"), _steps=pl.struct(*calls))
+        steps = taught_steps(source)[0]  # a turn awaiting a human review is no target (the reviewer may have rejected it)
+        turns = expert_turns(steps.filter(pl.col("action_kind") == "tool_call"), _steps=pl.struct(*calls))
         tools = dict(source.trajectories.select("id", "tools_json").iter_rows())
         by_state = source.rollouts.partition_by(["trajectory_id", "step_index"], as_dict=True)
         for turn in turns.iter_rows(named=True):
