@@ -19,6 +19,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from ee_middleware import record_experience
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
@@ -40,9 +43,25 @@ def _calls(completion: str) -> list[tuple[str, dict[str, Any]]]:
     return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message.get("tool_calls") or ()]
 
 
-def _record_reviewed_run(store_path: Path, decision: str, *, offload: str = "thread", mode: str = "batched") -> list[Any]:
-    """The model checks the stock, then orders 500 pears; a reviewer decides on the order; the resumed run answers.
-    Every trajectory is approved (as ``ee traces approve`` would); returns the orders the tools placed."""
+def make_sandbox(**options: Any) -> PythonSandbox:
+    """The shop's tools as a replay sandbox (importable by name for the replay job)."""
+
+    def check_stock(world: dict[str, Any], item: str) -> str:
+        return str(world["stock"].get(item, 0))
+
+    def order_item(world: dict[str, Any], item: str, quantity: int) -> str:
+        world["stock"][item] = world["stock"].get(item, 0) + quantity
+        return f"ordered {quantity} {item}"
+
+    return PythonSandbox(lambda environment: {"stock": {}}, tools={"check_stock": check_stock, "order_item": order_item}, kind="shop")
+
+
+def _record_reviewed_run(
+    store_path: Path, decision: str, *, offload: str = "thread", mode: str = "batched", parallel: bool = False
+) -> list[Any]:
+    """The model checks the stock, then orders 500 pears (with ``parallel``, both in one response); a reviewer decides
+    on the order; the resumed run answers. Every trajectory is approved (as ``ee traces approve`` would); returns the
+    orders the tools placed."""
     placed: list[tuple[str, int]] = []
 
     @tool
@@ -56,13 +75,9 @@ def _record_reviewed_run(store_path: Path, decision: str, *, offload: str = "thr
         placed.append((item, quantity))
         return f"ordered {quantity} {item}"
 
-    model = ScriptedChatModel(
-        script=[
-            AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]),
-            AIMessage(content="", tool_calls=[tool_call("order_item", item="pear", quantity=500)]),
-            AIMessage(content="Done."),
-        ]
-    )
+    check, order = tool_call("check_stock", item="pear"), tool_call("order_item", item="pear", quantity=500)
+    turns = [[check, order]] if parallel else [[check], [order]]
+    model = ScriptedChatModel(script=[*(AIMessage(content="", tool_calls=calls) for calls in turns), AIMessage(content="Done.")])
     graph = create_agent(
         model,
         [check_stock, order_item],
@@ -88,8 +103,9 @@ def _record_reviewed_run(store_path: Path, decision: str, *, offload: str = "thr
 
 def _taught_orders(store_path: Path, out: Path) -> list[dict[str, Any]]:
     """The ``order_item`` calls IL teaches, from ``ee datasets build``'s il.parquet (checked against the builder's
-    one-pass API: the same rows)."""
-    build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    one-pass API: the same rows); the build counts the paused turn it leaves out."""
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    assert summary["datasets"]["il"]["calls_awaiting_review_left_out"] == 1
     built = pl.read_parquet(out / "il.parquet")
     store = LocalExperienceStore(store_path)
     try:
@@ -118,3 +134,29 @@ def test_per_call_reviews_are_taught_as_decided(tmp_path: Path, decision: str) -
     _record_reviewed_run(tmp_path / "store", decision, mode="per_call")
     taught = _taught_orders(tmp_path / "store", tmp_path / "out")
     assert taught == {"approve": [{"item": "pear", "quantity": 500}], "edit": [{"item": "pear", "quantity": 5}], "reject": []}[decision]
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_parallel_calls_of_a_reviewed_turn_are_taught_once_as_one_turn(tmp_path: Path, decision: str) -> None:
+    """Per-call reviews of a turn of parallel calls: the ungated call runs before the pause, the gated one after. The
+    paused trajectory's turn (one call observed, one awaiting review) teaches nothing; the resumed one teaches the whole
+    turn once when the reviewer approved, and nothing when they rejected (the calls' other half alone was never a turn
+    the model made)."""
+    _record_reviewed_run(tmp_path / "store", decision, mode="per_call", parallel=True)
+    build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "out", kinds="il"))
+    turns = [_calls(c) for c in pl.read_parquet(tmp_path / "out" / "il.parquet")["completion"] if _calls(c)]
+    both = [("check_stock", {"item": "pear"}), ("order_item", {"item": "pear", "quantity": 500})]
+    assert turns == ([both] if decision == "approve" else [])
+
+
+def test_sr_never_teaches_a_rejected_call(tmp_path: Path) -> None:
+    """SR's target is a rationale followed by the expert's action: replay branched the paused state too, and SR taught
+    the rejected call there as the better action (was)."""
+    store = tmp_path / "store"
+    _record_reviewed_run(store, "reject")
+    sandbox = "tests.trainers.datasets.test_reviewed_calls:make_sandbox"
+    assert run_replay(ReplayConfig.load(store=store, k=3, sandbox=sandbox)).branches > 0
+    summary = build_datasets(DatasetConfig.load(store=store, out=tmp_path / "out", kinds="sr", teacher="template"))
+    targets = [_calls(c) for c in pl.read_parquet(tmp_path / "out" / "sr.parquet")["completion"]]
+    assert summary["datasets"]["sr"]["rows"] >= 1 and [("check_stock", {"item": "pear"})] in targets
+    assert not [calls for calls in targets if any(name == "order_item" for name, _ in calls)]
