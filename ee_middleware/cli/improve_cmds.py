@@ -248,13 +248,21 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
     if as_json:
         print_json([{**r.data, "folder": str(r.folder), "lock_held": held and r.status == "running"} for r in records])
         return
+    from rich import box
     from rich.table import Column, Table
 
-    # The id is what `ee runs show ID` takes: never cut to "202611…" in a narrow terminal; the others fold, never cut.
+    # The id is what `ee runs show ID` takes: never cut to "202611..." in a narrow terminal; it is also the start time
+    # (UTC). Short values stay whole; the candidate's name (and the app, when runs of several apps share the folder)
+    # fold, never cut.
     width = max((len(r.id) for r in records), default=3)
-    names = ("app", "status", "started", "stages", "candidate", "gate", "promoted", "new")  # app: runs of several apps share a folder
-    folded = [Column(name, overflow="fold") for name in names]
-    table = Table(Column("run", no_wrap=True, min_width=width), *folded)
+    apps = {r.app or "-" for r in records}
+    title = f"{len(records)} runs in {folder.root}" + (f" (app {next(iter(apps))})" if len(apps) == 1 else "")
+    columns = [Column("run (started, UTC)", no_wrap=True, min_width=width)]
+    if len(apps) > 1:
+        columns.append(Column("app", overflow="fold", ratio=1))
+    columns += [Column("status", no_wrap=True), Column("stages", no_wrap=True), Column("candidate", overflow="fold", ratio=2)]
+    columns += [Column(name, no_wrap=True) for name in ("gate", "promoted")] + [Column("new", no_wrap=True, justify="right")]
+    table = Table(*columns, title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for r in records:
         done = [m["stage"] for m in r.stages() if m.get("status") == "done"]
         outcome = r.data.get("outcome") or {}
@@ -263,9 +271,8 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
         gate = "-" if outcome.get("gate_passed") is None else ("pass" if outcome["gate_passed"] else "fail")
         table.add_row(
             r.id,
-            escape(r.app or "-"),
+            *([escape(r.app or "-")] if len(apps) > 1 else []),
             status,
-            str(r.data.get("started_at", ""))[:16].replace("T", " "),
             f"{len(done)}/{len(r.data.get('stage_order', []))}",
             escape(outcome.get("candidate") or "-"),
             gate,

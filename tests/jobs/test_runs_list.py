@@ -1,0 +1,45 @@
+"""``ee runs list`` as a person reads it: a table that fits a narrow terminal without cutting words apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.jobs.runs import RunsDir
+
+
+def _finished_run(runs: RunsDir, app_name: str, candidate: str, *, promoted: bool) -> str:
+    run = runs.create("improve", {"improve": {"app": app_name, "store": "/data/experience"}}, "hash")
+    run.write_stage("select", {"stage": "select", "status": "done", "outputs": {"new": 13}})
+    run.update(
+        status="succeeded",
+        stage_order=["select"],
+        outcome={"candidate": candidate, "gate_passed": promoted, "promoted": promoted},
+    )
+    return run.id
+
+
+def test_runs_list_fits_80_columns_without_breaking_words(tmp_path: Path) -> None:
+    """At 80 columns (a plain terminal, a CI log) every header and short value was folded into pieces ('stat/us',
+    'succ/eede/d', '2026/-11-/30'): the runs folder's table could not be read. Short values now stay whole, the start
+    time is the run id's own (it is the start, UTC), and one app is named once, in the title."""
+    runs = RunsDir(tmp_path / "runs")
+    first = _finished_run(runs, "booking-bot", "booking-bot-v1-4e336746", promoted=False)
+    second = _finished_run(runs, "booking-bot", "booking-bot-v2-0c1d2e3f", promoted=True)
+    result = CliRunner().invoke(app, ["runs", "list", "--runs", str(runs.root)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    text = result.stdout
+    for word in ("status", "stages", "candidate", "gate", "promoted", "succeeded", "fail", "pass", "1/1"):
+        assert word in text, (word, text)
+    assert first in text and second in text, "the id `ee runs show` takes, whole"
+    assert "2 runs" in text and "booking-bot" in lines[0] + lines[1], "one app: named in the title"
+
+    _finished_run(runs, "calendar-bot", "calendar-bot-v1-11223344", promoted=False)
+    several = CliRunner().invoke(app, ["runs", "list", "--runs", str(runs.root)], env={"COLUMNS": "120"})
+    assert several.exit_code == 0, several.output
+    rows = [line for line in several.stdout.splitlines() if line.strip().startswith("2")]
+    assert len(rows) == 3 and all(("booking-bot" in row) != ("calendar-bot" in row) for row in rows), several.stdout
