@@ -14,7 +14,9 @@ So a span that runs inside a LangGraph node (its LangGraph metadata names a ``la
 never a run of its own: an agent or model span inside a node belongs to the run of the graph that
 holds the node, the nearest enclosing span outside every node (or, when the graph's span was never
 exported, everything under its id). An ``invoke_agent`` span outside any node is a run, as before.
-Runs are the outermost such subtrees; model spans left outside every run make one more run, as before.
+Runs are the outermost such subtrees; model spans left outside every run make one more run per conversation their
+messages hold (a request's span over two tool loops traced by a model client's instrumentation alone: see
+:func:`conversations`), one run as before when they hold one.
 
 A trace whose span ids repeat with different contents, or whose parent links loop, cannot be read
 as a tree: it gets one problem and is skipped. Exact repeats (a collector retry) count once.
@@ -35,7 +37,7 @@ from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.ingest.dialects import litellm_raw_calls
-from ee_middleware.messages import content_to_text, genai_to_openai
+from ee_middleware.messages import content_to_text, genai_to_openai, parse_arguments
 
 _NODE_KEYS = (
     sc.EE_LANGGRAPH_NODE,
@@ -81,14 +83,18 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
         covered.update(s.span_id for s in run)
         runs.append(run)
     leftover = [s for s in unique if s.span_id not in covered]
+    named_by_first_call: set[int] = set()
     if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
-        ids = {s.span_id for s in leftover}
-        runs.append(sorted(leftover, key=lambda s: (s.parent_span_id in ids, s.start_ns)))  # its top span first: the run's name
+        for n, conversation in enumerate(conversations(leftover, tree)):
+            if n:  # a later conversation: named after its own first call, whether or not the run's root is read
+                named_by_first_call.add(len(runs))
+            ids = {s.span_id for s in conversation}
+            runs.append(sorted(conversation, key=lambda s: (s.parent_span_id in ids, s.start_ns)))  # its top span first: its name
     ops = {operation_of(s.attributes) for s in unique}
     related = bool(runs) or bool(ops - {None} - _NOT_RUNS)
     recognized = ops != {None}
     unfinished = [unfinished_reason(run, tree, unended) for run in runs]
-    missing = [found[0] if (found := missing_root(run, tree)) else None for run in runs]
+    missing = [found[0] if n not in named_by_first_call and (found := missing_root(run, tree)) else None for n, run in enumerate(runs)]
     runs = [with_task(_with_reply_ids(_with_context(_without_echoes(run, tree), tree))) for run in runs]
     return TraceRuns(
         runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized, unfinished=unfinished, missing_roots=missing
@@ -260,6 +266,219 @@ def _last_reply_tool_calls(run: list[SpanData]) -> list[str]:
     return [
         str(c.get("function", {}).get("name") or "?") for m in replies if m.get("role") == "assistant" for c in m.get("tool_calls") or []
     ]
+
+
+def conversations(spans: list[SpanData], tree: _Tree) -> list[list[SpanData]]:
+    """Model spans with no agent span around them (``spans``: those outside every run), split into the conversations
+    their calls hold, the one that started first first; ``[spans]`` when they hold one.
+
+    A web request's span over two tool loops (two agents of an ``asyncio.gather``, or one after the other) traced by a
+    model client's instrumentation alone holds the calls of both. A call goes on with an earlier one when its history
+    starts with that call's history and reply (the tool results after it); failing that, when its history answers a tool
+    call id that call's reply made; or it asks again (the same history, nothing of the reply kept: a retry, a correction)
+    after that call ended. Else it starts a conversation. Of several calls it may go on with, it takes the one of the
+    longest history, then the one whose reply's ids it answers, ended before it started, not yet continued, started
+    first: two conversations given the same first messages part at their replies. A call whose history cannot be read
+    stays with the call before it. Each tool span goes with the call whose reply asked for it (by call id, tool name and
+    arguments), the spans under a call or tool span with it, the rest (the request's span) with the first conversation."""
+    calls = _top_model_calls(spans, tree)
+    if len(calls) < 2 or _one_history(calls):
+        return [spans]
+    read = [_read_call(span, tree) for span in calls]
+    conversation_of = _chain(read)
+    if max(conversation_of) == 0:
+        return [spans]
+    owner: dict[str, int] = {}
+    for call, conversation in zip(read, conversation_of, strict=True):
+        owner[call.span.span_id] = conversation
+    taken: set[tuple[int, int]] = set()
+    for span in sorted(spans, key=lambda s: s.start_ns):
+        if span.span_id not in owner and operation_of(span.attributes) == sc.OP_EXECUTE_TOOL:
+            asker = _asker(normalize(span), read, taken)
+            if asker is not None:
+                owner[span.span_id] = conversation_of[asker]
+    parts: list[list[SpanData]] = [[] for _ in range(max(conversation_of) + 1)]
+    for span in spans:
+        parts[next((owner[a] for a in _self_and_ancestors(span, tree) if a in owner), 0)].append(span)
+    return parts
+
+
+@dataclass
+class _Call:
+    span: SpanData
+    given: list[dict[str, Any]] | None
+    """Its input messages (OpenAI's shape), None when they cannot be read."""
+    offset: int
+    """How many keys of ``history`` come before the input messages (the system instructions)."""
+    history: list[Any] | None
+    """Its input as comparable keys (system instructions first), None when it cannot be read."""
+    replies: set[Any]
+    asked: list[tuple[str | None, str | None, str | None]]
+    """The tool calls its reply made: (id, name, arguments as canonical JSON), ids filled from a later call's history."""
+    answered: set[str]
+    """The tool call ids its history answers or names."""
+
+
+def _top_model_calls(spans: list[SpanData], tree: _Tree) -> list[SpanData]:
+    """The model calls among ``spans`` in start order: model spans under no other model span (nested ones are the same call
+    traced twice, see :func:`_without_echoes`)."""
+    ids = {s.span_id for s in spans}
+    tops = [
+        s
+        for s in spans
+        if operation_of(s.attributes) in sc.MODEL_OPERATIONS
+        and not any(a.span_id in ids and operation_of(a.attributes) in sc.MODEL_OPERATIONS for a in tree.ancestors(s.span_id))
+    ]
+    return sorted(tops, key=lambda s: (s.start_ns, s.end_ns))
+
+
+def _carrier(span: SpanData, tree: _Tree) -> SpanData:
+    """The span that holds a model call's messages: its own, else the first nested model span's that has them."""
+    todo = [span.span_id]
+    while todo:
+        node = tree.by_id[todo.pop(0)]
+        if operation_of(node.attributes) in sc.MODEL_OPERATIONS:
+            attrs = normalize(node).attributes
+            if attrs.get(sc.INPUT_MESSAGES) or attrs.get(sc.OUTPUT_MESSAGES):
+                return node
+        todo.extend(tree.children.get(node.span_id, ()))
+    return span
+
+
+def _one_history(calls: list[SpanData]) -> bool:
+    """Whether each call's input text goes on the one before's (one conversation, as a JSON serializer writes a list that
+    grew): read without decoding any message."""
+    texts = [(a.get(sc.SYSTEM_INSTRUCTIONS), a.get(sc.INPUT_MESSAGES)) for a in (normalize(c).attributes for c in calls)]
+    for (system, before), (system_after, after) in pairwise(texts):
+        if system != system_after or not isinstance(before, str) or not isinstance(after, str) or not before.endswith("]"):
+            return False
+        if len(after) <= len(before) or not after.startswith(before[:-1]) or after[len(before) - 1] != ",":
+            return False
+    return True
+
+
+def _message_key(message: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes a message the same one in a later call's history, whatever the ids and encodings around it (a reply's
+    tool calls without their ids, arguments as text or JSON)."""
+    calls = tuple(
+        (c.get("function", {}).get("name"), _arguments_key(c.get("function", {}).get("arguments"))) for c in message.get("tool_calls") or []
+    )
+    return (message.get("role"), content_to_text(message.get("content")).strip(), calls)
+
+
+def _arguments_key(arguments: Any) -> str | None:
+    if arguments is None:
+        return None
+    try:
+        return json.dumps(parse_arguments(arguments), sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return str(arguments)
+
+
+def _read_call(span: SpanData, tree: _Tree) -> _Call:
+    carrier = _carrier(span, tree)
+    given, outputs = _openai_messages(carrier, sc.INPUT_MESSAGES), _openai_messages(carrier, sc.OUTPUT_MESSAGES) or []
+    system = normalize(carrier).attributes.get(sc.SYSTEM_INSTRUCTIONS)
+    offset = 1 if system else 0
+    history = None if not given else [("system", str(system))] * offset + [_message_key(m) for m in given]
+    replies = [m for m in outputs if m.get("role") == "assistant"]
+    answered = {str(m["tool_call_id"]) for m in given or [] if m.get("role") == "tool" and m.get("tool_call_id")}
+    answered |= {str(c["id"]) for m in given or [] for c in m.get("tool_calls") or [] if c.get("id")}
+    asked = [
+        (c.get("id") or None, c.get("function", {}).get("name"), _arguments_key(c.get("function", {}).get("arguments")))
+        for m in replies
+        for c in m.get("tool_calls") or []
+    ]
+    return _Call(
+        span=span, given=given, offset=offset, history=history, replies={_message_key(m) for m in replies}, asked=asked, answered=answered
+    )
+
+
+def _chain(calls: list[_Call]) -> list[int]:
+    """The conversation of each call (in start order; numbered as they start), see :func:`conversations`."""
+    by_history: dict[tuple[int, int], list[int]] = {}
+    issued: dict[str, list[int]] = {}
+    conversation_of: list[int] = []
+    tails: dict[int, int] = {}  # conversation -> its last call
+    for index, call in enumerate(calls):
+        history = call.history or []
+        prefixes = [0]
+        for key in history:
+            prefixes.append(hash((prefixes[-1], key)))
+        found: list[tuple[int, int, int]] = []  # (kind, length of the history shared, the earlier call)
+        for length in range(len(history), 0, -1):
+            for before in by_history.get((length, prefixes[length]), ()):
+                earlier = calls[before]
+                if earlier.history != history[:length]:
+                    continue
+                if length < len(history) and history[length] in earlier.replies:
+                    found.append((3, length, before))  # goes on with that call's reply
+                elif earlier.span.end_ns <= call.span.start_ns and (length == len(history) or history[length][0] != "assistant"):
+                    found.append((1, length, before))  # asks again after it
+        found += [(2, 0, before) for call_id in call.answered for before in issued.get(call_id, ())]  # answers its reply's calls
+
+        def rank(candidate: tuple[int, int, int], call: _Call = call) -> tuple[Any, ...]:
+            kind, length, before = candidate
+            earlier = calls[before]
+            ties = any(i and i in call.answered for i, _, _ in earlier.asked)
+            ended = earlier.span.end_ns <= call.span.start_ns
+            return (kind, length, ties, ended, tails.get(conversation_of[before]) == before, -before)
+
+        best = max(((rank(c), c[2]) for c in found), default=None)
+        if best is not None:
+            conversation = conversation_of[best[1]]
+            made, length = calls[best[1]], best[0][1]
+            if best[0][0] == 3 and not all(i for i, _, _ in made.asked):  # the reply's call ids, as this history gives them
+                kept = (call.given or [])[length - call.offset].get("tool_calls") or []
+                if [n for _, n, _ in made.asked] == [c.get("function", {}).get("name") for c in kept]:
+                    made.asked = [(i or c.get("id") or None, n, a) for (i, n, a), c in zip(made.asked, kept, strict=True)]
+                    for i, _, _ in made.asked:
+                        if i:
+                            issued.setdefault(i, []).append(best[1])
+        elif call.history is None and index:
+            conversation = conversation_of[index - 1]  # cannot be read: stays with the call before
+        else:
+            conversation = max(conversation_of, default=-1) + 1
+        conversation_of.append(conversation)
+        tails[conversation] = index
+        if call.history:
+            by_history.setdefault((len(history), prefixes[-1]), []).append(index)
+        for call_id, _, _ in call.asked:
+            if call_id:
+                issued.setdefault(call_id, []).append(index)
+    return conversation_of
+
+
+def _asker(tool: SpanData, calls: list[_Call], taken: set[tuple[int, int]]) -> int | None:
+    """The call (its index in ``calls``) whose reply asked for the tool call ``tool`` (a normalized tool span) ran: one
+    that started before it and made a call of its id, name and arguments, as far as the span names them; of several, one
+    whose call no other tool span took, that ended before the tool started, started last."""
+    attrs = tool.attributes
+    call_id = str(attrs[sc.TOOL_CALL_ID]) if attrs.get(sc.TOOL_CALL_ID) else None
+    name = attrs.get(sc.TOOL_NAME)
+    raw = attrs.get(sc.TOOL_CALL_ARGUMENTS)
+    arguments = _arguments_key(raw) if raw not in (None, "") else None
+    best: tuple[tuple[Any, ...], tuple[int, int]] | None = None
+    for index, call in enumerate(calls):
+        if call.span.start_ns > tool.start_ns:
+            break
+        for position, (asked_id, asked_name, asked_arguments) in enumerate(call.asked):
+            if (call_id and asked_id and call_id != asked_id) or (name and asked_name and name != asked_name):
+                continue
+            if arguments is not None and asked_arguments is not None and arguments != asked_arguments:
+                continue
+            rank = ((index, position) not in taken, bool(call_id and asked_id), call.span.end_ns <= tool.start_ns, call.span.start_ns)
+            if best is None or rank > best[0]:
+                best = (rank, (index, position))
+    if best is None:
+        return None
+    taken.add(best[1])
+    return best[1][0]
+
+
+def _self_and_ancestors(span: SpanData, tree: _Tree) -> Iterator[str]:
+    yield span.span_id
+    yield from (a.span_id for a in tree.ancestors(span.span_id))
 
 
 def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:
