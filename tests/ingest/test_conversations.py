@@ -150,14 +150,15 @@ def _tool(name: str, arguments: dict[str, Any]) -> str:
     return f"ordered {arguments['quantity']} {arguments['fruit']}"
 
 
-async def _conversation(tracer: Any, user: str, replies: list[dict[str, Any]]) -> None:
+async def _conversation(tracer: Any, user: str, replies: list[dict[str, Any]], window: int | None = None) -> None:
     """One tool loop of the app: a chat span per model call (the model's reply scripted), an ``execute_tool`` span
-    per tool call (as the app traces its tools). Each await lets the other conversation of the request go on."""
+    per tool call (as the app traces its tools). Each await lets the other conversation of the request go on.
+    ``window``: the app sends the model only its last messages (a sliding window over the history)."""
     history: list[dict[str, Any]] = [{"role": "user", "content": user}]
     for reply in replies:
         with tracer.start_as_current_span(f"chat {MODEL}", kind=SpanKind.CLIENT) as span:
             await asyncio.sleep(0.002)
-            span.set_attributes(_chat(history, reply))
+            span.set_attributes(_chat(history[-window:] if window else history, reply))
         history.append(reply)
         for call in reply.get("tool_calls") or []:
             name, arguments = call["function"]["name"], json.loads(call["function"]["arguments"])
@@ -198,7 +199,9 @@ APPLES_STEPS = [
 ]
 
 
-def _request_file(tmp_path: Path, *conversations: tuple[str, list[dict[str, Any]]], concurrent: bool = True) -> tuple[Path, list[Any]]:
+def _request_file(
+    tmp_path: Path, *conversations: tuple[str, list[dict[str, Any]]], concurrent: bool = True, window: int | None = None
+) -> tuple[Path, list[Any]]:
     """The real OpenTelemetry SDK: a web request's span (``POST /shop``) over the conversations the handler runs, all at
     once (``asyncio.gather``) or one after the other; the spans written as the SDK's OTLP encoder does."""
     exporter = InMemorySpanExporter()
@@ -210,10 +213,10 @@ def _request_file(tmp_path: Path, *conversations: tuple[str, list[dict[str, Any]
         with tracer.start_as_current_span("POST /shop", kind=SpanKind.SERVER) as span:
             span.set_attribute(sc.CONVERSATION_ID, "shop-thread-1")
             if concurrent:
-                await asyncio.gather(*(_conversation(tracer, user, replies) for user, replies in conversations))
+                await asyncio.gather(*(_conversation(tracer, user, replies, window) for user, replies in conversations))
             else:
                 for user, replies in conversations:
-                    await _conversation(tracer, user, replies)
+                    await _conversation(tracer, user, replies, window)
 
     asyncio.run(handle())
     finished = list(exporter.get_finished_spans())
@@ -277,3 +280,24 @@ def test_one_conversation_of_model_spans_only_is_one_trajectory(tmp_path, store)
     path, _ = _request_file(tmp_path, (TURN_1, PEARS))
     report, (only,) = _ingest(store, path)
     assert (report.problems, _steps(only), [s.decision_index for s in only.steps]) == (0, PEARS_STEPS, [0, 1, 2]), report.errors
+
+
+def test_a_conversation_whose_history_is_cut_is_tied_by_its_tool_call_ids(tmp_path, store):
+    """An app that sends the model only its last three messages: the third call's history no longer starts with the
+    second's, but it answers the tool call the second call's reply made (``call_order_pears``), so it goes on with it.
+    Without the ids each such call would start a conversation of its own."""
+    pears = [
+        {"role": "assistant", "content": "", "tool_calls": [_call("call_stock_pears", "check_stock", {"fruit": "pears"})]},
+        {"role": "assistant", "content": "", "tool_calls": [_call("call_order_pears", "order", {"fruit": "pears", "quantity": 5})]},
+        PEARS[2],
+    ]
+    apples = [
+        {"role": "assistant", "content": "", "tool_calls": [_call("call_stock_apples", "check_stock", {"fruit": "apples"})]},
+        {"role": "assistant", "content": "", "tool_calls": [_call("call_stock_pears_2", "check_stock", {"fruit": "pears"})]},
+        APPLES[2],
+    ]
+    path, _ = _request_file(tmp_path, (TURN_1, pears), (TURN_1, apples), window=3)
+    report, (first, second) = _ingest(store, path)
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 2, 2), report.errors
+    assert (_steps(first), _steps(second)) == (PEARS_STEPS, APPLES_STEPS)
+    assert [m["role"] for m in first.steps[-1].state] == ["system", "tool", "assistant", "tool"], "the third call was given the last three"
