@@ -127,7 +127,8 @@ def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         if promote.get("promoted"):
             text = f"Promoted `{promote['live']}` (it replaced {promote.get('replaced') or 'the base model'})."
         else:
-            text = f"Not promoted; the live model stays `{promote.get('live') or 'the base model'}`."
+            live = promote.get("live")
+            text = f"Not promoted; the live model stays {f'`{live}`' if live else 'the base model'}."
         blocks.append(Block("p", text))
     return blocks
 
