@@ -232,8 +232,14 @@ class ImproveConfig(BaseModel):
         _check_specs(replay.sandbox, replay.policy, job.sandbox)
         from ee_middleware.evals.suites import SuiteSettings, load_suite
 
-        for spec in self.suite_specs():
-            load_suite(spec, SuiteSettings(split=str(folder / "data")))  # reads the spec only; nothing is loaded yet
+        for written, spec in zip(self.suites, self.suite_specs(), strict=True):
+            try:
+                load_suite(spec, SuiteSettings(split=str(folder / "data")))  # reads the spec only; nothing is loaded yet
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"[improve] suites = [{written!r}]: {exc} Here, {TRACES_SUITE!r} (or 'traces:N') is this app's own "
+                    "held-out trajectories."
+                ) from exc
         self._check_base(train.base_model, train.max_length)
         from ee_middleware.store.registry import open_store
 

@@ -293,3 +293,11 @@ def test_an_unfinished_run_recorded_with_relative_paths_is_continued_from_the_sa
     with pytest.raises(RunConfigChangedError):  # another setting still makes it another configuration
         other = ImproveConfig.load(path, schedule="il")  # the default is iwm
         runs.resumable(other.config_hash(), other.scope(), hash_like=lambda run: other.config_hash(recorded=run.data["config"]["improve"]))
+
+
+def test_a_misspelt_suite_names_the_improve_shorthand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """suites = ["trace"] was refused with the suite forms of `ee eval run` only (traces:STORE[:APP][:N], ...), not the
+    spelling [improve] takes for the app's own held-out trajectories, `traces`."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"\[improve\] suites = \['trace'\].*'traces' \(or 'traces:N'\)"):
+        ImproveConfig.load(_config(tmp_path, 'suites = ["trace"]\n')).check()
