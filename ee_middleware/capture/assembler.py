@@ -357,15 +357,18 @@ def _reviewed_turns(
     a call answered with an error and not run (``reject``) is no step. A turn none of whose calls ran here (all rejected
     or answered by the reviewer) is none either, nor is any in a run that calls no model: nothing in it says what prompt
     and tools the model had."""
-    if not decisions or _messages_attr(root, sc.INPUT_MESSAGES):
-        return [], tools
+    given = root.attributes.get(sc.INPUT_MESSAGES)
+    if not decisions or (given and given != "[]"):
+        return [], tools  # no model call, or a run started from new messages (only looked at, not decoded)
     first = decisions[0]
-    history = first["state"]
     carried: dict[str, list[SpanData]] = {}
     for span in tools:
         call_id = span.attributes.get(sc.TOOL_CALL_ID)
         if call_id and span.start_ns < first["span"].start_ns:
             carried.setdefault(str(call_id), []).append(span)
+    if not carried:
+        return [], tools
+    history = first["state"]
     made_at: dict[int, list[str]] = {}
     for call_id in carried:
         position = next(
@@ -394,8 +397,8 @@ def _reviewed_turns(
             if runs:
                 span = runs[-1]  # a retried call's result is its last attempt's
                 used.update(id(s) for s in runs)
-                given = span.attributes.get(sc.TOOL_CALL_ARGUMENTS)
-                arguments = proposed.arguments if given is None else redact(parse_arguments(given))
+                sent = span.attributes.get(sc.TOOL_CALL_ARGUMENTS)
+                arguments = proposed.arguments if sent is None else redact(parse_arguments(sent))
                 ran = ToolCall(id=proposed.id, name=str(span.attributes.get(sc.TOOL_NAME) or proposed.name), arguments=arguments)
                 edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
                 observation, latency = _observation(span, None if edited else reply, redact, max_chars, False if edited else failed)
