@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from ee_middleware.cli.common import JsonOption, console, examples, print_json, short
 
@@ -97,20 +98,40 @@ def list_adapters(
     if as_json:
         print_json([_record_json(r) for r in records])
         return
-    from rich.table import Table
+    from rich import box
+    from rich.table import Column, Table
 
-    table = Table("name", "app", "status", "rank", "base model", "created", "by", "reason")
+    # The name is what show, promote and rollback take: never cut ("booking…") in a narrow terminal. Short values stay
+    # whole; what every adapter shares (app, base model, creator) is said once in the title, the rest folds, never cut.
+    shared = {
+        label: values.pop()
+        for label, values in (
+            ("app", {r.app for r in records}),
+            ("base", {r.base_model for r in records}),
+            ("by", {r.created_by or "" for r in records}),
+        )
+        if len(values) == 1
+    }
+    said = ", ".join(f"{label} {value}" for label, value in shared.items() if value)
+    title = f"{len(records)} adapters in {registry}" + (f" ({said})" if said else "")
+    columns = [Column("name", no_wrap=True, min_width=max((len(r.name) for r in records), default=4))]
+    columns += [Column("app", overflow="fold", ratio=1)] if "app" not in shared else []
+    columns += [Column("status", no_wrap=True), Column("rank", no_wrap=True, justify="right"), Column("created (UTC)", no_wrap=True)]
+    columns += [Column("base model", overflow="fold", ratio=2)] if "base" not in shared else []
+    columns += [Column("by", overflow="fold", ratio=1)] if "by" not in shared else []
+    columns.append(Column("reason", overflow="fold", ratio=2))
+    table = Table(*columns, title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for r in records:
         style = {"live": "bold green", "failed": "red", "retired": "dim"}.get(r.status)
         table.add_row(
-            r.name,
-            r.app,
+            escape(r.name),
+            *([escape(r.app)] if "app" not in shared else []),
             r.status,
             str(r.rank),
-            short(r.base_model, 40),
-            r.created_at[:19],
-            r.created_by,
-            short(r.reason or "", 50),
+            r.created_at[:16].replace("T", " "),
+            *([escape(short(r.base_model, 60))] if "base" not in shared else []),
+            *([escape(r.created_by or "")] if "by" not in shared else []),
+            escape(short(r.reason or "", 80)),
             style=style,
         )
     console().print(table)

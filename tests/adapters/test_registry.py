@@ -291,3 +291,21 @@ def test_resolving_an_alias_reads_the_index_again_only_when_it_changed(tmp_path:
         fh.write(text)
     os.utime(index, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert router_view.resolve("bot") == first
+
+
+def test_list_keeps_every_adapter_name_whole_at_80_columns(tmp_path: Path) -> None:
+    """The name is what show, promote and rollback take; at 80 columns eight bordered columns cut it to 'booking…'
+    and folded short values into pieces. Now the name and short values stay whole and the long ones fold."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    names = [reg.register(write_adapter(tmp_path / n, seed=i), "booking-assistant").name for i, n in enumerate("ab")]
+    result = CliRunner().invoke(app, ["adapters", "list", "-r", str(tmp_path / "reg")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name in names:
+        assert any(line.strip().startswith(name + " ") for line in lines), (name, result.output)
+    assert "app booking-assistant" in " ".join(result.output.split()), "what all share is said once, in the title"
+    assert "candidate" in result.output and "…" not in result.output
