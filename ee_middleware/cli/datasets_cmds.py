@@ -33,7 +33,9 @@ def build(
         None, "--teacher", help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL. \\[default: template]"
     ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
-    replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
+    replay_id: str | None = typer.Option(
+        None, "--replay-id", help="Only rollouts of this replay configuration. \\[default: every replay's]"
+    ),
     include_synthetic: bool = typer.Option(
         False, "--include-synthetic", help="Also use experience-model (synthetic) rollouts; recorded in datasets.json."
     ),
@@ -41,6 +43,12 @@ def build(
         False,
         "--include-sandbox-failures",
         help="Also use rollouts whose observation is the sandbox's own time-out, crash or memory error (left out by default).",
+    ),
+    include_fidelity_mismatches: bool = typer.Option(
+        False,
+        "--include-fidelity-mismatches",
+        help="Also use the rollouts of a replay whose sandbox answered the expert's own call unlike production "
+        "(fidelity mismatches; left out by default).",
     ),
     max_synthetic_share: float | None = typer.Option(
         None,
@@ -82,6 +90,7 @@ def build(
         replay_id=replay_id,
         include_synthetic=include_synthetic or None,
         include_sandbox_failures=include_sandbox_failures or None,
+        include_fidelity_mismatches=include_fidelity_mismatches or None,
         max_synthetic_share=max_synthetic_share,
         chunk_mb=chunk_mb,
         iwm_max_error_share=max_error_share,
@@ -145,6 +154,7 @@ def build(
     missing = summary.get("tool_schemas_missing")
     if missing:
         typer.secho(f"warning: {missing['warning']}", err=True, fg="yellow")
+    _print_replays(out_console, summary)
     failures = summary.get("sandbox_failures_left_out") or {}
     if failures.get("total"):
         kinds_left = ", ".join(f"{n} {kind}" for kind, n in failures.items() if kind != "total" and n)
@@ -170,6 +180,59 @@ def build(
             f"held out: {len(split['heldout_trajectories'])} trajectories (never trained on: ee train refuses heldout/ files), "
             f"{len(split['train_trajectories'])} for training"
         )
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
+    """The line naming the replays whose rollouts were used, and the warning for those left out for fidelity mismatches."""
+    replays = summary.get("replays") or {}
+    used = replays.get("used") or []
+    if used:
+
+        def named(replay: dict[str, Any]) -> str:
+            how = [f"{key} {replay[key]}" for key in ("policy", "sandbox") if replay.get(key)]
+            how += [f"K={replay['k']}"] if replay.get("k") is not None else []
+            counts = (
+                f"{_plural(replay['trajectories'], 'trajectory', 'trajectories')}, {_plural(replay['rollouts'], 'rollout', 'rollouts')}"
+            )
+            return f"{replay['replay_id']} ({', '.join(how) + ': ' if how else ''}{counts})"
+
+        several = replays.get("trajectories_with_several") or 0
+        line = f"rollouts from {_plural(len(used), 'replay', 'replays')}: {'; '.join(named(r) for r in used)}"
+        if several:
+            line += (
+                f". {_plural(several, 'trajectory has', 'trajectories have')} rollouts of more than one replay: all are used "
+                "(every replay's rollouts by default; --replay-id ID uses one)"
+            )
+        out_console.print(escape(line), highlight=False)
+    left = summary.get("fidelity_mismatches_left_out") or {}
+    if not left.get("rollouts"):
+        return
+    listed = [
+        f"replay {r['replay_id']} of {r['trajectory_id']}"
+        + (f": {r['tool']} at step {r['first_step']}" if r.get("tool") is not None else "")
+        for r in left["replays"]
+    ]
+    more = len(listed) + left.get("replays_not_listed", 0) - 3
+    where = "; ".join(listed[:3]) + (f"; {more} more" if more > 0 else "")
+    own = sum(r["rollouts"] for r in left["replays"])
+    wrong_tools = left.get("wrong_tools") or []
+    elsewhere = ""
+    if wrong_tools:
+        calls = sum(t["rollouts"] for t in wrong_tools)
+        tools = ", ".join(sorted({t["tool"] for t in wrong_tools}))
+        elsewhere = f", and {_plural(calls, 'call', 'calls')} to {tools} the same sandbox answered in other trajectories"
+    typer.secho(
+        f"warning: left out {_plural(left['rollouts'], 'rollout', 'rollouts')} of replays whose sandbox answered the expert's "
+        f"own recorded call otherwise than production (fidelity mismatches: {where}): "
+        f"{'their' if len(listed) != 1 else 'its'} {_plural(own, 'rollout', 'rollouts')}{elsewhere}. "
+        "Fix the sandbox and replay again (ee replay show TRAJECTORY_ID shows the diff); --include-fidelity-mismatches uses them.",
+        err=True,
+        fg="yellow",
+    )
 
 
 class ExportFormat(StrEnum):

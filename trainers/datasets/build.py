@@ -74,13 +74,19 @@ class DatasetConfig(BaseModel):
     """``template`` (deterministic, for tests and demos), ``local:MODEL_DIR`` or ``openai:BASE_URL#MODEL``."""
     app: str | None = None
     replay_id: str | None = None
-    """Only rollouts of this replay configuration (default: all real rollouts)."""
+    """Only rollouts of this replay configuration. Default: every replay's real rollouts (all the configurations that
+    replayed a trajectory: more alternatives per state); ``datasets.json``'s ``replays`` lists the ones used."""
     include_synthetic: bool = False
     """Also use rollouts an experience model predicted (``synthetic``); recorded in ``datasets.json``'s config."""
     include_sandbox_failures: bool = False
     """Also use rollouts whose observation is the sandbox's own failure (a time-out, a crash, the memory limit:
     ``Observation.sandbox_failure``). Off by default: the model would learn to predict the sandbox's messages, which no
     production tool returns. How many were left out is ``datasets.json``'s ``sandbox_failures_left_out``."""
+    include_fidelity_mismatches: bool = False
+    """Also use the rollouts of a replay whose record reports fidelity mismatches (the sandbox's answer to the expert's
+    own recorded call differed from production's). Off by default: that sandbox answers some tool unlike production
+    (:func:`~ee_middleware.trainers.datasets.source.untrusted_replays`); what was left out is ``datasets.json``'s
+    ``fidelity_mismatches_left_out``."""
     iwm_max_observation_tokens: int = Field(512, ge=8)
     iwm_max_error_share: float = Field(0.5, ge=0, le=1)
     """At most this share of IWM rows have an error observation; how many error rows the cap left out is
@@ -156,6 +162,7 @@ def build_datasets(
         replay_id=config.replay_id,
         include_synthetic=config.include_synthetic,
         include_sandbox_failures=config.include_sandbox_failures,
+        include_fidelity_mismatches=config.include_fidelity_mismatches,
     )
     index = reader.index()
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
@@ -173,6 +180,8 @@ def build_datasets(
             "synthetic": index.filtered_out.get("synthetic", 0),
             "other_replays": index.filtered_out.get("other_replays", 0),
         },
+        "fidelity_mismatches_left_out": fidelity_mismatches_left_out(index),
+        "replays": replays_used(index, config.replay_id),
         "config": json.loads(config.model_dump_json()),
         "redaction": {
             "kinds": redactor.rules.enabled_kinds(),
@@ -289,6 +298,59 @@ def sandbox_failures_left_out(index: SourceIndex) -> dict[str, int]:
     (:data:`~ee_middleware.records.SANDBOX_FAILURES`, zero when none)."""
     counts = {kind: index.sandbox_failures.get(kind, 0) for kind in SANDBOX_FAILURES}
     return {"total": sum(index.sandbox_failures.values()), **counts}
+
+
+MAX_LISTED_REPLAYS = 20
+"""Replays ``datasets.json`` lists by name in ``fidelity_mismatches_left_out`` (the rest are counted)."""
+
+
+def fidelity_mismatches_left_out(index: SourceIndex) -> dict[str, Any]:
+    """What ``datasets.json`` says of the rollouts left out for fidelity mismatches
+    (:func:`~ee_middleware.trainers.datasets.source.untrusted_replays`): how many rollouts and trajectories; ``replays``:
+    the replays that found mismatches (configuration, trajectory, sandbox, policy, mismatching expert calls, the first
+    one's step and tool, rollouts left out), the first :data:`MAX_LISTED_REPLAYS`; ``wrong_tools``: per configuration and
+    tool it answered wrongly, the rollouts calling it left out in trajectories whose own replay matched; and why."""
+    left, untrusted = index.fidelity_left_out, index.untrusted
+    per_replay = left.group_by("replay_id", "trajectory_id").agg(pl.col("rollouts").sum())
+    replays = untrusted.join(per_replay, on=["replay_id", "trajectory_id"], how="left").with_columns(pl.col("rollouts").fill_null(0))
+    replays = replays.sort("replay_id", "trajectory_id").drop("wrong_tools")
+    elsewhere = left.join(untrusted, on=["replay_id", "trajectory_id"], how="anti")
+    wrong_tools = (
+        elsewhere.group_by("replay_id", "tool_name")
+        .agg(pl.col("trajectory_id").n_unique().alias("trajectories"), pl.col("rollouts").sum())
+        .rename({"tool_name": "tool"})
+        .sort("replay_id", "tool")
+    )
+    return {
+        "rollouts": int(left["rollouts"].sum()),
+        "trajectories": left["trajectory_id"].n_unique(),
+        "replays": [{**row, "rollouts": int(row["rollouts"])} for row in replays.head(MAX_LISTED_REPLAYS).iter_rows(named=True)],
+        "replays_not_listed": max(0, replays.height - MAX_LISTED_REPLAYS),
+        "wrong_tools": [{**row, "rollouts": int(row["rollouts"])} for row in wrong_tools.iter_rows(named=True)],
+        "reason": (
+            "the replay re-executed the expert's own recorded call and the sandbox answered otherwise than production: "
+            "from that step on its world is not production's, and the tool it answered wrongly answers every call wrongly, "
+            "so none of that replay's rollouts are used, nor that configuration's calls to that tool in other trajectories "
+            "(--include-fidelity-mismatches uses them)"
+        ),
+    }
+
+
+def replays_used(index: SourceIndex, replay_id: str | None) -> dict[str, Any]:
+    """What ``datasets.json`` says of the replays whose rollouts were used: the rule (every replay configuration's,
+    or ``replay_id``'s alone), each configuration (id, policy, sandbox, K, seed, trajectories, rollouts, newest
+    record) and how many trajectories have rollouts of more than one."""
+    rule = (
+        f"only replay {replay_id}'s rollouts (--replay-id)"
+        if replay_id is not None
+        else "every replay's rollouts: each configuration (sandbox, policy, K, seed) that replayed a trajectory adds its "
+        "alternatives (--replay-id ID uses one)"
+    )
+    used = [
+        {**row, "newest_finished_at": row["newest_finished_at"].isoformat() if row["newest_finished_at"] is not None else None}
+        for row in index.replays.iter_rows(named=True)
+    ]
+    return {"rule": rule, "used": used, "trajectories_with_several": index.trajectories_with_several_replays}
 
 
 NO_SCHEMAS = pl.col("tools_json").is_null() | pl.col("tools_json").str.strip_chars().is_in(["", "[]"])

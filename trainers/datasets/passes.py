@@ -107,6 +107,12 @@ def no_rollouts_reason(index: SourceIndex) -> str:
         reasons.append(f"{synthetic} synthetic (experience-model) rollout(s) left out: --include-synthetic uses them")
     if others:
         reasons.append(f"{others} rollout(s) of other replays left out by --replay-id: `ee replay list` shows the replay ids")
+    mismatched = int(index.fidelity_left_out["rollouts"].sum())
+    if mismatched:
+        reasons.append(
+            f"{mismatched} rollout(s) of replays that found fidelity mismatches left out: fix the sandbox and replay again, "
+            "or --include-fidelity-mismatches uses them"
+        )
     return "no rollouts: " + ("; ".join(reasons) if reasons else "run `ee replay run` first")
 
 

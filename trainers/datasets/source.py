@@ -6,6 +6,13 @@ small stores, tests and the builders' own API). A build reads in bounded memory 
 step and rollout keys, state sizes; no state, no observation), then loads one group of trajectories
 at a time (:meth:`SourceReader.load`) from the store's Parquet parts, lazily (filters pushed into
 the Parquet reader; see :meth:`~ee_middleware.store.local.LocalExperienceStore.scan`).
+
+Which rollouts: every replay's (each replay configuration, ``replay_id``, that replayed a trajectory), or one
+configuration's with ``replay_id``. A trajectory's replay whose record reports fidelity mismatches (the sandbox's
+answer to the expert's own recorded call differed from production's: ``ReplayRecord.fidelity_mismatches``, the
+newest record of that configuration and trajectory) is left out whole unless ``include_fidelity_mismatches``
+(:func:`untrusted_replays`): its sandbox answers some tool differently from production, at every state that tool is
+called, and from the mismatching step on its world is no longer production's.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class DatasetSource:
     """Rollouts left out because the sandbox answered a redaction placeholder, not the value (``Rollout.unrestored``)."""
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts left out because their observation is the sandbox's own failure, by kind (``Observation.sandbox_failure``)."""
+    fidelity_mismatch_rollouts: int = 0
+    """Rollouts left out because their replay reported fidelity mismatches (:func:`untrusted_replays`)."""
     content_hash: str | None = None
     """The hash of the whole source this is a group of trajectories of (see :attr:`source_hash`)."""
 
@@ -90,11 +99,13 @@ def load_source(
     replay_id: str | None = None,
     include_synthetic: bool = False,
     include_sandbox_failures: bool = False,
+    include_fidelity_mismatches: bool = False,
 ) -> DatasetSource:
     """Approved trajectories of ``store`` (optionally one app), their steps and rollouts.
 
     Rollouts flagged ``synthetic`` (experience-model output) are left out unless ``include_synthetic``:
-    IWM learns from real observations only by default. So are
+    IWM learns from real observations only by default. So are, unless ``include_fidelity_mismatches``, the
+    rollouts of a replay whose record reports fidelity mismatches (:func:`untrusted_replays`); and
     rollouts whose arguments held redaction placeholders replay could not restore: their
     observation answers the placeholder (``user not found``), not the value; and, unless
     ``include_sandbox_failures``, rollouts whose observation is the sandbox's own failure (a time-out, a
@@ -106,6 +117,11 @@ def load_source(
     rollouts = store.rollouts(ids, replay_id=replay_id)
     if not include_synthetic:
         rollouts = rollouts.filter(~pl.col("synthetic"))
+    mismatched = 0
+    if not include_fidelity_mismatches:
+        records = store.replays(replay_id=replay_id).filter(pl.col("trajectory_id").is_in(ids))
+        trusted = rollouts.filter(~_mark_untrusted(untrusted_replays(records)))
+        mismatched, rollouts = rollouts.height - trusted.height, trusted
     unrestored = 0
     if "unrestored_json" in rollouts.columns:
         restored = rollouts.filter(pl.col("unrestored_json").is_null())
@@ -115,7 +131,12 @@ def load_source(
         failures = failure_counts(rollouts["sandbox_failure"])
         rollouts = rollouts.filter(pl.col("sandbox_failure").is_null())
     return DatasetSource(
-        trajectories=trajectories, steps=steps, rollouts=rollouts, unrestored_rollouts=unrestored, sandbox_failures=failures
+        trajectories=trajectories,
+        steps=steps,
+        rollouts=rollouts,
+        unrestored_rollouts=unrestored,
+        sandbox_failures=failures,
+        fidelity_mismatch_rollouts=mismatched,
     )
 
 
@@ -123,6 +144,116 @@ def failure_counts(kinds: pl.Series) -> dict[str, int]:
     """How many of ``kinds`` (a rollouts' ``sandbox_failure`` column) are each kind of sandbox failure (nulls: none)."""
     counted = kinds.drop_nulls().value_counts(sort=True)
     return {str(kind): int(n) for kind, n in counted.iter_rows()}
+
+
+REPLAY_COLUMNS = (
+    "replay_id",
+    "trajectory_id",
+    "status",
+    "policy",
+    "sandbox",
+    "k",
+    "seed",
+    "fidelity_mismatches",
+    "details_json",
+    "finished_at",
+)
+"""Columns of the replay records a build reads (one record per replay configuration and trajectory, the newest)."""
+
+UNTRUSTED_SCHEMA: dict[str, pl.DataType] = {
+    "replay_id": pl.String(),
+    "trajectory_id": pl.String(),
+    "sandbox": pl.String(),
+    "policy": pl.String(),
+    "fidelity_mismatches": pl.Int64(),
+    "first_step": pl.Int64(),
+    "tool": pl.String(),
+    "wrong_tools": pl.List(pl.String()),
+}
+
+
+def untrusted_replays(records: pl.DataFrame) -> pl.DataFrame:
+    """The replays (a configuration's replay of a trajectory) whose rollouts a build leaves out: those whose newest
+    record (``records``: replay records, repeats dropped) reports fidelity mismatches. Columns of
+    :data:`UNTRUSTED_SCHEMA`: the replay, its sandbox and policy, how many expert calls mismatched, the first one's
+    step and tool (null when the record kept none), and ``wrong_tools``: the tools whose answer differed (the
+    mismatches the record lists, leaving out the sandbox's own failures: a time-out says nothing of the tool).
+
+    What a build leaves out (:class:`SourceReader`): the whole replay of such a trajectory, and in the other
+    trajectories that configuration replayed, the rollouts calling one of its ``wrong_tools``. Not only the steps from
+    the first mismatch on: a mismatch says the sandbox answers the expert's own call unlike production. A tool the
+    sandbox gets wrong (a misnamed parameter, a stale fixture) answers every call to it wrongly, alternatives at
+    earlier states and in other trajectories included, and from that step on the sandbox's world differs from
+    production's, so which of its other answers in that trajectory are right cannot be told."""
+    if records.is_empty() or "fidelity_mismatches" not in records.columns:
+        return pl.DataFrame(schema=UNTRUSTED_SCHEMA)
+    flagged = records.filter(pl.col("fidelity_mismatches").fill_null(0) > 0)
+    rows = []
+    for record in flagged.iter_rows(named=True):
+        listed = _listed_mismatches(record.get("details_json"))
+        first = listed[0] if listed else {}
+        rows.append(
+            {
+                "replay_id": record["replay_id"],
+                "trajectory_id": record["trajectory_id"],
+                "sandbox": record.get("sandbox"),
+                "policy": record.get("policy"),
+                "fidelity_mismatches": record["fidelity_mismatches"],
+                "first_step": first.get("step") if isinstance(first.get("step"), int) else None,
+                "tool": first.get("tool") if isinstance(first.get("tool"), str) else None,
+                "wrong_tools": sorted({m["tool"] for m in listed if isinstance(m.get("tool"), str) and not m.get("sandbox_failure")}),
+            }
+        )
+    return pl.DataFrame(rows, schema=UNTRUSTED_SCHEMA)
+
+
+def _listed_mismatches(details_json: str | None) -> list[dict[str, Any]]:
+    """The mismatches a replay record lists (the first few, in step order: see the replay runner), or ``[]``."""
+    import json
+
+    try:
+        details = json.loads(details_json or "{}")
+    except ValueError:
+        return []
+    listed = details.get("fidelity_mismatches") if isinstance(details, dict) else None
+    return [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
+
+
+def _replay_key() -> pl.Expr:
+    """One key per replay: its configuration and trajectory."""
+    return pl.concat_str("replay_id", "trajectory_id", separator="\x00").alias("_replay_key")
+
+
+def _tool_key() -> pl.Expr:
+    """One key per replay configuration and tool called."""
+    return pl.concat_str("replay_id", "tool_name", separator="\x00").alias("_tool_key")
+
+
+LEFT_OUT_SCHEMA: dict[str, pl.DataType] = {
+    "replay_id": pl.String(),
+    "trajectory_id": pl.String(),
+    "tool_name": pl.String(),
+    "rollouts": pl.UInt32(),
+}
+
+
+def _untrusted_keys(untrusted: pl.DataFrame) -> pl.Series:
+    return untrusted.select(_replay_key())["_replay_key"]
+
+
+def _wrong_tool_keys(untrusted: pl.DataFrame) -> pl.Series:
+    tools = untrusted.select("replay_id", pl.col("wrong_tools").alias("tool_name")).explode("tool_name").drop_nulls()
+    return tools.select(_tool_key())["_tool_key"].unique()
+
+
+def _mark_untrusted(untrusted: pl.DataFrame) -> pl.Expr:
+    """True for a rollout a build leaves out for ``untrusted`` (:func:`untrusted_replays`): of such a replay, or
+    calling a tool its configuration answered wrongly elsewhere."""
+    if untrusted.is_empty():
+        return pl.lit(False)
+    mark = _replay_key().is_in(_untrusted_keys(untrusted).implode())
+    tools = _wrong_tool_keys(untrusted)
+    return mark | _tool_key().is_in(tools.implode()) if not tools.is_empty() else mark
 
 
 @dataclass(frozen=True)
@@ -144,6 +275,16 @@ class SourceIndex:
     filtered_out: dict[str, int] = field(default_factory=dict)
     """Rollouts of these trajectories the build's settings leave out (of the whole source): ``synthetic`` ones
     (without ``include_synthetic``) and those of ``other_replays`` (with a ``replay_id``)."""
+    fidelity_left_out: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LEFT_OUT_SCHEMA))
+    """Rollouts left out for fidelity mismatches (of the whole source), counted by ``replay_id``, ``trajectory_id`` and
+    ``tool_name`` (``rollouts``); why is :attr:`untrusted`."""
+    untrusted: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=UNTRUSTED_SCHEMA))
+    """The replays that found fidelity mismatches (:func:`untrusted_replays`), of the source's trajectories."""
+    replays: pl.DataFrame = field(default_factory=pl.DataFrame)
+    """The replay configurations whose rollouts the build uses (of the whole source), one row each: ``replay_id``,
+    ``policy``, ``sandbox``, ``k``, ``seed``, ``trajectories``, ``rollouts`` and ``newest_finished_at``; and how many
+    trajectories have rollouts of more than one is :attr:`trajectories_with_several_replays`."""
+    trajectories_with_several_replays: int = 0
 
     @cached_property
     def source_hash(self) -> str:
@@ -159,6 +300,10 @@ class SourceIndex:
             self.unrestored_rollouts,
             self.sandbox_failures,
             self.filtered_out,
+            self.fidelity_left_out,
+            self.untrusted,
+            self.replays,
+            self.trajectories_with_several_replays,
         )
 
     def storage_order(self) -> list[str]:
@@ -211,13 +356,17 @@ class SourceReader:
         replay_id: str | None = None,
         include_synthetic: bool = False,
         include_sandbox_failures: bool = False,
+        include_fidelity_mismatches: bool = False,
     ) -> None:
         self.replay_id = replay_id
         self.include_synthetic = include_synthetic
         self.include_sandbox_failures = include_sandbox_failures
+        self.include_fidelity_mismatches = include_fidelity_mismatches
         self._lazy_store: Any = None
         self._indexed_rollouts: pl.Series | None = None
         self._rescanned = False
+        self._records: pl.DataFrame | None = None
+        self._untrusted: pl.DataFrame | None = None
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
 
@@ -228,6 +377,7 @@ class SourceReader:
             self._trajectories = store.trajectories(status="approved", app=app)
             ids = self._trajectories["id"].to_list()
             self._steps, self._rollouts = store.steps(ids).lazy(), store.rollouts(ids).lazy()
+            self._replays = store.replays().lazy()
             self._drop = _no_repeats
         self._trajectories = self._trajectories.select(
             [pl.col(c) if c in self._trajectories.columns else pl.lit(None, dtype=pl.String).alias(c) for c in TRAJECTORY_COLUMNS]
@@ -236,6 +386,7 @@ class SourceReader:
     def _scan(self) -> None:
         """Lazy frames of the steps and rollouts over the parts the store lists now (and its spool, read now)."""
         self._steps, self._rollouts = self._lazy_store.scan("steps"), self._lazy_store.scan("rollouts")
+        self._replays = self._lazy_store.scan("replays")
 
     def _read(self, read: Callable[[], _T]) -> _T:
         """``read()``; when a part it reads is gone, the store's parts are listed again and it reads again. A
@@ -254,11 +405,28 @@ class SourceReader:
                 self._rescanned = True
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
-    def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None) -> tuple[pl.DataFrame, int, dict[str, int]]:
+    def _replay_records(self) -> pl.DataFrame:
+        """The newest replay record of each configuration (of ``replay_id`` only, when given) and source trajectory
+        (:data:`REPLAY_COLUMNS`); read once."""
+        if self._records is None:
+            rows = self._replays.filter(pl.col("trajectory_id").is_in(self._trajectories["id"].implode()))
+            if self.replay_id is not None:
+                rows = rows.filter(pl.col("replay_id") == self.replay_id)
+            self._records = self._drop("replays", rows.collect()).select(REPLAY_COLUMNS)
+        return self._records
+
+    def _untrusted_replays(self) -> pl.DataFrame:
+        """:func:`untrusted_replays` of the source (none with ``include_fidelity_mismatches``)."""
+        if self._untrusted is None:
+            records = self._replay_records() if not self.include_fidelity_mismatches else pl.DataFrame()
+            self._untrusted = untrusted_replays(records)
+        return self._untrusted
+
+    def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None) -> _Selected:
         """The rollouts of these trajectories a build uses (of ``replay_id``; synthetic ones only with
-        ``include_synthetic``; sandbox failures only with ``include_sandbox_failures``; repeats dropped; sorted as
-        the store sorts them), with ``columns`` (default: all), how many were left out as unrestored
-        (``Rollout.unrestored``) and how many as sandbox failures, by kind (``Observation.sandbox_failure``)."""
+        ``include_synthetic``; those of a replay that found fidelity mismatches only with
+        ``include_fidelity_mismatches``; sandbox failures only with ``include_sandbox_failures``; repeats dropped;
+        sorted as the store sorts them), with ``columns`` (default: all), and what was left out (see :class:`_Selected`)."""
         rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
         if self._rescanned and self._indexed_rollouts is not None:  # the source is what index() found: no rollout stored since
             rows = rows.filter(pl.col("id").is_in(self._indexed_rollouts.implode()))
@@ -266,16 +434,30 @@ class SourceReader:
             rows = rows.filter(pl.col("replay_id") == self.replay_id)
         if not self.include_synthetic:
             rows = rows.filter(~pl.col("synthetic"))
-        marks = [pl.col("unrestored_json").is_null().alias("_restored"), pl.col("sandbox_failure").alias("_failure")]
+        untrusted = self._untrusted_replays()
+        marks = [
+            pl.col("unrestored_json").is_null().alias("_restored"),
+            pl.col("sandbox_failure").alias("_failure"),
+            pl.col("replay_id").alias("_replay"),
+            pl.col("tool_name").alias("_tool"),
+            _mark_untrusted(untrusted).alias("_untrusted"),
+        ]
         rows = rows.select(*columns, *marks) if columns is not None else rows.with_columns(marks)
         frame = self._drop("rollouts", rows.collect(engine="streaming"))
         frame = frame.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
-        restored = frame.filter(pl.col("_restored"))
+        mismatched = frame.filter(pl.col("_untrusted")).group_by("_replay", "trajectory_id", "_tool").len("rollouts")
+        trusted = frame.filter(~pl.col("_untrusted"))
+        restored = trusted.filter(pl.col("_restored"))
         failures: dict[str, int] = {}
         if not self.include_sandbox_failures:
             failures = failure_counts(restored["_failure"])
             restored = restored.filter(pl.col("_failure").is_null())
-        return restored.drop("_restored", "_failure"), frame.height - restored.height - sum(failures.values()), failures
+        return _Selected(
+            restored.drop("_restored", "_failure", "_untrusted", "_tool"),
+            trusted.height - restored.height - sum(failures.values()),
+            failures,
+            mismatched.rename({"_replay": "replay_id", "_tool": "tool_name"}),
+        )
 
     def index(self) -> SourceIndex:
         """The keys of the whole source (no state or observation text is kept)."""
@@ -292,10 +474,46 @@ class SourceReader:
             pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
         )
         steps = self._drop("steps", steps.collect(engine="streaming"))
-        rollouts, unrestored, failures = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
-        index = SourceIndex(self._trajectories, steps, rollouts.drop("branch_index"), unrestored, failures, self._filtered_out(ids))
+        selected = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
+        rollouts = selected.rows
+        replays = self._replays_used(rollouts)
+        several = rollouts.group_by("trajectory_id").agg(pl.col("_replay").n_unique().alias("n")).filter(pl.col("n") > 1).height
+        index = SourceIndex(
+            self._trajectories,
+            steps,
+            rollouts.drop("branch_index", "_replay"),
+            selected.unrestored,
+            selected.failures,
+            self._filtered_out(ids),
+            selected.mismatched.sort("replay_id", "trajectory_id", "tool_name"),
+            self._untrusted_replays(),
+            replays,
+            several,
+        )
         self._indexed_rollouts = rollouts["id"]
         return index
+
+    def _replays_used(self, rollouts: pl.DataFrame) -> pl.DataFrame:
+        """One row per replay configuration among ``rollouts`` (those a build uses, with their ``_replay``): see
+        :attr:`SourceIndex.replays`. Policy, sandbox, K and seed come from its records (null when none is stored)."""
+        used = rollouts.group_by("_replay").agg(
+            pl.col("trajectory_id").n_unique().alias("trajectories"), pl.len().cast(pl.Int64).alias("rollouts")
+        )
+        records = (
+            self._replay_records()
+            .group_by("replay_id")
+            .agg(
+                pl.col("policy").first(),
+                pl.col("sandbox").first(),
+                pl.col("k").first(),
+                pl.col("seed").first(),
+                pl.col("finished_at").max().alias("newest_finished_at"),
+            )
+        )
+        joined = used.rename({"_replay": "replay_id"}).join(records, on="replay_id", how="left")
+        return joined.select("replay_id", "policy", "sandbox", "k", "seed", "trajectories", "rollouts", "newest_finished_at").sort(
+            "rollouts", "replay_id", descending=[True, False]
+        )
 
     def _filtered_out(self, ids: pl.Series) -> dict[str, int]:
         """How many rollouts of these trajectories ``include_synthetic`` and ``replay_id`` leave out (distinct ids)."""
@@ -320,10 +538,26 @@ class SourceReader:
 
         def read() -> tuple[pl.DataFrame, pl.DataFrame]:
             steps = self._drop("steps", self._steps.filter(pl.col("trajectory_id").is_in(keep.implode())).collect(engine="streaming"))
-            return steps, self._rollout_rows(keep)[0] if rollouts else pl.DataFrame(schema=self._rollouts.collect_schema())
+            if not rollouts:
+                return steps, pl.DataFrame(schema=self._rollouts.collect_schema())
+            return steps, self._rollout_rows(keep).rows.drop("_replay")
 
         steps, rows = self._read(read)
         return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rows, content_hash=content_hash)
+
+
+@dataclass(frozen=True)
+class _Selected:
+    """Rollouts a build uses (with ``_replay``, their replay id) and what the selection left out."""
+
+    rows: pl.DataFrame
+    unrestored: int
+    """Left out as unrestored (``Rollout.unrestored``)."""
+    failures: dict[str, int]
+    """Left out as sandbox failures, by kind (``Observation.sandbox_failure``)."""
+    mismatched: pl.DataFrame
+    """Left out for fidelity mismatches (:func:`_mark_untrusted`): ``replay_id``, ``trajectory_id``, ``tool_name``,
+    ``rollouts``."""
 
 
 def _no_repeats(table: str, frame: pl.DataFrame) -> pl.DataFrame:
