@@ -278,7 +278,7 @@ def show(
         from ee_middleware.errors import ConfigError
 
         raise ConfigError("--max-length needs --tokenizer DIR: token counts depend on the model's tokenizer and chat template.")
-    described = {f.stem: describe_dataset(read_dataset(f), tok) for f in files}
+    described = {f.stem: describe_dataset(read_dataset(f), tok, f) for f in files}
     if max_length is not None:
         for f in files:
             described[f.stem]["budget"] = budget_report(read_dataset(f), f, tok, max_length)
@@ -293,6 +293,7 @@ def show(
         out.rule(f"[bold]{file.name}[/]: {d['rows']} rows")
         out.print(", ".join(f"{k}={v}" for k, v in d["counts"].items()))
         out.print(f"prompt+completion {d['unit']}: min {d['min']}, median {d['median']}, max {d['max']}")
+        out.print(f"[dim]lengths: {escape(d['rendering'])}[/]")
         for line in histogram_lines(d["lengths"]):
             out.print(line, highlight=False)
         if "budget" in d:

@@ -11,16 +11,26 @@ import polars as pl
 
 CHARS_PER_TOKEN = 4.0
 
+TRAINER_RENDERING = (
+    "the trainer's rendering: the tokenizer's chat template over the prompt, the row's tool schemas and the completion "
+    "(ee_middleware.models.chat_template.render_pair), whole, before any fitting to a max_length"
+)
+ESTIMATED_RENDERING = "estimated: characters of the prompt and completion JSON / 4, tool schemas and chat template not counted"
 
-def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None) -> dict[str, Any]:
-    """Row counts by proposer/error/kind and prompt+completion lengths (tokens with a tokenizer, else estimated)."""
+
+def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None, path: Path | None = None) -> dict[str, Any]:
+    """Row counts by proposer/error/kind and prompt+completion lengths: with a tokenizer, the tokens the trainer's
+    rendering of each row needs (:func:`rendered_lengths`); else estimated from the JSON text. ``rendering`` says which;
+    ``path``: the file, named in errors about a row."""
     if tokenizer is not None:
-        lengths = [len(tokenizer(p + c)["input_ids"]) for p, c in frame.select("prompt", "completion").iter_rows()]
+        lengths = rendered_lengths(frame, path if path is not None else Path("dataset.parquet"), tokenizer)
         unit = "tokens"
+        rendering = TRAINER_RENDERING
     else:
         chars = frame.select((pl.col("prompt").str.len_chars() + pl.col("completion").str.len_chars()).alias("n"))["n"].to_list()
         lengths = [int(c / CHARS_PER_TOKEN) for c in chars]
         unit = "tokens (estimated: chars/4; pass --tokenizer for real counts)"
+        rendering = ESTIMATED_RENDERING
     counts: dict[str, Any] = {}
     if "proposer" in frame.columns:
         counts.update({f"proposer:{k}": v for k, v in Counter(frame["proposer"].to_list()).items()})
@@ -48,8 +58,27 @@ def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None) -> dict[str, An
         "min": ordered[0] if ordered else 0,
         "median": ordered[len(ordered) // 2] if ordered else 0,
         "max": ordered[-1] if ordered else 0,
+        "rendering": rendering,
         "lengths": lengths,
     }
+
+
+def rendered_lengths(frame: pl.DataFrame, path: Path, tokenizer: Any) -> list[int]:
+    """Per row, the tokens of its prompt and completion as the trainer renders them (its rows, :func:`render_texts` and
+    token count: the system message, the tool schemas the template lists, the generation prompt and the end-of-turn
+    markers included), before any fitting to a ``max_length``: what ``budget_report`` compares with ``max_length``."""
+    from ee_middleware.models.chat_template import probe_template
+    from ee_middleware.models.truncation import count_tokens
+    from ee_middleware.trainers.training.data import rows_from_frame
+    from ee_middleware.trainers.training.render import render_texts
+
+    kind = str(frame["kind"][0]) if "kind" in frame.columns and frame.height else path.stem
+    support = probe_template(tokenizer)
+    lengths = []
+    for row in rows_from_frame(frame, path, kind):
+        prompt_text, completion_text, _ = render_texts(tokenizer, row, support)
+        lengths.append(count_tokens(tokenizer, prompt_text) + count_tokens(tokenizer, completion_text))
+    return lengths
 
 
 def budget_report(frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: int) -> dict[str, Any]:
