@@ -1,5 +1,12 @@
 """Export trajectories to fine-tuning formats: OpenAI chat JSONL and Parquet.
 
+Each example teaches what its own run decided. An assistant message it did not decide is kept as context with
+``"weight": 0`` (OpenAI's fine-tuning format; the Parquet export's ``weight`` field): replies of earlier runs of the
+thread that the run was given as history (each is taught by its own trajectory), calls awaiting a human review at the
+end of a paused (``interrupted``) run, and a call the reviewer changed or rejected (the resumed run's trajectory
+holds the turn as the reviewer decided it; see :func:`decided_by_run`). A trajectory that decided nothing (a resumed
+run that called no model) is left out, with ``on_skipped`` told why.
+
 Everything exported goes through the store's own redaction rules and salt once more
 (:func:`~ee_middleware.capture.store_redaction.store_redactor`): what capture stored is already
 redacted, and redacting twice changes nothing; anything a later writer left is caught here.
@@ -10,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +26,21 @@ import polars as pl
 from ee_middleware._files import atomic_open, atomic_path
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, os_error_advice
-from ee_middleware.records import ApprovalStatus
+from ee_middleware.messages import parse_arguments
+from ee_middleware.records import ApprovalStatus, Trajectory
 from ee_middleware.store.protocol import ExperienceStore
 
 
-def export_jsonl(store: ExperienceStore, out: str | os.PathLike[str], *, status: ApprovalStatus | None = "approved") -> int:
-    """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``.
+def export_jsonl(
+    store: ExperienceStore,
+    out: str | os.PathLike[str],
+    *,
+    status: ApprovalStatus | None = "approved",
+    on_skipped: Callable[[str, str], None] | None = None,
+) -> int:
+    """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``; assistant messages the run
+    did not decide carry ``"weight": 0`` (see the module docstring), and a trajectory that decided none is left out
+    (``on_skipped(trajectory_id, reason)``).
 
     The file is replaced whole or not at all; raises :class:`~ee_middleware.errors.OutputError`
     (leaving nothing behind) when it cannot be written.
@@ -34,35 +50,103 @@ def export_jsonl(store: ExperienceStore, out: str | os.PathLike[str], *, status:
     count = 0
     with _writing(path), atomic_open(path, "w") as fh:
         for trajectory in store.iter_trajectories(status=status):
+            weights = decided_by_run(trajectory)
+            if not any(w for w in weights if w is not None):
+                _skipped(on_skipped, trajectory)
+                continue
             example = trajectory.to_openai_chat()
-            example["messages"] = [_openai_message(m) for m in redact(example["messages"])]  # tool schemas: the app's code, kept
+            messages = [_openai_message(m) for m in redact(example["messages"])]  # tool schemas: the app's code, kept
+            example["messages"] = [{**m, "weight": 0} if w == 0 else m for m, w in zip(messages, weights, strict=True)]
             fh.write(json.dumps(example, ensure_ascii=False) + "\n")
             count += 1
     return count
 
 
-def export_parquet(store: ExperienceStore, out: str | os.PathLike[str], *, status: ApprovalStatus | None = "approved") -> int:
-    """One row per trajectory: lineage columns, ``messages`` as nested chat structs, ``tools`` as JSON."""
+def export_parquet(
+    store: ExperienceStore,
+    out: str | os.PathLike[str],
+    *,
+    status: ApprovalStatus | None = "approved",
+    on_skipped: Callable[[str, str], None] | None = None,
+) -> int:
+    """One row per trajectory: lineage columns, ``messages`` as nested chat structs (``weight``: 1 for an assistant
+    message the run decided, 0 for one it did not, null for other roles), ``tools`` as JSON; a trajectory that decided
+    nothing is left out (``on_skipped``)."""
     redact = store_redactor(store, create_salt=False).redact_value
-    rows = [
-        {
-            "id": t.id,
-            "app": t.app,
-            "app_version": t.app_version,
-            "model": t.model,
-            "task": redact(t.task),
-            "approval": t.approval.status,
-            "final_answer": redact(t.final_answer),
-            "num_steps": t.num_steps,
-            "messages": [_message_struct(_openai_message(m)) for m in redact(t.messages)],
-            "tools": json.dumps(t.tools, ensure_ascii=False),
-        }
-        for t in store.iter_trajectories(status=status)
-    ]
+    rows = []
+    for t in store.iter_trajectories(status=status):
+        weights = decided_by_run(t)
+        if not any(w for w in weights if w is not None):
+            _skipped(on_skipped, t)
+            continue
+        rows.append(
+            {
+                "id": t.id,
+                "app": t.app,
+                "app_version": t.app_version,
+                "model": t.model,
+                "task": redact(t.task),
+                "approval": t.approval.status,
+                "final_answer": redact(t.final_answer),
+                "num_steps": t.num_steps,
+                "messages": [_message_struct(_openai_message(m), w) for m, w in zip(redact(t.messages), weights, strict=True)],
+                "tools": json.dumps(t.tools, ensure_ascii=False),
+            }
+        )
     path = _output_path(out, "parquet")
     with _writing(path), atomic_path(path) as tmp:
         pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
     return len(rows)
+
+
+def decided_by_run(trajectory: Trajectory) -> list[int | None]:
+    """Per message of ``trajectory.messages``: 1 for an assistant message its run decided (a reply it made, a call
+    that ran as the model made it), 0 for an assistant message it did not, ``None`` for other roles.
+
+    Not decided by the run: the history it was given (the messages before its first decision's state ends: earlier
+    runs' replies), a turn with a call awaiting a human review (an ``interrupted`` trajectory's call without an
+    observation), and a call that is no step of the run as written (a reviewer edited or rejected it). A trajectory
+    without steps decided nothing."""
+    messages = trajectory.messages
+    if not trajectory.steps:
+        return [0 if m.get("role") == "assistant" else None for m in messages]
+    first = trajectory.steps[0].state
+    context = len(first) if messages[: len(first)] == first else 0
+    awaiting = {
+        s.decision_index
+        for s in trajectory.steps
+        if trajectory.status == "interrupted" and s.action.tool_call is not None and s.observation is None
+    }
+    taught = {
+        (s.action.tool_call.id, s.action.tool_call.name, json.dumps(s.action.tool_call.arguments, sort_keys=True))
+        for s in trajectory.steps
+        if s.action.tool_call is not None and s.decision_index not in awaiting
+    }
+    weights: list[int | None] = []
+    for position, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            weights.append(None)
+            continue
+        calls = message.get("tool_calls") or []
+        made = all(_call_key(call) in taught for call in calls)
+        weights.append(1 if position >= context and made else 0)
+    return weights
+
+
+def _call_key(call: Any) -> tuple[str, str, str]:
+    function = call.get("function") if isinstance(call, dict) else None
+    function = function if isinstance(function, dict) else {}
+    arguments = parse_arguments(function.get("arguments"))
+    return (
+        str(call.get("id") or "") if isinstance(call, dict) else "",
+        str(function.get("name") or ""),
+        json.dumps(arguments, sort_keys=True),
+    )
+
+
+def _skipped(on_skipped: Callable[[str, str], None] | None, trajectory: Trajectory) -> None:
+    if on_skipped is not None:
+        on_skipped(trajectory.id, "its run decided nothing (a resumed run that called no model): nothing to teach")
 
 
 def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:
@@ -88,7 +172,14 @@ def _writing(path: Path) -> Iterator[None]:
 
 _CALL = pl.Struct({"id": pl.String(), "type": pl.String(), "function": pl.Struct({"name": pl.String(), "arguments": pl.String()})})
 _MESSAGE = pl.Struct(
-    {"role": pl.String(), "content": pl.String(), "tool_calls": pl.List(_CALL), "tool_call_id": pl.String(), "name": pl.String()}
+    {
+        "role": pl.String(),
+        "content": pl.String(),
+        "tool_calls": pl.List(_CALL),
+        "tool_call_id": pl.String(),
+        "name": pl.String(),
+        "weight": pl.Int8(),
+    }
 )
 _EXPORT_SCHEMA = {
     "id": pl.String(),
@@ -125,7 +216,7 @@ def _arguments(call: Any) -> Any:
     return function.get("arguments", "") if isinstance(function, dict) else ""
 
 
-def _message_struct(message: dict[str, Any]) -> dict[str, Any]:
+def _message_struct(message: dict[str, Any], weight: int | None) -> dict[str, Any]:
     content = message.get("content")
     return {
         "role": message.get("role"),
@@ -133,4 +224,5 @@ def _message_struct(message: dict[str, Any]) -> dict[str, Any]:
         "tool_calls": message.get("tool_calls") or [],
         "tool_call_id": message.get("tool_call_id"),
         "name": message.get("name"),
+        "weight": weight,
     }

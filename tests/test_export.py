@@ -62,3 +62,82 @@ def test_an_output_path_inside_a_file_says_so(store_path: Path, tmp_path: Path):
         with pytest.raises(OutputError, match=r"notes is a file, not a folder"):
             export(store, out)
     assert (tmp_path / "notes").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["experience", "notes"]
+
+
+@pytest.mark.parametrize("decision", ["approve", "edit", "reject"])
+def test_an_export_never_teaches_a_call_a_reviewer_rejected_or_changed(decision: str, tmp_path: Path) -> None:
+    """A run paused for a human review (HumanInTheLoopMiddleware) ends on the model's proposed call, and the resumed
+    run's messages hold it again before the reviewer's note. Every assistant message of both was taught by the JSONL
+    export once the trajectories were approved: the call a reviewer rejected or edited (500 pears) too. Now only what
+    a run decided is taught: the proposed call carries weight 0 in the paused trajectory always, and in the resumed
+    one unless the reviewer approved it as made; the resumed run's own answer is taught."""
+    from tests.trainers.datasets.test_reviewed_calls import _record_reviewed_run
+
+    store_path = tmp_path / "store"
+    _record_reviewed_run(store_path, decision)
+    store = LocalExperienceStore(store_path)
+    try:
+        paused, resumed = sorted(store.iter_trajectories(status="approved"), key=lambda t: t.started_at)
+        assert export_jsonl(store, tmp_path / "out.jsonl") == 2
+        pq = tmp_path / "out.parquet"
+        assert export_parquet(store, pq) == 2
+    finally:
+        store.close()
+    examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+    def taught(messages: list[dict]) -> list[tuple[str, ...]]:
+        out = []
+        for m in messages:
+            if m["role"] == "assistant" and m.get("weight", 1) == 1:
+                calls = m.get("tool_calls") or []
+                out.append(tuple(f"{c['function']['name']}{json.loads(c['function']['arguments'])}" for c in calls) or (m["content"],))
+        return out
+
+    order = "order_item{'item': 'pear', 'quantity': 500}"
+    check = "check_stock{'item': 'pear'}"
+    table = pl.read_parquet(pq)
+    by_id = dict(zip(table["id"].to_list(), examples, strict=True))  # both exports read the store in the same order
+    assert taught(by_id[paused.id]["messages"]) == [(check,)], "the paused run teaches its stock check, never the call awaiting review"
+    expected = [(order,), ("Done.",)] if decision == "approve" else [("Done.",)]
+    assert taught(by_id[resumed.id]["messages"]) == expected
+    for row, example in zip(table["messages"].to_list(), examples, strict=True):
+        assert [m["weight"] for m in row] == [(m.get("weight", 1) if m["role"] == "assistant" else None) for m in example["messages"]], (
+            "Parquet carries the same weights"
+        )
+
+
+def test_replies_of_earlier_runs_are_context_and_a_run_that_decided_nothing_is_left_out(tmp_path: Path) -> None:
+    """A thread's second run is given the first run's conversation as history: its export taught the first run's
+    replies again (once per later run of the thread). Now they carry weight 0, and a resumed run that called no model
+    (it decided nothing) is left out, which `ee traces export` says."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+    from typer.testing import CliRunner
+
+    from ee_middleware import record_experience
+    from ee_middleware.cli.app import app
+    from ee_middleware.testing import ScriptedChatModel
+
+    store_path = tmp_path / "store"
+    replies = ["Hello, Ada.", "You asked about pears."]
+    model = ScriptedChatModel(policy=lambda messages, tools: AIMessage(content=replies[sum(m.type == "human" for m in messages) - 1]))
+    agent = record_experience(create_agent(model, [], checkpointer=InMemorySaver()), app="chat", store=store_path)
+    config = {"configurable": {"thread_id": "t-1"}}
+    agent.invoke({"messages": [("user", "Hi, I am Ada.")]}, config)
+    agent.invoke({"messages": [("user", "What did I ask?")]}, config)
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(store_path)
+    first, second = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    store.write([second.model_copy(update={"id": "no-model", "steps": []})])  # as a resumed run that called no model
+    store.approve([first.id, second.id, "no-model"], by="alice")
+    store.close()
+    result = CliRunner().invoke(app, ["traces", "export", "--store", str(store_path), "-f", "jsonl", "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "Wrote 2 trajectories" in result.output and "Left out 1 whose run decided nothing" in result.output and "no-model" in result.output
+    )
+    examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    weights = [[(m["content"], m.get("weight", 1)) for m in e["messages"] if m["role"] == "assistant"] for e in examples]
+    assert sorted(weights, key=len) == [[("Hello, Ada.", 1)], [("Hello, Ada.", 0), ("You asked about pears.", 1)]]

@@ -221,16 +221,24 @@ def export(
 ) -> None:
     """Export trajectories for fine-tuning (OpenAI chat JSONL with messages and tools, or Parquet).
 
-    The file is written whole or not at all: on any failure, no partial or temporary file is left.
+    Each example teaches what its own run decided: assistant messages it did not (earlier runs' replies given as
+    history, calls awaiting a human review, calls a reviewer changed or rejected) carry weight 0, and a trajectory
+    that decided nothing is left out. The file is written whole or not at all: on any failure, no partial or
+    temporary file is left.
     """
     from ee_middleware.export import export_jsonl, export_parquet
 
     selected = None if status is StatusFilter.all else status.value
+    skipped: list[str] = []
     with reading_store(allow_partial=allow_partial):
         source = open_existing_store(store)
-        count = (export_jsonl if fmt is ExportFormat.jsonl else export_parquet)(source, out, status=selected)
+        writer = export_jsonl if fmt is ExportFormat.jsonl else export_parquet
+        count = writer(source, out, status=selected, on_skipped=lambda trajectory_id, reason: skipped.append(trajectory_id))
     typer.echo(f"Wrote {count} trajectories to {out}")
-    if count == 0:
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        typer.echo(f"Left out {len(skipped)} whose run decided nothing (a resumed run that called no model): {shown}")
+    if count == 0 and not skipped:
         typer.secho(f"note: no {status.value} trajectories in {store}; approve some with `ee traces approve`.", err=True, fg="yellow")
 
 
