@@ -369,6 +369,13 @@ class TracesSuite:
     def _task(self, trajectory: Trajectory) -> tuple[EvalTask | None, str]:
         from ee_middleware.replay.sandboxes.registry import build_sandbox
 
+        if trajectory.status == "interrupted":
+            # Paused for a human review (or a breakpoint): it ends on calls the reviewer may still change or reject, so
+            # replaying them would expect what may never have happened; the resumed run's trajectory holds the turn.
+            return (
+                None,
+                "it paused before its task was done (interrupted: a human review, a breakpoint); its last calls were not decided yet",
+            )
         spec = sandbox_spec(trajectory.app, self.sandbox)
         if spec is None:
             return None, f"no sandbox for app {trajectory.app!r}: give --sandbox package.module:factory (sandbox under [eval])"

@@ -252,3 +252,27 @@ def test_an_answers_facts_are_read_as_whole_words_numbers_by_value_and_dates_in_
     (``$1,250`` did not state ``1,250.00``, ``three`` not ``3``), while a fact inside a longer word passed (``UA100`` in
     ``UA1000``, ``2`` in ``DL200``); now a fact is a whole word, a number its value, a date any common form of it."""
     assert missing_facts(answer_facts(answer, [observation]), [reply]) == missing
+
+
+def test_a_run_paused_for_a_human_review_is_no_regression_task(tmp_path: Path) -> None:
+    """An approved trajectory paused by HumanInTheLoopMiddleware ends on the call awaiting review: as a held-out task
+    its expected world replayed that call, which a reviewer may reject, and the candidate was asked to stop where the
+    review paused it. Now it is left out with the reason; the resumed run's trajectory, which holds the turn as the
+    reviewer decided it (here: approved, 500 pears ordered), stays a task."""
+    from ee_middleware.store import LocalExperienceStore
+    from tests.trainers.datasets.test_reviewed_calls import _record_reviewed_run
+
+    store = tmp_path / "store"
+    _record_reviewed_run(store, "approve")
+    handle = LocalExperienceStore(store)
+    paused, resumed = sorted(handle.iter_trajectories(), key=lambda t: t.started_at)
+    handle.close()
+    _record_reviewed_run(store, "reject")  # another thread, trained on
+    (tmp_path / "heldout.txt").write_text(f"{paused.id}\n{resumed.id}")
+    args = ["datasets", "build", "--store", str(store), "--out", str(tmp_path / "data"), "--kinds", "il"]
+    result = CliRunner().invoke(app, [*args, "--heldout-ids", str(tmp_path / "heldout.txt")])
+    assert result.exit_code == 0, result.output
+    sandbox = "tests.trainers.datasets.test_reviewed_calls:make_sandbox"
+    suite = load_suite(f"traces:{store}", SuiteSettings(split=str(tmp_path / "data"), sandbox=sandbox))
+    assert [t.id for t in suite.tasks()] == [resumed.id]
+    assert "paused before its task was done" in suite.excluded[paused.id]
