@@ -28,6 +28,14 @@ ConfigOption = typer.Option(
 )
 
 
+def _print_example_config(value: bool) -> None:
+    if value:
+        from ee_middleware.jobs.config import example_config
+
+        typer.echo(example_config(), nl=False)
+        raise typer.Exit()
+
+
 def improve(
     config: Path | None = ConfigOption,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides \\[improve] store)."),
@@ -40,6 +48,13 @@ def improve(
     force: bool = typer.Option(False, "--force", help="Run every stage even when nothing new was approved."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show stage progress and bars."),
     as_json: bool = JsonOption,
+    example: bool = typer.Option(
+        False,
+        "--example-config",
+        is_eager=True,
+        callback=_print_example_config,
+        help="Print a commented improve.toml with every table the job reads, and exit (ee improve --example-config > improve.toml).",
+    ),
 ) -> None:
     """Select newly approved trajectories, replay, build datasets, train, evaluate, gate and promote; resumes an unfinished run.
 
@@ -209,7 +224,12 @@ def results_table(evaluation: dict[str, Any]) -> Any:
 def register(app: typer.Typer) -> None:
     """Add ``ee improve`` and ``ee runs`` to the root app."""
     app.command(
-        "improve", epilog=examples("ee improve --config improve.toml", "ee improve --config improve.toml --app support-bot --new-run")
+        "improve",
+        epilog=examples(
+            "ee improve --example-config > improve.toml",
+            "ee improve --config improve.toml",
+            "ee improve --config improve.toml --app support-bot --new-run",
+        ),
     )(improve)
     app.add_typer(runs_app, name="runs")
 

@@ -61,6 +61,14 @@ if TYPE_CHECKING:
     from ee_middleware.trainers.datasets.build import DatasetConfig
     from ee_middleware.trainers.training.config import TrainConfig
 
+
+def example_config() -> str:
+    """The commented ``improve.toml`` of this module's docstring: every table the job reads, as a starting point."""
+    lines = __doc__.split("::\n", 1)[1].splitlines()
+    body = [line[4:] if line.startswith("    ") else line for line in lines if line.startswith("    ") or not line.strip()]
+    return "\n".join(body).strip() + "\n"
+
+
 STAGE_TABLES = ("replay", "datasets", "train", "eval", "gate")
 SCHEDULE_KINDS = {"il": ("il",), "iwm": ("il", "iwm"), "sr": ("il", "sr")}
 DEFAULT_HELDOUT_SHARE = 0.2

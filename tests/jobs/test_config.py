@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,21 @@ def test_a_misspelt_suite_names_the_improve_shorthand(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"\[improve\] suites = \['trace'\].*'traces' \(or 'traces:N'\)"):
         ImproveConfig.load(_config(tmp_path, 'suites = ["trace"]\n')).check()
+
+
+def test_ee_improve_example_config_is_a_file_the_job_loads(tmp_path: Path) -> None:
+    """`ee improve --help` pointed nowhere for the file it needs (the example lived in a module docstring and the
+    README); `--example-config` prints it, and what it prints loads, every table of it."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    result = CliRunner().invoke(app, ["improve", "--example-config"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "improve.toml"
+    path.write_text(result.output)
+    job = ImproveConfig.load(path)
+    assert (job.app, job.schedule, str(job.store)) == ("support-bot", "iwm", "/data/experience")
+    assert {"replay", "datasets", "train", "eval", "gate"} <= set(tomllib.loads(result.output))
+    help_text = CliRunner().invoke(app, ["improve", "--help"], env={"COLUMNS": "200"}).output
+    assert "--example-config" in help_text
