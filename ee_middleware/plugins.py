@@ -19,9 +19,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from ee_middleware.errors import EEError
@@ -136,7 +138,7 @@ class PluginKind:
     def _load(self, path: str, spec: str) -> Any:
         module_name, _, attr_path = path.partition(":")
         try:
-            target: Any = importlib.import_module(module_name)
+            target: Any = _import_from_installed_or_working_folder(module_name)
         except ImportError as exc:
             raise self.error(
                 f"Cannot import {module_name!r} for {self.kind} {spec!r}: {exc}. Is the package installed in this environment "
@@ -148,3 +150,20 @@ class PluginKind:
             except AttributeError:
                 raise self.error(f"{module_name!r} has no attribute {attr_path!r} ({self.kind} spec {spec!r})") from None
         return target
+
+
+def _import_from_installed_or_working_folder(module_name: str) -> Any:
+    """``importlib.import_module(module_name)``; a module found nowhere on the import path but in the working folder
+    (``my_app/replay_sandbox.py`` beside where the command runs) is imported from there, as ``python -m`` and
+    uvicorn would: the ``ee`` console script, unlike ``python``, does not put the working folder on the import path.
+    The folder goes last on the path, so it never hides an installed package; worker processes inherit it."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        here = Path.cwd()
+        if exc.name != top or str(here) in sys.path or not ((here / top).is_dir() or (here / f"{top}.py").is_file()):
+            raise
+        sys.path.append(str(here))
+        importlib.invalidate_caches()
+        return importlib.import_module(module_name)

@@ -142,3 +142,29 @@ def test_policies_teachers_and_sandboxes_are_found_through_their_entry_point_gro
         assert build_sandbox("shop").covers("order_item")
     finally:
         importlib.invalidate_caches()
+
+
+def test_a_factory_in_the_working_folder_is_found_as_python_m_would(tmp_path, monkeypatch) -> None:
+    """README runs `ee replay run --sandbox my_app.replay_sandbox:make_sandbox` from the app's folder; the `ee` console
+    script, unlike `python -m`, does not put that folder on the import path, so it failed with "Cannot import" until
+    PYTHONPATH=. was set. Now a module found nowhere else is imported from the working folder (last on the path: an
+    installed package of the same name still wins), and a module that is nowhere still fails with the hint."""
+    import sys
+
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    package = tmp_path / "my_shop_app"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "replay_sandbox.py").write_text(
+        "from ee_middleware.replay import PythonSandbox\n"
+        "def make_sandbox():\n"
+        "    return PythonSandbox(lambda environment: {}, tools={'ping': lambda world: 'pong'})\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    sandbox = build_sandbox("my_shop_app.replay_sandbox:make_sandbox")
+    sandbox.close()
+    assert sys.path[-1] == str(tmp_path)
+    with pytest.raises(EEError, match=r"Cannot import 'not_here_app\.sandbox'.*PYTHONPATH"):
+        build_sandbox("not_here_app.sandbox:make_sandbox")
