@@ -14,7 +14,8 @@ Field by field:
     to rebuild the world at step 0 (supplied by the user; ``None`` when unknown).
 ``Step``
     one decision of the model: ``state`` is the list of messages the model saw when it decided,
-    ``action`` the tool call it made (or its answer), ``observation`` what the tool returned.
+    ``action`` the tool call it made (or its answer) with the reasoning it wrote first, if any
+    (``action.reasoning``), ``observation`` what the tool returned.
     Parallel tool calls from one model response become several steps sharing ``decision_index``.
 ``Approval``
     whether the trajectory may feed training (``approved``), may not (``rejected``), or waits for a
@@ -43,12 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ee_middleware.errors import RecordError
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 """Version of the record schema written by this library (1.1 added ``Rollout.unrestored`` and
 ``ReplayRecord.unrestorable``: redacted arguments replay could not restore; 1.2 added
 ``Rollout.synthetic_source``: the experience model's lineage, formerly under
 ``proposer.settings["experience"]``; 1.3 added ``Observation.sandbox_failure``: an observation the
-sandbox wrote about itself, not the tool's answer)."""
+sandbox wrote about itself, not the tool's answer; 1.4 added ``Action.reasoning``: a reasoning model's
+reasoning before the action)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
@@ -117,6 +119,12 @@ class Action(_Record):
     kind: Literal["tool_call", "answer"]
     tool_call: ToolCall | None = None
     content: str | None = None
+    reasoning: str | None = Field(None, exclude_if=lambda value: value is None)
+    """The reasoning the model wrote before this action (a reasoning model's ``reasoning_content``: vLLM's reasoning
+    parsers, LangChain reasoning blocks, Anthropic thinking, an inline ``<think>`` block), as recorded on its reply;
+    the parallel calls of one reply all carry that reply's reasoning. ``None`` for a model that wrote none, and in
+    records older than schema 1.4. Left out of dumps while ``None``, so that an action without reasoning serializes as
+    it did before 1.4."""
 
     @field_validator("tool_call")
     @classmethod

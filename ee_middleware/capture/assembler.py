@@ -23,7 +23,7 @@ from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.errors import IngestError, RecordError
-from ee_middleware.messages import content_to_text, genai_to_openai, openai_tool_schemas, parse_arguments
+from ee_middleware.messages import content_to_text, genai_to_openai, message_reasoning, openai_tool_schemas, parse_arguments
 from ee_middleware.records import (
     Action,
     Approval,
@@ -319,6 +319,7 @@ def _steps(
         for message in d["outputs"]:
             calls = message.get("tool_calls") or []
             text = content_to_text(message.get("content"))
+            reasoning = message_reasoning(message)  # what a reasoning model wrote first: each of the reply's calls carries it
             for position, call in enumerate(calls):
                 function = call.get("function", {})
                 tool_call = ToolCall(
@@ -331,11 +332,12 @@ def _steps(
                 reply, failed = _reply_to(tool_call.id, index, decisions, final) or later_tool_messages.get(tool_call.id) or (None, False)
                 observation, latency = _observation(span, reply, redact, max_chars, failed)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
-                action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None)
+                action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
                 steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat))
             if not calls and text:
                 final_answer = text
-                steps.append(_step(len(steps), index, d["state"], Action(kind="answer", content=text), None, None, chat))
+                answer = Action(kind="answer", content=text, reasoning=reasoning)
+                steps.append(_step(len(steps), index, d["state"], answer, None, None, chat))
     return steps, final_answer
 
 
@@ -386,6 +388,8 @@ def _reviewed_turns(
     for turn, position in enumerate(sorted(made_at)):
         message = history[position]
         text = content_to_text(message.get("content")) or None
+        taught: list[tuple[ToolCall, Observation | None, float | None]] = []
+        changed = False  # a call the reviewer edited, or left out of the turn (rejected, never answered)
         for call in message.get("tool_calls") or ():
             function = call.get("function", {})
             proposed = ToolCall(
@@ -401,13 +405,17 @@ def _reviewed_turns(
                 arguments = proposed.arguments if sent is None else redact(parse_arguments(sent))
                 ran = ToolCall(id=proposed.id, name=str(span.attributes.get(sc.TOOL_NAME) or proposed.name), arguments=arguments)
                 edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
+                changed = changed or edited
                 observation, latency = _observation(span, None if edited else reply, redact, max_chars, False if edited else failed)
-                tool_call = ran
+                taught.append((ran, observation, latency))
             elif reply is not None and not failed:
-                (observation, latency), tool_call = _observation(None, reply, redact, max_chars), proposed
+                taught.append((proposed, *_observation(None, reply, redact, max_chars)))
             else:
-                continue  # not run: rejected by the reviewer, or never answered
-            action = Action(kind="tool_call", tool_call=tool_call, content=None if any(s.decision_index == turn for s in steps) else text)
+                changed = True  # not run: rejected by the reviewer, or never answered
+        # the model's reasoning argued for the turn it proposed: kept only where the turn is taught as proposed
+        reasoning = None if changed else message_reasoning(message)
+        for i, (tool_call, observation, latency) in enumerate(taught):
+            action = Action(kind="tool_call", tool_call=tool_call, content=text if i == 0 else None, reasoning=reasoning)
             steps.append(
                 Step(
                     trajectory_id="",

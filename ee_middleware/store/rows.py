@@ -46,13 +46,14 @@ def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
     """``row`` (``step_row(s, Decoded)``) carrying ``s`` itself for :func:`step_from_row` to return, where what it would
     build from the row is ``s`` again in every respect, which validating ``s``'s own values again would only copy: every
     field of ``s`` and of its action, call and observation was set (the row path sets them all), and its action's kind
-    says whether it has a call (the row path drops a call of an answer). Else ``row`` as it is."""
+    says whether it has a call (the row path drops a call of an answer); but an action's ``reasoning`` was set exactly
+    when it is not ``None`` (as in a record read from JSON: the row path sets it only then). Else ``row`` as it is."""
     action, call, observation = s.action, s.action.tool_call, s.observation
     if (
         type(s) is Step
         and s.model_fields_set == _STEP_FIELDS
         and type(action) is Action
-        and action.model_fields_set == _ACTION_FIELDS
+        and action.model_fields_set == (_ACTION_FIELDS if action.reasoning is not None else _ACTION_FIELDS_WITHOUT_REASONING)
         and (action.kind == "tool_call") == (call is not None)
         and (call is None or (type(call) is ToolCall and call.model_fields_set == _CALL_FIELDS))
         and (observation is None or (type(observation) is Observation and observation.model_fields_set == _OBSERVATION_FIELDS))
@@ -63,6 +64,7 @@ def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
 
 _STEP_FIELDS = frozenset(Step.model_fields)
 _ACTION_FIELDS = frozenset(Action.model_fields)
+_ACTION_FIELDS_WITHOUT_REASONING = _ACTION_FIELDS - {"reasoning"}
 _CALL_FIELDS = frozenset(ToolCall.model_fields)
 _OBSERVATION_FIELDS = frozenset(Observation.model_fields) - {"sandbox_failure"}
 """The observation fields the row path sets: a step's ``sandbox_failure`` is never stored (only rollouts carry one)."""
@@ -87,11 +89,19 @@ def step_from_row(row: dict[str, Any]) -> Step:
         index=row["index"],
         decision_index=row["decision_index"],
         state=_loads(row["state_json"]),
-        action=Action(kind=row["action_kind"], tool_call=call, content=row["content"]),
+        action=_action(row["action_kind"], call, row["content"], row.get("reasoning")),
         observation=observation,
         latency_ms=row["latency_ms"],
         model_latency_ms=row["model_latency_ms"],
     )
+
+
+def _action(kind: str, call: ToolCall | None, content: str | None, reasoning: str | None) -> Action:
+    """The step's action; ``reasoning`` is set only when there is some (null in rows older than schema 1.4), so that
+    the action is the one its record read from JSON would be, fields set included."""
+    if reasoning is None:
+        return Action(kind=kind, tool_call=call, content=content)  # type: ignore[arg-type]
+    return Action(kind=kind, tool_call=call, content=content, reasoning=reasoning)  # type: ignore[arg-type]
 
 
 def trajectory_from_rows(row: dict[str, Any], steps: list[dict[str, Any]]) -> Trajectory:

@@ -78,7 +78,10 @@ STEP_SCHEMA: dict[str, pl.DataType] = {
     "observation_truncated_chars": pl.Int64(),
     "latency_ms": pl.Float64(),
     "model_latency_ms": pl.Float64(),
+    "reasoning": pl.String(),
 }
+"""``reasoning`` (schema 1.4): the reasoning the model wrote before the action (``Action.reasoning``); null for a model
+that wrote none and in older parts."""
 
 APPROVAL_SCHEMA: dict[str, pl.DataType] = {
     "trajectory_id": pl.String(),
@@ -228,6 +231,7 @@ def step_row(s: Step, encode: Callable[[Any], Any] = dumps) -> dict[str, Any]:
         "observation_truncated_chars": obs.truncated_chars if obs else None,
         "latency_ms": s.latency_ms,
         "model_latency_ms": s.model_latency_ms,
+        "reasoning": s.action.reasoning,
     }
 
 

@@ -29,7 +29,8 @@ A, B, C, D = "traj-0a", "traj-1b", "traj-1b7", "traj-2c"
 
 
 def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conformance") -> Trajectory:
-    """A small valid trajectory with tool-call steps and a final answer."""
+    """A small valid trajectory with tool-call steps and a final answer (with the model's reasoning before it,
+    ``Action.reasoning``, which must round-trip too)."""
     start = utcnow()
     history: list[dict[str, Any]] = [{"role": "user", "content": f"task {trajectory_id} ✓ 日本"}]
     recorded = []
@@ -57,7 +58,7 @@ def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conform
             index=steps,
             decision_index=steps,
             state=list(history),
-            action=Action(kind="answer", content="done"),
+            action=Action(kind="answer", content="done", reasoning="Every lookup is done ✓"),
         )
     )
     return Trajectory(

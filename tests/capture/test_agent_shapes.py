@@ -262,6 +262,26 @@ def test_a_rejected_call_is_left_out_of_its_turn_and_the_others_kept(store_path)
     assert resumed.steps[0].observation.content == "0" and resumed.steps[0].state == paused.steps[0].state
 
 
+@pytest.mark.parametrize("decision", ["approve", "edit", "reject"])
+def test_a_reviewed_turn_keeps_the_models_reasoning_only_as_it_proposed_it(store_path, decision):
+    """A reasoning model's turn a human reviewed: the resumed run's steps carry the reasoning of the reply that made
+    the calls where the turn ran as the model proposed it (approved), and none where the reviewer changed it (an edited
+    call, a rejected one left out of the turn): that reasoning argued for calls the turn no longer makes."""
+    placed: list[tuple[str, int]] = []
+    thought = "None in stock: order 500 pears and check apples too."
+    calls = [tool_call("order_item", item="pear", quantity=500), tool_call("check_stock", item="apple")]
+    script = [AIMessage(content="", additional_kwargs={"reasoning_content": thought}, tool_calls=calls), AIMessage(content="Done.")]
+    agent = record_experience(_ordering_agent(script, placed), app="shop", store=store_path)
+    config = {"configurable": {"thread_id": f"hitl-reasoning-{decision}"}}
+    agent.invoke({"messages": [("user", "order pears")]}, config)
+    agent.invoke(Command(resume={"decisions": [REVIEWS[decision]]}), config)
+    paused, resumed = _recorded(agent, store_path)
+    assert [s.action.reasoning for s in paused.steps] == [thought, thought]  # the proposal, as the model made it
+    turn = [s for s in resumed.steps if s.decision_index == 0]
+    expected = {"approve": (2, thought), "edit": (2, None), "reject": (1, None)}[decision]
+    assert (len(turn), *{s.action.reasoning for s in turn}) == expected
+
+
 @OFFLOADS
 def test_a_run_that_fails_before_calling_the_model_is_recorded_as_an_error(offload, store_path):
     def load_profile(state: MessagesState) -> dict[str, Any]:
@@ -472,6 +492,7 @@ def test_reasoning_and_tool_use_blocks_are_not_the_models_text(offload, store_pa
     assert agent.invoke({"messages": [("user", "find a")]})["messages"][-1].text == "Found it: a."
     [t] = _recorded(agent, store_path)
     assert [(s.action.kind, s.action.content) for s in t.steps] == [("tool_call", "Let me check."), ("answer", "Found it: a.")]
+    assert [s.action.reasoning for s in t.steps] == ["I should look it up", "The user wants a; look it up."]  # their own reply's
     assert t.final_answer == "Found it: a."
     assert [m["content"] for m in t.messages] == ["find a", "Let me check.", "found a", "Found it: a."]
     assert t.steps[1].state[1]["content"] == "Let me check."  # the history the next decision saw

@@ -20,7 +20,9 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     """One row per expert turn of the approved trajectories (vectorised; no Python loop per row): the state ->
     the expert's tool call, or its answer. Parallel tool calls (one model response, recorded as steps sharing a
     ``decision_index`` and their state) are one row whose target makes all of them, in order: the turn the
-    expert made. The row's ``step_index`` is its first step's.
+    expert made. The row's ``step_index`` is its first step's. A reasoning model's reasoning before the turn
+    (``Action.reasoning``) is the target's ``reasoning_content``, for the chat template to render as it does when
+    serving (Qwen3's inside ``<think>``); a target without reasoning has no such key.
 
     A step whose call's arguments were not JSON (the model wrote a malformed call, recorded with its text under
     ``_raw``) is left out: imitating it would teach the malformed call (see :func:`malformed_calls`). So is a turn
@@ -30,8 +32,10 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     steps = taught_steps(source)[0].filter(~(is_call & MALFORMED_CALL).fill_null(False))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     steps = expert_turns(steps)
-    completion = pl.when(is_call).then(calls_message(pl.col("_calls"), pl.col("content")))
-    completion = completion.otherwise(answer_message(pl.col("content")))
+    # the reasoning the expert wrote before its turn (its parallel calls share it); stores older than schema 1.4 have none
+    reasoning = pl.col("reasoning") if "reasoning" in steps.columns and steps["reasoning"].null_count() < steps.height else None
+    completion = pl.when(is_call).then(calls_message(pl.col("_calls"), pl.col("content"), reasoning))
+    completion = completion.otherwise(answer_message(pl.col("content"), reasoning))
     frame = steps.select(
         example_id(pl.lit("il"), pl.col("trajectory_id"), pl.col("index")).alias("id"),
         pl.lit("il").alias("kind"),

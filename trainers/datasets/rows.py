@@ -23,10 +23,13 @@ column                          meaning
 
 Messages use the OpenAI shapes; an action is ``{"role": "assistant", "content": "", "tool_calls":
 [{"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}]}`` (in an IL target,
-``content`` is the text the expert wrote beside its calls, empty when none).
+``content`` is the text the expert wrote beside its calls, empty when none, and ``reasoning_content``, after
+``content``, the reasoning a reasoning model wrote before them: only when it wrote some, ``Action.reasoning``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import polars as pl
 
@@ -74,11 +77,25 @@ def tool_call_item(call_id: pl.Expr, name: pl.Expr, arguments_json: pl.Expr) -> 
     )
 
 
-def calls_message(calls: pl.Expr, content: pl.Expr | None = None) -> pl.Expr:
+def calls_message(calls: pl.Expr, content: pl.Expr | None = None, reasoning: pl.Expr | None = None) -> pl.Expr:
     """JSON text of the assistant message that makes the tool calls ``calls`` (a list of :func:`tool_call_item`), with
-    the text the model wrote beside them (``content``; empty when none)."""
+    the text the model wrote beside them (``content``; empty when none) and, where ``reasoning`` is not null, the
+    reasoning it wrote first (see :func:`with_reasoning`)."""
     text = pl.lit("") if content is None else content.fill_null("")
-    return pl.struct(pl.lit("assistant").alias("role"), text.alias("content"), calls.alias("tool_calls")).struct.json_encode()
+    role = pl.lit("assistant").alias("role")
+    return with_reasoning(
+        lambda *middle: pl.struct(role, text.alias("content"), *middle, calls.alias("tool_calls")).struct.json_encode(), reasoning
+    )
+
+
+def with_reasoning(message: Callable[..., pl.Expr], reasoning: pl.Expr | None) -> pl.Expr:
+    """``message()`` (an assistant message's JSON text, built from its fields), or where ``reasoning`` is not null
+    ``message(reasoning_content)``: the message with the model's reasoning as ``reasoning_content``, after its
+    ``content`` as recorded states have it (``ee_middleware.messages``). A message without reasoning has no such key,
+    so rows of models that write none are what they were before schema 1.4 recorded reasoning."""
+    if reasoning is None:
+        return message()
+    return pl.when(reasoning.is_null()).then(message()).otherwise(message(reasoning.alias("reasoning_content")))
 
 
 def turn_key() -> pl.Expr:
@@ -123,9 +140,11 @@ def tool_result_message(call_id: pl.Expr, content: pl.Expr) -> pl.Expr:
     ).struct.json_encode()
 
 
-def answer_message(content: pl.Expr) -> pl.Expr:
-    """JSON text of an assistant message with text content."""
-    return pl.struct(pl.lit("assistant").alias("role"), content.fill_null("").alias("content")).struct.json_encode()
+def answer_message(content: pl.Expr, reasoning: pl.Expr | None = None) -> pl.Expr:
+    """JSON text of an assistant message with text content (and, where ``reasoning`` is not null, the reasoning the
+    model wrote first: see :func:`with_reasoning`)."""
+    role = pl.lit("assistant").alias("role")
+    return with_reasoning(lambda *middle: pl.struct(role, content.fill_null("").alias("content"), *middle).struct.json_encode(), reasoning)
 
 
 def user_message(content: str) -> pl.Expr:

@@ -77,10 +77,14 @@ def _without_ids(messages: list[dict[str, Any]]) -> str:
 @pytest.mark.parametrize("shape", SHAPES)
 def test_each_reply_keeps_its_reasoning_apart_from_its_text(shape: str, tmp_path: Path) -> None:
     """Was: the reasoning was dropped (reasoning_content, blocks), or kept inline, so the final answer, the answer
-    step's text and every later state held '<think>...</think>'."""
+    step's text and every later state held '<think>...</think>'. Each step's action carries the reasoning its reply
+    began with (``Action.reasoning``, schema 1.4)."""
     [t] = _record(shape, tmp_path / "store")
     assert t.final_answer == ANSWER
-    assert [(s.action.kind, s.action.content) for s in t.steps] == [("tool_call", None), ("answer", ANSWER)]
+    assert [(s.action.kind, s.action.content, s.action.reasoning) for s in t.steps] == [
+        ("tool_call", None, FIRST),
+        ("answer", ANSWER, SECOND),
+    ]
     replies = [m for m in t.messages if m["role"] == "assistant"]
     assert [(m["content"], m.get("reasoning_content")) for m in replies] == [("", FIRST), (ANSWER, SECOND)]
     assert t.steps[1].state[1]["reasoning_content"] == FIRST  # the history the next decision was given
@@ -94,15 +98,19 @@ def test_every_shape_records_the_same_trajectory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_rows_carry_the_reasoning_for_the_chat_template(shape: str, tmp_path: Path) -> None:
-    """IL and IWM prompts hold each earlier reply's ``reasoning_content``, as vLLM is given it back; no row holds a
-    ``<think>`` block in a message's text (the template writes those where it renders reasoning)."""
+    """IL and IWM prompts hold each earlier reply's ``reasoning_content``, as vLLM is given it back, and an IL target
+    its own reply's; no row holds a ``<think>`` block in a message's text (the template writes those where it renders
+    reasoning)."""
     _record(shape, tmp_path / "store")
     build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "data", kinds="il,iwm"))
     il = pl.read_parquet(tmp_path / "data" / "il.parquet").sort("step_index").to_dicts()
     iwm = pl.read_parquet(tmp_path / "data" / "iwm.parquet").to_dicts()
     prompt = json.loads(il[1]["prompt"])
     assert [(m["role"], m.get("reasoning_content")) for m in prompt] == [("user", None), ("assistant", FIRST), ("tool", None)]
-    assert json.loads(il[1]["completion"]) == [{"role": "assistant", "content": ANSWER}]
+    [call] = json.loads(il[0]["completion"])
+    assert list(call) == ["role", "content", "reasoning_content", "tool_calls"]  # the key order of recorded states
+    assert (call["content"], call["reasoning_content"], call["tool_calls"][0]["function"]["name"]) == ("", FIRST, "check_stock")
+    assert json.loads(il[1]["completion"]) == [{"role": "assistant", "content": ANSWER, "reasoning_content": SECOND}]
     assert all("<think>" not in row["prompt"] + row["completion"] for row in il + iwm)
 
 
@@ -151,3 +159,78 @@ def test_reasoning_is_redacted_as_text_is(tmp_path: Path) -> None:
     reasoning = [m["reasoning_content"] for m in t.messages if m["role"] == "assistant"]
     assert all("[REDACTED:email:" in r and "alice@" not in r for r in reasoning), reasoning
     assert t.final_answer == "None left."
+
+
+def test_qwen3s_template_renders_an_il_targets_own_reasoning_inside_think(tmp_path: Path) -> None:
+    """The IL target is the step's whole reply: Qwen3's template writes its reasoning inside <think> before the call or
+    the answer, as the model wrote it when serving. Was: the target carried none and rendered an empty
+    <think></think>, teaching a reasoning model to skip reasoning."""
+    pytest.importorskip("transformers")
+    from ee_middleware.models.chat_template import probe_template, render_pair
+    from ee_middleware.testing.tiny_models import build_test_tokenizer
+    from tests.models.family_templates import QWEN_3
+
+    _record("reasoning_content", tmp_path / "store")
+    build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "data", kinds="il"))
+    rows = pl.read_parquet(tmp_path / "data" / "il.parquet").sort("step_index").to_dicts()
+    tokenizer = build_test_tokenizer([QWEN_3, FIRST, SECOND], chat_template=QWEN_3)
+    support = probe_template(tokenizer)
+    targets = []
+    for row in rows:
+        _, completion, fallback = render_pair(
+            tokenizer, json.loads(row["prompt"]), json.loads(row["completion"]), json.loads(row["tools"]), support
+        )
+        assert not fallback
+        targets.append(completion)
+    assert targets[0].startswith(f"<think>\n{FIRST}\n</think>\n\n<tool_call>"), targets[0]
+    assert targets[1].startswith(f"<think>\n{SECOND}\n</think>\n\n{ANSWER}"), targets[1]
+    assert all("<think>\n\n</think>" not in t for t in targets)
+
+
+@tool
+def check_price(item: str) -> str:
+    """The price of an item."""
+    return "2 EUR"
+
+
+def test_parallel_calls_share_their_replys_reasoning_and_are_taught_it_once(tmp_path: Path) -> None:
+    """A reply making two calls at once: both steps carry its reasoning, and the IL row of that turn (both calls, in
+    order) gives it once."""
+    calls = [tool_call("check_stock", item="pear"), tool_call("check_price", item="pear")]
+    script = [_reply("reasoning_content", FIRST, calls=calls), _reply("reasoning_content", SECOND, ANSWER)]
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=script), [check_stock, check_price]), app="shop", store=tmp_path / "store"
+    )
+    agent.invoke({"messages": [("user", "Pears?")]})
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "store")
+    [t] = list(store.iter_trajectories())
+    store.approve([t.id], by="alice")
+    store.close()
+    assert [(s.decision_index, s.action.reasoning) for s in t.steps] == [(0, FIRST), (0, FIRST), (1, SECOND)]
+    build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "data", kinds="il"))
+    turn, answer = pl.read_parquet(tmp_path / "data" / "il.parquet").sort("step_index")["completion"].to_list()
+    [message] = json.loads(turn)
+    assert message["reasoning_content"] == FIRST
+    assert [c["function"]["name"] for c in message["tool_calls"]] == ["check_stock", "check_price"]
+    assert json.loads(answer)[0]["reasoning_content"] == SECOND
+
+
+def test_a_model_without_reasoning_gives_targets_without_the_key(tmp_path: Path) -> None:
+    """Only a reply with reasoning gives its target ``reasoning_content``: a run of a model that writes none (and
+    a reasoning model's reply without any) builds the rows it built before (no null key)."""
+    script = [AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]), _reply("reasoning_content", SECOND, ANSWER)]
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [check_stock]), app="shop", store=tmp_path / "store")
+    agent.invoke({"messages": [("user", "Pears?")]})
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "store")
+    [t] = list(store.iter_trajectories())
+    store.approve([t.id], by="alice")
+    store.close()
+    assert [s.action.reasoning for s in t.steps] == [None, SECOND]
+    assert "reasoning" not in t.steps[0].action.model_dump()  # left out of dumps while None, as before schema 1.4
+    build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "data", kinds="il"))
+    call, answer = pl.read_parquet(tmp_path / "data" / "il.parquet").sort("step_index")["completion"].to_list()
+    assert "reasoning_content" not in call and json.loads(answer)[0]["reasoning_content"] == SECOND
