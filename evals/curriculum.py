@@ -25,6 +25,7 @@ from typing import Any
 from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
+from ee_middleware.messages import message_reasoning
 from ee_middleware.models.protocol import ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, utcnow
 
@@ -132,7 +133,7 @@ def to_trajectory(
                     index=len(steps),
                     decision_index=position,
                     state=conversation.messages[:position],
-                    action=Action(kind="tool_call", tool_call=tool_call),
+                    action=Action(kind="tool_call", tool_call=tool_call, reasoning=message_reasoning(message)),
                     observation=observations.get(call["id"]),
                 )
             )

@@ -322,3 +322,25 @@ def test_curriculum_run_counts_a_failing_judge_as_a_dropped_rollout_and_keeps_go
     result = CliRunner().invoke(app, [*args, "--judge", f"openai:http://127.0.0.1:{port}/v1#j"])
     assert result.exit_code != 0 and "--judge" in result.output and "cannot be reached" in result.output, result.output
     assert len(policy_model.requests) == asked, "no rollout before the judge was found down"
+
+
+def test_a_curriculum_rollout_keeps_the_reasoning_of_a_reasoning_models_calls() -> None:
+    """A curriculum rollout's steps are built from the policy's replies; a reasoning model served by vLLM with a
+    reasoning parser sends its reasoning as reasoning_content beside the call, which the step dropped (captured runs
+    keep it in Action.reasoning since schema 1.4)."""
+    from ee_middleware.evals.curriculum import to_trajectory
+    from ee_middleware.evals.tasks import Conversation
+    from ee_middleware.records import Observation, utcnow
+
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "pears"}'}}
+    messages = [
+        {"role": "user", "content": "Find pears."},
+        {"role": "assistant", "content": "", "tool_calls": [call], "reasoning_content": "The user wants pears: look them up."},
+        {"role": "tool", "tool_call_id": "c1", "content": "3 pears"},
+        {"role": "assistant", "content": "There are 3 pears."},
+    ]
+    task = {"id": "t1", "instruction": "Find pears.", "tools": []}
+    observations = {"c1": Observation(content="3 pears")}
+    trajectory = to_trajectory(task, Conversation(messages=messages), observations, policy="p", trial=0, started=utcnow())
+    [step] = trajectory.steps
+    assert step.action.reasoning == "The user wants pears: look them up."
