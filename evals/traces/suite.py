@@ -153,9 +153,11 @@ def missing_facts(facts: list[str], replies: list[str]) -> list[str]:
 
 
 def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.date]) -> bool:
-    if any(re.search(rf"(?<![a-z0-9]){re.escape(fact)}(?![a-z0-9])", text) for text in texts):
-        return True
     number = _NUMBER.fullmatch(fact)
+    # A whole word: not inside a longer one, nor a longer number (12 is not stated by 12.99, nor 3 by 3.5).
+    whole = rf"(?<![a-z0-9])(?<!\d\.){re.escape(fact)}(?![a-z0-9])(?!\.\d)"
+    if not number and any(re.search(whole, text) for text in texts):
+        return True
     if number:
         value = Decimal(number.group(1))
         if value in numbers:

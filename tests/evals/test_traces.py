@@ -243,6 +243,10 @@ def test_a_state_mismatch_says_which_calls_the_candidate_made_instead(bfcl_store
         ("I found 2 flights.", "[]", "Flights DL200 and AA12.", ["2"]),
         ("Paris is at 21C.", '{"city": "Paris", "temp": "21C"}', "Paris: 210 C", ["21c"]),
         ("It ships on 2024-05-01.", '{"ship": "2024-05-01"}', "It ships on May 2, 2024.", ["2024-05-01"]),
+        ("Your refund is $12.", '{"refund": 12}', "Your refund is $12.99.", ["12"]),
+        ("You owe 40 euros.", '{"owed": 40}', "You owe 40.5 euros.", ["40"]),
+        ("Gate 3 at 10:30.", '{"gate": 3, "time": "10:30"}', "Gate 3.5 at 10:30.", ["3"]),
+        ("Order W-12 is late.", '{"order": "W-12"}', "Order W-12.5 is late.", ["w-12"]),
     ],
 )
 def test_an_answers_facts_are_read_as_whole_words_numbers_by_value_and_dates_in_any_common_form(
