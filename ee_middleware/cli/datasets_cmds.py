@@ -228,8 +228,10 @@ def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
     typer.secho(
         f"warning: left out {_plural(left['rollouts'], 'rollout', 'rollouts')} of replays whose sandbox answered the expert's "
         f"own recorded call otherwise than production (fidelity mismatches: {where}): "
-        f"{'their' if len(listed) != 1 else 'its'} {_plural(own, 'rollout', 'rollouts')}{elsewhere}. "
-        "Fix the sandbox and replay again (ee replay show TRAJECTORY_ID shows the diff); --include-fidelity-mismatches uses them.",
+        f"{'their' if len(listed) != 1 else 'its'} {_plural(own, 'rollout', 'rollouts')} from that step on{elsewhere}. "
+        "Fix the sandbox and replay again (ee replay show TRAJECTORY_ID shows the diff; a tool whose answer holds the time "
+        "or a fresh id never matches: docs/sandboxes.md says how to keep those in the world); --include-fidelity-mismatches "
+        "uses them.",
         err=True,
         fg="yellow",
     )

@@ -329,9 +329,10 @@ def fidelity_mismatches_left_out(index: SourceIndex) -> dict[str, Any]:
         "wrong_tools": [{**row, "rollouts": int(row["rollouts"])} for row in wrong_tools.iter_rows(named=True)],
         "reason": (
             "the replay re-executed the expert's own recorded call and the sandbox answered otherwise than production: "
-            "from that step on its world is not production's, and the tool it answered wrongly answers every call wrongly, "
-            "so none of that replay's rollouts are used, nor that configuration's calls to that tool in other trajectories "
-            "(--include-fidelity-mismatches uses them)"
+            "from that step on its world may not be production's, and the tool it answered wrongly answers every call "
+            "wrongly, so that replay's rollouts from that step on are not used, nor that configuration's calls to that "
+            "tool anywhere (a tool whose answer holds the time or a fresh id never matches: keep those in the world, see "
+            "docs/sandboxes.md; --include-fidelity-mismatches uses them)"
         ),
     }
 

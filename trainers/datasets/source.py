@@ -179,12 +179,15 @@ def untrusted_replays(records: pl.DataFrame) -> pl.DataFrame:
     step and tool (null when the record kept none), and ``wrong_tools``: the tools whose answer differed (the
     mismatches the record lists, leaving out the sandbox's own failures: a time-out says nothing of the tool).
 
-    What a build leaves out (:class:`SourceReader`): the whole replay of such a trajectory, and in the other
-    trajectories that configuration replayed, the rollouts calling one of its ``wrong_tools``. Not only the steps from
-    the first mismatch on: a mismatch says the sandbox answers the expert's own call unlike production. A tool the
-    sandbox gets wrong (a misnamed parameter, a stale fixture) answers every call to it wrongly, alternatives at
-    earlier states and in other trajectories included, and from that step on the sandbox's world differs from
-    production's, so which of its other answers in that trajectory are right cannot be told."""
+    What a build leaves out (:class:`SourceReader`): the rollouts of such a trajectory's replay from its first
+    mismatching step on (the whole replay when the record names no step), and in every trajectory that configuration
+    replayed, the rollouts calling one of its ``wrong_tools``. A mismatch says the sandbox answers the expert's own call
+    unlike production: a tool it gets wrong (a misnamed parameter, a stale fixture) answers every call to it wrongly,
+    alternatives at earlier states and in other trajectories included, and from that step on the sandbox's world may
+    differ from production's, so which of its other answers there are right cannot be told. Before that step the world
+    is the one production recorded (every expert answer matched), so the other tools' rollouts there are kept: a tool
+    whose answer holds the time or a fresh id (it never matches) costs its own rollouts and the later steps', not
+    the trajectory's."""
     if records.is_empty() or "fidelity_mismatches" not in records.columns:
         return pl.DataFrame(schema=UNTRUSTED_SCHEMA)
     flagged = records.filter(pl.col("fidelity_mismatches").fill_null(0) > 0)
@@ -237,21 +240,21 @@ LEFT_OUT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _untrusted_keys(untrusted: pl.DataFrame) -> pl.Series:
-    return untrusted.select(_replay_key())["_replay_key"]
-
-
 def _wrong_tool_keys(untrusted: pl.DataFrame) -> pl.Series:
     tools = untrusted.select("replay_id", pl.col("wrong_tools").alias("tool_name")).explode("tool_name").drop_nulls()
     return tools.select(_tool_key())["_tool_key"].unique()
 
 
 def _mark_untrusted(untrusted: pl.DataFrame) -> pl.Expr:
-    """True for a rollout a build leaves out for ``untrusted`` (:func:`untrusted_replays`): of such a replay, or
-    calling a tool its configuration answered wrongly elsewhere."""
+    """True for a rollout a build leaves out for ``untrusted`` (:func:`untrusted_replays`): of such a replay at or after
+    its first mismatching step (the whole replay when its record names no step), or calling a tool its configuration
+    answered wrongly anywhere."""
     if untrusted.is_empty():
         return pl.lit(False)
-    mark = _replay_key().is_in(_untrusted_keys(untrusted).implode())
+    keys = untrusted.select(_replay_key(), pl.col("first_step").fill_null(-1))
+    first_steps = dict(zip(keys["_replay_key"].to_list(), keys["first_step"].to_list(), strict=True))
+    first = _replay_key().replace_strict(first_steps, default=None, return_dtype=pl.Int64)
+    mark = first.is_not_null() & (pl.col("step_index") >= first)
     tools = _wrong_tool_keys(untrusted)
     return mark | _tool_key().is_in(tools.implode()) if not tools.is_empty() else mark
 

@@ -99,8 +99,9 @@ def _rollouts(root: Path) -> pl.DataFrame:
 
 def test_ee_datasets_build_leaves_out_what_a_broken_sandbox_answered(store: dict[str, object], tmp_path: Path) -> None:
     """Before: the broken replay's rollouts were used, and IWM taught cancel_booking -> 'bid: Field required' with no
-    warning. Now the replay that mismatched is left out whole, and so are that sandbox's cancel_booking answers in the
-    other trajectory (whose own expert calls it reproduced); the good replays' rollouts are all used."""
+    warning. Now the replay that mismatched is left out from its first mismatching step on, and so are that sandbox's
+    cancel_booking answers anywhere (the other trajectory too, whose own expert calls it reproduced); its other
+    rollouts before that step (the world still production's) and the good replays' rollouts are all used."""
     root, broken = store["root"], store["broken_id"]
     rollouts = _rollouts(root)  # type: ignore[arg-type]
     assert rollouts.filter(pl.col("observation").str.contains(BROKEN_ANSWER)).height > 0, "the broken sandbox's answers are stored"
@@ -113,7 +114,10 @@ def test_ee_datasets_build_leaves_out_what_a_broken_sandbox_answered(store: dict
 
     manifest = json.loads((out / "datasets.json").read_text())
     of_broken = rollouts.filter(pl.col("replay_id") == broken)
-    in_mismatched = of_broken.filter(pl.col("trajectory_id") == store["cancels"])
+    of_cancels = of_broken.filter(pl.col("trajectory_id") == store["cancels"])
+    wrong = (pl.col("step_index") >= 1) | (pl.col("tool_name") == "cancel_booking")
+    in_mismatched, before = of_cancels.filter(wrong), of_cancels.filter(~wrong)
+    assert before.height > 0 and in_mismatched.height > 0, "the broken replay has rollouts on both sides of its mismatch"
     elsewhere = of_broken.filter((pl.col("trajectory_id") == store["books"]) & (pl.col("tool_name") == "cancel_booking"))
     assert elsewhere.height == 2 and BROKEN_ANSWER in elsewhere["observation"][0]
     left = manifest["fidelity_mismatches_left_out"]
@@ -144,13 +148,17 @@ def test_ee_datasets_build_leaves_out_what_a_broken_sandbox_answered(store: dict
         "rollouts": 12,
         "newest_finished_at": None,
     }
-    assert used[broken]["rollouts"] == of_broken.height - left["rollouts"]  # the books trajectory's other calls
+    assert used[broken]["rollouts"] == of_broken.height - left["rollouts"]  # before its mismatch, and the books trajectory's other calls
+    assert used[broken]["rollouts"] >= before.height
     assert replays["trajectories_with_several"] == 2
 
     assert "rollouts from 3 replays:" in result.stdout and "2 trajectories have rollouts of more than one replay" in result.stdout
     warning = " ".join(result.stderr.split())
     assert f"warning: left out {left['rollouts']} rollouts of replays whose sandbox answered the expert's own recorded" in warning
-    assert f"replay {broken} of {store['cancels']}: cancel_booking at step 1): its {in_mismatched.height} rollouts, and 2 calls" in warning
+    assert (
+        f"replay {broken} of {store['cancels']}: cancel_booking at step 1): its {in_mismatched.height} rollouts from that step on, and 2 calls"
+        in warning
+    )
     assert "--include-fidelity-mismatches" in warning
 
 
