@@ -347,8 +347,9 @@ def _reviewed_turns(
     """The turns of an earlier run of the thread that this run carried out, as steps, and the tool spans left for this
     run's own decisions.
 
-    A run resumed after a human review (``HumanInTheLoopMiddleware``, a breakpoint, ``interrupt()`` in a tool: the
-    graph's input holds no messages, ``Command(resume=...)`` or ``None``) first runs the calls the paused run's model
+    A run resumed after a human review (``HumanInTheLoopMiddleware``, a breakpoint, ``interrupt()`` in a tool: its root
+    span says :data:`~ee_middleware.capture.semconv.EE_RESUMED`, the graph's input was ``Command(resume=...)`` or
+    ``None``) first runs the calls the paused run's model
     made, as the reviewer decided them; the paused trajectory ends on those calls without an observation, and datasets
     never teach them from there. Here each such turn (the assistant message, found in the history this run's first
     model call was given) becomes steps before this run's own, in the message's order, with the state the model decided
@@ -359,9 +360,10 @@ def _reviewed_turns(
     a call answered with an error and not run (``reject``) is no step. A turn none of whose calls ran here (all rejected
     or answered by the reviewer) is none either, nor is any in a run that calls no model: nothing in it says what prompt
     and tools the model had."""
-    given = root.attributes.get(sc.INPUT_MESSAGES)
-    if not decisions or (given and given != "[]"):
-        return [], tools  # no model call, or a run started from new messages (only looked at, not decoded)
+    if not decisions or not root.attributes.get(sc.EE_RESUMED):
+        # No model call, or a run started from new input: a tool that ran before its first model call is the app's
+        # own (a node that calls a tool itself), never a reviewed turn.
+        return [], tools
     first = decisions[0]
     carried: dict[str, list[SpanData]] = {}
     for span in tools:

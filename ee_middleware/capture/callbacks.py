@@ -13,6 +13,7 @@ emitted there by :meth:`RunCapture.emit`, the same code.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -327,6 +328,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         attrs: dict[str, Any] = {sc.EE_STATUS: record.status}
         attrs.update(encoder.graph_input_attributes(record.graph_input, fragments))
         attrs.update(encoder.graph_output_attributes(record.output, fragments))
+        if resumes_from_checkpoint(record.graph_input):
+            attrs[sc.EE_RESUMED] = True
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)
         span.set_attributes(attrs)
@@ -340,6 +343,16 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
 
 
 def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
+def resumes_from_checkpoint(graph_input: Any) -> bool:
+    """Whether a graph invoked with ``graph_input`` continues from its checkpoint rather than from new input: LangGraph
+    resumes on ``None`` (after a breakpoint) and on a ``Command`` (``Command(resume=...)`` after ``interrupt()``, a
+    human review)."""
+    if graph_input is None:
+        return True
+    command = sys.modules.get("langgraph.types")
+    return command is not None and isinstance(graph_input, command.Command)
+
+
     """Make every span of a run recorded whole (``RunCapture(buffered=True)``): the root span, its
     calls in the order they ended, then the root's outcome. ``on_error(message, exc)`` hears of a
     call that could not be emitted (the others still are)."""

@@ -543,3 +543,45 @@ def test_a_model_that_numbers_its_tool_calls_anew_each_turn_gets_each_calls_own_
         ("d", "found d", False),
         ("e", "found e", False),
     ]
+
+
+@OFFLOADS
+def test_a_tool_the_apps_own_code_calls_before_the_model_is_no_step(offload, store_path):
+    """A graph on its own state (no messages in its input) whose first node makes a tool call itself (LangGraph's
+    SQL-agent pattern: a fixed list_tables call run by a ToolNode before the model) had that call recorded as a
+    reviewed turn of a resumed run: a model decision from a state no model saw, taught by IL (found by review). Only
+    a run that continues from its checkpoint (Command or None as input) carries reviewed turns."""
+    from typing import TypedDict
+
+    from langchain_core.messages import HumanMessage
+    from langgraph.graph.message import add_messages
+
+    @tool
+    def list_tables() -> str:
+        """List the database tables."""
+        return "orders, customers"
+
+    # the functional form: its types are read now (this module's annotations are strings, read in its globals)
+    State = TypedDict("State", {"question": str, "messages": Annotated[list, add_messages]}, total=False)  # noqa: UP013
+
+    def prep(state: dict[str, Any]) -> dict[str, Any]:
+        forced = AIMessage(content="", tool_calls=[{"name": "list_tables", "args": {}, "id": "forced-1"}])
+        return {"messages": [HumanMessage(state["question"]), forced]}
+
+    model = ScriptedChatModel(script=[AIMessage(content="There are 2 tables: orders and customers.")])
+
+    def agent_node(state: dict[str, Any]) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(State)
+    graph.add_node("prep", prep)
+    graph.add_node("tools", ToolNode([list_tables]))
+    graph.add_node("agent", agent_node)
+    graph.add_edge(START, "prep")
+    graph.add_edge("prep", "tools")
+    graph.add_edge("tools", "agent")
+    graph.add_edge("agent", END)
+    agent = record_experience(graph.compile(), app="sql", store=store_path, offload=offload)
+    agent.invoke({"question": "Which tables are there?"})
+    [t] = _recorded(agent, store_path)
+    assert [(s.action.kind, s.action.content) for s in t.steps] == [("answer", "There are 2 tables: orders and customers.")]
