@@ -7,7 +7,10 @@ A sandbox spec is one of (see :mod:`ee_middleware.plugins`):
   arguments) that returns a sandbox, for an app's own tools;
 * the name of an entry point in the ``ee_middleware.sandboxes`` group, for installed plug-ins;
 * ``experience:MODEL_SPEC``: an experience model stands in for the tools (DreamGym; see
-  :mod:`ee_middleware.replay.sandboxes.experience`), ``MODEL_SPEC`` as for policies.
+  :mod:`ee_middleware.replay.sandboxes.experience`), ``MODEL_SPEC`` as for policies;
+* ``mcp:CONFIG.json``: the app's own MCP servers, started by
+  :class:`~ee_middleware.replay.sandboxes.mcp.McpSandbox` from a config file as MCP clients write them
+  (``{"mcpServers": {...}}``; see :func:`~ee_middleware.replay.sandboxes.mcp.load_mcp_config`).
 
 Specs are strings so that worker processes (local or on a Ray cluster) can build their own
 sandbox: a sandbox itself never crosses a process boundary.
@@ -39,11 +42,19 @@ def build_sandbox(spec: str, **options: Any) -> Sandbox:
         from ee_middleware.replay.sandboxes.experience import build_experience_sandbox
 
         return build_experience_sandbox(spec, **options)
+    if _is_mcp(spec):
+        from ee_middleware.replay.sandboxes.mcp import build_mcp_sandbox
+
+        return build_mcp_sandbox(spec, **options)
     return SANDBOXES.build(spec, **options)
 
 
 def _is_experience(spec: str) -> bool:
     return isinstance(spec, str) and spec.strip().startswith("experience:")
+
+
+def _is_mcp(spec: str) -> bool:
+    return isinstance(spec, str) and spec.strip().startswith("mcp:")
 
 
 def sandbox_options(*, allow_network: bool = False) -> dict[str, Any]:
@@ -59,7 +70,11 @@ def sandbox_factory(
     spec: str, *, isolation: str = "none", timeout_s: float = 30.0, memory_mb: int | None = None, options: dict[str, Any] | None = None
 ) -> Callable[[], Sandbox]:
     """A picklable zero-argument factory for ``spec`` built with ``options``, optionally isolated in a subprocess."""
-    if not _is_experience(spec):
+    if _is_mcp(spec):
+        from ee_middleware.replay.sandboxes.mcp import load_mcp_config
+
+        load_mcp_config(spec.strip()[len("mcp:") :])  # fail early, in the parent, with a clear message
+    elif not _is_experience(spec):
         SANDBOXES.resolve(spec)  # fail early, in the parent, with a clear message
     inner = functools.partial(build_sandbox, spec, **(options or {}))
     if isolation == "none":
@@ -77,7 +92,7 @@ def refusal_hints(spec: str, tools: Iterable[str], **options: Any) -> dict[str, 
     explained, the answer is empty. A sandbox class without the method is not even built.
     """
     tools = list(tools)
-    if _is_experience(spec):
+    if _is_experience(spec) or _is_mcp(spec):
         if not tools:
             return {}
         sandbox = build_sandbox(spec, **options)

@@ -1,0 +1,131 @@
+"""A small, real MCP server with a stateful world: notes. Written with the ``mcp`` package's FastMCP (MCPServer in mcp 2).
+
+The world comes from ``EE_ENVIRONMENT`` (what McpSandbox hands a server: the trajectory's environment reference as
+JSON): ``{"notes": {"1": {"title": ..., "body": ...}}}``; ``{"refuse": "why"}`` makes the server exit at start with
+that message on its standard error (a world it cannot build). Tools, with their MCP annotations:
+
+- ``list_notes`` (readOnlyHint), ``read_note`` (readOnlyHint), ``note_image`` (readOnlyHint; an image block);
+- ``create_note`` and ``delete_note`` change the world (no annotations);
+- ``publish_note`` (openWorldHint: it would post the note to the web);
+- ``slow_note`` (sleeps), ``crash`` (the server dies), ``spawn_helper`` (starts a process that would outlive it): for
+  the sandbox's failure and process tests;
+- with ``NOTES_FAST=1`` also ``ee_snapshot`` / ``ee_restore``, McpSandbox's fast path.
+
+Run: ``python mcp_notes_server.py`` (stdio) or ``python mcp_notes_server.py --http PORT`` (streamable HTTP).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+
+try:  # mcp 1.x
+    from mcp.server.fastmcp import FastMCP as Server
+    from mcp.server.fastmcp import Image
+except ModuleNotFoundError:  # mcp 2.x: FastMCP is MCPServer
+    from mcp.server.mcpserver import Image
+    from mcp.server.mcpserver import MCPServer as Server
+from mcp.types import ToolAnnotations
+
+READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+OPEN_WORLD = ToolAnnotations(openWorldHint=True)
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+environment = json.loads(os.environ.get("EE_ENVIRONMENT") or "null") or {}
+if environment.get("refuse"):
+    print(f"notes server: {environment['refuse']}", file=sys.stderr, flush=True)
+    sys.exit(3)
+notes: dict[str, dict[str, str]] = {k: dict(v) for k, v in (environment.get("notes") or {}).items()}
+snapshots: dict[str, dict[str, dict[str, str]]] = {}
+
+port = int(sys.argv[sys.argv.index("--http") + 1]) if "--http" in sys.argv else None
+server = Server("notes", **({"host": "127.0.0.1", "port": port} if port is not None else {}))
+
+
+@server.tool(annotations=READ_ONLY)
+def list_notes() -> str:
+    """List every note: id and title."""
+    return "\n".join(f"{k}: {v['title']}" for k, v in sorted(notes.items(), key=lambda kv: int(kv[0]))) or "no notes"
+
+
+@server.tool(annotations=READ_ONLY)
+def read_note(note_id: str) -> str:
+    """A note's title and body."""
+    if note_id not in notes:
+        raise ValueError(f"no note {note_id}")
+    return f"{notes[note_id]['title']}\n\n{notes[note_id]['body']}"
+
+
+@server.tool(annotations=READ_ONLY)
+def note_image(note_id: str) -> Image:
+    """A picture of the note."""
+    return Image(data=PNG, format="png")
+
+
+@server.tool()
+def create_note(title: str, body: str = "") -> str:
+    """Create a note; answers its id."""
+    note_id = str(max((int(k) for k in notes), default=0) + 1)
+    notes[note_id] = {"title": title, "body": body}
+    return f"created note {note_id}: {title}"
+
+
+@server.tool()
+def delete_note(note_id: str) -> str:
+    """Delete a note by id."""
+    if note_id not in notes:
+        raise ValueError(f"no note {note_id}")
+    title = notes.pop(note_id)["title"]
+    return f"deleted note {note_id}: {title}"
+
+
+@server.tool(annotations=OPEN_WORLD)
+def publish_note(note_id: str) -> str:
+    """Publish a note on the web."""
+    return f"published note {note_id} at https://notes.example/{note_id}"
+
+
+@server.tool()
+def slow_note(seconds: float) -> str:
+    """Take a while."""
+    time.sleep(seconds)
+    return "done"
+
+
+@server.tool()
+def crash() -> str:
+    """End the server at once."""
+    os._exit(7)
+
+
+@server.tool()
+def spawn_helper() -> str:
+    """Start a process that sleeps for a long time; answers its id."""
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    return str(helper.pid)
+
+
+if os.environ.get("NOTES_FAST") == "1":
+
+    @server.tool()
+    def ee_snapshot() -> str:
+        """McpSandbox's fast path: a token for the current world."""
+        token = str(len(snapshots) + 1)
+        snapshots[token] = copy.deepcopy(notes)
+        return token
+
+    @server.tool()
+    def ee_restore(token: str) -> str:
+        """McpSandbox's fast path: put the world of a token back."""
+        notes.clear()
+        notes.update(copy.deepcopy(snapshots[token]))
+        return "restored"
+
+
+if __name__ == "__main__":
+    server.run(transport="streamable-http" if port is not None else "stdio")

@@ -1,0 +1,340 @@
+"""McpSandbox: replay for agents whose tools come from MCP servers.
+
+Real parts: a real MCP server (``mcp_notes_server.py``, the ``mcp`` package's FastMCP, over stdio and streamable HTTP)
+started by the sandbox; a real ``create_agent`` graph whose tools come from that server through langchain-mcp-adapters,
+recorded by ``record_experience`` into a real store and replayed by the real ``run_replay`` job with ``--sandbox
+mcp:CONFIG.json``; processes checked with psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("mcp")
+psutil = pytest.importorskip("psutil")
+
+from ee_middleware.errors import EnvironmentUnavailableError, SandboxError  # noqa: E402
+from ee_middleware.records import ToolCall  # noqa: E402
+from ee_middleware.replay.sandboxes.mcp import McpSandbox, McpServer, load_mcp_config, result_observation  # noqa: E402
+from ee_middleware.replay.sandboxes.registry import build_sandbox  # noqa: E402
+from ee_middleware.testing import check_sandbox  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+SERVER = str(Path(__file__).with_name("mcp_notes_server.py"))
+ENVIRONMENT = {"notes": {"1": {"title": "Groceries", "body": "milk, eggs"}, "2": {"title": "Ideas", "body": "a notes app"}}}
+
+
+def call(name: str, **arguments: Any) -> ToolCall:
+    return ToolCall(id=f"call-{name}", name=name, arguments=arguments)
+
+
+def notes_server(**env: str) -> McpServer:
+    return McpServer(sys.executable, (SERVER,), env=env)
+
+
+def http_server() -> McpServer:
+    return McpServer(sys.executable, (SERVER, "--http", "{port}"), transport="streamable_http")
+
+
+def server_processes() -> list[Any]:
+    """Every process running the notes server (or a helper it started), on this machine."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and (SERVER in cmdline or "time.sleep(300)" in cmdline):
+            found.append(proc)
+    return found
+
+
+def assert_no_server_left(timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [(p.pid, " ".join(p.info["cmdline"] or [])) for p in server_processes()]
+    assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture(autouse=True)
+def no_server_before_or_after() -> Any:
+    assert_no_server_left()
+    yield
+    assert_no_server_left()
+
+
+# -- the sandbox protocol ------------------------------------------------------------------------------------------------
+
+READS = [call("list_notes"), call("read_note", note_id="1")]
+BAD = [ToolCall(id="bad", name="create_note", arguments={})]  # no title: FastMCP's validation error, as in production
+
+
+def test_the_conformance_kit_passes_on_a_real_stdio_server() -> None:
+    made: list[McpSandbox] = []
+
+    def make() -> McpSandbox:
+        made.append(McpSandbox({"notes": notes_server()}))
+        return made[-1]
+
+    reads = [call("list_notes"), call("read_note", note_id="2")]
+    check_sandbox(make, environment=ENVIRONMENT, mutate=call("delete_note", note_id="1"), read=reads, bad_calls=BAD)
+    assert made[0].restarts > 0, "the naive strategy restores by starting the server again"
+
+
+def test_the_fast_path_restores_with_the_servers_own_snapshot_tools() -> None:
+    made: list[McpSandbox] = []
+
+    def make() -> McpSandbox:
+        made.append(McpSandbox({"notes": notes_server(NOTES_FAST="1")}))
+        return made[-1]
+
+    check_sandbox(make, environment=ENVIRONMENT, mutate=call("create_note", title="Call mom"), read=READS, bad_calls=BAD)
+    # (its one restart: restoring a snapshot of the server a reset replaced, whose token means nothing to the new one)
+    sandbox = McpSandbox({"notes": notes_server(NOTES_FAST="1")})
+    try:
+        sandbox.reset(ENVIRONMENT)
+        assert not sandbox.covers("ee_snapshot") and not sandbox.covers("ee_restore"), "the fast path's tools are no actions"
+        start = sandbox.snapshot()
+        for title in ("a", "b", "c"):
+            sandbox.restore(start)
+            assert sandbox.execute(call("create_note", title=title)).content == f"created note 3: {title}"
+        sandbox.restore(start)
+        assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas"
+        assert sandbox.restarts == 0, "a server with ee_snapshot/ee_restore is never started again to restore"
+    finally:
+        sandbox.close()
+
+
+def test_the_conformance_kit_passes_on_a_streamable_http_server_it_starts() -> None:
+    check_sandbox(
+        lambda: McpSandbox({"notes": http_server()}),
+        environment=ENVIRONMENT,
+        mutate=call("create_note", title="Call mom"),
+        read=READS,
+        bad_calls=BAD,
+    )
+
+
+def test_read_only_calls_need_no_restore() -> None:
+    with McpSandbox({"notes": notes_server()}) as sandbox:
+        sandbox.reset(ENVIRONMENT)
+        start = sandbox.snapshot()
+        for _ in range(3):
+            sandbox.restore(start)
+            assert not sandbox.execute(call("list_notes")).is_error
+            assert not sandbox.execute(call("note_image", note_id="1")).is_error
+        sandbox.restore(start)
+        assert sandbox.restarts == 0
+        sandbox.execute(call("create_note", title="x"))
+        sandbox.restore(start)
+        assert sandbox.restarts == 1
+        assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas"
+
+
+# -- observations as the model saw them through langchain-mcp-adapters ---------------------------------------------------
+
+
+async def test_observations_are_what_langchain_mcp_adapters_gave_the_model() -> None:
+    """Each call through the adapters' real tools (a real session with the same server and world) against the sandbox:
+    same text (content blocks joined, the image as its placeholder, FastMCP's errors) and the same error flag."""
+    lma = pytest.importorskip("langchain_mcp_adapters.client")
+    from langchain_mcp_adapters.tools import load_mcp_tools
+
+    from ee_middleware.messages import content_to_text
+
+    calls = [
+        call("list_notes"),
+        call("read_note", note_id="2"),
+        call("note_image", note_id="1"),
+        call("read_note", note_id="9"),
+        call("create_note", title="Call mom", body="Sunday"),
+        call("delete_note", note_id="7"),
+        call("create_note"),
+    ]
+    client = lma.MultiServerMCPClient(
+        {"notes": {"command": sys.executable, "args": [SERVER], "transport": "stdio", "env": {"EE_ENVIRONMENT": json.dumps(ENVIRONMENT)}}}
+    )
+    production = []
+    async with client.session("notes") as session:
+        tools = {t.name: t for t in await load_mcp_tools(session)}
+        for c in calls:
+            message = await tools[c.name].ainvoke({"type": "tool_call", "name": c.name, "args": c.arguments, "id": c.id})
+            production.append((content_to_text(message.content), message.status == "error"))
+    sandbox = McpSandbox({"notes": notes_server()})
+    try:
+        sandbox.reset(ENVIRONMENT)
+        replayed = [(o.content, o.is_error) for o in map(sandbox.execute, calls)]
+    finally:
+        sandbox.close()
+    assert replayed == production
+    assert replayed[2] == ("[image: image/png, 70 bytes]", False)
+    assert replayed[3][1] and "no note 9" in replayed[3][0]
+
+
+def test_result_observation_reads_every_content_kind() -> None:
+    """The MCP content kinds the adapters convert (with what they make of them), structuredContent and isError."""
+    blob = "aGVsbG8="
+    result = {
+        "content": [
+            {"type": "text", "text": "two"},
+            {"type": "text", "text": "blocks"},
+            {"type": "resource_link", "uri": "https://x.example/a.pdf", "name": "a", "mimeType": "application/pdf"},
+            {"type": "resource", "resource": {"uri": "file:///n.txt", "text": "embedded text"}},
+            {"type": "resource", "resource": {"uri": "file:///p.png", "blob": blob, "mimeType": "image/png"}},
+        ],
+        "structuredContent": {"never": "shown to the model"},
+    }
+    observation = result_observation(result)
+    assert observation.content == (
+        "twoblocks\n[file: application/pdf, https://x.example/a.pdf]\nembedded text\n[image: image/png, 5 bytes]"
+    )
+    assert not observation.is_error and "never" not in observation.content
+    assert (
+        result_observation({"content": [], "isError": True}).model_dump()
+        == result_observation(
+            {"content": [{"type": "text", "text": "MCP tool returned an error with empty content."}], "isError": True}
+        ).model_dump()
+    )
+
+
+# -- safety: openWorldHint ----------------------------------------------------------------------------------------------
+
+
+def test_an_open_world_tool_is_refused_unless_allowed_by_name() -> None:
+    with McpSandbox({"notes": notes_server()}) as sandbox:
+        sandbox.reset(ENVIRONMENT)
+        assert sandbox.covers("create_note") and not sandbox.covers("publish_note")
+        hint = sandbox.refusal_hint("publish_note")
+        assert hint is not None and "openWorldHint" in hint and "allow_open_world=['publish_note']" in hint
+        refused = sandbox.execute(call("publish_note", note_id="1"))
+        assert refused.is_error and "replay does not call tool 'publish_note'" in refused.content
+    with McpSandbox({"notes": notes_server()}, allow_open_world=["publish_note"]) as allowed:
+        allowed.reset(ENVIRONMENT)
+        assert allowed.covers("publish_note")
+        assert allowed.execute(call("publish_note", note_id="1")).content == "published note 1 at https://notes.example/1"
+    with McpSandbox({"notes": notes_server()}, open_world_default=True) as strict:
+        strict.reset(ENVIRONMENT)
+        assert not strict.covers("create_note") and strict.covers("list_notes"), "unannotated tools count as open-world"
+
+
+# -- processes: none is left --------------------------------------------------------------------------------------------
+
+
+def test_close_stops_every_process_the_server_started() -> None:
+    sandbox = McpSandbox({"notes": notes_server()})
+    sandbox.reset(ENVIRONMENT)
+    helper = int(sandbox.execute(call("spawn_helper")).content)
+    assert psutil.pid_exists(helper) and len(sandbox.server_pids) == 2, "the server and its warm spare run"
+    sandbox.close()
+    sandbox.close()
+    assert_no_server_left()
+    with pytest.raises(SandboxError):
+        sandbox.execute(call("list_notes"))
+
+
+def test_a_server_that_cannot_build_the_world_skips_the_trajectory_and_leaves_nothing() -> None:
+    sandbox = McpSandbox({"notes": notes_server()})
+    try:
+        with pytest.raises(EnvironmentUnavailableError, match="notes server: no such customer") as raised:
+            sandbox.reset({"refuse": "no such customer"})
+        assert "did not start" in str(raised.value)
+        assert_no_server_left()
+        sandbox.reset(ENVIRONMENT)  # the same sandbox goes on with the next trajectory
+        assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas"
+    finally:
+        sandbox.close()
+
+
+def test_a_crash_or_a_time_out_is_a_sandbox_failure_and_the_world_is_rebuilt() -> None:
+    with McpSandbox({"notes": notes_server()}, timeout_s=2) as sandbox:
+        sandbox.reset(ENVIRONMENT)
+        sandbox.execute(call("create_note", title="Call mom"))
+        crashed = sandbox.execute(call("crash"))
+        assert crashed.is_error and crashed.sandbox_failure == "crash", crashed
+        assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas\n3: Call mom", "rebuilt to before the call"
+        slow = sandbox.execute(call("slow_note", seconds=30))
+        assert slow.is_error and slow.sandbox_failure == "timeout", slow
+        assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas\n3: Call mom"
+    assert_no_server_left()
+
+
+def test_a_killed_job_leaves_no_server(tmp_path: Path) -> None:
+    """The replay's process killed with SIGKILL (no clean-up runs): the guard kills the server's group within a second."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            from ee_middleware.records import ToolCall
+            from ee_middleware.replay.sandboxes.mcp import McpSandbox, McpServer
+            sandbox = McpSandbox({{"notes": McpServer(sys.executable, ({SERVER!r},))}})
+            sandbox.reset({ENVIRONMENT!r})
+            print(sandbox.execute(ToolCall(id="h", name="spawn_helper", arguments={{}})).content, flush=True)
+            time.sleep(300)
+            """
+        )
+    )
+    job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[3])
+    try:
+        helper = int(job.stdout.readline())  # type: ignore[union-attr]
+        assert psutil.pid_exists(helper) and server_processes()
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    assert_no_server_left(timeout=10)
+
+
+# -- configuration and the registry -------------------------------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, **options: Any) -> Path:
+    config = tmp_path / "notes-mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"notes": {"command": sys.executable, "args": [SERVER]}}, **options}))
+    return config
+
+
+def test_mcp_config_spec_builds_the_sandbox(tmp_path: Path) -> None:
+    config = write_config(tmp_path, allow_open_world=["publish_note"], timeout_s=10)
+    sandbox = build_sandbox(f"mcp:{config}")
+    try:
+        assert isinstance(sandbox, McpSandbox) and sandbox.timeout_s == 10 and sandbox.allow_open_world == {"publish_note"}
+        assert sandbox.servers["notes"].cwd == str(tmp_path.resolve())
+        sandbox.reset(ENVIRONMENT)
+        assert sandbox.covers("publish_note")
+    finally:
+        sandbox.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"mcpServers": {"notes": {"url": "http://localhost:8000/mcp"}}}, "starts each server itself"),
+        ({"mcpServers": {"notes": {"command": "python", "argz": []}}}, "unknown key(s) ['argz']"),
+        ({"mcpServers": {"notes": {"command": "python"}}, "allow_openworld": []}, "unknown key(s) ['allow_openworld']"),
+        ({"tools": []}, "names no server"),
+        ({"mcpServers": {"notes": {"command": "python", "transport": "sse"}}}, "transport 'sse' is not known"),
+    ],
+)
+def test_a_bad_config_says_what_is_wrong(tmp_path: Path, content: dict[str, Any], message: str) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps(content))
+    with pytest.raises(SandboxError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        load_mcp_config(config)
+
+
+def test_importing_the_package_and_the_sandbox_module_imports_no_mcp() -> None:
+    code = (
+        "import sys, ee_middleware, ee_middleware.replay.sandboxes.registry, ee_middleware.replay.sandboxes.mcp; "
+        "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ})
+    assert out.stdout.strip() == "[]"
