@@ -338,3 +338,108 @@ def test_importing_the_package_and_the_sandbox_module_imports_no_mcp() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ})
     assert out.stdout.strip() == "[]"
+
+
+# -- a recorded agent, replayed ------------------------------------------------------------------------------------------
+
+
+AGENT_TOOLS = {"list_notes", "read_note", "note_image", "create_note", "delete_note", "publish_note"}
+
+
+class NotesPolicy:
+    """A replay policy (``tests.replay.sandboxes.test_mcp:NotesPolicy``) proposing at every state, in order: publishing
+    note 1 (open-world: refused), creating a note, deleting note 2, listing the notes, reading note 1."""
+
+    name = "notes-alternatives"
+
+    def __init__(self, **options: Any) -> None:
+        pass
+
+    def propose(self, point: Any, k: int, *, seed: int) -> Any:
+        from ee_middleware.records import ProposerInfo
+        from ee_middleware.replay.policies.protocol import Candidate, Proposals
+
+        calls = [
+            ("publish_note", {"note_id": "1"}),
+            ("create_note", {"title": "Dentist"}),
+            ("delete_note", {"note_id": "2"}),
+            ("list_notes", {}),
+            ("read_note", {"note_id": "1"}),
+        ]
+        return Proposals(
+            [
+                Candidate(call=ToolCall(id=f"alt-{i}", name=name, arguments=arguments), proposer=ProposerInfo(policy=self.name))
+                for i, (name, arguments) in enumerate(calls)
+            ][:k]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_recorded_agent_with_mcp_tools_replays_with_no_fidelity_mismatch(tmp_path: Path) -> None:
+    """A real create_agent graph whose tools come from the notes server through langchain-mcp-adapters (one session, as
+    an app keeps it), recorded; then ``run_replay`` with ``mcp:CONFIG.json`` and K=5: every expert call re-executed
+    gives what the model saw (text, an image, an error), the open-world tool is refused and counted, and the
+    alternatives' observations come from the world of their own state."""
+    lma = pytest.importorskip("langchain_mcp_adapters.client")
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_mcp_adapters.tools import load_mcp_tools
+
+    from ee_middleware import record_experience
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+    from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+
+    root = tmp_path / "experience"
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("create_note", title="Call mom", body="Sunday")]),
+        AIMessage(content="", tool_calls=[tool_call("list_notes")]),
+        AIMessage(content="", tool_calls=[tool_call("note_image", note_id="1")]),
+        AIMessage(content="", tool_calls=[tool_call("delete_note", note_id="1")]),
+        AIMessage(content="", tool_calls=[tool_call("read_note", note_id="1")]),
+        AIMessage(content="", tool_calls=[tool_call("list_notes")]),
+        AIMessage(content="Added 'Call mom' and deleted Groceries."),
+    ]
+    client = lma.MultiServerMCPClient(
+        {"notes": {"command": sys.executable, "args": [SERVER], "transport": "stdio", "env": {"EE_ENVIRONMENT": json.dumps(ENVIRONMENT)}}}
+    )
+    async with client.session("notes") as session:
+        tools = [t for t in await load_mcp_tools(session) if t.name in AGENT_TOOLS]  # not the failure tests' tools
+        agent = record_experience(create_agent(ScriptedChatModel(script=script), tools), app="notes", store=root, environment=ENVIRONMENT)
+        await agent.ainvoke({"messages": [("user", "Add a note to call mom, then delete my groceries note.")]})
+        agent.flush()
+    store = LocalExperienceStore(root)
+    (trajectory,) = list(store.iter_trajectories())
+    store.approve([trajectory.id], by="test")
+    recorded = [(s.action.tool_call.name, s.observation.content, s.observation.is_error) for s in trajectory.steps if s.action.tool_call]
+    store.close()
+    assert [r[0] for r in recorded] == ["create_note", "list_notes", "note_image", "delete_note", "read_note", "list_notes"]
+    assert recorded[2][1] == "[image: image/png, 70 bytes]" and recorded[4][2], recorded
+
+    config = write_config(tmp_path)
+    summary = run_replay(ReplayConfig.load(store=root, sandbox=f"mcp:{config}", policy="tests.replay.sandboxes.test_mcp:NotesPolicy", k=5))
+    assert summary.done == 1 and not summary.failed, summary.to_dict()
+    assert summary.fidelity_mismatches == 0, summary.fidelity_examples
+    assert summary.refused_tools == {"publish_note": 6}, "proposed at each of the 6 states, never executed"
+    assert "allow_open_world" in summary.refused_hints["publish_note"]
+
+    store = LocalExperienceStore(root)
+    rollouts = store.rollouts().sort(["step_index", "branch_index"])
+    store.close()
+    assert set(rollouts["sandbox"]) == {"mcp"}
+    by_step: dict[tuple[int, str], list[str]] = {}
+    for row in rollouts.iter_rows(named=True):
+        by_step.setdefault((row["step_index"], row["tool_name"]), []).append(row["observation"])
+    assert "1: Groceries\n2: Ideas" in by_step[(0, "list_notes")], "state 0: before the expert's create_note"
+    assert "created note 4: Dentist" in by_step[(1, "create_note")], "state 1: after the expert's create_note"
+    assert "1: Groceries\n2: Ideas\n3: Call mom" in by_step[(2, "list_notes")]
+    assert "2: Ideas\n3: Call mom" in by_step[(4, "list_notes")], "state 4: after the expert deleted note 1"
+    assert "Error executing tool read_note: no note 1" in by_step[(5, "read_note")]
+    assert not any(kind in {"crash", "slow_note", "spawn_helper"} for _, kind in by_step), "only the tools the agent had"
+    assert_no_server_left()
