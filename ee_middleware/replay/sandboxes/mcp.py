@@ -400,7 +400,7 @@ class _Instance:
             await session.initialize()
             cursor: str | None = None
             while True:  # every page of tools, as langchain-mcp-adapters lists them
-                page = (await session.list_tools(cursor=cursor)).model_dump(by_alias=True, mode="json")
+                page = (await _list_tools(session, cursor)).model_dump(by_alias=True, mode="json")
                 self.tools.update({t["name"]: t for t in page.get("tools") or []})
                 cursor = page.get("nextCursor")
                 if not cursor:
@@ -417,6 +417,8 @@ class _Instance:
             raise _ServerFailed(f"it did not answer MCP's initialize within {timeout:g} s (start_timeout_s){self._stderr_tail()}") from None
 
     def _failure_text(self, exc: BaseException | None) -> str:
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # anyio's task groups: say what went wrong inside
+            exc = exc.exceptions[0]
         what = "it stopped before it answered MCP's initialize" if exc is None else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, _ServerFailed):
             what = str(exc)
@@ -901,6 +903,18 @@ class McpSandbox:
             is_error=True,
             sandbox_failure=kind,
         )
+
+
+async def _list_tools(session: Any, cursor: str | None) -> Any:
+    """One page of tools: the first without arguments, the next by ``params`` (mcp 2 and recent 1.x) or ``cursor`` (older 1.x)."""
+    if cursor is None:
+        return await session.list_tools()
+    from mcp import types
+
+    try:
+        return await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
+    except TypeError:
+        return await session.list_tools(cursor=cursor)
 
 
 def _arguments_key(arguments: Mapping[str, Any]) -> str:
