@@ -15,7 +15,8 @@ Field by field:
 ``Step``
     one decision of the model: ``state`` is the list of messages the model saw when it decided,
     ``action`` the tool call it made (or its answer) with the reasoning it wrote first, if any
-    (``action.reasoning``), ``observation`` what the tool returned.
+    (``action.reasoning``), ``observation`` what the tool returned, ``tools`` the names of the tools
+    offered at that decision where they were not all of the trajectory's ``tools`` (``None``).
     Parallel tool calls from one model response become several steps sharing ``decision_index``.
 ``Approval``
     whether the trajectory may feed training (``approved``), may not (``rejected``), or waits for a
@@ -50,7 +51,8 @@ SCHEMA_VERSION = "1.4"
 ``Rollout.synthetic_source``: the experience model's lineage, formerly under
 ``proposer.settings["experience"]``; 1.3 added ``Observation.sandbox_failure``: an observation the
 sandbox wrote about itself, not the tool's answer; 1.4 added ``Action.reasoning``: a reasoning model's
-reasoning before the action)."""
+reasoning before the action, and ``Step.tools``: the tools offered at one decision, where they were not all of the
+run's; both came in the same unreleased 1.4)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
@@ -168,6 +170,12 @@ class Step(_Record):
     """Wall time of the tool call (``None`` for answers or when the tool span is missing)."""
     model_latency_ms: float | None = None
     """Wall time of the model call that produced the action."""
+    tools: list[str] | None = Field(None, exclude_if=lambda value: value is None)
+    """The names of the tools offered to the model at this decision, in the order offered, where they were not all of
+    the trajectory's ``tools`` (a middleware choosing tools per call, such as ``LLMToolSelectorMiddleware``; a tool
+    added at a later turn; several agents in one graph, each with its own); their schemas are the trajectory's of those
+    names (:meth:`Trajectory.step_tools`). ``None`` means all of the trajectory's ``tools``: every step of a run whose
+    tools never change, and records older than schema 1.4. Left out of dumps while ``None``."""
 
 
 class Approval(_Record):
@@ -343,9 +351,36 @@ class Trajectory(_Record):
     def tool_names(self) -> list[str]:
         return [s.action.tool_call.name for s in self.steps if s.action.tool_call is not None]
 
+    def step_tools(self, step: Step) -> list[ToolSchema]:
+        """The schemas of the tools offered at ``step``: the trajectory's ``tools`` where ``step.tools`` is ``None``, else
+        those of its names, in its order (a name the trajectory has no schema for is left out)."""
+        return offered_tools(self.tools, step.tools)
+
     def to_openai_chat(self) -> dict[str, Any]:
         """This trajectory as one OpenAI chat fine-tuning example (``messages`` and ``tools``)."""
         example: dict[str, Any] = {"messages": self.messages}
         if self.tools:
             example["tools"] = self.tools
         return example
+
+
+def tool_schema_name(schema: Any) -> str | None:
+    """The name of a tool schema (OpenAI ``{"type": "function", "function": {...}}`` or a flat ``{"name": ...}``)."""
+    if not isinstance(schema, dict):
+        return None
+    inner = schema.get("function", schema)
+    name = inner.get("name") if isinstance(inner, dict) else None
+    return None if name is None else str(name)
+
+
+def offered_tools(tools: list[ToolSchema], names: list[str] | None) -> list[ToolSchema]:
+    """The schemas of ``tools`` offered at a step whose ``Step.tools`` is ``names``: all of them where ``names`` is
+    ``None``, else those named, in ``names``' order (a name without a schema in ``tools`` is left out)."""
+    if names is None:
+        return tools
+    by_name: dict[str, ToolSchema] = {}
+    for schema in tools:
+        name = tool_schema_name(schema)
+        if name is not None:
+            by_name.setdefault(name, schema)
+    return [by_name[n] for n in names if n in by_name]

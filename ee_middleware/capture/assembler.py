@@ -31,6 +31,7 @@ from ee_middleware.records import (
     Step,
     ToolCall,
     Trajectory,
+    tool_schema_name,
     utcnow,
 )
 
@@ -118,8 +119,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
     final = {"state": final_tool_messages, "errors": _error_positions(root, 0)}
     attrs = root.attributes
+    offered = _offered_tools(decisions)
     reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars)
-    steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final)
+    steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final, _tool_names(offered))
     if reviewed:
         turns = reviewed[-1].decision_index + 1
         steps = [
@@ -148,7 +150,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
                 or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None),
             ),
             task=redact(task) if task else None,
-            tools=_offered_tools(decisions),
+            tools=offered,
             model=_model(chats),
             messages=messages,
             final_answer=redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer,
@@ -263,6 +265,7 @@ def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
         "raw": state,
         "outputs": redact(outputs),
         "tools": memo.tool_schemas(chat),
+        "told": sc.TOOL_DEFINITIONS in chat.attributes or sc.EE_RECORDER in chat.attributes,
         "errors": errors,
     }
 
@@ -295,10 +298,11 @@ def _system_text(system: Any) -> str:
 
 
 def _steps(
-    decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final: dict[str, Any]
+    decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final: dict[str, Any], union: list[str]
 ) -> tuple[list[Step], str | None]:
     """The steps of the run's decisions; ``final``: the tool messages the run ended on (``state``) and the ids of those
-    that report an error (``errors``: their positions there)."""
+    that report an error (``errors``: their positions there); ``union``: the names of every tool the run offered (the
+    trajectory's ``tools``), for each step's own (:func:`_step_tools`)."""
     tools_by_call: dict[str, list[SpanData]] = {}
     for t in tools:  # in start order; a model may reuse an id across its turns (servers that number calls per reply)
         if t.attributes.get(sc.TOOL_CALL_ID):
@@ -315,6 +319,7 @@ def _steps(
         if _discarded(index, decisions):
             continue
         chat: SpanData = d["span"]
+        offered = _step_tools(d, union)
         until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
         for message in d["outputs"]:
             calls = message.get("tool_calls") or []
@@ -333,11 +338,11 @@ def _steps(
                 observation, latency = _observation(span, reply, redact, max_chars, failed)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
-                steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat))
+                steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat, offered))
             if not calls and text:
                 final_answer = text
                 answer = Action(kind="answer", content=text, reasoning=reasoning)
-                steps.append(_step(len(steps), index, d["state"], answer, None, None, chat))
+                steps.append(_step(len(steps), index, d["state"], answer, None, None, chat, offered))
     return steps, final_answer
 
 
@@ -535,8 +540,17 @@ def _error_positions(span: SpanData, shift: int) -> frozenset[int]:
 
 
 def _step(
-    i: int, decision: int, state: list[dict[str, Any]], action: Action, obs: Observation | None, latency: float | None, chat: SpanData
+    i: int,
+    decision: int,
+    state: list[dict[str, Any]],
+    action: Action,
+    obs: Observation | None,
+    latency: float | None,
+    chat: SpanData,
+    offered: list[str] | None,
 ) -> Step:
+    # Step.tools set only where the decision's tools were not the run's, as a record read from JSON (fields set included)
+    extra: dict[str, Any] = {} if offered is None else {"tools": offered}
     return Step(
         trajectory_id="",
         index=i,
@@ -546,7 +560,23 @@ def _step(
         observation=obs,
         latency_ms=latency,
         model_latency_ms=chat.duration_ms,
+        **extra,
     )
+
+
+def _step_tools(decision: dict[str, Any], union: list[str]) -> list[str] | None:
+    """The names of the tools offered at ``decision`` (``Step.tools``), in the order offered; ``None`` where they are
+    the run's (``union``), or where its span does not say (an instrumentation that records no tool definitions: the
+    capture's own spans leave them out only where the model was offered none)."""
+    if not decision["told"]:
+        return None
+    names = _tool_names(decision["tools"])
+    return None if names == union else names
+
+
+def _tool_names(schemas: list[dict[str, Any]]) -> list[str]:
+    """The names of ``schemas`` (a schema without one is left out), in their order."""
+    return [name for name in map(tool_schema_name, schemas) if name is not None]
 
 
 def _take_by_name(spans: list[SpanData], name: str) -> SpanData | None:
@@ -666,10 +696,11 @@ def _ts(ns: int) -> dt.datetime:
 
 
 def _offered_tools(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every tool schema offered during the run (tools added mid-run included), first offer first."""
+    """Every tool schema offered during the run (tools added mid-run included), first offer first; each step's own are
+    in ``Step.tools`` where they are not all of these (:func:`_step_tools`)."""
     seen: dict[str, dict[str, Any]] = {}
     for decision in decisions:
         for schema in decision["tools"]:
-            name = schema.get("function", {}).get("name") if isinstance(schema, dict) else None
+            name = tool_schema_name(schema)
             seen.setdefault(name or json.dumps(schema, sort_keys=True, default=str), schema)
     return list(seen.values())

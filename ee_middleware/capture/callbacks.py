@@ -102,8 +102,8 @@ class RunCapture(BaseCallbackHandler):
         self._open[run_id] = (time.time_ns(), "chat", (list(messages[0]) if messages else [], params, metadata))
 
     def _note_tools(self, tools: Any) -> None:
-        """Warn (once per recorder) when this run's model calls are offered different tools: a trajectory keeps the tools
-        of the whole run, not each step's (a middleware that changes ``request.tools``, several agents in one graph)."""
+        """Say (once per recorder) when this run's model calls are offered different tools (a middleware that changes
+        ``request.tools``, several agents in one graph): each step records the tools offered at it (``Step.tools``)."""
         if self.recorder.warned_tool_lists or (tools is self._tools_offered and tools is not None):
             return  # the same list object as the last call's: the same tools, nothing to compare on the agent's thread
         self._tools_offered = tools
@@ -114,8 +114,9 @@ class RunCapture(BaseCallbackHandler):
             logger.warning(
                 "ee-middleware: app %r offers its model different tools from one call to the next in a run (%s, then %s): a "
                 "middleware that changes the tools per call (LLMToolSelectorMiddleware, a wrap_model_call setting "
-                "request.tools), or several agents in one recorded graph. A trajectory stores the tools offered in the whole "
-                "run, not each step's, so dataset rows offer every step all of them. (Said once.)",
+                "request.tools), or several agents in one recorded graph. Each step records the tools offered at it "
+                "(step.tools; the trajectory's tools are all of the run's), and dataset rows and replay offer only those. "
+                "(Said once.)",
                 self.recorder.config.app,
                 list(before),
                 list(names),
@@ -327,9 +328,9 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
     try:
         attrs: dict[str, Any] = {sc.EE_STATUS: record.status}
         attrs.update(encoder.graph_input_attributes(record.graph_input, fragments))
-        attrs.update(encoder.graph_output_attributes(record.output, fragments))
         if resumes_from_checkpoint(record.graph_input):
             attrs[sc.EE_RESUMED] = True
+        attrs.update(encoder.graph_output_attributes(record.output, fragments))
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)
         span.set_attributes(attrs)
@@ -342,7 +343,6 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         span.end(end_time=end_time)
 
 
-def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
 def resumes_from_checkpoint(graph_input: Any) -> bool:
     """Whether a graph invoked with ``graph_input`` continues from its checkpoint rather than from new input: LangGraph
     resumes on ``None`` (after a breakpoint) and on a ``Command`` (``Command(resume=...)`` after ``interrupt()``, a
@@ -353,6 +353,7 @@ def resumes_from_checkpoint(graph_input: Any) -> bool:
     return command is not None and isinstance(graph_input, command.Command)
 
 
+def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
     """Make every span of a run recorded whole (``RunCapture(buffered=True)``): the root span, its
     calls in the order they ended, then the root's outcome. ``on_error(message, exc)`` hears of a
     call that could not be emitted (the others still are)."""

@@ -342,7 +342,10 @@ def _proposals_at(trajectory: Trajectory, proposer: Proposer, settings: ReplaySe
     """The proposer's alternatives at ``step``, seeded per state (safe to call from several threads at once)."""
     expert = step.action.tool_call
     assert expert is not None
-    point = DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=trajectory.tools, expert=expert)
+    # the tools the model was offered at this step (Step.tools: a middleware's per-call selection, a tool added later),
+    # so that no alternative calls a tool it could not call there
+    tools = trajectory.step_tools(step)
+    point = DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=tools, expert=expert)
     return proposer.propose(point, seed=derive_seed(settings.seed, trajectory.id, step.index))
 
 

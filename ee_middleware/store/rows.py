@@ -47,11 +47,12 @@ def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
     build from the row is ``s`` again in every respect, which validating ``s``'s own values again would only copy: every
     field of ``s`` and of its action, call and observation was set (the row path sets them all), and its action's kind
     says whether it has a call (the row path drops a call of an answer); but an action's ``reasoning`` was set exactly
-    when it is not ``None`` (as in a record read from JSON: the row path sets it only then). Else ``row`` as it is."""
+    when it is not ``None`` (as in a record read from JSON: the row path sets it only then), and so was the step's
+    ``tools``. Else ``row`` as it is."""
     action, call, observation = s.action, s.action.tool_call, s.observation
     if (
         type(s) is Step
-        and s.model_fields_set == _STEP_FIELDS
+        and s.model_fields_set == (_STEP_FIELDS if s.tools is not None else _STEP_FIELDS_WITHOUT_TOOLS)
         and type(action) is Action
         and action.model_fields_set == (_ACTION_FIELDS if action.reasoning is not None else _ACTION_FIELDS_WITHOUT_REASONING)
         and (action.kind == "tool_call") == (call is not None)
@@ -63,6 +64,7 @@ def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
 
 
 _STEP_FIELDS = frozenset(Step.model_fields)
+_STEP_FIELDS_WITHOUT_TOOLS = _STEP_FIELDS - {"tools"}
 _ACTION_FIELDS = frozenset(Action.model_fields)
 _ACTION_FIELDS_WITHOUT_REASONING = _ACTION_FIELDS - {"reasoning"}
 _CALL_FIELDS = frozenset(ToolCall.model_fields)
@@ -84,6 +86,9 @@ def step_from_row(row: dict[str, Any]) -> Step:
             is_error=bool(row["observation_is_error"]),
             truncated_chars=row["observation_truncated_chars"] or 0,
         )
+    offered = row.get("offered_tools_json")  # null: all of the trajectory's tools (and rows older than schema 1.4)
+    # set only where there are some, as in a record read from JSON (fields set included)
+    extra: dict[str, Any] = {} if offered is None else {"tools": _loads(offered)}
     return Step(
         trajectory_id=row["trajectory_id"],
         index=row["index"],
@@ -93,6 +98,7 @@ def step_from_row(row: dict[str, Any]) -> Step:
         observation=observation,
         latency_ms=row["latency_ms"],
         model_latency_ms=row["model_latency_ms"],
+        **extra,
     )
 
 

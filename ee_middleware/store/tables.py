@@ -79,9 +79,11 @@ STEP_SCHEMA: dict[str, pl.DataType] = {
     "latency_ms": pl.Float64(),
     "model_latency_ms": pl.Float64(),
     "reasoning": pl.String(),
+    "offered_tools_json": pl.String(),
 }
 """``reasoning`` (schema 1.4): the reasoning the model wrote before the action (``Action.reasoning``); null for a model
-that wrote none and in older parts."""
+that wrote none and in older parts. ``offered_tools_json`` (schema 1.4): the names of the tools offered at the step
+(``Step.tools``, a JSON list); null where they were all of the trajectory's (``tools_json``) and in older parts."""
 
 APPROVAL_SCHEMA: dict[str, pl.DataType] = {
     "trajectory_id": pl.String(),
@@ -232,6 +234,7 @@ def step_row(s: Step, encode: Callable[[Any], Any] = dumps) -> dict[str, Any]:
         "latency_ms": s.latency_ms,
         "model_latency_ms": s.model_latency_ms,
         "reasoning": s.action.reasoning,
+        "offered_tools_json": None if s.tools is None else encode(s.tools),
     }
 
 

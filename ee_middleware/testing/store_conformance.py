@@ -30,7 +30,8 @@ A, B, C, D = "traj-0a", "traj-1b", "traj-1b7", "traj-2c"
 
 def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conformance") -> Trajectory:
     """A small valid trajectory with tool-call steps and a final answer (with the model's reasoning before it,
-    ``Action.reasoning``, which must round-trip too)."""
+    ``Action.reasoning``, and offered no tools, ``Step.tools == []``, which must round-trip too: an empty list is not
+    ``None``, all of the trajectory's tools)."""
     start = utcnow()
     history: list[dict[str, Any]] = [{"role": "user", "content": f"task {trajectory_id} ✓ 日本"}]
     recorded = []
@@ -59,6 +60,7 @@ def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conform
             decision_index=steps,
             state=list(history),
             action=Action(kind="answer", content="done", reasoning="Every lookup is done ✓"),
+            tools=[],
         )
     )
     return Trajectory(

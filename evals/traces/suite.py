@@ -245,7 +245,7 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTas
         id=trajectory.id,
         category=trajectory.app,
         turns=turns,
-        tools=[list(trajectory.tools)] * len(turns),
+        tools=turn_tools(trajectory, len(turns)),
         reference=reference,
         payload={
             "sandbox": sandbox,
@@ -256,6 +256,34 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTas
         },
         system="\n\n".join(system) or None,
     )
+
+
+def turn_tools(trajectory: Trajectory, turns: int) -> list[list[dict[str, Any]]]:
+    """The tool schemas offered at each of the run's ``turns`` user turns: the trajectory's ``tools`` at every turn, but
+    where its steps record their own (``Step.tools``: a tool added at a later turn, as BFCL ``multi_turn_miss_func``
+    does; a middleware choosing tools per call) those of the turn's steps, first offer first (a turn none of whose steps
+    says is offered all). A step's turn is the number of user turns its state holds."""
+    if all(step.tools is None for step in trajectory.steps):
+        return [list(trajectory.tools)] * turns
+    offered: list[dict[str, dict[str, Any]]] = [{} for _ in range(turns)]
+    for step in trajectory.steps:
+        turn = min(max(_user_turns(step.state) - 1, 0), turns - 1)
+        for schema in trajectory.step_tools(step):
+            offered[turn].setdefault(json.dumps(schema, sort_keys=True), schema)
+    return [list(schemas.values()) if schemas else list(trajectory.tools) for schemas in offered]
+
+
+def _user_turns(state: list[Message]) -> int:
+    """How many user turns ``state`` holds, counted as :func:`trajectory_task` counts them: a user (or a later system)
+    message after the start or after an assistant message begins one."""
+    count, replied = 0, True
+    for message in state:
+        role = message.get("role")
+        if role == "user" or (role in ("system", "developer") and count):
+            count, replied = count + (1 if replied else 0), False
+        elif role == "assistant":
+            replied = True
+    return count
 
 
 def run_messages(trajectory: Trajectory) -> list[Message]:

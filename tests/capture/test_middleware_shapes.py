@@ -283,9 +283,9 @@ def test_parallel_branches_with_reused_call_ids_each_get_their_own_observations(
 
 
 def test_tools_that_change_from_call_to_call_are_said_once(tmp_path: Path, caplog: Any) -> None:
-    """A middleware that offers the model other tools at each call: a trajectory stores the tools of the whole run, not
-    each step's, so its dataset rows offer every step all of them. Before, nothing said so; now one warning per
-    recorder names the cause and what is stored. A run whose tools stay the same says nothing."""
+    """A middleware that offers the model other tools at each call: one warning per recorder names the cause and what
+    is stored (each step's own tools, ``Step.tools``: tests/capture/test_step_tools.py). A run whose tools stay the
+    same says nothing."""
 
     @wrap_model_call
     def one_tool_per_turn(request: Any, handler: Any) -> Any:
@@ -308,11 +308,13 @@ def test_tools_that_change_from_call_to_call_are_said_once(tmp_path: Path, caplo
         agent.recorder.close()
     [warning] = caplog.records
     assert "app 'shop' offers its model different tools" in warning.getMessage()
+    assert "Each step records the tools offered at it" in warning.getMessage()
     assert "['check_stock'], then ['order_item']" in warning.getMessage()
     opened = LocalExperienceStore(tmp_path / "s")
     trajectory = next(iter(opened.iter_trajectories()))
     opened.close()
     assert [t["function"]["name"] for t in trajectory.tools] == ["check_stock", "order_item"]  # the run's, as said
+    assert [s.tools for s in trajectory.steps] == [["check_stock"], ["check_stock"], ["order_item"], []]
     assert [tools for _, tools in model.seen[:4]] == [["check_stock"], ["check_stock"], ["order_item"], []]
 
 

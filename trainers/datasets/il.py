@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, expert_turns, json_list
+from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, expert_turns, json_list, offered_tools
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 
 MALFORMED_CALL = pl.col("arguments_json").str.starts_with('{"_raw":')
@@ -22,7 +22,9 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     ``decision_index`` and their state) are one row whose target makes all of them, in order: the turn the
     expert made. The row's ``step_index`` is its first step's. A reasoning model's reasoning before the turn
     (``Action.reasoning``) is the target's ``reasoning_content``, for the chat template to render as it does when
-    serving (Qwen3's inside ``<think>``); a target without reasoning has no such key.
+    serving (Qwen3's inside ``<think>``); a target without reasoning has no such key. A row's ``tools`` are those
+    offered at its turn (``Step.tools``: a middleware's per-call selection, a tool added at a later turn), else the
+    trajectory's.
 
     A step whose call's arguments were not JSON (the model wrote a malformed call, recorded with its text under
     ``_raw``) is left out: imitating it would teach the malformed call (see :func:`malformed_calls`). So is a turn
@@ -31,7 +33,7 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     is_call = pl.col("action_kind") == "tool_call"
     steps = taught_steps(source)[0].filter(~(is_call & MALFORMED_CALL).fill_null(False))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
-    steps = expert_turns(steps)
+    steps = offered_tools(expert_turns(steps), "tools_json")  # the tools offered at the turn (Step.tools), not the run's
     # the reasoning the expert wrote before its turn (its parallel calls share it); stores older than schema 1.4 have none
     reasoning = pl.col("reasoning") if "reasoning" in steps.columns and steps["reasoning"].null_count() < steps.height else None
     completion = pl.when(is_call).then(calls_message(pl.col("_calls"), pl.col("content"), reasoning))

@@ -16,6 +16,7 @@ import polars as pl
 from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.rows import (
     IWM_INSTRUCTION,
+    OFFERED_TOOLS,
     action_message,
     answer_message,
     append_to_json_list,
@@ -23,6 +24,7 @@ from ee_middleware.trainers.datasets.rows import (
     conform,
     example_id,
     json_list,
+    offered_tools,
     tool_call_item,
     tool_result_message,
     user_message,
@@ -104,6 +106,11 @@ def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expe
             )
         )
     rows = pl.concat(parts, how="vertical").join(tools, on="trajectory_id", how="inner", maintain_order="left")
+    if OFFERED_TOOLS in source.steps.columns and source.steps[OFFERED_TOOLS].null_count() < source.steps.height:
+        # the tools offered at the row's step (Step.tools), where they were not all of the trajectory's
+        offered = source.steps.select("trajectory_id", pl.col("index").alias("step_index"), OFFERED_TOOLS)
+        rows = rows.join(offered, on=["trajectory_id", "step_index"], how="left", maintain_order="left")
+        rows = offered_tools(rows, "tools").drop(OFFERED_TOOLS)
     rows = rows.with_columns(
         pl.col("observation").str.replace_all(MEDIA_SIZE, "[${kind}${rest}]"),
         pl.col("observation").str.contains(MEDIA_SIZE).fill_null(False).alias(MEDIA_SIZE_REMOVED),

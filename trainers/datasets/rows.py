@@ -29,9 +29,14 @@ Messages use the OpenAI shapes; an action is ``{"role": "assistant", "content": 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from functools import lru_cache
 
 import polars as pl
+
+from ee_middleware import records
+from ee_middleware.messages import dumps
 
 KINDS: tuple[str, ...] = ("il", "iwm", "sr")
 
@@ -96,6 +101,31 @@ def with_reasoning(message: Callable[..., pl.Expr], reasoning: pl.Expr | None) -
     if reasoning is None:
         return message()
     return pl.when(reasoning.is_null()).then(message()).otherwise(message(reasoning.alias("reasoning_content")))
+
+
+OFFERED_TOOLS = "offered_tools_json"
+"""The steps table's column naming the tools offered at a step (``Step.tools``; null: all of the trajectory's)."""
+
+
+def offered_tools(frame: pl.DataFrame, tools: str) -> pl.DataFrame:
+    """``frame`` with its column ``tools`` (the JSON text of the trajectory's tool schemas) narrowed, on the rows whose
+    step was offered only some of them (:data:`OFFERED_TOOLS` not null), to those, in the order offered: a row never
+    offers a tool the model could not call at its step (a middleware choosing tools per call, a tool added at a later
+    turn). Rows whose column is null (every step of a run whose tools never change, stores before schema 1.4) keep the
+    trajectory's text byte for byte; a frame without the column is ``frame``."""
+    if OFFERED_TOOLS not in frame.columns or frame[OFFERED_TOOLS].null_count() == frame.height:
+        return frame
+    values = [offered_tools_json(t, o) for t, o in zip(frame[tools], frame[OFFERED_TOOLS], strict=True)]
+    return frame.with_columns(pl.Series(tools, values, dtype=pl.String))
+
+
+@lru_cache(maxsize=1024)
+def offered_tools_json(schemas: str | None, names: str | None) -> str | None:
+    """``schemas`` (the JSON text of a trajectory's tool schemas) narrowed to those named in ``names`` (the JSON text of
+    a step's ``Step.tools``), in its order; ``schemas`` itself where ``names`` is null (all of them were offered)."""
+    if names is None:
+        return schemas
+    return dumps(records.offered_tools(json.loads(schemas or "[]"), json.loads(names)))
 
 
 def turn_key() -> pl.Expr:

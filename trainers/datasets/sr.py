@@ -37,7 +37,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.models.parsing import canonical_call
-from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, conform, expert_turns
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, OFFERED_TOOLS, conform, expert_turns, offered_tools_json
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher
 
@@ -191,7 +191,8 @@ class SRBuilder:
                 alternative_tools=[t for r in reflections for t in r.alternative_tools],
                 calls=reflections if len(reflections) > 1 else [],
             )
-            self._pending.append((turn, case, tools.get(turn["trajectory_id"]) or "[]", source.source_hash))
+            offered = offered_tools_json(tools.get(turn["trajectory_id"]) or "[]", turn.get(OFFERED_TOOLS))  # the turn's (Step.tools)
+            self._pending.append((turn, case, offered or "[]", source.source_hash))
             if len(self._pending) >= options.batch_size:
                 self._flush()
 
