@@ -101,7 +101,8 @@ def shop_sandbox() -> Any:
 
 def test_replay_proposes_only_the_tools_offered_at_each_step(tmp_path: Path) -> None:
     """The mutation policy proposes calls of other tools too (``same_tool_share=0``): at a step offered one tool, only
-    that one. Before, the check_stock steps got order_item proposals (and the order_item step check_stock ones)."""
+    that one. Before, the check_stock steps got order_item proposals (and the order_item step check_stock ones). The
+    IL, IWM and SR rows built from them offer their step's tool only (before: both)."""
     model = planned_model()
     graph = create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=[one_tool_per_turn])
     store = tmp_path / "s"
@@ -120,3 +121,11 @@ def test_replay_proposes_only_the_tools_offered_at_each_step(tmp_path: Path) -> 
     by_step = {s.index: s.tools for s in trajectory.steps}
     for step_index, name in rollouts.select("step_index", "tool_name").iter_rows():
         assert name in by_step[step_index], (step_index, name)
+
+    # every kind of row offers its step's tools: IL's expert turn, IWM's rollouts and expert steps, SR's turn
+    build_datasets(DatasetConfig.load(store=store, out=tmp_path / "data", iwm_max_error_share=1.0))
+    for kind in ("il", "iwm", "sr"):
+        rows = pl.read_parquet(tmp_path / "data" / f"{kind}.parquet")
+        assert rows.height > 0, kind
+        for step_index, tools in rows.select("step_index", "tools").iter_rows():
+            assert _names(tools) == by_step[step_index], (kind, step_index)
