@@ -314,6 +314,14 @@ def test_mcp_config_spec_builds_the_sandbox(tmp_path: Path) -> None:
         sandbox.close()
 
 
+def test_it_runs_under_subprocess_isolation(tmp_path: Path) -> None:
+    """--isolation subprocess: the sandbox lives in a child process, its snapshots pickled out of it."""
+    from ee_middleware.replay.sandboxes.registry import sandbox_factory
+
+    factory = sandbox_factory(f"mcp:{write_config(tmp_path)}", isolation="subprocess", timeout_s=30)
+    check_sandbox(factory, environment=ENVIRONMENT, mutate=call("create_note", title="Call mom"), read=READS, bad_calls=BAD)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
