@@ -356,6 +356,11 @@ def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None) -> 
         if not spec or spec.strip().startswith("experience:"):  # an experience model is built from a model spec when it runs
             continue
         try:
+            if kind is SANDBOXES and spec.strip().startswith("mcp:"):  # the app's MCP servers: their config file is read
+                from ee_middleware.replay.sandboxes.mcp import load_mcp_config
+
+                load_mcp_config(spec.strip()[len("mcp:") :])
+                continue
             if not is_model_spec(spec):
                 kind.resolve(spec)
                 continue

@@ -113,6 +113,7 @@ def _improve_file(tmp_path: Path, base: Path, body: str = "") -> Path:
         ('[replay]\npolicy = "mutat"\n', r"\[replay\] policy = 'mutat': Unknown policy 'mutat'"),
         ('[replay]\npolicy = "local:/no/such/model"\n', r"\[replay\] policy = 'local:/no/such/model': no model folder at /no/such/model"),
         ('[eval]\nsandbox = "ee_middleware.replay:nope"\n', r"\[eval\] sandbox = .*has no attribute 'nope'"),
+        ('[replay]\nsandbox = "mcp:/no/such/servers.json"\n', r"\[replay\] sandbox = 'mcp:/no/such/servers.json'"),
     ],
 )
 def test_a_stage_table_that_cannot_work_stops_the_job_before_a_run_starts(tmp_path: Path, body: str, message: str) -> None:
@@ -320,3 +321,16 @@ def test_ee_improve_example_config_is_a_file_the_job_loads(tmp_path: Path) -> No
     assert {"replay", "datasets", "train", "eval", "gate"} <= set(tomllib.loads(result.output))
     help_text = CliRunner().invoke(app, ["improve", "--help"], env={"COLUMNS": "200"}).output
     assert "--example-config" in help_text
+
+
+def test_an_mcp_sandbox_is_checked_by_reading_its_config_file(tmp_path: Path) -> None:
+    """[replay] sandbox = "mcp:servers.json" (the app's MCP servers) was refused before a run started: the start-up check
+    took it for a package.module:factory. Now the config file is read, as ee replay run reads it."""
+    from ee_middleware.jobs.config import _check_specs
+
+    config = tmp_path / "servers.json"
+    config.write_text('{"mcpServers": {"notes": {"command": "python", "args": ["notes_server.py"]}}}')
+    _check_specs(f"mcp:{config}", "mutate", None)
+    config.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"\[replay\] sandbox = 'mcp:"):
+        _check_specs(f"mcp:{config}", "mutate", None)
