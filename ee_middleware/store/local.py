@@ -71,11 +71,34 @@ READ_ATTEMPTS = 8
 def _warn_quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spool.SpoolProblem]) -> None:
     """Say that compaction moved a damaged spool segment out of the store, and what of it was kept."""
     lost = [p for p in problems if p.hides_records]
-    what = f"{len(lost)} damaged record(s) (line {lost[0].line}: {lost[0].reason})" if lost else problems[0].reason
+    where = f"line {lost[0].line}: " if lost and lost[0].line else ""  # 0: a whole record that fits no schema
+    what = f"{len(lost)} damaged record(s) ({where}{lost[0].reason})" if lost else problems[0].reason
     warnings.warn(
         f"Moved the spool segment {segment.name} to {moved_to}: it held {what}. Its {folded} whole record(s) are in the "
         "store's Parquet parts now; "
         + ("the damaged ones are lost to the store (the file is kept for inspection)." if lost else "nothing stored was lost."),
+        StoreCorruptionWarning,
+        stacklevel=4,
+    )
+
+
+def _newer_schema(record: dict[str, Any]) -> bool:
+    """Whether a spool record says it was written with a newer record schema than this version's."""
+    data = record.get("data")
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    try:
+        return isinstance(version, str) and tuple(map(int, version.split("."))) > tuple(map(int, SCHEMA_VERSION.split(".")))
+    except ValueError:
+        return False
+
+
+def _warn_kept(segment: Path, rejected: list[str]) -> None:
+    """Say that compaction kept a spool segment holding records this version of ee-middleware cannot read."""
+    warnings.warn(
+        f"Kept the spool segment {segment.name} in the spool: {len(rejected)} of its record(s) do not fit this version's "
+        f"record schema {SCHEMA_VERSION} (the first: {rejected[0]}). A newer ee-middleware probably wrote them: upgrade "
+        "ee-middleware where this store is compacted and read (the nightly job, the CLI) to at least the version the app "
+        "records with. Nothing was lost: the segment is read and folded again by a version that can read it.",
         StoreCorruptionWarning,
         stacklevel=4,
     )
@@ -415,16 +438,26 @@ class LocalExperienceStore:
                     stacklevel=3,
                 )
         segments = [s for s in spool.list_segments(spool_dir) if not spool.is_live(s)]
-        records: list[dict[str, Any]] = []
+        folded: dict[str, list[pl.DataFrame]] = {name: [] for name in TABLES}
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
+        unreadable: dict[Path, list[str]] = {}
         for segment in segments:
             good, problems = spool.decode_lines(segment.read_bytes(), segment, live=False)
-            records.extend(good)
             if problems:
                 damaged[segment] = (len(good), problems)
+            rows = SpoolRows(good)
+            warn_rejected(rows.rejected, stacklevel=2)
+            if rows.rejected and any(_newer_schema(record) for record in good):
+                unreadable[segment] = rows.rejected  # a newer ee-middleware wrote records this version cannot read: it stays
+            elif rows.rejected:  # records that fit no schema: kept for inspection, out of the store
+                unfit = [spool.SpoolProblem(segment, 0, reason) for reason in rows.rejected]
+                damaged[segment] = (len(good) - len(rows.rejected), [*damaged.get(segment, (0, []))[1], *unfit])
+            for name, df in rows.frames().items():
+                folded[name].append(df)
         written: list[Path] = []
         try:  # nothing is live before the manifest swap: on any failure, remove what this pass wrote
-            for name, df in _records_to_frames(records).items():
+            for name, frames in folded.items():
+                df = pl.concat(frames, how="vertical") if frames else frame([], TABLES[name])
                 if not df.is_empty():
                     written.append(self._write_part(name, df))
                     snapshot.parts[name].append(written[-1].name)
@@ -438,7 +471,11 @@ class LocalExperienceStore:
                 path.unlink(missing_ok=True)
             raise
         for segment in segments:  # their records are live in parts now
-            if segment in damaged:
+            if segment in unreadable:
+                # Kept where it is: its other records are in the parts now (reads drop the repeats), and the ones this
+                # version could not read stay for a newer ee-middleware to read and fold. Deleting it lost them.
+                _warn_kept(segment, unreadable[segment])
+            elif segment in damaged:
                 quarantine = self.root / "quarantine"
                 quarantine.mkdir(exist_ok=True)
                 os.replace(segment, quarantine / segment.name)
@@ -499,6 +536,8 @@ class LocalExperienceStore:
         frames, merged = [], []
         for name in names:
             try:
+                if _unknown_columns(self.root / table / name, TABLES[table]):
+                    continue  # written by a newer ee-middleware: merging it here would drop what it holds beyond this schema
                 frames.append(_read_part(self.root / table / name, TABLES[table]))
                 merged.append(name)
             except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
@@ -621,6 +660,12 @@ def _os_error_in(exc: Exception) -> OSError | None:
     return OSError(number, os.strerror(number))
 
 
+def _unknown_columns(path: Path, schema: dict[str, pl.DataType]) -> list[str]:
+    """The columns of a part that ``schema`` does not have (a newer ee-middleware wrote it), read from its footer."""
+    with open(path, "rb") as fh:
+        return [name for name in pl.read_parquet_schema(fh) if name not in schema]
+
+
 def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """One part with exactly ``schema``'s columns (columns added since it was written are null)."""
     if _named_in_utf8(path):
@@ -644,12 +689,6 @@ def drop_repeats(table: str, df: pl.DataFrame) -> pl.DataFrame:
     if table == "replays":
         return df.sort("finished_at", maintain_order=True).unique(["replay_id", "trajectory_id"], keep="last", maintain_order=True)
     return df.unique(maintain_order=True)
-
-
-def _records_to_frames(records: Iterable[dict[str, Any]]) -> dict[str, pl.DataFrame]:
-    rows = SpoolRows(records)
-    warn_rejected(rows.rejected, stacklevel=3)
-    return rows.frames()
 
 
 class _Tables(MutableMapping[str, pl.DataFrame]):

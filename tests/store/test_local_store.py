@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import polars as pl
@@ -292,3 +293,57 @@ def test_a_forked_child_closing_its_copy_of_the_store_leaves_the_parents_segment
     store.write([sample_trajectory("after-fork")])
     store.close()
     assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["before-fork", "after-fork"]
+
+
+def test_compaction_keeps_what_a_newer_version_wrote(tmp_path: Path) -> None:
+    """An app upgraded before the nightly job: its ee-middleware writes records with fields this version does not know
+    (schema 1.4's Action.reasoning and Step.tools met a 1.3 install). Compaction warned 'does not fit the schema' and
+    then deleted the segment, losing every such trajectory; and merging parts dropped the columns it does not know.
+    Now such a segment stays in the spool (its readable records folded, reads dropping the repeats) and such a part is
+    never merged, so a newer version reads them whole."""
+    import pyarrow.parquet as pq
+
+    from ee_middleware.store import spool as spool_module
+    from ee_middleware.store.local import MAX_PARTS_BEFORE_MERGE
+    from ee_middleware.store.manifest import read_manifest
+    from ee_middleware.store.tables import TABLES
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    store = LocalExperienceStore(tmp_path / "s")
+    store.write([sample_trajectory("now")])
+    segment = store._writer.segment
+    store.close()
+    newer = sample_trajectory("later").model_dump(mode="json")
+    newer["schema_version"] = "1.9"
+    newer["steps"][0]["action"]["plan"] = "a field from a newer schema"
+    line = spool_module.encode_line({"kind": "trajectory", "data": newer})
+    with open(segment, "ab") as fh:
+        fh.write(line)
+    before = segment.read_bytes()
+    store = LocalExperienceStore(tmp_path / "s")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        store.compact()
+        ids = store.trajectories()["id"].to_list()
+    assert any("Kept the spool segment" in str(w.message) and "upgrade ee-middleware" in str(w.message) for w in said)
+    assert segment.read_bytes() == before, "the segment stays, byte for byte"
+    assert ids == ["now"], "the readable record is read once (folded and kept)"
+
+    # A part a newer version wrote, with a column this one does not know, is never merged away.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the kept segment's record is still one this version cannot read
+        i = 0
+        while len(read_manifest(tmp_path / "s", TABLES).parts["trajectories"]) < MAX_PARTS_BEFORE_MERGE:
+            store.write([sample_trajectory(f"t{i}")])
+            store.compact()
+            i += 1
+        names = read_manifest(tmp_path / "s", TABLES).parts["trajectories"]
+        future = tmp_path / "s" / "trajectories" / names[0]
+        table = pq.read_table(future)
+        pq.write_table(table.append_column("future", table.column(0)), future)
+        store.write([sample_trajectory("last")])
+        store.compact()  # one part too many: the parts are merged
+        live = read_manifest(tmp_path / "s", TABLES).parts["trajectories"]
+    assert future.name in live and "future" in pq.read_schema(future).names, "still live, with its column"
+    assert len(live) == 2, "the other parts were merged into one"
+    store.close()
