@@ -16,9 +16,11 @@ process per trajectory, and talks to it with the ``mcp`` package's own client (`
   whose MCP annotations say ``readOnlyHint: true`` change nothing: they are not remembered, and a restore after them
   is free. A server that has tools ``ee_snapshot`` (no arguments, answers a token as text) and ``ee_restore``
   (``token``) is branched with them instead: the fast path.
-- **Safety.** A tool whose annotations say ``openWorldHint: true`` reaches the world outside the server; replay never
-  calls it unless allowed by name (``allow_open_world``) or with ``--allow-network``: proposals to call it are refused
-  and counted, and :meth:`McpSandbox.refusal_hint` says how to allow it.
+- **Safety.** A tool whose annotations say ``openWorldHint: true`` reaches the world outside the server, and so does one
+  that says nothing of it (the MCP spec's default), unless it says ``readOnlyHint: true``; replay never calls such a
+  tool unless allowed by name (``allow_open_world``), with ``--allow-network``, or, for a server whose unannotated tools
+  act only on its own world, ``open_world_default=False``: proposals to call it are refused and counted, and
+  :meth:`McpSandbox.refusal_hint` says how to allow it.
 - **Observations** are the text the model saw in production: langchain-mcp-adapters makes a tool result's content
   blocks the ``ToolMessage`` content (text blocks; images and files as blocks that capture stores as the project's
   media placeholders), ``isError`` results an error ``ToolMessage`` with the same blocks, and keeps
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ee_middleware._lifetime import kill_process_group
+from ee_middleware._optional import import_optional
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.messages import content_to_text
 from ee_middleware.records import Observation, ToolCall
@@ -500,8 +503,9 @@ class McpSandbox:
         spare_servers: keep a fresh server warm for the next restore (one process per server more).
         kind: the name stored in rollout records.
         tool_name_prefix: tools are named ``SERVER_TOOL``, as ``MultiServerMCPClient(..., tool_name_prefix=True)`` names them.
-        open_world_default: treat a tool without an ``openWorldHint`` annotation as open-world (the MCP spec's own
-            default); by default only tools that say so are refused.
+        open_world_default: treat a tool without an ``openWorldHint`` annotation (and not ``readOnlyHint: true``) as
+            reaching the world outside the server, as the MCP spec does (the default: refused unless allowed); ``False``
+            for a server whose unannotated tools act only on its own world.
     """
 
     def __init__(
@@ -515,8 +519,9 @@ class McpSandbox:
         spare_servers: bool = True,
         kind: str = "mcp",
         tool_name_prefix: bool = False,
-        open_world_default: bool = False,
+        open_world_default: bool = True,
     ) -> None:
+        import_optional("mcp", extra="mcp", purpose="replay agents whose tools come from MCP servers (--sandbox mcp:CONFIG.json)")
         if isinstance(servers, McpServer):
             servers = {"mcp": servers}
         if not isinstance(servers, Mapping) or not servers:
@@ -577,12 +582,17 @@ class McpSandbox:
             return f"tool '{tool_name}': it is the MCP sandbox's own {mcp_name[3:]} tool (server '{server}'), not one of the app's"
         if not self._open_world(tool) or self.allow_network or tool_name in self.allow_open_world:
             return None
-        said = "say openWorldHint: true" if (tool.get("annotations") or {}).get("openWorldHint") else "say nothing of openWorldHint"
+        said = (
+            "say openWorldHint: true (it reaches the world outside the server)"
+            if (tool.get("annotations") or {}).get("openWorldHint")
+            else "say nothing of openWorldHint, which the MCP spec takes as reaching the world outside the server"
+        )
         return (
-            f"tool '{tool_name}' (MCP server '{server}'): its MCP annotations {said} (it reaches the world outside the server), so "
+            f"tool '{tool_name}' (MCP server '{server}'): its MCP annotations {said}, so "
             f"replay never calls it. If it acts only on the server's own throwaway world, allow it by name: "
             f'McpSandbox(allow_open_world=[\'{tool_name}\']) or "allow_open_world": ["{tool_name}"] in the MCP sandbox\'s config '
-            "file (--allow-network allows every such tool)"
+            'file, or annotate it openWorldHint: false in the server ("open_world_default": false takes every unannotated '
+            "tool for one; --allow-network allows every such tool)"
         )
 
     def reset(self, environment: dict[str, Any] | None) -> None:
@@ -813,7 +823,9 @@ class McpSandbox:
 
     def _open_world(self, tool: Mapping[str, Any]) -> bool:
         hint = (tool.get("annotations") or {}).get("openWorldHint")
-        return self.open_world_default if hint is None else bool(hint)
+        if hint is None:  # a lookup reaches out only to read, which replay may do; anything else as the spec says
+            return not self._read_only(tool) and self.open_world_default
+        return bool(hint)
 
     @staticmethod
     def _read_only(tool: Mapping[str, Any]) -> bool:

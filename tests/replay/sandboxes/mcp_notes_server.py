@@ -5,7 +5,7 @@ JSON): ``{"notes": {"1": {"title": ..., "body": ...}}}``; ``{"refuse": "why"}`` 
 that message on its standard error (a world it cannot build). Tools, with their MCP annotations:
 
 - ``list_notes`` (readOnlyHint), ``read_note`` (readOnlyHint), ``note_image`` (readOnlyHint; an image block);
-- ``create_note`` and ``delete_note`` change the world (no annotations);
+- ``create_note`` and ``delete_note`` change the world (``openWorldHint: false``: only the server's own);
 - ``publish_note`` (openWorldHint: it would post the note to the web);
 - ``slow_note`` (sleeps), ``crash`` (the server dies), ``spawn_helper`` (starts a process that would outlive it): for
   the sandbox's failure and process tests;
@@ -34,6 +34,7 @@ from mcp.types import ToolAnnotations
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 OPEN_WORLD = ToolAnnotations(openWorldHint=True)
+OWN_WORLD = ToolAnnotations(openWorldHint=False)  # changes only the server's own world
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
 environment = json.loads(os.environ.get("EE_ENVIRONMENT") or "null") or {}
@@ -67,7 +68,7 @@ def note_image(note_id: str) -> Image:
     return Image(data=PNG, format="png")
 
 
-@server.tool()
+@server.tool(annotations=OWN_WORLD)
 def create_note(title: str, body: str = "") -> str:
     """Create a note; answers its id."""
     note_id = str(max((int(k) for k in notes), default=0) + 1)
@@ -75,7 +76,7 @@ def create_note(title: str, body: str = "") -> str:
     return f"created note {note_id}: {title}"
 
 
-@server.tool()
+@server.tool(annotations=OWN_WORLD)
 def delete_note(note_id: str) -> str:
     """Delete a note by id."""
     if note_id not in notes:
@@ -90,20 +91,20 @@ def publish_note(note_id: str) -> str:
     return f"published note {note_id} at https://notes.example/{note_id}"
 
 
-@server.tool()
+@server.tool(annotations=OWN_WORLD)
 def slow_note(seconds: float) -> str:
     """Take a while."""
     time.sleep(seconds)
     return "done"
 
 
-@server.tool()
+@server.tool(annotations=OWN_WORLD)
 def crash() -> str:
     """End the server at once."""
     os._exit(7)
 
 
-@server.tool()
+@server.tool(annotations=OWN_WORLD)
 def spawn_helper() -> str:
     """Start a process that sleeps for a long time; answers its id."""
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])

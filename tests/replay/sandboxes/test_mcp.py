@@ -221,9 +221,9 @@ def test_an_open_world_tool_is_refused_unless_allowed_by_name() -> None:
         allowed.reset(ENVIRONMENT)
         assert allowed.covers("publish_note")
         assert allowed.execute(call("publish_note", note_id="1")).content == "published note 1 at https://notes.example/1"
-    with McpSandbox({"notes": notes_server()}, open_world_default=True) as strict:
-        strict.reset(ENVIRONMENT)
-        assert not strict.covers("create_note") and strict.covers("list_notes"), "unannotated tools count as open-world"
+    with McpSandbox({"notes": notes_server()}) as default:
+        default.reset(ENVIRONMENT)
+        assert default.covers("create_note") and default.covers("list_notes"), "annotated as acting on the server's own world"
 
 
 # -- processes: none is left --------------------------------------------------------------------------------------------
@@ -451,3 +451,64 @@ async def test_a_recorded_agent_with_mcp_tools_replays_with_no_fidelity_mismatch
     assert "Error executing tool read_note: no note 1" in by_step[(5, "read_note")]
     assert not any(kind in {"crash", "slow_note", "spawn_helper"} for _, kind in by_step), "only the tools the agent had"
     assert_no_server_left()
+
+
+def test_a_tool_that_says_nothing_of_the_outside_world_is_refused_as_the_mcp_spec_reads_it(tmp_path: Path) -> None:
+    """FastMCP's plain @server.tool() writes no annotations, and the MCP spec reads a missing openWorldHint as true:
+    such a tool may send e-mail or drop a table in a real system. The sandbox called every tool that did not say
+    openWorldHint: true, so replay sent the e-mail on every alternative proposed (found by review). Now only a
+    tool that says openWorldHint: false, or readOnlyHint: true, or that the user allows, is called."""
+    outside = tmp_path / "outside.log"
+    server = tmp_path / "mail_server.py"
+    server.write_text(
+        textwrap.dedent(
+            f"""
+            try:
+                from mcp.server.fastmcp import FastMCP as Server
+            except ModuleNotFoundError:
+                from mcp.server.mcpserver import MCPServer as Server
+            from mcp.types import ToolAnnotations
+
+            server = Server("mail")
+
+            @server.tool()
+            def send_email(to: str, body: str) -> str:
+                with open({str(outside)!r}, "a") as fh:
+                    fh.write(f"EMAIL to={{to}}\\n")
+                return "sent"
+
+            @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+            def search_inbox(query: str) -> str:
+                return "no mail"
+
+            server.run()
+            """
+        )
+    )
+    mail = McpServer(sys.executable, (str(server),))
+    with McpSandbox({"mail": mail}) as sandbox:
+        sandbox.reset(None)
+        assert not sandbox.covers("send_email") and sandbox.covers("search_inbox")
+        hint = sandbox.refusal_hint("send_email")
+        assert hint is not None and "say nothing of openWorldHint" in hint and "allow_open_world=['send_email']" in hint
+        assert sandbox.execute(call("send_email", to="ceo@example.com", body="x")).is_error
+        assert sandbox.execute(call("search_inbox", query="x")).content == "no mail"
+    assert not outside.exists(), "replay reached the outside world"
+    with McpSandbox({"mail": mail}, allow_open_world=["send_email"]) as allowed:
+        allowed.reset(None)
+        assert allowed.execute(call("send_email", to="me@example.com", body="x")).content == "sent"
+    assert outside.read_text() == "EMAIL to=me@example.com\n"
+    assert_no_server_left()
+
+
+def test_without_the_mcp_extra_the_sandbox_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the mcp package, every server failed to start inside the sandbox, each trajectory was skipped as 'cannot
+    be rebuilt' and `ee replay run` exited 0 with no branch (found by review). Now building the sandbox names the extra,
+    before any worker starts (run_replay builds one first)."""
+    from ee_middleware.errors import MissingExtraError
+
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {"notes": {"command": sys.executable, "args": [str(SERVER)]}}}))
+    monkeypatch.setitem(sys.modules, "mcp", None)  # as if it were not installed
+    with pytest.raises(MissingExtraError, match=r"ee-middleware\[mcp\]"):
+        build_sandbox(f"mcp:{config}")
