@@ -261,16 +261,19 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTas
 def turn_tools(trajectory: Trajectory, turns: int) -> list[list[dict[str, Any]]]:
     """The tool schemas offered at each of the run's ``turns`` user turns: the trajectory's ``tools`` at every turn, but
     where its steps record their own (``Step.tools``: a tool added at a later turn, as BFCL ``multi_turn_miss_func``
-    does; a middleware choosing tools per call) those of the turn's steps, first offer first (a turn none of whose steps
-    says is offered all). A step's turn is the number of user turns its state holds."""
+    does; a middleware choosing tools per call) those of the turn's steps, first offer first (a turn without steps is
+    offered all; one whose steps were offered none, none). A step's turn is the number of user turns its state holds."""
     if all(step.tools is None for step in trajectory.steps):
         return [list(trajectory.tools)] * turns
-    offered: list[dict[str, dict[str, Any]]] = [{} for _ in range(turns)]
+    offered: list[dict[str, dict[str, Any]] | None] = [None] * turns  # None: no step of that turn says
     for step in trajectory.steps:
         turn = min(max(_user_turns(step.state) - 1, 0), turns - 1)
+        if offered[turn] is None:
+            offered[turn] = {}
         for schema in trajectory.step_tools(step):
-            offered[turn].setdefault(json.dumps(schema, sort_keys=True), schema)
-    return [list(schemas.values()) if schemas else list(trajectory.tools) for schemas in offered]
+            offered[turn].setdefault(json.dumps(schema, sort_keys=True), schema)  # type: ignore[union-attr]
+    # A turn whose steps were offered no tool at all ([]) is offered none, not all of them.
+    return [list(schemas.values()) if schemas is not None else list(trajectory.tools) for schemas in offered]
 
 
 def _user_turns(state: list[Message]) -> int:

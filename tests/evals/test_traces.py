@@ -280,3 +280,18 @@ def test_a_run_paused_for_a_human_review_is_no_regression_task(tmp_path: Path) -
     suite = load_suite(f"traces:{store}", SuiteSettings(split=str(tmp_path / "data"), sandbox=sandbox))
     assert [t.id for t in suite.tasks()] == [resumed.id]
     assert "paused before its task was done" in suite.excluded[paused.id]
+
+
+def test_a_turn_whose_steps_were_offered_no_tool_is_offered_none() -> None:
+    """Step.tools == [] (the app offered the model no tool at that call) was read as 'all of the trajectory's tools',
+    unlike Trajectory.step_tools (found by review); a turn with no step at all still gets every tool."""
+    from ee_middleware.evals.traces.suite import turn_tools
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    t = sample_trajectory("no-tools")
+    assert t.tools, "the sample offers tools"
+    steps = [s.model_copy(update={"tools": []}) for s in t.steps]
+    narrowed = t.model_copy(update={"steps": steps})
+    assert [narrowed.step_tools(s) for s in narrowed.steps] == [[] for _ in steps]
+    assert turn_tools(narrowed, 1) == [[]]
+    assert turn_tools(narrowed, 2)[1] == list(t.tools), "a turn without steps"
