@@ -121,6 +121,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     attrs = root.attributes
     offered = _offered_tools(decisions)
     reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars)
+    reviewed = _offered_here(reviewed, set(_tool_names(offered)))
     steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final, _tool_names(offered))
     if reviewed:
         turns = reviewed[-1].decision_index + 1
@@ -435,6 +436,18 @@ def _reviewed_turns(
                 )
             )
     return steps, [t for t in tools if id(t) not in used]
+
+
+def _offered_here(reviewed: list[Step], offered: set[str]) -> list[Step]:
+    """``reviewed`` without the turns that call a tool none of this run's model calls was offered (a middleware choosing
+    the tools per call offered the paused decision tools this run never was): which tools that decision had is not
+    known here, and a row offering this run's tools would teach a call of a tool it does not list. Renumbered."""
+    dropped = {s.decision_index for s in reviewed if s.action.tool_call is not None and s.action.tool_call.name not in offered}
+    if not dropped:
+        return reviewed
+    kept = [s for s in reviewed if s.decision_index not in dropped]
+    turns = {turn: i for i, turn in enumerate(dict.fromkeys(s.decision_index for s in kept))}
+    return [s.model_copy(update={"index": i, "decision_index": turns[s.decision_index]}) for i, s in enumerate(kept)]
 
 
 def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:

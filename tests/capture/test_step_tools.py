@@ -129,3 +129,33 @@ def test_replay_proposes_only_the_tools_offered_at_each_step(tmp_path: Path) -> 
         assert rows.height > 0, kind
         for step_index, tools in rows.select("step_index", "tools").iter_rows():
             assert _names(tools) == by_step[step_index], (kind, step_index)
+
+
+def test_a_reviewed_call_whose_tool_this_run_was_never_offered_is_not_taught_with_other_tools(tmp_path: Path) -> None:
+    """Tools chosen per call and a human review: the resumed run's own model calls were offered other tools (or none)
+    than the paused decision, so its reviewed order_item step was taught with a tool list that lacked order_item (found
+    by review: IL offered [] and targeted order_item). Which tools the paused decision had is not known to the resumed
+    run, so such a reviewed turn is not taught from it; every IL row offers the tools its target calls."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    model = planned_model()
+    middleware = [one_tool_per_turn, HumanInTheLoopMiddleware(interrupt_on={"order_item": True})]
+    graph = create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=middleware, checkpointer=InMemorySaver())
+    agent = record_experience(graph, app="shop", store=tmp_path / "s")
+    config = {"configurable": {"thread_id": "t1"}}
+    agent.invoke(TASK, config)
+    agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "s")
+    paused, resumed = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    assert "order_item" not in [s.action.tool_call.name for s in resumed.steps if s.action.tool_call is not None]
+    store.approve([paused.id, resumed.id], by="me")
+    store.close()
+    build_datasets(DatasetConfig.load(store=tmp_path / "s", out=tmp_path / "data", kinds="il"))
+    for row in pl.read_parquet(tmp_path / "data" / "il.parquet").iter_rows(named=True):
+        target = json.loads(row["completion"])[0]
+        called = {c["function"]["name"] for c in target.get("tool_calls") or ()}
+        assert called <= set(_names(row["tools"])), (called, row["tools"])
