@@ -15,7 +15,7 @@ import pytest
 from ee_middleware.errors import TrajectoryNotFoundError
 from ee_middleware.records import ApprovalEvent, Rollout
 from ee_middleware.store import LocalExperienceStore, spool
-from ee_middleware.store.local import _records_to_frames
+from ee_middleware.store.spool_cache import SpoolRows
 from ee_middleware.testing import check_store
 
 
@@ -24,7 +24,7 @@ class RolloutsNotDeduplicated(LocalExperienceStore):
 
     def _load(self) -> dict[str, pl.DataFrame]:
         tables = super()._load()
-        spooled = _records_to_frames(spool.iter_records(self.root / "spool"))
+        spooled = SpoolRows(spool.iter_records(self.root / "spool")).frames()
         tables["rollouts"] = pl.concat([self._read_parts("rollouts"), spooled["rollouts"]])
         return tables
 
@@ -52,7 +52,7 @@ class EveryReplayRecord(LocalExperienceStore):
     """Returns every replay record written, not the latest per (replay_id, trajectory)."""
 
     def replays(self, *, replay_id: str | None = None) -> pl.DataFrame:
-        records = _records_to_frames(spool.iter_records(self.root / "spool"))["replays"]
+        records = SpoolRows(spool.iter_records(self.root / "spool")).frames()["replays"]
         return pl.concat([self._read_parts("replays"), records])
 
 
