@@ -140,10 +140,16 @@ def show(
         call = step.action.tool_call
         obs = step.observation
         observation = "" if obs is None else observation_cell(obs.content, obs.is_error, 300)
+        action = escape(call.name) if call else "[bold]answer[/]"
+        if step.tools is not None:  # the tools offered at this decision, where they were not the run's (schema 1.4)
+            action += f"\n[dim]offered: {escape(', '.join(step.tools)) or 'no tool'}[/]"
+        said = escape(json.dumps(call.arguments, ensure_ascii=False) if call else short(step.action.content, 300))
+        if step.action.reasoning:
+            said += f"\n[dim]reasoning: {escape(short(step.action.reasoning, 200))}[/]"
         table.add_row(
             str(step.index),
-            escape(call.name) if call else "[bold]answer[/]",
-            escape(json.dumps(call.arguments, ensure_ascii=False) if call else short(step.action.content, 300)),
+            action,
+            said,
             observation,
             f"{step.latency_ms:.1f}" if step.latency_ms is not None else "",
         )

@@ -223,3 +223,21 @@ def test_stored_text_that_looks_like_markup_is_shown_as_it_is(store_path: Path):
     assert shown.exit_code == 0, shown.output
     for text in ("x = arr[i] + list[/]", "task: fix [/] in [red]sort[i][/red]", "error: boom [/]", "[bold]ann", "see [/i]"):
         assert text in shown.stdout, text
+
+
+def test_show_says_which_tools_a_step_was_offered_and_its_reasoning(store_path: Path):
+    """Schema 1.4 records the tools offered at a decision (when they differ from the run's) and the model's reasoning
+    before it; `ee traces show` printed neither, so a user could not see why a step's dataset row offers fewer tools, nor
+    what a reasoning model thought."""
+    t = sample_trajectory("seen")
+    first = t.steps[0]
+    action = first.action.model_copy(update={"reasoning": "The user asks for [pears]: look them up first."})
+    steps = [first.model_copy(update={"tools": [], "action": action}), *t.steps[1:]]
+    store = LocalExperienceStore(store_path)
+    store.write([t.model_copy(update={"steps": steps})])
+    shown = runner.invoke(app, ["traces", "show", "seen", "--store", str(store_path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "offered: no tool" in shown.stdout
+    assert "reasoning: The user asks for [pears]: look them up first." in shown.stdout
+    narrowed = sum(step.tools is not None for step in steps)
+    assert 0 < narrowed < len(steps) and shown.stdout.count("offered:") == narrowed, "only where the step's tools were not the run's"
