@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import warnings
 from pathlib import Path
 
 import polars as pl
@@ -20,7 +18,7 @@ from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.store.rows import TrajectoryRows
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
-from tests.store.test_spool_read import _same
+from tests.store.test_spool_read import _compacted_copy, _same
 
 FIRST = "Check both fruits at once."
 SECOND = "Pears 0, apples 3."
@@ -76,14 +74,7 @@ def test_reasoning_round_trips_through_the_spool_and_compaction(tmp_path: Path) 
     steps = LocalExperienceStore(folder, create=False).steps()
     assert steps["reasoning"].to_list() == [FIRST, FIRST, SECOND, None]
 
-    compacted = tmp_path / "compacted"
-    shutil.copytree(folder, compacted)
-    store = LocalExperienceStore(compacted, create=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert store.compact() >= 1
-    store.close()
-    assert spool.list_segments(compacted / "spool") == []
+    compacted = _compacted_copy(folder, tmp_path)
     [part] = sorted((compacted / "steps").glob("part-*.parquet"))
     assert pl.read_parquet(part)["reasoning"].to_list() == [FIRST, FIRST, SECOND, None]  # the column, in the part
     parted = _reads(compacted)

@@ -6,8 +6,6 @@ a store written before that column existed still reads, with ``None`` (all of th
 from __future__ import annotations
 
 import json
-import shutil
-import warnings
 from pathlib import Path
 
 import polars as pl
@@ -20,7 +18,7 @@ from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 from tests.capture.test_middleware_shapes import TASK, planned_model, shop_tools
 from tests.capture.test_step_tools import one_tool_per_turn
 from tests.store.test_action_reasoning import _reads
-from tests.store.test_spool_read import _same
+from tests.store.test_spool_read import _compacted_copy, _same
 
 OFFERED = [["check_stock"], ["check_stock"], ["order_item"], []]
 
@@ -52,14 +50,7 @@ def test_step_tools_round_trip_through_the_spool_and_compaction(tmp_path: Path) 
     column = [json.dumps(t, separators=(",", ":")) for t in OFFERED] + [None] * 4
     assert LocalExperienceStore(folder, create=False).steps()["offered_tools_json"].to_list() == column
 
-    compacted = tmp_path / "compacted"
-    shutil.copytree(folder, compacted)
-    store = LocalExperienceStore(compacted, create=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert store.compact() >= 1
-    store.close()
-    assert spool.list_segments(compacted / "spool") == []
+    compacted = _compacted_copy(folder, tmp_path)
     [part] = sorted((compacted / "steps").glob("part-*.parquet"))
     assert pl.read_parquet(part)["offered_tools_json"].to_list() == column  # the column, in the part
     parted = _reads(compacted)
