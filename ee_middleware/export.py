@@ -27,6 +27,7 @@ from ee_middleware._files import atomic_open, atomic_path
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, os_error_advice
 from ee_middleware.messages import parse_arguments
+from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ApprovalStatus, Trajectory
 from ee_middleware.store.protocol import ExperienceStore
 
@@ -49,11 +50,7 @@ def export_jsonl(
     redact = store_redactor(store, create_salt=False).redact_value
     count = 0
     with _writing(path), atomic_open(path, "w") as fh:
-        for trajectory in store.iter_trajectories(status=status):
-            weights = decided_by_run(trajectory)
-            if not any(w for w in weights if w is not None):
-                _skipped(on_skipped, trajectory)
-                continue
+        for trajectory, weights in _deciding(store, status, on_skipped):
             example = trajectory.to_openai_chat()
             messages = [_openai_message(m) for m in redact(example["messages"])]  # tool schemas: the app's code, kept
             example["messages"] = [{**m, "weight": 0} if w == 0 else m for m, w in zip(messages, weights, strict=True)]
@@ -74,11 +71,7 @@ def export_parquet(
     nothing is left out (``on_skipped``)."""
     redact = store_redactor(store, create_salt=False).redact_value
     rows = []
-    for t in store.iter_trajectories(status=status):
-        weights = decided_by_run(t)
-        if not any(w for w in weights if w is not None):
-            _skipped(on_skipped, t)
-            continue
+    for t, weights in _deciding(store, status, on_skipped):
         rows.append(
             {
                 "id": t.id,
@@ -118,7 +111,7 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
         if trajectory.status == "interrupted" and s.action.tool_call is not None and s.observation is None
     }
     taught = {
-        (s.action.tool_call.id, s.action.tool_call.name, json.dumps(s.action.tool_call.arguments, sort_keys=True))
+        (s.action.tool_call.id, canonical_call(s.action.tool_call.name, s.action.tool_call.arguments))
         for s in trajectory.steps
         if s.action.tool_call is not None and s.decision_index not in awaiting
     }
@@ -133,20 +126,25 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
     return weights
 
 
-def _call_key(call: Any) -> tuple[str, str, str]:
+def _call_key(call: Any) -> tuple[str, str]:
+    """A message's tool call as (id, :func:`~ee_middleware.models.parsing.canonical_call`), as a step's call is keyed."""
     function = call.get("function") if isinstance(call, dict) else None
     function = function if isinstance(function, dict) else {}
-    arguments = parse_arguments(function.get("arguments"))
-    return (
-        str(call.get("id") or "") if isinstance(call, dict) else "",
-        str(function.get("name") or ""),
-        json.dumps(arguments, sort_keys=True),
-    )
+    name, arguments = str(function.get("name") or ""), parse_arguments(function.get("arguments"))
+    return str(call.get("id") or "") if isinstance(call, dict) else "", canonical_call(name, arguments)
 
 
-def _skipped(on_skipped: Callable[[str, str], None] | None, trajectory: Trajectory) -> None:
-    if on_skipped is not None:
-        on_skipped(trajectory.id, "its run decided nothing (a resumed run that called no model): nothing to teach")
+def _deciding(
+    store: ExperienceStore, status: ApprovalStatus | None, on_skipped: Callable[[str, str], None] | None
+) -> Iterator[tuple[Trajectory, list[int | None]]]:
+    """The trajectories of ``status`` with their :func:`decided_by_run` weights; one that decided nothing is left out,
+    ``on_skipped`` told."""
+    for trajectory in store.iter_trajectories(status=status):
+        weights = decided_by_run(trajectory)
+        if 1 in weights:
+            yield trajectory, weights
+        elif on_skipped is not None:
+            on_skipped(trajectory.id, "its run decided nothing (a resumed run that called no model): nothing to teach")
 
 
 def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:
