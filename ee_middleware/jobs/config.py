@@ -346,7 +346,7 @@ def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None) -> 
     from ee_middleware.errors import EEError
     from ee_middleware.models.spec import is_model_spec, parse_model_spec
     from ee_middleware.replay.policies.registry import POLICIES
-    from ee_middleware.replay.sandboxes.registry import SANDBOXES
+    from ee_middleware.replay.sandboxes.registry import SANDBOXES, check_sandbox_spec
 
     for key, kind, spec in (
         ("[replay] sandbox", SANDBOXES, replay_sandbox),
@@ -356,10 +356,8 @@ def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None) -> 
         if not spec or spec.strip().startswith("experience:"):  # an experience model is built from a model spec when it runs
             continue
         try:
-            if kind is SANDBOXES and spec.strip().startswith("mcp:"):  # the app's MCP servers: their config file is read
-                from ee_middleware.replay.sandboxes.mcp import load_mcp_config
-
-                load_mcp_config(spec.strip()[len("mcp:") :])
+            if kind is SANDBOXES:
+                check_sandbox_spec(spec)  # as ee replay run checks it: an MCP config file read, a factory imported
                 continue
             if not is_model_spec(spec):
                 kind.resolve(spec)

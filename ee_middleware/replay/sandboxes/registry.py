@@ -66,16 +66,22 @@ def sandbox_options(*, allow_network: bool = False) -> dict[str, Any]:
     return {"allow_network": True} if allow_network else {}
 
 
+def check_sandbox_spec(spec: str) -> None:
+    """Check what ``spec`` names without building anything: an ``mcp:`` config file is read, a factory is imported; an
+    experience model (``experience:``) is built from its model spec when it runs. Raises the sandbox kind's error."""
+    if _is_mcp(spec):
+        from ee_middleware.replay.sandboxes.mcp import load_mcp_config
+
+        load_mcp_config(spec.strip()[len("mcp:") :])
+    elif not _is_experience(spec):
+        SANDBOXES.resolve(spec)
+
+
 def sandbox_factory(
     spec: str, *, isolation: str = "none", timeout_s: float = 30.0, memory_mb: int | None = None, options: dict[str, Any] | None = None
 ) -> Callable[[], Sandbox]:
     """A picklable zero-argument factory for ``spec`` built with ``options``, optionally isolated in a subprocess."""
-    if _is_mcp(spec):
-        from ee_middleware.replay.sandboxes.mcp import load_mcp_config
-
-        load_mcp_config(spec.strip()[len("mcp:") :])  # fail early, in the parent, with a clear message
-    elif not _is_experience(spec):
-        SANDBOXES.resolve(spec)  # fail early, in the parent, with a clear message
+    check_sandbox_spec(spec)  # fail early, in the parent, with a clear message
     inner = functools.partial(build_sandbox, spec, **(options or {}))
     if isolation == "none":
         return inner
