@@ -1,10 +1,12 @@
 """Replay policies for tests, named by spec (``tests.replay.policies_for_tests:gated``) so that workers and Ray actors
-build them too. Both are the mutation policy with one difference:
+build them too. ``gated`` and ``failing`` are the mutation policy with one difference:
 
 - ``gated``: built at once in the process named by ``EE_TEST_GATE_PID`` and, in any other (a worker, a Ray actor), only
   once the file ``EE_TEST_POLICY_GATE`` exists (or after 60 s): it holds the workers' start-up while the job replays;
 - ``failing``: raises :class:`PolicyError` (a policy that stopped working: the job stops) at the trajectory
   ``EE_TEST_FAIL_ON`` names.
+
+:class:`FixedCallsPolicy` is the base of tests' policies that propose the same calls at every state.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ee_middleware.errors import PolicyError
+from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.mutate import MutationPolicy
-from ee_middleware.replay.policies.protocol import DecisionPoint, Proposals
+from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 
 
 def gated(**options: Any) -> MutationPolicy:
@@ -37,3 +40,28 @@ class _Failing(MutationPolicy):
 
 def failing(**options: Any) -> MutationPolicy:
     return _Failing()
+
+
+class FixedCallsPolicy:
+    """A replay policy proposing the same calls at every state, in order (``calls``: (tool, arguments) pairs, set by a
+    subclass, whose ``package.module:Class`` spec the job builds with the options it passes to every policy)."""
+
+    name = "fixed-calls"
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def __init__(self, **options: Any) -> None:
+        pass
+
+    def propose(self, point: Any, k: int, *, seed: int) -> Proposals:
+        return Proposals(
+            [
+                Candidate(call=ToolCall(id=f"alt-{i}", name=name, arguments=arguments), proposer=ProposerInfo(policy=self.name))
+                for i, (name, arguments) in enumerate(self.calls)
+            ][:k]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass

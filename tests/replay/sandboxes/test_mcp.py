@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -28,6 +28,7 @@ from ee_middleware.records import ToolCall  # noqa: E402
 from ee_middleware.replay.sandboxes.mcp import McpSandbox, McpServer, load_mcp_config, result_observation  # noqa: E402
 from ee_middleware.replay.sandboxes.registry import build_sandbox  # noqa: E402
 from ee_middleware.testing import check_sandbox  # noqa: E402
+from tests.replay.policies_for_tests import FixedCallsPolicy  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -354,38 +355,18 @@ def test_importing_the_package_and_the_sandbox_module_imports_no_mcp() -> None:
 AGENT_TOOLS = {"list_notes", "read_note", "note_image", "create_note", "delete_note", "publish_note"}
 
 
-class NotesPolicy:
+class NotesPolicy(FixedCallsPolicy):
     """A replay policy (``tests.replay.sandboxes.test_mcp:NotesPolicy``) proposing at every state, in order: publishing
     note 1 (open-world: refused), creating a note, deleting note 2, listing the notes, reading note 1."""
 
     name = "notes-alternatives"
-
-    def __init__(self, **options: Any) -> None:
-        pass
-
-    def propose(self, point: Any, k: int, *, seed: int) -> Any:
-        from ee_middleware.records import ProposerInfo
-        from ee_middleware.replay.policies.protocol import Candidate, Proposals
-
-        calls = [
-            ("publish_note", {"note_id": "1"}),
-            ("create_note", {"title": "Dentist"}),
-            ("delete_note", {"note_id": "2"}),
-            ("list_notes", {}),
-            ("read_note", {"note_id": "1"}),
-        ]
-        return Proposals(
-            [
-                Candidate(call=ToolCall(id=f"alt-{i}", name=name, arguments=arguments), proposer=ProposerInfo(policy=self.name))
-                for i, (name, arguments) in enumerate(calls)
-            ][:k]
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = [
+        ("publish_note", {"note_id": "1"}),
+        ("create_note", {"title": "Dentist"}),
+        ("delete_note", {"note_id": "2"}),
+        ("list_notes", {}),
+        ("read_note", {"note_id": "1"}),
+    ]
 
 
 async def test_a_recorded_agent_with_mcp_tools_replays_with_no_fidelity_mismatch(tmp_path: Path) -> None:

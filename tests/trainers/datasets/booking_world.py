@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ee_middleware.replay.sandboxes.python import PythonSandbox
+from tests.replay.policies_for_tests import FixedCallsPolicy
 
 if TYPE_CHECKING:
     from ee_middleware.records import Trajectory
@@ -100,29 +101,13 @@ def record_trajectory(root: Path, script: list[Any], task: str) -> Trajectory:
     return trajectory
 
 
-class BookingPolicy:
+class BookingPolicy(FixedCallsPolicy):
     """A replay policy (``tests.trainers.datasets.booking_world:BookingPolicy``) proposing, at every state, in order:
     cancelling B2, booking Babbage at 11:00, listing the bookings (the expert's own call among them is dropped)."""
 
     name = "booking-alternatives"
-
-    def __init__(self, **options: Any) -> None:
-        pass
-
-    def propose(self, point: Any, k: int, *, seed: int) -> Any:
-        from ee_middleware.records import ProposerInfo, ToolCall
-        from ee_middleware.replay.policies.protocol import Candidate, Proposals
-
-        calls = [("cancel_booking", {"booking_id": "B2"}), ("book_room", {"room": "Babbage", "slot": "11:00"}), ("list_bookings", {})]
-        return Proposals(
-            [
-                Candidate(call=ToolCall(id=f"alt-{i}", name=name, arguments=arguments), proposer=ProposerInfo(policy=self.name))
-                for i, (name, arguments) in enumerate(calls)
-            ][:k]
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = [
+        ("cancel_booking", {"booking_id": "B2"}),
+        ("book_room", {"room": "Babbage", "slot": "11:00"}),
+        ("list_bookings", {}),
+    ]
