@@ -7,6 +7,13 @@ end of a paused (``interrupted``) run, and a call the reviewer changed or reject
 holds the turn as the reviewer decided it; see :func:`decided_by_run`). A trajectory that decided nothing (a resumed
 run that called no model) is left out, with ``on_skipped`` told why.
 
+A run whose model calls were offered different tools (a middleware choosing them per call, such as
+``LLMToolSelectorMiddleware``; a tool added at a later turn; several agents in one graph: ``Step.tools``) is one JSONL
+example per stretch of decisions offered the same tools, since an OpenAI example has one tool list: each holds the
+conversation up to its last decision, teaches that stretch (the earlier decisions are context, weight 0) and offers
+exactly its tools. The Parquet export keeps one row per trajectory and gives each taught message the names of the
+tools its decision was offered (``tools``; null where they were all of the trajectory's).
+
 Everything exported goes through the store's own redaction rules and salt once more
 (:func:`~ee_middleware.capture.store_redaction.store_redactor`): what capture stored is already
 redacted, and redacting twice changes nothing; anything a later writer left is caught here.
@@ -28,7 +35,7 @@ from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, os_error_advice
 from ee_middleware.messages import parse_arguments
 from ee_middleware.models.parsing import canonical_call
-from ee_middleware.records import ApprovalStatus, Trajectory
+from ee_middleware.records import ApprovalStatus, Message, ToolSchema, Trajectory, offered_tools
 from ee_middleware.store.protocol import ExperienceStore
 
 
@@ -41,7 +48,8 @@ def export_jsonl(
 ) -> int:
     """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``; assistant messages the run
     did not decide carry ``"weight": 0`` (see the module docstring), and a trajectory that decided none is left out
-    (``on_skipped(trajectory_id, reason)``).
+    (``on_skipped(trajectory_id, reason)``). A trajectory whose decisions were offered different tools gives one example
+    per stretch of decisions offered the same ones (see the module docstring). Returns the number of examples written.
 
     The file is replaced whole or not at all; raises :class:`~ee_middleware.errors.OutputError`
     (leaving nothing behind) when it cannot be written.
@@ -51,11 +59,15 @@ def export_jsonl(
     count = 0
     with _writing(path), atomic_open(path, "w") as fh:
         for trajectory, weights in _deciding(store, status, on_skipped):
-            example = trajectory.to_openai_chat()
-            messages = [_openai_message(m) for m in redact(example["messages"])]  # tool schemas: the app's code, kept
-            example["messages"] = [{**m, "weight": 0} if w == 0 else m for m, w in zip(messages, weights, strict=True)]
-            fh.write(json.dumps(example, ensure_ascii=False) + "\n")
-            count += 1
+            for messages, example_weights, tools in _examples(trajectory, weights):
+                messages = [_openai_message(m) for m in redact(messages)]  # tool schemas: the app's code, kept
+                example: dict[str, Any] = {
+                    "messages": [{**m, "weight": 0} if w == 0 else m for m, w in zip(messages, example_weights, strict=True)]
+                }
+                if tools:
+                    example["tools"] = tools
+                fh.write(json.dumps(example, ensure_ascii=False) + "\n")
+                count += 1
     return count
 
 
@@ -68,10 +80,12 @@ def export_parquet(
 ) -> int:
     """One row per trajectory: lineage columns, ``messages`` as nested chat structs (``weight``: 1 for an assistant
     message the run decided, 0 for one it did not, null for other roles), ``tools`` as JSON; a trajectory that decided
-    nothing is left out (``on_skipped``)."""
+    nothing is left out (``on_skipped``). Each message's ``tools``: for one the run decided at a decision offered
+    only some of the trajectory's tools, their names; else null."""
     redact = store_redactor(store, create_salt=False).redact_value
     rows = []
     for t, weights in _deciding(store, status, on_skipped):
+        offered = _offered_at(t)
         rows.append(
             {
                 "id": t.id,
@@ -82,7 +96,10 @@ def export_parquet(
                 "approval": t.approval.status,
                 "final_answer": redact(t.final_answer),
                 "num_steps": t.num_steps,
-                "messages": [_message_struct(_openai_message(m), w) for m, w in zip(redact(t.messages), weights, strict=True)],
+                "messages": [
+                    _message_struct(_openai_message(m), w, offered.get(p) if w == 1 else None)
+                    for p, (m, w) in enumerate(zip(redact(t.messages), weights, strict=True))
+                ],
                 "tools": json.dumps(t.tools, ensure_ascii=False),
             }
         )
@@ -124,6 +141,64 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
         made = all(_call_key(call) in taught for call in calls)
         weights.append(1 if position >= context and made else 0)
     return weights
+
+
+def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
+    """Position in ``trajectory.messages`` -> the tool names offered at the decision that assistant message holds, for
+    the decisions offered only some of the trajectory's tools (``Step.tools`` set). A step is found at its state's
+    length (the messages its model call was given precede its own); one whose state is no prefix of the messages (a
+    middleware that trimmed the history) is found by its tool call's id, else it is taken to have been offered all."""
+    messages = trajectory.messages
+    by_call_id: dict[str, int] = {}
+    offered: dict[int, list[str]] = {}
+    for step in trajectory.steps:
+        if step.tools is None:
+            continue
+        position = len(step.state)
+        found = position < len(messages) and messages[position].get("role") == "assistant" and messages[:position] == step.state
+        call = step.action.tool_call
+        if not found and call is not None and call.id:
+            if not by_call_id:
+                by_call_id = {
+                    str(c.get("id")): p
+                    for p, m in enumerate(messages)
+                    if m.get("role") == "assistant"
+                    for c in m.get("tool_calls") or []
+                    if isinstance(c, dict) and c.get("id")
+                }
+            position = by_call_id.get(call.id, -1)
+            found = position >= 0
+        if found:
+            offered[position] = list(step.tools)
+    return offered
+
+
+def _examples(trajectory: Trajectory, weights: list[int | None]) -> Iterator[tuple[list[Message], list[int | None], list[ToolSchema]]]:
+    """The JSONL examples of a trajectory with its :func:`decided_by_run` ``weights``: (messages, weights, tool schemas).
+
+    One example (the whole conversation, the trajectory's tools) unless its decisions were offered different tools;
+    then one per stretch of taught decisions offered the same tools, holding the conversation up to the stretch's last
+    decision, teaching only that stretch, and offering those tools."""
+    offered = _offered_at(trajectory)
+    if not offered:
+        yield trajectory.messages, weights, trajectory.tools
+        return
+    stretches: list[tuple[tuple[str, ...] | None, list[int]]] = []
+    for position, weight in enumerate(weights):
+        if weight != 1:
+            continue
+        names = offered.get(position)
+        key = None if names is None else tuple(names)
+        if stretches and stretches[-1][0] == key:
+            stretches[-1][1].append(position)
+        else:
+            stretches.append((key, [position]))
+    for key, positions in stretches:
+        end = positions[-1] + 1
+        taught = set(positions)
+        stretch_weights = [None if w is None else 1 if p in taught else 0 for p, w in enumerate(weights[:end])]
+        tools = trajectory.tools if key is None else offered_tools(trajectory.tools, list(key))
+        yield trajectory.messages[:end], stretch_weights, tools
 
 
 def _call_key(call: Any) -> tuple[str, str]:
@@ -177,6 +252,7 @@ _MESSAGE = pl.Struct(
         "tool_call_id": pl.String(),
         "name": pl.String(),
         "weight": pl.Int8(),
+        "tools": pl.List(pl.String()),
     }
 )
 _EXPORT_SCHEMA = {
@@ -214,7 +290,7 @@ def _arguments(call: Any) -> Any:
     return function.get("arguments", "") if isinstance(function, dict) else ""
 
 
-def _message_struct(message: dict[str, Any], weight: int | None) -> dict[str, Any]:
+def _message_struct(message: dict[str, Any], weight: int | None, tools: list[str] | None = None) -> dict[str, Any]:
     content = message.get("content")
     return {
         "role": message.get("role"),
@@ -223,4 +299,5 @@ def _message_struct(message: dict[str, Any], weight: int | None) -> dict[str, An
         "tool_call_id": message.get("tool_call_id"),
         "name": message.get("name"),
         "weight": weight,
+        "tools": tools,
     }

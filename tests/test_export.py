@@ -135,9 +135,87 @@ def test_replies_of_earlier_runs_are_context_and_a_run_that_decided_nothing_is_l
     store.close()
     result = CliRunner().invoke(app, ["traces", "export", "--store", str(store_path), "-f", "jsonl", "-o", str(tmp_path / "out.jsonl")])
     assert result.exit_code == 0, result.output
-    assert (
-        "Wrote 2 trajectories" in result.output and "Left out 1 whose run decided nothing" in result.output and "no-model" in result.output
-    )
+    assert "Wrote 2 examples" in result.output and "Left out 1 whose run decided nothing" in result.output and "no-model" in result.output
     examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     weights = [[(m["content"], m.get("weight", 1)) for m in e["messages"] if m["role"] == "assistant"] for e in examples]
     assert sorted(weights, key=len) == [[("Hello, Ada.", 1)], [("Hello, Ada.", 0), ("You asked about pears.", 1)]]
+
+
+def _record_tools_chosen_per_call(store_path: Path) -> None:
+    """A real ``create_agent`` run whose model is offered one tool per call by a ``wrap_model_call`` middleware (as
+    ``LLMToolSelectorMiddleware`` narrows them): check_stock twice, then order_item, then none for the answer."""
+    from typing import Any
+
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import wrap_model_call
+
+    from ee_middleware import record_experience
+    from tests.capture.test_middleware_shapes import TASK, planned_model, shop_tools
+
+    wanted = {0: "check_stock", 1: "check_stock", 2: "order_item"}
+
+    @wrap_model_call
+    def one_tool_per_turn(request: Any, handler: Any) -> Any:
+        done = sum(1 for m in request.messages if m.type == "tool")
+        return handler(request.override(tools=[t for t in request.tools if t.name == wanted.get(done)]))
+
+    graph = create_agent(planned_model(), shop_tools({"pear": 0, "apple": 3}), middleware=[one_tool_per_turn])
+    agent = record_experience(graph, app="shop", store=store_path)
+    agent.invoke(TASK)
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(store_path)
+    store.approve([t.id for t in store.iter_trajectories()], by="alice")
+    store.close()
+
+
+def _taught_with_tools(messages: list[dict], tools: list[dict]) -> list[tuple[list[str], list[str]]]:
+    """(the calls or the answer an example teaches, the tool names it offers) for each taught assistant message."""
+    offered = [t["function"]["name"] for t in tools]
+    return [
+        ([c["function"]["name"] for c in m.get("tool_calls") or []] or [m["content"]], offered)
+        for m in messages
+        if m["role"] == "assistant" and m.get("weight", 1) == 1
+    ]
+
+
+def test_jsonl_examples_offer_the_tools_each_taught_decision_was_offered(tmp_path: Path) -> None:
+    """With tools chosen per model call, the JSONL export gave the whole conversation with the run's union of tools:
+    every decision was taught beside tools its model call never saw (the answer, offered none, beside both). One OpenAI
+    example has one tool list, so the conversation is now cut into one example per run of decisions offered the same
+    tools: each teaches those decisions (earlier ones are context, weight 0) and offers exactly their tools."""
+    store_path = tmp_path / "store"
+    _record_tools_chosen_per_call(store_path)
+    store = LocalExperienceStore(store_path)
+    try:
+        assert export_jsonl(store, tmp_path / "out.jsonl") == 3
+        assert export_parquet(store, tmp_path / "out.parquet") == 1  # one row per trajectory, as before
+    finally:
+        store.close()
+    examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    taught = [_taught_with_tools(e["messages"], e.get("tools", [])) for e in examples]
+    assert taught == [
+        [(["check_stock"], ["check_stock"]), (["check_stock"], ["check_stock"])],
+        [(["order_item"], ["order_item"])],
+        [(["No pears, 3 apples; I ordered 5 pears."], [])],
+    ]
+    assert "tools" not in examples[2], "a decision offered no tools: the example offers none"
+    assert examples[1]["messages"][-1]["tool_calls"][0]["function"]["name"] == "order_item", "an example ends on what it teaches"
+    full = examples[2]["messages"]
+    assert [m["role"] for m in full].count("tool") == 3, "the last example holds the whole conversation as its context"
+    rows = pl.read_parquet(tmp_path / "out.parquet")["messages"][0].to_list()
+    assert [m["tools"] for m in rows if m["role"] == "assistant"] == [["check_stock"], ["check_stock"], ["order_item"], []], (
+        "Parquet keeps one row per trajectory and gives each taught message the tools its decision was offered"
+    )
+    assert [m["tools"] for m in rows if m["role"] != "assistant"] == [None] * 4
+
+
+def test_a_run_offered_the_same_tools_throughout_exports_as_before(store_path: Path, tmp_path: Path) -> None:
+    """Only a run whose tools changed between decisions is cut: any other is one example with the run's tools, and its
+    Parquet messages carry no per-message tools (null)."""
+    store = _own_messages(store_path)
+    assert export_jsonl(store, tmp_path / "out.jsonl") == 1
+    assert export_parquet(store, tmp_path / "out.parquet") == 1
+    (line,) = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert "tools" in json.loads(line)
+    assert all(m["tools"] is None for m in pl.read_parquet(tmp_path / "out.parquet")["messages"][0].to_list())

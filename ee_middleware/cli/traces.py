@@ -229,7 +229,8 @@ def export(
 
     Each example teaches what its own run decided: assistant messages it did not (earlier runs' replies given as
     history, calls awaiting a human review, calls a reviewer changed or rejected) carry weight 0, and a trajectory
-    that decided nothing is left out. The file is written whole or not at all: on any failure, no partial or
+    that decided nothing is left out. A run whose model calls were offered different tools is one JSONL example per
+    stretch of decisions offered the same tools, each offering exactly those. The file is written whole or not at all: on any failure, no partial or
     temporary file is left.
     """
     from ee_middleware.export import export_jsonl, export_parquet
@@ -240,7 +241,8 @@ def export(
         source = open_existing_store(store)
         writer = export_jsonl if fmt is ExportFormat.jsonl else export_parquet
         count = writer(source, out, status=selected, on_skipped=lambda trajectory_id, reason: skipped.append(trajectory_id))
-    typer.echo(f"Wrote {count} trajectories to {out}")
+    # JSONL: one example per trajectory, or per stretch of decisions offered the same tools (see ee_middleware.export)
+    typer.echo(f"Wrote {count} {'examples' if fmt is ExportFormat.jsonl else 'trajectories'} to {out}")
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         typer.echo(f"Left out {len(skipped)} whose run decided nothing (a resumed run that called no model): {shown}")

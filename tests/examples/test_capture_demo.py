@@ -25,4 +25,4 @@ def test_capture_demo_records_every_task(tmp_path: Path, capsys):
     assert len(exported) == 4 and all("tools" in json.loads(line) for line in exported)
     assert "jane.doe@example.com" not in (store_path.parent / "approved.jsonl").read_text()
     out = capsys.readouterr().out
-    assert "What was stored" in out and "Wrote 4 trajectories" in out
+    assert "What was stored" in out and "Wrote 4 examples" in out
