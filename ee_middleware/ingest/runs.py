@@ -276,16 +276,20 @@ def conversations(spans: list[SpanData], tree: _Tree) -> list[list[SpanData]]:
     model client's instrumentation alone holds the calls of both. A call goes on with an earlier one when its history
     starts with that call's history and reply (the tool results after it); failing that, when its history answers a tool
     call id that call's reply made; or it asks again (the same history, nothing of the reply kept: a retry, a correction)
-    after that call ended. Else it starts a conversation. Of several calls it may go on with, it takes the one of the
-    longest history, then the one whose reply's ids it answers, ended before it started, not yet continued, started
-    first: two conversations given the same first messages part at their replies. A call whose history cannot be read
+    after that call ended, where that call is still its conversation's last and no tool span ran a call of its reply.
+    Else it starts a conversation: a call given the history of a call that was gone on with, or whose reply acted, is
+    the same task run again (a batch job running it twice, a conversation started over after an error), not a retry.
+    Of several calls it may go on with, it takes the one of the longest history, then the one whose reply's ids it
+    answers, ended before it started, not yet continued, started last (the latest reply, where a task run again gave the
+    same one): two conversations given the same first messages part at their replies. A call whose history cannot be read
     stays with the call before it. Each tool span goes with the call whose reply asked for it (by call id, tool name and
     arguments), the spans under a call or tool span with it, the rest (the request's span) with the first conversation."""
     calls = _top_model_calls(spans, tree)
     if len(calls) < 2 or _one_history(calls):
         return [spans]
     read = [_read_call(span, tree) for span in calls]
-    conversation_of = _chain(read)
+    ran = [_ran(normalize(s)) for s in spans if operation_of(s.attributes) == sc.OP_EXECUTE_TOOL]
+    conversation_of = _chain(read, ran)
     if max(conversation_of) == 0:
         return [spans]
     owner: dict[str, int] = {}
@@ -394,8 +398,40 @@ def _read_call(span: SpanData, tree: _Tree) -> _Call:
     )
 
 
-def _chain(calls: list[_Call]) -> list[int]:
-    """The conversation of each call (in start order; numbered as they start), see :func:`conversations`."""
+_Ran = tuple[int, str | None, str | None, str | None]
+
+
+def _ran(tool: SpanData) -> _Ran:
+    """A tool span (normalized) as the call it ran: (start, call id, tool name, arguments as canonical JSON)."""
+    attrs = tool.attributes
+    raw = attrs.get(sc.TOOL_CALL_ARGUMENTS)
+    name = attrs.get(sc.TOOL_NAME)
+    return (
+        tool.start_ns,
+        str(attrs[sc.TOOL_CALL_ID]) if attrs.get(sc.TOOL_CALL_ID) else None,
+        str(name) if name else None,
+        _arguments_key(raw) if raw not in (None, "") else None,
+    )
+
+
+def _acted(call: _Call, until: int, ran: Sequence[_Ran]) -> bool:
+    """Whether a tool span that started after ``call`` did and before ``until`` ran a call its reply made (as far as the
+    span names its id, tool and arguments): the reply acted, so it was not thrown away."""
+    for start, call_id, name, arguments in ran:
+        if not call.span.start_ns <= start <= until:
+            continue
+        for asked_id, asked_name, asked_arguments in call.asked:
+            if call_id and asked_id and call_id != asked_id:
+                continue
+            if (name and asked_name and name != asked_name) or (arguments and asked_arguments and arguments != asked_arguments):
+                continue
+            return True
+    return False
+
+
+def _chain(calls: list[_Call], ran: Sequence[_Ran] = ()) -> list[int]:
+    """The conversation of each call (in start order; numbered as they start), see :func:`conversations`. ``ran``: the
+    tool spans among the calls (:func:`_ran`)."""
     by_history: dict[tuple[int, int], list[int]] = {}
     issued: dict[str, list[int]] = {}
     conversation_of: list[int] = []
@@ -413,7 +449,12 @@ def _chain(calls: list[_Call]) -> list[int]:
                     continue
                 if length < len(history) and history[length] in earlier.replies:
                     found.append((3, length, before))  # goes on with that call's reply
-                elif earlier.span.end_ns <= call.span.start_ns and (length == len(history) or history[length][0] != "assistant"):
+                elif (
+                    earlier.span.end_ns <= call.span.start_ns
+                    and (length == len(history) or history[length][0] != "assistant")
+                    and tails.get(conversation_of[before]) == before  # nothing went on with its reply
+                    and not _acted(earlier, call.span.start_ns, ran)
+                ):
                     found.append((1, length, before))  # asks again after it
         found += [(2, 0, before) for call_id in call.answered for before in issued.get(call_id, ())]  # answers its reply's calls
 
@@ -422,7 +463,7 @@ def _chain(calls: list[_Call]) -> list[int]:
             earlier = calls[before]
             ties = any(i and i in call.answered for i, _, _ in earlier.asked)
             ended = earlier.span.end_ns <= call.span.start_ns
-            return (kind, length, ties, ended, tails.get(conversation_of[before]) == before, -before)
+            return (kind, length, ties, ended, tails.get(conversation_of[before]) == before, before)
 
         best = max(((rank(c), c[2]) for c in found), default=None)
         if best is not None:
