@@ -35,12 +35,15 @@ class LoopConfig:
     ``parse_text_calls``: read calls from the text when a message has no structured ``tool_calls``.
     ``feed_back_parse_errors``: when an answer looks like a call but cannot be read, tell the model
     (as a user message) and let it try again within the step budget, instead of ending the turn.
+    ``end_at_max_steps``: a turn cut at ``max_steps_per_turn`` ends the conversation (no later user turn
+    is run), as BFCL's multi-turn runner force-quits an entry.
     """
 
     max_steps_per_turn: int = 20
     execute_tools: bool = True
     parse_text_calls: bool = True
     feed_back_parse_errors: bool = False
+    end_at_max_steps: bool = False
     temperature: float = 0.0
     max_tokens: int = 512
     seed: int | None = 0
@@ -98,6 +101,8 @@ def run_conversation(
             return _fail(conversation, turn, "tool_error", str(exc))
         except Exception as exc:  # noqa: BLE001 - a client bug is one task's failure, not the run's
             return _fail(conversation, turn, "client_error", f"the model client raised {type(exc).__name__}: {exc}")
+        if config.end_at_max_steps and turn.stopped == "max_steps":
+            break
         index += 1
     return conversation
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import keyword
 import os
 import re
 import sys
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,24 @@ def unique_model_name(prefix: str = "ee_eval") -> str:
 def call_string(name: str, arguments: Mapping[str, Any]) -> str:
     """A call as the official checker reads it: ``name(a=1, b='x')`` (Python literals, as BFCL decodes FC output)."""
     return f"{name}({','.join(f'{key}={value!r}' for key, value in arguments.items())})"
+
+
+NOT_A_TOOL = "ee_not_a_backend_tool()"
+"""What a model's call that the backends cannot run is handed to the checker as: a name nothing defines."""
+
+
+def model_call_string(name: str, arguments: Mapping[str, Any], tools: Collection[str]) -> str:
+    """A model's call as the multi-turn checker may run it: :func:`call_string` when ``name`` is one of ``tools`` (the
+    backends' public methods) and every argument name is a Python identifier, else :data:`NOT_A_TOOL`.
+
+    ``multi_turn_checker`` runs each call string with ``eval``, so a name or an argument name taken as the model sent it
+    would run whatever Python it holds (``__import__('os').system(...)``, ``open``). A call the backends cannot run
+    fails there either way (an execution error, the state untouched, an output matching nothing), which
+    :data:`NOT_A_TOOL` gives without running the model's text. Argument values are ``repr`` of parsed data: literals.
+    """
+    if name not in tools or not all(isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key) for key in arguments):
+        return NOT_A_TOOL
+    return call_string(name, arguments)
 
 
 def multi_turn_check(decoded: list[list[list[str]]], ground_truth: list[list[str]], entry: dict[str, Any]) -> dict[str, Any]:

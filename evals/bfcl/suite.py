@@ -4,7 +4,12 @@
   ``multi_turn_long_context``): the agent runs turn by turn against the real backends (the replay
   sandbox, :class:`ee_middleware.bfcl.sandbox.BFCLSandbox`); its calls are scored by BFCL's own
   ``multi_turn_checker`` (every public attribute of every backend compared with a ground-truth run
-  after each turn, and the turn's ground-truth outputs present among the model's).
+  after each turn, and the turn's ground-truth outputs present among the model's). The step limit is
+  BFCL's: ``max_steps_per_turn`` (BFCL's ``MAXIMUM_STEP_LIMIT``, 20) is how many answers of a turn may
+  make calls; a turn whose model still calls in the answer after those is force-quit, and the entry
+  ends there (``multi_turn:force_terminated`` unless it was the last turn, as BFCL's runner scores it).
+  A call whose name is not one of the backends' methods, or whose argument names are not Python
+  identifiers, reaches the checker (which ``eval``s call strings) as a call of an undefined name.
 * Single-turn AST categories (``simple``, ``multiple``, ``parallel``, ``parallel_multiple`` and their
   ``live_`` counterparts): one model answer, scored by BFCL's ``ast_checker`` with the category's name, as
   BFCL's own runner calls it. ``irrelevance`` and ``live_irrelevance``: right when the answer makes no call;
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -24,7 +30,7 @@ from typing import Any
 from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, MULTI_TURN_CATEGORIES, BFCLEntry, load_entries, openai_tool
 from ee_middleware.bfcl.world import build_world, parse_call
 from ee_middleware.errors import ConfigError
-from ee_middleware.evals.bfcl.official import Verdict, ast_check, call_string, multi_turn_check
+from ee_middleware.evals.bfcl.official import Verdict, ast_check, model_call_string, multi_turn_check
 from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask, TaskResult
@@ -77,7 +83,9 @@ class BFCLSuite:
         return [ast_task(q, a, self.name, self.category) for q, a in ast_entries(self.category, self.limit)]
 
     def loop_config(self, base: LoopConfig) -> LoopConfig:
-        return base if self.multi_turn else replace(base, execute_tools=False, max_steps_per_turn=1)
+        if self.multi_turn:  # BFCL force-quits a turn whose model makes calls in more than its limit's answers
+            return replace(base, max_steps_per_turn=base.max_steps_per_turn + 1, end_at_max_steps=True)
+        return replace(base, execute_tools=False, max_steps_per_turn=1)
 
     def run(self, client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> TaskResult:
         config = self.loop_config(config)
@@ -144,23 +152,36 @@ def _tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, 
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
 
 
-def decoded_calls(conversation: Conversation) -> list[list[list[str]]]:
-    """The model's calls per turn, per step, as the official checker reads them."""
-    return [[[call_string(c.name, c.arguments) for c in step.calls] for step in turn.steps] for turn in conversation.turns]
+def decoded_calls(conversation: Conversation, tools: Collection[str]) -> list[list[list[str]]]:
+    """The model's calls per turn, per step, as the official checker reads them (``tools``: the backends' method
+    names; any other call is handed over as one the backends cannot run, see :func:`model_call_string`)."""
+    return [[[model_call_string(c.name, c.arguments, tools) for c in step.calls] for step in turn.steps] for turn in conversation.turns]
 
 
 def _run_multi_turn(client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> tuple[Conversation, Verdict]:
     from ee_middleware.bfcl.sandbox import BFCLSandbox
+    from ee_middleware.bfcl.world import method_table
 
     sandbox = BFCLSandbox()
     try:
         sandbox.reset(task.payload["environment"])
+        tools = frozenset(method_table(sandbox.world))
         conversation = run_conversation(bind(client, task), task, sandbox, config, trial=trial)
     finally:
         sandbox.close()
     if conversation.error is not None:
         return conversation, Verdict(False, conversation.error_type, conversation.error)
-    return conversation, Verdict.of(multi_turn_check(decoded_calls(conversation), task.payload["ground_truth"], task.payload["entry"]))
+    ground_truth = task.payload["ground_truth"]
+    turns = conversation.turns
+    if turns and turns[-1].stopped == "max_steps" and len(turns) < len(ground_truth):
+        limit = config.max_steps_per_turn - 1
+        return conversation, Verdict(
+            False,
+            "multi_turn:force_terminated",
+            f"the model was force-quit in turn {len(turns)} of {len(ground_truth)}: it still made calls in answer {limit + 1} "
+            f"(BFCL's step limit is {limit} answers with calls per turn), so the later turns were not run",
+        )
+    return conversation, Verdict.of(multi_turn_check(decoded_calls(conversation, tools), ground_truth, task.payload["entry"]))
 
 
 # --- single-turn AST ------------------------------------------------------------------------------
