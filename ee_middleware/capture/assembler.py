@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,12 @@ def run_trajectory_id(trace_id: str, root_span_id: str) -> str:
     return uuid.uuid5(_ID_NAMESPACE, f"{trace_id}:{root_span_id}").hex
 
 
+PausedTools = Callable[[str | None, Sequence[str], int], list[dict[str, Any]] | None]
+"""``paused_tools(thread_id, call_ids, before_ns)``: the schemas of the tools offered, in the order offered, at the
+decision of an interrupted run of thread ``thread_id`` (as the trajectory records it) that started before ``before_ns``
+and made the calls ``call_ids`` (the reviewed turn's: any one of them identifies it), or ``None`` when not known."""
+
+
 @dataclass(frozen=True)
 class AssemblyOptions:
     """How spans become a trajectory.
@@ -60,6 +66,10 @@ class AssemblyOptions:
     """Whether a run without a model span is an error (ingest: the instrumentation left out the
     messages). ``record_experience`` stores such runs too (a run resumed after a human review that
     only runs tools, one that fails before the model): no steps, their tool results in ``messages``."""
+    paused_tools: PausedTools | None = None
+    """Where a run resumed after a human review finds the tools offered at the decision that paused its thread (see
+    :data:`PausedTools`; the recorder's :class:`~ee_middleware.capture.paused.PausedDecisions`). Without it, or where it
+    does not know, a reviewed turn gets the resumed run's own tools, and one calling a tool none of them is is left out."""
 
 
 def split_runs(spans: Sequence[SpanData]) -> list[list[SpanData]]:
@@ -119,9 +129,17 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
     final = {"state": final_tool_messages, "errors": _error_positions(root, 0)}
     attrs = root.attributes
+    thread_id = _redact_opt(
+        redact,
+        attrs.get(sc.CONVERSATION_ID)
+        or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None),
+    )
     offered = _offered_tools(decisions)
     reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars)
-    reviewed = _offered_here(reviewed, set(_tool_names(offered)))
+    if reviewed:
+        paused = options.paused_tools
+        look_up = (lambda ids: paused(thread_id, ids, root.start_ns)) if paused is not None else (lambda ids: None)
+        reviewed, offered = _reviewed_tools(reviewed, offered, look_up)
     steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final, _tool_names(offered))
     if reviewed:
         turns = reviewed[-1].decision_index + 1
@@ -145,11 +163,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             id=str(attrs.get(sc.EE_TRAJECTORY_ID) or run_trajectory_id(root.trace_id, root.span_id)),
             app=str(attrs.get(sc.EE_APP) or attrs.get(sc.AGENT_NAME) or root.resource.get("service.name") or options.app or "unknown-app"),
             app_version=_opt_str(attrs.get(sc.EE_APP_VERSION) or attrs.get(sc.AGENT_VERSION) or root.resource.get("service.version")),
-            thread_id=_redact_opt(
-                redact,
-                attrs.get(sc.CONVERSATION_ID)
-                or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None),
-            ),
+            thread_id=thread_id,
             task=redact(task) if task else None,
             tools=offered,
             model=_model(chats),
@@ -438,16 +452,38 @@ def _reviewed_turns(
     return steps, [t for t in tools if id(t) not in used]
 
 
-def _offered_here(reviewed: list[Step], offered: set[str]) -> list[Step]:
-    """``reviewed`` without the turns that call a tool none of this run's model calls was offered (a middleware choosing
-    the tools per call offered the paused decision tools this run never was): which tools that decision had is not
-    known here, and a row offering this run's tools would teach a call of a tool it does not list. Renumbered."""
-    dropped = {s.decision_index for s in reviewed if s.action.tool_call is not None and s.action.tool_call.name not in offered}
-    if not dropped:
-        return reviewed
-    kept = [s for s in reviewed if s.decision_index not in dropped]
-    turns = {turn: i for i, turn in enumerate(dict.fromkeys(s.decision_index for s in kept))}
-    return [s.model_copy(update={"index": i, "decision_index": turns[s.decision_index]}) for i, s in enumerate(kept)]
+def _reviewed_tools(
+    reviewed: list[Step], offered: list[dict[str, Any]], look_up: Callable[[list[str]], list[dict[str, Any]] | None]
+) -> tuple[list[Step], list[dict[str, Any]]]:
+    """The reviewed turns (:func:`_reviewed_turns`), each with the tools its decision was offered, and the run's tools
+    (``offered``) with those of their schemas it lacks added at its end.
+
+    The paused run's decision was offered what ``look_up(call_ids)`` says (a middleware choosing the tools per call:
+    ``LLMToolSelectorMiddleware``, a ``wrap_model_call`` setting ``request.tools``, may have offered it tools none of
+    this run's model calls was); a turn calling a tool it was not offered (a reviewer's edit to another tool) is left
+    out: it is no decision the model made with those tools. Where that is not known (the paused run was not recorded
+    to this store), a turn gets this run's own tools, and is left out if it calls a tool none of them is: a row
+    offering them would teach a call of a tool it does not list. ``Step.tools`` is set only where the turn's tools are
+    not the run's, so a run whose tools never change is recorded as before. Renumbered."""
+    own = _tool_names(offered)
+    union = list(offered)
+    kept: list[tuple[list[Step], list[str]]] = []
+    for turn in dict.fromkeys(s.decision_index for s in reviewed):
+        steps = [s for s in reviewed if s.decision_index == turn]
+        schemas = look_up([s.action.tool_call.id for s in steps if s.action.tool_call is not None and s.action.tool_call.id])
+        names = own if schemas is None else _tool_names(schemas)
+        if any(s.action.tool_call is not None and s.action.tool_call.name not in names for s in steps):
+            continue
+        known = set(_tool_names(union))
+        union.extend(schema for schema in schemas or () if tool_schema_name(schema) not in known)
+        kept.append((steps, names))
+    every = _tool_names(union)
+    out: list[Step] = []
+    for turn, (steps, names) in enumerate(kept):
+        # as a record read from JSON: ``tools`` set only where there are some (see _step)
+        update: dict[str, Any] = {} if names == every else {"tools": names}
+        out.extend(s.model_copy(update={"index": len(out) + i, "decision_index": turn, **update}) for i, s in enumerate(steps))
+    return out, union
 
 
 def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:

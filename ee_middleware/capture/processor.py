@@ -15,6 +15,7 @@ live.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_runs
 from ee_middleware.capture.normalize import operation_of
+from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.spandata import SpanData, from_readable_span
 from ee_middleware.errors import CaptureError
 from ee_middleware.records import Approval, Trajectory, utcnow
@@ -106,6 +108,9 @@ class ExperienceSpanProcessor(SpanProcessor):
         """Applied to every failure message before it is logged or kept in ``stats``: an exception's text
         (from assembly, the store or ``approve_if``) can quote the run's data."""
         self.stats = CaptureStats()
+        self.paused = PausedDecisions(store)
+        """The tools offered at the decisions runs paused on for a human review, for the runs resuming their threads
+        (given to assembly as ``options.paused_tools`` unless the options say otherwise)."""
         self._max_buffered = max_buffered_runs
         self._max_batch = max_batch
         self._write_interval = min_write_interval_s
@@ -218,11 +223,16 @@ class ExperienceSpanProcessor(SpanProcessor):
 
     def _write(self, jobs: list[list[SpanData]]) -> None:
         trajectories: list[Trajectory] = []
+        options = (
+            self.options if self.options.paused_tools is not None else dataclasses.replace(self.options, paused_tools=self.paused.tools)
+        )
         for spans in jobs:
             runs = [spans] if self.recorder_id is not None else split_runs(spans)
             for run in runs:
                 try:
-                    trajectories.append(self._approve(assemble(run, self.options)))
+                    trajectory = assemble(run, options)
+                    self.paused.remember(trajectory)  # before the next run: a resume may come in the same batch
+                    trajectories.append(self._approve(trajectory))
                 except Exception as exc:  # noqa: BLE001
                     self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
         if not trajectories:

@@ -25,6 +25,7 @@ from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 from tests.capture.test_middleware_shapes import TASK, planned_model, shop_tools
+from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
 from tests.conftest import record_once
 
 WANTED = {0: "check_stock", 1: "check_stock", 2: "order_item"}
@@ -131,31 +132,187 @@ def test_replay_proposes_only_the_tools_offered_at_each_step(tmp_path: Path) -> 
             assert _names(tools) == by_step[step_index], (kind, step_index)
 
 
-def test_a_reviewed_call_whose_tool_this_run_was_never_offered_is_not_taught_with_other_tools(tmp_path: Path) -> None:
-    """Tools chosen per call and a human review: the resumed run's own model calls were offered other tools (or none)
-    than the paused decision, so its reviewed order_item step was taught with a tool list that lacked order_item (found
-    by review: IL offered [] and targeted order_item). Which tools the paused decision had is not known to the resumed
-    run, so such a reviewed turn is not taught from it; every IL row offers the tools its target calls."""
+REVIEWS = {
+    "approve": {"type": "approve"},
+    "edit": {"type": "edit", "edited_action": {"name": "order_item", "args": {"item": "pear", "quantity": 2}}},
+}
+
+
+def _reviewed_graph(model: Any) -> Any:
+    """The shop agent offering one tool per call (``one_tool_per_turn``: order_item alone at the order) with a human
+    review of every order, on a real checkpointer."""
     from langchain.agents.middleware import HumanInTheLoopMiddleware
     from langgraph.checkpoint.memory import InMemorySaver
+
+    middleware = [one_tool_per_turn, HumanInTheLoopMiddleware(interrupt_on={"order_item": True})]
+    return create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=middleware, checkpointer=InMemorySaver())
+
+
+def _resume(agent: Any, decision: dict[str, Any]) -> None:
     from langgraph.types import Command
 
-    model = planned_model()
-    middleware = [one_tool_per_turn, HumanInTheLoopMiddleware(interrupt_on={"order_item": True})]
-    graph = create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=middleware, checkpointer=InMemorySaver())
-    agent = record_experience(graph, app="shop", store=tmp_path / "s")
-    config = {"configurable": {"thread_id": "t1"}}
-    agent.invoke(TASK, config)
-    agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+    agent.invoke(Command(resume={"decisions": [decision]}), {"configurable": {"thread_id": "t1"}})
     agent.flush()
     agent.recorder.close()
+
+
+def _paused_and_resumed(store_path: Path) -> tuple[Any, Any]:
+    store = LocalExperienceStore(store_path)
+    try:
+        paused, resumed = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+        store.approve([paused.id, resumed.id], by="me")
+    finally:
+        store.close()
+    assert paused.status == "interrupted"
+    return paused, resumed
+
+
+def _il_rows(store_path: Path, out: Path) -> list[tuple[list[tuple[str, dict[str, Any]]], list[str]]]:
+    """Each IL row's target calls and offered tool names, as ``ee datasets build`` writes them (il.parquet); every row
+    offers the tools its target calls."""
+    build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    rows = []
+    for row in pl.read_parquet(out / "il.parquet").iter_rows(named=True):
+        [target] = json.loads(row["completion"])
+        calls = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in target.get("tool_calls") or ()]
+        assert {name for name, _ in calls} <= set(_names(row["tools"])), (calls, row["tools"])
+        rows.append((calls, _names(row["tools"])))
+    return rows
+
+
+def _check_reviewed_turn_taught_with_its_decisions_tools(store_path: Path, out: Path, review: str) -> None:
+    """The resumed run's first step is the reviewed order as it ran, offered what the paused decision was (order_item
+    alone, as the paused trajectory's own step says: none of the resumed run's model calls was offered it), and IL
+    teaches it once, so, with the reviewer's arguments."""
+    paused, resumed = _paused_and_resumed(store_path)
+    [awaiting] = [s for s in paused.steps if s.observation is None]
+    assert _names(paused.step_tools(awaiting)) == ["order_item"]
+    quantity = {"approve": 5, "edit": 2}[review]
+    first = resumed.steps[0]
+    assert first.action.tool_call is not None
+    assert (first.action.tool_call.name, first.action.tool_call.arguments) == ("order_item", {"item": "pear", "quantity": quantity})
+    assert first.observation is not None and first.observation.content == f"ordered {quantity} pear; now {quantity}"
+    assert resumed.step_tools(first) == paused.step_tools(awaiting)  # the schema itself, as the paused run recorded it
+    assert [_names(resumed.step_tools(s)) for s in resumed.steps] == [["order_item"], []]  # the answer was offered none
+    orders = [(calls, tools) for calls, tools in _il_rows(store_path, out) if any(name == "order_item" for name, _ in calls)]
+    assert orders == [([("order_item", {"item": "pear", "quantity": quantity})], ["order_item"])]
+
+
+@pytest.mark.usefixtures("no_child_left")
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("review", ["approve", "edit"])
+def test_a_reviewed_call_is_taught_with_the_tools_its_paused_decision_was_offered(tmp_path: Path, review: str, offload: str) -> None:
+    """Tools chosen per call and a human review: the paused decision was offered order_item alone, the resumed run's own
+    model call none. The resumed run's reviewed step got the resumed run's tools, which lacked order_item (IL offered []
+    and targeted order_item), then (7ab00e1) was taught nowhere: the approved or edited order was lost to training. The
+    recorder now carries the paused decision's tools over to the run that resumes its thread."""
+    graph = _reviewed_graph(planned_model())
+    agent = record_experience(graph, app="shop", store=tmp_path / "s", offload=offload)
+    agent.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    _resume(agent, REVIEWS[review])
+    _check_reviewed_turn_taught_with_its_decisions_tools(tmp_path / "s", tmp_path / "data", review)
+
+
+@pytest.mark.usefixtures("no_child_left")
+@pytest.mark.parametrize(("offload", "compacted"), [("thread", False), ("thread", True), ("process", False)])
+def test_a_resume_recorded_by_a_fresh_recorder_reads_the_paused_decisions_tools_from_the_store(
+    tmp_path: Path, offload: str, compacted: bool
+) -> None:
+    """The review is answered after the app restarted (or in another worker process): a new ``record_experience`` over
+    the same store and checkpointer records the resumed run, knowing nothing of the paused one but what the store holds
+    (its spool, or its Parquet parts once compacted)."""
+    graph = _reviewed_graph(planned_model())
+    first = record_experience(graph, app="shop", store=tmp_path / "s", offload=offload)
+    first.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    first.flush()
+    first.recorder.close()
+    if compacted:
+        store = LocalExperienceStore(tmp_path / "s")
+        assert store.compact() > 0
+        store.close()
+    _resume(record_experience(graph, app="shop", store=tmp_path / "s", offload=offload), REVIEWS["edit"])
+    _check_reviewed_turn_taught_with_its_decisions_tools(tmp_path / "s", tmp_path / "data", "edit")
+
+
+def test_a_reviewed_call_whose_paused_decision_is_unknown_is_not_taught_with_other_tools(tmp_path: Path) -> None:
+    """The paused run was not recorded (the app recorded only from its restart on): which tools the paused decision had
+    is not known, and the resumed run's own model call was never offered order_item, so the reviewed order is not taught
+    (a row offering this run's tools would teach a call of a tool it does not list; found by review: IL offered [] and
+    targeted order_item). Every IL row offers the tools its target calls."""
+    graph = _reviewed_graph(planned_model())
+    graph.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    _resume(record_experience(graph, app="shop", store=tmp_path / "s"), REVIEWS["approve"])
     store = LocalExperienceStore(tmp_path / "s")
-    paused, resumed = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
-    assert "order_item" not in [s.action.tool_call.name for s in resumed.steps if s.action.tool_call is not None]
-    store.approve([paused.id, resumed.id], by="me")
+    [resumed] = list(store.iter_trajectories())
+    store.approve([resumed.id], by="me")
     store.close()
-    build_datasets(DatasetConfig.load(store=tmp_path / "s", out=tmp_path / "data", kinds="il"))
-    for row in pl.read_parquet(tmp_path / "data" / "il.parquet").iter_rows(named=True):
-        target = json.loads(row["completion"])[0]
-        called = {c["function"]["name"] for c in target.get("tool_calls") or ()}
-        assert called <= set(_names(row["tools"])), (called, row["tools"])
+    assert [s.action.kind for s in resumed.steps] == ["answer"]
+    assert [calls for calls, _ in _il_rows(tmp_path / "s", tmp_path / "data")] == [[]]
+
+
+def test_a_call_the_reviewer_changed_to_a_tool_its_decision_was_not_offered_is_not_taught(tmp_path: Path) -> None:
+    """A reviewer's edit calling another tool than the paused decision was offered (check_stock, where only order_item
+    was) is no decision of the model's with those tools: it is not taught (an IL row would offer order_item and target
+    check_stock), and nothing else of the run changes."""
+    graph = _reviewed_graph(planned_model())
+    agent = record_experience(graph, app="shop", store=tmp_path / "s")
+    agent.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    _resume(agent, {"type": "edit", "edited_action": {"name": "check_stock", "args": {"item": "kiwi"}}})
+    _, resumed = _paused_and_resumed(tmp_path / "s")
+    assert [s.action.kind for s in resumed.steps] == ["answer"]
+    assert not [calls for calls, _ in _il_rows(tmp_path / "s", tmp_path / "data") if ("check_stock", {"item": "kiwi"}) in calls]
+
+
+def test_a_reviewed_turn_of_a_run_whose_tools_never_change_records_no_step_tools(tmp_path: Path) -> None:
+    """Every model call offered both tools: the reviewed step, like every other, stores no ``tools`` (the records are
+    those of before schema 1.4)."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    middleware = [HumanInTheLoopMiddleware(interrupt_on={"order_item": True})]
+    graph = create_agent(planned_model(), shop_tools({"pear": 0}), middleware=middleware, checkpointer=InMemorySaver())
+    agent = record_experience(graph, app="shop", store=tmp_path / "s")
+    agent.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    _resume(agent, REVIEWS["approve"])
+    paused, resumed = _paused_and_resumed(tmp_path / "s")
+    assert [s.action.kind for s in resumed.steps] == ["tool_call", "answer"]
+    assert _names(resumed.tools) == _names(paused.tools) == ["check_stock", "order_item"]
+    assert all("tools" not in s.model_dump(mode="json") for t in (paused, resumed) for s in t.steps)
+
+
+def test_a_pause_assembled_just_before_its_resume_is_known_without_the_store(tmp_path: Path) -> None:
+    """A pause and its resume ending close together (an app under load, a reviewer answering at once) are assembled in
+    one batch, before the store holds the paused trajectory: the span processor remembers what each interrupted run it
+    assembled was offered (``PausedDecisions``, no store here) and the resume's reviewed order gets it. The two runs'
+    real spans (the app's own tracer provider), assembled as the processor does."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_runs
+    from ee_middleware.capture.paused import PausedDecisions
+    from ee_middleware.capture.spandata import from_readable_span
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = record_experience(_reviewed_graph(planned_model()), app="shop", store=tmp_path / "s", tracer_provider=provider)
+    agent.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    _resume(agent, REVIEWS["approve"])
+    pause, resume = sorted(
+        split_runs([from_readable_span(s) for s in exporter.get_finished_spans()]), key=lambda r: min(s.start_ns for s in r)
+    )
+    provider.shutdown()
+
+    def resumed_steps(paused: PausedDecisions) -> list[tuple[str, list[str]]]:
+        options = AssemblyOptions(source="record_experience", model_calls_required=False, paused_tools=paused.tools)
+        paused.remember(assemble(pause, options))
+        trajectory = assemble(resume, options)
+        return [
+            (s.action.tool_call.name if s.action.tool_call else s.action.kind, _names(trajectory.step_tools(s))) for s in trajectory.steps
+        ]
+
+    assert resumed_steps(PausedDecisions(None)) == [("order_item", ["order_item"]), ("answer", [])]
+    forgetful = PausedDecisions(None)
+    forgetful.max_threads = 0  # remembers nothing: not known, so not taught (as without a recorded pause)
+    assert resumed_steps(forgetful) == [("answer", [])]

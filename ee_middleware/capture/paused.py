@@ -1,0 +1,118 @@
+"""The tools offered at the decision a run paused on for a human review, for the run that resumes its thread.
+
+A run paused by ``HumanInTheLoopMiddleware`` (or ``interrupt()``, a breakpoint) is an ``interrupted`` trajectory ending
+on the model's calls without an observation; the run resumed later with ``Command(resume=...)`` (another graph
+invocation, possibly in another process, after a restart) carries those calls out as the reviewer decided them, and
+capture records them as its first steps (the reviewed turn). Where a middleware chooses the tools per model call
+(``LLMToolSelectorMiddleware``, a ``wrap_model_call`` setting ``request.tools``), what that decision was offered is in
+none of the resumed run's spans: it is in the paused trajectory. :class:`PausedDecisions` finds it there: in the
+trajectories the same span processor assembled (kept per thread, a bounded number), else in the store, which every
+process recording the app writes (its spool, or its Parquet parts once compacted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ee_middleware.records import Trajectory, offered_tools
+
+if TYPE_CHECKING:
+    from ee_middleware.store.protocol import ExperienceStore
+
+logger = logging.getLogger("ee_middleware.capture")
+
+
+class PausedDecisions:
+    """The tools offered at the decisions that paused threads' runs, looked up by the runs that resume them
+    (:data:`~ee_middleware.capture.assembler.PausedTools`, given to assembly by the span processor).
+
+    :meth:`remember` keeps, for each thread's latest interrupted trajectory the processor assembled, the schemas offered
+    at each call awaiting review; :meth:`tools` answers from those, else from ``store``, else says it does not know
+    (``None``). Thread-safe."""
+
+    max_threads = 4096
+    """Threads whose paused decisions are kept in memory (the least recently paused are forgotten first: the store
+    still knows them)."""
+
+    def __init__(self, store: ExperienceStore | None) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._threads: OrderedDict[str, tuple[dt.datetime, dict[str, list[dict[str, Any]]]]] = OrderedDict()
+
+    def remember(self, trajectory: Trajectory) -> None:
+        """Note ``trajectory``'s calls awaiting review (an ``interrupted`` run's calls without an observation) with the
+        tools their decision was offered; any other trajectory is ignored."""
+        if trajectory.status != "interrupted" or trajectory.thread_id is None:
+            return
+        calls = {
+            s.action.tool_call.id: trajectory.step_tools(s)
+            for s in trajectory.steps
+            if s.action.tool_call is not None and s.action.tool_call.id and s.observation is None
+        }
+        if not calls:
+            return
+        with self._lock:
+            self._threads[trajectory.thread_id] = (trajectory.started_at, calls)
+            self._threads.move_to_end(trajectory.thread_id)
+            while len(self._threads) > self.max_threads:
+                self._threads.popitem(last=False)
+
+    def tools(self, thread_id: str | None, call_ids: Sequence[str], before_ns: int) -> list[dict[str, Any]] | None:
+        """The schemas offered at the decision of an interrupted run of ``thread_id`` started before ``before_ns`` that
+        made any of ``call_ids`` (the latest such run's), or ``None`` when neither memory nor the store knows it."""
+        if thread_id is None or not call_ids:
+            return None
+        before = dt.datetime.fromtimestamp(before_ns / 1e9, tz=dt.UTC)
+        with self._lock:
+            started, calls = self._threads.get(thread_id, (None, {}))
+        if started is not None and started < before:
+            for call_id in call_ids:
+                if call_id in calls:
+                    return calls[call_id]
+        if self._store is None:
+            return None
+        try:
+            return paused_decision_tools(self._store, thread_id, call_ids, before)
+        except Exception as exc:  # noqa: BLE001 - not knowing is the fallback: the reviewed turn is then not taught
+            logger.warning(
+                "ee-middleware capture: could not read the tools of a paused run's decision from %r (%s); the run resuming "
+                "it is recorded without them, and its reviewed turn may not be taught.",
+                self._store,
+                type(exc).__name__,
+            )
+            return None
+
+
+def paused_decision_tools(
+    store: ExperienceStore, thread_id: str, call_ids: Sequence[str], before: dt.datetime
+) -> list[dict[str, Any]] | None:
+    """The schemas offered at the decision that made any of ``call_ids`` awaiting review (a tool call step without an
+    observation) in the latest ``interrupted`` trajectory of ``thread_id`` in ``store`` started before ``before``, or
+    ``None`` when there is none. A store with lazy reads (``scan``: the local store) reads only those rows."""
+    import polars as pl
+
+    awaiting = (pl.col("action_kind") == "tool_call") & pl.col("tool_call_id").is_in(list(call_ids)) & pl.col("observation").is_null()
+    paused = (pl.col("thread_id") == thread_id) & (pl.col("status") == "interrupted") & (pl.col("started_at") < before)
+    if hasattr(store, "scan"):
+        steps = store.scan("steps").filter(awaiting).select("trajectory_id", "offered_tools_json").collect()
+        if steps.is_empty():
+            return None
+        candidates = pl.col("id").is_in(steps["trajectory_id"].unique().implode())
+        trajectories = store.scan("trajectories").filter(candidates & paused).select("id", "started_at", "tools_json").collect()
+    else:  # a store without lazy reads: its frames
+        trajectories = store.trajectories().filter(paused).select("id", "started_at", "tools_json")
+        if trajectories.is_empty():
+            return None
+        steps = store.steps(trajectories["id"].to_list()).filter(awaiting).select("trajectory_id", "offered_tools_json")
+    found = trajectories.join(steps, left_on="id", right_on="trajectory_id").sort("started_at", maintain_order=True)
+    if found.is_empty():
+        return None
+    row = found.row(found.height - 1, named=True)
+    names = None if row["offered_tools_json"] is None else json.loads(row["offered_tools_json"])
+    return offered_tools(json.loads(row["tools_json"] or "[]"), names)
