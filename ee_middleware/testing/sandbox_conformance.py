@@ -29,14 +29,16 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
   changes nothing, the mutating call changes it, and restore and reset bring the old one back.
 
 A failure names the broken promise, what the read calls showed against what they should have
-shown, and the usual cause: state kept outside the world (a module-level variable), or a tool that
-shows the clock, random numbers or fresh ids.
+shown, and the usual cause: state kept outside the world (a module-level variable), a tool that
+shows the clock, random numbers or fresh ids, or one that returns an object with no JSON form
+(shown by its repr, with its memory address).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ee_middleware.errors import SandboxError, StateDigestUnavailableError
@@ -56,10 +58,25 @@ NONDETERMINISM = (
     "A tool that shows the clock, random numbers or fresh ids (uuid) answers differently every time, and replay reports "
     "each such step as a fidelity error: take them from the world (a fixed time, a seeded random.Random built from the environment)."
 )
+_DEFAULT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
+"""An object shown by Python's default repr, with its memory address."""
+
+
+def _cause(texts: Iterable[str], usual: str) -> str:
+    """The cause the observations of a failure point to: an object shown by its default repr, else ``usual``."""
+    for text in texts:
+        found = _DEFAULT_REPR.search(text)
+        if found:
+            return (
+                f"The observation shows an object by its default repr ({found.group(0)}), whose address differs from call to "
+                f"call: {found.group(1)} has no JSON form, so its text is str(value), as LangChain makes a tool's result. "
+                "Make the tool return plain data (dicts, lists, strings, numbers; dict(row) for a sqlite3.Row)."
+            )
+    return usual
 
 
 def check_sandbox(
-    make_sandbox: Callable[[], Any],
+    make_sandbox: Callable[[], Any] | str,
     *,
     environment: dict[str, Any] | None,
     mutate: ToolCall,
@@ -70,7 +87,8 @@ def check_sandbox(
     """Assert the sandbox protocol's behaviour on a sandbox from ``make_sandbox``.
 
     Args:
-        make_sandbox: builds a fresh sandbox (the kit closes it).
+        make_sandbox: builds a fresh sandbox (the kit closes it); or a sandbox spec as ``ee replay run --sandbox`` takes
+            it (``package.module:factory``, ``mcp:servers.json``), built as replay builds it.
         environment: an environment reference the sandbox can reset to.
         mutate: a call that succeeds from that environment and changes what ``read`` shows.
         read: one or more calls that change nothing and show the world.
@@ -85,6 +103,7 @@ def check_sandbox(
     if bad_calls is None:
         bad_calls = [mutate.model_copy(update={"arguments": {**mutate.arguments, UNEXPECTED_ARGUMENT: 1}})]
     pristine = copy.deepcopy(environment)
+    make_sandbox = _factory(make_sandbox)
     sandbox = make_sandbox()
     probe = _Probe(sandbox, environment, mutate, reads)
     try:
@@ -107,6 +126,26 @@ def check_sandbox(
             sandbox.close()
         except Exception:  # noqa: BLE001 - already failing or already checked; only cleaning up
             pass
+
+
+def _factory(make_sandbox: Any) -> Callable[[], Any]:
+    """``make_sandbox`` as a function that builds a fresh sandbox: a spec is built as replay builds it."""
+    if isinstance(make_sandbox, str):
+        from ee_middleware.replay.sandboxes.registry import sandbox_factory
+
+        return sandbox_factory(make_sandbox)
+    if not isinstance(make_sandbox, type) and isinstance(make_sandbox, Sandbox):
+        raise TypeError(
+            f"check_sandbox needs a function that builds a fresh sandbox (it builds more than one, and closes them), not a "
+            f"{type(make_sandbox).__name__} already built: pass the factory itself, check_sandbox(make_sandbox, ...), or its "
+            "spec 'package.module:factory'."
+        )
+    if not callable(make_sandbox):
+        raise TypeError(
+            "check_sandbox needs a function that builds a fresh sandbox, check_sandbox(make_sandbox, ...), or a sandbox spec "
+            f"'package.module:factory'; got a {type(make_sandbox).__name__}."
+        )
+    return make_sandbox
 
 
 class _Probe:
@@ -145,15 +184,14 @@ class _Probe:
         """The read calls show ``expected``, or fail with ``promise``, what they showed instead, and the usual ``cause``."""
         seen = self.observe()
         if seen != expected:
-            shown = "; ".join(
-                f"{_call_text(call)} showed {got!r:.300}, expected {want!r:.300}"
-                for call, got, want in zip(self.reads, seen, expected, strict=True)
-                if got != want
-            )
-            raise AssertionError(f"{promise}: {shown}. {cause}")
+            differing = [(call, got, want) for call, got, want in zip(self.reads, seen, expected, strict=True) if got != want]
+            shown = "; ".join(f"{_call_text(call)} showed {got!r:.300}, expected {want!r:.300}" for call, got, want in differing)
+            raise AssertionError(f"{promise}: {shown}. {_cause([t for _, *texts in differing for t in texts], cause)}")
 
     def check_preconditions(self) -> None:
         self.sandbox.reset(self.environment)
+        for name in sorted({self.mutate.name, *(c.name for c in self.reads)}):
+            assert self.sandbox.covers(name), _not_covered(self.sandbox, name)
         self.start = self.observe()
         self.expect(
             self.start,
@@ -186,7 +224,7 @@ class _Probe:
         if again.content != self.mutated.content:
             raise AssertionError(
                 f"the same call from the same snapshot must give the same observation: {_call_text(self.mutate)} gave "
-                f"{self.mutated.content!r:.300}, then {again.content!r:.300}. {NONDETERMINISM}"
+                f"{self.mutated.content!r:.300}, then {again.content!r:.300}. {_cause([self.mutated.content, again.content], NONDETERMINISM)}"
             )
         self.expect(self.changed, "the same call from the same snapshot must change the world the same way", NONDETERMINISM)
         self.sandbox.restore(self.start_snapshot)  # branch 2
@@ -208,6 +246,19 @@ class _Probe:
         )
         for name in sorted({self.mutate.name, *(c.name for c in self.reads)}):
             assert self.sandbox.covers(name), f"covers({name!r}) must be true after a reset: the sandbox executes it"
+
+
+def _not_covered(sandbox: Any, name: str) -> str:
+    """Why a call the kit was given cannot be checked: the sandbox does not cover its tool (with its refusal hint, if any)."""
+    hint = getattr(sandbox, "refusal_hint", None)
+    why = hint(name) if callable(hint) else None
+    if why:
+        return f"covers({name!r}) must be true after a reset, but the sandbox refuses it: {why}"
+    return (
+        f"covers({name!r}) must be true after a reset: the sandbox does not execute {name}, and replay never calls a tool its "
+        f"sandbox does not cover; add {name} to the sandbox (PythonSandbox's tools), or name calls to tools it has (if it "
+        "has it, covers() must not keep an answer it gave before the reset)"
+    )
 
 
 def _call_text(call: ToolCall) -> str:

@@ -260,3 +260,99 @@ def test_a_failure_shows_the_observations_and_the_usual_cause(tools: dict[str, A
     message = str(failed.value)
     assert re.search(shows, message), message
     assert cause in message, message
+
+
+# --- a SQLite world, and mistakes a user makes with the kit ---------------------------------------------------
+
+
+class OrdersWorld:
+    """An in-memory SQLite database that pickles as its own bytes, as docs/sandboxes.md's database worlds do."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def __getstate__(self) -> bytes:
+        return self.db.serialize()
+
+    def __setstate__(self, state: bytes) -> None:
+        import sqlite3
+
+        self.db = sqlite3.connect(":memory:", check_same_thread=False)
+        self.db.deserialize(state)
+
+
+def build_orders(environment: dict[str, Any] | None) -> OrdersWorld:
+    import sqlite3
+
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    db.execute("CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT)")
+    db.executemany("INSERT INTO orders VALUES (?, ?)", [(o, "pending") for o in (environment or {})["orders"]])
+    db.commit()
+    return OrdersWorld(db)
+
+
+def cancel_order(world: OrdersWorld, order_id: str) -> str:
+    world.db.execute("UPDATE orders SET status = 'cancelled' WHERE id = ?", (order_id,))
+    world.db.commit()
+    return f"cancelled {order_id}"
+
+
+def list_orders_as_rows(world: OrdersWorld) -> list[Any]:
+    """Returns the cursor's sqlite3.Row objects, not plain data: their text is a repr with a memory address."""
+    import sqlite3
+
+    world.db.row_factory = sqlite3.Row
+    try:
+        return world.db.execute("SELECT id, status FROM orders ORDER BY id").fetchall()
+    finally:
+        world.db.row_factory = None
+
+
+def list_orders(world: OrdersWorld) -> list[dict[str, str]]:
+    return [{"id": i, "status": s} for i, s in world.db.execute("SELECT id, status FROM orders ORDER BY id")]
+
+
+ORDERS = {
+    "environment": {"orders": ["O-1", "O-2"]},
+    "mutate": ToolCall(id="m", name="cancel_order", arguments={"order_id": "O-1"}),
+    "read": ToolCall(id="r", name="list_orders", arguments={}),
+}
+
+
+def make_orders_sandbox(**tools: Any) -> PythonSandbox:
+    return PythonSandbox(build_orders, tools={"cancel_order": cancel_order, "list_orders": list_orders, **tools})
+
+
+def test_a_sqlite_world_that_pickles_as_its_bytes_passes() -> None:
+    check_sandbox(make_orders_sandbox, **copy.deepcopy(ORDERS))
+
+
+def test_a_tool_returning_objects_without_json_is_named_not_blamed_on_the_clock() -> None:
+    """sqlite3.Row objects become their repr, with a memory address that differs from call to call: the failure says so
+    and how to fix it, instead of pointing at the clock and random numbers."""
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(functools.partial(make_orders_sandbox, list_orders=list_orders_as_rows), **copy.deepcopy(ORDERS))
+    message = str(failed.value)
+    assert "<sqlite3.Row object at 0x" in message, message
+    assert "sqlite3.Row has no JSON form" in message, message
+    assert "return plain data" in message, message
+    assert "the clock" not in message, message
+
+
+def test_a_call_to_a_tool_the_sandbox_lacks_says_so_and_how_to_add_it() -> None:
+    probe = {**copy.deepcopy(ORDERS), "mutate": ToolCall(id="m", name="refund_order", arguments={"order_id": "O-1"})}
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(make_orders_sandbox, **probe)
+    message = str(failed.value)
+    assert "covers('refund_order') must be true after a reset" in message, message
+    assert "add refund_order to the sandbox" in message, message
+    assert "pick one that works" not in message, message
+
+
+def test_the_kit_takes_a_sandbox_spec_as_ee_replay_run_does() -> None:
+    check_sandbox("tests.testing.test_sandbox_conformance:make_orders_sandbox", **copy.deepcopy(ORDERS))
+
+
+def test_a_sandbox_instead_of_its_factory_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match=r"a function that builds a fresh sandbox .*check_sandbox\(make_sandbox, \.\.\.\)"):
+        check_sandbox(make_orders_sandbox(), **copy.deepcopy(ORDERS))
