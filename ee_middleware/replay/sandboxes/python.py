@@ -40,6 +40,7 @@ from typing import Any
 
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.messages import content_to_text, kept_as_tool_content
+from ee_middleware.models.protocol import clip
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
 from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters, refusal_reason
@@ -291,8 +292,11 @@ class PythonSandbox:
             world = self._build(environment)
         except EnvironmentUnavailableError:
             raise
-        except Exception as exc:
-            raise EnvironmentUnavailableError(f"{self.kind} sandbox could not rebuild the world: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # say from what: a missing snapshot file is named by the environment, rarely by the error
+            shown = clip(json.dumps(environment, ensure_ascii=False, default=str), 300)
+            raise EnvironmentUnavailableError(
+                f"{self.kind} sandbox could not rebuild the world from the environment {shown}: {type(exc).__name__}: {exc}"
+            ) from exc
         self._release()
         self._set_world(world)
         self._ready = True

@@ -210,3 +210,22 @@ def test_a_tool_returning_content_blocks_replays_as_capture_recorded_it_never_wi
     outcome = replay_trajectory(trajectory, sandbox, Proposer(MutationPolicy(), k=3), ReplaySettings("blocks", "mutate", k=3))
     assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
     assert outcome.rollouts and not [r for r in outcome.rollouts if png[:40] in r.observation.content]
+
+
+def test_a_world_that_cannot_be_rebuilt_names_the_environment_it_was_given(tmp_path: Path) -> None:
+    """A SQLite snapshot file recorded as the run's environment is gone: the error names the file, not only sqlite's
+    'unable to open database file'."""
+    import sqlite3
+
+    def from_snapshot(environment: dict[str, Any] | None) -> Any:
+        return sqlite3.connect(f"file:{(environment or {})['db_snapshot']}?mode=ro", uri=True).execute("SELECT 1")
+
+    missing = tmp_path / "snapshots" / "run-42.sqlite"
+    sandbox = PythonSandbox(from_snapshot, tools={}, kind="helpdesk")
+    with pytest.raises(EnvironmentUnavailableError) as failed:
+        sandbox.reset({"db_snapshot": str(missing)})
+    message = str(failed.value)
+    assert "OperationalError: unable to open database file" in message, message
+    assert f'from the environment {{"db_snapshot": "{missing}"}}' in message, message
+    with pytest.raises(EnvironmentUnavailableError, match=r'from the environment \{"blob": "x{200}[^:]*\.\.\.: ZeroDivisionError'):
+        PythonSandbox(lambda env: 1 / 0, tools={}).reset({"blob": "x" * 1000})
