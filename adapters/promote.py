@@ -196,7 +196,9 @@ def _promote(
 def rendering_checks(record: AdapterRecord, replicas: Sequence[ServingBackend]) -> list[RenderingCheck]:
     """The rendering ``record`` was trained with against each replica's chat template (one check for them all when the
     manifest records none). A replica that can say what it renders offers ``served_template()``
-    (:meth:`~ee_middleware.adapters.serving.backend.HTTPServingBackend.served_template`)."""
+    (:meth:`~ee_middleware.adapters.serving.backend.HTTPServingBackend.served_template`: what the server recorded at
+    start); one that recorded nothing is asked with ``probe_template(base)`` where the replica offers it (the server
+    renders the check requests itself: :meth:`~ee_middleware.adapters.serving.backend.HTTPServingBackend.probe_template`)."""
     if not replicas:
         return []
     if trained_rendering(record.manifest) is None:
@@ -205,6 +207,9 @@ def rendering_checks(record: AdapterRecord, replicas: Sequence[ServingBackend]) 
     for replica in replicas:
         served = getattr(replica, "served_template", None)
         state = served() if callable(served) else None
+        probe = getattr(replica, "probe_template", None)
+        if state is None and callable(probe) and record.base_model:  # nothing recorded: ask the server itself
+            state = probe(record.base_model)
         checks.append(check_rendering(record.name, record.manifest, replica.url, state, base_model=record.base_model))
     return checks
 

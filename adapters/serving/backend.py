@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -64,7 +65,8 @@ class ServingBackend(Protocol):
     stale caches); ``verify`` checks the adapter is listed and answers a smoke chat request.
 
     A backend may also offer ``served_template() -> dict | None``: what the server recorded about the chat template it
-    renders with (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter against it.
+    renders with (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter against it, and
+    ``probe_template(base) -> dict``: the same told by the server's own answers, for a server that recorded nothing.
     """
 
     kind: str
@@ -229,6 +231,34 @@ class HTTPServingBackend:
         from ee_middleware.adapters.serving.rendering import server_record
 
         return server_record(self.url)
+
+    def probe_template(self, base: str) -> dict[str, Any]:
+        """What the server renders, asked of it rather than of a state file: the check requests tokenized by the server
+        (``POST /tokenize``) against the trainer's rendering for ``base``
+        (:func:`~ee_middleware.adapters.templates.asked_template`), as a state record's ``chat_template``; its
+        ``rendering`` is ``None``, and its ``note`` says why, when the server cannot be asked."""
+        from ee_middleware.adapters.templates import ServedTemplate, asked_template
+
+        root = OpenAIChatClient(
+            self.url.removesuffix("/v1"), "ee-adapters-admin", retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key=""
+        )
+        try:
+            try:
+                root.post("/tokenize", {"prompt": "ping"})
+            except ModelError as exc:
+                note = f"could not be asked what it renders: POST {root.base_url}/tokenize failed ({exc})"
+                return {"chat_template": ServedTemplate("server", None, None, note).to_json()}
+
+            def tokenize(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None) -> list[int]:
+                body = {"messages": list(messages), "add_generation_prompt": True, **({"tools": list(tools)} if tools else {})}
+                tokens = root.post("/tokenize", body).get("tokens")
+                if not isinstance(tokens, list):
+                    raise ModelResponseError(f"{root.base_url}/tokenize answered without a 'tokens' list", url=root.base_url)
+                return tokens
+
+            return {"chat_template": asked_template(base, tokenize).to_json()}
+        finally:
+            root.close()
 
     def _translate(self, exc: ModelError, doing: str) -> ServingError:
         url = getattr(exc, "url", self.url)

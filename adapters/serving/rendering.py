@@ -10,8 +10,10 @@ training rows: no error, only worse answers. :func:`check_rendering` compares th
 server answers: ``$EE_CACHE_DIR/servers/PORT.json`` (default ``~/.cache/ee-middleware/servers``) with its URL, process,
 base model and :class:`~ee_middleware.adapters.templates.ServedTemplate`. :func:`server_record` finds it by the URL a
 promote is given (a server on this machine, or on the host the file names when the cache folder is shared); a file
-whose process is gone is ignored. A server started otherwise (``vllm serve`` by hand) has none: the check then says it
-could not tell.
+whose process is gone is ignored. A server started otherwise (``vllm serve`` by hand, on another machine) has none: it
+is then asked (``POST /tokenize`` of a few requests, compared token for token with the trainer's rendering for the
+adapter's base: :func:`~ee_middleware.adapters.templates.asked_template`), and where it cannot be (no such route, no
+tokenizer for the base here) the check says it could not tell.
 """
 
 from __future__ import annotations

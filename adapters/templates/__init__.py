@@ -131,8 +131,9 @@ class ServedTemplate:
 
     kind: str
     """``derived`` (the base's template with the trainer's fallbacks in front: ``ee serve vllm``'s default),
-    ``own`` (the base's template as it is), ``trainer`` (the local server's own rendering: the trainer's functions)
-    or ``file`` (a template file given with ``--chat-template``)."""
+    ``own`` (the base's template as it is), ``trainer`` (the local server's own rendering: the trainer's functions),
+    ``file`` (a template file given with ``--chat-template``) or ``server`` (told by the running server's own answers:
+    :func:`asked_template`)."""
     path: str | None
     """The template file the server was given; ``None`` when it uses the base's own."""
     rendering: dict[str, str] | None
@@ -185,15 +186,17 @@ _CHECK_CONVERSATIONS: tuple[tuple[list[dict[str, Any]], list[dict[str, Any]] | N
 """Requests rendered both ways to tell what a template file renders like: a system message, tools, two calls with text
 beside them, tool results, and plain turns (each part a fallback changes; the last one every template takes)."""
 
-Render = Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]] | None], str]
+Render = Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]] | None], Any]
+"""Renders a request (messages, tools) as a server would: its prompt text, or (a server asked) its token ids."""
 
 
-def _renders_like(tokenizer: Any, support: Any, served: Render) -> bool:
+def _renders_like(tokenizer: Any, support: Any, served: Render, encode: Callable[[str], Any] | None = None) -> bool:
     """Whether ``served`` renders the check requests exactly as the trainer's :func:`render_prompt` with ``support``
-    (refusing a request counts as rendering it alike only when both refuse it)."""
+    (``encode``: the trainer's text as ``served`` gives it, such as token ids; refusing a request counts as rendering it
+    alike only when both refuse it)."""
     from ee_middleware.models.chat_template import render_prompt
 
-    def attempt(render: Callable[[], str]) -> str | None:
+    def attempt(render: Callable[[], Any]) -> Any:
         try:
             return render()
         except Exception:  # noqa: BLE001 - a template that refuses a request: compared as a refusal
@@ -201,21 +204,47 @@ def _renders_like(tokenizer: Any, support: Any, served: Render) -> bool:
 
     for messages, tools in _CHECK_CONVERSATIONS:
         expected = attempt(lambda messages=messages, tools=tools: render_prompt(tokenizer, messages, tools, support))
+        if expected is not None and encode is not None:
+            expected = encode(expected)
         if attempt(lambda messages=messages, tools=tools: served(messages, tools)) != expected:
             return False
     return True
 
 
-def _rendering_like(tokenizer: Any, served: Render) -> tuple[dict[str, str] | None, bool]:
+def _rendering_like(tokenizer: Any, served: Render, encode: Callable[[str], Any] | None = None) -> tuple[dict[str, str] | None, bool]:
     """The rendering ``served`` matches (the trainer's, with the base's fallbacks; or the base's template as it is), and
     whether that is the trainer's."""
     from ee_middleware.models.chat_template import TemplateSupport, probe_template
 
     trainer, as_is = probe_template(tokenizer), TemplateSupport(tools=True, tool_calls=True)
     for support in dict.fromkeys((trainer, as_is)):
-        if _renders_like(tokenizer, support, served):
+        if _renders_like(tokenizer, support, served, encode):
             return support.describe(), support == trainer
     return None, False
+
+
+def asked_template(base: str | os.PathLike[str], tokenize: Render) -> ServedTemplate:
+    """How a running server renders requests, told by the server itself: ``tokenize`` has it tokenize the check requests
+    (vLLM's and the local server's ``POST /tokenize``: the token ids of the prompt its chat template renders, raising for
+    a request it refuses), compared token for token with the trainer's rendering for ``base`` tokenized here. For a
+    server that recorded nothing about its template (started by hand, on another machine); ``rendering`` is ``None``
+    when ``base`` has no tokenizer here or the server renders unlike both the trainer and the base's own template."""
+    try:
+        read = _base_tokenizer(base)
+    except (ConfigError, ImportError) as exc:  # ImportError: no transformers here (MissingExtraError)
+        return ServedTemplate("server", None, None, f"not compared with the trainer's rendering: {exc}")
+    if read is None:
+        return ServedTemplate(
+            "server", None, None, f"not compared with the trainer's rendering: no tokenizer with a chat template in {base} on this machine"
+        )
+    tokenizer = read[1]
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    rendering, as_trainer = _rendering_like(tokenizer, lambda messages, tools: list(tokenize(messages, tools)), encode)
+    note = None if rendering else "renders requests unlike both the trainer (with the base's fallbacks) and the base's own template"
+    return ServedTemplate("server", None, rendering, note, as_trainer)
 
 
 AS_IS = {"tools": "chat template", "tool_calls": "chat template", "tool_results": "chat template", "system": "chat template"}

@@ -144,3 +144,62 @@ def test_the_comparison_goes_by_template_or_fallback_not_by_wording() -> None:
     assert check.differs and [d["part"] for d in check.differences] == ["tool_results"]
     unknown = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, "http://s/v1", None)
     assert unknown.status == "unknown" and "not started by `ee serve vllm`" in unknown.message
+
+
+def test_a_server_that_recorded_nothing_is_asked_what_it_renders(
+    local_server: Any, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server started by hand (`vllm serve` on a GPU box) records no state file, and the check said only that it could
+    not tell: an adapter trained before the fallbacks was promoted silently into a server rendering tool schemas into
+    the system message. Now the server is asked (POST /tokenize, vLLM's and the local server's) to render the check
+    requests, compared token for token with the trainer's rendering for the adapter's base: the same refusal, and a
+    matching adapter goes live as "same"."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "another-machine-cache"))  # the server's state file is not here
+    replicas = [LocalBackend(local_server.url)]
+    assert replicas[0].served_template() is None
+    asked = replicas[0].probe_template(str(tiny_base))
+    assert asked is not None and asked["chat_template"]["kind"] == "server"
+    assert asked["chat_template"]["rendering"] == TOOLS_AS_TEXT and asked["chat_template"]["as_trainer"] is True
+
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    old = registry.register(_adapter(tiny_base, tmp_path / "old", 21, BEFORE_FALLBACKS), "support-bot")
+    with pytest.raises(ChatTemplateMismatchError, match="tools: trained with the chat template, served with the fallback"):
+        promote(registry, old.name, replicas)
+    assert old.name not in replicas[0].list()
+    matching = registry.register(_adapter(tiny_base, tmp_path / "new", 22, TOOLS_AS_TEXT), "support-bot")
+    result = promote(registry, matching.name, replicas)
+    assert [c.status for c in result.rendering] == ["same"]
+    replicas[0].unload(matching.name)
+
+
+def test_a_server_that_cannot_be_asked_leaves_the_check_unknown(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real HTTP server without POST /tokenize (another OpenAI-compatible server): the check says it could not ask, and
+    why; nothing is refused on a guess."""
+    import http.server
+    import threading
+
+    class NoTokenize(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"detail": "Not Found"}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoTokenize)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        asked = LocalBackend(url).probe_template(str(tiny_base))
+        assert asked is not None and asked["chat_template"]["rendering"] is None
+        assert "/tokenize" in asked["chat_template"]["note"] and "404" in asked["chat_template"]["note"]
+        check = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, url, asked)
+        assert check.status == "unknown" and "/tokenize" in check.message
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

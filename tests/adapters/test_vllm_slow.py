@@ -102,6 +102,16 @@ def test_vllm_sees_the_prompt_the_trainer_rendered_token_for_token(vllm_server: 
     assert check_prompt_parity(vllm_server.url.removesuffix("/v1"), "smollm2", AutoTokenizer.from_pretrained(smollm2_base)) == 3
 
 
+def test_a_vllm_server_that_recorded_nothing_is_asked_what_it_renders(vllm_server: ServerProcess, smollm2_base: Path) -> None:
+    """Started here without `ee serve` (as `vllm serve` by hand), it has no state file: asked through vLLM's own POST
+    /tokenize, it renders as the trainer does for SmolLM2 (tool schemas in the system message, calls as text)."""
+    backend = VLLMBackend(vllm_server.url)
+    assert backend.served_template() is None
+    asked = backend.probe_template(str(smollm2_base))["chat_template"]
+    assert asked["kind"] == "server" and asked["as_trainer"] is True, asked
+    assert asked["rendering"]["tools"].startswith("system message") and asked["rendering"]["tool_calls"].startswith("<tool_call> text")
+
+
 def test_vllm_with_the_template_ee_serve_derives_sees_the_trainers_prompt(smollm2_base: Path, tmp_path: Path, monkeypatch: Any) -> None:
     """What ``ee serve vllm`` serves a base with when given no --chat-template (the trainer's fallbacks in front of the
     model's own template, see adapters.templates.training_rendering), rendered by vLLM itself (its Jinja environment,
