@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
                 "success_rate": successes / len(items) if items else 0.0,
                 "pass_hat_k": sum(all(v) for v in per_task.values()) / len(per_task) if per_task else 0.0,
                 "pass_hat": _pass_hat(per_task, trials),
-                "failures": dict(Counter(r["error_type"] or "unknown" for r in items if not r["success"]).most_common()),
+                "failures": _by_count(r["error_type"] or "unknown" for r in items if not r["success"]),
             }
         )
         no_answer = sum(1 for r in items if r.get("no_answer"))
@@ -50,8 +51,13 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
             out[-1]["no_answer"] = no_answer
         if excluded and excluded.get(name):
             out[-1]["excluded"] = len(excluded[name])
-            out[-1]["excluded_reasons"] = dict(Counter(excluded[name].values()).most_common())
+            out[-1]["excluded_reasons"] = _by_count(excluded[name].values())
     return out
+
+
+def _by_count(values: Iterable[str]) -> dict[str, int]:
+    """How often each value occurs, most frequent first and ties by name: the same summary whatever order rows came in."""
+    return dict(sorted(Counter(values).items(), key=lambda item: (-item[1], item[0])))
 
 
 def _pass_hat(per_task: dict[str, list[bool]], trials: int) -> dict[str, float]:
@@ -108,24 +114,34 @@ _SCHEMA = {
 }
 
 
+def chart_figure(summary: list[dict[str, Any]]) -> Any:
+    """The success-rate chart: one horizontal bar per suite, top to bottom in the run's order, so that many suites
+    (the 15 BFCL categories) keep a page's width and names that do not run into each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["suite"] for s in summary]
+    fig, ax = plt.subplots(figsize=(8.0, 1.3 + 0.32 * max(1, len(summary))))
+    bars = ax.barh(range(len(names)), [100 * s["success_rate"] for s in summary], color="#4C72B0", height=0.7)
+    ax.set_yticks(range(len(names)), labels=names, fontsize=8)
+    ax.invert_yaxis()
+    ax.bar_label(bars, labels=[rate_text(s, "success_rate") for s in summary], fontsize=8, padding=3)
+    ax.set_xlim(0, 115)
+    ax.set_xlabel("success (%)")
+    ax.set_title("Success rate per suite")
+    fig.tight_layout()
+    return fig
+
+
 def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
+        fig = chart_figure(summary)
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(summary) + 2), 3.2))
-    names = [s["suite"] for s in summary]
-    rates = [100 * s["success_rate"] for s in summary]
-    bars = ax.bar(names, rates, color="#4C72B0")
-    ax.bar_label(bars, labels=[rate_text(s, "success_rate") for s in summary], fontsize=8)
-    ax.set_ylim(0, 110)
-    ax.set_ylabel("success (%)")
-    ax.set_title("Success rate per suite")
-    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -135,23 +151,33 @@ def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
 REASON_CHARS = 600
 
 
-def _failures(rows: list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
-    """The first ``limit`` failed tasks, one row each: its first failed trial, with ``trial`` saying how many of the
-    task's trials failed and which (``2 of 3 (0, 2)``; a bare ``0`` read as "no failed trial")."""
+def _failures(rows: list[dict[str, Any]], suites: list[str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Failed tasks, one row each: its first failed trial, with ``trial`` saying how many of the task's trials failed
+    and which (``2 of 3 (0, 2)``; a bare ``0`` read as "no failed trial").
+
+    Suite by suite in ``suites``' order (the run's), each suite's first ones: ``limit`` shared among the suites that
+    have failures, at least 3 each, so that every suite's failures show however many suites ran."""
     totals = Counter((r["suite"], r["task_id"]) for r in rows)
+    failing = list(dict.fromkeys(r["suite"] for r in rows if not r["success"]))
+    order = [name for name in suites or [] if name in failing] + sorted(set(failing) - set(suites or []))
+    per_suite = max(3, limit // max(1, len(order)))
     by_task: dict[tuple[str, str], dict[str, Any]] = {}
     failed: dict[tuple[str, str], list[str]] = defaultdict(list)
+    shown: Counter[str] = Counter()
     for r in rows:
         if r["success"]:
             continue
         key = (r["suite"], r["task_id"])
-        if key not in by_task and len(by_task) >= limit:
-            continue
+        if key not in by_task:
+            if shown[r["suite"]] >= per_suite:
+                continue
+            shown[r["suite"]] += 1
         by_task.setdefault(key, dict(r))
         failed[key].append(str(r["trial"]))
     for key, row in by_task.items():
         row["trial"] = f"{len(failed[key])} of {totals[key]} ({', '.join(failed[key])})"
-    return list(by_task.values())
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(by_task.values(), key=lambda row: rank[row["suite"]])  # stable: each suite's rows keep their order
 
 
 def rate_text(suite: dict[str, Any], key: str) -> str:
@@ -192,7 +218,7 @@ def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], m
         lines += ["", warning]
     if chart:
         lines += ["", f"![success rate per suite]({chart})"]
-    failed = _failures(rows)
+    failed = _failures(rows, [s["suite"] for s in summary])
     if failed:
         lines += [
             "",
@@ -224,7 +250,7 @@ def html_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model
         body.append(f"<p><strong>{e(warning)}</strong></p>")
     if chart:
         body.append(f'<p><img src="{e(chart)}" alt="success rate per suite"></p>')
-    failed = _failures(rows)
+    failed = _failures(rows, [s["suite"] for s in summary])
     if failed:
         body.append(
             "<h2>First failures</h2><table><tr><th>suite</th><th>task</th><th>failed trials</th><th>reason (first failed trial)</th></tr>"

@@ -6,6 +6,7 @@ import html
 import json
 from pathlib import Path
 
+from ee_middleware.evals.bfcl.suite import CATEGORIES
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.report import html_report, markdown_report, summarize, write_outputs
 
@@ -43,3 +44,72 @@ def test_a_suite_with_no_task_reads_no_task_and_odd_task_names_keep_the_tables_w
     assert (tmp_path / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((tmp_path / "summary.json").read_text())["suites"]
     assert [(s["suite"], s["tasks"], s["success_rate"]) for s in summary] == [("s", 1, 0.0), ("empty", 0, 0.0)]  # JSON keys kept
+
+
+def _many_suites_rows(names: list[str], failed_per_suite: int = 5) -> list[dict]:
+    return [
+        {"suite": name, "task_id": f"{name}-t{i}", "trial": 0, "success": i >= failed_per_suite, "reason": f"r{i}", "error_type": "x"}
+        for name in names
+        for i in range(failed_per_suite + 2)
+    ]
+
+
+BFCL_NAMES = [f"bfcl:{c}" for c in CATEGORIES]  # the 15 categories the harness runs
+
+
+def test_with_many_suites_every_suite_s_first_failures_are_listed_in_the_run_s_order() -> None:
+    """Before: the first 20 failed tasks sorted by suite name, so a run of the 15 BFCL categories listed failures of
+    bfcl:irrelevance to bfcl:live_parallel only and none of bfcl:simple, multiple, parallel or the multi-turn ones."""
+    rows = sorted(_many_suites_rows(BFCL_NAMES), key=lambda r: (r["suite"], r["task_id"], r["trial"]))  # as write_outputs has them
+    summary = summarize(rows, BFCL_NAMES)
+    for text, marker in ((markdown_report(summary, rows, "m", None), "| {} |"), (html_report(summary, rows, "m", None), "<td>{}</td>")):
+        failures = text[text.index("First failures") :]
+        positions = [failures.find(marker.format(name)) for name in BFCL_NAMES]
+        assert all(p >= 0 for p in positions), [n for n, p in zip(BFCL_NAMES, positions, strict=True) if p < 0]
+        assert positions == sorted(positions)
+    one = _many_suites_rows(["s"], failed_per_suite=25)
+    assert markdown_report(summarize(one, ["s"]), one, "m", None).count("| s | s-t") == 20  # one suite: its first 20, as before
+
+
+def test_the_chart_of_many_suites_stays_page_wide_with_labels_that_do_not_overlap(tmp_path: Path) -> None:
+    """Before: one vertical bar per suite, 1.2 inches each, names tilted 20 degrees: 15 BFCL categories gave a
+    2000-pixel-wide, 320-pixel-high strip whose long names ran into each other."""
+    import struct
+
+    from ee_middleware.evals.report import chart_figure
+
+    rows = _many_suites_rows(BFCL_NAMES)
+    summary = summarize(rows, BFCL_NAMES)
+    figure = chart_figure(summary)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    labels = [t for ax in figure.axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels()) if t.get_text()]
+    assert {t.get_text() for t in labels} >= set(BFCL_NAMES)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    overlapping = [
+        (a.get_text(), b.get_text())
+        for i, a in enumerate(labels)
+        for b, bb in zip(labels[i + 1 :], boxes[i + 1 :], strict=True)
+        if boxes[i].overlaps(bb)
+    ]
+    assert overlapping == []
+    job = EvalJob(suites=["bfcl:simple:1"], model="m", out=str(tmp_path))
+    write_outputs(tmp_path, rows, job, names=BFCL_NAMES)
+    width, height = struct.unpack(">II", (tmp_path / "success.png").read_bytes()[16:24])
+    assert width <= 1000 and height >= 15 * 20, (width, height)
+
+
+def test_the_summary_is_the_same_whatever_order_the_results_came_in() -> None:
+    """Before: failure types with equal counts were listed in the order their rows came in, and the rows of a run come
+    in the order tasks finish (several workers, a resumed run), so `--json` differed from run to run and from
+    summary.json (written from sorted rows)."""
+    rows = [
+        {"suite": "s", "task_id": f"t{i}", "trial": 0, "success": False, "reason": "r", "error_type": kind}
+        for i, kind in enumerate(["b_type", "a_type", "c_type", "c_type"])
+    ]
+    first = json.dumps(summarize(rows, ["s"]))
+    assert first == json.dumps(summarize(rows[::-1], ["s"]))
+    assert list(summarize(rows, ["s"])[0]["failures"]) == ["c_type", "a_type", "b_type"]
+    excluded = {"s": {"x": "no state change", "y": "interrupted"}}
+    flipped = {"s": dict(reversed(list(excluded["s"].items())))}
+    assert json.dumps(summarize(rows, ["s"], excluded)) == json.dumps(summarize(rows, ["s"], flipped))
