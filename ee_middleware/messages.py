@@ -12,10 +12,12 @@ raising, and which replace unpaired surrogates that UTF-8 cannot encode.
 A reasoning model's reasoning is kept apart from what it said, in the shape vLLM's reasoning parsers
 return it: ``reasoning_content`` on the OpenAI assistant message (only when there is some, so other
 messages are unchanged), a ``reasoning`` part in GenAI messages. It is read from LangChain's
-``reasoning``/``thinking`` content blocks, from ``additional_kwargs["reasoning_content"]`` (or
-``"reasoning"``), and from reasoning written inline at the start of the text (``<think>...</think>``,
-a model served without a reasoning parser), which never stays in ``content``
-(:func:`split_reasoning`).
+``reasoning``/``thinking`` content blocks, from the fields servers return it in (on an OpenAI-shaped
+message, or in a LangChain message's ``additional_kwargs``: ``reasoning_content``; ``reasoning``, vLLM's
+newer name, Ollama's /v1 and OpenRouter's; ``thinking``, Ollama's /api/chat and the gpt-oss chat template's;
+OpenRouter's ``reasoning_details``), from GenAI ``reasoning`` and ``thinking`` (Pydantic AI) parts, and from
+reasoning written inline at the start of the text (``<think>...</think>``, a model served without a
+reasoning parser), which never stays in ``content`` (:func:`split_reasoning`).
 """
 
 from __future__ import annotations
@@ -350,9 +352,8 @@ def _langchain_message_to_openai(message: Any) -> Message:
     content = message.content
     reasoning: list[str] = []
     if kind == "ai":
-        reasoning = _langchain_reasoning(message)
-        if isinstance(content, list):  # the model's reasoning and its calls (in tool_calls) are not its text
-            content = [b for b in content if not (isinstance(b, Mapping) and b.get("type") in NOT_ASSISTANT_TEXT)]
+        reasoning = _block_reasoning(content) or _fields_reasoning(getattr(message, "additional_kwargs", None) or {})
+        content = _assistant_content(content, NOT_ASSISTANT_TEXT)  # its reasoning, and its calls (in tool_calls)
     converted: Message = {"role": role, "content": content_to_text(content)}
     if kind == "ai":
         inline, converted["content"] = split_reasoning(converted["content"])
@@ -396,25 +397,61 @@ standard ``reasoning`` block, Anthropic's ``thinking``/``redacted_thinking``) an
 ``tool_calls`` already carry (standard ``tool_call`` blocks, Anthropic's ``tool_use``, OpenAI's ``function_call``)."""
 
 
-def _langchain_reasoning(message: Any) -> list[str]:
-    """The reasoning a LangChain AI message carries apart from its text: its ``reasoning`` blocks (LangChain's standard
-    ``reasoning`` text, or the ``summary`` texts of OpenAI's Responses API) and Anthropic ``thinking`` blocks, else
-    ``additional_kwargs["reasoning_content"]`` (or ``"reasoning"``) as chat models for DeepSeek, vLLM, Ollama, xAI or
-    Groq put it there. Redacted thinking has no text and gives none."""
+_REASONING_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking"})
+
+
+def _assistant_content(content: Any, leave_out: frozenset[str] = _REASONING_BLOCKS) -> Any:
+    """An assistant's content without the blocks of ``leave_out`` (its reasoning: it is not what the model said)."""
+    if isinstance(content, list):
+        return [b for b in content if not (isinstance(b, Mapping) and b.get("type") in leave_out)]
+    return content
+
+
+def _block_reasoning(content: Any) -> list[str]:
+    """The reasoning in an assistant's content blocks: ``reasoning`` blocks (LangChain's standard ``reasoning`` text, or
+    the ``summary`` texts of OpenAI's Responses API) and Anthropic ``thinking`` blocks. Redacted thinking gives none."""
     pieces: list[str] = []
-    if isinstance(message.content, list):
-        for block in message.content:
+    if isinstance(content, list):
+        for block in content:
             if isinstance(block, Mapping) and block.get("type") == "reasoning":
                 pieces.extend(_reasoning_texts(block.get("reasoning"), block.get("summary")))
             elif isinstance(block, Mapping) and block.get("type") == "thinking":
                 pieces.extend(_reasoning_texts(block.get("thinking")))
-    if not pieces:
-        extra = getattr(message, "additional_kwargs", None) or {}
-        for key in ("reasoning_content", "reasoning"):
-            value = extra.get(key)
-            pieces = _reasoning_texts(value, value.get("summary") if isinstance(value, Mapping) else None)
-            if pieces:
-                break
+    return pieces
+
+
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+"""The fields a reply carries its reasoning in, beside its content, the first that has some wins: ``reasoning_content``
+(vLLM before 0.11, DeepSeek, and LangChain's chat models for DeepSeek, Ollama, xAI, Groq, OpenRouter in
+``additional_kwargs``), ``reasoning`` (vLLM from 0.11, gpt-oss on vLLM and Ollama's /v1, OpenRouter; LangChain's
+Responses API ``additional_kwargs``, a dict with a ``summary``) and ``thinking`` (Ollama's /api/chat, the gpt-oss chat
+template). OpenRouter's ``reasoning_details`` is read where none of them has any (:func:`_details_texts`)."""
+
+
+def _fields_reasoning(fields: Mapping[str, Any]) -> list[str]:
+    """The reasoning in a reply's fields (an OpenAI-shaped message, a LangChain message's ``additional_kwargs``)."""
+    for key in REASONING_FIELDS:
+        value = fields.get(key)
+        pieces = _reasoning_texts(value, value.get("summary") if isinstance(value, Mapping) else None)
+        if pieces:
+            return pieces
+    return _details_texts(fields.get("reasoning_details"))
+
+
+def _details_texts(details: Any) -> list[str]:
+    """The texts of OpenRouter's ``reasoning_details``: ``reasoning.text`` entries' ``text``, ``reasoning.summary``
+    entries' ``summary``; ``reasoning.encrypted`` has none. (Streamed fragments are one entry per ``index`` once
+    LangChain adds the chunks.)"""
+    if not isinstance(details, list):
+        return []
+    pieces = []
+    for entry in details:
+        if not isinstance(entry, Mapping):
+            continue
+        text = entry.get("text") if entry.get("type") == "reasoning.text" else None
+        text = entry.get("summary") if entry.get("type") == "reasoning.summary" else text
+        if isinstance(text, str) and text.strip():
+            pieces.append(text)
     return pieces
 
 
@@ -500,10 +537,10 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
                 }
             )
         else:
-            reasoning = message_reasoning(message)
+            reasoning = message_reasoning(message) if role == "assistant" else None
             if reasoning:
                 parts.append({"type": "reasoning", "content": reasoning})
-            text = content_to_text(message.get("content"))
+            text = content_to_text(_assistant_content(message.get("content")) if role == "assistant" else message.get("content"))
             if text:
                 parts.append({"type": "text", "content": text})
             for call in message.get("tool_calls") or []:
@@ -524,13 +561,11 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
 
 
 def message_reasoning(message: Mapping[str, Any]) -> str | None:
-    """The reasoning an OpenAI-shaped message carries apart from its text: ``reasoning_content`` (vLLM, DeepSeek), or
-    ``reasoning`` (its newer name in vLLM, OpenRouter); ``None`` when it has none."""
-    for key in ("reasoning_content", "reasoning"):
-        value = message.get(key)
-        if isinstance(value, str) and value.strip():
-            return value
-    return None
+    """The reasoning an OpenAI-shaped message carries apart from its text: its reasoning or thinking content blocks,
+    else its reasoning fields (``reasoning_content``, ``reasoning``, ``thinking``, OpenRouter's ``reasoning_details``:
+    see :data:`REASONING_FIELDS`); ``None`` when it has none."""
+    pieces = _block_reasoning(message.get("content")) or _fields_reasoning(message)
+    return "\n\n".join(pieces) if pieces else None
 
 
 def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
@@ -555,8 +590,8 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
             kind = part.get("type") if isinstance(part, Mapping) else None
             if kind == "text":
                 texts.append(content_to_text(part.get("content")))
-            elif kind == "reasoning" and isinstance(part.get("content"), str) and part["content"].strip():
-                reasoning.append(part["content"])
+            elif kind in ("reasoning", "thinking") and isinstance(part.get("content"), str) and part["content"].strip():
+                reasoning.append(part["content"])  # the conventions' reasoning part; Pydantic AI writes "thinking"
             elif kind in _MEDIA_KINDS:
                 texts.append(part)
             elif kind == "tool_call":
@@ -643,10 +678,9 @@ def _set_reasoning(converted: Message, reasoning: str | None) -> None:
 
 
 def _openai_shaped(message: Mapping[str, Any]) -> Message:
-    converted: Message = {
-        "role": str(message.get("role") or "user"),
-        "content": content_to_text(message.get("content")),
-    }
+    role = str(message.get("role") or "user")
+    content = message.get("content")
+    converted: Message = {"role": role, "content": content_to_text(_assistant_content(content) if role == "assistant" else content)}
     if converted["role"] == "assistant":
         _set_reasoning(converted, message_reasoning(message))
     calls = []

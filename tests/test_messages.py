@@ -10,7 +10,15 @@ import json
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    convert_to_messages,
+    message_chunk_to_message,
+)
 from langchain_core.tools import tool
 from pydantic import BaseModel
 
@@ -639,8 +647,56 @@ PEARS = {"name": "check_stock", "args": {"item": "pear"}, "id": "c1", "type": "t
         ),
         AIMessage(content=f"<think>\n{THOUGHT}\n</think>\n\n", tool_calls=[PEARS]),  # no reasoning parser: inline
         AIMessage(content=f"{THOUGHT}\n</think>\n\n", tool_calls=[PEARS]),  # the chat template opened the block
+        # Ollama's /api/chat message (and the gpt-oss chat template's assistant field) is ``thinking``: a message dict an
+        # app keeps in its state is read by LangChain with the field in additional_kwargs
+        convert_to_messages(
+            [{"role": "assistant", "content": "", "thinking": THOUGHT, "tool_calls": [_call('{"item": "pear"}', name="check_stock")]}]
+        )[0],
+        AIMessage(  # langchain-openrouter: the text as reasoning_content and OpenRouter's reasoning_details beside it (once)
+            content="",
+            additional_kwargs={
+                "reasoning_content": THOUGHT,
+                "reasoning_details": [{"type": "reasoning.text", "text": THOUGHT, "format": "unknown", "index": 0}],
+            },
+            tool_calls=[PEARS],
+        ),
+        AIMessage(  # OpenRouter for a model that returns a summary and its encrypted reasoning (no reasoning text)
+            content="",
+            additional_kwargs={
+                "reasoning_details": [
+                    {"type": "reasoning.summary", "summary": THOUGHT, "format": "openai-responses-v1", "index": 0},
+                    {"type": "reasoning.encrypted", "data": "gAAAAABo", "format": "openai-responses-v1", "index": 1},
+                ]
+            },
+            tool_calls=[PEARS],
+        ),
+        # streamed through langchain-openrouter: the chunks' reasoning_details fragments, added as LangChain's
+        # generate_from_stream adds them, and made the reply's message
+        message_chunk_to_message(
+            sum(
+                (
+                    AIMessageChunk(
+                        content="", additional_kwargs={"reasoning_details": [{"type": "reasoning.text", "text": part, "index": 0}]}
+                    )
+                    for part in (THOUGHT[:20], THOUGHT[20:])
+                ),
+                AIMessageChunk(content="", tool_call_chunks=[{"name": "check_stock", "args": '{"item": "pear"}', "id": "c1", "index": 0}]),
+            )
+        ),
     ],
-    ids=["reasoning_content", "reasoning", "reasoning-block", "thinking-block", "responses-summary", "inline", "template-opened"],
+    ids=[
+        "reasoning_content",
+        "reasoning",
+        "reasoning-block",
+        "thinking-block",
+        "responses-summary",
+        "inline",
+        "template-opened",
+        "thinking",
+        "openrouter",
+        "openrouter-summary",
+        "openrouter-streamed",
+    ],
 )
 def test_a_reasoning_models_reply_keeps_its_reasoning_as_vllm_returns_it(reply: AIMessage) -> None:
     """Every shape a reasoning model's reply takes in LangChain becomes the OpenAI message vLLM's reasoning parsers
@@ -670,6 +726,56 @@ def test_an_answer_written_after_inline_reasoning_is_only_the_answer() -> None:
     ]
     assert genai_to_openai([{"role": "assistant", "content": "No pears left.", "reasoning": THOUGHT}]) == [
         {"role": "assistant", "content": "No pears left.", "reasoning_content": THOUGHT}
+    ]
+
+
+def test_ingested_messages_keep_reasoning_in_the_fields_each_server_returns_it() -> None:
+    """Messages read from spans (OpenAI's shape, as LiteLLM's raw request spans and other instrumentations dump them;
+    GenAI parts) carry reasoning under the field their server or framework gives it: ``thinking`` (Ollama's /api/chat, the
+    gpt-oss chat template), ``reasoning`` and ``reasoning_details`` (vLLM >= 0.11, Ollama's /v1, OpenRouter), thinking
+    blocks in an assistant's content, Pydantic AI's ``thinking`` part. Each becomes ``reasoning_content``, never text.
+    Was: dropped (thinking, reasoning_details, the thinking part), or the block's JSON written into ``content``."""
+    call = _call('{"item": "pear"}', name="check_stock")
+    expected = {
+        "role": "assistant",
+        "content": "Checking.",
+        "reasoning_content": THOUGHT,
+        "tool_calls": [_call('{"item":"pear"}', name="check_stock")],
+    }
+    summary_only = [
+        {"type": "reasoning.summary", "summary": THOUGHT, "format": "openai-responses-v1", "index": 0},
+        {"type": "reasoning.encrypted", "data": "gAAAAABo", "format": "openai-responses-v1", "index": 1},
+    ]
+    shapes = [
+        {"thinking": THOUGHT},  # Ollama /api/chat, the gpt-oss template
+        {"reasoning": THOUGHT, "reasoning_details": [{"type": "reasoning.text", "text": THOUGHT, "format": "unknown", "index": 0}]},
+        {"reasoning_details": summary_only},  # OpenRouter without the text
+        {"reasoning_details": [{"type": "reasoning.text", "text": THOUGHT, "signature": "c2ln", "format": "anthropic-claude-v1"}]},
+    ]
+    for fields in shapes:
+        assert genai_to_openai([{"role": "assistant", "content": "Checking.", "tool_calls": [call], **fields}]) == [expected], fields
+    blocks = [{"type": "thinking", "thinking": THOUGHT, "signature": "c2ln"}, {"type": "text", "text": "Checking."}]
+    assert genai_to_openai([{"role": "assistant", "content": blocks, "tool_calls": [call]}]) == [expected]
+    reasoning_block = [{"type": "reasoning", "reasoning": THOUGHT}, {"type": "text", "text": "Checking."}]
+    assert genai_to_openai([{"role": "assistant", "content": reasoning_block, "tool_calls": [call]}]) == [expected]
+    pydantic_ai = {
+        "role": "assistant",
+        "parts": [
+            {"type": "thinking", "content": THOUGHT},
+            {"type": "text", "content": "Checking."},
+            {"type": "tool_call", "id": "c1", "name": "check_stock", "arguments": {"item": "pear"}},
+        ],
+    }
+    assert genai_to_openai([pydantic_ai]) == [expected]
+    # the GenAI shape capture writes carries it as a reasoning part, whichever field it came in
+    assert openai_to_genai([{"role": "assistant", "content": "Checking.", "thinking": THOUGHT}])[0]["parts"][0] == {
+        "type": "reasoning",
+        "content": THOUGHT,
+    }
+    # a user's or a tool's fields are never reasoning; nothing without reasoning gets the key
+    assert genai_to_openai([{"role": "user", "content": "hi", "thinking": THOUGHT}]) == [{"role": "user", "content": "hi"}]
+    assert genai_to_openai([{"role": "assistant", "content": "ok", "reasoning_details": [summary_only[1]]}]) == [
+        {"role": "assistant", "content": "ok"}
     ]
 
 
