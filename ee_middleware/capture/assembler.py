@@ -44,10 +44,13 @@ def run_trajectory_id(trace_id: str, root_span_id: str) -> str:
     return uuid.uuid5(_ID_NAMESPACE, f"{trace_id}:{root_span_id}").hex
 
 
-PausedTools = Callable[[str | None, Sequence[str], int], list[dict[str, Any]] | None]
-"""``paused_tools(thread_id, call_ids, before_ns)``: the schemas of the tools offered, in the order offered, at the
-decision of an interrupted run of thread ``thread_id`` (as the trajectory records it) that started before ``before_ns``
-and made the calls ``call_ids`` (the reviewed turn's: any one of them identifies it), or ``None`` when not known."""
+PausedTools = Callable[[str | None, Sequence[str], int, bool], list[dict[str, Any]] | None]
+"""``paused_tools(thread_id, call_ids, before_ns, chosen_per_call)``: the schemas of the tools offered, in the order
+offered, at the decision of an interrupted run of thread ``thread_id`` (as the trajectory records it) that started
+before ``before_ns`` and made the calls ``call_ids`` (the reviewed turn's: any one of them identifies it), or ``None``
+when not known. ``chosen_per_call``: the resuming run shows tools chosen per model call (its calls were offered
+different tools, or none offered the reviewed turn's); without that sign a costly lookup (a store read) may be skipped,
+the run's own tools being then as good."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,11 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars)
     if reviewed:
         paused = options.paused_tools
-        look_up = (lambda ids: paused(thread_id, ids, root.start_ns)) if paused is not None else (lambda ids: None)
+        own = set(_tool_names(offered))
+        per_call = len({tuple(_tool_names(d["tools"])) for d in decisions}) > 1 or any(
+            s.action.tool_call is not None and s.action.tool_call.name not in own for s in reviewed
+        )
+        look_up = (lambda ids: paused(thread_id, ids, root.start_ns, per_call)) if paused is not None else (lambda ids: None)
         reviewed, offered = _reviewed_tools(reviewed, offered, look_up)
     steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final, _tool_names(offered))
     if reviewed:

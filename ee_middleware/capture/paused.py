@@ -44,10 +44,14 @@ class PausedDecisions:
         self._store = store
         self._lock = threading.Lock()
         self._threads: OrderedDict[str, tuple[dt.datetime, dict[str, list[dict[str, Any]]]]] = OrderedDict()
+        self._chosen_per_call = False  # a trajectory with step tools was seen: this app's tools are chosen per call
 
     def remember(self, trajectory: Trajectory) -> None:
         """Note ``trajectory``'s calls awaiting review (an ``interrupted`` run's calls without an observation) with the
-        tools their decision was offered; any other trajectory is ignored."""
+        tools their decision was offered, and whether its steps were offered different tools; give it every trajectory
+        the processor assembles."""
+        if not self._chosen_per_call and any(s.tools is not None for s in trajectory.steps):
+            self._chosen_per_call = True
         if trajectory.status != "interrupted" or trajectory.thread_id is None:
             return
         calls = {
@@ -63,9 +67,15 @@ class PausedDecisions:
             while len(self._threads) > self.max_threads:
                 self._threads.popitem(last=False)
 
-    def tools(self, thread_id: str | None, call_ids: Sequence[str], before_ns: int) -> list[dict[str, Any]] | None:
+    def tools(
+        self, thread_id: str | None, call_ids: Sequence[str], before_ns: int, chosen_per_call: bool = True
+    ) -> list[dict[str, Any]] | None:
         """The schemas offered at the decision of an interrupted run of ``thread_id`` started before ``before_ns`` that
-        made any of ``call_ids`` (the latest such run's), or ``None`` when neither memory nor the store knows it."""
+        made any of ``call_ids`` (the latest such run's), or ``None`` when neither memory nor the store knows it.
+
+        The store (its spool and every Parquet part) is read only where tools may be chosen per call: the resuming run
+        says so (``chosen_per_call``) or a run this processor assembled had step tools. An app offering the same tools at
+        every call, the usual case, gets nothing from it, and its resumes would each read the whole store."""
         if thread_id is None or not call_ids:
             return None
         before = dt.datetime.fromtimestamp(before_ns / 1e9, tz=dt.UTC)
@@ -75,7 +85,7 @@ class PausedDecisions:
             for call_id in call_ids:
                 if call_id in calls:
                     return calls[call_id]
-        if self._store is None:
+        if self._store is None or not (chosen_per_call or self._chosen_per_call):
             return None
         try:
             return paused_decision_tools(self._store, thread_id, call_ids, before)

@@ -280,6 +280,43 @@ def test_a_reviewed_turn_of_a_run_whose_tools_never_change_records_no_step_tools
     assert all("tools" not in s.model_dump(mode="json") for t in (paused, resumed) for s in t.steps)
 
 
+def test_a_resume_of_a_run_whose_tools_never_change_does_not_read_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every HITL resume recorded by another process than its pause (a web app's workers, a restart) read the whole
+    store (its spool and every Parquet part, twice) to find the paused decision's tools, though an app offering the same
+    tools at every call (most of them) gets nothing from it. The store is now read only where the resumed run shows
+    tools chosen per call (its model calls offered different ones, or none offered the reviewed tool) or this recorder
+    has seen such runs; the records are the same."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from ee_middleware.capture import paused as paused_module
+
+    reads: list[str] = []
+    real = paused_module.paused_decision_tools
+    monkeypatch.setattr(
+        paused_module, "paused_decision_tools", lambda store, thread_id, *a: reads.append(thread_id) or real(store, thread_id, *a)
+    )
+    middleware = [HumanInTheLoopMiddleware(interrupt_on={"order_item": True})]
+    graph = create_agent(planned_model(), shop_tools({"pear": 0}), middleware=middleware, checkpointer=InMemorySaver())
+    first = record_experience(graph, app="shop", store=tmp_path / "s", offload="thread")
+    first.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    first.flush()
+    first.recorder.close()
+    _resume(record_experience(graph, app="shop", store=tmp_path / "s", offload="thread"), REVIEWS["edit"])
+    _, resumed = _paused_and_resumed(tmp_path / "s")
+    assert reads == []
+    assert resumed.steps[0].action.tool_call is not None and resumed.steps[0].action.tool_call.arguments == {"item": "pear", "quantity": 2}
+    assert all("tools" not in s.model_dump(mode="json") for s in resumed.steps)
+
+    graph = _reviewed_graph(planned_model())  # tools chosen per call: the store is read, as before
+    first = record_experience(graph, app="shop", store=tmp_path / "s2", offload="thread")
+    first.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+    first.flush()
+    first.recorder.close()
+    _resume(record_experience(graph, app="shop", store=tmp_path / "s2", offload="thread"), REVIEWS["edit"])
+    assert reads == ["t1"]
+
+
 def test_a_pause_assembled_just_before_its_resume_is_known_without_the_store(tmp_path: Path) -> None:
     """A pause and its resume ending close together (an app under load, a reviewer answering at once) are assembled in
     one batch, before the store holds the paused trajectory: the span processor remembers what each interrupted run it
