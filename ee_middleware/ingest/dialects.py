@@ -30,6 +30,15 @@ and leaves what it does not change untouched:
 * **Tool definitions with ``inputSchema``** (MCP's name for the schema; Strands' and Bedrock's tool specs nest it
   under ``inputSchema.json``): the schema is the definition's ``parameters``. Strands writes its definitions
   (``gen_ai_tool_definitions``) on the ``invoke_agent`` span only; :mod:`.runs` gives them to its model spans.
+* **OpenLLMetry's indexed messages holding content blocks** (``gen_ai.prompt.{i}.*`` / ``gen_ai.completion.{i}.*``):
+  its instrumentations write content that is not a string, or not all text, as the JSON of its blocks. Its Anthropic
+  instrumentation (an ``anthropic.chat`` span with ``llm.request.type = "completion"`` and no operation name: a model
+  call) writes Anthropic's blocks (``text``, ``tool_use`` in an assistant's message, ``tool_result`` in the user's
+  message after it, ``thinking``, images), newer versions an assistant's calls also as ``tool_calls.{j}.*``, a
+  reply's ``thinking`` block as a completion of its own with role ``thinking``, and the tools' schemas as
+  ``llm.request.functions.{i}.input_schema``; its OpenAI instrumentation writes list content (text parts, images).
+  Such messages are read block by block: the calls, the tool results (tool messages), the reasoning, the text, media
+  as their placeholders.
 * **OpenInference content parts**: a message whose content is a list of parts is written as
   ``llm.{input,output}_messages.{i}.message.contents.{j}.message_content.type|text`` instead of
   ``message.content``; its text parts, joined in order, become the message's content.
@@ -131,6 +140,8 @@ def adapt(span: SpanData) -> SpanData:
         span = _from_litellm(span)
     elif (provider := litellm_raw_provider(span)) is not None and operation_of(span.attributes) is None:
         span = _from_litellm_raw(span, provider)
+    elif any(_PROMPT_ROLE.match(key) for key in span.attributes):
+        span = _from_openllmetry_blocks(span)
     op = operation_of(span.attributes)
     if op in sc.MODEL_OPERATIONS:
         attrs = _with_details_events(span, _with_json_items(span.attributes))
@@ -555,6 +566,91 @@ def _content_block(part: Mapping[str, Any]) -> Any:
     url = part.get(f"{kind}.{kind}.url")
     block = {"type": kind, "url": url} if isinstance(url, str) else {"type": kind}
     return block if media_placeholder(block) is not None else ""  # a part of a kind not known: left out, as before
+
+
+_PROMPT_ROLE = re.compile(r"^gen_ai\.prompt\.\d+\.role$")
+_BLOCK_KINDS = frozenset(
+    {"text", "tool_use", "tool_result", "thinking", "redacted_thinking", "image", "image_url", "input_audio", "document", "file"}
+)
+
+
+def _from_openllmetry_blocks(span: SpanData) -> SpanData:
+    """OpenLLMetry's indexed messages whose content is the JSON of content blocks (see the module's docstring) as the
+    GenAI messages they are; an Anthropic span's operation (``llm.request.type = "completion"`` with chat messages) and
+    tools' ``input_schema``. Indexed messages without blocks are left to :func:`~ee_middleware.capture.normalize.normalize`."""
+    attrs = span.attributes
+    if attrs.get(sc.INPUT_MESSAGES) not in (None, ""):
+        return span
+    new: dict[str, Any] = {}
+    op = operation_of(attrs)
+    if op is None and str(attrs.get("llm.request.type") or "").lower() == "completion":
+        new[sc.OPERATION_NAME] = sc.OP_CHAT  # the Messages API call (a chat model's), which the instrumentation names a completion
+    elif op not in sc.MODEL_OPERATIONS:
+        return span
+    prompts, completions = unflatten(attrs, "gen_ai.prompt"), unflatten(attrs, "gen_ai.completion")
+    if any(_blocks(m.get("content")) is not None for m in [*prompts, *completions]) or any(
+        m.get("role") == "thinking" for m in completions
+    ):
+        new[sc.INPUT_MESSAGES] = dumps([_indexed_message(m, "user") for m in prompts])
+        replies = [_indexed_message(m, "assistant") for m in completions if m.get("role") != "thinking"]
+        thoughts = [str(m["content"]) for m in completions if m.get("role") == "thinking" and m.get("content")]
+        if replies and thoughts:
+            replies[0]["parts"].insert(0, {"type": "reasoning", "content": "\n\n".join(thoughts)})
+        if replies:
+            new[sc.OUTPUT_MESSAGES] = dumps(replies)
+    tools = unflatten(attrs, "llm.request.functions")
+    if attrs.get(sc.TOOL_DEFINITIONS) in (None, "") and any("input_schema" in t for t in tools):
+        new[sc.TOOL_DEFINITIONS] = dumps(
+            [
+                {
+                    "name": t.get("name"),
+                    "description": t.get("description") or "",
+                    "parameters": _decoded(t.get("input_schema", t.get("parameters"))) or {},
+                }
+                for t in tools
+            ]
+        )
+    return _filled(span, new) if new else span
+
+
+def _blocks(content: Any) -> list[Mapping[str, Any]] | None:
+    """The content blocks a message's content is the JSON of, or None (text, or JSON that is not a list of blocks)."""
+    if not isinstance(content, str) or not content.startswith("["):
+        return None
+    decoded = _decoded(content)
+    if isinstance(decoded, list) and decoded and all(isinstance(b, Mapping) and b.get("type") in _BLOCK_KINDS for b in decoded):
+        return decoded
+    return None
+
+
+def _indexed_message(message: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """One indexed message (``unflatten``'s item) as a GenAI message: its content's blocks as parts, the calls its
+    ``tool_calls.{j}.*`` name that no ``tool_use`` block holds, an OpenAI tool message's result."""
+    role = str(message.get("role") or role)
+    content = message.get("content")
+    if message.get("tool_call_id"):  # OpenAI's tool message
+        return {"role": role, "parts": [{"type": "tool_call_response", "id": str(message["tool_call_id"]), "response": content or ""}]}
+    blocks = _blocks(content)
+    parts: list[dict[str, Any]] = []
+    for block in blocks if blocks is not None else [{"type": "text", "text": content}] if content else []:
+        kind = block.get("type")
+        if kind == "text":
+            parts.append({"type": "text", "content": content_to_text([block])})
+        elif kind == "thinking":
+            parts.append({"type": "reasoning", "content": str(block.get("thinking") or "")})
+        elif kind == "tool_use":
+            parts.append({"type": "tool_call", "id": block.get("id"), "name": block.get("name"), "arguments": block.get("input") or {}})
+        elif kind == "tool_result":
+            parts.append({"type": "tool_call_response", "id": block.get("tool_use_id"), "response": block.get("content") or ""})
+        elif kind != "redacted_thinking":  # media: said by its placeholder
+            parts.append(dict(block))
+    made = {p.get("id") for p in parts if p["type"] == "tool_call"}
+    for call in message.get("tool_calls") or []:
+        if isinstance(call, Mapping) and call.get("name") and (not call.get("id") or call.get("id") not in made):
+            parts.append(
+                {"type": "tool_call", "id": call.get("id"), "name": call["name"], "arguments": parse_arguments(call.get("arguments"))}
+            )
+    return {"role": role, "parts": parts}
 
 
 _LANGSMITH_KIND = "langsmith.span.kind"
