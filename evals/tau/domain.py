@@ -130,17 +130,50 @@ class TauDomain:
     _data_text: str | None = field(default=None, repr=False)
 
     def fresh_data(self) -> dict[str, Any]:
-        """A fresh, independent copy of the initial database (loaded once, then parsed from its JSON text)."""
+        """A fresh, independent copy of the initial database (loaded once, then parsed from its JSON text).
+
+        Raises :class:`ConfigError` naming the domain when ``load_data`` fails or gives no JSON object."""
         if self._data_text is None:
-            self._data_text = json.dumps(self.load_data())
+            self._data_text = self._database_text()
         data: dict[str, Any] = json.loads(self._data_text)
         return data
+
+    def _database_text(self) -> str:
+        try:
+            data = self.load_data()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"The tau domain {self.name!r} could not build its database: its load_data() raised {type(exc).__name__}: {exc}. "
+                "Fix the data it reads (or the loader) so that it returns the initial database, a JSON object."
+            ) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"The tau domain {self.name!r}'s database is a {type(data).__name__}, not a JSON object: load_data() must "
+                "return a dict (the tools read and change it in place; runs are scored by its JSON form)."
+            )
+        try:
+            return json.dumps(data)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"The tau domain {self.name!r}'s database is not JSON ({exc}): runs are scored by the JSON form of the data, "
+                "so write dates and other values as strings or numbers."
+            ) from exc
 
     def tasks(self, split: str) -> list[TauTask]:
         loader = self.splits.get(split)
         if loader is None:
             raise ConfigError(f"The tau domain {self.name!r} has no split {split!r}; it has: {', '.join(self.splits)}.")
-        tasks = loader()
+        try:
+            tasks = loader()
+        except ConfigError:
+            raise
+        except Exception as exc:  # the domain's own loader (a user's code): a tasks file cut short, missing, not JSON
+            raise ConfigError(
+                f"The tau domain {self.name!r} could not load the tasks of its split {split!r}: {type(exc).__name__}: {exc} "
+                "(raised by the domain's task loader: check the tasks file it reads)."
+            ) from exc
         seen: set[str] = set()
         for task in tasks:
             self.check_task(task, split)

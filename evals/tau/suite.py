@@ -10,7 +10,8 @@ Per task and trial:
 3. reward 1 when both databases have the same state digest (JSON-canonical SHA-256, as tau-bench
    hashes its data) **and** every required output appears in the agent's replies (case-insensitive,
    commas ignored, as tau-bench compares); else 0, with the reason: where the databases differ
-   (``database_mismatch``) or which outputs are missing (``missing_output``).
+   (``database_mismatch``) or which outputs are missing (``missing_output``). An ``action`` task whose
+   ground truth fails on a fresh database and so changes nothing is the task's fault (``task_error``).
 
 Over ``--trials k`` the summary's ``pass_hat_k`` is tau-bench's pass^k (every trial of a task succeeds).
 """
@@ -92,6 +93,7 @@ class TauSuite:
         self.split = split or DEFAULT_SPLIT
         if self.split not in self.domain.splits:
             raise ConfigError(f"The tau domain {domain!r} has no split {self.split!r}; it has: {', '.join(self.domain.splits)}.")
+        self.domain.fresh_data()  # a database that cannot be built stops the run here, not every task alike
         self.limit = limit
         self.user_model = user_model
         self.max_user_turns = max_user_turns
@@ -164,6 +166,7 @@ class TauSuite:
             return Verdict(False, "user_model_error", user_error), {}
         actual, actual_digest = sandbox.world, sandbox.state_digest()
         sandbox.reset(None)
+        fresh_digest = sandbox.state_digest()
         ground_truth_errors = []
         for i, (name, arguments) in enumerate(task.payload["actions"]):
             observation = sandbox.execute(ToolCall(id=f"gt_{i}", name=name, arguments=arguments))
@@ -178,6 +181,13 @@ class TauSuite:
             "expected_digest": expected_digest,
             "ground_truth_errors": ground_truth_errors,
         }
+        if ground_truth_errors and expected_digest == fresh_digest and task.category == "action":
+            return Verdict(
+                False,
+                "task_error",
+                f"the task's ground truth fails on a fresh database ({'; '.join(ground_truth_errors[:2])}), so it changes "
+                "nothing and an agent that does nothing would pass: fix the task's actions or the domain's data",
+            ), details
         problems = []
         if actual_digest != expected_digest:
             where = "; ".join(differences(actual, expected))

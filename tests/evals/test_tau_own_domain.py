@@ -52,7 +52,7 @@ def order_item(data, item: str, quantity: int = 1) -> str:
 TOOLS = {"check_stock": check_stock, "order_item": order_item}
 
 
-def make_domain(tasks_file: str = "tasks.json") -> TauDomain:
+def make_domain(tasks_file: str = "tasks.json", load_data=None) -> TauDomain:
     def tasks():
         text = (HERE / tasks_file).read_text()
         return [TauTask.from_json(item, str(HERE / tasks_file)) for item in json.loads(text)]
@@ -62,7 +62,7 @@ def make_domain(tasks_file: str = "tasks.json") -> TauDomain:
         policy="You run a pantry. Check stock before ordering. Never order more than 2 of anything.",
         tools=TOOLS,
         schemas=[schema(fn) for fn in TOOLS.values()],
-        load_data=lambda: {"stock": {"apple": 3, "plum": 5}, "orders": []},
+        load_data=load_data or (lambda: {"stock": {"apple": 3, "plum": 5}, "orders": []}),
         splits={"test": tasks},
     )
 
@@ -75,6 +75,25 @@ bad_tool = from_file("bad_tool.json")
 bad_argument = from_file("bad_argument.json")
 not_a_task = from_file("not_a_task.json")
 edited = from_file("edited.json")
+cut_short = from_file("cut_short.json")
+
+
+def _missing_database():
+    return json.loads((HERE / "db.json").read_text())
+
+
+def no_database():
+    return make_domain(load_data=_missing_database)
+
+
+def dated_database():
+    import datetime
+
+    return make_domain(load_data=lambda: {"stock": {"apple": 3}, "orders": [], "opened": datetime.date(2024, 5, 1)})
+
+
+def list_database():
+    return make_domain(load_data=lambda: [["apple", 3]])
 
 
 def not_a_domain():
@@ -128,6 +147,7 @@ def pantry(tmp_path: Path) -> Iterator[str]:
     bad_argument[0]["turns"][0]["actions"][1]["arguments"] = {"item": "apple", "qty": 2}
     (root / "bad_argument.json").write_text(json.dumps(bad_argument))
     (root / "not_a_task.json").write_text(json.dumps(["order-apples"]))
+    (root / "cut_short.json").write_text(json.dumps(TASKS)[:90])
     sys.path.insert(0, str(tmp_path / "src"))
     try:
         yield f"{package}.domain"
@@ -212,3 +232,54 @@ def test_required_outputs_written_as_numbers_are_their_text_and_a_task_without_a
     assert (oracle["tasks"], oracle["success_rate"]) == (1, 1.0)  # before: a harness_error ('int' object has no attribute 'lower')
     [noop] = run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model="noop", out=str(tmp_path / "n")))
     assert noop["failures"] == {"missing_output": 1}
+
+
+def test_a_tasks_file_that_is_not_json_is_an_error_naming_the_domain_and_split_not_a_bug_report(pantry: str, tmp_path: Path) -> None:
+    """Before: the JSONDecodeError the domain's own task loader raised reached the CLI as 'unexpected JSONDecodeError
+    ... (a bug in ee-middleware ...: report it)'."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    with pytest.raises(ConfigError, match=r"tau domain 'pantry' could not load the tasks of its split 'test': JSONDecodeError"):
+        load_suite(f"tau:{pantry}:cut_short").tasks()
+    result = CliRunner().invoke(
+        app, ["eval", "run", "--suite", f"tau:{pantry}:cut_short", "--model-spec", "oracle", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code != 0 and "could not load the tasks of its split 'test'" in result.output, result.output
+    assert "bug in ee-middleware" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("no_database", r"tau domain 'pantry' could not build its database: its load_data\(\) raised FileNotFoundError.*db\.json"),
+        ("dated_database", r"tau domain 'pantry'.*database is not JSON.*date is not JSON serializable.*strings"),
+        ("list_database", r"tau domain 'pantry'.*database is a list, not a JSON object"),
+    ],
+)
+def test_a_database_that_cannot_be_built_stops_the_run_before_any_task_with_the_reason(
+    pantry: str, tmp_path: Path, factory: str, message: str
+) -> None:
+    """Before: a load_data that raised, or returned dates, failed every task alike as a harness_error ('the harness
+    failed on this task'); a database that is a list ran, and every task, agent and ground truth alike, scored."""
+    with pytest.raises(ConfigError, match=message):
+        run_eval(EvalJob(suites=[f"tau:{pantry}:{factory}"], model="oracle", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r" / "results.jsonl").exists()
+
+
+def test_an_action_task_whose_ground_truth_fails_on_a_fresh_database_fails_with_the_action_and_its_error(
+    pantry: str, tmp_path: Path
+) -> None:
+    """Before: ordering 9 apples (3 in stock) raised in the ground-truth replay as it did for the agent, both databases
+    stayed as they were, and the task passed for the oracle and for an agent that did nothing."""
+    _edited(
+        pantry,
+        {"id": "order-nine", "category": "action", "outputs": []},
+        {"actions": [{"name": "order_item", "arguments": {"item": "apple", "quantity": 9}}]},
+    )
+    for model in ("oracle", "noop"):
+        [summary] = run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model=model, out=str(tmp_path / model)))
+        assert summary["failures"] == {"task_error": 1}, summary
+    reason = json.loads((tmp_path / "noop" / "results.jsonl").read_text().splitlines()[0])["reason"]
+    assert "order_item" in reason and "only 3 apple left" in reason and "fresh database" in reason, reason
