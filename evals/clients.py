@@ -29,17 +29,20 @@ class OracleClient:
     """Replays a task's reference answers, one per model step: the harness's 100% check.
 
     Unbound (``oracle``) it only knows how to bind; :meth:`for_task` gives the replaying client. The
-    turn is the number of user turns seen so far, the step the number of assistant messages since
-    the last user message; past the reference of a turn it answers ``Done.``.
+    turn is the last of the task's scripted turns whose messages the conversation holds (a turn may
+    itself hold a chat history with assistant messages), else the number of user turns seen (a
+    simulated user); the step is the number of assistant messages since; past the reference of a
+    turn it answers ``Done.``.
     """
 
     model = "oracle"
 
-    def __init__(self, reference: list[list[Message]] | None = None) -> None:
+    def __init__(self, reference: list[list[Message]] | None = None, turns: list[list[Message]] | None = None) -> None:
         self._reference = reference
+        self._turns = turns or []
 
     def for_task(self, task: EvalTask) -> OracleClient:
-        return OracleClient(task.reference)
+        return OracleClient(task.reference, task.turns)
 
     def describe(self) -> dict[str, Any]:
         return {"model": "oracle"}
@@ -52,7 +55,7 @@ class OracleClient:
     ) -> list[Choice]:
         if self._reference is None:
             raise RuntimeError("the oracle client answers only for a task: bind it with for_task(task) (the harness does)")
-        turn, step = position(messages)
+        turn, step = scripted_position(messages, self._turns) or position(messages)
         steps = self._reference[turn] if 0 <= turn < len(self._reference) else []
         message = copy.deepcopy(steps[step]) if step < len(steps) else {"role": "assistant", "content": ORACLE_DONE}
         return [Choice.from_message(message, finish_reason="tool_calls" if message.get("tool_calls") else "stop")] * max(1, n)
@@ -90,6 +93,20 @@ def position(messages: Sequence[Message]) -> tuple[int, int]:
         elif role == "tool":
             in_user = False
     return max(turn, 0), step
+
+
+def scripted_position(messages: Sequence[Message], turns: Sequence[Sequence[Message]]) -> tuple[int, int] | None:
+    """``(turn, step)`` with the turns the task scripted: the last turn whose messages appear whole, in order, and the
+    assistant messages after them; None when no turn does (the user was simulated)."""
+    turn, step, index, next_turn = -1, 0, 0, 0
+    while index < len(messages):
+        expected = turns[next_turn] if next_turn < len(turns) else None
+        if expected and list(messages[index : index + len(expected)]) == list(expected):
+            turn, step, index, next_turn = next_turn, 0, index + len(expected), next_turn + 1
+            continue
+        step += messages[index].get("role") == "assistant"
+        index += 1
+    return (turn, step) if turn >= 0 else None
 
 
 def build_eval_client(spec: str, **options: Any) -> ChatClient:

@@ -235,3 +235,19 @@ def test_an_unknown_category_is_refused_with_the_known_ones() -> None:
     assert "live_relevance" in str(refused.value)
     with pytest.raises(ConfigError, match=r"'simple_java' \(Java entries, which this harness does not run\).*Choose one of: simple,"):
         BFCLSuite("simple_java")
+
+
+def test_the_oracle_answers_the_task_s_turn_when_a_turn_holds_earlier_assistant_messages() -> None:
+    """Eight live_irrelevance entries give a chat history in their one turn (user, user, assistant, user). Before: the
+    oracle counted each user message after an assistant one as a new turn, answered 'Done.' past its reference, and
+    so scored 100% there whatever the reference held: a call where no function fits passed."""
+    suite = BFCLSuite("live_irrelevance")
+    tasks = [t for t in suite.tasks() if any(m["role"] == "assistant" for turn in t.turns for m in turn)]
+    assert len(tasks) == 8
+    for task in tasks:
+        name = task.tools[0][0]["function"]["name"] if task.tools[0] else "some_function"
+        call = {"id": "c", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        calling = replace(task, reference=[[{"role": "assistant", "content": "", "tool_calls": [call]}]])
+        result = suite.run(OracleClient(), calling, 0, LoopConfig())
+        assert (result.success, result.error_type) == (False, "irrelevance_error:decoder_success"), task.id
+        assert suite.run(OracleClient(), task, 0, LoopConfig()).success
