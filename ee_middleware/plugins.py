@@ -47,6 +47,86 @@ def _options_not_taken(factory: Callable[..., Any], options: Mapping[str, Any]) 
     return [name for name in options if name not in taken]
 
 
+def _arguments_not_fitting(factory: Callable[..., Any], args: tuple[Any, ...], options: Mapping[str, Any]) -> str | None:
+    """Why ``factory`` cannot be called with ``args`` and ``options`` (a required parameter left without a value), or
+    None when they fit or its signature cannot be read."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*args, **options)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def _call_text(name: str, args: tuple[Any, ...], options: Mapping[str, Any]) -> str:
+    """How ee calls a factory, as code: ``make_sandbox(allow_network=True)``."""
+    return f"{name}({', '.join([repr(a) for a in args] + [f'{key}={value!r}' for key, value in options.items()])})"
+
+
+def _where_raised(exc: BaseException) -> str:
+    """Where ``exc`` was raised in the user's code: the last frame of its traceback outside ee_middleware, the standard
+    library and installed packages (the first frame below the caller when every frame is theirs), as ``FILE:LINE, in
+    FUNCTION: `CODE```; the file relative to the working folder when it is inside it. Empty without a traceback."""
+    import sysconfig
+    import traceback
+
+    tb = exc.__traceback__
+    frames = traceback.extract_tb(tb.tb_next) if tb is not None and tb.tb_next is not None else []
+    if not frames:
+        return ""
+    others = {Path(__file__).resolve().parent}
+    others.update(Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(key)))
+    theirs = [f for f in frames if not f.filename.startswith("<") and not any(Path(f.filename).resolve().is_relative_to(o) for o in others)]
+    frame = theirs[-1] if theirs else frames[0]
+    path = Path(frame.filename)
+    try:
+        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(path)
+    return f"{shown}:{frame.lineno}, in {frame.name}" + (f": `{frame.line}`" if frame.line else "")
+
+
+_FILE_SPEC = re.compile(r"^(?P<path>(?:[A-Za-z]:)?[^:]*?(?:[/\\][^:]*?|\.py))(?::(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*))?$")
+"""A file path where a ``package.module:factory`` spec belongs: ``helpdesk/replay_sandbox.py:make_sandbox``."""
+
+
+def _module_form_of_path(spec: str, kind: str) -> str | None:
+    """For a spec that is a file path (``helpdesk/replay_sandbox.py:make_sandbox``), the module form to use instead and the
+    folder to run from (the one holding the top package: the file's folders up to the first without ``__init__.py``
+    when the file is there); None for any other spec."""
+    match = _FILE_SPEC.match(spec)
+    if match is None:
+        return None
+    given = Path(match["path"])
+    file = given if given.suffix == ".py" else given.with_suffix(".py")
+    if file.is_file():
+        root = file.resolve().parent
+        while (root / "__init__.py").is_file() and root.parent != root:
+            root = root.parent
+        parts = file.resolve().with_suffix("").relative_to(root).parts
+    else:  # not there: the path as given, from its last '..' or its root
+        parts = tuple(p for p in given.with_suffix("").parts if p not in (".", given.anchor))
+        if ".." in parts:
+            parts = parts[len(parts) - parts[::-1].index("..") :]
+        root = (Path.cwd() / given).parent.joinpath(*[".."] * (len(parts) - 1)).resolve()
+    if not parts:
+        return None
+    module = ".".join(parts)
+    holds = f"'{parts[0]}/'" if len(parts) > 1 else f"'{parts[0]}.py'"
+    here = "" if root == Path.cwd().resolve() else f" ({root})"
+    factory = match["attr"] or "FACTORY"
+    text = f"it is a file path, not a module: name the module instead, '{module}:{factory}', run from the folder that holds {holds}{here}"
+    if not match["attr"]:
+        text += f", FACTORY being the function in it that returns the {kind}"
+    invalid = [p for p in parts if not p.isidentifier()]
+    if invalid:
+        text += f"; rename {', '.join(repr(p) for p in invalid)}: a module's name has only letters, digits and underscores"
+    return text
+
+
 @dataclass(frozen=True)
 class PluginKind:
     """One kind of pluggable part and how its specs resolve.
@@ -100,7 +180,7 @@ class PluginKind:
                 raise self.error(
                     f"The {self.kind} plug-in {spec!r} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
                 ) from exc
-        raise self.unknown(spec, "it matches none of the accepted forms")
+        raise self.unknown(spec, _module_form_of_path(spec, self.kind) or "it matches none of the accepted forms")
 
     def build(self, spec: str, *args: Any, **options: Any) -> Any:
         """The part ``spec`` names, built with ``args`` and ``options``, checked against the protocol."""
@@ -118,22 +198,59 @@ class PluginKind:
                 f"option {names}. Add a keyword parameter with a default for it to the factory "
                 f"(e.g. `{unknown[0]}: bool = False`), or leave out the setting that passes it."
             )
+        mismatch = _arguments_not_fitting(factory, args, options)
+        if mismatch is not None:
+            raise self._cannot_call(spec, factory, args, options, mismatch)
         try:
             part = factory(*args, **options)
         except EEError:
             raise
         except TypeError as exc:
-            raise self.error(f"Bad options for {self.kind} {spec!r}: {exc}") from exc
+            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                # raised by the call itself, no frame of the factory's own: the arguments do not fit a callable whose
+                # signature could not be read (a C type)
+                raise self._cannot_call(spec, factory, args, options, str(exc)) from exc
+            raise self._failed(spec, factory, args, options, exc) from exc
         except ValueError as exc:
             raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
         except Exception as exc:
-            raise self.error(f"The factory of {self.kind} {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise self._failed(spec, factory, args, options, exc) from exc
         if self.protocol is not None and not isinstance(part, self.protocol):
             raise self.error(
                 f"{spec!r} returned {type(part).__name__}, which is not a {self.protocol.__name__}"
                 + (f": it needs {self.requires}" if self.requires else "")
             )
         return part
+
+    def _cannot_call(self, spec: str, factory: Callable[..., Any], args: tuple[Any, ...], options: Mapping[str, Any], why: str) -> EEError:
+        """The error for a factory that cannot be called with what ee passes it (a parameter without a default)."""
+        name = getattr(factory, "__name__", None) or type(factory).__name__
+        how = f"as {_call_text(name, args, options)}" if args or options else "with no arguments"
+        return self.error(
+            f"Cannot build {self.kind} {spec!r}: its factory {name!r} cannot be called as ee calls it: {why}. ee calls it {how}. "
+            f"Give each of its parameters a default, or name a function that takes none and returns the {self.kind} (reading what "
+            "it needs from environment variables or a file)."
+        )
+
+    def _failed(
+        self, spec: str, factory: Callable[..., Any], args: tuple[Any, ...], options: Mapping[str, Any], exc: BaseException
+    ) -> EEError:
+        """The error for a factory that raised: its own error, where in the user's code, and what to do (a TypeError raised
+        inside it is a mistake in its code, not in what ee passed it)."""
+        where = _where_raised(exc)
+        text = f"The factory of {self.kind} {spec!r} failed: {type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
+        if isinstance(exc, TypeError):
+            name = getattr(factory, "__name__", None) or type(factory).__name__
+            text += (
+                f". ee called {_call_text(name, args, options)}, which fits its parameters: the error is in the factory's own "
+                "code. Fix that line"
+            )
+        if FACTORY_SPEC.match(spec.strip()) and not args:
+            module, _, attr = spec.strip().partition(":")
+            arguments = ", ".join(f"{key}={value!r}" for key, value in options.items())
+            text += f"{'; to' if isinstance(exc, TypeError) else '. To'} see the whole traceback, run: "
+            text += f'python -c "import {module} as m; m.{attr}({arguments})"'
+        return self.error(text + ".")
 
     def _load(self, path: str, spec: str) -> Any:
         module_name, _, attr_path = path.partition(":")

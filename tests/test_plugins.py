@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -168,3 +169,115 @@ def test_a_factory_in_the_working_folder_is_found_as_python_m_would(tmp_path, mo
     assert sys.path[-1] == str(tmp_path)
     with pytest.raises(EEError, match=r"Cannot import 'not_here_app\.sandbox'.*PYTHONPATH"):
         build_sandbox("not_here_app.sandbox:make_sandbox")
+
+
+@pytest.fixture(autouse=True)
+def _forget_helpdesk() -> Iterator[None]:
+    """Each test's ``helpdesk`` package is its own: none imported by an earlier test stays in ``sys.modules``."""
+    import sys
+
+    def forget() -> None:
+        for name in [n for n in sys.modules if n == "helpdesk" or n.startswith("helpdesk.")]:
+            del sys.modules[name]
+
+    forget()
+    yield
+    forget()
+
+
+def _user_package(root: Path, body: str, *, package: str = "helpdesk") -> Path:
+    """``root/package/replay_sandbox.py`` holding ``body``, as a user's app keeps its sandbox factory; the module file."""
+    folder = root / package
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    module = folder / "replay_sandbox.py"
+    module.write_text(body)
+    return module
+
+
+_TYPO_FACTORY = (
+    "from ee_middleware.replay import PythonSandbox\n"
+    "\n"
+    "\n"
+    "def make_sandbox(allow_network: bool = False):\n"
+    "    return PythonSandbox(lambda environment: {}, tools={'ping': lambda world: 'pong'}, read_only={})\n"
+)
+
+
+@pytest.mark.parametrize("options", [{}, {"allow_network": True}])
+def test_a_type_error_inside_a_factory_is_the_factorys_own_error_at_the_users_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    """A help-desk app's factory with a typo in its body (`PythonSandbox(..., read_only={})`) raised TypeError inside the
+    factory, which was reported as "Bad options for sandbox ...", though ee passed no option (or one the factory takes):
+    the user looked for a setting to change. It is the factory's own error: said so, at the user's file and line."""
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    _user_package(tmp_path, _TYPO_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(EEError) as info:
+        build_sandbox("helpdesk.replay_sandbox:make_sandbox", **options)
+    text = str(info.value)
+    assert "Bad options" not in text
+    assert "The factory of sandbox 'helpdesk.replay_sandbox:make_sandbox' failed: TypeError" in text and "read_only" in text
+    assert f"{Path('helpdesk', 'replay_sandbox.py')}:5, in make_sandbox" in text  # the user's line, not ee's
+    assert "tools={'ping': lambda world: 'pong'}, read_only={})" in text  # the line's code
+    arguments = "allow_network=True" if options else ""
+    assert f"ee called make_sandbox({arguments}), which fits its parameters: the error is in the factory's own code" in text
+    assert f'python -c "import helpdesk.replay_sandbox as m; m.make_sandbox({arguments})"' in text
+
+
+def test_a_factory_that_requires_arguments_says_ee_calls_it_with_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A factory with a required parameter was told "Bad options for sandbox ...: missing 1 required positional
+    argument", as if an option were wrong: ee calls a factory with no arguments, so each parameter needs a default."""
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    _user_package(tmp_path, "def make_sandbox(db_path, *, allow_network=False):\n    raise AssertionError('never called')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for options, called in (({}, "with no arguments"), ({"allow_network": True}, "as make_sandbox(allow_network=True)")):
+        with pytest.raises(EEError) as info:
+            build_sandbox("helpdesk.replay_sandbox:make_sandbox", **options)
+        text = str(info.value)
+        assert "Bad options" not in text and "never called" not in text
+        assert "its factory 'make_sandbox' cannot be called as ee calls it: missing a required argument: 'db_path'" in text
+        assert f"ee calls it {called}" in text and "Give each of its parameters a default" in text
+    # a callable whose signature cannot be read (a C type): told apart by where the TypeError was raised
+    with pytest.raises(GadgetError, match=r"cannot be called as ee calls it: repeat\(\) missing required argument 'object'"):
+        GADGETS.construct("repeat", itertools.repeat)
+
+
+@pytest.mark.parametrize("form", ["relative", "dotted", "absolute", "no_factory"])
+def test_a_file_path_spec_says_which_module_form_to_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """`--sandbox helpdesk/replay_sandbox.py:make_sandbox` got only "matches none of the accepted forms": it now names the
+    module form computed from the path, and the folder to run from (the one holding the package), which then works."""
+    import sys
+
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    app = tmp_path / "app"
+    module = _user_package(app, "from tests.test_plugins import _ping_sandbox as make_sandbox\n")
+    spec = {
+        "relative": "helpdesk/replay_sandbox.py:make_sandbox",
+        "dotted": "./helpdesk/replay_sandbox:make_sandbox",
+        "absolute": f"{module}:make_sandbox",
+        "no_factory": "helpdesk/replay_sandbox.py",
+    }[form]
+    monkeypatch.chdir(app if form != "absolute" else tmp_path)
+    with pytest.raises(EEError) as info:
+        build_sandbox(spec)
+    text = str(info.value)
+    factory = "FACTORY" if form == "no_factory" else "make_sandbox"
+    assert f"a file path, not a module: name the module instead, 'helpdesk.replay_sandbox:{factory}'" in text
+    assert "run from the folder that holds 'helpdesk/'" in text
+    assert (f"({app})" in text) == (form == "absolute")  # the folder is named where it is not the working one
+    monkeypatch.chdir(app)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(app))])
+    build_sandbox("helpdesk.replay_sandbox:make_sandbox").close()
+
+
+def _ping_sandbox() -> Any:
+    from ee_middleware.replay import PythonSandbox
+
+    return PythonSandbox(lambda environment: {}, tools={"ping": lambda world: "pong"})
