@@ -86,11 +86,21 @@ def run(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many trajectories in this run."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a \\[replay] table; flags override it."),
+    again: bool = typer.Option(
+        False,
+        "--again",
+        help="Replay every trajectory again as this configuration's next attempt (its sandbox's code fixed since): a new "
+        "replay id, which later runs continue and dataset builds use instead of the earlier attempts.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Replay every approved trajectory not yet replayed with this configuration (resumable)."""
+    """Replay every approved trajectory not yet replayed with this configuration (resumable).
+
+    A finished configuration is not replayed again by a re-run: after fixing the sandbox's code (a fidelity mismatch),
+    run with --again.
+    """
     from ee_middleware.replay.config import ReplayConfig
     from ee_middleware.replay.job import run_replay
 
@@ -113,6 +123,7 @@ def run(
         app=app_name,
         limit=limit,
         ray_address=ray_address,
+        again=again or None,
     )
     _refuse_ignored_flags(cfg, tool_timeout=tool_timeout, memory_mb=memory_mb, ray_address=ray_address)
     open_existing_store(cfg.store)  # a clear error before any worker starts
@@ -158,6 +169,13 @@ def run(
         _print_summary(summary, out, shown)
     if idle:
         typer.secho(f"note: {idle}", err=True, fg="yellow")
+    elif not summary.selected and summary.already_done and not as_json:
+        typer.secho(
+            f"note: this configuration (replay {summary.replay_id}) has replayed every approved trajectory already; after "
+            "changing the sandbox's code, replay them again with --again.",
+            err=True,
+            fg="yellow",
+        )
     if summary.failed:
         raise typer.Exit(1)
 
@@ -228,7 +246,10 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     from rich import box
     from rich.table import Table
 
-    table = Table(title=f"replay {summary.replay_id}: sandbox={summary.sandbox} policy={summary.policy} k={summary.k}", box=box.SIMPLE_HEAD)
+    attempt = f" (attempt {summary.attempt})" if summary.attempt > 1 else ""
+    table = Table(
+        title=f"replay {summary.replay_id}{attempt}: sandbox={summary.sandbox} policy={summary.policy} k={summary.k}", box=box.SIMPLE_HEAD
+    )
     table.add_column("")
     table.add_column("value", justify="right")
     rows = [

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._toml import build_config, layered_values, read_toml_table
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
 
@@ -249,9 +249,33 @@ class ImproveConfig(BaseModel):
                     "held-out trajectories."
                 ) from exc
         self._check_base(train.base_model, train.max_length)
+        self._check_store()
+
+    def _check_store(self) -> None:
+        """The store is there, and records this app if it records any: a misspelt app in a store of other apps would end
+        every night as 'nothing-new' (exit status 0) and never learn anything."""
+        import difflib
+
+        from ee_middleware.errors import StoreError
         from ee_middleware.store.registry import open_store
 
-        open_store(self.store, create=False).close()  # a store that is not there is named before a run starts
+        try:
+            store = open_store(self.store, create=False)
+        except StoreError as exc:
+            raise ConfigError(f"[improve] store = {str(self.store)!r} (or --store, EE_STORE): {exc}") from exc
+        try:
+            apps = sorted(str(a) for a in store.trajectories().get_column("app").unique().to_list() if a is not None)
+        finally:
+            store.close()
+        if apps and self.app not in apps:
+            close = difflib.get_close_matches(self.app, apps, n=1, cutoff=0.6)
+            shown = ", ".join(repr(a) for a in apps[:20]) + (f" and {len(apps) - 20} more" if len(apps) > 20 else "")
+            raise ConfigError(
+                f"[improve] app = {self.app!r} (or --app): the store {self.store} holds no trajectory of it"
+                + (f"; did you mean {close[0]!r}?" if close else ".")
+                + f" It records {shown} (`ee traces list --store {self.store} --status all`). Set app to the name the agent "
+                "records with (record_experience(..., app=...))."
+            )
 
     def _check_base(self, base_model: str, max_length: int) -> None:
         from ee_middleware.adapters.registry import open_registry
@@ -260,7 +284,19 @@ class ImproveConfig(BaseModel):
         registry = open_registry(self.registry, create=True)
         live = registry.resolve(self.alias_name)
         if live is not None and Path(registry.get(live).base_model).is_dir():
-            base_model, where = registry.get(live).base_model, f"the base of the live adapter {live}"  # what the candidate trains on
+            live_base = registry.get(live).base_model
+            if not same_place(live_base, base_model):
+                from ee_middleware.trainers.training.errors import BaseModelError
+                from ee_middleware.trainers.training.model import resolve_base
+
+                try:  # not trained on while the adapter is live, but used once none is (a rollback to the base)
+                    resolve_base(base_model)
+                except BaseModelError as exc:
+                    raise ConfigError(
+                        f"base_model in [improve] (or --base-model), used when no adapter is live (the candidate trains on the "
+                        f"base of the live adapter {live}, {live_base}): {exc}"
+                    ) from exc
+            base_model, where = live_base, f"the base of the live adapter {live}"  # what the candidate trains on
         else:
             where = "base_model in [improve]"
         try:
@@ -271,9 +307,21 @@ class ImproveConfig(BaseModel):
     # --- the stages' own configs ------------------------------------------------------------------
 
     def replay_config(self, *, limit: int | None = None, trajectory_ids: list[str] | None = None) -> ReplayConfig:
+        """The replay stage's config, at the newest attempt of its configuration in the store (a sandbox fixed and
+        replayed with ``ee replay run --again`` is the one the job continues and builds datasets from)."""
         from ee_middleware.replay.config import ReplayConfig
+        from ee_middleware.replay.job import with_attempt
+        from ee_middleware.store.registry import open_store
 
-        return ReplayConfig.load(self.config_path, store=self.store, app=self.app, limit=limit, trajectory_ids=trajectory_ids)
+        config = ReplayConfig.load(self.config_path, store=self.store, app=self.app, limit=limit, trajectory_ids=trajectory_ids)
+        try:
+            store = open_store(config.store, create=False)
+        except EEError:
+            return config  # no store yet (a start-up check): its first attempt
+        try:
+            return with_attempt(store, config)
+        finally:
+            store.close()
 
     def dataset_config(self, out: Path, replay_id: str | None) -> DatasetConfig:
         from ee_middleware.trainers.datasets.build import DatasetConfig

@@ -96,6 +96,14 @@ class ReplayConfig(BaseModel):
     in meanwhile do not take their places. Like :attr:`limit`, not part of :attr:`replay_id`."""
     check_fidelity: bool = True
     max_observation_chars: int = Field(200_000, ge=1)
+    again: bool = False
+    """Replay this configuration's trajectories again, as its next attempt (``ee replay run --again``): after the
+    sandbox's code was fixed (its spec, and so its replay id, unchanged), a plain re-run finds everything done. The new
+    attempt has its own :attr:`replay_id`; a later plain run continues it, and dataset builds use a trajectory's newest
+    attempt of a configuration (the earlier ones are superseded)."""
+    attempt: int = Field(1, ge=1)
+    """Which replay of this configuration (1: the first). The job sets it from the store (the newest attempt, or the
+    next with :attr:`again`); from 2 on it is part of :attr:`replay_id`."""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ReplayConfig:
@@ -151,7 +159,14 @@ class ReplayConfig(BaseModel):
 
     @property
     def replay_id(self) -> str:
-        """Identifies the configuration that shapes rollouts: a re-run with the same id resumes."""
+        """Identifies the configuration that shapes rollouts, and its :attr:`attempt`: a re-run with the same id resumes."""
+        if self.attempt == 1:  # the id every configuration had before attempts existed
+            return self.configuration_id
+        return attempt_id(self.configuration_id, self.attempt)
+
+    @property
+    def configuration_id(self) -> str:
+        """Identifies the configuration that shapes rollouts, whichever its attempt (its first attempt's replay id)."""
         shaping = {"sandbox": self.sandbox, "policy": self.policy, "k": self.k, "seed": self.seed}
         if self.allow_network:  # only when on, so that earlier ids stay valid
             shaping["allow_network"] = True
@@ -160,3 +175,8 @@ class ReplayConfig(BaseModel):
         if self.policy != "mutate" or self.policy_settings:
             shaping.update(self.policy_options())
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def attempt_id(configuration_id: str, attempt: int) -> str:
+    """The replay id of ``attempt`` (2 and on) of the configuration ``configuration_id`` (see :attr:`ReplayConfig.again`)."""
+    return hashlib.sha256(f"{configuration_id}:attempt:{attempt}".encode()).hexdigest()[:12]

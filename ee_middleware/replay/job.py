@@ -4,6 +4,8 @@ Resumable and idempotent. Each trajectory's rollouts and its replay record are w
 soon as that trajectory finishes; a re-run skips trajectories whose record says ``done`` or
 ``skipped`` for the same :attr:`~ee_middleware.replay.config.ReplayConfig.replay_id`, so a killed
 run continues where it stopped, and a finished one does nothing new. ``failed`` ones are retried.
+``again`` (``ee replay run --again``) replays them all once more as the configuration's next attempt (a sandbox fixed
+since: see :attr:`~ee_middleware.replay.config.ReplayConfig.again`); a plain run continues the newest attempt.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class ReplaySummary:
     k: int
     executor: str
     workers: int
+    attempt: int = 1
+    """Which replay of this configuration (2 and on: ``--again``'s, see :attr:`ReplayConfig.again`)."""
     selected: int = 0
     """Trajectories this run set out to replay."""
     already_done: int = 0
@@ -121,6 +125,19 @@ class ReplaySummary:
                 self.fidelity_examples.append({"trajectory_id": r.trajectory_id, **example})
 
 
+def with_attempt(store: ExperienceStore, config: ReplayConfig) -> ReplayConfig:
+    """``config`` at its current attempt in ``store``: the newest attempt of its configuration that replayed anything (a
+    plain run continues it), or the one after it with :attr:`~ReplayConfig.again` (the first when none replayed yet)."""
+    from ee_middleware.replay.config import attempt_id
+
+    replayed = set(store.replays()["replay_id"].unique().to_list())
+    attempt, newest = 1, 0
+    while (config.configuration_id if attempt == 1 else attempt_id(config.configuration_id, attempt)) in replayed:
+        newest, attempt = attempt, attempt + 1
+    wanted = newest + 1 if config.again else max(newest, 1)
+    return config if wanted == config.attempt else config.model_copy(update={"attempt": wanted})
+
+
 def select_trajectories(store: ExperienceStore, config: ReplayConfig) -> tuple[list[str], int]:
     """Ids of approved trajectories still to replay under ``config`` (oldest first), and how many are done."""
     approved = store.trajectories(status="approved", app=config.app)
@@ -171,6 +188,7 @@ def run_replay(
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
+    config = with_attempt(store, config)
     options = {**sandbox_options(allow_network=config.allow_network), **config.sandbox_factory_options()}
     factory = sandbox_factory(
         config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb, options=options
@@ -185,6 +203,8 @@ def run_replay(
         check_fidelity=config.check_fidelity,
         max_observation_chars=config.max_observation_chars,
         privacy=ReplayPrivacy.of_store(store),  # the store's own redaction rules, salt and vault
+        attempt_of=config.configuration_id if config.attempt > 1 else None,
+        attempt=config.attempt,
     )
     # Worker processes and Ray actors write into the store themselves (see executors); in-process, the job writes.
     writers = isinstance(config.store, (str, os.PathLike)) and (config.executor == "ray" or config.workers > 1)
@@ -199,6 +219,7 @@ def run_replay(
     )
     summary = ReplaySummary(
         replay_id=config.replay_id,
+        attempt=config.attempt,
         sandbox=config.sandbox,
         policy=config.policy,
         k=config.k,

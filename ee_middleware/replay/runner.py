@@ -77,6 +77,10 @@ class ReplaySettings:
     max_observation_chars: int = 200_000
     privacy: ReplayPrivacy = NO_PRIVACY
     """The store's redaction and vault (:meth:`ReplayPrivacy.of_store`); the default redacts and restores nothing."""
+    attempt_of: str | None = None
+    """For an attempt after the first (``ee replay run --again``): the configuration's id (its first attempt's replay
+    id), kept with ``attempt`` in each record's details so that builds tell which attempt supersedes which."""
+    attempt: int = 1
 
 
 @dataclass
@@ -218,8 +222,15 @@ class _Run:
             seed=self.settings.seed,
             duration_s=time.perf_counter() - self.started,
             finished_at=utcnow(),
-            **counts,
+            **self._with_attempt(counts),
         )
+
+    def _with_attempt(self, counts: dict[str, Any]) -> dict[str, Any]:
+        """``counts`` with, for an attempt after the first, the configuration and attempt in its details."""
+        if self.settings.attempt_of is None:
+            return counts
+        attempt = {"attempt_of": self.settings.attempt_of, "attempt": self.settings.attempt}
+        return {**counts, "details": {**counts.get("details", {}), **attempt}}
 
     def counts(self, states: int) -> dict[str, Any]:
         """The counts and details of a finished replay, for :meth:`record`."""

@@ -7,8 +7,8 @@ step and rollout keys, state sizes; no state, no observation), then loads one gr
 at a time (:meth:`SourceReader.load`) from the store's Parquet parts, lazily (filters pushed into
 the Parquet reader; see :meth:`~ee_middleware.store.local.LocalExperienceStore.scan`).
 
-Which rollouts: every replay's (each replay configuration, ``replay_id``, that replayed a trajectory), or one
-configuration's with ``replay_id``. A trajectory's replay whose record reports fidelity mismatches (the sandbox's
+Which rollouts: every replay's (each replay configuration, ``replay_id``, that replayed a trajectory: its newest
+attempt, :func:`superseded_replays`), or one configuration's with ``replay_id``. A trajectory's replay whose record reports fidelity mismatches (the sandbox's
 answer to the expert's own recorded call differed from production's: ``ReplayRecord.fidelity_mismatches``, the
 newest record of that configuration and trajectory) is left out whole unless ``include_fidelity_mismatches``
 (:func:`untrusted_replays`): its sandbox answers some tool differently from production, at every state that tool is
@@ -117,9 +117,12 @@ def load_source(
     rollouts = store.rollouts(ids, replay_id=replay_id)
     if not include_synthetic:
         rollouts = rollouts.filter(~pl.col("synthetic"))
+    records = store.replays(replay_id=replay_id).filter(pl.col("trajectory_id").is_in(ids))
+    if replay_id is None:  # every replay: a trajectory's newest attempt of each configuration
+        current = _not_superseded(superseded_replays(records))
+        rollouts, records = rollouts.filter(current), records.filter(current)
     mismatched = 0
     if not include_fidelity_mismatches:
-        records = store.replays(replay_id=replay_id).filter(pl.col("trajectory_id").is_in(ids))
         trusted = rollouts.filter(~_mark_untrusted(untrusted_replays(records)))
         mismatched, rollouts = rollouts.height - trusted.height, trusted
     unrestored = 0
@@ -208,6 +211,32 @@ def untrusted_replays(records: pl.DataFrame) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(rows, schema=UNTRUSTED_SCHEMA)
+
+
+def superseded_replays(records: pl.DataFrame) -> pl.DataFrame:
+    """The replays (a configuration's replay of a trajectory) a later attempt of the same configuration replayed again
+    (``ee replay run --again``, after its sandbox was fixed): ``replay_id`` and ``trajectory_id``. A build that uses
+    every replay leaves their rollouts out, and does not hold their fidelity mismatches against the configuration. An
+    attempt after the first names its configuration and number in its records' details (``attempt_of``, ``attempt``);
+    the first names neither (its replay id is the configuration's)."""
+    if records.is_empty() or "details_json" not in records.columns:
+        return pl.DataFrame(schema={"replay_id": pl.String(), "trajectory_id": pl.String()})
+    details = pl.col("details_json")
+    keyed = records.select(
+        "replay_id",
+        "trajectory_id",
+        pl.coalesce(details.str.json_path_match("$.attempt_of"), pl.col("replay_id")).alias("_configuration"),
+        details.str.json_path_match("$.attempt").cast(pl.Int64, strict=False).fill_null(1).alias("_attempt"),
+    )
+    newest = pl.col("_attempt").max().over("_configuration", "trajectory_id")
+    return keyed.filter(pl.col("_attempt") < newest).select("replay_id", "trajectory_id").unique(maintain_order=True)
+
+
+def _not_superseded(superseded: pl.DataFrame) -> pl.Expr:
+    """True for a row (of rollouts or replay records) of no :func:`superseded_replays` replay."""
+    if superseded.is_empty():
+        return pl.lit(True)
+    return ~_replay_key().is_in(superseded.select(_replay_key())["_replay_key"].implode())
 
 
 def _listed_mismatches(details_json: str | None) -> list[dict[str, Any]]:
@@ -369,6 +398,7 @@ class SourceReader:
         self._indexed_rollouts: pl.Series | None = None
         self._rescanned = False
         self._records: pl.DataFrame | None = None
+        self._superseded = superseded_replays(pl.DataFrame())
         self._untrusted: pl.DataFrame | None = None
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
@@ -415,7 +445,10 @@ class SourceReader:
             rows = self._replays.filter(pl.col("trajectory_id").is_in(self._trajectories["id"].implode()))
             if self.replay_id is not None:
                 rows = rows.filter(pl.col("replay_id") == self.replay_id)
-            self._records = self._drop("replays", rows.collect()).select(REPLAY_COLUMNS)
+            records = self._drop("replays", rows.collect()).select(REPLAY_COLUMNS)
+            # every replay: a trajectory's newest attempt of each configuration (superseded ones are not used)
+            self._superseded = superseded_replays(records) if self.replay_id is None else superseded_replays(pl.DataFrame())
+            self._records = records.filter(_not_superseded(self._superseded))
         return self._records
 
     def _untrusted_replays(self) -> pl.DataFrame:
@@ -437,6 +470,9 @@ class SourceReader:
             rows = rows.filter(pl.col("replay_id") == self.replay_id)
         if not self.include_synthetic:
             rows = rows.filter(~pl.col("synthetic"))
+        self._replay_records()  # which replays are superseded
+        if not self._superseded.is_empty():
+            rows = rows.filter(_not_superseded(self._superseded))
         untrusted = self._untrusted_replays()
         marks = [
             pl.col("unrestored_json").is_null().alias("_restored"),
