@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ee_middleware.errors import ConfigError, StoreError
+from ee_middleware.errors import ConfigError
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import RunNotFoundError
 from ee_middleware.jobs.runs import RunsDir
@@ -147,7 +147,7 @@ def test_a_missing_base_model_or_store_or_chat_template_stops_the_job_before_a_r
     with pytest.raises(ConfigError, match=r"has no chat template .*tokenizer.chat_template = "):
         run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path, template=False))))
     assert RunsDir(tmp_path / "runs").list() == []
-    with pytest.raises(StoreError, match=r"No experience store at .*s\b"):
+    with pytest.raises(ConfigError, match=r"\[improve\] store = .*No experience store at .*s\b"):
         run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))))
     assert RunsDir(tmp_path / "runs").list() == []
     LocalExperienceStore(tmp_path / "s").close()
@@ -334,3 +334,69 @@ def test_an_mcp_sandbox_is_checked_by_reading_its_config_file(tmp_path: Path) ->
     config.write_text("{not json")
     with pytest.raises(ConfigError, match=r"\[replay\] sandbox = 'mcp:"):
         _check_specs(f"mcp:{config}", "mutate", None)
+
+
+def _store_with_app(folder: Path, app: str) -> None:
+    """A real store holding one approved trajectory of ``app``."""
+    import datetime as dt
+
+    from ee_middleware.records import Action, Step, Trajectory
+
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    state = [{"role": "user", "content": "hi"}]
+    step = Step(trajectory_id=f"t-{app}", index=0, decision_index=0, state=state, action=Action(kind="answer", content="hello"))
+    trajectory = Trajectory(
+        id=f"t-{app}", app=app, task="hi", messages=[*state, {"role": "assistant", "content": "hello"}], final_answer="hello",
+        started_at=start, ended_at=start, steps=[step],
+    )  # fmt: skip
+    store = LocalExperienceStore(folder)
+    try:
+        store.write([trajectory])
+        store.approve([trajectory.id], by="test")
+    finally:
+        store.close()
+
+
+def test_an_app_the_store_never_recorded_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
+    """Was: a misspelt app (`--app inventory-bto`, or in [improve]) in a store that records other apps ran as
+    'nothing-new' with exit status 0, night after night, so nothing was ever learned and nothing said why. Now the
+    start-up check names the key, the apps the store holds and the closest one; a store that records nothing yet (a
+    new set-up) still runs (nothing new)."""
+    from ee_middleware.jobs.improve import run_improve
+
+    _store_with_app(tmp_path / "s", "inventory-bot")
+    path = _improve_file(tmp_path, _base_folder(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"\[improve\] app = 'inventory-bto' \(or --app\): .* no trajectory of it.*did you mean 'inventory-bot'"
+    ):
+        run_improve(ImproveConfig.load(path, app="inventory-bto"))
+    assert RunsDir(tmp_path / "runs").list() == []
+    ImproveConfig.load(path, app="inventory-bot").check()  # the app it records passes
+    LocalExperienceStore(tmp_path / "empty").close()
+    ImproveConfig.load(path, app="inventory-bto", store=str(tmp_path / "empty")).check()  # nothing recorded yet: fine
+
+
+def test_a_store_that_is_not_there_names_the_setting_it_came_from(tmp_path: Path) -> None:
+    """Was: 'No experience store at /x. Record a run into it first, or check the --store path.' for a store set in the
+    file's [improve] table (or EE_STORE): the message named a flag the user had not passed. Now it names the setting."""
+    path = _improve_file(tmp_path, _base_folder(tmp_path))
+    with pytest.raises(ConfigError, match=r"\[improve\] store = '.*/s' \(or --store, EE_STORE\): No experience store at"):
+        ImproveConfig.load(path).check()
+
+
+def test_a_base_model_that_is_not_there_is_named_also_while_an_adapter_is_live(tmp_path: Path) -> None:
+    """The candidate trains from the live adapter's base, so base_model (used when no adapter is live, e.g. after a
+    rollback to the base) was not looked at: `--base-model /models/qwen-typo` started and succeeded, to fail only on
+    the night no adapter is live. Now it is named at start."""
+    from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.adapters.testing import _adapter
+
+    live_base = _base_folder(tmp_path)
+    registry = open_registry(str(tmp_path / "r"), create=True)
+    record = registry.register(_adapter(tmp_path / "a1", seed=1, base=str(live_base)), "shop")
+    registry.switch_live(record.name)
+    LocalExperienceStore(tmp_path / "s").close()
+    path = _improve_file(tmp_path, tmp_path / "no-such-base")
+    with pytest.raises(ConfigError, match=r"base_model in \[improve\] \(or --base-model\).*used when no adapter is live.*No base model at"):
+        ImproveConfig.load(path).check()
+    ImproveConfig.load(path, base_model=str(live_base)).check()
