@@ -37,6 +37,8 @@ class LoopConfig:
     (as a user message) and let it try again within the step budget, instead of ending the turn.
     ``end_at_max_steps``: a turn cut at ``max_steps_per_turn`` ends the conversation (no later user turn
     is run), as BFCL's multi-turn runner force-quits an entry.
+    ``whole_answers``: an answer holding a call that cannot be read holds no call at all (none of its
+    calls is run or scored), as BFCL decodes an answer as a whole.
     """
 
     max_steps_per_turn: int = 20
@@ -44,6 +46,7 @@ class LoopConfig:
     parse_text_calls: bool = True
     feed_back_parse_errors: bool = False
     end_at_max_steps: bool = False
+    whole_answers: bool = False
     temperature: float = 0.0
     max_tokens: int = 512
     seed: int | None = 0
@@ -176,6 +179,8 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
     # tool_calls, or text that looks like one): a structured call whose arguments cannot be read is not silence.
     tried = calls or structured_calls or _looks_like_call(text)
     problems = [item.problem for item in parsed if isinstance(item, ParseProblem)] if tried else []
+    if problems and config.whole_answers:
+        calls = []
     if calls and not structured_calls:
         text = ""  # the text was the calls themselves
     return Step(calls=calls, text=text, problems=problems)

@@ -12,7 +12,8 @@
   identifiers, reaches the checker (which ``eval``s call strings) as a call of an undefined name.
 * Single-turn AST categories (``simple``, ``multiple``, ``parallel``, ``parallel_multiple`` and their
   ``live_`` counterparts): one model answer, scored by BFCL's ``ast_checker`` with the category's name, as
-  BFCL's own runner calls it. ``irrelevance`` and ``live_irrelevance``: right when the answer makes no call;
+  BFCL's own runner calls it. In every category an answer is decoded as a whole, as BFCL does: one call
+  that cannot be read (arguments cut short, not a JSON object) leaves the answer with no call. ``irrelevance`` and ``live_irrelevance``: right when the answer makes no call;
   ``live_relevance``: right when it makes at least one (BFCL checks no arguments there, and has no ground
   truth, so the oracle calls the first function offered). Tool names with ``.`` are offered with ``_``
   (OpenAI's rule).
@@ -84,8 +85,8 @@ class BFCLSuite:
 
     def loop_config(self, base: LoopConfig) -> LoopConfig:
         if self.multi_turn:  # BFCL force-quits a turn whose model makes calls in more than its limit's answers
-            return replace(base, max_steps_per_turn=base.max_steps_per_turn + 1, end_at_max_steps=True)
-        return replace(base, execute_tools=False, max_steps_per_turn=1)
+            return replace(base, max_steps_per_turn=base.max_steps_per_turn + 1, end_at_max_steps=True, whole_answers=True)
+        return replace(base, execute_tools=False, max_steps_per_turn=1, whole_answers=True)
 
     def run(self, client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> TaskResult:
         config = self.loop_config(config)
@@ -271,5 +272,7 @@ def score_ast(task: EvalTask, conversation: Conversation) -> Verdict:
                 False, "irrelevance_error:decoder_success", f"the model called {', '.join(c.name for c in calls)} where no function fits"
             )
         return Verdict(True)
+    if not calls and first is not None and first.problems:  # BFCL's decoder fails the whole answer (LoopConfig.whole_answers)
+        return Verdict(False, "ast_decoder:decoder_failed", "the answer holds a call that could not be read, so none of it counts")
     output = [{c.name: c.arguments} for c in calls]
     return Verdict.of(ast_check(task.payload["functions"], output, task.payload["possible_answer"], AST_CATEGORIES[task.category]))

@@ -15,6 +15,7 @@ from ee_middleware.bfcl._package import import_bfcl
 from ee_middleware.evals.bfcl.suite import BFCLSuite
 from ee_middleware.evals.clients import OracleClient
 from ee_middleware.evals.loop import LoopConfig
+from ee_middleware.evals.runner import result_row
 from ee_middleware.evals.tasks import EvalTask
 
 from .test_bfcl_harness import _official_multi_turn
@@ -104,3 +105,65 @@ def test_a_turn_past_bfcl_s_step_limit_ends_the_entry_as_bfcl_does(task: EvalTas
         assert len(result.conversation.turns) == 1  # no later turn was run
     else:
         assert result.success
+
+
+# --- an answer with a call that cannot be read ---------------------------------------------------------------------
+
+
+def _bfcl_fc_single_turn(category: str, task: EvalTask, message: dict[str, Any]) -> bool:
+    """BFCL's runner on one function-calling answer: the FC handlers' ``decode_ast`` (``json.loads`` of each call's
+    arguments: one failure fails the whole answer), then ``_evaluate_single_relevance_entry``'s rule or
+    ``_evaluate_single_ast_entry``'s format check and ``ast_checker``."""
+    from ee_middleware.evals.bfcl.official import ast_checker_module
+    from ee_middleware.evals.bfcl.suite import AST_CATEGORIES
+
+    utils = import_bfcl("utils")
+    try:
+        decoded = [{c["function"]["name"]: json.loads(c["function"]["arguments"])} for c in message.get("tool_calls") or []]
+    except ValueError:
+        decoded = None
+    if "relevance" in category:
+        called = decoded is not None and not utils.is_empty_output(decoded)
+        return not called if "irrelevance" in category else called
+    if decoded is None or not utils.is_function_calling_format_output(decoded):
+        return False
+    language = import_bfcl("constants.enums").Language.PYTHON
+    checked = ast_checker_module().ast_checker(
+        task.payload["functions"], decoded, task.payload["possible_answer"], language, AST_CATEGORIES[category], "ee_eval_model"
+    )
+    return bool(checked["valid"])
+
+
+UNREADABLE = [("cut short", '{"a": 1,'), ("not an object", "[1, 2]")]
+
+
+@pytest.mark.parametrize("category", ["simple", "parallel", "irrelevance", "live_relevance"])
+@pytest.mark.parametrize(("kind", "arguments"), UNREADABLE, ids=[k for k, _ in UNREADABLE])
+def test_an_answer_with_one_unreadable_call_is_scored_as_bfcl_decodes_it_as_a_whole(category: str, kind: str, arguments: str) -> None:
+    """BFCL decodes an answer as a whole: one call whose arguments are not a JSON object fails the decoding, so the
+    answer has no call. Before: the other calls were kept and scored, so a right call beside an unreadable one passed
+    bfcl:simple, bfcl:parallel and bfcl:live_relevance (BFCL: a decoder failure, no call) and failed bfcl:irrelevance
+    (BFCL: no call, a pass)."""
+    suite = BFCLSuite(category)
+    for task in suite.tasks()[:5]:
+        calls = list(task.reference[0][0].get("tool_calls") or [])
+        name = task.tools[0][0]["function"]["name"]
+        calls = calls or [_call(name, {}, "ok")]  # relevance categories: a readable call first
+        bad = {"id": "bad", "type": "function", "function": {"name": name, "arguments": arguments}}
+        message = _answer(*calls, bad)
+        ours = suite.run(OracleClient(), replace(task, reference=[[message]]), 0, LoopConfig())
+        assert ours.success == _bfcl_fc_single_turn(category, task, message), (task.id, ours.reason)
+        if not ours.success:  # the reason a user reads names the unreadable call
+            assert "could not be read" in result_row(ours, "m")["reason"] and "arguments" in result_row(ours, "m")["reason"]
+
+
+def test_a_multi_turn_step_with_one_unreadable_call_runs_none_of_its_calls_as_bfcl(task: EvalTask) -> None:
+    """BFCL's multi-turn runner ends a turn at an answer it cannot decode, running none of its calls, and its checker
+    skips that answer. Before: turn 0's right calls beside an unreadable one were run and scored: the entry passed."""
+    reference = [[_answer(*task.reference[0][0]["tool_calls"], _call("ls", {}, "bad"))], *task.reference[1:]]
+    reference[0][0]["tool_calls"][-1]["function"]["arguments"] = '{"a": '
+    ours = BFCLSuite("multi_turn_base").run(OracleClient(), replace(task, reference=reference), 0, LoopConfig())
+    official = _official_multi_turn(task, [[], *reference[1:]])  # BFCL: the undecodable step is no step
+    assert (ours.success, ours.error_type) == (official["valid"], official.get("error_type"))
+    assert not ours.success
+    assert ours.conversation.calls == [c for turn in ours.conversation.turns[1:] for s in turn.steps for c in s.calls]
