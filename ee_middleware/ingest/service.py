@@ -17,6 +17,7 @@ from pathlib import Path
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id
 from ee_middleware.capture.normalize import normalize, operation_of
+from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
@@ -117,7 +118,10 @@ class _Target:
         """
         if "options" not in self.__dict__ and _assemble(trace_id, run, self._trial, report) is None:
             return None
-        return _assemble(trace_id, run, self.options, report)
+        trajectory = _assemble(trace_id, run, self.options, report)
+        if trajectory is not None:
+            self.paused.remember(trajectory)  # a later run resuming its thread after a human review finds its tools
+        return trajectory
 
     @cached_property
     def _trial(self) -> AssemblyOptions:
@@ -128,8 +132,15 @@ class _Target:
         return open_store(self._spec)
 
     @cached_property
+    def paused(self) -> PausedDecisions:
+        """The tools offered at the decisions runs paused on for a human review (in this ingest, else in the store), for
+        the runs resuming their threads, as the recorder finds them."""
+        return PausedDecisions(self.store)
+
+    @cached_property
     def options(self) -> AssemblyOptions:
-        return AssemblyOptions(app=self._app, redactor=_ingest_redactor(self.store, self._redactor), source="otlp-ingest")
+        redactor = _ingest_redactor(self.store, self._redactor)
+        return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
 
     @cached_property
     def known(self) -> set[str]:

@@ -240,3 +240,33 @@ def test_reader_accepts_a_pretty_printed_single_document(tmp_path):
     parsed = read_otlp_json(path)
     assert parsed.errors == [] and len(parsed.spans) == 4
     assert parsed.spans[0].resource == {"service.name": "billing-agent"}
+
+
+def test_a_reviewed_turn_under_tools_chosen_per_call_round_trips_through_an_otlp_file(tracer_provider, span_exporter, tmp_path):
+    """Our own spans of a human-reviewed run whose tools are chosen per model call (a wrap_model_call offering one tool
+    per call, HumanInTheLoopMiddleware), exported and ingested elsewhere: the resumed run's reviewed order is stored as
+    the recorder stored it, with the tools its paused decision was offered (read from the paused run ingested before
+    it). Before, ingest knew nothing of the paused decision and left the reviewed order out of the resumed run."""
+    from langgraph.types import Command
+
+    from tests.capture.test_middleware_shapes import TASK, planned_model
+    from tests.capture.test_step_tools import REVIEWS, _reviewed_graph
+
+    live_path = tmp_path / "live"
+    agent = record_experience(_reviewed_graph(planned_model()), app="shop", store=live_path, tracer_provider=tracer_provider)
+    config = {"configurable": {"thread_id": "t1"}}
+    agent.invoke(TASK, config)
+    agent.invoke(Command(resume={"decisions": [REVIEWS["edit"]]}), config)
+    agent.flush()
+    live = LocalExperienceStore(live_path)
+    expected = sorted(live.iter_trajectories(), key=lambda t: t.started_at)
+    live.close()
+    reviewed = expected[1].steps[0]  # the recorder's: the reviewed order, offered order_item alone (all the run's tools)
+    assert reviewed.action.tool_call is not None and reviewed.action.tool_call.name == "order_item"
+    assert [t["function"]["name"] for t in expected[1].step_tools(reviewed)] == ["order_item"]
+    file = _write(tmp_path / "traces.jsonl", spans_to_otlp_json(list(span_exporter.get_finished_spans())))
+    other = LocalExperienceStore(tmp_path / "ingested")
+    report = ingest_files([file], other)
+    assert (report.errors, len(report.ingested)) == ([], 2)
+    ingested = sorted(other.iter_trajectories(), key=lambda t: t.started_at)
+    assert [t.model_dump(exclude={"source"}) for t in ingested] == [t.model_dump(exclude={"source"}) for t in expected]
