@@ -296,8 +296,9 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     if summary.final_calls_not_replayed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.final_calls_not_replayed.items()))
         out.print(
-            f"[yellow]not executed[/] at a trajectory's last step: {calls}: the sandbox does not provide the tool, and nothing "
-            "follows the call (a structured answer given as a tool call), so its state was branched from without it",
+            f"[yellow]not executed[/] at a trajectory's last tool call: {calls}: the sandbox does not provide the tool, and no later "
+            "state depends on it (only the final answer, if any, comes after it; a structured answer given as a tool call is "
+            "itself the answer), so the alternatives at its state ran and the call itself was left out",
             highlight=False,
         )
     for trajectory_id, reason in list(summary.skipped.items())[:10]:
@@ -474,14 +475,14 @@ def show(
             table.add_row(
                 "[green]expert[/]",
                 escape(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200)),
-                observation_cell(obs.content, obs.is_error, 300) if obs else "",
+                _observation_cell(obs.content, obs.is_error, 300) if obs else "",
             )
             for r in by_step.get(step.index, []):
                 alt = r.action.tool_call
                 table.add_row(
                     escape(f"#{r.branch_index} {r.proposer.policy}") + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
                     escape(f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})") if alt else "",
-                    observation_cell(r.observation.content, r.is_error, 300) + _synthetic_note(r),
+                    _observation_cell(r.observation.content, r.is_error, 300) + _synthetic_note(r),
                 )
             out.print(table)
             for replay, mismatch in mismatches.get(step.index, []):
@@ -490,6 +491,21 @@ def show(
                 _print_unrestorable(out, note, f"step {step.index}, replay {replay}")
         if unlisted:
             out.print(f"[yellow]{unlisted} more unrestorable step(s) were counted but not listed (a replay record lists the first few).[/]")
+
+
+def _observation_cell(content: str | None, is_error: bool, width: int) -> str:
+    """An observation in ``ee replay show``'s tables: as :func:`observation_cell`, except that an error whose own text begins
+    with the word (``Error: no ticket T-404``, as LangGraph's ToolNode and many apps write them) is shown once, that word
+    red as the ``error:`` mark is, instead of ``error: Error: ...``."""
+    import re
+
+    from rich.markup import escape
+
+    text = short(content, width) if is_error and content else ""
+    said = re.match(r"\s*error\b:?", text, re.IGNORECASE)
+    if said is None:
+        return observation_cell(content, is_error, width)
+    return f"[red]{escape(text[: said.end()])}[/]{escape(text[said.end() :])}"
 
 
 def _why_no_rollouts(opened: Any, trajectory: Any, replay_id: str | None) -> str:

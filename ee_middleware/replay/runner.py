@@ -27,10 +27,10 @@ Sandbox failures: an alternative the sandbox got no answer for (it timed out, cr
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
 tool is refused and counted (with the tool's name, for the run's report), never executed. A trajectory
 whose expert calls such a tool is skipped (its recorded path cannot be followed), except at its last
-tool-call step: no later state depends on that call (a structured answer given as a tool call, as
-LangChain's ``response_format=ToolStrategy(...)`` does, or a final notification), so the alternatives
-at that state are replayed and the expert's call is left unexecuted and listed
-(``details["final_calls_not_replayed"]``).
+tool-call step: no later state depends on that call (only the final answer, if any, follows it: it is a
+structured answer given as a tool call, as LangChain's ``response_format=ToolStrategy(...)`` gives, or a
+last action such as a notification before the final answer), so the alternatives at that state are
+replayed and the expert's call is left unexecuted and listed (``details["final_calls_not_replayed"]``).
 
 A trajectory that recorded no tool schemas (ingested from an instrumentation whose spans carry no tool definitions) is
 skipped, saying so and how to record them: every alternative is proposed from, and checked against, the tools offered.
@@ -179,7 +179,7 @@ def replay_trajectory(
         _branch(run, step, proposals)
         if sandbox.covers(expert.name):
             _reexecute_expert(run, step, expert)
-        else:  # the last step's (see _reset_for_replay): nothing follows it
+        else:  # the last step's (see _reset_for_replay): no later state depends on it
             run.final_not_replayed.append({"step": step.index, "tool": expert.name})
     return ReplayOutcome(run.record("done", None, **run.counts(states=len(tool_steps))), run.rollouts)
 
@@ -283,8 +283,9 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
         run.sandbox.reset(run.trajectory.environment)
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
-    # The last step's call moves the world to no state replay branches from: a tool the sandbox lacks there (a
-    # structured answer given as a tool call) is left unexecuted instead (see the module docstring).
+    # The last step's call moves the world to no state replay branches from (only the final answer, if any, follows it):
+    # a tool the sandbox lacks there (a structured answer given as a tool call, or a last action such as an email before
+    # the final answer) is left unexecuted instead (see the module docstring).
     missing = sorted(
         {s.action.tool_call.name for s in tool_steps[:-1] if s.action.tool_call and not run.sandbox.covers(s.action.tool_call.name)}
     )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.records import ToolCall
 from ee_middleware.store import LocalExperienceStore
+from tests.replay.policies_for_tests import FixedCallsPolicy
 
 runner = CliRunner()
 
@@ -499,3 +500,104 @@ def test_tables_mark_expert_errors_and_empty_observations(tmp_path: Path) -> Non
     assert traced.exit_code == 0, traced.output
     assert "error: no booking B-9" in traced.stdout
     assert [line for line in traced.stdout.splitlines() if "bookings" in line and "(empty)" in line]
+
+
+# --- a help desk recorded with a real create_agent: a refused last call before a final answer, and "Error: ..." texts ---
+
+
+_TICKETS = {"T-1": "printer on floor 2 is jammed"}
+
+
+def helpdesk_sandbox() -> Any:
+    """The help desk's ticket lookup, which answers an unknown ticket with an "Error: ..." string as the app's does (marked
+    an error by is_error_result); its send_email is not provided, so replay never sends mail."""
+    from ee_middleware.replay import PythonSandbox
+
+    def get_ticket(world: dict[str, Any], ticket_id: str) -> str:
+        return world["tickets"].get(ticket_id, f"Error: no ticket {ticket_id}")
+
+    return PythonSandbox(
+        lambda env: {"tickets": dict(env["tickets"])},
+        tools={"get_ticket": get_ticket},
+        is_error_result=lambda value: str(value).startswith("Error:"),
+    )
+
+
+class HelpdeskLookups(FixedCallsPolicy):
+    """Proposes looking up a ticket that does not exist, at every state (``package.module:Class`` spec)."""
+
+    name = "lookups"
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = [("get_ticket", {"ticket_id": "T-404"})]
+
+
+def _helpdesk_store(root: Path) -> str:
+    """One approved run of a real create_agent help desk: it looks up T-1, emails the reporter, then answers in plain
+    text; the trajectory's id."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from tests.conftest import record_once
+
+    @tool
+    def get_ticket(ticket_id: str) -> str:
+        """A ticket's description."""
+        return _TICKETS.get(ticket_id, f"Error: no ticket {ticket_id}")
+
+    @tool
+    def send_email(to: str, body: str) -> str:
+        """Email someone."""
+        return f"sent to {to}"
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("get_ticket", ticket_id="T-1")]),
+        AIMessage(content="", tool_calls=[tool_call("send_email", to="ana@example.com", body="We are on it.")]),
+        AIMessage(content="I emailed Ana: the jammed printer is being fixed."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [get_ticket, send_email])
+    agent = record_experience(graph, app="helpdesk", store=root, environment=lambda inputs, config: {"tickets": dict(_TICKETS)})
+    trajectory = record_once(agent, root, {"messages": [("user", "What is T-1 about? Tell Ana we are on it.")]})
+    assert trajectory.final_answer and [s.action.tool_call.name for s in trajectory.steps if s.action.tool_call] == [
+        "get_ticket",
+        "send_email",
+    ]
+    store = LocalExperienceStore(root)
+    store.approve([trajectory.id], by="test")
+    store.close()
+    return trajectory.id
+
+
+def test_a_refused_last_call_followed_by_a_final_answer_is_not_said_to_have_nothing_after_it(tmp_path: Path) -> None:
+    """The help desk emails, then answers in plain text; send_email has no sandbox, so its call is not executed at the
+    trajectory's last tool-call step. ``ee replay run`` said "nothing follows the call (a structured answer given as a
+    tool call)", though the final answer follows it: it now says what is true in both cases."""
+    root = tmp_path / "experience"
+    _helpdesk_store(root)
+    sandbox, policy = "tests.cli.test_replay_cli:helpdesk_sandbox", "tests.cli.test_replay_cli:HelpdeskLookups"
+    result = runner.invoke(
+        app,
+        ["replay", "run", "--store", str(root), "--sandbox", sandbox, "--policy", policy, "--k", "1", "--no-progress"],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("not executed")]
+    assert "send_email=1" in line and "nothing follows" not in line and "structured answer given as a tool call)" not in line
+    assert "no later state depends on it" in line and "only the final answer, if any, comes after it" in line
+
+
+def test_show_prints_an_error_text_that_says_error_once(tmp_path: Path) -> None:
+    """A rollout whose tool answered "Error: no ticket T-404" (an error) was shown as "error: Error: no ticket T-404": the
+    text is shown once, its own "Error:" marked red as the "error:" mark is; an error without the word keeps the mark."""
+    root = tmp_path / "experience"
+    trajectory_id = _helpdesk_store(root)
+    sandbox, policy = "tests.cli.test_replay_cli:helpdesk_sandbox", "tests.cli.test_replay_cli:HelpdeskLookups"
+    ran = ee("replay", "run", "--store", str(root), "--sandbox", sandbox, "--policy", policy, "--k", "1", "--json")
+    assert ran.exit_code == 0 and json.loads(ran.stdout)["errors"] == 2, ran.output
+    shown = runner.invoke(app, ["replay", "show", trajectory_id, "--store", str(root)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.stdout.splitlines() if "lookups" in line]
+    assert len(rows) == 2 and all("Error: no ticket T-404" in row and "error: Error" not in row for row in rows), shown.stdout
+    colour = runner.invoke(app, ["replay", "show", trajectory_id, "--store", str(root)], env={"COLUMNS": "300", "FORCE_COLOR": "1"})
+    assert colour.stdout.count("\x1b[31mError:\x1b[0m no ticket T-404") == 2, colour.stdout
