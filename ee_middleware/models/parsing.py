@@ -177,7 +177,9 @@ def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) 
     if refusal is not None and not (isinstance(content, str) and content.strip()):
         return [ParseProblem(f"the model refused: {clip(refusal, 300)}", _short(message))]
     if not content:
-        if any(isinstance(message.get(key), str) and message[key].strip() for key in ("reasoning_content", "reasoning")):
+        from ee_middleware.messages import message_reasoning  # the one reader of every server's reasoning fields
+
+        if (message_reasoning(message) or "").strip():
             return [ParseProblem("the message holds only reasoning (reasoning_content), neither tool_calls nor content", _short(message))]
         return [ParseProblem("the message has neither tool_calls nor content", _short(message))]
     return parse_tool_calls(content, param_order=param_order)

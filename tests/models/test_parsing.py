@@ -273,8 +273,19 @@ def test_openai_arguments_encoded_twice_or_null(arguments: str, expected: dict) 
     assert isinstance(call, ToolCall) and call.arguments == expected
 
 
-def test_a_message_with_only_reasoning_says_so() -> None:
-    [problem] = from_openai_message({"role": "assistant", "content": None, "reasoning_content": "The user wants the weather, so"})
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"reasoning_content": "The user wants the weather, so"},  # vLLM before 0.11, DeepSeek
+        {"reasoning": "The user wants the weather, so"},  # vLLM 0.11 on, Ollama's /v1, OpenRouter
+        {"thinking": "The user wants the weather, so"},  # Ollama's /api/chat, gpt-oss's template
+        {"reasoning_details": [{"type": "reasoning.text", "text": "The user wants the weather, so"}]},  # OpenRouter
+    ],
+)
+def test_a_message_with_only_reasoning_says_so(fields: dict) -> None:
+    """A model cut off while reasoning answers with its reasoning only: said so, whichever field the server put it in
+    (before, only reasoning_content and reasoning were read: a thinking field was 'neither tool_calls nor content')."""
+    [problem] = from_openai_message({"role": "assistant", "content": None, **fields})
     assert isinstance(problem, ParseProblem) and "only reasoning" in problem.problem
 
 
