@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -108,15 +109,25 @@ short = one_line
 """Text on one line, cut to a width (for table cells)."""
 
 
+_SAYS_ERROR = re.compile(r"\s*error\b:?", re.IGNORECASE)
+
+
 def observation_cell(content: str | None, is_error: bool, width: int) -> str:
-    """A tool's observation as a table cell (rich markup, the text escaped): an error marked ``error:``, and an empty one
-    (a tool that returned nothing, ``[]`` as LangChain stores it) as a dim ``(empty)``, told apart from no observation
-    (``content`` None: a blank cell)."""
+    """A tool's observation as a table cell (rich markup, the text escaped): an error marked ``error:`` (or, where its own
+    text begins with the word, ``Error: no ticket T-404`` as LangGraph's ToolNode and many apps write them, that word in
+    red, once), and an empty one (a tool that returned nothing, ``[]`` as LangChain stores it) as a dim ``(empty)``,
+    told apart from no observation (``content`` None: a blank cell)."""
     from rich.markup import escape
 
     if content is None:
         return ""
-    return ("[red]error:[/] " if is_error else "") + (escape(short(content, width)) if content else "[dim](empty)[/]")
+    if not content:
+        return ("[red]error:[/] " if is_error else "") + "[dim](empty)[/]"
+    text = short(content, width)
+    said = _SAYS_ERROR.match(text) if is_error else None
+    if said is not None:
+        return f"[red]{escape(text[: said.end()])}[/]{escape(text[said.end() :])}"
+    return ("[red]error:[/] " if is_error else "") + escape(text)
 
 
 SHORT_ID = 12

@@ -475,14 +475,14 @@ def show(
             table.add_row(
                 "[green]expert[/]",
                 escape(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" if call else short(step.action.content, 200)),
-                _observation_cell(obs.content, obs.is_error, 300) if obs else "",
+                observation_cell(obs.content, obs.is_error, 300) if obs else "",
             )
             for r in by_step.get(step.index, []):
                 alt = r.action.tool_call
                 table.add_row(
                     escape(f"#{r.branch_index} {r.proposer.policy}") + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
                     escape(f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})") if alt else "",
-                    _observation_cell(r.observation.content, r.is_error, 300) + _synthetic_note(r),
+                    observation_cell(r.observation.content, r.is_error, 300) + _synthetic_note(r),
                 )
             out.print(table)
             for replay, mismatch in mismatches.get(step.index, []):
@@ -491,21 +491,6 @@ def show(
                 _print_unrestorable(out, note, f"step {step.index}, replay {replay}")
         if unlisted:
             out.print(f"[yellow]{unlisted} more unrestorable step(s) were counted but not listed (a replay record lists the first few).[/]")
-
-
-def _observation_cell(content: str | None, is_error: bool, width: int) -> str:
-    """An observation in ``ee replay show``'s tables: as :func:`observation_cell`, except that an error whose own text begins
-    with the word (``Error: no ticket T-404``, as LangGraph's ToolNode and many apps write them) is shown once, that word
-    red as the ``error:`` mark is, instead of ``error: Error: ...``."""
-    import re
-
-    from rich.markup import escape
-
-    text = short(content, width) if is_error and content else ""
-    said = re.match(r"\s*error\b:?", text, re.IGNORECASE)
-    if said is None:
-        return observation_cell(content, is_error, width)
-    return f"[red]{escape(text[: said.end()])}[/]{escape(text[said.end() :])}"
 
 
 def _why_no_rollouts(opened: Any, trajectory: Any, replay_id: str | None) -> str:

@@ -74,8 +74,9 @@ class ReplaySummary:
     """Rollouts whose proposed arguments held placeholders the sandbox could not be given the values of."""
     unrestorable_examples: list[dict[str, Any]] = field(default_factory=list)
     final_calls_not_replayed: dict[str, int] = field(default_factory=dict)
-    """Expert calls at a trajectory's last tool-call step that the sandbox does not provide, by tool: left unexecuted
-    (nothing follows them; a structured answer given as a tool call), while the alternatives at their state ran."""
+    """Expert calls at a trajectory's last tool-call step that the sandbox does not provide, by tool: left unexecuted (no
+    later state depends on them: only the final answer, if any, follows; a structured answer given as a tool call is
+    itself the answer), while the alternatives at their state ran."""
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts whose observation is the sandbox's own failure, by kind (``timeout``, ``crash``, ``memory``): stored
     marked (``Observation.sandbox_failure``), left out of datasets."""

@@ -241,3 +241,21 @@ def test_show_says_which_tools_a_step_was_offered_and_its_reasoning(store_path: 
     assert "reasoning: The user asks for [pears]: look them up first." in shown.stdout
     narrowed = sum(step.tools is not None for step in steps)
     assert 0 < narrowed < len(steps) and shown.stdout.count("offered:") == narrowed, "only where the step's tools were not the run's"
+
+
+def test_show_marks_an_error_observation_once(tmp_path: Path) -> None:
+    """A tool that answered "Error: no stock for kiwi" (LangGraph's ToolNode writes errors so) was shown by `ee traces
+    show` as "error: Error: no stock for kiwi"; it is shown once, still marked, and other errors keep the "error:" mark."""
+    from ee_middleware.records import Observation
+
+    trajectory = sample_trajectory("err")
+    steps = [s.model_copy() for s in trajectory.steps]
+    steps[0] = steps[0].model_copy(update={"observation": Observation(content="Error: no stock for kiwi", is_error=True)})
+    steps[1] = steps[1].model_copy(update={"observation": Observation(content="timed out", is_error=True)})
+    store = LocalExperienceStore(tmp_path / "s")
+    store.write([trajectory.model_copy(update={"steps": steps})])
+    store.close()
+    shown = CliRunner().invoke(app, ["traces", "show", "err", "--store", str(tmp_path / "s")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "Error: no stock for kiwi" in shown.stdout and "error: Error" not in shown.stdout
+    assert "error: timed out" in shown.stdout
