@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ee_middleware._files import atomic_write_text
 from ee_middleware.jobs.errors import JobError
 from ee_middleware.jobs.runs import file_entry
 from ee_middleware.jobs.stages import ADAPTER_DIR, DATA_DIR, StageContext, StageResult
+
+if TYPE_CHECKING:
+    from ee_middleware.jobs.config import ImproveConfig
 
 BASE = "base"
 LIKELIHOOD_FILE = "likelihood.json"
@@ -31,7 +34,11 @@ def _registry(ctx: StageContext) -> Any:
 
 
 def _replicas(ctx: StageContext) -> list[Any]:
-    serving = ctx.config.serving
+    return _replicas_of(ctx.config)
+
+
+def _replicas_of(config: ImproveConfig) -> list[Any]:
+    serving = config.serving
     if not serving.servers:
         return []
     from ee_middleware.adapters.serving.backend import build_backends
@@ -39,13 +46,11 @@ def _replicas(ctx: StageContext) -> list[Any]:
     return build_backends(list(serving.servers), kind=serving.backend, max_lora_rank=serving.max_lora_rank)
 
 
-def check_replicas(ctx: StageContext) -> None:
-    """Every configured model server answers (lists its models), asked before training: one that is down would fail
-    the evaluate stage only after the whole training, so the run stops before it instead, naming each server and
-    what it said (the next call continues the run). Nothing to ask when the evaluation runs in-process."""
+def _silent_replicas(config: ImproveConfig) -> tuple[list[str], int]:
+    """What each configured model server that did not list its models said, and how many are configured."""
     from ee_middleware.adapters.errors import ServingError
 
-    replicas = _replicas(ctx)
+    replicas = _replicas_of(config)
     silent = []
     for replica in replicas:
         try:
@@ -56,12 +61,74 @@ def check_replicas(ctx: StageContext) -> None:
             close = getattr(replica, "close", None)
             if close is not None:
                 close()
+    return silent, len(replicas)
+
+
+def check_replicas(ctx: StageContext) -> None:
+    """Every configured model server answers (lists its models), asked before training: one that is down would fail
+    the evaluate stage only after the whole training, so the run stops before it instead, naming each server and
+    what it said (the next call continues the run). Nothing to ask when the evaluation runs in-process."""
+    silent, total = _silent_replicas(ctx.config)
     if silent:
         raise JobError(
-            f"{len(silent)} of {len(replicas)} model server(s) in [improve.serving] did not answer, so the run stops before "
+            f"{len(silent)} of {total} model server(s) in [improve.serving] did not answer, so the run stops before "
             f"training (the evaluation goes through them); start them or fix servers, then run again: the run continues. "
             + " ".join(silent)
         )
+
+
+def check_servers(config: ImproveConfig) -> None:
+    """Every server the file names answers, asked when the job starts, before a run is started or continued: the
+    ``[improve.serving]`` servers (they list their models) and an ``openai:`` ``[replay] policy`` or ``[datasets]
+    teacher`` (asked for ``/models``; an answer of any kind, a refusal included, counts: the stage that sends the
+    requests says what a refusal means). A wrong port or host is then named with its setting at once, not after the
+    stages before the one that needs the server (hours of replay at scale), as a failed run."""
+    import tempfile
+
+    problems = []
+    silent, total = _silent_replicas(config)
+    if silent:
+        problems.append(f"{len(silent)} of {total} model server(s) in [improve.serving] servers did not answer: " + " ".join(silent))
+    data = config.dataset_config(Path(tempfile.gettempdir()) / "ee-improve-check" / "data", None)
+    endpoints = [("[replay] policy", config.replay_config().policy)]
+    if "sr" in data.kinds:
+        endpoints.append(("[datasets] teacher", data.teacher))
+    for setting, spec in endpoints:
+        problem = _endpoint_problem(spec, timeout_s=min(30.0, config.serving.timeout_s))
+        if problem:
+            problems.append(f"{setting} = {spec!r} did not answer: {problem}")
+    if problems:
+        where = f" in {config.config_path}" if config.config_path else ""
+        raise JobError(
+            f"ee improve stops before a run starts: {' '.join(problems)} Start the server(s), or fix the URL{where}, then run again."
+        )
+
+
+def _endpoint_problem(spec: str, *, timeout_s: float) -> str | None:
+    """Why the OpenAI-compatible server an ``openai:URL#MODEL`` spec names gives no answer (down, timing out, failing
+    with 5xx); None when it answers or ``spec`` names no server."""
+    from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
+    from ee_middleware.models.openai_compat import OpenAIChatClient
+    from ee_middleware.models.spec import is_model_spec, parse_model_spec
+
+    if not isinstance(spec, str) or not is_model_spec(spec):
+        return None
+    parsed = parse_model_spec(spec)
+    if parsed.kind != "openai" or not parsed.base_url or not parsed.model:
+        return None
+    try:
+        client = OpenAIChatClient(parsed.base_url, parsed.model, retries=1, timeout_s=timeout_s)
+    except ValueError:
+        return None  # a URL the stage refuses with its own message
+    try:
+        client.list_models()
+    except (ModelRequestError, ModelResponseError):
+        return None  # it answered
+    except ModelServerError as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
 
 
 def _by(ctx: StageContext) -> str:

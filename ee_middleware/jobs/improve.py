@@ -71,6 +71,9 @@ def run_improve(
     runs = RunsDir(config.runs)
     started = time.monotonic()
     config.check()  # a config or base model that cannot work stops the job before a run is started
+    from ee_middleware.jobs.deploy import check_servers
+
+    check_servers(config)  # so does a server it names that does not answer (a wrong port)
     with runs.lock():
         if new_run:
             for run_id in runs.abandon_unfinished("--new-run", config.scope()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -260,32 +261,73 @@ def test_an_evaluation_the_server_did_not_answer_fails_the_run_which_continues_o
     assert any(f"Not checked whether {url}" in d for d in resumed.stage("promote")["decisions"])
 
 
-def test_a_model_server_that_does_not_answer_stops_the_run_before_training_which_continues_once_it_answers_standin_server(
-    workspace: Path, tiny_base: Path
-) -> None:
-    """Evaluation goes through the configured servers: one that is down was found only at the evaluate stage, after the
-    whole training. It is asked before training now; the run fails there naming it, and continues once it answers."""
+def _down_url() -> str:
+    """The API root of a port nothing listens on."""
     import socket
 
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+def test_a_model_server_that_does_not_answer_stops_the_job_at_start_and_before_training_standin_server(
+    workspace: Path, tiny_base: Path
+) -> None:
+    """Evaluation goes through the configured servers. One that is down (a wrong port in the file) was found only before
+    training, after the whole replay and dataset build (hours at scale), leaving a failed run. It is asked when the job
+    starts now: nothing is started, and the error names the setting and the server. One that goes down after the start
+    (a replica restarted mid-night) still stops the run before training, and the run continues once it answers."""
     from ee_middleware.jobs.errors import JobError
     from ee_middleware.testing.http import serving
     from tests.adapters.helpers import StandInVLLM
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        down = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    down = _down_url()
     server = StandInVLLM()
     with serving(server) as up:
         improve = f'[improve.serving]\nbackend = "vllm"\nservers = ["{up}", "{down}"]\nmax_lora_rank = 8\n'
         path = write_config(workspace, tiny_base, improve=improve)
-        with pytest.raises(JobError, match=rf"1 of 2 model server\(s\) .* did not answer, so the run stops before training.*{down}"):
+        with pytest.raises(
+            JobError, match=rf"before a run starts: 1 of 2 model server\(s\) in \[improve.serving\] servers did not answer.*{down}"
+        ):
             run_improve(ImproveConfig.load(path))
+        assert RunsDir(workspace / "runs").list() == []
+
+        path.write_text(path.read_text().replace(f', "{down}"', ""))  # the fleet fixed: one replica (not in the config hash)
+
+        def replica_goes_down(run: object) -> None:
+            server.fail["/v1/models"] = 503
+
+        with pytest.raises(JobError, match=rf"1 of 1 model server\(s\) .* did not answer, so the run stops before training.*{up}"):
+            run_improve(ImproveConfig.load(path), on_start=replica_goes_down)
         [run] = RunsDir(workspace / "runs").list()
         assert run.status == "failed" and run.stage("datasets")["status"] == "done" and run.stage("train") is None
-        path.write_text(path.read_text().replace(f', "{down}"', ""))  # the fleet fixed: one replica (not in the config hash)
+        server.fail.clear()
         resumed = run_improve(ImproveConfig.load(path))
     assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
     assert resumed.stage("datasets")["attempt"] == 1 and resumed.stage("train")["attempt"] == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "table", "line"),
+    [
+        ("[replay] policy", "[replay]\n", 'policy = "openai:{url}#base"\n'),
+        ("[datasets] teacher", "[datasets]\n", 'kinds = ["il", "sr"]\nteacher = "openai:{url}#teacher"\n'),
+    ],
+)
+def test_a_policy_or_teacher_server_that_is_down_stops_the_job_before_a_run_starts(
+    workspace: Path, tiny_base: Path, setting: str, table: str, line: str
+) -> None:
+    """Was: a run was started, its select stage done, and the replay (or datasets) stage failed on the first request
+    with the URL alone ('No usable answer from http://.../chat/completions'), leaving a failed run; a wrong port in the
+    file is now named with its setting before anything starts."""
+    from ee_middleware.jobs.errors import JobError
+
+    down = _down_url()
+    path = write_config(workspace, tiny_base, schedule="sr" if "teacher" in setting else "il")
+    path.write_text(path.read_text().replace(table, table + line.format(url=down), 1))
+    with pytest.raises(JobError, match=rf"before a run starts: {re.escape(setting)} = 'openai:{down}#.*did not answer"):
+        run_improve(ImproveConfig.load(path))
+    assert RunsDir(workspace / "runs").list() == []
 
 
 def test_a_server_rendering_prompts_unlike_the_training_rows_stops_the_run_before_evaluating_standin_server(
