@@ -156,13 +156,13 @@ def run_json(run: Any) -> dict[str, Any]:
     return {**run.data, "folder": str(run.folder), "stages": run.stages()}
 
 
-def print_summary(out: Any, run: Any) -> None:
-    """The run's stages and results as tables, and where the report is."""
+def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
+    """The run's stages and results as tables, and where the report is (``status``: the run's, as shown)."""
     from rich.table import Table
 
     from ee_middleware.jobs.report import peak_rss_text
 
-    table = Table(title=f"ee improve run {run.id}: {run.status}")
+    table = Table(title=f"ee improve run {run.id}: {status or run.status}")
     for column in ("stage", "status", "seconds", "peak RSS MiB (own / children)", "result"):
         table.add_column(column, justify="right" if column.startswith(("seconds", "peak")) else "left")
     manifests = {m["stage"]: m for m in run.stages()}
@@ -172,7 +172,8 @@ def print_summary(out: Any, run: Any) -> None:
             table.add_row(name, "not run", "-", "-", "")
             continue
         result = m.get("error") or m.get("summary") or "; ".join(m.get("decisions") or [])
-        table.add_row(name, escape(str(m["status"])), f"{m.get('seconds', 0):.1f}", peak_rss_text(m), escape(short(result, 90)))
+        seconds = f"{m['seconds']:.1f}" if isinstance(m.get("seconds"), int | float) else "-"  # not while it runs, or if killed
+        table.add_row(name, escape(str(m["status"])), seconds, peak_rss_text(m), escape(short(result, 90)))
     out.print(table)
     evaluation = (manifests.get("evaluate") or {}).get("outputs") or {}
     if evaluation.get("runs"):
@@ -287,7 +288,7 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
         done = [m["stage"] for m in r.stages() if m.get("status") == "done"]
         outcome = r.data.get("outcome") or {}
         select = r.outputs("select")
-        status = r.status + (" (killed?)" if r.status == "running" and not held else "")
+        status = folder.shown_status(r, held=held)
         gate = "-" if outcome.get("gate_passed") is None else ("pass" if outcome["gate_passed"] else "fail")
         table.add_row(
             r.id,
@@ -310,12 +311,13 @@ def show_run(
     as_json: bool = JsonOption,
 ) -> None:
     """One run: every stage's manifest (inputs with hashes, outputs, timings, decisions) and the report's path."""
-    run = _runs_dir(runs, config).get(run_id)
+    folder = _runs_dir(runs, config)
+    run = folder.get(run_id)
     if as_json:
         print_json(run_json(run))
         return
     out = console()
-    print_summary(out, run)
+    print_summary(out, run, status=folder.shown_status(run))
     for manifest in run.stages():
         inputs = ", ".join(f"{k}={short(str(_hash_or_value(v)), 40)}" for k, v in (manifest.get("inputs") or {}).items())
         out.print(f"[bold]{manifest['stage']}[/] ({manifest['status']}, {manifest.get('started_at', '')}): inputs {escape(inputs or '-')}")

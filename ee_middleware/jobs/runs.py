@@ -180,6 +180,14 @@ class RunsDir:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return False
 
+    def shown_status(self, run: Run, *, held: bool | None = None) -> str:
+        """A run's status as ``ee runs list`` and ``ee runs show`` print it: ``running (killed?)`` for a run that says
+        ``running`` while no process holds the lock (its process was killed; the next ``ee improve`` continues it).
+        ``held``: :meth:`locked_by_other`, when the caller asked already."""
+        if run.status != RUNNING:
+            return run.status
+        return run.status if (self.locked_by_other() if held is None else held) else f"{run.status} (killed?)"
+
     def create(self, job: str, config: dict[str, Any], config_hash: str) -> Run:
         stamp = datetime.now(UTC)
         run_id = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}{secrets.token_hex(1)}"  # sorts by start time

@@ -43,3 +43,28 @@ def test_runs_list_fits_80_columns_without_breaking_words(tmp_path: Path) -> Non
     assert several.exit_code == 0, several.output
     rows = [line for line in several.stdout.splitlines() if line.strip().startswith("2")]
     assert len(rows) == 3 and all(("booking-bot" in row) != ("calendar-bot" in row) for row in rows), several.stdout
+
+
+def test_runs_show_says_a_killed_run_may_be_dead_as_runs_list_does(tmp_path: Path) -> None:
+    """A run whose process was killed (SIGKILL, a node lost) stays 'running' in run.json. `ee runs list` said
+    'running (killed?)' (no process holds the runs folder's lock) but `ee runs show` said 'running', and showed its
+    unfinished stage as having run 0.0 s: the two commands disagreed about the same run. Both now say the same, and an
+    unfinished stage's time is '-'; while a process holds the lock both say 'running'."""
+    runs = RunsDir(tmp_path / "runs")
+    run = runs.create("improve", {"improve": {"app": "booking-bot", "store": "/data/experience"}}, "hash")
+    run.update(stage_order=["select", "train"])
+    run.write_stage("select", {"stage": "select", "status": "done", "seconds": 1.5, "outputs": {"new": 3}, "summary": "3 new"})
+    run.write_stage("train", {"stage": "train", "status": "running", "attempt": 1, "started_at": "2026-11-30T16:58:20+00:00"})
+
+    def shown(command: str) -> str:
+        result = CliRunner().invoke(app, ["runs", command, "--runs", str(runs.root)], env={"COLUMNS": "160"})
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    assert "running (killed?)" in shown("list")
+    show = shown("show")
+    assert f"ee improve run {run.id}: running (killed?)" in show, show
+    [train_row] = [line for line in show.splitlines() if line.startswith("│ train")]
+    assert "0.0" not in train_row and " - " in train_row, train_row
+    with runs.lock():  # a live process holds the lock: really running
+        assert "(killed?)" not in shown("list") and "(killed?)" not in shown("show")
