@@ -120,11 +120,16 @@ def ast_checker_module() -> types.ModuleType:
 
 
 def ast_check(
-    functions: list[dict[str, Any]], output: list[dict[str, Any]], possible_answer: list[dict[str, Any]], category: str
+    functions: list[dict[str, Any]],
+    output: list[dict[str, Any]],
+    possible_answer: list[dict[str, Any]],
+    category: str,
+    language: Any = None,
 ) -> dict[str, Any]:
-    """The official single-turn AST verdict: ``output`` is ``[{name: {param: value}}]`` (names with ``_`` for ``.``)."""
+    """The official single-turn AST verdict: ``output`` is ``[{name: {param: value}}]`` (names with ``_`` for ``.``);
+    ``language``: the ``Language`` the answers are in (default Python; see :mod:`~ee_middleware.evals.bfcl.languages`)."""
     module = ast_checker_module()
-    language = import_bfcl("constants.enums").Language.PYTHON
+    language = language if language is not None else import_bfcl("constants.enums").Language.PYTHON
     if not output:
         return {"valid": False, "error": ["The model made no function call."], "error_type": "ast_decoder:decoder_wrong_output_format"}
     return module.ast_checker(functions, output, possible_answer, language, category, "ee_eval_model")

@@ -11,7 +11,8 @@
   A call whose name is not one of the backends' methods, or whose argument names are not Python
   identifiers, reaches the checker (which ``eval``s call strings) as a call of an undefined name.
 * Single-turn AST categories (``simple``, ``multiple``, ``parallel``, ``parallel_multiple`` and their
-  ``live_`` counterparts): one model answer, scored by BFCL's ``ast_checker`` with the category's name, as
+  ``live_`` counterparts; ``simple_java`` and ``simple_javascript``, offered and checked as BFCL does, see
+  :mod:`~ee_middleware.evals.bfcl.languages`): one model answer, scored by BFCL's ``ast_checker`` with the category's name, as
   BFCL's own runner calls it. In every category an answer is decoded as a whole, as BFCL does: one call
   that cannot be read (arguments cut short, not a JSON object) leaves the answer with no call. ``irrelevance`` and ``live_irrelevance``: right when the answer makes no call;
   ``live_relevance``: right when it makes at least one (BFCL checks no arguments there, and has no ground
@@ -31,6 +32,7 @@ from typing import Any
 from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, MULTI_TURN_CATEGORIES, BFCLEntry, load_entries, openai_tool
 from ee_middleware.bfcl.world import build_world, parse_call
 from ee_middleware.errors import ConfigError
+from ee_middleware.evals.bfcl.languages import LANGUAGES, checker_language, offered_functions, source_text
 from ee_middleware.evals.bfcl.official import Verdict, ast_check, model_call_string, multi_turn_check
 from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
@@ -49,17 +51,21 @@ AST_CATEGORIES: dict[str, str] = {
     "live_parallel_multiple": "live_parallel_multiple",
     "live_irrelevance": "live_irrelevance",
     "live_relevance": "live_relevance",
+    "simple_java": "simple_java",
+    "simple_javascript": "simple_javascript",
 }
 """Single-turn category -> the BFCL data file's name (``BFCL_v4_<name>.json``)."""
 CATEGORIES: tuple[str, ...] = (*AST_CATEGORIES, *MULTI_TURN_CATEGORIES)
 NOT_RUN_HERE: dict[str, str] = {
-    "simple_java": "Java",
-    "simple_javascript": "JavaScript",
-    "memory": "agentic",
-    "web_search": "agentic",
-    "format_sensitivity": "prompt-format",
+    "memory": "agentic entries: the model keeps notes in BFCL's memory backends across prerequisite conversations",
+    "web_search": "agentic entries: the model searches the live web (DuckDuckGo) and fetches pages",
+    "format_sensitivity": "prompt-format entries: one question under many prompting formats, for prompt-based models",
 }
-"""BFCL categories whose data ``bfcl-eval`` ships but this harness does not run (and what kind they are)."""
+"""BFCL categories whose data ``bfcl-eval`` ships but this harness does not run (and why)."""
+BFCL_OWN_RUNNER = (
+    "Score it with bfcl-eval's own runner (`bfcl generate` then `bfcl evaluate`, which needs bfcl-eval installed with its "
+    "dependencies, in a separate environment)"
+)
 IRRELEVANCE_ANSWER = "None of the available functions fits this request."
 
 
@@ -68,11 +74,13 @@ class BFCLSuite:
 
     def __init__(self, category: str, limit: int | None = None) -> None:
         category = {"simple_python": "simple"}.get(category, category)
-        if category not in CATEGORIES:
-            known = f" ({NOT_RUN_HERE[category]} entries, which this harness does not run)" if category in NOT_RUN_HERE else ""
+        if category in NOT_RUN_HERE:
             raise ConfigError(
-                f"Unknown BFCL category {category!r}{known} in the suite 'bfcl:{category}'. Choose one of: {', '.join(CATEGORIES)}."
+                f"The BFCL category {category!r} (suite 'bfcl:{category}') is not run by this harness ({NOT_RUN_HERE[category]}). "
+                f"{BFCL_OWN_RUNNER}, or choose one of: {', '.join(CATEGORIES)}."
             )
+        if category not in CATEGORIES:
+            raise ConfigError(f"Unknown BFCL category {category!r} in the suite 'bfcl:{category}'. Choose one of: {', '.join(CATEGORIES)}.")
         self.category = category
         self.limit = limit
         self.name = f"bfcl:{category}"
@@ -211,8 +219,9 @@ def tool_name(name: str) -> str:
 
 
 def ast_task(question: dict[str, Any], answer: dict[str, Any] | None, suite: str, category: str) -> EvalTask:
+    offered = offered_functions(question["id"], question["function"]) if category in LANGUAGES else question["function"]
     tools = []
-    for doc in question["function"]:
+    for doc in offered:
         tool = openai_tool(doc)
         tool["function"]["name"] = tool_name(doc["name"])
         tools.append(tool)
@@ -224,21 +233,27 @@ def ast_task(question: dict[str, Any], answer: dict[str, Any] | None, suite: str
     else:
         docs = {doc["name"]: doc for doc in question["function"]}
         calls = [
-            oracle_call(name, params, i, docs.get(name)) for i, item in enumerate(answer["ground_truth"]) for name, params in item.items()
+            oracle_call(name, params, i, docs.get(name), category)
+            for i, item in enumerate(answer["ground_truth"])
+            for name, params in item.items()
         ]
         reference = [[{"role": "assistant", "content": "", "tool_calls": calls}]]
     payload = {"functions": question["function"], "possible_answer": answer["ground_truth"] if answer else None}
     return EvalTask(suite=suite, id=question["id"], category=category, turns=turns[:1], tools=[tools], reference=reference, payload=payload)
 
 
-def oracle_call(name: str, params: dict[str, list[Any]], index: int, doc: dict[str, Any] | None) -> dict[str, Any]:
+def oracle_call(
+    name: str, params: dict[str, list[Any]], index: int, doc: dict[str, Any] | None, category: str = "simple"
+) -> dict[str, Any]:
     """A call built from a possible answer: the first accepted value of each parameter the function declares
-    (an optional one is left out when leaving it out is accepted)."""
+    (an optional one is left out when leaving it out is accepted); Java and JavaScript values as their source text."""
     schema = (doc or {}).get("parameters") or {}
     declared, required = set(schema.get("properties") or params), set(schema.get("required") or ())
     arguments = {
         key: _pick(values) for key, values in params.items() if key in declared and values and (key in required or "" not in values)
     }
+    if category in LANGUAGES:
+        arguments = {key: source_text(value, schema["properties"][key], category) for key, value in arguments.items()}
     return _tool_call(f"call_0_{index}", tool_name(name), arguments)
 
 
@@ -275,4 +290,5 @@ def score_ast(task: EvalTask, conversation: Conversation) -> Verdict:
     if not calls and first is not None and first.problems:  # BFCL's decoder fails the whole answer (LoopConfig.whole_answers)
         return Verdict(False, "ast_decoder:decoder_failed", "the answer holds a call that could not be read, so none of it counts")
     output = [{c.name: c.arguments} for c in calls]
-    return Verdict.of(ast_check(task.payload["functions"], output, task.payload["possible_answer"], AST_CATEGORIES[task.category]))
+    category = AST_CATEGORIES[task.category]
+    return Verdict.of(ast_check(task.payload["functions"], output, task.payload["possible_answer"], category, checker_language(category)))
