@@ -14,6 +14,7 @@ the data: the same sandbox type replay uses, with its JSON-canonical :meth:`stat
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
@@ -72,7 +73,15 @@ class TauTask:
                 '{"id": ..., "instruction": ..., "turns": [{"user": ..., "actions": [{"name": ..., "arguments": {...}}], "reply": ...}], '
                 '"outputs": [...]}.'
             )
+        _known_fields(data, TASK_FIELDS, f"Task {data.get('id', '?')!r} in {where}")
         try:
+            for i, turn in enumerate(data["turns"]):
+                if isinstance(turn, Mapping):
+                    _known_fields(turn, TURN_FIELDS, f"Task {data.get('id', '?')!r} in {where}: turn {i + 1}")
+                    for action in turn.get("actions") or []:
+                        if isinstance(action, Mapping):
+                            name = f"Task {data.get('id', '?')!r} in {where}: the action {action.get('name')!r} of turn {i + 1}"
+                            _known_fields(action, ACTION_FIELDS, name)
             turns = tuple(
                 TauTurn(
                     user=turn["user"],
@@ -93,6 +102,21 @@ class TauTask:
                 f"Task {data.get('id', '?')!r} in {where} is malformed ({type(exc).__name__}: {exc}): it needs 'id', 'instruction' "
                 "and 'turns', a list of objects with 'user' (and optionally 'actions': [{'name', 'arguments'}] and 'reply')."
             ) from exc
+
+
+TASK_FIELDS = ("id", "instruction", "turns", "outputs", "category")
+TURN_FIELDS = ("user", "actions", "reply")
+ACTION_FIELDS = ("name", "arguments")
+CATEGORIES = ("action", "answer", "refusal")
+
+
+def _known_fields(item: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse a field the format does not have: a misspelt one ('output') would be ignored, and its meaning lost."""
+    for key in item:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where} has an unknown field {key!r}{hint}; its fields are: {', '.join(known)}.")
 
 
 def _arguments(action: Mapping[str, Any], task: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -192,6 +216,11 @@ class TauDomain:
         that changes nothing as right and every agent that does the work as wrong; a task with no turn
         would score every agent as right.)"""
         where = f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r})"
+        if task.category not in CATEGORIES:
+            raise ConfigError(
+                f"{where} has the category {task.category!r}: write action, answer or refusal (action: the database must "
+                "change; answer: nothing changes, outputs are required; refusal: the policy forbids it, nothing may change)."
+            )
         if not task.turns:
             raise ConfigError(f"{where} has no turns, so any agent would pass it: give it at least one {{'user': TEXT}}.")
         for i, turn in enumerate(task.turns):

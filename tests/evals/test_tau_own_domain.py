@@ -283,3 +283,25 @@ def test_an_action_task_whose_ground_truth_fails_on_a_fresh_database_fails_with_
         assert summary["failures"] == {"task_error": 1}, summary
     reason = json.loads((tmp_path / "noop" / "results.jsonl").read_text().splitlines()[0])["reason"]
     assert "order_item" in reason and "only 3 apple left" in reason and "fresh database" in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("change", "turn", "message"),
+    [
+        ({"output": ["5"]}, None, r"'ask-plums'.*unknown field 'output'.*did you mean 'outputs'"),
+        ({}, {"response": "5 plums."}, r"'ask-plums'.*turn 1 has an unknown field 'response'.*user, actions, reply"),
+        (
+            {},
+            {"actions": [{"name": "check_stock", "kwargs": {"item": "plum"}}]},
+            r"'ask-plums'.*action 'check_stock'.*unknown field 'kwargs'.*arguments",
+        ),
+        ({"category": "answr"}, None, r"'ask-plums'.*category 'answr'.*action, answer or refusal"),
+    ],
+)
+def test_a_misspelt_field_in_a_task_file_is_refused_naming_it_instead_of_ignored(
+    pantry: str, change: dict, turn: dict | None, message: str
+) -> None:
+    """Before: unknown fields were ignored, so 'output' (for 'outputs') dropped the task's required output and an agent
+    that answered nothing passed it; tau-bench's own 'kwargs' (for 'arguments') replayed the action with none."""
+    with pytest.raises(ConfigError, match=message):
+        _edited(pantry, change, turn)
