@@ -159,7 +159,11 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
     run = ctx.run
     previous = run.stage(name)
     attempt = int(previous.get("attempt", 0)) + 1 if previous else 1
+    # Earlier attempts' own time (an attempt killed outright recorded none): the report counts the stage's whole work.
+    earlier = float(previous.get("seconds_earlier_attempts") or 0.0) + float(previous.get("seconds") or 0.0) if previous else 0.0
     manifest: dict[str, Any] = {"stage": name, "status": "running", "attempt": attempt, "started_at": now(), "pid": os.getpid()}
+    if earlier:
+        manifest["seconds_earlier_attempts"] = round(earlier, 3)
     run.write_stage(name, manifest)
     started = time.perf_counter()
     memory = PeakMemory()

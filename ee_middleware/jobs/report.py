@@ -81,8 +81,21 @@ def _duration(run: Run) -> str:
         return "-"
     text = f"{(end - start).total_seconds() / 60:.1f} min"
     if int(run.data.get("attempts", 1)) > 1:
-        worked = sum(float(m.get("seconds") or 0.0) for m in run.stages())
+        worked = sum(stage_seconds(m) for m in run.stages())
         text = f"{worked / 60:.1f} min in stages ({text} from the first start to the end, between attempts included)"
+    return text
+
+
+def stage_seconds(manifest: dict[str, Any]) -> float:
+    """A stage's own time over all its attempts (those that recorded one: an attempt killed outright did not)."""
+    return float(manifest.get("seconds_earlier_attempts") or 0.0) + float(manifest.get("seconds") or 0.0)
+
+
+def _seconds_text(manifest: dict[str, Any]) -> str:
+    """This attempt's seconds, and the stage's total when earlier attempts worked too: ``1.7 (31.7 in 3 attempts)``."""
+    text = _n(manifest.get("seconds"), 1)
+    if manifest.get("seconds_earlier_attempts"):
+        text += f" ({stage_seconds(manifest):.1f} in {manifest.get('attempt', 2)} attempts)"
     return text
 
 
@@ -118,7 +131,7 @@ def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     if run.status == "nothing-new":
         return [*blocks, Block("p", run.data.get("outcome", {}).get("reason", "nothing new"))]
     if run.data.get("error"):
-        blocks.append(Block("p", f"The run is {run.status}: {run.data['error']}. `ee improve` with the same config continues it."))
+        blocks.append(Block("p", _ended_text(run)))
     if gate is not None:
         verdict = "PASSED" if gate["passed"] else "FAILED: " + "; ".join(gate["reasons"])
         blocks.append(Block("p", f"Gate {verdict}."))
@@ -131,6 +144,21 @@ def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
             text = f"Not promoted; the live model stays {f'`{live}`' if live else 'the base model'}."
         blocks.append(Block("p", text))
     return blocks
+
+
+def _ended_text(run: Run) -> str:
+    """How and where an unfinished run ended, in one sentence, with the advice to continue it said once."""
+    error = str(run.data["error"]).strip()
+    stage = next((m["stage"] for m in run.stages() if m.get("status") in ("failed", "stopped")), None)
+    where = f" in its {stage} stage" if stage else ""
+    advice = "`ee improve` with the same config continues it."
+    if error.startswith("KeyboardInterrupt"):  # Ctrl-C, or SIGTERM/SIGHUP from a scheduler (see error_text)
+        signal = error.partition(":")[2].strip().split(" ")[0] or "SIGINT"
+        return f"The run was interrupted by {signal}{where}; {advice}"
+    said = error if error.endswith((".", ".)", "!", "?")) else error + "."
+    if "continues it" in error:  # max_minutes' own words give the advice already
+        return f"The run {'stopped' if run.status == 'stopped' else 'failed'}{where}: {said}"
+    return f"The run {'stopped' if run.status == 'stopped' else 'failed'}{where}: {said} {advice}"
 
 
 def peak_rss_text(manifest: dict[str, Any]) -> str:
@@ -151,7 +179,7 @@ def _stages(run: Run, manifests: dict[str, dict[str, Any]]) -> list[Block]:
             rows.append((name, "not run", "-", "-", "-", ""))
             continue
         decisions = m.get("error") or "; ".join(([m["summary"]] if m.get("summary") else []) + list(m.get("decisions") or []))
-        rows.append((name, m["status"], _n(m.get("seconds"), 1), str(m.get("attempt", 1)), peak_rss_text(m), decisions))
+        rows.append((name, m["status"], _seconds_text(m), str(m.get("attempt", 1)), peak_rss_text(m), decisions))
     header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (own / children)", "result and decisions")
     return [Block("h2", "Stages"), Block("table", rows=tuple(rows), header=header)]
 

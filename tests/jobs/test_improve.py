@@ -499,6 +499,7 @@ def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(wor
     stopped = runs.list()[0]
     assert stopped.status == "failed" and name in stopped.data["error"], stopped.data
     assert stopped.stage("train")["status"] == "stopped" and name in stopped.stage("train")["error"]
+    first = stopped.stage("train")["seconds"]  # the stopped attempt's own time
     assert name in (stopped.folder / "report.md").read_text()
     said_on_stderr = " ".join(errors.split())
     assert f"interrupted: run {stopped.id} stopped in its train stage (KeyboardInterrupt: {name}" in said_on_stderr, errors[-2000:]
@@ -507,6 +508,12 @@ def test_sigterm_stops_a_run_that_says_so_writes_its_report_and_is_continued(wor
     resumed = run_improve(ImproveConfig.load(path, budgets={"max_train_steps": 2}))  # a budget may change between attempts
     assert resumed.id == stopped.id and resumed.status == "succeeded", resumed.data.get("error")
     assert resumed.stage("train")["attempt"] == 2 and resumed.stage("select")["attempt"] == 1
+    # the stopped attempt's training time is counted (was: only the last attempt's, so a stage stopped after an hour and
+    # finished in a minute read as a minute in the report)
+    train = resumed.stage("train")
+    assert first > 0 and train["seconds_earlier_attempts"] == first
+    total = first + train["seconds"]
+    assert f"| train | done | {train['seconds']:.1f} ({total:.1f} in 2 attempts) | 2 |" in (resumed.folder / "report.md").read_text()
 
 
 def test_a_full_disk_names_the_places_the_stage_writes_and_the_run_continues_once_there_is_space_standin_full_disk(

@@ -22,3 +22,31 @@ def test_not_promoted_names_the_live_adapter_as_code_and_the_base_model_as_words
     assert "Not promoted; the live model stays the base model." in _report(tmp_path / "a", {"promoted": False, "live": None})
     live = _report(tmp_path / "b", {"promoted": False, "live": "booking-bot-v1-4e336746"})
     assert "Not promoted; the live model stays `booking-bot-v1-4e336746`." in live
+
+
+def _ended(tmp_path: Path, status: str, error: str, stage: str, stage_status: str) -> str:
+    run = RunsDir(tmp_path / "runs").create("improve", {"improve": {"app": "booking-bot"}}, "hash")
+    run.write_stage("select", {"stage": "select", "status": "done", "seconds": 0.1, "outputs": {}})
+    run.write_stage(stage, {"stage": stage, "status": stage_status, "seconds": 2.0, "error": error})
+    run.update(status=status, error=error, stage_order=["select", stage])
+    return to_markdown(build_blocks(run))
+
+
+def test_the_outcome_says_how_and_where_a_run_ended_in_one_sentence(tmp_path: Path) -> None:
+    """The outcome read 'The run is failed: KeyboardInterrupt: SIGTERM.' for a run a CronJob stopped, named no stage,
+    and glued its own advice to errors that give it already: 'The run is stopped: max_minutes = 5 was spent ...; the
+    next `ee improve` with the same config continues it.. `ee improve` with the same config continues it.'"""
+    interrupted = _ended(tmp_path / "a", "failed", "KeyboardInterrupt: SIGTERM", "train", "stopped")
+    assert "The run was interrupted by SIGTERM in its train stage; `ee improve` with the same config continues it." in interrupted
+    assert "The run is failed" not in interrupted
+
+    budget = "max_minutes = 5 was spent before stage train; the run stops here and the next `ee improve` with the same config continues it."
+    stopped = _ended(tmp_path / "b", "stopped", budget, "replay", "stopped")
+    assert f"The run stopped in its replay stage: {budget}" in stopped
+    [said] = [line for line in stopped.splitlines() if line.startswith("The run ")]
+    assert said.count("continues it") == 1 and ".." not in said
+
+    error = "ModelServerError: No usable answer (0 trajectories finished before this are saved; re-run the same command to continue.)"
+    failed = _ended(tmp_path / "c", "failed", error, "replay", "failed")
+    assert f"The run failed in its replay stage: {error} `ee improve` with the same config continues it." in failed
+    assert ".)." not in failed
