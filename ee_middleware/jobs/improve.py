@@ -161,9 +161,12 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
     attempt = int(previous.get("attempt", 0)) + 1 if previous else 1
     # Earlier attempts' own time (an attempt killed outright recorded none): the report counts the stage's whole work.
     earlier = float(previous.get("seconds_earlier_attempts") or 0.0) + float(previous.get("seconds") or 0.0) if previous else 0.0
+    untimed = int(previous.get("untimed_attempts") or 0) + ("seconds" not in previous) if previous else 0
     manifest: dict[str, Any] = {"stage": name, "status": "running", "attempt": attempt, "started_at": now(), "pid": os.getpid()}
     if earlier:
         manifest["seconds_earlier_attempts"] = round(earlier, 3)
+    if untimed:
+        manifest["untimed_attempts"] = untimed
     run.write_stage(name, manifest)
     started = time.perf_counter()
     memory = PeakMemory()

@@ -92,10 +92,13 @@ def stage_seconds(manifest: dict[str, Any]) -> float:
 
 
 def _seconds_text(manifest: dict[str, Any]) -> str:
-    """This attempt's seconds, and the stage's total when earlier attempts worked too: ``1.7 (31.7 in 3 attempts)``."""
+    """This attempt's seconds, and the stage's total when earlier attempts worked too: ``1.7 (31.7 in 3 attempts)`` (an
+    attempt killed outright, SIGKILL, recorded no time: it is said to be left out)."""
     text = _n(manifest.get("seconds"), 1)
-    if manifest.get("seconds_earlier_attempts"):
-        text += f" ({stage_seconds(manifest):.1f} in {manifest.get('attempt', 2)} attempts)"
+    if manifest.get("seconds_earlier_attempts") or manifest.get("untimed_attempts"):
+        untimed = int(manifest.get("untimed_attempts") or 0)
+        killed = f"; {untimed} killed outright, not timed" if untimed else ""
+        text += f" ({stage_seconds(manifest):.1f} in {manifest.get('attempt', 2)} attempts{killed})"
     return text
 
 

@@ -468,7 +468,12 @@ def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_
     assert resumed.stage("train")["attempt"] == 2 and resumed.stage("train")["outputs"]["steps"] == 3
     assert resumed.data["attempts"] == 2
     # the report's time is the stages' own, not the gap between the attempts (which may be a night)
-    assert "min in stages (" in (resumed.folder / "report.md").read_text()
+    report = (resumed.folder / "report.md").read_text()
+    assert "min in stages (" in report
+    # the killed attempt recorded no time: the report says its time is not counted (was: the stage's time read as whole)
+    train = resumed.stage("train")
+    assert train["untimed_attempts"] == 1 and "seconds_earlier_attempts" not in train
+    assert f"| train | done | {train['seconds']:.1f} ({train['seconds']:.1f} in 2 attempts; 1 killed outright, not timed) |" in report
 
 
 @pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
