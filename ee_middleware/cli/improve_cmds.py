@@ -184,6 +184,8 @@ def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
     if gate and not gate.get("passed"):  # in full: the table cuts its result column
         for reason in gate.get("reasons") or []:
             out.print(f"[red]gate failed[/]: {escape(reason)}")
+    if run.status == "nothing-new" and (run.data.get("outcome") or {}).get("reason"):  # in full: the table cuts it
+        out.print(f"nothing new: {escape(str(run.data['outcome']['reason']))}")
     for cut in run.data.get("budget_cuts") or []:
         out.print(escape(f"budget {cut['budget']} ({cut.get('limit')}): {cut['cut']}"), style="yellow")
     if run.data.get("error"):

@@ -128,11 +128,12 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
         ctx.progress.stage(name, index, len(STAGES))
         result = _run_stage(ctx, name)
         if name == "select" and result.outputs.get("nothing_new") and not force:
-            run.update(
-                status=NOTHING_NEW,
-                finished_at=now(),
-                outcome={"promoted": False, "reason": "no trajectory approved since the last successful run, nothing to replay"},
-            )
+            reason = "no trajectory approved since the last successful run, nothing to replay"
+            if result.outputs.get("pending_review"):
+                from ee_middleware.jobs.stages import awaiting_review
+
+                reason += f"; {awaiting_review(result.outputs['pending_review'], ctx.config)}"
+            run.update(status=NOTHING_NEW, finished_at=now(), outcome={"promoted": False, "reason": reason})
             return
     outputs = {name: run.outputs(name) for name in ("select", "register", "evaluate", "gate", "promote")}
     promote = outputs["promote"]

@@ -117,6 +117,7 @@ def select(ctx: StageContext) -> StageResult:
         states = _tool_states(store, pending)
         todo, cuts = _apply_replay_budgets(pending, states, replay_config.k, config)
         tools = Counter(store.steps(new["id"].to_list()).filter(pl.col("action_kind") == "tool_call")["tool_name"].to_list())
+        pending_review = store.trajectories(status="pending", app=config.app).height
     finally:
         store.close()
     new_ids = new["id"].to_list()
@@ -149,6 +150,7 @@ def select(ctx: StageContext) -> StageResult:
             "by_approval_source": _counts(new, "approval_by"),
             "by_tool": dict(tools.most_common()),
             "nothing_new": not new_ids and not todo,
+            "pending_review": pending_review,
         },
         budget_cuts=cuts,
     )
@@ -157,7 +159,18 @@ def select(ctx: StageContext) -> StageResult:
         f"{len(todo)} to replay now ({len(pending)} not yet replayed under replay id {replay_config.replay_id})"
     )
     result.summary = f"{len(new_ids)} new approved trajectories, {len(todo)} to replay"
+    if pending_review:
+        result.summary += f"; {awaiting_review(pending_review, config)}"
     return result
+
+
+def awaiting_review(count: int, config: ImproveConfig) -> str:
+    """``N trajectories of APP await review (the command that lists them)``: only approved ones are learned from."""
+    many = "trajectories" if count != 1 else "trajectory"
+    return (
+        f"{count} {many} of {config.app} {'await' if count != 1 else 'awaits'} review "
+        f"(`ee traces list --store {config.store} --status pending --app {config.app}`)"
+    )
 
 
 def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:

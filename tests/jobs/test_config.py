@@ -336,8 +336,8 @@ def test_an_mcp_sandbox_is_checked_by_reading_its_config_file(tmp_path: Path) ->
         _check_specs(f"mcp:{config}", "mutate", None)
 
 
-def _store_with_app(folder: Path, app: str) -> None:
-    """A real store holding one approved trajectory of ``app``."""
+def _store_with_app(folder: Path, app: str, *, approve: bool = True) -> None:
+    """A real store holding one trajectory of ``app``, approved unless ``approve`` is false (pending review)."""
     import datetime as dt
 
     from ee_middleware.records import Action, Step, Trajectory
@@ -352,7 +352,8 @@ def _store_with_app(folder: Path, app: str) -> None:
     store = LocalExperienceStore(folder)
     try:
         store.write([trajectory])
-        store.approve([trajectory.id], by="test")
+        if approve:
+            store.approve([trajectory.id], by="test")
     finally:
         store.close()
 
@@ -400,3 +401,25 @@ def test_a_base_model_that_is_not_there_is_named_also_while_an_adapter_is_live(t
     with pytest.raises(ConfigError, match=r"base_model in \[improve\] \(or --base-model\).*used when no adapter is live.*No base model at"):
         ImproveConfig.load(path).check()
     ImproveConfig.load(path, base_model=str(live_base)).check()
+
+
+def test_a_night_with_nothing_approved_says_how_many_trajectories_await_review(tmp_path: Path) -> None:
+    """A new set-up whose agent records without approve_if: every night ended 'nothing-new' with '0 new approved
+    trajectories, 0 to replay' and the reason 'no trajectory approved since the last successful run', never saying
+    that the store held the app's runs waiting for a reviewer. The select stage now counts them and says how to see them."""
+    from ee_middleware.jobs.improve import run_improve
+
+    _store_with_app(tmp_path / "s", "shop", approve=False)
+    run = run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))))
+    assert run.status == "nothing-new"
+    select = run.stage("select")
+    assert select["outputs"]["pending_review"] == 1
+    hint = f"1 trajectory of shop awaits review (`ee traces list --store {tmp_path / 's'} --status pending --app shop`)"
+    assert hint in select["summary"] and hint in run.data["outcome"]["reason"]
+    assert hint in (run.folder / "report.md").read_text()
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    shown = CliRunner().invoke(app, ["runs", "show", "latest", "--runs", str(tmp_path / "runs")], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and hint in shown.stdout, shown.output  # in full, not cut by the table
