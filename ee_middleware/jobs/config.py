@@ -244,10 +244,9 @@ class ImproveConfig(BaseModel):
             try:
                 load_suite(spec, SuiteSettings(split=str(folder / "data")))  # reads the spec only; nothing is loaded yet
             except ConfigError as exc:
-                raise ConfigError(
-                    f"[improve] suites = [{written!r}]: {exc} Here, {TRACES_SUITE!r} (or 'traces:N') is this app's own "
-                    "held-out trajectories."
-                ) from exc
+                other_harness = written.strip().startswith(("bfcl:", "tau:"))  # the traces hint would point away from it
+                hint = "" if other_harness else f" Here, {TRACES_SUITE!r} (or 'traces:N') is this app's own held-out trajectories."
+                raise ConfigError(f"[improve] suites = [{written!r}]: {exc}{hint}") from exc
         self._check_base(train.base_model, train.max_length)
         self._check_store()
 

@@ -423,3 +423,13 @@ def test_a_night_with_nothing_approved_says_how_many_trajectories_await_review(t
 
     shown = CliRunner().invoke(app, ["runs", "show", "latest", "--runs", str(tmp_path / "runs")], env={"COLUMNS": "300"})
     assert shown.exit_code == 0 and hint in shown.stdout, shown.output  # in full, not cut by the table
+
+
+def test_a_suite_of_another_harness_that_cannot_load_is_not_told_about_traces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """suites = ["traces", "tau:my_shop.nodomain:make"] (a tau domain that does not import) was refused with the import
+    error and then 'Here, 'traces' (or 'traces:N') is this app's own held-out trajectories.', a hint about a suite that
+    was fine. The hint now follows only a suite that is not another harness's (bfcl:, tau:)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"suites = \['tau:my_shop_nope.domain:make'\]: Cannot import") as raised:
+        ImproveConfig.load(_config(tmp_path, 'suites = ["traces", "tau:my_shop_nope.domain:make"]\n')).check()
+    assert "'traces' (or 'traces:N')" not in str(raised.value)
