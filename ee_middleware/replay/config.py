@@ -108,6 +108,14 @@ class ReplayConfig(BaseModel):
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ReplayConfig:
         """Defaults <- TOML ``[replay]`` table <- ``overrides`` (``None`` values are ignored)."""
+        from ee_middleware._toml import read_toml_table
+
+        pinned = sorted(_RUN_ONLY & set(read_toml_table(Path(path), "replay", settings_for="replay job"))) if path is not None else []
+        if pinned:  # in a file every run (ee improve's nightly too) would start a new attempt, or never its own
+            raise ConfigError(
+                f"{path}: {', '.join(pinned)} in [replay] is not a setting: `ee replay run --again` replays a configuration "
+                "again once, after its sandbox was fixed, and later runs continue that attempt. Remove it from the file."
+            )
         values = layered_values(path, "replay", overrides, job="replay job")
         if "store" not in values:
             raise ConfigError("The replay job needs a store: pass --store DIR or set store in the [replay] table.")
@@ -175,6 +183,10 @@ class ReplayConfig(BaseModel):
         if self.policy != "mutate" or self.policy_settings:
             shaping.update(self.policy_options())
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_RUN_ONLY = {"again", "attempt"}
+"""Fields a run is given (``--again``) or the job sets (the attempt), never a TOML file."""
 
 
 def attempt_id(configuration_id: str, attempt: int) -> str:

@@ -131,7 +131,9 @@ def with_attempt(store: ExperienceStore, config: ReplayConfig) -> ReplayConfig:
     plain run continues it), or the one after it with :attr:`~ReplayConfig.again` (the first when none replayed yet)."""
     from ee_middleware.replay.config import attempt_id
 
-    replayed = set(store.replays()["replay_id"].unique().to_list())
+    scan = getattr(store, "scan", None)  # the replay ids alone, not every table, where the store reads lazily
+    ids = scan("replays").select("replay_id").unique().collect() if callable(scan) else store.replays().select("replay_id")
+    replayed = set(ids["replay_id"].to_list())
     attempt, newest = 1, 0
     while (config.configuration_id if attempt == 1 else attempt_id(config.configuration_id, attempt)) in replayed:
         newest, attempt = attempt, attempt + 1

@@ -104,13 +104,67 @@ def test_a_fixed_sandbox_is_replayed_again_and_datasets_use_the_newest_attempt(t
     )
     assert fixed_once.replay_id == first.replay_id  # attempt 1 of the configuration keeps the id it always had
 
-    chosen = _iwm_of(store, tmp_path / "chosen", first.replay_id)  # --replay-id picks an attempt, superseded or not
-    assert set(chosen["replay_id"].drop_nulls()) == {first.replay_id}
+    for chosen in (first.replay_id, again.replay_id):  # --replay-id names the configuration by any of its attempts
+        assert set(_iwm_of(store, tmp_path / f"chosen-{chosen}", chosen)["replay_id"].drop_nulls()) == {again.replay_id}
 
 
 def _iwm_of(store: Path, out: Path, replay_id: str) -> pl.DataFrame:
-    build_datasets(DatasetConfig.load(store=store, out=out, kinds="iwm", replay_id=replay_id, include_fidelity_mismatches=True))
+    build_datasets(DatasetConfig.load(store=store, out=out, kinds="iwm", replay_id=replay_id))
     return pl.read_parquet(out / "iwm.parquet")
+
+
+def test_trajectories_an_attempt_has_not_replayed_yet_keep_the_earlier_attempts_rollouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt cut short (--limit, a killed run, ee improve's budgets) or that failed or skipped a trajectory (its
+    snapshot gone for now) supersedes only the trajectories it finished: the others keep the earlier attempt's rollouts,
+    in a build of every replay and in one of the configuration (--replay-id, as ee improve builds)."""
+    monkeypatch.setitem(FIXED, "value", True)
+    store = tmp_path / "experience"
+    _recorded(store)
+    first = run_replay(ReplayConfig.load(store=store, sandbox=SANDBOX, policy=POLICY, k=2))
+    again = run_replay(ReplayConfig.load(store=store, sandbox=SANDBOX, policy=POLICY, k=2, again=True, limit=1))
+    assert again.done == 1
+    for replay_id in (None, first.replay_id, again.replay_id):
+        out = tmp_path / f"data-{replay_id}"
+        rows = _iwm(store, out) if replay_id is None else _iwm_of(store, out, replay_id)
+        by_trajectory = dict(
+            rows.filter(pl.col("replay_id").is_not_null()).group_by("trajectory_id").agg(pl.col("replay_id").unique()).iter_rows()
+        )
+        assert sorted(map(tuple, by_trajectory.values())) == sorted([(first.replay_id,), (again.replay_id,)]), (replay_id, by_trajectory)
+
+    from ee_middleware.records import ReplayRecord
+    from ee_middleware.store.local import LocalExperienceStore
+
+    opened = LocalExperienceStore(store)  # a third attempt that failed on the trajectory the second one finished
+    [finished] = [r for r in opened.replays(replay_id=again.replay_id).iter_rows(named=True) if r["status"] == "done"]
+    details = {"attempt_of": first.replay_id, "attempt": 3}
+    opened.write_replay(
+        ReplayRecord(
+            replay_id="third",
+            trajectory_id=finished["trajectory_id"],
+            status="failed",
+            reason="boom",
+            policy="p",
+            sandbox="s",
+            k=2,
+            seed=0,
+            details=details,
+        )
+    )
+    opened.close()
+    rows = _iwm(store, tmp_path / "after-failure")
+    assert again.replay_id in set(rows["replay_id"].drop_nulls()), "a failed attempt supersedes nothing"
+
+
+def test_again_is_no_setting_of_a_file(tmp_path: Path) -> None:
+    """In a TOML file, again (or attempt) would make every run, ee improve's nightly one too, start a new attempt."""
+    from ee_middleware.errors import ConfigError
+
+    toml = tmp_path / "replay.toml"
+    toml.write_text("[replay]\nagain = true\n")
+    with pytest.raises(ConfigError, match="again in \\[replay\\] is not a setting"):
+        ReplayConfig.load(toml, store=tmp_path)
 
 
 def test_the_cli_replays_again_and_says_which_attempt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,8 +74,9 @@ class DatasetConfig(BaseModel):
     """``template`` (deterministic, for tests and demos), ``local:MODEL_DIR`` or ``openai:BASE_URL#MODEL``."""
     app: str | None = None
     replay_id: str | None = None
-    """Only rollouts of this replay configuration. Default: every replay's real rollouts (all the configurations that
-    replayed a trajectory: more alternatives per state); ``datasets.json``'s ``replays`` lists the ones used."""
+    """Only rollouts of this replay configuration (the replay id of any of its attempts: of a configuration replayed
+    again, each trajectory's newest finished attempt). Default: every replay's real rollouts (all the configurations
+    that replayed a trajectory: more alternatives per state); ``datasets.json``'s ``replays`` lists the ones used."""
     include_synthetic: bool = False
     """Also use rollouts an experience model predicted (``synthetic``); recorded in ``datasets.json``'s config."""
     include_sandbox_failures: bool = False

@@ -7,8 +7,9 @@ step and rollout keys, state sizes; no state, no observation), then loads one gr
 at a time (:meth:`SourceReader.load`) from the store's Parquet parts, lazily (filters pushed into
 the Parquet reader; see :meth:`~ee_middleware.store.local.LocalExperienceStore.scan`).
 
-Which rollouts: every replay's (each replay configuration, ``replay_id``, that replayed a trajectory: its newest
-attempt, :func:`superseded_replays`), or one configuration's with ``replay_id``. A trajectory's replay whose record reports fidelity mismatches (the sandbox's
+Which rollouts: every replay's (each replay configuration, ``replay_id``, that replayed a trajectory), or one
+configuration's with ``replay_id`` (the id of any of its attempts); of a configuration replayed again
+(``ee replay run --again``), a trajectory's newest finished attempt (:func:`superseded_replays`). A trajectory's replay whose record reports fidelity mismatches (the sandbox's
 answer to the expert's own recorded call differed from production's: ``ReplayRecord.fidelity_mismatches``, the
 newest record of that configuration and trajectory) is left out whole unless ``include_fidelity_mismatches``
 (:func:`untrusted_replays`): its sandbox answers some tool differently from production, at every state that tool is
@@ -114,13 +115,16 @@ def load_source(
     trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json", "status")
     ids = trajectories["id"].to_list()
     steps = store.steps(ids)
-    rollouts = store.rollouts(ids, replay_id=replay_id)
+    rollouts = store.rollouts(ids)
     if not include_synthetic:
         rollouts = rollouts.filter(~pl.col("synthetic"))
-    records = store.replays(replay_id=replay_id).filter(pl.col("trajectory_id").is_in(ids))
-    if replay_id is None:  # every replay: a trajectory's newest attempt of each configuration
-        current = _not_superseded(superseded_replays(records))
-        rollouts, records = rollouts.filter(current), records.filter(current)
+    records = store.replays().filter(pl.col("trajectory_id").is_in(ids))
+    if replay_id is not None:  # that configuration's replays, each of its attempts (ee replay run --again)
+        attempts = configuration_replays(records, replay_id)
+        rollouts, records = rollouts.filter(pl.col("replay_id").is_in(attempts)), records.filter(pl.col("replay_id").is_in(attempts))
+    # a trajectory's newest finished attempt of each configuration
+    current = _not_superseded(superseded_replays(records))
+    rollouts, records = rollouts.filter(current), records.filter(current)
     mismatched = 0
     if not include_fidelity_mismatches:
         trusted = rollouts.filter(~_mark_untrusted(untrusted_replays(records)))
@@ -227,9 +231,24 @@ def superseded_replays(records: pl.DataFrame) -> pl.DataFrame:
         "trajectory_id",
         pl.coalesce(details.str.json_path_match("$.attempt_of"), pl.col("replay_id")).alias("_configuration"),
         details.str.json_path_match("$.attempt").cast(pl.Int64, strict=False).fill_null(1).alias("_attempt"),
+        pl.col("status"),
     )
-    newest = pl.col("_attempt").max().over("_configuration", "trajectory_id")
+    # only a finished replay supersedes: a later attempt that failed, or skipped the trajectory (its environment gone
+    # for now), leaves the earlier attempt's rollouts in use
+    newest = pl.when(pl.col("status") == "done").then(pl.col("_attempt")).max().over("_configuration", "trajectory_id")
     return keyed.filter(pl.col("_attempt") < newest).select("replay_id", "trajectory_id").unique(maintain_order=True)
+
+
+def configuration_replays(records: pl.DataFrame, replay_id: str) -> list[str]:
+    """The replay ids of every attempt (``ee replay run --again``) of the configuration that ``replay_id`` is an attempt
+    of, from replay ``records`` (``replay_id`` itself included, stored or not)."""
+    if records.is_empty() or "details_json" not in records.columns:
+        return [replay_id]
+    of = pl.col("details_json").str.json_path_match("$.attempt_of")
+    named = records.filter(pl.col("replay_id") == replay_id).select(of.alias("of")).drop_nulls()["of"]
+    configuration = named[0] if len(named) else replay_id
+    attempts = records.filter((pl.col("replay_id") == configuration) | (of == configuration))["replay_id"]
+    return sorted({replay_id, configuration, *attempts.to_list()})
 
 
 def _not_superseded(superseded: pl.DataFrame) -> pl.Expr:
@@ -399,6 +418,7 @@ class SourceReader:
         self._rescanned = False
         self._records: pl.DataFrame | None = None
         self._superseded = superseded_replays(pl.DataFrame())
+        self._attempts: list[str] = [] if replay_id is None else [replay_id]
         self._untrusted: pl.DataFrame | None = None
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
@@ -443,13 +463,19 @@ class SourceReader:
         (:data:`REPLAY_COLUMNS`); read once."""
         if self._records is None:
             rows = self._replays.filter(pl.col("trajectory_id").is_in(self._trajectories["id"].implode()))
-            if self.replay_id is not None:
-                rows = rows.filter(pl.col("replay_id") == self.replay_id)
             records = self._drop("replays", rows.collect()).select(REPLAY_COLUMNS)
-            # every replay: a trajectory's newest attempt of each configuration (superseded ones are not used)
-            self._superseded = superseded_replays(records) if self.replay_id is None else superseded_replays(pl.DataFrame())
+            if self.replay_id is not None:  # that configuration's replays, each of its attempts (ee replay run --again)
+                self._attempts = configuration_replays(records, self.replay_id)
+                records = records.filter(pl.col("replay_id").is_in(self._attempts))
+            # a trajectory's newest finished attempt of each configuration (superseded ones are not used)
+            self._superseded = superseded_replays(records)
             self._records = records.filter(_not_superseded(self._superseded))
         return self._records
+
+    def _of_replay(self) -> pl.Expr:
+        """True for a row of the configuration ``replay_id`` names (any of its attempts)."""
+        self._replay_records()
+        return pl.col("replay_id").is_in(self._attempts)
 
     def _untrusted_replays(self) -> pl.DataFrame:
         """:func:`untrusted_replays` of the source (none with ``include_fidelity_mismatches``)."""
@@ -467,7 +493,7 @@ class SourceReader:
         if self._rescanned and self._indexed_rollouts is not None:  # the source is what index() found: no rollout stored since
             rows = rows.filter(pl.col("id").is_in(self._indexed_rollouts.implode()))
         if self.replay_id is not None:
-            rows = rows.filter(pl.col("replay_id") == self.replay_id)
+            rows = rows.filter(self._of_replay())
         if not self.include_synthetic:
             rows = rows.filter(~pl.col("synthetic"))
         self._replay_records()  # which replays are superseded
@@ -561,10 +587,10 @@ class SourceReader:
         rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
         counts = []
         if not self.include_synthetic:
-            mine = rows if self.replay_id is None else rows.filter(pl.col("replay_id") == self.replay_id)
+            mine = rows if self.replay_id is None else rows.filter(self._of_replay())
             counts.append(mine.filter(pl.col("synthetic")).select(pl.col("id").n_unique().alias("synthetic")))
         if self.replay_id is not None:
-            others = rows.filter(pl.col("replay_id") != self.replay_id)
+            others = rows.filter(~self._of_replay())
             others = others if self.include_synthetic else others.filter(~pl.col("synthetic"))
             counts.append(others.select(pl.col("id").n_unique().alias("other_replays")))
         return {k: int(v) for frame in pl.collect_all(counts) for k, v in frame.row(0, named=True).items()}
