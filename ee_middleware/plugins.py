@@ -37,8 +37,8 @@ def _options_not_taken(factory: Callable[..., Any], options: Mapping[str, Any]) 
     or it takes ``**kwargs``)."""
     if not options:
         return []
-    try:
-        parameters = inspect.signature(factory).parameters.values()
+    try:  # the callable's own signature: a decorator's wrapper (functools.wraps) may take other arguments than it wraps
+        parameters = inspect.signature(factory, follow_wrapped=False).parameters.values()
     except (TypeError, ValueError):
         return []
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
@@ -50,8 +50,8 @@ def _options_not_taken(factory: Callable[..., Any], options: Mapping[str, Any]) 
 def _arguments_not_fitting(factory: Callable[..., Any], args: tuple[Any, ...], options: Mapping[str, Any]) -> str | None:
     """Why ``factory`` cannot be called with ``args`` and ``options`` (a required parameter left without a value), or
     None when they fit or its signature cannot be read."""
-    try:
-        signature = inspect.signature(factory)
+    try:  # the callable's own signature (see _options_not_taken)
+        signature = inspect.signature(factory, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
     try:

@@ -248,6 +248,38 @@ def test_a_factory_that_requires_arguments_says_ee_calls_it_with_none(tmp_path: 
         GADGETS.construct("repeat", itertools.repeat)
 
 
+def test_a_decorated_factory_whose_decorator_supplies_an_argument_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A factory wrapped by a functools.wraps decorator that supplies its required parameter (the app's database path) is
+    called as it always was: its signature, read through __wrapped__, shows the parameter, but the wrapper takes none
+    (found by review: it was refused as 'cannot be called as ee calls it')."""
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    body = (
+        "import functools\n"
+        "from ee_middleware.replay import PythonSandbox\n"
+        "\n"
+        "\n"
+        "def with_database(factory):\n"
+        "    @functools.wraps(factory)\n"
+        "    def wrapper(*args, **kwargs):\n"
+        "        return factory('/data/app.sqlite', *args, **kwargs)\n"
+        "    return wrapper\n"
+        "\n"
+        "\n"
+        "@with_database\n"
+        "def make_sandbox(db_path, allow_network=False):\n"
+        "    return PythonSandbox(lambda environment: {'db': db_path}, tools={'ping': lambda world: world['db']})\n"
+    )
+    _user_package(tmp_path, body)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sandbox = build_sandbox("helpdesk.replay_sandbox:make_sandbox")
+    try:
+        assert sandbox.covers("ping")
+    finally:
+        sandbox.close()
+
+
 @pytest.mark.parametrize("form", ["relative", "dotted", "absolute", "no_factory"])
 def test_a_file_path_spec_says_which_module_form_to_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
     """`--sandbox helpdesk/replay_sandbox.py:make_sandbox` got only "matches none of the accepted forms": it now names the
