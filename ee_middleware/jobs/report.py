@@ -50,7 +50,7 @@ def build_blocks(run: Run) -> list[Block]:
     blocks += _outcome(run, done)
     blocks += _stages(run, out)
     blocks += _cuts(run)
-    blocks += _learned_from(done)
+    blocks += _learned_from(run, done)
     blocks += _replay(done)
     blocks += _datasets(done)
     blocks += _training(run, done)
@@ -203,13 +203,26 @@ def _counts_table(title: str, counts: dict[str, int], limit: int = 15) -> Block:
     return Block("table", rows=tuple(rows), header=(title, "count"))
 
 
-def _learned_from(done: dict[str, dict[str, Any]]) -> list[Block]:
-    select = done.get("select")
+def _learned_from(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
+    select, data = done.get("select"), done.get("datasets")
     if not select:
         return []
+    blocks = [Block("h2", "What was learned from")]
+    app = run.app or "the app"
+    lead = ""
+    if data:  # the datasets are built from every approved trajectory of the app, not only the new ones
+        lead = (
+            f"{data.get('train_trajectories', '-')} approved trajectories of {app} were trained on "
+            f"({data.get('heldout_trajectories', '-')} more held out for evaluation); "
+        )
+    new = int(select.get("new") or 0)
+    if not new:
+        return [*blocks, Block("p", f"{lead}none of them was approved since the last successful run.")]
+    them = "of them were" if data else "trajectories were"
+    since = f"{lead}{new} {them} approved since the last successful run"
+    blocks.append(Block("p", f"{since}; by app, approval source, and the tool calls recorded in them:"))
     return [
-        Block("h2", "What was learned from"),
-        Block("p", f"{select['new']} trajectories approved since the watermark; recorded tool calls in them:"),
+        *blocks,
         _counts_table("app", select.get("by_app", {})),
         _counts_table("approved by", select.get("by_approval_source", {})),
         _counts_table("tool", select.get("by_tool", {})),

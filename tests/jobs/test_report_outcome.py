@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ee_middleware.jobs.report import build_blocks, to_markdown
+from ee_middleware.jobs.report import _learned_from, build_blocks, to_markdown
 from ee_middleware.jobs.runs import RunsDir
 
 
@@ -50,3 +50,33 @@ def test_the_outcome_says_how_and_where_a_run_ended_in_one_sentence(tmp_path: Pa
     failed = _ended(tmp_path / "c", "failed", error, "replay", "failed")
     assert f"The run failed in its replay stage: {error} `ee improve` with the same config continues it." in failed
     assert ".)." not in failed
+
+
+def test_what_was_learned_from_counts_the_trajectories_trained_on_not_only_the_new_ones(tmp_path: Path) -> None:
+    """The section 'What was learned from' said only '0 trajectories approved since the watermark; recorded tool calls in
+    them:' above three empty tables for a run (--force, or a new replay configuration) that trained on 30 of the app's
+    approved trajectories: datasets are built from every approved trajectory, not only the new ones."""
+    run = RunsDir(tmp_path / "runs").create("improve", {"improve": {"app": "inventory-bot"}}, "hash")
+    run.write_stage("select", {"stage": "select", "status": "done", "outputs": {"new": 0, "by_app": {}, "by_tool": {}}})
+    run.write_stage(
+        "datasets",
+        {"stage": "datasets", "status": "done", "outputs": {"trajectories": 38, "train_trajectories": 30, "heldout_trajectories": 8}},
+    )
+    run.update(status="succeeded", stage_order=["select", "datasets"])
+    done = {m["stage"]: m["outputs"] for m in run.stages()}
+    section = to_markdown(_learned_from(run, done))
+    assert "30 approved trajectories of inventory-bot were trained on (8 more held out for evaluation)" in section
+    assert "none of them was approved since the last successful run" in section
+    assert "| app | count |" not in section  # no empty tables
+    new = RunsDir(tmp_path / "runs2").create("improve", {"improve": {"app": "inventory-bot"}}, "hash")
+    new.write_stage(
+        "select",
+        {"stage": "select", "status": "done", "outputs": {"new": 2, "by_app": {"inventory-bot": 2}, "by_tool": {"order_item": 3}}},
+    )
+    new.update(status="succeeded", stage_order=["select"])
+    section = to_markdown(build_blocks(new)).split("## What was learned from", 1)[1]  # no datasets yet (a stopped run)
+    assert (
+        "2 trajectories were approved since the last successful run; by app, approval source, and the tool calls recorded in them:"
+        in section
+    )
+    assert "| order_item | 3 |" in section
