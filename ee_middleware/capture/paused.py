@@ -12,15 +12,19 @@ process recording the app writes (its spool, or its Parquet parts once compacted
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ee_middleware.records import Trajectory, offered_tools
+from ee_middleware._files import atomic_write_text
+from ee_middleware.records import Trajectory, offered_tools, tool_schema_name
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -32,18 +36,24 @@ class PausedDecisions:
     """The tools offered at the decisions that paused threads' runs, looked up by the runs that resume them
     (:data:`~ee_middleware.capture.assembler.PausedTools`, given to assembly by the span processor).
 
-    :meth:`remember` keeps, for each thread's latest interrupted trajectory the processor assembled, the schemas offered
-    at each call awaiting review; :meth:`tools` answers from those, else from ``store``, else says it does not know
-    (``None``). Thread-safe."""
+    :meth:`remember` keeps, for each thread's latest interrupted trajectory, the tool names offered at each call
+    awaiting review and those tools' schemas: in memory (a bounded number of threads) and, for a local store, in a small
+    file per paused thread in the store (``paused/``), which every process recording into the store reads (a web app's
+    workers, the app after a restart) and which the resume removes. :meth:`tools` answers from memory, else that file,
+    else (a pause recorded before these files, or by a store of another kind) from the store's tables, read only where
+    tools may be chosen per call (a whole-store read per resume is no price for an app whose tools never change), else
+    says it does not know (``None``). Thread-safe."""
 
-    max_threads = 4096
-    """Threads whose paused decisions are kept in memory (the least recently paused are forgotten first: the store
-    still knows them)."""
+    max_threads = 256
+    """Threads whose paused decisions are kept in memory (the least recently paused are forgotten first: their files
+    and the store still know them)."""
 
     def __init__(self, store: ExperienceStore | None) -> None:
         self._store = store
+        root = getattr(store, "root", None)
+        self._folder = Path(root) / PAUSED_FOLDER if root is not None else None
         self._lock = threading.Lock()
-        self._threads: OrderedDict[str, tuple[dt.datetime, dict[str, list[dict[str, Any]]]]] = OrderedDict()
+        self._threads: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._chosen_per_call = False  # a trajectory with step tools was seen: this app's tools are chosen per call
 
     def remember(self, trajectory: Trajectory) -> None:
@@ -54,37 +64,46 @@ class PausedDecisions:
             self._chosen_per_call = True
         if trajectory.status != "interrupted" or trajectory.thread_id is None:
             return
-        calls = {
-            s.action.tool_call.id: trajectory.step_tools(s)
-            for s in trajectory.steps
-            if s.action.tool_call is not None and s.action.tool_call.id and s.observation is None
-        }
-        if not calls:
+        awaiting = [s for s in trajectory.steps if s.action.tool_call is not None and s.action.tool_call.id and s.observation is None]
+        if not awaiting:
             return
+        schemas: dict[str, dict[str, Any]] = {}
+        calls: dict[str, list[str]] = {}
+        for step in awaiting:
+            offered = trajectory.step_tools(step)
+            names = [tool_schema_name(t) or "" for t in offered]
+            schemas.update(zip(names, offered, strict=True))
+            calls[step.action.tool_call.id] = names  # type: ignore[union-attr]
+        entry = {"thread_id": trajectory.thread_id, "started_at": trajectory.started_at.isoformat(), "calls": calls, "schemas": schemas}
         with self._lock:
-            self._threads[trajectory.thread_id] = (trajectory.started_at, calls)
+            self._threads[trajectory.thread_id] = entry
             self._threads.move_to_end(trajectory.thread_id)
             while len(self._threads) > self.max_threads:
                 self._threads.popitem(last=False)
+        if self._folder is not None:
+            try:
+                self._folder.mkdir(exist_ok=True)
+                atomic_write_text(self._file(trajectory.thread_id), json.dumps(entry, ensure_ascii=False), fsync=False)
+            except OSError as exc:  # the store's tables still hold the pause
+                logger.warning("ee-middleware capture: could not note a paused run's decision in %s (%s).", self._folder, exc)
 
     def tools(
         self, thread_id: str | None, call_ids: Sequence[str], before_ns: int, chosen_per_call: bool = True
     ) -> list[dict[str, Any]] | None:
         """The schemas offered at the decision of an interrupted run of ``thread_id`` started before ``before_ns`` that
-        made any of ``call_ids`` (the latest such run's), or ``None`` when neither memory nor the store knows it.
-
-        The store (its spool and every Parquet part) is read only where tools may be chosen per call: the resuming run
-        says so (``chosen_per_call``) or a run this processor assembled had step tools. An app offering the same tools at
-        every call, the usual case, gets nothing from it, and its resumes would each read the whole store."""
+        made any of ``call_ids`` (the latest such run's), or ``None`` when it is not known (see the class docstring;
+        ``chosen_per_call``: the resuming run shows tools chosen per call, so the store's tables are worth reading)."""
         if thread_id is None or not call_ids:
             return None
         before = dt.datetime.fromtimestamp(before_ns / 1e9, tz=dt.UTC)
         with self._lock:
-            started, calls = self._threads.get(thread_id, (None, {}))
-        if started is not None and started < before:
-            for call_id in call_ids:
-                if call_id in calls:
-                    return calls[call_id]
+            entry = self._threads.get(thread_id)
+        found = _offered(entry, call_ids, before)
+        if found is None and self._folder is not None:
+            found = _offered(self._read(thread_id), call_ids, before)
+        if found is not None:
+            self._forget(thread_id)  # the review is answered: a later pause of the thread writes its own
+            return found
         if self._store is None or not (chosen_per_call or self._chosen_per_call):
             return None
         try:
@@ -97,6 +116,48 @@ class PausedDecisions:
                 type(exc).__name__,
             )
             return None
+
+    def _file(self, thread_id: str) -> Path:
+        assert self._folder is not None
+        return self._folder / f"{hashlib.sha256(thread_id.encode()).hexdigest()[:32]}.json"
+
+    def _read(self, thread_id: str) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(self._file(thread_id).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and entry.get("thread_id") == thread_id else None
+
+    def _forget(self, thread_id: str) -> None:
+        with self._lock:
+            self._threads.pop(thread_id, None)
+        if self._folder is not None:
+            with contextlib.suppress(OSError):
+                self._file(thread_id).unlink()
+
+
+PAUSED_FOLDER = "paused"
+"""The folder of a local store holding one small file per thread whose run paused for a human review (see
+:class:`PausedDecisions`)."""
+
+
+def _offered(entry: dict[str, Any] | None, call_ids: Sequence[str], before: dt.datetime) -> list[dict[str, Any]] | None:
+    """The schemas a :meth:`PausedDecisions.remember` entry says the decision making any of ``call_ids`` was offered, if
+    its run started before ``before``."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        started = dt.datetime.fromisoformat(str(entry.get("started_at")))
+    except ValueError:
+        return None
+    calls, schemas = entry.get("calls") or {}, entry.get("schemas") or {}
+    if started >= before or not isinstance(calls, dict) or not isinstance(schemas, dict):
+        return None
+    for call_id in call_ids:
+        names = calls.get(call_id)
+        if isinstance(names, list):
+            return [schemas[name] for name in names if name in schemas]
+    return None
 
 
 def paused_decision_tools(

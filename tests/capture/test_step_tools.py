@@ -280,12 +280,23 @@ def test_a_reviewed_turn_of_a_run_whose_tools_never_change_records_no_step_tools
     assert all("tools" not in s.model_dump(mode="json") for t in (paused, resumed) for s in t.steps)
 
 
-def test_a_resume_of_a_run_whose_tools_never_change_does_not_read_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every HITL resume recorded by another process than its pause (a web app's workers, a restart) read the whole
-    store (its spool and every Parquet part, twice) to find the paused decision's tools, though an app offering the same
-    tools at every call (most of them) gets nothing from it. The store is now read only where the resumed run shows
-    tools chosen per call (its model calls offered different ones, or none offered the reviewed tool) or this recorder
-    has seen such runs; the records are the same."""
+@wrap_model_call
+def both_then_order_only(request: Any, handler: Any) -> Any:
+    """A tool selector offering both tools until the order is reviewed, then order_item alone (found by review: a fresh
+    recorder, seeing no sign of per-call choice in the resumed run, gave the reviewed order the resumed run's tools)."""
+    resumed = any(m.type == "tool" and m.name == "order_item" for m in request.messages)
+    return handler(request.override(tools=[t for t in request.tools if t.name == "order_item"]) if resumed else request)
+
+
+@pytest.mark.parametrize("selector", ["one_tool_per_turn", "both_then_order_only", "fixed"])
+def test_a_resume_is_recorded_alike_by_the_pausing_recorder_and_a_fresh_one_without_reading_the_stores_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selector: str
+) -> None:
+    """A HITL resume recorded by another process than its pause (a web app's workers, a restart) read the whole store
+    (its spool and every Parquet part, twice) to find the paused decision's tools; then, gated on signs of per-call tool
+    choice in the resumed run, a fresh recorder could record the reviewed turn with other tools than the pausing one.
+    The pause is now noted in a small file per paused thread in the store (removed once the resume is recorded), so the
+    records are the same whichever process records the resume, and no table is read."""
     from langchain.agents.middleware import HumanInTheLoopMiddleware
     from langgraph.checkpoint.memory import InMemorySaver
 
@@ -296,25 +307,31 @@ def test_a_resume_of_a_run_whose_tools_never_change_does_not_read_the_store(tmp_
     monkeypatch.setattr(
         paused_module, "paused_decision_tools", lambda store, thread_id, *a: reads.append(thread_id) or real(store, thread_id, *a)
     )
-    middleware = [HumanInTheLoopMiddleware(interrupt_on={"order_item": True})]
-    graph = create_agent(planned_model(), shop_tools({"pear": 0}), middleware=middleware, checkpointer=InMemorySaver())
-    first = record_experience(graph, app="shop", store=tmp_path / "s", offload="thread")
-    first.invoke(TASK, {"configurable": {"thread_id": "t1"}})
-    first.flush()
-    first.recorder.close()
-    _resume(record_experience(graph, app="shop", store=tmp_path / "s", offload="thread"), REVIEWS["edit"])
-    _, resumed = _paused_and_resumed(tmp_path / "s")
-    assert reads == []
-    assert resumed.steps[0].action.tool_call is not None and resumed.steps[0].action.tool_call.arguments == {"item": "pear", "quantity": 2}
-    assert all("tools" not in s.model_dump(mode="json") for s in resumed.steps)
+    chosen = {"one_tool_per_turn": [one_tool_per_turn], "both_then_order_only": [both_then_order_only], "fixed": []}[selector]
 
-    graph = _reviewed_graph(planned_model())  # tools chosen per call: the store is read, as before
-    first = record_experience(graph, app="shop", store=tmp_path / "s2", offload="thread")
-    first.invoke(TASK, {"configurable": {"thread_id": "t1"}})
-    first.flush()
-    first.recorder.close()
-    _resume(record_experience(graph, app="shop", store=tmp_path / "s2", offload="thread"), REVIEWS["edit"])
-    assert reads == ["t1"]
+    def graph() -> Any:
+        middleware = [*chosen, HumanInTheLoopMiddleware(interrupt_on={"order_item": True})]
+        return create_agent(planned_model(), shop_tools({"pear": 0}), middleware=middleware, checkpointer=InMemorySaver())
+
+    recorded = []
+    for fresh in (False, True):
+        store = tmp_path / f"fresh-{fresh}"
+        app = graph()
+        first = record_experience(app, app="shop", store=store, offload="thread")
+        first.invoke(TASK, {"configurable": {"thread_id": "t1"}})
+        if fresh:
+            first.flush()
+            first.recorder.close()
+            assert len(list((store / "paused").iterdir())) == 1  # the pause, noted for any process
+            _resume(record_experience(app, app="shop", store=store, offload="thread"), REVIEWS["edit"])
+        else:
+            _resume(first, REVIEWS["edit"])
+        assert not (store / "paused").exists() or not list((store / "paused").iterdir()), "the answered review's note is removed"
+        _, resumed = _paused_and_resumed(store)
+        recorded.append([(s.action.kind, _names(resumed.step_tools(s))) for s in resumed.steps])
+    assert reads == []
+    assert recorded[0] == recorded[1], recorded
+    assert recorded[0][0] == ("tool_call", ["order_item"] if selector == "one_tool_per_turn" else ["check_stock", "order_item"])
 
 
 def test_a_pause_assembled_just_before_its_resume_is_known_without_the_store(tmp_path: Path) -> None:
