@@ -268,9 +268,36 @@ def _datasets(done: dict[str, dict[str, Any]]) -> list[Block]:
     )
     text = (
         f"{data['trajectories']} approved trajectories, {data['steps']} steps, {data['rollouts']} rollouts; "
-        f"{data['train_trajectories']} trajectories for training, {data['heldout_trajectories']} held out (rule: {data.get('split_rule')})."
+        f"{data['train_trajectories']} trajectories for training, {data['heldout_trajectories']} held out (rule: "
+        f"{_describe_rule(data.get('split_rule'))})."
     )
     return [Block("h2", "Datasets"), Block("p", text), Block("table", rows=rows, header=("kind", "rows", "held-out rows", "sha256"))]
+
+
+def _describe_rule(rule: Any) -> str:
+    """The held-out rule's parts in force, in words (``split_rule`` of datasets.json)."""
+    if not isinstance(rule, dict):
+        return "-" if rule is None else str(rule)
+    parts = []
+    if rule.get("share"):
+        parts.append(f"a seeded share of {rule['share']:g} of the trajectories (seed {rule.get('seed', 0)})")
+    if rule.get("ids"):
+        parts.append(f"{rule['ids']} listed ids")
+    if rule.get("app"):
+        parts.append(f"the app {rule['app']}")
+    if rule.get("started_after"):
+        parts.append(f"started after {rule['started_after']}")
+    if rule.get("started_before"):
+        parts.append(f"started before {rule['started_before']}")
+    return ", ".join(parts) or "none"
+
+
+def _describe_models(models: Any) -> str:
+    """How the baseline and the candidate were evaluated (their model specs), in words."""
+    if not isinstance(models, dict) or not models:
+        return "-" if not models else str(models)
+    said = [f"{side} as `{spec}`" for side, spec in models.items()]
+    return said[0].replace(" as ", " evaluated as ", 1) + "".join(f", {s}" for s in said[1:])
 
 
 def _training(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
@@ -308,7 +335,8 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     if not ev:
         return []
     baseline, candidate = ev["baseline"], ev["candidate"]
-    blocks = [Block("h2", "Candidate vs live"), Block("p", f"Candidate `{candidate}` vs baseline `{baseline}` ({ev['models']}).")]
+    models = _describe_models(ev.get("models"))
+    blocks = [Block("h2", "Candidate vs live"), Block("p", f"Candidate `{candidate}` vs baseline `{baseline}` ({models}).")]
     comparisons = {c["suite"]: c for c in (gate or {}).get("task_success", {}).get("suites", [])}
     rows = []
     base_suites = {s["suite"]: s for s in ev["runs"]["baseline"]["suites"]}

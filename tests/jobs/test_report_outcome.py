@@ -80,3 +80,18 @@ def test_what_was_learned_from_counts_the_trajectories_trained_on_not_only_the_n
         in section
     )
     assert "| order_item | 3 |" in section
+
+
+def test_the_held_out_rule_and_the_evaluated_models_read_as_words_not_python_dicts(tmp_path: Path) -> None:
+    """The report printed Python reprs: 'held out (rule: {'share': 0.3, 'seed': 0, 'ids': 0, 'app': None, 'started_after':
+    None, 'started_before': None, 'unit': 'trajectory'})' and 'vs baseline `base` ({'baseline': 'local:/m', 'candidate':
+    'local:/m@/a'})'. Now only the parts of the rule in force, and each model's spec as code."""
+    from ee_middleware.jobs.report import _describe_models, _describe_rule
+
+    rule = {"share": 0.3, "seed": 0, "ids": 0, "app": None, "started_after": None, "started_before": None, "unit": "trajectory"}
+    assert _describe_rule(rule) == "a seeded share of 0.3 of the trajectories (seed 0)"
+    both = {**rule, "share": 0.0, "ids": 12, "app": "shop-eval", "started_after": "2026-01-01T00:00:00+00:00"}
+    assert _describe_rule(both) == "12 listed ids, the app shop-eval, started after 2026-01-01T00:00:00+00:00"
+    assert _describe_rule(None) == "-"
+    models = {"baseline": "local:/m", "candidate": "local:/m@/a"}
+    assert _describe_models(models) == "baseline evaluated as `local:/m`, candidate as `local:/m@/a`"
