@@ -249,14 +249,27 @@ class HTTPServingBackend:
                 note = f"could not be asked what it renders: POST {root.base_url}/tokenize failed ({exc})"
                 return {"chat_template": ServedTemplate("server", None, None, note).to_json()}
 
+            failures: list[ModelError] = []
+
             def tokenize(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None) -> list[int]:
                 body = {"messages": list(messages), "add_generation_prompt": True, **({"tools": list(tools)} if tools else {})}
-                tokens = root.post("/tokenize", body).get("tokens")
+                try:
+                    tokens = root.post("/tokenize", body).get("tokens")
+                except ModelRequestError:  # its template refused the request (4xx): compared as a refusal
+                    raise
+                except ModelError as exc:  # a time-out, a 5xx, a broken connection: says nothing of its template
+                    failures.append(exc)
+                    raise
                 if not isinstance(tokens, list):
-                    raise ModelResponseError(f"{root.base_url}/tokenize answered without a 'tokens' list", url=root.base_url)
+                    failures.append(ModelResponseError(f"{root.base_url}/tokenize answered without a 'tokens' list", url=root.base_url))
+                    raise failures[-1]
                 return tokens
 
-            return {"chat_template": asked_template(base, tokenize).to_json()}
+            asked = asked_template(base, tokenize)
+            if failures:
+                note = f"could not be asked what it renders: POST {root.base_url}/tokenize failed part-way ({failures[0]})"
+                asked = ServedTemplate("server", None, None, note)
+            return {"chat_template": asked.to_json()}
         finally:
             root.close()
 

@@ -203,3 +203,40 @@ def test_a_server_that_cannot_be_asked_leaves_the_check_unknown(tiny_base: Path,
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_server_failing_part_way_through_the_questions_is_no_answer(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real HTTP server that answers the first /tokenize and then fails (a 503 of an overloaded server): the check is
+    unknown and says the server failed, not that it "renders unlike both" (found by review)."""
+    import http.server
+    import threading
+
+    asked: list[int] = []
+
+    class Overloaded(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            asked.append(1)
+            status, body = (200, b'{"tokens": [1, 2], "count": 2}') if len(asked) == 1 else (503, b'{"detail": "overloaded"}')
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Overloaded)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        template = LocalBackend(url).probe_template(str(tiny_base))["chat_template"]
+        assert template["rendering"] is None and "failed part-way" in template["note"] and "unlike both" not in template["note"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
