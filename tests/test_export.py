@@ -19,6 +19,7 @@ def _own_messages(store_path: Path) -> LocalExperienceStore:
     message with ``content: null`` (as OpenAI sends it next to tool calls), multimodal user content, and
     tool-call arguments given as a JSON object (as Ollama's native API and hand-built records give them)."""
     t = sample_trajectory("own")
+    t = t.model_copy(update={"steps": [s.model_copy(update={"tools": None}) for s in t.steps]})  # all offered the run's tools
     messages = [dict(m) for m in t.messages]
     messages[1]["content"] = None
     messages[1]["tool_calls"] = [
@@ -219,3 +220,29 @@ def test_a_run_offered_the_same_tools_throughout_exports_as_before(store_path: P
     (line,) = (tmp_path / "out.jsonl").read_text().splitlines()
     assert "tools" in json.loads(line)
     assert all(m["tools"] is None for m in pl.read_parquet(tmp_path / "out.parquet")["messages"][0].to_list())
+
+
+def test_a_step_after_a_trimmed_history_is_exported_with_its_own_tools(tmp_path: Path) -> None:
+    """A middleware that trims the history (a summarizer) gives later decisions states that are no prefix of the
+    conversation: a call is still found by its id, and an answer, offered no tools, by its text (found by review: the
+    answer was exported beside the run's every tool)."""
+    store_path = tmp_path / "store"
+    _record_tools_chosen_per_call(store_path)
+    store = LocalExperienceStore(store_path)
+    [trajectory] = list(store.iter_trajectories())
+    trimmed = [
+        s.model_copy(update={"trajectory_id": "trimmed", **({"state": s.state[-1:]} if s.index >= 2 else {})}) for s in trajectory.steps
+    ]
+    store.write([trajectory.model_copy(update={"id": "trimmed", "steps": trimmed})])
+    store.approve(["trimmed"], by="alice")
+    try:
+        export_jsonl(store, tmp_path / "out.jsonl")
+    finally:
+        store.close()
+    examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    mine = [_taught_with_tools(e["messages"], e.get("tools", [])) for e in examples][3:]
+    assert mine == [
+        [(["check_stock"], ["check_stock"]), (["check_stock"], ["check_stock"])],
+        [(["order_item"], ["order_item"])],
+        [(["No pears, 3 apples; I ordered 5 pears."], [])],
+    ]
