@@ -83,8 +83,11 @@ def test_every_stage_runs_and_leaves_manifests_a_report_and_a_promoted_adapter(w
         f"ee adapters show {candidate}",
         "NLL",
         "adapter/loss.png",
+        "held out (rule: 3 listed ids)",  # the rule in words (was a Python dict: {'share': 0.0, ..., 'ids': 3, ...})
+        "baseline evaluated as `local:",
     ):
         assert text in report
+    assert "{'" not in report, "a Python dict printed into the report"
     assert "<table>" in (run.folder / "report.html").read_text() and (run.folder / "eval.png").is_file()
 
     # ee runs list / show
