@@ -212,12 +212,12 @@ def _learned_from(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     lead = ""
     if data:  # the datasets are built from every approved trajectory of the app, not only the new ones
         lead = (
-            f"{data.get('train_trajectories', '-')} approved trajectories of {app} were trained on "
-            f"({data.get('heldout_trajectories', '-')} more held out for evaluation); "
+            f"The datasets were built from {data.get('trajectories', '-')} approved trajectories of {app} "
+            f"({data.get('train_trajectories', '-')} trained on, {data.get('heldout_trajectories', '-')} held out for evaluation). "
         )
     new = int(select.get("new") or 0)
     if not new:
-        return [*blocks, Block("p", f"{lead}none of them was approved since the last successful run.")]
+        return [*blocks, Block("p", f"{lead}None of them was approved since the last successful run.")]
     them = "of them were" if data else "trajectories were"
     since = f"{lead}{new} {them} approved since the last successful run"
     blocks.append(Block("p", f"{since}; by app, approval source, and the tool calls recorded in them:"))

@@ -65,8 +65,8 @@ def test_what_was_learned_from_counts_the_trajectories_trained_on_not_only_the_n
     run.update(status="succeeded", stage_order=["select", "datasets"])
     done = {m["stage"]: m["outputs"] for m in run.stages()}
     section = to_markdown(_learned_from(run, done))
-    assert "30 approved trajectories of inventory-bot were trained on (8 more held out for evaluation)" in section
-    assert "none of them was approved since the last successful run" in section
+    assert "built from 38 approved trajectories of inventory-bot (30 trained on, 8 held out for evaluation)" in section
+    assert "None of them was approved since the last successful run" in section
     assert "| app | count |" not in section  # no empty tables
     new = RunsDir(tmp_path / "runs2").create("improve", {"improve": {"app": "inventory-bot"}}, "hash")
     new.write_stage(
