@@ -262,18 +262,19 @@ class ImproveConfig(BaseModel):
             store = open_store(self.store, create=False)
         except StoreError as exc:
             raise ConfigError(f"[improve] store = {str(self.store)!r} (or --store, EE_STORE): {exc}") from exc
-        try:
-            apps = sorted(str(a) for a in store.trajectories().get_column("app").unique().to_list() if a is not None)
+        try:  # the app column alone where the store can read so, not every table
+            index = getattr(store, "trajectory_index", None)
+            frame = index(["app"]) if callable(index) else store.trajectories()
+            apps = sorted(str(a) for a in frame.get_column("app").unique().to_list() if a is not None)
         finally:
             store.close()
-        if apps and self.app not in apps:
-            close = difflib.get_close_matches(self.app, apps, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(self.app, apps, n=1, cutoff=0.6) if apps and self.app not in apps else []
+        if close:  # a misspelt app; one with no close name is a new app in a shared store: nothing new yet, as before
             shown = ", ".join(repr(a) for a in apps[:20]) + (f" and {len(apps) - 20} more" if len(apps) > 20 else "")
             raise ConfigError(
-                f"[improve] app = {self.app!r} (or --app): the store {self.store} holds no trajectory of it"
-                + (f"; did you mean {close[0]!r}?" if close else ".")
-                + f" It records {shown} (`ee traces list --store {self.store} --status all`). Set app to the name the agent "
-                "records with (record_experience(..., app=...))."
+                f"[improve] app = {self.app!r} (or --app): the store {self.store} holds no trajectory of it; did you mean "
+                f"{close[0]!r}? It records {shown} (`ee traces list --store {self.store} --status all`). Set app to the name "
+                "the agent records with (record_experience(..., app=...))."
             )
 
     def _check_base(self, base_model: str, max_length: int) -> None:
