@@ -432,10 +432,13 @@ def _fields_reasoning(fields: Mapping[str, Any]) -> list[str]:
     """The reasoning in a reply's fields (an OpenAI-shaped message, a LangChain message's ``additional_kwargs``)."""
     for key in REASONING_FIELDS:
         value = fields.get(key)
+        if value is None:  # the usual case, on capture's path for every assistant message: nothing to read
+            continue
         pieces = _reasoning_texts(value, value.get("summary") if isinstance(value, Mapping) else None)
         if pieces:
             return pieces
-    return _details_texts(fields.get("reasoning_details"))
+    details = fields.get("reasoning_details")
+    return _details_texts(details) if details is not None else []
 
 
 def _details_texts(details: Any) -> list[str]:
