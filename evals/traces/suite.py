@@ -115,11 +115,13 @@ def read_split(path: str | Path) -> tuple[set[str], set[str]]:
 
 
 def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]:
-    """The facts of an expert's final answer: tokens with a digit (amounts, dates, ids), and words of
-    three letters or more, capitalized or not purely alphabetic, that the expert's tool results contain."""
+    """The facts of an expert's final answer: tokens with a digit (amounts, dates, ids), and words of three letters or
+    more that the expert's tool results contain, capitalized or not purely alphabetic, or lowercase where a result
+    holds them as values of their own (:func:`_returned_as_value`: a product in a list, a quoted status)."""
     if not final_answer:
         return []
     seen = normalize(" ".join(observations))
+    values = "\n".join(observations).lower()  # as written, list separators kept
     facts: list[str] = []
     for token in _TOKEN.findall(normalize(final_answer)):
         token = token.strip(".:/-$#")
@@ -130,11 +132,19 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
         if any(c.isdigit() for c in token) or (
             len(token) >= 3
             and token not in _STOPWORDS
-            and (word[0].isupper() or not token.isalpha())
+            and (word[0].isupper() or not token.isalpha() or _returned_as_value(token, values))
             and re.search(rf"(?<!\w){re.escape(token)}(?!\w)", seen)
         ):
             facts.append(token)
     return facts
+
+
+def _returned_as_value(word: str, observations: str) -> bool:
+    """Whether the tools' results (lowercased) hold ``word`` as a value of its own: quoted and not a key (a JSON string),
+    or an item of a list (between brackets, commas, semicolons, line breaks or after a colon), not a word of prose."""
+    quoted = rf"[\"']{re.escape(word)}[\"'](?!\s*:)"
+    listed = rf"(?:^|[\[,;]|:[ \t])[ \t]*{re.escape(word)}[ \t]*(?=[,;\]]|$)"
+    return re.search(quoted, observations) is not None or re.search(listed, observations, re.MULTILINE) is not None
 
 
 def missing_facts(facts: list[str], replies: list[str]) -> list[str]:

@@ -193,6 +193,23 @@ def test_traces_specs_and_answer_facts() -> None:
     assert answer_facts("Done: I have completed the request.", ["{}"]) == []
 
 
+@pytest.mark.parametrize(
+    ("observation", "facts"),
+    [
+        ('["apple", "kiwi"]', ["apple", "kiwi"]),  # a JSON list of values
+        ('{"items": ["apple", "kiwi"], "status": "open"}', ["apple", "kiwi"]),  # values, not keys ("items" is one)
+        ("Items: apple, kiwi", ["apple", "kiwi"]),  # a list in text
+        ("We have apple and kiwi in the items room.", []),  # prose: its lowercase words are no facts
+    ],
+)
+def test_lowercase_values_the_tools_returned_are_facts(observation: str, facts: list[str]) -> None:
+    """A shop's answer "We carry apple and kiwi." was left out as having nothing to check: only capitalized or
+    non-alphabetic words counted, though lowercase values a tool returned (a list of products) are what the answer must
+    state. Such a word counts where the tool's result holds it as a value of its own: quoted (not a key) or an item of a
+    list; lowercase words of prose still do not."""
+    assert answer_facts("We carry apple and kiwi in the items room.", [observation]) == facts
+
+
 def test_a_suite_that_scored_no_task_is_named_in_the_summary_and_by_the_gate(
     retail_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path
 ) -> None:
