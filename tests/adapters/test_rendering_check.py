@@ -4,10 +4,12 @@ manifest ``ee train`` writes, a real registry."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,54 +174,20 @@ def test_a_server_that_recorded_nothing_is_asked_what_it_renders(
     replicas[0].unload(matching.name)
 
 
-def test_a_server_that_cannot_be_asked_leaves_the_check_unknown(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real HTTP server without POST /tokenize (another OpenAI-compatible server): the check says it could not ask, and
-    why; nothing is refused on a guess."""
-    import http.server
-    import threading
-
-    class NoTokenize(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"detail": "Not Found"}')
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoTokenize)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        asked = LocalBackend(url).probe_template(str(tiny_base))
-        assert asked is not None and asked["chat_template"]["rendering"] is None
-        assert "/tokenize" in asked["chat_template"]["note"] and "404" in asked["chat_template"]["note"]
-        check = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, url, asked)
-        assert check.status == "unknown" and "/tokenize" in check.message
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def test_a_server_failing_part_way_through_the_questions_is_no_answer(
-    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A real HTTP server that answers the first /tokenize and then fails (a 503 of an overloaded server): the check is
-    unknown and says the server failed, not that it "renders unlike both" (found by review)."""
+@contextlib.contextmanager
+def _json_server(answers: Callable[[int], tuple[int, bytes]]) -> Iterator[str]:
+    """A real HTTP server on a free port answering the n-th POST (from 0) with ``answers(n)`` (status, JSON body); its
+    ``/v1`` URL. Stopped after the block."""
     import http.server
     import threading
 
     asked: list[int] = []
 
-    class Overloaded(http.server.BaseHTTPRequestHandler):
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, body = answers(len(asked))
             asked.append(1)
-            status, body = (200, b'{"tokens": [1, 2], "count": 2}') if len(asked) == 1 else (503, b'{"detail": "overloaded"}')
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -228,15 +196,35 @@ def test_a_server_failing_part_way_through_the_questions_is_no_answer(
         def log_message(self, *args: Any) -> None:
             pass
 
-    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Overloaded)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        template = LocalBackend(url).probe_template(str(tiny_base))["chat_template"]
-        assert template["rendering"] is None and "failed part-way" in template["note"] and "unlike both" not in template["note"]
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_server_that_cannot_be_asked_leaves_the_check_unknown(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real HTTP server without POST /tokenize (another OpenAI-compatible server): the check says it could not ask, and
+    why; nothing is refused on a guess."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    with _json_server(lambda n: (404, b'{"detail": "Not Found"}')) as url:
+        asked = LocalBackend(url).probe_template(str(tiny_base))
+        assert asked is not None and asked["chat_template"]["rendering"] is None
+        assert "/tokenize" in asked["chat_template"]["note"] and "404" in asked["chat_template"]["note"]
+        check = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, url, asked)
+        assert check.status == "unknown" and "/tokenize" in check.message
+
+
+def test_a_server_failing_part_way_through_the_questions_is_no_answer(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real HTTP server that answers the first /tokenize and then fails (a 503 of an overloaded server): the check is
+    unknown and says the server failed, not that it "renders unlike both" (found by review)."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    with _json_server(lambda n: (200, b'{"tokens": [1, 2], "count": 2}') if n == 0 else (503, b'{"detail": "overloaded"}')) as url:
+        template = LocalBackend(url).probe_template(str(tiny_base))["chat_template"]
+        assert template["rendering"] is None and "failed part-way" in template["note"] and "unlike both" not in template["note"]
