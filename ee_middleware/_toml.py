@@ -77,10 +77,19 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
         return cls(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}{_meant(cls, e) if e['type'] == 'extra_forbidden' else ''}"
+            f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}"
+            + (_meant(cls, e) if e["type"] == "extra_forbidden" else _given(e))
             for e in exc.errors()
         )
         raise ConfigError(f"Invalid {job} configuration: {problems}") from None
+
+
+def _given(error: Any) -> str:
+    """`` (got VALUE)``: the value a setting was given, for an error about a value (not a missing or unknown key)."""
+    if error["type"] == "missing" or "input" not in error or isinstance(error["input"], dict):
+        return ""
+    shown = repr(error["input"])
+    return f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
 
 
 def _meant(cls: type[BaseModel], error: Any) -> str:
