@@ -96,6 +96,7 @@ def _ours(marker: str, ee_pid: int) -> list[psutil.Process]:
 def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_in_vllm(tmp_path, sig: str, answer: bool) -> None:
     """Before: SIGTERM or SIGHUP ended `ee serve vllm` at once and left vLLM (its own session) running, port and GPU held.
     A SIGKILL runs no clean-up in ee: vLLM gets SIGTERM from Linux (its parent-death signal) and stops its workers."""
+    import functools
     import signal
     import subprocess
     import uuid
@@ -107,7 +108,9 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
     command = [sys.executable, "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path), "--port", str(free_port())]
     command += ["--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the server's log goes there, not into /tmp
-    ee = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # SIGHUP as a terminal gives it: a test run under nohup would pass it on ignored, and ee rightly leaves it so
+    hangup = functools.partial(signal.signal, signal.SIGHUP, signal.SIG_DFL)
+    ee = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=hangup)
     try:
         if answer:
             lines = iter(ee.stdout.readline, "")
