@@ -45,7 +45,9 @@ from ee_middleware.replay.retrieval import (
     Retriever,
     Transition,
     TransitionIndex,
+    in_use,
     rollout_transition,
+    superseded_keys,
     tokenize,
     trajectory_transitions,
 )
@@ -96,9 +98,10 @@ def split_store(
     kept = {t.id: t for t in trajectories if t.id not in held}
     transitions = [tr for trajectory in kept.values() for tr in trajectory_transitions(trajectory)]
     if kept:
+        superseded = superseded_keys(store)  # an attempt replayed again since (ee replay run --again) is not used
         for rollout in store.iter_rollouts(list(kept)):
             transition = rollout_transition(rollout, kept[rollout.trajectory_id])
-            if transition is not None:
+            if transition is not None and in_use(transition, superseded):
                 transitions.append(transition)
     index.add(transitions)
     pairs = [(t, tr) for t in trajectories if t.id in held for tr in trajectory_transitions(t)]

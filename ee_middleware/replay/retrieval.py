@@ -3,7 +3,9 @@
 DreamGym's experience model predicts the next observation of a tool call with the top-k most similar
 *real* transitions as in-context examples. A real transition is an expert step of a stored
 trajectory (its recorded observation) or a non-synthetic rollout (the sandbox's real observation);
-experience-model output is never indexed, so the model is never grounded on its own guesses.
+experience-model output is never indexed, so the model is never grounded on its own guesses. Nor are the rollouts of a
+replay that a later attempt superseded (``ee replay run --again``, its sandbox fixed since: :func:`superseded_keys`),
+as in dataset builds.
 
 :class:`TransitionIndex` keeps the transitions, reads what the store gained since the last call
 (:meth:`TransitionIndex.refresh`) and applies the rules every query obeys; a **retriever** scores
@@ -104,6 +106,8 @@ class Transition:
     is_error: bool
     reward: float | None = None
     """The trajectory's outcome (1.0 completed, 0.0 error) on its last tool step; ``None`` elsewhere."""
+    replay_id: str | None = None
+    """The replay a rollout's transition came from; ``None`` for an expert step."""
 
     @property
     def search_text(self) -> str:
@@ -161,7 +165,22 @@ def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition |
         arguments=dict(call.arguments),
         observation=rollout.observation.content,
         is_error=rollout.is_error,
+        replay_id=rollout.replay_id,
     )
+
+
+def superseded_keys(store: Any) -> set[tuple[str, str]]:
+    """The ``(replay_id, trajectory_id)`` of the store's replays a later attempt of their configuration superseded
+    (``ee replay run --again``: :func:`~ee_middleware.replay.attempts.superseded_replays`, as dataset builds use):
+    their rollouts are no real example of the configuration's sandbox any more, which was fixed since."""
+    from ee_middleware.replay.attempts import superseded_replays
+
+    return {(replay_id, trajectory_id) for replay_id, trajectory_id in superseded_replays(store.replays()).iter_rows()}
+
+
+def in_use(transition: Transition, superseded: set[tuple[str, str]]) -> bool:
+    """Whether ``transition`` is an expert step or a rollout of a replay no later attempt superseded."""
+    return transition.replay_id is None or (transition.replay_id, transition.trajectory_id) not in superseded
 
 
 @runtime_checkable
@@ -283,6 +302,9 @@ class TransitionIndex:
     _seen_trajectories: set[str] = field(default_factory=set)
     _rejected: set[str] = field(default_factory=set)
     """Indexed trajectories rejected since: their transitions stay in the retriever (it only grows) but never come back."""
+    _superseded: set[tuple[str, str]] = field(default_factory=set)
+    """Replays a later attempt superseded (:func:`superseded_keys`), also after their rollouts were indexed: they never
+    come back either."""
 
     @classmethod
     def of(cls, retriever: str | Retriever | None = None, **options: Any) -> TransitionIndex:
@@ -310,7 +332,9 @@ class TransitionIndex:
 
     def refresh(self, store: Any) -> int:
         """Add the store's real transitions not indexed yet; how many. Rejected trajectories are left out, also
-        when they were rejected after they were indexed (and come back when approved again)."""
+        when they were rejected after they were indexed (and come back when approved again); so are the rollouts of a
+        replay a later attempt of its configuration superseded (``ee replay run --again`` once its sandbox was fixed:
+        :func:`superseded_keys`), also when it was replayed again after they were indexed."""
         trajectories: dict[str, Trajectory] = {}
         fresh: list[Transition] = []
         for trajectory in store.iter_trajectories():
@@ -323,8 +347,9 @@ class TransitionIndex:
                 self._seen_trajectories.add(trajectory.id)
                 fresh.extend(trajectory_transitions(trajectory))
         if trajectories:
+            self._superseded = superseded_keys(store)
             for rollout in store.iter_rollouts(list(trajectories)):
-                if rollout.id in self._seen_rollouts:
+                if rollout.id in self._seen_rollouts or (rollout.replay_id, rollout.trajectory_id) in self._superseded:
                     continue
                 self._seen_rollouts.add(rollout.id)
                 transition = rollout_transition(rollout, trajectories[rollout.trajectory_id])
@@ -379,7 +404,7 @@ class TransitionIndex:
         out = []
         for doc in ranked:
             transition = self.transitions[doc]
-            if transition.id in skip_ids or transition.trajectory_id in skip_trajectories:
+            if transition.id in skip_ids or transition.trajectory_id in skip_trajectories or not in_use(transition, self._superseded):
                 continue
             out.append(transition)
             if len(out) == k:
