@@ -1,7 +1,8 @@
 """The child-process half of :class:`~ee_middleware.replay.sandboxes.isolated.SubprocessSandbox`.
 
 Everything here runs in the spawned child: :func:`child_main` builds the inner sandbox (after the
-memory limit is set), then serves the parent's requests until it closes the pipe or asks to close.
+memory limit is set), then serves the parent's requests until it closes the pipe or asks to close; a parent
+that died meanwhile (its end of the pipe gone when a reply is sent) ends the child as quietly.
 The parent half, with the time limits, restarts and snapshot bytes, is
 :mod:`ee_middleware.replay.sandboxes.isolated`.
 
@@ -79,8 +80,19 @@ def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None,
         send_error(conn, exc)
         conn.close()
         return
-    send_reply(conn, {"kind": kind, "pid": os.getpid()})
-    server = ChildServer(inner, memory_mb, max_snapshots)
+    try:
+        send_reply(conn, {"kind": kind, "pid": os.getpid()})
+        _serve(conn, inner, ChildServer(inner, memory_mb, max_snapshots))
+    except (BrokenPipeError, ConnectionResetError):
+        # The parent's end of the pipe is gone (a replay job killed with SIGKILL while this child answered it): there is
+        # no one to answer, so the child ends as on EOF, without a traceback on the stderr it shares with the job.
+        pass
+    conn.close()
+
+
+def _serve(conn: Connection, inner: Sandbox, server: ChildServer) -> None:
+    """Answer the parent's requests until EOF or close; a reply the parent can no longer receive raises
+    ``BrokenPipeError`` (or ``ConnectionResetError``)."""
     while True:
         try:
             op, args, drops = conn.recv()
@@ -107,7 +119,6 @@ def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None,
             send_error(conn, exc)
         except (TypeError, ValueError) as exc:
             send_error(conn, SandboxError(f"the inner sandbox returned a value that cannot be sent as JSON for {op}(): {exc}"))
-    conn.close()
 
 
 def send_reply(conn: Connection, value: Any) -> None:

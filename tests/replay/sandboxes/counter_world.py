@@ -7,7 +7,7 @@ ValueError), ``vm_size_kb()`` (the process's address space), ``spawn_and_hang(pi
 ``spawn_and_return(pid_file)`` (leaves a process running), ``fork_and_exit(pid_file, code)`` (a
 forked process keeps the pipe open while the child calls ``os._exit``) and
 ``send_pickle_to_parent(marker)`` (writes a pickle that touches ``marker`` when unpickled onto the
-pipe to the parent). Unlike a well-behaved sandbox, ``execute`` lets tool exceptions escape, so the
+pipe to the parent) and ``answer_once_orphaned()`` (returns once the parent process is gone). Unlike a well-behaved sandbox, ``execute`` lets tool exceptions escape, so the
 tests see how the subprocess sandbox copes with that.
 """
 
@@ -143,6 +143,24 @@ def fork_and_exit(world: dict[str, int], pid_file: str, code: int = 5) -> str:
     os._exit(code)
 
 
+def answer_once_orphaned(world: dict[str, int]) -> str:
+    """Return as soon as this process's parent is gone (its parent pid changes), so that the answer is sent to a dead
+    parent; polled far more often than the child's orphan watchdog looks."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.001)
+    return "answered after the parent died"
+
+
+def start_once_orphaned(pid_file: str) -> CounterSandbox:
+    """A factory that writes the child's pid to ``pid_file``, then builds the sandbox once the parent is gone (its
+    first answer, the child's start, goes to a dead parent)."""
+    with open(pid_file, "w") as out:
+        out.write(str(os.getpid()))
+    answer_once_orphaned({})
+    return CounterSandbox()
+
+
 class _TouchOnUnpickle:
     def __init__(self, marker: str) -> None:
         self.marker = marker
@@ -176,6 +194,7 @@ TOOLS = {
     "spawn_and_return": spawn_and_return,
     "fork_and_exit": fork_and_exit,
     "send_pickle_to_parent": send_pickle_to_parent,
+    "answer_once_orphaned": answer_once_orphaned,
 }
 
 

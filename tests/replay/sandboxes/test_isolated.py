@@ -395,6 +395,57 @@ def test_the_child_exits_when_the_parent_is_killed_mid_call(tmp_path: Path) -> N
         parent.stdout.close()
 
 
+PARENTS_KILLED_MID_ANSWER = {
+    "a tool call": """
+        box = SubprocessSandbox(make_counter_sandbox, timeout_s=None, memory_mb=None)
+        box.reset(None)
+        pathlib.Path(sys.argv[1]).write_text(str(box.pid))
+        box.execute(ToolCall(id="1", name="answer_once_orphaned", arguments={}))
+        """,
+    "its start": """
+        SubprocessSandbox(functools.partial(counter_world.start_once_orphaned, sys.argv[1]), memory_mb=None)
+        """,
+}
+
+
+@pytest.mark.parametrize("answering", list(PARENTS_KILLED_MID_ANSWER))
+def test_a_child_answering_a_parent_killed_with_sigkill_ends_quietly(tmp_path: Path, answering: str) -> None:
+    """A replay job killed with SIGKILL (--isolation subprocess): its sandbox children finish what they were answering
+    and find the parent's end of the pipe gone. They end without a BrokenPipeError traceback on the job's stderr,
+    which they share, and leave no process behind."""
+    body = textwrap.indent(textwrap.dedent(PARENTS_KILLED_MID_ANSWER[answering]), "    ")
+    script = (
+        "import functools, pathlib, sys\n"
+        "from ee_middleware.records import ToolCall\n"
+        "from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox\n"
+        "from tests.replay.sandboxes import counter_world\n"
+        "from tests.replay.sandboxes.counter_world import make_counter_sandbox\n\n"
+        f"if __name__ == '__main__':\n{body}"
+    )
+    path, pid_file, stderr_file = tmp_path / "parent.py", tmp_path / "child.pid", tmp_path / "stderr"
+    path.write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with stderr_file.open("w") as stderr:
+        parent = subprocess.Popen([sys.executable, str(path), str(pid_file)], stderr=stderr, env=env, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + NEVER_HANGS_S
+        while not pid_file.exists() or not pid_file.read_text():
+            assert parent.poll() is None, stderr_file.read_text()
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.05)
+        child_pid = int(pid_file.read_text())
+        parent.kill()  # SIGKILL: the child is answering (or about to)
+        parent.wait()
+        while psutil.pid_exists(child_pid) and psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child outlived its killed parent"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait()
+    written = stderr_file.read_text()
+    assert "Traceback" not in written and "Error" not in written, written
+
+
 def test_a_world_that_does_not_pickle_is_explained_when_snapshotted_in_the_child() -> None:
     # In process the world is deep-copied and replays fine; a subprocess sandbox must send each snapshot out as bytes.
     from tests.replay.sandboxes.counter_world import LAMBDA_WORLD_FACTORY
