@@ -335,6 +335,7 @@ def _steps(
         for position, m in enumerate(d["state"]):
             if m.get("role") == "tool" and m.get("tool_call_id"):
                 later_tool_messages.setdefault(m["tool_call_id"], (m, position in d["errors"]))
+    reused = _reused_call_ids(decisions)
     steps: list[Step] = []
     final_answer = None
     for index, d in enumerate(decisions):
@@ -356,7 +357,14 @@ def _steps(
                 )
                 spans = tools_by_call.get(tool_call.id)
                 span = _take_tool_span(spans, chat, until, tool_call.arguments) or _take_by_name(unmatched, tool_call.name)
-                reply, failed = _reply_to(tool_call.id, index, decisions, final) or later_tool_messages.get(tool_call.id) or (None, False)
+                found = _reply_to(tool_call.id, index, decisions, final)
+                if found is None:  # a reused id: the message after this reply, not the first of the id anywhere
+                    found = (
+                        _reply_after(message, tool_call.id, index, decisions, final)
+                        if tool_call.id in reused
+                        else later_tool_messages.get(tool_call.id)
+                    )
+                reply, failed = found or (None, False)
                 observation, latency = _observation(span, reply, redact, max_chars, failed)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
@@ -579,6 +587,60 @@ def _reply_to(call_id: str, index: int, decisions: list[dict[str, Any]], final: 
         found = _tool_reply(final["state"], 0, call_id)
         return (found[1], found[0] in final["errors"]) if found is not None else None
     return None
+
+
+def _reused_call_ids(decisions: list[dict[str, Any]]) -> set[str]:
+    """The call ids the run's replies reuse: made by more than one reply, or by a reply whose own history already answers
+    a call of that id (a model server or proxy numbering its calls per reply: every reply's first call ``call_0``)."""
+    made: dict[str, int] = {}
+    reused: set[str] = set()
+    for d in decisions:
+        ids = {c.get("id") for m in d["outputs"] for c in m.get("tool_calls") or () if c.get("id")}
+        answered = {m.get("tool_call_id") for m in d["state"] if m.get("role") == "tool"} if ids else set()
+        for call_id in ids:
+            made[call_id] = made.get(call_id, 0) + 1
+            if made[call_id] > 1 or call_id in answered:
+                reused.add(call_id)
+    return reused
+
+
+def _reply_after(
+    message: dict[str, Any], call_id: str, index: int, decisions: list[dict[str, Any]], final: dict[str, Any]
+) -> tuple[dict[str, Any], bool] | None:
+    """The tool message answering call ``call_id`` of decision ``index``'s reply ``message`` where the id is reused
+    (:func:`_reused_call_ids`) and no later history goes on with this decision's (:func:`_reply_to`; an app sending the
+    model only its last messages): in the nearest later history holding this reply (the same calls: ids, names and
+    arguments), the tool message of the id that follows it, before the next assistant message; failing that, in the
+    next decision's history, one of the id before any assistant message (the window cut the reply off). Not the first
+    message of the id anywhere: that may answer another reply's call of the same id. With whether it reports an error."""
+    calls = _calls_key(message)
+    for later in [*decisions[index + 1 :], final]:
+        state = later["state"]
+        for start in range(len(state) - 1, -1, -1):
+            if state[start].get("role") == "assistant" and _calls_key(state[start]) == calls:
+                found = _tool_reply(state, start + 1, call_id)
+                if found is not None and not any(m.get("role") == "assistant" for m in state[start + 1 : found[0]]):
+                    return found[1], found[0] in later["errors"]
+                break
+    if index + 1 < len(decisions):
+        following = decisions[index + 1]
+        found = _tool_reply(following["state"], 0, call_id)
+        if found is not None and not any(m.get("role") == "assistant" for m in following["state"][: found[0]]):
+            return found[1], found[0] in following["errors"]
+    return None
+
+
+def _calls_key(message: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+    """An assistant message's tool calls as (id, name, arguments decoded): a reply and its copy in a later history alike."""
+    out = []
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        try:
+            arguments: Any = parse_arguments(function.get("arguments"))
+        except (TypeError, ValueError, RecursionError):
+            arguments = function.get("arguments")
+        out.append((call.get("id"), function.get("name"), arguments))
+    return out
 
 
 def _tool_reply(messages: list[dict[str, Any]], start: int, call_id: str) -> tuple[int, dict[str, Any]] | None:

@@ -236,8 +236,8 @@ def test_a_conversation_started_over_after_its_tool_failed_is_a_trajectory_of_it
 @pytest.mark.parametrize("dialect", list(DIALECTS))
 def test_the_same_task_run_twice_by_an_app_that_sends_its_last_messages_is_two_trajectories(tmp_path, store, dialect):
     """The app sends the model only its last three messages (tied by tool call ids, not by history): two runs one after
-    the other are two trajectories, and one run alone stays one. (Ids unique per reply, as OpenAI's are: with ids
-    numbered per reply and the window cutting the history, assembly takes the wrong tool message for an observation.)"""
+    the other are two trajectories, and one run alone stays one. (Ids unique per reply, as OpenAI's are; ids numbered
+    per reply: see the test below.)"""
     pears = [
         {**PEARS[0], "tool_calls": [_call("call_stock_pears", "check_stock", {"fruit": "pears"})]},
         {**PEARS[1], "tool_calls": [_call("call_order_pears", "order", {"fruit": "pears", "quantity": 5})]},
@@ -278,3 +278,56 @@ def test_a_call_asked_again_stays_in_its_conversation(tmp_path, store, dialect):
     report, (only,) = _ingest(store, path)
     assert (report.problems, report.runs) == (0, 1), report.errors
     assert _steps(only) == PEARS_STEPS
+
+
+@pytest.mark.parametrize("window", [3, 1])
+@pytest.mark.parametrize("trace_tools", [True, False], ids=["tools-traced", "model-spans-only"])
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+def test_call_ids_numbered_per_reply_under_a_sliding_window_pair_each_call_with_its_own_result(
+    tmp_path, store, dialect, trace_tools, window
+):
+    """A server that numbers tool calls per reply (every reply's call is ``call_1``) and an app that sends the model only
+    its last messages: the order call's result is the tool message after that call ("ordered 5 pears"), not the first
+    message of its id anywhere (the stock check's "0 pears in stock", which the order step was given before). With the
+    last three messages the order call is in the next history before its result; with the last one alone the next
+    history is that result. Two such runs one after the other are two trajectories, each paired the same way."""
+    path, _ = _request_file(tmp_path, dialect, PEARS, window=window, trace_tools=trace_tools)
+    report, (only,) = _ingest(store, path)
+    assert (report.problems, _steps(only), [s.decision_index for s in only.steps]) == (0, PEARS_STEPS, [0, 1, 2]), report.errors
+    twice = type(store)(tmp_path / "twice")
+    path, _ = _request_file(tmp_path, dialect, PEARS, PEARS, window=window, trace_tools=trace_tools)
+    report, trajectories = _ingest(twice, path)
+    assert (report.problems, [_steps(t) for t in trajectories]) == (0, [PEARS_STEPS, PEARS_STEPS]), report.errors
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+def test_a_call_id_an_earlier_turn_used_is_paired_with_this_turns_result(tmp_path, store, dialect):
+    """A thread's second turn, sent with the model's last three messages: the window still holds the first turn's
+    ``call_1`` result ("12 apples in stock") when this turn's reply makes its own ``call_1``. Its result is the message
+    after it ("0 pears in stock"); before, the first message of the id, the earlier turn's, was its observation."""
+    earlier = [
+        {"role": "user", "content": "Do we have apples?"},
+        {"role": "assistant", "content": "", "tool_calls": [_call("call_1", "check_stock", {"fruit": "apples"})]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12 apples in stock"},
+        {"role": "assistant", "content": "We have 12 apples."},
+    ]
+    replies = [PEARS[0], {"role": "assistant", "content": "We have no pears."}]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("shop")
+    history = [*earlier, {"role": "user", "content": TURN_1}]
+    with tracer.start_as_current_span("POST /shop", kind=SpanKind.SERVER):
+        for reply in replies:
+            with tracer.start_as_current_span(f"chat {MODEL}", kind=SpanKind.CLIENT) as span:
+                span.set_attributes(DIALECTS[dialect](history[-3:], reply))
+            history.append(reply)
+            for call in reply.get("tool_calls") or []:
+                history.append({"role": "tool", "tool_call_id": call["id"], "content": _tool("check_stock", {"fruit": "pears"})})
+    finished = list(exporter.get_finished_spans())
+    provider.shutdown()
+    path = tmp_path / "second_turn.jsonl"
+    path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+    report, (only,) = _ingest(store, path)
+    assert report.problems == 0, report.errors
+    assert _steps(only) == [PEARS_STEPS[0], ("answer", "We have no pears.")]
