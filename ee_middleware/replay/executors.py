@@ -236,6 +236,9 @@ class _Worker:
             k=settings.k,
             seed=settings.seed,
             finished_at=utcnow(),
+            # an attempt after the first names its configuration, as its other records do: a build of the configuration
+            # finds the earlier attempts through it even where this attempt failed everything
+            details={"attempt_of": settings.attempt_of, "attempt": settings.attempt} if settings.attempt_of else {},
         )
         return ReplayOutcome(record)
 

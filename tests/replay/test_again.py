@@ -37,11 +37,19 @@ FIXED = {"value": False}
 """Whether the sandbox's code has been fixed (a module's code edited between two runs, as a user does)."""
 
 
+class _CrashingSandbox(PythonSandbox):
+    """A sandbox whose every call crashes (a backend it needs is down): the job records the trajectory as failed."""
+
+    def execute(self, call: Any) -> Any:
+        raise RuntimeError("the bookings backend is down")
+
+
 def make_sandbox(**options: Any) -> PythonSandbox:
-    """The app's sandbox: until fixed, its cancel_booking parameter is misnamed (every cancel answers 'Field required')."""
+    """The app's sandbox: until fixed, its cancel_booking parameter is misnamed (every cancel answers 'Field required');
+    FIXED "crash": every call crashes."""
     cancel = booking_world.cancel_booking if FIXED["value"] else booking_world.cancel_booking_misnamed
     tools = {"list_bookings": booking_world.list_bookings, "book_room": booking_world.book_room, "cancel_booking": cancel}
-    return PythonSandbox(booking_world.build_world, tools=tools)
+    return (_CrashingSandbox if FIXED["value"] == "crash" else PythonSandbox)(booking_world.build_world, tools=tools)
 
 
 def _recorded(root: Path) -> None:
@@ -244,3 +252,22 @@ def test_the_replay_buffer_serves_the_newest_attempt_not_the_broken_sandbox_it_s
         assert rollouts, name
         assert not [t.observation for t in cancels if "Field required" in t.observation], name
         assert all(t.replay_id == again.replay_id for t in rollouts), name
+
+
+def test_an_attempt_that_failed_every_trajectory_keeps_the_earlier_attempts_rollouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ee replay run --again with a sandbox that still crashes fails every trajectory; a build of the configuration by
+    that attempt's id (as ee improve builds) kept none of the earlier attempt's good rollouts: the failed records did not
+    name their configuration (found by review)."""
+    monkeypatch.setitem(FIXED, "value", True)
+    store = tmp_path / "experience"
+    _recorded(store)
+    first = run_replay(ReplayConfig.load(store=store, sandbox=SANDBOX, policy=POLICY, k=2))
+    FIXED["value"] = "crash"
+    again = run_replay(ReplayConfig.load(store=store, sandbox=SANDBOX, policy=POLICY, k=2, again=True))
+    assert again.attempt == 2 and len(again.failed) == 2 and again.done == 0
+    for replay_id in (first.replay_id, again.replay_id, None):
+        out = tmp_path / f"data-{replay_id}"
+        rows = _iwm(store, out) if replay_id is None else _iwm_of(store, out, replay_id)
+        assert set(rows["replay_id"].drop_nulls()) == {first.replay_id}, replay_id
