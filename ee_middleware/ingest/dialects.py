@@ -38,7 +38,8 @@ and leaves what it does not change untouched:
   reply's ``thinking`` block as a completion of its own with role ``thinking``, and the tools' schemas as
   ``llm.request.functions.{i}.input_schema``; its OpenAI instrumentation writes list content (text parts, images).
   Such messages are read block by block: the calls, the tool results (tool messages), the reasoning, the text, media
-  as their placeholders.
+  as their placeholders. A ``tool_result`` marked ``is_error`` (the app told the model its tool failed) is an error
+  observation where no tool span says so: see :data:`FAILED_RESULT`.
 * **OpenInference content parts**: a message whose content is a list of parts is written as
   ``llm.{input,output}_messages.{i}.message.contents.{j}.message_content.type|text`` instead of
   ``message.content``; its text parts, joined in order, become the message's content.
@@ -105,7 +106,7 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import operation_of, unflatten
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.messages import content_to_text, dumps, langchain_to_openai, media_placeholder, parse_arguments
+from ee_middleware.messages import content_to_text, dumps, genai_to_openai, langchain_to_openai, media_placeholder, parse_arguments
 
 _MESSAGE_EVENTS = {f"gen_ai.{role}.message": role for role in ("system", "user", "assistant", "tool")}
 _CHOICE = "gen_ai.choice"
@@ -150,6 +151,7 @@ def adapt(span: SpanData) -> SpanData:
         attrs = _with_content_parts(attrs)
         attrs = _with_openinference_calls(attrs)
         attrs = _with_tool_parameters(attrs)
+        attrs = _with_tool_error_positions(attrs)
     elif op == sc.OP_EXECUTE_TOOL:
         attrs = _with_details_events(span, span.attributes)
         attrs = _with_tool_events(span, attrs)
@@ -159,6 +161,41 @@ def adapt(span: SpanData) -> SpanData:
     else:
         return span
     return span if attrs is span.attributes else replace(span, attributes=attrs)
+
+
+FAILED_RESULT = "is_error"
+"""The mark a dialect puts on a tool result its messages say failed (a ``tool_call_response`` part, or an OpenAI-shaped
+tool message): Anthropic's ``tool_result`` block names it so. No part of a message (:func:`genai_to_openai` leaves it
+out): :func:`_with_tool_error_positions` makes it the span's ``ee.tool_call.error_positions``."""
+
+
+def _with_tool_error_positions(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A model span's input messages holding tool results marked failed (:data:`FAILED_RESULT`), with their positions
+    among the messages as the assembler reads them (``ee.tool_call.error_positions``, as capture writes it for a
+    ``ToolMessage`` with ``status="error"``), so a step answered by one is an error where no tool span says so (model
+    spans only). A span that already has positions keeps them."""
+    raw = attrs.get(sc.INPUT_MESSAGES)
+    if not isinstance(raw, str) or f'"{FAILED_RESULT}"' not in raw or sc.EE_TOOL_ERROR_POSITIONS in attrs:
+        return attrs
+    messages = _decoded(raw)
+    if not isinstance(messages, list):
+        return attrs  # the span's own check reports it
+    positions: list[int] = []
+    at = 0
+    for message in messages:
+        if not isinstance(message, Mapping):
+            return attrs
+        try:
+            converted = genai_to_openai([message])
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+            return attrs  # the span's own check reports it
+        if isinstance(message.get("parts"), list):  # a tool message per response part, first (see genai_to_openai)
+            responses = [p for p in message["parts"] if isinstance(p, Mapping) and p.get("type") == "tool_call_response"]
+            positions += [at + i for i, part in enumerate(responses) if part.get(FAILED_RESULT) is True]
+        elif message.get("role") == "tool" and message.get(FAILED_RESULT) is True:
+            positions.append(at)
+        at += len(converted)
+    return {**attrs, sc.EE_TOOL_ERROR_POSITIONS: tuple(positions)} if positions else attrs
 
 
 def _with_json_items(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -641,7 +678,8 @@ def _indexed_message(message: Mapping[str, Any], role: str) -> dict[str, Any]:
         elif kind == "tool_use":
             parts.append({"type": "tool_call", "id": block.get("id"), "name": block.get("name"), "arguments": block.get("input") or {}})
         elif kind == "tool_result":
-            parts.append({"type": "tool_call_response", "id": block.get("tool_use_id"), "response": block.get("content") or ""})
+            part = {"type": "tool_call_response", "id": block.get("tool_use_id"), "response": block.get("content") or ""}
+            parts.append({**part, FAILED_RESULT: True} if block.get("is_error") is True else part)
         elif kind != "redacted_thinking":  # media: said by its placeholder
             parts.append(dict(block))
     made = {p.get("id") for p in parts if p["type"] == "tool_call"}

@@ -648,7 +648,8 @@ def with_task(run: list[SpanData]) -> list[SpanData]:
     """
     ids = {s.span_id for s in run}
     tops = [s for s in run if s.parent_span_id not in ids]
-    if any(key.startswith("ee.") for s in tops for key in s.attributes):
+    # (ee.tool_call.error_positions is no sign of one: a dialect marks failed tool results so, dialects.adapt)
+    if any(key.startswith("ee.") and key != sc.EE_TOOL_ERROR_POSITIONS for s in tops for key in s.attributes):
         return run  # ee-middleware's own run: its root says what it knows (ee.task), as live capture reads it
     task = _last_user_text(run)
     if not task:

@@ -18,6 +18,7 @@ The spans are the real OpenTelemetry SDK's, their attributes as the instrumentat
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.ingest.otlp_json import spans_to_otlp_json
@@ -116,25 +118,46 @@ def _anthropic_attributes(messages: list[dict[str, Any]], reply: list[dict[str, 
     return attrs
 
 
-def _anthropic_file(tmp_path: Path, version: str) -> Path:
+def _anthropic_file(
+    tmp_path: Path,
+    version: str,
+    results: dict[str, str] = RESULTS,
+    failed: frozenset[str] = frozenset(),
+    earlier: tuple[dict[str, Any], ...] = (),
+    caller: str | None = None,
+) -> Path:
     """An app's tool loop with the Anthropic SDK (``messages.create``, a tool_result message after each tool_use),
-    traced by OpenLLMetry's Anthropic instrumentation under the app's request span."""
+    traced by OpenLLMetry's Anthropic instrumentation under the app's request span. ``failed``: the calls whose
+    tool_result the app marks ``is_error`` (their tool failed); ``earlier``: the thread's messages before this turn;
+    ``caller``: a W3C ``traceparent`` the calls continue instead (a caller's span in another service: no request span
+    here, the model spans are the trace's top spans)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("opentelemetry.instrumentation.anthropic")
-    messages: list[dict[str, Any]] = [{"role": "user", "content": TURN_1}]
-    with tracer.start_as_current_span("POST /shop", kind=SpanKind.SERVER) as request:
-        request.set_attribute(sc.CONVERSATION_ID, "shop-thread-1")
+    messages: list[dict[str, Any]] = [*earlier, {"role": "user", "content": TURN_1}]
+    parent = TraceContextTextMapPropagator().extract({"traceparent": caller}) if caller else None
+    with ExitStack() as stack:
+        if caller is None:
+            request = stack.enter_context(tracer.start_as_current_span("POST /shop", kind=SpanKind.SERVER))
+            request.set_attribute(sc.CONVERSATION_ID, "shop-thread-1")
         for reply in REPLIES:
-            with tracer.start_as_current_span("anthropic.chat", kind=SpanKind.CLIENT) as span:
+            with tracer.start_as_current_span("anthropic.chat", kind=SpanKind.CLIENT, context=parent) as span:
                 span.set_attributes(_anthropic_attributes(messages, reply, version))
             messages.append({"role": "assistant", "content": reply})
             if uses := [b for b in reply if b["type"] == "tool_use"]:
                 messages.append(
                     {
                         "role": "user",
-                        "content": [{"type": "tool_result", "tool_use_id": b["id"], "content": RESULTS[b["id"]]} for b in uses],
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": b["id"],
+                                "content": results[b["id"]],
+                                **({"is_error": True} if b["id"] in failed else {}),
+                            }
+                            for b in uses
+                        ],
                     }
                 )
     finished = list(exporter.get_finished_spans())
@@ -171,6 +194,32 @@ def test_openllmetry_anthropic_spans_make_the_steps(tmp_path, store, version):
         ["toolu_01"],
         ["toolu_02"],
     ]
+
+
+@pytest.mark.parametrize("caller", [None, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"], ids=["request-span", "remote-caller"])
+@pytest.mark.parametrize("version", ["legacy", "latest"])
+def test_a_tool_result_marked_is_error_is_an_error_observation(tmp_path, store, version, caller):
+    """The app tells the model its stock check failed (a ``tool_result`` with ``is_error: true``, as Anthropic's API
+    takes it) and no tool span says so (the model client's instrumentation alone): the step's observation is an error.
+    Before, it read as a success, so the failed call was taught as a good one. The result's text and the states are
+    as the model saw them (the flag is no part of a message). Where the model spans are the trace's top spans (their
+    parent a caller's in another service), the run is still read as another instrumentation's: its task is this turn's
+    question, not the thread's first."""
+    results = {**RESULTS, "toolu_01": "Stock service timed out."}
+    earlier = ({"role": "user", "content": "Do we have apples?"}, {"role": "assistant", "content": "We have 12 apples."})
+    path = _anthropic_file(tmp_path, version, results, failed=frozenset({"toolu_01"}), earlier=earlier, caller=caller)
+    report, (t,) = _ingest(store, path)
+    assert (report.problems, t.status) == (0, "completed"), report.errors
+    assert _steps(t) == [
+        ("check_stock", {"fruit": "pears"}, "Stock service timed out.", True),
+        ("order", {"fruit": "pears", "quantity": 5}, "ordered 5 pears", False),
+        PEARS_STEPS[2],
+    ]
+    assert [m for m in t.steps[2].state if m["role"] == "tool"] == [
+        {"role": "tool", "tool_call_id": "toolu_01", "content": "Stock service timed out."},
+        {"role": "tool", "tool_call_id": "toolu_02", "content": "ordered 5 pears"},
+    ]
+    assert t.task == TURN_1
 
 
 def test_openllmetry_openai_list_content_is_read_as_its_text(tmp_path, store):
