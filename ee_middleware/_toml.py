@@ -84,11 +84,19 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
         raise ConfigError(f"Invalid {job} configuration: {problems}") from None
 
 
+_SECRET_NAMES = ("key", "token", "secret", "password", "passwd", "auth", "credential")
+
+
 def _given(error: Any) -> str:
-    """`` (got VALUE)``: the value a setting was given, for an error about a value (not a missing or unknown key)."""
+    """`` (got VALUE)``: the value a setting was given, for an error about a value (not a missing or unknown key); never
+    for a setting whose name says it is a secret, and with credentials in it hidden (:func:`hide_credentials`)."""
     if error["type"] == "missing" or "input" not in error or isinstance(error["input"], dict):
         return ""
-    shown = repr(error["input"])
+    if any(word in str(part).lower() for part in error["loc"] for word in _SECRET_NAMES):
+        return ""
+    from ee_middleware.errors import hide_credentials
+
+    shown = hide_credentials(repr(error["input"]))
     return f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
 
 

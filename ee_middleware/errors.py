@@ -6,6 +6,7 @@ on the message text. Each message says what failed and what to do about it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -159,3 +160,14 @@ class ModelResponseError(ModelServerError):
 
 class ChatTemplateError(ModelError):
     """A model's chat template cannot render the given messages."""
+
+
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_SECRET_ASSIGNMENT = re.compile(r"(?i)\b((?:api[_-]?key|token|secret|password|passwd|authorization)\s*[=:]\s*)[^\s,;'\"]+")
+
+
+def hide_credentials(text: str) -> str:
+    """``text`` for a message or a log: the ``user:password@`` part of every URL in it, and the value of every
+    ``api_key=...``/``token: ...``-like assignment, replaced by ``***`` (a setting's value quoted back to its user may
+    land in a CI log or a run report)."""
+    return _SECRET_ASSIGNMENT.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", text))

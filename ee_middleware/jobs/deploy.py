@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware._files import atomic_write_text
+from ee_middleware.errors import hide_credentials
 from ee_middleware.jobs.errors import JobError
 from ee_middleware.jobs.runs import file_entry
 from ee_middleware.jobs.stages import ADAPTER_DIR, DATA_DIR, StageContext, StageResult
@@ -96,7 +97,7 @@ def check_servers(config: ImproveConfig) -> None:
     for setting, spec in endpoints:
         problem = _endpoint_problem(spec, timeout_s=min(30.0, config.serving.timeout_s))
         if problem:
-            problems.append(f"{setting} = {spec!r} did not answer: {problem}")
+            problems.append(hide_credentials(f"{setting} = {spec!r} did not answer: {problem}"))
     if problems:
         where = f" in {config.config_path}" if config.config_path else ""
         raise JobError(

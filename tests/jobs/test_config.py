@@ -107,6 +107,10 @@ def _improve_file(tmp_path: Path, base: Path, body: str = "") -> Path:
         ("[eval]\nmax_step_per_turn = 2\n", r"Invalid eval configuration: max_step_per_turn"),
         ("[replay]\nkk = 2\n", r"kk"),
         ('[replay]\nk = "eight"\n', r"Invalid replay configuration: k: Input should be a valid integer.* \(got 'eight'\)"),
+        (
+            '[replay]\npolicy_settings = "api_key=sk-Hunter2"\n',
+            r"policy_settings: Input should be a valid dictionary \(got 'api_key=\*\*\*'\)",
+        ),
         ('suites = ["trace:3"]\n', r"Cannot read the suite 'trace:3'"),
         ("[improv]\nx = 1\n", r"a table \[improv\]: did you mean \[improve\]"),
         ('[replay]\nsandbox = "ee_middleware.replay:make_sandbx"\n', r"\[replay\] sandbox = .*has no attribute 'make_sandbx'"),

@@ -331,6 +331,12 @@ def test_a_policy_or_teacher_server_that_is_down_stops_the_job_before_a_run_star
     with pytest.raises(JobError, match=rf"before a run starts: {re.escape(setting)} = 'openai:{down}#.*did not answer"):
         run_improve(ImproveConfig.load(path))
     assert RunsDir(workspace / "runs").list() == []
+    # a URL with its credentials in it: never printed (found by review: 'openai:http://bob:Hunter2Secret@...' was)
+    with_password = down.replace("http://", "http://bob:Hunter2Secret@")
+    path.write_text(path.read_text().replace(down, with_password))
+    with pytest.raises(JobError, match=r"http://\*\*\*@") as refused:
+        run_improve(ImproveConfig.load(path))
+    assert "Hunter2Secret" not in str(refused.value)
 
 
 def test_a_server_rendering_prompts_unlike_the_training_rows_stops_the_run_before_evaluating_standin_server(
