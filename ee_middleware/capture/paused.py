@@ -18,13 +18,14 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware._files import atomic_write_text
-from ee_middleware.records import Trajectory, offered_tools, tool_schema_name
+from ee_middleware.records import Trajectory, offered_tools
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -36,10 +37,11 @@ class PausedDecisions:
     """The tools offered at the decisions that paused threads' runs, looked up by the runs that resume them
     (:data:`~ee_middleware.capture.assembler.PausedTools`, given to assembly by the span processor).
 
-    :meth:`remember` keeps, for each thread's latest interrupted trajectory, the tool names offered at each call
-    awaiting review and those tools' schemas: in memory (a bounded number of threads) and, for a local store, in a small
-    file per paused thread in the store (``paused/``), which every process recording into the store reads (a web app's
-    workers, the app after a restart) and which the resume removes. :meth:`tools` answers from memory, else that file,
+    :meth:`remember` keeps, for each thread's latest interrupted trajectory, the schemas offered at each call awaiting
+    review: in memory (a bounded number of threads) and, for a local store, in a small file per paused thread in the
+    store (``paused/``), which every process recording into the store reads (a web app's workers, the app after a
+    restart); the thread's next run that does not pause again (its resume) removes it, and one left unanswered for
+    :data:`NOTE_LIFETIME_S` is pruned. :meth:`tools` answers from memory, else that file,
     else (a pause recorded before these files, or by a store of another kind) from the store's tables, read only where
     tools may be chosen per call (a whole-store read per resume is no price for an app whose tools never change), else
     says it does not know (``None``). Thread-safe."""
@@ -55,26 +57,23 @@ class PausedDecisions:
         self._lock = threading.Lock()
         self._threads: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._chosen_per_call = False  # a trajectory with step tools was seen: this app's tools are chosen per call
+        self._pruned_at = 0.0
 
     def remember(self, trajectory: Trajectory) -> None:
         """Note ``trajectory``'s calls awaiting review (an ``interrupted`` run's calls without an observation) with the
         tools their decision was offered, and whether its steps were offered different tools; give it every trajectory
-        the processor assembles."""
+        the processor assembles, after assembling it. A later run of a thread that did not pause again (its resume,
+        assembled already) ends the thread's note."""
         if not self._chosen_per_call and any(s.tools is not None for s in trajectory.steps):
             self._chosen_per_call = True
-        if trajectory.status != "interrupted" or trajectory.thread_id is None:
+        if trajectory.thread_id is None:
             return
         awaiting = [s for s in trajectory.steps if s.action.tool_call is not None and s.action.tool_call.id and s.observation is None]
-        if not awaiting:
+        if trajectory.status != "interrupted" or not awaiting:
+            self._forget(trajectory.thread_id)  # the thread went on: its review, if any, was answered
             return
-        schemas: dict[str, dict[str, Any]] = {}
-        calls: dict[str, list[str]] = {}
-        for step in awaiting:
-            offered = trajectory.step_tools(step)
-            names = [tool_schema_name(t) or "" for t in offered]
-            schemas.update(zip(names, offered, strict=True))
-            calls[step.action.tool_call.id] = names  # type: ignore[union-attr]
-        entry = {"thread_id": trajectory.thread_id, "started_at": trajectory.started_at.isoformat(), "calls": calls, "schemas": schemas}
+        calls = {step.action.tool_call.id: trajectory.step_tools(step) for step in awaiting}  # type: ignore[union-attr]
+        entry = {"thread_id": trajectory.thread_id, "started_at": trajectory.started_at.isoformat(), "calls": calls}
         with self._lock:
             self._threads[trajectory.thread_id] = entry
             self._threads.move_to_end(trajectory.thread_id)
@@ -83,8 +82,10 @@ class PausedDecisions:
         if self._folder is not None:
             try:
                 self._folder.mkdir(exist_ok=True)
-                atomic_write_text(self._file(trajectory.thread_id), json.dumps(entry, ensure_ascii=False), fsync=False)
-            except OSError as exc:  # the store's tables still hold the pause
+                # ASCII JSON: a thread id or a schema with text UTF-8 cannot encode (a lone surrogate) is written escaped
+                atomic_write_text(self._file(trajectory.thread_id), json.dumps(entry), fsync=False)
+                self._prune()
+            except (OSError, ValueError) as exc:  # the store's tables still hold the pause
                 logger.warning("ee-middleware capture: could not note a paused run's decision in %s (%s).", self._folder, exc)
 
     def tools(
@@ -101,8 +102,7 @@ class PausedDecisions:
         found = _offered(entry, call_ids, before)
         if found is None and self._folder is not None:
             found = _offered(self._read(thread_id), call_ids, before)
-        if found is not None:
-            self._forget(thread_id)  # the review is answered: a later pause of the thread writes its own
+        if found is not None:  # kept for the resume's other reviewed turns: remember() of the resume ends it
             return found
         if self._store is None or not (chosen_per_call or self._chosen_per_call):
             return None
@@ -119,7 +119,20 @@ class PausedDecisions:
 
     def _file(self, thread_id: str) -> Path:
         assert self._folder is not None
-        return self._folder / f"{hashlib.sha256(thread_id.encode()).hexdigest()[:32]}.json"
+        return self._folder / f"{hashlib.sha256(thread_id.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.json"
+
+    def _prune(self) -> None:
+        """Remove the notes of reviews left unanswered for :data:`NOTE_LIFETIME_S` and temporary files a killed write
+        left (at most once an hour per process)."""
+        now = time.time()
+        if now - self._pruned_at < 3600 or self._folder is None:
+            return
+        self._pruned_at = now
+        for path in self._folder.iterdir():
+            with contextlib.suppress(OSError):
+                age = now - path.stat().st_mtime
+                if age > NOTE_LIFETIME_S or (path.suffix != ".json" and age > 3600):
+                    path.unlink()
 
     def _read(self, thread_id: str) -> dict[str, Any] | None:
         try:
@@ -136,6 +149,10 @@ class PausedDecisions:
                 self._file(thread_id).unlink()
 
 
+NOTE_LIFETIME_S = 30 * 24 * 3600
+"""How long the note of a review nobody answered is kept (a resume after that is recorded as one whose pause is not
+known: its reviewed turn is taught only with tools its own run was offered)."""
+
 PAUSED_FOLDER = "paused"
 """The folder of a local store holding one small file per thread whose run paused for a human review (see
 :class:`PausedDecisions`)."""
@@ -150,13 +167,13 @@ def _offered(entry: dict[str, Any] | None, call_ids: Sequence[str], before: dt.d
         started = dt.datetime.fromisoformat(str(entry.get("started_at")))
     except ValueError:
         return None
-    calls, schemas = entry.get("calls") or {}, entry.get("schemas") or {}
-    if started >= before or not isinstance(calls, dict) or not isinstance(schemas, dict):
+    calls = entry.get("calls") or {}
+    if started >= before or not isinstance(calls, dict):
         return None
     for call_id in call_ids:
-        names = calls.get(call_id)
-        if isinstance(names, list):
-            return [schemas[name] for name in names if name in schemas]
+        schemas = calls.get(call_id)
+        if isinstance(schemas, list):
+            return [schema for schema in schemas if isinstance(schema, dict)]
     return None
 
 
