@@ -139,9 +139,14 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
     return facts
 
 
+_LITERALS = frozenset({"true", "false", "null", "none", "nan"})
+
+
 def _returned_as_value(word: str, observations: str) -> bool:
     """Whether the tools' results (lowercased) hold ``word`` as a value of its own: quoted and not a key (a JSON string),
     or an item of a list (between brackets, commas, semicolons, line breaks or after a colon), not a word of prose."""
+    if word in _LITERALS:  # JSON's and Python's unquoted literals: the tool's syntax, not a value it named
+        return False
     quoted = rf"[\"']{re.escape(word)}[\"'](?!\s*:)"
     listed = rf"(?:^|[\[,;]|:[ \t])[ \t]*{re.escape(word)}[ \t]*(?=[,;\]]|$)"
     return re.search(quoted, observations) is not None or re.search(listed, observations, re.MULTILINE) is not None

@@ -200,6 +200,8 @@ def test_traces_specs_and_answer_facts() -> None:
         ('{"items": ["apple", "kiwi"], "status": "open"}', ["apple", "kiwi"]),  # values, not keys ("items" is one)
         ("Items: apple, kiwi", ["apple", "kiwi"]),  # a list in text
         ("We have apple and kiwi in the items room.", []),  # prose: its lowercase words are no facts
+        ('{"in_stock": true, "discount": null}', []),  # JSON literals are no values a tool named (review)
+        ("Items: apple, kiwi\nIn stock: true", ["apple", "kiwi"]),
     ],
 )
 def test_lowercase_values_the_tools_returned_are_facts(observation: str, facts: list[str]) -> None:
@@ -207,7 +209,7 @@ def test_lowercase_values_the_tools_returned_are_facts(observation: str, facts: 
     non-alphabetic words counted, though lowercase values a tool returned (a list of products) are what the answer must
     state. Such a word counts where the tool's result holds it as a value of its own: quoted (not a key) or an item of a
     list; lowercase words of prose still do not."""
-    assert answer_facts("We carry apple and kiwi in the items room.", [observation]) == facts
+    assert answer_facts("We carry apple and kiwi in the items room: true, in stock, none null.", [observation]) == facts
 
 
 def test_a_suite_that_scored_no_task_is_named_in_the_summary_and_by_the_gate(
