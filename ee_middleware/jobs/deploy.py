@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,21 +79,23 @@ def check_replicas(ctx: StageContext) -> None:
         )
 
 
-def check_servers(config: ImproveConfig) -> None:
+def check_servers(config: ImproveConfig, stages: Collection[str] | None = None) -> None:
     """Every server the file names answers, asked when the job starts, before a run is started or continued: the
     ``[improve.serving]`` servers (they list their models) and an ``openai:`` ``[replay] policy`` or ``[datasets]
     teacher`` (asked for ``/models``; an answer of any kind, a refusal included, counts: the stage that sends the
     requests says what a refusal means). A wrong port or host is then named with its setting at once, not after the
-    stages before the one that needs the server (hours of replay at scale), as a failed run."""
+    stages before the one that needs the server (hours of replay at scale), as a failed run. ``stages``: those still to
+    run (default: all); a server only stages already done used is not asked (a run continued past its replay)."""
     import tempfile
 
+    remaining = set(stages) if stages is not None else {"replay", "datasets", "evaluate"}
     problems = []
-    silent, total = _silent_replicas(config)
+    silent, total = _silent_replicas(config) if remaining & {"evaluate", "gate", "promote"} else ([], 0)
     if silent:
         problems.append(f"{len(silent)} of {total} model server(s) in [improve.serving] servers did not answer: " + " ".join(silent))
     data = config.dataset_config(Path(tempfile.gettempdir()) / "ee-improve-check" / "data", None)
-    endpoints = [("[replay] policy", config.replay_config().policy)]
-    if "sr" in data.kinds:
+    endpoints = [("[replay] policy", config.replay_config().policy)] if "replay" in remaining else []
+    if "sr" in data.kinds and "datasets" in remaining:
         endpoints.append(("[datasets] teacher", data.teacher))
     for setting, spec in endpoints:
         problem = _endpoint_problem(spec, timeout_s=min(30.0, config.serving.timeout_s))

@@ -73,13 +73,15 @@ def run_improve(
     config.check()  # a config or base model that cannot work stops the job before a run is started
     from ee_middleware.jobs.deploy import check_servers
 
-    check_servers(config)  # so does a server it names that does not answer (a wrong port)
     with runs.lock():
         if new_run:
             for run_id in runs.abandon_unfinished("--new-run", config.scope()):
                 say.info(f"run {run_id} marked abandoned (--new-run)")
         config_hash = config.config_hash()
         run = runs.resumable(config_hash, config.scope(), hash_like=lambda earlier: config.config_hash(recorded=job_table(earlier)))
+        # so does a server it names that does not answer (a wrong port), of the stages still to run: a run continued past
+        # its replay no longer needs the replay policy's server
+        check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name)])
         if run is None:
             run = runs.create(JOB, config.describe(), config_hash)
             if config.config_path is not None:

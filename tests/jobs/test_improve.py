@@ -339,6 +339,23 @@ def test_a_policy_or_teacher_server_that_is_down_stops_the_job_before_a_run_star
     assert "Hunter2Secret" not in str(refused.value)
 
 
+def test_a_run_continued_past_its_replay_does_not_ask_the_replay_policys_server(workspace: Path, tiny_base: Path) -> None:
+    """The start-up check asked every server the file names on every call, so a run continued past its replay (or
+    datasets) failed at start when the policy's (or teacher's) server, no longer needed, was stopped (found by review).
+    It asks only the servers of the stages still to run."""
+    from ee_middleware.jobs.deploy import check_servers
+    from ee_middleware.jobs.errors import JobError
+    from ee_middleware.jobs.improve import STAGES
+
+    down = _down_url()
+    path = write_config(workspace, tiny_base, schedule="sr")
+    path.write_text(path.read_text().replace("[replay]\n", f'[replay]\npolicy = "openai:{down}#base"\n', 1))
+    config = ImproveConfig.load(path)
+    with pytest.raises(JobError, match=r"\[replay\] policy"):
+        check_servers(config, STAGES)
+    check_servers(config, STAGES[STAGES.index("datasets") :])  # replay done: its server is not asked
+
+
 def test_a_server_rendering_prompts_unlike_the_training_rows_stops_the_run_before_evaluating_standin_server(
     workspace: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
