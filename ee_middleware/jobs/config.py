@@ -269,7 +269,10 @@ class ImproveConfig(BaseModel):
         finally:
             store.close()
         close = difflib.get_close_matches(self.app, apps, n=1, cutoff=0.6) if apps and self.app not in apps else []
-        if close:  # a misspelt app; one with no close name is a new app in a shared store: nothing new yet, as before
+        # a misspelt app: a typo or two away from one recorded; a new app in a shared store (support-bot-v2 beside
+        # support-bot) has nothing new yet, as before
+        close = [name for name in close if _edits(self.app.lower(), name.lower()) <= 2]
+        if close:
             shown = ", ".join(repr(a) for a in apps[:20]) + (f" and {len(apps) - 20} more" if len(apps) > 20 else "")
             raise ConfigError(
                 f"[improve] app = {self.app!r} (or --app): the store {self.store} holds no trajectory of it; did you mean "
@@ -417,3 +420,14 @@ def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None) -> 
                 )
         except EEError as exc:
             raise ConfigError(f"{key} = {spec!r}: {exc}") from exc
+
+
+def _edits(a: str, b: str) -> int:
+    """The Levenshtein distance of two names (insertions, deletions and substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]

@@ -380,8 +380,10 @@ def test_an_app_the_store_never_recorded_stops_the_job_before_a_run_starts(tmp_p
     ImproveConfig.load(path, app="inventory-bot").check()  # the app it records passes
     LocalExperienceStore(tmp_path / "empty").close()
     ImproveConfig.load(path, app="inventory-bto", store=str(tmp_path / "empty")).check()  # nothing recorded yet: fine
-    # a new app in a store other apps record into, set up before its first run: nothing new yet, not an error (review)
-    ImproveConfig.load(path, app="billing-assistant").check()
+    # a new app in a store other apps record into, set up before its first run: nothing new yet, not an error (review),
+    # also where its name is close to a recorded one but no typo of it
+    for new in ("billing-assistant", "inventory-bot-v2", "inventory-bot-staging", "inventory-agent"):
+        ImproveConfig.load(path, app=new).check()
 
 
 def test_a_store_that_is_not_there_names_the_setting_it_came_from(tmp_path: Path) -> None:
