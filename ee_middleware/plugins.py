@@ -42,7 +42,8 @@ def _options_not_taken(factory: Callable[..., Any], options: Mapping[str, Any]) 
     except (TypeError, ValueError):
         return []
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return []
+        wrapped = getattr(factory, "__wrapped__", None)  # a pass-through wrapper: what it wraps says which options exist
+        return _options_not_taken(wrapped, options) if callable(wrapped) and wrapped is not factory else []
     taken = {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
     return [name for name in options if name not in taken]
 
