@@ -70,7 +70,7 @@ class PausedDecisions:
             return
         awaiting = [s for s in trajectory.steps if s.action.tool_call is not None and s.action.tool_call.id and s.observation is None]
         if trajectory.status != "interrupted" or not awaiting:
-            self._forget(trajectory.thread_id)  # the thread went on: its review, if any, was answered
+            self._forget(trajectory.thread_id, trajectory.started_at)  # the thread went on: its review was answered
             return
         calls = {step.action.tool_call.id: trajectory.step_tools(step) for step in awaiting}  # type: ignore[union-attr]
         entry = {"thread_id": trajectory.thread_id, "started_at": trajectory.started_at.isoformat(), "calls": calls}
@@ -141,10 +141,13 @@ class PausedDecisions:
             return None
         return entry if isinstance(entry, dict) and entry.get("thread_id") == thread_id else None
 
-    def _forget(self, thread_id: str) -> None:
+    def _forget(self, thread_id: str, started: dt.datetime) -> None:
+        """End the note of ``thread_id``'s pause if that paused run started before ``started`` (a run of the thread from
+        before the pause, assembled late by another process, leaves it)."""
         with self._lock:
-            self._threads.pop(thread_id, None)
-        if self._folder is not None:
+            if _started(self._threads.get(thread_id)) < started:
+                self._threads.pop(thread_id, None)
+        if self._folder is not None and _started(self._read(thread_id)) < started:
             with contextlib.suppress(OSError):
                 self._file(thread_id).unlink()
 
@@ -156,6 +159,14 @@ known: its reviewed turn is taught only with tools its own run was offered)."""
 PAUSED_FOLDER = "paused"
 """The folder of a local store holding one small file per thread whose run paused for a human review (see
 :class:`PausedDecisions`)."""
+
+
+def _started(entry: dict[str, Any] | None) -> dt.datetime:
+    """When the paused run of a note started (the latest time for no note or an unreadable one: nothing to end)."""
+    try:
+        return dt.datetime.fromisoformat(str((entry or {})["started_at"]))
+    except (KeyError, ValueError):
+        return dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 def _offered(entry: dict[str, Any] | None, call_ids: Sequence[str], before: dt.datetime) -> list[dict[str, Any]] | None:

@@ -54,6 +54,22 @@ def test_every_reviewed_turn_of_a_resume_finds_the_note_and_the_resume_ends_it(t
     store.close()
 
 
+def test_a_run_from_before_the_pause_assembled_late_leaves_the_note(tmp_path: Path) -> None:
+    """A thread's earlier run, whose capture another process finished after this pause was noted, does not end the note:
+    only a run started after the paused one (its resume) does."""
+    import datetime as dt
+
+    store = LocalExperienceStore(tmp_path / "s")
+    pause = _paused("t1", ["c1"], [LOOKUP])
+    PausedDecisions(store).remember(pause)
+    earlier = sample_trajectory("earlier").model_copy(
+        update={"thread_id": "t1", "started_at": pause.started_at - dt.timedelta(minutes=1), "ended_at": pause.started_at}
+    )
+    PausedDecisions(store).remember(earlier)
+    assert PausedDecisions(store).tools("t1", ["c1"], _later_ns()) == [LOOKUP]
+    store.close()
+
+
 def test_unnamed_tools_and_odd_thread_ids_are_kept_as_they_are(tmp_path: Path) -> None:
     """Built-in tools without a name (a provider's web search, code interpreter) came back as two copies of one, and a
     thread id UTF-8 cannot encode (a lone surrogate, which the store accepts) raised, losing the trajectory."""
