@@ -175,11 +175,12 @@ def test_a_server_that_recorded_nothing_is_asked_what_it_renders(
 
 
 @contextlib.contextmanager
-def _json_server(answers: Callable[[int], tuple[int, bytes]]) -> Iterator[str]:
-    """A real HTTP server on a free port answering the n-th POST (from 0) with ``answers(n)`` (status, JSON body); its
-    ``/v1`` URL. Stopped after the block."""
+def _json_server(answers: Callable[[int], tuple[int, Any]]) -> Iterator[str]:
+    """A real HTTP server (``ee_middleware.testing.http.serving``) answering the n-th POST (from 0) with ``answers(n)``
+    (status, JSON body); its ``/v1`` URL."""
     import http.server
-    import threading
+
+    from ee_middleware.testing.http import send_json, serving
 
     asked: list[int] = []
 
@@ -188,30 +189,20 @@ def _json_server(answers: Callable[[int], tuple[int, bytes]]) -> Iterator[str]:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             status, body = answers(len(asked))
             asked.append(1)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, body, status)
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        yield url
 
 
 def test_a_server_that_cannot_be_asked_leaves_the_check_unknown(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real HTTP server without POST /tokenize (another OpenAI-compatible server): the check says it could not ask, and
     why; nothing is refused on a guess."""
     monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
-    with _json_server(lambda n: (404, b'{"detail": "Not Found"}')) as url:
+    with _json_server(lambda n: (404, {"detail": "Not Found"})) as url:
         asked = LocalBackend(url).probe_template(str(tiny_base))
         assert asked is not None and asked["chat_template"]["rendering"] is None
         assert "/tokenize" in asked["chat_template"]["note"] and "404" in asked["chat_template"]["note"]
@@ -225,6 +216,6 @@ def test_a_server_failing_part_way_through_the_questions_is_no_answer(
     """A real HTTP server that answers the first /tokenize and then fails (a 503 of an overloaded server): the check is
     unknown and says the server failed, not that it "renders unlike both" (found by review)."""
     monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
-    with _json_server(lambda n: (200, b'{"tokens": [1, 2], "count": 2}') if n == 0 else (503, b'{"detail": "overloaded"}')) as url:
+    with _json_server(lambda n: (200, {"tokens": [1, 2], "count": 2}) if n == 0 else (503, {"detail": "overloaded"})) as url:
         template = LocalBackend(url).probe_template(str(tiny_base))["chat_template"]
         assert template["rendering"] is None and "failed part-way" in template["note"] and "unlike both" not in template["note"]
