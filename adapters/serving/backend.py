@@ -114,8 +114,9 @@ class HTTPServingBackend:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
-    def _client(self, model: str) -> OpenAIChatClient:
-        return OpenAIChatClient(self.url, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key="")
+    def _client(self, model: str, url: str | None = None) -> OpenAIChatClient:
+        """A client of this server's API root (``url``: another root of the same server, such as its ``/tokenize``'s)."""
+        return OpenAIChatClient(url or self.url, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key="")
 
     def close(self) -> None:
         self._admin.close()
@@ -239,9 +240,7 @@ class HTTPServingBackend:
         ``rendering`` is ``None``, and its ``note`` says why, when the server cannot be asked."""
         from ee_middleware.adapters.templates import ServedTemplate, asked_template
 
-        root = OpenAIChatClient(
-            self.url.removesuffix("/v1"), "ee-adapters-admin", retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key=""
-        )
+        root = self._client("ee-adapters-admin", self.url.removesuffix("/v1"))
         try:
             try:
                 root.post("/tokenize", {"prompt": "ping"})

@@ -174,12 +174,8 @@ def _offered(entry: dict[str, Any] | None, call_ids: Sequence[str], before: dt.d
     its run started before ``before``."""
     if not isinstance(entry, dict):
         return None
-    try:
-        started = dt.datetime.fromisoformat(str(entry.get("started_at")))
-    except ValueError:
-        return None
     calls = entry.get("calls") or {}
-    if started >= before or not isinstance(calls, dict):
+    if _started(entry) >= before or not isinstance(calls, dict):  # an unreadable start: the latest time, so never
         return None
     for call_id in call_ids:
         schemas = calls.get(call_id)
