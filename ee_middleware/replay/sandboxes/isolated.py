@@ -77,6 +77,7 @@ from ee_middleware._lifetime import kill_process_group
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, SandboxFailure, ToolCall
 from ee_middleware.replay.sandboxes.isolated_child import SandboxFactory, child_main
+from ee_middleware.replay.sandboxes.protocol import ClosedOnExit
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -162,7 +163,7 @@ def kill_all_children() -> None:
             kill_process_group(proc.pid)
 
 
-class SubprocessSandbox:
+class SubprocessSandbox(ClosedOnExit):
     """An inner sandbox run in one long-lived child process, with time, memory and crash isolation.
 
     Args:
@@ -387,18 +388,6 @@ class SubprocessSandbox:
                     pass
             self._stop_child(grace_s=0.5)  # after "close" it exits by itself
             _LIVE.discard(self)
-
-    def __enter__(self) -> SubprocessSandbox:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"pid={self.pid}"

@@ -58,6 +58,7 @@ from ee_middleware._optional import import_optional
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.messages import content_to_text
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.protocol import ClosedOnExit
 
 __all__ = [
     "ENVIRONMENT_VARIABLE",
@@ -488,7 +489,7 @@ def _close_all() -> None:
             pass
 
 
-class McpSandbox:
+class McpSandbox(ClosedOnExit):
     """The app's own MCP servers, started fresh per trajectory, as a replay sandbox (see the module docstring).
 
     Args:
@@ -706,18 +707,6 @@ class McpSandbox:
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
-
-    def __enter__(self) -> McpSandbox:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
     @property
     def server_pids(self) -> list[int]:

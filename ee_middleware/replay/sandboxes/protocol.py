@@ -22,7 +22,7 @@ Python sandbox for tools that take the graph's state, store or runtime (LangChai
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from ee_middleware.records import Observation, ToolCall
@@ -106,3 +106,23 @@ def state_digest(sandbox: Any) -> str:
             "ee_middleware.replay.sandboxes.digest.digest_of digests a world object), or build it on PythonSandbox, which has one."
         )
     return str(method())
+
+
+class ClosedOnExit:
+    """For a sandbox that owns processes (a child process, MCP servers): ``with sandbox:`` closes it on leaving the
+    block, and a sandbox collected unclosed is closed then, never raising from the finalizer. It needs ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
