@@ -65,6 +65,16 @@ def _reads(folder: Path) -> dict[str, list[Trajectory]]:
     }
 
 
+def _read_alike(recorded: list[Trajectory], spooled: dict[str, list[Trajectory]], parted: dict[str, list[Trajectory]]) -> None:
+    """Every reader (:func:`_reads`) builds the recorded trajectories alike from the spool and from the compacted parts."""
+    for how in spooled:
+        assert [t.id for t in spooled[how]] == [t.id for t in recorded]
+        for a, b, c in zip(recorded, spooled[how], parted[how], strict=True):
+            _same(b, c, f"{how} {b.id}")  # fields set included: the spool's record and the part's row build the same
+            assert a.steps == b.steps == c.steps
+            assert b.model_dump_json() == c.model_dump_json()
+
+
 def test_reasoning_round_trips_through_the_spool_and_compaction(tmp_path: Path) -> None:
     folder = tmp_path / "store"
     recorded = _recorded_store(folder)
@@ -78,12 +88,7 @@ def test_reasoning_round_trips_through_the_spool_and_compaction(tmp_path: Path) 
     [part] = sorted((compacted / "steps").glob("part-*.parquet"))
     assert pl.read_parquet(part)["reasoning"].to_list() == [FIRST, FIRST, SECOND, None]  # the column, in the part
     parted = _reads(compacted)
-    for how in spooled:
-        assert [t.id for t in spooled[how]] == [t.id for t in recorded]
-        for a, b, c in zip(recorded, spooled[how], parted[how], strict=True):
-            _same(b, c, f"{how} {b.id}")  # fields set included: the spool's record and the part's row build the same
-            assert a.steps == b.steps == c.steps
-            assert b.model_dump_json() == c.model_dump_json()
+    _read_alike(recorded, spooled, parted)
     # an action without reasoning serializes as before schema 1.4: no key
     assert '"reasoning"' not in parted["iter"][1].model_dump_json()
     assert parted["iter"][0].steps[0].action.model_dump()["reasoning"] == FIRST

@@ -17,8 +17,8 @@ from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 from tests.capture.test_middleware_shapes import TASK, planned_model, shop_tools
 from tests.capture.test_step_tools import one_tool_per_turn
-from tests.store.test_action_reasoning import _reads
-from tests.store.test_spool_read import _compacted_copy, _same
+from tests.store.test_action_reasoning import _read_alike, _reads
+from tests.store.test_spool_read import _compacted_copy
 
 OFFERED = [["check_stock"], ["check_stock"], ["order_item"], []]
 
@@ -54,12 +54,7 @@ def test_step_tools_round_trip_through_the_spool_and_compaction(tmp_path: Path) 
     [part] = sorted((compacted / "steps").glob("part-*.parquet"))
     assert pl.read_parquet(part)["offered_tools_json"].to_list() == column  # the column, in the part
     parted = _reads(compacted)
-    for how in spooled:
-        assert [t.id for t in spooled[how]] == [t.id for t in recorded]
-        for a, b, c in zip(recorded, spooled[how], parted[how], strict=True):
-            _same(b, c, f"{how} {b.id}")  # fields set included: the spool's record and the part's row build the same
-            assert a.steps == b.steps == c.steps
-            assert b.model_dump_json() == c.model_dump_json()
+    _read_alike(recorded, spooled, parted)
     # steps whose tools never changed serialize as before schema 1.4: no key
     assert all("tools" not in s.model_dump(mode="json") for s in parted["iter"][1].steps)
     assert parted["iter"][0].steps[3].model_dump()["tools"] == []
