@@ -21,6 +21,7 @@ from ee_middleware.records import Trajectory
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from tests.conftest import record_once
 
 FIRST = "The user asks about pears; check the stock first."
 SECOND = "Stock is 0, so there are none left."
@@ -44,6 +45,18 @@ SHAPES = ("reasoning_content", "blocks", "inline")
 def check_stock(item: str) -> str:
     """How many of an item are in stock."""
     return "0"
+
+
+def _record_one(script: list[Any], tools: list[Any], folder: Path, *, approve: bool = True) -> Trajectory:
+    """One run of a create_agent on ``script`` and ``tools`` recorded into ``folder`` (tests.conftest.record_once),
+    approved unless ``approve`` is false."""
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), tools), app="shop", store=folder)
+    trajectory = record_once(agent, folder, {"messages": [("user", "Pears?")]})
+    if approve:
+        store = LocalExperienceStore(folder)
+        store.approve([trajectory.id], by="alice")
+        store.close()
+    return trajectory
 
 
 def _record(shape: str, folder: Path, turns: int = 1) -> list[Trajectory]:
@@ -149,13 +162,7 @@ def test_reasoning_is_redacted_as_text_is(tmp_path: Path) -> None:
         ),
         AIMessage(content="<think>\nShe is alice@example.com.\n</think>\n\nNone left."),
     ]
-    agent = record_experience(create_agent(ScriptedChatModel(script=script), [check_stock]), app="shop", store=tmp_path / "store")
-    agent.invoke({"messages": [("user", "Pears?")]})
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(tmp_path / "store")
-    [t] = list(store.iter_trajectories())
-    store.close()
+    t = _record_one(script, [check_stock], tmp_path / "store", approve=False)
     reasoning = [m["reasoning_content"] for m in t.messages if m["role"] == "assistant"]
     assert all("[REDACTED:email:" in r and "alice@" not in r for r in reasoning), reasoning
     assert t.final_answer == "None left."
@@ -198,16 +205,7 @@ def test_parallel_calls_share_their_replys_reasoning_and_are_taught_it_once(tmp_
     order) gives it once."""
     calls = [tool_call("check_stock", item="pear"), tool_call("check_price", item="pear")]
     script = [_reply("reasoning_content", FIRST, calls=calls), _reply("reasoning_content", SECOND, ANSWER)]
-    agent = record_experience(
-        create_agent(ScriptedChatModel(script=script), [check_stock, check_price]), app="shop", store=tmp_path / "store"
-    )
-    agent.invoke({"messages": [("user", "Pears?")]})
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(tmp_path / "store")
-    [t] = list(store.iter_trajectories())
-    store.approve([t.id], by="alice")
-    store.close()
+    t = _record_one(script, [check_stock, check_price], tmp_path / "store")
     assert [(s.decision_index, s.action.reasoning) for s in t.steps] == [(0, FIRST), (0, FIRST), (1, SECOND)]
     build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "data", kinds="il"))
     turn, answer = pl.read_parquet(tmp_path / "data" / "il.parquet").sort("step_index")["completion"].to_list()
@@ -221,14 +219,7 @@ def test_a_model_without_reasoning_gives_targets_without_the_key(tmp_path: Path)
     """Only a reply with reasoning gives its target ``reasoning_content``: a run of a model that writes none (and
     a reasoning model's reply without any) builds the rows it built before (no null key)."""
     script = [AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]), _reply("reasoning_content", SECOND, ANSWER)]
-    agent = record_experience(create_agent(ScriptedChatModel(script=script), [check_stock]), app="shop", store=tmp_path / "store")
-    agent.invoke({"messages": [("user", "Pears?")]})
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(tmp_path / "store")
-    [t] = list(store.iter_trajectories())
-    store.approve([t.id], by="alice")
-    store.close()
+    t = _record_one(script, [check_stock], tmp_path / "store")
     assert [s.action.reasoning for s in t.steps] == [None, SECOND]
     assert "reasoning" not in t.steps[0].action.model_dump()  # left out of dumps while None, as before schema 1.4
     build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "data", kinds="il"))
