@@ -144,6 +144,17 @@ def _call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 STOCK = {"pears": 0, "apples": 12}
 
 
+def _tool_span(call: dict[str, Any], result: str) -> dict[str, Any]:
+    """The GenAI attributes of the ``execute_tool`` span of ``call`` (an OpenAI tool call) that answered ``result``."""
+    return {
+        sc.OPERATION_NAME: "execute_tool",
+        sc.TOOL_NAME: call["function"]["name"],
+        sc.TOOL_CALL_ID: call["id"],
+        sc.TOOL_CALL_ARGUMENTS: call["function"]["arguments"],
+        sc.TOOL_CALL_RESULT: result,
+    }
+
+
 def _tool(name: str, arguments: dict[str, Any]) -> str:
     if name == "check_stock":
         return f"{STOCK[arguments['fruit']]} {arguments['fruit']} in stock"
@@ -165,15 +176,7 @@ async def _conversation(tracer: Any, user: str, replies: list[dict[str, Any]], w
             with tracer.start_as_current_span(f"execute_tool {name}") as span:
                 await asyncio.sleep(0.002)
                 result = _tool(name, arguments)
-                span.set_attributes(
-                    {
-                        sc.OPERATION_NAME: "execute_tool",
-                        sc.TOOL_NAME: name,
-                        sc.TOOL_CALL_ID: call["id"],
-                        sc.TOOL_CALL_ARGUMENTS: call["function"]["arguments"],
-                        sc.TOOL_CALL_RESULT: result,
-                    }
-                )
+                span.set_attributes(_tool_span(call, result))
             history.append({"role": "tool", "tool_call_id": call["id"], "content": result})
 
 

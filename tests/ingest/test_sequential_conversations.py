@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import run_trajectory_id
 from ee_middleware.ingest.otlp_json import spans_to_otlp_json
-from tests.ingest.test_conversations import MODEL, PEARS, PEARS_STEPS, SYSTEM, _call, _chat, _ingest, _tool
+from tests.ingest.test_conversations import MODEL, PEARS, PEARS_STEPS, SYSTEM, _call, _chat, _ingest, _tool, _tool_span
 from tests.ingest.test_instrumentations import TURN_1, _steps
 
 TOOLS = [
@@ -152,15 +152,7 @@ def _conversation(tracer: Any, dialect: str, replies: list[Any], *, window: int 
             result = "error: the stock service is down" if fails else _tool(name, arguments)
             if trace_tools:
                 with tracer.start_as_current_span(f"execute_tool {name}") as span:
-                    span.set_attributes(
-                        {
-                            sc.OPERATION_NAME: "execute_tool",
-                            sc.TOOL_NAME: name,
-                            sc.TOOL_CALL_ID: call["id"],
-                            sc.TOOL_CALL_ARGUMENTS: call["function"]["arguments"],
-                            sc.TOOL_CALL_RESULT: result,
-                        }
-                    )
+                    span.set_attributes(_tool_span(call, result))
                     if fails:
                         span.set_status(Status(StatusCode.ERROR, result))
             history.append({"role": "tool", "tool_call_id": call["id"], "content": result})

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.ingest.otlp_json import spans_to_otlp_json
-from tests.ingest.test_conversations import PEARS, _chat, _ingest, _tool
+from tests.ingest.test_conversations import PEARS, _chat, _ingest, _tool, _tool_span
 
 CHECK = {"type": "function", "name": "check_stock", "description": "Stock of a fruit.", "parameters": {"type": "object"}}
 ORDER = {"type": "function", "name": "order", "description": "Order a fruit.", "parameters": {"type": "object"}}
@@ -41,15 +41,7 @@ def _spans_file(tmp_path: Path) -> Path:
                 name, arguments = call["function"]["name"], call["function"]["arguments"]
                 with tracer.start_as_current_span(f"execute_tool {name}") as span:
                     result = _tool(name, json.loads(arguments))
-                    span.set_attributes(
-                        {
-                            sc.OPERATION_NAME: "execute_tool",
-                            sc.TOOL_NAME: name,
-                            sc.TOOL_CALL_ID: call["id"],
-                            sc.TOOL_CALL_ARGUMENTS: arguments,
-                            sc.TOOL_CALL_RESULT: result,
-                        }
-                    )
+                    span.set_attributes(_tool_span(call, result))
                 history.append({"role": "tool", "tool_call_id": call["id"], "content": result})
     finished = list(exporter.get_finished_spans())
     provider.shutdown()
