@@ -147,11 +147,12 @@ def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
     """Position in ``trajectory.messages`` -> the tool names offered at the decision that assistant message holds, for
     the decisions offered only some of the trajectory's tools (``Step.tools`` set). A step is found at its state's
     length (the messages its model call was given precede its own); one whose state is no prefix of the messages (a
-    middleware that trimmed the history) is found by its tool call's id, or an answer by its text (the last such
-    reply), else it is taken to have been offered all."""
+    middleware that trimmed the history) is found by its tool call's id, or an answer by its text (answers with the
+    same text take the last such replies, in order), else it is taken to have been offered all."""
     messages = trajectory.messages
     by_call_id: dict[str, int] = {}
     offered: dict[int, list[str]] = {}
+    by_text: dict[str, list[list[str]]] = {}  # answers still to find by their text: the tools of each, in order
     for step in trajectory.steps:
         if step.tools is None:
             continue
@@ -159,17 +160,8 @@ def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
         found = position < len(messages) and messages[position].get("role") == "assistant" and messages[:position] == step.state
         call = step.action.tool_call
         if not found and call is None and step.action.content is not None:  # an answer after a trimmed history: its text
-            position = next(
-                (
-                    p
-                    for p in range(len(messages) - 1, -1, -1)
-                    if messages[p].get("role") == "assistant"
-                    and not messages[p].get("tool_calls")
-                    and messages[p].get("content") == step.action.content
-                ),
-                -1,
-            )
-            found = position >= 0
+            by_text.setdefault(step.action.content, []).append(list(step.tools))
+            continue
         if not found and call is not None and call.id:
             if not by_call_id:
                 by_call_id = {
@@ -183,6 +175,15 @@ def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
             found = position >= 0
         if found:
             offered[position] = list(step.tools)
+    for text, tools in by_text.items():
+        replies = [
+            p
+            for p, m in enumerate(messages)
+            if p not in offered and m.get("role") == "assistant" and not m.get("tool_calls") and m.get("content") == text
+        ]
+        # the last replies with this text are this run's answers (an earlier one may be history it was given)
+        for position, offered_tools in zip(replies[-len(tools) :], tools[-len(replies) :] if replies else [], strict=True):
+            offered[position] = offered_tools
     return offered
 
 

@@ -246,3 +246,43 @@ def test_a_step_after_a_trimmed_history_is_exported_with_its_own_tools(tmp_path:
         [(["order_item"], ["order_item"])],
         [(["No pears, 3 apples; I ordered 5 pears."], [])],
     ]
+
+
+def test_answers_with_the_same_text_after_a_trimmed_history_keep_their_own_tools(tmp_path: Path) -> None:
+    """Two answers with the same text ("Done.") in one conversation, each after a history a middleware trimmed: each is
+    found by its text, in order. Both were taken for the last one, so the first answer was exported beside every tool
+    of the run (no step found at its position) instead of the one tool its model call was offered."""
+    from ee_middleware.records import Action, Step, ToolCall
+
+    t = sample_trajectory("twice")
+    lookup, order = {"name": "lookup", "parameters": {"type": "object"}}, {"name": "order", "parameters": {"type": "object"}}
+    call = {"type": "function"}
+    messages = [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": None, "tool_calls": [{**call, "id": "c1", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "found"},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "now order it"},
+        {"role": "assistant", "content": None, "tool_calls": [{**call, "id": "c2", "function": {"name": "order", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "ordered"},
+        {"role": "assistant", "content": "Done."},
+    ]
+
+    def step(index: int, state: list[dict], action: Action, tools: list[str]) -> Step:
+        return Step(trajectory_id="twice", index=index, decision_index=index, state=state, action=action, tools=tools)
+
+    steps = [
+        step(0, messages[:1], Action(kind="tool_call", tool_call=ToolCall(id="c1", name="lookup", arguments={})), ["lookup"]),
+        step(1, messages[2:3], Action(kind="answer", content="Done."), ["lookup"]),  # trimmed: no prefix of the messages
+        step(2, messages[4:5], Action(kind="tool_call", tool_call=ToolCall(id="c2", name="order", arguments={})), ["order"]),
+        step(3, messages[6:7], Action(kind="answer", content="Done."), ["order"]),
+    ]
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([t.model_copy(update={"messages": messages, "steps": steps, "tools": [lookup, order], "final_answer": "Done."})])
+    store.approve(["twice"], by="alice")
+    try:
+        export_parquet(store, tmp_path / "out.parquet")
+    finally:
+        store.close()
+    rows = pl.read_parquet(tmp_path / "out.parquet")["messages"][0].to_list()
+    assert [m["tools"] for m in rows if m["role"] == "assistant"] == [["lookup"], ["lookup"], ["order"], ["order"]]
