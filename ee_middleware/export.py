@@ -182,8 +182,8 @@ def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
             if p not in offered and m.get("role") == "assistant" and not m.get("tool_calls") and m.get("content") == text
         ]
         # the last replies with this text are this run's answers (an earlier one may be history it was given)
-        for position, offered_tools in zip(replies[-len(tools) :], tools[-len(replies) :] if replies else [], strict=True):
-            offered[position] = offered_tools
+        for position, its_tools in zip(replies[-len(tools) :], tools[-len(replies) :] if replies else [], strict=True):
+            offered[position] = its_tools
     return offered
 
 
