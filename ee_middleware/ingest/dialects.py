@@ -24,7 +24,8 @@ and leaves what it does not change untouched:
 * **Converse content blocks** (Strands Agents' default events, AWS Bedrock's message shape): a message's
   content is a JSON list of blocks ``{"text"}``, ``{"toolUse": {"toolUseId", "name", "input"}}``,
   ``{"toolResult": {"toolUseId", "status", "content": [...]}}`` (``{"text"}`` / ``{"json"}`` inside),
-  media blocks; each ``toolResult`` is a tool message of its own. Strands' tool spans carry the arguments
+  media blocks; each ``toolResult`` is a tool message of its own, one with ``"status": "error"`` an error observation
+  where no tool span says so (see :data:`FAILED_RESULT`). Strands' tool spans carry the arguments
   in a ``gen_ai.tool.message`` event and the result blocks in a ``gen_ai.choice`` event (``message``),
   or, in the latest conventions, the result blocks as ``gen_ai.tool.call.result``: the result is their text.
 * **Tool definitions with ``inputSchema``** (MCP's name for the schema; Strands' and Bedrock's tool specs nest it
@@ -69,7 +70,8 @@ and leaves what it does not change untouched:
 * **The Vercel AI SDK** (``experimental_telemetry``; spans marked ``ai.operationId``): ``ai.generateText`` /
   ``ai.streamText`` (and ``*Object``) is the run; its ``.doGenerate`` / ``.doStream`` span a model call whose
   ``ai.prompt.messages`` is the AI SDK's prompt (content parts ``text``, ``tool-call`` with ``input`` or
-  v4's ``args``, ``tool-result`` with v5+'s ``output: {type, value}`` or v4's ``result``), its reply
+  v4's ``args``, ``tool-result`` with v5+'s ``output: {type, value}`` or v4's ``result``; one whose ``output`` is
+  ``error-text`` / ``error-json``, or v4's marked ``isError``, an error observation: see :data:`FAILED_RESULT`), its reply
   ``ai.response.text`` and ``ai.response.toolCalls``, its tools ``ai.prompt.tools`` (JSON text each,
   ``inputSchema`` or ``parameters``); an ``ai.toolCall`` span is a tool call (``ai.toolCall.name|id|args|result``,
   the result JSON). The thread is the first of ``ai.telemetry.metadata.threadId`` / ``thread_id`` /
@@ -165,8 +167,10 @@ def adapt(span: SpanData) -> SpanData:
 
 FAILED_RESULT = "is_error"
 """The mark a dialect puts on a tool result its messages say failed (a ``tool_call_response`` part, or an OpenAI-shaped
-tool message): Anthropic's ``tool_result`` block names it so. No part of a message (:func:`genai_to_openai` leaves it
-out): :func:`_with_tool_error_positions` makes it the span's ``ee.tool_call.error_positions``."""
+tool message): Anthropic's ``tool_result`` block names it so; Converse's ``toolResult`` says ``"status": "error"``, the
+AI SDK's ``tool-result`` an ``output`` of type ``error-text`` / ``error-json`` (v4: ``isError``). No part of a message
+(:func:`genai_to_openai` leaves it out): :func:`_with_tool_error_positions` makes it the span's
+``ee.tool_call.error_positions``."""
 
 
 def _with_tool_error_positions(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -328,9 +332,8 @@ def _converse_messages(role: str, blocks: list[Mapping[str, Any]]) -> list[dict[
             function = {"name": str(value.get("name") or ""), "arguments": dumps(parse_arguments(value.get("input")))}
             calls.append({"id": str(value.get("toolUseId") or ""), "type": "function", "function": function})
         elif kind == "toolResult" and isinstance(value, Mapping):
-            results.append(
-                {"role": "tool", "tool_call_id": str(value.get("toolUseId") or ""), "content": _converse_text(value.get("content"))}
-            )
+            result = {"role": "tool", "tool_call_id": str(value.get("toolUseId") or ""), "content": _converse_text(value.get("content"))}
+            results.append({**result, FAILED_RESULT: True} if value.get("status") == "error" else result)
         elif kind not in _CONVERSE_SKIPPED:
             texts.append(_converse_block(kind, value))
     if results and not texts and not calls:
@@ -839,7 +842,8 @@ def _vercel_messages(messages: Any) -> str | None:
             if kind == "tool-call":
                 calls.append(_vercel_call(part))
             elif kind == "tool-result":
-                out.append({"role": "tool", "tool_call_id": str(part.get("toolCallId") or ""), "content": _vercel_output(part)})
+                result = {"role": "tool", "tool_call_id": str(part.get("toolCallId") or ""), "content": _vercel_output(part)}
+                out.append({**result, FAILED_RESULT: True} if _vercel_failed(part) else result)
             elif kind == "text" or kind in ("image", "file"):
                 texts.append(part if kind != "text" else str(part.get("text") or ""))
         if calls or texts or role != "tool":
@@ -868,6 +872,16 @@ def _vercel_output(part: Mapping[str, Any]) -> str:
         return value if isinstance(value, str) else dumps(value)
     result = part.get("result", output)
     return result if isinstance(result, str) else dumps(result)
+
+
+_VERCEL_ERROR_OUTPUTS = frozenset({"error-text", "error-json"})
+
+
+def _vercel_failed(part: Mapping[str, Any]) -> bool:
+    """Whether a ``tool-result`` part tells the model its tool failed: v5+'s ``output`` of type ``error-text`` /
+    ``error-json`` (what the SDK sends for a tool that threw), v4's ``isError: true``."""
+    output = part.get("output")
+    return (isinstance(output, Mapping) and output.get("type") in _VERCEL_ERROR_OUTPUTS) or part.get("isError") is True
 
 
 _LOGFIRE_TEMPLATE = "logfire.msg_template"

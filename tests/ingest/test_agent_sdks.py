@@ -92,6 +92,62 @@ def test_agent_sdk_tool_spans_give_the_observations_no_later_model_call_shows(tm
     assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and order[3] is True and ERROR_TEXT in order[2]
 
 
+TOOL_SPANS = ("execute_tool ", "ai.toolCall")  # Strands' tool spans (named after the tool), the AI SDK's
+AI_SDK_ERRORS: dict[str, dict[str, Any] | None] = {  # the failed order's tool-result part as each AI SDK version writes it
+    "v6-error-text": None,  # as recorded: "output": {"type": "error-text", "value": <the error's message>}
+    "v5-error-json": {"output": {"type": "error-json", "value": {"error": ERROR_TEXT}}},
+    "v4-is-error": {"result": ERROR_TEXT, "isError": True},
+}
+MESSAGE_ERRORS = {"strands": ("strands_shop.jsonl", None), "strands-tools": ("strands_tools_shop.jsonl", None)} | {
+    f"vercel-ai-{version}": ("vercel_ai_shop.jsonl", part) for version, part in AI_SDK_ERRORS.items()
+}
+
+
+def _without_tool_spans(tmp_path: Path, fixture: str, failed_part: dict[str, Any] | None) -> Path:
+    """The fixture's requests with no tool spans (the model calls' messages the only record of the tools' results); where
+    ``failed_part`` is given, the AI SDK prompts' result of the failed order written so instead (its ids kept)."""
+    lines, rewritten = [], 0
+    for line in (FIXTURES / fixture).read_text().splitlines():
+        request = json.loads(line)
+        for rs in request["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                ss["spans"] = [s for s in ss["spans"] if not s["name"].startswith(TOOL_SPANS)]
+                for attribute in (a for s in ss["spans"] for a in s["attributes"] if a["key"] == "ai.prompt.messages"):
+                    if failed_part is not None:
+                        messages = json.loads(attribute["value"]["stringValue"])
+                        for message in messages:
+                            for i, part in enumerate(message["content"] if isinstance(message["content"], list) else []):
+                                if part.get("toolCallId") == "call_order_apples" and part["type"] == "tool-result":
+                                    assert part["output"]["type"] == "error-text"
+                                    ids = {k: part[k] for k in ("type", "toolCallId", "toolName")}
+                                    message["content"][i] = {**ids, **failed_part}
+                                    rewritten += 1
+                        attribute["value"]["stringValue"] = json.dumps(messages)
+        lines.append(json.dumps(request))
+    assert failed_part is None or rewritten, "the fixture's prompts hold the failed order's result"
+    path = tmp_path / "no_tool_spans.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("telemetry", MESSAGE_ERRORS)
+def test_agent_sdk_tool_errors_in_the_messages_are_error_observations(tmp_path, store, telemetry):
+    """No tool span says the order failed (the model calls traced alone): the next call's messages do, as the SDK tells
+    the model. Strands sends Bedrock Converse's ``toolResult`` with ``status: "error"``; the AI SDK a ``tool-result``
+    whose ``output`` is ``error-text`` (v6, as recorded) or ``error-json`` (v5), or v4's ``result`` with ``isError``.
+    The step is an error with the text the model saw; the successful results stay successes. Before, the failed order
+    was a success, so it was taught as a good call."""
+    fixture, failed_part = MESSAGE_ERRORS[telemetry]
+    report, (first, second) = _ingest(store, _without_tool_spans(tmp_path, fixture, failed_part))
+    assert (report.problems, report.runs) == (0, 2), report.errors
+    assert _steps(first) == FIRST_RUN_STEPS
+    check, order, answer = _steps(second)
+    assert check == ("check_stock", {"fruit": "apples"}, "12 apples in stock", False)
+    assert order[:2] == ("order", {"fruit": "apples", "quantity": 50}) and order[3] is True and ERROR_TEXT in order[2]
+    assert answer == ("answer", "We have 12 apples; the supplier refused 50 (at most 10 per order).")
+    assert all("is_error" not in m for step in second.steps for m in step.state), "the mark is no part of a message"
+
+
 OPENAI_AGENTS = {"responses": "openai_agents_logfire_responses.jsonl", "chat-completions": "openai_agents_logfire_chat.jsonl"}
 AGENTS_SDK_TOOL_ERROR = "An error occurred while running the tool. Please try again."  # the SDK's default: the error's details redacted
 
