@@ -278,7 +278,11 @@ def conversations(spans: list[SpanData], tree: _Tree) -> list[list[SpanData]]:
     call id that call's reply made; or it asks again (the same history, nothing of the reply kept: a retry, a correction)
     after that call ended, where that call is still its conversation's last and no tool span ran a call of its reply.
     Else it starts a conversation: a call given the history of a call that was gone on with, or whose reply acted, is
-    the same task run again (a batch job running it twice, a conversation started over after an error), not a retry.
+    the same task run again (a batch job running it twice, a conversation started over after an error), not a retry;
+    so is a call given exactly the history of a call that answered in text (a task done in one call, run again: that
+    answer ended its conversation; a conversation's later call given the same history again still goes on with the
+    call before it). A failed call, a reply of tool calls nothing ran, and a text answer asked again with a correction
+    appended are still asked again.
     Of several calls it may go on with, it takes the one of the longest history, then the one whose reply's ids it
     answers, ended before it started, not yet continued, started last (the latest reply, where a task run again gave the
     same one): two conversations given the same first messages part at their replies. A call whose history cannot be read
@@ -321,6 +325,8 @@ class _Call:
     """The tool calls its reply made: (id, name, arguments as canonical JSON), ids filled from a later call's history."""
     answered: set[str]
     """The tool call ids its history answers or names."""
+    answers: bool = False
+    """Whether it replied in text with no tool calls (and did not fail): its conversation may end there."""
 
 
 def _top_model_calls(spans: list[SpanData], tree: _Tree) -> list[SpanData]:
@@ -393,8 +399,16 @@ def _read_call(span: SpanData, tree: _Tree) -> _Call:
         for m in replies
         for c in m.get("tool_calls") or []
     ]
+    answers = not (span.is_error or carrier.is_error or asked) and any(content_to_text(m.get("content")).strip() for m in replies)
     return _Call(
-        span=span, given=given, offset=offset, history=history, replies={_message_key(m) for m in replies}, asked=asked, answered=answered
+        span=span,
+        given=given,
+        offset=offset,
+        history=history,
+        replies={_message_key(m) for m in replies},
+        asked=asked,
+        answered=answered,
+        answers=answers,
     )
 
 
@@ -454,6 +468,7 @@ def _chain(calls: list[_Call], ran: Sequence[_Ran] = ()) -> list[int]:
                     and (length == len(history) or history[length][0] != "assistant")
                     and tails.get(conversation_of[before]) == before  # nothing went on with its reply
                     and not _acted(earlier, call.span.start_ns, ran)
+                    and not (length == len(history) and earlier.answers)  # an answer given again: the task run again
                 ):
                     found.append((1, length, before))  # asks again after it
         found += [(2, 0, before) for call_id in call.answered for before in issued.get(call_id, ())]  # answers its reply's calls

@@ -6,9 +6,9 @@ start alike: the second conversation's first call is given exactly the first con
 was read as the first call asking again (as a guardrail re-asks after throwing a reply away), so both conversations
 were one trajectory: the first one's steps, then the second one's from the start, each state and decision index wrong.
 What tells them apart: the first call had been gone on with (a later call's history holds its reply), or its reply
-acted (a tool ran its call) before the same history was sent again; a call asked again is one whose reply nothing
-used. The spans are the real OpenTelemetry SDK's, with the model calls in the attributes of three instrumentations:
-OpenTelemetry's OpenAI v2 (GenAI JSON), OpenLLMetry's OpenAI instrumentation (``gen_ai.prompt.N.*`` /
+acted (a tool ran its call), or it started its conversation and answered in text (a task done in one call), before
+the same history was sent again; a call asked again is one whose reply nothing used. The spans are the real
+OpenTelemetry SDK's, with the model calls in the attributes of three instrumentations: OpenTelemetry's OpenAI v2 (GenAI JSON), OpenLLMetry's OpenAI instrumentation (``gen_ai.prompt.N.*`` /
 ``gen_ai.completion.N.*``, ``llm.request.functions.N.*``) and OpenInference's (``llm.input_messages.N.message.*``,
 ``llm.tools.N.tool.json_schema``).
 """
@@ -270,6 +270,70 @@ def test_a_call_asked_again_stays_in_its_conversation(tmp_path, store, dialect):
     report, (only,) = _ingest(store, path)
     assert (report.problems, report.runs) == (0, 1), report.errors
     assert _steps(only) == PEARS_STEPS
+
+
+ANSWER = {"role": "assistant", "content": "We have no pears."}  # a task done in one call: the model answers in text
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+def test_a_task_answered_in_one_call_run_twice_is_two_trajectories(tmp_path, store, dialect):
+    """A batch job runs a task the model answers in text at once, twice, then a third time when it goes to the tools:
+    three trajectories. Before, one: the second call (the same history again) was read as the first asking again, so the
+    first answer was thrown away as a rejected reply, and so was the second; only the third run was stored."""
+    path, finished = _request_file(tmp_path, dialect, [ANSWER], [ANSWER], PEARS)
+    report, trajectories = _ingest(store, path)
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 3, 3), report.errors
+    assert [_steps(t) for t in trajectories] == [[("answer", "We have no pears.")], [("answer", "We have no pears.")], PEARS_STEPS]
+    assert [(t.task, t.status) for t in trajectories] == [(TURN_1, "completed")] * 3
+    chats = _chats(finished)
+    trace = format(chats[0].context.trace_id, "032x")
+    assert [t.id for t in trajectories[1:]] == [run_trajectory_id(trace, format(c.context.span_id, "016x")) for c in chats[1:3]]
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+def test_a_text_answer_asked_again_with_a_correction_or_at_the_end_of_a_run_stays_in_its_conversation(tmp_path, store, dialect):
+    """Guards beside the split above: an answer in text the app rejects and asks again for with a correction appended
+    (not the same history; then the task is run again, with tools), and a run's last call asked again with the same
+    history after its answer was rejected (its history goes on with the call before) stay in their conversations, the
+    rejected answer no step."""
+
+    def chat(tracer: Any, history: list[dict[str, Any]], reply: dict[str, Any]) -> None:
+        with tracer.start_as_current_span(f"chat {MODEL}", kind=SpanKind.CLIENT) as span:
+            span.set_attributes(DIALECTS[dialect](history, reply))
+
+    def corrected(tracer: Any) -> None:
+        history = [{"role": "user", "content": TURN_1}]
+        chat(tracer, history, {"role": "assistant", "content": "No."})
+        chat(tracer, [*history, {"role": "user", "content": "Answer in a full sentence."}], ANSWER)
+        _conversation(tracer, dialect, PEARS)
+
+    def asked_again_at_the_end(tracer: Any) -> None:
+        history = [{"role": "user", "content": TURN_1}]
+        for reply in PEARS[:2]:
+            chat(tracer, history, reply)
+            (call,) = reply["tool_calls"]
+            result = _tool(call["function"]["name"], json.loads(call["function"]["arguments"]))
+            with tracer.start_as_current_span(f"execute_tool {call['function']['name']}") as span:
+                span.set_attributes(_tool_span(call, result))
+            history += [reply, {"role": "tool", "tool_call_id": call["id"], "content": result}]
+        chat(tracer, history, {"role": "assistant", "content": "No."})
+        chat(tracer, history, PEARS[2])
+
+    for name, run, steps in (
+        ("corrected", corrected, [[("answer", "We have no pears.")], PEARS_STEPS]),
+        ("end", asked_again_at_the_end, [PEARS_STEPS]),
+    ):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with provider.get_tracer("shop").start_as_current_span("POST /shop", kind=SpanKind.SERVER):
+            run(provider.get_tracer("shop"))
+        finished = list(exporter.get_finished_spans())
+        provider.shutdown()
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+        report, trajectories = _ingest(type(store)(tmp_path / name), path)
+        assert (report.problems, [_steps(t) for t in trajectories]) == (0, steps), (name, report.errors)
 
 
 @pytest.mark.parametrize("window", [3, 1])
