@@ -54,13 +54,12 @@ With the ``spawn`` start method the child re-imports the parent's ``__main__`` m
 
 from __future__ import annotations
 
-import atexit
 import collections
 import itertools
 import json
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.util  # registers its exit hook now, so ours (below) runs before it
+import multiprocessing.util
 import os
 import pickle
 import signal
@@ -77,7 +76,7 @@ from ee_middleware._lifetime import kill_process_group
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, SandboxFailure, ToolCall
 from ee_middleware.replay.sandboxes.isolated_child import SandboxFactory, child_main
-from ee_middleware.replay.sandboxes.protocol import ClosedOnExit
+from ee_middleware.replay.sandboxes.protocol import ClosedOnExit, open_sandboxes
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -123,42 +122,13 @@ class SubprocessSnapshot:
         return f"SubprocessSnapshot(handle={self.handle}, {len(self.data)} bytes)"
 
 
-_LIVE: weakref.WeakSet[SubprocessSandbox] = weakref.WeakSet()
-_EXIT_HOOK_PID: int | None = None
-
-
-@atexit.register
-def _close_all() -> None:
-    # Registered after multiprocessing's own exit hook, so it runs first: a hung child must be
-    # killed before multiprocessing joins it, or the interpreter would wait forever.
-    for sandbox in list(_LIVE):
-        try:
-            sandbox.close()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
-
-
-def _hook_process_exit() -> None:
-    """Close every sandbox when a :mod:`multiprocessing` process exits, before it joins its children.
-
-    Such processes end with ``os._exit`` and run no ``atexit`` hook, only multiprocessing's own exit
-    function, which first runs finalizers with a priority and then waits for every child process: a
-    sandbox left open there would make the worker wait forever. Registered once per process (a
-    forked child starts with an empty registry).
-    """
-    global _EXIT_HOOK_PID
-    if os.getpid() != _EXIT_HOOK_PID:
-        _EXIT_HOOK_PID = os.getpid()
-        multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
-
-
 def kill_all_children() -> None:
     """Kill every sandbox child of this process with its process group, at once and without asking.
 
     For a process that is about to end abruptly (a worker whose job died); a normal end closes them.
     """
-    for sandbox in list(_LIVE):
-        proc = sandbox._proc
+    for sandbox in open_sandboxes():
+        proc = getattr(sandbox, "_proc", None) if isinstance(sandbox, SubprocessSandbox) else None
         if proc is not None:
             kill_process_group(proc.pid)
 
@@ -234,8 +204,7 @@ class SubprocessSandbox(ClosedOnExit):
         self._handles = itertools.count(1)
         self._dropped: collections.deque[int] = collections.deque()
         self._starts = 0
-        _LIVE.add(self)
-        _hook_process_exit()
+        self._close_at_exit()
         try:
             self._start_child()
         except BaseException:
@@ -387,7 +356,7 @@ class SubprocessSandbox(ClosedOnExit):
                 except (_ChildDied, _ChildTimedOut, SandboxError):
                     pass
             self._stop_child(grace_s=0.5)  # after "close" it exits by itself
-            _LIVE.discard(self)
+            self._not_at_exit()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"pid={self.pid}"

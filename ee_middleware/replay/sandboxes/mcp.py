@@ -36,7 +36,6 @@ factory of your own returning ``McpSandbox(...)``, named as ``package.module:mak
 from __future__ import annotations
 
 import asyncio
-import atexit
 import itertools
 import json
 import os
@@ -47,7 +46,6 @@ import sys
 import tempfile
 import threading
 import uuid
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,17 +475,6 @@ class _Instance:
 
 # -- the sandbox --------------------------------------------------------------------------------------------------------
 
-_LIVE: weakref.WeakSet[McpSandbox] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for sandbox in list(_LIVE):
-        try:
-            sandbox.close()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
-
 
 class McpSandbox(ClosedOnExit):
     """The app's own MCP servers, started fresh per trajectory, as a replay sandbox (see the module docstring).
@@ -557,7 +544,7 @@ class McpSandbox(ClosedOnExit):
         self._spares: dict[str, _Instance] = {}
         self._tools: dict[str, tuple[str, str, dict[str, Any]]] | None = None  # sandbox tool name -> (server, MCP name, tool)
         self._closed = False
-        _LIVE.add(self)
+        self._close_at_exit()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **options: Any) -> McpSandbox:

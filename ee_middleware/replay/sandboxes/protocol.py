@@ -22,6 +22,8 @@ Python sandbox for tools that take the graph's state, store or runtime (LangChai
 
 from __future__ import annotations
 
+import os
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
@@ -110,10 +112,22 @@ def state_digest(sandbox: Any) -> str:
 
 class ClosedOnExit:
     """For a sandbox that owns processes (a child process, MCP servers): ``with sandbox:`` closes it on leaving the
-    block, and a sandbox collected unclosed is closed then, never raising from the finalizer. It needs ``close()``."""
+    block, and a sandbox collected unclosed is closed then, never raising from the finalizer. It needs ``close()``.
+
+    A sandbox that calls :meth:`_close_at_exit` (once it may own processes) is also closed when its process exits while
+    it is open: at interpreter exit, and in a :mod:`multiprocessing` worker before the worker waits for its children
+    (see :func:`close_open_sandboxes`)."""
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def _close_at_exit(self) -> None:
+        _OPEN.add(self)
+        _hook_exit()
+
+    def _not_at_exit(self) -> None:
+        """Closed for good: nothing is left to close at exit."""
+        _OPEN.discard(self)
 
     def __enter__(self) -> Self:
         return self
@@ -126,3 +140,41 @@ class ClosedOnExit:
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
+
+
+_OPEN: weakref.WeakSet[ClosedOnExit] = weakref.WeakSet()
+_HOOKED_PID: int | None = None
+
+
+def open_sandboxes() -> list[ClosedOnExit]:
+    """The sandboxes of this process that may still own processes (see :meth:`ClosedOnExit._close_at_exit`)."""
+    return list(_OPEN)
+
+
+def close_open_sandboxes() -> None:
+    """Close every sandbox of this process that may still own processes, best effort (at exit)."""
+    for sandbox in open_sandboxes():
+        try:
+            sandbox.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def _hook_exit() -> None:
+    """Run :func:`close_open_sandboxes` when this process exits, once per process.
+
+    At interpreter exit (``atexit``, registered after :mod:`multiprocessing`'s own exit hook, so it runs first: a hung
+    child must be killed before multiprocessing joins it, or the interpreter would wait forever), and in a
+    :mod:`multiprocessing` worker, which ends with ``os._exit`` and runs no ``atexit`` hook, only multiprocessing's exit
+    function: it runs finalizers with a priority and then waits for every child process.
+    """
+    global _HOOKED_PID
+    if os.getpid() == _HOOKED_PID:
+        return
+    import atexit
+    import multiprocessing.util  # its exit hook is registered on import: ours, registered after it, runs before it
+
+    if _HOOKED_PID is None:  # a forked process keeps its parent's atexit hooks
+        atexit.register(close_open_sandboxes)
+    _HOOKED_PID = os.getpid()
+    multiprocessing.util.Finalize(None, close_open_sandboxes, exitpriority=100)
