@@ -45,9 +45,8 @@ from ee_middleware.replay.retrieval import (
     Retriever,
     Transition,
     TransitionIndex,
-    in_use,
     rollout_transition,
-    superseded_keys,
+    rollouts_out_of_use,
     tokenize,
     trajectory_transitions,
 )
@@ -90,19 +89,19 @@ def split_store(
 ) -> HeldOutSplit:
     """Hold out ``share`` of the store's trajectories (at least one) and index the real transitions of the rest
     (searched by ``retriever``: see :data:`ee_middleware.replay.retrieval.RETRIEVERS`)."""
-    trajectories = [t for t in store.iter_trajectories() if t.approval.status != "rejected" and trajectory_transitions(t)]
+    readable = [t for t in store.iter_trajectories() if t.approval.status != "rejected"]
+    trajectories = [t for t in readable if trajectory_transitions(t)]
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and len(trajectories) > 1:
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
     index = TransitionIndex.of(retriever)
     kept = {t.id: t for t in trajectories if t.id not in held}
     transitions = [tr for trajectory in kept.values() for tr in trajectory_transitions(trajectory)]
-    if kept:
-        superseded = superseded_keys(store)  # an attempt replayed again since (ee replay run --again) is not used
-        for rollout in store.iter_rollouts(list(kept)):
-            transition = rollout_transition(rollout, kept[rollout.trajectory_id])
-            if transition is not None and in_use(transition, superseded):
-                transitions.append(transition)
+    if kept:  # the rollouts a dataset build uses (no superseded attempt, none left out for fidelity mismatches)
+        rollouts = [rollout_transition(rollout, kept[rollout.trajectory_id]) for rollout in store.iter_rollouts(list(kept))]
+        real = [t for t in rollouts if t is not None]
+        out_of_use = rollouts_out_of_use(store, [t.id for t in readable], real)
+        transitions.extend(t for t in real if t.id not in out_of_use)
     index.add(transitions)
     pairs = [(t, tr) for t in trajectories if t.id in held for tr in trajectory_transitions(t)]
     return HeldOutSplit(pairs[:limit] if limit else pairs, held, index)

@@ -3,9 +3,16 @@
 DreamGym's experience model predicts the next observation of a tool call with the top-k most similar
 *real* transitions as in-context examples. A real transition is an expert step of a stored
 trajectory (its recorded observation) or a non-synthetic rollout (the sandbox's real observation);
-experience-model output is never indexed, so the model is never grounded on its own guesses. Nor are the rollouts of a
-replay that a later attempt superseded (``ee replay run --again``, its sandbox fixed since: :func:`superseded_keys`),
-as in dataset builds.
+experience-model output is never indexed, so the model is never grounded on its own guesses. The buffer reads
+rollouts as dataset builds select them (:func:`rollouts_out_of_use`, by the builds' own rule:
+:func:`ee_middleware.replay.attempts.rollouts_in_use`), so it also leaves out the rollouts of a replay that a later
+attempt superseded (``ee replay run --again``, its sandbox fixed since), and those of a replay whose record reports
+fidelity mismatches (the sandbox answered the expert's own recorded call otherwise than production), from its first
+mismatching step on, and its configuration's answers to the tools it got wrong, in every trajectory: a sandbox known to
+disagree with production is no real example. A rollout indexed before its replay was superseded or found mismatching
+(a buffer refreshed while replays run) is never returned again either. Rollouts whose arguments held redaction
+placeholders replay could not restore, which builds leave out too, are indexed (their observation answers the
+placeholder the transition's arguments show).
 
 :class:`TransitionIndex` keeps the transitions, reads what the store gained since the last call
 (:meth:`TransitionIndex.refresh`) and applies the rules every query obeys; a **retriever** scores
@@ -169,18 +176,33 @@ def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition |
     )
 
 
-def superseded_keys(store: Any) -> set[tuple[str, str]]:
-    """The ``(replay_id, trajectory_id)`` of the store's replays a later attempt of their configuration superseded
-    (``ee replay run --again``: :func:`~ee_middleware.replay.attempts.superseded_replays`, as dataset builds use):
-    their rollouts are no real example of the configuration's sandbox any more, which was fixed since."""
-    from ee_middleware.replay.attempts import superseded_replays
+def rollouts_out_of_use(store: Any, trajectory_ids: Iterable[str], transitions: Iterable[Transition]) -> set[str]:
+    """The ids of the rollout ``transitions`` a dataset build leaves out, by the builds' rule
+    (:func:`~ee_middleware.replay.attempts.rollouts_in_use`) over the store's replay records of ``trajectory_ids`` (the
+    trajectories the buffer reads, as a build reads its source's): those of a replay a later attempt of its
+    configuration superseded (``ee replay run --again``), and those a replay's fidelity mismatches leave out (from its
+    first mismatching step on; its configuration's answers to a tool it got wrong, anywhere). Expert steps are always
+    in use."""
+    rollouts = [t for t in transitions if t.replay_id is not None]
+    if not rollouts:
+        return set()
+    import polars as pl
 
-    return {(replay_id, trajectory_id) for replay_id, trajectory_id in superseded_replays(store.replays()).iter_rows()}
+    from ee_middleware.replay.attempts import rollouts_in_use
 
-
-def in_use(transition: Transition, superseded: set[tuple[str, str]]) -> bool:
-    """Whether ``transition`` is an expert step or a rollout of a replay no later attempt superseded."""
-    return transition.replay_id is None or (transition.replay_id, transition.trajectory_id) not in superseded
+    records = store.replays()
+    records = records.filter(pl.col("trajectory_id").is_in(pl.Series(list(trajectory_ids), dtype=pl.String).implode()))
+    keys = pl.DataFrame(
+        {
+            "id": [t.id for t in rollouts],
+            "replay_id": [t.replay_id for t in rollouts],
+            "trajectory_id": [t.trajectory_id for t in rollouts],
+            "step_index": [t.step_index for t in rollouts],
+            "tool_name": [t.tool for t in rollouts],
+        },
+        schema={"id": pl.String, "replay_id": pl.String, "trajectory_id": pl.String, "step_index": pl.Int64, "tool_name": pl.String},
+    )
+    return set(keys.filter(~rollouts_in_use(records))["id"].to_list())
 
 
 @runtime_checkable
@@ -302,9 +324,9 @@ class TransitionIndex:
     _seen_trajectories: set[str] = field(default_factory=set)
     _rejected: set[str] = field(default_factory=set)
     """Indexed trajectories rejected since: their transitions stay in the retriever (it only grows) but never come back."""
-    _superseded: set[tuple[str, str]] = field(default_factory=set)
-    """Replays a later attempt superseded (:func:`superseded_keys`), also after their rollouts were indexed: they never
-    come back either."""
+    _out_of_use: set[str] = field(default_factory=set)
+    """Rollout transitions a dataset build would leave out now (:func:`rollouts_out_of_use`), also those indexed before
+    their replay was superseded or found mismatching: they are never returned."""
 
     @classmethod
     def of(cls, retriever: str | Retriever | None = None, **options: Any) -> TransitionIndex:
@@ -332,9 +354,10 @@ class TransitionIndex:
 
     def refresh(self, store: Any) -> int:
         """Add the store's real transitions not indexed yet; how many. Rejected trajectories are left out, also
-        when they were rejected after they were indexed (and come back when approved again); so are the rollouts of a
-        replay a later attempt of its configuration superseded (``ee replay run --again`` once its sandbox was fixed:
-        :func:`superseded_keys`), also when it was replayed again after they were indexed."""
+        when they were rejected after they were indexed (and come back when approved again); so are the rollouts a
+        dataset build leaves out (:func:`rollouts_out_of_use`: a replay a later attempt of its configuration superseded,
+        ``ee replay run --again`` once its sandbox was fixed; a replay's fidelity mismatches), also when the replay was
+        superseded or its mismatches recorded after they were indexed."""
         trajectories: dict[str, Trajectory] = {}
         fresh: list[Transition] = []
         for trajectory in store.iter_trajectories():
@@ -347,13 +370,19 @@ class TransitionIndex:
                 self._seen_trajectories.add(trajectory.id)
                 fresh.extend(trajectory_transitions(trajectory))
         if trajectories:
-            self._superseded = superseded_keys(store)
+            candidates: list[tuple[str, Transition]] = []
             for rollout in store.iter_rollouts(list(trajectories)):
-                if rollout.id in self._seen_rollouts or (rollout.replay_id, rollout.trajectory_id) in self._superseded:
+                if rollout.id in self._seen_rollouts:
                     continue
-                self._seen_rollouts.add(rollout.id)
                 transition = rollout_transition(rollout, trajectories[rollout.trajectory_id])
-                if transition is not None:
+                if transition is None:  # never one (synthetic, an answer, a sandbox failure)
+                    self._seen_rollouts.add(rollout.id)
+                else:
+                    candidates.append((rollout.id, transition))
+            self._out_of_use = rollouts_out_of_use(store, trajectories, [*self.transitions, *(t for _, t in candidates)])
+            for rollout_id, transition in candidates:
+                if transition.id not in self._out_of_use:  # one left out now is read again by the next refresh
+                    self._seen_rollouts.add(rollout_id)
                     fresh.append(transition)
         return self.add(fresh)
 
@@ -404,7 +433,7 @@ class TransitionIndex:
         out = []
         for doc in ranked:
             transition = self.transitions[doc]
-            if transition.id in skip_ids or transition.trajectory_id in skip_trajectories or not in_use(transition, self._superseded):
+            if transition.id in skip_ids or transition.id in self._out_of_use or transition.trajectory_id in skip_trajectories:
                 continue
             out.append(transition)
             if len(out) == k:

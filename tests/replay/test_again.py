@@ -210,48 +210,33 @@ def test_the_improve_job_replays_and_builds_from_the_newest_attempt(tmp_path: Pa
     assert ImproveConfig.load(toml, store=str(tmp_path / "none"), **common).replay_config().attempt == 1  # no store yet
 
 
-def _retrieved(index: Any, tool: str, arguments: dict[str, Any]) -> list[Any]:
-    """Every transition the replay buffer retrieves for a call (as many as it holds)."""
-    return index.search(tool, arguments, k=10_000)
-
-
 def test_the_replay_buffer_serves_the_newest_attempt_not_the_broken_sandbox_it_superseded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The experience model's replay buffer (an experience sandbox's index, refreshed as it runs, and the held-out eval's)
-    takes a trajectory's newest finished attempt of a configuration, as dataset builds do: the broken sandbox's answers
-    ('Field required'), replayed again once it was fixed, are no longer served as real examples."""
-    from ee_middleware.replay.experience_eval import split_store
+    reads rollouts as dataset builds select them: before the fix, the broken attempt's rollouts but those its fidelity
+    mismatch leaves out (every 'Field required' answer); once replayed again, only the newest attempt's."""
     from ee_middleware.replay.retrieval import TransitionIndex
-    from ee_middleware.store.local import LocalExperienceStore
+    from tests.replay.test_retrieval_selection import buffers_like_builds, built_rollouts, refreshed, served, served_rollouts
 
     monkeypatch.setitem(FIXED, "value", False)
     store = tmp_path / "experience"
     _recorded(store)
     first = run_replay(ReplayConfig.load(store=store, sandbox=SANDBOX, policy=POLICY, k=2))
     assert first.fidelity_mismatches == 1
-    running = TransitionIndex.of()  # a long-running experience sandbox's buffer, refreshed before and after the fix
-    opened = LocalExperienceStore(store)
-    running.refresh(opened)
-    opened.close()
-    broken = [t for t in _retrieved(running, "cancel_booking", {"booking_id": "B2"}) if "Field required" in t.observation]
-    assert broken, "the broken attempt answered cancel_booking with a validation error (what the fix replaces)"
+    running = refreshed(TransitionIndex.of(), store)  # a long-running experience sandbox's buffer, before and after the fix
+    assert served_rollouts(running) == built_rollouts(store)
+    before = served(running)
+    assert {t.replay_id for t in before if t.replay_id} == {first.replay_id}, "its answers before the mismatch are in use"
+    assert not [t for t in before if "Field required" in t.observation], "the mismatching tool's answers are not"
 
     FIXED["value"] = True
     again = run_replay(ReplayConfig.load(store=store, sandbox=SANDBOX, policy=POLICY, k=2, again=True))
     assert (again.done, again.fidelity_mismatches) == (2, 0)
-    opened = LocalExperienceStore(store)
-    fresh = TransitionIndex.of()
-    fresh.refresh(opened)
-    running.refresh(opened)
-    split = split_store(opened, share=0.0)
-    opened.close()
-    for name, index in (("a new buffer", fresh), ("a buffer refreshed since", running), ("the eval's buffer", split.index)):
-        cancels = _retrieved(index, "cancel_booking", {"booking_id": "B2"})
-        rollouts = [t for t in cancels if t.id.startswith("rollout:")]
-        assert rollouts, name
-        assert not [t.observation for t in cancels if "Field required" in t.observation], name
-        assert all(t.replay_id == again.replay_id for t in rollouts), name
+    for name, (index, _) in buffers_like_builds(store, running).items():
+        transitions = served(index)
+        assert {t.replay_id for t in transitions if t.replay_id} == {again.replay_id}, name
+        assert any(t.tool == "cancel_booking" and t.replay_id for t in transitions), name
 
 
 def test_an_attempt_that_failed_every_trajectory_keeps_the_earlier_attempts_rollouts(

@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from ee_middleware.replay.attempts import configuration_replays, superseded_replays
+from ee_middleware.replay.attempts import (
+    UNTRUSTED_SCHEMA,
+    configuration_replays,
+    mark_untrusted,
+    not_superseded,
+    superseded_replays,
+    untrusted_replays,
+)
 from ee_middleware.trainers.datasets.rows import turn_key
 
 _T = TypeVar("_T")
@@ -124,11 +131,11 @@ def load_source(
         attempts = configuration_replays(records, replay_id)
         rollouts, records = rollouts.filter(pl.col("replay_id").is_in(attempts)), records.filter(pl.col("replay_id").is_in(attempts))
     # a trajectory's newest finished attempt of each configuration
-    current = _not_superseded(superseded_replays(records))
+    current = not_superseded(superseded_replays(records))
     rollouts, records = rollouts.filter(current), records.filter(current)
     mismatched = 0
     if not include_fidelity_mismatches:
-        trusted = rollouts.filter(~_mark_untrusted(untrusted_replays(records)))
+        trusted = rollouts.filter(~mark_untrusted(untrusted_replays(records)))
         mismatched, rollouts = rollouts.height - trusted.height, trusted
     unrestored = 0
     if "unrestored_json" in rollouts.columns:
@@ -168,110 +175,12 @@ REPLAY_COLUMNS = (
 )
 """Columns of the replay records a build reads (one record per replay configuration and trajectory, the newest)."""
 
-UNTRUSTED_SCHEMA: dict[str, pl.DataType] = {
-    "replay_id": pl.String(),
-    "trajectory_id": pl.String(),
-    "sandbox": pl.String(),
-    "policy": pl.String(),
-    "fidelity_mismatches": pl.Int64(),
-    "first_step": pl.Int64(),
-    "tool": pl.String(),
-    "wrong_tools": pl.List(pl.String()),
-}
-
-
-def untrusted_replays(records: pl.DataFrame) -> pl.DataFrame:
-    """The replays (a configuration's replay of a trajectory) whose rollouts a build leaves out: those whose newest
-    record (``records``: replay records, repeats dropped) reports fidelity mismatches. Columns of
-    :data:`UNTRUSTED_SCHEMA`: the replay, its sandbox and policy, how many expert calls mismatched, the first one's
-    step and tool (null when the record kept none), and ``wrong_tools``: the tools whose answer differed (the
-    mismatches the record lists, leaving out the sandbox's own failures: a time-out says nothing of the tool).
-
-    What a build leaves out (:class:`SourceReader`): the rollouts of such a trajectory's replay from its first
-    mismatching step on (the whole replay when the record names no step), and in every trajectory that configuration
-    replayed, the rollouts calling one of its ``wrong_tools``. A mismatch says the sandbox answers the expert's own call
-    unlike production: a tool it gets wrong (a misnamed parameter, a stale fixture) answers every call to it wrongly,
-    alternatives at earlier states and in other trajectories included, and from that step on the sandbox's world may
-    differ from production's, so which of its other answers there are right cannot be told. Before that step the world
-    is the one production recorded (every expert answer matched), so the other tools' rollouts there are kept: a tool
-    whose answer holds the time or a fresh id (it never matches) costs its own rollouts and the later steps', not
-    the trajectory's."""
-    if records.is_empty() or "fidelity_mismatches" not in records.columns:
-        return pl.DataFrame(schema=UNTRUSTED_SCHEMA)
-    flagged = records.filter(pl.col("fidelity_mismatches").fill_null(0) > 0)
-    rows = []
-    for record in flagged.iter_rows(named=True):
-        listed = _listed_mismatches(record.get("details_json"))
-        first = listed[0] if listed else {}
-        rows.append(
-            {
-                "replay_id": record["replay_id"],
-                "trajectory_id": record["trajectory_id"],
-                "sandbox": record.get("sandbox"),
-                "policy": record.get("policy"),
-                "fidelity_mismatches": record["fidelity_mismatches"],
-                "first_step": first.get("step") if isinstance(first.get("step"), int) else None,
-                "tool": first.get("tool") if isinstance(first.get("tool"), str) else None,
-                "wrong_tools": sorted({m["tool"] for m in listed if isinstance(m.get("tool"), str) and not m.get("sandbox_failure")}),
-            }
-        )
-    return pl.DataFrame(rows, schema=UNTRUSTED_SCHEMA)
-
-
-def _not_superseded(superseded: pl.DataFrame) -> pl.Expr:
-    """True for a row (of rollouts or replay records) of no :func:`superseded_replays` replay."""
-    if superseded.is_empty():
-        return pl.lit(True)
-    return ~_replay_key().is_in(superseded.select(_replay_key())["_replay_key"].implode())
-
-
-def _listed_mismatches(details_json: str | None) -> list[dict[str, Any]]:
-    """The mismatches a replay record lists (the first few, in step order: see the replay runner), or ``[]``."""
-    import json
-
-    try:
-        details = json.loads(details_json or "{}")
-    except ValueError:
-        return []
-    listed = details.get("fidelity_mismatches") if isinstance(details, dict) else None
-    return [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
-
-
-def _replay_key() -> pl.Expr:
-    """One key per replay: its configuration and trajectory."""
-    return pl.concat_str("replay_id", "trajectory_id", separator="\x00").alias("_replay_key")
-
-
-def _tool_key() -> pl.Expr:
-    """One key per replay configuration and tool called."""
-    return pl.concat_str("replay_id", "tool_name", separator="\x00").alias("_tool_key")
-
-
 LEFT_OUT_SCHEMA: dict[str, pl.DataType] = {
     "replay_id": pl.String(),
     "trajectory_id": pl.String(),
     "tool_name": pl.String(),
     "rollouts": pl.UInt32(),
 }
-
-
-def _wrong_tool_keys(untrusted: pl.DataFrame) -> pl.Series:
-    tools = untrusted.select("replay_id", pl.col("wrong_tools").alias("tool_name")).explode("tool_name").drop_nulls()
-    return tools.select(_tool_key())["_tool_key"].unique()
-
-
-def _mark_untrusted(untrusted: pl.DataFrame) -> pl.Expr:
-    """True for a rollout a build leaves out for ``untrusted`` (:func:`untrusted_replays`): of such a replay at or after
-    its first mismatching step (the whole replay when its record names no step), or calling a tool its configuration
-    answered wrongly anywhere."""
-    if untrusted.is_empty():
-        return pl.lit(False)
-    keys = untrusted.select(_replay_key(), pl.col("first_step").fill_null(-1))
-    first_steps = dict(zip(keys["_replay_key"].to_list(), keys["first_step"].to_list(), strict=True))
-    first = _replay_key().replace_strict(first_steps, default=None, return_dtype=pl.Int64)
-    mark = first.is_not_null() & (pl.col("step_index") >= first)
-    tools = _wrong_tool_keys(untrusted)
-    return mark | _tool_key().is_in(tools.implode()) if not tools.is_empty() else mark
 
 
 @dataclass(frozen=True)
@@ -436,7 +345,7 @@ class SourceReader:
                 records = records.filter(pl.col("replay_id").is_in(self._attempts))
             # a trajectory's newest finished attempt of each configuration (superseded ones are not used)
             self._superseded = superseded_replays(records)
-            self._records = records.filter(_not_superseded(self._superseded))
+            self._records = records.filter(not_superseded(self._superseded))
         return self._records
 
     def _of_replay(self) -> pl.Expr:
@@ -465,14 +374,14 @@ class SourceReader:
             rows = rows.filter(~pl.col("synthetic"))
         self._replay_records()  # which replays are superseded
         if not self._superseded.is_empty():
-            rows = rows.filter(_not_superseded(self._superseded))
+            rows = rows.filter(not_superseded(self._superseded))
         untrusted = self._untrusted_replays()
         marks = [
             pl.col("unrestored_json").is_null().alias("_restored"),
             pl.col("sandbox_failure").alias("_failure"),
             pl.col("replay_id").alias("_replay"),
             pl.col("tool_name").alias("_tool"),
-            _mark_untrusted(untrusted).alias("_untrusted"),
+            mark_untrusted(untrusted).alias("_untrusted"),
         ]
         rows = rows.select(*columns, *marks) if columns is not None else rows.with_columns(marks)
         frame = self._drop("rollouts", rows.collect(engine="streaming"))
@@ -588,7 +497,7 @@ class _Selected:
     failures: dict[str, int]
     """Left out as sandbox failures, by kind (``Observation.sandbox_failure``)."""
     mismatched: pl.DataFrame
-    """Left out for fidelity mismatches (:func:`_mark_untrusted`): ``replay_id``, ``trajectory_id``, ``tool_name``,
+    """Left out for fidelity mismatches (:func:`mark_untrusted`): ``replay_id``, ``trajectory_id``, ``tool_name``,
     ``rollouts``."""
 
 
