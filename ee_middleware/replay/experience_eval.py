@@ -97,7 +97,7 @@ def split_store(
     index = TransitionIndex.of(retriever)
     kept = {t.id: t for t in trajectories if t.id not in held}
     transitions = [tr for trajectory in kept.values() for tr in trajectory_transitions(trajectory)]
-    if kept:  # the rollouts a dataset build uses (no superseded attempt, none left out for fidelity mismatches)
+    if kept:  # the rollouts a dataset build uses (no superseded attempt, none left out for fidelity mismatches or unrestored)
         rollouts = [rollout_transition(rollout, kept[rollout.trajectory_id]) for rollout in store.iter_rollouts(list(kept))]
         real = [t for t in rollouts if t is not None]
         out_of_use = rollouts_out_of_use(store, [t.id for t in readable], real)

@@ -10,9 +10,9 @@ attempt superseded (``ee replay run --again``, its sandbox fixed since), and tho
 fidelity mismatches (the sandbox answered the expert's own recorded call otherwise than production), from its first
 mismatching step on, and its configuration's answers to the tools it got wrong, in every trajectory: a sandbox known to
 disagree with production is no real example. A rollout indexed before its replay was superseded or found mismatching
-(a buffer refreshed while replays run) is never returned again either. Rollouts whose arguments held redaction
-placeholders replay could not restore, which builds leave out too, are indexed (their observation answers the
-placeholder the transition's arguments show).
+(a buffer refreshed while replays run) is never returned again either. Nor are rollouts whose arguments held redaction
+placeholders replay could not restore (``Rollout.unrestored``, which builds leave out as their ``unrestored_json`` is
+set: :func:`rollout_transition`): the sandbox answered the placeholder (``user not found``), not the value.
 
 :class:`TransitionIndex` keeps the transitions, reads what the store gained since the last call
 (:meth:`TransitionIndex.refresh`) and applies the rules every query obeys; a **retriever** scores
@@ -156,10 +156,11 @@ def trajectory_transitions(trajectory: Trajectory) -> list[Transition]:
 
 
 def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition | None:
-    """A real rollout as a transition (``None`` for a synthetic one, an answer, or the sandbox's own failure:
-    ``Observation.sandbox_failure``, which no real tool returns)."""
+    """A real rollout as a transition (``None`` for a synthetic one, an answer, the sandbox's own failure:
+    ``Observation.sandbox_failure``, which no real tool returns, or one the sandbox answered for a redaction
+    placeholder replay could not restore: ``Rollout.unrestored``, which dataset builds leave out too)."""
     call = rollout.action.tool_call
-    if rollout.synthetic or call is None or rollout.observation.sandbox_failure:
+    if rollout.synthetic or call is None or rollout.observation.sandbox_failure or rollout.unrestored:
         return None
     step = next((s for s in trajectory.steps if s.index == rollout.step_index), None)
     return Transition(
@@ -357,7 +358,8 @@ class TransitionIndex:
         when they were rejected after they were indexed (and come back when approved again); so are the rollouts a
         dataset build leaves out (:func:`rollouts_out_of_use`: a replay a later attempt of its configuration superseded,
         ``ee replay run --again`` once its sandbox was fixed; a replay's fidelity mismatches), also when the replay was
-        superseded or its mismatches recorded after they were indexed."""
+        superseded or its mismatches recorded after they were indexed; and, as builds, rollouts the sandbox answered
+        for a redaction placeholder replay could not restore (:func:`rollout_transition`)."""
         trajectories: dict[str, Trajectory] = {}
         fresh: list[Transition] = []
         for trajectory in store.iter_trajectories():
@@ -375,7 +377,7 @@ class TransitionIndex:
                 if rollout.id in self._seen_rollouts:
                     continue
                 transition = rollout_transition(rollout, trajectories[rollout.trajectory_id])
-                if transition is None:  # never one (synthetic, an answer, a sandbox failure)
+                if transition is None:  # never one (synthetic, an answer, a sandbox failure, unrestored)
                     self._seen_rollouts.add(rollout.id)
                 else:
                     candidates.append((rollout.id, transition))

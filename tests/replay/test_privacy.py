@@ -134,6 +134,37 @@ def test_without_a_vault_steps_are_flagged_unrestorable_and_observations_still_r
     assert record.details["unrestored_branches"] == 2
 
 
+def test_the_replay_buffer_leaves_out_a_rollout_the_sandbox_answered_for_a_placeholder_as_builds_do(tmp_path: Path) -> None:
+    """A proposed pseudonym the vault has no value for reaches the sandbox as the placeholder ('user not found'): builds
+    leave that rollout out (``Rollout.unrestored``), and the experience model's replay buffer served it as a real
+    transition. Now both read the same rollouts (the real store, replay and buffer; the builds' own load_source)."""
+    from ee_middleware.replay.retrieval import TransitionIndex
+    from ee_middleware.trainers.datasets.source import load_source
+    from tests.replay.test_retrieval_selection import served, served_rollouts
+
+    store, redactor = _store(tmp_path, vault=True)
+    trajectory = _trajectory(redactor)
+    bob = redactor.redact_text("bob@example.com")
+    carol = Redactor(RedactionRules(), salt=store_salt(store)).redact_text("carol@example.com")  # never in the vault
+    calls = [ToolCall(id="a", name="find_user", arguments={"email": bob}), ToolCall(id="b", name="find_user", arguments={"email": carol})]
+    outcome = _replay(store, trajectory, calls)
+    store.write([trajectory])
+    store.approve([trajectory.id], by="test")
+    store.write_replay(outcome.record, outcome.rollouts)
+    unrestored = {r.id for r in store.iter_rollouts() if r.unrestored}
+    assert unrestored and all(store.get_rollout(i).unrestored == [carol] for i in unrestored), "the vault misses carol's value"
+    assert {store.get_rollout(i).observation.content for i in unrestored} == {"Error: user not found"}
+
+    index = TransitionIndex.of()
+    index.refresh(store)
+    built = set(load_source(store).rollouts["id"].to_list())
+    store.close()
+    assert not unrestored & served_rollouts(index), "the buffer serves a rollout the sandbox answered for a placeholder"
+    assert served_rollouts(index) == built and built, "the buffer and dataset builds read other rollouts"
+    assert not [t for t in served(index) if carol in json.dumps(t.arguments)], "a transition shows carol's placeholder"
+    assert any(t.arguments == {"email": bob} and t.observation == "bob_2" for t in served(index)), "restored ones stay in use"
+
+
 def test_replay_privacy_of_a_store_the_vault_override_and_a_wrong_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, _ = _store(tmp_path, vault=True)
     privacy = ReplayPrivacy.of_store(store)
