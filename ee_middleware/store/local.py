@@ -158,9 +158,9 @@ class LocalExperienceStore:
 
     def write(self, trajectories: Iterable[Trajectory]) -> int:
         """Durably append trajectories to this process's spool segment."""
-        records = [{"kind": "trajectory", "data": t.model_dump(mode="json")} for t in trajectories]
-        self._writer.append(records)
-        return len(records)
+        lines = spool.model_lines("trajectory", list(trajectories))
+        self._writer.append_lines(lines)
+        return len(lines)
 
     def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
         """Append approval decisions. Raises :class:`TrajectoryNotFoundError` for unknown ids."""

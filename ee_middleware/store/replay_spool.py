@@ -10,12 +10,11 @@ so both write the same lines.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ee_middleware.store.spool import SpoolWriter, encode_line, frame_line
+from ee_middleware.store.spool import SpoolWriter, encode_line, model_lines
 
 if TYPE_CHECKING:
     from ee_middleware.capture.redaction import Redactor
@@ -41,60 +40,12 @@ def replay_records(record: ReplayRecord, rollouts: Sequence[Rollout], redact: An
 def replay_lines(record: ReplayRecord, rollouts: Sequence[Rollout], redactor: Redactor) -> list[bytes]:
     """The spool lines of :func:`replay_records` (``redactor.redact_value`` redacts), byte for byte, encoded faster where that is
     provably the same: a redactor with no rules at all changes nothing, so each rollout is encoded by pydantic in one step
-    (:func:`_plain_rollout_line`) instead of dumped to a dict, walked by the redactor and encoded by ``json``."""
+    (:func:`~ee_middleware.store.spool.model_lines`) instead of dumped to a dict, walked by the redactor and encoded by ``json``."""
     if redactor.enabled or type(redactor).redact_value is not _redactor_type().redact_value:
         return [encode_line(r) for r in replay_records(record, rollouts, redactor.redact_value)]
-    lines = _plain_rollout_lines(rollouts)
+    lines = model_lines("rollout", rollouts)
     lines.append(encode_line({"kind": "replay", "data": record.model_dump(mode="json")}))
     return lines
-
-
-def _json_may_differ(data: bytes) -> bool:
-    """Whether pydantic's JSON ``data`` may differ from what ``json.dumps`` writes for the same values: only floats are spelled
-    differently, and only where either writes an exponent. Pydantic then writes one with a sign (``1e-7``, ``1e+16``; Python:
-    ``1e-07``) or spells out a small number (``0.00001``; Python: ``1e-05``). Such text inside a string also counts: that rollout
-    then simply takes the ``json`` path. (Plain substring tests: a regular expression cost more than the encoding saved.)"""
-    return b"e-" in data or b"e+" in data or b"0.0000" in data
-
-
-_ROLLOUT_HEAD = b'{"kind":"rollout","data":'
-_ROLLOUT_HEAD_CRC = zlib.crc32(_ROLLOUT_HEAD)
-
-
-def _plain_rollout_lines(rollouts: Sequence[Rollout]) -> list[bytes]:
-    """``[_plain_rollout_line(r) for r in rollouts]``, byte for byte, with less work per rollout: pydantic's serializer is
-    called directly (what ``model_dump_json`` calls, with the same defaults, but bytes without a round trip through
-    ``str``), the texts are checked by :func:`_json_may_differ` all at once (a rollout is checked on its own only when the
-    batch may differ), and each line's checksum continues from its constant head instead of hashing a joined copy."""
-    try:
-        datas = [r.__pydantic_serializer__.to_json(r) for r in rollouts]
-    except Exception:  # noqa: BLE001 - one rollout pydantic cannot encode: each takes its own path, as before
-        return [_plain_rollout_line(r) for r in rollouts]
-    lines = []
-    suspect = _json_may_differ(b"\n".join(datas))  # no pattern spans two texts: each starts with { and ends with }
-    for rollout, data in zip(rollouts, datas, strict=True):
-        if suspect and _json_may_differ(data):
-            lines.append(encode_line({"kind": "rollout", "data": rollout.model_dump(mode="json")}))
-        else:
-            crc = zlib.crc32(b"}", zlib.crc32(data, _ROLLOUT_HEAD_CRC))
-            lines.append(b"".join((b"%08x " % crc, _ROLLOUT_HEAD, data, b"}\n")))
-    return lines
-
-
-def _plain_rollout_line(rollout: Rollout) -> bytes:
-    """``encode_line({"kind": "rollout", "data": rollout.model_dump(mode="json")})``, byte for byte.
-
-    Both go through pydantic's serializer (same keys, order, datetimes and values); the text of the dumped dict is then written
-    by ``json.dumps``, here by pydantic itself: same separators, same escapes, UTF-8 unescaped. They differ only in how some
-    floats are spelled (:func:`_json_may_differ`) and in what fails (a lone surrogate): those take the ``json`` path.
-    """
-    try:
-        data = rollout.model_dump_json().encode("utf-8")
-    except Exception:  # noqa: BLE001 - the json path below raises what it always raised
-        data = b"e-"
-    if _json_may_differ(data):
-        return encode_line({"kind": "rollout", "data": rollout.model_dump(mode="json")})
-    return frame_line(b'{"kind":"rollout","data":' + data + b"}")
 
 
 def _redactor_type() -> type[Redactor]:

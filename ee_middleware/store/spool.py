@@ -26,14 +26,17 @@ import time
 import uuid
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreWriteError, os_error_advice
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 SEGMENT_SUFFIX = ".jsonl"
 
@@ -59,6 +62,51 @@ def encode_line(record: dict[str, Any]) -> bytes:
 def frame_line(payload: bytes) -> bytes:
     """The spool line for a record already encoded as ``payload`` (compact UTF-8 JSON, as :func:`encode_line` writes it)."""
     return b"%08x " % zlib.crc32(payload) + payload + b"\n"
+
+
+def json_may_differ(data: bytes) -> bool:
+    """Whether pydantic's JSON ``data`` may differ from what ``json.dumps`` writes for the same values: only floats are spelled
+    differently, and only where either writes an exponent. Pydantic then writes one with a sign (``1e-7``, ``1e+16``; Python:
+    ``1e-07``) or spells out a small number (``0.00001``; Python: ``1e-05``). Such text inside a string also counts: that record
+    then simply takes the ``json`` path. (Plain substring tests: a regular expression cost more than the encoding saved.)"""
+    return b"e-" in data or b"e+" in data or b"0.0000" in data
+
+
+def model_lines(kind: str, models: Sequence[BaseModel]) -> list[bytes]:
+    """``[encode_line({"kind": kind, "data": m.model_dump(mode="json")}) for m in models]``, byte for byte, with about a third
+    of the work: pydantic's serializer writes each model's JSON itself (what ``model_dump_json`` calls, with the same
+    defaults, as bytes), instead of a dict that ``json.dumps`` then encodes.
+
+    Both write the same keys in the same order, the same datetimes and values, the same separators and escapes, UTF-8
+    unescaped, and ``null`` for a NaN or an infinity (``mode="json"`` dumps them as ``None``). They differ only in how some
+    floats are spelled (:func:`json_may_differ`: the texts are checked all at once, a model on its own only when the batch
+    may differ) and in what fails (a lone surrogate, which ``encode_line`` cleans): those take the ``json`` path."""
+    head = b'{"kind":"%s","data":' % kind.encode("ascii")
+    try:
+        datas = [m.__pydantic_serializer__.to_json(m) for m in models]
+    except Exception:  # noqa: BLE001 - one model pydantic cannot encode: each takes its own path
+        return [_model_line(kind, head, m) for m in models]
+    suspect = json_may_differ(b"\n".join(datas))  # no pattern spans two texts: each starts with { and ends with }
+    head_crc = zlib.crc32(head)
+    lines = []
+    for model, data in zip(models, datas, strict=True):
+        if suspect and json_may_differ(data):
+            lines.append(encode_line({"kind": kind, "data": model.model_dump(mode="json")}))
+        else:
+            crc = zlib.crc32(b"}", zlib.crc32(data, head_crc))  # the line's checksum continues from its constant head
+            lines.append(b"".join((b"%08x " % crc, head, data, b"}\n")))
+    return lines
+
+
+def _model_line(kind: str, head: bytes, model: BaseModel) -> bytes:
+    """One line of :func:`model_lines`."""
+    try:
+        data = model.model_dump_json().encode("utf-8")
+    except Exception:  # noqa: BLE001 - the json path below raises what it always raised, or cleans a lone surrogate
+        data = b"e-"
+    if json_may_differ(data):
+        return encode_line({"kind": kind, "data": model.model_dump(mode="json")})
+    return frame_line(head + data + b"}")
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,12 @@ from ee_middleware.records import (
     ToolCall,
     Trajectory,
 )
-from ee_middleware.store.replay_spool import _json_may_differ
 from ee_middleware.store.rows import Decoded as Decoded
 from ee_middleware.store.rows import _loads as _loads
 from ee_middleware.store.rows import keep_step as keep_step
 from ee_middleware.store.rows import step_from_row as step_from_row
 from ee_middleware.store.rows import trajectory_from_rows as trajectory_from_rows
+from ee_middleware.store.spool import json_may_differ
 
 UTC_TIME = pl.Datetime("us", "UTC")
 
@@ -173,14 +173,14 @@ def json_text(value: Any) -> str:
     written by pydantic's encoder where that is provably the same (about a third of the CPU).
 
     Both write the same keys in the same order with the same separators and escapes, UTF-8 unescaped; they spell some
-    floats differently (see :func:`~ee_middleware.store.replay_spool._json_may_differ`), and ``dumps`` writes ``NaN`` and
+    floats differently (see :func:`~ee_middleware.store.spool.json_may_differ`), and ``dumps`` writes ``NaN`` and
     infinities as strings: text with any of those (even inside a string), or a value pydantic cannot encode, is written by
     ``dumps``. Objects that are not JSON values are not for this function: ``dumps`` writes them its own way."""
     try:
         data = to_json(value)
     except Exception:  # noqa: BLE001 - a lone surrogate, say: dumps cleans it
         return dumps(value)
-    if _json_may_differ(data) or b"NaN" in data or b"Infinity" in data:
+    if json_may_differ(data) or b"NaN" in data or b"Infinity" in data:
         return dumps(value)
     return data.decode("utf-8")
 

@@ -347,3 +347,42 @@ def test_compaction_keeps_what_a_newer_version_wrote(tmp_path: Path) -> None:
     assert future.name in live and "future" in pq.read_schema(future).names, "still live, with its column"
     assert len(live) == 2, "the other parts were merged into one"
     store.close()
+
+
+def _awkward_trajectories() -> list:
+    """Trajectories whose values pydantic's JSON and ``json.dumps`` could spell differently: small and large floats, NaN and
+    infinities, big ints, non-ASCII, control characters, a lone surrogate, JSON inside strings, exponent-like text."""
+    values = [
+        {"x": 1e-05, "y": [1.5e-7, 1e16, 1e22, 0.1, -0.0, 123456.789]},
+        {"n": 2**70, "text": 'café \u2028 \x00\x1f\x7f "quoted" \\ 😀', "json": '{"a": [1, 2]}'},
+        {"nan": float("nan"), "inf": float("inf"), "ninf": float("-inf")},
+        {"looks_like": "1e-05 and 2e+16 and 0.00001", "ok": 0.0001},
+        {"surrogate": "file-\udcff.txt"},
+    ]
+    out = []
+    for i, value in enumerate(values):
+        t = sample_trajectory(f"awkward-{i}")
+        messages = [dict(m) for m in t.messages]
+        messages[0]["extra"] = value
+        out.append(t.model_copy(update={"messages": messages, "environment": value}))
+    return out
+
+
+@pytest.mark.parametrize("batch", ["awkward", "one_awkward", "plain"])
+def test_trajectories_are_written_as_the_json_path_writes_them(tmp_path: Path, batch: str) -> None:
+    """Trajectories are encoded by pydantic in one step (``spool.model_lines``); the spool lines must be, byte for byte, those
+    ``json.dumps`` writes of ``model_dump(mode="json")``, awkward values included (each then takes the json path)."""
+    trajectories = {
+        "awkward": _awkward_trajectories(),
+        "one_awkward": [sample_trajectory("plain-0"), _awkward_trajectories()[0], sample_trajectory("plain-1")],
+        "plain": [sample_trajectory(f"plain-{i}") for i in range(3)],
+    }[batch]
+    store = LocalExperienceStore(tmp_path / "store")
+    assert store.write(trajectories) == len(trajectories)
+    store.close()
+    (segment,) = spool.list_segments(store.root / "spool")
+    expected = b"".join(spool.encode_line({"kind": "trajectory", "data": t.model_dump(mode="json")}) for t in trajectories)
+    assert segment.read_bytes() == expected
+    if batch == "awkward":
+        assert b"1e-05" in expected and b"\xef\xbf\xbd" in expected, "json's spelling, and the lone surrogate cleaned"
+    assert [t.id for t in LocalExperienceStore(store.root).iter_trajectories()] == [t.id for t in trajectories]
