@@ -57,15 +57,7 @@ def _recorded(root: Path) -> None:
 
     from ee_middleware.testing import tool_call
 
-    booking_world.record_trajectory(
-        root,
-        [
-            AIMessage(content="", tool_calls=[tool_call("list_bookings")]),
-            AIMessage(content="", tool_calls=[tool_call("cancel_booking", booking_id="B1")]),
-            AIMessage(content="Cancelled your 10:00 in Ada."),
-        ],
-        "Cancel my 10:00 booking in Ada.",
-    )
+    booking_world.record_trajectory(root, *booking_world.cancels_b1())
     booking_world.record_trajectory(
         root,
         [AIMessage(content="", tool_calls=[tool_call("list_bookings")]), AIMessage(content="You have two bookings.")],

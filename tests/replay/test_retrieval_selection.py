@@ -88,29 +88,10 @@ def buffers_like_builds(root: Path, running: TransitionIndex) -> dict[str, tuple
 
 
 def _recorded(root: Path) -> dict[str, str]:
-    from langchain_core.messages import AIMessage
+    from tests.trainers.datasets.booking_world import books_hopper, cancels_b1, record_trajectory
 
-    from ee_middleware.testing import tool_call
-    from tests.trainers.datasets.booking_world import record_trajectory
-
-    books = record_trajectory(
-        root,
-        [
-            AIMessage(content="", tool_calls=[tool_call("list_bookings")]),
-            AIMessage(content="", tool_calls=[tool_call("book_room", room="Hopper", slot="09:00")]),
-            AIMessage(content="Booked Hopper at 09:00."),
-        ],
-        "Book Hopper at 09:00.",
-    )
-    cancels = record_trajectory(
-        root,
-        [
-            AIMessage(content="", tool_calls=[tool_call("list_bookings")]),
-            AIMessage(content="", tool_calls=[tool_call("cancel_booking", booking_id="B1")]),
-            AIMessage(content="Cancelled your 10:00 in Ada."),
-        ],
-        "Cancel my 10:00 booking in Ada.",
-    )
+    books = record_trajectory(root, *books_hopper())
+    cancels = record_trajectory(root, *cancels_b1())
     return {"books": books.id, "cancels": cancels.id}
 
 

@@ -101,6 +101,36 @@ def record_trajectory(root: Path, script: list[Any], task: str) -> Trajectory:
     return trajectory
 
 
+def books_hopper() -> tuple[list[Any], str]:
+    """A conversation for :func:`record_trajectory` (its script and task): the agent lists the bookings, then books
+    Hopper at 09:00."""
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware.testing import tool_call
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("list_bookings")]),
+        AIMessage(content="", tool_calls=[tool_call("book_room", room="Hopper", slot="09:00")]),
+        AIMessage(content="Booked Hopper at 09:00."),
+    ]
+    return script, "Book Hopper at 09:00."
+
+
+def cancels_b1() -> tuple[list[Any], str]:
+    """A conversation for :func:`record_trajectory` (its script and task): the agent lists the bookings, then cancels
+    B1 (the 10:00 in Ada)."""
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware.testing import tool_call
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("list_bookings")]),
+        AIMessage(content="", tool_calls=[tool_call("cancel_booking", booking_id="B1")]),
+        AIMessage(content="Cancelled your 10:00 in Ada."),
+    ]
+    return script, "Cancel my 10:00 booking in Ada."
+
+
 class BookingPolicy(FixedCallsPolicy):
     """A replay policy (``tests.trainers.datasets.booking_world:BookingPolicy``) proposing, at every state, in order:
     cancelling B2, booking Babbage at 11:00, listing the bookings (the expert's own call among them is dropped)."""

@@ -23,7 +23,7 @@ from ee_middleware.replay.job import run_replay
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 from ee_middleware.trainers.datasets.source import load_source
-from tests.trainers.datasets.booking_world import record_trajectory
+from tests.trainers.datasets.booking_world import books_hopper, cancels_b1, record_trajectory
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,29 +37,9 @@ BROKEN_ANSWER = "Field required"
 @pytest.fixture(scope="module")
 def store_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Two approved trajectories (one cancels B1, one only books a room), replayed by three configurations."""
-    from langchain_core.messages import AIMessage
-
-    from ee_middleware.testing import tool_call
-
     root = tmp_path_factory.mktemp("booking") / "experience"
-    cancels = record_trajectory(
-        root,
-        [
-            AIMessage(content="", tool_calls=[tool_call("list_bookings")]),
-            AIMessage(content="", tool_calls=[tool_call("cancel_booking", booking_id="B1")]),
-            AIMessage(content="Cancelled your 10:00 in Ada."),
-        ],
-        "Cancel my 10:00 booking in Ada.",
-    )
-    books = record_trajectory(
-        root,
-        [
-            AIMessage(content="", tool_calls=[tool_call("list_bookings")]),
-            AIMessage(content="", tool_calls=[tool_call("book_room", room="Hopper", slot="09:00")]),
-            AIMessage(content="Booked Hopper at 09:00."),
-        ],
-        "Book Hopper at 09:00.",
-    )
+    cancels = record_trajectory(root, *cancels_b1())
+    books = record_trajectory(root, *books_hopper())
     replays = {}
     for name, sandbox, k in (("good", GOOD, 2), ("good_k3", GOOD, 3), ("broken", BROKEN, 2)):
         summary = run_replay(ReplayConfig.load(store=root, sandbox=sandbox, policy=POLICY, k=k))
