@@ -30,8 +30,9 @@ def checker_language(category: str) -> Any:
 
 
 def offered_functions(entry_id: str, functions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The function documents as BFCL offers them for ``entry_id``'s category (Java/JavaScript: parameters as strings,
-    with BFCL's notes); a copy, the entry's own documents are left as they are (the checker reads those)."""
+    """The function documents as BFCL offers them for ``entry_id``'s category, with its language note at the end of each
+    description (Python: ``" Note that the provided function is in Python 3 syntax."``; Java/JavaScript: their notes and
+    parameters as strings); a copy, the entry's own documents are left as they are (the checker reads those)."""
     entry = {"id": entry_id, "function": copy.deepcopy(functions)}
     processed: list[dict[str, Any]] = import_bfcl("utils").add_language_specific_hint_to_function_doc([entry])[0]["function"]
     return processed

@@ -16,8 +16,10 @@
   BFCL's own runner calls it. In every category an answer is decoded as a whole, as BFCL does: one call
   that cannot be read (arguments cut short, not a JSON object) leaves the answer with no call. ``irrelevance`` and ``live_irrelevance``: right when the answer makes no call;
   ``live_relevance``: right when it makes at least one (BFCL checks no arguments there, and has no ground
-  truth, so the oracle calls the first function offered). Tool names with ``.`` are offered with ``_``
-  (OpenAI's rule).
+  truth, so the oracle calls the first function offered).
+* Every category offers the tools BFCL's own pipeline offers a function-calling model (language notes, BFCL's type
+  mapping, ``.`` in names as ``_``, multi-turn held-out functions appended at their turn): see
+  :mod:`~ee_middleware.evals.bfcl.tools`.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from dataclasses import replace
 from functools import cache
 from typing import Any
 
-from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, MULTI_TURN_CATEGORIES, BFCLEntry, load_entries, openai_tool
+from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, MULTI_TURN_CATEGORIES, BFCLEntry, load_entries
 from ee_middleware.bfcl.world import build_world, parse_call
 from ee_middleware.errors import ConfigError
-from ee_middleware.evals.bfcl.languages import LANGUAGES, checker_language, offered_functions, source_text
+from ee_middleware.evals.bfcl.languages import LANGUAGES, checker_language, source_text
 from ee_middleware.evals.bfcl.official import Verdict, ast_check, model_call_string, multi_turn_check
+from ee_middleware.evals.bfcl.tools import multi_turn_tools, offered_tools, tool_name
 from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask, TaskResult
@@ -147,7 +150,7 @@ def multi_turn_task(entry: BFCLEntry, suite: str) -> EvalTask:
         id=entry.id,
         category=entry.category,
         turns=[_user_turn(entry, t) for t in range(len(entry.turns))],
-        tools=[entry.tools_at_turn(t) for t in range(len(entry.turns))],
+        tools=multi_turn_tools(entry),
         reference=reference,
         payload={
             "entry": {"id": entry.id, "initial_config": entry.initial_config, "involved_classes": entry.involved_classes},
@@ -213,18 +216,8 @@ def ast_entries(category: str, limit: int | None) -> list[tuple[dict[str, Any], 
     return [(q, answers[q["id"]]) for q in questions]
 
 
-def tool_name(name: str) -> str:
-    """A BFCL function name as offered to the model (``.`` is not allowed in OpenAI tool names)."""
-    return name.replace(".", "_")
-
-
 def ast_task(question: dict[str, Any], answer: dict[str, Any] | None, suite: str, category: str) -> EvalTask:
-    offered = offered_functions(question["id"], question["function"]) if category in LANGUAGES else question["function"]
-    tools = []
-    for doc in offered:
-        tool = openai_tool(doc)
-        tool["function"]["name"] = tool_name(doc["name"])
-        tools.append(tool)
+    tools = offered_tools(question["id"], question["function"])
     turns = [[dict(m) for m in turn] for turn in question["question"]]
     if category == "live_relevance":  # any call is right: the first function, with no arguments
         reference = [[{"role": "assistant", "content": "", "tool_calls": [_tool_call("call_0_0", tools[0]["function"]["name"], {})]}]]
