@@ -39,6 +39,8 @@ class LoopConfig:
     is run), as BFCL's multi-turn runner force-quits an entry.
     ``whole_answers``: an answer holding a call that cannot be read holds no call at all (none of its
     calls is run or scored), as BFCL decodes an answer as a whole.
+    ``tool_message_names``: a tool result message carries the tool's ``name`` beside its ``tool_call_id``
+    (BFCL's function-calling runner sends only ``tool_call_id`` and ``content``).
     """
 
     max_steps_per_turn: int = 20
@@ -47,6 +49,7 @@ class LoopConfig:
     feed_back_parse_errors: bool = False
     end_at_max_steps: bool = False
     whole_answers: bool = False
+    tool_message_names: bool = True
     temperature: float = 0.0
     max_tokens: int = 512
     seed: int | None = 0
@@ -164,9 +167,10 @@ def _run_turn(
             turn.stopped = "answer"
             return
         for call in step.calls:
-            conversation.messages.append(
-                {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": _execute(environment, call)}
-            )
+            result: Message = {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": _execute(environment, call)}
+            if not config.tool_message_names:
+                del result["name"]
+            conversation.messages.append(result)
     turn.stopped = "max_steps"
 
 

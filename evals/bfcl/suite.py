@@ -9,7 +9,8 @@
   make calls; a turn whose model still calls in the answer after those is force-quit, and the entry
   ends there (``multi_turn:force_terminated`` unless it was the last turn, as BFCL's runner scores it).
   A call whose name is not one of the backends' methods, or whose argument names are not Python
-  identifiers, reaches the checker (which ``eval``s call strings) as a call of an undefined name.
+  identifiers, reaches the checker (which ``eval``s call strings) as a call of an undefined name. A call's result
+  goes back as BFCL's function-calling runner sends it: a ``tool`` message of ``tool_call_id`` and ``content``.
 * Single-turn AST categories (``simple``, ``multiple``, ``parallel``, ``parallel_multiple`` and their
   ``live_`` counterparts; ``simple_java`` and ``simple_javascript``, offered and checked as BFCL does, see
   :mod:`~ee_middleware.evals.bfcl.languages`): one model answer, scored by BFCL's ``ast_checker`` with the category's name, as
@@ -96,7 +97,9 @@ class BFCLSuite:
 
     def loop_config(self, base: LoopConfig) -> LoopConfig:
         if self.multi_turn:  # BFCL force-quits a turn whose model makes calls in more than its limit's answers
-            return replace(base, max_steps_per_turn=base.max_steps_per_turn + 1, end_at_max_steps=True, whole_answers=True)
+            return replace(
+                base, max_steps_per_turn=base.max_steps_per_turn + 1, end_at_max_steps=True, whole_answers=True, tool_message_names=False
+            )
         return replace(base, execute_tools=False, max_steps_per_turn=1, whole_answers=True)
 
     def run(self, client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> TaskResult:

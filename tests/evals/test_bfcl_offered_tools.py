@@ -1,4 +1,5 @@
-"""The BFCL harness offers the tools BFCL's own pipeline offers an OpenAI-compatible function-calling model.
+"""The BFCL harness offers the tools BFCL's own pipeline offers an OpenAI-compatible function-calling model, and sends
+tool results back as its runner does.
 
 The reference is bfcl-eval's own code: ``load_dataset_entry`` (the entries as its generation step reads them: language
 notes added, held-out functions taken out) and ``model_handler.utils.convert_to_tool`` with ``GORILLA_TO_OPENAPI`` and
@@ -25,8 +26,10 @@ import pytest
 
 from ee_middleware.bfcl._package import import_bfcl, package_dir
 from ee_middleware.bfcl.data import MULTI_TURN_CATEGORIES, load_entries
-from ee_middleware.evals.bfcl.suite import AST_CATEGORIES, ast_entries, ast_task, multi_turn_task
+from ee_middleware.evals.bfcl.suite import AST_CATEGORIES, BFCLSuite, ast_entries, ast_task, multi_turn_task
 from ee_middleware.evals.bfcl.tools import FLOAT_NOTE, multi_turn_tools, offered_tools
+from ee_middleware.evals.clients import OracleClient
+from ee_middleware.evals.loop import LoopConfig
 
 PYTHON_NOTE = " Note that the provided function is in Python 3 syntax."
 
@@ -159,3 +162,33 @@ def test_every_entry_of_every_category_is_offered_bfcls_tools(category: str) -> 
         assert _as_text(offered_tools(question["id"], question["function"])) == _as_text(_bfcl_tools(bfcl[question["id"]]["function"])), (
             question["id"]
         )
+
+
+class _Recording:
+    """The oracle client, keeping the messages of every request it answers."""
+
+    def __init__(self) -> None:
+        self.requests: list[list[dict[str, Any]]] = []
+        self.model = "oracle"
+
+    def for_task(self, task: Any) -> _Recording:
+        self._oracle = OracleClient().for_task(task)
+        return self
+
+    def complete(self, messages: Any, **kwargs: Any) -> Any:
+        self.requests.append(copy.deepcopy(list(messages)))
+        return self._oracle.complete(messages, **kwargs)
+
+
+def test_tool_results_go_back_as_bfcls_function_calling_runner_sends_them() -> None:
+    """``OpenAICompletionsHandler._add_execution_results_FC`` sends each result as ``{"role": "tool", "content",
+    "tool_call_id"}``; before, the harness added the tool's ``name``, which a chat template may write into the prompt."""
+    task = BFCLSuite("multi_turn_base", limit=1).tasks()[0]
+    client = _Recording()
+    result = BFCLSuite("multi_turn_base").run(client, task, 0, LoopConfig())
+    assert result.success
+    last = client.requests[-1]
+    results = [m for m in last if m["role"] == "tool"]
+    assert results and all(set(m) == {"role", "content", "tool_call_id"} for m in results)
+    calls = [c["id"] for m in last if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    assert [m["tool_call_id"] for m in results] == calls
