@@ -681,8 +681,20 @@ def _yield_to_the_agent() -> None:
         pass
 
 
+_IN_CAPTURE_PROCESS = False
+
+
+def in_capture_process() -> bool:
+    """Whether this is a capture process (:func:`child_main`). Reading its settings imports the app's modules (where
+    ``approve_if`` or ``redact_fn`` live), whose import-time code may build a recorder again: one built here never
+    starts a capture process of its own (with ``offload="process"`` each child would start the next, without end)."""
+    return _IN_CAPTURE_PROCESS
+
+
 def child_main() -> None:
     """``python -c 'from ee_middleware.capture.offload import child_main; child_main()' IN OUT PPID SIGNAL``."""
+    global _IN_CAPTURE_PROCESS
+    _IN_CAPTURE_PROCESS = True
     in_fd, out_fd, parent_pid, death_signal = (int(a) for a in sys.argv[1:5])
     _arm_lifetime(parent_pid, bool(death_signal))
     _yield_to_the_agent()

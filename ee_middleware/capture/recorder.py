@@ -51,7 +51,14 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from ee_middleware._version import __version__
 from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, is_interrupt, root_attributes, sendable_calls
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.capture.offload import ProcessOffload, frozen_problem, picklable_problem, private_provider, recording_parts
+from ee_middleware.capture.offload import (
+    ProcessOffload,
+    frozen_problem,
+    in_capture_process,
+    picklable_problem,
+    private_provider,
+    recording_parts,
+)
 from ee_middleware.capture.payloads import captured_error
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, strict_default
 from ee_middleware.capture.redaction import store_salt
@@ -116,7 +123,7 @@ class Recorder:
         """Decide ``config.offload``: start the capture process now (``"process"``), later under
         sustained load (``"auto"``), or never (``"thread"``, or ``"auto"`` where it cannot)."""
         mode = self.config.offload
-        if mode == "thread":
+        if mode == "thread" or in_capture_process():  # a recorder the app's modules build in a capture process: never used
             return
         problems = []
         if provider is not None:

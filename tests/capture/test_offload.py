@@ -591,3 +591,58 @@ def test_a_frozen_application_never_starts_the_child(react_graph, tmp_path, monk
     agent = record_experience(react_graph, app="shop", store=tmp_path / "b", offload="auto")
     assert agent.recorder._offload_init is None and agent.recorder._offload_blocker
     agent.recorder.close()
+
+
+SERVICE = '''
+"""A web service module as the README has users write it: the recorded agent is built at import time, approve_if
+is a module-level function. The capture process imports this module to read approve_if."""
+import os
+
+from langgraph.graph import START, MessagesState, StateGraph
+from langchain_core.messages import AIMessage
+
+from ee_middleware import record_experience
+from ee_middleware.testing import ScriptedChatModel
+
+depth = int(os.environ.get("SERVICE_DEPTH", "0"))
+os.environ["SERVICE_DEPTH"] = str(depth + 1)  # bounds the chain of capture processes this test would otherwise start
+
+
+def approve_completed(trajectory):
+    return trajectory.status == "completed"
+
+
+def build_graph():
+    model = ScriptedChatModel(script=[AIMessage(content="ok")])
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_edge(START, "agent")
+    return graph.compile()
+
+
+if depth < 3:
+    agent = record_experience(build_graph(), app="svc", store=os.environ["SERVICE_STORE"], approve_if=approve_completed, offload="process")
+'''
+
+COUNT_CAPTURE_PROCESSES = """
+import json, sys, psutil
+sys.path.insert(0, sys.argv[1])
+import service
+service.agent.invoke({"messages": [("user", "hi")]})
+service.agent.flush()
+procs = [p for p in psutil.Process().children(recursive=True) if "child_main" in " ".join(p.cmdline())]
+print(json.dumps({"capture_processes": len(procs), "stored": service.agent.recorder.stats.trajectories_written}))
+"""
+
+
+def test_a_module_that_builds_its_recorder_at_import_starts_one_capture_process(tmp_path: Path) -> None:
+    """The capture process imports the app's module to read approve_if; that module builds its recorder at import time
+    (as a web service's does), with offload="process": the recorder built there started a capture process of its own,
+    whose import did the same, without end (a service grew to about 50 capture processes in seconds). One is started."""
+    (tmp_path / "service.py").write_text(SERVICE)
+    env = {**os.environ, "SERVICE_STORE": str(tmp_path / "store")}
+    env.pop("SERVICE_DEPTH", None)
+    out = subprocess.run(
+        [sys.executable, "-c", COUNT_CAPTURE_PROCESSES, str(tmp_path)], env=env, capture_output=True, text=True, timeout=240, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"capture_processes": 1, "stored": 1}, out.stderr[-2000:]
