@@ -28,7 +28,7 @@ def propose_cmd(
     store: str = StoreOption,
     n: int = typer.Option(10, "--n", min=1, help="Variants to write."),
     out: Path = typer.Option(Path("tasks.jsonl"), "--out", help="Where the variants go (JSON lines)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed of MODEL (variant k uses seed + k)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Have MODEL write variants of the tasks the policy solves about half the time.

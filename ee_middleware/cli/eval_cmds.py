@@ -36,12 +36,12 @@ def run_cmd(
         None, "--model-spec", help="oracle, noop, local:DIR\\[@ADAPTER], openai:URL#MODEL or module:factory."
     ),
     out: Path = typer.Option(..., "--out", help="Run folder: results.parquet, report.md/html, success.png. Re-run to resume."),
-    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per task (pass^k over them)."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes."),
-    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k)."),
-    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."),
-    max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn."),
-    timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per task (pass^k over them). \\[default: 1]"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes. \\[default: 1]"),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k). \\[default: 0]"),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy). \\[default: 0.0]"),
+    max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn. \\[default: 20]"),
+    timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request. \\[default: 60]"),
     user_model: str | None = typer.Option(None, "--user-model", help="tau suites: an openai:URL#MODEL user simulator (default: scripted)."),
     tau_bench_dir: str | None = typer.Option(
         None, "--tau-bench-dir", envvar="EE_TAU_BENCH_DIR", help="tau suites: a tau-bench checkout (for tau:retail and tau:airline)."

@@ -6,6 +6,7 @@ imported inside the commands.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ ConfigOption = typer.Option(
 )
 
 
+class ScheduleChoice(StrEnum):
+    il = "il"
+    iwm = "iwm"
+    sr = "sr"
+
+
 def _print_example_config(value: bool) -> None:
     if value:
         from ee_middleware.jobs.config import example_config
@@ -43,7 +50,12 @@ def improve(
     registry: str | None = typer.Option(None, "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", help="Adapter registry."),
     runs: Path | None = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (one folder per run)."),
     base_model: str | None = typer.Option(None, "--base-model", help="Base model folder or .gguf (used when no adapter is live)."),
-    schedule: str | None = typer.Option(None, "--schedule", help="il, iwm or sr."),
+    schedule: ScheduleChoice | None = typer.Option(
+        None,
+        "--schedule",
+        help="il, iwm (world modeling then imitation) or sr (self-reflection mixed with imitation); overrides \\[improve] schedule. "
+        "\\[default: iwm]",
+    ),
     new_run: bool = typer.Option(False, "--new-run", help="Mark an unfinished run abandoned and start a new one."),
     force: bool = typer.Option(False, "--force", help="Run every stage even when nothing new was approved."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show stage progress and bars."),
@@ -67,7 +79,13 @@ def improve(
     from ee_middleware.jobs.stages import QuietProgress
 
     job = ImproveConfig.load(
-        config, store=store, app=app_name, registry=registry, runs=str(runs) if runs else None, base_model=base_model, schedule=schedule
+        config,
+        store=store,
+        app=app_name,
+        registry=registry,
+        runs=str(runs) if runs else None,
+        base_model=base_model,
+        schedule=schedule.value if schedule else None,
     )
     display = RichProgress(console()) if progress and not as_json else QuietProgress()
     started: list[Any] = []

