@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -41,6 +43,10 @@ class _Root(TyperGroup):
             _fail(str(exc), exc)
         except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: typer prints them
             raise
+        except BrokenPipeError as exc:
+            if _stdout_closed():  # `ee ... | head`: the reader has what it wanted; nothing to say
+                _end_on_closed_stdout()
+            _fail(_describe_os_error(exc), exc)  # a socket or a child's pipe: an error like any other
         except OSError as exc:
             _fail(_describe_os_error(exc), exc)
         except Exception as exc:
@@ -56,6 +62,35 @@ class _Root(TyperGroup):
 def _fail(message: str, exc: BaseException) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(1) from exc
+
+
+EXIT_CLOSED_STDOUT = 141
+"""Exit status of a command whose stdout was closed by its reader (``ee replay show ID | head -1``): 128 + SIGPIPE,
+what the shell reports for a command a closed pipe ended."""
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``poll`` says POLLERR for it). Another broken pipe (a socket, a
+    child process's pipe) is an error to report, not this."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), select.POLLOUT)  # type: ignore[union-attr]
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real stdout (a test runner's buffer), or one poll cannot read
+        return False
+
+
+def _end_on_closed_stdout() -> NoReturn:
+    """End quietly with :data:`EXIT_CLOSED_STDOUT`; stdout points at /dev/null so that the interpreter's last flush of
+    what is left in its buffer does not fail again (Python's 'Exception ignored ... BrokenPipeError')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        pass
+    raise typer.Exit(EXIT_CLOSED_STDOUT)
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -123,5 +158,35 @@ def _root(
 
 
 def main() -> None:
-    """Entry point of the ``ee`` script."""
-    app()
+    """Entry point of the ``ee`` script.
+
+    A stdout its reader closed (``ee ... | head``) ends every command quietly with :data:`EXIT_CLOSED_STDOUT`, wherever
+    the write that found it closed was: a table rich printed (rich's own handler exits 1), JSON, the help, or the
+    interpreter's last flush. A command that wrote all it had before the reader went keeps its own status."""
+    from rich.console import Console
+
+    Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
+    try:
+        app()
+    except SystemExit as done:
+        try:
+            sys.stdout.flush()  # what is still buffered goes now, while a closed stdout can be told apart
+        except BrokenPipeError:
+            _BROKEN_PIPE.append(True)
+        if _BROKEN_PIPE and _stdout_closed():
+            try:
+                _end_on_closed_stdout()
+            except typer.Exit as closed:
+                raise SystemExit(closed.exit_code) from None
+        raise done
+
+
+_BROKEN_PIPE: list[bool] = []
+"""Not empty once a write met a broken pipe (which :func:`main` then checks was stdout's)."""
+
+
+def _raise_broken_pipe(console: object) -> None:
+    """rich's ``Console.on_broken_pipe``, which points stdout at /dev/null and exits 1 (for stderr too): the error goes on
+    to :func:`main` instead, which tells a closed stdout apart."""
+    _BROKEN_PIPE.append(True)
+    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))

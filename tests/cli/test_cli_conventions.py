@@ -241,3 +241,25 @@ def test_a_schedule_that_is_not_one_is_a_usage_error(command: list[str], tmp_pat
     result = ee(*command, "--schedule", "IL", "--config", str(tmp_path / "none.toml"))
     assert result.exit_code == 2, result.output
     assert "--schedule" in result.stderr and "'il', 'iwm', 'sr'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["traces", "list"], ["replay", "list", "--json"], ["store", "info"], ["--help"]],
+    ids=" ".join,
+)
+def test_a_stdout_its_reader_closed_ends_the_command_quietly_with_141(args: list[str], bfcl_store_path: Path):
+    # `ee replay show ID | head -1` exited 1 silently (rich's own handler), a JSON command printed 'error: Broken pipe'.
+    # The reader closes its end before the command writes anything, as `head` does once it has its lines.
+    import subprocess
+    import sys
+
+    store = ["--store", str(bfcl_store_path)] if args != ["--help"] else []
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ee_middleware.cli", *args, *store], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=120) == 141, stderr
+    assert stderr == ""
