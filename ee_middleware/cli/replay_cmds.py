@@ -125,7 +125,6 @@ def run(
         ray_address=ray_address,
         again=again or None,
     )
-    _refuse_ignored_flags(cfg, tool_timeout=tool_timeout, memory_mb=memory_mb, ray_address=ray_address)
     open_existing_store(cfg.store)  # a clear error before any worker starts
     out = console()
     bar: dict[str, Any] = {}
@@ -178,22 +177,6 @@ def run(
         )
     if summary.failed:
         raise typer.Exit(1)
-
-
-def _refuse_ignored_flags(cfg: Any, *, tool_timeout: float | None, memory_mb: int | None, ray_address: str | None) -> None:
-    """Flags given on the command line that this configuration would ignore are an error, not a silent no-op."""
-    from ee_middleware.errors import ConfigError
-
-    limits = [name for name, value in (("--tool-timeout", tool_timeout), ("--memory-mb", memory_mb)) if value is not None]
-    if limits and cfg.isolation != "subprocess":
-        raise ConfigError(
-            f"{' and '.join(limits)} limit the sandbox only with --isolation subprocess (isolation is {cfg.isolation!r}): "
-            f"add --isolation subprocess, or leave {' and '.join(limits)} out."
-        )
-    if ray_address is not None and cfg.executor != "ray":
-        raise ConfigError(
-            f"--ray-address is used only with --executor ray (executor is {cfg.executor!r}): add --executor ray, or leave it out."
-        )
 
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:

@@ -141,6 +141,28 @@ class ReplayConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _settings_that_act(self) -> ReplayConfig:
+        """Sandbox limits without subprocess isolation, and a Ray cluster without the Ray executor, would do nothing: the
+        same error whether a flag or a file's ``[replay]`` table set them (a user who set a time limit must have one)."""
+        limits = [
+            f"{name} ({flag})"
+            for name, flag in (("tool_timeout_s", "--tool-timeout"), ("memory_mb", "--memory-mb"))
+            if name in self.model_fields_set and getattr(self, name) is not None
+        ]
+        if limits and self.isolation != "subprocess":
+            them = "it" if len(limits) == 1 else "them"
+            raise ConfigError(
+                f"{' and '.join(limits)} limit the sandbox only with isolation = 'subprocess' (--isolation subprocess); isolation "
+                f"is {self.isolation!r}: set isolation = 'subprocess' (or add --isolation subprocess), or leave {them} out."
+            )
+        if self.ray_address is not None and self.executor != "ray":
+            raise ConfigError(
+                f"ray_address (--ray-address) is used only with executor = 'ray' (--executor ray); executor is {self.executor!r}: "
+                "set executor = 'ray' (or add --executor ray), or leave it out."
+            )
+        return self
+
     @property
     def proposal_requests(self) -> int:
         """:attr:`requests_in_flight`, resolved: 8 for an ``openai:`` policy and 1 for any other when unset."""

@@ -167,6 +167,24 @@ def test_replay_flags_that_would_be_ignored_are_refused(flag: list[str], bfcl_st
     assert LocalExperienceStore(bfcl_store_path).rollouts().is_empty(), "nothing was replayed"
 
 
+@pytest.mark.parametrize("setting", ["tool_timeout_s = 5", "memory_mb = 512", 'ray_address = "auto"'], ids=lambda s: s.split()[0])
+def test_replay_settings_in_a_file_that_would_be_ignored_are_refused_as_the_flags_are(setting: str, bfcl_store_path: Path, tmp_path: Path):
+    # The same settings in a [replay] table ran, and did nothing (no time limit, no memory limit, no Ray cluster).
+    config = tmp_path / "replay.toml"
+    config.write_text(f'[replay]\nstore = "{bfcl_store_path}"\nk = 2\n{setting}\n')
+    result = ee("replay", "run", "--config", str(config), "--json", "--no-progress")
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    key = setting.split()[0]
+    _one_error_line(result, key, "isolation = 'subprocess'" if key != "ray_address" else "executor = 'ray'")
+    from ee_middleware.store import LocalExperienceStore
+
+    assert LocalExperienceStore(bfcl_store_path).rollouts().is_empty(), "nothing was replayed"
+    if key != "ray_address":  # with isolation the limit acts: accepted (no Ray cluster is started here)
+        config.write_text(config.read_text() + 'isolation = "subprocess"\n')
+        accepted = ee("replay", "run", "--config", str(config), "--json", "--no-progress", "--limit", "1")
+        assert accepted.exit_code == 0, accepted.output
+
+
 def _leaf_commands(group, path=()):
     for name, command in getattr(group, "commands", {}).items():
         if hasattr(command, "commands"):
