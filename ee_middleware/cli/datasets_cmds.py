@@ -36,19 +36,24 @@ def build(
     replay_id: str | None = typer.Option(
         None, "--replay-id", help="Only rollouts of this replay configuration. \\[default: every replay's]"
     ),
-    include_synthetic: bool = typer.Option(
-        False, "--include-synthetic", help="Also use experience-model (synthetic) rollouts; recorded in datasets.json."
+    include_synthetic: bool | None = typer.Option(
+        None,
+        "--include-synthetic/--no-include-synthetic",
+        help="Also use experience-model (synthetic) rollouts; recorded in datasets.json.",
+        show_default=False,
     ),
-    include_sandbox_failures: bool = typer.Option(
-        False,
-        "--include-sandbox-failures",
+    include_sandbox_failures: bool | None = typer.Option(
+        None,
+        "--include-sandbox-failures/--no-include-sandbox-failures",
         help="Also use rollouts whose observation is the sandbox's own time-out, crash or memory error (left out by default).",
+        show_default=False,
     ),
-    include_fidelity_mismatches: bool = typer.Option(
-        False,
-        "--include-fidelity-mismatches",
+    include_fidelity_mismatches: bool | None = typer.Option(
+        None,
+        "--include-fidelity-mismatches/--no-include-fidelity-mismatches",
         help="Also use the rollouts of a replay whose sandbox answered the expert's own call unlike production "
         "(fidelity mismatches; left out by default).",
+        show_default=False,
     ),
     max_synthetic_share: float | None = typer.Option(
         None,
@@ -88,9 +93,9 @@ def build(
         teacher=teacher,
         app=app_name,
         replay_id=replay_id,
-        include_synthetic=include_synthetic or None,
-        include_sandbox_failures=include_sandbox_failures or None,
-        include_fidelity_mismatches=include_fidelity_mismatches or None,
+        include_synthetic=include_synthetic,
+        include_sandbox_failures=include_sandbox_failures,
+        include_fidelity_mismatches=include_fidelity_mismatches,
         max_synthetic_share=max_synthetic_share,
         chunk_mb=chunk_mb,
         iwm_max_error_share=max_error_share,

@@ -79,8 +79,11 @@ def run(
         None, "--tool-timeout", help="Seconds per tool call with --isolation subprocess. \\[default: 30]"
     ),
     memory_mb: int | None = typer.Option(None, "--memory-mb", help="Memory limit of the sandbox process with --isolation subprocess."),
-    allow_network: bool = typer.Option(
-        False, "--allow-network", help="Let the sandbox run tools that send real network requests (refused by default)."
+    allow_network: bool | None = typer.Option(
+        None,
+        "--allow-network/--no-allow-network",
+        help="Let the sandbox run tools that send real network requests (refused by default).",
+        show_default=False,
     ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many trajectories in this run."),
@@ -119,7 +122,7 @@ def run(
         isolation=isolation.value if isolation else None,
         tool_timeout_s=tool_timeout,
         memory_mb=memory_mb,
-        allow_network=allow_network or None,  # None: the TOML file (or the default, off) decides
+        allow_network=allow_network,  # None: the TOML file (or the default, off) decides
         app=app_name,
         limit=limit,
         ray_address=ray_address,

@@ -1,0 +1,48 @@
+"""Job settings from a ``--config`` file, flags and the environment, through the real ``ee`` commands on a real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+
+runner = CliRunner()
+
+
+def ee(*args: str | Path, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def _file(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_no_flag_turns_off_what_the_datasets_file_turns_on(bfcl_store_path: Path, tmp_path: Path) -> None:
+    # --no-include-fidelity-mismatches and the others did not exist ('No such option', exit 2): a setting a file
+    # switched on could not be switched off for one build.
+    switches = ("include_synthetic", "include_sandbox_failures", "include_fidelity_mismatches")
+    config = _file(tmp_path, f'[datasets]\nstore = "{bfcl_store_path}"\nkinds = ["il"]\n' + "".join(f"{s} = true\n" for s in switches))
+    on = ee("datasets", "build", "--config", config, "--out", tmp_path / "on", "--json")
+    assert on.exit_code == 0, on.output
+    assert all(json.loads(on.stdout)["config"][s] is True for s in switches)
+    flags = [f"--no-{s.replace('_', '-')}" for s in switches]
+    off = ee("datasets", "build", "--config", config, "--out", tmp_path / "off", "--json", *flags)
+    assert off.exit_code == 0, off.output
+    assert all(json.loads(off.stdout)["config"][s] is False for s in switches)
+
+
+def test_no_allow_network_turns_off_the_replay_files_allow_network(bfcl_store_path: Path, tmp_path: Path) -> None:
+    plain = ee("replay", "run", "--store", bfcl_store_path, "--k", "1", "--limit", "1", "--json", "--no-progress")
+    assert plain.exit_code == 0, plain.output
+    config = _file(tmp_path, f'[replay]\nstore = "{bfcl_store_path}"\nk = 1\nallow_network = true\n')
+    networked = ee("replay", "run", "--config", config, "--limit", "1", "--json", "--no-progress")
+    assert networked.exit_code == 0, networked.output
+    off = ee("replay", "run", "--config", config, "--no-allow-network", "--limit", "1", "--json", "--no-progress")
+    assert off.exit_code == 0, off.output
+    replay_id = json.loads(off.stdout)["replay_id"]
+    assert replay_id == json.loads(plain.stdout)["replay_id"] != json.loads(networked.stdout)["replay_id"]
