@@ -38,6 +38,52 @@ def open_existing_store(spec: str | Path) -> ExperienceStore:
     return open_store(spec, create=False)
 
 
+def store_origin(ctx: typer.Context, config: Path | None, table: str) -> str:
+    """Where a job's store came from, as its errors name it: ``--store``, ``EE_STORE=VALUE`` or ``store in [TABLE] of
+    FILE``. The precedence is the same for every job (``[improve]`` too): flags, then their ``EE_*`` variables, then the
+    config file. An ``EE_STORE`` that overrides a different ``store`` in the file is said on stderr: it is easily
+    forgotten in a shell's environment, and the job would run on another store than its file names."""
+    source = getattr(ctx.get_parameter_source("store"), "name", None)
+    value = ctx.params.get("store")
+    if source == "COMMANDLINE":
+        return "--store"
+    in_file = _file_store(config, table)
+    if source == "ENVIRONMENT":
+        if in_file is not None and str(in_file) != str(value):
+            typer.secho(
+                f"note: EE_STORE={value} overrides store = {in_file!r} in [{table}] of {config} (flags, then EE_* variables, "
+                "then the file); unset EE_STORE to use the file's.",
+                err=True,
+                fg="yellow",
+            )
+        return f"EE_STORE={value}"
+    return f"store in [{table}] of {config}" if in_file is not None else "--store"
+
+
+def _file_store(config: Path | None, table: str) -> Any:
+    if config is None:
+        return None
+    from ee_middleware._toml import read_toml_table
+
+    try:
+        return read_toml_table(config, table).get("store")
+    except Exception:  # noqa: BLE001 - the job's own loading names a file it cannot read
+        return None
+
+
+def open_job_store(spec: str | Path, origin: str) -> ExperienceStore:
+    """:func:`open_existing_store`, its error naming where ``spec`` came from (:func:`store_origin`) when that was not
+    ``--store`` (a store set by ``EE_STORE`` or a config file read 'check the --store path')."""
+    from ee_middleware.errors import StoreError
+
+    try:
+        return open_existing_store(spec)
+    except StoreError as exc:
+        if origin == "--store":
+            raise
+        raise StoreError(f"{exc} (This store was set by {origin}.)") from exc
+
+
 @dataclass
 class DamageReport:
     """Store damage seen while a command read: ``incomplete`` when it hid stored records."""

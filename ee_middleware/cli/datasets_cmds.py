@@ -15,10 +15,12 @@ from ee_middleware.cli.common import (
     JsonOption,
     console,
     examples,
+    open_job_store,
     print_json,
     progress_console,
     reading_store,
     short,
+    store_origin,
 )
 
 app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, export.", no_args_is_help=True)
@@ -26,6 +28,7 @@ app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, expor
 
 @app.command("build", epilog=examples("ee datasets build --store ./experience --kinds il,iwm,sr --out ./data --heldout-share 0.2"))
 def build(
+    ctx: typer.Context,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
     kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. \\[default: il,iwm,sr]"),
@@ -108,6 +111,7 @@ def build(
         heldout_started_before=heldout_before,
         seed=seed,
     )
+    open_job_store(cfg.store, store_origin(ctx, config, "datasets")).close()  # names where a missing store came from
     out_console = console()
     progress: Any = None
     tasks: dict[str, Any] = {}

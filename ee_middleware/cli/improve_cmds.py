@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from ee_middleware.cli.common import JsonOption, console, examples, print_json, short, termination_as_interrupt
+from ee_middleware.cli.common import JsonOption, console, examples, print_json, short, store_origin, termination_as_interrupt
 
 EXIT_STOPPED = 3
 """Exit status of a run stopped by its ``max_minutes`` budget (the next call continues it)."""
@@ -44,6 +44,7 @@ def _print_example_config(value: bool) -> None:
 
 
 def improve(
+    ctx: typer.Context,
     config: Path | None = ConfigOption,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides \\[improve] store)."),
     app_name: str | None = typer.Option(None, "--app", "-a", help="Learn from this app's approved trajectories."),
@@ -78,6 +79,7 @@ def improve(
     from ee_middleware.jobs.improve import run_improve
     from ee_middleware.jobs.stages import QuietProgress
 
+    store_origin(ctx, config, "improve")  # says so when EE_STORE overrides the file's store
     job = ImproveConfig.load(
         config,
         store=store,

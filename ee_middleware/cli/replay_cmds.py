@@ -18,11 +18,13 @@ from ee_middleware.cli.common import (
     examples,
     observation_cell,
     open_existing_store,
+    open_job_store,
     print_json,
     progress_console,
     reading_store,
     short,
     short_ids,
+    store_origin,
 )
 
 app = typer.Typer(help="Replay recorded states with K alternative tool calls in a sandbox; inspect rollouts.", no_args_is_help=True)
@@ -46,6 +48,7 @@ class IsolationChoice(StrEnum):
     ),
 )
 def run(
+    ctx: typer.Context,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     sandbox: str | None = typer.Option(
         None, "--sandbox", help="Sandbox: 'bfcl', 'package.module:factory' or an entry point. \\[default: bfcl]"
@@ -128,7 +131,7 @@ def run(
         ray_address=ray_address,
         again=again or None,
     )
-    open_existing_store(cfg.store)  # a clear error before any worker starts
+    open_job_store(cfg.store, store_origin(ctx, config, "replay")).close()  # a clear error before any worker starts
     out = console()
     bar: dict[str, Any] = {}
 

@@ -46,3 +46,21 @@ def test_no_allow_network_turns_off_the_replay_files_allow_network(bfcl_store_pa
     assert off.exit_code == 0, off.output
     replay_id = json.loads(off.stdout)["replay_id"]
     assert replay_id == json.loads(plain.stdout)["replay_id"] != json.loads(networked.stdout)["replay_id"]
+
+
+def test_an_ee_store_that_overrides_the_files_store_is_said_and_named_in_the_error(bfcl_store_path: Path, tmp_path: Path) -> None:
+    # EE_STORE silently beat store in a [replay] / [datasets] file, and the error then said "check the --store path".
+    missing = tmp_path / "no-store"
+    replay = _file(tmp_path, f'[replay]\nstore = "{bfcl_store_path}"\nk = 1\n', "replay.toml")
+    datasets = _file(tmp_path, f'[datasets]\nstore = "{bfcl_store_path}"\nkinds = ["il"]\n', "datasets.toml")
+    for args in (["replay", "run", "--config", replay, "--json"], ["datasets", "build", "--config", datasets, "--out", tmp_path / "d"]):
+        result = ee(*args, env={"EE_STORE": str(missing)})
+        assert result.exit_code == 1, result.output
+        assert f"note: EE_STORE={missing} overrides store = '{bfcl_store_path}'" in result.stderr
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith("error: No experience store at") and f"set by EE_STORE={missing}" in error, result.stderr
+        flagged = ee(*args, "--store", bfcl_store_path, env={"EE_STORE": str(missing)})  # the flag beats both
+        assert flagged.exit_code == 0 and "EE_STORE" not in flagged.stderr, flagged.output
+    in_file = _file(tmp_path, f'[replay]\nstore = "{missing}"\n', "missing.toml")
+    result = ee("replay", "run", "--config", in_file, env={"EE_STORE": ""})
+    assert result.exit_code == 1 and f"set by store in [replay] of {in_file}" in result.stderr, result.output
