@@ -64,3 +64,19 @@ def test_an_ee_store_that_overrides_the_files_store_is_said_and_named_in_the_err
     in_file = _file(tmp_path, f'[replay]\nstore = "{missing}"\n', "missing.toml")
     result = ee("replay", "run", "--config", in_file, env={"EE_STORE": ""})
     assert result.exit_code == 1 and f"set by store in [replay] of {in_file}" in result.stderr, result.output
+
+
+def test_a_datasets_out_under_home_is_written_there(bfcl_store_path: Path, tmp_path: Path, monkeypatch) -> None:
+    # out = "~/x" (or --out=~/x, which no shell expands) made a folder named '~' in the working directory, then failed
+    # with a polars error; the store's path and ee train's output_dir expand ~.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = _file(tmp_path, f'[datasets]\nstore = "{bfcl_store_path}"\nkinds = ["il"]\nout = "~/from-file"\n')
+    in_file = ee("datasets", "build", "--config", config, "--json", env={"HOME": str(home)})
+    assert in_file.exit_code == 0, in_file.output
+    flagged = ee("datasets", "build", "--config", config, "--out=~/from-flag", "--json", env={"HOME": str(home)})
+    assert flagged.exit_code == 0, flagged.output
+    assert (home / "from-file" / "il.parquet").is_file() and (home / "from-flag" / "il.parquet").is_file()
+    assert not (tmp_path / "~").exists()
+    assert json.loads(flagged.stdout)["config"]["out"] == str(home / "from-flag")

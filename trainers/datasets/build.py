@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._files import atomic_open, atomic_path, atomic_write_text, fsync_dir, remove_left_behind
 from ee_middleware._toml import build_config, layered_values
@@ -68,7 +68,8 @@ class DatasetConfig(BaseModel):
 
     store: Annotated[Path | str, BeforeValidator(store_config_value)]
     """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
-    out: Path
+    out: Annotated[Path, AfterValidator(Path.expanduser)]
+    """The output folder (``~`` expanded, as the store's path is)."""
     kinds: tuple[str, ...] = ("il", "iwm", "sr")
     teacher: str = "template"
     """``template`` (deterministic, for tests and demos), ``local:MODEL_DIR`` or ``openai:BASE_URL#MODEL``."""
@@ -97,7 +98,7 @@ class DatasetConfig(BaseModel):
     seed: int = 0
     heldout_share: float = Field(0.0, ge=0, lt=1)
     """Hold out this share of trajectories (seeded by ``seed``, stable as the store grows) into ``OUT/heldout/``."""
-    heldout_ids: Path | None = None
+    heldout_ids: Annotated[Path | None, AfterValidator(lambda path: path.expanduser() if path is not None else None)] = None
     """A file of trajectory ids (one per line) to hold out."""
     heldout_app: str | None = None
     """Hold out every trajectory of this app."""
