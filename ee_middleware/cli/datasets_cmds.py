@@ -111,7 +111,13 @@ def build(
         heldout_started_before=heldout_before,
         seed=seed,
     )
-    open_job_store(cfg.store, store_origin(ctx, config, "datasets")).close()  # names where a missing store came from
+    opened = open_job_store(cfg.store, store_origin(ctx, config, "datasets"))  # names where a missing store came from
+    try:
+        if cfg.replay_id is not None:
+            with reading_store(allow_partial=allow_partial):
+                _check_replay_id(opened, cfg.replay_id, cfg.store)
+    finally:
+        opened.close()
     out_console = console()
     progress: Any = None
     tasks: dict[str, Any] = {}
@@ -189,6 +195,38 @@ def build(
             f"held out: {len(split['heldout_trajectories'])} trajectories (never trained on: ee train refuses heldout/ files), "
             f"{len(split['train_trajectories'])} for training"
         )
+
+
+def _check_replay_id(store: Any, replay_id: str, where: Any) -> None:
+    """A replay id the store has no replay of is an error listing the ones it has: the build would use no rollout (IWM
+    and SR empty), and say so only in a table cell."""
+    import polars as pl
+
+    from ee_middleware.errors import ConfigError
+
+    records = store.replays()
+    if replay_id in set(records["replay_id"].to_list()):
+        return
+    if records.is_empty():
+        raise ConfigError(
+            f"--replay-id {replay_id} (or replay_id in [datasets]): {where} holds no replay yet. Run `ee replay run --store "
+            f"{where}` first, or leave --replay-id out."
+        )
+    replays = (
+        records.group_by("replay_id")
+        .agg(pl.col("policy").first(), pl.col("sandbox").first(), pl.col("k").first(), pl.len().alias("trajectories"))
+        .sort("replay_id")
+    )
+    listed = "; ".join(
+        f"{r['replay_id']} (policy {r['policy']}, sandbox {r['sandbox']}, K={r['k']}, {_plural(r['trajectories'], 'trajectory', 'trajectories')})"
+        for r in replays.head(10).iter_rows(named=True)
+    ) + (f"; and {replays.height - 10} more" if replays.height > 10 else "")
+    starting = [r for r in replays["replay_id"].to_list() if r.startswith(replay_id)]
+    meant = f" Did you mean {starting[0]}? A replay id is given whole." if len(starting) == 1 and replay_id else ""
+    raise ConfigError(
+        f"--replay-id {replay_id} (or replay_id in [datasets]): {where} holds no replay of that id, so no rollout would be "
+        f"used.{meant} Its replays: {listed}. Leave --replay-id out to use every replay's rollouts."
+    )
 
 
 def _plural(n: int, one: str, many: str) -> str:

@@ -80,3 +80,24 @@ def test_a_datasets_out_under_home_is_written_there(bfcl_store_path: Path, tmp_p
     assert (home / "from-file" / "il.parquet").is_file() and (home / "from-flag" / "il.parquet").is_file()
     assert not (tmp_path / "~").exists()
     assert json.loads(flagged.stdout)["config"]["out"] == str(home / "from-flag")
+
+
+def test_a_replay_id_the_store_has_no_replay_of_is_refused_naming_the_ones_it_has(bfcl_store_path: Path, tmp_path: Path) -> None:
+    # An unknown --replay-id (or a prefix of one) built 0 rollouts, 0 IWM and SR rows and exited 0, saying so only in a
+    # table cell.
+    replayed = ee("replay", "run", "--store", bfcl_store_path, "--k", "1", "--json", "--no-progress")
+    assert replayed.exit_code == 0, replayed.output
+    replay_id = json.loads(replayed.stdout)["replay_id"]
+    build = ["datasets", "build", "--store", bfcl_store_path, "--kinds", "il,iwm", "--out", tmp_path / "d", "--json"]
+    for wrong, meant in (("0123456789ab", None), (replay_id[:8], replay_id)):
+        result = ee(*build, "--replay-id", wrong)
+        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert f"--replay-id {wrong}" in result.stderr and f"Its replays: {replay_id} (policy mutate" in result.stderr
+        assert (f"Did you mean {replay_id}?" in result.stderr) == (meant is not None), result.stderr
+        assert not (tmp_path / "d").exists()
+    config = _file(tmp_path, '[datasets]\nreplay_id = "0123456789ab"\n')
+    in_file = ee(*build, "--config", config)
+    assert in_file.exit_code == 1 and "replay_id in [datasets]" in in_file.stderr, in_file.output
+    right = ee(*build, "--replay-id", replay_id)
+    assert right.exit_code == 0, right.output
+    assert json.loads(right.stdout)["datasets"]["iwm"]["rows"] > 0
