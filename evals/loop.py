@@ -187,7 +187,7 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
         calls = []
     if calls and not structured_calls:
         text = ""  # the text was the calls themselves
-    return Step(calls=calls, text=text, problems=problems)
+    return Step(calls=calls, text=text, problems=problems, finish_reason=choice.finish_reason)
 
 
 def _looks_like_call(text: str) -> bool:

@@ -21,6 +21,8 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Suites that
     left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``;
     suites with tasks the model server gave no answer to (down, timed out) get ``no_answer``, their count.
+    ``cut_answers`` counts the model's answers that ended because they reached ``max_tokens`` (finish reason
+    ``length``; 0 for rows of runs from before it was recorded).
     """
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -44,6 +46,7 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
                 "pass_hat_k": sum(all(v) for v in per_task.values()) / len(per_task) if per_task else 0.0,
                 "pass_hat": _pass_hat(per_task, trials),
                 "failures": _by_count(r["error_type"] or "unknown" for r in items if not r["success"]),
+                "cut_answers": sum(int(r.get("cut_answers") or 0) for r in items),
             }
         )
         no_answer = sum(1 for r in items if r.get("no_answer"))
@@ -83,16 +86,19 @@ def write_outputs(
     ``names``: every suite's name, those that scored no task included (default: the suites of ``rows``)."""
     import polars as pl
 
-    rows = sorted(({"no_answer": False, **r} for r in rows), key=lambda r: (r["suite"], r["task_id"], r["trial"]))
+    rows = sorted(({"no_answer": False, "cut_answers": 0, **r} for r in rows), key=lambda r: (r["suite"], r["task_id"], r["trial"]))
     names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
     with atomic_path(out / "results.parquet") as tmp:
         frame.write_parquet(tmp)
     summary = summarize(rows, names, excluded)
-    atomic_write_text(out / SUMMARY, json.dumps({"model": job.model, "trials": job.trials, "seed": job.seed, "suites": summary}, indent=2))
+    cut = sum(s["cut_answers"] for s in summary)
+    record = {"model": job.model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "suites": summary}
+    atomic_write_text(out / SUMMARY, json.dumps(record, indent=2))
     chart = _bar_chart(out / "success.png", summary)
-    atomic_write_text(out / "report.md", markdown_report(summary, rows, job.model, chart))
-    atomic_write_text(out / "report.html", html_report(summary, rows, job.model, chart))
+    max_tokens = getattr(job, "max_tokens", None)
+    atomic_write_text(out / "report.md", markdown_report(summary, rows, job.model, chart, max_tokens=max_tokens))
+    atomic_write_text(out / "report.html", html_report(summary, rows, job.model, chart, max_tokens=max_tokens))
 
 
 _SCHEMA = {
@@ -111,6 +117,7 @@ _SCHEMA = {
     "no_answer": bool,
     "conversation": str,
     "details": str,
+    "cut_answers": int,
 }
 
 
@@ -201,21 +208,52 @@ def unanswered_warning(summary: list[dict[str, Any]]) -> str:
     )
 
 
-def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None) -> str:
+CUT_COLUMN = "cut at max_tokens"
+"""The report tables' column of answers cut off at ``max_tokens`` (``cut_answers``)."""
+
+
+def cut_warning(summary: list[dict[str, Any]], max_tokens: int | None = None) -> str:
+    """A warning naming how many of the model's answers, in which suites, ended at ``max_tokens`` (finish reason
+    ``length``) and how to raise it ("" when none did). ``max_tokens``: the run's limit, to name it."""
+    cut = [(s["suite"], int(s.get("cut_answers") or 0)) for s in summary if s.get("cut_answers")]
+    if not cut:
+        return ""
+    total = sum(n for _, n in cut)
+    where = ", ".join(f"{n} in {suite}" for suite, n in cut)
+    limit = f"={max_tokens}" if max_tokens else ""
+    bfcl = (
+        " BFCL's own runners send no max_tokens (OpenAI-compatible function calling) or up to 4096."
+        if any(suite.startswith("bfcl:") for suite, _ in cut)
+        else ""
+    )
+    return (
+        f"Warning: {total} model answer(s) were cut off at max_tokens{limit} (finish_reason 'length'): {where}. "
+        "A cut answer (a long list of parallel calls, a reasoning model's thinking) is usually unreadable or incomplete "
+        "and scores as a failure, so these scores may show the token limit rather than the model. Raise it with "
+        "`ee eval run --max-tokens N` (or `max_tokens` in the [eval] table of the --config file) and run again in a new --out folder."
+        + bfcl
+    )
+
+
+def markdown_report(
+    summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None, *, max_tokens: int | None = None
+) -> str:
+    """The markdown report; ``max_tokens``: the run's limit, named in the warning about answers cut off at it."""
     lines = [
         f"# Evaluation of `{model}`",
         "",
-        "| suite | tasks | trials | success | pass^k | failures |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        f"| suite | tasks | trials | success | pass^k | failures | {CUT_COLUMN} |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         lines.append(
-            f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} |"
+            f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} "
+            f"| {s.get('cut_answers', 0)} |"
         )
-    warning = unanswered_warning(summary)
-    if warning:
-        lines += ["", warning]
+    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens)):
+        if warning:
+            lines += ["", warning]
     if chart:
         lines += ["", f"![success rate per suite]({chart})"]
     failed = _failures(rows, [s["suite"] for s in summary])
@@ -232,22 +270,26 @@ def markdown_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], m
     return "\n".join(lines) + "\n"
 
 
-def html_report(summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None) -> str:
+def html_report(
+    summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None, *, max_tokens: int | None = None
+) -> str:
+    """The HTML report; ``max_tokens``: the run's limit, named in the warning about answers cut off at it."""
     e = html.escape
     body = [
         f"<h1>Evaluation of <code>{e(model)}</code></h1>",
-        "<table><tr><th>suite</th><th>tasks</th><th>trials</th><th>success</th><th>pass^k</th><th>failures</th></tr>",
+        "<table><tr><th>suite</th><th>tasks</th><th>trials</th><th>success</th><th>pass^k</th><th>failures</th>"
+        f"<th>{e(CUT_COLUMN)}</th></tr>",
     ]
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         body.append(
             f"<tr><td>{e(s['suite'])}</td><td>{s['tasks']}</td><td>{s['trials']}</td><td>{rate_text(s, 'success_rate')}</td>"
-            f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td></tr>"
+            f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td><td>{s.get('cut_answers', 0)}</td></tr>"
         )
     body.append("</table>")
-    warning = unanswered_warning(summary)
-    if warning:
-        body.append(f"<p><strong>{e(warning)}</strong></p>")
+    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens)):
+        if warning:
+            body.append(f"<p><strong>{e(warning)}</strong></p>")
     if chart:
         body.append(f'<p><img src="{e(chart)}" alt="success rate per suite"></p>')
     failed = _failures(rows, [s["suite"] for s in summary])

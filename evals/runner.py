@@ -60,19 +60,26 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "tool_calls": len(conversation.calls),
         "duration_s": round(result.duration_s, 6),
         "no_answer": bool(result.conversation.no_answer),
+        "cut_answers": conversation.cut_answers,
         "conversation": json.dumps(conversation.messages, ensure_ascii=False, default=str),
         "details": json.dumps(result.details, ensure_ascii=False, default=str),
     }
 
 
 def _reason(result: TaskResult, limit: int = 2) -> str | None:
-    """The suite's reason, plus the calls the model tried that could not be read (else a failure would not say why)."""
+    """The suite's reason, plus the calls the model tried that could not be read and the answers cut off at
+    ``max_tokens`` (else a failure would not say why)."""
     problems = result.conversation.problems
-    if result.success or not problems:
+    cut = result.conversation.cut_answers
+    if result.success or not (problems or cut):
         return result.reason
-    listed = "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
-    note = f"{len(problems)} call(s) the model tried could not be read, so they were never made ({listed})"
-    return f"{result.reason}; {note}" if result.reason else note
+    notes = [result.reason] if result.reason else []
+    if problems:
+        listed = "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+        notes.append(f"{len(problems)} call(s) the model tried could not be read, so they were never made ({listed})")
+    if cut and not any("cut off at max_tokens" in problem for problem in problems):
+        notes.append(f"{cut} model answer(s) were cut off at max_tokens (finish_reason 'length')")
+    return "; ".join(notes) or None
 
 
 def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str, Any]]:

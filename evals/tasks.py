@@ -36,13 +36,21 @@ class EvalTask:
     system: str | None = None
 
 
+CUT_OFF = "length"
+"""The ``finish_reason`` of an answer that ended because it reached ``max_tokens`` (OpenAI's and vLLM's word)."""
+
+
 @dataclass
 class Step:
-    """One model answer inside a turn: the calls it made (parsed) and what it wrote."""
+    """One model answer inside a turn: the calls it made (parsed) and what it wrote.
+
+    ``finish_reason``: why the model's answer ended, as the client reported it (``stop``, ``tool_calls``, ``length``
+    when it reached ``max_tokens``: :data:`CUT_OFF`; None when the client did not say)."""
 
     calls: list[ToolCall]
     text: str
     problems: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -78,6 +86,11 @@ class Conversation:
     def problems(self) -> list[str]:
         """Why calls the model tried to make could not be read (they were never executed), in order."""
         return [problem for turn in self.turns for step in turn.steps for problem in step.problems]
+
+    @property
+    def cut_answers(self) -> int:
+        """How many of the model's answers ended because they reached ``max_tokens`` (finish reason :data:`CUT_OFF`)."""
+        return sum(1 for turn in self.turns for step in turn.steps if step.finish_reason == CUT_OFF)
 
     @property
     def replies(self) -> list[str]:

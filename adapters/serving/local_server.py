@@ -8,7 +8,8 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
   model writes as ``<tool_call>{...}</tool_call>`` come back as ``tool_calls`` (vLLM's ``hermes``
   parser does the same) unless ``tool_choice`` is ``none`` (``required`` or a named function is a 400:
   this server cannot force a call); ``stop`` strings end an answer; ``finish_reason`` is ``length`` for
-  an answer cut at ``max_tokens``, and ``usage`` counts the tokens generated; a prompt that, with its ``max_tokens``
+  an answer cut at ``max_tokens`` (calls read from it before the cut or not), and ``usage`` counts the tokens
+  generated; a prompt that, with its ``max_tokens``
   (default 256, at most what the context leaves), does not fit in the model's context is a 400 worded as vLLM's
   ("This model's maximum context length is N tokens. However, you requested M tokens ..."), never cut to fit;
   ``tool_choice`` without ``tools`` (other than ``none``) or naming a function not among them is a 400, as in vLLM;
@@ -339,7 +340,9 @@ def _cut_at_stop(tokenizer: Any, answer: Generated, stops: list[str]) -> tuple[s
 
 def _choice(index: int, text: str, tools: Any, finish: str = "stop") -> dict[str, Any]:
     """One answer as a chat-completion choice; with ``tools``, ``<tool_call>`` blocks are its ``tool_calls``.
-    ``finish`` is the generator's finish reason (``stop``, or ``length`` for an answer cut at max_tokens)."""
+    ``finish`` is the generator's finish reason (``stop``, or ``length`` for an answer cut at max_tokens); an answer
+    that ended with calls says ``tool_calls``, one cut at max_tokens still says ``length`` (its last call is
+    usually the one cut off, and a client counts such answers)."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tools and "<tool_call>" in text:
         calls = [c for c in parse_tool_calls(text) if not isinstance(c, ParseProblem)]
@@ -357,7 +360,8 @@ def _choice(index: int, text: str, tools: Any, finish: str = "stop") -> dict[str
                     for c in calls
                 ],
             }
-            finish = "tool_calls"
+            if finish != "length":
+                finish = "tool_calls"
     return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
 
 

@@ -40,6 +40,9 @@ def run_cmd(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes. \\[default: 1]"),
     seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k). \\[default: 0]"),
     temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy). \\[default: 0.0]"),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", min=1, help="Tokens the model may write per answer; answers cut at it are counted. \\[default: 512]"
+    ),
     max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn. \\[default: 20]"),
     timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request. \\[default: 60]"),
     user_model: str | None = typer.Option(None, "--user-model", help="tau suites: an openai:URL#MODEL user simulator (default: scripted)."),
@@ -59,10 +62,11 @@ def run_cmd(
     """Run suites against a model; a task the model fails (garbage, a tool raising) is a failure with a reason.
 
     Exits 1 when the model server gave no answer on some tasks (down, timing out): the run is incomplete, and
-    the same command run again runs only those tasks.
+    the same command run again runs only those tasks. Answers the model could not finish within --max-tokens
+    (finish_reason 'length') are counted per suite (cut_answers) with a warning; the run still counts as done.
     """
     from ee_middleware.evals.job import EvalJob
-    from ee_middleware.evals.report import unanswered_warning
+    from ee_middleware.evals.report import cut_warning, unanswered_warning
     from ee_middleware.evals.runner import run_eval
 
     overrides: dict[str, Any] = {
@@ -73,6 +77,7 @@ def run_cmd(
         "workers": workers,
         "seed": seed,
         "temperature": temperature,
+        "max_tokens": max_tokens,
         "max_steps_per_turn": max_steps,
         "timeout_s": timeout_s,
         "user_model": user_model,
@@ -89,10 +94,13 @@ def run_cmd(
         if bars:
             bars.stop()
     warning = unanswered_warning(summary)
+    cut = cut_warning(summary, job.max_tokens)
     if as_json:
         print_json(summary[0] if len(summary) == 1 else summary)
+        if cut:  # stdout stays the JSON alone
+            typer.echo(cut, err=True)
     else:
-        _print_summary(out_console, summary, out, warning)
+        _print_summary(out_console, summary, out, warning, cut)
     if warning:  # an incomplete run: a script or CI step must not read it as done
         if as_json:
             typer.echo(f"error: {warning.removeprefix('Warning: ')}", err=True)
@@ -123,13 +131,13 @@ class _Bars:
         self._progress.stop()
 
 
-def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warning: str) -> None:
+def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warning: str, cut: str = "") -> None:
     from rich.table import Table
 
-    from ee_middleware.evals.report import rate_text
+    from ee_middleware.evals.report import CUT_COLUMN, rate_text
 
     table = Table(title=f"Results in {folder}")
-    for column in ("suite", "tasks", "trials", "success", "pass^k", "failures"):
+    for column in ("suite", "tasks", "trials", "success", "pass^k", "failures", CUT_COLUMN):
         table.add_column(column, overflow="fold")
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
@@ -140,14 +148,16 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warnin
             rate_text(s, "success_rate"),
             rate_text(s, "pass_hat_k"),
             escape(failures),
+            str(s.get("cut_answers", 0)),
         )
     out.print(table)
     for s in summary:
         if s.get("excluded"):
             reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
             out.print(escape(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})"))
-    if warning:
-        out.print(f"[yellow]{escape(warning)}[/yellow]")
+    for text in (warning, cut):
+        if text:
+            out.print(f"[yellow]{escape(text)}[/yellow]")
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 

@@ -76,7 +76,7 @@ def test_every_option_says_what_it_does(path: tuple[str, ...], command: Any) -> 
 
 
 SHOWN_DEFAULTS = {
-    ("eval", "run"): ["--trials", "--workers", "--seed", "--temperature", "--max-steps-per-turn", "--timeout"],
+    ("eval", "run"): ["--trials", "--workers", "--seed", "--temperature", "--max-tokens", "--max-steps-per-turn", "--timeout"],
     ("train",): ["--output-dir", "--seed", "--learning-rate"],
     ("improve",): ["--schedule"],
 }
