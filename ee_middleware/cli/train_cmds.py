@@ -34,6 +34,7 @@ class BackendChoice(StrEnum):
 
 
 def train(
+    ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a \\[train] table; flags override it."),
     base_model: str | None = typer.Option(None, "--base-model", help="Local save_pretrained folder or .gguf file (never downloaded)."),
     data: Path | None = typer.Option(None, "--data", help="Folder with il.parquet, iwm.parquet, sr.parquet. \\[default: data]"),
@@ -61,6 +62,7 @@ def train(
     """Train a LoRA adapter on the base model with the il, iwm or sr schedule."""
     from ee_middleware.trainers.training import TrainConfig
     from ee_middleware.trainers.training import train as run_training
+    from ee_middleware.trainers.training.errors import MissingDatasetError
 
     try:
         cfg = TrainConfig.load(
@@ -78,7 +80,10 @@ def train(
             backend=backend.value if backend else None,
             seed=seed,
         )
-        result = run_training(cfg, progress=progress and not as_json)
+        try:
+            result = run_training(cfg, progress=progress and not as_json)
+        except MissingDatasetError as exc:
+            raise exc.named_by(_data_setting(ctx, config)) from exc
     except EEError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from exc
@@ -86,6 +91,18 @@ def train(
         print_json({"adapter_dir": str(result.adapter_dir), **result.metrics})
     elif not progress:
         typer.echo(str(result.adapter_dir))
+
+
+def _data_setting(ctx: typer.Context, config: Path | None) -> str:
+    """The setting that named the data folder, as an error about it says it."""
+    if getattr(ctx.get_parameter_source("data"), "name", None) == "COMMANDLINE":
+        return "--data"
+    if config is not None:
+        from ee_middleware._toml import read_toml_table
+
+        if "data" in read_toml_table(config, "train"):
+            return f"data in [train] of {config}"
+    return "--data (default: data; or data in [train])"
 
 
 def register(root: typer.Typer) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.trainers.datasets.split import is_heldout_file
-from ee_middleware.trainers.training.errors import TrainDataError
+from ee_middleware.trainers.training.errors import MissingDatasetError, TrainDataError
 
 REQUIRED_COLUMNS = ("id", "prompt", "completion", "tools")
 FILE_NAMES = {"il": "il.parquet", "iwm": "iwm.parquet", "sr": "sr.parquet", "em": "em.parquet"}
-_BUILD_HINT = "Rebuild it with the dataset builders (ee_middleware.trainers.datasets)."
+_BUILD_HINT = "Rebuild it with `ee datasets build`."
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,7 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
 
     path = Path(data_dir) / FILE_NAMES[kind]
     if not path.is_file():
-        raise TrainDataError(
-            f"No {kind.upper()} dataset at {path}. Build it first (ee_middleware.trainers.datasets), "
-            f"or point --data at the folder that holds {FILE_NAMES[kind]}."
-        )
+        raise MissingDatasetError(path, kind)
     try:
         frame = pl.read_parquet(path)
         metadata = dict(pl.read_parquet_metadata(path) or {})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from ee_middleware.errors import EEError
 
 
@@ -15,6 +18,24 @@ class BaseModelError(TrainError):
 
 class TrainDataError(TrainError, ValueError):
     """A dataset file is missing, empty, or holds rows that are not chat prompt/completion pairs."""
+
+
+class MissingDatasetError(TrainDataError):
+    """A dataset file the schedule trains on is not in the data folder. ``setting``: the setting that named the folder, as
+    the message says it (``ee train`` names the flag or the config file it came from)."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, setting: str = "--data (or data in [train])") -> None:
+        self.path, self.kind = Path(path), kind
+        folder = self.path.parent
+        super().__init__(
+            f"No {kind.upper()} dataset at {self.path} ({self.path.absolute()}): {setting} names the folder {folder}. Build the "
+            f"datasets there first (ee datasets build --store STORE --out {folder}), or set {setting} to the folder that "
+            f"holds {self.path.name}."
+        )
+
+    def named_by(self, setting: str) -> MissingDatasetError:
+        """The same error, naming ``setting`` (``--data``, ``data in [train] of FILE``) as the one that gave the folder."""
+        return MissingDatasetError(self.path, self.kind, setting)
 
 
 class TrainOutOfMemoryError(TrainError, MemoryError):
