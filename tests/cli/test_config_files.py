@@ -101,3 +101,22 @@ def test_a_replay_id_the_store_has_no_replay_of_is_refused_naming_the_ones_it_ha
     right = ee(*build, "--replay-id", replay_id)
     assert right.exit_code == 0, right.output
     assert json.loads(right.stdout)["datasets"]["iwm"]["rows"] > 0
+
+
+def test_a_heldout_flag_replaces_the_files_heldout_rule(bfcl_store_path: Path, tmp_path: Path) -> None:
+    # --heldout-ids was combined with the file's heldout_share (3 held out instead of the 1 listed), though the usage
+    # shows the held-out flags as alternatives to each other.
+    from ee_middleware.store import LocalExperienceStore
+
+    ids = sorted(LocalExperienceStore(bfcl_store_path).trajectories()["id"].to_list())
+    listed = tmp_path / "heldout.txt"
+    listed.write_text(ids[0] + "\n")
+    config = _file(tmp_path, f'[datasets]\nstore = "{bfcl_store_path}"\nkinds = ["il"]\nheldout_share = 0.5\n')
+    by_file = ee("datasets", "build", "--config", config, "--out", tmp_path / "share", "--json")
+    assert by_file.exit_code == 0, by_file.output
+    assert len(json.loads(by_file.stdout)["split"]["heldout_trajectories"]) > 1  # the file's rule alone holds out several
+    by_flag = ee("datasets", "build", "--config", config, "--heldout-ids", listed, "--out", tmp_path / "ids", "--json")
+    assert by_flag.exit_code == 0, by_flag.output
+    split = json.loads(by_flag.stdout)["split"]
+    assert split["heldout_trajectories"] == [ids[0]]
+    assert json.loads(by_flag.stdout)["config"]["heldout_share"] == 0.0

@@ -127,7 +127,13 @@ class DatasetConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> DatasetConfig:
+        """Defaults <- the TOML file's ``[datasets]`` table <- ``overrides`` (``None`` values are ignored). A held-out rule
+        in ``overrides`` (any ``heldout_*`` setting given) replaces the file's rule whole: ``--heldout-ids FILE`` holds out
+        those ids, not them and the file's ``heldout_share`` too."""
         values = layered_values(path, "datasets", overrides, job="dataset build")
+        if any(key.startswith(HELDOUT_PREFIX) and value is not None for key, value in overrides.items()):
+            for key in [k for k in values if k.startswith(HELDOUT_PREFIX) and overrides.get(k) is None]:
+                del values[key]
         kinds = values.get("kinds")
         if isinstance(kinds, str):
             values["kinds"] = tuple(k.strip() for k in kinds.split(",") if k.strip())
@@ -143,6 +149,9 @@ class DatasetConfig(BaseModel):
                 raise ConfigError(f"The dataset build needs --{required}.")
         return build_config(cls, values, "dataset")
 
+
+HELDOUT_PREFIX = "heldout_"
+"""The settings that make up the held-out rule (``heldout_share``, ``heldout_ids``, ``heldout_app``, ``heldout_started_*``)."""
 
 SYNTHETIC_TASK_SOURCE = "curriculum"
 """``Trajectory.source`` of trajectories rolled out on generated tasks (``ee curriculum run``)."""
