@@ -3,7 +3,8 @@
 The ``[improve]`` table says what to learn from and where things go; the other jobs' own tables in
 the same file configure each stage exactly as they configure the stand-alone commands (``[replay]``
 for ``ee replay run``, ``[datasets]``, ``[train]``, ``[eval]``, ``[gate]``). The improve job fills in
-only what ties the stages together (the store, the app, each stage's input and output folders)::
+only what ties the stages together (the store, the app, the base model, the suites, each stage's input and output
+folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
 
     [improve]
     store = "/data/experience"            # the experience store (a folder or a store spec)
@@ -73,6 +74,35 @@ STAGE_TABLES = ("replay", "datasets", "train", "eval", "gate")
 SCHEDULE_KINDS = {"il": ("il",), "iwm": ("il", "iwm"), "sr": ("il", "sr")}
 DEFAULT_HELDOUT_SHARE = 0.2
 TRACES_SUITE = "traces"
+
+OWNED_KEYS: dict[str, dict[str, str]] = {
+    "replay": {
+        "store": "[improve] store (or --store, EE_STORE) sets it",
+        "app": "[improve] app (or --app) sets it",
+        "trajectory_ids": "the run replays the trajectories its select stage chose ([improve.budgets] limits them)",
+    },
+    "datasets": {
+        "store": "[improve] store (or --store, EE_STORE) sets it",
+        "app": "[improve] app (or --app) sets it",
+        "out": "each run writes its datasets into its own folder under [improve] runs",
+        "replay_id": "the run builds from the rollouts of its own replay (the [replay] table's configuration)",
+    },
+    "train": {
+        "base_model": "[improve] base_model (or --base-model) sets it, and the candidate trains on the live adapter's base "
+        "when one is live",
+        "schedule": "[improve] schedule (or --schedule) sets it",
+        "data": "each run trains on its own datasets, in its folder under [improve] runs",
+        "output_dir": "each run writes its adapter into its own folder under [improve] runs (then registers it in [improve] registry)",
+        "base_cache_dir": "[improve] base_cache_dir sets it",
+    },
+    "eval": {
+        "suites": "[improve] suites sets them",
+        "model": "the run evaluates the live adapter (or the base) and its candidate",
+        "out": "each run writes its evaluations into its own folder under [improve] runs",
+        "split": "the run evaluates on its own held-out split",
+    },
+}
+"""The stage settings ``ee improve`` sets itself, with what sets them: in a stage table they would be ignored."""
 
 
 class Budgets(BaseModel):
@@ -231,6 +261,7 @@ class ImproveConfig(BaseModel):
                 close = difflib.get_close_matches(table, known, n=1, cutoff=0.75)
                 if table not in known and close:
                     raise ConfigError(f"{self.config_path} has a table [{table}]: did you mean [{close[0]}]? (ee improve reads {known}.)")
+        self._check_owned_keys()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
         replay = self.replay_config()
         self.dataset_config(folder / "data", None)
@@ -249,6 +280,21 @@ class ImproveConfig(BaseModel):
                 raise ConfigError(f"[improve] suites = [{written!r}]: {exc}{hint}") from exc
         self._check_base(train.base_model, train.max_length)
         self._check_store()
+
+    def _check_owned_keys(self) -> None:
+        """A stage setting the job sets itself (:data:`OWNED_KEYS`) is an error naming what sets it: the job would drop
+        it without a word (a [train] base_model trained nothing on it, while run.json recorded it)."""
+        tables = self.tables()
+        problems = [
+            f"[{table}] {key}: {why}" for table, owned in OWNED_KEYS.items() for key, why in owned.items() if key in tables.get(table, {})
+        ]
+        if problems:
+            where = f" in {self.config_path}" if self.config_path is not None else ""
+            raise ConfigError(
+                f"ee improve sets these stage settings itself, so the ones{where} would be ignored: {'; '.join(problems)}. "
+                "Remove them from the stage tables (the stand-alone commands, ee replay run, ee datasets build, ee train and "
+                "ee eval run, read them)."
+            )
 
     def _check_store(self) -> None:
         """The store is there, and records this app if it records any: a misspelt app in a store of other apps would end

@@ -1,0 +1,53 @@
+"""``ee improve``'s check before a run starts, through the real command: a real TOML file and a real store, a base-model
+folder as far as the check reads it (its config.json and tokenizer config). Each case was found only hours into a run,
+or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.jobs.runs import RunsDir
+from ee_middleware.store import LocalExperienceStore
+from tests.jobs.test_config import _base_folder, _improve_file
+
+runner = CliRunner()
+
+
+def improve(path: Path, *args: str):
+    return runner.invoke(app, ["improve", "--config", str(path), "--no-progress", *args])
+
+
+def _one_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_a_stage_setting_the_job_sets_itself_is_refused_naming_what_sets_it(tmp_path: Path) -> None:
+    # [train] base_model, output_dir, [datasets] out, [replay] store/app and [eval] suites were dropped without a word:
+    # the run trained on [improve] base_model, evaluated only the traces suite, and run.json recorded 'other-base'.
+    LocalExperienceStore(tmp_path / "s").close()
+    stages = (
+        '[replay]\nstore = "other-store"\napp = "other-app"\nk = 2\n[datasets]\nout = "my-data"\n'
+        '[train]\nbase_model = "other-base"\noutput_dir = "my-adapter"\n[eval]\nsuites = ["bfcl:simple:3"]\n'
+    )
+    path = _improve_file(tmp_path, _base_folder(tmp_path), stages)
+    error = _one_error(improve(path))
+    for setting, what in (
+        ("[replay] store", "[improve] store"),
+        ("[replay] app", "[improve] app"),
+        ("[datasets] out", "[improve] runs"),
+        ("[train] base_model", "[improve] base_model"),
+        ("[train] output_dir", "[improve] runs"),
+        ("[eval] suites", "[improve] suites"),
+    ):
+        assert f"{setting}: " in error and what in error.split(f"{setting}: ", 1)[1], (setting, error)
+    assert "[replay] k" not in error
+    assert RunsDir(tmp_path / "runs").list() == [] and not (tmp_path / "my-data").exists()
+    from ee_middleware.jobs.config import ImproveConfig
+
+    ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path), "[replay]\nk = 2\n[train]\nmax_steps = 2\n")).check()
