@@ -58,7 +58,8 @@ ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
 TrajectoryStatus = Literal["completed", "error", "interrupted", "stopped"]
 """How a run ended: its model's reply ended it (``completed``), it raised (``error``), it paused and its thread may
-resume (``interrupted``: a human review, a breakpoint, a stopped process), or it returned normally on a reply that no
+resume (``interrupted``: a human review, a breakpoint, a stopped process; ``error`` then says why when nobody paused it,
+such as ``cancelled: CancelledError``), or it returned normally on a reply that no
 model call wrote (``stopped``: a middleware or graph node ended it, such as a call limit with ``exit_behavior="end"`` or a
 retry policy giving up with ``on_failure="continue"``; ``error`` then says so and quotes that reply, which is also the
 ``final_answer``). ``stopped`` is newer than schema 1.3's readers, which read every other status."""

@@ -730,6 +730,8 @@ def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]
     status = root.attributes.get(sc.EE_STATUS)
     error = root.exception_message() or root.status_message if root.is_error else None
     if status in ("completed", "error", "interrupted", "stopped"):
+        if status == "interrupted" and error is None and root.attributes.get(sc.EE_STATUS_REASON):
+            error = str(root.attributes[sc.EE_STATUS_REASON])  # why a run nobody paused stopped (cancelled)
         return str(status), error
     return ("error", error or "the agent run failed") if root.is_error else ("completed", None)
 

@@ -12,6 +12,7 @@ emitted there by :meth:`RunCapture.emit`, the same code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -146,6 +147,9 @@ class RunCapture(BaseCallbackHandler):
             self._open.pop(run_id, None)
             self.interrupted = True
             return
+        if is_cancellation(error):  # cancelled with the run: no result, and the model never saw one (no observation)
+            self._open.pop(run_id, None)
+            return
         self._close(run_id, None, error)
 
     def _close(self, run_id: UUID, result: Any, error: BaseException | None) -> None:
@@ -160,11 +164,17 @@ class RunCapture(BaseCallbackHandler):
             self.recorder.finisher.submit(lambda: self.emit(kind, start, end, data, result, error))
 
     def close_open_spans(self) -> int:
-        """Emit the calls whose end callback never came (a cancelled run) as failed; returns how many."""
+        """End the calls whose end callback never came (a cancelled run): a model call as failed (it decided nothing);
+        a tool call is dropped, as one cancelled with the run (:meth:`on_tool_error`): it has no result, and the model
+        never saw one, so the step has no observation. Returns how many there were."""
         leftovers = list(self._open)
         cancelled = RuntimeError("cancelled: the run ended before this call finished")
         for run_id in leftovers:
-            self._close(run_id, None, cancelled)
+            opened = self._open.get(run_id)
+            if opened is not None and opened[1] == "tool":
+                self._open.pop(run_id, None)
+            else:
+                self._close(run_id, None, cancelled)
         return len(leftovers)
 
     # --- finisher thread: build, encode, redact, end -------------------------------------------
@@ -251,6 +261,23 @@ def is_interrupt(exc: BaseException) -> bool:
     return type(exc).__name__ in ("GraphInterrupt", "NodeInterrupt", "Interrupt")
 
 
+CANCELLATIONS = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt)
+"""What stops a run from outside it: its task cancelled (a client that disconnected, ``asyncio.wait_for``'s time-out, a
+server shutting down), its stream closed before the end, Ctrl-C. The run is ``interrupted``, with the reason
+(:func:`cancelled_reason`) as its error; a tool call cut off has no observation."""
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` stops a run from outside it (:data:`CANCELLATIONS`) rather than being the run's own failure."""
+    return isinstance(exc, CANCELLATIONS)
+
+
+def cancelled_reason(exc: BaseException) -> str:
+    """Why a cancelled run stopped, as its trajectory's ``error`` says (``cancelled: CancelledError``): the exception's
+    type alone, since its message is the canceller's own detail (a server's cancel scope, a task's repr)."""
+    return f"cancelled: {type(exc).__name__}"
+
+
 INTERNAL_CALL_KEY = "lc_internal_call"
 """The metadata key LangChain's ``internal_call_metadata()`` sets on a model call that a middleware makes for itself."""
 INTERNAL_CALL_SOURCES = frozenset({"summarization", "tool_selection", "tool_emulation"})
@@ -302,6 +329,8 @@ class RunRecord:
     tool_lists: dict[int, list[Any]] | None = None
     """Sent to the capture process: tool lists its chat calls name by number (``params["tools"]``)
     the first time each is used; later runs send only the number (see ``ProcessOffload.send``)."""
+    reason: str | None = None
+    """Why an ``interrupted`` run stopped, when nobody paused it (:func:`cancelled_reason`); ``None`` for a pause."""
 
 
 def root_attributes(recorder: Recorder, trajectory_id: str, thread_id: Any) -> dict[str, Any]:
@@ -327,6 +356,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
     encoder = recorder.encoder
     try:
         attrs: dict[str, Any] = {sc.EE_STATUS: record.status}
+        if record.reason is not None:
+            attrs[sc.EE_STATUS_REASON] = record.reason
         attrs.update(encoder.graph_input_attributes(record.graph_input, fragments))
         if resumes_from_checkpoint(record.graph_input):
             attrs[sc.EE_RESUMED] = True

@@ -63,11 +63,14 @@ class PausedDecisions:
         """Note ``trajectory``'s calls awaiting review (an ``interrupted`` run's calls without an observation) with the
         tools their decision was offered, and whether its steps were offered different tools; give it every trajectory
         the processor assembles, after assembling it. A later run of a thread that did not pause again (its resume,
-        assembled already) ends the thread's note."""
+        assembled already) ends the thread's note. A run stopped from outside rather than paused (cancelled: an
+        ``interrupted`` trajectory whose ``error`` says why) neither notes a review nor ends one."""
         if not self._chosen_per_call and any(s.tools is not None for s in trajectory.steps):
             self._chosen_per_call = True
         if trajectory.thread_id is None:
             return
+        if trajectory.status == "interrupted" and trajectory.error is not None:
+            return  # stopped from outside, not paused: nobody reviews its calls (a cancelled resume may be resumed again)
         awaiting = [s for s in trajectory.steps if s.action.tool_call is not None and s.action.tool_call.id and s.observation is None]
         if trajectory.status != "interrupted" or not awaiting:
             self._forget(trajectory.thread_id, trajectory.started_at)  # the thread went on: its review was answered

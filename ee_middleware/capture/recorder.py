@@ -49,7 +49,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from ee_middleware._version import __version__
-from ee_middleware.capture.callbacks import RunCapture, RunRecord, emit_run, finish_root, is_interrupt, root_attributes, sendable_calls
+from ee_middleware.capture.callbacks import (
+    RunCapture,
+    RunRecord,
+    cancelled_reason,
+    emit_run,
+    finish_root,
+    is_cancellation,
+    is_interrupt,
+    root_attributes,
+    sendable_calls,
+)
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.offload import (
     ProcessOffload,
@@ -374,17 +384,19 @@ class _Run:
     def fail(self, exc: BaseException) -> None:
         if not self.enabled:
             return
-        status = (
-            "interrupted" if is_interrupt(exc) or isinstance(exc, (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)) else "error"
-        )
-        self._end(status, exc)
+        if is_interrupt(exc):  # paused (interrupt(), a breakpoint): its thread resumes later
+            self._end("interrupted", None)
+        elif is_cancellation(exc):  # stopped from outside (its task cancelled, its stream closed): the reason is kept
+            self._end("interrupted", None, cancelled_reason(exc))
+        else:
+            self._end("error", exc)
 
-    def _end(self, status: str, exc: BaseException | None) -> None:
+    def _end(self, status: str, error: BaseException | None, reason: str | None = None) -> None:
+        """End the run: ``error`` for an ``error`` run, ``reason`` why an ``interrupted`` one stopped if nobody paused it."""
         recorder, handler = self.recorder, self.handler
         handler.close_open_spans()
         # the graph's final state, however it was run (see RunCapture); self.output is what the caller gets
         output = handler.graph_output if handler.graph_output is not None else self.output
-        error = exc if status == "error" else None
         if self.offload is not None:
             calls = sendable_calls(handler.calls or [])
             record = RunRecord(
@@ -398,11 +410,14 @@ class _Run:
                 output,
                 self.environment,
                 calls,
+                reason=reason,
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
                 recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_failure))
         else:
-            record = RunRecord(self.trajectory_id, 0, 0, self.thread_id, status, error, self.input, output, self.environment, [])
+            record = RunRecord(
+                self.trajectory_id, 0, 0, self.thread_id, status, error, self.input, output, self.environment, [], reason=reason
+            )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
         recorder.finisher.run_ended()
