@@ -26,6 +26,10 @@ class RegistryError(AdapterError):
     """The adapter registry refused an operation or cannot carry it out."""
 
 
+class RegistryNotFoundError(RegistryError):
+    """No registry at the place named, and it was opened without ``create``."""
+
+
 class AdapterNotFoundError(RegistryError, KeyError):
     """No adapter (or app) with that name is registered."""
 

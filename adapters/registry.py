@@ -48,6 +48,7 @@ from ee_middleware.adapters.errors import (
     RegistryBusyError,
     RegistryCorruptionError,
     RegistryError,
+    RegistryNotFoundError,
 )
 from ee_middleware.adapters.records import (
     AdapterRecord,
@@ -135,7 +136,7 @@ class LocalAdapterRegistry:
         self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
         if not (self.root / "index.json").is_file():
             if not create:
-                raise RegistryError(
+                raise RegistryNotFoundError(
                     f"No adapter registry at {self.root} (no index.json). Register an adapter first: ee adapters register PATH --app APP."
                 )
             (self.root / "adapters").mkdir(parents=True, exist_ok=True)

@@ -327,11 +327,15 @@ class ImproveConfig(BaseModel):
             )
 
     def _check_base(self, base_model: str, max_length: int) -> None:
+        from ee_middleware.adapters.errors import RegistryNotFoundError
         from ee_middleware.adapters.registry import open_registry
         from ee_middleware.trainers.training.model import check_base
 
-        registry = open_registry(self.registry, create=True)
-        live = registry.resolve(self.alias_name)
+        try:  # looked at, never made: a run that starts makes it (a check that fails leaves nothing behind)
+            registry = open_registry(self.registry, create=False)
+        except RegistryNotFoundError:
+            registry = None
+        live = registry.resolve(self.alias_name) if registry is not None else None
         if live is not None and Path(registry.get(live).base_model).is_dir():
             live_base = registry.get(live).base_model
             if not same_place(live_base, base_model):

@@ -51,3 +51,17 @@ def test_a_stage_setting_the_job_sets_itself_is_refused_naming_what_sets_it(tmp_
     from ee_middleware.jobs.config import ImproveConfig
 
     ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path), "[replay]\nk = 2\n[train]\nmax_steps = 2\n")).check()
+
+
+def test_a_check_that_fails_leaves_no_registry_behind_and_a_passing_one_makes_none(tmp_path: Path) -> None:
+    # The check opened the registry with create=True: `ee improve --example-config` output, unedited, made /data/adapters
+    # (.lock, index.json) though the check then failed on base_model; a misspelt registry was made without a word.
+    from ee_middleware.jobs.config import ImproveConfig
+
+    LocalExperienceStore(tmp_path / "s").close()
+    path = _improve_file(tmp_path, tmp_path / "no-base")
+    error = _one_error(improve(path))
+    assert "No base model at" in error
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+    ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))).check()
+    assert not (tmp_path / "r").exists(), "the run makes the registry, not the check"
