@@ -264,11 +264,11 @@ class ImproveConfig(BaseModel):
         self._check_owned_keys()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
         replay = self.replay_config()
-        self.dataset_config(folder / "data", None)
+        data = self.dataset_config(folder / "data", None)
         train = self.train_config(folder / "data", folder / "adapter", max_steps=None)
         job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
         self.gate_policy()
-        _check_specs(replay.sandbox, replay.policy, job.sandbox)
+        _check_specs(replay.sandbox, replay.policy, job.sandbox, data.teacher if "sr" in data.kinds else None)
         from ee_middleware.evals.suites import SuiteSettings, load_suite
 
         for written, spec in zip(self.suites, self.suite_specs(), strict=True):
@@ -278,7 +278,8 @@ class ImproveConfig(BaseModel):
                 other_harness = written.strip().startswith(("bfcl:", "tau:"))  # the traces hint would point away from it
                 hint = "" if other_harness else f" Here, {TRACES_SUITE!r} (or 'traces:N') is this app's own held-out trajectories."
                 raise ConfigError(f"[improve] suites = [{written!r}]: {exc}{hint}") from exc
-        self._check_base(train.base_model, train.max_length)
+        self._check_base(train.base_model, train.max_length, train.target_modules)
+        _check_device(train.device)
         self._check_store()
 
     def _check_owned_keys(self) -> None:
@@ -326,7 +327,7 @@ class ImproveConfig(BaseModel):
                 "the agent records with (record_experience(..., app=...))."
             )
 
-    def _check_base(self, base_model: str, max_length: int) -> None:
+    def _check_base(self, base_model: str, max_length: int, target_modules: tuple[str, ...] | None = None) -> None:
         from ee_middleware.adapters.errors import RegistryNotFoundError
         from ee_middleware.adapters.registry import open_registry
         from ee_middleware.trainers.training.model import check_base
@@ -353,9 +354,16 @@ class ImproveConfig(BaseModel):
         else:
             where = "base_model in [improve]"
         try:
-            check_base(base_model, max_length=max_length)
+            source = check_base(base_model, max_length=max_length)
         except Exception as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        if target_modules:
+            from ee_middleware.trainers.training.model import check_target_modules
+
+            try:
+                check_target_modules(source, target_modules)
+            except Exception as exc:
+                raise ConfigError(f"[train] target_modules = {list(target_modules)!r} on {where}: {exc}") from exc
 
     # --- the stages' own configs ------------------------------------------------------------------
 
@@ -440,19 +448,21 @@ class ImproveConfig(BaseModel):
         return specs
 
 
-def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None) -> None:
-    """The replay's sandbox and policy and the evaluation's sandbox name something that imports (a factory is looked
-    up, not called; a ``local:`` model's folder must exist), so that a misspelt name stops the job before a run starts
-    rather than failing it at the replay or evaluate stage, as a run the corrected file could not continue."""
+def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None, teacher: str | None = None) -> None:
+    """The replay's sandbox and policy, the evaluation's sandbox and the SR teacher (``None``: no sr dataset is built)
+    name something that imports (a factory is looked up, not called; a ``local:`` model's folder must exist), so that a
+    misspelt name stops the job before a run starts rather than failing it at the replay, datasets or evaluate stage."""
     from ee_middleware.errors import EEError
     from ee_middleware.models.spec import is_model_spec, parse_model_spec
     from ee_middleware.replay.policies.registry import POLICIES
     from ee_middleware.replay.sandboxes.registry import SANDBOXES, check_sandbox_spec
+    from ee_middleware.trainers.datasets.teachers import TEACHERS
 
     for key, kind, spec in (
         ("[replay] sandbox", SANDBOXES, replay_sandbox),
         ("[replay] policy", POLICIES, policy),
         ("[eval] sandbox", SANDBOXES, eval_sandbox),
+        ("[datasets] teacher", TEACHERS, teacher),
     ):
         if not spec or spec.strip().startswith("experience:"):  # an experience model is built from a model spec when it runs
             continue
@@ -470,6 +480,25 @@ def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None) -> 
                 )
         except EEError as exc:
             raise ConfigError(f"{key} = {spec!r}: {exc}") from exc
+
+
+def _check_device(device: str) -> None:
+    """``[train] device = "cuda"`` on a machine where torch sees no GPU fails the train stage, hours in: stop now. Asked
+    only where torch is installed (the job without it fails at its own check of the train extra)."""
+    if device != "cuda":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            '[train] device = "cuda", but torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False; '
+            f'torch {torch.__version__}, built for CUDA {torch.version.cuda or "none"}): set device = "auto" (a GPU where there '
+            'is one) or "cpu", or run the job where the GPU is.'
+        )
 
 
 def _edits(a: str, b: str) -> int:

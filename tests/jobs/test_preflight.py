@@ -65,3 +65,34 @@ def test_a_check_that_fails_leaves_no_registry_behind_and_a_passing_one_makes_no
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
     ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))).check()
     assert not (tmp_path / "r").exists(), "the run makes the registry, not the check"
+
+
+def test_a_misspelt_teacher_or_target_module_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
+    # [datasets] teacher = "templat" failed the run at its datasets stage, [train] target_modules = ["nope_proj"] at its
+    # train stage (after replay and datasets); the README says a typo never fails a run hours in.
+    from ee_middleware.jobs.config import ImproveConfig
+
+    LocalExperienceStore(tmp_path / "s").close()
+    base = _base_folder(tmp_path)  # GPT-2's architecture (config.json), no weights: the check reads no weights
+    teacher = '[datasets]\nkinds = ["il", "iwm", "sr"]\nteacher = "templat"\n'
+    error = _one_error(improve(_improve_file(tmp_path, base, teacher)))
+    assert "[datasets] teacher = 'templat': Unknown teacher 'templat'" in error and "'template'" in error
+    error = _one_error(improve(_improve_file(tmp_path, base, '[train]\ntarget_modules = ["nope_proj"]\n')))
+    assert "[train] target_modules = ['nope_proj']" in error and "no module(s) named nope_proj" in error and "c_attn" in error
+    assert RunsDir(tmp_path / "runs").list() == []
+    ImproveConfig.load(_improve_file(tmp_path, base, '[datasets]\nkinds = ["il", "iwm", "sr"]\nteacher = "template"\n')).check()
+    ImproveConfig.load(_improve_file(tmp_path, base, '[train]\ntarget_modules = ["c_attn"]\n')).check()
+    # the teacher of a job that builds no sr dataset is never used, so never looked up
+    ImproveConfig.load(_improve_file(tmp_path, base, '[datasets]\nkinds = ["il", "iwm"]\nteacher = "templat"\n')).check()
+
+
+def test_device_cuda_on_a_machine_without_a_gpu_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: device = 'cuda' is right here")
+    LocalExperienceStore(tmp_path / "s").close()
+    error = _one_error(improve(_improve_file(tmp_path, _base_folder(tmp_path), '[train]\ndevice = "cuda"\n')))
+    assert '[train] device = "cuda", but torch sees no CUDA GPU' in error and 'device = "auto"' in error
+    assert RunsDir(tmp_path / "runs").list() == []

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,16 @@ def linear_layer_names(model: Any) -> list[str]:
 
 def target_modules(model: Any, config: TrainConfig) -> list[str]:
     """The layers to adapt: ``config.target_modules``, or the default for this base (see :class:`TrainConfig`)."""
+    return modules_to_adapt(model, config.target_modules)
+
+
+def modules_to_adapt(model: Any, target: Sequence[str] | None) -> list[str]:
+    """The layers of ``model`` to adapt: ``target`` (each must be a module name of the model), or, for ``None``, the
+    default for this base; :class:`BaseModelError` naming its linear layers otherwise."""
     layers = linear_layer_names(model)
     have = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "")
-    wanted = list(config.target_modules or ())
+    wanted = list(target or ())
     if not wanted:
         if all(m in have for m in DEFAULT_TARGET_MODULES):
             return list(DEFAULT_TARGET_MODULES)
@@ -150,6 +157,25 @@ def target_modules(model: Any, config: TrainConfig) -> list[str]:
             "(or leave it out for the default of this architecture)."
         )
     return wanted
+
+
+def check_target_modules(source: BaseSource, target: Sequence[str]) -> None:
+    """That the base ``source`` has modules named ``target`` (``[train] target_modules``), from its architecture alone:
+    the model is built on torch's meta device from its config.json, so no weights are read and no memory is taken; a job
+    checks this before the stages that come before training. :class:`BaseModelError` names the base's linear layers.
+    Not checked here (the trainer checks them when it loads the model): a GGUF base, whose architecture is read when the
+    file is converted, and a base transformers cannot build from its config alone (custom modelling code)."""
+    if source.gguf_file is not None:
+        return
+    transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
+    torch = import_optional("torch", extra="train", purpose=_PURPOSE)
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(source.folder), local_files_only=True)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - the trainer loads it for real and names what is wrong
+        return
+    modules_to_adapt(model, target)
 
 
 def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
