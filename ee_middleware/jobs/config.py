@@ -104,6 +104,19 @@ OWNED_KEYS: dict[str, dict[str, str]] = {
 }
 """The stage settings ``ee improve`` sets itself, with what sets them: in a stage table they would be ignored."""
 
+FIRST_READER: dict[str, tuple[str, str]] = {
+    "replay": ("select", "finished"),
+    "datasets": ("datasets", "finished"),
+    "train": ("train", "finished"),
+    "eval": ("evaluate", "started"),
+    "gate": ("gate", "finished"),
+}
+"""Each stage table's first reader, and what of it fixes the table for a run: a setting may change between two attempts
+of a run until that stage has finished (the select stage chose the replay work under [replay]); the evaluate stage's
+folders resume only under the settings they started with, so [eval] is fixed once it has started."""
+
+_UNSET = "(not set)"
+
 
 class Budgets(BaseModel):
     """Limits that keep one run bounded. ``None``: no limit."""
@@ -244,6 +257,50 @@ class ImproveConfig(BaseModel):
             improve = {k: recorded[k] if k in recorded and same_place(recorded[k], v) else v for k, v in improve.items()}
         described["improve"] = improve
         return sha256_json(described)
+
+    def changed_settings(self, recorded: Mapping[str, Any]) -> list[tuple[str, str, Any, Any]]:
+        """``(table, key, before, after)`` for each setting that differs from ``recorded`` (a run's configuration, as
+        :meth:`describe` wrote it); budgets and serving are left out, as :meth:`config_hash` leaves them."""
+        now = self.describe()
+        changed = []
+        for table in ("improve", *STAGE_TABLES):
+            before, after = recorded.get(table) or {}, now.get(table) or {}
+            for key in sorted(set(before) | set(after)):
+                if table == "improve" and key in ("budgets", "serving"):
+                    continue
+                old, new = before.get(key, _UNSET), after.get(key, _UNSET)
+                if not same_place(old, new):
+                    changed.append((table, key, old, new))
+        return changed
+
+    def refused_changes(self, run: Any) -> str | None:
+        """Whether the unfinished ``run``, started with another configuration, may go on with this one: ``None`` when
+        every setting that differs belongs to a stage table whose stage has not yet fixed it (:data:`FIRST_READER`, e.g.
+        [train] batch_size lowered after the train stage ran out of memory), else which settings differ and why each
+        cannot change now."""
+        from ee_middleware.errors import hide_credentials
+        from ee_middleware.messages import one_line
+
+        changed = self.changed_settings(run.data.get("config") or {})
+        if not changed:
+            return "no setting differs as this version reads them; the file was written by another version."
+        described, refused = [], False
+        for table, key, old, new in changed:
+            shown = hide_credentials(f"[{table}] {key}: {one_line(str(old), 60)} -> {one_line(str(new), 60)}")
+            if table == "improve":
+                refused = True
+                described.append(f"{shown} (the [improve] table is fixed for a run)")
+                continue
+            stage, fixed_when = FIRST_READER[table]
+            fixed = run.stage_done(stage) if fixed_when == "finished" else run.stage(stage) is not None
+            refused |= fixed
+            described.append(f"{shown} ({'fixed: its ' + stage + ' stage has ' + fixed_when if fixed else 'may change'})")
+        if not refused:
+            return None
+        return (
+            "; ".join(described) + ". A stage table's settings may change between attempts until the stage that reads them "
+            "first has finished (the evaluate stage: started)."
+        )
 
     def check(self) -> None:
         """Build every stage's configuration now and look at the base model, so that a typo in a stage table, an unknown

@@ -78,10 +78,16 @@ def run_improve(
             for run_id in runs.abandon_unfinished("--new-run", config.scope()):
                 say.info(f"run {run_id} marked abandoned (--new-run)")
         config_hash = config.config_hash()
-        run = runs.resumable(config_hash, config.scope(), hash_like=lambda earlier: config.config_hash(recorded=job_table(earlier)))
+
+        def same(earlier: Run) -> str:
+            return config.config_hash(recorded=job_table(earlier))
+
+        run = runs.resumable(config_hash, config.scope(), hash_like=same, refused=config.refused_changes)
         # so does a server it names that does not answer (a wrong port), of the stages still to run: a run continued past
         # its replay no longer needs the replay policy's server
         check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name)])
+        if run is not None and run.data.get("config_hash") not in (config_hash, same(run)):
+            _take_changes(run, config, config_hash, say)  # settings of stages it has not finished, which it now runs with
         if run is None:
             run = runs.create(JOB, config.describe(), config_hash)
             if config.config_path is not None:
@@ -113,6 +119,33 @@ def run_improve(
             if report:
                 _write_report(run, say)
     return run
+
+
+def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progress) -> None:
+    """Continue ``run`` with ``config``, whose changes are all to settings of stages not yet run (see
+    :meth:`ImproveConfig.refused_changes`): the run records them (``config_changes`` in run.json, the file it ran with
+    until now kept as ``config.attempt-N.toml``) and its stages read the new file from here on. A complete adapter an
+    unfinished train stage left behind was trained with the old [train] settings: it goes, so that the stage trains again."""
+    import shutil
+
+    from ee_middleware.errors import hide_credentials
+    from ee_middleware.jobs.stages import ADAPTER_DIR
+
+    changed = config.changed_settings(run.data.get("config") or {})
+    attempt = int(run.data.get("attempts", 1))
+    copy, kept = run.folder / CONFIG_COPY, run.folder / f"config.attempt-{attempt}.toml"
+    if copy.is_file():
+        copy.replace(kept)
+    if config.config_path is not None:
+        atomic_write_text(copy, config.config_path.read_text())
+    if any(table == "train" for table, *_ in changed) and not run.stage_done("train"):
+        shutil.rmtree(run.folder / ADAPTER_DIR, ignore_errors=True)
+    settings = [hide_credentials(f"[{table}] {key}: {old} -> {new}") for table, key, old, new in changed]
+    change = {"at": now(), "attempt": attempt + 1, "settings": settings, "config_hash_before": run.data.get("config_hash")}
+    if kept.is_file():
+        change["config_file_before"] = kept.name
+    run.update(config=config.describe(), config_hash=config_hash, config_changes=[*run.data.get("config_changes", []), change])
+    say.info(f"run {run.id} goes on with settings of stages it has not finished changed: {'; '.join(settings)}")
 
 
 def _run_stages(ctx: StageContext, *, force: bool) -> None:

@@ -238,21 +238,33 @@ class RunsDir:
         return matches[0]
 
     def resumable(
-        self, config_hash: str, scope: Mapping[str, Any] | None = None, *, hash_like: Callable[[Run], str] | None = None
+        self,
+        config_hash: str,
+        scope: Mapping[str, Any] | None = None,
+        *,
+        hash_like: Callable[[Run], str] | None = None,
+        refused: Callable[[Run], str | None] | None = None,
     ) -> Run | None:
         """The newest unfinished run (of ``scope``, see :meth:`last_successful`), to continue; :class:`RunConfigChangedError`
         when it ran another configuration. ``hash_like(run)``: this configuration's hash written as ``run`` wrote its
-        own (see :meth:`ImproveConfig.config_hash`'s ``recorded``), also accepted."""
+        own (see :meth:`ImproveConfig.config_hash`'s ``recorded``), also accepted. ``refused(run)``, for a run of another
+        configuration: ``None`` when the run may go on with this one anyway (the caller then records the change), else
+        what differs, for the error."""
         unfinished = [r for r in self._of(scope) if r.status in RESUMABLE]
         if not unfinished:
             return None
         run = unfinished[-1]
         recorded = run.data.get("config_hash")
         if recorded != config_hash and (hash_like is None or recorded != hash_like(run)):
+            why = refused(run) if refused is not None else None
+            if refused is not None and why is None:
+                return run
             raise RunConfigChangedError(
                 f"Run {run.id} in {self.root} is {run.status} and was started with another configuration (hash "
-                f"{str(recorded)[:12]}, now {config_hash[:12]}), so it cannot be continued with this one. "
-                "Restore its configuration to continue it, or pass --new-run to mark it abandoned and start a new run."
+                f"{str(recorded)[:12]}, now {config_hash[:12]}), so it cannot be continued with this one"
+                + (f": {why}" if why else ".")
+                + " Restore its configuration to continue it, or pass --new-run to mark it abandoned and start a new run "
+                "(from its first stage)."
             )
         return run
 

@@ -480,11 +480,12 @@ def test_a_run_killed_in_training_continues_from_training(workspace: Path, tiny_
     )
     assert listed.returncode == 0 and json.loads(listed.stdout)[0]["status"] == "running"
 
-    path.write_text(path.read_text().replace("max_steps = 400", "max_steps = 4"))
-    # max_steps is part of the config: the killed run is continued only by the config it started with
-    with pytest.raises(RunConfigChangedError):
+    path.write_text(path.read_text().replace("k = 1", "k = 2"))
+    # k was read by the select stage, which finished: the killed run is not continued with another k ([train] settings
+    # could change: the train stage has not finished)
+    with pytest.raises(RunConfigChangedError, match=r"\[replay\] k: 1 -> 2 \(fixed: its select stage has finished\)"):
         run_improve(ImproveConfig.load(path))
-    path.write_text(path.read_text().replace("max_steps = 4", "max_steps = 400"))
+    path.write_text(path.read_text().replace("k = 2", "k = 1"))
     config = ImproveConfig.load(path, budgets={"max_train_steps": 3})  # a budget may change between attempts
     resumed = run_improve(config)
     assert resumed.id == killed.id and resumed.status == "succeeded", resumed.data.get("error")
