@@ -1,8 +1,22 @@
-"""Job configuration: one table of a TOML file, flag overrides on top, errors that name the file or field."""
+"""Job configuration: one table of a TOML file, flag overrides on top, errors that name the file, the key or the flag.
+
+Every job (``ee replay run``, ``ee datasets build``, ``ee train``, ``ee eval run``, ``ee eval gate``, ``ee improve``)
+reads its settings with :func:`layered_values` and builds its typed object with :func:`build_config`, so each of them
+gets the same rules:
+
+- the file is UTF-8 (a byte-order mark is skipped) or UTF-16/32 with a byte-order mark (PowerShell 5's ``>``);
+- the job's settings are in its own table; keys outside any table, and a file with tables for other jobs only, are
+  refused (a file with an ``[improve]`` table is the nightly job's, whose stage tables are optional);
+- a value from the file has its setting's TOML type (``k = 8``, not ``k = "8"`` nor ``k = true``);
+- flags override the file, tables (``--policy-setting``) key by key;
+- an error about a value a flag gave names the flag as typed (``--tool-timeout``), not the setting behind it.
+"""
 
 from __future__ import annotations
 
+import codecs
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,32 +31,83 @@ if TYPE_CHECKING:
 KNOWN_TABLES = ("improve", "replay", "datasets", "train", "eval", "gate", "capture")
 """The tables ee reads from a configuration file (``ee improve`` reads them all from one file)."""
 
+READ_BY = {
+    "improve": "ee improve",
+    "replay": "ee replay run",
+    "datasets": "ee datasets build",
+    "train": "ee train",
+    "eval": "ee eval run",
+    "gate": "ee eval gate --policy",
+    "capture": "record_experience's capture config",
+}
+"""Who reads each table (named in the errors about a file given to the wrong job)."""
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+"""Byte-order marks of the encodings read besides UTF-8 (UTF-32's first: its little-endian mark starts with UTF-16's)."""
+
+
+def read_config_text(path: Path) -> str:
+    """The text of the configuration file at ``path``: UTF-8 (a byte-order mark, as Windows editors write it, is
+    skipped), or UTF-16/UTF-32 with a byte-order mark (PowerShell 5 writes ``command > file`` as UTF-16). Anything
+    else is a :class:`ConfigError` naming the file and how to save it as UTF-8."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8-sig")
+    utf8 = path.with_name(f"{path.stem}-utf8{path.suffix}")
+    resave = f"Save it as UTF-8 (an editor's 'Save with encoding'; in PowerShell: Get-Content {path} | Out-File -Encoding utf8 {utf8})."
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file {path} is not {'UTF-8' if encoding == 'utf-8-sig' else encoding.upper()} text (byte "
+            f"0x{data[exc.start]:02x} at offset {exc.start} is not): TOML files are UTF-8. {resave}"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"Config file {path} holds NUL characters: is it UTF-16 without a byte-order mark? {resave}")
+    return text
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The whole TOML file at ``path`` (read as :func:`read_config_text` reads it); errors name the file."""
+    text = read_config_text(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from exc
+
 
 def read_toml_table(path: Path, table: str, *, settings_for: str | None = None) -> dict[str, Any]:
     """The ``[table]`` of the TOML file at ``path`` (empty when the file has none).
 
-    ``settings_for`` (a job's name) marks ``path`` as the file given for that job alone: one with no
-    ``[table]`` but settings outside any table, or a table whose name is a near miss of ``table``, is
-    a :class:`ConfigError` instead of the job running on its defaults.
+    ``settings_for`` (a job's name) marks ``path`` as the file given for that job: keys outside any table (read by no
+    job), a table whose name is a near miss of ``table``, and a file with no ``[table]`` but other jobs' tables are a
+    :class:`ConfigError` naming the fix instead of settings silently left out. An empty file sets nothing; ee improve's
+    file may leave any stage's table out (see :func:`_nightly_file`).
     """
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"Config file {path} does not exist.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from exc
-    if table not in data and settings_for is not None:
-        _check_missing_table(path, data, table, settings_for)
+    data = read_toml(path)
+    if settings_for is not None:
+        _check_layout(path, data, table, settings_for)
     section = data.get(table, {})
     if not isinstance(section, dict):
         raise ConfigError(f"[{table}] in {path} must be a table.")
     return section
 
 
-def _check_missing_table(path: Path, data: Mapping[str, Any], table: str, job: str) -> None:
+def _check_layout(path: Path, data: Mapping[str, Any], table: str, job: str) -> None:
     import difflib
 
     loose = [key for key, value in data.items() if not isinstance(value, dict)]
+    if table in data:
+        if loose:
+            them = "it" if len(loose) == 1 else "them"
+            raise ConfigError(
+                f"{path}: {', '.join(loose)} {'is' if len(loose) == 1 else 'are'} outside any table (written above the first "
+                f"[table] line), where no job reads {them}: the {job} reads its settings from [{table}]. Move {them} below "
+                f"the [{table}] line."
+            )
+        return
     if loose:
         raise ConfigError(
             f"{path} has no [{table}] table, and {', '.join(loose)} {'is' if len(loose) == 1 else 'are'} outside any table: "
@@ -52,39 +117,375 @@ def _check_missing_table(path: Path, data: Mapping[str, Any], table: str, job: s
     close = difflib.get_close_matches(table, unknown, n=1, cutoff=0.6)
     if close:
         raise ConfigError(f"{path} has no [{table}] table but has [{close[0]}]: did you mean [{table}]? (the {job} reads [{table}].)")
+    if not data or _nightly_file(data, table):
+        return  # an empty file sets nothing; the nightly job's file may leave a stage's table out
+    has = ", ".join(f"[{name}]" + (f" (read by {READ_BY[name]})" if name in READ_BY else " (read by no ee job)") for name in data)
+    if len(unknown) == 1 and len(data) == 1:
+        fix = f" If [{unknown[0]}] holds this job's settings, rename it [{table}]."
+    else:
+        fix = f" Give the {job} a file with a [{table}] table, or add one to this file."
+        if table in NIGHTLY_STAGES and not _another_command_runs():
+            fix += " (A file for ee improve has an [improve] table, which may be empty where flags give its settings.)"
+    raise ConfigError(f"{path} has no [{table}] table, which the {job} reads its settings from; it has {has}.{fix}")
+
+
+NIGHTLY_STAGES = ("replay", "datasets", "train", "eval", "gate")
+"""The stage tables ``ee improve`` reads besides ``[improve]`` (each optional in its file)."""
+
+
+def _nightly_file(data: Mapping[str, Any], table: str) -> bool:
+    """``data`` is ee improve's file, read for ``table``, which may then be left out: a stage's table in a file with an
+    ``[improve]`` table (unless another ``ee`` command was given the file) or read while ``ee improve`` runs; or the
+    ``[improve]`` table of a file of stage tables (the flags then give its settings)."""
+    if table == "improve":
+        return any(name in data for name in NIGHTLY_STAGES)
+    if table not in NIGHTLY_STAGES:
+        return False
+    ctx = _click_context()
+    return ctx.command.name == "improve" if ctx is not None else "improve" in data
+
+
+def _click_context() -> Any:
+    """The click context of the ``ee`` command running in this thread, if any. Only the CLI imports click (or the copy
+    recent typer versions ship as ``typer._click``): a library caller has none."""
+    for name in ("typer._click.globals", "click"):
+        module = sys.modules.get(name)
+        ctx = module.get_current_context(silent=True) if hasattr(module, "get_current_context") else None
+        if ctx is not None:
+            return ctx
+    return None
+
+
+def _another_command_runs() -> bool:
+    """An ``ee`` command other than ``ee improve`` runs here (``ee replay run --config improve.toml``)."""
+    ctx = _click_context()
+    return ctx is not None and ctx.command.name != "improve"
+
+
+class _Layered(dict[str, Any]):
+    """A job's settings as :func:`layered_values` gathered them, with where they came from (for :func:`build_config`)."""
+
+    path: Path | None
+    table: str
+    from_file: dict[str, Any]
+    """The file's ``[table]`` as read."""
+    overridden: frozenset[str]
+    """The keys the overrides (flags, or the calling job) set."""
 
 
 def layered_values(path: str | os.PathLike[str] | None, table: str, overrides: Mapping[str, Any], *, job: str) -> dict[str, Any]:
     """A job's settings: the TOML file's ``[table]`` (when a file is given) <- ``overrides`` (``None`` values ignored).
 
-    The file may hold other jobs' tables and no ``[table]`` (the job then runs on its defaults), but
-    settings outside any table, or a near miss of ``[table]``, are an error naming the fix."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values.update(read_toml_table(Path(path), table, settings_for=job))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    A table given by ``overrides`` (``--policy-setting``) is merged into the file's key by key. The file may hold
+    other jobs' tables besides ``[table]``; settings outside any table, a near miss of ``[table]``, or no ``[table]`` at
+    all (another job's file) are an error naming the fix (see :func:`read_toml_table`)."""
+    values = _Layered()
+    values.path, values.table, values.from_file = (Path(path) if path is not None else None), table, {}
+    if values.path is not None:
+        values.from_file = read_toml_table(values.path, table, settings_for=job)
+        values.update(values.from_file)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.overridden = frozenset(given)
+    for key, value in given.items():
+        values[key] = _merged(values[key], value) if key in values else value
     return values
+
+
+def _merged(base: Any, top: Any) -> Any:
+    """``top`` over ``base``; tables key by key (recursively), anything else replaced."""
+    if not (isinstance(base, Mapping) and isinstance(top, Mapping)):
+        return top
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _merged(merged[key], value) if key in merged else value
+    return merged
 
 
 ModelT = TypeVar("ModelT", bound="BaseModel")
 
 
 def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> ModelT:
-    """``cls(**values)``, with validation problems turned into one :class:`ConfigError` naming each field."""
+    """``cls(**values)``, with validation problems turned into one :class:`ConfigError` naming each field.
+
+    With ``values`` from :func:`layered_values`: a value the file gave must have its setting's TOML type (a string is
+    not a number, a boolean is not an integer); the error names the file, the key, the value and the type. A problem
+    with a value a flag gave names the flag as the user typed it."""
     from pydantic import ValidationError
 
+    layered = values if isinstance(values, _Layered) else None
+    if layered is not None and layered.path is not None:
+        wrong = _wrong_types(cls, layered)
+        if wrong:
+            raise ConfigError(f"Invalid {job} configuration: {'; '.join(wrong)}")
     try:
         return cls(**values)
     except ValidationError as exc:
+        flags = _flags(cls, layered) if layered is not None else {}
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}"
-            + (_meant(cls, e) if e["type"] == "extra_forbidden" else _given(e))
+            f"{_where(e['loc'], flags)}: {e['msg']}" + (_meant(cls, e) if e["type"] == "extra_forbidden" else _given(e))
             for e in exc.errors()
         )
         raise ConfigError(f"Invalid {job} configuration: {problems}") from None
 
 
-_SECRET_NAMES = ("key", "token", "secret", "password", "passwd", "auth", "credential")
+def _where(loc: tuple[Any, ...], flags: Mapping[str, str]) -> str:
+    """An error's location as the user wrote it: the flag that gave the value, else the key (``budgets.max_minutes``)."""
+    if loc and loc[0] in flags:
+        return flags[loc[0]] + (f" ({'.'.join(str(p) for p in loc[1:])})" if len(loc) > 1 else "")
+    return ".".join(str(p) for p in loc) or "(config)"
+
+
+# --- which flag gave a value ------------------------------------------------------------------------------------------
+
+
+def _flags(cls: type[BaseModel], values: _Layered) -> dict[str, str]:
+    """``{setting: flag}`` for the settings that flags (or their ``EE_*`` variables) of the running ``ee`` command gave.
+
+    A flag spelled as its setting (``--k``, ``--max-steps-per-turn``) or whose parameter is named so gives it; a renamed one
+    (``--tool-timeout`` for ``tool_timeout_s``) is the given flag whose value the setting holds."""
+    ctx = _click_context()
+    if ctx is None:
+        return {}
+    given_by = {"COMMANDLINE": "flag", "ENVIRONMENT": "env"}
+    options = [p for p in ctx.command.params if getattr(p, "param_type_name", "") == "option" and p.name]
+    fields = set(cls.model_fields)
+
+    def shown(option: Any) -> str | None:
+        source = ctx.get_parameter_source(option.name)
+        how = given_by.get(getattr(source, "name", ""))
+        if how == "env" and option.envvar:
+            return option.envvar if isinstance(option.envvar, str) else option.envvar[0]
+        return max((o for o in option.opts if o.startswith("--")), key=len, default=option.opts[0]) if how else None
+
+    named = {field: option for option in options for field in _option_names(option) & fields}
+    renamed = [option for option in options if not _option_names(option) & fields and shown(option)]
+    flags: dict[str, str] = {}
+    for field in values.overridden & fields:
+        option = named.get(field)
+        if option is None or not shown(option):  # a renamed flag (or --model-spec beside an unused --model)
+            same = [o for o in renamed if _same_value(ctx.params.get(o.name), values[field])]
+            option = same[0] if len(same) == 1 else option
+        flag = shown(option) if option is not None else None
+        if flag:
+            flags[field] = flag
+    return flags
+
+
+def _same_value(given: Any, used: Any) -> bool:
+    """A flag's value, as click parsed it, is the value the command passed on for a setting."""
+    if given is None:
+        return False
+    return any(candidate == used for candidate in (given, getattr(given, "value", given), str(given)))
+
+
+# --- TOML types -------------------------------------------------------------------------------------------------------
+
+
+def _wrong_types(cls: type[BaseModel], values: _Layered) -> list[str]:
+    """The file's values (those the job uses as read) whose TOML type is not their setting's, as error lines."""
+    wrong: list[str] = []
+    for key, value in values.from_file.items():
+        if key in values and values[key] is value:  # not replaced by a flag, nor rewritten by the job's load()
+            _check_value(cls, key, value, (key,), values, wrong)
+    return wrong
+
+
+def _check_value(model: Any, key: str, value: Any, loc: tuple[str, ...], values: _Layered, wrong: list[str]) -> None:
+    field = model.model_fields.get(key)
+    if field is None:
+        return  # an unknown key: validation names it
+    annotation = field.annotation
+    if not _fits(annotation, value):
+        wrong.append(_type_error(annotation, value, loc, values))
+        return
+    nested = _model_in(annotation)
+    if nested is not None and isinstance(value, dict):
+        for inner, inner_value in value.items():
+            _check_value(nested, inner, inner_value, (*loc, inner), values, wrong)
+
+
+def _args(annotation: Any) -> tuple[Any, Any, tuple[Any, ...]]:
+    """``(annotation without Annotated, its origin, its arguments)``."""
+    from typing import Annotated, get_args, get_origin
+
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation, get_origin(annotation), get_args(annotation)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation takes (``Budgets``, ``Budgets | None``), if any."""
+    import types
+    from typing import Union
+
+    from pydantic import BaseModel
+
+    annotation, origin, args = _args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if origin is Union or origin is types.UnionType:
+        models = [m for m in (_model_in(a) for a in args) if m is not None]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _fits(annotation: Any, value: Any) -> bool:
+    """``value`` (as TOML reads it) has a type the setting takes; types the file cannot be checked against pass."""
+    import collections.abc
+    import datetime as dt
+    import enum
+    import types
+    from pathlib import PurePath
+    from typing import Any as AnyType
+    from typing import Literal, Union
+
+    from pydantic import BaseModel
+
+    annotation, origin, args = _args(annotation)
+    if annotation is AnyType or annotation is object:
+        return True
+    if origin is Union or origin is types.UnionType:
+        return any(_fits(a, value) for a in args if a is not type(None))
+    if origin is Literal:
+        return any(_fits(type(choice), value) for choice in args)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, PurePath)):
+        return isinstance(value, str)
+    if annotation in (dt.datetime, dt.date, dt.time):  # a TOML date/time, or one written as a string
+        return isinstance(value, dt.date | dt.time | str)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return any(_fits(type(member.value), value) for member in annotation)
+    sequences = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Set)
+    if origin in sequences or annotation in sequences:
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(args) == len(value) and all(_fits(a, v) for a, v in zip(args, value, strict=True))
+        return not args or all(_fits(args[0], v) for v in value)
+    if origin in (dict, collections.abc.Mapping) or annotation in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and (len(args) != 2 or all(_fits(args[1], v) for v in value.values()))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return isinstance(value, dict)
+    return True
+
+
+def _described(annotation: Any) -> str:
+    """What a setting takes, in validation's words (``a valid integer``)."""
+    import collections.abc
+    import datetime as dt
+    import enum
+    import types
+    from pathlib import PurePath
+    from typing import Literal, Union
+
+    annotation, origin, args = _args(annotation)
+    if origin is Union or origin is types.UnionType:
+        return " or ".join(dict.fromkeys(_described(a) for a in args if a is not type(None)))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in annotation)
+    simple = {bool: "a valid boolean", int: "a valid integer", float: "a valid number", str: "a valid string"}
+    if annotation in simple:
+        return simple[annotation]
+    if isinstance(annotation, type) and issubclass(annotation, PurePath):
+        return "a valid string"
+    if annotation in (dt.datetime, dt.date, dt.time):
+        return f"a valid {annotation.__name__} (a TOML date-time, or an ISO 8601 string)"
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) or annotation in (list, tuple):
+        return "a valid list" + (f" of {_plural(args[0])}" if args else "")
+    return "a valid dictionary"  # a table: dict[...] and nested models
+
+
+def _plural(annotation: Any) -> str:
+    described = _described(annotation)
+    for one, many in (("a valid boolean", "booleans"), ("a valid integer", "integers"), ("a valid number", "numbers")):
+        described = described.replace(one, many)
+    return described.replace("a valid string", "strings").replace("a valid ", "")
+
+
+def _type_error(annotation: Any, value: Any, loc: tuple[str, ...], values: _Layered) -> str:
+    """``KEY: Input should be TYPE (got VALUE): in [TABLE] of FILE, HOW TO WRITE IT``."""
+    key = loc[-1]
+    table = ".".join((values.table, *loc[:-1]))
+    shown = _given({"type": "toml_type", "loc": loc, "input": value})
+    if shown and isinstance(value, bool):
+        shown = f" (got {str(value).lower()})"
+    fix = _toml_fix(annotation, value, key, table, secret=any(_is_secret_name(part) for part in loc))
+    return f"{'.'.join(loc)}: Input should be {_described(annotation)}{shown}: in [{table}] of {values.path}, {fix}"
+
+
+def _toml_fix(annotation: Any, value: Any, key: str, table: str, *, secret: bool) -> str:
+    """How to write ``key`` with its type, as TOML types values."""
+    import json
+
+    described = _described(annotation)
+    written = json.dumps(value) if isinstance(value, str) else repr(value)
+    if described.startswith("one of"):
+        return f"write one of them, e.g. {key} = {json.dumps(_choices(annotation)[0])}"
+    if isinstance(value, str) and ("integer" in described or "number" in described):
+        number = _as_number(value, whole="number" not in described)
+        if number is not None and not secret:
+            return f"TOML is typed: {written} is a string; write {key} = {number} without quotes"
+        return f"TOML is typed: {'a string' if secret else written + ' is a string'}; write a number without quotes, e.g. {key} = 1"
+    if isinstance(value, str) and "boolean" in described:
+        return f"TOML is typed: {'a string' if secret else written + ' is a string'}; write {key} = true or {key} = false, without quotes"
+    if isinstance(value, bool) and ("integer" in described or "number" in described):
+        return f"TOML is typed: {str(value).lower()} is a boolean; write a number, e.g. {key} = 1"
+    if isinstance(value, float) and "integer" in described:
+        return f"write a whole number, e.g. {key} = {round(value) if not secret else 1}"
+    if isinstance(value, int | float | bool) and "string" in described and not isinstance(value, str):
+        literal = str(value).lower() if isinstance(value, bool) else str(value)
+        return f'TOML is typed: write a string in quotes, {key} = "{literal if not secret else "..."}"'
+    if "list" in described:
+        item = json.dumps(value) if isinstance(value, str) and not secret else '"..."'
+        return f"write an array, e.g. {key} = [{item}]"
+    if described == "a valid dictionary" or described.endswith("a valid dictionary"):
+        return f"write a table: a line [{table}.{key}] with one name = value line per setting below it (or {key} = {{ name = value }})"
+    return f"write {described.removeprefix('a valid ')}"
+
+
+def _choices(annotation: Any) -> list[Any]:
+    """The values a ``Literal`` or an enum (or either or ``None``) takes."""
+    import enum
+    import types
+    from typing import Literal, Union
+
+    annotation, origin, args = _args(annotation)
+    if origin is Literal:
+        return list(args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [member.value for member in annotation]
+    if origin is Union or origin is types.UnionType:
+        return [choice for a in args for choice in _choices(a)]
+    return []
+
+
+def _as_number(text: str, *, whole: bool) -> str | None:
+    """``text`` as the TOML number it spells (``"4"``, ``"2e-4"``), if it spells one."""
+    try:
+        return str(int(text.strip())) if whole else (text.strip() if float(text.strip()) == float(text.strip()) else None)
+    except ValueError:
+        return None
+
+
+# --- errors -----------------------------------------------------------------------------------------------------------
+
+
+def _is_secret_name(name: str) -> bool:
+    """A setting's name says its value is a secret: ``api_key``, ``token``, ``hf_token``, ``client_secret``, ``password``,
+    ``authorization``, ``credentials``; not a count of tokens (``max_tokens``, ``iwm_max_observation_tokens``)."""
+    import re
+
+    for word in re.split(r"[^a-z0-9]+", name.lower()):
+        if word.endswith(("key", "token", "secret", "password", "passwd", "pwd")) or word.startswith("auth") or "credential" in word:
+            return True
+    return False
 
 
 def _given(error: Any) -> str:
@@ -92,7 +493,7 @@ def _given(error: Any) -> str:
     for a setting whose name says it is a secret, and with credentials in it hidden (:func:`hide_credentials`)."""
     if error["type"] == "missing" or "input" not in error or isinstance(error["input"], dict):
         return ""
-    if any(word in str(part).lower() for part in error["loc"] for word in _SECRET_NAMES):
+    if any(_is_secret_name(str(part)) for part in error["loc"]):
         return ""
     from ee_middleware.errors import hide_credentials
 
@@ -101,16 +502,59 @@ def _given(error: Any) -> str:
 
 
 def _meant(cls: type[BaseModel], error: Any) -> str:
-    """`` (did you mean NAME?)`` for an unknown key close to a setting of the (nested) table it is in; else nothing."""
-    import difflib
+    """`` (did you mean NAME?)`` for an unknown key close to a setting of the (nested) table it is in; else nothing.
 
+    A key spelled as a flag of the running command (``lr`` for ``ee train --lr``) names the setting that flag sets; one
+    spelled as a flag whose setting has a longer name (``heldout_after`` for ``--heldout-after``, which sets
+    ``heldout_started_after``; ``tool_timeout`` for ``tool_timeout_s``) names that setting."""
     from pydantic import BaseModel
 
     model: Any = cls
     for part in error["loc"][:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        model = field.annotation if field is not None else None
+        model = _model_in(field.annotation) if field is not None else None
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return ""
-    close = difflib.get_close_matches(str(error["loc"][-1]), list(model.model_fields), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
+    key, names = str(error["loc"][-1]), list(model.model_fields)
+    close = (_flag_setting(key, names) if model is cls else None) or _closest(key, names)
+    return f" (did you mean {close}?)" if close else ""
+
+
+def _option_names(option: Any) -> set[str]:
+    """A click option's parameter name and its flags as keys (``--max-steps-per-turn`` -> ``max_steps_per_turn``)."""
+    return {option.name, *(opt.lstrip("-").replace("-", "_") for opt in option.opts)}
+
+
+def _flag_setting(key: str, names: list[str]) -> str | None:
+    """The setting that the running command's flag spelled ``key`` sets, where another of its names is that setting's."""
+    ctx = _click_context()
+    for option in ctx.command.params if ctx is not None else ():
+        if getattr(option, "param_type_name", "") == "option" and key in _option_names(option):
+            settings = [name for name in names if name in _option_names(option)]
+            if len(settings) == 1:
+                return settings[0]
+    return None
+
+
+def _closest(key: str, names: list[str]) -> str | None:
+    """The setting ``key`` most likely means: the one name holding all of its words in order (``heldout_after`` ->
+    ``heldout_started_after``), else a name a letter or two away (``worker`` -> ``workers``), else the one name whose
+    words it holds (``model_spec`` -> ``model``), else the closest spelling (``schedul`` -> ``schedule``)."""
+    import difflib
+
+    def within(words: list[str], other: list[str]) -> bool:
+        rest = iter(other)
+        return all(word in rest for word in words)
+
+    words = key.lower().split("_")
+    found = [name for name in names if within(words, name.split("_"))]
+    if len(found) == 1:
+        return found[0]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.85)  # a letter away: worker, suite, policy_setting
+    if close:
+        return close[0]
+    found = [name for name in names if within(name.split("_"), words)]
+    if len(found) == 1:
+        return found[0]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+    return close[0] if close else None

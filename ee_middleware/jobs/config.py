@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_config, layered_values, read_toml_table
+from ee_middleware._toml import build_config, layered_values, read_toml, read_toml_table
 from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
@@ -310,11 +310,9 @@ class ImproveConfig(BaseModel):
         import tempfile
 
         if self.config_path is not None:
-            import tomllib
-
             self.tables()  # a file that is not TOML is named here
             known = ("improve", *STAGE_TABLES, "capture")
-            for table in tomllib.loads(self.config_path.read_text()):
+            for table in read_toml(self.config_path):  # UTF-8 with a byte-order mark, or UTF-16, as the stages read it
                 close = difflib.get_close_matches(table, known, n=1, cutoff=0.75)
                 if table not in known and close:
                     raise ConfigError(f"{self.config_path} has a table [{table}]: did you mean [{close[0]}]? (ee improve reads {known}.)")

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
+from ee_middleware._toml import read_config_text
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted, JobError
 from ee_middleware.jobs.memory import PeakMemory
@@ -91,7 +92,7 @@ def run_improve(
         if run is None:
             run = runs.create(JOB, config.describe(), config_hash)
             if config.config_path is not None:
-                atomic_write_text(run.folder / CONFIG_COPY, config.config_path.read_text())
+                atomic_write_text(run.folder / CONFIG_COPY, read_config_text(config.config_path))  # as UTF-8
             run.update(stage_order=list(STAGES), force=force)
             say.info(f"run {run.id} started in {run.folder}")
         else:
