@@ -149,18 +149,19 @@ def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
     length (the messages its model call was given precede its own); one whose state is no prefix of the messages (a
     middleware that trimmed the history) is found by its tool call's id, or an answer by its text (answers with the
     same text take the last such replies, in order), else it is taken to have been offered all."""
+    if all(step.tools is None for step in trajectory.steps):
+        return {}
     messages = trajectory.messages
     by_call_id: dict[str, int] = {}
-    offered: dict[int, list[str]] = {}
-    by_text: dict[str, list[list[str]]] = {}  # answers still to find by their text: the tools of each, in order
+    found_at: dict[int, list[str] | None] = {}  # every step found, also those offered all (None): they take their reply
+    by_text: dict[str, list[list[str] | None]] = {}  # answers still to find by their text: the tools of each, in order
     for step in trajectory.steps:
-        if step.tools is None:
-            continue
+        tools = None if step.tools is None else list(step.tools)
         position = len(step.state)
         found = position < len(messages) and messages[position].get("role") == "assistant" and messages[:position] == step.state
         call = step.action.tool_call
         if not found and call is None and step.action.content is not None:  # an answer after a trimmed history: its text
-            by_text.setdefault(step.action.content, []).append(list(step.tools))
+            by_text.setdefault(step.action.content, []).append(tools)
             continue
         if not found and call is not None and call.id:
             if not by_call_id:
@@ -174,17 +175,17 @@ def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
             position = by_call_id.get(call.id, -1)
             found = position >= 0
         if found:
-            offered[position] = list(step.tools)
-    for text, tools in by_text.items():
+            found_at[position] = tools
+    for text, answers in by_text.items():
         replies = [
             p
             for p, m in enumerate(messages)
-            if p not in offered and m.get("role") == "assistant" and not m.get("tool_calls") and m.get("content") == text
+            if p not in found_at and m.get("role") == "assistant" and not m.get("tool_calls") and m.get("content") == text
         ]
         # the last replies with this text are this run's answers (an earlier one may be history it was given)
-        for position, its_tools in zip(replies[-len(tools) :], tools[-len(replies) :] if replies else [], strict=True):
-            offered[position] = its_tools
-    return offered
+        for position, tools in zip(replies[-len(answers) :], answers[-len(replies) :] if replies else [], strict=True):
+            found_at[position] = tools
+    return {position: tools for position, tools in found_at.items() if tools is not None}
 
 
 def _examples(trajectory: Trajectory, weights: list[int | None]) -> Iterator[tuple[list[Message], list[int | None], list[ToolSchema]]]:

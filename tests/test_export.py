@@ -248,10 +248,12 @@ def test_a_step_after_a_trimmed_history_is_exported_with_its_own_tools(tmp_path:
     ]
 
 
-def test_answers_with_the_same_text_after_a_trimmed_history_keep_their_own_tools(tmp_path: Path) -> None:
+@pytest.mark.parametrize("later_offered", [["order"], None], ids=["some_tools", "all_tools"])
+def test_answers_with_the_same_text_after_a_trimmed_history_keep_their_own_tools(tmp_path: Path, later_offered: list[str] | None) -> None:
     """Two answers with the same text ("Done.") in one conversation, each after a history a middleware trimmed: each is
     found by its text, in order. Both were taken for the last one, so the first answer was exported beside every tool
-    of the run (no step found at its position) instead of the one tool its model call was offered."""
+    of the run (no step found at its position) instead of the one tool its model call was offered; and a later answer
+    offered every tool (``Step.tools`` None) took no reply, so the first answer's tools went to the last reply."""
     from ee_middleware.records import Action, Step, ToolCall
 
     t = sample_trajectory("twice")
@@ -268,14 +270,14 @@ def test_answers_with_the_same_text_after_a_trimmed_history_keep_their_own_tools
         {"role": "assistant", "content": "Done."},
     ]
 
-    def step(index: int, state: list[dict], action: Action, tools: list[str]) -> Step:
+    def step(index: int, state: list[dict], action: Action, tools: list[str] | None) -> Step:
         return Step(trajectory_id="twice", index=index, decision_index=index, state=state, action=action, tools=tools)
 
     steps = [
         step(0, messages[:1], Action(kind="tool_call", tool_call=ToolCall(id="c1", name="lookup", arguments={})), ["lookup"]),
         step(1, messages[2:3], Action(kind="answer", content="Done."), ["lookup"]),  # trimmed: no prefix of the messages
-        step(2, messages[4:5], Action(kind="tool_call", tool_call=ToolCall(id="c2", name="order", arguments={})), ["order"]),
-        step(3, messages[6:7], Action(kind="answer", content="Done."), ["order"]),
+        step(2, messages[4:5], Action(kind="tool_call", tool_call=ToolCall(id="c2", name="order", arguments={})), later_offered),
+        step(3, messages[6:7], Action(kind="answer", content="Done."), later_offered),
     ]
     store = LocalExperienceStore(tmp_path / "store")
     store.write([t.model_copy(update={"messages": messages, "steps": steps, "tools": [lookup, order], "final_answer": "Done."})])
@@ -285,4 +287,4 @@ def test_answers_with_the_same_text_after_a_trimmed_history_keep_their_own_tools
     finally:
         store.close()
     rows = pl.read_parquet(tmp_path / "out.parquet")["messages"][0].to_list()
-    assert [m["tools"] for m in rows if m["role"] == "assistant"] == [["lookup"], ["lookup"], ["order"], ["order"]]
+    assert [m["tools"] for m in rows if m["role"] == "assistant"] == [["lookup"], ["lookup"], later_offered, later_offered]
