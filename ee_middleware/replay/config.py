@@ -153,7 +153,8 @@ class ReplayConfig(BaseModel):
         if limits and self.isolation != "subprocess":
             them = "it" if len(limits) == 1 else "them"
             raise ConfigError(
-                f"{' and '.join(limits)} limit the sandbox only with isolation = 'subprocess' (--isolation subprocess); isolation "
+                f"{' and '.join(limits)} {'limits' if len(limits) == 1 else 'limit'} the sandbox only with isolation = 'subprocess' "
+                "(--isolation subprocess); isolation "
                 f"is {self.isolation!r}: set isolation = 'subprocess' (or add --isolation subprocess), or leave {them} out."
             )
         if self.ray_address is not None and self.executor != "ray":
