@@ -9,21 +9,25 @@ field                   environment variable         meaning
 app                     ``EE_APP``                   app name stored with every run
 app_version             ``EE_APP_VERSION``           app version stored with every run
 store                   ``EE_STORE``                 experience store folder
-redact                  ``EE_REDACT`` (0/1)          the built-in redaction kinds (default on)
+redact                  ``EE_REDACT`` (on/off)       the built-in redaction kinds (default on)
 redaction_kinds         (TOML only)                  ``{kind = true/false}``: one kind on or off
 redaction_patterns      (TOML only)                  extra ``{kind = regex}`` rules
 redaction_pseudonyms    ``EE_REDACTION_PSEUDONYMS``  ``[REDACTED:kind:tag]``, same value same tag
-vault                   ``EE_VAULT`` (0/1 or path)   opt-in: keep pseudonym -> value for replay
+vault                   ``EE_VAULT`` (on/off, path)  opt-in: keep pseudonym -> value for replay
 max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
-strict                  ``EE_CAPTURE_STRICT`` (0/1)  raise capture failures instead of logging
+strict                  ``EE_CAPTURE_STRICT``        raise capture failures instead of logging (on/off)
 offload                 ``EE_CAPTURE_OFFLOAD``       where capture's work runs: thread (default),
                                                      process or auto (opt-in: start a child process)
 ======================  ===========================  ===================================
+
+An on/off variable takes 1, true, yes or on and 0, false, no or off (any case, spaces around ignored); anything else
+is refused (:func:`env_flag`), never read as off.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +53,40 @@ _ENV = {
 }
 
 OFFLOAD_MODES = ("thread", "process", "auto")
+
+FLAG_ON = ("1", "true", "yes", "on")
+FLAG_OFF = ("0", "false", "no", "off")
+"""How an on/off ``EE_*`` variable is spelt (any case, spaces around ignored): read by :func:`env_flag` alone."""
+
+
+def env_flag(var: str, *, or_path: bool = False) -> bool | str | None:
+    """The on/off environment variable ``var``: ``None`` when unset or blank, ``True`` for 1, true, yes or on,
+    ``False`` for 0, false, no or off (any case, spaces around ignored).
+
+    Anything else is a :class:`~ee_middleware.errors.ConfigError` naming the variable, its value and these spellings:
+    never read as off (``EE_REDACT=ture`` must not store e-mails in plain text). With ``or_path`` (``EE_VAULT``) any
+    other value is a path, returned as given, except one that looks like a misspelt switch (``ture``, ``of``), refused
+    too (``./ture`` names a file of that name).
+    """
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    word = raw.strip().lower()
+    if word in FLAG_ON:
+        return True
+    if word in FLAG_OFF:
+        return False
+    spellings = (
+        f"{var}=1 (or true, yes, on) switches it on, {var}=0 (or false, no, off) switches it off; case and spaces around do not matter"
+    )
+    if not or_path:
+        raise ConfigError(f"{var}={raw!r} is neither on nor off: {spellings}.")
+    if not any(sep in word for sep in ("/", "\\", ".")) and difflib.get_close_matches(word, FLAG_ON + FLAG_OFF, n=1, cutoff=0.6):
+        raise ConfigError(
+            f"{var}={raw!r} looks like a misspelt on/off value, not a path: {spellings}, and a path names the file "
+            f"(write ./{raw.strip()} for a file of that name)."
+        )
+    return raw
 
 
 @dataclass(frozen=True)
@@ -126,15 +164,15 @@ class CaptureConfig:
 def _from_environment() -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, var in _ENV.items():
+        if name in ("redact", "strict", "redaction_pseudonyms", "vault"):
+            flag = env_flag(var, or_path=name == "vault")
+            if flag is not None:
+                values[name] = flag
+            continue
         raw = os.environ.get(var)
         if raw is None or raw == "":
             continue
-        if name in ("redact", "strict", "redaction_pseudonyms"):
-            values[name] = raw.lower() in ("1", "true", "yes", "on")
-        elif name == "vault":
-            flag = raw.lower()
-            values[name] = True if flag in ("1", "true", "yes", "on") else False if flag in ("0", "false", "no", "off") else raw
-        elif name == "max_observation_chars":
+        if name == "max_observation_chars":
             try:
                 values[name] = int(raw)
             except ValueError:

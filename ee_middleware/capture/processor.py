@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_runs
+from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.spandata import SpanData, from_readable_span
@@ -75,8 +75,9 @@ class CaptureStats:
 
 
 def strict_default() -> bool:
-    """Strict capture (raise instead of log) when ``EE_CAPTURE_STRICT=1`` (our test suite sets it)."""
-    return os.environ.get("EE_CAPTURE_STRICT", "").lower() in ("1", "true", "yes")
+    """Strict capture (raise instead of log) when ``EE_CAPTURE_STRICT`` is on (our test suite sets it); read by
+    :func:`~ee_middleware.capture.config.env_flag`, so a misspelt value is refused, as ``CaptureConfig.load`` refuses it."""
+    return env_flag("EE_CAPTURE_STRICT") is True
 
 
 class ExperienceSpanProcessor(SpanProcessor):

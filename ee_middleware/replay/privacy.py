@@ -23,11 +23,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
 from ee_middleware.capture.store_redaction import is_pseudonym, read_store_redaction
 from ee_middleware.capture.vault import AMBIGUOUS, Vault, read_vault
@@ -62,16 +62,16 @@ class ReplayPrivacy:
     def of_store(cls, store: Any) -> ReplayPrivacy:
         """The redaction ``store`` was recorded with (``redaction.json``), its salt and its vault.
 
-        ``EE_VAULT`` names another vault file, or ``off`` to replay without one. A vault that is
+        ``EE_VAULT`` names another vault file, or is ``off`` (0, false, no) to replay without one (``on``: the recorded
+        one); a misspelt switch is refused (:func:`~ee_middleware.capture.config.env_flag`). A vault that is
         recorded but missing is left out with a warning; one that cannot be read (a wrong key,
         loose permissions) raises :class:`~ee_middleware.errors.ConfigError` before any work starts.
         """
         settings = read_store_redaction(store)
         redacts = bool(settings.rules.enabled_kinds() or settings.rules.patterns)
         salt = store_salt(store) if redacts and settings.pseudonyms else None
-        vault = os.environ.get(VAULT_ENV) or settings.vault
-        if vault and vault.lower() in ("0", "off", "false", "no"):
-            vault = None
+        given = env_flag(VAULT_ENV, or_path=True)
+        vault = settings.vault if given is None or given is True else given or None
         if vault and not Path(vault).expanduser().exists():
             logger.warning("The redaction vault %s is missing: redacted arguments are replayed as placeholders (and flagged).", vault)
             vault = None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ee_middleware.capture.config import CaptureConfig
@@ -36,3 +38,83 @@ def test_bad_configuration_names_the_problem(tmp_path, monkeypatch):
     monkeypatch.delenv("EE_MAX_OBSERVATION_CHARS")
     with pytest.raises(ConfigError, match="non-empty string"):
         CaptureConfig(app="")
+
+
+# --- EE_* on/off variables: the usual spellings, anything else refused (never read as off) ------------------------------
+
+MAIL_TASK = {"messages": [("user", "Do we have pears? If not, order 5. My email is alice@example.com")]}
+
+
+def _record_mail(graph, store_path):
+    from ee_middleware import LocalExperienceStore, record_experience
+
+    agent = record_experience(graph, app="shop", store=store_path)
+    agent.invoke(MAIL_TASK)
+    agent.flush()
+    return json.dumps([t.model_dump(mode="json") for t in LocalExperienceStore(store_path).iter_trajectories()])
+
+
+@pytest.mark.parametrize("typo", ["ture", "flase", "2", "enabled", "y es"])
+def test_a_misspelt_ee_redact_refuses_to_record_instead_of_storing_plain_text(react_graph, store_path, monkeypatch, typo):
+    from ee_middleware import record_experience
+
+    monkeypatch.setenv("EE_REDACT", typo)
+    with pytest.raises(ConfigError) as caught:
+        record_experience(react_graph, app="shop", store=store_path)
+    message = str(caught.value)
+    assert f"EE_REDACT={typo!r}" in message
+    assert all(word in message for word in ("1", "true", "yes", "on", "0", "false", "no", "off"))
+    stored = [p for p in store_path.rglob("*") if p.is_file()] if store_path.exists() else []
+    assert not any(b"alice@example.com" in p.read_bytes() for p in stored)
+    assert not any(p.suffix == ".parquet" or p.name.endswith(".jsonl") for p in stored)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "redacted"),
+    [(" TRUE ", True), ("Yes", True), ("on", True), ("1", True), ("0", False), ("Off", False), (" no", False), ("FALSE", False)],
+)
+def test_ee_redact_takes_the_usual_spellings(react_graph, store_path, monkeypatch, spelling, redacted):
+    monkeypatch.setenv("EE_REDACT", spelling)
+    stored = _record_mail(react_graph, store_path)
+    assert ("alice@example.com" not in stored) is redacted
+    assert ("[REDACTED:email" in stored) is redacted
+
+
+@pytest.mark.parametrize("var", ["EE_CAPTURE_STRICT", "EE_REDACTION_PSEUDONYMS"])
+def test_the_other_capture_switches_refuse_a_typo_too(react_graph, store_path, monkeypatch, var):
+    from ee_middleware import record_experience
+
+    monkeypatch.setenv(var, "ture")
+    with pytest.raises(ConfigError, match=f"{var}='ture'"):
+        record_experience(react_graph, app="shop", store=store_path)
+    monkeypatch.setenv(var, " Off ")
+    config = CaptureConfig.load()
+    assert getattr(config, {"EE_CAPTURE_STRICT": "strict", "EE_REDACTION_PSEUDONYMS": "redaction_pseudonyms"}[var]) is False
+
+
+def test_strict_capture_from_the_environment_reads_on_like_the_config(monkeypatch):
+    from ee_middleware.capture.processor import strict_default
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "on")
+    assert strict_default() is True and CaptureConfig.load().strict is True
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "ture")
+    with pytest.raises(ConfigError, match="EE_CAPTURE_STRICT='ture'"):
+        strict_default()
+
+
+def test_ee_vault_takes_on_off_or_a_path_and_refuses_a_misspelt_switch(tmp_path, monkeypatch):
+    for spelling, expected in [
+        ("1", True),
+        (" yes", True),
+        ("OFF", False),
+        ("no", False),
+        (str(tmp_path / "v.vault"), str(tmp_path / "v.vault")),
+    ]:
+        monkeypatch.setenv("EE_VAULT", spelling)
+        assert CaptureConfig.load().vault == expected
+    for typo in ("ture", "flase", "of"):
+        monkeypatch.setenv("EE_VAULT", typo)
+        with pytest.raises(ConfigError, match=f"EE_VAULT={typo!r}.*a path"):
+            CaptureConfig.load()
+    monkeypatch.setenv("EE_VAULT", "./ture")
+    assert CaptureConfig.load().vault == "./ture"

@@ -182,6 +182,17 @@ def test_replay_privacy_of_a_store_the_vault_override_and_a_wrong_key(tmp_path: 
     assert ReplayPrivacy.of_store(plain) == ReplayPrivacy(), "a store recorded with redact=False: replay redacts nothing"
 
 
+def test_replay_reads_ee_vault_as_capture_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _ = _store(tmp_path, vault=True)
+    recorded = str(tmp_path / "experience.vault")
+    for spelling, vault in [(" No ", None), ("FALSE", None), ("1", recorded), ("on", recorded)]:
+        monkeypatch.setenv("EE_VAULT", spelling)
+        assert ReplayPrivacy.of_store(store).vault == vault, spelling
+    monkeypatch.setenv("EE_VAULT", "flase")
+    with pytest.raises(ConfigError, match="EE_VAULT='flase' looks like a misspelt on/off value"):
+        ReplayPrivacy.of_store(store)
+
+
 def test_the_store_redacts_whatever_writes_replay_records(tmp_path: Path) -> None:
     store, redactor = _store(tmp_path, vault=False)
     rollout = Rollout(
