@@ -21,20 +21,23 @@ offload                 ``EE_CAPTURE_OFFLOAD``       where capture's work runs: 
 ======================  ===========================  ===================================
 
 An on/off variable takes 1, true, yes or on and 0, false, no or off (any case, spaces around ignored); anything else
-is refused (:func:`env_flag`), never read as off.
+is refused (:func:`env_flag`), never read as off. A value from the file, or given in code, must have its setting's type
+(``max_observation_chars = 100000``, not ``"100000"``); the error names the file, the key, the value and the type.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ee_middleware._toml import read_toml_table
+from ee_middleware._toml import _described, _fits, _given, _type_error, layered_values
 from ee_middleware.capture.redaction import RedactionRules
 from ee_middleware.errors import ConfigError
 
@@ -126,7 +129,13 @@ class CaptureConfig:
     process mode can be used and there are two CPUs."""
 
     def __post_init__(self) -> None:
-        if not self.app or not isinstance(self.app, str):
+        wrong = [
+            f"CaptureConfig.{'.'.join(loc)}: Input should be {described}{_given({'type': 'type', 'loc': loc, 'input': value})}"
+            for loc, described, _, value in _type_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        ]
+        if wrong:
+            raise ConfigError("; ".join(wrong) + ".")
+        if not self.app:
             raise ConfigError("CaptureConfig.app must be a non-empty string naming the agent, e.g. app='support-bot'.")
         if self.offload not in OFFLOAD_MODES:
             raise ConfigError(f"CaptureConfig.offload must be one of {', '.join(OFFLOAD_MODES)}; got {self.offload!r}.")
@@ -141,23 +150,35 @@ class CaptureConfig:
 
     def redaction_rules(self) -> RedactionRules:
         """What capture redacts (see :data:`~ee_middleware.capture.redaction.KINDS`)."""
-        bad = {k: v for k, v in self.redaction_kinds.items() if not isinstance(v, bool)}
-        if bad:
-            raise ConfigError(f"CaptureConfig.redaction_kinds maps kind names to true/false; got {bad}.")
         return RedactionRules(defaults=self.redact, kinds=dict(self.redaction_kinds), patterns=dict(self.redaction_patterns))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> CaptureConfig:
-        """Defaults <- TOML ``[capture]`` table <- ``EE_*`` environment <- ``overrides``."""
+        """Defaults <- TOML ``[capture]`` table <- ``EE_*`` environment <- ``overrides``.
+
+        A value the file gives (and that is used) must have its setting's TOML type; the error names the file, the
+        key, the value and the type, as the ``ee`` jobs' errors do."""
         values: dict[str, Any] = {}
-        if path is not None:
-            values.update(read_toml_table(Path(path), "capture", settings_for="capture"))
+        layered = layered_values(Path(path), "capture", {}, job="capture") if path is not None else None
+        values.update(layered or {})
         values.update(_from_environment())
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"Unknown capture setting(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        if layered is not None:
+            used = {key: value for key, value in layered.from_file.items() if values.get(key) is value}  # type: ignore[attr-defined]
+            wrong = [
+                f"{loc[0]}: Input should be {described}: in [capture] of {path}, "
+                + (f"write a table [capture.{loc[0]}]; " if loc[0] == "environment" else "")
+                + f"a function can only be given in code ({loc[0]}= to record_experience)"
+                if loc[0] in _CALLABLE
+                else _type_error(annotation, value, loc, layered)
+                for loc, described, annotation, value in _type_problems(used)
+            ]
+            if wrong:
+                raise ConfigError(f"Invalid capture configuration: {'; '.join(wrong)}")
         return cls(**values)
 
 
@@ -180,3 +201,42 @@ def _from_environment() -> dict[str, Any]:
         else:
             values[name] = raw
     return values
+
+
+_CALLABLE = {"redact_fn": "a function (text) -> text", "environment": "a valid dictionary or a function (input, config) -> dict"}
+"""Settings that take a function, which only code can give (the type check cannot tell a function's type)."""
+
+
+@functools.cache
+def _annotations() -> dict[str, Any]:
+    return typing.get_type_hints(CaptureConfig)
+
+
+def _type_problems(values: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str, Any, Any]]:
+    """``(where, what it takes, annotation, value)`` for each of ``values`` (settings by name) that has not its setting's
+    type; a table's wrong entries one by one (``redaction_kinds.email``). A path (``os.PathLike``) counts as a string
+    and any mapping as a table, as code may give them."""
+    problems: list[tuple[tuple[str, ...], str, Any, Any]] = []
+    for name, value in values.items():
+        annotation = _annotations().get(name)
+        if annotation is None:
+            continue
+        if name in _CALLABLE:
+            if value is not None and not callable(value) and not (name == "environment" and isinstance(value, Mapping)):
+                problems.append(((name,), _CALLABLE[name], annotation, value))
+            continue
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if (value is None and type(None) in args) or _fits(annotation, _as_read(value)):
+            continue
+        if origin is Mapping and isinstance(value, Mapping) and len(args) == 2:
+            problems += [((name, str(k)), _described(args[1]), args[1], v) for k, v in value.items() if not _fits(args[1], _as_read(v))]
+        else:
+            problems.append(((name,), _described(annotation), annotation, value))
+    return problems
+
+
+def _as_read(value: Any) -> Any:
+    """``value`` as a TOML file would give it: a path as its string, a mapping as a dict."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value

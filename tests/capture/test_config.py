@@ -118,3 +118,79 @@ def test_ee_vault_takes_on_off_or_a_path_and_refuses_a_misspelt_switch(tmp_path,
             CaptureConfig.load()
     monkeypatch.setenv("EE_VAULT", "./ture")
     assert CaptureConfig.load().vault == "./ture"
+
+
+# --- [capture] values have their setting's type ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('max_observation_chars = "100000"', "max_observation_chars: Input should be a valid integer (got '100000')"),
+        ("max_observation_chars = 10.5", "max_observation_chars: Input should be a valid integer (got 10.5)"),
+        ('strict = "no"', "strict: Input should be a valid boolean (got 'no')"),
+        ('redact = "false"', "redact: Input should be a valid boolean (got 'false')"),
+        ('redaction_patterns = "x"', "redaction_patterns: Input should be a valid dictionary (got 'x')"),
+        ("app = 7", "app: Input should be a valid string (got 7)"),
+        ('offload = ["process"]', "offload: Input should be a valid string"),
+        ("vault = 1", "vault: Input should be a valid boolean or a valid string (got 1)"),
+        ('redaction_kinds = { email = "no" }', "redaction_kinds.email: Input should be a valid boolean (got 'no')"),
+        ('redact_fn = "str.upper"', "redact_fn: Input should be a function"),
+    ],
+)
+def test_a_capture_file_value_of_the_wrong_type_names_the_file_the_key_and_the_type(react_graph, tmp_path, monkeypatch, line, expected):
+    from ee_middleware import record_experience
+
+    monkeypatch.delenv("EE_CAPTURE_STRICT", raising=False)  # the suite's EE_CAPTURE_STRICT=1 would be used instead of strict
+    path = tmp_path / "capture.toml"
+    path.write_text(f'[capture]\nstore = "{(tmp_path / "experience").as_posix()}"\n{line}\n')
+    with pytest.raises(ConfigError) as caught:
+        record_experience(react_graph, config=str(path))
+    message = str(caught.value)
+    assert expected in message and str(path) in message, message
+    assert not (tmp_path / "experience").exists()
+
+
+def test_a_typed_capture_file_records_with_its_settings(react_graph, tmp_path):
+    from ee_middleware import LocalExperienceStore, record_experience
+
+    path = tmp_path / "capture.toml"
+    store = tmp_path / "experience"
+    path.write_text(
+        f'[capture]\nstore = "{store.as_posix()}"\nstrict = false\nmax_observation_chars = 3\nvault = false\n'
+        "[capture.redaction_kinds]\nemail = false\n"
+    )
+    agent = record_experience(react_graph, app="shop", config=str(path))
+    agent.invoke(MAIL_TASK)
+    agent.flush()
+    (t,) = LocalExperienceStore(store).iter_trajectories()
+    assert "alice@example.com" in t.task  # email switched off by the file
+    assert t.steps[1].observation.content.startswith("ord") and "now 5" not in t.steps[1].observation.content  # cut at 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"max_observation_chars": "100000"}, "CaptureConfig.max_observation_chars: Input should be a valid integer (got '100000')"),
+        ({"max_observation_chars": True}, "CaptureConfig.max_observation_chars: Input should be a valid integer (got True)"),
+        ({"strict": "no"}, "CaptureConfig.strict: Input should be a valid boolean (got 'no')"),
+        ({"redaction_patterns": "x"}, "CaptureConfig.redaction_patterns: Input should be a valid dictionary (got 'x')"),
+        ({"redaction_kinds": {"phone": "no"}}, "CaptureConfig.redaction_kinds.phone: Input should be a valid boolean (got 'no')"),
+        ({"redact_fn": "upper"}, "CaptureConfig.redact_fn: Input should be a function"),
+        ({"environment": 3}, "CaptureConfig.environment: Input should be a valid dictionary or a function"),
+    ],
+)
+def test_keyword_settings_of_the_wrong_type_name_the_setting(react_graph, tmp_path, settings, expected):
+    from ee_middleware import record_experience
+
+    with pytest.raises(ConfigError) as caught:
+        record_experience(react_graph, app="shop", store=str(tmp_path / "experience"), **settings)
+    assert expected in str(caught.value)
+
+
+def test_keyword_settings_keep_taking_paths_and_mappings(tmp_path):
+    from pathlib import Path
+    from types import MappingProxyType
+
+    config = CaptureConfig(store=Path(tmp_path), vault=Path(tmp_path / "v.vault"), redaction_kinds=MappingProxyType({"phone": False}))
+    assert config.redaction_rules().enabled_kinds().count("phone") == 0
