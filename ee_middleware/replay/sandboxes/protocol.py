@@ -146,6 +146,16 @@ _OPEN: weakref.WeakSet[ClosedOnExit] = weakref.WeakSet()
 _HOOKED_PID: int | None = None
 
 
+def _forget_after_fork() -> None:
+    """In a forked process: the sandboxes it inherited are its parent's (their processes, pipes and folders): it must
+    never close them at its exit, only those it opens itself."""
+    _OPEN.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def open_sandboxes() -> list[ClosedOnExit]:
     """The sandboxes of this process that may still own processes (see :meth:`ClosedOnExit._close_at_exit`)."""
     return list(_OPEN)

@@ -493,3 +493,29 @@ def test_without_the_mcp_extra_the_sandbox_says_what_to_install(tmp_path: Path, 
     monkeypatch.setitem(sys.modules, "mcp", None)  # as if it were not installed
     with pytest.raises(MissingExtraError, match=r"ee-middleware\[mcp\]"):
         build_sandbox(f"mcp:{config}")
+
+
+def _notes_sandbox() -> McpSandbox:
+    """An McpSandbox of the notes server (module level: a subprocess sandbox's factory)."""
+    return McpSandbox({"notes": notes_server()})
+
+
+def test_closing_one_forked_sandbox_leaves_the_others_servers_running() -> None:
+    """Two subprocess sandboxes (forked children) each holding an McpSandbox: the second one's child inherited the
+    parent's registry of open sandboxes, holding the first, and closed it at its exit, killing the first's servers
+    (found by review: the first answered with a crash). A forked process closes at exit only the sandboxes it opened."""
+    from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
+
+    first = SubprocessSandbox(_notes_sandbox, start_method="fork", timeout_s=60)
+    second = SubprocessSandbox(_notes_sandbox, start_method="fork", timeout_s=60)
+    try:
+        first.reset(ENVIRONMENT)
+        second.reset(ENVIRONMENT)
+        assert second.execute(call("list_notes")).content.startswith("1: Groceries")
+        second.close()
+        observation = first.execute(call("list_notes"))
+        assert observation.sandbox_failure is None and not observation.is_error, observation
+        assert observation.content.startswith("1: Groceries")
+    finally:
+        first.close()
+        second.close()
