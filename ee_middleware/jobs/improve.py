@@ -138,7 +138,7 @@ def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progre
     if copy.is_file():
         copy.replace(kept)
     if config.config_path is not None:
-        atomic_write_text(copy, config.config_path.read_text())
+        atomic_write_text(copy, read_config_text(config.config_path))  # as UTF-8, as the run's first copy
     if any(table == "train" for table, *_ in changed) and not run.stage_done("train"):
         shutil.rmtree(run.folder / ADAPTER_DIR, ignore_errors=True)
     settings = [hide_credentials(f"[{table}] {key}: {old} -> {new}") for table, key, old, new in changed]

@@ -40,7 +40,7 @@ def test_a_run_failed_at_its_datasets_stage_goes_on_after_the_datasets_settings_
     assert "[replay] k: 1 -> 2 (fixed: its select stage has finished)" in error, error
     assert "[datasets] heldout_app: no-such-app -> (not set) (may change)" in error and "--new-run" in error
 
-    path.write_text(good)
+    path.write_text(good, encoding="utf-16")  # as PowerShell 5 writes it: read as the first attempt's file was
     resumed = improve(path)
     assert resumed.exit_code == 0, resumed.output
     run = runs.get(run.id)
@@ -51,5 +51,5 @@ def test_a_run_failed_at_its_datasets_stage_goes_on_after_the_datasets_settings_
     [change] = run.data["config_changes"]
     assert change["attempt"] == 2 and any(s.startswith("[datasets] heldout_app: no-such-app -> (not set)") for s in change["settings"])
     assert "heldout_app" in (run.folder / change["config_file_before"]).read_text()
-    assert "heldout_app" not in (run.folder / "config.toml").read_text()
+    assert "heldout_app" not in (run.folder / "config.toml").read_text(encoding="utf-8")  # the stages read it as UTF-8
     assert run.data["config"]["datasets"] == {"heldout_ids": heldout.split('"')[1]}
