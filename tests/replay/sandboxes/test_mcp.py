@@ -506,8 +506,9 @@ def test_closing_one_forked_sandbox_leaves_the_others_servers_running() -> None:
     (found by review: the first answered with a crash). A forked process closes at exit only the sandboxes it opened."""
     from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
 
-    first = SubprocessSandbox(_notes_sandbox, start_method="fork", timeout_s=60)
-    second = SubprocessSandbox(_notes_sandbox, start_method="fork", timeout_s=60)
+    # no memory limit: a forked child starts with the test process's address space, which other tests grew
+    first = SubprocessSandbox(_notes_sandbox, start_method="fork", timeout_s=60, memory_mb=None)
+    second = SubprocessSandbox(_notes_sandbox, start_method="fork", timeout_s=60, memory_mb=None)
     try:
         first.reset(ENVIRONMENT)
         second.reset(ENVIRONMENT)
