@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -72,6 +73,7 @@ from ee_middleware.capture.offload import (
 from ee_middleware.capture.payloads import captured_error
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, strict_default
 from ee_middleware.capture.redaction import store_salt
+from ee_middleware.capture.shutdown import flush_on_sigterm
 from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
@@ -122,12 +124,14 @@ class Recorder:
         self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
         self._offload_blocker: str | None = None
+        self._in_flight: dict[str, weakref.ref[_Run]] = {}  # trajectory id -> its run, until the run ends (or is collected)
         self._plan_offload(tracer_provider, approve_if, salt)
         _live_recorders.add(self)
         # atexit runs the last registered first: registered again now, the recorder's exit flush runs before the exit hook
         # of a tracer provider made before it (the user's own), which would shut its processor down with runs unfinished
         atexit.unregister(_flush_at_exit)
         atexit.register(_flush_at_exit)
+        flush_on_sigterm(_flush_at_sigterm, _END_GATE.open)  # SIGTERM at its default ends the process without the exit flush
 
     def _plan_offload(self, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
         """Decide ``config.offload``: start the capture process now (``"process"``), later under
@@ -278,6 +282,20 @@ class Recorder:
             self.vault.flush()
         return flushed
 
+    def _end_runs_in_flight(self, reason: str) -> int:
+        """End the runs still in flight as ``interrupted``, ``reason`` as their error (the process is ending: they will
+        not finish); returns how many. A run that ends by itself meanwhile is recorded once, as it ended first."""
+        ended = 0
+        for ref in list(self._in_flight.values()):
+            run = ref()
+            if run is None:
+                continue
+            try:
+                ended += run.terminate(reason)
+            except Exception:  # the others are still ended
+                logger.exception("ee-middleware: could not end a run in flight")
+        return ended
+
     def close(self) -> None:
         """Flush and stop (the capture process too); the recorder records nothing afterwards."""
         try:
@@ -343,6 +361,9 @@ class _Run:
         self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
         self.config = _with_callback(cfg, self.handler)
         recorder.finisher.run_started()
+        self._ending: tuple[str, BaseException | None, str | None] | None = None  # how it ended, if held at SIGTERM
+        in_flight, key = recorder._in_flight, self.trajectory_id
+        in_flight[key] = weakref.ref(self, lambda _: in_flight.pop(key, None))  # a run abandoned unended is not kept
 
     @classmethod
     def disabled(cls, recorder: Recorder, config: Mapping[str, Any] | None) -> _Run:
@@ -391,9 +412,20 @@ class _Run:
         else:
             self._end("error", exc)
 
-    def _end(self, status: str, error: BaseException | None, reason: str | None = None) -> None:
-        """End the run: ``error`` for an ``error`` run, ``reason`` why an ``interrupted`` one stopped if nobody paused it."""
+    def terminate(self, reason: str) -> bool:
+        """End the run as ``interrupted`` with ``reason`` (the process is ending), unless it has ended; whether it had not.
+        A run whose own thread was ending it when SIGTERM held it (:data:`_END_GATE`) ends as that thread said."""
+        return self._end(*(self._ending or ("interrupted", None, reason)), held=False)
+
+    def _end(self, status: str, error: BaseException | None, reason: str | None = None, *, held: bool = True) -> bool:
+        """End the run: ``error`` for an ``error`` run, ``reason`` why an ``interrupted`` one stopped if nobody paused it.
+        Once: ``False`` when it has ended already (at exit or SIGTERM, while its own thread ends it)."""
         recorder, handler = self.recorder, self.handler
+        if held and _END_GATE.holds():
+            self._ending = (status, error, reason)
+            _END_GATE.wait()  # the process is ending at SIGTERM: the run is written as it ended, and its caller waits
+        if recorder._in_flight.pop(self.trajectory_id, None) is None:
+            return False
         handler.close_open_spans()
         # the graph's final state, however it was run (see RunCapture); self.output is what the caller gets
         output = handler.graph_output if handler.graph_output is not None else self.output
@@ -421,6 +453,7 @@ class _Run:
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
         recorder.finisher.run_ended()
+        return True
 
 
 def _with_callback(config: dict[str, Any], handler: RunCapture) -> dict[str, Any]:
@@ -815,14 +848,21 @@ def record_experience(
 
 
 def _detach_offloads_after_fork() -> None:
-    """A forked process records on its own threads: the capture process belongs to its parent."""
+    """A forked process records its own runs on its own threads: the capture process, the runs in flight and the work
+    queued on the finisher belong to its parent (which ends and writes them), so its exit and SIGTERM flushes act for it."""
     for recorder in list(_live_recorders):
         recorder.offload = None
         recorder._offload_lock = threading.Lock()  # it may have been held by a thread that does not exist here
+        recorder._in_flight.clear()
+        recorder.finisher.forget_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_detach_offloads_after_fork)
+
+
+EXITED = "terminated: the process exited"
+"""The ``error`` of a run still in flight at exit (a daemon thread's; status ``interrupted``)."""
 
 
 @atexit.register
@@ -830,6 +870,7 @@ def _flush_at_exit() -> None:
     for recorder in list(_live_recorders):
         try:
             try:
+                recorder._end_runs_in_flight(EXITED)
                 recorder.flush(timeout=10)
             finally:
                 if recorder.offload is not None:
@@ -839,3 +880,58 @@ def _flush_at_exit() -> None:
                 close()
         except Exception:
             logger.exception("ee-middleware: flushing recorded runs at exit failed")
+
+
+class _EndGate:
+    """Closed at SIGTERM by the thread that writes the runs: a run ending on any other thread then waits (its caller does
+    not get its result) and is written as it ended by that thread, so no caller gets the result of a run that is not
+    written before the process ends. Opened again only if the process goes on after all."""
+
+    def __init__(self) -> None:
+        self._writer: threading.Thread | None = None
+        self._open = threading.Event()
+        self._open.set()
+
+    def close(self) -> None:
+        self._writer = threading.current_thread()
+        self._open.clear()
+
+    def open(self) -> None:
+        self._writer = None
+        self._open.set()
+
+    def holds(self) -> bool:
+        writer = self._writer
+        return writer is not None and writer is not threading.current_thread()
+
+    def wait(self) -> None:
+        self._open.wait()
+
+
+_END_GATE = _EndGate()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_END_GATE.open)
+
+
+def _flush_at_sigterm(seconds: float, reason: str) -> None:
+    """At SIGTERM (:mod:`ee_middleware.capture.shutdown`): hold the runs ending now (:class:`_EndGate`), end every live
+    recorder's runs in flight (those held as they ended, the others as ``interrupted`` with ``reason``), then write what
+    each holds, all within ``seconds``. A capture process is flushed, not stopped: it outlives this process to write
+    what was sent to it (stopping it in time would mean killing it)."""
+    deadline = time.monotonic() + seconds
+    _END_GATE.close()
+    recorders = list(_live_recorders)
+    for recorder in recorders:
+        recorder._end_runs_in_flight(reason)
+    for _ in range(2):  # again for a run that was past the gate when it closed, and ended during the first
+        for recorder in recorders:
+            try:
+                recorder.flush(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                logger.exception("ee-middleware: writing recorded runs at SIGTERM failed")
+    for recorder in recorders:
+        close = getattr(recorder.store, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()

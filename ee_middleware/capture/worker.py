@@ -101,6 +101,15 @@ class SpanFinisher:
                 self._flushing -= 1
         return True
 
+    def forget_after_fork(self) -> None:
+        """In a process forked from this one's: the queued jobs are the parent's runs (it writes them) and the thread
+        and lock are the parent's (the lock may have been held by a thread that does not exist here). Start empty."""
+        self._cond = threading.Condition()
+        self._jobs.clear()
+        self._outstanding = self._active_runs = self._flushing = 0
+        self._draining = False
+        self._thread = None
+
     def close(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
         with self._cond:
