@@ -26,6 +26,8 @@ supervisor expects). A second SIGTERM while it waits ends the process at once.
 - A capture process (:func:`~ee_middleware.capture.offload.in_capture_process`) never installs it: it handles SIGTERM
   itself (its parent is gone), and the recorders the app's modules build there record nothing.
 - Windows: none is installed (there SIGTERM is not how a process is stopped: ``TerminateProcess`` runs no handler).
+- ``EE_CAPTURE_SIGTERM=0`` (:data:`SWITCH`) switches it off for the process (a misspelt value is refused, as for the
+  other on/off variables).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ logger = logging.getLogger("ee_middleware.capture")
 FLUSH_S = 5.0
 """At most this long, from SIGTERM, for the runs in flight to be ended and every recorder's runs written."""
 
+SWITCH = "EE_CAPTURE_SIGTERM"
+"""``EE_CAPTURE_SIGTERM=0`` (or false, no, off): never install the handler in this process (on by default)."""
+
 TERMINATED = "terminated: SIGTERM"
 """The ``error`` of a run that was in flight when SIGTERM came (its status is ``interrupted``)."""
 
@@ -59,6 +64,10 @@ def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], N
     global _decided_in, _flush, _resume
     if os.name == "nt" or not hasattr(signal, "SIGTERM") or in_capture_process():
         return False
+    from ee_middleware.capture.config import env_flag
+
+    if env_flag(SWITCH) is False:
+        return False  # switched off for the process
     if threading.current_thread() is not threading.main_thread() or _decided_in == os.getpid():
         return False  # only the main thread can install it; a later recorder's thread may be the main one
     _decided_in = os.getpid()

@@ -295,3 +295,34 @@ def test_sigterm_while_the_main_thread_holds_a_capture_lock_still_ends_the_proce
     script = _script(tmp_path, "locked.py", HOLDING_A_LOCK)
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "experience")], cwd=tmp_path, capture_output=True, timeout=120)
     assert done.returncode == -signal.SIGTERM, done.stderr
+
+
+HANDLER_AFTER_BUILD = textwrap.dedent(
+    """
+    import signal, sys
+    from agent import build
+
+    build(sys.argv[1])
+    handler = signal.getsignal(signal.SIGTERM)
+    print("default" if handler is signal.SIG_DFL else getattr(handler, "__module__", repr(handler)))
+    """
+)
+
+
+@pytest.mark.parametrize(("switch", "expected"), [(None, "ee_middleware.capture.shutdown"), ("0", "default"), ("off", "default")])
+def test_ee_capture_sigterm_off_leaves_sigterm_at_its_default(tmp_path: Path, switch: str | None, expected: str) -> None:
+    """EE_CAPTURE_SIGTERM=0 (or off) switches the handler off for the process: SIGTERM stays at its default."""
+    env = {k: v for k, v in os.environ.items() if k != "EE_CAPTURE_SIGTERM"}
+    if switch is not None:
+        env["EE_CAPTURE_SIGTERM"] = switch
+    script = _script(tmp_path, "check.py", HANDLER_AFTER_BUILD)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_a_misspelt_ee_capture_sigterm_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "EE_CAPTURE_SIGTERM": "of"}
+    script = _script(tmp_path, "check.py", HANDLER_AFTER_BUILD)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "EE_CAPTURE_SIGTERM='of' is neither on nor off" in out.stderr, out.stderr[-2000:]
