@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -258,7 +259,8 @@ def test_a_schedule_that_is_not_one_is_a_usage_error(command: list[str], tmp_pat
     # `ee improve --schedule IL` exited 1 (an error from the job's config) where `ee train --schedule IL` exited 2.
     result = ee(*command, "--schedule", "IL", "--config", str(tmp_path / "none.toml"))
     assert result.exit_code == 2, result.output
-    assert "--schedule" in result.stderr and "'il', 'iwm', 'sr'" in result.stderr
+    message = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stderr).split())  # rich's error box, wrapped to the terminal's width
+    assert "--schedule" in message and "'il', 'iwm', 'sr'" in message, result.stderr
 
 
 @pytest.mark.parametrize(

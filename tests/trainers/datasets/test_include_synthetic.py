@@ -79,6 +79,12 @@ def test_a_build_that_leaves_every_rollout_out_says_which_flag_uses_them(bfcl_st
         assert "1 synthetic (experience-model) rollout(s) left out: --include-synthetic uses them" in warning
         assert "ee replay run" not in warning
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "typo"), "--replay-id", "rr", "--include-synthetic"])
+    assert result.exit_code == 1 and "holds no replay of that id" in result.output, result.output  # a typo is refused (0cdf42a)
+    store = LocalExperienceStore(bfcl_store_path)  # another replay, which replayed nothing
+    trajectory_id = next(iter(store.iter_trajectories(status="approved"))).id
+    store.write_replay(ReplayRecord(replay_id="rr", trajectory_id=trajectory_id, status="done", policy="t", sandbox="bfcl", k=2, seed=0))
+    store.close()
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "other"), "--replay-id", "rr", "--include-synthetic"])
     summary = json.loads(result.stdout)
     assert summary["rollouts_left_out"] == {"synthetic": 0, "other_replays": 1}
     assert "1 rollout(s) of other replays left out by --replay-id" in summary["datasets"]["iwm"]["warning"]
