@@ -129,6 +129,8 @@ class CaptureConfig:
     process mode can be used and there are two CPUs."""
 
     def __post_init__(self) -> None:
+        if _is_number(self.app_version):  # app_version=7 (or 7 in a file): recorded as "7", as before types were checked
+            object.__setattr__(self, "app_version", str(self.app_version))
         wrong = [
             f"CaptureConfig.{'.'.join(loc)}: Input should be {described}{_given({'type': 'type', 'loc': loc, 'input': value})}"
             for loc, described, _, value in _type_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -163,6 +165,8 @@ class CaptureConfig:
         values.update(layered or {})
         values.update(_from_environment())
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if _is_number(values.get("app_version")):
+            values["app_version"] = str(values["app_version"])  # a version written as a number: its text
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -180,6 +184,10 @@ class CaptureConfig:
             if wrong:
                 raise ConfigError(f"Invalid capture configuration: {'; '.join(wrong)}")
         return cls(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _from_environment() -> dict[str, Any]:

@@ -194,3 +194,22 @@ def test_keyword_settings_keep_taking_paths_and_mappings(tmp_path):
 
     config = CaptureConfig(store=Path(tmp_path), vault=Path(tmp_path / "v.vault"), redaction_kinds=MappingProxyType({"phone": False}))
     assert config.redaction_rules().enabled_kinds().count("phone") == 0
+
+
+@pytest.mark.parametrize("given", ["keyword", "file"])
+def test_an_app_version_written_as_a_number_is_recorded_as_its_text(react_graph, tmp_path, given):
+    """app_version=7 (and app_version = 7 in a [capture] table) was recorded as "7"; the type checks of bc9c23b made it a
+    ConfigError when the recorder was built, so a service with a numeric version failed to start (found by review)."""
+    from ee_middleware import LocalExperienceStore, record_experience
+
+    store = tmp_path / "experience"
+    if given == "keyword":
+        agent = record_experience(react_graph, app="shop", store=str(store), app_version=7)
+    else:
+        path = tmp_path / "capture.toml"
+        path.write_text(f'[capture]\nstore = "{store.as_posix()}"\napp_version = 7\n')
+        agent = record_experience(react_graph, app="shop", config=str(path))
+    agent.invoke(MAIL_TASK)
+    agent.flush()
+    (t,) = LocalExperienceStore(store).iter_trajectories()
+    assert t.app_version == "7"
