@@ -84,7 +84,14 @@ def current_user() -> str:
 
 @runtime_checkable
 class AdapterRegistry(Protocol):
-    """Versioned adapters per app, their statuses, the live one per app, and who did what when."""
+    """Versioned adapters per app, their statuses, the live one per app, and who did what when.
+
+    A plug-in (an ``ee_middleware.adapter_registries`` entry point) is a factory called as ``factory(location,
+    create=...)``. With ``create=True`` it makes the registry where there is none; with ``create=False`` (commands and
+    checks that only read it, such as ee improve's check before a run) it makes nothing, and a registry that is not
+    there yet is a :class:`~ee_middleware.adapters.errors.RegistryNotFoundError` (ee improve takes it, or a plain
+    ``RegistryError`` from a plug-in written before that class, as "no live adapter yet"; busy or corrupt are errors).
+    """
 
     def register(
         self, path: str | os.PathLike[str], app: str, *, by: str | None = None, max_lora_rank: int | None = None

@@ -6,7 +6,8 @@ gets the same rules:
 
 - the file is UTF-8 (a byte-order mark is skipped) or UTF-16/32 with a byte-order mark (PowerShell 5's ``>``);
 - the job's settings are in its own table; keys outside any table, and a file with tables for other jobs only, are
-  refused (a file with an ``[improve]`` table is the nightly job's, whose stage tables are optional);
+  refused (a file with an ``[improve]`` table, or read for ee improve's stages with ``nightly=True``, is the nightly
+  job's, whose stage tables are optional);
 - a value from the file has its setting's TOML type (``k = 8``, not ``k = "8"`` nor ``k = true``);
 - flags override the file, tables (``--policy-setting``) key by key;
 - an error about a value a flag gave names the flag as typed (``--tool-timeout``), not the setting behind it.
@@ -78,24 +79,25 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from exc
 
 
-def read_toml_table(path: Path, table: str, *, settings_for: str | None = None) -> dict[str, Any]:
+def read_toml_table(path: Path, table: str, *, settings_for: str | None = None, nightly: bool = False) -> dict[str, Any]:
     """The ``[table]`` of the TOML file at ``path`` (empty when the file has none).
 
     ``settings_for`` (a job's name) marks ``path`` as the file given for that job: keys outside any table (read by no
     job), a table whose name is a near miss of ``table``, and a file with no ``[table]`` but other jobs' tables are a
-    :class:`ConfigError` naming the fix instead of settings silently left out. An empty file sets nothing; ee improve's
-    file may leave any stage's table out (see :func:`_nightly_file`).
+    :class:`ConfigError` naming the fix instead of settings silently left out. An empty file sets nothing. ``nightly``
+    says ``path`` is ee improve's file, read for one of its stages, which may leave any stage's table out (see
+    :func:`_nightly_file`).
     """
     data = read_toml(path)
     if settings_for is not None:
-        _check_layout(path, data, table, settings_for)
+        _check_layout(path, data, table, settings_for, nightly=nightly)
     section = data.get(table, {})
     if not isinstance(section, dict):
         raise ConfigError(f"[{table}] in {path} must be a table.")
     return section
 
 
-def _check_layout(path: Path, data: Mapping[str, Any], table: str, job: str) -> None:
+def _check_layout(path: Path, data: Mapping[str, Any], table: str, job: str, *, nightly: bool = False) -> None:
     import difflib
 
     loose = [key for key, value in data.items() if not isinstance(value, dict)]
@@ -117,7 +119,7 @@ def _check_layout(path: Path, data: Mapping[str, Any], table: str, job: str) -> 
     close = difflib.get_close_matches(table, unknown, n=1, cutoff=0.6)
     if close:
         raise ConfigError(f"{path} has no [{table}] table but has [{close[0]}]: did you mean [{table}]? (the {job} reads [{table}].)")
-    if not data or _nightly_file(data, table):
+    if not data or _nightly_file(data, table, nightly=nightly):
         return  # an empty file sets nothing; the nightly job's file may leave a stage's table out
     has = ", ".join(f"[{name}]" + (f" (read by {READ_BY[name]})" if name in READ_BY else " (read by no ee job)") for name in data)
     if len(unknown) == 1 and len(data) == 1:
@@ -133,25 +135,28 @@ NIGHTLY_STAGES = ("replay", "datasets", "train", "eval", "gate")
 """The stage tables ``ee improve`` reads besides ``[improve]`` (each optional in its file)."""
 
 
-def _nightly_file(data: Mapping[str, Any], table: str) -> bool:
-    """``data`` is ee improve's file, read for ``table``, which may then be left out: a stage's table in a file with an
-    ``[improve]`` table (unless another ``ee`` command was given the file) or read while ``ee improve`` runs; or the
-    ``[improve]`` table of a file of stage tables (the flags then give its settings)."""
+def _nightly_file(data: Mapping[str, Any], table: str, *, nightly: bool) -> bool:
+    """``data`` is ee improve's file, read for ``table``, which may then be left out: a stage's table, where the caller
+    reads the file for ee improve's stage (``nightly``: ImproveConfig's stage loaders, whoever runs them: ``ee improve``,
+    ``run_improve``, a command of the user's own), or in a file with an ``[improve]`` table unless another of ee's own
+    commands was given it (``ee replay run --config improve.toml`` is refused); or the ``[improve]`` table of a file of
+    stage tables (the flags, or the caller, give its settings)."""
     if table == "improve":
         return any(name in data for name in NIGHTLY_STAGES)
     if table not in NIGHTLY_STAGES:
         return False
-    ctx = _click_context()
-    return ctx.command.name == "improve" if ctx is not None else "improve" in data
+    return nightly or ("improve" in data and not _another_command_runs())
 
 
 def _click_context() -> Any:
     """The click context of the ``ee`` command running in this thread, if any. Only the CLI imports click (or the copy
-    recent typer versions ship as ``typer._click``): a library caller has none."""
+    recent typer versions ship as ``typer._click``): a library caller has none. The command of another CLI (the user's
+    own click or typer command calling ee's API) is not ee's: its flags set none of ee's settings, so it is ignored."""
     for name in ("typer._click.globals", "click"):
         module = sys.modules.get(name)
         ctx = module.get_current_context(silent=True) if hasattr(module, "get_current_context") else None
-        if ctx is not None:
+        callback = getattr(ctx.command, "callback", None) if ctx is not None else None
+        if (getattr(callback, "__module__", None) or "").startswith("ee_middleware."):  # typer's wrapper keeps it
             return ctx
     return None
 
@@ -173,16 +178,19 @@ class _Layered(dict[str, Any]):
     """The keys the overrides (flags, or the calling job) set."""
 
 
-def layered_values(path: str | os.PathLike[str] | None, table: str, overrides: Mapping[str, Any], *, job: str) -> dict[str, Any]:
+def layered_values(
+    path: str | os.PathLike[str] | None, table: str, overrides: Mapping[str, Any], *, job: str, nightly: bool = False
+) -> dict[str, Any]:
     """A job's settings: the TOML file's ``[table]`` (when a file is given) <- ``overrides`` (``None`` values ignored).
 
     A table given by ``overrides`` (``--policy-setting``) is merged into the file's key by key. The file may hold
     other jobs' tables besides ``[table]``; settings outside any table, a near miss of ``[table]``, or no ``[table]`` at
-    all (another job's file) are an error naming the fix (see :func:`read_toml_table`)."""
+    all (another job's file) are an error naming the fix (see :func:`read_toml_table`); with ``nightly`` (ee improve's
+    file, read for its stage) a stage's table may be left out."""
     values = _Layered()
     values.path, values.table, values.from_file = (Path(path) if path is not None else None), table, {}
     if values.path is not None:
-        values.from_file = read_toml_table(values.path, table, settings_for=job)
+        values.from_file = read_toml_table(values.path, table, settings_for=job, nightly=nightly)
         values.update(values.from_file)
     given = {k: v for k, v in overrides.items() if v is not None}
     values.overridden = frozenset(given)
@@ -255,7 +263,7 @@ def _flags(cls: type[BaseModel], values: _Layered) -> dict[str, str]:
         how = given_by.get(getattr(source, "name", ""))
         if how == "env" and option.envvar:
             return option.envvar if isinstance(option.envvar, str) else option.envvar[0]
-        return max((o for o in option.opts if o.startswith("--")), key=len, default=option.opts[0]) if how else None
+        return _typed_flag(ctx, option) if how else None
 
     named = {field: option for option in options for field in _option_names(option) & fields}
     renamed = [option for option in options if not _option_names(option) & fields and shown(option)]
@@ -269,6 +277,21 @@ def _flags(cls: type[BaseModel], values: _Layered) -> dict[str, str]:
         if flag:
             flags[field] = flag
     return flags
+
+
+def _typed_flag(ctx: Any, option: Any) -> str:
+    """The spelling of ``option`` the user typed (``--lr`` for ``--learning-rate``), where the command line says it: the
+    process's arguments, after the running command's own name (click keeps no record of it). Else its longest name."""
+    spellings = [*option.opts, *getattr(option, "secondary_opts", ())]
+    longest = max((o for o in option.opts if o.startswith("--")), key=len, default=option.opts[0])
+    if len(spellings) == 1:
+        return longest
+    words, name = sys.argv[1:], ctx.info_name
+    after = len(words) - words[::-1].index(name) if name in words else None  # the command's arguments start here
+    if after is None:  # not this process's command line (a test runner's, a host program's): not guessed from it
+        return longest
+    typed = {o for word in words[after:] for o in spellings if word == o or (o.startswith("--") and word.startswith(o + "="))}
+    return typed.pop() if len(typed) == 1 else longest
 
 
 def _same_value(given: Any, used: Any) -> bool:

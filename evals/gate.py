@@ -47,8 +47,10 @@ class GatePolicy(BaseModel):
     block_significant_regression: bool = True
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> GatePolicy:
-        return build_config(cls, layered_values(path, "gate", overrides, job="gate"), "gate policy")
+    def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> GatePolicy:
+        """Defaults <- TOML ``[gate]`` table <- ``overrides``. ``nightly``: ``path`` is ee improve's file, read for its
+        gate, so it may leave ``[gate]`` out."""
+        return build_config(cls, layered_values(path, "gate", overrides, job="gate", nightly=nightly), "gate policy")
 
 
 @dataclass(frozen=True)

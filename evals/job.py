@@ -54,8 +54,10 @@ class EvalJob(BaseModel):
         return suites
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> EvalJob:
-        return build_config(cls, layered_values(path, "eval", overrides, job="eval job"), "eval")
+    def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> EvalJob:
+        """Defaults <- TOML ``[eval]`` table <- ``overrides``. ``nightly``: ``path`` is ee improve's file, read for its
+        evaluate stage, so it may leave ``[eval]`` out."""
+        return build_config(cls, layered_values(path, "eval", overrides, job="eval job", nightly=nightly), "eval")
 
     def loop_config(self) -> LoopConfig:
         return LoopConfig(

@@ -383,13 +383,14 @@ class ImproveConfig(BaseModel):
             )
 
     def _check_base(self, base_model: str, max_length: int, target_modules: tuple[str, ...] | None = None) -> None:
-        from ee_middleware.adapters.errors import RegistryNotFoundError
         from ee_middleware.adapters.registry import open_registry
         from ee_middleware.trainers.training.model import check_base
 
         try:  # looked at, never made: a run that starts makes it (a check that fails leaves nothing behind)
             registry = open_registry(self.registry, create=False)
-        except RegistryNotFoundError:
+        except Exception as exc:
+            if not _registry_missing(exc):
+                raise
             registry = None
         live = registry.resolve(self.alias_name) if registry is not None else None
         if live is not None and Path(registry.get(live).base_model).is_dir():
@@ -429,7 +430,9 @@ class ImproveConfig(BaseModel):
         from ee_middleware.replay.job import with_attempt
         from ee_middleware.store.registry import open_store
 
-        config = ReplayConfig.load(self.config_path, store=self.store, app=self.app, limit=limit, trajectory_ids=trajectory_ids)
+        config = ReplayConfig.load(
+            self.config_path, nightly=True, store=self.store, app=self.app, limit=limit, trajectory_ids=trajectory_ids
+        )
         try:
             store = open_store(config.store, create=False)
         except EEError:
@@ -448,7 +451,7 @@ class ImproveConfig(BaseModel):
             overrides["kinds"] = SCHEDULE_KINDS[self.schedule]
         if not any(key.startswith("heldout_") for key in table):
             overrides["heldout_share"] = DEFAULT_HELDOUT_SHARE
-        config = DatasetConfig.load(self.config_path, **overrides)
+        config = DatasetConfig.load(self.config_path, nightly=True, **overrides)
         needed = set(SCHEDULE_KINDS[self.schedule]) - set(config.kinds)
         if needed:
             raise ConfigError(f"schedule {self.schedule!r} trains on {', '.join(sorted(needed))}: add it to kinds in [datasets].")
@@ -465,6 +468,7 @@ class ImproveConfig(BaseModel):
         cache = self.base_cache_dir or Path(self.runs) / "base-models"
         return TrainConfig.load(
             self.config_path,
+            nightly=True,
             base_model=base_model or self.base_model,
             data=data,
             schedule=self.schedule,
@@ -484,12 +488,12 @@ class ImproveConfig(BaseModel):
         if "sandbox" not in tables["eval"] and isinstance(replayed_in, str) and not replayed_in.strip().startswith("experience:"):
             # The held-out trajectories run in the world their siblings were replayed in (an experience model is not that world).
             options["sandbox"] = replayed_in
-        return EvalJob.load(self.config_path, **options)
+        return EvalJob.load(self.config_path, nightly=True, **options)
 
     def gate_policy(self) -> GatePolicy:
         from ee_middleware.evals.gate import GatePolicy
 
-        return GatePolicy.load(self.config_path)
+        return GatePolicy.load(self.config_path, nightly=True)
 
     def suite_specs(self) -> list[str]:
         """The suites with ``traces`` / ``traces:N`` spelled out as this app's ``traces:STORE:APP[:N]``."""
@@ -501,6 +505,23 @@ class ImproveConfig(BaseModel):
             else:
                 specs.append(suite)
         return specs
+
+
+def _registry_missing(exc: BaseException) -> bool:
+    """``exc``, raised opening the registry without ``create``, says it is not there yet (a first night: the run makes
+    it): :class:`RegistryNotFoundError`, or the plain :class:`RegistryError` a plug-in written before that class existed
+    raises (as the local registry did). A busy or corrupt registry, and a plug-in that ee could not build (its spec, its
+    options, its factory failing otherwise), are errors of their own."""
+    import traceback
+
+    from ee_middleware.adapters.errors import RegistryError, RegistryNotFoundError
+
+    if isinstance(exc, RegistryNotFoundError):
+        return True
+    if type(exc) is not RegistryError:
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).name != "plugins.py"  # raised by the registry, not by ee's loader
 
 
 def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None, teacher: str | None = None) -> None:

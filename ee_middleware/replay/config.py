@@ -106,17 +106,22 @@ class ReplayConfig(BaseModel):
     next with :attr:`again`); from 2 on it is part of :attr:`replay_id`."""
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ReplayConfig:
-        """Defaults <- TOML ``[replay]`` table <- ``overrides`` (``None`` values are ignored)."""
+    def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> ReplayConfig:
+        """Defaults <- TOML ``[replay]`` table <- ``overrides`` (``None`` values are ignored). ``nightly``: ``path`` is ee
+        improve's file, read for its replay stage, so it may leave ``[replay]`` out."""
         from ee_middleware._toml import read_toml_table
 
-        pinned = sorted(_RUN_ONLY & set(read_toml_table(Path(path), "replay", settings_for="replay job"))) if path is not None else []
+        pinned = (
+            sorted(_RUN_ONLY & set(read_toml_table(Path(path), "replay", settings_for="replay job", nightly=nightly)))
+            if path is not None
+            else []
+        )
         if pinned:  # in a file every run (ee improve's nightly too) would start a new attempt, or never its own
             raise ConfigError(
                 f"{path}: {', '.join(pinned)} in [replay] is not a setting: `ee replay run --again` replays a configuration "
                 "again once, after its sandbox was fixed, and later runs continue that attempt. Remove it from the file."
             )
-        values = layered_values(path, "replay", overrides, job="replay job")
+        values = layered_values(path, "replay", overrides, job="replay job", nightly=nightly)
         if "store" not in values:
             raise ConfigError("The replay job needs a store: pass --store DIR or set store in the [replay] table.")
         return build_config(cls, values, "replay")

@@ -4,6 +4,7 @@ TOML types, keys outside the job's table, another job's file, flags named as typ
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,36 @@ def test_the_readme_gives_the_key_of_every_flag_spelled_otherwise_in_the_file() 
             spelled_otherwise = [flag for flag in flags if flag[2:].replace("-", "_") not in fields]
             undocumented += [f"ee {' '.join(path)} {flag}" for flag in spelled_otherwise if flag not in documented]
     assert not undocumented, f"README's **Config files.** paragraph names no key for {undocumented}"
+
+
+def test_an_error_about_a_flag_names_the_spelling_typed(tmp_path: Path) -> None:
+    # `ee train --lr 0` was reported as --learning-rate (the option's longest name), a flag the user never typed. The real
+    # `ee` process, as its console script runs it: click keeps no record of the spelling, the command line does.
+    import subprocess
+    import sys
+
+    script = "import sys; from ee_middleware.cli import main; sys.argv[0] = 'ee'; sys.exit(main())"
+    for typed, shown in ((["--lr", "0"], "--lr"), (["--learning-rate=0"], "--learning-rate")):
+        args = [sys.executable, "-c", script, "train", "--data", str(tmp_path / "d"), "--base-model", str(tmp_path / "m"), *typed]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "EE_STORE": ""})
+        assert done.returncode == 1, done.stderr
+        assert f"Invalid train configuration: {shown}: Input should be greater than 0" in done.stderr, done.stderr
+
+
+def test_a_host_clis_own_flags_are_not_named_as_ees(tmp_path: Path) -> None:
+    # The flag naming read whatever click command was running: inside a company CLI wrapping TrainConfig.load, an error
+    # named the host's own option (and its spelling), which sets no ee setting by that name.
+    import click
+    from click.testing import CliRunner as ClickRunner
+
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.trainers.training.config import TrainConfig
+
+    @click.command("nightly-train")
+    @click.option("--step-size", "learning_rate", type=float)
+    def host(learning_rate: float) -> None:
+        TrainConfig.load(None, base_model="m", learning_rate=learning_rate)
+
+    result = ClickRunner().invoke(host, ["--step-size", "0"])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "Invalid train configuration: learning_rate: Input should be greater than 0" in str(result.exception)

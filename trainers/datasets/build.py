@@ -126,11 +126,12 @@ class DatasetConfig(BaseModel):
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> DatasetConfig:
+    def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> DatasetConfig:
         """Defaults <- the TOML file's ``[datasets]`` table <- ``overrides`` (``None`` values are ignored). A held-out rule
         in ``overrides`` (any ``heldout_*`` setting given) replaces the file's rule whole: ``--heldout-ids FILE`` holds out
-        those ids, not them and the file's ``heldout_share`` too."""
-        values = layered_values(path, "datasets", overrides, job="dataset build")
+        those ids, not them and the file's ``heldout_share`` too. ``nightly``: ``path`` is ee improve's file, read for
+        its datasets stage, so it may leave ``[datasets]`` out."""
+        values = layered_values(path, "datasets", overrides, job="dataset build", nightly=nightly)
         if any(key.startswith(HELDOUT_PREFIX) and value is not None for key, value in overrides.items()):
             for key in [k for k in values if k.startswith(HELDOUT_PREFIX) and overrides.get(k) is None]:
                 del values[key]

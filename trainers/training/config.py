@@ -87,9 +87,10 @@ class TrainConfig(BaseModel):
         return self
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:
-        """Defaults <- TOML ``[train]`` table <- ``overrides`` (``None`` values are ignored)."""
-        values = layered_values(path, "train", overrides, job="training job")
+    def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> TrainConfig:
+        """Defaults <- TOML ``[train]`` table <- ``overrides`` (``None`` values are ignored). ``nightly``: ``path`` is
+        ee improve's file, read for its train stage, so it may leave ``[train]`` out."""
+        values = layered_values(path, "train", overrides, job="training job", nightly=nightly)
         if not values.get("base_model"):
             raise ConfigError(
                 "The train job needs a base model: pass --base-model PATH (a save_pretrained folder or a .gguf file) "
