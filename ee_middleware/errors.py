@@ -166,8 +166,26 @@ _URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 _SECRET_ASSIGNMENT = re.compile(r"(?i)\b((?:api[_-]?key|token|secret|password|passwd|authorization)\s*[=:]\s*)[^\s,;'\"]+")
 
 
+# A quoted key and its value, as a dict's repr or JSON writes them: 'api_key': 'sk-...', "hf_token": "hf_..."
+_QUOTED_ITEM = re.compile(
+    r"""(?P<key>(?P<kq>['"])(?P<name>[^'"\n]{1,80})(?P=kq)\s*:\s*)"""
+    r"""(?P<value>(?P<vq>['"])(?:\\.|(?!(?P=vq)).)*(?P=vq)|[^\s,;{}\[\]'"]+)""",
+    re.DOTALL,
+)
+
+
 def hide_credentials(text: str) -> str:
-    """``text`` for a message or a log: the ``user:password@`` part of every URL in it, and the value of every
-    ``api_key=...``/``token: ...``-like assignment, replaced by ``***`` (a setting's value quoted back to its user may
+    """``text`` for a message or a log: the ``user:password@`` part of every URL in it, the value of every
+    ``api_key=...``/``token: ...``-like assignment, and the value of every quoted secret-named key (``'api_key': '...'``
+    in a dict's repr, ``"hf_token": "..."`` in JSON), replaced by ``***`` (a setting's value quoted back to its user may
     land in a CI log or a run report)."""
-    return _SECRET_ASSIGNMENT.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", text))
+    from ee_middleware._toml import _is_secret_name  # the one rule for secret-named settings
+
+    def quoted(match: re.Match[str]) -> str:
+        if not _is_secret_name(match["name"]):
+            return match[0]
+        mark = match["vq"] or ""
+        return f"{match['key']}{mark}***{mark}"
+
+    text = _QUOTED_ITEM.sub(quoted, _URL_CREDENTIALS.sub(r"\1***@", text))
+    return _SECRET_ASSIGNMENT.sub(r"\1***", text)

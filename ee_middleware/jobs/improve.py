@@ -129,7 +129,7 @@ def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progre
     unfinished train stage left behind was trained with the old [train] settings: it goes, so that the stage trains again."""
     import shutil
 
-    from ee_middleware.errors import hide_credentials
+    from ee_middleware.jobs.runs import changed_lines
     from ee_middleware.jobs.stages import ADAPTER_DIR
 
     changed = config.changed_settings(run.data.get("config") or {})
@@ -141,7 +141,7 @@ def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progre
         atomic_write_text(copy, read_config_text(config.config_path))  # as UTF-8, as the run's first copy
     if any(table == "train" for table, *_ in changed) and not run.stage_done("train"):
         shutil.rmtree(run.folder / ADAPTER_DIR, ignore_errors=True)
-    settings = [hide_credentials(f"[{table}] {key}: {old} -> {new}") for table, key, old, new in changed]
+    settings = [line for table, key, old, new in changed for line in changed_lines(table, key, old, new)]
     change = {"at": now(), "attempt": attempt + 1, "settings": settings, "config_hash_before": run.data.get("config_hash")}
     if kept.is_file():
         change["config_file_before"] = kept.name

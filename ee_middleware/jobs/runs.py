@@ -295,8 +295,9 @@ class RunsDir:
 def same_place(recorded: Any, value: Any) -> bool:
     """A recorded configuration value matches: equal, or a relative path recorded by an older version that names the same
     folder from the working directory (paths in run.json were written as the config file had them; ``local:PATH``
-    too)."""
-    if recorded == value:
+    too). A value run.json cannot hold as it is (a TOML date, a tuple) is compared as run.json writes it: a run recorded
+    ``2026-01-31`` as the string it wrote."""
+    if recorded == value or as_recorded(recorded) == as_recorded(value):
         return True
     if not (isinstance(recorded, str) and isinstance(value, str)):
         return False
@@ -308,6 +309,44 @@ def same_place(recorded: Any, value: Any) -> bool:
         and not os.path.isabs(recorded)
         and os.path.abspath(os.path.expanduser(recorded)) == value
     )
+
+
+def as_recorded(value: Any) -> Any:
+    """``value`` as run.json holds it once written and read back (a date as its text, a tuple as a list)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+NOT_SET = "(not set)"
+"""How a setting one side of a change lacks is shown."""
+
+
+def changed_lines(table: str, key: str, old: Any, new: Any, *, width: int | None = None) -> list[str]:
+    """``[TABLE] KEY: OLD -> NEW`` for a changed setting, as a refusal, the progress line and run.json's
+    ``config_changes`` show it: a table compared key by key, one line per setting that differs
+    (``[replay] policy_settings.temperature: 0.7 -> 0.9``); the value of a secret-named setting, or of one inside
+    a secret-named table, shown as ``***`` (``api_key``, ``hf_token``; the rule of ``_toml._is_secret_name``) and
+    credentials in the others hidden. ``width``: each value cut to that many characters."""
+    from ee_middleware._toml import _is_secret_name
+    from ee_middleware.errors import hide_credentials
+    from ee_middleware.messages import one_line
+
+    if isinstance(old, Mapping) or isinstance(new, Mapping):
+        before = old if isinstance(old, Mapping) else {} if old in (None, NOT_SET) else None
+        after = new if isinstance(new, Mapping) else {} if new in (None, NOT_SET) else None
+        if before is not None and after is not None:
+            lines: list[str] = []
+            for name in sorted(set(before) | set(after), key=str):
+                old_value, new_value = before.get(name, NOT_SET), after.get(name, NOT_SET)
+                if not same_place(old_value, new_value):
+                    lines += changed_lines(table, f"{key}.{name}", old_value, new_value, width=width)
+            return lines
+    secret = any(_is_secret_name(part) for part in key.split("."))
+
+    def shown(value: Any) -> str:
+        text = NOT_SET if value == NOT_SET else "***" if secret else hide_credentials(str(as_recorded(value)))
+        return one_line(text, width) if width else text
+
+    return [f"[{table}] {key}: {shown(old)} -> {shown(new)}"]
 
 
 def job_table(run: Run) -> dict[str, Any]:

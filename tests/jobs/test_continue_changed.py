@@ -5,6 +5,8 @@ random Llama (TEST model) as the base."""
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -53,3 +55,91 @@ def test_a_run_failed_at_its_datasets_stage_goes_on_after_the_datasets_settings_
     assert "heldout_app" in (run.folder / change["config_file_before"]).read_text()
     assert "heldout_app" not in (run.folder / "config.toml").read_text(encoding="utf-8")  # the stages read it as UTF-8
     assert run.data["config"]["datasets"] == {"heldout_ids": heldout.split('"')[1]}
+
+
+def _failed_run(path: Path, done: tuple[str, ...], failed: str):
+    """A run of the file at ``path`` as ``run_improve`` starts one, its stage manifests as a run that failed at
+    ``failed`` leaves them (a train stage out of GPU memory cannot run here)."""
+    from ee_middleware._files import atomic_write_text
+    from ee_middleware._toml import read_config_text
+    from ee_middleware.jobs.config import ImproveConfig
+    from ee_middleware.jobs.improve import CONFIG_COPY, JOB, STAGES
+
+    config = ImproveConfig.load(path)
+    config.check()
+    run = RunsDir(config.runs).create(JOB, config.describe(), config.config_hash())
+    atomic_write_text(run.folder / CONFIG_COPY, read_config_text(path))
+    run.update(stage_order=list(STAGES), force=False)
+    for name in done:
+        run.write_stage(name, {"stage": name, "status": "done", "attempt": 1, "outputs": {}})
+    run.write_stage(failed, {"stage": failed, "status": "failed", "attempt": 1, "error": "OutOfMemoryError"})
+    run.update(status="failed", error="OutOfMemoryError")
+    return run
+
+
+def test_a_toml_date_a_finished_stage_used_does_not_read_as_changed_stage_manifests_written_as_a_failed_train_leaves_them(
+    workspace: Path, tiny_base: Path
+) -> None:
+    # Was: run.json holds the date as the text it wrote ("2026-01-31"), the file reads a date: "[datasets]
+    # heldout_started_after: 2026-01-31 -> 2026-01-31 (fixed: its datasets stage has finished)", the fix refused.
+    path = write_config(workspace, tiny_base)
+    text = path.read_text()
+    heldout = next(line for line in text.splitlines() if line.startswith("heldout_ids"))
+    path.write_text(text.replace(heldout, "heldout_started_after = 2026-01-31"))
+    run = _failed_run(path, ("select", "replay", "datasets"), "train")
+    assert json.loads((run.folder / "run.json").read_text())["config"]["datasets"] == {"heldout_started_after": "2026-01-31"}
+    path.write_text(path.read_text().replace("batch_size = 2", "batch_size = 1"))  # the fix of the train stage
+    result = improve(path)
+    assert "another configuration" not in result.stderr, result.stderr
+    run = RunsDir(workspace / "runs").get(run.id)
+    assert run.data["attempts"] == 2 and run.data["config_changes"][-1]["settings"] == ["[train] batch_size: 2 -> 1"]
+
+
+class _Models(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server as far as ``ee improve``'s start asks (``/models``)."""
+
+    def do_GET(self) -> None:
+        body = b'{"object": "list", "data": [{"id": "m", "object": "model"}]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_changed_policy_settings_table_is_told_key_by_key_and_its_api_key_never_shown_stage_manifests_written(
+    workspace: Path, tiny_base: Path
+) -> None:
+    # Was: "[replay] policy_settings: {'api_key': 'sk-proj-...', 'temperature': 0.7} -> {...}" in the refusal, the
+    # progress line and run.json's config_changes.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Models)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = write_config(workspace, tiny_base)
+        policy = f'policy = "openai:http://127.0.0.1:{server.server_address[1]}/v1#m"\n'
+        settings = '[replay.policy_settings]\napi_key = "sk-proj-LEAKME1234567890"\ntemperature = {t}\n[datasets]'
+        good = path.read_text().replace("[replay]\n", "[replay]\n" + policy, 1)
+        path.write_text(good.replace("[datasets]", settings.format(t=0.7), 1))
+        run = _failed_run(path, (), "select")  # [replay] is read first by the select stage
+        path.write_text(good.replace("[datasets]", settings.format(t=0.9), 1))
+        taken = improve(path)
+        assert "LEAKME" not in taken.stderr, taken.stderr
+        run = RunsDir(workspace / "runs").get(run.id)
+        assert run.data["config_changes"][-1]["settings"] == ["[replay] policy_settings.temperature: 0.7 -> 0.9"]
+        assert "LEAKME" not in (run.folder / "run.json").read_text().split('"config_changes"')[1]
+
+        run.write_stage("select", {"stage": "select", "status": "done", "attempt": 2, "outputs": {}})
+        run.write_stage("replay", {"stage": "replay", "status": "failed", "attempt": 1})
+        run.update(status="failed")
+        path.write_text(good.replace("[datasets]", settings.format(t=0.5).replace("LEAKME", "LEAKTOO"), 1))
+        refused = improve(path)
+        assert refused.exit_code == 1 and "LEAK" not in refused.stderr, refused.output
+        assert "[replay] policy_settings" in refused.stderr and "0.9" in refused.stderr, refused.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
