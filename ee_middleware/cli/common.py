@@ -47,17 +47,30 @@ def store_origin(ctx: typer.Context, config: Path | None, table: str) -> str:
     value = ctx.params.get("store")
     if source == "COMMANDLINE":
         return "--store"
+    from ee_middleware.errors import hide_credentials
+
     in_file = _file_store(config, table)
     if source == "ENVIRONMENT":
-        if in_file is not None and str(in_file) != str(value):
+        shown = hide_credentials(str(value))
+        if in_file is not None and not _same_store(in_file, value):
             typer.secho(
-                f"note: EE_STORE={value} overrides store = {in_file!r} in [{table}] of {config} (flags, then EE_* variables, "
-                "then the file); unset EE_STORE to use the file's.",
+                f"note: EE_STORE={shown} overrides store = {hide_credentials(repr(in_file))} in [{table}] of {config} "
+                "(flags, then EE_* variables, then the file); unset EE_STORE to use the file's.",
                 err=True,
                 fg="yellow",
             )
-        return f"EE_STORE={value}"
+        return f"EE_STORE={shown}"
     return f"store in [{table}] of {config}" if in_file is not None else "--store"
+
+
+def _same_store(a: Any, b: Any) -> bool:
+    """Two store specs name the same store: the same text, or local folders that resolve to the same one."""
+    if str(a) == str(b):
+        return True
+    from ee_middleware.store.registry import store_config_value
+
+    a, b = store_config_value(str(a)), store_config_value(str(b))
+    return isinstance(a, Path) and isinstance(b, Path) and a.expanduser().resolve() == b.expanduser().resolve()
 
 
 def _file_store(config: Path | None, table: str) -> Any:

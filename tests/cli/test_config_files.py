@@ -120,3 +120,22 @@ def test_a_heldout_flag_replaces_the_files_heldout_rule(bfcl_store_path: Path, t
     split = json.loads(by_flag.stdout)["split"]
     assert split["heldout_trajectories"] == [ids[0]]
     assert json.loads(by_flag.stdout)["config"]["heldout_share"] == 0.0
+
+
+def test_an_ee_store_with_credentials_is_said_with_them_hidden_and_the_same_folder_is_not_noted(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # Was: "note: EE_STORE=pg://ee:S3cretPw@... overrides ..." on every run and "(This store was set by
+    # EE_STORE=pg://ee:S3cretPw@...)" in its error; and the note for an EE_STORE naming the file's folder another way.
+    replay = _file(tmp_path, f'[replay]\nstore = "{bfcl_store_path}"\nk = 1\n', "replay.toml")
+    result = ee("replay", "run", "--config", replay, "--json", "--no-progress", env={"EE_STORE": "pg://ee:S3cretPw@db.internal/exp"})
+    assert result.exit_code == 1, result.output
+    assert "S3cretPw" not in " ".join(result.stderr.split()).split("Unknown store")[0], result.stderr
+    assert (
+        "note: EE_STORE=pg://***@db.internal/exp overrides" in result.stderr and "set by EE_STORE=pg://***@db.internal/exp" in result.stderr
+    )
+    monkeypatch.chdir(bfcl_store_path.parent)
+    same = ee(
+        "replay", "run", "--config", replay, "--limit", "1", "--json", "--no-progress", env={"EE_STORE": f"./{bfcl_store_path.name}/"}
+    )
+    assert same.exit_code == 0 and "overrides" not in same.stderr, same.output
