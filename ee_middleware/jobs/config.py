@@ -234,8 +234,9 @@ class ImproveConfig(BaseModel):
         return {name: read_toml_table(self.config_path, name) for name in STAGE_TABLES}
 
     def describe(self) -> dict[str, Any]:
-        """The whole configuration as JSON: ``[improve]`` and the stage tables."""
-        return {"improve": self.model_dump(mode="json", exclude={"config_path"}), **self.tables()}
+        """The whole configuration as JSON: ``[improve]`` and the stage tables, the value of every secret-named setting
+        (``api_key``, ``hf_token``, at any depth) as ``***``: it is written to run.json and printed by ``--json``."""
+        return _without_secrets({"improve": self.model_dump(mode="json", exclude={"config_path"}), **self.tables()})
 
     def scope(self) -> dict[str, Any]:
         """What a run learns from (its store and app, as :meth:`describe` writes them): runs of another scope in the same
@@ -278,15 +279,14 @@ class ImproveConfig(BaseModel):
         every setting that differs belongs to a stage table whose stage has not yet fixed it (:data:`FIRST_READER`, e.g.
         [train] batch_size lowered after the train stage ran out of memory), else which settings differ and why each
         cannot change now."""
-        from ee_middleware.errors import hide_credentials
-        from ee_middleware.messages import one_line
+        from ee_middleware.jobs.runs import changed_lines
 
         changed = self.changed_settings(run.data.get("config") or {})
         if not changed:
             return "no setting differs as this version reads them; the file was written by another version."
         described, refused = [], False
         for table, key, old, new in changed:
-            shown = hide_credentials(f"[{table}] {key}: {one_line(str(old), 60)} -> {one_line(str(new), 60)}")
+            shown = "; ".join(changed_lines(table, key, old, new, width=60))  # key by key, secrets as ***
             if table == "improve":
                 refused = True
                 described.append(f"{shown} (the [improve] table is fixed for a run)")
@@ -586,3 +586,18 @@ def _edits(a: str, b: str) -> int:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
         previous = current
     return previous[-1]
+
+
+def _without_secrets(value: Any) -> Any:
+    """``value`` with the value of every secret-named key (:func:`~ee_middleware._toml._is_secret_name`) as ``***``."""
+    from collections.abc import Mapping
+
+    from ee_middleware._toml import _is_secret_name
+
+    if isinstance(value, Mapping):
+        return {
+            k: "***" if isinstance(k, str) and _is_secret_name(k) and v not in (None, "") else _without_secrets(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -442,3 +443,12 @@ def test_a_suite_of_another_harness_that_cannot_load_is_not_told_about_traces(tm
     with pytest.raises(ConfigError, match=r"suites = \['tau:my_shop_nope.domain:make'\]: Cannot import") as raised:
         ImproveConfig.load(_config(tmp_path, 'suites = ["traces", "tau:my_shop_nope.domain:make"]\n')).check()
     assert "'traces' (or 'traces:N')" not in str(raised.value)
+
+
+def test_the_configuration_a_run_records_shows_no_secret(tmp_path: Path) -> None:
+    """describe() is written to run.json and printed by `ee improve --json`: an api_key in [replay.policy_settings] (the
+    openai: policy takes one) was there in plain text (found by review). Secret-named values read ***, the rest as set."""
+    config = ImproveConfig.load(_config(tmp_path, '[replay.policy_settings]\napi_key = "sk-proj-LEAKME"\ntemperature = 0.7\n'))
+    described = config.describe()
+    assert described["replay"]["policy_settings"] == {"api_key": "***", "temperature": 0.7}
+    assert "LEAKME" not in json.dumps(described)
