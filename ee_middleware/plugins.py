@@ -26,7 +26,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.errors import EEError
+from ee_middleware.errors import EEError, hide_credentials
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 """``package.module:attr.path``: what a user's own factory looks like."""
@@ -162,7 +162,10 @@ class PluginKind:
 
     def unknown(self, spec: Any, why: str) -> EEError:
         """The error for a spec that names nothing: what is wrong, and every form that would work."""
-        return self.error(f"Unknown {self.kind} {spec!r} ({why}). Accepted forms: " + "; ".join(self.accepted_forms()) + ".")
+        shown = hide_credentials(repr(spec))  # a spec may be a URL with user:password@
+        return self.error(
+            f"Unknown {self.kind} {shown} ({hide_credentials(why)}). Accepted forms: " + "; ".join(self.accepted_forms()) + "."
+        )
 
     def resolve(self, spec: str) -> Callable[..., Any]:
         """The factory ``spec`` names (imported now), without calling it."""

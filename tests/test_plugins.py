@@ -316,3 +316,13 @@ def _ping_sandbox() -> Any:
     from ee_middleware.replay import PythonSandbox
 
     return PythonSandbox(lambda environment: {}, tools={"ping": lambda world: "pong"})
+
+
+def test_an_unknown_spec_with_credentials_is_named_without_them() -> None:
+    """A store spec is often a URL with user:password@: "Unknown store 'pg://ee:S3cretPw@db/exp'" printed the password
+    (found by review)."""
+    from ee_middleware.store.registry import open_store
+
+    with pytest.raises(EEError) as caught:
+        open_store("pg://ee:S3cretPw@db.internal/exp", create=False)
+    assert "S3cretPw" not in str(caught.value) and "pg://***@db.internal/exp" in str(caught.value)

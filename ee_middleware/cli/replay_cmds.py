@@ -214,19 +214,22 @@ def _why_nothing_to_replay(cfg: Any) -> str:
     """Why a run found no trajectory to replay, nor any replayed before: the store (or its --app) has none, or none approved."""
     import polars as pl
 
+    from ee_middleware.errors import hide_credentials
+
     trajectories = open_existing_store(cfg.store).trajectories()
+    store = hide_credentials(str(cfg.store))  # a store spec may hold user:password@
     mine = trajectories if cfg.app is None else trajectories.filter(pl.col("app") == cfg.app)
     if mine.is_empty() and not trajectories.is_empty():
         apps = sorted(set(trajectories["app"].to_list()))
         listed = ", ".join(apps[:10]) + (f" and {len(apps) - 10} more" if len(apps) > 10 else "")
-        return f"no trajectories of app {cfg.app!r} in {cfg.store} (its apps: {listed}); check --app."
+        return f"no trajectories of app {cfg.app!r} in {store} (its apps: {listed}); check --app."
     where = "" if cfg.app is None else f" of app {cfg.app!r}"
     if mine.is_empty():
-        return f"no trajectories{where} in {cfg.store} to replay: record some first."
+        return f"no trajectories{where} in {store} to replay: record some first."
     counts = dict(mine.group_by("approval").len().iter_rows())
     held = ", ".join(f"{counts[status]} {status}" for status in ("pending", "rejected") if counts.get(status))
     return (
-        f"no approved trajectories{where} in {cfg.store} to replay ({held}): replay takes approved ones only; "
+        f"no approved trajectories{where} in {store} to replay ({held}): replay takes approved ones only; "
         "approve some with `ee traces approve`, then run again."
     )
 
