@@ -67,10 +67,7 @@ def test_answers_a_served_model_cut_at_max_tokens_are_counted_per_suite_with_a_w
         "bfcl:irrelevance",
         1,
     )
-    warning = (
-        "Warning: 3 model answer(s) were cut off at max_tokens=64 (finish_reason 'length'): 2 in bfcl:simple, "
-        "1 in bfcl:irrelevance."
-    )
+    warning = "Warning: 3 model answer(s) were cut off at max_tokens=64 (finish_reason 'length'): 2 in bfcl:simple, 1 in bfcl:irrelevance."
     assert warning in result.stderr
     assert "`ee eval run --max-tokens N` (or `max_tokens` in the [eval] table of the --config file)" in result.stderr
     assert "BFCL's own runners send no max_tokens" in result.stderr
