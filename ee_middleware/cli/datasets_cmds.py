@@ -202,8 +202,9 @@ def _check_replay_id(store: Any, replay_id: str, where: Any) -> None:
     and SR empty), and say so only in a table cell."""
     import polars as pl
 
-    from ee_middleware.errors import ConfigError
+    from ee_middleware.errors import ConfigError, hide_credentials
 
+    where = hide_credentials(str(where))  # a store spec may hold user:password@
     records = store.replays()
     if replay_id in set(records["replay_id"].to_list()):
         return

@@ -118,3 +118,21 @@ def test_a_build_of_trajectories_that_call_no_tool_does_not_send_the_user_to_rep
     assert result.exit_code == 0, result.output
     warning = json.loads(result.stdout)["datasets"]["iwm"]["warning"]
     assert "no trajectory of this build calls a tool" in warning and "ee replay run" not in warning
+
+
+def test_an_unknown_replay_id_names_its_store_without_credentials(bfcl_store_path: Path) -> None:
+    """The refusal of an unknown --replay-id names the store as given: a plug-in store's URL with user:password@ showed
+    the password."""
+    import pytest
+
+    from ee_middleware.cli.datasets_cmds import _check_replay_id
+    from ee_middleware.errors import ConfigError
+
+    _add_rollouts(bfcl_store_path)
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            _check_replay_id(store, "typo", "pg://ee:S3cretPw@db.internal/exp")
+    finally:
+        store.close()
+    assert "S3cretPw" not in str(caught.value) and "pg://***@db.internal/exp holds no replay of that id" in str(caught.value)
