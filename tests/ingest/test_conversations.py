@@ -39,6 +39,15 @@ def _spans(request: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for rs in request["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
 
 
+def _exported(exporter: Any, provider: Any, path: Path) -> tuple[Path, list[Any]]:
+    """The spans finished so far, written to ``path`` as OTLP JSON (as an exporter's file holds them) once ``provider``
+    is shut down; returns ``path`` and the spans."""
+    finished = list(exporter.get_finished_spans())
+    provider.shutdown()
+    path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+    return path, finished
+
+
 def _ingest(store: Any, *paths: Path) -> tuple[Any, list[Any]]:
     report = ingest_files(list(paths), store)
     return report, sorted(store.iter_trajectories(), key=lambda t: t.started_at)
@@ -222,10 +231,7 @@ def _request_file(
                     await _conversation(tracer, user, replies, window)
 
     asyncio.run(handle())
-    finished = list(exporter.get_finished_spans())
-    provider.shutdown()
-    path = tmp_path / "request.jsonl"
-    path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+    path, finished = _exported(exporter, provider, tmp_path / "request.jsonl")
     return path, finished
 
 

@@ -28,8 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import run_trajectory_id
-from ee_middleware.ingest.otlp_json import spans_to_otlp_json
-from tests.ingest.test_conversations import MODEL, PEARS, PEARS_STEPS, SYSTEM, _call, _chat, _ingest, _tool, _tool_span
+from tests.ingest.test_conversations import MODEL, PEARS, PEARS_STEPS, SYSTEM, _call, _chat, _exported, _ingest, _tool, _tool_span
 from tests.ingest.test_instrumentations import TURN_1, _steps
 
 TOOLS = [
@@ -168,10 +167,7 @@ def _request_file(tmp_path: Path, dialect: str, *scripts: list[Any], **options: 
         span.set_attribute(sc.CONVERSATION_ID, "batch-1")
         for script in scripts:
             _conversation(tracer, dialect, script, **options)
-    finished = list(exporter.get_finished_spans())
-    provider.shutdown()
-    path = tmp_path / f"{dialect}.jsonl"
-    path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+    path, finished = _exported(exporter, provider, tmp_path / f"{dialect}.jsonl")
     return path, finished
 
 
@@ -263,10 +259,7 @@ def test_a_call_asked_again_stays_in_its_conversation(tmp_path, store, dialect):
         with tracer.start_as_current_span(f"chat {MODEL}", kind=SpanKind.CLIENT) as span:
             span.set_attributes(DIALECTS[dialect](history, rejected))
         _conversation(tracer, dialect, PEARS)
-    finished = list(exporter.get_finished_spans())
-    provider.shutdown()
-    path = tmp_path / "asked_again.jsonl"
-    path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+    path, _ = _exported(exporter, provider, tmp_path / "asked_again.jsonl")
     report, (only,) = _ingest(store, path)
     assert (report.problems, report.runs) == (0, 1), report.errors
     assert _steps(only) == PEARS_STEPS
@@ -328,10 +321,7 @@ def test_a_text_answer_asked_again_with_a_correction_or_at_the_end_of_a_run_stay
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         with provider.get_tracer("shop").start_as_current_span("POST /shop", kind=SpanKind.SERVER):
             run(provider.get_tracer("shop"))
-        finished = list(exporter.get_finished_spans())
-        provider.shutdown()
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+        path, _ = _exported(exporter, provider, tmp_path / f"{name}.jsonl")
         report, trajectories = _ingest(type(store)(tmp_path / name), path)
         assert (report.problems, [_steps(t) for t in trajectories]) == (0, steps), (name, report.errors)
 
@@ -380,10 +370,7 @@ def test_a_call_id_an_earlier_turn_used_is_paired_with_this_turns_result(tmp_pat
             history.append(reply)
             for call in reply.get("tool_calls") or []:
                 history.append({"role": "tool", "tool_call_id": call["id"], "content": _tool("check_stock", {"fruit": "pears"})})
-    finished = list(exporter.get_finished_spans())
-    provider.shutdown()
-    path = tmp_path / "second_turn.jsonl"
-    path.write_text(json.dumps(spans_to_otlp_json(finished)) + "\n")
+    path, _ = _exported(exporter, provider, tmp_path / "second_turn.jsonl")
     report, (only,) = _ingest(store, path)
     assert report.problems == 0, report.errors
     assert _steps(only) == [PEARS_STEPS[0], ("answer", "We have no pears.")]
