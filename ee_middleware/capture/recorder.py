@@ -855,6 +855,7 @@ def _detach_offloads_after_fork() -> None:
         recorder._offload_lock = threading.Lock()  # it may have been held by a thread that does not exist here
         recorder._in_flight.clear()
         recorder.finisher.forget_after_fork()
+    _END_GATE.open()  # closed by the parent's SIGTERM writer, which does not exist here
 
 
 if hasattr(os, "register_at_fork"):
@@ -909,9 +910,6 @@ class _EndGate:
 
 
 _END_GATE = _EndGate()
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_END_GATE.open)
 
 
 def _flush_at_sigterm(seconds: float, reason: str) -> None:
