@@ -27,9 +27,9 @@ ServerOption = typer.Option(
     show_envvar=True,
     help="A replica's OpenAI API root, e.g. http://127.0.0.1:8000/v1; once per replica (EE_SERVER_URLS: comma-separated).",
 )
-ByOption = typer.Option(None, "--by", help="Who is acting, for the history. \\[default: EE_USER or the login name]")
+ByOption = typer.Option(None, "--by", help="Who is acting, for the history. [default: EE_USER or the login name]")
 RankOption = typer.Option(
-    None, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", show_envvar=True, help="The servers' --max-lora-rank. \\[default: 16, vLLM's]"
+    None, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", show_envvar=True, help="The servers' --max-lora-rank. [default: 16, vLLM's]"
 )
 
 

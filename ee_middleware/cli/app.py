@@ -128,6 +128,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.add_typer(traces.app, name="traces")
 app.add_typer(store_cmds.app, name="store")
@@ -173,12 +174,18 @@ def main() -> None:
             sys.stdout.flush()  # what is still buffered goes now, while a closed stdout can be told apart
         except BrokenPipeError:
             _BROKEN_PIPE.append(True)
-        if _BROKEN_PIPE and _stdout_closed():
+        if (_BROKEN_PIPE or _click_met_a_broken_pipe()) and _stdout_closed():
             try:
                 _end_on_closed_stdout()
             except typer.Exit as closed:
                 raise SystemExit(closed.exit_code) from None
         raise done
+
+
+def _click_met_a_broken_pipe() -> bool:
+    """Whether click's own handler ended the command on a broken pipe (a write of the help text, outside the command):
+    it wraps stdout in its ``PacifyFlushWrapper`` and exits 1."""
+    return type(sys.stdout).__name__ == "PacifyFlushWrapper"
 
 
 _BROKEN_PIPE: list[bool] = []

@@ -160,8 +160,9 @@ def progress_console() -> Any:
 
 
 def examples(*commands: str) -> str:
-    """A command's help epilog: each example on its own line (shown after the options)."""
-    return "Examples:\n\n" + "\n\n".join(f"  {command}" for command in commands)
+    """A command's help epilog: each example on its own line (shown after the options), never re-wrapped
+    (click's ``\\b`` marker), so that it can be copied whole."""
+    return "Examples:\n\n" + "\n\n".join(f"\b\n  {command}" for command in commands)
 
 
 short = one_line

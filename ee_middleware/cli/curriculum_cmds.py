@@ -104,7 +104,7 @@ def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: P
 def run_cmd(
     tasks: Path = typer.Argument(..., help="tasks.jsonl from 'ee curriculum propose'."),
     policy: str = typer.Option(
-        ..., "--policy", help="The policy to roll out: local:DIR\\[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
+        ..., "--policy", help="The policy to roll out: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
     ),
     sandbox: str = typer.Option(
         ...,

@@ -31,14 +31,12 @@ def build(
     ctx: typer.Context,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
-    kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. \\[default: il,iwm,sr]"),
+    kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. [default: il,iwm,sr]"),
     teacher: str | None = typer.Option(
-        None, "--teacher", help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL. \\[default: template]"
+        None, "--teacher", help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL. [default: template]"
     ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
-    replay_id: str | None = typer.Option(
-        None, "--replay-id", help="Only rollouts of this replay configuration. \\[default: every replay's]"
-    ),
+    replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration. [default: every replay's]"),
     include_synthetic: bool | None = typer.Option(
         None,
         "--include-synthetic/--no-include-synthetic",
@@ -63,16 +61,14 @@ def build(
         "--max-synthetic-share",
         min=0.0,
         max=1.0,
-        help="Cap the share of synthetic-task trajectories (source=curriculum) in the datasets; which stay is seeded. \\[default: no cap]",
+        help="Cap the share of synthetic-task trajectories (source=curriculum) in the datasets; which stay is seeded. [default: no cap]",
     ),
     chunk_mb: float | None = typer.Option(
-        None, "--chunk-mb", help="Build and write about this many MB of prompt text at a time (bounds memory; same rows). \\[default: 32]"
+        None, "--chunk-mb", help="Build and write about this many MB of prompt text at a time (bounds memory; same rows). [default: 32]"
     ),
-    max_error_share: float | None = typer.Option(
-        None, "--max-error-share", help="Cap on IWM rows with error observations. \\[default: 0.5]"
-    ),
-    max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. \\[default: 512]"),
-    sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. \\[default: 3]"),
+    max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
+    max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. [default: 512]"),
+    sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
     heldout_share: float | None = typer.Option(
         None, "--heldout-share", help="Hold out this share of trajectories (seeded, stable as the store grows) into OUT/heldout/."
     ),
@@ -80,8 +76,8 @@ def build(
     heldout_app: str | None = typer.Option(None, "--heldout-app", help="Hold out every trajectory of this app."),
     heldout_after: str | None = typer.Option(None, "--heldout-after", help="Hold out trajectories started at or after this ISO time."),
     heldout_before: str | None = typer.Option(None, "--heldout-before", help="Hold out trajectories started before this ISO time."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for sampling and the held-out share. \\[default: 0]"),
-    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a \\[datasets] table; flags override it."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for sampling and the held-out share. [default: 0]"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [datasets] table; flags override it."),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:

@@ -33,18 +33,18 @@ def run_cmd(
     endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
     model: str | None = typer.Option(None, "--model", help="Served model or adapter name at --endpoint."),
     model_spec: str | None = typer.Option(
-        None, "--model-spec", help="oracle, noop, local:DIR\\[@ADAPTER], openai:URL#MODEL or module:factory."
+        None, "--model-spec", help="oracle, noop, local:DIR[@ADAPTER], openai:URL#MODEL or module:factory."
     ),
     out: Path = typer.Option(..., "--out", help="Run folder: results.parquet, report.md/html, success.png. Re-run to resume."),
-    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per task (pass^k over them). \\[default: 1]"),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes. \\[default: 1]"),
-    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k). \\[default: 0]"),
-    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy). \\[default: 0.0]"),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per task (pass^k over them). [default: 1]"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes. [default: 1]"),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k). [default: 0]"),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy). [default: 0.0]"),
     max_tokens: int | None = typer.Option(
-        None, "--max-tokens", min=1, help="Tokens the model may write per answer; answers cut at it are counted. \\[default: 512]"
+        None, "--max-tokens", min=1, help="Tokens the model may write per answer; answers cut at it are counted. [default: 512]"
     ),
-    max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn. \\[default: 20]"),
-    timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request. \\[default: 60]"),
+    max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn. [default: 20]"),
+    timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request. [default: 60]"),
     user_model: str | None = typer.Option(None, "--user-model", help="tau suites: an openai:URL#MODEL user simulator (default: scripted)."),
     tau_bench_dir: str | None = typer.Option(
         None, "--tau-bench-dir", envvar="EE_TAU_BENCH_DIR", help="tau suites: a tau-bench checkout (for tau:retail and tau:airline)."
@@ -55,7 +55,7 @@ def run_cmd(
     sandbox: str | None = typer.Option(
         None, "--sandbox", help="traces suites: the trajectories' sandbox spec (default: bfcl for BFCL expert apps)."
     ),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with an \\[eval] table; flags override it."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file with an [eval] table; flags override it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -166,7 +166,7 @@ def gate_cmd(
     candidate: Path = typer.Option(..., "--candidate", help="Run folder of the candidate (ee eval run --out)."),
     baseline: Path = typer.Option(..., "--baseline", help="Run folder of the baseline (the live model) on the same suites."),
     policy: Path | None = typer.Option(
-        None, "--policy", help="TOML file with a \\[gate] table (min_improvement, max_regression, min_tasks, alpha, ...)."
+        None, "--policy", help="TOML file with a [gate] table (min_improvement, max_regression, min_tasks, alpha, ...)."
     ),
     min_tasks: int | None = typer.Option(None, "--min-tasks", min=1, help="Override the policy's min_tasks."),
     adapter: str | None = typer.Option(None, "--adapter", help="Record the result on this registered adapter (with --registry)."),

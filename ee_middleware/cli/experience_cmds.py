@@ -13,7 +13,7 @@ from ee_middleware.cli.common import JsonOption, StoreOption, console, examples,
 RetrieverOption = typer.Option(
     "bm25",
     "--retriever",
-    help="How the replay buffer is searched: bm25 (built in), bm25s (pip install 'ee-middleware\\[experience]'), module:factory or an entry point.",
+    help="How the replay buffer is searched: bm25 (built in), bm25s (pip install 'ee-middleware[experience]'), module:factory or an entry point.",
 )
 
 app = typer.Typer(help="The experience model: a language model standing in for tools that cannot be replayed.", no_args_is_help=True)
@@ -22,7 +22,7 @@ app = typer.Typer(help="The experience model: a language model standing in for t
 @app.command("eval", epilog=examples("ee experience eval --model local:./models/smollm2 --store ./experience --out ./experience-eval"))
 def eval_cmd(
     model: str = typer.Option(
-        ..., "--model", "-m", help="The experience model: local:DIR\\[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
+        ..., "--model", "-m", help="The experience model: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
     ),
     trained: str | None = typer.Option(
         None,

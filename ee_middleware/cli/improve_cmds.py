@@ -24,7 +24,7 @@ ConfigOption = typer.Option(
     None,
     "--config",
     "-c",
-    help="TOML file with an \\[improve] table and the stage tables (\\[replay], \\[train], ...); relative paths in it are read "
+    help="TOML file with an [improve] table and the stage tables ([replay], [train], ...); relative paths in it are read "
     "from the working directory.",
 )
 
@@ -46,7 +46,7 @@ def _print_example_config(value: bool) -> None:
 def improve(
     ctx: typer.Context,
     config: Path | None = ConfigOption,
-    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides \\[improve] store)."),
+    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides [improve] store)."),
     app_name: str | None = typer.Option(None, "--app", "-a", help="Learn from this app's approved trajectories."),
     registry: str | None = typer.Option(None, "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", help="Adapter registry."),
     runs: Path | None = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (one folder per run)."),
@@ -54,8 +54,8 @@ def improve(
     schedule: ScheduleChoice | None = typer.Option(
         None,
         "--schedule",
-        help="il, iwm (world modeling then imitation) or sr (self-reflection mixed with imitation); overrides \\[improve] schedule. "
-        "\\[default: iwm]",
+        help="il, iwm (world modeling then imitation) or sr (self-reflection mixed with imitation); overrides [improve] schedule. "
+        "[default: iwm]",
     ),
     new_run: bool = typer.Option(False, "--new-run", help="Mark an unfinished run abandoned and start a new one."),
     force: bool = typer.Option(False, "--force", help="Run every stage even when nothing new was approved."),
@@ -71,7 +71,7 @@ def improve(
 ) -> None:
     """Select newly approved trajectories, replay, build datasets, train, evaluate, gate and promote; resumes an unfinished run.
 
-    Flags and their EE_* variables override the file's \\[improve] table. Exit status: 0 the run finished (promoted or not:
+    Flags and their EE_* variables override the file's [improve] table. Exit status: 0 the run finished (promoted or not:
     `ee runs show latest` says which), 1 it failed (the next call continues it), 3 max_minutes stopped it (the next call
     continues it).
     """

