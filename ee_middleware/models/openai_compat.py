@@ -8,8 +8,9 @@ asks for it, up to :data:`MAX_RETRY_AFTER_S`), then raised as
 JSON as :class:`~ee_middleware.errors.ModelResponseError`. An error sent with status 200 (``{"error":
 ...}``, as some proxies and gateways do) is treated as the status its ``code`` names. Every message
 names the URL (without any user:password in it) and shows an HTML error page by its title. A JSON
-answer that is not a usable completion (no choices, a choice without a message) comes back as
-:class:`~ee_middleware.models.protocol.Choice` items with a problem, for the caller to count.
+answer that is not a usable completion (no choices; a choice without a message object: an empty one, a
+completions-style ``text``, a message that is a string) comes back as :class:`~ee_middleware.models.protocol.Choice`
+items with a problem, for the caller to count (never as an empty answer).
 """
 
 from __future__ import annotations
@@ -118,12 +119,7 @@ class OpenAIChatClient:
         choices = response.get("choices") if isinstance(response, dict) else None
         if not isinstance(choices, list) or not choices:
             return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
-        out = []
-        for choice in choices:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            finish = choice.get("finish_reason") if isinstance(choice, dict) else None
-            out.append(Choice.from_message(message if message is not None else choice, finish_reason=finish))
-        return out
+        return [_choice(index, choice) for index, choice in enumerate(choices)]
 
     def request_body(
         self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
@@ -280,6 +276,27 @@ class OpenAIChatClient:
                     self._client = httpx.Client(timeout=self.timeout_s, headers=headers, auth=self._auth, transport=self._transport)
                 client = self._client
         return client
+
+
+def _choice(index: int, choice: Any) -> Choice:
+    """One of a response's ``choices`` as a :class:`Choice`; one with no message object (an empty choice, a
+    completions-style ``text``, a message that is a string) comes back with a problem, never as an empty answer."""
+    raw = clip(json.dumps(choice, ensure_ascii=False, default=repr))
+    if not isinstance(choice, dict):
+        return Choice(None, raw=raw, problem=f"choice {index} is not a JSON object (a {type(choice).__name__}), so it holds no message")
+    message = choice.get("message")
+    if isinstance(message, dict):
+        return Choice.from_message(message, finish_reason=choice.get("finish_reason"))
+    if message is None and "text" in choice:
+        problem = (
+            f"choice {index} has a completions-style 'text' and no 'message' object: the server answered as the "
+            "/completions API, not /chat/completions (check that the endpoint serves chat completions for this model)"
+        )
+    elif message is None:
+        problem = f"choice {index} has no 'message' object"
+    else:
+        problem = f"choice {index}'s 'message' is a {type(message).__name__}, not a message object (role, content, tool_calls)"
+    return Choice(None, raw=raw, problem=problem, finish_reason=choice.get("finish_reason"))
 
 
 def wire_messages(messages: Sequence[Message], *, reasoning: bool = True) -> list[Message]:

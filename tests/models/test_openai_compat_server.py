@@ -194,3 +194,43 @@ def test_a_refusal_from_a_fake_server_is_what_replay_and_evals_report(waits: lis
         policy.close()
     assert conversation.replies == [REFUSAL] and conversation.messages[-1] == {"role": "assistant", "content": REFUSAL}
     assert candidate.call is None and REFUSAL in (candidate.problem or "")
+
+
+NO_MESSAGE = {
+    "empty choice": ({"choices": [{"index": 0, "finish_reason": "stop"}]}, "choice 0 has no 'message' object"),
+    "completions text": ({"choices": [{"index": 0, "text": "I cannot do that."}]}, "completions-style 'text'"),
+    "string message": ({"choices": [{"index": 0, "message": "hello"}]}, "choice 0's 'message' is a str, not a message object"),
+}
+
+
+@pytest.mark.parametrize("name", list(NO_MESSAGE))
+def test_a_choice_without_a_message_object_is_a_problem_for_every_caller_not_an_empty_answer(name: str, waits: list[float]) -> None:
+    """Before: the choice itself (or the string) was read as the message, an assistant answer with content '' and no
+    problem, so a refusal or irrelevance task scored a pass on a server that sent no answer at all."""
+    from ee_middleware.records import ToolCall
+    from ee_middleware.replay.policies.chat import OpenAIPolicy
+    from ee_middleware.replay.policies.protocol import DecisionPoint
+    from evals.loop import run_conversation
+    from evals.tasks import EvalTask
+    from trainers.datasets.teachers import ModelTeacher, ReflectionCase
+
+    body, problem = NO_MESSAGE[name]
+    tools = [{"type": "function", "function": {"name": "delete_file", "parameters": {"type": "object", "properties": {}}}}]
+    with server(json_reply(body)) as (url, _):
+        client = OpenAIChatClient(url, "m", retries=0)
+        [choice] = client.complete([{"role": "user", "content": "hi"}])
+        task = EvalTask("s", "t1", "c", turns=[[{"role": "user", "content": "delete bob's files"}]], tools=[tools], reference=[[]])
+        conversation = run_conversation(client, task, None)
+        case = ReflectionCase(task="t", context="c", chosen="delete_file()", chosen_outcome="ok", alternatives=[("ls()", "a")])
+        teacher = ModelTeacher(client, name="t")
+        [rationale] = teacher.write([case])
+        teacher.close()
+        policy = OpenAIPolicy(url, "m", retries=0)
+        point = DecisionPoint("traj", 0, [{"role": "user", "content": "x"}], tools, ToolCall(id="c1", name="delete_file", arguments={}))
+        [candidate] = policy.propose(point, 1, seed=0).candidates
+        policy.close()
+    assert choice.problem is not None and problem in choice.problem and choice.message is None, choice
+    assert conversation.error_type == "model_error" and problem in (conversation.error or ""), conversation.error
+    assert not conversation.replies
+    assert candidate.call is None and problem in (candidate.problem or ""), candidate
+    assert rationale == "", "a teacher counts it as an empty rationale, as it does a response without choices"

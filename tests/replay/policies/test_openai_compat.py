@@ -125,7 +125,7 @@ def test_scripted_vllm_stand_in_tool_calls_and_content_become_candidates(
     assert parsed[5:] == [
         "no tool call found in the output",
         "the message has neither tool_calls nor content",
-        "the message is not a JSON object but str",
+        "choice 6's 'message' is a str, not a message object (role, content, tool_calls)",
     ]
     meta = proposals.candidates[0].proposer
     assert (meta.policy, meta.model, meta.temperature, meta.top_p, meta.seed) == ("openai", "support-bot", 0.8, 0.9, 42)
