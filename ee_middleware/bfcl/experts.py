@@ -202,8 +202,32 @@ def record_experts(
         if progress is not None:
             progress(i + 1, len(entries))
     if report.recorded:
-        graph.flush()
+        _keep_only_stored(report, graph, store_obj, category)
     return report
+
+
+def _keep_only_stored(report: RecordReport, graph: Any, store: Any, category: str) -> None:
+    """Move the entries whose run capture could not write (a full disk, a read-only store, a file-size limit) from
+    ``recorded`` to ``failed``, with capture's own reason: a run that answered is not yet a stored trajectory."""
+    from ee_middleware.errors import CaptureError
+
+    try:
+        finished, failure = graph.flush(), None
+    except CaptureError as exc:  # strict capture (EE_CAPTURE_STRICT) raises what it could not write
+        finished, failure = True, str(exc)
+    stored = recorded_entry_ids(store, category)
+    lost = [entry_id for entry_id in report.recorded if entry_id not in stored]
+    if not lost:
+        return
+    errors = graph.recorder.stats.errors
+    if errors or failure:
+        reason = f"capture did not store its run: {errors[-1] if errors else failure}"
+    elif not finished:
+        reason = "capture did not finish writing its run within 30 s"
+    else:
+        reason = "capture did not store its run (no error was reported)"
+    report.recorded = [entry_id for entry_id in report.recorded if entry_id in stored]
+    report.failed.update(dict.fromkeys(lost, reason))
 
 
 def _to_openai_user(message: dict[str, Any]) -> tuple[str, str]:

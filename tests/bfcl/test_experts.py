@@ -105,3 +105,29 @@ def test_an_unknown_category_makes_no_store(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="nosuch"):
         record_experts(tmp_path / "experience", "nosuch")
     assert not (tmp_path / "experience").exists(), "a store was created for a category that does not exist"
+
+
+def test_entries_whose_run_capture_could_not_store_are_failures(tmp_path: Path) -> None:
+    # A full disk, a read-only store or a file-size limit: every run answered, capture could not write it, and the
+    # command said "recorded 2 ... 0 failed" with exit 0. Here a real file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored so
+    # that a write fails with EFBIG) lets the store's small files be made and no trajectory be written.
+    import json
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    LocalExperienceStore(store)  # made before the limit
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from ee_middleware.cli.app import main\n"
+        f"sys.argv = ['ee', 'bfcl', 'record-experts', '--store', {str(store)!r}, '--limit', '2', '--json']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    answer = json.loads(done.stdout or "null") or pytest.fail(done.stderr)
+    assert answer["recorded"] == [] and len(answer["failed"]) == 2, answer
+    assert all("File too large" in reason for reason in answer["failed"].values()), answer["failed"]
+    assert LocalExperienceStore(store).trajectories().height == 0
