@@ -17,7 +17,7 @@ Each trajectory is a task:
   replaying the expert's recorded calls on a fresh world, **and** the facts of the expert's final
   answer appear in the candidate's replies (:func:`answer_facts`: its numbers and identifiers,
   and the words it took from the tools' results; :func:`missing_facts` says which do not, reading a
-  fact as a whole word and a number by its value). Otherwise the reason says which check failed,
+  fact as a whole word and a number by its value and sign). Otherwise the reason says which check failed,
   with the expert calls the candidate did not make or the facts it did not state.
 
 A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact)
@@ -123,8 +123,11 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
     seen = normalize(" ".join(observations))
     values = "\n".join(observations).lower()  # as written, list separators kept
     facts: list[str] = []
-    for token in _TOKEN.findall(normalize(final_answer)):
-        token = token.strip(".:/-$#")
+    text = normalize(final_answer)
+    for match in _TOKEN.finditer(text):
+        token = match.group(0).strip(".:/-$#")
+        if token and _negative(text, match.start(), match.group(0), token):
+            token = f"-{token}"  # the sign is part of the fact, as the candidate's numbers keep theirs (_numbers)
         if not token or token in facts:
             continue
         original = re.search(re.escape(token), final_answer, re.IGNORECASE)
@@ -137,6 +140,17 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
         ):
             facts.append(token)
     return facts
+
+
+def _negative(text: str, start: int, raw: str, token: str) -> bool:
+    """Whether the token ``raw`` found at ``start`` in ``text`` is a negative amount, ``token`` being it without its
+    punctuation: a number (or a number with a unit) with a minus sign before it or before its currency symbol
+    (``-250``, ``-$250``, ``$-250``), read as :func:`_numbers` reads the candidate's (a ``-`` after a letter, a digit or
+    a dot joins two words, ``A-20`` or ``10-20``, and is no sign)."""
+    if not (_NUMBER.fullmatch(token) or _WITH_UNIT.fullmatch(token)):
+        return False
+    lead = raw[: raw.find(token)]
+    return "-" in lead or re.search(r"(?:^|[^\w.])-[$€£]?$", text[:start] + lead) is not None
 
 
 _LITERALS = frozenset({"true", "false", "null", "none", "nan"})
@@ -156,8 +170,8 @@ def missing_facts(facts: list[str], replies: list[str]) -> list[str]:
     """The ``facts`` (from :func:`answer_facts`) that none of the candidate's ``replies`` states.
 
     A fact is stated as a whole word, never inside a longer one (``ua100`` is not in ``UA1000``, ``2`` not in
-    ``DL200``), with the case and thousands separators ignored. A number is stated by its value however it is written
-    (``1250.00`` by ``$1,250``, ``40.5`` by ``40.50``), a count up to twenty also in words (``3`` by ``three``), a number
+    ``DL200``), with the case and thousands separators ignored. A number is stated by its value and sign however it is
+    written (``1250.00`` by ``$1,250``, ``40.5`` by ``40.50``, ``-250`` by ``-$250`` but not by ``250``), a count up to twenty also in words (``3`` by ``three``), a number
     with a unit by the same number and unit (``21c`` by ``21 °C``), and a date also as ``May 1, 2024`` or
     ``1 May 2024`` (``2024-05-01``).
     """
@@ -182,7 +196,8 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
     with_unit = _WITH_UNIT.fullmatch(fact)
     if with_unit:
         amount, unit = with_unit.groups()
-        pattern = rf"(?<![\d.]){re.escape(amount)}(?:\.0+)?\s*°?\s*{re.escape(unit)}(?![a-z])"
+        sign = _SIGN if amount.startswith("-") else rf"(?<!{_SIGN})"  # the same sign: -5c is not stated by 5 °C
+        pattern = rf"(?<![\d.]){sign}{re.escape(amount.lstrip('-'))}(?:\.0+)?\s*°?\s*{re.escape(unit)}(?![a-z])"
         return any(re.search(pattern, text) for text in texts)
     if _ISO_DATE.fullmatch(fact):
         try:
@@ -193,7 +208,11 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
 
 
 def _numbers(text: str) -> set[Decimal]:
-    return {Decimal(match) for match in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\d])", text)}
+    """The numbers ``text`` states, by value and with their sign (``-250``, ``-$250`` and ``$-250`` are all -250)."""
+    found = set()
+    for sign, value in _SIGNED_NUMBER.findall(text):
+        found.add(-Decimal(value) if "-" in sign else Decimal(value))
+    return found
 
 
 def _dates(text: str) -> set[dt.date]:
@@ -217,7 +236,10 @@ def _dates(text: str) -> set[dt.date]:
 
 
 _NUMBER = re.compile(r"[$€£]?(-?\d+(?:\.\d+)?)%?")
-_WITH_UNIT = re.compile(r"(\d+(?:\.\d+)?)([a-z%°]{1,4})")
+_WITH_UNIT = re.compile(r"(-?\d+(?:\.\d+)?)([a-z%°]{1,4})")
+_SIGN = r"(?:(?<![\w.])-)"
+"""A minus sign: a ``-`` not after a letter, a digit or a dot (``A-20`` and ``10-20`` join words)."""
+_SIGNED_NUMBER = re.compile(rf"(?<![\w.])({_SIGN}[$€£]?|[$€£]-|[$€£]?)(\d+(?:\.\d+)?)(?!\d)")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MONTHS = {
     name: number for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)

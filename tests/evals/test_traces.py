@@ -124,6 +124,30 @@ def test_right_calls_with_an_answer_that_misses_the_facts_fail_as_not_covered(re
     assert result.error_type == "answer_not_covered" and repr(task.payload["facts"][0]) in result.reason
 
 
+def test_a_negative_amount_keeps_its_sign_so_the_expert_text_passes_and_the_wrong_sign_fails(
+    retail_store: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    """Before: the fact dropped the expert's minus sign (``-250`` became ``250``) while the candidate's numbers kept
+    theirs, so the oracle replaying the expert's own answer failed as not covered, and an answer with the wrong sign
+    passed."""
+    store, data, _ = retail_store
+    suite = load_suite(f"traces:{store}", SuiteSettings(split=str(data), sandbox=RETAIL_SANDBOX))
+    task = next(t for t in suite.tasks() if t.payload["facts"])
+    answer = "Your balance is -20.50 after the refund; Bob would be at -$250 and it is -5C in Oslo."
+    assert answer_facts(answer, ['{"city": "Oslo"}']) == ["-20.50", "-250", "-5c", "oslo"]
+
+    def run_with(reply: str) -> Any:
+        reference = json.loads(json.dumps(task.reference))
+        reference[-1][-1]["content"] = reply
+        payload = {**task.payload, "final_answer": answer, "facts": answer_facts(answer, ['{"city": "Oslo"}'])}
+        return suite.run(OracleClient(), replace(task, reference=reference, payload=payload), 0, LoopConfig())
+
+    assert run_with(answer).success, run_with(answer).reason
+    flipped = run_with(answer.replace("-", ""))
+    assert flipped.error_type == "answer_not_covered", flipped.reason
+    assert all(repr(fact) in flipped.reason for fact in ("-20.50", "-250", "-5c")), flipped.reason
+
+
 def test_an_extra_state_changing_call_fails_as_a_state_mismatch(bfcl_store: tuple[Path, Path, dict[str, Any]]) -> None:
     store, data, _ = bfcl_store
     suite = load_suite(f"traces:{store}:bfcl.multi_turn_base", SuiteSettings(split=str(data)))
@@ -266,6 +290,15 @@ def test_a_state_mismatch_says_which_calls_the_candidate_made_instead(bfcl_store
         ("You owe 40 euros.", '{"owed": 40}', "You owe 40.5 euros.", ["40"]),
         ("Gate 3 at 10:30.", '{"gate": 3, "time": "10:30"}', "Gate 3.5 at 10:30.", ["3"]),
         ("Order W-12 is late.", '{"order": "W-12"}', "Order W-12.5 is late.", ["w-12"]),
+        ("Your balance is -20.50 after the refund.", '{"balance": -20.5}', "Your balance is -20.5 now.", []),
+        ("Your balance is -20.50 after the refund.", '{"balance": -20.5}', "Your balance is 20.50.", ["-20.50"]),
+        ("Your balance is 20.50.", '{"balance": 20.5}', "Your balance is -20.50.", ["20.50"]),
+        ("You owe -$250.", "{}", "You owe $-250.", []),
+        ("You owe -$250.", "{}", "You owe $250.", ["-250"]),
+        ("It is -5C in Oslo.", '{"Oslo": "-5C"}', "Oslo: -5 °C", []),
+        ("It is -5C in Oslo.", '{"Oslo": "-5C"}', "Oslo: 5 °C", ["-5c"]),
+        ("It is 5C in Oslo.", '{"Oslo": "5C"}', "Oslo: -5 °C", ["5c"]),
+        ("Seats 10-20 are free.", "{}", "Seats 10-20 are free.", []),
     ],
 )
 def test_an_answers_facts_are_read_as_whole_words_numbers_by_value_and_dates_in_any_common_form(
@@ -290,7 +323,7 @@ def test_a_run_paused_for_a_human_review_is_no_regression_task(tmp_path: Path) -
     handle = LocalExperienceStore(store)
     paused, resumed = sorted(handle.iter_trajectories(), key=lambda t: t.started_at)
     handle.close()
-    _record_reviewed_run(store, "reject")  # another thread, trained on
+    _record_reviewed_run(store, "reject", request="Any pears left? Order some if not.")  # another thread and task, trained on
     (tmp_path / "heldout.txt").write_text(f"{paused.id}\n{resumed.id}")
     args = ["datasets", "build", "--store", str(store), "--out", str(tmp_path / "data"), "--kinds", "il"]
     result = CliRunner().invoke(app, [*args, "--heldout-ids", str(tmp_path / "heldout.txt")])
