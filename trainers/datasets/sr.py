@@ -1,6 +1,7 @@
 """SR: self-reflection examples. The state -> a rationale for the chosen action, then the action.
 
-For each state with rollouts, a teacher sees the situation, the action taken and its real outcome,
+For each state with rollouts, a teacher sees the situation (the request the agent is working on there, its latest
+user message: :func:`current_request`; and the last messages), the action taken and its real outcome,
 and up to K alternatives with their real outcomes (K=3 by default, as the paper finds small K best
 for SR), and writes a short first-person rationale. The target is that rationale followed by the
 action.
@@ -36,6 +37,7 @@ from typing import Any
 
 import polars as pl
 
+from ee_middleware.messages import content_to_text
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, OFFERED_TOOLS, conform, expert_turns, offered_tools_json
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
@@ -83,6 +85,15 @@ def _message_text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         content = " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
     return f"{role}: {content or ''}"
+
+
+def current_request(state: list[dict[str, Any]]) -> str:
+    """The request the agent is working on at a state: its latest user message, as text ("" when it has none).
+
+    Not the state's first user message: a thread's later run sees the thread's earlier requests first. Nor the
+    trajectory's stored ``task``: that is the first user message of the run's input, which is the thread's first request
+    when a caller passes the whole history in (and for a run resumed with a ``Command``, which carries no messages)."""
+    return next((content_to_text(m.get("content")) for m in reversed(state) if m.get("role") == "user"), "")
 
 
 def _clip(text: str, width: int) -> str:
@@ -167,7 +178,6 @@ class SRBuilder:
                 continue
             self.report.states += 1
             state = json.loads(turn["state_json"])
-            task = next((m.get("content", "") for m in state if m.get("role") == "user"), "")
             reflections = [
                 CallReflection(
                     action=_call_text(step["tool_name"], step["arguments_json"]),
@@ -182,7 +192,7 @@ class SRBuilder:
                 for step, picked in zip(turn["_steps"], picks, strict=True)
             ]
             case = ReflectionCase(
-                task=_clip(str(task), 600),
+                task=_clip(current_request(state), 600),
                 context="\n".join(_clip(_message_text(m), 300) for m in state[-options.context_messages :]),
                 chosen="; ".join(r.action for r in reflections),
                 chosen_outcome="; ".join(r.outcome for r in reflections),
