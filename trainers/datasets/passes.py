@@ -90,6 +90,7 @@ class SRWriter(KindWriter):
         self.parts.write(self.builder.finish())
         report = self.builder.report
         extra = {"teacher": self.teacher.name, "states": report.states, "dropped": dict(report.dropped), "flagged": dict(report.flagged)}
+        extra["same_outcome_left_out"] = report.same_outcome_left_out  # rollouts shown as no alternative: the call's own outcome
         if self.no_rollouts is not None:
             extra["warning"] = f"{self.no_rollouts}; SR needs replayed alternatives, so it has no rows"
         return extra

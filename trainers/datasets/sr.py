@@ -14,8 +14,11 @@ several). Replay branched each of those steps, so each alternative stands in pla
 shown every call with its outcome and, under each call, up to K alternatives replayed in its place (picked per
 call as for a single call), in a :class:`~ee_middleware.trainers.datasets.teachers.ReflectionCase` whose ``calls``
 holds them. An alternative at one call that is another call the turn makes (replay proposes from the shared state)
-is left out: the expert made it. The turn is an example when any of its calls has rollouts; the row's ``step_index`` and id are its
-first step's. A turn of one call gives exactly the row it gave before turns were grouped.
+is left out: the expert made it. So is an alternative whose outcome (observation and error flag) is the one of the call
+it stands in place of: it is no contrast (:attr:`SRReport.same_outcome_left_out` counts them; a state left with no
+alternative gives no row, counted in ``dropped`` as :data:`SAME_OUTCOME_ONLY`). The turn is an example when any of its
+calls has alternatives left; the row's ``step_index`` and id are its first step's. A turn of one call gives exactly the
+row it gave before turns were grouped.
 
 Guards keep the data clean, and every row records what they found in ``quality_flags``:
 
@@ -45,6 +48,9 @@ from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionC
 
 _LEAK = re.compile(r"\bexpert\b|\b(action|option|alternative|choice)\s*#?\s*\d+\b", re.IGNORECASE)
 _RECOMMEND = re.compile(r"\b(should|better|instead|prefer|best|i will|i'll|let me|go with|choose)\b", re.IGNORECASE)
+SAME_OUTCOME_ONLY = "same_outcome_only"
+"""Why a state with rollouts gave no row: every alternative replayed there had the outcome of the call it stood in
+place of (:attr:`SRReport.dropped`)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,11 @@ class SRReport:
     """States with rollouts (expert turns: parallel calls are one)."""
     rows: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    """States that gave no row, by why: a guard's flag, or :data:`SAME_OUTCOME_ONLY`."""
     flagged: Counter[str] = field(default_factory=Counter)
+    same_outcome_left_out: int = 0
+    """Rollouts not shown as alternatives because their outcome (observation and error flag) is the one of the call
+    they stand in place of."""
 
 
 def _call_text(name: str, arguments_json: str | None) -> str:
@@ -157,7 +167,7 @@ class SRBuilder:
     def add(self, source: DatasetSource) -> None:
         """Queue the cases of ``source``'s turns that have rollouts (writing every full batch)."""
         options = self.options
-        calls = ("index", "tool_name", "arguments_json", "observation")
+        calls = ("index", "tool_name", "arguments_json", "observation", "observation_is_error")
         steps = taught_steps(source)[0]  # a turn awaiting a human review is no target (the reviewer may have rejected it)
         turns = expert_turns(steps.filter(pl.col("action_kind") == "tool_call"), _steps=pl.struct(*calls))
         tools = dict(source.trajectories.select("id", "tools_json").iter_rows())
@@ -167,14 +177,23 @@ class SRBuilder:
             # at parallel calls, an alternative at one call may be another call the turn makes: not an alternative
             made = {_call_key(s["tool_name"], s["arguments_json"]) for s in steps} if len(steps) > 1 else set()
             picks = []
+            replayed = False
             for step in steps:
                 alternatives = by_state.get((turn["trajectory_id"], step["index"]))
                 seed = random.Random(f"{options.seed}:{turn['trajectory_id']}:{step['index']}")
                 rollouts = [] if alternatives is None else alternatives.to_dicts()
                 if made:
                     rollouts = [r for r in rollouts if _call_key(r["tool_name"], r["arguments_json"]) not in made]
-                picks.append(_pick(rollouts, options.k, seed) if rollouts else [])
+                replayed = replayed or bool(rollouts)
+                # an alternative that got the call's own outcome is no contrast: the rationale would call it worse
+                outcome = _outcome_key(step["observation"], step["observation_is_error"])
+                contrasts = [r for r in rollouts if _outcome_key(r["observation"], r["is_error"]) != outcome]
+                self.report.same_outcome_left_out += len(rollouts) - len(contrasts)
+                picks.append(_pick(contrasts, options.k, seed) if contrasts else [])
             if not any(picks):
+                if replayed:  # a state with rollouts, none of them with another outcome: no example
+                    self.report.states += 1
+                    self.report.dropped[SAME_OUTCOME_ONLY] += 1
                 continue
             self.report.states += 1
             state = json.loads(turn["state_json"])
@@ -256,6 +275,11 @@ def _call_key(name: str, arguments_json: str | None) -> str:
     except ValueError:
         return f"{name}\0{arguments_json}"
     return canonical_call(name, arguments) if isinstance(arguments, dict) else f"{name}\0{arguments_json}"
+
+
+def _outcome_key(observation: str | None, is_error: bool | None) -> tuple[str, bool]:
+    """What an outcome is compared by: the observation's text and whether it was an error."""
+    return observation or "", bool(is_error)
 
 
 def _pick(rollouts: list[dict[str, Any]], k: int, rng: random.Random) -> list[dict[str, Any]]:

@@ -127,18 +127,23 @@ class TemplateTeacher:
     def _one(case: ReflectionCase) -> str:
         if not case.calls:
             parts = [f"I call {case.chosen} because it returns {_outcome(case.chosen_outcome, 120)}, which moves the task forward."]
-            parts += [f"Calling {action} {_effect(outcome)}." for action, outcome in case.alternatives]
+            parts += [f"Calling {action} {_effect(outcome, case.chosen_outcome)}." for action, outcome in case.alternatives]
             return " ".join(parts)
         actions = _and([call.action for call in case.calls])
         outcomes = _and([f"{call.action} returns {_outcome(call.outcome, 120)}" for call in case.calls])
         parts = [f"I call {actions} together because {outcomes}, which moves the task forward."]
         for call in case.calls:  # each call's alternatives, in the turn's order
-            parts += [f"In place of {call.action}, calling {action} {_effect(outcome)}." for action, outcome in call.alternatives]
+            parts += [
+                f"In place of {call.action}, calling {action} {_effect(outcome, call.outcome)}." for action, outcome in call.alternatives
+            ]
         return " ".join(parts)
 
 
-def _effect(outcome: str) -> str:
-    """What an alternative's outcome does, for a template rationale."""
+def _effect(outcome: str, chosen_outcome: str) -> str:
+    """What an alternative's outcome does, for a template rationale, beside the outcome of the call it stands in place
+    of: the same outcome is said to be the same (never worse)."""
+    if outcome == chosen_outcome:
+        return "returns the same result"
     if outcome.lower().lstrip("{\"' ").startswith("error") or '"error"' in outcome.lower():
         return f"fails with {_outcome(outcome, 100)}"
     return f"returns {_outcome(outcome, 100)}, which does not do what the task asks"
