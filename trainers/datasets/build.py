@@ -58,7 +58,7 @@ from ee_middleware.trainers.datasets.split import (
     read_id_list,
 )
 from ee_middleware.trainers.datasets.sr import SROptions
-from ee_middleware.trainers.datasets.teachers import Teacher, build_teacher
+from ee_middleware.trainers.datasets.teachers import Teacher, build_teacher, closing_teacher
 
 
 class DatasetConfig(BaseModel):
@@ -223,7 +223,7 @@ def build_datasets(
         }
     teacher = build_teacher(config.teacher) if "sr" in config.kinds else None
     config.out.mkdir(parents=True, exist_ok=True)
-    with writing_folder(config.out), staging_folder(config.out) as staging:
+    with closing_teacher(teacher), writing_folder(config.out), staging_folder(config.out) as staging:
         summary["datasets"] = _build_split(
             reader, index, config, teacher, staging, redactor, config.out, on_stage=on_stage, on_sr_progress=on_sr_progress
         )

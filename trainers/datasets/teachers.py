@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -103,7 +105,8 @@ def teacher_prompt(case: ReflectionCase) -> str:
 
 @runtime_checkable
 class Teacher(Protocol):
-    """Writes one rationale per case."""
+    """Writes one rationale per case. A teacher that holds a model or connections may also have a ``close()``, which a
+    dataset build calls once it is done with the teacher (:func:`closing_teacher`)."""
 
     name: str
 
@@ -154,7 +157,10 @@ def _and(items: list[str]) -> str:
 
 
 class ModelTeacher:
-    """A chat model writes the rationales, greedily (temperature 0), one request per case."""
+    """A chat model writes the rationales, greedily (temperature 0), one request per case.
+
+    The client stays open between batches (a local model is loaded once, on the first case); :meth:`close` releases
+    it when the build is done (:func:`closing_teacher`)."""
 
     def __init__(self, client: ChatClient, *, name: str, max_tokens: int = 256) -> None:
         self.client = client
@@ -164,13 +170,15 @@ class ModelTeacher:
     def write(self, cases: list[ReflectionCase]) -> list[str]:
         sampling = Sampling(temperature=0.0, max_tokens=self.max_tokens)
         out = []
-        try:
-            for case in cases:
-                [choice, *_] = self.client.complete([{"role": "user", "content": teacher_prompt(case)}], n=1, sampling=sampling)
-                out.append(choice.text.strip())  # an answer without text counts as an empty rationale in the guards
-        finally:
-            self.client.close()
+        for case in cases:
+            [choice, *_] = self.client.complete([{"role": "user", "content": teacher_prompt(case)}], n=1, sampling=sampling)
+            out.append(choice.text.strip())  # an answer without text counts as an empty rationale in the guards
         return out
+
+    def close(self) -> None:
+        """Release the client: a local model leaves memory, an endpoint's connections close (a later :meth:`write`
+        opens them again)."""
+        self.client.close()
 
 
 class LocalTeacher(ModelTeacher):
@@ -200,6 +208,18 @@ TEACHERS = PluginKind(
     requires="a 'name' attribute and a 'write(cases) -> list[str]' method",
     forms=MODEL_FORMS,
 )
+
+
+@contextmanager
+def closing_teacher(teacher: Teacher | None) -> Iterator[Teacher | None]:
+    """Use ``teacher`` for a whole build, then close it (its ``close()``, where it has one: a model teacher releases its
+    model), also when the build fails."""
+    try:
+        yield teacher
+    finally:
+        close = getattr(teacher, "close", None)
+        if callable(close):
+            close()
 
 
 def build_teacher(spec: str, **options: Any) -> Teacher:

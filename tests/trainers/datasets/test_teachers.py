@@ -1,10 +1,20 @@
-"""Teachers: the template teacher's rationales."""
+"""Teachers: the template teacher's rationales, and a local model teacher's model over a whole dataset build (a real
+tiny random Llama saved to a folder, loaded by ``LocalGenerator``; stores recorded from a real LangGraph agent and
+replayed: ``tests/trainers/datasets/thread_world.py``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, TemplateTeacher
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from ee_middleware.trainers.datasets.source import load_source
+from ee_middleware.trainers.datasets.sr import SROptions, build_sr
+from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, TemplateTeacher, build_teacher, closing_teacher
+from tests.trainers.datasets.thread_world import record_requests, record_threads
 
 
 @pytest.mark.parametrize("outcome", ["", "Error: ValueError: no copies of 1984 left", '{"error": "not found"}', "rainy"])
@@ -36,3 +46,66 @@ def test_the_template_never_calls_an_outcome_equal_to_the_chosen_one_worse(outco
     assert first.count("fails with") == 1 and "fails with" not in second
     assert "does not do what the task asks" not in first + second
 
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama
+
+    tokenizer = build_test_tokenizer(["You are working on this task: What's the weather in Rome? weather city rainy sunny"] * 4)
+    return save_tiny_llama(tmp_path_factory.mktemp("teacher-model"), tokenizer)
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every load of a local model from its folder, by generator (the real load runs)."""
+    from ee_middleware.models.local import LocalGenerator
+
+    loaded: list[Any] = []
+    load = LocalGenerator._load
+
+    def counted(self: LocalGenerator) -> None:
+        loaded.append(self)
+        load(self)
+
+    monkeypatch.setattr(LocalGenerator, "_load", counted)
+    return loaded
+
+
+def test_a_local_teacher_loads_its_model_once_for_all_batches(model_dir: Path, tmp_path: Path, loads: list[Any]) -> None:
+    """Two states in batches of one: one load (before: the teacher closed its model after each batch, so every batch
+    loaded it again). The model stays until the teacher is closed."""
+    store = record_threads(tmp_path / "experience")
+    teacher = build_teacher(f"local:{model_dir}", max_new_tokens=4)
+    with closing_teacher(teacher):
+        _, report = build_sr(load_source(LocalExperienceStore(store)), teacher, SROptions(batch_size=1))
+        assert report.states - sum(report.dropped.values()) == 2, "two states written, in two batches"
+        assert len(loads) == 1 and loads[0].loaded
+    assert not loads[0].loaded, "closed with the teacher"
+
+
+def test_a_dataset_build_loads_the_teacher_model_once_and_releases_it(model_dir: Path, tmp_path: Path, loads: list[Any]) -> None:
+    """``ee datasets build --teacher local:DIR`` on 17 states (two batches of the build's 16): the model is loaded once
+    (before: twice) and released when the build ends."""
+    store = record_requests(tmp_path / "experience", 17)
+    batches: list[int] = []
+    summary = build_datasets(
+        DatasetConfig.load(store=store, out=tmp_path / "ds", kinds="sr", teacher=f"local:{model_dir}"),
+        on_sr_progress=lambda done, total: batches.append(done),
+    )
+    assert summary["datasets"]["sr"]["states"] == 17 and batches == [16, 17]
+    assert len(loads) == 1 and not loads[0].loaded
+
+
+def test_a_failed_build_releases_the_teacher_model(model_dir: Path, tmp_path: Path, loads: list[Any]) -> None:
+    """A build stopped after the teacher's first batch (here by its progress callback raising, as a Ctrl-C there would)
+    still closes the teacher: its model is not left in memory."""
+    store = record_threads(tmp_path / "experience")
+
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_datasets(DatasetConfig.load(store=store, out=tmp_path / "ds", kinds="sr", teacher=f"local:{model_dir}"), on_sr_progress=stop)
+    assert len(loads) == 1 and not loads[0].loaded
