@@ -14,6 +14,7 @@ the data: the same sandbox type replay uses, with its JSON-canonical :meth:`stat
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ee_middleware.errors import ConfigError
+from ee_middleware.evals.matching import normalize
+from ee_middleware.records import ToolCall
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 
 Tool = Callable[..., Any]
@@ -52,7 +55,8 @@ class TauTask:
     """One task: scripted turns, an instruction for a simulated user, required outputs.
 
     ``category``: ``action`` (the database must change), ``answer`` (nothing changes, outputs are
-    required) or ``refusal`` (the policy forbids what the user asks: nothing may change).
+    required) or ``refusal`` (the policy forbids what the user asks: nothing may change). The ground truth must
+    show it: a domain's tasks are refused when loaded where it does not (:meth:`TauDomain.tasks`).
     """
 
     id: str
@@ -151,7 +155,13 @@ class TauDomain:
     load_data: Callable[[], dict[str, Any]]
     splits: Mapping[str, Callable[[], list[TauTask]]]
     source: str = "built-in"
+    categories_from_ground_truth: bool = False
+    """For tasks that name no category (a tau-bench checkout's): each gets the one its ground truth shows instead of
+    being checked against it (:meth:`check_category`): ``action`` where it changes the database, else ``answer`` where it
+    requires outputs, else ``refusal``. One whose ground truth fails on a fresh database stays an ``action`` task, scored
+    as ``task_error`` (the checkout's task is at fault, not the run)."""
     _data_text: str | None = field(default=None, repr=False)
+    _effects: dict[str, GroundTruth] = field(default_factory=dict, repr=False)
 
     def fresh_data(self) -> dict[str, Any]:
         """A fresh, independent copy of the initial database (loaded once, then parsed from its JSON text).
@@ -206,7 +216,17 @@ class TauDomain:
                     f"The tau domain {self.name!r} (split {split!r}) has two tasks with the id {task.id!r}: give every task its own id."
                 )
             seen.add(task.id)
+        if self.categories_from_ground_truth:
+            return [self._categorized(task) for task in tasks]
+        for task in tasks:
+            self.check_category(task, split)
         return tasks
+
+    def _categorized(self, task: TauTask) -> TauTask:
+        effect = self.ground_truth(task)
+        if effect.changes or effect.errors:
+            return dataclasses.replace(task, category="action")
+        return dataclasses.replace(task, category="answer" if task.outputs else "refusal")
 
     def check_task(self, task: TauTask, split: str) -> None:
         """The task has turns, each with the user's text; its outputs are texts; every ground-truth action
@@ -231,6 +251,18 @@ class TauDomain:
         wrong = [o for o in task.outputs if not isinstance(o, str)]
         if wrong:
             raise ConfigError(f"{where}: its outputs must be texts; {', '.join(repr(o) for o in wrong[:3])} is not (write it in quotes).")
+        empty = [o for o in task.outputs if not normalize(o).strip()]
+        if empty:
+            raise ConfigError(
+                f"{where}: its output {empty[0]!r} is empty, and every reply holds an empty text, so it checks nothing: "
+                "write the text a reply must hold, or remove it."
+            )
+        if task.category == "answer" and not task.outputs:
+            raise ConfigError(
+                f"{where} is an answer task without outputs: nothing changes in an answer task, so with no required "
+                "output any agent (one that does nothing too) passes it. List what a reply must hold "
+                '("outputs": ["..."]), or make it a refusal task if the agent must only decline.'
+            )
         for action in task.actions:
             tool = self.tools.get(action.name)
             if tool is None:
@@ -249,10 +281,68 @@ class TauDomain:
                     f"(it takes {', '.join(list(signature.parameters)[1:]) or 'no argument'})."
                 ) from None
 
+    def ground_truth(self, task: TauTask) -> GroundTruth:
+        """What ``task``'s ground-truth actions do to a fresh database: whether they change it, and the errors they
+        gave (replayed once per distinct list of actions, as the suite's scoring replays them)."""
+        key = json.dumps([[a.name, a.arguments] for a in task.actions], sort_keys=True, default=repr)
+        known = self._effects.get(key)
+        if known is not None:
+            return known
+        sandbox = self.sandbox()
+        try:
+            sandbox.reset(None)
+            fresh = sandbox.state_digest()
+            errors = []
+            for i, action in enumerate(task.actions):
+                observation = sandbox.execute(ToolCall(id=f"gt_{i}", name=action.name, arguments=action.arguments))
+                if observation.is_error:
+                    errors.append(f"{action.name}: {observation.content[:200]}")
+            effect = GroundTruth(changes=sandbox.state_digest() != fresh, errors=tuple(errors))
+        finally:
+            sandbox.close()
+        self._effects[key] = effect
+        return effect
+
+    def check_category(self, task: TauTask, split: str) -> None:
+        """The task's ground truth shows its category: an ``action`` task's changes the database, an ``answer`` or
+        ``refusal`` task's does not (else one category scores like another: an action task that changes nothing is
+        passed by an agent that does nothing, a refusal task that changes the database is failed by every agent that
+        refuses)."""
+        where = f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r})"
+        effect = self.ground_truth(task)
+        names = ", ".join(dict.fromkeys(a.name for a in task.actions))
+        if task.category == "action" and not effect.changes:
+            if effect.errors:
+                why = f"its actions fail on a fresh database ({'; '.join(effect.errors[:2])})"
+            elif task.actions:
+                why = f"its actions ({names}) only read"
+            else:
+                why = "it has no actions"
+            raise ConfigError(
+                f"{where} is an action task, but its ground truth changes nothing: {why}, so an agent that does nothing "
+                "passes it. Fix its actions (the calls that make the change the user asks for), or make it an answer task "
+                "(with the outputs a reply must hold) or a refusal task."
+            )
+        if task.category in ("answer", "refusal") and effect.changes:
+            kind = "an answer" if task.category == "answer" else "a refusal"
+            raise ConfigError(
+                f"{where} is {kind} task, where nothing may change, but its ground truth ({names}) changes the database, "
+                "so every agent that leaves the database as it is fails it. Make it an action task (its outputs stay "
+                "required), or keep only the actions that read."
+            )
+
     def sandbox(self) -> PythonSandbox:
         """A sandbox over a fresh database at every ``reset`` (the environment is ignored)."""
         # tau-bench calls a tool with the arguments as the model wrote them (no schema check), and so does the harness
         return PythonSandbox(functools.partial(_fresh, self), tools=dict(self.tools), kind=f"tau:{self.name}", validate_arguments=False)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What a task's ground-truth actions do to a fresh database (:meth:`TauDomain.ground_truth`)."""
+
+    changes: bool
+    errors: tuple[str, ...] = ()
 
 
 def _fresh(domain: TauDomain, environment: Any) -> dict[str, Any]:

@@ -10,8 +10,10 @@ Per task and trial:
 3. reward 1 when both databases have the same state digest (JSON-canonical SHA-256, as tau-bench
    hashes its data) **and** every required output appears in the agent's replies (case-insensitive,
    commas ignored, as tau-bench compares); else 0, with the reason: where the databases differ
-   (``database_mismatch``) or which outputs are missing (``missing_output``). An ``action`` task whose
-   ground truth fails on a fresh database and so changes nothing is the task's fault (``task_error``).
+   (``database_mismatch``) or which outputs are missing (``missing_output``). A task whose ground truth does not
+   show its category (an ``action`` task's changing nothing, an ``answer`` or ``refusal`` task's changing the
+   database, an ``answer`` task without outputs) is refused when the domain's tasks load; a tau-bench task (which names
+   no category) whose ground truth fails on a fresh database is the task's fault (``task_error``).
 
 Over ``--trials k`` the summary's ``pass_hat_k`` is tau-bench's pass^k (every trial of a task succeeds).
 """

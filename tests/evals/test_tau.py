@@ -231,13 +231,24 @@ FAKE_CHECKOUT = {
             def get_info():
                 return {"type": "function", "function": {"name": "sell", "description": "Sell one.",
                         "parameters": {"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]}}}
-        ALL_TOOLS = [Sell]
+        class Stock(Tool):
+            @staticmethod
+            def invoke(data, item):
+                return str(data["stock"][item])
+            @staticmethod
+            def get_info():
+                return {"type": "function", "function": {"name": "stock", "description": "How many are left.",
+                        "parameters": {"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]}}}
+        ALL_TOOLS = [Sell, Stock]
     """,
     "tau_bench/envs/shop/tasks_test.py": """
         from tau_bench.types import Action, Task
         TASKS = [
             Task(user_id="u", instruction="You want a pen.", actions=[Action(name="sell", kwargs={"item": "pen"})], outputs=["2"]),
             Task(user_id="u", instruction="You ask what is sold.", actions=[Action(name="respond", kwargs={"content": "pens"})], outputs=["pens"]),
+            Task(user_id="u", instruction="You ask how many pens.", actions=[Action(name="stock", kwargs={"item": "pen"})], outputs=["3"]),
+            Task(user_id="u", instruction="You want a pen for free.", actions=[Action(name="stock", kwargs={"item": "pen"})], outputs=[]),
+            Task(user_id="u", instruction="You want a quill.", actions=[Action(name="sell", kwargs={"item": "quill"})], outputs=[]),
         ]
     """,
 }
@@ -268,9 +279,12 @@ def test_a_fake_tau_bench_shaped_checkout_loads_from_its_path_without_its_packag
             "tau:shop:test",
         )
         tasks = suite.tasks()
-        assert [t.category for t in tasks] == ["action", "answer"] and domain.policy == "Sell pens."
-        assert all(suite.run(OracleClient(), t, 0, LoopConfig()).success for t in tasks)
-        assert [suite.run(NoopClient(), t, 0, LoopConfig()).error_type for t in tasks] == ["database_mismatch", "missing_output"]
+        # tau-bench names no category: the one its ground truth shows (before: 'action' for any task with an action,
+        # a read-only question included, so a task an agent passes by doing nothing was counted as an action task)
+        assert [t.category for t in tasks] == ["action", "answer", "answer", "refusal", "action"] and domain.policy == "Sell pens."
+        assert [suite.run(OracleClient(), t, 0, LoopConfig()).success for t in tasks] == [True, True, True, True, False]
+        noop = [suite.run(NoopClient(), t, 0, LoopConfig()).error_type for t in tasks]
+        assert noop == ["database_mismatch", "missing_output", "missing_output", None, "task_error"], noop
         assert "litellm" not in sys.modules
     finally:
         for key in [k for k in sys.modules if k == "tau_bench" or k.startswith("tau_bench.")]:

@@ -268,21 +268,55 @@ def test_a_database_that_cannot_be_built_stops_the_run_before_any_task_with_the_
     assert not (tmp_path / "r" / "results.jsonl").exists()
 
 
-def test_an_action_task_whose_ground_truth_fails_on_a_fresh_database_fails_with_the_action_and_its_error(
+def test_an_action_task_whose_ground_truth_fails_on_a_fresh_database_is_refused_with_the_action_and_its_error(
     pantry: str, tmp_path: Path
 ) -> None:
-    """Before: ordering 9 apples (3 in stock) raised in the ground-truth replay as it did for the agent, both databases
-    stayed as they were, and the task passed for the oracle and for an agent that did nothing."""
-    _edited(
-        pantry,
-        {"id": "order-nine", "category": "action", "outputs": []},
-        {"actions": [{"name": "order_item", "arguments": {"item": "apple", "quantity": 9}}]},
-    )
-    for model in ("oracle", "noop"):
-        [summary] = run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model=model, out=str(tmp_path / model)))
-        assert summary["failures"] == {"task_error": 1}, summary
-    reason = json.loads((tmp_path / "noop" / "results.jsonl").read_text().splitlines()[0])["reason"]
-    assert "order_item" in reason and "only 3 apple left" in reason and "fresh database" in reason, reason
+    """Before (first): ordering 9 apples (3 in stock) raised in the ground-truth replay as it did for the agent, both
+    databases stayed as they were, and the task passed for the oracle and for an agent that did nothing. Then it was a
+    task_error in every run; now the domain's tasks are refused when loaded, naming the task, the action and its error."""
+    edited = {"id": "order-nine", "category": "action", "outputs": []}
+    with pytest.raises(ConfigError, match=r"'order-nine'.*action task.*changes nothing.*fresh database.*order_item.*only 3 apple left"):
+        _edited(pantry, edited, {"actions": [{"name": "order_item", "arguments": {"item": "apple", "quantity": 9}}]})
+    with pytest.raises(ConfigError, match="'order-nine'"):
+        run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model="noop", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "turn", "message"),
+    [
+        ({"outputs": []}, None, r"'ask-plums'.*answer task without outputs.*any agent.*passes it.*\"outputs\""),
+        (
+            {"category": "action"},
+            None,
+            r"'ask-plums'.*action task, but its ground truth changes nothing: its actions \(check_stock\) only read.*does nothing",
+        ),
+        ({"category": "action"}, {"actions": []}, r"'ask-plums'.*action task.*changes nothing: it has no actions"),
+        (
+            {"category": "refusal"},
+            {"actions": [{"name": "order_item", "arguments": {"item": "plum", "quantity": 1}}]},
+            r"'ask-plums'.*refusal task.*ground truth \(order_item\) changes the database.*every agent.*fails it.*action task",
+        ),
+        (
+            {},
+            {"actions": [{"name": "order_item", "arguments": {"item": "plum", "quantity": 1}}]},
+            r"'ask-plums'.*answer task.*ground truth \(order_item\) changes the database",
+        ),
+        ({"outputs": ["5", ""]}, None, r"'ask-plums'.*output '' is empty.*checks nothing"),
+        ({"outputs": [" , "]}, None, r"'ask-plums'.*output ' , ' is empty"),
+    ],
+)
+def test_a_task_whose_ground_truth_does_not_show_its_category_is_refused_when_the_domain_loads(
+    pantry: str, change: dict, turn: dict | None, message: str, tmp_path: Path
+) -> None:
+    """Before: loaded and run as written, so an agent that did nothing passed an answer task without outputs, an action
+    task whose ground truth only reads (or has no actions) and any task requiring the output ''; and every agent that
+    refused failed a refusal task whose ground truth changes the database."""
+    with pytest.raises(ConfigError, match=message):
+        _edited(pantry, change, turn)
+    with pytest.raises(ConfigError, match="'ask-plums'"):
+        run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model="noop", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r" / "results.jsonl").exists()
 
 
 @pytest.mark.parametrize(
