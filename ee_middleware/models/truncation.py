@@ -1,21 +1,27 @@
 """Fitting a long agent state into a token budget without losing what the model needs most.
 
 Agent states grow with every tool call: a BFCL multi-turn state is thousands of tokens. Cutting
-from the left throws away the system message, the tool schemas and the task, so a model learns (and
-later emits) calls for tools it cannot see. :func:`fit_messages` is the one truncation policy, used
-wherever a prompt is rendered (the trainer, the local generator, the local server), so that a model
-is served the prompts it was trained on:
+from the left throws away the system message, the tool schemas and the request, so a model learns (and
+later emits) calls for tools it cannot see, or for a request it is not shown. :func:`fit_messages` is the one
+truncation policy, used wherever a prompt is rendered (the trainer, the local generator, the local server), so
+that a model is served the prompts it was trained on:
 
-1. keep the leading system messages (and with them the tool schemas), the task (the first user
-   message), the most recent turns and the whole completion;
+1. keep the leading system messages (and with them the tool schemas), the current request (the latest user
+   message that opens a turn: the one the agent is acting on; in a thread's later run, not the thread's first
+   request), the thread's first user message, the most recent turns and the whole completion;
 2. drop the oldest turns in between, whole (an assistant tool call is never separated from its tool
-   results, nor a call still unanswered from the message after it, such as IWM's question about it),
-   and say so with a visible marker at the end of the task message (a user message kept right after it joins
-   it, so that strict-alternation templates never see two user turns in a row);
-3. when even the task and the last turn do not fit, list the tools compactly (one line per tool:
+   results, nor a call still unanswered from the message after it, such as IWM's question about it): first
+   those before the current request, then those after it; say so with a visible marker where they were, at the
+   end of the first user message (a user message kept right after it joins it, so that strict-alternation
+   templates never see two user turns in a row) and, for turns after the current request, at the end of that
+   request;
+3. when even those and the last turn do not fit, list the tools compactly (one line per tool:
    name and argument names with types) instead of their full JSON schemas;
-4. only when that is still too long, the caller cuts tokens from the left, and reports it.
+4. when that is still too long and the first user message is an earlier request (a later one is kept), it goes
+   too (the marker stands in its place), and full schemas come back if they then fit;
+5. only when that is still too long, the caller cuts tokens from the left, and reports it.
 
+A state whose first user message is its only request is fitted exactly as by steps 1-3 and 5.
 What was done is returned as a :class:`Fit`, so trainers and reports can record it per row.
 """
 
@@ -25,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ee_middleware.messages import content_to_text
 from ee_middleware.models.chat_template import TemplateSupport, render_pair, render_prompt, with_tools_in_system
 
 OMITTED_MARKER = "[{n} earlier messages omitted to fit the context]"
@@ -118,7 +125,7 @@ def fit_messages(
     """``messages`` and ``tools`` fitted to ``budget`` prompt tokens by the policy in the module docstring.
 
     The returned :class:`Fit` may still exceed ``budget`` when not even the system message, the
-    task, the last turn and compact tool listings fit; the caller then cuts from the left.
+    current request, the last turn and compact tool listings fit; the caller then cuts from the left.
     """
     messages, tool_list = [dict(m) for m in messages], list(tools) if tools else None
     text = render_prompt(tokenizer, messages, tool_list, support)
@@ -126,11 +133,24 @@ def fit_messages(
     if original <= budget:
         return Fit(messages, tool_list, text, original, original)
     head, turns = split_turns(messages)
-    fit = _fewest_dropped(tokenizer, head, turns, tool_list, support, budget, original, compact=False)
-    if fit.tokens <= budget or not tool_list:
-        return fit
-    compact = _fewest_dropped(tokenizer, head, turns, tool_list, support, budget, original, compact=True)
-    return compact if compact.tokens < fit.tokens else fit
+    request = current_request_turn(turns)
+    tried = []
+    for compact in (False, True) if tool_list else (False,):
+        tried.append(_fewest_dropped(tokenizer, head, turns, request, tool_list, support, budget, original, compact=compact))
+        if tried[-1].tokens <= budget:
+            return tried[-1]
+    if head and head[-1].get("role") == "user" and any(turn[0].get("role") == "user" for turn in turns):
+        # the first user message is an earlier request (a later one is kept): it goes before anything is cut from the left
+        without_first = [*head[:-1], {**head[-1], "content": ""}]
+        for compact in (False, True) if tool_list else (False,):
+            tried.append(
+                _fewest_dropped(
+                    tokenizer, without_first, turns, request, tool_list, support, budget, original, compact=compact, first_dropped=True
+                )
+            )
+            if tried[-1].tokens <= budget:
+                return tried[-1]
+    return min(tried, key=lambda fit: fit.tokens)  # the first of the shortest: the least for the caller to cut
 
 
 def split_turns(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
@@ -151,6 +171,16 @@ def split_turns(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]
     return head, turns
 
 
+def current_request_turn(turns: Sequence[Sequence[dict[str, Any]]]) -> int | None:
+    """The index in ``turns`` (of :func:`split_turns`) of the request the agent is working on, the latest turn that a
+    user message opens, when dropping older turns could drop it: ``None`` when it is the last turn (always kept) or
+    there is none after the head (the first user message is the request)."""
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index][0].get("role") == "user":
+            return index if index < len(turns) - 1 else None
+    return None
+
+
 def _awaits_results(turn: list[dict[str, Any]]) -> bool:
     """A turn that is an assistant's tool calls with no result yet: what follows belongs to it (an IWM
     prompt's question about the call above, whose answer is the row's target)."""
@@ -161,23 +191,36 @@ def _fewest_dropped(
     tokenizer: Any,
     head: list[dict[str, Any]],
     turns: list[list[dict[str, Any]]],
+    request: int | None,
     tools: list[dict[str, Any]] | None,
     support: TemplateSupport,
     budget: int,
     original: int,
     *,
     compact: bool,
+    first_dropped: bool = False,
 ) -> Fit:
-    """The fit that drops the fewest oldest turns (never the last one) and fits, else the one that drops most."""
+    """The fit that drops the fewest oldest turns (never the last one, nor the ``request`` turn: those before it go
+    first, then those after it) and fits, else the one that drops most. ``first_dropped``: ``head``'s user message
+    was emptied, and counts as one message dropped before the turns."""
+    order = [index for index in range(len(turns) - 1) if index != request]  # the turns in the order they are dropped
 
     def build(drop: int) -> Fit:
-        kept = [message for turn in turns[drop:] for message in turn]
-        dropped = sum(len(turn) for turn in turns[:drop])
-        marked = _joined(_with_marker(head, dropped), kept)
+        gone = set(order[:drop])
+        before = sum(len(turns[i]) for i in gone if request is None or i < request) + first_dropped
+        after = sum(len(turns[i]) for i in gone if request is not None and i > request)
+        kept = [
+            message
+            for index, turn in enumerate(turns)
+            if index not in gone
+            for message in (_with_marker(turn, after) if index == request else turn)
+        ]
+        marked = _joined(_with_marker(head, before), kept)
         rendered_tools = tools
         if compact and tools:
             marked, rendered_tools = with_tools_in_system(marked, tools, compact=True), None
         text = render_prompt(tokenizer, marked, rendered_tools, support)
+        dropped = before + after
         return Fit(marked, rendered_tools, text, count_tokens(tokenizer, text), original, dropped, compact and bool(tools))
 
     built: dict[int, Fit] = {}
@@ -187,7 +230,7 @@ def _fewest_dropped(
             built[drop] = build(drop)
         return built[drop]
 
-    low, high = 0, max(0, len(turns) - 1)
+    low, high = 0, len(order)
     if fit_after_dropping(high).tokens > budget:
         return built[high]
     while low < high:  # the fewest dropped turns that fit (dropping more never makes the prompt longer)
@@ -211,11 +254,14 @@ def _joined(head: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[dict
     return [*head[:-1], {**head[-1], "content": f"{first}\n\n{second}" if first else second}, *kept[1:]]
 
 
-def _with_marker(head: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:
-    if not dropped or not head:
-        return list(head)
+def _with_marker(messages: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:
+    """``messages`` with the :data:`OMITTED_MARKER` for ``dropped`` messages at the end of the last one's text (content
+    parts become their text, which is how templates render them: the message is never replaced by the marker)."""
+    if not dropped or not messages:
+        return list(messages)
     marker = OMITTED_MARKER.format(n=dropped)
-    last = dict(head[-1])
+    last = dict(messages[-1])
     content = last.get("content")
-    last["content"] = f"{content}\n\n{marker}" if isinstance(content, str) and content else marker
-    return [*head[:-1], last]
+    text = content if isinstance(content, str) else content_to_text(content)
+    last["content"] = f"{text}\n\n{marker}" if text else marker
+    return [*messages[:-1], last]

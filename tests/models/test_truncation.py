@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ee_middleware.models.chat_template import COMPACT_TOOLS_PREAMBLE, probe_template, render_prompt
-from ee_middleware.models.truncation import OMITTED_MARKER, count_tokens, fit_messages, split_turns
+from ee_middleware.models.truncation import OMITTED_MARKER, count_tokens, current_request_turn, fit_messages, split_turns
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -151,3 +151,139 @@ def test_an_iwm_state_keeps_the_call_its_question_asks_about(tokenizer: Any) -> 
     fit = fit_messages(tokenizer, state, TOOLS, support, budget=question_only + 2)  # room for the question, not the call
     assert fit.dropped_messages > 0 and fit.messages[-2:] == state[-2:]
     assert "folder_77" in fit.text and IWM_INSTRUCTION in fit.text
+
+
+REQUEST = {"role": "user", "content": "Now list what is left in every archive folder, folder by folder."}
+"""A thread's later request: the run acting on it sees the thread's first request (TASK) first."""
+
+
+def thread_state(before: int, after: int, *, task: dict[str, Any] = TASK) -> list[dict[str, Any]]:
+    """A thread's later run: the first request and ``before`` tool turns answering it, the assistant's answer, then the
+    request this run acts on and ``after`` tool turns for it."""
+    messages = [SYSTEM, task]
+    for i in range(before):
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call(i)]})
+        messages.append({"role": "tool", "tool_call_id": f"c{i}", "content": f"report_{i}.pdf notes_{i}.txt " * 6})
+    messages.append({"role": "assistant", "content": "Every report is in the archive folder now."})
+    messages.append(REQUEST)
+    for i in range(100, 100 + after):
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call(i)]})
+        messages.append({"role": "tool", "tool_call_id": f"c{i}", "content": f"archive_{i}.pdf notes_{i}.txt " * 6})
+    return messages
+
+
+def _user_texts(fit: Any) -> list[str]:
+    return [m["content"] for m in fit.messages if m.get("role") == "user"]
+
+
+def test_a_later_request_of_a_thread_is_kept_when_turns_after_it_are_dropped(tokenizer: Any) -> None:
+    """A thread's later run acts on its latest request, not the thread's first one. Fitting dropped the oldest turns
+    after the first user message, so once the budget reached past the turns between the two requests, the request the
+    run was acting on went and the model was trained (and served) to act on the earlier request only."""
+    support = probe_template(tokenizer)
+    state = thread_state(before=6, after=12)
+    request_at = state.index(REQUEST)
+    # room for the first request, the current one and about half of the turns after it
+    smallest = [SYSTEM, TASK, REQUEST, *state[-2:]]
+    half = [SYSTEM, TASK, REQUEST, *state[request_at + 1 + 12 :]]
+    budget = (
+        count_tokens(tokenizer, render_prompt(tokenizer, smallest, TOOLS, support))
+        + count_tokens(tokenizer, render_prompt(tokenizer, half, TOOLS, support))
+    ) // 2
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+    assert fit.tokens <= budget and not fit.compact_tools and fit.tools == TOOLS
+    before, after = request_at - 2, fit.dropped_messages - (request_at - 2)
+    assert after > 0, "the budget reaches past the turns between the two requests"
+    [user] = _user_texts(fit)  # one user turn: strict-alternation templates never see two in a row
+    marked_request = f"{REQUEST['content']}\n\n{OMITTED_MARKER.format(n=after)}"
+    assert user == f"{TASK['content']}\n\n{OMITTED_MARKER.format(n=before)}\n\n{marked_request}"
+    assert REQUEST["content"] in fit.text and TASK["content"] in fit.text
+    assert fit.messages[-2:] == state[-2:], "the latest turn is kept whole"
+    assert fit.messages[2:] == state[request_at + 1 + after :], "the turns after the request go oldest first"
+    kept_ids = [m.get("tool_call_id") for m in fit.messages if m.get("role") == "tool"]
+    assert kept_ids == [c["id"] for m in fit.messages for c in m.get("tool_calls") or []]
+    one_less = fit_messages(tokenizer, state, TOOLS, support, budget=fit.tokens - 1)
+    assert one_less.dropped_messages > fit.dropped_messages and REQUEST["content"] in one_less.text
+
+
+def test_a_fit_that_keeps_the_later_request_is_the_one_it_always_was(tokenizer: Any) -> None:
+    """Byte for byte: dropping only turns older than the current request gives what the policy always gave (the first
+    request marked, then the turns kept), so rows that never lost their request are unchanged."""
+    support = probe_template(tokenizer)
+    state = thread_state(before=8, after=3)
+    marked = {**TASK, "content": f"{TASK['content']}\n\n{OMITTED_MARKER.format(n=6)}"}
+    expected = [SYSTEM, marked, *state[2 + 6 :]]  # three tool turns (six messages) dropped, the request still after them
+    budget = count_tokens(tokenizer, render_prompt(tokenizer, expected, TOOLS, support))
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+    assert fit.messages == expected and fit.dropped_messages == 6 and fit.tools == TOOLS
+    assert fit.text == render_prompt(tokenizer, expected, TOOLS, support)
+
+
+def test_an_iwm_state_of_a_later_request_keeps_that_request_and_the_call_it_asks_about(tokenizer: Any) -> None:
+    from ee_middleware.trainers.datasets.rows import IWM_INSTRUCTION
+
+    support = probe_template(tokenizer)
+    asked = {"role": "assistant", "content": "", "tool_calls": [call(77)]}
+    state = [*thread_state(before=4, after=10), asked, {"role": "user", "content": IWM_INSTRUCTION}]
+    smallest = [SYSTEM, TASK, REQUEST, *state[-2:]]
+    budget = count_tokens(tokenizer, render_prompt(tokenizer, smallest, TOOLS, support)) + 40
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+    assert fit.tokens <= budget and fit.messages[-2:] == state[-2:]
+    assert REQUEST["content"] in fit.text and TASK["content"] in fit.text and "folder_77" in fit.text
+
+
+def test_the_first_request_goes_before_anything_is_cut_from_the_left(tokenizer: Any) -> None:
+    """When the first request, the current one and the last turn do not fit even with compact tools, the first request
+    (an earlier one: the run acts on the later) gives way, not the system message and tools a left cut would take."""
+    support = probe_template(tokenizer)
+    long_task = {"role": "user", "content": "Move every report into the archive folder, reading them first: " + "report notes " * 1500}
+    state = thread_state(before=3, after=4, task=long_task)
+    marked = f"{OMITTED_MARKER.format(n=1 + 7)}\n\n{REQUEST['content']}\n\n{OMITTED_MARKER.format(n=6)}"
+    expected = [SYSTEM, {"role": "user", "content": marked}, *state[-2:]]  # the first request, then six turns, dropped
+    budget = count_tokens(tokenizer, render_prompt(tokenizer, expected, TOOLS, support))
+    assert count_tokens(tokenizer, render_prompt(tokenizer, [SYSTEM, long_task, REQUEST, *state[-2:]], None, support)) > budget
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+    assert fit.tokens <= budget, "nothing is left for the caller to cut from the left"
+    assert fit.messages == expected and fit.dropped_messages == 1 + 7 + 6
+    assert fit.tools == TOOLS and not fit.compact_tools, "full schemas come back once the first request is gone"
+
+
+def test_a_first_request_in_content_parts_keeps_its_text_beside_the_marker(tokenizer: Any) -> None:
+    """The marker was written over a first request whose content is a list of parts (an OpenAI-style message): the
+    state kept the marker and lost the request."""
+    support = probe_template(tokenizer)
+    state = [SYSTEM, {"role": "user", "content": [{"type": "text", "text": TASK["content"]}]}, *long_state(30)[2:]]
+    full = count_tokens(tokenizer, render_prompt(tokenizer, state, TOOLS, support))
+    fit = fit_messages(tokenizer, state, TOOLS, support, full // 2)
+    assert fit.dropped_messages > 0 and TASK["content"] in fit.text
+    assert fit.messages[1]["content"].startswith(TASK["content"] + "\n\n" + OMITTED_MARKER.format(n=fit.dropped_messages))
+
+
+def test_a_strict_alternation_template_renders_a_fitted_later_request() -> None:
+    """Gemma 2 (strict user/assistant alternation, no system role): the request kept beside the marked first request
+    is one user turn, and so is the marker standing in for a first request that gave way."""
+    from tests.models.family_templates import FAMILIES
+
+    tokenizer = build_test_tokenizer([FAMILIES["gemma-2"], json.dumps(thread_state(3, 3))], chat_template=FAMILIES["gemma-2"])
+    support = probe_template(tokenizer)
+    long_task = {"role": "user", "content": "Move every report into the archive folder: " + "report notes " * 1500}
+    for task, first_kept in ((TASK, True), (long_task, False)):
+        state = thread_state(before=3, after=8, task=task)
+        smallest = [SYSTEM, {"role": "user", "content": REQUEST["content"]}, *state[-2:]]
+        budget = count_tokens(tokenizer, render_prompt(tokenizer, smallest, TOOLS, support)) + 60
+        fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+        assert fit.tokens <= budget and REQUEST["content"] in fit.text and fit.messages[-2:] == state[-2:]
+        assert (task["content"] in fit.text) is first_kept and "earlier messages omitted to fit the context]" in fit.text
+
+
+def test_a_state_ending_on_its_request_pins_no_earlier_one() -> None:
+    """A state that ends on the user's request (the run's first model call) acts on that request, which is the last turn
+    and always kept: an earlier request is an older turn like any other."""
+    state = [
+        *thread_state(before=2, after=3),
+        {"role": "assistant", "content": "Listed."},
+        {"role": "user", "content": "Thanks, now stop."},
+    ]
+    _head, turns = split_turns(state)
+    assert current_request_turn(turns) is None
+    assert current_request_turn(split_turns(thread_state(before=2, after=3))[1]) == 2 + 1
