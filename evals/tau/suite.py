@@ -20,6 +20,7 @@ Over ``--trials k`` the summary's ``pass_hat_k`` is tau-bench's pass^k (every tr
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,9 +50,10 @@ TAU_DOMAINS = PluginKind(
 :class:`TauDomain`: a user's own tools, database, policy and tasks) or an installed entry point."""
 
 
-def resolve_domain(name: str, tau_bench_dir: str | None = None) -> TauDomain:
+def resolve_domain(name: str, tau_bench_dir: str | None = None, *, split: str | None = None) -> TauDomain:
     """A built-in domain, one of a tau-bench checkout's (``retail``, ``airline``), or a user's own
-    (``package.module:factory`` or an ``ee_middleware.tau_domains`` entry point)."""
+    (``package.module:factory`` or an ``ee_middleware.tau_domains`` entry point). ``split``, the split the spec
+    named, only shapes the error for a name that is none of these (how the spec was read)."""
     if name in TAU_DOMAINS.builtins or FACTORY_SPEC.match(name) or name in TAU_DOMAINS.installed():
         domain = TAU_DOMAINS.build(name)
         if not isinstance(domain, TauDomain):
@@ -68,7 +70,29 @@ def resolve_domain(name: str, tau_bench_dir: str | None = None) -> TauDomain:
                 f"set {tau_bench.ENV_VAR}=PATH (or --tau-bench-dir PATH, or tau_bench_dir under [eval])."
             )
         return tau_bench.load_domain(name, root)
-    raise TAU_DOMAINS.unknown(name, "no domain has this name")
+    raise TAU_DOMAINS.unknown(name, _unknown_reading(name, split))
+
+
+def _unknown_reading(name: str, split: str | None) -> str:
+    """Why ``name`` names no domain, with how the spec was read: a ``module:factory`` whose module is not dotted is
+    read as the domain ``module`` and the split ``factory``."""
+    why = "no domain has this name"
+    if split is None:
+        return why
+    why += f"; tau:{name}:{split} was read as tau:DOMAIN:SPLIT, the domain {name!r} and the split {split!r}"
+    if "." in name or not FACTORY_SPEC.match(f"{name}:{split}"):
+        return why
+    try:
+        importable = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        importable = False
+    if not importable:
+        return f"{why} (a factory, package.module:factory, is read only with a dotted module path)"
+    return (
+        f"{why}. {name!r} is an importable module, but a factory is read only with a dotted module path, "
+        f"package.module:factory: put the module in a package and write tau:PACKAGE.{name}:{split}, or register the "
+        f"factory as an {TAU_DOMAINS.group} entry point"
+    )
 
 
 @dataclass(frozen=True)
@@ -91,7 +115,7 @@ class TauSuite:
         user_model: str | None = None,
         max_user_turns: int = 10,
     ) -> None:
-        self.domain = resolve_domain(domain, tau_bench_dir)
+        self.domain = resolve_domain(domain, tau_bench_dir, split=split)
         self.split = split or DEFAULT_SPLIT
         if self.split not in self.domain.splits:
             raise ConfigError(f"The tau domain {domain!r} has no split {self.split!r}; it has: {', '.join(self.domain.splits)}.")

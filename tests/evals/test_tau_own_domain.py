@@ -194,6 +194,24 @@ def test_a_factory_that_builds_no_domain_or_cannot_be_imported_is_a_clear_error(
         load_suite("tau:clinic")
 
 
+def test_a_factory_in_a_top_level_module_is_an_error_saying_how_the_spec_was_read(pantry: str, tmp_path: Path) -> None:
+    """Before: tau:MODULE:factory with a top-level module said only "Unknown tau domain 'MODULE' (no domain has this
+    name)", not that the factory was read as the split, nor that a factory needs a dotted module path."""
+    top = f"{pantry.split('.')[0]}_top"
+    (tmp_path / "src" / f"{top}.py").write_text(f"from {pantry} import make_domain\n")
+    importlib.invalidate_caches()
+    message = (
+        rf"Unknown tau domain '{top}'.*tau:{top}:make_domain was read as tau:DOMAIN:SPLIT, the domain '{top}' and the "
+        rf"split 'make_domain'\. '{top}' is an importable module, but a factory is read only with a dotted module path.*"
+        rf"tau:PACKAGE\.{top}:make_domain.*entry point"
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_suite(f"tau:{top}:make_domain")
+    with pytest.raises(ConfigError, match=r"Unknown tau domain 'clinic'.*the domain 'clinic' and the split 'test' \(a factory.*dotted"):
+        load_suite("tau:clinic:test:5")
+    assert [t.id for t in load_suite(f"tau:{pantry}:make_domain").tasks()] == ["order-apples", "ask-plums", "refuse-three"]
+
+
 def _edited(pantry: str, change: dict, turn: dict | None = None) -> list:
     """The pantry's 'ask-plums' task with ``change`` (and its first turn with ``turn``), as edited.json holds it."""
     task = {**json.loads(json.dumps(TASKS[1])), **change}
