@@ -70,7 +70,9 @@ def build(
     max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. [default: 512]"),
     sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
     heldout_share: float | None = typer.Option(
-        None, "--heldout-share", help="Hold out this share of trajectories (seeded, stable as the store grows) into OUT/heldout/."
+        None,
+        "--heldout-share",
+        help="Hold out this share of units (trajectories sharing a thread or a task; seeded, stable as the store grows) into OUT/heldout/.",
     ),
     heldout_ids: Path | None = typer.Option(None, "--heldout-ids", help="Hold out the trajectory ids listed in this file (one per line)."),
     heldout_app: str | None = typer.Option(None, "--heldout-app", help="Hold out every trajectory of this app."),
@@ -81,7 +83,7 @@ def build(
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Build datasets from the approved trajectories and their rollouts (optionally with a held-out split by trajectory)."""
+    """Build datasets from the approved trajectories and their rollouts (optionally with a held-out split that keeps threads and tasks on one side)."""
     from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 
     cfg = DatasetConfig.load(
@@ -191,6 +193,16 @@ def build(
             f"held out: {len(split['heldout_trajectories'])} trajectories (never trained on: ee train refuses heldout/ files), "
             f"{len(split['train_trajectories'])} for training"
         )
+        added = split.get("added") or {}
+        if added.get("trajectories"):
+            out_console.print(
+                f"  of them {added['trajectories']} added to keep held-out targets out of training: {added['same_task']} ask the "
+                f"task of a held-out trajectory, {added['later_in_thread']} continue a held-out run's thread (split.added in "
+                "datasets.json lists them)"
+            )
+        large = (split.get("units") or {}).get("warning")
+        if large:
+            typer.secho(f"warning: {large}", err=True, fg="yellow")
 
 
 def _check_replay_id(store: Any, replay_id: str, where: Any) -> None:

@@ -54,8 +54,9 @@ from ee_middleware.trainers.datasets.split import (
     HELDOUT_DIR,
     SPLIT_METADATA_KEY,
     SplitRule,
-    heldout_ids,
     read_id_list,
+    recorded_units,
+    split_trajectories,
 )
 from ee_middleware.trainers.datasets.sr import SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher, build_teacher, closing_teacher
@@ -97,7 +98,9 @@ class DatasetConfig(BaseModel):
     sr_k: int = Field(3, ge=1)
     seed: int = 0
     heldout_share: float = Field(0.0, ge=0, lt=1)
-    """Hold out this share of trajectories (seeded by ``seed``, stable as the store grows) into ``OUT/heldout/``."""
+    """Hold out this share of units (trajectories sharing a thread or a task; seeded by ``seed``, stable as the store grows)
+    into ``OUT/heldout/``. Every held-out rule also holds out what would carry a held-out trajectory's targets into
+    training: see :mod:`~ee_middleware.trainers.datasets.split`."""
     heldout_ids: Annotated[Path | None, AfterValidator(lambda path: path.expanduser() if path is not None else None)] = None
     """A file of trajectory ids (one per line) to hold out."""
     heldout_app: str | None = None
@@ -210,16 +213,20 @@ def build_datasets(
     rule = config.split_rule()
     heldout_index = None
     if rule.active:
-        held = heldout_ids(index.trajectories.select("id", "app", "started_at"), rule)
-        train_ids = set(index.trajectories["id"].to_list()) - held
-        index, heldout_index = index.subset(train_ids), index.subset(held)
+        split = split_trajectories(index.trajectories.select("id", "app", "started_at"), rule, recorded_units(store))
+        index, heldout_index = index.subset(split.train), index.subset(split.heldout)
         if index.trajectories.is_empty():
-            raise ConfigError(f"The held-out rule holds out all {len(held)} approved trajectories: nothing is left to train on. Loosen it.")
+            added = f" ({len(split.added)} of them because they share a task or a thread with one it holds out)" if split.added else ""
+            raise ConfigError(
+                f"The held-out rule holds out all {len(split.heldout)} approved trajectories{added}: nothing is left to train on. "
+                "Loosen it."
+            )
         summary["split"] = {
             "rule": rule.describe(),
-            "train_trajectories": sorted(train_ids),
-            "heldout_trajectories": sorted(held),
+            "train_trajectories": sorted(split.train),
+            "heldout_trajectories": sorted(split.heldout),
             "heldout_dir": str(config.out / HELDOUT_DIR),
+            **split.describe(),
         }
     teacher = build_teacher(config.teacher) if "sr" in config.kinds else None
     config.out.mkdir(parents=True, exist_ok=True)

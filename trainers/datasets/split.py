@@ -1,18 +1,44 @@
-"""Held-out splits by trajectory that cannot leak into training.
+"""Held-out splits that cannot leak into training: by units of trajectories, never by row.
 
-A trajectory is held out by a rule (a seeded share, an id list, an app, a start-time range), never
-by row: every state of a held-out trajectory stays out of training. The seeded share hashes the
-trajectory id with the seed, so a trajectory keeps its side when the store grows: a night's new
-trajectories never move an old held-out one into training.
+What leaks. A held-out trajectory's rows are its states and its expert targets (the calls and answers it made, the
+observations they returned). Two other kinds of trajectory would carry those into training:
 
-Held-out dataset files carry ``ee.split = heldout`` in their Parquet metadata, and the trainer
-refuses them wherever they are copied.
+- a **later run of its thread** (conversation): the thread's state holds every earlier run's messages, so each prompt
+  of a later run contains the held-out run's targets verbatim (as does a run resumed after a human review, or a
+  retried attempt on the same thread);
+- a run of the **same task** (the user's request, whitespace and case aside) on another thread: its rows are the
+  held-out examples again, up to call ids.
+
+An earlier run of a held-out run's thread leaks nothing: the held-out run's prompts contain its messages (the model
+is evaluated on continuing a conversation it may have been trained on, as in production), but none of the held-out
+targets are in it.
+
+So the split works on **units**: trajectories linked by a shared thread id or a shared normalised task, transitively,
+drawn over every trajectory the store holds, whatever its review status and app (a trajectory awaiting review links
+its thread and task as it will when approved: approving or rejecting one never moves another across the split).
+
+- The **seeded share** picks units: a unit is held out when its earliest trajectory (by ``started_at``, then id) falls
+  in the share (:func:`in_share` of that trajectory's id, with the seed), and all of it goes to one side. A night's new
+  trajectories start after the unit's earliest one, so they join its side and move nothing; a unit of one trajectory
+  has the side its id always had. Only two things can move a unit: a trajectory recorded later that started before
+  all of it (a backfilled import of older traces), and a trajectory that links two units (a run on one unit's thread
+  asking the other's task): the merged unit takes the side of the earlier of the two.
+- **ids, app and time rules** hold out the trajectories they name and every trajectory that would carry their targets
+  into training: the runs of the same task (each way) and the later runs of the thread (from the run held out on,
+  runs that started at the same time included), transitively. The earlier runs of the thread stay in training:
+  ``--heldout-after`` still holds out the future of a conversation, not its past. What was added, and why, is
+  :attr:`Split.added`.
+
+Held-out dataset files carry ``ee.split = heldout`` in their Parquet metadata, and the trainer refuses them wherever
+they are copied.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +51,27 @@ SPLIT_METADATA_KEY = "ee.split"
 HELDOUT = "heldout"
 HELDOUT_DIR = "heldout"
 
+UNIT_COLUMNS = ("id", "app", "thread_id", "task", "started_at")
+"""The columns of the trajectories table the units are drawn from (:func:`recorded_units`)."""
+
+SAME_TASK = "same_task"
+"""Why a trajectory was added to the held-out side: it asks a held-out trajectory's task (its rows repeat held-out examples)."""
+LATER_IN_THREAD = "later_in_thread"
+"""Why a trajectory was added to the held-out side: a later run of a held-out trajectory's thread (its prompts hold that run's
+messages)."""
+
+LARGE_UNIT_SHARE = 0.25
+LARGE_UNIT_MIN = 10
+"""A unit holding more than this share of the source's trajectories (and more than ``LARGE_UNIT_MIN``) is warned of."""
+
+MAX_LISTED_ADDED = 20
+"""Added trajectories ``datasets.json`` lists one by one, with why (the rest are counted)."""
+
 
 @dataclass(frozen=True)
 class SplitRule:
-    """Which trajectories are held out: any trajectory matched by any of the set rules."""
+    """Which trajectories are held out: any trajectory matched by any of the set rules, with its unit (see the module
+    docstring)."""
 
     share: float = 0.0
     seed: int = 0
@@ -53,29 +96,148 @@ class SplitRule:
             "app": self.app,
             "started_after": self.started_after.isoformat() if self.started_after else None,
             "started_before": self.started_before.isoformat() if self.started_before else None,
-            "unit": "trajectory",
+            "unit": "thread_or_task",
+        }
+
+    def matches(self, app: str | None, started: datetime | None) -> bool:
+        """Whether the app or time rules name a trajectory of ``app`` started at ``started`` (the ids rule names ids, the
+        share units)."""
+        return (
+            (self.app is not None and app == self.app)
+            or (self.started_after is not None and started is not None and _aware(started) >= _aware(self.started_after))
+            or (self.started_before is not None and started is not None and _aware(started) < _aware(self.started_before))
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which of the source's trajectories are held out, and why (:func:`split_trajectories`)."""
+
+    heldout: frozenset[str]
+    train: frozenset[str]
+    matched: frozenset[str]
+    """Held out by the rule itself: named by the ids, app or time rules, or in a unit the share picked."""
+    added: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Held out only to keep a held-out trajectory's targets out of training: id -> (:data:`SAME_TASK` or
+    :data:`LATER_IN_THREAD`, the held-out trajectory it shares the task or thread with)."""
+    units: int = 0
+    """Units (trajectories linked by a thread or a task) with a trajectory in the source."""
+    heldout_units: int = 0
+    """Units whose source trajectories are all held out."""
+    partly_heldout_units: int = 0
+    """Units with trajectories on both sides: by an ids, app or time rule, a thread's earlier runs in training and its
+    later runs held out (never a task on both sides)."""
+    largest_unit: tuple[int, str | None] = (0, None)
+    """The most source trajectories one unit holds, and that unit's earliest trajectory."""
+    most_asked_task: tuple[int, str | None] = (0, None)
+    """The most source trajectories asking one task, and the earliest of them."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``datasets.json``'s ``split`` says of the units and of the trajectories added (beside the id lists)."""
+        reasons = Counter(reason for reason, _ in self.added.values())
+        listed = sorted(self.added.items())[:MAX_LISTED_ADDED]
+        size, earliest = self.largest_unit
+        units: dict[str, Any] = {
+            "total": self.units,
+            "heldout": self.heldout_units,
+            "partly_heldout": self.partly_heldout_units,
+            "largest": {"trajectories": size, "earliest": earliest},
+            "rule": (
+                "trajectories sharing a thread id or a task (whitespace and case aside), transitively, over every "
+                "trajectory the store holds; the share holds out a unit when its earliest trajectory's id falls in it"
+            ),
+        }
+        trajectories = len(self.heldout) + len(self.train)
+        if size > max(LARGE_UNIT_MIN, LARGE_UNIT_SHARE * trajectories):
+            asked, example = self.most_asked_task
+            units["warning"] = (
+                f"one unit holds {size} of the {trajectories} trajectories (its earliest: {earliest}): linked by threads "
+                "and tasks, they go to one side together, and a held-out share holds out all of them or none. The task "
+                f"asked most often is asked by {asked} trajectories (e.g. {example}; `ee traces show ID`): a request many "
+                "conversations open with (a greeting) links them all"
+            )
+        return {
+            "matched_by_rule": len(self.matched),
+            "added": {
+                "trajectories": len(self.added),
+                SAME_TASK: reasons.get(SAME_TASK, 0),
+                LATER_IN_THREAD: reasons.get(LATER_IN_THREAD, 0),
+                "listed": [{"id": i, "reason": reason, "via": via} for i, (reason, via) in listed],
+                "not_listed": max(0, len(self.added) - MAX_LISTED_ADDED),
+                "why": (
+                    "held out with a held-out trajectory (via) so that no training row holds its targets: same_task asks "
+                    "the same task (whitespace and case aside), so its rows would repeat held-out examples; later_in_thread "
+                    "is a later run of its thread, whose prompts hold the held-out run's messages. An earlier run of a "
+                    "held-out run's thread stays in training (it holds none of the held-out targets)"
+                ),
+            },
+            "units": units,
         }
 
 
 def in_share(trajectory_id: str, share: float, seed: int) -> bool:
-    """Whether ``trajectory_id`` falls in the seeded ``share``: stable as the store grows."""
+    """Whether ``trajectory_id`` falls in the seeded ``share``: stable as the store grows. The share holds out a unit
+    when its earliest trajectory's id falls in it."""
     digest = hashlib.sha256(f"ee-heldout:{seed}:{trajectory_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def heldout_ids(trajectories: pl.DataFrame, rule: SplitRule) -> set[str]:
-    """Ids of ``trajectories`` (columns ``id``, ``app``, ``started_at``) that ``rule`` holds out."""
-    held: set[str] = set(rule.ids) & set(trajectories["id"].to_list())
-    for row in trajectories.select("id", "app", "started_at").iter_rows(named=True):
-        started = row["started_at"]
-        if (
-            (rule.share and in_share(row["id"], rule.share, rule.seed))
-            or (rule.app is not None and row["app"] == rule.app)
-            or (rule.started_after is not None and started is not None and started >= _aware(rule.started_after))
-            or (rule.started_before is not None and started is not None and started < _aware(rule.started_before))
-        ):
-            held.add(row["id"])
-    return held
+def heldout_ids(trajectories: pl.DataFrame, rule: SplitRule, recorded: pl.DataFrame | None = None) -> set[str]:
+    """Ids of ``trajectories`` (columns ``id``, ``app``, ``started_at``; ``thread_id`` and ``task`` where known) that
+    ``rule`` holds out, with their units (drawn over ``recorded``, default ``trajectories``; see
+    :func:`split_trajectories`)."""
+    return set(split_trajectories(trajectories, rule, recorded).heldout)
+
+
+def split_trajectories(source: pl.DataFrame, rule: SplitRule, recorded: pl.DataFrame | None = None) -> Split:
+    """Split ``source`` (the trajectories datasets are built from: ``id``, ``app``, ``started_at``, and ``thread_id`` and
+    ``task`` where known) by ``rule``, keeping every unit's held-out targets out of training (see the module docstring).
+    ``recorded``: every trajectory the store holds (:data:`UNIT_COLUMNS`, any review status: :func:`recorded_units`),
+    which the units are drawn over; default ``source``."""
+    graph = _Units(_with_source(recorded, source) if recorded is not None else _unit_columns(source))
+    source_ids = source["id"].unique(maintain_order=True).to_list()
+    nodes = [graph.index[i] for i in source_ids]
+    seeds: set[int] = set()
+    if rule.share:
+        picked = {root for root, first in graph.earliest.items() if in_share(graph.ids[first], rule.share, rule.seed)}
+        seeds.update(n for n in range(len(graph.ids)) if graph.find(n) in picked)
+    listed = set(rule.ids)
+    for trajectory_id, app, started in source.select("id", "app", "started_at").iter_rows():
+        if trajectory_id in listed or rule.matches(app, started):
+            seeds.add(graph.index[trajectory_id])
+    in_source = set(nodes)
+    matched = {graph.ids[n] for n in seeds & in_source}
+    reached = graph.close(seeds)
+    heldout = {graph.ids[n] for n in nodes if n in reached}
+    added: dict[str, tuple[str, str]] = {}
+    for n in nodes:
+        why = reached.get(n)
+        if why is not None and n not in seeds:
+            reason, via = why
+            added[graph.ids[n]] = (reason, graph.ids[via])
+    sides: dict[int, set[bool]] = {}
+    for n in nodes:
+        sides.setdefault(graph.find(n), set()).add(n in reached)
+    sizes = Counter(graph.find(n) for n in nodes)
+    largest = max(sizes.items(), key=lambda item: (item[1], -item[0]), default=None)
+    return Split(
+        heldout=frozenset(heldout),
+        train=frozenset(source_ids) - frozenset(heldout),
+        matched=frozenset(matched),
+        added=added,
+        units=len(sides),
+        heldout_units=sum(1 for s in sides.values() if s == {True}),
+        partly_heldout_units=sum(1 for s in sides.values() if len(s) == 2),
+        largest_unit=(largest[1], graph.ids[graph.earliest[largest[0]]]) if largest is not None else (0, None),
+        most_asked_task=graph.most_asked(in_source),
+    )
+
+
+def recorded_units(store: Any) -> pl.DataFrame:
+    """:data:`UNIT_COLUMNS` of every trajectory ``store`` holds (any review status, any app): what the units are drawn
+    over. Read without messages, steps or rollouts where the store can (``trajectory_index``)."""
+    frame = store.trajectory_index(list(UNIT_COLUMNS)) if hasattr(store, "trajectory_index") else store.trajectories()
+    return _unit_columns(frame)
 
 
 def read_id_list(path: Path) -> tuple[str, ...]:
@@ -90,6 +252,130 @@ def read_id_list(path: Path) -> tuple[str, ...]:
 def is_heldout_file(metadata: dict[str, Any] | None) -> bool:
     """Whether Parquet key-value metadata marks a held-out dataset file."""
     return bool(metadata) and metadata.get(SPLIT_METADATA_KEY) == HELDOUT
+
+
+def normalised_task(task: pl.Expr) -> pl.Expr:
+    """A task as units compare it: lower case, runs of whitespace as one space, no space at either end (empty: none)."""
+    text = task.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text)
+
+
+LAST = 2**62
+"""The start, in microseconds, of a trajectory without one: after every other run of its thread."""
+
+
+class _Units:
+    """The trajectories as a graph: linked by a thread id or a normalised task; components are the units."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        frame = frame.with_columns(
+            pl.when(pl.col("thread_id") == "").then(None).otherwise(pl.col("thread_id")).alias("thread_id"),
+            normalised_task(pl.col("task")).alias("task"),
+            _micros(frame["started_at"]).fill_null(LAST).alias("start"),
+        ).with_row_index("n")
+        self.ids: list[str] = frame["id"].to_list()
+        self.index = {trajectory_id: n for n, trajectory_id in enumerate(self.ids)}
+        self.start: list[int] = frame["start"].to_list()
+        self.parent = list(range(len(self.ids)))
+        ordered = frame.sort("start", "id")
+        threads = ordered.filter(pl.col("thread_id").is_not_null()).group_by("thread_id", maintain_order=True).agg("n", "start")
+        tasks = ordered.filter(pl.col("task").is_not_null()).group_by("task", maintain_order=True).agg("n")
+        self.thread_of: dict[int, int] = {}
+        self.threads: list[tuple[list[int], list[int]]] = []  # members by start, and their starts
+        for members, starts in threads.select("n", "start").iter_rows():
+            for n in members:
+                self.thread_of[n] = len(self.threads)
+            self.threads.append((members, starts))
+        self.task_of: dict[int, int] = {}
+        self.tasks: list[list[int]] = []
+        for (members,) in tasks.select("n").iter_rows():
+            for n in members:
+                self.task_of[n] = len(self.tasks)
+            self.tasks.append(members)
+        for members in [m for m, _ in self.threads] + self.tasks:
+            for n in members[1:]:
+                self._union(members[0], n)
+        self.earliest: dict[int, int] = {}
+        for n in ordered["n"].to_list():  # by start, then id: the first member seen is the earliest
+            self.earliest.setdefault(self.find(n), n)
+
+    def most_asked(self, among: set[int]) -> tuple[int, str | None]:
+        """The most of ``among`` that ask one task, and the earliest of them."""
+        best: tuple[int, str | None] = (0, None)
+        for members in self.tasks:
+            asking = [n for n in members if n in among]  # members are by start
+            if len(asking) > best[0]:
+                best = (len(asking), self.ids[asking[0]])
+        return best
+
+    def find(self, n: int) -> int:
+        parent = self.parent
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    def _union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+    def close(self, seeds: set[int]) -> dict[int, tuple[str, int] | None]:
+        """``seeds`` and every trajectory that would carry their targets into training: the runs of the same task, the
+        runs of the thread from each one on (transitively); each with why it was reached (``None`` for a seed)."""
+        reached: dict[int, tuple[str, int] | None] = dict.fromkeys(seeds)
+        queue = sorted(seeds)
+        tasks_done: set[int] = set()
+        thread_from: dict[int, int] = {}  # a thread's first position whose later runs are all reached
+        while queue:
+            n = queue.pop()
+            task = self.task_of.get(n)
+            if task is not None and task not in tasks_done:
+                tasks_done.add(task)
+                for other in self.tasks[task]:
+                    if other not in reached:
+                        reached[other] = (SAME_TASK, n)
+                        queue.append(other)
+            thread = self.thread_of.get(n)
+            if thread is not None:
+                members, starts = self.threads[thread]
+                first = bisect_left(starts, self.start[n]) if self.start[n] != LAST else 0
+                done = thread_from.get(thread, len(members))
+                if first < done:
+                    thread_from[thread] = first
+                    for other in members[first:done]:
+                        if other not in reached:
+                            reached[other] = (LATER_IN_THREAD, n)
+                            queue.append(other)
+        return reached
+
+
+def _unit_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame``'s :data:`UNIT_COLUMNS` (a missing one as nulls), one row per id."""
+    columns = [
+        pl.col(c).cast(pl.String) if c in frame.columns else pl.lit(None, dtype=pl.String).alias(c)
+        for c in UNIT_COLUMNS
+        if c != "started_at"
+    ]
+    started = frame["started_at"] if "started_at" in frame.columns else pl.Series("started_at", [None] * frame.height)
+    return frame.select(columns).with_columns(_as_utc(started).alias("started_at")).unique("id", keep="first", maintain_order=True)
+
+
+def _with_source(recorded: pl.DataFrame, source: pl.DataFrame) -> pl.DataFrame:
+    """``recorded``'s unit columns, and the source trajectories it does not hold (a trajectory stored since it was read)."""
+    recorded = _unit_columns(recorded)
+    missing = _unit_columns(source).filter(~pl.col("id").is_in(recorded["id"].implode()))
+    return pl.concat([recorded, missing]) if missing.height else recorded
+
+
+def _as_utc(started: pl.Series) -> pl.Series:
+    if isinstance(started.dtype, pl.Datetime):
+        return started.dt.replace_time_zone("UTC") if started.dtype.time_zone is None else started.dt.convert_time_zone("UTC")
+    return started.cast(pl.Datetime("us", "UTC"))
+
+
+def _micros(started: pl.Series) -> pl.Series:
+    return _as_utc(started).dt.epoch("us")
 
 
 def _aware(moment: datetime) -> datetime:

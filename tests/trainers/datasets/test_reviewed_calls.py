@@ -57,11 +57,17 @@ def make_sandbox(**options: Any) -> PythonSandbox:
 
 
 def _record_reviewed_run(
-    store_path: Path, decision: str, *, offload: str = "thread", mode: str = "batched", parallel: bool = False
+    store_path: Path,
+    decision: str,
+    *,
+    offload: str = "thread",
+    mode: str = "batched",
+    parallel: bool = False,
+    request: str = "Do we have pears? If not, order some.",
 ) -> list[Any]:
     """The model checks the stock, then orders 500 pears (with ``parallel``, both in one response); a reviewer decides
     on the order; the resumed run answers. Every trajectory is approved (as ``ee traces approve`` would); returns the
-    orders the tools placed."""
+    orders the tools placed. ``request``: the user's (another one makes a run of another task, for a held-out split)."""
     placed: list[tuple[str, int]] = []
 
     @tool
@@ -87,7 +93,7 @@ def _record_reviewed_run(
     )
     agent = record_experience(graph, app="shop", store=store_path, offload=offload)
     config = {"configurable": {"thread_id": f"review-{decision}"}}
-    paused = agent.invoke({"messages": [("user", "Do we have pears? If not, order some.")]}, config)
+    paused = agent.invoke({"messages": [("user", request)]}, config)
     [pause] = paused["__interrupt__"]
     answer = DECISIONS[decision]
     agent.invoke(Command(resume={"decisions": [answer]} if mode == "batched" else {pause.id: answer}), config)

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
+from ee_middleware import record_experience
 from ee_middleware.cli.app import app
 from ee_middleware.errors import ConfigError
+from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store.registry import open_store
+from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
-from ee_middleware.trainers.datasets.split import SPLIT_METADATA_KEY, SplitRule, heldout_ids, in_share
+from ee_middleware.trainers.datasets.split import SPLIT_METADATA_KEY, SplitRule, heldout_ids, in_share, split_trajectories
 
 runner = CliRunner()
 
@@ -38,7 +47,7 @@ def test_a_seeded_share_builds_heldout_files_that_share_no_trajectory_with_train
     held, train = set(split["heldout_trajectories"]), set(split["train_trajectories"])
     assert held and train and not held & train and held | train == approved
     assert held == heldout_ids(frame, SplitRule(share=0.4, seed=seed))
-    assert split["rule"] == {**split["rule"], "share": 0.4, "seed": seed, "unit": "trajectory"}
+    assert split["rule"] == {**split["rule"], "share": 0.4, "seed": seed, "unit": "thread_or_task"}
     for kind in ("il", "iwm"):
         assert trajectory_ids(out / f"{kind}.parquet") <= train
         assert trajectory_ids(out / "heldout" / f"{kind}.parquet") <= held
@@ -101,3 +110,269 @@ def test_holding_out_everything_is_refused(replayed_store: Path, tmp_path: Path)
         build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="il", heldout_started_before="2999-01-01"))
     with pytest.raises(ConfigError, match="Cannot read the held-out id list"):
         build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="il", heldout_ids=tmp_path / "missing.txt"))
+
+
+# --- Units: runs of one thread, runs of one task ---------------------------------------------------------------------
+# A real create_agent graph on a real checkpointer, recorded with the real OTel SDK into a real store; datasets built by
+# `ee datasets build`'s own code. Runs (in this order): 1 t1 "pears"; 2 t5 "kiwis"; 3 t3 "figs"; 4 t1 "plums" (the
+# thread's second run: its state holds run 1's messages); 5 t5 "limes"; 6 t2 "pears" again, in other case and spacing.
+
+PEARS = "Do we have pears? If not, order 5."
+REQUESTS: dict[str, tuple[str, list[AIMessage]]] = {
+    "pears": (
+        PEARS,
+        [
+            AIMessage(content="", tool_calls=[tool_call("look_up", item="pear")]),
+            AIMessage(content="", tool_calls=[tool_call("order", item="pear", quantity=5)]),
+            AIMessage(content="Pears were out; I ordered 5."),
+        ],
+    ),
+    "kiwis": ("Check the kiwis.", [AIMessage(content="", tool_calls=[tool_call("look_up", item="kiwi")]), AIMessage(content="4 kiwis.")]),
+    "figs": (
+        "Order 2 figs.",
+        [AIMessage(content="", tool_calls=[tool_call("order", item="fig", quantity=2)]), AIMessage(content="2 figs.")],
+    ),
+    "plums": (
+        "How many plums are left?",
+        [AIMessage(content="", tool_calls=[tool_call("look_up", item="plum")]), AIMessage(content="7 plums.")],
+    ),
+    "limes": (
+        "Order 3 limes.",
+        [AIMessage(content="", tool_calls=[tool_call("order", item="lime", quantity=3)]), AIMessage(content="3 limes.")],
+    ),
+    "dates": ("Any dates?", [AIMessage(content="", tool_calls=[tool_call("look_up", item="date")]), AIMessage(content="No dates.")]),
+}
+NIGHT_1 = [("t1", PEARS), ("t5", "Check the kiwis."), ("t3", "Order 2 figs.")]
+NIGHT_2 = [("t1", "How many plums are left?"), ("t5", "Order 3 limes."), ("t2", f"  do we have PEARS?\n  {PEARS[18:].upper()}  ")]
+KINDS_BUILT = ("il", "iwm")
+
+
+def _script(messages: list[Any], tools: Any) -> AIMessage:
+    """The expert: the reply for the last request (whitespace and case aside) and the model's turn since it."""
+    turn = 0
+    for message in reversed(messages):
+        if message.type == "human":
+            request = " ".join(str(message.content).split()).lower()
+            break
+        turn += message.type == "ai"
+    [script] = [s for text, s in REQUESTS.values() if " ".join(text.split()).lower() == request]
+    return script[min(turn, len(script) - 1)]
+
+
+def _record(store: Path, runs: list[tuple[str, str]], *, approve: bool = True, saver: InMemorySaver | None = None) -> list[str]:
+    """Record ``runs`` (thread, request) through a real create_agent graph (``saver``: the checkpointer, shared across
+    nights so a thread goes on); approve them unless not ``approve``; their ids, in order."""
+    stock = {"pear": 0, "kiwi": 4, "plum": 7, "date": 0}
+
+    @tool
+    def look_up(item: str) -> str:
+        """How many of an item are in stock."""
+        return f"{item}: {stock.get(item, 0)} in stock"
+
+    @tool
+    def order(item: str, quantity: int) -> str:
+        """Order more of an item."""
+        stock[item] = stock.get(item, 0) + quantity
+        return f"ordered {quantity} {item}; now {stock[item]}"
+
+    graph = create_agent(ScriptedChatModel(policy=_script), [look_up, order], system_prompt="You run a fruit shop.", checkpointer=saver)
+    agent = record_experience(graph, app="shop", store=store)
+    for thread, request in runs:
+        agent.invoke({"messages": [("user", request)]}, {"configurable": {"thread_id": thread}})
+    agent.flush()
+    agent.recorder.close()
+    opened = LocalExperienceStore(store)
+    try:
+        frame = opened.trajectories().sort("started_at")
+        ids = frame["id"].to_list()[-len(runs) :]
+        assert frame.filter(pl.col("id").is_in(ids))["thread_id"].to_list() == [thread for thread, _ in runs]
+        if approve:
+            opened.approve(ids, by="alice")
+    finally:
+        opened.close()
+    return ids
+
+
+@pytest.fixture(scope="module")
+def six_runs_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("units") / "experience"
+    saver = InMemorySaver()
+    ids = _record(root, NIGHT_1, saver=saver) + _record(root, NIGHT_2, saver=saver)
+    return root, ids
+
+
+@pytest.fixture
+def six_runs(six_runs_template: tuple[Path, list[str]], tmp_path: Path) -> tuple[Path, list[str]]:
+    root, ids = six_runs_template
+    shutil.copytree(root, tmp_path / "experience")
+    return tmp_path / "experience", ids
+
+
+def _targets(messages: str) -> set[str]:
+    """Each message as text, without the call ids (random per run): what a row holds, comparable across runs."""
+    found = set()
+    for message in json.loads(messages):
+        message = {k: v for k, v in message.items() if k != "tool_call_id"}
+        calls = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message.pop("tool_calls", None) or []]
+        found.add(json.dumps([message, calls], sort_keys=True))
+    return found
+
+
+def assert_no_heldout_target_in_training(out: Path) -> int:
+    """No training row (prompt or completion, any kind) holds a held-out row's target (its completion); returns how many
+    held-out targets were checked."""
+    held = set()
+    for kind in KINDS_BUILT:
+        for completion in pl.read_parquet(out / "heldout" / f"{kind}.parquet")["completion"]:
+            held |= _targets(completion)
+    for kind in KINDS_BUILT:
+        for row in pl.read_parquet(out / f"{kind}.parquet").iter_rows(named=True):
+            leaked = held & (_targets(row["prompt"]) | _targets(row["completion"]))
+            assert not leaked, f"training {kind} row {row['id']} of {row['trajectory_id']} holds held-out targets {leaked}"
+    return len(held)
+
+
+def _build(store: Path, out: Path, *flags: str) -> dict[str, Any]:
+    result = runner.invoke(app, ["datasets", "build", "--store", str(store), "--out", str(out), "--kinds", ",".join(KINDS_BUILT), *flags])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "datasets.json").read_text())
+    assert set(trajectory_ids(out / "il.parquet")) == set(summary["split"]["train_trajectories"])
+    assert set(trajectory_ids(out / "heldout" / "il.parquet")) == set(summary["split"]["heldout_trajectories"])
+    summary["output"] = result.stdout
+    return summary
+
+
+def test_holding_out_a_run_holds_out_its_task_and_its_threads_later_runs(six_runs: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """Was: the split went by trajectory id, so holding out run 1 left run 6 (the same request on another thread: the
+    same examples) and run 4 (the thread's next run: every prompt held run 1's calls and answer) in training."""
+    store, (pears, kiwis, figs, plums, limes, pears_again) = six_runs
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{pears}\n")
+    summary = _build(store, tmp_path / "data", "--heldout-ids", str(ids))
+    split = summary["split"]
+    assert set(split["heldout_trajectories"]) == {pears, plums, pears_again}
+    assert set(split["train_trajectories"]) == {kiwis, figs, limes}
+    assert assert_no_heldout_target_in_training(tmp_path / "data") >= 6
+    assert split["matched_by_rule"] == 1 and split["rule"]["unit"] == "thread_or_task"
+    assert {(a["id"], a["reason"], a["via"]) for a in split["added"]["listed"]} == {
+        (plums, "later_in_thread", pears),
+        (pears_again, "same_task", pears),
+    }
+    assert (split["added"]["trajectories"], split["added"]["same_task"], split["added"]["later_in_thread"]) == (2, 1, 1)
+    assert split["units"]["total"] == 3 and split["units"]["heldout"] == 1 and split["units"]["largest"]["trajectories"] == 3
+    output = " ".join(summary["output"].split())
+    assert "held out: 3 trajectories" in output and "2 added to keep held-out targets out of training: 1 ask the task" in output
+
+
+def test_an_earlier_run_of_a_held_out_runs_thread_stays_in_training(six_runs: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """Holding out a thread's later run holds none of its earlier runs out: they hold none of its targets."""
+    store, recorded = six_runs
+    plums = recorded[3]
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{plums}\n")
+    split = _build(store, tmp_path / "data", "--heldout-ids", str(ids))["split"]
+    assert split["heldout_trajectories"] == [plums] and split["added"]["trajectories"] == 0
+    assert set(split["train_trajectories"]) == set(recorded) - {plums}
+    assert split["units"]["partly_heldout"] == 1
+    assert assert_no_heldout_target_in_training(tmp_path / "data") >= 2
+
+
+def test_time_rules_hold_out_a_threads_future_never_its_past(six_runs: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """--heldout-after holds out runs 4-6, and run 1 too (run 6 asks its task); run 2, the earlier run of run 5's thread,
+    stays in training. --heldout-before run 2 holds out run 1, and with it run 4 (its thread's next run) and run 6."""
+    store, (pears, kiwis, figs, plums, limes, pears_again) = six_runs
+    started = dict(open_store(store).trajectories().select("id", "started_at").iter_rows())
+    after = _build(store, tmp_path / "after", "--heldout-after", started[plums].isoformat())["split"]
+    assert set(after["heldout_trajectories"]) == {plums, limes, pears_again, pears}
+    assert set(after["train_trajectories"]) == {kiwis, figs}
+    assert [(a["id"], a["reason"], a["via"]) for a in after["added"]["listed"]] == [(pears, "same_task", pears_again)]
+    assert assert_no_heldout_target_in_training(tmp_path / "after") >= 8
+    before = _build(store, tmp_path / "before", "--heldout-before", started[kiwis].isoformat())["split"]
+    assert set(before["heldout_trajectories"]) == {pears, plums, pears_again}
+    assert before["matched_by_rule"] == 1 and before["added"]["trajectories"] == 2
+    assert assert_no_heldout_target_in_training(tmp_path / "before") >= 6
+
+
+def test_the_heldout_share_keeps_each_unit_on_one_side_and_in_place_as_the_store_grows(tmp_path: Path) -> None:
+    """Night 1: a run on thread t7 that still awaits review, runs 1-3, t7's next run (asking run 3's task). Night 2: runs
+    4-6 (t1's and t5's next runs, the pears task again), a new thread asking the kiwis task, and t7's first run approved.
+    Under every seed, no night-1 trajectory changes side, each unit is on one side, and no training row holds a held-out
+    target. Was: the share hashed each trajectory id, so a thread's runs and a task's runs fell on both sides."""
+    store, night_1 = tmp_path / "experience", tmp_path / "night-1"
+    saver = InMemorySaver()
+    [pending] = _record(store, [("t7", "Any dates?")], approve=False, saver=saver)
+    first = _record(store, [*NIGHT_1, ("t7", "Order 2 figs.")], saver=saver)
+    shutil.copytree(store, night_1)
+    second = _record(store, [*NIGHT_2, ("t6", "Check the kiwis.")], saver=saver)
+    opened = LocalExperienceStore(store)
+    opened.approve([pending], by="alice")
+    opened.close()
+    pears, kiwis, figs, t7_figs = first
+    plums, limes, pears_again, t6_kiwis = second
+    units = [{pears, plums, pears_again}, {kiwis, limes, t6_kiwis}, {pending, figs, t7_figs}]
+    splits = set()
+    for seed in range(8):
+        before = _heldout_of(night_1, tmp_path / f"n1-{seed}", seed)
+        after = _heldout_of(store, tmp_path / f"n2-{seed}", seed)
+        splits.add(before)
+        if before is None or after is None:  # the share held out every unit: refused, on both nights
+            assert before is after is None, f"seed {seed}: night 1 held out {before}, night 2 {after}"
+            continue
+        assert {i: i in after for i in first} == {i: i in before for i in first}, f"seed {seed}: a night-1 trajectory moved"
+        for unit in units:
+            assert len({i in after for i in unit}) == 1, f"seed {seed}: a unit on both sides"
+        if after:
+            assert_no_heldout_target_in_training(tmp_path / f"n2-{seed}")
+    assert len(splits) > 2, "the seeds split the units several ways (the test checks something)"
+
+
+def _heldout_of(store: Path, out: Path, seed: int) -> frozenset[str] | None:
+    """The held-out ids of a build with --heldout-share 0.5 and ``seed`` (``None``: refused, everything held out)."""
+    args = ["datasets", "build", "--store", str(store), "--out", str(out), "--kinds", ",".join(KINDS_BUILT), "--heldout-share", "0.5"]
+    result = runner.invoke(app, [*args, "--seed", str(seed), "--json"])
+    if result.exit_code != 0 and "nothing is left to train on" in result.output:
+        return None
+    assert result.exit_code == 0, result.output
+    return frozenset(json.loads(result.stdout)["split"]["heldout_trajectories"])
+
+
+def _frame(rows: list[tuple[str, str | None, str | None, int]]) -> pl.DataFrame:
+    """Trajectories as (id, thread, task, start in minutes)."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    return pl.DataFrame(
+        {
+            "id": [r[0] for r in rows],
+            "app": ["shop"] * len(rows),
+            "thread_id": [r[1] for r in rows],
+            "task": [r[2] for r in rows],
+            "started_at": [start + timedelta(minutes=r[3]) for r in rows],
+        }
+    )
+
+
+def test_a_run_linking_two_units_puts_the_later_unit_on_the_earlier_ones_side() -> None:
+    """The one way new runs move old ones (besides a backfilled run older than its whole unit): a run on one unit's
+    thread asking the other unit's task merges them, and the merged unit has its earliest trajectory's side."""
+    night_1 = _frame([("a1", "ta", "apples", 0), ("a2", "ta", "more apples", 5), ("b1", "tb", "bananas", 2)])
+    night_2 = pl.concat([night_1, _frame([("link", "ta", "BANANAS ", 9)])])
+    moved = 0
+    for seed in range(40):
+        rule = SplitRule(share=0.5, seed=seed)
+        before, after = split_trajectories(night_1, rule), split_trajectories(night_2, rule)
+        assert {"a1", "a2"} <= before.heldout or not {"a1", "a2"} & before.heldout
+        side = "a1" in before.heldout
+        assert {i: i in after.heldout for i in ("a1", "a2", "b1", "link")} == dict.fromkeys(("a1", "a2", "b1", "link"), side)
+        moved += ("b1" in before.heldout) != side
+    assert moved, "some seed put the two units on different sides before they were linked"
+
+
+def test_a_unit_holding_much_of_the_store_is_warned_of() -> None:
+    """A greeting many conversations open with links them all into one unit: the split says so, naming the task."""
+    rows = [(f"hi-{i}", f"t{i}", "Hi!", i) for i in range(12)] + [(f"next-{i}", f"t{i}", f"question {i}", 20 + i) for i in range(12)]
+    rows += [(f"solo-{i}", f"s{i}", f"other {i}", 40 + i) for i in range(4)]
+    split = split_trajectories(_frame(rows), SplitRule(ids=("solo-0",)))
+    units = split.describe()["units"]
+    assert units["largest"] == {"trajectories": 24, "earliest": "hi-0"} and units["total"] == 5
+    assert "one unit holds 24 of the 28 trajectories (its earliest: hi-0)" in units["warning"]
+    assert "asked by 12 trajectories (e.g. hi-0" in units["warning"]
+    assert "warning" not in split_trajectories(_frame(rows[12:]), SplitRule(ids=("solo-0",))).describe()["units"]
