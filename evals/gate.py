@@ -37,7 +37,7 @@ Z95 = 1.959963984540054
 class GatePolicy(BaseModel):
     """What the candidate must show (see the module docstring)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # nan: "a finite number", not "<= 1 (got nan)"
 
     min_improvement: float = Field(0.0, ge=-1, le=1)
     max_regression: float = Field(0.02, ge=0, le=1)
@@ -313,7 +313,7 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
         if overall.delta < policy.min_improvement:
             reasons.append(f"overall: delta {overall.delta:+.3f} is below the required improvement {policy.min_improvement:+.3f}")
         if policy.require_significant and not (overall.delta > 0 and overall.p_value < policy.alpha):
-            reasons.append(f"overall: the improvement is not significant (McNemar p = {overall.p_value:.3g}, alpha {policy.alpha})")
+            reasons.append(_not_significant(overall, policy))
     return GateResult(
         passed=not reasons,
         reasons=reasons,
@@ -322,6 +322,20 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
         policy=policy.model_dump(),
         notes=_notes(overall, policy),
     )
+
+
+def _not_significant(overall: SuiteComparison, policy: GatePolicy) -> str:
+    """The reason ``require_significant`` fails: what the pooled comparison showed instead of a significant gain."""
+    test = f"McNemar p = {overall.p_value:.3g}"
+    moved = f"{overall.candidate_only} task(s) gained, {overall.baseline_only} lost, {overall.tasks} paired"
+    asks = "require_significant asks for a significant improvement"
+    if overall.delta > 0:
+        return f"overall: the improvement is not significant ({test}, alpha {policy.alpha})"
+    if overall.delta < 0 and overall.p_value < policy.alpha:
+        return f"overall: a significant regression, delta {overall.delta:+.3f} ({moved}; {test} < alpha {policy.alpha}), where {asks}"
+    if overall.delta < 0:
+        return f"overall: a regression, delta {overall.delta:+.3f} ({moved}; {test}), where {asks}"
+    return f"overall: no improvement, delta {overall.delta:+.3f} ({moved}), where {asks}"
 
 
 def _notes(overall: SuiteComparison | None, policy: GatePolicy) -> list[str]:
@@ -333,6 +347,12 @@ def _notes(overall: SuiteComparison | None, policy: GatePolicy) -> list[str]:
         return [
             f"no task changed outcome: both pass {overall.both} of {overall.tasks} paired task(s), so the runs cannot tell the "
             f"models apart ({interval}); a tie passes while min_improvement is {policy.min_improvement:g}"
+        ]
+    if overall.candidate_only == overall.baseline_only:  # a tie by offsetting changes: the same score, other tasks
+        return [
+            f"a tie: the candidate gained {overall.candidate_only} task(s) and lost as many ({overall.tasks} paired; McNemar "
+            f"p = {overall.p_value:.3g}), so the runs cannot tell the models apart ({interval}), though they differ on those "
+            f"tasks (see each suite's regressed and improved); a tie passes while min_improvement is {policy.min_improvement:g}"
         ]
     if overall.delta > 0 and overall.p_value >= policy.alpha and not policy.require_significant:
         return [

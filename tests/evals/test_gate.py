@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from ee_middleware.errors import ConfigError
 from ee_middleware.evals.gate import GatePolicy, gate, mcnemar_exact, newcombe_paired
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.runner import run_eval
@@ -186,3 +187,48 @@ def test_the_gate_names_the_tasks_that_regressed_with_the_candidates_reason_and_
     assert out.exit_code == 1 and "t2: failed 2 of 2 trials: state_mismatch: no mv" in out.output and "improved" in out.output, out.output
     listed = json.loads(CliRunner().invoke(app, ["eval", "gate", "--candidate", str(cand), "--baseline", str(base), "--json"]).output)
     assert [r["task_id"] for r in listed["suites"][0]["regressed"]] == ["t1", "t2"]
+
+
+def test_a_tie_with_offsetting_changes_gets_a_note(tmp_path: Path) -> None:
+    """Before: one task gained and one lost passed with notes: [] (a note came only where no task changed outcome),
+    though the README promises a note on a tie."""
+    base = _run_dir(tmp_path / "b", {"t0": True, "t1": False, "t2": True})
+    cand = _run_dir(tmp_path / "c", {"t0": False, "t1": True, "t2": True})
+    result = gate(cand, base, GatePolicy(min_tasks=1, max_regression=0.5))
+    assert result.passed and result.reasons == [], result.reasons
+    [note] = result.notes
+    assert note.startswith("a tie: the candidate gained 1 task(s) and lost as many (3 paired; McNemar p = 1)"), note
+    assert "cannot tell the models apart" in note and "a tie passes while min_improvement is 0" in note
+    shown = CliRunner().invoke(app, ["eval", "gate", "--candidate", str(cand), "--baseline", str(base), "--min-tasks", "1"])
+    assert shown.exit_code == 0 and "Note: a tie: the candidate gained 1 task(s)" in " ".join(shown.output.split()), shown.output
+
+
+def test_require_significant_on_a_significant_regression_says_it_regressed_with_p(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Before: 'overall: the improvement is not significant (McNemar p = 5.96e-08, alpha 0.05)' where the candidate lost
+    25 tasks and gained none (p < alpha)."""
+    worse = gate(runs["noop"], runs["oracle"], GatePolicy(min_tasks=20, require_significant=True))
+    [overall] = [r for r in worse.reasons if r.startswith("overall: a")]
+    assert overall == (
+        "overall: a significant regression, delta -0.556 (0 task(s) gained, 25 lost, 45 paired; McNemar p = 5.96e-08 < alpha "
+        "0.05), where require_significant asks for a significant improvement"
+    ), overall
+    assert not any("improvement is not significant" in r for r in worse.reasons)
+    tie_dir = _run_dir(tmp_path / "tie", {"t0": True})
+    [tie] = [r for r in gate(tie_dir, tie_dir, GatePolicy(min_tasks=1, require_significant=True)).reasons if r.startswith("overall")]
+    assert (
+        tie
+        == "overall: no improvement, delta +0.000 (0 task(s) gained, 0 lost, 1 paired), where require_significant asks for a significant improvement"
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_number_in_a_gate_policy_is_refused_as_such(value: str, runs: dict[str, Path], tmp_path: Path) -> None:
+    """Before: 'min_improvement: Input should be less than or equal to 1 (got nan)', as if the value were too large."""
+    policy = tmp_path / "gate.toml"
+    policy.write_text(f"[gate]\nmin_improvement = {value}\nalpha = {value}\n")
+    with pytest.raises(ConfigError, match=r"min_improvement: Input should be a finite number.*alpha: Input should be a finite number"):
+        GatePolicy.load(policy)
+    out = CliRunner().invoke(
+        app, ["eval", "gate", "--candidate", str(runs["oracle"]), "--baseline", str(runs["noop"]), "--policy", str(policy)]
+    )
+    assert out.exit_code == 1 and "min_improvement: Input should be a finite number" in out.output, out.output
