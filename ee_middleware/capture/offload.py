@@ -28,6 +28,12 @@ the agent's process, so with the user's own ``tracer_provider`` capture stays in
   reach it.
 - A child that cannot start (it cannot import a setting, exits, or does not answer) is a warning
   and ``stats.offload_start_failures``, not a failed run: the runs took the thread path.
+- A child that dies (the OOM killer, an operator's ``kill``) loses no run it was sent: the agent's
+  process keeps each run it sent until a flush answer says the child wrote it (a flush of its own,
+  asked for every :attr:`ProcessOffload.max_kept_runs` runs, without waiting), and records the kept
+  runs on its own threads once the child is gone (``stats.runs_recovered``; a run the child had
+  already written is stored twice under one id, which every read drops). Only runs past
+  ``max_kept_bytes`` of kept runs can be lost; the failure then says how many.
 - The child ends with its parent: it reads to the end of the pipe (the runs sent before the parent
   died are still written) and exits; a parent-death signal and a watchdog
   (:mod:`ee_middleware._lifetime`) end it within a grace period in any case. ``close()`` and exit
@@ -59,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 from ee_middleware.capture.callbacks import RunRecord
 from ee_middleware.capture.processor import CaptureStats
+from ee_middleware.errors import CaptureError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -204,9 +211,21 @@ class ProcessOffload:
     """Tool lists numbered at once (the rest are sent again when used again)."""
     max_queued_runs = 2_000
     max_queued_bytes = 64 * 1024 * 1024
+    max_kept_runs = 500
+    """Runs sent since the child's last answer before a flush of their own is asked for (not waited on)."""
+    max_kept_bytes = 32 * 1024 * 1024
+    """Pickled bytes of kept runs; the oldest past it are no longer kept (a dying child may lose them)."""
 
-    def __init__(self, init: dict[str, Any], on_error: Callable[[str, BaseException], None], *, wait_first: bool) -> None:
+    def __init__(
+        self,
+        init: dict[str, Any],
+        on_error: Callable[[str, BaseException], None],
+        *,
+        wait_first: bool,
+        on_lost: Callable[[list[RunRecord]], None] | None = None,
+    ) -> None:
         self._on_error = on_error
+        self._on_lost = on_lost  # records the runs a dead child was sent, on the agent process's threads
         self._wait_first = wait_first
         self._owner_pid = os.getpid()
         self._lock = threading.Lock()  # the queue, the tool-list numbers, the state (held briefly)
@@ -221,6 +240,12 @@ class ProcessOffload:
         self.pid: int | None = None
         self._token = 0
         self._unacked = 0
+        self._sent = 0  # runs sent so far (each kept run is numbered by it)
+        self._kept: deque[tuple[int, bytes, dict[int, list[Any]]]] = deque()  # (number, pickled run, its numbered tool lists)
+        self._kept_bytes = 0
+        self._written_upto = 0  # the child said it wrote every run up to this number
+        self._asked: dict[int, int] = {}  # flush token -> runs sent before it: its answer says they are written
+        self._background_token: int | None = None  # a flush asked for by send, not waited on
         self._late_errors: list[str] = []  # failures in answers to flushes that had timed out
         self._tool_numbers: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], int]] = OrderedDict()  # ids -> (lists, slot)
         to_child_r, to_child_w = os.pipe()
@@ -351,7 +376,80 @@ class ProcessOffload:
                 return False
             self._enqueue(data)
             self._unacked += 1
+            self._keep(data, sent_tools)
+            ask = self._background_token is None and len(self._kept) >= self.max_kept_runs
+            if ask:
+                self._background_token = self._ask_flush(30.0)
+            waiting = self._background_token is not None
+        if waiting and not ask:
+            self._read_answers_now()
         return True
+
+    def _keep(self, data: bytes, sent_tools: list[tuple[dict[str, Any], list[Any], Any]]) -> None:
+        """(With ``_lock`` held.) Keep a sent run (as sent: what the agent changes in its objects later does not
+        change it) until the child says it wrote it."""
+        self._sent += 1
+        slots = {params["tools"]: tool_list for params, tool_list, change in sent_tools if change is None}
+        self._kept.append((self._sent, data, slots))
+        self._kept_bytes += len(data)
+        while self._kept_bytes > self.max_kept_bytes and len(self._kept) > 1:
+            self._kept_bytes -= len(self._kept.popleft()[1])
+
+    def _not_kept(self) -> int:
+        """(With ``_lock`` held.) Runs sent that are neither kept nor said written by the child."""
+        first_kept = self._kept[0][0] if self._kept else self._sent + 1
+        return first_kept - 1 - self._written_upto
+
+    def _ask_flush(self, timeout: float, kind: str = "flush") -> int:
+        """(With ``_lock`` held.) Send a flush marker; its answer will say every run sent before it is written."""
+        self._token += 1
+        self._asked[self._token] = self._sent
+        self._enqueue(pickle.dumps((kind, self._token, timeout), protocol=_PICKLE_PROTOCOL))
+        return self._token
+
+    def _read_answers_now(self) -> None:
+        """Take the child's answers that are there, without waiting (a flush asked for by :meth:`send`)."""
+        if not self._read_lock.acquire(blocking=False):
+            return  # a flush is reading them
+        try:
+            while self._state == "ready" and self._in.poll(0):
+                self._take_answer()
+        except (OSError, EOFError) as exc:
+            self._fail(f"the capture process is gone ({self._exit_description()})", exc)
+        finally:
+            self._read_lock.release()
+
+    def _take_answer(self) -> tuple[int, bool]:
+        """(With ``_read_lock`` held.) Read one answer of the child: its counters, its failures, and which kept runs
+        it has written; returns its token and whether its flush finished."""
+        _, got, done, stats, cpu_s, error = pickle.loads(self._in.recv_bytes())
+        child = CaptureStats(**stats)
+        with self._lock:  # (send counts runs_not_offloaded under it)
+            child.runs_not_offloaded, child.offload_start_failures = self.stats.runs_not_offloaded, self.stats.offload_start_failures
+            child.runs_recovered = self.stats.runs_recovered
+            self.stats = child
+            written = self._asked.pop(got, None)
+            if done and written is not None:  # (a flush that timed out in the child wrote not all of them)
+                self._written_upto = max(self._written_upto, written)
+                while self._kept and self._kept[0][0] <= written:
+                    self._kept_bytes -= len(self._kept.popleft()[1])
+            if got == self._background_token:
+                self._background_token = None
+        self.cpu_s = cpu_s
+        if error is not None:
+            self._late_errors.append(error)
+        return got, done
+
+    def _exit_description(self) -> str:
+        code = self._process.poll()
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
 
     def _enqueue(self, data: bytes) -> None:
         """(With ``_lock`` held.) Write the message now as far as the pipe takes it without waiting
@@ -398,7 +496,7 @@ class ProcessOffload:
                         continue
             except OSError as exc:
                 if self._state in ("starting", "ready"):
-                    self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
+                    self._fail(f"the capture process is gone ({self._exit_description()})", exc)
                 return
             finally:
                 with self._lock:
@@ -481,14 +579,12 @@ class ProcessOffload:
             with self._lock:
                 if self._state != "ready":  # not started yet, nothing was sent to it; or gone (said so)
                     return True, None
-                self._token += 1
-                token = self._token
-                self._enqueue(pickle.dumps(("flush", token, timeout), protocol=_PICKLE_PROTOCOL))
+                token = self._ask_flush(timeout)
             try:
                 return self._await(token, deadline)
             except (OSError, EOFError) as exc:
-                self._fail(f"the capture process is gone (exit code {self._process.poll()})", exc)
-                return False, None
+                lost = self._fail(f"the capture process is gone ({self._exit_description()})", exc)
+                return not lost, None
 
     def _await(self, token: int, deadline: float) -> tuple[bool, str | None]:
         """(With ``_read_lock`` held.) Read answers until ``token``'s; an answer to an earlier flush
@@ -497,39 +593,48 @@ class ProcessOffload:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._in.poll(remaining):
                 return False, None
-            _, got, done, stats, cpu_s, error = pickle.loads(self._in.recv_bytes())
-            child = CaptureStats(**stats)
-            with self._lock:  # (send counts runs_not_offloaded under it)
-                child.runs_not_offloaded, child.offload_start_failures = self.stats.runs_not_offloaded, self.stats.offload_start_failures
-                self.stats = child
-            self.cpu_s = cpu_s
-            if error is not None:
-                self._late_errors.append(error)
+            got, done = self._take_answer()
             if got == token:
                 with self._lock:
                     self._unacked = 0
                 errors, self._late_errors = self._late_errors, []
                 return done, "; ".join(errors) if errors else None
 
-    def _fail(self, message: str, exc: BaseException) -> None:
-        """The child is unusable: say so (with what may be lost) and send nothing more."""
+    def _fail(self, message: str, exc: BaseException) -> int:
+        """The child is unusable: record the runs it was sent on the agent process's threads, say so (with what may be
+        lost) and send nothing more. Returns how many runs may be lost."""
         with self._lock:
             if self._state not in ("starting", "ready"):
-                return  # said already, or closing
+                return 0  # said already, or closing
             starting = self._state == "starting"  # no run was sent to it: all took the thread path
-            if self._unacked or self._queue:
-                message += f"; {self._unacked} runs sent since the last flush may not be written"
+            kept = [(data, slots) for _, data, slots in self._kept] if self._on_lost is not None else []
+            lost = self._not_kept() if kept else self._unacked
             self._state = "failed"
-            self._unacked = 0
+            self._unacked = self._kept_bytes = 0
+            self._kept.clear()
+            self._asked.clear()
             self._queue.clear()
             self._queued_bytes = 0
             self._wake.notify_all()
+        if kept:
+            self.stats.runs_recovered += len(kept)
+            message += f"; the {_runs(len(kept))} it was sent and had not said it wrote are recorded in the agent's process"
+            assert self._on_lost is not None
+            self._on_lost([_restored(data, slots) for data, slots in kept])
+        if lost:
+            message += f"; {_runs(lost)} sent to it before those may not be written"
         if starting:  # not a run's failure: a warning and its own counter, strict mode raises nothing
             self.stats.offload_start_failures += 1
             logger.warning("ee-middleware: %s; capture's work stays on the agent process's threads.", message)
-        else:
-            self._on_error(message + "; later runs are recorded in the agent's process", exc)
+        elif lost:
+            message += "; later runs are recorded in the agent's process"
+            failure = CaptureError(message)  # what strict mode raises says this, not only 'Broken pipe'
+            failure.__cause__ = exc
+            self._on_error(message, failure)
+        else:  # nothing is lost: not a run's failure (strict mode raises nothing), but said
+            logger.warning("ee-middleware: %s; later runs are recorded in the agent's process.", message)
         self._stop(kill=True)
+        return lost
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush, then stop the child (killed if it has not exited within ``timeout``)."""
@@ -569,6 +674,21 @@ class ProcessOffload:
             self._in.close()
         except OSError:
             pass
+
+
+def _restored(data: bytes, slots: dict[int, list[Any]]) -> RunRecord:
+    """A kept run as it was sent, its chat calls holding their tool lists again instead of their numbers."""
+    record: RunRecord = pickle.loads(data)
+    for _, _, _, call_data, _, _ in record.calls:
+        params = call_data[1] if len(call_data) == 3 and isinstance(call_data[1], dict) else None
+        if params is not None and type(params.get("tools")) is int:
+            params["tools"] = slots[params["tools"]]
+    record.tool_lists = None
+    return record
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 # --- the child ------------------------------------------------------------------------------------

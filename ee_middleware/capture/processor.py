@@ -53,6 +53,9 @@ class CaptureStats:
     runs_not_offloaded: int = 0
     """With capture offloaded to a process: runs recorded in the agent's process instead (objects
     that cannot be pickled); they are stored all the same."""
+    runs_recovered: int = 0
+    """Runs sent to a capture process that died before it said it wrote them, recorded in the agent's process
+    instead (a run it had written is stored twice under one id, which every read drops)."""
     offload_start_failures: int = 0
     """Capture processes that could not be started (logged as warnings): runs were then recorded in
     the agent's process, and none of them failed for it."""
@@ -70,6 +73,7 @@ class CaptureStats:
             spans_dropped=self.spans_dropped + other.spans_dropped,
             errors=[*self.errors, *other.errors][-20:],
             runs_not_offloaded=self.runs_not_offloaded + other.runs_not_offloaded,
+            runs_recovered=self.runs_recovered + other.runs_recovered,
             offload_start_failures=self.offload_start_failures + other.offload_start_failures,
         )
 

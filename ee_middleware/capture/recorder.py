@@ -182,10 +182,15 @@ class Recorder:
     def _start_offload(self, *, wait_first: bool) -> None:
         init, self._offload_init = self._offload_init, None
         try:
-            self.offload = ProcessOffload(init, self.processor.report_failure, wait_first=wait_first)
+            self.offload = ProcessOffload(init, self.processor.report_failure, wait_first=wait_first, on_lost=self._record_here)
         except OSError as exc:  # not a run's failure: runs are recorded on this process's threads
             self.processor.stats.offload_start_failures += 1
             logger.warning("ee-middleware: could not start the capture process (%r); capture's work stays on this process's threads.", exc)
+
+    def _record_here(self, records: list[RunRecord]) -> None:
+        """Record runs on this process's threads (the capture process that was sent them died)."""
+        for record in records:
+            self.finisher.submit(functools.partial(emit_run, self, record, self.processor.report_failure))
 
     def _offload_for_run(self) -> ProcessOffload | None:
         """The capture process to send the next run to, if any (starts it under sustained load in auto mode)."""
@@ -271,13 +276,12 @@ class Recorder:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every finished run is in the store (written by the capture process too, when
         there is one). Strict mode re-raises capture failures, also the capture process's."""
+        offloaded, error = self.offload.flush(timeout) if self.offload is not None else (True, None)
+        # (after the capture process's flush: the runs a dying capture process was sent are recorded here)
         done = self.finisher.flush(timeout)
-        flushed = self.processor.force_flush(int(timeout * 1000)) and done
-        if self.offload is not None:
-            offloaded, error = self.offload.flush(timeout)
-            flushed = flushed and offloaded
-            if error is not None and self.strict:
-                raise CaptureError(f"Recording failed in the capture process: {error}")
+        flushed = self.processor.force_flush(int(timeout * 1000)) and done and offloaded
+        if error is not None and self.strict:
+            raise CaptureError(f"Recording failed in the capture process: {error}")
         if self.vault is not None:
             self.vault.flush()
         return flushed

@@ -395,6 +395,68 @@ def test_a_stopped_child_never_blocks_the_agent_and_no_run_is_lost(react_graph, 
     store.close()
 
 
+def _kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_runs_sent_to_a_child_that_is_killed_are_recorded_in_the_agent_process(react_graph, inventory, tmp_path, no_child_left):
+    # The OOM killer or an operator's kill: the child was sent runs it had not written yet (it writes in batches). They
+    # were lost while flush() returned True (22 of 1,200 in the store sweep); strict mode said only 'Broken pipe'.
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True)
+    recorder = agent.recorder
+    assert recorder.offload.ready()
+    for _ in range(30):
+        agent.invoke(USER_TASK)
+    _kill_and_wait(recorder.offload.pid)
+    for _ in range(10):  # the first send after the death finds the pipe broken; these take the thread path
+        agent.invoke(USER_TASK)
+    assert agent.flush()  # nothing is lost: no failure to raise
+    stats = recorder.stats
+    assert stats.runs_recovered > 0 and stats.runs_failed == 0, stats
+    recorder.close()
+    store = LocalExperienceStore(tmp_path / "p")
+    assert store.trajectories()["id"].n_unique() == store.trajectories().height == 40
+    trajectories = list(store.iter_trajectories())
+    assert all(t.tools and t.steps for t in trajectories)  # a recovered run has its tool lists back, not their numbers
+    store.close()
+
+
+def test_runs_no_longer_kept_for_a_killed_child_are_counted_as_lost(react_graph, tmp_path, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True)
+    recorder = agent.recorder
+    assert recorder.offload.ready()
+    recorder.offload.max_kept_bytes = 1  # keeps only the last run sent
+    for _ in range(10):
+        agent.invoke(USER_TASK)
+    _kill_and_wait(recorder.offload.pid)
+    agent.invoke(USER_TASK)
+    with pytest.raises(
+        CaptureError, match=r"killed by SIGKILL.*the 1 run it was sent.*recorded in the agent's process.*10 runs sent to it before"
+    ):
+        agent.flush()
+    assert recorder.stats.runs_recovered == 1
+    recorder.close()
+
+
+def test_the_child_says_which_runs_it_wrote_without_the_agent_waiting_so_kept_runs_stay_few(react_graph, tmp_path, no_child_left):
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
+    offload = agent.recorder.offload
+    assert offload.ready()
+    offload.max_kept_runs = 5
+    for _ in range(40):
+        agent.invoke(USER_TASK)
+    deadline = time.monotonic() + 30
+    while len(offload._kept) > 10 and time.monotonic() < deadline:  # the answers are read by the next runs' sends
+        time.sleep(0.05)
+        agent.invoke(USER_TASK)
+    assert len(offload._kept) <= 10, len(offload._kept)
+    assert agent.flush() and not offload._kept  # a flush's answer: everything it was sent is written
+    agent.recorder.close()
+
+
 def test_strict_mode_keeps_a_failure_answered_after_its_flush_timed_out(react_graph, tmp_path, no_child_left):
     agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True, approve_if=approve_or_fail)
     recorder = agent.recorder
