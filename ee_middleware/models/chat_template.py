@@ -17,6 +17,12 @@ results as one user turn of ``<tool_response>`` blocks (Qwen's own rendering of 
 a system role (Gemma 2) gets the system text at the start of the first user turn (Gemma 3's own rendering).
 :meth:`TemplateSupport.describe` says which were taken; the trainer records it in the adapter's manifest.
 
+A training row is the served prompt and what the template renders after it, where the template allows: some
+generation prompts are not how the template starts the assistant's turn (QwQ-32B's and DeepSeek-R1's open a
+``<think>`` block that a turn without reasoning does not have); those rows are the conversation as the template
+renders it, split after the assistant's header. :func:`render_pair` says which rows took which way, and never lets a
+target's tool calls drop out of its completion.
+
 The tokenizer is any object with a transformers-style ``apply_chat_template``; nothing here
 imports transformers.
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ee_middleware.errors import ChatTemplateError
 from ee_middleware.messages import content_to_text, decode_tool_call
@@ -239,30 +245,115 @@ def render_prompt(
         raise _template_error(exc, prepared) from exc
 
 
+FALLBACK_CONVERSATION = "conversation"
+"""The completion is the assistant turn as the template renders the whole conversation (see :func:`render_pair`)."""
+FALLBACK_CONTENT = "content"
+"""The completion is the target's text plus the end-of-sequence token (see :func:`render_pair`)."""
+FALLBACK_CALLS_AS_TEXT = "calls_as_text"
+"""The target's tool calls are ``<tool_call>`` text: the template rendered the row without them."""
+_TURN_MARKERS = ("ee_turn_probe_2c4e", "zz_turn_probe_2c4e")  # differ at their first character
+
+
+class RenderedPair(NamedTuple):
+    """A training row as text: the model trains on ``prompt + completion``, with the loss on ``completion``."""
+
+    prompt: str
+    completion: str
+    fallback: tuple[str, ...] = ()
+    """Empty when ``prompt`` is the serving prompt (:func:`render_prompt`) and ``completion`` what the template renders
+    after it; else which of ``FALLBACK_CONVERSATION``, ``FALLBACK_CONTENT``, ``FALLBACK_CALLS_AS_TEXT`` were taken."""
+
+
 def render_pair(
     tokenizer: Any,
     prompt: Sequence[dict[str, Any]],
     completion: Sequence[dict[str, Any]],
     tools: Sequence[dict[str, Any]] | None,
     support: TemplateSupport,
-) -> tuple[str, str, bool]:
-    """``(prompt_text, completion_text, used_fallback)`` for a training row.
+) -> RenderedPair:
+    """``(prompt_text, completion_text, fallback)`` for a training row (a :class:`RenderedPair`).
 
     ``prompt_text`` is what :func:`render_prompt` gives for ``prompt``; the completion text is what
-    rendering prompt + completion adds after it (so it ends with the template's end-of-turn
-    marker). Templates that rewrite earlier turns break that prefix property; then the completion
-    is its content plus the end-of-sequence token, and ``used_fallback`` is true.
+    rendering prompt + completion adds after it (so it ends with the template's end-of-turn marker),
+    and ``fallback`` is empty. When the generation prompt is not how the template starts the assistant's
+    turn (QwQ's ``<|im_start|>assistant\\n<think>\\n`` against a turn rendered ``<|im_start|>assistant\\n...``
+    when it carries no reasoning), the row is the whole conversation as the template renders it: the prompt ends
+    where the assistant's header ends, the completion is the rest of the turn, its text and tool calls and
+    end-of-turn included (``FALLBACK_CONVERSATION``). A template that renders the earlier turns differently once a
+    reply follows (Mistral v3 shows the system message only before a last user turn) keeps the serving prompt, and
+    the completion is the target's text plus the end-of-sequence token (``FALLBACK_CONTENT``). Whatever the way,
+    a target's tool calls stay in the completion: where the template's rendering lost them, they are written as
+    ``<tool_call>`` text after the target's text, as for templates that ignore tool calls
+    (``FALLBACK_CALLS_AS_TEXT``).
     """
     prepared_prompt, tool_list = _prepared(prompt, tools, support)
-    prepared_completion = template_messages(completion, support)
+    rendered = _render_pair(tokenizer, prepared_prompt, template_messages(completion, support), tool_list)
+    if support.tool_calls and not _shows_calls(rendered.completion, completion):
+        as_text = template_messages(completion, replace(support, tool_calls=False))
+        rendered = _render_pair(tokenizer, prepared_prompt, as_text, tool_list)
+        rendered = rendered._replace(fallback=(*rendered.fallback, FALLBACK_CALLS_AS_TEXT))
+    return rendered
+
+
+def _render_pair(
+    tokenizer: Any, prompt: list[dict[str, Any]], completion: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> RenderedPair:
     try:
-        prompt_text = tokenizer.apply_chat_template(prepared_prompt, tools=tool_list, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(prepared_prompt + prepared_completion, tools=tool_list, tokenize=False)
+        prompt_text = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(prompt + completion, tools=tools, tokenize=False)
     except Exception as exc:
-        raise _template_error(exc, prepared_prompt + prepared_completion) from exc
+        raise _template_error(exc, prompt + completion) from exc
     if full.startswith(prompt_text) and len(full) > len(prompt_text):
-        return prompt_text, full[len(prompt_text) :], False
-    return prompt_text, (prepared_completion[0].get("content") or "") + (tokenizer.eos_token or ""), True
+        return RenderedPair(prompt_text, full[len(prompt_text) :])
+    start = _turn_start(tokenizer, prompt, tools, full)
+    if start is not None and len(full) > start:
+        return RenderedPair(full[:start], full[start:], (FALLBACK_CONVERSATION,))
+    return RenderedPair(prompt_text, (completion[0].get("content") or "") + (tokenizer.eos_token or ""), (FALLBACK_CONTENT,))
+
+
+def _turn_start(tokenizer: Any, prompt: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str) -> int | None:
+    """Where the assistant's turn starts in ``full`` (prompt + completion rendered), after its header; ``None`` when the
+    template renders ``prompt``'s messages there otherwise than alone (the row cannot be split at a message boundary).
+
+    The header is what two renderings of ``prompt`` followed by an assistant turn of different text share after the
+    prompt's messages, kept as far as ``full`` has it too (QwQ's tool-call turns start ``<|im_start|>assistant`` and
+    put their ``\\n`` before each call)."""
+    try:
+        before = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False)
+        marked = [
+            tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": marker}], tools=tools, tokenize=False)
+            for marker in _TURN_MARKERS
+        ]
+    except Exception:  # noqa: BLE001 - a template that refuses these renderings gets the content fallback
+        return None
+    eos = tokenizer.eos_token or ""
+    if not full.startswith(before) and eos and before.endswith(eos) and full.startswith(before[: -len(eos)]):
+        before = before[: -len(eos)]  # Phi-3 ends a conversation that awaits no reply with the end-of-sequence token
+    if not full.startswith(before):
+        return None
+    if not all(marker in text for marker, text in zip(_TURN_MARKERS, marked, strict=True)):
+        return len(before)  # the header cannot be told apart: it is trained with the turn
+    return max(len(before), _common_prefix_length([*marked, full]))
+
+
+def _common_prefix_length(texts: Sequence[str]) -> int:
+    """How many characters all of ``texts`` begin with alike."""
+    shortest = min(len(text) for text in texts)
+    for index in range(shortest):
+        if any(text[index] != texts[0][index] for text in texts[1:]):
+            return index
+    return shortest
+
+
+def _shows_calls(text: str, completion: Sequence[dict[str, Any]]) -> bool:
+    """Every tool call of ``completion`` is in ``text`` (its function's name is, at least)."""
+    for message in completion:
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if isinstance(name, str) and name not in text:
+                return False
+    return True
 
 
 # --- serving with the same rendering ------------------------------------------------------------

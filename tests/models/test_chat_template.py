@@ -1,16 +1,30 @@
+# ruff: noqa: RUF001, RUF002 - DeepSeek's real special tokens are spelled with fullwidth vertical bars
 """Chat-template rendering with a real Jinja chat template (a tokenizer trained on the spot, nothing downloaded)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from ee_middleware.models.chat_template import TemplateSupport, render_pair, render_prompt
+from ee_middleware.models.chat_template import (
+    FALLBACK_CALLS_AS_TEXT,
+    FALLBACK_CONTENT,
+    FALLBACK_CONVERSATION,
+    TemplateSupport,
+    _prepared,
+    probe_template,
+    render_pair,
+    render_prompt,
+)
+from ee_middleware.models.truncation import tokenize_pair
 
 pytest.importorskip("transformers")
 
-from ee_middleware.testing.tiny_models import build_test_tokenizer
+from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, build_test_tokenizer
+
+from .family_templates import DEEPSEEK_R1_DISTILL, FAMILIES, QWEN_3_THINKING, QWQ_32B, THINKING_GENERATION_PROMPT
 
 NO_TOOLS = TemplateSupport(tools=False, tool_calls=False)
 
@@ -44,3 +58,135 @@ def test_a_tool_result_that_is_an_object_is_rendered_as_json(tokenizer: Any) -> 
         tokenizer, state[:2], [{"role": "assistant", "content": [{"type": "text", "text": "done"}]}], None, NO_TOOLS
     )
     assert completion.startswith("done")
+
+
+# --- generation prompts that are not how the template starts the assistant's turn ---------------------------------
+
+FRUIT_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "check_stock",
+            "description": "How many of a fruit are in stock.",
+            "parameters": {"type": "object", "properties": {"fruit": {"type": "string"}}, "required": ["fruit"]},
+        },
+    }
+]
+SYSTEM = {"role": "system", "content": "You run the fruit shop."}
+TASK = {"role": "user", "content": "Do we have plums?"}
+PLUMS = {"id": "call_c", "type": "function", "function": {"name": "check_stock", "arguments": '{"fruit": "plums"}'}}
+STATE = [
+    SYSTEM,
+    TASK,
+    {"role": "assistant", "content": "", "tool_calls": [{**PLUMS, "id": "call_a"}]},
+    {"role": "tool", "tool_call_id": "call_a", "content": "resultone"},
+]
+ROWS = {
+    "il": (STATE, [{"role": "assistant", "content": "", "tool_calls": [PLUMS]}]),
+    "il-first-step": ([SYSTEM, TASK], [{"role": "assistant", "content": "", "tool_calls": [PLUMS]}]),
+    "sr": (STATE, [{"role": "assistant", "content": "Plums rationalefour first.", "tool_calls": [PLUMS]}]),
+    "iwm": (
+        [*STATE, {"role": "assistant", "content": "", "tool_calls": [PLUMS]}, {"role": "user", "content": "Predict what it returns."}],
+        [{"role": "assistant", "content": "plums observationthree"}],
+    ),
+}
+QWQ_CALL = '<tool_call>\n{"name": "check_stock", "arguments": {"fruit": "plums"}}\n</tool_call><|im_end|>\n'
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + "
+    "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""SmolLM2-135M-Instruct's own chat template (it ignores tools and tool calls), as tests/adapters/conftest.py has it."""
+
+
+def _tokenizer(template: str) -> Any:
+    return build_test_tokenizer([template, json.dumps(FRUIT_TOOLS), json.dumps(ROWS)] * 2, chat_template=template, vocab_size=600)
+
+
+def _conversation(tokenizer: Any, prompt: list[dict[str, Any]], completion: list[dict[str, Any]], support: TemplateSupport) -> str:
+    """The template's own rendering of the whole conversation (with the fallbacks ``support`` asks for)."""
+    messages, tools = _prepared([*prompt, *completion], FRUIT_TOOLS, support)
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+
+
+@pytest.mark.parametrize("kind", ["il", "il-first-step", "sr", "iwm"])
+def test_qwq_targets_keep_their_tool_calls_in_the_labels(kind: str) -> None:
+    """QwQ-32B's generation prompt is '<|im_start|>assistant\\n<think>\\n' but it renders a turn without reasoning as
+    '<|im_start|>assistant\\n...': the served prompt is not a prefix of the conversation. Was: the completion fell back to
+    the target's text plus end-of-sequence, and as QwQ renders tool calls they were left out of it: an IL target trained
+    '<|im_end|>' alone, an SR target its rationale alone. Now the row is the conversation as QwQ renders it, the loss on
+    the whole turn after its header (text, calls, end of turn)."""
+    tokenizer = _tokenizer(QWQ_32B)
+    support = probe_template(tokenizer)
+    assert support.tools and support.tool_calls
+    prompt, completion = ROWS[kind]
+    pair = tokenize_pair(tokenizer, prompt, completion, FRUIT_TOOLS, support, 4096)
+    expected = {"il": QWQ_CALL, "il-first-step": QWQ_CALL, "sr": "Plums rationalefour first.\n" + QWQ_CALL}
+    assert tokenizer.decode(pair.completion_ids) == expected.get(kind, "plums observationthree<|im_end|>\n")
+    trained_prompt = tokenizer.decode(pair.prompt_ids)
+    assert trained_prompt.endswith("<|im_end|>\n<|im_start|>assistant\n"), "the prompt ends where the assistant's header ends"
+    assert trained_prompt + "<think>\n" == render_prompt(tokenizer, prompt, FRUIT_TOOLS, support), "the served prompt goes on"
+    assert trained_prompt + tokenizer.decode(pair.completion_ids) == _conversation(tokenizer, prompt, completion, support)
+    assert pair.fallback == (FALLBACK_CONVERSATION,)
+
+
+def test_a_thinking_generation_prompt_the_turn_does_not_start_with_trains_the_templates_turn() -> None:
+    """DeepSeek-R1-Distill's generation prompt is '<｜Assistant｜><think>\\n'; it renders an assistant turn as
+    '<｜Assistant｜>' + text + '<｜end▁of▁sentence｜>'. Was: the prompt ended in '<think>\\n' (a block the labels never
+    closed) and the completion was the text plus the tokenizer's end-of-sequence token. Now the row is the template's
+    turn, its calls as <tool_call> text (the template renders calls only with null content and string arguments)."""
+    tokenizer = _tokenizer(DEEPSEEK_R1_DISTILL)
+    support = probe_template(tokenizer)
+    assert not support.tool_calls
+    prompt, text, fallback = render_pair(tokenizer, *ROWS["iwm"], FRUIT_TOOLS, support)
+    assert prompt.endswith("Predict what it returns.<｜Assistant｜>") and fallback == (FALLBACK_CONVERSATION,)
+    assert text == "plums observationthree<｜end▁of▁sentence｜>"
+    prompt, text, fallback = render_pair(tokenizer, *ROWS["il-first-step"], FRUIT_TOOLS, support)
+    assert prompt.endswith("Do we have plums?<｜Assistant｜>") and fallback == (FALLBACK_CONVERSATION,)
+    assert text == '<tool_call>{"name": "check_stock", "arguments": {"fruit": "plums"}}</tool_call><｜end▁of▁sentence｜>'
+
+
+def test_a_thinking_generation_prompt_the_turn_starts_with_keeps_the_served_prompt() -> None:
+    """Qwen3's 2507 Thinking models open '<think>\\n' in the generation prompt and render the turn's <think> block
+    after it: the served prompt is a prefix, so the row keeps it and the labels hold the reasoning, then the call."""
+    tokenizer = _tokenizer(QWEN_3_THINKING)
+    support = probe_template(tokenizer)
+    prompt, completion = ROWS["il"]
+    reasoned = [{**completion[0], "reasoning_content": "Plums are next."}]
+    for target, labels in ((completion, "\n</think>\n\n"), (reasoned, "Plums are next.\n</think>\n\n")):
+        pair = tokenize_pair(tokenizer, prompt, target, FRUIT_TOOLS, support, 4096)
+        assert tokenizer.decode(pair.prompt_ids) == render_prompt(tokenizer, prompt, FRUIT_TOOLS, support)
+        assert tokenizer.decode(pair.completion_ids) == labels + QWQ_CALL and not pair.fallback
+
+
+def test_calls_a_rendering_loses_are_trained_as_text() -> None:
+    """A state whose last message is an assistant reply with its reasoning: QwQ shows that reasoning when the reply is
+    last and strips it once another turn follows, so the row cannot be split at the reply's end and its completion is
+    the target's text plus end-of-sequence. Was: the target's calls (structured, as QwQ renders them) were dropped from
+    it. Now they are written as <tool_call> text after the text, and the fallback says so."""
+    tokenizer = _tokenizer(QWQ_32B)
+    prompt = [TASK, {"role": "assistant", "content": "<think>\nPlums?\n</think>\n\nLet me check."}]
+    completion = ROWS["sr"][1]
+    _, text, fallback = render_pair(tokenizer, prompt, completion, FRUIT_TOOLS, probe_template(tokenizer))
+    assert text == 'Plums rationalefour first.\n<tool_call>{"name": "check_stock", "arguments": {"fruit": "plums"}}</tool_call><|im_end|>'
+    assert fallback == (FALLBACK_CONTENT, FALLBACK_CALLS_AS_TEXT)
+
+
+@pytest.mark.parametrize("name", ["tool-chat", "smollm2", *sorted(FAMILIES), *sorted(THINKING_GENERATION_PROMPT)])
+def test_rows_the_template_continues_keep_their_bytes(name: str) -> None:
+    """Where the served prompt is a prefix of the conversation's rendering (every row of these templates but the ones
+    whose generation prompt opens <think>, and Mistral's, which moves its system message), the row is that prompt and
+    what the template renders after it, byte for byte, as before the fallbacks for other templates existed."""
+    template = {"tool-chat": TOOL_CHAT_TEMPLATE, "smollm2": SMOLLM2_TEMPLATE, **FAMILIES, **THINKING_GENERATION_PROMPT}[name]
+    tokenizer = _tokenizer(template)
+    support = probe_template(tokenizer)
+    continued = 0
+    for prompt, completion in ROWS.values():
+        served = render_prompt(tokenizer, prompt, FRUIT_TOOLS, support)
+        conversation = _conversation(tokenizer, prompt, completion, support)
+        if conversation.startswith(served):
+            prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, FRUIT_TOOLS, support)
+            assert (prompt_text, completion_text) == (served, conversation[len(served) :]) and not fallback
+            continued += 1
+    assert continued == len(ROWS) or name in ("mistral-v3", "qwq-32b", "deepseek-r1-distill")

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 from ee_middleware.testing.tiny_models import build_test_tokenizer
 
-from .family_templates import FAMILIES
+from .family_templates import FAMILIES, THINKING_GENERATION_PROMPT
 
 TOOLS = [
     {
@@ -64,10 +64,11 @@ ROWS = {
 MUST_SHOW = {"systemtext", "pears and plums", "resultone", "resulttwo", "check_stock", "list_fruits"}
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(scope="module", params=sorted({**FAMILIES, **THINKING_GENERATION_PROMPT}))
 def family(request: pytest.FixtureRequest) -> tuple[str, Any]:
-    corpus = [FAMILIES[request.param], json.dumps(TOOLS), json.dumps(ROWS)] * 2
-    return request.param, build_test_tokenizer(corpus, chat_template=FAMILIES[request.param], vocab_size=600)
+    template = {**FAMILIES, **THINKING_GENERATION_PROMPT}[request.param]
+    corpus = [template, json.dumps(TOOLS), json.dumps(ROWS)] * 2
+    return request.param, build_test_tokenizer(corpus, chat_template=template, vocab_size=600)
 
 
 @pytest.mark.parametrize("kind", sorted(ROWS))

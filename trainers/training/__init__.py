@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.trainers.training.config import TrainConfig
-from ee_middleware.trainers.training.errors import BaseModelError, ContextBudgetWarning, TrainDataError, TrainError, TrainOutOfMemoryError
+from ee_middleware.trainers.training.errors import (
+    BaseModelError,
+    ContextBudgetWarning,
+    RenderingFallbackWarning,
+    TrainDataError,
+    TrainError,
+    TrainOutOfMemoryError,
+)
 
 if TYPE_CHECKING:
     from ee_middleware.trainers.training.api import TrainResult, train
@@ -18,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BaseModelError",
     "ContextBudgetWarning",
+    "RenderingFallbackWarning",
     "TrainConfig",
     "TrainDataError",
     "TrainError",

@@ -25,7 +25,13 @@ from ee_middleware.models.chat_template import TemplateSupport, probe_template
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.data import DatasetFile, check_one_build, load_dataset
-from ee_middleware.trainers.training.errors import ContextBudgetWarning, TrainDataError, TrainError, TrainOutOfMemoryError
+from ee_middleware.trainers.training.errors import (
+    ContextBudgetWarning,
+    RenderingFallbackWarning,
+    TrainDataError,
+    TrainError,
+    TrainOutOfMemoryError,
+)
 from ee_middleware.trainers.training.model import add_lora, check_context, load_base, plain_base, resolve_base
 from ee_middleware.trainers.training.render import Example, RenderStats, tokenize_rows
 from ee_middleware.trainers.training.report import (
@@ -131,6 +137,9 @@ def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConf
                 f"max_length={config.max_length}, {stats[kind].dropped_empty} empty). Raise max_length or rebuild the dataset."
             )
         _warn_if_context_lost(kind, stats[kind], config)
+        note = stats[kind].fallback_note(kind)
+        if note:
+            warnings.warn(note, RenderingFallbackWarning, stacklevel=2)
     return _Prepared(datasets, examples, stats, support)
 
 

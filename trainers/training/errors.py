@@ -44,3 +44,8 @@ class TrainOutOfMemoryError(TrainError, MemoryError):
 
 class ContextBudgetWarning(UserWarning):
     """Many rows lose more than older turns to ``max_length``: the model will train on states without their tools or task."""
+
+
+class RenderingFallbackWarning(UserWarning):
+    """Rows were rendered with a fallback for the base model's chat template (``RenderStats.fallback_note`` says which
+    and why): their prompts are not exactly the served ones, or their tool calls are ``<tool_call>`` text."""

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ee_middleware.errors import ChatTemplateError
-from ee_middleware.models.chat_template import TemplateSupport, render_pair
+from ee_middleware.models.chat_template import (
+    FALLBACK_CALLS_AS_TEXT,
+    FALLBACK_CONTENT,
+    FALLBACK_CONVERSATION,
+    RenderedPair,
+    TemplateSupport,
+    render_pair,
+)
 from ee_middleware.models.truncation import Fit, tokenize_pair
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.errors import TrainDataError
@@ -40,6 +47,13 @@ class RenderStats:
     dropped_too_long: int = 0
     dropped_empty: int = 0
     fallback_completion: int = 0
+    """Rows whose completion is the target's text plus end-of-sequence: the template renders the earlier turns
+    otherwise once a reply follows (Mistral v3 moves the system message)."""
+    conversation_completion: int = 0
+    """Rows rendered as the whole conversation, the prompt ending at the assistant's header: the template's generation
+    prompt is not how it starts the turn (QwQ's ends ``<think>\\n``), so the served prompt has more after the header."""
+    calls_as_text: int = 0
+    """Rows whose tool calls the template's rendering lost: they are trained as ``<tool_call>`` text."""
     tokens: int = 0
     loss_tokens: int = 0
     dropped_ids: list[str] = field(default_factory=list)
@@ -65,14 +79,42 @@ class RenderStats:
         lost = sum(1 for cut in self.cuts if cut["compact_tools"] or cut["left_cut_tokens"])
         return lost / self.examples if self.examples else 0.0
 
+    def fallback_note(self, kind: str) -> str | None:
+        """What the rendering fallbacks did to ``kind``'s rows, for a warning; ``None`` when no row needed one."""
+        parts = []
+        if self.conversation_completion:
+            parts.append(
+                f"{self.conversation_completion} are rendered as the whole conversation, their loss on the assistant's turn "
+                "after its header (its text, tool calls and end of turn): the template's generation prompt is not how it "
+                "starts that turn (QwQ's adds '<think>\\n'), so the served prompt goes on past where these prompts end"
+            )
+        if self.fallback_completion:
+            parts.append(
+                f"{self.fallback_completion} have the target's text plus the end-of-sequence token as completion: the "
+                "template renders the earlier turns otherwise once a reply follows (Mistral v3 moves the system message)"
+            )
+        if self.calls_as_text:
+            parts.append(
+                f"{self.calls_as_text} lost their tool calls in the template's rendering and train them as "
+                "<tool_call>{...}</tool_call> text instead, which a server parsing the template's own call format may not read"
+            )
+        if not parts:
+            return None
+        return (
+            f"Of the {self.rows} {kind.upper()} rows, " + "; ".join(parts) + f". datasets.{kind}.render in the adapter's "
+            "manifest counts them. To train on exactly the prompts a server renders, give the tokenizer a chat template that "
+            "renders the earlier turns and the assistant's header as its generation prompt does (tokenizer.chat_template = "
+            "...; tokenizer.save_pretrained(DIR) writes chat_template.jinja)."
+        )
+
     def describe(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k not in ("dropped_ids", "cuts")}
         data["dropped_ids"] = self.dropped_ids[:20]
         return data
 
 
-def render_texts(tokenizer: Any, row: ChatRow, support: TemplateSupport) -> tuple[str, str, bool]:
-    """``(prompt_text, completion_text, used_fallback)`` for one row (see ``render_pair``)."""
+def render_texts(tokenizer: Any, row: ChatRow, support: TemplateSupport) -> RenderedPair:
+    """``(prompt_text, completion_text, fallback)`` for one row (see ``render_pair``)."""
     try:
         return render_pair(tokenizer, row.prompt, row.completion, row.tools or None, support)
     except ChatTemplateError as exc:
@@ -97,7 +139,9 @@ def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support:
             pair = tokenize_pair(tokenizer, row.prompt, row.completion, row.tools or None, support, max_length)
         except ChatTemplateError as exc:
             raise _render_error(row, exc) from exc
-        stats.fallback_completion += pair.fallback
+        stats.fallback_completion += FALLBACK_CONTENT in pair.fallback
+        stats.conversation_completion += FALLBACK_CONVERSATION in pair.fallback
+        stats.calls_as_text += FALLBACK_CALLS_AS_TEXT in pair.fallback
         if not pair.completion_ids or len(pair.completion_ids) >= max_length:
             stats.dropped_empty += not pair.completion_ids
             stats.dropped_too_long += bool(pair.completion_ids)

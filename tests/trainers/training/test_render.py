@@ -11,7 +11,7 @@ from ee_middleware.models.chat_template import probe_template
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.render import render_texts, tokenize_rows
 
-from .conftest import FILE_TOOLS, PLAIN_CHAT_TEMPLATE, build_tokenizer, il_row, iwm_row
+from .conftest import FILE_TOOLS, PLAIN_CHAT_TEMPLATE, build_tokenizer, il_row, iwm_row, sr_row
 
 
 def chat_row(raw: dict[str, Any]) -> ChatRow:
@@ -77,3 +77,30 @@ def test_empty_arguments_render(tool_tokenizer: Any, arguments: str) -> None:
     raw["completion"] = json.dumps(completion)
     _, text, _ = render_texts(tool_tokenizer, chat_row(raw), probe_template(tool_tokenizer))
     assert text.startswith('<tool_call>{"name": "ls", "arguments": {}}')
+
+
+def test_a_base_whose_generation_prompt_opens_think_trains_its_tool_calls(tool_tokenizer: Any) -> None:
+    """QwQ-32B's template (tests/models/family_templates.py) ends its generation prompt with '<think>\\n' but renders a
+    turn without reasoning as '<|im_start|>assistant\\n...'. Was: every IL target trained '<|im_end|>' alone (the calls
+    left out of a text-plus-end-of-sequence fallback) and nothing said so but `fallback_completion`. Now the labels
+    are the template's turn with its calls, the rows are counted as rendered from the conversation, and the note
+    the trainer warns with says so."""
+    from tests.models.family_templates import QWQ_32B
+
+    tokenizer = build_tokenizer(QWQ_32B)
+    support = probe_template(tokenizer)
+    assert support.tools and support.tool_calls
+    rows = [chat_row(il_row(0, "temp")), chat_row(sr_row(1, "docs")), chat_row(iwm_row(2, "music"))]
+    examples, stats = tokenize_rows(tokenizer, rows, 4096, support)
+    labels = [tokenizer.decode([label for label in example.labels if label != -100]) for example in examples]
+    assert labels == [
+        '<tool_call>\n{"name": "cd", "arguments": {"folder": "temp"}}\n</tool_call><|im_end|>\n',
+        'Going into docs first works; the alternative folder does not exist.\n<tool_call>\n{"name": "cd", "arguments": '
+        '{"folder": "docs"}}\n</tool_call><|im_end|>\n',
+        '{"error": "cd: musicx: No such folder"}<|im_end|>\n',
+    ]
+    assert (stats.conversation_completion, stats.fallback_completion, stats.calls_as_text) == (3, 0, 0)
+    note = stats.fallback_note("il")
+    assert note is not None and note.startswith("Of the 3 IL rows, 3 are rendered as the whole conversation")
+    _, plain = tokenize_rows(tool_tokenizer, rows, 4096, probe_template(tool_tokenizer))
+    assert plain.fallback_note("il") is None, "a template that continues its generation prompt needs no note"

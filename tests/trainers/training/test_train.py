@@ -11,6 +11,7 @@ import pytest
 from ee_middleware.trainers.training import (
     BaseModelError,
     ContextBudgetWarning,
+    RenderingFallbackWarning,
     TrainConfig,
     TrainDataError,
     TrainError,
@@ -19,7 +20,7 @@ from ee_middleware.trainers.training import (
 )
 from ee_middleware.trainers.training.model import resolve_base
 
-from .conftest import il_row, write_dataset
+from .conftest import build_tokenizer, il_row, write_dataset
 
 torch = pytest.importorskip("torch")
 
@@ -246,6 +247,22 @@ def test_rows_that_lose_tools_or_task_are_warned_about_and_recorded(tiny_model_d
     cuts = [json.loads(line) for line in (result.adapter_dir / "render_cuts.jsonl").read_text().splitlines()]
     assert len(cuts) == render["truncated"] and {cut["kind"] for cut in cuts} == {"il"}
     assert all(cut["original_tokens"] > cut["tokens"] or cut["left_cut_tokens"] for cut in cuts)
+
+
+def test_a_base_whose_generation_prompt_opens_think_trains_the_calls_and_says_how(data_dir: Path, tmp_path: Path) -> None:
+    """A base with QwQ-32B's chat template (generation prompt '<|im_start|>assistant\\n<think>\\n'). Was: `ee train`
+    exited quietly with every IL tool-call target trained as '<|im_end|>' alone (fallback_completion: 16 in the
+    manifest). Now the rows are the template's rendering of the conversation, calls included, and a warning and the
+    manifest say so."""
+    from ee_middleware.testing.tiny_models import save_tiny_llama
+    from tests.models.family_templates import QWQ_32B
+
+    base = save_tiny_llama(tmp_path / "qwq-base", build_tokenizer(QWQ_32B))
+    with pytest.warns(RenderingFallbackWarning, match=r"Of the 16 IL rows, 16 are rendered as the whole conversation"):
+        result = train(config(base, data_dir, tmp_path / "qwq", max_steps=1), progress=False)
+    render = result.manifest["datasets"]["il"]["render"]
+    assert (render["conversation_completion"], render["fallback_completion"], render["calls_as_text"]) == (16, 0, 0)
+    assert render["loss_tokens"] > 16 * 10, "each target's call is in its labels, not only the end of turn"
 
 
 def test_rows_that_fit_are_not_cut(il_run: Any) -> None:
