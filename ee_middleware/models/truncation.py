@@ -70,8 +70,9 @@ class TokenizedPair:
 
     prompt_ids: list[int]
     completion_ids: list[int]
-    fallback: bool
-    """The template rewrote earlier turns, so the completion is its content plus end-of-sequence."""
+    fallback: tuple[str, ...]
+    """How the row was rendered when not as the served prompt and what the template adds after it (``render_pair``'s
+    ``FALLBACK_*`` names); empty when it was."""
     fit: Fit | None = None
     """How the prompt was fitted, when it did not fit whole."""
     left_cut: int = 0
