@@ -313,10 +313,13 @@ def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) 
 
 
 def _eval_line(outputs: dict[str, Any]) -> str:
+    from ee_middleware.jobs.report import suite_labels
+
     parts = []
     for side in ("baseline", "candidate"):
         suites = outputs["runs"].get(side, {}).get("suites", [])
-        rates = ", ".join(f"{s['suite'].split(':')[0]} {100 * s['success_rate']:.0f}%" for s in suites)
+        labels = suite_labels([s["suite"] for s in suites])
+        rates = ", ".join(f"{label} {100 * s['success_rate']:.0f}%" for label, s in zip(labels, suites, strict=True))
         parts.append(f"{side} {rates}")
     like = outputs.get("likelihood")
     if like:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_path, atomic_write_text
+from ee_middleware.errors import ConfigError
 from ee_middleware.jobs.runs import Run
 
 CHART = "eval.png"
@@ -405,23 +407,57 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     return blocks
 
 
+def suite_labels(names: Sequence[str]) -> list[str]:
+    """Short names for a run's suites, for a chart's bars and a one-line summary: ``bfcl:CATEGORY``,
+    ``tau:DOMAIN:SPLIT`` (a user's ``package.module:factory`` domain by its module's last part), ``traces[:APP]``; a
+    suite's full name where two short ones would be the same (every suite is told apart)."""
+    short = [_short_suite(name) for name in names]
+    counts = Counter(short)
+    return [label if counts[label] == 1 else name for label, name in zip(short, names, strict=True)]
+
+
+def _short_suite(name: str) -> str:
+    kind, _, rest = name.partition(":")
+    if kind == "tau" and ":" in rest:
+        domain, _, split = rest.rpartition(":")
+        module = domain.split(":", 1)[0].rsplit(".", 1)[-1]
+        return f"tau:{module}:{split}"
+    if kind == "traces" and rest:
+        from ee_middleware.evals.suites import parse_traces
+
+        try:
+            app = parse_traces(rest, name)[1]
+        except ConfigError:
+            return name
+        return f"traces:{app}" if app else "traces"
+    return name
+
+
 def _chart(path: Path, ev: dict[str, Any]) -> bool:
+    figure = chart_figure(ev)
+    if figure is None:
+        return False
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return True
+
+
+def chart_figure(ev: dict[str, Any]) -> Any:
+    """The evaluation chart of an ``evaluate`` stage's outputs (a matplotlib Figure; None without matplotlib): task
+    success per suite, candidate beside baseline, and the held-out likelihood where it was measured."""
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure
     except ImportError:
-        return False
+        return None
     like = ev.get("likelihood")
     figure = Figure(figsize=(9 if like else 5, 3.6), dpi=100)
     axes = figure.add_subplot(1, 2 if like else 1, 1)
-    suites = [
-        s["suite"].split(":")[0]
-        + (":" + s["suite"].rsplit(":", 1)[-1] if s["suite"].startswith("bfcl") else "")
-        + f"\n({s['tasks']} tasks)"
-        for s in ev["runs"]["candidate"]["suites"]
-    ]
+    scored_suites = ev["runs"]["candidate"]["suites"]
+    labels = suite_labels([s["suite"] for s in scored_suites])
+    suites = [f"{label}\n({s['tasks']} tasks)" for label, s in zip(labels, scored_suites, strict=True)]
     width = 0.38
     for offset, side, colour in ((-width / 2, "baseline", "#999999"), (width / 2, "candidate", "#4C72B0")):
         scored = ev["runs"][side]["suites"]
@@ -449,9 +485,7 @@ def _chart(path: Path, ev: dict[str, Any]) -> bool:
         detail = f"\ncandidate vs {like['baseline']} {versus['diff']:+.{d}f} ± {versus['se']:.{d}f} (paired)" if versus else ""
         right.set_title(f"held-out expert-action NLL ({like['states']} states){detail}", fontsize=9)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    return True
+    return figure
 
 
 def _lineage(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
@@ -491,13 +525,7 @@ def _lineage(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         )
     if ev:
         dirs = ", ".join(v["dir"] for v in ev["runs"].values())
-        rows.append(
-            (
-                "eval",
-                f"candidate and {ev['baseline']}: {dirs}",
-                f"ee eval gate --candidate {ev['runs']['candidate']['dir']} --baseline {ev['runs']['baseline']['dir']}",
-            )
-        )
+        rows.append(("eval", f"candidate and {ev['baseline']}: {dirs}", _gate_command(run, ev)))
     if promote:
         state = (
             f"promoted, {improve.get('alias') or improve.get('app')} -> {promote.get('live')}"
@@ -508,6 +536,20 @@ def _lineage(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     if not rows:
         return []
     return [Block("h2", "Lineage"), Block("table", rows=tuple(rows), header=("step", "what", "follow it with"))]
+
+
+def _gate_command(run: Run, ev: dict[str, Any]) -> str:
+    """The ``ee eval gate`` command that takes the run's own task-success decision again: with ``--policy`` the run's
+    configuration file where it set a ``[gate]`` table (else the gate's defaults, which the run used too)."""
+    import shlex
+
+    from ee_middleware.jobs.improve import CONFIG_COPY
+
+    words = ["ee", "eval", "gate", "--candidate", ev["runs"]["candidate"]["dir"], "--baseline", ev["runs"]["baseline"]["dir"]]
+    config = run.folder / CONFIG_COPY
+    if (run.data.get("config") or {}).get("gate") and config.is_file():
+        words += ["--policy", str(config)]
+    return shlex.join(words)
 
 
 # --- rendering ---------------------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""The run report's evaluation parts (the chart, the stage summary, the Lineage gate command) from real runs."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import run_eval
+from ee_middleware.jobs.deploy import _eval_line
+from ee_middleware.jobs.report import build_blocks, chart_figure, suite_labels, to_markdown
+from ee_middleware.jobs.runs import Run, RunsDir
+
+
+def _evaluated_run(tmp_path: Path, config: str, tables: dict[str, Any]) -> Run:
+    """A run whose evaluate stage holds two real eval runs (oracle as the candidate, noop as the baseline, 2 tasks), with
+    ``config`` as the configuration file the run kept."""
+    dirs = {}
+    for side, model in (("candidate", "oracle"), ("baseline", "noop")):
+        dirs[side] = tmp_path / "eval" / side
+        [summary] = run_eval(EvalJob(suites=["bfcl:simple:2"], model=model, out=str(dirs[side])))
+        dirs[side] = {"dir": str(dirs[side]), "suites": [summary]}
+    run = RunsDir(tmp_path / "runs").create("improve", {"improve": {"app": "shop"}, **tables}, "hash")
+    (run.folder / "config.toml").write_text(config)
+    outputs = {"baseline": "base", "candidate": "shop-v1", "runs": dirs}
+    run.write_stage("evaluate", {"stage": "evaluate", "status": "done", "outputs": outputs})
+    run.update(status="succeeded", stage_order=["evaluate"])
+    return run
+
+
+def _gate_command(run: Run) -> list[str]:
+    [row] = [line for line in to_markdown(build_blocks(run)).splitlines() if line.startswith("| eval |")]
+    command = row.split("|")[3].strip().strip("`")
+    assert command.startswith("ee eval gate "), row
+    return shlex.split(command)[1:]
+
+
+def test_the_lineage_gate_command_takes_the_runs_own_gate_decision_again(tmp_path: Path) -> None:
+    """Before: `ee eval gate --candidate C --baseline B`, without the run's [gate] table (min_tasks = 1): it FAILED
+    (default min_tasks 20) where the run's gate had PASSED."""
+    run = _evaluated_run(tmp_path, '[improve]\napp = "shop"\n\n[gate]\nmin_tasks = 1\n', {"gate": {"min_tasks": 1}})
+    args = _gate_command(run)
+    assert args[-2:] == ["--policy", str(run.folder / "config.toml")], args
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
+    without = CliRunner().invoke(app, args[:-2])
+    assert without.exit_code == 1 and "fewer than min_tasks = 20" in " ".join(without.output.split()), without.output
+
+
+def test_without_a_gate_table_the_lineage_command_uses_the_defaults_as_the_run_did(tmp_path: Path) -> None:
+    run = _evaluated_run(tmp_path, '[improve]\napp = "shop"\n', {"gate": {}})
+    args = _gate_command(run)
+    assert "--policy" not in args  # the file has no [gate] table for `ee eval gate --policy` to read
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "fewer than min_tasks = 20" in " ".join(result.output.split()), result.output
+
+
+def test_two_tau_suites_are_told_apart_in_the_chart_and_the_stage_summary() -> None:
+    """Before: both bars of eval.png read 'tau' and the evaluate stage said 'baseline tau 0%, tau 25%' (only bfcl suites
+    kept their category)."""
+    names = ["tau:library:test", "tau:mydomains.flightdesk:domain:test", "bfcl:simple", "traces:/data/store:shop"]
+    suites = [{"suite": name, "tasks": 4, "success_rate": rate} for name, rate in zip(names, (0.0, 0.25, 0.5, 1.0), strict=True)]
+    ev = {"baseline": "base", "candidate": "shop-v1", "runs": {"candidate": {"suites": suites}, "baseline": {"suites": suites}}}
+    figure = chart_figure(ev)
+    ticks = [label.get_text().split("\n")[0] for label in figure.axes[0].get_xticklabels()]
+    assert ticks == ["tau:library:test", "tau:flightdesk:test", "bfcl:simple", "traces:shop"], ticks
+    assert _eval_line(ev).startswith("baseline tau:library:test 0%, tau:flightdesk:test 25%, bfcl:simple 50%, traces:shop 100%;")
+    # Where the short names would be the same, the suites' full names.
+    same = ["tau:a.flights:domain:test", "tau:b.flights:domain:test", "traces:/a:shop", "traces:/b:shop"]
+    assert suite_labels(same) == same
