@@ -77,10 +77,52 @@ class EvalJob(BaseModel):
         """Options for the model client (only an OpenAI-compatible client takes them)."""
         return {"timeout_s": self.timeout_s, "retries": self.retries} if self.model.startswith("openai:") else {}
 
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that make the run (two runs with the same ones give the same answers), credentials hidden.
+
+        All but ``out``, ``suites`` (a run may grow by suites), ``workers``, ``timeout_s`` and ``retries`` (how long and
+        how often the client waits for the server: a resumed run may change them)."""
+        return _run_settings(self.model_dump())
+
+    @classmethod
+    def recorded_settings(cls, recorded: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`run_settings` of a job recorded in a ``run.json`` (an older version's record lacks the settings added
+        since: they were at their defaults)."""
+        known = {name: recorded.get(name, None if field.is_required() else field.default) for name, field in cls.model_fields.items()}
+        return _run_settings(known)
+
+    def changed_settings(self, recorded: dict[str, Any]) -> list[str]:
+        """``[eval] SETTING: RECORDED -> THIS`` for each run setting that differs from a recorded job's (the shape of
+        ``ee improve``'s changed settings)."""
+        before, after = self.recorded_settings(recorded), self.run_settings()
+        return [f"[eval] {name}: {_shown(before[name])} -> {_shown(after[name])}" for name in after if before[name] != after[name]]
+
+    def record(self) -> dict[str, Any]:
+        """The job as ``run.json`` holds it: every setting, the credentials of URLs (``user:password@``) hidden."""
+        return {name: _hidden(value) for name, value in self.model_dump().items()}
+
     def run_key(self) -> str:
-        """What makes two runs the same run (a resumed run must match): everything but ``out`` and ``workers``."""
-        data = self.model_dump(exclude={"out", "workers", "suites"})
-        for added in ("max_user_turns", "tau_bench_dir", "split", "sandbox"):  # left at their defaults, runs keep their old key
-            if data[added] == type(self).model_fields[added].default:
-                del data[added]
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        """A digest of :meth:`run_settings` (recorded in ``run.json``; holds no credential, not even hashed)."""
+        return hashlib.sha256(json.dumps(self.run_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+ANSWER_NEUTRAL = ("out", "suites", "workers", "timeout_s", "retries")
+"""Settings that do not change the answers: a run resumed with other values of them is the same run."""
+
+
+def _run_settings(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: _hidden(value) for name, value in values.items() if name not in ANSWER_NEUTRAL}
+
+
+def _shown(value: Any) -> str:
+    return "(not set)" if value is None else str(value)
+
+
+def _hidden(value: Any) -> Any:
+    from ee_middleware.errors import hide_credentials
+
+    if isinstance(value, str):
+        return hide_credentials(value)
+    if isinstance(value, list):
+        return [_hidden(v) for v in value]
+    return value

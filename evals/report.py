@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_path, atomic_write_text
+from ee_middleware.errors import hide_credentials
 
 SUMMARY = "summary.json"
 
@@ -81,7 +82,8 @@ def write_outputs(
     excluded: dict[str, dict[str, str]] | None = None,
     names: list[str] | None = None,
 ) -> None:
-    """Results Parquet, summary JSON, markdown and HTML reports and the bar chart, each written atomically.
+    """Results Parquet, summary JSON, markdown and HTML reports and the bar chart, each written atomically (the model
+    spec with the credentials of its URL hidden).
 
     ``names``: every suite's name, those that scored no task included (default: the suites of ``rows``)."""
     import polars as pl
@@ -93,12 +95,13 @@ def write_outputs(
         frame.write_parquet(tmp)
     summary = summarize(rows, names, excluded)
     cut = sum(s["cut_answers"] for s in summary)
-    record = {"model": job.model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "suites": summary}
+    model = hide_credentials(job.model)  # an endpoint's user:password@ stays out of every file
+    record = {"model": model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "suites": summary}
     atomic_write_text(out / SUMMARY, json.dumps(record, indent=2))
     chart = _bar_chart(out / "success.png", summary)
     max_tokens = getattr(job, "max_tokens", None)
-    atomic_write_text(out / "report.md", markdown_report(summary, rows, job.model, chart, max_tokens=max_tokens))
-    atomic_write_text(out / "report.html", html_report(summary, rows, job.model, chart, max_tokens=max_tokens))
+    atomic_write_text(out / "report.md", markdown_report(summary, rows, model, chart, max_tokens=max_tokens))
+    atomic_write_text(out / "report.html", html_report(summary, rows, model, chart, max_tokens=max_tokens))
 
 
 _SCHEMA = {
@@ -198,13 +201,15 @@ def _cell(text: Any) -> str:
 
 
 def unanswered_warning(summary: list[dict[str, Any]]) -> str:
-    """A warning when the model server gave no answer on some tasks ("" when it always answered)."""
+    """A warning when the model server gave no answer on some tasks ("" when it always answered), naming the suites (a
+    run may hold suites several commands added: the command to run again is the one with those suites)."""
     n = sum(s.get("no_answer", 0) for s in summary)
     if not n:
         return ""
+    where = ", ".join(f"{s['suite']}: {s['no_answer']}" for s in summary if s.get("no_answer"))
     return (
-        f"Warning: the model server gave no answer on {n} task trial(s) (down or timed out); they count as failures here. "
-        "Run the same `ee eval run` command again once the server is up: it runs only those again."
+        f"Warning: the model server gave no answer on {n} task trial(s) (down or timed out; {where}); they count as failures "
+        "here. Run the same `ee eval run` command (with those suites) again once the server is up: it runs only those again."
     )
 
 

@@ -6,7 +6,8 @@ so an interrupted run resumes where it stopped: the same command skips every (su
 already there, except those the model server gave no answer to (``no_answer``: it was down, timed
 out or failing), which run again, so a server that went down halfway costs a re-run, not a
 score. At the end the lines become ``OUT/results.parquet`` (written atomically) and the
-summary and report are written (:mod:`ee_middleware.evals.report`).
+summary and report are written (:mod:`ee_middleware.evals.report`). A command naming other suites
+adds them to the run: the results, summary and reports hold every suite of it.
 """
 
 from __future__ import annotations
@@ -83,23 +84,30 @@ def _reason(result: TaskResult, limit: int = 2) -> str | None:
 
 
 def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Run ``job`` (resuming a run in ``job.out`` with the same settings); the summary per suite.
+    """Run ``job`` (resuming a run in ``job.out`` with the same settings); the summary per suite of the whole run.
 
-    ``OUT/.lock`` is held meanwhile: a second run on the same folder is refused at once."""
+    A run folder grows by suites: a command naming other suites than the run's earlier ones adds them, and the
+    results, summary and reports hold every suite of the run. ``OUT/.lock`` is held meanwhile: a second run on the
+    same folder is refused at once. Nothing is written into ``job.out`` before its suites and model spec are checked."""
     out = Path(job.out)
     settings = job.suite_settings()
     suites = {spec: load_suite(spec, settings) for spec in job.suites}  # a misspelled suite claims no folder
     _check_distinct(suites)
-    out.mkdir(parents=True, exist_ok=True)
-    with _run_lock(out):
-        return _run_claimed(job, out, suites, progress)
+    worker = _Worker(job)  # nor does a model spec that cannot be built (a typo'd local: folder, a missing factory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with _run_lock(out):
+            return _run_claimed(job, out, suites, progress, worker)
+    finally:
+        worker.close()
 
 
-def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Progress | None) -> list[dict[str, Any]]:
+def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Progress | None, worker: _Worker) -> list[dict[str, Any]]:
     from ee_middleware.evals.report import summarize, write_outputs
 
-    _claim_run_dir(out, job)
-    done = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer")]  # the server gave no answer: run again
+    names, excluded = _claim_run_dir(out, job, [suite.name for suite in suites.values()])
+    journal_rows = read_journal(out / JOURNAL)
+    done = [r for r in journal_rows if not r.get("no_answer")]  # the server gave no answer: run again
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
     todo: list[tuple[str, EvalTask, int]] = []
     totals = {}
@@ -113,7 +121,7 @@ def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Prog
             if progress:
                 progress(name, counts[name], totals[name])
         synced = time.monotonic()
-        for row in _execute(job, todo):
+        for row in _execute(job, todo, worker):
             journal.write(json.dumps(row, ensure_ascii=False) + "\n")
             journal.flush()
             if time.monotonic() - synced >= SYNC_EVERY_S:  # a crash loses at most this much work: those tasks run again
@@ -123,12 +131,15 @@ def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Prog
             counts[row["suite"]] += 1
             if progress:
                 progress(row["suite"], counts[row["suite"]], totals[row["suite"]])
-    names = [suite.name for suite in suites.values()]
-    rows = [r for r in done if r["suite"] in names]
-    excluded = {suite.name: dict(getattr(suite, "excluded", None) or {}) for suite in suites.values()}
-    write_outputs(out, rows, job, excluded, names)
-    _mark_finished(out)
-    return summarize(rows, names, excluded)
+    # The tasks of suites an earlier command added that got no answer stay in the run as such (this one did not run them).
+    done += [
+        r for r in journal_rows if r.get("no_answer") and r["suite"] not in totals and (r["suite"], r["task_id"], r["trial"]) not in seen
+    ]
+    excluded.update({suite.name: dict(getattr(suite, "excluded", None) or {}) for suite in suites.values()})
+    names += [name for name in dict.fromkeys(r["suite"] for r in done) if name not in names]
+    write_outputs(out, done, job, excluded, names)
+    _mark_finished(out, excluded)
+    return summarize(done, names, excluded)
 
 
 def _run_lock(out: Path) -> contextlib.AbstractContextManager[None]:
@@ -155,9 +166,15 @@ def _check_distinct(suites: dict[str, Any]) -> None:
             )
 
 
-def _claim_run_dir(out: Path, job: EvalJob) -> None:
+def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Record ``job`` in ``OUT/run.json`` as the run's (new, or resumed with the same settings); the names of the run's
+    suites, those of earlier commands first, and the tasks each suite left out (``excluded``) as recorded so far.
+
+    A run with other settings is refused, naming them, unless it holds no result the server answered (a typo'd
+    endpoint, a start that failed): then this command takes the folder over, and that run's journal is emptied."""
     run_file = out / RUN_FILE
-    record = {"job": job.model_dump(), "run_key": job.run_key(), "version": __version__}
+    record: dict[str, Any] = {"job": job.record(), "run_key": job.run_key(), "version": __version__}
+    previous: dict[str, Any] = {}
     if run_file.exists():
         try:
             previous = json.loads(run_file.read_text(encoding="utf-8"))
@@ -168,19 +185,36 @@ def _claim_run_dir(out: Path, job: EvalJob) -> None:
                 f"{run_file} is not a run record ({exc}), so the run in {out} cannot be resumed: it records the settings its "
                 f"results were made with. Use another --out, or delete {out} to start over."
             ) from exc
-        if previous.get("run_key") != record["run_key"]:
-            raise ConfigError(
-                f"{out} holds a run with other settings (model, trials, seed or sampling differ), so it cannot be resumed "
-                "with these. Use another --out, or delete that folder to start over."
-            )
-        record["job"]["suites"] = sorted(set(previous["job"].get("suites") or []) | set(job.suites))
+        changed = job.changed_settings(previous["job"])
+        if changed:
+            answered = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer")]
+            if answered:
+                raise ConfigError(
+                    f"{out} holds {len(answered)} result(s) of a run with other settings, so it cannot be resumed with these "
+                    f"({'; '.join(changed)}: the run's value -> this command's). Use another --out, run the command with the "
+                    "run's settings to resume it, or delete that folder to start over. (--timeout, retries and --workers "
+                    "may change on a resume.)"
+                )
+            atomic_write_text(out / JOURNAL, "")  # only tasks the server never answered: nothing of that run is lost
+            previous = {}
+    earlier = [str(n) for n in previous.get("suite_names") or []] or list(
+        dict.fromkeys(str(r["suite"]) for r in read_journal(out / JOURNAL))  # a record from before suite_names
+    )
+    names = [*earlier, *(name for name in names if name not in earlier)]
+    excluded = {k: dict(v) for k, v in (previous.get("excluded") or {}).items() if isinstance(v, dict)}
+    if previous:
+        record["job"]["suites"] = sorted(set(previous["job"].get("suites") or []) | set(record["job"]["suites"]))
+    record["suite_names"] = names
+    record["excluded"] = excluded
     record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["finished"] = None  # until the results and reports of this invocation are written: the gate refuses the run
     atomic_write_text(run_file, json.dumps(record, indent=2))
+    return list(names), excluded
 
 
-def _mark_finished(out: Path) -> None:
+def _mark_finished(out: Path, excluded: dict[str, dict[str, str]]) -> None:
     record = json.loads((out / RUN_FILE).read_text())
+    record["excluded"] = excluded
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
 
@@ -234,16 +268,13 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _execute(job: EvalJob, todo: list[tuple[str, EvalTask, int]]) -> Iterator[dict[str, Any]]:
+def _execute(job: EvalJob, todo: list[tuple[str, EvalTask, int]], worker: _Worker) -> Iterator[dict[str, Any]]:
+    """The rows of ``todo``: in this process with ``worker`` (its caller closes it), or in ``job.workers`` processes."""
     if not todo:
         return
     if job.workers == 1 or len(todo) == 1:
-        worker = _Worker(job)
-        try:
-            for spec, task, trial in todo:
-                yield worker.run(spec, task, trial)
-        finally:
-            worker.close()
+        for spec, task, trial in todo:
+            yield worker.run(spec, task, trial)
         return
     yield from _in_processes(job, todo)
 
