@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def run_cmd(
     the same command run again runs only those tasks. Answers the model could not finish within --max-tokens
     (finish_reason 'length') are counted per suite (cut_answers) with a warning; the run still counts as done.
     """
+    from ee_middleware._toml import layered_values
     from ee_middleware.evals.job import EvalJob
     from ee_middleware.evals.report import cut_warning, unanswered_warning
     from ee_middleware.evals.runner import run_eval
@@ -85,6 +87,11 @@ def run_cmd(
         "split": str(split) if split else None,
         "sandbox": sandbox,
     }
+    if overrides["model"] is None and "model" not in layered_values(config, "eval", {}, job="eval job"):
+        raise typer.BadParameter(
+            "no model to evaluate: give --model-spec SPEC (oracle, noop, local:DIR[@ADAPTER], openai:URL#MODEL or "
+            "module:factory), or --endpoint URL with --model NAME (or model under [eval] in the --config file)"
+        )
     job = EvalJob.load(config, **overrides)
     out_console = console()
     bars = _Bars(progress_console()) if progress and not as_json else None
@@ -191,6 +198,14 @@ def gate_cmd(
 
     if (adapter is None) != (registry is None):
         raise typer.BadParameter("--adapter and --registry go together: the adapter the gate decides on, and its registry")
+    for flag, path in (("--candidate", candidate), ("--baseline", baseline)):
+        if path.is_file():
+            raise typer.BadParameter(
+                f"{path} is a file: {flag} takes a run folder, the --out of `ee eval run` (the folder holding results.parquet"
+                + (f", here {path.parent}" if (path.parent / "results.parquet").is_file() else "")
+                + ")",
+                param_hint=flag,
+            )
     result = gate(candidate, baseline, GatePolicy.load(policy, min_tasks=min_tasks))
     if adapter is not None and registry is not None:
         from ee_middleware.adapters.registry import open_registry
@@ -258,7 +273,10 @@ def likelihood_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Per-token NLL of the expert's action on held-out states, base vs adapters, paired per state."""
+    """Per-token NLL of the expert's action on held-out states, base vs adapters, paired per state.
+
+    The table shows as many decimals as the paired differences need. --json prints one object per model; a value that
+    cannot be computed is null (paired_se with a single held-out state; mean_nll with no state scored)."""
     from ee_middleware.evals.likelihood import load_heldout, report, score_likelihood
 
     states = load_heldout(data)[:limit]
@@ -294,18 +312,30 @@ def likelihood_cmd(
     finally:
         if bar is not None:
             bar.stop()
-    rows = report(scores)
+    rows = [{key: _finite_or_none(value) for key, value in row.items()} for row in report(scores)]
     if as_json:
         print_json(rows)
         return
     from rich.table import Table
 
+    from ee_middleware.jobs.deploy import nll_decimals
+
+    d = nll_decimals(*(row.get(key) for row in rows for key in ("paired_diff", "paired_se")))  # shows what was measured
     table = Table(title=f"Expert-action NLL per token on {len(scores[0].nll)} held-out states (lower is better)")
     for column in ("model", "mean NLL", "vs base (± s.e.)", "improved", "parse", "name match", "exact"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
-        paired = f"{row['paired_diff']:+.3f} ± {row['paired_se']:.3f}" if "paired_diff" in row else ""
+        paired = ""
+        if row.get("paired_diff") is not None:
+            se = row.get("paired_se")
+            paired = f"{row['paired_diff']:+.{d}f} ± " + (f"{se:.{d}f}" if se is not None else "n/a (one state)")
         improved = f"{row['improved_share']:.0%}" if "improved_share" in row else ""
         decoded = [f"{row[k]:.0%}" if k in row else "" for k in ("parse_rate", "name_match", "exact_match")]
-        table.add_row(escape(row["model"]), f"{row['mean_nll']:.3f}", paired, improved, *decoded)
+        mean = f"{row['mean_nll']:.{d}f}" if row.get("mean_nll") is not None else "-"
+        table.add_row(escape(row["model"]), mean, paired, improved, *decoded)
     out_console.print(table)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value``, or None for a float that is not finite (NaN is not JSON): the standard error of one state."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,54 @@ def test_the_cli_prints_a_table_and_json(base_dir: Path, heldout_dir: Path, zero
     assert [r["model"] for r in rows] == [BASE, "zero-adapter"] and rows[1]["states"] == 3
     table = runner.invoke(app, [*args, "--no-progress"], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "held-out states" in table.stdout and "zero-adapter" in table.stdout
+
+
+@pytest.fixture(scope="module")
+def nudged_adapter(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter with small random B matrices: it moves the NLL by a few 1e-4, a difference 3 decimals hide."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("nudged") / "nudged-adapter"
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), config)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.mul_(0.003)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_the_cli_json_has_no_nan_and_the_table_shows_the_measured_difference(
+    base_dir: Path, heldout_dir: Path, nudged_adapter: Path
+) -> None:
+    """Before: with one held-out state --json printed "paired_se": NaN (not JSON), and the table printed
+    -0.000 ± 0.000 for a difference the JSON measured as a few 1e-4."""
+    runner = CliRunner()
+    args = ["eval", "likelihood", "--data", str(heldout_dir), "--base", str(base_dir), "--adapter", str(nudged_adapter)]
+    one = runner.invoke(app, [*args, "--limit", "1", "--json"])
+    assert one.exit_code == 0, one.output
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    rows = json.loads(one.stdout, parse_constant=refuse)
+    assert rows[1]["states"] == 1 and rows[1]["paired_se"] is None and rows[1]["paired_diff"] != 0
+    table = runner.invoke(app, [*args, "--limit", "1", "--no-progress"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "± n/a (one state)" in table.stdout, table.output
+
+    three = runner.invoke(app, [*args, "--limit", "3", "--json"])
+    [measured] = [r for r in json.loads(three.stdout) if r["model"] == "nudged-adapter"]
+    assert 0 < abs(measured["paired_diff"]) < 5e-4, "the adapter moves the NLL by less than 3 decimals show"
+    table = runner.invoke(app, [*args, "--limit", "3", "--no-progress"], env={"COLUMNS": "200"})
+    [row] = [line for line in table.stdout.splitlines() if "nudged-adapter" in line]
+    diff, se = re.search(r"([+-]\d+\.(\d+)) ± (\d+\.\d+)", row).group(1, 3)
+    decimals = len(diff.split(".")[1])
+    assert float(diff) != 0 and float(se) != 0, row
+    assert (
+        abs(float(diff) - measured["paired_diff"]) <= 0.5 * 10**-decimals and abs(float(se) - measured["paired_se"]) <= 0.5 * 10**-decimals
+    )
 
 
 def test_missing_heldout_data_and_adapters_are_named(base_dir: Path, tmp_path: Path) -> None:
