@@ -176,15 +176,20 @@ def check_prompt_parity(server_root: str, served_model: str, tokenizer: Any) -> 
     ``server_root`` is the server's address without ``/v1``; ``tokenizer`` the base model's own (with
     the template the adapter was trained with). Checks a multi-turn state with tools, tool calls and
     a tool result, the same without a system message, and a plain prompt; returns how many were compared.
+    Where the trainer cannot train on the serving prompt itself (a generation prompt the template's own turns do not
+    start with, as QwQ's ``<think>``: the row's ``fallback``), the served prompt is compared with the serving prompt
+    rendered with ``tokenizer``.
     """
     import httpx
 
-    from ee_middleware.models.chat_template import probe_template, render_pair
+    from ee_middleware.models.chat_template import probe_template, render_pair, render_prompt
 
     completion = [{"role": "assistant", "content": "Done."}]
     cases = ((PARITY_PROMPT, PARITY_TOOLS), (PARITY_PROMPT[1:], PARITY_TOOLS), (PARITY_PROMPT[1:2], None))
+    support = probe_template(tokenizer)
     for messages, tools in cases:
-        text = render_pair(tokenizer, messages, completion, tools, probe_template(tokenizer))[0]
+        row = render_pair(tokenizer, messages, completion, tools, support)
+        text = render_prompt(tokenizer, messages, tools, support) if row.fallback else row.prompt
         trained = tokenizer(text, add_special_tokens=False)["input_ids"]
         body = {"model": served_model, "messages": messages, "add_generation_prompt": True, **({"tools": tools} if tools else {})}
         response = httpx.post(f"{server_root.rstrip('/')}/tokenize", json=body, timeout=120)
