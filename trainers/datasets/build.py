@@ -44,7 +44,7 @@ from ee_middleware.records import SANDBOX_FAILURES
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
 from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.caps import share_cap
-from ee_middleware.trainers.datasets.iwm import IWMOptions
+from ee_middleware.trainers.datasets.iwm import IWMOptions, find_repeated_rollouts
 from ee_middleware.trainers.datasets.passes import ILWriter, IWMWriter, KindWriter, SRWriter, run_pass
 from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redaction_metadata
 from ee_middleware.trainers.datasets.rows import KINDS, conform
@@ -464,7 +464,7 @@ def _build_split(
         for kind in kinds:
             started = time.perf_counter()
             parts = stack.enter_context(PartWriter(folder / f"{kind}.parquet", metadata, kind, redactor))
-            writers[kind] = _writer(kind, parts, index, config, teacher, on_sr_progress)
+            writers[kind] = _writer(kind, parts, index, config, teacher, on_sr_progress, reader, budget)
             seconds[kind] += time.perf_counter() - started
         iwm = writers.get("iwm")
         if isinstance(iwm, IWMWriter):  # IWM's rollout rows come first in its file, trajectories sorted
@@ -509,6 +509,8 @@ def _writer(
     config: DatasetConfig,
     teacher: Teacher | None,
     on_sr_progress: Callable[[int, int], None] | None,
+    reader: SourceReader,
+    budget: int,
 ) -> KindWriter:
     if kind == "il":
         return ILWriter(parts)
@@ -519,7 +521,7 @@ def _writer(
             include_expert_steps=config.iwm_include_expert_steps,
             seed=config.seed,
         )
-        return IWMWriter(parts, index, options)
+        return IWMWriter(parts, index, options, find_repeated_rollouts(reader, index, budget))
     assert teacher is not None
     return SRWriter(parts, teacher, SROptions(k=config.sr_k, seed=config.seed), index, on_sr_progress)
 

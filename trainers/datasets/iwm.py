@@ -5,11 +5,18 @@ same format: the prompt is the state, the assistant message making the call, and
 predict its result; the completion is the observation text. Long observations are cut to a budget
 (the cut is recorded per row) and the share of error observations is capped (too many error
 outcomes hurt, as the paper notes).
+
+A build uses every replay configuration's rollouts by default, and two configurations (the mutation policy with two
+seeds, say) often propose the same call at the same state and get the same observation: that example would be
+trained on once per configuration. A rollout that repeats another replay's at the same state (same call, arguments
+compared as values, and the same observation) is left out (:func:`repeated_rollouts`; the first in the order
+trajectory, step, branch, replay id stays), before the error cap counts the rows; ``datasets.json`` counts them
+(``repeats_left_out``). One replay never proposes a call twice at a state (its proposer drops duplicates).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
@@ -29,7 +36,8 @@ from ee_middleware.trainers.datasets.rows import (
     tool_result_message,
     user_message,
 )
-from ee_middleware.trainers.datasets.source import DatasetSource
+from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
+from ee_middleware.trainers.datasets.sr import _call_key as call_key
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,68 @@ class IWMOptions:
 
 
 def build_iwm(source: DatasetSource, options: IWMOptions | None = None) -> pl.DataFrame:
-    """IWM rows for every rollout and expert step (vectorised), with the error share capped."""
+    """IWM rows for every rollout (but those that repeat another replay's: :func:`repeated_rollouts`) and expert step
+    (vectorised), with the error share capped."""
     options = options or IWMOptions()
+    source = without_repeats(source, repeated_rollouts(source.rollouts))
     rows = iwm_rows(source, options, rollouts=True, expert=options.include_expert_steps)
     return iwm_frame(_cap_errors(rows, options.max_error_share, options.seed), source.source_hash)
+
+
+REPEAT_COLUMNS = (
+    "id",
+    "trajectory_id",
+    "step_index",
+    "branch_index",
+    "replay_id",
+    "tool_name",
+    "arguments_json",
+    "observation",
+    "is_error",
+)
+"""The rollout columns :func:`repeated_rollouts` reads."""
+REPEATS_SCHEMA = {"id": pl.String(), "is_error": pl.Boolean()}
+
+
+def repeated_rollouts(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """``id`` and ``is_error`` of the rollouts that repeat another replay configuration's at the same state: the same
+    trajectory and step, the same call (tool name and arguments, compared as values: key order and spacing aside) and
+    the same observation. Of each set of repeats the first in the order trajectory, step, branch index, replay id
+    stays (an order the store's layout does not change); the others are returned. Only states replayed by more than one
+    configuration are compared (one replay never proposes a call twice at a state)."""
+    if rollouts.is_empty():
+        return pl.DataFrame(schema=REPEATS_SCHEMA)
+    cells = ["trajectory_id", "step_index"]
+    several = rollouts.group_by(cells).agg(pl.col("replay_id").n_unique().alias("_replays")).filter(pl.col("_replays") > 1)
+    shared = rollouts.join(several.select(cells), on=cells, how="semi")
+    if shared.is_empty():
+        return pl.DataFrame(schema=REPEATS_SCHEMA)
+    calls = [call_key(name, arguments) for name, arguments in shared.select("tool_name", "arguments_json").iter_rows()]
+    ordered = shared.with_columns(pl.Series("_call", calls, dtype=pl.String)).sort(*cells, "branch_index", "replay_id", "id")
+    first = pl.struct(*cells, "_call", pl.col("observation").fill_null("")).is_first_distinct()
+    return ordered.filter(~first).select("id", pl.col("is_error").fill_null(False))
+
+
+def find_repeated_rollouts(reader: SourceReader, index: SourceIndex, budget_bytes: int) -> pl.DataFrame:
+    """:func:`repeated_rollouts` of the rollouts of ``index``'s trajectories a build uses, read a group of about
+    ``budget_bytes`` at a time and only for the trajectories with a state that more than one replay configuration
+    replayed (none read when no trajectory has rollouts of several)."""
+    if not index.trajectories_with_several_replays or index.rollouts.is_empty():
+        return pl.DataFrame(schema=REPEATS_SCHEMA)
+    keys = reader.rollout_columns(index.trajectories["id"].to_list(), ("id", "trajectory_id", "step_index", "branch_index", "replay_id"))
+    several = keys.group_by("trajectory_id", "step_index").agg(pl.col("replay_id").n_unique().alias("_replays"))
+    shared = sorted(several.filter(pl.col("_replays") > 1)["trajectory_id"].unique().to_list())
+    found = [repeated_rollouts(reader.rollout_columns(ids, REPEAT_COLUMNS)) for ids in index.groups(shared, budget_bytes)]
+    return pl.concat(found, how="vertical") if found else pl.DataFrame(schema=REPEATS_SCHEMA)
+
+
+def without_repeats(source: DatasetSource, repeats: pl.DataFrame) -> DatasetSource:
+    """``source`` without the rollouts listed in ``repeats`` (``id``: :func:`repeated_rollouts`); its rows still record
+    the hash of the whole source."""
+    if repeats.is_empty() or source.rollouts.is_empty():
+        return source
+    rollouts = source.rollouts.join(repeats.select("id"), on="id", how="anti", maintain_order="left")
+    return replace(source, rollouts=rollouts, content_hash=source.source_hash)
 
 
 MEDIA_SIZE = r"\[(?P<kind>image|audio|video|document|file)(?P<rest>: [^\[\]\n]*?)?(?:, |: )\d+(?:\.\d)? (?:bytes|KB|MB|GB)\]"

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ee_middleware.trainers.datasets.il import build_il, malformed_calls
-from ee_middleware.trainers.datasets.iwm import MEDIA_SIZE_REMOVED, IWMOptions, iwm_frame, iwm_rows, kept_errors
+from ee_middleware.trainers.datasets.iwm import (
+    MEDIA_SIZE_REMOVED,
+    REPEATS_SCHEMA,
+    IWMOptions,
+    iwm_frame,
+    iwm_rows,
+    kept_errors,
+    without_repeats,
+)
 from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader, taught_steps
 from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher
@@ -120,19 +128,23 @@ def no_rollouts_reason(index: SourceIndex) -> str:
 class IWMWriter(KindWriter):
     """IWM rows: the rollouts' (:meth:`add_rollouts`, trajectories sorted), then the expert steps'
     (:meth:`add`, storage order); with the error cap active, the rows without an error, then the error
-    rows it keeps (chosen from counts taken on the keys, before any row is built)."""
+    rows it keeps (chosen from counts taken on the keys, before any row is built). ``repeats``: the rollouts that
+    repeat another replay's (:func:`~ee_middleware.trainers.datasets.iwm.find_repeated_rollouts`), left out before
+    the cap counts."""
 
-    def __init__(self, parts: PartWriter, index: SourceIndex, options: IWMOptions) -> None:
+    def __init__(self, parts: PartWriter, index: SourceIndex, options: IWMOptions, repeats: pl.DataFrame | None = None) -> None:
         super().__init__(parts)
         self.options = options
         self.reads_storage_order = options.include_expert_steps
         self.extra: dict[str, Any] = {}
         if index.rollouts.is_empty():
             self.extra["warning"] = f"{no_rollouts_reason(index)}; IWM has expert steps only"
+        self.repeats = repeats if repeats is not None else pl.DataFrame(schema=REPEATS_SCHEMA)
         steps = index.steps.select(
             "trajectory_id", pl.col("index").alias("step_index"), "action_kind", "has_observation", "observation_is_error"
         )
-        flags = [index.rollouts.join(steps, on=["trajectory_id", "step_index"], how="semi")["is_error"]]
+        rollouts = index.rollouts.join(self.repeats.select("id"), on="id", how="anti", maintain_order="left")
+        flags = [rollouts.join(steps, on=["trajectory_id", "step_index"], how="semi")["is_error"]]
         if options.include_expert_steps:
             expert = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("has_observation"))
             flags.append(expert["observation_is_error"].fill_null(False))
@@ -142,6 +154,7 @@ class IWMWriter(KindWriter):
         self.errors_seen = self.errors = self.non_null = self.truncated = self.media_sizes = 0
 
     def add_rollouts(self, source: DatasetSource) -> None:
+        source = without_repeats(source, self.repeats)
         self._write(iwm_rows(source, self.options, rollouts=True, expert=False), source.source_hash)
 
     def add(self, source: DatasetSource) -> None:
@@ -169,7 +182,14 @@ class IWMWriter(KindWriter):
         share = round(self.errors / self.non_null, 3) if self.non_null else 0.0
         left_out = self.errors_seen - len(self.keep) if self.keep is not None else 0
         media = {"media_sizes_left_out": self.media_sizes} if self.media_sizes else {}
-        return {**self.extra, "error_share": share, "errors_left_out": left_out, "truncated_rows": self.truncated, **media}
+        return {
+            **self.extra,
+            "error_share": share,
+            "errors_left_out": left_out,
+            "repeats_left_out": self.repeats.height,
+            "truncated_rows": self.truncated,
+            **media,
+        }
 
 
 def run_pass(

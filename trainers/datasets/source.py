@@ -471,6 +471,13 @@ class SourceReader:
             counts.append(others.select(pl.col("id").n_unique().alias("other_replays")))
         return {k: int(v) for frame in pl.collect_all(counts) for k, v in frame.row(0, named=True).items()}
 
+    def rollout_columns(self, ids: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
+        """``columns`` of the rollouts of these trajectories a build uses (those :meth:`load` reads, in its order), and no
+        other: a pass that needs a few columns of many rollouts (``columns`` must hold ``id``, ``trajectory_id``,
+        ``step_index`` and ``branch_index``, which the selection reads)."""
+        keep = pl.Series(list(ids), dtype=pl.String)
+        return self._read(lambda: self._rollout_rows(keep, columns).rows.drop("_replay"))
+
     def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);
         with ``rollouts=False`` the rollouts are not read (an empty frame), for builders that use none."""
