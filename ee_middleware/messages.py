@@ -73,6 +73,18 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     return clean_text(repr(value))
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, infinity: not JSON) replaced by None, in dicts, lists and
+    tuples at any depth: what a file or ``--json`` answer meant for other programs holds (``null``, never ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 def dumps(value: Any) -> str:
     """JSON text for ``value`` (compact, UTF-8, never raises on odd objects)."""
     try:  # the C encoder for the common case; odd objects go through to_jsonable one by one

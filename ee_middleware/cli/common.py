@@ -140,7 +140,10 @@ def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+    """A command's ``--json`` answer: strict JSON (a value that could not be computed, NaN, is ``null``)."""
+    from ee_middleware.messages import finite_or_null
+
+    sys.stdout.write(json.dumps(finite_or_null(data), ensure_ascii=False, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def console() -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +311,9 @@ def likelihood_cmd(
     finally:
         if bar is not None:
             bar.stop()
-    rows = [{key: _finite_or_none(value) for key, value in row.items()} for row in report(scores)]
+    from ee_middleware.messages import finite_or_null
+
+    rows = finite_or_null(report(scores))
     if as_json:
         print_json(rows)
         return
@@ -334,8 +335,3 @@ def likelihood_cmd(
         mean = f"{row['mean_nll']:.{d}f}" if row.get("mean_nll") is not None else "-"
         table.add_row(escape(row["model"]), mean, paired, improved, *decoded)
     out_console.print(table)
-
-
-def _finite_or_none(value: Any) -> Any:
-    """``value``, or None for a float that is not finite (NaN is not JSON): the standard error of one state."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value

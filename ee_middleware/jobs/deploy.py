@@ -21,6 +21,7 @@ from ee_middleware.errors import hide_credentials
 from ee_middleware.jobs.errors import JobError
 from ee_middleware.jobs.runs import file_entry
 from ee_middleware.jobs.stages import ADAPTER_DIR, DATA_DIR, StageContext, StageResult
+from ee_middleware.messages import finite_or_null
 
 if TYPE_CHECKING:
     from ee_middleware.jobs.config import ImproveConfig
@@ -308,7 +309,8 @@ def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) 
         "baseline": "live" if live else BASE,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=1))
+    data = finite_or_null(data)  # a value that cannot be computed (the spread of one state) is null, not NaN
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
     return data
 
 
@@ -428,6 +430,13 @@ def nll_decimals(*spreads: float | None) -> int:
     return min(6, max(3, 1 - math.floor(math.log10(min(finite)))))
 
 
+def paired_text(diff: float, se: float | None, digits: int) -> str:
+    """A paired difference and its standard error: ``+0.012 ± 0.004``, or ``± n/a (one state)`` where there is none
+    (NaN in memory, null in a run's files)."""
+    spread = f"{se:.{digits}f}" if se is not None and math.isfinite(se) else "n/a (one state)"
+    return f"{diff:+.{digits}f} ± {spread}"
+
+
 def metrics_moved(task: dict[str, Any], likelihood: dict[str, Any] | None) -> list[str]:
     """Plain sentences: which metric moved, and whether beyond its noise."""
     lines = []
@@ -451,7 +460,7 @@ def metrics_moved(task: dict[str, Any], likelihood: dict[str, Any] | None) -> li
         d = nll_decimals(likelihood["se"], likelihood["diff"])
         lines.append(
             f"held-out action NLL per token {direction}: {likelihood['baseline_nll']:.{d}f} -> {likelihood['candidate_nll']:.{d}f} "
-            f"({likelihood['diff']:+.{d}f} ± {likelihood['se']:.{d}f} s.e., {100 * likelihood['improved_share']:.0f}% of "
+            f"({paired_text(likelihood['diff'], likelihood['se'], d)} s.e., {100 * likelihood['improved_share']:.0f}% of "
             f"{likelihood['states']} states improved; {'beyond' if likelihood['significant'] else 'within'} 2 s.e.)"
         )
     return lines

@@ -369,7 +369,7 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         blocks.append(Block("list", rows=tuple((line,) for line in excluded)))
     like = ev.get("likelihood")
     if like:
-        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals
+        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals, paired_text
 
         names = like.get("names", {})
         vs_live = compare_likelihood(like) if like.get("baseline") == "live" else None  # what the gate compares
@@ -379,10 +379,10 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
             (
                 f"{m['model']} ({names.get(m['model'], '')})",
                 _n(m["mean_nll"], d),
-                f"{m['paired_diff']:+.{d}f} ± {m['paired_se']:.{d}f}" if "paired_diff" in m else "-",
+                paired_text(m["paired_diff"], m.get("paired_se"), d) if m.get("paired_diff") is not None else "-",
                 _pct(m.get("improved_share")),
                 *(
-                    (f"{vs_live['diff']:+.{d}f} ± {vs_live['se']:.{d}f}, {_pct(vs_live['improved_share'])} improved",)
+                    (f"{paired_text(vs_live['diff'], vs_live['se'], d)}, {_pct(vs_live['improved_share'])} improved",)
                     if vs_live and m["model"] == "candidate"
                     else ("-",)
                     if vs_live
@@ -477,12 +477,12 @@ def chart_figure(ev: dict[str, Any]) -> Any:
         bars = right.bar(range(len(values)), values, color=colours)
         right.set_xticks(range(len(names)), names, fontsize=8)
         right.set_ylabel("NLL per token (lower is better)")
-        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals
+        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals, paired_text
 
         versus = compare_likelihood(like)  # against the gate's baseline: the live adapter, else the base
         d = nll_decimals(*((versus["diff"], versus["se"]) if versus else ()))
         right.bar_label(bars, labels=[f"{v:.{d}f}" for v in values], fontsize=8)
-        detail = f"\ncandidate vs {like['baseline']} {versus['diff']:+.{d}f} ± {versus['se']:.{d}f} (paired)" if versus else ""
+        detail = f"\ncandidate vs {like['baseline']} {paired_text(versus['diff'], versus['se'], d)} (paired)" if versus else ""
         right.set_title(f"held-out expert-action NLL ({like['states']} states){detail}", fontsize=9)
     figure.tight_layout()
     return figure

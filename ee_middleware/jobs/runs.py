@@ -34,6 +34,7 @@ from ee_middleware._files import atomic_write_text
 from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
 from ee_middleware.jobs.errors import JobError, RunConfigChangedError, RunLockedError, RunNotFoundError
+from ee_middleware.messages import finite_or_null
 
 RUN_SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
@@ -110,7 +111,8 @@ class Run:
 
     def save(self) -> None:
         self.data["updated_at"] = now()
-        atomic_write_text(self.folder / RUN_FILE, json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
+        text = json.dumps(finite_or_null(self.data), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+        atomic_write_text(self.folder / RUN_FILE, text + "\n")
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)

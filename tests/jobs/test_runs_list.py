@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
@@ -68,3 +70,29 @@ def test_runs_show_says_a_killed_run_may_be_dead_as_runs_list_does(tmp_path: Pat
     assert "0.0" not in train_row and " - " in train_row, train_row
     with runs.lock():  # a live process holds the lock: really running
         assert "(killed?)" not in shown("list") and "(killed?)" not in shown("show")
+
+
+def test_a_value_that_cannot_be_computed_is_null_in_run_json_and_json_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # With one held-out state the likelihood's standard error is NaN: run.json, likelihood.json and `ee runs show --json`
+    # held 'NaN', which is not JSON (a strict parser, jq, refuses the file).
+    import json
+    import math
+
+    from ee_middleware.cli.common import print_json
+    from ee_middleware.jobs.deploy import compare_likelihood, metrics_moved
+    from ee_middleware.jobs.runs import RUN_FILE, Run
+
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    one_state = {"per_state_nll": {"base": [5.9], "candidate": [5.8]}, "names": {"base": "base", "candidate": "a-v2"}, "baseline": "base"}
+    likelihood = compare_likelihood(one_state)
+    assert math.isnan(likelihood["se"])
+    run = Run(tmp_path, {"id": "r1", "status": "running", "stages": {"gate": {"outputs": {"likelihood": likelihood}}}})
+    run.save()
+    saved = strict((tmp_path / RUN_FILE).read_text())
+    assert saved["stages"]["gate"]["outputs"]["likelihood"]["se"] is None
+    print_json({"models": [{"paired_se": math.nan, "paired_diff": -0.1, "values": (math.inf, 1.0)}]})
+    assert strict(capsys.readouterr().out) == {"models": [{"paired_se": None, "paired_diff": -0.1, "values": [None, 1.0]}]}
+    [line] = metrics_moved({}, likelihood)
+    assert "(-0.100 ± n/a (one state) s.e., 100% of 1 states improved; within 2 s.e.)" in line, line
