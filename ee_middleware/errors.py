@@ -68,6 +68,8 @@ def os_error_advice(exc: OSError) -> str:
         errno.EROFS: "The file system is mounted read-only: remount it read-write, or copy the store somewhere writable.",
         errno.EACCES: "Permission denied: run as a user who may write there, or fix the folder's permissions.",
         errno.EPERM: "Operation not permitted: run as a user who may write there, or fix the folder's permissions.",
+        errno.EFBIG: "A file-size limit stopped the write (the process's `ulimit -f`, systemd's LimitFSIZE=, or the largest "
+        "file the file system holds): raise the limit for this process, then try again.",
     }
     return advice.get(exc.errno or 0, "Check the folder's permissions and free space, then try again.")
 

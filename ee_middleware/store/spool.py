@@ -15,6 +15,7 @@ everything before and after it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -366,14 +367,37 @@ class SpoolWriter:
         kernel holds it; a machine that stops (power, kernel) can lose the writes made since the last
         sync. For records that can be made again (a replay's rollouts: the next run replays what has
         no record), not for captured trajectories.
+
+        A batch that would take the segment past the largest file this process may write (``ulimit -f``, systemd's
+        ``LimitFSIZE=``) goes to a new segment, and one larger than that limit to as many new segments as it needs
+        (:meth:`_write_split_locked`). A write that fails is rolled back and its segment closed: the next write goes to a
+        new one.
         """
+        lines = list(lines)
         data = b"".join(lines)
         if not data:
             return
         with self._lock:
+            limit = _file_size_limit()
+            if limit is not None and self._size > 0 and self._size + len(data) > limit:
+                self._seal_quietly_locked()  # this segment would pass the file-size limit: a new one takes the batch
+            if limit is not None and len(data) > limit:
+                self._write_split_locked(lines, limit, durable=durable)
+            else:
+                self._write_locked(data, durable=durable)
+            # sealed segments can be compacted, so a long-running agent's records still reach Parquet
+            if self._size >= self._max_bytes or time.monotonic() - self._opened_at >= self._max_age:
+                self._seal_quietly_locked()
+
+    def _write_locked(self, data: bytes, *, durable: bool) -> None:
+        """Write ``data`` (whole spool lines) to the open segment, or a new one. A failed write is rolled back; one that
+        met a file-size limit (``EFBIG``) in a segment holding records is made again once, in a new segment."""
+        retried = False
+        while True:
             fd = self._ensure_open()
             segment = self._path
             unsynced_before = self._unsynced
+            had_records = self._size > 0
             try:
                 view = memoryview(data)
                 while view:
@@ -388,6 +412,9 @@ class SpoolWriter:
                         self._unsynced = True
             except OSError as exc:
                 what = self._roll_back_locked(fd)
+                if exc.errno == errno.EFBIG and had_records and not retried:
+                    retried = True  # the segment reached a file-size limit: a new one takes the batch
+                    continue
                 before = (
                     "the writes made since the last sync (replay results, made again by the next run) may not have reached the disk"
                     if unsynced_before
@@ -399,12 +426,61 @@ class SpoolWriter:
                     errno=exc.errno,
                 ) from exc
             self._size += len(data)
-            # sealed segments can be compacted, so a long-running agent's records still reach Parquet
-            if self._size >= self._max_bytes or time.monotonic() - self._opened_at >= self._max_age:
+            return
+
+    def _write_split_locked(self, lines: list[bytes], limit: int, *, durable: bool) -> None:
+        """Write a batch larger than ``limit`` (the largest file this process may write) to as many new segments as it
+        needs, each kept open and locked until the whole batch is written: no compactor folds part of it, and a failure
+        removes all of it (the batch is stored whole or not at all, as any batch)."""
+        largest = max(len(line) for line in lines)
+        if largest > limit:
+            raise StoreWriteError(
+                f"Could not write to the spool in {self._dir}: a record of this batch takes {largest} bytes, more than the "
+                f"largest file this process may write ({limit} bytes). This batch was not stored; everything written before "
+                f"it is intact. {os_error_advice(OSError(errno.EFBIG, os.strerror(errno.EFBIG)))}",
+                errno=errno.EFBIG,
+            )
+        chunks: list[bytes] = []
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > limit:
+                chunks.append(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        chunks.append(b"".join(chunk))
+        held: list[tuple[int, Path, bool]] = []  # the batch's full segments, still locked
+        try:
+            for n, data in enumerate(chunks):
+                if n and self._fd is not None and self._path is not None:
+                    held.append((self._fd, self._path, self._unsynced))
+                    self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+                self._write_locked(data, durable=durable)
+        except StoreWriteError:
+            for fd, path, _ in held:
                 try:
-                    self._seal_locked()
-                except StoreWriteError as exc:  # this batch was written: its caller is not told it failed
-                    logger.warning("ee-middleware: %s", exc)
+                    os.ftruncate(fd, 0)
+                    path.unlink(missing_ok=True)  # still locked: never taken for a finished segment meanwhile
+                except OSError:
+                    pass  # locked until the close below only: compaction may fold what it holds (repeats are dropped on read)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+            raise
+        for fd, path, unsynced in held:
+            try:
+                self._close_segment(fd, path, unsynced)
+            except StoreWriteError as exc:  # this batch was written: its caller is not told it failed
+                logger.warning("ee-middleware: %s", exc)
+
+    def _seal_quietly_locked(self) -> None:
+        """Seal the open segment; a failed sync of its writes made with ``durable=False`` is logged, not raised (the
+        batch at hand is not concerned)."""
+        try:
+            self._seal_locked()
+        except StoreWriteError as exc:
+            logger.warning("ee-middleware: %s", exc)
 
     def seal(self) -> Path | None:
         """Close the current segment so that it can be compacted; the next append opens a new one."""
@@ -444,21 +520,28 @@ class SpoolWriter:
         return self._fd
 
     def _roll_back_locked(self, fd: int) -> str:
-        """Undo a failed write: cut the segment back to its last whole record, or close it.
+        """Undo a failed write: cut the segment back to its last whole record, and close it (the next append opens a new
+        segment; an empty one is removed).
 
-        Either way no later record can land on the line a failed write left half-written (a full
-        disk, a quota): it would be read back as part of a damaged line and lost.
+        No later record can land on the line a failed write left half-written (a full disk, a quota): it would be read
+        back as part of a damaged line and lost. And none goes to the segment that failed: one at a file-size limit
+        (``ulimit -f``, systemd's ``LimitFSIZE=``) took no more, and every later batch failed on it too.
         """
         try:
             os.ftruncate(fd, self._size)
             if self._fsync:
                 os.fsync(fd)
-                self._unsynced = False
         except OSError:
             self._unsynced = False  # the segment is given up on: its sync failed already
             self._seal_locked()  # the next append opens a new segment; this one ends in a half line
             return "the segment it began was closed, its unfinished last line is skipped on read"
-        return "the segment was cut back to its last whole record"
+        self._unsynced = False
+        if self._size == 0 and self._path is not None:
+            self._path.unlink(missing_ok=True)  # still locked: no reader or compactor takes it for a finished segment
+            self._seal_locked()
+            return "the new segment it began was removed; later writes go to a new one"
+        self._seal_locked()
+        return "the segment was cut back to its last whole record and closed; later writes go to a new one"
 
     def _forget_inherited_locked(self) -> None:
         """In a forked child: let go of the parent's segment without unlocking it. The lock belongs to the open file
@@ -476,19 +559,34 @@ class SpoolWriter:
         path, fd, unsynced = self._path, self._fd, self._unsynced
         self._fd, self._path, self._size, self._unsynced = None, None, 0, False
         if fd is not None:
-            try:
-                if unsynced:  # what durable=False writes left for a later sync: synced before the segment can be compacted
-                    os.fsync(fd)
-            except OSError as exc:
-                raise StoreWriteError(
-                    f"Could not sync spool segment {path}: {exc}. Its last writes are in the system's cache and may be lost if "
-                    f"the machine stops before it writes them out. {os_error_advice(exc)}",
-                    errno=exc.errno,
-                ) from exc
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+            self._close_segment(fd, path, unsynced)
         return path
+
+    @staticmethod
+    def _close_segment(fd: int, path: Path | None, unsynced: bool) -> None:
+        """Sync (``unsynced``: it holds writes made with ``durable=False``), unlock and close a segment: it can be compacted."""
+        try:
+            if unsynced:  # what durable=False writes left for a later sync: synced before the segment can be compacted
+                os.fsync(fd)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"Could not sync spool segment {path}: {exc}. Its last writes are in the system's cache and may be lost if "
+                f"the machine stops before it writes them out. {os_error_advice(exc)}",
+                errno=exc.errno,
+            ) from exc
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _file_size_limit() -> int | None:
+    """The largest file this process may write (``ulimit -f``, systemd's ``LimitFSIZE=``), ``None`` when unlimited."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def sortable_stamp() -> str:

@@ -209,3 +209,97 @@ def test_a_parquet_write_failing_on_a_full_disk_is_a_store_write_error(store_pat
     assert not [p for p in store_path.rglob("*") if p.suffix in (".parquet", ".tmp")]
     assert store.compact() == 1
     assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["a"]
+
+
+FILE_SIZE_LIMITED = """
+import json, resource, sys
+from ee_middleware.errors import StoreWriteError
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing.store_conformance import sample_trajectory
+root, limit, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = LocalExperienceStore(root)  # created before the limit: only the spool's segments meet it
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # as `ulimit -f` or systemd's LimitFSIZE= set it
+acknowledged, errors = [], []
+for i in range(runs):
+    try:
+        store.write([sample_trajectory(f"run-{i}")])  # one run per batch, as capture writes them
+        acknowledged.append(f"run-{i}")
+    except StoreWriteError as exc:
+        errors.append(str(exc))
+try:  # a batch larger than the limit: split over new segments
+    store.write([sample_trajectory(f"batch-{i}") for i in range(60)])
+    acknowledged += [f"batch-{i}" for i in range(60)]
+except StoreWriteError as exc:
+    errors.append(str(exc))
+huge = sample_trajectory("huge")
+huge.messages[-1]["content"] = "x" * limit
+try:  # one record larger than the limit can go nowhere
+    store.write([sample_trajectory("with-huge"), huge])
+except StoreWriteError as exc:
+    errors.append(str(exc))
+store.close()
+print(json.dumps({"acknowledged": acknowledged, "errors": errors}))
+"""
+
+
+def test_a_file_size_limit_loses_no_run_and_says_what_the_limit_is(store_path: Path):
+    """A recording process with a file-size limit (ulimit -f, systemd LimitFSIZE): once its segment reached the limit,
+    every later batch was written to that same full segment again (it is sealed only at 64 MB or 10 minutes), so
+    500 runs left 40 stored, and the advice was 'Check the folder's permissions and free space'. Now a batch that
+    would pass the limit goes to a new segment, a batch larger than the limit is split over new segments, and only a
+    record larger than the limit fails (its whole batch, with advice about the limit). A real limit, set in a child
+    process."""
+    import json
+    import subprocess
+    import sys
+
+    limit, runs = 32 * 1024, 60
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMITED, str(store_path), str(limit), str(runs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["acknowledged"] == [f"run-{i}" for i in range(runs)] + [f"batch-{i}" for i in range(60)], result["errors"]
+    (error,) = result["errors"]
+    assert "was not stored" in error and "file-size limit" in error and "ulimit -f" in error, error
+    assert "permissions and free space" not in error
+    segments = spool_module.list_segments(store_path / "spool")
+    assert len(segments) > 1 and all(s.stat().st_size <= limit for s in segments)
+    store = LocalExperienceStore(store_path)
+    assert store.trajectories()["id"].to_list() == result["acknowledged"], "every acknowledged run is stored, nothing else"
+
+
+def test_a_write_error_closes_the_segment_and_efbig_is_written_again_in_a_new_one_injected(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EFBIG injected (a file system's own largest file cannot be made small here): a batch that meets it in a segment
+    holding records is written to a new segment. And after any failed write the next goes to a new segment, never to
+    the one that failed (at a file-size limit, every later batch failed on it)."""
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("before")])
+    first = store._writer.segment
+    real = os.write
+    failures = [OSError(errno.EFBIG, os.strerror(errno.EFBIG))]
+
+    def too_large_once(fd: int, data: bytes | memoryview) -> int:
+        if failures:
+            real(fd, bytes(data[:10]))  # the kernel took a little, then the file could not grow
+            raise failures.pop()
+        return real(fd, data)
+
+    monkeypatch.setattr(spool_module.os, "write", too_large_once)
+    assert store.write([sample_trajectory("moved")]) == 1
+    second = store._writer.segment
+    assert second != first
+    monkeypatch.setattr(spool_module.os, "write", _DiskFillsUp(times=1))
+    with pytest.raises(StoreWriteError, match="closed; later writes go to a new one"):
+        store.write([sample_trajectory("lost")])
+    monkeypatch.undo()
+    store.write([sample_trajectory("after")])
+    assert store._writer.segment not in (first, second)
+    store.close()
+    assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["before", "moved", "after"]
