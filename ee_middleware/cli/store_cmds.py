@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from ee_middleware.cli.common import (
@@ -39,7 +41,9 @@ def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bo
 def compact(store: str = StoreOption) -> None:
     """Fold finished spool segments into Parquet parts (safe while agents are recording and reading).
 
-    Exits 1 when it finds a damaged part (it is left as it is: `ee store repair` takes it out).
+    Exits 1 when it finds a damaged Parquet part: it checks every part's footer (a cut-off file) and reads in
+    full the parts it merges. A damaged part is left as it is: `ee store repair` reads every part in full and
+    takes damaged ones out. Damaged spool segments are moved to quarantine/ (said on stderr, exit 0).
     """
     with reading_store(allow_partial=True) as damage:
         folded = open_existing_store(store).compact()
@@ -54,17 +58,30 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     """Take damaged Parquet parts out of the store (moved to quarantine/TABLE/), so reads are complete again.
 
     Their rows are lost to the store unless you restore the files from a backup. Safe while agents
-    are recording. Damaged spool segments are quarantined by `ee store compact`.
+    are recording. Damaged spool segments are quarantined by `ee store compact`. A missing or damaged
+    ee-store.json (the file that marks a folder as a store) is written anew when the folder holds a
+    store's files; a damaged one is kept in quarantine/.
     """
+    from ee_middleware.store.local import LocalExperienceStore
+    from ee_middleware.store.registry import store_config_value
+
+    location = store_config_value(store)
+    marker = LocalExperienceStore.restore_marker(location) if isinstance(location, Path) else None
     opened = open_existing_store(store)
     do_repair = getattr(opened, "repair", None)
     if do_repair is None:
         typer.secho(f"error: the store {store} ({type(opened).__name__}) has no repair; see its own documentation.", err=True, fg="red")
         raise typer.Exit(1)
     report = do_repair()
+    if marker is not None:
+        report = {**report, "marker_written": marker["marker_written"], "damaged_marker_moved_to": marker["damaged_marker_moved_to"]}
     if as_json:
         print_json(report)
         return
+    written = marker is not None and marker["marker_written"] is not None
+    if written:
+        kept = marker["damaged_marker_moved_to"]
+        typer.echo(f"Wrote a new {marker['marker_written']}" + (f" (the damaged one is kept as {kept})." if kept else "."))
     moved, dropped = report["quarantined_parts"], report["missing_parts_dropped"]
     for item in moved:
         typer.echo(f"Moved damaged part {item['part']} to {item['moved_to']} ({item['reason']}).")

@@ -7,16 +7,25 @@ Works on any :class:`~ee_middleware.store.protocol.ExperienceStore`. A store tha
 (a context manager held across processes, as the local store's) has it held from reading the current decisions
 to recording the new ones: without it, two people deciding on one trajectory at the same moment both saw it
 pending, and the later decision overturned the earlier one without recording that it did.
+
+The current decision is the last one made (:func:`in_order_decided`). Decisions are ordered by their time, which
+is the clock of the machine that made them, and clocks disagree: a reviewer whose clock is behind another's would
+otherwise overturn a decision without it taking effect (a rejected trajectory kept training). So a decision that
+overrides another comes after it whatever the clocks said, and :func:`decide` records each decision after the ones it
+followed (its time is the later of its clock and a microsecond after the latest decision on that trajectory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
 
 from ee_middleware.errors import ApprovalConflictError
-from ee_middleware.records import Approval, ApprovalEvent, ApprovalStatus
+from ee_middleware.records import Approval, ApprovalEvent, ApprovalStatus, utcnow
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -54,11 +63,14 @@ def _decide(
             f"Not {status}: {len(overturned)} trajectory(ies) have the opposite decision ({listed}). "
             "Re-run with --force (force=True) to overturn it; both decisions stay in the history (ee traces show)."
         )
+    latest = _latest_decided(store, resolved)
+    now = utcnow()
     events = [
         ApprovalEvent(
             trajectory_id=i,
             status=status,
             by=by,
+            at=now if latest.get(i) is None or now > latest[i] else latest[i] + TICK,
             reason=reason,
             overrides=_approval(overturned[i]) if i in overturned else None,
         )
@@ -66,6 +78,80 @@ def _decide(
     ]
     store.set_approval(events)
     return events
+
+
+TICK = dt.timedelta(microseconds=1)
+"""How much later than the decision it follows a decision counts (the stores keep times to the microsecond)."""
+
+
+def in_order_decided(decisions: pl.DataFrame) -> pl.DataFrame:
+    """``decisions`` (rows of :data:`~ee_middleware.store.tables.APPROVAL_SCHEMA`, in the order recorded) in the order
+    they were made, oldest first: by time, except that a decision that overrides another comes after it whatever the
+    clocks of the machines that made them said (and so after everything that one came after); equal times keep the
+    order recorded. The last decision per trajectory is its current one."""
+    return (
+        decisions.with_columns(decided_times(decisions).alias("_decided"))
+        .with_row_index("_seq")
+        .sort(["_decided", "_seq"], nulls_last=False)
+        .drop("_seq", "_decided")
+    )
+
+
+def decided_times(decisions: pl.DataFrame) -> pl.Series:
+    """Per row of ``decisions``: when it counts as made. Its ``at``, but for a decision that overrides another at least a
+    microsecond after that one counts (its ``overrides_*`` name it; without a match, its ``overrides_at``)."""
+    at = decisions["at"]
+    overriding = decisions["overrides_status"].is_not_null()
+    if not overriding.any():
+        return at
+    involved = decisions.with_row_index("_i").filter(
+        pl.col("trajectory_id").is_in(decisions.filter(overriding)["trajectory_id"].unique().implode())
+    )
+    rows = {r["_i"]: r for r in involved.iter_rows(named=True)}
+    by_key: dict[tuple[Any, ...], list[int]] = {}
+    for i, r in rows.items():
+        by_key.setdefault((r["trajectory_id"], r["status"], r["by"], r["at"]), []).append(i)
+
+    def overridden(i: int) -> list[int]:
+        r = rows[i]
+        if r["overrides_status"] is None:
+            return []
+        return [j for j in by_key.get((r["trajectory_id"], r["overrides_status"], r["overrides_by"], r["overrides_at"]), []) if j != i]
+
+    decided: dict[int, dt.datetime | None] = {}
+    for start in rows:  # depth first, without recursion: a trajectory may have a long chain of overrides
+        stack, path = [start], set()
+        while stack:
+            i = stack[-1]
+            if i in decided:
+                stack.pop()
+                path.discard(i)
+                continue
+            path.add(i)
+            waiting = [j for j in overridden(i) if j not in decided and j not in path]  # on the path: a cycle, cut
+            if waiting:
+                stack.extend(waiting)
+                continue
+            r, time = rows[i], rows[i]["at"]
+            befores = [decided[j] for j in overridden(i) if j in decided] + [r["overrides_at"]]
+            before = max((b for b in befores if b is not None), default=None) if r["overrides_status"] is not None else None
+            if before is not None and (time is None or time <= before):
+                time = before + TICK
+            decided[i] = time
+            stack.pop()
+            path.discard(i)
+    moved = pl.DataFrame({"_i": list(decided), "_decided": list(decided.values())}, schema={"_i": pl.UInt32(), "_decided": at.dtype})
+    joined = decisions.with_row_index("_i").join(moved, on="_i", how="left", maintain_order="left")
+    return joined.select(pl.coalesce("_decided", "at"))["_decided"].alias("at")
+
+
+def _latest_decided(store: ExperienceStore, ids: Sequence[str]) -> dict[str, dt.datetime | None]:
+    """Per trajectory of ``ids``: when its latest decision counts as made (:func:`decided_times`), if it has any."""
+    history = store.approvals(list(ids))
+    if history.is_empty():
+        return {}
+    latest = history.select("trajectory_id", decided_times(history).alias("decided")).group_by("trajectory_id").agg(pl.col("decided").max())
+    return dict(zip(latest["trajectory_id"].to_list(), latest["decided"].to_list(), strict=True))
 
 
 def _approval(row: dict[str, object]) -> Approval:

@@ -7,7 +7,7 @@ Layout::
       spool/*.jsonl              append-only segments, one per writing process (see spool.py)
       trajectories/part-*.parquet
       steps/part-*.parquet
-      approvals/part-*.parquet   append-only approval log; the latest decision wins
+      approvals/part-*.parquet   append-only approval log; the last decision made wins (see approvals.py)
       rollouts/part-*.parquet    replayed alternatives (one row per branch)
       replays/part-*.parquet     one row per (replay configuration, trajectory): the resume markers
       quarantine/                segments with damaged records, kept for inspection (and any non-empty spool/.*.new
@@ -21,20 +21,21 @@ deletes the segments; a crash at any point leaves duplicates at worst, which rea
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from ee_middleware._files import TMP_SUFFIX, atomic_path, atomic_write_bytes, fsync_dir
+from ee_middleware._files import TMP_SUFFIX, atomic_path, fsync_dir, temp_path_for
 from ee_middleware.errors import (
     IncompleteReadWarning,
     StoreCorruptionWarning,
@@ -45,11 +46,11 @@ from ee_middleware.errors import (
 )
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory, utcnow
 from ee_middleware.store import spool
-from ee_middleware.store.approvals import decide
+from ee_middleware.store.approvals import decide, in_order_decided
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
 from ee_middleware.store.rows import TrajectoryRows
-from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows, warn_rejected
+from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
     TABLES,
@@ -82,25 +83,120 @@ def _warn_quarantined(segment: Path, moved_to: Path, folded: int, problems: list
     )
 
 
-def _newer_schema(record: dict[str, Any]) -> bool:
-    """Whether a spool record says it was written with a newer record schema than this version's."""
-    data = record.get("data")
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    try:
-        return isinstance(version, str) and tuple(map(int, version.split("."))) > tuple(map(int, SCHEMA_VERSION.split(".")))
-    except ValueError:
-        return False
-
-
-def _warn_kept(segment: Path, rejected: list[str]) -> None:
+def _warn_kept(segment: Path, rows: SpoolRows) -> None:
     """Say that compaction kept a spool segment holding records this version of ee-middleware cannot read."""
+    newest = max(rows.newer, key=lambda v: tuple(map(int, v.split("."))))
+    unfit = f" ({len(rows.rejected)} more fit no schema, the first: {rows.rejected[0]})" if rows.rejected else ""
     warnings.warn(
-        f"Kept the spool segment {segment.name} in the spool: {len(rejected)} of its record(s) do not fit this version's "
-        f"record schema {SCHEMA_VERSION} (the first: {rejected[0]}). A newer ee-middleware probably wrote them: upgrade "
+        f"Kept the spool segment {segment.name} in the spool: {len(rows.newer)} of its record(s) say they have record schema "
+        f"{newest}, newer than this version's {SCHEMA_VERSION}{unfit}. A newer ee-middleware wrote them: upgrade "
         "ee-middleware where this store is compacted and read (the nightly job, the CLI) to at least the version the app "
         "records with. Nothing was lost: the segment is read and folded again by a version that can read it.",
         StoreCorruptionWarning,
         stacklevel=4,
+    )
+
+
+class _MarkerMissing(StoreError):
+    """The folder has no ``ee-store.json``."""
+
+
+class _MarkerDamaged(StoreError):
+    """The folder's ``ee-store.json`` cannot be read, or holds no JSON object."""
+
+
+def _marker_example() -> str:
+    return json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION})
+
+
+def _read_marker(root: Path) -> dict[str, Any]:
+    """What ``root``'s marker holds; :class:`_MarkerMissing` or :class:`_MarkerDamaged` (saying how to recover)."""
+    marker = root / MARKER
+    try:
+        meta = json.loads(marker.read_bytes())
+        if not isinstance(meta, dict):
+            raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
+    except FileNotFoundError:
+        raise _MarkerMissing(f"No experience store at {root}. Record a run into it first, or check the --store path.") from None
+    except (OSError, ValueError) as exc:
+        raise _MarkerDamaged(
+            f"{marker} is unreadable ({exc or 'it is empty'}). It only marks the folder as an experience store and holds "
+            f"{_marker_example()}; the store's records are in other files, and nothing of them is lost. Run "
+            f"`ee store repair --store {root}` to write a new one (the damaged file is kept in quarantine/)."
+        ) from exc
+    return meta
+
+
+def _check_marker(root: Path, meta: dict[str, Any]) -> None:
+    """Refuse a marker of another format, or of a schema major version this library does not read."""
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{root} is not an ee-middleware experience store ({root / MARKER} says format={meta.get('format')!r}).")
+    major = str(meta.get("schema_version", "1.0")).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise StoreError(
+            f"{root} has schema version {meta.get('schema_version')}, this library reads {SCHEMA_VERSION}. Upgrade ee-middleware to read it."
+        )
+
+
+def _publish_marker(marker: Path, *, fsync: bool) -> None:
+    """Create ``marker`` whole, unless another process did first (its marker then stands: every marker says the same).
+
+    Written to a temporary file and hard-linked into place, which fails when the marker exists: a reader never sees a
+    half-written marker, and a creator killed before the link leaves only its temporary file, which creating and
+    opening the store ignore (compaction deletes it)."""
+    data = json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat()}, indent=2).encode()
+    tmp = temp_path_for(marker)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        try:
+            os.link(tmp, marker)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # the temporary file was taken (compaction clears them): only by a store that exists
+            if not marker.exists():
+                raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            os.replace(tmp, marker)  # a file system without hard links: the last creator's marker stands
+    finally:
+        tmp.unlink(missing_ok=True)
+    if fsync:
+        fsync_dir(marker.parent)
+
+
+def _foreign(name: str) -> bool:
+    """Whether a file named ``name`` in a folder without a marker keeps it from becoming a store: anything but the
+    store's own folders and temporary markers (of creators under way, or killed)."""
+    temporary_marker = name.startswith(f".{MARKER}.") and name.endswith(TMP_SUFFIX)
+    return name not in TABLES and name != "spool" and not temporary_marker
+
+
+def _store_files(root: Path) -> list[str]:
+    """The store's files ``root`` holds (spool segments, a manifest, Parquet parts), described; empty for none."""
+    found = []
+    segments = spool.list_segments(root / "spool")
+    if segments:
+        found.append(f"spool/ ({len(segments)} segment(s))")
+    if (root / MANIFEST).is_file():
+        found.append(MANIFEST)
+    for table in TABLES:
+        parts = list_part_files(root / table)
+        if parts:
+            found.append(f"{table}/ ({len(parts)} part(s))")
+    return found
+
+
+def _marker_missing(root: Path, found: list[str]) -> str:
+    return (
+        f"{root} holds an experience store's files ({', '.join(found)}) but no {MARKER}, the file that marks the folder "
+        f"as a store (it holds {_marker_example()}). Run `ee store repair --store {root}` to write a new one; nothing stored "
+        "is lost."
     )
 
 
@@ -125,34 +221,73 @@ class LocalExperienceStore:
 
     def _open_or_create(self, create: bool) -> None:
         marker = self.root / MARKER
-        if marker.exists():
-            try:
-                meta = json.loads(marker.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise StoreError(f"{marker} is unreadable ({exc}). Restore it or recreate it as an empty store marker.") from exc
-            if meta.get("format") != FORMAT:
-                raise StoreError(f"{self.root} is not an ee-middleware experience store ({marker} says format={meta.get('format')!r}).")
-            major = str(meta.get("schema_version", "1.0")).split(".")[0]
-            if major != SCHEMA_VERSION.split(".")[0]:
-                raise StoreError(
-                    f"{self.root} has schema version {meta.get('schema_version')}, this library reads {SCHEMA_VERSION}. "
-                    "Upgrade ee-middleware to read it."
-                )
-            return
-        if not create:
-            raise StoreError(f"No experience store at {self.root}. Record a run into it first, or check the --store path.")
+        if not marker.exists():
+            if not create:
+                found = _store_files(self.root)
+                if found:
+                    raise StoreError(_marker_missing(self.root, found))
+                raise StoreError(f"No experience store at {self.root}. Record a run into it first, or check the --store path.")
+            self._create(marker)
+        _check_marker(self.root, _read_marker(self.root))
+
+    def _create(self, marker: Path) -> None:
+        """Make the folder a store, unless another process just did: many processes may create one store at once (a
+        web app's workers starting), and each opens it."""
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} exists and is not a folder. Choose another --store path.")
-        if self.root.exists() and any(p.name not in TABLES and p.name != "spool" for p in self.root.iterdir()):
+        # Listed after the marker was found missing: a file another creator made after publishing the marker (its
+        # spool, its redaction key) means the marker is there now. Temporary markers (of creators under way, or
+        # killed) do not count.
+        if self.root.exists() and any(_foreign(p.name) for p in self.root.iterdir()) and not marker.exists():
+            found = _store_files(self.root)
+            if found:
+                raise StoreError(_marker_missing(self.root, found))
             raise StoreError(f"{self.root} is a non-empty folder without {MARKER}. Use an empty or new folder for the store.")
-        meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat()}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(marker, json.dumps(meta, indent=2).encode(), fsync=self._fsync)
+            _publish_marker(marker, fsync=self._fsync)
         except OSError as exc:
             raise StoreWriteError(
                 f"Cannot create an experience store at {self.root}: {exc}. {os_error_advice(exc)}", errno=exc.errno
             ) from exc
+
+    @staticmethod
+    def restore_marker(root: str | os.PathLike[str]) -> dict[str, Any]:
+        """Write a new ``ee-store.json`` into ``root`` when it is missing or damaged and the folder holds a store's files
+        (spool segments, Parquet parts, a manifest); a damaged one is kept as ``quarantine/ee-store.json.damaged``.
+        Returns what was done (``marker_written``: the new marker's path, or ``None`` when the marker was fine), JSON-ready.
+        Raises :class:`StoreError` for a folder without a store's files, or one whose marker names another format.
+
+        The marker only says that the folder is a store and which major schema version it holds; nothing stored is in it.
+        Safe while agents are recording and when run twice at once."""
+        root = Path(root).expanduser()
+        marker = root / MARKER
+        try:
+            _check_marker(root, _read_marker(root))
+            return {"root": str(root), "marker_written": None, "damaged_marker_moved_to": None}
+        except _MarkerMissing:
+            damaged = None
+        except _MarkerDamaged:
+            damaged = root / "quarantine" / f"{MARKER}.damaged"
+            if damaged.exists():  # one an earlier repair kept
+                damaged = damaged.with_name(f"{damaged.name}-{spool.sortable_stamp()}")
+        if damaged is None and not _store_files(root):
+            raise StoreError(
+                f"No experience store at {root}: no {MARKER}, and none of a store's files (spool segments, Parquet parts, "
+                f"{MANIFEST}). Check the --store path."
+            )
+        try:
+            if damaged is not None:
+                damaged.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(marker, damaged)
+                except FileNotFoundError:  # moved by a repair running at the same time
+                    pass
+            _publish_marker(marker, fsync=True)
+        except OSError as exc:
+            raise StoreWriteError(f"Cannot write {marker}: {exc}. Nothing was changed. {os_error_advice(exc)}", errno=exc.errno) from exc
+        _check_marker(root, _read_marker(root))
+        return {"root": str(root), "marker_written": str(marker), "damaged_marker_moved_to": None if damaged is None else str(damaged)}
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -437,18 +572,26 @@ class LocalExperienceStore:
                     StoreCorruptionWarning,
                     stacklevel=3,
                 )
-        segments = [s for s in spool.list_segments(spool_dir) if not spool.is_live(s)]
+        segments: list[Path] = []
         folded: dict[str, list[pl.DataFrame]] = {name: [] for name in TABLES}
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
-        unreadable: dict[Path, list[str]] = {}
-        for segment in segments:
-            good, problems = spool.decode_lines(segment.read_bytes(), segment, live=False)
+        unreadable: dict[Path, SpoolRows] = {}
+        for segment in spool.list_segments(spool_dir):
+            if spool.is_live(segment):
+                continue
+            try:
+                data = segment.read_bytes()
+            except FileNotFoundError:  # an empty segment its writer removed after a failed write (see spool.py)
+                continue
+            segments.append(segment)
+            good, problems = spool.decode_lines(data, segment, live=False)
             if problems:
                 damaged[segment] = (len(good), problems)
-            rows = SpoolRows(good)
-            warn_rejected(rows.rejected, stacklevel=2)
-            if rows.rejected and any(_newer_schema(record) for record in good):
-                unreadable[segment] = rows.rejected  # a newer ee-middleware wrote records this version cannot read: it stays
+            rows = SpoolRows(good, segment=segment)
+            # Said by _warn_kept and _warn_quarantined below, never as damage a read would fail on: the segment is kept
+            # or quarantined, and `ee store repair` (damaged parts) has nothing to do with it.
+            if rows.newer:
+                unreadable[segment] = rows  # a newer ee-middleware wrote records this version cannot read: it stays
             elif rows.rejected:  # records that fit no schema: kept for inspection, out of the store
                 unfit = [spool.SpoolProblem(segment, 0, reason) for reason in rows.rejected]
                 damaged[segment] = (len(good) - len(rows.rejected), [*damaged.get(segment, (0, []))[1], *unfit])
@@ -461,8 +604,9 @@ class LocalExperienceStore:
                 if not df.is_empty():
                     written.append(self._write_part(name, df))
                     snapshot.parts[name].append(written[-1].name)
+            damaged_parts = self._check_parts(snapshot)
             for name in TABLES:
-                written += self._merge_parts(snapshot, name)
+                written += self._merge_parts(snapshot, name, skip=damaged_parts[name])
             if written or changed or snapshot.generation is None:
                 snapshot.generation = (snapshot.generation or 0) + 1
                 write_manifest(self.root, snapshot, fsync=self._fsync)
@@ -528,13 +672,35 @@ class LocalExperienceStore:
                 raise error from exc
         return final
 
-    def _merge_parts(self, snapshot: Manifest, table: str) -> list[Path]:
-        """Merge ``table``'s readable parts into one when there are many; retire the merged ones."""
+    def _check_parts(self, snapshot: Manifest) -> dict[str, set[str]]:
+        """The live parts whose footer cannot be read (a cut-off or missing file), per table, each warned about as a read
+        warns (:class:`IncompleteReadWarning`: `ee store compact` exits 1 naming it and `ee store repair`). Only the
+        footer: reading every part in full at each compaction would read the whole store; the parts a merge reads are
+        read in full, and ``ee store repair`` reads them all."""
+        damaged: dict[str, set[str]] = {table: set() for table in TABLES}
+        for table in TABLES:
+            for path in snapshot.paths(self.root, table):
+                try:
+                    with open(path, "rb") as fh:
+                        pl.read_parquet_schema(fh)
+                except FileNotFoundError:
+                    self._warn_part(path, f"it is listed in {MANIFEST} but missing")
+                    damaged[table].add(path.name)
+                except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+                    self._warn_part(path, str(exc))
+                    damaged[table].add(path.name)
+        return damaged
+
+    def _merge_parts(self, snapshot: Manifest, table: str, skip: Collection[str] = ()) -> list[Path]:
+        """Merge ``table``'s readable parts into one when there are many (``skip``: parts known to be damaged, warned
+        about already); retire the merged ones."""
         names = snapshot.parts[table]
         if len(names) <= MAX_PARTS_BEFORE_MERGE:
             return []
         frames, merged = [], []
         for name in names:
+            if name in skip:
+                continue  # a damaged part stays live (and reported) until repaired
             try:
                 if _unknown_columns(self.root / table / name, TABLES[table]):
                     continue  # written by a newer ee-middleware: merging it here would drop what it holds beyond this schema
@@ -736,7 +902,8 @@ def _rebuilt(row: dict[str, Any], t: Trajectory) -> Trajectory:
 
 
 def _decisions(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:
-    """Every decision in the order made (the one recorded with a trajectory included), oldest first."""
+    """Every decision in the order made (the one recorded with a trajectory included), oldest first: a decision that
+    overrides another comes after it, whatever the clocks said (:func:`~ee_middleware.store.approvals.in_order_decided`)."""
     overrides = [pl.lit(None, dtype=APPROVAL_SCHEMA[c]).alias(c) for c in APPROVAL_SCHEMA if c.startswith("overrides_")]
     recorded = trajectories.filter(pl.col("recorded_approval") != "pending").select(
         pl.col("id").alias("trajectory_id"),
@@ -746,8 +913,7 @@ def _decisions(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFr
         pl.col("recorded_approval_reason").alias("reason"),
         *overrides,
     )
-    decisions = pl.concat([recorded, approvals.select(list(APPROVAL_SCHEMA))], how="vertical").with_row_index("_seq")
-    return decisions.sort(["at", "_seq"], nulls_last=False).drop("_seq")
+    return in_order_decided(pl.concat([recorded, approvals.select(list(APPROVAL_SCHEMA))], how="vertical"))
 
 
 def _current_approvals(trajectories: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:

@@ -38,8 +38,8 @@ from typing import Any
 
 import polars as pl
 
-from ee_middleware.errors import IncompleteReadWarning, RecordError
-from ee_middleware.records import ApprovalEvent, ReplayRecord, Rollout, Trajectory
+from ee_middleware.errors import IncompleteReadWarning, RecordError, StoreCorruptionWarning
+from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ReplayRecord, Rollout, Trajectory
 from ee_middleware.store import spool
 from ee_middleware.store.tables import TABLES, approval_row, frame, json_text, replay_row, rollout_row, step_row, trajectory_row
 
@@ -109,13 +109,19 @@ class SpoolRows:
     """Table rows of some spool records (in record order) and why records were skipped; the steps' rows are written
     only when asked for (:meth:`steps`)."""
 
-    def __init__(self, records: Iterable[dict[str, Any]], payloads: Iterable[bytes | None] | None = None) -> None:
+    def __init__(
+        self, records: Iterable[dict[str, Any]], payloads: Iterable[bytes | None] | None = None, segment: Path | None = None
+    ) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES if name != "steps"}
         self.trajectories: list[Trajectory] = []
         self.exact: list[bool] = []
         """Per trajectory: whether it can be rebuilt from its record (see :func:`round_trips`)."""
         self.rejected: list[str] = []
-        """Why records did not fit the schema."""
+        """Why records did not fit the schema (those of a newer schema aside: :attr:`newer`)."""
+        self.newer: list[str] = []
+        """The schema versions of the records that do not fit this version's schema and say they have a newer one (a
+        newer ee-middleware wrote them)."""
+        where = "" if segment is None else f" of {segment}"
         lines = iter(payloads) if payloads is not None else None
         for record in records:
             line = next(lines) if lines is not None else None
@@ -135,7 +141,11 @@ class SpoolRows:
                 else:
                     raise RecordError(f"unknown spool record kind {kind!r}")
             except RecordError as exc:
-                self.rejected.append(f"Skipped a spool record that does not fit the schema: {exc}")
+                version = newer_schema(record)
+                if version is not None:
+                    self.newer.append(version)
+                else:
+                    self.rejected.append(f"Skipped a spool record{where} that does not fit the schema: {exc}")
 
     def steps(self) -> list[dict[str, Any]]:
         return [step_row(s, json_text) for t in self.trajectories for s in t.steps]
@@ -145,9 +155,36 @@ class SpoolRows:
         return {name: frame(self.steps() if name == "steps" else self.rows[name], schema) for name, schema in TABLES.items()}
 
 
+def newer_schema(record: dict[str, Any]) -> str | None:
+    """The record schema version a spool record says it was written with, when it is newer than this version's."""
+    data = record.get("data")
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    try:
+        newer = isinstance(version, str) and tuple(map(int, version.split("."))) > tuple(map(int, SCHEMA_VERSION.split(".")))
+    except ValueError:
+        return None
+    return version if newer else None
+
+
 def warn_rejected(rejected: Iterable[str], *, stacklevel: int) -> None:
     for message in rejected:
         warnings.warn(message, IncompleteReadWarning, stacklevel=stacklevel + 1)
+
+
+def warn_newer(segment: Path, versions: list[str], *, stacklevel: int) -> None:
+    """Say that a read skipped the records of ``segment`` a newer ee-middleware wrote (schema ``versions``), and what to
+    do. Not damage: nothing is lost (compaction keeps the segment), so reads go on without them, as the README says."""
+    if not versions:
+        return
+    newest = max(versions, key=lambda v: tuple(map(int, v.split("."))))
+    warnings.warn(
+        f"Skipped {len(versions)} record(s) of the spool segment {segment}: a newer ee-middleware wrote them (record schema "
+        f"{newest}; this version reads {SCHEMA_VERSION}). Upgrade ee-middleware where this store is read and compacted (the "
+        "nightly job, the CLI) to at least the version the app records with; nothing is lost meanwhile (compaction keeps the "
+        "segment for a version that reads it).",
+        StoreCorruptionWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 class DecodedSegment:
@@ -159,6 +196,7 @@ class DecodedSegment:
         self.lines = data.count(b"\n")
         rows, self.problems = self._decode()
         self.rejected = rows.rejected
+        self.newer = rows.newer
         self._frames = {name: frame(r, TABLES[name]) for name, r in rows.rows.items()}
         self._steps: pl.DataFrame | None = None
         self._rows: SpoolRows | None = rows  # None once its trajectories are handed over
@@ -168,7 +206,7 @@ class DecodedSegment:
         payloads: list[bytes | None] = []
         with _collector_paused():
             records, problems = spool.decode_lines(self.data, self.segment, live=True, payloads=payloads)
-            return SpoolRows(records, payloads), problems
+            return SpoolRows(records, payloads, self.segment), problems
 
     def frame(self, table: str) -> pl.DataFrame:
         if table != "steps":
@@ -199,11 +237,13 @@ class SpoolRead:
         return pl.concat(frames, how="vertical") if frames else frame([], TABLES[table])
 
     def warn(self, *, stacklevel: int) -> None:
-        """Warn about the damaged lines, then about the records that do not fit the schema, as every read does."""
+        """Warn about the damaged lines, then about the records that do not fit the schema (or are of a newer one), as every
+        read does."""
         for problem in self.problems:
             problem.warn(stacklevel=stacklevel + 1)
         for s in self.segments:
             warn_rejected(s.rejected, stacklevel=stacklevel + 1)
+            warn_newer(s.segment, s.newer, stacklevel=stacklevel + 1)
 
     def take_trajectories(self, exclude: set[str]) -> dict[str, Trajectory]:
         """The trajectories that can be rebuilt from their records alone, by id, for the caller to keep.

@@ -197,3 +197,54 @@ def test_read_only_mount_reads_fine_and_writes_fail_with_one_line(store_path: Pa
         created = ee("traces", "ingest", str(spans), "--store", str(view / "new-store"))
         assert created.exit_code == 1 and "Cannot create an experience store" in created.stderr, created.output
         assert _files(store_path) == _files(view)
+
+
+def _newer_segment(store_path: Path, spool_module: object) -> Path:
+    """A spool segment as an app on a newer ee-middleware writes it: schema 1.9 records with a field this one lacks."""
+    newer = []
+    for name in ("newer-1", "newer-2"):
+        data = sample_trajectory(name).model_dump(mode="json")
+        data["schema_version"] = "1.9"
+        data["new_top_level_field"] = {"x": 1}
+        newer.append({"kind": "trajectory", "data": data})
+    segment = store_path / "spool" / "29990101T000000-000000000-newerapp-1-deadbeef.jsonl"
+    segment.write_bytes(b"".join(spool_module.encode_line(r) for r in newer))
+    return segment
+
+
+def test_records_of_a_newer_version_are_skipped_with_a_warning_that_says_to_upgrade(store_path: Path):
+    """`ee traces list` failed with 'Skipped a spool record that does not fit the schema: ... Extra inputs are not
+    permitted' (naming neither the segment nor the fix), and `ee store compact` kept the segment but exited 1 with
+    'damaged parts found; run ee store repair' on every run, while repair found nothing to do."""
+    from ee_middleware.store import spool as spool_module
+
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("mine")])
+    store.close()
+    segment = _newer_segment(store_path, spool_module)
+    listing = ee("traces", "list", "--store", str(store_path), "--json")
+    assert listing.exit_code == 0, listing.output
+    assert [r["id"] for r in json.loads(listing.stdout)] == ["mine"]
+    assert str(segment) in listing.stderr and "newer ee-middleware" in listing.stderr and "Upgrade ee-middleware" in listing.stderr
+    assert "does not fit" not in listing.stderr and "repair" not in listing.stderr
+    for _ in range(2):  # and on every later run
+        compacted = ee("store", "compact", "--store", str(store_path))
+        assert compacted.exit_code == 0, compacted.output
+        assert f"Kept the spool segment {segment.name}" in compacted.stderr and "upgrade ee-middleware" in compacted.stderr
+        assert "repair" not in compacted.output + compacted.stderr
+        assert segment.exists(), "kept for a version that reads it"
+    assert [r["id"] for r in json.loads(ee("traces", "list", "--store", str(store_path), "--json").stdout)] == ["mine"]
+
+
+def test_compact_exits_1_on_a_damaged_part_it_does_not_merge(damaged: tuple[Path, Path]):
+    """Its help says it exits 1 when it finds a damaged part; it looked at parts only when it merged them (more than 16
+    per table), so it exited 0 on a cut-off part."""
+    store_path, part = damaged
+    compacted = ee("store", "compact", "--store", str(store_path))
+    assert compacted.exit_code == 1, compacted.output
+    assert str(part) in compacted.stderr and f"ee store repair --store {store_path}" in compacted.stderr
+    assert part.exists(), "compaction leaves a damaged part as it is"
+    help_text = " ".join(ee("store", "compact", "--help").stdout.split())
+    assert "checks every part" in help_text
+    assert ee("store", "repair", "--store", str(store_path)).exit_code == 0
+    assert ee("store", "compact", "--store", str(store_path)).exit_code == 0

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
+import polars as pl
+import pytest
+
+from ee_middleware import records
+from ee_middleware.records import ApprovalEvent
 from ee_middleware.store import LocalExperienceStore
+from ee_middleware.store.approvals import decide
 from ee_middleware.testing.store_conformance import sample_trajectory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,3 +56,70 @@ def test_two_people_deciding_on_one_trajectory_at_once_never_overturn_silently(s
     for i in range(count):
         decisions = history.filter(history["trajectory_id"] == f"t{i}").to_dicts()
         assert len(decisions) == 1, f"t{i}: the second decision saw the first and was refused without --force: {decisions}"
+
+
+def _decision(trajectory_id: str, status: str, by: str, at: dt.datetime, overrides: ApprovalEvent | None = None) -> ApprovalEvent:
+    return ApprovalEvent(
+        trajectory_id=trajectory_id, status=status, by=by, at=at, overrides=None if overrides is None else overrides.as_approval()
+    )
+
+
+def test_a_decision_that_overrides_another_wins_over_it_whatever_the_clocks_said(store_path: Path):
+    """Decisions as they are stored, made on machines whose clocks disagree: Bob's clock was 2 minutes behind Alice's
+    when he rejected (with --force) what she had approved, so his decision has the earlier time. The current decision
+    was the one with the latest time: Alice's approval stood and the rejected trajectory kept training. Also after a
+    compaction (the decisions then come from Parquet), and for an override of an override (Carol's clock between)."""
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("t1"), sample_trajectory("t2")])
+    t = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    alice = _decision("t1", "approved", "alice", t)
+    bob = _decision("t1", "rejected", "bob", t - dt.timedelta(minutes=2), overrides=alice)
+    store.set_approval([alice, _decision("t2", "approved", "alice", t)])
+    store.set_approval([bob])
+    for compacted in (False, True):
+        if compacted:
+            store.compact()
+        reader = LocalExperienceStore(store_path)
+        row = reader.trajectories().filter(pl.col("id") == "t1").row(0, named=True)
+        assert (row["approval"], row["approval_by"]) == ("rejected", "bob"), f"compacted={compacted}"
+        assert reader.get("t1").approval.status == "rejected"
+        assert reader.trajectories(status="approved")["id"].to_list() == ["t2"], "the rejected trajectory no longer trains"
+        assert reader.trajectory_index(["id"], status="approved")["id"].to_list() == ["t2"]
+        assert reader.approvals(["t1"])["by"].to_list() == ["alice", "bob"], "the history is in the order decided"
+    carol = _decision("t1", "approved", "carol", t - dt.timedelta(minutes=1), overrides=bob)
+    store.set_approval([carol])
+    reader = LocalExperienceStore(store_path)
+    assert reader.get("t1").approval.by == "carol", "an override of an override wins over both"
+    assert reader.approvals(["t1"])["by"].to_list() == ["alice", "bob", "carol"]
+
+
+def _clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: dt.timedelta) -> None:
+    """This process's clock ``offset`` from the true one (simulated: records take the time from ``records.dt``)."""
+    real = dt.datetime
+
+    class Skewed(real):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return real.now(tz) + offset
+
+    monkeypatch.setattr(records, "dt", types.SimpleNamespace(datetime=Skewed, UTC=dt.UTC, timedelta=dt.timedelta, date=dt.date))
+
+
+def test_the_last_decision_made_is_current_with_a_clock_behind_simulated(store_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Decisions made one after the other through decide (as `ee traces approve/reject` make them), the second on a
+    machine whose clock is 2 minutes behind (simulated). With --force (an override) and without it (a second approval,
+    with a reason): the later decision is the current one, and is recorded after the one it followed."""
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("forced"), sample_trajectory("agreed")])
+    decide(store, ["forced", "agreed"], "approved", by="alice")
+    _clock_off_by(monkeypatch, -dt.timedelta(minutes=2))
+    (forced,) = decide(store, ["forced"], "rejected", by="bob", reason="leaks a card number", force=True)
+    decide(store, ["agreed"], "approved", by="bob", reason="checked the refund amount")
+    monkeypatch.undo()
+    assert forced.overrides is not None and forced.overrides.by == "alice"
+    reader = LocalExperienceStore(store_path)
+    current = {r["id"]: r for r in reader.trajectories().to_dicts()}
+    assert (current["forced"]["approval"], current["forced"]["approval_by"]) == ("rejected", "bob")
+    assert (current["agreed"]["approval_by"], current["agreed"]["approval_reason"]) == ("bob", "checked the refund amount")
+    history = reader.approvals(["agreed"]).to_dicts()
+    assert [d["by"] for d in history] == ["alice", "bob"] and history[1]["at"] > history[0]["at"]
