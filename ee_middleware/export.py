@@ -22,15 +22,17 @@ redacted, and redacting twice changes nothing; anything a later writer left is c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from ee_middleware._files import atomic_open, atomic_path
+from ee_middleware._files import TMP_SUFFIX, atomic_path
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, os_error_advice
 from ee_middleware.messages import parse_arguments
@@ -57,7 +59,7 @@ def export_jsonl(
     path = _output_path(out, "jsonl")
     redact = store_redactor(store, create_salt=False).redact_value
     count = 0
-    with _writing(path), atomic_open(path, "w") as fh:
+    with _writing(path), _output_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for trajectory, weights in _deciding(store, status, on_skipped):
             for messages, example_weights, tools in _examples(trajectory, weights):
                 messages = [_openai_message(m) for m in redact(messages)]  # tool schemas: the app's code, kept
@@ -104,7 +106,7 @@ def export_parquet(
             }
         )
     path = _output_path(out, "parquet")
-    with _writing(path), atomic_path(path) as tmp:
+    with _writing(path), _output_temp(path) as tmp:
         pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
     return len(rows)
 
@@ -256,6 +258,53 @@ def _writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX))
+"""The name :func:`~ee_middleware._files.temp_path_for` gives a temporary file beside an output."""
+
+
+@contextlib.contextmanager
+def _output_temp(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it whole on a clean exit (:func:`~ee_middleware._files.atomic_path`),
+    locked (``flock``) while it is written, so that an export can tell it from one a killed export left beside the same
+    output: those, unlocked, are removed first (a kill leaves no chance to remove one)."""
+    _remove_killed_temps(path)
+    with atomic_path(path) as tmp:
+        while True:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                    break
+            except FileNotFoundError:  # taken for a killed export's between its creation and its lock: made again
+                pass
+            os.close(fd)
+        try:
+            yield tmp  # written by name: the same file, still locked
+        finally:
+            os.close(fd)  # after the rename: the output is whole before the lock goes
+
+
+def _remove_killed_temps(path: Path) -> None:
+    """Remove the temporary files that killed exports to ``path`` left beside it (those no export holds locked)."""
+    try:
+        names = [p for p in path.parent.iterdir() if (m := _TEMPORARY.fullmatch(p.name)) and m["name"] == path.name]
+    except OSError:
+        return  # the folder is not there yet (made by the export), or cannot be listed: the write says why
+    for left in names:
+        try:
+            fd = os.open(left, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(left)):
+                left.unlink()
+        except OSError:  # locked by an export still writing it, or gone already
+            pass
+        finally:
+            os.close(fd)
 
 
 _CALL = pl.Struct({"id": pl.String(), "type": pl.String(), "function": pl.Struct({"name": pl.String(), "arguments": pl.String()})})

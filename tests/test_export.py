@@ -288,3 +288,59 @@ def test_answers_with_the_same_text_after_a_trimmed_history_keep_their_own_tools
         store.close()
     rows = pl.read_parquet(tmp_path / "out.parquet")["messages"][0].to_list()
     assert [m["tools"] for m in rows if m["role"] == "assistant"] == [["lookup"], ["lookup"], later_offered, later_offered]
+
+
+KILLED_EXPORT = """
+import os, signal, sys
+import polars as pl
+from ee_middleware.export import export_jsonl, export_parquet
+from ee_middleware.store import LocalExperienceStore
+store, out, kind = LocalExperienceStore(sys.argv[1]), sys.argv[2], sys.argv[3]
+if kind == "parquet":
+    def killed(self, target, *args, **kwargs):
+        open(target, "wb").write(b"PAR1 half")  # killed part-way through writing its temporary file
+        os.kill(os.getpid(), signal.SIGKILL)
+    pl.DataFrame.write_parquet = killed
+    export_parquet(store, out)
+else:
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    import ee_middleware.export as export
+    export._openai_message = killed  # after the temporary file was opened, before anything was written
+    export_jsonl(store, out)
+"""
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)  # an export still writing its temporary file
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_an_export_removes_what_a_killed_export_left_beside_its_output(kind: str, store_path: Path, tmp_path: Path) -> None:
+    """A killed export left its temporary file (.train.jsonl.1a2b3c4d.tmp) beside the output for good. The next export to
+    the same output removes it, and keeps one another export still writes (a real process holding it)."""
+    import subprocess
+    import sys
+
+    _own_messages(store_path).close()
+    out = tmp_path / "out" / f"train.{kind}"
+    out.parent.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(store_path), str(out), kind], timeout=120)
+    assert killed.returncode == -9
+    (left,) = out.parent.iterdir()
+    assert left.name.startswith(f".train.{kind}.") and left.name.endswith(".tmp")
+    busy = out.parent / f".train.{kind}.0123abcd.tmp"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(busy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        export = export_jsonl if kind == "jsonl" else export_parquet
+        assert export(LocalExperienceStore(store_path), out) == 1
+        assert sorted(p.name for p in out.parent.iterdir()) == sorted([busy.name, out.name]), "the killed export's file is gone"
+    finally:
+        holder.communicate("", timeout=60)
+    assert export(LocalExperienceStore(store_path), out) == 1  # that export gone (its process ended): its file is too
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
