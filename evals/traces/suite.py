@@ -20,13 +20,24 @@ Each trajectory is a task:
   fact as a whole word and a number by its value and sign). Otherwise the reason says which check failed,
   with the expert calls the candidate did not make or the facts it did not state.
 
-A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact)
-or whose world cannot be rebuilt is left out when the suite is built; the summary's ``excluded``
-counts them and ``excluded_reasons`` says why.
+Redaction (:mod:`ee_middleware.replay.privacy`, as replay does it): the recorded messages and calls hold the
+store's placeholders (``[REDACTED:email:1a2b3c4d]``), and the candidate sees them, never the real values. Every call
+that reaches the sandbox, the expert's and the candidate's, has its placeholders swapped for the values of the store's
+redaction vault (:meth:`ReplayPrivacy.restore`), and every tool result is redacted with the store's rules and salt before
+the candidate sees it (:meth:`ReplayPrivacy.redact_observation`), so it shows the placeholders the recording holds and
+no file of the run holds a real value. A placeholder that cannot be restored (no vault, a value the vault lacks)
+reaches the sandbox as it is and is reported: in an expert's call, the trajectory is left out (its expected world, and
+the candidate's lookups, would not be the recorded ones); in a candidate's call, the result lists it under
+``details["unrestored"]`` and its reason names it.
+
+A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact),
+whose world cannot be rebuilt, or whose expert's redacted arguments cannot be restored is left out when
+the suite is built; the summary's ``excluded`` counts them and ``excluded_reasons`` says why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -43,7 +54,8 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.matching import normalize
 from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
 from ee_middleware.models.protocol import ChatClient
-from ee_middleware.records import ToolCall, Trajectory
+from ee_middleware.records import Observation, ToolCall, Trajectory
+from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
 
 BFCL_APP_PREFIX = "bfcl."
 _TOKEN = re.compile(r"[A-Za-z0-9$#@][\w.\-@/#:$]*[A-Za-z0-9]|\d")
@@ -259,8 +271,10 @@ def sandbox_spec(app: str, setting: str | None) -> str | None:
     return "bfcl" if app.startswith(BFCL_APP_PREFIX) else None
 
 
-def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTask:
-    """A trajectory as a task: recorded user turns and tools, the expert's messages as the oracle's reference."""
+def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str, privacy: ReplayPrivacy = NO_PRIVACY) -> EvalTask:
+    """A trajectory as a task: recorded user turns and tools, the expert's messages as the oracle's reference.
+
+    ``privacy``: the store's redaction and vault (:meth:`ReplayPrivacy.of_store`), applied at the sandbox when it runs."""
     system: list[str] = []
     turns: list[list[Message]] = []
     reference: list[list[Message]] = []
@@ -290,6 +304,7 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str) -> EvalTas
             "expert_calls": [c.model_dump() for c in calls],
             "final_answer": trajectory.final_answer,
             "facts": answer_facts(trajectory.final_answer, observations),
+            "privacy": dataclasses.asdict(privacy),  # plain data: a task crosses to worker processes
         },
         system="\n\n".join(system) or None,
     )
@@ -382,14 +397,43 @@ def _reply(steps: list[Any]) -> Message:
 
 
 def expert_digests(sandbox: Any, task: EvalTask) -> tuple[str, str]:
-    """``(digest at step 0, digest after the expert's calls)``, replayed on a fresh world."""
+    """``(digest at step 0, digest after the expert's calls)``, replayed on a fresh world (with the vault's values)."""
+    start, end, _ = _expert_world(sandbox, task)
+    return start, end
+
+
+def _expert_world(sandbox: Any, task: EvalTask) -> tuple[str, str, list[tuple[str, Unrestored]]]:
+    """:func:`expert_digests`, and the placeholders of the expert's calls the sandbox got as they are, with their tools."""
     from ee_middleware.replay.sandboxes.protocol import state_digest
 
+    world = _AtTheSandbox(sandbox, task_privacy(task))
     sandbox.reset(task.payload["environment"])
     start = state_digest(sandbox)
     for call in task.payload["expert_calls"]:
-        sandbox.execute(ToolCall(**call))
-    return start, state_digest(sandbox)
+        world.execute(ToolCall(**call))
+    return start, state_digest(sandbox), world.unrestored
+
+
+def task_privacy(task: EvalTask) -> ReplayPrivacy:
+    """The store's redaction and vault a task of this suite runs with (none for a task built without)."""
+    recorded = task.payload.get("privacy")
+    return ReplayPrivacy(**recorded) if recorded else NO_PRIVACY
+
+
+class _AtTheSandbox:
+    """The sandbox as the agent loop's environment, with the store's redaction at its boundary (as replay's
+    ``_Run.execute``): placeholders restored going in, the result redacted coming out; what could not be restored is
+    kept, with the tool, in :attr:`unrestored`."""
+
+    def __init__(self, sandbox: Any, privacy: ReplayPrivacy) -> None:
+        self.sandbox, self.privacy = sandbox, privacy
+        self.unrestored: list[tuple[str, Unrestored]] = []
+
+    def execute(self, call: ToolCall) -> Observation:
+        restored, missing = self.privacy.restore(call)
+        self.unrestored += [(call.name, u) for u in missing]
+        observation: Observation = self.sandbox.execute(restored)
+        return self.privacy.redact_observation(observation)
 
 
 class TracesSuite:
@@ -414,6 +458,7 @@ class TracesSuite:
         heldout, trained = read_split(self.split)  # type: ignore[arg-type]
         store = open_store(self.store, create=False)
         try:
+            privacy = ReplayPrivacy.of_store(store)  # the store's redaction rules, salt and vault, as replay reads them
             frame = store.trajectories(status="approved", app=self.app)
             ids = [i for i in frame["id"].to_list() if i in heldout and i not in trained]
             if not ids:
@@ -427,7 +472,7 @@ class TracesSuite:
             for trajectory_id in ids:
                 if self.limit is not None and len(tasks) >= self.limit:
                     break
-                task, why = self._task(store.get(trajectory_id))
+                task, why = self._task(store.get(trajectory_id), privacy)
                 if task is None:
                     self.excluded[trajectory_id] = why
                 else:
@@ -436,7 +481,7 @@ class TracesSuite:
         finally:
             store.close()
 
-    def _task(self, trajectory: Trajectory) -> tuple[EvalTask | None, str]:
+    def _task(self, trajectory: Trajectory, privacy: ReplayPrivacy = NO_PRIVACY) -> tuple[EvalTask | None, str]:
         from ee_middleware.replay.sandboxes.registry import build_sandbox
 
         if trajectory.status == "interrupted":
@@ -449,17 +494,27 @@ class TracesSuite:
         spec = sandbox_spec(trajectory.app, self.sandbox)
         if spec is None:
             return None, f"no sandbox for app {trajectory.app!r}: give --sandbox package.module:factory (sandbox under [eval])"
-        task = trajectory_task(trajectory, self.name, spec)
+        task = trajectory_task(trajectory, self.name, spec, privacy)
         if not task.turns:
             return None, "the trajectory has no user message"
         try:
             sandbox = build_sandbox(spec)
             try:
-                start, end = expert_digests(sandbox, task)
+                start, end, unrestored = _expert_world(sandbox, task)
             finally:
                 sandbox.close()
         except EEError as exc:
             return None, f"its world cannot be rebuilt in the {spec!r} sandbox: {exc}"
+        if unrestored:
+            # As replay flags such a step unrestorable: the placeholder reached the sandbox as it is, so neither the
+            # expected world nor a candidate's lookups are the recorded ones. The reason names no placeholder, so that
+            # the summary counts the trajectories left out for one cause together.
+            tools = ", ".join(sorted({tool for tool, _ in unrestored}))
+            reasons = "; ".join(sorted({u.reason for _, u in unrestored}))
+            return None, (
+                f"the sandbox cannot be given the real values of its expert's redacted arguments ({tools}: {reasons}), so "
+                "neither its expected world nor a candidate's calls would be the recorded ones"
+            )
         if start == end and not task.payload["facts"]:
             return None, "nothing to check: the expert changed no state and its final answer states no fact"
         return task, ""
@@ -469,15 +524,25 @@ class TracesSuite:
         from ee_middleware.replay.sandboxes.registry import build_sandbox
 
         started = time.perf_counter()
+        privacy = task_privacy(task)
         sandbox = build_sandbox(task.payload["sandbox"])
         try:
             _, expected = expert_digests(sandbox, task)
             sandbox.reset(task.payload["environment"])
-            conversation = run_conversation(bind(client, task), task, sandbox, config, trial=trial)
+            world = _AtTheSandbox(sandbox, privacy)  # the candidate sees placeholders; the sandbox gets the real values
+            conversation = run_conversation(bind(client, task), task, world, config, trial=trial)
             actual = state_digest(sandbox) if conversation.error is None else None
         finally:
             sandbox.close()
+        if conversation.error is not None:  # a tool that raised may name the value it was given
+            conversation.error = privacy.redact_data(conversation.error)
         success, error_type, reason, details = self.score(task, conversation, actual, expected)
+        unrestored = list({u.placeholder: u for _, u in world.unrestored}.values())
+        if unrestored:
+            details = {**details, "unrestored": [{"placeholder": u.placeholder, "reason": u.reason} for u in unrestored]}
+            if not success:
+                given = ", ".join(f"{u.placeholder} ({u.reason})" for u in unrestored)
+                reason = f"{reason}; the sandbox got these placeholders as they are, their values unknown: {given}"
         return TaskResult(
             self.name, task.category, task.id, trial, success, reason, error_type, conversation, time.perf_counter() - started, details
         )
