@@ -60,6 +60,7 @@ from ee_middleware.adapters.records import (
     normalize_base,
 )
 from ee_middleware.errors import StoreCorruptionWarning
+from ee_middleware.messages import finite_or_null
 from ee_middleware.plugins import FACTORY_SPEC, PluginKind
 
 INDEX_SCHEMA_VERSION = 1
@@ -423,7 +424,7 @@ class LocalAdapterRegistry:
 
     def _append_history(self, event: dict[str, Any]) -> None:
         path = self.root / "history.jsonl"
-        line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
+        line = json.dumps(finite_or_null(event), ensure_ascii=False, default=str, allow_nan=False) + "\n"
         with open(path, "ab+") as fh:
             if fh.tell() > 0:
                 fh.seek(-1, os.SEEK_END)
@@ -470,7 +471,8 @@ class LocalAdapterRegistry:
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        atomic_write_text(self.root / "index.json", json.dumps(index, ensure_ascii=False, indent=1, sort_keys=True, default=str))
+        text = json.dumps(finite_or_null(index), ensure_ascii=False, indent=1, sort_keys=True, default=str, allow_nan=False)
+        atomic_write_text(self.root / "index.json", text)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -233,13 +233,16 @@ def results_table(evaluation: dict[str, Any]) -> Any:
         )
     like = evaluation.get("likelihood")
     if like:
-        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals
+        from ee_middleware.jobs.deploy import compare_likelihood, nll_decimals, nll_text
 
         nll = {m["model"]: m["mean_nll"] for m in like["models"]}
         versus = compare_likelihood(like)
         d = nll_decimals(*((versus["diff"], versus["se"]) if versus else ()))
         table.add_row(
-            "expert-action NLL/token (lower is better)", str(like["states"]), f"{nll[like['baseline']]:.{d}f}", f"{nll['candidate']:.{d}f}"
+            "expert-action NLL/token (lower is better)",
+            str(like["states"]),
+            nll_text(nll.get(like["baseline"]), d),
+            nll_text(nll.get("candidate"), d),
         )
     return table
 

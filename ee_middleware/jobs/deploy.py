@@ -326,7 +326,7 @@ def _eval_line(outputs: dict[str, Any]) -> str:
     like = outputs.get("likelihood")
     if like:
         nll = {m["model"]: m["mean_nll"] for m in like["models"]}
-        parts.append(f"NLL {like['baseline']} {nll.get(like['baseline'], math.nan):.3f} -> candidate {nll.get('candidate', math.nan):.3f}")
+        parts.append(f"NLL {like['baseline']} {nll_text(nll.get(like['baseline']))} -> candidate {nll_text(nll.get('candidate'))}")
     return "; ".join(parts)
 
 
@@ -428,6 +428,11 @@ def nll_decimals(*spreads: float | None) -> int:
     if not finite:
         return 3
     return min(6, max(3, 1 - math.floor(math.log10(min(finite)))))
+
+
+def nll_text(value: float | None, digits: int = 3) -> str:
+    """An NLL to ``digits`` decimals, or ``-`` where none was scored (NaN in memory, null in a run's files)."""
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "-"
 
 
 def paired_text(diff: float, se: float | None, digits: int) -> str:

@@ -137,7 +137,8 @@ class Run:
     def write_stage(self, name: str, manifest: dict[str, Any]) -> None:
         path = self.stage_path(name)
         path.parent.mkdir(exist_ok=True)
-        atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+        text = json.dumps(finite_or_null(manifest), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+        atomic_write_text(path, text + "\n")
 
     def stage_done(self, name: str) -> bool:
         manifest = self.stage(name)

@@ -309,3 +309,20 @@ def test_list_keeps_every_adapter_name_whole_at_80_columns(tmp_path: Path) -> No
         assert any(line.strip().startswith(name + " ") for line in lines), (name, result.output)
     assert "app booking-assistant" in " ".join(result.output.split()), "what all share is said once, in the title"
     assert "candidate" in result.output and "…" not in result.output
+
+
+def test_an_evaluation_holding_nan_is_written_as_null(tmp_path: Path) -> None:
+    # The gate's likelihood with one held-out state has se = NaN; promote records the gate's result in the registry,
+    # and index.json and history.jsonl held 'NaN' (not JSON: a strict parser refuses the registry's index).
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    record = reg.register(write_adapter(tmp_path / "a"), "support-bot")
+    reg.add_eval(record.name, {"passed": True, "likelihood": {"diff": -0.1, "se": float("nan")}})
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    index = strict((reg.root / "index.json").read_text())
+    assert isinstance(index, dict)
+    for line in (reg.root / "history.jsonl").read_text().splitlines():
+        strict(line)
+    assert LocalAdapterRegistry(tmp_path / "reg").get(record.name).name == record.name

@@ -88,11 +88,27 @@ def test_a_value_that_cannot_be_computed_is_null_in_run_json_and_json_answers(tm
     one_state = {"per_state_nll": {"base": [5.9], "candidate": [5.8]}, "names": {"base": "base", "candidate": "a-v2"}, "baseline": "base"}
     likelihood = compare_likelihood(one_state)
     assert math.isnan(likelihood["se"])
-    run = Run(tmp_path, {"id": "r1", "status": "running", "stages": {"gate": {"outputs": {"likelihood": likelihood}}}})
+    run = Run(tmp_path, {"id": "r1", "status": "running", "stage_order": ["gate"], "outcome": {"likelihood": likelihood}})
     run.save()
-    saved = strict((tmp_path / RUN_FILE).read_text())
-    assert saved["stages"]["gate"]["outputs"]["likelihood"]["se"] is None
+    assert strict((tmp_path / RUN_FILE).read_text())["outcome"]["likelihood"]["se"] is None
+    run.write_stage("gate", {"stage": "gate", "status": "done", "outputs": {"likelihood": likelihood}})  # what the gate writes
+    assert strict(run.stage_path("gate").read_text())["outputs"]["likelihood"]["se"] is None
+    assert run.outputs("gate")["likelihood"]["se"] is None
     print_json({"models": [{"paired_se": math.nan, "paired_diff": -0.1, "values": (math.inf, 1.0)}]})
     assert strict(capsys.readouterr().out) == {"models": [{"paired_se": None, "paired_diff": -0.1, "values": [None, 1.0]}]}
     [line] = metrics_moved({}, likelihood)
     assert "(-0.100 ± n/a (one state) s.e., 100% of 1 states improved; within 2 s.e.)" in line, line
+
+
+def test_a_likelihood_with_no_state_scored_is_summed_up_without_failing() -> None:
+    # Every held-out completion longer than max_length: no state is scored, mean_nll is NaN in memory and null once
+    # read back from likelihood.json; the evaluate stage's summary line formatted it with :.3f and failed.
+    import math
+
+    from ee_middleware.jobs.deploy import _eval_line
+    from ee_middleware.messages import finite_or_null
+
+    models = [{"model": "base", "mean_nll": math.nan}, {"model": "candidate", "mean_nll": math.nan, "paired_se": math.nan}]
+    like = {"states": 0, "baseline": "base", "models": models, "per_state_nll": {"base": [], "candidate": []}, "names": {}}
+    for value in (like, finite_or_null(like)):
+        assert _eval_line({"runs": {}, "likelihood": value}).endswith("NLL base - -> candidate -")
