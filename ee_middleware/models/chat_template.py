@@ -282,13 +282,14 @@ def render_pair(
     end-of-turn included (``FALLBACK_CONVERSATION``). A template that renders the earlier turns differently once a
     reply follows (Mistral v3 shows the system message only before a last user turn) keeps the serving prompt, and
     the completion is the target's text plus the end-of-sequence token (``FALLBACK_CONTENT``). Whatever the way,
-    a target's tool calls stay in the completion: where the template's rendering lost them, they are written as
-    ``<tool_call>`` text after the target's text, as for templates that ignore tool calls
-    (``FALLBACK_CALLS_AS_TEXT``).
+    a target's tool calls stay in the completion: where the template's rendering lost them (the text-plus-end-of-sequence
+    completion always does; a text that names the tool does not count as its call), they are written as ``<tool_call>``
+    text after the target's text, as for templates that ignore tool calls (``FALLBACK_CALLS_AS_TEXT``).
     """
     prepared_prompt, tool_list = _prepared(prompt, tools, support)
-    rendered = _render_pair(tokenizer, prepared_prompt, template_messages(completion, support), tool_list)
-    if support.tool_calls and not _shows_calls(rendered.completion, completion):
+    prepared_completion = template_messages(completion, support)
+    rendered = _render_pair(tokenizer, prepared_prompt, prepared_completion, tool_list)
+    if support.tool_calls and not _shows_calls(tokenizer, prepared_prompt, prepared_completion, tool_list, rendered):
         as_text = template_messages(completion, replace(support, tool_calls=False))
         rendered = _render_pair(tokenizer, prepared_prompt, as_text, tool_list)
         rendered = rendered._replace(fallback=(*rendered.fallback, FALLBACK_CALLS_AS_TEXT))
@@ -345,15 +346,37 @@ def _common_prefix_length(texts: Sequence[str]) -> int:
     return shortest
 
 
-def _shows_calls(text: str, completion: Sequence[dict[str, Any]]) -> bool:
-    """Every tool call of ``completion`` is in ``text`` (its function's name is, at least)."""
-    for message in completion:
-        for call in message.get("tool_calls") or []:
-            function = call.get("function") if isinstance(call, dict) else None
-            name = function.get("name") if isinstance(function, dict) else None
-            if isinstance(name, str) and name not in text:
-                return False
-    return True
+def _shows_calls(
+    tokenizer: Any,
+    prompt: list[dict[str, Any]],
+    completion: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    rendered: RenderedPair,
+) -> bool:
+    """Every tool call of ``completion`` (prepared messages) is in ``rendered``, the row rendered from them.
+
+    A call counts as shown when its function's name occurs in the rendering once more than in the same conversation
+    rendered with the target's calls left out: a target whose text names the tool ("Calling check_stock for plums is
+    better than guessing.") shows the name without its call. The text-plus-end-of-sequence completion
+    (``FALLBACK_CONTENT``) never shows the calls of a target that has some."""
+    names = [
+        call["function"]["name"]
+        for message in completion
+        for call in message.get("tool_calls") or []
+        if isinstance(call, dict) and isinstance(call.get("function"), dict) and isinstance(call["function"].get("name"), str)
+    ]
+    if not names:
+        return True
+    if FALLBACK_CONTENT in rendered.fallback:
+        return False
+    shown = rendered.prompt + rendered.completion  # the whole conversation, as rendered (both other ways split it)
+    without_calls = [{key: value for key, value in message.items() if key != "tool_calls"} for message in completion]
+    try:
+        baseline = tokenizer.apply_chat_template(prompt + without_calls, tools=tools, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses the turn without calls: compare with the target's text
+        baseline = rendered.prompt + "".join(str(message.get("content") or "") for message in completion)
+    # each shown call adds its name once, and the names of the other calls that hold it ("check" in "check_stock")
+    return all(shown.count(name) - baseline.count(name) >= sum(other.count(name) for other in names) for name in set(names))
 
 
 # --- serving with the same rendering ------------------------------------------------------------

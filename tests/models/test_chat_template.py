@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 
 from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, build_test_tokenizer
 
-from .family_templates import DEEPSEEK_R1_DISTILL, FAMILIES, QWEN_3_THINKING, QWQ_32B, THINKING_GENERATION_PROMPT
+from .family_templates import DEEPSEEK_R1_DISTILL, FAMILIES, QWEN_2_5, QWEN_3_THINKING, QWQ_32B, THINKING_GENERATION_PROMPT
 
 NO_TOOLS = TemplateSupport(tools=False, tool_calls=False)
 
@@ -90,6 +90,10 @@ ROWS = {
         [{"role": "assistant", "content": "plums observationthree"}],
     ),
 }
+NAMED = "Calling check_stock for plums is better than guessing."
+"""An SR rationale that names the tool it calls: the name is in the text whether or not the call is."""
+SR_NAMED = (STATE, [{"role": "assistant", "content": NAMED, "tool_calls": [PLUMS]}])
+PLUMS_TEXT = '<tool_call>{"name": "check_stock", "arguments": {"fruit": "plums"}}</tool_call>'
 QWQ_CALL = '<tool_call>\n{"name": "check_stock", "arguments": {"fruit": "plums"}}\n</tool_call><|im_end|>\n'
 SMOLLM2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
@@ -110,7 +114,7 @@ def _conversation(tokenizer: Any, prompt: list[dict[str, Any]], completion: list
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
 
 
-@pytest.mark.parametrize("kind", ["il", "il-first-step", "sr", "iwm"])
+@pytest.mark.parametrize("kind", ["il", "il-first-step", "sr", "sr-named", "iwm"])
 def test_qwq_targets_keep_their_tool_calls_in_the_labels(kind: str) -> None:
     """QwQ-32B's generation prompt is '<|im_start|>assistant\\n<think>\\n' but it renders a turn without reasoning as
     '<|im_start|>assistant\\n...': the served prompt is not a prefix of the conversation. Was: the completion fell back to
@@ -120,9 +124,14 @@ def test_qwq_targets_keep_their_tool_calls_in_the_labels(kind: str) -> None:
     tokenizer = _tokenizer(QWQ_32B)
     support = probe_template(tokenizer)
     assert support.tools and support.tool_calls
-    prompt, completion = ROWS[kind]
+    prompt, completion = {**ROWS, "sr-named": SR_NAMED}[kind]
     pair = tokenize_pair(tokenizer, prompt, completion, FRUIT_TOOLS, support, 4096)
-    expected = {"il": QWQ_CALL, "il-first-step": QWQ_CALL, "sr": "Plums rationalefour first.\n" + QWQ_CALL}
+    expected = {
+        "il": QWQ_CALL,
+        "il-first-step": QWQ_CALL,
+        "sr": "Plums rationalefour first.\n" + QWQ_CALL,
+        "sr-named": NAMED + "\n" + QWQ_CALL,
+    }
     assert tokenizer.decode(pair.completion_ids) == expected.get(kind, "plums observationthree<|im_end|>\n")
     trained_prompt = tokenizer.decode(pair.prompt_ids)
     assert trained_prompt.endswith("<|im_end|>\n<|im_start|>assistant\n"), "the prompt ends where the assistant's header ends"
@@ -173,6 +182,50 @@ def test_calls_a_rendering_loses_are_trained_as_text() -> None:
     assert fallback == (FALLBACK_CONTENT, FALLBACK_CALLS_AS_TEXT)
 
 
+def test_a_target_naming_its_tool_gets_its_calls_on_the_content_path() -> None:
+    """The same QwQ row with a rationale that names the tool. Was: the completion (text plus end-of-sequence, which
+    never holds the calls) was taken to show them because the tool's name was in the text, so the row trained the
+    rationale without its call, with no fallback counted. Now that completion never counts as showing calls."""
+    tokenizer = _tokenizer(QWQ_32B)
+    prompt = [TASK, {"role": "assistant", "content": "<think>\nPlums?\n</think>\n\nLet me check."}]
+    completion = [{"role": "assistant", "content": NAMED, "tool_calls": [PLUMS]}]
+    _, text, fallback = render_pair(tokenizer, prompt, completion, FRUIT_TOOLS, probe_template(tokenizer))
+    assert text == NAMED + "\n" + PLUMS_TEXT + "<|im_end|>"
+    assert fallback == (FALLBACK_CONTENT, FALLBACK_CALLS_AS_TEXT)
+
+
+def _losing_calls_after_tool_results(template: str) -> str:
+    """``template`` (Qwen 2.5's or QwQ's) changed to drop the calls of an assistant turn that follows a tool result:
+    it passes the probe (a call right after the user's turn) and loses the calls of every later step."""
+    loop = "{%- for tool_call in message.tool_calls %}"
+    assert template.count(loop) == 1
+    return template.replace(
+        loop,
+        '{%- set kept = [] if loop.index0 > 0 and messages[loop.index0 - 1].role == "tool" else message.tool_calls %}'
+        "{%- for tool_call in kept %}",
+    )
+
+
+@pytest.mark.parametrize("rationale", ["Plums rationalefour first.", NAMED])
+@pytest.mark.parametrize(("template", "way"), [(QWEN_2_5, ()), (QWQ_32B, (FALLBACK_CONVERSATION,))], ids=["served-prompt", "conversation"])
+def test_calls_a_template_drops_are_trained_as_text_even_when_the_text_names_the_tool_simulated(
+    template: str, way: tuple[str, ...], rationale: str
+) -> None:
+    """Simulated template (no real one at hand drops the calls it passed the probe with): Qwen 2.5's and QwQ's, dropping
+    the calls of a turn after a tool result. Was: with a rationale naming the tool, the rendering (the served prompt
+    continued, or the conversation split after the header) was taken to show the call, which it does not hold. Now a
+    call counts as shown only if its name occurs once more than in the turn rendered without its calls."""
+    tokenizer = _tokenizer(_losing_calls_after_tool_results(template))
+    support = probe_template(tokenizer)
+    assert support.tool_calls
+    prompt = STATE
+    _, text, fallback = render_pair(
+        tokenizer, prompt, [{"role": "assistant", "content": rationale, "tool_calls": [PLUMS]}], FRUIT_TOOLS, support
+    )
+    assert text == rationale + "\n" + PLUMS_TEXT + "<|im_end|>\n"
+    assert fallback == (*way, FALLBACK_CALLS_AS_TEXT)
+
+
 @pytest.mark.parametrize("name", ["tool-chat", "smollm2", *sorted(FAMILIES), *sorted(THINKING_GENERATION_PROMPT)])
 def test_rows_the_template_continues_keep_their_bytes(name: str) -> None:
     """Where the served prompt is a prefix of the conversation's rendering (every row of these templates but the ones
@@ -182,11 +235,11 @@ def test_rows_the_template_continues_keep_their_bytes(name: str) -> None:
     tokenizer = _tokenizer(template)
     support = probe_template(tokenizer)
     continued = 0
-    for prompt, completion in ROWS.values():
+    for prompt, completion in [*ROWS.values(), SR_NAMED]:
         served = render_prompt(tokenizer, prompt, FRUIT_TOOLS, support)
         conversation = _conversation(tokenizer, prompt, completion, support)
         if conversation.startswith(served):
             prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, FRUIT_TOOLS, support)
             assert (prompt_text, completion_text) == (served, conversation[len(served) :]) and not fallback
             continued += 1
-    assert continued == len(ROWS) or name in ("mistral-v3", "qwq-32b", "deepseek-r1-distill")
+    assert continued == len(ROWS) + 1 or name in ("mistral-v3", "qwq-32b", "deepseek-r1-distill")
