@@ -132,10 +132,10 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
     holds them as values of their own (:func:`_returned_as_value`: a product in a list, a quoted status)."""
     if not final_answer:
         return []
-    seen = normalize(" ".join(observations))
+    seen = _facts_text(" ".join(observations))
     values = "\n".join(observations).lower()  # as written, list separators kept
     facts: list[str] = []
-    text = normalize(final_answer)
+    text = _facts_text(final_answer)
     for match in _TOKEN.finditer(text):
         token = match.group(0).strip(".:/-$#")
         if token and _negative(text, match.start(), match.group(0), token):
@@ -165,6 +165,16 @@ def _negative(text: str, start: int, raw: str, token: str) -> bool:
     return "-" in lead or re.search(r"(?:^|[^\w.])-[$€£]?$", text[:start] + lead) is not None
 
 
+_SIGN_DASHES = re.compile(r"[\u2212\ufe63\uff0d]|(?<![\w.])\u2013(?=[$€£]?\d)")
+"""Dashes written as a number's minus sign: the minus sign (U+2212), its small and fullwidth forms (U+FE63, U+FF0D),
+and an en dash (U+2013) before a number where a ``-`` would be a sign (not in ``10`` en dash ``20``, a range)."""
+
+
+def _facts_text(text: str) -> str:
+    """``text`` as facts are read in it: :func:`normalize`, with every minus sign written ``-`` (``250`` after a U+2212 minus sign is ``-250``)."""
+    return _SIGN_DASHES.sub("-", normalize(text))
+
+
 _LITERALS = frozenset({"true", "false", "null", "none", "nan"})
 
 
@@ -183,11 +193,11 @@ def missing_facts(facts: list[str], replies: list[str]) -> list[str]:
 
     A fact is stated as a whole word, never inside a longer one (``ua100`` is not in ``UA1000``, ``2`` not in
     ``DL200``), with the case and thousands separators ignored. A number is stated by its value and sign however it is
-    written (``1250.00`` by ``$1,250``, ``40.5`` by ``40.50``, ``-250`` by ``-$250`` but not by ``250``), a count up to twenty also in words (``3`` by ``three``), a number
+    written (``1250.00`` by ``$1,250``, ``40.5`` by ``40.50``, ``-250`` by ``-$250`` or with a U+2212 minus sign, not by ``250``), a count up to twenty also in words (``3`` by ``three``), a number
     with a unit by the same number and unit (``21c`` by ``21 °C``), and a date also as ``May 1, 2024`` or
     ``1 May 2024`` (``2024-05-01``).
     """
-    texts = [normalize(reply) for reply in replies]
+    texts = [_facts_text(reply) for reply in replies]
     numbers = {value for text in texts for value in _numbers(text)}
     dates = {day for text in texts for day in _dates(text)}
     return [fact for fact in facts if not _stated(fact, texts, numbers, dates)]

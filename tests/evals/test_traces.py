@@ -299,6 +299,16 @@ def test_a_state_mismatch_says_which_calls_the_candidate_made_instead(bfcl_store
         ("It is -5C in Oslo.", '{"Oslo": "-5C"}', "Oslo: 5 °C", ["-5c"]),
         ("It is 5C in Oslo.", '{"Oslo": "5C"}', "Oslo: -5 °C", ["5c"]),
         ("Seats 10-20 are free.", "{}", "Seats 10-20 are free.", []),
+        # a minus sign written U+2212 (or its fullwidth form, or an en dash before a number) is a sign on either side
+        ("Bob would be at \u2212250.", "{}", "Bob would be at -250.", []),
+        ("Bob would be at \u2212250.", "{}", "Bob would be at 250.", ["-250"]),
+        ("Bob would be at -250.", "{}", "Bob would be at \u2212$250.", []),
+        ("Bob would be at 250.", "{}", "Bob would be at \u2212250.", ["250"]),
+        ("It is \u22125C in Oslo.", '{"Oslo": "-5C"}', "Oslo: 5 \u00b0C", ["-5c"]),
+        ("It is -5C in Oslo.", '{"Oslo": "-5C"}', "Oslo: \u22125 \u00b0C", []),
+        ("Your balance is \uff0d20.50.", '{"balance": -20.5}', "Your balance is -20.5 now.", []),
+        ("It is \u20135C in Oslo.", '{"Oslo": "-5C"}', "Oslo: 5 \u00b0C", ["-5c"]),
+        ("Seats 10\u201320 are free.", "{}", "Seats 10 to 20 are free.", []),
     ],
 )
 def test_an_answers_facts_are_read_as_whole_words_numbers_by_value_and_dates_in_any_common_form(
