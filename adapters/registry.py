@@ -128,7 +128,10 @@ class AdapterRegistry(Protocol):
 
     def add_eval(self, name: str, result: dict[str, Any], *, by: str | None = None) -> AdapterRecord: ...
 
-    def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]: ...
+    def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]:
+        """The events in the order made, each with ``applied``; of one ``app``, and of one ``adapter``: those acting on it
+        (``adapter``) and those that replaced it as live (``replaced``: the promote that superseded it, a rollback from it)."""
+        ...
 
 
 class LocalAdapterRegistry:
@@ -209,7 +212,7 @@ class LocalAdapterRegistry:
         applied_up_to = self._read_index()["last_event"]
         events = []
         for event in self._read_history():
-            if (app is None or event.get("app") == app) and (adapter is None or event.get("adapter") == adapter):
+            if (app is None or event.get("app") == app) and (adapter is None or adapter in (event.get("adapter"), event.get("replaced"))):
                 events.append({**event, "applied": event.get("seq", 0) <= applied_up_to})
         return events
 

@@ -163,7 +163,18 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         out.print(f"datasets: {datasets or '-'}")
     for event in history:
         applied = "" if event["applied"] else "  (interrupted: not applied)"
-        out.print(f"  {event['at'][:19]}  {event['action']:<16} by {event.get('by', '?')}{applied}")
+        out.print(f"  {event['at'][:19]}  {event['action']:<16} by {event.get('by', '?')}{_replacement(event, name)}{applied}")
+
+
+def _replacement(event: dict[str, Any], name: str) -> str:
+    """What a history event of adapter ``name`` changed as the app's live adapter: which adapter this one replaced,
+    or, for an event on another adapter, that it replaced this one (a promote superseded it, a rollback went back from it)."""
+    replaced, other = event.get("replaced"), event.get("adapter")
+    if not replaced:
+        return ""
+    if other == name:
+        return f"  (replaced {replaced})"
+    return f"  (rolled back to {other})" if event["action"] == "rollback" else f"  (superseded by {other})"
 
 
 @app.command("promote", epilog=examples("ee adapters promote support-bot-v3-1a2b3c -r ./registry --server http://127.0.0.1:8000/v1"))

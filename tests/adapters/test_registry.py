@@ -147,6 +147,39 @@ def test_list_json_from_the_cli_is_one_array_of_records(tmp_path: Path) -> None:
     assert json.loads(shown.stdout)["history"][0]["action"] == "register"
 
 
+def test_an_adapters_history_shows_the_events_that_replaced_it(tmp_path: Path) -> None:
+    """Promote A, promote B, roll back: B's history ends with the rollback that retired it, A's holds the promote
+    that superseded it (history(adapter=) read only the events naming it as `adapter`, not as `replaced`)."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a, b = (reg.register(write_adapter(tmp_path / n, seed=i), "bot") for i, n in enumerate("ab"))
+    reg.switch_live(a.name)
+    reg.switch_live(b.name)
+    reg.switch_live(a.name, action="rollback")
+    events = {n: [(e["action"], e["adapter"], e.get("replaced")) for e in reg.history(adapter=n)] for n in (a.name, b.name)}
+    assert events[b.name] == [("register", b.name, None), ("promote", b.name, a.name), ("rollback", a.name, b.name)]
+    assert events[a.name] == [
+        ("register", a.name, None),
+        ("promote", a.name, None),
+        ("promote", b.name, a.name),
+        ("rollback", a.name, b.name),
+    ]
+    assert [e["action"] for e in reg.history()] == ["register", "register", "promote", "promote", "rollback"], "each event once"
+
+    runner = CliRunner()
+    shown = {n: runner.invoke(app, ["adapters", "show", n, "-r", str(tmp_path / "reg")]) for n in (a.name, b.name)}
+    text = {n: " ".join(result.output.split()) for n, result in shown.items()}
+    assert f"promote by {b.created_by} (replaced {a.name})" in text[b.name]
+    assert f"rollback by {b.created_by} (rolled back to {a.name})" in text[b.name]
+    assert f"promote by {a.created_by} (superseded by {b.name})" in text[a.name]
+    assert f"rollback by {a.created_by} (replaced {b.name})" in text[a.name]
+    as_json = json.loads(runner.invoke(app, ["adapters", "show", b.name, "-r", str(tmp_path / "reg"), "--json"]).stdout)
+    assert [(e["action"], e["adapter"]) for e in as_json["history"]][-1] == ("rollback", a.name)
+
+
 def test_list_status_takes_only_the_statuses_there_are(tmp_path: Path) -> None:
     """Before: a typo (--status Live, --status active) listed nothing, exit 0, as if no adapter had that status."""
     from typer.testing import CliRunner
