@@ -244,6 +244,7 @@ class ProcessOffload:
         self._kept: deque[tuple[int, bytes, dict[int, list[Any]]]] = deque()  # (number, pickled run, its numbered tool lists)
         self._kept_bytes = 0
         self._written_upto = 0  # the child said it wrote every run up to this number
+        self._lost_unreported = 0  # runs a dead child may not have written, until a flush returns False for them
         self._asked: dict[int, int] = {}  # flush token -> runs sent before it: its answer says they are written
         self._background_token: int | None = None  # a flush asked for by send, not waited on
         self._late_errors: list[str] = []  # failures in answers to flushes that had timed out
@@ -377,7 +378,9 @@ class ProcessOffload:
             self._enqueue(data)
             self._unacked += 1
             self._keep(data, sent_tools)
-            ask = self._background_token is None and len(self._kept) >= self.max_kept_runs
+            ask = self._background_token is None and (
+                len(self._kept) >= self.max_kept_runs or self._kept_bytes >= self.max_kept_bytes // 2
+            )  # (by bytes too: large runs fill max_kept_bytes before max_kept_runs)
             if ask:
                 self._background_token = self._ask_flush(30.0)
             waiting = self._background_token is not None
@@ -441,8 +444,9 @@ class ProcessOffload:
         return got, done
 
     def _exit_description(self) -> str:
-        code = self._process.poll()
-        if code is None:
+        try:  # (its pipe is closed: it is exiting, if it has not exited yet)
+            code = self._process.wait(1.0)
+        except subprocess.TimeoutExpired:
             return "it stopped answering"
         if code < 0:
             try:
@@ -578,12 +582,15 @@ class ProcessOffload:
                 self._read_hello()
             with self._lock:
                 if self._state != "ready":  # not started yet, nothing was sent to it; or gone (said so)
-                    return True, None
+                    lost, self._lost_unreported = self._lost_unreported, 0
+                    return not lost, None  # (a child that died since the last flush may have lost runs: said once)
                 token = self._ask_flush(timeout)
             try:
                 return self._await(token, deadline)
             except (OSError, EOFError) as exc:
-                lost = self._fail(f"the capture process is gone ({self._exit_description()})", exc)
+                self._fail(f"the capture process is gone ({self._exit_description()})", exc)
+                with self._lock:
+                    lost, self._lost_unreported = self._lost_unreported, 0
                 return not lost, None
 
     def _await(self, token: int, deadline: float) -> tuple[bool, str | None]:
@@ -609,6 +616,7 @@ class ProcessOffload:
             starting = self._state == "starting"  # no run was sent to it: all took the thread path
             kept = [(data, slots) for _, data, slots in self._kept] if self._on_lost is not None else []
             lost = self._not_kept() if kept else self._unacked
+            self._lost_unreported += lost
             self._state = "failed"
             self._unacked = self._kept_bytes = 0
             self._kept.clear()

@@ -441,6 +441,50 @@ def test_runs_no_longer_kept_for_a_killed_child_are_counted_as_lost(react_graph,
     recorder.close()
 
 
+def test_without_strict_mode_a_flush_after_runs_were_lost_returns_false_once(react_graph, tmp_path, no_child_left, monkeypatch):
+    # The child's death was noticed by the sender thread (the next run's write), not by the flush: the flush returned
+    # True although runs may not be written (found by review).
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=False)
+    recorder = agent.recorder
+    assert recorder.offload.ready()
+    recorder.offload.max_kept_bytes = 1  # keeps only the last run sent
+    for _ in range(10):
+        agent.invoke(USER_TASK)
+    _kill_and_wait(recorder.offload.pid)
+    agent.invoke(USER_TASK)
+    recorder.offload._sender.join(30)  # the sender finds the pipe broken and gives up on the child
+    assert agent.flush() is False
+    assert agent.flush() is True  # said once
+    recorder.close()
+
+
+def test_large_runs_are_confirmed_by_bytes_so_a_killed_child_loses_none(react_graph, tmp_path, no_child_left):
+    # Runs so large that max_kept_bytes holds fewer than max_kept_runs: the child was never asked which runs it wrote,
+    # and a killed child had every run since the last flush reported as possibly lost (strict mode raised) although
+    # the store held them all (found by review).
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process", strict=True)
+    offload = agent.recorder.offload
+    assert offload.ready()
+    for _ in range(3):
+        agent.invoke(USER_TASK)
+    offload.max_kept_bytes = 20 * offload._kept_bytes // len(offload._kept)  # 20 runs (< max_kept_runs), as 32 MiB of runs over 1.6 MB
+    for _ in range(40):
+        agent.invoke(USER_TASK)
+    runs, deadline = 43, time.monotonic() + 60  # (the child works at nice 19: on a busy machine it confirms later)
+    while offload._written_upto < 40 and time.monotonic() < deadline:  # its answers are read by the next sends
+        time.sleep(0.1)
+        agent.invoke(USER_TASK)
+        runs += 1
+    assert offload._written_upto >= 40, "the child was never asked which runs it wrote"
+    _kill_and_wait(offload.pid)
+    assert agent.flush()  # what the child had not confirmed is kept and recorded here; nothing is lost
+    agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "p")
+    assert store.trajectories()["id"].n_unique() == runs
+    store.close()
+
+
 def test_the_child_says_which_runs_it_wrote_without_the_agent_waiting_so_kept_runs_stay_few(react_graph, tmp_path, no_child_left):
     agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
     offload = agent.recorder.offload
