@@ -129,5 +129,5 @@ def test_entries_whose_run_capture_could_not_store_are_failures(tmp_path: Path) 
     assert done.returncode == 1, done.stdout + done.stderr
     answer = json.loads(done.stdout or "null") or pytest.fail(done.stderr)
     assert answer["recorded"] == [] and len(answer["failed"]) == 2, answer
-    assert all("File too large" in reason for reason in answer["failed"].values()), answer["failed"]
+    assert all("LimitFSIZE" in reason for reason in answer["failed"].values()), answer["failed"]  # (the file-size limit advice)
     assert LocalExperienceStore(store).trajectories().height == 0
