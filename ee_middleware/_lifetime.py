@@ -9,6 +9,9 @@ that must die (see :func:`die_with_parent`):
 - everywhere, a watchdog thread that checks :func:`os.getppid` every second and calls
   ``on_orphaned`` once the parent is gone (the fallback where there is no ``prctl``, and the way to
   run clean-up code, which a ``SIGKILL`` from the kernel never gives a chance to).
+
+And the other way round, a process told to end (``SIGTERM``, ``SIGHUP``) runs its clean-up as on Ctrl-C
+(:func:`termination_as_interrupt`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-__all__ = ["die_with_parent", "kill_process_group", "parent_death_preexec", "set_parent_death_signal"]
+__all__ = ["die_with_parent", "kill_process_group", "parent_death_preexec", "set_parent_death_signal", "termination_as_interrupt"]
 
 WATCHDOG_INTERVAL_S = 1.0
 _PR_SET_PDEATHSIG = 1
@@ -97,3 +101,31 @@ def kill_process_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, a Kubernetes pod stopped, ``kill``) and SIGHUP (a closed terminal) end the command the
+    way Ctrl-C does (``KeyboardInterrupt('SIGTERM')``, exit 130), so its clean-up runs: a server's process group is
+    stopped, a job's run and stage say they were stopped, and its report is written. Left to their defaults they end the
+    process at once. A no-op outside the main thread (only it can install handlers).
+
+    Only a signal left at its default is taken: one the command was started ignoring stays ignored (``nohup`` ignores
+    SIGHUP, so that closing the terminal does not stop the command), as does one a caller handles itself. After the
+    first, both are ignored until the clean-up is over: a supervisor that sends SIGTERM again does not cut it short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is signal.SIG_DFL]
+
+    def interrupt(signum: int, _frame: object) -> None:
+        for sig in taken:
+            signal.signal(sig, signal.SIG_IGN)  # the clean-up now running is not interrupted again
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in taken}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -25,8 +25,9 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
 Prompts are rendered by :mod:`ee_middleware.models.chat_template` (the trainer's rendering), with
 ``--chat-template FILE`` replacing the tokenizer's template as vLLM's flag does. Once it answers, it records how it
 renders (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter against it. Requests run one at
-a time (one lock around the model); loading an adapter takes tens of milliseconds and never reloads
-the base. Run it with ``ee serve local --base DIR`` (or ``python -m`` this module).
+a time (one lock around the model; a request for an adapter unloaded while it waited for its turn is a 404, never
+answered by the base under the adapter's name); loading an adapter takes tens of milliseconds and never reloads
+the base. SIGTERM stops it as Ctrl-C does (its state file removed). Run it with ``ee serve local --base DIR`` (or ``python -m`` this module).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
+from ee_middleware._lifetime import termination_as_interrupt
 from ee_middleware._optional import import_optional
 from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, check_port_free, make_server, sse_event
 from ee_middleware.adapters.serving.rendering import forget_server, record_server
@@ -179,6 +181,9 @@ class LocalModelServer:
         max_tokens = _int(body, "max_tokens", 0, low=1, key2="max_completion_tokens") or None
         temperature = _float(body, "temperature", 1.0)
         with self.lock:
+            # Again under the lock: an unload that ran while this request waited for the model would otherwise leave it
+            # answered by the base model under the adapter's name (the branches below take a name not loaded as the base).
+            self._check_model(model_name)
             generator = LocalGenerator.from_objects(self.model, self.tokenizer, model_name=model_name, num_threads=None)
             input_ids = self.tokenizer(generator.render(messages, tools), add_special_tokens=False, return_tensors="pt")["input_ids"]
             prompt_tokens = int(input_ids.shape[1])
@@ -445,20 +450,23 @@ def main(argv: list[str] | None = None) -> None:
     server = make_http_server(app, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"ee local server: serving {app.served_model_name} at http://{host}:{port}/v1", flush=True)
-    state = record_server(
-        f"http://{host}:{port}/v1",
-        pid=os.getpid(),
-        base=str(app.base_path),
-        served_model_name=app.served_model_name,
-        template=local_served_template(app.base_path, app.tokenizer, app.support, args.chat_template),
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        forget_server(state, os.getpid())
+    with termination_as_interrupt():  # SIGTERM (systemd, docker stop, ServerProcess.stop) stops it as Ctrl-C does
+        try:
+            state = record_server(
+                f"http://{host}:{port}/v1",
+                pid=os.getpid(),
+                base=str(app.base_path),
+                served_model_name=app.served_model_name,
+                template=local_served_template(app.base_path, app.tokenizer, app.support, args.chat_template),
+            )
+            try:
+                server.serve_forever()
+            finally:
+                forget_server(state, os.getpid())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 if __name__ == "__main__":

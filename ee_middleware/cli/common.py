@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ee_middleware._lifetime import termination_as_interrupt as termination_as_interrupt  # the commands' import
 from ee_middleware.messages import one_line
 
 if TYPE_CHECKING:
@@ -223,34 +224,3 @@ def _common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
-
-
-@contextmanager
-def termination_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a service manager, a Kubernetes pod stopped, ``kill``) and SIGHUP (a closed terminal) end the command the
-    way Ctrl-C does (``KeyboardInterrupt('SIGTERM')``, exit 130), so its clean-up runs: a server's process group is
-    stopped, a job's run and stage say they were stopped, and its report is written. Left to their defaults they end the
-    process at once. A no-op outside the main thread (only it can install handlers).
-
-    Only a signal left at its default is taken: one the command was started ignoring stays ignored (``nohup`` ignores
-    SIGHUP, so that closing the terminal does not stop the command), as does one a caller handles itself. After the
-    first, both are ignored until the clean-up is over: a supervisor that sends SIGTERM again does not cut it short."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    taken = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is signal.SIG_DFL]
-
-    def interrupt(signum: int, _frame: object) -> None:
-        for sig in taken:
-            signal.signal(sig, signal.SIG_IGN)  # the clean-up now running is not interrupted again
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in taken}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
