@@ -146,12 +146,13 @@ class RecordReport:
 
 
 def recorded_entry_ids(store: Any, category: str) -> set[str]:
-    """Entry ids of the category's expert trajectories already in ``store``."""
+    """Entry ids of the category's expert trajectories already in ``store`` that completed: a recording that was
+    interrupted (Ctrl-C, SIGTERM) or failed is not one, and the entry is recorded again."""
     import json
 
     import polars as pl
 
-    frame = store.trajectories(app=app_name(category)).filter(pl.col("environment_json").is_not_null())
+    frame = store.trajectories(app=app_name(category)).filter(pl.col("environment_json").is_not_null() & (pl.col("status") == "completed"))
     return {json.loads(env).get("entry_id") for env in frame["environment_json"].to_list()}
 
 

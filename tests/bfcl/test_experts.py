@@ -131,3 +131,20 @@ def test_entries_whose_run_capture_could_not_store_are_failures(tmp_path: Path) 
     assert answer["recorded"] == [] and len(answer["failed"]) == 2, answer
     assert all("LimitFSIZE" in reason for reason in answer["failed"].values()), answer["failed"]  # (the file-size limit advice)
     assert LocalExperienceStore(store).trajectories().height == 0
+
+
+def test_an_entry_whose_recording_was_interrupted_is_recorded_again(tmp_path: Path) -> None:
+    # Ctrl-C or SIGTERM during an entry stores its run as 'interrupted' (pending); the next record-experts counted the
+    # entry as recorded and skipped it for good (found by the process sweep: 199 approved experts of 200).
+    store_path = tmp_path / "store"
+    first = record_experts(store_path, "multi_turn_base", limit=2)
+    assert len(first.recorded) == 2
+    store = LocalExperienceStore(store_path)
+    [done] = [t for t in store.iter_trajectories() if t.environment["entry_id"] == first.recorded[1]]
+    interrupted = done.model_copy(update={"id": "interrupted-" + done.id, "status": "interrupted", "steps": done.steps[:1]})
+    third = load_entries("multi_turn_base", limit=3)[2].id
+    interrupted.environment = {**done.environment, "entry_id": third}
+    store.write([interrupted])
+    store.close()
+    again = record_experts(store_path, "multi_turn_base", limit=3)
+    assert again.recorded == [third] and sorted(again.already) == sorted(first.recorded)
