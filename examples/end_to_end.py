@@ -148,8 +148,12 @@ def _ee(console: Any, *argv: Any, check: bool = True) -> None:
     args = [str(a) for a in argv]
     console.print(f"[dim]$ ee {' '.join(args)}[/]")
     try:
-        app(args, standalone_mode=False)
-    except SystemExit as exc:  # typer.Exit inside standalone_mode=False
+        code = app(args, standalone_mode=False)  # (a command's typer.Exit comes back as its code)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
+    except SystemExit as exc:
+        if exc.code == 130:  # interrupted (Ctrl-C, SIGTERM): the demo stops too, whatever check says
+            raise KeyboardInterrupt from exc
         if check and exc.code:
             raise
     except Exception as exc:
@@ -222,7 +226,9 @@ def _local_server(base: Path, out: Path, timer: Timer, console: Any) -> Iterator
     command = local_command(
         str(base), port=port, served_model_name="base", max_lora_rank=8, chat_template=str(template_path("smollm2-tools"))
     )
-    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", log_path=out / "server.log", name="local model server")
+    server = ServerProcess(
+        command, f"http://127.0.0.1:{port}/v1", log_path=out / "server.log", name="local model server", end_with_parent=True
+    )  # (end_with_parent: a demo killed outright does not leave the server running)
     console.print(f"[dim]$ ee serve local --base {base} --chat-template smollm2-tools --served-model-name base --port {port}[/]")
     with timer.step("start the local server"):
         server.start(timeout_s=300)
@@ -357,4 +363,11 @@ def _save_timings(out: Path, run: Any, timer: Timer, total: float, server_peak: 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ee_middleware._lifetime import termination_as_interrupt
+
+    try:
+        with termination_as_interrupt():  # SIGTERM (a CI time-out, kill) stops the demo as Ctrl-C does: servers stopped
+            sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; run it again to start over", file=sys.stderr)
+        sys.exit(130)

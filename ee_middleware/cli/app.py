@@ -163,12 +163,19 @@ def main() -> None:
 
     A stdout its reader closed (``ee ... | head``) ends every command quietly with :data:`EXIT_CLOSED_STDOUT`, wherever
     the write that found it closed was: a table rich printed (rich's own handler exits 1), JSON, the help, or the
-    interpreter's last flush. A command that wrote all it had before the reader went keeps its own status."""
+    interpreter's last flush. A command that wrote all it had before the reader went keeps its own status.
+
+    SIGTERM and SIGHUP stop every command as Ctrl-C does (:func:`~ee_middleware._lifetime.termination_as_interrupt`):
+    its clean-up runs (progress bars give the cursor back, workers and servers are stopped, partial output is removed)
+    and it exits 130."""
     from rich.console import Console
+
+    from ee_middleware._lifetime import termination_as_interrupt
 
     Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     try:
-        app()
+        with termination_as_interrupt():
+            app()
     except SystemExit as done:
         try:
             sys.stdout.flush()  # what is still buffered goes now, while a closed stdout can be told apart

@@ -813,6 +813,19 @@ class _Feeder:
         return self._handed_out
 
 
+def _signal_handlers() -> dict[int, Any]:
+    """This process's SIGTERM, SIGINT and SIGHUP handlers (none outside the main thread: only it can set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+
+def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
 class _RayWorker:
     def __init__(self, spec: WorkerSpec) -> None:
         self._worker = _Worker(spec)
@@ -920,7 +933,13 @@ class RayExecutor:
                 kwargs["address"] = address
             else:  # a new local instance, even where an earlier `ray start` left its address behind
                 kwargs.update(address="local", num_cpus=max(workers, 1))
-            ray.init(**kwargs)
+            # Ray's driver puts its own SIGTERM handler in place (and ray.shutdown does not take it back): the job's
+            # (``ee improve`` stopping as on Ctrl-C, marking and reporting its run) is put back.
+            handlers = _signal_handlers()
+            try:
+                ray.init(**kwargs)
+            finally:
+                _restore_signal_handlers(handlers)
             self._started = True
         actor_class = ray.remote(num_cpus=num_cpus_per_worker)(_RayWorker)
         self._actors = [actor_class.remote(spec) for _ in range(workers)]

@@ -41,3 +41,30 @@ def test_a_sighup_the_command_was_started_ignoring_stays_ignored() -> None:
         os.kill(os.getpid(), signal.SIGHUP)
         time.sleep(0.01)  # a handler, had one been installed, would have raised by now
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
+def test_every_command_stops_on_sigterm_as_on_ctrl_c(tmp_path) -> None:
+    """Only ``ee improve`` and ``ee serve vllm`` took SIGTERM: every other command (replay, datasets build, eval run,
+    record-experts, train, ...) died at once, its progress bar leaving the terminal without a cursor and its partial
+    output behind (found by the process sweep). Here ``ee eval run`` waits on a server that never answers (a socket that
+    accepts and stays silent: a stand-in) and gets SIGTERM: it stops as Ctrl-C stops it, exit 130, no traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    command = [sys.executable, "-m", "ee_middleware.cli", "eval", "run", "--suite", "bfcl:multi_turn_base:1"]
+    command += ["--endpoint", f"http://127.0.0.1:{port}/v1", "--model", "m", "--out", str(tmp_path / "run"), "--timeout", "600"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        silent.settimeout(120)
+        connection, _ = silent.accept()  # the command is now waiting for its answer
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        silent.close()
+    connection.close()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
