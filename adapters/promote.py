@@ -9,16 +9,24 @@ the live adapter never changed. The adapter is marked ``failed`` with the reason
 was its own (a server refused to load it, or it did not pass the smoke request); vLLM answers a failed
 load with HTTP 500 both for an adapter it cannot use and for its own trouble, so a 500 counts against
 the adapter only when its message names an adapter problem
-(:func:`~ee_middleware.adapters.serving.backend.adapter_problem`). When a replica did not answer
-(down, restarting, timed out, 5xx on a listing, a 500 on a load naming no adapter problem: out of
-memory, no free slot, a stopped engine) or cannot see the registry's folder, it
+(:func:`~ee_middleware.adapters.serving.backend.adapter_problem`), and so does a failed smoke request. When a
+replica did not answer (down, restarting, timed out, a 5xx or a broken connection on a listing or on the smoke
+request, a 500 on a load naming no adapter problem: out of memory, no free slot, a stopped engine), cannot see
+the registry's folder, or refuses the adapter's rank by its own ``--max-lora-rank`` (the servers' setting), it
 stays ``candidate`` and can be promoted again once the servers are fixed (a failed adapter never
 can, and the same weights registered again keep their failed record). The replaced adapter stays
 loaded, so a rollback is only an alias switch.
 
 Before any server is asked, the registry's copy of the adapter must still be what was registered
-(same content hash: :func:`~ee_middleware.adapters.records.check_registered_files`) and be trained on
-the base model of the app's live adapter (servers hold one base).
+(same content hash: :func:`~ee_middleware.adapters.records.check_registered_files`), be trained on
+the base model of the app's live adapter (servers hold one base) and on the base each replica serves (what it
+recorded at start or reports: :func:`check_served_bases`, also for an app's first adapter), and have a rank
+within each replica's ``--max-lora-rank`` where the promote was told it.
+
+**Promoting the live adapter again** loads it on every replica that lacks it (one restarted since: a server
+starts with the base alone) with the same checks, verifies it there, and leaves the alias and the other replicas
+alone (history: ``reload``); this is the way back after a restart. The router meanwhile sends the app's requests
+to the replicas that hold it.
 
 **Chat template.** Each replica's chat template (recorded by ``ee serve vllm`` / the local server at start) is
 compared with the rendering the adapter was trained with (its manifest's ``rendering``:
@@ -51,9 +59,13 @@ A plug-in registry gets the same guarantee by offering ``operation(doing, by=, o
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ee_middleware.adapters.errors import (
@@ -64,12 +76,13 @@ from ee_middleware.adapters.errors import (
     GateFailedError,
     InvalidTransitionError,
     PromotionError,
+    ServerRankError,
     ServerUnavailableError,
     ServingError,
 )
 from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files, normalize_base
 from ee_middleware.adapters.registry import AdapterRegistry
-from ee_middleware.adapters.serving.backend import ServingBackend, Verification
+from ee_middleware.adapters.serving.backend import ServingBackend, Verification, rank_advice
 from ee_middleware.adapters.serving.rendering import RenderingCheck, check_rendering, trained_rendering
 
 Progress = Callable[[str], None]
@@ -86,6 +99,8 @@ class SwitchResult:
     loaded_on: list[str] = field(default_factory=list)
     rendering: list[RenderingCheck] = field(default_factory=list)
     """The adapter's training rendering against each replica's chat template (:func:`rendering_checks`)."""
+    already_live: bool = False
+    """A promote of the adapter that was live already: it was only loaded again where a replica lacked it (``loaded_on``)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -96,6 +111,7 @@ class SwitchResult:
             "loaded_on": self.loaded_on,
             "verified_on": [v.url for v in self.verifications],
             "rendering": [check.to_json() for check in self.rendering],
+            "already_live": self.already_live,
         }
 
 
@@ -141,7 +157,7 @@ def _promote(
             f"{name} failed before ({record.reason}); a failed adapter is not promoted again. Fix the cause and register a new one."
         )
     if record.status == Status.live:
-        return SwitchResult(record, None, time.perf_counter() - started)
+        return _load_live_again(registry, record, replicas, by=by, say=say, ignore_rendering=ignore_rendering, started=started)
     gate = last_gate(record)
     if gate is not None and not gate["passed"] and not ignore_gate:
         raise GateFailedError(
@@ -149,19 +165,10 @@ def _promote(
             f"Evaluate a better candidate, or promote it anyway with --ignore-gate (ignore_gate=True; the history records it)."
         )
     _check_servable(registry, record)
-    checks = rendering_checks(record, replicas)
+    check_served_bases(registry, record, replicas, say=say)
+    _check_ranks(registry, record, replicas)
+    checks = _checked_rendering(registry, record, replicas, say=say, ignore_rendering=ignore_rendering)
     differing = [check for check in checks if check.differs]
-    if differing and not ignore_rendering:
-        raise ChatTemplateMismatchError(
-            " ".join(check.message for check in differing)
-            + f" Nothing was loaded; {record.app} still serves {registry.resolve(record.app) or 'the base model'}. Promote it "
-            "anyway with --ignore-rendering (ignore_rendering=True; the history records it).",
-            url=differing[0].server,
-            checks=differing,
-        )
-    for check in checks:
-        if check.status != "same":
-            say(("ignored: " if check.differs else "note: ") + check.message)
     overridden: dict[str, Any] = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
     if differing:
         overridden["ignored_rendering"] = [check.differences for check in differing]
@@ -191,6 +198,198 @@ def _promote(
         [r.url for r in loaded],
         checks,
     )
+
+
+def _load_live_again(
+    registry: AdapterRegistry,
+    record: AdapterRecord,
+    replicas: Sequence[ServingBackend],
+    *,
+    by: str | None,
+    say: Progress,
+    ignore_rendering: bool,
+    started: float,
+) -> SwitchResult:
+    """A promote of the live adapter: load it again on every replica that lacks it (one restarted since), with the checks
+    of a promote (base model, rank, chat template, the registry's copy) and verified; the replicas that hold it and the
+    alias are left alone. A replica that cannot take it is named in a :class:`PromotionError` after the others were
+    done; it is unloaded again where it was loaded but not verified, and the adapter stays live."""
+    name = record.name
+    lacking: list[ServingBackend] = []
+    problems: list[tuple[ServingBackend, ServingError]] = []
+    for replica in replicas:
+        try:
+            if name not in replica.list():
+                lacking.append(replica)
+        except ServingError as exc:
+            problems.append((replica, exc))
+    checks: list[RenderingCheck] = []
+    if lacking:
+        check_served_bases(registry, record, lacking, say=say)
+        _check_ranks(registry, record, lacking)
+        checks = _checked_rendering(registry, record, lacking, say=say, ignore_rendering=ignore_rendering)
+        if "://" not in record.path:
+            check_registered_files(record, _registry_label(registry))
+    loaded: list[str] = []
+    verifications: list[Verification] = []
+    for replica in lacking:
+        sent = False
+        try:
+            say(f"{name} is live but {replica.url} does not hold it (restarted?): loading it there again")
+            try:
+                replica.load(name, record.path)
+                sent = True
+            except AdapterNameInUseError:
+                pass  # loaded there since the listing (another promoter): the same adapter
+            say(f"verifying {name} on {replica.url}")
+            verifications.append(replica.verify(name))
+            loaded.append(replica.url)
+        except ServingError as exc:
+            problems.append((replica, exc))
+            if sent:
+                with contextlib.suppress(ServingError):
+                    replica.unload(name)  # not verified there: it is not served there half-working
+    if loaded:
+        registry.note("reload", app=record.app, adapter=name, by=by, loaded_on=loaded)
+    if problems:
+        replica, first = problems[0]
+        holding = [r.url for r in replicas if r.url not in {p.url for p, _ in problems}]
+        raise PromotionError(
+            f"{name} is the live adapter of {record.app} and stays so, but it could not be loaded again on every replica that "
+            "lacked it: "
+            + " ".join(f"{p.url}: {exc}" for p, exc in problems)
+            + (f" Loaded again on {', '.join(loaded)}." if loaded else "")
+            + f" {record.app} is served by {', '.join(holding) or 'no replica'} (the router sends its requests to the replicas "
+            f"that hold it). Fix the others and run this promote again: it loads {name} wherever it is missing.",
+            adapter=name,
+            replica=replica.url,
+        ) from first
+    if lacking:
+        say(f"{record.app} -> {name} (already live; loaded again on {', '.join(loaded)})")
+    else:
+        say(f"{name} is already live on every replica: nothing to load")
+    return SwitchResult(record, None, time.perf_counter() - started, verifications, loaded, checks, already_live=True)
+
+
+def _checked_rendering(
+    registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend], *, say: Progress, ignore_rendering: bool
+) -> list[RenderingCheck]:
+    """:func:`rendering_checks`; :class:`ChatTemplateMismatchError` for a replica that renders otherwise, unless
+    ``ignore_rendering`` (then, and where it could not tell, the progress says so)."""
+    checks = rendering_checks(record, replicas)
+    differing = [check for check in checks if check.differs]
+    if differing and not ignore_rendering:
+        raise ChatTemplateMismatchError(
+            " ".join(check.message for check in differing)
+            + f" Nothing was loaded; {record.app} still serves {registry.resolve(record.app) or 'the base model'}. Promote it "
+            "anyway with --ignore-rendering (ignore_rendering=True; the history records it).",
+            url=differing[0].server,
+            checks=differing,
+        )
+    for check in checks:
+        if check.status != "same":
+            say(("ignored: " if check.differs else "note: ") + check.message)
+    return checks
+
+
+def check_served_bases(registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend], *, say: Progress) -> None:
+    """Each replica serves the base model ``record`` was trained on, before anything is loaded: what the replica recorded
+    at start or reports (``served_base()``, where the backend offers it:
+    :meth:`~ee_middleware.adapters.serving.backend.HTTPServingBackend.served_base`) against the adapter's base, compared
+    by :func:`same_base`. :class:`BaseModelMismatchError` naming both for a replica that serves another one; a replica
+    that says nothing, or names its base so that it cannot be compared (a hub id against a folder), gets a note."""
+    mismatches = []
+    for replica in replicas:
+        served_base = getattr(replica, "served_base", None)
+        served = served_base() if callable(served_base) else None
+        if not served:
+            say(
+                f"note: {replica.url} does not say which base model it serves; {record.name}'s base ({record.base_model}) is not checked there"
+            )
+            continue
+        same = same_base(record.base_model, served)
+        if same is None:
+            say(
+                f"note: {replica.url} serves {served} and {record.name} was trained on {record.base_model}; whether they are "
+                "the same model cannot be told from the names"
+            )
+        elif not same:
+            mismatches.append(f"{replica.url} serves {served}")
+    if mismatches:
+        raise BaseModelMismatchError(
+            f"{record.name} was trained on base model {record.base_model}, but {'; '.join(mismatches)}. A LoRA adapter works only on "
+            f"the base it was trained on. Nothing was loaded: {record.app} still serves "
+            f"{registry.resolve(record.app) or 'the base model'}. Promote it into servers started with --base {record.base_model}, "
+            "or train it on the base the servers hold."
+        )
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_CACHE = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)(?:/|$)")
+
+
+def same_base(trained_on: str, served: str) -> bool | None:
+    """Whether an adapter trained on ``trained_on`` runs on a server's base ``served``: True for the same name (a folder
+    as its resolved path) or two folders here holding the same model (a copy: same config, same weight files' sizes and
+    first and last MiB); False for two different folders here, or two different hub ids (a Hugging Face cache folder
+    counts as its hub id); None when the names cannot tell (a hub id against a folder, a folder on another machine)."""
+    ours, theirs = normalize_base(trained_on), normalize_base(served)
+    if ours == theirs:
+        return True
+    if os.path.isabs(ours) and os.path.isabs(theirs) and Path(ours).is_dir() and Path(theirs).is_dir():
+        try:
+            return _model_fingerprint(Path(ours)) == _model_fingerprint(Path(theirs))
+        except OSError:  # a folder this process may not read: the names alone cannot tell
+            return None
+    hub_ours, hub_theirs = _hub_id(ours), _hub_id(theirs)
+    if hub_ours and hub_theirs:
+        return hub_ours.lower() == hub_theirs.lower()
+    return None
+
+
+def _hub_id(base: str) -> str | None:
+    """The Hugging Face hub id ``base`` names: ``ORG/NAME`` itself (not a folder here), or the one of a hub cache folder
+    (``.../models--ORG--NAME/snapshots/...``)."""
+    cached = _HUB_CACHE.search(base)
+    if cached:
+        return f"{cached[1]}/{cached[2]}"
+    if _HUB_ID.match(base) and not Path(base).exists():
+        return base
+    return None
+
+
+def _model_fingerprint(folder: Path) -> tuple[Any, ...]:
+    """What tells a model folder's model apart cheaply: its config, and per weight file its name, size and a hash of its
+    first and last MiB (copies of one model agree; two trainings of one architecture differ in their weights)."""
+    config = (folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b""
+    parts = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".safetensors", ".bin", ".pt", ".gguf") or not path.is_file():
+            continue
+        size = path.stat().st_size
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(size - (1 << 20))
+                digest.update(handle.read(1 << 20))
+        parts.append((path.name, size, digest.hexdigest()))
+    return config, tuple(parts)
+
+
+def _check_ranks(registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend]) -> None:
+    """Refuse, before any server is asked, an adapter whose rank is above a replica's known ``--max-lora-rank`` (the
+    backend's ``max_lora_rank``: what the promote was told); it stays a candidate, since the limit is the servers'."""
+    limits = [(replica.url, getattr(replica, "max_lora_rank", None)) for replica in replicas]
+    over = [(url, limit) for url, limit in limits if isinstance(limit, int) and record.rank > limit]
+    if over:
+        raise ServerRankError(
+            f"{record.name} has LoRA rank r={record.rank}, above the --max-lora-rank given for "
+            + ", ".join(f"{url} ({limit})" for url, limit in over)
+            + f" (--max-lora-rank / EE_MAX_LORA_RANK). Nothing was loaded; it stays a candidate, and {record.app} still serves "
+            f"{registry.resolve(record.app) or 'the base model'}. {rank_advice(record.rank, min(limit for _, limit in over))}",
+            url=over[0][0],
+        )
 
 
 def rendering_checks(record: AdapterRecord, replicas: Sequence[ServingBackend]) -> list[RenderingCheck]:
@@ -256,8 +455,10 @@ def _registry_label(registry: AdapterRegistry) -> str:
 
 
 def _adapter_at_fault(exc: ServingError) -> bool:
-    """Whether a promote failure says something about the adapter (then it is marked failed), not about the servers."""
-    return not isinstance(exc, (ServerUnavailableError, AdapterPathNotFoundError))
+    """Whether a promote failure says something about the adapter (then it is marked failed), not about the servers: a
+    replica that did not answer, cannot see the folder, or refuses the rank by its own ``--max-lora-rank`` says nothing
+    about the adapter."""
+    return not isinstance(exc, (ServerUnavailableError, AdapterPathNotFoundError, ServerRankError))
 
 
 def _fail(
@@ -285,10 +486,8 @@ def _fail(
         outcome = "is marked failed"
     else:
         registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=reason)
-        outcome = (
-            f"stays a candidate: the adapter is not at fault. Promote it again when every replica answers "
-            f"(ee adapters promote {record.name} ...)"
-        )
+        when = f"once every replica allows rank {record.rank}" if isinstance(exc, ServerRankError) else "when every replica answers"
+        outcome = f"stays a candidate: the adapter is not at fault. Promote it again {when} (ee adapters promote {record.name} ...)"
     live = registry.resolve(record.app)
     raise PromotionError(
         f"Promoting {record.name} failed on {replica.url}: {exc} It was unloaded from every replica it had been loaded on"

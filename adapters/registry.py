@@ -596,5 +596,14 @@ def open_registry(spec: str | os.PathLike[str] | AdapterRegistry, *, create: boo
     if sep and name in REGISTRIES.installed():
         return REGISTRIES.build(name, location.removeprefix("//"), create=create)
     if FACTORY_SPEC.match(text):
-        return REGISTRIES.build(text)
+        if Path(text).expanduser().is_dir():  # a folder whose name looks like module:factory (reg:v2)
+            return LocalAdapterRegistry(text, create=create)
+        try:
+            factory = REGISTRIES.resolve(text)
+        except RegistryError as exc:
+            raise RegistryError(
+                f"{exc} If {text!r} is a registry folder, write it as ./{text} or local:{text} (a name with a colon is read as "
+                "module:factory, a plug-in)."
+            ) from exc
+        return REGISTRIES.construct(text, factory)
     return LocalAdapterRegistry(text, create=create)

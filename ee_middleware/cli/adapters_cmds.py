@@ -84,6 +84,14 @@ def register(
         print_json(_record_json(record))
     else:
         typer.echo(f"{record.name} ({record.status}, rank {record.rank}, base {record.base_model})")
+    if record.status == "failed":  # the same weights, registered before: their failed record stands
+        typer.secho(
+            f"error: these weights are registered already as {record.name}, which failed ({record.reason}); a failed adapter "
+            "is not promoted again, and the same weights keep their record. Fix the cause and register a newly trained adapter.",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1)
 
 
 @app.command("list", epilog=examples("ee adapters list -r ./registry --app support-bot"))
@@ -197,6 +205,9 @@ def promote(
 ) -> None:
     """Load and verify the adapter on every replica, then switch its app's alias to it (all or nothing).
 
+    Given the live adapter, it is loaded again on every replica that lacks it (one restarted since the promote) and
+    verified there; the alias and the other replicas are left alone.
+
     An adapter whose last recorded gate failed (ee eval gate --adapter NAME -r REGISTRY) needs --ignore-gate. A server
     whose chat template (recorded by ee serve vllm / ee serve local) renders prompts unlike the adapter's training rows
     (its manifest's rendering) is refused unless --ignore-rendering; where either is unknown, a note says so."""
@@ -209,6 +220,9 @@ def promote(
     )
     if as_json:
         print_json(result.to_json())
+    elif result.already_live:
+        where = f"loaded again on {', '.join(result.loaded_on)}" if result.loaded_on else "every replica holds it; nothing loaded"
+        typer.echo(f"{result.live.app} -> {result.live.name} (already live; {where}) in {result.seconds:.3f} s")
     else:
         typer.echo(f"{result.live.app} -> {result.live.name} (was {result.replaced or 'none'}) in {result.seconds:.3f} s")
 

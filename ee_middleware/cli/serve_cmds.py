@@ -272,7 +272,10 @@ def serve_router(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="Port to listen on."),
 ) -> None:
-    """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas."""
+    """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas.
+
+    A replica that does not hold the live adapter (restarted since the promote) is passed over, and the log says so once,
+    with the command that loads it there again (ee adapters promote LIVE_NAME ...)."""
     from ee_middleware.adapters.errors import ServingError
     from ee_middleware.adapters.registry import open_registry
     from ee_middleware.adapters.serving.router import AliasRouter, make_router_server

@@ -88,16 +88,44 @@ def test_a_replica_answering_500_to_its_model_list_does_not_condemn_the_adapter_
     assert registry.get(name).status == "candidate"
 
 
-def test_an_adapter_that_fails_its_smoke_request_is_still_marked_failed_stand_in_replica(
+def test_an_adapter_whose_smoke_request_answer_names_an_adapter_problem_is_marked_failed_stand_in_replica(
     stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
 ) -> None:
+    """A server that loads an adapter's weights only when first asked fails the smoke request naming the problem."""
     server, backend = stand_in
     registry, (name,) = _registry(tmp_path, "/models/base")
-    server.fail["/v1/chat/completions"] = 500
+    server.fail["/v1/chat/completions"] = (500, ADAPTER_PROBLEMS["target-modules"])
     with pytest.raises(PromotionError, match="is marked failed") as caught:
         promote(registry, name, [backend])
-    assert isinstance(caught.value.__cause__, VerificationError)
+    assert isinstance(caught.value.__cause__, VerificationError) and "target modules it does not have" in str(caught.value)
     assert registry.get(name).status == "failed" and name not in server.loaded
+
+
+@pytest.mark.parametrize("trouble", [500, 503, 429, "time-out"])
+def test_a_smoke_request_failing_for_the_servers_own_trouble_leaves_the_adapter_a_candidate_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path, trouble: int | str
+) -> None:
+    """Before: every failed smoke request (a 5xx, a time-out) marked the adapter failed for good."""
+    from ee_middleware.adapters.errors import ServerTimeoutError
+
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    if trouble == "time-out":
+        backend = VLLMBackend(backend.url, timeout_s=0.5)
+        server.hold_chat.set()
+    else:
+        server.fail["/v1/chat/completions"] = (int(trouble), "Service Unavailable" if trouble == 503 else "stand-in failure")
+    try:
+        with pytest.raises(PromotionError, match="stays a candidate") as caught:
+            promote(registry, name, [backend])
+    finally:
+        server.release_chat.set()
+    expected = ServerTimeoutError if trouble == "time-out" else ServerUnavailableError
+    assert type(caught.value.__cause__) is expected and "says nothing about the adapter" in str(caught.value)
+    assert registry.get(name).status == "candidate" and name not in server.loaded
+    server.fail.clear()
+    server.hold_chat.clear()
+    assert promote(registry, name, [backend]).live.name == name, "once the server answers, the same adapter goes live"
 
 
 def test_promoting_an_adapter_for_another_base_than_the_live_one_is_refused_before_any_server_is_asked_stand_in_replica(
@@ -277,14 +305,19 @@ SERVER_PROBLEMS = {
 def test_a_500_on_load_that_names_an_adapter_problem_marks_it_failed_stand_in_replica(
     stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path, problem: str
 ) -> None:
+    """A rank above the server's --max-lora-rank is the server's setting: the adapter stays a candidate."""
     server, backend = stand_in
     registry, (name,) = _registry(tmp_path, "/models/base")
     server.fail["/v1/load_lora_adapter"] = (500, ADAPTER_PROBLEMS[problem])
-    with pytest.raises(PromotionError, match="is marked failed") as caught:
+    outcome = "stays a candidate" if problem == "rank" else "is marked failed"
+    with pytest.raises(PromotionError, match=outcome) as caught:
         promote(registry, name, [backend])
     expected = ServerRankError if problem == "rank" else AdapterLoadError
     assert type(caught.value.__cause__) is expected and ADAPTER_PROBLEMS[problem][-30:] in str(caught.value)
-    assert registry.get(name).status == "failed" and ADAPTER_PROBLEMS[problem][-30:] in registry.get(name).reason
+    if problem == "rank":
+        assert registry.get(name).status == "candidate" and "--max-lora-rank 8" in str(caught.value)
+    else:
+        assert registry.get(name).status == "failed" and ADAPTER_PROBLEMS[problem][-30:] in registry.get(name).reason
 
 
 @pytest.mark.parametrize("problem", sorted(SERVER_PROBLEMS))

@@ -168,7 +168,10 @@ def test_two_replicas_a_failure_on_the_second_rolls_the_first_back(vllm_server: 
     finally:
         second.stop()
     record = registry.get(candidate.name)
-    assert record.status == "failed" and "ServerRankError" in (record.reason or "")
+    assert record.status == "candidate", "the rank limit is the replica's setting: the adapter is not at fault"
+    aborted = [e for e in registry.history(adapter=candidate.name) if e["action"] == "promote-aborted"]
+    assert len(aborted) == 1 and "ServerRankError" in aborted[0]["reason"]
+    assert "start every replica with --max-lora-rank 8" in str(caught.value)
     assert registry.resolve("bot") is None
     assert _answer(vllm_server.url, "smollm2")  # the first replica still serves
 
