@@ -48,6 +48,25 @@ def _options_not_taken(factory: Callable[..., Any], options: Mapping[str, Any]) 
     return [name for name in options if name not in taken]
 
 
+def _options_taken(factory: Callable[..., Any], positional: int = 0) -> list[str]:
+    """The keyword parameters of ``factory`` (those after the first ``positional``, which ee passes by position); none
+    when its signature cannot be read."""
+    try:
+        parameters = list(inspect.signature(factory, follow_wrapped=False).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for i, p in enumerate(parameters) if p.kind in keyword and i >= positional]
+
+
+def _did_you_mean(name: str, names: list[str]) -> str:
+    """`` (did you mean NAME?)`` for an option spelled close to one of ``names``; else nothing."""
+    from ee_middleware._toml import _closest  # the rule config files' unknown keys are told with
+
+    close = _closest(name, names)
+    return f" (did you mean {close}?)" if close else ""
+
+
 def _arguments_not_fitting(factory: Callable[..., Any], args: tuple[Any, ...], options: Mapping[str, Any]) -> str | None:
     """Why ``factory`` cannot be called with ``args`` and ``options`` (a required parameter left without a value), or
     None when they fit or its signature cannot be read."""
@@ -196,11 +215,18 @@ class PluginKind:
             raise self.error(f"{spec!r} names {type(factory).__name__}, not a callable that builds a {self.kind}")
         unknown = _options_not_taken(factory, options)
         if unknown:
-            names = ", ".join(unknown)
+            taken = _options_taken(factory, len(args))
+            names = ", ".join(name + _did_you_mean(name, taken) for name in unknown)
+            if getattr(factory, "__module__", "").partition(".")[0] == "ee_middleware":  # ee's own: the setting is wrong
+                fix = f"Its options are {', '.join(taken) or 'none'}: correct the setting's name, or leave it out."
+            else:
+                fix = (
+                    f"Add a keyword parameter with a default for it to the factory (e.g. `{unknown[0]}: bool = False`), or leave out "
+                    "the setting that passes it."
+                )
             raise self.error(
                 f"Bad options for {self.kind} {spec!r}: its factory {getattr(factory, '__qualname__', factory)!r} takes no "
-                f"option {names}. Add a keyword parameter with a default for it to the factory "
-                f"(e.g. `{unknown[0]}: bool = False`), or leave out the setting that passes it."
+                f"option {names}. {fix}"
             )
         mismatch = _arguments_not_fitting(factory, args, options)
         if mismatch is not None:

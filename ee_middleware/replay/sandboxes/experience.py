@@ -189,8 +189,86 @@ def _well_formed_variant(variant: Any) -> bool:
     )
 
 
+_MIN_FIDELITY_EXAMPLE = 'min_fidelity = { "*" = 0.6, "send_email" = 0.8 }'
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _checked_min_fidelity(value: Any) -> dict[str, float]:
+    """``min_fidelity`` as tool -> threshold; ``ValueError`` naming the setting and how to write it when it is not a table of
+    numbers between 0 and 1 (a bare number, a string such as ``"0.6"``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"min_fidelity must be a table of tool -> minimum {FIDELITY_METRIC} between 0 and 1 ('*' for every tool), got "
+            f"{_shown(value)}. Write it as {_MIN_FIDELITY_EXAMPLE}"
+            + (
+                f', or min_fidelity = {{ "*" = {value} }} for every tool.'
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else "."
+            )
+        )
+    thresholds: dict[str, float] = {}
+    for tool, threshold in value.items():
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            quoted = isinstance(threshold, str)
+            raise ValueError(
+                f"min_fidelity[{str(tool)!r}] must be a number between 0 and 1 (the minimum {FIDELITY_METRIC} for "
+                f"{'every tool' if tool == '*' else repr(tool)}), got {_shown(threshold)}"
+                + (". Write the number without quotes, e.g. " if quoted else ". Write a number between 0 and 1, e.g. ")
+                + f"{_MIN_FIDELITY_EXAMPLE}."
+            )
+        thresholds[str(tool)] = float(threshold)
+    return thresholds
+
+
+def _check_settings(**settings: Any) -> None:
+    """``ValueError`` naming the first setting whose value is not of the type (or range) the sandbox takes, and the fix."""
+    top_k, max_tokens, refresh_s = settings["top_k"], settings["max_tokens"], settings["refresh_s"]
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(
+            f"top_k must be a whole number >= 0 (the real transitions shown to the model), got {_shown(top_k)}, e.g. top_k = 3."
+        )
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(
+            f"max_tokens must be a whole number >= 1 (tokens per prediction), got {_shown(max_tokens)}, e.g. max_tokens = 256."
+        )
+    if isinstance(refresh_s, bool) or not isinstance(refresh_s, (int, float)) or not refresh_s >= 0:
+        raise ValueError(f"refresh_s must be a number of seconds >= 0, got {_shown(refresh_s)}, e.g. refresh_s = 60.")
+    for name in ("real", "fidelity_variant"):
+        if settings[name] is not None and not isinstance(settings[name], str):
+            example = 'real = "bfcl"' if name == "real" else 'fidelity_variant = "retrieval"'
+            raise ValueError(f"{name} must be a string, got {_shown(settings[name])}, e.g. {example}.")
+    fidelity = settings["fidelity"]
+    if fidelity is not None and not isinstance(fidelity, (str, Path, Mapping)):
+        raise ValueError(
+            f"fidelity must be the path of an 'ee experience eval --json' report or a table of tool -> {FIDELITY_METRIC}, got "
+            f'{_shown(fidelity)}, e.g. fidelity = "em-eval/report.json".'
+        )
+    excluded = settings["exclude_trajectories"]
+    if excluded is not None and (
+        isinstance(excluded, str)
+        or not isinstance(excluded, (list, tuple, set, frozenset))
+        or not all(isinstance(i, str) for i in excluded)
+    ):
+        raise ValueError(
+            f'exclude_trajectories must be a list of trajectory ids, got {_shown(excluded)}, e.g. exclude_trajectories = ["ID"].'
+        )
+    for name in ("allow_network", "check_endpoint"):
+        if not isinstance(settings[name], bool):
+            raise ValueError(f"{name} must be true or false, got {_shown(settings[name])}.")
+
+
 class ExperienceSandbox:
-    """A sandbox whose observations an experience model predicts (see the module docstring)."""
+    """A sandbox whose observations an experience model predicts (see the module docstring).
+
+    A setting of the wrong type or range (``min_fidelity = 0.6`` for a table, ``{"*" = "0.6"}`` for a number) is a
+    ``ValueError`` naming it and how to write it; :func:`build_experience_sandbox` (``ee replay run``'s
+    ``[replay.sandbox_settings]``) reports it, and an unknown setting, as the sandbox's bad options.
+    """
 
     kind = "experience"
 
@@ -215,8 +293,18 @@ class ExperienceSandbox:
     ) -> None:
         if client is None and not model:
             raise SandboxError("The experience sandbox needs a model: 'experience:local:DIR' or 'experience:openai:BASE_URL#MODEL'.")
-        if top_k < 0:
-            raise SandboxError(f"top_k must be >= 0, got {top_k}")
+        _check_settings(
+            top_k=top_k,
+            max_tokens=max_tokens,
+            refresh_s=refresh_s,
+            real=real,
+            fidelity=fidelity,
+            fidelity_variant=fidelity_variant,
+            exclude_trajectories=exclude_trajectories,
+            allow_network=allow_network,
+            check_endpoint=check_endpoint,
+        )
+        min_fidelity = _checked_min_fidelity(min_fidelity)
         self.model = model or str(getattr(client, "model", "client"))
         self._client = client
         self._store_spec = store
@@ -397,7 +485,16 @@ class ExperienceSandbox:
 
 def build_experience_sandbox(spec: str, **options: Any) -> ExperienceSandbox:
     """The sandbox for ``experience:MODEL_SPEC`` (the registry's prefix form)."""
-    model = spec[len(PREFIX) :].strip()
+    from ee_middleware.replay.sandboxes.registry import SANDBOXES
+
+    model = spec.strip()[len(PREFIX) :].strip()
     if not model:
         raise SandboxError("Write the experience sandbox as 'experience:MODEL_SPEC', e.g. 'experience:openai:http://127.0.0.1:8000/v1#em'.")
-    return ExperienceSandbox(model, **options)
+    if "model" in options:
+        raise SandboxError(
+            f"Bad options for sandbox {spec!r}: the model is the sandbox spec's own ('experience:MODEL_SPEC'), not a setting: "
+            "leave out model."
+        )
+    # The registry's checks, as for every sandbox: an unknown setting is 'Bad options' (with a did-you-mean), a value of the
+    # wrong type or range 'Bad settings' (see ExperienceSandbox), each naming the setting and the fix.
+    return SANDBOXES.construct(spec, ExperienceSandbox, model, **options)
