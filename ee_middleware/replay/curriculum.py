@@ -12,6 +12,12 @@ Tasks are matched to stored trajectories (their tool schemas and environment ref
 environment's ``entry_id`` equal to the task id, else by the task text equal to the first user
 message of the task's conversation; a task without a match cannot be validated and is listed as
 unmatched.
+
+Lineage: a variant names its parent (``parent``: the eval task and the stored trajectory it was matched to), and a
+trajectory rolled out on it (``ee curriculum run``, ``source = curriculum``) keeps that in its environment reference
+under :data:`PARENT_KEY` (:func:`with_parent`), so that a dataset build's held-out split keeps the variants of a
+held-out task out of training (:mod:`ee_middleware.trainers.datasets.split`). A sandbox is reset with the environment
+without it (:func:`world_environment`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,37 @@ from typing import Any
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.records import Trajectory
+
+CURRICULUM_SOURCE = "curriculum"
+"""``Trajectory.source`` of the trajectories rolled out on tasks a model wrote (``ee curriculum run``)."""
+
+PARENT_KEY = "curriculum_parent"
+"""The key of a curriculum trajectory's environment reference naming the task it is a variant of: ``{"trajectory_id": the
+stored trajectory the variant was written from, "task_id": ..., "suite": ...}`` (the eval task's)."""
+
+
+def with_parent(environment: dict[str, Any] | None, parent: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``environment`` (a variant's world reference) with its lineage: ``parent``'s ``trajectory_id``, ``task_id`` and
+    ``suite`` under :data:`PARENT_KEY` (an earlier lineage replaced); ``environment`` unchanged without a parent."""
+    lineage = {key: parent[key] for key in ("trajectory_id", "task_id", "suite") if isinstance(parent, dict) and parent.get(key)}
+    if not lineage:
+        return environment
+    return {**(environment or {}), PARENT_KEY: lineage}
+
+
+def world_environment(environment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``environment`` without a curriculum trajectory's lineage: what a sandbox rebuilds the world from."""
+    if not isinstance(environment, dict) or PARENT_KEY not in environment:
+        return environment
+    return {key: value for key, value in environment.items() if key != PARENT_KEY}
+
+
+def parent_trajectory_id(environment: dict[str, Any] | None) -> str | None:
+    """The stored trajectory a curriculum trajectory's task is a variant of (:data:`PARENT_KEY`), or ``None``."""
+    lineage = environment.get(PARENT_KEY) if isinstance(environment, dict) else None
+    parent = lineage.get("trajectory_id") if isinstance(lineage, dict) else None
+    return parent if isinstance(parent, str) and parent else None
+
 
 SYSTEM_PROMPT = (
     "You write training tasks for a tool-using agent. Given a task and the tools it may use, write ONE new task for the same "
@@ -209,7 +246,7 @@ def propose(
         result.variants.append(
             {
                 "id": f"curriculum-{digest}",
-                "source": "curriculum",
+                "source": CURRICULUM_SOURCE,
                 "parent": {
                     "suite": score.suite,
                     "task_id": score.task_id,
@@ -220,7 +257,7 @@ def propose(
                 "instruction": variant["instruction"],
                 "tools": parent.tools,
                 "needs": variant["tools"],
-                "environment": parent.environment,
+                "environment": world_environment(parent.environment),  # a variant of a variant: its own lineage only
             }
         )
     result.rejected = dict(rejected)

@@ -31,7 +31,8 @@ the candidate's lookups, would not be the recorded ones); in a candidate's call,
 ``details["unrestored"]`` and its reason names it.
 
 A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact),
-whose world cannot be rebuilt, or whose expert's redacted arguments cannot be restored is left out when
+whose world cannot be rebuilt, whose expert's redacted arguments cannot be restored, or that is a curriculum
+rollout (``source = curriculum``: the policy's own rollout on a model-written task) is left out when
 the suite is built; the summary's ``excluded`` counts them and ``excluded_reasons`` says why.
 """
 
@@ -55,6 +56,7 @@ from ee_middleware.evals.matching import normalize
 from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
 from ee_middleware.models.protocol import ChatClient
 from ee_middleware.records import Observation, ToolCall, Trajectory
+from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
 
 BFCL_APP_PREFIX = "bfcl."
@@ -500,6 +502,11 @@ class TracesSuite:
             return (
                 None,
                 "it paused before its task was done (interrupted: a human review, a breakpoint); its last calls were not decided yet",
+            )
+        if trajectory.source == CURRICULUM_SOURCE:
+            return None, (
+                "a curriculum rollout (source=curriculum): its 'expert' is the policy's own rollout on a task a model wrote, "
+                "approved by a judge model, not a recorded run to measure a model against"
             )
         spec = sandbox_spec(trajectory.app, self.sandbox)
         if spec is None:

@@ -357,3 +357,22 @@ def test_a_turn_whose_steps_were_offered_no_tool_is_offered_none() -> None:
     assert [narrowed.step_tools(s) for s in narrowed.steps] == [[] for _ in steps]
     assert turn_tools(narrowed, 1) == [[]]
     assert turn_tools(narrowed, 2)[1] == list(t.tools), "a turn without steps"
+
+
+def test_a_held_out_curriculum_rollout_is_never_a_traces_task(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """A curriculum trajectory (``ee curriculum run``) is the policy's own rollout on a task a model wrote, approved by a
+    judge model: held out, it was evaluated as a regression task whose 'expert' is that rollout. It is now left out with
+    the reason, beside a recorded expert held out with it."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    store = LocalExperienceStore(bfcl_store_path)
+    expert = next(store.iter_trajectories(status="approved"))
+    steps = [s.model_copy(update={"trajectory_id": "curriculum-1"}) for s in expert.steps]
+    store.write([expert.model_copy(update={"id": "curriculum-1", "source": "curriculum", "steps": steps})])
+    store.approve(["curriculum-1"], by="test")
+    store.close()
+    split = tmp_path / "datasets.json"
+    split.write_text(json.dumps({"split": {"heldout_trajectories": [expert.id, "curriculum-1"], "train_trajectories": []}}))
+    suite = load_suite(f"traces:{bfcl_store_path}", SuiteSettings(split=str(split)))
+    assert [task.id for task in suite.tasks()] == [expert.id]
+    assert list(suite.excluded) == ["curriculum-1"] and "source=curriculum" in suite.excluded["curriculum-1"]
