@@ -1,8 +1,8 @@
 """The experience replay buffer: real transitions from the store, searchable by (tool, arguments, state).
 
 DreamGym's experience model predicts the next observation of a tool call with the top-k most similar
-*real* transitions as in-context examples. A real transition is an expert step of a stored
-trajectory (its recorded observation) or a non-synthetic rollout (the sandbox's real observation);
+*real* transitions as in-context examples. A real transition is an expert step of an approved
+trajectory (its recorded observation; pending and rejected trajectories are not read, as dataset builds do not) or a non-synthetic rollout (the sandbox's real observation);
 experience-model output is never indexed, so the model is never grounded on its own guesses. The buffer reads
 rollouts as dataset builds select them (:func:`rollouts_out_of_use`, by the builds' own rule:
 :func:`ee_middleware.replay.attempts.rollouts_in_use`), so it also leaves out the rollouts of a replay that a later
@@ -37,6 +37,7 @@ fidelity measured on a held-out set is never helped by retrieving its own answer
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ee_middleware.errors import SandboxError
+from ee_middleware.messages import content_to_text, parse_arguments
 from ee_middleware.plugins import PluginKind
 from ee_middleware.records import Rollout, Trajectory
 
@@ -56,44 +58,94 @@ _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
 """Kana and CJK ideographs: scripts written without spaces between words."""
 _CJK = re.compile(f"[{_CJK_CHARS}]")
 _CJK_PIECE = re.compile(f"[{_CJK_CHARS}]|[^{_CJK_CHARS}]+")
-_STATE_CHARS = 600
-"""How much of the end of the state (the last messages' text) goes into a transition's search text."""
+_STATE_CHARS = 800
+"""How much of the end of a state goes into a transition's search text and the experience model's question."""
+EXAMPLE_STATE_CHARS = 300
+"""How much of the end of its state a retrieved example is shown with: about the last call or two and their results (what
+the world looked like: the directory ``ls`` ran in, the order ``pay`` charged), so that two examples of the same call that
+answered differently can be told apart."""
+_ENTRY_CHARS = 200
+"""At most this much of one message's text, or of one tool call's arguments, in a state's text (its beginning kept, ``…``
+marks the cut): one long file or search result must not take the whole budget and hide the calls before it."""
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens in any script (``файл`` and ``café`` are words too); ``camelCase`` and
     ``snake_case`` names are also split into their parts. Chinese and Japanese are written without spaces,
     so each of their characters is a token (``決済が完了`` -> ``決 済 が 完 了``), as multilingual QA scoring
-    does: a whole clause as one token would only ever match itself."""
+    does: a whole clause as one token would only ever match itself. These are the replay buffer's tokens (a query
+    finds ``send_email`` by ``email``); fidelity compares :func:`words`, which splits no name."""
     tokens: list[str] = []
-    for word in _TOKEN.findall(text):
-        if _CJK.search(word) is None:
-            _word_tokens(word, tokens)
-            continue
-        for piece in _CJK_PIECE.findall(word):
-            if _CJK.fullmatch(piece):
-                tokens.append(piece)
-            else:
-                _word_tokens(piece, tokens)
+    for word in words(text):
+        tokens.append(word.lower())
+        if _CJK.fullmatch(word) is None:
+            parts = [p.lower() for piece in word.split("_") if piece for p in (_ASCII_PART.findall(piece) if piece.isascii() else [piece])]
+            if len(parts) > 1:
+                tokens.extend(parts)
     return tokens
 
 
-def _word_tokens(word: str, tokens: list[str]) -> None:
-    tokens.append(word.lower())
-    parts = [p.lower() for piece in word.split("_") if piece for p in (_ASCII_PART.findall(piece) if piece.isascii() else [piece])]
-    if len(parts) > 1:
-        tokens.extend(parts)
+def words(text: str) -> list[str]:
+    """The words of ``text`` as they appear (case kept, names not split: ``payment_status`` is one word), each Chinese
+    or Japanese character a word of its own (those scripts have no spaces between words)."""
+    out: list[str] = []
+    for word in _TOKEN.findall(text):
+        if _CJK.search(word) is None:
+            out.append(word)
+        else:
+            out.extend(_CJK_PIECE.findall(word))
+    return out
+
+
+def _clip(text: str, limit: int = _ENTRY_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def state_text(messages: Sequence[dict[str, Any]], max_chars: int = _STATE_CHARS) -> str:
-    """The text of the last messages of a state, at most ``max_chars`` characters (the end is kept)."""
-    parts = []
+    """The end of a state as text, at most ``max_chars`` characters: one line per message, in order, ``ROLE: TEXT``;
+    each tool call the agent made as ``assistant calls NAME ARGUMENTS_JSON`` and each tool result as ``tool NAME: RESULT``
+    (the name of the call it answers), so the state shows what was called with what and what it returned: the
+    experience model predicts the next observation from the state and the action. Each message's text and each call's
+    arguments are clipped to 200 characters; whole lines are kept from the end (only the end of the last line when it
+    alone is longer than ``max_chars``)."""
+    names: dict[str, str] = {}
+    lines: list[str] = []
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str) and content:
-            parts.append(f"{message.get('role', '')}: {content}")
-    text = "\n".join(parts)
-    return text[-max_chars:]
+        if not isinstance(message, dict):
+            continue
+        role = str(message.get("role") or "")
+        text = " ".join(content_to_text(message.get("content")).split())
+        if role == "tool":
+            name = names.get(str(message.get("tool_call_id")), "") or str(message.get("name") or "")
+            lines.append(f"tool {name}: {_clip(text)}" if name else f"tool: {_clip(text)}")
+            continue
+        if text:
+            lines.append(f"{role}: {_clip(text)}")
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict):
+                continue
+            name = str(function.get("name") or "")
+            if call.get("id") is not None:
+                names[str(call["id"])] = name
+            arguments = json.dumps(parse_arguments(function.get("arguments")), ensure_ascii=False)
+            lines.append(f"{role or 'assistant'} calls {name} {_clip(arguments)}")
+    return _end_lines(lines, max_chars)
+
+
+def _end_lines(lines: Sequence[str], max_chars: int) -> str:
+    """The last whole ``lines`` that fit in ``max_chars`` characters (joined by newlines); the end of the last line when
+    it alone does not fit."""
+    kept: list[str] = []
+    size = -1
+    for line in reversed(lines):
+        if size + 1 + len(line) > max_chars:
+            if not kept:
+                kept.append(line[-max_chars:] if max_chars > 0 else "")
+            break
+        kept.append(line)
+        size += 1 + len(line)
+    return "\n".join(reversed(kept))
 
 
 @dataclass(frozen=True)
@@ -106,7 +158,7 @@ class Transition:
     step_index: int
     task: str
     state: str
-    """The end of the state's text (see :func:`state_text`)."""
+    """The end of the state's text, calls and results included (see :func:`state_text`)."""
     tool: str
     arguments: dict[str, Any]
     observation: str
@@ -121,8 +173,10 @@ class Transition:
         return f"{self.tool} {json.dumps(self.arguments, ensure_ascii=False, sort_keys=True)} {self.state}"
 
     def as_example(self, max_chars: int = 400) -> dict[str, Any]:
-        """The transition as an in-context example (observation clipped)."""
+        """The transition as an in-context example: the end of its state (:data:`EXAMPLE_STATE_CHARS`, whole lines),
+        the call and the observation (clipped to ``max_chars``)."""
         return {
+            "state": _end_lines(self.state.split("\n"), EXAMPLE_STATE_CHARS) if self.state else "",
             "tool": self.tool,
             "arguments": self.arguments,
             "observation": self.observation[:max_chars],
@@ -282,7 +336,8 @@ class BM25SRetriever:
 
     ``bm25s`` builds its index in one go: :meth:`add` keeps the new documents' tokens and marks the
     index stale; the next :meth:`scores` rebuilds it from every kept token list (no re-tokenizing),
-    so a burst of adds costs one rebuild.
+    so a burst of adds costs one rebuild. ``bm25s`` sets its logger to DEBUG when imported; building this retriever
+    hands that level back to the application's logging configuration (set it again after to see bm25s's lines).
     """
 
     name = "bm25s"
@@ -291,6 +346,9 @@ class BM25SRetriever:
         from ee_middleware._optional import import_optional
 
         self._bm25s = import_optional("bm25s", extra="experience", purpose="use the bm25s retriever")
+        logger = logging.getLogger("bm25s")
+        if logger.level == logging.DEBUG:  # bm25s sets DEBUG when imported: its 'Building index' lines went to stderr
+            logger.setLevel(logging.NOTSET)  # the application's logging decides (ee: warnings, -v for info)
         self.k1, self.b = k1, b
         self._docs: list[list[str]] = []
         self._model: Any = None
@@ -323,8 +381,9 @@ class TransitionIndex:
     _ids: set[str] = field(default_factory=set)
     _seen_rollouts: set[str] = field(default_factory=set)
     _seen_trajectories: set[str] = field(default_factory=set)
-    _rejected: set[str] = field(default_factory=set)
-    """Indexed trajectories rejected since: their transitions stay in the retriever (it only grows) but never come back."""
+    _unapproved: set[str] = field(default_factory=set)
+    """Indexed trajectories no longer approved (rejected since): their transitions stay in the retriever (it only grows)
+    but never come back."""
     _out_of_use: set[str] = field(default_factory=set)
     """Rollout transitions a dataset build would leave out now (:func:`rollouts_out_of_use`), also those indexed before
     their replay was superseded or found mismatching: they are never returned."""
@@ -354,23 +413,21 @@ class TransitionIndex:
         return len(new)
 
     def refresh(self, store: Any) -> int:
-        """Add the store's real transitions not indexed yet; how many. Rejected trajectories are left out, also
-        when they were rejected after they were indexed (and come back when approved again); so are the rollouts a
+        """Add the store's real transitions not indexed yet; how many. Only approved trajectories are read, as dataset
+        builds read them: pending ones wait for their review (and are indexed once approved), rejected ones are left
+        out, also when they were rejected after they were indexed (and come back when approved again); so are the rollouts a
         dataset build leaves out (:func:`rollouts_out_of_use`: a replay a later attempt of its configuration superseded,
         ``ee replay run --again`` once its sandbox was fixed; a replay's fidelity mismatches), also when the replay was
         superseded or its mismatches recorded after they were indexed; and, as builds, rollouts the sandbox answered
         for a redaction placeholder replay could not restore (:func:`rollout_transition`)."""
         trajectories: dict[str, Trajectory] = {}
         fresh: list[Transition] = []
-        for trajectory in store.iter_trajectories():
-            if trajectory.approval.status == "rejected":
-                self._rejected.add(trajectory.id)
-                continue
-            self._rejected.discard(trajectory.id)
+        for trajectory in store.iter_trajectories(status="approved"):
             trajectories[trajectory.id] = trajectory
             if trajectory.id not in self._seen_trajectories:
                 self._seen_trajectories.add(trajectory.id)
                 fresh.extend(trajectory_transitions(trajectory))
+        self._unapproved = self._seen_trajectories - trajectories.keys()
         if trajectories:
             candidates: list[tuple[str, Transition]] = []
             for rollout in store.iter_rollouts(list(trajectories)):
@@ -428,7 +485,7 @@ class TransitionIndex:
         """
         if k <= 0 or not self.transitions:
             return []
-        skip_ids, skip_trajectories = set(exclude_ids), set(exclude_trajectories) | self._rejected
+        skip_ids, skip_trajectories = set(exclude_ids), set(exclude_trajectories) | self._unapproved
         scores = self._scores(f"{tool} {json.dumps(arguments, ensure_ascii=False, sort_keys=True)} {state}")
         matched = [d for d, score in enumerate(scores) if score > 0]
         ranked = sorted(matched, key=lambda d: (self.transitions[d].tool != tool, -scores[d], d))

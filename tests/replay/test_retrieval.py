@@ -225,3 +225,145 @@ def test_a_retriever_plugin_whose_scores_are_not_numbers_is_named_with_the_fix(s
     index.add([Transition("a", "t1", 0, "", "", "charge", {}, "ok", False)])
     with pytest.raises(SandboxError, match=rf"retriever 'buggy' .*{shown}.*check_retriever"):
         index.search("charge", {})
+
+
+# -- what a transition's state shows (the experience model's "interaction so far") ------------------------------------
+
+
+def _entry(store: LocalExperienceStore, entry_id: str) -> Any:
+    return next(t for t in store.iter_trajectories() if (t.environment or {}).get("entry_id") == entry_id)
+
+
+def test_the_state_shows_the_agents_tool_calls_with_their_results_in_order(bfcl_store_path: Path, serve: Any) -> None:
+    """The state text kept only messages with text: an assistant message holding only tool calls vanished, so the
+    experience model (and the buffer's search text, and the em prompts) saw 'tool: {...}', 'tool: None' with no call."""
+    from ee_middleware.records import ToolCall
+    from ee_middleware.replay.retrieval import state_text
+    from tests.replay.test_experience import copy_first_example
+
+    store = LocalExperienceStore(bfcl_store_path)
+    trajectory = _entry(store, "multi_turn_base_0")
+    store.close()
+    tool_steps = [s for s in trajectory.steps if s.action.tool_call is not None and s.observation is not None]
+    step = tool_steps[-1]  # diff, after cd .., mv, cd temp
+    earlier = tool_steps[-4:-1]
+    expected = []
+    for s in earlier:  # from the step records, not from the messages the state text is made of
+        call, observation = s.action.tool_call, s.observation
+        assert call is not None and observation is not None and len(observation.content) < 150
+        expected += [
+            f"assistant calls {call.name} {json.dumps(call.arguments, ensure_ascii=False)}",
+            f"tool {call.name}: {observation.content}",
+        ]
+    assert [line.split(" ")[2] for line in expected[::2]] == ["cd", "mv", "cd"]
+
+    def in_order(text: str) -> None:
+        positions = [text.find(line) for line in expected]
+        assert -1 not in positions, f"missing {[e for e, p in zip(expected, positions, strict=True) if p < 0]} in:\n{text}"
+        assert positions == sorted(positions), "calls and results in the order they happened"
+
+    in_order(state_text(step.state))
+    transition = next(t for t in trajectory_transitions(trajectory) if t.step_index == step.index)
+    in_order(transition.search_text)  # the replay buffer searches it
+    sandbox = ExperienceSandbox(serve(copy_first_example).spec, store=str(bfcl_store_path))
+    try:
+        sandbox.at_step(trajectory, step)
+        call = step.action.tool_call
+        assert call is not None
+        messages, _ = sandbox.prompt(ToolCall(id="alt", name=call.name, arguments={**call.arguments, "file_name2": "other.pdf"}))
+    finally:
+        sandbox.close()
+    question = messages[-1]["content"]
+    in_order(question)  # the experience model is shown them
+    assert "\ntool: " not in question, "every result names the call it answers"
+    assert len(state_text(step.state)) <= 800
+
+
+def test_a_long_result_is_clipped_so_the_calls_before_it_stay_in_the_state() -> None:
+    from ee_middleware.replay.retrieval import state_text
+
+    messages = [
+        {"role": "user", "content": "Find the budget lines."},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "cd", "arguments": '{"folder": "docs"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"current_working_directory": "docs"}'},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "cat", "arguments": {"file_name": "a.txt"}}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "x" * 5000},
+    ]  # fmt: skip
+    text = state_text(messages)
+    assert text.splitlines() == [
+        "user: Find the budget lines.",
+        'assistant calls cd {"folder": "docs"}',
+        'tool cd: {"current_working_directory": "docs"}',
+        'assistant calls cat {"file_name": "a.txt"}',
+        "tool cat: " + "x" * 199 + "…",
+    ]
+    last = "tool cat: " + "x" * 199 + "…"
+    assert state_text(messages, max_chars=260).splitlines() == ['assistant calls cat {"file_name": "a.txt"}', last], "whole lines"
+    assert state_text(messages, max_chars=100) == last[-100:], "the end of a last line longer than the bound"
+
+
+def test_retrieved_examples_show_the_end_of_their_state_so_two_answers_to_the_same_call_can_be_told_apart(
+    bfcl_store_path: Path,
+) -> None:
+    """Two real `ls {"a": true}` calls answered differently (another directory) were shown as two identical calls with
+    two different answers: nothing in the prompt told the model why."""
+    from ee_middleware.replay.retrieval import EXAMPLE_STATE_CHARS
+    from ee_middleware.replay.sandboxes.experience import build_prompt
+
+    store = LocalExperienceStore(bfcl_store_path)
+    index = TransitionIndex()
+    index.refresh(store)
+    store.close()
+    same_call = [t for t in index.transitions if t.tool == "ls" and t.arguments == {"a": True}]
+    answers = {t.observation for t in same_call}
+    assert len(answers) > 1, "the store holds one call answered differently"
+    a, b = next((x, y) for x in same_call for y in same_call if x.observation != y.observation)
+    hits = index.search("ls", {"a": True}, k=10)
+    assert {a.id, b.id} <= {h.id for h in hits}, "both are retrieved for the same call"
+
+    messages = build_prompt("task", "", "ls", {"a": True}, [a, b])
+    demonstrations = [m["content"] for m in messages[1:-1] if m["role"] == "user"]
+    assert len(demonstrations) == 2 and demonstrations[0] != demonstrations[1], "each example is shown with its own state"
+    for example, shown in ((b, demonstrations[0]), (a, demonstrations[1])):  # the best match (a) is shown last
+        state = example.as_example()["state"]
+        assert state and state in shown and len(state) <= EXAMPLE_STATE_CHARS
+        assert example.state.endswith(state), "the end of the example's state, whole lines"
+        assert example.state.splitlines()[-1] in shown, "at least the example's last message"
+
+    deep = next(t for t in index.transitions if t.state.count("\n") > 8)  # a long state is cut to the bound
+    assert len(deep.as_example()["state"]) <= EXAMPLE_STATE_CHARS < len(deep.state)
+    assert deep.as_example()["state"] == "\n".join(deep.state.splitlines()[-deep.as_example()["state"].count("\n") - 1 :])
+
+
+def test_the_buffer_reads_approved_trajectories_only(bfcl_store_path: Path) -> None:
+    """The buffer (and ee experience eval's split) read pending trajectories too, which dataset builds leave out until a
+    person approves them: the experience model was grounded on unreviewed experience (a curriculum rollout, say)."""
+    from ee_middleware.records import Approval
+
+    store = LocalExperienceStore(bfcl_store_path)
+    source = _entry(store, "multi_turn_base_0")
+    pending_id = "pending-copy"
+    steps = [
+        s.model_copy(
+            update={
+                "trajectory_id": pending_id,
+                "observation": s.observation.model_copy(update={"content": '{"unreviewed": "PENDINGMARK"}'}) if s.observation else None,
+            }
+        )
+        for s in source.steps
+    ]
+    store.write([source.model_copy(update={"id": pending_id, "steps": steps, "approval": Approval(status="pending")})])
+    assert store.get(pending_id).approval.status == "pending"
+
+    index = TransitionIndex()
+    index.refresh(store)
+    assert not [t for t in index.transitions if t.trajectory_id == pending_id]
+    split = split_store(store, share=0.5, seed=0)
+    assert pending_id not in split.held_out_ids and not [t for t in split.index.transitions if t.trajectory_id == pending_id]
+
+    store.approve([pending_id], by="reviewer")
+    index.refresh(store)
+    probe = next(t for t in index.transitions if t.trajectory_id == pending_id)
+    assert probe.observation == '{"unreviewed": "PENDINGMARK"}', "indexed once approved"
+    assert pending_id in {h.trajectory_id for h in index.search(probe.tool, probe.arguments, probe.state, k=5)}
+    store.close()

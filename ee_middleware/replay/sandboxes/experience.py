@@ -120,13 +120,14 @@ def _call_text(call_name: str, arguments: dict[str, Any]) -> str:
 
 def build_prompt(task: str, state: str, call_name: str, arguments: dict[str, Any], examples: list[Transition]) -> list[dict[str, Any]]:
     """The chat messages the experience model is asked: the system message, then each retrieved example as a
-    demonstration (its call, and an answer in the expected JSON with the real observation; the best match last,
-    nearest the question), then the question (task, end of the state, the call)."""
+    demonstration (the end of its state and its call, and an answer in the expected JSON with the real observation; the
+    best match last, nearest the question), then the question (task, end of the state, the call)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
     for example in reversed(examples):
         shown = example.as_example()
         answer = {"reasoning": template_reasoning(example), "observation": shown["observation"], "is_error": shown["is_error"]}
-        messages.append({"role": "user", "content": _call_text(example.tool, example.arguments)})
+        asked = _call_text(example.tool, example.arguments)
+        messages.append({"role": "user", "content": f"Interaction so far (end):\n{shown['state']}\n\n{asked}" if shown["state"] else asked})
         messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
     parts = [f"Task: {task or '(none recorded)'}"]
     if state:
