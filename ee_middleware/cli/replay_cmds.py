@@ -105,7 +105,8 @@ def run(
     """Replay every approved trajectory not yet replayed with this configuration (resumable).
 
     A finished configuration is not replayed again by a re-run: after fixing the sandbox's code (a fidelity mismatch),
-    run with --again.
+    run with --again. Exit code 1 when a trajectory failed, or when an experience-model sandbox gave no usable
+    prediction at all.
     """
     from ee_middleware.replay.config import ReplayConfig
     from ee_middleware.replay.job import run_replay
@@ -181,8 +182,28 @@ def run(
             err=True,
             fg="yellow",
         )
-    if summary.failed:
+    if summary.no_usable_prediction:
+        typer.secho(f"error: {_no_usable_prediction(summary)}", err=True, fg="red")
+    if summary.failed or summary.no_usable_prediction:
         raise typer.Exit(1)
+
+
+def _unusable_reasons(summary: Any, most: int = 5) -> str:
+    """The reasons an experience model's predictions were unusable, the most frequent first, with their counts."""
+    reasons = sorted(summary.synthetic_failures.items(), key=lambda item: (-item[1], item[0]))
+    shown = "; ".join(f"{short(reason, 160)} ({count})" for reason, count in reasons[:most])
+    return shown + (f"; {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
+
+
+def _no_usable_prediction(summary: Any) -> str:
+    """Why a run whose experience model gave no usable observation at all fails, and what to do."""
+    asked = sum(summary.synthetic_failures.values())
+    return (
+        f"the experience model gave no usable observation for any of the {asked} alternative(s) it was asked to predict "
+        f"({_unusable_reasons(summary)}), so no synthetic branch was stored. It must answer one JSON object with an "
+        "'observation' field (measure it with `ee experience eval`; an untrained base model rarely does). These trajectories "
+        "count as replayed by this configuration: after fixing the model behind the same spec, replay them with --again."
+    )
 
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:
@@ -234,6 +255,14 @@ def _why_nothing_to_replay(cfg: Any) -> str:
     )
 
 
+def _experience_rows(summary: Any) -> list[tuple[str, Any]]:
+    """The summary's rows about an experience model's predictions, for a run that asked one (none otherwise)."""
+    unusable = sum(summary.synthetic_failures.values())
+    if not (unusable or summary.synthetic_branches or summary.sandbox.strip().startswith("experience:")):
+        return []
+    return [("  of them predicted by the experience model", summary.synthetic_branches), ("predictions unusable (not stored)", unusable)]
+
+
 def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     from rich import box
     from rich.table import Table
@@ -251,6 +280,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         ("already replayed earlier", summary.already_done),
         ("states", summary.states),
         ("branches stored", summary.branches),
+        *_experience_rows(summary),
         ("error observations", summary.errors),
         ("  of them the sandbox's own failures (left out of datasets)", sum(summary.sandbox_failures.values())),
         ("proposals rejected", summary.rejected),
@@ -264,16 +294,23 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     out.print(table)
+    from rich.markup import escape
+
     if summary.sandbox_failures:
         kinds = ", ".join(f"{kind}={count}" for kind, count in sorted(summary.sandbox_failures.items()))
         out.print(
             f"[yellow]sandbox failures[/]: {kinds}: alternatives that timed out, crashed the sandbox or ran out of memory "
             "(--tool-timeout, --memory-mb); their observations describe the sandbox, not the tool"
         )
+    if summary.synthetic_failures:
+        colour = "red" if summary.no_usable_prediction else "yellow"
+        out.print(
+            f"[{colour}]unusable predictions[/]: {sum(summary.synthetic_failures.values())} alternative(s) the experience model gave "
+            f"no usable observation for (nothing stored for them): {escape(_unusable_reasons(summary))}",
+            highlight=False,
+        )
     if summary.rejected_by_reason:
         out.print("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected_by_reason.items())))
-    from rich.markup import escape
-
     for tool, count in sorted(summary.refused_tools.items()):
         if tool in summary.refused_hints:
             out.print(

@@ -80,9 +80,18 @@ class ReplaySummary:
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts whose observation is the sandbox's own failure, by kind (``timeout``, ``crash``, ``memory``): stored
     marked (``Observation.sandbox_failure``), left out of datasets."""
+    synthetic_branches: int = 0
+    """Stored rollouts whose observation an experience model predicted (``synthetic``)."""
+    synthetic_failures: dict[str, int] = field(default_factory=dict)
+    """Alternatives an experience model gave no usable observation for, by reason (nothing stored for them)."""
     vault: str | None = None
     """The redaction vault replay restored arguments from (``None``: none)."""
     duration_s: float = 0.0
+
+    @property
+    def no_usable_prediction(self) -> bool:
+        """Whether an experience model was asked for observations and gave no usable one: every prediction failed."""
+        return bool(self.synthetic_failures) and not self.synthetic_branches
 
     @property
     def branches_per_s(self) -> float:
@@ -121,6 +130,10 @@ class ReplaySummary:
         failures = Counter(self.sandbox_failures)
         failures.update(r.details.get("sandbox_failures", {}))  # counted by the runner, wherever the rollouts went
         self.sandbox_failures = dict(failures)
+        self.synthetic_branches += r.details.get("synthetic_branches", 0)  # counted by the runner, wherever the rollouts went
+        unusable = Counter(self.synthetic_failures)
+        unusable.update(r.details.get("synthetic_failures", {}))
+        self.synthetic_failures = dict(unusable)
         for example in r.details.get("fidelity_mismatches", []):
             if len(self.fidelity_examples) < 5:
                 self.fidelity_examples.append({"trajectory_id": r.trajectory_id, **example})

@@ -18,7 +18,7 @@ is told each recorded step before branching from it; one with ``provenance()`` s
 whether a model wrote the observation, and such a rollout is stored ``synthetic`` with that lineage
 (model, retrieved transition ids, reasoning) in ``Rollout.synthetic_source``. A
 prediction that is not a usable observation is counted by reason (``details["synthetic_failures"]``)
-and never stored.
+and never stored; the usable ones are counted too (``details["synthetic_branches"]``).
 
 Sandbox failures: an alternative the sandbox got no answer for (it timed out, crashed or ran out of memory:
 ``Observation.sandbox_failure``) is stored with that mark, like any other rollout, and counted by kind
@@ -241,6 +241,9 @@ class _Run:
             details["refused_tools"] = dict(self.refused)
         if self.synthetic_failures:
             details["synthetic_failures"] = dict(self.synthetic_failures)
+        synthetic = sum(r.synthetic for r in self.rollouts)
+        if synthetic:
+            details["synthetic_branches"] = synthetic  # beside the failures: whether the model gave anything usable at all
         mismatches = self.mismatches  # built from redacted texts (see _reexecute_expert): not redacted again
         if self.unrestorable:
             details["unrestorable_steps"] = self.unrestorable
