@@ -5,12 +5,19 @@ the sandbox is reset to the task's environment reference and the policy runs the
 (:func:`ee_middleware.evals.loop.run_conversation`) with the task's tools. A generated task has no
 ground truth, so the outcome is verified by a judge model (DreamGym's outcome reward: the experience
 model, or any chat model) that sees the task and the whole conversation, tool results included, and
-answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when the loop ended
-without an error, made at least one tool call, every observation came from the tools (not an experience model's
-guess: a trajectory is stored as recorded experience and carries no lineage) and the judge's reward is 1; it is stored as a
-trajectory with ``source="curriculum"``, ``pending`` for approval unless ``approve_if`` accepts it,
-so it feeds IL/IWM/SR like any other once approved. Everything else is counted by reason, a judge that failed after
-its client's retries (timed out, a server error) too (:data:`JUDGE_FAILED`): the run goes on.
+answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when no observation came from an experience model
+(a trajectory is stored as recorded experience: IL, IWM, SR and the replay buffer read its observations as what the
+tools returned; a model that was asked for one and gave nothing usable counts too), the loop ended without an error, it
+made at least one tool call and the judge's reward is 1; it is stored as a trajectory with ``source="curriculum"``,
+``pending`` for approval unless ``approve_if`` accepts it, so it feeds IL/IWM/SR like any other once approved. Its
+environment reference names the task it is a variant of (:func:`~ee_middleware.replay.curriculum.with_parent`), which
+the held-out split follows. Everything else is counted by reason, a judge that failed after its client's retries (timed
+out, a server error) too (:data:`JUDGE_FAILED`): the run goes on.
+
+A trajectory's id is a digest of the task, the policy spec and the rollout itself (its messages, call ids aside): a
+run again of the same tasks stores every new rollout, and a rollout the store already holds (the same conversation: a
+deterministic policy run again) is stored once and counted as ``already_stored``; ``approve_if`` is asked again only
+about one still pending (a reviewer's decision stays).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.messages import message_reasoning
 from ee_middleware.models.protocol import ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
+from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 
 JUDGE_PROMPT = (
     "You judge whether a tool-using agent accomplished its task. Read the task and the conversation (tool results included). "
@@ -51,6 +60,12 @@ class CurriculumRun:
 
     rollouts: int = 0
     kept: list[str] = field(default_factory=list)
+    """The trajectories of the rollouts kept (each once): :attr:`stored` and :attr:`already_stored`."""
+    stored: list[str] = field(default_factory=list)
+    """Kept rollouts this run stored."""
+    already_stored: list[str] = field(default_factory=list)
+    """Kept rollouts the store already held (the same conversation, from an earlier run or an earlier trial): not stored
+    again."""
     approved: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
 
@@ -107,8 +122,13 @@ class _Recording:
         if not self.sandbox.covers(call.name):
             observation = Observation(content=f"Error: tool {call.name!r} is not available here.", is_error=True)
         else:
-            observation = self.sandbox.execute(call)
             provenance = getattr(self.sandbox, "provenance", None)
+            try:
+                observation = self.sandbox.execute(call)
+            except (SyntheticObservationError, ModelError):
+                if provenance is not None:  # the experience model was asked for the observation and gave none
+                    self.synthetic.append(call.name)
+                raise
             if provenance is not None and provenance() is not None:
                 self.synthetic.append(call.name)
         self.observations[call.id] = observation
@@ -118,9 +138,9 @@ class _Recording:
 def to_trajectory(
     task: dict[str, Any], conversation: Conversation, observations: dict[str, Observation], *, policy: str, trial: int, started: Any
 ) -> Trajectory:
-    """One rollout as a stored trajectory (``source="curriculum"``, pending)."""
-    digest = hashlib.blake2b(f"{task['id']}:{policy}:{trial}".encode(), digest_size=12).hexdigest()
-    trajectory_id = f"curriculum-{digest}"
+    """One rollout as a stored trajectory (``source="curriculum"``, pending; its id: :func:`rollout_id`; ``trial`` is not part
+    of it: two trials that held the same conversation are one trajectory)."""
+    trajectory_id = rollout_id(task, policy, conversation)
     steps: list[Step] = []
     for position, message in enumerate(conversation.messages):
         calls = (message.get("tool_calls") or []) if message.get("role") == "assistant" else []
@@ -149,11 +169,32 @@ def to_trajectory(
         status="completed",
         started_at=started,
         ended_at=utcnow(),
-        environment=task.get("environment"),
+        environment=with_parent(world_environment(task.get("environment")), task.get("parent")),
         approval=Approval(),
-        source="curriculum",
+        source=CURRICULUM_SOURCE,
         steps=steps,
     )
+
+
+def rollout_id(task: dict[str, Any], policy: str, conversation: Conversation) -> str:
+    """A rollout's trajectory id: a digest of the task id, the policy spec and the conversation (roles, texts, the calls'
+    names and arguments, the tool results; not the call ids), so that only the same rollout gets the same id."""
+    shown = []
+    for message in conversation.messages:
+        calls = [
+            [call.get("function", {}).get("name"), call.get("function", {}).get("arguments")] for call in message.get("tool_calls") or []
+        ]
+        shown.append([message.get("role"), message.get("content"), calls])
+    text = json.dumps([task["id"], policy, shown], ensure_ascii=False, sort_keys=True, default=str)
+    return f"curriculum-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
+
+
+def _curriculum_reviews(store: Any) -> dict[str, str]:
+    """The current review status of the curriculum trajectories ``store`` holds (id -> pending, approved or rejected)."""
+    frame = store.trajectory_index(["id", "source"]) if hasattr(store, "trajectory_index") else store.trajectories()
+    if "source" in frame.columns:
+        frame = frame.filter(frame["source"] == CURRICULUM_SOURCE)
+    return dict(zip(frame["id"].to_list(), frame["approval"].to_list(), strict=True))
 
 
 def run_curriculum(
@@ -171,6 +212,7 @@ def run_curriculum(
 ) -> CurriculumRun:
     """Roll ``policy`` out ``k`` times on each task and store the verified successes (see the module docstring)."""
     run = CurriculumRun()
+    held = _curriculum_reviews(store)
     sandbox = make_sandbox()
     try:
         for task in tasks:
@@ -185,21 +227,22 @@ def run_curriculum(
             for trial in range(k):
                 run.rollouts += 1
                 started = utcnow()
-                sandbox.reset(task.get("environment"))
+                sandbox.reset(world_environment(task.get("environment")))
                 environment = _Recording(sandbox)
                 conversation = run_conversation(policy, eval_task, environment, loop, trial=trial)
                 if progress is not None:
                     progress(1)
+                if environment.synthetic:
+                    # a stored trajectory is recorded experience: IL, IWM, SR and the experience model's replay buffer
+                    # read its observations as what the tools returned, and nothing on a trajectory marks one a model wrote.
+                    # First: a model that gave no usable observation also ends the rollout with a tool error.
+                    run.dropped[SYNTHETIC_DROPPED] += 1
+                    continue
                 if conversation.error_type:
                     run.dropped[f"the rollout failed: {conversation.error_type}"] += 1
                     continue
                 if not conversation.calls:
                     run.dropped["no tool call"] += 1
-                    continue
-                if environment.synthetic:
-                    # a stored trajectory is recorded experience: IL, IWM, SR and the experience model's replay buffer
-                    # read its observations as what the tools returned, and nothing on a trajectory marks one a model wrote
-                    run.dropped[SYNTHETIC_DROPPED] += 1
                     continue
                 try:
                     reward, why = judge(judge_client, task["instruction"], conversation)
@@ -213,13 +256,19 @@ def run_curriculum(
                     run.dropped["judged unsuccessful"] += 1
                     continue
                 trajectory = to_trajectory(task, conversation, environment.observations, policy=policy_spec, trial=trial, started=started)
-                store.write([trajectory])  # pending; written again by a later run, it is stored once
-                if approve_if is not None and approve_if(trajectory):
-                    store.approve(
-                        [trajectory.id], by="auto:approve_if", reason="approve_if returned True"
-                    )  # an approval event, as for capture
+                status = held.get(trajectory.id)
+                if status is None:
+                    store.write([trajectory])  # pending
+                    held[trajectory.id] = status = "pending"
+                    run.stored.append(trajectory.id)
+                else:  # the same rollout is stored once
+                    run.already_stored.append(trajectory.id)
+                if status == "pending" and approve_if is not None and approve_if(trajectory):
+                    store.approve([trajectory.id], by="auto:approve_if", reason="approve_if returned True")  # as for capture
+                    held[trajectory.id] = "approved"
                     run.approved += 1
-                run.kept.append(trajectory.id)
+                if trajectory.id not in run.kept:
+                    run.kept.append(trajectory.id)
     finally:
         sandbox.close()
     return run

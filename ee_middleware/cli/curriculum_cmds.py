@@ -120,7 +120,8 @@ def run_cmd(
     """Roll the policy out K times on each task and store the successes a judge verifies.
 
     They are stored as trajectories with source=curriculum, pending for approval unless --approve-if
-    accepts them."""
+    accepts them. Run again, it stores the new rollouts; one the store already holds (the same
+    conversation) is counted as already stored, not stored twice."""
     import functools
     import importlib
 
@@ -170,11 +171,27 @@ def run_cmd(
             f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: it must answer one JSON "
             'object such as {"reasoning": "...", "reward": 1}. Check --judge (a chat model that follows instructions).'
         )
-    summary = {"rollouts": result.rollouts, "kept": len(result.kept), "approved": result.approved, "dropped": dict(result.dropped)}
+    kept = len(result.stored) + len(result.already_stored)
+    summary = {
+        "rollouts": result.rollouts,
+        "kept": kept,
+        "stored": len(result.stored),
+        "already_stored": len(result.already_stored),
+        "approved": result.approved,
+        "dropped": dict(result.dropped),
+    }
     if as_json:
-        print_json({**summary, "trajectories": result.kept, "error": problem})
+        print_json({**summary, "trajectories": result.kept, "stored_trajectories": result.stored, "error": problem})
     else:
-        typer.echo(f"{result.rollouts} rollouts: {len(result.kept)} kept as source=curriculum trajectories ({result.approved} approved)")
+        typer.echo(
+            f"{result.rollouts} rollouts: {kept} kept as source=curriculum trajectories, {len(result.stored)} of them stored now "
+            f"({result.approved} approved)"
+        )
+        if result.already_stored:
+            typer.echo(
+                f"  already stored {len(result.already_stored)}: the store held the same rollout (the same conversation), "
+                "from an earlier run or trial; not stored again"
+            )
         for reason, count in result.dropped.most_common():
             typer.echo(f"  dropped {count}: {reason}")
     if problem is not None:

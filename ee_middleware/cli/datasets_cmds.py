@@ -186,7 +186,7 @@ def build(
         out_console.print(
             f"synthetic tasks (source={synthetic['source']}): kept {synthetic['kept']} of {synthetic['synthetic_trajectories']} "
             f"trajectories beside {synthetic['real_trajectories']} real ones (max share {synthetic['max_share']}), "
-            f"left out {synthetic['left_out']}"
+            f"left out {synthetic['left_out']}" + (" in training" if synthetic.get("heldout") else "")
         )
     if split:
         out_console.print(
@@ -197,7 +197,8 @@ def build(
         if added.get("trajectories"):
             out_console.print(
                 f"  of them {added['trajectories']} added to keep held-out targets out of training: {added['same_task']} ask the "
-                f"task of a held-out trajectory, {added['later_in_thread']} continue a held-out run's thread (split.added in "
+                f"task of a held-out trajectory, {added['later_in_thread']} continue a held-out run's thread, "
+                f"{added.get('variant_of_task', 0)} are curriculum rollouts on a variant of a held-out task (split.added in "
                 "datasets.json lists them)"
             )
         large = (split.get("units") or {}).get("warning")

@@ -7,14 +7,17 @@ observations they returned). Two other kinds of trajectory would carry those int
   of a later run contains the held-out run's targets verbatim (as does a run resumed after a human review, or a
   retried attempt on the same thread);
 - a run of the **same task** (the user's request, whitespace and case aside) on another thread: its rows are the
-  held-out examples again, up to call ids.
+  held-out examples again, up to call ids;
+- a **variant** of its task: a rollout on a task a model wrote from it (``source = curriculum``, ``ee curriculum run``;
+  its environment reference names the parent trajectory, :data:`~ee_middleware.replay.curriculum.PARENT_KEY`): the same
+  world and tools, the request reworded, the very task the held-out run is evaluated on.
 
 An earlier run of a held-out run's thread leaks nothing: the held-out run's prompts contain its messages (the model
 is evaluated on continuing a conversation it may have been trained on, as in production), but none of the held-out
 targets are in it.
 
-So the split works on **units**: trajectories linked by a shared thread id or a shared normalised task, transitively,
-drawn over every trajectory the store holds, whatever its review status and app (a trajectory awaiting review links
+So the split works on **units**: trajectories linked by a shared thread id, a shared normalised task or a variant's
+parent, transitively, drawn over every trajectory the store holds, whatever its review status and app (a trajectory awaiting review links
 its thread and task as it will when approved: approving or rejecting one never moves another across the split).
 
 - The **seeded share** picks units: a unit is held out when its earliest trajectory (by ``started_at``, then id) falls
@@ -24,9 +27,10 @@ its thread and task as it will when approved: approving or rejecting one never m
   all of it (a backfilled import of older traces), and a trajectory that links two units (a run on one unit's thread
   asking the other's task): the merged unit takes the side of the earlier of the two.
 - **ids, app and time rules** hold out the trajectories they name and every trajectory that would carry their targets
-  into training: the runs of the same task (each way) and the later runs of the thread (from the run held out on,
-  runs that started at the same time included), transitively. The earlier runs of the thread stay in training:
-  ``--heldout-after`` still holds out the future of a conversation, not its past. What was added, and why, is
+  into training: the runs of the same task (each way), the later runs of the thread (from the run held out on,
+  runs that started at the same time included) and the variants of its task, transitively. The earlier runs of the
+  thread stay in training: ``--heldout-after`` still holds out the future of a conversation, not its past; and so does a
+  variant's parent when the variant alone is named (the variant's rollout is not in it). What was added, and why, is
   :attr:`Split.added`.
 
 Held-out dataset files carry ``ee.split = heldout`` in their Parquet metadata, and the trainer refuses them wherever
@@ -36,6 +40,7 @@ they are copied.
 from __future__ import annotations
 
 import hashlib
+import json
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,19 +51,24 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import ConfigError
+from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, parent_trajectory_id
 
 SPLIT_METADATA_KEY = "ee.split"
 HELDOUT = "heldout"
 HELDOUT_DIR = "heldout"
 
 UNIT_COLUMNS = ("id", "app", "thread_id", "task", "started_at")
-"""The columns of the trajectories table the units are drawn from (:func:`recorded_units`)."""
+"""The columns of the trajectories table the units are drawn from (:func:`recorded_units`), with ``parent``: the
+trajectory a curriculum trajectory's task is a variant of (:func:`curriculum_parents`; null for the others)."""
 
 SAME_TASK = "same_task"
 """Why a trajectory was added to the held-out side: it asks a held-out trajectory's task (its rows repeat held-out examples)."""
 LATER_IN_THREAD = "later_in_thread"
 """Why a trajectory was added to the held-out side: a later run of a held-out trajectory's thread (its prompts hold that run's
 messages)."""
+VARIANT_OF_TASK = "variant_of_task"
+"""Why a trajectory was added to the held-out side: a rollout on a variant of a held-out trajectory's task (a curriculum
+trajectory whose parent it is: the same world and tools, the request reworded)."""
 
 LARGE_UNIT_SHARE = 0.25
 LARGE_UNIT_MIN = 10
@@ -118,10 +128,11 @@ class Split:
     matched: frozenset[str]
     """Held out by the rule itself: named by the ids, app or time rules, or in a unit the share picked."""
     added: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """Held out only to keep a held-out trajectory's targets out of training: id -> (:data:`SAME_TASK` or
-    :data:`LATER_IN_THREAD`, the held-out trajectory it shares the task or thread with)."""
+    """Held out only to keep a held-out trajectory's targets out of training: id -> (:data:`SAME_TASK`,
+    :data:`LATER_IN_THREAD` or :data:`VARIANT_OF_TASK`, the held-out trajectory it shares the task or thread with, or
+    whose task it is a variant of)."""
     units: int = 0
-    """Units (trajectories linked by a thread or a task) with a trajectory in the source."""
+    """Units (trajectories linked by a thread, a task or a variant's parent) with a trajectory in the source."""
     heldout_units: int = 0
     """Units whose source trajectories are all held out."""
     partly_heldout_units: int = 0
@@ -143,8 +154,9 @@ class Split:
             "partly_heldout": self.partly_heldout_units,
             "largest": {"trajectories": size, "earliest": earliest},
             "rule": (
-                "trajectories sharing a thread id or a task (whitespace and case aside), transitively, over every "
-                "trajectory the store holds; the share holds out a unit when its earliest trajectory's id falls in it"
+                "trajectories sharing a thread id or a task (whitespace and case aside), and curriculum trajectories with "
+                "the trajectory whose task theirs is a variant of, transitively, over every trajectory the store holds; "
+                "the share holds out a unit when its earliest trajectory's id falls in it"
             ),
         }
         trajectories = len(self.heldout) + len(self.train)
@@ -162,13 +174,16 @@ class Split:
                 "trajectories": len(self.added),
                 SAME_TASK: reasons.get(SAME_TASK, 0),
                 LATER_IN_THREAD: reasons.get(LATER_IN_THREAD, 0),
+                VARIANT_OF_TASK: reasons.get(VARIANT_OF_TASK, 0),
                 "listed": [{"id": i, "reason": reason, "via": via} for i, (reason, via) in listed],
                 "not_listed": max(0, len(self.added) - MAX_LISTED_ADDED),
                 "why": (
                     "held out with a held-out trajectory (via) so that no training row holds its targets: same_task asks "
                     "the same task (whitespace and case aside), so its rows would repeat held-out examples; later_in_thread "
-                    "is a later run of its thread, whose prompts hold the held-out run's messages. An earlier run of a "
-                    "held-out run's thread stays in training (it holds none of the held-out targets)"
+                    "is a later run of its thread, whose prompts hold the held-out run's messages; variant_of_task is a "
+                    "curriculum rollout on a task a model wrote from the held-out one's (same world and tools). An earlier "
+                    "run of a held-out run's thread, and the parent of a held-out variant, stay in training (they hold none "
+                    "of the held-out targets)"
                 ),
             },
             "units": units,
@@ -234,10 +249,32 @@ def split_trajectories(source: pl.DataFrame, rule: SplitRule, recorded: pl.DataF
 
 
 def recorded_units(store: Any) -> pl.DataFrame:
-    """:data:`UNIT_COLUMNS` of every trajectory ``store`` holds (any review status, any app): what the units are drawn
-    over. Read without messages, steps or rollouts where the store can (``trajectory_index``)."""
+    """:data:`UNIT_COLUMNS` and ``parent`` of every trajectory ``store`` holds (any review status, any app): what the units
+    are drawn over. Read without messages, steps or rollouts where the store can (``trajectory_index``)."""
     frame = store.trajectory_index(list(UNIT_COLUMNS)) if hasattr(store, "trajectory_index") else store.trajectories()
-    return _unit_columns(frame)
+    units = _unit_columns(frame).drop("parent")
+    return units.join(curriculum_parents(store), on="id", how="left", maintain_order="left")
+
+
+def curriculum_parents(store: Any) -> pl.DataFrame:
+    """``id`` and ``parent`` of the curriculum trajectories ``store`` holds whose environment reference names the trajectory
+    their task is a variant of (:func:`~ee_middleware.replay.curriculum.parent_trajectory_id`). Only their environments are
+    read where the store can (``scan``)."""
+    pairs: dict[str, str] = {}
+    if hasattr(store, "scan"):
+        rows = store.scan("trajectories").filter(pl.col("source") == CURRICULUM_SOURCE).select("id", "environment_json").collect()
+    else:
+        frame = store.trajectories()
+        has_columns = {"source", "environment_json"} <= set(frame.columns)
+        rows = frame.filter(pl.col("source") == CURRICULUM_SOURCE).select("id", "environment_json") if has_columns else None
+    for trajectory_id, environment in rows.iter_rows() if rows is not None else ():
+        try:
+            parent = parent_trajectory_id(json.loads(environment)) if environment else None
+        except ValueError:
+            parent = None
+        if parent is not None and parent != trajectory_id:
+            pairs[trajectory_id] = parent
+    return pl.DataFrame({"id": list(pairs), "parent": list(pairs.values())}, schema={"id": pl.String, "parent": pl.String})
 
 
 def read_id_list(path: Path) -> tuple[str, ...]:
@@ -265,7 +302,8 @@ LAST = 2**62
 
 
 class _Units:
-    """The trajectories as a graph: linked by a thread id or a normalised task; components are the units."""
+    """The trajectories as a graph: linked by a thread id, a normalised task or a variant's parent; components are the
+    units."""
 
     def __init__(self, frame: pl.DataFrame) -> None:
         frame = frame.with_columns(
@@ -295,6 +333,12 @@ class _Units:
         for members in [m for m, _ in self.threads] + self.tasks:
             for n in members[1:]:
                 self._union(members[0], n)
+        self.variants: dict[int, list[int]] = {}  # a trajectory -> the curriculum trajectories rolled out on variants of its task
+        for n, parent in frame.select("n", "parent").filter(pl.col("parent").is_not_null()).iter_rows():
+            p = self.index.get(parent)
+            if p is not None and p != n:
+                self.variants.setdefault(p, []).append(n)
+                self._union(p, n)
         self.earliest: dict[int, int] = {}
         for n in ordered["n"].to_list():  # by start, then id: the first member seen is the earliest
             self.earliest.setdefault(self.find(n), n)
@@ -322,7 +366,8 @@ class _Units:
 
     def close(self, seeds: set[int]) -> dict[int, tuple[str, int] | None]:
         """``seeds`` and every trajectory that would carry their targets into training: the runs of the same task, the
-        runs of the thread from each one on (transitively); each with why it was reached (``None`` for a seed)."""
+        runs of the thread from each one on, the variants of its task (transitively); each with why it was reached
+        (``None`` for a seed)."""
         reached: dict[int, tuple[str, int] | None] = dict.fromkeys(seeds)
         queue = sorted(seeds)
         tasks_done: set[int] = set()
@@ -347,14 +392,18 @@ class _Units:
                         if other not in reached:
                             reached[other] = (LATER_IN_THREAD, n)
                             queue.append(other)
+            for other in self.variants.get(n, ()):
+                if other not in reached:
+                    reached[other] = (VARIANT_OF_TASK, n)
+                    queue.append(other)
         return reached
 
 
 def _unit_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame``'s :data:`UNIT_COLUMNS` (a missing one as nulls), one row per id."""
+    """``frame``'s :data:`UNIT_COLUMNS` and ``parent`` (a missing one as nulls), one row per id."""
     columns = [
         pl.col(c).cast(pl.String) if c in frame.columns else pl.lit(None, dtype=pl.String).alias(c)
-        for c in UNIT_COLUMNS
+        for c in (*UNIT_COLUMNS, "parent")
         if c != "started_at"
     ]
     started = frame["started_at"] if "started_at" in frame.columns else pl.Series("started_at", [None] * frame.height)

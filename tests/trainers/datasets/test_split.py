@@ -376,3 +376,68 @@ def test_a_unit_holding_much_of_the_store_is_warned_of() -> None:
     assert "one unit holds 24 of the 28 trajectories (its earliest: hi-0)" in units["warning"]
     assert "asked by 12 trajectories (e.g. hi-0" in units["warning"]
     assert "warning" not in split_trajectories(_frame(rows[12:]), SplitRule(ids=("solo-0",))).describe()["units"]
+
+
+def _add_variants(store_path: Path, variants: dict[str, str]) -> dict[str, str]:
+    """Curriculum trajectories as 'ee curriculum run' stores them (source=curriculum, the parent trajectory named in the
+    environment under PARENT_KEY), each a reworded copy of a stored expert, rolled out after it: variant id -> parent id
+    (``variants``: variant id -> the id, or ``entry:ENTRY``, of its parent)."""
+    from ee_middleware.replay.curriculum import with_parent
+
+    store = LocalExperienceStore(store_path)
+    experts = {t.environment["entry_id"]: t for t in store.iter_trajectories()}
+    written: dict[str, Any] = {}
+    parents = {}
+    for variant_id, parent_ref in variants.items():
+        parent = experts[parent_ref[len("entry:") :]] if parent_ref.startswith("entry:") else written[parent_ref]
+        steps = [s.model_copy(update={"trajectory_id": variant_id}) for s in parent.steps]
+        environment = with_parent(parent.environment, {"trajectory_id": parent.id, "task_id": "t", "suite": "bfcl"})
+        written[variant_id] = parent.model_copy(
+            update={
+                "id": variant_id,
+                "app": "curriculum",
+                "source": "curriculum",
+                "thread_id": None,  # a rollout of its own, as the curriculum run stores it
+                "trace_id": None,
+                "task": f"{parent.task} (reworded as {variant_id})",
+                "started_at": parent.started_at + timedelta(days=1),
+                "environment": environment,
+                "steps": steps,
+            }
+        )
+        parents[variant_id] = parent.id
+    store.write(list(written.values()))
+    store.approve(list(written), by="test")
+    store.close()
+    return parents
+
+
+def test_a_curriculum_variant_is_on_its_parent_tasks_side_and_a_held_out_parent_holds_it_out(bfcl_store_path: Path) -> None:
+    """A curriculum trajectory is a rollout on a task a model wrote from a stored one (same world and tools, the request
+    reworded): it is part of its parent's unit. Before: nothing linked them, so the variants of a held-out task (the
+    documented workflow writes them from eval tasks) trained, and a share split a task from its variants."""
+    from ee_middleware.trainers.datasets.split import recorded_units
+
+    parents = _add_variants(bfcl_store_path, {"v-a": "entry:multi_turn_base_0", "v-of-v": "v-a", "v-b": "entry:multi_turn_base_1"})
+    store = LocalExperienceStore(bfcl_store_path)
+    frame, units = store.trajectories(status="approved"), recorded_units(store)
+    store.close()
+    parent_a, parent_b = parents["v-a"], parents["v-b"]
+
+    split = split_trajectories(frame, SplitRule(ids=(parent_a,)), units)
+    assert split.heldout == {parent_a, "v-a", "v-of-v"} and "v-b" in split.train
+    assert split.added == {"v-a": ("variant_of_task", parent_a), "v-of-v": ("variant_of_task", "v-a")}
+    assert split.describe()["added"]["variant_of_task"] == 2
+
+    # a variant named alone: its own variants follow it, its parent (which holds none of its targets) stays in training
+    split = split_trajectories(frame, SplitRule(ids=("v-a",)), units)
+    assert split.heldout == {"v-a", "v-of-v"} and parent_a in split.train
+
+    sides = set()
+    for seed in range(30):  # a share keeps each task with its variants
+        split = split_trajectories(frame, SplitRule(share=0.5, seed=seed), units)
+        for parent, variants in ((parent_a, {"v-a", "v-of-v"}), (parent_b, {"v-b"})):
+            side = parent in split.heldout
+            assert all((v in split.heldout) == side for v in variants), (seed, parent)
+            sides.add(side)
+    assert sides == {True, False}

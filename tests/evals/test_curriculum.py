@@ -1,0 +1,188 @@
+"""``ee curriculum run`` on real BFCL expert stores: runs again store their new rollouts, a rollout keeps its parent task
+(and the held-out split follows it), and an experience model's garbage is the documented reason.
+
+The policy, judge and experience model are scripted stand-ins behind real local HTTP servers (tests/replay/conftest.py's
+``serve``); the sandbox is the real BFCL one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.evals.curriculum import SYNTHETIC_DROPPED
+from ee_middleware.replay.curriculum import PARENT_KEY
+from ee_middleware.store.local import LocalExperienceStore
+from tests.replay import conftest as replay_fixtures
+from tests.replay.test_experience import ScriptedExperienceModel
+
+serve = replay_fixtures.serve  # scripted models behind real local HTTP servers
+
+runner = CliRunner()
+Serve = Callable[[Any], ScriptedExperienceModel]
+
+
+def _approve(messages: list[dict[str, Any]]) -> str:
+    return json.dumps({"reasoning": "it did it", "reward": 1})
+
+
+def _policy(tool: list[str]) -> Callable[[list[dict[str, Any]]], str]:
+    """A policy that calls ``tool[0]`` (changeable between runs: one served alias, a newer adapter behind it), then answers."""
+
+    def answer(messages: list[dict[str, Any]]) -> str:
+        if messages[-1]["role"] == "tool":
+            return "Done."
+        return '<tool_call>{"name": "' + tool[0] + '", "arguments": {}}</tool_call>'
+
+    return answer
+
+
+def approve_all(trajectory: Any) -> bool:
+    """An --approve-if rule for the tests: accept every trajectory."""
+    return True
+
+
+def _tasks(store_path: Path, folder: Path, parent_entry: str = "multi_turn_base_0") -> tuple[Path, Any]:
+    """A tasks.jsonl of one variant of the stored expert of ``parent_entry``, with the ``parent`` 'ee curriculum propose'
+    writes; and that expert."""
+    store = LocalExperienceStore(store_path)
+    parent = next(t for t in store.iter_trajectories() if t.environment["entry_id"] == parent_entry)
+    store.close()
+    task = {
+        "id": "curriculum-task-1",
+        "source": "curriculum",
+        "parent": {"suite": "bfcl", "task_id": parent_entry, "trajectory_id": parent.id, "p": 0.5, "variance": 0.25},
+        "instruction": "Show me where I am and what is here.",
+        "tools": parent.tools,
+        "needs": ["ls", "pwd"],
+        "environment": parent.environment,
+    }
+    tasks = folder / "tasks.jsonl"
+    tasks.write_text(json.dumps(task) + "\n")
+    return tasks, parent
+
+
+def _curriculum(store_path: Path) -> dict[str, list[str]]:
+    store = LocalExperienceStore(store_path)
+    try:
+        return {t.id: [s.action.tool_call.name for s in t.steps] for t in store.iter_trajectories() if t.source == "curriculum"}
+    finally:
+        store.close()
+
+
+def test_a_second_run_stores_its_new_rollouts_and_says_what_it_stored(bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
+    """Before: the id was a digest of the task, the policy spec and the trial, so a second run with the same --policy
+    (a served alias after a promotion) wrote its new rollouts under the first run's ids, the store kept the first run's,
+    and the run reported them kept."""
+    tool = ["ls"]
+    policy, judge = serve(_policy(tool)), serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#served", "--sandbox", "bfcl"]
+    args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--k", "2"]
+
+    first = runner.invoke(app, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    assert list(_curriculum(bfcl_store_path).values()) == [["ls"]]
+    summary = json.loads(first.stdout)
+    # two trials of a deterministic policy: one conversation, stored once
+    assert (summary["kept"], summary["stored"], summary["already_stored"]) == (2, 1, 1)
+    assert len(summary["trajectories"]) == 1 and summary["stored_trajectories"] == summary["trajectories"]
+
+    tool[0] = "pwd"  # the same spec now serves a policy that acts otherwise
+    second = runner.invoke(app, [*args, "--json"])
+    assert second.exit_code == 0, second.output
+    stored = _curriculum(bfcl_store_path)
+    assert sorted(stored.values()) == [["ls"], ["pwd"]], "the second run's rollout is stored beside the first's"
+    summary = json.loads(second.stdout)
+    assert (summary["kept"], summary["stored"], summary["already_stored"]) == (2, 1, 1)
+    assert stored[summary["stored_trajectories"][0]] == ["pwd"]
+
+    again = runner.invoke(app, args)  # the same rollouts again: nothing new, and the table says so
+    assert again.exit_code == 0, again.output
+    assert "2 kept as source=curriculum trajectories, 0 of them stored now" in again.stdout
+    assert "already stored 2" in again.stdout
+    assert len(_curriculum(bfcl_store_path)) == 2
+
+
+def test_a_reviewers_rejection_is_not_overturned_by_approve_if_on_a_run_again(bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
+    policy, judge = serve(_policy(["ls"])), serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+    args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"]
+    first = runner.invoke(app, args)
+    [trajectory_id] = json.loads(first.stdout)["trajectories"]
+    store = LocalExperienceStore(bfcl_store_path)
+    store.reject([trajectory_id], by="alice", reason="wrong folder")
+    store.close()
+    again = runner.invoke(app, [*args, "--approve-if", "tests.evals.test_curriculum:approve_all"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["approved"] == 0
+    store = LocalExperienceStore(bfcl_store_path)
+    assert store.get(trajectory_id).approval.status == "rejected"
+    store.close()
+
+
+def test_a_curriculum_trajectory_keeps_its_parent_and_a_held_out_parent_holds_it_out(
+    bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """Before: the rollout kept only its parent's environment (entry_id), so with the parent held out (the documented
+    workflow proposes variants of eval tasks, usually held-out ones) the variant went into train_trajectories."""
+    policy, judge = serve(_policy(["ls"])), serve(_approve)
+    tasks, parent = _tasks(bfcl_store_path, tmp_path)
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+    result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    assert result.exit_code == 0, result.output
+    [variant_id] = json.loads(result.stdout)["trajectories"]
+    store = LocalExperienceStore(bfcl_store_path)
+    variant = store.get(variant_id)
+    assert variant.environment == {
+        **parent.environment,
+        PARENT_KEY: {"trajectory_id": parent.id, "task_id": "multi_turn_base_0", "suite": "bfcl"},
+    }
+    store.approve([variant_id], by="me")
+    store.close()
+
+    (tmp_path / "heldout.txt").write_text(parent.id + "\n")
+    out = tmp_path / "data"
+    build = ["datasets", "build", "--store", str(bfcl_store_path), "--out", str(out), "--kinds", "il"]
+    result = runner.invoke(app, [*build, "--heldout-ids", str(tmp_path / "heldout.txt")])
+    assert result.exit_code == 0, result.output
+    split = json.loads((out / "datasets.json").read_text())["split"]
+    assert set(split["heldout_trajectories"]) == {parent.id, variant_id} and variant_id not in split["train_trajectories"]
+    assert split["added"]["variant_of_task"] == 1
+    assert split["added"]["listed"] == [{"id": variant_id, "reason": "variant_of_task", "via": parent.id}]
+    assert "1 are curriculum rollouts on a variant of a held-out task" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json.dumps({"reasoning": "a listing", "observation": "notes.txt", "is_error": False}),  # a usable observation
+        "lorem ipsum dolor sit amet",  # garbage: no usable observation
+    ],
+    ids=["valid-json", "garbage"],
+)
+def test_an_experience_model_sandbox_gives_the_documented_reason_whatever_the_model_answers(
+    answer: str, bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """Before: with an experience model answering garbage every rollout was dropped as 'the rollout failed: tool_error'
+    and the run exited 0; one answering valid JSON gave the documented reason and exit 1."""
+    experience = serve(lambda messages: answer)
+    policy, judge = serve(_policy(["ls"])), serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", f"experience:{experience.spec}"]
+    args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--k", "2"]
+    for as_json in (["--json"], []):
+        result = runner.invoke(app, [*args, *as_json])
+        assert experience.requests, "the experience model was asked for the observation"
+        assert result.exit_code == 1, result.output
+        assert "ee replay run --sandbox experience:" in result.stderr
+        if as_json:
+            summary = json.loads(result.stdout)
+            assert summary["kept"] == 0 and summary["dropped"] == {SYNTHETIC_DROPPED: 2}, summary
+    assert not _curriculum(bfcl_store_path)
