@@ -41,6 +41,7 @@ from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
 from ee_middleware.records import SANDBOX_FAILURES
+from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
 from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.caps import share_cap
@@ -111,8 +112,9 @@ class DatasetConfig(BaseModel):
     """Hold out trajectories that started before this time."""
     max_synthetic_share: float | None = Field(None, ge=0, le=1)
     """Cap the share of synthetic-task trajectories (``source = curriculum``: rollouts on tasks a model
-    wrote, see ``ee curriculum run``) among the trajectories the datasets are built from; which ones
-    stay is chosen by ``seed`` (:func:`cap_synthetic_tasks`). Default: no cap. Recorded in ``datasets.json``."""
+    wrote, see ``ee curriculum run``) among the trajectories the training datasets are built from (after the held-out
+    split: the held-out side is not capped, its counts are ``synthetic_tasks.heldout``); which ones stay is chosen by
+    ``seed`` (:func:`cap_synthetic_tasks`). Default: no cap. Recorded in ``datasets.json``."""
     chunk_mb: float = Field(32.0, gt=0)
     """Build and write about this many MB of prompt text at a time: bounds the build's memory. The rows
     are the same for any value."""
@@ -157,7 +159,7 @@ class DatasetConfig(BaseModel):
 HELDOUT_PREFIX = "heldout_"
 """The settings that make up the held-out rule (``heldout_share``, ``heldout_ids``, ``heldout_app``, ``heldout_started_*``)."""
 
-SYNTHETIC_TASK_SOURCE = "curriculum"
+SYNTHETIC_TASK_SOURCE = CURRICULUM_SOURCE
 """``Trajectory.source`` of trajectories rolled out on generated tasks (``ee curriculum run``)."""
 
 
@@ -181,49 +183,74 @@ def build_datasets(
     )
     index = reader.index()
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
+    if index.trajectories.is_empty():
+        raise ConfigError(f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets.")
+    used = index
+    rule = config.split_rule()
+    heldout_index = None
+    split = None
+    if rule.active:
+        split = split_trajectories(index.trajectories.select("id", "app", "started_at"), rule, recorded_units(store))
+        index, heldout_index = index.subset(split.train), index.subset(split.heldout)
+        if index.trajectories.is_empty():
+            added = (
+                f" ({len(split.added)} of them because they share a task or a thread with one it holds out, or are rollouts on a "
+                "variant of its task)"
+                if split.added
+                else ""
+            )
+            raise ConfigError(
+                f"The held-out rule holds out all {len(split.heldout)} approved trajectories{added}: nothing is left to train on. "
+                "Loosen it."
+            )
     synthetic: dict[str, Any] | None = None
-    if config.max_synthetic_share is not None:
+    if config.max_synthetic_share is not None:  # a cap on what is trained on: after the split, over the training side
         index, synthetic = cap_synthetic_tasks(index, config.max_synthetic_share, config.seed)
+        if heldout_index is not None:
+            held_synthetic = heldout_index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE).height
+            synthetic["heldout"] = {
+                "synthetic_trajectories": held_synthetic,
+                "real_trajectories": heldout_index.trajectories.height - held_synthetic,
+            }
+        if index.trajectories.is_empty():
+            raise ConfigError(
+                f"--max-synthetic-share {config.max_synthetic_share} leaves nothing to train on: the training side holds "
+                f"{synthetic['synthetic_trajectories']} source={SYNTHETIC_TASK_SOURCE} trajectories and no real one. Approve "
+                "recorded trajectories, or raise the share."
+            )
+        if synthetic["left_out"]:
+            both = set(index.trajectories["id"].to_list())
+            if heldout_index is not None:
+                both |= set(heldout_index.trajectories["id"].to_list())
+            used = used.subset(both)
     summary: dict[str, Any] = {
         "store": str(config.store),
-        "source_hash": index.source_hash,
-        "trajectories": index.trajectories.height,
-        "steps": index.steps.height,
-        "rollouts": index.rollouts.height,
-        "sandbox_failures_left_out": sandbox_failures_left_out(index),
+        "source_hash": used.source_hash,
+        "trajectories": used.trajectories.height,
+        "steps": used.steps.height,
+        "rollouts": used.rollouts.height,
+        "sandbox_failures_left_out": sandbox_failures_left_out(used),
         "rollouts_left_out": {
-            "synthetic": index.filtered_out.get("synthetic", 0),
-            "other_replays": index.filtered_out.get("other_replays", 0),
+            "synthetic": used.filtered_out.get("synthetic", 0),
+            "other_replays": used.filtered_out.get("other_replays", 0),
         },
-        "fidelity_mismatches_left_out": fidelity_mismatches_left_out(index),
-        "replays": replays_used(index, config.replay_id),
+        "fidelity_mismatches_left_out": fidelity_mismatches_left_out(used),
+        "replays": replays_used(used, config.replay_id),
         "config": json.loads(config.model_dump_json()),
         "redaction": {
             "kinds": redactor.rules.enabled_kinds(),
             "patterns": sorted(redactor.rules.patterns),
             "pseudonyms": redactor.salt is not None,
-            "unrestored_rollouts_left_out": index.unrestored_rollouts,
+            "unrestored_rollouts_left_out": used.unrestored_rollouts,
         },
         "datasets": {},
     }
     if synthetic is not None:
         summary["synthetic_tasks"] = synthetic
-    if index.trajectories.is_empty():
-        raise ConfigError(f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets.")
-    rule = config.split_rule()
-    heldout_index = None
-    if rule.active:
-        split = split_trajectories(index.trajectories.select("id", "app", "started_at"), rule, recorded_units(store))
-        index, heldout_index = index.subset(split.train), index.subset(split.heldout)
-        if index.trajectories.is_empty():
-            added = f" ({len(split.added)} of them because they share a task or a thread with one it holds out)" if split.added else ""
-            raise ConfigError(
-                f"The held-out rule holds out all {len(split.heldout)} approved trajectories{added}: nothing is left to train on. "
-                "Loosen it."
-            )
+    if split is not None and heldout_index is not None:
         summary["split"] = {
             "rule": rule.describe(),
-            "train_trajectories": sorted(split.train),
+            "train_trajectories": sorted(index.trajectories["id"].to_list()),
             "heldout_trajectories": sorted(split.heldout),
             "heldout_dir": str(config.out / HELDOUT_DIR),
             **split.describe(),

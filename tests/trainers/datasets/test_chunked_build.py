@@ -175,6 +175,54 @@ def test_max_synthetic_share_caps_curriculum_trajectories_chosen_by_seed(bfcl_st
     assert bad.exit_code != 0 and "max-synthetic-share" in bad.output
 
 
+def test_max_synthetic_share_caps_the_training_side_after_the_split_and_reports_each_side(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """The cap is on what is trained on. Before: it was applied before the held-out split, counting held-out real
+    trajectories, so holding one out left training 2 curriculum trajectories of 7 (0.29 > 0.25), and datasets.json said
+    real_trajectories: 6 (5 were trained on)."""
+    store = LocalExperienceStore(bfcl_store_path)
+    base = list(store.iter_trajectories(status="approved"))
+    variants = []
+    for i in range(5):  # rollouts on tasks of their own (no thread, a task no other trajectory asks), as a curriculum run stores
+        original, new_id = base[i % len(base)], f"curriculum-{i:02d}"
+        steps = [s.model_copy(update={"trajectory_id": new_id}) for s in original.steps]
+        update = {"id": new_id, "source": "curriculum", "thread_id": None, "task": f"variant {i}", "steps": steps}
+        variants.append(original.model_copy(update=update))
+    store.write(variants)
+    store.approve([v.id for v in variants], by="test")
+    store.close()
+    real = [t.id for t in base]
+    assert len(real) == 6
+    (tmp_path / "heldout.txt").write_text(f"{real[0]}\ncurriculum-00\n")
+    out = tmp_path / "out"
+    args = ["datasets", "build", "--store", str(bfcl_store_path), "--out", str(out), "--kinds", "il", "--seed", "0"]
+    result = CliRunner().invoke(app, [*args, "--max-synthetic-share", "0.25", "--heldout-ids", str(tmp_path / "heldout.txt")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "datasets.json").read_text())
+    trained = set(pl.read_parquet(out / "il.parquet")["trajectory_id"].to_list())
+    synthetic_trained = {i for i in trained if i.startswith("curriculum-")}
+    assert len(synthetic_trained) == int(0.25 / 0.75 * 5) == 1, "at most 1 beside the 5 real trajectories trained on"
+    assert synthetic_trained == {sorted([f"curriculum-{i:02d}" for i in range(1, 5)], key=lambda i: synthetic_rank(i, 0))[0]}
+    assert set(summary["split"]["train_trajectories"]) == trained == set(real[1:]) | synthetic_trained
+    assert set(summary["split"]["heldout_trajectories"]) == {real[0], "curriculum-00"}
+    assert set(pl.read_parquet(out / "heldout" / "il.parquet")["trajectory_id"].to_list()) == {real[0], "curriculum-00"}
+    assert summary["synthetic_tasks"] == {
+        "source": "curriculum",
+        "max_share": 0.25,
+        "synthetic_trajectories": 4,
+        "kept": 1,
+        "left_out": 3,
+        "real_trajectories": 5,
+        "heldout": {"synthetic_trajectories": 1, "real_trajectories": 1},
+    }
+    assert summary["trajectories"] == 5 + 1 + 2, "the trajectories the build used: training and held out"
+    assert "kept 1 of 4 trajectories beside 5 real ones (max share 0.25), left out 3 in training" in " ".join(result.stdout.split())
+
+    only_synthetic = tmp_path / "real.txt"  # every real trajectory held out: the cap leaves nothing to train on
+    only_synthetic.write_text("\n".join(real))
+    result = CliRunner().invoke(app, [*args, "--max-synthetic-share", "0.25", "--heldout-ids", str(only_synthetic)])
+    assert result.exit_code != 0 and "leaves nothing to train on" in result.output, result.output
+
+
 class _EagerOnlyStore:
     """A store without lazy reads (only the ExperienceStore protocol's frames), as a plug-in store may be."""
 
