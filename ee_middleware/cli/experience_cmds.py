@@ -32,7 +32,13 @@ def eval_cmd(
     ),
     store: str = StoreOption,
     held_out: float = typer.Option(
-        0.2, "--held-out", min=0.0, max=1.0, help="Share of trajectories held out (never indexed, never retrieved)."
+        0.2,
+        "--held-out",
+        min=0.0,
+        max=1.0,
+        help="Share of the approved trajectories held out: predicted, never indexed, never retrieved. At least one is held out, "
+        "also at 0 (the eval needs something to predict), and at least one must stay to be retrieved from: a share that "
+        "holds out every trajectory (1.0) is refused.",
     ),
     retriever: str = RetrieverOption,
     top_k: int = typer.Option(3, "--top-k", min=1, help="Retrieved real transitions per prediction in the 'retrieval' variant."),
@@ -54,7 +60,16 @@ def eval_cmd(
     opened = open_existing_store(store)
     split = split_store(opened, share=held_out, seed=seed, limit=limit, retriever=retriever)
     if not split.held_out:
-        raise typer.BadParameter("No held-out transition: the store needs at least two trajectories with tool calls.", param_hint="--store")
+        raise typer.BadParameter(
+            "No held-out transition: the store needs at least two approved trajectories with tool calls.", param_hint="--store"
+        )
+    if not len(split.index):
+        raise typer.BadParameter(
+            f"a share of {held_out:g} holds out all {len(split.held_out_ids)} approved trajectories with tool calls: nothing is left in the "
+            "replay buffer, so the 'retrieval' variant would be the model without retrieval (and a replay's fidelity gate "
+            "reads that variant). Hold out a smaller share (e.g. --held-out 0.2) or record and approve more trajectories.",
+            param_hint="--held-out",
+        )
     sandboxes = []  # an endpoint that is down fails here, before any prediction
     try:
         sandboxes.append(ExperienceSandbox(model, max_tokens=max_tokens, index=split.index))
@@ -92,13 +107,19 @@ def dataset_cmd(
     store: str = StoreOption,
     out: Path = typer.Option(..., "--out", help="Folder for em.parquet (train on it with 'ee train --schedule experience-model')."),
     teacher: str = typer.Option("template", "--teacher", help="Who writes the reasoning: template, local:DIR, openai:BASE_URL#MODEL."),
-    held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=1.0, help="Share of trajectories held out (as 'ee experience eval')."),
+    held_out: float = typer.Option(
+        0.2,
+        "--held-out",
+        min=0.0,
+        max=1.0,
+        help="Share of the approved trajectories held out, as 'ee experience eval' holds them out (at least one, also at 0).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split (as 'ee experience eval')."),
     top_k: int = typer.Option(3, "--top-k", min=0, help="Retrieved real transitions in each prompt."),
     retriever: str = RetrieverOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Build the experience model's training rows (em.parquet) from the store's real transitions.
+    """Build the experience model's training rows (em.parquet) from the real transitions of the store's approved trajectories.
 
     Each row: the serving prompt (task, state, retrieved transitions, call) -> reasoning, real observation, reward.
     The held-out share is left out, so 'ee experience eval' with the same share and seed measures
@@ -121,7 +142,9 @@ def dataset_cmd(
             client.close()
     if frame.height == 0:
         raise typer.BadParameter(
-            "No real transition outside the held-out share: record or approve more trajectories.", param_hint="--store"
+            "No real transition of an approved trajectory outside the held-out share: record or approve more trajectories "
+            "(pending ones wait for 'ee traces approve').",
+            param_hint="--store",
         )
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "em.parquet") as tmp:
@@ -194,6 +217,17 @@ def _print_table(report: dict[str, Any]) -> None:
             )
     out = console()
     out.print(table)
+    for variant, data in report["variants"].items():
+        overall = data["overall"]
+        if overall["failed"]:
+            reasons = "; ".join(f"{count} x {reason}" for reason, count in (overall.get("failure_reasons") or {}).items())
+            more = overall["failed"] - sum((overall.get("failure_reasons") or {}).values())
+            out.print(
+                escape(
+                    f"{variant}: {overall['failed']} failed: {reasons}"
+                    + (f"; {more} for other reasons (report.json, per tool)" if more else "")
+                )
+            )
     if model_errors:
         out.print(
             f"{report['model_errors']} prediction(s) got no answer from the model (failed or timed out after retries): "

@@ -1,6 +1,6 @@
 """How far an experience model can be trusted: predict held-out real transitions and compare.
 
-The store's real transitions (expert steps with a recorded observation) are split by trajectory:
+The store's real transitions (expert steps with a recorded observation, of approved trajectories) are split by trajectory:
 a deterministic share of trajectories (by a hash of the id and the seed) is held out; the replay
 buffer is built from the others only, and every query also excludes the held-out trajectories, so
 retrieval never returns the transition being predicted or anything else held out.
@@ -16,7 +16,10 @@ the same held-out set and the same replay buffer:
 The metrics:
 
 * ``exact``: the predicted observation equals the real one (whitespace at the ends ignored);
-* ``token_f1``: bag-of-words F1 between the predicted and the real observation;
+* ``token_f1``: how much of the real observation the prediction got right, in [0, 1]: where both are JSON (an object or
+  an array), F1 over their fields, each leaf value under its path counting once (:func:`fields_f1`: a wrong value under
+  the right key scores 0 for that field); otherwise the word F1 of the two texts, words as they appear, no name split
+  into parts (:func:`words_f1`). ``docs/experience-model.md`` works an example;
 * ``error_agreement``: the predicted ``is_error`` equals the real one;
 * ``reward_agreement``: on a trajectory's last step, whether a predicted reward (>= 0.5 is success)
   agrees with the real outcome (``None`` where no prediction had a reward);
@@ -32,13 +35,14 @@ variant of the model it replays with (:func:`ee_middleware.replay.sandboxes.expe
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.errors import ModelError
+from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.records import ToolCall, Trajectory
 from ee_middleware.replay.retrieval import (
     DEFAULT_TOP_K,
@@ -47,8 +51,8 @@ from ee_middleware.replay.retrieval import (
     TransitionIndex,
     rollout_transition,
     rollouts_out_of_use,
-    tokenize,
     trajectory_transitions,
+    words,
 )
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError
 
@@ -57,16 +61,84 @@ METRICS = ("exact", "token_f1", "error_agreement")
 
 
 def token_f1(predicted: str, real: str) -> float:
-    """Bag-of-words F1 between two texts; texts without a word (empty, ``[]``, ``{}``) score 1.0 only when
-    equal, whitespace at the ends ignored."""
-    p, r = Counter(tokenize(predicted)), Counter(tokenize(real))
+    """How close a predicted observation is to the real one, in [0, 1] (the ``token_f1`` metric, the one ``min_fidelity``
+    gates on). Where both texts parse as JSON and one is an object or an array, field by field (:func:`fields_f1`);
+    otherwise the word F1 of the two texts (:func:`words_f1`)."""
+    p, r = _json(predicted), _json(real)
+    if p is not _NOT_JSON and r is not _NOT_JSON and (isinstance(p, (dict, list)) or isinstance(r, (dict, list))):
+        return fields_f1(p, r)
+    return words_f1(predicted, real)
+
+
+def words_f1(predicted: str, real: str) -> float:
+    """Bag-of-words F1 between two texts, over their words as they appear (:func:`~ee_middleware.replay.retrieval.words`:
+    case kept, names not split, each Chinese or Japanese character a word); texts without a word (empty, ``[]``, ``/``)
+    score 1.0 only when equal, whitespace at the ends ignored."""
+    p, r = Counter(words(predicted)), Counter(words(real))
     if not p and not r:
         return float(predicted.strip() == real.strip())
     common = sum((p & r).values())
-    if not common:
-        return 0.0
-    precision, recall = common / sum(p.values()), common / sum(r.values())
-    return 2 * precision * recall / (precision + recall)
+    return 2 * common / (sum(p.values()) + sum(r.values()))
+
+
+def fields_f1(predicted: Any, real: Any) -> float:
+    """F1 between two JSON values over their fields: each value is cut into its leaves (a string, number, boolean,
+    null or empty object/array) under their path from the root (object keys; the items of an array share the array's
+    path, in any order). Every leaf counts once: a predicted leaf scores 1 for a real leaf of the same path and the same
+    value (numbers by value, strings with the whitespace at their ends ignored), a string leaf left unmatched scores the
+    :func:`words_f1` of the next unmatched real string of its path, and anything else 0. With C the summed scores, P the
+    predicted and R the real leaves: F1 = 2C / (P + R). A key name thus counts with its value, never on its own: a wrong
+    value under the right key scores 0."""
+    p, r = _leaves(predicted), _leaves(real)
+    credit = 0.0
+    for path in p.keys() & r.keys():
+        exact = Counter(p[path]) & Counter(r[path])
+        credit += sum(exact.values())
+        p_rest, r_rest = _unmatched(p[path], exact), _unmatched(r[path], exact)
+        p_text = [value for kind, value in p_rest if kind == "str"]
+        r_text = [value for kind, value in r_rest if kind == "str"]
+        credit += sum(words_f1(a, b) for a, b in zip(p_text, r_text, strict=False))
+    return 2 * credit / (sum(map(len, p.values())) + sum(map(len, r.values())))
+
+
+_NOT_JSON = object()
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_JSON
+
+
+def _leaves(
+    value: Any, path: tuple[str, ...] = (), out: dict[tuple[str, ...], list[tuple[str, str]]] | None = None
+) -> dict[tuple[str, ...], list[tuple[str, str]]]:
+    """The leaves of a JSON value by path, each as (kind, canonical text)."""
+    out = {} if out is None else out
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _leaves(item, (*path, str(key)), out)
+    elif isinstance(value, list) and value:
+        for item in value:
+            _leaves(item, (*path, "[]"), out)
+    elif isinstance(value, str):
+        out.setdefault(path, []).append(("str", value.strip()))
+    else:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 1.0 and 1 are the same number
+        out.setdefault(path, []).append(("json", json.dumps(value)))
+    return out
+
+
+def _unmatched(values: list[tuple[str, str]], matched: Counter[tuple[str, str]]) -> list[tuple[str, str]]:
+    left, out = Counter(matched), []
+    for value in values:
+        if left[value]:
+            left[value] -= 1
+        else:
+            out.append(value)
+    return out
 
 
 def is_held_out(trajectory_id: str, share: float, seed: int = 0) -> bool:
@@ -87,10 +159,11 @@ class HeldOutSplit:
 def split_store(
     store: Any, *, share: float = 0.2, seed: int = 0, limit: int | None = None, retriever: str | Retriever | None = None
 ) -> HeldOutSplit:
-    """Hold out ``share`` of the store's trajectories (at least one) and index the real transitions of the rest
-    (searched by ``retriever``: see :data:`ee_middleware.replay.retrieval.RETRIEVERS`)."""
-    readable = [t for t in store.iter_trajectories() if t.approval.status != "rejected"]
-    trajectories = [t for t in readable if trajectory_transitions(t)]
+    """Hold out ``share`` of the store's approved trajectories (at least one) and index the real transitions of the rest
+    (searched by ``retriever``: see :data:`ee_middleware.replay.retrieval.RETRIEVERS`). Pending and rejected trajectories
+    are neither held out nor indexed: only what was approved for training is."""
+    approved = list(store.iter_trajectories(status="approved"))  # what training may use, as dataset builds read
+    trajectories = [t for t in approved if trajectory_transitions(t)]
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and len(trajectories) > 1:
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
@@ -100,7 +173,7 @@ def split_store(
     if kept:  # the rollouts a dataset build uses (no superseded attempt, none left out for fidelity mismatches or unrestored)
         rollouts = [rollout_transition(rollout, kept[rollout.trajectory_id]) for rollout in store.iter_rollouts(list(kept))]
         real = [t for t in rollouts if t is not None]
-        out_of_use = rollouts_out_of_use(store, [t.id for t in readable], real)
+        out_of_use = rollouts_out_of_use(store, [t.id for t in approved], real)
         transitions.extend(t for t in real if t.id not in out_of_use)
     index.add(transitions)
     pairs = [(t, tr) for t in trajectories if t.id in held for tr in trajectory_transitions(t)]
@@ -115,11 +188,18 @@ def evaluate(
     trained: ExperienceSandbox | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Predict every held-out transition under each variant; the report (see the module docstring).
+    """Predict every held-out transition under each variant; the report (see the module docstring). A split whose
+    replay buffer is empty (every trajectory held out) is a :class:`~ee_middleware.errors.ConfigError`: its
+    ``retrieval`` variant would retrieve nothing.
 
     ``sandbox`` runs ``no-retrieval`` and ``retrieval``; ``trained`` (optional) runs ``retrieval+trained``.
     """
     plan = variant_plan(sandbox, trained, top_k)
+    if not len(split.index):
+        raise ConfigError(
+            f"The replay buffer is empty: all {len(split.held_out_ids)} trajectories are held out, so the 'retrieval' variant "
+            "would measure the model without retrieval. Hold out a smaller share."
+        )
     for _, variant_sandbox, _ in plan:
         variant_sandbox._index = split.index  # the buffer built without the held-out set
         variant_sandbox.exclude_trajectories = set(split.held_out_ids)

@@ -1,7 +1,7 @@
 """The ``em`` dataset: training rows for the experience model (DreamGym), from the store's real transitions.
 
-One row per real transition (an expert step with its recorded observation) of a trajectory that is
-not held out. The prompt is exactly what the experience sandbox sends at serving time
+One row per real transition (an expert step with its recorded observation) of an approved trajectory
+(what IL, IWM and SR train on; pending and rejected ones are left out) that is not held out. The prompt is exactly what the experience sandbox sends at serving time
 (:func:`ee_middleware.replay.sandboxes.experience.build_prompt`: task, end of the state, the top-k
 retrieved real transitions, the call); retrieval never returns the row's own trajectory nor any
 held-out trajectory. The held-out split is the one ``ee experience eval`` uses for the same share
@@ -58,8 +58,8 @@ def build_em(
     searches the replay buffer (see :data:`ee_middleware.replay.retrieval.RETRIEVERS`; ``bm25`` by default)."""
     split = split_store(store, share=held_out, seed=seed, retriever=retriever)
     rows = []
-    for trajectory in store.iter_trajectories():
-        if trajectory.id in split.held_out_ids or trajectory.approval.status == "rejected":
+    for trajectory in store.iter_trajectories(status="approved"):
+        if trajectory.id in split.held_out_ids:
             continue
         transitions = trajectory_transitions(trajectory)
         for transition in transitions:

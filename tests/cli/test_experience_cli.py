@@ -1,0 +1,82 @@
+"""``ee experience eval``: the held-out share at its ends, the reasons of failed predictions in the table, and no
+library debug output; on the real BFCL expert store, with a scripted experience model behind a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.testing.http import serving
+from tests.replay.test_experience import Answer, ScriptedExperienceModel, _handler, copy_first_example
+
+
+@contextmanager
+def served(answer: Answer) -> Iterator[ScriptedExperienceModel]:
+    model = ScriptedExperienceModel(answer)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))) as url:
+        model.base_url = url
+        yield model
+
+
+def _eval_args(model: ScriptedExperienceModel, store: Path, out: Path, *more: str) -> list[str]:
+    return ["experience", "eval", "--model", model.spec, "--store", str(store), "--out", str(out), *more]
+
+
+def test_a_held_out_share_that_leaves_nothing_to_retrieve_is_refused(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """--held-out 1.0 indexed nothing, and the report's 'retrieval' variant, the one a replay's fidelity gate reads, was
+    the model without retrieval (exit 0, no warning)."""
+    out = tmp_path / "eval"
+    with served(copy_first_example) as model:
+        result = CliRunner().invoke(app, _eval_args(model, bfcl_store_path, out, "--held-out", "1.0", "--json"))
+        assert result.exit_code == 2, result.output
+        assert "--held-out" in result.output and "nothing is left in the replay buffer" in " ".join(result.output.split())
+        assert not (out / "report.json").exists() and not model.requests, "refused before any prediction"
+
+        result = CliRunner().invoke(app, _eval_args(model, bfcl_store_path, out, "--held-out", "0", "--json"))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["held_out_trajectories"] == 1 and report["indexed_transitions"] > 0, "0 still holds out one"
+    help_text = " ".join(CliRunner().invoke(app, ["experience", "eval", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "also at 0" in help_text and "1.0) is refused" in help_text
+
+
+def test_the_table_gives_the_reasons_of_failed_predictions(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """The table showed how many predictions failed, not why (only report.json said)."""
+    asked = iter(range(1 << 30))
+
+    def prose_now_and_then(messages: list[dict[str, Any]]) -> str:
+        return "The tool would list the files." if next(asked) % 3 == 0 else copy_first_example(messages)
+
+    with served(prose_now_and_then) as model:
+        result = CliRunner().invoke(
+            app, _eval_args(model, bfcl_store_path, tmp_path / "eval", "--held-out", "0.34"), env={"COLUMNS": "200"}
+        )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    for variant, data in report["variants"].items():
+        failed = data["overall"]["failed"]
+        assert failed > 0
+        [(reason, count)] = data["overall"]["failure_reasons"].items()
+        assert f"{variant}: {failed} failed: {count} x {reason}" in result.stdout, result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_the_bm25s_retriever_prints_no_debug_line(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """bm25s sets its logger to DEBUG when imported: 'DEBUG bm25s: Building index from tokens' reached stderr without -v."""
+    pytest.importorskip("bm25s")
+    with served(copy_first_example) as model:
+        args = _eval_args(model, bfcl_store_path, tmp_path / "eval", "--held-out", "0.34", "--retriever", "bm25s", "--json")
+        done = subprocess.run([sys.executable, "-m", "ee_middleware.cli", *args], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["retriever"] == "bm25s"
+    assert "bm25s" not in done.stderr and "DEBUG" not in done.stderr, done.stderr

@@ -1,0 +1,132 @@
+"""``ee experience eval``'s fidelity metric and held-out split (:mod:`ee_middleware.replay.experience_eval`).
+
+The metric is checked against values computed by hand, then on the real BFCL expert store (trajectories recorded
+through a real LangGraph agent against the real bfcl-eval backends) with a scripted experience model behind a real
+HTTP server (the ``serve`` fixture)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.replay.experience_eval import evaluate, fields_f1, split_store, token_f1, words_f1
+from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
+from ee_middleware.store.local import LocalExperienceStore
+
+
+def test_a_wrong_value_under_the_right_key_scores_nothing() -> None:
+    """token_f1 split every snake_case key into its parts, so a key counted 4-5 times and its value once: a wrong
+    value scored 0.800-0.889, above the docs' example gates (0.6 for every tool, 0.8 for send_email)."""
+    assert token_f1('{"payment_transaction_status": "failed"}', '{"payment_transaction_status": "succeeded"}') == 0.0
+    assert token_f1('{"current_working_directory": "/"}', '{"current_working_directory": "temp"}') == 0.0
+    assert token_f1('{"current_working_directory": "documents"}', '{"current_working_directory": "document"}') == 0.0
+    assert token_f1('{"current_working_directory": "temp"}', '{"current_working_directory": "temp"}') == 1.0
+    # not JSON: the words as they appear, no name split into parts (2 shared of 3 + 3 words)
+    assert words_f1("payment_status failed today", "payment_status succeeded today") == pytest.approx(2 * 2 / 6)
+    assert words_f1("File not found", "file not found") == pytest.approx(2 * 2 / 6), "case is kept"
+
+
+def test_the_documented_worked_example_computed_by_hand() -> None:
+    """docs/experience-model.md's example, leaf by leaf.
+
+    real:      {"status": "declined", "reason": "card expired in March", "codes": [51, 54]}   4 leaves
+    predicted: {"status": "approved", "reason": "card expired", "codes": [51]}                3 leaves
+    status: approved vs declined, 0; reason: word F1 of 2 shared words in 2 + 4 = 2*2/6 = 2/3; codes: 51 found, 1
+    (54 unmatched, 0). C = 5/3, F1 = 2C / (3 + 4) = 10/21 = 0.476.
+    """
+    real = '{"status": "declined", "reason": "card expired in March", "codes": [51, 54]}'
+    predicted = '{"status": "approved", "reason": "card expired", "codes": [51]}'
+    assert token_f1(predicted, real) == pytest.approx(10 / 21)
+    assert token_f1(real, predicted) == pytest.approx(10 / 21), "symmetric"
+    assert fields_f1({"a": 1.0, "b": [True, None]}, {"a": 1, "b": [None, True]}) == 1.0, "numbers by value, arrays in any order"
+    assert fields_f1({"a": True}, {"a": 1}) == 0.0 and fields_f1({"a": "1"}, {"a": 1}) == 0.0, "a boolean or a string is no number"
+    assert fields_f1({"x": {"y": "ok"}}, {"y": "ok"}) == 0.0, "a value under another path is another field"
+    assert token_f1("[]", "{}") == 0.0 and token_f1("{}", " {} ") == 1.0
+    # one side JSON, the other prose: word F1 of the texts, the key counting once as a word
+    assert token_f1("declined", '{"status": "declined"}') == pytest.approx(2 * 1 / 3)
+
+
+def wrong_values(messages: list[dict[str, Any]]) -> str:
+    """An experience model that writes the best example's fields with every value wrong (keys right)."""
+
+    def spoil(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: spoil(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [spoil(item) for item in value]
+        return "WRONG"
+
+    demonstrations = [m for m in messages[1:-1] if m["role"] == "assistant"]
+    observation = json.loads(demonstrations[-1]["content"])["observation"] if demonstrations else "{}"
+    try:
+        spoiled = json.dumps(spoil(json.loads(observation)))
+    except ValueError:
+        spoiled = "WRONG"
+    return json.dumps({"reasoning": "same fields as a similar call", "observation": spoiled, "is_error": False})
+
+
+def test_right_keys_with_wrong_values_score_near_zero_on_the_real_store(bfcl_store_path: Path, serve: Any) -> None:
+    """On the real BFCL transitions, a model that copies the retrieved example's keys and gets every value wrong scored
+    a token F1 of 0.22 here (keys counted in parts, and as often as their values); it now scores only where a real
+    value is empty (an empty object or array is the same leaf either way). The real answers written otherwise (keys in another order, indented) score
+    1.0, though never an exact match."""
+    from ee_middleware.replay.sandboxes.experience import build_prompt
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        split = split_store(store, share=0.34, seed=0)
+    finally:
+        store.close()
+    real = {build_prompt(t.task, t.state, t.tool, t.arguments, [])[-1]["content"]: t.observation for _, t in split.held_out}
+
+    def reformatted(messages: list[dict[str, Any]]) -> str:
+        """The real answer (looked up by the question), its JSON keys reversed and indented."""
+
+        def reverse(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {key: reverse(value[key]) for key in reversed(list(value))}
+            return [reverse(item) for item in value] if isinstance(value, list) else value
+
+        observation = real[messages[-1]["content"]]
+        try:
+            observation = json.dumps(reverse(json.loads(observation)), indent=2)
+        except ValueError:
+            pass
+        return json.dumps({"reasoning": "r", "observation": observation, "is_error": False})
+
+    scores = {}
+    for name, answer in (("wrong", wrong_values), ("reformatted", reformatted)):
+        sandbox = ExperienceSandbox(serve(answer).spec, index=split.index)
+        try:
+            report = evaluate(sandbox, split, top_k=3)
+        finally:
+            sandbox.close()
+        scores[name] = report["variants"]["retrieval"]["overall"]
+    assert scores["wrong"]["n"] >= 10 and scores["wrong"]["failed"] == 0
+    assert scores["wrong"]["token_f1"] < 0.1, scores["wrong"]
+    assert scores["reformatted"]["token_f1"] == 1.0 and scores["reformatted"]["exact"] < 1.0, scores["reformatted"]
+
+
+def test_a_split_that_holds_out_everything_is_refused_and_zero_still_holds_out_one(bfcl_store_path: Path, serve: Any) -> None:
+    """--held-out 1.0 left nothing to retrieve, yet the report's 'retrieval' variant (the one a replay's fidelity gate
+    reads) was the model without retrieval, with no word of it."""
+    from tests.replay.test_experience import copy_first_example
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        everything, nothing = split_store(store, share=1.0), split_store(store, share=0.0)
+        trajectories = len(list(store.iter_trajectories(status="approved")))
+    finally:
+        store.close()
+    assert len(everything.held_out_ids) == trajectories and len(everything.index) == 0
+    sandbox = ExperienceSandbox(serve(copy_first_example).spec, index=everything.index)
+    try:
+        with pytest.raises(ConfigError, match=r"replay buffer is empty.*Hold out a smaller share"):
+            evaluate(sandbox, everything)
+    finally:
+        sandbox.close()
+    assert len(nothing.held_out_ids) == 1 and len(nothing.index) > 0, "at 0, one trajectory is still held out (documented)"
