@@ -23,7 +23,7 @@ fidelity is high enough (see :mod:`ee_middleware.replay.sandboxes.experience`)::
     [replay.sandbox_settings]
     real = "bfcl"                           # tools this sandbox covers run for real
     fidelity = "experience-eval/report.json"  # written by `ee experience eval`
-    min_fidelity = { "*" = 0.6, "send_email" = 0.8 }
+    min_fidelity = { "*" = 0.8, "send_email" = 0.9 }
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def _well_formed_variant(variant: Any) -> bool:
     )
 
 
-_MIN_FIDELITY_EXAMPLE = 'min_fidelity = { "*" = 0.6, "send_email" = 0.8 }'
+_MIN_FIDELITY_EXAMPLE = 'min_fidelity = { "*" = 0.8, "send_email" = 0.9 }'
 
 
 def _shown(value: Any) -> str:
