@@ -152,7 +152,11 @@ def recorded_entry_ids(store: Any, category: str) -> set[str]:
 
     import polars as pl
 
-    frame = store.trajectories(app=app_name(category)).filter(pl.col("environment_json").is_not_null() & (pl.col("status") == "completed"))
+    from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
+
+    completed = pl.col("environment_json").is_not_null() & (pl.col("status") == "completed")
+    # (a curriculum variant copies its parent's entry id: it is not the entry's expert)
+    frame = store.trajectories(app=app_name(category)).filter(completed & (pl.col("source").fill_null("") != CURRICULUM_SOURCE))
     return {json.loads(env).get("entry_id") for env in frame["environment_json"].to_list()}
 
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
 from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
@@ -283,7 +284,7 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
             f"proposed or checked against the tools the model was offered. {NO_SCHEMAS_FIX}"
         )
     try:
-        run.sandbox.reset(run.trajectory.environment)
+        run.sandbox.reset(world_environment(run.trajectory.environment))  # (a curriculum trajectory's lineage is no world)
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
     # The last step's call moves the world to no state replay branches from (only the final answer, if any, follows it):

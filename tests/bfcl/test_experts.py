@@ -148,3 +148,20 @@ def test_an_entry_whose_recording_was_interrupted_is_recorded_again(tmp_path: Pa
     store.close()
     again = record_experts(store_path, "multi_turn_base", limit=3)
     assert again.recorded == [third] and sorted(again.already) == sorted(first.recorded)
+
+
+def test_a_curriculum_variant_of_an_entry_is_not_its_expert(tmp_path: Path) -> None:
+    # A curriculum trajectory copies its parent's entry id (its world): record-experts took the entry as recorded.
+    from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
+
+    store_path = tmp_path / "store"
+    first = record_experts(store_path, "multi_turn_base", limit=1)
+    store = LocalExperienceStore(store_path)
+    [expert] = list(store.iter_trajectories())
+    second = load_entries("multi_turn_base", limit=2)[1].id
+    variant = expert.model_copy(update={"id": "variant-" + expert.id, "source": CURRICULUM_SOURCE})
+    variant.environment = {**expert.environment, "entry_id": second}
+    store.write([variant])
+    store.close()
+    again = record_experts(store_path, "multi_turn_base", limit=2)
+    assert again.recorded == [second] and again.already == first.recorded

@@ -319,3 +319,20 @@ def test_malformed_policy_output_is_counted_and_refilled(garbage: str) -> None:
     outcome = replay_trajectory(_shop_trajectory(), sandbox, Proposer(GarbagePolicy([]), k=3), SETTINGS)
     assert outcome.record.rejected >= 1
     assert outcome.record.branches == 3 and all(r.proposer.policy == "mutate" for r in outcome.rollouts)
+
+
+def test_a_curriculum_trajectorys_lineage_is_not_handed_to_the_sandbox_as_its_world(bfcl_store_path: Path) -> None:
+    # A curriculum trajectory records its parent under environment['curriculum_parent']: replay passed it to
+    # sandbox.reset with the world, which a sandbox that checks its environment's keys refuses.
+    from ee_middleware.replay.curriculum import PARENT_KEY
+
+    class StrictBFCLSandbox(BFCLSandbox):
+        def reset(self, environment: Any) -> None:
+            assert PARENT_KEY not in (environment or {}), environment
+            super().reset(environment)
+
+    trajectory = _trajectories(bfcl_store_path)[0]
+    variant = trajectory.model_copy(update={"environment": {**trajectory.environment, PARENT_KEY: {"trajectory_id": trajectory.id}}})
+    outcome = replay_trajectory(variant, StrictBFCLSandbox(), Proposer(MutationPolicy(), k=2), SETTINGS)
+    assert outcome.record.status == "done", outcome.record
+    assert outcome.rollouts
