@@ -646,7 +646,12 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
 
 def _response_text(response: Any) -> str:
     """A tool's response as the model saw it: text as it is, content blocks (text, images, ...) as their
-    text (see :func:`content_to_text`), anything else (the tool's own JSON) as JSON."""
+    text (see :func:`content_to_text`), anything else (the tool's own JSON) as JSON.
+
+    A parsed value cannot give back the text it was parsed from: it is written as :func:`dumps` writes it (no spaces
+    after ``,`` and ``:``, non-ASCII as it is, numbers as Python spells them: ``1.50`` as ``1.5``, ``1e5`` as
+    ``100000.0``, whitespace around it dropped). Where a span also holds the text, ingest puts the text here
+    (:mod:`ee_middleware.ingest.dialects`)."""
     if isinstance(response, str):
         return response
     if _is_content_blocks(response):

@@ -44,6 +44,11 @@ and leaves what it does not change untouched:
 * **OpenInference content parts**: a message whose content is a list of parts is written as
   ``llm.{input,output}_messages.{i}.message.contents.{j}.message_content.type|text`` instead of
   ``message.content``; its text parts, joined in order, become the message's content.
+* **OpenInference's GenAI attributes** (``OPENINFERENCE_ENABLE_GENAI_SEMCONV=true``): a tool result whose text parses as
+  JSON is written in ``gen_ai.input.messages`` as the parsed value, its spacing and number spelling lost; the same span's
+  ``llm.input_messages.{i}.message.content`` holds the text the model saw, which is then the part's ``response``
+  (matched by call id, where it parses to the same value). Without it the value is JSON re-encoded
+  (:func:`~ee_middleware.messages.genai_to_openai`).
 * **OpenInference's CrewAI event listener** (its LLM spans): a reply of tool calls only as ``output.value`` (OpenAI's
   JSON list), tool call names in quotes (their ``repr``), the tools as one ``llm.tools`` JSON list with ``repr``
   property schemas: read as the calls, the names and the schemas they are.
@@ -151,6 +156,7 @@ def adapt(span: SpanData) -> SpanData:
         attrs = _with_event_messages(span, attrs)
         attrs = _with_tool_responses(attrs)
         attrs = _with_content_parts(attrs)
+        attrs = _with_exact_tool_text(attrs)
         attrs = _with_openinference_calls(attrs)
         attrs = _with_tool_parameters(attrs)
         attrs = _with_tool_error_positions(attrs)
@@ -487,6 +493,49 @@ def _with_content_parts(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
         **attrs,
         **{f"{message}.content": content_to_text([_content_block(found[j]) for j in sorted(found)]) for message, found in parts.items()},
     }
+
+
+_OI_MESSAGE = re.compile(r"^llm\.input_messages\.(\d+)\.message\.(role|content|tool_call_id)$")
+
+
+def _with_exact_tool_text(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``tool_call_response`` parts of ``gen_ai.input.messages`` holding a parsed JSON value with the text the model saw,
+    where OpenInference's ``llm.input_messages.{i}.message.*`` on the same span hold it for the same call id and it
+    parses to that value (the order of a reused id's results is kept)."""
+    raw = attrs.get(sc.INPUT_MESSAGES)
+    if not isinstance(raw, str) or '"tool_call_response"' not in raw:
+        return attrs
+    indexed: dict[int, dict[str, Any]] = {}
+    for key, value in attrs.items():
+        match = _OI_MESSAGE.match(key) if key.startswith("llm.input_messages.") else None
+        if match:
+            indexed.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    texts: dict[str, list[str]] = {}
+    for _, message in sorted(indexed.items()):
+        if message.get("role") == "tool" and isinstance(message.get("content"), str) and message.get("tool_call_id"):
+            texts.setdefault(str(message["tool_call_id"]), []).append(message["content"])
+    if not texts:
+        return attrs
+    messages = _decoded(raw)
+    if not isinstance(messages, list):
+        return attrs  # the span's own check reports it
+    changed = False
+    fixed_messages = []
+    for message in messages:
+        parts = message.get("parts") if isinstance(message, Mapping) else None
+        if not isinstance(parts, list):
+            fixed_messages.append(message)
+            continue
+        fixed = []
+        for part in parts:
+            if isinstance(part, Mapping) and part.get("type") == "tool_call_response" and texts.get(str(part.get("id"))):
+                text = texts[str(part.get("id"))].pop(0)
+                response = part.get("response")
+                if not isinstance(response, str) and dumps(_decoded(text)) == dumps(response):
+                    part, changed = {**part, "response": text}, True
+            fixed.append(part)
+        fixed_messages.append({**message, "parts": fixed})
+    return {**attrs, sc.INPUT_MESSAGES: dumps(fixed_messages)} if changed else attrs
 
 
 _OI_CALL_NAME = re.compile(r"^llm\.(?:input|output)_messages\.\d+\.message\.tool_calls\.\d+\.tool_call\.function\.name$")

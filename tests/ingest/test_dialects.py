@@ -302,3 +302,18 @@ def test_python_repr_text_is_read_as_the_data_it_writes_never_run():
     assert python_literal("(1, -2.5, {'x'})") == [1, -2.5, ["x"]]
     for text in ("__import__('os').system('false')", "[open('/etc/passwd')]", "{**x}", "f(**x)", "[1 + 1]", "[...]", "", None):
         assert python_literal(text) is None, text
+
+
+def test_openinference_genai_tool_text_that_parses_as_json_is_stored_as_the_model_saw_it(store):
+    """OpenInference with ``OPENINFERENCE_ENABLE_GENAI_SEMCONV=true`` writes a tool result whose text parses as JSON as
+    the parsed value in ``gen_ai.input.messages`` (real spans, ``fixtures/make_sweep_fixtures.py``): it was stored
+    re-encoded (``{"id":"H-1","price":97}``, ``[1.5,2.0,100000.0]``, ``42``, the indented hotel list without its
+    spacing). The same span's ``llm.input_messages.{i}.message.content`` holds the text the model saw."""
+    text = json.loads((FIXTURES / "openinference_genai_json_tool_text.meta.json").read_text())["tool_text"]
+    report = ingest_files([FIXTURES / "openinference_genai_json_tool_text.jsonl"], store)
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (t,) = store.iter_trajectories()
+    calls = [s for s in t.steps if s.action.kind == "tool_call"]
+    assert {s.action.tool_call.arguments["key"]: s.observation.content for s in calls} == text
+    assert {m["tool_call_id"]: m["content"] for m in t.messages if m["role"] == "tool"} == {f"call_{k}": v for k, v in text.items()}
+    assert t.final_answer == "fertig"
