@@ -59,7 +59,8 @@ and leaves what it does not change untouched:
   names operations as the conventions do but writes the LangChain run's inputs and outputs as JSON in
   ``gen_ai.prompt`` / ``gen_ai.completion``: a model span's ``{"messages": [[message, ...]]}`` and
   ``{"generations": [[{"message": ...}]]}`` (LangChain messages, serialized or dumped), a tool span's
-  arguments and ``{"output": <ToolMessage>}``. The thread is ``langsmith.metadata.thread_id``.
+  arguments and ``{"output": <ToolMessage>}``. The thread is ``langsmith.metadata.thread_id``. An ``exception`` event's
+  message is the exception's ``repr`` and its Python traceback: it becomes the exception's type and message.
 * **Langfuse** (3+, OpenTelemetry-based; spans marked ``langfuse.observation.type``) names no GenAI
   operation: a ``generation`` is a model call (``langfuse.observation.model.name``) whose
   ``langfuse.observation.input`` is its list of messages, the tools it was given appended as
@@ -767,7 +768,42 @@ def _from_langsmith(span: SpanData) -> SpanData:
         output = completion.get("output") if isinstance(completion, Mapping) else None
         new = {sc.TOOL_CALL_ARGUMENTS: attrs.get("gen_ai.prompt"), sc.TOOL_CALL_RESULT: _tool_message_content(output)}
     new[sc.CONVERSATION_ID] = attrs.get("langsmith.metadata.thread_id")
-    return _filled(span, new)
+    return _filled(_without_tracebacks(span), new)
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION_REPR = re.compile(r"([A-Za-z_][\w.]*)\((.*)\)", re.DOTALL)
+
+
+def _without_tracebacks(span: SpanData) -> SpanData:
+    """LangSmith's ``exception`` events as the OpenTelemetry SDK writes them: LangSmith's ``exception.message`` is the
+    exception's ``repr`` followed by its Python traceback (local paths, source lines) and its ``exception.type`` is
+    ``Exception``; they become the exception's type and message (``RuntimeError`` / ``Karte abgelehnt``)."""
+    events = []
+    for name, event in span.events:
+        message = event.get("exception.message")
+        if name == "exception" and isinstance(message, str) and _TRACEBACK in message:
+            kind, text = _exception_parts(message, event.get("exception.type"))
+            event = {**event, "exception.type": kind, "exception.message": text}
+        events.append((name, event))
+    return replace(span, events=tuple(events)) if any(a is not b for a, b in zip(events, span.events, strict=True)) else span
+
+
+def _exception_parts(message: str, kind: Any) -> tuple[Any, str]:
+    """The type and message of an exception written as its ``repr`` and traceback (:func:`_without_tracebacks`): the
+    ``repr``'s class and its single argument; else the text before the traceback, or the traceback's last line."""
+    head, _, trace = message.partition(_TRACEBACK)
+    head = head.strip()
+    match = _EXCEPTION_REPR.fullmatch(head)
+    if match:
+        args = python_literal(f"({match.group(2)},)") if match.group(2).strip() else []
+        if isinstance(args, list) and all(isinstance(a, str | int | float) for a in args):
+            return match.group(1), str(args[0]) if len(args) == 1 else str(tuple(args)) if args else ""
+    if head:
+        return kind, head
+    last = next((line.strip() for line in reversed(trace.splitlines()) if line.strip()), "")
+    named, colon, text = last.partition(": ")  # Python's last line: "module.Error: message"
+    return (named.rpartition(".")[2], text) if colon and named.replace(".", "").isidentifier() else (kind, last)
 
 
 def _from_langfuse(span: SpanData) -> SpanData:

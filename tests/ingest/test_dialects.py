@@ -317,3 +317,16 @@ def test_openinference_genai_tool_text_that_parses_as_json_is_stored_as_the_mode
     assert {s.action.tool_call.arguments["key"]: s.observation.content for s in calls} == text
     assert {m["tool_call_id"]: m["content"] for m in t.messages if m["role"] == "tool"} == {f"call_{k}": v for k, v in text.items()}
     assert t.final_answer == "fertig"
+
+
+def test_langsmith_exception_is_stored_as_its_type_and_message_without_the_traceback(store):
+    """LangSmith's OpenTelemetry export writes an exception's ``repr`` and its whole Python traceback (local paths,
+    source lines) as ``exception.message``, with ``exception.type`` ``Exception`` (real spans of a tool that raises,
+    ``fixtures/langsmith_tool_error.meta.json``): the failed call's observation and the run's error were
+    ``Exception: RuntimeError('...')Traceback (most recent call last): File "/tmp/..."``."""
+    meta = json.loads((FIXTURES / "langsmith_tool_error.meta.json").read_text())
+    report = ingest_files([FIXTURES / "langsmith_tool_error.jsonl"], store)
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (t,) = store.iter_trajectories()
+    assert (t.thread_id, t.status, t.error) == (meta["thread"], "error", meta["error"])
+    assert _steps(t) == [("charge_card", {"amount": 999.5}, meta["error"], True)]
