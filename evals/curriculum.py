@@ -176,6 +176,12 @@ def to_trajectory(
     )
 
 
+def legacy_rollout_id(task: dict[str, Any], policy: str, trial: int) -> str:
+    """The id ee-middleware before 674ca7d gave a task's rollout (task id, policy spec, trial; no content)."""
+    key = f"{task['id']}:{policy}:{trial}"
+    return f"curriculum-{hashlib.blake2b(key.encode(), digest_size=12).hexdigest()}"
+
+
 def rollout_id(task: dict[str, Any], policy: str, conversation: Conversation) -> str:
     """A rollout's trajectory id: a digest of the task id, the policy spec and the conversation (roles, texts, the calls'
     names and arguments, the tool results; not the call ids), so that only the same rollout gets the same id."""
@@ -261,9 +267,12 @@ def run_curriculum(
                     store.write([trajectory])  # pending
                     held[trajectory.id] = status = "pending"
                     run.stored.append(trajectory.id)
-                else:  # the same rollout is stored once
+                elif trajectory.id not in run.stored and trajectory.id not in run.already_stored:  # stored once, by an earlier run
                     run.already_stored.append(trajectory.id)
-                if status == "pending" and approve_if is not None and approve_if(trajectory):
+                # A rollout of this task, policy and trial a reviewer rejected under the previous version's id (which
+                # named no content) may be this one: it stays pending for a person, never approved by approve_if.
+                rejected_before = held.get(legacy_rollout_id(task, policy_spec, trial)) == "rejected"
+                if status == "pending" and approve_if is not None and not rejected_before and approve_if(trajectory):
                     store.approve([trajectory.id], by="auto:approve_if", reason="approve_if returned True")  # as for capture
                     held[trajectory.id] = "approved"
                     run.approved += 1

@@ -171,7 +171,7 @@ def run_cmd(
             f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: it must answer one JSON "
             'object such as {"reasoning": "...", "reward": 1}. Check --judge (a chat model that follows instructions).'
         )
-    kept = len(result.stored) + len(result.already_stored)
+    kept = len(result.kept)  # each trajectory once, as `trajectories` lists them (two trials may give one rollout)
     summary = {
         "rollouts": result.rollouts,
         "kept": kept,

@@ -158,7 +158,10 @@ def match_trajectories(scores: Sequence[TaskScore], trajectories: Iterable[Traje
     """Task id -> the stored trajectory that gives its tools and environment (see the module docstring)."""
     by_entry: dict[str, Trajectory] = {}
     by_task: dict[str, Trajectory] = {}
-    for t in trajectories:
+    # The expert's own completed run first: a curriculum variant copies its parent's entry id (its rollout is the
+    # policy's), and an interrupted or failed run is a partial one.
+    ranked = sorted(trajectories, key=lambda t: (t.source == CURRICULUM_SOURCE, t.status != "completed"))
+    for t in ranked:
         entry = (t.environment or {}).get("entry_id")
         if entry is not None:
             by_entry.setdefault(str(entry), t)

@@ -90,8 +90,8 @@ def test_a_second_run_stores_its_new_rollouts_and_says_what_it_stored(bfcl_store
     assert first.exit_code == 0, first.output
     assert list(_curriculum(bfcl_store_path).values()) == [["ls"]]
     summary = json.loads(first.stdout)
-    # two trials of a deterministic policy: one conversation, stored once
-    assert (summary["kept"], summary["stored"], summary["already_stored"]) == (2, 1, 1)
+    # two trials of a deterministic policy: one conversation, stored once (kept counts trajectories, as listed)
+    assert (summary["kept"], summary["stored"], summary["already_stored"]) == (1, 1, 0)
     assert len(summary["trajectories"]) == 1 and summary["stored_trajectories"] == summary["trajectories"]
 
     tool[0] = "pwd"  # the same spec now serves a policy that acts otherwise
@@ -100,13 +100,13 @@ def test_a_second_run_stores_its_new_rollouts_and_says_what_it_stored(bfcl_store
     stored = _curriculum(bfcl_store_path)
     assert sorted(stored.values()) == [["ls"], ["pwd"]], "the second run's rollout is stored beside the first's"
     summary = json.loads(second.stdout)
-    assert (summary["kept"], summary["stored"], summary["already_stored"]) == (2, 1, 1)
+    assert (summary["kept"], summary["stored"], summary["already_stored"]) == (1, 1, 0)
     assert stored[summary["stored_trajectories"][0]] == ["pwd"]
 
     again = runner.invoke(app, args)  # the same rollouts again: nothing new, and the table says so
     assert again.exit_code == 0, again.output
-    assert "2 kept as source=curriculum trajectories, 0 of them stored now" in again.stdout
-    assert "already stored 2" in again.stdout
+    assert "1 kept as source=curriculum trajectories, 0 of them stored now" in again.stdout
+    assert "already stored 1" in again.stdout
     assert len(_curriculum(bfcl_store_path)) == 2
 
 
@@ -124,6 +124,33 @@ def test_a_reviewers_rejection_is_not_overturned_by_approve_if_on_a_run_again(bf
     assert again.exit_code == 0 and json.loads(again.stdout)["approved"] == 0
     store = LocalExperienceStore(bfcl_store_path)
     assert store.get(trajectory_id).approval.status == "rejected"
+    store.close()
+
+
+def test_a_rollout_rejected_under_the_previous_versions_id_is_not_approved_again(
+    bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    # Before 674ca7d a rollout's id named only the task, the policy and the trial: on such a store every rollout gets a
+    # new id, and approve_if approved again what a reviewer had rejected (found by review).
+    from ee_middleware.evals.curriculum import legacy_rollout_id
+
+    policy, judge = serve(_policy(["ls"])), serve(_approve)
+    tasks, parent = _tasks(bfcl_store_path, tmp_path)
+    spec = f"openai:{policy.base_url}#p"
+    old = legacy_rollout_id(json.loads(tasks.read_text()), spec, 0)
+    store = LocalExperienceStore(bfcl_store_path)
+    store.write([parent.model_copy(update={"id": old, "source": "curriculum"})])
+    store.reject([old], by="alice", reason="wrong folder")
+    store.close()
+    args = ["curriculum", "run", str(tasks), "--policy", spec, "--sandbox", "bfcl", "--judge", f"openai:{judge.base_url}#j"]
+    result = runner.invoke(
+        app, [*args, "--store", str(bfcl_store_path), "--json", "--approve-if", "tests.evals.test_curriculum:approve_all"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["approved"] == 0 and summary["stored"] == 1  # stored for a person to review, not approved by the rule
+    store = LocalExperienceStore(bfcl_store_path)
+    assert store.get(summary["stored_trajectories"][0]).approval.status == "pending"
     store.close()
 
 

@@ -344,3 +344,17 @@ def test_a_curriculum_rollout_keeps_the_reasoning_of_a_reasoning_models_calls() 
     trajectory = to_trajectory(task, Conversation(messages=messages), observations, policy="p", trial=0, started=utcnow())
     [step] = trajectory.steps
     assert step.action.reasoning == "The user wants pears: look them up."
+
+
+def test_a_task_is_matched_to_its_experts_completed_run_not_a_variant_or_a_partial_run(bfcl_store_path: Path) -> None:
+    # A curriculum variant copies its parent's entry id and an interrupted run stays in the store: either, seen first,
+    # became the trajectory a new variant was written from (found by review).
+    from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, TaskScore, match_trajectories
+
+    store = LocalExperienceStore(bfcl_store_path)
+    expert = next(iter(store.iter_trajectories()))
+    store.close()
+    variant = expert.model_copy(update={"id": "variant", "source": CURRICULUM_SOURCE})
+    partial = expert.model_copy(update={"id": "partial", "status": "interrupted"})
+    score = TaskScore(suite="bfcl", task_id=expert.environment["entry_id"], n=2, p=0.5, instruction=expert.task or "")
+    assert match_trajectories([score], [variant, partial, expert])[score.task_id].id == expert.id
