@@ -161,6 +161,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
         task = attrs.get(sc.EE_TASK) or _first_user_text(messages)
     status, error = _status(root, spans)
+    if status == "completed" and sc.EE_STATUS not in attrs and _paused(decisions, tools_here, final):
+        status = "interrupted"  # another instrumentation's spans, which do not say the run paused (see _paused)
     if status == "completed":
         stopped = _stopped_by(root, decisions)
         if stopped is not None:
@@ -439,7 +441,9 @@ def _reviewed_turns(
                 span = runs[-1]  # a retried call's result is its last attempt's
                 used.update(id(s) for s in runs)
                 sent = span.attributes.get(sc.TOOL_CALL_ARGUMENTS)
-                arguments = proposed.arguments if sent is None else redact(parse_arguments(sent))
+                sent = None if sent is None else parse_arguments(sent)
+                # arguments that are no object (OpenInference writes a one-argument tool's input as its value) say no edit
+                arguments = proposed.arguments if sent is None or "_raw" in sent else redact(sent)
                 ran = ToolCall(id=proposed.id, name=str(span.attributes.get(sc.TOOL_NAME) or proposed.name), arguments=arguments)
                 edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
                 changed = changed or edited
@@ -734,6 +738,40 @@ def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]
             error = str(root.attributes[sc.EE_STATUS_REASON])  # why a run nobody paused stopped (cancelled)
         return str(status), error
     return ("error", error or "the agent run failed") if root.is_error else ("completed", None)
+
+
+def _paused(decisions: list[dict[str, Any]], tools: list[SpanData], final: dict[str, Any]) -> bool:
+    """Whether a run whose spans do not say how it ended (no ``ee.status``: another instrumentation's) paused, as
+    capture records a run that stopped at ``interrupt()`` or a breakpoint (``interrupt_before``,
+    ``HumanInTheLoopMiddleware``): its last reply that acted asked for a tool call that never ran (no tool span of it,
+    or one stopped by ``interrupt()``) and that no tool message answers (structured output, a reviewer's answer).
+    Such a run is ``interrupted``: its calls await a review, and datasets must not teach them from it."""
+    for index in range(len(decisions) - 1, -1, -1):
+        decision = decisions[index]
+        if decision["span"].is_error or not decision["outputs"] or _discarded(index, decisions):
+            continue  # a failed attempt, or a reply thrown away: no decision acted there
+        calls = [c for m in decision["outputs"] for c in m.get("tool_calls") or ()]
+        answered = {m.get("tool_call_id") for m in final["state"] if m.get("role") == "tool"}
+        after = [t for t in tools if t.start_ns >= decision["span"].start_ns and not _interrupted_tool(t)]
+        ran = {str(t.attributes.get(sc.TOOL_CALL_ID)) for t in after if t.attributes.get(sc.TOOL_CALL_ID)}
+        by_name = [str(t.attributes.get(sc.TOOL_NAME)) for t in after if not t.attributes.get(sc.TOOL_CALL_ID)]
+        for call in calls:
+            call_id, name = call.get("id"), (call.get("function") or {}).get("name")
+            if call_id in answered or call_id in ran:
+                continue
+            if name in by_name:
+                by_name.remove(name)
+                continue
+            return True
+        return False
+    return False
+
+
+def _interrupted_tool(span: SpanData) -> bool:
+    """Whether a tool span ended on LangGraph's ``GraphInterrupt`` (``interrupt()`` in the tool: it runs again on resume)."""
+    return any(
+        name == "exception" and "Interrupt" in str(event.get("exception.type") or "").rpartition(".")[2] for name, event in span.events
+    )
 
 
 def _stopped_by(root: SpanData, decisions: list[dict[str, Any]]) -> str | None:

@@ -133,6 +133,7 @@ _INDEXED = {
 
 def adapt(span: SpanData) -> SpanData:
     """``span`` with the shapes above rewritten into the GenAI attributes the assembler reads."""
+    span = _with_resume_mark(span)
     if _LANGFUSE_TYPE in span.attributes:
         span = _from_langfuse(span)
     elif _LANGSMITH_KIND in span.attributes:
@@ -170,6 +171,28 @@ def adapt(span: SpanData) -> SpanData:
     else:
         return span
     return span if attrs is span.attributes else replace(span, attributes=attrs)
+
+
+def _with_resume_mark(span: SpanData) -> SpanData:
+    """A graph run invoked with ``None`` as its input (resuming its thread from its checkpoint after a human review or a
+    breakpoint) marked ``ee.langgraph.resumed``, as capture marks it, so its first steps are the reviewed turn it ran:
+    OpenInference writes that input as ``input.value`` ``null``, OpenLLMetry as ``traceloop.entity.input``'s
+    ``"inputs": null``, LangSmith as ``gen_ai.prompt`` ``{"input": null}`` (spans without a parent only)."""
+    attrs = span.attributes
+    if span.parent_span_id is not None and span.parent_remote is not True and _TRACELOOP_INPUT not in attrs:
+        return span  # OpenLLMetry's graph span may sit under an app's span
+    if sc.EE_RESUMED in attrs or sc.EE_STATUS in attrs:
+        return span  # capture's own spans say it themselves
+    resumed = attrs.get("input.value") == "null" and str(attrs.get("openinference.span.kind") or "").upper() in ("AGENT", "CHAIN")
+    if not resumed and _TRACELOOP_INPUT in attrs:
+        value = _decoded(attrs[_TRACELOOP_INPUT])
+        resumed = isinstance(value, Mapping) and "inputs" in value and value["inputs"] is None
+    if not resumed and _LANGSMITH_KIND in attrs:
+        resumed = _decoded(attrs.get("gen_ai.prompt")) == {"input": None}
+    return replace(span, attributes={**attrs, sc.EE_RESUMED: True}) if resumed else span
+
+
+_TRACELOOP_INPUT = "traceloop.entity.input"
 
 
 FAILED_RESULT = "is_error"
