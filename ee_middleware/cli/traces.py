@@ -287,7 +287,7 @@ def ingest(
             out.print(f"  ... and {report.unlisted_problems} more problem(s) not listed.", highlight=False)
         if report.traces_without_runs:
             out.print(f"  note: {report.traces_without_runs} trace(s) held no agent run (e.g. only a create_agent span) and were skipped.")
-        for line in report.unfinished:
+        for line in [*report.unfinished, *report.notes]:
             out.print(f"  note: {escape(line)}", highlight=False)
     if report.problems:
         raise typer.Exit(1)

@@ -8,11 +8,16 @@ the report counts the rest.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id
@@ -28,6 +33,7 @@ from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_
 from ee_middleware.ingest.runs import group_runs
 from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Trajectory, utcnow
+from ee_middleware.store.approvals import decide
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import StoreSpec, open_store
 
@@ -55,6 +61,11 @@ class IngestReport:
     unread_keys: Counter[str] = field(default_factory=Counter)
     unfinished: list[str] = field(default_factory=list)
     """One line per run stored as ``interrupted`` because it never ended (not a problem: its steps are stored)."""
+    replaced: list[str] = field(default_factory=list)
+    """The ids of stored partial versions of runs that this ingest read more of (see :func:`_versions`), now rejected as
+    superseded by the more complete version it stored."""
+    notes: list[str] = field(default_factory=list)
+    """One line per thing worth knowing that is no problem (a partial run replaced, spans read as bare model calls)."""
 
     def problem(self, message: str) -> None:
         """Count a problem; list it while fewer than :data:`MAX_LISTED_PROBLEMS` are listed."""
@@ -90,6 +101,8 @@ class IngestReport:
             "traces_without_runs": self.traces_without_runs,
             "unfinished": self.unfinished,
             "trajectory_ids": self.ingested,
+            "replaced": self.replaced,
+            "notes": self.notes,
         }
 
 
@@ -143,8 +156,53 @@ class _Target:
         return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
 
     @cached_property
+    def stored(self) -> pl.DataFrame:
+        return self.store.trajectories()
+
+    @cached_property
     def known(self) -> set[str]:
-        return set(self.store.trajectories()["id"].to_list())
+        return set(self.stored["id"].to_list())
+
+    @cached_property
+    def _rows_by_trace(self) -> dict[str, list[int]]:
+        traces = self.stored["trace_id"].to_list() if "trace_id" in self.stored.columns else []
+        out: dict[str, list[int]] = defaultdict(list)
+        for index, trace_id in enumerate(traces):
+            if trace_id is not None:
+                out[trace_id].append(index)
+        return out
+
+    @cached_property
+    def _added(self) -> dict[str, list[dict[str, Any]]]:
+        return defaultdict(list)
+
+    @cached_property
+    def superseded(self) -> set[str]:
+        """The partial versions this ingest rejected as superseded."""
+        return set()
+
+    def in_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """The trajectories of ``trace_id`` stored before and in this ingest (the columns :func:`_versions` compares)."""
+        rows = [self.stored.row(i, named=True) for i in self._rows_by_trace.get(trace_id, ())]
+        return rows + self._added.get(trace_id, [])
+
+    def add(self, trajectory: Trajectory) -> None:
+        """Count ``trajectory`` as stored: a later run of this ingest compares with it as with those stored before."""
+        self.known.add(trajectory.id)
+        if trajectory.trace_id is not None:
+            self._added[trajectory.trace_id].append(
+                {
+                    "id": trajectory.id,
+                    "status": trajectory.status,
+                    "started_at": trajectory.started_at,
+                    "ended_at": trajectory.ended_at,
+                    "messages_json": json.dumps(trajectory.model_dump(mode="json")["messages"]),
+                    "approval": trajectory.approval.status,
+                    "approval_by": trajectory.approval.by,
+                    "approval_at": trajectory.approval.at,
+                    "approval_reason": trajectory.approval.reason,
+                }
+            )
 
 
 def ingest_spans(
@@ -192,24 +250,162 @@ def _ingest_traces(
         unended_by_trace[trace_id].add(span_id)
     target = _Target(store, app, redactor)
     new: list[Trajectory] = []
+    supersede: list[tuple[dict[str, Any], Trajectory]] = []
     for trace_id, trace_spans in spill.traces():
         found = _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), target, report, unended_by_trace[trace_id])
         for trajectory in found:
-            known = target.known
-            if trajectory.id in known:
-                report.already_stored.append(trajectory.id)
+            versions = _versions(trajectory, target, {t.id for t in found if t is not trajectory})
+            if versions.stored is not None:
+                report.already_stored.append(versions.stored)
                 continue
-            if approve_by:
+            if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
+                trajectory.id = run_trajectory_id(trajectory.id, f"v{_completeness(trajectory)}")
+                for step in trajectory.steps:
+                    step.trajectory_id = trajectory.id
+            decision = versions.decision
+            if decision is not None:
+                trajectory.approval = decision
+            elif approve_by:
                 trajectory.approval = Approval(status="approved", by=approve_by, at=utcnow(), reason="approved at ingest")
-            known.add(trajectory.id)
+            target.add(trajectory)
             new.append(trajectory)
+            supersede.extend((old, trajectory) for old in versions.partial)
         if len(new) >= WRITE_BATCH:
             _write(target.store, new, report)
-            new = []
+            _supersede(target, supersede, report)
+            new, supersede = [], []
     if new:
         _write(target.store, new, report)
+        _supersede(target, supersede, report)
     if report.unread_spans and not report.runs:
         report.problem(_nothing_read(report))
+
+
+SUPERSEDED_BY = "ee traces ingest"
+"""Who rejects a stored partial version of a run once a later ingest stored a more complete one."""
+
+
+@dataclass
+class _RunVersions:
+    """How a run just assembled stands to the versions of it already stored (see :func:`_versions`)."""
+
+    stored: str | None = None
+    """The id of a stored version at least as complete: nothing to store."""
+    partial: list[dict[str, Any]] = field(default_factory=list)
+    """The stored versions it completes (their rows), to be superseded once it is written."""
+    decision: Approval | None = None
+    """A reviewer's decision on the most complete of them, carried over to it."""
+
+
+def _versions(trajectory: Trajectory, target: _Target, others: Collection[str] = ()) -> _RunVersions:
+    """The stored versions of the run ``trajectory`` is (a run's spans may arrive in several ingests: a file read while
+    the run was still written, a rotated file holding its first spans).
+
+    A stored trajectory is a version of the same run when it comes from the same trace, its messages start the other's
+    (or are the same), its time lies within the other's (a part of a run starts no earlier and ends no later), and it
+    is the same run by id (:func:`~ee_middleware.capture.assembler.run_trajectory_id` of its root, or a later version's
+    id), or the less complete one never ended (``interrupted``: its root was not read, so its id could not be the run's).
+    Another run of the same trace (a later turn whose history holds the earlier one) starts later, so it is never one;
+    nor is one stored under the id of another run read now (``others``: two loops of the same task, one within the other).
+    """
+    out = _RunVersions()
+    rows = target.in_trace(trajectory.trace_id) if trajectory.trace_id else []
+    if not rows:
+        return out
+    messages = _message_keys(trajectory.model_dump(mode="json")["messages"])
+    mine = _completeness(trajectory)
+    ids = {trajectory.id} | {run_trajectory_id(trajectory.id, f"v{n}") for n in range(2 * len(messages) + 2)}
+    ended = trajectory.status != "interrupted"
+    for row in rows:
+        if row["id"] in others:
+            continue  # another run of the trace, read with this one (beside it, of the same messages)
+        theirs = _message_keys(json.loads(row["messages_json"] or "[]"))
+        same_run = row["id"] in ids
+        row_ended = row["status"] != "interrupted"
+        if theirs == messages[: len(theirs)] and _within(row, trajectory):
+            stored = 2 * len(theirs) + row_ended
+            if stored >= mine and (same_run or (row_ended and not ended)):
+                out.stored = row["id"]
+                return out
+            if (stored < mine and (same_run or not row_ended)) or (stored == mine and ended and _within(row, trajectory, strict=True)):
+                # less of the run, or all of it read under a span below its root (its root span not read yet)
+                out.partial.append(row)
+        elif messages == theirs[: len(messages)] and _within(row, trajectory, inner=False) and (same_run or (row_ended and not ended)):
+            out.stored = row["id"]  # a part of a run stored whole
+            return out
+    decided = max(out.partial, key=lambda row: (len(row["messages_json"] or ""), row["status"] != "interrupted"), default=None)
+    if decided is not None and decided["approval"] not in (None, "pending") and decided["approval_by"] != SUPERSEDED_BY:
+        out.decision = Approval(
+            status=decided["approval"],
+            by=decided["approval_by"],
+            at=decided["approval_at"] or utcnow(),
+            reason=f"{decided['approval_reason'] or decided['approval']} (decided on {decided['id']}, a partial version of this run)",
+        )
+    return out
+
+
+def _message_keys(messages: list[Any]) -> list[tuple[Any, ...]]:
+    """What two versions of a run's messages share: each message's role, text, tool calls and the call it answers (a
+    later version may know more about a message, as the name of the agent that wrote it)."""
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            out.append((repr(m),))
+            continue
+        calls = tuple(
+            (c.get("id"), (c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments"))
+            for c in m.get("tool_calls") or []
+            if isinstance(c, dict)
+        )
+        out.append((m.get("role"), json.dumps(m.get("content"), sort_keys=True), calls, m.get("tool_call_id")))
+    return out
+
+
+def _completeness(trajectory: Trajectory) -> int:
+    """How much of its run a trajectory holds: its messages, then whether it ended (a run read whole again is as complete)."""
+    return 2 * len(trajectory.messages) + (trajectory.status != "interrupted")
+
+
+def _within(row: dict[str, Any], trajectory: Trajectory, *, inner: bool = True, strict: bool = False) -> bool:
+    """Whether the stored ``row``'s time lies within ``trajectory``'s (``inner``), or ``trajectory``'s within the row's;
+    ``strict``: within and not the same time."""
+    start, end = _utc(row["started_at"]), _utc(row["ended_at"])
+    if start is None or end is None:
+        return False
+    if strict:
+        return _within(row, trajectory) and (start, end) != (_utc(trajectory.started_at), _utc(trajectory.ended_at))
+    if inner:
+        return start >= _utc(trajectory.started_at) and end <= _utc(trajectory.ended_at)
+    return start <= _utc(trajectory.started_at) and end >= _utc(trajectory.ended_at)
+
+
+def _utc(value: Any) -> Any:
+    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _supersede(target: _Target, pairs: list[tuple[dict[str, Any], Trajectory]], report: IngestReport) -> None:
+    """Reject each stored partial version of a run now stored more completely, naming the version that replaces it
+    (every earlier decision on it stays in its history)."""
+    done = target.superseded
+    for old, new in pairs:
+        if old["id"] in done or (old["approval"] == "rejected" and old["approval_by"] == SUPERSEDED_BY):
+            continue
+        done.add(old["id"])
+        decide(
+            target.store,
+            [old["id"]],
+            "rejected",
+            by=SUPERSEDED_BY,
+            reason=f"superseded by {new.id}: a later ingest read more of the same run ({new.num_steps} step(s), {new.status})",
+            force=True,
+        )
+        carried = f"; its {old['approval']} decision by {old['approval_by']} is carried over" if old["approval"] != "pending" else ""
+        report.replaced.append(old["id"])
+        report.notes.append(
+            f"Trace {new.trace_id}: the run stored as {old['id']} ({old['status']}, partial) is replaced by its complete "
+            f"version {new.id} ({new.num_steps} step(s), {new.status}); the partial one is rejected as superseded{carried}."
+        )
+        old["approval"], old["approval_by"] = "rejected", SUPERSEDED_BY
 
 
 def _nothing_read(report: IngestReport) -> str:

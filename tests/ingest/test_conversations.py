@@ -120,7 +120,7 @@ def test_ingesting_the_same_conversations_again_stores_nothing_new(tmp_path, sto
 def test_conversations_of_a_request_that_never_ended_are_found_stored_once_it_has(tmp_path, store):
     """The app's span missing (the request still running when the file was written): each conversation is stored as
     interrupted under its own name (the first under the root it lacks, as the whole run was before); the whole file
-    read later finds both stored, nothing twice."""
+    read later stores each whole, replacing its own partial version (rejected as superseded), and again adds nothing."""
     request, turn, _ = _two_litellm_loops_in_one_request(shift_ns=10_000_000)
     early = copy.deepcopy(request)
     for rs in early["resourceSpans"]:
@@ -129,8 +129,15 @@ def test_conversations_of_a_request_that_never_ended_are_found_stored_once_it_ha
     report, (first, second) = _ingest(store, _write(tmp_path, "early.jsonl", early))
     assert (first.status, second.status, len(report.unfinished)) == ("interrupted", "interrupted", 2), report.errors
     assert first.id != second.id and _steps(first) == _steps(second) == FIRST_RUN_STEPS
-    later = ingest_files([_write(tmp_path, "whole.jsonl", request)], store)
-    assert (len(later.ingested), sorted(later.already_stored)) == (0, sorted([first.id, second.id])), later.errors
+    whole = _write(tmp_path, "whole.jsonl", request)
+    later = ingest_files([whole], store)
+    assert (len(later.ingested), sorted(later.replaced)) == (2, sorted([first.id, second.id])), later.errors
+    current = sorted((t for t in store.iter_trajectories() if t.approval.status == "pending"), key=lambda t: t.started_at)
+    assert [(t.status, _steps(t)) for t in current] == [("completed", FIRST_RUN_STEPS)] * 2
+    for partial, complete in zip((first, second), current, strict=True):
+        assert complete.id in (store.get(partial.id).approval.reason or ""), "each replaced by its own conversation"
+    again = ingest_files([whole], store)
+    assert (len(again.ingested), sorted(again.already_stored)) == (0, sorted(t.id for t in current)), again.errors
 
 
 def _chat(history: list[dict[str, Any]], reply: dict[str, Any]) -> dict[str, Any]:

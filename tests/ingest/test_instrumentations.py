@@ -169,8 +169,9 @@ def test_a_run_whose_graph_span_was_never_exported_is_still_one_trajectory(tmp_p
 def test_a_run_read_before_its_root_span_was_exported_is_not_stored_again_once_it_was(tmp_path, store):
     """A nightly ingest reads the collector's file while a run is still going: its steps' spans are there, its root not
     yet. The partial run was stored as interrupted under the id of its top span, and the next night's file, holding the
-    whole run, stored it a second time under its root's id (datasets then learned its steps twice). The partial run is
-    now named after the root it lacks, as the whole run is, so the second ingest finds it stored."""
+    whole run, stored it a second time under its root's id (datasets then learned its steps twice). Then the partial run
+    was named after the root it lacks and the whole run, found 'already stored', was dropped (it stayed interrupted).
+    Now the whole run replaces it: stored completed, the partial one rejected as superseded; a third ingest adds nothing."""
     lines = (FIXTURES / INSTRUMENTATIONS["openinference"]).read_text().splitlines()
     cut = []
     for line in lines:
@@ -184,9 +185,11 @@ def test_a_run_read_before_its_root_span_was_exported_is_not_stored_again_once_i
     first = ingest_files([night_1], store)
     assert len(first.ingested) == 2 and len(first.unfinished) == 2, first.errors
     whole = ingest_files([FIXTURES / INSTRUMENTATIONS["openinference"]], store)
-    assert (whole.ingested, len(whole.already_stored)) == ([], 2)
-    stored = list(store.iter_trajectories())
-    assert len(stored) == 2 and {t.status for t in stored} == {"interrupted"} and [len(t.steps) for t in stored] == [3, 3]
+    assert (len(whole.ingested), sorted(whole.replaced)) == (2, sorted(first.ingested)), whole.errors
+    current = [t for t in store.iter_trajectories() if t.approval.status == "pending"]
+    assert {t.status for t in current} == {"completed"} and [len(t.steps) for t in current] == [3, 3]
+    again = ingest_files([FIXTURES / INSTRUMENTATIONS["openinference"]], store)
+    assert (again.ingested, len(again.already_stored)) == ([], 2)
 
 
 def test_openai_v2_model_spans_alone_make_one_trajectory_per_turn(store):

@@ -1,0 +1,84 @@
+"""A run whose spans arrive in two ingests (the nightly job read the Collector's file while the run was still written, or
+a rotated file holds its first spans) ends up stored whole: the later, more complete version replaces the partial one
+(rejected as superseded, every decision on it kept in its history), and ingesting the files again adds nothing.
+
+The fixtures are one real LangGraph run (create_react_agent, the calculator turn) as each instrumentation exported it,
+one OTLP/JSON request per line as the Collector's file exporter writes them (the ingest sweep's recordings: OpenInference
+0.1.80, OpenLLMetry 0.62.4, langsmith[otel] 0.15.1, OpenTelemetry's openai-v2 2.4b0 with LangGraph 1.2.24; one trace of
+each cut out of the sweep's files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.ingest import ingest_files
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SUPERSEDED_BY = "ee traces ingest"  # who rejects a partial version (ee_middleware.ingest.service.SUPERSEDED_BY)
+
+# (fixture, line the first file ends at): the first ingest stores a partial run (interrupted, or for LangSmith, which
+# exports the graph's span first, a run that looks completed with one step of two)
+CUTS = [
+    ("rotation_openinference.jsonl", 2),  # the graph's and the node's spans not read: named after a span below the root
+    ("rotation_openinference.jsonl", 10),  # two pieces of the run, under a node span and under the graph span
+    ("rotation_openllmetry.jsonl", 10),
+    ("rotation_openllmetry.jsonl", 15),  # all but the invoke_agent span: the workflow span below it looks like a whole run
+    ("rotation_langsmith.jsonl", 6),
+    ("rotation_langsmith.jsonl", 10),  # the root exported first: read as completed, with 1 step of 2
+    ("rotation_openai_v2.jsonl", 2),  # the app's span not read yet: interrupted with 2 steps of 3
+]
+
+
+def _split(tmp_path: Path, fixture: str, cut: int) -> tuple[Path, Path]:
+    lines = (FIXTURES / fixture).read_text(encoding="utf-8").splitlines(keepends=True)
+    first, second = tmp_path / "spans-1.json", tmp_path / "spans-2.json"
+    first.write_text("".join(lines[:cut]), encoding="utf-8")
+    second.write_text("".join(lines[cut:]), encoding="utf-8")
+    return first, second
+
+
+def _current(store: Any) -> list[Any]:
+    return [t for t in store.iter_trajectories() if t.approval.status != "rejected"]
+
+
+@pytest.mark.parametrize(("fixture", "cut"), CUTS)
+def test_a_run_split_across_two_ingests_is_stored_whole(tmp_path, store, fixture, cut):
+    whole = ingest_files([FIXTURES / fixture], type(store)(tmp_path / "whole"))
+    (expected,) = type(store)(tmp_path / "whole").iter_trajectories()
+    assert whole.problems == 0, whole.errors
+    first, second = _split(tmp_path, fixture, cut)
+    night1 = ingest_files([first], store)
+    partial = set(night1.ingested)
+    assert partial and night1.problems == 0, night1.errors
+    night2 = ingest_files([first, second], store)  # as the README's `ee traces ingest /data/otlp/*.json`
+    assert night2.problems == 0, night2.errors
+    (got,) = _current(store)
+    assert (got.status, got.num_steps, got.messages) == (expected.status, expected.num_steps, expected.messages)
+    assert [s.trajectory_id for s in got.steps] == [got.id] * got.num_steps
+    assert set(night2.replaced) == partial, "each partial piece is superseded"
+    for old in partial:
+        kept = store.get(old)
+        assert (kept.approval.status, kept.approval.by) == ("rejected", SUPERSEDED_BY)
+        assert got.id in (kept.approval.reason or "")
+    again = ingest_files([first, second], store)
+    assert (len(again.ingested), again.replaced) == (0, []), "ingesting the files again adds nothing"
+    assert [t.id for t in _current(store)] == [got.id]
+    late = ingest_files([first], store)  # the first file alone again: a part of a run stored whole
+    assert (len(late.ingested), [t.id for t in _current(store)]) == (0, [got.id])
+
+
+def test_a_reviewers_decision_on_the_partial_run_carries_over_to_the_whole_one(tmp_path, store):
+    first, second = _split(tmp_path, "rotation_openai_v2.jsonl", 2)
+    (partial,) = ingest_files([first], store).ingested
+    store.reject([partial], by="alice", reason="asks for the wrong city")
+    night2 = ingest_files([first, second], store)
+    (whole,) = night2.ingested
+    got = store.get(whole)
+    assert (got.approval.status, got.approval.by) == ("rejected", "alice")
+    assert "asks for the wrong city" in got.approval.reason and partial in got.approval.reason
+    history = store.approvals([partial])
+    assert history["by"].to_list() == ["alice", SUPERSEDED_BY], "the reviewer's decision stays in the partial's history"
+    assert any("alice" in note for note in night2.notes)
