@@ -13,7 +13,9 @@ One run of a LangGraph graph must become one trajectory, whichever instrumentati
 So a span that runs inside a LangGraph node (its LangGraph metadata names a ``langgraph_node``) is
 never a run of its own: an agent or model span inside a node belongs to the run of the graph that
 holds the node, the nearest enclosing span outside every node (or, when the graph's span was never
-exported, everything under its id). An ``invoke_agent`` span outside any node is a run, as before.
+exported, everything under its id). An ``invoke_agent`` span outside any node is a run, as before. A graph run
+inside a tool (an agent as a tool: its nodes run in checkpoint namespaces of their own, below the tool's) is a run of
+its own, rooted at the tool's child, and left out of the outer run, which keeps the tool call and its result.
 Runs are the outermost such subtrees; model spans left outside every run make one more run per conversation their
 messages hold (a request's span over two tool loops traced by a model client's instrumentation alone: see
 :func:`conversations`), one run as before when they hold one.
@@ -146,6 +148,8 @@ class _Tree:
 
     def __init__(self, spans: Sequence[SpanData]) -> None:
         self.by_id = {s.span_id: s for s in spans}
+        self.nested: set[str] = set()
+        """Roots of graph runs inside another run's tool (see :meth:`run_root`): runs of their own, left out of the outer."""
         self.children: dict[str, list[str]] = {}
         for s in spans:
             if s.parent_span_id is not None:
@@ -163,9 +167,17 @@ class _Tree:
         if not in_graph_node(span):
             return span.span_id if op == sc.OP_INVOKE_AGENT else None
         node = span.span_id
+        namespaces = {_checkpoint_ns(span)}
         while (up := self.parent(node)) is not None:
-            if not in_graph_node(self.by_id[up]):
+            above = self.by_id[up]
+            if not in_graph_node(above):
                 return up
+            if operation_of(above.attributes) == sc.OP_EXECUTE_TOOL and namespaces - {None, _checkpoint_ns(above)}:
+                # a graph run inside a tool (an agent as a tool): its nodes run in checkpoint namespaces of their own, below
+                # the tool's; its span (the tool's child) is its run's root, not a step of the outer run
+                self.nested.add(node)
+                return node
+            namespaces.add(_checkpoint_ns(above))
             node = up
         return self.by_id[node].parent_span_id or node  # the graph's span missing: its id still joins the run
 
@@ -185,14 +197,15 @@ class _Tree:
                 up = self.by_id[up].parent_span_id if up in self.by_id else None
             return False
 
-        return {r for r in roots if not nested(r)}
+        return {r for r in roots if r in self.nested or not nested(r)}
 
     def subtree(self, root: str) -> list[SpanData]:
+        """The spans under ``root`` (itself first), without the runs nested in its tools (:attr:`nested`)."""
         out, todo = [], [root] if root in self.by_id else list(self.children.get(root, ()))
         while todo:
             span_id = todo.pop()
             out.append(self.by_id[span_id])
-            todo.extend(self.children.get(span_id, ()))
+            todo.extend(c for c in self.children.get(span_id, ()) if c not in self.nested)
         return out
 
 
@@ -638,6 +651,28 @@ def _openai_messages(span: SpanData, key: str) -> list[dict[str, Any]] | None:
         return genai_to_openai(json.loads(raw) if isinstance(raw, str) else raw or [])
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
         return None  # the span's own check reports it
+
+
+def _checkpoint_ns(span: SpanData) -> str | None:
+    """The LangGraph checkpoint namespace a span ran in (``langgraph_checkpoint_ns`` of its LangChain metadata, as each
+    dialect records it), or None."""
+    attrs = span.attributes
+    for key in (
+        "traceloop.association.properties.langgraph_checkpoint_ns",
+        "langsmith.metadata.langgraph_checkpoint_ns",
+        "langfuse.observation.metadata.langgraph_checkpoint_ns",
+    ):
+        if attrs.get(key):
+            return str(attrs[key])
+    metadata = attrs.get("metadata")
+    if isinstance(metadata, str) and "langgraph_checkpoint_ns" in metadata:
+        try:
+            decoded = json.loads(metadata)
+        except (ValueError, RecursionError):
+            return None
+        value = decoded.get("langgraph_checkpoint_ns") if isinstance(decoded, Mapping) else None
+        return str(value) if value else None
+    return None
 
 
 def in_graph_node(span: SpanData) -> bool:
