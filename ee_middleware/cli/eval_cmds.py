@@ -319,19 +319,15 @@ def likelihood_cmd(
         return
     from rich.table import Table
 
-    from ee_middleware.jobs.deploy import nll_decimals
+    from ee_middleware.jobs.deploy import nll_decimals, nll_text, paired_text
 
     d = nll_decimals(*(row.get(key) for row in rows for key in ("paired_diff", "paired_se")))  # shows what was measured
     table = Table(title=f"Expert-action NLL per token on {len(scores[0].nll)} held-out states (lower is better)")
     for column in ("model", "mean NLL", "vs base (± s.e.)", "improved", "parse", "name match", "exact"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
-        paired = ""
-        if row.get("paired_diff") is not None:
-            se = row.get("paired_se")
-            paired = f"{row['paired_diff']:+.{d}f} ± " + (f"{se:.{d}f}" if se is not None else "n/a (one state)")
+        paired = paired_text(row["paired_diff"], row.get("paired_se"), d) if row.get("paired_diff") is not None else ""
         improved = f"{row['improved_share']:.0%}" if "improved_share" in row else ""
         decoded = [f"{row[k]:.0%}" if k in row else "" for k in ("parse_rate", "name_match", "exact_match")]
-        mean = f"{row['mean_nll']:.{d}f}" if row.get("mean_nll") is not None else "-"
-        table.add_row(escape(row["model"]), mean, paired, improved, *decoded)
+        table.add_row(escape(row["model"]), nll_text(row.get("mean_nll"), d), paired, improved, *decoded)
     out_console.print(table)

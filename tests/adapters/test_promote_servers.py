@@ -26,21 +26,10 @@ from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend
 from ee_middleware.adapters.serving.launch import ServerProcess, free_port, local_command
 from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
-from ee_middleware.models.openai_compat import OpenAIChatClient
-from ee_middleware.models.protocol import Sampling
 from ee_middleware.testing.http import serving
 
 from .conftest import CORPUS, SMOLLM2_TEMPLATE, train_shaped_adapter
-
-MESSAGES = [{"role": "user", "content": "Where is order A-1001?"}]
-
-
-def _answer(url: str, model: str) -> str:
-    client = OpenAIChatClient(url, model, retries=0, api_key="")
-    try:
-        return client.complete(MESSAGES, sampling=Sampling(temperature=0, max_tokens=8))[0].raw
-    finally:
-        client.close()
+from .test_serving_local import MESSAGES, _answer
 
 
 def _server(base: Path, *, max_lora_rank: int = 8, name: str = "replica") -> ServerProcess:

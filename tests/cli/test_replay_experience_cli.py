@@ -9,32 +9,19 @@ partly usable one a scripted model behind a real local HTTP server (the test nam
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
-from ee_middleware.testing.http import serving
-from tests.replay.test_experience import Answer, ScriptedExperienceModel, _handler, copy_first_example
+from tests.replay import conftest as replay_fixtures
+from tests.replay.test_experience import copy_first_example
 
 NO_JSON = "no JSON object with an 'observation' field in the answer"
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[Answer], ScriptedExperienceModel]]:
-    with ExitStack() as servers:
-
-        def start(answer: Answer) -> ScriptedExperienceModel:
-            model = ScriptedExperienceModel(answer)
-            model.base_url = servers.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))))
-            return model
-
-        yield start
+serve = replay_fixtures.serve  # scripted experience models behind real local HTTP servers
 
 
 def _replay(store: Path, tmp_path: Path, sandbox: str, *flags: str, settings: str = "") -> Any:

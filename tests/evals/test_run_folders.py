@@ -102,7 +102,10 @@ class _Answering(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.requests.append(1)
         time.sleep(self.delay_s)
-        send_json(self, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "No."}, "finish_reason": "stop"}]})
+        try:
+            send_json(self, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "No."}, "finish_reason": "stop"}]})
+        except OSError:  # the client timed out and left
+            pass
 
 
 def _answering_server(port: int = 0, delay_s: float = 0.0) -> tuple[ThreadingHTTPServer, list[int]]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -16,35 +15,15 @@ from ee_middleware.errors import ConfigError, ModelLoadError
 from ee_middleware.evals.gate import GatePolicy, gate
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.runner import JOURNAL, RUN_FILE, read_journal, run_eval
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import serving
+
+from .test_run_folders import _answering_server
 
 SUITE = "bfcl:irrelevance:2"
 
 
-class _Answering(BaseHTTPRequestHandler):
-    """A chat server (real HTTP) that answers every request with text after ``delay_s``, and counts them."""
-
-    requests: list[int]
-    delay_s = 0.0
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.requests.append(1)
-        time.sleep(self.delay_s)
-        try:
-            send_json(self, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "No."}, "finish_reason": "stop"}]})
-        except OSError:  # the client timed out and left
-            pass
-
-
 def _server(delay_s: float = 0.0, port: int = 0) -> tuple[ThreadingHTTPServer, list[int]]:
-    handler = type("Handler", (_Answering,), {"requests": [], "delay_s": delay_s})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    return server, handler.requests
+    return _answering_server(port=port, delay_s=delay_s)
 
 
 def _free_port() -> int:
