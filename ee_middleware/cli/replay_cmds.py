@@ -183,27 +183,9 @@ def run(
             fg="yellow",
         )
     if summary.no_usable_prediction:
-        typer.secho(f"error: {_no_usable_prediction(summary)}", err=True, fg="red")
+        typer.secho(f"error: {summary.no_usable_prediction_error()}", err=True, fg="red")
     if summary.failed or summary.no_usable_prediction:
         raise typer.Exit(1)
-
-
-def _unusable_reasons(summary: Any, most: int = 5) -> str:
-    """The reasons an experience model's predictions were unusable, the most frequent first, with their counts."""
-    reasons = sorted(summary.synthetic_failures.items(), key=lambda item: (-item[1], item[0]))
-    shown = "; ".join(f"{short(reason, 160)} ({count})" for reason, count in reasons[:most])
-    return shown + (f"; {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
-
-
-def _no_usable_prediction(summary: Any) -> str:
-    """Why a run whose experience model gave no usable observation at all fails, and what to do."""
-    asked = sum(summary.synthetic_failures.values())
-    return (
-        f"the experience model gave no usable observation for any of the {asked} alternative(s) it was asked to predict "
-        f"({_unusable_reasons(summary)}), so no synthetic branch was stored. It must answer one JSON object with an "
-        "'observation' field (measure it with `ee experience eval`; an untrained base model rarely does). These trajectories "
-        "count as replayed by this configuration: after fixing the model behind the same spec, replay them with --again."
-    )
 
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:
@@ -267,6 +249,8 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     from rich import box
     from rich.table import Table
 
+    from ee_middleware.replay.job import unusable_reasons
+
     attempt = f" (attempt {summary.attempt})" if summary.attempt > 1 else ""
     table = Table(
         title=f"replay {summary.replay_id}{attempt}: sandbox={summary.sandbox} policy={summary.policy} k={summary.k}", box=box.SIMPLE_HEAD
@@ -306,7 +290,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         colour = "red" if summary.no_usable_prediction else "yellow"
         out.print(
             f"[{colour}]unusable predictions[/]: {sum(summary.synthetic_failures.values())} alternative(s) the experience model gave "
-            f"no usable observation for (nothing stored for them): {escape(_unusable_reasons(summary))}",
+            f"no usable observation for (nothing stored for them): {escape(unusable_reasons(summary.synthetic_failures))}",
             highlight=False,
         )
     if summary.rejected_by_reason:

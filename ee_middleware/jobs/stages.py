@@ -284,10 +284,36 @@ def replay(ctx: StageContext) -> StageResult:
     failed = statuses.get("failed", 0)
     if failed:
         result.decisions.append(f"{failed} trajectories failed to replay (see `ee replay list`); they are retried by the next run")
+    _check_predictions(ctx, records)
     result.summary = (
         f"{result.outputs['branches']} branches over {result.outputs['states']} states, {result.outputs['errors']} error observations"
     )
     return result
+
+
+def _check_predictions(ctx: StageContext, records: pl.DataFrame) -> None:
+    """Fail the stage when an experience-model sandbox gave no usable observation for any alternative of the selection
+    (every prediction prose, cut off or not JSON): the datasets would hold no synthetic branch, and nothing would say
+    why. Read from the stored records, so a continued run whose replay finished earlier fails alike until the
+    trajectories are replayed again as the configuration's next attempt, which the job then continues."""
+    from ee_middleware.replay.job import no_usable_prediction_text
+
+    unusable: Counter[str] = Counter()
+    synthetic = 0
+    for details in records["details_json"].to_list() if "details_json" in records.columns else []:
+        data = json.loads(details) if details else {}
+        unusable.update(data.get("synthetic_failures", {}))
+        synthetic += data.get("synthetic_branches", 0)
+    if not unusable or synthetic:
+        return
+    import shlex
+
+    config = ctx.config
+    command = ["ee", "replay", "run", "--again", *(["--config", str(config.config_path)] if config.config_path else [])]
+    command += ["--store", str(config.store), "--app", config.app]
+    again = f"replay them again with `{shlex.join(command)}`, then run ee improve again: the run continues with that attempt"
+    text = no_usable_prediction_text(dict(unusable), again=again)
+    raise JobError(text[0].upper() + text[1:])
 
 
 FIDELITY_EXAMPLES = 3

@@ -93,6 +93,11 @@ class ReplaySummary:
         """Whether an experience model was asked for observations and gave no usable one: every prediction failed."""
         return bool(self.synthetic_failures) and not self.synthetic_branches
 
+    def no_usable_prediction_error(self, *, again: str = "replay them with --again") -> str:
+        """Why a run whose experience model gave no usable observation at all fails, and what to do (``again``: how this
+        caller replays the same trajectories once the model is fixed)."""
+        return no_usable_prediction_text(self.synthetic_failures, again=again)
+
     @property
     def branches_per_s(self) -> float:
         return self.branches / self.duration_s if self.duration_s > 0 else 0.0
@@ -137,6 +142,28 @@ class ReplaySummary:
         for example in r.details.get("fidelity_mismatches", []):
             if len(self.fidelity_examples) < 5:
                 self.fidelity_examples.append({"trajectory_id": r.trajectory_id, **example})
+
+
+def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
+    """The reasons an experience model's predictions were unusable (``failures``: counts by reason), the most frequent
+    first, with their counts."""
+    from ee_middleware.messages import one_line
+
+    reasons = sorted(failures.items(), key=lambda item: (-item[1], item[0]))
+    shown = "; ".join(f"{one_line(reason, 160)} ({count})" for reason, count in reasons[:most])
+    return shown + (f"; {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
+
+
+def no_usable_prediction_text(failures: dict[str, int], *, again: str) -> str:
+    """Why replay with an experience model that gave no usable observation for any of the alternatives it was asked to
+    predict (``failures``: how many by reason) stored no synthetic branch, and what to do; ``again``: how the caller
+    replays the same trajectories once the model is fixed."""
+    return (
+        f"the experience model gave no usable observation for any of the {sum(failures.values())} alternative(s) it was "
+        f"asked to predict ({unusable_reasons(failures)}), so no synthetic branch was stored. It must answer one JSON object with an "
+        "'observation' field (measure it with `ee experience eval`; an untrained base model rarely does). These trajectories "
+        f"count as replayed by this configuration: after fixing the model behind the same spec, {again}."
+    )
 
 
 def with_attempt(store: ExperienceStore, config: ReplayConfig) -> ReplayConfig:
