@@ -119,7 +119,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         raise IngestError("No spans to assemble.")
     root = _root(spans)
     chats = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) in sc.MODEL_OPERATIONS]
-    tools = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL]
+    # a tool that ended on interrupt() has no result (it runs again when the thread resumes): capture writes no span of
+    # it, another instrumentation's span of it is no observation (its error is the pause, not the tool's)
+    tools = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL and not _interrupted_tool(s)]
     if not chats and options.model_calls_required:
         raise IngestError(
             f"Trace {root.trace_id}: no model span (gen_ai.operation.name='chat') in run {root.name!r}; "

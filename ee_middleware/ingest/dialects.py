@@ -174,22 +174,39 @@ def adapt(span: SpanData) -> SpanData:
 
 
 def _with_resume_mark(span: SpanData) -> SpanData:
-    """A graph run invoked with ``None`` as its input (resuming its thread from its checkpoint after a human review or a
-    breakpoint) marked ``ee.langgraph.resumed``, as capture marks it, so its first steps are the reviewed turn it ran:
-    OpenInference writes that input as ``input.value`` ``null``, OpenLLMetry as ``traceloop.entity.input``'s
-    ``"inputs": null``, LangSmith as ``gen_ai.prompt`` ``{"input": null}`` (spans without a parent only)."""
+    """A graph run that continues its thread from its checkpoint (after a human review or a breakpoint) marked
+    ``ee.langgraph.resumed``, as capture marks it, so its first steps are the reviewed turn it ran: a graph invoked with
+    ``None`` or a ``Command`` (``Command(resume=...)`` after ``interrupt()``: see :func:`_resumes`) as its input.
+    OpenInference writes that input as ``input.value``, OpenLLMetry as ``traceloop.entity.input``'s ``inputs`` (on its
+    workflow span, below the run's ``invoke_agent`` span: :mod:`.runs` carries the mark up to the run's root),
+    LangSmith as ``gen_ai.prompt``'s ``input`` (spans without a parent only)."""
     attrs = span.attributes
     if span.parent_span_id is not None and span.parent_remote is not True and _TRACELOOP_INPUT not in attrs:
         return span  # OpenLLMetry's graph span may sit under an app's span
     if sc.EE_RESUMED in attrs or sc.EE_STATUS in attrs:
         return span  # capture's own spans say it themselves
-    resumed = attrs.get("input.value") == "null" and str(attrs.get("openinference.span.kind") or "").upper() in ("AGENT", "CHAIN")
+    resumed = False
+    if "input.value" in attrs and str(attrs.get("openinference.span.kind") or "").upper() in ("AGENT", "CHAIN"):
+        resumed = _resumes(_decoded(attrs["input.value"]))
     if not resumed and _TRACELOOP_INPUT in attrs:
         value = _decoded(attrs[_TRACELOOP_INPUT])
-        resumed = isinstance(value, Mapping) and "inputs" in value and value["inputs"] is None
+        resumed = isinstance(value, Mapping) and "inputs" in value and _resumes(value["inputs"])
     if not resumed and _LANGSMITH_KIND in attrs:
-        resumed = _decoded(attrs.get("gen_ai.prompt")) == {"input": None}
+        value = _decoded(attrs.get("gen_ai.prompt"))
+        resumed = isinstance(value, Mapping) and set(value) == {"input"} and _resumes(value["input"])
     return replace(span, attributes={**attrs, sc.EE_RESUMED: True}) if resumed else span
+
+
+_COMMAND_FIELDS = frozenset({"graph", "update", "resume", "goto"})
+"""The fields of LangGraph's ``Command`` (``langgraph.types``), as the instrumentations serialize one: a JSON object of
+exactly these keys (``{"graph": null, "update": null, "resume": "ok", "goto": []}``)."""
+
+
+def _resumes(graph_input: Any) -> bool:
+    """Whether a graph's input, as an instrumentation serialized it, continues the thread from its checkpoint rather
+    than starting from new input: ``None``, or a ``Command`` (:data:`_COMMAND_FIELDS`), as capture tells it
+    (:func:`~ee_middleware.capture.callbacks.resumes_from_checkpoint`)."""
+    return graph_input is None or (isinstance(graph_input, Mapping) and set(graph_input) == _COMMAND_FIELDS)
 
 
 _TRACELOOP_INPUT = "traceloop.entity.input"
@@ -493,12 +510,18 @@ def _tool_with_parameters(tool: Any) -> Any:
 
 
 def _with_tool_span_keys(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """pydantic-ai's version-2 tool spans: ``tool_arguments`` / ``tool_response``."""
+    """pydantic-ai's version-2 tool spans: ``tool_arguments`` / ``tool_response``. OpenLLMetry's: the LangChain tool
+    run's whole input (``{"input_str": ..., "tags": ..., "metadata": ..., "inputs": {...}, "kwargs": ...}``) as
+    ``gen_ai.tool.call.arguments``, whose ``inputs`` are the arguments the tool ran with."""
     changed = {
         target: attrs[source]
         for source, target in (("tool_arguments", sc.TOOL_CALL_ARGUMENTS), ("tool_response", sc.TOOL_CALL_RESULT))
         if source in attrs and target not in attrs
     }
+    if _TRACELOOP_INPUT in attrs and isinstance(attrs.get(sc.TOOL_CALL_ARGUMENTS), str):
+        wrapped = _decoded(attrs[sc.TOOL_CALL_ARGUMENTS])
+        if isinstance(wrapped, Mapping) and "input_str" in wrapped and isinstance(wrapped.get("inputs"), Mapping):
+            changed[sc.TOOL_CALL_ARGUMENTS] = dumps(wrapped["inputs"])
     return {**attrs, **changed} if changed else attrs
 
 
@@ -822,11 +845,14 @@ def _exception_parts(message: str, kind: Any) -> tuple[Any, str]:
         args = python_literal(f"({match.group(2)},)") if match.group(2).strip() else []
         if isinstance(args, list) and all(isinstance(a, str | int | float) for a in args):
             return match.group(1), str(args[0]) if len(args) == 1 else str(tuple(args)) if args else ""
-    if head:
-        return kind, head
     last = next((line.strip() for line in reversed(trace.splitlines()) if line.strip()), "")
     named, colon, text = last.partition(": ")  # Python's last line: "module.Error: message"
-    return (named.rpartition(".")[2], text) if colon and named.replace(".", "").isidentifier() else (kind, last)
+    named_last = colon and named.replace(".", "").isidentifier()
+    if head and not (named_last and match and named.rpartition(".")[2] == match.group(1)):
+        return kind, head
+    # the traceback's last line names the class of the repr (whose arguments are no literals: LangGraph's
+    # GraphInterrupt((Interrupt(...),))), or there is no repr
+    return (named.rpartition(".")[2], text) if named_last else (kind, last)
 
 
 def _from_langfuse(span: SpanData) -> SpanData:

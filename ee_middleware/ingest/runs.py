@@ -600,13 +600,22 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
     * The tools: a model span that lists none is given those its agent (the nearest agent span above it)
       lists (``gen_ai.tool.definitions`` on ``invoke_agent`` only: AWS Strands with
       ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_tool_definitions``).
+    * The resume: a graph run that continued its thread from its checkpoint (``ee.langgraph.resumed``, see
+      :func:`~ee_middleware.ingest.dialects.adapt`) says so on the span that holds the graph's input; OpenLLMetry's is its
+      workflow span, below the run's ``invoke_agent`` span, and the mark goes to the run's root, where the assembler
+      reads it.
     """
     normalized = {s.span_id: normalize(s) for s in run}
     changed: dict[str, dict[str, Any]] = {}
+    root = run[0]
     if not any(s.attributes.get(sc.CONVERSATION_ID) for s in normalized.values()):
-        thread = next((v for s in tree.ancestors(run[0].span_id) if (v := normalize(s).attributes.get(sc.CONVERSATION_ID))), None)
+        thread = next((v for s in tree.ancestors(root.span_id) if (v := normalize(s).attributes.get(sc.CONVERSATION_ID))), None)
         if thread:
-            changed[run[0].span_id] = {sc.CONVERSATION_ID: thread}
+            changed[root.span_id] = {sc.CONVERSATION_ID: thread}
+    if sc.EE_RESUMED not in root.attributes and any(
+        s.parent_span_id == root.span_id and s.attributes.get(sc.EE_RESUMED) and not in_graph_node(s) for s in run
+    ):
+        changed.setdefault(root.span_id, {})[sc.EE_RESUMED] = True
     for span in run:
         attrs = normalized[span.span_id].attributes
         if operation_of(attrs) not in sc.MODEL_OPERATIONS or attrs.get(sc.TOOL_DEFINITIONS) not in (None, ""):
