@@ -15,7 +15,8 @@ never a run of its own: an agent or model span inside a node belongs to the run 
 holds the node, the nearest enclosing span outside every node (or, when the graph's span was never
 exported, everything under its id). An ``invoke_agent`` span outside any node is a run, as before. A graph run
 inside a tool (an agent as a tool: its nodes run in checkpoint namespaces of their own, below the tool's) is a run of
-its own, rooted at the tool's child, and left out of the outer run, which keeps the tool call and its result.
+its own, rooted at the tool's child, and left out of the outer run, which keeps the tool call and its result; invoked
+with a configuration of its own, it is not on the outer run's thread (:func:`_nested_thread`).
 Runs are the outermost such subtrees; model spans left outside every run make one more run per conversation their
 messages hold (a request's span over two tool loops traced by a model client's instrumentation alone: see
 :func:`conversations`), one run as before when they hold one.
@@ -596,7 +597,9 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
     """``run`` with what its spans leave to the spans around them.
 
     * The thread: when no span of the run names one, the nearest enclosing span's (the OpenAI Agents SDK
-      names it on its trace's span, ``group_id``, above the run's ``Task`` span) is the run root's.
+      names it on its trace's span, ``group_id``, above the run's ``Task`` span) is the run root's. A graph run inside
+      another run's tool that was invoked with a configuration of its own has its own thread, not the one its spans
+      inherit from the outer run (see :func:`_nested_thread`).
     * The tools: a model span that lists none is given those its agent (the nearest agent span above it)
       lists (``gen_ai.tool.definitions`` on ``invoke_agent`` only: AWS Strands with
       ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_tool_definitions``).
@@ -605,10 +608,16 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
       workflow span, below the run's ``invoke_agent`` span, and the mark goes to the run's root, where the assembler
       reads it.
     """
-    normalized = {s.span_id: normalize(s) for s in run}
     changed: dict[str, dict[str, Any]] = {}
     root = run[0]
-    if not any(s.attributes.get(sc.CONVERSATION_ID) for s in normalized.values()):
+    own = _nested_thread(run, tree)
+    if own is not None:
+        run = [replace(s, attributes={k: v for k, v in s.attributes.items() if k not in _THREAD_KEYS}) for s in run]
+        root = run[0]
+        if own[0]:
+            changed[root.span_id] = {sc.CONVERSATION_ID: own[0]}
+    normalized = {s.span_id: normalize(s) for s in run}
+    if own is None and not any(s.attributes.get(sc.CONVERSATION_ID) for s in normalized.values()):
         thread = next((v for s in tree.ancestors(root.span_id) if (v := normalize(s).attributes.get(sc.CONVERSATION_ID))), None)
         if thread:
             changed[root.span_id] = {sc.CONVERSATION_ID: thread}
@@ -628,6 +637,45 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
     if not changed:
         return run
     return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]
+
+
+_THREAD_KEYS = frozenset({sc.CONVERSATION_ID, "session.id", "traceloop.association.properties.thread_id"})
+"""Where a span names its thread, as the dialects and :func:`~ee_middleware.capture.normalize.normalize` read it."""
+
+
+def _nested_thread(run: list[SpanData], tree: _Tree) -> tuple[str | None] | None:
+    """The thread of a graph run inside another run's tool (its root in :attr:`_Tree.nested`) that was invoked with a
+    configuration of its own (``agent.invoke(input, {"configurable": {"thread_id": ...}})``), as a 1-tuple (None where
+    the spans do not name it); None for any other run.
+
+    Such a graph is a root graph of its own: its nodes run in root checkpoint namespaces (``agent:<id>``), where a graph
+    that inherits the tool's configuration (invoked without one, or with the tool's) runs in the tool's namespace
+    (``tools:<id>|agent:<id>``) and on the outer run's thread. Its spans still carry the outer run's ``thread_id``:
+    LangChain hands a run's metadata down to the runs inside it, and the metadata keeps the first ``thread_id`` it had.
+    OpenLLMetry's ``invoke_agent`` span of the inner graph (beside its workflow span, under the tool) names its own
+    thread (``gen_ai.conversation.id``); OpenInference and LangSmith write it nowhere, so the run has none."""
+    root = run[0]
+    tool = tree.by_id.get(root.parent_span_id) if root.span_id in tree.nested and root.parent_span_id else None
+    outer = _checkpoint_ns(tool) if tool is not None else None
+    if tool is None or outer is None:
+        return None
+    inner = {ns for s in run if in_graph_node(s) and (ns := _checkpoint_ns(s)) is not None and ns != outer}
+    if not inner or all(ns.startswith(f"{outer}|") for ns in inner):
+        return None  # it ran in the tool's namespace: on the outer run's thread
+    agents = sorted(
+        (
+            s
+            for s in (tree.by_id[c] for c in tree.children.get(tool.span_id, ()))
+            if s.span_id != root.span_id
+            and operation_of(s.attributes) == sc.OP_INVOKE_AGENT
+            and not in_graph_node(s)
+            and s.start_ns <= root.start_ns
+            and s.end_ns >= root.end_ns
+        ),
+        key=lambda s: -s.start_ns,
+    )
+    thread = next((str(v) for s in agents if (v := normalize(s).attributes.get(sc.CONVERSATION_ID))), None)
+    return (thread,)
 
 
 def _with_reply_ids(run: list[SpanData]) -> list[SpanData]:

@@ -36,3 +36,27 @@ def test_an_agent_run_inside_a_tool_is_a_trajectory_of_its_own(store, instrument
     assert inner.task == "Was ist 2.5 + 4?" and inner.status == "completed"
     assert inner.trace_id == outer.trace_id and inner.id != outer.id
     assert all("add" not in str(m.get("tool_calls")) for m in outer.messages), "the inner run's messages are not the outer's"
+
+
+@pytest.mark.parametrize(("instrumentation", "thread"), [("openinference", None), ("openllmetry", "inner"), ("langsmith", None)])
+def test_an_agent_invoked_with_its_own_thread_in_a_tool_is_not_on_the_outer_thread(store, instrumentation, thread):
+    """The tool invokes the inner agent with ``{"configurable": {"thread_id": "inner"}}``: a root graph of its own (its
+    nodes' checkpoint namespaces are not below the tool's), whose spans still carry the outer run's ``thread_id``
+    (LangChain hands it down). OpenLLMetry's ``invoke_agent`` span of the inner graph names its thread; OpenInference
+    and LangSmith name it nowhere, so the inner run has none rather than the outer's."""
+    report = ingest_files([FIXTURES / f"nested_agent_{instrumentation}.jsonl"], store)
+    assert report.problems == 0, report.errors
+    by_model = {t.model: t for t in store.iter_trajectories()}
+    assert by_model["outer-model"].thread_id == "outer"
+    assert by_model["inner-model"].thread_id == thread
+
+
+def test_an_agent_that_inherits_the_tools_configuration_runs_on_the_outer_thread(store):
+    """The control: the tool invokes the inner agent without a configuration (``inner.invoke({"messages": ...})``), so it
+    inherits the tool's: it runs in the tool's checkpoint namespace, on the outer run's thread, and says so."""
+    report = ingest_files([FIXTURES / "nested_agent_inherited_openinference.jsonl"], store)
+    assert report.problems == 0, report.errors
+    by_model = {t.model: t for t in store.iter_trajectories()}
+    assert sorted(by_model) == ["inner-model", "outer-model"]
+    assert _decisions(by_model["inner-model"]) == [("add", "6.5"), ("2.5 + 4 = 6.5", None)]
+    assert by_model["outer-model"].thread_id == by_model["inner-model"].thread_id == "outer"
