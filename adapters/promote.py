@@ -14,14 +14,17 @@ replica did not answer (down, restarting, timed out, a 5xx or a broken connectio
 request, a 500 on a load naming no adapter problem: out of memory, no free slot, a stopped engine), cannot see
 the registry's folder, or refuses the adapter's rank by its own ``--max-lora-rank`` (the servers' setting), it
 stays ``candidate`` and can be promoted again once the servers are fixed (a failed adapter never
-can, and the same weights registered again keep their failed record). The replaced adapter stays
+can, and the same weights registered again keep their failed record; except one that an earlier version marked failed
+for a server's ``--max-lora-rank``: a promote makes it a candidate again, history ``reinstate``, and goes on). The replaced adapter stays
 loaded, so a rollback is only an alias switch.
 
 Before any server is asked, the registry's copy of the adapter must still be what was registered
 (same content hash: :func:`~ee_middleware.adapters.records.check_registered_files`), be trained on
 the base model of the app's live adapter (servers hold one base) and on the base each replica serves (what it
 recorded at start or reports: :func:`check_served_bases`, also for an app's first adapter), and have a rank
-within each replica's ``--max-lora-rank`` where the promote was told it.
+within each replica's ``--max-lora-rank``: the one it was started with, which ``ee serve vllm`` and ``ee serve local``
+record, and the one the promote was told. A server started otherwise says nothing of its limit (vLLM's API tells it
+only in its development mode, ``/server_info``): it refuses a larger rank when it loads the adapter, which then stays a candidate.
 
 **Promoting the live adapter again** loads it on every replica that lacks it (one restarted since: a server
 starts with the base alone) with the same checks, verifies it there, and leaves the alias and the other replicas
@@ -101,6 +104,9 @@ class SwitchResult:
     """The adapter's training rendering against each replica's chat template (:func:`rendering_checks`)."""
     already_live: bool = False
     """A promote of the adapter that was live already: it was only loaded again where a replica lacked it (``loaded_on``)."""
+    reinstated: bool = False
+    """The adapter had been marked failed for a server's ``--max-lora-rank`` (:func:`failed_for_rank`); this promote made
+    it a candidate again first."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -112,6 +118,7 @@ class SwitchResult:
             "verified_on": [v.url for v in self.verifications],
             "rendering": [check.to_json() for check in self.rendering],
             "already_live": self.already_live,
+            "reinstated": self.reinstated,
         }
 
 
@@ -152,10 +159,10 @@ def _promote(
     started: float,
 ) -> SwitchResult:
     record = registry.get(name)
+    reinstated = False
     if record.status == Status.failed:
-        raise InvalidTransitionError(
-            f"{name} failed before ({record.reason}); a failed adapter is not promoted again. Fix the cause and register a new one."
-        )
+        record = _reinstate_failed_for_rank(registry, record, by=by, say=say)
+        reinstated = True
     if record.status == Status.live:
         return _load_live_again(registry, record, replicas, by=by, say=say, ignore_rendering=ignore_rendering, started=started)
     gate = last_gate(record)
@@ -166,7 +173,7 @@ def _promote(
         )
     _check_servable(registry, record)
     check_served_bases(registry, record, replicas, say=say)
-    _check_ranks(registry, record, replicas)
+    _check_ranks(registry, record, replicas, say=say)
     checks = _checked_rendering(registry, record, replicas, say=say, ignore_rendering=ignore_rendering)
     differing = [check for check in checks if check.differs]
     overridden: dict[str, Any] = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
@@ -197,6 +204,43 @@ def _promote(
         verifications,
         [r.url for r in loaded],
         checks,
+        reinstated=reinstated,
+    )
+
+
+def failed_for_rank(record: AdapterRecord) -> bool:
+    """Whether ``record`` was marked failed because a server's ``--max-lora-rank`` refused its rank: what versions
+    before the limit counted as the servers' setting did (its reason names a ``ServerRankError``, or a server's answer
+    that the rank is greater than ``max_lora_rank``). Such a failure was not the adapter's own."""
+    reason = record.reason or ""
+    return record.status == Status.failed and (reason.startswith(f"{ServerRankError.__name__} ") or "greater than max_lora_rank" in reason)
+
+
+def _reinstate_failed_for_rank(registry: AdapterRegistry, record: AdapterRecord, *, by: str | None, say: Progress) -> AdapterRecord:
+    """A failed adapter is not promoted again (:class:`InvalidTransitionError`), unless it failed for a server's rank
+    limit (:func:`failed_for_rank`): that is the servers' setting, so it is made a candidate again (the registry's
+    ``reinstate``, recorded in the history) and promoted with every check, the servers' limits first."""
+    name = record.name
+    if not failed_for_rank(record):
+        raise InvalidTransitionError(
+            f"{name} failed before ({record.reason}); a failed adapter is not promoted again. Fix the cause and register a new one."
+        )
+    reinstate = getattr(registry, "reinstate", None)
+    if not callable(reinstate):
+        raise InvalidTransitionError(
+            f"{name} was marked failed because a server refused its LoRA rank r={record.rank} ({record.reason}). That limit is "
+            f"the servers' setting, not the adapter's fault, but this registry ({type(registry).__name__}) cannot make a failed "
+            "adapter a candidate again (it offers no reinstate). Register the adapter's weights in a registry that can, or "
+            "train it again."
+        )
+    say(
+        f"{name} was marked failed by an earlier version because a server refused its LoRA rank r={record.rank}; that limit "
+        "is the servers' setting, not the adapter's fault: it is a candidate again, and promoted now"
+    )
+    return reinstate(
+        name,
+        "failed for a server's --max-lora-rank, which is the servers' setting, not the adapter's fault: promoted again",
+        by=by,
     )
 
 
@@ -226,7 +270,7 @@ def _load_live_again(
     checks: list[RenderingCheck] = []
     if lacking:
         check_served_bases(registry, record, lacking, say=say)
-        _check_ranks(registry, record, lacking)
+        _check_ranks(registry, record, lacking, say=say)
         checks = _checked_rendering(registry, record, lacking, say=say, ignore_rendering=ignore_rendering)
         if "://" not in record.path:
             check_registered_files(record, _registry_label(registry))
@@ -377,17 +421,34 @@ def _model_fingerprint(folder: Path) -> tuple[Any, ...]:
     return config, tuple(parts)
 
 
-def _check_ranks(registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend]) -> None:
-    """Refuse, before any server is asked, an adapter whose rank is above a replica's known ``--max-lora-rank`` (the
-    backend's ``max_lora_rank``: what the promote was told); it stays a candidate, since the limit is the servers'."""
-    limits = [(replica.url, getattr(replica, "max_lora_rank", None)) for replica in replicas]
-    over = [(url, limit) for url, limit in limits if isinstance(limit, int) and record.rank > limit]
+def _check_ranks(registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend], *, say: Progress) -> None:
+    """Refuse, before any server is asked, an adapter whose rank is above a replica's known ``--max-lora-rank``: the one it
+    was started with (``served_max_lora_rank()``, what ``ee serve vllm`` / ``ee serve local`` recorded:
+    :meth:`~ee_middleware.adapters.serving.backend.HTTPServingBackend.served_max_lora_rank`) and the one the promote was
+    told (the backend's ``max_lora_rank``). It stays a candidate, since the limit is the servers'. A replica whose limit is
+    unknown (started otherwise) gets a note: it refuses the rank, if at all, when it loads the adapter."""
+    over: list[tuple[str, int, str]] = []
+    for replica in replicas:
+        recorded = getattr(replica, "served_max_lora_rank", None)
+        started = recorded() if callable(recorded) else None
+        given = getattr(replica, "max_lora_rank", None)
+        limits = [(started, "the --max-lora-rank it was started with"), (given, "the --max-lora-rank given to this promote")]
+        known = [(limit, source) for limit, source in limits if isinstance(limit, int)]
+        if not known:
+            say(
+                f"note: {replica.url} did not record its --max-lora-rank (it was not started by ee serve vllm or ee serve local "
+                f"on this machine), so {record.name}'s rank r={record.rank} is checked only when that server loads it; give "
+                "the promote --max-lora-rank (or EE_MAX_LORA_RANK) to check it before"
+            )
+        exceeded = [(limit, source) for limit, source in known if record.rank > limit]
+        if exceeded:
+            over.append((replica.url, *exceeded[0]))
     if over:
         raise ServerRankError(
-            f"{record.name} has LoRA rank r={record.rank}, above the --max-lora-rank given for "
-            + ", ".join(f"{url} ({limit})" for url, limit in over)
-            + f" (--max-lora-rank / EE_MAX_LORA_RANK). Nothing was loaded; it stays a candidate, and {record.app} still serves "
-            f"{registry.resolve(record.app) or 'the base model'}. {rank_advice(record.rank, min(limit for _, limit in over))}",
+            f"{record.name} has LoRA rank r={record.rank}, above the --max-lora-rank of "
+            + "; ".join(f"{url} ({limit}: {source})" for url, limit, source in over)
+            + f". Nothing was loaded; it stays a candidate, and {record.app} still serves "
+            f"{registry.resolve(record.app) or 'the base model'}. {rank_advice(record.rank, min(limit for _, limit, _ in over))}",
             url=over[0][0],
         )
 

@@ -92,6 +92,10 @@ class AdapterRegistry(Protocol):
     checks that only read it, such as ee improve's check before a run) it makes nothing, and a registry that is not
     there yet is a :class:`~ee_middleware.adapters.errors.RegistryNotFoundError` (ee improve takes it, or a plain
     ``RegistryError`` from a plug-in written before that class, as "no live adapter yet"; busy or corrupt are errors).
+
+    A registry may also offer ``reinstate(name, reason, *, by=None)`` (:meth:`LocalAdapterRegistry.reinstate`): a promote
+    uses it to make an adapter that an earlier version marked failed for a server's ``--max-lora-rank`` a candidate
+    again; without it, such an adapter stays failed and the promote says so.
     """
 
     def register(
@@ -305,6 +309,21 @@ class LocalAdapterRegistry:
             app = index["apps"][record["app"]]
             app["previous"] = [n for n in app["previous"] if n != name]
             self._commit(index, "fail", app=record["app"], adapter=name, by=by or current_user(), reason=reason)
+            return AdapterRecord.from_json(record)
+
+    def reinstate(self, name: str, reason: str, *, by: str | None = None) -> AdapterRecord:
+        """Make the failed adapter ``name`` a candidate again, for a failure that was not its own (a server's
+        ``--max-lora-rank`` that an earlier version took for the adapter's fault: :func:`~ee_middleware.adapters.promote.promote`
+        does it for such an adapter). The history's ``reinstate`` event keeps the reason it had failed for (``was``) beside
+        ``reason``; the earlier ``fail`` event stays. :class:`InvalidTransitionError` for an adapter that is not failed."""
+        with self.operation(f"reinstate of {name}", by=by), self._locked():
+            index = self._read_index()
+            record = self._record(index, name)
+            if record["status"] != Status.failed:
+                raise InvalidTransitionError(f"{name} is {record['status']}, not failed: there is nothing to reinstate.")
+            was = record.get("reason")
+            record.update(status=Status.candidate.value, reason=None, updated_at=now())
+            self._commit(index, "reinstate", app=record["app"], adapter=name, by=by or current_user(), reason=reason, was=was)
             return AdapterRecord.from_json(record)
 
     def retire(self, name: str, *, by: str | None = None, reason: str | None = None) -> AdapterRecord:

@@ -68,7 +68,9 @@ class ServingBackend(Protocol):
 
     A backend may also offer ``served_template() -> dict | None``: what the server recorded about the chat template it
     renders with (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter against it, and
-    ``probe_template(base) -> dict``: the same told by the server's own answers, for a server that recorded nothing.
+    ``probe_template(base) -> dict``: the same told by the server's own answers, for a server that recorded nothing, and
+    ``served_max_lora_rank() -> int | None``: the ``--max-lora-rank`` it was started with, so that a promote refuses a
+    larger adapter before any load.
     """
 
     kind: str
@@ -281,6 +283,16 @@ class HTTPServingBackend:
                 return str(item["root"])
         return None
 
+    def served_max_lora_rank(self) -> int | None:
+        """The largest LoRA rank this server loads, as it recorded at start (its state file's ``max_lora_rank``:
+        ``ee serve vllm``, ``ee serve local``); ``None`` when nothing did (a server started otherwise: vLLM's API tells it
+        only in its development mode, ``/server_info``, so its limit shows when it refuses a load)."""
+        from ee_middleware.adapters.serving.rendering import server_record
+
+        state = server_record(self.url)
+        value = state.get("max_lora_rank") if state is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
     def served_template(self) -> dict[str, Any] | None:
         """What this server recorded at start about the chat template it renders with (``ee serve vllm``, the local
         server: :func:`~ee_middleware.adapters.serving.rendering.server_record`); ``None`` when nothing did."""
@@ -398,12 +410,19 @@ def adapter_problem(answer: str) -> str | None:
 def rank_advice(rank: int | None, limit: int | None = None) -> str:
     """What to do about an adapter of LoRA rank ``rank`` that the servers' ``--max-lora-rank`` (``limit``, when known)
     refuses: the limit is the servers' setting, so the adapter stays a candidate to promote again once they allow it."""
+    from ee_middleware.adapters.serving.launch import VLLM_LORA_RANKS
+
     value = str(rank) if rank is not None else "R"
     which = "" if rank is not None else " (R: the adapter's rank, which ee adapters show NAME prints)"
     smaller = f"lora_r <= {limit}" if limit is not None else "a smaller lora_r"
+    vllm_value = next((allowed for allowed in VLLM_LORA_RANKS if rank is not None and allowed >= rank), None)
+    if rank is None or vllm_value == rank or vllm_value is None:
+        how = f"ee serve vllm / ee serve local --max-lora-rank {value}"
+    else:  # vLLM takes only some values
+        how = f"ee serve local --max-lora-rank {value}; ee serve vllm --max-lora-rank {vllm_value}, the next value vLLM accepts"
     return (
         f"That limit is the servers' setting, not the adapter's fault: start every replica with --max-lora-rank {value} or more "
-        f"(ee serve vllm / ee serve local --max-lora-rank {value}){which} and promote it again (where you give the promote "
+        f"({how}){which} and promote it again (where you give the promote "
         f"--max-lora-rank or EE_MAX_LORA_RANK, raise that to {value} too); or train with {smaller}."
     )
 

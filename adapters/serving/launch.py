@@ -99,6 +99,22 @@ def vllm_command(options: VLLMOptions) -> list[str]:
     return command + list(options.extra_args)
 
 
+def command_max_lora_rank(command: Sequence[str]) -> int | None:
+    """The ``--max-lora-rank`` a vLLM command line starts the server with: the last one given (vLLM's parser keeps the
+    last; ``--vllm-arg`` values come after ee's own), in either spelling (``--max-lora-rank N``, ``--max_lora_rank=N``);
+    ``None`` when it gives none or not a number."""
+    found: str | None = None
+    for index, arg in enumerate(command):
+        flag, sep, value = arg.partition("=")
+        if flag.replace("_", "-") != "--max-lora-rank":
+            continue
+        found = value if sep else (command[index + 1] if index + 1 < len(command) else None)
+    try:
+        return int(found) if found is not None else None
+    except ValueError:
+        return None
+
+
 def vllm_env(options: VLLMOptions, base_env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for vLLM: runtime LoRA updating on, offline, no usage stats; the CPU KV cache size when given."""
     env = dict(os.environ if base_env is None else base_env)

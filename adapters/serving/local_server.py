@@ -24,7 +24,8 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
 
 Prompts are rendered by :mod:`ee_middleware.models.chat_template` (the trainer's rendering), with
 ``--chat-template FILE`` replacing the tokenizer's template as vLLM's flag does. Once it answers, it records how it
-renders (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter against it. Requests run one at
+renders and its ``--max-lora-rank`` (:mod:`~ee_middleware.adapters.serving.rendering`), so a promote can check an adapter
+against them before loading it. Requests run one at
 a time (one lock around the model; a request for an adapter unloaded while it waited for its turn is a 404, never
 answered by the base under the adapter's name); loading an adapter takes tens of milliseconds and never reloads
 the base. SIGTERM stops it as Ctrl-C does (its state file removed). Run it with ``ee serve local --base DIR`` (or ``python -m`` this module).
@@ -457,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
                 pid=os.getpid(),
                 base=str(app.base_path),
                 served_model_name=app.served_model_name,
+                max_lora_rank=app.max_lora_rank,
                 template=local_served_template(app.base_path, app.tokenizer, app.support, args.chat_template),
             )
             try:

@@ -8,7 +8,7 @@ training rows: no error, only worse answers. :func:`check_rendering` compares th
 
 **Where a server's template is recorded.** ``ee serve vllm`` and the local server write a small state file once the
 server answers: ``$EE_CACHE_DIR/servers/PORT.json`` (default ``~/.cache/ee-middleware/servers``) with its URL, process,
-base model and :class:`~ee_middleware.adapters.templates.ServedTemplate`. :func:`server_record` finds it by the URL a
+base model, ``--max-lora-rank`` and :class:`~ee_middleware.adapters.templates.ServedTemplate`. :func:`server_record` finds it by the URL a
 promote is given (a server on this machine, or on the host the file names when the cache folder is shared); a file
 whose process is gone is ignored. A server started otherwise (``vllm serve`` by hand, on another machine) has none: it
 is then asked (``POST /tokenize`` of a few requests, compared token for token with the trainer's rendering for the
@@ -45,8 +45,13 @@ def servers_folder() -> Path:
     return cache_folder() / "servers"
 
 
-def record_server(url: str, *, pid: int, base: str, served_model_name: str, template: ServedTemplate) -> Path:
-    """Write the state file of the server at ``url`` (process ``pid``), replacing one left by a server gone from that port."""
+def record_server(
+    url: str, *, pid: int, base: str, served_model_name: str, template: ServedTemplate, max_lora_rank: int | None = None
+) -> Path:
+    """Write the state file of the server at ``url`` (process ``pid``), replacing one left by a server gone from that port.
+
+    ``max_lora_rank``: the largest LoRA rank the server loads (its ``--max-lora-rank``), so that a promote refuses a
+    larger adapter before asking it."""
     parts = urlsplit(url)
     path = servers_folder() / f"{parts.port}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,7 @@ def record_server(url: str, *, pid: int, base: str, served_model_name: str, temp
         "pid": pid,
         "base": base,
         "served_model_name": served_model_name,
+        "max_lora_rank": max_lora_rank,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "chat_template": template.to_json(),
     }

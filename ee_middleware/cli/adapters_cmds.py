@@ -85,9 +85,19 @@ def register(
     else:
         typer.echo(f"{record.name} ({record.status}, rank {record.rank}, base {record.base_model})")
     if record.status == "failed":  # the same weights, registered before: their failed record stands
+        from ee_middleware.adapters.promote import failed_for_rank
+
+        if failed_for_rank(record):
+            fix = (
+                "It failed because a server refused its LoRA rank, which is the servers' setting, not the adapter's fault: "
+                f"start the servers with --max-lora-rank {record.rank} or more and promote it (ee adapters promote {record.name} "
+                f"-r {registry} --server URL ...); the promote makes it a candidate again."
+            )
+        else:
+            fix = "A failed adapter is not promoted again. Fix the cause and register a newly trained adapter."
         typer.secho(
-            f"error: these weights are registered already as {record.name}, which failed ({record.reason}); a failed adapter "
-            "is not promoted again, and the same weights keep their record. Fix the cause and register a newly trained adapter.",
+            f"error: these weights are registered already as {record.name}, which failed ({record.reason}); the same weights "
+            f"keep their record. {fix}",
             err=True,
             fg="red",
         )
@@ -210,7 +220,9 @@ def promote(
 
     An adapter whose last recorded gate failed (ee eval gate --adapter NAME -r REGISTRY) needs --ignore-gate. A server
     whose chat template (recorded by ee serve vllm / ee serve local) renders prompts unlike the adapter's training rows
-    (its manifest's rendering) is refused unless --ignore-rendering; where either is unknown, a note says so."""
+    (its manifest's rendering) is refused unless --ignore-rendering; where either is unknown, a note says so. A rank
+    above a server's --max-lora-rank (recorded by ee serve vllm / ee serve local, or given here) is refused before any
+    load; an adapter an earlier version marked failed for it is made a candidate again and promoted."""
     from ee_middleware.adapters.promote import promote as run_promote
 
     replicas = _replicas(_urls(servers), backend, max_lora_rank)

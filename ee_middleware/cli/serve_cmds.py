@@ -52,7 +52,10 @@ def serve_local(
     chat_template: str | None = TemplateOption,
     num_threads: int = typer.Option(1, "--num-threads", help="torch threads (1 is often fastest on a shared CPU)."),
 ) -> None:
-    """Serve BASE with transformers + peft; adapters are loaded at run time (vLLM's API), the base stays in memory."""
+    """Serve BASE with transformers + peft; adapters are loaded at run time (vLLM's API), the base stays in memory.
+
+    Its chat template and --max-lora-rank are recorded (~/.cache/ee-middleware/servers/PORT.json) so that `ee adapters
+    promote` can check each adapter against them before loading it."""
     from ee_middleware.adapters.serving.local_server import main
 
     argv = [
@@ -110,10 +113,11 @@ def serve_vllm(
     Adapters are trained on rows rendered with the base's chat template, or with the trainer's fallbacks where that
     template ignores tools or tool calls, drops the text beside a call, skips tool messages or has no system role. Given
     no --chat-template, vLLM gets a template that renders requests the same way (written under ~/.cache/ee-middleware).
-    Which template it serves is recorded (~/.cache/ee-middleware/servers/PORT.json) so that `ee adapters promote` can
-    check each adapter against it; adapters given at start (--lora-modules) are checked here.
+    Which template it serves and its --max-lora-rank are recorded (~/.cache/ee-middleware/servers/PORT.json) so that
+    `ee adapters promote` can check each adapter against them before loading it; adapters given at start (--lora-modules)
+    are checked here.
     """
-    from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, vllm_command, vllm_env
+    from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, command_max_lora_rank, vllm_command, vllm_env
     from ee_middleware.adapters.serving.rendering import forget_server, record_server
 
     if chat_template is None:
@@ -148,7 +152,12 @@ def serve_vllm(
     with termination_as_interrupt():
         server.start(timeout_s=timeout_s)
         state = record_server(
-            server.url, pid=server.pid or 0, base=base, served_model_name=options.served_model_name or base, template=served
+            server.url,
+            pid=server.pid or 0,
+            base=base,
+            served_model_name=options.served_model_name or base,
+            max_lora_rank=command_max_lora_rank(command),
+            template=served,
         )
         typer.echo(f"vLLM serving {options.served_model_name or base} at {server.url} (log: {server.log_path}); Ctrl-C stops it")
         try:

@@ -176,3 +176,51 @@ def test_serve_commands_that_cannot_serve_say_why_in_one_line(taken_port: int, t
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message.format(**fill)}"), result.stderr
     assert "unexpected" not in result.stderr
+
+
+@pytest.mark.parametrize(("extra", "limit"), [([], 8), (["--vllm-arg=--max-lora-rank=32"], 32)])
+def test_ee_serve_vllm_records_its_max_lora_rank_and_promote_refuses_a_larger_rank_before_loading_stand_in_vllm(
+    tmp_path, extra: list[str], limit: int
+) -> None:
+    """`ee serve vllm --max-lora-rank 8` (or a later --vllm-arg that vLLM takes instead) records the limit it started vLLM
+    with, and `ee adapters promote` without --max-lora-rank refuses a rank-64 adapter before sending it. Before: nothing
+    recorded the limit, the promote sent the load and learned of the limit only from the server's refusal."""
+    import signal
+    import subprocess
+    import uuid
+
+    from typer.testing import CliRunner
+
+    from ee_middleware.adapters.registry import LocalAdapterRegistry
+    from ee_middleware.adapters.serving.backend import VLLMBackend
+    from ee_middleware.cli.app import app
+
+    from .helpers import write_adapter
+
+    marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
+    fake = tmp_path / f"{marker}.py"
+    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=True))
+    fake.chmod(0o755)
+    base, port = tmp_path / "base", free_port()
+    base.mkdir()
+    command = [sys.executable, "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(base), "--port", str(port), "--max-lora-rank", "8"]
+    command += ["--launcher", "module", "--vllm-python", str(fake), "--timeout", "120", *extra]
+    ee = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        assert any("vLLM serving" in line for line in iter(ee.stdout.readline, "")), "the stand-in never answered"
+        url = f"http://127.0.0.1:{port}/v1"
+        assert VLLMBackend(url).served_max_lora_rank() == limit
+        registry = LocalAdapterRegistry(tmp_path / "reg")
+        name = registry.register(write_adapter(tmp_path / "big", rank=64, base=str(base)), "bot", max_lora_rank=64).name
+        refused = CliRunner().invoke(app, ["adapters", "promote", name, "-r", str(registry.root), "--server", url])
+        assert refused.exit_code == 1, refused.output
+        assert f"r=64, above the --max-lora-rank of {url} ({limit}: the --max-lora-rank it was started with)" in refused.stderr
+        assert "Nothing was loaded; it stays a candidate" in refused.stderr
+        assert [e["action"] for e in registry.history(adapter=name)] == ["register"], "the server was never asked"
+        assert registry.get(name).status == "candidate"
+    finally:
+        ee.send_signal(signal.SIGTERM)
+        ee.wait(timeout=60)
+        psutil.wait_procs(_ours(marker, ee.pid), timeout=10)
+        for process in _ours(marker, ee.pid):
+            process.kill()

@@ -226,24 +226,109 @@ def test_a_503_to_the_smoke_request_leaves_the_adapter_a_candidate_stand_in_prox
 
 
 def test_a_rank_above_the_servers_limit_leaves_the_adapter_a_candidate_and_the_advice_works(
-    local_server: Any, tiny_base: Path, tmp_path: Path
+    local_server: Any, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The local server runs with --max-lora-rank 8; the adapter has rank 12. Before: it was marked failed, with the
-    advice to restart the server with a larger --max-lora-rank, after which the promote was refused as 'failed before'."""
+    advice to restart the server with a larger --max-lora-rank, after which the promote was refused as 'failed before'.
+    Here the server's state file is out of sight (as for a server started outside ee): its limit shows at the load."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "empty-cache"))
     registry = LocalAdapterRegistry(tmp_path / "reg")
     big = registry.register(train_shaped_adapter(tiny_base, tmp_path / "big", rank=12, seed=71), "bot").name
+    said: list[str] = []
     with pytest.raises(PromotionError, match="stays a candidate") as caught:
-        promote(registry, big, [LocalBackend(local_server.url)])  # the limit unknown here: the server refuses the load
+        promote(registry, big, [LocalBackend(local_server.url)], progress=said.append)  # the limit unknown: the server refuses
     assert isinstance(caught.value.__cause__, ServerRankError)
     assert "start every replica with --max-lora-rank 12" in str(caught.value) and "once every replica allows rank 12" in str(caught.value)
+    assert any(f"{local_server.url} did not record its --max-lora-rank" in line and "r=12 is checked only when" in line for line in said)
     assert registry.get(big).status == "candidate" and big not in LocalBackend(local_server.url).list()
     asked = len(registry.history(adapter=big))
-    with pytest.raises(ServerRankError, match=r"above the --max-lora-rank given for .* \(8\).*Nothing was loaded; it stays a candidate"):
+    with pytest.raises(
+        ServerRankError,
+        match=r"above the --max-lora-rank of .* \(8: the --max-lora-rank given to this promote\)\. Nothing was loaded; it stays a candidate",
+    ):
         promote(registry, big, [LocalBackend(local_server.url, max_lora_rank=8)])  # the limit known: refused before any load
     assert len(registry.history(adapter=big)) == asked and registry.get(big).status == "candidate"
     with _server(tiny_base, max_lora_rank=12, name="roomier replica") as roomier:  # the advice, followed
         result = promote(registry, big, [LocalBackend(roomier.url, max_lora_rank=12)])
         assert result.live.name == big and big in LocalBackend(roomier.url).list()
+
+
+def test_a_rank_above_the_limit_a_server_was_started_with_is_refused_before_any_load(
+    local_server: Any, tiny_base: Path, tmp_path: Path
+) -> None:
+    """The local server was started with --max-lora-rank 8 and records it; the promote is given no --max-lora-rank.
+    Before: the rank-12 adapter was sent to the server, which refused it (PromotionError after a promote-started); a
+    replica with room would have loaded it first, then unloaded it again."""
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    big = registry.register(train_shaped_adapter(tiny_base, tmp_path / "big", rank=12, seed=73), "bot").name
+    replica = LocalBackend(local_server.url)
+    assert replica.served_max_lora_rank() == 8
+    with pytest.raises(ServerRankError) as caught:
+        promote(registry, big, [replica])
+    message = str(caught.value)
+    assert (
+        f"{big} has LoRA rank r=12, above the --max-lora-rank of {local_server.url} (8: the --max-lora-rank it was started with)" in message
+    )
+    assert "Nothing was loaded; it stays a candidate" in message and "start every replica with --max-lora-rank 12" in message
+    assert "ee serve local --max-lora-rank 12; ee serve vllm --max-lora-rank 16, the next value vLLM accepts" in message
+    assert [e["action"] for e in registry.history(adapter=big)] == ["register"], "no server was asked"
+    assert registry.get(big).status == "candidate" and big not in replica.list()
+
+
+def _failed_for_rank_before(registry: LocalAdapterRegistry, name: str, url: str) -> str:
+    """Mark ``name`` failed as promote did before the rank limit counted as the servers' setting (the reason's exact
+    form: f"{type(exc).__name__} on {replica.url}: {exc}" of the ServerRankError for vLLM's and the local server's 500)."""
+    record = registry.get(name)
+    reason = (
+        f"ServerRankError on {url}: {url} failed to load {name} from {record.path} (HTTP 500): LoRA rank {record.rank} is "
+        f"greater than max_lora_rank 8. The adapter's rank (r={record.rank}) is above the server's --max-lora-rank: restart "
+        "the server with a larger --max-lora-rank, or train with a smaller lora_r."
+    )
+    registry.mark_failed(name, reason)
+    return reason
+
+
+def test_an_adapter_an_earlier_version_marked_failed_for_its_rank_is_promoted_once_the_servers_allow_it(
+    local_server: Any, tiny_base: Path, tmp_path: Path
+) -> None:
+    """Before: promote refused it as 'failed before ... register a new one', and registering the same weights returned
+    the failed record: no way back after raising the servers' --max-lora-rank. Now the promote makes it a candidate again
+    (history 'reinstate', the old reason kept) and goes on with every check; another failure still stands."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.adapters.errors import InvalidTransitionError
+    from ee_middleware.cli.app import app
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    folder = train_shaped_adapter(tiny_base, tmp_path / "big", rank=12, seed=74)
+    big = registry.register(folder, "bot").name
+    old_reason = _failed_for_rank_before(registry, big, local_server.url)
+    runner = CliRunner()
+    again = runner.invoke(app, ["adapters", "register", str(folder), "--app", "bot", "-r", str(registry.root)])
+    assert again.exit_code == 1 and f"ee adapters promote {big} -r {registry.root} --server URL" in again.stderr, again.stderr
+
+    # the servers' limit not raised yet: refused up front, yet a candidate again
+    with pytest.raises(ServerRankError, match=r"\(8: the --max-lora-rank it was started with\)"):
+        promote(registry, big, [LocalBackend(local_server.url)])
+    assert registry.get(big).status == "candidate", "the mark was the servers' limit, not the adapter: it is a candidate again"
+    [reinstated] = [e for e in registry.history(adapter=big) if e["action"] == "reinstate"]
+    assert reinstated["was"] == old_reason and [e["action"] for e in registry.history(adapter=big)][:2] == ["register", "fail"]
+
+    other = registry.register(train_shaped_adapter(tiny_base, tmp_path / "other", rank=12, seed=75), "bot").name
+    _failed_for_rank_before(registry, other, local_server.url)
+    with _server(tiny_base, max_lora_rank=16, name="roomier replica") as roomier:  # the servers' limit raised
+        args = ["adapters", "promote", other, "-r", str(registry.root), "--server", roomier.url, "--backend", "local"]
+        promoted = runner.invoke(app, [*args, "--json"])
+        assert promoted.exit_code == 0, promoted.output
+        answer = json.loads(promoted.stdout)
+        assert answer["live"] == other and answer["reinstated"] is True and answer["loaded_on"] == [roomier.url]
+        assert registry.resolve("bot") == other and other in LocalBackend(roomier.url).list()
+        assert [e["action"] for e in registry.history(adapter=other)][-4:] == ["fail", "reinstate", "promote-started", "promote"]
+        damaged = registry.register(train_shaped_adapter(tiny_base, tmp_path / "damaged", rank=4, seed=76), "bot").name
+        registry.mark_failed(damaged, "AdapterLoadError on http://x: damaged")
+        with pytest.raises(InvalidTransitionError, match=r"failed before .*damaged.*register a new one"):
+            promote(registry, damaged, [LocalBackend(roomier.url)])  # a failure of its own stands
+        assert registry.get(damaged).status == "failed"
 
 
 def test_registering_weights_that_failed_before_is_an_error_saying_so(tiny_base: Path, tmp_path: Path) -> None:
