@@ -19,7 +19,8 @@ its own, rooted at the tool's child, and left out of the outer run, which keeps 
 with a configuration of its own, it is not on the outer run's thread (:func:`_nested_thread`).
 Runs are the outermost such subtrees; model spans left outside every run make one more run per conversation their
 messages hold (a request's span over two tool loops traced by a model client's instrumentation alone: see
-:func:`conversations`), one run as before when they hold one.
+:func:`conversations`), one run as before when they hold one. A model call with nothing around it, a trace of its own
+(:class:`BareCall`), is joined with the calls of other traces it goes on with (:func:`join_bare_calls`).
 
 A trace whose span ids repeat with different contents, or whose parent links loop, cannot be read
 as a tree: it gets one problem and is skipped. Exact repeats (a collector retry) count once.
@@ -30,6 +31,7 @@ without an end time. :func:`unfinished_reason` says so, and ingest stores it as 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -323,6 +325,121 @@ def conversations(spans: list[SpanData], tree: _Tree) -> list[list[SpanData]]:
     for span in spans:
         parts[next((owner[a] for a in _self_and_ancestors(span, tree) if a in owner), 0)].append(span)
     return parts
+
+
+@dataclass(frozen=True)
+class BareCall:
+    """A trace that holds one model call and nothing around it (no agent, request or tool span: the model client's
+    instrumentation alone, as OpenTelemetry's OpenAI v2 writes an app's calls when no span of the app is active), as
+    :func:`join_bare_calls` links it to the calls it goes on with. Digests, not messages: ingest keeps one per trace."""
+
+    trace_id: str
+    span_id: str
+    service: Any
+    start_ns: int
+    end_ns: int
+    goes_on: bytes | None
+    """The digest of its history up to the reply whose tool results end it (None where it ends on no tool result)."""
+    answered: tuple[str, ...]
+    """The call ids those tool results answer."""
+    leads: bytes | None
+    """The digest of its history followed by its reply, where the reply asked for tools (None otherwise)."""
+    asked: tuple[str, ...]
+    """The ids of the tool calls its reply made."""
+
+
+def bare_call(trace_id: str, grouped: TraceRuns) -> BareCall | None:
+    """``grouped`` (one trace's runs) as a :class:`BareCall`, or None where the trace holds more than one model call
+    with the spans under it, an agent or tool span, or a run that never ended."""
+    if grouped.problem is not None or len(grouped.runs) != 1 or grouped.unfinished[0] or grouped.missing_roots[0]:
+        return None
+    run = grouped.runs[0]
+    root = run[0]
+    if root.parent_span_id is not None or operation_of(root.attributes) not in sc.MODEL_OPERATIONS:
+        return None
+    if any(operation_of(s.attributes) in (sc.OP_EXECUTE_TOOL, sc.OP_INVOKE_AGENT) for s in run):
+        return None
+    tree = _Tree(run)
+    if len(_top_model_calls(run, tree)) != 1 or any(s.parent_span_id is None for s in run[1:]):
+        return None
+    call = _read_call(root, tree)
+    if call.history is None or call.given is None:
+        return None
+    given, history = call.given, call.history
+    tail = 0
+    while tail < len(given) and given[len(given) - 1 - tail].get("role") == "tool":
+        tail += 1
+    before = given[len(given) - 1 - tail] if tail < len(given) else None
+    goes_on = None
+    if tail and before is not None and before.get("role") == "assistant" and before.get("tool_calls"):
+        goes_on = _digest(history[: len(history) - tail])
+    outputs = [m for m in _openai_messages(_carrier(root, tree), sc.OUTPUT_MESSAGES) or [] if m.get("role") == "assistant"]
+    leads = None
+    if len(outputs) == 1 and outputs[0].get("tool_calls") and not root.is_error:
+        leads = _digest([*history, _message_key(outputs[0])])
+    return BareCall(
+        trace_id=trace_id,
+        span_id=root.span_id,
+        service=root.resource.get("service.name"),
+        start_ns=root.start_ns,
+        end_ns=root.end_ns,
+        goes_on=goes_on,
+        answered=tuple(str(m.get("tool_call_id") or "") for m in given[len(given) - tail :]),
+        leads=leads,
+        asked=tuple(i for i, _, _ in call.asked if i),
+    )
+
+
+def _digest(keys: Sequence[Any]) -> bytes:
+    return hashlib.blake2b(repr(list(keys)).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def join_bare_calls(calls: Sequence[BareCall]) -> list[list[BareCall]]:
+    """The runs that bare calls (each a trace of its own, see :class:`BareCall`) make, each in call order, the run
+    that started first first: a call goes on with an earlier one of the same service whose history and reply its own
+    history is, followed by the results of tools that reply asked for (by call id, where both name them). Of several
+    such earlier calls, one that ended before it started and that no other call went on with, the last to end (the same
+    task run again gives the same replies). A call that follows another reply (a new user message after an answer: the
+    next turn of a thread, a new graph run) starts a run of its own."""
+    ordered = sorted(calls, key=lambda c: (c.start_ns, c.end_ns, c.trace_id))
+    leading: dict[tuple[Any, bytes], list[int]] = {}
+    previous: dict[int, int] = {}
+    taken: set[int] = set()
+    for index, call in enumerate(ordered):
+        if call.goes_on is not None:
+            found = [
+                before
+                for before in leading.get((call.service, call.goes_on), ())
+                if before not in taken and ordered[before].end_ns <= call.start_ns and _answers(call.answered, ordered[before].asked)
+            ]
+            if found:
+                best = max(found, key=lambda before: (ordered[before].end_ns, ordered[before].start_ns))
+                previous[index] = best
+                taken.add(best)
+        if call.leads is not None:
+            leading.setdefault((call.service, call.leads), []).append(index)
+    runs: list[list[BareCall]] = []
+    for index in range(len(ordered)):
+        if index in taken:
+            continue  # not a run's last call
+        chain = [index]
+        while chain[-1] in previous:
+            chain.append(previous[chain[-1]])
+        runs.append([ordered[i] for i in reversed(chain)])
+    return sorted(runs, key=lambda run: (run[0].start_ns, run[0].trace_id))
+
+
+def _answers(answered: Sequence[str], asked: Sequence[str]) -> bool:
+    """Whether tool results of these call ids can answer a reply that made calls of those (ids missing on either side
+    say nothing)."""
+    named = [i for i in answered if i]
+    return not named or not asked or set(named) <= set(asked)
+
+
+def joined_run(runs: Sequence[list[SpanData]]) -> list[SpanData]:
+    """The runs of bare calls :func:`join_bare_calls` joined, as one run: their spans in order, the first call's root
+    first (the run's root, after which it is named)."""
+    return _with_reply_ids([span for run in runs for span in run])
 
 
 @dataclass

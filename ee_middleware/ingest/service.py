@@ -30,7 +30,7 @@ from ee_middleware.errors import IngestError
 from ee_middleware.ingest.dialects import adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
-from ee_middleware.ingest.runs import group_runs
+from ee_middleware.ingest.runs import BareCall, bare_call, group_runs, join_bare_calls, joined_run
 from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Trajectory, utcnow
 from ee_middleware.store.approvals import decide
@@ -251,34 +251,67 @@ def _ingest_traces(
     target = _Target(store, app, redactor)
     new: list[Trajectory] = []
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
-    for trace_id, trace_spans in spill.traces():
-        found = _trace_trajectories(trace_id, trace_spans, rejected_by_trace.get(trace_id, []), target, report, unended_by_trace[trace_id])
-        for trajectory in found:
-            versions = _versions(trajectory, target, {t.id for t in found if t is not trajectory})
-            if versions.stored is not None:
-                report.already_stored.append(versions.stored)
-                continue
-            if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
-                trajectory.id = run_trajectory_id(trajectory.id, f"v{_completeness(trajectory)}")
-                for step in trajectory.steps:
-                    step.trajectory_id = trajectory.id
-            decision = versions.decision
-            if decision is not None:
-                trajectory.approval = decision
-            elif approve_by:
-                trajectory.approval = Approval(status="approved", by=approve_by, at=utcnow(), reason="approved at ingest")
-            target.add(trajectory)
-            new.append(trajectory)
-            supersede.extend((old, trajectory) for old in versions.partial)
-        if len(new) >= WRITE_BATCH:
+
+    def keep(trajectory: Trajectory, others: Collection[str], parts: Collection[tuple[str, str]] = ()) -> None:
+        versions = _versions(trajectory, target, others, parts)
+        if versions.stored is not None:
+            report.already_stored.append(versions.stored)
+            return
+        if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
+            trajectory.id = run_trajectory_id(trajectory.id, f"v{_completeness(trajectory)}")
+            for step in trajectory.steps:
+                step.trajectory_id = trajectory.id
+        decision = versions.decision
+        if decision is not None:
+            trajectory.approval = decision
+        elif approve_by:
+            trajectory.approval = Approval(status="approved", by=approve_by, at=utcnow(), reason="approved at ingest")
+        target.add(trajectory)
+        new.append(trajectory)
+        supersede.extend((old, trajectory) for old in versions.partial)
+
+    def flush(at_least: int) -> None:
+        nonlocal new, supersede
+        if new and len(new) >= at_least:
             _write(target.store, new, report)
             _supersede(target, supersede, report)
             new, supersede = [], []
-    if new:
-        _write(target.store, new, report)
-        _supersede(target, supersede, report)
+
+    bare: list[BareCall] = []
+    for trace_id, trace_spans in spill.traces():
+        found = _trace_trajectories(
+            trace_id, trace_spans, rejected_by_trace.get(trace_id, []), target, report, unended_by_trace[trace_id], bare
+        )
+        for trajectory in found:
+            keep(trajectory, {t.id for t in found if t is not trajectory})
+        flush(WRITE_BATCH)
+    joined = 0
+    for calls in join_bare_calls(bare):
+        runs = [group_runs(c.trace_id, spill.trace(c.trace_id)).runs[0] for c in calls]
+        report.runs += 1
+        trajectory = _run_trajectory(calls[0].trace_id, joined_run(runs), None, None, [], target, report)
+        if trajectory is not None:
+            keep(trajectory, (), [(c.trace_id, run_trajectory_id(c.trace_id, c.span_id)) for c in calls[1:]])
+        joined += len(calls) > 1
+        flush(WRITE_BATCH)
+    flush(1)
+    if joined:
+        report.notes.append(_joined_note(len(bare), joined))
     if report.unread_spans and not report.runs:
         report.problem(_nothing_read(report))
+
+
+def _joined_note(calls: int, joined: int) -> str:
+    """What ingest did with model calls traced each in a trace of its own, and how to have runs read from the spans."""
+    return (
+        f"{calls} model call(s) were each a trace of its own, with no agent or request span around them (a model client's "
+        "instrumentation alone, as OpenTelemetry's OpenAI v2 writes an agent's calls when no span of the app is active): "
+        f"{joined} run(s) of several calls were read by their messages (a call whose history is an earlier call's history, "
+        "its reply and the results of the tools it asked for goes on with it; a new user message starts a new run), with "
+        "no thread, which such spans do not name. To have each agent run read from the spans, put a span around it "
+        "(tracer.start_as_current_span(...) around graph.invoke) or record it with ee-middleware's own capture "
+        "(record_experience)."
+    )
 
 
 SUPERSEDED_BY = "ee traces ingest"
@@ -297,7 +330,9 @@ class _RunVersions:
     """A reviewer's decision on the most complete of them, carried over to it."""
 
 
-def _versions(trajectory: Trajectory, target: _Target, others: Collection[str] = ()) -> _RunVersions:
+def _versions(
+    trajectory: Trajectory, target: _Target, others: Collection[str] = (), parts: Collection[tuple[str, str]] = ()
+) -> _RunVersions:
     """The stored versions of the run ``trajectory`` is (a run's spans may arrive in several ingests: a file read while
     the run was still written, a rotated file holding its first spans).
 
@@ -307,14 +342,19 @@ def _versions(trajectory: Trajectory, target: _Target, others: Collection[str] =
     id), or the less complete one never ended (``interrupted``: its root was not read, so its id could not be the run's).
     Another run of the same trace (a later turn whose history holds the earlier one) starts later, so it is never one;
     nor is one stored under the id of another run read now (``others``: two loops of the same task, one within the other).
+    A run joined from several traces (bare model calls, see :func:`~ee_middleware.ingest.runs.join_bare_calls`) names
+    its later traces and the ids their calls had as runs of their own (``parts``): those are versions too.
     """
     out = _RunVersions()
     rows = target.in_trace(trajectory.trace_id) if trajectory.trace_id else []
+    for trace_id, _ in parts:
+        rows += target.in_trace(trace_id)
     if not rows:
         return out
     messages = _message_keys(trajectory.model_dump(mode="json")["messages"])
     mine = _completeness(trajectory)
     ids = {trajectory.id} | {run_trajectory_id(trajectory.id, f"v{n}") for n in range(2 * len(messages) + 2)}
+    part_ids = {part for _, part in parts}
     ended = trajectory.status != "interrupted"
     for row in rows:
         if row["id"] in others:
@@ -322,6 +362,10 @@ def _versions(trajectory: Trajectory, target: _Target, others: Collection[str] =
         theirs = _message_keys(json.loads(row["messages_json"] or "[]"))
         same_run = row["id"] in ids
         row_ended = row["status"] != "interrupted"
+        if row["id"] in part_ids:
+            if theirs == messages[: len(theirs)] and _within(row, trajectory):
+                out.partial.append(row)  # one call of the run stored as a run of its own: its last decision only
+            continue
         if theirs == messages[: len(theirs)] and _within(row, trajectory):
             stored = 2 * len(theirs) + row_ended
             if stored >= mine and (same_run or (row_ended and not ended)):
@@ -429,8 +473,16 @@ def _write(store: ExperienceStore, trajectories: list[Trajectory], report: Inges
 
 
 def _trace_trajectories(
-    trace_id: str, spans: list[SpanData], rejected: list[RejectedSpan], target: _Target, report: IngestReport, unended: set[str]
+    trace_id: str,
+    spans: list[SpanData],
+    rejected: list[RejectedSpan],
+    target: _Target,
+    report: IngestReport,
+    unended: set[str],
+    bare: list[BareCall] | None = None,
 ) -> list[Trajectory]:
+    """The trajectories of one trace's runs. A trace that holds one model call and nothing around it goes to ``bare``
+    instead (when given), to be joined with the calls of other traces it goes on with."""
     grouped = group_runs(trace_id, spans, unended)
     report.repeated_spans += grouped.repeated_spans
     if grouped.problem is not None:
@@ -445,37 +497,54 @@ def _trace_trajectories(
             report.unread_spans += len(spans)
             report.unread_keys.update(key for span in spans for key in span.attributes)
         return []
+    if bare is not None and not rejected and (call := bare_call(trace_id, grouped)) is not None:
+        bare.append(call)
+        return []
     out = []
     for run, unfinished, absent_root in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, strict=True):
         report.runs += 1
-        problem = run_problem(run)
-        if problem is not None:
-            report.problem(f"Trace {trace_id}: run {run[0].name!r}: {problem}; run skipped.")
-            continue
-        missing = _rejected_in(run, rejected)
-        if missing is not None:
-            report.problem(
-                f"Trace {trace_id}: run {run[0].name!r} is incomplete: its span {missing.name or missing.span_id or '?'!r} could not be "
-                "read (see its problem above); run skipped rather than stored without it."
-            )
-            continue
-        trajectory = target.assemble(trace_id, run, report)
-        if trajectory is not None and absent_root is not None and sc.EE_TRAJECTORY_ID not in run[0].attributes:
-            # named after the root it lacks, as the whole run will be once its root is exported: ingesting the files again
-            # later finds it stored instead of storing the same run a second time
-            trajectory.id = run_trajectory_id(trace_id, absent_root)
-            for step in trajectory.steps:
-                step.trajectory_id = trajectory.id
-        if trajectory is not None and unfinished is not None:
-            if trajectory.status == "completed":  # a run that failed before its process died stays an error
-                trajectory.status = "interrupted"
-            trajectory.error = trajectory.error or unfinished
-            report.unfinished.append(
-                f"Trace {trace_id}: run {run[0].name!r} is stored as {trajectory.status}, with the steps its finished spans show: {unfinished}."
-            )
+        trajectory = _run_trajectory(trace_id, run, unfinished, absent_root, rejected, target, report)
         if trajectory is not None:
             out.append(trajectory)
     return out
+
+
+def _run_trajectory(
+    trace_id: str,
+    run: list[SpanData],
+    unfinished: str | None,
+    absent_root: str | None,
+    rejected: list[RejectedSpan],
+    target: _Target,
+    report: IngestReport,
+) -> Trajectory | None:
+    """One run as a trajectory, or None (the problem reported)."""
+    problem = run_problem(run)
+    if problem is not None:
+        report.problem(f"Trace {trace_id}: run {run[0].name!r}: {problem}; run skipped.")
+        return None
+    missing = _rejected_in(run, rejected)
+    if missing is not None:
+        report.problem(
+            f"Trace {trace_id}: run {run[0].name!r} is incomplete: its span {missing.name or missing.span_id or '?'!r} could not be "
+            "read (see its problem above); run skipped rather than stored without it."
+        )
+        return None
+    trajectory = target.assemble(trace_id, run, report)
+    if trajectory is not None and absent_root is not None and sc.EE_TRAJECTORY_ID not in run[0].attributes:
+        # named after the root it lacks, as the whole run will be once its root is exported: ingesting the files again
+        # later finds it stored instead of storing the same run a second time
+        trajectory.id = run_trajectory_id(trace_id, absent_root)
+        for step in trajectory.steps:
+            step.trajectory_id = trajectory.id
+    if trajectory is not None and unfinished is not None:
+        if trajectory.status == "completed":  # a run that failed before its process died stays an error
+            trajectory.status = "interrupted"
+        trajectory.error = trajectory.error or unfinished
+        report.unfinished.append(
+            f"Trace {trace_id}: run {run[0].name!r} is stored as {trajectory.status}, with the steps its finished spans show: {unfinished}."
+        )
+    return trajectory
 
 
 def _rejected_in(run: list[SpanData], rejected: list[RejectedSpan]) -> RejectedSpan | None:

@@ -57,8 +57,12 @@ class SpanSpill:
             self._indexed = True
         order = self._db.execute("SELECT trace FROM spans GROUP BY trace ORDER BY MIN(seq)")
         for (trace_id,) in order:
-            rows = self._db.execute("SELECT span FROM spans WHERE trace = ? ORDER BY seq", (trace_id,))
-            yield trace_id, [pickle.loads(blob) for (blob,) in rows]  # our own temporary file
+            yield trace_id, self.trace(trace_id)
+
+    def trace(self, trace_id: str) -> list[SpanData]:
+        """The spans of one trace, in the order they were read (after :meth:`traces` has been called)."""
+        rows = self._db.execute("SELECT span FROM spans WHERE trace = ? ORDER BY seq", (trace_id,))
+        return [pickle.loads(blob) for (blob,) in rows]  # our own temporary file
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,118 @@
+"""Model calls traced each in a trace of its own, with nothing around them, are joined into the runs they make.
+
+OpenTelemetry's OpenAI v2 instrumentation alone, with no span of the app around ``graph.invoke``, writes every model call
+of a LangGraph agent as a trace of one ``chat`` span: no agent span, no tool spans, no thread. Each call became a
+trajectory of its own (4 runs gave 9, each ``completed`` or ``interrupted`` by its single decision; a call's tool results
+were in no step, though the next call's history holds them), with no word in the report. A call whose history is an
+earlier call's history, its reply and the results of the tools that reply asked for goes on with it: the calls of one
+run are one trajectory, its observations read from the next call's history, as with the app's span around the run. A
+new user message after an answer (the thread's next turn) starts a run of its own.
+
+Fixtures: the ingest sweep's real recording (``fixtures/openai_v2_no_app_span.meta.json``), and the second of its turns
+recorded with the app's span around the run (``rotation_openai_v2.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.ingest import ingest_files
+from ee_middleware.store.approvals import decide
+from tests.ingest.test_instrumentations import _steps
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CALLS = FIXTURES / "openai_v2_no_app_span.jsonl"
+META = json.loads((FIXTURES / "openai_v2_no_app_span.meta.json").read_text(encoding="utf-8"))
+SUPERSEDED_BY = "ee traces ingest"  # who rejects a partial version (ee_middleware.ingest.service.SUPERSEDED_BY)
+
+
+def _runs(store: Any) -> list[Any]:
+    return sorted((t for t in store.iter_trajectories() if t.approval.status != "rejected"), key=lambda t: t.started_at)
+
+
+def _step_fields(trajectory: Any) -> list[dict[str, Any]]:
+    return [s.model_dump(exclude={"trajectory_id", "latency_ms", "model_latency_ms"}) for s in trajectory.steps]
+
+
+def test_calls_without_a_span_around_them_make_one_trajectory_per_run(store):
+    report = ingest_files([CALLS], store)
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 4, 4), report.errors
+    runs = _runs(store)
+    assert [t.task for t in runs] == META["turns"]
+    assert [t.status for t in runs] == ["completed"] * 4
+    weather, booking, tokyo, calc = runs
+    assert [(s.action.tool_call.name if s.action.tool_call else s.action.content) for s in weather.steps] == [
+        "get_weather",
+        "search_hotels",
+        "In Zürich ist es sonnig (22 °C). Günstigstes Hotel: H-1 für 97 CHF.",
+    ]
+    assert weather.steps[0].observation.content == "Zürich: sonnig, 22 °C ☀"
+    hotels = json.loads(weather.steps[1].observation.content)  # the whole hotel list the model was given
+    assert len(weather.steps[1].observation.content) > 8000 and [h["id"] for h in hotels] == [f"H-{i}" for i in range(1, 25)]
+    assert _steps(booking) == [
+        (
+            "book_room",
+            {"hotel_id": "H-7", "nights": 3},
+            "Error: ValueError('Hotel H-7 ist ausgebucht — 満室 (fully booked)')\n Please fix your mistakes.",
+            False,
+        ),
+        ("book_room", {"hotel_id": "H-2", "nights": 3}, "Gebucht: H-2, 3 Nächte, Bestätigung #ZRH-37", False),
+        ("answer", "H-7 war ausgebucht; ich habe H-2 für 3 Nächte gebucht (#ZRH-37)."),
+    ]
+    assert _steps(tokyo) == [("get_weather", {"city": "東京"}, "東京: 雨、18 °C ☔", False), ("answer", "In 東京 regnet es, 18 °C ☔.")]
+    assert _steps(calc) == [("add", {"a": 2.5, "b": 4}, "6.5", False), ("answer", "2.5 + 4 = 6.5")]
+    assert calc.model == "calc-model" and {t.model for t in runs[:3]} == {"travel-model"}
+    (note,) = report.notes
+    assert "9 model call(s) were each a trace of its own" in note and "4 run(s)" in note and "start_as_current_span" in note
+
+
+def test_a_run_joined_from_its_calls_is_the_run_traced_under_the_apps_span(tmp_path, store):
+    """The booking turn, joined from its three traces, has the messages and steps (states, actions, observations, tools)
+    of the same turn recorded with the app's span ``handle_turn`` around the run."""
+    ingest_files([CALLS], store)
+    booking = _runs(store)[1]
+    spanned = type(store)(tmp_path / "spanned")
+    assert ingest_files([FIXTURES / "rotation_openai_v2.jsonl"], spanned).problems == 0
+    (expected,) = spanned.iter_trajectories()
+    assert (booking.task, booking.messages, booking.tools) == (expected.task, expected.messages, expected.tools)
+    assert _step_fields(booking) == _step_fields(expected)
+
+
+def test_calls_read_in_several_ingests_are_stored_as_one_run_once_read_together(tmp_path, store):
+    """Each call ingested alone is a trajectory of its own (as ingest stored every such call before); read together
+    later, the calls of a run are stored as one, and each single-call version is rejected as superseded by it. A
+    reviewer's decision on one carries over; ingesting the calls again adds nothing."""
+    lines = CALLS.read_text(encoding="utf-8").splitlines(keepends=True)
+    for n, line in enumerate(lines):
+        (tmp_path / f"call-{n}.json").write_text(line, encoding="utf-8")
+        assert ingest_files([tmp_path / f"call-{n}.json"], store).problems == 0
+    singles = {t.id: t for t in store.iter_trajectories()}
+    assert len(singles) == 9
+    last_booking = next(t for t in singles.values() if t.final_answer and t.final_answer.startswith("H-7 war ausgebucht"))
+    decide(store, [last_booking.id], "approved", by="reviewer", reason="good booking")
+    report = ingest_files([CALLS], store)
+    assert report.problems == 0, report.errors
+    assert sorted(report.replaced) == sorted(singles)
+    runs = _runs(store)
+    assert [t.num_steps for t in runs] == [3, 3, 2, 2]
+    booking = runs[1]
+    assert (booking.approval.status, booking.approval.by) == ("approved", "reviewer")
+    assert all((t.approval.status, t.approval.by) == ("rejected", SUPERSEDED_BY) for t in store.iter_trajectories() if t.id in singles)
+    again = ingest_files([CALLS], store)
+    assert (again.ingested, len(again.already_stored), again.replaced) == ([], 4, [])
+
+
+def test_a_run_whose_last_calls_are_read_later_is_completed_by_the_later_ingest(tmp_path, store):
+    """The nightly ingest read the file while the booking turn was still written (its first two calls): stored as an
+    interrupted run of two steps, replaced by the whole run once the file is read again."""
+    lines = CALLS.read_text(encoding="utf-8").splitlines(keepends=True)
+    first = tmp_path / "spans-1.json"
+    first.write_text("".join(lines[:4]), encoding="utf-8")
+    night1 = ingest_files([first], store)
+    assert night1.problems == 0, night1.errors
+    assert [(t.status, t.num_steps) for t in _runs(store)] == [("completed", 3), ("interrupted", 2)]
+    night2 = ingest_files([first, CALLS], store)
+    assert (night2.problems, len(night2.replaced), len(night2.already_stored)) == (0, 1, 1), night2.errors
+    assert [(t.status, t.num_steps) for t in _runs(store)] == [("completed", 3), ("completed", 3), ("completed", 2), ("completed", 2)]
