@@ -28,6 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import inspect
 import logging
 import os
 import random
@@ -36,12 +37,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from decimal import Decimal
+from pathlib import Path, PurePath
 from typing import Any
 
 from langchain_core.runnables import Runnable
+from langchain_core.runnables.base import RunnableBindingBase
 from langchain_core.runnables.config import merge_configs
 from langgraph.pregel.protocol import PregelProtocol
 from opentelemetry import context as otel_context
@@ -329,6 +332,8 @@ class Recorder:
     def _start(self, graph_input: Any, config: Mapping[str, Any] | None) -> _Run:
         try:
             return _Run(self, graph_input, config)
+        except ConfigError:
+            raise  # an environment reference that is not a dict (_environment_reference): the caller's to fix, before the run
         except Exception as exc:
             if self.strict:
                 raise CaptureError(f"could not start recording: {exc!r}") from exc
@@ -375,13 +380,14 @@ class _Run:
         run.recorder, run.enabled, run.config, run.output, run.paused = recorder, False, config, None, False
         return run
 
-    def _environment(self, graph_input: Any, cfg: Mapping[str, Any], configurable: Mapping[str, Any]) -> Any:
+    def _environment(self, graph_input: Any, cfg: Mapping[str, Any], configurable: Mapping[str, Any]) -> dict[str, Any] | None:
         if configurable.get("ee_environment") is not None:
-            return configurable["ee_environment"]
+            return _environment_reference(configurable["ee_environment"], "config['configurable']['ee_environment']")
         hook = self.recorder.config.environment
         if callable(hook):
-            return hook(graph_input, cfg)
-        return hook
+            name = getattr(hook, "__qualname__", None) or type(hook).__name__
+            return _environment_reference(hook(graph_input, cfg), f"the environment= hook {name}() returned a value that")
+        return _environment_reference(hook, "environment=")  # a dict (CaptureConfig checked it) or None
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -460,6 +466,43 @@ class _Run:
         return True
 
 
+def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:
+    """``value`` as a trajectory's environment reference: a JSON object (``Trajectory.environment``, what a replay sandbox
+    reads to rebuild the world at step 0). A path becomes its text, a ``Decimal`` a number (its text where a float would
+    change it); other values are encoded as before (datetimes as ISO text, sets as lists). Anything but a mapping raises
+    :class:`ConfigError` on the agent's thread, before the run: stored, it could not be assembled into a trajectory."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{given_as} must be a dict (a JSON object naming what replay needs to rebuild the environment), got "
+            f"{type(value).__name__}. Put the value under a key of your choosing, e.g. {{'snapshot': ...}} instead of the "
+            "bare value; or leave it out (None) for a run without one."
+        )
+    return _json_ready(value)
+
+
+def _json_ready(value: Any, _depth: int = 0) -> Any:
+    """``value`` with paths as their text and ``Decimal`` numbers as numbers, in mappings and sequences (a copy; the
+    caller's data is not changed). Deeper than 64 levels, values are left to the encoder (which cuts such nesting)."""
+    if _depth > 64:
+        return value
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_ready(v, _depth + 1) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return str(value)
+        if value == value.to_integral_value():
+            return int(value)
+        number = float(value)
+        return number if Decimal(repr(number)) == value else str(value)
+    return value
+
+
 def _with_callback(config: dict[str, Any], handler: RunCapture) -> dict[str, Any]:
     callbacks = config.get("callbacks")
     if callbacks is None:
@@ -516,6 +559,10 @@ class RecordedGraph(Runnable[Any, Any]):
     def _run(self, input: Any, config: Mapping[str, Any] | None) -> Any:
         if self._config is not None:
             config = merge_configs(self._config, config)  # type: ignore[arg-type]
+        bound = _bound_configurable(self._graph)
+        if bound:  # the graph's own (graph.with_config(...) before it was wrapped): its thread id, ee_environment
+            # under the call's, as the graph merges them; passing them on changes nothing for the graph
+            config = {**(config or {}), "configurable": {**bound, **((config or {}).get("configurable") or {})}}
         return self._recorder.run(input, config)
 
     # --- what the graph says about itself (Runnable defines these, so they do not pass through) --
@@ -669,8 +716,15 @@ class RecordedGraph(Runnable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        results = dict(self.batch_as_completed(inputs, config, return_exceptions=return_exceptions, **kwargs))
-        return [results[i] for i in range(len(inputs))]
+        # every run ends, as in the graph's own batch; the failure raised is that of the lowest index that failed
+        # (the graph's executor.map), not the first to end
+        ended = {index: (output, failed) for index, output, failed in self._batch_runs(inputs, config, kwargs)}
+        if not return_exceptions:
+            for index in range(len(inputs)):
+                output, failed = ended[index]
+                if failed:
+                    raise output
+        return [ended[index][0] for index in range(len(inputs))]
 
     def batch_as_completed(
         self,
@@ -681,17 +735,24 @@ class RecordedGraph(Runnable[Any, Any]):
         **kwargs: Any,
     ) -> Iterator[tuple[int, Any]]:
         """``(index, output)`` of each input as its run ends, each run recorded (as the graph's own)."""
+        with contextlib.closing(self._batch_runs(inputs, config, kwargs)) as runs:  # a failure raised: the others end first
+            for index, output, failed in runs:
+                if failed and not return_exceptions:
+                    raise output
+                yield index, output
+
+    def _batch_runs(self, inputs: Sequence[Any], config: Any, kwargs: dict[str, Any]) -> Iterator[tuple[int, Any, bool]]:
+        """``(index, output or exception, whether it failed)`` of each input as its run ends, at most
+        ``max_concurrency`` at once."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
         configs = _configs_for(inputs, config)
 
-        def one(index: int) -> tuple[int, Any]:
+        def one(index: int) -> tuple[int, Any, bool]:
             try:
-                return index, self.invoke(inputs[index], configs[index], **kwargs)
-            except Exception as exc:
-                if return_exceptions:
-                    return index, exc
-                raise
+                return index, self.invoke(inputs[index], configs[index], **kwargs), False
+            except Exception as exc:  # noqa: BLE001 - the caller gets it back, or raised in input order
+                return index, exc, True
 
         if len(inputs) <= 1:
             yield from (one(i) for i in range(len(inputs)))
@@ -753,6 +814,25 @@ class RecordedGraph(Runnable[Any, Any]):
 PregelProtocol.register(RecordedGraph)
 
 
+def _bound_configurable(graph: Any) -> dict[str, Any]:
+    """The ``configurable`` values ``graph`` binds to each of its runs: those of ``graph.with_config(...)`` (a
+    ``RunnableBinding``, also inside ``with_retry`` and the like) and of a compiled graph's own ``config``; an outer
+    binding's over an inner one's, as they merge when the graph runs."""
+    layers: list[Mapping[str, Any]] = []
+    runnable = graph
+    for _ in range(32):
+        bound = getattr(runnable, "config", None)
+        if isinstance(bound, Mapping) and isinstance(bound.get("configurable"), Mapping):
+            layers.append(bound["configurable"])
+        if not isinstance(runnable, RunnableBindingBase):
+            break
+        runnable = runnable.bound
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged.update(layer)
+    return merged
+
+
 def _max_concurrency(configs: Sequence[Any]) -> int | None:
     return (configs[0] or {}).get("max_concurrency") if configs else None
 
@@ -788,17 +868,20 @@ def record_experience(
     """Record every run of a LangGraph graph into an experience store.
 
     Use it on a compiled graph (``record_experience(graph, app=..., store=...)``) or as a decorator
-    on a function that returns one (``@record_experience(app=..., store=...)``).
+    on a function that returns one (``@record_experience(app=..., store=...)``); on an ``async def``
+    function the decorated function is async too, and awaiting it gives the recorded graph.
 
     Args:
-        graph: the compiled graph, or a function returning one.
+        graph: the compiled graph, or a function (sync or async) returning one.
         app: name of the agent, stored with every run (defaults to the decorated function's name).
         store: store folder (default ``./experience`` or ``EE_STORE``) or a store object.
         app_version: version stored with every run.
         approve_if: ``trajectory -> bool``; runs for which it returns True are approved automatically.
         tracer_provider: your OpenTelemetry SDK ``TracerProvider``; the spans then also reach your
             own exporters. By default a private provider is used (the global one is never replaced).
-        environment: environment reference for replay: a dict or a hook ``(input, config) -> dict``.
+        environment: environment reference for replay: a dict or a hook ``(input, config) -> dict``
+            (a run's ``config["configurable"]["ee_environment"]`` takes its place); anything but a dict
+            raises :class:`ConfigError` when the run starts.
         redact / redaction_patterns / redact_fn: secret scrubbing (on by default).
         config: a :class:`CaptureConfig` or the path of a TOML file with a ``[capture]`` table.
         **settings: any other :class:`CaptureConfig` field, e.g. ``offload="process"`` (capture's
@@ -835,14 +918,30 @@ def record_experience(
             return RecordedGraph(target, build(None))
         recorder_cell: list[Recorder] = []
 
-        @functools.wraps(target)
-        def factory(*args: Any, **kwargs: Any) -> Any:
-            built = target(*args, **kwargs)
+        def recorded(built: Any) -> Any:
             if isinstance(built, RecordedGraph) or not _is_graph(built):
                 return built
             if not recorder_cell:
                 recorder_cell.append(build(getattr(target, "__name__", None)))
             return RecordedGraph(built, recorder_cell[0])
+
+        async def awaited(pending: Awaitable[Any]) -> Any:
+            return recorded(await pending)
+
+        if inspect.iscoroutinefunction(target):  # an async factory (tools = await client.get_tools(); ...): one too
+
+            @functools.wraps(target)
+            async def afactory(*args: Any, **kwargs: Any) -> Any:
+                return recorded(await target(*args, **kwargs))
+
+            return afactory
+
+        @functools.wraps(target)
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            built = target(*args, **kwargs)
+            if inspect.isawaitable(built) and not _is_graph(built):  # a function returning a coroutine that builds it
+                return awaited(built)
+            return recorded(built)
 
         return factory
 

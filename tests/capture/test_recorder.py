@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import inspect
 import json
 import threading
+import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.prebuilt import create_react_agent
 
 from ee_middleware import LocalExperienceStore, RecordedGraph, record_experience
@@ -146,6 +153,35 @@ def test_bare_decorator_uses_the_function_name_as_app(react_graph, store_path, m
     assert LocalExperienceStore(store_path).trajectories()["app"].to_list() == ["support_bot"]
 
 
+async def test_decorator_on_an_async_factory_records_the_graph_it_builds(store, store_path):
+    """The usual shape with langchain-mcp-adapters (tools = await client.get_tools(); return create_agent(...)): the
+    decorated function stays async, and awaiting it gives a recorded graph (it used to give the bare graph: nothing
+    recorded)."""
+
+    @tool
+    def ping() -> str:
+        """Ping."""
+        return "pong"
+
+    @record_experience(store=store_path)
+    async def mcp_bot() -> Any:
+        """Build the agent."""
+        await asyncio.sleep(0)  # tools = await MultiServerMCPClient(...).get_tools()
+        return create_agent(ScriptedChatModel(script=[AIMessage("", tool_calls=[tool_call("ping")]), AIMessage("done")]), [ping])
+
+    assert inspect.iscoroutinefunction(mcp_bot) and (mcp_bot.__name__, mcp_bot.__doc__) == ("mcp_bot", "Build the agent.")
+    agent, again = await mcp_bot(), await mcp_bot()
+    assert isinstance(agent, RecordedGraph) and agent.recorder is again.recorder
+    assert (await agent.ainvoke({"messages": [("user", "ping please")]}))["messages"][-1].content == "done"
+    assert agent.flush()
+    [t] = list(store.iter_trajectories())
+    assert (t.app, t.status, t.final_answer, [s.action.kind for s in t.steps]) == ("mcp_bot", "completed", "done", ["tool_call", "answer"])
+
+    # a plain function handing back the coroutine that builds it (a partial, a lambda) is awaited and wrapped too
+    later = record_experience(app="later", store=store_path)(lambda: mcp_bot.__wrapped__())
+    assert isinstance(await later(), RecordedGraph)
+
+
 def test_spans_follow_the_genai_conventions_and_reach_the_users_provider(react_graph, store_path, tracer_provider, span_exporter):
     agent = record_experience(react_graph, app="shop", store=store_path, tracer_provider=tracer_provider)
     agent.invoke(USER_TASK, {"configurable": {"thread_id": "th-1"}})
@@ -234,6 +270,36 @@ def test_environment_reference_from_a_hook_and_from_the_run_config(react_graph, 
     assert seen == ["x"]
 
 
+def test_an_environment_reference_that_is_not_a_dict_is_refused_before_the_run(react_graph, tools, store, store_path, inventory):
+    """A bare value (a snapshot's name, a list of fixtures) cannot be a trajectory's environment (a JSON object a
+    sandbox reads): it used to lose the whole run at assembly, a log line the only trace and flush() True. It is refused
+    on the agent's thread, before the graph runs, naming where it was given."""
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    with pytest.raises(ConfigError, match=r"\['ee_environment'\] must be a dict .*got str"):
+        agent.invoke(USER_TASK, {"configurable": {"ee_environment": "db-snapshot-2026-11-22"}})
+    hooked = record_experience(react_graph, app="shop", store=store_path, environment=lambda graph_input, config: ["fixture.sql"])
+    with pytest.raises(ConfigError, match=r"environment= hook .*<lambda>\(\) returned a value that must be a dict .*got list"):
+        hooked.invoke(USER_TASK)
+    assert inventory.stock["pear"] == 0, "the graph must not have run"
+    assert agent.flush() and hooked.flush()
+    assert agent.recorder.stats.runs_failed == hooked.recorder.stats.runs_failed == 0
+    assert store.trajectories().height == 0
+
+
+def test_paths_and_decimals_in_an_environment_are_stored_as_text_and_numbers(react_graph, store, store_path):
+    environment = {
+        "data": Path("/data/x"),
+        "prices": [Decimal("1.10"), Decimal("3"), Decimal("0.1000000000000000000001")],
+        "when": datetime.date(2026, 11, 22),
+    }
+    agent = record_experience(react_graph, app="shop", store=store_path, environment=lambda graph_input, config: environment)
+    agent.invoke(USER_TASK)
+    agent.flush()
+    [t] = list(store.iter_trajectories())
+    assert t.environment == {"data": "/data/x", "prices": [1.1, 3, "0.1000000000000000000001"], "when": "2026-11-22"}
+    assert environment["data"] == Path("/data/x"), "the caller's data is not changed"
+
+
 def test_eight_threads_recording_at_once_lose_nothing(expert_model, tools, store, store_path):
     graph = create_react_agent(expert_model, tools)
     agent = record_experience(graph, app="shop", store=store_path)
@@ -264,6 +330,72 @@ def test_batch_records_each_input(react_graph, store, store_path):
     results = agent.batch([USER_TASK, USER_TASK, USER_TASK])
     agent.flush()
     assert len(results) == 3 and store.trajectories().height == 3
+
+
+@pytest.mark.parametrize("shape", ["with_config", "with_config_with_retry"])
+def test_a_thread_id_and_environment_bound_on_the_graph_before_wrapping_are_recorded(store, store_path, shape):
+    """graph.with_config({"configurable": {"thread_id": ...}}) then record_experience: the graph runs on that thread, so
+    its trajectories are on it (they had no thread id); the call's own thread id still wins, as it does for the graph."""
+
+    def policy(messages: Any, tools: Any) -> AIMessage:
+        return AIMessage(f"turn {sum(m.type == 'human' for m in messages)}")
+
+    graph = create_agent(ScriptedChatModel(policy=policy), [], checkpointer=InMemorySaver())
+    bound = graph.with_config({"configurable": {"thread_id": "session-42", "ee_environment": {"db": "snap"}}})
+    agent = record_experience(bound.with_retry() if shape == "with_config_with_retry" else bound, app="bound", store=store_path)
+    agent.invoke({"messages": [("user", "hello")]})
+    assert agent.invoke({"messages": [("user", "again")]})["messages"][-1].content == "turn 2"
+    agent.invoke({"messages": [("user", "elsewhere")]}, {"configurable": {"thread_id": "other"}})
+    agent.flush()
+    stored = sorted((t.started_at, t.task, t.thread_id, t.environment) for t in store.iter_trajectories())
+    assert [row[1:] for row in stored] == [
+        ("hello", "session-42", {"db": "snap"}),
+        ("again", "session-42", {"db": "snap"}),
+        ("elsewhere", "other", {"db": "snap"}),
+    ]
+
+
+def test_batch_raises_the_failure_of_the_lowest_index_as_the_graphs_own_batch(store, store_path):
+    """Input 0 fails after input 1 has failed: the graph's batch raises input 0's failure (executor.map's order), and so
+    does the recorded agent's (it raised the first failure to end); every run ends and is recorded either way."""
+
+    class SlowFail(Exception):
+        pass
+
+    class FastFail(Exception):
+        pass
+
+    fast_failed = threading.Event()
+
+    @tool
+    def work(kind: str) -> str:
+        """Work."""
+        if kind == "slow":
+            fast_failed.wait(10)
+            time.sleep(0.3)  # only orders the failures (input 1's run ends first); nothing is timed
+            raise SlowFail("input 0 failed")
+        if kind == "fast":
+            fast_failed.set()
+            raise FastFail("input 1 failed")
+        return "ok"
+
+    def policy(messages: Any, tools: Any) -> AIMessage:
+        if messages[-1].type == "human":
+            return AIMessage("", tool_calls=[tool_call("work", kind=messages[-1].content)])
+        return AIMessage("done")
+
+    graph = create_agent(ScriptedChatModel(policy=policy), [work])
+    inputs = [{"messages": [("user", kind)]} for kind in ("slow", "fast", "fine")]
+    agent = record_experience(graph, app="batch", store=store_path)
+    for runnable in (graph, agent):
+        fast_failed.clear()
+        with pytest.raises(SlowFail):
+            runnable.batch(inputs)
+    fast_failed.clear()
+    slow, fast, fine = agent.batch(inputs, return_exceptions=True)
+    assert (type(slow), type(fast), fine["messages"][-1].content) == (SlowFail, FastFail, "done")
+    agent.flush()
+    assert sorted(store.trajectories()["status"].to_list()) == sorted(["error", "error", "completed"] * 2)
 
 
 def test_odd_tool_outputs_unicode_and_huge_observations(store, store_path):
