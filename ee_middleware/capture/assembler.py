@@ -158,7 +158,10 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         ]
     if decisions:
         messages = decisions[-1]["state"] + decisions[-1]["outputs"]
-        task = attrs.get(sc.EE_TASK) or _first_user_text(decisions[0]["state"])
+        # a resumed run's input (Command, None) has no message: its task is the turn it resumed, the last user message
+        # the history holds before its first decision, not the thread's first (an earlier turn's)
+        ask = _last_user_text if attrs.get(sc.EE_RESUMED) else _first_user_text
+        task = attrs.get(sc.EE_TASK) or ask(decisions[0]["state"])
     else:
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
         task = attrs.get(sc.EE_TASK) or _first_user_text(messages)
@@ -169,6 +172,15 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         stopped = _stopped_by(root, decisions)
         if stopped is not None:
             status, error = "stopped", stopped
+    answer = redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer
+    if status == "interrupted" and final_tool_messages:
+        # paused in a tool (interrupt() in one of parallel calls): the results of the calls that did run are in the
+        # state the caller got, and none of them is the run's answer (spans written before this rule still said so)
+        answer = final_answer
+        if decisions:
+            made = {c.get("id") for m in decisions[-1]["outputs"] for c in m.get("tool_calls") or ()}
+            known = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+            messages = messages + [m for m in final_tool_messages if m.get("tool_call_id") in made - known]
     try:
         trajectory = Trajectory(
             id=str(attrs.get(sc.EE_TRAJECTORY_ID) or run_trajectory_id(root.trace_id, root.span_id)),
@@ -179,7 +191,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             tools=offered,
             model=_model(chats),
             messages=messages,
-            final_answer=redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer,
+            final_answer=answer,
             status=status,
             error=redact(error) if error else None,
             started_at=_ts(root.start_ns),
@@ -503,7 +515,8 @@ def _reviewed_tools(
     for turn, (steps, names) in enumerate(kept):
         # as a record read from JSON: ``tools`` set only where there are some (see _step)
         update: dict[str, Any] = {} if names == every else {"tools": names}
-        out.extend(s.model_copy(update={"index": len(out) + i, "decision_index": turn, **update}) for i, s in enumerate(steps))
+        base = len(out)  # read once: a generator reading len(out) while extend appends counted each step twice
+        out.extend(s.model_copy(update={"index": base + i, "decision_index": turn, **update}) for i, s in enumerate(steps))
     return out, union
 
 
@@ -838,6 +851,10 @@ def _first_user_text(state: list[dict[str, Any]]) -> str | None:
         if message.get("role") == "user":
             return content_to_text(message.get("content"))
     return None
+
+
+def _last_user_text(state: list[dict[str, Any]]) -> str | None:
+    return next((content_to_text(m.get("content")) for m in reversed(state) if m.get("role") == "user"), None)
 
 
 def _redact_opt(redact: Any, value: Any) -> str | None:

@@ -361,7 +361,7 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         attrs.update(encoder.graph_input_attributes(record.graph_input, fragments))
         if resumes_from_checkpoint(record.graph_input):
             attrs[sc.EE_RESUMED] = True
-        attrs.update(encoder.graph_output_attributes(record.output, fragments))
+        attrs.update(encoder.graph_output_attributes(record.output, fragments, paused=record.status == "interrupted"))
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)
         span.set_attributes(attrs)

@@ -161,10 +161,14 @@ class PayloadEncoder:
             attrs[sc.EE_TASK] = self._redact(content_to_text(task["content"]))
         return attrs
 
-    def graph_output_attributes(self, output: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
+    def graph_output_attributes(self, output: Any, cache: FragmentCache | None = None, *, paused: bool = False) -> dict[str, Any]:
         """The run's outcome: its final assistant message, or, when the run ends on tool messages
         (``create_agent`` with a ``response_format``, tools with ``return_direct``), those tool
-        messages (the observations of the last calls) and the structured response as the answer."""
+        messages (the observations of the last calls) and the structured response as the answer.
+
+        A run that ends on tool messages without having finished (``paused``: an ``interrupted`` run, such as one
+        stopped by ``interrupt()`` in one of several parallel tools; or one whose last assistant message has calls
+        that no tool message answers) keeps those tool messages but has no answer: another tool's result is none."""
         messages = state_messages(output)
         if not messages:
             return {}
@@ -174,8 +178,10 @@ class PayloadEncoder:
         structured = output.get("structured_response") if isinstance(output, Mapping) else None
         if tail:
             tools = [dict(m, content=self._cut(content_to_text(m["content"]))[0]) for m in langchain_to_openai(messages[-tail:])]
-            answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(tools[-1]["content"])
-            attrs = {sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(tools)), sc.EE_FINAL_ANSWER: self._redact(answer)}
+            attrs: dict[str, Any] = {sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(tools))}
+            if not paused and not _unanswered_calls(messages, tail):
+                answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(tools[-1]["content"])
+                attrs[sc.EE_FINAL_ANSWER] = self._redact(answer)
             errors = tool_error_positions(messages[-tail:])
             if errors:
                 attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
@@ -188,6 +194,16 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
         }
+
+
+def _unanswered_calls(messages: Sequence[Any], tail: int) -> bool:
+    """Whether the assistant message before the last ``tail`` (tool) messages made a call none of them answers: the run
+    stopped before all its tools ran (``interrupt()`` in one of them)."""
+    if tail >= len(messages):
+        return False
+    calls = getattr(messages[-1 - tail], "tool_calls", None) or ()
+    answered = {getattr(m, "tool_call_id", None) for m in messages[-tail:]}
+    return any(isinstance(c, Mapping) and c.get("id") and c["id"] not in answered for c in calls)
 
 
 def tool_error_positions(messages: Sequence[Any]) -> tuple[int, ...]:

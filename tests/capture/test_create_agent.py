@@ -197,3 +197,121 @@ def test_a_return_direct_tool_ends_the_run_with_its_result(store, store_path):
     agent.flush()
     [t] = list(store.iter_trajectories())
     assert t.final_answer == t.steps[-1].observation.content == "Refund for A-1 issued."
+
+
+def test_a_resumed_review_of_parallel_calls_keeps_its_steps_in_decision_order(store, store_path):
+    """A review of 3 parallel calls, all approved: the resumed run's steps are the reviewed calls (0, 1, 2) in the order
+    the model made them, then its answer (3); the indices were 0, 2, 4 and the third call came after the answer."""
+
+    @tool
+    def refund(order: str) -> str:
+        """Refund an order."""
+        return f"refunded {order}"
+
+    script = [AIMessage("", tool_calls=[tool_call("refund", order=f"A-{i}") for i in (1, 2, 3)]), AIMessage("all refunded")]
+    graph = create_agent(
+        ScriptedChatModel(script=script),
+        [refund],
+        middleware=[HumanInTheLoopMiddleware(interrupt_on={"refund": True})],
+        checkpointer=InMemorySaver(),
+    )
+    agent = record_experience(graph, app="shop", store=store_path)
+    config = {"configurable": {"thread_id": "review-3"}}
+    agent.invoke({"messages": [("user", "refund A-1, A-2 and A-3")]}, config)
+    agent.invoke(Command(resume={"decisions": [{"type": "approve"}] * 3}), config)
+    agent.flush()
+    paused, resumed = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    assert paused.status == "interrupted" and resumed.status == "completed"
+    assert [s.index for s in resumed.steps] == [0, 1, 2, 3]
+    assert [s.decision_index for s in resumed.steps] == [0, 0, 0, 1]
+    assert [s.action.tool_call.arguments["order"] if s.action.tool_call else s.action.content for s in resumed.steps] == [
+        "A-1",
+        "A-2",
+        "A-3",
+        "all refunded",
+    ]
+    assert [s.observation.content for s in resumed.steps[:3]] == ["refunded A-1", "refunded A-2", "refunded A-3"]
+
+
+def test_parallel_tools_that_interrupt_resume_with_their_steps_in_order_and_the_pause_has_no_answer(store, store_path):
+    """interrupt() in two of three parallel tools: the paused run has no final answer (the third tool's result is none)
+    and keeps that result in its messages; the resumed run's steps run 0..3 in the order the model made the calls."""
+    from langgraph.types import interrupt
+
+    @tool
+    def pay(amount: int) -> str:
+        """Pay an amount; a person confirms first."""
+        return f"paid {amount}" if interrupt(f"pay {amount}?") else "declined"
+
+    @tool
+    def note(text: str) -> str:
+        """Take a note."""
+        return f"noted {text}"
+
+    script = [
+        AIMessage("", tool_calls=[tool_call("pay", amount=5), tool_call("note", text="x"), tool_call("pay", amount=9)]),
+        AIMessage("finished"),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [pay, note], checkpointer=InMemorySaver())
+    agent = record_experience(graph, app="bank", store=store_path, approve_if=lambda t: t.final_answer is not None)
+    config = {"configurable": {"thread_id": "pay"}}
+    out = agent.invoke({"messages": [("user", "pay both")]}, config)
+    assert sorted(i.value for i in out["__interrupt__"]) == ["pay 5?", "pay 9?"]  # the tools run at once: either first
+    resume = {i.id: i.value == "pay 5?" for i in out["__interrupt__"]}
+    agent.invoke(Command(resume=resume), config)
+    agent.flush()
+    paused, resumed = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    assert (paused.status, paused.final_answer, paused.approval.status) == ("interrupted", None, "pending")
+    assert [m["role"] for m in paused.messages] == ["user", "assistant", "tool"]
+    assert paused.messages[-1]["content"] == "noted x"
+    assert [s.index for s in resumed.steps] == [0, 1, 2, 3]
+    assert [
+        (s.action.tool_call.name if s.action.tool_call else "answer", s.observation and s.observation.content) for s in resumed.steps
+    ] == [
+        ("pay", "paid 5"),
+        ("note", "noted x"),
+        ("pay", "declined"),
+        ("answer", None),
+    ]
+
+
+def test_a_resumed_later_turn_has_its_own_turns_task_not_the_threads_first(store, store_path):
+    """Turn 1 asks about the weather, turn 2 asks for a refund that a person reviews; the run resumed with
+    Command(resume=...) is stored with turn 2's question as its task (it was the thread's first question)."""
+
+    @tool
+    def lookup(city: str) -> str:
+        """Weather."""
+        return f"sunny in {city}"
+
+    @tool
+    def refund(order: str) -> str:
+        """Refund an order."""
+        return f"refunded {order}"
+
+    def policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+        last = messages[-1]
+        if last.type == "human":
+            call = tool_call("refund", order="A-9") if "refund" in last.content else tool_call("lookup", city="Paris")
+            return AIMessage("", tool_calls=[call])
+        return AIMessage(f"ok: {last.content}")
+
+    graph = create_agent(
+        ScriptedChatModel(policy=policy),
+        [lookup, refund],
+        middleware=[HumanInTheLoopMiddleware(interrupt_on={"refund": True})],
+        checkpointer=InMemorySaver(),
+    )
+    agent = record_experience(graph, app="shop", store=store_path)
+    config = {"configurable": {"thread_id": "t-1"}}
+    agent.invoke({"messages": [("user", "weather in Paris?")]}, config)
+    agent.invoke({"messages": [("user", "please refund order A-9")]}, config)
+    agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+    agent.flush()
+    runs = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    assert [(t.status, t.task) for t in runs] == [
+        ("completed", "weather in Paris?"),
+        ("interrupted", "please refund order A-9"),
+        ("completed", "please refund order A-9"),
+    ]
+    assert [s.action.tool_call.name if s.action.tool_call else "answer" for s in runs[-1].steps] == ["refund", "answer"]
