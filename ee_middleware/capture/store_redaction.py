@@ -16,16 +16,20 @@ A store written before this file existed, or by a writer that never recorded one
 recorded with the defaults (the built-in kinds that are on by default), the safe choice. When two
 recorders with different rules write to one store, the file keeps the union (every kind either
 enabled, every pattern), since the store then holds data redacted under both. A ``redact_fn``
-(a Python function) cannot be stored: its qualified name is kept for reference only, and other
-writers apply the stored rules without it.
+(a Python function) cannot be stored: its qualified name (``custom_function``, ``module.function``)
+is, and every later writer imports it and applies it after the rules, as capture did. One that
+cannot be imported (a ``lambda``, a function of a script run as ``__main__``, a module not on the
+import path) is never dropped: :meth:`StoreRedaction.redactor` raises a
+:class:`~ee_middleware.errors.ConfigError` naming it and the fix.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,7 +54,7 @@ class StoreRedaction:
     vault: str | None = None
     """The redaction vault's path (absolute), when capture keeps one."""
     custom_function: str | None = None
-    """The qualified name of a ``redact_fn`` capture applied (not applied by other writers)."""
+    """The qualified name (``module.function``) of a ``redact_fn`` capture applied; later writers import and apply it."""
     recorded: bool = True
     """False when the store has no ``redaction.json`` (these are the assumed defaults)."""
 
@@ -98,7 +102,53 @@ class StoreRedaction:
         )
 
     def redactor(self, salt: bytes | None) -> Redactor:
-        return Redactor(self.rules, salt=salt if self.pseudonyms else None)
+        """The redactor of these settings: the rules, ``salt`` (with pseudonyms), and the ``redact_fn`` capture applied
+        (imported by its name; :class:`~ee_middleware.errors.ConfigError` when it cannot be)."""
+        custom = load_custom_function(self.custom_function) if self.custom_function else None
+        return Redactor(self.rules, salt=salt if self.pseudonyms else None, custom=custom)
+
+
+@functools.lru_cache(maxsize=16)
+def load_custom_function(name: str) -> Callable[[str], str]:
+    """The ``redact_fn`` a store's ``redaction.json`` names (``custom_function``: ``module.function``), imported.
+
+    Raises :class:`~ee_middleware.errors.ConfigError` naming the function and how to make it importable when it cannot
+    be imported: writing without it would store in plain text what it removed at capture."""
+    from ee_middleware.plugins import _import_from_installed_or_working_folder  # the one way ee imports the app's code
+
+    parts = name.split(".")
+    why = "its name has no module part"
+    if "<" in name:  # a lambda, a function defined inside another (<locals>)
+        why = "a lambda or a function defined inside another function cannot be imported"
+    else:
+        for cut in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
+            module = ".".join(parts[:cut])
+            try:
+                target: Any = _import_from_installed_or_working_folder(module)
+            except ModuleNotFoundError as exc:  # try a shorter module; the shortest one's message is kept
+                why = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the app's module failed on import: say so
+                why = f"importing {module} raised {type(exc).__name__}: {exc}"
+                break
+            try:
+                for attr in parts[cut:]:
+                    target = getattr(target, attr)
+            except AttributeError:
+                why = f"module {module} has no {'.'.join(parts[cut:])}"
+                if module == "__main__":
+                    why += " (it was defined in the script that recorded, run as __main__)"
+                break
+            if not callable(target):
+                why = f"{name} is a {type(target).__name__}, not a function"
+                break
+            return target  # type: ignore[no-any-return]
+    raise ConfigError(
+        f"This store was recorded with redact_fn={name}, which every later writer (replay, datasets, exports, ingest) "
+        f"must apply as capture did, but it cannot be imported: {why}. Define it at module level in a module on the import "
+        "path (install your app's package, set PYTHONPATH, or run from the folder holding it); if it moved, put its "
+        f"'module.function' name in the store's {REDACTION_FILE} under \"custom_function\"."
+    )
 
 
 def _rules_for(kinds: list[str], patterns: dict[str, str]) -> RedactionRules:

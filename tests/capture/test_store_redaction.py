@@ -172,3 +172,64 @@ def test_encryption_without_cryptography_names_the_extra(tmp_path: Path, monkeyp
     monkeypatch.setenv(KEY_ENV, "any")
     with pytest.raises(MissingExtraError, match=r"ee-middleware\[vault\]"):
         Vault(tmp_path / "v", create=True)
+
+
+CODENAME = "Project Nightjar"
+
+
+def hide_codename(text: str) -> str:
+    """The app's own ``redact_fn`` (module level, so later writers can import it): no built-in rule knows the codename."""
+    return text.replace(CODENAME, "[codename]")
+
+
+def _replay_holding(value: str) -> tuple[object, list[object]]:
+    """A replay record and rollout whose sandbox answer and fidelity diff quote ``value``, as replay writes them."""
+    from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, ToolCall
+
+    rollout = Rollout(
+        id="r-0", replay_id="r", trajectory_id="t1", step_index=0, branch_index=0,
+        action=Action(kind="tool_call", tool_call=ToolCall(id="a", name="check_stock", arguments={"item": value})),
+        proposer=ProposerInfo(policy="mutate"), observation=Observation(content=f"no stock for {value}"), sandbox="s", duration_ms=1.0,
+    )  # fmt: skip
+    record = ReplayRecord(
+        replay_id="r", trajectory_id="t1", status="done", reason=f"mismatch on {value}", policy="mutate", sandbox="s", k=1, seed=0,
+        details={"fidelity_mismatches": [{"recorded": "[codename]", "replayed": value}]},
+    )  # fmt: skip
+    return record, [rollout]
+
+
+def test_later_writers_apply_the_redact_fn_capture_applied(react_graph, store_path: Path) -> None:
+    """Defect: capture ran ``redact_fn``, but redaction.json kept only its name and every later writer (replay records,
+    datasets, exports) applied the built-in rules alone, so a replay record stored the value in plain text."""
+    from ee_middleware import record_experience
+    from tests.conftest import record_once
+
+    task = {"messages": [("user", f"Do we have pears for {CODENAME}? If not, order 5.")]}
+    trajectory = record_once(record_experience(react_graph, app="shop", store=store_path, redact_fn=hide_codename), store_path, task)
+    assert CODENAME not in trajectory.task and "[codename]" in trajectory.task
+    store = LocalExperienceStore(store_path)
+    assert read_store_redaction(store).custom_function == f"{__name__}.hide_codename"
+    assert store_redactor(store, create_salt=False).redact_text(f"for {CODENAME}") == "for [codename]"
+    store.write_replay(*_replay_holding(CODENAME))
+    store.close()
+    assert CODENAME not in _store_text(store_path), "the replay record and rollout were written with the redact_fn"
+
+
+def test_a_redact_fn_that_cannot_be_imported_stops_later_writers_naming_it(react_graph, store_path: Path) -> None:
+    """A lambda (or a function of a script run as __main__) cannot be imported by a later writer: it must not be dropped
+    silently (the value it removed would be written in plain text), so writing fails, naming it and the fix."""
+    from ee_middleware import record_experience
+    from tests.conftest import USER_TASK, record_once
+
+    record_once(
+        record_experience(react_graph, app="shop", store=store_path, redact_fn=lambda s: s.replace(CODENAME, "")), store_path, USER_TASK
+    )
+    store = LocalExperienceStore(store_path)
+    with pytest.raises(ConfigError, match=rf"redact_fn={__name__}\..*<lambda>.*cannot be imported.*module level"):
+        store.write_replay(*_replay_holding(CODENAME))
+    store.close()
+    assert CODENAME not in _store_text(store_path)
+    settings = json.loads((store_path / REDACTION_FILE).read_text())
+    (store_path / REDACTION_FILE).write_text(json.dumps({**settings, "custom_function": "no_such_module_here.scrub"}))
+    with pytest.raises(ConfigError, match=r"redact_fn=no_such_module_here\.scrub.*No module named 'no_such_module_here'.*PYTHONPATH"):
+        store_redactor(store)
