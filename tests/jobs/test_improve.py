@@ -201,7 +201,7 @@ def test_a_failed_run_prints_its_json_with_the_error_and_exits_1(workspace: Path
     data = json.loads(result.stdout)
     [run] = RunsDir(workspace / "runs").list()
     assert data["id"] == run.id and data["status"] == "failed" and data["folder"] == str(run.folder)
-    assert "no-such-trajectory" not in data["error"] and "heldout_ids" in data["error"]
+    assert "'no-such-trajectory' matches no trajectory" in data["error"] and "heldout_ids" in data["error"]
     assert {m["stage"]: m["status"] for m in data["stages"]}["datasets"] == "failed"
     assert "heldout_ids" in result.stderr and Path(data["report"]["markdown"]).is_file()
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ee_middleware.adapters.errors import AdapterFilesError
+from ee_middleware.errors import ConfigError
 from ee_middleware.jobs.config import ImproveConfig
-from ee_middleware.jobs.errors import JobError
 from ee_middleware.jobs.improve import run_improve
 from ee_middleware.jobs.runs import RunsDir
 
@@ -114,7 +114,9 @@ def test_a_gpt2_base_learns_from_the_retail_agent_and_is_evaluated_in_its_sandbo
 def test_held_out_ids_that_match_nothing_name_the_file_not_heldout_share(workspace: Path, gpt2_base: Path) -> None:
     (workspace / "ids.txt").write_text("not-a-trajectory\n")
     config = ImproveConfig.load(_config(workspace, gpt2_base, f'heldout_ids = "{workspace / "ids.txt"}"'))
-    with pytest.raises(JobError, match=r"None of the 1 trajectory id\(s\) in heldout_ids is an approved trajectory of retail-support"):
+    with pytest.raises(
+        ConfigError, match=r"ids.txt \(--heldout-ids, heldout_ids\) names 1 id\(s\) .*'not-a-trajectory' matches no trajectory"
+    ):
         run_improve(config)
     [run] = RunsDir(workspace / "runs").list()
     assert run.status == "failed" and "heldout_share" not in run.data["error"]

@@ -57,6 +57,7 @@ from ee_middleware.trainers.datasets.split import (
     SplitRule,
     read_id_list,
     recorded_units,
+    resolve_listed_ids,
     split_trajectories,
 )
 from ee_middleware.trainers.datasets.sr import SROptions
@@ -190,7 +191,9 @@ def build_datasets(
     heldout_index = None
     split = None
     if rule.active:
-        split = split_trajectories(index.trajectories.select("id", "app", "started_at"), rule, recorded_units(store))
+        recorded = recorded_units(store)
+        rule = resolve_listed_ids(rule, store, recorded, config.heldout_ids)
+        split = split_trajectories(index.trajectories.select("id", "app", "started_at"), rule, recorded)
         index, heldout_index = index.subset(split.train), index.subset(split.heldout)
         if index.trajectories.is_empty():
             added = (

@@ -43,14 +43,14 @@ import hashlib
 import json
 from bisect import bisect_left
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, TrajectoryNotFoundError
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, parent_trajectory_id
 
 SPLIT_METADATA_KEY = "ee.split"
@@ -278,12 +278,50 @@ def curriculum_parents(store: Any) -> pl.DataFrame:
 
 
 def read_id_list(path: Path) -> tuple[str, ...]:
-    """Trajectory ids from a file, one per line (blank lines and ``#`` comments ignored)."""
+    """Trajectory ids (or unique prefixes of them, as ``ee traces list`` prints them) from a UTF-8 file, one per line
+    (a byte-order mark, blank lines and ``#`` comments ignored). :func:`resolve_listed_ids` makes them full ids."""
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the held-out id list {path}: {exc}. Give a text file with one trajectory id per line.") from exc
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"Cannot read the held-out id list {path}: {exc}. Give a UTF-8 text file with one trajectory id per line."
+        ) from exc
     return tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+
+
+def resolve_listed_ids(rule: SplitRule, store: Any, recorded: pl.DataFrame, source: Path | None = None) -> SplitRule:
+    """``rule`` with its listed ids made full trajectory ids: an id the store holds as it is, or the one id it is the start
+    of (as ``ee traces approve`` takes them: the store's ``resolve_id``). ``recorded``: every trajectory the store holds
+    (:func:`recorded_units`). A listed id that matches no trajectory, or is the start of several, is a
+    :class:`~ee_middleware.errors.ConfigError` naming each such id (and ``source``, the file it was read from): holding out
+    nothing for it would train on the very trajectory meant to be held out."""
+    if not rule.ids:
+        return rule
+    known = set(recorded["id"].to_list())
+    resolved: list[str] = []
+    problems: list[str] = []
+    for listed in rule.ids:
+        if listed in known:
+            resolved.append(listed)
+            continue
+        try:
+            resolved.append(store.resolve_id(listed))
+        except TrajectoryNotFoundError:
+            starting = sum(1 for i in known if i.startswith(listed))
+            problems.append(
+                f"{listed!r} is the start of {starting} trajectory ids" if starting > 1 else f"{listed!r} matches no trajectory"
+            )
+    if problems:
+        where = f"The held-out id list {source}" if source is not None else "The held-out ids"
+        shown = "; ".join(problems[:MAX_LISTED_ADDED]) + (
+            f"; and {len(problems) - MAX_LISTED_ADDED} more" if len(problems) > MAX_LISTED_ADDED else ""
+        )
+        raise ConfigError(
+            f"{where} (--heldout-ids, heldout_ids) names {len(problems)} id(s) that hold out no trajectory of the store: {shown}. "
+            "Give each trajectory's full id or a prefix of it that no other id starts with (ee traces list --json prints "
+            "the full ids), or remove the line; nothing was built."
+        )
+    return replace(rule, ids=tuple(dict.fromkeys(resolved)))
 
 
 def is_heldout_file(metadata: dict[str, Any] | None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def test_ids_app_and_time_rules(replayed_store: Path, tmp_path: Path) -> None:
     frame = open_store(replayed_store).trajectories(status="approved").select("id", "app", "started_at")
     first = sorted(frame["id"].to_list())[0]
     id_file = tmp_path / "ids.txt"
-    id_file.write_text(f"# held out for the regression suite\n{first}\n\nno-such-id\n")
+    id_file.write_text(f"# held out for the regression suite\n{first}\n\n")
     assert heldout_ids(frame, SplitRule(ids=(first, "no-such-id"))) == {first}
     apps = set(frame["app"].to_list())
     assert heldout_ids(frame, SplitRule(app=next(iter(apps)))) == set(frame.filter(pl.col("app") == next(iter(apps)))["id"].to_list())
@@ -291,6 +292,44 @@ def test_time_rules_hold_out_a_threads_future_never_its_past(six_runs: tuple[Pat
     assert set(before["heldout_trajectories"]) == {pears, plums, pears_again}
     assert before["matched_by_rule"] == 1 and before["added"]["trajectories"] == 2
     assert assert_no_heldout_target_in_training(tmp_path / "before") >= 6
+
+
+def test_held_out_ids_as_ee_traces_list_prints_them_in_a_file_with_a_bom_are_held_out(
+    six_runs: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """Was: the ids were matched exactly, so a 12-character id copied from ``ee traces list`` (which ``ee traces approve``
+    takes) held out nothing, nor did the first id of a file saved with a byte-order mark (Notepad, PowerShell): exit 0,
+    and those trajectories were trained on."""
+    store, (pears, kiwis, figs, plums, limes, pears_again) = six_runs
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"\xef\xbb\xbf" + f"{pears[:12]}\r\n# figs too\r\n{figs}\r\n".encode())
+    split = _build(store, tmp_path / "data", "--heldout-ids", str(ids))["split"]
+    assert set(split["heldout_trajectories"]) == {pears, plums, pears_again, figs}
+    assert set(split["train_trajectories"]) == {kiwis, limes}
+    assert split["matched_by_rule"] == 2 and split["rule"]["ids"] == 2
+    assert assert_no_heldout_target_in_training(tmp_path / "data") >= 6
+
+
+def test_held_out_ids_that_match_no_trajectory_or_several_are_refused_naming_each(tmp_path: Path) -> None:
+    """Was: an id not in the store (a typo, another store's id) or a prefix of several ids held out nothing, silently
+    (exit 0). Now the build stops before writing anything, naming each such id and the file. 17 recorded runs: two of
+    their ids start with the same character."""
+    store = tmp_path / "experience"
+    recorded = _record(store, [(f"t{n}", "Any dates?") for n in range(17)])
+    shared = Counter(i[0] for i in recorded).most_common(1)[0][0]
+    unique = next(i for i in recorded if not i.startswith(shared))
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{unique[:12]}\nno-such-trajectory\n{shared}\n")
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["datasets", "build", "--store", str(store), "--out", str(out), "--kinds", "il", "--heldout-ids", str(ids)])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())
+    starting = sum(i.startswith(shared) for i in recorded)
+    assert str(ids) in message
+    assert "'no-such-trajectory' matches no trajectory" in message
+    assert f"'{shared}' is the start of {starting} trajectory ids" in message
+    assert unique[:12] not in message, "the unique prefix resolves"
+    assert not (out / "datasets.json").exists() and not (out / "il.parquet").exists()
 
 
 def test_the_heldout_share_keeps_each_unit_on_one_side_and_in_place_as_the_store_grows(tmp_path: Path) -> None:
