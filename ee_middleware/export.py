@@ -14,6 +14,13 @@ conversation up to its last decision, teaches that stretch (the earlier decision
 exactly its tools. The Parquet export keeps one row per trajectory and gives each taught message the names of the
 tools its decision was offered (``tools``; null where they were all of the trajectory's).
 
+A run holding several conversations (parallel ``Send`` branches each running its own model; an agent run inside a tool,
+recorded before capture split those into trajectories of their own) keeps only its last conversation in ``messages``,
+while ``steps`` hold every decision. The JSONL export gives each other conversation its own example(s), rebuilt from its
+steps (the history its last decision was given, and that decision), so that no decision is left out; ``on_split`` is
+told of each such trajectory. The Parquet export keeps its one row and tells ``on_split`` which decisions that row's
+messages do not hold.
+
 Everything exported goes through the store's own redaction rules and salt once more
 (:func:`~ee_middleware.capture.store_redaction.store_redactor`): what capture stored is already
 redacted, and redacting twice changes nothing; anything a later writer left is caught here.
@@ -37,7 +44,7 @@ from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, os_error_advice
 from ee_middleware.messages import parse_arguments
 from ee_middleware.models.parsing import canonical_call
-from ee_middleware.records import ApprovalStatus, Message, ToolSchema, Trajectory, offered_tools
+from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Trajectory, offered_tools
 from ee_middleware.store.protocol import ExperienceStore
 
 
@@ -47,11 +54,13 @@ def export_jsonl(
     *,
     status: ApprovalStatus | None = "approved",
     on_skipped: Callable[[str, str], None] | None = None,
+    on_split: Callable[[str, str], None] | None = None,
 ) -> int:
     """One OpenAI chat fine-tuning example per line: ``{"messages": [...], "tools": [...]}``; assistant messages the run
     did not decide carry ``"weight": 0`` (see the module docstring), and a trajectory that decided none is left out
     (``on_skipped(trajectory_id, reason)``). A trajectory whose decisions were offered different tools gives one example
-    per stretch of decisions offered the same ones (see the module docstring). Returns the number of examples written.
+    per stretch of decisions offered the same ones, and one holding several conversations one example per conversation
+    (``on_split(trajectory_id, what)``; see the module docstring). Returns the number of examples written.
 
     The file is replaced whole or not at all; raises :class:`~ee_middleware.errors.OutputError`
     (leaving nothing behind) when it cannot be written.
@@ -60,8 +69,17 @@ def export_jsonl(
     redact = store_redactor(store, create_salt=False).redact_value
     count = 0
     with _writing(path), _output_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for trajectory, weights in _deciding(store, status, on_skipped):
-            for messages, example_weights, tools in _examples(trajectory, weights):
+        for trajectory, weights, others in _deciding(store, status, on_skipped):
+            if others and on_split is not None:
+                decisions = sum(len({s.decision_index for s in o.steps}) for o in others)
+                on_split(
+                    trajectory.id,
+                    f"{len(others) + 1} conversations in one run: {decisions} decision(s) not in its messages exported "
+                    f"as {len(others)} more example(s)",
+                )
+            parts = [(trajectory, weights)] if 1 in weights else []
+            parts += [(o, decided_by_run(o)) for o in others]
+            for messages, example_weights, tools in (e for part, part_weights in parts for e in _examples(part, part_weights)):
                 messages = [_openai_message(m) for m in redact(messages)]  # tool schemas: the app's code, kept
                 example: dict[str, Any] = {
                     "messages": [{**m, "weight": 0} if w == 0 else m for m, w in zip(messages, example_weights, strict=True)]
@@ -79,14 +97,24 @@ def export_parquet(
     *,
     status: ApprovalStatus | None = "approved",
     on_skipped: Callable[[str, str], None] | None = None,
+    on_split: Callable[[str, str], None] | None = None,
 ) -> int:
     """One row per trajectory: lineage columns, ``messages`` as nested chat structs (``weight``: 1 for an assistant
     message the run decided, 0 for one it did not, null for other roles), ``tools`` as JSON; a trajectory that decided
     nothing is left out (``on_skipped``). Each message's ``tools``: for one the run decided at a decision offered
-    only some of the trajectory's tools, their names; else null."""
+    only some of the trajectory's tools, their names; else null. A trajectory holding several conversations keeps its
+    last one in its row; ``on_split(trajectory_id, what)`` says which decisions the row leaves out (the JSONL export
+    gives them examples of their own)."""
     redact = store_redactor(store, create_salt=False).redact_value
     rows = []
-    for t, weights in _deciding(store, status, on_skipped):
+    for t, weights, others in _deciding(store, status, on_skipped):
+        if others and on_split is not None:
+            decisions = sum(len({s.decision_index for s in o.steps}) for o in others)
+            on_split(
+                t.id,
+                f"{len(others) + 1} conversations in one run: {decisions} decision(s) of {len(others)} other conversation(s) "
+                "are not in its row's messages (export --format jsonl gives each an example)",
+            )
         offered = _offered_at(t)
         rows.append(
             {
@@ -228,15 +256,86 @@ def _call_key(call: Any) -> tuple[str, str]:
 
 def _deciding(
     store: ExperienceStore, status: ApprovalStatus | None, on_skipped: Callable[[str, str], None] | None
-) -> Iterator[tuple[Trajectory, list[int | None]]]:
-    """The trajectories of ``status`` with their :func:`decided_by_run` weights; one that decided nothing is left out,
-    ``on_skipped`` told."""
+) -> Iterator[tuple[Trajectory, list[int | None], list[Trajectory]]]:
+    """The trajectories of ``status`` with their :func:`decided_by_run` weights and their other conversations
+    (:func:`other_conversations`); one that decided nothing is left out, ``on_skipped`` told."""
     for trajectory in store.iter_trajectories(status=status):
         weights = decided_by_run(trajectory)
-        if 1 in weights:
-            yield trajectory, weights
+        others = other_conversations(trajectory)
+        if 1 in weights or others:
+            yield trajectory, weights, others
         elif on_skipped is not None:
             on_skipped(trajectory.id, "its run decided nothing (a resumed run that called no model): nothing to teach")
+
+
+def other_conversations(trajectory: Trajectory) -> list[Trajectory]:
+    """The conversations of ``trajectory``'s run that its ``messages`` do not hold, each as a trajectory of that
+    conversation: its steps, and as messages the history its last decision was given followed by that decision.
+
+    A run can hold several: parallel ``Send`` branches each running its own model and tools, or (recorded before capture
+    made them trajectories of their own) an agent run inside a tool; ``messages`` hold the last conversation only. A
+    decision is in ``messages`` where one of its calls (id, name and arguments) is in them, where its answer's text is
+    (each such reply found once), or where its state starts them and no other reply follows it there (a reviewer's edit
+    of its call keeps the call's id). The others (given another history, or the same history as a parallel branch that
+    replied otherwise) are chained into conversations in decision order: a decision goes on with the conversation whose
+    last decision's state is the longest that starts its own. A call awaiting a human review (an ``interrupted`` run's call without an
+    observation) is no decision of the run (:func:`decided_by_run`). Empty for a run of one conversation."""
+    messages = trajectory.messages
+    in_messages = {_call_key(c) for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []}
+    answers: dict[str, int] = {}
+    for m in messages:
+        if m.get("role") == "assistant" and not m.get("tool_calls") and isinstance(m.get("content"), str):
+            answers[m["content"]] = answers.get(m["content"], 0) + 1
+    decisions: dict[int, list[Step]] = {}
+    for step in trajectory.steps:
+        decisions.setdefault(step.decision_index, []).append(step)
+    awaiting = trajectory.status == "interrupted"
+    left: list[list[Step]] = []
+    for _, steps in sorted(decisions.items()):
+        steps = [s for s in steps if not (awaiting and s.action.tool_call is not None and s.observation is None)]
+        if not steps:
+            continue
+        calls = [s.action.tool_call for s in steps if s.action.tool_call is not None]
+        if any((c.id, canonical_call(c.name, c.arguments)) in in_messages for c in calls):
+            continue
+        texts = [s.action.content for s in steps if s.action.kind == "answer" and s.action.content is not None]
+        if texts and answers.get(texts[0], 0) > 0:
+            answers[texts[0]] -= 1
+            continue
+        state = steps[0].state
+        at = len(state)
+        if messages[:at] == state:  # given this conversation's history: in it, unless another reply follows there
+            after = messages[at] if at < len(messages) else {}
+            ids = {c.get("id") for c in after.get("tool_calls") or []}
+            if after.get("role") != "assistant" or any(c.id in ids for c in calls):  # a reviewer's edit keeps the id
+                continue
+        left.append(steps)
+    conversations: list[list[list[Step]]] = []
+    for steps in left:
+        state = steps[0].state
+        going_on = [c for c in conversations if len(c[-1][0].state) < len(state) and state[: len(c[-1][0].state)] == c[-1][0].state]
+        if going_on:
+            max(going_on, key=lambda c: len(c[-1][0].state)).append(steps)
+        else:
+            conversations.append([steps])
+    out = []
+    for conversation in conversations:
+        last = conversation[-1]
+        steps = [s for d in conversation for s in d]
+        out.append(trajectory.model_copy(update={"messages": [*last[0].state, _reply_message(last)], "steps": steps}))
+    return out
+
+
+def _reply_message(steps: list[Step]) -> Message:
+    """The assistant message of one decision, from its steps: its calls (the text beside them) or its answer."""
+    first = steps[0].action
+    calls = [s.action.tool_call.to_openai() for s in steps if s.action.tool_call is not None]
+    message: dict[str, Any] = {"role": "assistant", "content": first.content or ("" if calls else None)}
+    if calls:
+        message["tool_calls"] = calls
+    if first.reasoning:
+        message["reasoning_content"] = first.reasoning
+    return message
 
 
 def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
+from typing import Annotated, TypedDict
 
 import polars as pl
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.tools import tool
+from langgraph.graph import START, StateGraph
+from langgraph.types import Send
 
+from ee_middleware import record_experience
 from ee_middleware.errors import OutputError
 from ee_middleware.export import export_jsonl, export_parquet
 from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.testing.store_conformance import sample_trajectory
 
 
@@ -344,3 +352,81 @@ def test_an_export_removes_what_a_killed_export_left_beside_its_output(kind: str
         holder.communicate("", timeout=60)
     assert export(LocalExperienceStore(store_path), out) == 1  # that export gone (its process ended): its file is too
     assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+class _DigestState(TypedDict):
+    topics: list[str]
+    results: Annotated[list[str], operator.add]
+
+
+def test_every_conversation_of_a_send_map_reduce_run_is_exported_and_the_split_is_said(tmp_path: Path) -> None:
+    """A real StateGraph fans out with Send: each branch runs its own model and tool loop (3 conversations, 6 decisions
+    in one trajectory's steps). The trajectory's messages hold the last branch's conversation only, and the JSONL export
+    taught its 2 decisions in 1 example, the other 4 dropped without a word. Now each conversation is an example of its
+    own (the history its last decision was given, and that decision), every decision is taught once, and on_split says
+    which trajectory was split; the Parquet export keeps its one row and says which decisions it leaves out."""
+
+    @tool
+    def summarize(topic: str) -> str:
+        """Summarize a topic."""
+        return f"summary of {topic}"
+
+    def policy(messages: list, tools: object) -> AIMessage:
+        last = messages[-1]
+        if last.type == "human":
+            return AIMessage("", tool_calls=[tool_call("summarize", topic=last.content)])
+        return AIMessage(f"final: {last.content}")
+
+    llm = ScriptedChatModel(policy=policy).bind_tools([summarize])
+
+    def work(state: dict) -> dict:
+        messages = [HumanMessage(state["topic"])]
+        reply = llm.invoke(messages)
+        messages += [reply, *(summarize.invoke(call) for call in reply.tool_calls)]
+        return {"results": [llm.invoke(messages).content]}
+
+    graph = StateGraph(_DigestState)
+    graph.add_node("work", work)
+    graph.add_conditional_edges(START, lambda state: [Send("work", {"topic": t}) for t in state["topics"]], ["work"])
+    store_path = tmp_path / "store"
+    agent = record_experience(graph.compile(), app="digest", store=store_path)
+    agent.invoke({"topics": ["cats", "dogs", "owls"], "results": []})
+    agent.flush()
+    store = LocalExperienceStore(store_path)
+    split: list[tuple[str, str]] = []
+    try:
+        [trajectory] = list(store.iter_trajectories())
+        assert len({s.decision_index for s in trajectory.steps}) == 6
+        assert export_jsonl(store, tmp_path / "out.jsonl", status=None, on_split=lambda i, what: split.append((i, what))) == 3
+        assert export_parquet(store, tmp_path / "out.parquet", status=None, on_split=lambda i, what: split.append((i, what))) == 1
+    finally:
+        store.close()
+    examples = [json.loads(line)["messages"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    taught = sorted(
+        (m["tool_calls"][0]["function"]["arguments"] if m.get("tool_calls") else m["content"])
+        for e in examples
+        for m in e
+        if m["role"] == "assistant" and m.get("weight", 1) == 1
+    )
+    assert taught == sorted(
+        [
+            *(json.dumps({"topic": t}, separators=(",", ":")) for t in ("cats", "dogs", "owls")),
+            *(f"final: summary of {t}" for t in ("cats", "dogs", "owls")),
+        ]
+    )
+    assert sorted(e[0]["content"] for e in examples) == ["cats", "dogs", "owls"]  # each example is one branch's conversation
+    for e in examples:
+        topic = e[0]["content"]
+        assert [m["role"] for m in e] == ["user", "assistant", "tool", "assistant"] and e[-1]["content"] == f"final: summary of {topic}"
+    assert [i for i, _ in split] == [trajectory.id, trajectory.id]
+    assert "3 conversations" in split[0][1] and "4 decision(s)" in split[0][1] and "2 more example(s)" in split[0][1]
+    assert "not in its row's messages" in split[1][1]
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    args = ["traces", "export", "--store", str(store_path), "--format", "jsonl", "--out", str(tmp_path / "cli.jsonl"), "--status", "all"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "Wrote 3 examples" in result.output
+    assert "1 trajectories hold several conversations (each conversation is an example)" in result.output
+    assert f"{trajectory.id} (3 conversations in one run" in result.output

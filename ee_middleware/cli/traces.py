@@ -230,19 +230,35 @@ def export(
     Each example teaches what its own run decided: assistant messages it did not (earlier runs' replies given as
     history, calls awaiting a human review, calls a reviewer changed or rejected) carry weight 0, and a trajectory
     that decided nothing is left out. A run whose model calls were offered different tools is one JSONL example per
-    stretch of decisions offered the same tools, each offering exactly those. The file is written whole or not at all: on any failure, no partial or
+    stretch of decisions offered the same tools, each offering exactly those; a run holding several conversations
+    (parallel Send branches) one per conversation, and the command lists such runs. The file is written whole or not at all: on any failure, no partial or
     temporary file is left.
     """
     from ee_middleware.export import export_jsonl, export_parquet
 
     selected = None if status is StatusFilter.all else status.value
     skipped: list[str] = []
+    split: list[str] = []
     with reading_store(allow_partial=allow_partial):
         source = open_existing_store(store)
         writer = export_jsonl if fmt is ExportFormat.jsonl else export_parquet
-        count = writer(source, out, status=selected, on_skipped=lambda trajectory_id, reason: skipped.append(trajectory_id))
-    # JSONL: one example per trajectory, or per stretch of decisions offered the same tools (see ee_middleware.export)
+        count = writer(
+            source,
+            out,
+            status=selected,
+            on_skipped=lambda trajectory_id, reason: skipped.append(trajectory_id),
+            on_split=lambda trajectory_id, what: split.append(f"{trajectory_id} ({what})"),
+        )
+    # JSONL: one example per trajectory, per stretch of decisions offered the same tools, or per conversation of a run
+    # that held several (see ee_middleware.export)
     typer.echo(f"Wrote {count} {'examples' if fmt is ExportFormat.jsonl else 'trajectories'} to {out}")
+    if split:
+        how = "each conversation is an example" if fmt is ExportFormat.jsonl else "each row keeps the last one"
+        typer.echo(f"{len(split)} trajectories hold several conversations ({how}):")
+        for line in split[:5]:
+            typer.echo(f"  {line}")
+        if len(split) > 5:
+            typer.echo(f"  and {len(split) - 5} more")
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         typer.echo(f"Left out {len(skipped)} whose run decided nothing (a resumed run that called no model): {shown}")
