@@ -209,7 +209,7 @@ class RunCapture(BaseCallbackHandler):
                     attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
             encoded = True
         finally:  # the span is made even if encoding failed, with the attributes made so far
-            self._span(f"chat {model}", SpanKind.CLIENT, attrs, start, end, error if encoded else None, None)
+            self._span(f"chat {model}", SpanKind.CLIENT, attrs, start, end, error if encoded else None, None, failed=not encoded)
 
     def _emit_tool(self, start: int, end: int, data: tuple[Any, ...], output: Any, error: BaseException | None) -> None:
         name, call_id, arguments = data
@@ -234,18 +234,34 @@ class RunCapture(BaseCallbackHandler):
                     status = Status(StatusCode.ERROR, text[:500])
             encoded = True
         finally:  # as for chat spans: made even if encoding failed
-            self._span(f"execute_tool {name}", SpanKind.INTERNAL, attrs, start, end, error if encoded else None, status)
+            self._span(f"execute_tool {name}", SpanKind.INTERNAL, attrs, start, end, error if encoded else None, status, failed=not encoded)
 
     def _span(
-        self, name: str, kind: SpanKind, attrs: dict[str, Any], start: int, end: int, error: BaseException | None, status: Status | None
+        self,
+        name: str,
+        kind: SpanKind,
+        attrs: dict[str, Any],
+        start: int,
+        end: int,
+        error: BaseException | None,
+        status: Status | None,
+        *,
+        failed: bool = False,
     ) -> None:
-        """Make and end one call's span: ``error`` (recorded as an exception) or else ``status`` set."""
+        """Make and end one call's span: ``error`` (recorded as an exception) or else ``status`` set. ``failed``: its
+        payload could not be encoded or redacted (the exception on its way up): the span is marked
+        (:data:`~ee_middleware.capture.semconv.EE_CAPTURE_FAILED`), and its run is not stored as if whole."""
+        if failed:
+            attrs[sc.EE_CAPTURE_FAILED] = capture_failed(name.partition(" ")[0])
         span = self.recorder.tracer.start_span(name, context=self._parent, kind=kind, attributes=attrs, start_time=start)
         try:
             if error is not None:
                 self._set_error(span, error)
             elif status is not None:
                 span.set_status(status)
+        except Exception:
+            span.set_attribute(sc.EE_CAPTURE_FAILED, capture_failed(name.partition(" ")[0]))
+            raise
         finally:
             span.end(end_time=end)
 
@@ -370,8 +386,21 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
             span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
             span.add_event("exception", encoder.exception_attributes(exc))
             span.set_status(Status(StatusCode.ERROR, encoder.text(f"{type(exc).__name__}: {exc}")[:1000]))
+    except Exception:  # its outcome is not on the span: the run must not be stored as if it were
+        span.set_attribute(sc.EE_CAPTURE_FAILED, capture_failed(sc.OP_INVOKE_AGENT))
+        raise
     finally:
         span.end(end_time=end_time)
+
+
+def capture_failed(operation: str) -> str:
+    """Why a span is marked :data:`~ee_middleware.capture.semconv.EE_CAPTURE_FAILED`, called while its exception is
+    raised: what failed and the exception's type (never its message, which may quote the value a ``redact_fn`` failed on)."""
+    exc = sys.exception()
+    what = {sc.OP_CHAT: "a model call's messages", sc.OP_EXECUTE_TOOL: "a tool call's arguments or result"}.get(
+        operation, "the run's input, output or environment"
+    )
+    return f"{what} could not be encoded or redacted ({type(exc).__name__ if exc is not None else 'failed'})"
 
 
 def resumes_from_checkpoint(graph_input: Any) -> bool:

@@ -78,6 +78,19 @@ class CaptureStats:
         )
 
 
+def _capture_failure(spans: list[SpanData]) -> str | None:
+    """Why a run's ``spans`` are not stored, when capture could not finish one of them whole (a ``redact_fn`` or the
+    encoder raised on its payload: :data:`~ee_middleware.capture.semconv.EE_CAPTURE_FAILED`). Assembled from the spans
+    left, it would be a cut-down run (steps missing, an empty observation) stored as ``completed`` and approvable; it is
+    counted as failed instead, and the reason holds no value of the run."""
+    for span in spans:
+        failed = span.attributes.get(sc.EE_CAPTURE_FAILED)
+        if failed:
+            run = next((s.attributes[sc.EE_TRAJECTORY_ID] for s in spans if s.attributes.get(sc.EE_TRAJECTORY_ID)), spans[0].trace_id)
+            return f"run {run} was not stored: {failed}, and the trajectory would lack it (see the error logged for it)"
+    return None
+
+
 def strict_default() -> bool:
     """Strict capture (raise instead of log) when ``EE_CAPTURE_STRICT`` is on (our test suite sets it); read by
     :func:`~ee_middleware.capture.config.env_flag`, so a misspelt value is refused, as ``CaptureConfig.load`` refuses it."""
@@ -232,6 +245,9 @@ class ExperienceSpanProcessor(SpanProcessor):
             self.options if self.options.paused_tools is not None else dataclasses.replace(self.options, paused_tools=self.paused.tools)
         )
         for spans in jobs:
+            if (failure := _capture_failure(spans)) is not None:
+                self.report_failure(failure, CaptureError(failure))
+                continue
             runs = [spans] if self.recorder_id is not None else split_runs(spans)
             for run in runs:
                 try:

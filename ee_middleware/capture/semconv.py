@@ -59,3 +59,6 @@ answered for the tool: ``ToolCallLimitMiddleware``, a guardrail). Positions, not
 EE_RESUMED = "ee.langgraph.resumed"
 """Set (true) on a run's root span when the graph was invoked to continue from its checkpoint (``Command(...)`` or
 ``None`` as its input: resuming after a human review, a breakpoint or ``interrupt()``), not on new input."""
+EE_CAPTURE_FAILED = "ee.capture.failed"
+"""Set on a span capture could not finish whole (encoding or redacting its payload raised, a ``redact_fn`` that raised):
+what failed and the exception's type. A run with such a span is not stored (the failure is counted in ``stats``)."""

@@ -1,0 +1,104 @@
+"""The spans capture makes of a real LangGraph agent's calls (callbacks.py), when a call cannot be recorded whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware import record_experience
+from ee_middleware.capture import semconv as sc
+from ee_middleware.errors import CaptureError
+from ee_middleware.store import LocalExperienceStore
+from tests.conftest import USER_TASK
+
+
+def scrub_or_fail(text: str) -> str:
+    """A user's ``redact_fn`` that raises on some strings (module level: the capture process imports it)."""
+    if "ordered 5 pear" in text:  # order_item's result
+        raise RuntimeError(f"scrubber crashed on: {text}")
+    return text
+
+
+def approve_completed(trajectory: Any) -> bool:
+    return trajectory.status == "completed"
+
+
+def _stored(store_path: Path) -> list[Any]:
+    if not store_path.exists():
+        return []
+    store = LocalExperienceStore(store_path)
+    try:
+        return list(store.iter_trajectories())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_run_whose_redact_fn_raised_on_one_call_is_not_stored_as_if_whole(
+    offload, react_graph, store_path, tracer_provider, span_exporter, monkeypatch
+):
+    """Defect: the span of the tool call whose result ``redact_fn`` raised on was left without its result, and the run
+    was assembled from what was left: stored ``completed`` with an empty observation (``is_error`` False), and approved
+    by ``approve_if``. It is now counted as failed, with a reason that quotes none of its values, and not stored."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    kwargs: dict[str, Any] = {"tracer_provider": tracer_provider} if offload == "thread" else {"offload": "process"}
+    agent = record_experience(
+        react_graph,
+        app="shop",
+        store=store_path,
+        redact_fn=scrub_or_fail,
+        approve_if=approve_completed,
+        strict=False,
+        **kwargs,
+    )
+    try:
+        result = agent.invoke(USER_TASK)
+        assert result["messages"][-1].content.startswith("Pears"), "the agent itself is not affected"
+        agent.flush()
+        stats = agent.recorder.stats
+    finally:
+        agent.recorder.close()
+    assert _stored(store_path) == [], "a cut-down run must not be stored as completed"
+    assert stats.trajectories_written == stats.trajectories_auto_approved == 0
+    assert stats.runs_failed >= 1
+    reason = stats.errors[-1]
+    assert "was not stored" in reason and "tool call's arguments or result could not be encoded or redacted (RuntimeError)" in reason
+    assert "ordered 5 pear" not in reason
+    if offload == "thread":  # the user's own exporter gets the span marked, without the value
+        [tool_span] = [s for s in span_exporter.get_finished_spans() if s.name == "execute_tool order_item"]
+        assert "RuntimeError" in tool_span.attributes[sc.EE_CAPTURE_FAILED]
+        assert "ordered 5 pear" not in json.dumps(dict(tool_span.attributes))
+
+
+def test_strict_mode_raises_when_a_run_could_not_be_recorded_whole(react_graph, store_path):
+    agent = record_experience(react_graph, app="shop", store=store_path, redact_fn=scrub_or_fail, strict=True)
+    agent.invoke(USER_TASK)
+    with pytest.raises(CaptureError, match="Recording failed"):
+        agent.flush()
+    agent.recorder.close()
+    assert _stored(store_path) == []
+
+
+def test_runs_that_redact_alike_are_still_stored_after_one_that_failed(react_graph, store_path, monkeypatch):
+    """Only the run whose call failed is left out: the next run of the same recorder is stored whole."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    fail = {"on": True}
+
+    def sometimes(text: str) -> str:
+        if fail["on"] and "ordered 5 pear" in text:
+            raise RuntimeError("scrubber crashed")
+        return text
+
+    agent = record_experience(react_graph, app="shop", store=store_path, redact_fn=sometimes, strict=False)
+    agent.invoke(USER_TASK)
+    agent.flush()
+    fail["on"] = False
+    agent.invoke(USER_TASK)
+    agent.flush()
+    agent.recorder.close()
+    [trajectory] = _stored(store_path)
+    assert trajectory.status == "completed" and trajectory.num_steps == 3
+    assert trajectory.steps[1].observation.content.startswith("ordered 5 pear")
