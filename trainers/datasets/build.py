@@ -638,10 +638,14 @@ def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:
 
 
 def chat_examples(frame: pl.DataFrame) -> list[dict[str, Any]]:
-    """Rows as OpenAI chat fine-tuning examples (``messages`` = prompt + completion, ``tools``)."""
+    """Rows as OpenAI chat fine-tuning examples (``messages`` = prompt + completion, ``tools``). The completion alone is
+    taught, as ``ee train`` trains on it: every assistant message of the prompt (earlier turns, IWM's proposed
+    alternative call) carries ``"weight": 0``, OpenAI's mark for context, as ``ee traces export`` marks the turns a run
+    did not decide."""
     examples = []
     for prompt, completion, tools in frame.select("prompt", "completion", "tools").iter_rows():
-        example: dict[str, Any] = {"messages": json.loads(prompt) + json.loads(completion)}
+        context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in json.loads(prompt)]
+        example: dict[str, Any] = {"messages": context + json.loads(completion)}
         parsed_tools = json.loads(tools or "[]")
         if parsed_tools:
             example["tools"] = parsed_tools

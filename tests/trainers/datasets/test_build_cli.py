@@ -48,6 +48,30 @@ def test_build_writes_three_parquet_files_with_lineage_and_a_summary(replayed_st
     assert example["messages"][-1]["role"] == "assistant" and example["tools"]
 
 
+def test_jsonl_export_trains_on_the_completion_only(replayed_store: Path, tmp_path: Path) -> None:
+    """Was: ``ee datasets export --format jsonl`` wrote the prompt's assistant messages with no ``"weight": 0``, so OpenAI-style
+    fine-tuning trained on every one of them: each IWM example taught the replay policy's alternative call (mutated, some
+    deliberately invalid), each IL example the trajectory's earlier turns again. Now they are context (weight 0, as
+    ``ee traces export`` marks the turns a run did not decide) and the completion alone is taught, as ``ee train`` trains."""
+    out = tmp_path / "data"
+    build_datasets(DatasetConfig.load(store=replayed_store, out=out, kinds="il,iwm"))
+    context = 0
+    for kind in ("il", "iwm"):
+        result = runner.invoke(app, ["datasets", "export", str(out / f"{kind}.parquet"), "--out", str(tmp_path / f"{kind}.jsonl")])
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
+        frame = pl.read_parquet(out / f"{kind}.parquet")
+        assert len(lines) == frame.height
+        for example, prompt, completion in zip(lines, frame["prompt"], frame["completion"], strict=True):
+            size = len(json.loads(prompt))
+            given, taught = example["messages"][:size], example["messages"][size:]
+            assert [m["role"] for m in taught] == [m["role"] for m in json.loads(completion)] and all("weight" not in m for m in taught)
+            for message in given:
+                assert message.get("weight") == (0 if message["role"] == "assistant" else None), (kind, message)
+                context += message["role"] == "assistant"
+    assert context > 0, "some prompts hold assistant turns (the IWM rows' proposed calls at least)"
+
+
 def test_a_hugging_face_dataset_holds_every_row(replayed_store: Path, tmp_path: Path) -> None:
     build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="il"))
     frame = read_dataset(tmp_path / "il.parquet")
