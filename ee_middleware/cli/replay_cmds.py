@@ -578,11 +578,15 @@ def _print_unrestorable(out: Any, step: dict[str, Any], where: str) -> None:
     from rich.markup import escape
 
     arguments = ", ".join(step.get("arguments") or []) or "some"
+    held = f"the expert's {arguments} argument(s)"
+    if step.get("environment"):  # the environment reference kept placeholders: the step ran in a world built with them
+        world = f"the environment reference's {', '.join(step['environment'])} (the sandbox's world was built with them)"
+        held = f"{held} and {world}" if step.get("arguments") else world
     reasons = "; ".join(step.get("reasons") or []) or "no reason recorded"
     matched = step.get("observation_matched")
     verdict = "" if matched is None else (" It happened to match the recorded one." if matched else " It differed from the recorded one.")
     out.print(
-        f"[yellow]unrestorable[/] {escape(where)} ({escape(str(step.get('tool')))}): the expert's {escape(arguments)} argument(s) "
+        f"[yellow]unrestorable[/] {escape(where)} ({escape(str(step.get('tool')))}): {escape(held)} "
         f"were redacted at capture and could not be restored ({escape(reasons)}), so the sandbox received "
         f"{escape(', '.join(step.get('placeholders') or []))}; its observation was not checked.{verdict} "
         "Keep the values in a vault to replay them (docs/sandboxes.md, 'Redaction and replay')."

@@ -10,6 +10,12 @@ A trajectory's arguments hold redaction pseudonyms (``find_user_by_email(email="
   ``[REDACTED:kind]``) reaches the sandbox as it is, and is reported: an expert step becomes
   *unrestorable* (counted, listed, its observation not checked), a rollout carries the placeholders
   in ``Rollout.unrestored`` (and dataset builders leave it out);
+- **the world**: the trajectory's environment reference (what the sandbox rebuilds its world from) is restored the
+  same way before ``sandbox.reset`` (:meth:`ReplayPrivacy.restore_environment`); a placeholder it keeps reaches the
+  world builder as it is, and every expert step is then unrestorable (its world is not the recorded one) and every
+  rollout carries it in ``Rollout.unrestored``;
+- placeholders in the *keys* of arguments and of the environment (``tags={"[REDACTED:email:...]": "vip"}``) are
+  restored and flagged as those in values are;
 - **out**: every observation is redacted with the store's own rules and salt before anything
   compares or stores it, so a plain sandbox answer equals the redacted recording, and the same
   value gets the same pseudonym as at capture.
@@ -97,6 +103,16 @@ class ReplayPrivacy:
         arguments = _restore(call.arguments, vault, missing)
         return call.model_copy(update={"arguments": arguments}), missing
 
+    def restore_environment(self, environment: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[Unrestored]]:
+        """The environment reference a sandbox rebuilds its world from, with every placeholder the vault knows (in a value
+        or a key) replaced by its value, and those it could not restore (as :meth:`restore` does for a call's arguments).
+        """
+        if not _mentions_placeholder(environment):
+            return environment, []
+        vault = self.open_vault()
+        missing: list[Unrestored] = []
+        return _restore(environment, vault, missing), missing
+
     # --- out: the store's redaction on what the sandbox says ---
 
     def redact_observation(self, observation: Observation) -> Observation:
@@ -116,6 +132,13 @@ class ReplayPrivacy:
     def redact_data(self, data: Any) -> Any:
         redactor = self.redactor
         return redactor.redact_value(data) if redactor is not None else data
+
+
+def keys_holding(mapping: dict[str, Any] | None, unrestored: list[Unrestored]) -> list[str]:
+    """The keys of ``mapping`` (a call's arguments, an environment reference) whose key or value holds one of the
+    placeholders of ``unrestored``, sorted."""
+    placeholders = {u.placeholder for u in unrestored}
+    return sorted(k for k, v in (mapping or {}).items() if any(p in str(k) or p in json.dumps(v, ensure_ascii=False) for p in placeholders))
 
 
 NO_PRIVACY = ReplayPrivacy()
@@ -144,8 +167,8 @@ def _mentions_placeholder(value: Any) -> bool:
 def _restore(value: Any, vault: Vault | None, missing: list[Unrestored]) -> Any:
     if isinstance(value, str):
         return PLACEHOLDER.sub(lambda m: _value_of(m.group(0), vault, missing), value) if "[REDACTED:" in value else value
-    if isinstance(value, dict):
-        return {k: _restore(v, vault, missing) for k, v in value.items()}
+    if isinstance(value, dict):  # a key holds placeholders as a value does (tag_contacts(tags={"[REDACTED:email:...]": "vip"}))
+        return {_restore(k, vault, missing): _restore(v, vault, missing) for k, v in value.items()}
     if isinstance(value, list):
         return [_restore(v, vault, missing) for v in value]
     return value

@@ -11,7 +11,10 @@ Redaction (:mod:`ee_middleware.replay.privacy`): every call is given the real va
 redacted arguments at the sandbox boundary when the store's vault has them, and every observation
 is redacted with the store's rules before it is compared or kept. An expert step whose arguments
 cannot be restored is *unrestorable*: counted and listed, its observation not checked (the sandbox
-answered the placeholder, which says nothing about the sandbox's fidelity).
+answered the placeholder, which says nothing about the sandbox's fidelity). The trajectory's environment
+reference is restored the same way before the sandbox is reset to it: when it keeps a placeholder, the world
+was built from it, so every expert step is unrestorable (listed with the environment's keys that hold it) and
+every rollout carries it in ``Rollout.unrestored``; ``details["unrestored_environment"]`` says which keys and why.
 
 Experience models (:mod:`ee_middleware.replay.sandboxes.experience`): a sandbox with ``at_step(trajectory, step)``
 is told each recorded step before branching from it; one with ``provenance()`` says after each call
@@ -39,7 +42,6 @@ skipped, saying so and how to record them: every alternative is proposed from, a
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import Counter
 from concurrent.futures import Future, wait
@@ -52,7 +54,7 @@ from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
-from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
+from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 
 if TYPE_CHECKING:
@@ -209,6 +211,8 @@ class _Run:
     unrestorable_count: int = 0
     final_not_replayed: list[dict[str, Any]] = field(default_factory=list)
     """The expert's call at the last tool-call step when the sandbox does not provide its tool: not executed."""
+    environment_unrestored: list[Unrestored] = field(default_factory=list)
+    """Placeholders of the environment reference the vault could not restore: the sandbox's world was built with them."""
 
     def record(self, status: str, reason: str | None = None, **counts: Any) -> ReplayRecord:
         """The replay record of this trajectory, timed from the start of the run."""
@@ -253,6 +257,12 @@ class _Run:
         unrestored = sum(bool(r.unrestored) for r in self.rollouts)
         if unrestored:
             details["unrestored_branches"] = unrestored
+        if self.environment_unrestored:
+            details["unrestored_environment"] = {
+                "keys": keys_holding(world_environment(self.trajectory.environment), self.environment_unrestored),
+                "placeholders": sorted({u.placeholder for u in self.environment_unrestored}),
+                "reasons": sorted({u.reason for u in self.environment_unrestored}),
+            }
         failures = Counter(r.observation.sandbox_failure for r in self.rollouts if r.observation.sandbox_failure)
         if failures:
             details["sandbox_failures"] = dict(failures)
@@ -268,10 +278,11 @@ class _Run:
         }
 
     def execute(self, call: ToolCall) -> tuple[Observation, list[Unrestored]]:
-        """Execute ``call`` with its redacted arguments restored where the vault can; the observation redacted."""
+        """Execute ``call`` with its redacted arguments restored where the vault can; the observation redacted. What
+        could not be restored: the call's placeholders, and those the environment (so the world) kept."""
         privacy = self.settings.privacy
         restored, unrestored = privacy.restore(call)
-        return privacy.redact_observation(self.sandbox.execute(restored)), unrestored
+        return privacy.redact_observation(self.sandbox.execute(restored)), unrestored + self.environment_unrestored
 
 
 def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
@@ -283,8 +294,13 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
             "the trajectory records no tool schemas (its spans carried no tool definitions), so no alternative call can be "
             f"proposed or checked against the tools the model was offered. {NO_SCHEMAS_FIX}"
         )
+    # (a curriculum trajectory's lineage is no world); its placeholders restored from the vault, as arguments are
+    environment, unrestored = run.settings.privacy.restore_environment(world_environment(run.trajectory.environment))
+    run.environment_unrestored = [
+        Unrestored(u.placeholder, f"in the environment reference the sandbox's world is built from: {u.reason}") for u in unrestored
+    ]
     try:
-        run.sandbox.reset(world_environment(run.trajectory.environment))  # (a curriculum trajectory's lineage is no world)
+        run.sandbox.reset(environment)
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
     # The last step's call moves the world to no state replay branches from (only the final answer, if any, follows it):
@@ -428,15 +444,14 @@ def _flag_unrestorable(run: _Run, step: Step, expert: ToolCall, unrestored: list
     run.unrestorable_count += 1
     if len(run.unrestorable) < MAX_UNRESTORABLE_DETAILS:
         placeholders = {u.placeholder for u in unrestored}
-        run.unrestorable.append(
-            {
-                "step": step.index,
-                "tool": expert.name,
-                "arguments": sorted(
-                    k for k, v in expert.arguments.items() if any(p in json.dumps(v, ensure_ascii=False) for p in placeholders)
-                ),
-                "placeholders": sorted(placeholders),
-                "reasons": sorted({u.reason for u in unrestored}),
-                "observation_matched": matched,
-            }
-        )
+        entry: dict[str, Any] = {
+            "step": step.index,
+            "tool": expert.name,
+            "arguments": keys_holding(expert.arguments, unrestored),
+            "placeholders": sorted(placeholders),
+            "reasons": sorted({u.reason for u in unrestored}),
+            "observation_matched": matched,
+        }
+        if run.environment_unrestored:  # the world this step ran in was built with them
+            entry["environment"] = keys_holding(world_environment(run.trajectory.environment), run.environment_unrestored)
+        run.unrestorable.append(entry)

@@ -28,7 +28,9 @@ the candidate sees it (:meth:`ReplayPrivacy.redact_observation`), so it shows th
 no file of the run holds a real value. A placeholder that cannot be restored (no vault, a value the vault lacks)
 reaches the sandbox as it is and is reported: in an expert's call, the trajectory is left out (its expected world, and
 the candidate's lookups, would not be the recorded ones); in a candidate's call, the result lists it under
-``details["unrestored"]`` and its reason names it.
+``details["unrestored"]`` and its reason names it. The trajectory's environment reference, which the sandbox's world is
+rebuilt from, is restored the same way before every reset (values and keys alike); a trajectory whose environment keeps a
+placeholder is left out too (its world would not be the recorded one).
 
 A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact),
 whose world cannot be rebuilt, whose expert's redacted arguments cannot be restored, or that is a curriculum
@@ -57,7 +59,7 @@ from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResul
 from ee_middleware.models.protocol import ChatClient
 from ee_middleware.records import Observation, ToolCall, Trajectory
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
-from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored
+from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 
 BFCL_APP_PREFIX = "bfcl."
 _TOKEN = re.compile(r"[A-Za-z0-9$#@][\w.\-@/#:$]*[A-Za-z0-9]|\d")
@@ -419,7 +421,7 @@ def _expert_world(sandbox: Any, task: EvalTask) -> tuple[str, str, list[tuple[st
     from ee_middleware.replay.sandboxes.protocol import state_digest
 
     world = _AtTheSandbox(sandbox, task_privacy(task))
-    sandbox.reset(task.payload["environment"])
+    world.reset(task.payload["environment"])
     start = state_digest(sandbox)
     for call in task.payload["expert_calls"]:
         world.execute(ToolCall(**call))
@@ -432,6 +434,10 @@ def task_privacy(task: EvalTask) -> ReplayPrivacy:
     return ReplayPrivacy(**recorded) if recorded else NO_PRIVACY
 
 
+ENVIRONMENT = "the environment reference"
+"""Where an unrestored placeholder was, in :attr:`_AtTheSandbox.unrestored`, when it was in no tool's call."""
+
+
 class _AtTheSandbox:
     """The sandbox as the agent loop's environment, with the store's redaction at its boundary (as replay's
     ``_Run.execute``): placeholders restored going in, the result redacted coming out; what could not be restored is
@@ -440,6 +446,13 @@ class _AtTheSandbox:
     def __init__(self, sandbox: Any, privacy: ReplayPrivacy) -> None:
         self.sandbox, self.privacy = sandbox, privacy
         self.unrestored: list[tuple[str, Unrestored]] = []
+        """What could not be restored, with the tool whose call held it (:data:`ENVIRONMENT`: the environment)."""
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        """Reset the sandbox to ``environment`` with its placeholders restored (as replay resets it)."""
+        restored, missing = self.privacy.restore_environment(environment)
+        self.unrestored += [(ENVIRONMENT, u) for u in missing]
+        self.sandbox.reset(restored)
 
     def execute(self, call: ToolCall) -> Observation:
         restored, missing = self.privacy.restore(call)
@@ -521,7 +534,18 @@ class TracesSuite:
             finally:
                 sandbox.close()
         except EEError as exc:
-            return None, f"its world cannot be rebuilt in the {spec!r} sandbox: {exc}"
+            # (the sandbox got the vault's values: what it says of them is redacted, as its results are)
+            return None, f"its world cannot be rebuilt in the {spec!r} sandbox: {privacy.redact_data(str(exc))}"
+        in_world = [u for where, u in unrestored if where == ENVIRONMENT]
+        if in_world:
+            # The world was built with the placeholder: as replay flags every expert step of such a trajectory. The
+            # reason names the keys, not the placeholders, so that the summary counts trajectories alike together.
+            keys = ", ".join(keys_holding(task.payload["environment"], in_world))
+            reasons = "; ".join(sorted({u.reason for u in in_world}))
+            return None, (
+                f"its environment reference holds redacted values the sandbox's world cannot be given ({keys}: {reasons}), "
+                "so neither its expected world nor a candidate's calls would be the recorded ones"
+            )
         if unrestored:
             # As replay flags such a step unrestorable: the placeholder reached the sandbox as it is, so neither the
             # expected world nor a candidate's lookups are the recorded ones. The reason names no placeholder, so that
@@ -545,8 +569,8 @@ class TracesSuite:
         sandbox = build_sandbox(task.payload["sandbox"])
         try:
             _, expected = expert_digests(sandbox, task)
-            sandbox.reset(task.payload["environment"])
             world = _AtTheSandbox(sandbox, privacy)  # the candidate sees placeholders; the sandbox gets the real values
+            world.reset(task.payload["environment"])
             conversation = run_conversation(bind(client, task), task, world, config, trial=trial)
             actual = state_digest(sandbox) if conversation.error is None else None
         finally:

@@ -360,3 +360,81 @@ def test_a_placeholder_the_vault_does_not_know_reaches_the_sandbox_as_it_is_and_
     result = suite.run(ReadsWhatItIsShown(email=UNKNOWN_TAG), task, 0, LoopConfig())
     assert not result.success and result.details["unrestored"] == [{"placeholder": UNKNOWN_TAG, "reason": "not in the redaction vault"}]
     assert f"{UNKNOWN_TAG} (not in the redaction vault)" in (result.reason or ""), result.reason
+
+
+# -- the environment reference: the world is rebuilt from it ------------------------------------------------------------
+
+OWNER = "owner@kundenmail.de"
+_owners: list[str] = []
+"""The list owner each reset of the owner-notifying sandbox built its world with (this process)."""
+
+
+def make_owner_sandbox(**options: Any) -> PythonSandbox:
+    """The newsletter's list owner comes from the environment reference; notify_owner mails them."""
+
+    def build(environment: dict[str, Any]) -> dict[str, Any]:
+        _owners.append(environment["list_owner"])
+        return {"owner": environment["list_owner"], "sent": []}
+
+    def notify_owner(world: dict[str, Any], text: str) -> str:
+        world["sent"].append({"to": world["owner"], "text": text})
+        return "Sent to the list owner."
+
+    return PythonSandbox(build, tools={"notify_owner": notify_owner}, kind="owner")
+
+
+def _record_owner_bot(folder: Path, *, vault: bool) -> tuple[Path, Path]:
+    """A create_agent bot tells the list owner (the environment reference names them) two things (approved, default
+    redaction: the environment is stored with the owner's e-mail as a placeholder). The calls hold no redacted value."""
+
+    @tool
+    def notify_owner(text: str) -> str:
+        """Send a note to the newsletter's list owner."""
+        return "Sent to the list owner."
+
+    store = folder / "store"
+    for text in ("The newsletter is late.", "The newsletter is out."):
+        script = [AIMessage(content="", tool_calls=[tool_call("notify_owner", text=text)]), AIMessage(content="Done: the owner knows.")]
+        graph = create_agent(ScriptedChatModel(script=script), [notify_owner])
+        agent = record_experience(
+            graph, app="owner", store=store, vault=vault, approve_if=lambda t: t.status == "completed",
+            environment=lambda inputs, config: {"list_owner": OWNER},
+        )  # fmt: skip
+        agent.invoke({"messages": [("user", f"Tell the list owner: {text}")]}, {"configurable": {"thread_id": text}})
+        agent.flush()
+        agent.recorder.close()
+    return store, _hold_out(store, folder / "data")
+
+
+def test_the_world_is_built_from_the_environment_with_the_vaults_values(tmp_path: Path) -> None:
+    """Before: the sandbox was reset to the environment as stored, so the expected world and the candidate's were built
+    with the owner '[REDACTED:email:...]' although the vault held the address. Now every reset gets the vault's values,
+    for the expert's world and the candidate's alike; the task's payload keeps the placeholder."""
+    store, split = _record_owner_bot(tmp_path, vault=True)
+    suite = load_suite(f"traces:{store}", SuiteSettings(split=str(split), sandbox=f"{__name__}:make_owner_sandbox"))
+    [task] = suite.tasks()
+    assert PLACEHOLDER.fullmatch(task.payload["environment"]["list_owner"]), task.payload["environment"]
+    sandbox = make_owner_sandbox()
+    try:
+        expert_digests(sandbox, task)
+        assert sandbox.world["sent"] and all(note["to"] == OWNER for note in sandbox.world["sent"]), sandbox.world
+    finally:
+        sandbox.close()
+    _owners.clear()
+    from ee_middleware.evals.clients import build_eval_client
+
+    result = suite.run(build_eval_client("oracle"), task, 0, LoopConfig())
+    assert result.success and "unrestored" not in result.details, (result.reason, result.details)
+    assert _owners == [OWNER, OWNER], "the expected world, then the candidate's, were built with the address"
+
+
+def test_without_a_vault_a_trajectory_whose_environment_was_redacted_is_left_out_saying_why(tmp_path: Path) -> None:
+    """Before: the world was built from the placeholder and the task scored (the expert's calls hold no redacted value,
+    so nothing said so). Now it is left out, as one whose expert arguments cannot be restored is, naming the
+    environment's key and the fix."""
+    store, split = _record_owner_bot(tmp_path, vault=False)
+    suite = load_suite(f"traces:{store}", SuiteSettings(split=str(split), sandbox=f"{__name__}:make_owner_sandbox"))
+    assert suite.tasks() == []
+    [reason] = suite.excluded.values()
+    assert reason.startswith("its environment reference holds redacted values the sandbox's world cannot be given (list_owner: "), reason
+    assert "no redaction vault (record with vault=True to replay real values)" in reason, reason

@@ -233,3 +233,171 @@ def test_restore_finds_placeholders_exactly_where_the_json_text_has_them(argumen
     from ee_middleware.replay.privacy import _mentions_placeholder
 
     assert _mentions_placeholder(arguments) == ("[REDACTED:" in json.dumps(arguments, ensure_ascii=False))
+
+
+# -- the environment reference and argument keys: a real LangGraph agent recorded by record_experience ----------------
+
+EMAIL = "ann@kundenmail.de"
+UNKNOWN_TAG = "[REDACTED:email:00000000]"
+"""A pseudonym no vault holds."""
+
+
+def _crm_world(environment: dict[str, Any]) -> dict[str, Any]:
+    """The user's CRM world, rebuilt from the environment reference (the customer's e-mail comes from it)."""
+    return {"customers": {"C1": {"email": environment["customer_email"], "tier": "gold"}}, "tags": {}}
+
+
+def _customer_domain(world: dict[str, Any], customer_id: str) -> str:
+    email = world["customers"][customer_id]["email"]
+    return email.split("@", 1)[1] if "@" in email else "Error: no valid e-mail on file"
+
+
+def _find_customer(world: dict[str, Any], email: str) -> str:
+    found = [{"id": i, **c} for i, c in world["customers"].items() if c["email"] == email]
+    return json.dumps(found[0]) if found else "Error: no customer with that e-mail"
+
+
+def _tag_contacts(world: dict[str, Any], tags: dict[str, str]) -> str:
+    known = {c["email"] for c in world["customers"].values()}
+    world["tags"].update(tags)
+    return f"tagged {sum(t in known for t in tags)} customer(s), {sum(t not in known for t in tags)} other contact(s)"
+
+
+def _record_crm(tmp_path: Path, *, vault: bool) -> tuple[LocalExperienceStore, Trajectory]:
+    """A create_agent CRM bot (ScriptedChatModel) recorded by record_experience with the default redaction: its
+    environment reference holds the customer's e-mail, and it tags the customer by e-mail (a placeholder in a KEY)."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from tests.conftest import record_once
+
+    environment = {"crm": "v1", "customer_email": EMAIL}
+    world = _crm_world(environment)
+
+    @tool
+    def customer_domain(customer_id: str) -> str:
+        """The domain of a customer's e-mail address."""
+        return _customer_domain(world, customer_id)
+
+    @tool
+    def find_customer(email: str) -> str:
+        """Find a customer by e-mail."""
+        return _find_customer(world, email)
+
+    @tool
+    def tag_contacts(tags: dict[str, str]) -> str:
+        """Tag contacts, by e-mail address."""
+        return _tag_contacts(world, tags)
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("customer_domain", customer_id="C1")]),
+        AIMessage(content="", tool_calls=[tool_call("find_customer", email=EMAIL)]),
+        AIMessage(content="", tool_calls=[tool_call("tag_contacts", tags={EMAIL: "vip"})]),
+        AIMessage(content="Done: tagged as vip."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [customer_domain, find_customer, tag_contacts])
+    agent = record_experience(graph, app="crm", store=tmp_path / "crm", vault=vault, environment=lambda inputs, config: environment)
+    trajectory = record_once(agent, tmp_path / "crm", {"messages": [("user", f"I am {EMAIL}: tag me as vip")]})
+    assert PLACEHOLDER_TEXT in json.dumps(trajectory.environment) and EMAIL not in json.dumps(trajectory.environment)
+    tags = _recorded_tags(trajectory)
+    assert EMAIL not in tags and len(tags) == 1, tags
+    return LocalExperienceStore(tmp_path / "crm"), trajectory
+
+
+PLACEHOLDER_TEXT = "[REDACTED:email:"
+
+
+def _recorded_tags(trajectory: Trajectory) -> dict[str, str]:
+    [tags] = [
+        s.action.tool_call.arguments["tags"] for s in trajectory.steps if s.action.tool_call and s.action.tool_call.name == "tag_contacts"
+    ]
+    return tags
+
+
+def _crm_sandbox(built: list[dict[str, Any]]) -> PythonSandbox:
+    """The user's CRM sandbox: its world builder notes the environment it was given in ``built``."""
+
+    def build(environment: dict[str, Any]) -> dict[str, Any]:
+        built.append(dict(environment))
+        return _crm_world(environment)
+
+    tools = {"customer_domain": _customer_domain, "find_customer": _find_customer, "tag_contacts": _tag_contacts}
+    return PythonSandbox(build, tools=tools, kind="crm", is_error_result=lambda v: isinstance(v, str) and v.startswith("Error"))
+
+
+def _replay_crm(store: LocalExperienceStore, trajectory: Trajectory, sandbox: PythonSandbox, calls: list[ToolCall]) -> Any:
+    settings = ReplaySettings(replay_id="r", policy="scripted", k=max(len(calls), 1), privacy=ReplayPrivacy.of_store(store))
+    return replay_trajectory(trajectory, sandbox, Proposer(_ScriptedPolicy(calls), k=max(len(calls), 1), refill=None), settings)
+
+
+def test_the_environment_reference_is_restored_from_the_vault_before_the_world_is_built(tmp_path: Path) -> None:
+    """Before: the sandbox was reset to the environment as stored, so the user's world builder got the customer's e-mail
+    as '[REDACTED:email:...]' although the vault held it; the lookups by e-mail then found no one and replay reported a
+    fidelity mismatch (and 0 unrestorable steps). Now the environment gets the vault's values as arguments do."""
+    store, trajectory = _record_crm(tmp_path, vault=True)
+    built: list[dict[str, Any]] = []
+    outcome = _replay_crm(store, trajectory, _crm_sandbox(built), [])
+    record = outcome.record
+    assert built and all(env == {"crm": "v1", "customer_email": EMAIL} for env in built), built
+    assert (record.status, record.fidelity_mismatches, record.unrestorable) == ("done", 0, 0), record.details
+    assert "unrestored_environment" not in record.details
+    assert trajectory.environment["customer_email"].startswith(PLACEHOLDER_TEXT), "what is stored keeps the placeholder"
+
+
+def test_placeholders_in_argument_keys_are_restored_and_flagged_when_they_cannot_be(tmp_path: Path) -> None:
+    """Before: restore() mapped the values only, so tag_contacts(tags={'[REDACTED:email:...]': 'vip'}) reached the
+    sandbox with the pseudonym as the key although the vault held the address, and a key the vault lacks was not flagged
+    (the rollout's unrestored was empty: dataset builders kept it). Now keys are restored, or flagged, as values are."""
+    store, trajectory = _record_crm(tmp_path, vault=True)
+    recorded_tags = _recorded_tags(trajectory)
+    sandbox = _crm_sandbox([])
+    proposed = ToolCall(id="p", name="tag_contacts", arguments={"tags": {UNKNOWN_TAG: "vip", **recorded_tags}})
+    outcome = _replay_crm(store, trajectory, sandbox, [proposed])
+    assert outcome.record.fidelity_mismatches == 0 and outcome.record.unrestorable == 0, outcome.record.details
+    assert sandbox.world["tags"] == {EMAIL: "vip"}, "the expert's tag reached the sandbox under the real address"
+    assert outcome.rollouts and all(r.unrestored == [UNKNOWN_TAG] for r in outcome.rollouts)
+    assert all(r.action.tool_call.arguments == proposed.arguments for r in outcome.rollouts), "what is stored keeps the placeholders"
+    assert outcome.record.details["unrestored_branches"] == len(outcome.rollouts)
+    restored, missing = ReplayPrivacy.of_store(store).restore(proposed)
+    assert restored.arguments == {"tags": {UNKNOWN_TAG: "vip", EMAIL: "vip"}}
+    assert [(u.placeholder, u.reason) for u in missing] == [(UNKNOWN_TAG, "not in the redaction vault")]
+
+
+def test_an_environment_the_vault_cannot_restore_flags_every_expert_step_not_a_fidelity_mismatch(tmp_path: Path) -> None:
+    """Capture's default keeps no vault: the world is built from the environment's placeholder. Before: the step whose
+    answer depends on it (customer_domain) was a plain fidelity mismatch and nothing named the cause. Now every expert
+    step is unrestorable (its world is not the recorded one), listed with the environment's keys, the rollouts carry the
+    placeholder (dataset builders leave them out), the record says which keys and why, and `ee replay show` says so."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    store, trajectory = _record_crm(tmp_path, vault=False)
+    placeholder = trajectory.environment["customer_email"]
+    built: list[dict[str, Any]] = []
+    calls = [ToolCall(id="p", name="customer_domain", arguments={"customer_id": "C1"})]
+    outcome = _replay_crm(store, trajectory, _crm_sandbox(built), calls)
+    record = outcome.record
+    assert built[-1]["customer_email"] == placeholder, "no vault: the world builder gets the placeholder, as before"
+    assert record.fidelity_mismatches == 0 and record.unrestorable == 3, record.details
+    steps = record.details["unrestorable_steps"]
+    assert [(s["tool"], s["arguments"], s["environment"]) for s in steps] == [
+        ("customer_domain", [], ["customer_email"]),
+        ("find_customer", ["email"], ["customer_email"]),
+        ("tag_contacts", ["tags"], ["customer_email"]),
+    ]
+    assert steps[0]["observation_matched"] is False and steps[0]["placeholders"] == [placeholder]
+    environment_reason = "in the environment reference the sandbox's world is built from: no redaction vault"
+    assert any(r.startswith(environment_reason) for r in steps[0]["reasons"]), steps[0]["reasons"]
+    assert record.details["unrestored_environment"]["keys"] == ["customer_email"]
+    assert record.details["unrestored_environment"]["placeholders"] == [placeholder]
+    assert outcome.rollouts and all(placeholder in r.unrestored for r in outcome.rollouts)
+    assert record.details["unrestored_branches"] == len(outcome.rollouts)
+    store.write_replay(record, outcome.rollouts)
+    store.close()
+    shown = CliRunner().invoke(app, ["replay", "show", trajectory.id, "--store", str(tmp_path / "crm")], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    assert "the environment reference's customer_email" in shown.output and "world was built with" in shown.output, shown.output
