@@ -5,28 +5,99 @@ and rotates), so a trace can only be assembled once every file is read. Holding 
 then made ingest's peak memory grow with the input; :class:`SpanSpill` keeps them in a SQLite file
 in a temporary folder instead (removed on close), and hands them back one trace at a time, traces in
 the order they were first seen and each trace's spans in the order they were read.
+
+The spans are as read, not yet redacted. An ingest that is killed (``kill -9``, the OOM killer, SIGTERM) never
+removes its folder, so each spill holds a lock on its folder (``owner.lock``, an ``flock`` the system drops when
+the process ends however it ends) and every new spill first removes the ``ee-ingest-*`` folders whose lock nobody
+holds (:func:`sweep_stale_spills`): a killed ingest's raw spans last until the next ingest at most.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pickle
+import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from ee_middleware.capture.spandata import SpanData
 
 _BATCH = 2000
+PREFIX = "ee-ingest-"
+"""The name of every spill folder starts so (in the system's temporary folder: ``TMPDIR``)."""
+_LOCK = "owner.lock"
+_SPANS = "spans.sqlite"
+LEGACY_AGE_S = 24 * 3600
+"""A spill folder of a version before owner locks (``spans.sqlite`` and no ``owner.lock``) is removed once it has not
+changed for this long: its owner cannot be asked whether it still runs."""
+
+
+def sweep_stale_spills(folder: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the spill folders in ``folder`` (default: the temporary folder) whose ingest has ended without removing
+    them (killed): those whose ``owner.lock`` no process holds, and legacy ones untouched for :data:`LEGACY_AGE_S`.
+    Returns the folders removed. Folders of other users, and those that cannot be removed, are left as they are."""
+    base = Path(folder if folder is not None else tempfile.gettempdir())
+    try:
+        candidates = [p for p in base.iterdir() if p.name.startswith(PREFIX)]
+    except OSError:
+        return []
+    removed = []
+    for path in candidates:
+        try:
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+            if _stale(path):
+                shutil.rmtree(path, ignore_errors=True)
+                if not path.exists():
+                    removed.append(path)
+        except OSError:
+            continue  # gone meanwhile (another ingest swept it), or not ours to read
+    return removed
+
+
+def _stale(path: Path) -> bool:
+    lock = path / _LOCK
+    if not lock.exists():  # a spill being made (no spans yet), or one made before owner locks
+        spans = path / _SPANS
+        return spans.exists() and time.time() - spans.stat().st_mtime > LEGACY_AGE_S
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its ingest runs
+        return True  # nobody holds it: its ingest has ended (the lock is dropped with the process)
+
+
+def _locked_file(folder: Path) -> IO[str]:
+    """``folder/owner.lock``, created already locked (made under another name, then renamed), so that a sweep in
+    another process never finds it unlocked while this ingest runs."""
+    making = folder / f".{_LOCK}"
+    fh = open(making, "w")  # noqa: SIM115 - held open (and locked) for the spill's lifetime
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        os.rename(making, folder / _LOCK)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
 
 
 class SpanSpill:
     """Spans written to a temporary SQLite file and read back by trace."""
 
     def __init__(self) -> None:
-        self._folder = tempfile.TemporaryDirectory(prefix="ee-ingest-")
-        self._db = sqlite3.connect(Path(self._folder.name) / "spans.sqlite", isolation_level=None)
+        sweep_stale_spills()
+        self._folder = tempfile.TemporaryDirectory(prefix=PREFIX)
+        self._owner = _locked_file(Path(self._folder.name))
+        self._db = sqlite3.connect(Path(self._folder.name) / _SPANS, isolation_level=None)
         self._db.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE;"
             "CREATE TABLE spans (seq INTEGER PRIMARY KEY, trace TEXT NOT NULL, span BLOB NOT NULL);"
@@ -67,6 +138,7 @@ class SpanSpill:
     def close(self) -> None:
         self._db.close()
         self._folder.cleanup()
+        self._owner.close()
 
     def __enter__(self) -> SpanSpill:
         return self
