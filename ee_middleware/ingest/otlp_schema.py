@@ -266,7 +266,7 @@ def decode_id(value: str, size: int, field_name: str) -> str:
         except (binascii.Error, ValueError):
             decoded = b""
     if len(decoded) != size:
-        raise ShapeError(f"{field_name} {value[:48]!r} is neither {size * 2} hex digits nor base64 of {size} bytes")
+        raise ShapeError(f"{field_name} ({_kind(value)}) is neither {size * 2} hex digits nor base64 of {size} bytes")
     if not any(decoded):
         raise ShapeError(f"{field_name} is all zeros, which OTLP defines as invalid")
     return decoded.hex()
@@ -313,15 +313,24 @@ def _is_union_tag(part: str) -> bool:
 
 
 def _kind(value: Any) -> str:
+    """What was found where something else was expected, by its JSON type and size, never its value: problem lines go
+    to terminals, CI logs and ``--json``, and a misplaced value is as likely as any to be a customer's IBAN or e-mail
+    (the store's redaction applies only to what is stored)."""
     if isinstance(value, str):
-        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+        return f"a string of {len(value)} character{'s' if len(value) != 1 else ''}"
     if isinstance(value, list):
         return f"a list of {len(value)}"
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
     if isinstance(value, Mapping):
         return "an object"
-    return f"{type(value).__name__} {value!r:.40}"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction"
+    return f"a {type(value).__name__}"
 
 
 def _check_depth(value: Any, limit: int, skip: str | None = None) -> None:

@@ -219,7 +219,7 @@ def test_malformed_spans_get_one_error_each_and_good_runs_are_still_ingested(tmp
     report = ingest_files([file], store)
     assert len(report.ingested) == 1, report.errors
     errors = "\n".join(report.errors)
-    assert "spanId 'xyz' is neither 16 hex digits nor base64" in errors and "'chat broken'" in errors
+    assert "spanId (a string of 3 characters) is neither 16 hex digits nor base64" in errors and "'chat broken'" in errors
     assert "endTimeUnixNano" in errors
     assert "mixed.jsonl:2: not valid JSON" in errors
     assert "gen_ai.input.messages is not valid JSON" in errors

@@ -1,0 +1,48 @@
+"""The OTLP shape checks (otlp_schema.py): the problem lines they give never quote a span's values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+
+FIXTURE = Path(__file__).parent / "fixtures" / "openinference_langgraph.jsonl"
+EMAIL, IBAN, PHONE = "anna.schmidt@kundenmail.de", "DE44500105175407324931", "+49 151 2345 6789"
+
+
+def _spans(request: dict) -> list[dict]:
+    return [span for resource in request["resourceSpans"] for scope in resource["scopeSpans"] for span in scope["spans"]]
+
+
+def _damaged(tmp_path: Path) -> Path:
+    """The real OpenInference recording with three spans damaged by a broken exporter or hand edit: a trace id that is
+    an e-mail, a start time that is a phone number, an attribute whose object value is an IBAN."""
+    requests = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+    first, second, third = _spans(requests[0])[:3]
+    first["traceId"] = EMAIL
+    second["startTimeUnixNano"] = PHONE
+    third["attributes"][0]["value"] = {"kvlistValue": IBAN}
+    path = tmp_path / "damaged.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    return path
+
+
+def test_problem_lines_name_the_field_and_what_was_found_without_its_value(tmp_path: Path) -> None:
+    """Defect: ``ee traces ingest`` printed "traceId 'anna.schmidt@...' is neither ..." and "(found the string
+    'DE44500105175407324931')" to the terminal and in ``--json``: the values the store's redaction keeps out of the store
+    went to CI logs. Problem lines now say what was found by its type and length."""
+    damaged = _damaged(tmp_path)
+    runner = CliRunner()
+    printed = runner.invoke(app, ["traces", "ingest", str(damaged), "--store", str(tmp_path / "s")], env={"COLUMNS": "400"})
+    as_json = runner.invoke(app, ["traces", "ingest", str(damaged), "--store", str(tmp_path / "s2"), "--json"])
+    assert printed.exit_code == as_json.exit_code == 1, printed.output
+    errors = json.loads(as_json.stdout)["errors"]
+    joined = "\n".join(errors)
+    assert "traceId (a string of 26 characters) is neither 32 hex digits nor base64 of 16 bytes" in joined
+    assert "startTimeUnixNano: must be an unsigned integer (nanoseconds since the epoch) (found a string of 17 characters)" in joined
+    assert "value.kvlistValue: input should be a valid dictionary or instance of KeyValueList (found a string of 22 characters)" in joined
+    for value in (EMAIL, IBAN, PHONE):
+        assert value not in printed.output and value not in as_json.output, value
