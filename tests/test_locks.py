@@ -35,3 +35,24 @@ def test_a_killed_holder_releases_it(tmp_path: Path) -> None:
         holder.wait()
     with holder_lock(path, RuntimeError):
         pass
+
+
+def test_a_lock_beside_a_folder_is_removed_at_the_end_and_still_refuses_a_second_holder(tmp_path: Path) -> None:
+    """``remove=True`` (``ee train``'s lock beside its output folder) leaves no file behind, also after a killed holder."""
+    path = tmp_path / ".out.train.lock"
+    with holder_lock(path, RuntimeError, remove=True):
+        assert path.is_file()
+        with pytest.raises(RuntimeError, match=rf"^pid {os.getpid()} "), holder_lock(path, RuntimeError, remove=True):
+            pass
+    assert not path.exists()
+    code = f"from pathlib import Path; from ee_middleware._locks import holder_lock\nwith holder_lock(Path({str(path)!r}), RuntimeError, remove=True):\n    print('held', flush=True)\n    input()"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert path.is_file(), "a killed holder leaves its file"
+    with holder_lock(path, RuntimeError, remove=True):
+        pass
+    assert not path.exists()

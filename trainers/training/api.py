@@ -13,12 +13,15 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import remove_left_behind
+from ee_middleware._locks import holder_lock
 from ee_middleware._optional import import_optional
 from ee_middleware._version import __version__
 from ee_middleware.models.chat_template import TemplateSupport, probe_template
@@ -80,8 +83,12 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
     if not existing.is_dir():  # checked before training: the adapter is written only at the end
         raise TrainError(f"{existing} is a file, not a folder: set output_dir (--output-dir) to a new folder for the adapter.")
-    if any((output_dir / name).exists() for name in ADAPTER_FILES):
-        raise TrainError(f"{output_dir} already holds an adapter. Adapters are immutable per version: pick a new output_dir, or delete it.")
+    with _holding_output(output_dir):
+        _refuse_an_adapter(output_dir)
+        return _train(config, output_dir, started, progress)
+
+
+def _train(config: TrainConfig, output_dir: Path, started: float, progress: bool) -> TrainResult:
     torch = import_optional("torch", extra="train", purpose=_PURPOSE)
     runtime = _runtime(config, torch, progress)
     datasets = {kind: load_dataset(Path(config.data), kind) for kind in schedule.kinds_needed(config.schedule)}
@@ -112,6 +119,38 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         if progress:
             print_summary(manifest)
     return TrainResult(output_dir, manifest)
+
+
+@contextmanager
+def _holding_output(output_dir: Path) -> Iterator[None]:
+    """Hold ``output_dir`` for the whole run (on rank 0, the rank that writes the adapter): a lock file beside it
+    (``.NAME.train.lock``, removed at the end; released when the process exits, even killed). A second run into the same
+    folder is refused at once, naming the folder and the run that holds it: both would train, then the last to finish
+    would replace the first's adapter (adapters are immutable per version)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    def busy(holder: str) -> TrainError:
+        return TrainError(
+            f"Another training run is writing an adapter to {output_dir} ({holder}). Adapters are immutable per version: "
+            "set another output_dir (--output-dir) for this run, or wait for that run to finish (or stop it; its hold is "
+            "released when it exits, even if killed)."
+        )
+
+    with holder_lock(output_dir.parent / f".{output_dir.name}{LOCK_SUFFIX}", busy, remove=True):
+        yield
+
+
+LOCK_SUFFIX = ".train.lock"
+"""The lock file a run holds beside its output folder (``.NAME.train.lock``), removed when the run ends."""
+
+
+def _refuse_an_adapter(output_dir: Path) -> None:
+    """Refuse an ``output_dir`` that holds an adapter: adapters are immutable per version."""
+    if any((output_dir / name).exists() for name in ADAPTER_FILES):
+        raise TrainError(f"{output_dir} already holds an adapter. Adapters are immutable per version: pick a new output_dir, or delete it.")
 
 
 def _runtime(config: TrainConfig, torch: Any, progress: bool) -> backends.Runtime:
@@ -277,13 +316,23 @@ def _write_output(
     except BaseException:  # a half-written adapter is never left where it could be taken for one
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if output_dir.exists():  # an empty or non-adapter folder the user pointed us at: merge into it
-        for item in partial.iterdir():
-            item.replace(output_dir / item.name)
-        partial.rmdir()
-    else:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        partial.rename(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _refuse_an_adapter(output_dir)  # again: something that holds no lock (a copy, an older version) may have put one there
+        if not output_dir.exists() or not any(output_dir.iterdir()):
+            partial.replace(output_dir)  # the adapter appears whole, in one rename (also over an empty folder)
+            return
+    except (TrainError, OSError) as exc:  # e.g. a folder created with files in it since the check
+        kept = output_dir.with_name(f"{output_dir.name}.unpublished-{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}")
+        partial.rename(kept)
+        raise TrainError(
+            f"Not written to {output_dir}: {exc if isinstance(exc, TrainError) else f'moving the adapter into place failed ({exc})'}. "
+            f"This run's adapter is in {kept}: move it to a new folder (or delete it)."
+        ) from exc
+    # a non-adapter folder the user pointed us at (notes, a README): merge into it, the adapter's own files last
+    for item in sorted(partial.iterdir(), key=lambda p: p.name in ADAPTER_FILES):
+        item.replace(output_dir / item.name)
+    partial.rmdir()
 
 
 def _fill_output(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,69 @@ def test_an_existing_adapter_is_never_overwritten(il_run: Any, tiny_model_dir: P
     with pytest.raises(TrainError, match=r"already holds an adapter.*new output_dir"):
         train(config(tiny_model_dir, data_dir, il_run.adapter_dir, max_steps=1), progress=False)
     assert (il_run.adapter_dir / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_a_second_run_into_the_folder_a_run_is_training_for_is_refused_naming_it(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: two ``ee train`` runs with one --output-dir (a cron job and a manual run) both passed the start check, both
+    exited 0 printing the same adapter_dir, and the folder ended up with the last one's files: the first adapter was
+    overwritten. Here a real ``ee train`` process is started into the folder while this run trains (after its stages,
+    before it writes): it is refused at once, naming the folder, and this run's adapter is written whole."""
+    import subprocess
+    import sys
+
+    from ee_middleware.trainers.training import api
+
+    out = tmp_path / "adapters" / "v1"
+    second: list[subprocess.CompletedProcess[str]] = []
+    real = api._run_stages
+
+    def train_then_start_another(*args: Any, **kwargs: Any) -> Any:
+        runs = real(*args, **kwargs)
+        command = [sys.executable, "-m", "ee_middleware.cli", "train", "--base-model", str(tiny_model_dir), "--data", str(data_dir)]
+        command += ["--schedule", "iwm", "--max-steps", "1", "--seed", "2", "--output-dir", str(out), "--no-progress"]
+        second.append(subprocess.run(command, capture_output=True, text=True, timeout=600))
+        return runs
+
+    monkeypatch.setattr(api, "_run_stages", train_then_start_another)
+    result = train(config(tiny_model_dir, data_dir, out, schedule="il", max_steps=1, seed=1), progress=False)
+    [other] = second
+    error = " ".join(other.stderr.split())
+    assert other.returncode == 1, other.stderr
+    assert f"Another training run is writing an adapter to {out}" in error and f"(pid {os.getpid()} on " in error, error
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["config"]["schedule"], manifest["config"]["seed"]) == ("il", 1) and result.adapter_dir == out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v1"], "no lock file or partial folder is left"
+
+
+def test_an_adapter_put_into_the_folder_during_the_run_is_kept_and_this_runs_adapter_set_aside(
+    il_run: Any, tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something that takes no lock (a copy, an older version of ee) puts an adapter into the output folder while the run
+    trains (stood in for by copying a real adapter there after the stages): the run does not merge its files over it
+    (was: the folder ended up a mix of both), and keeps its own adapter in a folder it names."""
+    import shutil
+
+    from ee_middleware.trainers.training import api
+
+    out = tmp_path / "v1"
+    real = api._run_stages
+
+    def train_then_copy_in(*args: Any, **kwargs: Any) -> Any:
+        runs = real(*args, **kwargs)
+        shutil.copytree(il_run.adapter_dir, out)
+        return runs
+
+    monkeypatch.setattr(api, "_run_stages", train_then_copy_in)
+    with pytest.raises(
+        TrainError, match=r"Not written to .*v1: .*already holds an adapter.*This run's adapter is in (\S+v1\.unpublished-\S+):"
+    ):
+        train(config(tiny_model_dir, data_dir, out, schedule="iwm", max_steps=1), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in il_run.adapter_dir.iterdir()}
+    [kept] = [p for p in tmp_path.iterdir() if p.name.startswith("v1.unpublished-")]
+    assert json.loads((kept / "manifest.json").read_text())["config"]["schedule"] == "iwm"
+    assert (kept / "adapter_model.safetensors").is_file()
 
 
 def test_rows_that_lose_tools_or_task_are_warned_about_and_recorded(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
