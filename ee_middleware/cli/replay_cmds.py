@@ -270,7 +270,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         ("proposals rejected", summary.rejected),
         ("proposals refused (no sandbox)", sum(summary.refused_tools.values())),
         ("fidelity mismatches", summary.fidelity_mismatches),
-        ("expert steps not restorable (redacted arguments)", summary.unrestorable),
+        ("expert steps not restorable (redacted values)", summary.unrestorable),
         ("branches with unrestored arguments", summary.unrestored_branches),
         ("time", f"{summary.duration_s:.1f} s"),
         ("branches / s", f"{summary.branches_per_s:.1f}"),
@@ -327,7 +327,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         reasons = sorted({r for e in summary.unrestorable_examples for r in e.get("reasons", [])})
         out.print(
             f"[yellow]{summary.unrestorable} expert step(s) and {summary.unrestored_branches} branch(es) were replayed with redaction "
-            f"placeholders for arguments[/] ({escape('; '.join(reasons) or 'no vault')}): their observations are not checked, and "
+            f"placeholders for arguments or the environment reference[/] ({escape('; '.join(reasons) or 'no vault')}): their observations are not checked, and "
             "dataset builders leave those branches out. Record with vault=True to replay the real values (docs/sandboxes.md)."
         )
 
