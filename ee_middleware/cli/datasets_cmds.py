@@ -313,6 +313,7 @@ def show(
     as_json: bool = JsonOption,
 ) -> None:
     """Counts, token-length histograms, a few rendered examples, and (with --max-length) what truncation would cut."""
+    from ee_middleware.models.chat_template import probe_template
     from ee_middleware.trainers.datasets.build import read_dataset
     from ee_middleware.trainers.datasets.summary import (
         budget_report,
@@ -333,6 +334,14 @@ def show(
 
         transformers = import_optional("transformers", extra="train", purpose="count tokens with a tokenizer")
         tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+        if not getattr(tok, "chat_template", None):
+            from ee_middleware.errors import ConfigError
+
+            raise ConfigError(
+                f"The tokenizer in {tokenizer} has no chat template, so rows cannot be rendered as ee train renders them "
+                "(ee train refuses such a base model). Give the base model's own folder (an instruct model), or give this "
+                "tokenizer a template: tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(DIR)."
+            )
     if max_length is not None and tok is None:
         from ee_middleware.errors import ConfigError
 
@@ -364,11 +373,12 @@ def show(
                 f"{b['dropped_completion_too_long']} dropped (completion alone too long)"
             )
         frame = read_dataset(file)
+        support = probe_template(tok) if tok is not None and examples else None
         for row in frame.head(examples).iter_rows(named=True):
             out.print(
                 f"[dim]--- {row['id']} (trajectory {short(row['trajectory_id'], 12)}, step {row['step_index']}, branch {row['branch_index']})[/]"
             )
-            out.print(render_example(row, tok), markup=False, highlight=False)
+            out.print(render_example(row, tok, support), markup=False, highlight=False)
     if plot is not None:
         out.print(f"histograms: {plot}")
 

@@ -145,16 +145,23 @@ def write_histogram_png(described: dict[str, dict[str, Any]], path: str | Path) 
     plt.close(fig)
 
 
-def render_example(row: dict[str, Any], tokenizer: Any = None) -> str:
-    """One example as the model sees it: the chat template's text with a tokenizer, else role-prefixed lines."""
+def render_example(row: dict[str, Any], tokenizer: Any = None, support: Any = None) -> str:
+    """One example as the model sees it. With a tokenizer: the text ``ee train`` trains on, the prompt then the completion,
+    in the trainer's rendering (:func:`~ee_middleware.trainers.training.render.render_texts`: the chat template, the
+    row's tool schemas and calls as the trainer gives them to a template that would drop them), the same rendering
+    the lengths are measured in (``support``: the tokenizer's :func:`~ee_middleware.models.chat_template.probe_template`,
+    probed here when not given). Else role-prefixed lines."""
     prompt = json.loads(row["prompt"])
     completion = json.loads(row["completion"])
     tools = json.loads(row.get("tools") or "[]")
     if tokenizer is not None:
-        from ee_middleware.messages import with_decoded_arguments
+        from ee_middleware.models.chat_template import probe_template
+        from ee_middleware.trainers.training.data import ChatRow
+        from ee_middleware.trainers.training.render import render_texts
 
-        text = tokenizer.apply_chat_template(with_decoded_arguments(prompt + completion), tools=tools or None, tokenize=False)
-        return str(text)
+        chat_row = ChatRow(id=str(row.get("id")), kind=str(row.get("kind") or ""), prompt=prompt, completion=completion, tools=tools)
+        prompt_text, completion_text, _ = render_texts(tokenizer, chat_row, support if support is not None else probe_template(tokenizer))
+        return prompt_text + completion_text
     names = [t.get("function", t).get("name", "?") for t in tools if isinstance(t, dict)]
     lines = [f"tools offered: {', '.join(names) if names else 'none'}"]
     for message in prompt[-4:]:

@@ -55,3 +55,40 @@ def test_show_measures_rows_as_the_trainer_renders_them(tiny_model_dir: Path, da
     assert "lengths: the trainer's rendering" in " ".join(text.stdout.split())
     estimated = json.loads(CliRunner().invoke(app, ["datasets", "show", str(data_dir), "-n", "0", "--json"]).stdout)
     assert estimated["il"]["rendering"].startswith("estimated:") and set(estimated["il"]) == set(shown["il"]) - {"budget"}
+
+
+def test_the_examples_shown_are_the_text_the_trainer_trains_on(plain_template_model_dir: Path, data_dir: Path) -> None:
+    """Before: the examples were the tokenizer's own apply_chat_template over prompt + completion, while the lengths beside
+    them were the trainer's rendering: with SmolLM2's template (it ignores tools and tool calls) an IL example showed no
+    tool schemas and no call (its target looked empty), though ee train trains on the schemas in the system message and
+    the calls as ``<tool_call>`` text. Now each example is the trainer's prompt then completion."""
+    from transformers import AutoTokenizer
+
+    from ee_middleware.models.chat_template import probe_template, render_pair
+
+    tokenizer = AutoTokenizer.from_pretrained(str(plain_template_model_dir), local_files_only=True)
+    row = pl.read_parquet(data_dir / "il.parquet").row(0, named=True)
+    prompt, completion, _ = render_pair(
+        tokenizer, json.loads(row["prompt"]), json.loads(row["completion"]), json.loads(row["tools"]), probe_template(tokenizer)
+    )
+    assert completion.startswith('<tool_call>{"name": "cd"') and '"name": "cat"' in prompt, (prompt, completion)
+    result = CliRunner().invoke(
+        app,
+        ["datasets", "show", str(data_dir / "il.parquet"), "--tokenizer", str(plain_template_model_dir), "-n", "1"],
+        env={"COLUMNS": "2000"},
+    )
+    assert result.exit_code == 0, result.output
+    assert prompt + completion in result.stdout, result.stdout[-3000:]
+
+
+def test_a_tokenizer_without_a_chat_template_is_named(tmp_path: Path, data_dir: Path) -> None:
+    """Before: the template error blamed 'a limit of the model's own template (e.g. strict user/assistant alternation)'."""
+    from ee_middleware.testing.tiny_models import build_test_tokenizer
+
+    tokenizer = build_test_tokenizer(["You manage files."] * 3)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "no-template")
+    result = CliRunner().invoke(app, ["datasets", "show", str(data_dir), "--tokenizer", str(tmp_path / "no-template")])
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert f"The tokenizer in {tmp_path / 'no-template'} has no chat template" in message and "strict user/assistant" not in message
