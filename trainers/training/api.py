@@ -283,7 +283,7 @@ def _manifest(
         "ee_middleware_version": __version__,
         "created_at": datetime.now(UTC).isoformat(),
         "adapter_dir": str(output_dir),
-        "config": config.model_dump(mode="json"),
+        "config": {**config.model_dump(mode="json"), "data": str(Path(config.data).resolve())},
         "base_model": base_info,
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": _adapted_modules(model)},
         "schedule": {"name": config.schedule, "stages": [s.describe() for s in stages], "rule": schedule.__doc__.strip()},

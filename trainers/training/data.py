@@ -76,7 +76,8 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
         )
     hashes = tuple(sorted(frame["source_hash"].drop_nulls().unique().to_list())) if "source_hash" in frame.columns else ()
     rows = rows_from_frame(frame, path, kind)
-    return DatasetFile(kind=kind, path=path, sha256=_sha256(path), rows=rows, metadata=metadata, source_hashes=hashes)
+    # the manifest names the file by its absolute path: one relative to where ee train ran points nowhere from the adapter
+    return DatasetFile(kind=kind, path=path.resolve(), sha256=_sha256(path), rows=rows, metadata=metadata, source_hashes=hashes)
 
 
 def check_one_build(datasets: dict[str, DatasetFile]) -> None:

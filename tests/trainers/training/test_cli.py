@@ -91,3 +91,24 @@ def test_a_missing_dataset_names_the_setting_that_gave_its_folder_and_the_comman
         folder = setting.rsplit(" ", 1)[-1]
         assert error.startswith(f"error: No IL dataset at {folder}/il.parquet ({tmp_path / folder / 'il.parquet'}): {setting}"), error
         assert f"ee datasets build --store STORE --out {folder}" in error and "ee_middleware.trainers" not in error
+
+
+def test_the_manifest_names_the_datasets_by_absolute_paths(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Before: ``datasets.<kind>.path`` and ``config.data`` were the paths as typed (``../data/iwm.parquet``), relative to
+    where ``ee train`` ran, beside an absolute base-model path and adapter_dir: read from the adapter folder (or a
+    registry copy), the lineage pointed nowhere."""
+    import os
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    data = os.path.relpath(data_dir, work)
+    result = CliRunner().invoke(
+        app, ["--base-model", str(tiny_model_dir), "--data", data, "--schedule", "iwm", "--max-steps", "1", "-o", "../adapter", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "adapter" / "manifest.json").read_text())
+    assert manifest["config"]["data"] == str(data_dir.resolve())
+    assert {kind: d["path"] for kind, d in manifest["datasets"].items()} == {
+        kind: str((data_dir / f"{kind}.parquet").resolve()) for kind in ("iwm", "il")
+    }
