@@ -185,7 +185,7 @@ def build_datasets(
     index = reader.index()
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
     if index.trajectories.is_empty():
-        raise ConfigError(f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets.")
+        raise ConfigError(_nothing_approved(store, config))
     used = index
     rule = config.split_rule()
     heldout_index = None
@@ -276,6 +276,25 @@ def build_datasets(
         summary["stale_removed"] = publish(staging, config.out)
         atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _nothing_approved(store: Any, config: DatasetConfig) -> str:
+    """Why there is nothing to build from: no approved trajectory in the store, or none of ``config.app`` (``--app``),
+    then with the apps that have approved trajectories."""
+    if config.app is None:
+        return f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets."
+    approved = (
+        store.trajectory_index(["app"], status="approved") if hasattr(store, "trajectory_index") else store.trajectories(status="approved")
+    )
+    apps = Counter(approved["app"].to_list())
+    if not apps:
+        return f"No approved trajectories in {config.store} (of any app). Approve some (ee traces approve) before building datasets."
+    listed = ", ".join(f"{app} ({n})" for app, n in sorted(apps.items(), key=lambda item: (-item[1], str(item[0]))))
+    return (
+        f"No approved trajectories of app {config.app!r} in {config.store} (--app). Apps with approved trajectories there: {listed}. "
+        f"Give one of those to --app, or approve trajectories of {config.app} (ee traces list --store {config.store} --app "
+        f"{config.app} --status pending)."
+    )
 
 
 STAGING_PREFIX = ".build-"

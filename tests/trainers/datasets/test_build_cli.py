@@ -72,6 +72,21 @@ def test_jsonl_export_trains_on_the_completion_only(replayed_store: Path, tmp_pa
     assert context > 0, "some prompts hold assistant turns (the IWM rows' proposed calls at least)"
 
 
+def test_an_app_with_no_approved_trajectory_is_named_with_the_apps_that_have_some(replayed_store: Path, tmp_path: Path) -> None:
+    """Was: ``--app NAME`` matching no trajectory said 'No approved trajectories in STORE', though the store held some."""
+    from collections import Counter
+
+    from ee_middleware.store.registry import open_store
+
+    apps = Counter(open_store(replayed_store).trajectories(status="approved")["app"].to_list())
+    assert apps
+    result = runner.invoke(app, ["datasets", "build", "--store", str(replayed_store), "--out", str(tmp_path / "d"), "--app", "no-such-app"])
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "No approved trajectories of app 'no-such-app'" in message, message
+    assert all(f"{name} ({n})" in message for name, n in apps.items()), message
+
+
 def test_a_hugging_face_dataset_holds_every_row(replayed_store: Path, tmp_path: Path) -> None:
     build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="il"))
     frame = read_dataset(tmp_path / "il.parquet")
