@@ -111,6 +111,70 @@ def split_runs(spans: Sequence[SpanData]) -> list[list[SpanData]]:
     return runs
 
 
+def split_nested(spans: Sequence[SpanData]) -> list[list[SpanData]]:
+    """One recorded run's spans as the runs they hold: the run itself first (its root, its own model and tool calls,
+    and the tool calls a graph ran inside, with the result they returned), then each graph run inside one of its tools
+    (an agent used as a tool: spans marked :data:`~ee_middleware.capture.semconv.EE_NESTED_IN`, as capture writes
+    them), under a root of its own made from the tool call's span (:func:`_nested_root`). As ``ee traces ingest`` reads
+    such a run from another instrumentation's spans. A nested graph that called no model stays in the run."""
+    groups: dict[str, list[SpanData]] = {}
+    for span in spans:
+        key = span.attributes.get(sc.EE_NESTED_IN)
+        if key:
+            groups.setdefault(str(key), []).append(span)
+    nested = {key: group for key, group in groups.items() if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in group)}
+    if not nested:
+        return [list(spans)]
+    outer = [s for s in spans if str(s.attributes.get(sc.EE_NESTED_IN) or "") not in nested]
+    root = _root(outer)
+    hosts = {str(s.attributes[sc.EE_NESTED_RUN]): s for s in spans if s.attributes.get(sc.EE_NESTED_RUN)}
+    return [outer, *([_nested_root(root, hosts.get(key), key, group), *group] for key, group in nested.items())]
+
+
+def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[SpanData]) -> SpanData:
+    """The root span of a graph run inside the tool call ``host`` of the run rooted at ``outer``: the app, version and
+    environment of the outer run; its thread where the graph ran in the tool's namespace (invoked with the tool's
+    configuration), none where it ran in a root namespace of its own (invoked with a configuration of its own, whose
+    thread the callbacks do not tell), as ingest reads it; the tool call's time, and its outcome: ``error`` where the
+    tool failed, else ``completed``, or the outer run's status where the tool never ended (a pause, a cancellation)."""
+    attrs = outer.attributes
+    own = {
+        sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
+        sc.EE_TRAJECTORY_ID: uuid.uuid5(_ID_NAMESPACE, f"{attrs.get(sc.EE_TRAJECTORY_ID) or outer.span_id}:nested:{key}").hex,
+        **{k: attrs[k] for k in _NESTED_INHERITS if k in attrs},
+    }
+    tool_ns = host.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS) if host is not None else None
+    inner = {str(ns) for s in spans if (ns := s.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS))}
+    if attrs.get(sc.CONVERSATION_ID) and tool_ns and inner and all(ns.startswith(f"{tool_ns}|") for ns in inner):
+        own[sc.CONVERSATION_ID] = attrs[sc.CONVERSATION_ID]
+    if host is not None:
+        own[sc.EE_STATUS] = "error" if host.is_error else "completed"
+        start, end = host.start_ns, host.end_ns
+    else:
+        own[sc.EE_STATUS] = attrs.get(sc.EE_STATUS) or "interrupted"
+        if attrs.get(sc.EE_STATUS_REASON):
+            own[sc.EE_STATUS_REASON] = attrs[sc.EE_STATUS_REASON]
+        start, end = min(s.start_ns for s in spans), max(s.end_ns for s in spans)
+    failed = host is not None and host.is_error
+    return SpanData(
+        trace_id=outer.trace_id,
+        span_id=host.span_id if host is not None else key,
+        parent_span_id=outer.span_id,
+        name=f"invoke_agent {attrs.get(sc.EE_APP) or attrs.get(sc.AGENT_NAME) or ''}".rstrip(),
+        start_ns=start,
+        end_ns=end,
+        attributes=own,
+        status_code="ERROR" if failed else "UNSET",
+        status_message=host.status_message if failed and host is not None else None,
+        events=host.events if failed and host is not None else (),
+        resource=outer.resource,
+    )
+
+
+_NESTED_INHERITS = (sc.EE_APP, sc.AGENT_NAME, sc.EE_APP_VERSION, sc.AGENT_VERSION, sc.EE_RECORDER, sc.EE_ENVIRONMENT)
+"""The attributes a graph run inside a tool takes from the run it ran in (:func:`_nested_root`)."""
+
+
 def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) -> Trajectory:
     """Build one trajectory from the spans of one run. Raises :class:`IngestError` on bad spans."""
     options = options or AssemblyOptions()

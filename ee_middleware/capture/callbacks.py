@@ -66,20 +66,47 @@ class RunCapture(BaseCallbackHandler):
         """Whether a node stopped the run with ``interrupt()`` (a stream's chunks need not say so)."""
         self._tool_names: tuple[str, ...] | None = None  # of the tools offered at the run's last model call
         self._tools_offered: Any = None  # that call's tool list itself: a bound model passes the same list every call
+        # where a graph runs inside a tool (an agent as a tool): the open chains' parents, and the open tool calls with
+        # their checkpoint namespace and the key of the nested run they are in (see _nested_in)
+        self._parents: dict[UUID, UUID | None] = {}
+        self._open_tools: dict[UUID, tuple[str | None, str | None]] = {}
+        self._hosts: set[UUID] = set()  # tool calls a graph ran inside
 
     # --- agent thread: note times and keep references ------------------------------------------
 
     def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         if self._graph_run is None:
             self._graph_run = run_id
+        else:
+            self._parents[run_id] = kwargs.get("parent_run_id")
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._parents.pop(run_id, None)
         if run_id == self._graph_run:
             self.graph_output = outputs
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._parents.pop(run_id, None)
         if is_interrupt(error):
             self.interrupted = True
+
+    def _nested_in(self, parent: UUID | None, metadata: dict[str, Any] | None) -> str | None:
+        """The key of the graph run inside a tool of this run that a model or tool call (child of ``parent``) belongs
+        to, or None for a call of the recorded run itself. A graph invoked inside a tool (an agent as a tool) runs its
+        nodes in another checkpoint namespace than the tool's (below it, or a root one of its own when invoked with a
+        configuration of its own); a model the tool calls directly runs in the tool's, and is the recorded run's."""
+        seen = 0
+        while parent is not None and seen < 1000:  # the open chains' parents, up to the nearest open tool call
+            if parent in self._open_tools:
+                namespace, outer = self._open_tools[parent]
+                mine = (metadata or {}).get("langgraph_checkpoint_ns")
+                if mine is None or namespace is None or str(mine) == namespace:
+                    return outer  # in the tool's own namespace: its run's
+                self._hosts.add(parent)
+                return str(parent)
+            parent = self._parents.get(parent)
+            seen += 1
+        return None
 
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
@@ -96,7 +123,11 @@ class RunCapture(BaseCallbackHandler):
                 )
             return
         params = kwargs.get("invocation_params") or {}
-        self._note_tools(params.get("tools"))
+        nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
+        if nested is not None:  # a graph run inside a tool: a trajectory of its own, with its own tools
+            metadata = {**metadata, NESTED_IN_METADATA: nested}
+        else:
+            self._note_tools(params.get("tools"))
         if self.calls is not None:  # kept for the capture process: only what its span reads (smaller to send)
             params = {k: params[k] for k in CHAT_PARAMS if k in params}
             metadata = {k: metadata[k] for k in CHAT_METADATA if k in metadata}
@@ -133,10 +164,14 @@ class RunCapture(BaseCallbackHandler):
         self, serialized: dict[str, Any], input_str: str, *, run_id: UUID, inputs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         name = (serialized or {}).get("name") or kwargs.get("name") or UNKNOWN_TOOL
+        metadata = kwargs.get("metadata")
+        nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
+        namespace = (metadata or {}).get("langgraph_checkpoint_ns")
+        self._open_tools[run_id] = (None if namespace is None else str(namespace), nested)
         self._open[run_id] = (
             time.time_ns(),
             "tool",
-            (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str),
+            (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str, nested),
         )
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -145,18 +180,33 @@ class RunCapture(BaseCallbackHandler):
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         if is_interrupt(error):  # interrupt() in the tool: it has not finished (it runs again when the thread resumes)
             self._open.pop(run_id, None)
+            self._end_tool(run_id)
             self.interrupted = True
             return
         if is_cancellation(error):  # cancelled with the run: no result, and the model never saw one (no observation)
             self._open.pop(run_id, None)
+            self._end_tool(run_id)
             return
         self._close(run_id, None, error)
+
+    def _end_tool(self, run_id: UUID) -> str | None:
+        """Forget an open tool call; the key of the graph run it held (:meth:`_nested_in`), if one ran inside it."""
+        self._open_tools.pop(run_id, None)
+        if run_id in self._hosts:
+            self._hosts.discard(run_id)
+            return str(run_id)
+        return None
 
     def _close(self, run_id: UUID, result: Any, error: BaseException | None) -> None:
         opened = self._open.pop(run_id, None)
         if opened is None:
             return
         start, kind, data = opened
+        if kind == "tool":
+            namespace = self._open_tools.get(run_id, (None, None))[0]
+            hosted = self._end_tool(run_id)
+            if hosted is not None:  # (name, call id, arguments, nested in, its namespace, the key of the run it held)
+                data = (*data, namespace, hosted)
         end = time.time_ns()
         if self.calls is not None:
             self.calls.append((kind, start, end, data, result, error))
@@ -196,6 +246,8 @@ class RunCapture(BaseCallbackHandler):
             attrs[sc.EE_LANGGRAPH_NODE] = str(metadata["langgraph_node"])
         if metadata.get("langgraph_checkpoint_ns"):
             attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(metadata["langgraph_checkpoint_ns"])
+        if metadata.get(NESTED_IN_METADATA):
+            attrs[sc.EE_NESTED_IN] = str(metadata[NESTED_IN_METADATA])
         if params.get("temperature") is not None:
             attrs[sc.REQUEST_TEMPERATURE] = float(params["temperature"])
         # encoded first and given to start_span: one pass over the attributes instead of two
@@ -212,13 +264,19 @@ class RunCapture(BaseCallbackHandler):
             self._span(f"chat {model}", SpanKind.CLIENT, attrs, start, end, error if encoded else None, None, failed=not encoded)
 
     def _emit_tool(self, start: int, end: int, data: tuple[Any, ...], output: Any, error: BaseException | None) -> None:
-        name, call_id, arguments = data
+        name, call_id, arguments, *nesting = data  # (nested in, and for a call a graph ran inside: namespace, key)
         encoder = self.recorder.encoder
         attrs = self._base_attributes(sc.OP_EXECUTE_TOOL)
         attrs[sc.TOOL_NAME] = str(name)
         attrs[sc.TOOL_TYPE] = "function"
         if call_id:
             attrs[sc.TOOL_CALL_ID] = str(call_id)
+        if nesting and nesting[0]:
+            attrs[sc.EE_NESTED_IN] = str(nesting[0])
+        if len(nesting) == 3:
+            if nesting[1]:
+                attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(nesting[1])
+            attrs[sc.EE_NESTED_RUN] = str(nesting[2])
         encoded, status = False, None
         try:
             attrs[sc.TOOL_CALL_ARGUMENTS] = encoder.tool_arguments(arguments)
@@ -436,7 +494,10 @@ def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
 
 CHAT_PARAMS = ("model", "model_name", "_type", "temperature", "tools")
 """The invocation parameters a ``chat`` span reads (:meth:`RunCapture._emit_chat`)."""
-CHAT_METADATA = ("ls_model_name", "ls_provider", "langgraph_node", "langgraph_checkpoint_ns")
+NESTED_IN_METADATA = "ee_nested_in"
+"""Put in a model call's kept metadata by :meth:`RunCapture.on_chat_model_start`: the key of the graph run inside a tool
+that made it (:data:`~ee_middleware.capture.semconv.EE_NESTED_IN`)."""
+CHAT_METADATA = ("ls_model_name", "ls_provider", "langgraph_node", "langgraph_checkpoint_ns", NESTED_IN_METADATA)
 """The callback metadata a ``chat`` span reads."""
 
 

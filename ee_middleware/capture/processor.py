@@ -27,7 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_runs
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_nested, split_runs
 from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
@@ -249,10 +249,12 @@ class ExperienceSpanProcessor(SpanProcessor):
                 self.report_failure(failure, CaptureError(failure))
                 continue
             runs = [spans] if self.recorder_id is not None else split_runs(spans)
-            for run in runs:
+            # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
+            for position, run in ((p, r) for outer in runs for p, r in enumerate(split_nested(outer))):
                 try:
                     trajectory = assemble(run, options)
-                    self.paused.remember(trajectory)  # before the next run: a resume may come in the same batch
+                    if position == 0:  # before the next run: a resume may come in the same batch (the thread's own runs)
+                        self.paused.remember(trajectory)
                     trajectories.append(self._approve(trajectory))
                 except Exception as exc:  # noqa: BLE001
                     self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)

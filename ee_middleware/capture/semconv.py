@@ -59,6 +59,12 @@ answered for the tool: ``ToolCallLimitMiddleware``, a guardrail). Positions, not
 EE_RESUMED = "ee.langgraph.resumed"
 """Set (true) on a run's root span when the graph was invoked to continue from its checkpoint (``Command(...)`` or
 ``None`` as its input: resuming after a human review, a breakpoint or ``interrupt()``), not on new input."""
+EE_NESTED_IN = "ee.langgraph.nested_in"
+"""Set on the model and tool spans of a graph run inside a tool of the recorded run (an agent used as a tool: its nodes
+run in another checkpoint namespace than the tool's): the key of that tool call (:data:`EE_NESTED_RUN` on its span).
+Such a run becomes a trajectory of its own; the outer run keeps the tool call and the result it returned."""
+EE_NESTED_RUN = "ee.langgraph.nested_run"
+"""Set on the span of a tool call a graph ran inside (see :data:`EE_NESTED_IN`): the key its spans name."""
 EE_CAPTURE_FAILED = "ee.capture.failed"
 """Set on a span capture could not finish whole (encoding or redacting its payload raised, a ``redact_fn`` that raised):
 what failed and the exception's type. A run with such a span is not stored (the failure is counted in ``stats``)."""

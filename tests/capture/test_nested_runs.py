@@ -1,0 +1,134 @@
+"""A graph run inside a tool of the recorded run (an agent used as a tool) is a trajectory of its own, as ``ee traces
+ingest`` reads it from other instrumentations' spans (tests/ingest/test_nested_agents.py): real ``create_agent`` graphs,
+the real OTel SDK, both offload modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.tools import tool
+
+from ee_middleware import record_experience
+from ee_middleware.export import export_jsonl
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+
+
+@tool
+def fx_rate(cur: str) -> str:
+    """The exchange rate of one euro."""
+    return f"1 EUR = 1.1 {cur}"
+
+
+def _sub_policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+    if messages[-1].type == "human":
+        return AIMessage("", tool_calls=[tool_call("fx_rate", cur="USD")])
+    return AIMessage(f"sub says: {messages[-1].content}")
+
+
+def _sup_policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+    if messages[-1].type == "human":
+        return AIMessage("", tool_calls=[tool_call("ask_fx_expert", question="EUR to USD?")])
+    return AIMessage(f"Final: {messages[-1].content}")
+
+
+SUB = create_agent(ScriptedChatModel(policy=_sub_policy, model_name="sub-model"), [fx_rate], system_prompt="You are the FX expert.")
+
+
+@tool
+def ask_fx_expert(question: str) -> str:
+    """Ask the FX sub-agent (it inherits the tool's configuration: the outer run's thread)."""
+    return SUB.invoke({"messages": [("user", question)]})["messages"][-1].content
+
+
+@tool("ask_fx_expert")
+def ask_fx_expert_on_its_thread(question: str) -> str:
+    """Ask the FX sub-agent on a thread of its own."""
+    return SUB.invoke({"messages": [("user", question)]}, {"configurable": {"thread_id": "inner"}})["messages"][-1].content
+
+
+def _steps(trajectory: Any) -> list[tuple[str, str | None]]:
+    return [
+        (s.action.tool_call.name, s.observation.content) if s.action.tool_call else ("answer", s.action.content) for s in trajectory.steps
+    ]
+
+
+def _supervisor(tool_fn: Any) -> Any:
+    model = ScriptedChatModel(policy=_sup_policy, model_name="sup-model")
+    return create_agent(model, [tool_fn], system_prompt="You are the supervisor.")
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("inner_thread", [False, True], ids=["inherits_config", "own_thread"])
+def test_an_agent_run_inside_a_tool_is_a_trajectory_of_its_own(tmp_path: Path, offload: str, inner_thread: bool, caplog: Any) -> None:
+    """The supervisor's tool runs a sub-agent. Its model and tool calls were mixed into the supervisor's trajectory
+    (steps [ask_fx_expert, fx_rate, answer, answer], tools the union, messages and the JSONL export the supervisor's
+    conversation only, the sub-agent's two decisions exported nowhere, and a warning that the tools change). Now the
+    supervisor keeps its tool call with the result the tool returned, and the sub-agent's run is a trajectory of its
+    own: its task, model, tools, steps and answer, on the supervisor's thread when it inherited the tool's configuration
+    and on none when invoked with a thread of its own (its thread is not in the callbacks; ingest reads it alike)."""
+    store_path = tmp_path / "store"
+    agent = record_experience(
+        _supervisor(ask_fx_expert_on_its_thread if inner_thread else ask_fx_expert), app="fx", store=store_path, offload=offload
+    )
+    with caplog.at_level("WARNING", logger="ee_middleware.capture"):
+        out = agent.invoke({"messages": [("user", "How many dollars for 100 EUR?")]}, {"configurable": {"thread_id": "outer"}})
+        assert agent.flush()
+    assert out["messages"][-1].content == "Final: sub says: 1 EUR = 1.1 USD"
+    assert "different tools" not in caplog.text
+    store = LocalExperienceStore(store_path)
+    try:
+        outer, inner = sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+        assert (outer.task, outer.model, outer.thread_id, outer.status) == (
+            "How many dollars for 100 EUR?",
+            "sup-model",
+            "outer",
+            "completed",
+        )
+        assert [t["function"]["name"] for t in outer.tools] == ["ask_fx_expert"]
+        assert _steps(outer) == [("ask_fx_expert", "sub says: 1 EUR = 1.1 USD"), ("answer", "Final: sub says: 1 EUR = 1.1 USD")]
+        assert [m["role"] for m in outer.messages] == ["system", "user", "assistant", "tool", "assistant"]
+        assert (inner.task, inner.model, inner.status, inner.app) == ("EUR to USD?", "sub-model", "completed", "fx")
+        assert inner.thread_id == (None if inner_thread else "outer")
+        assert [t["function"]["name"] for t in inner.tools] == ["fx_rate"]
+        assert _steps(inner) == [("fx_rate", "1 EUR = 1.1 USD"), ("answer", "sub says: 1 EUR = 1.1 USD")]
+        assert inner.final_answer == "sub says: 1 EUR = 1.1 USD" and inner.messages[0]["content"] == "You are the FX expert."
+        assert inner.started_at >= outer.started_at and inner.id != outer.id
+        assert export_jsonl(store, tmp_path / "out.jsonl", status=None) == 2
+    finally:
+        store.close()
+
+
+def test_a_model_a_tool_calls_itself_stays_in_the_run(tmp_path: Path) -> None:
+    """A tool that calls a model directly (no graph of its own: the tool's namespace) is no run of its own: its call is a
+    decision of the recorded run, as before (and as ingest reads it)."""
+    helper = ScriptedChatModel(script=[AIMessage("a haiku about rain")], model_name="helper-model")
+
+    @tool
+    def write_poem(topic: str) -> str:
+        """Write a poem."""
+        return helper.invoke(f"write about {topic}").content
+
+    def policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+        if messages[-1].type == "human":
+            return AIMessage("", tool_calls=[tool_call("write_poem", topic="rain")])
+        return AIMessage(f"Here: {messages[-1].content}")
+
+    store_path = tmp_path / "store"
+    agent = record_experience(create_agent(ScriptedChatModel(policy=policy), [write_poem]), app="poet", store=store_path)
+    agent.invoke({"messages": [("user", "a poem please")]})
+    agent.flush()
+    store = LocalExperienceStore(store_path)
+    try:
+        [t] = list(store.iter_trajectories())
+    finally:
+        store.close()
+    assert [s.action.tool_call.name if s.action.tool_call else s.action.content for s in t.steps] == [
+        "write_poem",
+        "a haiku about rain",
+        "Here: a haiku about rain",
+    ]
