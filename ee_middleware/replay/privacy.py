@@ -35,7 +35,7 @@ from typing import Any
 
 from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
-from ee_middleware.capture.store_redaction import is_pseudonym, read_store_redaction
+from ee_middleware.capture.store_redaction import is_pseudonym, load_custom_function, read_store_redaction
 from ee_middleware.capture.vault import AMBIGUOUS, Vault, read_vault
 from ee_middleware.records import Observation, ToolCall
 
@@ -63,6 +63,9 @@ class ReplayPrivacy:
     """The store's pseudonym salt (hex)."""
     vault: str | None = None
     """The redaction vault's path, when there is one to restore from."""
+    custom_function: str | None = None
+    """The qualified name of the ``redact_fn`` capture applied (``redaction.json``): applied after the rules, as capture
+    did, so that what it removed never comes back in an observation, a replay record or a diff."""
 
     @classmethod
     def of_store(cls, store: Any) -> ReplayPrivacy:
@@ -74,20 +77,23 @@ class ReplayPrivacy:
         loose permissions) raises :class:`~ee_middleware.errors.ConfigError` before any work starts.
         """
         settings = read_store_redaction(store)
-        redacts = bool(settings.rules.enabled_kinds() or settings.rules.patterns)
+        if settings.custom_function:
+            load_custom_function(settings.custom_function)  # one that cannot be imported fails here, before any work starts
+        redacts = bool(settings.rules.enabled_kinds() or settings.rules.patterns or settings.custom_function)
         salt = store_salt(store) if redacts and settings.pseudonyms else None
         given = env_flag(VAULT_ENV, or_path=True)
         vault = settings.vault if given is None or given is True else given or None
         if vault and not Path(vault).expanduser().exists():
             logger.warning("The redaction vault %s is missing: redacted arguments are replayed as placeholders (and flagged).", vault)
             vault = None
-        privacy = cls(json.dumps(settings.rules.to_dict(), sort_keys=True) if redacts else None, salt.hex() if salt else None, vault)
+        rules = json.dumps(settings.rules.to_dict(), sort_keys=True) if redacts else None
+        privacy = cls(rules, salt.hex() if salt else None, vault, settings.custom_function)
         privacy.open_vault()  # a vault that cannot be read fails here, with its reason
         return privacy
 
     @property
     def redactor(self) -> Redactor | None:
-        return _redactor(self.rules, self.salt) if self.rules is not None else None
+        return _redactor(self.rules, self.salt, self.custom_function) if self.rules is not None else None
 
     def open_vault(self) -> Vault | None:
         return read_vault(self.vault) if self.vault else None
@@ -146,8 +152,9 @@ NO_PRIVACY = ReplayPrivacy()
 
 
 @functools.lru_cache(maxsize=8)
-def _redactor(rules: str, salt: str | None) -> Redactor:
-    return Redactor(RedactionRules.from_dict(json.loads(rules)), salt=bytes.fromhex(salt) if salt else None)
+def _redactor(rules: str, salt: str | None, custom_function: str | None = None) -> Redactor:
+    custom = load_custom_function(custom_function) if custom_function else None
+    return Redactor(RedactionRules.from_dict(json.loads(rules)), salt=bytes.fromhex(salt) if salt else None, custom=custom)
 
 
 def _mentions_placeholder(value: Any) -> bool:

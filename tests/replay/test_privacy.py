@@ -401,3 +401,33 @@ def test_an_environment_the_vault_cannot_restore_flags_every_expert_step_not_a_f
     shown = CliRunner().invoke(app, ["replay", "show", trajectory.id, "--store", str(tmp_path / "crm")], env={"COLUMNS": "400"})
     assert shown.exit_code == 0, shown.output
     assert "the environment reference's customer_email" in shown.output and "world was built with" in shown.output, shown.output
+
+
+CODENAME = "Nightjar"
+
+
+def hide_codename(text: str) -> str:
+    """The app's own ``redact_fn`` (module level, so that replay imports it by the name redaction.json records)."""
+    return text.replace(CODENAME, "[codename]")
+
+
+def test_the_redact_fn_capture_applied_redacts_what_the_sandbox_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Privacy sweep defect 2: replay redacted the sandbox's answers with the rules alone, so what the user's
+    ``redact_fn`` removed at capture came back in plain text (rollouts, the fidelity diff) and every step whose
+    observation held it was a fidelity mismatch. A ``redact_fn`` that cannot be imported stops replay before any work."""
+    monkeypatch.setitem(PROFILES, "ann_1", {**PROFILES["ann_1"], "project": CODENAME})
+    store = LocalExperienceStore(tmp_path / "experience")
+    settings = StoreRedaction(RedactionRules(), custom_function=f"{__name__}.hide_codename")
+    record_store_redaction(store, settings)
+    trajectory = _trajectory(Redactor(settings.rules, salt=store_salt(store), custom=hide_codename))
+    assert "[codename]" in trajectory.steps[1].observation.content
+    calls = [ToolCall(id="a", name="profile", arguments={"user_id": "ann_1"})]
+    outcome = _replay(store, trajectory, calls)
+    assert outcome.record.fidelity_mismatches == 0, outcome.record.details
+    assert outcome.rollouts and all(CODENAME not in r.model_dump_json() for r in outcome.rollouts)
+    assert any("[codename]" in r.observation.content for r in outcome.rollouts)
+
+    saved = store.root / "redaction.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "custom_function": "no_such_module_here.scrub"}))
+    with pytest.raises(ConfigError, match=r"no_such_module_here\.scrub"):
+        ReplayPrivacy.of_store(store)
