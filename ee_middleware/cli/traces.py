@@ -58,7 +58,9 @@ def list_traces(
     import polars as pl
 
     with reading_store(allow_partial=allow_partial):
-        frame = open_existing_store(store).trajectories()
+        opened = open_existing_store(store)
+        frame = opened.trajectories()
+        redact = _current_rules(opened)
     every_id = frame["id"].to_list()
     if status is not StatusFilter.all:
         frame = frame.filter(pl.col("approval") == status.value)
@@ -67,7 +69,7 @@ def list_traces(
     frame = frame.sort("started_at")
     if limit is not None:
         frame = frame.tail(limit)
-    rows = frame.select(LIST_COLUMNS).to_dicts()
+    rows = [{**row, "task": redact(row["task"])} for row in frame.select(LIST_COLUMNS).to_dicts()]
     if as_json:
         print_json([{k: _jsonable(v) for k, v in row.items()} for row in rows])
         return
@@ -111,7 +113,7 @@ def show(
     """Show one trajectory with every step (tool call, arguments, observation) and its approval history."""
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
-        trajectory = opened.get(trajectory_id)
+        trajectory = _redacted(opened.get(trajectory_id), _current_rules(opened))
         history = opened.approvals([trajectory.id])
     decisions = [{k: _jsonable(v) for k, v in row.items() if k != "trajectory_id"} for row in history.to_dicts()]
     if as_json:
@@ -158,6 +160,32 @@ def show(
         out.print(f"[red]error:[/] {escape(trajectory.error)}")
     if decisions:
         out.print(_history_table(decisions))
+
+
+def _current_rules(store: Any) -> Any:
+    """The store's redaction as it is now (``redact_value``): what capture stored under older rules is shown as exports
+    and dataset builds write it, so a rule added since (a recorder's new pattern) hides its values here too."""
+    from ee_middleware.capture.store_redaction import store_redactor
+
+    redactor = store_redactor(store, create_salt=False)
+    return redactor.redact_value if redactor.enabled else (lambda value: value)
+
+
+def _redacted(trajectory: Any, redact: Any) -> Any:
+    """``trajectory`` with its user data (task, answer, error, messages, each step's state, action and observation)
+    redacted by ``redact``; ids, times and tool schemas as stored."""
+    data = trajectory.model_dump(mode="json")
+    for key in ("task", "final_answer", "error", "messages"):
+        data[key] = redact(data[key])
+    for step in data["steps"]:
+        step["state"] = redact(step["state"])
+        action = step["action"]
+        action["content"], action["reasoning"] = redact(action.get("content")), redact(action.get("reasoning"))
+        if action.get("tool_call"):
+            action["tool_call"]["arguments"] = redact(action["tool_call"]["arguments"])
+        if step.get("observation"):
+            step["observation"]["content"] = redact(step["observation"]["content"])
+    return type(trajectory).model_validate(data)
 
 
 def _history_table(decisions: list[dict[str, Any]]) -> Any:

@@ -259,3 +259,23 @@ def test_show_marks_an_error_observation_once(tmp_path: Path) -> None:
     assert shown.exit_code == 0, shown.output
     assert "Error: no stock for kiwi" in shown.stdout and "error: Error" not in shown.stdout
     assert "error: timed out" in shown.stdout
+
+
+def test_list_and_show_apply_the_store_s_current_rules_as_export_does(recorded: Path):
+    """Privacy sweep defect 11: a rule added after capture (a later recorder's pattern: the store keeps the union) hid
+    its values in exports and dataset builds, but ``ee traces list`` and ``show`` printed them as stored."""
+    from ee_middleware.capture.redaction import RedactionRules
+    from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
+
+    store = LocalExperienceStore(recorded)
+    record_store_redaction(store, StoreRedaction(RedactionRules(patterns={"fruit": r"(?i)\bpears?\b"})))
+    store.close()
+    listed = ee("traces", "list", "--store", str(recorded), "--json")
+    assert listed.exit_code == 0 and "pear" not in listed.stdout.lower() and "[REDACTED:fruit" in listed.stdout, listed.output
+    first = json.loads(listed.stdout)[0]["id"]
+    for args in (["--json"], []):
+        shown = ee("traces", "show", first[:12], "--store", str(recorded), *args)
+        assert shown.exit_code == 0, shown.output
+        assert "pear" not in shown.stdout.lower() and "[REDACTED:fruit" in shown.stdout, shown.stdout
+    table = ee("traces", "list", "--store", str(recorded))
+    assert "pear" not in table.stdout.lower(), table.stdout
