@@ -130,6 +130,7 @@ def _holding_output(output_dir: Path) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
+    created = [folder for folder in [output_dir.parent, *output_dir.parent.parents] if not folder.exists()]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
 
     def busy(holder: str) -> TrainError:
@@ -139,8 +140,15 @@ def _holding_output(output_dir: Path) -> Iterator[None]:
             "released when it exits, even if killed)."
         )
 
-    with holder_lock(output_dir.parent / f".{output_dir.name}{LOCK_SUFFIX}", busy, remove=True):
-        yield
+    try:
+        with holder_lock(output_dir.parent / f".{output_dir.name}{LOCK_SUFFIX}", busy, remove=True):
+            yield
+    finally:  # a run that wrote no adapter (it failed at once: a mistyped --data) leaves none of the folders it created
+        for folder in created:  # deepest first; one that holds anything (the adapter, another's file) stays, and its parents
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 LOCK_SUFFIX = ".train.lock"

@@ -93,6 +93,18 @@ def test_a_missing_dataset_names_the_setting_that_gave_its_folder_and_the_comman
         assert f"ee datasets build --store STORE --out {folder}" in error and "ee_middleware.trainers" not in error
 
 
+def test_a_run_that_fails_at_once_leaves_none_of_the_folders_it_created(tmp_path: Path) -> None:
+    """Review of 7c14fe1: holding the output folder made its parent folders before any check, so a run that failed at
+    once (a mistyped --data) left empty folders behind (adapters/nightly/<date>/); a folder that existed stays."""
+    from ee_middleware.cli.app import app as root
+
+    (tmp_path / "adapters").mkdir()
+    out = tmp_path / "adapters" / "nightly" / "2026-12-01" / "adapter"
+    result = CliRunner().invoke(root, ["train", "--base-model", str(tmp_path / "base"), "--data", str(tmp_path / "nodata"), "-o", str(out)])
+    assert result.exit_code == 1 and "No IL dataset" in result.stderr, result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["adapters"]
+
+
 def test_the_manifest_names_the_datasets_by_absolute_paths(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Before: ``datasets.<kind>.path`` and ``config.data`` were the paths as typed (``../data/iwm.parquet``), relative to
     where ``ee train`` ran, beside an absolute base-model path and adapter_dir: read from the adapter folder (or a
