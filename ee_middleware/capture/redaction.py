@@ -13,16 +13,19 @@ same e-mail in a user turn, a tool argument and a tool result stays recognisably
 different stores, or no salt, give unrelated tags.
 
 :meth:`Redactor.redact_value` walks JSON-like data: values under secret-named keys (``password``,
-``db_password``, ``apiKey``, ``client_secret``, ...) are replaced whole, and a string that holds
-JSON (a tool returning ``'{"password": ...}'`` as text) is parsed, redacted as data and written
-back in the same layout. :meth:`Redactor.redact_text` works on any text, JSON text included: it
-never consumes a quote or a backslash escape, so valid JSON stays valid.
+``db_password``, ``apiKey``, ``client_secret``, ...) are replaced whole (an object or a list there: every string and
+number in it, its keys and shape kept; a JSON Schema there, a tool's ``password`` parameter, is no secret), keys are
+scanned as any text is, and a string that holds JSON (a tool returning ``'{"password": ...}'`` as text) is parsed,
+redacted as data and written back in the same layout. :meth:`Redactor.redact_text` works on any text, JSON text
+included: it never consumes a quote or a backslash escape, and a bare value after a quoted secret name
+(``"pin": 4821``) becomes a string, so valid JSON stays valid.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import functools
 import hashlib
 import hmac
@@ -51,18 +54,16 @@ SALT_FILE = "redaction.key"
 # --- validators: cut false positives on numbers -------------------------------------------------
 
 
+_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+"""A digit doubled, its two digits added (Luhn)."""
+
+
 def _luhn(digits: str) -> bool:
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        n = int(d)
-        if i % 2 == 1:
-            n = n * 2 - 9 if n * 2 > 9 else n * 2
-        total += n
-    return total % 10 == 0
+    return (sum(map(int, digits[-1::-2])) + sum(_DOUBLED[int(d)] for d in digits[-2::-2])) % 10 == 0
 
 
 def _is_card(text: str) -> bool:
-    digits = re.sub(r"[ -]", "", text)
+    digits = text.replace(" ", "").replace("-", "")
     return 13 <= len(digits) <= 19 and digits[0] in "3456" and _luhn(digits)
 
 
@@ -154,10 +155,9 @@ class Rule:
     group: str | int = 0
     check: Callable[[str], bool] | None = None
     """A further test of the matched secret (Luhn, IBAN checksum, ...); False leaves it alone."""
-    name_group: str | None = None
-    """A group holding a name that must be secret-named (:func:`is_secret_name`)."""
-    finder: Callable[[str], Iterator[re.Match[str]]] | None = None
-    """Finds the matches instead of ``pattern.finditer`` (where a plain scan would be slow)."""
+    finder: Callable[[str], Iterator[re.Match[str] | _Found]] | None = None
+    """Finds the matches instead of ``pattern.finditer`` (where a plain scan would be slow, or a match needs more than
+    a regex can say)."""
     needs: tuple[str, ...] = ()
     """Strings one of which the lower-cased text holds wherever the prefilter finds something:
     looked for first (``in`` is far faster than a regex scan), the prefilter runs only if one is there.
@@ -180,28 +180,244 @@ _NAME_WORD = re.compile(_NAME_WORDS)  # searched in lower-cased text
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-def _assignments(text: str) -> Iterator[re.Match[str]]:
-    """``name = value`` / ``"name": value`` matches of the ``secret`` rule, looked for only around
-    the words secret names are made of (scanning every word of a long text with the full rule is
-    ten times slower)."""
-    last = -1
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A secret a rule's finder placed itself: its span, and the quote its placeholder is written in (a bare value
+    after a quoted name, ``"pin": 4821``, becomes a string, so that JSON stays JSON)."""
+
+    start: int
+    end: int
+    quote: str = ""
+
+
+def _assignments(text: str) -> Iterator[_Found]:
+    """The values of ``name = value`` / ``"name": value`` assignments to secret names (the ``secret`` rule), looked for
+    only around the words secret names are made of (scanning every word of a long text with the full rule is ten times
+    slower). A value written as an object or a list gives each string and number inside it, as
+    :meth:`Redactor.redact_value` replaces every one below a secret-named key (:func:`_structure`)."""
+    last = covered = -1
+    budget = 4 * len(text) + 10_000  # characters read as objects or lists, at most (where unclosed ones nest)
     for hit in _NAME_WORD.finditer(_lower(text)):
         start = hit.start()
         while start > 0 and text[start - 1] in _NAME_CHARS:
             start -= 1
         while start < hit.start() and not (text[start].isalpha() or text[start] == "_"):
             start += 1
-        if start == last:
+        if start == last or start < covered:  # (inside an object or list whose values are all given)
             continue
         last = start
         match = _ASSIGNMENT.match(text, start)
-        if match is not None:
-            yield match
+        if match is None or not is_secret_name(match.group("name")):
+            continue
+        value = match.group("value")
+        quote = match.group("quote") if match.group("quote").endswith(("'", '"')) else ""
+        found = None
+        if value[0] in "{[" and budget > 0:
+            found, end = _structure(text, match.start("value"), quote, min(budget, _STRUCTURE_CHARS))
+            budget -= end - match.start("value")
+        if found is not None:
+            yield from found
+            covered = end if found else -1  # (none: a JSON Schema, whose secret names are looked at one by one)
+        elif value[0] in "\"'`\\":
+            yield _Found(*_secret_span(match, "value"))
+        else:  # a word, or a bracket that opens no JSON-like value: up to a space, a quote or a comma
+            yield _Found(*match.span("value"), "" if value[0] in "{[" else quote)
 
 
 _VALUE = r"""(?P<value>\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s"'`,;&|}\])\\]+)"""
 
-_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]{0,63}+)\\?[\"']?\s*[:=]\s*(?=" + _VALUE + ")")
+_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]{0,63}+)(?P<quote>\\?[\"']?)\s*[:=]\s*(?=" + _VALUE + ")")
+
+_SPACE = r"(?:\s|\\[nrt])*+"
+"""White space in JSON text, also written inside a JSON string (``\\n``)."""
+
+_TOKEN = re.compile(
+    _SPACE + r"""(?:(?P<open>[\[{])|(?P<close>[\]}])|[,:]|(?P<string>\\"(?:[^"\\]|\\[^"])*+\\"|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')"""
+    r"""|(?P<bare>[^\s,:\[\]{}"'\\]++))"""
+)
+"""One token of a JSON-like value written as text (JSON, JSON inside a JSON string, a Python repr)."""
+
+_KEY_END = re.compile(_SPACE + ":")
+
+_STRUCTURE_CHARS = 1_000_000
+"""How far a value written as an object or a list is read at most."""
+
+
+def _structure(text: str, pos: int, quote: str, limit: int) -> tuple[list[_Found] | None, int]:
+    """The object or list that starts at ``pos``: each string (its content) and bare value (a number, written in
+    ``quote``) in it, quoted keys left alone, and where it ends (or where the text, ``limit`` characters or what reads
+    as JSON-like data end: a value cut off); none of its values if it is a JSON Schema (a tool's ``password``
+    parameter described in a prompt), as :meth:`Redactor.redact_value` leaves one; ``None`` if it is not JSON-like
+    (two values with no comma or colon between them, as words in prose)."""
+    found: list[_Found] = []
+    keys: set[str] = set()
+    types: set[str] = set()
+    member = None
+    depth, end, first, after_value = 0, min(len(text), pos + limit), text[pos], False
+    while (token := _TOKEN.match(text, pos, end)) is not None:
+        pos = token.end()
+        kind = token.lastgroup
+        if kind is None:  # a comma or a colon
+            after_value = False
+            continue
+        if after_value and kind != "close":
+            return None, pos
+        after_value = kind != "open"
+        if kind == "open":
+            depth += 1
+        elif kind == "close":
+            depth -= 1
+            if depth <= 0:
+                break
+        else:
+            start, stop = token.span(kind)
+            width = 0 if kind == "bare" else 2 if text[start] == "\\" else 1
+            is_key = _KEY_END.match(text, pos, end) is not None
+            if is_key and depth == 1:
+                member = text[start + width : stop - width]
+                keys.add(member)
+            elif member == "type" and not is_key:
+                types.add(text[start + width : stop - width])
+            if kind == "bare" or (not is_key and stop - start > 2 * width):
+                found.append(_Found(start + width, stop - width, quote if kind == "bare" else ""))
+    return ([] if first == "{" and _looks_like_schema(keys, types) else found), pos
+
+
+_SCHEMA_KEYWORDS = frozenset(
+    {
+        *("type", "description", "title", "default", "examples", "enum", "const", "format", "pattern", "nullable"),
+        *("items", "prefixItems", "properties", "required", "additionalProperties", "patternProperties", "propertyNames"),
+        *("anyOf", "oneOf", "allOf", "not", "$ref", "$defs", "definitions", "discriminator", "deprecated"),
+        *("minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
+        *("minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "readOnly", "writeOnly"),
+        *("contentEncoding", "contentMediaType"),
+    }
+)
+_SCHEMA_TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
+
+
+def _looks_like_schema(keys: set[str], types: set[str]) -> bool:
+    """Whether an object with these keys (its ``type`` these) is a JSON Schema: only schema keywords, and a schema
+    type or a reference or combination."""
+    if not keys or not keys <= _SCHEMA_KEYWORDS:
+        return False
+    return bool(keys & {"$ref", "anyOf", "oneOf", "allOf"}) or ("type" in keys and bool(types) and types <= _SCHEMA_TYPES)
+
+
+def _is_schema(value: Any) -> bool:
+    """:func:`_looks_like_schema` of JSON-like ``value``."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        return False
+    kind = value.get("type")
+    types = {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) and all(isinstance(t, str) for t in kind) else set()
+    return _looks_like_schema(set(value), types)
+
+
+# --- numbers with a check: a card or an IBAN inside a longer run ----------------------------------------------------
+
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_DIGIT_GROUP = re.compile(r"\d+")
+_CARD_LAYOUTS = ((4, 4, 4, 4, 3), (4, 4, 4, 4), (4, 6, 5), (4, 6, 4))
+"""How cards are written in groups, longest first: 19 digits in fours and a three, 16 in fours, 15 as 4-6-5 (Amex),
+14 as 4-6-4 (Diners)."""
+
+
+def _cards(text: str) -> Iterator[re.Match[str] | _Found]:
+    """The ``credit_card`` rule's candidates: each number of 13-19 digits :data:`_CARD` finds that passes the check,
+    or where one fails it because more digits are next to the card ("4539 1488 0343 6467 10 EUR", a CVV, an expiry,
+    "qty 2 4111 ..."), the card inside that run of digit groups (:func:`_card_within`)."""
+    pos = 0
+    while (match := _CARD.search(text, pos)) is not None:
+        pos = match.end()
+        if _is_card(match.group()):
+            yield match
+        elif (card := _card_within(text, match)) is not None:
+            yield card
+            pos = card.end
+
+
+def _card_within(text: str, match: re.Match[str]) -> _Found | None:
+    """A card inside the run of digit groups (one space or dash apart) that ``match`` starts: one group of 13-19
+    digits or groups in a usual layout (:data:`_CARD_LAYOUTS`), starting in ``match``, with a space or the run's end
+    on both sides, passing the check (the leftmost, then the longest); ``None`` if there is none."""
+    groups: list[tuple[int, int]] = []
+    for group in _DIGIT_GROUP.finditer(text, match.start()):
+        if group.start() > match.end() + 40 or (groups and not (group.start() == groups[-1][1] + 1 and text[group.start() - 1] in " -")):
+            break
+        groups.append(group.span())
+    lengths = [e - s for s, e in groups]
+    for i, (start, _) in enumerate(groups):
+        if start >= match.end():
+            break
+        if i and text[start - 1] != " ":
+            continue
+        for layout in ((lengths[i],),) if 13 <= lengths[i] <= 19 else _CARD_LAYOUTS if lengths[i] == 4 else ():
+            if tuple(lengths[i : i + len(layout)]) == layout:
+                end = groups[i + len(layout) - 1][1]
+                if text[end : end + 1] != "-" and _is_card(text[start:end]):
+                    return _Found(start, end)
+    return None
+
+
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+
+
+def _ibans(text: str) -> Iterator[re.Match[str]]:
+    """The ``iban`` rule's candidates: each IBAN-shaped run :data:`_IBAN` finds that passes the check, or where one
+    fails it because a group or a short word follows the IBAN ("BE68 5390 0754 7034 2024", "... 1332 EUR"), its
+    longest part ending at a space that passes it (:func:`_iban_within`)."""
+    pos = 0
+    while (match := _IBAN.search(text, pos)) is not None:
+        pos = match.end()
+        if _is_iban(match.group()):
+            yield match
+        elif (iban := _iban_within(text, match)) is not None:
+            yield iban
+            pos = iban.end()
+
+
+def _iban_within(text: str, match: re.Match[str]) -> re.Match[str] | None:
+    """The longest IBAN that starts ``match`` and ends at a space inside it, passing the check; ``None`` if none does."""
+    end = match.end()
+    while (end := text.rfind(" ", match.start(), end)) > match.start():
+        shorter = _IBAN.fullmatch(text, match.start(), end)
+        if shorter is not None and _is_iban(shorter.group()):
+            return shorter
+    return None
+
+
+_LETTER = r"[^\W\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
+"""A letter, digit or ``_`` of any script but those written without spaces (CJK, where an address stops at them)."""
+
+_EMAIL_LOCAL = rf"(?<!{_LETTER}){_LETTER}++(?:[.%+'-]++{_LETTER}++)*+"
+"""An address's local part: alice.o'brien, josé.garcía, иван (a quote or dot around it is not part of it)."""
+
+_EMAIL_DOMAIN = r"@(?:[^\W_][\w-]*+\.)+(?:xn--[A-Za-z0-9-]+|[A-Za-z]{2,}(?![A-Za-z0-9])|[^\W\d_]{2,})"
+"""``@`` and an address's domain: example.co.uk, пример.рф, xn--e1afmkfd.xn--p1ai."""
+
+_EMAIL = re.compile(_EMAIL_LOCAL + _EMAIL_DOMAIN)
+"""E-mail addresses, non-ASCII ones included (RFC 6531); found by :func:`_emails`."""
+
+_LOCAL_BEFORE = re.compile(_EMAIL_LOCAL + r"\Z")
+_ONE_LETTER = re.compile(_LETTER)
+_DOMAIN_AT = re.compile(_EMAIL_DOMAIN)
+
+
+def _emails(text: str) -> Iterator[_Found]:
+    """What :data:`_EMAIL` finds, looked for only around each ``@`` (scanning all of a long text with it is slow)."""
+    at = text.find("@")
+    while at != -1:
+        after = at + 1
+        domain = _DOMAIN_AT.match(text, at)
+        if domain is not None:
+            back = 256
+            while (local := _LOCAL_BEFORE.search(text, max(0, at - back), at)) is None and back < at and _ONE_LETTER.match(text, at - 1):
+                back *= 8  # a local part longer than that: looked for further back
+            if local is not None:
+                yield _Found(local.start(), domain.end())
+                after = domain.end()
+        at = text.find("@", after)
+
 
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule(
@@ -258,8 +474,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         _having(_NAME_WORDS + r"[a-z0-9_.-]*+\\?[\"']?\s*[:=]"),
         "value",
         lambda v: v.strip("\\\"'").lower() not in ("bearer", "basic", "", "null", "none", "true", "false"),
-        name_group="name",
-        finder=lambda text: _assignments(text),
+        finder=_assignments,
         needs=_NAME_WORD_LIST,
     ),
     Rule(
@@ -272,9 +487,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "value",
         _is_prose_password,
     ),
-    Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), _having("@")),
-    Rule("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _LONG_NUMBER, check=_is_card, digits=7),
-    Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _LONG_NUMBER, check=_is_iban, digits=7),
+    Rule("email", _EMAIL, _having("@"), finder=_emails),
+    Rule("credit_card", _CARD, _LONG_NUMBER, check=_is_card, finder=_cards, digits=7),
+    Rule("iban", _IBAN, _LONG_NUMBER, check=_is_iban, finder=_ibans, digits=7),
     Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _LONG_NUMBER, digits=7),
     Rule(
         "phone",
@@ -303,11 +518,15 @@ KINDS: dict[str, tuple[bool, str]] = {
     "bearer_token": (True, "Bearer tokens"),
     "api_key": (True, "provider keys: OpenAI/Anthropic sk-, Stripe sk_live_/rk_live_, AWS AKIA, GitHub, Slack, Google, HF, GitLab, npm"),
     "aws_secret_key": (True, "AWS secret access keys (40 characters of base64)"),
-    "secret": (True, "values under secret-named keys: JSON fields, key=value, DB_PASSWORD=... environment lines"),
+    "secret": (
+        True,
+        "values under secret-named keys (every string and number of an object or a list there): JSON fields, key=value, "
+        "DB_PASSWORD=... environment lines",
+    ),
     "password": (True, 'passwords in prose ("my password is ...")'),
-    "email": (True, "e-mail addresses"),
-    "credit_card": (True, "payment card numbers (Luhn-checked)"),
-    "iban": (True, "IBANs (checksum-checked)"),
+    "email": (True, "e-mail addresses, non-ASCII ones too"),
+    "credit_card": (True, "payment card numbers (Luhn-checked; also followed by an amount, a CVV or an expiry)"),
+    "iban": (True, "IBANs (checksum-checked; also followed by a number or a word)"),
     "us_ssn": (True, "US social security numbers (123-45-6789)"),
     "phone": (True, "phone numbers (+ international, or US (415) 555-0134 / 415-555-0134)"),
     "ip_address": (False, "IPv4 addresses"),
@@ -452,25 +671,46 @@ class Redactor:
     # --- internals ---
 
     def _redact_key(self, key: Any) -> Any:
-        if not isinstance(key, str) or (key.isidentifier() and len(key) < 32 and not self._user and self.custom is None):
-            return key  # "role", "content", "order_id": no built-in kind is a short identifier
+        if not isinstance(key, str) or (
+            key.isidentifier() and len(key) < 32 and not self._user and self.custom is None and _IN_SHORT_KEY.search(key) is None
+        ):
+            return key  # "role", "content", "order_id": no built-in kind matches in them
         return self.redact_text(key)
 
     def _redact_member(self, key: Any, value: Any) -> Any:
-        scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != ""
-        if scalar and self._secret_keys and isinstance(key, str) and is_secret_name(key):
-            text = str(value)
-            return text if PLACEHOLDER.fullmatch(text) else self.placeholder("secret", text)
+        if self._secret_keys and isinstance(key, str) and is_secret_name(key) and not _is_schema(value):
+            return self._redact_secret(value)
         return self.redact_value(value)
 
-    def _matches(self, text: str) -> Iterator[tuple[int, int, str]]:
-        """(start, end, kind) of each secret in ``text``; earlier rules win where matches overlap."""
+    def _redact_secret(self, value: Any) -> Any:
+        """``value`` below a secret-named key: every string and number in it replaced (placeholders kept), objects and
+        lists kept in shape, their keys redacted as keys are. (A JSON Schema under such a key, a tool's ``password``
+        parameter, is walked as any value is.)"""
+        if isinstance(value, Mapping):
+            return {self._redact_key(k): self._redact_secret(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._redact_secret(v) for v in value]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "":
+            text = str(value)
+            return text if PLACEHOLDER.fullmatch(text) else self.placeholder("secret", text)
+        return value
+
+    def _matches(self, text: str) -> Iterator[tuple[int, int, str, str]]:
+        """(start, end, kind, quote) of each secret in ``text``, its placeholder to be written in ``quote``; earlier
+        rules win where matches overlap."""
         rules = self._rules
         lowered = _lower(text)
         seen: dict[Any, Any] = {}  # each prefilter's verdict: searched once, by the gate or the first rule that needs it
         if not self._could_match(lowered, seen):
             rules = self._user
-        taken: list[tuple[int, int]] = [m.span() for m in PLACEHOLDER.finditer(text)] if "[REDACTED:" in text else []
+        # the spans taken so far (placeholders already there, then matches), sorted and apart: a structure under a
+        # secret name can hold thousands of values, each tested against the others
+        starts: list[int] = []
+        ends: list[int] = []
+        if "[REDACTED:" in text:
+            for placeholder in PLACEHOLDER.finditer(text):
+                starts.append(placeholder.start())
+                ends.append(placeholder.end())
         for rule in rules:
             if rule.prefilter and not all(
                 _found(seen, p, lowered, rule.needs, rule.digits) if p is rule.prefilter[-1] else _found(seen, p, lowered)
@@ -478,17 +718,20 @@ class Redactor:
             ):
                 continue
             for match in rule.finder(text) if rule.finder is not None else rule.pattern.finditer(text):
-                start, end = _secret_span(match, rule.group)
-                if start == end or any(s < end and start < e for s, e in taken):
+                if isinstance(match, _Found):
+                    start, end, quote = match.start, match.end, match.quote
+                else:
+                    (start, end), quote = _secret_span(match, rule.group), ""
+                at = bisect.bisect_right(starts, start)
+                if start == end or (at and ends[at - 1] > start) or (at < len(starts) and starts[at] < end):
                     continue
                 if rule.check is not None and not rule.check(text[start:end]):
                     continue
-                if rule.name_group is not None and not is_secret_name(match.group(rule.name_group)):
-                    continue
-                taken.append((start, end))
-                yield start, end, rule.kind
+                starts.insert(at, start)
+                ends.insert(at, end)
+                yield start, end, rule.kind, quote
 
-    def _find(self, text: str, *, first_only: bool = False) -> list[tuple[int, int, str]]:
+    def _find(self, text: str, *, first_only: bool = False) -> list[tuple[int, int, str, str]]:
         """:meth:`_matches` in ``text`` (only the first with ``first_only``); none for a text
         remembered clean, and a clean text is remembered."""
         if text in self._clean_texts:
@@ -552,7 +795,9 @@ class Redactor:
         return self.redact_text(text)
 
     def _apply_rules(self, text: str) -> str:
-        replacements = [(start, end, self.placeholder(kind, text[start:end])) for start, end, kind in self._find(text)]
+        replacements = [
+            (start, end, quote + self.placeholder(kind, text[start:end]) + quote) for start, end, kind, quote in self._find(text)
+        ]
         if not replacements:
             return text
         out, last = [], 0
@@ -563,6 +808,11 @@ class Redactor:
         out.append(text[last:])
         return "".join(out)
 
+
+_IN_SHORT_KEY = re.compile(r"\d|[sr]k_|whsec_|AKIA|ASIA")
+"""Found in every short identifier (under 32 characters) a built-in rule matches in: the provider keys that are
+identifiers (``AKIA...``, ``sk_live_...``, ``whsec_...``) start so, and the other kinds that fit (an IBAN without
+spaces) have digits. Other short identifiers (``role``, ``order_id``) are JSON keys not scanned."""
 
 _CLEAN_MEMO_CHARS = 4_000_000
 """Characters of clean text a redactor remembers at most (texts over 1/64 of it are not kept)."""

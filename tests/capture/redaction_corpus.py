@@ -116,8 +116,9 @@ def _phone_intl(rng: random.Random) -> str:
 
 
 def _email(rng: random.Random) -> str:
-    first = rng.choice(["alice", "bob", "chen", "dana", "erik", "fatima", "gus"])
-    return f"{first}.{_rand(rng, string.ascii_lowercase, 5)}{rng.randint(1, 99)}@{rng.choice(['example.com', 'mail.example.org', 'corp.example.co.uk'])}"
+    first = rng.choice(["alice", "bob", "chen", "dana", "erik", "fatima", "gus", "josé", "иван", "müller", "o'brien"])
+    domain = rng.choice(["example.com", "mail.example.org", "corp.example.co.uk", "пример.рф", "bücher.de"])
+    return f"{first}.{_rand(rng, string.ascii_lowercase, 5)}{rng.randint(1, 99)}@{domain}"
 
 
 def _jwt(rng: random.Random) -> str:
@@ -162,8 +163,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("phone_us", _phone_us, ("call me at {v}", "phone {v}", "{v}")),
     Kind("phone_intl", _phone_intl, ("reach me on {v}", "mobile: {v}")),
     Kind("us_ssn", _ssn, ("SSN {v}", "my social security number is {v}", "{v}")),
-    Kind("credit_card", _card, ("card {v}", "charge {v} exp 04/29", "{v}")),
-    Kind("iban", _iban, ("IBAN {v}", "wire it to {v}", "{v}")),
+    Kind("credit_card", _card, ("card {v}", "charge {v} exp 04/29", "{v}", "charge my card {v} 10 EUR", "{v} 123")),
+    Kind("iban", _iban, ("IBAN {v}", "wire it to {v}", "{v}", "wire {v} EUR today", "{v} 2024")),
     Kind("openai_key", lambda r: "sk-proj-" + _rand(r, _ALNUM + "_-", 48), ("key {v}", "{v}")),
     Kind("anthropic_key", lambda r: "sk-ant-api03-" + _rand(r, _ALNUM + "_-", 40), ("use {v}",)),
     Kind("stripe_key", lambda r: r.choice(["sk_live_", "rk_live_", "sk_test_"]) + _rand(r, _ALNUM, 32), ("stripe {v}", "{v}")),
@@ -237,6 +238,9 @@ CLEAN_VALUES: tuple[str, ...] = (
     "token count: 1532",
     "primary_key: order_id",
     "1234 5678 9012 3456",
+    "order 1234 5678 9012 3456 10 units",
+    "BE00 5390 0754 7034 2024",
+    "ping @support, pip install pkg@1.2.3",
     "(see section 4.2)",
     "call #5551234",
     "ref 00012345678901234567",
@@ -260,7 +264,8 @@ class Plant:
     json_key: str | None = None
 
     def needles(self) -> set[str]:
-        values = {self.value, json.dumps(self.value)[1:-1]}
+        escaped = json.dumps(self.value)[1:-1]
+        values = {self.value, escaped, json.dumps(escaped)[1:-1]}  # as text, in JSON, in JSON inside a JSON string
         if self.kind in ("credit_card", "iban"):
             values.add(self.value.replace(" ", "").replace("-", ""))
         if self.kind == "private_key":

@@ -1,0 +1,392 @@
+"""Built-in rules find what the README says they find (privacy sweep, defects 1, 3, 8, 9).
+
+A card followed by another group of digits, an IBAN followed by a group or a word, values below a secret-named key
+that are objects or lists, provider keys used as JSON object keys and e-mail addresses with non-ASCII characters were
+stored raw. Checked in real recordings (a real create_agent graph, ScriptedChatModel, record_experience, the store's
+files and the user's exporter) and on the redactor itself, with ordinary values that must stay as they are; and a store
+recorded before these fixes stays readable, its placeholders unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware.capture.redaction import KINDS, PLACEHOLDER, RedactionRules, Redactor, _luhn
+from tests.capture.redaction_corpus import build_corpus, exporter_texts, store_texts
+
+FIXTURE_STORE = Path(__file__).parent / "fixtures" / "store_before_detector_fixes"
+
+# --- defect 1: a card or an IBAN followed by more digits or a word -----------------------------------------------
+
+CARDS_FOLLOWED = [
+    ("charge my card 4539 1488 0343 6467 10 EUR", "charge my card [REDACTED:credit_card] 10 EUR"),
+    ("card 4111 1111 1111 1111 123", "card [REDACTED:credit_card] 123"),
+    ("4111-1111-1111-1111 12/27", "[REDACTED:credit_card] 12/27"),
+    ("card 4111111111111111 123 exp 04/29", "card [REDACTED:credit_card] 123 exp 04/29"),
+    ("Amex 3782 822463 10005 2026", "Amex [REDACTED:credit_card] 2026"),
+    ("pay 10 4539 1488 0343 6467 now", "pay 10 [REDACTED:credit_card] now"),
+    ("qty 2 5555 5555 5555 4444 10 EUR", "qty 2 [REDACTED:credit_card] 10 EUR"),
+    ("cards 4111 1111 1111 1111 5500 0000 0000 0004", "cards [REDACTED:credit_card] [REDACTED:credit_card]"),
+]
+
+IBANS_FOLLOWED = [
+    ("wire to ES91 2100 0418 4502 0005 1332 EUR", "wire to [REDACTED:iban] EUR"),
+    ("BE68 5390 0754 7034 2024", "[REDACTED:iban] 2024"),
+    ("AT61 1904 3002 3457 3201 1500 EUR", "[REDACTED:iban] 1500 EUR"),
+    ("from BE68 5390 0754 7034 BE68 5390 0754 7034", "from [REDACTED:iban] [REDACTED:iban]"),
+    ("IBAN DE89 3704 0044 0532 0130 00 12 EUR", "IBAN [REDACTED:iban] 12 EUR"),  # worked before: the control
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CARDS_FOLLOWED + IBANS_FOLLOWED)
+def test_a_card_or_iban_followed_by_more_digits_or_a_word_is_redacted(text, expected):
+    assert Redactor().redact_text(text) == expected
+
+
+def test_the_card_gets_the_same_pseudonym_whatever_follows_it():
+    """(Where the card and what follows are together a Luhn-valid 13-19 digit number, that whole number is the card.)"""
+    redactor = Redactor(salt=b"store")
+    alone = redactor.redact_text("4539 1488 0343 6467")
+    assert PLACEHOLDER.fullmatch(alone)
+    for text in ("4539 1488 0343 6467 10 EUR", "4539 1488 0343 6467 124", "4539 1488 0343 6467 12/27", "pay 10 4539 1488 0343 6467"):
+        assert alone in redactor.redact_text(text)
+
+
+ORDINARY_NUMBERS = [
+    "order 1234 5678 9012 3456 10 units",
+    "ref 4000 1234 5678 9011 2026-11-25",
+    "timestamps 1764079402 1764079403 1764079404",
+    "2026 11 25 14 03 22 99 meter reading",
+    "batch 4111 1111 1111 1112 123",
+    "DE00 1234 5678 9012 3456 78 fails the IBAN check, BE00 5390 0754 7034 2024 too",
+    "serial 0000 1111 2222 3333 4444 5555",
+]
+
+
+@pytest.mark.parametrize("text", ORDINARY_NUMBERS)
+def test_ordinary_numbers_next_to_each_other_are_left_alone(text):
+    assert Redactor().redact_text(text) == text
+
+
+def _card_number(rng: random.Random, valid: bool) -> str:
+    while True:
+        digits = rng.choice("3456") + "".join(rng.choice("0123456789") for _ in range(15))
+        if _luhn(digits) is valid:
+            return " ".join(digits[i : i + 4] for i in range(0, 16, 4))
+
+
+def test_only_luhn_valid_numbers_in_a_card_layout_are_taken_out_of_a_longer_run():
+    """Seeded: a card in groups of four before an amount, a CVV or an expiry is redacted; a number failing Luhn in the
+    same place is not (as alone: the rule adds no false positive of its own). Left out: numbers that with the next
+    group are a Luhn-valid number of 13-19 digits, which were and are taken whole."""
+    rng = random.Random(11)
+    redactor = Redactor()
+    checked = 0
+    for tail in (" 10 EUR", " 123", " 12/27", " 2026-11-25", " 7"):
+        for _ in range(40):
+            card, number = _card_number(rng, valid=True), _card_number(rng, valid=False)
+            following = tail.split()[0].replace("/", "-").split("-")[0]
+            if _luhn(card.replace(" ", "") + following) or _luhn(number.replace(" ", "") + following):
+                continue
+            assert redactor.redact_text(card + tail) == "[REDACTED:credit_card]" + tail
+            assert redactor.redact_text(number + tail) == number + tail
+            checked += 1
+    assert checked > 120
+
+
+# --- defect 3: objects and lists below a secret-named key ---------------------------------------------------------
+
+SECRET_SHAPES = [
+    {"password": {"old": "hunter2", "new": "Tr0ub4dor&3"}},
+    {"api_key": ["9f8e7d6c5b4a3928", "1706f5e4d3c2b1a0"]},
+    {"client_secret": {"value": "s3cr3t-value-123"}},
+    {"secrets": {"password": {"value": "S3cretDbPass!x"}, "api_key": ["k-1", "k-2"], "pin": 4821, "rotated": True, "note": None}},
+    {"user": "ann", "credentials": [{"user": "svc", "pass": "p@ss-1"}, ["nested", 7.5]], "region": "eu"},
+]
+
+
+@pytest.mark.parametrize("data", SECRET_SHAPES)
+def test_every_scalar_below_a_secret_named_key_is_replaced_and_the_shape_is_kept(data):
+    redacted = Redactor().redact_value(data)
+
+    def same_shape(before: Any, after: Any, secret: bool) -> None:
+        if isinstance(before, dict):
+            assert list(after) == list(before)  # the keys are labels: kept
+            for key in before:
+                same_shape(before[key], after[key], secret or key in ("password", "api_key", "client_secret", "secrets", "credentials"))
+        elif isinstance(before, list):
+            assert len(after) == len(before)
+            for b, a in zip(before, after, strict=True):
+                same_shape(b, a, secret)
+        elif secret and before is not None and not isinstance(before, bool):
+            assert after == "[REDACTED:secret]"
+        else:
+            assert after == before
+
+    same_shape(data, redacted, False)
+
+
+@pytest.mark.parametrize("data", SECRET_SHAPES)
+def test_secret_objects_in_json_text_are_redacted_alike_and_the_text_stays_json(data):
+    redactor = Redactor(salt=b"store")
+    walked = redactor.redact_value(data)
+    for dump in (json.dumps, lambda d: json.dumps(d, indent=2), lambda d: json.dumps(d, separators=(",", ":"))):
+        assert json.loads(redactor.redact_text(dump(data))) == walked
+        assert json.loads(redactor.redact_text("result: " + dump(data) + " (done)")[len("result: ") : -len(" (done)")]) == walked
+        escaped = json.dumps({"content": dump(data)})  # JSON text inside a JSON string
+        assert json.loads(json.loads(redactor.redact_text(escaped))["content"]) == walked
+    assert json.loads(redactor.redact_json(data)) == walked
+
+
+def test_a_secret_object_gets_the_pseudonyms_its_values_get_as_plain_secrets():
+    redactor = Redactor(salt=b"store")
+    nested = redactor.redact_value({"password": {"old": "hunter2", "pin": 4821}})
+    assert nested["password"]["old"] == redactor.redact_value({"password": "hunter2"})["password"]
+    assert nested["password"]["pin"] == redactor.redact_value({"pin": 4821})["pin"]
+    assert redactor.redact_value(nested) == nested  # redacting twice changes nothing
+
+
+def test_a_bare_secret_in_json_text_becomes_a_json_string():
+    redactor = Redactor()
+    assert json.loads(redactor.redact_text('{"pin": 4821, "ok": true}')) == {"pin": "[REDACTED:secret]", "ok": True}
+    assert redactor.redact_text("PIN=4821 and pin: 4821") == "PIN=[REDACTED:secret] and pin: [REDACTED:secret]"
+
+
+def test_a_json_schema_under_a_secret_name_is_not_a_secret():
+    """A tool's ``password`` parameter described in a prompt or a tool result (a JSON Schema) is kept, as before."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "password": {"title": "Password", "type": "string", "description": "The new password", "minLength": 8},
+            "api_key": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+            "secrets": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["password"],
+    }
+    redactor = Redactor()
+    assert redactor.redact_value(schema) == schema
+    prompt = "Answer with JSON matching this schema: " + json.dumps(schema)
+    assert redactor.redact_text(prompt) == prompt
+    assert redactor.redact_value({"password": {"type": "bcrypt", "value": "hunter2"}}) == {
+        "password": {"type": "[REDACTED:secret]", "value": "[REDACTED:secret]"}
+    }
+
+
+def test_an_object_written_after_a_secret_name_in_plain_text_goes_whole():
+    redactor = Redactor()
+    assert redactor.redact_text("password={p@ss:w0rd} ok") == "password={[REDACTED:secret]:[REDACTED:secret]} ok"
+    assert redactor.redact_text("change_password(user='ann', password={'old': 'hunter2', 'new': 'x1'})") == (
+        "change_password(user='ann', password={'old': '[REDACTED:secret]', 'new': '[REDACTED:secret]'})"
+    )
+
+
+def test_words_after_a_secret_name_that_are_not_values_are_left_alone():
+    for text in ("The password is incorrect.", '{"password": null, "api_key": [], "secrets": {}}', "max_tokens: [256, 512]"):
+        assert Redactor().redact_text(text) == text
+
+
+# --- defect 8: provider keys used as JSON object keys -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        ("AKIAIOSFODNN7EXAMPLE", "api_key"),
+        ("ASIAY34FZKBOKMUTVV7A", "api_key"),
+        ("sk_live_abcdefghij12", "api_key"),
+        ("rk_test_abcdefghijkl", "api_key"),
+        ("whsec_abcdefghijklmnop", "api_key"),
+        ("DE89370400440532013000", "iban"),
+    ],
+)
+def test_a_provider_key_or_iban_used_as_a_json_key_is_redacted(key, kind):
+    redacted = Redactor().redact_value({key: "deploy-bot", "owner": "ops"})
+    assert redacted == {f"[REDACTED:{kind}]": "deploy-bot", "owner": "ops"}
+
+
+def test_every_short_identifier_a_built_in_rule_matches_in_is_scanned_as_a_key():
+    """The shortcut that leaves short identifier keys unscanned (``role``, ``order_id``) must not skip one a rule finds
+    something in: checked on the corpus's values and these."""
+    from ee_middleware.capture.redaction import _IN_SHORT_KEY
+
+    planted, _ = build_corpus(7)
+    values = {p.value for run in planted for p in run.plants} | {"AKIAIOSFODNN7EXAMPLE", "sk_test_abcdefghij", "whsec_abcdefghijklmnop"}
+    values |= {"DE89370400440532013000", "GB82WEST12345698765432", "x4111111111111111", "rk_live_0123456789ab"}
+    redactor = Redactor(RedactionRules(kinds=dict.fromkeys(KINDS, True)))
+    short = [v for v in values if v.isidentifier() and len(v) < 32 and redactor.redact_text(v) != v]
+    assert len(short) > 10
+    assert [v for v in short if _IN_SHORT_KEY.search(v) is None] == []
+
+
+def test_ordinary_keys_are_kept():
+    data = {"role": "user", "order_id": "A-1", "max_tokens": 5, "item1": 1, "sku_2026": "x", "tool_call_id": "call_1"}
+    assert Redactor().redact_value(data) == data
+
+
+# --- defect 9: e-mail addresses with non-ASCII characters ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to иван@пример.рф", "write to [REDACTED:email]"),
+        ("josé.garcía@example.es", "[REDACTED:email]"),
+        ("mail alice.o'brien@example.co.uk", "mail [REDACTED:email]"),
+        ("{'to': 'bob@example.com'}", "{'to': '[REDACTED:email]'}"),  # quotes stay
+        ('"müller@bücher.de"', '"[REDACTED:email]"'),
+        ("请发邮件到wangwei@example.com谢谢", "请发邮件到[REDACTED:email]谢谢"),
+        ("ivan@xn--e1afmkfd.xn--p1ai", "[REDACTED:email]"),
+        ("Grüße, jürgen.groß@firma.de.", "Grüße, [REDACTED:email]."),
+        ("mail bob@example.com_or_later", "mail [REDACTED:email]_or_later"),
+    ],
+)
+def test_e_mail_addresses_with_non_ascii_characters_are_redacted(text, expected):
+    assert Redactor().redact_text(text) == expected
+
+
+def test_the_e_mail_finder_finds_what_its_pattern_finds():
+    from ee_middleware.capture.redaction import _EMAIL, _emails
+
+    planted, clean = build_corpus(7)
+    texts = [t for run in planted + clean for t in run.texts()] + [json.dumps(run.fields()) for run in planted + clean]
+    texts += [
+        "a@b.co x@y",
+        "mail alice.o'brien@example.co.uk, иван@пример.рф; josé.garcía@example.es.",
+        "@" * 5,
+        "x" * 300 + "@a.io",
+        "y_" * 200 + "@a.io",
+    ]
+    for text in texts:
+        assert [(f.start, f.end) for f in _emails(text)] == [m.span() for m in _EMAIL.finditer(text)], text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["@mention me", "pip install pkg@1.2.3", "it's 5@home", "a@b", "user@localhost", "logo@2x", "@@", "O'Brien's @ desk"],
+)
+def test_things_with_an_at_sign_that_are_not_addresses_are_left_alone(text):
+    assert Redactor().redact_text(text) == text
+
+
+# --- in a real recording ------------------------------------------------------------------------------------------
+
+PLANTED = {
+    "card": "4539 1488 0343 6467",
+    "card_compact": "4539148803436467",
+    "iban": "ES91 2100 0418 4502 0005 1332",
+    "old_password": "hunter2-old",
+    "new_password": "Tr0ub4dor&3",
+    "db_password": "S3cretDbPass!x",
+    "aws_key_id": "AKIAIOSFODNN7EXAMPLE",
+    "stripe_key": "sk_live_abcdefghij12",
+    "idn_email": "иван@пример.рф",
+    "accented_email": "josé.garcía@example.es",
+    "apostrophe_email_start": "alice.o'",
+}
+
+
+def _recorded_agent(store: Path, tracer_provider: Any) -> Any:
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+
+    @tool
+    def change_password(user: str, password: dict[str, str]) -> str:
+        """Change a user's password."""
+        return f"password of {user} changed"
+
+    @tool
+    def iam_keys(team: str) -> dict[str, Any]:
+        """List the access keys of a team and the team's settings."""
+        return {
+            "AKIAIOSFODNN7EXAMPLE": "deploy-bot",
+            "sk_live_abcdefghij12": "billing",
+            "owners": ["иван@пример.рф", "josé.garcía@example.es", "alice.o'brien@example.co.uk"],
+            "secrets": {"password": {"value": "S3cretDbPass!x"}, "rotated": True},
+            "payout": "ES91 2100 0418 4502 0005 1332 EUR",
+        }
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("change_password", user="ann", password={"old": "hunter2-old", "new": "Tr0ub4dor&3"})]),
+        AIMessage(content="", tool_calls=[tool_call("iam_keys", team="ops")]),
+        AIMessage(content="Charged 4539 1488 0343 6467 10 EUR; owners notified."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [change_password, iam_keys], system_prompt="You are the ops agent.")
+    return record_experience(graph, app="ops", store=store, tracer_provider=tracer_provider)
+
+
+def test_a_real_recording_stores_and_exports_none_of_the_values(store_path, tracer_provider, span_exporter, tmp_path):
+    agent = _recorded_agent(store_path, tracer_provider)
+    task = "Please charge my card 4539 1488 0343 6467 10 EUR, then rotate the ops keys."
+    agent.invoke({"messages": [("user", task)]}, {"configurable": {"thread_id": "t-1"}})
+    agent.flush()
+    agent.recorder.close()
+
+    stored = "\n".join(store_texts(store_path))
+    exported = "\n".join(exporter_texts(span_exporter))
+    for blob in (stored, exported):
+        leaked = {name for name, value in PLANTED.items() if value in blob or json.dumps(value)[1:-1] in blob}
+        assert leaked == set()
+        for kind in ("credit_card", "iban", "secret", "api_key", "email"):
+            assert f"[REDACTED:{kind}:" in blob
+        assert "10 EUR" in blob  # what follows the card stays
+
+    store = LocalExperienceStore(store_path)
+    [trajectory] = list(store.iter_trajectories())
+    assert trajectory.task.startswith("Please charge my card [REDACTED:credit_card:")
+    assert trajectory.task.endswith(" 10 EUR, then rotate the ops keys.")
+    password = trajectory.steps[0].action.tool_call.arguments["password"]
+    assert set(password) == {"old", "new"} and all(v.startswith("[REDACTED:secret:") for v in password.values())
+    result = json.loads(trajectory.steps[1].observation.content)
+    assert result["secrets"]["rotated"] is True and result["secrets"]["password"]["value"].startswith("[REDACTED:secret:")
+    assert [key.split(":")[1] for key in result if key.startswith("[REDACTED:")] == ["api_key", "api_key"]
+
+    from ee_middleware.export import export_jsonl
+
+    export_jsonl(store, tmp_path / "out.jsonl", status=None)
+    text = (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+    assert not {name for name, value in PLANTED.items() if value in text or json.dumps(value)[1:-1] in text}
+
+
+def test_a_store_recorded_before_these_fixes_stays_readable_and_its_placeholders_stay(tmp_path, store_path):
+    """The fixture is what ee-middleware 5e64744 stored (tests/capture/fixtures/make_store_before_detector_fixes.py):
+    the card, the IAM key id, the password object and the non-ASCII addresses raw. Reading it works; an export now
+    redacts them with the store's salt; the placeholders it already held are unchanged, and a value recorded now gets
+    the placeholder the old recording gave it."""
+    from ee_middleware.export import export_jsonl
+
+    shutil.copytree(FIXTURE_STORE, store_path)
+    (store_path / "redaction.key").chmod(0o600)
+    store = LocalExperienceStore(store_path)
+    [old] = list(store.iter_trajectories())
+    assert old.task == "charge my card 4539 1488 0343 6467 10 EUR, mail [REDACTED:email:050f3988]"
+    assert "alice.o'[REDACTED:email:9d034d5a]" in old.steps[0].observation.content
+
+    export_jsonl(store, tmp_path / "out.jsonl", status=None)
+    text = (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+    for value in ("4539 1488 0343 6467", "AKIAIOSFODNN7EXAMPLE", "hunter2", "Tr0ub4dor&3", "иван@пример.рф", "josé.garcía@example.es"):
+        assert value not in text and json.dumps(value)[1:-1] not in text
+    assert "[REDACTED:email:050f3988]" in text and "[REDACTED:email:9d034d5a]" in text
+    assert " 10 EUR, mail [REDACTED:email:050f3988]" in text
+
+    # the same value recorded today: the same pseudonym as in the old recording
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware.testing import ScriptedChatModel
+
+    agent = record_experience(create_agent(ScriptedChatModel(script=[AIMessage(content="ok")]), []), app="ops", store=store_path)
+    agent.invoke({"messages": [("user", "mail bob@example.com")]})
+    agent.flush()
+    agent.recorder.close()
+    tasks = {t.task for t in LocalExperienceStore(store_path).iter_trajectories()}
+    assert "mail [REDACTED:email:050f3988]" in tasks and len(tasks) == 2
