@@ -16,6 +16,7 @@ import asyncio
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -94,11 +95,16 @@ class RunCapture(BaseCallbackHandler):
         """The key of the graph run inside a tool of this run that a model or tool call (child of ``parent``) belongs
         to, or None for a call of the recorded run itself. A graph invoked inside a tool (an agent as a tool) runs its
         nodes in another checkpoint namespace than the tool's (below it, or a root one of its own when invoked with a
-        configuration of its own); a model the tool calls directly runs in the tool's, and is the recorded run's."""
+        configuration of its own); a model the tool calls directly runs in the tool's, and is the recorded run's.
+        :data:`RECORDED_ELSEWHERE` for a call inside a tool of this run made while another recorder's run is in flight
+        (:data:`RECORDING`: a sub-agent wrapped with ``record_experience`` itself), which that recorder stores."""
         seen = 0
         while parent is not None and seen < 1000:  # the open chains' parents, up to the nearest open tool call
             if parent in self._open_tools:
                 namespace, outer = self._open_tools[parent]
+                running = RECORDING.get()
+                if outer == RECORDED_ELSEWHERE or (running is not None and running is not self):
+                    return RECORDED_ELSEWHERE  # its own recorder's run (its app, store and options): not this run's
                 mine = (metadata or {}).get("langgraph_checkpoint_ns")
                 if mine is None or namespace is None or str(mine) == namespace:
                     return outer  # in the tool's own namespace: its run's
@@ -124,6 +130,8 @@ class RunCapture(BaseCallbackHandler):
             return
         params = kwargs.get("invocation_params") or {}
         nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
+        if nested == RECORDED_ELSEWHERE:  # a wrapped sub-agent's call: its recorder records it
+            return
         if nested is not None:  # a graph run inside a tool: a trajectory of its own, with its own tools
             metadata = {**metadata, NESTED_IN_METADATA: nested}
         else:
@@ -168,6 +176,8 @@ class RunCapture(BaseCallbackHandler):
         nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
         namespace = (metadata or {}).get("langgraph_checkpoint_ns")
         self._open_tools[run_id] = (None if namespace is None else str(namespace), nested)
+        if nested == RECORDED_ELSEWHERE:  # kept open only so that the calls below it are known as that recorder's too
+            return
         self._open[run_id] = (
             time.time_ns(),
             "tool",
@@ -200,6 +210,7 @@ class RunCapture(BaseCallbackHandler):
     def _close(self, run_id: UUID, result: Any, error: BaseException | None) -> None:
         opened = self._open.pop(run_id, None)
         if opened is None:
+            self._open_tools.pop(run_id, None)  # a call another recorder's run made (RECORDED_ELSEWHERE)
             return
         start, kind, data = opened
         if kind == "tool":
@@ -491,6 +502,15 @@ def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
     finally:
         finish_root(recorder, span, record, handler.fragments, end_time=record.end_ns)
 
+
+RECORDING: ContextVar[RunCapture | None] = ContextVar("ee_middleware_recording", default=None)
+"""The handler of the recorded run in flight in this context: set by the recorder while its graph runs
+(``_Run.active``), and seen by the callbacks of every call the graph makes (LangChain and LangGraph copy the context
+into the threads and tasks that run its nodes and tools). A call made inside a tool of one recorded run while another
+recorded run is in flight (a sub-agent wrapped with ``record_experience`` itself, invoked in the tool) belongs to that
+run: its own recorder stores it once, and the outer run keeps only the tool call and its result."""
+RECORDED_ELSEWHERE = "recorded-elsewhere"
+"""What :meth:`RunCapture._nested_in` says of a call that another recorder's run made (see :data:`RECORDING`)."""
 
 CHAT_PARAMS = ("model", "model_name", "_type", "temperature", "tools")
 """The invocation parameters a ``chat`` span reads (:meth:`RunCapture._emit_chat`)."""

@@ -54,6 +54,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 
 from ee_middleware._version import __version__
 from ee_middleware.capture.callbacks import (
+    RECORDING,
     RunCapture,
     RunRecord,
     cancelled_reason,
@@ -391,14 +392,21 @@ class _Run:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Make the root span current, so spans the user's code opens nest under it."""
+        """Make the root span current, so spans the user's code opens nest under it, and this run the one in flight
+        (:data:`~ee_middleware.capture.callbacks.RECORDING`: an outer recorded run whose tool invokes this agent leaves
+        its calls to this recorder)."""
         if not self.enabled:
             yield
             return
         token = otel_context.attach(self.context)
+        recording = RECORDING.set(self.handler)
         try:
             yield
         finally:
+            try:
+                RECORDING.reset(recording)
+            except ValueError:  # left in another context than it was entered in (a stream stepped from another task)
+                RECORDING.set(None if recording.old_value is recording.MISSING else recording.old_value)
             otel_context.detach(token)
 
     def finish(self) -> None:

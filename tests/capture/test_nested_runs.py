@@ -4,6 +4,7 @@ the real OTel SDK, both offload modes."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
 
 from ee_middleware import record_experience
 from ee_middleware.export import export_jsonl
@@ -132,3 +135,128 @@ def test_a_model_a_tool_calls_itself_stays_in_the_run(tmp_path: Path) -> None:
         "a haiku about rain",
         "Here: a haiku about rain",
     ]
+
+
+def _stored(*paths: Path) -> list[Any]:
+    """The trajectories in the stores at ``paths`` (each folder once), oldest first, with the folder each is in."""
+    out = []
+    for path in dict.fromkeys(paths):
+        store = LocalExperienceStore(path)
+        try:
+            out += [(t, path) for t in store.iter_trajectories()]
+        finally:
+            store.close()
+    return sorted(out, key=lambda pair: pair[0].started_at)
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("stores", ["same_store", "own_store"])
+def test_a_sub_agent_recorded_itself_is_stored_once_by_its_own_recorder(tmp_path: Path, offload: str, stores: str, caplog: Any) -> None:
+    """The supervisor's tool invokes a sub-agent that is itself wrapped with ``record_experience`` (app "fx-expert", in
+    the supervisor's store or one of its own). Its run was stored twice: by its own recorder, and by the supervisor's as
+    a nested trajectory of app "fx" (before that, merged into the supervisor's run). Now its own recorder alone stores it
+    (its app, store and options are the user's choice), and the supervisor's run keeps its tool call and the result the
+    tool returned: the sub-agent's calls, made while its own recorded run is in flight, are that recorder's."""
+    outer_path = tmp_path / "outer"
+    inner_path = outer_path if stores == "same_store" else tmp_path / "inner"
+    expert = record_experience(SUB, app="fx-expert", store=inner_path, offload=offload)
+
+    @tool("ask_fx_expert")
+    def ask_recorded_expert(question: str) -> str:
+        """Ask the FX sub-agent (recorded by its own recorder)."""
+        return expert.invoke({"messages": [("user", question)]})["messages"][-1].content
+
+    agent = record_experience(_supervisor(ask_recorded_expert), app="fx", store=outer_path, offload=offload)
+    try:
+        with caplog.at_level("WARNING", logger="ee_middleware.capture"):
+            out = agent.invoke({"messages": [("user", "How many dollars for 100 EUR?")]}, {"configurable": {"thread_id": "outer"}})
+            assert agent.flush() and expert.flush()
+        assert out["messages"][-1].content == "Final: sub says: 1 EUR = 1.1 USD"
+        assert "different tools" not in caplog.text
+        [(outer, outer_in), (inner, inner_in)] = _stored(outer_path, inner_path)
+        assert (outer.app, outer.task, outer.model, outer.thread_id, outer_in) == (
+            "fx",
+            "How many dollars for 100 EUR?",
+            "sup-model",
+            "outer",
+            outer_path,
+        )
+        assert [t["function"]["name"] for t in outer.tools] == ["ask_fx_expert"]
+        assert _steps(outer) == [("ask_fx_expert", "sub says: 1 EUR = 1.1 USD"), ("answer", "Final: sub says: 1 EUR = 1.1 USD")]
+        assert [m["role"] for m in outer.messages] == ["system", "user", "assistant", "tool", "assistant"]
+        assert (inner.app, inner.task, inner.model, inner.status, inner_in) == (
+            "fx-expert",
+            "EUR to USD?",
+            "sub-model",
+            "completed",
+            inner_path,
+        )
+        assert [t["function"]["name"] for t in inner.tools] == ["fx_rate"]
+        assert _steps(inner) == [("fx_rate", "1 EUR = 1.1 USD"), ("answer", "sub says: 1 EUR = 1.1 USD")]
+    finally:
+        agent.recorder.close()
+        expert.recorder.close()
+
+
+def test_a_recorded_sub_agent_in_a_state_graph_tool_keeps_the_agent_inside_its_own_tool(tmp_path: Path) -> None:
+    """Three levels, run with ``ainvoke``: a hand-built ``StateGraph`` (model node, ``ToolNode``) whose async tool awaits a
+    desk agent wrapped with ``record_experience`` into a store of its own, whose tool in turn invokes the FX sub-agent,
+    unwrapped. The outer store holds the outer run alone (its tool call and the result it returned); the desk's recorder
+    stores the desk's run and, a trajectory of its own as for any agent run inside a tool, the sub-agent's: the calls
+    below the desk's tool are the desk recorder's too, not the outer run's."""
+    outer_path, desk_path = tmp_path / "outer", tmp_path / "desk"
+
+    @tool
+    def ask_fx_desk(question: str) -> str:
+        """Ask the FX sub-agent (unwrapped)."""
+        return SUB.invoke({"messages": [("user", question)]})["messages"][-1].content
+
+    def desk_policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+        if messages[-1].type == "human":
+            return AIMessage("", tool_calls=[tool_call("ask_fx_desk", question="EUR to USD?")])
+        return AIMessage(f"desk says: {messages[-1].content}")
+
+    desk = record_experience(
+        create_agent(ScriptedChatModel(policy=desk_policy, model_name="desk-model"), [ask_fx_desk]), app="fx-desk", store=desk_path
+    )
+
+    @tool
+    async def consult(question: str) -> str:
+        """Consult the FX desk (recorded by its own recorder)."""
+        return (await desk.ainvoke({"messages": [("user", question)]}))["messages"][-1].content
+
+    def outer_policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+        if messages[-1].type == "human":
+            return AIMessage("", tool_calls=[tool_call("consult", question="How is the euro?")])
+        return AIMessage(f"Final: {messages[-1].content}")
+
+    model = ScriptedChatModel(policy=outer_policy, model_name="sup-model").bind_tools([consult])
+
+    async def call_model(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", call_model)
+    graph.add_node("tools", ToolNode([consult]))
+    graph.add_edge(START, "model")
+    graph.add_conditional_edges("model", tools_condition)
+    graph.add_edge("tools", "model")
+    agent = record_experience(graph.compile(), app="fx", store=outer_path)
+    try:
+        out = asyncio.run(agent.ainvoke({"messages": [("user", "How many dollars for 100 EUR?")]}, {"configurable": {"thread_id": "t"}}))
+        assert agent.flush() and desk.flush()
+        assert out["messages"][-1].content == "Final: desk says: sub says: 1 EUR = 1.1 USD"
+        [(outer, _)] = _stored(outer_path)
+        assert (outer.app, outer.model, outer.thread_id) == ("fx", "sup-model", "t")
+        assert _steps(outer) == [
+            ("consult", "desk says: sub says: 1 EUR = 1.1 USD"),
+            ("answer", "Final: desk says: sub says: 1 EUR = 1.1 USD"),
+        ]
+        [(desk_run, _), (sub_run, _)] = _stored(desk_path)
+        assert (desk_run.app, desk_run.task, desk_run.model) == ("fx-desk", "How is the euro?", "desk-model")
+        assert _steps(desk_run) == [("ask_fx_desk", "sub says: 1 EUR = 1.1 USD"), ("answer", "desk says: sub says: 1 EUR = 1.1 USD")]
+        assert (sub_run.app, sub_run.task, sub_run.model) == ("fx-desk", "EUR to USD?", "sub-model")
+        assert _steps(sub_run) == [("fx_rate", "1 EUR = 1.1 USD"), ("answer", "sub says: 1 EUR = 1.1 USD")]
+    finally:
+        agent.recorder.close()
+        desk.recorder.close()
