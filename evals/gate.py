@@ -288,9 +288,9 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
                 f"say nothing of the model; run the same `ee eval run ... --out {run_dir}` again once it is up (it retries them)"
             )
     unscored = {**unscored_suites(baseline_dir), **unscored_suites(candidate_dir)}
-    for suite, why in sorted(unscored.items()):
+    for suite, cause in sorted(unscored.items()):
         if suite not in candidate and suite not in baseline:
-            reasons.append(f"{suite}: no task was scored ({why})")
+            reasons.append(f"{suite}: no task was scored ({cause})")
     for suite in sorted(set(candidate) | set(baseline)):
         if suite not in candidate or suite not in baseline:
             reasons.append(f"{suite}: only the {'candidate' if suite in candidate else 'baseline'} ran it; run both on the same suites")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -232,3 +234,65 @@ def test_a_non_finite_number_in_a_gate_policy_is_refused_as_such(value: str, run
         app, ["eval", "gate", "--candidate", str(runs["oracle"]), "--baseline", str(runs["noop"]), "--policy", str(policy)]
     )
     assert out.exit_code == 1 and "min_improvement: Input should be a finite number" in out.output, out.output
+
+
+CANARY_DOMAIN = '''
+from dataclasses import replace
+
+from ee_middleware.evals.tau.domains.library import domain as library
+
+
+def with_canary():
+    """The library domain plus a 'canary' split that holds no task yet."""
+    shipped = library()
+    return replace(shipped, splits={**shipped.splits, "canary": lambda: []})
+'''
+
+
+@pytest.fixture
+def canary_suite(tmp_path: Path) -> Iterator[str]:
+    """``tau:PACKAGE.domain:with_canary:canary``: a user's tau split with no task (a package on sys.path)."""
+    package = f"canary_{abs(hash(str(tmp_path)))}"
+    root = tmp_path / "src" / package
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "domain.py").write_text(CANARY_DOMAIN)
+    sys.path.insert(0, str(tmp_path / "src"))
+    try:
+        yield f"tau:{package}.domain:with_canary:canary"
+    finally:
+        sys.path.remove(str(tmp_path / "src"))
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+
+
+def test_a_suite_that_scored_no_task_beside_a_scored_one_is_a_reason_not_a_crash(canary_suite: str, tmp_path: Path) -> None:
+    """Both runs hold a suite with no task next to bfcl:simple. Before: AttributeError ('str' object has no attribute
+    'get'), from `ee eval gate` and from ee improve's gate stage alike (the loop over unscored suites rebound the
+    candidate's failure reasons), and no decision."""
+    from ee_middleware.jobs.deploy import likelihood_reasons, metrics_moved
+
+    for model in ("oracle", "noop"):
+        run_eval(EvalJob(suites=[canary_suite, "bfcl:simple:3"], model=model, out=str(tmp_path / model)))
+    suite = canary_suite.rsplit(":", 1)[0] + ":canary"
+    expected = f"{suite}: no task was scored (the suite has no task)"
+    policy_file = tmp_path / "improve.toml"
+    policy_file.write_text("[gate]\nmin_tasks = 1\n")
+    # As ee improve's gate stage calls it: the run folders as recorded (text) and the nightly file's policy.
+    outcome = gate(str(tmp_path / "oracle"), str(tmp_path / "noop"), GatePolicy.load(policy_file, nightly=True))
+    assert outcome.reasons == [expected], outcome.reasons
+    [simple] = outcome.suites
+    assert (simple.suite, simple.tasks, simple.candidate_only) == ("bfcl:simple", 3, 3)
+    assert simple.regressed == [] and simple.improved == ["simple_python_0", "simple_python_1", "simple_python_2"]
+    assert likelihood_reasons(outcome.to_dict(), None, required=False) == [] and metrics_moved(outcome.to_dict(), None)
+    worse = gate(str(tmp_path / "noop"), str(tmp_path / "oracle"), GatePolicy(min_tasks=1))
+    assert expected in worse.reasons and [r["task_id"] for r in worse.suites[0].regressed] == [
+        "simple_python_0",
+        "simple_python_1",
+        "simple_python_2",
+    ]
+    shown = CliRunner().invoke(
+        app, ["eval", "gate", "--candidate", str(tmp_path / "oracle"), "--baseline", str(tmp_path / "noop"), "--min-tasks", "1"]
+    )
+    assert shown.exit_code == 1 and "no task was scored (the suite has no task)" in " ".join(shown.output.split()), shown.output
+    assert "AttributeError" not in shown.output
