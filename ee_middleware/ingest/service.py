@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, split_nested
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.redaction import Redactor
@@ -123,16 +123,18 @@ class _Target:
     def __init__(self, store: ExperienceStore | StoreSpec, app: str | None, redactor: Redactor | None) -> None:
         self._spec, self._app, self._redactor = store, app, redactor
 
-    def assemble(self, trace_id: str, run: list[SpanData], report: IngestReport) -> Trajectory | None:
+    def assemble(self, trace_id: str, run: list[SpanData], report: IngestReport, *, nested: bool = False) -> Trajectory | None:
         """``run`` as a trajectory redacted with the store's rules, or ``None`` (the problem reported).
 
         Until the store is open, a run is first assembled without redaction, kept only to know that it
         assembles: the store's rules and salt are read (and a new store created) only for one that does.
+        ``nested``: a graph run inside a tool of another run (:func:`_runs_of`), whose pause is its outer run's, as the
+        recorder reads it (no paused note of its own).
         """
         if "options" not in self.__dict__ and _assemble(trace_id, run, self._trial, report) is None:
             return None
         trajectory = _assemble(trace_id, run, self.options, report)
-        if trajectory is not None:
+        if trajectory is not None and not nested:
             self.paused.remember(trajectory)  # a later run resuming its thread after a human review finds its tools
         return trajectory
 
@@ -501,12 +503,76 @@ def _trace_trajectories(
         bare.append(call)
         return []
     out = []
-    for run, unfinished, absent_root in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, strict=True):
-        report.runs += 1
-        trajectory = _run_trajectory(trace_id, run, unfinished, absent_root, rejected, target, report)
-        if trajectory is not None:
-            out.append(trajectory)
+    for whole in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, strict=True):
+        for run, unfinished, absent_root, nested in _runs_of(*whole, rejected, unended):
+            report.runs += 1
+            trajectory = _run_trajectory(trace_id, run, unfinished, absent_root, rejected, target, report, nested=nested)
+            if trajectory is not None:
+                out.append(trajectory)
     return out
+
+
+def _runs_of(
+    run: list[SpanData], unfinished: str | None, absent_root: str | None, rejected: list[RejectedSpan], unended: Collection[str]
+) -> list[tuple[list[SpanData], str | None, str | None, bool]]:
+    """One run read from the spans as the runs ee-middleware's capture stored from them, each with why it never ended,
+    the id of its root when absent (as :func:`_run_trajectory` takes them) and whether it ran inside another's tool.
+
+    Capture's own spans name the trajectory they belong to, and a recorder stores each trajectory apart: a recorded
+    agent run in flight inside another (a sub-agent wrapped with ``record_experience`` invoked in a tool, a recorded graph
+    as a node), whose root span is a child of the outer run's root when both export to one tracer provider, is a run of
+    its own (:func:`_recorded_parts`), as its recorder stored it. In each, a graph run inside one of its tools that
+    capture marked (:data:`~ee_middleware.capture.semconv.EE_NESTED_IN`: an unwrapped agent as a tool) follows it, split
+    as live capture splits it (:func:`~ee_middleware.capture.assembler.split_nested`). A nested run ended with its tool
+    call; one whose tool call never ended shares the outer run's reason. A run holding a span that could not be read is
+    left whole (skipped, said once). Spans of other instrumentations carry neither mark: their run is left as it is."""
+    if _rejected_in(run, rejected) is not None:
+        return [(run, unfinished, absent_root, False)]
+    out: list[tuple[list[SpanData], str | None, str | None, bool]] = []
+    for n, part in enumerate(_recorded_parts(run)):
+        why, absent = (unfinished, absent_root) if n == 0 else (unfinished if any(s.span_id in unended for s in part) else None, None)
+        if not any(sc.EE_NESTED_IN in s.attributes for s in part):
+            out.append((part, why, absent, False))
+            continue
+        outer, *nested = split_nested(part)
+        ended = {s.span_id for s in outer if s.attributes.get(sc.EE_NESTED_RUN) and s.span_id not in unended}
+        out.append((outer, why, absent, False))
+        out.extend((inner, None if inner[0].span_id in ended else why, None, True) for inner in nested)
+    return out
+
+
+def _recorded_parts(run: list[SpanData]) -> list[list[SpanData]]:
+    """``run`` split by the trajectory its spans name (:data:`~ee_middleware.capture.semconv.EE_TRAJECTORY_ID`, on every
+    span capture writes; a span that names none goes with the nearest one above it that does), as each recorder's span
+    processor groups them: the run's own part first, then the others as they started, each with its top span first.
+    ``[run]`` when its spans name at most one trajectory (one recorded run, or another instrumentation's)."""
+    if len({v for s in run if (v := s.attributes.get(sc.EE_TRAJECTORY_ID))}) < 2:
+        return [run]
+    by_id = {s.span_id: s for s in run}
+    owners: dict[str, str | None] = {}
+
+    def owner(span: SpanData) -> str | None:
+        path, node = [], span
+        while node is not None and node.span_id not in owners and len(path) <= len(by_id):
+            if value := node.attributes.get(sc.EE_TRAJECTORY_ID):
+                owners[node.span_id] = str(value)
+                break
+            path.append(node.span_id)
+            node = by_id.get(node.parent_span_id or "")
+        found = owners.get(node.span_id) if node is not None else None
+        for span_id in path:
+            owners[span_id] = found
+        return found
+
+    first = owner(run[0])
+    groups: dict[str | None, list[SpanData]] = {}
+    for span in run:
+        groups.setdefault(owner(span) or first, []).append(span)
+    parts = []
+    for group in groups.values():
+        inside = {s.span_id for s in group}
+        parts.append(sorted(group, key=lambda s: (s.parent_span_id in inside, s.start_ns)))
+    return [parts[0], *sorted(parts[1:], key=lambda part: part[0].start_ns)]
 
 
 def _run_trajectory(
@@ -517,8 +583,10 @@ def _run_trajectory(
     rejected: list[RejectedSpan],
     target: _Target,
     report: IngestReport,
+    *,
+    nested: bool = False,
 ) -> Trajectory | None:
-    """One run as a trajectory, or None (the problem reported)."""
+    """One run as a trajectory, or None (the problem reported); ``nested``: a graph run inside another run's tool."""
     problem = run_problem(run)
     if problem is not None:
         report.problem(f"Trace {trace_id}: run {run[0].name!r}: {problem}; run skipped.")
@@ -530,7 +598,7 @@ def _run_trajectory(
             "read (see its problem above); run skipped rather than stored without it."
         )
         return None
-    trajectory = target.assemble(trace_id, run, report)
+    trajectory = target.assemble(trace_id, run, report, nested=nested)
     if trajectory is not None and absent_root is not None and sc.EE_TRAJECTORY_ID not in run[0].attributes:
         # named after the root it lacks, as the whole run will be once its root is exported: ingesting the files again
         # later finds it stored instead of storing the same run a second time
