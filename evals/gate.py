@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,10 @@ class SuiteComparison:
     """Tasks the baseline ran and the candidate did not."""
     extra: list[str] = field(default_factory=list)
     """Tasks the candidate ran and the baseline did not."""
+    candidate_cut_answers: int = 0
+    """The candidate's answers (in this suite) cut off at ``max_tokens`` (finish reason ``length``)."""
+    baseline_cut_answers: int = 0
+    """The baseline's answers (in this suite) cut off at ``max_tokens``."""
 
 
 @dataclass
@@ -136,8 +140,14 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
     return max(-1.0, low), min(1.0, high)
 
 
-RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer")
-"""The columns of a run's results.parquet the gate reads (``trial``, ``reason`` and ``no_answer`` where the run has them)."""
+RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer", "cut_answers")
+"""The columns of a run's results.parquet the gate reads (``trial``, ``reason``, ``no_answer`` and ``cut_answers`` where
+the run has them)."""
+UNDER_TEST = ("model",)
+"""The run setting the gate compares: the model spec (its adapter included). Every other setting that changes the
+answers (:meth:`~ee_middleware.evals.job.EvalJob.run_settings`) must be the same in both runs."""
+CHECKED_PER_SUITE = ("trials",)
+"""Run settings the gate checks per suite from the results instead (a reason of their own)."""
 
 
 def task_outcomes(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, bool]]:
@@ -217,6 +227,41 @@ def _failure_reasons(frame: Any) -> dict[str, dict[str, str]]:
     return dict(out)
 
 
+def _cut_answers(frame: Any) -> dict[str, int]:
+    """suite -> the answers cut off at ``max_tokens``, from :func:`_results` (nothing for a run from before they were counted)."""
+    import polars as pl
+
+    if "cut_answers" not in frame.columns:
+        return {}
+    grouped = frame.group_by("suite").agg(pl.col("cut_answers").fill_null(0).sum())
+    return {str(suite): int(n) for suite, n in grouped.iter_rows() if n}
+
+
+def setting_differences(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str]) -> list[str]:
+    """``[eval] SETTING: BASELINE -> CANDIDATE`` for each setting that changes the answers which the two runs' ``run.json``
+    record differently, but the model under test (:data:`UNDER_TEST`) and :data:`CHECKED_PER_SUITE`; none where a run
+    folder holds no job record (a folder not written by ``ee eval run``)."""
+    from ee_middleware.evals.job import EvalJob, settings_changes
+
+    baseline, candidate = _recorded_job(baseline_dir), _recorded_job(candidate_dir)
+    if baseline is None or candidate is None:
+        return []
+    before, after = EvalJob.recorded_settings(baseline), EvalJob.recorded_settings(candidate)
+    return settings_changes(before, after, ignore=UNDER_TEST + CHECKED_PER_SUITE)
+
+
+def _recorded_job(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The job a run folder's ``run.json`` records, or None."""
+    from ee_middleware.evals.runner import RUN_FILE
+
+    try:
+        record = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    job = record.get("job") if isinstance(record, dict) else None
+    return job if isinstance(job, dict) else None
+
+
 def _unanswered(frame: Any) -> dict[str, int]:
     """:func:`unanswered` from :func:`_results` (nothing for a run from before no_answer was recorded)."""
     import polars as pl
@@ -279,7 +324,14 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
     results = {"candidate": _finished_results(candidate_dir), "baseline": _finished_results(baseline_dir)}  # each file read once
     (candidate, candidate_trials), (baseline, baseline_trials) = _outcomes(results["candidate"]), _outcomes(results["baseline"])
     why = _failure_reasons(results["candidate"])
+    cut = {role: _cut_answers(frame) for role, frame in results.items()}
     reasons: list[str] = []
+    changed = setting_differences(candidate_dir, baseline_dir)
+    if changed:  # another max_tokens (answers cut), temperature or seed: the delta would measure the settings
+        reasons.append(
+            f"the runs were made with other settings ({'; '.join(changed)}: the baseline's -> the candidate's), so their scores "
+            "would measure the settings, not the model; run both with the same settings (all but the model)"
+        )
     comparisons = []
     for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
         for suite, n in sorted(_unanswered(results[role]).items()):
@@ -296,6 +348,7 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
             reasons.append(f"{suite}: only the {'candidate' if suite in candidate else 'baseline'} ran it; run both on the same suites")
             continue
         result = compare(suite, candidate[suite], baseline[suite], why.get(suite, {}))
+        result = replace(result, candidate_cut_answers=cut["candidate"].get(suite, 0), baseline_cut_answers=cut["baseline"].get(suite, 0))
         comparisons.append(result)
         if candidate_trials[suite] != baseline_trials[suite]:  # pass^3 is harder than pass^1: the delta would measure k, not the model
             reasons.append(
@@ -306,6 +359,12 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
     pooled_c = {f"{s}/{t}": v for s in candidate for t, v in candidate[s].items() if s in baseline}
     pooled_b = {f"{s}/{t}": v for s in baseline for t, v in baseline[s].items() if s in candidate}
     overall = compare("overall", pooled_c, pooled_b) if comparisons else None
+    if overall is not None:
+        overall = replace(
+            overall,
+            candidate_cut_answers=sum(s.candidate_cut_answers for s in comparisons),
+            baseline_cut_answers=sum(s.baseline_cut_answers for s in comparisons),
+        )
     if overall is None:
         if not unscored:
             reasons.append("no suite was run by both runs")
@@ -320,8 +379,23 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
         suites=comparisons,
         overall=overall,
         policy=policy.model_dump(),
-        notes=_notes(overall, policy),
+        notes=_notes(overall, policy) + _cut_notes(comparisons),
     )
+
+
+def _cut_notes(comparisons: list[SuiteComparison]) -> list[str]:
+    """Per run, its answers cut off at ``max_tokens`` in the compared suites: they score as failures, whatever the model."""
+    notes = []
+    for role in ("baseline", "candidate"):
+        counts = [(s.suite, getattr(s, f"{role}_cut_answers")) for s in comparisons if getattr(s, f"{role}_cut_answers")]
+        if counts:
+            where = ", ".join(f"{suite}: {n}" for suite, n in counts)
+            notes.append(
+                f"the {role} run has {sum(n for _, n in counts)} answer(s) cut off at max_tokens (finish_reason 'length'; "
+                f"{where}): a cut answer usually scores as a failure, so that run's score may show its token limit rather "
+                "than the model"
+            )
+    return notes
 
 
 def _not_significant(overall: SuiteComparison, policy: GatePolicy) -> str:

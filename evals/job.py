@@ -94,8 +94,7 @@ class EvalJob(BaseModel):
     def changed_settings(self, recorded: dict[str, Any]) -> list[str]:
         """``[eval] SETTING: RECORDED -> THIS`` for each run setting that differs from a recorded job's (the shape of
         ``ee improve``'s changed settings)."""
-        before, after = self.recorded_settings(recorded), self.run_settings()
-        return [f"[eval] {name}: {_shown(before[name])} -> {_shown(after[name])}" for name in after if before[name] != after[name]]
+        return settings_changes(self.recorded_settings(recorded), self.run_settings())
 
     def record(self) -> dict[str, Any]:
         """The job as ``run.json`` holds it: every setting, the credentials of URLs (``user:password@``) hidden."""
@@ -104,6 +103,15 @@ class EvalJob(BaseModel):
     def run_key(self) -> str:
         """A digest of :meth:`run_settings` (recorded in ``run.json``; holds no credential, not even hashed)."""
         return hashlib.sha256(json.dumps(self.run_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_changes(before: dict[str, Any], after: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``[eval] SETTING: BEFORE -> AFTER`` for each of two :meth:`EvalJob.run_settings` that differs, but ``ignore``."""
+    return [
+        f"[eval] {name}: {_shown(before.get(name))} -> {_shown(after[name])}"
+        for name in after
+        if name not in ignore and before.get(name) != after[name]
+    ]
 
 
 ANSWER_NEUTRAL = ("out", "suites", "workers", "timeout_s", "retries")

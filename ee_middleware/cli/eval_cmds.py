@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from ee_middleware.cli.common import JsonOption, console, examples, print_json, progress_console
+from ee_middleware.cli.common import JsonOption, console, examples, print_json, progress_console, user_output_to_stderr
 
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
 
@@ -95,7 +95,8 @@ def run_cmd(
     out_console = console()
     bars = _Bars(progress_console()) if progress and not as_json else None
     try:
-        summary = run_eval(job, progress=bars.update if bars else None)
+        with user_output_to_stderr():  # what the model's or the sandbox's code prints: stdout holds the answer alone
+            summary = run_eval(job, progress=bars.update if bars else None)
     finally:
         if bars:
             bars.stop()
@@ -236,10 +237,14 @@ def _print_gate(out: Any, result: Any) -> None:
             f"{s.p_value:.3g}",
         )
     out.print(table)
+    cut = [s for s in result.suites if s.candidate_cut_answers or s.baseline_cut_answers]
+    if cut:
+        listed = ", ".join(f"{s.suite} {s.candidate_cut_answers} / {s.baseline_cut_answers}" for s in cut)
+        out.print(f"[yellow]Answers cut off at max_tokens (candidate / baseline): {escape(listed)}[/]")
     _print_moved(out, result.suites)
     for note in result.notes:
         out.print(f"[yellow]Note: {escape(note)}[/]")
-    out.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: " + "; ".join(result.reasons))
+    out.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: " + escape("; ".join(result.reasons)))
 
 
 def _print_moved(out: Any, suites: list[Any], limit: int = 10) -> None:

@@ -6,7 +6,9 @@ import json
 import math
 import sys
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -17,6 +19,7 @@ from ee_middleware.errors import ConfigError
 from ee_middleware.evals.gate import GatePolicy, gate, mcnemar_exact, newcombe_paired
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.runner import run_eval
+from ee_middleware.testing.http import send_json, serving
 
 
 def test_mcnemar_exact_and_the_paired_interval() -> None:
@@ -296,3 +299,74 @@ def test_a_suite_that_scored_no_task_beside_a_scored_one_is_a_reason_not_a_crash
     )
     assert shown.exit_code == 1 and "no task was scored (the suite has no task)" in " ".join(shown.output.split()), shown.output
     assert "AttributeError" not in shown.output
+
+
+class _ServedOracle(BaseHTTPRequestHandler):
+    """A real OpenAI-compatible server answering each bfcl:simple question with its oracle call, cut in half (finish
+    reason 'length') when the request's max_tokens is under 100, as a served model cut at its limit would be."""
+
+    answers: dict[str, dict[str, Any]]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        question = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        message, finish = json.loads(json.dumps(self.answers[question])), "tool_calls"
+        if body["max_tokens"] < 100:
+            function = message["tool_calls"][0]["function"]
+            function["arguments"], finish = function["arguments"][: len(function["arguments"]) // 2], "length"
+        send_json(self, {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
+
+
+def test_runs_made_with_other_answer_settings_are_refused_naming_them_and_their_cut_answers(tmp_path: Path) -> None:
+    """The same served model, the baseline run with --max-tokens 30 (every answer cut), the candidate with the default 512.
+    Before: PASS, a significant improvement (+100 points, no reason, no note) that only measured the token limit; the
+    gate never read the runs' recorded settings, nor their answers cut at max_tokens."""
+    from ee_middleware.evals.bfcl.suite import BFCLSuite
+
+    tasks = BFCLSuite("simple", 20).tasks()
+    handler = type("Handler", (_ServedOracle,), {"answers": {t.turns[0][-1]["content"]: t.reference[0][0] for t in tasks}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    with serving(server) as url:
+        for side, extra in (("base", ["--max-tokens", "30"]), ("cand", [])):
+            args = ["eval", "run", "--suite", "bfcl:simple:20", "--endpoint", url, "--model", "m", "--out", str(tmp_path / side)]
+            assert CliRunner().invoke(app, [*args, "--no-progress", *extra]).exit_code == 0
+    result = gate(tmp_path / "cand", tmp_path / "base", GatePolicy())
+    assert not result.passed
+    [reason] = result.reasons
+    assert reason.startswith("the runs were made with other settings ([eval] max_tokens: 30 -> 512: the baseline's -> the candidate's)")
+    assert "run both with the same settings" in reason, reason
+    [simple] = result.suites
+    assert (simple.candidate_rate, simple.baseline_rate) == (1.0, 0.0)  # the numbers are shown, the decision refused
+    assert (simple.candidate_cut_answers, simple.baseline_cut_answers) == (0, 20)
+    assert any("the baseline run has 20 answer(s) cut off at max_tokens" in note for note in result.notes), result.notes
+    shown = CliRunner().invoke(app, ["eval", "gate", "--candidate", str(tmp_path / "cand"), "--baseline", str(tmp_path / "base")])
+    text = " ".join(shown.output.split())
+    assert (
+        shown.exit_code == 1
+        and "[eval] max_tokens: 30 -> 512" in text
+        and "cut off at max_tokens (candidate / baseline): bfcl:simple 0 / 20" in text
+    ), shown.output
+    data = json.loads(
+        CliRunner()
+        .invoke(app, ["eval", "gate", "--candidate", str(tmp_path / "cand"), "--baseline", str(tmp_path / "base"), "--json"])
+        .output
+    )
+    assert data["suites"][0]["baseline_cut_answers"] == 20 and data["overall"]["baseline_cut_answers"] == 20
+
+
+def test_runs_that_differ_only_in_the_model_are_gated_as_ee_improve_gates_them(tmp_path: Path) -> None:
+    """ee improve evaluates the live adapter and the candidate with one [eval] table, only the model spec differing: their
+    runs are compared (the settings check names no setting), whatever other settings that table chose."""
+    for model in ("oracle", "noop"):
+        run_eval(EvalJob(suites=["bfcl:simple:3"], model=model, out=str(tmp_path / model), max_tokens=64, seed=7, temperature=0.5))
+    result = gate(str(tmp_path / "oracle"), str(tmp_path / "noop"), GatePolicy(min_tasks=1))
+    assert result.passed and result.reasons == [], result.reasons
+    run_eval(EvalJob(suites=["bfcl:simple:3"], model="noop", out=str(tmp_path / "seeded"), max_tokens=64, seed=8, temperature=0.5))
+    assert gate(tmp_path / "oracle", tmp_path / "seeded", GatePolicy(min_tasks=1)).reasons == [
+        "the runs were made with other settings ([eval] seed: 8 -> 7: the baseline's -> the candidate's), so their scores "
+        "would measure the settings, not the model; run both with the same settings (all but the model)"
+    ]
