@@ -65,7 +65,10 @@ NOT_RUN_HERE: dict[str, str] = {
     "web_search": "agentic entries: the model searches the live web (DuckDuckGo) and fetches pages",
     "format_sensitivity": "prompt-format entries: one question under many prompting formats, for prompt-based models",
 }
-"""BFCL categories whose data ``bfcl-eval`` ships but this harness does not run (and why)."""
+"""BFCL categories whose data ``bfcl-eval`` ships but this harness does not run (and why), by the names of its test
+collections; :func:`not_run_here` also knows each category's own name (``memory_kv``, ``web_search_base``, ...)."""
+_BFCL_LISTS = {"memory": "MEMORY_CATEGORY", "web_search": "WEB_SEARCH_CATEGORY", "format_sensitivity": "NON_SCORING_CATEGORY"}
+"""Each of :data:`NOT_RUN_HERE` -> the list of bfcl-eval's ``constants.category_mapping`` naming its categories."""
 BFCL_OWN_RUNNER = (
     "Score it with bfcl-eval's own runner (`bfcl generate` then `bfcl evaluate`, which needs bfcl-eval installed with its "
     "dependencies, in a separate environment)"
@@ -73,14 +76,30 @@ BFCL_OWN_RUNNER = (
 IRRELEVANCE_ANSWER = "None of the available functions fits this request."
 
 
+def not_run_here(category: str) -> str | None:
+    """Why this harness does not run ``category``, a name bfcl-eval's runner takes (a category of its own category list,
+    ``memory_kv``, or a collection of them, ``memory``, ``agentic``); None for any other name."""
+    from ee_middleware.bfcl._package import import_bfcl
+
+    if category in NOT_RUN_HERE:
+        return NOT_RUN_HERE[category]
+    mapping = import_bfcl("constants.category_mapping")
+    kinds = {kind: getattr(mapping, names, []) for kind, names in _BFCL_LISTS.items()}
+    members = mapping.TEST_COLLECTION_MAPPING.get(category, [category])
+    reasons = [next((NOT_RUN_HERE[kind] for kind, names in kinds.items() if member in names), None) for member in members]
+    if not reasons or None in reasons:
+        return None
+    return "; ".join(dict.fromkeys(reason for reason in reasons if reason))
+
+
 class BFCLSuite:
     """One BFCL category as an eval suite (``limit``: the first N entries, in file order)."""
 
     def __init__(self, category: str, limit: int | None = None) -> None:
         category = {"simple_python": "simple"}.get(category, category)
-        if category in NOT_RUN_HERE:
+        if category not in CATEGORIES and not_run_here(category):
             raise ConfigError(
-                f"The BFCL category {category!r} (suite 'bfcl:{category}') is not run by this harness ({NOT_RUN_HERE[category]}). "
+                f"The BFCL category {category!r} (suite 'bfcl:{category}') is not run by this harness ({not_run_here(category)}). "
                 f"{BFCL_OWN_RUNNER}, or choose one of: {', '.join(CATEGORIES)}."
             )
         if category not in CATEGORIES:

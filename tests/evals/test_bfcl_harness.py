@@ -6,11 +6,14 @@ import copy
 import json
 import random
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from ee_middleware.bfcl._package import import_bfcl
+from ee_middleware.cli.app import app
 from ee_middleware.evals.bfcl.languages import checker_language
 from ee_middleware.evals.bfcl.official import ast_check, call_string, unique_model_name
 from ee_middleware.evals.bfcl.suite import AST_CATEGORIES, CATEGORIES, BFCLSuite
@@ -250,6 +253,24 @@ def test_a_category_this_harness_does_not_run_says_what_it_is_and_what_to_run_in
 
     with pytest.raises(ConfigError, match=rf"'{category}'.*not run by this harness \(.*entries: .*bfcl generate.*bfcl evaluate.*simple,"):
         BFCLSuite(category)
+
+
+def test_bfcl_eval_s_own_names_of_the_categories_not_run_here_get_the_same_message(tmp_path: Path) -> None:
+    """``bfcl generate --test-category`` takes memory_kv, web_search_base, ... (bfcl-eval's own category list). Before:
+    'Unknown BFCL category 'memory_kv'', as if misspelled, where the README promises 'not run, use bfcl-eval's runner'."""
+    from ee_middleware.errors import ConfigError
+
+    mapping = import_bfcl("constants.category_mapping")
+    names = [*mapping.MEMORY_CATEGORY, *mapping.WEB_SEARCH_CATEGORY, *mapping.NON_SCORING_CATEGORY, "agentic"]
+    assert {"memory_kv", "memory_vector", "web_search_base", "web_search_no_snippet", "format_sensitivity"} <= set(names)
+    for category in names:
+        with pytest.raises(ConfigError, match=rf"'{category}'.*not run by this harness \(.*entries: .*bfcl generate.*bfcl evaluate"):
+            BFCLSuite(category)
+    out = tmp_path / "run"
+    refused = CliRunner().invoke(app, ["eval", "run", "--suite", "bfcl:memory_kv", "--model-spec", "oracle", "--out", str(out)])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and "'memory_kv'" in text and "BFCL's memory backends" in text, refused.output
+    assert not out.exists()
 
 
 def test_java_and_javascript_are_offered_as_bfcl_offers_them_and_checked_in_their_language() -> None:
