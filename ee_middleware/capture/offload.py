@@ -744,17 +744,20 @@ class _Worker:
     def emit(self, record: RunRecord) -> None:
         from ee_middleware.capture.callbacks import emit_run
 
+        emitting = False
         try:
             if record.tool_lists:
                 self._tool_lists.update(record.tool_lists)
             for _, _, _, data, _, _ in record.calls:  # numbered tool lists: the same objects every time, so encoded once
                 if len(data) == 3 and isinstance(data[1], dict) and isinstance(data[1].get("tools"), int):
                     data[1]["tools"] = self._tool_lists[data[1]["tools"]]
-            emit_run(self, record, self.report_failure)
+            emitting = True
+            # a call whose span failed is a span's failure: its run is marked, and counted once when it is not stored
+            emit_run(self, record, self.processor.report_span_failure)
         except Exception as exc:  # noqa: BLE001 - one run's failure never stops the child
-            self.report_failure(
-                *_without_data(f"could not record a run sent by the agent's process ({len(record.calls)} model calls)", exc)
-            )
+            failure = _without_data(f"could not record a run sent by the agent's process ({len(record.calls)} model calls)", exc)
+            # from emit_run: its root's outcome could not be recorded (the root is marked, as the thread path's finisher says)
+            (self.processor.report_span_failure if emitting else self.report_failure)(*failure)
 
     def flush(self, timeout: float) -> tuple[bool, str | None]:
         error = None

@@ -48,6 +48,7 @@ class CaptureStats:
     trajectories_written: int = 0
     trajectories_auto_approved: int = 0
     runs_failed: int = 0
+    """Runs not stored, each counted once however many of its spans failed (and ``approve_if`` failures)."""
     spans_dropped: int = 0
     errors: list[str] = field(default_factory=list)
     runs_not_offloaded: int = 0
@@ -59,9 +60,14 @@ class CaptureStats:
     offload_start_failures: int = 0
     """Capture processes that could not be started (logged as warnings): runs were then recorded in
     the agent's process, and none of them failed for it."""
+    spans_failed: int = 0
+    """Calls whose span could not be finished whole (a ``redact_fn`` or the encoder raised on its payload): the run
+    holding one is not stored and counts once in ``runs_failed``; this counts each such span."""
 
-    def record_error(self, message: str) -> None:
-        self.runs_failed += 1
+    def record_error(self, message: str, *, runs: int = 1, spans: int = 0) -> None:
+        """Count a failure of ``runs`` runs (not stored) or of ``spans`` spans, and keep its message."""
+        self.runs_failed += runs
+        self.spans_failed += spans
         self.errors = [*self.errors, message][-20:]
 
     def merged(self, other: CaptureStats) -> CaptureStats:
@@ -75,6 +81,7 @@ class CaptureStats:
             runs_not_offloaded=self.runs_not_offloaded + other.runs_not_offloaded,
             runs_recovered=self.runs_recovered + other.runs_recovered,
             offload_start_failures=self.offload_start_failures + other.offload_start_failures,
+            spans_failed=self.spans_failed + other.spans_failed,
         )
 
 
@@ -89,6 +96,20 @@ def _capture_failure(spans: list[SpanData]) -> str | None:
             run = next((s.attributes[sc.EE_TRAJECTORY_ID] for s in spans if s.attributes.get(sc.EE_TRAJECTORY_ID)), spans[0].trace_id)
             return f"run {run} was not stored: {failed}, and the trajectory would lack it (see the error logged for it)"
     return None
+
+
+def _run_failures(parts: list[list[SpanData]]) -> list[str | None]:
+    """:func:`_capture_failure` of each run :func:`~ee_middleware.capture.assembler.split_nested` made of one recorded
+    run: a call that failed costs the run it belongs to only. A graph run inside a tool (``parts[1:]``) is read from its
+    own spans and a root made of the tool call's span (its outcome) and the outer run's root (its app and environment):
+    it fails with those too, but not for a failed model or tool call of the outer run elsewhere."""
+    outer = parts[0]
+    failures = [_capture_failure(outer)]
+    for nested in parts[1:]:
+        root = nested[0]  # made by split_nested: the tool call's span id, the outer root's as its parent
+        inherited = [s for s in outer if s.span_id in (root.span_id, root.parent_span_id)]
+        failures.append(_capture_failure([*nested, *inherited]))
+    return failures
 
 
 def strict_default() -> bool:
@@ -245,26 +266,29 @@ class ExperienceSpanProcessor(SpanProcessor):
             self.options if self.options.paused_tools is not None else dataclasses.replace(self.options, paused_tools=self.paused.tools)
         )
         for spans in jobs:
-            if (failure := _capture_failure(spans)) is not None:
-                self.report_failure(failure, CaptureError(failure))
-                continue
             runs = [spans] if self.recorder_id is not None else split_runs(spans)
-            # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
-            for position, run in ((p, r) for outer in runs for p, r in enumerate(split_nested(outer))):
-                try:
-                    trajectory = assemble(run, options)
-                    if position == 0:  # before the next run: a resume may come in the same batch (the thread's own runs)
-                        self.paused.remember(trajectory)
-                    trajectories.append(self._approve(trajectory))
-                except Exception as exc:  # noqa: BLE001
-                    self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
+            for outer in runs:
+                # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
+                parts = split_nested(outer)
+                for position, (run, failure) in enumerate(zip(parts, _run_failures(parts), strict=True)):
+                    if failure is not None:  # a call of this run could not be recorded whole: not stored cut down
+                        self.report_failure(failure, CaptureError(failure))
+                        continue
+                    try:
+                        trajectory = assemble(run, options)
+                        if position == 0:  # before the next run: a resume may come in the same batch (the thread's own runs)
+                            self.paused.remember(trajectory)
+                        trajectories.append(self._approve(trajectory))
+                    except Exception as exc:  # noqa: BLE001
+                        self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
         if not trajectories:
             return
         try:
             self.store.write(trajectories)
             self.stats.trajectories_written += len(trajectories)
         except Exception as exc:  # noqa: BLE001
-            self.report_failure(f"could not write {len(trajectories)} trajectories to {self.store!r}: {exc}", exc)
+            message = f"could not write {len(trajectories)} trajectories to {self.store!r}: {exc}"
+            self.report_failure(message, exc, runs=len(trajectories))
 
     def _approve(self, trajectory: Trajectory) -> Trajectory:
         if self.approve_if is None:
@@ -279,14 +303,24 @@ class ExperienceSpanProcessor(SpanProcessor):
             self.stats.trajectories_auto_approved += 1
         return trajectory
 
-    def report_failure(self, message: str, exc: BaseException) -> None:
-        """Count and log a capture failure (and keep it for strict mode's ``force_flush``)."""
+    def report_failure(self, message: str, exc: BaseException, *, runs: int = 1) -> None:
+        """Count (``runs`` runs not stored, in ``runs_failed``) and log a capture failure (and keep it for strict mode's
+        ``force_flush``)."""
+        self._report(message, exc, runs=runs, spans=0)
+
+    def report_span_failure(self, message: str, exc: BaseException) -> None:
+        """Count (in ``spans_failed``) and log a call whose span could not be finished whole (and keep it for strict
+        mode's ``force_flush``: the first failure is the one raised). Its run is marked, and :meth:`_write` counts it
+        once in ``runs_failed`` when it does not store it."""
+        self._report(message, exc, runs=0, spans=1)
+
+    def _report(self, message: str, exc: BaseException, *, runs: int, spans: int) -> None:
         if self.redact_message is not None:
             try:
                 message = self.redact_message(message)
             except Exception:  # noqa: BLE001 - a failing redaction must not hide the failure, nor show its text
                 message = f"{message.split(':', 1)[0]}: (details withheld: redacting them failed)"
-        self.stats.record_error(message)
+        self.stats.record_error(message, runs=runs, spans=spans)
         logger.error("ee-middleware capture: %s", message)
         with self._lock:
             if self._pending_error is None:

@@ -113,7 +113,7 @@ class Recorder:
             config, self.store, recorder_id=self.id, strict=self.strict, approve_if=approve_if, salt=salt, vault=self.vault
         )
         self._record_redaction()
-        self.finisher = SpanFinisher(self.processor.report_failure)
+        self.finisher = SpanFinisher(self.processor.report_span_failure)
         self.tracer_provider = tracer_provider if tracer_provider is not None else private_provider(config)
         if not hasattr(self.tracer_provider, "add_span_processor"):
             raise ConfigError(
@@ -194,7 +194,7 @@ class Recorder:
     def _record_here(self, records: list[RunRecord]) -> None:
         """Record runs on this process's threads (the capture process that was sent them died)."""
         for record in records:
-            self.finisher.submit(functools.partial(emit_run, self, record, self.processor.report_failure))
+            self.finisher.submit(functools.partial(emit_run, self, record, self.processor.report_span_failure))
 
     def _offload_for_run(self) -> ProcessOffload | None:
         """The capture process to send the next run to, if any (starts it under sustained load in auto mode)."""
@@ -463,7 +463,7 @@ class _Run:
                 reason=reason,
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
-                recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_failure))
+                recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_span_failure))
         else:
             record = RunRecord(
                 self.trajectory_id, 0, 0, self.thread_id, status, error, self.input, output, self.environment, [], reason=reason

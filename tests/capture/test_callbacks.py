@@ -42,7 +42,9 @@ def test_a_run_whose_redact_fn_raised_on_one_call_is_not_stored_as_if_whole(
 ):
     """Defect: the span of the tool call whose result ``redact_fn`` raised on was left without its result, and the run
     was assembled from what was left: stored ``completed`` with an empty observation (``is_error`` False), and approved
-    by ``approve_if``. It is now counted as failed, with a reason that quotes none of its values, and not stored."""
+    by ``approve_if``. It is now counted as failed, with a reason that quotes none of its values, and not stored. It
+    counts once in ``runs_failed`` (it counted 3: the tool call's span, the next model call's span, whose history holds
+    the result, and the run); those two spans count in ``spans_failed``."""
     monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
     kwargs: dict[str, Any] = {"tracer_provider": tracer_provider} if offload == "thread" else {"offload": "process"}
     agent = record_experience(
@@ -63,7 +65,7 @@ def test_a_run_whose_redact_fn_raised_on_one_call_is_not_stored_as_if_whole(
         agent.recorder.close()
     assert _stored(store_path) == [], "a cut-down run must not be stored as completed"
     assert stats.trajectories_written == stats.trajectories_auto_approved == 0
-    assert stats.runs_failed >= 1
+    assert (stats.runs_failed, stats.spans_failed) == (1, 2), stats
     reason = stats.errors[-1]
     assert "was not stored" in reason and "tool call's arguments or result could not be encoded or redacted (RuntimeError)" in reason
     assert "ordered 5 pear" not in reason
@@ -76,8 +78,10 @@ def test_a_run_whose_redact_fn_raised_on_one_call_is_not_stored_as_if_whole(
 def test_strict_mode_raises_when_a_run_could_not_be_recorded_whole(react_graph, store_path):
     agent = record_experience(react_graph, app="shop", store=store_path, redact_fn=scrub_or_fail, strict=True)
     agent.invoke(USER_TASK)
-    with pytest.raises(CaptureError, match="Recording failed"):
+    with pytest.raises(CaptureError, match="Recording failed") as raised:
         agent.flush()
+    assert isinstance(raised.value.__cause__, RuntimeError), "the redact_fn's own exception"
+    assert "scrubber crashed" in str(raised.value.__cause__)
     agent.recorder.close()
     assert _stored(store_path) == []
 

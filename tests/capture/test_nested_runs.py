@@ -260,3 +260,103 @@ def test_a_recorded_sub_agent_in_a_state_graph_tool_keeps_the_agent_inside_its_o
     finally:
         agent.recorder.close()
         desk.recorder.close()
+
+
+@tool
+def desk_rate(cur: str) -> str:
+    """The exchange rate of one euro, as the FX desk quotes it."""
+    return f"1 EUR = 1.1 {cur} (desk D-42)"  # only the sub-agent sees the desk's name
+
+
+def _desk_policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+    if messages[-1].type == "human":
+        return AIMessage("", tool_calls=[tool_call("desk_rate", cur="USD")])
+    return AIMessage("sub says: 1.1")
+
+
+DESK_SUB = create_agent(ScriptedChatModel(policy=_desk_policy, model_name="sub-model"), [desk_rate], system_prompt="You are the FX expert.")
+
+
+@tool("ask_fx_expert")
+def ask_desk_expert(question: str) -> str:
+    """Ask the FX sub-agent."""
+    return DESK_SUB.invoke({"messages": [("user", question)]})["messages"][-1].content
+
+
+def fail_on_desk(text: str) -> str:
+    """A user's ``redact_fn`` that raises on text only the sub-agent sees (module level: the capture process imports it)."""
+    if "desk D-42" in text:
+        raise RuntimeError(f"cannot scrub: {text}")
+    return text
+
+
+def fail_on_supervisor(text: str) -> str:
+    """A user's ``redact_fn`` that raises on text only the supervisor's model calls hold (its system prompt)."""
+    if "You are the supervisor" in text:
+        raise RuntimeError(f"cannot scrub: {text}")
+    return text
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("failing", ["sub_agent", "supervisor"])
+def test_a_call_that_could_not_be_recorded_whole_costs_only_its_own_run(
+    tmp_path: Path, offload: str, failing: str, monkeypatch: Any
+) -> None:
+    """``redact_fn`` raises on text of one of the two runs (the sub-agent's tool result and the model call that reads it,
+    or the supervisor's model calls). Every run of the job was dropped (the whole job's spans were checked before they
+    were split into runs: nothing stored, runs_failed 3). Now the run holding the failed calls alone is not stored and
+    counts once in runs_failed (its spans in spans_failed), and the other run is stored whole."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    store_path = tmp_path / "store"
+    redact_fn = fail_on_desk if failing == "sub_agent" else fail_on_supervisor
+    agent = record_experience(_supervisor(ask_desk_expert), app="fx", store=store_path, redact_fn=redact_fn, strict=False, offload=offload)
+    try:
+        out = agent.invoke({"messages": [("user", "How many dollars for 100 EUR?")]}, {"configurable": {"thread_id": "outer"}})
+        assert agent.flush()
+        stats = agent.recorder.stats
+    finally:
+        agent.recorder.close()
+    assert out["messages"][-1].content == "Final: sub says: 1.1"
+    [(stored, _)] = _stored(store_path)
+    assert (stats.runs_failed, stats.spans_failed, stats.trajectories_written) == (1, 2, 1), stats
+    assert "was not stored" in stats.errors[-1] and "cannot scrub" not in " ".join(stats.errors)
+    if failing == "sub_agent":
+        assert (stored.model, stored.thread_id, stored.status) == ("sup-model", "outer", "completed")
+        assert _steps(stored) == [("ask_fx_expert", "sub says: 1.1"), ("answer", "Final: sub says: 1.1")]
+    else:
+        assert (stored.model, stored.task, stored.status) == ("sub-model", "EUR to USD?", "completed")
+        assert _steps(stored) == [("desk_rate", "1 EUR = 1.1 USD (desk D-42)"), ("answer", "sub says: 1.1")]
+
+
+def fail_on_tenant(text: str) -> str:
+    """A user's ``redact_fn`` that raises on the run's environment reference only."""
+    if "tenant-7" in text:
+        raise RuntimeError(f"cannot scrub: {text}")
+    return text
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_run_inside_a_tool_is_not_stored_without_the_environment_it_takes_from_the_outer_run(
+    tmp_path: Path, offload: str, monkeypatch: Any
+) -> None:
+    """The outer run's root could not be recorded whole (``redact_fn`` raised on its environment reference): the outer run
+    is not stored, nor the sub-agent's run, whose environment is the outer run's (it would be stored without one, and
+    replayed in the wrong world). Each counts once in runs_failed."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    store_path = tmp_path / "store"
+    agent = record_experience(
+        _supervisor(ask_desk_expert), app="fx", store=store_path, redact_fn=fail_on_tenant, strict=False, offload=offload
+    )
+    try:
+        config = {"configurable": {"thread_id": "outer", "ee_environment": {"tenant": "tenant-7"}}}
+        assert (
+            agent.invoke({"messages": [("user", "How many dollars for 100 EUR?")]}, config)["messages"][-1].content
+            == "Final: sub says: 1.1"
+        )
+        assert agent.flush()
+        stats = agent.recorder.stats
+    finally:
+        agent.recorder.close()
+    assert _stored(store_path) == []
+    assert (stats.runs_failed, stats.trajectories_written) == (2, 0), stats
+    assert sum("was not stored: the run's input, output or environment could not be encoded" in e for e in stats.errors) == 2

@@ -502,7 +502,9 @@ def test_a_span_whose_payload_cannot_be_encoded_is_still_exported_and_the_failur
         assert sc.INPUT_MESSAGES not in span.attributes and sc.TOOL_CALL_RESULT not in span.attributes
     if kind == "execute_tool":
         assert all(json.loads(s.attributes[sc.TOOL_CALL_ARGUMENTS]) for s in made)
-    assert agent.recorder.stats.runs_failed >= len(made) and "cannot encode" in agent.recorder.stats.errors[0]
+    stats = agent.recorder.stats
+    assert (stats.runs_failed, stats.spans_failed) == (1, len(made)), "each span failed, and its run is not stored"
+    assert "cannot encode" in stats.errors[0]
 
 
 def test_a_failure_message_that_quotes_run_data_is_redacted_before_it_is_logged_or_kept(
