@@ -140,6 +140,48 @@ def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
                 typer.secho(f"warning: {w.message}", err=True, fg="yellow")
 
 
+@contextmanager
+def user_output_to_stderr(*, enabled: bool = True) -> Iterator[None]:
+    """While a command runs the user's code (tools in a sandbox, a policy, a model factory) and the processes it starts
+    (replay workers, sandbox children, servers), what they print goes to stderr, so that stdout holds the command's
+    answer alone (``--json | jq``). File descriptor 1 points at stderr (``os.dup2``: child processes started meanwhile
+    and C code inherit it, which ``contextlib.redirect_stdout`` alone would not reach) and ``sys.stdout`` is
+    ``sys.stderr``; both are restored on the way out, after an error or Ctrl-C too. Print the answer after it.
+    ``enabled=False`` (a command that draws its progress on stdout, when not asked for ``--json``) changes nothing."""
+    import contextlib
+    import os
+
+    if not enabled:
+        yield
+        return
+    before = sys.stdout
+    _flush(before)
+    saved: int | None = None
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no fd 1 or 2 (a daemon's closed descriptors): sys.stdout is still redirected
+        if saved is not None:
+            os.close(saved)
+            saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in (before, sys.__stdout__):  # what code holding the old stdout buffered goes where it was printed
+            _flush(stream)
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _flush(stream: Any) -> None:
+    try:
+        stream.flush()
+    except (AttributeError, OSError, ValueError):  # None, closed, or a reader that has gone
+        pass
+
+
 def print_json(data: Any) -> None:
     """A command's ``--json`` answer: strict JSON (a value that could not be computed, NaN, is ``null``)."""
     from ee_middleware.messages import finite_or_null

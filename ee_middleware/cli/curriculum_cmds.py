@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, examples, open_existing_store, print_json
+from ee_middleware.cli.common import JsonOption, StoreOption, examples, open_existing_store, print_json, user_output_to_stderr
 
 if TYPE_CHECKING:
     from ee_middleware.replay.curriculum import Proposal, TaskScore
@@ -43,7 +43,8 @@ def propose_cmd(
     opened = open_existing_store(store)
     client = build_chat_client(model)
     try:
-        proposal = propose(client, scores, opened.iter_trajectories(), n=n, seed=seed)
+        with user_output_to_stderr():  # what the model's code prints (module:factory): stdout holds the answer alone
+            proposal = propose(client, scores, opened.iter_trajectories(), n=n, seed=seed)
     finally:
         client.close()
     problem = None if proposal.variants else _why_no_variant(scores, proposal, model)
@@ -150,9 +151,10 @@ def run_cmd(
                 list_models()
             except ModelError as exc:
                 raise typer.BadParameter(f"the judge {judge} cannot be reached: {exc}", param_hint="--judge") from None
-        result = run_curriculum(
-            todo, policy_client, policy, functools.partial(build_sandbox, sandbox), judge_client, opened, k=k, approve_if=predicate
-        )
+        with user_output_to_stderr():  # what the policy's and the sandbox's code prints: stdout holds the answer alone
+            result = run_curriculum(
+                todo, policy_client, policy, functools.partial(build_sandbox, sandbox), judge_client, opened, k=k, approve_if=predicate
+            )
     finally:
         policy_client.close()
         judge_client.close()

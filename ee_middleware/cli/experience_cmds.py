@@ -8,7 +8,16 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from ee_middleware.cli.common import JsonOption, StoreOption, console, examples, open_existing_store, print_json, progress_console
+from ee_middleware.cli.common import (
+    JsonOption,
+    StoreOption,
+    console,
+    examples,
+    open_existing_store,
+    print_json,
+    progress_console,
+    user_output_to_stderr,
+)
 
 RetrieverOption = typer.Option(
     "bm25",
@@ -71,14 +80,16 @@ def eval_cmd(
             param_hint="--held-out",
         )
     sandboxes = []  # an endpoint that is down fails here, before any prediction
-    try:
-        sandboxes.append(ExperienceSandbox(model, max_tokens=max_tokens, index=split.index))
-        if trained is not None:
-            sandboxes.append(ExperienceSandbox(trained, max_tokens=max_tokens, index=split.index))
-        report = _run(sandboxes[0], sandboxes[1] if trained else None, split, top_k, quiet=as_json)
-    finally:
-        for sandbox in sandboxes:
-            sandbox.close()
+    # what the model's code prints (a module:factory, a local model) goes to stderr: stdout holds the answer alone
+    with user_output_to_stderr():
+        try:
+            sandboxes.append(ExperienceSandbox(model, max_tokens=max_tokens, index=split.index))
+            if trained is not None:
+                sandboxes.append(ExperienceSandbox(trained, max_tokens=max_tokens, index=split.index))
+            report = _run(sandboxes[0], sandboxes[1] if trained else None, split, top_k, quiet=as_json)
+        finally:
+            for sandbox in sandboxes:
+                sandbox.close()
     import json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -134,9 +145,10 @@ def dataset_cmd(
 
         client = build_chat_client(teacher)
     try:
-        frame = build_em(
-            opened, held_out=held_out, seed=seed, top_k=top_k, teacher=client or "template", teacher_name=teacher, retriever=retriever
-        )
+        with user_output_to_stderr():  # what a local teacher or a retriever's code prints: stdout holds the answer alone
+            frame = build_em(
+                opened, held_out=held_out, seed=seed, top_k=top_k, teacher=client or "template", teacher_name=teacher, retriever=retriever
+            )
     finally:
         if client is not None:
             client.close()

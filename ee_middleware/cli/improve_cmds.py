@@ -13,7 +13,16 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from ee_middleware.cli.common import JsonOption, console, examples, print_json, short, store_origin, termination_as_interrupt
+from ee_middleware.cli.common import (
+    JsonOption,
+    console,
+    examples,
+    print_json,
+    short,
+    store_origin,
+    termination_as_interrupt,
+    user_output_to_stderr,
+)
 
 EXIT_STOPPED = 3
 """Exit status of a run stopped by its ``max_minutes`` budget (the next call continues it)."""
@@ -92,7 +101,9 @@ def improve(
     display = RichProgress(console()) if progress and not as_json else QuietProgress()
     started: list[Any] = []
     try:
-        with termination_as_interrupt():  # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time
+        # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time; with --json, what the
+        # sandbox's tools, policies and models print goes to stderr (stdout holds the answer alone)
+        with termination_as_interrupt(), user_output_to_stderr(enabled=as_json):
             run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
     except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
         if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got

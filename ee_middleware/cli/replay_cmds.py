@@ -25,6 +25,7 @@ from ee_middleware.cli.common import (
     short,
     short_ids,
     store_origin,
+    user_output_to_stderr,
 )
 
 app = typer.Typer(help="Replay recorded states with K alternative tool calls in a sandbox; inspect rollouts.", no_args_is_help=True)
@@ -162,7 +163,8 @@ def run(
             bar["progress"].update(bar["task"], completed=n, branches=branches)
 
     try:
-        with reading_store(allow_partial=allow_partial):
+        # what the tools print (here, in the workers and in the sandbox's children) goes to stderr: stdout holds the summary
+        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
             shown = _shown_trajectory_ids(cfg.store, summary) if not as_json else {}
             idle = _why_nothing_to_replay(cfg) if not (summary.selected or summary.already_done) else None

@@ -1,12 +1,19 @@
-"""``ee eval``'s own errors: what a missing model and a run folder given as a file say (the real ee command)."""
+"""``ee eval``'s own errors: what a missing model and a run folder given as a file say (the real ee command), and its
+--json stdout."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from ee_middleware.evals.clients import NoopClient
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.runner import run_eval
 
@@ -36,3 +43,33 @@ def test_the_gate_given_a_results_file_names_the_run_folder(tmp_path: Path) -> N
     assert f"{out / 'results.parquet'} is a file: --candidate takes a run folder" in message, message
     assert f"here {out}" in message and "does not exist" not in message
     assert CliRunner().invoke(app, [*args[:3], str(out), *args[4:]]).exit_code == 0
+
+
+class _ChattyNoop(NoopClient):
+    """The noop model, printing about each answer as a chatty model client or library does (a print, a write to file
+    descriptor 1)."""
+
+    def complete(self, messages: Any, **options: Any) -> Any:
+        print("CHATTY-MODEL by print", flush=True)
+        os.write(1, b"CHATTY-MODEL on fd 1\n")
+        return super().complete(messages, **options)
+
+
+def chatty_noop(**options: Any) -> NoopClient:
+    """A ``module:factory`` model spec (``tests.cli.test_eval_cmds:chatty_noop``)."""
+    return _ChattyNoop()
+
+
+def test_what_the_models_code_prints_goes_to_stderr_and_json_stdout_is_the_summary_alone(tmp_path: Path) -> None:
+    """A model given as module:factory (or a sandbox's tools, in a traces: suite) that printed wrote into `ee eval run
+    --json`'s stdout before the summary, as in `ee replay run`; now the command's file descriptor 1 is stderr while it
+    runs them (the real ee process: a test runner's captured sys.stdout never sees file descriptor 1)."""
+    repository = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "ee_middleware.cli", "eval", "run", "--suite", "bfcl:simple:1", "--out", str(tmp_path / "run")]
+    command += ["--model-spec", "tests.cli.test_eval_cmds:chatty_noop", "--no-progress", "--json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repository), os.environ.get("PYTHONPATH", "")])}
+    ran = subprocess.run(command, capture_output=True, text=True, cwd=repository, env=env, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert "CHATTY-MODEL" not in ran.stdout, ran.stdout
+    assert json.loads(ran.stdout)
+    assert "CHATTY-MODEL by print" in ran.stderr and "CHATTY-MODEL on fd 1" in ran.stderr

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
@@ -601,3 +602,36 @@ def test_show_prints_an_error_text_that_says_error_once(tmp_path: Path) -> None:
     assert len(rows) == 2 and all("Error: no ticket T-404" in row and "error: Error" not in row for row in rows), shown.stdout
     colour = runner.invoke(app, ["replay", "show", trajectory_id, "--store", str(root)], env={"COLUMNS": "300", "FORCE_COLOR": "1"})
     assert colour.stdout.count("\x1b[31mError:\x1b[0m no ticket T-404") == 2, colour.stdout
+
+
+# --- a key-value app recorded with a real create_agent (tests/replay/kv_world.py) ---------------------------------------
+
+KV_SANDBOX = "tests.replay.kv_world:make_sandbox"
+
+
+@pytest.mark.parametrize("how", [[], ["--isolation", "subprocess"], ["--workers", "2"]], ids=["in-process", "subprocess", "workers"])
+def test_what_tools_print_goes_to_stderr_and_json_stdout_is_the_summary_alone(tmp_path: Path, how: list[str]) -> None:
+    """A tool that prints (a print, a write to file descriptor 1, a child process it starts) wrote into `ee replay run
+    --json`'s stdout before the summary, in process, in the subprocess sandbox's child and in the workers, so `| jq` and
+    any script reading the summary failed. Now the job's file descriptor 1 is stderr: stdout is the JSON alone, and what
+    the tools printed is on stderr. (The real `ee` process: a test runner's captured sys.stdout never sees file
+    descriptor 1.)"""
+    import os
+    import subprocess
+    import sys
+
+    from tests.replay.kv_world import PRINTED, record_kv
+
+    root = tmp_path / "experience"
+    record_kv(root, [("note", {"text": "hello"}), ("kv_get", {"key": "a"})], runs=2)
+    command = [sys.executable, "-m", "ee_middleware.cli", "replay", "run", "--store", str(root), "--sandbox", KV_SANDBOX]
+    command += ["--policy", "tests.replay.kv_world:Notes", "--k", "1", "--no-progress", "--json", *how]
+    repository = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repository), os.environ.get("PYTHONPATH", "")])}
+    ran = subprocess.run(command, capture_output=True, text=True, cwd=repository, env=env, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert PRINTED not in ran.stdout, ran.stdout
+    summary = json.loads(ran.stdout)
+    assert summary["done"] == 2 and summary["branches"] == 4, summary
+    for where in ("by print", "on fd 1", "by a child process"):  # not lost: on stderr
+        assert f"{PRINTED} {where}: hello" in ran.stderr and f"{PRINTED} {where}: from an alternative" in ran.stderr, ran.stderr
