@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 MAX_DIFF_LINES = 12
@@ -62,6 +63,25 @@ def unified_diff(recorded: str, replayed: str, *, max_lines: int = MAX_DIFF_LINE
         rest = len(lines) - (max_lines - 1)
         lines = [*lines[: max_lines - 1], f"… {rest} more diff line{'s' if rest != 1 else ''}"]
     return "\n".join(lines)
+
+
+_HUNK = re.compile(r"@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
+_HEADERS = ("--- recorded", "+++ sandbox")
+
+
+def redact_diff(diff: str, redact: Callable[[str], str]) -> str:
+    """``diff`` (a :func:`unified_diff`) with each line's text redacted by ``redact`` without its ``-``/``+``/space marker,
+    the headers and hunk markers kept: redacted whole, a marker and the text after it read as one value (``+2026-12-01``
+    as a phone number) and the line lost its text. Redacting a diff of redacted texts again changes nothing."""
+    out = []
+    for n, line in enumerate(diff.split("\n")):
+        if (n < 2 and line == _HEADERS[n]) or _HUNK.fullmatch(line):
+            out.append(line)
+        elif line[:1] in ("-", "+", " "):
+            out.append(line[0] + redact(line[1:]))
+        else:  # the count of diff lines left out, or a line of another shape
+            out.append(redact(line))
+    return "\n".join(out)
 
 
 def _diff_lines(text: str) -> list[str]:

@@ -32,9 +32,29 @@ def replay_records(record: ReplayRecord, rollouts: Sequence[Rollout], redact: An
     """
     lines = [{"kind": "rollout", "data": _redacted_rollout(r.model_dump(mode="json"), redact)} for r in rollouts]
     data = record.model_dump(mode="json")
-    data.update(reason=redact(data["reason"]), details=redact(data["details"]))
+    data.update(reason=redact(data["reason"]), details=_redacted_details(data["details"], redact))
     lines.append({"kind": "replay", "data": data})
     return lines
+
+
+def _redacted_details(details: Any, redact: Any) -> Any:
+    """A replay record's details redacted, the diff of each fidelity mismatch line by line without its markers
+    (:func:`~ee_middleware.replay.fidelity.redact_diff`): redacted whole, a ``+`` marker and the text after it read as one
+    value and the diff lost the sandbox's line."""
+    mismatches = details.get("fidelity_mismatches") if isinstance(details, dict) else None
+    if not isinstance(mismatches, list):
+        return redact(details)
+    from ee_middleware.replay.fidelity import redact_diff
+
+    entries = []
+    for mismatch in mismatches:
+        if isinstance(mismatch, dict) and isinstance(mismatch.get("diff"), str):
+            rest = redact({key: value for key, value in mismatch.items() if key != "diff"})
+            mismatch = {**rest, "diff": redact_diff(mismatch["diff"], redact)}
+        else:
+            mismatch = redact(mismatch)
+        entries.append(mismatch)
+    return {**redact({key: value for key, value in details.items() if key != "fidelity_mismatches"}), "fidelity_mismatches": entries}
 
 
 def replay_lines(record: ReplayRecord, rollouts: Sequence[Rollout], redactor: Redactor) -> list[bytes]:

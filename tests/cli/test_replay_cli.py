@@ -635,3 +635,28 @@ def test_what_tools_print_goes_to_stderr_and_json_stdout_is_the_summary_alone(tm
     assert summary["done"] == 2 and summary["branches"] == 4, summary
     for where in ("by print", "on fd 1", "by a child process"):  # not lost: on stderr
         assert f"{PRINTED} {where}: hello" in ran.stderr and f"{PRINTED} {where}: from an alternative" in ran.stderr, ran.stderr
+
+
+def test_the_stored_fidelity_diff_is_the_one_the_run_printed(tmp_path: Path) -> None:
+    """A tool that tells the time answers differently in the sandbox: `ee replay run --json` showed the diff's sandbox line
+    as '+2026-12-01T04:10:17.917664', but the store redacted the runner's diff again and '+2026-12-01' read as a phone
+    number, so `ee replay show` (and the record's details) showed '[REDACTED:phone:...]T04:10:17.917664'. The store now
+    redacts each diff line without its marker: what was printed is what is kept."""
+    from tests.replay.kv_world import PRODUCTION_CLOCK, SANDBOX_CLOCK, record_kv
+
+    root = tmp_path / "experience"
+    [trajectory_id] = record_kv(root, [("clock", {})])
+    result = ee(
+        "replay", "run", "--store", str(root), "--sandbox", KV_SANDBOX, "--policy", "tests.replay.kv_world:Lookups", "--k", "1", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    [example] = json.loads(result.stdout)["fidelity_examples"]
+    assert example["diff"].splitlines()[-2:] == [f"-{PRODUCTION_CLOCK}", f"+{SANDBOX_CLOCK}"]
+
+    store = LocalExperienceStore(root)
+    [stored] = json.loads(store.replays()["details_json"][0])["fidelity_mismatches"]
+    store.close()
+    assert stored["diff"] == example["diff"]
+    shown = runner.invoke(app, ["replay", "show", trajectory_id, "--store", str(root)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert f"+{SANDBOX_CLOCK}" in shown.stdout and "REDACTED" not in shown.stdout, shown.stdout
