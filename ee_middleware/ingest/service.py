@@ -329,7 +329,7 @@ class _RunVersions:
     partial: list[dict[str, Any]] = field(default_factory=list)
     """The stored versions it completes (their rows), to be superseded once it is written."""
     decision: Approval | None = None
-    """A reviewer's decision on the most complete of them, carried over to it."""
+    """The decision carried over to it from them (:func:`_carried_decision`)."""
 
 
 def _versions(
@@ -379,15 +379,41 @@ def _versions(
         elif messages == theirs[: len(messages)] and _within(row, trajectory, inner=False) and (same_run or (row_ended and not ended)):
             out.stored = row["id"]  # a part of a run stored whole
             return out
-    decided = max(out.partial, key=lambda row: (len(row["messages_json"] or ""), row["status"] != "interrupted"), default=None)
-    if decided is not None and decided["approval"] not in (None, "pending") and decided["approval_by"] != SUPERSEDED_BY:
-        out.decision = Approval(
-            status=decided["approval"],
-            by=decided["approval_by"],
-            at=decided["approval_at"] or utcnow(),
-            reason=f"{decided['approval_reason'] or decided['approval']} (decided on {decided['id']}, a partial version of this run)",
-        )
+    out.decision = _carried_decision(out.partial)
     return out
+
+
+def _carried_decision(partial: list[dict[str, Any]]) -> Approval | None:
+    """The decision a run takes from the stored versions it completes (``partial``: earlier pieces of it, or the calls it
+    was joined from, each stored as a run of its own), besides their own rejection as superseded.
+
+    A rejection of any of them carries over: the run holds the decision a reviewer rejected, so it must not be trained
+    on, nor approved at ingest (``--approve-by``); its reason names each rejected version and its reason, and any
+    approval of another version, which is not carried over. It is rejected rather than left pending: pending, the run
+    would be approved at ingest or by the next bulk approval, and a reviewer overturns the rejection with ``--force``
+    (every decision stays in the history). With no rejection, the most complete version's approval carries over, as
+    before (the last call of a joined run holds the whole conversation the reviewer saw)."""
+    decided = [row for row in partial if row["approval"] not in (None, "pending") and row["approval_by"] != SUPERSEDED_BY]
+    rejected = [row for row in decided if row["approval"] == "rejected"]
+    if rejected:
+        latest = max(rejected, key=lambda row: _utc(row["approval_at"]) or dt.datetime.min.replace(tzinfo=dt.UTC))
+        reasons = [
+            f"{row['approval_reason'] or 'rejected'} (rejected by {row['approval_by']} on {row['id']}, a partial version of this run)"
+            for row in rejected
+        ]
+        overruled = [f"{row['id']} by {row['approval_by']}" for row in decided if row["approval"] == "approved"]
+        if overruled:
+            reasons.append(f"not carried over: the approval of {', '.join(overruled)}, another partial version")
+        return Approval(status="rejected", by=latest["approval_by"], at=latest["approval_at"] or utcnow(), reason="; ".join(reasons))
+    longest = max(partial, key=lambda row: (len(row["messages_json"] or ""), row["status"] != "interrupted"), default=None)
+    if longest is None or not any(row is longest for row in decided):
+        return None
+    return Approval(
+        status=longest["approval"],
+        by=longest["approval_by"],
+        at=longest["approval_at"] or utcnow(),
+        reason=f"{longest['approval_reason'] or longest['approval']} (decided on {longest['id']}, a partial version of this run)",
+    )
 
 
 def _message_keys(messages: list[Any]) -> list[tuple[Any, ...]]:
@@ -445,7 +471,13 @@ def _supersede(target: _Target, pairs: list[tuple[dict[str, Any], Trajectory]], 
             reason=f"superseded by {new.id}: a later ingest read more of the same run ({new.num_steps} step(s), {new.status})",
             force=True,
         )
-        carried = f"; its {old['approval']} decision by {old['approval_by']} is carried over" if old["approval"] != "pending" else ""
+        carried = ""
+        if old["approval"] != "pending":
+            carried = f"; its {old['approval']} decision by {old['approval_by']} is " + (
+                "carried over"
+                if new.approval.status == old["approval"]
+                else f"not carried over ({new.id} is {new.approval.status}: see its reason)"
+            )
         report.replaced.append(old["id"])
         report.notes.append(
             f"Trace {new.trace_id}: the run stored as {old['id']} ({old['status']}, partial) is replaced by its complete "

@@ -104,6 +104,38 @@ def test_calls_read_in_several_ingests_are_stored_as_one_run_once_read_together(
     assert (again.ingested, len(again.already_stored), again.replaced) == ([], 4, [])
 
 
+def test_a_call_a_reviewer_rejected_keeps_the_run_joined_from_it_out_of_training(tmp_path, store):
+    """Each call ingested alone: a reviewer rejects the one whose decision is book_room(H-7) (it failed) and approves the
+    one holding the booking turn's final answer. Read together, the joined run took the decision of its longest part
+    only: stored approved by the reviewer (so trained on) with the rejected book_room(H-7) step in it, and the rejection
+    survived nowhere (that part became 'rejected by ee traces ingest, superseded'). Now the rejection carries over to
+    the joined run, naming the part, its reason and the approval not carried over, also with --approve-by; both
+    decisions stay in the parts' histories."""
+    for n, line in enumerate(CALLS.read_text(encoding="utf-8").splitlines(keepends=True)):
+        (tmp_path / f"call-{n}.json").write_text(line, encoding="utf-8")
+        assert ingest_files([tmp_path / f"call-{n}.json"], store).problems == 0
+    singles = list(store.iter_trajectories())
+    h7 = next(t for t in singles if t.steps[-1].action.tool_call and t.steps[-1].action.tool_call.arguments.get("hotel_id") == "H-7")
+    last = next(t for t in singles if t.final_answer and t.final_answer.startswith("H-7 war ausgebucht"))
+    decide(store, [h7.id], "rejected", by="reviewer", reason="booked a full hotel: never do this")
+    decide(store, [last.id], "approved", by="lead", reason="good final answer")
+    report = ingest_files([CALLS], store, approve_by="ingest-bot")
+    assert report.problems == 0, report.errors
+    [booking] = [t for t in map(store.get, report.ingested) if t.task == META["turns"][1]]
+    assert ("book_room", {"hotel_id": "H-7", "nights": 3}) in [
+        (s.action.tool_call.name, s.action.tool_call.arguments) for s in booking.steps[:1]
+    ]
+    assert (booking.approval.status, booking.approval.by) == ("rejected", "reviewer")
+    reason = booking.approval.reason
+    assert "booked a full hotel: never do this" in reason and h7.id in reason
+    assert last.id in reason and "lead" in reason, "the approval not carried over is named"
+    assert store.approvals([h7.id])["by"].to_list() == ["reviewer", SUPERSEDED_BY]
+    assert store.approvals([last.id])["by"].to_list() == ["lead", SUPERSEDED_BY]
+    assert any(last.id in note and "not carried over" in note for note in report.notes)
+    others = [t for t in map(store.get, report.ingested) if t.id != booking.id]
+    assert [(t.approval.status, t.approval.by) for t in others] == [("approved", "ingest-bot")] * 3, "runs no reviewer decided on"
+
+
 def test_a_run_whose_last_calls_are_read_later_is_completed_by_the_later_ingest(tmp_path, store):
     """The nightly ingest read the file while the booking turn was still written (its first two calls): stored as an
     interrupted run of two steps, replaced by the whole run once the file is read again."""

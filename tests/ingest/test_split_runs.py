@@ -82,3 +82,29 @@ def test_a_reviewers_decision_on_the_partial_run_carries_over_to_the_whole_one(t
     history = store.approvals([partial])
     assert history["by"].to_list() == ["alice", SUPERSEDED_BY], "the reviewer's decision stays in the partial's history"
     assert any("alice" in note for note in night2.notes)
+
+
+@pytest.mark.parametrize("rejected", ["shorter", "longer"])
+def test_a_rejected_piece_of_a_run_is_not_overridden_by_an_approved_one(tmp_path, store, rejected):
+    """The first file holds two pieces of the run (under a node span and under the graph span). A reviewer rejects one
+    and approves the other. The whole run took the decision of the longer piece only: with the longer one approved, it
+    was stored approved (trained on) though it holds the decision the reviewer rejected, and the rejection survived
+    nowhere (the piece itself is rejected as superseded). Now a rejection of any piece carries over, naming the piece
+    and its reason, and the note says the approval is not carried over; both decisions stay in the pieces' histories."""
+    first, second = _split(tmp_path, "rotation_openinference.jsonl", 10)
+    pieces = sorted((store.get(i) for i in ingest_files([first], store).ingested), key=lambda t: len(t.messages))
+    assert [len(t.messages) for t in pieces] == [2, 4]
+    bad, good = pieces if rejected == "shorter" else pieces[::-1]
+    store.reject([bad.id], by="alice", reason="wrong city")
+    store.approve([good.id], by="bob", reason="fine")
+    night2 = ingest_files([first, second], store)
+    assert night2.problems == 0, night2.errors
+    (whole_id,) = night2.ingested
+    whole = store.get(whole_id)
+    assert (whole.approval.status, whole.approval.by) == ("rejected", "alice")
+    assert "wrong city" in whole.approval.reason and bad.id in whole.approval.reason
+    assert good.id in whole.approval.reason and "bob" in whole.approval.reason, "the approval not carried over is named"
+    assert store.approvals([bad.id])["by"].to_list() == ["alice", SUPERSEDED_BY]
+    assert store.approvals([good.id])["by"].to_list() == ["bob", SUPERSEDED_BY]
+    [note] = [n for n in night2.notes if good.id in n]
+    assert "not carried over" in note
