@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ee_middleware.errors import EEError, ModelError, ModelRequestError, ModelResponseError, ModelServerError
-from ee_middleware.evals.tasks import Conversation, Environment, EvalTask, Message, Step, Turn
-from ee_middleware.models.parsing import ParseProblem
+from ee_middleware.evals.tasks import CUT_OFF, Conversation, Environment, EvalTask, Message, Step, Turn
+from ee_middleware.models.parsing import ParseProblem, from_openai_message, parse_tool_calls
 from ee_middleware.models.protocol import ChatClient, Sampling
 from ee_middleware.records import ToolCall
 
@@ -41,6 +41,10 @@ class LoopConfig:
     calls is run or scored), as BFCL decodes an answer as a whole.
     ``tool_message_names``: a tool result message carries the tool's ``name`` beside its ``tool_call_id``
     (BFCL's function-calling runner sends only ``tool_call_id`` and ``content``).
+    ``bfcl_decoding``: read answers as bfcl-eval's function-calling runner does (BFCL's suites): a structured call's
+    name as sent and its arguments by ``json.loads`` (anything but a JSON object is no call), and calls in the text only
+    from an answer that is wholly calls, never from one quoted in prose (``bfcl``/``whole`` of
+    :mod:`ee_middleware.models.parsing`). Every answer whose calls came from its text is marked (``Step.from_text``).
     """
 
     max_steps_per_turn: int = 20
@@ -50,6 +54,7 @@ class LoopConfig:
     end_at_max_steps: bool = False
     whole_answers: bool = False
     tool_message_names: bool = True
+    bfcl_decoding: bool = False
     temperature: float = 0.0
     max_tokens: int = 512
     seed: int | None = 0
@@ -176,7 +181,12 @@ def _run_turn(
 
 def _read_answer(choice: Any, config: LoopConfig) -> Step:
     structured_calls = isinstance(choice.message, dict) and bool(choice.message.get("tool_calls"))
-    parsed = choice.tool_calls() if config.parse_text_calls or structured_calls else []
+    if not (config.parse_text_calls or structured_calls):
+        parsed = []
+    elif config.bfcl_decoding:
+        parsed = _as_bfcl_reads(choice)
+    else:
+        parsed = choice.tool_calls()
     calls = [item for item in parsed if isinstance(item, ToolCall)]
     text = choice.text.strip()
     # Text without any call is an answer; problems count only where the answer tried to call (structured
@@ -187,7 +197,19 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
         calls = []
     if calls and not structured_calls:
         text = ""  # the text was the calls themselves
-    return Step(calls=calls, text=text, problems=problems, finish_reason=choice.finish_reason)
+    return Step(calls=calls, text=text, problems=problems, finish_reason=choice.finish_reason, from_text=not structured_calls)
+
+
+def _as_bfcl_reads(choice: Any) -> list[ToolCall | ParseProblem]:
+    """:meth:`~ee_middleware.models.Choice.tool_calls` as bfcl-eval's function-calling runner reads the answer (see
+    :attr:`LoopConfig.bfcl_decoding`); a problem of an answer cut at ``max_tokens`` says so first, as there."""
+    if choice.problem is not None:
+        return [ParseProblem(choice.problem, choice.raw)]
+    parsed = from_openai_message(choice.message, bfcl=True) if choice.structured else parse_tool_calls(choice.text, whole=True)
+    if choice.finish_reason != CUT_OFF:
+        return parsed
+    cut = "the answer was cut off at max_tokens (finish_reason 'length'; give it more max_tokens)"
+    return [ParseProblem(f"{cut}: {item.problem}", item.raw) if isinstance(item, ParseProblem) else item for item in parsed]
 
 
 def _looks_like_call(text: str) -> bool:

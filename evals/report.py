@@ -23,7 +23,8 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``;
     suites with tasks the model server gave no answer to (down, timed out) get ``no_answer``, their count.
     ``cut_answers`` counts the model's answers that ended because they reached ``max_tokens`` (finish reason
-    ``length``; 0 for rows of runs from before it was recorded).
+    ``length``; 0 for rows of runs from before it was recorded); ``text_calls`` the answers whose calls were read from
+    their text, not from structured ``tool_calls`` (0 likewise).
     """
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -48,6 +49,7 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
                 "pass_hat": _pass_hat(per_task, trials),
                 "failures": _by_count(r["error_type"] or "unknown" for r in items if not r["success"]),
                 "cut_answers": sum(int(r.get("cut_answers") or 0) for r in items),
+                "text_calls": sum(int(r.get("text_calls") or 0) for r in items),
             }
         )
         no_answer = sum(1 for r in items if r.get("no_answer"))
@@ -88,7 +90,9 @@ def write_outputs(
     ``names``: every suite's name, those that scored no task included (default: the suites of ``rows``)."""
     import polars as pl
 
-    rows = sorted(({"no_answer": False, "cut_answers": 0, **r} for r in rows), key=lambda r: (r["suite"], r["task_id"], r["trial"]))
+    rows = sorted(
+        ({"no_answer": False, "cut_answers": 0, "text_calls": 0, **r} for r in rows), key=lambda r: (r["suite"], r["task_id"], r["trial"])
+    )
     names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
     with atomic_path(out / "results.parquet") as tmp:
@@ -96,7 +100,8 @@ def write_outputs(
     summary = summarize(rows, names, excluded)
     cut = sum(s["cut_answers"] for s in summary)
     model = hide_credentials(job.model)  # an endpoint's user:password@ stays out of every file
-    record = {"model": model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "suites": summary}
+    text_calls = sum(s["text_calls"] for s in summary)
+    record = {"model": model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "text_calls": text_calls, "suites": summary}
     atomic_write_text(out / SUMMARY, json.dumps(record, indent=2))
     chart = _bar_chart(out / "success.png", summary)
     max_tokens = getattr(job, "max_tokens", None)
@@ -121,6 +126,7 @@ _SCHEMA = {
     "conversation": str,
     "details": str,
     "cut_answers": int,
+    "text_calls": int,
 }
 
 
@@ -240,6 +246,21 @@ def cut_warning(summary: list[dict[str, Any]], max_tokens: int | None = None) ->
     )
 
 
+def text_calls_note(summary: list[dict[str, Any]]) -> str:
+    """A note naming the BFCL suites' answers whose calls were read from their text, not from ``tool_calls`` ("" when
+    none was): bfcl-eval's function-calling runner reads only ``tool_calls``, so its numbers would differ."""
+    counts = [(s["suite"], int(s.get("text_calls") or 0)) for s in summary if s["suite"].startswith("bfcl:") and s.get("text_calls")]
+    if not counts:
+        return ""
+    where = ", ".join(f"{n} in {suite}" for suite, n in counts)
+    return (
+        f"Note: {sum(n for _, n in counts)} answers' calls were read from text, not tool_calls ({where}): the model wrote "
+        "them in its answer's text (a local model, or a server without a tool parser), and each such answer was wholly "
+        "calls. bfcl-eval's function-calling runner reads only tool_calls and fails such an answer "
+        "(ast_decoder:decoder_failed), so these scores are not comparable with its FC numbers."
+    )
+
+
 def markdown_report(
     summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None, *, max_tokens: int | None = None
 ) -> str:
@@ -256,7 +277,7 @@ def markdown_report(
             f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} "
             f"| {s.get('cut_answers', 0)} |"
         )
-    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens)):
+    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
         if warning:
             lines += ["", warning]
     if chart:
@@ -292,7 +313,7 @@ def html_report(
             f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td><td>{s.get('cut_answers', 0)}</td></tr>"
         )
     body.append("</table>")
-    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens)):
+    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
         if warning:
             body.append(f"<p><strong>{e(warning)}</strong></p>")
     if chart:

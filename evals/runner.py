@@ -62,6 +62,7 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "duration_s": round(result.duration_s, 6),
         "no_answer": bool(result.conversation.no_answer),
         "cut_answers": conversation.cut_answers,
+        "text_calls": conversation.text_calls,
         "conversation": json.dumps(conversation.messages, ensure_ascii=False, default=str),
         "details": json.dumps(result.details, ensure_ascii=False, default=str),
     }

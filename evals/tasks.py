@@ -45,12 +45,14 @@ class Step:
     """One model answer inside a turn: the calls it made (parsed) and what it wrote.
 
     ``finish_reason``: why the model's answer ended, as the client reported it (``stop``, ``tool_calls``, ``length``
-    when it reached ``max_tokens``: :data:`CUT_OFF`; None when the client did not say)."""
+    when it reached ``max_tokens``: :data:`CUT_OFF`; None when the client did not say). ``from_text``: the answer had
+    no structured ``tool_calls``, so its calls (if any) were read from its text."""
 
     calls: list[ToolCall]
     text: str
     problems: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    from_text: bool = False
 
 
 @dataclass
@@ -91,6 +93,12 @@ class Conversation:
     def cut_answers(self) -> int:
         """How many of the model's answers ended because they reached ``max_tokens`` (finish reason :data:`CUT_OFF`)."""
         return sum(1 for turn in self.turns for step in turn.steps if step.finish_reason == CUT_OFF)
+
+    @property
+    def text_calls(self) -> int:
+        """How many of the model's answers had their calls read from their text, not from structured ``tool_calls``
+        (a local text model; a served model whose server has no tool parser)."""
+        return sum(1 for turn in self.turns for step in turn.steps if step.from_text and step.calls)
 
     @property
     def replies(self) -> list[str]:

@@ -67,7 +67,7 @@ def run_cmd(
     """
     from ee_middleware._toml import layered_values
     from ee_middleware.evals.job import EvalJob
-    from ee_middleware.evals.report import cut_warning, unanswered_warning
+    from ee_middleware.evals.report import cut_warning, text_calls_note, unanswered_warning
     from ee_middleware.evals.runner import run_eval
 
     overrides: dict[str, Any] = {
@@ -102,12 +102,14 @@ def run_cmd(
             bars.stop()
     warning = unanswered_warning(summary)
     cut = cut_warning(summary, job.max_tokens)
+    text_calls = text_calls_note(summary)
     if as_json:
         print_json(summary[0] if len(summary) == 1 else summary)
-        if cut:  # stdout stays the JSON alone
-            typer.echo(cut, err=True)
+        for text in (cut, text_calls):  # stdout stays the JSON alone
+            if text:
+                typer.echo(text, err=True)
     else:
-        _print_summary(out_console, summary, out, warning, cut)
+        _print_summary(out_console, summary, out, warning, cut, text_calls)
     if warning:  # an incomplete run: a script or CI step must not read it as done
         if as_json:
             typer.echo(f"error: {warning.removeprefix('Warning: ')}", err=True)
@@ -138,7 +140,7 @@ class _Bars:
         self._progress.stop()
 
 
-def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warning: str, cut: str = "") -> None:
+def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warning: str, cut: str = "", text_calls: str = "") -> None:
     from rich.table import Table
 
     from ee_middleware.evals.report import CUT_COLUMN, rate_text
@@ -162,7 +164,7 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warnin
         if s.get("excluded"):
             reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
             out.print(escape(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})"))
-    for text in (warning, cut):
+    for text in (warning, cut, text_calls):
         if text:
             out.print(f"[yellow]{escape(text)}[/yellow]")
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")

@@ -21,6 +21,11 @@ Accepted shapes, tried in this order:
   ``ast.literal_eval`` on each argument node (never ``eval``): only literal values are accepted;
 - JSON objects or Python calls embedded in prose.
 
+BFCL's suites read answers as bfcl-eval's function-calling runner does (``bfcl=True`` of :func:`from_openai_message`,
+``whole=True`` of :func:`parse_tool_calls`): a structured call's name as sent and its arguments by ``json.loads``, and
+calls in the text only from an answer that is wholly calls (never one quoted in prose). Every other caller gets the
+lenient reading above.
+
 Every function here returns :class:`ParseProblem` items for what it cannot read; none raises on bad
 input.
 """
@@ -74,6 +79,14 @@ _MAX_EMBEDDED_TRIES = 64
 _JSON_LITERALS = {"true": True, "false": False, "null": None}
 _MAX_TEXT_CHARS = 50_000
 _MAX_RAW_IN_PROBLEM = 120
+NOT_AN_OBJECT = "arguments must be a JSON object"
+"""The start of the problem of a call whose arguments are JSON, but not an object (a list, a string, null)."""
+# What may frame the calls of an answer that is wholly calls: special tokens a server left in (<|im_end|>, </s>,
+# DeepSeek's tool-call tokens with full-width bars), code fences and whitespace.
+_MARKUP = re.compile(r"<\|[^|<>]*\|>|<\uff5c[^\uff5c<>]*\uff5c>|</s>|```[A-Za-z0-9_-]*")
+_TOOL_CALL_TAG = re.compile(r"</?tool_call>")
+# gpt-oss's harmony header before a call in the commentary channel (its analysis channel is its reasoning).
+_HARMONY_HEADER = re.compile(r"\s*(?:analysis.*?)?(?:assistant)?\s*(?:commentary)?\s*", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -113,11 +126,16 @@ def call_id_of(key: str, index: int = 0, *, prefix: str = "alt") -> str:
     return f"{prefix}-{digest[:12]}"
 
 
-def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
+def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None = None, whole: bool = False) -> list[ParsedCall]:
     """Every tool call found in ``text``, or a single :class:`ParseProblem` saying why there is none.
 
     ``param_order`` (tool name -> argument names in order) lets Python-style positional arguments
     ``f(1, 'x')`` be mapped to names; without it they are a problem.
+
+    ``whole`` (BFCL's suites): calls only from a text that is wholly calls, reasoning aside: ``<tool_call>`` blocks
+    (Qwen3-Coder's ``<function=...>`` ones too), a model family's markers (``[TOOL_CALLS]``, ``to=functions.``,
+    DeepSeek's), or the whole text as JSON or Python call syntax; special tokens, code fences and whitespace around them
+    are allowed, prose is not: nothing is read from a call quoted in prose.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
@@ -134,7 +152,7 @@ def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None
                 )
             ]
         return [ParseProblem("the output holds only reasoning (<think>...</think>), no tool call", _short(text))]
-    results = _parse(answer.strip(), param_order or {})
+    results = (_whole_answer if whole else _parse)(answer.strip(), param_order or {})
     return _with_ids(results)
 
 
@@ -154,11 +172,16 @@ def without_reasoning(text: str) -> tuple[str, bool]:
     return answer[: opening.start()], True
 
 
-def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
+def from_openai_message(message: Any, *, param_order: ParamOrder | None = None, bfcl: bool = False) -> list[ParsedCall]:
     """The tool calls of a chat-completion ``message``; its text content is parsed when it has none.
 
     ``tool_calls[*].function.arguments`` is a JSON string in the OpenAI format (a JSON object is
     accepted too); arguments that are not valid JSON become a :class:`ParseProblem`.
+
+    ``bfcl`` (BFCL's suites): as bfcl-eval's OpenAI function-calling handler decodes an answer (``decode_ast``): each
+    call's name as sent and ``json.loads`` of its arguments text, once (``NaN`` accepted; empty text, ``null``, a list
+    or a string encoded twice is a problem, not ``{}``); no legacy ``function_call``; the content read with
+    ``whole=True`` (:func:`parse_tool_calls`).
     """
     if not isinstance(message, Mapping):
         return [ParseProblem(f"the message is not a JSON object but {type(message).__name__}", _short(message))]
@@ -166,9 +189,9 @@ def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) 
     if tool_calls:
         if not isinstance(tool_calls, list):
             return [ParseProblem("'tool_calls' is not a list", _short(tool_calls))]
-        return _with_ids([_from_json_call(item) for item in tool_calls])
+        return _with_ids([(_from_fc_call if bfcl else _from_json_call)(item) for item in tool_calls])
     legacy = message.get("function_call")
-    if isinstance(legacy, Mapping):
+    if isinstance(legacy, Mapping) and not bfcl:
         return _with_ids([_from_json_call(legacy)])
     content = message.get("content")
     if isinstance(content, list):  # content parts
@@ -182,7 +205,52 @@ def from_openai_message(message: Any, *, param_order: ParamOrder | None = None) 
         if (message_reasoning(message) or "").strip():
             return [ParseProblem("the message holds only reasoning (reasoning_content), neither tool_calls nor content", _short(message))]
         return [ParseProblem("the message has neither tool_calls nor content", _short(message))]
-    return parse_tool_calls(content, param_order=param_order)
+    return parse_tool_calls(content, param_order=param_order, whole=bfcl)
+
+
+def _from_fc_call(item: Any) -> ParsedCall:
+    """A structured call as bfcl-eval's OpenAI function-calling handler decodes it (see :func:`from_openai_message`)."""
+    function = item.get("function") if isinstance(item, Mapping) else None
+    name = function.get("name") if isinstance(function, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
+        return ParseProblem("the tool call has no 'function.name' string", _short(item))
+    raw = function.get("arguments")
+    if not isinstance(raw, str):
+        return ParseProblem(f"{name}: arguments are not JSON text but {type(raw).__name__}", _short(raw))
+    try:
+        arguments = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return ParseProblem(f"{name}: arguments are not valid JSON ({exc})", raw[:_MAX_RAW_IN_PROBLEM])
+    if not isinstance(arguments, dict):
+        return ParseProblem(f"{name}: {NOT_AN_OBJECT}, got {type(arguments).__name__}", _short(raw))
+    given_id = item.get("id")
+    return ToolCall(id=given_id if isinstance(given_id, str) else "", name=name, arguments=arguments)
+
+
+def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
+    """The calls of a text that is wholly calls (see ``whole`` of :func:`parse_tool_calls`), else one problem."""
+    if _XML_FUNCTION.search(text):
+        return _xml_calls(text) if _only_markup(_TOOL_CALL_TAG.sub("", _XML_FUNCTION.sub("", text))) else [_not_whole(text)]
+    blocks = _TAGGED.findall(text)
+    if blocks:
+        if not _only_markup(_TAGGED.sub("", text)):
+            return [_not_whole(text)]
+        return [item for block in blocks for item in _parse_block(block.strip(), order)]
+    if _NAMED_CALL.search(text):
+        return _named_calls(text, whole=True)
+    for marker in _CALL_MARKERS:
+        if text.startswith(marker) and text[len(marker) :].strip():
+            return _parse_block(text[len(marker) :].strip(), order)
+    return _parse_block(text, order)
+
+
+def _only_markup(text: str) -> bool:
+    """Whether ``text`` holds nothing but special tokens, code fences and whitespace (:data:`_MARKUP`)."""
+    return not _MARKUP.sub("", text).strip()
+
+
+def _not_whole(text: str) -> ParseProblem:
+    return ParseProblem("the answer holds text besides its tool calls, so they are not read (calls in prose are not calls)", _short(text))
 
 
 def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
@@ -206,19 +274,27 @@ def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
     return _parse_segment(text, order)
 
 
-def _named_calls(text: str) -> list[ParsedCall]:
-    """Calls whose name a model family's marker gives (:data:`_NAMED_CALL`), each with the JSON object after it."""
+def _named_calls(text: str, *, whole: bool = False) -> list[ParsedCall]:
+    """Calls whose name a model family's marker gives (:data:`_NAMED_CALL`), each with the JSON object after it.
+
+    ``whole``: one problem instead when anything but markup (:func:`_only_markup`; gpt-oss's channel header) comes
+    before the first marker, between a name and its object, or after an object."""
     starts = list(_NAMED_CALL.finditer(text))
     calls: list[ParsedCall] = []
+    if whole and not _only_markup(text[: starts[0].start()] if starts else text):
+        header = _MARKUP.sub("", text[: starts[0].start()])
+        if not (starts[0].group(0).startswith("to=functions.") and _HARMONY_HEADER.fullmatch(header)):
+            return [_not_whole(text)]
     for index, match in enumerate(starts):
         name = next(group for group in match.groups() if group)
         end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
         segment = text[match.end() : end]
         brace = segment.find("{")
         try:  # the JSON object after the name; what follows it (end-of-call tokens, a closing fence) is not part of it
-            arguments = (
-                _decode_arguments(json.JSONDecoder(parse_constant=_reject_constant).raw_decode(segment, brace)[0]) if brace >= 0 else {}
-            )
+            decoded, stop = json.JSONDecoder(parse_constant=_reject_constant).raw_decode(segment, brace) if brace >= 0 else ({}, 0)
+            arguments = _decode_arguments(decoded)
+            if whole and not (_only_markup(segment[stop:]) and _MARKUP.sub("", segment[: max(brace, 0)]).strip() in ("", "json")):
+                return [_not_whole(text)]
         except (ValueError, RecursionError) as exc:
             arguments = ParseProblem(f"arguments are not valid JSON ({exc})")
         if isinstance(arguments, ParseProblem):
@@ -334,7 +410,7 @@ def _decode_arguments(raw: Any) -> dict[str, Any] | ParseProblem:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        return ParseProblem(f"arguments must be a JSON object, got {type(raw).__name__}", _short(raw))
+        return ParseProblem(f"{NOT_AN_OBJECT}, got {type(raw).__name__}", _short(raw))
     return dict(raw)
 
 

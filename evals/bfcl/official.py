@@ -126,12 +126,11 @@ def ast_check(
     category: str,
     language: Any = None,
 ) -> dict[str, Any]:
-    """The official single-turn AST verdict: ``output`` is ``[{name: {param: value}}]`` (names with ``_`` for ``.``);
+    """The official single-turn AST verdict: ``output`` is ``[{name: {param: value}}]`` (names with ``_`` for ``.``; ``[]``
+    for an answer whose ``tool_calls`` were empty, which the checker fails as BFCL's runner does, e.g. ``wrong_count``);
     ``language``: the ``Language`` the answers are in (default Python; see :mod:`~ee_middleware.evals.bfcl.languages`)."""
     module = ast_checker_module()
     language = language if language is not None else import_bfcl("constants.enums").Language.PYTHON
-    if not output:
-        return {"valid": False, "error": ["The model made no function call."], "error_type": "ast_decoder:decoder_wrong_output_format"}
     return module.ast_checker(functions, output, possible_answer, language, category, "ee_eval_model")
 
 

@@ -41,6 +41,7 @@ from ee_middleware.evals.bfcl.tools import multi_turn_tools, offered_tools, tool
 from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask, TaskResult
+from ee_middleware.models.parsing import NOT_AN_OBJECT
 from ee_middleware.models.protocol import ChatClient
 
 AST_CATEGORIES: dict[str, str] = {
@@ -115,11 +116,10 @@ class BFCLSuite:
         return [ast_task(q, a, self.name, self.category) for q, a in ast_entries(self.category, self.limit)]
 
     def loop_config(self, base: LoopConfig) -> LoopConfig:
+        base = replace(base, whole_answers=True, bfcl_decoding=True)  # answers read as bfcl-eval's FC runner reads them
         if self.multi_turn:  # BFCL force-quits a turn whose model makes calls in more than its limit's answers
-            return replace(
-                base, max_steps_per_turn=base.max_steps_per_turn + 1, end_at_max_steps=True, whole_answers=True, tool_message_names=False
-            )
-        return replace(base, execute_tools=False, max_steps_per_turn=1, whole_answers=True)
+            return replace(base, max_steps_per_turn=base.max_steps_per_turn + 1, end_at_max_steps=True, tool_message_names=False)
+        return replace(base, execute_tools=False, max_steps_per_turn=1)
 
     def run(self, client: ChatClient, task: EvalTask, trial: int, config: LoopConfig) -> TaskResult:
         config = self.loop_config(config)
@@ -303,7 +303,11 @@ def score_ast(task: EvalTask, conversation: Conversation) -> Verdict:
             )
         return Verdict(True)
     if not calls and first is not None and first.problems:  # BFCL's decoder fails the whole answer (LoopConfig.whole_answers)
+        if not first.from_text and all(NOT_AN_OBJECT in problem for problem in first.problems):  # decoded, but not {name: {...}}
+            return Verdict(False, "ast_decoder:decoder_wrong_output_format", "a call's arguments are JSON but not an object")
         return Verdict(False, "ast_decoder:decoder_failed", "the answer holds a call that could not be read, so none of it counts")
+    if not calls and first is not None and first.text:  # bfcl-eval's FC decoder fails on an answer that is text
+        return Verdict(False, "ast_decoder:decoder_failed", "the model answered in text and made no function call")
     output = [{c.name: c.arguments} for c in calls]
     category = AST_CATEGORIES[task.category]
     return Verdict.of(ast_check(task.payload["functions"], output, task.payload["possible_answer"], category, checker_language(category)))

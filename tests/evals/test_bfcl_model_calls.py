@@ -157,11 +157,14 @@ def test_an_answer_with_one_unreadable_call_is_scored_as_bfcl_decodes_it_as_a_wh
             assert "could not be read" in result_row(ours, "m")["reason"] and "arguments" in result_row(ours, "m")["reason"]
 
 
-def test_a_multi_turn_step_with_one_unreadable_call_runs_none_of_its_calls_as_bfcl(task: EvalTask) -> None:
-    """BFCL's multi-turn runner ends a turn at an answer it cannot decode, running none of its calls, and its checker
-    skips that answer. Before: turn 0's right calls beside an unreadable one were run and scored: the entry passed."""
+@pytest.mark.parametrize("arguments", ['{"a": ', "", "null", '"{}"'], ids=["cut short", "empty text", "null", "encoded twice"])
+def test_a_multi_turn_step_with_one_unreadable_call_runs_none_of_its_calls_as_bfcl(task: EvalTask, arguments: str) -> None:
+    """BFCL's multi-turn runner ends a turn at an answer it cannot decode (``json.loads`` of each call's arguments, which
+    must give an object), running none of its calls, and its checker skips that answer. Before: turn 0's right calls
+    beside an unreadable one were run and scored: the entry passed (and '', 'null' or a text encoded twice were read as
+    arguments, {}, so the call was run too)."""
     reference = [[_answer(*task.reference[0][0]["tool_calls"], _call("ls", {}, "bad"))], *task.reference[1:]]
-    reference[0][0]["tool_calls"][-1]["function"]["arguments"] = '{"a": '
+    reference[0][0]["tool_calls"][-1]["function"]["arguments"] = arguments
     ours = BFCLSuite("multi_turn_base").run(OracleClient(), replace(task, reference=reference), 0, LoopConfig())
     official = _official_multi_turn(task, [[], *reference[1:]])  # BFCL: the undecodable step is no step
     assert (ours.success, ours.error_type) == (official["valid"], official.get("error_type"))

@@ -139,7 +139,7 @@ def test_a_server_that_goes_down_halfway_costs_a_rerun_of_those_tasks_not_a_scor
         [summary] = run_eval(job)
     assert len(second) == 3, "only the tasks the server gave no answer to ran again"
     assert "no_answer" not in summary and summary["tasks"] == 5 and summary["runs"] == 5
-    assert summary["failures"] == {"ast_decoder:decoder_wrong_output_format": 5}
+    assert summary["failures"] == {"ast_decoder:decoder_failed": 5}
     rows = {r["task_id"]: r for r in pl.read_parquet(out / "results.parquet").to_dicts()}
     assert all(rows[t]["conversation"] == kept[t]["conversation"] for t in kept) and len(kept) == 2
     assert gate(out, out, GatePolicy(min_tasks=1)).passed

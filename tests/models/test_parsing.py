@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import random
 
 import pytest
@@ -210,45 +211,45 @@ def test_an_answer_cut_off_while_reasoning_says_so() -> None:
     assert isinstance(only, ParseProblem) and "only reasoning" in only.problem
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}', [("get_weather", {"city": "Paris"})]),
-        (
-            '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get-time.v2[ARGS]{}</s>',
-            [("get_weather", {"city": "Paris"}), ("get-time.v2", {})],
-        ),
-        ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]', [("get_weather", {"city": "Paris"})]),
-        ('<|python_tag|>brave_search.call(query="weather Paris")', [("brave_search.call", {"query": "weather Paris"})]),
-        ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', [("get_weather", {"city": "Paris"})]),
-        # gpt-oss (harmony), with its special tokens and with them skipped when decoding
-        (
-            '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>',
-            [("get_weather", {"city": "Paris"})],
-        ),
-        (
-            'analysisThe user wants the weather.commentary to=functions.get_weather json{"city":"Paris"}',
-            [("get_weather", {"city": "Paris"})],
-        ),
-        # DeepSeek V3 / R1, then V3.1
-        (
-            "<\uff5ctool\u2581calls\u2581begin\uff5c><\uff5ctool\u2581call\u2581begin\uff5c>function<\uff5ctool\u2581sep\uff5c>get_weather\n"
-            '```json\n{"city": "Paris"}\n```<\uff5ctool\u2581call\u2581end\uff5c><\uff5ctool\u2581calls\u2581end\uff5c>',
-            [("get_weather", {"city": "Paris"})],
-        ),
-        (
-            '<\uff5ctool\u2581call\u2581begin\uff5c>get_weather<\uff5ctool\u2581sep\uff5c>{"city": "Paris"}<\uff5ctool\u2581call\u2581end\uff5c>'
-            "<\uff5ctool\u2581call\u2581begin\uff5c>get_time<\uff5ctool\u2581sep\uff5c>{}<\uff5ctool\u2581call\u2581end\uff5c>",
-            [("get_weather", {"city": "Paris"}), ("get_time", {})],
-        ),
-        # Qwen3-Coder: parameters as text, read as JSON where they are JSON
-        (
-            "<tool_call>\n<function=search>\n<parameter=query>\nbest pizza\n</parameter>\n<parameter=limit>\n5\n</parameter>\n"
-            '<parameter=filters>\n{"open": true}\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=noop>\n</function>\n</tool_call>',
-            [("search", {"query": "best pizza", "limit": 5, "filters": {"open": True}}), ("noop", {})],
-        ),
-    ],
-)
+FAMILY_MARKERS = [
+    ('[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}', [("get_weather", {"city": "Paris"})]),
+    (
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get-time.v2[ARGS]{}</s>',
+        [("get_weather", {"city": "Paris"}), ("get-time.v2", {})],
+    ),
+    ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]', [("get_weather", {"city": "Paris"})]),
+    ('<|python_tag|>brave_search.call(query="weather Paris")', [("brave_search.call", {"query": "weather Paris"})]),
+    ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', [("get_weather", {"city": "Paris"})]),
+    # gpt-oss (harmony), with its special tokens and with them skipped when decoding
+    (
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>',
+        [("get_weather", {"city": "Paris"})],
+    ),
+    (
+        'analysisThe user wants the weather.commentary to=functions.get_weather json{"city":"Paris"}',
+        [("get_weather", {"city": "Paris"})],
+    ),
+    # DeepSeek V3 / R1, then V3.1
+    (
+        "<\uff5ctool\u2581calls\u2581begin\uff5c><\uff5ctool\u2581call\u2581begin\uff5c>function<\uff5ctool\u2581sep\uff5c>get_weather\n"
+        '```json\n{"city": "Paris"}\n```<\uff5ctool\u2581call\u2581end\uff5c><\uff5ctool\u2581calls\u2581end\uff5c>',
+        [("get_weather", {"city": "Paris"})],
+    ),
+    (
+        '<\uff5ctool\u2581call\u2581begin\uff5c>get_weather<\uff5ctool\u2581sep\uff5c>{"city": "Paris"}<\uff5ctool\u2581call\u2581end\uff5c>'
+        "<\uff5ctool\u2581call\u2581begin\uff5c>get_time<\uff5ctool\u2581sep\uff5c>{}<\uff5ctool\u2581call\u2581end\uff5c>",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
+    # Qwen3-Coder: parameters as text, read as JSON where they are JSON
+    (
+        "<tool_call>\n<function=search>\n<parameter=query>\nbest pizza\n</parameter>\n<parameter=limit>\n5\n</parameter>\n"
+        '<parameter=filters>\n{"open": true}\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=noop>\n</function>\n</tool_call>',
+        [("search", {"query": "best pizza", "limit": 5, "filters": {"open": True}}), ("noop", {})],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FAMILY_MARKERS)
 def test_model_family_call_markers(text: str, expected: list[tuple[str, dict]]) -> None:
     """Mistral (tokenizer v11: name[ARGS]{...}; older: a JSON list), Llama 3.1 (<|python_tag|>), gpt-oss, DeepSeek, Qwen3-Coder."""
     assert calls_of(text) == expected
@@ -292,3 +293,76 @@ def test_a_message_with_only_reasoning_says_so(fields: dict) -> None:
 def test_every_call_embedded_in_prose_is_read_however_many() -> None:
     text = " and then ".join(f'{{"name": "step_{i}", "arguments": {{"i": {i}}}}}' for i in range(100))
     assert calls_of(f"Plan: {text}.") == [(f"step_{i}", {"i": i}) for i in range(100)]
+
+
+WHOLLY_CALLS = [
+    ('{"name": "cd", "arguments": {"folder": "temp"}}', [("cd", {"folder": "temp"})]),
+    ('  [{"name": "cd", "arguments": {"folder": "a"}}, {"name": "ls", "arguments": {}}]\n', [("cd", {"folder": "a"}), ("ls", {})]),
+    ("<tool_call>\n" + '{"name": "cd", "arguments": {"folder": "a"}}' + "\n</tool_call>", [("cd", {"folder": "a"})]),
+    (
+        '<tool_call>{"name": "cd", "arguments": {"folder": "a"}}</tool_call>\n<tool_call>{"name": "ls", "arguments": {"a": true}}</tool_call><|im_end|>',
+        [("cd", {"folder": "a"}), ("ls", {"a": True})],
+    ),
+    ('<tool_call>\n{"name": "ls", "arguments": {}}', [("ls", {})]),  # generation stopped before the closing tag
+    ('<think>Which tool?</think>\n<tool_call>{"name": "pwd"}</tool_call>', [("pwd", {})]),
+    ("[cd(folder='temp'), ls(a=True), pwd()]", [("cd", {"folder": "temp"}), ("ls", {"a": True}), ("pwd", {})]),
+    ("mv(source='a.txt', destination='temp')", [("mv", {"source": "a.txt", "destination": "temp"})]),
+    *FAMILY_MARKERS,
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), WHOLLY_CALLS)
+def test_an_answer_that_is_wholly_calls_is_read_whole(text: str, expected: list[tuple[str, dict]]) -> None:
+    """``whole`` (BFCL's suites) reads every shape a chat template or model family writes as the whole answer."""
+    assert calls_of(text, whole=True) == expected == calls_of(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Sure, here it is:\n```json\n{"name": "cat", "arguments": {"file_name": "notes.txt"}}\n```\nDone.',
+        'I will call {"name": "cat", "arguments": {"file_name": "notes.txt"}} now, then {"name": "pwd"}.',
+        "Let me look first.\nls(a=True)\nThen decide.",
+        'Calling <tool_call>{"name": "pwd"}</tool_call> now.',
+        '<tool_call>{"name": "pwd"}</tool_call> The folder is /tmp.',
+        'The weather: [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}',
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"} and then I will tell you.',
+        "Here: <function=search><parameter=query>pizza</parameter></function> done",
+    ],
+)
+def test_a_call_quoted_in_prose_is_no_call_when_the_answer_must_be_wholly_calls(text: str) -> None:
+    """The lenient reading finds the call (other callers keep it); ``whole`` reads none and says why."""
+    assert any(isinstance(r, ToolCall) for r in parse_tool_calls(text))
+    results = parse_tool_calls(text, whole=True)
+    assert results and all(isinstance(r, ParseProblem) for r in results), results
+    assert from_openai_message({"role": "assistant", "content": text}, bfcl=True) == results
+
+
+@pytest.mark.parametrize("arguments", ["", "null", '"{\\"a\\": 1}"', '{"a": NaN}', "[1]", '{"a": 1}', '{"a": ', "  "])
+def test_bfcl_decoding_reads_a_structured_call_as_json_loads_reads_its_arguments(arguments: str) -> None:
+    """bfcl-eval's function-calling handler decodes ``json.loads(arguments)``: a call exactly where that is a JSON object
+    (NaN included), with the name as sent. The default reading stays lenient ('' and null are no arguments; a text encoded
+    twice is decoded twice; NaN is refused)."""
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": " f ", "arguments": arguments}}],
+    }
+    [read] = from_openai_message(message, bfcl=True)
+    try:
+        expected = json.loads(arguments)
+    except ValueError:
+        expected = None
+    if isinstance(expected, dict):
+        assert isinstance(read, ToolCall) and (read.id, read.name) == ("c1", " f ") and json.dumps(read.arguments) == json.dumps(expected)
+    else:
+        assert isinstance(read, ParseProblem) and read.problem.startswith(" f : arguments"), read
+    [lenient] = from_openai_message(message)
+    if arguments in ("", "null", "  ", '"{\\"a\\": 1}"'):
+        assert isinstance(lenient, ToolCall) and lenient.name == "f"
+
+
+def test_bfcl_decoding_reads_no_legacy_function_call() -> None:
+    message = {"role": "assistant", "content": "", "function_call": {"name": "pwd", "arguments": "{}"}}
+    assert [c.name for c in from_openai_message(message)] == ["pwd"]  # type: ignore[union-attr]
+    assert all(isinstance(r, ParseProblem) for r in from_openai_message(message, bfcl=True))

@@ -1,0 +1,249 @@
+"""BFCL's suites read an answer as bfcl-eval's function-calling runner reads it, and say where they read more.
+
+The reference is bfcl-eval's own code, compiled from the installed package (:mod:`.bfcl_reference`): the OpenAI
+function-calling handler's ``_parse_query_response_FC`` and ``decode_ast`` (``json.loads`` of each call's arguments),
+and ``eval_runner``'s entry scorers. The one reading ee adds: an answer with no ``tool_calls`` that is wholly calls in
+text (a local model's chat template writes ``<tool_call>`` blocks; so does a served model without a tool parser) is
+read, never one quoted in prose, and each such answer is counted (``text_calls``) and named in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.evals.bfcl.suite import BFCLSuite
+from ee_middleware.evals.clients import OracleClient
+from ee_middleware.evals.loop import LoopConfig
+from ee_middleware.evals.runner import result_row
+from ee_middleware.evals.tasks import EvalTask, TaskResult
+from ee_middleware.testing.http import send_json, serving
+
+from .bfcl_reference import bfcl_verdict
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": "c1", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _answer(content: str = "", calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls is not None:
+        message["tool_calls"] = calls
+    return message
+
+
+def _ours(category: str, index: int, message: dict[str, Any]) -> tuple[TaskResult, EvalTask]:
+    suite = BFCLSuite(category)
+    task = suite.tasks()[index]
+    return suite.run(OracleClient(), replace(task, reference=[[message]]), 0, LoopConfig()), task
+
+
+def _first_name(category: str) -> str:
+    return str(BFCLSuite(category).tasks()[0].tools[0][0]["function"]["name"])
+
+
+TRIANGLE = "calculate_triangle_area"  # simple_python_0
+RIGHT = json.dumps({"base": 10, "height": 5})
+ARGUMENTS = [
+    ("empty text", ""),
+    ("null", "null"),
+    ("encoded twice", json.dumps(RIGHT)),
+    ("NaN", '{"base": NaN, "height": 5}'),
+    ("a list", "[10, 5]"),
+    ("cut short", '{"base": 10, "height": '),
+]
+
+
+@pytest.mark.parametrize(("kind", "arguments"), ARGUMENTS, ids=[k for k, _ in ARGUMENTS])
+@pytest.mark.parametrize("category", ["simple", "irrelevance", "live_irrelevance", "live_relevance"])
+def test_structured_arguments_are_decoded_as_bfcl_eval_s_function_calling_handler_decodes_them(
+    category: str, kind: str, arguments: str
+) -> None:
+    """Before (eval sweep): '' and 'null' were read as {} (a call: irrelevance failed, live_relevance passed), a text
+    encoded twice was decoded twice (simple passed), and NaN was refused (no call): 11 verdicts the other way round from
+    bfcl-eval's, which runs json.loads once on each call's arguments."""
+    name = TRIANGLE if category == "simple" else _first_name(category)
+    ours, task = _ours(category, 0, _answer(calls=[_call(name, arguments)]))
+    assert (ours.success, ours.error_type) == bfcl_verdict(task, _answer(calls=[_call(name, arguments)])), ours.reason
+
+
+def test_a_function_name_is_taken_as_sent() -> None:
+    """Before: ' calculate_triangle_area ' was stripped and passed; bfcl-eval compares the name as sent."""
+    message = _answer(calls=[_call(f" {TRIANGLE} ", RIGHT)])
+    ours, task = _ours("simple", 0, message)
+    assert (ours.success, ours.error_type) == bfcl_verdict(task, message) == (False, "simple_function_checker:wrong_func_name")
+    right = _answer(calls=[_call(TRIANGLE, RIGHT)])
+    assert _ours("simple", 0, right)[0].success and bfcl_verdict(task, right) == (True, None)
+
+
+@pytest.mark.parametrize("category", ["simple", "multiple", "parallel", "parallel_multiple", "live_simple", "live_parallel"])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("prose", _answer("I cannot tell without more details.")),
+        ("empty tool_calls", _answer("", [])),
+        ("empty content", _answer("")),
+    ],
+    ids=["prose", "empty tool_calls", "empty content"],
+)
+def test_an_answer_without_a_call_fails_with_bfcl_eval_s_own_label(category: str, kind: str, message: dict[str, Any]) -> None:
+    """Before: 'ast_decoder:decoder_wrong_output_format' for all three, a label BFCL gives a decoded answer of the wrong
+    shape: bfcl-eval says decoder_failed for prose and lets its checker fail an empty list (wrong_count)."""
+    ours, task = _ours(category, 0, message)
+    expected = bfcl_verdict(task, message)
+    assert not expected[0] and (ours.success, ours.error_type) == expected, (ours.reason, expected)
+
+
+PROSE_WITH_JSON = (
+    'Sorry, none of these functions computes that. For reference, a call would look like {"name": "NAME", "arguments": '
+    '{"weight": 70, "height": 1.8}} but that computes something else.'
+)
+
+
+@pytest.mark.parametrize("category", ["irrelevance", "live_irrelevance", "simple", "live_relevance"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        PROSE_WITH_JSON,
+        f'I will compute it with {{"name": "NAME", "arguments": {RIGHT}}} - the area is 25.',
+        "Let me look first.\nNAME(base=10, height=5)\nThen decide.",
+        f'Here it is:\n```json\n{{"name": "NAME", "arguments": {RIGHT}}}\n```\nDone.',
+        f'Calling it now: <tool_call>{{"name": "NAME", "arguments": {RIGHT}}}</tool_call> and the area is 25.',
+    ],
+    ids=["json quoted", "json mid-sentence", "python line", "fenced in prose", "tag in prose"],
+)
+def test_a_call_quoted_in_prose_is_no_call(category: str, text: str) -> None:
+    """Before: ee pulled the JSON call out of the middle of the prose: a refusal quoting a call failed irrelevance and
+    'I will compute it with {call} - the area is 25.' passed simple; bfcl-eval reads no call in either."""
+    name = TRIANGLE if category == "simple" else _first_name(category)
+    message = _answer(text.replace("NAME", name))
+    ours, task = _ours(category, 0, message)
+    assert (ours.success, ours.error_type) == bfcl_verdict(task, message), ours.reason
+    assert result_row(ours, "m")["text_calls"] == 0
+
+
+WHOLE = [
+    f'<tool_call>{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}</tool_call>',
+    f'\n<tool_call>\n{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}\n</tool_call>\n',
+    f'{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}',
+    f'[{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}]',
+    f"[{TRIANGLE}(base=10, height=5)]",
+]
+
+
+@pytest.mark.parametrize("text", WHOLE, ids=["tag", "tag and newlines", "json", "json list", "python list"])
+def test_an_answer_that_is_wholly_calls_in_text_is_read_and_counted(text: str) -> None:
+    """A model without structured tool calls (a local model, a server with no tool parser) still scores its calls, and
+    the row says they came from text (bfcl-eval's function-calling runner would fail the answer: decoder_failed)."""
+    ours, task = _ours("simple", 0, _answer(text))
+    assert ours.success, ours.reason
+    assert result_row(ours, "m")["text_calls"] == 1 and bfcl_verdict(task, _answer(text)) == (False, "ast_decoder:decoder_failed")
+    structured = _ours("simple", 0, _answer(calls=[_call(TRIANGLE, RIGHT)]))[0]
+    assert structured.success and result_row(structured, "m")["text_calls"] == 0
+
+
+class _TextCalls(BaseHTTPRequestHandler):
+    """A real OpenAI-compatible server with no tool parser: each bfcl:simple answer is the oracle's calls as
+    ``<tool_call>`` blocks in ``content`` (no ``tool_calls``); an irrelevance answer is a refusal quoting a call."""
+
+    answers: dict[str, str]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        question = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        message = {"role": "assistant", "content": self.answers[question]}
+        send_json(self, {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+
+def _blocks(reference: dict[str, Any]) -> str:
+    return "\n".join(
+        f'<tool_call>{{"name": "{c["function"]["name"]}", "arguments": {c["function"]["arguments"]}}}</tool_call>'
+        for c in reference["tool_calls"]
+    )
+
+
+def test_a_served_model_without_a_tool_parser_is_scored_and_its_text_calls_are_counted_and_named(tmp_path: Path) -> None:
+    """Before (eval sweep, the same server): 100% on bfcl:simple with nothing saying that every call was read from text,
+    where bfcl-eval's FC pipeline fails each answer; and a refusal quoting a call failed bfcl:irrelevance."""
+    simple, irrelevance = BFCLSuite("simple", 5).tasks(), BFCLSuite("irrelevance", 2).tasks()
+    answers = {t.turns[0][-1]["content"]: _blocks(t.reference[0][0]) for t in simple}
+    answers |= {t.turns[0][-1]["content"]: PROSE_WITH_JSON.replace("NAME", t.tools[0][0]["function"]["name"]) for t in irrelevance}
+    handler = type("Handler", (_TextCalls,), {"answers": answers})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    out = tmp_path / "run"
+    with serving(server) as url:
+        args = ["eval", "run", "--suite", "bfcl:simple:5", "--suite", "bfcl:irrelevance:2", "--endpoint", url, "--model", "m"]
+        result = CliRunner().invoke(app, [*args, "--out", str(out), "--no-progress", "--json"])
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(result.stdout)
+    assert (first["suite"], first["success_rate"], first["text_calls"]) == ("bfcl:simple", 1.0, 5)
+    assert (second["suite"], second["success_rate"], second["text_calls"]) == ("bfcl:irrelevance", 1.0, 0)
+    note = "Note: 5 answers' calls were read from text, not tool_calls (5 in bfcl:simple)"
+    assert note in result.stderr and "ast_decoder:decoder_failed" in result.stderr, result.stderr
+    assert note in (out / "report.md").read_text() and json.loads((out / "summary.json").read_text())["text_calls"] == 5
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.filter(pl.col("suite") == "bfcl:simple")["text_calls"].to_list() == [1] * 5
+
+
+LOCAL_FACTORY = """
+import torch
+
+from ee_middleware.models.local import LocalGenerator
+from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama
+
+ANSWER = {answer!r}
+
+
+def client():
+    tokenizer = build_test_tokenizer([ANSWER, "Find the area of a triangle with a base of 10 units and height of 5 units."])
+    model = build_tiny_llama(tokenizer)
+    script = tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    position = {{"next": 0}}
+
+    def restart(module, args, kwargs):  # a prompt (more than one new token) starts the script again
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:
+            position["next"] = 0
+
+    def write(module, inputs, logits):  # the output layer writes ANSWER token by token, then ends
+        token = script[min(position["next"], len(script) - 1)]
+        position["next"] += 1
+        forced = torch.full_like(logits[:, -1, :], -1e9)
+        forced[:, token] = 0.0
+        logits[:, -1, :] = forced
+        return logits
+
+    model.model.register_forward_pre_hook(restart, with_kwargs=True)
+    model.lm_head.register_forward_hook(write)
+    return LocalGenerator.from_objects(model, tokenizer, model_name="tiny")
+"""
+
+
+def test_a_local_text_model_s_tool_call_block_is_still_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project's local models answer in text through their chat template's <tool_call> blocks: a real (tiny) model
+    behind LocalGenerator writing the right call scores it, counted as read from text."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ee_middleware.evals.job import EvalJob
+    from ee_middleware.evals.runner import run_eval
+
+    answer = f'<tool_call>\n{{"name": "{TRIANGLE}", "arguments": {{"base": 10, "height": 5}}}}\n</tool_call>'
+    (tmp_path / "text_model_client.py").write_text(textwrap.dedent(LOCAL_FACTORY.format(answer=answer)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    [summary] = run_eval(EvalJob(suites=["bfcl:simple:1"], model="text_model_client:client", out=str(tmp_path / "run"), max_tokens=64))
+    rows = pl.read_parquet(tmp_path / "run" / "results.parquet")
+    assert (summary["success_rate"], summary["text_calls"]) == (1.0, 1), rows["reason"].to_list()
