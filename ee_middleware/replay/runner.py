@@ -25,7 +25,11 @@ and never stored; the usable ones are counted too (``details["synthetic_branches
 
 Sandbox failures: an alternative the sandbox got no answer for (it timed out, crashed or ran out of memory:
 ``Observation.sandbox_failure``) is stored with that mark, like any other rollout, and counted by kind
-(``details["sandbox_failures"]``); dataset builders leave it out.
+(``details["sandbox_failures"]``); dataset builders leave it out. An expert call the sandbox got no answer for ends the
+trajectory's replay: the sandbox is back at the world before that call, so no later state could be branched from the
+recorded one. The trajectory is recorded ``failed`` (the next run retries it) with the step, tool, kind of failure and
+what the sandbox said (``details["expert_sandbox_failure"]``), and its rollouts are dropped, as every failed
+trajectory's are: the retry replays it whole, under the same rollout ids.
 
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
 tool is refused and counted (with the tool's name, for the run's report), never executed. A trajectory
@@ -180,10 +184,13 @@ def replay_trajectory(
         if at_step is not None:
             at_step(trajectory, step)
         _branch(run, step, proposals)
-        if sandbox.covers(expert.name):
-            _reexecute_expert(run, step, expert)
-        else:  # the last step's (see _reset_for_replay): no later state depends on it
+        if not sandbox.covers(expert.name):  # the last step's (see _reset_for_replay): no later state depends on it
             run.final_not_replayed.append({"step": step.index, "tool": expert.name})
+            continue
+        failed = _reexecute_expert(run, step, expert)
+        if failed is not None:  # the world is not the recorded one past this call: nothing further can be branched
+            details = {"expert_sandbox_failure": settings.privacy.redact_data(failed)}
+            return ReplayOutcome(run.record("failed", _expert_failure_reason(failed), details=details))
     return ReplayOutcome(run.record("done", None, **run.counts(states=len(tool_steps))), run.rollouts)
 
 
@@ -412,9 +419,15 @@ def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidat
 # -- expert re-execution: on to the next recorded state -----------------------------------------------
 
 
-def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
-    """Execute the expert's own call (moving the world to the next state) and check it observes what was recorded."""
+def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any] | None:
+    """Execute the expert's own call (moving the world to the next state) and check it observes what was recorded.
+
+    Returns what failed when the sandbox could not execute the call (``Observation.sandbox_failure``: it timed out,
+    crashed or ran out of memory): the sandbox is then back at the world before the call, not at the next recorded
+    state, and the trajectory's replay stops there (see the module docstring)."""
     replayed, unrestored = run.execute(expert)
+    if replayed.sandbox_failure:
+        return _expert_failure(step, expert, replayed)
     recorded = step.observation
     if unrestored:
         _flag_unrestorable(run, step, expert, unrestored, matched=recorded is None or _same_observation(recorded, replayed))
@@ -434,9 +447,29 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> None:
             # where they part, and a short diff (of both texts in full, not of the 300-character excerpts)
             **describe_mismatch(recorded_text, replayed.content, recorded_is_prefix=bool(recorded.truncated_chars)),
         }
-        if replayed.sandbox_failure:  # the sandbox's own failure, not a different answer of the tool
-            mismatch["sandbox_failure"] = replayed.sandbox_failure
         run.mismatches.append(mismatch)
+    return None
+
+
+def _expert_failure(step: Step, expert: ToolCall, replayed: Observation) -> dict[str, Any]:
+    """Which expert call the sandbox failed on, how, and what it said (the details of the trajectory's ``failed`` record)."""
+    said = replayed.content if len(replayed.content) <= 300 else replayed.content[:299] + "…"
+    return {"step": step.index, "tool": expert.name, "failure": replayed.sandbox_failure, "observation": said}
+
+
+def _expert_failure_reason(failed: dict[str, Any]) -> str:
+    """The ``failed`` record's reason for an expert call the sandbox failed on (:func:`_expert_failure`)."""
+    return (
+        f"the sandbox could not execute the expert's call at step {failed['step']} ({failed['tool']}): {failed['failure']}: "
+        f"{failed['observation'].rstrip('.')}. Its world is then not the recorded one past that call, so the replay stopped "
+        f"there and kept none of its branches; the next run retries it{_LIMIT_HINTS.get(failed['failure'] or '', '')}."
+    )
+
+
+_LIMIT_HINTS = {
+    "timeout": " (raise the time limit, --tool-timeout, if the tool is only slow)",
+    "memory": " (raise the memory limit, --memory-mb, if the tool needs more)",
+}
 
 
 def _flag_unrestorable(run: _Run, step: Step, expert: ToolCall, unrestored: list[Unrestored], *, matched: bool) -> None:

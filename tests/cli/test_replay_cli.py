@@ -637,6 +637,41 @@ def test_what_tools_print_goes_to_stderr_and_json_stdout_is_the_summary_alone(tm
         assert f"{PRINTED} {where}: hello" in ran.stderr and f"{PRINTED} {where}: from an alternative" in ran.stderr, ran.stderr
 
 
+def test_an_expert_call_the_sandbox_fails_on_fails_the_trajectory_and_the_next_run_retries_it(tmp_path: Path) -> None:
+    """The expert's kv_set takes longer in the sandbox than --tool-timeout: the subprocess sandbox kills its child and
+    restores the world to before the call. Replay went on from there: step 1's kv_get answered 'Error: no key s' where
+    production read 9, its alternatives were branched from that wrong world and stored, the trajectory was recorded done
+    with two 'fidelity mismatches' (the first the sandbox's own time-out), and a re-run did not retry it. Now the
+    trajectory fails there, saying which step, tool and failure, keeps no branch, and the next run retries it."""
+    from tests.replay.kv_world import record_kv
+
+    root = tmp_path / "experience"
+    [trajectory_id] = record_kv(root, [("kv_set", {"key": "s", "value": "9"}), ("kv_get", {"key": "s"})], environment={"slow_keys": ["s"]})
+    args = ["replay", "run", "--store", str(root), "--sandbox", KV_SANDBOX, "--policy", "tests.replay.kv_world:Lookups", "--k", "1"]
+    args += ["--isolation", "subprocess", "--tool-timeout", "1", "--no-progress"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["done"] == 0 and summary["branches"] == 0 and summary["fidelity_mismatches"] == 0, summary
+    reason = summary["failed"][trajectory_id]
+    assert reason.startswith("the sandbox could not execute the expert's call at step 0 (kv_set): timeout: Error: tool 'kv_set' timed out")
+    assert "the next run retries it" in reason and "--tool-timeout" in reason
+
+    store = LocalExperienceStore(root)
+    [record] = store.replays().iter_rows(named=True)
+    assert record["status"] == "failed" and record["reason"] == reason
+    assert json.loads(record["details_json"])["expert_sandbox_failure"] == {
+        "step": 0, "tool": "kv_set", "failure": "timeout", "observation": reason.split("timeout: ", 1)[1].split(". Its world")[0] + ".",
+    }  # fmt: skip
+    assert store.rollouts().is_empty(), "no branch of the trajectory is kept"
+    store.close()
+
+    again = runner.invoke(app, [*args, "--json"])
+    assert again.exit_code == 1 and json.loads(again.stdout)["selected"] == 1, again.output
+    table = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert "failed (retried next run)" in table.stdout and f"failed {trajectory_id[:12]}" in table.stdout, table.output
+
+
 def test_the_stored_fidelity_diff_is_the_one_the_run_printed(tmp_path: Path) -> None:
     """A tool that tells the time answers differently in the sandbox: `ee replay run --json` showed the diff's sandbox line
     as '+2026-12-01T04:10:17.917664', but the store redacted the runner's diff again and '+2026-12-01' read as a phone
