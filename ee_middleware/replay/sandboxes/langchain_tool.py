@@ -1,4 +1,5 @@
-"""LangChain tool objects in :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox`'s ``read_only_tools``.
+"""LangChain tool objects in :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox`'s ``read_only_tools``, and in its
+``tools`` built over a function of the world (:func:`on_world`).
 
 A tool built with ``@tool`` or ``StructuredTool.from_function`` does more than call its function: it validates the
 model's arguments against its ``args_schema`` (a string ``"4"`` becomes ``4``, a nested dict a pydantic model, a string
@@ -51,6 +52,64 @@ def call_tool(tool: Any, call_id: str, name: str, arguments: dict[str, Any], run
     except ValidationError as exc:
         raise _invocation_error(name, exc, arguments, tool_injected_parameters(tool)) from exc
     return _answer(response, call_id)
+
+
+def world_parameter(tool: Any) -> str | None:
+    """The name of the first parameter of the function ``tool`` wraps: for a tool given as a world tool, the world's;
+    ``None`` when it wraps no function that takes one."""
+    import inspect
+
+    fn = wrapped_function(tool)
+    try:
+        parameters = list(inspect.signature(fn).parameters.values()) if fn is not None else []
+    except (TypeError, ValueError):
+        return None
+    if not parameters or parameters[0].kind not in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
+        return None
+    return parameters[0].name
+
+
+def on_world(tool: Any, world: Callable[[], Any]) -> Any:
+    """A copy of ``tool``, a LangChain tool object built over a function of the world (``StructuredTool.from_function(fn)``
+    where ``fn(world, **arguments)``), whose function gets ``world()`` first and whose argument schema leaves the world
+    out (the tool's own schema when it has no field of that name). Called by :func:`call_tool`, it answers as the tool
+    does: its ``handle_tool_error``, ``handle_validation_error``, ``response_format`` and a returned ``Command``."""
+    from langchain_core.tools import create_schema_from_function
+
+    name = world_parameter(tool)
+    assert name is not None
+    update: dict[str, Any] = {}
+    for attribute in ("func", "coroutine"):
+        fn = getattr(tool, attribute, None)
+        if fn is not None:
+            update[attribute] = _given_the_world(fn, world, is_async=attribute == "coroutine")
+    schema = getattr(tool, "args_schema", None)
+    if schema is None or name in (getattr(schema, "model_fields", None) or {}):
+        update["args_schema"] = create_schema_from_function(
+            tool.name, wrapped_function(tool), filter_args=[name, "run_manager", "callbacks"]
+        )
+    return tool.model_copy(update=update)
+
+
+def _given_the_world(fn: Callable[..., Any], world: Callable[[], Any], *, is_async: bool) -> Callable[..., Any]:
+    """``fn`` with ``world()`` as its first argument; its signature the function's own after the world (LangChain looks
+    there for the parameters it fills in: callbacks, a RunnableConfig)."""
+    import inspect
+
+    if is_async:
+
+        async def bound(*args: Any, **kwargs: Any) -> Any:
+            return await fn(world(), *args, **kwargs)
+
+    else:
+
+        def bound(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            return fn(world(), *args, **kwargs)
+
+    signature = inspect.signature(fn)
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore[attr-defined]
+    bound.__name__ = getattr(fn, "__name__", "tool")
+    return bound
 
 
 def _answer(response: Any, call_id: str) -> tuple[Any, bool]:

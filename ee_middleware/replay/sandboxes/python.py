@@ -49,8 +49,11 @@ from ee_middleware.replay.sandboxes.langchain_tool import (
     argument_schema,
     call_tool,
     is_langchain_tool,
+    on_world,
     tool_injected_parameters,
     validated_arguments,
+    world_parameter,
+    wrapped_function,
 )
 
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
@@ -180,19 +183,29 @@ def format_exception(exc: BaseException) -> str:
 
 
 def _check_callable(table: str, name: str, fn: Any) -> None:
-    """A LangChain tool object (``@tool``) cannot take the world: say what to give instead."""
-    if table == "read_only_tools" and is_langchain_tool(fn):
-        return
+    """A function, or a LangChain tool object (``@tool``): among world tools, one whose function can take the world first."""
+    if is_langchain_tool(fn):
+        if table == "read_only_tools" or world_parameter(fn) is not None:
+            return
+        raise SandboxError(
+            f"{table}[{name!r}] is a LangChain tool ({type(fn).__name__}) whose function takes no parameter, so it cannot take "
+            "the world as its first argument: list it in read_only_tools if it needs no world (it is then called as "
+            "LangGraph's ToolNode calls it), or build it over a function that takes the world first and then the call's "
+            "arguments (StructuredTool.from_function(fn, handle_tool_error=...), as production builds its tool)."
+        )
     if callable(fn):
         return
-    kind = type(fn).__name__
-    if is_langchain_tool(fn):
-        raise SandboxError(
-            f"{table}[{name!r}] is a LangChain tool ({kind}), which cannot take the world as its first argument: list it in "
-            f"read_only_tools if it needs no world (it is then called as LangGraph's ToolNode calls it), or give a function "
-            f"that takes the world first and then the call's arguments."
-        )
-    raise SandboxError(f"{table}[{name!r}] is a {kind}, not a function: give a function that takes the call's arguments.")
+    raise SandboxError(f"{table}[{name!r}] is a {type(fn).__name__}, not a function: give a function that takes the call's arguments.")
+
+
+def _misplaced_tool_message(name: str, world: str) -> str:
+    """A LangChain tool among world tools whose first parameter, meant for the world, is one the model gives."""
+    return (
+        f"tools[{name!r}] is a LangChain tool whose function's first parameter, {world!r}, is one of the model's arguments: "
+        "a world tool's function takes the world first. List a tool that needs no world in read_only_tools (it is then "
+        "called as LangGraph's ToolNode calls it), or build the world tool over a function that takes the world first and "
+        "then the call's arguments (StructuredTool.from_function(fn, handle_tool_error=...), as production builds its tool)."
+    )
 
 
 class PythonSandbox:
@@ -202,7 +215,11 @@ class PythonSandbox:
         build: ``environment -> world``: rebuild the world at step 0 from a trajectory's
             environment reference. Raise :class:`EnvironmentUnavailableError` (or any exception,
             which is wrapped) when it cannot.
-        tools: tool name -> function taking the world first, then the call's arguments.
+        tools: tool name -> function taking the world first, then the call's arguments; or a LangChain tool object
+            built over such a function (``StructuredTool.from_function(fn, handle_tool_error=True)``, as production
+            builds its tool over it with the world bound), which then answers as that tool does: its
+            ``handle_tool_error``, ``handle_validation_error``, ``response_format`` and argument validation, not
+            ``format_error`` (see :func:`~ee_middleware.replay.sandboxes.langchain_tool.on_world`).
         read_only_tools: tool name -> function taking only the call's arguments, for tools that
             read and never change anything (called directly, no world); or the LangChain tool object
             itself (``@tool``, ``StructuredTool``), then called as LangGraph's ``ToolNode`` calls it
@@ -249,8 +266,19 @@ class PythonSandbox:
         self._build = build
         self._tools = dict(tools)
         self._direct = dict(read_only_tools or {})
+        # world tools given as LangChain tool objects: copies whose function gets the current world first (see on_world),
+        # and the name of the function's parameter that takes it
+        self._world_tools = {
+            name: (on_world(fn, lambda: self._world), world_parameter(fn) or "")
+            for name, fn in self._tools.items()
+            if is_langchain_tool(fn)
+        }
         # parameters the model never sees: tool name -> parameter -> kind (the world tools' first parameter is the world)
-        self._injected = {name: found for name, fn in self._tools.items() if (found := injected_parameters(fn, skip=1))}
+        self._injected = {
+            name: found
+            for name, fn in self._tools.items()
+            if (found := injected_parameters(wrapped_function(fn) if is_langchain_tool(fn) else fn, skip=1))  # type: ignore[arg-type]
+        }
         self._injected |= {
             name: found
             for name, fn in self._direct.items()
@@ -318,6 +346,11 @@ class PythonSandbox:
         tool = self._tools.get(call.name)
         if tool is None:
             return Observation(content=f"Error: tool '{call.name}' is not available in this sandbox.", is_error=True)
+        if call.name in self._world_tools:
+            bound, world = self._world_tools[call.name]
+            if world in call.arguments:  # a production tool listed among world tools: it would get the world for it
+                raise SandboxError(_misplaced_tool_message(call.name, world))
+            return self._invoke_langchain_tool(bound, call)
         return self._invoke(tool, arguments, self._world, name=call.name)
 
     def _with_injected(self, call: ToolCall) -> dict[str, Any]:

@@ -166,12 +166,17 @@ def test_a_model_written_value_for_an_injected_call_id_is_replaced_by_the_call_i
     assert (observation.content, observation.is_error) == ("noted 'x' as call_7", False)
 
 
-def test_a_langchain_tool_object_is_refused_among_world_tools_and_called_as_a_read_only_tool() -> None:
-    """A @tool object cannot take the world: among world tools it is refused at once (it said so only as a TypeError
-    observation per call). In read_only_tools it is called as ToolNode calls it, and one that takes the graph's state
-    is refused as its function would be."""
-    with pytest.raises(SandboxError, match=r"tools\['lookup'\] is a LangChain tool \(StructuredTool\).*read_only_tools"):
-        PythonSandbox(lambda environment: None, tools={"lookup": tool(lookup)})
+def test_a_langchain_tool_object_without_a_world_is_refused_among_world_tools_and_called_as_a_read_only_tool() -> None:
+    """A @tool object whose function takes no world, among world tools: its first call is refused, naming the parameter
+    the world would have taken (it said so only as a TypeError observation per call; a tool built over a function of the
+    world belongs there, see test_tool_shapes). In read_only_tools it is called as ToolNode calls it, and one that takes
+    the graph's state is refused as its function would be."""
+    misplaced = PythonSandbox(lambda environment: None, tools={"lookup": tool(lookup)})
+    misplaced.reset(None)
+    with pytest.raises(
+        SandboxError, match=r"tools\['lookup'\] is a LangChain tool whose function's first parameter, 'key'.*read_only_tools"
+    ):
+        misplaced.execute(ToolCall(id="c", name="lookup", arguments={"key": "k"}))
     sandbox = PythonSandbox(
         lambda environment: None, tools={}, read_only_tools={"lookup": tool(lookup), "count_messages": tool(count_messages)}
     )

@@ -354,10 +354,153 @@ def test_langchain_tool_objects_replay_as_the_tool_node_called_them(tmp_path: Pa
 
 
 def test_a_langchain_tool_among_world_tools_says_where_it_belongs() -> None:
+    """A production tool (its function takes the model's arguments only) listed among world tools: its first parameter
+    would get the world. The first call naming that parameter says so (a tool whose function takes no parameter at all
+    is refused at once)."""
     [place, *_] = _langchain_tools()
+    sandbox = PythonSandbox(lambda environment: {}, tools={"place": place})
+    sandbox.reset({})
     with pytest.raises(SandboxError) as raised:
-        PythonSandbox(lambda environment: {}, tools={"place": place})
-    assert "cannot take the world" in str(raised.value) and "read_only_tools" in str(raised.value)
+        sandbox.execute(ToolCall(id="c1", name="place", arguments={"item": "pear", "address": {"city": "Oslo"}}))
+    assert "first parameter, 'item', is one of the model's arguments" in str(raised.value)
+    assert "read_only_tools" in str(raised.value)
+    sandbox.close()
+    nothing = StructuredTool.from_function(lambda: "x", name="nothing", description="Nothing.")
+    with pytest.raises(SandboxError, match="cannot take the world"):
+        PythonSandbox(lambda environment: {}, tools={"nothing": nothing})
+
+
+# -- world tools given as LangChain tool objects: they answer as the tool's own error handling does ---------------------
+
+
+def _take_in(world: dict[str, Any], item: str) -> str:
+    if item not in world["stock"]:
+        raise ToolException(f"refused: {item} ✗")
+    world["stock"].remove(item)
+    return f"took {item}; {len(world['stock'])} left"
+
+
+def _add_in(world: dict[str, Any], n: int) -> str:
+    world["total"] += n
+    return f"total {world['total']}"
+
+
+def _count_in(world: dict[str, Any]) -> str:
+    return f"{len(world['stock'])} in stock, total {world['total']}"
+
+
+async def _peek_in(world: dict[str, Any], item: str) -> str:
+    if item not in world["stock"]:
+        raise ToolException(f"no {item} to peek at")
+    return f"{item} is there"
+
+
+_HANDLING: dict[str, tuple[str, dict[str, Any]]] = {
+    "take_flagged": ("take", {"handle_tool_error": True}),
+    "take_worded": ("take", {"handle_tool_error": "that cannot be taken"}),
+    "take_handled": ("take", {"handle_tool_error": lambda exc: f"handled: {exc}"}),
+    "add_flagged": ("add", {"handle_validation_error": True}),
+    "add_worded": ("add", {"handle_validation_error": "n must be a number"}),
+    "add_handled": ("add", {"handle_validation_error": lambda exc: f"bad input ({len(exc.errors())} error)"}),
+    "add": ("add", {}),
+    "peek": ("peek", {"handle_tool_error": True}),
+    "count": ("count", {}),
+}
+"""Tool name -> (which function, the tool's error handling), the same in production and in the sandbox."""
+
+
+def _handling_tools(functions: dict[str, Any]) -> list[StructuredTool]:
+    made = []
+    for name, (base, handling) in _HANDLING.items():
+        kind = "coroutine" if asyncio.iscoroutinefunction(functions[base]) else "func"
+        made.append(StructuredTool.from_function(**{kind: functions[base]}, name=name, description=f"The {name} tool.", **handling))
+    return made
+
+
+def _stock(environment: dict[str, Any] | None) -> dict[str, Any]:
+    return {"stock": list((environment or {})["stock"]), "total": 0}
+
+
+def test_world_tools_given_as_langchain_tools_answer_as_the_tools_error_handling_does(tmp_path: Path) -> None:
+    """Production builds its tools over functions of a world (StructuredTool.from_function, handle_tool_error=True, a
+    text or a function; handle_validation_error alike): a raised ToolException is recorded as the tool's handling made it
+    ('refused: pear ✗'). A sandbox of plain world functions cannot know that handling, and answered 'Error:
+    ToolException: refused: pear ✗': every such expert step was a fidelity mismatch, and dataset builds dropped the
+    trajectory's rollouts. A world tool may now be the LangChain tool built over the world function: the sandbox calls it
+    as the ToolNode calls production's, with the world first, and answers as it does."""
+    environment = {"stock": ["fig", "plum"]}
+    world = _stock(environment)
+
+    def take(item: str) -> str:
+        return _take_in(world, item)
+
+    def add(n: int) -> str:
+        return _add_in(world, n)
+
+    async def peek(item: str) -> str:
+        return await _peek_in(world, item)
+
+    def count() -> str:
+        return _count_in(world)
+
+    production = {"take": take, "add": add, "peek": peek, "count": count}
+    calls = [
+        ("take_flagged", {"item": "pear"}),
+        ("take_worded", {"item": "fig"}),
+        ("take_worded", {"item": "fig"}),  # gone now: the world moved
+        ("take_handled", {"item": "pear"}),
+        ("add_flagged", {"n": "many"}),
+        ("add_worded", {"n": "many"}),
+        ("add_handled", {"n": "many"}),
+        ("add", {"n": "many"}),  # no handling: create_agent shows LangGraph's message
+        ("add_flagged", {"n": "4"}),
+        ("peek", {"item": "fig"}),
+        ("peek", {"item": "plum"}),
+    ]
+    graph = create_agent(ScriptedChatModel(script=_script(*calls)), _handling_tools(production))
+    agent = record_experience(graph, app="shop", store=tmp_path / "s", environment=lambda inputs, config: environment)
+    trajectory = record_once(agent, tmp_path / "s", {"messages": [("user", "Take things.")]}, run_async=True)
+    recorded = [(s.observation.content, s.observation.is_error) for s in trajectory.steps if s.action.tool_call]
+    assert recorded[:7] == [
+        ("refused: pear ✗", True),
+        ("took fig; 1 left", False),
+        ("that cannot be taken", True),
+        ("handled: refused: pear ✗", True),
+        ("Tool input validation error", True),
+        ("n must be a number", True),
+        ("bad input (1 error)", True),
+    ]
+    assert recorded[7][0].startswith("Error invoking tool 'add' with kwargs {'n': 'many'}") and recorded[7][1]
+    assert recorded[8:] == [("total 4", False), ("no fig to peek at", True), ("plum is there", False)]
+
+    functions = {"take": _take_in, "add": _add_in, "peek": _peek_in, "count": _count_in}
+    sandbox = PythonSandbox(_stock, tools={t.name: t for t in _handling_tools(functions)}, kind="shop")
+    outcome = _replay(trajectory, sandbox, k=3)
+    assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
+    sandbox.reset(environment)
+    for step in (s for s in trajectory.steps if s.action.tool_call):
+        got = sandbox.execute(step.action.tool_call)
+        assert (got.content, got.is_error) == (step.observation.content, step.observation.is_error)
+    assert sandbox.world == {"stock": ["plum"], "total": 4}
+    sandbox.close()
+    check_sandbox(  # an argument the tool does not take is dropped, as LangChain drops it in production: a wrong type is bad
+        lambda: PythonSandbox(_stock, tools={t.name: t for t in _handling_tools(functions)}),
+        environment=environment,
+        mutate=ToolCall(id="m", name="take_flagged", arguments={"item": "fig"}),
+        read=ToolCall(id="r", name="count", arguments={}),
+        bad_calls=[ToolCall(id="b", name="add", arguments={"n": "many"})],
+    )
+
+
+def test_plain_world_functions_keep_the_sandboxs_format_error() -> None:
+    """A plain function has no error handling of its own: its exception is the sandbox's ``format_error``'s text."""
+    call = ToolCall(id="c1", name="take", arguments={"item": "pear"})
+    for options, text in (({}, "Error: ToolException: refused: pear ✗"), ({"format_error": str}, "refused: pear ✗")):
+        sandbox = PythonSandbox(_stock, tools={"take": _take_in}, **options)
+        sandbox.reset({"stock": []})
+        got = sandbox.execute(call)
+        assert (got.content, got.is_error) == (text, True)
+        sandbox.close()
 
 
 def _world_place(world: dict[str, Any], item: str, address: Address, color: Color = Color.red, quantity: int = 1) -> str:
