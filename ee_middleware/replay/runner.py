@@ -13,8 +13,13 @@ is redacted with the store's rules before it is compared or kept. An expert step
 cannot be restored is *unrestorable*: counted and listed, its observation not checked (the sandbox
 answered the placeholder, which says nothing about the sandbox's fidelity). The trajectory's environment
 reference is restored the same way before the sandbox is reset to it: when it keeps a placeholder, the world
-was built from it, so every expert step is unrestorable (listed with the environment's keys that hold it) and
-every rollout carries it in ``Rollout.unrestored``; ``details["unrestored_environment"]`` says which keys and why.
+was built from it, which matters only where the world's behaviour depends on that value (a world that never reads
+it, or only repeats it in answers that are redacted anyway, behaves as the recorded one). So the expert's path is
+checked as usual, and ``details["unrestored_environment"]`` says which keys and why: when every expert step observes
+what was recorded, the rollouts are kept; at the first step that does not, that step and every later one are
+unrestorable (listed with the environment's keys) instead of fidelity mismatches, and every rollout of the trajectory
+carries the placeholders in ``Rollout.unrestored`` (dataset builders leave it out). A recorded observation is compared
+after the store's current rules redact it too, so a rule added since capture is no mismatch.
 
 Experience models (:mod:`ee_middleware.replay.sandboxes.experience`): a sandbox with ``at_step(trajectory, step)``
 is told each recorded step before branching from it; one with ``provenance()`` says after each call
@@ -112,10 +117,18 @@ def rollout_id(replay_id: str, trajectory_id: str, step_index: int, branch_index
     return hashlib.blake2b(f"{replay_id}:{trajectory_id}:{step_index}:{branch_index}".encode(), digest_size=12).hexdigest()
 
 
-def _same_observation(recorded: Observation, replayed: Observation) -> bool:
-    if recorded.truncated_chars:
-        return replayed.content.startswith(recorded.content)
-    return recorded.content == replayed.content
+def _same_observation(recorded: Observation, replayed: Observation, privacy: ReplayPrivacy = NO_PRIVACY) -> bool:
+    """Whether the replayed observation (redacted with the store's current rules) is the recorded one; a recording made
+    under older rules (a rule added since capture: a card after an amount, a non-ASCII address) is compared redacted
+    with the current rules too, only when the plain comparison fails (no cost on the common path)."""
+    if _same_text(recorded, recorded.content, replayed.content):
+        return True
+    current = privacy.redact_data(recorded.content)
+    return current != recorded.content and _same_text(recorded, current, replayed.content)
+
+
+def _same_text(recorded: Observation, recorded_text: str, replayed_text: str) -> bool:
+    return replayed_text.startswith(recorded_text) if recorded.truncated_chars else recorded_text == replayed_text
 
 
 @dataclass
@@ -191,6 +204,8 @@ def replay_trajectory(
         if failed is not None:  # the world is not the recorded one past this call: nothing further can be branched
             details = {"expert_sandbox_failure": settings.privacy.redact_data(failed)}
             return ReplayOutcome(run.record("failed", _expert_failure_reason(failed), details=details))
+    if run.world_diverged:
+        run.flag_environment()
     return ReplayOutcome(run.record("done", None, **run.counts(states=len(tool_steps))), run.rollouts)
 
 
@@ -220,6 +235,9 @@ class _Run:
     """The expert's call at the last tool-call step when the sandbox does not provide its tool: not executed."""
     environment_unrestored: list[Unrestored] = field(default_factory=list)
     """Placeholders of the environment reference the vault could not restore: the sandbox's world was built with them."""
+    world_diverged: bool = False
+    """Whether an expert step observed something else than recorded in a world built with ``environment_unrestored``:
+    from that step on the world is taken to differ from the recorded one (see the module docstring)."""
 
     def record(self, status: str, reason: str | None = None, **counts: Any) -> ReplayRecord:
         """The replay record of this trajectory, timed from the start of the run."""
@@ -289,7 +307,14 @@ class _Run:
         could not be restored: the call's placeholders, and those the environment (so the world) kept."""
         privacy = self.settings.privacy
         restored, unrestored = privacy.restore(call)
-        return privacy.redact_observation(self.sandbox.execute(restored)), unrestored + self.environment_unrestored
+        return privacy.redact_observation(self.sandbox.execute(restored)), unrestored
+
+    def flag_environment(self) -> None:
+        """Every rollout carries the environment's placeholders once the world is known to differ from the recorded one."""
+        placeholders = {u.placeholder for u in self.environment_unrestored}
+        for i, rollout in enumerate(self.rollouts):
+            if not placeholders <= set(rollout.unrestored):
+                self.rollouts[i] = rollout.model_copy(update={"unrestored": sorted(placeholders | set(rollout.unrestored))})
 
 
 def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
@@ -429,10 +454,15 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any]
     if replayed.sandbox_failure:
         return _expert_failure(step, expert, replayed)
     recorded = step.observation
+    privacy = run.settings.privacy
+    matched = recorded is None or _same_observation(recorded, replayed, privacy)
+    if run.environment_unrestored and (run.world_diverged or not matched):
+        run.world_diverged = True  # the world built with the environment's placeholders is not the recorded one
+        unrestored = unrestored + run.environment_unrestored
     if unrestored:
-        _flag_unrestorable(run, step, expert, unrestored, matched=recorded is None or _same_observation(recorded, replayed))
+        _flag_unrestorable(run, step, expert, unrestored, matched=matched)
         return
-    if not run.settings.check_fidelity or recorded is None or _same_observation(recorded, replayed):
+    if not run.settings.check_fidelity or matched:
         return
     run.mismatch_count += 1
     if len(run.mismatches) < MAX_MISMATCH_DETAILS:
@@ -485,6 +515,6 @@ def _flag_unrestorable(run: _Run, step: Step, expert: ToolCall, unrestored: list
             "reasons": sorted({u.reason for u in unrestored}),
             "observation_matched": matched,
         }
-        if run.environment_unrestored:  # the world this step ran in was built with them
+        if run.world_diverged:  # the world this step ran in was built with them, and differs from the recorded one
             entry["environment"] = keys_holding(world_environment(run.trajectory.environment), run.environment_unrestored)
         run.unrestorable.append(entry)

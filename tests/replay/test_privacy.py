@@ -431,3 +431,63 @@ def test_the_redact_fn_capture_applied_redacts_what_the_sandbox_says(tmp_path: P
     saved.write_text(json.dumps({**json.loads(saved.read_text()), "custom_function": "no_such_module_here.scrub"}))
     with pytest.raises(ConfigError, match=r"no_such_module_here\.scrub"):
         ReplayPrivacy.of_store(store)
+
+
+def _rate(world: dict[str, Any], cur: str) -> str:
+    return f"1 EUR = {world['rates'][cur]} {cur}"
+
+
+def test_an_environment_placeholder_the_world_never_reads_keeps_the_rollouts(tmp_path: Path) -> None:
+    """Review of ea2b114: a placeholder anywhere in the environment reference flagged every expert step and every
+    rollout, even where the world builder never reads that key (an e-mail kept for audit), so capture's defaults (no
+    vault, e-mails redacted) left every rollout of such an app out of the datasets. The expert's path is checked as
+    usual: it observes what was recorded, so the rollouts are kept; the record still says which keys kept placeholders."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from tests.conftest import record_once
+
+    @tool
+    def fx_rate(cur: str) -> str:
+        """The exchange rate of one euro."""
+        return _rate({"rates": {"USD": 1.1, "GBP": 0.85}}, cur)
+
+    script = [AIMessage("", tool_calls=[tool_call("fx_rate", cur="USD")]), AIMessage("", tool_calls=[tool_call("fx_rate", cur="GBP")])]
+    environment = {"rates_snapshot": "2026-11-30", "requested_by": "ops@example.com"}
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=[*script, AIMessage("done")]), [fx_rate]),
+        app="fx",
+        store=tmp_path / "s",
+        environment=environment,
+    )
+    trajectory = record_once(agent, tmp_path / "s", {"messages": [("user", "USD and GBP rates?")]})
+    placeholder = trajectory.environment["requested_by"]
+    assert placeholder.startswith(PLACEHOLDER_TEXT)
+    sandbox = PythonSandbox(
+        lambda env: {"rates": {"USD": 1.1, "GBP": 0.85}, "snapshot": env["rates_snapshot"]}, tools={"fx_rate": _rate}, kind="fx"
+    )
+    calls = [ToolCall(id="p", name="fx_rate", arguments={"cur": "GBP"})]
+    store = LocalExperienceStore(tmp_path / "s")
+    settings = ReplaySettings(replay_id="r", policy="scripted", k=1, privacy=ReplayPrivacy.of_store(store))
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(_ScriptedPolicy(calls), k=1, refill=None), settings)
+    record = outcome.record
+    assert record.fidelity_mismatches == 0 and record.unrestorable == 0, record.details
+    assert record.details["unrestored_environment"]["keys"] == ["requested_by"]
+    assert [r.observation.content for r in outcome.rollouts] == ["1 EUR = 0.85 GBP"]  # (at step 1 it is the expert's own call)
+    assert all(r.unrestored == [] for r in outcome.rollouts) and "unrestored_branches" not in record.details
+    store.close()
+
+
+def test_a_recording_made_under_older_rules_is_no_fidelity_mismatch(tmp_path: Path) -> None:
+    """A rule added since capture (a later recorder's pattern, or a built-in rule that now finds more) redacts the
+    sandbox's answer, while the recorded observation still holds the value: the recording is compared redacted with the
+    store's current rules too, so it is no fidelity mismatch (and its rollouts are not left out of datasets)."""
+    store, redactor = _store(tmp_path, vault=True)
+    trajectory = _trajectory(redactor)  # recorded under the rules of the time: no 'user_id' pattern
+    assert "ann_1" in trajectory.steps[0].observation.content
+    record_store_redaction(store, StoreRedaction(RedactionRules(patterns={"user_id": r"\b[a-z]+_\d\b"})))
+    outcome = _replay(store, trajectory, [ToolCall(id="a", name="profile", arguments={"user_id": "bob_2"})])
+    assert outcome.record.fidelity_mismatches == 0, outcome.record.details
