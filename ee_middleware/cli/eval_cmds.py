@@ -25,17 +25,21 @@ def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None)
 
 @app.command("run", epilog=examples("ee eval run --suite bfcl:multi_turn_base:20 --model-spec local:./models/smollm2 --out ./eval/base"))
 def run_cmd(
-    suite: list[str] = typer.Option(
-        ...,
+    suite: list[str] | None = typer.Option(
+        None,
         "--suite",
-        help="bfcl:CATEGORY[:N], tau:DOMAIN[:SPLIT][:N] or traces:STORE[:APP][:N] (e.g. bfcl:multi_turn_base:50); repeat for several.",
+        help="bfcl:CATEGORY[:N], tau:DOMAIN[:SPLIT][:N] or traces:STORE[:APP][:N] (e.g. bfcl:multi_turn_base:50); repeat for several "
+        "(or suites under [eval]).",
+        show_default=False,
     ),
     endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
     model: str | None = typer.Option(None, "--model", help="Served model or adapter name at --endpoint."),
     model_spec: str | None = typer.Option(
         None, "--model-spec", help="oracle, noop, local:DIR[@ADAPTER], openai:URL#MODEL or module:factory."
     ),
-    out: Path = typer.Option(..., "--out", help="Run folder: results.parquet, report.md/html, success.png. Re-run to resume."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run folder: results.parquet, report.md/html, success.png (or out under [eval]). Re-run to resume."
+    ),
     trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per task (pass^k over them). [default: 1]"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes. [default: 1]"),
     seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k). [default: 0]"),
@@ -65,15 +69,14 @@ def run_cmd(
     the same command run again runs only those tasks. Answers the model could not finish within --max-tokens
     (finish_reason 'length') are counted per suite (cut_answers) with a warning; the run still counts as done.
     """
-    from ee_middleware._toml import layered_values
     from ee_middleware.evals.job import EvalJob
     from ee_middleware.evals.report import cut_warning, text_calls_note, unanswered_warning
     from ee_middleware.evals.runner import run_eval
 
     overrides: dict[str, Any] = {
-        "suites": suite,
+        "suites": suite or None,  # none given: the file's
         "model": _model_spec(endpoint, model, model_spec),
-        "out": str(out),
+        "out": str(out) if out is not None else None,
         "trials": trials,
         "workers": workers,
         "seed": seed,
@@ -86,11 +89,7 @@ def run_cmd(
         "split": str(split) if split else None,
         "sandbox": sandbox,
     }
-    if overrides["model"] is None and "model" not in layered_values(config, "eval", {}, job="eval job"):
-        raise typer.BadParameter(
-            "no model to evaluate: give --model-spec SPEC (oracle, noop, local:DIR[@ADAPTER], openai:URL#MODEL or "
-            "module:factory), or --endpoint URL with --model NAME (or model under [eval] in the --config file)"
-        )
+    _check_needed(config, overrides)
     job = EvalJob.load(config, **overrides)
     out_console = console()
     bars = _Bars(progress_console()) if progress and not as_json else None
@@ -109,11 +108,37 @@ def run_cmd(
             if text:
                 typer.echo(text, err=True)
     else:
-        _print_summary(out_console, summary, out, warning, cut, text_calls)
+        _print_summary(out_console, summary, Path(job.out), warning, cut, text_calls)
     if warning:  # an incomplete run: a script or CI step must not read it as done
         if as_json:
             typer.echo(f"error: {warning.removeprefix('Warning: ')}", err=True)
         raise typer.Exit(1)
+
+
+NEEDED = {
+    "model": "no model to evaluate: give --model-spec SPEC (oracle, noop, local:DIR[@ADAPTER], openai:URL#MODEL or module:factory), "
+    "or --endpoint URL with --model NAME (or model under [eval] in the --config file)",
+    "suites": 'no suite to run: give --suite SPEC, repeated for several (or suites = ["SPEC", ...] under [eval] in the --config file)',
+    "out": 'no run folder: give --out DIR (or out = "DIR" under [eval] in the --config file)',
+}
+"""The settings ``ee eval run`` cannot do without, and what says each is missing: the flag and the key that give it."""
+
+
+def _check_needed(config: Path | None, overrides: dict[str, Any]) -> None:
+    """A usage error naming the flag and the key of each :data:`NEEDED` setting that neither the flags nor the file's
+    [eval] give. The file's other problems come first: a key spelled as its flag (``suite``) gets its 'did you mean
+    suites?', which the missing setting would hide, so the configuration is checked with stand-ins for the missing ones
+    before they are named."""
+    from ee_middleware._toml import layered_values
+    from ee_middleware.evals.job import EvalJob
+
+    given = layered_values(config, "eval", overrides, job="eval job")
+    missing = [key for key in NEEDED if given.get(key) is None]
+    if not missing:
+        return
+    stand_ins = {"model": "noop", "suites": ["(not given)"], "out": "(not given)"}
+    EvalJob.load(config, **{**overrides, **{key: stand_ins[key] for key in missing}})  # raises on the file's own problems
+    raise typer.BadParameter("; ".join(NEEDED[key] for key in missing))
 
 
 class _Bars:

@@ -32,6 +32,38 @@ def test_a_run_without_a_model_names_the_flags_that_give_one(tmp_path: Path) -> 
     assert ok.exit_code == 0, ok.output
 
 
+def test_suites_and_out_may_come_from_the_eval_table_alone_and_a_key_spelled_as_its_flag_is_named(tmp_path: Path) -> None:
+    """Before: --suite and --out were required flags, so a file's suites and out never stood alone ("Missing option
+    '--suite'", exit 2), and suite = [...] (the key spelled as its flag) got that usage error instead of its
+    'did you mean suites?'."""
+    out = tmp_path / "run"
+    config = tmp_path / "eval.toml"
+    config.write_text(f'[eval]\nsuites = ["bfcl:simple:1"]\nmodel = "oracle"\nout = "{out}"\n')
+    ok = CliRunner().invoke(app, ["eval", "run", "--config", str(config), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["tasks"] == 1 and (out / "results.parquet").is_file()
+    elsewhere = tmp_path / "other"  # flags override the file
+    flagged = CliRunner().invoke(app, ["eval", "run", "--config", str(config), "--out", str(elsewhere), "--json"])
+    assert flagged.exit_code == 0 and (elsewhere / "results.parquet").is_file(), flagged.output
+
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[eval]\nsuite = ["bfcl:simple:1"]\nmodel = "oracle"\n')
+    for more in ([], ["--out", str(tmp_path / "run2")]):
+        result = CliRunner().invoke(app, ["eval", "run", "--config", str(typo), *more])
+        assert result.exit_code == 1, result.output
+        message = " ".join(result.stderr.split())
+        assert "suite: Extra inputs are not permitted (did you mean suites?)" in message and "Missing option" not in message, message
+
+    bare = tmp_path / "model-only.toml"
+    bare.write_text('[eval]\nmodel = "oracle"\n')
+    result = CliRunner().invoke(app, ["eval", "run", "--config", str(bare)])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert "no suite to run: give --suite SPEC" in message and 'suites = ["SPEC", ...] under [eval]' in message, message
+    assert "no run folder: give --out DIR" in message and 'out = "DIR" under [eval]' in message, message
+    assert "no model to evaluate" not in message and "Field required" not in message
+
+
 def test_the_gate_given_a_results_file_names_the_run_folder(tmp_path: Path) -> None:
     """Before: a run's results.parquet given as --candidate read "The run folder ... does not exist"."""
     out = tmp_path / "run"
