@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, StoreOption, examples, open_existing_store, print_json, user_output_to_stderr
+from ee_middleware.cli.common import (
+    AllowPartialOption,
+    JsonOption,
+    StoreOption,
+    examples,
+    open_existing_store,
+    print_json,
+    reading_store,
+    user_output_to_stderr,
+)
 
 if TYPE_CHECKING:
     from ee_middleware.replay.curriculum import Proposal, TaskScore
@@ -30,6 +39,7 @@ def propose_cmd(
     out: Path = typer.Option(Path("tasks.jsonl"), "--out", help="Where the variants go (JSON lines)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed of MODEL (variant k uses seed + k)."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Have MODEL write variants of the tasks the policy solves about half the time.
 
@@ -43,7 +53,8 @@ def propose_cmd(
     opened = open_existing_store(store)
     client = build_chat_client(model)
     try:
-        with user_output_to_stderr():  # what the model's code prints (module:factory): stdout holds the answer alone
+        # what the model's code prints (module:factory) goes to stderr: stdout holds the answer alone
+        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             proposal = propose(client, scores, opened.iter_trajectories(), n=n, seed=seed)
     finally:
         client.close()
@@ -117,6 +128,7 @@ def run_cmd(
     k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
     approve_if: str | None = typer.Option(None, "--approve-if", help="module:function(trajectory) -> bool; others stay pending."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Roll the policy out K times on each task and store the successes a judge verifies.
 
@@ -151,7 +163,8 @@ def run_cmd(
                 list_models()
             except ModelError as exc:
                 raise typer.BadParameter(f"the judge {judge} cannot be reached: {exc}", param_hint="--judge") from None
-        with user_output_to_stderr():  # what the policy's and the sandbox's code prints: stdout holds the answer alone
+        # what the policy's and the sandbox's code prints goes to stderr: stdout holds the answer alone
+        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             result = run_curriculum(
                 todo, policy_client, policy, functools.partial(build_sandbox, sandbox), judge_client, opened, k=k, approve_if=predicate
             )

@@ -8,7 +8,16 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from ee_middleware.cli.common import JsonOption, console, examples, print_json, progress_console, user_output_to_stderr
+from ee_middleware.cli.common import (
+    AllowPartialOption,
+    JsonOption,
+    console,
+    examples,
+    print_json,
+    progress_console,
+    reading_store,
+    user_output_to_stderr,
+)
 
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
 
@@ -62,6 +71,7 @@ def run_cmd(
     config: Path | None = typer.Option(None, "--config", help="TOML file with an [eval] table; flags override it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Run suites against a model; a task the model fails (garbage, a tool raising) is a failure with a reason.
 
@@ -94,7 +104,9 @@ def run_cmd(
     out_console = console()
     bars = _Bars(progress_console()) if progress and not as_json else None
     try:
-        with user_output_to_stderr():  # what the model's or the sandbox's code prints: stdout holds the answer alone
+        # what the model's or the sandbox's code prints goes to stderr (stdout holds the answer alone); a traces: suite
+        # on a damaged store is refused unless --allow-partial
+        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             summary = run_eval(job, progress=bars.update if bars else None)
     finally:
         if bars:

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from ee_middleware.cli.common import (
+    AllowPartialOption,
     JsonOption,
     StoreOption,
     console,
@@ -16,6 +17,7 @@ from ee_middleware.cli.common import (
     open_existing_store,
     print_json,
     progress_console,
+    reading_store,
     user_output_to_stderr,
 )
 
@@ -56,6 +58,7 @@ def eval_cmd(
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Tokens the model may write per prediction."),
     out: Path = typer.Option(Path("experience-eval"), "--out", help="Folder for report.json and fidelity.png."),
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Measure how well the experience model predicts held-out real tool answers, per tool.
 
@@ -67,7 +70,8 @@ def eval_cmd(
     from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
 
     opened = open_existing_store(store)
-    split = split_store(opened, share=held_out, seed=seed, limit=limit, retriever=retriever)
+    with reading_store(allow_partial=allow_partial):  # a split of part of the store would measure the model on part of it
+        split = split_store(opened, share=held_out, seed=seed, limit=limit, retriever=retriever)
     if not split.held_out:
         raise typer.BadParameter(
             "No held-out transition: the store needs at least two approved trajectories with tool calls.", param_hint="--store"
@@ -129,6 +133,7 @@ def dataset_cmd(
     top_k: int = typer.Option(3, "--top-k", min=0, help="Retrieved real transitions in each prompt."),
     retriever: str = RetrieverOption,
     as_json: bool = JsonOption,
+    allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Build the experience model's training rows (em.parquet) from the real transitions of the store's approved trajectories.
 
@@ -145,7 +150,8 @@ def dataset_cmd(
 
         client = build_chat_client(teacher)
     try:
-        with user_output_to_stderr():  # what a local teacher or a retriever's code prints: stdout holds the answer alone
+        # what a local teacher or a retriever's code prints goes to stderr: stdout holds the answer alone
+        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             frame = build_em(
                 opened, held_out=held_out, seed=seed, top_k=top_k, teacher=client or "template", teacher_name=teacher, retriever=retriever
             )

@@ -18,6 +18,7 @@ from ee_middleware.cli.common import (
     console,
     examples,
     print_json,
+    reading_store,
     short,
     store_origin,
     termination_as_interrupt,
@@ -69,6 +70,14 @@ def improve(
     new_run: bool = typer.Option(False, "--new-run", help="Mark an unfinished run abandoned and start a new one."),
     force: bool = typer.Option(False, "--force", help="Run every stage even when nothing new was approved."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show stage progress and bars."),
+    allow_partial: bool | None = typer.Option(
+        None,
+        "--allow-partial",
+        help="When part of the store is damaged, learn from what can be read (the damage is listed on stderr; the run keeps "
+        "its watermark, so the next run selects its trajectories again); overrides [improve] allow_partial. Without it, a "
+        "read the damage made incomplete fails the run, which keeps its watermark (exit 1).",
+        show_default=False,
+    ),
     as_json: bool = JsonOption,
     example: bool = typer.Option(
         False,
@@ -97,13 +106,15 @@ def improve(
         runs=str(runs) if runs else None,
         base_model=base_model,
         schedule=schedule.value if schedule else None,
+        allow_partial=allow_partial,
     )
     display = RichProgress(console()) if progress and not as_json else QuietProgress()
     started: list[Any] = []
     try:
         # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time; with --json, what the
         # sandbox's tools, policies and models print goes to stderr (stdout holds the answer alone)
-        with termination_as_interrupt(), user_output_to_stderr(enabled=as_json):
+        # (a store read that damage made incomplete fails the run unless allow_partial; the damage is listed on stderr)
+        with termination_as_interrupt(), user_output_to_stderr(enabled=as_json), reading_store(allow_partial=job.allow_partial):
             run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
     except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
         if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
@@ -219,6 +230,9 @@ def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
         out.print(f"nothing new: {escape(str(run.data['outcome']['reason']))}")
     for cut in run.data.get("budget_cuts") or []:
         out.print(escape(f"budget {cut['budget']} ({cut.get('limit')}): {cut['cut']}"), style="yellow")
+    held = (run.data.get("watermark") or {}).get("held")
+    if held:
+        out.print(escape(f"watermark kept: {held}"), style="yellow")
     if run.data.get("error"):
         out.print(f"[red]{run.status}[/]: {escape(str(run.data['error']))}")
     report = run.data.get("report") or {}

@@ -15,6 +15,7 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
     schedule = "iwm"                      # il, iwm (world modeling then imitation) or sr
     suites = ["traces", "bfcl:multi_turn_base:50"]   # "traces" = the app's held-out trajectories
     gate_on_likelihood = false            # also require a lower held-out action NLL than the live model (off: it breaks task ties)
+    allow_partial = false                 # a damaged store part fails the run (true: learn from the rest, the watermark stays)
 
     [improve.budgets]                     # keep a night bounded; the run says what each one cut
     max_trajectories = 2000
@@ -117,6 +118,10 @@ folders resume only under the settings they started with, so [eval] is fixed onc
 
 _UNSET = "(not set)"
 
+RUN_NEUTRAL = ("budgets", "serving", "allow_partial")
+"""[improve] settings that may change between two attempts of a run (they are not in its configuration hash): how long
+a night is, where the replicas are, and whether a damaged store part may be read around."""
+
 
 class Budgets(BaseModel):
     """Limits that keep one run bounded. ``None``: no limit."""
@@ -200,6 +205,12 @@ class ImproveConfig(BaseModel):
     gate_on_likelihood: bool = False
     """The gate also requires the candidate's held-out action NLL to be lower than the live model's. Off, the likelihood
     still breaks a tie on tasks: when no task changed outcome, a candidate whose NLL is higher beyond 2 s.e. fails."""
+    allow_partial: bool = False
+    """Off, a read of the store that damage made incomplete (an unreadable Parquet part, a damaged record) fails the
+    run, which keeps the watermark: once the store is repaired, the next call continues it and learns from everything.
+    On (``--allow-partial``), the run learns from what can be read and says what it skipped; its watermark stays where it
+    was, so the next run selects those trajectories again. Not part of the run's configuration: a run that failed on
+    damage may be continued with it."""
     notes: str | None = None
     """Shown at the top of the report (e.g. what the run is for, or that its base model is a test model)."""
     base_cache_dir: Annotated[Path | None, AfterValidator(absolute_path)] = None
@@ -247,13 +258,13 @@ class ImproveConfig(BaseModel):
     def config_hash(self, recorded: Mapping[str, Any] | None = None) -> str:
         """Identifies the configuration: an unfinished run is continued only with the same one.
 
-        Budgets and serving are left out: a stopped run may be continued with a longer night or with
-        replicas that moved (stages not yet finished use the new values). ``recorded``: an earlier run's
+        :data:`RUN_NEUTRAL` settings are left out: a stopped run may be continued with a longer night, with
+        replicas that moved (stages not yet finished use the new values) or with ``allow_partial``. ``recorded``: an earlier run's
         ``[improve]`` table, whose paths are hashed as it wrote them where they name the same place (a
         version before paths were recorded absolute wrote them as the file had them, ``store = "s"``), so
         that its hash is this configuration's when nothing else differs."""
         described = self.describe()
-        improve = {k: v for k, v in described["improve"].items() if k not in ("budgets", "serving")}
+        improve = {k: v for k, v in described["improve"].items() if k not in RUN_NEUTRAL}
         if recorded:
             improve = {k: recorded[k] if k in recorded and same_place(recorded[k], v) else v for k, v in improve.items()}
         described["improve"] = improve
@@ -261,13 +272,13 @@ class ImproveConfig(BaseModel):
 
     def changed_settings(self, recorded: Mapping[str, Any]) -> list[tuple[str, str, Any, Any]]:
         """``(table, key, before, after)`` for each setting that differs from ``recorded`` (a run's configuration, as
-        :meth:`describe` wrote it); budgets and serving are left out, as :meth:`config_hash` leaves them."""
+        :meth:`describe` wrote it); :data:`RUN_NEUTRAL` settings are left out, as :meth:`config_hash` leaves them."""
         now = self.describe()
         changed = []
         for table in ("improve", *STAGE_TABLES):
             before, after = recorded.get(table) or {}, now.get(table) or {}
             for key in sorted(set(before) | set(after)):
-                if table == "improve" and key in ("budgets", "serving"):
+                if table == "improve" and key in RUN_NEUTRAL:
                     continue
                 old, new = before.get(key, _UNSET), after.get(key, _UNSET)
                 if not same_place(old, new):

@@ -19,6 +19,11 @@ Then the report (``report.md``, ``report.html``) is written, whatever happened. 
 folder: two runs never overlap. A run that stopped (killed, failed, out of minutes) is continued by
 the next call with the same configuration, from its first unfinished stage; a finished stage is not
 redone. The watermark moves only when a run succeeds (all stages finished, promoted or not).
+
+Every stage reads the store as every ``ee`` command does: a read that damage made incomplete (an unreadable Parquet
+part, a damaged record) fails the stage, so the run fails and keeps its watermark, and once the store is repaired the
+next call continues it. With ``allow_partial`` the stages learn from the rest; the run says what was skipped and keeps
+the watermark where it was, so that the next run selects those trajectories again.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import errno
 import os
 import time
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
@@ -173,13 +179,18 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
             return
     outputs = {name: run.outputs(name) for name in ("select", "register", "evaluate", "gate", "promote")}
     promote = outputs["promote"]
+    before = (run.stage("select") or {}).get("inputs", {}).get("watermark")
+    watermark = {"before": before, "after": outputs["select"].get("watermark_after")}
+    read_around = run.data.get("incomplete_reads") or []
+    if read_around:  # what the damage hid was not learned from: the next run selects this run's trajectories again
+        watermark.update(
+            after=before,
+            held=f"{len(read_around)} read(s) of the store were incomplete (allow_partial); the next run selects these trajectories again",
+        )
     run.update(
         status=SUCCEEDED,
         finished_at=now(),
-        watermark={
-            "before": (run.stage("select") or {}).get("inputs", {}).get("watermark"),
-            "after": outputs["select"].get("watermark_after"),
-        },
+        watermark=watermark,
         outcome={
             "candidate": outputs["register"].get("candidate"),
             "baseline": outputs["evaluate"].get("baseline"),
@@ -207,8 +218,9 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
     run.write_stage(name, manifest)
     started = time.perf_counter()
     memory = PeakMemory()
+    read_around: list[str] = []
     try:
-        with memory:
+        with memory, _reading_store(ctx, name, read_around):
             try:
                 result = _stage_function(name)(ctx)
             except OSError as exc:
@@ -241,11 +253,68 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
         decisions=result.decisions,
         budget_cuts=result.budget_cuts,
     )
+    if read_around:
+        manifest["incomplete_reads"] = read_around
+        manifest["decisions"] = [
+            *result.decisions,
+            f"read around damage in the store (allow_partial): {len(read_around)} read(s) incomplete; the run keeps its watermark",
+        ]
+        earlier = run.data.get("incomplete_reads") or []
+        run.update(incomplete_reads=[*earlier, *(text for text in read_around if text not in earlier)])
     run.write_stage(name, manifest)
     for cut in result.budget_cuts:
         _cut(run, cut)
     ctx.progress.stage_done(name, seconds, result.summary)
     return result
+
+
+@contextlib.contextmanager
+def _reading_store(ctx: StageContext, stage: str, read_around: list[str]) -> Iterator[None]:
+    """A stage's reads of the store under the rule of every ``ee`` command that reads one: a read that damage made
+    incomplete (:class:`~ee_middleware.errors.IncompleteReadWarning`) fails the stage with
+    :class:`~ee_middleware.errors.StoreDamagedError` naming the file, the repair and ``allow_partial`` (the run fails and
+    keeps its watermark), unless ``allow_partial``; then the messages of such reads are added to ``read_around``. The
+    warnings are shown again once the stage ends, for the caller's own filters (``ee improve`` lists them on stderr)."""
+    from ee_middleware.errors import IncompleteReadWarning, StoreDamagedError
+
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if not ctx.config.allow_partial:
+                warnings.simplefilter("error", IncompleteReadWarning)
+            try:
+                yield
+            except Exception as exc:
+                damage = _incomplete_read(exc)
+                if damage is None:
+                    raise
+                raise StoreDamagedError(
+                    f"{damage} The {stage} stage of run {ctx.run.id} stopped there: learning from part of the store would "
+                    "skip what the damage hides for good. The run keeps its watermark; once the store is repaired, `ee improve` "
+                    "with the same config continues it. To learn from the rest now, pass --allow-partial (or set allow_partial "
+                    "= true in [improve])."
+                ) from exc
+    finally:
+        # After the recording has stopped (re-shown inside it, a warning would be recorded again).
+        for w in caught:
+            if issubclass(w.category, IncompleteReadWarning) and str(w.message) not in read_around:
+                read_around.append(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _incomplete_read(exc: BaseException) -> BaseException | None:
+    """The :class:`~ee_middleware.errors.IncompleteReadWarning` raised as an error that ``exc`` is or was caused by."""
+    from ee_middleware.errors import IncompleteReadWarning
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, IncompleteReadWarning):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def error_text(exc: BaseException) -> str:

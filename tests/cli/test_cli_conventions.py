@@ -9,11 +9,15 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from tests.replay import conftest as replay_fixtures
+
+serve = replay_fixtures.serve  # scripted models behind real local HTTP servers
 
 runner = CliRunner()
 
@@ -68,6 +72,103 @@ def test_a_damaged_store_fails_every_reading_command_unless_partial_answers_are_
     assert partial.exit_code == 0, partial.output
     assert "Warning" not in partial.stderr and f"warning: Skipped a damaged record in {segment}" in partial.stderr
     json.loads(partial.stdout)
+
+
+def damage_a_steps_part(store_path: Path, ids: list[str]) -> tuple[Path, bytes]:
+    """Rewrite the store at ``store_path`` as two compacted Parquet parts, the trajectories ``ids`` in the second, and
+    damage that second part of ``steps`` as the docs sweep did (four bytes of its footer overwritten): those trajectories
+    are still listed, their steps cannot be read. Returns the damaged part and its bytes before (a backup to restore)."""
+    import shutil
+
+    from ee_middleware.store import LocalExperienceStore
+
+    source = LocalExperienceStore(store_path, create=False)
+    trajectories = list(source.iter_trajectories())
+    source.close()
+    rebuilt = store_path.with_name(store_path.name + "-parts")
+    store = LocalExperienceStore(rebuilt)
+    if (store_path / "redaction.json").exists():  # its redaction settings and salt travel with the copy
+        shutil.copy2(store_path / "redaction.json", rebuilt / "redaction.json")
+    for batch in ([t for t in trajectories if t.id not in ids], [t for t in trajectories if t.id in ids]):
+        before = set(rebuilt.glob("steps/*.parquet"))
+        store.write(batch)
+        store.compact()
+    [part] = set(rebuilt.glob("steps/*.parquet")) - before
+    store.close()
+    shutil.rmtree(store_path)
+    rebuilt.rename(store_path)
+    part = store_path / "steps" / part.name
+    backup = part.read_bytes()
+    damaged = bytearray(backup)
+    damaged[-12:-8] = b"\xff\xff\xff\x7f"
+    part.write_bytes(bytes(damaged))
+    return part, backup
+
+
+def _experience_dataset(store: str, tmp: Path, serve: Any) -> list[str]:
+    return ["experience", "dataset", "--store", store, "--out", str(tmp / "out"), "--json"]
+
+
+def _experience_eval(store: str, tmp: Path, serve: Any) -> list[str]:
+    from tests.replay.test_experience import copy_first_example
+
+    model = serve(copy_first_example)
+    return ["experience", "eval", "--model", model.spec, "--store", store, "--out", str(tmp / "out"), "--json"]
+
+
+def _curriculum_propose(store: str, tmp: Path, serve: Any) -> list[str]:
+    from ee_middleware.store import LocalExperienceStore
+
+    opened = LocalExperienceStore(store)
+    entry = sorted(t.environment["entry_id"] for t in opened.iter_trajectories())[0]
+    opened.close()
+    results = tmp / "eval-run" / "results.jsonl"
+    results.parent.mkdir()
+    results.write_text("".join(json.dumps({"suite": "bfcl", "task_id": entry, "trial": i, "success": i % 2 == 0}) + "\n" for i in range(4)))
+    writer = serve(lambda messages: json.dumps({"instruction": "Show the current folder.", "tools": ["pwd"]}))
+    args = ["curriculum", "propose", "--from", str(results.parent), "--model", f"openai:{writer.base_url}#writer", "--store", store]
+    return [*args, "--n", "1", "--out", str(tmp / "out"), "--json"]  # the tasks file
+
+
+def _eval_traces(store: str, tmp: Path, serve: Any) -> list[str]:
+    split = tmp / "split"
+    built = ee("datasets", "build", "--store", store, "--kinds", "il", "--heldout-share", "0.5", "--out", str(split), "--json")
+    assert built.exit_code == 0, built.output
+    return ["eval", "run", "--suite", f"traces:{store}", "--split", str(split), "--model-spec", "noop", "--out", str(tmp / "run")]
+
+
+STEP_READERS = {
+    "experience dataset": _experience_dataset,
+    "experience eval": _experience_eval,
+    "curriculum propose": _curriculum_propose,
+    "eval run traces:": _eval_traces,
+}
+
+
+# as in the ee process, store damage is a warning (this project's pytest settings make it an error)
+@pytest.mark.filterwarnings("default::ee_middleware.errors.StoreCorruptionWarning")
+@pytest.mark.parametrize("command", list(STEP_READERS))
+def test_a_damaged_steps_part_fails_the_commands_that_learn_or_measure_from_the_store(
+    command: str, bfcl_store_path: Path, tmp_path: Path, serve: Any
+):
+    """Before: these commands read around an unreadable Parquet part (a Python warning on stderr) and answered from the
+    rest with exit 0: an em.parquet, a fidelity report, variants, an eval run from part of the store. The store is the
+    real BFCL expert store; the damaged part holds the steps of two of its six trajectories."""
+    from ee_middleware.store import LocalExperienceStore
+
+    opened = LocalExperienceStore(bfcl_store_path)
+    ids = sorted(opened.trajectories()["id"].to_list())
+    opened.close()
+    args = STEP_READERS[command](str(bfcl_store_path), tmp_path, serve)  # what it needs is made before the damage
+    part, _ = damage_a_steps_part(bfcl_store_path, ids[-2:])
+    result = ee(*args, "--no-progress") if command.startswith("eval") else ee(*args)
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, f"Skipped unreadable Parquet part {part}", "ee store repair", "--allow-partial")
+    assert result.stdout == "", "no incomplete answer is printed"
+    assert not (tmp_path / "out").exists(), "nothing is written from an incomplete store"
+    partial = ee(*args, "--allow-partial", "--no-progress") if command.startswith("eval") else ee(*args, "--allow-partial")
+    assert partial.exit_code == 0, partial.output
+    assert "Warning" not in partial.stderr and f"warning: Skipped unreadable Parquet part {part}" in partial.stderr
 
 
 def test_an_output_folder_that_is_a_file_is_one_line(bfcl_store_path: Path, tmp_path: Path):

@@ -275,6 +275,7 @@ def test_an_unfinished_run_recorded_with_relative_paths_is_continued_from_the_sa
     """A run stopped last night by a version that recorded the paths as the file had them (``store = "s"``) has a hash
     of those texts: the next night's job, from the same folder and with the same file, continues it. Before, every call
     refused it ('started with another configuration ... pass --new-run'), which would throw its work away."""
+    from ee_middleware.jobs.config import RUN_NEUTRAL
     from ee_middleware.jobs.errors import RunConfigChangedError
     from ee_middleware.jobs.runs import STOPPED, sha256_json
 
@@ -286,7 +287,7 @@ def test_an_unfinished_run_recorded_with_relative_paths_is_continued_from_the_sa
     as_written = {"store": "s", "registry": "r", "runs": "runs", "base_model": "m", "base_cache_dir": "cache"}
     described = config.describe()
     described["improve"].update(as_written)
-    old_hash = sha256_json({**described, "improve": {k: v for k, v in described["improve"].items() if k not in ("budgets", "serving")}})
+    old_hash = sha256_json({**described, "improve": {k: v for k, v in described["improve"].items() if k not in RUN_NEUTRAL}})
     runs = RunsDir(config.runs)
     stopped = runs.create("improve", described, old_hash)
     stopped.update(status=STOPPED)

@@ -206,6 +206,56 @@ def test_a_failed_run_prints_its_json_with_the_error_and_exits_1(workspace: Path
     assert "heldout_ids" in result.stderr and Path(data["report"]["markdown"]).is_file()
 
 
+# as in the ee process, store damage is a warning (this project's pytest settings make it an error)
+@pytest.mark.filterwarnings("default::ee_middleware.errors.StoreCorruptionWarning")
+def test_a_damaged_store_part_fails_the_run_which_keeps_its_watermark_and_learns_from_everything_once_repaired(
+    workspace: Path, tiny_base: Path
+) -> None:
+    """Before: the run read around an unreadable steps part (Python warnings on stderr), trained on the rest, exited 0 and
+    moved its watermark past the trajectories it could not read: they were never selected again, even once the store was
+    repaired. Real BFCL experts in a real store whose second steps part is damaged as the docs sweep did."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.store import LocalExperienceStore
+    from tests.cli.test_cli_conventions import damage_a_steps_part
+
+    path = write_config(workspace, tiny_base)  # holds out the store's first three
+    opened = LocalExperienceStore(workspace / "experience")
+    ids = opened.trajectories()["id"].to_list()
+    opened.close()
+    part, backup = damage_a_steps_part(workspace / "experience", ids[-3:])  # the steps of 3 of the 8, none held out
+    runner = CliRunner()
+
+    failed = runner.invoke(app, ["improve", "--config", str(path), "--no-progress"])
+    assert failed.exit_code == 1, failed.output
+    [run] = RunsDir(workspace / "runs").list()
+    assert run.status == "failed" and "watermark" not in run.data
+    assert run.stage("select")["status"] == "failed" and str(part) in run.stage("select")["error"]
+    error = " ".join(failed.stderr.split())
+    assert f"Skipped unreadable Parquet part {part}" in error and "--allow-partial" in error and "keeps its watermark" in error
+    assert "Traceback" not in failed.output and "IncompleteReadWarning" not in failed.stderr
+
+    partial = runner.invoke(app, ["improve", "--config", str(path), "--no-progress", "--allow-partial"])
+    assert partial.exit_code == 0, partial.output
+    [run] = RunsDir(workspace / "runs").list()  # the same run, continued: allow_partial is no change to its configuration
+    assert run.status == "succeeded" and run.data["attempts"] == 2, run.data.get("error")
+    assert f"warning: Skipped unreadable Parquet part {part}" in partial.stderr and "IncompleteReadWarning" not in partial.stderr
+    assert any(str(part) in text for text in run.stage("select")["incomplete_reads"])
+    assert run.data["watermark"]["after"] is None and run.data["watermark"]["held"], "was: past all 8 trajectories"
+    assert "watermark kept" in partial.stdout
+
+    part.write_bytes(backup)  # the part restored from a backup
+    repaired = runner.invoke(app, ["improve", "--config", str(path), "--no-progress"])
+    assert repaired.exit_code == 0, repaired.output
+    latest = RunsDir(workspace / "runs").list()[-1]
+    assert latest.id != run.id and latest.status == "succeeded", latest.data.get("error")
+    assert latest.stage("select")["outputs"]["new"] == 8, "the trajectories the damage hid are selected again"
+    assert latest.data["watermark"]["after"] and "held" not in latest.data["watermark"]
+    learned, before = latest.stage("datasets")["outputs"]["rows"]["il"], run.stage("datasets")["outputs"]["rows"]["il"]
+    assert learned > before, (learned, before)
+
+
 def test_a_promote_stopped_after_the_alias_switched_still_names_what_it_replaced(workspace: Path, tiny_base: Path) -> None:
     """A kill between the registry's alias switch and the promote manifest (simulated: the manifests are set back to
     what such a kill leaves) is continued: the promote is not redone, and the run still says it replaced the base
