@@ -59,7 +59,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the summary table."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Train a LoRA adapter on the base model with the il, iwm or sr schedule."""
+    """Train a LoRA adapter on the base model with the il, iwm, sr or experience-model schedule."""
     from ee_middleware.trainers.training import TrainConfig
     from ee_middleware.trainers.training import train as run_training
     from ee_middleware.trainers.training.errors import MissingDatasetError
