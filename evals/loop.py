@@ -42,9 +42,11 @@ class LoopConfig:
     ``tool_message_names``: a tool result message carries the tool's ``name`` beside its ``tool_call_id``
     (BFCL's function-calling runner sends only ``tool_call_id`` and ``content``).
     ``bfcl_decoding``: read answers as bfcl-eval's function-calling runner does (BFCL's suites): a structured call's
-    name as sent and its arguments by ``json.loads`` (anything but a JSON object is no call), and calls in the text only
-    from an answer that is wholly calls, never from one quoted in prose (``bfcl``/``whole`` of
-    :mod:`ee_middleware.models.parsing`). Every answer whose calls came from its text is marked (``Step.from_text``).
+    name as sent and its arguments by ``json.loads`` (anything but a JSON object is no call), and calls in a served
+    model's text only from an answer that is wholly calls, never from one quoted in prose (``bfcl``/``whole`` of
+    :mod:`ee_middleware.models.parsing`); a text-only model's answer (``local:`` models) as bfcl-eval's handlers for
+    local models read it, its chat template's call blocks wherever they stand (``anywhere``). Every answer whose calls
+    came from its text is marked (``Step.from_text``).
     """
 
     max_steps_per_turn: int = 20
@@ -201,11 +203,12 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
 
 
 def _as_bfcl_reads(choice: Any) -> list[ToolCall | ParseProblem]:
-    """:meth:`~ee_middleware.models.Choice.tool_calls` as bfcl-eval's function-calling runner reads the answer (see
-    :attr:`LoopConfig.bfcl_decoding`); a problem of an answer cut at ``max_tokens`` says so first, as there."""
+    """:meth:`~ee_middleware.models.Choice.tool_calls` as bfcl-eval reads the answer (see :attr:`LoopConfig.bfcl_decoding`):
+    a served model's as its function-calling runner, a text-only model's as its handlers for local models (Qwen FC,
+    Phi FC, ...); a problem of an answer cut at ``max_tokens`` says so first, as there."""
     if choice.problem is not None:
         return [ParseProblem(choice.problem, choice.raw)]
-    parsed = from_openai_message(choice.message, bfcl=True) if choice.structured else parse_tool_calls(choice.text, whole=True)
+    parsed = from_openai_message(choice.message, bfcl=True) if choice.structured else parse_tool_calls(choice.text, anywhere=True)
     if choice.finish_reason != CUT_OFF:
         return parsed
     cut = "the answer was cut off at max_tokens (finish_reason 'length'; give it more max_tokens)"

@@ -23,8 +23,9 @@ Accepted shapes, tried in this order:
 
 BFCL's suites read answers as bfcl-eval's function-calling runner does (``bfcl=True`` of :func:`from_openai_message`,
 ``whole=True`` of :func:`parse_tool_calls`): a structured call's name as sent and its arguments by ``json.loads``, and
-calls in the text only from an answer that is wholly calls (never one quoted in prose). Every other caller gets the
-lenient reading above.
+calls in the text only from an answer that is wholly calls (never one quoted in prose); a text-only model's answer
+(``anywhere=True``) as bfcl-eval's handlers for local models read it: its chat template's call blocks wherever they
+stand. Every other caller gets the lenient reading above.
 
 Every function here returns :class:`ParseProblem` items for what it cannot read; none raises on bad
 input.
@@ -87,6 +88,12 @@ _MARKUP = re.compile(r"<\|[^|<>]*\|>|<\uff5c[^\uff5c<>]*\uff5c>|</s>|```[A-Za-z0
 _TOOL_CALL_TAG = re.compile(r"</?tool_call>")
 # gpt-oss's harmony header before a call in the commentary channel (its analysis channel is its reasoning).
 _HARMONY_HEADER = re.compile(r"\s*(?:analysis.*?)?(?:assistant)?\s*(?:commentary)?\s*", re.DOTALL)
+# The call blocks bfcl-eval's handlers for local models read wherever they stand in a text answer
+# (model_handler/local_inference): QwenFCHandler._extract_tool_calls (also Granite 4's, Nanbeige's, Pelican-VL's and
+# Arch's) and PhiFCHandler._extract_tool_calls (its second pattern when the first finds nothing).
+_QWEN_FC_BLOCK = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
+_PHI_FC_BLOCK = re.compile(r"<\|tool_call\|>(.*?)<\|/tool_call\|>", re.DOTALL)
+_PHI_FC_OPEN_BLOCK = re.compile(r"<\|tool_call\|>(.*?)(?:<\|/tool_call\|>)?$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,9 @@ def call_id_of(key: str, index: int = 0, *, prefix: str = "alt") -> str:
     return f"{prefix}-{digest[:12]}"
 
 
-def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None = None, whole: bool = False) -> list[ParsedCall]:
+def parse_tool_calls(
+    text: str | bytes | None, *, param_order: ParamOrder | None = None, whole: bool = False, anywhere: bool = False
+) -> list[ParsedCall]:
     """Every tool call found in ``text``, or a single :class:`ParseProblem` saying why there is none.
 
     ``param_order`` (tool name -> argument names in order) lets Python-style positional arguments
@@ -136,6 +145,21 @@ def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None
     (Qwen3-Coder's ``<function=...>`` ones too), a model family's markers (``[TOOL_CALLS]``, ``to=functions.``,
     DeepSeek's), or the whole text as JSON or Python call syntax; special tokens, code fences and whitespace around them
     are allowed, prose is not: nothing is read from a call quoted in prose.
+
+    ``anywhere`` (BFCL's suites, a text-only model's answer): as ``whole``, except that a model family's call blocks are
+    read wherever they stand, the prose around them ignored, as bfcl-eval's handlers for local models read a text answer:
+
+    - ``<tool_call>\\n...\\n</tool_call>`` blocks as Qwen FC's handler (also Granite 4's, Nanbeige's, Pelican-VL's,
+      Arch's) reads them: each block ``json.loads``-ed, a block that is not JSON skipped; a block that is JSON but not
+      ``{"name": ..., "arguments": {...}}`` leaves the answer with no call (one problem);
+    - ``<|tool_call|>[...]<|/tool_call|>`` as Phi FC's handler reads it (the closing tag may be missing): every item
+      exactly ``{"name", "arguments"}``, else no call;
+    - Qwen3-Coder's ``<function=...>`` calls and the markers of Mistral (``[TOOL_CALLS]name[ARGS]``), gpt-oss and
+      DeepSeek, which no bfcl-eval handler reads.
+
+    An answer without these is read as with ``whole``: a bare JSON or Python call, ``<tool_call>`` blocks written
+    otherwise (no newlines inside the tags), ``<|python_tag|>`` and ``[TOOL_CALLS][...]`` (bfcl-eval's Llama and
+    Mistral handlers decode the whole answer too) only when the answer is wholly calls.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
@@ -152,7 +176,10 @@ def parse_tool_calls(text: str | bytes | None, *, param_order: ParamOrder | None
                 )
             ]
         return [ParseProblem("the output holds only reasoning (<think>...</think>), no tool call", _short(text))]
-    results = (_whole_answer if whole else _parse)(answer.strip(), param_order or {})
+    found = _family_blocks(answer.strip()) if anywhere else None
+    if found is not None:
+        return _with_ids(found)
+    results = (_whole_answer if whole or anywhere else _parse)(answer.strip(), param_order or {})
     return _with_ids(results)
 
 
@@ -242,6 +269,68 @@ def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
         if text.startswith(marker) and text[len(marker) :].strip():
             return _parse_block(text[len(marker) :].strip(), order)
     return _parse_block(text, order)
+
+
+def _family_blocks(text: str) -> list[ParsedCall] | None:
+    """The calls of a model family's blocks wherever they stand in ``text`` (``anywhere`` of :func:`parse_tool_calls`);
+    None when it holds none."""
+    if _XML_FUNCTION.search(text):
+        return _xml_calls(text)
+    blocks = _QWEN_FC_BLOCK.findall(text)
+    if blocks:
+        return _qwen_fc_calls(blocks, text)
+    if "<|tool_call|>" in text:
+        return _phi_fc_calls(text)
+    if _NAMED_CALL.search(text):
+        return _named_calls(text)
+    return None
+
+
+def _qwen_fc_calls(blocks: list[str], text: str) -> list[ParsedCall]:
+    """``<tool_call>`` blocks as bfcl-eval's ``QwenFCHandler`` reads them (``_extract_tool_calls``, then ``decode_ast``)."""
+    decoded = []
+    for block in blocks:
+        try:
+            decoded.append(json.loads(block))
+        except (ValueError, RecursionError):
+            continue  # bfcl-eval skips a block it cannot load
+    if not decoded:
+        return [ParseProblem("no <tool_call> block holds JSON, so the answer has no call", _short(text))]
+    calls = [_template_call(item, "<tool_call> block") for item in decoded]
+    problems = [call for call in calls if isinstance(call, ParseProblem)]
+    return problems or calls
+
+
+def _phi_fc_calls(text: str) -> list[ParsedCall]:
+    """``<|tool_call|>`` blocks as bfcl-eval's ``PhiFCHandler`` reads them: the JSON list in each block (objects not in a
+    list are made one), every item exactly ``{"name", "arguments"}``; anything else leaves the answer with no call."""
+    items: list[Any] = []
+    for match in _PHI_FC_BLOCK.findall(text) or _PHI_FC_OPEN_BLOCK.findall(text):
+        if not match.startswith("[") and not match.endswith("]"):
+            match = f"[{match}]"
+        try:
+            value = json.loads(match)
+        except (ValueError, RecursionError) as exc:
+            return [ParseProblem(f"a <|tool_call|> block is not JSON ({exc})", _short(match))]
+        items.extend(value if isinstance(value, list) else [value])
+    if not items or any(not isinstance(item, dict) or set(item) != {"name", "arguments"} for item in items):
+        return [ParseProblem('a <|tool_call|> block holds something else than {"name", "arguments"} calls', _short(text))]
+    calls = [_template_call(item, "<|tool_call|> item") for item in items]
+    problems = [call for call in calls if isinstance(call, ParseProblem)]
+    return problems or calls
+
+
+def _template_call(item: Any, where: str) -> ParsedCall:
+    """A decoded call block: ``{"name": ..., "arguments": {...}}``, as bfcl-eval's local handlers take it (the name as
+    written, the arguments an object, no other shape)."""
+    if not isinstance(item, dict):
+        return ParseProblem(f"a {where} holds JSON but not a call object ({type(item).__name__})", _short(item))
+    name, arguments = item.get("name"), item.get("arguments")
+    if not isinstance(name, str) or not name:
+        return ParseProblem(f"a {where} has no 'name' string", _short(item))
+    if not isinstance(arguments, dict):
+        return ParseProblem(f"{name}: {NOT_AN_OBJECT} under 'arguments', got {type(arguments).__name__}", _short(item))
+    return ToolCall(id="", name=name, arguments=arguments)
 
 
 def _only_markup(text: str) -> bool:

@@ -5,12 +5,17 @@ function-calling handler's ``_parse_query_response_FC`` and ``decode_ast`` (``js
 and ``eval_runner``'s entry scorers. The one reading ee adds: an answer with no ``tool_calls`` that is wholly calls in
 text (a local model's chat template writes ``<tool_call>`` blocks; so does a served model without a tool parser) is
 read, never one quoted in prose, and each such answer is counted (``text_calls``) and named in the report.
+
+A text-only model (ee's ``local:`` models) is read as bfcl-eval's handlers for local function-calling models read its
+completion (Qwen FC's and Phi FC's, also compiled from the installed package): its template's call blocks wherever they
+stand in the answer, prose around them ignored; still never a bare call quoted in prose.
 """
 
 from __future__ import annotations
 
 import json
 import textwrap
+import zlib
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from ee_middleware.evals.bfcl.official import call_string
 from ee_middleware.evals.bfcl.suite import BFCLSuite
 from ee_middleware.evals.clients import OracleClient
 from ee_middleware.evals.loop import LoopConfig
@@ -28,7 +34,7 @@ from ee_middleware.evals.runner import result_row
 from ee_middleware.evals.tasks import EvalTask, TaskResult
 from ee_middleware.testing.http import send_json, serving
 
-from .bfcl_reference import bfcl_verdict
+from .bfcl_reference import bfcl_verdict, local_fc_calls, local_fc_multi_turn_verdict, local_fc_verdict
 
 
 def _call(name: str, arguments: str) -> dict[str, Any]:
@@ -233,17 +239,172 @@ def client():
 """
 
 
-def test_a_local_text_model_s_tool_call_block_is_still_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+BLOCK = f'<tool_call>\n{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}\n</tool_call>'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [BLOCK, f"I will compute the area with the formula tool.\n{BLOCK}", f"{BLOCK}\nThe area is 25 square units."],
+    ids=["block", "a sentence before", "a sentence after"],
+)
+def test_a_local_text_model_s_tool_call_block_is_still_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str) -> None:
     """The project's local models answer in text through their chat template's <tool_call> blocks: a real (tiny) model
-    behind LocalGenerator writing the right call scores it, counted as read from text."""
+    behind LocalGenerator writing the right call scores it, counted as read from text, with a sentence besides the block
+    too (as bfcl-eval's Qwen FC handler reads it; before, such an answer made no call)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from ee_middleware.evals.job import EvalJob
     from ee_middleware.evals.runner import run_eval
 
-    answer = f'<tool_call>\n{{"name": "{TRIANGLE}", "arguments": {{"base": 10, "height": 5}}}}\n</tool_call>'
-    (tmp_path / "text_model_client.py").write_text(textwrap.dedent(LOCAL_FACTORY.format(answer=answer)))
+    assert local_fc_verdict(BFCLSuite("simple", 1).tasks()[0], answer) == (True, None)
+    module = f"text_model_client_{zlib.crc32(answer.encode())}"  # one module per answer (a module is imported once)
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(LOCAL_FACTORY.format(answer=answer)))
     monkeypatch.syspath_prepend(str(tmp_path))
-    [summary] = run_eval(EvalJob(suites=["bfcl:simple:1"], model="text_model_client:client", out=str(tmp_path / "run"), max_tokens=64))
+    [summary] = run_eval(EvalJob(suites=["bfcl:simple:1"], model=f"{module}:client", out=str(tmp_path / "run"), max_tokens=64))
     rows = pl.read_parquet(tmp_path / "run" / "results.parquet")
     assert (summary["success_rate"], summary["text_calls"]) == (1.0, 1), rows["reason"].to_list()
+
+
+# --- a text-only model's answers, as bfcl-eval's handlers for local models read them ---------------------------------
+
+
+class _ScriptedLocalModel:
+    """A real tiny model behind LocalGenerator (real tokenizer and chat template, real generation) whose output layer is
+    forced to write ``answers`` in order: each prompt it is given gets the next one (the transformers' forward pass is
+    the only thing scripted)."""
+
+    def __init__(self, answers: list[str]) -> None:
+        import torch
+
+        from ee_middleware.models.local import LocalGenerator
+        from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama
+
+        tokenizer = build_test_tokenizer(answers, vocab_size=800)
+        model = build_tiny_llama(tokenizer)
+        scripts = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
+        assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in scripts] == answers  # the text comes back as written
+        self.state = {"answer": -1, "next": 0}
+        state = self.state
+
+        def restart(module: Any, args: Any, kwargs: Any) -> None:  # a prompt (more than one new token): the next answer
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is not None and ids.shape[1] > 1:
+                state["answer"], state["next"] = state["answer"] + 1, 0
+
+        def write(module: Any, inputs: Any, logits: Any) -> Any:
+            script = scripts[min(state["answer"], len(scripts) - 1)]
+            token = script[min(state["next"], len(script) - 1)]
+            state["next"] += 1
+            forced = torch.full_like(logits[:, -1, :], -1e9)
+            forced[:, token] = 0.0
+            logits[:, -1, :] = forced
+            return logits
+
+        model.model.register_forward_pre_hook(restart, with_kwargs=True)
+        model.lm_head.register_forward_hook(write)
+        self.client = LocalGenerator.from_objects(model, tokenizer, model_name="tiny")
+
+
+def _ee_calls(result: TaskResult) -> list[str]:
+    return [call_string(c.name, c.arguments) for c in result.conversation.calls]
+
+
+LOCAL_BLOCK = BLOCK.replace(TRIANGLE, "NAME")
+PARALLEL_BLOCKS = f"{LOCAL_BLOCK}\nThen the second one.\n{LOCAL_BLOCK.replace('10', '12')}"
+LOCAL_ANSWERS = {
+    "a sentence before": f"I will compute the area first.\n{LOCAL_BLOCK}",
+    "a sentence after": f"{LOCAL_BLOCK}\nThe area is 25.",
+    "prose between blocks": PARALLEL_BLOCKS,
+    "reasoning then prose": f"<think>Which tool fits?</think>\nLet me compute it.\n{LOCAL_BLOCK}",
+    "an unreadable block skipped": f'Here:\n<tool_call>\n{{"name": "NAME", "arguments": {{"base": 10,\n</tool_call>\n{LOCAL_BLOCK}',
+    "a block of another shape": LOCAL_BLOCK.replace('"arguments"', '"parameters"'),
+    "a list in a block": LOCAL_BLOCK.replace("{", "[{", 1).replace("}\n</tool_call>", "}]\n</tool_call>"),
+    "a tag inline in prose": f'Calling it now: <tool_call>{{"name": "NAME", "arguments": {RIGHT}}}</tool_call> and the area is 25.',
+    "json quoted in prose": f'I will compute it with {{"name": "NAME", "arguments": {RIGHT}}} - the area is 25.',
+    "python line in prose": "Let me look first.\nNAME(base=10, height=5)\nThen decide.",
+    "fenced in prose": f'Here it is:\n```json\n{{"name": "NAME", "arguments": {RIGHT}}}\n```\nDone.',
+    "prose only": "I cannot tell without more details.",
+}
+
+
+@pytest.mark.parametrize("category", ["simple", "irrelevance", "live_relevance"])
+def test_a_local_text_model_s_answers_are_read_as_bfcl_eval_s_qwen_fc_handler_reads_them(category: str) -> None:
+    """A real tiny model behind LocalGenerator answering in text: ee reads the calls bfcl-eval's Qwen FC handler reads
+    (``decode_execute``) and its verdict is bfcl-eval's (``decode_ast`` and the entry scorer), whatever prose surrounds the
+    blocks; a call quoted in prose is still no call. Before: a sentence besides the <tool_call> blocks left the answer
+    with no call (simple failed, where bfcl-eval passes it)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    suite = BFCLSuite(category)
+    task = suite.tasks()[0]
+    name = TRIANGLE if category == "simple" else _first_name(category)
+    answers = {kind: text.replace("NAME", name) for kind, text in LOCAL_ANSWERS.items()}
+    model = _ScriptedLocalModel(list(answers.values()))
+    for kind, text in answers.items():
+        ours = suite.run(model.client, task, 0, LoopConfig())
+        assert _ee_calls(ours) == (local_fc_calls(text) or []), (kind, ours.reason)
+        assert ours.success == local_fc_verdict(task, text)[0], (kind, ours.reason, local_fc_verdict(task, text))
+        assert result_row(ours, "m")["text_calls"] == (1 if ours.conversation.calls else 0), kind
+    if category == "simple":  # the sentences that broke it: bfcl-eval passes these
+        assert all(local_fc_verdict(task, answers[kind]) == (True, None) for kind in ("a sentence before", "a sentence after"))
+
+
+def test_a_local_text_model_s_phi_style_blocks_are_read_as_bfcl_eval_s_phi_fc_handler_reads_them() -> None:
+    """Phi's ``<|tool_call|>[...]<|/tool_call|>`` blocks (the closing tag may be missing) are read wherever they stand,
+    items exactly ``{"name", "arguments"}``, as bfcl-eval's Phi FC handler reads them."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    suite = BFCLSuite("simple")
+    task = suite.tasks()[0]
+    call = f'{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}'
+    answers = [
+        f"I will compute it.\n<|tool_call|>[{call}]<|/tool_call|>",
+        f"I will compute it.\n<|tool_call|>{call}",
+        f'Sure.\n<|tool_call|>[{call[:-1]}, "id": "1"}}]<|/tool_call|>',
+        f"Sure.\n<|tool_call|>[{call}, oops]<|/tool_call|>",
+    ]
+    model = _ScriptedLocalModel(answers)
+    verdicts = []
+    for text in answers:
+        ours = suite.run(model.client, task, 0, LoopConfig())
+        assert _ee_calls(ours) == (local_fc_calls(text, "phi") or []), (text, ours.reason)
+        verdicts.append(ours.success)
+        assert ours.success == local_fc_verdict(task, text, "phi")[0], (text, ours.reason)
+    assert verdicts == [True, True, False, False]
+
+
+def _local_turns(task: EvalTask) -> list[list[str]]:
+    """Per user turn, a text-only model's answers: the ground truth's calls as <tool_call> blocks, with a sentence
+    before them and another between each two, then a closing sentence."""
+    turns = []
+    for index, turn in enumerate(task.reference):
+        blocks = [
+            f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": {c["function"]["arguments"]}}}\n</tool_call>'
+            for message in turn
+            for c in message.get("tool_calls") or []
+        ]
+        turns.append([f"For step {index}, I will run these.\n" + "\nNext, this one.\n".join(blocks), "Done, that is all."])
+    return turns
+
+
+def test_a_local_text_model_s_multi_turn_answers_with_prose_score_as_bfcl_eval_s_qwen_fc_runner_scores_them() -> None:
+    """multi_turn_base_0 answered by a real tiny model behind LocalGenerator writing each turn's ground-truth calls as
+    <tool_call> blocks among sentences: the calls are run and the entry passes, as bfcl-eval's Qwen FC handler and
+    multi-turn runner score the same completions. Before: every such answer made no call (the turn ended at once) and
+    the entry failed (multi_turn:empty_turn_model_response); a bare JSON call in prose still makes none."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    suite = BFCLSuite("multi_turn_base")
+    task = suite.tasks()[0]
+    turns = _local_turns(task)
+    model = _ScriptedLocalModel([text for turn in turns for text in turn])
+    ours = suite.run(model.client, task, 0, LoopConfig())
+    assert (ours.success, ours.error_type) == local_fc_multi_turn_verdict(task, turns) == (True, None), ours.reason
+    assert len(ours.conversation.calls) == sum(len(t) for t in task.payload["ground_truth"])
+    assert result_row(ours, "m")["text_calls"] == len(turns)
+
+    quoted = [[turn[0].replace("<tool_call>\n", "I would call ").replace("\n</tool_call>", " here.")] for turn in turns]
+    model = _ScriptedLocalModel([turn[0] for turn in quoted])
+    ours = suite.run(model.client, task, 0, LoopConfig())
+    assert (ours.success, ours.error_type) == local_fc_multi_turn_verdict(task, quoted), ours.reason
+    assert not ours.success and not ours.conversation.calls

@@ -338,6 +338,86 @@ def test_a_call_quoted_in_prose_is_no_call_when_the_answer_must_be_wholly_calls(
     assert from_openai_message({"role": "assistant", "content": text}, bfcl=True) == results
 
 
+@pytest.mark.parametrize(("text", "expected"), WHOLLY_CALLS)
+def test_an_answer_that_is_wholly_calls_is_read_anywhere_too(text: str, expected: list[tuple[str, dict]]) -> None:
+    """``anywhere`` (a text-only model's answer in BFCL's suites) reads whatever ``whole`` reads."""
+    assert calls_of(text, anywhere=True) == expected
+
+
+CD = '{"name": "cd", "arguments": {"folder": "docs"}}'
+CAT = '{"name": "cat", "arguments": {"file_name": "a.txt"}}'
+BLOCKS_IN_PROSE = [
+    (f"I will change to the docs folder first.\n<tool_call>\n{CD}\n</tool_call>", [("cd", {"folder": "docs"})]),
+    (
+        f"<tool_call>\n{CD}\n</tool_call>\nNow I will read the file.\n<tool_call>\n{CAT}\n</tool_call>",
+        [("cd", {"folder": "docs"}), ("cat", {"file_name": "a.txt"})],
+    ),
+    (f"<tool_call>\n{CD}\n</tool_call>\nThat moves us to docs.", [("cd", {"folder": "docs"})]),
+    (f"<think>Which folder?</think>Sure.\n<tool_call>\n{CD}\n</tool_call>", [("cd", {"folder": "docs"})]),
+    # a block that is not JSON is skipped (bfcl-eval's Qwen FC handler does so), the others are read
+    (
+        f'Here:\n<tool_call>\n{{"name": "cd", "arguments": {{"folder": \n</tool_call>\n<tool_call>\n{CAT}\n</tool_call>',
+        [("cat", {"file_name": "a.txt"})],
+    ),
+    (f"Reading it.\n<|tool_call|>[{CAT}]<|/tool_call|>", [("cat", {"file_name": "a.txt"})]),  # Phi FC
+    (f"Reading it.\n<|tool_call|>{CD}, {CAT}", [("cd", {"folder": "docs"}), ("cat", {"file_name": "a.txt"})]),  # no list, no closing tag
+    (
+        "Let me search.\n<tool_call>\n<function=search>\n<parameter=query>\npizza\n</parameter>\n</function>\n</tool_call>",
+        [("search", {"query": "pizza"})],
+    ),
+    ('The weather: [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}', [("get_weather", {"city": "Paris"})]),
+    ('I will look. to=functions.get_weather json{"city":"Paris"}', [("get_weather", {"city": "Paris"})]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BLOCKS_IN_PROSE)
+def test_a_text_only_model_s_call_blocks_are_read_wherever_they_stand(text: str, expected: list[tuple[str, dict]]) -> None:
+    """``anywhere``: a model family's call blocks are read however much prose surrounds them, as bfcl-eval's handlers for
+    local models (Qwen FC, Phi FC) read a text answer; before, a sentence besides the blocks left the answer with no call.
+    ``whole`` (a served model's content) still reads none of them, and the default reading is unchanged."""
+    assert calls_of(text, anywhere=True) == expected
+    assert all(isinstance(r, ParseProblem) for r in parse_tool_calls(text, whole=True))
+    assert any(isinstance(r, ToolCall) for r in parse_tool_calls(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Sure, here it is:\n```json\n{"name": "cat", "arguments": {"file_name": "notes.txt"}}\n```\nDone.',
+        'I will call {"name": "cat", "arguments": {"file_name": "notes.txt"}} now, then {"name": "pwd"}.',
+        "Let me look first.\nls(a=True)\nThen decide.",
+        'Calling <tool_call>{"name": "pwd"}</tool_call> now.',  # no newlines inside the tags: Qwen FC's handler reads none
+        f"As the docs say, calls look like <tool_call>\n{CD}",  # a block never closed, after prose
+        '<|python_tag|>{"name": "pwd", "parameters": {}} and then I will tell you.',
+        'The list: [TOOL_CALLS][{"name": "pwd", "arguments": {}}]',
+    ],
+)
+def test_a_call_quoted_in_prose_is_still_no_call_for_a_text_only_model(text: str) -> None:
+    """Bare JSON, Python calls and fences quoted in prose are no call however the answer is read in BFCL's suites, nor
+    are the blocks whose handlers (Llama, Mistral) decode the whole answer."""
+    results = parse_tool_calls(text, anywhere=True)
+    assert results and all(isinstance(r, ParseProblem) for r in results), results
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>\n{"name": "cd", "parameters": {"folder": "docs"}}\n</tool_call>',  # not 'arguments'
+        '<tool_call>\n{"name": "pwd"}\n</tool_call>',
+        '<tool_call>\n{"name": "cd", "arguments": "{\\"folder\\": \\"docs\\"}"}\n</tool_call>',
+        f"<tool_call>\n[{CD}]\n</tool_call>",
+        f"<tool_call>\n{CD}\n</tool_call>\n<tool_call>\n[1]\n</tool_call>",  # one block of the wrong shape fails them all
+        "<tool_call>\nnot json\n</tool_call>",
+        '<|tool_call|>[{"name": "cd", "arguments": {}, "id": "1"}]<|/tool_call|>',  # Phi FC: exactly name and arguments
+        "Sure. <|tool_call|>[not json]<|/tool_call|>",
+    ],
+)
+def test_a_text_only_model_s_block_of_another_shape_leaves_the_answer_without_a_call(text: str) -> None:
+    """As bfcl-eval's Qwen FC and Phi FC handlers decode them: a block must be ``{"name": ..., "arguments": {...}}``."""
+    results = parse_tool_calls(text, anywhere=True)
+    assert results and all(isinstance(r, ParseProblem) for r in results), results
+
+
 @pytest.mark.parametrize("arguments", ["", "null", '"{\\"a\\": 1}"', '{"a": NaN}', "[1]", '{"a": 1}', '{"a": ', "  "])
 def test_bfcl_decoding_reads_a_structured_call_as_json_loads_reads_its_arguments(arguments: str) -> None:
     """bfcl-eval's function-calling handler decodes ``json.loads(arguments)``: a call exactly where that is a JSON object
