@@ -6,6 +6,7 @@ import bisect
 import json
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -147,32 +148,61 @@ def user_output_to_stderr(*, enabled: bool = True) -> Iterator[None]:
     answer alone (``--json | jq``). File descriptor 1 points at stderr (``os.dup2``: child processes started meanwhile
     and C code inherit it, which ``contextlib.redirect_stdout`` alone would not reach) and ``sys.stdout`` is
     ``sys.stderr``; both are restored on the way out, after an error or Ctrl-C too. Print the answer after it.
-    ``enabled=False`` (a command that draws its progress on stdout, when not asked for ``--json``) changes nothing."""
-    import contextlib
-    import os
+    ``enabled=False`` (a command that draws its progress on stdout, when not asked for ``--json``) changes nothing.
 
+    Process-wide and counted: uses that overlap (nested, or commands run from several threads of one process) redirect
+    once, and the last to end restores stdout, whatever order they end in."""
     if not enabled:
         yield
         return
-    before = sys.stdout
-    _flush(before)
-    saved: int | None = None
+    _redirect_stdout()
     try:
-        saved = os.dup(1)
-        os.dup2(2, 1)
-    except OSError:  # no fd 1 or 2 (a daemon's closed descriptors): sys.stdout is still redirected
-        if saved is not None:
-            os.close(saved)
-            saved = None
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
+        yield
     finally:
+        _restore_stdout()
+
+
+_redirected: list[Any] = []
+"""The one redirection of stdout in effect: [stdout as it was, the saved fd 1 (or None), how many uses hold it]."""
+_redirect_lock = threading.Lock()
+
+
+def _redirect_stdout() -> None:
+    import os
+
+    with _redirect_lock:
+        if _redirected:
+            _redirected[2] += 1
+            return
+        before = sys.stdout
+        _flush(before)
+        saved: int | None = None
+        try:
+            saved = os.dup(1)
+            os.dup2(2, 1)
+        except OSError:  # no fd 1 or 2 (a daemon's closed descriptors): sys.stdout is still redirected
+            if saved is not None:
+                os.close(saved)
+                saved = None
+        sys.stdout = sys.stderr
+        _redirected[:] = [before, saved, 1]
+
+
+def _restore_stdout() -> None:
+    import os
+
+    with _redirect_lock:
+        _redirected[2] -= 1
+        if _redirected[2]:
+            return
+        before, saved, _ = _redirected
+        _redirected.clear()
         for stream in (before, sys.__stdout__):  # what code holding the old stdout buffered goes where it was printed
             _flush(stream)
         if saved is not None:
             os.dup2(saved, 1)
             os.close(saved)
+        sys.stdout = before
 
 
 def _flush(stream: Any) -> None:

@@ -384,3 +384,41 @@ def test_a_stdout_its_reader_closed_ends_the_command_quietly_with_141(args: list
     process.stderr.close()
     assert process.wait(timeout=120) == 141, stderr
     assert stderr == ""
+
+
+def test_user_output_to_stderr_restores_stdout_after_uses_that_overlap_without_nesting(capfd) -> None:
+    """Review of 2c29fb4: each use saved and restored the process-wide fd 1 itself, so two commands run in threads of
+    one process that overlap without nesting (A enters, B enters, A leaves, B leaves) left fd 1 pointing at stderr for
+    good. The redirection is counted: the last use to end restores stdout, whatever order they end in."""
+    import os
+    import sys
+    import threading
+
+    from ee_middleware.cli.common import user_output_to_stderr
+
+    stdout = sys.stdout
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with user_output_to_stderr():
+            a_in.set()
+            b_in.wait(10)
+            os.write(1, b"user code A\n")
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        with user_output_to_stderr():
+            b_in.set()
+            a_out.wait(10)
+            os.write(1, b"user code B\n")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.write(1, b"the answer\n")
+    out, err = capfd.readouterr()
+    assert out == "the answer\n" and "user code A" in err and "user code B" in err, (out, err)
+    assert sys.stdout is stdout
