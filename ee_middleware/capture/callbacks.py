@@ -72,38 +72,66 @@ class RunCapture(BaseCallbackHandler):
         self._parents: dict[UUID, UUID | None] = {}
         self._open_tools: dict[UUID, tuple[str | None, str | None]] = {}
         self._hosts: set[UUID] = set()  # tool calls a graph ran inside
+        # where another recorded run is in flight (see _elsewhere): the open chains' inputs with the recorded run in flight
+        # where each started, and the recorded graphs run as nodes of this run (its subgraphs)
+        self._chains: dict[UUID, tuple[Any, RunCapture | None]] = {}
+        self._subgraphs: set[RunCapture] = set()
 
     # --- agent thread: note times and keep references ------------------------------------------
 
     def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        running = RECORDING.get()
         if self._graph_run is None:
             self._graph_run = run_id
         else:
-            self._parents[run_id] = kwargs.get("parent_run_id")
+            parent = kwargs.get("parent_run_id")
+            self._parents[run_id] = parent
+            started_in = self._chains.get(parent) if parent is not None else None
+            # the first chain of another recorded run (see _elsewhere): a recorded graph run as a node of this run's graph
+            # (or of a subgraph of it) is given the node's own input, the graph's state, and its answer is the node's update
+            if (
+                started_in is not None
+                and running is not None
+                and running is not self
+                and running is not started_in[1]
+                and inputs is started_in[0]
+                and (started_in[1] is self or started_in[1] in self._subgraphs)
+            ):
+                self._subgraphs.add(running)
+        self._chains[run_id] = (inputs, running)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
+        self._chains.pop(run_id, None)
         if run_id == self._graph_run:
             self.graph_output = outputs
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
+        self._chains.pop(run_id, None)
         if is_interrupt(error):
             self.interrupted = True
+
+    def _elsewhere(self) -> bool:
+        """Whether a model or tool call made now belongs to another recorder's run, which stores it (its app, store and
+        options): one in flight here (:data:`RECORDING`) that is neither this run nor a recorded graph run as a node of
+        it. A sub-agent wrapped with ``record_experience`` itself, invoked in a tool or by a node's code on an input of
+        its own, is such a run; a recorded graph used as a node is a subgraph of this run, whose steps are this run's too
+        (the conversation it returns is the node's update), and its recorder stores its run as well."""
+        running = RECORDING.get()
+        return running is not None and running is not self and running not in self._subgraphs
 
     def _nested_in(self, parent: UUID | None, metadata: dict[str, Any] | None) -> str | None:
         """The key of the graph run inside a tool of this run that a model or tool call (child of ``parent``) belongs
         to, or None for a call of the recorded run itself. A graph invoked inside a tool (an agent as a tool) runs its
         nodes in another checkpoint namespace than the tool's (below it, or a root one of its own when invoked with a
         configuration of its own); a model the tool calls directly runs in the tool's, and is the recorded run's.
-        :data:`RECORDED_ELSEWHERE` for a call inside a tool of this run made while another recorder's run is in flight
-        (:data:`RECORDING`: a sub-agent wrapped with ``record_experience`` itself), which that recorder stores."""
+        :data:`RECORDED_ELSEWHERE` for a call below a tool call that another recorder's run made (:meth:`_elsewhere`)."""
         seen = 0
         while parent is not None and seen < 1000:  # the open chains' parents, up to the nearest open tool call
             if parent in self._open_tools:
                 namespace, outer = self._open_tools[parent]
-                running = RECORDING.get()
-                if outer == RECORDED_ELSEWHERE or (running is not None and running is not self):
+                if outer == RECORDED_ELSEWHERE:
                     return RECORDED_ELSEWHERE  # its own recorder's run (its app, store and options): not this run's
                 mine = (metadata or {}).get("langgraph_checkpoint_ns")
                 if mine is None or namespace is None or str(mine) == namespace:
@@ -128,9 +156,11 @@ class RunCapture(BaseCallbackHandler):
                     self.recorder.config.app,
                 )
             return
+        if self._elsewhere():  # a wrapped sub-agent's call: its recorder records it
+            return
         params = kwargs.get("invocation_params") or {}
         nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
-        if nested == RECORDED_ELSEWHERE:  # a wrapped sub-agent's call: its recorder records it
+        if nested == RECORDED_ELSEWHERE:  # below a tool call of a wrapped sub-agent's (see on_tool_start)
             return
         if nested is not None:  # a graph run inside a tool: a trajectory of its own, with its own tools
             metadata = {**metadata, NESTED_IN_METADATA: nested}
@@ -173,7 +203,10 @@ class RunCapture(BaseCallbackHandler):
     ) -> None:
         name = (serialized or {}).get("name") or kwargs.get("name") or UNKNOWN_TOOL
         metadata = kwargs.get("metadata")
-        nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
+        if self._elsewhere():
+            nested: str | None = RECORDED_ELSEWHERE
+        else:
+            nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
         namespace = (metadata or {}).get("langgraph_checkpoint_ns")
         self._open_tools[run_id] = (None if namespace is None else str(namespace), nested)
         if nested == RECORDED_ELSEWHERE:  # kept open only so that the calls below it are known as that recorder's too
@@ -506,11 +539,13 @@ def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
 RECORDING: ContextVar[RunCapture | None] = ContextVar("ee_middleware_recording", default=None)
 """The handler of the recorded run in flight in this context: set by the recorder while its graph runs
 (``_Run.active``), and seen by the callbacks of every call the graph makes (LangChain and LangGraph copy the context
-into the threads and tasks that run its nodes and tools). A call made inside a tool of one recorded run while another
-recorded run is in flight (a sub-agent wrapped with ``record_experience`` itself, invoked in the tool) belongs to that
-run: its own recorder stores it once, and the outer run keeps only the tool call and its result."""
+into the threads and tasks that run its nodes and tools). A call made in one recorded run while another recorded run is
+in flight (a sub-agent wrapped with ``record_experience`` itself, invoked in a tool or by a node's code) belongs to that
+run: its own recorder stores it once, and the outer run keeps its own decisions (the tool call and its result). A
+recorded graph used as a node is a subgraph of the outer run: see :meth:`RunCapture._elsewhere`."""
 RECORDED_ELSEWHERE = "recorded-elsewhere"
-"""What :meth:`RunCapture._nested_in` says of a call that another recorder's run made (see :data:`RECORDING`)."""
+"""What :meth:`RunCapture._nested_in` says of a call below a tool call that another recorder's run made (see
+:data:`RECORDING`); such a tool call is kept open, unrecorded, so that calls below it are known as that run's too."""
 
 CHAT_PARAMS = ("model", "model_name", "_type", "temperature", "tools")
 """The invocation parameters a ``chat`` span reads (:meth:`RunCapture._emit_chat`)."""

@@ -12,7 +12,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
-from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from ee_middleware import record_experience
@@ -360,3 +360,134 @@ def test_a_run_inside_a_tool_is_not_stored_without_the_environment_it_takes_from
     assert _stored(store_path) == []
     assert (stats.runs_failed, stats.trajectories_written) == (2, 0), stats
     assert sum("was not stored: the run's input, output or environment could not be encoded" in e for e in stats.errors) == 2
+
+
+def _consulting_graph(expert: Any, *, run_async: bool) -> Any:
+    """A hand-built ``StateGraph``: a ``consult`` node whose code invokes ``expert`` on a question of its own and adds its
+    answer to the conversation, then the outer model's node, which answers."""
+
+    def outer_policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+        return AIMessage(f"Final: {messages[-1].content}")
+
+    model = ScriptedChatModel(policy=outer_policy, model_name="sup-model")
+
+    def consult(state: MessagesState) -> dict[str, Any]:
+        answer = expert.invoke({"messages": [("user", "EUR to USD?")]})["messages"][-1].content
+        return {"messages": [AIMessage(f"the desk says: {answer}", name="fx_desk")]}
+
+    async def aconsult(state: MessagesState) -> dict[str, Any]:
+        answer = (await expert.ainvoke({"messages": [("user", "EUR to USD?")]}))["messages"][-1].content
+        return {"messages": [AIMessage(f"the desk says: {answer}", name="fx_desk")]}
+
+    def answer(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    async def aanswer(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke(state["messages"])]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("consult", aconsult if run_async else consult)
+    builder.add_node("answer", aanswer if run_async else answer)
+    builder.add_edge(START, "consult")
+    builder.add_edge("consult", "answer")
+    builder.add_edge("answer", END)
+    return builder.compile()
+
+
+def _run(agent: Any, question: str, *, run_async: bool) -> Any:
+    config = {"configurable": {"thread_id": "outer"}}
+    if run_async:
+        return asyncio.run(agent.ainvoke({"messages": [("user", question)]}, config))
+    return agent.invoke({"messages": [("user", question)]}, config)
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_a_recorded_agent_a_node_invokes_is_stored_once_by_its_own_recorder(
+    tmp_path: Path, offload: str, run_async: bool, caplog: Any
+) -> None:
+    """A node of the recorded graph (not a tool) invokes a sub-agent wrapped with ``record_experience`` itself, on a
+    question of its own. Its run was stored by its own recorder and also recorded as the outer run's: the outer
+    trajectory held the sub-agent's steps, model and answer under the outer app and question, and not the outer model's
+    own answer (and capture warned that the outer run's tools change). Now its recorder alone stores it, and the outer run
+    keeps its own decision and answer."""
+    outer_path, inner_path = tmp_path / "outer", tmp_path / "inner"
+    expert = record_experience(SUB, app="fx-expert", store=inner_path, offload=offload)
+    agent = record_experience(_consulting_graph(expert, run_async=run_async), app="fx", store=outer_path, offload=offload)
+    try:
+        with caplog.at_level("WARNING", logger="ee_middleware.capture"):
+            out = _run(agent, "How many dollars for 100 EUR?", run_async=run_async)
+            assert agent.flush() and expert.flush()
+        assert "different tools" not in caplog.text
+        assert out["messages"][-1].content == "Final: the desk says: sub says: 1 EUR = 1.1 USD"
+        [(outer, _)] = _stored(outer_path)
+        assert (outer.app, outer.task, outer.model, outer.thread_id, outer.status) == (
+            "fx",
+            "How many dollars for 100 EUR?",
+            "sup-model",
+            "outer",
+            "completed",
+        )
+        assert _steps(outer) == [("answer", "Final: the desk says: sub says: 1 EUR = 1.1 USD")]
+        assert outer.final_answer == "Final: the desk says: sub says: 1 EUR = 1.1 USD"
+        assert outer.tools == []
+        [(inner, _)] = _stored(inner_path)
+        assert (inner.app, inner.task, inner.model, inner.status) == ("fx-expert", "EUR to USD?", "sub-model", "completed")
+        assert _steps(inner) == [("fx_rate", "1 EUR = 1.1 USD"), ("answer", "sub says: 1 EUR = 1.1 USD")]
+    finally:
+        agent.recorder.close()
+        expert.recorder.close()
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_an_unwrapped_agent_a_node_invokes_stays_part_of_the_run(tmp_path: Path, run_async: bool) -> None:
+    """Control: the same node invoking the sub-agent unwrapped (a graph invoked from a node, one of LangGraph's two ways
+    to use a subgraph): its calls are the recorded run's, as a subgraph's are, before its own answer."""
+    store_path = tmp_path / "store"
+    agent = record_experience(_consulting_graph(SUB, run_async=run_async), app="fx", store=store_path)
+    try:
+        _run(agent, "How many dollars for 100 EUR?", run_async=run_async)
+        assert agent.flush()
+        [(outer, _)] = _stored(store_path)
+    finally:
+        agent.recorder.close()
+    assert (outer.app, outer.task, outer.status) == ("fx", "How many dollars for 100 EUR?", "completed")
+    assert _steps(outer) == [
+        ("fx_rate", "1 EUR = 1.1 USD"),
+        ("answer", "sub says: 1 EUR = 1.1 USD"),
+        ("answer", "Final: the desk says: sub says: 1 EUR = 1.1 USD"),
+    ]
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_a_recorded_graph_used_as_a_node_is_a_subgraph_of_the_run_and_stored_by_its_recorder_too(
+    tmp_path: Path, offload: str, run_async: bool
+) -> None:
+    """A recorded graph added as a node of a recorded graph runs on the node's state, and its answer is the node's update:
+    a subgraph, whose steps are the outer run's too (the outer conversation holds them), while its own recorder stores its
+    run as well; as ingest reads them (tests/ingest/test_nested_agents.py, ``as_a_node``). A recorded agent that a node
+    of the subgraph invokes on a question of its own is still stored by its recorder alone."""
+    store_path = tmp_path / "store"
+    fx = record_experience(SUB, app="fx-expert-2", store=store_path, offload=offload)
+    desk = record_experience(_consulting_graph(fx, run_async=run_async), app="fx-desk", store=store_path, offload=offload)
+    builder = StateGraph(MessagesState)
+    builder.add_node("desk", desk)
+    builder.add_edge(START, "desk")
+    builder.add_edge("desk", END)
+    agent = record_experience(builder.compile(), app="fx", store=store_path, offload=offload)
+    try:
+        out = _run(agent, "How many dollars for 100 EUR?", run_async=run_async)
+        assert agent.flush() and desk.flush() and fx.flush()
+        assert out["messages"][-1].content == "Final: the desk says: sub says: 1 EUR = 1.1 USD"
+        runs = {t.app: t for t, _ in _stored(store_path)}
+    finally:
+        agent.recorder.close()
+        desk.recorder.close()
+        fx.recorder.close()
+    assert sorted(runs) == ["fx", "fx-desk", "fx-expert-2"]
+    for app in ("fx", "fx-desk"):
+        assert (runs[app].task, runs[app].model, runs[app].status) == ("How many dollars for 100 EUR?", "sup-model", "completed")
+        assert _steps(runs[app]) == [("answer", "Final: the desk says: sub says: 1 EUR = 1.1 USD")]
+    assert (runs["fx-expert-2"].task, runs["fx-expert-2"].model) == ("EUR to USD?", "sub-model")
+    assert _steps(runs["fx-expert-2"]) == [("fx_rate", "1 EUR = 1.1 USD"), ("answer", "sub says: 1 EUR = 1.1 USD")]

@@ -15,7 +15,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.ingest import ingest_files
 from ee_middleware.ingest.otlp_json import spans_to_otlp_json
-from tests.capture.test_nested_runs import SUB, _supervisor, ask_fx_expert, ask_fx_expert_on_its_thread
+from tests.capture.test_nested_runs import SUB, _consulting_graph, _supervisor, ask_fx_expert, ask_fx_expert_on_its_thread
 from tests.ingest.otlp_builders import _write
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -111,15 +111,15 @@ def test_our_own_spans_of_an_agent_inside_a_tool_ingest_as_the_recorder_stored_t
     assert (second.errors, second.ingested, len(second.already_stored)) == ([], [], 2)
 
 
-@pytest.mark.parametrize("where", ["in_a_tool", "as_a_node"])
+@pytest.mark.parametrize("where", ["in_a_tool", "as_a_node", "from_a_node"])
 def test_our_own_spans_of_a_recorded_agent_inside_another_ingest_as_its_recorder_stored_them(
     tmp_path, tracer_provider, span_exporter, where
 ):
     """Both agents wrapped with record_experience, exporting to one tracer provider: the sub-agent's ``invoke_agent``
     span is a child of the outer run's (its run is in flight inside the outer's), and ingest read the two as one run.
-    Each recorder stores its own run, as its spans name it (ee.trajectory.id): the sub-agent invoked in a tool once, by
-    its recorder (the outer run keeps its tool call); a recorded graph used as a node of a recorded graph by both, as
-    the node's steps are the outer graph's too. Ingest now gives those same trajectories."""
+    Each recorder stores its own run, as its spans name it (ee.trajectory.id): the sub-agent invoked in a tool or by a
+    node's code once, by its recorder (the outer run keeps its own decisions); a recorded graph used as a node of a
+    recorded graph by both, as the node's steps are the outer graph's too. Ingest now gives those same trajectories."""
     live = tmp_path / "live"
     expert = record_experience(SUB, app="fx-expert", store=live, tracer_provider=tracer_provider)
     if where == "in_a_tool":
@@ -130,6 +130,8 @@ def test_our_own_spans_of_a_recorded_agent_inside_another_ingest_as_its_recorder
             return expert.invoke({"messages": [("user", question)]})["messages"][-1].content
 
         graph = _supervisor(ask_recorded_expert)
+    elif where == "from_a_node":
+        graph = _consulting_graph(expert, run_async=False)
     else:
         builder = StateGraph(MessagesState)
         builder.add_node("expert", expert)
