@@ -45,7 +45,6 @@ def propose_cmd(
 
     Scores each task by the variance p(1-p) of its outcomes in an eval run, and has MODEL write variants of
     the highest-scoring ones (same tools and environment, validated against the tool schemas)."""
-    from ee_middleware._files import atomic_write_text
     from ee_middleware.models.spec import build_chat_client
     from ee_middleware.replay.curriculum import propose, read_results, score_tasks
 
@@ -60,7 +59,7 @@ def propose_cmd(
         client.close()
     problem = None if proposal.variants else _why_no_variant(scores, proposal, model)
     if problem is None:  # an earlier tasks.jsonl is never replaced by an empty one
-        atomic_write_text(out, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in proposal.variants))
+        _write_variants(out, proposal.variants)
     summary = {
         "out": str(out),
         "variants": len(proposal.variants),
@@ -93,6 +92,19 @@ def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str) -> 
             "record those tasks into --store, or point --store at the store they were recorded in."
         )
     return f"{model} wrote no usable variant (rejected: {proposal.rejected}); try another model or a larger --n."
+
+
+def _write_variants(out: Path, variants: list[dict[str, Any]]) -> None:
+    """The variants as JSON lines in ``out`` (its folder made), replaced whole or not at all; a file that cannot be
+    written is an :class:`~ee_middleware.errors.OutputError` naming it and what to do."""
+    from ee_middleware._files import atomic_write_text
+    from ee_middleware.errors import OutputError, os_error_advice
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in variants))
+    except OSError as exc:
+        raise OutputError(f"Cannot write {out}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
 
 
 def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: Proposal) -> None:

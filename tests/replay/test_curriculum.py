@@ -84,7 +84,7 @@ def test_curriculum_propose_writes_validated_variants_of_the_highest_variance_ta
     results.parent.mkdir()
     outcomes = {entries[0]: [True, False, True, False], entries[1]: [True, True, True, True], "not-in-the-store": [True, False]}
     results.write_text("".join(json.dumps(r) + "\n" for r in _rows(outcomes)))
-    out = tmp_path / "tasks.jsonl"
+    out = tmp_path / "curriculum" / "tasks.jsonl"  # a folder not made yet (was: '....tmp: No such file or directory')
     args = ["curriculum", "propose", "--from", str(results.parent), "--model", f"openai:{writer.base_url}#writer"]
     result = CliRunner().invoke(app, [*args, "--store", str(bfcl_store_path), "--n", "2", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
