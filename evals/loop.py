@@ -186,7 +186,7 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
     if not (config.parse_text_calls or structured_calls):
         parsed = []
     elif config.bfcl_decoding:
-        parsed = _as_bfcl_reads(choice)
+        parsed = _as_bfcl_reads(choice, executed=config.execute_tools)
     else:
         parsed = choice.tool_calls()
     calls = [item for item in parsed if isinstance(item, ToolCall)]
@@ -202,13 +202,18 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
     return Step(calls=calls, text=text, problems=problems, finish_reason=choice.finish_reason, from_text=not structured_calls)
 
 
-def _as_bfcl_reads(choice: Any) -> list[ToolCall | ParseProblem]:
+def _as_bfcl_reads(choice: Any, *, executed: bool) -> list[ToolCall | ParseProblem]:
     """:meth:`~ee_middleware.models.Choice.tool_calls` as bfcl-eval reads the answer (see :attr:`LoopConfig.bfcl_decoding`):
     a served model's as its function-calling runner, a text-only model's as its handlers for local models (Qwen FC,
-    Phi FC, ...); a problem of an answer cut at ``max_tokens`` says so first, as there."""
+    Phi FC, ...), their ``decode_execute`` where the calls are ``executed`` (multi-turn), else ``decode_ast``; a problem
+    of an answer cut at ``max_tokens`` says so first, as there."""
     if choice.problem is not None:
         return [ParseProblem(choice.problem, choice.raw)]
-    parsed = from_openai_message(choice.message, bfcl=True) if choice.structured else parse_tool_calls(choice.text, anywhere=True)
+    parsed = (
+        from_openai_message(choice.message, bfcl=True)
+        if choice.structured
+        else parse_tool_calls(choice.text, anywhere=True, executed=executed)
+    )
     if choice.finish_reason != CUT_OFF:
         return parsed
     cut = "the answer was cut off at max_tokens (finish_reason 'length'; give it more max_tokens)"

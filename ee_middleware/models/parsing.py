@@ -134,7 +134,12 @@ def call_id_of(key: str, index: int = 0, *, prefix: str = "alt") -> str:
 
 
 def parse_tool_calls(
-    text: str | bytes | None, *, param_order: ParamOrder | None = None, whole: bool = False, anywhere: bool = False
+    text: str | bytes | None,
+    *,
+    param_order: ParamOrder | None = None,
+    whole: bool = False,
+    anywhere: bool = False,
+    executed: bool = False,
 ) -> list[ParsedCall]:
     """Every tool call found in ``text``, or a single :class:`ParseProblem` saying why there is none.
 
@@ -160,6 +165,10 @@ def parse_tool_calls(
     An answer without these is read as with ``whole``: a bare JSON or Python call, ``<tool_call>`` blocks written
     otherwise (no newlines inside the tags), ``<|python_tag|>`` and ``[TOOL_CALLS][...]`` (bfcl-eval's Llama and
     Mistral handlers decode the whole answer too) only when the answer is wholly calls.
+
+    ``executed`` (with ``anywhere``; BFCL's multi-turn categories, whose calls are run): as those handlers'
+    ``decode_execute`` reads the blocks, a call's ``arguments`` may also be the JSON text of an object (``decode_ast``,
+    for the categories scored on the calls alone, refuses it).
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
@@ -176,7 +185,7 @@ def parse_tool_calls(
                 )
             ]
         return [ParseProblem("the output holds only reasoning (<think>...</think>), no tool call", _short(text))]
-    found = _family_blocks(answer.strip()) if anywhere else None
+    found = _family_blocks(answer.strip(), executed=executed) if anywhere else None
     if found is not None:
         return _with_ids(found)
     results = (_whole_answer if whole or anywhere else _parse)(answer.strip(), param_order or {})
@@ -271,23 +280,24 @@ def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
     return _parse_block(text, order)
 
 
-def _family_blocks(text: str) -> list[ParsedCall] | None:
-    """The calls of a model family's blocks wherever they stand in ``text`` (``anywhere`` of :func:`parse_tool_calls`);
-    None when it holds none."""
+def _family_blocks(text: str, *, executed: bool) -> list[ParsedCall] | None:
+    """The calls of a model family's blocks wherever they stand in ``text`` (``anywhere`` and ``executed`` of
+    :func:`parse_tool_calls`); None when it holds none."""
     if _XML_FUNCTION.search(text):
         return _xml_calls(text)
     blocks = _QWEN_FC_BLOCK.findall(text)
     if blocks:
-        return _qwen_fc_calls(blocks, text)
+        return _qwen_fc_calls(blocks, text, executed=executed)
     if "<|tool_call|>" in text:
-        return _phi_fc_calls(text)
+        return _phi_fc_calls(text, executed=executed)
     if _NAMED_CALL.search(text):
         return _named_calls(text)
     return None
 
 
-def _qwen_fc_calls(blocks: list[str], text: str) -> list[ParsedCall]:
-    """``<tool_call>`` blocks as bfcl-eval's ``QwenFCHandler`` reads them (``_extract_tool_calls``, then ``decode_ast``)."""
+def _qwen_fc_calls(blocks: list[str], text: str, *, executed: bool) -> list[ParsedCall]:
+    """``<tool_call>`` blocks as bfcl-eval's ``QwenFCHandler`` reads them (``_extract_tool_calls``, then ``decode_ast``,
+    or ``decode_execute`` where the calls are ``executed``)."""
     decoded = []
     for block in blocks:
         try:
@@ -296,12 +306,12 @@ def _qwen_fc_calls(blocks: list[str], text: str) -> list[ParsedCall]:
             continue  # bfcl-eval skips a block it cannot load
     if not decoded:
         return [ParseProblem("no <tool_call> block holds JSON, so the answer has no call", _short(text))]
-    calls = [_template_call(item, "<tool_call> block") for item in decoded]
+    calls = [_template_call(item, "<tool_call> block", executed=executed) for item in decoded]
     problems = [call for call in calls if isinstance(call, ParseProblem)]
     return problems or calls
 
 
-def _phi_fc_calls(text: str) -> list[ParsedCall]:
+def _phi_fc_calls(text: str, *, executed: bool) -> list[ParsedCall]:
     """``<|tool_call|>`` blocks as bfcl-eval's ``PhiFCHandler`` reads them: the JSON list in each block (objects not in a
     list are made one), every item exactly ``{"name", "arguments"}``; anything else leaves the answer with no call."""
     items: list[Any] = []
@@ -315,19 +325,25 @@ def _phi_fc_calls(text: str) -> list[ParsedCall]:
         items.extend(value if isinstance(value, list) else [value])
     if not items or any(not isinstance(item, dict) or set(item) != {"name", "arguments"} for item in items):
         return [ParseProblem('a <|tool_call|> block holds something else than {"name", "arguments"} calls', _short(text))]
-    calls = [_template_call(item, "<|tool_call|> item") for item in items]
+    calls = [_template_call(item, "<|tool_call|> item", executed=executed) for item in items]
     problems = [call for call in calls if isinstance(call, ParseProblem)]
     return problems or calls
 
 
-def _template_call(item: Any, where: str) -> ParsedCall:
+def _template_call(item: Any, where: str, *, executed: bool) -> ParsedCall:
     """A decoded call block: ``{"name": ..., "arguments": {...}}``, as bfcl-eval's local handlers take it (the name as
-    written, the arguments an object, no other shape)."""
+    written, the arguments an object, no other shape; where the calls are ``executed``, also the JSON text of one, which
+    ``convert_to_function_call`` loads)."""
     if not isinstance(item, dict):
         return ParseProblem(f"a {where} holds JSON but not a call object ({type(item).__name__})", _short(item))
     name, arguments = item.get("name"), item.get("arguments")
     if not isinstance(name, str) or not name:
         return ParseProblem(f"a {where} has no 'name' string", _short(item))
+    if executed and isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError) as exc:
+            return ParseProblem(f"{name}: arguments are not valid JSON ({exc})", _short(item))
     if not isinstance(arguments, dict):
         return ParseProblem(f"{name}: {NOT_AN_OBJECT} under 'arguments', got {type(arguments).__name__}", _short(item))
     return ToolCall(id="", name=name, arguments=arguments)

@@ -131,7 +131,7 @@ def _local_handler(family: str) -> Any:
     if family == "phi":
         names += ("_is_tool_call_response_format",)
     functions = _compiled(f"model_handler/local_inference/{LOCAL_HANDLERS[family]}", names, namespace)
-    handler = types.SimpleNamespace()
+    handler = types.SimpleNamespace(convert_to_function_call=namespace["convert_to_function_call"])
     for name, function in functions.items():
         static = "self" not in function.__code__.co_varnames[: function.__code__.co_argcount]
         setattr(handler, name, function if static else types.MethodType(function, handler))
@@ -145,12 +145,16 @@ def _model_responses(handler: Any, text: str) -> Any:
     return handler._parse_query_response_prompting(response)["model_responses"]
 
 
-def local_fc_calls(text: str, family: str = "qwen") -> list[str] | None:
-    """The calls bfcl-eval's local ``family`` handler runs for a completion ``text`` (``decode_execute``'s call strings);
-    None where decoding fails (its multi-turn runner then ends the turn)."""
+def local_fc_calls(text: str, family: str = "qwen", *, executed: bool = True) -> list[str] | None:
+    """The calls bfcl-eval's local ``family`` handler reads in a completion ``text``, as call strings: ``decode_execute``'s
+    where they are ``executed`` (multi-turn), else ``decode_ast``'s (categories scored on the calls alone); None where
+    decoding fails (the multi-turn runner then ends the turn, the AST scorer fails the answer)."""
     handler = _local_handler(family)
+    result = _model_responses(handler, text)
     try:
-        return list(handler.decode_execute(_model_responses(handler, text), has_tool_call_tag=False))
+        if executed:
+            return list(handler.decode_execute(result, has_tool_call_tag=False))
+        return list(handler.convert_to_function_call(handler.decode_ast(result, None, False)))
     except Exception:  # bfcl-eval's runner catches every decoding error alike
         return None
 

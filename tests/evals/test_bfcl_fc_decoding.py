@@ -319,6 +319,7 @@ LOCAL_ANSWERS = {
     "an unreadable block skipped": f'Here:\n<tool_call>\n{{"name": "NAME", "arguments": {{"base": 10,\n</tool_call>\n{LOCAL_BLOCK}',
     "a block of another shape": LOCAL_BLOCK.replace('"arguments"', '"parameters"'),
     "a list in a block": LOCAL_BLOCK.replace("{", "[{", 1).replace("}\n</tool_call>", "}]\n</tool_call>"),
+    "arguments as JSON text": LOCAL_BLOCK.replace(RIGHT, json.dumps(RIGHT)),
     "a tag inline in prose": f'Calling it now: <tool_call>{{"name": "NAME", "arguments": {RIGHT}}}</tool_call> and the area is 25.',
     "json quoted in prose": f'I will compute it with {{"name": "NAME", "arguments": {RIGHT}}} - the area is 25.',
     "python line in prose": "Let me look first.\nNAME(base=10, height=5)\nThen decide.",
@@ -330,7 +331,7 @@ LOCAL_ANSWERS = {
 @pytest.mark.parametrize("category", ["simple", "irrelevance", "live_relevance"])
 def test_a_local_text_model_s_answers_are_read_as_bfcl_eval_s_qwen_fc_handler_reads_them(category: str) -> None:
     """A real tiny model behind LocalGenerator answering in text: ee reads the calls bfcl-eval's Qwen FC handler reads
-    (``decode_execute``) and its verdict is bfcl-eval's (``decode_ast`` and the entry scorer), whatever prose surrounds the
+    (``decode_ast``) and its verdict is bfcl-eval's (with the entry scorer), whatever prose surrounds the
     blocks; a call quoted in prose is still no call. Before: a sentence besides the <tool_call> blocks left the answer
     with no call (simple failed, where bfcl-eval passes it)."""
     pytest.importorskip("torch")
@@ -342,7 +343,7 @@ def test_a_local_text_model_s_answers_are_read_as_bfcl_eval_s_qwen_fc_handler_re
     model = _ScriptedLocalModel(list(answers.values()))
     for kind, text in answers.items():
         ours = suite.run(model.client, task, 0, LoopConfig())
-        assert _ee_calls(ours) == (local_fc_calls(text) or []), (kind, ours.reason)
+        assert _ee_calls(ours) == (local_fc_calls(text, executed=False) or []), (kind, ours.reason)
         assert ours.success == local_fc_verdict(task, text)[0], (kind, ours.reason, local_fc_verdict(task, text))
         assert result_row(ours, "m")["text_calls"] == (1 if ours.conversation.calls else 0), kind
     if category == "simple":  # the sentences that broke it: bfcl-eval passes these
@@ -367,19 +368,21 @@ def test_a_local_text_model_s_phi_style_blocks_are_read_as_bfcl_eval_s_phi_fc_ha
     verdicts = []
     for text in answers:
         ours = suite.run(model.client, task, 0, LoopConfig())
-        assert _ee_calls(ours) == (local_fc_calls(text, "phi") or []), (text, ours.reason)
+        assert _ee_calls(ours) == (local_fc_calls(text, "phi", executed=False) or []), (text, ours.reason)
         verdicts.append(ours.success)
         assert ours.success == local_fc_verdict(task, text, "phi")[0], (text, ours.reason)
     assert verdicts == [True, True, False, False]
 
 
-def _local_turns(task: EvalTask) -> list[list[str]]:
+def _local_turns(task: EvalTask, *, arguments_as_text: bool = False) -> list[list[str]]:
     """Per user turn, a text-only model's answers: the ground truth's calls as <tool_call> blocks, with a sentence
-    before them and another between each two, then a closing sentence."""
+    before them and another between each two, then a closing sentence (``arguments_as_text``: each call's arguments
+    written as the JSON text of the object)."""
     turns = []
     for index, turn in enumerate(task.reference):
+        encode = json.dumps if arguments_as_text else str
         blocks = [
-            f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": {c["function"]["arguments"]}}}\n</tool_call>'
+            f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": {encode(c["function"]["arguments"])}}}\n</tool_call>'
             for message in turn
             for c in message.get("tool_calls") or []
         ]
@@ -391,7 +394,9 @@ def test_a_local_text_model_s_multi_turn_answers_with_prose_score_as_bfcl_eval_s
     """multi_turn_base_0 answered by a real tiny model behind LocalGenerator writing each turn's ground-truth calls as
     <tool_call> blocks among sentences: the calls are run and the entry passes, as bfcl-eval's Qwen FC handler and
     multi-turn runner score the same completions. Before: every such answer made no call (the turn ended at once) and
-    the entry failed (multi_turn:empty_turn_model_response); a bare JSON call in prose still makes none."""
+    the entry failed (multi_turn:empty_turn_model_response). Arguments written as JSON text are run too, as bfcl-eval's
+    decode_execute loads them (single-turn categories refuse them, as its decode_ast does); a bare JSON call in prose
+    still makes none."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     suite = BFCLSuite("multi_turn_base")
@@ -402,6 +407,11 @@ def test_a_local_text_model_s_multi_turn_answers_with_prose_score_as_bfcl_eval_s
     assert (ours.success, ours.error_type) == local_fc_multi_turn_verdict(task, turns) == (True, None), ours.reason
     assert len(ours.conversation.calls) == sum(len(t) for t in task.payload["ground_truth"])
     assert result_row(ours, "m")["text_calls"] == len(turns)
+
+    as_text = _local_turns(task, arguments_as_text=True)  # decode_execute loads arguments given as JSON text
+    model = _ScriptedLocalModel([text for turn in as_text for text in turn])
+    ours = suite.run(model.client, task, 0, LoopConfig())
+    assert (ours.success, ours.error_type) == local_fc_multi_turn_verdict(task, as_text) == (True, None), ours.reason
 
     quoted = [[turn[0].replace("<tool_call>\n", "I would call ").replace("\n</tool_call>", " here.")] for turn in turns]
     model = _ScriptedLocalModel([turn[0] for turn in quoted])

@@ -418,6 +418,17 @@ def test_a_text_only_model_s_block_of_another_shape_leaves_the_answer_without_a_
     assert results and all(isinstance(r, ParseProblem) for r in results), results
 
 
+def test_a_text_only_model_s_arguments_as_json_text_are_read_only_where_the_calls_are_executed() -> None:
+    """bfcl-eval's Qwen FC handler: ``decode_execute`` (multi-turn, the calls are run) loads arguments written as the JSON
+    text of an object; ``decode_ast`` (categories scored on the calls alone) refuses them."""
+    text = 'Going there.\n<tool_call>\n{"name": "cd", "arguments": "{\\"folder\\": \\"docs\\"}"}\n</tool_call>'
+    assert calls_of(text, anywhere=True, executed=True) == [("cd", {"folder": "docs"})]
+    [problem] = parse_tool_calls(text, anywhere=True)
+    assert isinstance(problem, ParseProblem) and "arguments must be a JSON object" in problem.problem
+    bad = text.replace('\\"docs\\"}', '\\"docs\\"')
+    assert all(isinstance(r, ParseProblem) for r in parse_tool_calls(bad, anywhere=True, executed=True))
+
+
 @pytest.mark.parametrize("arguments", ["", "null", '"{\\"a\\": 1}"', '{"a": NaN}', "[1]", '{"a": 1}', '{"a": ', "  "])
 def test_bfcl_decoding_reads_a_structured_call_as_json_loads_reads_its_arguments(arguments: str) -> None:
     """bfcl-eval's function-calling handler decodes ``json.loads(arguments)``: a call exactly where that is a JSON object
