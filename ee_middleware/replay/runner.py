@@ -44,6 +44,10 @@ structured answer given as a tool call, as LangChain's ``response_format=ToolStr
 last action such as a notification before the final answer), so the alternatives at that state are
 replayed and the expert's call is left unexecuted and listed (``details["final_calls_not_replayed"]``).
 
+A world tool whose function takes first, where the world goes, an argument the recorded schemas list is a production
+tool's own function: the sandbox's optional ``check_offered_tools(trajectory.tools)`` raises before anything of the
+trajectory runs (see :meth:`~ee_middleware.replay.sandboxes.python.PythonSandbox.check_offered_tools`).
+
 A trajectory that recorded no tool schemas (ingested from an instrumentation whose spans carry no tool definitions) is
 skipped, saying so and how to record them: every alternative is proposed from, and checked against, the tools offered.
 """
@@ -181,7 +185,12 @@ def replay_trajectory(
         ahead = None
     run = _Run(trajectory, sandbox, proposer, settings)
     tool_steps = _tool_steps(trajectory)
-    skipped = _reset_for_replay(run, tool_steps)
+    try:
+        skipped = _reset_for_replay(run, tool_steps)
+    except BaseException:
+        if ahead is not None:
+            ahead.drop()
+        raise
     if skipped is not None:
         if ahead is not None:
             ahead.drop()
@@ -335,6 +344,9 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
         run.sandbox.reset(environment)
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
+    check_offered = getattr(run.sandbox, "check_offered_tools", None)  # optional (see the sandbox protocol's module)
+    if check_offered is not None:  # a production tool listed where the world goes raises, before anything runs
+        check_offered(run.trajectory.tools)
     # The last step's call moves the world to no state replay branches from (only the final answer, if any, follows it):
     # a tool the sandbox lacks there (a structured answer given as a tool call, or a last action such as an email before
     # the final answer) is left unexecuted instead (see the module docstring).

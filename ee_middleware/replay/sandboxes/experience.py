@@ -390,6 +390,13 @@ class ExperienceSandbox:
             return f"refused for low fidelity: the experience model's {FIDELITY_METRIC} for {tool_name!r} is {measured:.3f} < {threshold}."
         return None
 
+    def check_offered_tools(self, tools: Any) -> None:
+        """The real sandbox's check of the tools offered (see :meth:`PythonSandbox.check_offered_tools
+        <ee_middleware.replay.sandboxes.python.PythonSandbox.check_offered_tools>`), where it has one."""
+        check = getattr(self._real, "check_offered_tools", None)
+        if check is not None:
+            check(tools)
+
     def reset(self, environment: dict[str, Any] | None) -> None:
         self._check_open()
         if self._real is not None:

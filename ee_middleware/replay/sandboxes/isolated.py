@@ -74,12 +74,15 @@ from pydantic import ValidationError
 from ee_middleware import errors
 from ee_middleware._lifetime import kill_process_group
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
-from ee_middleware.records import Observation, SandboxFailure, ToolCall
+from ee_middleware.records import Observation, SandboxFailure, ToolCall, tool_schema_name
 from ee_middleware.replay.sandboxes.isolated_child import SandboxFactory, child_main
 from ee_middleware.replay.sandboxes.protocol import ClosedOnExit, open_sandboxes
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from multiprocessing.connection import Connection
+
+    from ee_middleware.records import ToolSchema
 
 __all__ = ["SubprocessSandbox", "SubprocessSnapshot", "kill_all_children"]
 
@@ -201,6 +204,7 @@ class SubprocessSandbox(ClosedOnExit):
         self._environment: bytes | None = None
         self._recovery: SubprocessSnapshot | None = None
         self._covers: dict[str, bool] = {}
+        self._offered_checked: set[tuple[Any, ...]] | None = set()  # see check_offered_tools
         self._handles = itertools.count(1)
         self._dropped: collections.deque[int] = collections.deque()
         self._starts = 0
@@ -250,6 +254,24 @@ class SubprocessSandbox(ClosedOnExit):
             self._check_open()
             hint = self._control("refusal_hint", tool_name)
         return str(hint) if hint else None
+
+    def check_offered_tools(self, tools: Iterable[ToolSchema]) -> None:
+        """The inner sandbox's ``check_offered_tools`` (see :meth:`PythonSandbox.check_offered_tools
+        <ee_middleware.replay.sandboxes.python.PythonSandbox.check_offered_tools>`), run in the child: each tool's name and
+        argument names are sent, once per set the inner sandbox passed; nothing when it has no such check."""
+        if self._offered_checked is None:
+            return
+        offered = tuple(sorted((name, tuple(sorted(_argument_names(schema)))) for schema in tools if (name := tool_schema_name(schema))))
+        if offered in self._offered_checked:
+            return
+        schemas = [{"name": name, "parameters": {"properties": {key: {} for key in arguments}}} for name, arguments in offered]
+        with self._lock:
+            self._check_open()
+            checked = self._control("check_offered_tools", schemas)
+        if checked:
+            self._offered_checked.add(offered)
+        else:
+            self._offered_checked = None  # the inner sandbox has no such check
 
     def reset(self, environment: dict[str, Any] | None) -> None:
         """Reset the inner sandbox to ``environment``; drops every snapshot held in the child.
@@ -572,6 +594,14 @@ class SubprocessSandbox(ClosedOnExit):
         self._needs_recovery = True
         code = self._stop_child(grace_s=_KILL_WAIT_S)
         return _ChildDied(_describe_exit(code, detail))
+
+
+def _argument_names(schema: Any) -> list[str]:
+    """The argument names a tool schema (OpenAI's form, or a bare function) lists."""
+    function = schema.get("function", schema) if isinstance(schema, dict) else None
+    parameters = function.get("parameters") if isinstance(function, dict) else None
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    return [str(name) for name in properties] if isinstance(properties, dict) else []
 
 
 def _open_exit_fd(pid: int) -> int | None:

@@ -12,6 +12,8 @@ answer is read as capture reads the ``ToolMessage``.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -56,17 +58,58 @@ def call_tool(tool: Any, call_id: str, name: str, arguments: dict[str, Any], run
 
 def world_parameter(tool: Any) -> str | None:
     """The name of the first parameter of the function ``tool`` wraps: for a tool given as a world tool, the world's;
-    ``None`` when it wraps no function that takes one."""
-    import inspect
-
+    ``None`` when it wraps no function that takes one (see :func:`first_parameter`)."""
     fn = wrapped_function(tool)
+    first = first_parameter(fn) if fn is not None else None
+    return first.name if first is not None else None
+
+
+def first_parameter(fn: Callable[..., Any]) -> inspect.Parameter | None:
+    """``fn``'s first parameter when it can be given positionally (the one a world tool's function takes the world in);
+    ``None`` when it has none, or its signature cannot be read."""
     try:
-        parameters = list(inspect.signature(fn).parameters.values()) if fn is not None else []
+        parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return None
     if not parameters or parameters[0].kind not in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
         return None
-    return parameters[0].name
+    return parameters[0]
+
+
+def filled_by_langchain(fn: Callable[..., Any], parameter: str) -> str | None:
+    """What a LangChain tool fills ``fn``'s ``parameter`` with when it calls ``fn`` (``callbacks``, ``run_manager``, a
+    parameter annotated ``RunnableConfig``), or ``None``: such a parameter is neither the world nor the model's."""
+    if parameter in ("callbacks", "run_manager"):
+        return f"its {parameter}"
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - names only a module could resolve: read the annotation as written
+        hints = {}
+    annotation = hints.get(parameter, inspect.signature(fn).parameters[parameter].annotation)
+    if annotation == "RunnableConfig" or getattr(annotation, "__name__", None) == "RunnableConfig":
+        return "the run's RunnableConfig"
+    return None
+
+
+def offered_arguments(tool: Any) -> set[str] | None:
+    """The argument names of ``tool``'s own argument schema when it was given one (``args_schema=``: the schema the model
+    is offered, a pydantic model or a JSON schema), ``None`` when the schema is the one LangChain made from the function's
+    signature (it lists every parameter, the world's too) or there is none."""
+    schema = getattr(tool, "args_schema", None)
+    if isinstance(schema, dict):
+        properties = schema.get("properties")
+        return set(properties) if isinstance(properties, dict) else set()
+    fields = getattr(schema, "model_fields", None)
+    if schema is None or not isinstance(fields, dict):
+        return None
+    fn = wrapped_function(tool)
+    made = getattr(schema, "__module__", "") == "langchain_core.utils.pydantic"  # where create_schema_from_function makes it
+    if made and fn is not None:
+        try:
+            made = set(fields) <= set(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            pass
+    return None if made else set(fields)
 
 
 def on_world(tool: Any, world: Callable[[], Any]) -> Any:
@@ -94,8 +137,6 @@ def on_world(tool: Any, world: Callable[[], Any]) -> Any:
 def _given_the_world(fn: Callable[..., Any], world: Callable[[], Any], *, is_async: bool) -> Callable[..., Any]:
     """``fn`` with ``world()`` as its first argument; its signature the function's own after the world (LangChain looks
     there for the parameters it fills in: callbacks, a RunnableConfig)."""
-    import inspect
-
     if is_async:
 
         async def bound(*args: Any, **kwargs: Any) -> Any:
@@ -130,8 +171,6 @@ def argument_schema(name: str, fn: Callable[..., Any], *, skip: int = 0) -> Any:
     """The pydantic model LangChain's ``@tool`` builds from ``fn``'s signature (after its first ``skip`` parameters), to
     validate a call's arguments as the production tool did; ``None`` for a function it cannot describe (one that takes
     ``*args`` or ``**kwargs``, a builtin, types pydantic does not know), which then gets the arguments as they are."""
-    import inspect
-
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):

@@ -18,6 +18,10 @@ reset) for each tool the replay refused, says why and how to allow it; ``ee repl
 instead of its generic advice, and a trajectory skipped because its expert calls such a tool gives it
 as the reason. The BFCL sandbox uses it for the tools it refuses because they reach the network, the
 Python sandbox for tools that take the graph's state, store or runtime (LangChain's injected arguments).
+
+Optional: ``check_offered_tools(tools)``, given a trajectory's recorded tool schemas after each reset and before
+anything of it runs, raises :class:`~ee_middleware.errors.SandboxError` when the sandbox would call a tool in a way
+those schemas show is wrong (the Python sandbox: a production tool listed where a function of the world goes).
 """
 
 from __future__ import annotations

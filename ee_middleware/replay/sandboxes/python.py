@@ -35,24 +35,26 @@ import inspect
 import json
 import pickle
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.messages import content_to_text, kept_as_tool_content
 from ee_middleware.models.protocol import clip
-from ee_middleware.records import Observation, ToolCall
+from ee_middleware.records import Observation, ToolCall, ToolSchema, tool_schema_name
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
 from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters, refusal_reason
 from ee_middleware.replay.sandboxes.journal import JDict, JList, Journal, JournalSnapshot, NotJournalable, adopt
 from ee_middleware.replay.sandboxes.langchain_tool import (
     argument_schema,
     call_tool,
+    filled_by_langchain,
+    first_parameter,
     is_langchain_tool,
+    offered_arguments,
     on_world,
     tool_injected_parameters,
     validated_arguments,
-    world_parameter,
     wrapped_function,
 )
 
@@ -183,28 +185,70 @@ def format_exception(exc: BaseException) -> str:
 
 
 def _check_callable(table: str, name: str, fn: Any) -> None:
-    """A function, or a LangChain tool object (``@tool``): among world tools, one whose function can take the world first."""
-    if is_langchain_tool(fn):
-        if table == "read_only_tools" or world_parameter(fn) is not None:
-            return
-        raise SandboxError(
-            f"{table}[{name!r}] is a LangChain tool ({type(fn).__name__}) whose function takes no parameter, so it cannot take "
-            "the world as its first argument: list it in read_only_tools if it needs no world (it is then called as "
-            "LangGraph's ToolNode calls it), or build it over a function that takes the world first and then the call's "
-            "arguments (StructuredTool.from_function(fn, handle_tool_error=...), as production builds its tool)."
-        )
-    if callable(fn):
+    """A function, or a LangChain tool object (``@tool``); among world tools, one whose function takes the world first."""
+    if table == "tools":
+        problem = _not_a_world_tool(name, fn)
+        if problem is not None:
+            raise SandboxError(problem)
+    if is_langchain_tool(fn) or callable(fn):
         return
     raise SandboxError(f"{table}[{name!r}] is a {type(fn).__name__}, not a function: give a function that takes the call's arguments.")
 
 
-def _misplaced_tool_message(name: str, world: str) -> str:
-    """A LangChain tool among world tools whose first parameter, meant for the world, is one the model gives."""
+_WORLD_TOOL_FIX = (
+    "A world tool's function takes the world first (a parameter with no default, never one the model or LangGraph gives), "
+    "then the call's arguments. List a tool that needs no world in read_only_tools (it is then called as LangGraph's "
+    "ToolNode calls it), or give a function that takes the world first (or the LangChain tool built over one: "
+    "StructuredTool.from_function(fn, handle_tool_error=...), as production builds its tool over it with the world bound)."
+)
+
+
+def _not_a_world_tool(name: str, fn: Any) -> str | None:
+    """Why ``fn``, listed in ``tools`` as ``name``, cannot be a world tool, decided from the function alone: its first
+    parameter, which would get the world, has a default, is injected (LangGraph gives it: the call's id, the graph's
+    state, the runtime), is one LangChain fills in, or is among the arguments of the tool's own schema (the model's).
+    Such a function is a production tool's own: called, it would run with the world in that parameter. ``None`` when it
+    can take the world (a plain function whose signature cannot be read is taken as it is)."""
+    langchain = is_langchain_tool(fn)
+    target = wrapped_function(fn) if langchain else fn
+    what = f"tools[{name!r}] is a LangChain tool ({type(fn).__name__}) whose function" if langchain else f"tools[{name!r}]"
+    first = first_parameter(target) if target is not None else None
+    if first is None:
+        if langchain:
+            return f"{what} takes no parameter it could be given the world in, so it cannot be a world tool. {_WORLD_TOOL_FIX}"
+        return None  # a builtin, or *args: called as it is (a function that takes no world fails with a TypeError)
+    said = f"{what} takes {first.name!r} first, where a world tool takes the world"
+    if first.default is not inspect.Parameter.empty:
+        return (
+            f"{said}, and {first.name!r} has a default ({first.default!r}): it is no world parameter but an optional "
+            f"argument of a production tool, which a call that leaves it out would run with the world in it. {_WORLD_TOOL_FIX}"
+        )
+    injected = injected_parameters(target).get(first.name)
+    if injected is not None:
+        return (
+            f"{said}, and {first.name!r} is injected ({injected}): LangGraph gives it, the model never does, so a production "
+            f"tool's function would run with the world in it. {_WORLD_TOOL_FIX}"
+        )
+    if langchain:
+        filled = filled_by_langchain(target, first.name)
+        if filled is not None:
+            return f"{said}, and LangChain gives {first.name!r} {filled}: it is no world parameter. {_WORLD_TOOL_FIX}"
+        offered = offered_arguments(fn)
+        if offered is not None and first.name in offered:
+            return (
+                f"{said}, and {first.name!r} is one of the model's arguments (the tool's args_schema lists it): it is a "
+                f"production tool, which would run with the world in it. {_WORLD_TOOL_FIX}"
+            )
+    return None
+
+
+def _misplaced_tool_message(name: str, world: str, *, where: str) -> str:
+    """A function among world tools whose first parameter, meant for the world, is one the model gives (``where``: how
+    that is known)."""
     return (
-        f"tools[{name!r}] is a LangChain tool whose function's first parameter, {world!r}, is one of the model's arguments: "
-        "a world tool's function takes the world first. List a tool that needs no world in read_only_tools (it is then "
-        "called as LangGraph's ToolNode calls it), or build the world tool over a function that takes the world first and "
-        "then the call's arguments (StructuredTool.from_function(fn, handle_tool_error=...), as production builds its tool)."
+        f"tools[{name!r}] takes {world!r} first, where a world tool takes the world, and {world!r} is one of the model's "
+        f"arguments ({where}): it is a production tool's own function, which would run with the world in {world!r}, so "
+        f"replay does not call it. {_WORLD_TOOL_FIX}"
     )
 
 
@@ -219,7 +263,10 @@ class PythonSandbox:
             built over such a function (``StructuredTool.from_function(fn, handle_tool_error=True)``, as production
             builds its tool over it with the world bound), which then answers as that tool does: its
             ``handle_tool_error``, ``handle_validation_error``, ``response_format`` and argument validation, not
-            ``format_error`` (see :func:`~ee_middleware.replay.sandboxes.langchain_tool.on_world`).
+            ``format_error`` (see :func:`~ee_middleware.replay.sandboxes.langchain_tool.on_world`). A production tool
+            (its function takes the model's arguments only) is refused here: :class:`SandboxError` when its first
+            parameter has a default, is injected, is one LangChain fills in or is in the tool's own ``args_schema``;
+            one whose first parameter is a required argument by :meth:`check_offered_tools` and at a call naming it.
         read_only_tools: tool name -> function taking only the call's arguments, for tools that
             read and never change anything (called directly, no world); or the LangChain tool object
             itself (``@tool``, ``StructuredTool``), then called as LangGraph's ``ToolNode`` calls it
@@ -266,13 +313,16 @@ class PythonSandbox:
         self._build = build
         self._tools = dict(tools)
         self._direct = dict(read_only_tools or {})
-        # world tools given as LangChain tool objects: copies whose function gets the current world first (see on_world),
-        # and the name of the function's parameter that takes it
-        self._world_tools = {
-            name: (on_world(fn, lambda: self._world), world_parameter(fn) or "")
+        # the parameter each world tool's function takes the world in (checked above: it is none the model or LangGraph
+        # gives), where its signature says
+        self._world_parameters = {
+            name: first.name
             for name, fn in self._tools.items()
-            if is_langchain_tool(fn)
+            if (target := wrapped_function(fn) if is_langchain_tool(fn) else fn) is not None
+            and (first := first_parameter(target)) is not None
         }
+        # world tools given as LangChain tool objects: copies whose function gets the current world first (see on_world)
+        self._world_tools = {name: on_world(fn, lambda: self._world) for name, fn in self._tools.items() if is_langchain_tool(fn)}
         # parameters the model never sees: tool name -> parameter -> kind (the world tools' first parameter is the world)
         self._injected = {
             name: found
@@ -309,6 +359,24 @@ class PythonSandbox:
 
     def covers(self, tool_name: str) -> bool:
         return (tool_name in self._tools or tool_name in self._direct) and self.refusal_hint(tool_name) is None
+
+    def check_offered_tools(self, tools: Iterable[ToolSchema]) -> None:
+        """Raise :class:`SandboxError` when a world tool's function takes first, where the world goes, a parameter that
+        ``tools`` (the schemas the model was offered: a trajectory's recorded ones) list among the tool's arguments: it
+        is the production tool's own function, which a call leaving that argument out (a call the model got wrong, as
+        production refused it) would run with the world in it. The replay runner asks before it executes anything of a
+        trajectory: this decides what the function alone cannot (a required first parameter, in a schema LangChain made
+        from the function's signature)."""
+        for schema in tools:
+            name = tool_schema_name(schema)
+            world = self._world_parameters.get(name) if name is not None else None
+            if world is None:
+                continue
+            function = schema.get("function", schema)
+            parameters = function.get("parameters") if isinstance(function, dict) else None
+            properties = parameters.get("properties") if isinstance(parameters, dict) else None
+            if isinstance(properties, dict) and world in properties:
+                raise SandboxError(_misplaced_tool_message(str(name), world, where="the tool schema the model was offered lists it"))
 
     def refusal_hint(self, tool_name: str) -> str | None:
         """Why a listed tool is not called (it takes the graph's state, store or runtime) and how to allow it, or ``None``."""
@@ -347,10 +415,10 @@ class PythonSandbox:
         if tool is None:
             return Observation(content=f"Error: tool '{call.name}' is not available in this sandbox.", is_error=True)
         if call.name in self._world_tools:
-            bound, world = self._world_tools[call.name]
-            if world in call.arguments:  # a production tool listed among world tools: it would get the world for it
-                raise SandboxError(_misplaced_tool_message(call.name, world))
-            return self._invoke_langchain_tool(bound, call)
+            world = self._world_parameters[call.name]
+            if world in call.arguments:  # a second guard (see check_offered_tools): a production tool among world tools
+                raise SandboxError(_misplaced_tool_message(call.name, world, where="this call gives it"))
+            return self._invoke_langchain_tool(self._world_tools[call.name], call)
         return self._invoke(tool, arguments, self._world, name=call.name)
 
     def _with_injected(self, call: ToolCall) -> dict[str, Any]:

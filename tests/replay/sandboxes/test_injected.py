@@ -173,9 +173,7 @@ def test_a_langchain_tool_object_without_a_world_is_refused_among_world_tools_an
     the graph's state is refused as its function would be."""
     misplaced = PythonSandbox(lambda environment: None, tools={"lookup": tool(lookup)})
     misplaced.reset(None)
-    with pytest.raises(
-        SandboxError, match=r"tools\['lookup'\] is a LangChain tool whose function's first parameter, 'key'.*read_only_tools"
-    ):
+    with pytest.raises(SandboxError, match=r"tools\['lookup'\] takes 'key' first.*one of the model's arguments.*read_only_tools"):
         misplaced.execute(ToolCall(id="c", name="lookup", arguments={"key": "k"}))
     sandbox = PythonSandbox(
         lambda environment: None, tools={}, read_only_tools={"lookup": tool(lookup), "count_messages": tool(count_messages)}

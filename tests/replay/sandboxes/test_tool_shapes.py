@@ -355,18 +355,22 @@ def test_langchain_tool_objects_replay_as_the_tool_node_called_them(tmp_path: Pa
 
 def test_a_langchain_tool_among_world_tools_says_where_it_belongs() -> None:
     """A production tool (its function takes the model's arguments only) listed among world tools: its first parameter
-    would get the world. The first call naming that parameter says so (a tool whose function takes no parameter at all
-    is refused at once)."""
-    [place, *_] = _langchain_tools()
-    sandbox = PythonSandbox(lambda environment: {}, tools={"place": place})
-    sandbox.reset({})
+    would get the world. One whose own args_schema lists that parameter is refused when the sandbox is built, as is one
+    whose function takes no parameter at all; one whose schema LangChain made from its function (the world's parameter
+    would be in it too) is refused at the first call naming that parameter (and replay refuses it before running anything
+    of a trajectory whose recorded schema lists it, see test_production_tools)."""
+    [place, _, _, _, plus_one, _] = _langchain_tools()
     with pytest.raises(SandboxError) as raised:
-        sandbox.execute(ToolCall(id="c1", name="place", arguments={"item": "pear", "address": {"city": "Oslo"}}))
-    assert "first parameter, 'item', is one of the model's arguments" in str(raised.value)
+        PythonSandbox(lambda environment: {}, tools={"place": place})
+    assert "takes 'item' first" in str(raised.value) and "the tool's args_schema lists it" in str(raised.value)
     assert "read_only_tools" in str(raised.value)
+    sandbox = PythonSandbox(lambda environment: {}, tools={"plus_one": plus_one})
+    sandbox.reset({})
+    with pytest.raises(SandboxError, match=r"takes 'n' first.*one of the model's arguments.*read_only_tools"):
+        sandbox.execute(ToolCall(id="c1", name="plus_one", arguments={"n": 4}))
     sandbox.close()
     nothing = StructuredTool.from_function(lambda: "x", name="nothing", description="Nothing.")
-    with pytest.raises(SandboxError, match="cannot take the world"):
+    with pytest.raises(SandboxError, match="takes no parameter it could be given the world in"):
         PythonSandbox(lambda environment: {}, tools={"nothing": nothing})
 
 
