@@ -316,6 +316,14 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
             "itself the answer), so the alternatives at its state ran and the call itself was left out",
             highlight=False,
         )
+    if summary.final_call_sandbox_failures:
+        calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.final_call_sandbox_failures.items()))
+        out.print(
+            f"[yellow]sandbox failed[/] on the expert's call at a trajectory's last tool call: {calls}: it timed out, crashed "
+            "the sandbox or ran out of memory (--tool-timeout, --memory-mb; ee replay show says which); no later state "
+            "depends on it, so the alternatives at its state were kept",
+            highlight=False,
+        )
     for trajectory_id, reason in list(summary.skipped.items())[:10]:
         out.print(f"[yellow]skipped[/] {escape(shown.get(trajectory_id, trajectory_id))}: {escape(reason)}")
     for trajectory_id, reason in list(summary.failed.items())[:10]:

@@ -77,6 +77,9 @@ class ReplaySummary:
     """Expert calls at a trajectory's last tool-call step that the sandbox does not provide, by tool: left unexecuted (no
     later state depends on them: only the final answer, if any, follows; a structured answer given as a tool call is
     itself the answer), while the alternatives at their state ran."""
+    final_call_sandbox_failures: dict[str, int] = field(default_factory=dict)
+    """Expert calls at a trajectory's last tool-call step that the sandbox got no answer for (time-out, crash, memory), by
+    tool: no later state depends on them, so the trajectory is done with its rollouts (an earlier step's fails it)."""
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts whose observation is the sandbox's own failure, by kind (``timeout``, ``crash``, ``memory``): stored
     marked (``Observation.sandbox_failure``), left out of datasets."""
@@ -132,6 +135,10 @@ class ReplaySummary:
         final = Counter(self.final_calls_not_replayed)
         final.update(call["tool"] for call in r.details.get("final_calls_not_replayed", []))
         self.final_calls_not_replayed = dict(final)
+        if r.status == "done" and "expert_sandbox_failure" in r.details:  # at the last tool-call step (a failed record's: earlier)
+            failed_last = Counter(self.final_call_sandbox_failures)
+            failed_last[r.details["expert_sandbox_failure"]["tool"]] += 1
+            self.final_call_sandbox_failures = dict(failed_last)
         failures = Counter(self.sandbox_failures)
         failures.update(r.details.get("sandbox_failures", {}))  # counted by the runner, wherever the rollouts went
         self.sandbox_failures = dict(failures)

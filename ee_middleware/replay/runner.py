@@ -34,7 +34,9 @@ Sandbox failures: an alternative the sandbox got no answer for (it timed out, cr
 trajectory's replay: the sandbox is back at the world before that call, so no later state could be branched from the
 recorded one. The trajectory is recorded ``failed`` (the next run retries it) with the step, tool, kind of failure and
 what the sandbox said (``details["expert_sandbox_failure"]``), and its rollouts are dropped, as every failed
-trajectory's are: the retry replays it whole, under the same rollout ids.
+trajectory's are: the retry replays it whole, under the same rollout ids. At the last tool-call step no later state
+depends on that call (as for a tool the sandbox lacks there, below): the alternatives at its state ran, the trajectory
+is ``done`` with its rollouts, and ``details["expert_sandbox_failure"]`` says which call failed and how.
 
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
 tool is refused and counted (with the tool's name, for the run's report), never executed. A trajectory
@@ -210,7 +212,9 @@ def replay_trajectory(
             run.final_not_replayed.append({"step": step.index, "tool": expert.name})
             continue
         failed = _reexecute_expert(run, step, expert)
-        if failed is not None:  # the world is not the recorded one past this call: nothing further can be branched
+        if failed is not None and step is tool_steps[-1]:  # no later state depends on the world this call left
+            run.final_sandbox_failure = failed
+        elif failed is not None:  # the world is not the recorded one past this call: nothing further can be branched
             details = {"expert_sandbox_failure": settings.privacy.redact_data(failed)}
             return ReplayOutcome(run.record("failed", _expert_failure_reason(failed), details=details))
     if run.world_diverged:
@@ -242,6 +246,8 @@ class _Run:
     unrestorable_count: int = 0
     final_not_replayed: list[dict[str, Any]] = field(default_factory=list)
     """The expert's call at the last tool-call step when the sandbox does not provide its tool: not executed."""
+    final_sandbox_failure: dict[str, Any] | None = None
+    """The expert's call at the last tool-call step when the sandbox got no answer for it (:func:`_expert_failure`)."""
     environment_unrestored: list[Unrestored] = field(default_factory=list)
     """Placeholders of the environment reference the vault could not restore: the sandbox's world was built with them."""
     world_diverged: bool = False
@@ -288,6 +294,8 @@ class _Run:
             details["unrestorable_steps"] = self.unrestorable
         if self.final_not_replayed:
             details["final_calls_not_replayed"] = self.final_not_replayed
+        if self.final_sandbox_failure is not None:
+            details["expert_sandbox_failure"] = self.final_sandbox_failure
         unrestored = sum(bool(r.unrestored) for r in self.rollouts)
         if unrestored:
             details["unrestored_branches"] = unrestored

@@ -672,6 +672,41 @@ def test_an_expert_call_the_sandbox_fails_on_fails_the_trajectory_and_the_next_r
     assert "failed (retried next run)" in table.stdout and f"failed {trajectory_id[:12]}" in table.stdout, table.output
 
 
+def test_a_sandbox_failure_on_the_expert_s_last_call_keeps_the_trajectory_and_its_branches(tmp_path: Path) -> None:
+    """The expert's LAST call (kv_set) takes longer in the sandbox than --tool-timeout. No later state depends on it,
+    yet since 4b1e644 the trajectory failed: the branches of every earlier step were dropped, each run exited 1 and
+    retried it with the same result. Now it is done with its rollouts (the last state's alternatives too), the record's
+    details and the summary say which call failed and how, and a re-run has nothing left to replay."""
+    from tests.replay.kv_world import record_kv
+
+    root = tmp_path / "experience"
+    calls = [("kv_get", {"key": "a"}), ("kv_get", {"key": "b"}), ("kv_set", {"key": "s", "value": "9"})]
+    [trajectory_id] = record_kv(root, calls, environment={"slow_keys": ["s"]})
+    args = ["replay", "run", "--store", str(root), "--sandbox", KV_SANDBOX, "--policy", "tests.replay.kv_world:Lookups", "--k", "1"]
+    args += ["--isolation", "subprocess", "--tool-timeout", "1", "--no-progress"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["done"], summary["failed"], summary["states"], summary["branches"]) == (1, {}, 3, 3), summary
+    assert summary["final_call_sandbox_failures"] == {"kv_set": 1} and summary["fidelity_mismatches"] == 0, summary
+
+    store = LocalExperienceStore(root)
+    [record] = store.replays().iter_rows(named=True)
+    assert (record["trajectory_id"], record["status"], record["reason"]) == (trajectory_id, "done", None)
+    failure = json.loads(record["details_json"])["expert_sandbox_failure"]
+    assert (failure["step"], failure["tool"], failure["failure"]) == (2, "kv_set", "timeout"), failure
+    assert failure["observation"].startswith("Error: tool 'kv_set' timed out"), failure
+    assert sorted(store.rollouts()["step_index"]) == [0, 1, 2], "the branches of every state are kept"
+    store.close()
+
+    again = runner.invoke(app, [*args, "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["selected"] == 0, again.output
+    table = runner.invoke(app, [*args, "--again"], env={"COLUMNS": "300"})
+    assert table.exit_code == 0, table.output
+    [line] = [line for line in table.stdout.splitlines() if line.startswith("sandbox failed")]
+    assert "last tool call: kv_set=1" in line and "--tool-timeout" in line, line
+
+
 def test_the_stored_fidelity_diff_is_the_one_the_run_printed(tmp_path: Path) -> None:
     """A tool that tells the time answers differently in the sandbox: `ee replay run --json` showed the diff's sandbox line
     as '+2026-12-01T04:10:17.917664', but the store redacted the runner's diff again and '+2026-12-01' read as a phone
