@@ -37,6 +37,7 @@ from ee_middleware.models.protocol import ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
+from ee_middleware.replay.sandboxes.protocol import check_offered_tools
 
 JUDGE_PROMPT = (
     "You judge whether a tool-using agent accomplished its task. Read the task and the conversation (tool results included). "
@@ -234,6 +235,7 @@ def run_curriculum(
                 run.rollouts += 1
                 started = utcnow()
                 sandbox.reset(world_environment(task.get("environment")))
+                check_offered_tools(sandbox, task["tools"])  # a production tool where the world goes raises before it runs
                 environment = _Recording(sandbox)
                 conversation = run_conversation(policy, eval_task, environment, loop, trial=trial)
                 if progress is not None:

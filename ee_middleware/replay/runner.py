@@ -71,6 +71,7 @@ from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
+from ee_middleware.replay.sandboxes.protocol import check_offered_tools
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -352,9 +353,7 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
         run.sandbox.reset(environment)
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
-    check_offered = getattr(run.sandbox, "check_offered_tools", None)  # optional (see the sandbox protocol's module)
-    if check_offered is not None:  # a production tool listed where the world goes raises, before anything runs
-        check_offered(run.trajectory.tools)
+    check_offered_tools(run.sandbox, run.trajectory.tools)  # a production tool listed where the world goes raises, before anything runs
     # The last step's call moves the world to no state replay branches from (only the final answer, if any, follows it):
     # a tool the sandbox lacks there (a structured answer given as a tool call, or a last action such as an email before
     # the final answer) is left unexecuted instead (see the module docstring).

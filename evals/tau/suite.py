@@ -36,6 +36,7 @@ from ee_middleware.evals.tau.domain import TauDomain, TauTask
 from ee_middleware.models.protocol import ChatClient
 from ee_middleware.plugins import FACTORY_SPEC, PluginKind
 from ee_middleware.records import ToolCall
+from ee_middleware.replay.sandboxes.protocol import check_offered_tools
 
 BUILTIN_DOMAINS: Mapping[str, str] = {"library": "ee_middleware.evals.tau.domains.library"}
 DEFAULT_SPLIT = "test"
@@ -154,6 +155,7 @@ class TauSuite:
         user, user_client = self._user(task, config, trial)
         try:
             sandbox.reset(None)
+            check_offered_tools(sandbox, [schema for turn in task.tools for schema in turn])  # before the model's first call
             conversation = run_conversation(bind(client, task), task, sandbox, config, trial=trial, user=user)
             verdict, details = self.score(sandbox, task, conversation, user_error=getattr(user, "error", None))
         finally:

@@ -421,7 +421,7 @@ def _expert_world(sandbox: Any, task: EvalTask) -> tuple[str, str, list[tuple[st
     from ee_middleware.replay.sandboxes.protocol import state_digest
 
     world = _AtTheSandbox(sandbox, task_privacy(task))
-    world.reset(task.payload["environment"])
+    world.reset(task.payload["environment"], task.tools)
     start = state_digest(sandbox)
     for call in task.payload["expert_calls"]:
         world.execute(ToolCall(**call))
@@ -448,11 +448,16 @@ class _AtTheSandbox:
         self.unrestored: list[tuple[str, Unrestored]] = []
         """What could not be restored, with the tool whose call held it (:data:`ENVIRONMENT`: the environment)."""
 
-    def reset(self, environment: dict[str, Any] | None) -> None:
-        """Reset the sandbox to ``environment`` with its placeholders restored (as replay resets it)."""
+    def reset(self, environment: dict[str, Any] | None, tools: list[list[dict[str, Any]]]) -> None:
+        """Reset the sandbox to ``environment`` with its placeholders restored, and have it check the tools the task
+        offers (``EvalTask.tools``, by turn), as replay resets it and checks a trajectory's: a production tool listed where
+        a function of the world goes raises before anything runs."""
+        from ee_middleware.replay.sandboxes.protocol import check_offered_tools
+
         restored, missing = self.privacy.restore_environment(environment)
         self.unrestored += [(ENVIRONMENT, u) for u in missing]
         self.sandbox.reset(restored)
+        check_offered_tools(self.sandbox, [schema for turn in tools for schema in turn])
 
     def execute(self, call: ToolCall) -> Observation:
         restored, missing = self.privacy.restore(call)
@@ -570,7 +575,7 @@ class TracesSuite:
         try:
             _, expected = expert_digests(sandbox, task)
             world = _AtTheSandbox(sandbox, privacy)  # the candidate sees placeholders; the sandbox gets the real values
-            world.reset(task.payload["environment"])
+            world.reset(task.payload["environment"], task.tools)
             conversation = run_conversation(bind(client, task), task, world, config, trial=trial)
             actual = state_digest(sandbox) if conversation.error is None else None
         finally:

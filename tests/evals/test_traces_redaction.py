@@ -438,3 +438,31 @@ def test_without_a_vault_a_trajectory_whose_environment_was_redacted_is_left_out
     [reason] = suite.excluded.values()
     assert reason.startswith("its environment reference holds redacted values the sandbox's world cannot be given (list_owner: "), reason
     assert "no redaction vault (record with vault=True to replay real values)" in reason, reason
+
+
+_production_sent: list[Any] = []
+"""What the production notify_owner sent (this process): it must never be called by an eval."""
+
+
+def make_sandbox_listing_the_production_tool(**options: Any) -> PythonSandbox:
+    """A misconfigured sandbox: the production ``notify_owner(text)`` listed where a function of the world goes."""
+
+    def notify_owner(text: Any) -> str:  # production: it mails the owner
+        _production_sent.append(text)
+        return "Sent to the list owner."
+
+    return PythonSandbox(lambda environment: {"owner": environment["list_owner"]}, tools={"notify_owner": notify_owner}, kind="owner")
+
+
+def test_a_production_tool_listed_where_the_world_goes_is_refused_before_the_candidate_can_call_it(tmp_path: Path) -> None:
+    """Review of 17890a8: replay asks the sandbox to check a trajectory's recorded tool schemas before anything runs, but
+    the traces: suite did not, so the task was evaluated and a candidate's call that left out the production tool's first
+    argument would run the production function with the world in it. The suite's resets now ask
+    the same check with the task's tools: the trajectory is left out, saying why, and nothing is sent."""
+    store, split = _record_owner_bot(tmp_path, vault=True)
+    suite = load_suite(f"traces:{store}", SuiteSettings(split=str(split), sandbox=f"{__name__}:make_sandbox_listing_the_production_tool"))
+    _production_sent.clear()
+    assert suite.tasks() == [] and len(suite.excluded) == 1, suite.excluded
+    [reason] = suite.excluded.values()
+    assert "tools['notify_owner'] takes 'text' first" in reason and "production tool" in reason, reason
+    assert _production_sent == [], "the production tool was called"

@@ -100,6 +100,14 @@ class StatefulSandbox(Sandbox, Protocol):
         ...
 
 
+def check_offered_tools(sandbox: Any, tools: Any) -> None:
+    """The sandbox's optional ``check_offered_tools(tools)`` (see the module docstring), after a reset and before anything
+    runs in it: replay gives a trajectory's recorded tool schemas, the eval suites the schemas their tasks offer."""
+    check = getattr(sandbox, "check_offered_tools", None)
+    if check is not None:
+        check(list(tools or []))
+
+
 def state_digest(sandbox: Any) -> str:
     """``sandbox.state_digest()``, or :class:`~ee_middleware.errors.StateDigestUnavailableError` saying how to add it."""
     method = getattr(sandbox, "state_digest", None)
