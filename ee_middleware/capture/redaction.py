@@ -13,9 +13,11 @@ same e-mail in a user turn, a tool argument and a tool result stays recognisably
 different stores, or no salt, give unrelated tags.
 
 :meth:`Redactor.redact_value` walks JSON-like data: values under secret-named keys (``password``,
-``db_password``, ``apiKey``, ``client_secret``, ...) are replaced whole (an object or a list there: every string and
-number in it, its keys and shape kept; a JSON Schema there, a tool's ``password`` parameter, is no secret), keys are
-scanned as any text is, and a string that holds JSON (a tool returning ``'{"password": ...}'`` as text) is parsed,
+``db_password``, ``apiKey``, ``client_secret``, ``pin``, ...) are replaced whole; an object or a list under a strong
+secret name (``password``, ``client_secret``, ``api_key``, ``access_token``, ``authorization``) has every string and
+number in it replaced, its keys and shape kept (a JSON Schema there, a tool's ``password`` parameter, is no secret:
+only its example, default and constant values are), while one under a weak name (``token``, ``pin``,
+``boarding_pass``, ``cookie``) is ordinary data; keys are scanned as any text is, and a string that holds JSON (a tool returning ``'{"password": ...}'`` as text) is parsed,
 redacted as data and written back in the same layout. :meth:`Redactor.redact_text` works on any text, JSON text
 included: it never consumes a quote or a backslash escape, and a bare value after a quoted secret name
 (``"pin": 4821``) becomes a string, so valid JSON stays valid.
@@ -107,8 +109,12 @@ def _is_prose_password(text: str) -> bool:
 # --- secret-named keys --------------------------------------------------------------------------
 
 _STRONG_WORDS = {"password", "passwd", "passphrase", "passcode", "pwd", "secret", "secrets", "credential", "credentials"}
-_LAST_WORDS = {"token", "authorization", "cookie", "apikey", "pass", "pin", "cvv", "cvc", "ssn", "privatekey", "dsn"}
-_LAST_PAIRS = {
+"""Words that make a name a strong secret name wherever they are in it (``db_password``, ``client_secret``)."""
+_STRONG_LAST_WORDS = {"authorization", "apikey", "privatekey", "cvv", "cvc", "ssn"}
+_WEAK_LAST_WORDS = {"token", "cookie", "pass", "pin", "dsn"}
+"""Last words that name a secret when they hold one value (a PIN, a token), but also ordinary objects: a boarding
+pass, a currency token, a map pin, a cookie's settings."""
+_STRONG_LAST_PAIRS = {
     ("api", "key"),
     ("access", "key"),
     ("private", "key"),
@@ -117,21 +123,36 @@ _LAST_PAIRS = {
     ("encryption", "key"),
     ("master", "key"),
     ("client", "key"),
-    ("session", "id"),
 }
+_WEAK_LAST_PAIRS = {("session", "id")}
+_TOKEN_KINDS = {"access", "refresh", "auth", "bearer", "session", "api", "oauth", "oauth2", "id", "csrf", "xsrf", "jwt", "sso", "security"}
+"""The words before ``token`` that make it a strong secret name (``access_token``, ``x-auth-token``)."""
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
-@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a key or variable name says its value is a secret (``DB_PASSWORD``, ``apiKey``,
     ``client_secret``, ``x-auth-token``; not ``max_tokens``, ``primary_key`` or ``token_count``)."""
+    return _secret_name_strength(name) > 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name_strength(name: str) -> int:
+    """2 for a strong secret name (``password``, ``client_secret``, ``api_key``, ``access_token``, ``authorization``:
+    whatever is below it is secret, an object or a list whole), 1 for a weak one (``token``, ``pin``, ``boarding_pass``,
+    ``cookie``: a single value below it is secret, an object or a list is ordinary data), 0 for any other name."""
     words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if w]
     if not words or len(name) > 64:
-        return False
-    if _STRONG_WORDS.intersection(words):
-        return True
-    return words[-1] in _LAST_WORDS or tuple(words[-2:]) in _LAST_PAIRS
+        return 0
+    last, pair = words[-1], tuple(words[-2:])
+    if (
+        _STRONG_WORDS.intersection(words)
+        or last in _STRONG_LAST_WORDS
+        or pair in _STRONG_LAST_PAIRS
+        or (last == "token" and len(words) > 1 and words[-2] in _TOKEN_KINDS)
+    ):
+        return 2
+    return 1 if last in _WEAK_LAST_WORDS or pair in _WEAK_LAST_PAIRS else 0
 
 
 # --- the built-in rules -------------------------------------------------------------------------
@@ -193,8 +214,9 @@ class _Found:
 def _assignments(text: str) -> Iterator[_Found]:
     """The values of ``name = value`` / ``"name": value`` assignments to secret names (the ``secret`` rule), looked for
     only around the words secret names are made of (scanning every word of a long text with the full rule is ten times
-    slower). A value written as an object or a list gives each string and number inside it, as
-    :meth:`Redactor.redact_value` replaces every one below a secret-named key (:func:`_structure`)."""
+    slower). A value written as an object or a list gives each string and number inside it after a strong secret name,
+    as :meth:`Redactor.redact_value` replaces every one there (:func:`_structure`); after a weak one (``token``,
+    ``pin``), none: it is read as any text is, its own secret names one by one."""
     last = covered = -1
     budget = 4 * len(text) + 10_000  # characters read as objects or lists, at most (where unclosed ones nest)
     for hit in _NAME_WORD.finditer(_lower(text)):
@@ -207,17 +229,20 @@ def _assignments(text: str) -> Iterator[_Found]:
             continue
         last = start
         match = _ASSIGNMENT.match(text, start)
-        if match is None or not is_secret_name(match.group("name")):
+        if match is None or not (strength := _secret_name_strength(match.group("name"))):
             continue
         value = match.group("value")
         quote = match.group("quote") if match.group("quote").endswith(("'", '"')) else ""
-        found = None
+        read = None
         if value[0] in "{[" and budget > 0:
-            found, end = _structure(text, match.start("value"), quote, min(budget, _STRUCTURE_CHARS))
-            budget -= end - match.start("value")
-        if found is not None:
-            yield from found
-            covered = end if found else -1  # (none: a JSON Schema, whose secret names are looked at one by one)
+            read = _structure(text, match.start("value"), quote, min(budget, _STRUCTURE_CHARS))
+            budget -= read.end - match.start("value")
+        if read is not None and read.values is not None:  # an object or a list
+            if strength == 2 and not read.schema:
+                yield from read.values
+                covered = read.end if read.values else -1
+            elif strength == 2:  # a JSON Schema: its examples and defaults (its own secret names are looked at one by one)
+                yield from read.schema_values
         elif value[0] in "\"'`\\":
             yield _Found(*_secret_span(match, "value"))
         else:  # a word, or a bracket that opens no JSON-like value: up to a space, a quote or a comma
@@ -243,16 +268,35 @@ _STRUCTURE_CHARS = 1_000_000
 """How far a value written as an object or a list is read at most."""
 
 
-def _structure(text: str, pos: int, quote: str, limit: int) -> tuple[list[_Found] | None, int]:
-    """The object or list that starts at ``pos``: each string (its content) and bare value (a number, written in
-    ``quote``) in it, quoted keys left alone, and where it ends (or where the text, ``limit`` characters or what reads
-    as JSON-like data end: a value cut off); none of its values if it is a JSON Schema (a tool's ``password``
-    parameter described in a prompt), as :meth:`Redactor.redact_value` leaves one; ``None`` if it is not JSON-like
-    (two values with no comma or colon between them, as words in prose)."""
+@dataclass(slots=True)
+class _Read:
+    """What :func:`_structure` read."""
+
+    values: list[_Found] | None
+    """Each string (its content) and bare value (a number) in the object or list, quoted keys left out; ``None`` if it
+    is not JSON-like."""
+    schema: bool
+    """Whether it is a JSON Schema (:func:`_looks_like_schema`)."""
+    schema_values: list[_Found]
+    """Those of ``values`` that are example, default or constant values (:data:`_SCHEMA_VALUES`) at any depth."""
+    end: int
+    """Where it ends (or where the text, the limit or what reads as JSON-like data end: a value cut off)."""
+
+
+def _structure(text: str, pos: int, quote: str, limit: int) -> _Read:
+    """The object or list that starts at ``pos``: its values (a bare one written in ``quote``), whether it is a JSON
+    Schema (a tool's ``password`` parameter described in a prompt) and which values a schema there gives as examples,
+    a default or a constant, as :meth:`Redactor.redact_value` reads one (values ``None`` if it is not JSON-like: two
+    values with no comma or colon between them, as words in prose)."""
     found: list[_Found] = []
+    schema_values: list[_Found] = []
     keys: set[str] = set()
     types: set[str] = set()
     member = None
+    # for each object or list open: its member being read, and whether its keys are names (a schema's properties)
+    members: list[str | None] = [None]
+    names: list[bool] = [True]
+    inside = 0  # the depth of the example, default or constant value being read (0: none)
     depth, end, first, after_value = 0, min(len(text), pos + limit), text[pos], False
     while (token := _TOKEN.match(text, pos, end)) is not None:
         pos = token.end()
@@ -261,26 +305,40 @@ def _structure(text: str, pos: int, quote: str, limit: int) -> tuple[list[_Found
             after_value = False
             continue
         if after_value and kind != "close":
-            return None, pos
+            return _Read(None, False, [], pos)
         after_value = kind != "open"
         if kind == "open":
             depth += 1
+            keywords = not names[-1]
+            if keywords and not inside and members[-1] in _SCHEMA_VALUES:
+                inside = depth
+            names.append(keywords and members[-1] in _SCHEMA_NAME_MAPS and token.group(kind) == "{")
+            members.append(None)
         elif kind == "close":
+            if inside == depth:
+                inside = 0
             depth -= 1
+            names.pop()
+            members.pop()
             if depth <= 0:
                 break
         else:
             start, stop = token.span(kind)
             width = 0 if kind == "bare" else 2 if text[start] == "\\" else 1
             is_key = _KEY_END.match(text, pos, end) is not None
-            if is_key and depth == 1:
-                member = text[start + width : stop - width]
-                keys.add(member)
-            elif member == "type" and not is_key:
+            if is_key:
+                members[-1] = text[start + width : stop - width]
+                if depth == 1:
+                    member = members[-1]
+                    keys.add(member)
+            elif member == "type":
                 types.add(text[start + width : stop - width])
             if kind == "bare" or (not is_key and stop - start > 2 * width):
                 found.append(_Found(start + width, stop - width, quote if kind == "bare" else ""))
-    return ([] if first == "{" and _looks_like_schema(keys, types) else found), pos
+                if not is_key and (inside or (not names[-1] and members[-1] in _SCHEMA_VALUES)):
+                    schema_values.append(found[-1])
+    schema = first == "{" and _looks_like_schema(keys, types)
+    return _Read(found, schema, schema_values, pos)
 
 
 _SCHEMA_KEYWORDS = frozenset(
@@ -290,16 +348,25 @@ _SCHEMA_KEYWORDS = frozenset(
         *("anyOf", "oneOf", "allOf", "not", "$ref", "$defs", "definitions", "discriminator", "deprecated"),
         *("minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
         *("minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "readOnly", "writeOnly"),
-        *("contentEncoding", "contentMediaType"),
+        *("contentEncoding", "contentMediaType", "contentSchema", "example", "$comment", "$id", "$schema", "$anchor"),
+        *("$dynamicRef", "$dynamicAnchor", "$vocabulary", "contains", "minContains", "maxContains", "if", "then", "else"),
+        *("dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems"),
+        *("additionalItems", "externalDocs", "xml"),
     }
 )
+"""JSON Schema keywords (2020-12 and earlier drafts) and OpenAPI's; ``x-`` extensions are allowed too."""
+_SCHEMA_VALUES = frozenset({"example", "examples", "default", "const"})
+"""Schema keywords whose value is a value of the described data, not a schema: below a strong secret name (an
+``api_key`` parameter's example), secret."""
+_SCHEMA_NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependentRequired"})
+"""Schema keywords whose value maps names (a property named ``default``) to schemas."""
 _SCHEMA_TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 
 
 def _looks_like_schema(keys: set[str], types: set[str]) -> bool:
-    """Whether an object with these keys (its ``type`` these) is a JSON Schema: only schema keywords, and a schema
-    type or a reference or combination."""
-    if not keys or not keys <= _SCHEMA_KEYWORDS:
+    """Whether an object with these keys (its ``type`` these) is a JSON Schema: only schema keywords and ``x-``
+    extensions, and a schema type or a reference or combination."""
+    if not keys or not all(key in _SCHEMA_KEYWORDS or key.startswith("x-") for key in keys):
         return False
     return bool(keys & {"$ref", "anyOf", "oneOf", "allOf"}) or ("type" in keys and bool(types) and types <= _SCHEMA_TYPES)
 
@@ -339,7 +406,10 @@ def _cards(text: str) -> Iterator[re.Match[str] | _Found]:
 def _card_within(text: str, match: re.Match[str]) -> _Found | None:
     """A card inside the run of digit groups (one space or dash apart) that ``match`` starts: one group of 13-19
     digits or groups in a usual layout (:data:`_CARD_LAYOUTS`), starting in ``match``, with a space or the run's end
-    on both sides, passing the check (the leftmost, then the longest); ``None`` if there is none."""
+    on both sides, passing the check (the leftmost, then the longest); ``None`` if there is none. Four groups of four
+    in a row of more 4-digit figures (readings, years, counts) are figures, not a card: taken only where the row has no
+    other figure before them and at most one after (an amount: "pay 10 4539 1488 0343 6467 1500 EUR"). (Where the
+    first four of such a row, or the next four, pass the check, :data:`_CARD` has taken them already.)"""
     groups: list[tuple[int, int]] = []
     for group in _DIGIT_GROUP.finditer(text, match.start()):
         if group.start() > match.end() + 40 or (groups and not (group.start() == groups[-1][1] + 1 and text[group.start() - 1] in " -")):
@@ -352,11 +422,25 @@ def _card_within(text: str, match: re.Match[str]) -> _Found | None:
         if i and text[start - 1] != " ":
             continue
         for layout in ((lengths[i],),) if 13 <= lengths[i] <= 19 else _CARD_LAYOUTS if lengths[i] == 4 else ():
-            if tuple(lengths[i : i + len(layout)]) == layout:
-                end = groups[i + len(layout) - 1][1]
-                if text[end : end + 1] != "-" and _is_card(text[start:end]):
-                    return _Found(start, end)
+            if tuple(lengths[i : i + len(layout)]) != layout:
+                continue
+            end = groups[i + len(layout) - 1][1]
+            if text[end : end + 1] == "-" or not _is_card(text[start:end]):
+                continue
+            if layout[:4] != (4, 4, 4, 4) or ((fours := _fours_around(text, groups, i, i + 3))[0] == 0 and fours[1] <= 1):
+                return _Found(start, end)
     return None
+
+
+def _fours_around(text: str, groups: list[tuple[int, int]], first: int, last: int) -> tuple[int, int]:
+    """How many 4-digit groups, one space apart, come before ``groups[first]`` and after ``groups[last]`` in a row."""
+    before = first
+    while before > 0 and groups[before - 1][1] - groups[before - 1][0] == 4 and text[groups[before][0] - 1] == " ":
+        before -= 1
+    after = last
+    while after + 1 < len(groups) and groups[after + 1][1] - groups[after + 1][0] == 4 and text[groups[after + 1][0] - 1] == " ":
+        after += 1
+    return first - before, after - last
 
 
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
@@ -520,8 +604,8 @@ KINDS: dict[str, tuple[bool, str]] = {
     "aws_secret_key": (True, "AWS secret access keys (40 characters of base64)"),
     "secret": (
         True,
-        "values under secret-named keys (every string and number of an object or a list there): JSON fields, key=value, "
-        "DB_PASSWORD=... environment lines",
+        "values under secret-named keys (every string and number of an object or a list under a strong name: password, "
+        "client_secret, api_key, access_token, ...): JSON fields, key=value, DB_PASSWORD=... environment lines",
     ),
     "password": (True, 'passwords in prose ("my password is ...")'),
     "email": (True, "e-mail addresses, non-ASCII ones too"),
@@ -678,14 +762,37 @@ class Redactor:
         return self.redact_text(key)
 
     def _redact_member(self, key: Any, value: Any) -> Any:
-        if self._secret_keys and isinstance(key, str) and is_secret_name(key) and not _is_schema(value):
+        strength = _secret_name_strength(key) if self._secret_keys and isinstance(key, str) else 0
+        if strength and not isinstance(value, (Mapping, list, tuple)):
             return self._redact_secret(value)
+        if strength == 2:
+            return self._redact_schema(value) if _is_schema(value) else self._redact_secret(value)
+        return self.redact_value(value)  # (an object or a list below a weak secret name is ordinary data)
+
+    def _redact_schema(self, value: Any, names: bool = False) -> Any:
+        """A JSON Schema below a strong secret name (a tool's ``api_key`` parameter), or a part of it (``names``: a
+        mapping of property names to schemas): walked as any value is, but the values it gives as examples, a default
+        or a constant (:data:`_SCHEMA_VALUES`) replaced as secrets, at any depth (they may be a real key)."""
+        if isinstance(value, Mapping):
+            out = {}
+            for key, item in value.items():
+                if not names and key in _SCHEMA_VALUES:
+                    out[self._redact_key(key)] = self._redact_secret(item)
+                    continue
+                strength = _secret_name_strength(key) if self._secret_keys and isinstance(key, str) else 0
+                if strength and (not isinstance(item, (Mapping, list, tuple)) or (strength == 2 and not _is_schema(item))):
+                    item = self._redact_secret(item)  # (as _redact_member does)
+                else:  # a schema's part, a schema below a strong secret name, an object or a list below a weak one
+                    item = self._redact_schema(item, names=not names and key in _SCHEMA_NAME_MAPS and isinstance(item, Mapping))
+                out[self._redact_key(key)] = item
+            return out
+        if isinstance(value, (list, tuple)):
+            return [self._redact_schema(item) for item in value]
         return self.redact_value(value)
 
     def _redact_secret(self, value: Any) -> Any:
         """``value`` below a secret-named key: every string and number in it replaced (placeholders kept), objects and
-        lists kept in shape, their keys redacted as keys are. (A JSON Schema under such a key, a tool's ``password``
-        parameter, is walked as any value is.)"""
+        lists kept in shape, their keys redacted as keys are."""
         if isinstance(value, Mapping):
             return {self._redact_key(k): self._redact_secret(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

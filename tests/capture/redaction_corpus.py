@@ -241,6 +241,11 @@ CLEAN_VALUES: tuple[str, ...] = (
     "order 1234 5678 9012 3456 10 units",
     "BE00 5390 0754 7034 2024",
     "ping @support, pip install pkg@1.2.3",
+    "boarding_pass={'flight': 'BA117', 'seat': '12A', 'gate': 'B32'}",
+    "token: {'symbol': 'USDC', 'decimals': 6}",
+    "pin={'lat': 48.8584, 'lng': 2.2945, 'label': 'Eiffel Tower'}",
+    "api_key: {'type': 'string', 'description': 'The account key', 'x-sensitive': True, '$comment': 'from the dashboard'}",
+    "readings 8808 6866 4578 9268 3281 5617 3289 2553",
     "(see section 4.2)",
     "call #5551234",
     "ref 00012345678901234567",
@@ -252,7 +257,8 @@ CLEAN_VALUES: tuple[str, ...] = (
     "See https://shop.example.com/orders/A-10023?tab=items",
     "shipping to 1600 Amphitheatre Pkwy, Mountain View",
 )
-"""Ordinary values that must survive redaction unchanged (the last card-like number fails Luhn)."""
+"""Ordinary values that must survive redaction unchanged (the card-like numbers fail Luhn, or are a row of figures; the
+objects under ``boarding_pass``, ``token`` and ``pin`` are no secrets, nor is a JSON Schema under ``api_key``)."""
 
 
 @dataclass

@@ -390,3 +390,181 @@ def test_a_store_recorded_before_these_fixes_stays_readable_and_its_placeholders
     agent.recorder.close()
     tasks = {t.task for t in LocalExperienceStore(store_path).iter_trajectories()}
     assert "mail [REDACTED:email:050f3988]" in tasks and len(tasks) == 2
+
+
+# --- review of a50710b: weak secret names, schemas, card windows in rows of figures --------------------------------
+
+ORDINARY_OBJECTS_UNDER_WEAK_NAMES = [
+    {"boarding_pass": {"flight": "BA117", "seat": "12A", "gate": "B32", "departs": "2026-12-01T10:40"}},
+    {"token": {"symbol": "USDC", "decimals": 6, "chain": "ethereum"}},
+    {"pin": {"lat": 48.8584, "lng": 2.2945, "label": "Eiffel Tower"}},
+    {"season_pass": ["Zermatt", "Verbier"]},
+    {"cookie": {"name": "theme", "value": "dark", "path": "/"}},
+    {"map": {"pins": 3, "pin": [{"lat": 1.5, "lng": 2.5}], "nft_token": {"id": 42, "name": "Ape #42"}}},
+]
+
+
+@pytest.mark.parametrize("data", ORDINARY_OBJECTS_UNDER_WEAK_NAMES)
+def test_objects_and_lists_under_weak_secret_names_are_walked_as_ordinary_data(data):
+    """``token``, ``pin``, a ``pass`` suffix and ``cookie`` name a secret when they hold one value (a PIN, a token), but
+    a boarding pass, a currency token, a map pin or a browser cookie's settings are ordinary objects: kept, as before
+    a50710b, in values and in JSON text alike."""
+    redactor = Redactor(salt=b"store")
+    assert redactor.redact_value(data) == data
+    for dump in (json.dumps, lambda d: json.dumps(d, indent=2), lambda d: repr(d)):
+        assert redactor.redact_text("result: " + dump(data)) == "result: " + dump(data)
+    assert redactor.redact_value({"content": json.dumps(data)}) == {"content": json.dumps(data)}
+    assert json.loads(redactor.redact_json(data)) == data
+
+
+def test_under_a_weak_secret_name_an_object_still_gets_the_built_in_rules_and_a_single_value_is_replaced():
+    redactor = Redactor()
+    data = {
+        "token": {"symbol": "USDC", "issuer_contact": "ops@circle.example.com", "api_key": "9f8e7d6c5b4a3928"},
+        "cookie": {"name": "sid", "value": "sk_live_abcdefghij12"},
+        "pin": 4821,
+        "boarding_pass": "BA117-12A-XKQ7",
+    }
+    expected = {
+        "token": {"symbol": "USDC", "issuer_contact": "[REDACTED:email]", "api_key": "[REDACTED:secret]"},
+        "cookie": {"name": "sid", "value": "[REDACTED:api_key]"},
+        "pin": "[REDACTED:secret]",
+        "boarding_pass": "[REDACTED:secret]",
+    }
+    assert redactor.redact_value(data) == expected
+    assert json.loads(redactor.redact_text(json.dumps(data))) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "strength"),
+    [
+        *((n, 2) for n in ("password", "db_password", "passwd", "passphrase", "client_secret", "secrets", "credentials", "aws_credential")),
+        *((n, 2) for n in ("api_key", "apiKey", "APIKEY", "private_key", "privateKey", "access_key", "signing_key", "authorization")),
+        *((n, 2) for n in ("access_token", "refreshToken", "x-auth-token", "id_token", "bearer_token", "csrf_token", "cvv", "ssn")),
+        *((n, 1) for n in ("token", "github_token", "pin", "card_pin", "boarding_pass", "SMTP_PASS", "cookie", "session_id", "dsn")),
+        *((n, 0) for n in ("max_tokens", "token_count", "primary_key", "order_id", "pins", "cookies", "passenger", "spinner")),
+    ],
+)
+def test_secret_names_are_strong_or_weak(name, strength):
+    from ee_middleware.capture.redaction import _secret_name_strength, is_secret_name
+
+    assert _secret_name_strength(name) == strength
+    assert is_secret_name(name) is (strength > 0)
+
+
+@pytest.mark.parametrize("name", ["access_token", "authorization", "private_key", "cvv"])
+def test_every_scalar_below_a_strong_secret_name_is_replaced(name):
+    data = {name: {"value": "abc-123-xyz", "scopes": ["read", "write"], "expires_in": 3600, "refreshable": True}}
+    redacted = Redactor().redact_value(data)
+    assert redacted == {
+        name: {"value": "[REDACTED:secret]", "scopes": ["[REDACTED:secret]"] * 2, "expires_in": "[REDACTED:secret]", "refreshable": True}
+    }
+    assert json.loads(Redactor().redact_text(json.dumps(data))) == redacted
+
+
+CONNECT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "connect",
+        "parameters": {
+            "type": "object",
+            "required": ["api_key"],
+            "properties": {
+                "api_key": {"type": "string", "description": "The account's API key", "example": "9f8e7d6c5b4a3928"},
+                "password": {"type": "string", "description": "Login password", "x-sensitive": True, "default": "hunter2"},
+                "token": {"type": "string", "minLength": 8, "$comment": "from the dashboard", "examples": ["tok_abc"]},
+                "credentials": {
+                    "type": "object",
+                    "$id": "#creds",
+                    "properties": {
+                        "user": {"type": "string", "examples": ["svc-deploy"]},
+                        "default": {"type": "boolean", "description": "use the default account"},
+                    },
+                    "x-order": 3,
+                },
+            },
+        },
+    },
+}
+CONNECT_PROPERTIES_REDACTED = {
+    "api_key": {"type": "string", "description": "The account's API key", "example": "[REDACTED:secret]"},
+    "password": {"type": "string", "description": "Login password", "x-sensitive": True, "default": "[REDACTED:secret]"},
+    "token": {"type": "string", "minLength": 8, "$comment": "from the dashboard", "examples": ["tok_abc"]},
+    "credentials": {
+        "type": "object",
+        "$id": "#creds",
+        "properties": {
+            "user": {"type": "string", "examples": ["[REDACTED:secret]"]},
+            "default": {"type": "boolean", "description": "use the default account"},
+        },
+        "x-order": 3,
+    },
+}
+
+
+def test_a_json_schema_under_a_secret_name_keeps_its_structure_with_openapi_and_extension_keywords():
+    """A tool's parameters described with OpenAPI's ``example``, an ``x-`` extension, ``$comment`` or ``$id`` keep
+    their type, description and limits; the example, examples, default (and const) values under a strong secret name
+    are still replaced, as they may be a real key (under the weak ``token`` they are ordinary data, the built-in rules
+    applying); a property named ``default`` is a property, not a default."""
+    redactor = Redactor()
+    redacted = redactor.redact_value(CONNECT_TOOL)
+    assert redacted["function"]["parameters"]["properties"] == CONNECT_PROPERTIES_REDACTED
+    assert redacted["function"]["parameters"]["required"] == ["api_key"]
+    for dump in (json.dumps, lambda d: json.dumps(d, indent=2)):
+        text = redactor.redact_text("Call the tool per this definition: " + dump(CONNECT_TOOL))
+        assert json.loads(text.split(": ", 1)[1]) == redacted
+    result = redactor.redact_value({"role": "tool", "content": json.dumps(CONNECT_TOOL)})
+    assert json.loads(result["content"]) == redacted
+
+
+def test_a_strong_secret_object_with_a_type_member_is_no_schema():
+    redactor = Redactor()
+    for data in (
+        {"password": {"type": "bcrypt", "value": "hunter2"}},
+        {"api_key": {"type": "string", "value": "9f8e7d6c5b4a3928"}},
+        {"credentials": {"type": "object", "user": "svc", "secret": "x1"}},
+    ):
+        redacted = redactor.redact_value(data)
+        [inner] = redacted.values()
+        assert set(inner.values()) == {"[REDACTED:secret]"}, redacted
+        assert json.loads(redactor.redact_text(json.dumps(data))) == redacted
+
+
+def _fours_from_the_start(row: str) -> str:
+    """What the card rule made of a row of 4-digit figures before a50710b: its figures four by four from the start,
+    each four taken as a card if they pass the check, no other window."""
+    figures = row.split()
+    out = []
+    for at in range(0, len(figures), 4):
+        number = " ".join(figures[at : at + 4])
+        card = len(figures[at : at + 4]) == 4 and _luhn(number.replace(" ", "")) and number[0] in "3456"
+        out.append("[REDACTED:credit_card]" if card else number)
+    return " ".join(out)
+
+
+def test_a_card_is_not_looked_for_across_a_row_of_4_digit_figures():
+    """Readings, years and stock counts written as a row of 4-digit figures: a Luhn-valid window of four of them that
+    starts in the middle of the row is no card (a50710b took them: 419 of 2000 seeded rows of eight changed, 184
+    before); four by four from the row's start they are taken as before (two cards one after the other stay found)."""
+    rng = random.Random(5)
+    redactor = Redactor()
+    for size in (5, 6, 8, 12):
+        for _ in range(150):
+            row = " ".join(str(rng.randint(1000, 9999)) for _ in range(size))
+            assert redactor.redact_text(row) == _fours_from_the_start(row), row
+    for row in ("figures: 8808 6866 4578 9268 3281 5617 3289 2553", "Readings: 3000 4000 5000 6000 3100 4100 5100 6100 3200 4200"):
+        assert redactor.redact_text(row) == row
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("charge 4539 1488 0343 6467 1500 EUR", "charge [REDACTED:credit_card] 1500 EUR"),
+        ("pay 10 5555 5555 5555 4444 1500 EUR", "pay 10 [REDACTED:credit_card] 1500 EUR"),
+        ("4111 1111 1111 1111 2026-11-25", "[REDACTED:credit_card] 2026-11-25"),
+        ("card 3782 822463 10005 2026 7", "card [REDACTED:credit_card] 2026 7"),
+    ],
+)
+def test_a_card_followed_by_one_4_digit_figure_is_still_found(text, expected):
+    assert Redactor().redact_text(text) == expected
