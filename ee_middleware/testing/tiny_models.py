@@ -94,6 +94,35 @@ def build_tiny_model(tokenizer: Any, architecture: str = "llama", *, max_positio
     raise ValueError(f"unknown architecture {architecture!r}: one of {', '.join(ARCHITECTURES)}")
 
 
+def force_answers(model: Any, scripts: Sequence[Sequence[int]]) -> dict[str, int]:
+    """Make a (tiny, random) causal LM write ``scripts`` (token ids): its output layer is forced to the next token of the
+    current script at every step, so real generation (sampling, stop tokens, chat templates, servers) writes exactly
+    those tokens. Each new prompt (a forward pass over more than one token) moves to the next script; past the last one,
+    the last script starts again (one script: every prompt gets it). Returns the hooks' state (``answer``: the script
+    being written, ``next``: its next token), for a test that wants to look."""
+    import torch
+
+    state = {"answer": -1, "next": 0}
+
+    def restart(module: Any, args: Any, kwargs: Any) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:
+            state["answer"], state["next"] = state["answer"] + 1, 0
+
+    def write(module: Any, inputs: Any, logits: Any) -> Any:
+        script = scripts[min(max(state["answer"], 0), len(scripts) - 1)]
+        token = script[min(state["next"], len(script) - 1)]
+        state["next"] += 1
+        forced = torch.full_like(logits[:, -1, :], -1e9)
+        forced[:, token] = 0.0
+        logits[:, -1, :] = forced
+        return logits
+
+    model.model.register_forward_pre_hook(restart, with_kwargs=True)
+    model.lm_head.register_forward_hook(write)
+    return state
+
+
 def save_tiny_model(folder: Path, tokenizer: Any, architecture: str = "llama", *, max_positions: int = 1024, seed: int = 0) -> Path:
     """:func:`build_tiny_model` saved with its tokenizer as a base-model folder (``save_pretrained``)."""
     build_tiny_model(tokenizer, architecture, max_positions=max_positions, seed=seed).save_pretrained(folder)

@@ -206,10 +206,8 @@ def test_a_served_model_without_a_tool_parser_is_scored_and_its_text_calls_are_c
 
 
 LOCAL_FACTORY = """
-import torch
-
 from ee_middleware.models.local import LocalGenerator
-from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama
+from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama, force_answers
 
 ANSWER = {answer!r}
 
@@ -217,24 +215,7 @@ ANSWER = {answer!r}
 def client():
     tokenizer = build_test_tokenizer([ANSWER, "Find the area of a triangle with a base of 10 units and height of 5 units."])
     model = build_tiny_llama(tokenizer)
-    script = tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    position = {{"next": 0}}
-
-    def restart(module, args, kwargs):  # a prompt (more than one new token) starts the script again
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and ids.shape[1] > 1:
-            position["next"] = 0
-
-    def write(module, inputs, logits):  # the output layer writes ANSWER token by token, then ends
-        token = script[min(position["next"], len(script) - 1)]
-        position["next"] += 1
-        forced = torch.full_like(logits[:, -1, :], -1e9)
-        forced[:, token] = 0.0
-        logits[:, -1, :] = forced
-        return logits
-
-    model.model.register_forward_pre_hook(restart, with_kwargs=True)
-    model.lm_head.register_forward_hook(write)
+    force_answers(model, [tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
     return LocalGenerator.from_objects(model, tokenizer, model_name="tiny")
 """
 
@@ -274,34 +255,14 @@ class _ScriptedLocalModel:
     the only thing scripted)."""
 
     def __init__(self, answers: list[str]) -> None:
-        import torch
-
         from ee_middleware.models.local import LocalGenerator
-        from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama
+        from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama, force_answers
 
         tokenizer = build_test_tokenizer(answers, vocab_size=800)
         model = build_tiny_llama(tokenizer)
         scripts = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
         assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in scripts] == answers  # the text comes back as written
-        self.state = {"answer": -1, "next": 0}
-        state = self.state
-
-        def restart(module: Any, args: Any, kwargs: Any) -> None:  # a prompt (more than one new token): the next answer
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is not None and ids.shape[1] > 1:
-                state["answer"], state["next"] = state["answer"] + 1, 0
-
-        def write(module: Any, inputs: Any, logits: Any) -> Any:
-            script = scripts[min(state["answer"], len(scripts) - 1)]
-            token = script[min(state["next"], len(script) - 1)]
-            state["next"] += 1
-            forced = torch.full_like(logits[:, -1, :], -1e9)
-            forced[:, token] = 0.0
-            logits[:, -1, :] = forced
-            return logits
-
-        model.model.register_forward_pre_hook(restart, with_kwargs=True)
-        model.lm_head.register_forward_hook(write)
+        self.state = force_answers(model, scripts)
         self.client = LocalGenerator.from_objects(model, tokenizer, model_name="tiny")
 
 

@@ -141,33 +141,17 @@ FORCED = '<tool_call>{"name": "ls", "arguments": {"a": true}}</tool_call><tool_c
 def test_the_local_server_says_length_for_an_answer_cut_after_whole_calls(tmp_path: Path) -> None:
     """The real local model server (real HTTP) with a tiny model whose output layer writes FORCED token by token: the
     answer holds one whole call and is cut in the next. The server said 'tool_calls', hiding the cut from the eval."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from ee_middleware.adapters.serving.local_server import LocalModelServer, make_http_server
     from ee_middleware.models.openai_compat import OpenAIChatClient
     from ee_middleware.models.protocol import Sampling
-    from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama
+    from ee_middleware.testing.tiny_models import build_test_tokenizer, force_answers, save_tiny_llama
 
     folder = save_tiny_llama(tmp_path / "tiny", build_test_tokenizer([FORCED, "list the files"]), max_positions=512)
     app = LocalModelServer(folder, served_model_name="tiny")
     script = app.tokenizer(FORCED, add_special_tokens=False)["input_ids"]
-    position = {"next": 0}
-
-    def restart(module: Any, args: Any, kwargs: Any) -> None:  # a prompt (more than one new token) starts the script again
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and ids.shape[1] > 1:
-            position["next"] = 0
-
-    def write(module: Any, inputs: Any, logits: Any) -> Any:
-        token = script[min(position["next"], len(script) - 1)]
-        position["next"] += 1
-        forced = torch.full_like(logits[:, -1, :], -1e9)
-        forced[:, token] = 0.0
-        logits[:, -1, :] = forced
-        return logits
-
-    app.base_model.model.register_forward_pre_hook(restart, with_kwargs=True)
-    app.base_model.lm_head.register_forward_hook(write)
+    force_answers(app.base_model, [script])
     tools = [{"type": "function", "function": {"name": "ls", "parameters": {"type": "object", "properties": {"a": {"type": "boolean"}}}}}]
     with serving(make_http_server(app, port=0)) as url:
         client = OpenAIChatClient(url, "tiny", retries=0)
