@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,9 +192,20 @@ class RunsDir:
             return run.status
         return run.status if (self.locked_by_other() if held is None else held) else f"{run.status} (killed?)"
 
+    def _new_id(self) -> str:
+        """A run id that sorts by start time (``latest`` is the last in order): the time to the millisecond and a random
+        byte. A run started in the same millisecond as the newest one waits for the next millisecond rather than take a
+        random byte that would sort it before that run."""
+        newest = max((p.name for p in self.root.iterdir()), default="") if self.root.is_dir() else ""
+        while True:
+            stamp = datetime.now(UTC)
+            prefix = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}"
+            if not newest.startswith(prefix):
+                return prefix + secrets.token_hex(1)
+            time.sleep(0.001)
+
     def create(self, job: str, config: dict[str, Any], config_hash: str) -> Run:
-        stamp = datetime.now(UTC)
-        run_id = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}{secrets.token_hex(1)}"  # sorts by start time
+        run_id = self._new_id()
         folder = self.root / run_id
         (folder / STAGES_DIR).mkdir(parents=True)
         run = Run(

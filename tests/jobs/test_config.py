@@ -78,6 +78,35 @@ def test_runs_are_found_by_prefix_and_latest(tmp_path: Path) -> None:
     assert runs.resumable("h1").id == second.id
 
 
+def test_a_run_started_in_the_same_millisecond_as_the_newest_is_still_the_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run id is the start time to the millisecond and a random byte: two runs started in the same millisecond sorted
+    by that byte, so `latest` named the first one about half the time (CI saw it once). The second waits for the next
+    millisecond instead. The clock and the random bytes are fixed here so that the collision happens every time."""
+    import datetime as dt
+
+    from ee_middleware.jobs import runs as runs_module
+
+    clock = [dt.datetime(2026, 12, 1, 5, 35, 53, 916_000, tzinfo=dt.UTC)]  # moves only when create waits
+
+    class FixedClock(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:  # type: ignore[override]
+            return clock[0]
+
+    def wait(seconds: float) -> None:
+        clock[0] += dt.timedelta(seconds=seconds)
+
+    byte = iter(["ed", "0c", "0c"])
+    monkeypatch.setattr(runs_module, "datetime", FixedClock)
+    monkeypatch.setattr(runs_module.secrets, "token_hex", lambda n: next(byte))
+    monkeypatch.setattr("time.sleep", wait)
+    runs = RunsDir(tmp_path / "runs")
+    first = runs.create("improve", {}, "h1")
+    second = runs.create("improve", {}, "h1")
+    assert first.id == "20261201-053553-916ed" and second.id == "20261201-053553-9170c"
+    assert runs.get("latest").id == second.id
+
+
 def test_the_traces_suite_runs_in_the_replay_sandbox_unless_eval_names_one(tmp_path: Path) -> None:
     """A user's tool world replayed with [replay] sandbox = "pkg:factory" is where its held-out trajectories are
     evaluated too (was: no sandbox, so every held-out trajectory was excluded and the gate saw 0 tasks)."""
