@@ -109,7 +109,19 @@ def _is_prose_password(text: str) -> bool:
 # --- secret-named keys --------------------------------------------------------------------------
 
 _STRONG_WORDS = {"password", "passwd", "passphrase", "passcode", "pwd", "secret", "secrets", "credential", "credentials"}
-"""Words that make a name a strong secret name wherever they are in it (``db_password``, ``client_secret``)."""
+"""Words that make a name a strong secret name wherever they are in it (``db_password``, ``client_secret``), unless a
+word of :data:`_ABOUT_A_SECRET` follows them."""
+_ABOUT_A_SECRET = {
+    "policy", "policies", "rule", "rules", "requirement", "requirements", "complexity", "strength", "length", "len",
+    "min", "max", "minimum", "maximum", "hint", "hints", "reset", "expiry", "expires", "expiration", "expired", "age",
+    "changed", "updated", "rotated", "rotation", "last", "history", "field", "fields", "label", "labels", "prompt",
+    "required", "enabled", "disabled", "type", "types", "kind", "format", "pattern", "regex", "count", "attempts",
+    "retries", "arn", "ref", "refs", "version", "versions", "name", "names", "id", "ids", "manager", "provider", "store",
+    "schema", "metadata", "status", "path", "url", "uri", "file", "location",
+}  # fmt: skip
+"""Words that, after a strong word, make a name describe a secret rather than hold it (``password_policy``,
+``secret_arn``, ``credentials_path``): a weak name, whose single values are still replaced while an object or a list
+below it is ordinary data (the secret names and built-in rules inside it still apply)."""
 _STRONG_LAST_WORDS = {"authorization", "apikey", "privatekey", "cvv", "cvc", "ssn"}
 _WEAK_LAST_WORDS = {"token", "cookie", "pass", "pin", "dsn"}
 """Last words that name a secret when they hold one value (a PIN, a token), but also ordinary objects: a boarding
@@ -145,8 +157,11 @@ def _secret_name_strength(name: str) -> int:
     if not words or len(name) > 64:
         return 0
     last, pair = words[-1], tuple(words[-2:])
+    strong_at = [at for at, word in enumerate(words) if word in _STRONG_WORDS]
+    if strong_at and _ABOUT_A_SECRET.intersection(words[strong_at[-1] + 1 :]):
+        return 1  # about a secret (its policy, its ARN, where it is kept), not the secret itself
     if (
-        _STRONG_WORDS.intersection(words)
+        strong_at
         or last in _STRONG_LAST_WORDS
         or pair in _STRONG_LAST_PAIRS
         or (last == "token" and len(words) > 1 and words[-2] in _TOKEN_KINDS)
@@ -355,7 +370,7 @@ _SCHEMA_KEYWORDS = frozenset(
     }
 )
 """JSON Schema keywords (2020-12 and earlier drafts) and OpenAPI's; ``x-`` extensions are allowed too."""
-_SCHEMA_VALUES = frozenset({"example", "examples", "default", "const"})
+_SCHEMA_VALUES = frozenset({"example", "examples", "default", "const", "enum"})
 """Schema keywords whose value is a value of the described data, not a schema: below a strong secret name (an
 ``api_key`` parameter's example), secret."""
 _SCHEMA_NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependentRequired"})
@@ -480,10 +495,16 @@ _EMAIL_DOMAIN = r"@(?:[^\W_][\w-]*+\.)+(?:xn--[A-Za-z0-9-]+|[A-Za-z]{2,}(?![A-Za
 """``@`` and an address's domain: example.co.uk, пример.рф, xn--e1afmkfd.xn--p1ai."""
 
 _EMAIL = re.compile(_EMAIL_LOCAL + _EMAIL_DOMAIN)
-"""E-mail addresses, non-ASCII ones included (RFC 6531); found by :func:`_emails`."""
+"""E-mail addresses, non-ASCII ones included (RFC 6531); found by :func:`_emails`, which also takes those whose local
+part ends in a letter of a script written without spaces (:data:`_UNSPACED_LOCAL_BEFORE`)."""
 
 _LOCAL_BEFORE = re.compile(_EMAIL_LOCAL + r"\Z")
 _ONE_LETTER = re.compile(_LETTER)
+_UNSPACED_LOCAL_BEFORE = re.compile(r"\w++(?:[.%+'-]++\w++)*+\Z")
+"""A local part that ends in a letter of a script written without spaces (张伟@example.com): where it starts is not
+known, so it is taken back to the nearest space or punctuation, at most :data:`_UNSPACED_LOCAL_CHARS` characters
+(the words before it in the same run go with it: more is replaced than the address, never less)."""
+_UNSPACED_LOCAL_CHARS = 64  # an address's local part is 64 characters at most (RFC 5321)
 _DOMAIN_AT = re.compile(_EMAIL_DOMAIN)
 
 
@@ -497,6 +518,8 @@ def _emails(text: str) -> Iterator[_Found]:
             back = 256
             while (local := _LOCAL_BEFORE.search(text, max(0, at - back), at)) is None and back < at and _ONE_LETTER.match(text, at - 1):
                 back *= 8  # a local part longer than that: looked for further back
+            if local is None and at > 0 and text[at - 1].isalnum():  # (a letter _LETTER leaves out: CJK, Hangul)
+                local = _UNSPACED_LOCAL_BEFORE.search(text, max(0, at - _UNSPACED_LOCAL_CHARS), at)
             if local is not None:
                 yield _Found(local.start(), domain.end())
                 after = domain.end()

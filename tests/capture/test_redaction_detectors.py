@@ -568,3 +568,74 @@ def test_a_card_is_not_looked_for_across_a_row_of_4_digit_figures():
 )
 def test_a_card_followed_by_one_4_digit_figure_is_still_found(text, expected):
     assert Redactor().redact_text(text) == expected
+
+
+# --- names about a secret, enums under secret names, addresses in scripts written without spaces -------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "strength"),
+    [
+        *((n, 1) for n in ("password_policy", "passwordPolicy", "password_min_length", "secret_arn", "credentials_path")),
+        *((n, 1) for n in ("secret_key_ref", "password_reset_url", "secrets_manager", "password_expires_at", "pwd_hint")),
+        *((n, 2) for n in ("password_hash", "new_password", "password_confirmation", "aws_secret_access_key", "secret_value")),
+        *((n, 2) for n in ("secret_string", "credentials_json", "db_password", "client_secret")),
+    ],
+)
+def test_a_name_about_a_secret_is_weak_and_a_name_holding_one_stays_strong(name, strength):
+    from ee_middleware.capture.redaction import _secret_name_strength
+
+    assert _secret_name_strength(name) == strength
+
+
+def test_an_object_describing_a_secret_is_kept_and_a_secret_inside_it_is_still_replaced():
+    """``password_policy``, a Kubernetes ``secretKeyRef`` or an AWS ``secret_arn`` describe a secret: their objects are
+    ordinary data (they were replaced whole), their single values are still replaced, and a secret named inside them
+    still goes."""
+    redactor = Redactor()
+    data = {
+        "password_policy": {"min_length": 12, "require_digit": True, "max_age_days": 90},
+        "env": [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "password"}}}],
+        "secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod-db",
+        "credentials_location": {"vault": "prod", "current_password": "hunter2-hunter2"},
+    }
+    expected = {
+        "password_policy": {"min_length": 12, "require_digit": True, "max_age_days": 90},
+        "env": [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "password"}}}],
+        "secret_arn": "[REDACTED:secret]",
+        "credentials_location": {"vault": "prod", "current_password": "[REDACTED:secret]"},
+    }
+    assert redactor.redact_value(data) == expected
+    assert json.loads(redactor.redact_text(json.dumps(data))) == expected
+
+
+def test_the_allowed_values_of_a_schema_under_a_strong_secret_name_are_replaced():
+    """An ``enum`` lists the values a parameter may take: under ``api_key`` they may be the real keys, as an example
+    or a default may; the schema's structure stays."""
+    redactor = Redactor()
+    schema = {"api_key": {"type": "string", "description": "Which key", "enum": ["k-7f3a9c2e", "k-1b8d4e6f"]}}
+    expected = {"api_key": {"type": "string", "description": "Which key", "enum": ["[REDACTED:secret]"] * 2}}
+    assert redactor.redact_value(schema) == expected
+    assert json.loads(redactor.redact_text(json.dumps(schema))) == expected
+    plain = {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}  # not below a secret name: kept
+    assert redactor.redact_value(plain) == plain
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("联系 张伟@example.com 谢谢", "联系 [REDACTED:email] 谢谢"),
+        ("メール：田中@example.jp です", "メール：[REDACTED:email] です"),  # noqa: RUF001 - the full-width colon is the point
+        ("email: 김민수@example.kr", "email: [REDACTED:email]"),
+        ("zhang张伟@a.io", "[REDACTED:email]"),
+        ("用户邮箱是张伟@example.com。", "[REDACTED:email]。"),  # where the address starts is not known: the run goes
+    ],
+)
+def test_an_address_whose_local_part_is_written_in_han_kana_or_hangul_is_redacted(text, expected):
+    assert Redactor().redact_text(text) == expected
+    assert Redactor().redact_value({"to": text}) == {"to": expected}
+
+
+@pytest.mark.parametrize("text", ["中文@提及", "价格@100元", "见@home", "我@2x"])
+def test_an_at_sign_after_han_that_is_no_address_is_left_alone(text):
+    assert Redactor().redact_text(text) == text
