@@ -213,10 +213,13 @@ def _flush(stream: Any) -> None:
 
 
 def print_json(data: Any) -> None:
-    """A command's ``--json`` answer: strict JSON (a value that could not be computed, NaN, is ``null``)."""
-    from ee_middleware.messages import finite_or_null
+    """A command's ``--json`` answer: strict JSON (a value that could not be computed, NaN, is ``null``) in valid UTF-8: a
+    lone surrogate in a text (a file name ``os.listdir`` decoded, a string cut inside an emoji) is U+FFFD, as capture
+    stores it, where stdout would have written it as an invalid byte or failed."""
+    from ee_middleware.messages import clean_text, finite_or_null
 
-    sys.stdout.write(json.dumps(finite_or_null(data), ensure_ascii=False, indent=2, default=str, allow_nan=False) + "\n")
+    text = json.dumps(finite_or_null(data), ensure_ascii=False, indent=2, default=str, allow_nan=False)
+    sys.stdout.write(clean_text(text) + "\n")
 
 
 def console() -> Any:

@@ -50,6 +50,13 @@ A world tool whose function takes first, where the world goes, an argument the r
 tool's own function: the sandbox's optional ``check_offered_tools(trajectory.tools)`` raises before anything of the
 trajectory runs (see :meth:`~ee_middleware.replay.sandboxes.python.PythonSandbox.check_offered_tools`).
 
+A call the model wrote as malformed arguments (text that is no JSON object: LangChain's ``invalid_tool_calls``, stored
+as exactly ``{"_raw": "<text>"}``) was answered by the graph itself (``create_agent`` says it could not be executed),
+never by the tool: replay neither executes it in the sandbox nor checks its observation, the world stays as it is and
+the recorded observation leads to the next state; the alternatives at its state are replayed as at any other
+(``details["malformed_calls_not_executed"]`` lists such calls). Every observation a sandbox returns has its lone
+surrogates replaced with U+FFFD before it is compared, stored or reported, as capture does (:func:`~ee_middleware.messages.clean_text`).
+
 A trajectory that recorded no tool schemas (ingested from an instrumentation whose spans carry no tool definitions) is
 skipped, saying so and how to record them: every alternative is proposed from, and checked against, the tools offered.
 """
@@ -64,7 +71,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
-from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.messages import clean_text
+from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.policies.protocol import DecisionPoint
@@ -209,6 +217,9 @@ def replay_trajectory(
         if at_step is not None:
             at_step(trajectory, step)
         _branch(run, step, proposals)
+        if _malformed_by_the_model(trajectory, expert):  # answered by the graph, not the tool: the world is as it was
+            run.malformed_not_executed.append({"step": step.index, "tool": expert.name})
+            continue
         if not sandbox.covers(expert.name):  # the last step's (see _reset_for_replay): no later state depends on it
             run.final_not_replayed.append({"step": step.index, "tool": expert.name})
             continue
@@ -249,6 +260,8 @@ class _Run:
     """The expert's call at the last tool-call step when the sandbox does not provide its tool: not executed."""
     final_sandbox_failure: dict[str, Any] | None = None
     """The expert's call at the last tool-call step when the sandbox got no answer for it (:func:`_expert_failure`)."""
+    malformed_not_executed: list[dict[str, Any]] = field(default_factory=list)
+    """The expert's calls whose arguments the model wrote malformed (:func:`_malformed_by_the_model`): not executed."""
     environment_unrestored: list[Unrestored] = field(default_factory=list)
     """Placeholders of the environment reference the vault could not restore: the sandbox's world was built with them."""
     world_diverged: bool = False
@@ -297,6 +310,8 @@ class _Run:
             details["final_calls_not_replayed"] = self.final_not_replayed
         if self.final_sandbox_failure is not None:
             details["expert_sandbox_failure"] = self.final_sandbox_failure
+        if self.malformed_not_executed:
+            details["malformed_calls_not_executed"] = self.malformed_not_executed
         unrestored = sum(bool(r.unrestored) for r in self.rollouts)
         if unrestored:
             details["unrestored_branches"] = unrestored
@@ -322,10 +337,16 @@ class _Run:
 
     def execute(self, call: ToolCall) -> tuple[Observation, list[Unrestored]]:
         """Execute ``call`` with its redacted arguments restored where the vault can; the observation redacted. What
-        could not be restored: the call's placeholders, and those the environment (so the world) kept."""
+        could not be restored: the call's placeholders, and those the environment (so the world) kept. The sandbox's text
+        with its lone surrogates (a file name ``os.listdir`` decoded, a string cut inside an emoji) replaced as capture
+        replaced them, so that it compares equal to the recorded one and can be stored and printed."""
         privacy = self.settings.privacy
         restored, unrestored = privacy.restore(call)
-        return privacy.redact_observation(self.sandbox.execute(restored)), unrestored
+        observation = self.sandbox.execute(restored)
+        text = clean_text(observation.content)
+        if text is not observation.content:
+            observation = observation.model_copy(update={"content": text})
+        return privacy.redact_observation(observation), unrestored
 
     def flag_environment(self) -> None:
         """Every rollout carries the environment's placeholders once the world is known to differ from the recorded one."""
@@ -358,7 +379,11 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
     # a tool the sandbox lacks there (a structured answer given as a tool call, or a last action such as an email before
     # the final answer) is left unexecuted instead (see the module docstring).
     missing = sorted(
-        {s.action.tool_call.name for s in tool_steps[:-1] if s.action.tool_call and not run.sandbox.covers(s.action.tool_call.name)}
+        {
+            call.name
+            for s in tool_steps[:-1]
+            if (call := s.action.tool_call) and not run.sandbox.covers(call.name) and not _malformed_by_the_model(run.trajectory, call)
+        }
     )
     if missing:
         hint = getattr(run.sandbox, "refusal_hint", None)  # why a sandbox refuses a tool it has (optional, see its protocol)
@@ -393,6 +418,23 @@ def _branch(run: _Run, step: Step, proposals: ProposalResult) -> None:
             run.synthetic_failures[exc.reason] += 1
     if branched:
         run.sandbox.restore(snapshot)
+
+
+def _malformed_by_the_model(trajectory: Trajectory, call: ToolCall) -> bool:
+    """Whether ``call``'s arguments are text the model wrote that is no JSON object, as capture stores it (exactly
+    ``{"_raw": "<text>"}``, :func:`~ee_middleware.messages.parse_arguments`): the graph answered it itself (LangChain's
+    ``invalid_tool_calls``), no tool ran. A tool whose recorded schema declares a ``_raw`` parameter is called as usual."""
+    arguments = call.arguments
+    if list(arguments) != ["_raw"] or not isinstance(arguments["_raw"], str):
+        return False
+    for schema in trajectory.tools:
+        if tool_schema_name(schema) == call.name:
+            inner = schema.get("function", schema)
+            parameters = (inner.get("parameters") or inner.get("input_schema")) if isinstance(inner, dict) else None
+            properties = parameters.get("properties") if isinstance(parameters, dict) else None
+            if isinstance(properties, dict) and "_raw" in properties:
+                return False
+    return True
 
 
 def _tool_steps(trajectory: Trajectory) -> list[Step]:

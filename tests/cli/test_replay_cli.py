@@ -730,3 +730,44 @@ def test_the_stored_fidelity_diff_is_the_one_the_run_printed(tmp_path: Path) -> 
     shown = runner.invoke(app, ["replay", "show", trajectory_id, "--store", str(root)], env={"COLUMNS": "300"})
     assert shown.exit_code == 0, shown.output
     assert f"+{SANDBOX_CLOCK}" in shown.stdout and "REDACTED" not in shown.stdout, shown.stdout
+
+
+def _ee_process(*args: str) -> Any:
+    """The real ``ee`` process (its own stdout, as a shell pipes it), run from the repository."""
+    import os
+    import subprocess
+    import sys
+
+    repository = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repository), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *args], capture_output=True, cwd=repository, env=env, timeout=300)
+
+
+def test_replay_run_json_is_valid_utf8_when_tools_answer_lone_surrogates(tmp_path: Path) -> None:
+    """Tools whose text holds lone surrogates (a non-UTF-8 file name from os.listdir, a string cut inside an emoji):
+    `ee replay run --json` wrote the sandbox's raw text into its summary's fidelity examples, as an invalid byte (0xE9)
+    or failing with exit 1 and no output ('surrogates not allowed'), and reported a faithful sandbox as mismatching.
+    Now the summary is valid UTF-8 JSON, exit 0, with no mismatch."""
+    from tests.replay.surrogate_world import PREVIEWED, record_files
+
+    store = tmp_path / "experience"
+    record_files(store)
+    ran = _ee_process("-m", "ee_middleware.cli", "replay", "run", "--store", str(store), "--sandbox", "tests.replay.surrogate_world:make_sandbox",
+                      "--policy", "mutate", "--k", "2", "--no-progress", "--json")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr.decode(errors="replace")
+    summary = json.loads(ran.stdout.decode("utf-8"))
+    assert summary["done"] == 1 and summary["fidelity_mismatches"] == 0, summary
+
+    listed = ee("replay", "list", "--store", str(store), "--json")
+    assert listed.exit_code == 0, listed.output
+    previews = [r["observation"]["content"] for r in json.loads(listed.stdout) if r["action"]["tool_call"]["name"] == "preview"]
+    assert previews and set(previews) == {PREVIEWED}
+
+
+def test_json_answers_hold_no_lone_surrogate() -> None:
+    """print_json, every command's --json answer, wrote a lone surrogate in any text as an invalid byte or failed
+    ('surrogates not allowed'): it writes U+FFFD there, as capture stores it."""
+    script = "from ee_middleware.cli.common import print_json; print_json({'name': 'caf\\udce9.txt', 'title': 'Great day \\ud83d'})"
+    ran = _ee_process("-c", script)
+    assert ran.returncode == 0, ran.stderr.decode(errors="replace")
+    assert json.loads(ran.stdout.decode("utf-8")) == {"name": "caf\ufffd.txt", "title": "Great day \ufffd"}

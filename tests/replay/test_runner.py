@@ -336,3 +336,96 @@ def test_a_curriculum_trajectorys_lineage_is_not_handed_to_the_sandbox_as_its_wo
     outcome = replay_trajectory(variant, StrictBFCLSandbox(), Proposer(MutationPolicy(), k=2), SETTINGS)
     assert outcome.record.status == "done", outcome.record
     assert outcome.rollouts
+
+
+def test_tool_text_with_lone_surrogates_is_compared_stored_and_reported_as_capture_stores_it(tmp_path: Path) -> None:
+    """A tool listing files whose names are not UTF-8 (os.listdir gives 'caf\\udce9.txt') or giving a string a JavaScript
+    backend cut inside an emoji ('Great day \\ud83d'): capture stored U+FFFD, and replay compared the sandbox's raw text
+    with it, so a faithful sandbox was a fidelity mismatch at every such call (its rollouts then left out of the
+    datasets) and the rollouts kept text no UTF-8 writer takes. Replay now replaces them as capture does."""
+    from tests.replay import surrogate_world
+
+    trajectory = surrogate_world.record_files(tmp_path / "store")
+    assert [s.observation.content for s in trajectory.steps if s.observation] == [surrogate_world.LISTED, surrogate_world.PREVIEWED]
+
+    policy = _ScriptedPolicy(
+        [ToolCall(id="a", name="list_dir", arguments={"folder": "docs"}), ToolCall(id="b", name="preview", arguments={"post": 8})]
+    )
+    outcome = replay_trajectory(trajectory, surrogate_world.make_sandbox(), Proposer(policy, k=2), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.states, record.fidelity_mismatches) == ("done", 2, 0), record.details
+    texts = {r.action.tool_call.name: r.observation.content for r in outcome.rollouts}
+    assert texts == {"list_dir": surrogate_world.LISTED, "preview": surrogate_world.PREVIEWED}
+    json.dumps([r.model_dump(mode="json") for r in outcome.rollouts], ensure_ascii=False).encode("utf-8")  # raised before
+
+
+def test_a_malformed_call_the_graph_answered_is_not_executed_and_its_state_still_branches(tmp_path: Path) -> None:
+    """A model's call with malformed arguments (LangChain's invalid_tool_calls, stored as {"_raw": text}) is answered by
+    create_agent itself ('... could not be executed - arguments were malformed or truncated.'), never by the tool. Replay
+    executed it as search(_raw=...): the tool's validation error was a fidelity mismatch at every such call (no sandbox
+    could match), and one to a tool the sandbox does not provide (never run in production either) skipped the whole
+    trajectory. Now such a call is neither executed nor checked, the world stays as the graph left it, and the
+    alternatives at its state are replayed as usual."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+    from tests.conftest import record_once
+
+    def searched(world: dict[str, Any], query: str) -> str:
+        world["searches"] += 1
+        return f"found {query} (search #{world['searches']})"
+
+    production = {"searches": 0}
+
+    @tool
+    def search(query: str) -> str:
+        """Search the web."""
+        return searched(production, query)
+
+    @tool
+    def notify(text: str) -> str:
+        """Notify the user's phone."""
+        return "sent"
+
+    def malformed(name: str, text: str, call_id: str) -> dict[str, Any]:
+        return {"name": name, "args": text, "id": call_id, "error": "bad json", "type": "invalid_tool_call"}
+
+    script = [
+        AIMessage("", tool_calls=[tool_call("search", query="a")], invalid_tool_calls=[malformed("search", '{"query": "caf', "c2")]),
+        AIMessage("", tool_calls=[tool_call("search", query="b")], invalid_tool_calls=[malformed("notify", '{"text": "on my w', "c4")]),
+        AIMessage("", tool_calls=[tool_call("search", query="c")]),
+        AIMessage("done"),
+    ]
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [search, notify]), app="web", store=tmp_path / "store")
+    trajectory = record_once(agent, tmp_path / "store", {"messages": [("user", "find cafes, and tell me on my phone")]})
+    calls = [s.action.tool_call for s in trajectory.steps if s.action.tool_call]
+    assert [(c.name, list(c.arguments)) for c in calls] == [
+        ("search", ["query"]), ("search", ["_raw"]), ("search", ["query"]), ("notify", ["_raw"]), ("search", ["query"])
+    ]  # fmt: skip
+    assert "could not be executed" in trajectory.steps[1].observation.content
+
+    received: list[dict[str, Any]] = []
+
+    def sandboxed_search(world: dict[str, Any], **arguments: Any) -> str:
+        received.append(arguments)
+        return searched(world, arguments["query"]) if "query" in arguments else "Error: query is required"
+
+    sandbox = PythonSandbox(lambda env: {"searches": 0}, tools={"search": sandboxed_search})
+    policy = _ScriptedPolicy([ToolCall(id="alt", name="search", arguments={"query": "alt"})])
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(policy, k=1), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.states, record.fidelity_mismatches) == ("done", 5, 0), (record.reason, record.details)
+    assert record.details["malformed_calls_not_executed"] == [{"step": 1, "tool": "search"}, {"step": 3, "tool": "notify"}]
+    assert all("_raw" not in arguments for arguments in received), received
+    # each state's alternative sees the world the recorded calls left: the malformed ones changed nothing
+    seen = {r.step_index: r.observation.content for r in outcome.rollouts}
+    assert seen == {
+        0: "found alt (search #1)",
+        1: "found alt (search #2)",
+        2: "found alt (search #2)",
+        3: "found alt (search #3)",
+        4: "found alt (search #3)",
+    }
