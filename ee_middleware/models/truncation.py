@@ -19,22 +19,34 @@ that a model is served the prompts it was trained on:
    name and argument names with types) instead of their full JSON schemas;
 4. when that is still too long and the first user message is an earlier request (a later one is kept), it goes
    too (the marker stands in its place), and full schemas come back if they then fit;
-5. only when that is still too long, the caller cuts tokens from the left, and reports it.
+5. when that is still too long (one oversized message: an 80 KB page a tool fetched, a pasted document), the longest
+   tool result or user message of what is kept is shortened in its middle: its head and tail stay, with a visible
+   ``[N characters omitted to fit the context]`` marker between them, as much of it as fits (then the next longest,
+   if that alone was not enough), so that the system message, the tools, the request and the call survive;
+6. only when that is still too long, the caller cuts tokens from the left, and reports it.
 
-A state whose first user message is its only request is fitted exactly as by steps 1-3 and 5.
+A state whose first user message is its only request is fitted exactly as by steps 1-3, 5 and 6.
 What was done is returned as a :class:`Fit`, so trainers and reports can record it per row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ee_middleware.messages import content_to_text
 from ee_middleware.models.chat_template import TemplateSupport, render_pair, render_prompt, with_tools_in_system
 
 OMITTED_MARKER = "[{n} earlier messages omitted to fit the context]"
+SHORTENED_MARKER = "[{n} characters omitted to fit the context]"
+"""Where step 5 of the policy cut the middle of an oversized message."""
+SHORTENED_ROLES = ("tool", "user")
+"""The messages step 5 may shorten: never the system message (nor the tools in it), nor an assistant's calls."""
+SHORTENED_TAIL = 4
+"""Of the characters a shortened message keeps, the last one in ``SHORTENED_TAIL`` is its tail (the rest its head)."""
+_SHORTEST_CUT = 200
+"""A message this short or shorter is not worth shortening (the marker itself is about 45 characters)."""
 _HEAD_ROLES = ("system", "developer")
 
 
@@ -50,10 +62,14 @@ class Fit:
     original_tokens: int
     dropped_messages: int = 0
     compact_tools: bool = False
+    shortened_messages: int = 0
+    """Messages cut in their middle to fit (step 5 of the policy: one oversized tool result or user message)."""
+    omitted_chars: int = 0
+    """Characters those messages lost (each says how many where they were)."""
 
     @property
     def changed(self) -> bool:
-        return self.dropped_messages > 0 or self.compact_tools
+        return self.dropped_messages > 0 or self.compact_tools or self.shortened_messages > 0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -61,6 +77,8 @@ class Fit:
             "tokens": self.tokens,
             "dropped_messages": self.dropped_messages,
             "compact_tools": self.compact_tools,
+            "shortened_messages": self.shortened_messages,
+            "omitted_chars": self.omitted_chars,
         }
 
 
@@ -77,6 +95,8 @@ class TokenizedPair:
     """How the prompt was fitted, when it did not fit whole."""
     left_cut: int = 0
     """Prompt tokens cut from the left after fitting (the last resort)."""
+    completion_cut_chars: int = 0
+    """Characters cut from the end of the completion's text (``cut_completion``: an IWM target too long to fit)."""
 
     @property
     def ids(self) -> list[int]:
@@ -90,21 +110,70 @@ def tokenize_pair(
     tools: Sequence[dict[str, Any]] | None,
     support: TemplateSupport,
     max_length: int,
+    *,
+    cut_completion: bool = False,
 ) -> TokenizedPair:
     """Token ids of ``prompt`` and ``completion`` within ``max_length``: the prompt is fitted by
-    :func:`fit_messages` (then cut from the left if still too long); the completion is never cut.
-    A completion that alone reaches ``max_length`` comes back as it is, for the caller to drop."""
+    :func:`fit_messages` (then cut from the left if still too long); the completion is never cut, but with
+    ``cut_completion`` (IWM rows, whose target is an observation the builder already cut to a budget that is an
+    estimate) a completion that is one assistant message's text and leaves the prompt neither its own length nor half of
+    ``max_length`` keeps its head, as the builder cuts (``completion_cut_chars`` records the rest).
+    A completion that alone reaches ``max_length`` otherwise comes back as it is, for the caller to drop."""
     prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, tools, support)
     prompt_ids = _ids(tokenizer, prompt_text)
     completion_ids = _ids(tokenizer, completion_text)
+    cut_chars = 0
+    if cut_completion and len(prompt_ids) + len(completion_ids) > max_length:
+        room = max(max_length - len(prompt_ids), max_length // 2)
+        if len(completion_ids) > room and (text := _answer_text(completion)) is not None:
+            completion, completion_ids, fallback, cut_chars = _cut_answer(tokenizer, prompt, completion[0], text, tools, support, room)
     if not completion_ids or len(completion_ids) >= max_length or len(prompt_ids) + len(completion_ids) <= max_length:
-        return TokenizedPair(prompt_ids, completion_ids, fallback)
+        return TokenizedPair(prompt_ids, completion_ids, fallback, completion_cut_chars=cut_chars)
     budget = max_length - len(completion_ids)
     fit = fit_messages(tokenizer, prompt, tools, support, budget)
     prompt_text, completion_text, fallback = render_pair(tokenizer, fit.messages, completion, fit.tools, support)
     prompt_ids, completion_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, completion_text)
     left_cut = max(0, len(prompt_ids) - budget)
-    return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut)
+    return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut, cut_chars)
+
+
+def _answer_text(completion: Sequence[dict[str, Any]]) -> str | None:
+    """The text of a completion that is one assistant message with text only (an IWM target); else ``None``."""
+    if len(completion) != 1:
+        return None
+    message = completion[0]
+    if message.get("role") != "assistant" or message.get("tool_calls") or not isinstance(message.get("content"), str):
+        return None
+    return message["content"]
+
+
+def _cut_answer(
+    tokenizer: Any,
+    prompt: Sequence[dict[str, Any]],
+    message: dict[str, Any],
+    text: str,
+    tools: Sequence[dict[str, Any]] | None,
+    support: TemplateSupport,
+    room: int,
+) -> tuple[list[dict[str, Any]], list[int], tuple[str, ...], int]:
+    """``(completion, its ids, fallback, characters cut)``: ``message`` with the longest head of ``text`` whose rendered
+    completion (end of turn included) takes at most ``room`` tokens (found by binary search; the empty text when none)."""
+
+    def rendered(keep: int) -> tuple[list[dict[str, Any]], list[int], tuple[str, ...]]:
+        completion = [{**message, "content": text[:keep]}]
+        _, completion_text, fallback = render_pair(tokenizer, prompt, completion, tools, support)
+        return completion, _ids(tokenizer, completion_text), fallback
+
+    low, high = 0, len(text) - 1  # the head of "low" characters is the longest known to fit; none past "high" does
+    best = rendered(low)
+    while low < high:
+        middle = (low + high + 1) // 2
+        attempt = rendered(middle)
+        if len(attempt[1]) <= room:
+            low, best = middle, attempt
+        else:
+            high = middle - 1
+    return best[0], best[1], best[2], len(text) - low
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -126,7 +195,8 @@ def fit_messages(
     """``messages`` and ``tools`` fitted to ``budget`` prompt tokens by the policy in the module docstring.
 
     The returned :class:`Fit` may still exceed ``budget`` when not even the system message, the
-    current request, the last turn and compact tool listings fit; the caller then cuts from the left.
+    current request, the last turn and compact tool listings fit with their tool results and user messages
+    shortened; the caller then cuts from the left.
     """
     messages, tool_list = [dict(m) for m in messages], list(tools) if tools else None
     text = render_prompt(tokenizer, messages, tool_list, support)
@@ -151,7 +221,8 @@ def fit_messages(
             )
             if tried[-1].tokens <= budget:
                 return tried[-1]
-    return min(tried, key=lambda fit: fit.tokens)  # the first of the shortest: the least for the caller to cut
+    # the first of the shortest (the least for the caller to cut), an oversized message in it shortened
+    return _shortened(tokenizer, min(tried, key=lambda fit: fit.tokens), support, budget)
 
 
 def split_turns(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
@@ -266,3 +337,64 @@ def _with_marker(messages: list[dict[str, Any]], dropped: int) -> list[dict[str,
     text = content if isinstance(content, str) else content_to_text(content)
     last["content"] = f"{text}\n\n{marker}" if text else marker
     return [*messages[:-1], last]
+
+
+def _shortened(tokenizer: Any, fit: Fit, support: TemplateSupport, budget: int) -> Fit:
+    """``fit`` with its longest tool result or user message (:data:`SHORTENED_ROLES`) cut in its middle to the most
+    characters that fit ``budget`` (found by binary search), then the next longest while that was not enough (step 5
+    of the policy); ``fit`` itself when it fits or has no such message longer than ``_SHORTEST_CUT`` characters."""
+    current, done = fit, set()
+    while current.tokens > budget:
+        lengths = {
+            index: len(_text(message.get("content")))
+            for index, message in enumerate(current.messages)
+            if message.get("role") in SHORTENED_ROLES and index not in done
+        }
+        candidates = [index for index, length in lengths.items() if length > _SHORTEST_CUT]
+        if not candidates:
+            break
+        index = max(candidates, key=lambda i: (lengths[i], i))  # the longest; of equals, the latest
+        done.add(index)
+        before, length = current, lengths[index]
+        low, high = 0, length - 1  # keeping "low" characters fits (once checked); keeping more than "high" does not
+        current = _with_message_cut(tokenizer, before, index, low, support, len(done))
+        if current.tokens <= budget:
+            while low < high:
+                middle = (low + high + 1) // 2
+                attempt = _with_message_cut(tokenizer, before, index, middle, support, len(done))
+                if attempt.tokens <= budget:
+                    low, current = middle, attempt
+                else:
+                    high = middle - 1
+    return current
+
+
+def _with_message_cut(tokenizer: Any, fit: Fit, index: int, keep: int, support: TemplateSupport, shortened: int) -> Fit:
+    """``fit`` with its message ``index`` cut to ``keep`` characters by :func:`_cut_middle`, rendered and counted."""
+    text = _text(fit.messages[index].get("content"))
+    messages = [*fit.messages[:index], {**fit.messages[index], "content": _cut_middle(text, keep)}, *fit.messages[index + 1 :]]
+    rendered = render_prompt(tokenizer, messages, fit.tools, support)
+    return replace(
+        fit,
+        messages=messages,
+        text=rendered,
+        tokens=count_tokens(tokenizer, rendered),
+        shortened_messages=shortened,
+        omitted_chars=fit.omitted_chars + len(text) - keep,
+    )
+
+
+def _cut_middle(text: str, keep: int) -> str:
+    """``text`` with ``keep`` of its characters, its head and its tail (the last ``keep // SHORTENED_TAIL``), and the
+    :data:`SHORTENED_MARKER` for the others between them on a line of its own."""
+    marker = SHORTENED_MARKER.format(n=len(text) - keep)
+    tail = keep // SHORTENED_TAIL
+    head = text[: keep - tail]
+    return "\n".join(part for part in (head, marker, text[len(text) - tail :] if tail else "") if part)
+
+
+def _text(content: Any) -> str:
+    """A message's content as the text templates render (content parts joined)."""
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else content_to_text(content)

@@ -287,3 +287,57 @@ def test_a_state_ending_on_its_request_pins_no_earlier_one() -> None:
     _head, turns = split_turns(state)
     assert current_request_turn(turns) is None
     assert current_request_turn(split_turns(thread_state(before=2, after=3))[1]) == 2 + 1
+
+
+PAGE = " ".join(f"line {i} of the fetched page, report_{i}.pdf" for i in range(3000))
+"""One oversized tool result (about 120,000 characters: a fetched page, well under capture's cap)."""
+
+
+def test_one_oversized_tool_result_is_shortened_in_its_middle_instead_of_a_left_cut(tokenizer: Any) -> None:
+    """Before, a state whose last turn holds one huge tool result dropped every earlier turn and compacted the tools,
+    which gained nothing, and the caller then cut from the left through the system message, the tools, the request and
+    the call itself: the row trained on ~1,000 tokens from the middle of one page. Now that result keeps its head and
+    tail with a visible marker, so that all of those survive without a left cut."""
+    from ee_middleware.models.truncation import tokenize_pair
+
+    support = probe_template(tokenizer)
+    state = [
+        *long_state(2),
+        {"role": "assistant", "content": "", "tool_calls": [call(42)]},
+        {"role": "tool", "tool_call_id": "c42", "content": PAGE},
+    ]
+    completion = [{"role": "assistant", "content": "The archive holds report_0.pdf."}]
+    pair = tokenize_pair(tokenizer, state, completion, TOOLS, support, 1024)
+    assert pair.left_cut == 0 and len(pair.ids) <= 1024
+    from ee_middleware.models.truncation import SHORTENED_MARKER
+
+    fit = pair.fit
+    assert fit is not None and fit.shortened_messages == 1 and fit.omitted_chars > 100_000 and fit.changed
+    assert fit.describe()["shortened_messages"] == 1 and fit.describe()["omitted_chars"] == fit.omitted_chars
+    text = tokenizer.decode(pair.prompt_ids)
+    assert SYSTEM["content"] in text and TASK["content"] in text and "folder_42" in text, "system, request and call survive"
+    shortened = fit.messages[-1]["content"]
+    marker = SHORTENED_MARKER.format(n=fit.omitted_chars)
+    head, tail = shortened.split(f"\n{marker}\n")
+    assert PAGE.startswith(head) and PAGE.endswith(tail) and head and tail and marker in text
+    served = fit_messages(tokenizer, state, TOOLS, support, 1024 - len(pair.completion_ids))
+    assert served.text == fit.text, "the local policy and server fit the state as the trainer does"
+
+
+def test_a_shortened_message_is_the_longest_and_short_ones_are_left_alone(tokenizer: Any) -> None:
+    """Only the longest tool result or user message is shortened while that is enough; the system message is never."""
+    support = probe_template(tokenizer)
+    state = [
+        SYSTEM,
+        {"role": "user", "content": "Summarise this page: " + PAGE[:20_000]},
+        {"role": "assistant", "content": "", "tool_calls": [call(1)]},
+        {"role": "tool", "tool_call_id": "c1", "content": PAGE},
+    ]
+    full = count_tokens(tokenizer, render_prompt(tokenizer, state, TOOLS, support))
+    fit = fit_messages(tokenizer, state, TOOLS, support, full // 3)
+    assert fit.tokens <= full // 3 and fit.shortened_messages == 1
+    assert fit.messages[1] == state[1] and fit.messages[0]["content"].startswith(SYSTEM["content"])
+    from ee_middleware.models.truncation import SHORTENED_MARKER
+
+    head, tail = fit.messages[-1]["content"].split(f"\n{SHORTENED_MARKER.format(n=fit.omitted_chars)}\n")
+    assert PAGE.startswith(head) and PAGE.endswith(tail) and len(head) + len(tail) + fit.omitted_chars == len(PAGE)

@@ -83,8 +83,8 @@ def rendered_lengths(frame: pl.DataFrame, path: Path, tokenizer: Any) -> list[in
 
 def budget_report(frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: int) -> dict[str, Any]:
     """What training at ``max_length`` with ``tokenizer`` would do to each row: kept whole, older turns
-    dropped, tools listed compactly, cut from the left (losing system message, tools or task), or
-    dropped (the completion alone is too long). Uses the trainer's own rendering and truncation."""
+    dropped, tools listed compactly, an oversized message shortened, cut from the left (losing system message, tools or
+    task), an IWM target cut to its head, or dropped (the completion alone is too long). Uses the trainer's own rendering and truncation."""
     from ee_middleware.models.chat_template import probe_template
     from ee_middleware.trainers.training.data import rows_from_frame
     from ee_middleware.trainers.training.render import tokenize_rows
@@ -103,6 +103,8 @@ def budget_report(frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: i
         "older_turns_dropped": stats.middle_dropped,
         "compact_tools": stats.compact_tools,
         "cut_from_left": stats.left_cut,
+        "messages_shortened": stats.shortened,
+        "completion_cut": stats.completion_cut,
         "lost_more_than_older_turns_share": round(stats.lost_essentials_share, 4),
         "dropped_completion_too_long": stats.dropped_too_long,
         "prompt_tokens_before_fitting": {"median": needed[len(needed) // 2], "max": needed[-1]} if needed else None,

@@ -63,15 +63,27 @@ class RenderStats:
     """Rows whose tool schemas were listed compactly to fit."""
     left_cut: int = 0
     """Rows cut from the left even so: they lost the system message, the tools or the task."""
+    shortened: int = 0
+    """Rows with a tool result or user message cut in its middle to fit (a marker says how much went)."""
+    completion_cut: int = 0
+    """IWM rows whose target (an observation) kept its head only, as the builder cuts, rather than being dropped."""
     cuts: list[dict[str, Any]] = field(default_factory=list)
-    """Per fitted row: id, tokens before and after, messages dropped, compact tools, tokens cut from the left."""
+    """Per fitted row: id, tokens before and after, messages dropped, compact tools, messages shortened and characters
+    they lost, tokens cut from the left, characters cut from the completion."""
 
-    def record_cut(self, row_id: str, fit: Fit, left_cut: int) -> None:
+    def record_cut(self, row_id: str, fit: Fit | None, left_cut: int, *, completion_cut_chars: int = 0, prompt_tokens: int = 0) -> None:
+        """Count a row that did not fit whole: its prompt fitted (``fit``), its completion cut, or both."""
         self.truncated += 1
-        self.middle_dropped += fit.dropped_messages > 0
-        self.compact_tools += fit.compact_tools
         self.left_cut += left_cut > 0
-        self.cuts.append({"id": row_id, **fit.describe(), "left_cut_tokens": left_cut})
+        self.completion_cut += completion_cut_chars > 0
+        if fit is not None:
+            self.middle_dropped += fit.dropped_messages > 0
+            self.compact_tools += fit.compact_tools
+            self.shortened += fit.shortened_messages > 0
+            described = fit.describe()
+        else:
+            described = Fit([], None, "", prompt_tokens, prompt_tokens).describe()
+        self.cuts.append({"id": row_id, **described, "left_cut_tokens": left_cut, "completion_cut_chars": completion_cut_chars})
 
     @property
     def lost_essentials_share(self) -> float:
@@ -129,14 +141,17 @@ def _render_error(row: ChatRow, exc: ChatTemplateError) -> TrainDataError:
 def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support: TemplateSupport) -> tuple[list[Example], RenderStats]:
     """Tokenize rows with :func:`ee_middleware.models.truncation.tokenize_pair`: a prompt that does not
     fit beside its completion is fitted by the one truncation policy (system message, tools, task,
-    latest turns and the completion kept; oldest turns dropped; compact tool listings; a left cut only
-    as the last resort); rows whose completion alone is too long are dropped. ``stats.cuts`` says what
-    each fitted row lost."""
+    latest turns and the completion kept; oldest turns dropped; compact tool listings; an oversized tool result
+    or user message shortened in its middle; a left cut only as the last resort); an IWM target too long to leave
+    the prompt room keeps its head (``tokenize_pair``'s ``cut_completion``); other rows whose completion alone is too
+    long are dropped. ``stats.cuts`` says what each fitted row lost."""
     stats = RenderStats(rows=len(rows))
     examples = []
     for row in rows:
         try:
-            pair = tokenize_pair(tokenizer, row.prompt, row.completion, row.tools or None, support, max_length)
+            pair = tokenize_pair(
+                tokenizer, row.prompt, row.completion, row.tools or None, support, max_length, cut_completion=row.kind == "iwm"
+            )
         except ChatTemplateError as exc:
             raise _render_error(row, exc) from exc
         stats.fallback_completion += FALLBACK_CONTENT in pair.fallback
@@ -147,8 +162,10 @@ def tokenize_rows(tokenizer: Any, rows: list[ChatRow], max_length: int, support:
             stats.dropped_too_long += bool(pair.completion_ids)
             stats.dropped_ids.append(row.id)
             continue
-        if pair.fit is not None:
-            stats.record_cut(row.id, pair.fit, pair.left_cut)
+        if pair.fit is not None or pair.completion_cut_chars:
+            stats.record_cut(
+                row.id, pair.fit, pair.left_cut, completion_cut_chars=pair.completion_cut_chars, prompt_tokens=len(pair.prompt_ids)
+            )
         example = Example(row.id, pair.ids, [-100] * len(pair.prompt_ids) + pair.completion_ids)
         examples.append(example)
         stats.tokens += len(example.input_ids)

@@ -55,10 +55,10 @@ def test_a_long_chinese_observation_is_cut_to_the_token_budget_and_training_keep
     assert summary["datasets"]["iwm"]["truncated_rows"] == 2
     rows = pl.read_parquet(tmp_path / "data" / "iwm.parquet").sort("step_index")
     english, chinese = (json.loads(c)[0]["content"] for c in rows["completion"])
-    assert english == ENGLISH[:2048], "an English observation is cut where it was (512 tokens at 4 characters each)"
+    assert ENGLISH.startswith(english) and 1536 <= len(english) <= 2048, "English prose keeps about 4 characters a token"
     assert CHINESE.startswith(chinese) and 0 < len(chinese) <= 512 // 2
     cut = rows["observation_truncated_chars"].to_list()
-    assert cut[0] >= len(ENGLISH) - 2048 and cut[1] >= len(CHINESE) - len(chinese)
+    assert cut[0] >= len(ENGLISH) - len(english) and cut[1] >= len(CHINESE) - len(chinese)
 
     chinese_row = [r for r in load_dataset(tmp_path / "data", "iwm").rows if r.completion[0]["content"] == chinese]
     examples, stats = tokenize_rows(tool_tokenizer, chinese_row, 1024, probe_template(tool_tokenizer))

@@ -54,19 +54,40 @@ def test_template_without_tool_support_gets_tools_in_system_and_calls_as_text() 
 
 
 def test_long_prompts_are_cut_from_the_left_and_counted(tool_tokenizer: Any) -> None:
+    """A prompt whose system message alone is too long is cut from the left (the last resort), and counted."""
     support = probe_template(tool_tokenizer)
     long_row = il_row(1, "temp")
-    long_row["prompt"] = json.dumps([{"role": "user", "content": "notes " * 400}])
+    long_row["prompt"] = json.dumps([{"role": "system", "content": "notes " * 400}, {"role": "user", "content": "Go into temp."}])
     rows = [chat_row(il_row(0, "temp")), chat_row(long_row)]
     full, _ = tokenize_rows(tool_tokenizer, rows, 4096, support)
     limit = len(full[0].input_ids)
     assert len(full[1].input_ids) > limit
     cut, stats = tokenize_rows(tool_tokenizer, rows, limit, support)
-    assert stats.truncated == 1 and stats.dropped_too_long == 0 and len(cut) == 2
+    assert stats.truncated == 1 and stats.left_cut == 1 and stats.dropped_too_long == 0 and len(cut) == 2
     assert cut[0] == full[0] and len(cut[1].input_ids) == limit
-    assert cut[1].input_ids == full[1].input_ids[-limit:] and cut[1].labels == full[1].labels[-limit:]
+    trained = [label for label in cut[1].labels if label != -100]
+    assert trained == [label for label in full[1].labels if label != -100] and cut[1].input_ids[-len(trained) :] == trained
+    assert stats.cuts[0]["left_cut_tokens"] > 0 and stats.cuts[0]["shortened_messages"] == 0
     tiny, stats = tokenize_rows(tool_tokenizer, rows, 10, support)
     assert tiny == [] and stats.dropped_too_long == 2 and stats.dropped_ids == ["il-0", "il-1"]
+
+
+def test_a_long_request_is_shortened_in_its_middle_rather_than_cut_from_the_left(tool_tokenizer: Any) -> None:
+    """A user message too long for the row keeps its head and tail with a marker; the system message stays."""
+    from ee_middleware.models.truncation import SHORTENED_MARKER
+
+    support = probe_template(tool_tokenizer)
+    long_row = il_row(1, "temp")
+    long_row["prompt"] = json.dumps([{"role": "system", "content": "You manage files."}, {"role": "user", "content": "notes " * 400}])
+    rows = [chat_row(il_row(0, "temp")), chat_row(long_row)]
+    limit = len(tokenize_rows(tool_tokenizer, rows, 4096, support)[0][0].input_ids)
+    cut, stats = tokenize_rows(tool_tokenizer, rows, limit, support)
+    assert stats.truncated == 1 and stats.shortened == 1 and stats.left_cut == 0 and len(cut) == 2
+    assert len(cut[1].input_ids) <= limit
+    [record] = stats.cuts
+    assert record["shortened_messages"] == 1 and record["omitted_chars"] > 0 and record["left_cut_tokens"] == 0
+    text = tool_tokenizer.decode(cut[1].input_ids)
+    assert text.startswith("<|im_start|>system\nYou manage files.") and SHORTENED_MARKER.format(n=record["omitted_chars"]) in text
 
 
 @pytest.mark.parametrize("arguments", ["", "{}"])
