@@ -206,6 +206,13 @@ def _from_environment() -> dict[str, Any]:
                 values[name] = int(raw)
             except ValueError:
                 raise ConfigError(f"{var}={raw!r} is not an integer.") from None
+        elif name == "offload":  # a word, read as the on/off switches are: any case, spaces around ignored
+            word = raw.strip().lower()
+            if not word:
+                continue
+            if word not in OFFLOAD_MODES:
+                raise ConfigError(f"{var}={raw!r} is not an offload mode: use one of {', '.join(OFFLOAD_MODES)} (any case).")
+            values[name] = word
         else:
             values[name] = raw
     return values

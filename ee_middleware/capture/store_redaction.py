@@ -17,7 +17,11 @@ recorded with the defaults (the built-in kinds that are on by default), the safe
 recorders with different rules write to one store, the file keeps the union (every kind either
 enabled, every pattern), since the store then holds data redacted under both. A ``redact_fn``
 (a Python function) cannot be stored: its qualified name (``custom_function``, ``module.function``)
-is, and every later writer imports it and applies it after the rules, as capture did. One that
+is, and every later writer imports it and applies it after the rules, as capture did. Apps that
+share a store with different ``redact_fn`` functions are all kept (``custom_function`` is then a list of
+names, in the order they were recorded) and later writers apply every one, one after the other:
+they cannot tell which app wrote a trajectory, and a scrubber left out would write what it removes
+in plain text. A file with one name (or none) is written as before. One that
 cannot be imported (a ``lambda``, a function of a script run as ``__main__``, a module not on the
 import path) is never dropped: :meth:`StoreRedaction.redactor` raises a
 :class:`~ee_middleware.errors.ConfigError` naming it and the fix.
@@ -29,7 +33,7 @@ import fcntl
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,10 +57,21 @@ class StoreRedaction:
     pseudonyms: bool = True
     vault: str | None = None
     """The redaction vault's path (absolute), when capture keeps one."""
-    custom_function: str | None = None
-    """The qualified name (``module.function``) of a ``redact_fn`` capture applied; later writers import and apply it."""
+    custom_function: str | tuple[str, ...] | None = None
+    """The qualified name (``module.function``) of the ``redact_fn`` capture applied, or the names (a tuple, in the order
+    recorded) when apps with different ones share the store; later writers import and apply every one."""
     recorded: bool = True
     """False when the store has no ``redaction.json`` (these are the assumed defaults)."""
+
+    def __post_init__(self) -> None:
+        # One form per value, so that settings compare equal however they were built: a lone name as its string.
+        names = _names(self.custom_function)
+        object.__setattr__(self, "custom_function", names[0] if len(names) == 1 else names or None)
+
+    @property
+    def custom_functions(self) -> tuple[str, ...]:
+        """The names of every ``redact_fn`` recorded (empty for none), in the order later writers apply them."""
+        return _names(self.custom_function)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,18 +80,23 @@ class StoreRedaction:
             "rules": self.rules.to_dict(),
             "pseudonyms": self.pseudonyms,
             "vault": self.vault,
-            "custom_function": self.custom_function,
+            "custom_function": list(self.custom_function) if isinstance(self.custom_function, tuple) else self.custom_function,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = REDACTION_FILE) -> StoreRedaction:
         if data.get("format") != FORMAT:
             raise ConfigError(f"{where} is not a redaction settings file (format={data.get('format')!r}).")
+        custom = data.get("custom_function")
+        if not (custom is None or isinstance(custom, str) or (isinstance(custom, list) and all(isinstance(n, str) for n in custom))):
+            raise ConfigError(
+                f"{where}: custom_function must be a redact_fn's 'module.function' name, a list of them, or null; got {custom!r}."
+            )
         return cls(
             rules=RedactionRules.from_dict(data.get("rules") or {}),
             pseudonyms=bool(data.get("pseudonyms", True)),
             vault=data.get("vault"),
-            custom_function=data.get("custom_function"),
+            custom_function=tuple(custom) if isinstance(custom, list) else custom,
         )
 
     def union(self, other: StoreRedaction) -> StoreRedaction:
@@ -98,22 +118,39 @@ class StoreRedaction:
             rules=rules,
             pseudonyms=self.pseudonyms or other.pseudonyms,
             vault=self.vault or other.vault,
-            custom_function=self.custom_function or other.custom_function,
+            custom_function=tuple(dict.fromkeys(self.custom_functions + other.custom_functions)),  # every one, each once
         )
 
     def redactor(self, salt: bytes | None) -> Redactor:
-        """The redactor of these settings: the rules, ``salt`` (with pseudonyms), and the ``redact_fn`` capture applied
-        (imported by its name; :class:`~ee_middleware.errors.ConfigError` when it cannot be)."""
+        """The redactor of these settings: the rules, ``salt`` (with pseudonyms), and every ``redact_fn`` capture applied
+        (imported by its name; :class:`~ee_middleware.errors.ConfigError` when one cannot be)."""
         custom = load_custom_function(self.custom_function) if self.custom_function else None
         return Redactor(self.rules, salt=salt if self.pseudonyms else None, custom=custom)
 
 
+def _names(custom_function: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``custom_function`` (one name, several, or none) as a tuple of names, each once."""
+    if not custom_function:
+        return ()
+    return (custom_function,) if isinstance(custom_function, str) else tuple(dict.fromkeys(custom_function))
+
+
+def _in_turn(functions: tuple[Callable[[str], str], ...], text: str) -> str:
+    for function in functions:
+        text = function(text)
+    return text
+
+
 @functools.lru_cache(maxsize=16)
-def load_custom_function(name: str) -> Callable[[str], str]:
-    """The ``redact_fn`` a store's ``redaction.json`` names (``custom_function``: ``module.function``), imported.
+def load_custom_function(name: str | tuple[str, ...]) -> Callable[[str], str]:
+    """The ``redact_fn`` a store's ``redaction.json`` names (``custom_function``: ``module.function``), imported; for
+    several names (apps with different ones sharing the store), one function applying each in turn.
 
     Raises :class:`~ee_middleware.errors.ConfigError` naming the function and how to make it importable when it cannot
     be imported: writing without it would store in plain text what it removed at capture."""
+    if not isinstance(name, str):
+        functions = tuple(load_custom_function(one) for one in _names(name))
+        return functions[0] if len(functions) == 1 else functools.partial(_in_turn, functions)
     from ee_middleware.plugins import _import_from_installed_or_working_folder  # the one way ee imports the app's code
 
     parts = name.split(".")

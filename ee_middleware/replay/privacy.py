@@ -63,9 +63,10 @@ class ReplayPrivacy:
     """The store's pseudonym salt (hex)."""
     vault: str | None = None
     """The redaction vault's path, when there is one to restore from."""
-    custom_function: str | None = None
-    """The qualified name of the ``redact_fn`` capture applied (``redaction.json``): applied after the rules, as capture
-    did, so that what it removed never comes back in an observation, a replay record or a diff."""
+    custom_function: str | tuple[str, ...] | None = None
+    """The qualified name of the ``redact_fn`` capture applied (``redaction.json``; several when apps with different ones
+    share the store): applied after the rules, as capture did, so that what it removed never comes back in an observation,
+    a replay record or a diff."""
 
     @classmethod
     def of_store(cls, store: Any) -> ReplayPrivacy:
@@ -152,7 +153,7 @@ NO_PRIVACY = ReplayPrivacy()
 
 
 @functools.lru_cache(maxsize=8)
-def _redactor(rules: str, salt: str | None, custom_function: str | None = None) -> Redactor:
+def _redactor(rules: str, salt: str | None, custom_function: str | tuple[str, ...] | None = None) -> Redactor:
     custom = load_custom_function(custom_function) if custom_function else None
     return Redactor(RedactionRules.from_dict(json.loads(rules)), salt=bytes.fromhex(salt) if salt else None, custom=custom)
 

@@ -31,12 +31,13 @@ import warnings
 from collections.abc import Collection, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 
 from ee_middleware._files import TMP_SUFFIX, atomic_path, fsync_dir, temp_path_for
 from ee_middleware.errors import (
+    ConfigError,
     IncompleteReadWarning,
     StoreCorruptionWarning,
     StoreError,
@@ -200,6 +201,25 @@ def _marker_missing(root: Path, found: list[str]) -> str:
     )
 
 
+STATUSES: tuple[str, ...] = get_args(ApprovalStatus)
+"""The approval statuses a read can select; ``"all"`` (as ``ee traces list --status all``) or ``None`` selects every row."""
+
+StatusSelection = ApprovalStatus | Literal["all"] | None
+"""What a read's ``status=`` takes: one approval status, or ``"all"``/``None`` for every trajectory."""
+
+
+def _status_filter(status: str | None) -> str | None:
+    """The approval a read keeps (``None``: every row, for ``None`` or ``"all"``); :class:`ConfigError` for another word,
+    which would otherwise select nothing without a word said."""
+    if status is None or status == "all":
+        return None
+    if status not in STATUSES:
+        raise ConfigError(
+            f"status={status!r} is not an approval status: use one of {', '.join(STATUSES)}, or 'all' (or None) for every trajectory."
+        )
+    return status
+
+
 class LocalExperienceStore:
     """Experience store in a local folder. Safe to share between threads and processes.
 
@@ -208,7 +228,9 @@ class LocalExperienceStore:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, fsync: bool = True) -> None:
-        self.root = Path(root).expanduser()
+        # Absolute once, here: the spool writer, its cache and the redaction files all hang off it, and a relative path
+        # would follow the process's working directory (a daemon's chdir, a later os.chdir) to a folder that is no store.
+        self.root = Path(root).expanduser().absolute()
         self._fsync = fsync
         self._open_or_create(create)
         self._writer = spool.SpoolWriter(self.root / "spool", fsync=fsync)
@@ -347,13 +369,14 @@ class LocalExperienceStore:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def trajectories(self, *, status: ApprovalStatus | None = None, app: str | None = None) -> pl.DataFrame:
+    def trajectories(self, *, status: StatusSelection = None, app: str | None = None) -> pl.DataFrame:
         """One row per trajectory (oldest first) with its current ``approval``, ``approval_by``,
-        ``approval_at`` and ``approval_reason``."""
+        ``approval_at`` and ``approval_reason``; ``status`` keeps those with that approval (``"all"`` or ``None``: every
+        one; another word raises :class:`~ee_middleware.errors.ConfigError`)."""
         tables = self._load()
         current = _current_approvals(tables["trajectories"], tables["approvals"])
-        if status is not None:
-            current = current.filter(pl.col("approval") == status)
+        if (wanted_status := _status_filter(status)) is not None:
+            current = current.filter(pl.col("approval") == wanted_status)
         if app is not None:
             current = current.filter(pl.col("app") == app)
         return current
@@ -385,17 +408,17 @@ class LocalExperienceStore:
         steps = tables["steps"].filter(pl.col("trajectory_id") == trajectory_id)
         return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
 
-    def iter_trajectories(self, *, status: ApprovalStatus | None = None) -> Iterator[Trajectory]:
+    def iter_trajectories(self, *, status: StatusSelection = None) -> Iterator[Trajectory]:
         for t in self.iter_trajectory_rows(status=status):
             yield t if type(t) is not TrajectoryRows else t.build()
 
-    def iter_trajectory_rows(self, *, status: ApprovalStatus | None = None) -> Iterator[Trajectory | TrajectoryRows]:
+    def iter_trajectory_rows(self, *, status: StatusSelection = None) -> Iterator[Trajectory | TrajectoryRows]:
         """As :meth:`iter_trajectories`, but a trajectory read from Parquet parts comes as its rows (:class:`TrajectoryRows`:
         ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them."""
         tables = self._load()
         current = _current_approvals(tables["trajectories"], tables["approvals"])
-        if status is not None:
-            current = current.filter(pl.col("approval") == status)
+        if (wanted_status := _status_filter(status)) is not None:
+            current = current.filter(pl.col("approval") == wanted_status)
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
         # others from their rows; both by trajectory_from_rows, with the same result.
         decoded = tables.take_spooled_trajectories() if isinstance(tables, _Tables) and not current.is_empty() else {}
@@ -473,15 +496,15 @@ class LocalExperienceStore:
         frames.append(spooled.frame(table).lazy())
         return pl.concat(frames, how="vertical")
 
-    def trajectory_index(self, columns: Sequence[str], *, status: ApprovalStatus | None = None, app: str | None = None) -> pl.DataFrame:
+    def trajectory_index(self, columns: Sequence[str], *, status: StatusSelection = None, app: str | None = None) -> pl.DataFrame:
         """:meth:`trajectories` with only ``columns`` of the trajectories table (and the ``approval*``
         columns), read without loading steps or rollouts."""
         needed = ["id", "app", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
         wanted = list(dict.fromkeys([*needed, *columns]))
         trajectories = drop_repeats("trajectories", self.scan("trajectories").select(wanted).collect())
         current = _current_approvals(trajectories, drop_repeats("approvals", self.scan("approvals").collect()))
-        if status is not None:
-            current = current.filter(pl.col("approval") == status)
+        if (wanted_status := _status_filter(status)) is not None:
+            current = current.filter(pl.col("approval") == wanted_status)
         if app is not None:
             current = current.filter(pl.col("app") == app)
         return current.select(list(dict.fromkeys([*columns, "approval", "approval_by", "approval_at", "approval_reason"])))

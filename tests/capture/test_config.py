@@ -213,3 +213,30 @@ def test_an_app_version_written_as_a_number_is_recorded_as_its_text(react_graph,
     agent.flush()
     (t,) = LocalExperienceStore(store).iter_trajectories()
     assert t.app_version == "7"
+
+
+@pytest.mark.parametrize("given", ["PROCESS", "process ", " Auto", " THREAD "])
+def test_ee_capture_offload_is_read_in_any_case_with_spaces_around(monkeypatch, given):
+    """Defect (deploy sweep 8): EE_CAPTURE_OFFLOAD=PROCESS, 'process ' (a .env's trailing space) or Auto stopped the app at
+    import with an error naming CaptureConfig.offload, not the variable, while the on/off EE_* variables take any case
+    and spaces around. Read alike now."""
+    monkeypatch.setenv("EE_CAPTURE_OFFLOAD", given)
+    assert CaptureConfig.load().offload == given.strip().lower()
+
+
+def test_a_real_agent_records_with_ee_capture_offload_in_capitals(react_graph, store_path, monkeypatch):
+    from ee_middleware import record_experience
+    from tests.conftest import record_once
+
+    monkeypatch.setenv("EE_CAPTURE_OFFLOAD", " THREAD ")
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    assert agent.recorder.config.offload == "thread"
+    assert record_once(agent, store_path, {"messages": [("user", "Do we have pears? If not, order 5.")]}).app == "shop"
+
+
+def test_a_wrong_ee_capture_offload_names_the_variable(monkeypatch):
+    monkeypatch.setenv("EE_CAPTURE_OFFLOAD", "proces")
+    with pytest.raises(ConfigError, match=r"EE_CAPTURE_OFFLOAD='proces' is not an offload mode: use one of thread, process, auto"):
+        CaptureConfig.load()
+    monkeypatch.setenv("EE_CAPTURE_OFFLOAD", "  ")
+    assert CaptureConfig.load().offload == "thread", "blank is unset, as for the other EE_* variables"

@@ -233,3 +233,69 @@ def test_a_redact_fn_that_cannot_be_imported_stops_later_writers_naming_it(react
     (store_path / REDACTION_FILE).write_text(json.dumps({**settings, "custom_function": "no_such_module_here.scrub"}))
     with pytest.raises(ConfigError, match=r"redact_fn=no_such_module_here\.scrub.*No module named 'no_such_module_here'.*PYTHONPATH"):
         store_redactor(store)
+
+
+OTHER_CODENAME = "Project Kestrel"
+
+
+def hide_other_codename(text: str) -> str:
+    """The second app's own ``redact_fn``: it knows a codename the first app's does not."""
+    return text.replace(OTHER_CODENAME, "[other codename]")
+
+
+def test_apps_sharing_a_store_with_different_redact_fns_have_every_one_applied_by_later_writers(store_path: Path, tools: list) -> None:
+    """Defect (deploy sweep 5): two services (two real LangGraph agents) record into one store, each with its own
+    redact_fn. redaction.json kept only the first one's name, so replay, datasets, exports and ingest never applied the
+    second's: a replay record of the second app stored its codename in plain text. Both are kept and both applied."""
+    from langgraph.prebuilt import create_react_agent
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel
+    from tests.conftest import EXPERT_SCRIPT
+
+    def agent(app: str, redact_fn):
+        graph = create_react_agent(ScriptedChatModel(script=list(EXPERT_SCRIPT), model_name="scripted-expert"), tools)
+        return record_experience(graph, app=app, store=store_path, redact_fn=redact_fn)
+
+    billing, shipping = agent("billing", hide_codename), agent("shipping", hide_other_codename)
+    again = agent("billing", hide_codename)  # a second worker of the first app changes nothing
+    for recorded, name in ((billing, CODENAME), (shipping, OTHER_CODENAME)):
+        recorded.invoke({"messages": [("user", f"Do we have pears for {name}? If not, order 5.")]})
+        recorded.flush()
+    for recorded in (billing, shipping, again):
+        recorded.recorder.close()
+    saved = json.loads((store_path / REDACTION_FILE).read_text())
+    assert saved["custom_function"] == [f"{__name__}.hide_codename", f"{__name__}.hide_other_codename"]
+    store = LocalExperienceStore(store_path)
+    assert sorted(store.trajectories()["app"].to_list()) == ["billing", "shipping"]
+    both = store_redactor(store, create_salt=False).redact_text(f"{CODENAME} and {OTHER_CODENAME}")
+    assert both == "[codename] and [other codename]"
+    store.write_replay(*_replay_holding(OTHER_CODENAME))
+    store.write_replay(*_replay_holding(CODENAME))
+    store.close()
+    text = _store_text(store_path)
+    assert CODENAME not in text and OTHER_CODENAME not in text, "replay records of either app were written with both"
+    from ee_middleware.replay.privacy import ReplayPrivacy
+
+    privacy = ReplayPrivacy.of_store(LocalExperienceStore(store_path))
+    assert privacy.redact_data(f"{OTHER_CODENAME}, {CODENAME}") == "[other codename], [codename]", "replay workers too"
+
+
+def test_a_store_recorded_with_one_redact_fn_before_keeps_loading_and_takes_a_second(store_path: Path) -> None:
+    """A redaction.json written before several redact_fns were kept names one (a string) or none: it loads as it did,
+    is rewritten unchanged by the same app, and becomes a list once a second app records with another one."""
+    store = LocalExperienceStore(store_path)
+    first = f"{__name__}.hide_codename"
+    old = {"format": "ee-redaction", "version": 1, "rules": RedactionRules().to_dict(), "pseudonyms": True, "vault": None}
+    (store_path / REDACTION_FILE).write_text(json.dumps({**old, "custom_function": first}))
+    assert read_store_redaction(store).custom_function == first
+    assert read_store_redaction(store).custom_functions == (first,)
+    record_store_redaction(store, StoreRedaction(custom_function=first))
+    assert json.loads((store_path / REDACTION_FILE).read_text())["custom_function"] == first
+    merged = record_store_redaction(store, StoreRedaction(custom_function=f"{__name__}.hide_other_codename"))
+    assert merged.custom_functions == (first, f"{__name__}.hide_other_codename")
+    assert read_store_redaction(store) == merged
+    (store_path / REDACTION_FILE).write_text(json.dumps({**old, "custom_function": 7}))
+    with pytest.raises(ConfigError, match=r"custom_function must be .*got 7"):
+        read_store_redaction(store)
+    store.close()

@@ -386,3 +386,46 @@ def test_trajectories_are_written_as_the_json_path_writes_them(tmp_path: Path, b
     if batch == "awkward":
         assert b"1e-05" in expected and b"\xef\xbf\xbd" in expected, "json's spelling, and the lone surrogate cleaned"
     assert [t.id for t in LocalExperienceStore(store.root).iter_trajectories()] == [t.id for t in trajectories]
+
+
+def test_a_relative_store_path_stays_with_the_folder_it_named_after_the_process_changes_directory(tmp_path: Path, react_graph, monkeypatch):
+    """Defect (deploy sweep 3): a store given as a relative path (the default ./experience, EE_STORE=experience) followed
+    the working directory: after a daemon's chdir the next spool segment was opened under the new directory, a folder
+    with no ee-store.json that no store read, and flush() still said True. The path is made absolute when the store is
+    opened, so runs recorded (by a real LangGraph agent) after a chdir land in the store the app was given."""
+    from ee_middleware import record_experience
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    agent = record_experience(react_graph, app="daemon", store="experience")
+    assert agent.recorder.store.root == tmp_path / "app" / "experience"
+    monkeypatch.chdir(tmp_path / "run")  # the daemon's working directory
+    agent.invoke({"messages": [("user", "Do we have pears? If not, order 5.")]})
+    assert agent.flush()
+    agent.recorder.close()
+    assert list((tmp_path / "run").iterdir()) == [], "nothing is written under the new working directory"
+    stored = LocalExperienceStore(tmp_path / "app" / "experience")
+    assert stored.trajectories()["app"].to_list() == ["daemon"]
+    stored.close()
+
+
+def test_status_all_reads_every_trajectory_and_an_unknown_status_is_refused(store: LocalExperienceStore):
+    """'all' (what `ee traces list --status all` means) was read as an approval value and matched no row: every read
+    with status='all' returned nothing, silently. It selects every trajectory; any other unknown word is refused."""
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.records import ApprovalEvent
+
+    store.write([sample_trajectory("a"), sample_trajectory("b")])
+    store.set_approval([ApprovalEvent(trajectory_id="a", status="approved", by="alice")])
+    assert store.trajectories(status="all")["id"].to_list() == ["a", "b"]
+    assert [t.id for t in store.iter_trajectories(status="all")] == ["a", "b"]
+    assert store.trajectory_index(["id"], status="all")["id"].to_list() == ["a", "b"]
+    assert store.trajectories(status="approved")["id"].to_list() == ["a"]
+    for read in (
+        lambda: store.trajectories(status="aproved"),
+        lambda: list(store.iter_trajectories(status="Approved")),
+        lambda: store.trajectory_index(["id"], status="done"),
+    ):
+        with pytest.raises(ConfigError, match=r"is not an approval status: use one of pending, approved, rejected, or 'all'"):
+            read()
