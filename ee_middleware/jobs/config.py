@@ -28,6 +28,7 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
     servers = ["http://vllm-0:8000/v1", "http://vllm-1:8000/v1"]
 
     [replay]
+    sandbox = "support_tools.sandbox:make_sandbox"   # your tools' world: a package.module:factory (docs/sandboxes.md); "bfcl" replays only BFCL worlds
     policy = "openai:http://vllm-0:8000/v1#base"
     k = 8
     [datasets]
@@ -232,6 +233,7 @@ class ImproveConfig(BaseModel):
             )
         if path is not None:
             values["config_path"] = Path(path).expanduser().resolve()
+            _check_sub_table_keys(values["config_path"], getattr(values, "from_file", {}))
         return build_config(cls, values, "improve")
 
     @property
@@ -323,10 +325,22 @@ class ImproveConfig(BaseModel):
         if self.config_path is not None:
             self.tables()  # a file that is not TOML is named here
             known = ("improve", *STAGE_TABLES, "capture")
+            # a table no job reads would be dropped without a word ([budgets] for [improve.budgets]: no budget at all)
+            problems = []
             for table in read_toml(self.config_path):  # UTF-8 with a byte-order mark, or UTF-16, as the stages read it
-                close = difflib.get_close_matches(table, known, n=1, cutoff=0.75)
-                if table not in known and close:
-                    raise ConfigError(f"{self.config_path} has a table [{table}]: did you mean [{close[0]}]? (ee improve reads {known}.)")
+                if table in known:
+                    continue
+                meant = SUB_TABLES.get(table) or next(iter(difflib.get_close_matches(table, known, n=1, cutoff=0.75)), None)
+                if meant is not None:
+                    problems.append(f"[{table}]: did you mean [{meant}]? (rename the line [{table}] to [{meant}])")
+                else:
+                    problems.append(f"[{table}], which no ee job reads (move its settings into the table that reads them, or remove it)")
+            if problems:
+                reads = "[improve] (with [improve.budgets] and [improve.serving]), " + ", ".join(f"[{t}]" for t in known[1:])
+                raise ConfigError(
+                    f"{self.config_path} has a table {'; and a table '.join(problems)}. Its settings would be ignored without a "
+                    f"word. (ee improve reads {reads}.)"
+                )
         self._check_owned_keys()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
         replay = self.replay_config()
@@ -346,7 +360,7 @@ class ImproveConfig(BaseModel):
                 raise ConfigError(f"[improve] suites = [{written!r}]: {exc}{hint}") from exc
         self._check_base(train.base_model, train.max_length, train.target_modules)
         _check_device(train.device)
-        self._check_store()
+        self._check_store(replay.sandbox)
 
     def _check_owned_keys(self) -> None:
         """A stage setting the job sets itself (:data:`OWNED_KEYS`) is an error naming what sets it: the job would drop
@@ -363,9 +377,11 @@ class ImproveConfig(BaseModel):
                 "ee eval run, read them)."
             )
 
-    def _check_store(self) -> None:
+    def _check_store(self, replay_sandbox: str = "") -> None:
         """The store is there, and records this app if it records any: a misspelt app in a store of other apps would end
-        every night as 'nothing-new' (exit status 0) and never learn anything."""
+        every night as 'nothing-new' (exit status 0) and never learn anything. With the built-in ``bfcl`` replay sandbox
+        (``[replay] sandbox``'s default), the app's approved trajectories must hold BFCL worlds (see
+        :meth:`_check_bfcl_worlds`)."""
         import difflib
 
         from ee_middleware.errors import StoreError
@@ -379,6 +395,8 @@ class ImproveConfig(BaseModel):
             index = getattr(store, "trajectory_index", None)
             frame = index(["app"]) if callable(index) else store.trajectories()
             apps = sorted(str(a) for a in frame.get_column("app").unique().to_list() if a is not None)
+            if replay_sandbox.strip() == "bfcl" and self.app in apps:
+                self._check_bfcl_worlds(store)
         finally:
             store.close()
         close = difflib.get_close_matches(self.app, apps, n=1, cutoff=0.6) if apps and self.app not in apps else []
@@ -392,6 +410,33 @@ class ImproveConfig(BaseModel):
                 f"{close[0]!r}? It records {shown} (`ee traces list --store {self.store} --status all`). Set app to the name "
                 "the agent records with (record_experience(..., app=...))."
             )
+
+    def _check_bfcl_worlds(self, store: Any) -> None:
+        """Replayed in the built-in ``bfcl`` sandbox (the default of ``[replay] sandbox``), trajectories whose environment
+        reference is not a BFCL world (``involved_classes``) are all skipped: a run started from the example file without
+        a sandbox line would replay nothing, train anyway and say why only at the gate. Stop before the run instead when
+        none of the app's approved trajectories holds one."""
+        import polars as pl
+
+        index = getattr(store, "trajectory_index", None)
+        frame = index(["environment_json", "tools_json"], status="approved", app=self.app) if callable(index) else None
+        if frame is None:
+            frame = store.trajectories(status="approved", app=self.app)
+        if not {"environment_json", "tools_json"} <= set(frame.columns):
+            return
+        # an agent offered no tool (a chat app) has no state to branch from in any sandbox: skipped, and nothing is wrong
+        frame = frame.filter(~pl.col("tools_json").fill_null("").str.strip_chars().is_in(["", "[]", "null"]))
+        if not frame.height or frame.get_column("environment_json").fill_null("").str.contains('"involved_classes"', literal=True).any():
+            return
+        written = self.config_path is not None and "sandbox" in read_toml_table(self.config_path, "replay")
+        where = f" in {self.config_path}" if self.config_path is not None else ""
+        said = '[replay] sandbox = "bfcl"' if written else f"[replay] sandbox is not set{where}, so replay would use the default 'bfcl'"
+        raise ConfigError(
+            f"{said}, which rebuilds only BFCL worlds (an environment reference with involved_classes, as ee bfcl "
+            f"record-experts records them); none of the {frame.height} approved trajectories of {self.app!r} with tools holds one, so "
+            "every one would be skipped and the run would train without a single replayed branch. Set [replay] sandbox to "
+            'the sandbox of your tools: sandbox = "package.module:factory", a factory returning it (docs/sandboxes.md).'
+        )
 
     def _check_base(self, base_model: str, max_length: int, target_modules: tuple[str, ...] | None = None) -> None:
         from ee_middleware.adapters.registry import open_registry
@@ -516,6 +561,29 @@ class ImproveConfig(BaseModel):
             else:
                 specs.append(suite)
         return specs
+
+
+SUB_TABLES = {"budgets": "improve.budgets", "budget": "improve.budgets", "serving": "improve.serving", "servers": "improve.serving"}
+"""Top-level tables written for a sub-table of ``[improve]``, and the sub-table meant."""
+
+
+def _check_sub_table_keys(path: Path, table: Mapping[str, Any]) -> None:
+    """A key of ``[improve]`` (``table``, as the file at ``path`` has it) that is a setting of ``[improve.budgets]`` or
+    ``[improve.serving]`` is an error naming the file and the sub-table it belongs in (pydantic said only 'Extra inputs
+    are not permitted')."""
+    own = set(ImproveConfig.model_fields)
+    misplaced: dict[str, list[str]] = {}
+    for name, model in (("improve.budgets", Budgets), ("improve.serving", Serving)):
+        keys = [key for key in table if key not in own and key in model.model_fields]
+        if keys:
+            misplaced[name] = keys
+    if misplaced:
+        moves = "; ".join(f"{', '.join(keys)} belong{'s' if len(keys) == 1 else ''} in [{name}]" for name, keys in misplaced.items())
+        lines = " and ".join(f"an [{name}] line" for name in misplaced)
+        raise ConfigError(
+            f"{path}: {moves}, not directly in [improve]. Move {'it' if sum(map(len, misplaced.values())) == 1 else 'them'} "
+            f"below {lines} (after the [improve] keys), e.g.\n[{next(iter(misplaced))}]\n{next(iter(misplaced.values()))[0]} = ..."
+        )
 
 
 def _registry_missing(exc: BaseException) -> bool:

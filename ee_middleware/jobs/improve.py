@@ -31,13 +31,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from ee_middleware._files import atomic_write_text
 from ee_middleware._toml import read_config_text
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted, JobError
@@ -98,7 +99,7 @@ def run_improve(
         if run is None:
             run = runs.create(JOB, config.describe(), config_hash)
             if config.config_path is not None:
-                atomic_write_text(run.folder / CONFIG_COPY, read_config_text(config.config_path))  # as UTF-8
+                copy_config(config.config_path, run.folder / CONFIG_COPY)
             run.update(stage_order=list(STAGES), force=force)
             say.info(f"run {run.id} started in {run.folder}")
         else:
@@ -143,8 +144,11 @@ def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progre
     copy, kept = run.folder / CONFIG_COPY, run.folder / f"config.attempt-{attempt}.toml"
     if copy.is_file():
         copy.replace(kept)
+        if config.config_path is not None:  # one a version before copies kept the file's permissions wrote as 0644
+            with contextlib.suppress(OSError):
+                os.chmod(kept, stat.S_IMODE(kept.stat().st_mode) & _copy_mode(config.config_path))
     if config.config_path is not None:
-        atomic_write_text(copy, read_config_text(config.config_path))  # as UTF-8, as the run's first copy
+        copy_config(config.config_path, copy)
     if any(table == "train" for table, *_ in changed) and not run.stage_done("train"):
         shutil.rmtree(run.folder / ADAPTER_DIR, ignore_errors=True)
     settings = [line for table, key, old, new in changed for line in changed_lines(table, key, old, new)]
@@ -153,6 +157,31 @@ def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progre
         change["config_file_before"] = kept.name
     run.update(config=config.describe(), config_hash=config_hash, config_changes=[*run.data.get("config_changes", []), change])
     say.info(f"run {run.id} goes on with settings of stages it has not finished changed: {'; '.join(settings)}")
+
+
+def copy_config(source: Path, destination: Path) -> None:
+    """Copy the config file ``source`` into a run folder as ``destination``, as UTF-8 (the stages read the copy, and a
+    run is reproduced from it: it is the file verbatim, secrets included), created with no more permission than the
+    source has (:func:`_copy_mode`: a private file's copy is 0600 at most), so that a secret kept in a 0600 file
+    (``[replay.sandbox_settings]``, an ``api_key``) is not world-readable in a runs folder on shared storage."""
+    from ee_middleware._files import atomic_path
+
+    text = read_config_text(source)
+    mode = _copy_mode(source)
+    with atomic_path(destination) as tmp:
+        # created with the mode (and the umask), never readable by others even for a moment
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, stat.S_IMODE(tmp.stat().st_mode) & mode)  # a file system that ignored the mode at creation
+
+
+def _copy_mode(source: Path) -> int:
+    """The permission bits of a copy of ``source``: the source's read and write bits, with the owner's always (the job
+    reads and replaces its copy); a source that its group and others cannot read (private) gives 0600 at most."""
+    bits = stat.S_IMODE(source.stat().st_mode) & 0o666 | 0o600
+    if not bits & (stat.S_IRGRP | stat.S_IROTH):
+        bits &= 0o600
+    return bits
 
 
 def _run_stages(ctx: StageContext, *, force: bool) -> None:

@@ -281,14 +281,115 @@ def replay(ctx: StageContext) -> StageResult:
         not_finished=_unfinished(ctx, wanted, replay_id),
         **fidelity_mismatches(records),
     )
-    failed = statuses.get("failed", 0)
+    latest = _latest_records(records)
+    skip_reasons, failure_reasons = _reasons(latest, "skipped"), _reasons(latest, "failed")
+    skipped, failed = sum(skip_reasons.values()), sum(failure_reasons.values())
+    result.outputs.update(skipped=skipped, failed=failed, skip_reasons=skip_reasons, failure_reasons=failure_reasons)
     if failed:
-        result.decisions.append(f"{failed} trajectories failed to replay (see `ee replay list`); they are retried by the next run")
+        result.decisions.append(
+            f"{failed} trajectories failed to replay ({_reasons_text(failure_reasons)}; see `ee replay list`); they are retried "
+            "by the next run"
+        )
+    if skipped:
+        result.decisions.append(
+            f"{skipped} of {len(wanted)} selected trajectories were skipped, nothing replayed from them: {_reasons_text(skip_reasons)}"
+        )
+    _check_skipped(ctx, wanted, latest, skip_reasons)
     _check_predictions(ctx, records)
     result.summary = (
         f"{result.outputs['branches']} branches over {result.outputs['states']} states, {result.outputs['errors']} error observations"
     )
+    if skipped or failed:
+        result.summary += ", " + " and ".join(
+            f"{count} trajectories {what}" for count, what in ((skipped, "skipped"), (failed, "failed")) if count
+        )
     return result
+
+
+NO_TOOL_CALLS = "the trajectory has no tool calls"
+"""How the replay runner's skip reason for a trajectory with no state to branch from begins (an agent that answered
+without a tool: nothing to replay, nothing wrong with the sandbox; its trajectory is still learned from by imitation)."""
+
+REASONS_SHOWN = 10
+"""Distinct skip (or failure) reasons kept in the replay stage's outputs, the most frequent first."""
+
+
+def _latest_records(records: pl.DataFrame) -> pl.DataFrame:
+    """Each trajectory's newest replay record (a failed trajectory retried by a later attempt has two)."""
+    if not records.height:
+        return records
+    order = "finished_at" if "finished_at" in records.columns else "trajectory_id"
+    return records.sort(order, nulls_last=False).unique(subset="trajectory_id", keep="last", maintain_order=True)
+
+
+def _reasons(records: pl.DataFrame, status: str) -> dict[str, int]:
+    """How many of ``records`` have ``status``, by reason (on one line), the most frequent first (the first
+    :data:`REASONS_SHOWN`, the rest counted under one entry)."""
+    import polars as pl
+
+    from ee_middleware.messages import one_line
+
+    if not records.height:
+        return {}
+    reasons = [one_line(r or "(no reason recorded)", 400) for r in records.filter(pl.col("status") == status)["reason"].to_list()]
+    counted = Counter(reasons).most_common()
+    shown = dict(counted[:REASONS_SHOWN])
+    rest = sum(count for _, count in counted[REASONS_SHOWN:])
+    if rest:
+        shown[f"({len(counted) - REASONS_SHOWN} other reasons)"] = rest
+    return shown
+
+
+def _reasons_text(reasons: dict[str, int], most: int = 3) -> str:
+    shown = "; ".join(f"{reason} ({count})" for reason, count in list(reasons.items())[:most])
+    return shown + (f"; and {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
+
+
+def _again_command(ctx: StageContext) -> str:
+    """The ``ee replay run --again`` command that replays this run's selection again under its [replay] table."""
+    import shlex
+
+    config = ctx.config
+    command = ["ee", "replay", "run", "--again", *(["--config", str(config.config_path)] if config.config_path else [])]
+    command += ["--store", str(config.store), "--app", config.app]
+    return shlex.join(command)
+
+
+def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, skip_reasons: dict[str, int]) -> None:
+    """Fail the stage when the replay skipped every selected trajectory for a reason other than having no tool call (a
+    sandbox that cannot rebuild the app's world, such as the default ``bfcl`` one for another app's trajectories, or
+    one that lacks the expert's tools): the run would train on no branch and say nothing of why. Read from the stored
+    records, so a continued run whose replay finished earlier fails alike."""
+    import polars as pl
+
+    if not wanted or not skip_reasons:
+        return
+    skipped = set(latest.filter(pl.col("status") == "skipped")["trajectory_id"].to_list())
+    if not set(wanted) <= skipped or all(reason.startswith(NO_TOOL_CALLS) for reason in skip_reasons):
+        return
+    config = ctx.config
+    replay = config.replay_config()
+    written = "sandbox" in config.tables()["replay"]
+    said = (
+        f"[replay] sandbox = {replay.sandbox!r}" if written else f"[replay] sandbox is not set, so the default {replay.sandbox!r} was used"
+    )
+    text = (
+        f"The replay skipped every one of the {len(wanted)} selected trajectories of {config.app} ({said}): "
+        f"{_reasons_text(skip_reasons)}. Nothing was replayed, so the run would train without a single branch. "
+    )
+    if not written or replay.sandbox.strip() == "bfcl":
+        text += (
+            "The built-in 'bfcl' sandbox rebuilds only BFCL worlds (ee bfcl record-experts). Set [replay] sandbox to the sandbox "
+            'of your tools (sandbox = "package.module:factory", a factory returning it; see docs/sandboxes.md), then start a '
+            "new run with `ee improve --config FILE --new-run` (this run's [replay] table is fixed: its select stage has finished)."
+        )
+    else:
+        text += (
+            f"Fix the sandbox (or the recording) as the reason says, then replay them again with `{_again_command(ctx)}` and run "
+            "ee improve again: the run continues with that attempt; or set [replay] sandbox to another sandbox and start a "
+            "new run with `ee improve --config FILE --new-run`."
+        )
+    raise JobError(text)
 
 
 def _check_predictions(ctx: StageContext, records: pl.DataFrame) -> None:
@@ -306,12 +407,7 @@ def _check_predictions(ctx: StageContext, records: pl.DataFrame) -> None:
         synthetic += data.get("synthetic_branches", 0)
     if not unusable or synthetic:
         return
-    import shlex
-
-    config = ctx.config
-    command = ["ee", "replay", "run", "--again", *(["--config", str(config.config_path)] if config.config_path else [])]
-    command += ["--store", str(config.store), "--app", config.app]
-    again = f"replay them again with `{shlex.join(command)}`, then run ee improve again: the run continues with that attempt"
+    again = f"replay them again with `{_again_command(ctx)}`, then run ee improve again: the run continues with that attempt"
     text = no_usable_prediction_text(dict(unusable), again=again)
     raise JobError(text[0].upper() + text[1:])
 

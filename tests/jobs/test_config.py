@@ -149,6 +149,13 @@ def _improve_file(tmp_path: Path, base: Path, body: str = "") -> Path:
         ('[replay]\npolicy = "local:/no/such/model"\n', r"\[replay\] policy = 'local:/no/such/model': no model folder at /no/such/model"),
         ('[eval]\nsandbox = "ee_middleware.replay:nope"\n', r"\[eval\] sandbox = .*has no attribute 'nope'"),
         ('[replay]\nsandbox = "mcp:/no/such/servers.json"\n', r"\[replay\] sandbox = 'mcp:/no/such/servers.json'"),
+        # top-level tables no job reads were dropped without a word (no budget at all; evaluated in-process)
+        ("[budgets]\nmax_trajectories = 1\n", r"improve.toml has a table \[budgets\]: did you mean \[improve.budgets\]\?"),
+        (
+            '[serving]\nbackend = "vllm"\nservers = ["http://127.0.0.1:1/v1"]\n',
+            r"improve.toml has a table \[serving\]: did you mean \[improve.serving\]\?",
+        ),
+        ("[evaluation]\nmax_tokens = 8\n", r"improve.toml has a table \[evaluation\], which no ee job reads"),
     ],
 )
 def test_a_stage_table_that_cannot_work_stops_the_job_before_a_run_starts(tmp_path: Path, body: str, message: str) -> None:
@@ -482,3 +489,68 @@ def test_the_configuration_a_run_records_shows_no_secret(tmp_path: Path) -> None
     described = config.describe()
     assert described["replay"]["policy_settings"] == {"api_key": "***", "temperature": 0.7}
     assert "LEAKME" not in json.dumps(described)
+
+
+@pytest.mark.parametrize(
+    ("key", "table"),
+    [
+        ("max_trajectories = 1", "improve.budgets"),
+        ("max_minutes = 30", "improve.budgets"),
+        ('servers = ["http://h:8000/v1"]', "improve.serving"),
+    ],
+)
+def test_a_budget_or_serving_key_written_in_improve_names_the_file_and_its_sub_table(tmp_path: Path, key: str, table: str) -> None:
+    """Was: 'Invalid improve configuration: max_trajectories: Extra inputs are not permitted', naming neither the file
+    nor the table the key belongs in."""
+    path = _config(tmp_path, key + "\n")
+    name = key.split(" ")[0]
+    with pytest.raises(ConfigError, match=rf"{path}: {name} belongs in \[{table}\], not directly in \[improve\]") as raised:
+        ImproveConfig.load(path)
+    assert f"[{table}]\n{name} = " in str(raised.value)
+    moved = _config(tmp_path, f"[{table}]\n{key}\n")
+    assert ImproveConfig.load(moved).model_dump()[table.split(".")[1]][name] is not None  # where it belongs, it is read
+
+
+def test_the_run_folders_copies_of_a_private_config_file_are_private(tmp_path: Path) -> None:
+    """A 0600 improve.toml (a staging password in [replay.sandbox_settings]) was copied into the run folder as
+    config.toml, and on a continued run as config.attempt-N.toml, at 0644 (the umask's mode): the secret that run.json
+    shows as *** was readable by anyone who can read the runs folder. The copies now have the source's permissions, 0600
+    at most for a private file (a copy an earlier version left world-readable is made private when it is kept)."""
+    import os
+    import stat
+
+    from ee_middleware._files import atomic_write_text
+    from ee_middleware.jobs.improve import CONFIG_COPY, JOB, STAGES, run_improve
+
+    _store_with_app(tmp_path / "s", "shop", approve=False)
+    path = _improve_file(tmp_path, _base_folder(tmp_path), '[replay.sandbox_settings]\ndb_password = "hunter2-STAGING"\n')
+    path.chmod(0o600)
+    old_umask = os.umask(0o022)
+    try:
+        run = run_improve(ImproveConfig.load(path))
+        assert run.status == "nothing-new"
+        copy = run.folder / CONFIG_COPY
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+        assert copy.read_text() == path.read_text()  # verbatim: the run is reproduced from it
+
+        # a run an earlier version started (its copy 0644) fails at select and goes on with a [datasets] setting changed
+        config = ImproveConfig.load(path)
+        failed = RunsDir(tmp_path / "runs").create(JOB, config.describe(), config.config_hash())
+        atomic_write_text(failed.folder / CONFIG_COPY, path.read_text())
+        assert stat.S_IMODE((failed.folder / CONFIG_COPY).stat().st_mode) == 0o644
+        failed.update(stage_order=list(STAGES), force=False, status="failed", error="OSError")
+        failed.write_stage("select", {"stage": "select", "status": "failed", "attempt": 1, "error": "OSError"})
+        path.write_text(path.read_text() + "[datasets]\nheldout_share = 0.3\n")
+        continued = run_improve(ImproveConfig.load(path))
+    finally:
+        os.umask(old_umask)
+    assert continued.id == failed.id and continued.data["config_changes"]
+    kept = continued.folder / continued.data["config_changes"][0]["config_file_before"]
+    assert "hunter2-STAGING" in kept.read_text() and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE((continued.folder / CONFIG_COPY).stat().st_mode) == 0o600
+    assert "heldout_share = 0.3" in (continued.folder / CONFIG_COPY).read_text()
+
+    shared = _improve_file(tmp_path, _base_folder(tmp_path), "[datasets]\nheldout_share = 0.4\n")
+    shared.chmod(0o640)
+    run = run_improve(ImproveConfig.load(shared))
+    assert stat.S_IMODE((run.folder / CONFIG_COPY).stat().st_mode) == 0o640  # the source's own permissions

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,97 @@ def test_a_suite_that_scored_no_task_reads_as_such_in_the_report_and_the_gate(wo
     assert f"| {suite} | 0 | - | - |" in report, report
     assert f"- {suite}: " in report and "task(s) left out: no sandbox for app 'retail-support'" in report
     assert (run.folder / "eval.png").stat().st_size > 0
+
+
+def sandbox_of_another_database() -> object:
+    """A real PythonSandbox of the retail tools whose world is built from another dataset than the one these
+    trajectories were recorded on (a user's sandbox that cannot rebuild their worlds): every trajectory is skipped."""
+    import functools
+
+    from retail_db.sandbox import _on_world, is_error_text, tool_error_text
+    from retail_db.tools import DB_TOOLS
+
+    from ee_middleware.errors import EnvironmentUnavailableError
+    from ee_middleware.replay import PythonSandbox
+
+    def world(environment: dict | None) -> object:
+        raise EnvironmentUnavailableError(f"this sandbox rebuilds the 'retail-v1' database only, got {environment!r}")
+
+    tools = {name: functools.partial(_on_world, tool) for name, tool in DB_TOOLS.items()}
+    return PythonSandbox(world, tools=tools, kind="retail-v1", is_error_result=is_error_text, format_error=tool_error_text)
+
+
+def sandbox_without_get_product() -> object:
+    """The retail sandbox as it was before the product catalog tool: the re-order trajectories call get_product."""
+    import functools
+
+    from retail_db.sandbox import RetailWorld, _on_world, is_error_text, tool_error_text
+    from retail_db.tools import DB_TOOLS, READ_ONLY_TOOLS
+
+    from ee_middleware.replay import PythonSandbox
+
+    tools = {name: functools.partial(_on_world, tool) for name, tool in DB_TOOLS.items() if name != "get_product"}
+    return PythonSandbox(
+        RetailWorld.from_environment,
+        tools=tools,
+        read_only_tools=READ_ONLY_TOOLS,
+        kind="retail-db",
+        is_error_result=is_error_text,
+        format_error=tool_error_text,
+    )
+
+
+def test_without_a_replay_sandbox_the_job_stops_before_a_run_starts(workspace: Path, gpt2_base: Path) -> None:
+    """The example file had no [replay] sandbox line, so the retail agent was replayed in the default 'bfcl' sandbox:
+    every trajectory skipped without a word, the night trained anyway and said why only at the gate, exit 0."""
+    path = _config(workspace, gpt2_base)
+    path.write_text(path.read_text().replace('sandbox = "retail_db.sandbox:make_sandbox"\n', ""))
+    with pytest.raises(
+        ConfigError, match=r"\[replay\] sandbox is not set in .*improve.toml, so replay would use the default 'bfcl'"
+    ) as raised:
+        run_improve(ImproveConfig.load(path))
+    assert re.search(rf"none of the \d+ approved trajectories of .{APP}. with tools holds one", str(raised.value))
+    assert 'sandbox = "package.module:factory"' in str(raised.value)
+    assert RunsDir(workspace / "runs").list() == []
+
+
+def test_a_replay_that_skipped_every_trajectory_fails_its_stage_naming_why(workspace: Path, gpt2_base: Path) -> None:
+    """Was: the replay stage 'done' with statuses {'skipped': N}, no decision, the reasons thrown away; the run trained,
+    registered and evaluated, and ended 'succeeded' with its watermark moved."""
+    from ee_middleware.jobs.errors import JobError
+
+    path = _config(workspace, gpt2_base)
+    path.write_text(
+        path.read_text().replace("retail_db.sandbox:make_sandbox", "tests.jobs.test_improve_retail:sandbox_of_another_database")
+    )
+    for attempt in (1, 2):  # a continued run reads the stored records and fails alike
+        with pytest.raises(JobError, match=r"The replay skipped every one of the \d+ selected trajectories of retail-support") as raised:
+            run_improve(ImproveConfig.load(path))
+        error = " ".join(str(raised.value).split())
+        assert "environment cannot be rebuilt: this sandbox rebuilds the 'retail-v1' database only" in error, error
+        assert "ee replay run --again" in error and "--new-run" in error
+        [run] = RunsDir(workspace / "runs").list()
+        assert run.status == "failed" and run.stage("replay")["status"] == "failed" and run.stage("replay")["attempt"] == attempt
+        assert run.stage("train") is None and "watermark" not in run.data
+
+
+def test_trajectories_the_sandbox_skipped_are_counted_with_their_reasons(workspace: Path, gpt2_base: Path) -> None:
+    """Some trajectories skipped (their expert calls a tool the sandbox lacks): the stage goes on, and its outputs,
+    decisions, summary and the report say how many and why (were: a 'skipped' count among the statuses, nothing more)."""
+    path = _config(workspace, gpt2_base)
+    path.write_text(
+        path.read_text().replace("retail_db.sandbox:make_sandbox", "tests.jobs.test_improve_retail:sandbox_without_get_product")
+    )
+    run = run_improve(ImproveConfig.load(path))
+    assert run.status == "succeeded", run.data.get("error")
+    replay = run.stage("replay")
+    outputs = replay["outputs"]
+    assert outputs["skipped"] == outputs["statuses"]["skipped"] > 0 and outputs["statuses"].get("done", 0) > 0
+    [(reason, count)] = outputs["skip_reasons"].items()
+    assert count == outputs["skipped"] and "the expert calls get_product, which sandbox 'retail-db' does not provide" in reason
+    assert f"{count} trajectories skipped" in replay["summary"]
+    assert any(
+        f"{count} of {outputs['trajectories']} selected trajectories were skipped" in d and "get_product" in d for d in replay["decisions"]
+    )
+    assert "get_product, which sandbox 'retail-db' does not provide" in (run.folder / "report.md").read_text()
+    assert outputs["failed"] == 0 and outputs["failure_reasons"] == {}
