@@ -17,6 +17,8 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 * ``covers``: true for the two tools once reset, false for a tool the sandbox does not have;
 * snapshot/restore exactness: after ``restore(s)`` the reads show exactly what they showed when
   ``s`` was taken, for any snapshot, in any order, as often as asked;
+* snapshots pickle (``subprocess_isolation``, on by default): under ``--isolation subprocess`` every snapshot leaves
+  the sandbox's child process as a pickle, and an unpickled copy must restore the world exactly;
 * branch isolation: a mutating call made after a restore is gone after the next restore, and the
   same call from the same state gives the same observation;
 * ``reset`` rebuilds step 0 whatever happened before, and never changes the environment it is given;
@@ -37,6 +39,7 @@ shows the clock, random numbers or fresh ids, or one that returns an object with
 from __future__ import annotations
 
 import copy
+import pickle
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -83,6 +86,7 @@ def check_sandbox(
     read: ToolCall | Sequence[ToolCall],
     bad_calls: Sequence[ToolCall] | None = None,
     require_digest: bool = False,
+    subprocess_isolation: bool = True,
 ) -> None:
     """Assert the sandbox protocol's behaviour on a sandbox from ``make_sandbox``.
 
@@ -95,6 +99,9 @@ def check_sandbox(
         bad_calls: calls that must give error observations. Default: the ``mutate`` call with an
             argument no tool takes. A call to an unknown tool is always checked too.
         require_digest: fail when the sandbox has no ``state_digest()`` (the eval suites need it).
+        subprocess_isolation: check what ``ee replay run --isolation subprocess`` needs too: every snapshot pickles (it
+            leaves the child process as bytes) and an unpickled copy restores the world exactly. ``False`` for a sandbox
+            only ever replayed in process (whose snapshot may hold a connection or a lambda).
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
@@ -110,6 +117,8 @@ def check_sandbox(
         _check_shape(sandbox, mutate, reads)
         probe.check_preconditions()
         probe.check_restore_is_exact()
+        if subprocess_isolation:
+            probe.check_snapshots_pickle()
         probe.check_branches_are_isolated()
         probe.check_reset_rebuilds_step_zero()
         digests = _has_digest(sandbox, environment)
@@ -217,6 +226,31 @@ class _Probe:
         self.sandbox.restore(self.start_snapshot)
         self.expect(self.start, "snapshots must be restorable in any order")
 
+    def check_snapshots_pickle(self) -> None:
+        """An unpickled copy of a snapshot restores the world, as under ``--isolation subprocess`` (the child sends each
+        snapshot out as a pickle, and a later child restores from it)."""
+        self.sandbox.restore(self.start_snapshot)
+        self.execute(self.mutate)
+        after = self.sandbox.snapshot()
+        for snapshot, world, when in ((self.start_snapshot, self.start, "at step 0"), (after, self.changed, "after the mutating call")):
+            copied = _pickled_copy(snapshot)
+            try:
+                self.sandbox.restore(copied)
+            except Exception as exc:
+                raise AssertionError(
+                    f"restore() of an unpickled copy of the snapshot taken {when} (as --isolation subprocess restores it) raised "
+                    f"{type(exc).__name__}: {exc}. A snapshot must hold the world itself, not a key that only the sandbox's own "
+                    f"copy of it finds. {SUBPROCESS_ONLY}"
+                ) from exc
+            self.expect(
+                world,
+                f"restoring an unpickled copy of the snapshot taken {when} (as --isolation subprocess does) must put the world "
+                "back as it was then",
+                "The snapshot pickles, but its copy does not hold the world: it holds something that points at it (a path, an "
+                "id, a connection's name) rather than the data. Make snapshot() return the data itself.",
+            )
+        self.sandbox.restore(self.start_snapshot)
+
     def check_branches_are_isolated(self) -> None:
         self.sandbox.restore(self.start_snapshot)
         again = self.execute(self.mutate)  # branch 1
@@ -246,6 +280,36 @@ class _Probe:
         )
         for name in sorted({self.mutate.name, *(c.name for c in self.reads)}):
             assert self.sandbox.covers(name), f"covers({name!r}) must be true after a reset: the sandbox executes it"
+
+
+SUBPROCESS_ONLY = (
+    "A sandbox only ever replayed in process (never with --isolation subprocess) may skip this check: "
+    "check_sandbox(..., subprocess_isolation=False)."
+)
+
+
+def _pickled_copy(snapshot: Any) -> Any:
+    """``snapshot`` through a pickle, as ``--isolation subprocess`` sends it out of the sandbox's child process."""
+    try:
+        data = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
+    except SandboxError as exc:  # the snapshot explained itself (PythonSandbox's names the part of the world to blame)
+        raise AssertionError(
+            f"snapshot() must return data that pickles, which --isolation subprocess needs: {exc} {SUBPROCESS_ONLY}"
+        ) from exc
+    except Exception as exc:
+        raise AssertionError(
+            f"the snapshot ({type(snapshot).__name__}) cannot be pickled, which --isolation subprocess needs (the snapshot leaves "
+            f"the sandbox's child process as bytes): {type(exc).__name__}: {exc}. Make snapshot() return data that pickles "
+            "(plain data, or a database's own bytes: sqlite3's Connection.serialize(), not the connection). "
+            f"{SUBPROCESS_ONLY}"
+        ) from exc
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise AssertionError(
+            f"the snapshot ({type(snapshot).__name__}) pickles but does not unpickle, which --isolation subprocess needs: "
+            f"{type(exc).__name__}: {exc}. {SUBPROCESS_ONLY}"
+        ) from exc
 
 
 def _not_covered(sandbox: Any, name: str) -> str:

@@ -6,6 +6,7 @@ import copy
 import functools
 import itertools
 import re
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,8 @@ import pytest
 
 from ee_middleware.bfcl.data import MULTI_TURN_CATEGORIES, load_entries
 from ee_middleware.bfcl.sandbox import BFCLSandbox
-from ee_middleware.records import ToolCall
+from ee_middleware.errors import SandboxError
+from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.replay.sandboxes.registry import sandbox_factory
@@ -68,12 +70,20 @@ def test_python_sandbox_passes() -> None:
     check_sandbox(PYTHON_SANDBOX_FACTORY, **COUNTER)
 
 
-def test_python_sandbox_with_a_world_that_does_not_pickle_passes() -> None:
+def test_python_sandbox_with_a_world_that_does_not_pickle_passes_in_process_and_fails_the_subprocess_check() -> None:
+    """Such a world is deep-copied in process, but --isolation subprocess fails every trajectory on it: the kit passed it
+    all the same. Now it says why by default (PythonSandbox's own message, naming the part of the world), and passes it
+    when the sandbox is only replayed in process."""
     sandbox = make_ledger_sandbox()
     sandbox.reset({"balance": 1})
     assert not sandbox.snapshot().pickled
     probe = {"environment": {"balance": 10}, "mutate": ToolCall(id="m", name="book", arguments={"amount": 5})}
-    check_sandbox(make_ledger_sandbox, **probe, read=ToolCall(id="r", name="balance", arguments={}))
+    check_sandbox(make_ledger_sandbox, **probe, read=ToolCall(id="r", name="balance", arguments={}), subprocess_isolation=False)
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(make_ledger_sandbox, **probe, read=ToolCall(id="r", name="balance", arguments={}))
+    message = str(failed.value)
+    assert "--isolation subprocess" in message and "world.fmt is a function" in message, message
+    assert "subprocess_isolation=False" in message, message
 
 
 def test_subprocess_sandbox_wrapping_a_python_sandbox_passes() -> None:
@@ -356,3 +366,118 @@ def test_the_kit_takes_a_sandbox_spec_as_ee_replay_run_does() -> None:
 def test_a_sandbox_instead_of_its_factory_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match=r"a function that builds a fresh sandbox .*check_sandbox\(make_sandbox, \.\.\.\)"):
         check_sandbox(make_orders_sandbox(), **copy.deepcopy(ORDERS))
+
+
+# --- snapshots under --isolation subprocess ------------------------------------------------------------------
+
+
+class SqlShopSandbox:
+    """A sandbox written straight against the protocol: the world is an in-memory SQLite database, a snapshot a backup
+    copy of it (a second connection, which does not pickle) or, with ``as_bytes``, the database's own bytes."""
+
+    kind = "sql-shop"
+
+    def __init__(self, as_bytes: bool = False) -> None:
+        self.as_bytes = as_bytes
+        self.db: sqlite3.Connection | None = None
+        self.closed = False
+
+    def _open(self) -> sqlite3.Connection:
+        if self.closed:
+            raise SandboxError("the sql-shop sandbox is closed")
+        assert self.db is not None
+        return self.db
+
+    def covers(self, tool_name: str) -> bool:
+        return tool_name in ("order_item", "check_stock")
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        if self.closed:
+            raise SandboxError("the sql-shop sandbox is closed")
+        self.db = sqlite3.connect(":memory:", isolation_level=None)
+        self.db.execute("CREATE TABLE stock (item TEXT PRIMARY KEY, n INT)")
+        self.db.executemany("INSERT INTO stock VALUES (?, ?)", list((environment or {})["stock"].items()))
+
+    def execute(self, call: ToolCall) -> Observation:
+        db = self._open()
+        if call.name not in ("order_item", "check_stock") or set(call.arguments) != {"item"}:
+            return Observation(content=f"Error: bad call {call.name}({call.arguments})", is_error=True)
+        [n] = db.execute("SELECT n FROM stock WHERE item = ?", (call.arguments["item"],)).fetchone() or [0]
+        if call.name == "check_stock":
+            return Observation(content=str(n))
+        if n < 1:
+            return Observation(content=f"Error: no {call.arguments['item']} left", is_error=True)
+        db.execute("UPDATE stock SET n = n - 1 WHERE item = ?", (call.arguments["item"],))
+        return Observation(content=f"ordered 1 {call.arguments['item']}")
+
+    def snapshot(self) -> Any:
+        db = self._open()
+        if self.as_bytes:
+            return db.serialize()
+        copy_ = sqlite3.connect(":memory:", isolation_level=None)
+        db.backup(copy_)
+        return copy_
+
+    def restore(self, snapshot: Any) -> None:
+        self._open()
+        fresh = sqlite3.connect(":memory:", isolation_level=None)
+        if isinstance(snapshot, bytes):
+            fresh.deserialize(snapshot)
+        else:
+            snapshot.backup(fresh)
+        self.db = fresh
+
+    def close(self) -> None:
+        self.closed = True
+
+
+SHOP = {
+    "environment": {"stock": {"apple": 3}},
+    "mutate": ToolCall(id="m", name="order_item", arguments={"item": "apple"}),
+    "read": ToolCall(id="r", name="check_stock", arguments={"item": "apple"}),
+}
+
+
+def test_a_protocol_sandbox_whose_snapshot_does_not_pickle_fails_the_kit_as_it_fails_under_subprocess_isolation() -> None:
+    """The kit passed a sandbox whose snapshot is a sqlite3.Connection, and ee replay run --isolation subprocess then failed
+    every trajectory ('snapshot (Connection) cannot be pickled'). The real SubprocessSandbox fails on it; so does the kit,
+    saying what to do; in process only, it passes; with snapshots as the database's bytes it passes both ways."""
+    with pytest.raises(SandboxError, match=r"snapshot \(Connection\) cannot be pickled"):  # what replay meets
+        check_sandbox(functools.partial(SubprocessSandbox, SqlShopSandbox, timeout_s=30), **copy.deepcopy(SHOP), subprocess_isolation=False)
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(SqlShopSandbox, **copy.deepcopy(SHOP))
+    message = str(failed.value)
+    assert "the snapshot (Connection) cannot be pickled, which --isolation subprocess needs" in message, message
+    assert "subprocess_isolation=False" in message and "serialize()" in message, message
+    check_sandbox(SqlShopSandbox, **copy.deepcopy(SHOP), subprocess_isolation=False)
+    as_bytes = functools.partial(SqlShopSandbox, as_bytes=True)
+    check_sandbox(as_bytes, **copy.deepcopy(SHOP))
+    check_sandbox(functools.partial(SubprocessSandbox, as_bytes, timeout_s=30), **copy.deepcopy(SHOP))
+
+
+class _Handle:
+    """A snapshot that is only a key: it pickles, but its copy is another object."""
+
+
+class KeyedSnapshotSandbox(SqlShopSandbox):
+    """Keeps its snapshots itself and hands out keys, found by identity: an unpickled key finds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(as_bytes=True)
+        self.kept: dict[_Handle, bytes] = {}
+
+    def snapshot(self) -> Any:
+        handle = _Handle()
+        self.kept[handle] = super().snapshot()
+        return handle
+
+    def restore(self, snapshot: Any) -> None:
+        if snapshot not in self.kept:
+            raise SandboxError("unknown snapshot")
+        super().restore(self.kept[snapshot])
+
+
+def test_a_snapshot_that_pickles_but_whose_copy_restores_nothing_fails_the_kit() -> None:
+    with pytest.raises(AssertionError, match=r"restore\(\) of an unpickled copy of the snapshot taken at step 0 .* raised SandboxError"):
+        check_sandbox(KeyedSnapshotSandbox, **copy.deepcopy(SHOP))
+    check_sandbox(KeyedSnapshotSandbox, **copy.deepcopy(SHOP), subprocess_isolation=False)
