@@ -100,13 +100,49 @@ def _where_raised(exc: BaseException) -> str:
     others = {Path(__file__).resolve().parent}
     others.update(Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(key)))
     theirs = [f for f in frames if not f.filename.startswith("<") and not any(Path(f.filename).resolve().is_relative_to(o) for o in others)]
-    frame = theirs[-1] if theirs else frames[0]
+    return _frame_text(theirs[-1] if theirs else frames[0])
+
+
+def _frame_text(frame: Any) -> str:
+    """A traceback frame (``traceback.FrameSummary``) as ``FILE:LINE, in FUNCTION: `CODE```, the file relative to the
+    working folder when it is inside it."""
     path = Path(frame.filename)
     try:
         shown = str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         shown = str(path)
     return f"{shown}:{frame.lineno}, in {frame.name}" + (f": `{frame.line}`" if frame.line else "")
+
+
+_LOADED: dict[str, tuple[str, str]] = {}
+"""The modules of the plug-ins built in this process (ee's own built-ins left out), by module name: their kind and
+spec, so that an error raised later in their code, while they work, is told as theirs (:func:`plugin_that_raised`)."""
+
+
+def _remember(module: str | None, kind: str, spec: str) -> None:
+    if module and module.partition(".")[0] not in ("ee_middleware", "builtins"):
+        _LOADED[module] = (kind, spec)
+
+
+def plugin_that_raised(exc: BaseException) -> tuple[str, str, str] | None:
+    """The plug-in in whose code ``exc`` was raised, as ``(kind, spec, where)``: the plug-in is the one whose module holds
+    the deepest frame of the traceback that is in a plug-in's module built in this process, and ``where`` the deepest
+    frame at or below it in that module's top package (a helper module of the plug-in), as ``FILE:LINE, in FUNCTION:
+    `CODE```. None when no frame is in a plug-in's module (ee's own code, or a library's)."""
+    import traceback
+
+    frames = [(frame, line, frame.f_globals.get("__name__")) for frame, line in traceback.walk_tb(exc.__traceback__)]
+    owned = [i for i, (_, _, module) in enumerate(frames) if isinstance(module, str) and module in _LOADED]
+    if not owned:
+        return None
+    kind, spec = _LOADED[frames[owned[-1]][2]]
+    top = frames[owned[-1]][2].partition(".")[0]
+    deepest = max(
+        i for i, (_, _, module) in enumerate(frames) if i >= owned[-1] and isinstance(module, str) and module.partition(".")[0] == top
+    )
+    frame, line, _ = frames[deepest]
+    [summary] = traceback.StackSummary.extract([(frame, line)])
+    return kind, spec, _frame_text(summary)
 
 
 _FILE_SPEC = re.compile(r"^(?P<path>(?:[A-Za-z]:)?[^:]*?(?:[/\\][^:]*?|\.py))(?::(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*))?$")
@@ -198,11 +234,13 @@ class PluginKind:
         entry_point = self.installed().get(spec)
         if entry_point is not None:
             try:
-                return entry_point.load()
+                factory = entry_point.load()
             except Exception as exc:
                 raise self.error(
                     f"The {self.kind} plug-in {spec!r} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
                 ) from exc
+            _remember(entry_point.module, self.kind, spec)
+            return factory
         raise self.unknown(spec, _module_form_of_path(spec, self.kind) or "it matches none of the accepted forms")
 
     def build(self, spec: str, *args: Any, **options: Any) -> Any:
@@ -213,6 +251,9 @@ class PluginKind:
         """Call ``factory`` for ``spec`` and check what it returns; every failure is this kind's error."""
         if not callable(factory):
             raise self.error(f"{spec!r} names {type(factory).__name__}, not a callable that builds a {self.kind}")
+        _remember(getattr(factory, "__module__", None), self.kind, spec)
+        if FACTORY_SPEC.match(spec.strip()):
+            _remember(spec.strip().partition(":")[0], self.kind, spec)
         unknown = _options_not_taken(factory, options)
         if unknown:
             taken = _options_taken(factory, len(args))
@@ -245,6 +286,8 @@ class PluginKind:
             raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
         except Exception as exc:
             raise self._failed(spec, factory, args, options, exc) from exc
+        for cls in type(part).__mro__:  # a method it inherits from a class of the user's, in another module
+            _remember(cls.__module__, self.kind, spec)
         if self.protocol is not None and not isinstance(part, self.protocol):
             raise self.error(
                 f"{spec!r} returned {type(part).__name__}, which is not a {self.protocol.__name__}"
@@ -281,6 +324,16 @@ class PluginKind:
             text += f"{'; to' if isinstance(exc, TypeError) else '. To'} see the whole traceback, run: "
             text += f'python -c "import {module} as m; m.{attr}({arguments})"'
         return self.error(text + ".")
+
+    def failed_at_work(self, spec: str, call: str, exc: BaseException) -> EEError:
+        """The error for a built part that raised while working (``call``: what ee called, as ``write(cases)``): its own
+        error and where in its code, as :meth:`_failed` tells it for a factory. Raise it ``from exc``."""
+        where = _where_raised(exc)
+        return self.error(
+            f"The {self.kind} {spec!r} failed in {call}: {type(exc).__name__}: {exc}" + (f" (at {where})" if where else "") + ". "
+            f"The error was raised by the {self.kind}, not by ee-middleware: fix it there (`ee --verbose ...` shows the whole "
+            "traceback)."
+        )
 
     def _load(self, path: str, spec: str) -> Any:
         module_name, _, attr_path = path.partition(":")

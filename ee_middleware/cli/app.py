@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,30 +34,70 @@ from ee_middleware.messages import one_line
 
 class _Root(TyperGroup):
     """Turns failures into one red line on stderr and exit code 1 (no traceback): library errors as
-    they are, file system errors with the path and what to check, anything else as an unexpected
-    error (``ee --verbose ...`` lets it through with its traceback)."""
+    they are, file system errors with the path and what to check, an error raised in a plug-in's
+    code (a store's, a sandbox's) with the plug-in and the line, anything else as an unexpected
+    error. ``ee --verbose ...`` lets every error but ee's own through with its traceback, and prints
+    the traceback of a plug-in's error that ee reports as its own (a teacher's)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except EEError as exc:
+            if ctx.params.get("verbose") and exc.__cause__ is not None and not isinstance(exc.__cause__, EEError):
+                traceback.print_exception(exc, file=sys.stderr)  # a plug-in's own error, told as ee's: where it came from
             _fail(str(exc), exc)
         except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: typer prints them
             raise
         except BrokenPipeError as exc:
             if _stdout_closed():  # `ee ... | head`: the reader has what it wanted; nothing to say
                 _end_on_closed_stdout()
+            if ctx.params.get("verbose"):
+                raise
             _fail(_describe_os_error(exc), exc)  # a socket or a child's pipe: an error like any other
-        except OSError as exc:
-            _fail(_describe_os_error(exc), exc)
         except Exception as exc:
             if ctx.params.get("verbose"):
                 raise
-            _fail(
-                f"unexpected {type(exc).__name__}: {one_line(str(exc), 300)} (a bug in ee-middleware or a case it does not "
-                "check yet: run the command again as `ee --verbose ...` for the traceback, and report it)",
-                exc,
-            )
+            if isinstance(exc, OSError) and _is_file_error(exc):
+                _fail(_describe_os_error(exc), exc)
+            _fail(_describe_unexpected(exc), exc)
+
+
+_FILE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "ENAMETOOLONG", "ELOOP",
+        "EMFILE", "ENFILE", "EFBIG", "EXDEV", "ENOTEMPTY", "EIO", "ETXTBSY", "EBADF",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+"""The errnos of the file system: an ``OSError`` with one of them (or a file name) is about a file or a disk."""
+
+
+def _is_file_error(exc: OSError) -> bool:
+    """Whether ``exc`` is about a file, a folder or a disk (it names a file, has a file system's errno, or is a file's
+    error by its class), not a connection, a time-out or another system error (``ConnectionError``, ``TimeoutError``, a
+    socket's)."""
+    files = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+    return exc.filename is not None or exc.errno in _FILE_ERRNOS or isinstance(exc, files)
+
+
+def _describe_unexpected(exc: Exception) -> str:
+    """An error no check of ee's caught: one raised in a plug-in's code (a store's, a sandbox's, a policy's) names the
+    plug-in and the line; any other is called a bug in ee-middleware (or a case it does not check yet)."""
+    from ee_middleware.plugins import plugin_that_raised
+
+    text = f"{type(exc).__name__}: {one_line(str(exc), 300)}"
+    raised = plugin_that_raised(exc)
+    if raised is not None:
+        kind, spec, where = raised
+        return (
+            f"The {kind} {spec!r} failed: {text} (at {where}). The error was raised in the {kind}'s own code, not in "
+            "ee-middleware: fix it there (run the command again as `ee --verbose ...` for the whole traceback)."
+        )
+    return (
+        f"unexpected {text} (a bug in ee-middleware or a case it does not check yet: run the command again as "
+        "`ee --verbose ...` for the traceback, and report it)"
+    )
 
 
 def _fail(message: str, exc: BaseException) -> NoReturn:

@@ -248,6 +248,24 @@ short = one_line
 """Text on one line, cut to a width (for table cells)."""
 
 
+def key_value_settings(pairs: list[str], flag: str, example: str) -> dict[str, Any]:
+    """A repeatable ``KEY=VALUE`` flag's values as keyword options, each VALUE read as JSON when it parses (``0.1``,
+    ``true``, ``[1, 2]``) and as text otherwise: ``["invalid_share=0.1", "name=x"]`` -> ``{"invalid_share": 0.1, "name":
+    "x"}``. ``flag`` and ``example`` (``invalid_share=0.1``) show how to write one in the error for a pair without ``=``."""
+    from ee_middleware.errors import ConfigError
+
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} {example}")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except ValueError:
+            settings[key.strip()] = value
+    return settings
+
+
 _SAYS_ERROR = re.compile(r"\s*error\b:?", re.IGNORECASE)
 
 

@@ -15,6 +15,7 @@ from ee_middleware.cli.common import (
     JsonOption,
     console,
     examples,
+    key_value_settings,
     open_job_store,
     print_json,
     progress_console,
@@ -33,7 +34,16 @@ def build(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
     kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. [default: il,iwm,sr]"),
     teacher: str | None = typer.Option(
-        None, "--teacher", help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL. [default: template]"
+        None,
+        "--teacher",
+        help="SR teacher: template | local:MODEL_DIR | openai:BASE_URL#MODEL | package.module:factory (your own) | the name "
+        "of an ee_middleware.teachers entry point. [default: template]",
+    ),
+    teacher_setting: list[str] | None = typer.Option(
+        None,
+        "--teacher-setting",
+        help="KEY=VALUE option of the teacher (repeatable; VALUE is read as JSON when it parses), e.g. max_tokens=512 or "
+        "timeout_s=300 for openai:, or your factory's own.",
     ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration. [default: every replay's]"),
@@ -92,6 +102,7 @@ def build(
         out=out,
         kinds=kinds,
         teacher=teacher,
+        teacher_settings=key_value_settings(teacher_setting, "--teacher-setting", "max_tokens=512") if teacher_setting else None,
         app=app_name,
         replay_id=replay_id,
         include_synthetic=include_synthetic,

@@ -16,6 +16,7 @@ from ee_middleware.cli.common import (
     StoreOption,
     console,
     examples,
+    key_value_settings,
     observation_cell,
     open_existing_store,
     open_job_store,
@@ -192,18 +193,7 @@ def run(
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:
     """``["invalid_share=0.1", "name=x"]`` -> ``{"invalid_share": 0.1, "name": "x"}``."""
-    from ee_middleware.errors import ConfigError
-
-    settings: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--policy-setting {pair!r}: write KEY=VALUE, e.g. --policy-setting invalid_share=0.1")
-        try:
-            settings[key.strip()] = json.loads(value)
-        except ValueError:
-            settings[key.strip()] = value
-    return settings
+    return key_value_settings(pairs, "--policy-setting", "invalid_share=0.1")
 
 
 def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:

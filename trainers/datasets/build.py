@@ -75,7 +75,12 @@ class DatasetConfig(BaseModel):
     """The output folder (``~`` expanded, as the store's path is)."""
     kinds: tuple[str, ...] = ("il", "iwm", "sr")
     teacher: str = "template"
-    """``template`` (deterministic, for tests and demos), ``local:MODEL_DIR`` or ``openai:BASE_URL#MODEL``."""
+    """``template`` (deterministic, for tests and demos), ``local:MODEL_DIR``, ``openai:BASE_URL#MODEL``, or a plug-in:
+    ``package.module:factory`` or the name of an ``ee_middleware.teachers`` entry point."""
+    teacher_settings: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of the teacher's factory (``[datasets.teacher_settings]``, ``--teacher-setting KEY=VALUE``): for
+    ``openai:`` ``max_tokens``, ``timeout_s``, ``api_key``; for ``local:`` ``max_new_tokens``, ``num_threads``; a
+    plug-in's own."""
     app: str | None = None
     replay_id: str | None = None
     """Only rollouts of this replay configuration (the replay id of any of its attempts: of a configuration replayed
@@ -239,7 +244,7 @@ def build_datasets(
         },
         "fidelity_mismatches_left_out": fidelity_mismatches_left_out(used),
         "replays": replays_used(used, config.replay_id),
-        "config": json.loads(config.model_dump_json()),
+        "config": _config_record(config),
         "redaction": {
             "kinds": redactor.rules.enabled_kinds(),
             "patterns": sorted(redactor.rules.patterns),
@@ -258,7 +263,7 @@ def build_datasets(
             "heldout_dir": str(config.out / HELDOUT_DIR),
             **split.describe(),
         }
-    teacher = build_teacher(config.teacher) if "sr" in config.kinds else None
+    teacher = build_teacher(config.teacher, **config.teacher_settings) if "sr" in config.kinds else None
     config.out.mkdir(parents=True, exist_ok=True)
     with closing_teacher(teacher), writing_folder(config.out), staging_folder(config.out) as staging:
         summary["datasets"] = _build_split(
@@ -276,6 +281,17 @@ def build_datasets(
         summary["stale_removed"] = publish(staging, config.out)
         atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _config_record(config: DatasetConfig) -> dict[str, Any]:
+    """The settings as ``datasets.json`` records them: a secret-named teacher setting (``api_key``) as ``***``."""
+    from ee_middleware._toml import _is_secret_name  # the one rule for secret-named settings
+
+    record = json.loads(config.model_dump_json())
+    record["teacher_settings"] = {
+        key: "***" if _is_secret_name(key) and value not in (None, "") else value for key, value in record["teacher_settings"].items()
+    }
+    return record
 
 
 def _nothing_approved(store: Any, config: DatasetConfig) -> str:
@@ -572,7 +588,7 @@ def _writer(
         )
         return IWMWriter(parts, index, options, find_repeated_rollouts(reader, index, budget))
     assert teacher is not None
-    return SRWriter(parts, teacher, SROptions(k=config.sr_k, seed=config.seed), index, on_sr_progress)
+    return SRWriter(parts, teacher, SROptions(k=config.sr_k, seed=config.seed, teacher_spec=config.teacher), index, on_sr_progress)
 
 
 ROW_GROUP_BYTES = 8 * 2**20

@@ -44,7 +44,7 @@ from ee_middleware.messages import content_to_text
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, OFFERED_TOOLS, conform, expert_turns, offered_tools_json
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
-from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher
+from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher, write_rationales
 
 _LEAK = re.compile(r"\bexpert\b|\b(action|option|alternative|choice)\s*#?\s*\d+\b", re.IGNORECASE)
 _RECOMMEND = re.compile(r"\b(should|better|instead|prefer|best|i will|i'll|let me|go with|choose)\b", re.IGNORECASE)
@@ -61,6 +61,8 @@ class SROptions:
     max_outcome_chars: int = 400
     seed: int = 0
     batch_size: int = 16
+    teacher_spec: str | None = None
+    """How the teacher was named (``--teacher``), for errors about it; default: its ``name``."""
 
 
 @dataclass
@@ -240,7 +242,7 @@ class SRBuilder:
     def _flush(self) -> None:
         if not self._pending:
             return
-        texts = self.teacher.write([case for _, case, _, _ in self._pending])
+        texts = write_rationales(self.teacher, [case for _, case, _, _ in self._pending], spec=self.options.teacher_spec)
         for (turn, case, tools, source_hash), text in zip(self._pending, texts, strict=True):
             cleaned, flags = check_rationale(text, case.chosen_tools, case.alternative_tools)
             for flag in flags:

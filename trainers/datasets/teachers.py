@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.messages import one_line
 from ee_middleware.models.local import LocalGenerator
 from ee_middleware.models.openai_compat import OpenAIChatClient
@@ -225,6 +225,36 @@ def closing_teacher(teacher: Teacher | None) -> Iterator[Teacher | None]:
 def build_teacher(spec: str, **options: Any) -> Teacher:
     """The teacher ``spec`` names: ``template``, ``local:MODEL_DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or a plug-in."""
     return build_from_spec(spec, TEACHERS, local=LocalTeacher, openai=OpenAITeacher, **options)
+
+
+def write_rationales(teacher: Teacher, cases: list[ReflectionCase], *, spec: str | None = None) -> list[str | None]:
+    """``teacher.write(cases)``, checked: one text (or None: no rationale) per case, in their order. Anything else, and
+    an error the teacher raises (other than ee's own, which say what is wrong already), is this registry's error naming
+    the teacher (``spec``, else its ``name``) and, for an error, where in its code it was raised."""
+    named = spec or str(getattr(teacher, "name", None) or type(teacher).__name__)
+    try:
+        texts: Any = teacher.write(cases)
+        if isinstance(texts, Iterable) and not isinstance(texts, str | bytes | Mapping):
+            texts = list(texts)  # a generator's own code runs now
+    except EEError:
+        raise
+    except Exception as exc:
+        raise TEACHERS.failed_at_work(named, "write(cases)", exc) from exc
+    contract = (
+        "write(cases) must return a list of one text per case, in the order of the cases (an empty text or None for a case "
+        "it has no rationale for: that case gives no row)"
+    )
+    if not isinstance(texts, list):
+        raise TEACHERS.error(f"The teacher {named!r} returned {type(texts).__name__} for {len(cases)} cases: {contract}.")
+    if len(texts) != len(cases):
+        raise TEACHERS.error(f"The teacher {named!r} returned {len(texts)} texts for {len(cases)} cases: {contract}.")
+    for i, text in enumerate(texts):
+        if text is not None and not isinstance(text, str):
+            raise TEACHERS.error(
+                f"The teacher {named!r} returned {type(text).__name__} for case {i} of {len(cases)} ({one_line(repr(text), 80)}), "
+                f"not a text: {contract}."
+            )
+    return texts
 
 
 def describe(case: ReflectionCase) -> str:

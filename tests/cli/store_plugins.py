@@ -1,0 +1,41 @@
+"""Store plug-ins written as a user writes them (a store wrapping the local one), that fail while they read: named by
+``package.module:factory`` in the tests of how ``ee`` reports errors raised in a plug-in's code."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from ee_middleware.store.local import LocalExperienceStore
+from tests.cli.store_plugin_base import FlakyDiskStore
+
+
+class LockedStore(LocalExperienceStore):
+    """Its database is locked by another process."""
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+
+class UnreachableStore(LocalExperienceStore):
+    """Its server is down: reading raises an OSError that is no file's."""
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError(111, "Connection refused by store.internal:5432")
+
+
+def locked() -> LockedStore:
+    return LockedStore(os.environ["EE_TEST_STORE_ROOT"])
+
+
+def unreachable() -> UnreachableStore:
+    return UnreachableStore(os.environ["EE_TEST_STORE_ROOT"])
+
+
+class InheritingStore(FlakyDiskStore):
+    """Reads as the base class it inherits from reads."""
+
+
+def inheriting() -> InheritingStore:
+    return InheritingStore(os.environ["EE_TEST_STORE_ROOT"])

@@ -1,0 +1,88 @@
+"""How ``ee`` reports an error raised in a plug-in's own code while it works (not in its factory), and which OSErrors
+it calls file errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+
+runner = CliRunner()
+PLUGINS = "tests.cli.store_plugins"
+
+
+def ee(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+def _error_line(result: Any) -> str:
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    return line
+
+
+@pytest.mark.parametrize(
+    ("factory", "raised", "module"),
+    [
+        ("locked", "OperationalError: database is locked", "store_plugins.py:"),
+        ("unreachable", "ConnectionRefusedError: [Errno 111] Connection refused by store.internal:5432", "store_plugins.py:"),
+        ("inheriting", "OperationalError: disk I/O error", "store_plugin_base.py:"),  # a method of its base class
+    ],
+)
+def test_an_error_a_store_plugin_raises_while_reading_names_the_store_and_its_line(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch, factory: str, raised: str, module: str
+) -> None:
+    """Was: 'error: unexpected OperationalError: database is locked (a bug in ee-middleware ...)', and for the connection
+    error 'error: Connection refused by store.internal:5432 (the operation that failed names no file).' (no type, no
+    store, called a file error)."""
+    monkeypatch.setenv("EE_TEST_STORE_ROOT", str(bfcl_store_path))
+    spec = f"{PLUGINS}:{factory}"
+    result = ee("traces", "list", "--store", spec)
+    assert result.exit_code == 1, result.output
+    line = _error_line(result)
+    assert f"The store '{spec}' failed: {raised} (at " in line, line
+    assert module in line and ", in trajectories: `raise " in line, line
+    assert "not in ee-middleware" in line and "bug in ee-middleware" not in line and "names no file" not in line, line
+    assert "Traceback" not in result.output
+
+
+def test_verbose_lets_an_oserror_through_with_its_traceback(bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: every OSError became the one file-error line, --verbose or not."""
+    monkeypatch.setenv("EE_TEST_STORE_ROOT", str(bfcl_store_path))
+    result = ee("--verbose", "traces", "list", "--store", f"{PLUGINS}:unreachable")
+    assert isinstance(result.exception, ConnectionRefusedError), result.output
+
+
+@pytest.mark.parametrize(
+    ("error", "file_error"),
+    [
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), True),  # a full disk, no file named: still the disk's
+        (PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/x"), True),
+        (FileNotFoundError("no model.bin in the folder"), True),  # a file's by its class
+        (OSError("the GPU driver is gone"), False),  # no errno, no file name: nothing says it is a file's
+        (ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)), False),
+        (TimeoutError("the service did not answer in 30 s"), False),
+    ],
+)
+def test_an_oserror_is_a_file_error_only_when_it_names_a_file_or_has_a_file_systems_errno(
+    error: OSError, file_error: bool, bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected (ee's own code raising it): no plug-in to name, so an OSError that is no file's is an unexpected error,
+    with its type."""
+    from ee_middleware.cli import store_cmds
+
+    def failing(spec: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(store_cmds, "open_existing_store", failing)
+    result = ee("store", "info", "--store", str(bfcl_store_path))
+    assert result.exit_code == 1, result.output
+    line = _error_line(result)
+    assert ("unexpected " in line) is not file_error, line
+    if not file_error:
+        assert f"unexpected {type(error).__name__}: " in line, line
