@@ -46,6 +46,10 @@ from ee_middleware.models.protocol import clip, message_refusal, parts_text
 from ee_middleware.records import ToolCall
 
 _TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_TAG_OPEN = "<tool_call>"
+_TAG_CLOSE = re.compile(r"\s*(?:</tool_call>|\Z)")
+_BLOCK_DECODER = json.JSONDecoder()
+_SPACES = re.compile(r"\s*")
 _THINK_BLOCK = re.compile(r"<(think|thinking)>.*?</\1>", re.DOTALL)
 _THINK_OPEN = re.compile(r"<think(?:ing)?>")
 _THINK_CLOSE = re.compile(r"</think(?:ing)?>")
@@ -267,9 +271,9 @@ def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
     """The calls of a text that is wholly calls (see ``whole`` of :func:`parse_tool_calls`), else one problem."""
     if _XML_FUNCTION.search(text):
         return _xml_calls(text) if _only_markup(_TOOL_CALL_TAG.sub("", _XML_FUNCTION.sub("", text))) else [_not_whole(text)]
-    blocks = _TAGGED.findall(text)
+    blocks, rest = _tagged_blocks(text)
     if blocks:
-        if not _only_markup(_TAGGED.sub("", text)):
+        if not _only_markup(rest):
             return [_not_whole(text)]
         return [item for block in blocks for item in _parse_block(block.strip(), order)]
     if _NAMED_CALL.search(text):
@@ -362,7 +366,7 @@ def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
     xml = _xml_calls(text)
     if xml:
         return xml
-    tagged = _TAGGED.findall(text)
+    tagged, _ = _tagged_blocks(text)
     if tagged:
         return [item for block in tagged for item in _parse_segment(block.strip(), order)]
     named = _named_calls(text)
@@ -377,6 +381,35 @@ def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
         if any(isinstance(r, ToolCall) for r in results):
             return results
     return _parse_segment(text, order)
+
+
+def _tagged_blocks(text: str) -> tuple[list[str], str]:
+    """The contents of the ``<tool_call>`` blocks in ``text``, in order, and the text outside them.
+
+    A block that opens with a JSON value closed by ``</tool_call>`` or the end of the text (whitespace around it aside)
+    is that value, read with the JSON decoder: a ``</tool_call>`` inside one of its strings (a call writing a document
+    about tool calls) is part of the call, as :func:`~ee_middleware.models.chat_template.tool_call_text` rendered it.
+    Any other block runs to the first ``</tool_call>`` after its opening tag, or to the end of the text."""
+    blocks: list[str] = []
+    outside: list[str] = []
+    pos = 0
+    while (start := text.find(_TAG_OPEN, pos)) >= 0:
+        outside.append(text[pos:start])
+        inside = start + len(_TAG_OPEN)
+        try:
+            _, stop = _BLOCK_DECODER.raw_decode(text, _SPACES.match(text, inside).end())
+        except (ValueError, RecursionError):
+            stop = None
+        closing = _TAG_CLOSE.match(text, stop) if stop is not None else None
+        if closing is not None:
+            block, end = text[inside:stop], closing.end()
+        else:
+            match = _TAGGED.match(text, start)
+            block, end = (match.group(1), match.end()) if match else (text[inside:], len(text))
+        blocks.append(block)
+        pos = end
+    outside.append(text[pos:])
+    return blocks, "".join(outside)
 
 
 def _named_calls(text: str, *, whole: bool = False) -> list[ParsedCall]:
