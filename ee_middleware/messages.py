@@ -97,13 +97,14 @@ def dumps(value: Any) -> str:
 def content_to_text(content: Any) -> str:
     """Flatten message content (a string or a list of content blocks) into text.
 
-    Text blocks give their text. A block that is not text (an image, audio, a video, a file, in any
-    dialect: see :func:`media_placeholder`) gives a short placeholder on its own line, never its
-    inline bytes, followed by the text it carries when it carries text (a document block with its
-    ``text``, an Anthropic document whose source is text): the model read that text. A block of a
-    kind not known here gives its JSON, with inline data and huge strings left out
-    (:func:`_without_payloads`). One mapping on its own is a media block only when it holds media
-    (data, a URL, a file id): a tool's own ``{"type": "file", "name": ...}`` stays its JSON."""
+    Text blocks give their text, a line apart (joined with ``"\\n"``, as LangChain's ``convert_to_openai_messages``
+    and vLLM join a message's text parts: what the model read; an empty one adds nothing). A block that is not text
+    (an image, audio, a video, a file, in any dialect: see :func:`media_placeholder`) gives a short placeholder on its
+    own line, never its inline bytes, followed by the text it carries when it carries text (a document block with its
+    ``text``, an Anthropic document whose source is text): the model read that text. A block of a kind not known here
+    gives its JSON, with inline data and huge strings left out (:func:`_without_payloads`). One mapping on its own is a
+    media block only when it holds media (data, a URL, a file id): a tool's own ``{"type": "file", "name": ...}`` stays
+    its JSON."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -126,8 +127,11 @@ def content_to_text(content: Any) -> str:
                 piece = block["content"]
             else:
                 piece = dumps(_without_payloads(to_jsonable(block)))
-            if (media is not None or after_media) and text and piece and not text[-1].isspace() and not piece[0].isspace():
-                text += "\n"  # a placeholder stands on its own line
+            if text and piece:
+                if media is None and not after_media:
+                    text += "\n"  # text blocks one after the other: a line apart, as LangChain and vLLM join them
+                elif not text[-1].isspace() and not piece[0].isspace():
+                    text += "\n"  # a placeholder stands on its own line
             text += piece
             after_media = media is not None
         return text
@@ -310,6 +314,21 @@ def parse_arguments(arguments: Any) -> dict[str, Any]:
             return {"_raw": clean_text(arguments)}
         return decoded if isinstance(decoded, dict) else {"_raw": decoded}
     return {"_raw": to_jsonable(arguments)}
+
+
+def arguments_json(arguments: Any) -> str:
+    """A tool call's arguments as an OpenAI ``tool_calls`` item holds them: the JSON text of the object
+    (:func:`parse_arguments`, then :func:`dumps`), and for a call whose arguments the model wrote as text that is no
+    JSON (a malformed call, LangChain's ``invalid_tool_calls``: ``{"_raw": "<text>"}`` once parsed) that text, as the
+    model wrote it and saw it again in its history, never an object with a ``_raw`` key."""
+    parsed = parse_arguments(arguments)
+    raw = parsed.get("_raw")
+    if len(parsed) == 1 and isinstance(raw, str):
+        try:
+            json.loads(raw)
+        except (ValueError, RecursionError):
+            return raw  # JSON text would have been decoded: only text that is no JSON was kept as it is
+    return dumps(parsed)
 
 
 def one_line(text: str | None, width: int) -> str:
@@ -616,7 +635,7 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
                         "type": "function",
                         "function": {
                             "name": str(part.get("name") or ""),
-                            "arguments": dumps(parse_arguments(part.get("arguments"))),
+                            "arguments": arguments_json(part.get("arguments")),
                         },
                     }
                 )
@@ -712,7 +731,7 @@ def _openai_shaped(message: Mapping[str, Any]) -> Message:
                 "type": "function",
                 "function": {
                     "name": str(function.get("name") or ""),
-                    "arguments": dumps(parse_arguments(function.get("arguments", call.get("args")))),
+                    "arguments": arguments_json(function.get("arguments", call.get("args"))),
                 },
             }
         )

@@ -161,8 +161,9 @@ def test_content_to_text_flattens_strings_and_content_blocks():
     assert content_to_text("") == ""
     assert content_to_text("ünïcode") == "ünïcode"
     blocks = ["a", {"type": "text", "text": "b"}, {"content": "c"}, {"type": "citation", "url": "u"}]
-    assert content_to_text(blocks) == 'abc{"type":"citation","url":"u"}'  # a small block of a kind it does not know: its JSON
-    assert content_to_text(("x", "y")) == "xy"
+    # text blocks a line apart; a small block of a kind it does not know: its JSON
+    assert content_to_text(blocks) == 'a\nb\nc\n{"type":"citation","url":"u"}'
+    assert content_to_text(("x", "y")) == "x\ny"
     assert content_to_text([]) == ""
     assert content_to_text({"a": 1}) == '{"a":1}'  # a mapping is not a list of blocks
     assert content_to_text(3) == "3"
@@ -246,7 +247,7 @@ def test_placeholders_stand_on_their_own_line_between_texts():
 def test_an_unknown_block_never_puts_a_large_payload_into_text():
     text = content_to_text([{"type": "x-sticker", "name": "cat", "payload": B64}, {"type": "x-note", "body": "n" * 100_000}])
     assert B64[:100] not in text and "n" * 5000 not in text and len(text) < 6000
-    first, _ = text.split("}{")
+    first, _ = text.split("}\n{")
     assert json.loads(first + "}") == {"type": "x-sticker", "name": "cat", "payload": "<base64, 150.0 KB>"}
     assert (
         content_to_text([{"type": "x-link", "href": f"data:image/gif;base64,{B64}"}])
@@ -412,7 +413,7 @@ def test_langchain_to_openai_tool_calls_names_and_content_blocks():
     assert converted[1] == {"role": "system", "content": "s"}  # system names are not carried
     assert converted[2] == {
         "role": "assistant",
-        "content": "let me look",
+        "content": "let me \nlook",  # text blocks a line apart, as LangChain's convert_to_openai_messages joins them
         "tool_calls": [
             {"id": "", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Zürich"}'}},
             {"id": "c2", "type": "function", "function": {"name": "ping", "arguments": "{}"}},
@@ -530,7 +531,7 @@ def test_genai_to_openai_parts():
         ]
     )
     assert converted == [
-        {"role": "user", "content": "ab"},
+        {"role": "user", "content": "a\nb"},
         {
             "role": "assistant",
             "content": "",

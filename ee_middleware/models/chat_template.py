@@ -403,10 +403,12 @@ _SERVING_PREAMBLE = r"""{#- ee-middleware: the trainer's rendering of requests (
 {%- elif m.content is defined and m.content is not none and m.content is not mapping and m.content is iterable -%}
 {%- set ee_parts = namespace(text='') -%}
 {%- for part in m.content -%}
-{%- if part is string -%}{%- set ee_parts.text = ee_parts.text ~ part -%}
-{%- elif part is mapping and part.text is string -%}{%- set ee_parts.text = ee_parts.text ~ part.text -%}
-{%- elif part is mapping and part.content is string -%}{%- set ee_parts.text = ee_parts.text ~ part.content -%}
+{%- if part is string -%}{%- set ee_part = part -%}
+{%- elif part is mapping and part.text is string -%}{%- set ee_part = part.text -%}
+{%- elif part is mapping and part.content is string -%}{%- set ee_part = part.content -%}
+{%- else -%}{%- set ee_part = '' -%}
 {%- endif -%}
+{%- if ee_part -%}{%- set ee_parts.text = ee_parts.text ~ '\n' ~ ee_part if ee_parts.text else ee_part -%}{%- endif -%}
 {%- endfor -%}
 {%- set ee_text = ee_parts.text -%}
 {%- else -%}

@@ -35,10 +35,11 @@ def tokenizer() -> Any:
 
 
 def test_content_parts_are_rendered_as_their_text_not_as_a_python_list(tokenizer: Any) -> None:
-    """OpenAI-style content parts (what LangChain, the OpenAI SDK and many stores hold) reach the model as text."""
+    """OpenAI-style content parts (what LangChain, the OpenAI SDK and many stores hold) reach the model as text, a line
+    apart as vLLM joins them."""
     parts = [{"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": " world"}]}]
     prompt = render_prompt(tokenizer, parts, None, NO_TOOLS)
-    assert prompt == render_prompt(tokenizer, [{"role": "user", "content": "hello world"}], None, NO_TOOLS)
+    assert prompt == render_prompt(tokenizer, [{"role": "user", "content": "hello\n world"}], None, NO_TOOLS)
     assert "'type'" not in prompt and "[{" not in prompt
 
 

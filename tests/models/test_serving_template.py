@@ -35,6 +35,15 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "Yes, 3 pears."},
         {"role": "user", "content": "Thanks; and plums?"},
     ],
+    "several_text_parts": [  # a UI's text part and a pasted one; an Anthropic reply's text around its call
+        {"role": "user", "content": [{"type": "text", "text": "Do we have pears?"}, {"type": "text", "text": "Be brief."}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Checking."}, {"type": "text", "text": "One moment."}],
+            "tool_calls": [call("c1", "check_stock", fruit="pears")],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "3 pears"}, {"type": "text", "text": "2 ripe"}]},
+    ],
     "empty_tool_result": [
         STATE[1],
         {"role": "assistant", "content": "", "tool_calls": [call("c1", "list_fruits")]},

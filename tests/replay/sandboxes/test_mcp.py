@@ -196,7 +196,7 @@ def test_result_observation_reads_every_content_kind() -> None:
     }
     observation = result_observation(result)
     assert observation.content == (
-        "twoblocks\n[file: application/pdf, https://x.example/a.pdf]\nembedded text\n[image: image/png, 5 bytes]"
+        "two\nblocks\n[file: application/pdf, https://x.example/a.pdf]\nembedded text\n[image: image/png, 5 bytes]"
     )
     assert not observation.is_error and "never" not in observation.content
     assert (
