@@ -97,7 +97,7 @@ def run(
     again: bool = typer.Option(
         False,
         "--again",
-        help="Replay every trajectory again as this configuration's next attempt (its sandbox's code fixed since): a new "
+        help="Replay every trajectory again as this configuration's next attempt (its sandbox's or policy's code fixed since): a new "
         "replay id, which later runs continue and dataset builds use instead of the earlier attempts.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -106,9 +106,9 @@ def run(
 ) -> None:
     """Replay every approved trajectory not yet replayed with this configuration (resumable).
 
-    A finished configuration is not replayed again by a re-run: after fixing the sandbox's code (a fidelity mismatch),
-    run with --again. Exit code 1 when a trajectory failed, or when an experience-model sandbox gave no usable
-    prediction at all.
+    A finished configuration is not replayed again by a re-run: after fixing the sandbox's or the policy's code (a
+    fidelity mismatch, a policy error), run with --again. Exit code 1 when a trajectory failed, or when an
+    experience-model sandbox gave no usable prediction at all.
     """
     from ee_middleware.replay.config import ReplayConfig
     from ee_middleware.replay.job import run_replay
@@ -181,7 +181,7 @@ def run(
     elif not summary.selected and summary.already_done and not as_json:
         typer.secho(
             f"note: this configuration (replay {summary.replay_id}) has replayed every approved trajectory already; after "
-            "changing the sandbox's code, replay them again with --again.",
+            "changing the sandbox's or the policy's code (the same spec), replay them again with --again.",
             err=True,
             fg="yellow",
         )
@@ -199,9 +199,13 @@ def _policy_settings(pairs: list[str]) -> dict[str, Any]:
 def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:
     """How the summary's lines show the trajectories they name: unique prefixes among every trajectory of the store,
     so that each one pastes back into ``ee replay show`` (none is looked up when no line names one)."""
-    if not (summary.skipped or summary.failed or summary.fidelity_examples):
+    if not (summary.skipped or summary.failed or summary.fidelity_examples or summary.policy_error_examples):
         return {}
-    named = [*summary.skipped, *summary.failed, *(example["trajectory_id"] for example in summary.fidelity_examples)]
+    named = [
+        *summary.skipped,
+        *summary.failed,
+        *(example["trajectory_id"] for example in [*summary.fidelity_examples, *summary.policy_error_examples]),
+    ]
     return short_ids(named, among=open_existing_store(store).trajectories()["id"].to_list())
 
 
@@ -287,6 +291,9 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         )
     if summary.rejected_by_reason:
         out.print("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected_by_reason.items())))
+    for example in summary.policy_error_examples:
+        where = f"{shown.get(example['trajectory_id'], example['trajectory_id'])} step {example['step']}"
+        out.print(f"[yellow]policy error[/] {escape(where)}: {escape(example['error'])}", highlight=False)
     for tool, count in sorted(summary.refused_tools.items()):
         if tool in summary.refused_hints:
             out.print(

@@ -11,7 +11,11 @@
 
 Each consumer (the policy and teacher registries) parses with :func:`parse_model_spec` and reports
 problems through its own :class:`~ee_middleware.plugins.PluginKind`, so every error lists the forms
-that consumer accepts.
+that consumer accepts. A consumer takes a user's own client as well as its own kind of plug-in: a
+``package.module:factory`` (or an entry point of its own group) that returns a ``ChatClient``, and the
+name of an ``ee_middleware.models`` entry point its own group lacks, are made into its kind of part
+(:func:`build_from_spec`'s ``client``: a policy asks the client as it asks ``openai:`` and ``local:``
+models, a teacher likewise).
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ from typing import Any, Literal
 
 from ee_middleware.errors import ModelError, ModelLoadError
 from ee_middleware.models.protocol import ChatClient
-from ee_middleware.plugins import PluginKind
+from ee_middleware.plugins import FACTORY_SPEC, PluginKind
 
 LOCAL_PREFIXES = ("local", "transformers")
-MODEL_FORMS = (
+MODEL_LOCATIONS = (
     "'local:DIR[@ADAPTER]' (a local model folder or .gguf file, optionally with a LoRA adapter folder)",
     "'openai:BASE_URL#MODEL' (e.g. 'openai:http://127.0.0.1:8000/v1#my-model')",
 )
+MODEL_FORMS = (
+    *MODEL_LOCATIONS,
+    "your own model client: a 'package.module:factory' that returns a ChatClient, or the name of an 'ee_middleware.models' entry point",
+)
+"""The forms every kind that asks a model accepts besides its own plug-ins (see :func:`build_from_spec`)."""
 
 CHAT_CLIENTS = PluginKind(
     kind="model client",
@@ -37,8 +46,16 @@ CHAT_CLIENTS = PluginKind(
     error=ModelError,
     protocol=ChatClient,
     requires="a 'model' attribute and 'complete(messages, *, tools, n, sampling)', 'describe()' and 'close()' methods",
-    forms=MODEL_FORMS,
+    forms=MODEL_LOCATIONS,
 )
+
+ClientAdapter = Callable[[ChatClient, str], Any]
+"""Makes a chat client a plug-in spec returned (and the spec) into a consumer's part (a policy, a teacher)."""
+
+_CLIENT_ADAPTERS: dict[str, str] = {
+    "ee_middleware.teachers": "ee_middleware.trainers.datasets.teachers:ModelTeacher",
+}
+"""Adapters of consumers that pass none to :func:`build_from_spec`, by their plug-in group (imported when used)."""
 
 
 @dataclass(frozen=True)
@@ -88,16 +105,79 @@ def build_chat_client(spec: str, **options: Any) -> ChatClient:
     return build_from_spec(spec, CHAT_CLIENTS, local=LocalGenerator, openai=OpenAIChatClient, **options)
 
 
-def build_from_spec(spec: str, registry: PluginKind, *, local: Callable[..., Any], openai: Callable[..., Any], **options: Any) -> Any:
+def build_from_spec(
+    spec: str,
+    registry: PluginKind,
+    *,
+    local: Callable[..., Any],
+    openai: Callable[..., Any],
+    client: ClientAdapter | None = None,
+    **options: Any,
+) -> Any:
     """A part of ``registry``'s kind: model forms go to ``local(path, adapter=...)`` or ``openai(base_url, model)``,
-    everything else (built-in names, factories, entry points) to the registry; ``options`` go to the factory."""
+    everything else (built-in names, factories, entry points) to the registry; ``options`` go to the factory.
+
+    A user's own chat client is taken too (:func:`resolve_plugin`, :func:`part_or_client`): a plug-in that returns a
+    :class:`ChatClient` rather than the kind's part is made one with ``client(chat_client, spec)`` (default: the adapter
+    of the registry's group, e.g. :class:`~ee_middleware.trainers.datasets.teachers.ModelTeacher` for teachers)."""
     if isinstance(spec, str) and is_model_spec(spec):
         parsed = parse_model_spec(spec, registry=registry)
         if parsed.kind == "local":
             _check_readings(parsed)
             return registry.construct(spec, local, parsed.path, adapter=parsed.adapter, **options)
         return registry.construct(spec, openai, parsed.base_url, parsed.model, **options)
-    return registry.build(spec, **options)
+    adapter = client or _group_adapter(registry)
+    if adapter is None or registry.protocol is None:
+        return registry.build(spec, **options)
+    factory = resolve_plugin(spec, registry)
+    return part_or_client(spec, registry, unchecked(registry).construct(spec, factory, **options), adapter)
+
+
+def resolve_plugin(spec: str, registry: PluginKind) -> Callable[..., Any]:
+    """The factory a plug-in ``spec`` names for ``registry``'s kind: its built-in name, ``package.module:factory`` or
+    an entry point of its group, else (a name its group lacks) an ``ee_middleware.models`` entry point: a user's own
+    chat client, which :func:`part_or_client` makes the kind's part. Problems are ``registry``'s errors."""
+    name = spec.strip() if isinstance(spec, str) else ""
+    own = not name or name in registry.builtins or FACTORY_SPEC.match(name) or name in registry.installed()
+    if own or registry.group == CHAT_CLIENTS.group or name not in CHAT_CLIENTS.installed():
+        return registry.resolve(spec)
+    try:
+        return CHAT_CLIENTS.resolve(name)
+    except CHAT_CLIENTS.error as exc:
+        raise registry.error(str(exc)) from exc
+
+
+def unchecked(registry: PluginKind) -> PluginKind:
+    """``registry`` without its protocol check, to build a part that may also be a chat client (see :func:`part_or_client`)."""
+    from dataclasses import replace
+
+    return replace(registry, protocol=None)
+
+
+def part_or_client(spec: str, registry: PluginKind, part: Any, adapter: ClientAdapter) -> Any:
+    """``part`` when it is ``registry``'s kind, ``adapter(part, spec)`` when it is a chat client; else ``registry``'s
+    error saying what it returned and what it needs."""
+    if registry.protocol is None or isinstance(part, registry.protocol):
+        return part
+    if isinstance(part, ChatClient):
+        return adapter(part, spec.strip())
+    assert registry.protocol is not None
+    raise registry.error(
+        f"{spec!r} returned {type(part).__name__}, which is neither a {registry.protocol.__name__} nor a ChatClient (a model "
+        "client of your own, asked as a model is)" + (f": a {registry.kind} needs {registry.requires}" if registry.requires else "")
+    )
+
+
+def _group_adapter(registry: PluginKind) -> ClientAdapter | None:
+    """The chat-client adapter :data:`_CLIENT_ADAPTERS` names for ``registry``'s group (imported now), if any."""
+    path = _CLIENT_ADAPTERS.get(registry.group)
+    if path is None:
+        return None
+    import importlib
+
+    module, _, attr = path.partition(":")
+    wrapper = getattr(importlib.import_module(module), attr)
+    return lambda chat_client, spec: wrapper(chat_client, name=spec)
 
 
 def _split_adapter(rest: str) -> tuple[str, str | None]:

@@ -135,6 +135,21 @@ class ReplayConfig(BaseModel):
         length = "max_tokens" if self.served_policy else "max_new_tokens"
         return {"temperature": self.temperature, "top_p": self.top_p, length: self.max_new_tokens, **self.policy_settings}
 
+    def policy_defaults(self) -> dict[str, Any]:
+        """The entries of :meth:`policy_options` the user left at their defaults (sampling options set by no flag, file
+        or policy setting): a plug-in policy's factory gets them only where it takes them, so that one without sampling
+        parameters works (see :func:`~ee_middleware.replay.policies.registry.prepare_policy`)."""
+        if self.policy == "mutate":
+            return {}
+        length = "max_tokens" if self.served_policy else "max_new_tokens"
+        fields = {"temperature": "temperature", "top_p": "top_p", length: "max_new_tokens"}
+        options = self.policy_options()
+        return {
+            option: options[option]
+            for option, name in fields.items()
+            if name not in self.model_fields_set and option not in self.policy_settings
+        }
+
     @model_validator(mode="after")
     def _requests_fit_the_policy(self) -> ReplayConfig:
         requests, policy = self.requests_in_flight, self.policy.strip()

@@ -204,7 +204,7 @@ class _Worker:
             except Exception as exc:  # noqa: BLE001 - a damaged stored trajectory fails alone; the sandbox is fine
                 return self._failed(trajectory.id, exc)
         try:
-            return replay_trajectory(trajectory, sandbox, proposer, settings, requests=self._request_threads(), ahead=ahead)
+            outcome = replay_trajectory(trajectory, sandbox, proposer, settings, requests=self._request_threads(), ahead=ahead)
         except (PolicyError, MissingExtraError):
             raise  # the policy is unusable (server down, model missing): stop the whole job
         except ModelError as exc:
@@ -215,6 +215,8 @@ class _Worker:
         except Exception as exc:  # noqa: BLE001 - one trajectory's failure must not stop the job
             self._close_parts()
             return self._failed(trajectory.id, exc)
+        # what the policy raised: examples in the record, and a trajectory it raised at every state of fails (see Proposer.settle)
+        return proposer.settle(outcome, settings.privacy.redact_data)
 
     def _request_threads(self) -> ThreadPoolExecutor | None:
         """The threads that propose for a trajectory's states concurrently, when the spec asks for more than one."""

@@ -68,6 +68,9 @@ class ReplaySummary:
     """Why the sandbox refused a tool and how to allow it, where the sandbox says (``refusal_hint``)."""
     fidelity_mismatches: int = 0
     fidelity_examples: list[dict[str, Any]] = field(default_factory=list)
+    policy_error_examples: list[dict[str, Any]] = field(default_factory=list)
+    """The first few errors the policy raised while proposing (``trajectory_id``, ``step``, ``error``): counted in
+    ``rejected_by_reason['policy_error']``; a trajectory at every state of which it raised failed."""
     unrestorable: int = 0
     """Expert steps whose redacted arguments could not be restored (no vault, or a value missing): not checked."""
     unrestored_branches: int = 0
@@ -149,6 +152,9 @@ class ReplaySummary:
         for example in r.details.get("fidelity_mismatches", []):
             if len(self.fidelity_examples) < 5:
                 self.fidelity_examples.append({"trajectory_id": r.trajectory_id, **example})
+        for example in r.details.get("policy_error_examples", []):
+            if len(self.policy_error_examples) < 5:
+                self.policy_error_examples.append({"trajectory_id": r.trajectory_id, **example})
 
 
 def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
@@ -205,9 +211,28 @@ def select_trajectories(store: ExperienceStore, config: ReplayConfig) -> tuple[l
 
 
 def _worker_store_spec(store: ExperienceStore, spec: str | os.PathLike[str]) -> str:
-    """How workers open the job's store: a local store by its absolute folder (a Ray worker's working folder is not the job's)."""
-    root = getattr(store, "root", None)
-    return f"local:{os.path.abspath(root)}" if root is not None else str(spec)
+    """How workers open the job's store: a local store by its absolute folder (a Ray worker's working folder is not the
+    job's), which they write through its spool alone; any other store, a subclass of the local one or a wrapper around
+    it included (an audit log, encryption, a mirror: its own ``write_replay`` must see every batch), by the user's spec."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    if type(store) is LocalExperienceStore:
+        return f"local:{os.path.abspath(store.root)}"
+    return str(spec)
+
+
+def _checked_policy_options(config: ReplayConfig) -> dict[str, Any]:
+    """The options workers build ``config``'s policy with, the policy built once first (and closed): one that cannot be
+    built fails here, with its reason, before any worker starts or the progress shows. A plug-in gets the sampling
+    options the user set and those left at their defaults only where its factory takes them (see
+    :func:`~ee_middleware.replay.policies.registry.prepare_policy`)."""
+    from ee_middleware.replay.policies.registry import prepare_policy
+
+    defaults = config.policy_defaults()
+    given = {name: value for name, value in config.policy_options().items() if name not in defaults}
+    policy, options = prepare_policy(config.policy, given, defaults)
+    policy.close()
+    return options
 
 
 def build_executor(config: ReplayConfig, spec: WorkerSpec, *, preload: Sequence[str] = ()) -> Executor:
@@ -245,6 +270,7 @@ def run_replay(
     )
     probe = build_sandbox(config.sandbox, **options)  # a sandbox that cannot be built fails here, with its reason, before any worker starts
     probe.close()
+    policy_options = _checked_policy_options(config)
     settings = ReplaySettings(
         replay_id=config.replay_id,
         policy=config.policy,
@@ -262,7 +288,7 @@ def run_replay(
         sandbox_factory=factory,
         policy=config.policy,
         settings=settings,
-        policy_options=config.policy_options(),
+        policy_options=policy_options,
         store=_worker_store_spec(store, config.store) if writers else None,
         store_marker=store_marker(store) if writers else None,
         requests_in_flight=config.proposal_requests,

@@ -123,3 +123,45 @@ def test_build_errors_name_the_spec() -> None:
         build_chat_client("tests.models.test_spec:make_echo", colour="red")
     with pytest.raises(ModelError, match="Bad settings for model client"):
         build_chat_client("openai:localhost#m")
+
+
+def test_a_users_chat_client_is_a_policy_and_a_teacher_by_factory_and_by_models_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README names models one way for everything that asks one (replay policies, SR teachers): a user's own
+    ChatClient as `package.module:factory` or an `ee_middleware.models` entry point. build_chat_client took it, but
+    --policy and --teacher refused it ('returned EchoClient, which is not a Policy', 'Unknown policy')."""
+    import importlib
+
+    from ee_middleware.errors import ConfigError, PolicyError
+    from ee_middleware.replay.policies.chat import ChatPolicy
+    from ee_middleware.replay.policies.registry import build_policy
+    from ee_middleware.trainers.datasets.teachers import ModelTeacher, build_teacher
+
+    dist = tmp_path / "my_gateway-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-gateway\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[ee_middleware.models]\nmy-gateway = tests.models.test_spec:make_echo\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        spec = "tests.models.test_spec:make_echo"
+        policy = build_policy(spec, temperature=0.2, top_p=0.9, max_new_tokens=32)  # the client's factory takes none of them
+        assert isinstance(policy, ChatPolicy) and isinstance(policy.client, EchoClient) and policy.name == spec
+        assert (policy.temperature, policy.top_p, policy.max_tokens) == (0.2, 0.9, 32)
+        gateway = build_policy("my-gateway", prefix="gw")
+        assert isinstance(gateway, ChatPolicy) and gateway.client.model == "gw-model" and gateway.name == "my-gateway"
+
+        teacher = build_teacher(spec)
+        assert isinstance(teacher, ModelTeacher) and isinstance(teacher.client, EchoClient) and teacher.name == spec
+        named = build_teacher("my-gateway", prefix="gw")
+        assert isinstance(named, ModelTeacher) and named.client.model == "gw-model"
+
+        with pytest.raises(PolicyError, match="returned object, which is neither a Policy nor a ChatClient"):
+            build_policy("tests.models.test_spec:make_nothing")
+        with pytest.raises(ConfigError, match="returned object, which is neither a Teacher nor a ChatClient"):
+            build_teacher("tests.models.test_spec:make_nothing")
+        with pytest.raises(PolicyError, match=r"Unknown policy 'no-such-gateway'.*'ee_middleware\.models' entry point"):
+            build_policy("no-such-gateway")
+    finally:
+        importlib.invalidate_caches()

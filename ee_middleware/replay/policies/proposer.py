@@ -5,19 +5,32 @@ policy already did) but checks every candidate, first come first served: unreada
 unknown tool, arguments that fail the schema, a duplicate of an earlier candidate, or the expert's own
 action are rejected and counted by reason. When fewer than K remain, the mutation policy tops the
 list up (``refill``), and the refilled candidates say so in their proposer metadata.
+
+An exception the policy raises at a state is counted (``policy_error``) and the state refilled; the proposer keeps the
+first few messages per trajectory, which :meth:`Proposer.settle` puts in its replay record
+(``details["policy_error_examples"]``). A trajectory at every state of which the policy raised has only the refill's
+alternatives: it fails (the next run replays it again, once the policy works) rather than being done.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ee_middleware.errors import ConfigError, MissingExtraError, ModelError, PolicyError
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy
 from ee_middleware.replay.policies.schema import tool_schemas_for
+
+if TYPE_CHECKING:
+    from ee_middleware.replay.runner import ReplayOutcome
+
+MAX_POLICY_ERROR_EXAMPLES = 3
+"""How many of a trajectory's policy errors its replay record keeps (``details["policy_error_examples"]``)."""
 
 RejectReason = Literal["unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error"]
 REJECT_REASONS: tuple[str, ...] = ("unparsable", "unknown_tool", "invalid_arguments", "duplicate", "expert_action", "policy_error")
@@ -54,6 +67,15 @@ class ProposalResult:
         return dict(Counter(r.reason for r in self.rejected if r.refill))
 
 
+@dataclass
+class PolicyErrors:
+    """The states of one trajectory at which the policy raised, and the first few messages."""
+
+    states: set[int] = field(default_factory=set)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    """``{"step": STEP_INDEX, "error": "POLICY: TYPE: MESSAGE"}``, the first :data:`MAX_POLICY_ERROR_EXAMPLES`."""
+
+
 _DEFAULT_REFILL: Any = object()
 
 
@@ -74,6 +96,8 @@ class Proposer:
         self.k = k
         self.refill: Policy | None = MutationPolicy() if refill is _DEFAULT_REFILL else refill
         self.max_refill_rounds = max_refill_rounds
+        self._policy_errors: dict[str, PolicyErrors] = {}
+        self._lock = threading.Lock()  # states are proposed for from several threads at once (requests in flight)
 
     def describe(self) -> dict[str, Any]:
         """The policy's and the refill's settings, and K."""
@@ -91,6 +115,9 @@ class Proposer:
         if self.k == 0:
             return state.result
         state.offer_from(self.policy, point, self.k, seed, refill=False)
+        raised = next((r.detail for r in state.result.rejected if r.reason == "policy_error"), None)
+        if raised is not None:
+            self._note_policy_error(point, raised)
         if self.refill is None:
             return state.result
         for round_index in range(self.max_refill_rounds):
@@ -102,6 +129,43 @@ class Proposer:
             want = missing + len(state.accepted_keys)
             state.offer_from(self.refill, point, want, seed + 7919 * (round_index + 1), refill=True, refill_for=self.policy.name)
         return state.result
+
+    def _note_policy_error(self, point: DecisionPoint, detail: str) -> None:
+        with self._lock:
+            errors = self._policy_errors.setdefault(point.trajectory_id, PolicyErrors())
+            if point.step_index not in errors.states and len(errors.examples) < MAX_POLICY_ERROR_EXAMPLES:
+                errors.examples.append({"step": point.step_index, "error": detail})
+            errors.states.add(point.step_index)
+
+    def policy_errors(self, trajectory_id: str) -> PolicyErrors | None:
+        """The policy's errors at ``trajectory_id``'s states, forgotten here (``None``: it raised at none)."""
+        with self._lock:
+            return self._policy_errors.pop(trajectory_id, None)
+
+    def settle(self, outcome: ReplayOutcome, redact: Callable[[Any], Any] = lambda value: value) -> ReplayOutcome:
+        """``outcome`` with what the policy raised while proposing for its trajectory: the first messages in its record's
+        ``details["policy_error_examples"]`` (``redact``: the store's redaction, as the record's other texts get), and,
+        where the policy raised at every state, ``failed`` without rollouts: only the refill's alternatives were
+        replayed, so the trajectory is not done for this policy, and the next run replays it again."""
+        from ee_middleware.errors import hide_credentials
+        from ee_middleware.messages import one_line
+
+        errors = self.policy_errors(outcome.record.trajectory_id)
+        record = outcome.record
+        if errors is None or record.status == "skipped":
+            return outcome
+        examples = redact([{**example, "error": hide_credentials(one_line(example["error"], 500))} for example in errors.examples])
+        details = {**record.details, "policy_error_examples": examples}
+        if record.status != "done" or record.states == 0 or len(errors.states) < record.states:
+            return type(outcome)(record.model_copy(update={"details": details}), outcome.rollouts, outcome.stored)
+        for replayed in ("synthetic_branches", "unrestored_branches", "sandbox_failures"):  # of the rollouts dropped
+            details.pop(replayed, None)
+        reason = (
+            f"the policy {record.policy!r} raised at every state ({record.states}), so none of its alternatives was replayed "
+            f"(the first: {examples[0]['error'] if examples else '?'}); fix the policy, then run the same command again"
+        )
+        failed = record.model_copy(update={"status": "failed", "reason": redact(reason), "branches": 0, "errors": 0, "details": details})
+        return type(outcome)(failed, [], outcome.stored)
 
 
 class _Selection:

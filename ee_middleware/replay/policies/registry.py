@@ -6,20 +6,31 @@ Accepted specs (see :mod:`ee_middleware.plugins` and :mod:`ee_middleware.models.
 - ``local:MODEL_DIR[@ADAPTER_DIR]`` (or ``transformers:...``) — a local model folder (or ``.gguf`` file);
 - ``openai:BASE_URL#MODEL`` — an OpenAI-compatible server, e.g. ``openai:http://127.0.0.1:8000/v1#support-bot``;
 - ``package.module:factory`` — a user policy: ``factory(**options)`` must return an object with
-  ``name``, ``propose``, ``describe`` and ``close``;
-- the name of an ``ee_middleware.policies`` entry point, for installed plug-ins.
+  ``name``, ``propose``, ``describe`` and ``close``, or a user's own
+  :class:`~ee_middleware.models.ChatClient`, which is asked as a model is (wrapped in a
+  :class:`~ee_middleware.replay.policies.chat.ChatPolicy` named by the spec);
+- the name of an ``ee_middleware.policies`` entry point, for installed plug-ins, or of an
+  ``ee_middleware.models`` entry point (a chat client, wrapped alike).
+
+What a plug-in's factory receives: the policy settings (``policy_settings``, ``--policy-setting``) and the sampling
+options (:data:`SAMPLING_OPTIONS`) the user set, as keyword arguments; the sampling options left at their defaults
+only where the factory names them (or takes ``**kwargs``). A factory with no parameters is called with none. A chat
+client's wrapper samples with every sampling option, set or not.
 
 Construction is cheap for every built-in (models load on first ``propose``), so the spec and its
-options are what a replay ships to worker processes.
+options are what a replay ships to worker processes; the job builds the policy once before its workers
+start (:func:`prepare_policy`), so that one that cannot be built fails first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ee_middleware.errors import PolicyError
-from ee_middleware.models.spec import MODEL_FORMS, build_from_spec
-from ee_middleware.plugins import PluginKind
+from ee_middleware.models.protocol import ChatClient
+from ee_middleware.models.spec import MODEL_FORMS, build_from_spec, is_model_spec, part_or_client, resolve_plugin, unchecked
+from ee_middleware.plugins import PluginKind, _options_not_taken
 from ee_middleware.replay.policies.protocol import Policy
 
 POLICIES = PluginKind(
@@ -32,9 +43,72 @@ POLICIES = PluginKind(
     forms=MODEL_FORMS,
 )
 
+SAMPLING_OPTIONS = ("temperature", "top_p", "max_new_tokens")
+"""The sampling options a replay configuration has for every model-backed policy: a plug-in's factory gets those the
+user left at their defaults only where it names them; a user's chat client's wrapper samples with them."""
+
 
 def build_policy(spec: str, **options: Any) -> Policy:
-    """The policy named by ``spec``, built with ``options`` as keyword arguments."""
+    """The policy named by ``spec``, built with ``options`` as keyword arguments (a plug-in factory gets the
+    :data:`SAMPLING_OPTIONS` among them only where it takes them when it returns a chat client, whose wrapper gets them)."""
     from ee_middleware.replay.policies.chat import OpenAIPolicy, TransformersPolicy
 
-    return build_from_spec(spec, POLICIES, local=TransformersPolicy, openai=OpenAIPolicy, **options)
+    if not is_plugin_policy(spec):
+        return build_from_spec(spec, POLICIES, local=TransformersPolicy, openai=OpenAIPolicy, **options)
+    return _build_plugin(spec, options, {})[0]
+
+
+def prepare_policy(spec: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[Policy, dict[str, Any]]:
+    """The policy ``spec`` names, built once (the replay job does so before any worker starts: one that cannot be built
+    fails there, with its reason), and the options to build it with again (what a worker passes :func:`build_policy`).
+
+    ``options``: what the user set (the policy settings, and sampling options set by a flag or a file); ``defaults``:
+    the sampling options left at their defaults. A built-in policy gets both; a plug-in factory gets ``options`` and
+    those of ``defaults`` it takes (a factory without parameters is called with none); a chat client a plug-in
+    returns is asked with all of them (its wrapper's sampling)."""
+    if not is_plugin_policy(spec):
+        merged = {**defaults, **options}
+        return build_policy(spec, **merged), merged
+    return _build_plugin(spec, dict(options), dict(defaults))
+
+
+def is_plugin_policy(spec: str) -> bool:
+    """Whether ``spec`` names a user's policy or chat client (a factory, an entry point) rather than a built-in policy
+    or a model form (``local:``, ``openai:``)."""
+    return isinstance(spec, str) and not is_model_spec(spec) and spec.strip() not in POLICIES.builtins
+
+
+def _build_plugin(spec: str, options: dict[str, Any], defaults: dict[str, Any]) -> tuple[Policy, dict[str, Any]]:
+    """A plug-in policy, or the chat policy around the chat client a plug-in returned, and the options that build it
+    again. The factory gets ``options`` (except sampling options it does not take) and those of ``defaults`` it takes."""
+    factory = resolve_plugin(spec, POLICIES)
+    merged = {**defaults, **options}
+    sampling = {name: value for name, value in merged.items() if name in SAMPLING_OPTIONS}
+    not_taken = set(_options_not_taken(factory, {**sampling, **defaults}))
+    given = {name: value for name, value in merged.items() if name not in not_taken or name not in {**sampling, **defaults}}
+    part = unchecked(POLICIES).construct(spec, factory, **given)
+    if isinstance(part, ChatClient) and not isinstance(part, Policy):
+        return _chat_policy(part, spec.strip(), **sampling), {**given, **sampling}
+    if isinstance(part, Policy) and any(name in not_taken for name in options):  # a sampling option the user set, not taken
+        _close(part)
+        POLICIES.construct(spec, factory, **options)  # raises its 'Bad options' error, naming it (before calling the factory)
+    return part_or_client(spec, POLICIES, part, _chat_policy), given
+
+
+def _chat_policy(client: ChatClient, spec: str, **sampling: Any) -> Policy:
+    """A user's own chat client as a policy: asked for K answers at each state, as ``openai:`` and ``local:`` models are."""
+    from ee_middleware.replay.policies.chat import ChatPolicy
+
+    settings = {name: sampling[name] for name in ("temperature", "top_p") if name in sampling}
+    if "max_new_tokens" in sampling:
+        settings["max_tokens"] = sampling["max_new_tokens"]
+    return ChatPolicy(client, name=spec, **settings)
+
+
+def _close(part: Any) -> None:
+    close = getattr(part, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing is best effort; the options' error is what the user needs
+            pass

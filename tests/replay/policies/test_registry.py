@@ -94,7 +94,7 @@ def test_bad_specs_list_the_accepted_forms(spec: str, message: str) -> None:
         ("no_such_package_xyz.policies:make", {}, "Cannot import 'no_such_package_xyz.policies'"),
         (f"{__name__}:missing_factory", {}, "has no attribute 'missing_factory'"),
         (f"{__name__}:NOT_CALLABLE", {}, "names int, not a callable"),
-        (f"{__name__}:make_not_a_policy", {}, "returned object, which is not a Policy"),
+        (f"{__name__}:make_not_a_policy", {}, "returned object, which is neither a Policy nor a ChatClient"),
         (f"{__name__}:make_echo", {"colour": "red"}, "Bad options for policy"),
         ("mutate", {"temperature": 0.7}, "Bad options for policy 'mutate'"),
         ("mutate", {"same_tool_share": 3}, "Bad settings for policy 'mutate'"),
