@@ -62,8 +62,6 @@ import polars as pl
 
 KINDS = ("il", "iwm")
 """What the sides build by default (the plain-Python side builds only these)."""
-BUDGET_CHARS = 512 * 4
-"""IWM's default observation budget (512 tokens at 4 characters per token)."""
 TOOLS = [
     {
         "type": "function",
@@ -178,6 +176,7 @@ def side_python(store: Path, out: Path, kinds: tuple[str, ...] = KINDS) -> None:
     from ee_middleware.capture.store_redaction import store_redactor
     from ee_middleware.store.local import TABLES, LocalExperienceStore
     from ee_middleware.store.manifest import read_manifest
+    from ee_middleware.trainers.datasets.iwm import IWMOptions, kept_chars
     from ee_middleware.trainers.datasets.rows import IWM_INSTRUCTION, conform, example_id
 
     opened = LocalExperienceStore(store, create=False)
@@ -224,17 +223,19 @@ def side_python(store: Path, out: Path, kinds: tuple[str, ...] = KINDS) -> None:
                   "observation_truncated_chars")
     }  # fmt: skip
     ordered = rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True).drop("id")
-    for trajectory_id, step, branch, replay_id, proposer, call_id, name, arguments, observation, is_error, cut in [
-        *ordered.iter_rows(),
-        *expert,
-    ]:
+    candidates = [*ordered.iter_rows(), *expert]
+    # the budget's cut (the longest head whose estimated tokens fit), priced for all observations at once
+    kept = kept_chars(pl.Series([row[8] for row in candidates], dtype=pl.String), IWMOptions())
+    for (trajectory_id, step, branch, replay_id, proposer, call_id, name, arguments, observation, is_error, cut), keep in zip(
+        candidates, kept, strict=True
+    ):
         state = states.get((trajectory_id, step))
         if state is None:
             continue
         body = state.rstrip()
         splice = "," if body.strip() != "[]" else ""
         prompt = body[:-1] + splice + _action(call_id, name, arguments) + "," + instruction + "]"
-        shown = observation[:BUDGET_CHARS]
+        shown = observation[:keep]
         iwm["prompt"].append(redact(prompt))
         iwm["completion"].append(redact('[{"role":"assistant","content":' + _string(shown) + "}]"))
         iwm["tools"].append(tools[trajectory_id] or "[]")
@@ -244,7 +245,7 @@ def side_python(store: Path, out: Path, kinds: tuple[str, ...] = KINDS) -> None:
         iwm["replay_id"].append(replay_id)
         iwm["proposer"].append(proposer)
         iwm["is_error"].append(is_error)
-        iwm["observation_truncated_chars"].append((cut or 0) + max(0, len(observation) - BUDGET_CHARS))
+        iwm["observation_truncated_chars"].append((cut or 0) + max(0, len(observation) - keep))
 
     out.mkdir(parents=True, exist_ok=True)
     for kind, columns in (("il", il), ("iwm", iwm)):

@@ -279,35 +279,42 @@ def estimated_tokens(text: pl.Expr, options: IWMOptions) -> pl.Expr:
 
 def kept_chars(observations: pl.Series, options: IWMOptions) -> list[int | None]:
     """How many leading characters of each observation fit ``options.max_observation_tokens`` by
-    :func:`estimated_tokens`: the longest head that fits, found by one binary search over all the observations at
-    once. A character's cost depends on it and the one before it only, so each step prices just the characters
-    between the longest head known to fit and the one it tries (and the one before them). No text costs less than ``1 /
-    chars_per_token`` a character on average, so none is kept past ``max_observation_tokens * chars_per_token``
-    characters."""
+    :func:`estimated_tokens`: the longest head that fits, found by one binary search over the observations that do not
+    fit whole, all at once. A character's cost depends on it and the one before it only, so each step prices just the
+    characters between the longest head known to fit and the one it tries (and the one before them). No text costs
+    less than ``1 / chars_per_token`` a character on average, so none is kept past ``max_observation_tokens *
+    chars_per_token`` characters."""
     limit = max(1, int(options.max_observation_tokens * options.chars_per_token))
     budget = options.max_observation_tokens + 1e-9  # the estimates are sums of fractions
-    head, length = pl.col("head"), pl.col("_length").fill_null(0)
+    head, length = pl.col("head"), pl.col("_length")
     frame = observations.str.slice(0, limit).to_frame("head").with_columns(head.str.len_chars().cast(pl.Int64).alias("_length"))
-    whole = (estimated_tokens(head, options) <= budget).fill_null(True)
-    frame = frame.with_columns(  # a head of "_low" characters fits (it costs "_cost"); none longer than "_high" does
-        pl.when(whole).then(length).otherwise(0).alias("_low"),
-        pl.when(whole).then(length).otherwise(length - 1).alias("_high"),
-        pl.lit(0.0).alias("_cost"),
-    )
+    kept: list[int | None] = frame["_length"].to_list()
+    # no character costs more than `most_per_byte` tokens a UTF-8 byte, so a head of few enough bytes fits without being
+    # priced (most tool results: the regular expressions run only on the long ones)
+    most_per_byte = max(*ASCII_COSTS.values(), 1 / options.chars_per_token, 1 / options.non_ascii_bytes_per_token)
+    pending = (
+        frame.with_row_index("_row")
+        .filter(head.str.len_bytes() * most_per_byte > options.max_observation_tokens)
+        .filter(estimated_tokens(head, options) > budget)
+        .with_columns(pl.lit(0, pl.Int64).alias("_low"), (length - 1).alias("_high"), pl.lit(0.0).alias("_cost"))
+    )  # a head of "_low" characters fits (it costs "_cost"); none longer than "_high" does
     low, high, cost = pl.col("_low"), pl.col("_high"), pl.col("_cost")
-    while frame.select((low < high).any()).item():
+    while pending.height:
         middle = (low + high + 1) // 2
         start = (low - 1).clip(lower_bound=0)  # the character before the new ones, priced in both terms (so not at all)
         added = estimated_tokens(head.str.slice(start, middle - start), options) - estimated_tokens(
             head.str.slice(start, low - start), options
         )
-        fits = (low < high) & (cost + added <= budget)
-        frame = frame.with_columns(
+        fits = cost + added <= budget
+        pending = pending.with_columns(
             pl.when(fits).then(middle).otherwise(low).alias("_low"),
-            pl.when(fits | (low >= high)).then(high).otherwise(middle - 1).alias("_high"),
+            pl.when(fits).then(high).otherwise(middle - 1).alias("_high"),
             pl.when(fits).then(cost + added).otherwise(cost).alias("_cost"),
         )
-    return [None if n is None else kept for n, kept in zip(frame["_length"].to_list(), frame["_low"].to_list(), strict=True)]
+        for row, found in pending.filter(low >= high).select("_row", "_low").iter_rows():
+            kept[row] = found
+        pending = pending.filter(low < high)
+    return kept
 
 
 def iwm_frame(rows: pl.DataFrame, source_hash: str) -> pl.DataFrame:
