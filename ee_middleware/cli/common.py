@@ -45,24 +45,62 @@ def store_origin(ctx: typer.Context, config: Path | None, table: str) -> str:
     FILE``. The precedence is the same for every job (``[improve]`` too): flags, then their ``EE_*`` variables, then the
     config file. An ``EE_STORE`` that overrides a different ``store`` in the file is said on stderr: it is easily
     forgotten in a shell's environment, and the job would run on another store than its file names."""
-    source = getattr(ctx.get_parameter_source("store"), "name", None)
-    value = ctx.params.get("store")
+    return setting_origin(ctx, config, table, "store", envvar="EE_STORE", same=_same_store)
+
+
+def setting_origin(
+    ctx: typer.Context,
+    config: Path | None,
+    table: str,
+    key: str,
+    *,
+    envvar: str | None = None,
+    flag: str | None = None,
+    same: Any = None,
+) -> str:
+    """Where the setting ``key`` (the command's parameter of that name, ``[TABLE] KEY`` in the config file) came from:
+    ``--FLAG``, ``ENVVAR=VALUE`` or ``KEY in [TABLE] of FILE`` (flags, then their ``EE_*`` variables, then the file).
+    An ``ENVVAR`` that overrides a different value in the file gets a ``note:`` line on stderr (a variable left in a
+    crontab or a systemd unit would otherwise send the job to another store, registry or runs folder than its file
+    names, without a word). ``same(a, b)``: whether two values name the same place (default: the same text, or local
+    paths, ``local:PATH`` too, that resolve to the same one)."""
+    flag = flag or f"--{key.replace('_', '-')}"
+    source = getattr(ctx.get_parameter_source(key), "name", None)
+    value = ctx.params.get(key)
     if source == "COMMANDLINE":
-        return "--store"
+        return flag
     from ee_middleware.errors import hide_credentials
 
-    in_file = _file_store(config, table)
-    if source == "ENVIRONMENT":
+    in_file = _file_value(config, table, key)
+    if source == "ENVIRONMENT" and envvar:
         shown = hide_credentials(str(value))
-        if in_file is not None and not _same_store(in_file, value):
+        if in_file is not None and not (same or same_path)(in_file, value):
             typer.secho(
-                f"note: EE_STORE={shown} overrides store = {hide_credentials(repr(in_file))} in [{table}] of {config} "
-                "(flags, then EE_* variables, then the file); unset EE_STORE to use the file's.",
+                f"note: {envvar}={shown} overrides {key} = {hide_credentials(repr(in_file))} in [{table}] of {config} "
+                f"(flags, then EE_* variables, then the file); unset {envvar} to use the file's.",
                 err=True,
                 fg="yellow",
             )
-        return f"EE_STORE={shown}"
-    return f"store in [{table}] of {config}" if in_file is not None else "--store"
+        return f"{envvar}={shown}"
+    return f"{key} in [{table}] of {config}" if in_file is not None else flag
+
+
+def same_path(a: Any, b: Any) -> bool:
+    """Two path settings name the same place: the same text, or local folders (``local:PATH`` too) that resolve to the
+    same one from the working directory; a plug-in's ``NAME:LOCATION`` only as written."""
+
+    def local(value: Any) -> Path | None:
+        text = str(value)
+        if text.startswith("local:"):
+            text = text.removeprefix("local:").removeprefix("//")
+        elif ":" in text:
+            return None
+        return Path(text).expanduser().resolve()
+
+    if str(a) == str(b):
+        return True
+    left, right = local(a), local(b)
+    return left is not None and left == right
 
 
 def _same_store(a: Any, b: Any) -> bool:
@@ -75,13 +113,13 @@ def _same_store(a: Any, b: Any) -> bool:
     return isinstance(a, Path) and isinstance(b, Path) and a.expanduser().resolve() == b.expanduser().resolve()
 
 
-def _file_store(config: Path | None, table: str) -> Any:
+def _file_value(config: Path | None, table: str, key: str) -> Any:
     if config is None:
         return None
     from ee_middleware._toml import read_toml_table
 
     try:
-        return read_toml_table(config, table).get("store")
+        return read_toml_table(config, table).get(key)
     except Exception:  # noqa: BLE001 - the job's own loading names a file it cannot read
         return None
 
@@ -236,6 +274,39 @@ def progress_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True, emoji=False)
+
+
+_NO_HUB_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"
+
+
+@contextmanager
+def library_bars_off(*, enabled: bool = True) -> Iterator[None]:
+    """While a command told not to draw progress (``--no-progress``, ``--json``) loads models, transformers' and
+    huggingface_hub's own tqdm bars ("Loading weights", downloads) are off too: on stderr, off a terminal, each is a run
+    of carriage returns in a cron log. The variable ``HF_HUB_DISABLE_PROGRESS_BARS`` is set for the duration (the
+    processes started meanwhile, replay and evaluation workers, inherit it; a first import of transformers reads it),
+    and transformers' switch is turned off where it is imported already; both are put back on the way out (a library
+    first imported meanwhile keeps its bars off in this process). ``enabled=False`` changes nothing."""
+    import os
+
+    if not enabled:
+        yield
+        return
+    before = os.environ.get(_NO_HUB_BARS)
+    os.environ[_NO_HUB_BARS] = "1"
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    was_on = bool(hf_logging is not None and hf_logging.is_progress_bar_enabled())
+    if was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_NO_HUB_BARS, None)
+        else:
+            os.environ[_NO_HUB_BARS] = before
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def examples(*commands: str) -> str:

@@ -1,4 +1,4 @@
-"""``ee improve`` (the nightly job) and ``ee runs list|show`` (what its runs did).
+"""``ee improve`` (the nightly job) and ``ee runs list|show|prune`` (what its runs did; old ones removed).
 
 Wire them into the root app with ``register(app)``. The job lives in :mod:`ee_middleware.jobs`,
 imported inside the commands.
@@ -17,8 +17,11 @@ from ee_middleware.cli.common import (
     JsonOption,
     console,
     examples,
+    library_bars_off,
     print_json,
+    progress_console,
     reading_store,
+    setting_origin,
     short,
     store_origin,
     termination_as_interrupt,
@@ -94,10 +97,18 @@ def improve(
     continues it).
     """
     from ee_middleware.jobs.config import ImproveConfig
+    from ee_middleware.jobs.errors import RunLockedError
     from ee_middleware.jobs.improve import run_improve
     from ee_middleware.jobs.stages import QuietProgress
 
-    store_origin(ctx, config, "improve")  # says so when EE_STORE overrides the file's store
+    # where each path came from (flag, EE_* variable or the file), recorded in run.json; an EE_* variable that overrides
+    # a different value in the file is said on stderr
+    settings_from = {
+        "store": store_origin(ctx, config, "improve"),
+        "registry": setting_origin(ctx, config, "improve", "registry", envvar="EE_ADAPTER_REGISTRY"),
+        "runs": setting_origin(ctx, config, "improve", "runs", envvar="EE_RUNS"),
+        "base_model": setting_origin(ctx, config, "improve", "base_model"),
+    }
     job = ImproveConfig.load(
         config,
         store=store,
@@ -108,17 +119,31 @@ def improve(
         schedule=schedule.value if schedule else None,
         allow_partial=allow_partial,
     )
-    display = RichProgress(console()) if progress and not as_json else QuietProgress()
+    # stage rules, info lines and bars on stderr: stdout holds the summary (or the JSON) alone
+    display = RichProgress(progress_console()) if progress and not as_json else QuietProgress()
     started: list[Any] = []
+
+    def on_start(run: Any) -> None:
+        run.update(settings_from=settings_from)
+        started.append(run)
+
     try:
-        # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time; with --json, what the
-        # sandbox's tools, policies and models print goes to stderr (stdout holds the answer alone)
+        # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time; what the sandbox's
+        # tools, policies and models print goes to stderr (stdout holds the answer alone), and so, without progress,
+        # do none of the libraries' own bars (transformers' "Loading weights")
         # (a store read that damage made incomplete fails the run unless allow_partial; the damage is listed on stderr)
-        with termination_as_interrupt(), user_output_to_stderr(enabled=as_json), reading_store(allow_partial=job.allow_partial):
-            run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=started.append)
+        with (
+            termination_as_interrupt(),
+            user_output_to_stderr(),
+            library_bars_off(enabled=not progress or as_json),
+            reading_store(allow_partial=job.allow_partial),
+        ):
+            run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=on_start)
     except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
         if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
             print_json(run_json(started[0]))
+        elif as_json and isinstance(exc, RunLockedError):  # no run of its own: stdout still says why, as JSON
+            print_json({"status": "refused", "error": str(exc), "runs": str(job.runs)})
         if isinstance(exc, KeyboardInterrupt) and started:  # an error line says the rest; an interrupt said nothing
             _say_interrupted(started[0])
         raise
@@ -285,10 +310,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(runs_app, name="runs")
 
 
-def _runs_dir(runs: Path | None, config: Path | None) -> Any:
+def _runs_dir(ctx: typer.Context, runs: Path | None, config: Path | None) -> Any:
     from ee_middleware.errors import ConfigError
     from ee_middleware.jobs.runs import RunsDir
 
+    setting_origin(ctx, config, "improve", "runs", envvar="EE_RUNS")  # an EE_RUNS that overrides the file's is said
     if runs is None and config is not None:
         from ee_middleware._toml import read_toml_table
 
@@ -311,9 +337,9 @@ RunsOption = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (o
 
 
 @runs_app.command("list", epilog=examples("ee runs list --config improve.toml"))
-def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+def list_runs(ctx: typer.Context, runs: Path | None = RunsOption, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Every run, oldest first: app, status, stages finished, candidate, gate, promotion."""
-    folder = _runs_dir(runs, config)
+    folder = _runs_dir(ctx, runs, config)
     records = folder.list()
     held = folder.locked_by_other()
     if as_json:
@@ -331,14 +357,17 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
     columns = [Column("run (started, UTC)", no_wrap=True, min_width=width)]
     if len(apps) > 1:
         columns.append(Column("app", overflow="fold", ratio=1))
-    columns += [Column("status", no_wrap=True), Column("stages", no_wrap=True), Column("candidate", overflow="fold", ratio=2)]
+    # a long status ('running (killed?)') wraps at its space, so that the candidate keeps room for its header
+    statuses = [folder.shown_status(r, held=held) for r in records]
+    status_width = max((len(word) for status in statuses for word in status.split()), default=6)
+    columns += [Column("status", min_width=status_width), Column("stages", no_wrap=True)]
+    columns += [Column("candidate", overflow="fold", ratio=2, min_width=len("candidate"))]
     columns += [Column(name, no_wrap=True) for name in ("gate", "promoted")] + [Column("new", no_wrap=True, justify="right")]
     table = Table(*columns, title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for r in records:
+    for r, status in zip(records, statuses, strict=True):
         done = [m["stage"] for m in r.stages() if m.get("status") == "done"]
         outcome = r.data.get("outcome") or {}
         select = r.outputs("select")
-        status = folder.shown_status(r, held=held)
         gate = "-" if outcome.get("gate_passed") is None else ("pass" if outcome["gate_passed"] else "fail")
         table.add_row(
             r.id,
@@ -355,13 +384,14 @@ def list_runs(runs: Path | None = RunsOption, config: Path | None = ConfigOption
 
 @runs_app.command("show", epilog=examples("ee runs show latest --runs ./runs"))
 def show_run(
+    ctx: typer.Context,
     run_id: str = typer.Argument("latest", help="A run id, an unambiguous prefix, or 'latest'."),
     runs: Path | None = RunsOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """One run: every stage's manifest (inputs with hashes, outputs, timings, decisions) and the report's path."""
-    folder = _runs_dir(runs, config)
+    folder = _runs_dir(ctx, runs, config)
     run = folder.get(run_id)
     if as_json:
         print_json(run_json(run))
@@ -371,6 +401,62 @@ def show_run(
     for manifest in run.stages():
         inputs = ", ".join(f"{k}={short(str(_hash_or_value(v)), 40)}" for k, v in (manifest.get("inputs") or {}).items())
         out.print(f"[bold]{manifest['stage']}[/] ({manifest['status']}, {manifest.get('started_at', '')}): inputs {escape(inputs or '-')}")
+
+
+@runs_app.command(
+    "prune",
+    epilog=examples(
+        "ee runs prune --config improve.toml --keep 14 --dry-run",
+        "ee runs prune --config improve.toml --keep 14   # e.g. weekly, after ee improve",
+    ),
+)
+def prune_runs(
+    ctx: typer.Context,
+    keep: int = typer.Option(..., "--keep", min=0, help="How many of the newest runs to keep, besides those still needed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed and what is kept, and why."),
+    runs: Path | None = RunsOption,
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Remove old run folders, keeping the --keep newest and every run still needed.
+
+    Each run folder holds its datasets, a copy of its adapter (the registry keeps its own) and its evaluations. Kept
+    whatever --keep says: an unfinished run (the next `ee improve` continues it), each app's watermark (the newest
+    succeeded run, where the next run starts), and the run of a live adapter or of the one `ee adapters rollback`
+    returns to. Refused while a run holds the folder's lock.
+    """
+    folder = _runs_dir(ctx, runs, config)
+    result = folder.prune(keep, dry_run=dry_run)
+    if as_json:
+        print_json(result)
+        return
+    from rich import box
+    from rich.table import Column, Table
+
+    from ee_middleware.messages import _human_size
+
+    out = console()
+    verb = "would be removed" if dry_run else "removed"
+    table = Table(
+        Column("run (started, UTC)", no_wrap=True),
+        Column("status"),
+        Column("what", overflow="fold"),
+        title=escape(f"runs in {result['root']}"),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for entry in result["removed"]:
+        table.add_row(entry["id"], escape(entry["status"]), f"{verb} ({_human_size(entry['bytes'])})")
+    for entry in result["kept"]:
+        table.add_row(entry["id"], escape(entry["status"]), escape(f"kept: {entry['why']}"))
+    if result["removed"] or result["kept"]:
+        out.print(table)
+    out.print(
+        f"{len(result['removed'])} run(s) {verb} ({_human_size(result['bytes_freed'])}), {len(result['kept'])} kept"
+        + (" (dry run: nothing was removed)" if dry_run else ""),
+        highlight=False,
+    )
 
 
 def _hash_or_value(value: Any) -> Any:

@@ -24,7 +24,8 @@ from ee_middleware.jobs.stages import ADAPTER_DIR, DATA_DIR, StageContext, Stage
 from ee_middleware.messages import finite_or_null
 
 if TYPE_CHECKING:
-    from ee_middleware.jobs.config import ImproveConfig
+    from ee_middleware.jobs.config import ImproveConfig, Serving
+    from ee_middleware.jobs.runs import Run
 
 BASE = "base"
 LIKELIHOOD_FILE = "likelihood.json"
@@ -41,7 +42,10 @@ def _replicas(ctx: StageContext) -> list[Any]:
 
 
 def _replicas_of(config: ImproveConfig) -> list[Any]:
-    serving = config.serving
+    return _serving_replicas(config.serving)
+
+
+def _serving_replicas(serving: Serving) -> list[Any]:
     if not serving.servers:
         return []
     from ee_middleware.adapters.serving.backend import build_backends
@@ -137,7 +141,11 @@ def _endpoint_problem(spec: str, *, timeout_s: float) -> str | None:
 
 
 def _by(ctx: StageContext) -> str:
-    return f"ee improve (run {ctx.run.id})"
+    return _by_run(ctx.run.id)
+
+
+def _by_run(run_id: str) -> str:
+    return f"ee improve (run {run_id})"
 
 
 # --- register ----------------------------------------------------------------------------------------------
@@ -506,6 +514,60 @@ def promote(ctx: StageContext) -> StageResult:
     result.decisions.append(f"not promoted: {reason}; {ctx.config.alias_name} still serves {live_before or 'the base model'}")
     result.summary = f"not promoted; {ctx.config.alias_name} still serves {live_before or 'the base model'}"
     return result
+
+
+def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:
+    """Retire the candidate of ``run``, an improve run being abandoned (``--new-run``), and unload it from its replicas,
+    with the promote stage's :func:`~ee_middleware.adapters.promote.retire` (as for a failed gate): the adapter its
+    register stage recorded, and any other its attempts registered (``created_by`` this run: one killed before the
+    register manifest was written), while its status is still ``candidate`` (a live or retired one is left as it is).
+    The registry is the one the run registered into; the replicas are the run's ``[improve.serving]`` servers.
+
+    Returns ``{}`` when there was none, else ``{"candidates": [...], "reason", "unload_problems": [...]}`` (a replica
+    that could not unload it, down or refusing, is named there, as the promote stage names it). A registry that is not
+    there (yet, or any more) has nothing to retire; one that cannot be read or written raises (the run is not marked
+    abandoned, and the next call tries again)."""
+    from ee_middleware.adapters.errors import AdapterNotFoundError
+    from ee_middleware.adapters.promote import retire
+    from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.jobs.config import Serving, _registry_missing
+    from ee_middleware.jobs.runs import job_table
+
+    register = run.outputs("register")
+    improve = job_table(run)
+    location = register.get("registry") or improve.get("registry")
+    if not location:
+        return {}
+    try:
+        registry = open_registry(str(location), create=False)
+    except Exception as exc:
+        if _registry_missing(exc):
+            return {}
+        raise
+    names = [register["candidate"]] if register.get("candidate") else []
+    names += [r.name for r in registry.list(status="candidate") if r.created_by == _by_run(run.id) and r.name not in names]
+    candidates = []
+    for name in names:
+        try:
+            if registry.get(name).status == "candidate":
+                candidates.append(name)
+        except AdapterNotFoundError:
+            continue
+    if not candidates:
+        return {}
+    serving = improve.get("serving") if isinstance(improve.get("serving"), dict) else {}
+    replicas = _serving_replicas(Serving(**serving))
+    problems: list[str] = []
+    try:
+        for name in candidates:
+            _, unloaded = retire(registry, name, replicas, by=_by_run(run.id), reason=reason)
+            problems += unloaded
+    finally:
+        for replica in replicas:
+            close = getattr(replica, "close", None)
+            if close is not None:
+                close()
+    return {"candidates": candidates, "reason": reason, "unload_problems": problems}
 
 
 def _record_eval(ctx: StageContext, registry: Any, name: str, gate_out: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 ::
 
     RUNS/
-      .lock                     held (fcntl) for the whole of a run: a second run fails at once, naming the holder
+      .lock                     held (fcntl) for the whole of a run (and a prune): a second run fails at once, naming the holder
       base-models/              base models converted once from GGUF, shared by every run
       20261129-031500-042a7/    one run (ids sort by start time)
         config.toml             the configuration file as the run started (its stages read this copy)
@@ -41,6 +41,8 @@ RUN_SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 STAGES_DIR = "stages"
 LOCK_FILE = ".lock"
+PRUNING_DIR = ".pruning"
+"""Where ``ee runs prune`` moves a run's folder before deleting it (a prune cut short leaves it there, never half a run)."""
 
 RUNNING, SUCCEEDED, NOTHING_NEW, FAILED, STOPPED, ABANDONED = "running", "succeeded", "nothing-new", "failed", "stopped", "abandoned"
 RESUMABLE = frozenset({RUNNING, FAILED, STOPPED})
@@ -160,13 +162,15 @@ class RunsDir:
     def __repr__(self) -> str:
         return f"RunsDir({str(self.root)!r})"
 
-    def lock(self) -> contextlib.AbstractContextManager[None]:
-        """Hold the runs folder's lock; :class:`RunLockedError` at once when another process holds it."""
+    def lock(self, *, doing: str | None = None) -> contextlib.AbstractContextManager[None]:
+        """Hold the runs folder's lock; :class:`RunLockedError` at once when another process holds it. ``doing``: what
+        the caller, not a run, wanted to do (``prune its runs``), for the error."""
         self.root.mkdir(parents=True, exist_ok=True)
+        overlap = f"the runs folder cannot {doing} while a run is going" if doing else "two runs never overlap"
         return holder_lock(
             self.root / LOCK_FILE,
             lambda holder: RunLockedError(
-                f"Another run holds {self.root / LOCK_FILE} ({holder}); two runs never overlap. Wait for it to finish "
+                f"Another run holds {self.root / LOCK_FILE} ({holder}); {overlap}. Wait for it to finish "
                 "(`ee runs list` shows it), or stop that process; the lock is released when it exits, even if it is killed."
             ),
         )
@@ -284,13 +288,96 @@ class RunsDir:
         return run
 
     def abandon_unfinished(self, reason: str, scope: Mapping[str, Any] | None = None) -> list[str]:
-        """Mark every unfinished run (of ``scope``) ``abandoned`` (its folder stays, for the record); their ids."""
+        """Mark every unfinished run (of ``scope``) ``abandoned`` (its folder stays, for the record); their ids.
+
+        An improve run's candidate goes with it: one it registered that is still ``candidate`` (its evaluation may have
+        loaded it on the replicas) is retired with ``run ID abandoned (REASON)`` and unloaded from the replicas, as the
+        promote stage retires a candidate that failed its gate (:func:`ee_middleware.jobs.deploy.retire_abandoned`;
+        ``abandoned_candidate`` in the run's outcome). Left there, nothing would ever retire it: each abandoned night
+        kept one more adapter loaded (a LoRA slot and memory on vLLM) and one more ``candidate`` in the registry. A
+        registry that cannot be written stops here, before the run is marked (the next call tries again)."""
         ids = []
         for run in self._of(scope):
             if run.status in RESUMABLE:
-                run.update(status=ABANDONED, finished_at=now(), outcome={**run.data.get("outcome", {}), "abandoned": reason})
+                retired: dict[str, Any] = {}
+                if run.data.get("job") == "improve":
+                    from ee_middleware.jobs.deploy import retire_abandoned
+
+                    retired = retire_abandoned(run, f"run {run.id} abandoned ({reason})")
+                outcome = {**run.data.get("outcome", {}), "abandoned": reason}
+                if retired:
+                    outcome["abandoned_candidate"] = retired
+                run.update(status=ABANDONED, finished_at=now(), outcome=outcome)
                 ids.append(run.id)
         return ids
+
+    def prune(self, keep: int, *, dry_run: bool = False) -> dict[str, Any]:
+        """Remove old runs' folders, keeping the ``keep`` newest runs and every run something still needs:
+
+        - an unfinished run (``running``, ``failed``, ``stopped``): the next call continues it;
+        - each job's watermark: the newest ``succeeded`` run of each store and app (:meth:`last_successful`), where the
+          next run starts;
+        - the live adapter's lineage: a run whose candidate is live, or the adapter a rollback returns to, in the
+          registry it registered into (its datasets, evaluation and report; a registry that cannot be read keeps every
+          run that registered into it).
+
+        The folder lock is held throughout (a job that is running refuses it, and no job starts meanwhile). A folder is
+        moved into ``.pruning/`` before it is deleted, so that one cut short is never listed as a damaged run; a later
+        prune finishes it. Folders other than runs (``base-models/``) are never touched. ``dry_run``: only say what would
+        go. Returns ``{"root", "keep", "dry_run", "removed": [{"id", "status", "bytes"}], "kept": [{"id", "status",
+        "why"}], "bytes_freed"}``, oldest first."""
+        if keep < 0:
+            raise JobError(f"keep must be 0 or more (the newest runs kept besides those still needed), not {keep}.")
+        if not self.root.is_dir():
+            return {"root": str(self.root), "keep": keep, "dry_run": dry_run, "removed": [], "kept": [], "bytes_freed": 0}
+        with self.lock(doing="prune its runs"):
+            runs = self.list()
+            needed = self._needed(runs)
+            newest = {r.id for r in runs[len(runs) - keep :]} if keep else set()
+            removed, kept = [], []
+            for run in runs:
+                why = needed.get(run.id) or (f"one of the {keep} newest" if run.id in newest else None)
+                if why:
+                    kept.append({"id": run.id, "status": run.status, "why": why})
+                else:
+                    removed.append({"id": run.id, "status": run.status, "bytes": _folder_bytes(run.folder)})
+            if not dry_run:
+                trash = self.root / PRUNING_DIR
+                for entry in removed:
+                    trash.mkdir(exist_ok=True)
+                    target = trash / entry["id"]
+                    (self.root / entry["id"]).replace(target)
+                if trash.is_dir():  # this prune's, and what one cut short left
+                    import shutil
+
+                    shutil.rmtree(trash)
+        freed = sum(entry["bytes"] for entry in removed)
+        return {"root": str(self.root), "keep": keep, "dry_run": dry_run, "removed": removed, "kept": kept, "bytes_freed": freed}
+
+    def _needed(self, runs: list[Run]) -> dict[str, str]:
+        """Run id -> why it is kept whatever ``keep`` says (see :meth:`prune`), every reason that holds."""
+        needed: dict[str, list[str]] = {}
+        for run in runs:
+            if run.status in RESUMABLE:
+                needed.setdefault(run.id, []).append(f"unfinished ({run.status}): the next call continues it")
+        scopes: list[dict[str, Any]] = []
+        for run in runs:
+            table = job_table(run)
+            scope = {"store": table.get("store"), "app": table.get("app")}
+            if scope not in scopes:
+                scopes.append(scope)
+        for scope in scopes:
+            last = self.last_successful(scope)
+            if last is not None:
+                needed.setdefault(last.id, []).append(f"the watermark of app {scope['app']}: the next run starts after it")
+        opened: dict[str, Any] = {}
+        for run in runs:
+            register = run.outputs("register")
+            if register.get("candidate"):
+                why = _adapter_needs(register.get("registry") or job_table(run).get("registry"), register["candidate"], opened)
+                if why:
+                    needed.setdefault(run.id, []).append(why)
+        return {run_id: "; ".join(reasons) for run_id, reasons in needed.items()}
 
     def last_successful(self, scope: Mapping[str, Any] | None = None) -> Run | None:
         """The newest run that finished every stage (its watermark is where the next run starts).
@@ -305,6 +392,48 @@ class RunsDir:
         if not scope:
             return runs
         return [r for r in runs if all(same_place(job_table(r).get(key), value) for key, value in scope.items())]
+
+
+def _adapter_needs(registry: Any, name: str, opened: dict[str, Any]) -> str | None:
+    """Why the run that registered ``name`` into ``registry`` is needed: its adapter is live, or the one a rollback
+    returns to; also when the registry cannot be read (nothing can be told then, so the run is kept). ``opened``: the
+    registries opened so far (location -> registry, or the exception opening it raised)."""
+    if not registry:
+        return None
+    from ee_middleware.adapters.errors import AdapterError, AdapterNotFoundError
+    from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.messages import one_line
+
+    location = str(registry)
+    try:
+        if location not in opened:
+            try:
+                opened[location] = open_registry(location, create=False)
+            except Exception as exc:  # noqa: BLE001 - remembered, and said below
+                opened[location] = exc
+        if isinstance(opened[location], Exception):
+            raise opened[location]
+        record = opened[location].get(name)
+        if opened[location].resolve(record.app) == name:
+            return f"its adapter {name} is live"
+        with contextlib.suppress(AdapterError):
+            if opened[location].rollback_target(record.app).name == name:
+                return f"its adapter {name} is the one `ee adapters rollback` returns to"
+    except AdapterNotFoundError:
+        return None  # the registry does not hold it: neither live nor a rollback's
+    except Exception as exc:  # noqa: BLE001 - kept, saying why: a registry that is gone, busy or damaged tells nothing
+        return f"the registry {location} could not be read ({one_line(str(exc), 120)}), so it is kept"
+    return None
+
+
+def _folder_bytes(folder: Path) -> int:
+    """The size of the files under ``folder`` (links not followed)."""
+    total = 0
+    for base, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(base, name)).st_size
+    return total
 
 
 def same_place(recorded: Any, value: Any) -> bool:

@@ -47,6 +47,26 @@ def test_runs_list_fits_80_columns_without_breaking_words(tmp_path: Path) -> Non
     assert len(rows) == 3 and all(("booking-bot" in row) != ("calendar-bot" in row) for row in rows), several.stdout
 
 
+def test_a_killed_run_leaves_the_candidate_column_its_header_at_80_columns(tmp_path: Path) -> None:
+    """With a 'running (killed?)' row (a run whose process was killed: what a cron log shows after a node was lost),
+    the status column took 17 characters it would not wrap, and at 80 columns the candidate column was squeezed to a
+    header of 'te' and names cut into 7-character pieces. The status now wraps at its space and the candidate column
+    keeps at least its header's width."""
+    runs = RunsDir(tmp_path / "runs")
+    _finished_run(runs, "notes-bot", "notes-bot-v1-8c39db52", promoted=True)
+    killed = runs.create("improve", {"improve": {"app": "notes-bot", "store": "/data/experience"}}, "hash")
+    killed.update(stage_order=["select"])  # 'running' in run.json while no process holds the lock
+    result = CliRunner().invoke(app, ["runs", "list", "--runs", str(runs.root)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    [header] = [line for line in lines if "run (started, UTC)" in line]
+    assert "candidate" in header.split(), result.stdout
+    assert "(killed?)" in result.stdout and killed.id in result.stdout
+    rows = [line.split() for line in lines if line.strip()[:8].isdigit()]  # a run's first line: its id, status, ...
+    assert any(row[3].startswith("notes-bot-v") for row in rows), result.stdout
+
+
 def test_runs_show_says_a_killed_run_may_be_dead_as_runs_list_does(tmp_path: Path) -> None:
     """A run whose process was killed (SIGKILL, a node lost) stays 'running' in run.json. `ee runs list` said
     'running (killed?)' (no process holds the runs folder's lock) but `ee runs show` said 'running', and showed its
