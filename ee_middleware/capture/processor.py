@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,6 +165,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._closed = False
         self._pending_error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        _processors.add(self)
 
     # --- SpanProcessor -------------------------------------------------------------------------
 
@@ -229,6 +232,20 @@ class ExperienceSpanProcessor(SpanProcessor):
         close = getattr(self.store, "close", None)
         if callable(close):
             close()
+
+    def forget_after_fork(self) -> None:
+        """In a process forked from this one's: the runs queued and buffered are the parent's (it writes them), and the
+        lock, the writer thread and its state are the parent's (the lock may have been held by a thread that does not
+        exist here, the writer busy with a batch). Start empty; the counters go on from the parent's."""
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._buffers = OrderedDict()
+        self._jobs = []
+        self._busy = False
+        self._flushing = 0
+        self._pending_error = None
+        self._thread = None
+        self.paused = PausedDecisions(self.store)  # its lock too (what it knew is in the store's paused/ files)
 
     # --- worker --------------------------------------------------------------------------------
 
@@ -330,3 +347,15 @@ class ExperienceSpanProcessor(SpanProcessor):
         """Spans buffered for runs that have not finished yet."""
         with self._lock:
             return sum(len(v) for v in self._buffers.values())
+
+
+_processors: weakref.WeakSet[ExperienceSpanProcessor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for processor in list(_processors):
+        processor.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -30,9 +30,11 @@ import dataclasses
 import functools
 import inspect
 import logging
+import multiprocessing.util
 import os
 import random
 import secrets
+import signal
 import threading
 import time
 import uuid
@@ -53,6 +55,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from ee_middleware._version import __version__
+from ee_middleware.capture import shutdown
 from ee_middleware.capture.callbacks import (
     RECORDING,
     RunCapture,
@@ -129,6 +132,8 @@ class Recorder:
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
         self._offload_blocker: str | None = None
         self._in_flight: dict[str, weakref.ref[_Run]] = {}  # trajectory id -> its run, until the run ends (or is collected)
+        self._failed_seen = 0  # stats.runs_failed as the last flush saw it: a flush after more failed returns False
+        self._failed_lock = threading.Lock()
         self._plan_offload(tracer_provider, approve_if, salt)
         _live_recorders.add(self)
         # atexit runs the last registered first: registered again now, the recorder's exit flush runs before the exit hook
@@ -279,11 +284,22 @@ class Recorder:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every finished run is in the store (written by the capture process too, when
-        there is one). Strict mode re-raises capture failures, also the capture process's."""
-        offloaded, error = self.offload.flush(timeout) if self.offload is not None else (True, None)
-        # (after the capture process's flush: the runs a dying capture process was sent are recorded here)
-        done = self.finisher.flush(timeout)
-        flushed = self.processor.force_flush(int(timeout * 1000)) and done and offloaded
+        there is one). Strict mode re-raises capture failures, also the capture process's.
+
+        Returns ``False`` when that did not happen: the time ran out, or a run failed to be stored since the last flush
+        (a full disk, a ``redact_fn`` that raised: each counted in ``stats.runs_failed`` and logged), in either offload
+        mode; ``True`` otherwise."""
+        try:
+            offloaded, error = self.offload.flush(timeout) if self.offload is not None else (True, None)
+            # (after the capture process's flush: the runs a dying capture process was sent are recorded here)
+            done = self.finisher.flush(timeout)
+            flushed = self.processor.force_flush(int(timeout * 1000)) and done and offloaded
+        finally:  # (strict mode raised the failure: said once, as this return value says it once)
+            with self._failed_lock:
+                failed = self.stats.runs_failed
+                failed_since = failed > self._failed_seen
+                self._failed_seen = max(self._failed_seen, failed)
+        flushed = flushed and not failed_since
         if error is not None and self.strict:
             raise CaptureError(f"Recording failed in the capture process: {error}")
         if self.vault is not None:
@@ -556,7 +572,8 @@ class RecordedGraph(Runnable[Any, Any]):
         return self._graph
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every finished run is written to the store."""
+        """Wait until every finished run is written to the store; ``False`` if the time ran out or a run failed to be
+        stored since the last flush (see :meth:`Recorder.flush`)."""
         return self._recorder.flush(timeout)
 
     def with_config(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> RecordedGraph:
@@ -858,6 +875,10 @@ def _is_graph(obj: Any) -> bool:
     return callable(getattr(obj, "invoke", None)) and callable(getattr(obj, "stream", None))
 
 
+_UNNAMED_APP = next(f.default for f in dataclasses.fields(CaptureConfig) if f.name == "app")
+"""``CaptureConfig.app`` when nothing named the app."""
+
+
 def record_experience(
     graph: Any = None,
     *,
@@ -881,7 +902,8 @@ def record_experience(
 
     Args:
         graph: the compiled graph, or a function (sync or async) returning one.
-        app: name of the agent, stored with every run (defaults to the decorated function's name).
+        app: name of the agent, stored with every run. Without it, the one ``config`` or ``EE_APP`` gives (as any
+            setting), else the decorated function's name, else ``"default-app"``.
         store: store folder (default ``./experience`` or ``EE_STORE``) or a store object.
         app_version: version stored with every run.
         approve_if: ``trajectory -> bool``; runs for which it returns True are approved automatically.
@@ -904,7 +926,7 @@ def record_experience(
 
     def build(default_app: str | None) -> Recorder:
         overrides = dict(
-            app=app or default_app,
+            app=app,
             store=store_path,
             app_version=app_version,
             environment=environment,
@@ -917,6 +939,8 @@ def record_experience(
             cfg = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         else:
             cfg = CaptureConfig.load(config, **overrides)
+        if default_app and not app and cfg.app == _UNNAMED_APP:  # the function's name: below the file and EE_APP
+            cfg = dataclasses.replace(cfg, app=default_app)
         return Recorder(cfg, store=store_obj, tracer_provider=tracer_provider, approve_if=approve_if)
 
     def wrap(target: Any) -> Any:
@@ -958,19 +982,47 @@ def record_experience(
     return wrap(graph)
 
 
+_forked_pid: int | None = None
+"""This process's id where it was forked from one that imported capture (see :func:`_flush_at_multiprocessing_exit`)."""
+
+
 def _detach_offloads_after_fork() -> None:
     """A forked process records its own runs on its own threads: the capture process, the runs in flight and the work
     queued on the finisher belong to its parent (which ends and writes them), so its exit and SIGTERM flushes act for it."""
+    global _forked_pid
+    _forked_pid = os.getpid()
     for recorder in list(_live_recorders):
         recorder.offload = None
         recorder._offload_lock = threading.Lock()  # it may have been held by a thread that does not exist here
+        recorder._failed_lock = threading.Lock()
+        recorder._failed_seen = recorder.stats.runs_failed  # (without the capture process's now)
         recorder._in_flight.clear()
         recorder.finisher.forget_after_fork()
+        if recorder.vault is not None:
+            recorder.vault.forget_after_fork()
     _END_GATE.open()  # closed by the parent's SIGTERM writer, which does not exist here
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_detach_offloads_after_fork)
+
+
+def _flush_at_multiprocessing_exit(_: object) -> None:
+    """In a ``multiprocessing`` process forked from this one (``Process``, ``Pool``, ``ProcessPoolExecutor`` with the
+    ``fork`` start method): such a process ends with ``os._exit``, which runs no ``atexit`` hook, after running
+    ``multiprocessing``'s own exit finalizers; the exit flush is made one of them, so the runs it recorded are written
+    before it ends. (Registered here, after ``multiprocessing`` clears the finalizers a forked process inherits; a
+    process it spawns exits through ``sys.exit``, where the ``atexit`` hook flushes.)"""
+    if _forked_pid == os.getpid():
+        multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=0)
+
+
+class _AfterFork:
+    """What ``multiprocessing.util.register_after_fork`` keeps a weak reference to (alive as long as this module)."""
+
+
+_AFTER_FORK = _AfterFork()
+multiprocessing.util.register_after_fork(_AFTER_FORK, _flush_at_multiprocessing_exit)
 
 
 EXITED = "terminated: the process exited"
@@ -979,6 +1031,43 @@ EXITED = "terminated: the process exited"
 
 @atexit.register
 def _flush_at_exit() -> None:
+    with _sigterm_after_the_exit_flush():
+        _flush_every_recorder()
+
+
+@contextmanager
+def _sigterm_after_the_exit_flush() -> Iterator[None]:
+    """Hold a SIGTERM that comes during the exit flush until it is done, where capture's handler is installed
+    (:mod:`~ee_middleware.capture.shutdown`): a ``multiprocessing.Pool``'s ``terminate`` (its ``with`` block's end) sends
+    it to workers that are ending, in their exit flush. Handled at once, on the main thread that may then hold one of
+    capture's locks, it left the handler's own flush waiting on that lock for its 5 s, and the process killed with its
+    runs unwritten. Raised again once the flush is done, the process still ends killed by SIGTERM; a second SIGTERM
+    meanwhile ends it at once."""
+    try:
+        held = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is shutdown._on_sigterm
+    except (AttributeError, ValueError):  # no SIGTERM (Windows), not the main interpreter
+        held = False
+    if not held:
+        yield
+        return
+    came: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        if came:  # the second: at once
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+        came.append(signum)
+
+    signal.signal(signal.SIGTERM, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, shutdown._on_sigterm)
+        if came:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def _flush_every_recorder() -> None:
     for recorder in list(_live_recorders):
         try:
             try:

@@ -178,6 +178,11 @@ class Vault:
     def __len__(self) -> int:
         return len(self._values)
 
+    def forget_after_fork(self) -> None:
+        """In a process forked from this one's: a lock of its own (the parent's may have been held, in the middle of a
+        write or a sync, by a thread that does not exist here). Both append whole lines to the same file."""
+        self._lock = threading.Lock()
+
     def flush(self) -> None:
         """Make what was added durable."""
         with self._lock:

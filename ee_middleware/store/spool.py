@@ -11,6 +11,12 @@ it (:func:`remove_left_behind`). Every record is one line::
 A crash can leave at most the last line half-written; readers detect it (no newline, wrong
 checksum or bad JSON), skip it with a :class:`~ee_middleware.errors.StoreCorruptionWarning`, and read
 everything before and after it.
+
+A segment deleted while its writer holds it open (the store folder removed while an agent runs: a clean-up job, a volume
+provisioned again) is noticed at the next write: that write goes to a new segment, the spool folder is made again, and,
+when the whole store folder went, the store's marker is written again (with a warning), so nothing written after the
+removal is acknowledged without being stored. A process forked while another thread writes gets a writer of its own
+(:func:`os.register_at_fork`): the fork waits for that write, and the child never waits on a lock the parent held.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -319,6 +326,11 @@ def remove_left_behind(spool_dir: Path, quarantine: Path) -> list[tuple[Path, Pa
     return taken
 
 
+FORK_WAIT_S = 5.0
+"""How long a fork waits for a write under way in another thread (each writer's lock is taken before the fork, so that the
+child inherits a writer between writes); a write that takes longer (a hung network file system) is not waited for: the
+child gets a new lock all the same."""
+
 GROUP_SYNC_INTERVAL_S = 0.5
 """How long a write made with ``durable=False`` may wait for its ``fsync`` (see :meth:`SpoolWriter.append_lines`)."""
 
@@ -348,6 +360,9 @@ class SpoolWriter:
         self._path: Path | None = None
         self._size = 0
         self._pid = os.getpid()
+        self._made_segments = False  # a segment was created here: the folder existed, a store's spool
+        self._folder_lost: Path | None = None  # the segment found deleted: the folder is made again at the next open
+        _writers.add(self)
 
     @property
     def segment(self) -> Path | None:
@@ -392,7 +407,7 @@ class SpoolWriter:
     def _write_locked(self, data: bytes, *, durable: bool) -> None:
         """Write ``data`` (whole spool lines) to the open segment, or a new one. A failed write is rolled back; one that
         met a file-size limit (``EFBIG``) in a segment holding records is made again once, in a new segment."""
-        retried = False
+        retried = reopened = False
         while True:
             fd = self._ensure_open()
             segment = self._path
@@ -410,6 +425,8 @@ class SpoolWriter:
                         self._synced_at, self._unsynced = now, False
                     else:
                         self._unsynced = True
+                # checked after the write: a segment deleted at any moment before the batch is acknowledged holds it nowhere
+                deleted = os.fstat(fd).st_nlink == 0
             except OSError as exc:
                 what = self._roll_back_locked(fd)
                 if exc.errno == errno.EFBIG and had_records and not retried:
@@ -426,7 +443,52 @@ class SpoolWriter:
                     errno=exc.errno,
                 ) from exc
             self._size += len(data)
+            if deleted:
+                self._drop_deleted_locked()
+                if reopened:  # the new segment went at once too: the folder is being removed again and again
+                    raise StoreWriteError(
+                        f"Could not write to the spool in {self._dir}: its segments are deleted as they are written (the store "
+                        f"folder is being removed). This batch was not stored; the next write tries again.",
+                        errno=errno.ENOENT,
+                    )
+                reopened = True
+                continue
             return
+
+    def _drop_deleted_locked(self) -> None:
+        """Let go of the open segment, found deleted (its folder removed while it was open): what it held went with it. The
+        next open makes the folder again and a new segment (:meth:`_ensure_open`)."""
+        fd, path = self._fd, self._path
+        self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+        self._folder_lost = path
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _restore_folder_locked(self, lost: Path | None, *, store_removed: bool) -> None:
+        """The segment or the folder of a spool this writer wrote to was removed (``lost``: the segment found deleted), and
+        a new segment was made in the folder made again. Where the whole store folder went (``store_removed``), its marker
+        is written again: a folder holding a spool but no marker is not a store. Said in a warning: what was written
+        there before the removal went with it."""
+        restored = ""
+        if store_removed:
+            root = self._dir.parent
+            try:
+                from ee_middleware.store.local import LocalExperienceStore
+
+                LocalExperienceStore.restore_marker(root)
+                restored = f"; the store folder {root} was made again, with a new marker"
+            except Exception as exc:  # noqa: BLE001 - the batch is written all the same; `ee store repair` writes the marker
+                restored = f"; the store folder {root} was made again, but its marker could not be written ({exc}): run `ee store repair --store {root}`"
+        what = f"its segment {lost} was deleted" if lost is not None else "the folder was gone"
+        logger.warning(
+            "ee-middleware: the spool %s was removed while this process wrote to it (%s): what was written there before went "
+            "with it; later records go to a new segment %s%s.",
+            self._dir,
+            what,
+            self._path,
+            restored,
+        )
 
     def _write_split_locked(self, lines: list[bytes], limit: int, *, durable: bool) -> None:
         """Write a batch larger than ``limit`` (the largest file this process may write) to as many new segments as it
@@ -493,6 +555,9 @@ class SpoolWriter:
         if self._fd is not None and self._pid != os.getpid():  # forked child: never share a segment
             self._forget_inherited_locked()
         if self._fd is None:
+            lost = self._folder_lost
+            removed = lost is not None or (self._made_segments and not self._dir.is_dir())
+            store_removed = removed and not self._dir.parent.exists()
             path = self._dir / _segment_name()
             # Created and locked under a hidden name, then renamed: a compactor must never see an
             # unlocked new segment, take it for a dead one and delete it under the writer. The spool's
@@ -517,6 +582,9 @@ class SpoolWriter:
                     os.close(gate)  # releases the creation lock
             self._fd, self._path, self._size, self._pid = fd, path, 0, os.getpid()
             self._opened_at = time.monotonic()
+            self._made_segments, self._folder_lost = True, None
+            if removed:
+                self._restore_folder_locked(lost, store_removed=store_removed)
         return self._fd
 
     def _roll_back_locked(self, fd: int) -> str:
@@ -577,6 +645,35 @@ class SpoolWriter:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+_writers: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
+_held_at_fork: list[SpoolWriter] = []
+
+
+def _before_fork() -> None:
+    """Take every writer's lock (waiting at most :data:`FORK_WAIT_S` for a write under way): the child then inherits each
+    writer between writes, never a lock held by a thread it does not have."""
+    for writer in list(_writers):
+        if writer._lock.acquire(timeout=FORK_WAIT_S):
+            _held_at_fork.append(writer)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop()._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """A lock of its own for each writer (the parent's stays the parent's); its segment stays the parent's (see
+    :meth:`SpoolWriter._forget_inherited_locked`): the child's first write opens one of its own."""
+    _held_at_fork.clear()
+    for writer in list(_writers):
+        writer._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _file_size_limit() -> int | None:

@@ -312,7 +312,7 @@ def test_a_call_that_could_not_be_recorded_whole_costs_only_its_own_run(
     agent = record_experience(_supervisor(ask_desk_expert), app="fx", store=store_path, redact_fn=redact_fn, strict=False, offload=offload)
     try:
         out = agent.invoke({"messages": [("user", "How many dollars for 100 EUR?")]}, {"configurable": {"thread_id": "outer"}})
-        assert agent.flush()
+        assert not agent.flush(), "a run was not stored: flush says so"
         stats = agent.recorder.stats
     finally:
         agent.recorder.close()
@@ -353,7 +353,7 @@ def test_a_run_inside_a_tool_is_not_stored_without_the_environment_it_takes_from
             agent.invoke({"messages": [("user", "How many dollars for 100 EUR?")]}, config)["messages"][-1].content
             == "Final: sub says: 1.1"
         )
-        assert agent.flush()
+        assert not agent.flush(), "the runs were not stored: flush says so"
         stats = agent.recorder.stats
     finally:
         agent.recorder.close()

@@ -84,3 +84,47 @@ def test_runs_finishing_close_together_are_written_in_one_batch_and_flush_writes
     assert store.batches == [1, 5]
     assert sorted(store.trajectories()["task"].to_list()) == [f"task {i}" for i in range(6)]
     provider.shutdown()
+
+
+def test_a_forked_process_writes_its_own_runs_and_not_the_runs_its_parent_had_queued(tmp_path):
+    """A process forked while runs waited in the processor's queue inherited the queue, the writer's state and its lock:
+    it wrote the parent's queued runs a second time (177 repeated ids in one service's spool; reads drop repeats, but
+    every repeat cost a write), and a lock held at the fork would never be released there. The child now starts with an
+    empty queue and a lock of its own: each run is written once, by the process that recorded it."""
+    import os
+    import signal
+    import time
+
+    from ee_middleware.store.spool import read_spool
+
+    store = _CountingStore(tmp_path / "s")
+    processor = ExperienceSpanProcessor(store, min_write_interval_s=60)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("someone-elses-instrumentation")
+    _genai_run(tracer, "parent 0")
+    deadline = time.monotonic() + 10
+    while not store.batches and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert store.batches == [1]
+    _genai_run(tracer, "parent 1")  # queued: the next write waits for the interval
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            _genai_run(tracer, "child 0")
+            code = 0 if processor.force_flush(10_000) and store.batches[-1:] == [1] else 4
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not done[0]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] and os.waitstatus_to_exitcode(done[1]) == 0, "the child wrote more than its own run, or never ended"
+    assert processor.force_flush(10_000)
+    records, _ = read_spool(tmp_path / "s" / "spool")
+    tasks = sorted(r["data"]["task"] for r in records if r["kind"] == "trajectory")
+    assert tasks == ["child 0", "parent 0", "parent 1"], "each run written once, by the process that recorded it"
+    provider.shutdown()

@@ -153,6 +153,32 @@ def test_bare_decorator_uses_the_function_name_as_app(react_graph, store_path, m
     assert LocalExperienceStore(store_path).trajectories()["app"].to_list() == ["support_bot"]
 
 
+def test_the_decorated_functions_name_is_the_app_only_where_nothing_else_names_it(react_graph, tmp_path, monkeypatch):
+    """The container's EE_APP and the file's app were overridden by the decorated function's name (runs stored as app
+    build_agent), while record_experience(graph) in the same environment gave EE_APP: the name was applied as if it were
+    the app= keyword, above the file and the environment. It is now only the last default."""
+    monkeypatch.delenv("EE_APP", raising=False)
+    (tmp_path / "capture.toml").write_text('[capture]\napp = "support-bot"\n')
+
+    def build_agent() -> Any:
+        return react_graph
+
+    def apps(**options: Any) -> str:
+        return record_experience(store=tmp_path / "experience", **options)(build_agent)().recorder.config.app
+
+    assert apps() == "build_agent"
+    assert apps(config=str(tmp_path / "capture.toml")) == "support-bot"
+    monkeypatch.setenv("EE_APP", "support-bot-prod")
+    assert apps() == "support-bot-prod"
+    assert apps(config=str(tmp_path / "capture.toml")) == "support-bot-prod", "EE_* over the file, as for every setting"
+    assert apps(app="explicit") == "explicit"
+    from ee_middleware.capture.config import CaptureConfig
+
+    monkeypatch.delenv("EE_APP")
+    assert apps(config=CaptureConfig(app="from-config", store=str(tmp_path / "experience"))) == "from-config"
+    assert apps(config=CaptureConfig(store=str(tmp_path / "experience"))) == "build_agent"
+
+
 async def test_decorator_on_an_async_factory_records_the_graph_it_builds(store, store_path):
     """The usual shape with langchain-mcp-adapters (tools = await client.get_tools(); return create_agent(...)): the
     decorated function stays async, and awaiting it gives a recorded graph (it used to give the bare graph: nothing
@@ -455,7 +481,8 @@ def test_recording_failures_never_break_the_agent(react_graph, tmp_path: Path, m
     agent = record_experience(react_graph, app="shop", store=FailingStore(tmp_path / "s"), strict=False)
     result = agent.invoke(USER_TASK)
     assert result["messages"][-1].content.startswith("Pears")
-    assert agent.flush()
+    assert not agent.flush(), "flush says that a run failed to be stored since the last flush"
+    assert agent.flush(), "once"
     stats = agent.recorder.stats
     assert stats.runs_failed == 1 and "No space left on device" in stats.errors[0]
 
@@ -521,3 +548,76 @@ def test_a_failure_message_that_quotes_run_data_is_redacted_before_it_is_logged_
     [message] = agent.recorder.stats.errors
     assert "approve_if raised" in message and "[REDACTED:email:" in message and "has no order" in message
     assert "alice.smith@example.com" not in message and "alice.smith@example.com" not in caplog.text
+
+
+def _order_agent() -> Any:
+    """A real create_agent graph that looks the order of each question up and answers with what the tool said."""
+
+    @tool
+    def lookup(order_id: str) -> str:
+        """Look an order up by its id."""
+        return f"order {order_id} is shipped"
+
+    def policy(messages: list[Any], tools: Any) -> AIMessage:
+        last = messages[-1]
+        if last.type == "human":
+            return AIMessage(content="", tool_calls=[tool_call("lookup", order_id=last.content.split()[-1])])
+        return AIMessage(content=f"Answer: {last.content}")
+
+    return create_agent(ScriptedChatModel(policy=policy), [lookup])
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_flush_returns_false_when_runs_could_not_be_written_to_a_full_disk(offload: str, tmp_path: Path, monkeypatch) -> None:
+    """On a full disk the runs were lost (logged, counted in runs_failed), yet flush() returned True in thread mode,
+    while process mode returned False for runs lost with a dead child. flush() now returns False in either mode when a
+    run failed to be stored since the last flush (once), and True again once runs are written. A real full tmpfs."""
+    import errno
+    import os
+
+    from tests.store.mounts import tiny_tmpfs
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    with tiny_tmpfs(tmp_path, "512k") as disk:
+        agent = record_experience(_order_agent(), app="shop", store=disk / "experience", offload=offload, strict=False)
+        try:
+            agent.invoke({"messages": [("user", "where is A-1")]})
+            assert agent.flush(30)
+            filler = disk / "filler"
+            with open(filler, "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"x" * 65536)
+                        fh.flush()
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+            for order in ("B-1", "B-2"):
+                agent.invoke({"messages": [("user", f"where is {order}")]})
+            assert not agent.flush(30), "runs were lost to the full disk"
+            assert agent.flush(30), "said once"
+            os.unlink(filler)
+            agent.invoke({"messages": [("user", "where is C-1")]})
+            assert agent.flush(30)
+            stats = agent.recorder.stats
+            assert stats.runs_failed == 2 and stats.trajectories_written == 2
+        finally:
+            agent.recorder.close()
+        assert sorted(LocalExperienceStore(disk / "experience").trajectories()["task"].to_list()) == ["where is A-1", "where is C-1"]
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_runs_recorded_after_the_store_folder_was_removed_are_stored_in_it_again(offload: str, store_path: Path) -> None:
+    """The store folder removed while the service ran: later runs were written into the deleted segment, counted as
+    written, and flush() returned True; the folder never came back. They are now stored in the folder made again."""
+    import shutil
+
+    agent = record_experience(_order_agent(), app="shop", store=store_path, offload=offload)
+    try:
+        agent.invoke({"messages": [("user", "where is A-1")]})
+        assert agent.flush(30)
+        shutil.rmtree(store_path)
+        agent.invoke({"messages": [("user", "where is B-1")]})
+        assert agent.flush(30)
+    finally:
+        agent.recorder.close()
+    assert LocalExperienceStore(store_path, create=False).trajectories()["task"].to_list() == ["where is B-1"]
