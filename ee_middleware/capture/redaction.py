@@ -34,12 +34,10 @@ import hmac
 import itertools
 import json
 import logging
-import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from re import Pattern
 from typing import Any
 
@@ -113,15 +111,16 @@ _STRONG_WORDS = {"password", "passwd", "passphrase", "passcode", "pwd", "secret"
 word of :data:`_ABOUT_A_SECRET` follows them."""
 _ABOUT_A_SECRET = {
     "policy", "policies", "rule", "rules", "requirement", "requirements", "complexity", "strength", "length", "len",
-    "min", "max", "minimum", "maximum", "hint", "hints", "reset", "expiry", "expires", "expiration", "expired", "age",
-    "changed", "updated", "rotated", "rotation", "last", "history", "field", "fields", "label", "labels", "prompt",
-    "required", "enabled", "disabled", "type", "types", "kind", "format", "pattern", "regex", "count", "attempts",
-    "retries", "arn", "ref", "refs", "version", "versions", "name", "names", "id", "ids", "manager", "provider", "store",
-    "schema", "metadata", "status", "path", "url", "uri", "file", "location",
+    "min", "max", "minimum", "maximum", "expiry", "expires", "expiration", "expired", "age", "label", "labels",
+    "prompt", "required", "enabled", "disabled", "type", "types", "kind", "format",
+    "pattern", "regex", "count", "attempts", "retries", "arn", "ref", "refs", "name", "names", "id", "ids", "schema",
+    "metadata", "status", "path", "url", "uri", "location",
 }  # fmt: skip
 """Words that, after a strong word, make a name describe a secret rather than hold it (``password_policy``,
 ``secret_arn``, ``credentials_path``): a weak name, whose single values are still replaced while an object or a list
-below it is ordinary data (the secret names and built-in rules inside it still apply)."""
+below it is ordinary data (the secret names and built-in rules inside it still apply). Words that name a container of
+secrets or say where one is typed or hinted at (``password_history``, ``password_reset``, ``secret_versions``,
+``password_manager``, ``password_field``, ``password_hint``) are not among them: what is below those is secret, whole."""
 _STRONG_LAST_WORDS = {"authorization", "apikey", "privatekey", "cvv", "cvc", "ssn"}
 _WEAK_LAST_WORDS = {"token", "cookie", "pass", "pin", "dsn"}
 """Last words that name a secret when they hold one value (a PIN, a token), but also ordinary objects: a boarding
@@ -1027,30 +1026,24 @@ def _dump_like(value: Any, original: Any, text: str) -> str:
 
 
 def store_salt(store: Any) -> bytes | None:
-    """The pseudonym salt kept in a local store's folder (created on first use, owner-only);
-    ``None`` for a store without a local folder."""
-    root = getattr(store, "root", None)
-    if root is None:
+    """The pseudonym salt kept with a store (``redaction.key``, created on first use: owner-only in a local folder);
+    ``None`` for a store that keeps no metadata (neither ``read_meta``/``write_meta`` nor a local folder,
+    :mod:`ee_middleware.store.metadata`).
+
+    Created with an exclusive write, and read back: writers in many processes starting at once agree on one salt."""
+    from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
+
+    if not keeps_metadata(store):
         return None
-    path = Path(root) / SALT_FILE
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    tmp = path.with_name(f".{SALT_FILE}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)  # atomic and exclusive: two processes starting at once agree on one salt
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return bytes.fromhex(path.read_text().strip())
+    kept = read_meta(store, SALT_FILE)
+    if kept is None:
+        write_meta(store, SALT_FILE, (secrets.token_hex(32) + "\n").encode(), exclusive=True)
+        kept = read_meta(store, SALT_FILE)
+        if kept is None:
+            from ee_middleware.errors import StoreError
+
+            raise StoreError(f"{store!r} did not keep the pseudonym salt: read_meta({SALT_FILE!r}) is None right after write_meta.")
+    return bytes.fromhex(kept.decode("ascii").strip())
 
 
 NO_REDACTION = Redactor(defaults=False)

@@ -577,7 +577,9 @@ def test_a_card_followed_by_one_4_digit_figure_is_still_found(text, expected):
     ("name", "strength"),
     [
         *((n, 1) for n in ("password_policy", "passwordPolicy", "password_min_length", "secret_arn", "credentials_path")),
-        *((n, 1) for n in ("secret_key_ref", "password_reset_url", "secrets_manager", "password_expires_at", "pwd_hint")),
+        *((n, 1) for n in ("secret_key_ref", "password_reset_url", "password_expires_at", "secret_version_id")),
+        *((n, 2) for n in ("password_history", "password_reset", "password_rotation", "password_manager", "secrets_manager")),
+        *((n, 2) for n in ("secret_versions", "password_field", "pwd_hint", "credentials_file", "password_last_changed")),
         *((n, 2) for n in ("password_hash", "new_password", "password_confirmation", "aws_secret_access_key", "secret_value")),
         *((n, 2) for n in ("secret_string", "credentials_json", "db_password", "client_secret")),
     ],
@@ -639,3 +641,35 @@ def test_an_address_whose_local_part_is_written_in_han_kana_or_hangul_is_redacte
 @pytest.mark.parametrize("text", ["中文@提及", "价格@100元", "见@home", "我@2x"])
 def test_an_at_sign_after_han_that_is_no_address_is_left_alone(text):
     assert Redactor().redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"password_history": ["Tr0ub4dor&3", "Summer2024!"]},
+        {"password_reset": {"new": "N3w-Pa55word!", "confirm": "N3w-Pa55word!"}},
+        {"password_rotation": {"previous": "0ld-Pa55word!", "current": "Cur-Pa55word!"}},
+        {"password_manager": {"entries": [{"site": "bank", "login": "alice", "value": "B4nk-Pa55word!"}]}},
+        {"secret_versions": [{"version": 3, "value": "v3-s3cr3t-value"}]},
+        {"password_field": {"selector": "#pw", "value": "hunter2-hunter2"}},
+        {"password_hints": ["my dog's name", "born 1990"]},
+    ],
+)
+def test_what_is_below_a_name_for_a_container_of_secrets_is_secret_whole(data):
+    """A password's history, a reset's new/confirm pair, a rotation, a password manager's entries, a secret's versions,
+    a form's password field and hints hold secrets under plain names: replaced whole (as before 21aba05), in values and
+    in JSON text."""
+    redactor = Redactor()
+    [value] = data.values()
+    flat = json.dumps(value)
+    redacted = redactor.redact_value(data)
+    assert not any(secret in json.dumps(redacted) for secret in _strings(value) if len(secret) > 6), redacted
+    assert not any(secret in redactor.redact_text(json.dumps(data)) for secret in _strings(value) if len(secret) > 6), flat
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
