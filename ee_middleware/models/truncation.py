@@ -22,7 +22,9 @@ that a model is served the prompts it was trained on:
 5. when that is still too long (one oversized message: an 80 KB page a tool fetched, a pasted document), the longest
    tool result or user message of what is kept is shortened in its middle: its head and tail stay, with a visible
    ``[N characters omitted to fit the context]`` marker between them, as much of it as fits (then the next longest,
-   if that alone was not enough), so that the system message, the tools, the request and the call survive;
+   if that alone was not enough; the current request last), so that the system message, the tools, the request and the
+   call survive; only when that can make the prompt fit (checked first with every such message cut to its marker: a
+   system message that alone is over the budget leaves them whole, and the left cut keeps the request);
 6. only when that is still too long, the caller cuts tokens from the left, and reports it.
 
 A state whose first user message is its only request is fitted exactly as by steps 1-3, 5 and 6.
@@ -341,46 +343,66 @@ def _with_marker(messages: list[dict[str, Any]], dropped: int) -> list[dict[str,
 
 def _shortened(tokenizer: Any, fit: Fit, support: TemplateSupport, budget: int) -> Fit:
     """``fit`` with its longest tool result or user message (:data:`SHORTENED_ROLES`) cut in its middle to the most
-    characters that fit ``budget`` (found by binary search), then the next longest while that was not enough (step 5
-    of the policy); ``fit`` itself when it fits or has no such message longer than ``_SHORTEST_CUT`` characters."""
-    current, done = fit, set()
-    while current.tokens > budget:
-        lengths = {
-            index: len(_text(message.get("content")))
-            for index, message in enumerate(current.messages)
-            if message.get("role") in SHORTENED_ROLES and index not in done
-        }
-        candidates = [index for index, length in lengths.items() if length > _SHORTEST_CUT]
-        if not candidates:
-            break
-        index = max(candidates, key=lambda i: (lengths[i], i))  # the longest; of equals, the latest
-        done.add(index)
-        before, length = current, lengths[index]
-        low, high = 0, length - 1  # keeping "low" characters fits (once checked); keeping more than "high" does not
-        current = _with_message_cut(tokenizer, before, index, low, support, len(done))
+    characters that fit ``budget`` (found by binary search), then the next longest while that was not enough, the
+    current request last (step 5 of the policy); ``fit`` itself when it fits, has no such message longer than
+    ``_SHORTEST_CUT`` characters, or would not fit even with every one of them cut to its marker (then shortening cannot
+    spare the left cut, which keeps those messages whole where it stops short of them: a system message that alone is
+    over the budget keeps its end and the whole request)."""
+    if fit.tokens <= budget:
+        return fit
+    lengths = {
+        index: len(_text(message.get("content"))) for index, message in enumerate(fit.messages) if message.get("role") in SHORTENED_ROLES
+    }
+    request = _request_index(fit.messages)
+    # the longest first (of equals, the latest), the current request last
+    order = sorted((i for i, n in lengths.items() if n > _SHORTEST_CUT), key=lambda i: (i != request, lengths[i], i), reverse=True)
+    if not order or _with_messages_cut(tokenizer, fit, dict.fromkeys(order, 0), support).tokens > budget:
+        return fit
+    current = fit
+    for done, index in enumerate(order, start=1):
+        before = current
+        low, high = 0, lengths[index] - 1  # keeping "low" characters fits (once checked); keeping more than "high" does not
+        current = _with_messages_cut(tokenizer, before, {index: low}, support, done)
         if current.tokens <= budget:
             while low < high:
                 middle = (low + high + 1) // 2
-                attempt = _with_message_cut(tokenizer, before, index, middle, support, len(done))
+                attempt = _with_messages_cut(tokenizer, before, {index: middle}, support, done)
                 if attempt.tokens <= budget:
                     low, current = middle, attempt
                 else:
                     high = middle - 1
+            break
     return current
 
 
-def _with_message_cut(tokenizer: Any, fit: Fit, index: int, keep: int, support: TemplateSupport, shortened: int) -> Fit:
-    """``fit`` with its message ``index`` cut to ``keep`` characters by :func:`_cut_middle`, rendered and counted."""
-    text = _text(fit.messages[index].get("content"))
-    messages = [*fit.messages[:index], {**fit.messages[index], "content": _cut_middle(text, keep)}, *fit.messages[index + 1 :]]
+def _request_index(messages: Sequence[dict[str, Any]]) -> int | None:
+    """The index in fitted ``messages`` of the current request (the latest user message that opens a turn, else the
+    first user message), or ``None`` when there is none."""
+    head, turns = split_turns(messages)
+    index = len(messages)
+    for turn in reversed(turns):
+        index -= len(turn)
+        if turn[0].get("role") == "user":
+            return index
+    return len(head) - 1 if head and head[-1].get("role") == "user" else None
+
+
+def _with_messages_cut(tokenizer: Any, fit: Fit, keep: dict[int, int], support: TemplateSupport, shortened: int | None = None) -> Fit:
+    """``fit`` with each message ``index`` of ``keep`` cut to ``keep[index]`` characters by :func:`_cut_middle`, rendered
+    and counted (``shortened``: the fit's ``shortened_messages``, else the number of messages cut)."""
+    messages, omitted = list(fit.messages), 0
+    for index, kept in keep.items():
+        text = _text(messages[index].get("content"))
+        messages[index] = {**messages[index], "content": _cut_middle(text, kept)}
+        omitted += len(text) - kept
     rendered = render_prompt(tokenizer, messages, fit.tools, support)
     return replace(
         fit,
         messages=messages,
         text=rendered,
         tokens=count_tokens(tokenizer, rendered),
-        shortened_messages=shortened,
-        omitted_chars=fit.omitted_chars + len(text) - keep,
+        shortened_messages=len(keep) if shortened is None else shortened,
+        omitted_chars=fit.omitted_chars + omitted,
     )
 
 

@@ -341,3 +341,45 @@ def test_a_shortened_message_is_the_longest_and_short_ones_are_left_alone(tokeni
 
     head, tail = fit.messages[-1]["content"].split(f"\n{SHORTENED_MARKER.format(n=fit.omitted_chars)}\n")
     assert PAGE.startswith(head) and PAGE.endswith(tail) and len(head) + len(tail) + fit.omitted_chars == len(PAGE)
+
+
+def test_a_system_message_alone_over_the_budget_leaves_the_request_whole_for_the_left_cut(tokenizer: Any) -> None:
+    """Before, a system message that alone did not fit (a long policy or retrieved context) made step 5 cut the request
+    down to its marker, which could not make the prompt fit, and the left cut ran anyway: the row trained on
+    ``user\\n[652 characters omitted to fit the context]`` instead of the task. Shortening now runs only where it can make
+    the prompt fit, so the left cut keeps the end of the system message and the whole request, as before step 5."""
+    from ee_middleware.models.truncation import tokenize_pair
+
+    support = probe_template(tokenizer)
+    system = {"role": "system", "content": " ".join(f"Rule {i}: keep every report in folder_{i}." for i in range(400))}
+    request = "Move every report into the archive folder. " + " ".join(f"Keep notes_{i}.txt where it is." for i in range(20))
+    state = [system, {"role": "user", "content": request}]
+    completion = [{"role": "assistant", "content": "", "tool_calls": [call(7)]}]
+    pair = tokenize_pair(tokenizer, state, completion, None, support, 512)
+    assert pair.fit is not None and pair.left_cut > 0 and len(pair.ids) <= 512
+    assert pair.fit.shortened_messages == 0 and pair.fit.omitted_chars == 0
+    assert request in tokenizer.decode(pair.prompt_ids), "the request survives the left cut"
+    served = fit_messages(tokenizer, state, None, support, 512 - len(pair.completion_ids))
+    assert served.text == pair.fit.text, "the local policy and server fit the state as the trainer does"
+
+
+def test_the_current_request_is_shortened_after_the_tool_results(tokenizer: Any) -> None:
+    """A request longer than a tool result is still shortened last: cutting the tool result enough keeps the task whole
+    (before, the longest message went first, however much the request mattered)."""
+    support = probe_template(tokenizer)
+    request = "Move every report into the archive folder. " + " ".join(f"Keep notes_{i}.txt where it is." for i in range(60))
+    listing = PAGE[:1_200]
+    state = [
+        SYSTEM,
+        {"role": "user", "content": request},
+        {"role": "assistant", "content": "", "tool_calls": [call(1)]},
+        {"role": "tool", "tool_call_id": "c1", "content": listing},
+    ]
+    assert len(request) > len(listing)
+    full = count_tokens(tokenizer, render_prompt(tokenizer, state, None, support))
+    without_listing = count_tokens(tokenizer, render_prompt(tokenizer, state[:-1], None, support))
+    budget = (full + without_listing) // 2 + 20  # cutting most of the listing is enough
+    fit = fit_messages(tokenizer, state, None, support, budget)
+    assert fit.tokens <= budget and fit.shortened_messages == 1
+    assert fit.messages[1]["content"] == request and fit.messages[-1]["content"] != listing
+    assert "characters omitted to fit the context" in fit.messages[-1]["content"]
