@@ -325,21 +325,33 @@ class ImproveConfig(BaseModel):
         if self.config_path is not None:
             self.tables()  # a file that is not TOML is named here
             known = ("improve", *STAGE_TABLES, "capture")
-            # a table no job reads would be dropped without a word ([budgets] for [improve.budgets]: no budget at all)
-            problems = []
-            for table in read_toml(self.config_path):  # UTF-8 with a byte-order mark, or UTF-16, as the stages read it
+            # a mistaken table would be dropped without a word ([budgets] for [improve.budgets]: no budget at all); a table
+            # of another tool's that shares the file ([notify], [tool.mycompany]) is the user's: said, not refused
+            problems, foreign = [], []
+            for table, value in read_toml(self.config_path).items():  # UTF-8 with a BOM, or UTF-16, as the stages read it
                 if table in known:
                     continue
                 meant = SUB_TABLES.get(table) or next(iter(difflib.get_close_matches(table, known, n=1, cutoff=0.75)), None)
                 if meant is not None:
                     problems.append(f"[{table}]: did you mean [{meant}]? (rename the line [{table}] to [{meant}])")
                 else:
-                    problems.append(f"[{table}], which no ee job reads (move its settings into the table that reads them, or remove it)")
+                    foreign.extend(_table_names(table, value))
             if problems:
                 reads = "[improve] (with [improve.budgets] and [improve.serving]), " + ", ".join(f"[{t}]" for t in known[1:])
                 raise ConfigError(
                     f"{self.config_path} has a table {'; and a table '.join(problems)}. Its settings would be ignored without a "
                     f"word. (ee improve reads {reads}.)"
+                )
+            if foreign:
+                import warnings
+
+                named = ", ".join(foreign)
+                warnings.warn(
+                    f"{self.config_path} has {named}, which no ee job reads: ee improve ignores "
+                    f"{'it' if len(foreign) == 1 else 'them'} (fine if another tool reads {'it' if len(foreign) == 1 else 'them'}; "
+                    "otherwise move the settings into the ee table that reads them).",
+                    UserWarning,
+                    stacklevel=2,
                 )
         self._check_owned_keys()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
@@ -561,6 +573,21 @@ class ImproveConfig(BaseModel):
             else:
                 specs.append(suite)
         return specs
+
+
+def _table_names(name: str, value: Any) -> list[str]:
+    """How a top-level entry of a TOML file is written, for a message: ``[tool.mycompany]`` (its full dotted name, each
+    sub-table that holds keys of its own), ``[notify]``, or ``the key name`` for a key outside any table."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [f"[[{name}]]"]
+    if not isinstance(value, dict):
+        return [f"the key {name}"]
+    own = any(not isinstance(v, dict) for v in value.values()) or not value
+    names = [f"[{name}]"] if own else []
+    for key, sub in value.items():
+        if isinstance(sub, dict):
+            names.extend(_table_names(f"{name}.{key}", sub))
+    return names
 
 
 SUB_TABLES = {"budgets": "improve.budgets", "budget": "improve.budgets", "serving": "improve.serving", "servers": "improve.serving"}

@@ -155,7 +155,6 @@ def _improve_file(tmp_path: Path, base: Path, body: str = "") -> Path:
             '[serving]\nbackend = "vllm"\nservers = ["http://127.0.0.1:1/v1"]\n',
             r"improve.toml has a table \[serving\]: did you mean \[improve.serving\]\?",
         ),
-        ("[evaluation]\nmax_tokens = 8\n", r"improve.toml has a table \[evaluation\], which no ee job reads"),
     ],
 )
 def test_a_stage_table_that_cannot_work_stops_the_job_before_a_run_starts(tmp_path: Path, body: str, message: str) -> None:
@@ -168,6 +167,37 @@ def test_a_stage_table_that_cannot_work_stops_the_job_before_a_run_starts(tmp_pa
     with pytest.raises(ConfigError, match=message):
         run_improve(ImproveConfig.load(path))
     assert RunsDir(tmp_path / "runs").list() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('[notify]\nslack_webhook = "https://hooks.example/x"\n', "[notify]"),  # the user's cron wrapper reads it
+        ('[tool.mycompany]\nowner = "ml-team"\n', "[tool.mycompany]"),
+        ("[evaluation]\nmax_tokens = 8\n", "[evaluation]"),
+        ("[tool.a]\nx = 1\n[tool.b.c]\ny = 2\n[notify]\nz = 3\n", "[tool.a], [tool.b.c], [notify]"),
+    ],
+)
+def test_a_table_another_tool_reads_is_said_not_refused(tmp_path: Path, body: str, named: str) -> None:
+    """Was (455a317): every top-level table no ee job reads was refused, so an improve.toml that also held another tool's
+    table ([notify] for the user's cron wrapper, [tool.mycompany]) that ran before stopped with exit 1 after the upgrade,
+    and [tool.mycompany] was named [tool]. Only a mistake ([budgets], a near miss of an ee table) is refused; any other
+    table is named in full on a warning and the check goes on."""
+    LocalExperienceStore(tmp_path / "s").close()
+    path = _improve_file(tmp_path, _base_folder(tmp_path), '[replay]\nsandbox = "bfcl"\n' + body)
+    with pytest.warns(UserWarning) as caught:
+        ImproveConfig.load(path).check()
+    said = [str(w.message) for w in caught if "no ee job reads" in str(w.message)]
+    assert len(said) == 1
+    assert f"improve.toml has {named}, which no ee job reads: ee improve ignores" in said[0]
+
+
+def test_a_mistaken_table_is_still_refused_next_to_another_tools_table(tmp_path: Path) -> None:
+    LocalExperienceStore(tmp_path / "s").close()
+    path = _improve_file(tmp_path, _base_folder(tmp_path), "[notify]\nx = 1\n[budgets]\nmax_trajectories = 1\n")
+    with pytest.raises(ConfigError, match=r"has a table \[budgets\]: did you mean \[improve.budgets\]\?") as raised:
+        ImproveConfig.load(path).check()
+    assert "notify" not in str(raised.value)
 
 
 def _base_folder(tmp_path: Path, *, template: bool = True) -> Path:
