@@ -226,8 +226,10 @@ class Recorder:
         return None
 
     def _pseudonym_salt(self) -> bytes | None:
-        """The store's salt (placeholders are consistent pseudonyms within a store); a salt of this
-        recorder's own for a store without a local folder, or if the store's cannot be read."""
+        """The store's salt (placeholders are consistent pseudonyms within a store, in every process): kept through
+        the store's ``read_meta``/``write_meta`` or in its folder; a salt of this recorder's own for a store that keeps
+        no metadata (:func:`~ee_middleware.capture.store_redaction.record_store_redaction` warns), or if the store's
+        cannot be read."""
         config = self.config
         if not config.redaction_pseudonyms or not (config.redact or config.redaction_patterns):
             return None

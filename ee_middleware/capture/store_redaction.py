@@ -1,7 +1,8 @@
 """The redaction a store's data was recorded with, kept with the store so every later writer applies it.
 
-Capture and ingest write ``<store>/redaction.json`` when they first write to a store (beside
-``redaction.key``, the pseudonym salt)::
+Capture and ingest write ``redaction.json`` when they first write to a store (beside ``redaction.key``, the
+pseudonym salt), as metadata blobs the store keeps (:mod:`ee_middleware.store.metadata`: a plug-in store's
+``read_meta``/``write_meta``, the local store's files ``<store>/redaction.json`` and ``<store>/redaction.key``)::
 
     {"format": "ee-redaction", "version": 1,
      "rules": {"defaults": true, "kinds": {"phone": false}, "patterns": {"ticket": "TCK-\\\\d+"}},
@@ -13,7 +14,10 @@ the dataset builders (every row, held-out ones too) and the exports read it back
 same pseudonym everywhere in the store and its datasets.
 
 A store written before this file existed, or by a writer that never recorded one, is treated as
-recorded with the defaults (the built-in kinds that are on by default), the safe choice. When two
+recorded with the defaults (the built-in kinds that are on by default), the safe choice. A store that keeps no
+metadata (neither the methods nor a local folder) is refused rules the defaults do not cover (its later writers
+would write what they removed in plain text), and warned about what else it loses (pseudonyms per process):
+:func:`record_store_redaction`. When two
 recorders with different rules write to one store, the file keeps the union (every kind either
 enabled, every pattern), since the store then holds data redacted under both. A ``redact_fn``
 (a Python function) cannot be stored: its qualified name (``custom_function``, ``module.function``)
@@ -29,19 +33,18 @@ import path) is never dropped: :meth:`StoreRedaction.redactor` raises a
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ee_middleware._files import atomic_write_text
 from ee_middleware.capture.redaction import PLACEHOLDER, SALT_FILE, RedactionRules, Redactor, store_salt
 from ee_middleware.errors import ConfigError
+from ee_middleware.store.metadata import MetadataNotKeptWarning, keeps_metadata, meta_locked, meta_where, read_meta, write_meta
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -194,49 +197,84 @@ def _rules_for(kinds: list[str], patterns: dict[str, str]) -> RedactionRules:
     return RedactionRules(defaults=False, kinds={k: k in kinds for k in KINDS}, patterns=patterns)
 
 
-def _root(store: Any) -> Path | None:
-    root = getattr(store, "root", None)
-    return Path(root) if root is not None else None
-
-
 def read_store_redaction(store: Any) -> StoreRedaction:
-    """The settings in the store's ``redaction.json``; the defaults (``recorded=False``) when there is none."""
-    root = _root(store)
-    path = root / REDACTION_FILE if root is not None else None
-    if path is None or not path.exists():
-        return StoreRedaction(recorded=False)
+    """The settings in the store's ``redaction.json``; the defaults (``recorded=False``) when there is none, or the store
+    keeps no metadata (:mod:`ee_middleware.store.metadata`)."""
     try:
-        data = json.loads(path.read_text())
+        raw = read_meta(store, REDACTION_FILE)
+        data = json.loads(raw) if raw is not None else None
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"{path} is unreadable ({exc}). It says how this store's data is redacted; restore it, or delete it to use the defaults."
+            f"{meta_where(store, REDACTION_FILE)} is unreadable ({exc}). It says how this store's data is redacted; restore it, "
+            "or delete it to use the defaults."
         ) from exc
-    return StoreRedaction.from_dict(data, where=str(path))
+    if data is None:
+        return StoreRedaction(recorded=False)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{meta_where(store, REDACTION_FILE)} holds a JSON {type(data).__name__}, not a redaction settings object.")
+    return StoreRedaction.from_dict(data, where=meta_where(store, REDACTION_FILE))
 
 
 def record_store_redaction(store: Any, settings: StoreRedaction) -> StoreRedaction:
-    """Write ``settings`` into the store's ``redaction.json`` (the union with what is there); return what is in force.
+    """Keep ``settings`` as the store's ``redaction.json`` (the union with what is there); return what is in force.
 
-    A store without a local folder keeps nothing (its writers must pass the same settings)."""
-    root = _root(store)
-    if root is None:
+    A store that keeps no metadata (neither ``read_meta``/``write_meta`` nor a local folder) keeps nothing: settings its
+    later writers would lose (what the defaults do not redact) raise :class:`~ee_middleware.errors.ConfigError`, and
+    pseudonyms (or rules narrower than the defaults) are warned about (:class:`MetadataNotKeptWarning`)."""
+    if not keeps_metadata(store):
+        _settings_not_kept(store, settings)
         return settings
-    with _locked(root):
-        current = read_store_redaction(store)
-        merged = current.union(settings) if current.recorded else replace(settings, recorded=True)
-        if merged != current:
-            atomic_write_text(root / REDACTION_FILE, json.dumps(merged.to_dict(), indent=2) + "\n")
+    with meta_locked(store, LOCK_FILE):
+        # A store's writers on one machine take turns (the lock); a plug-in store's writers elsewhere have no shared lock:
+        # each reads back what is kept after writing and writes the union again while its own rules are missing from it.
+        for _ in range(_WRITE_ATTEMPTS):
+            current = read_store_redaction(store)
+            merged = current.union(settings) if current.recorded else replace(settings, recorded=True)
+            if merged == current:
+                break
+            write_meta(store, REDACTION_FILE, (json.dumps(merged.to_dict(), indent=2) + "\n").encode())
     return merged
 
 
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    with open(root / ".redaction.lock", "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+LOCK_FILE = ".redaction.lock"
+_WRITE_ATTEMPTS = 5
+
+
+def _settings_not_kept(store: Any, settings: StoreRedaction) -> None:
+    """Refuse ``settings`` a store that keeps no metadata would lose to its later writers, and warn about the rest."""
+    defaults = RedactionRules()
+    lost = [f"the kind {kind}" for kind in settings.rules.enabled_kinds() if kind not in defaults.enabled_kinds()]
+    lost += [f"the pattern {name}" for name in settings.rules.patterns]
+    lost += [f"redact_fn={name}" for name in settings.custom_functions]
+    fix = (
+        f"Give {type(store).__name__} the two optional methods read_meta(name) -> bytes | None and write_meta(name, data, *, "
+        "exclusive=False) -> bool (ee_middleware.store.protocol.KeepsMetadata; ee_middleware.testing.check_store checks them), "
+        "or record into a local store folder"
+    )
+    if lost:
+        raise ConfigError(
+            f"Cannot record into {store!r} with {', '.join(lost)}: the store keeps no redaction settings (it has no "
+            "read_meta()/write_meta() methods and no local root folder), so replay, dataset builds and exports would redact "
+            f"with the default rules only and write what {'they' if len(lost) > 1 else 'it'} removed in plain text. {fix}."
+        )
+    losses = []
+    if settings.pseudonyms and settings.rules.enabled_kinds():
+        losses.append(
+            "pseudonyms are made with a salt of each recorder's own, so the same value gets another pseudonym in each process, "
+            "and replay writes plain [REDACTED:<kind>] placeholders, so every redacted observation counts as a fidelity mismatch"
+        )
+    narrower = sorted(set(defaults.enabled_kinds()) - set(settings.rules.enabled_kinds()))
+    if narrower:
+        losses.append(f"replay, dataset builds and exports redact {', '.join(narrower)}, which capture left as it was")
+    if settings.vault:
+        losses.append(f"replay does not know the vault {settings.vault} (set EE_VAULT to it)")
+    if losses:  # (Python's warning filters say each message once)
+        warnings.warn(
+            f"{store!r} keeps no redaction settings or salt (it has no read_meta()/write_meta() methods and no local root "
+            f"folder): {'; '.join(losses)}. {fix}{' (or set redaction_pseudonyms=False)' if settings.pseudonyms else ''}.",
+            MetadataNotKeptWarning,
+            stacklevel=3,
+        )
 
 
 def store_redactor(store: Any, *, create_salt: bool = True) -> Redactor:
@@ -252,10 +290,7 @@ def store_redactor(store: Any, *, create_salt: bool = True) -> Redactor:
 
 
 def _existing_salt(store: Any) -> bytes | None:
-    root = _root(store)
-    if root is None or not (root / SALT_FILE).exists():
-        return None
-    return store_salt(store)
+    return store_salt(store) if read_meta(store, SALT_FILE) is not None else None
 
 
 def placeholders_in(text: str) -> list[str]:

@@ -38,6 +38,7 @@ from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redacto
 from ee_middleware.capture.store_redaction import is_pseudonym, load_custom_function, read_store_redaction
 from ee_middleware.capture.vault import AMBIGUOUS, Vault, read_vault
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.store.metadata import keeps_metadata
 
 logger = logging.getLogger("ee_middleware.replay")
 
@@ -70,13 +71,22 @@ class ReplayPrivacy:
 
     @classmethod
     def of_store(cls, store: Any) -> ReplayPrivacy:
-        """The redaction ``store`` was recorded with (``redaction.json``), its salt and its vault.
+        """The redaction ``store`` was recorded with (``redaction.json``), its salt and its vault: kept through the
+        store's ``read_meta``/``write_meta`` or in its folder (:mod:`ee_middleware.store.metadata`).
 
         ``EE_VAULT`` names another vault file, or is ``off`` (0, false, no) to replay without one (``on``: the recorded
         one); a misspelt switch is refused (:func:`~ee_middleware.capture.config.env_flag`). A vault that is
         recorded but missing is left out with a warning; one that cannot be read (a wrong key,
         loose permissions) raises :class:`~ee_middleware.errors.ConfigError` before any work starts.
         """
+        if not keeps_metadata(store):
+            logger.warning(
+                "%r keeps no redaction settings or salt (it has no read_meta()/write_meta() methods and no local root folder): "
+                "replay redacts what the sandbox says with the default rules and no pseudonyms, so an observation capture "
+                "redacted otherwise counts as a fidelity mismatch. Give the store the two methods "
+                "(ee_middleware.store.protocol.KeepsMetadata).",
+                store,
+            )
         settings = read_store_redaction(store)
         if settings.custom_function:
             load_custom_function(settings.custom_function)  # one that cannot be imported fails here, before any work starts

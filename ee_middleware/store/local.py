@@ -49,6 +49,7 @@ from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus,
 from ee_middleware.store import spool
 from ee_middleware.store.approvals import decide, in_order_decided
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
+from ee_middleware.store.metadata import check_meta_name, read_file, write_file
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
 from ee_middleware.store.rows import TrajectoryRows
 from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows
@@ -801,6 +802,22 @@ class LocalExperienceStore:
             os.replace(self.root / table / name, target)
             moved.append({"part": str(self.root / table / name), "moved_to": str(target), "reason": reason})
         return {"root": str(self.root), "quarantined_parts": moved, "missing_parts_dropped": missing}
+
+    # --- metadata blobs (ee_middleware.store.protocol.KeepsMetadata) ------------------------------
+
+    def read_meta(self, name: str) -> bytes | None:
+        """The file ``<root>/<name>`` (``redaction.json``, ``redaction.key``); ``None`` when it is not there."""
+        return read_file(self._meta_path(name))
+
+    def write_meta(self, name: str, data: bytes, *, exclusive: bool = False) -> bool:
+        """Replace ``<root>/<name>`` atomically; with ``exclusive``, create it owner-only unless it exists (the salt).
+        Returns whether it was written."""
+        return write_file(self._meta_path(name), data, exclusive=exclusive)
+
+    def _meta_path(self, name: str) -> Path:
+        if check_meta_name(name) in (MARKER, MANIFEST, "spool", "quarantine", *TABLES):
+            raise ValueError(f"{name!r} is one of the store's own files; choose another metadata name.")
+        return self.root / name
 
     # --- information -------------------------------------------------------------------------
 

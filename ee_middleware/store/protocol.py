@@ -14,6 +14,13 @@ the pydantic models of :mod:`ee_middleware.records`. Kept free of heavy imports 
 A store that subclasses :class:`ExperienceStore` explicitly inherits :meth:`~ExperienceStore.approve`,
 :meth:`~ExperienceStore.reject` and :meth:`~ExperienceStore.iter_rollouts`, written on top of
 the other methods.
+
+A store should also keep small named blobs beside its records, through the optional methods of
+:class:`KeepsMetadata` (``read_meta``/``write_meta``): the redaction settings capture recorded with and the
+pseudonym salt live there, so that replay, datasets and exports redact as capture did and the same value
+gets the same pseudonym in every process. They are not members of :class:`ExperienceStore` (a store
+without them still is one), but a store that offers neither them nor a local ``root`` folder cannot be
+recorded into with redaction rules beyond the defaults (see :mod:`ee_middleware.store.metadata`).
 """
 
 from __future__ import annotations
@@ -149,5 +156,31 @@ class ExperienceStore(Protocol):
         """Finish this handle's pending writes and release what it holds (files, connections).
 
         Idempotent. What was written stays readable through any other handle on the same store.
+        """
+        ...
+
+
+@runtime_checkable
+class KeepsMetadata(Protocol):
+    """The optional methods of a store that keeps small named blobs (a few KB each) beside its records.
+
+    ee keeps two there: ``redaction.json`` (the rules capture redacted with) and ``redaction.key`` (the pseudonym
+    salt, a secret: keep it as private as the trajectories, and out of exports). Names are plain file names of
+    ASCII letters, digits, ``.``, ``_`` and ``-``. :func:`ee_middleware.testing.check_store` checks both methods
+    when a store has them. The local store keeps each blob as the file ``<root>/<name>``.
+    """
+
+    def read_meta(self, name: str) -> bytes | None:
+        """The blob last written under ``name`` (by any handle on the same store, in any process); ``None`` when
+        there is none."""
+        ...
+
+    def write_meta(self, name: str, data: bytes, *, exclusive: bool = False) -> bool:
+        """Keep ``data`` under ``name`` durably and atomically: a reader sees the old blob or the whole new one.
+
+        With ``exclusive=True``, write only when no blob ``name`` exists yet, as one atomic step (a conditional
+        put, ``INSERT ... ON CONFLICT DO NOTHING``, a create-only file): of many processes creating the salt at
+        once exactly one wins, and the others read its salt. Returns whether ``data`` was written (always True
+        without ``exclusive``).
         """
         ...

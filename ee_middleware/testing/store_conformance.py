@@ -9,16 +9,25 @@ history, and overrides that need ``force`` and keep both decisions), id
 resolution (exact ids, unique prefixes, ambiguous and unknown ones), rollouts and replay records
 (idempotent by id, the latest replay record wins), compaction, ``info`` and ``close``. A store that
 passes it can stand in for the embedded local store everywhere.
+
+It also checks the metadata blobs the store keeps for redaction (the optional ``read_meta``/``write_meta`` of
+:class:`~ee_middleware.store.protocol.KeepsMetadata`, or files in a local ``root`` folder): they round-trip exactly,
+through another handle too, and ``exclusive=True`` writes only where nothing is yet, one winner among writers racing.
+A store that keeps none passes with a :class:`~ee_middleware.store.metadata.MetadataNotKeptWarning` saying what
+that loses.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
 from ee_middleware.records import Action, ApprovalEvent, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.store import metadata
 from ee_middleware.store.approvals import decide
 
 MakeStore = Callable[[], Any]
@@ -143,6 +152,7 @@ def check_store(make_store: MakeStore) -> None:
     _check_approvals(store)
     _check_id_resolution(store)
     _check_rollouts_and_replays(store, make_store)
+    _check_metadata(store, make_store)
     _check_compaction(store, make_store)
     _check_info_and_close(store, make_store)
 
@@ -288,6 +298,80 @@ def _check_get_rollout(store: Any, b_rollouts: list[Rollout]) -> None:
     _expect_not_found(lambda: store.get_rollout("no-such-rollout"), "get_rollout() of an unknown id")
 
 
+# --- metadata blobs (the redaction settings and the pseudonym salt) ------------------------------------
+
+
+META, SALT = "ee-conformance.json", "ee-conformance.key"
+SECOND = b"\x00\xff binary \n" * 50
+"""What :func:`_check_metadata` leaves in the blob ``META`` (compaction must keep it)."""
+
+
+def _check_metadata(store: Any, make_store: MakeStore) -> None:
+    if not metadata.keeps_metadata(store):
+        warnings.warn(
+            f"{type(store).__name__} keeps no metadata blobs (it has no read_meta()/write_meta() methods and no local root "
+            "folder), so it cannot keep the redaction settings (redaction.json) and the pseudonym salt (redaction.key) "
+            "capture records with: recording into it with redaction rules beyond the defaults or a redact_fn is refused, "
+            "pseudonyms differ in each process, and replay counts every observation capture redacted with a pseudonym as a "
+            "fidelity mismatch. Add read_meta(name) -> bytes | None and write_meta(name, data, *, exclusive=False) -> bool "
+            "(ee_middleware.store.protocol.KeepsMetadata).",
+            metadata.MetadataNotKeptWarning,
+            stacklevel=3,
+        )
+        return
+    how = "read_meta()/write_meta()" if metadata.has_meta_methods(store) else "files in its root folder"
+
+    def read(handle: Any, name: str) -> bytes | None:
+        return _must(lambda: metadata.read_meta(handle, name), f"reading the metadata blob {name!r} ({how})")
+
+    def write(handle: Any, name: str, data: bytes, *, exclusive: bool = False) -> bool:
+        return _must(lambda: metadata.write_meta(handle, name, data, exclusive=exclusive), f"writing the metadata blob {name!r} ({how})")
+
+    assert read(store, META) is None, f"reading a metadata blob never written must give None ({how})"
+    first = b'{"format": "ee-conformance", "v": 1, "text": "\xc3\xbc"}\n'
+    assert write(store, META, first) is True, "write_meta() without exclusive returns True"
+    assert read(store, META) == first, f"a metadata blob must round-trip exactly ({how})"
+    assert read(make_store(), META) == first, f"another handle reads a metadata blob as soon as write_meta() returns ({how})"
+    write(store, META, SECOND)
+    assert read(make_store(), META) == SECOND, f"writing a metadata blob again replaces it, and any bytes round-trip exactly ({how})"
+    assert write(store, META, b"not this", exclusive=True) is False, (
+        f"write_meta(..., exclusive=True) of a blob that exists must return False ({how})"
+    )
+    assert read(make_store(), META) == SECOND, f"write_meta(..., exclusive=True) must leave a blob that exists as it was ({how})"
+    _check_exclusive_race(make_store, write, read)
+
+
+def _check_exclusive_race(make_store: MakeStore, write: Callable[..., bool], read: Callable[[Any, str], bytes | None]) -> None:
+    """Writers on their own handles creating one blob at once (processes agreeing on one salt): one wins, all read its value."""
+    handles = [make_store() for _ in range(6)]
+    barrier = threading.Barrier(len(handles))
+    won: list[bool | BaseException] = [False] * len(handles)
+
+    def create(n: int) -> None:
+        barrier.wait()
+        try:
+            won[n] = write(handles[n], SALT, f"salt-{n}\n".encode(), exclusive=True)
+        except BaseException as exc:  # noqa: BLE001 - reported below, naming the writer
+            won[n] = exc
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(len(handles))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [w for w in won if isinstance(w, BaseException)]
+    if failed:
+        raise AssertionError(f"{failed[0]}") from failed[0]
+    winners = [n for n, w in enumerate(won) if w is True]
+    assert len(winners) == 1, (
+        f"of writers creating one blob at once with write_meta(..., exclusive=True), exactly one must win (return True): "
+        f"{len(winners)} did, so processes starting at once would each use another pseudonym salt"
+    )
+    kept = read(make_store(), SALT)
+    assert kept == f"salt-{winners[0]}\n".encode(), f"the blob the winning exclusive write created must be kept: got {kept!r}"
+    assert {read(h, SALT) for h in handles} == {kept}, "every handle reads the winner's blob"
+
+
 # --- upkeep -------------------------------------------------------------------------------------------
 
 
@@ -300,6 +384,8 @@ def _check_compaction(store: Any, make_store: MakeStore) -> None:
     assert reopened.get_rollout("ro-c-0-1") == store.get_rollout("ro-c-0-1")
     store.compact()
     assert _snapshot(make_store()) == before, "compacting again must not change what is read"
+    if metadata.keeps_metadata(store):
+        assert metadata.read_meta(make_store(), META) == SECOND, "compaction must keep the metadata blobs"
 
 
 def _check_info_and_close(store: Any, make_store: MakeStore) -> None:

@@ -491,3 +491,30 @@ def test_a_recording_made_under_older_rules_is_no_fidelity_mismatch(tmp_path: Pa
     record_store_redaction(store, StoreRedaction(RedactionRules(patterns={"user_id": r"\b[a-z]+_\d\b"})))
     outcome = _replay(store, trajectory, [ToolCall(id="a", name="profile", arguments={"user_id": "bob_2"})])
     assert outcome.record.fidelity_mismatches == 0, outcome.record.details
+
+
+def test_a_plug_in_store_that_keeps_metadata_gives_replay_capture_s_rules_and_salt(tmp_path: Path) -> None:
+    """Defect: with a plug-in store (no local folder) replay found no redaction.json and no salt: it wrote the sandbox's
+    answers with plain [REDACTED:email] where the recording had pseudonyms (every redacted observation a fidelity mismatch)
+    and a customer id in plain text that capture's own pattern had redacted. Now capture keeps both through the store's
+    read_meta/write_meta (a user's own SQLite store, tests/store/sqlite_plugin.py) and replay, on its own handle, reads them."""
+    from tests.store.sqlite_plugin import SqliteMetaStore
+
+    location = str(tmp_path / "experience.sqlite")
+    capture = SqliteMetaStore(location)
+    record_store_redaction(capture, StoreRedaction(RedactionRules(patterns={"customer": r"CUST-\d{4}"})))
+    redactor = Redactor(RedactionRules(patterns={"customer": r"CUST-\d{4}"}), salt=store_salt(capture))
+    trajectory = _trajectory(redactor)
+    replay_store = SqliteMetaStore(location)
+    bob = redactor.redact_text("bob@example.com")
+    outcome = _replay(replay_store, trajectory, [ToolCall(id="b", name="profile", arguments={"user_id": "bob_2"})])  # type: ignore[arg-type]
+    assert outcome.record.fidelity_mismatches == 0, outcome.record.details
+    by_call = {(r.step_index, r.branch_index): r for r in outcome.rollouts}
+    assert (
+        by_call[0, 0].observation.content == redactor.redact_text(json.dumps(PROFILES["bob_2"]))
+        and bob in by_call[0, 0].observation.content
+    )
+    privacy = ReplayPrivacy.of_store(replay_store)
+    assert (
+        privacy.redact_observation(Observation(content="for CUST-1234")).content == redactor.redact_text("for CUST-1234") != "for CUST-1234"
+    )

@@ -429,3 +429,25 @@ def test_status_all_reads_every_trajectory_and_an_unknown_status_is_refused(stor
     ):
         with pytest.raises(ConfigError, match=r"is not an approval status: use one of pending, approved, rejected, or 'all'"):
             read()
+
+
+def test_the_local_store_keeps_metadata_blobs_as_the_files_it_always_had(store: LocalExperienceStore, store_path: Path) -> None:
+    """read_meta/write_meta (KeepsMetadata) of the local store are its redaction.json and redaction.key files: what capture
+    and every later writer read through them is on disk as before, the salt owner-only and created once."""
+    from ee_middleware.capture.redaction import SALT_FILE, RedactionRules, store_salt
+    from ee_middleware.capture.store_redaction import REDACTION_FILE, StoreRedaction, record_store_redaction
+    from ee_middleware.store.protocol import KeepsMetadata
+
+    assert isinstance(store, KeepsMetadata) and store.read_meta(SALT_FILE) is None
+    salt = store_salt(store)
+    assert (
+        store.read_meta(SALT_FILE) == (store_path / SALT_FILE).read_bytes() and bytes.fromhex(store.read_meta(SALT_FILE).decode()) == salt
+    )
+    assert (store_path / SALT_FILE).stat().st_mode & 0o777 == 0o600
+    assert store.write_meta(SALT_FILE, b"00\n", exclusive=True) is False and store_salt(LocalExperienceStore(store_path)) == salt
+    record_store_redaction(store, StoreRedaction(RedactionRules(patterns={"t": "TCK-1"})))
+    assert json.loads((store_path / REDACTION_FILE).read_bytes())["rules"]["patterns"] == {"t": "TCK-1"}
+    assert store.read_meta(REDACTION_FILE) == (store_path / REDACTION_FILE).read_bytes()
+    for name in ("ee-store.json", "manifest.json", "spool", "trajectories", "../x", ".hidden", "a/b"):
+        with pytest.raises(ValueError, match=r"metadata name|the store's own files"):
+            store.write_meta(name, b"x")

@@ -6,6 +6,7 @@ Each broken store below is the embedded store with one realistic mistake; the ki
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import pytest
 from ee_middleware.errors import TrajectoryNotFoundError
 from ee_middleware.records import ApprovalEvent, Rollout
 from ee_middleware.store import LocalExperienceStore, spool
+from ee_middleware.store.metadata import MetadataNotKeptWarning
 from ee_middleware.store.spool_cache import SpoolRows
 from ee_middleware.testing import check_store
+from tests.store.sqlite_plugin import SqliteMetaStore, SqliteStore
 
 
 class RolloutsNotDeduplicated(LocalExperienceStore):
@@ -123,3 +126,50 @@ class StaleInfo(LocalExperienceStore):
 def test_a_broken_store_fails_with_the_broken_promise(broken: type[LocalExperienceStore], message: str, store_path: Path):
     with pytest.raises(AssertionError, match=message):
         check_store(lambda: broken(store_path))
+
+
+# --- metadata blobs: a user's own SQLite store (tests/store/sqlite_plugin.py), as it keeps them, and as it might get them wrong
+
+
+class ReplacesOnExclusive(SqliteMetaStore):
+    """Ignores ``exclusive``: a second process starting would replace the pseudonym salt the first one records with."""
+
+    def write_meta(self, name: str, data: bytes, *, exclusive: bool = False) -> bool:
+        return super().write_meta(name, data)
+
+
+class MetaAsText(SqliteMetaStore):
+    """Keeps blobs as text, so bytes that are not UTF-8 come back changed."""
+
+    def write_meta(self, name: str, data: bytes, *, exclusive: bool = False) -> bool:
+        return super().write_meta(name, bytes(data).decode("utf-8", "replace").encode(), exclusive=exclusive)
+
+
+class MetaAsStr(SqliteMetaStore):
+    """Returns ``str`` from ``read_meta``."""
+
+    def read_meta(self, name: str) -> bytes | None:  # type: ignore[override]
+        data = super().read_meta(name)
+        return data.decode("utf-8", "replace") if data is not None else None  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (ReplacesOnExclusive, r"write_meta\(\.\.\., exclusive=True\) of a blob that exists must return False"),
+        (MetaAsText, "any bytes round-trip exactly"),
+        (MetaAsStr, r"returned str; it must return bytes or None"),
+    ],
+    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+)
+def test_a_plug_in_store_that_keeps_metadata_wrongly_fails_naming_it(broken: type[SqliteMetaStore], message: str, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_store(lambda: broken(str(tmp_path / "experience.sqlite")))
+
+
+def test_a_plug_in_store_with_the_metadata_methods_passes_and_one_without_is_told_what_it_loses(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetadataNotKeptWarning)
+        check_store(lambda: SqliteMetaStore(str(tmp_path / "meta.sqlite")))
+    with pytest.warns(MetadataNotKeptWarning, match=r"SqliteStore keeps no metadata.*pseudonyms differ in each process.*read_meta\(name\)"):
+        check_store(lambda: SqliteStore(str(tmp_path / "plain.sqlite")))
