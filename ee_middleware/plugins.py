@@ -90,15 +90,13 @@ def _where_raised(exc: BaseException) -> str:
     """Where ``exc`` was raised in the user's code: the last frame of its traceback outside ee_middleware, the standard
     library and installed packages (the first frame below the caller when every frame is theirs), as ``FILE:LINE, in
     FUNCTION: `CODE```; the file relative to the working folder when it is inside it. Empty without a traceback."""
-    import sysconfig
     import traceback
 
     tb = exc.__traceback__
     frames = traceback.extract_tb(tb.tb_next) if tb is not None and tb.tb_next is not None else []
     if not frames:
         return ""
-    others = {Path(__file__).resolve().parent}
-    others.update(Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(key)))
+    others = {Path(__file__).resolve().parent, *_library_roots()}
     theirs = [f for f in frames if not f.filename.startswith("<") and not any(Path(f.filename).resolve().is_relative_to(o) for o in others)]
     return _frame_text(theirs[-1] if theirs else frames[0])
 
@@ -119,8 +117,29 @@ _LOADED: dict[str, tuple[str, str]] = {}
 spec, so that an error raised later in their code, while they work, is told as theirs (:func:`plugin_that_raised`)."""
 
 
+def _library_roots(*keys: str) -> list[Path]:
+    """The folders of the standard library and of installed packages (site-packages), or those of ``keys`` (sysconfig's
+    path names)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return [Path(p).resolve() for key in keys or ("stdlib", "platstdlib", "purelib", "platlib") if (p := paths.get(key))]
+
+
+def _is_library(module: str, *, installed: bool = True) -> bool:
+    """Whether ``module`` is the standard library's (``abc``, ``contextlib``; a built-in or frozen one too) or, with
+    ``installed``, an installed package's (in site-packages), by where its file is."""
+    file = getattr(sys.modules.get(module), "__file__", None)
+    if not file:
+        return module.partition(".")[0] in sys.stdlib_module_names
+    where = Path(file).resolve()
+    if any(where.is_relative_to(root) for root in _library_roots("purelib", "platlib")):  # under platstdlib in a venv
+        return installed
+    return any(where.is_relative_to(root) for root in _library_roots("stdlib", "platstdlib"))
+
+
 def _remember(module: str | None, kind: str, spec: str) -> None:
-    if module and module.partition(".")[0] not in ("ee_middleware", "builtins"):
+    if module and module.partition(".")[0] not in ("ee_middleware", "builtins") and not _is_library(module, installed=False):
         _LOADED[module] = (kind, spec)
 
 
@@ -128,7 +147,9 @@ def plugin_that_raised(exc: BaseException) -> tuple[str, str, str] | None:
     """The plug-in in whose code ``exc`` was raised, as ``(kind, spec, where)``: the plug-in is the one whose module holds
     the deepest frame of the traceback that is in a plug-in's module built in this process, and ``where`` the deepest
     frame at or below it in that module's top package (a helper module of the plug-in), as ``FILE:LINE, in FUNCTION:
-    `CODE```. None when no frame is in a plug-in's module (ee's own code, or a library's)."""
+    `CODE```. None when no frame is in a plug-in's module (ee's own code, or a library's), and when a frame of
+    ee_middleware is deeper than the plug-in's last one (the plug-in called into ee's code, through ``super()`` or a
+    helper, and ee's code raised it: an ee error, not the plug-in's)."""
     import traceback
 
     frames = [(frame, line, frame.f_globals.get("__name__")) for frame, line in traceback.walk_tb(exc.__traceback__)]
@@ -140,6 +161,9 @@ def plugin_that_raised(exc: BaseException) -> tuple[str, str, str] | None:
     deepest = max(
         i for i, (_, _, module) in enumerate(frames) if i >= owned[-1] and isinstance(module, str) and module.partition(".")[0] == top
     )
+    # ee's own code below the plug-in's last frame (a store subclass's super() call into ee's store) raised it: ee's error
+    if any(isinstance(module, str) and module.partition(".")[0] == "ee_middleware" for _, _, module in frames[deepest + 1 :]):
+        return None
     frame, line, _ = frames[deepest]
     [summary] = traceback.StackSummary.extract([(frame, line)])
     return kind, spec, _frame_text(summary)
@@ -286,8 +310,12 @@ class PluginKind:
             raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
         except Exception as exc:
             raise self._failed(spec, factory, args, options, exc) from exc
-        for cls in type(part).__mro__:  # a method it inherits from a class of the user's, in another module
-            _remember(cls.__module__, self.kind, spec)
+        # a method it inherits from a class of the user's, in another module; not a library's class (abc, contextlib, an
+        # installed package's), unless it is the plug-in's own installed package
+        own = {m.partition(".")[0] for m in (getattr(factory, "__module__", None), spec.strip().partition(":")[0]) if m}
+        for cls in type(part).__mro__:
+            if cls.__module__.partition(".")[0] in own or not _is_library(cls.__module__):
+                _remember(cls.__module__, self.kind, spec)
         if self.protocol is not None and not isinstance(part, self.protocol):
             raise self.error(
                 f"{spec!r} returned {type(part).__name__}, which is not a {self.protocol.__name__}"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from typing import Any
@@ -39,3 +40,37 @@ class InheritingStore(FlakyDiskStore):
 
 def inheriting() -> InheritingStore:
     return InheritingStore(os.environ["EE_TEST_STORE_ROOT"])
+
+
+class AuditedStore(LocalExperienceStore):
+    """Adds an audit line to each read and passes it on to the local store (``super()``): correct code of its own."""
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> Any:
+        self.audit = [*getattr(self, "audit", []), "trajectories"]
+        return super().trajectories(*args, **kwargs)
+
+
+class AuditedLoadingStore(AuditedStore):
+    """Passes reads on with ``super()``, and the local store's reading calls back into its own loading, which fails."""
+
+    def _load(self) -> Any:
+        raise sqlite3.OperationalError("audit log is locked")
+
+
+class ClosingStore(LocalExperienceStore, contextlib.AbstractContextManager):
+    """The local store, usable in a ``with`` block (a standard library mixin; no read of its own)."""
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def audited() -> AuditedStore:
+    return AuditedStore(os.environ["EE_TEST_STORE_ROOT"])
+
+
+def audited_loading() -> AuditedLoadingStore:
+    return AuditedLoadingStore(os.environ["EE_TEST_STORE_ROOT"])
+
+
+def closing() -> ClosingStore:
+    return ClosingStore(os.environ["EE_TEST_STORE_ROOT"])

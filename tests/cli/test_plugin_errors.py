@@ -86,3 +86,52 @@ def test_an_oserror_is_a_file_error_only_when_it_names_a_file_or_has_a_file_syst
     assert ("unexpected " in line) is not file_error, line
     if not file_error:
         assert f"unexpected {type(error).__name__}: " in line, line
+
+
+@pytest.mark.parametrize("factory", ["audited", "closing"])
+def test_an_error_raised_in_ees_own_code_under_a_store_plugin_is_not_blamed_on_the_store(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch, factory: str
+) -> None:
+    """Was (713b4f2): a store subclass whose read adds an audit line and calls super() was named for an error raised
+    inside ee's own reading code under that call ('The store ... failed: KeyError: ... The error was raised in the
+    store's own code, not in ee-middleware: fix it there'), sending the user to debug correct code; the same error with
+    the plain local store is ee's. Injected: ee's reading gets a decisions table without its columns, so ee's own code
+    fails in polars (standing for a bug in ee); the stores and ee's reading code are real."""
+    import polars as pl
+
+    from ee_middleware.store import local
+
+    monkeypatch.setattr(local, "_decisions", lambda trajectories, approvals: pl.DataFrame({"trajectory_id": [], "status": []}))
+    monkeypatch.setenv("EE_TEST_STORE_ROOT", str(bfcl_store_path))
+    for spec in (str(bfcl_store_path), f"{PLUGINS}:{factory}"):
+        result = ee("traces", "list", "--store", spec)
+        assert result.exit_code == 1, result.output
+        line = _error_line(result)
+        assert "unexpected ColumnNotFoundError: " in line and "(a bug in ee-middleware" in line, (spec, line)
+        assert "The store" not in line, (spec, line)
+
+
+def test_an_error_a_store_plugin_raises_when_ees_code_calls_back_into_it_names_the_store(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plug-in's read goes through super() into ee's code, which calls the plug-in's own method, which raises: its
+    last frame is deeper than ee's, so the error is the store's."""
+    monkeypatch.setenv("EE_TEST_STORE_ROOT", str(bfcl_store_path))
+    spec = f"{PLUGINS}:audited_loading"
+    line = _error_line(ee("traces", "list", "--store", spec))
+    assert f"The store '{spec}' failed: OperationalError: audit log is locked (at " in line, line
+    assert "store_plugins.py:" in line and ", in _load: `raise " in line, line
+
+
+def test_the_standard_librarys_classes_a_plugin_inherits_from_are_not_taken_for_the_plugins_code(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: building a store with a contextlib.AbstractContextManager mixin recorded abc and contextlib as the plug-in's
+    modules, so an error raised in them could be told as the store's."""
+    from ee_middleware import plugins
+    from ee_middleware.store.registry import STORES
+
+    monkeypatch.setenv("EE_TEST_STORE_ROOT", str(bfcl_store_path))
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    STORES.build(f"{PLUGINS}:closing").close()
+    assert sorted(plugins._LOADED) == [PLUGINS]
