@@ -50,6 +50,8 @@ logger = logging.getLogger("ee_middleware.capture")
 
 REDACTION_FILE = "redaction.json"
 FORMAT = "ee-redaction"
+VERSION = 2
+"""The newest redaction.json this version reads and writes (1: one redact_fn or none; 2: a list of them)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class StoreRedaction:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "version": 1,
+            "version": 2 if isinstance(self.custom_function, tuple) else 1,  # 2: several redact_fns (a list)
             "rules": self.rules.to_dict(),
             "pseudonyms": self.pseudonyms,
             "vault": self.vault,
@@ -90,6 +92,13 @@ class StoreRedaction:
     def from_dict(cls, data: dict[str, Any], *, where: str = REDACTION_FILE) -> StoreRedaction:
         if data.get("format") != FORMAT:
             raise ConfigError(f"{where} is not a redaction settings file (format={data.get('format')!r}).")
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version > VERSION:
+            raise ConfigError(
+                f"{where} has version {version!r}: it was written by a newer ee-middleware, which may redact in ways this one "
+                f"does not (this one reads up to version {VERSION}). Upgrade ee-middleware on this machine before writing "
+                "to this store."
+            )
         custom = data.get("custom_function")
         if not (custom is None or isinstance(custom, str) or (isinstance(custom, list) and all(isinstance(n, str) for n in custom))):
             raise ConfigError(

@@ -299,3 +299,17 @@ def test_a_store_recorded_with_one_redact_fn_before_keeps_loading_and_takes_a_se
     with pytest.raises(ConfigError, match=r"custom_function must be .*got 7"):
         read_store_redaction(store)
     store.close()
+
+
+def test_settings_with_several_redact_fns_say_so_and_a_newer_file_is_refused_clearly(tmp_path: Path) -> None:
+    """Several redact_fns are written as version 2 (one or none stays version 1, as ever); a redaction.json from a
+    newer ee-middleware than this one is refused naming the file, not half-read (it may redact in ways this one
+    cannot)."""
+    one = StoreRedaction(custom_function="scrub_a.scrub")
+    several = one.union(StoreRedaction(custom_function="scrub_b.scrub"))
+    assert one.to_dict()["version"] == 1
+    assert several.to_dict()["version"] == 2
+    assert StoreRedaction.from_dict(several.to_dict()).custom_functions == ("scrub_a.scrub", "scrub_b.scrub")
+    newer = several.to_dict() | {"version": 3}
+    with pytest.raises(ConfigError, match=r"version 3: it was written by a newer ee-middleware.*Upgrade"):
+        StoreRedaction.from_dict(newer, where=str(tmp_path / "redaction.json"))
