@@ -316,19 +316,50 @@ def parse_arguments(arguments: Any) -> dict[str, Any]:
     return {"_raw": to_jsonable(arguments)}
 
 
-def arguments_json(arguments: Any) -> str:
-    """A tool call's arguments as an OpenAI ``tool_calls`` item holds them: the JSON text of the object
-    (:func:`parse_arguments`, then :func:`dumps`), and for a call whose arguments the model wrote as text that is no
-    JSON (a malformed call, LangChain's ``invalid_tool_calls``: ``{"_raw": "<text>"}`` once parsed) that text, as the
-    model wrote it and saw it again in its history, never an object with a ``_raw`` key."""
-    parsed = parse_arguments(arguments)
+def arguments_json(arguments: Any, *, schema: Mapping[str, Any] | None = None) -> str:
+    """A tool call's arguments as an OpenAI ``tool_calls`` item holds them: what the model wrote, as it saw it again in
+    its history.
+
+    - Text is decided on itself: text that decodes to a JSON object gives that object's JSON (:func:`dumps`); any other
+      text (no JSON: a malformed call, LangChain's ``invalid_tool_calls``; or JSON that is no object, ``"hello"`` or
+      ``[1, 2]``) is given back as written (cleaned, :func:`~ee_middleware.text.clean_text`); empty text is ``{}``.
+    - A mapping gives its JSON, except exactly ``{"_raw": "<text>"}`` with text that is no JSON: that is how a malformed
+      call's text is held once parsed (:func:`parse_arguments`), so the text is given back, never an object with a
+      ``_raw`` key the model did not write. Where ``schema`` (the tool's schema, OpenAI or flat) declares a ``_raw``
+      parameter, the mapping is the tool's own argument and stays JSON. Without the schema, a real ``_raw`` argument
+      whose value is text that is no JSON cannot be told from a malformed call and is shown as that text (one whose
+      value is JSON text stays an object, as text that decodes to JSON was never held under ``_raw`` as text).
+    - Any other value (a list or a number written as the arguments) gives its JSON."""
+    if arguments is None:
+        return "{}"
+    if isinstance(arguments, str):
+        if not arguments.strip():
+            return "{}"
+        try:
+            decoded = json.loads(arguments)
+        except (ValueError, RecursionError):
+            return clean_text(arguments)
+        return dumps(to_jsonable(decoded)) if isinstance(decoded, dict) else clean_text(arguments)
+    if not isinstance(arguments, Mapping):
+        return dumps(to_jsonable(arguments))
+    parsed = dict(to_jsonable(arguments))
     raw = parsed.get("_raw")
-    if len(parsed) == 1 and isinstance(raw, str):
+    if len(parsed) == 1 and isinstance(raw, str) and not declares_raw(schema):
         try:
             json.loads(raw)
         except (ValueError, RecursionError):
             return raw  # JSON text would have been decoded: only text that is no JSON was kept as it is
     return dumps(parsed)
+
+
+def declares_raw(schema: Any) -> bool:
+    """Whether a tool schema (OpenAI ``{"type": "function", "function": {...}}``, flat, or Anthropic ``input_schema``)
+    declares a parameter named ``_raw``: then ``{"_raw": ...}`` is the tool's own argument, not a malformed call's text
+    (see :func:`parse_arguments`)."""
+    inner = schema.get("function", schema) if isinstance(schema, Mapping) else None
+    parameters = (inner.get("parameters") or inner.get("input_schema")) if isinstance(inner, Mapping) else None
+    properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
+    return isinstance(properties, Mapping) and "_raw" in properties
 
 
 def one_line(text: str | None, width: int) -> str:
@@ -584,7 +615,7 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
                         "type": "tool_call",
                         "id": call.get("id", ""),
                         "name": function.get("name", ""),
-                        "arguments": parse_arguments(function.get("arguments")),
+                        "arguments": _genai_arguments(function.get("arguments")),
                     }
                 )
         item: dict[str, Any] = {"role": role, "parts": parts}
@@ -592,6 +623,19 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
             item["name"] = message["name"]
         converted.append(item)
     return converted
+
+
+def _genai_arguments(arguments: Any) -> Any:
+    """A ``tool_call`` part's arguments: the object (:func:`parse_arguments`), or, for text that is no JSON object (a
+    malformed call, or JSON such as ``"hello"`` or ``[1, 2]``), that text as written, so that :func:`genai_to_openai`
+    gives back what the model wrote (the conventions allow any value here)."""
+    if isinstance(arguments, str) and arguments.strip():
+        try:
+            if not isinstance(json.loads(arguments), dict):
+                return clean_text(arguments)
+        except (ValueError, RecursionError):
+            return clean_text(arguments)
+    return parse_arguments(arguments)
 
 
 def message_reasoning(message: Mapping[str, Any]) -> str | None:

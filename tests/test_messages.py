@@ -444,7 +444,9 @@ def test_langchain_to_openai_keeps_a_malformed_tool_call_as_the_model_wrote_it()
         {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
     ]
     [genai] = openai_to_genai([converted])
-    assert genai["parts"][1]["arguments"] == {"_raw": '{"order_id": "A-1"'}  # what records keep for text that is not JSON
+    # the GenAI part holds the text as written (genai_to_openai gives it back); records keep it under _raw
+    assert genai["parts"][1]["arguments"] == '{"order_id": "A-1"'
+    assert parse_arguments(genai["parts"][1]["arguments"]) == {"_raw": '{"order_id": "A-1"'}
 
 
 # --- tool schemas -----------------------------------------------------------------------------------
@@ -499,7 +501,7 @@ def test_openai_to_genai_parts():
         "parts": [
             {"type": "text", "content": "checking"},
             {"type": "tool_call", "id": "c1", "name": "f", "arguments": {"city": "Zürich"}},
-            {"type": "tool_call", "id": "c2", "name": "g", "arguments": {"_raw": "{broken"}},
+            {"type": "tool_call", "id": "c2", "name": "g", "arguments": "{broken"},  # text that is no JSON object, as written
         ],
     }
     assert converted[2] == {"role": "assistant", "parts": [{"type": "tool_call", "id": "c3", "name": "f", "arguments": {"x": 1}}]}

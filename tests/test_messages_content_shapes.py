@@ -112,3 +112,50 @@ def test_arguments_json_gives_back_the_text_a_model_wrote_and_json_for_the_rest(
     call = {"id": "c2", "type": "function", "function": {"name": "search", "arguments": '{"query": "caf'}}
     [back] = genai_to_openai(openai_to_genai([{"role": "assistant", "content": "", "tool_calls": [call]}]))
     assert back["tool_calls"] == [call]
+
+
+def test_arguments_that_are_json_but_no_object_stay_in_later_states_as_the_model_wrote_them(tmp_path: Path) -> None:
+    """Was: '"hello"' was shown as hello (its quotes gone) and '[1, 2]' as {"_raw":[1,2]}, text the model never
+    wrote, in every later state (and IL/IWM/SR prompt)."""
+    reply = AIMessage(
+        content="Searching.",
+        tool_calls=[{"name": "search", "args": {"query": "a"}, "id": "c0", "type": "tool_call"}],
+        invalid_tool_calls=[
+            {"name": "search", "args": '"hello"', "id": "c1", "error": "not an object", "type": "invalid_tool_call"},
+            {"name": "search", "args": "[1, 2]", "id": "c2", "error": "not an object", "type": "invalid_tool_call"},
+        ],
+    )
+    model, trajectory = _record(tmp_path, [reply, AIMessage("done")], [search], HumanMessage("find cafes"))
+
+    seen = langchain_to_openai(model.seen[-1])[1]["tool_calls"]
+    stored = trajectory.steps[-1].state[1]["tool_calls"]
+    assert [c["function"]["arguments"] for c in stored] == ['{"query":"a"}', '"hello"', "[1, 2]"]
+    assert [c["function"] for c in stored] == [c["function"] for c in seen]
+    # the steps' own actions keep them under _raw, as before
+    assert [s.action.tool_call.arguments for s in trajectory.steps[:3]] == [{"query": "a"}, {"_raw": "hello"}, {"_raw": [1, 2]}]
+
+
+def test_arguments_json_decides_on_text_itself_and_keeps_a_declared_raw_argument() -> None:
+    """Was: text went through parse_arguments first, so '{"_raw": "hello"}' written by the model became hello, '"hello"'
+    lost its quotes and '[1, 2]' became {"_raw":[1,2]}; a tool whose schema declares _raw had its argument unwrapped."""
+    assert arguments_json('{"_raw": "hello"}') == '{"_raw":"hello"}'
+    assert arguments_json('"hello"') == '"hello"'
+    assert arguments_json("[1, 2]") == "[1, 2]"
+    assert arguments_json("null") == "null"
+    assert arguments_json('{"a": 1}') == '{"a":1}'
+    assert arguments_json("   ") == "{}"
+    assert arguments_json(None) == "{}"
+    assert arguments_json([1, 2]) == "[1,2]"
+    echo = {"type": "function", "function": {"name": "echo", "parameters": {"type": "object", "properties": {"_raw": {"type": "string"}}}}}
+    assert arguments_json({"_raw": "hello"}, schema=echo) == '{"_raw":"hello"}'
+    assert arguments_json({"_raw": "hello"}, schema={"name": "echo", "input_schema": {"properties": {"_raw": {}}}}) == '{"_raw":"hello"}'
+    # without the schema, a mapping {"_raw": text that is no JSON} is a malformed call's text (the documented corner)
+    assert arguments_json({"_raw": "hello"}) == "hello"
+    assert arguments_json({"_raw": "hello"}, schema={"type": "function", "function": {"name": "search", "parameters": {}}}) == "hello"
+    # through the GenAI shape capture writes and reads back
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": "search", "arguments": text}}
+        for i, text in enumerate(['"hello"', "[1, 2]", '{"query": "caf', "hello"])
+    ]
+    [back] = genai_to_openai(openai_to_genai([{"role": "assistant", "content": "", "tool_calls": calls}]))
+    assert back["tool_calls"] == calls
