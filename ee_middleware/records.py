@@ -45,14 +45,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ee_middleware.errors import RecordError
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 """Version of the record schema written by this library (1.1 added ``Rollout.unrestored`` and
 ``ReplayRecord.unrestorable``: redacted arguments replay could not restore; 1.2 added
 ``Rollout.synthetic_source``: the experience model's lineage, formerly under
 ``proposer.settings["experience"]``; 1.3 added ``Observation.sandbox_failure``: an observation the
 sandbox wrote about itself, not the tool's answer; 1.4 added ``Action.reasoning``: a reasoning model's
 reasoning before the action, and ``Step.tools``: the tools offered at one decision, where they were not all of the
-run's; both came in the same unreleased 1.4)."""
+run's; both came in the same unreleased 1.4; 1.5 stores a message's or tool result's text blocks a line apart,
+``"\n"``, where older records hold them joined with nothing between them: replay compares those accordingly)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")

@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
-from ee_middleware.messages import clean_text
+from ee_middleware.messages import clean_text, declares_raw
 from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch
@@ -132,18 +132,57 @@ def rollout_id(replay_id: str, trajectory_id: str, step_index: int, branch_index
     return hashlib.blake2b(f"{replay_id}:{trajectory_id}:{step_index}:{branch_index}".encode(), digest_size=12).hexdigest()
 
 
-def _same_observation(recorded: Observation, replayed: Observation, privacy: ReplayPrivacy = NO_PRIVACY) -> bool:
+def _same_observation(
+    recorded: Observation, replayed: Observation, privacy: ReplayPrivacy = NO_PRIVACY, *, blocks_joined_close: bool = False
+) -> bool:
     """Whether the replayed observation (redacted with the store's current rules) is the recorded one; a recording made
     under older rules (a rule added since capture: a card after an amount, a non-ASCII address) is compared redacted
-    with the current rules too, only when the plain comparison fails (no cost on the common path)."""
-    if _same_text(recorded, recorded.content, replayed.content):
+    with the current rules too, only when the plain comparison fails (no cost on the common path).
+
+    ``blocks_joined_close``: the recording joined a result's text blocks with nothing between them (records older than
+    schema 1.5, :func:`_blocks_joined_close`), where the sandbox now puts them a line apart: the recorded text may then
+    also be the replayed one with some of its ``"\n"`` left out."""
+    if _same_text(recorded, recorded.content, replayed.content, blocks_joined_close):
         return True
     current = privacy.redact_data(recorded.content)
-    return current != recorded.content and _same_text(recorded, current, replayed.content)
+    return current != recorded.content and _same_text(recorded, current, replayed.content, blocks_joined_close)
 
 
-def _same_text(recorded: Observation, recorded_text: str, replayed_text: str) -> bool:
-    return replayed_text.startswith(recorded_text) if recorded.truncated_chars else recorded_text == replayed_text
+def _same_text(recorded: Observation, recorded_text: str, replayed_text: str, blocks_joined_close: bool = False) -> bool:
+    if replayed_text.startswith(recorded_text) if recorded.truncated_chars else recorded_text == replayed_text:
+        return True
+    return blocks_joined_close and _without_some_newlines(replayed_text, recorded_text, prefix=bool(recorded.truncated_chars))
+
+
+_LINES_BETWEEN_BLOCKS_SINCE = (1, 5)
+"""The record schema since which a message's text blocks are stored a line apart (``"\n"``, 41f3e1f); records older
+than that hold them joined with nothing between them."""
+
+
+def _blocks_joined_close(schema_version: str) -> bool:
+    """Whether a trajectory of ``schema_version`` holds text blocks joined with nothing between them (older than 1.5);
+    a version that is no ``MAJOR.MINOR`` is not taken as older."""
+    try:
+        return tuple(int(part) for part in schema_version.split(".")[:2]) < _LINES_BETWEEN_BLOCKS_SINCE
+    except (ValueError, AttributeError):
+        return False
+
+
+def _without_some_newlines(text: str, shorter: str, *, prefix: bool = False) -> bool:
+    """Whether ``shorter`` is ``text`` with some of its ``"\n"`` left out (with ``prefix``: the start of such a text).
+    Linear: ``text``'s pieces between its line breaks must follow one another in ``shorter``, each break either there or
+    left out; taking a break that is there is never wrong (a later one could stand for it only where all between are
+    breaks left out)."""
+    position = 0
+    for index, piece in enumerate(text.split("\n")):
+        if index and position < len(shorter) and shorter[position] == "\n":
+            position += 1
+        if prefix and len(shorter) - position <= len(piece):
+            return piece.startswith(shorter[position:])
+        if not shorter.startswith(piece, position):
+            return False
+        position += len(piece)
+    return position == len(shorter)
 
 
 @dataclass
@@ -427,14 +466,7 @@ def _malformed_by_the_model(trajectory: Trajectory, call: ToolCall) -> bool:
     arguments = call.arguments
     if list(arguments) != ["_raw"] or not isinstance(arguments["_raw"], str):
         return False
-    for schema in trajectory.tools:
-        if tool_schema_name(schema) == call.name:
-            inner = schema.get("function", schema)
-            parameters = (inner.get("parameters") or inner.get("input_schema")) if isinstance(inner, dict) else None
-            properties = parameters.get("properties") if isinstance(parameters, dict) else None
-            if isinstance(properties, dict) and "_raw" in properties:
-                return False
-    return True
+    return not any(tool_schema_name(schema) == call.name and declares_raw(schema) for schema in trajectory.tools)
 
 
 def _tool_steps(trajectory: Trajectory) -> list[Step]:
@@ -516,7 +548,8 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any]
         return _expert_failure(step, expert, replayed)
     recorded = step.observation
     privacy = run.settings.privacy
-    matched = recorded is None or _same_observation(recorded, replayed, privacy)
+    joined_close = _blocks_joined_close(run.trajectory.schema_version)
+    matched = recorded is None or _same_observation(recorded, replayed, privacy, blocks_joined_close=joined_close)
     if run.environment_unrestored and (run.world_diverged or not matched):
         run.world_diverged = True  # the world built with the environment's placeholders is not the recorded one
         unrestored = unrestored + run.environment_unrestored
