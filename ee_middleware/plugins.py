@@ -271,8 +271,10 @@ class PluginKind:
         """The part ``spec`` names, built with ``args`` and ``options``, checked against the protocol."""
         return self.construct(spec, self.resolve(spec), *args, **options)
 
-    def construct(self, spec: str, factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
-        """Call ``factory`` for ``spec`` and check what it returns; every failure is this kind's error."""
+    def check_call(self, spec: str, factory: Callable[..., Any], *args: Any, **options: Any) -> None:
+        """Whether ``factory`` can be called for ``spec`` with ``args`` and ``options``, by its signature, without calling
+        it (the checks :meth:`construct` makes first): an option it takes no parameter for ('Bad options ... did you
+        mean'), or arguments that do not fit it, is this kind's error. A factory taking ``**kwargs`` accepts every option."""
         if not callable(factory):
             raise self.error(f"{spec!r} names {type(factory).__name__}, not a callable that builds a {self.kind}")
         _remember(getattr(factory, "__module__", None), self.kind, spec)
@@ -296,6 +298,10 @@ class PluginKind:
         mismatch = _arguments_not_fitting(factory, args, options)
         if mismatch is not None:
             raise self._cannot_call(spec, factory, args, options, mismatch)
+
+    def construct(self, spec: str, factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        """Call ``factory`` for ``spec`` and check what it returns; every failure is this kind's error."""
+        self.check_call(spec, factory, *args, **options)
         try:
             part = factory(*args, **options)
         except EEError:

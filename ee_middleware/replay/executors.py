@@ -76,6 +76,9 @@ class WorkerSpec:
     policy: str
     settings: ReplaySettings
     policy_options: dict[str, Any] = field(default_factory=dict)
+    policy_defaults: dict[str, Any] = field(default_factory=dict)
+    """The sampling options the user left at their defaults: a plug-in's factory gets those it takes, a chat client's
+    wrapper all of them (see :func:`~ee_middleware.replay.policies.registry.prepare_policy`)."""
     store: str | None = None
     """The store (a spec for :func:`~ee_middleware.store.registry.open_store`) the worker writes each
     trajectory's rollouts and record into; ``None``: it returns them and the job writes them."""
@@ -113,11 +116,11 @@ class _Worker:
 
     def _build(self) -> tuple[Sandbox, Any]:
         from ee_middleware.replay.policies.proposer import Proposer
-        from ee_middleware.replay.policies.registry import build_policy
+        from ee_middleware.replay.policies.registry import prepare_policy
 
         if self._parts is None:
             sandbox = self.spec.sandbox_factory()
-            policy = build_policy(self.spec.policy, **self.spec.policy_options)
+            policy, _ = prepare_policy(self.spec.policy, self.spec.policy_options, self.spec.policy_defaults)
             self._parts = (sandbox, Proposer(policy, k=self.spec.settings.k))
         return self._parts
 

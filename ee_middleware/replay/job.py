@@ -221,18 +221,20 @@ def _worker_store_spec(store: ExperienceStore, spec: str | os.PathLike[str]) -> 
     return str(spec)
 
 
-def _checked_policy_options(config: ReplayConfig) -> dict[str, Any]:
-    """The options workers build ``config``'s policy with, the policy built once first (and closed): one that cannot be
-    built fails here, with its reason, before any worker starts or the progress shows. A plug-in gets the sampling
-    options the user set and those left at their defaults only where its factory takes them (see
-    :func:`~ee_middleware.replay.policies.registry.prepare_policy`)."""
-    from ee_middleware.replay.policies.registry import prepare_policy
+def _checked_policy_options(config: ReplayConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options workers build ``config``'s policy with: those the user set, and the sampling options left at their
+    defaults (a plug-in's factory gets those it takes, see
+    :func:`~ee_middleware.replay.policies.registry.prepare_policy`). Checked first, before any worker starts or the
+    progress shows (:func:`~ee_middleware.replay.policies.registry.check_policy`): a built-in policy that cannot be
+    built, or a plug-in's factory that cannot be found or takes no such option, fails here with its reason. A plug-in's
+    factory is not called here (it may load a model, which the job's process would pay for again and keep): the
+    workers build it, and the first that fails stops the job."""
+    from ee_middleware.replay.policies.registry import check_policy
 
     defaults = config.policy_defaults()
     given = {name: value for name, value in config.policy_options().items() if name not in defaults}
-    policy, options = prepare_policy(config.policy, given, defaults)
-    policy.close()
-    return options
+    check_policy(config.policy, given, defaults)
+    return given, defaults
 
 
 def build_executor(config: ReplayConfig, spec: WorkerSpec, *, preload: Sequence[str] = ()) -> Executor:
@@ -270,7 +272,7 @@ def run_replay(
     )
     probe = build_sandbox(config.sandbox, **options)  # a sandbox that cannot be built fails here, with its reason, before any worker starts
     probe.close()
-    policy_options = _checked_policy_options(config)
+    policy_options, policy_defaults = _checked_policy_options(config)
     settings = ReplaySettings(
         replay_id=config.replay_id,
         policy=config.policy,
@@ -289,6 +291,7 @@ def run_replay(
         policy=config.policy,
         settings=settings,
         policy_options=policy_options,
+        policy_defaults=policy_defaults,
         store=_worker_store_spec(store, config.store) if writers else None,
         store_marker=store_marker(store) if writers else None,
         requests_in_flight=config.proposal_requests,

@@ -7,6 +7,8 @@ replay job, its worker processes and the dataset builder build them as they buil
   :func:`make_policy_down_at_first`: one that raises at the first state only (both take ``**options``);
 - :func:`make_client`: a user's own :class:`~ee_middleware.models.ChatClient` (a gateway to their model), without
   parameters: it answers a ``kv_get`` call when tools are offered, else a sentence;
+- :func:`make_loaded_policy`: a policy whose factory loads its model when called (standing for a multi-GB load): it
+  appends its process id to the file ``EE_TEST_POLICY_BUILDS`` names, and takes ``cache_dir`` only;
 - :func:`audited_store`: a store that subclasses the local one and appends a line to an audit log at every replay
   batch (``EE_TEST_AUDITED_STORE``, ``EE_TEST_AUDIT_LOG``).
 """
@@ -50,6 +52,12 @@ def make_policy() -> Lookups:
 
 def make_policy_with_temperature(temperature: float = 0.3) -> Lookups:
     return Lookups(f"lookups-t{temperature}")
+
+
+def make_loaded_policy(cache_dir: str = "") -> Lookups:
+    with open(os.environ["EE_TEST_POLICY_BUILDS"], "a") as log:  # the model is loaded here, in the calling process
+        log.write(f"{os.getpid()}\n")
+    return Lookups("loaded")
 
 
 class _Down(Lookups):

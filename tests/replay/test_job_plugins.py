@@ -73,11 +73,44 @@ def test_a_policy_factory_without_parameters_replays_and_one_naming_temperature_
 
 
 def test_a_sampling_option_the_user_set_is_still_refused_by_a_policy_that_takes_none(kv_store: Path) -> None:
-    started: list[int] = []
+    """Told by the build (a factory returning a chat client takes it, its wrapper samples with it), in the worker: the
+    job's process does not call a user's factory."""
     config = ReplayConfig(store=kv_store, sandbox=SANDBOX, policy=f"{PARTS}:make_policy", k=2, temperature=0.5)
     with pytest.raises(PolicyError, match=r"takes no option temperature\. Add a keyword parameter"):
+        run_replay(config)
+    assert _rollouts(kv_store) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_job_does_not_build_a_users_policy_in_its_own_process(
+    kv_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Was (dd19bc3): the job built the user's policy once more in its own process to check its options (and closed
+    it), so a factory that loads a model paid for the load once more before the workers built theirs (--workers 1:
+    twice in one process), and on a GPU the job's process kept the first load's memory. Its factory is called once
+    per worker, and in the job's process only when the job replays there (--workers 1)."""
+    builds = tmp_path / "builds.log"
+    monkeypatch.setenv("EE_TEST_POLICY_BUILDS", str(builds))
+    config = ReplayConfig(store=kv_store, sandbox=SANDBOX, policy=f"{PARTS}:make_loaded_policy", k=2, workers=workers)
+    summary = run_replay(config)
+    assert (summary.done, summary.failed) == (4, {})
+    pids = [int(pid) for pid in builds.read_text().split()]
+    assert len(pids) == len(set(pids)) == workers, pids
+    assert (os.getpid() in pids) is (workers == 1)
+
+
+def test_a_policy_option_its_factory_does_not_take_is_refused_before_the_progress_without_building_it(
+    kv_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds = tmp_path / "builds.log"
+    monkeypatch.setenv("EE_TEST_POLICY_BUILDS", str(builds))
+    started: list[int] = []
+    config = ReplayConfig(
+        store=kv_store, sandbox=SANDBOX, policy=f"{PARTS}:make_loaded_policy", k=2, workers=2, policy_settings={"cache_dri": "/m"}
+    )
+    with pytest.raises(PolicyError, match=r"takes no option cache_dri \(did you mean cache_dir\?\)"):
         run_replay(config, on_start=started.append)
-    assert started == [], "the policy is built (and refused) before the job starts its progress"
+    assert started == [] and not builds.exists()
 
 
 def test_a_policy_that_cannot_be_built_fails_before_the_progress_starts(kv_store: Path) -> None:

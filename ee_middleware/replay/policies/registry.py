@@ -18,8 +18,10 @@ only where the factory names them (or takes ``**kwargs``). A factory with no par
 client's wrapper samples with every sampling option, set or not.
 
 Construction is cheap for every built-in (models load on first ``propose``), so the spec and its
-options are what a replay ships to worker processes; the job builds the policy once before its workers
-start (:func:`prepare_policy`), so that one that cannot be built fails first.
+options are what a replay ships to worker processes. Before its workers start, the job checks the policy
+(:func:`check_policy`): a built-in is built once, a plug-in's factory only resolved and its signature read, never
+called (it may load a model: the job's process would pay for it once more and keep it); each worker builds it
+(:func:`prepare_policy`), and the first build that fails stops the job.
 """
 
 from __future__ import annotations
@@ -58,9 +60,22 @@ def build_policy(spec: str, **options: Any) -> Policy:
     return _build_plugin(spec, options, {})[0]
 
 
+def check_policy(spec: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Whether :func:`prepare_policy` can build ``spec``'s policy with ``options`` and ``defaults``, as far as can be
+    told without calling a user's code: a built-in policy is built (cheap) and closed; a plug-in's factory is resolved
+    (imported) and its signature checked against the options it would get ('Bad options ... did you mean'; a factory
+    taking ``**kwargs`` accepts every option), without calling it. What needs the built object (an option of the user's
+    a factory returning a chat client does not take is fine; one returning a policy is refused) is told by the build."""
+    if not is_plugin_policy(spec):
+        _close(build_policy(spec, **{**defaults, **options}))
+        return
+    factory = resolve_plugin(spec, POLICIES)
+    unchecked(POLICIES).check_call(spec, factory, **_plugin_options(factory, {**defaults, **options}, dict(defaults))[0])
+
+
 def prepare_policy(spec: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[Policy, dict[str, Any]]:
-    """The policy ``spec`` names, built once (the replay job does so before any worker starts: one that cannot be built
-    fails there, with its reason), and the options to build it with again (what a worker passes :func:`build_policy`).
+    """The policy ``spec`` names, built (in each replay worker, after the job's :func:`check_policy`), and the options
+    that build it again with :func:`build_policy`.
 
     ``options``: what the user set (the policy settings, and sampling options set by a flag or a file); ``defaults``:
     the sampling options left at their defaults. A built-in policy gets both; a plug-in factory gets ``options`` and
@@ -83,9 +98,7 @@ def _build_plugin(spec: str, options: dict[str, Any], defaults: dict[str, Any]) 
     again. The factory gets ``options`` (except sampling options it does not take) and those of ``defaults`` it takes."""
     factory = resolve_plugin(spec, POLICIES)
     merged = {**defaults, **options}
-    sampling = {name: value for name, value in merged.items() if name in SAMPLING_OPTIONS}
-    not_taken = set(_options_not_taken(factory, {**sampling, **defaults}))
-    given = {name: value for name, value in merged.items() if name not in not_taken or name not in {**sampling, **defaults}}
+    given, sampling, not_taken = _plugin_options(factory, merged, defaults)
     part = unchecked(POLICIES).construct(spec, factory, **given)
     if isinstance(part, ChatClient) and not isinstance(part, Policy):
         return _chat_policy(part, spec.strip(), **sampling), {**given, **sampling}
@@ -93,6 +106,15 @@ def _build_plugin(spec: str, options: dict[str, Any], defaults: dict[str, Any]) 
         _close(part)
         POLICIES.construct(spec, factory, **options)  # raises its 'Bad options' error, naming it (before calling the factory)
     return part_or_client(spec, POLICIES, part, _chat_policy), given
+
+
+def _plugin_options(factory: Any, merged: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+    """What a plug-in ``factory`` is called with out of ``merged`` (the sampling options it does not take left out), the
+    sampling options among ``merged`` (its chat client's wrapper's), and the names of those it does not take."""
+    sampling = {name: value for name, value in merged.items() if name in SAMPLING_OPTIONS}
+    not_taken = set(_options_not_taken(factory, {**sampling, **defaults}))
+    given = {name: value for name, value in merged.items() if name not in not_taken or name not in {**sampling, **defaults}}
+    return given, sampling, not_taken
 
 
 def _chat_policy(client: ChatClient, spec: str, **sampling: Any) -> Policy:
