@@ -17,6 +17,7 @@ trajectory, step, branch, replay id stays), before the error cap counts the rows
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import polars as pl
 
@@ -279,11 +280,16 @@ def estimated_tokens(text: pl.Expr, options: IWMOptions) -> pl.Expr:
 
 def kept_chars(observations: pl.Series, options: IWMOptions) -> list[int | None]:
     """How many leading characters of each observation fit ``options.max_observation_tokens`` by
-    :func:`estimated_tokens`: the longest head that fits, found by one binary search over the observations that do not
-    fit whole, all at once. A character's cost depends on it and the one before it only, so each step prices just the
-    characters between the longest head known to fit and the one it tries (and the one before them). No text costs
-    less than ``1 / chars_per_token`` a character on average, so none is kept past ``max_observation_tokens *
-    chars_per_token`` characters."""
+    :func:`estimated_tokens`: the longest head that fits. No text costs less than ``1 / chars_per_token`` a character on
+    average, so none is kept past ``max_observation_tokens * chars_per_token`` characters, and a head of few enough
+    UTF-8 bytes fits without being priced. The others are searched all at once between a head known to fit and a
+    longer one known not to (at first none, and nothing is priced): each step prices the head where the cost would
+    reach the budget if it grew evenly between them (as dense as what is known: first a head of dense tool output,
+    ``_FIRST_CHARS_PER_TOKEN``; when the last step did not halve the gap, the head halfway), just the characters it
+    adds to the one known to fit (a character's cost depends on it and the one before it only), then walks up to
+    ``_WALKED`` characters on from the side it fell on, a character at a time (:class:`_Walker`, which charges what
+    :func:`estimated_tokens` does). That ends the search of most observations after one or two steps, where a binary
+    search took eleven (each a pass of every regular expression of the estimate)."""
     limit = max(1, int(options.max_observation_tokens * options.chars_per_token))
     budget = options.max_observation_tokens + 1e-9  # the estimates are sums of fractions
     head, length = pl.col("head"), pl.col("_length")
@@ -295,26 +301,137 @@ def kept_chars(observations: pl.Series, options: IWMOptions) -> list[int | None]
     pending = (
         frame.with_row_index("_row")
         .filter(head.str.len_bytes() * most_per_byte > options.max_observation_tokens)
-        .filter(estimated_tokens(head, options) > budget)
-        .with_columns(pl.lit(0, pl.Int64).alias("_low"), (length - 1).alias("_high"), pl.lit(0.0).alias("_cost"))
-    )  # a head of "_low" characters fits (it costs "_cost"); none longer than "_high" does
-    low, high, cost = pl.col("_low"), pl.col("_high"), pl.col("_cost")
+        .select(
+            "_row",
+            "head",
+            pl.lit(0, pl.Int64).alias("_low"),
+            pl.lit(0.0).alias("_cost"),
+            (length + 1).alias("_over"),
+            pl.lit(None, pl.Float64).alias("_over_cost"),
+            pl.lit(False).alias("_halve"),
+        )
+    )  # a head of "_low" characters fits (it costs "_cost"); that of "_over" does not (it costs "_over_cost", null while
+    # not priced: at first, the whole head's length plus one)
+    low, cost, over, over_cost, middle = pl.col("_low"), pl.col("_cost"), pl.col("_over"), pl.col("_over_cost"), pl.col("_middle")
+    walker = _Walker(options)
     while pending.height:
-        middle = (low + high + 1) // 2
+        gap = over - low  # at least 2: the walks end the search of a narrower gap
+        even = (
+            pl.when(over_cost.is_not_null())
+            .then(low + ((budget - cost) * gap.cast(pl.Float64) / (over_cost - cost)).cast(pl.Int64))
+            .when(low == 0)
+            .then(int(options.max_observation_tokens * _FIRST_CHARS_PER_TOKEN))
+            .otherwise(low + ((budget - cost) * low.cast(pl.Float64) / cost.clip(lower_bound=1e-9)).cast(pl.Int64))
+        )
+        pending = pending.with_columns(
+            pl.when(pl.col("_halve")).then(low + gap // 2).otherwise(even).clip(low + 1, over - 1).alias("_middle")
+        )
         start = (low - 1).clip(lower_bound=0)  # the character before the new ones, priced in both terms (so not at all)
         added = estimated_tokens(head.str.slice(start, middle - start), options) - estimated_tokens(
             head.str.slice(start, low - start), options
         )
-        fits = cost + added <= budget
-        pending = pending.with_columns(
-            pl.when(fits).then(middle).otherwise(low).alias("_low"),
-            pl.when(fits).then(high).otherwise(middle - 1).alias("_high"),
-            pl.when(fits).then(cost + added).otherwise(cost).alias("_cost"),
+        bounds: tuple[list[Any], ...] = ([], [], [], [], [])  # low, cost, over, over_cost, halve of those still searched
+        searched = []
+        for row, text, fit, fit_cost, unfit, unfit_cost, tried, tried_cost in pending.select(
+            "_row", "head", "_low", "_cost", "_over", "_over_cost", "_middle", (cost + added).alias("_middle_cost")
+        ).iter_rows():
+            gap_before = unfit - fit
+            if tried_cost <= budget:
+                found, fit, fit_cost = walker.forward(text, tried, tried_cost, unfit)
+            else:
+                found, unfit, unfit_cost = walker.back(text, tried, tried_cost, fit)
+            searched.append(found is None)
+            if found is not None:
+                kept[row] = found
+                continue
+            for column, value in zip(bounds, (fit, fit_cost, unfit, unfit_cost, 2 * (unfit - fit) > gap_before), strict=True):
+                column.append(value)
+        pending = pending.filter(pl.Series(searched, dtype=pl.Boolean)).with_columns(
+            pl.Series("_low", bounds[0], dtype=pl.Int64),
+            pl.Series("_cost", bounds[1], dtype=pl.Float64),
+            pl.Series("_over", bounds[2], dtype=pl.Int64),
+            pl.Series("_over_cost", bounds[3], dtype=pl.Float64),
+            pl.Series("_halve", bounds[4], dtype=pl.Boolean),
         )
-        for row, found in pending.filter(low >= high).select("_row", "_low").iter_rows():
-            kept[row] = found
-        pending = pending.filter(low < high)
     return kept
+
+
+class _Walker:
+    """What :func:`estimated_tokens` charges for each character of a text (for its kind and the kind of the one before
+    it), added one at a time from a head known to fit (:meth:`forward`) or taken off one at a time from one known not
+    to (:meth:`back`), at most ``_WALKED`` characters."""
+
+    def __init__(self, options: IWMOptions) -> None:
+        self.budget = options.max_observation_tokens + 1e-9
+        costs, word_letter = ASCII_COSTS, 1 / options.chars_per_token
+        self.non_ascii = 1 / options.non_ascii_bytes_per_token
+        # an ASCII character's kind: d(igit), u(pper), l(ower), s(pace but the newline), e (the newline) or o(ther); "x"
+        # is any other character and "" the text's start
+        self.kinds: dict[str, str] = {}
+        self.price: dict[tuple[str, str], float] = {}  # an ASCII character's cost after a character of each kind
+        for code in range(128):
+            char = chr(code)
+            if "0" <= char <= "9":
+                kind, cost = "d", costs["digit"]
+            elif "A" <= char <= "Z":
+                kind, cost = "u", costs["capital"]
+            elif "a" <= char <= "z":
+                kind, cost = "l", costs["word_start"]
+            elif char == "\n":
+                kind, cost = "e", costs["newline"]
+            elif char in "\t\x0b\x0c\r ":
+                kind, cost = "s", costs["space_after_space"]
+            elif "!" <= char <= "~":
+                kind, cost = "o", costs["symbol"]
+            else:
+                kind, cost = "o", costs["control"]
+            self.kinds[char] = kind
+            for before in ("", "d", "u", "l", "s", "e", "o", "x"):
+                if kind in "ul" and before == "d":
+                    self.price[before, char] = costs["letter_after_digit"]
+                elif kind == "l" and before in ("u", "l"):
+                    self.price[before, char] = word_letter
+                elif kind == "s" and before not in ("", "s", "e"):
+                    self.price[before, char] = 0.0  # the next word's token takes it
+                else:
+                    self.price[before, char] = cost
+
+    def _charge(self, text: str, index: int) -> float:
+        """What the character at ``index`` of ``text`` adds to the head before it."""
+        char = text[index]
+        if char not in self.kinds:
+            return len(char.encode()) * self.non_ascii
+        return self.price[self.kinds.get(text[index - 1], "x") if index else "", char]
+
+    def forward(self, text: str, low: int, cost: float, over: int) -> tuple[int | None, int, float]:
+        """``(the longest head that fits, or None, the longest head known to fit, its cost)`` from the head of ``low``
+        characters, which fits and costs ``cost``, up to ``_WALKED`` more; that of ``over`` does not fit."""
+        end = min(low + _WALKED, over - 1)
+        while low < end:
+            added = cost + self._charge(text, low)
+            if added > self.budget:
+                return low, low, cost
+            low, cost = low + 1, added
+        return (low if low == over - 1 else None), low, cost
+
+    def back(self, text: str, over: int, cost: float, low: int) -> tuple[int | None, int, float]:
+        """``(the longest head that fits, or None, the shortest head known not to fit, its cost)`` from the head of
+        ``over`` characters, which does not fit and costs ``cost``, down to ``_WALKED`` fewer; that of ``low`` fits."""
+        end = max(over - _WALKED, low + 1)
+        while over > end:
+            less = cost - self._charge(text, over - 1)
+            if less <= self.budget:
+                return over - 1, over, cost
+            over, cost = over - 1, less
+        return (low if over == low + 1 else None), over, cost
+
+
+_WALKED = 32
+"""How many characters :func:`kept_chars` walks a character at a time from each head it prices."""
+_FIRST_CHARS_PER_TOKEN = 1.5
+"""Characters a token of dense tool output (JSON with ids and prices, listings; see :data:`ASCII_COSTS`): the head that
+:func:`kept_chars` prices first, before it knows how dense a text is (then it guesses the rest as dense as what it
+priced)."""
 
 
 def iwm_frame(rows: pl.DataFrame, source_hash: str) -> pl.DataFrame:

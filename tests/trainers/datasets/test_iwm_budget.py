@@ -48,3 +48,51 @@ def test_kept_chars_is_the_longest_head_that_fits_for_short_and_long_observation
     expected = [None if text is None else _longest_fitting_head(text, options) for text in texts]
     assert kept == expected
     assert any(k is not None and t is not None and k < len(t) for k, t in zip(kept, texts, strict=True))  # some were cut
+
+
+def _longest_fitting_heads(texts: list[str], options: IWMOptions) -> list[int]:
+    """The reference for many texts at once: every head of every text priced by estimated_tokens in one frame."""
+    limit = int(options.max_observation_tokens * options.chars_per_token)
+    heads = [(i, n, text[:n]) for i, text in enumerate(texts) for n in range(min(len(text), limit) + 1)]
+    frame = pl.DataFrame({"text": [i for i, _, _ in heads], "n": [n for _, n, _ in heads], "h": [h for _, _, h in heads]})
+    fits = frame.filter(estimated_tokens(pl.col("h"), options) <= options.max_observation_tokens + 1e-9)
+    longest = dict(fits.group_by("text").agg(pl.col("n").max()).iter_rows())
+    return [longest[i] for i in range(len(texts))]
+
+
+def _fuzzed(seed: int, count: int, longest: int) -> list[str]:
+    """The r1 review's fuzz (fuzz_kept.py): every ASCII kind, CRLF, tabs, control characters, é, Han and emoji."""
+    rng = random.Random(seed)
+    alphabet = [*'aZ9 \t\n\r{}":,.-_xyzABC0123é漢字😀\x01', "  ", "ab", "1a", "A1"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("budget", [8, 40, 150])
+def test_kept_chars_matches_pricing_every_head_on_fuzzed_text(budget):
+    """The search (a guess where the cost would reach the budget, then a walk a character at a time from it, forwards or
+    backwards) gives exactly the longest head that pricing every head finds, whichever kinds of character a text mixes."""
+    options = IWMOptions(max_observation_tokens=budget)
+    texts = _fuzzed(5, 400, 600)
+    assert kept_chars(pl.Series(texts), options) == _longest_fitting_heads(texts, options)
+
+
+def test_kept_chars_matches_pricing_every_head_at_the_default_budget_where_density_changes():
+    """Long observations at the default budget whose density changes on the way (prose then digits, digits then prose,
+    emoji after JSON, runs of spaces, ones that fit whole at the length cap), where a guess from the head priced so far
+    lands far from the answer and the search must narrow it down in several steps."""
+    options = IWMOptions()
+    rng = random.Random(11)
+    prose = " ".join(rng.choice(["the", "order", "was", "shipped", "to", "Paris", "and", "then"]) for _ in range(600))
+    digits = "".join(rng.choice("0123456789") for _ in range(3000))
+    listing = json.dumps([{"id": rng.randint(1, 10**9), "price": round(rng.random(), 2)} for _ in range(200)])
+    texts = [
+        prose[:1500] + digits,
+        digits[:300] + prose,
+        listing[:900] + "😀" * 500,
+        " " * 1500 + listing,
+        "\n" * 700 + prose,
+        prose,
+        prose[:2047] + "x",
+        *_fuzzed(13, 12, 3000),
+    ]
+    assert kept_chars(pl.Series(texts), options) == _longest_fitting_heads(texts, options)
