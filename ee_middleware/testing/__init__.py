@@ -5,7 +5,7 @@ Import from tests and examples only; this module imports LangChain.
 
 from ee_middleware.scripted import ScriptedChatModel, tool_call
 from ee_middleware.testing.retriever_conformance import check_retriever
-from ee_middleware.testing.sandbox_conformance import check_sandbox
+from ee_middleware.testing.sandbox_conformance import SubprocessIsolationWarning, check_sandbox
 from ee_middleware.testing.store_conformance import check_store
 
-__all__ = ["ScriptedChatModel", "check_retriever", "check_sandbox", "check_store", "tool_call"]
+__all__ = ["ScriptedChatModel", "SubprocessIsolationWarning", "check_retriever", "check_sandbox", "check_store", "tool_call"]

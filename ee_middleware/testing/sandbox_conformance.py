@@ -17,8 +17,10 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 * ``covers``: true for the two tools once reset, false for a tool the sandbox does not have;
 * snapshot/restore exactness: after ``restore(s)`` the reads show exactly what they showed when
   ``s`` was taken, for any snapshot, in any order, as often as asked;
-* snapshots pickle (``subprocess_isolation``, on by default): under ``--isolation subprocess`` every snapshot leaves
-  the sandbox's child process as a pickle, and an unpickled copy must restore the world exactly;
+* snapshots pickle (``subprocess_isolation``): under ``--isolation subprocess`` every snapshot leaves the sandbox's
+  child process as a pickle, and an unpickled copy must restore the world exactly. By default (as replay's default
+  isolation runs the sandbox in process, where snapshots need not pickle) a sandbox failing it gets a
+  :class:`SubprocessIsolationWarning`; ``subprocess_isolation=True`` makes it a failure, ``False`` skips it;
 * branch isolation: a mutating call made after a restore is gone after the next restore, and the
   same call from the same state gives the same observation;
 * ``reset`` rebuilds step 0 whatever happened before, and never changes the environment it is given;
@@ -41,6 +43,7 @@ from __future__ import annotations
 import copy
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -86,7 +89,7 @@ def check_sandbox(
     read: ToolCall | Sequence[ToolCall],
     bad_calls: Sequence[ToolCall] | None = None,
     require_digest: bool = False,
-    subprocess_isolation: bool = True,
+    subprocess_isolation: bool | None = None,
 ) -> None:
     """Assert the sandbox protocol's behaviour on a sandbox from ``make_sandbox``.
 
@@ -99,9 +102,12 @@ def check_sandbox(
         bad_calls: calls that must give error observations. Default: the ``mutate`` call with an
             argument no tool takes. A call to an unknown tool is always checked too.
         require_digest: fail when the sandbox has no ``state_digest()`` (the eval suites need it).
-        subprocess_isolation: check what ``ee replay run --isolation subprocess`` needs too: every snapshot pickles (it
-            leaves the child process as bytes) and an unpickled copy restores the world exactly. ``False`` for a sandbox
-            only ever replayed in process (whose snapshot may hold a connection or a lambda).
+        subprocess_isolation: whether it must work with ``ee replay run --isolation subprocess`` too: every snapshot
+            pickles (it leaves the child process as bytes) and an unpickled copy restores the world exactly. ``True``:
+            a sandbox that does not is a failure; ``False``: not checked (a sandbox only ever replayed in process, whose
+            snapshot may hold a connection or a lambda); ``None`` (default): as replay's default isolation needs
+            (``[replay] isolation``, ``"none"``: in process), so a sandbox that does not gets a
+            :class:`SubprocessIsolationWarning` saying why, and the check goes on.
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
@@ -117,8 +123,10 @@ def check_sandbox(
         _check_shape(sandbox, mutate, reads)
         probe.check_preconditions()
         probe.check_restore_is_exact()
-        if subprocess_isolation:
+        if subprocess_isolation or (subprocess_isolation is None and _replay_isolates()):
             probe.check_snapshots_pickle()
+        elif subprocess_isolation is None:
+            _warn_unless_snapshots_pickle(probe)
         probe.check_branches_are_isolated()
         probe.check_reset_rebuilds_step_zero()
         digests = _has_digest(sandbox, environment)
@@ -286,6 +294,39 @@ SUBPROCESS_ONLY = (
     "A sandbox only ever replayed in process (never with --isolation subprocess) may skip this check: "
     "check_sandbox(..., subprocess_isolation=False)."
 )
+
+
+class SubprocessIsolationWarning(UserWarning):
+    """:func:`check_sandbox`'s default: the sandbox works in process (replay's default isolation) but its snapshots do
+    not survive ``--isolation subprocess``."""
+
+
+def _replay_isolates() -> bool:
+    """Whether replay runs the sandbox in a child process by default (``[replay] isolation``)."""
+    from ee_middleware.replay.config import ReplayConfig
+
+    return ReplayConfig.model_fields["isolation"].default == "subprocess"
+
+
+def _warn_unless_snapshots_pickle(probe: _Probe) -> None:
+    """The pickling check, its failure told as a :class:`SubprocessIsolationWarning` (the other checks go on)."""
+    try:
+        probe.check_snapshots_pickle()
+    except AssertionError as exc:
+        reason = str(exc).replace(SUBPROCESS_ONLY, "").strip()
+        warnings.warn(
+            f"{type(probe.sandbox).__name__} works with replay's default isolation (in process), but not with "
+            f"`ee replay run --isolation subprocess` (nor [replay] isolation = 'subprocess'): {reason} To use it there, make "
+            "snapshot() return data that pickles and holds the world itself (plain data, or a database's own bytes: "
+            "sqlite3's Connection.serialize(), not the connection or a key). check_sandbox(..., subprocess_isolation=True) "
+            "makes this a failure; subprocess_isolation=False skips the check.",
+            SubprocessIsolationWarning,
+            stacklevel=3,
+        )
+        try:
+            probe.sandbox.restore(probe.start_snapshot)
+        except Exception:  # noqa: BLE001 - the next check restores again and names what fails
+            pass
 
 
 def _pickled_copy(snapshot: Any) -> Any:

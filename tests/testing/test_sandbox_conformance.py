@@ -7,6 +7,7 @@ import functools
 import itertools
 import re
 import sqlite3
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -72,15 +73,30 @@ def test_python_sandbox_passes() -> None:
 
 def test_python_sandbox_with_a_world_that_does_not_pickle_passes_in_process_and_fails_the_subprocess_check() -> None:
     """Such a world is deep-copied in process, but --isolation subprocess fails every trajectory on it: the kit passed it
-    all the same. Now it says why by default (PythonSandbox's own message, naming the part of the world), and passes it
-    when the sandbox is only replayed in process."""
+    all the same. Now it says why (PythonSandbox's own message, naming the part of the world): as a warning by default,
+    as replay's default isolation runs it in process (b8be00f's failure broke kit tests that passed before the upgrade),
+    as a failure with subprocess_isolation=True; and passes it silently when the sandbox is only replayed in process."""
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.testing import SubprocessIsolationWarning
+
+    assert ReplayConfig.model_fields["isolation"].default == "none"
     sandbox = make_ledger_sandbox()
     sandbox.reset({"balance": 1})
     assert not sandbox.snapshot().pickled
     probe = {"environment": {"balance": 10}, "mutate": ToolCall(id="m", name="book", arguments={"amount": 5})}
-    check_sandbox(make_ledger_sandbox, **probe, read=ToolCall(id="r", name="balance", arguments={}), subprocess_isolation=False)
+    read = ToolCall(id="r", name="balance", arguments={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_sandbox(make_ledger_sandbox, **probe, read=read, subprocess_isolation=False)
+    with pytest.warns(SubprocessIsolationWarning) as warned:
+        check_sandbox(make_ledger_sandbox, **probe, read=read)
+    [warning] = warned.list
+    message = str(warning.message)
+    assert "works with replay's default isolation (in process), but not with `ee replay run --isolation subprocess`" in message
+    assert "world.fmt is a function" in message and "subprocess_isolation=True" in message, message
+    assert warning.filename == __file__, "the warning points at the caller's line"
     with pytest.raises(AssertionError) as failed:
-        check_sandbox(make_ledger_sandbox, **probe, read=ToolCall(id="r", name="balance", arguments={}))
+        check_sandbox(make_ledger_sandbox, **probe, read=read, subprocess_isolation=True)
     message = str(failed.value)
     assert "--isolation subprocess" in message and "world.fmt is a function" in message, message
     assert "subprocess_isolation=False" in message, message
@@ -445,13 +461,18 @@ def test_a_protocol_sandbox_whose_snapshot_does_not_pickle_fails_the_kit_as_it_f
     with pytest.raises(SandboxError, match=r"snapshot \(Connection\) cannot be pickled"):  # what replay meets
         check_sandbox(functools.partial(SubprocessSandbox, SqlShopSandbox, timeout_s=30), **copy.deepcopy(SHOP), subprocess_isolation=False)
     with pytest.raises(AssertionError) as failed:
-        check_sandbox(SqlShopSandbox, **copy.deepcopy(SHOP))
+        check_sandbox(SqlShopSandbox, **copy.deepcopy(SHOP), subprocess_isolation=True)
     message = str(failed.value)
     assert "the snapshot (Connection) cannot be pickled, which --isolation subprocess needs" in message, message
     assert "subprocess_isolation=False" in message and "serialize()" in message, message
+    with pytest.warns(UserWarning, match=r"the snapshot \(Connection\) cannot be pickled.*subprocess_isolation=True"):
+        check_sandbox(SqlShopSandbox, **copy.deepcopy(SHOP))  # replay's default isolation: in process, where it works
     check_sandbox(SqlShopSandbox, **copy.deepcopy(SHOP), subprocess_isolation=False)
     as_bytes = functools.partial(SqlShopSandbox, as_bytes=True)
-    check_sandbox(as_bytes, **copy.deepcopy(SHOP))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_sandbox(as_bytes, **copy.deepcopy(SHOP))
+        check_sandbox(as_bytes, **copy.deepcopy(SHOP), subprocess_isolation=True)
     check_sandbox(functools.partial(SubprocessSandbox, as_bytes, timeout_s=30), **copy.deepcopy(SHOP))
 
 
@@ -479,5 +500,7 @@ class KeyedSnapshotSandbox(SqlShopSandbox):
 
 def test_a_snapshot_that_pickles_but_whose_copy_restores_nothing_fails_the_kit() -> None:
     with pytest.raises(AssertionError, match=r"restore\(\) of an unpickled copy of the snapshot taken at step 0 .* raised SandboxError"):
+        check_sandbox(KeyedSnapshotSandbox, **copy.deepcopy(SHOP), subprocess_isolation=True)
+    with pytest.warns(UserWarning, match=r"restore\(\) of an unpickled copy of the snapshot taken at step 0"):
         check_sandbox(KeyedSnapshotSandbox, **copy.deepcopy(SHOP))
     check_sandbox(KeyedSnapshotSandbox, **copy.deepcopy(SHOP), subprocess_isolation=False)
