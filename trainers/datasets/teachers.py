@@ -28,7 +28,7 @@ from ee_middleware.messages import one_line
 from ee_middleware.models.local import LocalGenerator
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import ChatClient, Sampling
-from ee_middleware.models.spec import MODEL_FORMS, build_from_spec
+from ee_middleware.models.spec import MODEL_FORMS, build_from_spec, is_model_spec
 from ee_middleware.plugins import PluginKind
 
 
@@ -229,8 +229,10 @@ def build_teacher(spec: str, **options: Any) -> Teacher:
 
 def write_rationales(teacher: Teacher, cases: list[ReflectionCase], *, spec: str | None = None) -> list[str | None]:
     """``teacher.write(cases)``, checked: one text (or None: no rationale) per case, in their order. Anything else, and
-    an error the teacher raises (other than ee's own, which say what is wrong already), is this registry's error naming
-    the teacher (``spec``, else its ``name``) and, for an error, where in its code it was raised."""
+    an error a plug-in teacher raises (other than ee's own, which say what is wrong already), is this registry's error
+    naming the teacher (``spec``, else its ``name``) and, for an error, where in its code it was raised. A built-in
+    teacher's error (``template``, ``local:``, ``openai:``: a CUDA out-of-memory error while a local model generates)
+    passes as it is: it is not the user's code's."""
     named = spec or str(getattr(teacher, "name", None) or type(teacher).__name__)
     try:
         texts: Any = teacher.write(cases)
@@ -239,6 +241,8 @@ def write_rationales(teacher: Teacher, cases: list[ReflectionCase], *, spec: str
     except EEError:
         raise
     except Exception as exc:
+        if not _is_plugin_teacher(teacher, spec):
+            raise
         raise TEACHERS.failed_at_work(named, "write(cases)", exc) from exc
     contract = (
         "write(cases) must return a list of one text per case, in the order of the cases (an empty text or None for a case "
@@ -255,6 +259,14 @@ def write_rationales(teacher: Teacher, cases: list[ReflectionCase], *, spec: str
                 f"not a text: {contract}."
             )
     return texts
+
+
+def _is_plugin_teacher(teacher: Teacher, spec: str | None) -> bool:
+    """Whether ``teacher`` is a user's (a ``package.module:factory`` or an entry point, a chat client of theirs
+    included), not a built-in one (``template``, a model form): by ``spec`` where given, else by its class's module."""
+    if spec is not None:
+        return not (is_model_spec(spec) or spec.strip() in TEACHERS.builtins)
+    return type(teacher).__module__.partition(".")[0] != "ee_middleware"
 
 
 def describe(case: ReflectionCase) -> str:

@@ -109,3 +109,22 @@ def test_a_failed_build_releases_the_teacher_model(model_dir: Path, tmp_path: Pa
     with pytest.raises(KeyboardInterrupt):
         build_datasets(DatasetConfig.load(store=store, out=tmp_path / "ds", kinds="sr", teacher=f"local:{model_dir}"), on_sr_progress=stop)
     assert len(loads) == 1 and not loads[0].loaded
+
+
+def test_a_local_teachers_own_error_is_not_blamed_on_the_user(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was (713b4f2): write_rationales wrapped every teacher's error, built-ins' too, so a ``local:`` teacher's CUDA
+    out-of-memory error while generating read 'The teacher 'local:...' failed in write(cases) ... raised by the teacher,
+    not by ee-middleware: fix it there'. Now it passes as it is (a plug-in teacher's error is still named:
+    test_teacher_plugins.py). Injected: the real tiny model's generate raises torch's real OutOfMemoryError (no GPU
+    here); the build, the teacher and its LocalGenerator are real."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    def out_of_memory(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "generate", out_of_memory)
+    store = record_threads(tmp_path / "experience")
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory") as raised:
+        build_datasets(DatasetConfig.load(store=store, out=tmp_path / "ds", kinds="sr", teacher=f"local:{model_dir}"))
+    assert type(raised.value) is torch.cuda.OutOfMemoryError
