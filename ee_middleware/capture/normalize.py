@@ -27,7 +27,7 @@ from typing import Any
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.messages import content_to_text, dumps, parse_arguments
+from ee_middleware.messages import arguments_json, content_to_text, dumps
 
 _INDEX = re.compile(r"^(\d+)\.(.+)$")
 
@@ -132,7 +132,7 @@ def _dialect_message(message: Mapping[str, Any], default_role: str = "user") -> 
             {
                 "id": str(call.get("id") or ""),
                 "type": "function",
-                "function": {"name": function.get("name", ""), "arguments": dumps(parse_arguments(function.get("arguments")))},
+                "function": {"name": function.get("name", ""), "arguments": arguments_json(function.get("arguments"))},
             }
         )
     if calls:

@@ -114,7 +114,15 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import operation_of, unflatten
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.messages import content_to_text, dumps, genai_to_openai, langchain_to_openai, media_placeholder, parse_arguments
+from ee_middleware.messages import (
+    arguments_json,
+    content_to_text,
+    dumps,
+    genai_to_openai,
+    langchain_to_openai,
+    media_placeholder,
+    parse_arguments,
+)
 
 _MESSAGE_EVENTS = {f"gen_ai.{role}.message": role for role in ("system", "user", "assistant", "tool")}
 _CHOICE = "gen_ai.choice"
@@ -376,7 +384,7 @@ def _converse_messages(role: str, blocks: list[Mapping[str, Any]]) -> list[dict[
     for block in blocks:
         ((kind, value),) = block.items()
         if kind == "toolUse" and isinstance(value, Mapping):
-            function = {"name": str(value.get("name") or ""), "arguments": dumps(parse_arguments(value.get("input")))}
+            function = {"name": str(value.get("name") or ""), "arguments": arguments_json(value.get("input"))}
             calls.append({"id": str(value.get("toolUseId") or ""), "type": "function", "function": function})
         elif kind == "toolResult" and isinstance(value, Mapping):
             result = {"role": "tool", "tool_call_id": str(value.get("toolUseId") or ""), "content": _converse_text(value.get("content"))}
@@ -991,7 +999,7 @@ def _vercel_messages(messages: Any) -> str | None:
 def _vercel_call(call: Mapping[str, Any]) -> dict[str, Any]:
     """An AI SDK tool call (``toolCallId``, ``toolName``, ``input`` (v5+) or ``args``; an object or JSON text)."""
     arguments = call.get("input", call.get("args"))
-    function = {"name": str(call.get("toolName") or ""), "arguments": dumps(parse_arguments(arguments))}
+    function = {"name": str(call.get("toolName") or ""), "arguments": arguments_json(arguments)}
     return {"id": str(call.get("toolCallId") or ""), "type": "function", "function": function}
 
 
