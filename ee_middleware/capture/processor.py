@@ -50,7 +50,9 @@ class CaptureStats:
     trajectories_written: int = 0
     trajectories_auto_approved: int = 0
     runs_failed: int = 0
-    """Runs not stored, each counted once however many of its spans failed (and ``approve_if`` failures)."""
+    """Runs not stored, each counted once however many of its spans failed."""
+    approve_if_failed: int = 0
+    """Runs whose ``approve_if`` raised: stored all the same, ``pending`` (the message is in ``errors``)."""
     spans_dropped: int = 0
     errors: list[str] = field(default_factory=list)
     runs_not_offloaded: int = 0
@@ -78,6 +80,7 @@ class CaptureStats:
             trajectories_written=self.trajectories_written + other.trajectories_written,
             trajectories_auto_approved=self.trajectories_auto_approved + other.trajectories_auto_approved,
             runs_failed=self.runs_failed + other.runs_failed,
+            approve_if_failed=self.approve_if_failed + other.approve_if_failed,
             spans_dropped=self.spans_dropped + other.spans_dropped,
             errors=[*self.errors, *other.errors][-20:],
             runs_not_offloaded=self.runs_not_offloaded + other.runs_not_offloaded,
@@ -313,7 +316,9 @@ class ExperienceSpanProcessor(SpanProcessor):
         try:
             approved = bool(self.approve_if(trajectory))
         except Exception as exc:  # noqa: BLE001 - a user predicate that fails leaves the run pending
-            self.report_failure(f"approve_if raised for trajectory {trajectory.id}: {exc!r}; it stays pending", exc)
+            # (stored all the same: not a run lost, so not in runs_failed, which makes flush() say False)
+            self._report(f"approve_if raised for trajectory {trajectory.id}: {exc!r}; it stays pending", exc, runs=0, spans=0)
+            self.stats.approve_if_failed += 1
             return trajectory
         if approved:
             trajectory.approval = Approval(status="approved", by="auto:approve_if", at=utcnow(), reason="approve_if returned True")

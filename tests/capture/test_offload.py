@@ -160,7 +160,7 @@ def test_strict_mode_raises_the_child_failures_on_flush(react_graph, tmp_path, n
     with pytest.raises(CaptureError, match=r"capture process.*approve_if broke"):
         agent.flush()
     stats = agent.recorder.stats
-    assert stats.runs_failed == 1 and stats.trajectories_written == 1  # the run stays, pending
+    assert (stats.runs_failed, stats.approve_if_failed, stats.trajectories_written) == (0, 1, 1)  # the run stays, pending
     assert "approve_if raised" in stats.errors[-1]
     agent.flush()  # said once
     agent.recorder.close()
@@ -752,3 +752,19 @@ def test_a_module_that_builds_its_recorder_at_import_starts_one_capture_process(
         [sys.executable, "-c", COUNT_CAPTURE_PROCESSES, str(tmp_path)], env=env, capture_output=True, text=True, timeout=240, check=True
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"capture_processes": 1, "stored": 1}, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_an_approve_if_that_raises_leaves_the_run_stored_pending_and_flush_true(react_graph, tmp_path, offload, monkeypatch):
+    """A run whose approve_if raised is stored (pending) and logged: it is counted in approve_if_failed, not in
+    runs_failed, so flush(), which says False only when a run could not be stored, stays True (it said False since
+    38d7de7, an alarm with nothing lost)."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "s", offload=offload, approve_if=approve_or_fail, strict=False)
+    agent.invoke(USER_TASK)
+    assert agent.flush() is True
+    stats = agent.recorder.stats
+    assert (stats.runs_failed, stats.approve_if_failed) == (0, 1), stats
+    assert any("approve_if raised" in error for error in stats.errors)
+    assert LocalExperienceStore(tmp_path / "s").trajectories()["approval"].to_list() == ["pending"]
+    agent.recorder.close()
