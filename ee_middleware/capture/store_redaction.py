@@ -249,6 +249,10 @@ LOCK_FILE = ".redaction.lock"
 _WRITE_ATTEMPTS = 5
 
 
+_WARNED: set[tuple[str, str, tuple[str, ...]]] = set()
+"""The warnings :func:`_settings_not_kept` has given in this process: a store's class and what it loses."""
+
+
 def _settings_not_kept(store: Any, settings: StoreRedaction) -> None:
     """Refuse ``settings`` a store that keeps no metadata would lose to its later writers, and warn about the rest."""
     defaults = RedactionRules()
@@ -277,7 +281,9 @@ def _settings_not_kept(store: Any, settings: StoreRedaction) -> None:
         losses.append(f"replay, dataset builds and exports redact {', '.join(narrower)}, which capture left as it was")
     if settings.vault:
         losses.append(f"replay does not know the vault {settings.vault} (set EE_VAULT to it)")
-    if losses:  # (Python's warning filters say each message once)
+    said = (type(store).__module__, type(store).__qualname__, tuple(losses))
+    if losses and said not in _WARNED:  # once a process for a kind of store and what it loses (a recorder per request...)
+        _WARNED.add(said)
         warnings.warn(
             f"{store!r} keeps no redaction settings or salt (it has no read_meta()/write_meta() methods and no local root "
             f"folder): {'; '.join(losses)}. {fix}{' (or set redaction_pseudonyms=False)' if settings.pseudonyms else ''}.",

@@ -16,6 +16,7 @@ from langchain_core.tools import tool
 from langgraph.prebuilt import create_react_agent
 
 from ee_middleware import record_experience
+from ee_middleware.capture import store_redaction
 from ee_middleware.capture.redaction import SALT_FILE
 from ee_middleware.capture.store_redaction import REDACTION_FILE, read_store_redaction, store_redactor
 from ee_middleware.errors import ConfigError
@@ -98,11 +99,25 @@ def test_a_store_that_keeps_no_metadata_is_refused_rules_its_later_writers_would
     assert store.trajectories().height == 0
 
 
-def test_a_store_that_keeps_no_metadata_records_with_the_defaults_and_warns_what_it_loses(tmp_path: Path) -> None:
+def test_a_store_that_keeps_no_metadata_records_with_the_defaults_and_warns_what_it_loses(tmp_path: Path, monkeypatch) -> None:
     """Refusing the defaults would stop every existing app recording into such a store (redaction is on by default), and
     nothing is written in plain text by later writers then: it records, and warns about the per-process pseudonyms."""
+    monkeypatch.setattr(store_redaction, "_WARNED", set(), raising=False)  # (said once a process: another test may have said it)
     store = SqliteStore(str(tmp_path / "experience.sqlite"))
     with pytest.warns(MetadataNotKeptWarning, match=r"SqliteStore.*another pseudonym in each process.*read_meta\(name\).*write_meta\("):
         task = record_into(store)
     assert "ann@example.com" not in task and "[REDACTED:email:" in task
     assert read_store_redaction(store).recorded is False
+
+
+def test_the_warning_is_given_once_a_process_not_once_a_recorder(tmp_path: Path, monkeypatch) -> None:
+    """An app building a recorder per request or per worker into such a store got the same warning every time (the
+    store's repr differs per object, and LangChain resets the warnings registry): once a process is enough."""
+    import warnings
+
+    monkeypatch.setattr(store_redaction, "_WARNED", set(), raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(3):
+            record_into(SqliteStore(str(tmp_path / f"experience-{n}.sqlite")))
+    assert [w.category for w in caught if issubclass(w.category, MetadataNotKeptWarning)] == [MetadataNotKeptWarning]
