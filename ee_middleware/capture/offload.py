@@ -47,6 +47,8 @@ the agent's process, so with the user's own ``tracer_provider`` capture stays in
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import operator
 import os
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     from ee_middleware.capture.payloads import PayloadEncoder
     from ee_middleware.capture.processor import ExperienceSpanProcessor
     from ee_middleware.capture.redaction import Redactor
+    from ee_middleware.capture.store_redaction import StoreRedaction
     from ee_middleware.capture.vault import Vault
     from ee_middleware.store.protocol import ExperienceStore
 
@@ -100,6 +103,50 @@ def private_provider(config: CaptureConfig) -> TracerProvider:
     # Not shut down at exit by the SDK: its exit hook ran before the recorder's (``_flush_at_exit``), which ends the runs
     # still being finished, so the processor was closed by then and those runs were lost. The recorder closes it.
     return TracerProvider(resource=Resource.create(attrs), shutdown_on_exit=False)
+
+
+def redaction_settings(config: CaptureConfig, vault: Vault | None) -> StoreRedaction:
+    """The redaction settings a recorder of ``config`` keeps with its store (``redaction.json``), in the agent's process and
+    in the capture process."""
+    from ee_middleware.capture.store_redaction import StoreRedaction
+
+    fn = config.redact_fn
+    return StoreRedaction(
+        rules=config.redaction_rules(),
+        pseudonyms=config.redaction_pseudonyms,
+        vault=str(vault.path) if vault is not None else None,
+        custom_function=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}" if fn is not None else None,
+    )
+
+
+def keep_redaction_when_restored(store: Any, settings: StoreRedaction, salt: bytes | None) -> None:
+    """Have ``store`` (one that can: :meth:`~ee_middleware.store.local.LocalExperienceStore.add_restore_hook`) write
+    ``settings`` (``redaction.json``) and ``salt`` (``redaction.key``) again when its folder is removed while it is written
+    to and made again, before the batch counts as written: otherwise replay, datasets and exports would read the default
+    rules and make another salt, writing the app's own patterns in plain text and other pseudonyms."""
+    add = getattr(store, "add_restore_hook", None)
+    if not callable(add):
+        return
+    key = ("ee-redaction", json.dumps(settings.to_dict(), sort_keys=True), salt)
+    add(key, functools.partial(_restore_redaction, weakref.ref(store), settings, salt))
+
+
+def _restore_redaction(store_ref: weakref.ref[Any], settings: StoreRedaction, salt: bytes | None) -> None:
+    """Write ``settings`` and ``salt`` into a store folder made again (:func:`keep_redaction_when_restored`); raises when
+    they cannot be written (the batch then fails)."""
+    from ee_middleware.capture.redaction import SALT_FILE, store_salt
+    from ee_middleware.capture.store_redaction import record_store_redaction
+    from ee_middleware.store.metadata import write_meta
+
+    store = store_ref()
+    if store is None:
+        return
+    record_store_redaction(store, settings)
+    if salt is not None and not write_meta(store, SALT_FILE, (salt.hex() + "\n").encode(), exclusive=True) and store_salt(store) != salt:
+        logger.warning(
+            "ee-middleware: the store %r was made again with another recorder's pseudonym salt; this recorder's runs use its own.",
+            store,
+        )
 
 
 def recording_parts(
@@ -725,6 +772,7 @@ class _Worker:
         _, self.encoder, self.processor = recording_parts(
             config, self.store, recorder_id=recorder_id, strict=strict, approve_if=approve_if, salt=salt, vault=self.vault
         )
+        keep_redaction_when_restored(self.store, redaction_settings(config, self.vault), salt)  # a store folder made again
         self.provider = private_provider(config)
         self.provider.add_span_processor(self.processor)
         tap = os.environ.get(SPAN_PROCESSOR_ENV)

@@ -73,15 +73,17 @@ from ee_middleware.capture.offload import (
     ProcessOffload,
     frozen_problem,
     in_capture_process,
+    keep_redaction_when_restored,
     picklable_problem,
     private_provider,
     recording_parts,
+    redaction_settings,
 )
 from ee_middleware.capture.payloads import captured_error
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, strict_default
 from ee_middleware.capture.redaction import store_salt
 from ee_middleware.capture.shutdown import flush_on_sigterm
-from ee_middleware.capture.store_redaction import StoreRedaction, record_store_redaction
+from ee_middleware.capture.store_redaction import record_store_redaction
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
@@ -92,6 +94,8 @@ from ee_middleware.store.registry import open_store
 logger = logging.getLogger("ee_middleware.capture")
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
@@ -115,7 +119,7 @@ class Recorder:
         self.redactor, self.encoder, self.processor = recording_parts(
             config, self.store, recorder_id=self.id, strict=self.strict, approve_if=approve_if, salt=salt, vault=self.vault
         )
-        self._record_redaction()
+        self._record_redaction(salt)
         self.finisher = SpanFinisher(self.processor.report_span_failure)
         self.tracer_provider = tracer_provider if tracer_provider is not None else private_provider(config)
         if not hasattr(self.tracer_provider, "add_span_processor"):
@@ -256,20 +260,15 @@ class Recorder:
         path = self._vault_path()
         return Vault(path, create=True) if path is not None else None
 
-    def _record_redaction(self) -> None:
-        """Keep the rules with the store (``redaction.json``), for replay, datasets and exports."""
-        config = self.config
-        fn = config.redact_fn
-        settings = StoreRedaction(
-            rules=config.redaction_rules(),
-            pseudonyms=config.redaction_pseudonyms,
-            vault=str(self.vault.path) if self.vault is not None else None,
-            custom_function=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}" if fn is not None else None,
-        )
+    def _record_redaction(self, salt: bytes | None) -> None:
+        """Keep the rules with the store (``redaction.json``), for replay, datasets and exports; and have the store write
+        them and the salt again if its folder is removed and made again while this recorder writes to it."""
+        settings = redaction_settings(self.config, self.vault)
         try:
             record_store_redaction(self.store, settings)
         except OSError as exc:
             logger.warning("ee-middleware: cannot write the store's redaction settings (%s); replay and datasets use the defaults.", exc)
+        keep_redaction_when_restored(self.store, settings, salt)
 
     @property
     def stats(self) -> CaptureStats:

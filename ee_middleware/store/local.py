@@ -28,7 +28,7 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Collection, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -311,6 +311,13 @@ class LocalExperienceStore:
             raise StoreWriteError(f"Cannot write {marker}: {exc}. Nothing was changed. {os_error_advice(exc)}", errno=exc.errno) from exc
         _check_marker(root, _read_marker(root))
         return {"root": str(root), "marker_written": str(marker), "damaged_marker_moved_to": None if damaged is None else str(damaged)}
+
+    def add_restore_hook(self, key: Hashable, hook: Callable[[], None]) -> None:
+        """Have ``hook`` write again what this store's folder must hold besides its marker (capture's redaction settings
+        and salt) when the folder is removed while this process writes to it and is made again: before the batch that found
+        it gone counts as written, which fails when the hook raises
+        (:meth:`~ee_middleware.store.spool.SpoolWriter.add_restore_hook`). One hook per ``key``."""
+        self._writer.add_restore_hook(key, hook)
 
     # --- writing -----------------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ everything before and after it.
 
 A segment deleted while its writer holds it open (the store folder removed while an agent runs: a clean-up job, a volume
 provisioned again) is noticed at the next write: that write goes to a new segment, the spool folder is made again, and,
-when the whole store folder went, the store's marker is written again (with a warning), so nothing written after the
-removal is acknowledged without being stored. A process forked while another thread writes gets a writer of its own
+when the whole store folder went, the store's marker is written again (with a warning), and what the writer's owners
+registered with :meth:`SpoolWriter.add_restore_hook` (capture's redaction settings and salt) is written again before the
+batch counts as written, so nothing written after the removal is acknowledged without being stored, or stored in a folder
+whose readers would redact it otherwise. A process forked while another thread writes gets a writer of its own
 (:func:`os.register_at_fork`): the fork waits for that write, and the child never waits on a lock the parent held.
 """
 
@@ -34,7 +36,7 @@ import uuid
 import warnings
 import weakref
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -362,7 +364,18 @@ class SpoolWriter:
         self._pid = os.getpid()
         self._made_segments = False  # a segment was created here: the folder existed, a store's spool
         self._folder_lost: Path | None = None  # the segment found deleted: the folder is made again at the next open
+        self._restore_pending = False  # the store folder was made again, but what the hooks keep could not be written
+        self._restore_hooks: dict[Hashable, Callable[[], None]] = {}
         _writers.add(self)
+
+    def add_restore_hook(self, key: Hashable, hook: Callable[[], None]) -> None:
+        """Have ``hook`` write again what the store folder must hold besides its marker (capture's ``redaction.json`` and
+        ``redaction.key``) when the whole folder was removed while this writer wrote to it and is made again. It runs under
+        the writer's lock, before the batch that found the folder gone counts as written: when it raises, that batch fails
+        (:class:`~ee_middleware.errors.StoreWriteError`) and the next write runs it again. One hook per ``key`` (registering
+        a key again replaces its hook); a hook must not write through this writer."""
+        with self._lock:
+            self._restore_hooks[key] = hook
 
     @property
     def segment(self) -> Path | None:
@@ -480,6 +493,9 @@ class SpoolWriter:
                 restored = f"; the store folder {root} was made again, with a new marker"
             except Exception as exc:  # noqa: BLE001 - the batch is written all the same; `ee store repair` writes the marker
                 restored = f"; the store folder {root} was made again, but its marker could not be written ({exc}): run `ee store repair --store {root}`"
+            self._run_restore_hooks_locked(root)
+            if self._restore_hooks:
+                restored += " and the redaction settings and salt of the recorders writing to it"
         what = f"its segment {lost} was deleted" if lost is not None else "the folder was gone"
         logger.warning(
             "ee-middleware: the spool %s was removed while this process wrote to it (%s): what was written there before went "
@@ -489,6 +505,30 @@ class SpoolWriter:
             self._path,
             restored,
         )
+
+    def _run_restore_hooks_locked(self, root: Path) -> None:
+        """Run the hooks (:meth:`add_restore_hook`) for the store folder ``root`` made again; when one fails, give up the
+        new segment (empty) and raise :class:`StoreWriteError`: the batch is not stored, and the next write tries again."""
+        for hook in list(self._restore_hooks.values()):
+            try:
+                hook()
+            except Exception as exc:  # any failure: the batch must not be acknowledged in a folder without them
+                fd, path = self._fd, self._path
+                self._fd, self._path, self._size, self._unsynced = None, None, 0, False
+                self._restore_pending = True
+                if fd is not None:
+                    if path is not None:
+                        path.unlink(missing_ok=True)  # still locked: empty, never taken for a finished segment
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                raise StoreWriteError(
+                    f"The store folder {root} was removed while this process wrote to it and was made again, but what its "
+                    f"writers keep in it (the redaction settings and salt) could not be written again: {exc}. This batch was not "
+                    "stored (its readers would redact it with other rules); the next write tries again."
+                    + (f" {os_error_advice(exc)}" if isinstance(exc, OSError) else ""),
+                    errno=exc.errno if isinstance(exc, OSError) else None,
+                ) from exc
+        self._restore_pending = False
 
     def _write_split_locked(self, lines: list[bytes], limit: int, *, durable: bool) -> None:
         """Write a batch larger than ``limit`` (the largest file this process may write) to as many new segments as it
@@ -556,8 +596,9 @@ class SpoolWriter:
             self._forget_inherited_locked()
         if self._fd is None:
             lost = self._folder_lost
-            removed = lost is not None or (self._made_segments and not self._dir.is_dir())
-            store_removed = removed and not self._dir.parent.exists()
+            pending = self._restore_pending  # the folder was made again, but the last try to restore it failed
+            removed = pending or lost is not None or (self._made_segments and not self._dir.is_dir())
+            store_removed = pending or (removed and not self._dir.parent.exists())
             path = self._dir / _segment_name()
             # Created and locked under a hidden name, then renamed: a compactor must never see an
             # unlocked new segment, take it for a dead one and delete it under the writer. The spool's

@@ -9,12 +9,15 @@ marker are made again, and a warning says so.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ee_middleware.errors import StoreWriteError
 from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.testing.store_conformance import sample_trajectory
 
@@ -55,5 +58,81 @@ def test_a_spool_folder_removed_alone_is_made_again_and_the_marker_left_as_it_is
     store.write([sample_trajectory("after")])
     assert (store_path / "ee-store.json").read_bytes() == marker
     assert [s.parent for s in spool.list_segments(store_path / "spool")] == [store_path / "spool"]
+    assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["after"]
+    store.close()
+
+
+def _customer_agent(store_path: Path) -> Any:
+    """A real LangGraph agent recording with a pattern of its own and pseudonyms (the defaults), whose tool answers with a
+    customer id and an e-mail."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from langgraph.prebuilt import create_react_agent
+
+    from ee_middleware import CaptureConfig, record_experience
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+
+    @tool
+    def lookup(customer: str) -> str:
+        """Customer record."""
+        return ANSWER
+
+    turn = [AIMessage(content="", tool_calls=[tool_call("lookup", customer="x")]), AIMessage(content="done")]
+    model = ScriptedChatModel(script=turn * 3)
+    config = CaptureConfig(app="shop", store=str(store_path), redaction_patterns={"customer_id": r"CUST-\d{6}"}, offload="thread")
+    return record_experience(create_react_agent(model, [lookup]), config=config)
+
+
+ANSWER = "customer CUST-123456 owes 40 EUR, mail ann@example.com"
+
+
+def _observations(store_path: Path) -> list[str]:
+    store = LocalExperienceStore(store_path, create=False)
+    try:
+        return [s.observation.content for t in store.iter_trajectories() for s in t.steps if getattr(s, "observation", None)]
+    finally:
+        store.close()
+
+
+def test_a_store_folder_made_again_while_recording_keeps_the_recorders_redaction_settings_and_salt(store_path: Path) -> None:
+    from ee_middleware.replay.privacy import ReplayPrivacy
+
+    agent = _customer_agent(store_path)
+    agent.invoke({"messages": [("user", "who?")]})
+    assert agent.flush()
+    [before] = _observations(store_path)
+    assert "CUST-123456" not in before and "ann@example.com" not in before
+    shutil.rmtree(store_path)  # a clean-up job while the app runs
+    agent.invoke({"messages": [("user", "who?")]})
+    assert agent.flush()
+    [after] = _observations(store_path)
+    assert after == before, "the same values get the same pseudonyms after the folder was made again"
+    store = LocalExperienceStore(store_path, create=False)
+    redactor = ReplayPrivacy.of_store(store).redactor  # what replay reads from the folder made again
+    assert redactor is not None and redactor.redact(ANSWER) == before, "replay redacts the app's pattern with the same salt"
+    store.close()
+
+
+def test_a_store_folder_made_again_without_what_its_writers_keep_fails_the_batch_until_it_can_be_written(
+    store_path: Path,
+) -> None:
+    # The hook's failure is made here (a real failure of the redaction files is hard to arrange between the removal and
+    # the next write); the spool, the store and the folder are real.
+    store = LocalExperienceStore(store_path)
+    failing = [OSError(errno.EACCES, "Permission denied")]
+
+    def restore() -> None:
+        if failing:
+            raise failing.pop()
+        (store_path / "kept.txt").write_text("again")
+
+    store.add_restore_hook("test", restore)
+    store.write([sample_trajectory("before")])
+    shutil.rmtree(store_path)
+    with pytest.raises(StoreWriteError, match=r"could not be written again: .*Permission denied"):
+        store.write([sample_trajectory("lost")])
+    assert spool.list_segments(store_path / "spool") == [], "the batch is not stored"
+    store.write([sample_trajectory("after")])  # the next write runs the hook again
+    assert (store_path / "kept.txt").read_text() == "again"
     assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["after"]
     store.close()
