@@ -283,13 +283,13 @@ def _settings_not_kept(store: Any, settings: StoreRedaction) -> None:
         losses.append(f"replay does not know the vault {settings.vault} (set EE_VAULT to it)")
     said = (type(store).__module__, type(store).__qualname__, tuple(losses))
     if losses and said not in _WARNED:  # once a process for a kind of store and what it loses (a recorder per request...)
-        _WARNED.add(said)
         warnings.warn(
             f"{store!r} keeps no redaction settings or salt (it has no read_meta()/write_meta() methods and no local root "
             f"folder): {'; '.join(losses)}. {fix}{' (or set redaction_pseudonyms=False)' if settings.pseudonyms else ''}.",
             MetadataNotKeptWarning,
             stacklevel=3,
         )
+        _WARNED.add(said)  # (after: a filter that makes the warning an error refuses every recorder, not the first)
 
 
 def store_redactor(store: Any, *, create_salt: bool = True) -> Redactor:

@@ -484,8 +484,8 @@ class SpoolWriter:
         is written again: a folder holding a spool but no marker is not a store. Said in a warning: what was written
         there before the removal went with it."""
         restored = ""
+        root = self._dir.parent
         if store_removed:
-            root = self._dir.parent
             try:
                 from ee_middleware.store.local import LocalExperienceStore
 
@@ -493,9 +493,11 @@ class SpoolWriter:
                 restored = f"; the store folder {root} was made again, with a new marker"
             except Exception as exc:  # noqa: BLE001 - the batch is written all the same; `ee store repair` writes the marker
                 restored = f"; the store folder {root} was made again, but its marker could not be written ({exc}): run `ee store repair --store {root}`"
-            self._run_restore_hooks_locked(root)
-            if self._restore_hooks:
-                restored += " and the redaction settings and salt of the recorders writing to it"
+        # every writer that lost its segment or folder writes again what its hooks keep, not only the one that found the
+        # store folder gone: another writer (another recorder with its own rules, ingest) may have made it again first
+        self._run_restore_hooks_locked(root)
+        if self._restore_hooks:
+            restored += "; the redaction settings and salt of the recorders writing through it were written again"
         what = f"its segment {lost} was deleted" if lost is not None else "the folder was gone"
         logger.warning(
             "ee-middleware: the spool %s was removed while this process wrote to it (%s): what was written there before went "

@@ -121,3 +121,16 @@ def test_the_warning_is_given_once_a_process_not_once_a_recorder(tmp_path: Path,
         for n in range(3):
             record_into(SqliteStore(str(tmp_path / f"experience-{n}.sqlite")))
     assert [w.category for w in caught if issubclass(w.category, MetadataNotKeptWarning)] == [MetadataNotKeptWarning]
+
+
+def test_a_filter_that_makes_the_warning_an_error_refuses_every_recorder_not_only_the_first(tmp_path: Path, monkeypatch) -> None:
+    """An app (or a test suite with filterwarnings=error) refusing stores that keep no salt: the first build was
+    refused and every later one went through once the warning had been noted as said (found by review)."""
+    import warnings
+
+    monkeypatch.setattr(store_redaction, "_WARNED", set(), raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetadataNotKeptWarning)
+        for n in range(2):
+            with pytest.raises(MetadataNotKeptWarning):
+                record_into(SqliteStore(str(tmp_path / f"experience-{n}.sqlite")))

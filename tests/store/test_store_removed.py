@@ -62,7 +62,7 @@ def test_a_spool_folder_removed_alone_is_made_again_and_the_marker_left_as_it_is
     store.close()
 
 
-def _customer_agent(store_path: Path) -> Any:
+def _customer_agent(store_path: Path, patterns: dict[str, str] | None = None) -> Any:
     """A real LangGraph agent recording with a pattern of its own and pseudonyms (the defaults), whose tool answers with a
     customer id and an e-mail."""
     from langchain_core.messages import AIMessage
@@ -79,7 +79,8 @@ def _customer_agent(store_path: Path) -> Any:
 
     turn = [AIMessage(content="", tool_calls=[tool_call("lookup", customer="x")]), AIMessage(content="done")]
     model = ScriptedChatModel(script=turn * 3)
-    config = CaptureConfig(app="shop", store=str(store_path), redaction_patterns={"customer_id": r"CUST-\d{6}"}, offload="thread")
+    patterns = patterns if patterns is not None else {"customer_id": r"CUST-\d{6}"}
+    config = CaptureConfig(app="shop", store=str(store_path), redaction_patterns=patterns, offload="thread")
     return record_experience(create_react_agent(model, [lookup]), config=config)
 
 
@@ -136,3 +137,32 @@ def test_a_store_folder_made_again_without_what_its_writers_keep_fails_the_batch
     assert (store_path / "kept.txt").read_text() == "again"
     assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["after"]
     store.close()
+
+
+def test_every_writer_whose_segment_went_writes_its_settings_again_not_only_the_one_that_made_the_folder(store_path: Path) -> None:
+    """Two recorders with their own patterns on one store, and the folder removed: only the writer that found the
+    folder gone wrote its settings again, so the other's pattern was lost to replay (its values in plain text); and
+    where another writer (a second LocalExperienceStore object, as ingest or a CLI has) made the folder again first, the
+    recorder restored nothing (found by review)."""
+    import json
+
+    from ee_middleware.replay.privacy import ReplayPrivacy
+
+    customers = _customer_agent(store_path, {"customer_id": r"CUST-\d{6}"})
+    amounts = _customer_agent(store_path, {"amount": r"\d+ EUR"})
+    for agent in (customers, amounts):
+        agent.invoke({"messages": [("user", "who?")]})
+        assert agent.flush()
+    shutil.rmtree(store_path)
+    other = LocalExperienceStore(store_path)  # another writer makes the folder again first
+    other.write([sample_trajectory("other")])
+    other.close()
+    for agent in (customers, amounts):
+        agent.invoke({"messages": [("user", "who?")]})
+        assert agent.flush()
+    patterns = json.loads((store_path / "redaction.json").read_text())["rules"]["patterns"]
+    assert set(patterns) == {"customer_id", "amount"}
+    store = LocalExperienceStore(store_path, create=False)
+    redacted = ReplayPrivacy.of_store(store).redactor.redact(ANSWER)
+    store.close()
+    assert "CUST-123456" not in redacted and "40 EUR" not in redacted and "ann@example.com" not in redacted, redacted
