@@ -11,7 +11,9 @@ installs a handler (:func:`flush_on_sigterm`). On SIGTERM it ends the runs still
 ``terminated: SIGTERM``; a run ending meanwhile on another thread waits, so that no caller gets an answer that is not
 written), waits at most :data:`FLUSH_S` for every live recorder of this process to write what it holds, then puts the
 default back and raises SIGTERM again: the process still ends killed by SIGTERM (the exit status a
-supervisor expects). A second SIGTERM while it waits ends the process at once.
+supervisor expects). A second SIGTERM while it waits ends the process at once. (A SIGTERM that comes while the
+process's own exit flush runs, as a multiprocessing ``Pool`` sends to workers that are ending, is held until that flush
+ends instead: see ``recorder._flush_at_exit``.)
 
 - A handler the app installed (before the first recorder, or after it: it replaces this one) is never replaced: such an
   app opts out, and flushes in its own shutdown (``agent.flush()`` in a Starlette/FastAPI lifespan). So is a server
