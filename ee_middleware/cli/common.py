@@ -45,7 +45,7 @@ def store_origin(ctx: typer.Context, config: Path | None, table: str) -> str:
     FILE``. The precedence is the same for every job (``[improve]`` too): flags, then their ``EE_*`` variables, then the
     config file. An ``EE_STORE`` that overrides a different ``store`` in the file is said on stderr: it is easily
     forgotten in a shell's environment, and the job would run on another store than its file names."""
-    return setting_origin(ctx, config, table, "store", envvar="EE_STORE", same=_same_store)
+    return setting_origin(ctx, config, table, "store", envvar="EE_STORE")
 
 
 def setting_origin(
@@ -56,14 +56,12 @@ def setting_origin(
     *,
     envvar: str | None = None,
     flag: str | None = None,
-    same: Any = None,
 ) -> str:
     """Where the setting ``key`` (the command's parameter of that name, ``[TABLE] KEY`` in the config file) came from:
     ``--FLAG``, ``ENVVAR=VALUE`` or ``KEY in [TABLE] of FILE`` (flags, then their ``EE_*`` variables, then the file).
     An ``ENVVAR`` that overrides a different value in the file gets a ``note:`` line on stderr (a variable left in a
     crontab or a systemd unit would otherwise send the job to another store, registry or runs folder than its file
-    names, without a word). ``same(a, b)``: whether two values name the same place (default: the same text, or local
-    paths, ``local:PATH`` too, that resolve to the same one)."""
+    names, without a word); two values that name the same place (:func:`same_path`) are no override."""
     flag = flag or f"--{key.replace('_', '-')}"
     source = getattr(ctx.get_parameter_source(key), "name", None)
     value = ctx.params.get(key)
@@ -74,7 +72,7 @@ def setting_origin(
     in_file = _file_value(config, table, key)
     if source == "ENVIRONMENT" and envvar:
         shown = hide_credentials(str(value))
-        if in_file is not None and not (same or same_path)(in_file, value):
+        if in_file is not None and not same_path(in_file, value):
             typer.secho(
                 f"note: {envvar}={shown} overrides {key} = {hide_credentials(repr(in_file))} in [{table}] of {config} "
                 f"(flags, then EE_* variables, then the file); unset {envvar} to use the file's.",
@@ -86,25 +84,9 @@ def setting_origin(
 
 
 def same_path(a: Any, b: Any) -> bool:
-    """Two path settings name the same place: the same text, or local folders (``local:PATH`` too) that resolve to the
-    same one from the working directory; a plug-in's ``NAME:LOCATION`` only as written."""
-
-    def local(value: Any) -> Path | None:
-        text = str(value)
-        if text.startswith("local:"):
-            text = text.removeprefix("local:").removeprefix("//")
-        elif ":" in text:
-            return None
-        return Path(text).expanduser().resolve()
-
-    if str(a) == str(b):
-        return True
-    left, right = local(a), local(b)
-    return left is not None and left == right
-
-
-def _same_store(a: Any, b: Any) -> bool:
-    """Two store specs name the same store: the same text, or local folders that resolve to the same one."""
+    """Two path settings (a store spec, a registry or runs folder) name the same place: the same text, or local folders
+    (``local:PATH`` too, read as store specs are) that resolve to the same one; a plug-in's ``NAME:LOCATION`` only as
+    written."""
     if str(a) == str(b):
         return True
     from ee_middleware.store.registry import store_config_value
