@@ -22,6 +22,15 @@ ends instead: see ``recorder._flush_at_exit``.)
   the app's shutdown can flush.
 - The handler does its waiting on a thread of its own, with a time limit: the signal may arrive while the main thread
   holds one of capture's locks, which that thread then waits on in vain until the limit, never for ever.
+- A Python handler runs only when the main thread next runs Python code. A SIGTERM that comes just before the main
+  thread blocks in C (taken by another thread, or between a lock's last signal check and its wait) left that thread
+  blocked with the handler pending: a ``multiprocessing.Pool`` worker idle in its task queue's lock when the pool's
+  ``terminate`` sent it SIGTERM never ended, and the pool's ``with`` block waited on it for ever (at the default the
+  signal ends the process from any thread). So where the process has no signal wakeup fd of its own
+  (:func:`signal.set_wakeup_fd`; asyncio's ``add_signal_handler`` sets one), capture sets one and watches it on a
+  thread: a SIGTERM whose handler has not started within :data:`NUDGE_AFTER_S` is sent again to the main thread alone
+  (``pthread_kill``), which interrupts its wait, and the handler runs. A process forked from it gets a wakeup fd and a
+  watcher of its own.
 - In a forked process (``multiprocessing``'s fork, ``os.fork``; gunicorn's workers install handlers of their own) the
   inherited handler acts for that process: its recorders and its runs (the parent's queued work and runs in flight are
   the parent's, forgotten at the fork).
@@ -37,7 +46,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Callable
 
 from ee_middleware.capture.offload import in_capture_process
@@ -53,10 +64,18 @@ SWITCH = "EE_CAPTURE_SIGTERM"
 TERMINATED = "terminated: SIGTERM"
 """The ``error`` of a run that was in flight when SIGTERM came (its status is ``interrupted``)."""
 
+NUDGE_AFTER_S = 0.2
+"""A SIGTERM whose handler has not started this long after it came is sent again to the main thread (then after twice
+as long, up to :data:`NUDGES` times: a main thread busy in a long C call runs the handler when the call returns)."""
+
+NUDGES = 4
+
 _decided_in: int | None = None  # the process whose main thread decided, once: installed, or left the app's handler
 _flush: Callable[[float, str], None] | None = None
 _resume: Callable[[], None] | None = None
 _stopping = False
+_nudge_pending = False  # the watcher sent SIGTERM to the main thread; a handler run it causes during the flush is no second SIGTERM
+_wakeup: tuple[socket.socket, socket.socket] | None = None  # (read end, write end) of this process's wakeup fd, where capture set it
 
 
 def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], None]) -> bool:
@@ -80,11 +99,15 @@ def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], N
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # not the main interpreter
         return False
+    _watch_for_a_pending_handler()
     return True
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    global _stopping
+    global _stopping, _nudge_pending
+    if _stopping and _nudge_pending:  # the watcher's repeat of the SIGTERM being handled, not a second one
+        _nudge_pending = False
+        return
     if not _stopping and _flush is not None:  # a second SIGTERM while this one waits: end now
         _stopping = True
         worker = threading.Thread(target=_flush_quietly, args=(_flush,), name="ee-capture-sigterm-flush", daemon=True)
@@ -107,9 +130,79 @@ def _flush_quietly(flush: Callable[[float, str], None]) -> None:
         logger.exception("ee-middleware: writing recorded runs at SIGTERM failed")
 
 
+def _watch_for_a_pending_handler() -> None:
+    """Set this process's signal wakeup fd to a socket capture watches, where the process has none and SIGTERM is
+    capture's (see the module docstring); from the main thread."""
+    global _wakeup
+    try:
+        reader, writer = socket.socketpair()
+    except OSError:
+        return
+    try:
+        reader.settimeout(None)
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except (ValueError, OSError):  # not the main thread or interpreter
+        reader.close()
+        writer.close()
+        return
+    if previous != -1:  # the process's own (asyncio's): its loop wakes on it; capture leaves it
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+        return
+    _wakeup = (reader, writer)
+    try:
+        threading.Thread(target=_watch, args=(reader, threading.main_thread().ident), name="ee-capture-sigterm-watch", daemon=True).start()
+    except RuntimeError:  # no new thread at interpreter shutdown
+        pass
+
+
+def _watch(reader: socket.socket, main_thread: int | None) -> None:
+    """Read the signal numbers the wakeup fd gets; where one is SIGTERM and capture's handler has not started in time,
+    send SIGTERM again to the main thread alone (its handler runs once for both)."""
+    global _nudge_pending
+    while True:
+        try:
+            numbers = reader.recv(512)
+        except OSError:  # closed: a forked process's copy, or the process is ending
+            return
+        if not numbers:
+            return
+        if signal.SIGTERM not in numbers or main_thread is None:
+            continue
+        wait = NUDGE_AFTER_S
+        for _ in range(NUDGES):
+            deadline = time.monotonic() + wait
+            while not _stopping and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _stopping or signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+                break  # started; or the app's handler (or the exit flush's) now has it
+            _nudge_pending = True
+            try:
+                signal.pthread_kill(main_thread, signal.SIGTERM)
+            except (OSError, ValueError):  # the main thread is gone
+                return
+            wait *= 2
+
+
 def _after_fork_in_child() -> None:
-    global _stopping
-    _stopping = False
+    global _stopping, _nudge_pending, _wakeup
+    _stopping = _nudge_pending = False
+    if _wakeup is None:
+        return
+    inherited, _wakeup = _wakeup, None  # shared with the parent: its watcher would read this process's signals
+    ours = inherited[1].fileno()
+    try:
+        current = signal.set_wakeup_fd(-1)
+    except ValueError:  # not the main thread here
+        current = None
+    for end in inherited:
+        end.close()
+    if current is not None and current != ours:
+        signal.set_wakeup_fd(current)  # the process set one of its own since
+    elif current is not None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        _watch_for_a_pending_handler()
 
 
 if hasattr(os, "register_at_fork"):

@@ -70,10 +70,11 @@ WORKERS = textwrap.dedent(
 )
 
 
-def run_script(source: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """``python -c source args`` in a process group of its own; the whole group is killed if it is not done in time."""
+def run_script(source: str, *args: str, timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -c source args`` in ``cwd``, in a process group of its own; the whole group is killed if it is not done
+    in time."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", source, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
+        [sys.executable, "-c", source, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True
     )
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from ee_middleware.store import LocalExperienceStore
+from tests.capture.test_fork_children import run_script
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
 
 pytestmark = [
@@ -326,3 +327,76 @@ def test_a_misspelt_ee_capture_sigterm_is_refused(tmp_path: Path) -> None:
     script = _script(tmp_path, "check.py", HANDLER_AFTER_BUILD)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "EE_CAPTURE_SIGTERM='of' is neither on nor off" in out.stderr, out.stderr[-2000:]
+
+
+STUCK_IN_C = textwrap.dedent(
+    """
+    import multiprocessing, os, signal, sys, threading, time
+    from agent import ask, build, say
+
+    agent = build(sys.argv[1])
+    if sys.argv[2] == "forked":
+        pid = os.fork()  # the child's watcher is its own: the parent's reads the parent's signals
+        if pid:
+            _, status = os.waitpid(pid, 0)
+            say(f"child ended by signal {os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}")
+            sys.exit(0)
+    ask(agent, "before")
+    other = threading.Thread(target=threading.Event().wait, daemon=True)
+    other.start()
+
+    def deliver():
+        time.sleep(0.5)  # the main thread is blocked in the lock's C wait by now
+        signal.pthread_kill(other.ident, signal.SIGTERM)  # the C handler runs on that thread; the main one sleeps on
+
+    threading.Thread(target=deliver, daemon=True).start()
+    lock = multiprocessing.Lock()  # a POSIX semaphore, as a multiprocessing.Pool worker's task queue lock
+    lock.acquire()
+    lock.acquire()  # blocked for ever, as a Pool worker idle when the pool's terminate() sends it SIGTERM
+    say("not ended by SIGTERM")
+    """
+)
+
+
+@pytest.mark.parametrize("process", ["recording", "forked"])
+def test_sigterm_taken_while_the_main_thread_is_blocked_in_c_runs_the_handler_and_ends_the_process(tmp_path: Path, process: str) -> None:
+    """A Python handler runs only when the main thread runs Python code again: a SIGTERM taken by another thread (or
+    just before the main thread's wait) left a main thread blocked in a semaphore blocked for ever, where the default
+    disposition ends the process (a ``multiprocessing.Pool``'s ``with`` block then waited for its worker for ever).
+    Capture's watcher of the signal wakeup fd sends it again to the main thread, whose wait is interrupted; the
+    handler writes the runs and the process ends killed by SIGTERM. The signal is delivered to the other thread with
+    ``pthread_kill``, making the race deterministic; the script's processes are killed if it outlives its time limit."""
+    _script(tmp_path, "stuck.py", STUCK_IN_C)
+    store = tmp_path / "experience"
+    done = run_script(STUCK_IN_C, str(store), process, timeout=60, cwd=tmp_path)
+    if process == "forked":
+        assert (done.returncode, done.stdout.strip()) == (0, f"child ended by signal {int(signal.SIGTERM)}"), done.stderr[-2000:]
+    else:
+        assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+    assert _stored(store)["thread_id"].to_list() == ["before"]
+
+
+OWN_WAKEUP_FD = textwrap.dedent(
+    """
+    import signal, socket, sys
+    from agent import build
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    if sys.argv[2] == "before":
+        signal.set_wakeup_fd(writer.fileno())  # as asyncio's add_signal_handler does
+    build(sys.argv[1])
+    print(signal.set_wakeup_fd(-1) == writer.fileno(), signal.getsignal(signal.SIGTERM).__module__)
+    """
+)
+
+
+@pytest.mark.parametrize(("when", "kept"), [("before", "True"), ("never", "False")])
+def test_a_wakeup_fd_the_process_set_is_kept(tmp_path: Path, when: str, kept: str) -> None:
+    """Capture sets the signal wakeup fd only where the process has none: an asyncio loop's stays its own."""
+    script = _script(tmp_path, "wakeup.py", OWN_WAKEUP_FD)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store"), when], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [kept, "ee_middleware.capture.shutdown"]
