@@ -46,7 +46,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -75,7 +74,7 @@ _flush: Callable[[float, str], None] | None = None
 _resume: Callable[[], None] | None = None
 _stopping = False
 _nudge_pending = False  # the watcher sent SIGTERM to the main thread; a handler run it causes during the flush is no second SIGTERM
-_wakeup: tuple[socket.socket, socket.socket] | None = None  # (read end, write end) of this process's wakeup fd, where capture set it
+_wakeup: tuple[int, int] | None = None  # (read end, write end) of the pipe of this process's wakeup fd, where capture set it
 
 
 def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], None]) -> bool:
@@ -131,25 +130,24 @@ def _flush_quietly(flush: Callable[[float, str], None]) -> None:
 
 
 def _watch_for_a_pending_handler() -> None:
-    """Set this process's signal wakeup fd to a socket capture watches, where the process has none and SIGTERM is
+    """Set this process's signal wakeup fd to a pipe capture watches, where the process has none and SIGTERM is
     capture's (see the module docstring); from the main thread."""
     global _wakeup
     try:
-        reader, writer = socket.socketpair()
+        reader, writer = os.pipe()
     except OSError:
         return
     try:
-        reader.settimeout(None)
-        writer.setblocking(False)
-        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        os.set_blocking(writer, False)
+        previous = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
     except (ValueError, OSError):  # not the main thread or interpreter
-        reader.close()
-        writer.close()
+        os.close(reader)
+        os.close(writer)
         return
     if previous != -1:  # the process's own (asyncio's): its loop wakes on it; capture leaves it
         signal.set_wakeup_fd(previous)
-        reader.close()
-        writer.close()
+        os.close(reader)
+        os.close(writer)
         return
     _wakeup = (reader, writer)
     try:
@@ -158,13 +156,13 @@ def _watch_for_a_pending_handler() -> None:
         pass
 
 
-def _watch(reader: socket.socket, main_thread: int | None) -> None:
+def _watch(reader: int, main_thread: int | None) -> None:
     """Read the signal numbers the wakeup fd gets; where one is SIGTERM and capture's handler has not started in time,
     send SIGTERM again to the main thread alone (its handler runs once for both)."""
     global _nudge_pending
     while True:
         try:
-            numbers = reader.recv(512)
+            numbers = os.read(reader, 512)
         except OSError:  # closed: a forked process's copy, or the process is ending
             return
         if not numbers:
@@ -192,14 +190,13 @@ def _after_fork_in_child() -> None:
     if _wakeup is None:
         return
     inherited, _wakeup = _wakeup, None  # shared with the parent: its watcher would read this process's signals
-    ours = inherited[1].fileno()
     try:
         current = signal.set_wakeup_fd(-1)
     except ValueError:  # not the main thread here
         current = None
     for end in inherited:
-        end.close()
-    if current is not None and current != ours:
+        os.close(end)
+    if current is not None and current != inherited[1]:
         signal.set_wakeup_fd(current)  # the process set one of its own since
     elif current is not None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
         _watch_for_a_pending_handler()
