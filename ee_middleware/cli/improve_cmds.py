@@ -81,6 +81,14 @@ def improve(
         "read the damage made incomplete fails the run, which keeps its watermark (exit 1).",
         show_default=False,
     ),
+    keep_runs: int | None = typer.Option(
+        None,
+        "--keep-runs",
+        min=1,
+        help="After the run, remove all but the N newest runs and those still needed, as `ee runs prune --keep N` does; "
+        "overrides [improve] keep_runs. [default: keep every run]",
+        show_default=False,
+    ),
     as_json: bool = JsonOption,
     example: bool = typer.Option(
         False,
@@ -118,6 +126,7 @@ def improve(
         base_model=base_model,
         schedule=schedule.value if schedule else None,
         allow_partial=allow_partial,
+        keep_runs=keep_runs,
     )
     # stage rules, info lines and bars on stderr: stdout holds the summary (or the JSON) alone
     display = RichProgress(progress_console()) if progress and not as_json else QuietProgress()

@@ -16,6 +16,7 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
     suites = ["traces", "bfcl:multi_turn_base:50"]   # "traces" = the app's held-out trajectories
     gate_on_likelihood = false            # also require a lower held-out action NLL than the live model (off: it breaks task ties)
     allow_partial = false                 # a damaged store part fails the run (true: learn from the rest, the watermark stays)
+    keep_runs = 14                        # after a run, remove all but the 14 newest run folders and those still needed (unset: keep all)
 
     [improve.budgets]                     # keep a night bounded; the run says what each one cut
     max_trajectories = 2000
@@ -119,9 +120,9 @@ folders resume only under the settings they started with, so [eval] is fixed onc
 
 _UNSET = "(not set)"
 
-RUN_NEUTRAL = ("budgets", "serving", "allow_partial")
+RUN_NEUTRAL = ("budgets", "serving", "allow_partial", "keep_runs")
 """[improve] settings that may change between two attempts of a run (they are not in its configuration hash): how long
-a night is, where the replicas are, and whether a damaged store part may be read around."""
+a night is, where the replicas are, whether a damaged store part may be read around, and how many old runs are kept."""
 
 
 class Budgets(BaseModel):
@@ -212,6 +213,11 @@ class ImproveConfig(BaseModel):
     On (``--allow-partial``), the run learns from what can be read and says what it skipped; its watermark stays where it
     was, so the next run selects those trajectories again. Not part of the run's configuration: a run that failed on
     damage may be continued with it."""
+    keep_runs: int | None = Field(None, ge=1)
+    """After each run that ends without an error, remove the runs folder's old runs as ``ee runs prune --keep N`` does:
+    all but the ``keep_runs`` newest and every run still needed (unfinished, an app's watermark, the live adapter's or the
+    one a rollback returns to). At least 1: the run just done is the newest, and stays (its report, ``ee runs show
+    latest``). ``None``: nothing is removed."""
     notes: str | None = None
     """Shown at the top of the report (e.g. what the run is for, or that its base model is a test model)."""
     base_cache_dir: Annotated[Path | None, AfterValidator(absolute_path)] = None

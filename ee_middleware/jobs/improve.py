@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._toml import read_config_text
+from ee_middleware.errors import EEError
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted, JobError
 from ee_middleware.jobs.memory import PeakMemory
@@ -126,7 +127,28 @@ def run_improve(
         finally:
             if report:
                 _write_report(run, say)
+    if config.keep_runs is not None:
+        _prune_old_runs(run, runs, config.keep_runs, say)
     return run
+
+
+def _prune_old_runs(run: Run, runs: RunsDir, keep: int, say: Progress) -> None:
+    """``[improve] keep_runs``: remove old runs once the run is done (and the folder's lock released); what went is
+    recorded in the run's ``pruned`` (``ee runs show``, ``--json``). The night's run is what the exit status reports: a
+    prune that fails (another process holds the lock, a disk error) is recorded and left for the next night or ``ee runs
+    prune``."""
+    try:
+        pruned = runs.prune(keep)
+    except (EEError, OSError) as exc:
+        say.info(f"old runs not pruned (keep_runs = {keep}): {exc}")
+        with contextlib.suppress(OSError):
+            run.update(pruned={"keep": keep, "error": str(exc)})
+        return
+    removed = [entry["id"] for entry in pruned["removed"]]
+    with contextlib.suppress(OSError):
+        run.update(pruned={"keep": keep, "removed": removed, "bytes_freed": pruned["bytes_freed"]})
+    if removed:
+        say.info(f"pruned {len(removed)} old run(s) (keep_runs = {keep}; {pruned['bytes_freed'] / 1e6:.1f} MB freed): {', '.join(removed)}")
 
 
 def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progress) -> None:

@@ -140,3 +140,27 @@ def test_runs_prune_is_refused_while_a_run_holds_the_folder_and_finishes_a_prune
     assert not (runs.root / PRUNING_DIR).exists() and len(runs.list()) == 1
     missing = CliRunner().invoke(app, ["runs", "prune", "--runs", str(runs.root)])
     assert missing.exit_code == 2 and "--keep" in missing.output, "no default that would remove runs"
+
+
+def test_keep_runs_prunes_old_runs_after_each_night_and_never_the_one_just_done(workspace: Path, tiny_base: Path) -> None:
+    """`[improve] keep_runs = N` (or `ee improve --keep-runs N`) prunes after each run as `ee runs prune --keep N`: a
+    nightly job no longer needs a second command for its runs folder not to fill the disk. The run just done is the
+    newest and stays; the live adapter's run (the watermark) stays whatever N says."""
+    path = write_config(workspace, tiny_base, improve="keep_runs = 1\n")
+    live = run_improve(ImproveConfig.load(path))
+    assert live.data["outcome"]["promoted"] is True
+    second = run_improve(ImproveConfig.load(path))
+    assert second.status == "nothing-new"
+    assert [r.id for r in RunsDir(workspace / "runs").list()] == [live.id, second.id], "both needed or newest: nothing removed"
+    third = CliRunner().invoke(app, ["improve", "--config", str(path), "--keep-runs", "1", "--json"])
+    assert third.exit_code == 0, third.output
+    done = json.loads(third.stdout)
+    assert done["pruned"]["removed"] == [second.id] and done["pruned"]["bytes_freed"] > 0, done.get("pruned")
+    assert [r.id for r in RunsDir(workspace / "runs").list()] == [live.id, done["id"]]
+    assert RunsDir(workspace / "runs").get(done["id"]).data["pruned"] == done["pruned"]
+
+
+def test_keep_runs_below_one_is_refused(workspace: Path, tiny_base: Path) -> None:
+    path = write_config(workspace, tiny_base, improve="keep_runs = 0\n")
+    with pytest.raises(Exception, match="keep_runs"):
+        ImproveConfig.load(path)
