@@ -196,7 +196,7 @@ def check_span(raw: Any, resource: Mapping[str, Any]) -> SpanData:
     span = _validate(Span, raw)
     trace_id = decode_id(span.traceId, 16, "traceId")
     span_id = decode_id(span.spanId, 8, "spanId")
-    parent_id = decode_id(span.parentSpanId, 8, "parentSpanId") if span.parentSpanId else None
+    parent_id = decode_parent_id(span.parentSpanId)
     start = span.startTimeUnixNano
     end = start if span.endTimeUnixNano in (None, 0) else span.endTimeUnixNano  # a span that never ended: see never_ended
     if end < start:
@@ -238,7 +238,10 @@ def loose_ids(raw: Any) -> tuple[str | None, str | None, str | None]:
     for key, size in (("traceId", 16), ("spanId", 8), ("parentSpanId", 8)):
         value = raw.get(key)
         try:
-            out.append(decode_id(value, size, key) if isinstance(value, str) and value else None)
+            if key == "parentSpanId":
+                out.append(decode_parent_id(value) if isinstance(value, str) else None)
+            else:
+                out.append(decode_id(value, size, key) if isinstance(value, str) and value else None)
         except ShapeError:
             out.append(None)
     return out[0], out[1], out[2]
@@ -270,6 +273,31 @@ def decode_id(value: str, size: int, field_name: str) -> str:
     if not any(decoded):
         raise ShapeError(f"{field_name} is all zeros, which OTLP defines as invalid")
     return decoded.hex()
+
+
+def decode_parent_id(value: str) -> str | None:
+    """A span's ``parentSpanId`` as lowercase hex, or ``None`` for a root span: empty, or all zeros (the invalid span id,
+    which older .NET and Java OTLP exporters, OpenCensus bridges and some converters write for "no parent" instead of
+    leaving the field empty; the SDKs read it as no parent too)."""
+    if not value:
+        return None
+    try:
+        return decode_id(value, 8, "parentSpanId")
+    except ShapeError:
+        if _all_zeros(value, 8):
+            return None
+        raise
+
+
+def _all_zeros(value: str, size: int) -> bool:
+    """Whether ``value`` is the all-zero id of ``size`` bytes, in hex or base64."""
+    if value == "0" * (size * 2):
+        return True
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(decoded) == size and not any(decoded)
 
 
 def _validate(model: type[_Shape], raw: Any) -> Any:

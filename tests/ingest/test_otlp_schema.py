@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from ee_middleware.ingest import ingest_files
+from ee_middleware.store import LocalExperienceStore
+from tests.ingest.otlp_builders import GENAI_FILE, _request, _write
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openinference_langgraph.jsonl"
 EMAIL, IBAN, PHONE = "anna.schmidt@kundenmail.de", "DE44500105175407324931", "+49 151 2345 6789"
@@ -46,3 +50,30 @@ def test_problem_lines_name_the_field_and_what_was_found_without_its_value(tmp_p
     assert "value.kvlistValue: input should be a valid dictionary or instance of KeyValueList (found a string of 22 characters)" in joined
     for value in (EMAIL, IBAN, PHONE):
         assert value not in printed.output and value not in as_json.output, value
+
+
+@pytest.mark.parametrize("zeros", ["0000000000000000", "AAAAAAAAAAA="], ids=["hex", "base64"])
+def test_a_root_whose_parent_span_id_is_all_zeros_is_a_root(tmp_path: Path, zeros: str) -> None:
+    """Defect: older .NET and Java OTLP exporters, OpenCensus bridges and some converters write a root span's parent as
+    the invalid span id (all zeros) instead of leaving it empty; ingest rejected that span and with it its whole run, so
+    every run of such an exporter was lost (exit 1, nothing stored). All zeros there now means no parent, as the SDKs
+    read it; the run is stored as it is with the field empty."""
+    spans = [dict(span) for span in GENAI_FILE]
+    spans[0]["parentSpanId"] = zeros
+    report = ingest_files([_write(tmp_path / "zeros.jsonl", _request(spans))], LocalExperienceStore(tmp_path / "zeros"))
+    plain = ingest_files([_write(tmp_path / "plain.jsonl", _request(GENAI_FILE))], LocalExperienceStore(tmp_path / "plain"))
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (got,) = LocalExperienceStore(tmp_path / "zeros").iter_trajectories()
+    (expected,) = LocalExperienceStore(tmp_path / "plain").iter_trajectories()
+    assert (got.id, got.status, got.messages, got.num_steps) == (expected.id, expected.status, expected.messages, expected.num_steps)
+    assert plain.problems == 0
+
+
+@pytest.mark.parametrize(("field", "zeros"), [("traceId", "0" * 32), ("spanId", "0" * 16), ("spanId", "AAAAAAAAAAA=")])
+def test_an_all_zero_trace_or_span_id_stays_an_error(tmp_path: Path, field: str, zeros: str) -> None:
+    """A span's own ids all zeros are invalid (OTLP): the span cannot be told apart or joined to its run."""
+    spans = [dict(span) for span in GENAI_FILE]
+    spans[2][field] = zeros
+    report = ingest_files([_write(tmp_path / "bad.jsonl", _request(spans))], LocalExperienceStore(tmp_path / "s"))
+    assert report.problems >= 1
+    assert any(f"{field} is all zeros, which OTLP defines as invalid" in error for error in report.errors), report.errors
