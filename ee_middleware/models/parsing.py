@@ -6,8 +6,10 @@ first, so a call the model only considered while thinking is not taken for one i
 
 Accepted shapes, tried in this order:
 
-- Qwen3-Coder's ``<function=name><parameter=p>value</parameter></function>`` (in ``<tool_call>``
-  blocks or not; a value is read as JSON when it is JSON, else kept as text);
+- ``<function=name>...</function>`` calls: Qwen3-Coder's ``<parameter=p>value</parameter>`` tags inside (in
+  ``<tool_call>`` blocks or not; a value is read as JSON when it is JSON, else kept as text), or Llama 3.1/3.3's
+  JSON object of arguments (Meta's custom-tool format, ``<function=name>{"p": 1}</function>``); any other body is a
+  problem;
 - ``<tool_call>{...}</tool_call>`` blocks (Hermes, Qwen, SmolLM2 style), possibly several;
 - a name in a model family's markers followed by its JSON arguments: Mistral's
   ``[TOOL_CALLS]name[ARGS]{...}`` (``[TOOL_CALLS][{...}]`` is read as JSON below), gpt-oss's
@@ -443,18 +445,46 @@ def _named_calls(text: str, *, whole: bool = False) -> list[ParsedCall]:
 
 
 def _xml_calls(text: str) -> list[ParsedCall]:
-    """Qwen3-Coder's ``<function=name><parameter=p>value</parameter></function>`` calls."""
+    """The ``<function=name>...</function>`` calls in ``text``: Qwen3-Coder's ``<parameter=p>value</parameter>`` tags, or
+    Llama 3.1/3.3's JSON object (Meta's custom-tool format, ``<function=name>{"p": value}</function>``)."""
     calls: list[ParsedCall] = []
     for function in _XML_FUNCTION.finditer(text):
+        name, body = function.group(1), function.group(2)
+        if _XML_PARAMETER.search(body) is None:
+            calls.append(_function_tag_call(name, body, function.group(0)))
+            continue
         arguments = {}
-        for parameter in _XML_PARAMETER.finditer(function.group(2)):
+        for parameter in _XML_PARAMETER.finditer(body):
             value = parameter.group(2)
             try:
                 arguments[parameter.group(1)] = _loads(value)
             except (ValueError, RecursionError):
                 arguments[parameter.group(1)] = value
-        calls.append(ToolCall(id="", name=function.group(1), arguments=arguments))
+        calls.append(ToolCall(id="", name=name, arguments=arguments))
     return calls
+
+
+def _function_tag_call(name: str, body: str, raw: str) -> ParsedCall:
+    """A ``<function=name>`` call whose body has no ``<parameter=...>`` tags: no arguments when it is empty (Qwen3-Coder's
+    call without parameters), else the JSON object it holds (Llama 3.1/3.3; special tokens after it aside, for a call
+    whose ``</function>`` a server cut off), or a Python-literal dict (single quotes, as Meta's own reader accepts);
+    anything else is a problem, never a call without arguments."""
+    start = _SPACES.match(body).end()
+    if start == len(body):
+        return ToolCall(id="", name=name, arguments={})
+    try:
+        decoded, stop = json.JSONDecoder(parse_constant=_reject_constant).raw_decode(body, start)
+    except (ValueError, RecursionError):
+        decoded, stop = _python_literal(body.strip()), len(body)
+        if decoded is None:
+            return ParseProblem(
+                f"{name}: the <function={name}> call holds neither a JSON object of arguments nor <parameter=...> tags", _short(raw)
+            )
+    if not _only_markup(body[stop:]):
+        return ParseProblem(f"{name}: the <function={name}> call holds text after its JSON arguments", _short(raw))
+    if not isinstance(decoded, dict):
+        return ParseProblem(f"{name}: {NOT_AN_OBJECT}, got {type(decoded).__name__}", _short(raw))
+    return ToolCall(id="", name=name, arguments=decoded)
 
 
 def _parse_segment(text: str, order: ParamOrder) -> list[ParsedCall]:

@@ -457,3 +457,68 @@ def test_bfcl_decoding_reads_no_legacy_function_call() -> None:
     message = {"role": "assistant", "content": "", "function_call": {"name": "pwd", "arguments": "{}"}}
     assert [c.name for c in from_openai_message(message)] == ["pwd"]  # type: ignore[union-attr]
     assert all(isinstance(r, ParseProblem) for r in from_openai_message(message, bfcl=True))
+
+
+# Llama 3.1/3.3's custom-tool format, as Meta's prompt asks for it (llama-models, llama3_1 system_message.jinja:
+# '<function=example_function_name>{"example_name": "example_value"}</function>', one call on one line).
+LLAMA_FUNCTION_TAGS = [
+    (
+        '<function=search_orders>{"customer": "C-17", "status": "open"}</function>',
+        [("search_orders", {"customer": "C-17", "status": "open"})],
+    ),
+    ("<function=get_time>{}</function>", [("get_time", {})]),
+    (
+        '<function=search_orders>{"customer": "C-17", "limit": 5}<|eom_id|>',
+        [("search_orders", {"customer": "C-17", "limit": 5})],
+    ),  # cut tag
+    ("<function=search_orders>{'customer': 'C-17'}</function>", [("search_orders", {"customer": "C-17"})]),  # single quotes
+    ('<function=a>{"x": 1}</function><function=b>{"y": [2]}</function>', [("a", {"x": 1}), ("b", {"y": [2]})]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LLAMA_FUNCTION_TAGS)
+@pytest.mark.parametrize("mode", [{}, {"whole": True}, {"anywhere": True}])
+def test_llama_function_tag_calls_keep_their_json_arguments(text: str, expected: list[tuple[str, dict]], mode: dict) -> None:
+    """Was: the Qwen3-Coder reader matched ``<function=NAME>`` and looked only for ``<parameter=...>`` tags, so
+    ``<function=search_orders>{"customer": "C-17", ...}</function>`` was read as ``search_orders({})`` in every mode."""
+    assert calls_of(text, **mode) == expected
+    assert calls_of(f"<|python_tag|>{text}<|eot_id|>", **mode) == expected, "framed by special tokens"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("<function=search_orders>customer C-17</function>", "neither a JSON object of arguments nor <parameter=...> tags"),
+        ('<function=search_orders>{"customer": "C-1', "neither a JSON object of arguments nor <parameter=...> tags"),  # cut off
+        ('<function=search_orders>["C-17"]</function>', "arguments must be a JSON object, got list"),
+        ('<function=search_orders>{"customer": "C-17"} and more</function>', "holds text after its JSON arguments"),
+    ],
+)
+@pytest.mark.parametrize("mode", [{}, {"whole": True}, {"anywhere": True}])
+def test_a_function_tag_body_that_is_not_arguments_is_a_problem_never_an_empty_call(text: str, problem: str, mode: dict) -> None:
+    [result] = parse_tool_calls(text, **mode)  # type: ignore[arg-type]
+    assert isinstance(result, ParseProblem), result
+    assert result.problem.startswith("search_orders: ") and problem in result.problem
+
+
+def test_qwen3_coder_function_tags_read_as_before_beside_a_llama_one() -> None:
+    """Qwen3-Coder's ``<parameter=...>`` bodies and an empty body (no parameters) keep their reading."""
+    text = (
+        "<tool_call>\n<function=search>\n<parameter=query>\npizza\n</parameter>\n</function>\n</tool_call>\n"
+        "<tool_call>\n<function=noop>\n</function>\n</tool_call>\n"
+        '<function=get_weather>{"city": "Paris"}</function>'
+    )
+    expected = [("search", {"query": "pizza"}), ("noop", {}), ("get_weather", {"city": "Paris"})]
+    assert calls_of(text) == expected and calls_of(text, whole=True) == expected and calls_of(text, anywhere=True) == expected
+
+
+def test_a_llama_function_tag_answer_from_a_server_is_read_with_its_arguments() -> None:
+    """The client's path: a server without a tool parser returns the call as the message's content."""
+    from ee_middleware.models import Choice
+
+    content = '<function=search_orders>{"customer": "C-17", "status": "open"}</function>'
+    for choice in (Choice.from_message({"role": "assistant", "content": content}), Choice.from_text(content)):
+        [call] = choice.tool_calls()
+        assert isinstance(call, ToolCall) and (call.name, call.arguments) == ("search_orders", {"customer": "C-17", "status": "open"})
+    [bfcl] = from_openai_message({"role": "assistant", "content": content}, bfcl=True)
+    assert isinstance(bfcl, ToolCall) and bfcl.arguments == {"customer": "C-17", "status": "open"}
