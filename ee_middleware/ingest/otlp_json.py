@@ -25,11 +25,12 @@ from ee_middleware.capture.spandata import SpanData
 from ee_middleware.ingest.otlp_schema import (
     SPAN_FLAGS_HAS_IS_REMOTE,
     SPAN_FLAGS_IS_REMOTE,
+    Dropped,
     ShapeError,
     check_request,
-    check_span,
     loose_ids,
     never_ended,
+    read_span,
     resource_attributes,
 )
 
@@ -51,13 +52,16 @@ class ParseResult:
     """Spans read from a file, with one message per span, line or file that could not be read.
 
     ``rejected`` lists the spans that failed their check, so that the runs they belonged to are not
-    stored without them; ``unended`` the (trace id, span id) of spans written without an end time.
+    stored without them; ``unended`` the (trace id, span id) of spans written without an end time; ``dropped`` what the
+    SDK dropped from a span to keep within its span limits (attributes, events), by (trace id, span id), for the spans
+    that say so.
     """
 
     spans: list[SpanData] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     rejected: list[RejectedSpan] = field(default_factory=list)
     unended: set[tuple[str, str]] = field(default_factory=set)
+    dropped: dict[tuple[str, str], Dropped] = field(default_factory=dict)
 
 
 def read_otlp_json(path: str | Path) -> ParseResult:
@@ -198,7 +202,7 @@ def _read_request(document: Any, where: str, result: ParseResult) -> Iterator[Sp
         for s, scope_spans in enumerate(resource_spans.scopeSpans):
             for k, raw in enumerate(scope_spans.spans):
                 try:
-                    span = check_span(raw, resource)
+                    span, dropped = read_span(raw, resource)
                 except ShapeError as exc:
                     name = raw.get("name") if isinstance(raw, Mapping) else None
                     name = name[:80] if isinstance(name, str) else ""
@@ -208,6 +212,8 @@ def _read_request(document: Any, where: str, result: ParseResult) -> Iterator[Sp
                     continue
                 if never_ended(raw):
                     result.unended.add((span.trace_id, span.span_id))
+                if dropped:
+                    result.dropped[(span.trace_id, span.span_id)] = dropped
                 yield span
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -60,6 +60,20 @@ def _int64(value: Any) -> Any:
     return value
 
 
+def _uint32(value: Any) -> Any:
+    """A count (``uint32``): a JSON number, or a decimal string as some encoders write every integer."""
+    if isinstance(value, bool):
+        raise ValueError("must be a count, got a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdigit() or len(text) > 10:
+            raise ValueError("must be a count (an unsigned integer)")
+        return int(text)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _status_code(value: Any) -> Any:
     if isinstance(value, str) and value in _STATUS_NAMES:
         return _STATUS_NAMES[value]
@@ -70,6 +84,7 @@ def _status_code(value: Any) -> Any:
 
 Nanos = Annotated[int, BeforeValidator(_uint64), Field(ge=0, le=2**64 - 1)]
 Int64 = Annotated[int, BeforeValidator(_int64), Field(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, BeforeValidator(_uint32), Field(ge=0, le=2**32 - 1, strict=False)]
 StatusCode = Annotated[int, BeforeValidator(_status_code)]
 
 
@@ -128,6 +143,7 @@ class Event(_Shape):
     name: str = ""
     timeUnixNano: Annotated[Nanos | None, Field(strict=False)] = None
     attributes: list[KeyValue] = Field(default_factory=list)
+    droppedAttributesCount: Count = 0
 
 
 class Span(_Shape):
@@ -143,6 +159,20 @@ class Span(_Shape):
     events: list[Event] = Field(default_factory=list)
     status: Status | None = None
     flags: Annotated[Nanos | None, Field(strict=False)] = None
+    droppedAttributesCount: Count = 0
+    droppedEventsCount: Count = 0
+
+
+class Dropped(NamedTuple):
+    """What the SDK that exported a span dropped from it to keep within its span limits (``droppedAttributesCount``,
+    ``droppedEventsCount`` and its events' ``droppedAttributesCount``): the span holds less than was recorded."""
+
+    attributes: int = 0
+    events: int = 0
+    event_attributes: int = 0
+
+    def __bool__(self) -> bool:
+        return any(self)
 
 
 SPAN_FLAGS_HAS_IS_REMOTE = 0x100
@@ -190,6 +220,12 @@ def check_request(document: Any) -> ExportTraceServiceRequest:
 
 def check_span(raw: Any, resource: Mapping[str, Any]) -> SpanData:
     """One span as :class:`SpanData`; raises :class:`ShapeError` naming what is wrong."""
+    return read_span(raw, resource)[0]
+
+
+def read_span(raw: Any, resource: Mapping[str, Any]) -> tuple[SpanData, Dropped]:
+    """One span as :class:`SpanData` with what its SDK dropped from it (:class:`Dropped`, empty when nothing); raises
+    :class:`ShapeError` naming what is wrong."""
     if not isinstance(raw, Mapping):
         raise ShapeError(f"a span must be a JSON object, got {_kind(raw)}")
     _check_depth(raw, MAX_SPAN_DEPTH)
@@ -202,7 +238,8 @@ def check_span(raw: Any, resource: Mapping[str, Any]) -> SpanData:
     if end < start:
         raise ShapeError(f"endTimeUnixNano ({end}) is before startTimeUnixNano ({start})")
     status = span.status or Status()
-    return SpanData(
+    dropped = Dropped(span.droppedAttributesCount, span.droppedEventsCount, sum(e.droppedAttributesCount for e in span.events))
+    data = SpanData(
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=parent_id,
@@ -216,6 +253,7 @@ def check_span(raw: Any, resource: Mapping[str, Any]) -> SpanData:
         resource=dict(resource),
         parent_remote=_parent_remote(span.flags) if parent_id else None,
     )
+    return data, dropped
 
 
 def _parent_remote(flags: int | None) -> bool | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +30,7 @@ from ee_middleware.errors import IngestError
 from ee_middleware.ingest.dialects import adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
+from ee_middleware.ingest.otlp_schema import Dropped
 from ee_middleware.ingest.runs import BareCall, bare_call, group_runs, join_bare_calls, joined_run
 from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Trajectory, utcnow
@@ -120,8 +121,17 @@ class _Target:
     only once a run has assembled: an ingest that finds no run, or none that assembles, leaves no store
     behind and an existing one untouched."""
 
-    def __init__(self, store: ExperienceStore | StoreSpec, app: str | None, redactor: Redactor | None) -> None:
+    def __init__(
+        self,
+        store: ExperienceStore | StoreSpec,
+        app: str | None,
+        redactor: Redactor | None,
+        dropped: Mapping[tuple[str, str], Dropped] | None = None,
+    ) -> None:
         self._spec, self._app, self._redactor = store, app, redactor
+        self.dropped: Mapping[tuple[str, str], Dropped] = dropped or {}
+        """What the SDK dropped from a span to keep within its span limits, by (trace id, span id) (see
+        :func:`_dropped_problem`)."""
 
     def assemble(self, trace_id: str, run: list[SpanData], report: IngestReport, *, nested: bool = False) -> Trajectory | None:
         """``run`` as a trajectory redacted with the store's rules, or ``None`` (the problem reported).
@@ -238,6 +248,7 @@ def _ingest_traces(
     report: IngestReport,
     rejected: Iterable[RejectedSpan],
     unended: Iterable[tuple[str, str]] = (),
+    dropped: Mapping[tuple[str, str], Dropped] | None = None,
     app: str | None = None,
     approve_by: str | None = None,
     redactor: Redactor | None = None,
@@ -250,7 +261,7 @@ def _ingest_traces(
     unended_by_trace: dict[str, set[str]] = defaultdict(set)
     for trace_id, span_id in unended:
         unended_by_trace[trace_id].add(span_id)
-    target = _Target(store, app, redactor)
+    target = _Target(store, app, redactor, dropped)
     new: list[Trajectory] = []
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
 
@@ -630,7 +641,13 @@ def _run_trajectory(
             "read (see its problem above); run skipped rather than stored without it."
         )
         return None
+    problem, notes = _dropped_problem(trace_id, run, target.dropped)
+    if problem is not None:
+        report.problem(problem)
+        return None
     trajectory = target.assemble(trace_id, run, report, nested=nested)
+    if trajectory is not None:
+        report.notes.extend(notes)
     if trajectory is not None and absent_root is not None and sc.EE_TRAJECTORY_ID not in run[0].attributes:
         # named after the root it lacks, as the whole run will be once its root is exported: ingesting the files again
         # later finds it stored instead of storing the same run a second time
@@ -645,6 +662,68 @@ def _run_trajectory(
             f"Trace {trace_id}: run {run[0].name!r} is stored as {trajectory.status}, with the steps its finished spans show: {unfinished}."
         )
     return trajectory
+
+
+_LIMITS = (
+    ("attribute", "droppedAttributesCount", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT (or OTEL_ATTRIBUTE_COUNT_LIMIT)"),
+    ("event", "droppedEventsCount", "OTEL_SPAN_EVENT_COUNT_LIMIT"),
+    ("event attribute", "droppedAttributesCount of its events", "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT"),
+)
+"""Per :class:`~ee_middleware.ingest.otlp_schema.Dropped` field: what was dropped, the OTLP field that says so, and the
+OpenTelemetry SDK setting that raises the limit (128 by default)."""
+
+
+def _dropped_problem(trace_id: str, run: list[SpanData], dropped: Mapping[tuple[str, str], Dropped]) -> tuple[str | None, list[str]]:
+    """Whether ``run`` holds spans its SDK exported cut to its span limits (``dropped``): a problem for a model or tool
+    span (the run is skipped: the history, tool result or error read from it is known to be incomplete, and
+    instrumentations that flatten messages into indexed attributes exceed the default limit of 128 attributes at about 60
+    messages), and a note for any other span of the run (its decisions are whole; a thread or task read from it may not
+    be)."""
+    if not dropped:
+        return None, []
+    cut = [(span, d) for span in run if (d := dropped.get((span.trace_id, span.span_id)))]
+    if not cut:
+        return None, []
+    decisive = [(span, d) for span, d in cut if _decision_span(span)]
+    if decisive:
+        span, d = decisive[0]
+        tool = operation_of(span.attributes) == sc.OP_EXECUTE_TOOL
+        lost = (
+            "the tool's arguments, result or error read from it may be missing"
+            if tool
+            else "the messages read from it may lack some (the Python SDK drops the oldest attributes: a history's system "
+            "prompt and first messages where they are indexed attributes; other SDKs drop the newest: the last messages "
+            "and the reply)"
+        )
+        more = f" (and {len(decisive) - 1} more model or tool span(s) of the run)" if len(decisive) > 1 else ""
+        return (
+            f"Trace {trace_id}: run {run[0].name!r} is incomplete: its {'tool' if tool else 'model'} span {span.name!r} "
+            f"({span.span_id}) was exported with {_dropped_text(d)}{more}, so {lost}; "
+            f"raise {_limits_text(d)} where the app runs (the default is 128) so that later runs are exported whole; "
+            "run skipped rather than stored with a history known to be incomplete."
+        ), []
+    notes = [
+        f"Trace {trace_id}: run {run[0].name!r}: its span {span.name!r} ({span.span_id}) was exported with {_dropped_text(d)}; "
+        f"it is no model or tool span, so the run's decisions are whole, but what is read from it (a thread, a task) may "
+        f"be missing: raise {_limits_text(d)} where the app runs (the default is 128) so that later runs are exported whole."
+        for span, d in cut
+    ]
+    return None, notes
+
+
+def _decision_span(span: SpanData) -> bool:
+    """A model span (the decision and the history it was given) or a tool span (its call's observation)."""
+    operation = operation_of(span.attributes)
+    return operation in sc.MODEL_OPERATIONS or operation == sc.OP_EXECUTE_TOOL
+
+
+def _dropped_text(dropped: Dropped) -> str:
+    parts = [f"{n} {what}(s) dropped (OTLP {field})" for n, (what, field, _) in zip(dropped, _LIMITS, strict=True) if n]
+    return " and ".join(parts) + " by the SDK's span limits"
+
+
+def _limits_text(dropped: Dropped) -> str:
+    return " and ".join(setting for n, (_, _, setting) in zip(dropped, _LIMITS, strict=True) if n)
 
 
 def _rejected_in(run: list[SpanData], rejected: list[RejectedSpan]) -> RejectedSpan | None:
@@ -719,6 +798,7 @@ def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec
     report = IngestReport()
     rejected: list[RejectedSpan] = []
     unended: set[tuple[str, str]] = set()
+    dropped: dict[tuple[str, str], Dropped] = {}
     with SpanSpill() as spill:
         for path in paths:
             parsed = ParseResult()
@@ -727,5 +807,6 @@ def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec
             report.file_problems(path, parsed.errors)
             rejected.extend(parsed.rejected)
             unended |= parsed.unended
-        _ingest_traces(spill, store, report=report, rejected=rejected, unended=unended, **kwargs)  # type: ignore[arg-type]
+            dropped.update(parsed.dropped)
+        _ingest_traces(spill, store, report=report, rejected=rejected, unended=unended, dropped=dropped, **kwargs)  # type: ignore[arg-type]
     return report
