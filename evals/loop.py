@@ -19,7 +19,7 @@ from typing import Any
 
 from ee_middleware.errors import EEError, ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.evals.tasks import CUT_OFF, Conversation, Environment, EvalTask, Message, Step, Turn
-from ee_middleware.models.parsing import ParseProblem, from_openai_message, parse_tool_calls
+from ee_middleware.models.parsing import ParseProblem, call_id, from_openai_message, parse_tool_calls
 from ee_middleware.models.protocol import ChatClient, Sampling
 from ee_middleware.records import ToolCall
 
@@ -162,6 +162,7 @@ def _run_turn(
             raw = f" (it sent {choices[0].raw})" if choices[0].raw else ""
             raise ModelError(f"the server's answer holds no message: {choices[0].problem}{raw}")
         step = _read_answer(choices[0], config)
+        step.calls = _with_unique_ids(step.calls, conversation.messages)
         turn.steps.append(step)
         conversation.messages.append(_assistant_message(step))
         if not step.calls:
@@ -218,6 +219,25 @@ def _as_bfcl_reads(choice: Any, *, executed: bool) -> list[ToolCall | ParseProbl
         return parsed
     cut = "the answer was cut off at max_tokens (finish_reason 'length'; give it more max_tokens)"
     return [ParseProblem(f"{cut}: {item.problem}", item.raw) if isinstance(item, ParseProblem) else item for item in parsed]
+
+
+def _with_unique_ids(calls: list[ToolCall], messages: list[Message]) -> list[ToolCall]:
+    """``calls`` with each id the conversation already holds (or an earlier call of the same answer took) replaced by a new
+    one. Servers reuse ids (TGI sends ``"0"`` on every call, older Xinference one id for all the calls of an answer) and
+    calls read from text get theirs from their name and arguments, while a tool result is paired with its call by id (by
+    the model, and by :mod:`ee_middleware.evals.curriculum`, which keeps each call's observation under its id)."""
+    used = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+    used |= {c.get("id") for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or [] if isinstance(c, dict)}
+    unique = []
+    for call in calls:
+        if not call.id or call.id in used:
+            index = len(used)
+            while (new_id := call_id(call.name, call.arguments, index, prefix=call.id or "call")) in used:
+                index += 1
+            call = call.model_copy(update={"id": new_id})
+        used.add(call.id)
+        unique.append(call)
+    return unique
 
 
 def _looks_like_call(text: str) -> bool:

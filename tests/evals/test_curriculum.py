@@ -213,3 +213,54 @@ def test_an_experience_model_sandbox_gives_the_documented_reason_whatever_the_mo
             summary = json.loads(result.stdout)
             assert summary["kept"] == 0 and summary["dropped"] == {SYNTHETIC_DROPPED: 2}, summary
     assert not _curriculum(bfcl_store_path)
+
+
+def _call(call_id: str, name: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [  # TGI: "id": "0" on every call
+            {"role": "assistant", "content": None, "tool_calls": [_call("0", "ls")]},
+            {"role": "assistant", "content": None, "tool_calls": [_call("0", "pwd")]},
+            {"role": "assistant", "content": "Done."},
+        ],
+        [  # older Xinference: the parallel calls of one answer under one id
+            {"role": "assistant", "content": None, "tool_calls": [_call("call_1", "ls"), _call("call_1", "pwd")]},
+            {"role": "assistant", "content": "Done."},
+        ],
+    ],
+    ids=["tgi-same-id-every-call", "xinference-same-id-in-one-answer"],
+)
+def test_a_policy_server_that_reuses_call_ids_stores_each_step_with_its_own_observation(
+    answers: list[dict[str, Any]], bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """Before: observations were kept by call id, so the second call's ("0") replaced the first's and the stored
+    trajectory read ls -> pwd's observation; the policy was sent both tool results under the one id."""
+    from tests.evals.test_call_ids import chat_server
+
+    seen: list[dict[str, Any]] = []
+    judge = serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    with chat_server(answers, seen) as url:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{url}#tgi", "--sandbox", "bfcl"]
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    assert result.exit_code == 0, result.output
+    [trajectory_id] = json.loads(result.stdout)["trajectories"]
+    store = LocalExperienceStore(bfcl_store_path)
+    trajectory = store.get(trajectory_id)
+    store.close()
+    steps = {s.action.tool_call.name: s for s in trajectory.steps}
+    assert sorted(steps) == ["ls", "pwd"]
+    assert "current_directory_content" in steps["ls"].observation.content, steps["ls"].observation
+    assert "current_working_directory" in steps["pwd"].observation.content, steps["pwd"].observation
+    assert len({s.action.tool_call.id for s in trajectory.steps}) == 2
+    sent = seen[-1]["messages"]
+    results = {m["tool_call_id"]: m["content"] for m in sent if m["role"] == "tool"}
+    calls = [c for m in sent if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    assert [(c["function"]["name"], results[c["id"]]) for c in calls] == [
+        ("ls", steps["ls"].observation.content),
+        ("pwd", steps["pwd"].observation.content),
+    ], "the policy is sent each tool result with its own call"
