@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -40,6 +41,7 @@ LOCK = ".lock"
 RESULTS = "results.parquet"
 SYNC_EVERY_S = 1.0
 """The journal is flushed after every row and fsync-ed at most this often."""
+logger = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 """``progress(suite, done, total)``."""
 
@@ -94,16 +96,25 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     settings = job.suite_settings()
     suites = {spec: load_suite(spec, settings) for spec in job.suites}  # a misspelled suite claims no folder
     _check_distinct(suites)
-    worker = _Worker(job)  # nor does a model spec that cannot be built (a typo'd local: folder, a missing factory)
+    # nor does a suite whose tasks cannot be loaded (a typo'd traces: store, a split whose ids it lacks, a tau loader raising)
+    tasks = {spec: suite.tasks() for spec, suite in suites.items()}
+    worker = _Worker(job)  # nor a model spec that cannot be built (a typo'd local: folder, a missing factory)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with _run_lock(out):
-            return _run_claimed(job, out, suites, progress, worker)
+            return _run_claimed(job, out, suites, tasks, progress, worker)
     finally:
         worker.close()
 
 
-def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Progress | None, worker: _Worker) -> list[dict[str, Any]]:
+def _run_claimed(
+    job: EvalJob,
+    out: Path,
+    suites: dict[str, Any],
+    tasks_of: dict[str, list[EvalTask]],
+    progress: Progress | None,
+    worker: _Worker,
+) -> list[dict[str, Any]]:
     from ee_middleware.evals.report import summarize, write_outputs
 
     names, excluded = _claim_run_dir(out, job, [suite.name for suite in suites.values()])
@@ -113,7 +124,7 @@ def _run_claimed(job: EvalJob, out: Path, suites: dict[str, Any], progress: Prog
     todo: list[tuple[str, EvalTask, int]] = []
     totals = {}
     for spec, suite in suites.items():
-        tasks = suite.tasks()
+        tasks = tasks_of[spec]
         totals[suite.name] = len(tasks) * job.trials
         todo += [(spec, t, k) for t in tasks for k in range(job.trials) if (suite.name, t.id, k) not in seen]
     counts = {name: sum(1 for r in done if r["suite"] == name) for name in totals}
@@ -201,8 +212,9 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     earlier = [str(n) for n in previous.get("suite_names") or []] or list(
         dict.fromkeys(str(r["suite"]) for r in read_journal(out / JOURNAL))  # a record from before suite_names
     )
-    names = [*earlier, *(name for name in names if name not in earlier)]
     excluded = {k: dict(v) for k, v in (previous.get("excluded") or {}).items() if isinstance(v, dict)}
+    earlier = _without_phantoms(out, earlier, names, previous)
+    names = [*earlier, *(name for name in names if name not in earlier)]
     if previous:
         record["job"]["suites"] = sorted(set(previous["job"].get("suites") or []) | set(record["job"]["suites"]))
     record["suite_names"] = names
@@ -211,6 +223,29 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     record["finished"] = None  # until the results and reports of this invocation are written: the gate refuses the run
     atomic_write_text(run_file, json.dumps(record, indent=2))
     return list(names), excluded
+
+
+def _without_phantoms(out: Path, earlier: list[str], names: list[str], previous: dict[str, Any]) -> list[str]:
+    """``earlier`` (the suites a run records) but those no command ever ran: recorded by a command that stopped before
+    running any of their tasks, as an older version's did when their tasks could not be loaded (a typo'd ``traces:``
+    store). They hold no result and would stay in the run as suites that scored no task, failing every gate of it.
+
+    A suite a command ran is in the record's ``excluded`` (written when its results are) or has a result in the journal;
+    ``names`` (this command's) stay. A record from before ``excluded`` keeps every suite."""
+    if not isinstance(previous.get("excluded"), dict):
+        return earlier
+    ran = set(previous["excluded"]) | {str(r["suite"]) for r in read_journal(out / JOURNAL)} | set(names)
+    phantoms = [name for name in earlier if name not in ran]
+    if phantoms:
+        logger.warning(
+            "%s recorded the suite(s) %s of an earlier command that stopped before running any of their tasks (their tasks "
+            "could not be loaded, or it was stopped): they hold no result and are left out of this run. Name them in a "
+            "command with --out %s to add them.",
+            out,
+            ", ".join(phantoms),
+            out,
+        )
+    return [name for name in earlier if name in ran]
 
 
 def _mark_finished(out: Path, excluded: dict[str, dict[str, str]]) -> None:

@@ -266,6 +266,7 @@ def test_a_tasks_file_that_is_not_json_is_an_error_naming_the_domain_and_split_n
     )
     assert result.exit_code != 0 and "could not load the tasks of its split 'test'" in result.output, result.output
     assert "bug in ee-middleware" not in result.output
+    assert not (tmp_path / "r").exists(), "a domain whose tasks cannot load claims no run folder (was: run.json naming it)"
 
 
 @pytest.mark.parametrize(

@@ -376,3 +376,42 @@ def test_a_held_out_curriculum_rollout_is_never_a_traces_task(bfcl_store_path: P
     suite = load_suite(f"traces:{bfcl_store_path}", SuiteSettings(split=str(split)))
     assert [task.id for task in suite.tasks()] == [expert.id]
     assert list(suite.excluded) == ["curriculum-1"] and "source=curriculum" in suite.excluded["curriculum-1"]
+
+
+def test_a_traces_suite_whose_tasks_cannot_load_claims_no_folder_and_an_old_phantom_is_dropped(
+    bfcl_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a typo'd store path (or a split whose held-out ids the store lacks) stopped the run only once run.json
+    named the suite, so the corrected command carried a 0-task phantom suite and every gate of the folder failed on
+    'traces:stor: no task was scored'."""
+    from ee_middleware.errors import StoreError
+    from ee_middleware.evals.gate import GatePolicy, gate
+    from ee_middleware.evals.runner import RUN_FILE, _claim_run_dir
+
+    store, data, _ = bfcl_store
+    out = tmp_path / "cand"
+    typo = EvalJob(suites=[f"traces:{store}x"], model="oracle", out=str(out), split=str(data))
+    with pytest.raises(StoreError, match=r"No experience store at .*x\. "):
+        run_eval(typo)
+    assert not out.exists(), "the failed command claimed no folder"
+    other = tmp_path / "other.json"  # a split of another store's build: none of its held-out ids is here
+    other.write_text(json.dumps({"split": {"heldout_trajectories": ["not-here"], "train_trajectories": []}}))
+    with pytest.raises(ConfigError, match=r"None of the 1 held-out trajectories"):
+        run_eval(typo.model_copy(update={"suites": [f"traces:{store}:bfcl.other"], "split": str(other)}))
+    assert not out.exists()
+
+    # A folder an older version claimed that way (its run.json names the suite it never loaded) is taken by the corrected
+    # command, which says so; its gate then holds the suite that ran alone.
+    out.mkdir()
+    _claim_run_dir(out, typo, [f"traces:{store}x"])
+    job = typo.model_copy(update={"suites": [f"traces:{store}"]})
+    with caplog.at_level("WARNING", logger="ee_middleware.evals.runner"):
+        [summary] = run_eval(job)
+    assert summary["suite"] == f"traces:{store}" and summary["tasks"] > 0
+    assert f"traces:{store}x" in caplog.text and "left out of this run" in caplog.text
+    assert json.loads((out / RUN_FILE).read_text())["suite_names"] == [f"traces:{store}"]
+    [written] = json.loads((out / "summary.json").read_text())["suites"]
+    assert written["suite"] == f"traces:{store}"
+    run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "base")}))
+    outcome = gate(out, tmp_path / "base", GatePolicy(min_tasks=1))
+    assert outcome.passed, outcome.reasons
