@@ -150,9 +150,8 @@ def run_cmd(
     import functools
     import importlib
 
-    from ee_middleware.errors import ModelError
     from ee_middleware.evals.curriculum import JUDGE_FAILED, SYNTHETIC_DROPPED, read_tasks, run_curriculum
-    from ee_middleware.models.spec import build_chat_client
+    from ee_middleware.models.spec import build_chat_client, endpoint_problem
     from ee_middleware.replay.sandboxes.registry import build_sandbox
 
     if not tasks.exists():
@@ -169,12 +168,9 @@ def run_cmd(
     build_sandbox(sandbox).close()  # a sandbox that cannot be built fails here, before any rollout
     policy_client, judge_client = build_chat_client(policy), build_chat_client(judge)
     try:
-        list_models = getattr(judge_client, "list_models", None)
-        if list_models is not None:  # a judge endpoint that is down fails here, before any rollout
-            try:
-                list_models()
-            except ModelError as exc:
-                raise typer.BadParameter(f"the judge {judge} cannot be reached: {exc}", param_hint="--judge") from None
+        problem = endpoint_problem(judge_client)  # a judge endpoint that is down fails here, before any rollout
+        if problem is not None:
+            raise typer.BadParameter(f"the judge {judge} cannot be reached: {problem}", param_hint="--judge")
         # what the policy's and the sandbox's code prints goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             result = run_curriculum(

@@ -116,9 +116,8 @@ def check_servers(config: ImproveConfig, stages: Collection[str] | None = None) 
 def _endpoint_problem(spec: str, *, timeout_s: float) -> str | None:
     """Why the OpenAI-compatible server an ``openai:URL#MODEL`` spec names gives no answer (down, timing out, failing
     with 5xx); None when it answers or ``spec`` names no server."""
-    from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
     from ee_middleware.models.openai_compat import OpenAIChatClient
-    from ee_middleware.models.spec import is_model_spec, parse_model_spec
+    from ee_middleware.models.spec import endpoint_problem, is_model_spec, parse_model_spec
 
     if not isinstance(spec, str) or not is_model_spec(spec):
         return None
@@ -130,14 +129,9 @@ def _endpoint_problem(spec: str, *, timeout_s: float) -> str | None:
     except ValueError:
         return None  # a URL the stage refuses with its own message
     try:
-        client.list_models()
-    except (ModelRequestError, ModelResponseError):
-        return None  # it answered
-    except ModelServerError as exc:
-        return str(exc)
+        return endpoint_problem(client)
     finally:
         client.close()
-    return None
 
 
 def _by(ctx: StageContext) -> str:

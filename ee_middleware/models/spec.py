@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ee_middleware.errors import ModelError, ModelLoadError
+from ee_middleware.errors import ModelError, ModelLoadError, ModelRequestError, ModelResponseError
 from ee_middleware.models.protocol import ChatClient
 from ee_middleware.plugins import FACTORY_SPEC, PluginKind
 
@@ -103,6 +103,26 @@ def build_chat_client(spec: str, **options: Any) -> ChatClient:
     from ee_middleware.models.openai_compat import OpenAIChatClient
 
     return build_from_spec(spec, CHAT_CLIENTS, local=LocalGenerator, openai=OpenAIChatClient, **options)
+
+
+def endpoint_problem(client: Any) -> str | None:
+    """Why the server ``client`` talks to gives no answer (unreachable, timing out, failing with 5xx after its retries),
+    asked with ``GET /models``; ``None`` when it answers or ``client`` talks to no server (it has no ``list_models``).
+
+    An answer of any kind counts: a refusal (4xx: a server or gateway without a model listing, a key for chat only) or
+    a body that is not a listing says the server is up, and the requests that follow say what a refusal of theirs means.
+    The one rule of every check made before work starts (``ee improve``, the experience sandbox, the curriculum judge).
+    """
+    list_models = getattr(client, "list_models", None)
+    if list_models is None:
+        return None
+    try:
+        list_models()
+    except (ModelRequestError, ModelResponseError):
+        return None  # it answered
+    except ModelError as exc:
+        return str(exc)
+    return None
 
 
 def build_from_spec(

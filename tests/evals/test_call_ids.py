@@ -56,11 +56,15 @@ TEXT_REPEATED = [  # the same call written as text twice: its id comes from its 
 
 @contextmanager
 def chat_server(answers: list[dict[str, Any]], seen: list[dict[str, Any]]) -> Iterator[str]:
-    """The n-th request gets ``answers[n]`` (the last once they run out); every request body goes to ``seen``."""
+    """The n-th request gets ``answers[n]`` (the last once they run out); every request body goes to ``seen``. It has no
+    model listing: ``GET /models`` is answered 404, as FastAPI answers a path it does not serve."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
+
+        def do_GET(self) -> None:
+            send_json(self, {"detail": "Not Found"}, status=404)
 
         def do_POST(self) -> None:
             seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))

@@ -264,3 +264,19 @@ def test_a_policy_server_that_reuses_call_ids_stores_each_step_with_its_own_obse
         ("ls", steps["ls"].observation.content),
         ("pwd", steps["pwd"].observation.content),
     ], "the policy is sent each tool result with its own call"
+
+
+def test_a_judge_served_without_a_model_listing_is_used(bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
+    """Before: a judge whose server answers chat but has no GET /v1/models (404) was refused as 'cannot be reached',
+    though ee improve's own check counts such a refusal as an answer."""
+    from tests.evals.test_call_ids import chat_server
+
+    seen: list[dict[str, Any]] = []
+    policy = serve(_policy(["ls"]))
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    verdict = {"role": "assistant", "content": json.dumps({"reasoning": "it listed the folder", "reward": 1})}
+    with chat_server([verdict], seen) as judge_url:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge_url}#j", "--store", str(bfcl_store_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["kept"] == 1 and len(seen) == 1, "the judge was asked and its verdict kept the rollout"

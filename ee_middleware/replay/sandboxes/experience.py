@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ee_middleware.errors import ModelError, SandboxError
+from ee_middleware.errors import SandboxError
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Retriever, Transition, TransitionIndex, build_retriever, state_text
 
@@ -339,14 +339,13 @@ class ExperienceSandbox:
     # -- set-up ----------------------------------------------------------------------------------
 
     def _check_endpoint(self) -> None:
-        """An OpenAI-compatible endpoint that is down fails here, before any work."""
-        list_models = getattr(self._client, "list_models", None)
-        if list_models is None:
-            return
-        try:
-            list_models()
-        except ModelError as exc:
-            raise SandboxError(f"The experience model's endpoint cannot be reached ({self.model}): {exc}") from None
+        """An OpenAI-compatible endpoint that is down fails here, before any work (one that answers ``/models`` with a
+        refusal is up: :func:`~ee_middleware.models.spec.endpoint_problem`)."""
+        from ee_middleware.models.spec import endpoint_problem
+
+        problem = endpoint_problem(self._client)
+        if problem is not None:
+            raise SandboxError(f"The experience model's endpoint cannot be reached ({self.model}): {problem}")
 
     @property
     def index(self) -> TransitionIndex:
