@@ -7,9 +7,12 @@ once for its own span's output, the next span's input and the run's final output
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from langchain_core.messages import BaseMessage
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.redaction import Redactor
@@ -152,7 +155,12 @@ class PayloadEncoder:
         return text[: self.max_observation_chars], cut
 
     def graph_input_attributes(self, graph_input: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
-        messages = state_messages(graph_input)
+        """The run's input messages and its task (the first user message among them): a state's conversation
+        (:func:`state_messages`), the messages a Functional API ``@entrypoint`` was given, or, for one given a string,
+        that string as the task. On a thread this is the turn's question, never the history the checkpointer adds."""
+        if isinstance(graph_input, str):
+            return {sc.EE_TASK: self._redact(graph_input)} if graph_input else {}
+        messages = input_messages(graph_input)
         if not messages:
             return {}
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages, cache)}
@@ -211,17 +219,47 @@ def tool_error_positions(messages: Sequence[Any]) -> tuple[int, ...]:
     return tuple(i for i, m in enumerate(messages) if getattr(m, "type", None) == "tool" and getattr(m, "status", None) == "error")
 
 
+def input_messages(graph_input: Any) -> Any:
+    """The messages of a graph's input: its state's conversation (:func:`state_messages`), else the input itself where
+    it is a list of messages or one message (a Functional API ``@entrypoint`` given them). ``None`` for other input."""
+    messages = state_messages(graph_input)
+    if messages is not None:
+        return messages
+    if _is_message_list(graph_input):
+        return graph_input
+    if isinstance(graph_input, BaseMessage):
+        return [graph_input]
+    return None
+
+
 def state_messages(state: Any) -> Any:
     """The conversation in a graph's input or final state: its ``messages`` (``MessagesState``, ``create_agent``), else
     the value that is a list of messages under another key (a custom state's ``chat``); of several such lists, the
-    first that holds a model's reply, else the first. ``None`` for a state without one."""
-    if not isinstance(state, Mapping):
+    first that holds a model's reply, else the first. The state is a dict, or an instance of a pydantic or dataclass
+    state schema (a graph invoked with ``State(messages=[...])``). ``None`` for a state without one."""
+    state = _state_fields(state)
+    if state is None:
         return None
     if "messages" in state:
         return state.get("messages")
     lists = [value for value in state.values() if _is_message_list(value)]
     replied = [value for value in lists if any(getattr(m, "type", None) == "ai" for m in value)]
     return (replied or lists or [None])[0]
+
+
+def _state_fields(state: Any) -> Mapping[str, Any] | None:
+    """``state``'s channels by name: a dict as it is, an instance of a pydantic model or dataclass (a state schema) as
+    its fields; ``None`` for anything else (LangGraph's ``Command``, a dataclass too, is no state)."""
+    if isinstance(state, Mapping):
+        return state
+    if isinstance(state, type) or type(state).__name__ == "Command":
+        return None
+    fields = getattr(type(state), "model_fields", None)  # pydantic v2
+    if isinstance(fields, Mapping):
+        return {name: getattr(state, name, None) for name in fields}
+    if dataclasses.is_dataclass(state):
+        return {field.name: getattr(state, field.name, None) for field in dataclasses.fields(state)}
+    return None
 
 
 def _is_message_list(value: Any) -> bool:

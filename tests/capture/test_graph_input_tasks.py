@@ -1,0 +1,103 @@
+"""The task of each run on a thread is the user message of its turn, whatever the graph's input is: a dict, an instance
+of the graph's pydantic or dataclass state schema, or what a Functional API ``@entrypoint`` takes (a string, a list of
+messages). Before, only a dict was read: for the others every run of a checkpointed thread got the thread's first
+question as its task (the first user message of the history its model saw). Real graphs, real local store."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+import pytest
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.func import entrypoint, task
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from pydantic import BaseModel
+
+from ee_middleware import record_experience
+from ee_middleware.records import Trajectory
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel
+from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.usefixtures("no_child_left")
+THREAD = {"configurable": {"thread_id": "t-1"}}
+QUESTIONS = ["Where is order A-1?", "And order B-2?"]
+
+
+class PydanticState(BaseModel):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+@dataclasses.dataclass
+class DataclassState:
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def _state_graph(schema: type) -> Any:
+    model = ScriptedChatModel(script=[AIMessage(content="It ships today.")])
+    builder = StateGraph(schema)
+    builder.add_node("agent", lambda state: {"messages": [model.invoke(state.messages)]})
+    builder.add_edge(START, "agent")
+    builder.add_edge("agent", END)
+    return builder.compile(checkpointer=InMemorySaver())
+
+
+def _recorded(agent: Any, store_path: Any) -> list[Trajectory]:
+    assert agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(store_path)
+    try:
+        return sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("schema", [PydanticState, DataclassState])
+def test_a_thread_invoked_with_state_instances_has_each_turns_question_as_its_task(schema: type, offload: str, store_path: Any) -> None:
+    agent = record_experience(_state_graph(schema), app="shop", store=store_path, offload=offload)
+    for question in QUESTIONS:
+        agent.invoke(schema(messages=[HumanMessage(question)]), THREAD)
+    runs = _recorded(agent, store_path)
+    assert [t.task for t in runs] == QUESTIONS
+    assert [t.status for t in runs] == ["completed", "completed"]
+    # the second turn's model saw the whole thread: its state still starts with the first question
+    assert runs[1].steps[0].state[0] == {"role": "user", "content": QUESTIONS[0]}
+
+
+def test_a_thread_invoked_with_a_dict_is_unchanged(store_path: Any) -> None:
+    agent = record_experience(_state_graph(PydanticState), app="shop", store=store_path)
+    for question in QUESTIONS:
+        agent.invoke({"messages": [HumanMessage(question)]}, THREAD)
+    assert [t.task for t in _recorded(agent, store_path)] == QUESTIONS
+
+
+def _entrypoint(takes: str) -> Any:
+    model = ScriptedChatModel(script=[AIMessage(content="It ships today.")])
+
+    @task
+    def call_model(messages: list[BaseMessage]) -> BaseMessage:
+        return model.invoke(messages)
+
+    @entrypoint(checkpointer=InMemorySaver())
+    def chat(given: Any, previous: list[BaseMessage] | None = None) -> Any:
+        new = [HumanMessage(given)] if takes == "string" else given
+        messages = add_messages(previous or [], new)
+        reply = call_model(messages).result()
+        return entrypoint.final(value=reply.content, save=add_messages(messages, [reply]))
+
+    return chat
+
+
+@pytest.mark.parametrize("takes", ["string", "messages"])
+def test_a_functional_api_thread_has_each_turns_question_as_its_task(takes: str, store_path: Any) -> None:
+    agent = record_experience(_entrypoint(takes), app="shop", store=store_path)
+    for question in QUESTIONS:
+        agent.invoke(question if takes == "string" else [HumanMessage(question)], THREAD)
+    runs = _recorded(agent, store_path)
+    assert [t.task for t in runs] == QUESTIONS
+    assert [t.final_answer for t in runs] == ["It ships today.", "It ships today."]
+    assert [len(t.steps[0].state) for t in runs] == [1, 3]  # the model saw the thread's history on the second turn
