@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ee_middleware.messages import message_reasoning, split_reasoning
+
 if TYPE_CHECKING:
     from ee_middleware.models.parsing import ParamOrder, ParsedCall
 
@@ -63,8 +65,18 @@ class Choice:
 
     @property
     def text(self) -> str:
-        """The message's text: its content, and its :attr:`refusal` where the model refused ('' when it has neither)."""
+        """What the model said: its content without the reasoning it wrote inline, and its :attr:`refusal` where it
+        refused ('' when it has neither; see :func:`message_text`). The reasoning is :attr:`reasoning`."""
         return message_text(self.message)
+
+    @property
+    def reasoning(self) -> str | None:
+        """The answer's reasoning: what the server returned apart from the content (``reasoning_content``,
+        ``reasoning``, ``thinking``, ...), else the reasoning written inline at the start of the content
+        (``<think>...</think>``, a model served without a reasoning parser); None when it has none."""
+        if not isinstance(self.message, Mapping):
+            return None
+        return message_reasoning(self.message) or split_reasoning(_content_text(self.message))[0]
 
     @property
     def refusal(self) -> str | None:
@@ -80,8 +92,8 @@ class Choice:
 
         if self.problem is not None:
             return [ParseProblem(self.problem, self.raw)]
-        if not self.structured:
-            results = parse_tool_calls(self.text, param_order=param_order)
+        if not self.structured:  # its reasoning included: the parser drops it, and says when the answer is only reasoning
+            results = parse_tool_calls(message_text(self.message, reasoning=True), param_order=param_order)
         else:
             results = from_openai_message(self.message, param_order=param_order)
         if self.finish_reason != "length":
@@ -136,21 +148,33 @@ def parts_text(parts: list[Any]) -> str:
     return "".join(str(part.get("text", "")) for part in parts if isinstance(part, Mapping) and part.get("type") != "refusal")
 
 
-def message_text(message: Any) -> str:
+def message_text(message: Any, *, reasoning: bool = False) -> str:
     """A chat ``message``'s text: its content (text parts joined), then its refusal unless the content holds it already.
 
     A model that refuses answers with ``content`` null and ``refusal`` set (OpenAI, gateways, guided decoding):
-    the refusal is what it said, so evaluations and replay report it instead of an empty answer."""
+    the refusal is what it said, so evaluations and replay report it instead of an empty answer.
+
+    Reasoning a model served without a reasoning parser writes inline at the start of its content (a leading
+    ``<think>...</think>``, one never closed, or text up to a ``</think>`` the chat template opened: see
+    :func:`~ee_middleware.messages.split_reasoning`) is not what it said, so it is left out, as capture leaves it out of
+    recorded text; ``reasoning=True`` keeps the content as the model wrote it (for a parser that handles reasoning)."""
     if not isinstance(message, Mapping):
         return ""
-    content = message.get("content")
-    if isinstance(content, list):  # content parts (a refusal part is read below)
-        content = parts_text(content)
-    text = content if isinstance(content, str) else ""
+    text = _content_text(message)
+    if not reasoning:
+        text = split_reasoning(text)[1]
     refusal = message_refusal(message)
     if refusal is None or refusal in text:
         return text
     return f"{text}\n{refusal}" if text.strip() and not text.endswith((" ", "\n")) else text + refusal
+
+
+def _content_text(message: Mapping[str, Any]) -> str:
+    """The text of a message's content, as written (text parts joined; refusal parts are read by :func:`message_refusal`)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = parts_text(content)
+    return content if isinstance(content, str) else ""
 
 
 def clip(text: str, limit: int = _MAX_RAW_CHARS) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ee_middleware.models import Choice
 from ee_middleware.models.parsing import ParseProblem
 from ee_middleware.records import ToolCall
@@ -26,3 +28,52 @@ def test_a_problem_in_an_answer_cut_at_max_tokens_says_so() -> None:
 def test_an_answer_that_stopped_keeps_its_own_problem() -> None:
     [problem] = Choice.from_message({"role": "assistant", "content": "I cannot help."}, finish_reason="stop").tool_calls()
     assert isinstance(problem, ParseProblem) and problem.problem == "no tool call found in the output"
+
+
+THOUGHT = "The refund would be 42.50 if the order were eligible, but it is past 30 days."
+SAID = "Sorry, this order is not eligible for a refund."
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f"<think>\n{THOUGHT}\n</think>\n\n{SAID}",  # Qwen3, QwQ, DeepSeek-R1 served without a reasoning parser
+        f"<thinking>{THOUGHT}</thinking>\n{SAID}",
+        f"{THOUGHT}\n</think>\n\n{SAID}",  # the chat template opened the block (DeepSeek-R1-0528, Qwen3 thinking-2507)
+        [{"type": "text", "text": f"<think>\n{THOUGHT}\n</think>\n\n"}, {"type": "text", "text": SAID}],  # content parts
+    ],
+)
+def test_the_text_of_an_answer_is_what_the_model_said_without_the_reasoning_it_wrote_inline(content: object) -> None:
+    """Was: ``Choice.text`` returned the content as written, ``<think>`` block included, so every reader of it (the eval
+    loop's replies, the SR teacher's rationale, the curriculum judge's verdict, the experience model's prediction) took
+    the model's drafts for its answer. Its reasoning stays readable as ``Choice.reasoning``."""
+    for choice in (Choice.from_message({"role": "assistant", "content": content}), Choice.from_text(_joined(content))):
+        assert choice.text == SAID
+        assert choice.reasoning == THOUGHT
+
+
+def _joined(content: object) -> str:
+    return content if isinstance(content, str) else "".join(part["text"] for part in content)  # type: ignore[attr-defined, index]
+
+
+def test_an_answer_cut_while_reasoning_has_no_text_and_its_calls_say_why() -> None:
+    cut = "<think>\nLet me look at what each call returns. The task asks about the weather, so"
+    for choice in (
+        Choice.from_message({"role": "assistant", "content": cut}, finish_reason="length"),
+        Choice.from_text(cut, finish_reason="length"),
+    ):
+        assert choice.text == "" and choice.reasoning is not None and choice.reasoning.startswith("Let me look")
+        [problem] = choice.tool_calls()
+        assert isinstance(problem, ParseProblem) and "cut off at max_tokens" in problem.problem and "still reasoning" in problem.problem
+
+
+def test_reasoning_the_server_returned_apart_is_the_answer_s_reasoning_and_text_without_reasoning_is_unchanged() -> None:
+    parsed = Choice.from_message({"role": "assistant", "content": SAID, "reasoning_content": THOUGHT})
+    assert (parsed.text, parsed.reasoning) == (SAID, THOUGHT)
+    plain = Choice.from_message({"role": "assistant", "content": "Say </think> to end the block."})
+    assert (plain.text, plain.reasoning) == ("Say </think> to end the block.", None), "a tag inside a sentence is text"
+    refused = Choice.from_message({"role": "assistant", "content": f"<think>{THOUGHT}</think>\n", "refusal": "I can't help with that."})
+    assert refused.text == "I can't help with that." and refused.refusal == "I can't help with that."
+    inline_call = Choice.from_text('<think>Which tool?</think>\n<tool_call>{"name": "lookup", "arguments": {"q": "x"}}</tool_call>')
+    [call] = inline_call.tool_calls()
+    assert isinstance(call, ToolCall) and call.arguments == {"q": "x"}

@@ -159,6 +159,12 @@ def _and(items: list[str]) -> str:
 class ModelTeacher:
     """A chat model writes the rationales, greedily (temperature 0), one request per case.
 
+    A rationale is what the model said (:attr:`~ee_middleware.models.protocol.Choice.text`): reasoning a model served
+    without a reasoning parser writes inline (``<think>...</think>``) is not part of it. A reasoning model's answer that
+    stopped at ``max_tokens`` (``finish_reason`` ``"length"``) gives no rationale (an empty text, which the guards drop):
+    its budget went to reasoning, so what it said, if anything, is half a sentence or half a thought; give it more
+    ``max_tokens``.
+
     The client stays open between batches (a local model is loaded once, on the first case); :meth:`close` releases
     it when the build is done (:func:`closing_teacher`)."""
 
@@ -172,7 +178,8 @@ class ModelTeacher:
         out = []
         for case in cases:
             [choice, *_] = self.client.complete([{"role": "user", "content": teacher_prompt(case)}], n=1, sampling=sampling)
-            out.append(choice.text.strip())  # an answer without text counts as an empty rationale in the guards
+            cut_reasoning = choice.finish_reason == "length" and choice.reasoning is not None
+            out.append("" if cut_reasoning else choice.text.strip())  # an answer without text counts as an empty rationale in the guards
         return out
 
     def close(self) -> None:

@@ -4,6 +4,10 @@ replayed: ``tests/trainers/datasets/thread_world.py``)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +132,48 @@ def test_a_local_teachers_own_error_is_not_blamed_on_the_user(model_dir: Path, t
     with pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory") as raised:
         build_datasets(DatasetConfig.load(store=store, out=tmp_path / "ds", kinds="sr", teacher=f"local:{model_dir}"))
     assert type(raised.value) is torch.cuda.OutOfMemoryError
+
+
+RATIONALE = "I call weather for Rome because it returns the forecast the task asks about."
+THINKING_TEACHER = [  # (content, finish_reason, reasoning_content), one per request, in the build's order
+    (f"<think>\nOkay, the user wants Rome's weather. Maybe London?\n</think>\n\n{RATIONALE}", "stop", None),
+    ("<think>\nOkay, let me look at what each call returns. The task asks about the weather, so", "length", None),
+    ("<think>\nOkay, Rome it is.\n</think>\n\nI call weather for Rome because it", "length", None),
+    (RATIONALE, "stop", "Okay, the server's reasoning parser kept this apart."),
+]
+
+
+@contextmanager
+def thinking_teacher_server() -> Iterator[str]:
+    """A real HTTP server answering as a reasoning model served without a reasoning parser (a scripted stand-in):
+    :data:`THINKING_TEACHER`'s answers, in turn."""
+    from ee_middleware.testing.http import send_json, serving
+
+    answers = iter(THINKING_TEACHER)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            content, finish_reason, reasoning = next(answers)
+            message = {"role": "assistant", "content": content} | ({"reasoning_content": reasoning} if reasoning else {})
+            send_json(self, {"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]})
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        yield url
+
+
+def test_a_reasoning_teacher_s_thinking_never_becomes_a_rationale_scripted_server(tmp_path: Path) -> None:
+    """Was: a teacher writing its reasoning inline (no reasoning parser on its server) had its ``<think>`` block stored as
+    the SR target, and an answer cut at its ``max_tokens`` while still thinking became a rationale of half a thought.
+    Now the rationale is what it said; an answer cut at ``max_tokens`` by a teacher that reasons gives no row (the guards
+    drop it as empty), whether it was cut inside its reasoning or after it."""
+    store = record_requests(tmp_path / "experience", len(THINKING_TEACHER))
+    with thinking_teacher_server() as url, closing_teacher(build_teacher(f"openai:{url}#qwen3")) as teacher:
+        assert teacher is not None
+        frame, report = build_sr(load_source(LocalExperienceStore(store)), teacher, SROptions())
+    rationales = [json.loads(completion)[0]["content"] for completion in frame["completion"]]
+    assert rationales == [RATIONALE, RATIONALE]
+    assert report.dropped["empty"] == 2 and report.states == len(THINKING_TEACHER)
