@@ -245,6 +245,10 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             made = {c.get("id") for m in decisions[-1]["outputs"] for c in m.get("tool_calls") or ()}
             known = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
             messages = messages + [m for m in final_tool_messages if m.get("tool_call_id") in made - known]
+    if status == "interrupted" and _awaits_calls(decisions):
+        # it stopped on calls that never got their results (awaiting a review, or cut off): the run gave no answer, and
+        # an assistant message written before those calls (a supervisor's reply before a sub-agent paused) is none
+        answer = None
     try:
         trajectory = Trajectory(
             id=str(attrs.get(sc.EE_TRAJECTORY_ID) or run_trajectory_id(root.trace_id, root.span_id)),
@@ -843,6 +847,17 @@ def _paused(decisions: list[dict[str, Any]], tools: list[SpanData], final: dict[
                 continue
             return True
         return False
+    return False
+
+
+def _awaits_calls(decisions: list[dict[str, Any]]) -> bool:
+    """Whether the run's last decision that acted (not a failed attempt, nor a reply thrown away) called tools: a run
+    that was interrupted there stopped on those calls, without an answer."""
+    for index in range(len(decisions) - 1, -1, -1):
+        decision = decisions[index]
+        if decision["span"].is_error or not decision["outputs"] or _discarded(index, decisions):
+            continue
+        return any(m.get("tool_calls") for m in decision["outputs"])
     return False
 
 
