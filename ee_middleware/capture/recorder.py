@@ -876,6 +876,29 @@ def _is_graph(obj: Any) -> bool:
     return callable(getattr(obj, "invoke", None)) and callable(getattr(obj, "stream", None))
 
 
+def _not_a_graph(function: str, built: Any) -> str:
+    """Why ``@record_experience`` on ``function`` records nothing: it returned ``built``, which is no graph; naming a
+    graph that ``built`` holds (a ``(graph, checkpointer)`` tuple, a dict of parts)."""
+    what = type(built).__name__
+    if isinstance(built, (tuple, list)):
+        what = f"a {what} ({', '.join(type(item).__name__ for item in built)})"
+        held = next((f"Its item {i}" for i, item in enumerate(built) if _is_graph(item)), None)
+    elif isinstance(built, Mapping):
+        what = f"a {what} with keys {', '.join(map(repr, list(built)[:8]))}"
+        held = next((f"Its value {key!r}" for key, item in built.items() if _is_graph(item)), None)
+    else:
+        what = "None" if built is None else f"a {what}"
+        held = None
+    fix = (
+        f"{held} is the graph: return the graph alone from {function}(), keeping the rest elsewhere, or wrap it where it "
+        "is built: graph = record_experience(graph, app=..., store=...)."
+        if held is not None
+        else "Decorate the function that builds and returns the graph, or wrap the graph itself: "
+        "record_experience(graph, app=...) gives an agent whose runs are recorded (a function that runs the agent records nothing)."
+    )
+    return f"@record_experience on {function}(): the function returned {what}, not a compiled LangGraph graph, so no run would be recorded. {fix}"
+
+
 _UNNAMED_APP = next(f.default for f in dataclasses.fields(CaptureConfig) if f.name == "app")
 """``CaptureConfig.app`` when nothing named the app."""
 
@@ -902,7 +925,8 @@ def record_experience(
     function the decorated function is async too, and awaiting it gives the recorded graph.
 
     Args:
-        graph: the compiled graph, or a function (sync or async) returning one.
+        graph: the compiled graph, or a function (sync or async) returning one; a decorated function that returns
+            anything else (a ``(graph, checkpointer)`` tuple, the agent's answer) raises :class:`ConfigError` when called.
         app: name of the agent, stored with every run. Without it, the one ``config`` or ``EE_APP`` gives (as any
             setting), else the decorated function's name, else ``"default-app"``.
         store: store folder (default ``./experience`` or ``EE_STORE``) or a store object.
@@ -952,8 +976,10 @@ def record_experience(
         recorder_cell: list[Recorder] = []
 
         def recorded(built: Any) -> Any:
-            if isinstance(built, RecordedGraph) or not _is_graph(built):
+            if isinstance(built, RecordedGraph):
                 return built
+            if not _is_graph(built):
+                raise ConfigError(_not_a_graph(getattr(target, "__qualname__", None) or repr(target), built))
             if not recorder_cell:
                 recorder_cell.append(build(getattr(target, "__name__", None)))
             return RecordedGraph(built, recorder_cell[0])

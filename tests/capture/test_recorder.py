@@ -621,3 +621,36 @@ def test_runs_recorded_after_the_store_folder_was_removed_are_stored_in_it_again
     finally:
         agent.recorder.close()
     assert LocalExperienceStore(store_path, create=False).trajectories()["task"].to_list() == ["where is B-1"]
+
+
+def test_a_decorated_function_that_returns_no_graph_is_refused_with_what_to_return(react_graph: Any, store_path: Path) -> None:
+    """A builder returning (graph, checkpointer), or a decorated function that runs the agent, gave its result back
+    unwrapped: no run was recorded, and nothing said so (the store folder was never created)."""
+
+    @record_experience(app="shop", store=store_path)
+    def build_agent() -> Any:
+        saver = InMemorySaver()
+        return react_graph, saver
+
+    with pytest.raises(ConfigError) as caught:
+        build_agent()
+    message = str(caught.value)
+    assert "build_agent()" in message and "tuple (CompiledStateGraph, InMemorySaver)" in message
+    assert "Its item 0 is the graph: return the graph alone" in message and "record_experience(graph" in message
+
+    @record_experience(app="shop", store=store_path)
+    def answer(question: str) -> Any:
+        return react_graph.invoke({"messages": [("user", question)]})
+
+    with pytest.raises(
+        ConfigError, match=r"answer\(\): the function returned a dict with keys 'messages'.*Decorate the function that builds"
+    ):
+        answer("Do we have pears?")
+
+    @record_experience(app="shop", store=store_path)
+    async def abuild() -> Any:
+        return {"agent": react_graph}
+
+    with pytest.raises(ConfigError, match=r"Its value 'agent' is the graph"):
+        asyncio.run(abuild())
+    assert not store_path.exists(), "nothing was recorded, nor a store created"
