@@ -33,7 +33,7 @@ from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_
 from ee_middleware.ingest.otlp_schema import Dropped
 from ee_middleware.ingest.runs import BareCall, bare_call, group_runs, join_bare_calls, joined_run
 from ee_middleware.ingest.spill import SpanSpill
-from ee_middleware.records import Approval, Trajectory, utcnow
+from ee_middleware.records import Approval, Observation, Step, Trajectory, tool_schema_name, utcnow
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import StoreSpec, open_store
@@ -213,8 +213,40 @@ class _Target:
                     "approval_by": trajectory.approval.by,
                     "approval_at": trajectory.approval.at,
                     "approval_reason": trajectory.approval.reason,
+                    "decisions": _decisions(trajectory.steps),
                 }
             )
+
+    @cached_property
+    def _stored_steps(self) -> tuple[pl.DataFrame, dict[str, list[int]]]:
+        """The stored steps' columns that tell decisions apart, with their row numbers by trajectory id (read once, the
+        first time a run read now has a stored version)."""
+        columns = ["trajectory_id", "state_json", "action_kind", "tool_call_id", "tool_name", "arguments_json", "content"]
+        steps = self.store.steps().select(columns)
+        by_id: dict[str, list[int]] = defaultdict(list)
+        for index, trajectory_id in enumerate(steps["trajectory_id"].to_list()):
+            by_id[trajectory_id].append(index)
+        return steps, by_id
+
+    def decisions(self, row: dict[str, Any]) -> Counter[tuple[Any, ...]]:
+        """The decisions of a stored version (``row``, from :meth:`in_trace`), as :func:`_decisions` keys them."""
+        if "decisions" in row:
+            return row["decisions"]
+        if row["id"] in self._stored_decisions:
+            return self._stored_decisions[row["id"]]
+        steps, by_id = self._stored_steps
+        keys: Counter[tuple[Any, ...]] = Counter()
+        for index in by_id.get(row["id"], ()):
+            step = steps.row(index, named=True)
+            arguments = json.loads(step["arguments_json"]) if step["arguments_json"] else None
+            state = json.loads(step["state_json"] or "[]")
+            keys[_decision_key(step["action_kind"], step["tool_call_id"], step["tool_name"], arguments, step["content"], len(state))] += 1
+        self._stored_decisions[row["id"]] = keys
+        return keys
+
+    @cached_property
+    def _stored_decisions(self) -> dict[str, Counter[tuple[Any, ...]]]:
+        return {}
 
 
 def ingest_spans(
@@ -270,8 +302,17 @@ def _ingest_traces(
         if versions.stored is not None:
             report.already_stored.append(versions.stored)
             return
+        if versions.merge:  # stored versions holding decisions this one lacks (their spans were not read this time)
+            earlier = [next((t for t in new if t.id == row["id"]), None) or target.store.get(row["id"]) for row in versions.merge]
+            trajectory, added = _merged(trajectory, earlier, target.options.max_observation_chars)
+            if added:
+                report.notes.append(
+                    f"Trace {trajectory.trace_id}: {added} decision(s) of the run are held only by its stored version(s) "
+                    f"{', '.join(row['id'] for row in versions.merge)} (their spans were in files not read this time): "
+                    "they are kept in the version stored now, with the decisions read now."
+                )
         if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
-            trajectory.id = run_trajectory_id(trajectory.id, f"v{_completeness(trajectory)}")
+            trajectory.id = _version_id(trajectory, target.known)
             for step in trajectory.steps:
                 step.trajectory_id = trajectory.id
         decision = versions.decision
@@ -336,9 +377,12 @@ class _RunVersions:
     """How a run just assembled stands to the versions of it already stored (see :func:`_versions`)."""
 
     stored: str | None = None
-    """The id of a stored version at least as complete: nothing to store."""
+    """The id of a stored version that holds it whole (its messages and its decisions): nothing to store."""
     partial: list[dict[str, Any]] = field(default_factory=list)
     """The stored versions it completes (their rows), to be superseded once it is written."""
+    merge: list[dict[str, Any]] = field(default_factory=list)
+    """Those of ``partial`` that hold decisions it lacks, or more of the run's messages: they are merged into it
+    (:func:`_merged`) before it is written, so that superseding them loses no decision."""
     decision: Approval | None = None
     """The decision carried over to it from them (:func:`_carried_decision`)."""
 
@@ -357,6 +401,13 @@ def _versions(
     nor is one stored under the id of another run read now (``others``: two loops of the same task, one within the other).
     A run joined from several traces (bare model calls, see :func:`~ee_middleware.ingest.runs.join_bare_calls`) names
     its later traces and the ids their calls had as runs of their own (``parts``): those are versions too.
+
+    A version is complete by its messages (a later model call's input holds the whole history before it) and by its
+    decisions (its steps: one per model call whose span was read). Only a stored version that holds both of the run
+    read now makes it ``stored``; one that holds fewer messages, or fewer decisions, is ``partial``: superseded by the
+    run read now, into which it is merged first where it holds a decision this one lacks or more messages (``merge``):
+    a run whose later half is read alone (its first model calls in a file already read and moved away) holds the whole
+    history in its last call's input, but only its own decisions.
     """
     out = _RunVersions()
     rows = target.in_trace(trajectory.trace_id) if trajectory.trace_id else []
@@ -366,32 +417,166 @@ def _versions(
         return out
     messages = _message_keys(trajectory.model_dump(mode="json")["messages"])
     mine = _completeness(trajectory)
-    ids = {trajectory.id} | {run_trajectory_id(trajectory.id, f"v{n}") for n in range(2 * len(messages) + 2)}
+    decisions = _decisions(trajectory.steps)
     part_ids = {part for _, part in parts}
     ended = trajectory.status != "interrupted"
     for row in rows:
         if row["id"] in others:
             continue  # another run of the trace, read with this one (beside it, of the same messages)
         theirs = _message_keys(json.loads(row["messages_json"] or "[]"))
-        same_run = row["id"] in ids
         row_ended = row["status"] != "interrupted"
+        stored = 2 * len(theirs) + row_ended
+        same_run = row["id"] in _version_ids(trajectory.id, stored)
         if row["id"] in part_ids:
             if theirs == messages[: len(theirs)] and _within(row, trajectory):
                 out.partial.append(row)  # one call of the run stored as a run of its own: its last decision only
             continue
         if theirs == messages[: len(theirs)] and _within(row, trajectory):
-            stored = 2 * len(theirs) + row_ended
             if stored >= mine and (same_run or (row_ended and not ended)):
-                out.stored = row["id"]
-                return out
-            if (stored < mine and (same_run or not row_ended)) or (stored == mine and ended and _within(row, trajectory, strict=True)):
+                if _holds(target.decisions(row), decisions):
+                    out.stored = row["id"]
+                    return out
+                out.partial.append(row)  # all of its messages, but not every decision read now
+                out.merge.append(row)
+            elif (stored < mine and (same_run or not row_ended)) or (stored == mine and ended and _within(row, trajectory, strict=True)):
                 # less of the run, or all of it read under a span below its root (its root span not read yet)
                 out.partial.append(row)
+                if not _holds(decisions, target.decisions(row)):
+                    out.merge.append(row)
         elif messages == theirs[: len(messages)] and _within(row, trajectory, inner=False) and (same_run or (row_ended and not ended)):
-            out.stored = row["id"]  # a part of a run stored whole
-            return out
+            if _holds(target.decisions(row), decisions):
+                out.stored = row["id"]  # a part of a run stored whole
+                return out
+            out.partial.append(row)  # more of the run's messages, but not the decisions read now: merged with them
+            out.merge.append(row)
     out.decision = _carried_decision(out.partial)
     return out
+
+
+def _version_ids(run_id: str, completeness: int) -> set[str]:
+    """The ids a version of the run ``run_id`` as complete as ``completeness`` may be stored under (:func:`_version_id`)."""
+    return {run_id, run_trajectory_id(run_id, f"v{completeness}")} | {
+        run_trajectory_id(run_id, f"v{completeness}.{n}") for n in range(_MAX_SAME_VERSIONS)
+    }
+
+
+_MAX_SAME_VERSIONS = 8
+"""Versions of one run with the same messages and end (a run's decisions read in several ingests) told apart by id."""
+
+
+def _version_id(trajectory: Trajectory, known: Collection[str]) -> str:
+    """The id of a later version of the run stored as ``trajectory.id``: by how complete it is (:func:`_completeness`),
+    numbered where a version as complete is stored (one holding fewer of its decisions)."""
+    completeness = _completeness(trajectory)
+    candidates = [run_trajectory_id(trajectory.id, f"v{completeness}")]
+    candidates += [run_trajectory_id(trajectory.id, f"v{completeness}.{n}") for n in range(_MAX_SAME_VERSIONS)]
+    return next((c for c in candidates if c not in known), candidates[-1])
+
+
+DecisionKey = tuple[Any, ...]
+
+
+def _decision_key(kind: str, call_id: str | None, name: str | None, arguments: Any, content: str | None, state: int) -> DecisionKey:
+    """One step as what tells it from the other steps of its run: its action and how many messages its model was given
+    (the same answer's text at two turns are two decisions)."""
+    return (kind, call_id or None, name, None if arguments is None else json.dumps(arguments, sort_keys=True), content, state)
+
+
+def _decisions(steps: Iterable[Step]) -> Counter[DecisionKey]:
+    """The decisions of a version of a run (its steps, keyed by :func:`_decision_key`; parallel calls are one step each)."""
+    return Counter(
+        _decision_key(
+            s.action.kind,
+            s.action.tool_call.id if s.action.tool_call else None,
+            s.action.tool_call.name if s.action.tool_call else None,
+            s.action.tool_call.arguments if s.action.tool_call else None,
+            s.action.content,
+            len(s.state),
+        )
+        for s in steps
+    )
+
+
+def _holds(these: Counter[DecisionKey], those: Counter[DecisionKey]) -> bool:
+    """Whether the decisions ``these`` include every one of ``those``."""
+    return not (those - these)
+
+
+def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: int) -> tuple[Trajectory, int]:
+    """The run ``trajectory`` is, with the decisions of its stored versions ``earlier`` that it lacks, and how many of
+    its decisions only they held (see :func:`_versions`: each version's messages start the others' or hold them).
+
+    The messages (and what is read from them: the final answer) are the longest version's; the status, error and id an
+    ended version's (one that read the run's root: one that never ended knows less of how the run ended, and is named
+    after the span above those it read, which may lie below the root); the time spans them all; tools offered in one
+    version only are added (a step offered its own version's tools keeps them named); a thread, task or model one
+    version lacks is taken from another. The steps are the longest version's, each added step before the first one
+    given more messages than it, numbered again in that order (decisions too). A call whose version read no result for
+    it (its run was still waiting for the tool there) observes the tool message answering it in the messages, as the
+    whole run's assembly reads it (``max_chars`` caps it); its error flag, which a tool span or the instrumentation's
+    message marks, is not known then, and is false."""
+    versions = [trajectory, *earlier]
+    base = max(versions, key=lambda t: (len(t.messages), t.status != "interrupted"))
+    ended = next((t for t in (trajectory, base, *versions) if t.status != "interrupted"), base)
+    have = _decisions(base.steps)
+    steps: list[tuple[Step, int]] = [(s, 0) for s in base.steps]  # (step, which version's decision it is)
+    tools = list(base.tools)
+    names = {tool_schema_name(t) for t in tools}
+    added = False
+    for source, version in enumerate((v for v in versions if v is not base), start=1):
+        seen: Counter[DecisionKey] = Counter()
+        own = None if {tool_schema_name(t) for t in version.tools} == names else [n for t in version.tools if (n := tool_schema_name(t))]
+        for step in version.steps:
+            (key,) = _decisions([step])
+            seen[key] += 1
+            if seen[key] <= have[key]:
+                continue  # held already
+            have[key] += 1
+            added = True
+            if step.tools is None and own is not None:
+                step = step.model_copy(update={"tools": own})
+            at = next((i for i, (s, _) in enumerate(steps) if len(s.state) > len(step.state)), len(steps))
+            steps.insert(at, (step, source))
+        for schema in version.tools:
+            if tool_schema_name(schema) not in names:
+                tools.append(schema)
+                names.add(tool_schema_name(schema))
+    if not added and base is trajectory:
+        return trajectory, 0
+    only_stored = sum((_decisions(s for s, _ in steps) - _decisions(trajectory.steps)).values())
+    replies = {
+        str(m["tool_call_id"]): (position, m)
+        for position, m in reversed(list(enumerate(base.messages)))
+        if m.get("role") == "tool" and m.get("tool_call_id")
+    }
+    numbered: list[Step] = []
+    turns: dict[tuple[int, int], int] = {}
+    for index, (step, source) in enumerate(steps):
+        turn = turns.setdefault((source, step.decision_index), len(turns))
+        update: dict[str, Any] = {"trajectory_id": ended.id, "index": index, "decision_index": turn}
+        call = step.action.tool_call
+        if call is not None and step.observation is None and call.id in replies and replies[call.id][0] > len(step.state):
+            content = replies[call.id][1].get("content", "")
+            text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+            update["observation"] = Observation(content=text).capped(max_chars)
+        numbered.append(step.model_copy(update=update))
+    merged = base.model_copy(
+        update={
+            "id": ended.id,
+            "steps": numbered,
+            "tools": tools,
+            "status": ended.status,
+            "error": ended.error,
+            "started_at": min(_utc(t.started_at) for t in versions),
+            "ended_at": max(_utc(t.ended_at) for t in versions),
+            "thread_id": next((t.thread_id for t in (base, *versions) if t.thread_id), None),
+            "task": next((t.task for t in (base, *versions) if t.task), None),
+            "model": next((t.model for t in (base, *versions) if t.model), None),
+            "approval": trajectory.approval,
+            "trace_id": trajectory.trace_id,
+        }
+    )
+    return merged, only_stored
 
 
 def _carried_decision(partial: list[dict[str, Any]]) -> Approval | None:

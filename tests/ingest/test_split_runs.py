@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ee_middleware.export import decided_by_run
 from ee_middleware.ingest import ingest_files
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -108,3 +109,55 @@ def test_a_rejected_piece_of_a_run_is_not_overridden_by_an_approved_one(tmp_path
     assert store.approvals([good.id])["by"].to_list() == ["bob", SUPERSEDED_BY]
     [note] = [n for n in night2.notes if good.id in n]
     assert "not carried over" in note
+
+
+def _run_signature(t: Any) -> tuple[Any, ...]:
+    """What a run's trajectory holds (its id aside): messages, status, and each step's decision and observation."""
+    steps = [(s.index, s.decision_index, len(s.state), s.action, s.observation, s.tools) for s in t.steps]
+    return t.status, t.messages, t.final_answer, t.task, t.thread_id, t.tools, steps
+
+
+# (fixture, cut) whose second file alone holds the run's last model call(s) and its root: a version that holds the
+# whole history in its last call's input, but not the first file's decisions
+LATER_HALVES = [("rotation_openinference.jsonl", 2), ("rotation_openai_v2.jsonl", 2)]
+
+
+@pytest.mark.parametrize("order", ["first-half-first", "later-half-first"])
+@pytest.mark.parametrize(("fixture", "cut"), LATER_HALVES)
+def test_a_run_whose_halves_are_ingested_each_alone_keeps_every_decision(tmp_path, store, fixture, cut, order):
+    """Defect: the nightly job read the first file (the run's first model call and its tool) one night and only the new,
+    rotated file (the last model call and the root span) the next. The later half holds more messages (its call's input
+    is the whole history) but only its own decision, and it superseded the stored first half: the first decision (the
+    tool call) survived only in a rejected trajectory, never trained on (openinference: 1 step of 2 live; openai-v2: 1 of
+    3). Read the other way round, the first half was dropped as "a part of a run stored whole". Now a version supersedes
+    a stored one only when it holds its decisions; otherwise they are merged: one live trajectory, the whole run's."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([FIXTURES / fixture], whole)
+    (expected,) = whole.iter_trajectories()
+    first, second = _split(tmp_path, fixture, cut)
+    nights = [first, second] if order == "first-half-first" else [second, first]
+    night1 = ingest_files([nights[0]], store)
+    night2 = ingest_files([nights[1]], store)
+    assert night1.problems == night2.problems == 0, night1.errors + night2.errors
+    (got,) = _current(store)
+    assert _run_signature(got) == _run_signature(expected)
+    assert decided_by_run(got) == decided_by_run(expected), "every decision of the run is taught"
+    assert [s.trajectory_id for s in got.steps] == [got.id] * got.num_steps
+    assert set(night2.replaced) == set(night1.ingested), "the stored half is superseded by the whole run"
+    for old in night2.replaced:
+        kept = store.get(old)
+        assert (kept.approval.status, kept.approval.by) == ("rejected", SUPERSEDED_BY) and got.id in kept.approval.reason
+    assert any("kept in the version stored now" in note for note in night2.notes), night2.notes
+    for files in ([first, second], [first], [second]):  # read again, in any combination: nothing more
+        again = ingest_files(files, store)
+        assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes)
+    assert [t.id for t in _current(store)] == [got.id]
+
+
+def test_a_later_half_read_with_the_whole_run_stored_adds_nothing(tmp_path, store):
+    """The whole run stored, its later half alone read again (its file ingested once more) holds no decision the
+    stored run lacks: already stored, as before."""
+    first, second = _split(tmp_path, "rotation_openai_v2.jsonl", 2)
+    (whole,) = ingest_files([first, second], store).ingested
+    again = ingest_files([second], store)
+    assert (again.ingested, again.replaced, again.already_stored) == ([], [], [whole])
