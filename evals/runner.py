@@ -19,8 +19,10 @@ import multiprocessing
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from ee_middleware._files import atomic_write_text
 from ee_middleware._lifetime import die_with_parent
 from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.evals.clients import build_eval_client
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.loop import LoopConfig
@@ -312,7 +314,7 @@ def _execute(job: EvalJob, todo: list[tuple[str, EvalTask, int]], worker: _Worke
         for spec, task, trial in todo:
             yield worker.run(spec, task, trial)
         return
-    yield from _in_processes(job, todo)
+    yield from _in_processes(job, todo, worker.client.model)
 
 
 class _Worker:
@@ -342,6 +344,9 @@ def _crashed(suite: str, task: EvalTask, trial: int, exc: Exception) -> TaskResu
     return TaskResult(suite, task.category, task.id, trial, False, reason, "harness_error", Conversation(error=reason), 0.0)
 
 
+WORKER_DIED = "worker_died"
+"""The error type of a task whose worker process died while running it (killed, out of memory, a native crash)."""
+_Item = tuple[str, EvalTask, int]
 _PROCESS_WORKER: _Worker | None = None
 
 
@@ -349,6 +354,7 @@ def _init_process(job_data: dict[str, Any], parent_pid: int) -> None:
     global _PROCESS_WORKER
     # `ee eval run` killed (SIGTERM, SIGKILL) runs no clean-up: the kernel ends this worker with it, the watchdog elsewhere.
     die_with_parent(parent_pid, _end_orphaned, death_signal=signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the run in the parent, which ends its workers
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _PROCESS_WORKER = _Worker(EvalJob(**job_data))
 
@@ -357,34 +363,189 @@ def _end_orphaned() -> None:
     os._exit(1)
 
 
-def _run_in_process(spec: str, task: EvalTask, trial: int) -> dict[str, Any]:
+def _process_main(conn: Connection, job_data: dict[str, Any], parent_pid: int) -> None:
+    """A worker process: builds its client, says it is ready, then runs one task per message until told to stop."""
+    try:
+        _init_process(job_data, parent_pid)
+    except BaseException as exc:  # noqa: BLE001 - the parent raises it
+        _send_error(conn, exc)
+        return
     assert _PROCESS_WORKER is not None
-    return _PROCESS_WORKER.run(spec, task, trial)
+    try:
+        conn.send(("ready", None))
+        while (item := conn.recv()) is not None:
+            try:
+                row = _PROCESS_WORKER.run(*item)
+            except Exception as exc:  # noqa: BLE001 - the parent raises it
+                _send_error(conn, exc)
+                return
+            conn.send(("row", row))
+    except (EOFError, OSError):  # the parent closed the pipe or is gone
+        return
+    finally:
+        _PROCESS_WORKER.close()
 
 
-def _in_processes(job: EvalJob, todo: list[tuple[str, EvalTask, int]]) -> Iterator[dict[str, Any]]:
+def _send_error(conn: Connection, exc: BaseException) -> None:
+    import pickle
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - an exception that does not survive pickling goes as its text
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(OSError):
+        conn.send(("error", (exc, text)))
+
+
+class _RemoteTraceback(Exception):
+    """Where a worker process raised (the cause of the exception the run raises for it)."""
+
+
+class _WorkerDied(Exception):
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(exitcode)
+        self.exitcode = exitcode
+
+
+class _ProcessSlot:
+    """One worker process, sent one task at a time over a pipe: when it dies, the task it was running is known (and
+    only that one is lost), and so is its exit status."""
+
+    def __init__(self, context: Any, job_data: dict[str, Any], parent_pid: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_process_main, args=(child, job_data, parent_pid), name="ee-eval-worker")
+        self.process.start()
+        child.close()  # else the pipe would not read as closed when the process dies
+        self.ready = False
+        self.item: _Item | None = None
+        self.sent = 0.0
+
+    def give(self, item: _Item) -> bool:
+        """Send ``item`` to the idle process; False when it is gone (its death is read next)."""
+        try:
+            self.conn.send(item)
+        except OSError:
+            return False
+        self.item, self.sent = item, time.monotonic()
+        return True
+
+    def receive(self) -> dict[str, Any] | None:
+        """The row the process sent (None for its 'ready'); raises what it raised, or :class:`_WorkerDied` once it ended."""
+        if self.conn.poll():  # what it sent before it ended comes first
+            try:
+                kind, value = self.conn.recv()
+            except (EOFError, OSError):
+                kind, value = None, None
+            if kind == "ready":
+                self.ready = True
+                return None
+            if kind == "row":
+                self.item = None
+                return value  # type: ignore[no-any-return]
+            if kind == "error":
+                exc, text = value
+                raise exc from _RemoteTraceback(text)
+        self.process.join(5)
+        raise _WorkerDied(self.process.exitcode)
+
+    def stop(self) -> None:
+        """End the process: told to stop when idle, else (a task still running: the run is stopping) terminated."""
+        if self.process.is_alive() and self.ready and self.item is None:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _in_processes(job: EvalJob, todo: list[_Item], model: str) -> Iterator[dict[str, Any]]:
+    """The rows of ``todo`` run in ``job.workers`` processes. A process that dies running a task (killed out of memory, a
+    crash in a model library's native code) fails that task (:data:`WORKER_DIED`, saying so), and a new process takes its
+    place: the other tasks go on, and the same command does not die at that task again."""
     context = multiprocessing.get_context("spawn")  # nothing of the parent's state (threads, caches) leaks in
-    pool = ProcessPoolExecutor(
-        max_workers=job.workers, mp_context=context, initializer=_init_process, initargs=(job.model_dump(), os.getpid())
-    )
-    pending: set[Future[dict[str, Any]]] = set()
-    source = iter(todo)
+    data, parent = job.model_dump(), os.getpid()
+    queued = deque(todo)
+    slots = [_ProcessSlot(context, data, parent) for _ in range(min(job.workers, len(todo)))]
+    rows: list[dict[str, Any]] = []
     try:
         while True:
-            while len(pending) < job.workers * 4:
-                item = next(source, None)
-                if item is None:
-                    break
-                pending.add(pool.submit(_run_in_process, *item))
-            if not pending:
+            for slot in slots:  # before the rows are yielded: their caller's journal write keeps no process waiting
+                if slot.ready and slot.item is None and queued and slot.give(queued[0]):
+                    queued.popleft()
+            for row in rows:
+                yield row
+            if not queued and all(slot.item is None for slot in slots):
                 return
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()
+            rows = []
+            ready = set(connection_wait([handle for slot in slots for handle in (slot.conn, slot.process.sentinel)]))
+            for index, slot in enumerate(slots):
+                if slot.conn not in ready and slot.process.sentinel not in ready:
+                    continue
+                try:
+                    row = slot.receive()
+                except _WorkerDied as death:
+                    if not slot.ready:
+                        raise EEError(
+                            f"A worker process of the run ended while it started ({_exit_text(death.exitcode)}), before "
+                            "running any task: the model client could not be built in it (see what it printed above), or "
+                            "it ran out of memory. Run with fewer --workers (each builds its own model), or with --workers "
+                            "1 to see the error."
+                        ) from None
+                    if slot.item is not None:
+                        rows.append(_died(job, slot.item, death.exitcode, model, time.monotonic() - slot.sent))
+                    slot.stop()
+                    slots[index] = _ProcessSlot(context, data, parent)  # stopped at once if no task is left
+                    continue
+                if row is not None:
+                    rows.append(row)
     finally:
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        for slot in slots:
+            slot.stop()
+
+
+def _died(job: EvalJob, item: _Item, exitcode: int | None, model: str, duration_s: float) -> dict[str, Any]:
+    """The failed row of the task a worker process died running, said as a warning too."""
+    from ee_middleware.evals.tasks import Conversation
+
+    spec, task, trial = item
+    suite = load_suite(spec, job.suite_settings()).name
+    how = _exit_text(exitcode)
+    reason = (
+        f"the worker process running this task died ({how}) before it finished: killed (out of memory?) or crashed in "
+        "native code (the model's library); the run went on with a new worker process"
+    )
+    logger.warning(
+        "%s: task %s (trial %d): the worker process running it died (%s); it counts as failed (%s) and the run goes on with "
+        "a new worker process. Out of memory? Run with fewer --workers.",
+        suite,
+        task.id,
+        trial,
+        how,
+        WORKER_DIED,
+    )
+    result = TaskResult(suite, task.category, task.id, trial, False, reason, WORKER_DIED, Conversation(error=reason), duration_s)
+    return result_row(result, model)
+
+
+def _exit_text(exitcode: int | None) -> str:
+    """How a process ended, from its ``exitcode`` (negative: the signal that ended it)."""
+    if exitcode is None:
+        return "its exit status is unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        oom = ", as the kernel's out-of-memory killer does" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{oom}"
+    return f"exit code {exitcode}"
 
 
 __all__ = ["EvalJob", "read_journal", "result_row", "run_eval"]
