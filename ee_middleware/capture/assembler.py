@@ -428,21 +428,20 @@ def _steps(
         chat: SpanData = d["span"]
         offered = _step_tools(d, union)
         until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
+        made = [_tool_call(call) for message in d["outputs"] for call in message.get("tool_calls") or []]
+        spans_made = iter(_call_spans(made, tools_by_call, unmatched, chat, until))
+        made_calls = iter(made)
         for message in d["outputs"]:
             calls = message.get("tool_calls") or []
             text = content_to_text(message.get("content"))
             reasoning = message_reasoning(message)  # what a reasoning model wrote first: each of the reply's calls carries it
-            for position, call in enumerate(calls):
-                function = call.get("function", {})
-                tool_call = ToolCall(
-                    id=call.get("id") or "",
-                    name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
-                    arguments=parse_arguments(function.get("arguments")),
-                )
-                spans = tools_by_call.get(tool_call.id)
-                span = _take_tool_span(spans, chat, until, tool_call.arguments) or _take_by_name(unmatched, tool_call.name)
-                found = _reply_to(tool_call.id, index, decisions, final)
-                if found is None:  # a reused id: the message after this reply, not the first of the id anywhere
+            for position in range(len(calls)):
+                tool_call, span = next(made_calls), next(spans_made)
+                if not tool_call.id:  # ids are optional (Gemini's calls have none): the reply's place in the history tells
+                    found = _reply_in_order(message, position, index, decisions, final)
+                else:
+                    found = _reply_to(tool_call.id, index, decisions, final)
+                if found is None and tool_call.id:  # a reused id: the message after this reply, not the first of the id anywhere
                     found = (
                         _reply_after(message, tool_call.id, index, decisions, final)
                         if tool_call.id in reused
@@ -676,6 +675,58 @@ def _reply_to(call_id: str, index: int, decisions: list[dict[str, Any]], final: 
     return None
 
 
+def _reply_in_order(
+    message: dict[str, Any], position: int, index: int, decisions: list[dict[str, Any]], final: dict[str, Any]
+) -> tuple[dict[str, Any], bool] | None:
+    """The tool message answering the call at ``position`` of decision ``index``'s reply ``message`` where the calls
+    have no ids (optional in the GenAI conventions; Gemini's, Ollama's), and whether it reports an error: the tool
+    messages right after the reply in a later history answer its calls in their order, where there is one per call.
+    The reply is found in a later history going on from this decision's (right after it), else as the last message with
+    these calls (names and arguments) in the nearest later history holding one (an app sending the model its last
+    messages only); the run's last reply is answered by the tool messages it ended on alike."""
+    calls = _calls_unnamed(message)
+    seen = decisions[index]["raw"]
+    later = decisions[index + 1 :]
+    for d in later:
+        if d["raw"][: len(seen)] == seen:
+            at = next((i for i in range(len(seen), len(d["state"])) if d["state"][i].get("role") == "assistant"), None)
+            found = _answer_after(d, at, calls, position) if at is not None else None
+            if found is not None:
+                return found
+    for d in later:
+        state = d["state"]
+        at = next(
+            (i for i in range(len(state) - 1, -1, -1) if state[i].get("role") == "assistant" and _calls_unnamed(state[i]) == calls), None
+        )
+        found = _answer_after(d, at, calls, position) if at is not None else None
+        if found is not None:
+            return found
+    if index == len(decisions) - 1 and len(decisions[index]["outputs"]) == 1:
+        return _answer_after(final, -1, calls, position)
+    return None
+
+
+def _answer_after(d: dict[str, Any], at: int, calls: list[tuple[Any, Any]], position: int) -> tuple[dict[str, Any], bool] | None:
+    """The ``position``-th of the tool messages that follow ``d``'s message ``at`` (-1: from its first message on), which
+    must make ``calls``, where there is one per call before a message of another role; with whether it reports an error."""
+    state = d["state"]
+    if at >= 0 and _calls_unnamed(state[at]) != calls:
+        return None
+    answers = []
+    for i in range(at + 1, len(state)):
+        if state[i].get("role") != "tool":
+            break
+        answers.append(i)
+    if len(answers) != len(calls):
+        return None
+    return state[answers[position]], answers[position] in d["errors"]
+
+
+def _calls_unnamed(message: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """An assistant message's tool calls as (name, arguments decoded), their ids left out."""
+    return [(name, arguments) for _, name, arguments in _calls_key(message)]
+
+
 def _reused_call_ids(decisions: list[dict[str, Any]]) -> set[str]:
     """The call ids the run's replies reuse: made by more than one reply, or by a reply whose own history already answers
     a call of that id (a model server or proxy numbering its calls per reply: every reply's first call ``call_0``)."""
@@ -784,9 +835,38 @@ def _tool_names(schemas: list[dict[str, Any]]) -> list[str]:
     return [name for name in map(tool_schema_name, schemas) if name is not None]
 
 
-def _take_by_name(spans: list[SpanData], name: str) -> SpanData | None:
+def _tool_call(call: dict[str, Any]) -> ToolCall:
+    """A reply's tool call (OpenAI shape) as a step's."""
+    function = call.get("function", {})
+    return ToolCall(
+        id=call.get("id") or "",
+        name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
+        arguments=parse_arguments(function.get("arguments")),
+    )
+
+
+def _call_spans(
+    calls: list[ToolCall], tools_by_call: dict[str, list[SpanData]], unmatched: list[SpanData], chat: SpanData, until: int | None
+) -> list[SpanData | None]:
+    """The tool span of each of decision ``chat``'s calls (taken from the spans left): the span of its id
+    (:func:`_take_tool_span`); for a call no span of its id ran, a span that names no id, of its tool and run with its
+    arguments, else the first left of its tool. Spans that name no call id (OpenInference's for the OpenAI Agents SDK,
+    traceloop-sdk's ``@tool``) are told apart by their arguments, so that each of parallel calls of one tool gets its
+    own span (its error and latency), whichever ran first."""
+    spans = [_take_tool_span(tools_by_call.get(call.id), chat, until, call.arguments) for call in calls]
+    for i, call in enumerate(calls):
+        if spans[i] is None:
+            spans[i] = _take_by_name(unmatched, call.name, call.arguments)
+    for i, call in enumerate(calls):
+        if spans[i] is None:
+            spans[i] = _take_by_name(unmatched, call.name)
+    return spans
+
+
+def _take_by_name(spans: list[SpanData], name: str, arguments: dict[str, Any] | None = None) -> SpanData | None:
+    """The first of ``spans`` of tool ``name`` (run with ``arguments``, where given), removed from them."""
     for i, span in enumerate(spans):
-        if span.attributes.get(sc.TOOL_NAME) == name:
+        if span.attributes.get(sc.TOOL_NAME) == name and (arguments is None or _span_arguments(span) == arguments):
             return spans.pop(i)
     return None
 

@@ -1,0 +1,102 @@
+"""Tool calls without ids (the GenAI conventions make ``id`` optional on ``tool_call`` and ``tool_call_response`` parts;
+Gemini's and Ollama's calls have none), no tool span traced: each call's observation is the tool response that follows
+the reply in the next call's history, paired by position. Before, it was dropped (observation ``None``): the reply's
+tool messages were looked up by call id only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.ingest import ingest_files
+from ee_middleware.store import LocalExperienceStore
+from tests.ingest.otlp_builders import _request, _span, _write
+
+USER = {"role": "user", "parts": [{"type": "text", "content": "Stock of SKU-9 and SKU-4?"}]}
+
+
+def _call(*skus: str, with_id_key: bool = True) -> dict[str, Any]:
+    parts = [{"type": "tool_call", "name": "check_stock", "arguments": {"sku": sku}} for sku in skus]
+    if with_id_key:
+        parts = [{**part, "id": None} for part in parts]
+    return {"role": "assistant", "parts": parts, "finish_reason": "tool_call"}
+
+
+def _results(*results: Any) -> dict[str, Any]:
+    return {"role": "user", "parts": [{"type": "tool_call_response", "id": None, "response": r} for r in results]}
+
+
+def _model(span_id: str, given: list[Any], reply: dict[str, Any], start: int, **attrs: Any) -> dict[str, Any]:
+    return _span(
+        span_id,
+        "generate_content gemini-2.5-flash",
+        {
+            "gen_ai.operation.name": "generate_content",
+            "gen_ai.request.model": "gemini-2.5-flash",
+            "gen_ai.input.messages": json.dumps(given),
+            "gen_ai.output.messages": json.dumps([reply]),
+            **attrs,
+        },
+        parent="c000000000000001",
+        start=start,
+        end=start + 4,
+    )
+
+
+def _ingest(tmp_path: Path, *models: dict[str, Any]) -> Any:
+    agent = _span(
+        "c000000000000001", "invoke_agent shop", {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "shop"}, start=0, end=90
+    )
+    store = LocalExperienceStore(tmp_path / "store")
+    report = ingest_files([_write(tmp_path / "spans.json", _request([agent, *models]))], store)
+    assert len(report.ingested) == 1 and not report.errors
+    [t] = list(store.iter_trajectories())
+    return t
+
+
+def _observations(t: Any) -> list[tuple[Any, ...]]:
+    return [
+        (s.action.tool_call.arguments["sku"], s.observation.content if s.observation else None)
+        for s in t.steps
+        if s.action.tool_call is not None
+    ]
+
+
+def test_a_call_without_id_is_observed_by_the_response_after_it(tmp_path: Path) -> None:
+    answer = {"role": "assistant", "parts": [{"type": "text", "content": "12 in stock."}], "finish_reason": "stop"}
+    for with_id_key in (True, False):
+        call = _call("SKU-9", with_id_key=with_id_key)
+        t = _ingest(
+            tmp_path / str(with_id_key),
+            _model("c000000000000002", [USER], call, 1),
+            _model("c000000000000003", [USER, call, _results({"result": 12})], answer, 10),
+        )
+        assert _observations(t) == [("SKU-9", '{"result":12}')]
+        assert (t.status, t.final_answer) == ("completed", "12 in stock.")
+
+
+def test_parallel_calls_without_ids_are_paired_with_the_responses_in_their_order(tmp_path: Path) -> None:
+    calls = _call("SKU-9", "SKU-4")
+    again = _call("SKU-1")
+    answer = {"role": "assistant", "parts": [{"type": "text", "content": "12, 0 and 3 in stock."}], "finish_reason": "stop"}
+    first = [USER, calls, _results({"result": 12}, {"result": 0})]
+    t = _ingest(
+        tmp_path,
+        _model("c000000000000002", [USER], calls, 1),
+        _model("c000000000000003", first, again, 10),
+        _model("c000000000000004", [*first, again, _results({"result": 3})], answer, 20),
+    )
+    assert _observations(t) == [("SKU-9", '{"result":12}'), ("SKU-4", '{"result":0}'), ("SKU-1", '{"result":3}')]
+
+
+def test_responses_that_do_not_match_the_calls_in_number_are_not_guessed(tmp_path: Path) -> None:
+    """Two calls, one response (a middleware dropped one): which call it answers is not known, so neither is observed."""
+    calls = _call("SKU-9", "SKU-4")
+    answer = {"role": "assistant", "parts": [{"type": "text", "content": "12 in stock."}], "finish_reason": "stop"}
+    t = _ingest(
+        tmp_path,
+        _model("c000000000000002", [USER], calls, 1),
+        _model("c000000000000003", [USER, calls, _results({"result": 12})], answer, 10),
+    )
+    assert _observations(t) == [("SKU-9", None), ("SKU-4", None)]
