@@ -147,14 +147,21 @@ def _fill_tool_attrs(attrs: dict[str, Any]) -> None:
     if name:
         attrs.setdefault(sc.TOOL_NAME, name)
     if sc.TOOL_CALL_ARGUMENTS not in attrs:
-        raw = attrs.get("input.value") or attrs.get("tool.parameters") or attrs.get("traceloop.entity.input")
+        key, raw = _first_set(attrs, "input.value", "tool.parameters", "traceloop.entity.input")
         if raw is not None:
             decoded = _json_or_none(raw) if isinstance(raw, str) else raw
             if isinstance(decoded, dict) and isinstance(decoded.get("inputs"), dict):
-                decoded = decoded["inputs"]  # traceloop wraps tool inputs
-            attrs[sc.TOOL_CALL_ARGUMENTS] = dumps(decoded if decoded is not None else raw)
+                decoded = decoded["inputs"]  # traceloop's LangChain instrumentation wraps tool inputs
+            elif key == "traceloop.entity.input" and _call_arguments(decoded):
+                decoded = raw = _keyword_arguments(decoded)
+            if raw is not None:
+                attrs[sc.TOOL_CALL_ARGUMENTS] = dumps(decoded if decoded is not None else raw)
     if sc.TOOL_CALL_RESULT not in attrs:
-        raw = attrs.get("output.value") or attrs.get("traceloop.entity.output")
+        key, raw = _first_set(attrs, "output.value", "traceloop.entity.output")
+        if key == "traceloop.entity.output":
+            # traceloop-sdk's decorators write json.dumps(result): a tool's text would keep its quotes and \u escapes
+            decoded = _json_or_none(raw)
+            raw = decoded if isinstance(decoded, str) else raw
         if raw is not None:
             attrs[sc.TOOL_CALL_RESULT] = raw if isinstance(raw, str) else dumps(raw)
     message = _langchain_tool_message(attrs.get(sc.TOOL_CALL_RESULT))
@@ -166,6 +173,32 @@ def _fill_tool_attrs(attrs: dict[str, Any]) -> None:
     call_id = attrs.get("tool_call.id") or attrs.get("tool.call_id")
     if call_id:
         attrs.setdefault(sc.TOOL_CALL_ID, call_id)
+
+
+def _first_set(attrs: Mapping[str, Any], *keys: str) -> tuple[str | None, Any]:
+    """The first of ``keys`` with a value (not empty) and that value; else no key and the last key's value."""
+    for key in keys:
+        if attrs.get(key):
+            return key, attrs[key]
+    return None, attrs.get(keys[-1])
+
+
+def _call_arguments(value: Any) -> bool:
+    """Whether ``value`` is how traceloop-sdk's ``@tool`` / ``@task`` decorators write a function's input:
+    ``{"args": [...], "kwargs": {...}}`` (``json.dumps`` of the call's positional and keyword arguments)."""
+    return (
+        isinstance(value, dict)
+        and set(value) == {"args", "kwargs"}
+        and isinstance(value["args"], list)
+        and isinstance(value["kwargs"], dict)
+    )
+
+
+def _keyword_arguments(call: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The arguments of a decorated call (:func:`_call_arguments`) as a tool call names them: its keyword arguments
+    where it had no positional ones (``get_weather(**arguments)``, ``get_weather(city=...)``); ``None`` where it had
+    some, whose parameter names the span does not give (the tool span then names no arguments, rather than wrong ones)."""
+    return None if call["args"] else dict(call["kwargs"])
 
 
 def _langchain_tool_message(raw: Any) -> Mapping[str, Any] | None:
