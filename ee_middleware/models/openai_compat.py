@@ -1,16 +1,21 @@
 """The OpenAI-compatible chat client: one ``/chat/completions`` request per call, over httpx.
 
-Works with vLLM, the local server, and hosted APIs. A connection error, a timeout, a 429 or a 5xx
-is retried ``retries`` times with doubling back-off (longer where the server's ``Retry-After``
+Works with vLLM, the local server, and hosted APIs. ``timeout_s`` is the time one attempt may take, the answer's
+whole body included (a server or proxy that sends keep-alive whitespace while the model works is cut off at it; a
+:meth:`~OpenAIChatClient.stream` waits ``timeout_s`` for each part instead). A connection error, a timeout, a 429 or
+a 5xx is retried ``retries`` times with doubling back-off (longer where the server's ``Retry-After``
 asks for it, up to :data:`MAX_RETRY_AFTER_S`), then raised as
 :class:`~ee_middleware.errors.ModelServerError`; a 4xx is raised at once as
-:class:`~ee_middleware.errors.ModelRequestError` with the server's own text; a body that is not
+:class:`~ee_middleware.errors.ModelRequestError` with the server's own text, and so is a 5xx whose message names a
+problem with the request (llama.cpp's server sends "tools param requires --jinja flag" as HTTP 500); a body that is not
 JSON as :class:`~ee_middleware.errors.ModelResponseError`. An error sent with status 200 (``{"error":
 ...}``, as some proxies and gateways do) is treated as the status its ``code`` names. Every message
 names the URL (without any user:password in it) and shows an HTML error page by its title. A JSON
 answer that is not a usable completion (no choices; a choice without a message object: an empty one, a
 completions-style ``text``, a message that is a string) comes back as :class:`~ee_middleware.models.protocol.Choice`
-items with a problem, for the caller to count (never as an empty answer).
+items with a problem, for the caller to count (never as an empty answer). A server that answers fewer choices than
+``n`` (Ollama and llama-cpp-python ignore ``n``; llama-server refuses it) is asked again for the rest
+(:class:`FewerChoicesWarning`, once per client).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import html
 import json
 import os
 import re
+import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
@@ -33,6 +41,49 @@ MAX_RETRY_AFTER_S = 60.0
 """The longest wait a server's ``Retry-After`` can ask of one retry (a longer one is cut to this)."""
 _HTML_TITLE = re.compile(r"<(title|h1)[^>]*>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
 _sleep = time.sleep
+
+_ONE_CHOICE_ONLY = re.compile(
+    r"only one (?:completion )?choice|['\"`]n['\"`] (?:must|should) be 1|\bn\b must be 1|unsupported value: ['\"`]n['\"`]", re.IGNORECASE
+)
+"""A refusal of ``n`` > 1 (llama-server: "Only one completion choice is allowed"): each answer then takes a request."""
+
+_REQUEST_PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"--jinja", re.IGNORECASE),
+        "start llama-server with --jinja (its tool calling and chat templates need it), or offer no tools.",
+    ),
+    (
+        _ONE_CHOICE_ONLY,
+        "this server answers one choice per request: ask for one answer at a time (K=1), or use a server that takes n (vLLM).",
+    ),
+    (
+        re.compile(r"\bat row \d+, column \d+", re.IGNORECASE),
+        "the server's chat template failed on this request: fix or replace the template (llama-server --chat-template-file).",
+    ),
+    (
+        re.compile(
+            r"unsupported (?:param|parameter|value|content)|\bnot supported\b|\bcannot (?:use|have)\b|\bexpected '?\w+'? to be\b"
+            r"|\bincompatible with\b|\bcan be specified, but not both\b",
+            re.IGNORECASE,
+        ),
+        "change the request setting or message it names (or use a server that supports it).",
+    ),
+)
+"""Wording of 5xx answers that name a problem with the request (llama.cpp's server sends the errors it meets while
+reading a request as HTTP 500), each with what to do. Such an answer is raised at once, as a refusal, not retried."""
+
+
+class FewerChoicesWarning(UserWarning):
+    """A model server answered fewer choices than the ``n`` asked for (it ignores or refuses ``n``); the rest were
+    asked for in further requests (or, from a client that does not, are missing)."""
+
+
+class _DeadlinePassed(Exception):
+    """An attempt's answer was not complete within ``timeout_s``."""
+
+
+_UNFINISHED = (0, "unfinished")
+"""An attempt's answer, among those :meth:`OpenAIChatClient._failure_advice` reads, that was cut off at ``timeout_s``."""
 
 
 _CLIENT_LOCK = threading.Lock()
@@ -87,6 +138,13 @@ class OpenAIChatClient:
         self._sends_reasoning = True
         """Whether earlier replies' ``reasoning_content`` goes back in requests (vLLM takes it, and reasoning models'
         templates render it); off for good once this server refused a request over it (OpenAI's and DeepSeek's APIs do)."""
+        self._one_choice_only = False
+        """Whether every answer takes a request of its own: on for good once this server refused ``n`` > 1."""
+        self._warned_fewer = False
+        self.short_answers = 0
+        """How many :meth:`complete` calls the server's first answer held fewer choices than ``n`` for."""
+        self.extra_requests = 0
+        """How many further requests were sent for the choices such first answers lacked."""
 
     @property
     def url(self) -> str:
@@ -106,20 +164,64 @@ class OpenAIChatClient:
     def complete(
         self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
     ) -> list[Choice]:
-        """``n`` answers from one request."""
-        body = self.request_body(messages, tools=tools, n=n, sampling=sampling)
+        """``n`` answers, asked for in one request.
+
+        A server that answers fewer (Ollama and llama-cpp-python ignore ``n``; llama-server refuses ``n`` > 1) is asked
+        again for the rest, each further request with the next seed, in at most ``n`` requests in all; a
+        :class:`FewerChoicesWarning` says so once per client, and :attr:`short_answers` / :attr:`extra_requests` count it.
+        """
+        first_n = 1 if self._one_choice_only else n
         try:
-            response = self.post("/chat/completions", body)
+            response = self._chat(messages, tools, first_n, sampling)
+        except ModelRequestError as exc:
+            if first_n == 1 or not _ONE_CHOICE_ONLY.search(exc.refusal):
+                raise
+            self._one_choice_only = True  # llama-server: one choice per request, from now on
+            response = self._chat(messages, tools, 1, sampling)
+        choices = _choices_of(response)
+        if choices is None:
+            return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
+        first, requests = len(choices), 1
+        while len(choices) < n and requests < n:
+            seed = None if sampling.seed is None else sampling.seed + requests  # another sample, not the same one again
+            more = _choices_of(self._chat(messages, tools, 1 if self._one_choice_only else n - len(choices), replace(sampling, seed=seed)))
+            requests += 1
+            if not more:
+                break
+            choices.extend(more[: n - len(choices)])
+        if first < n:
+            self._note_fewer(n, first, requests - 1)
+        return [_choice(index, choice) for index, choice in enumerate(choices)]
+
+    def _chat(self, messages: Sequence[Message], tools: Sequence[ToolSchema] | None, n: int, sampling: Sampling) -> Any:
+        """One chat-completions request's decoded answer."""
+        try:
+            return self.post("/chat/completions", self.request_body(messages, tools=tools, n=n, sampling=sampling))
         except ModelRequestError as exc:
             if not (self._sends_reasoning and exc.status in (400, 422) and "reasoning_content" in str(exc) and _with_reasoning(messages)):
                 raise
             # The server takes no reasoning in the messages it is sent: send them without it, now and from now on.
             self._sends_reasoning = False
-            response = self.post("/chat/completions", self.request_body(messages, tools=tools, n=n, sampling=sampling))
-        choices = response.get("choices") if isinstance(response, dict) else None
-        if not isinstance(choices, list) or not choices:
-            return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
-        return [_choice(index, choice) for index, choice in enumerate(choices)]
+            return self.post("/chat/completions", self.request_body(messages, tools=tools, n=n, sampling=sampling))
+
+    def _note_fewer(self, n: int, first: int, extra: int) -> None:
+        with _CLIENT_LOCK:
+            self.short_answers += 1
+            self.extra_requests += extra
+            warned, self._warned_fewer = self._warned_fewer, True
+        if not warned:
+            how = (
+                "it refuses n > 1, so each answer is asked for in a request of its own"
+                if self._one_choice_only
+                else f"it answered {first} choice(s) where n={n} were asked (it ignores n, as Ollama's and llama-cpp-python's "
+                "OpenAI endpoints do), so the rest are asked for in further requests"
+            )
+            warnings.warn(
+                f"The server at {self.url} ({self.model!r}) does not give n answers per request: {how}; a call for n answers "
+                "can take up to n requests. (Said once per client; its short_answers and extra_requests count this.)",
+                FewerChoicesWarning,
+                stacklevel=3,
+            )
 
     def request_body(
         self, messages: Sequence[Message], *, tools: Sequence[ToolSchema] | None = None, n: int = 1, sampling: Sampling = Sampling()
@@ -204,18 +306,18 @@ class OpenAIChatClient:
         url = f"{self.base_url}{path}"
         client = self._get_client(httpx)
         last_problem, last_status, timed_out = "", None, False
+        answers: list[tuple[int, str] | None] = []  # each attempt's 5xx/429 answer, _UNFINISHED or None, to see repeats
         wait = 0.0
         for attempt in range(self.retries + 1):
             if attempt:
                 _sleep(max(self.backoff_s * 2 ** (attempt - 1), wait))
             wait = 0.0
+            answers.append(None)
             try:
-                response = client.send(client.build_request(method, url, json=body), stream=stream)
-                if stream and response.status_code >= 400:
-                    response.read()
-                    response.close()
-            except httpx.TimeoutException as exc:
-                last_problem, last_status, timed_out = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})", None, True
+                response = self._attempt(client, method, url, body, stream=stream)
+            except (httpx.TimeoutException, _DeadlinePassed) as exc:
+                last_problem, last_status, timed_out = _timeout_problem(exc, self.timeout_s), None, True
+                answers[-1] = _UNFINISHED if isinstance(exc, _DeadlinePassed) else None
                 continue
             except httpx.TransportError as exc:
                 last_problem, last_status, timed_out = f"{type(exc).__name__}: {exc}", None, False
@@ -230,29 +332,77 @@ class OpenAIChatClient:
                     raise ModelResponseError(f"The server at {url} answered with an error instead of a completion: {text}", url=url)
             else:
                 text = _shown_body(response)
+            hint = _request_problem(text) if status >= 500 else None
+            if hint is not None:
+                refusal = f"The server at {url} refused the request with HTTP {status}: {text}."
+                advice = (
+                    f"Its message names a problem with the request, not an outage (some servers, llama.cpp's llama-server "
+                    f"among them, send such refusals as HTTP {status}), so it was not retried: {hint}"
+                )
+                raise ModelRequestError(f"{refusal} {advice}", url=url, status=status, refusal=refusal, answer=_json_or_none(response))
             if status == 429 or status >= 500:
                 wait = _retry_after(response)
                 asked = f" (it asked to wait {wait:g} s)" if wait else ""
                 last_problem, last_status, timed_out = f"HTTP {status}{asked}: {text}", status, False
+                answers[-1] = (status, text)
                 continue
             if status >= 400:
                 refusal = f"The server at {url} refused the request with HTTP {status}: {text}."
                 raise ModelRequestError(
                     f"{refusal} {self._refusal_advice(status)}", url=url, status=status, refusal=refusal, answer=_json_or_none(response)
                 )
-        if last_status == 429:
-            advice = "The server is limiting the request rate: send fewer requests at once (lower the concurrency) or allow more retries."
-        else:
-            advice = (
-                "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "
-                "(it should end in /v1), the port, and that the model has finished loading."
-            )
         raise ModelServerError(
-            f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. {advice}",
+            f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. {self._failure_advice(answers, timed_out)}",
             url=url,
             status=last_status,
             timed_out=timed_out,
         )
+
+    def _attempt(self, client: Any, method: str, url: str, body: dict[str, Any] | None, *, stream: bool) -> Any:
+        """One request's response: for a stream, once its headers are in (an error's body read); otherwise whole, within
+        ``timeout_s`` of its start (:class:`_DeadlinePassed` when not)."""
+        if stream:  # timeout_s bounds each wait for the next part, not the whole answer
+            response = client.send(client.build_request(method, url, json=body), stream=True)
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+            return response
+        deadline = time.monotonic() + self.timeout_s
+        request = client.build_request(method, url, json=body, extensions={"trace": _deadline_trace(deadline)})
+        response = client.send(request, stream=True)
+        try:
+            _read_by(response, deadline)
+        finally:
+            response.close()
+        return response
+
+    def _failure_advice(self, answers: list[tuple[int, str] | None], timed_out: bool) -> str:
+        """What to check after every attempt failed (``answers``: each attempt's 5xx/429 status and text,
+        :data:`_UNFINISHED` for an answer cut off at ``timeout_s``, or None)."""
+        last = answers[-1] if answers else None
+        if last == _UNFINISHED:
+            return (
+                f"The server answers, but the answer took longer than timeout_s (--timeout; now {self.timeout_s:g} s): raise it "
+                "if the model is only slow (a long answer, a long queue); if it never finishes, check the model server behind "
+                "this one (a proxy that keeps the connection open for an upstream that is stuck)."
+            )
+        if last is not None and last[0] == 429:
+            return "The server is limiting the request rate: send fewer requests at once (lower the concurrency) or allow more retries."
+        outage = (
+            "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "
+            "(it should end in /v1), the port, and that the model has finished loading."
+        )
+        if last is not None and last[0] >= 500 and len(answers) > 1 and all(answer == last for answer in answers):
+            return (
+                f"It gave the same answer to every attempt, so its message is the likely cause: a problem with this request "
+                f"(a setting, the tools or the messages the server cannot take) or with the server's setup. If the server was "
+                f"only overloaded or still loading the model, try again later. {outage}"
+            )
+        if timed_out:
+            return (
+                f"{outage} If the model is only slow (a long answer, a long queue), raise timeout_s (--timeout; now {self.timeout_s:g} s)."
+            )
+        return outage
 
     def _refusal_advice(self, status: int) -> str:
         """What to check for a request the server refused with ``status`` (4xx)."""
@@ -276,6 +426,77 @@ class OpenAIChatClient:
                     self._client = httpx.Client(timeout=self.timeout_s, headers=headers, auth=self._auth, transport=self._transport)
                 client = self._client
         return client
+
+
+def _choices_of(response: Any) -> list[Any] | None:
+    """A response's ``choices`` list, None when it has none (not a list, or empty)."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    return list(choices) if isinstance(choices, list) and choices else None
+
+
+def _request_problem(text: str) -> str | None:
+    """What to do about a 5xx answer whose ``text`` names a problem with the request; None when it names none."""
+    return next((hint for pattern, hint in _REQUEST_PROBLEMS if pattern.search(text)), None)
+
+
+def _deadline_trace(deadline: float) -> Any:
+    """An httpcore ``trace`` callback that shortens the waits of each phase of a request (sending it, waiting for
+    the headers, reading the body) to the time left before ``deadline``: each phase reads its timeout when it starts."""
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        request = info.get("request") if event.endswith(".started") else None
+        timeouts = getattr(request, "extensions", {}).get("timeout") if request is not None else None
+        if isinstance(timeouts, dict):
+            left = max(deadline - time.monotonic(), 0.001)
+            for phase in ("read", "write"):
+                if timeouts.get(phase) is None or timeouts[phase] > left:
+                    timeouts[phase] = left
+
+    return trace
+
+
+def _read_by(response: Any, deadline: float) -> None:
+    """Read ``response``'s body, cutting its connection off at ``deadline`` (:class:`_DeadlinePassed`): a server that
+    keeps sending a few bytes (keep-alive whitespace) resets every read's timeout, never this one. The watch is a
+    timer ended before this returns. Through a transport without a socket (a test's ``httpx.MockTransport``) nothing
+    can be cut off: an answer finished after the deadline is refused when the read ends."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    cut = threading.Event()
+
+    def cut_off() -> None:
+        cut.set()
+        if isinstance(sock, socket.socket):
+            try:  # the base class's shutdown: a TLS socket's own would unwrap it under the reading thread
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(max(deadline - time.monotonic(), 0.0), cut_off)
+    timer.daemon = True
+    timer.start()
+    try:
+        response.read()
+    except Exception as exc:
+        if cut.is_set():
+            raise _DeadlinePassed(response.status_code) from exc
+        raise
+    finally:
+        timer.cancel()
+        timer.join()
+    if cut.is_set():
+        raise _DeadlinePassed(response.status_code)  # an answer cut off may look whole (a body that ends with the connection)
+
+
+def _timeout_problem(exc: Exception, timeout_s: float) -> str:
+    """An attempt that ran out of time, for a message."""
+    if isinstance(exc, _DeadlinePassed):
+        return (
+            f"no complete answer within timeout_s={timeout_s:g} s (the server sent HTTP {exc.args[0]} headers, then kept "
+            "the connection open without finishing the body, as servers and proxies that send keep-alive whitespace "
+            "while the model works do)"
+        )
+    return f"timed out after {timeout_s:g} s ({type(exc).__name__})"
 
 
 def _choice(index: int, choice: Any) -> Choice:

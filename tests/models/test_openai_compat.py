@@ -58,7 +58,7 @@ class Script:
 
 
 def test_is_a_chat_client_and_sends_the_request_it_describes() -> None:
-    script = Script(httpx.Response(200, json=completion(call_message("apple"))))
+    script = Script(httpx.Response(200, json=completion(call_message("apple"), call_message("pear"), call_message("plum"))))
     client = script.client(api_key="sk-secret", extra_body={"top_k": 5})
     assert isinstance(client, ChatClient)
     state = [
@@ -70,7 +70,7 @@ def test_is_a_chat_client_and_sends_the_request_it_describes() -> None:
         },
         {"role": "tool", "tool_call_id": "c0", "content": "0"},
     ]
-    [choice] = client.complete(state, tools=TOOLS, n=3, sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=64, seed=11))
+    choice, _, _ = client.complete(state, tools=TOOLS, n=3, sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=64, seed=11))
     [request] = script.requests
     body = json.loads(request.content)
     assert request.url == f"{URL}/chat/completions" and request.headers["Authorization"] == "Bearer sk-secret"

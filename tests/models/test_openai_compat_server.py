@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import formatdate
@@ -15,7 +18,8 @@ import pytest
 
 from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models import openai_compat
-from ee_middleware.models.openai_compat import MAX_RETRY_AFTER_S, OpenAIChatClient
+from ee_middleware.models.openai_compat import MAX_RETRY_AFTER_S, FewerChoicesWarning, OpenAIChatClient
+from ee_middleware.models.protocol import Sampling
 from ee_middleware.testing.http import serving
 
 ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
@@ -234,3 +238,190 @@ def test_a_choice_without_a_message_object_is_a_problem_for_every_caller_not_an_
     assert not conversation.replies
     assert candidate.call is None and problem in (candidate.problem or ""), candidate
     assert rationale == "", "a teacher counts it as an empty rationale, as it does a response without choices"
+
+
+@contextmanager
+def answering(answer: Any) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A server whose ``answer(handler, body)`` writes the answer to each request; yields its URL and the request bodies."""
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            bodies.append(body)
+            try:
+                answer(self, body)
+            except OSError:
+                pass  # the client gave up on this answer (cut off at its deadline)
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        yield url, bodies
+
+
+def write_json(handler: BaseHTTPRequestHandler, body: Any, status: int = 200) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def keep_alive_then(answer: Any, *, every_s: float, for_s: float) -> Any:
+    """An answer as omlx and CLIProxyAPI send a slow non-streaming one: the headers at once, then a space every
+    ``every_s`` (chunked) while the upstream works, ``for_s`` in all, then the JSON."""
+
+    def send(handler: BaseHTTPRequestHandler, body: Any) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def chunk(data: bytes) -> None:
+            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            handler.wfile.flush()
+
+        started = time.monotonic()
+        while time.monotonic() - started < for_s:
+            chunk(b" ")
+            time.sleep(every_s)
+        chunk(json.dumps(answer).encode())
+        handler.wfile.write(b"0\r\n\r\n")
+
+    return send
+
+
+def timers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if isinstance(thread, threading.Timer)]
+
+
+def test_timeout_s_bounds_the_whole_answer_of_a_server_sending_keep_alive_whitespace(waits: list[float]) -> None:
+    """Before: httpx's timeout is per read, so a space every 0.2 s kept a request with timeout_s=1 open for the 4 s the
+    server took (a stuck upstream behind such a proxy: for ever)."""
+    with answering(keep_alive_then(ANSWER, every_s=0.2, for_s=4.0)) as (url, bodies):
+        started = time.monotonic()
+        with pytest.raises(ModelServerError) as info:
+            ask(url, timeout_s=1.0, retries=1)
+        took = time.monotonic() - started
+    assert len(bodies) == 2 and took < 2 * 1.0 + 0.8, f"two attempts of at most 1 s each, took {took:.1f} s"
+    message = str(info.value)
+    assert info.value.timed_out and "after 2 attempt(s): no complete answer within timeout_s=1 s" in message, message
+    assert "keep-alive whitespace" in message and "raise it" in message and "finished loading" not in message, message
+    assert not timers(), "the deadline's watch ends with its attempt"
+
+
+def test_an_answer_finished_within_timeout_s_is_read_keep_alive_whitespace_and_all(waits: list[float]) -> None:
+    with answering(keep_alive_then(ANSWER, every_s=0.1, for_s=0.3)) as (url, bodies):
+        [choice] = ask(url, timeout_s=3.0, retries=0)
+    assert choice.text == "hi" and len(bodies) == 1 and not timers()
+
+
+def test_a_silent_server_times_out_at_timeout_s_from_the_start_of_the_attempt(waits: list[float]) -> None:
+    with answering(lambda handler, body: (time.sleep(2.0), write_json(handler, ANSWER))) as (url, _):
+        started = time.monotonic()
+        with pytest.raises(ModelServerError, match=r"timed out after 0.5 s") as info:
+            ask(url, timeout_s=0.5, retries=0)
+        took = time.monotonic() - started
+    assert info.value.timed_out and took < 1.2, took
+
+
+def one_choice_per_request(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    """Ollama's /v1 and llama-cpp-python: one choice whatever ``n`` is; the answer depends on the seed."""
+    message = {"role": "assistant", "content": f"sample for seed {body.get('seed')}"}
+    write_json(handler, {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+
+def n_choices(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    """vLLM: ``n`` choices."""
+    choices = [{"index": i, "message": {"role": "assistant", "content": f"sample {i}"}, "finish_reason": "stop"} for i in range(body["n"])]
+    write_json(handler, {"choices": choices})
+
+
+def refuses_n(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    """llama-server: ``n`` != 1 is refused as HTTP 500."""
+    if body.get("n", 1) != 1:
+        write_json(handler, {"error": {"code": 500, "message": "Only one completion choice is allowed", "type": "server_error"}}, 500)
+    else:
+        one_choice_per_request(handler, body)
+
+
+def test_a_server_that_ignores_n_is_asked_again_for_the_rest(waits: list[float]) -> None:
+    """Before: one choice came back for n=4, with no problem and no warning (the replay's refill made up the rest)."""
+    messages = [{"role": "user", "content": "hi"}]
+    with answering(one_choice_per_request) as (url, bodies):
+        client = OpenAIChatClient(url, "llama3.2", retries=0)
+        with pytest.warns(FewerChoicesWarning, match=r"answered 1 choice\(s\) where n=4 were asked.*ignores n"):
+            choices = client.complete(messages, n=4, sampling=Sampling(seed=5))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per client
+            again = client.complete(messages, n=2, sampling=Sampling(seed=40))
+        client.close()
+    assert [choice.text for choice in choices] == [f"sample for seed {seed}" for seed in (5, 6, 7, 8)]
+    assert [(body["n"], body["seed"]) for body in bodies] == [(4, 5), (3, 6), (2, 7), (1, 8), (2, 40), (1, 41)]
+    assert [choice.text for choice in again] == ["sample for seed 40", "sample for seed 41"]
+    assert (client.short_answers, client.extra_requests) == (2, 4)
+
+
+def test_a_server_that_refuses_n_above_1_is_asked_once_per_answer(waits: list[float]) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    with answering(refuses_n) as (url, bodies):
+        client = OpenAIChatClient(url, "m", retries=2)
+        with pytest.warns(FewerChoicesWarning, match="refuses n > 1"):
+            choices = client.complete(messages, n=3, sampling=Sampling(seed=1))
+        again = client.complete(messages, n=2, sampling=Sampling(seed=9))
+        client.close()
+    assert [choice.text for choice in choices] == ["sample for seed 1", "sample for seed 2", "sample for seed 3"]
+    assert [choice.text for choice in again] == ["sample for seed 9", "sample for seed 10"]
+    assert [body["n"] for body in bodies] == [3, 1, 1, 1, 1, 1], "the refusal is not retried, and not asked again"
+
+
+def test_a_server_that_honours_n_gets_one_request_as_before(waits: list[float]) -> None:
+    with answering(n_choices) as (url, bodies):
+        client = OpenAIChatClient(url, "m")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            choices = client.complete([{"role": "user", "content": "hi"}], n=4, sampling=Sampling(seed=3))
+        client.close()
+    assert [choice.text for choice in choices] == ["sample 0", "sample 1", "sample 2", "sample 3"]
+    assert [(body["n"], body["seed"]) for body in bodies] == [(4, 3)] and client.short_answers == 0
+
+
+def llama_server_error(message: str) -> Any:
+    return lambda handler, body: write_json(handler, {"error": {"code": 500, "message": message, "type": "server_error"}}, 500)
+
+
+@pytest.mark.parametrize(
+    ("message", "hint"),
+    [
+        ("tools param requires --jinja flag", "start llama-server with --jinja"),
+        ("Unknown argument ensure_ascii for function tojson at row 11, column 37", "chat template failed"),
+        ("Cannot have 2 or more assistant messages at the end of the list.", "change the request setting or message"),
+    ],
+)
+def test_a_request_problem_sent_as_http_500_is_the_cause_and_not_retried(message: str, hint: str, waits: list[float]) -> None:
+    """Before: llama-server's refusals (HTTP 500) were retried and ended in advice about a server down or loading."""
+    with answering(llama_server_error(message)) as (url, bodies), pytest.raises(ModelRequestError) as info:
+        ask(url, retries=2)
+    text = str(info.value)
+    assert len(bodies) == 1 and info.value.status == 500 and message in text and hint in text, text
+    assert "finished loading" not in text and "running and reachable" not in text, text
+
+
+def test_the_same_5xx_on_every_attempt_names_its_message_as_the_likely_cause(waits: list[float]) -> None:
+    with answering(llama_server_error("failed to parse grammar")) as (url, bodies), pytest.raises(ModelServerError) as info:
+        ask(url, retries=2)
+    text = str(info.value)
+    assert len(bodies) == 3 and "failed to parse grammar" in text
+    assert text.index("same answer to every attempt, so its message is the likely cause") < text.index("finished loading"), text
+    busy = iter(["engine busy", "CUDA out of memory", "engine busy"])
+    with (
+        answering(lambda handler, body: llama_server_error(next(busy))(handler, body)) as (url, _),
+        pytest.raises(ModelServerError) as info,
+    ):
+        ask(url, retries=2)
+    assert "likely cause" not in str(info.value) and "finished loading" in str(info.value), "different answers: an outage"

@@ -1,7 +1,9 @@
 """Policies that ask a chat model for the K alternatives: any :class:`~ee_middleware.models.ChatClient`.
 
 One ``complete`` call per decision point: the recorded state as the messages, the offered tools,
-``n=k`` and the seed. Every tool call of every answer becomes a candidate; an answer without tool
+``n=k`` and the seed (the OpenAI-compatible client asks again where a server answers fewer; a client that still
+answers fewer than ``k`` is warned about once, :class:`~ee_middleware.models.openai_compat.FewerChoicesWarning`, and
+counted in :attr:`ChatPolicy.short_answers`). Every tool call of every answer becomes a candidate; an answer without tool
 calls has its text parsed; what cannot be read becomes a candidate with a problem, which the
 proposer counts as ``unparsable``. A model that cannot answer at all (server down, folder missing)
 raises :class:`~ee_middleware.errors.ModelError`, which ends the replay with that message.
@@ -14,16 +16,22 @@ raises :class:`~ee_middleware.errors.ModelError`, which ends the replay with tha
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from typing import Any
 
 from ee_middleware.errors import PolicyError
 from ee_middleware.models.local import LocalGenerator
-from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.openai_compat import FewerChoicesWarning, OpenAIChatClient
 from ee_middleware.models.parsing import ParseProblem
 from ee_middleware.models.protocol import ChatClient, Sampling
 from ee_middleware.records import ProposerInfo
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import tool_schemas_for
+
+_COUNT_LOCK = threading.Lock()
+"""Held while a policy counts short answers (states are proposed for from several threads; a module's lock: policies
+stay picklable)."""
 
 
 class ChatPolicy:
@@ -52,6 +60,11 @@ class ChatPolicy:
         self.top_p = top_p
         self.max_tokens = max_tokens
         self.settings = dict(settings or {})
+        self.short_answers = 0
+        """How many :meth:`propose` calls the client answered with fewer than ``k`` answers (the proposer's refill
+        supplies the rest)."""
+        self.missing_answers = 0
+        """How many answers those calls lacked in all."""
 
     def describe(self) -> dict[str, Any]:
         """The client's description and the sampling settings."""
@@ -73,6 +86,8 @@ class ChatPolicy:
             return Proposals()
         sampling = Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=seed)
         choices = self.client.complete(point.state, tools=point.tools or None, n=k, sampling=sampling)
+        if len(choices) < k:
+            self._note_short(k, len(choices))
         proposer = ProposerInfo(
             policy=self.name, model=self.client.model, temperature=self.temperature, top_p=self.top_p, seed=seed, settings=self.settings
         )
@@ -85,6 +100,20 @@ class ChatPolicy:
                 else:
                     candidates.append(Candidate(call=item, proposer=proposer, raw=choice.raw))
         return Proposals(candidates)
+
+    def _note_short(self, k: int, answered: int) -> None:
+        with _COUNT_LOCK:
+            first = self.short_answers == 0
+            self.short_answers += 1
+            self.missing_answers += k - answered
+        if first:
+            warnings.warn(
+                f"The policy {self.name!r} asked {self.client.model!r} for {k} answers and got {answered}: the model's client "
+                "gives fewer answers than asked, so the proposer's refill (schema mutations) supplies the rest. (Said once "
+                "per policy; its short_answers and missing_answers count this.)",
+                FewerChoicesWarning,
+                stacklevel=3,
+            )
 
 
 class OpenAIPolicy(ChatPolicy):

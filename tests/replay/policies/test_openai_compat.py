@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError, PolicyError
-from ee_middleware.replay.policies.chat import OpenAIPolicy
+from ee_middleware.models.openai_compat import FewerChoicesWarning
+from ee_middleware.models.protocol import Choice, Sampling
+from ee_middleware.replay.policies.chat import ChatPolicy, OpenAIPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.policies.protocol import DecisionPoint, Policy
 from ee_middleware.testing.http import serving
@@ -135,7 +138,10 @@ def test_scripted_vllm_stand_in_tool_calls_and_content_become_candidates(
 
 
 def test_scripted_vllm_stand_in_receives_the_state_tools_n_and_seed(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
-    vllm_stand_in.script = [ScriptedReply(body=completion(assistant(tool_call("c", "check_stock", '{"item": "apple"}'))))]
+    answers = [
+        assistant(tool_call(f"c{i}", "check_stock", json.dumps({"item": item}))) for i, item in enumerate(("apple", "pear", "fig", "kiwi"))
+    ]
+    vllm_stand_in.script = [ScriptedReply(body=completion(*answers))]
     policy = policy_for(vllm_stand_in, api_key="sk-test", max_tokens=64)
     policy.propose(shop_point, 4, seed=9)
     [request] = vllm_stand_in.requests
@@ -222,3 +228,52 @@ def test_bad_construction() -> None:
         OpenAIPolicy("localhost:8000/v1", "m")
     with pytest.raises(PolicyError, match="model name"):
         OpenAIPolicy("http://localhost:8000/v1", "")
+
+
+def test_a_server_that_ignores_n_gives_k_model_alternatives_not_refills(
+    vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint
+) -> None:
+    """Ollama's /v1 and llama-cpp-python answer one choice whatever n is. Before: 1 model alternative and 3 schema
+    mutations from the refill for K=4, with nothing saying so."""
+    items = ("apple", "banana", "kiwi", "plum")
+    answers = [completion(assistant(tool_call(f"c{i}", "check_stock", json.dumps({"item": item})))) for i, item in enumerate(items)]
+    vllm_stand_in.script = [ScriptedReply(body=answer) for answer in answers]
+    policy = policy_for(vllm_stand_in)
+    with pytest.warns(FewerChoicesWarning, match=r"answered 1 choice\(s\) where n=4"):
+        result = Proposer(policy, k=4).propose(shop_point, seed=7)
+    assert [c.call.arguments for c in result.accepted if c.call] == [{"item": item} for item in items]
+    assert result.refilled == 0 and not any("refill_for" in c.proposer.settings for c in result.accepted)
+    assert [(r["body"]["n"], r["body"]["seed"]) for r in vllm_stand_in.requests] == [(4, 7), (3, 8), (2, 9), (1, 10)]
+    assert (policy.client.short_answers, policy.client.extra_requests, policy.short_answers) == (1, 3, 0)
+    policy.close()
+
+
+class OneAnswerClient:
+    """A client of one's own (the ChatClient protocol) that answers one choice whatever n is."""
+
+    model = "my-model"
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def complete(self, messages: Any, *, tools: Any = None, n: int = 1, sampling: Sampling = Sampling()) -> list[Choice]:
+        self.asked.append(n)
+        return [Choice.from_message(assistant(tool_call("c", "check_stock", '{"item": "apple"}')))]
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_client_of_ones_own_that_answers_fewer_than_k_is_warned_about_once_and_counted(shop_point: DecisionPoint) -> None:
+    client = OneAnswerClient()
+    policy = ChatPolicy(client, name="mine")
+    with pytest.warns(FewerChoicesWarning, match=r"asked 'my-model' for 4 answers and got 1.*refill"):
+        result = Proposer(policy, k=4).propose(shop_point, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Proposer(policy, k=3).propose(shop_point, seed=1)
+    assert result.refilled == 3 and client.asked == [4, 3]
+    assert (policy.short_answers, policy.missing_answers) == (2, 5)
