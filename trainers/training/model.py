@@ -94,11 +94,30 @@ def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
 
 
 def load_base(folder: Path, *, dtype: Any) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a plain local folder, offline."""
+    """``(model, tokenizer)`` from a plain local folder, offline; a tokenizer without a pad token gets one
+    (:func:`padding_token`)."""
     tokenizer, model = _load(folder, dtype=dtype)
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = padding_token(tokenizer)
     return model, tokenizer
+
+
+def padding_token(tokenizer: Any) -> str:
+    """A token of ``tokenizer``'s vocabulary to pad batches with, for a tokenizer that names none: its end-of-sequence
+    token, else its unknown, beginning-of-sequence or another special token, else the token of id 0. Which one does not
+    matter: padded positions are masked out of attention and their labels are -100 (trl's trainer needs one in the
+    vocabulary; the peft-loop backend pads with id 0)."""
+    for token in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token, *getattr(tokenizer, "all_special_tokens", ())):
+        if isinstance(token, str) and token:
+            return token
+    token = tokenizer.convert_ids_to_tokens(0)
+    if not isinstance(token, str) or not token:
+        raise BaseModelError(
+            "The base model's tokenizer has no pad token, no end-of-sequence or other special token, and no token of id 0 to "
+            "pad batches with. Give it a pad token (tokenizer.pad_token = TOKEN, a token of its vocabulary; "
+            "tokenizer.save_pretrained(DIR))."
+        )
+    return token
 
 
 def _load(folder: Path, **kwargs: Any) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ from ee_middleware.trainers.training import (
     train,
 )
 from ee_middleware.trainers.training.model import resolve_base
+from tests.models.family_templates import QWEN_2_5
 
 from .conftest import build_tokenizer, il_row, write_dataset
 
@@ -327,6 +328,19 @@ def test_a_base_whose_generation_prompt_opens_think_trains_the_calls_and_says_ho
     render = result.manifest["datasets"]["il"]["render"]
     assert (render["conversation_completion"], render["fallback_completion"], render["calls_as_text"]) == (16, 0, 0)
     assert render["loss_tokens"] > 16 * 10, "each target's call is in its labels, not only the end of turn"
+
+
+def test_a_tokenizer_without_pad_and_eos_tokens_trains_with_trl(data_dir: Path, tmp_path: Path) -> None:
+    """A tokenizer that names no pad and no eos token (its template writes its own end of turn) crashed trl's trainer
+    with "unexpected ValueError: The specified pad_token ('None') is not found in the vocabulary"; the peft-loop backend
+    padded with id 0. Both pad now (labels are -100 on padding either way)."""
+    from ee_middleware.testing.tiny_models import save_tiny_llama
+
+    tokenizer = build_tokenizer(QWEN_2_5)
+    tokenizer.pad_token = tokenizer.eos_token = tokenizer.bos_token = None
+    base = save_tiny_llama(tmp_path / "no-pad-base", tokenizer)
+    result = train(config(base, data_dir, tmp_path / "no-pad", max_steps=2, batch_size=4), progress=False)
+    assert result.metrics["steps"] == 2 and (tmp_path / "no-pad" / "adapter_model.safetensors").is_file()
 
 
 def test_rows_that_fit_are_not_cut(il_run: Any) -> None:
