@@ -17,6 +17,12 @@ results as one user turn of ``<tool_response>`` blocks (Qwen's own rendering of 
 a system role (Gemma 2) gets the system text at the start of the first user turn (Gemma 3's own rendering).
 :meth:`TemplateSupport.describe` says which were taken; the trainer records it in the adapter's manifest.
 
+Messages reach a template in the shape it reads: a template that shows text only in content parts (SmolVLM's and
+Idefics3's loop over ``message['content']``) gets each message's text as one ``{"type": "text"}`` part, as vLLM gives
+content to such a template; one that refuses tool call ids not in a format (Mistral's: 9 alphanumerics) gets each id in
+that format, made from the recorded one. A template that shows no user or assistant text either way (a ShareGPT-style
+template reads ``from``/``value``) is refused: every row would be trained without its task, tools or target.
+
 A training row is the served prompt and what the template renders after it, where the template allows: some
 generation prompts are not how the template starts the assistant's turn (QwQ-32B's and DeepSeek-R1's open a
 ``<think>`` block that a turn without reasoning does not have); those rows are the conversation as the template
@@ -43,6 +49,12 @@ _PROBE_SECOND_CALL = "ee_probe_call_3e8b"
 _PROBE_TEXT = "ee_probe_text_6a2f"
 _PROBE_RESULT = "ee_probe_result_4d7c"
 _PROBE_SYSTEM = "ee_probe_system_8b5e"
+_PROBE_USER = "ee_probe_user_5f1b"
+_PROBE_REPLY = "ee_probe_reply_2d9a"
+NINE_ALPHANUMERIC = "9 alphanumerics"
+"""A ``call_id_format`` (Mistral v3's and later Mistral templates raise "Tool call IDs should be alphanumeric strings
+with length 9!"): each call id becomes 9 ASCII letters and digits (:func:`nine_alphanumeric_id`)."""
+_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TOOLS_PREAMBLE = "You may call these tools:\n"
 TOOLS_SUFFIX = 'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
 COMPACT_TOOLS_PREAMBLE = "You may call these tools (name and arguments):\n"
@@ -59,50 +71,185 @@ class TemplateSupport:
     ``<tool_response>`` blocks."""
     system_role: bool = True
     """A leading system message is accepted and shown; else its text opens the first user turn."""
+    content_parts: bool = False
+    """The template shows a message's text only when its content is a list of parts (``[{"type": "text", "text": ...}]``,
+    SmolVLM's and Idefics3's templates): every message's content is given as one text part, as vLLM gives content to a
+    template that loops over it."""
+    call_id_format: str | None = None
+    """The template refuses tool call ids not in this format (:data:`NINE_ALPHANUMERIC`); each id is given in it."""
+    template_tools: bool = False
+    """With ``tools`` and ``tool_calls`` false: the template shows tools itself, but its calls are ``<tool_call>`` text,
+    whose instructions the schemas come with."""
 
     def describe(self) -> dict[str, str]:
-        return {
-            "tools": "chat template" if self.tools else "system message (template ignores tools)",
+        """Per part, ``chat template`` or the fallback taken and why (an adapter manifest's ``rendering``)."""
+        if self.tools:
+            tools = "chat template"
+        elif self.template_tools:
+            tools = "system message (the template shows tools, but its tool calls are <tool_call> text, which the schemas come with)"
+        else:
+            tools = "system message (template ignores tools)"
+        described = {
+            "tools": tools,
             "tool_calls": "chat template"
             if self.tool_calls
             else "<tool_call> text (template ignores tool_calls, renders one per message, or drops the text beside them)",
             "tool_results": "chat template"
             if self.tool_role
-            else "<tool_response> blocks in a user turn (template skips or refuses tool messages)",
+            else "<tool_response> blocks in a user turn (template skips or refuses tool messages, or a reply after them)",
             "system": "chat template" if self.system_role else "start of the first user turn (template has no system role)",
         }
+        if self.content_parts:
+            described["content"] = 'a list of one text part (the template shows no string content): [{"type": "text", ...}]'
+        if self.call_id_format is not None:
+            described["call_ids"] = f"{self.call_id_format} made from each call's id (the template refuses other ids)"
+        return described
 
 
 def probe_template(tokenizer: Any) -> TemplateSupport:
-    """Render tiny conversations to see what the template shows: tools, tool calls (two in one message, with text
-    beside them), tool results and a system message."""
+    """Render tiny conversations to see what the template shows: a user's and an assistant's text (as a string, else as
+    text parts), tools, tool calls (two in one message, with text beside them), tool results and a system message. Tool
+    calls are probed with the ids as given, then, where that is refused, as 9 alphanumerics (Mistral's templates).
+
+    Raises :class:`ChatTemplateError` for a template that renders no text of a user's or an assistant's message given as
+    ``{"role": ..., "content": ...}``, nor as text parts (ShareGPT-style templates read ``from``/``value``): rows rendered
+    with it would hold no task, no tools or no target."""
+    base = TemplateSupport(tools=True, tool_calls=True, content_parts=_content_as_parts(tokenizer))
+    support = _probe_tools(tokenizer, base)
+    if not (support.tools and support.tool_calls and support.tool_role):
+        with_ids = _probe_tools(tokenizer, replace(base, call_id_format=NINE_ALPHANUMERIC))
+        if sum((with_ids.tools, with_ids.tool_calls, with_ids.tool_role)) > sum((support.tools, support.tool_calls, support.tool_role)):
+            support = with_ids
+        elif with_ids.template_tools:  # the ids change nothing rendered, but the template does show tools (Mistral v3)
+            support = replace(support, template_tools=True)
+    system = _PROBE_SYSTEM in _probe_render(tokenizer, [{"role": "system", "content": _PROBE_SYSTEM}, _probe_user()], base)
+    return replace(support, system_role=system)
+
+
+def _probe_user() -> dict[str, Any]:
+    return {"role": "user", "content": "hi"}
+
+
+def _probe_tools(tokenizer: Any, base: TemplateSupport) -> TemplateSupport:
+    """Tools, tool calls and tool results as the template shows them, messages given as ``base`` says."""
     tool = {"type": "function", "function": {"name": _PROBE_TOOL, "description": "probe", "parameters": {"type": "object"}}}
     calls = [
         {"id": f"p{i}", "type": "function", "function": {"name": name, "arguments": {}}}
         for i, name in enumerate((_PROBE_CALL, _PROBE_SECOND_CALL))
     ]
-    user = {"role": "user", "content": "hi"}
-    one_call = _probe_render(tokenizer, [user, {"role": "assistant", "content": "", "tool_calls": calls[:1]}], tools=[tool])
-    support = TemplateSupport(tools=_PROBE_TOOL in one_call, tool_calls=_PROBE_CALL in one_call)
+    user = _probe_user()
+    one_call = _probe_render(tokenizer, [user, {"role": "assistant", "content": "", "tool_calls": calls[:1]}], base, tools=[tool])
+    support = replace(base, tools=_PROBE_TOOL in one_call, tool_calls=_PROBE_CALL in one_call)
     if support.tool_calls:
-        both = _probe_render(tokenizer, [user, {"role": "assistant", "content": _PROBE_TEXT, "tool_calls": calls}], tools=[tool])
+        both = _probe_render(tokenizer, [user, {"role": "assistant", "content": _PROBE_TEXT, "tool_calls": calls}], base, tools=[tool])
         if not all(marker in both for marker in (_PROBE_TEXT, _PROBE_CALL, _PROBE_SECOND_CALL)):
-            support = TemplateSupport(tools=False, tool_calls=False)  # the schemas come with the <tool_call> instructions
-    answered = [
-        user,
-        {"role": "assistant", "content": "", "tool_calls": calls[:1]},
-        {"role": "tool", "tool_call_id": "p0", "content": _PROBE_RESULT},
-    ]
-    tool_role = _PROBE_RESULT in _probe_render(tokenizer, template_messages(answered, support))
-    system = _PROBE_SYSTEM in _probe_render(tokenizer, [{"role": "system", "content": _PROBE_SYSTEM}, user])
-    return replace(support, tool_role=tool_role, system_role=system)
+            # the schemas come with the <tool_call> instructions
+            support = replace(support, tools=False, tool_calls=False, template_tools=support.tools)
+    answered = template_messages(
+        [
+            user,
+            {"role": "assistant", "content": "", "tool_calls": calls[:1]},
+            {"role": "tool", "tool_call_id": "p0", "content": _PROBE_RESULT},
+        ],
+        support,
+    )
+    # and a reply may follow: Mistral's templates refuse an assistant turn after a tool result that answers a call
+    # written as text (its turns must alternate, and only turns with tool_calls are left out of the count)
+    tool_role = _PROBE_RESULT in _probe_render(tokenizer, answered, support) and (
+        _probe_render(tokenizer, [*answered, {"role": "assistant", "content": _PROBE_REPLY}], support, generation=False, default=None)
+        is not None
+    )
+    return replace(support, tool_role=tool_role)
 
 
-def _probe_render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+def _content_as_parts(tokenizer: Any) -> bool:
+    """Whether the template shows message text only given as text parts; :class:`ChatTemplateError` when it shows a
+    user's or an assistant's text neither way. A template that refuses these tiny conversations is not judged here:
+    its own error comes when a row is rendered."""
+    missing: list[str] = []
+    for parts in (False, True):
+        support = TemplateSupport(tools=True, tool_calls=True, content_parts=parts)
+        user = {"role": "user", "content": _PROBE_USER}
+        prompt = _probe_render(tokenizer, [user], support, default=None)
+        reply = _probe_render(tokenizer, [user, {"role": "assistant", "content": _PROBE_REPLY}], support, generation=False, default=None)
+        if prompt is None or reply is None:
+            if not parts:
+                return False
+            continue
+        missing = [who for who, marker, text in (("user", _PROBE_USER, prompt), ("assistant", _PROBE_REPLY, reply)) if marker not in text]
+        if not missing:
+            return parts
+    if not missing:
+        return False
+    raise ChatTemplateError(
+        f"The chat template renders no text of {' and '.join(f'an {who}' if who == 'assistant' else f'a {who}' for who in missing)} "
+        'message given as {"role": ..., "content": "TEXT"} (nor as [{"type": "text", "text": "TEXT"}] parts): it reads other '
+        "keys (ShareGPT-style templates read message['from'] and message['value']), so every prompt and completion would "
+        "be trained on without its task, tools or target. Give the tokenizer a template that renders role/content messages "
+        "(tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(DIR) writes chat_template.jinja), e.g. the ChatML "
+        "template of a Qwen or SmolLM2 instruct model, or pick a base model whose template does."
+    )
+
+
+def _probe_render(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    support: TemplateSupport,
+    tools: list[dict[str, Any]] | None = None,
+    *,
+    generation: bool = True,
+    default: str | None = "",
+) -> Any:
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        return _apply(tokenizer, messages, tools, support, generation=generation)
     except Exception:  # noqa: BLE001 - a template that refuses the probe does not support what it probes
-        return ""
+        return default
+
+
+def _apply(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, support: TemplateSupport, *, generation: bool
+) -> str:
+    """``tokenizer.apply_chat_template`` on prepared messages, given in the shape the template reads: call ids in its
+    ``call_id_format``, content as text parts where it reads them."""
+    return tokenizer.apply_chat_template(
+        _as_template_reads(messages, support), tools=tools, add_generation_prompt=generation, tokenize=False
+    )
+
+
+def _as_template_reads(messages: Sequence[dict[str, Any]], support: TemplateSupport) -> list[dict[str, Any]]:
+    """Prepared messages (:func:`template_messages`) in the shape ``support`` says the template reads: tool call ids in its
+    ``call_id_format`` (a call's and its result's alike), content as one text part where it reads parts. The messages
+    themselves where it reads them as they are."""
+    if support.call_id_format is None and not support.content_parts:
+        return list(messages)
+    out = []
+    for message in messages:
+        message = dict(message)
+        if support.call_id_format is not None:
+            if message.get("tool_calls"):
+                message["tool_calls"] = [
+                    {**call, "id": nine_alphanumeric_id(call.get("id"))} if isinstance(call, dict) else call
+                    for call in message["tool_calls"]
+                ]
+            if message.get("role") == "tool":
+                message["tool_call_id"] = nine_alphanumeric_id(message.get("tool_call_id"))
+        if support.content_parts:
+            message["content"] = [{"type": "text", "text": message.get("content") or ""}]
+        out.append(message)
+    return out
+
+
+def nine_alphanumeric_id(call_id: Any) -> str:
+    """A tool call id as 9 ASCII letters and digits: itself when it is so already (a Mistral model's own ids), else one made
+    from it (the same for the same id, so a call and its result keep matching; ids that differ get different ones but
+    by chance one in 62**9). The serving template's preamble computes the same (:func:`serving_template`)."""
+    text = call_id if isinstance(call_id, str) else ""
+    if len(text) == 9 and all(char in _ID_ALPHABET for char in text):
+        return text
+    value = 0
+    for char in text:
+        value = (value * 131 + _ID_ALPHABET.find(char) + 2) % 62**9
+    return "".join(_ID_ALPHABET[value // 62 ** (8 - index) % 62] for index in range(9))
 
 
 def template_messages(messages: Sequence[dict[str, Any]], support: TemplateSupport) -> list[dict[str, Any]]:
@@ -240,7 +387,7 @@ def render_prompt(
     """The prompt text for the model's next assistant turn (generation prompt included)."""
     prepared, tool_list = _prepared(messages, tools, support)
     try:
-        return tokenizer.apply_chat_template(prepared, tools=tool_list, add_generation_prompt=True, tokenize=False)
+        return _apply(tokenizer, prepared, tool_list, support, generation=True)
     except Exception as exc:
         raise _template_error(exc, prepared) from exc
 
@@ -288,31 +435,37 @@ def render_pair(
     """
     prepared_prompt, tool_list = _prepared(prompt, tools, support)
     prepared_completion = template_messages(completion, support)
-    rendered = _render_pair(tokenizer, prepared_prompt, prepared_completion, tool_list)
-    if support.tool_calls and not _shows_calls(tokenizer, prepared_prompt, prepared_completion, tool_list, rendered):
+    rendered = _render_pair(tokenizer, prepared_prompt, prepared_completion, tool_list, support)
+    if support.tool_calls and not _shows_calls(tokenizer, prepared_prompt, prepared_completion, tool_list, rendered, support):
         as_text = template_messages(completion, replace(support, tool_calls=False))
-        rendered = _render_pair(tokenizer, prepared_prompt, as_text, tool_list)
+        rendered = _render_pair(tokenizer, prepared_prompt, as_text, tool_list, support)
         rendered = rendered._replace(fallback=(*rendered.fallback, FALLBACK_CALLS_AS_TEXT))
     return rendered
 
 
 def _render_pair(
-    tokenizer: Any, prompt: list[dict[str, Any]], completion: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    tokenizer: Any,
+    prompt: list[dict[str, Any]],
+    completion: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    support: TemplateSupport,
 ) -> RenderedPair:
     try:
-        prompt_text = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(prompt + completion, tools=tools, tokenize=False)
+        prompt_text = _apply(tokenizer, prompt, tools, support, generation=True)
+        full = _apply(tokenizer, prompt + completion, tools, support, generation=False)
     except Exception as exc:
         raise _template_error(exc, prompt + completion) from exc
     if full.startswith(prompt_text) and len(full) > len(prompt_text):
         return RenderedPair(prompt_text, full[len(prompt_text) :])
-    start = _turn_start(tokenizer, prompt, tools, full)
+    start = _turn_start(tokenizer, prompt, tools, full, support)
     if start is not None and len(full) > start:
         return RenderedPair(full[:start], full[start:], (FALLBACK_CONVERSATION,))
     return RenderedPair(prompt_text, (completion[0].get("content") or "") + (tokenizer.eos_token or ""), (FALLBACK_CONTENT,))
 
 
-def _turn_start(tokenizer: Any, prompt: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str) -> int | None:
+def _turn_start(
+    tokenizer: Any, prompt: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str, support: TemplateSupport
+) -> int | None:
     """Where the assistant's turn starts in ``full`` (prompt + completion rendered), after its header; ``None`` when the
     template renders ``prompt``'s messages there otherwise than alone (the row cannot be split at a message boundary).
 
@@ -320,9 +473,9 @@ def _turn_start(tokenizer: Any, prompt: list[dict[str, Any]], tools: list[dict[s
     prompt's messages, kept as far as ``full`` has it too (QwQ's tool-call turns start ``<|im_start|>assistant`` and
     put their ``\\n`` before each call)."""
     try:
-        before = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False)
+        before = _apply(tokenizer, prompt, tools, support, generation=False)
         marked = [
-            tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": marker}], tools=tools, tokenize=False)
+            _apply(tokenizer, [*prompt, {"role": "assistant", "content": marker}], tools, support, generation=False)
             for marker in _TURN_MARKERS
         ]
     except Exception:  # noqa: BLE001 - a template that refuses these renderings gets the content fallback
@@ -352,6 +505,7 @@ def _shows_calls(
     completion: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None,
     rendered: RenderedPair,
+    support: TemplateSupport,
 ) -> bool:
     """Every tool call of ``completion`` (prepared messages) is in ``rendered``, the row rendered from them.
 
@@ -372,7 +526,7 @@ def _shows_calls(
     shown = rendered.prompt + rendered.completion  # the whole conversation, as rendered (both other ways split it)
     without_calls = [{key: value for key, value in message.items() if key != "tool_calls"} for message in completion]
     try:
-        baseline = tokenizer.apply_chat_template(prompt + without_calls, tools=tools, tokenize=False)
+        baseline = _apply(tokenizer, prompt + without_calls, tools, support, generation=False)
     except Exception:  # noqa: BLE001 - a template that refuses the turn without calls: compare with the target's text
         baseline = rendered.prompt + "".join(str(message.get("content") or "") for message in completion)
     # each shown call adds its name once, and the names of the other calls that hold it ("check" in "check_stock")
@@ -395,6 +549,17 @@ _SERVING_PREAMBLE = r"""{#- ee-middleware: the trainer's rendering of requests (
 {%- if key == 'function' and value is mapping -%}{{- ee_json_without_nulls(value) -}}{%- else -%}{{- value | tojson -}}{%- endif -%}
 {%- endfor -%}
 {{- '}' -}}
+{%- endmacro -%}
+{%- macro ee_call_id(id) -%}
+{%- set ee_alphabet = '@ID_ALPHABET@' -%}
+{%- set ee_id = namespace(text=(id if id is string else ''), value=0, valid=true) -%}
+{%- for char in ee_id.text -%}
+{%- if ee_alphabet.find(char) < 0 -%}{%- set ee_id.valid = false -%}{%- endif -%}
+{%- set ee_id.value = (ee_id.value * 131 + ee_alphabet.find(char) + 2) % @ID_MODULUS@ -%}
+{%- endfor -%}
+{%- if ee_id.valid and ee_id.text | length == 9 -%}{{- ee_id.text -}}
+{%- else -%}{%- for power in @ID_POWERS@ -%}{{- ee_alphabet[(ee_id.value // power) % 62] -}}{%- endfor -%}
+{%- endif -%}
 {%- endmacro -%}
 {%- set ee = namespace(msgs=[], tools=(tools if tools is defined and tools else none)) -%}
 {%- for m in messages -%}
@@ -478,6 +643,25 @@ _SERVING_PREAMBLE = r"""{#- ee-middleware: the trainer's rendering of requests (
 {%- set ee.msgs = ee_rest -%}
 {%- endif -%}
 {%- endif -%}
+{%- if not @CALL_IDS@ -%}
+{%- set ee_ids = namespace(msgs=[]) -%}
+{%- for m in ee.msgs -%}
+{%- set ee_m = m -%}
+{%- if m.tool_calls is defined and m.tool_calls -%}
+{%- set ee_mapped = namespace(calls=[]) -%}
+{%- for call in m.tool_calls -%}{%- set ee_mapped.calls = ee_mapped.calls + [dict(call, id=(ee_call_id(call.id) | string))] -%}{%- endfor -%}
+{%- set ee_m = dict(ee_m, tool_calls=ee_mapped.calls) -%}
+{%- endif -%}
+{%- if m.role == 'tool' -%}{%- set ee_m = dict(ee_m, tool_call_id=(ee_call_id(m.tool_call_id) | string)) -%}{%- endif -%}
+{%- set ee_ids.msgs = ee_ids.msgs + [ee_m] -%}
+{%- endfor -%}
+{%- set ee.msgs = ee_ids.msgs -%}
+{%- endif -%}
+{%- if not @CONTENT_PARTS@ -%}
+{%- set ee_parts = namespace(msgs=[]) -%}
+{%- for m in ee.msgs -%}{%- set ee_parts.msgs = ee_parts.msgs + [dict(m, content=[{'type': 'text', 'text': (m.content or '')}])] -%}{%- endfor -%}
+{%- set ee.msgs = ee_parts.msgs -%}
+{%- endif -%}
 {%- set messages = ee.msgs -%}
 {%- set tools = ee.tools -%}
 """
@@ -492,14 +676,16 @@ def serving_template(template: str, support: TemplateSupport) -> str | None:
     with the model's own template (vLLM's default) would show it prompts unlike its training rows, and, where tool
     calls became ``<tool_call>`` text, parse its answers with another tool-call format. With calls as text, serve with
     vLLM's ``hermes`` tool-call parser, which reads exactly that text."""
-    if support.tools and support.tool_calls and support.tool_role and support.system_role:
-        return None
     flags = {
         "@TOOLS@": support.tools,
         "@TOOL_CALLS@": support.tool_calls,
         "@TOOL_ROLE@": support.tool_role,
         "@SYSTEM_ROLE@": support.system_role,
+        "@CALL_IDS@": support.call_id_format is None,
+        "@CONTENT_PARTS@": not support.content_parts,
     }
+    if all(flags.values()):
+        return None
     preamble = _SERVING_PREAMBLE
     for marker, value in flags.items():
         preamble = preamble.replace(marker, "true" if value else "false")
@@ -509,5 +695,8 @@ def serving_template(template: str, support: TemplateSupport) -> str | None:
         .replace("@PARSER@", "" if support.tool_calls else "--enable-auto-tool-choice --tool-call-parser hermes")
         .replace("@TOOLS_PREAMBLE@", json.dumps(TOOLS_PREAMBLE))
         .replace("@TOOLS_SUFFIX@", json.dumps(TOOLS_SUFFIX))
+        .replace("@ID_ALPHABET@", _ID_ALPHABET)
+        .replace("@ID_MODULUS@", str(62**9))
+        .replace("@ID_POWERS@", str([62**power for power in range(8, -1, -1)]))
     )
     return preamble + template

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ee_middleware.errors import ChatTemplateError
 from ee_middleware.models.chat_template import (
     FALLBACK_CALLS_AS_TEXT,
     FALLBACK_CONTENT,
@@ -17,6 +18,7 @@ from ee_middleware.models.chat_template import (
     probe_template,
     render_pair,
     render_prompt,
+    serving_template,
 )
 from ee_middleware.models.truncation import tokenize_pair
 
@@ -244,3 +246,150 @@ def test_rows_the_template_continues_keep_their_bytes(name: str) -> None:
             assert (prompt_text, completion_text) == (served, conversation[len(served) :]) and not fallback
             continued += 1
     assert continued == len(ROWS) + 1 or name in ("mistral-v3", "qwq-32b", "deepseek-r1-distill")
+
+
+# --- templates that read messages in another shape -----------------------------------------------------------------
+
+SHAREGPT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + (message['from'] or '') + '\n' + (message['value'] or '') + "
+    "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>gpt\n' }}{% endif %}"
+)
+"""A ShareGPT-keyed community template (axolotl fine-tunes): it reads message['from'] and message['value']."""
+CONTENT_PARTS_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == 'image' %}"
+    "{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+"""SmolVLM-Instruct's (Idefics3's) template: it shows a message's text only from a list of content parts."""
+NINE_CHARACTER_IDS_TEMPLATE = (
+    "{%- if tools %}{{ '<|im_start|>tools\n' + (tools | tojson) + '<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- for call in (message.tool_calls or []) %}{%- if call.id is not string or call.id | length != 9 %}"
+    "{{ raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}{%- endfor %}"
+    "{%- if message.role == 'tool' and (message.tool_call_id is not string or message.tool_call_id | length != 9) %}"
+    "{{ raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
+    "{{ '<|im_start|>' + message.role + '\n' + (message.content or '') }}"
+    "{%- for call in (message.tool_calls or []) %}"
+    "{{ '[TOOL_CALLS]' + ({'name': call.function.name, 'arguments': call.function.arguments, 'id': call.id} | tojson) }}"
+    "{%- endfor %}"
+    "{%- if message.role == 'tool' %}{{ '[CALL_ID]' + message.tool_call_id }}{%- endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}"
+)
+"""Mistral's 9-character id rule (v0.3, Nemo) in a template that otherwise shows tools, calls beside their text and
+results (a SIMULATED template: Mistral v3's own also drops the text beside a call)."""
+
+
+def test_a_template_that_shows_no_message_text_is_refused_naming_the_fix() -> None:
+    """A ShareGPT-style template rendered every row as '<|im_start|>\\n<|im_end|>\\n': no task, no tools, no target, and
+    `ee train` wrote an adapter."""
+    with pytest.raises(ChatTemplateError) as refused:
+        probe_template(_tokenizer(SHAREGPT_TEMPLATE))
+    message = str(refused.value)
+    assert "renders no text of a user and an assistant message" in message
+    assert "message['from']" in message and "tokenizer.chat_template = TEMPLATE" in message
+
+
+def _as_vllm_sends_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """vLLM's "openai" content format (for a template that loops over message['content']): text as parts."""
+    from .test_serving_template import as_vllm_sends
+
+    sent = as_vllm_sends(messages, parts_as_text=False)
+    for message in sent:
+        if isinstance(message.get("content"), str):
+            message["content"] = [{"type": "text", "text": message["content"]}]
+    return sent
+
+
+def test_a_template_that_reads_content_parts_gets_the_rows_text_as_parts() -> None:
+    """SmolVLM's template rendered string content as nothing ('User: <end_of_utterance>'); it gets each message's text as
+    one text part, as vLLM gives it, and a server's derived template renders requests as the trainer does."""
+    from .test_serving_template import CONVERSATIONS, TOOLS
+
+    tokenizer = _tokenizer(CONTENT_PARTS_TEMPLATE)
+    support = probe_template(tokenizer)
+    assert support.content_parts and "content" in support.describe()
+    for name, (prompt, completion) in ROWS.items():
+        prompt_text, completion_text, _ = render_pair(tokenizer, prompt, completion, FRUIT_TOOLS, support)
+        assert all(text in prompt_text for text in ("You run the fruit shop.", "Do we have plums?", '"check_stock"')), name
+        if name != "il-first-step":
+            assert "Tool: resultone<end_of_utterance>" in prompt_text
+        target = completion[0]
+        assert (target["content"] or "") in completion_text
+        assert (PLUMS_TEXT in completion_text) == bool(target.get("tool_calls")), name
+    served = serving_template(tokenizer.chat_template, support)
+    assert served is not None
+    for messages in CONVERSATIONS.values():
+        expected = render_prompt(tokenizer, messages, TOOLS, support)
+        rendered = tokenizer.apply_chat_template(
+            _as_vllm_sends_parts(messages), tools=TOOLS, chat_template=served, add_generation_prompt=True, tokenize=False
+        )
+        assert rendered == expected
+
+
+def test_a_template_that_requires_nine_character_call_ids_renders_calls_and_results_itself_simulated() -> None:
+    """The probe's ids ('p0') and the stores' ('call_1_0', 'call_85d9d18cd977') were refused, so the template was taken
+    for one without tool support. Each id is given as 9 alphanumerics made from it: the same for a call and its result,
+    a valid id kept; a server's derived template makes the same ids."""
+    from .test_serving_template import CONVERSATIONS, TOOLS, as_vllm_sends
+
+    tokenizer = _tokenizer(NINE_CHARACTER_IDS_TEMPLATE)
+    support = probe_template(tokenizer)
+    assert (support.tools, support.tool_calls, support.tool_role, support.call_id_format) == (True, True, True, "9 alphanumerics")
+    assert set(support.describe().values()) - {"chat template"} == {support.describe()["call_ids"]}
+    from ee_middleware.models.chat_template import nine_alphanumeric_id
+
+    prompt, completion = ROWS["sr"]
+    prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, FRUIT_TOOLS, support)
+    assert not fallback and "Plums rationalefour first." in completion_text and '"name": "check_stock"' in completion_text
+    call_a, call_c = nine_alphanumeric_id("call_a"), nine_alphanumeric_id("call_c")
+    assert f'"id": "{call_a}"' in prompt_text and f"[CALL_ID]{call_a}" in prompt_text and f'"id": "{call_c}"' in completion_text
+    assert call_a != call_c and all(len(i) == 9 and i.isascii() and i.isalnum() for i in (call_a, call_c))
+    assert nine_alphanumeric_id("aB3dE6gH9") == "aB3dE6gH9"
+    served = serving_template(tokenizer.chat_template, support)
+    assert served is not None
+    odd_ids = ["call_1_0", "call_85d9d18cd977", "aB3dE6gH9", "ünïcode-id", "", "toolu_01A09q90qw90lq917835lq9"]
+    conversations = [
+        *CONVERSATIONS.values(),
+        *(
+            [
+                TASK,
+                {"role": "assistant", "content": "", "tool_calls": [{**PLUMS, "id": i}]},
+                {"role": "tool", "tool_call_id": i, "content": "3"},
+            ]
+            for i in odd_ids
+        ),
+    ]
+    for messages in conversations:
+        expected = render_prompt(tokenizer, messages, TOOLS, support)
+        sent = as_vllm_sends(messages, parts_as_text=False)
+        assert (
+            tokenizer.apply_chat_template(sent, tools=TOOLS, chat_template=served, add_generation_prompt=True, tokenize=False) == expected
+        )
+
+
+def test_mistral_v3_says_why_its_tools_and_results_take_the_fallbacks() -> None:
+    """Mistral v3 shows tools, calls and results itself when the ids are 9 alphanumerics, but drops the text beside a call
+    and refuses a reply after a tool result that answers a call written as text. Its manifest said the template ignores
+    tools; its rows render as before."""
+    tokenizer = _tokenizer(FAMILIES["mistral-v3"])
+    support = probe_template(tokenizer)
+    assert (support.tools, support.tool_calls, support.tool_role, support.call_id_format) == (False, False, False, None)
+    described = support.describe()
+    assert "ignores tools" not in described["tools"] and "shows tools" in described["tools"]
+    assert "drops the text beside them" in described["tool_calls"] and "a reply after them" in described["tool_results"]
+    shown = tokenizer.apply_chat_template(
+        [
+            TASK,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{**PLUMS, "id": "abcdefghi", "function": {**PLUMS["function"], "arguments": {}}}],
+            },
+        ],
+        tools=FRUIT_TOOLS,
+        tokenize=False,
+    )
+    assert "[AVAILABLE_TOOLS]" in shown and "[TOOL_CALLS]" in shown  # the template shows tools (so the manifest says)

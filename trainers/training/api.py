@@ -24,11 +24,13 @@ from ee_middleware._files import remove_left_behind
 from ee_middleware._locks import holder_lock
 from ee_middleware._optional import import_optional
 from ee_middleware._version import __version__
+from ee_middleware.errors import ChatTemplateError
 from ee_middleware.models.chat_template import TemplateSupport, probe_template
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.data import DatasetFile, check_one_build, load_dataset
 from ee_middleware.trainers.training.errors import (
+    BaseModelError,
     ContextBudgetWarning,
     RenderingFallbackWarning,
     TrainDataError,
@@ -174,7 +176,10 @@ def _runtime(config: TrainConfig, torch: Any, progress: bool) -> backends.Runtim
 
 
 def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConfig) -> _Prepared:
-    support = probe_template(tokenizer)
+    try:
+        support = probe_template(tokenizer)
+    except ChatTemplateError as exc:  # a template that shows no message text: every row would train on nothing
+        raise BaseModelError(f"Cannot train on {config.base_model}: {exc}") from exc
     examples, stats = {}, {}
     for kind, dataset in datasets.items():
         examples[kind], stats[kind] = tokenize_rows(tokenizer, dataset.rows, config.max_length, support)

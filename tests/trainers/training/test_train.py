@@ -330,6 +330,30 @@ def test_a_base_whose_generation_prompt_opens_think_trains_the_calls_and_says_ho
     assert render["loss_tokens"] > 16 * 10, "each target's call is in its labels, not only the end of turn"
 
 
+def test_a_base_whose_template_shows_no_message_text_is_refused_naming_the_fix(data_dir: Path, tmp_path: Path) -> None:
+    """A ShareGPT-style template (message['from'] / message['value']) rendered every prompt and completion without text:
+    `ee train` trained on '<|im_start|>\n<|im_end|>\n' rows and wrote an adapter. Now it is refused before training."""
+    from ee_middleware.testing.tiny_models import save_tiny_llama
+    from tests.models.test_chat_template import SHAREGPT_TEMPLATE
+
+    base = save_tiny_llama(tmp_path / "sharegpt-base", build_tokenizer(SHAREGPT_TEMPLATE))
+    with pytest.raises(BaseModelError, match=r"renders no text of a user and an assistant message.*tokenizer\.chat_template"):
+        train(config(base, data_dir, tmp_path / "sharegpt", max_steps=1), progress=False)
+    assert not (tmp_path / "sharegpt").exists()
+
+
+def test_a_base_whose_template_reads_content_parts_trains_on_the_rows_text(data_dir: Path, tmp_path: Path) -> None:
+    """SmolVLM's (Idefics3's) template showed no string content: the labels were ' <end_of_utterance>\n' alone. Now its
+    rows' text reaches it as content parts; the manifest says so."""
+    from ee_middleware.testing.tiny_models import save_tiny_llama
+    from tests.models.test_chat_template import CONTENT_PARTS_TEMPLATE
+
+    base = save_tiny_llama(tmp_path / "parts-base", build_tokenizer(CONTENT_PARTS_TEMPLATE))
+    result = train(config(base, data_dir, tmp_path / "parts", max_steps=1, backend="peft-loop"), progress=False)
+    assert "content" in result.manifest["rendering"]
+    assert result.manifest["datasets"]["il"]["render"]["loss_tokens"] > 16 * 10, "each target's call is in its labels"
+
+
 def test_a_tokenizer_without_pad_and_eos_tokens_trains_with_trl(data_dir: Path, tmp_path: Path) -> None:
     """A tokenizer that names no pad and no eos token (its template writes its own end of turn) crashed trl's trainer
     with "unexpected ValueError: The specified pad_token ('None') is not found in the vocabulary"; the peft-loop backend
