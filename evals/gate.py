@@ -13,7 +13,9 @@ same two runs always give the same gate decision.
 The policy (``[gate]`` in a TOML file) decides: each suite needs ``min_tasks`` paired tasks; no
 suite may lose more than ``max_regression`` (or, with ``block_significant_regression``, lose
 significantly at ``alpha``); the pooled delta over all suites must be at least ``min_improvement``;
-``require_significant`` also asks for a significant pooled improvement.
+``require_significant`` also asks for a significant pooled improvement. Runs that measure no model are refused
+whatever the policy: tasks the model server gave no answer to (down, timed out), a suite in which the model never
+answered (every task trial failed on its first request: a wrong served-model name, an adapter that cannot load).
 """
 
 from __future__ import annotations
@@ -140,9 +142,11 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
     return max(-1.0, low), min(1.0, high)
 
 
-RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer", "cut_answers")
-"""The columns of a run's results.parquet the gate reads (``trial``, ``reason``, ``no_answer`` and ``cut_answers`` where
-the run has them)."""
+RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer", "cut_answers", "error_type", "steps")
+"""The columns of a run's results.parquet the gate reads (all but ``suite``, ``task_id`` and ``success`` where the run
+has them)."""
+REASON_CHARS = 300
+"""How much of a failure's reason a gate reason quotes."""
 UNDER_TEST = ("model",)
 """The run setting the gate compares: the model spec (its adapter included). Every other setting that changes the
 answers (:meth:`~ee_middleware.evals.job.EvalJob.run_settings`) must be the same in both runs."""
@@ -339,6 +343,8 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
                 f"{suite}: the model server gave no answer on {n} task trial(s) of the {role} run (down or timed out), so they "
                 f"say nothing of the model; run the same `ee eval run ... --out {run_dir}` again once it is up (it retries them)"
             )
+    for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
+        reasons += _never_answered_reasons(results[role], role, run_dir)
     unscored = {**unscored_suites(baseline_dir), **unscored_suites(candidate_dir)}
     for suite, cause in sorted(unscored.items()):
         if suite not in candidate and suite not in baseline:
@@ -381,6 +387,24 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
         policy=policy.model_dump(),
         notes=_notes(overall, policy) + _cut_notes(comparisons),
     )
+
+
+def _never_answered_reasons(frame: Any, role: str, run_dir: str | os.PathLike[str]) -> list[str]:
+    """Why a run's suites in which its model never answered (every task trial failed on its first request: a wrong
+    served-model name, an adapter that cannot load) are no measure of the model, from :func:`_results`."""
+    from ee_middleware.evals.runner import never_answered
+
+    if "error_type" not in frame.columns:  # a run from before error types were recorded
+        return []
+    reasons = []
+    for suite, (trials, reason) in sorted(never_answered(frame.to_dicts()).items()):
+        quoted = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + "..."
+        reasons.append(
+            f"{suite}: the {role} run has no answer from its model: all {trials} task trial(s) failed before its first answer "
+            f"({quoted}), so it measures the model's setup, not the model; fix that (the served model's name, the adapter's "
+            f"files, the model client) and run `ee eval run ... --out {run_dir}` again (those trials run again)"
+        )
+    return reasons
 
 
 def _cut_notes(comparisons: list[SuiteComparison]) -> list[str]:

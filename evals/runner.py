@@ -5,9 +5,10 @@ fsync-ed once a second),
 so an interrupted run resumes where it stopped: the same command skips every (suite, task, trial)
 already there, except those the model server gave no answer to (``no_answer``: it was down, timed
 out or failing), which run again, so a server that went down halfway costs a re-run, not a
-score. At the end the lines become ``OUT/results.parquet`` (written atomically) and the
-summary and report are written (:mod:`ee_middleware.evals.report`). A command naming other suites
-adds them to the run: the results, summary and reports hold every suite of it.
+score, and those of a suite the model never answered at all (:func:`never_answered`). At the end
+the lines become ``OUT/results.parquet`` (written atomically) and the summary and report are
+written (:mod:`ee_middleware.evals.report`). A command naming other suites adds them to the run:
+the results, summary and reports hold every suite of it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
@@ -120,7 +121,7 @@ def _run_claimed(
     from ee_middleware.evals.report import summarize, write_outputs
 
     names, excluded = _claim_run_dir(out, job, [suite.name for suite in suites.values()])
-    journal_rows = read_journal(out / JOURNAL)
+    journal_rows = _without_silent_suites(out, read_journal(out / JOURNAL), {suite.name for suite in suites.values()})
     done = [r for r in journal_rows if not r.get("no_answer")]  # the server gave no answer: run again
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
     todo: list[tuple[str, EvalTask, int]] = []
@@ -153,7 +154,54 @@ def _run_claimed(
     names += [name for name in dict.fromkeys(r["suite"] for r in done) if name not in names]
     write_outputs(out, done, job, excluded, names)
     _mark_finished(out, excluded)
-    return summarize(done, names, excluded)
+    summary = summarize(done, names, excluded)
+    silent = never_answered(done)
+    for suite_summary in summary:
+        if suite_summary["suite"] in silent:
+            suite_summary["never_answered"] = silent[suite_summary["suite"]][1]
+    return summary
+
+
+NO_MODEL_ANSWER = ("model_error", "client_error")
+"""The error types of a task trial that failed on a request to the model (refused, failing, its client raising)."""
+
+
+def got_no_model_answer(row: Mapping[str, Any]) -> bool:
+    """Whether a results row failed before the model's first answer: on a request the model (its server, its client)
+    could not answer, with no step of the model's in the conversation."""
+    return not row.get("success") and row.get("error_type") in NO_MODEL_ANSWER and not row.get("steps")
+
+
+def never_answered(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, str]]:
+    """suite -> (its task trials, the first one's reason) for each suite of ``rows`` in which the model never answered:
+    every task trial failed before the model's first answer (:func:`got_no_model_answer`: a wrong served-model name
+    refused with 404 on every request, an adapter whose weights cannot load, a client raising on every request).
+
+    Such a suite's 0% measures the model's setup, not the model. One refused request beside answered ones stays a plain
+    task failure; a suite whose every trial got no answer from a server that was down (``no_answer``) is not named here
+    (those trials are run again anyway)."""
+    by_suite: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_suite.setdefault(str(row["suite"]), []).append(row)
+    out = {}
+    for suite, items in by_suite.items():
+        refused = [r for r in items if not r.get("no_answer")]
+        if refused and all(got_no_model_answer(r) for r in items):
+            first = min(refused, key=lambda r: (str(r["task_id"]), int(r.get("trial") or 0)))
+            out[suite] = (len(items), str(first.get("reason") or "no reason recorded"))
+    return out
+
+
+def _without_silent_suites(out: Path, rows: list[dict[str, Any]], suites: set[str]) -> list[dict[str, Any]]:
+    """``rows`` (the journal's) but those of this command's ``suites`` in which the model never answered
+    (:func:`never_answered`): they run again, as after a fix outside the run's settings (the adapter's files copied
+    again, the server's model loaded). The journal is rewritten without them (it keeps a task's first line)."""
+    silent = set(never_answered(rows)) & suites
+    if not silent:
+        return rows
+    kept = [r for r in rows if r["suite"] not in silent]
+    atomic_write_text(out / JOURNAL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return kept
 
 
 def _run_lock(out: Path) -> contextlib.AbstractContextManager[None]:
@@ -184,8 +232,9 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     """Record ``job`` in ``OUT/run.json`` as the run's (new, or resumed with the same settings); the names of the run's
     suites, those of earlier commands first, and the tasks each suite left out (``excluded``) as recorded so far.
 
-    A run with other settings is refused, naming them, unless it holds no result the server answered (a typo'd
-    endpoint, a start that failed): then this command takes the folder over, and that run's journal is emptied."""
+    A run with other settings is refused, naming them, unless it holds no result the model answered (a typo'd
+    endpoint or served-model name, a start that failed): then this command takes the folder over, and that run's
+    journal is emptied."""
     run_file = out / RUN_FILE
     record: dict[str, Any] = {"job": job.record(), "run_key": job.run_key(), "version": __version__}
     previous: dict[str, Any] = {}
@@ -200,8 +249,8 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
                 f"results were made with. Use another --out, or delete {out} to start over."
             ) from exc
         changed = job.changed_settings(previous["job"])
-        if changed:
-            answered = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer")]
+        if changed:  # rows with no answer of the model (a typo'd endpoint or served-model name) are no result to keep
+            answered = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer") and not got_no_model_answer(r)]
             if answered:
                 raise ConfigError(
                     f"{out} holds {len(answered)} result(s) of a run with other settings, so it cannot be resumed with these "
@@ -548,4 +597,4 @@ def _exit_text(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-__all__ = ["EvalJob", "read_journal", "result_row", "run_eval"]
+__all__ = ["EvalJob", "got_no_model_answer", "never_answered", "read_journal", "result_row", "run_eval"]

@@ -76,8 +76,10 @@ def run_cmd(
     """Run suites against a model; a task the model fails (garbage, a tool raising) is a failure with a reason.
 
     Exits 1 when the model server gave no answer on some tasks (down, timing out): the run is incomplete, and
-    the same command run again runs only those tasks. Answers the model could not finish within --max-tokens
-    (finish_reason 'length') are counted per suite (cut_answers) with a warning; the run still counts as done.
+    the same command run again runs only those tasks. Exits 1 too when in a suite the model never answered (every
+    task failed on its first request: a wrong --model name, an adapter that cannot load): fix that and run again.
+    Answers the model could not finish within --max-tokens (finish_reason 'length') are counted per suite
+    (cut_answers) with a warning; the run still counts as done.
     """
     from ee_middleware.evals.job import EvalJob
     from ee_middleware.evals.report import cut_warning, text_calls_note, unanswered_warning
@@ -111,7 +113,7 @@ def run_cmd(
     finally:
         if bars:
             bars.stop()
-    warning = unanswered_warning(summary)
+    warnings = [text for text in (unanswered_warning(summary), never_answered_warning(summary)) if text]
     cut = cut_warning(summary, job.max_tokens)
     text_calls = text_calls_note(summary)
     if as_json:
@@ -120,11 +122,31 @@ def run_cmd(
             if text:
                 typer.echo(text, err=True)
     else:
-        _print_summary(out_console, summary, Path(job.out), warning, cut, text_calls)
-    if warning:  # an incomplete run: a script or CI step must not read it as done
+        _print_summary(out_console, summary, Path(job.out), "\n".join(warnings), cut, text_calls)
+    if warnings:  # an incomplete run, or one that measured no model: a script or CI step must not read it as done
         if as_json:
-            typer.echo(f"error: {warning.removeprefix('Warning: ')}", err=True)
+            for text in warnings:
+                typer.echo(f"error: {text.removeprefix('Warning: ')}", err=True)
         raise typer.Exit(1)
+
+
+def never_answered_warning(summary: list[dict[str, Any]], limit: int = 300) -> str:
+    """A warning naming the suites in which the model never answered (``never_answered`` in the summary of
+    :func:`~ee_middleware.evals.runner.run_eval`), with each one's first reason; "" when it answered in every suite."""
+    silent = [s for s in summary if s.get("never_answered")]
+    if not silent:
+        return ""
+    where = "; ".join(
+        f"{s['suite']}: all {s['runs']} task trial(s), the first: "
+        + (s["never_answered"] if len(s["never_answered"]) <= limit else s["never_answered"][:limit] + "...")
+        for s in silent
+    )
+    return (
+        f"Warning: the model never answered in {len(silent)} suite(s): every task trial failed before its first answer "
+        f"({where}). These scores measure the model's setup, not the model, and `ee eval gate` refuses them. Fix what the "
+        "error says (the served model's name, the adapter's files, the model client) and run `ee eval run` again with this "
+        "--out: those trials run again (a corrected model spec takes the folder over)."
+    )
 
 
 NEEDED = {
