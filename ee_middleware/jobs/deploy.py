@@ -216,7 +216,19 @@ def _refuse_unanswered(summary: list[dict[str, Any]], side: str, model: str, ser
     """Trials the model server gave no answer to (down, timed out, failing) say nothing of the model: gated, they would
     fail the candidate and retire it for an outage. The stage fails instead; the next call runs only those again. A
     server that answers, but slower than ``timeout_s``, would fail every night the same way: the error says which
-    setting lets it finish (it is not part of the run's configuration, so the run still continues)."""
+    setting lets it finish (it is not part of the run's configuration, so the run still continues). A baseline that
+    never answered on a suite (every trial refused on its first request: its adapter cannot load, the server does not
+    serve its name) fails the stage too, naming it: gated against it, the candidate would be refused for the live
+    model's fault."""
+    silent = {s["suite"]: s["never_answered"] for s in summary if s.get("never_answered")}
+    if silent and side == "baseline":  # a candidate that cannot answer fails its gate; the live one's failure is not its
+        named = "; ".join(f"{suite}: {reason}" for suite, reason in sorted(silent.items()))
+        raise JobError(
+            f"The {side} ({model}) never answered on {', '.join(sorted(silent))}: every task trial failed on its first request "
+            f"({named}). That measures its setup (a served-model name the server does not know, an adapter whose weights "
+            "cannot load), not the model, so the candidate is not gated against it. Fix the live adapter (`ee adapters "
+            "show`) or the server, then run `ee improve` with the same config: it runs those trials again."
+        )
     unanswered = sum(int(s.get("no_answer") or 0) for s in summary)
     if unanswered:
         where = f"The model server {', '.join(served)}" if served else "The model"

@@ -314,6 +314,35 @@ def test_an_evaluation_the_server_did_not_answer_fails_the_run_which_continues_o
     assert any(f"Not checked whether {url}" in d for d in resumed.stage("promote")["decisions"])
 
 
+def test_a_live_model_that_never_answers_fails_the_evaluation_instead_of_failing_the_candidate_standin_server(
+    workspace: Path, tiny_base: Path
+) -> None:
+    """A replica that refuses every chat request (stand-in for vLLM's API answering 404, as for a served-model name it
+    does not know or an adapter it cannot load) gives a baseline that never answered: gated against it, the candidate
+    was refused and retired for the live model's fault. Now the evaluate stage fails naming the baseline and the
+    reason; nothing is retired, and the next call continues once the server answers."""
+    from ee_middleware.jobs.errors import JobError
+    from ee_middleware.testing.http import serving
+    from tests.adapters.helpers import StandInVLLM
+
+    server = StandInVLLM()
+    server.fail["/v1/chat/completions"] = 404
+    with serving(server) as url:
+        improve = f'[improve.serving]\nbackend = "vllm"\nservers = ["{url}"]\nmax_lora_rank = 8\n'
+        config = ImproveConfig.load(write_config(workspace, tiny_base, improve=improve, tasks=2))
+        with pytest.raises(JobError, match=r"The baseline \(.*\) never answered on traces.*HTTP 404"):
+            run_improve(config)
+        [run] = RunsDir(workspace / "runs").list()
+        assert run.status == "failed" and run.stage("evaluate")["status"] == "failed" and run.stage("gate") is None
+        candidate = run.stage("register")["outputs"]["candidate"]
+        assert _registry(workspace).get(candidate).status == "candidate"
+
+        del server.fail["/v1/chat/completions"]
+        resumed = run_improve(config)
+    assert resumed.id == run.id and resumed.status == "succeeded", resumed.data.get("error")
+    assert resumed.data["outcome"]["promoted"] is True
+
+
 def _down_url() -> str:
     """The API root of a port nothing listens on."""
     import socket
