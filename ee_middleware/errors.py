@@ -145,7 +145,8 @@ class ModelServerError(ModelError):
 
 
 class ModelRequestError(ModelServerError):
-    """A model server refused the request (4xx): wrong model name, API key or request settings.
+    """A model server refused the request (4xx, or a 5xx whose text names a problem with the request, as llama-server's
+    ``tools param requires --jinja flag``): wrong model name, API key or request settings; not retried.
 
     ``refusal`` is what the server said (its status and text, without the advice the message adds);
     ``answer`` its JSON body when it sent one (a proxy relays it as it came)."""
