@@ -7,11 +7,13 @@ and the server *is* that world. :class:`McpSandbox` starts the user's server its
 process per trajectory, and talks to it with the ``mcp`` package's own client (``pip install 'ee-middleware[mcp]'``).
 
 - **The world at step 0.** The trajectory's environment reference (what ``record_experience(..., environment=...)``
-  recorded) is handed to every server it starts as JSON in the environment variable ``EE_ENVIRONMENT`` (``null`` when
-  the trajectory has none). The server builds its world from it, so replay starts where production did.
+  recorded) is handed to every server it starts as JSON (its keys in the recorded order) in the environment variable
+  ``EE_ENVIRONMENT`` (``null`` when the trajectory has none). The server builds its world from it, so replay starts
+  where production did.
 - **Branching.** An MCP server cannot snapshot, so a snapshot is the list of calls that changed the server since it
   started, and a restore starts a fresh server and runs those calls again (the "naive" strategy of
-  ``benchmarks/replay_throughput.py``), checking that every call answers as it did the first time. A fresh server is
+  ``benchmarks/replay_throughput.py``), each sent exactly as it was (its arguments' keys in the order given), checking
+  that every call answers as it did the first time. A fresh server is
   kept warm (started in the background for the same environment) so that a restore waits only for the calls. Tools
   whose MCP annotations say ``readOnlyHint: true`` change nothing: they are not remembered, and a restore after them
   is free. A server that has tools ``ee_snapshot`` (no arguments, answers a token as text) and ``ee_restore``
@@ -139,7 +141,12 @@ class McpSnapshot:
 
 @dataclass(frozen=True)
 class _Done:
-    """One call that may have changed a server, and what it answered (checked when it is run again)."""
+    """One call that may have changed a server, and what it answered (checked when it is run again).
+
+    ``arguments`` is the JSON text of the arguments as they were sent, their keys in the order given (:func:`_sent_text`):
+    a restore sends exactly that again, since a tool may act on the order (tags merged into the world as they come).
+    Logs are compared as that text, so calls whose arguments differ only in key order count as different calls (a
+    server started again, never a world taken for the recorded one)."""
 
     tool: str
     arguments: str
@@ -585,8 +592,8 @@ class McpSandbox(ClosedOnExit):
 
     def reset(self, environment: dict[str, Any] | None) -> None:
         """Start every server fresh with ``environment`` in ``EE_ENVIRONMENT``; a server that does not start skips the trajectory."""
-        try:
-            text = json.dumps(environment, sort_keys=True, ensure_ascii=False)
+        try:  # keys in the recorded order: a server may build its world in that order (tags, a queue keyed by id)
+            text = json.dumps(environment, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise EnvironmentUnavailableError(
                 f"{self.kind} sandbox: the environment reference is not JSON, which MCP servers get: {exc}"
@@ -633,7 +640,7 @@ class McpSandbox(ClosedOnExit):
             else:
                 observation = result_observation(wire)
             if not self._read_only(tool):
-                instance.log.append(_Done(mcp_name, _arguments_key(call.arguments), observation.content, observation.is_error))
+                instance.log.append(_Done(mcp_name, _sent_text(call.arguments), observation.content, observation.is_error))
             return observation
 
     def snapshot(self) -> McpSnapshot:
@@ -905,8 +912,10 @@ async def _list_tools(session: Any, cursor: str | None) -> Any:
         return await session.list_tools(cursor=cursor)
 
 
-def _arguments_key(arguments: Mapping[str, Any]) -> str:
-    return json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)
+def _sent_text(arguments: Mapping[str, Any]) -> str:
+    """``arguments`` as JSON text, every object's keys in the order given: what a restore sends again (no ``sort_keys``:
+    a tool may act on the order, and the MCP client sends a call's keys as given)."""
+    return json.dumps(arguments, ensure_ascii=False, default=str)
 
 
 def _json_rpc_error(exc: BaseException) -> str | None:

@@ -1,11 +1,13 @@
 """A small, real MCP server with a stateful world: notes. Written with the ``mcp`` package's FastMCP (MCPServer in mcp 2).
 
 The world comes from ``EE_ENVIRONMENT`` (what McpSandbox hands a server: the trajectory's environment reference as
-JSON): ``{"notes": {"1": {"title": ..., "body": ...}}}``; ``{"refuse": "why"}`` makes the server exit at start with
+JSON): ``{"notes": {"1": {"title": ..., "body": ...}}, "tags": {"1": {"tag": "value"}}}`` (tags optional); ``{"refuse": "why"}`` makes the server exit at start with
 that message on its standard error (a world it cannot build). Tools, with their MCP annotations:
 
 - ``list_notes`` (readOnlyHint), ``read_note`` (readOnlyHint), ``note_image`` (readOnlyHint; an image block);
 - ``create_note`` and ``delete_note`` change the world (``openWorldHint: false``: only the server's own);
+- ``tag_note`` merges tags into a note in the order given and answers them in their order (a tool that acts on the
+  order of a dict), ``note_tags`` (readOnlyHint) shows them;
 - ``publish_note`` (openWorldHint: it would post the note to the web);
 - ``slow_note`` (sleeps), ``crash`` (the server dies), ``spawn_helper`` (starts a process that would outlive it): for
   the sandbox's failure and process tests;
@@ -42,7 +44,8 @@ if environment.get("refuse"):
     print(f"notes server: {environment['refuse']}", file=sys.stderr, flush=True)
     sys.exit(3)
 notes: dict[str, dict[str, str]] = {k: dict(v) for k, v in (environment.get("notes") or {}).items()}
-snapshots: dict[str, dict[str, dict[str, str]]] = {}
+tags: dict[str, dict[str, str]] = {k: dict(v) for k, v in (environment.get("tags") or {}).items()}
+snapshots: dict[str, tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]] = {}
 
 port = int(sys.argv[sys.argv.index("--http") + 1]) if "--http" in sys.argv else None
 server = Server("notes", **({"host": "127.0.0.1", "port": port} if port is not None else {}))
@@ -85,6 +88,21 @@ def delete_note(note_id: str) -> str:
     return f"deleted note {note_id}: {title}"
 
 
+@server.tool(annotations=OWN_WORLD)
+def tag_note(note_id: str, new_tags: dict[str, str]) -> str:
+    """Merge tags into a note, in the order given; answers the note's tags, in their order."""
+    if note_id not in notes:
+        raise ValueError(f"no note {note_id}")
+    tags.setdefault(note_id, {}).update(new_tags)
+    return json.dumps(tags[note_id])
+
+
+@server.tool(annotations=READ_ONLY)
+def note_tags(note_id: str) -> str:
+    """A note's tags, in their order."""
+    return json.dumps(tags.get(note_id, {}))
+
+
 @server.tool(annotations=OPEN_WORLD)
 def publish_note(note_id: str) -> str:
     """Publish a note on the web."""
@@ -117,14 +135,17 @@ if os.environ.get("NOTES_FAST") == "1":
     def ee_snapshot() -> str:
         """McpSandbox's fast path: a token for the current world."""
         token = str(len(snapshots) + 1)
-        snapshots[token] = copy.deepcopy(notes)
+        snapshots[token] = copy.deepcopy((notes, tags))
         return token
 
     @server.tool()
     def ee_restore(token: str) -> str:
         """McpSandbox's fast path: put the world of a token back."""
+        kept_notes, kept_tags = copy.deepcopy(snapshots[token])
         notes.clear()
-        notes.update(copy.deepcopy(snapshots[token]))
+        notes.update(kept_notes)
+        tags.clear()
+        tags.update(kept_tags)
         return "restored"
 
 

@@ -520,3 +520,90 @@ def test_closing_one_forked_sandbox_leaves_the_others_servers_running() -> None:
     finally:
         first.close()
         second.close()
+
+
+# -- restores send the calls as they were sent; failures and missing tools say what to do in the MCP sandbox's terms -----
+
+
+async def record_notes_agent(
+    root: Path, script: list[Any], tool_names: set[str], extra_tools: list[Any] | None = None, environment: dict[str, Any] = ENVIRONMENT
+) -> str:
+    """A real create_agent graph whose tools ``tool_names`` come from the notes server through langchain-mcp-adapters (with
+    ``extra_tools``: tools of the app's own), run on ``script`` in the world of ``environment``, recorded into ``root``
+    and approved; its id."""
+    lma = pytest.importorskip("langchain_mcp_adapters.client")
+    from langchain.agents import create_agent
+    from langchain_mcp_adapters.tools import load_mcp_tools
+
+    from ee_middleware import record_experience
+    from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.testing import ScriptedChatModel
+
+    client = lma.MultiServerMCPClient(
+        {"notes": {"command": sys.executable, "args": [SERVER], "transport": "stdio", "env": {"EE_ENVIRONMENT": json.dumps(environment)}}}
+    )
+    async with client.session("notes") as session:
+        tools = [t for t in await load_mcp_tools(session) if t.name in tool_names] + list(extra_tools or [])
+        agent = record_experience(create_agent(ScriptedChatModel(script=script), tools), app="notes", store=root, environment=environment)
+        await agent.ainvoke({"messages": [("user", "Tidy up my notes.")]})
+        agent.flush()
+    store = LocalExperienceStore(root)
+    (trajectory,) = list(store.iter_trajectories())
+    store.approve([trajectory.id], by="test")
+    store.close()
+    return trajectory.id
+
+
+class CreateNote(FixedCallsPolicy):
+    """``tests.replay.sandboxes.test_mcp:CreateNote``: creating a note at every state (so every state is restored)."""
+
+    name = "create-note"
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = [("create_note", {"title": "Dentist"})]
+
+
+def test_a_restore_sends_each_call_again_with_its_arguments_in_the_order_given() -> None:
+    """tag_note merges tags into the world in the order given. A restore re-ran the logged calls with their arguments'
+    keys sorted (found by a sweep), so the fresh server got {"alpha", "zeta"} where the model sent {"zeta", "alpha"}: the
+    restore raised a SandboxError blaming the tool (its answer showed the order), and a tool answering only "ok" would
+    have left every later branch a world the recording never had. Each call is now sent again exactly as it was."""
+    with McpSandbox({"notes": notes_server()}) as sandbox:
+        sandbox.reset(ENVIRONMENT)
+        tagged = sandbox.execute(call("tag_note", note_id="1", new_tags={"zeta": "1", "alpha": "2"}))
+        assert tagged.content == '{"zeta": "1", "alpha": "2"}', tagged
+        start = sandbox.snapshot()
+        sandbox.execute(call("create_note", title="Dentist"))
+        sandbox.restore(start)  # a fresh server, tag_note sent to it again
+        assert sandbox.restarts == 1
+        assert sandbox.execute(call("note_tags", note_id="1")).content == '{"zeta": "1", "alpha": "2"}'
+        assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas"
+
+
+async def test_a_recorded_agent_whose_tool_acts_on_the_order_of_a_dict_replays_with_no_fidelity_mismatch(tmp_path: Path) -> None:
+    """The end-to-end form of the above: a recorded agent tags a note ({"zeta", "alpha"}, in that order) and reads the tags
+    back; `run_replay` with an alternative at every state restores each state on a fresh server. Before, the restore
+    raised on tag_note's answer; its quiet form gave one fidelity mismatch per trajectory on note_tags. The world at
+    step 0 holds tags in an order too (note 2's "zeta" before "alpha"), which the server got from EE_ENVIRONMENT with
+    its keys sorted: the first note_tags was a fidelity mismatch."""
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+    from ee_middleware.testing import tool_call
+
+    root = tmp_path / "experience"
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("note_tags", note_id="2")]),
+        AIMessage(content="", tool_calls=[tool_call("tag_note", note_id="1", new_tags={"zeta": "1", "alpha": "0"})]),
+        AIMessage(content="", tool_calls=[tool_call("note_tags", note_id="1")]),
+        AIMessage(content="", tool_calls=[tool_call("tag_note", note_id="1", new_tags={"beta": "2"})]),
+        AIMessage(content="", tool_calls=[tool_call("note_tags", note_id="1")]),
+        AIMessage(content="Tagged."),
+    ]
+    environment = {**ENVIRONMENT, "tags": {"2": {"zeta": "z", "alpha": "a"}}}
+    trajectory_id = await record_notes_agent(root, script, {"tag_note", "note_tags", "create_note"}, environment=environment)
+    policy = "tests.replay.sandboxes.test_mcp:CreateNote"
+    summary = run_replay(ReplayConfig.load(store=root, sandbox=f"mcp:{write_config(tmp_path)}", policy=policy, k=1))
+    assert (summary.done, summary.failed, summary.skipped) == (1, {}, {}), summary.to_dict()
+    assert summary.fidelity_mismatches == 0, summary.fidelity_examples
+    assert summary.branches == 5, f"an alternative from each of {trajectory_id}'s 5 states"
+    assert_no_server_left()
