@@ -428,7 +428,10 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
         hint = getattr(run.sandbox, "refusal_hint", None)  # why a sandbox refuses a tool it has (optional, see its protocol)
         advice = [text for name in missing if hint is not None and (text := hint(name))]
         if len(advice) < len(missing):
-            advice.append("Add these tools to the sandbox (or list read-only ones in read_only_tools).")
+            advice.append(
+                "Add these tools to the sandbox with a world they act on (docs/sandboxes.md; a PythonSandbox also calls a tool that "
+                "changes nothing anywhere directly when it is listed in read_only_tools)."
+            )
         return (
             f"the expert calls {', '.join(missing)}, which sandbox {run.sandbox.kind!r} does not provide, so the recorded path cannot be "
             f"followed. {' '.join(advice)}"
@@ -576,24 +579,23 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any]
 
 
 def _expert_failure(step: Step, expert: ToolCall, replayed: Observation) -> dict[str, Any]:
-    """Which expert call the sandbox failed on, how, and what it said (the details of the trajectory's ``failed`` record)."""
-    said = replayed.content if len(replayed.content) <= 300 else replayed.content[:299] + "…"
+    """Which expert call the sandbox failed on, how, and what it said (the details of the trajectory's ``failed`` record).
+    A long text keeps its end, where a sandbox says which limit to raise."""
+    text = replayed.content
+    said = text if len(text) <= 300 else f"{text[:150]}…{text[-149:]}"
     return {"step": step.index, "tool": expert.name, "failure": replayed.sandbox_failure, "observation": said}
 
 
 def _expert_failure_reason(failed: dict[str, Any]) -> str:
-    """The ``failed`` record's reason for an expert call the sandbox failed on (:func:`_expert_failure`)."""
+    """The ``failed`` record's reason for an expert call the sandbox failed on (:func:`_expert_failure`). The limit to
+    raise is the one the failing sandbox names in what it said: the subprocess isolation's (``--tool-timeout``,
+    ``--memory-mb``), an MCP sandbox's own ``timeout_s``, a plug-in sandbox's own; the runner cannot tell which of them
+    ran out, so it names none itself."""
     return (
         f"the sandbox could not execute the expert's call at step {failed['step']} ({failed['tool']}): {failed['failure']}: "
         f"{failed['observation'].rstrip('.')}. Its world is then not the recorded one past that call, so the replay stopped "
-        f"there and kept none of its branches; the next run retries it{_LIMIT_HINTS.get(failed['failure'] or '', '')}."
+        "there and kept none of its branches; the next run retries it."
     )
-
-
-_LIMIT_HINTS = {
-    "timeout": " (raise the time limit, --tool-timeout, if the tool is only slow)",
-    "memory": " (raise the memory limit, --memory-mb, if the tool needs more)",
-}
 
 
 def _flag_unrestorable(run: _Run, step: Step, expert: ToolCall, unrestored: list[Unrestored], *, matched: bool) -> None:

@@ -312,7 +312,10 @@ class SubprocessSandbox(ClosedOnExit):
             except _ChildTimedOut:
                 elapsed = time.monotonic() - started
                 failure, problem = "timeout", f"timed out after {_seconds(self.timeout_s or elapsed)} s in the subprocess sandbox"
-                advice = " Raise SubprocessSandbox(timeout_s=...) if the tool is only slow."
+                advice = (
+                    " If the tool is only slow, raise the limit: ee replay run --tool-timeout (tool_timeout_s), "
+                    "SubprocessSandbox(timeout_s=...) in code."
+                )
             except _ChildDied as died:
                 failure, problem = "crash", f"crashed the subprocess sandbox ({died.how})"
                 advice = ""

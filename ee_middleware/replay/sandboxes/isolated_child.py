@@ -286,5 +286,6 @@ class ChildServer:
     def _memory_message(self, tool: str) -> str:
         return (
             f"Error: tool '{tool}' hit the memory limit of the subprocess sandbox ({self.memory_mb} MB of address space, "
-            "MemoryError). Raise it with SubprocessSandbox(memory_mb=...) or pass memory_mb=None for no limit."
+            "MemoryError). Raise it with ee replay run --memory-mb (memory_mb), or SubprocessSandbox(memory_mb=...) in code "
+            "(None: no limit)."
         )

@@ -88,6 +88,8 @@ _TRANSPORTS: dict[str, Transport] = {
     "http": "streamable_http",
 }
 _STOP_WAIT_S = 5.0
+_TOOLS_SHOWN = 20
+"""How many of the servers' tools a hint about a tool they do not list names."""
 _PORT_POLL_S = 0.05
 
 
@@ -567,11 +569,16 @@ class McpSandbox(ClosedOnExit):
         return tools is not None and tool_name in tools and self.refusal_hint(tool_name) is None
 
     def refusal_hint(self, tool_name: str) -> str | None:
-        """Why replay does not call a tool a server has (``openWorldHint``, or the fast path's own tools) and how to allow it."""
+        """Why replay does not call ``tool_name`` and what to do: a tool a server has but replay may not call
+        (``openWorldHint``, or the fast path's own tools), or one no server lists (renamed or removed since the
+        recording, named without or with the server's prefix, or no MCP tool at all). ``None`` when replay calls it, or
+        when the servers could not be started to ask them."""
         tools = self._tools if self._tools is not None else self._probe_tools()
+        if tools is None:
+            return None
         found = tools.get(tool_name)
         if found is None:
-            return None
+            return self._missing_hint(tool_name, tools)
         server, mcp_name, tool = found
         if mcp_name in (SNAPSHOT_TOOL, RESTORE_TOOL):
             return f"tool '{tool_name}': it is the MCP sandbox's own {mcp_name[3:]} tool (server '{server}'), not one of the app's"
@@ -588,6 +595,35 @@ class McpSandbox(ClosedOnExit):
             f'McpSandbox(allow_open_world=[\'{tool_name}\']) or "allow_open_world": ["{tool_name}"] in the MCP sandbox\'s config '
             'file, or annotate it openWorldHint: false in the server ("open_world_default": false takes every unannotated '
             "tool for one; --allow-network allows every such tool)"
+        )
+
+    def _missing_hint(self, tool_name: str, tools: Mapping[str, tuple[str, str, dict[str, Any]]]) -> str:
+        """What to do about a tool no server lists: the servers' names and tools, and the likely reason."""
+        names = ", ".join(repr(name) for name in self.servers)
+        several = len(self.servers) > 1
+        listed = sorted(tools)
+        shown = ", ".join(listed[:_TOOLS_SHOWN]) + (f" and {len(listed) - _TOOLS_SHOWN} more" if len(listed) > _TOOLS_SHOWN else "")
+        said = (
+            f"tool '{tool_name}': MCP server{'s' if several else ''} {names} list{'' if several else 's'} no such tool "
+            f"({'they list' if several else 'it lists'} {shown or 'no tools'})"
+        )
+        by_mcp_name = {(server, mcp_name) for server, mcp_name, _ in tools.values()}
+        prefixed = any(
+            tool_name.startswith(f"{server}_") and (server, tool_name[len(server) + 1 :]) in by_mcp_name for server in self.servers
+        )
+        if prefixed and not self.tool_name_prefix:
+            return (
+                f"{said}. The app named its tools after their server, as MultiServerMCPClient(..., tool_name_prefix=True) does: "
+                'say "tool_name_prefix": true in the MCP sandbox\'s config file (McpSandbox(..., tool_name_prefix=True))'
+            )
+        if self.tool_name_prefix and any(mcp_name == tool_name for _, mcp_name in by_mcp_name):
+            return (
+                f'{said}. The app did not name its tools after their server: leave out "tool_name_prefix" (or say false) '
+                "in the MCP sandbox's config file"
+            )
+        return (
+            f"{said}. Renamed or removed since the recording? Replay with the server as the app ran it then; a tool the app "
+            "did not get from an MCP server cannot run in the MCP sandbox"
         )
 
     def reset(self, environment: dict[str, Any] | None) -> None:
@@ -630,7 +666,12 @@ class McpSandbox(ClosedOnExit):
                 wire = self._run(instance.call(mcp_name, dict(call.arguments), self.timeout_s), self.timeout_s + _STOP_WAIT_S)
             except TimeoutError:
                 return self._failed(
-                    instance, call, "timeout", f"timed out after {self.timeout_s:g} s", " Raise timeout_s if the tool is only slow."
+                    instance,
+                    call,
+                    "timeout",
+                    f"timed out after {self.timeout_s:g} s",
+                    ' If the tool is only slow, raise the MCP sandbox\'s own limit: "timeout_s" in its config file, '
+                    "McpSandbox(timeout_s=...) in code.",
                 )
             except Exception as exc:  # noqa: BLE001 - the server's answer, or its death
                 answered = _json_rpc_error(exc)
@@ -790,16 +831,16 @@ class McpSandbox(ClosedOnExit):
                 table[name] = (server, mcp_name, tool)
         return table
 
-    def _probe_tools(self) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    def _probe_tools(self) -> dict[str, tuple[str, str, dict[str, Any]]] | None:
         """The servers' tools on a sandbox never reset (a refusal hint asked in the job's parent): servers started with
-        ``EE_ENVIRONMENT=null`` and stopped; nothing when a server cannot start so."""
+        ``EE_ENVIRONMENT=null`` and stopped; ``None`` when a server cannot start so."""
         with self._lock:
             if self._tools is not None:
                 return self._tools
             try:
                 self.reset(None)
             except SandboxError:
-                return {}
+                return None
             tools = self._tools or {}
             self.close()
             return tools

@@ -607,3 +607,87 @@ async def test_a_recorded_agent_whose_tool_acts_on_the_order_of_a_dict_replays_w
     assert summary.fidelity_mismatches == 0, summary.fidelity_examples
     assert summary.branches == 5, f"an alternative from each of {trajectory_id}'s 5 states"
     assert_no_server_left()
+
+
+async def test_a_time_out_on_the_experts_path_names_the_mcp_sandboxs_own_limit(tmp_path: Path) -> None:
+    """The expert's slow_note takes 2 s; the MCP sandbox's timeout_s is 1. The trajectory's failed reason ended "raise
+    the time limit, --tool-timeout": alone that flag is a config error, and with --isolation subprocess the MCP config's
+    timeout_s still applied (found by a sweep). The reason now names "timeout_s" in the MCP sandbox's config file, with
+    or without isolation, and raising it there is what lets the trajectory replay."""
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+    from ee_middleware.testing import tool_call
+
+    root = tmp_path / "experience"
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("slow_note", seconds=2)]),
+        AIMessage(content="", tool_calls=[tool_call("list_notes")]),
+        AIMessage(content="Done."),
+    ]
+    trajectory_id = await record_notes_agent(root, script, {"slow_note", "list_notes", "create_note"})
+    policy = "tests.replay.sandboxes.test_mcp:CreateNote"
+    config = write_config(tmp_path, timeout_s=1)
+    for isolation in ({}, {"isolation": "subprocess", "tool_timeout_s": 60}):
+        summary = run_replay(ReplayConfig.load(store=root, sandbox=f"mcp:{config}", policy=policy, k=1, **isolation))
+        reason = summary.failed[trajectory_id]
+        assert "(slow_note): timeout: Error: tool 'slow_note' timed out after 1 s in the MCP sandbox" in reason, reason
+        assert '"timeout_s" in its config file' in reason and "--tool-timeout" not in reason, reason
+    write_config(tmp_path, timeout_s=10)  # what the reason says to do
+    summary = run_replay(ReplayConfig.load(store=root, sandbox=f"mcp:{config}", policy=policy, k=1))
+    assert (summary.done, summary.failed, summary.fidelity_mismatches) == (1, {}, 0), summary.to_dict()
+    assert_no_server_left()
+
+
+async def test_a_tool_no_mcp_server_lists_is_reported_in_the_mcp_sandboxs_terms(tmp_path: Path) -> None:
+    """The app's expert calls archive_note, a tool of the app's own that no MCP server serves (or one renamed since). The
+    trajectory was skipped advising "list read-only ones in read_only_tools", a PythonSandbox option the MCP sandbox does
+    not have (found by a sweep). Now the MCP sandbox says which servers it asked, what they list, and what to do; a tool
+    named after its server (MultiServerMCPClient(..., tool_name_prefix=True)) points to tool_name_prefix."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+    from ee_middleware.replay.sandboxes.registry import refusal_hints
+    from ee_middleware.testing import tool_call
+
+    @tool
+    def archive_note(note_id: str) -> str:
+        """Archive a note."""
+        return f"archived note {note_id}"
+
+    root = tmp_path / "experience"
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("archive_note", note_id="2")]),
+        AIMessage(content="", tool_calls=[tool_call("list_notes")]),
+        AIMessage(content="Archived."),
+    ]
+    trajectory_id = await record_notes_agent(root, script, {"list_notes", "create_note"}, extra_tools=[archive_note])
+    config = write_config(tmp_path)
+    summary = run_replay(ReplayConfig.load(store=root, sandbox=f"mcp:{config}", policy="tests.replay.sandboxes.test_mcp:CreateNote", k=1))
+    reason = summary.skipped[trajectory_id]
+    assert "the expert calls archive_note, which sandbox 'mcp' does not provide" in reason, reason
+    assert "tool 'archive_note': MCP server 'notes' lists no such tool (it lists crash, create_note, delete_note, list_notes, " in reason
+    assert "Renamed or removed since the recording?" in reason and "read_only_tools" not in reason, reason
+    # asked on a sandbox never reset, as the job asks for the alternatives it refused
+    assert "MCP server 'notes' lists no such tool" in refusal_hints(f"mcp:{config}", ["archive_note"])["archive_note"]
+
+    with McpSandbox({"notes": notes_server()}) as sandbox:
+        sandbox.reset(ENVIRONMENT)
+        assert not sandbox.covers("notes_create_note")
+        assert '"tool_name_prefix": true' in (sandbox.refusal_hint("notes_create_note") or "")
+        assert sandbox.refusal_hint("create_note") is None, "a tool it calls needs no hint"
+    with McpSandbox({"notes": notes_server()}, tool_name_prefix=True) as prefixed:
+        prefixed.reset(ENVIRONMENT)
+        assert prefixed.covers("notes_create_note")
+        assert 'leave out "tool_name_prefix"' in (prefixed.refusal_hint("create_note") or "")
+    # servers that do not start without an environment cannot be asked: no hint is made up
+    assert McpSandbox({"notes": notes_server()}).refusal_hint("archive_note") is not None
+    refusing = McpSandbox({"broken": McpServer(sys.executable, ("-c", "import sys; sys.exit(3)"))})
+    try:
+        assert refusing.refusal_hint("archive_note") is None
+    finally:
+        refusing.close()
+    assert_no_server_left()
