@@ -91,6 +91,7 @@ NOT_AN_OBJECT = "arguments must be a JSON object"
 # What may frame the calls of an answer that is wholly calls: special tokens a server left in (<|im_end|>, </s>,
 # DeepSeek's tool-call tokens with full-width bars), code fences and whitespace.
 _MARKUP = re.compile(r"<\|[^|<>]*\|>|<\uff5c[^\uff5c<>]*\uff5c>|</s>|```[A-Za-z0-9_-]*")
+_LAST_MARKUP = re.compile(f"(?:{_MARKUP.pattern})\\Z")
 _TOOL_CALL_TAG = re.compile(r"</?tool_call>")
 # gpt-oss's harmony header before a call in the commentary channel (its analysis channel is its reasoning).
 _HARMONY_HEADER = re.compile(r"\s*(?:analysis.*?)?(?:assistant)?\s*(?:commentary)?\s*", re.DOTALL)
@@ -360,6 +361,14 @@ def _only_markup(text: str) -> bool:
     return not _MARKUP.sub("", text).strip()
 
 
+def _without_trailing_markup(text: str) -> str:
+    """``text`` without the special tokens, code fences and whitespace at its end (:data:`_MARKUP`)."""
+    text = text.rstrip()
+    while (last := _LAST_MARKUP.search(text)) is not None:
+        text = text[: last.start()].rstrip()
+    return text
+
+
 def _not_whole(text: str) -> ParseProblem:
     return ParseProblem("the answer holds text besides its tool calls, so they are not read (calls in prose are not calls)", _short(text))
 
@@ -466,16 +475,16 @@ def _xml_calls(text: str) -> list[ParsedCall]:
 
 def _function_tag_call(name: str, body: str, raw: str) -> ParsedCall:
     """A ``<function=name>`` call whose body has no ``<parameter=...>`` tags: no arguments when it is empty (Qwen3-Coder's
-    call without parameters), else the JSON object it holds (Llama 3.1/3.3; special tokens after it aside, for a call
-    whose ``</function>`` a server cut off), or a Python-literal dict (single quotes, as Meta's own reader accepts);
-    anything else is a problem, never a call without arguments."""
+    call without parameters), else the JSON object it holds (Llama 3.1/3.3), or a Python-literal dict (single quotes, as
+    Meta's own reader accepts), special tokens after either aside (a call whose ``</function>`` a server cut off, the
+    ``<|eom_id|>`` it kept); anything else is a problem, never a call without arguments."""
     start = _SPACES.match(body).end()
     if start == len(body):
         return ToolCall(id="", name=name, arguments={})
     try:
         decoded, stop = json.JSONDecoder(parse_constant=_reject_constant).raw_decode(body, start)
-    except (ValueError, RecursionError):
-        decoded, stop = _python_literal(body.strip()), len(body)
+    except (ValueError, RecursionError):  # special tokens after the dict aside too, as after a JSON object
+        decoded, stop = _python_literal(_without_trailing_markup(body).strip()), len(body)
         if decoded is None:
             return ParseProblem(
                 f"{name}: the <function={name}> call holds neither a JSON object of arguments nor <parameter=...> tags", _short(raw)

@@ -472,6 +472,9 @@ LLAMA_FUNCTION_TAGS = [
         [("search_orders", {"customer": "C-17", "limit": 5})],
     ),  # cut tag
     ("<function=search_orders>{'customer': 'C-17'}</function>", [("search_orders", {"customer": "C-17"})]),  # single quotes
+    # single quotes, cut tag: was a problem ("neither a JSON object ..."), where the JSON form above is read
+    ("<function=search_orders>{'customer': 'C-17', 'limit': 5}<|eom_id|>", [("search_orders", {"customer": "C-17", "limit": 5})]),
+    ("<function=note>{'text': 'ends with <|eom_id|>'}\n<|eom_id|>", [("note", {"text": "ends with <|eom_id|>"})]),
     ('<function=a>{"x": 1}</function><function=b>{"y": [2]}</function>', [("a", {"x": 1}), ("b", {"y": [2]})]),
 ]
 
