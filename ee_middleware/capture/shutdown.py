@@ -23,14 +23,17 @@ ends instead: see ``recorder._flush_at_exit``.)
 - The handler does its waiting on a thread of its own, with a time limit: the signal may arrive while the main thread
   holds one of capture's locks, which that thread then waits on in vain until the limit, never for ever.
 - A Python handler runs only when the main thread next runs Python code. A SIGTERM that comes just before the main
-  thread blocks in C (taken by another thread, or between a lock's last signal check and its wait) left that thread
-  blocked with the handler pending: a ``multiprocessing.Pool`` worker idle in its task queue's lock when the pool's
-  ``terminate`` sent it SIGTERM never ended, and the pool's ``with`` block waited on it for ever (at the default the
-  signal ends the process from any thread). So where the process has no signal wakeup fd of its own
-  (:func:`signal.set_wakeup_fd`; asyncio's ``add_signal_handler`` sets one), capture sets one and watches it on a
+  thread blocks in C (taken by another thread, or between a lock's last signal check and its wait) leaves that thread
+  blocked with the handler pending, where at the default the signal ends the process from any thread. A
+  ``multiprocessing`` worker is stopped that way: one idle in its task queue's lock when a ``Pool``'s ``terminate``
+  sent it SIGTERM never ended, and the pool's ``with`` block waited on it for ever. So in a process ``multiprocessing``
+  forked (``Process``, ``Pool``, ``ProcessPoolExecutor`` with the fork start method) where SIGTERM is capture's and the
+  process has no signal wakeup fd of its own (:func:`signal.set_wakeup_fd`), capture sets one and watches it on a
   thread: a SIGTERM whose handler has not started within :data:`NUDGE_AFTER_S` is sent again to the main thread alone
-  (``pthread_kill``), which interrupts its wait, and the handler runs. A process forked from it gets a wakeup fd and a
-  watcher of its own.
+  (``pthread_kill``), which interrupts its wait, and the handler runs. Not in the app's own process, where the wakeup
+  fd is the app's to set (Trio warns when it finds one taken; a daemonizer that closes every file would leave signal
+  bytes written into a file that reuses the number), nor where gevent or eventlet patched ``threading`` (the watcher's
+  blocking read would stop every green thread).
 - In a forked process (``multiprocessing``'s fork, ``os.fork``; gunicorn's workers install handlers of their own) the
   inherited handler acts for that process: its recorders and its runs (the parent's queued work and runs in flight are
   the parent's, forgotten at the fork).
@@ -44,8 +47,10 @@ ends instead: see ``recorder._flush_at_exit``.)
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +73,9 @@ NUDGE_AFTER_S = 0.2
 as long, up to :data:`NUDGES` times: a main thread busy in a long C call runs the handler when the call returns)."""
 
 NUDGES = 4
+
+NUDGE_SETTLE_S = 0.5
+"""After a repeat, a SIGTERM within this long is taken for it (the handler runs once for both), not for a second one."""
 
 _decided_in: int | None = None  # the process whose main thread decided, once: installed, or left the app's handler
 _flush: Callable[[float, str], None] | None = None
@@ -98,7 +106,6 @@ def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], N
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # not the main interpreter
         return False
-    _watch_for_a_pending_handler()
     return True
 
 
@@ -182,6 +189,9 @@ def _watch(reader: int, main_thread: int | None) -> None:
             except (OSError, ValueError):  # the main thread is gone
                 return
             wait *= 2
+        if _nudge_pending:  # delivered by now: handled with the SIGTERM it repeated, or waiting for the main thread
+            time.sleep(NUDGE_SETTLE_S)
+            _nudge_pending = False
 
 
 def _after_fork_in_child() -> None:
@@ -192,15 +202,33 @@ def _after_fork_in_child() -> None:
     inherited, _wakeup = _wakeup, None  # shared with the parent: its watcher would read this process's signals
     try:
         current = signal.set_wakeup_fd(-1)
+        if current != inherited[1]:
+            signal.set_wakeup_fd(current)  # the process set one of its own since
     except ValueError:  # not the main thread here
-        current = None
+        pass
     for end in inherited:
         os.close(end)
-    if current is not None and current != inherited[1]:
-        signal.set_wakeup_fd(current)  # the process set one of its own since
-    elif current is not None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+
+
+def _watch_in_multiprocessing_child(_: object) -> None:
+    """In a process ``multiprocessing`` forked, after it cleared what the parent left: watch for a SIGTERM whose
+    handler is pending (see the module docstring)."""
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm and not _green_threads():
         _watch_for_a_pending_handler()
+
+
+def _green_threads() -> bool:
+    """Whether gevent or eventlet patched ``threading`` (a blocking read on a thread would stop every green thread)."""
+    for module_name, patched in (("gevent.monkey", "is_module_patched"), ("eventlet.patcher", "is_monkey_patched")):
+        module = sys.modules.get(module_name)
+        try:
+            if module is not None and getattr(module, patched)("thread" if module_name.startswith("eventlet") else "threading"):
+                return True
+        except (AttributeError, TypeError):  # an unknown version's API: assume patched rather than freeze the process
+            return True
+    return False
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    multiprocessing.util.register_after_fork(sys.modules[__name__], _watch_in_multiprocessing_child)  # (held weakly)
