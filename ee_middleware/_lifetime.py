@@ -24,7 +24,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["die_with_parent", "kill_process_group", "parent_death_preexec", "set_parent_death_signal", "termination_as_interrupt"]
+__all__ = [
+    "die_with_parent",
+    "kill_process_group",
+    "parent_death_preexec",
+    "second_signal_ends",
+    "set_parent_death_signal",
+    "termination_as_interrupt",
+]
 
 WATCHDOG_INTERVAL_S = 1.0
 _PR_SET_PDEATHSIG = 1
@@ -112,7 +119,8 @@ def termination_as_interrupt() -> Iterator[None]:
 
     Only a signal left at its default is taken: one the command was started ignoring stays ignored (``nohup`` ignores
     SIGHUP, so that closing the terminal does not stop the command), as does one a caller handles itself. After the
-    first, both are ignored until the clean-up is over: a supervisor that sends SIGTERM again does not cut it short."""
+    first, both are ignored until the clean-up is over: a supervisor that sends SIGTERM again does not cut it short
+    (except where the clean-up waits on other processes and says how to end that at once: :func:`second_signal_ends`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -121,9 +129,42 @@ def termination_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, _frame: object) -> None:
         for sig in taken:
             signal.signal(sig, signal.SIG_IGN)  # the clean-up now running is not interrupted again
+            _SILENCED.add(sig)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in taken}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+            _SILENCED.discard(sig)
+
+
+_SILENCED: set[int] = set()
+"""The signals :func:`termination_as_interrupt` ignores because a first one stopped the command (its clean-up runs)."""
+
+
+@contextmanager
+def second_signal_ends(end_now: Callable[[], None]) -> Iterator[None]:
+    """While a clean-up waits on other processes (a replay job stopping its workers), a second Ctrl-C, SIGTERM or SIGHUP
+    calls ``end_now``, which must end that wait at once (kill the processes waited on), instead of being ignored
+    (SIGTERM and SIGHUP after a first one, see :func:`termination_as_interrupt`) or raising ``KeyboardInterrupt`` in the
+    middle of the clean-up (Ctrl-C). A signal the command was started ignoring (``nohup``'s SIGHUP), or that a caller
+    handles itself, stays as it is. A no-op outside the main thread (only it can install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = [
+        sig
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        if sig in _SILENCED or signal.getsignal(sig) is signal.default_int_handler
+    ]
+
+    def end(_signum: int, _frame: object) -> None:
+        end_now()
+
+    previous = {sig: signal.signal(sig, end) for sig in taken}
     try:
         yield
     finally:

@@ -137,8 +137,10 @@ def run(
     open_job_store(cfg.store, store_origin(ctx, config, "replay")).close()  # a clear error before any worker starts
     out = console()
     bar: dict[str, Any] = {}
+    counted: list[int] = []  # the trajectories to replay, then how many are stored (for the line an interrupt prints)
 
     def on_start(total: int) -> None:
+        counted[:] = [total, 0]
         if progress and total and not as_json:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -160,18 +162,23 @@ def run(
     def on_outcome(outcome: Any, n: int, total: int) -> None:
         nonlocal branches
         branches += outcome.record.branches
+        counted[1] = n
         if "progress" in bar:
             bar["progress"].update(bar["task"], completed=n, branches=branches)
 
     try:
-        # what the tools print (here, in the workers and in the sandbox's children) goes to stderr: stdout holds the summary
-        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
-            summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
-            shown = _shown_trajectory_ids(cfg.store, summary) if not as_json else {}
-            idle = _why_nothing_to_replay(cfg) if not (summary.selected or summary.already_done) else None
-    finally:
-        if "progress" in bar:
-            bar["progress"].stop()
+        try:
+            # what the tools print (here, in the workers and in the sandbox's children) goes to stderr: stdout holds the summary
+            with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
+                summary = run_replay(cfg, on_start=on_start, on_outcome=on_outcome)
+                shown = _shown_trajectory_ids(cfg.store, summary) if not as_json else {}
+                idle = _why_nothing_to_replay(cfg) if not (summary.selected or summary.already_done) else None
+        finally:
+            if "progress" in bar:
+                bar["progress"].stop()
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
+        _say_interrupted(cfg, str(exc) or "SIGINT (Ctrl-C)", counted)
+        raise
     if as_json:
         print_json(summary.to_dict())
     else:
@@ -189,6 +196,22 @@ def run(
         typer.secho(f"error: {summary.no_usable_prediction_error()}", err=True, fg="red")
     if summary.failed or summary.no_usable_prediction:
         raise typer.Exit(1)
+
+
+def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> None:
+    """One line on stderr for a replay stopped by a signal: what is stored, and that the same command continues."""
+    if not counted:
+        kept = "before replaying any trajectory"
+    else:
+        total, stored = counted
+        more = " (its workers may have stored a few more)" if cfg.workers > 1 or cfg.executor == "ray" else ""
+        kept = f"with {stored} of {total} trajectories replayed and stored{more}; those it was replaying are not stored"
+    again = " without --again" if cfg.again else ""  # with it, a run starts the next attempt instead
+    typer.secho(
+        f"interrupted: the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped.",
+        err=True,
+        fg="yellow",
+    )
 
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:

@@ -25,12 +25,16 @@ Local workers are forked from a fork server of the job's own, which imports what
 Every worker closes its sandbox and policy when it ends, and no worker outlives the job: the fork
 server ends with the job's process, and local worker processes die with the fork server (see
 :mod:`ee_middleware._lifetime`), even when the job is killed with ``SIGKILL``; sandbox children
-(``--isolation subprocess``) then kill themselves and every process their tools started.
+(``--isolation subprocess``) then kill themselves and every process their tools started. A job that ends early
+(Ctrl-C, SIGTERM, an error) stops its local workers at once: each drops the trajectory it is replaying (nothing of it
+is stored: a trajectory's rollouts and record are written together once it is done) and what it was sent after it,
+then closes its sandbox; a second signal meanwhile kills them (see :meth:`ProcessExecutor.close`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import itertools
 import logging
@@ -47,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ee_middleware._lifetime import die_with_parent
+from ee_middleware._lifetime import die_with_parent, second_signal_ends
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import (
     EEError,
@@ -188,7 +192,8 @@ class _Worker:
         store = self._writable_store()
         if store is None:
             return outcome
-        write_outcome(store, outcome, where=self.spec.store)
+        with _uninterrupted():  # a worker told to stop finishes writing what it replayed
+            write_outcome(store, outcome, where=self.spec.store)
         return ReplayOutcome(outcome.record, stored=True)
 
     def _writable_store(self) -> Any:
@@ -361,12 +366,70 @@ class InlineExecutor:
 
 _PROCESS_WORKER: _Worker | None = None
 
+_STOP: Any = None
+"""In a local worker: the job's stop event (a :mod:`multiprocessing` ``Event``), set once the job ends early."""
 
-def _init_process_worker(spec: WorkerSpec, torch_threads: int, parent_pid: int) -> None:
-    global _PROCESS_WORKER
+_INTERRUPTED: str | None = None
+"""In a local worker: the signal that told it to stop (SIGINT: the job's, or Ctrl-C reaching its process group)."""
+
+_INTERRUPTIBLE = False
+"""In a local worker: whether a replay runs that the stop signal cuts short (not while the worker waits for its next
+call, nor while it writes what it replayed)."""
+
+
+class _WorkerStopped(Exception):
+    """What a local worker's call returns once the worker was told to stop (it replays nothing more)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    """A local worker's SIGINT handler: replay nothing more; the replay running now (if any) ends at once."""
+    global _INTERRUPTED
+    _INTERRUPTED = _INTERRUPTED or signal.Signals(signum).name
+    if _INTERRUPTIBLE:
+        raise KeyboardInterrupt(_INTERRUPTED)
+
+
+def _worker_stopped() -> str | None:
+    """Why this local worker must replay nothing more (``None``: it goes on)."""
+    if _INTERRUPTED is not None:
+        return _INTERRUPTED
+    return "the job stopped" if _STOP is not None and _STOP.is_set() else None
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """A part of a local worker's replay that its stop signal does not cut short (it still stops after it)."""
+    global _INTERRUPTIBLE
+    was, _INTERRUPTIBLE = _INTERRUPTIBLE, False
+    try:
+        yield
+    finally:
+        _INTERRUPTIBLE = was
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    global _INTERRUPTIBLE
+    _INTERRUPTIBLE = True
+    try:
+        if _INTERRUPTED is not None:  # it came just before
+            raise KeyboardInterrupt(_INTERRUPTED)
+        yield
+    finally:
+        _INTERRUPTIBLE = False
+
+
+def _init_process_worker(spec: WorkerSpec, torch_threads: int, parent_pid: int, stop: Any = None) -> None:
+    global _PROCESS_WORKER, _STOP
     # The process that must not outlive us: the job (spawned workers) or the job's fork server, which ends the moment the
     # job does. Killed by the kernel when it dies; the watchdog covers systems without prctl.
     die_with_parent(parent_pid, _end_orphaned_worker, death_signal=signal.SIGKILL)
+    _STOP = stop
+    signal.signal(signal.SIGINT, _on_stop_signal)  # (SIGTERM stays deadly: the pool ends a broken worker with it)
     _JobForkServer.release_in_worker()
     os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
     _PROCESS_WORKER = worker = _Worker(spec)
@@ -395,9 +458,31 @@ def _replay_in_process(trajectories: list[Trajectory | TrajectoryRows], hold_las
     """This worker's :meth:`_Worker.replay_all` of ``trajectories``: the outcomes of the trajectory it held and of
     ``trajectories`` but the last, which it holds (its proposals asked for) until the next call, when ``hold_last``;
     and the error that stopped them (``None`` when none did), so that what a call replayed before a policy stopped
-    working is counted by the job, as with one worker and on Ray."""
+    working is counted by the job, as with one worker and on Ray.
+
+    A worker told to stop (see :meth:`ProcessExecutor.close`) replays nothing more: the trajectory it is replaying ends
+    at once (unstored), and the call returns what it replayed before, with :class:`_WorkerStopped`."""
     assert _PROCESS_WORKER is not None
-    return _until_error(_PROCESS_WORKER.replay_all(trajectories, hold_last=hold_last))
+    if (why := _worker_stopped()) is not None:
+        return [], _WorkerStopped(why)
+    replays = _PROCESS_WORKER.replay_all(trajectories, hold_last=hold_last)
+    outcomes: list[ReplayOutcome] = []
+    try:
+        while (why := _worker_stopped()) is None:
+            with _interruptible():
+                outcome = next(replays, None)
+            if outcome is None:
+                return outcomes, None
+            outcomes.append(outcome)
+    except KeyboardInterrupt:
+        if _INTERRUPTED is None:
+            raise  # not the stop signal's
+        why = _INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - raised by the job once it has the outcomes before it
+        return outcomes, _sendable(exc)
+    finally:
+        replays.close()  # drops the trajectory held for the next call, when stopped
+    return outcomes, _WorkerStopped(why)
 
 
 def _until_error(replays: Iterator[ReplayOutcome]) -> tuple[list[ReplayOutcome], Exception | None]:
@@ -619,6 +704,7 @@ class ProcessExecutor:
         else:
             context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
         self._start_error: BaseException | None = None
+        self._stop = context.Event()  # set when the job ends early: every call a worker gets then replays nothing
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
         self._here = _JobReplays(spec)
         self._unanswered = [0] * workers  # trajectories sent to each worker whose outcomes have not come back
@@ -628,7 +714,10 @@ class ProcessExecutor:
             for _ in range(workers):
                 self._pools.append(
                     ProcessPoolExecutor(
-                        max_workers=1, mp_context=context, initializer=_init_process_worker, initargs=(spec, torch_threads, parent_pid)
+                        max_workers=1,
+                        mp_context=context,
+                        initializer=_init_process_worker,
+                        initargs=(spec, torch_threads, parent_pid, self._stop),
                     )
                 )
         except BaseException:
@@ -706,6 +795,8 @@ class ProcessExecutor:
                     if failure is None:
                         self._submit(source, pending)  # before the job writes and counts what came back
                     yield from outcomes
+                if isinstance(failure, _WorkerStopped):  # SIGINT reached a worker (Ctrl-C to the job's process group)
+                    raise KeyboardInterrupt(failure.why)
                 if failure is not None:
                     raise failure
         finally:
@@ -736,15 +827,47 @@ class ProcessExecutor:
             return
 
     def close(self) -> None:
+        """End the workers and the fork server. Workers with trajectories still to answer for (the job ended early: Ctrl-C,
+        SIGTERM, an error) are stopped first (see :meth:`_stop_workers`): the job then ends within about a second instead
+        of after every trajectory they were sent; a second Ctrl-C, SIGTERM or SIGHUP meanwhile kills them."""
         try:
             if self._starter is not None:
                 self._starter.join()  # it ends once the server forked the workers, or failed to
-            self._shut_pools()
+            if any(self._unanswered):
+                with second_signal_ends(self._kill_workers):
+                    self._stop_workers()
+                    self._shut_pools()
+            else:
+                self._shut_pools()
         finally:
             try:
                 self._here.close()
             finally:
                 self._stop_server()
+
+    def _stop_workers(self) -> None:
+        """Tell every worker to replay nothing more: the calls queued for it then return at once, and a worker that has
+        started is sent SIGINT, which ends the replay it runs (see :func:`_replay_in_process`). It stores nothing of that
+        trajectory, and closes its sandbox as it ends (:meth:`_shut_pools`)."""
+        self._stop.set()
+        for index, process in enumerate(self._processes()):
+            # one that has not run its initializer yet (SIGINT is not handled there) has replayed nothing: the event stops it
+            if index < len(self._ready) and self._ready[index].done():
+                _signal_process(process, signal.SIGINT)
+
+    def _kill_workers(self) -> None:
+        """Kill every worker now (a second signal while they stop): their sandboxes' children end with them."""
+        self._stop.set()
+        for process in self._processes():
+            _signal_process(process, signal.SIGKILL)
+
+    def _processes(self) -> list[multiprocessing.process.BaseProcess | None]:
+        """Each worker's process, in the order of ``self._pools`` (``None``: not started, or ended)."""
+        found: list[multiprocessing.process.BaseProcess | None] = []
+        for pool in self._pools:
+            processes = getattr(pool, "_processes", None) or {}  # {pid: process}; None once the pool is shut
+            found.append(next(iter(list(processes.values())), None))
+        return found
 
     def _shut_pools(self) -> None:
         """End every worker (each closes its sandbox and policy first), all at once, and wait until each has ended.
@@ -760,6 +883,16 @@ class ProcessExecutor:
             ender.start()
         for ender in enders:
             ender.join()
+
+
+def _signal_process(process: multiprocessing.process.BaseProcess | None, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``process`` (nothing when it has ended)."""
+    if process is None or process.pid is None:
+        return
+    try:
+        os.kill(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class _SharedIterator:

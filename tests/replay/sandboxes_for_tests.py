@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ee_middleware.bfcl.sandbox import BFCLSandbox
@@ -110,3 +111,24 @@ def fruit_shop() -> Any:
     from ee_middleware.replay.sandboxes.python import PythonSandbox
 
     return PythonSandbox(lambda environment: {"stock": {"pears": 0, "apples": 12}}, tools={"check_stock": _check_stock, "order": _order})
+
+
+class StuckClosingBFCLSandbox(BFCLSandbox):
+    """The real BFCL sandbox that, on every reset, leaves a file named by its process id in ``EE_TEST_RESET_DIR`` and then
+    takes ``EE_TEST_RESET_DELAY`` s, and whose ``close``, once it was used, does not return for ``EE_TEST_CLOSE_DELAY`` s
+    (as a container that will not stop): a job stopping its workers waits on it, until a second signal kills them."""
+
+    _used = False
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        self._used = True
+        folder = os.environ.get("EE_TEST_RESET_DIR")
+        if folder:
+            Path(folder, str(os.getpid())).touch()
+        time.sleep(float(os.environ.get("EE_TEST_RESET_DELAY", "0")))
+        super().reset(environment)
+
+    def close(self) -> None:
+        if self._used:
+            time.sleep(float(os.environ.get("EE_TEST_CLOSE_DELAY", "0")))
+        super().close()

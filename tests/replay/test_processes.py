@@ -125,3 +125,76 @@ def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_
     os.kill(job.proc.pid, signal.SIGKILL)  # the job's process only: nothing of its own clean-up runs
     job.proc.wait()
     assert wait_until_none_left(job.marker) == []
+
+
+STOPS_WITHIN_S = 15.0
+"""How long a job with workers gets to stop after SIGTERM or Ctrl-C (it took about a second; before, each worker first
+replayed every trajectory it had been sent: minutes with slow tools)."""
+
+
+def wait_for_resets(job: Job, count: int) -> None:
+    """Wait until ``count`` sandbox resets of ``ForkingBFCLSandbox`` are under way (each started a ``sleep``)."""
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    while sum(p.name() == "sleep" for p in processes_of(job.marker)) < count:
+        assert job.proc.poll() is None, job.proc.stderr.read()
+        assert time.monotonic() < deadline, "the job never got to its sandboxes"
+        time.sleep(0.1)
+
+
+def stopped(job: Job, within_s: float) -> str:
+    """The stderr of ``job`` once it has ended, which it must within ``within_s``, with exit code 130 (as on Ctrl-C)."""
+    try:
+        job.proc.wait(within_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the replay job was still running {within_s:g} s after it was told to stop")
+    stderr = job.proc.stderr.read()
+    assert job.proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group"])
+def test_a_job_with_workers_stops_at_once_and_says_what_it_kept(bfcl_store_path: Path, jobs: list[Job], how: str) -> None:
+    # Each reset takes 30 s: a worker that finished the trajectory it replays, and those queued for it, took minutes.
+    job = Job(
+        bfcl_store_path,
+        *("--workers", "2", "--isolation", "subprocess", "--sandbox", FORKING, "--policy", "tests.replay.policies_for_tests:gated"),
+        env={"EE_TEST_RESET_DELAY": "30"},
+    )
+    jobs.append(job)
+    wait_for_resets(job, 2)  # both workers are replaying
+    if how.startswith("SIGTERM"):
+        job.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(job.proc.pid, signal.SIGINT)
+    stderr = stopped(job, STOPS_WITHIN_S)
+    signal_name = "SIGTERM" if how.startswith("SIGTERM") else "SIGINT"
+    assert f"interrupted: the replay stopped ({signal_name}" in stderr, stderr
+    assert "0 of 6 trajectories replayed and stored" in stderr, stderr  # none had finished its first reset
+    assert "continues where it stopped" in stderr, stderr
+    assert wait_until_none_left(job.marker) == []  # workers, sandbox children and the tools' processes
+    assert LocalExperienceStore(bfcl_store_path).replays().height == 0  # nothing of the trajectories cut short
+
+
+def test_a_second_sigterm_kills_workers_whose_sandboxes_do_not_close(bfcl_store_path: Path, jobs: list[Job], tmp_path: Path) -> None:
+    resets = tmp_path / "resets"
+    resets.mkdir()
+    job = Job(
+        bfcl_store_path,
+        *("--workers", "2", "--sandbox", "tests.replay.sandboxes_for_tests:StuckClosingBFCLSandbox"),
+        *("--policy", "tests.replay.policies_for_tests:gated"),
+        env={"EE_TEST_RESET_DIR": str(resets), "EE_TEST_RESET_DELAY": "30", "EE_TEST_CLOSE_DELAY": "300"},
+    )
+    jobs.append(job)
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    while len(list(resets.iterdir())) < 2:  # both workers are replaying
+        assert job.proc.poll() is None, job.proc.stderr.read()
+        assert time.monotonic() < deadline, "the job never got to its sandboxes"
+        time.sleep(0.1)
+    job.proc.send_signal(signal.SIGTERM)
+    time.sleep(2)
+    assert job.proc.poll() is None  # the workers stopped replaying, and wait on their sandboxes' close
+    job.proc.send_signal(signal.SIGTERM)  # a supervisor that does not wait longer
+    stderr = stopped(job, 5)
+    assert "interrupted: the replay stopped (SIGTERM)" in stderr, stderr
+    assert wait_until_none_left(job.marker) == []
