@@ -889,13 +889,27 @@ def _not_a_graph(function: str, built: Any) -> str:
     else:
         what = "None" if built is None else f"a {what}"
         held = None
-    fix = (
-        f"{held} is the graph: return the graph alone from {function}(), keeping the rest elsewhere, or wrap it where it "
-        "is built: graph = record_experience(graph, app=..., store=...)."
-        if held is not None
-        else "Decorate the function that builds and returns the graph, or wrap the graph itself: "
-        "record_experience(graph, app=...) gives an agent whose runs are recorded (a function that runs the agent records nothing)."
-    )
+    if held is not None:
+        fix = (
+            f"{held} is the graph: return the graph alone from {function}(), keeping the rest elsewhere, or wrap it where it "
+            "is built: graph = record_experience(graph, app=..., store=...)."
+        )
+    elif callable(getattr(built, "compile", None)):  # a StateGraph (a builder): the graph is what its compile() returns
+        fix = (
+            f"It is the graph's builder, not compiled: return builder.compile() from {function}() (with its "
+            "checkpointer, if any: builder.compile(checkpointer=...)), and the decorator records the compiled graph."
+        )
+    elif hasattr(built, "__aenter__") or hasattr(built, "__enter__"):  # an @asynccontextmanager / @contextmanager factory
+        fix = (
+            f"It is a context manager (an @asynccontextmanager or @contextmanager factory), which the decorator does not "
+            f"enter: take @record_experience off {function}() and wrap the graph where the factory yields it: "
+            "yield record_experience(graph, app=..., store=...)."
+        )
+    else:
+        fix = (
+            "Decorate the function that builds and returns the graph, or wrap the graph itself: record_experience(graph, "
+            "app=...) gives an agent whose runs are recorded (a function that runs the agent records nothing)."
+        )
     return f"@record_experience on {function}(): the function returned {what}, not a compiled LangGraph graph, so no run would be recorded. {fix}"
 
 

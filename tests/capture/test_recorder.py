@@ -654,3 +654,42 @@ def test_a_decorated_function_that_returns_no_graph_is_refused_with_what_to_retu
     with pytest.raises(ConfigError, match=r"Its value 'agent' is the graph"):
         asyncio.run(abuild())
     assert not store_path.exists(), "nothing was recorded, nor a store created"
+
+
+def test_a_decorated_builder_of_an_uncompiled_graph_or_a_context_manager_is_told_its_own_fix(store_path: Path) -> None:
+    """A builder returning its StateGraph uncompiled, and an @asynccontextmanager factory (LangGraph Platform's form, the
+    usual one with AsyncPostgresSaver.from_conn_string), were told to "decorate the function that builds and returns the
+    graph", which they are: the fix is to compile it, and to wrap the graph where the factory yields it."""
+    import contextlib
+
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def builder() -> Any:
+        graph = StateGraph(MessagesState)
+        graph.add_node("answer", lambda state: {})
+        graph.add_edge(START, "answer")
+        graph.add_edge("answer", END)
+        return graph
+
+    @record_experience(app="shop", store=store_path)
+    def build_agent() -> Any:
+        return builder()  # .compile() forgotten
+
+    with pytest.raises(ConfigError) as caught:
+        build_agent()
+    message = str(caught.value)
+    assert "build_agent(): the function returned a StateGraph, not a compiled LangGraph graph" in message
+    assert "not compiled: return builder.compile() from " in message and "Decorate the function" not in message
+
+    @record_experience(app="shop", store=store_path)
+    @contextlib.asynccontextmanager
+    async def make_graph() -> Any:
+        yield builder().compile()
+
+    with pytest.raises(ConfigError) as caught:
+        make_graph()
+    message = str(caught.value)
+    assert "make_graph(): the function returned a _AsyncGeneratorContextManager" in message
+    assert "take @record_experience off " in message and "yield record_experience(graph, app=..., store=...)" in message
+    assert "Decorate the function" not in message
+    assert not store_path.exists(), "nothing was recorded, nor a store created"
