@@ -51,6 +51,14 @@ SYNTHETIC_DROPPED = (
     "whose rollouts carry their lineage)"
 )
 
+JUDGE_MAX_TOKENS = 1024
+"""The judge's ``max_tokens`` unless told otherwise (``ee curriculum run --judge-max-tokens``): its verdict is a short JSON
+object, but a reasoning judge (Qwen3, an R1 distill) thinks first, and one cut off while thinking gives no verdict."""
+
+JUDGE_NO_VERDICT = "the judge gave no verdict"
+"""The reason a rollout is dropped when the judge's answer holds no usable verdict; ``...: <why>`` when the answer was
+cut off at ``max_tokens`` while the judge was still reasoning (:meth:`~ee_middleware.models.Choice.cut_while_reasoning`)."""
+
 JUDGE_FAILED = "the judge failed"
 """The start of the reason a rollout is dropped when the judge gave no answer (``the judge failed: <the error>``)."""
 
@@ -92,11 +100,16 @@ def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
     return tasks
 
 
-def judge(client: ChatClient, instruction: str, conversation: Conversation) -> tuple[float | None, str]:
-    """The judge's reward (``None`` when its answer has no usable verdict) and its reasoning or the problem."""
+def judge(
+    client: ChatClient, instruction: str, conversation: Conversation, *, max_tokens: int = JUDGE_MAX_TOKENS
+) -> tuple[float | None, str]:
+    """The judge's reward (``None`` when its answer has no usable verdict) and its reasoning or the problem
+    (:data:`JUDGE_NO_VERDICT`, with the cause when it was cut off at ``max_tokens`` while still reasoning)."""
     shown = json.dumps(conversation.messages, ensure_ascii=False)[-6000:]
     messages = [{"role": "system", "content": JUDGE_PROMPT}, {"role": "user", "content": f"Task: {instruction}\n\nConversation:\n{shown}"}]
-    choices = client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=160))
+    choices = client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=max_tokens))
+    if choices and (cut := choices[0].cut_while_reasoning(max_tokens)) is not None:
+        return None, f"{JUDGE_NO_VERDICT}: {cut}"
     text = choices[0].text if choices and choices[0].problem is None else ""
     decoder = json.JSONDecoder()
     for start in (i for i, ch in enumerate(text) if ch == "{"):
@@ -107,7 +120,7 @@ def judge(client: ChatClient, instruction: str, conversation: Conversation) -> t
         reward = data.get("reward") if isinstance(data, dict) else None
         if isinstance(reward, (int, float)) and not isinstance(reward, bool) and 0.0 <= reward <= 1.0:  # (NaN fails both)
             return float(reward), str(data.get("reasoning") or "")
-    return None, "the judge gave no verdict"
+    return None, JUDGE_NO_VERDICT
 
 
 class _Recording:
@@ -216,8 +229,10 @@ def run_curriculum(
     approve_if: Callable[[Trajectory], bool] | None = None,
     loop: LoopConfig = LoopConfig(max_steps_per_turn=10),
     progress: Callable[[int], None] | None = None,
+    judge_max_tokens: int = JUDGE_MAX_TOKENS,
 ) -> CurriculumRun:
-    """Roll ``policy`` out ``k`` times on each task and store the verified successes (see the module docstring)."""
+    """Roll ``policy`` out ``k`` times on each task and store the verified successes (see the module docstring); the
+    judge may write ``judge_max_tokens`` tokens per verdict."""
     run = CurriculumRun()
     held = _curriculum_reviews(store)
     sandbox = make_sandbox()
@@ -253,7 +268,7 @@ def run_curriculum(
                     run.dropped["no tool call"] += 1
                     continue
                 try:
-                    reward, why = judge(judge_client, task["instruction"], conversation)
+                    reward, why = judge(judge_client, task["instruction"], conversation, max_tokens=judge_max_tokens)
                 except ModelError as exc:  # after the client's retries: this rollout is unjudged, the others may not be
                     run.dropped[f"{JUDGE_FAILED}: {exc}"] += 1
                     continue

@@ -20,7 +20,7 @@ from typing import Any
 from ee_middleware.errors import EEError, ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.evals.tasks import CUT_OFF, Conversation, Environment, EvalTask, Message, Step, Turn
 from ee_middleware.models.parsing import ParseProblem, call_id, from_openai_message, parse_tool_calls
-from ee_middleware.models.protocol import ChatClient, Sampling
+from ee_middleware.models.protocol import ChatClient, Sampling, message_text
 from ee_middleware.records import ToolCall
 
 PARSE_ERROR_PROMPT = "Your last message looked like a tool call but could not be read ({problem}). Write the call again as valid JSON."
@@ -187,14 +187,15 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
     if not (config.parse_text_calls or structured_calls):
         parsed = []
     elif config.bfcl_decoding:
-        parsed = _as_bfcl_reads(choice, executed=config.execute_tools)
+        parsed = _as_bfcl_reads(choice, executed=config.execute_tools, max_tokens=config.max_tokens)
     else:
         parsed = choice.tool_calls()
     calls = [item for item in parsed if isinstance(item, ToolCall)]
     text = choice.text.strip()
     # Text without any call is an answer; problems count only where the answer tried to call (structured
     # tool_calls, or text that looks like one): a structured call whose arguments cannot be read is not silence.
-    tried = calls or structured_calls or _looks_like_call(text)
+    # BFCL decodes an answer as a whole: one cut off while still reasoning has not answered yet, and says so.
+    tried = calls or structured_calls or _looks_like_call(text) or (config.bfcl_decoding and choice.cut_while_reasoning() is not None)
     problems = [item.problem for item in parsed if isinstance(item, ParseProblem)] if tried else []
     if problems and config.whole_answers:
         calls = []
@@ -203,17 +204,22 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
     return Step(calls=calls, text=text, problems=problems, finish_reason=choice.finish_reason, from_text=not structured_calls)
 
 
-def _as_bfcl_reads(choice: Any, *, executed: bool) -> list[ToolCall | ParseProblem]:
+def _as_bfcl_reads(choice: Any, *, executed: bool, max_tokens: int) -> list[ToolCall | ParseProblem]:
     """:meth:`~ee_middleware.models.Choice.tool_calls` as bfcl-eval reads the answer (see :attr:`LoopConfig.bfcl_decoding`):
     a served model's as its function-calling runner, a text-only model's as its handlers for local models (Qwen FC,
     Phi FC, ...), their ``decode_execute`` where the calls are ``executed`` (multi-turn), else ``decode_ast``; a problem
-    of an answer cut at ``max_tokens`` says so first, as there."""
+    of an answer cut at ``max_tokens`` says so first, as there, and an answer cut off while still reasoning is that
+    problem alone (:meth:`~ee_middleware.models.Choice.cut_while_reasoning`, naming ``max_tokens``)."""
     if choice.problem is not None:
         return [ParseProblem(choice.problem, choice.raw)]
+    cut_reasoning = choice.cut_while_reasoning(max_tokens)
+    if cut_reasoning is not None:
+        return [ParseProblem(cut_reasoning, choice.raw)]
     parsed = (
         from_openai_message(choice.message, bfcl=True)
         if choice.structured
-        else parse_tool_calls(choice.text, anywhere=True, executed=executed)
+        # the content as written, as Choice.tool_calls reads it: the parser drops the reasoning itself
+        else parse_tool_calls(message_text(choice.message, reasoning=True), anywhere=True, executed=executed)
     )
     if choice.finish_reason != CUT_OFF:
         return parsed

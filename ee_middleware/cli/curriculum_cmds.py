@@ -136,6 +136,12 @@ def run_cmd(
         help="Sandbox of the real tools (bfcl, module:factory); rollouts whose observations an experience model wrote are not kept.",
     ),
     judge: str = typer.Option(..., "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
+    judge_max_tokens: int = typer.Option(
+        1024,  # evals.curriculum.JUDGE_MAX_TOKENS (not imported here: the CLI imports evals lazily)
+        "--judge-max-tokens",
+        min=1,
+        help="Tokens the judge may write per verdict, its reasoning included (a reasoning judge cut off while thinking gives none).",
+    ),
     store: str = StoreOption,
     k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
     approve_if: str | None = typer.Option(None, "--approve-if", help="module:function(trajectory) -> bool; others stay pending."),
@@ -150,7 +156,8 @@ def run_cmd(
     import functools
     import importlib
 
-    from ee_middleware.evals.curriculum import JUDGE_FAILED, SYNTHETIC_DROPPED, read_tasks, run_curriculum
+    from ee_middleware.evals.curriculum import JUDGE_FAILED, JUDGE_NO_VERDICT, SYNTHETIC_DROPPED, read_tasks, run_curriculum
+    from ee_middleware.models.protocol import CUT_WHILE_REASONING
     from ee_middleware.models.spec import build_chat_client, endpoint_problem
     from ee_middleware.replay.sandboxes.registry import build_sandbox
 
@@ -174,12 +181,22 @@ def run_cmd(
         # what the policy's and the sandbox's code prints goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             result = run_curriculum(
-                todo, policy_client, policy, functools.partial(build_sandbox, sandbox), judge_client, opened, k=k, approve_if=predicate
+                todo,
+                policy_client,
+                policy,
+                functools.partial(build_sandbox, sandbox),
+                judge_client,
+                opened,
+                k=k,
+                approve_if=predicate,
+                judge_max_tokens=judge_max_tokens,
             )
     finally:
         policy_client.close()
         judge_client.close()
-    no_verdict = result.dropped.get("the judge gave no verdict", 0)
+    no_verdicts = {r: n for r, n in result.dropped.items() if r == JUDGE_NO_VERDICT or r.startswith(f"{JUDGE_NO_VERDICT}: ")}
+    no_verdict = sum(no_verdicts.values())
+    cut = sum(n for r, n in no_verdicts.items() if CUT_WHILE_REASONING in r)
     judge_failed = sum(count for reason, count in result.dropped.items() if reason.startswith(f"{JUDGE_FAILED}: "))
     problem = None
     if result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
@@ -188,6 +205,11 @@ def run_cmd(
         problem = (
             f"the judge {judge} failed on every one of the {judge_failed} rollout(s) it was shown (see 'dropped'): check that "
             "its server is up and answers in time, or pass another --judge."
+        )
+    elif cut and not result.kept and not result.dropped.get("judged unsuccessful"):
+        problem = (
+            f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: on {cut} of them it was cut "
+            f"off at max_tokens while still reasoning. Raise --judge-max-tokens (now {judge_max_tokens})."
         )
     elif no_verdict and not result.kept and not result.dropped.get("judged unsuccessful"):
         problem = (

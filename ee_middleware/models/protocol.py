@@ -24,6 +24,9 @@ ToolSchema = dict[str, Any]
 
 _MAX_RAW_CHARS = 500
 
+CUT_WHILE_REASONING = "the answer was cut off at max_tokens while still reasoning"
+"""The start of what :meth:`Choice.cut_while_reasoning` says (``...: raise max_tokens (now N)``)."""
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -86,12 +89,16 @@ class Choice:
     def tool_calls(self, *, param_order: ParamOrder | None = None) -> list[ParsedCall]:
         """The tool calls of this answer (structured ``tool_calls``, else parsed from the text), or problems.
 
-        A problem in an answer that stopped at ``max_tokens`` (``finish_reason`` ``"length"``) says so first.
+        A problem in an answer that stopped at ``max_tokens`` (``finish_reason`` ``"length"``) says so first; an answer
+        cut off while still reasoning is the one problem :meth:`cut_while_reasoning` says.
         """
         from ee_middleware.models.parsing import ParseProblem, from_openai_message, parse_tool_calls
 
         if self.problem is not None:
             return [ParseProblem(self.problem, self.raw)]
+        cut = self.cut_while_reasoning()
+        if cut is not None:
+            return [ParseProblem(cut, self.raw)]
         if not self.structured:  # its reasoning included: the parser drops it, and says when the answer is only reasoning
             results = parse_tool_calls(message_text(self.message, reasoning=True), param_order=param_order)
         else:
@@ -100,6 +107,22 @@ class Choice:
             return results
         cut = "the answer was cut off at max_tokens (finish_reason 'length'; give it more max_tokens)"
         return [ParseProblem(f"{cut}: {item.problem}", item.raw) if isinstance(item, ParseProblem) else item for item in results]
+
+    def cut_while_reasoning(self, max_tokens: int | None = None) -> str | None:
+        """Why this answer says nothing, when it is that the model was cut off at ``max_tokens`` while still reasoning:
+        ``finish_reason`` ``"length"``, no tool call, no :attr:`text`, only :attr:`reasoning` (inline ``<think>`` never
+        closed, or the server's ``reasoning_content``); None for any other answer.
+
+        The message (``"the answer was cut off at max_tokens while still reasoning: raise max_tokens (now N)"``, N being
+        ``max_tokens``, the limit it was asked with, when given) is what every reader of :attr:`text` reports for such an
+        answer (the eval loop, the tau user simulator, the experience model, the curriculum judge), rather than an empty
+        answer: the fix is more tokens, not another model or server."""
+        if self.problem is not None or self.finish_reason != "length" or not isinstance(self.message, Mapping):
+            return None
+        if self.message.get("tool_calls") or self.text.strip() or not (self.reasoning or "").strip():
+            return None
+        now = f" (now {max_tokens})" if max_tokens is not None else ""
+        return f"{CUT_WHILE_REASONING}: raise max_tokens{now}"
 
     @classmethod
     def from_text(cls, text: str, *, finish_reason: str | None = None) -> Choice:

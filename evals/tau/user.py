@@ -3,8 +3,9 @@
 It gets the task's instruction as its system prompt and the conversation so far with the roles
 swapped (the agent's replies are its "user" turns; tool calls and results are not shown: a customer
 does not see them), and writes the customer's next message. It ends the conversation by writing
-:data:`STOP`, or after ``max_turns`` messages. The model is any :mod:`ee_middleware.models` spec
-(``openai:BASE_URL#MODEL`` for an OpenAI-compatible endpoint), built with
+:data:`STOP`, or after ``max_turns`` messages; an answer without a message (empty, or cut off at ``max_tokens`` while
+still reasoning) fails the task with the reason, as a model that cannot answer does. The model is any
+:mod:`ee_middleware.models` spec (``openai:BASE_URL#MODEL`` for an OpenAI-compatible endpoint), built with
 :func:`~ee_middleware.models.build_chat_client`.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 from ee_middleware.errors import ModelError
 from ee_middleware.evals.loop import gave_no_answer
 from ee_middleware.evals.tasks import Conversation, Message
-from ee_middleware.models.protocol import ChatClient, Sampling
+from ee_middleware.models.protocol import ChatClient, Choice, Sampling
 
 STOP = "###STOP###"
 OPENING = "Hello! How can I help you today?"
@@ -38,7 +39,8 @@ class SimulatedUser:
         self.max_turns = max_turns
         self.turns = 0
         self.error: str | None = None
-        """Set when the simulator's model failed (the conversation then ends, and the task fails with this reason)."""
+        """Set when the simulator's model failed or wrote no message (the conversation then ends, and the task fails with
+        this reason)."""
 
     def next_turn(self, conversation: Conversation) -> list[Message] | None:
         if self.turns >= self.max_turns or conversation.error is not None:
@@ -50,7 +52,10 @@ class SimulatedUser:
             self.error = f"the user simulator's model could not answer: {exc}"
             return None
         text = choices[0].text.strip() if choices else ""
-        if not text or STOP in text:
+        if not text:  # not the customer being done (that is STOP): the task fails with the reason, never scored on half a talk
+            self.error = f"the user simulator's model wrote no message: {_why_no_text(choices, self.sampling.max_tokens)}"
+            return None
+        if STOP in text:
             return None
         self.turns += 1
         return [{"role": "user", "content": text}]
@@ -69,3 +74,14 @@ class SimulatedUser:
             elif message.get("role") == "assistant":
                 messages.append({"role": "user", "content": content})
         return messages
+
+
+def _why_no_text(choices: list[Choice], max_tokens: int) -> str:
+    """Why the simulator's answer holds no message: no answer, none with a message, cut off while still reasoning (the
+    fix: more max_tokens), or an empty one."""
+    if not choices:
+        return "the server returned no answer"
+    choice = choices[0]
+    if choice.problem is not None:
+        return choice.problem
+    return choice.cut_while_reasoning(max_tokens) or f"its answer is empty (answer: {choice.raw[:200]!r}); it must write {STOP} to end"

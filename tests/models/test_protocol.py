@@ -18,7 +18,7 @@ def test_a_problem_in_an_answer_cut_at_max_tokens_says_so() -> None:
     assert problem.problem.startswith("the answer was cut off at max_tokens") and "invalid JSON" in problem.problem
     thinking = Choice.from_message({"role": "assistant", "content": None, "reasoning_content": "Let me see"}, finish_reason="length")
     [problem] = thinking.tool_calls()
-    assert isinstance(problem, ParseProblem) and "cut off at max_tokens" in problem.problem and "only reasoning" in problem.problem
+    assert isinstance(problem, ParseProblem) and "cut off at max_tokens while still reasoning" in problem.problem
     text = Choice.from_text('<tool_call>{"name": "lookup", "arguments": {}}</tool_call><tool_call>{"name": "lo', finish_reason="length")
     done, broken = text.tool_calls()
     assert isinstance(done, ToolCall) and done.name == "lookup", "the calls before the cut are kept"
@@ -65,6 +65,32 @@ def test_an_answer_cut_while_reasoning_has_no_text_and_its_calls_say_why() -> No
         assert choice.text == "" and choice.reasoning is not None and choice.reasoning.startswith("Let me look")
         [problem] = choice.tool_calls()
         assert isinstance(problem, ParseProblem) and "cut off at max_tokens" in problem.problem and "still reasoning" in problem.problem
+
+
+def test_an_answer_cut_while_reasoning_says_so_once_naming_max_tokens_and_no_other_answer_does() -> None:
+    """The one message every reader of the text gives for it (was: each reader its own, or none: see
+    tests/models/test_cut_while_reasoning_readers.py)."""
+    cut = "<think>\nThe user wants the weather. I could call <tool_call>"
+    said = "Let me check.\n</think>\nIt is sunny."
+    for choice in (
+        Choice.from_text(cut, finish_reason="length"),
+        Choice.from_message({"role": "assistant", "content": cut}, finish_reason="length"),
+        Choice.from_message({"role": "assistant", "content": None, "reasoning_content": "The user wants"}, finish_reason="length"),
+    ):
+        message = "the answer was cut off at max_tokens while still reasoning: raise max_tokens"
+        assert choice.cut_while_reasoning(64) == f"{message} (now 64)" and choice.cut_while_reasoning() == message
+        [problem] = choice.tool_calls()
+        assert isinstance(problem, ParseProblem) and problem.problem == message, "not the cut prefix plus the parser's own words"
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    for other in (
+        Choice.from_text(cut),  # not cut at max_tokens
+        Choice.from_text(f"<think>{said}", finish_reason="length"),  # it said something
+        Choice.from_text("No reasoning, and cut", finish_reason="length"),
+        Choice.from_message({"role": "assistant", "content": "", "reasoning_content": "x", "tool_calls": [call]}, finish_reason="length"),
+        Choice.from_message({"role": "assistant", "content": None, "refusal": "I can't."}, finish_reason="length"),
+        Choice(None, raw="", problem="no choices", finish_reason="length"),
+    ):
+        assert other.cut_while_reasoning(64) is None, other
 
 
 def test_reasoning_the_server_returned_apart_is_the_answer_s_reasoning_and_text_without_reasoning_is_unchanged() -> None:

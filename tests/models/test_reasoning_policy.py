@@ -106,4 +106,4 @@ def test_a_reasoning_models_proposals_from_a_state_that_holds_reasoning(point: D
     assert "<think>" not in json.dumps(request["messages"])
     found = [(c.call.name, c.call.arguments) if c.call else c.problem for c in proposals.candidates]
     assert found[:2] == [("check_stock", {"item": "kiwi"}), ("check_stock", {"item": "plum"})]  # never the 'fig' it only considered
-    assert "only reasoning" in found[2] and "max_tokens" in found[2]
+    assert "still reasoning" in found[2] and "max_tokens" in found[2]

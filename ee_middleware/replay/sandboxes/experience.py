@@ -443,6 +443,9 @@ class ExperienceSandbox:
         choice = choices[0]
         if choice.problem is not None:
             raise SyntheticObservationError(choice.problem, choice.raw)
+        cut = choice.cut_while_reasoning(self.max_tokens)  # not "the answer is empty": its max_tokens went to reasoning
+        if cut is not None:
+            raise SyntheticObservationError(cut, choice.raw)
         return parse_prediction(choice.text), examples
 
     def prompt(self, call: ToolCall, *, exclude_ids: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[Transition]]:
