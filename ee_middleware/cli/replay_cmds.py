@@ -375,6 +375,8 @@ def _print_mismatch(out: Any, mismatch: dict[str, Any], where: str) -> None:
         f"(line {mismatch['line']}, column {mismatch['column']}); recorded {mismatch['recorded_chars']} chars, "
         f"sandbox gave {mismatch['replayed_chars']}"
     )
+    if mismatch.get("hint"):  # only the order of the same items differs: a set's, most likely
+        out.print(f"    [yellow]{escape(mismatch['hint'])}[/]", highlight=False)
     if mismatch.get("redacted_arguments"):
         out.print(
             f"    [yellow]the expert's {', '.join(mismatch['redacted_arguments'])} argument(s) were redacted at capture: the sandbox "

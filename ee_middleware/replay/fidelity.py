@@ -5,7 +5,8 @@ with what production recorded. When they differ, "recorded Xâ€¦, sandbox gave Yâ
 length hides the difference whenever it lies past the cut (an order's status deep inside a JSON
 document). :func:`describe_mismatch` says where the texts part, and gives a unified diff of the
 lines around it: JSON documents are compared pretty-printed, one field per line; other long lines
-are broken after ``, ``, ``; `` and sentence ends, so that the diff shows the clause that changed.
+are broken after ``, ``, ``; `` and sentence ends, so that the diff shows the clause that changed. Where only the order
+of the same items differs, it says so, and names the likely cause (:func:`order_hint`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +44,7 @@ def describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: bool 
     position = first_difference(recorded, compared)
     line = recorded.count("\n", 0, position) + 1
     column = position - (recorded.rfind("\n", 0, position) + 1) + 1
-    return {
+    report: dict[str, Any] = {
         "position": position,
         "line": line,
         "column": column,
@@ -50,6 +52,65 @@ def describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: bool 
         "replayed_chars": len(replayed),
         "diff": unified_diff(recorded, compared),
     }
+    hint = None if recorded_is_prefix else order_hint(recorded, replayed)
+    if hint is not None:
+        report["hint"] = hint
+    return report
+
+
+SET_ORDER_HINT = (
+    "only the order of the same items differs: likely a set the tool lists in its own order (list(s), str(s), a loop "
+    "over it), which replay does not keep (a restored world's sets are rebuilt, and strings hash differently in every "
+    "process); sort them in the tool, e.g. sorted(s) (docs/sandboxes.md, 'The clock, random numbers and state outside "
+    "the world')"
+)
+KEY_ORDER_HINT = "only the order of an object's keys differs (the same keys and values): the tool built it in another order"
+
+
+def order_hint(recorded: str, replayed: str) -> str | None:
+    """What the difference between two observations likely comes from when they hold the same items in another order
+    (:data:`SET_ORDER_HINT`, or :data:`KEY_ORDER_HINT` for a JSON object's keys alone); ``None`` when more differs.
+
+    JSON documents are compared as values, with every list's items (and every object's keys) sorted; other texts by the
+    items between their commas, semicolons, line ends and brackets, which must stand where they stood (a sentence whose
+    words changed places is not a listing in another order)."""
+    if recorded == replayed:
+        return None
+    documents = _json_documents(recorded, replayed)
+    if documents is not None:
+        old, new = (json.dumps(document, sort_keys=True) for document in documents)
+        if old == new:  # the same values: only the order of keys (or the spacing) differs
+            return KEY_ORDER_HINT if json.dumps(documents[0]) != json.dumps(documents[1]) else None
+        old, new = (json.dumps(_unordered(document), sort_keys=True) for document in documents)
+        return SET_ORDER_HINT if old == new else None
+    old_items = [item.strip() for item in _ITEM.findall(recorded)]
+    new_items = [item.strip() for item in _ITEM.findall(replayed)]
+    if len(old_items) < 2 or _ITEM.sub("", recorded) != _ITEM.sub("", replayed):
+        return None
+    return SET_ORDER_HINT if Counter(old_items) == Counter(new_items) else None
+
+
+_ITEM = re.compile(r"[^,;\n{}\[\]()]+")
+"""An item of a listing: what lies between commas, semicolons, line ends and brackets (``{64, 3, 'a'}``)."""
+
+
+def _json_documents(recorded: str, replayed: str) -> tuple[Any, Any] | None:
+    """Both texts parsed, when both are JSON objects or arrays."""
+    try:
+        if recorded.strip()[:1] in ("{", "[") and replayed.strip()[:1] in ("{", "["):
+            return json.loads(recorded), json.loads(replayed)
+    except ValueError:
+        pass
+    return None
+
+
+def _unordered(value: Any) -> Any:
+    """``value`` with every list's items sorted (by their JSON), so that two orders of the same items compare equal."""
+    if isinstance(value, dict):
+        return {key: _unordered(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return sorted((_unordered(item) for item in value), key=lambda item: json.dumps(item, sort_keys=True))
+    return value
 
 
 def unified_diff(recorded: str, replayed: str, *, max_lines: int = MAX_DIFF_LINES, context: int = 1) -> str:

@@ -4,7 +4,10 @@ This is the usual way to give replay an app's own tools. The world is whatever o
 read and change (a dict, a dataclass, a fake database); every tool is a function that receives it
 as its first argument. Branching from any recorded state is exact because a snapshot is a deep
 copy of the world (pickled once; each restore unpickles a fresh copy, or deep-copies worlds that
-do not pickle); for small worlds a restore takes microseconds.
+do not pickle); for small worlds a restore takes microseconds. One thing no copy keeps is a set's
+iteration order (it follows the set's hash table, which a copy rebuilds): a tool that lists a set
+unsorted may answer in another order after a restore, which the fidelity error then says
+(docs/sandboxes.md).
 
 Worlds made of plain dicts and lists (a database of users, orders and products) are journaled
 instead (see :mod:`ee_middleware.replay.sandboxes.journal`): each write records the value it
