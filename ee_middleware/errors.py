@@ -149,12 +149,15 @@ class ModelRequestError(ModelServerError):
     ``tools param requires --jinja flag``): wrong model name, API key or request settings; not retried.
 
     ``refusal`` is what the server said (its status and text, without the advice the message adds);
-    ``answer`` its JSON body when it sent one (a proxy relays it as it came)."""
+    ``answer`` its JSON body when it sent one (a proxy relays it as it came); ``setup`` says the refusal is about the
+    server's setup or a setting every request carries (llama-server started without ``--jinja``), not this request's
+    messages, so every request like it is refused the same way."""
 
-    def __init__(self, message: str, *, url: str, status: int, refusal: str | None = None, answer: Any = None) -> None:
+    def __init__(self, message: str, *, url: str, status: int, refusal: str | None = None, answer: Any = None, setup: bool = False) -> None:
         super().__init__(message, url=url, status=status)
         self.refusal = refusal if refusal is not None else message
         self.answer = answer
+        self.setup = setup
 
 
 class ModelResponseError(ModelServerError):

@@ -127,11 +127,14 @@ def _next_user_turn(task: EvalTask, index: int, conversation: Conversation, user
 
 
 def gave_no_answer(exc: BaseException) -> bool:
-    """Whether ``exc`` means the model server gave no answer (unreachable, timed out, 5xx after retries).
+    """Whether ``exc`` means the model server gave no answer (unreachable, timed out, 5xx after retries, or a refusal
+    for its setup that every request like it gets: llama-server without ``--jinja``, :attr:`ModelRequestError.setup`).
 
-    A refused request (4xx) or an answer that is not a chat completion is the model's or the
-    settings' doing, and stays a plain failure."""
-    return isinstance(exc, ModelServerError) and not isinstance(exc, (ModelRequestError, ModelResponseError))
+    Another refused request (4xx: a prompt longer than the context) or an answer that is not a chat completion is the
+    model's or the settings' doing, and stays a plain failure."""
+    if isinstance(exc, ModelRequestError):
+        return exc.setup
+    return isinstance(exc, ModelServerError) and not isinstance(exc, ModelResponseError)
 
 
 class _ToolFailure(Exception):

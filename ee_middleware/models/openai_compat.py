@@ -7,9 +7,10 @@ a 5xx is retried ``retries`` times with doubling back-off (longer where the serv
 asks for it, up to :data:`MAX_RETRY_AFTER_S`), then raised as
 :class:`~ee_middleware.errors.ModelServerError`; a 4xx is raised at once as
 :class:`~ee_middleware.errors.ModelRequestError` with the server's own text, and so is a 5xx whose message names a
-problem with the request (llama.cpp's server sends "tools param requires --jinja flag" as HTTP 500); a body that is not
-JSON as :class:`~ee_middleware.errors.ModelResponseError`. An error sent with status 200 (``{"error":
-...}``, as some proxies and gateways do) is treated as the status its ``code`` names. Every message
+problem with the request (llama.cpp's server sends "tools param requires --jinja flag" as HTTP 500), its ``setup``
+set when the problem is the server's setup or a setting every request carries, so that every request is refused alike
+(a replay job stops, an eval counts the task as unanswered); a body that is not JSON as
+:class:`~ee_middleware.errors.ModelResponseError`. An error sent with status 200 (``{"error": ...}``, as some proxies and gateways do) is treated as the status its ``code`` names. Every message
 names the URL (without any user:password in it) and shows an HTML error page by its title. A JSON
 answer that is not a usable completion (no choices; a choice without a message object: an empty one, a
 completions-style ``text``, a message that is a string) comes back as :class:`~ee_middleware.models.protocol.Choice`
@@ -47,30 +48,55 @@ _ONE_CHOICE_ONLY = re.compile(
 )
 """A refusal of ``n`` > 1 (llama-server: "Only one completion choice is allowed"): each answer then takes a request."""
 
-_REQUEST_PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = (
+_NOT_SUPPORTED = r"\b(?:is |are )?not supported\b(?! between)"  # not Python's "'<' not supported between instances of ..."
+_REQUEST_PROBLEMS: tuple[tuple[re.Pattern[str], str, bool], ...] = (
     (
-        re.compile(r"--jinja", re.IGNORECASE),
+        re.compile(r"--jinja\b", re.IGNORECASE),
         "start llama-server with --jinja (its tool calling and chat templates need it), or offer no tools.",
+        True,
+    ),
+    (
+        re.compile(r"\brequires? --[a-z][\w-]+", re.IGNORECASE),  # vLLM: "requires --enable-auto-tool-choice and ..."
+        "start the server with the flags its message names (vLLM's tool calling: --enable-auto-tool-choice and "
+        "--tool-call-parser), or offer no tools.",
+        True,
     ),
     (
         _ONE_CHOICE_ONLY,
         "this server answers one choice per request: ask for one answer at a time (K=1), or use a server that takes n (vLLM).",
+        True,
     ),
     (
         re.compile(r"\bat row \d+, column \d+", re.IGNORECASE),
         "the server's chat template failed on this request: fix or replace the template (llama-server --chat-template-file).",
+        False,
     ),
     (
         re.compile(
-            r"unsupported (?:param|parameter|value|content)|\bnot supported\b|\bcannot (?:use|have)\b|\bexpected '?\w+'? to be\b"
-            r"|\bincompatible with\b|\bcan be specified, but not both\b",
+            r"\bunsupported (?:param|parameter|value)s?\b|\bcan be specified, but not both\b|\bcannot use (?:tools with|custom grammar|both)\b"
+            r"|\brequires \w+ to be set\b|\bresponse_format type must be\b"
+            r"|\b(?:param|parameter|setting|field|tool_choice|response_format|logprobs)s?\b[^\n.]{0,60}?" + _NOT_SUPPORTED,
             re.IGNORECASE,
         ),
-        "change the request setting or message it names (or use a server that supports it).",
+        "change the request setting it names (tool_choice, extra_body, the sampling options), or use a server that supports it.",
+        True,
+    ),
+    (
+        re.compile(
+            r"\bcannot have 2 or more assistant messages\b|\bexpected '(?:messages?|content|role|tool_calls|type|function|arguments)' to be\b"
+            r"|\bunsupported content part\b|\bmissing '(?:role|content)'|\bprefill is incompatible with\b"
+            r"|\b(?:role|content part|content type|image input|audio input|image_url|input_audio)s?\b[^\n.]{0,60}?" + _NOT_SUPPORTED,
+            re.IGNORECASE,
+        ),
+        "change the message it names (a role, or a content part the server cannot take), or use a server that takes it.",
+        False,
     ),
 )
-"""Wording of 5xx answers that name a problem with the request (llama.cpp's server sends the errors it meets while
-reading a request as HTTP 500), each with what to do. Such an answer is raised at once, as a refusal, not retried."""
+"""Wording of answers that name a problem with the request (llama.cpp's server sends the errors it meets while reading
+a request as HTTP 500), each with what to do and whether it is about the setup (the server's flags, a setting every
+request carries: every request like it is refused alike) rather than this request's messages. Such a 5xx is raised at
+once, as a refusal, not retried. Only wording that names a part of a request counts: a server's own failure ("CUDA
+error: operation not supported", a Python ``TypeError``) is retried as an outage."""
 
 
 class FewerChoicesWarning(UserWarning):
@@ -330,16 +356,19 @@ class OpenAIChatClient:
                 status, text = embedded
                 if status is None:  # an error without a code we can read
                     raise ModelResponseError(f"The server at {url} answered with an error instead of a completion: {text}", url=url)
+                said = text
             else:
-                text = _shown_body(response)
-            hint = _request_problem(text) if status >= 500 else None
-            if hint is not None:
+                text, said = _shown_body(response), _error_message(response)
+            hint, setup = _request_problem(said) or ("", False)
+            if hint and status >= 500:
                 refusal = f"The server at {url} refused the request with HTTP {status}: {text}."
                 advice = (
                     f"Its message names a problem with the request, not an outage (some servers, llama.cpp's llama-server "
                     f"among them, send such refusals as HTTP {status}), so it was not retried: {hint}"
                 )
-                raise ModelRequestError(f"{refusal} {advice}", url=url, status=status, refusal=refusal, answer=_json_or_none(response))
+                raise ModelRequestError(
+                    f"{refusal} {advice}", url=url, status=status, refusal=refusal, answer=_json_or_none(response), setup=setup
+                )
             if status == 429 or status >= 500:
                 wait = _retry_after(response)
                 asked = f" (it asked to wait {wait:g} s)" if wait else ""
@@ -348,8 +377,10 @@ class OpenAIChatClient:
                 continue
             if status >= 400:
                 refusal = f"The server at {url} refused the request with HTTP {status}: {text}."
+                # a 4xx about the setup (vLLM's 400 "... requires --enable-auto-tool-choice ...") says what to change
+                advice = f"{self._refusal_advice(status)} {hint}" if setup else self._refusal_advice(status)
                 raise ModelRequestError(
-                    f"{refusal} {self._refusal_advice(status)}", url=url, status=status, refusal=refusal, answer=_json_or_none(response)
+                    f"{refusal} {advice}", url=url, status=status, refusal=refusal, answer=_json_or_none(response), setup=setup
                 )
         raise ModelServerError(
             f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. {self._failure_advice(answers, timed_out)}",
@@ -434,9 +465,23 @@ def _choices_of(response: Any) -> list[Any] | None:
     return list(choices) if isinstance(choices, list) and choices else None
 
 
-def _request_problem(text: str) -> str | None:
-    """What to do about a 5xx answer whose ``text`` names a problem with the request; None when it names none."""
-    return next((hint for pattern, hint in _REQUEST_PROBLEMS if pattern.search(text)), None)
+def _request_problem(text: str) -> tuple[str, bool] | None:
+    """What to do about a refusal whose ``text`` names a problem with the request, and whether it is about the setup
+    (the server's flags or a setting every request carries, see :data:`_REQUEST_PROBLEMS`); None when it names none."""
+    return next(((hint, setup) for pattern, hint, setup in _REQUEST_PROBLEMS if pattern.search(text)), None)
+
+
+def _error_message(response: Any) -> str:
+    """A refusal's own words, to read a request problem in: a JSON error's ``message`` (never the body's keys, such as
+    ``"message"`` or ``"param"``), a plain-text body as it is; "" for an HTML page (a proxy's or web server's)."""
+    payload = _json_or_none(response)
+    if isinstance(payload, dict):
+        error = payload.get("error") or payload
+        said = error.get("message") or error.get("detail") if isinstance(error, dict) else error
+        return said if isinstance(said, str) else ""
+    if payload is not None or "html" in response.headers.get("content-type", "") or response.text.lstrip()[:1] == "<":
+        return ""
+    return response.text
 
 
 def _deadline_trace(deadline: float) -> Any:

@@ -98,11 +98,12 @@ class WorkerSpec:
 
 def model_unusable(exc: ModelError) -> bool:
     """Whether a model's error (the policy's, or an experience sandbox's) means no trajectory can be replayed: the
-    server is unreachable or failing after retries, refuses the key or the model's name (401, 403, 404), or a local
-    model does not load. A request it refuses otherwise (400: a state longer than its context), an answer it garbles
-    or messages its chat template cannot render fail that trajectory alone."""
+    server is unreachable or failing after retries, refuses the key or the model's name (401, 403, 404), refuses for its
+    setup or a setting every request carries (llama-server without ``--jinja``: :attr:`ModelRequestError.setup`), or a
+    local model does not load. A request it refuses otherwise (400: a state longer than its context), an answer it
+    garbles or messages its chat template cannot render fail that trajectory alone."""
     if isinstance(exc, ModelRequestError):
-        return exc.status in (401, 403, 404)
+        return exc.status in (401, 403, 404) or exc.setup
     return isinstance(exc, (ModelLoadError, ModelServerError)) and not isinstance(exc, ModelResponseError)
 
 

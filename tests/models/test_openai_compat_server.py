@@ -400,7 +400,7 @@ def llama_server_error(message: str) -> Any:
     [
         ("tools param requires --jinja flag", "start llama-server with --jinja"),
         ("Unknown argument ensure_ascii for function tojson at row 11, column 37", "chat template failed"),
-        ("Cannot have 2 or more assistant messages at the end of the list.", "change the request setting or message"),
+        ("Cannot have 2 or more assistant messages at the end of the list.", "change the message it names"),
     ],
 )
 def test_a_request_problem_sent_as_http_500_is_the_cause_and_not_retried(message: str, hint: str, waits: list[float]) -> None:
