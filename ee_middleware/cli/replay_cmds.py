@@ -303,7 +303,8 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         kinds = ", ".join(f"{kind}={count}" for kind, count in sorted(summary.sandbox_failures.items()))
         out.print(
             f"[yellow]sandbox failures[/]: {kinds}: alternatives that timed out, crashed the sandbox or ran out of memory "
-            "(--tool-timeout, --memory-mb); their observations describe the sandbox, not the tool"
+            "(--tool-timeout, --memory-mb under --isolation subprocess; an MCP sandbox's own timeout_s; ee replay show gives each "
+            "one's reason); their observations describe the sandbox, not the tool"
         )
     if summary.synthetic_failures:
         colour = "red" if summary.no_usable_prediction else "yellow"
@@ -340,7 +341,8 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.final_call_sandbox_failures.items()))
         out.print(
             f"[yellow]sandbox failed[/] on the expert's call at a trajectory's last tool call: {calls}: it timed out, crashed "
-            "the sandbox or ran out of memory (--tool-timeout, --memory-mb; ee replay show says which); no later state "
+            "the sandbox or ran out of memory (--tool-timeout, --memory-mb under --isolation subprocess; an MCP sandbox's own "
+            "timeout_s; ee replay show says which); no later state "
             "depends on it, so the alternatives at its state were kept",
             highlight=False,
         )
