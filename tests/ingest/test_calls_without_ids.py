@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ee_middleware.ingest import ingest_files
 from ee_middleware.store import LocalExperienceStore
 from tests.ingest.otlp_builders import _request, _span, _write
@@ -100,3 +102,81 @@ def test_responses_that_do_not_match_the_calls_in_number_are_not_guessed(tmp_pat
         _model("c000000000000003", [USER, calls, _results({"result": 12})], answer, 10),
     )
     assert _observations(t) == [("SKU-9", None), ("SKU-4", None)]
+
+
+def _lookups(*calls: tuple[str | None, str]) -> dict[str, Any]:
+    """One reply calling check_stock for each (call id or None, sku)."""
+    parts = [{"type": "tool_call", "name": "check_stock", "arguments": {"sku": sku}, **({"id": i} if i else {})} for i, sku in calls]
+    return {"role": "assistant", "parts": parts, "finish_reason": "tool_call"}
+
+
+def _responses(*responses: tuple[str | None, str]) -> list[dict[str, Any]]:
+    return [{"role": "tool", "parts": [{"type": "tool_call_response", "response": r, **({"id": i} if i else {})}]} for i, r in responses]
+
+
+def test_a_call_without_id_is_not_given_the_response_that_names_another_call(tmp_path: Path) -> None:
+    """A reply calling SKU-9 with id "x" and SKU-4 without one, answered SKU-4 first: pairing by position gave SKU-4 the
+    response whose tool_call_id says it is x's. Responses naming a call of the reply answer that call; the others pair
+    with the calls without id in their order; where a call's id is answered by none, nothing is guessed."""
+    answer = {"role": "assistant", "parts": [{"type": "text", "content": "done"}], "finish_reason": "stop"}
+    calls = _lookups(("x", "SKU-9"), (None, "SKU-4"))
+    cases = {
+        "id-less first": (_responses((None, "four"), ("x", "nine")), [("SKU-9", "nine"), ("SKU-4", "four")]),
+        "id first": (_responses(("x", "nine"), (None, "four")), [("SKU-9", "nine"), ("SKU-4", "four")]),
+        # x's response carries no id either: which of the two is SKU-4's is not known
+        "no ids answered": (_responses((None, "nine"), (None, "four")), [("SKU-9", None), ("SKU-4", None)]),
+    }
+    for name, (responses, expected) in cases.items():
+        t = _ingest(
+            tmp_path / name.replace(" ", "-"),
+            _model("c000000000000002", [USER], calls, 1),
+            _model("c000000000000003", [USER, calls, *responses], answer, 10),
+        )
+        assert _observations(t) == expected, name
+
+
+def _long_run(n: int, mode: str) -> list[dict[str, Any]]:
+    """A run of ``n`` model calls whose calls have no ids and can be paired with nothing: two parallel calls answered by
+    one merged response (``merged``), or tool results handed back as user text (``text``)."""
+    spans, history = [], [USER]
+    for i in range(n):
+        skus = [f"SKU-{i}", f"SKU-{-i}"] if mode == "merged" else [f"SKU-{i}"]
+        call = _call(*skus, with_id_key=False)
+        done = {"role": "assistant", "parts": [{"type": "text", "content": "done"}], "finish_reason": "stop"}
+        spans.append(_model(f"c{i + 2:015x}", history, call if i < n - 1 else done, 10 * i + 1))
+        merged = {"role": "tool", "parts": [{"type": "tool_call_response", "response": f"r{i}"}]}
+        history = [*history, call, merged if mode == "merged" else {"role": "user", "parts": [{"type": "text", "content": f"r{i}"}]}]
+    return spans
+
+
+@pytest.mark.parametrize("mode", ["merged", "text"])
+def test_a_long_run_whose_calls_cannot_be_paired_decodes_each_call_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Each call without id rescanned every later history and decoded its calls' arguments again: 120 model calls whose
+    merged responses pair with nothing took 14.7 s to ingest (0.14 s before such calls were paired), cubic in the run's
+    length. Each message's calls are now decoded once per run."""
+    import ee_middleware.capture.assembler as assembler
+    import ee_middleware.ingest.service as service
+
+    decoded, assembled = 0, 0
+    parse, assemble = assembler.parse_arguments, service.assemble
+
+    def counting(arguments: Any) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return parse(arguments)
+
+    def assembling(*args: Any, **kwargs: Any) -> Any:
+        nonlocal assembled
+        assembled += 1
+        return assemble(*args, **kwargs)
+
+    monkeypatch.setattr(assembler, "parse_arguments", counting)
+    monkeypatch.setattr(service, "assemble", assembling)
+    n = 80
+    t = _ingest(tmp_path, *_long_run(n, mode))
+    calls = sum(1 for s in t.steps if s.action.tool_call is not None)
+    assert calls == (n - 1) * (2 if mode == "merged" else 1)
+    assert all(s.observation is None for s in t.steps), "nothing is guessed"
+    # per assembly, a step's own call, its reply, and the reply's copy in the histories (shared by them): 3 per call, where
+    # every call decoded every later history's calls (some 20 000 times per assembly here)
+    assert assembled and decoded <= 3 * calls * assembled, (decoded, assembled)
