@@ -55,6 +55,11 @@ NINE_ALPHANUMERIC = "9 alphanumerics"
 """A ``call_id_format`` (Mistral v3's and later Mistral templates raise "Tool call IDs should be alphanumeric strings
 with length 9!"): each call id becomes 9 ASCII letters and digits (:func:`nine_alphanumeric_id`)."""
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ID_MODULUS = 62**9 - 9
+"""The largest prime below 62**9: a made id is its call id's UTF-8 bytes hashed modulo it (:func:`nine_alphanumeric_id`)."""
+_ID_BASE = 257
+"""Each byte of an id is a digit from 1 to 256 in this base, so ids of up to 6 bytes are distinct numerals below the
+modulus (257**6 < 62**9 - 9): no two of them get one made id."""
 TOOLS_PREAMBLE = "You may call these tools:\n"
 TOOLS_SUFFIX = 'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
 COMPACT_TOOLS_PREAMBLE = "You may call these tools (name and arguments):\n"
@@ -241,15 +246,26 @@ def _as_template_reads(messages: Sequence[dict[str, Any]], support: TemplateSupp
 
 def nine_alphanumeric_id(call_id: Any) -> str:
     """A tool call id as 9 ASCII letters and digits: itself when it is so already (a Mistral model's own ids), else one made
-    from it (the same for the same id, so a call and its result keep matching; ids that differ get different ones but
-    by chance one in 62**9). The serving template's preamble computes the same (:func:`serving_template`)."""
-    text = call_id if isinstance(call_id, str) else ""
+    from it, the same for the same id, so a call and its result keep matching. Ids that differ get different ones:
+    always when both are up to 6 UTF-8 bytes long (``call_1`` and ``call-1``, ``tool:0`` and ``tool.0``), else but by
+    chance one in 62**9 (a polynomial hash of the id's UTF-8 bytes modulo the largest prime below 62**9). An integer id
+    is taken as its decimal digits, any other one that is not a string as the empty id. The serving template's preamble
+    computes the same (:func:`serving_template`)."""
+    text = _id_text(call_id)
     if len(text) == 9 and all(char in _ID_ALPHABET for char in text):
         return text
     value = 0
-    for char in text:
-        value = (value * 131 + _ID_ALPHABET.find(char) + 2) % 62**9
+    for byte in text.encode("utf-8", "surrogatepass"):  # a lone surrogate (JSON allows one) hashes as Jinja's does
+        value = (value * _ID_BASE + byte + 1) % _ID_MODULUS
     return "".join(_ID_ALPHABET[value // 62 ** (8 - index) % 62] for index in range(9))
+
+
+def _id_text(call_id: Any) -> str:
+    if isinstance(call_id, str):
+        return call_id
+    if isinstance(call_id, int) and not isinstance(call_id, bool):  # as Jinja's `is integer` test
+        return str(call_id)
+    return ""
 
 
 def template_messages(messages: Sequence[dict[str, Any]], support: TemplateSupport) -> list[dict[str, Any]]:
@@ -552,13 +568,14 @@ _SERVING_PREAMBLE = r"""{#- ee-middleware: the trainer's rendering of requests (
 {%- endmacro -%}
 {%- macro ee_call_id(id) -%}
 {%- set ee_alphabet = '@ID_ALPHABET@' -%}
-{%- set ee_id = namespace(text=(id if id is string else ''), value=0, valid=true) -%}
-{%- for char in ee_id.text -%}
-{%- if ee_alphabet.find(char) < 0 -%}{%- set ee_id.valid = false -%}{%- endif -%}
-{%- set ee_id.value = (ee_id.value * 131 + ee_alphabet.find(char) + 2) % @ID_MODULUS@ -%}
-{%- endfor -%}
+{%- set ee_id = namespace(text=(id if id is string else ((id | string) if id is integer else '')), value=0, valid=true) -%}
+{%- for char in ee_id.text -%}{%- if char not in ee_alphabet -%}{%- set ee_id.valid = false -%}{%- endif -%}{%- endfor -%}
 {%- if ee_id.valid and ee_id.text | length == 9 -%}{{- ee_id.text -}}
-{%- else -%}{%- for power in @ID_POWERS@ -%}{{- ee_alphabet[(ee_id.value // power) % 62] -}}{%- endfor -%}
+{%- else -%}
+{%- for byte in ee_id.text.encode('utf-8', 'surrogatepass') -%}
+{%- set ee_id.value = (ee_id.value * @ID_BASE@ + byte + 1) % @ID_MODULUS@ -%}
+{%- endfor -%}
+{%- for power in @ID_POWERS@ -%}{{- ee_alphabet[(ee_id.value // power) % 62] -}}{%- endfor -%}
 {%- endif -%}
 {%- endmacro -%}
 {%- set ee = namespace(msgs=[], tools=(tools if tools is defined and tools else none)) -%}
@@ -696,7 +713,8 @@ def serving_template(template: str, support: TemplateSupport) -> str | None:
         .replace("@TOOLS_PREAMBLE@", json.dumps(TOOLS_PREAMBLE))
         .replace("@TOOLS_SUFFIX@", json.dumps(TOOLS_SUFFIX))
         .replace("@ID_ALPHABET@", _ID_ALPHABET)
-        .replace("@ID_MODULUS@", str(62**9))
+        .replace("@ID_MODULUS@", str(_ID_MODULUS))
+        .replace("@ID_BASE@", str(_ID_BASE))
         .replace("@ID_POWERS@", str([62**power for power in range(8, -1, -1)]))
     )
     return preamble + template

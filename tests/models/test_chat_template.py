@@ -370,6 +370,78 @@ def test_a_template_that_requires_nine_character_call_ids_renders_calls_and_resu
         )
 
 
+CALL_IDS = [
+    "call_1", "call-1", "call.1", "call 1", "call:1", "call/1", "tool:0", "tool.0", "fc_a/1", "fc_a_1", "调用1", "工具1",
+    "ünïcode-id", "call_1_0", "call_85d9d18cd977", "call_85d9d18cd978", "toolu_01A09q90qw90lq917835lq9",
+    "3f2b8c1e-9d4a-4b7e-8f6a-1c2d3e4f5a6b", "aB3dE6gH9", "aB3dE6gH-", "aB3dE6gH", "aB3dE6gH90", "", "\ud800x", "😀", 1, 2, 123456789,
+]  # fmt: skip
+"""Ids from many sources, among them ids that differ only in punctuation, in non-ASCII letters or in type."""
+
+
+def _made_ids_by_the_serving_template(tokenizer: Any, served: str, ids: list[Any]) -> list[str]:
+    """The id each of ``ids`` gets from the serving template's preamble, read back from its rendering of a call and its
+    result with that id (as vLLM sends them)."""
+    made = []
+    for call_id in ids:
+        messages = [
+            TASK,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{**PLUMS, "id": call_id, "function": {**PLUMS["function"], "arguments": {}}}],
+            },
+            {"role": "tool", "tool_call_id": call_id, "content": "3"},
+        ]
+        rendered = tokenizer.apply_chat_template(messages, chat_template=served, add_generation_prompt=True, tokenize=False)
+        in_call = json.loads(rendered.split("[TOOL_CALLS]", 1)[1].split("<|im_end|>", 1)[0])["id"]
+        in_result = rendered.split("[CALL_ID]", 1)[1].split("<|im_end|>", 1)[0]
+        assert in_call == in_result, call_id
+        made.append(in_call)
+    return made
+
+
+def test_made_call_ids_differ_for_ids_that_differ_and_the_serving_template_makes_the_same() -> None:
+    """Every character outside [0-9a-zA-Z] counted alike, so call_1 and call-1, tool:0 and tool.0, 调用1 and 工具1 got one
+    id, in training rows and in the serving template's preamble alike: a call and another call's result then matched.
+    Now each id gets its own, the same in Python and in Jinja; a valid id is kept."""
+    from ee_middleware.models.chat_template import NINE_ALPHANUMERIC, nine_alphanumeric_id
+
+    made = [nine_alphanumeric_id(call_id) for call_id in CALL_IDS]
+    assert len(set(made)) == len(CALL_IDS), [(i, m) for i, m in zip(CALL_IDS, made, strict=True) if made.count(m) > 1]
+    assert all(len(m) == 9 and m.isascii() and m.isalnum() for m in made)
+    assert nine_alphanumeric_id("aB3dE6gH9") == "aB3dE6gH9" and nine_alphanumeric_id(None) == nine_alphanumeric_id("")
+    tokenizer = _tokenizer(NINE_CHARACTER_IDS_TEMPLATE)
+    support = TemplateSupport(tools=True, tool_calls=True, call_id_format=NINE_ALPHANUMERIC)
+    served = serving_template(tokenizer.chat_template, support)
+    assert served is not None
+    assert _made_ids_by_the_serving_template(tokenizer, served, CALL_IDS) == made
+
+
+def test_the_made_ids_modulus_is_the_largest_prime_below_62_to_the_9th() -> None:
+    sympy = pytest.importorskip("sympy")
+    from ee_middleware.models.chat_template import _ID_MODULUS
+
+    assert sympy.isprime(_ID_MODULUS) and sympy.nextprime(_ID_MODULUS) > 62**9
+
+
+def test_made_call_ids_are_distinct_for_every_short_id_and_for_many_random_ones() -> None:
+    """Every id of up to 2 printable ASCII characters, and of up to 6 bytes by construction (a base-257 numeral below
+    the prime modulus); 200,000 random ids of the usual alphabet (letters, digits, '_' and '-') give none alike."""
+    import random
+    import string
+
+    from ee_middleware.models.chat_template import _ID_BASE, _ID_MODULUS, nine_alphanumeric_id
+
+    assert _ID_BASE**6 < _ID_MODULUS < 62**9
+    printable = string.printable[:95]
+    short = [*printable, *(a + b for a in printable for b in printable)]
+    assert len({nine_alphanumeric_id(i) for i in short}) == len(short)
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.digits + "_-"
+    ids = {"call_" + "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 24))) for _ in range(200_000)}
+    assert len({nine_alphanumeric_id(i) for i in ids}) == len(ids)
+
+
 def test_mistral_v3_says_why_its_tools_and_results_take_the_fallbacks() -> None:
     """Mistral v3 shows tools, calls and results itself when the ids are 9 alphanumerics, but drops the text beside a call
     and refuses a reply after a tool result that answers a call written as text. Its manifest said the template ignores
