@@ -21,9 +21,12 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ee_middleware.models.chat_template import TemplateShowsNoTextError
 
 FOLDER = Path(__file__).parent
 
@@ -100,10 +103,37 @@ def training_rendering(base: str | os.PathLike[str]) -> DerivedTemplate | None:
     read = _base_tokenizer(base)
     if read is None:
         return None
-    from ee_middleware.models.chat_template import probe_template
+    from ee_middleware.models.chat_template import TemplateShowsNoTextError, probe_template
 
     folder, tokenizer, own = read
-    return _derived(folder, own, probe_template(tokenizer))
+    try:
+        support = probe_template(tokenizer)
+    except TemplateShowsNoTextError as exc:
+        raise refusal_to_serve(exc, base=folder, template=None, server="vLLM") from exc
+    return _derived(folder, own, support)
+
+
+def refusal_to_serve(
+    exc: TemplateShowsNoTextError, *, base: str | os.PathLike[str], template: str | os.PathLike[str] | None, server: str
+) -> TemplateShowsNoTextError:
+    """The error refusing to serve ``base`` with a chat template that shows no message text (``exc``:
+    :func:`~ee_middleware.models.chat_template.probe_template`'s
+    :class:`~ee_middleware.models.chat_template.TemplateShowsNoTextError` for it): ``template`` is the file given with
+    ``--chat-template`` and is named; ``None``, the base's own, and the fix is to give one."""
+    from ee_middleware.models.chat_template import TemplateShowsNoTextError
+
+    if template is None:
+        named = f"of {base}"
+        fix = "Serve it with a template that renders role/content messages: --chat-template FILE"
+        trained = ", and `ee train` refuses this base for the same reason"
+    else:
+        named, fix, trained = str(template), "Give --chat-template a template that renders role/content messages", ""
+    return TemplateShowsNoTextError(
+        f"The chat template {named} {exc.shows_no_text}. {server} would render every request without its messages"
+        f"{trained}; not served. {fix} (a Jinja file, e.g. the chat_template.jinja of a Qwen or SmolLM2 instruct model "
+        "for a ChatML base).",
+        missing=exc.missing,
+    )
 
 
 def _derived(folder: Path, own: str, support: Any) -> DerivedTemplate | None:
@@ -211,16 +241,28 @@ def _renders_like(tokenizer: Any, support: Any, served: Render, encode: Callable
     return True
 
 
-def _rendering_like(tokenizer: Any, served: Render, encode: Callable[[str], Any] | None = None) -> tuple[dict[str, str] | None, bool]:
-    """The rendering ``served`` matches (the trainer's, with the base's fallbacks; or the base's template as it is), and
-    whether that is the trainer's."""
-    from ee_middleware.models.chat_template import TemplateSupport, probe_template
+_UNLIKE = "renders requests unlike both the trainer (with the base's fallbacks) and the base's own template"
 
-    trainer, as_is = probe_template(tokenizer), TemplateSupport(tools=True, tool_calls=True)
-    for support in dict.fromkeys((trainer, as_is)):
+
+def _rendering_like(
+    tokenizer: Any, served: Render, encode: Callable[[str], Any] | None = None
+) -> tuple[dict[str, str] | None, bool, str | None]:
+    """The rendering ``served`` matches (the trainer's, with the base's fallbacks; or the base's template as it is),
+    whether that is the trainer's, and, where it matches neither or was not compared, a note saying so."""
+    from ee_middleware.models.chat_template import TemplateShowsNoTextError, TemplateSupport, probe_template
+
+    try:
+        trainer = probe_template(tokenizer)
+    except TemplateShowsNoTextError as exc:  # the trainer has no rendering for this base to compare with
+        return (
+            None,
+            False,
+            f"not compared with the trainer's rendering: `ee train` refuses this base, whose own chat template {exc.shows_no_text}",
+        )
+    for support in dict.fromkeys((trainer, TemplateSupport(tools=True, tool_calls=True))):
         if _renders_like(tokenizer, support, served, encode):
-            return support.describe(), support == trainer
-    return None, False
+            return support.describe(), support == trainer, None
+    return None, False, _UNLIKE
 
 
 def asked_template(base: str | os.PathLike[str], tokenize: Render) -> ServedTemplate:
@@ -242,8 +284,7 @@ def asked_template(base: str | os.PathLike[str], tokenize: Render) -> ServedTemp
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    rendering, as_trainer = _rendering_like(tokenizer, lambda messages, tools: list(tokenize(messages, tools)), encode)
-    note = None if rendering else "renders requests unlike both the trainer (with the base's fallbacks) and the base's own template"
+    rendering, as_trainer, note = _rendering_like(tokenizer, lambda messages, tools: list(tokenize(messages, tools)), encode)
     return ServedTemplate("server", None, rendering, note, as_trainer)
 
 
@@ -254,7 +295,10 @@ AS_IS = {"tools": "chat template", "tool_calls": "chat template", "tool_results"
 def served_template(base: str | os.PathLike[str], chat_template: str | os.PathLike[str] | None) -> ServedTemplate:
     """How vLLM started with ``--chat-template chat_template`` renders requests for ``base`` (``None``: the base's own),
     compared with the trainer (see :class:`ServedTemplate`). A file is compared by rendering a few requests both ways;
-    the base's own template renders everything with the template (:data:`AS_IS`), with no tokenizer to read."""
+    the base's own template renders everything with the template (:data:`AS_IS`), with no tokenizer to read.
+
+    A file that shows no message text (:class:`~ee_middleware.models.chat_template.TemplateShowsNoTextError`, raised
+    naming it) is refused; the base's own template is not judged here, as the file replaces it."""
     if chat_template is None:
         return ServedTemplate("own", None, dict(AS_IS))
     path = Path(chat_template)
@@ -270,8 +314,12 @@ def served_template(base: str | os.PathLike[str], chat_template: str | os.PathLi
             kind, str(path), None, f"not compared with the trainer's rendering: no tokenizer with a chat template in {base}"
         )
     tokenizer = read[1]
-    from ee_middleware.models.chat_template import TemplateSupport, template_messages
+    from ee_middleware.models.chat_template import TemplateShowsNoTextError, TemplateSupport, probe_template, template_messages
 
+    try:
+        probe_template(_WithTemplate(tokenizer, text))
+    except TemplateShowsNoTextError as exc:
+        raise refusal_to_serve(exc, base=base, template=path, server="vLLM") from exc
     as_sent = TemplateSupport(tools=True, tool_calls=True)
 
     def served(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None) -> str:
@@ -283,9 +331,20 @@ def served_template(base: str | os.PathLike[str], chat_template: str | os.PathLi
             chat_template=text,
         )
 
-    rendering, as_trainer = _rendering_like(tokenizer, served)
-    note = None if rendering else "renders requests unlike both the trainer (with the base's fallbacks) and the base's own template"
+    rendering, as_trainer, note = _rendering_like(tokenizer, served)
     return ServedTemplate(kind, str(path), rendering, note, as_trainer)
+
+
+class _WithTemplate:
+    """A tokenizer whose ``apply_chat_template`` renders with ``template`` instead of its own (what vLLM given the file
+    renders with), for :func:`~ee_middleware.models.chat_template.probe_template`."""
+
+    def __init__(self, tokenizer: Any, template: str) -> None:
+        self._tokenizer = tokenizer
+        self._template = template
+
+    def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer.apply_chat_template(*args, chat_template=self._template, **kwargs)
 
 
 def local_served_template(
@@ -304,6 +363,5 @@ def local_served_template(
         return ServedTemplate("file", str(chat_template), None, f"not compared with the trainer's rendering: {exc}")
     if read is None:
         return ServedTemplate("file", str(chat_template), None, f"not compared with the trainer's rendering: no chat template in {base}")
-    rendering, as_trainer = _rendering_like(read[1], lambda messages, tools: render_prompt(tokenizer, messages, tools, support))
-    note = None if rendering else "renders requests unlike both the trainer (with the base's fallbacks) and the base's own template"
+    rendering, as_trainer, note = _rendering_like(read[1], lambda messages, tools: render_prompt(tokenizer, messages, tools, support))
     return ServedTemplate("file", str(chat_template), rendering, note, as_trainer)

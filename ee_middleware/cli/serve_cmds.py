@@ -75,7 +75,13 @@ def serve_local(
     template = _template(chat_template)
     if template:
         argv += ["--chat-template", template]
-    main(argv)
+    from ee_middleware.adapters.templates import refusal_to_serve
+    from ee_middleware.models.chat_template import TemplateShowsNoTextError
+
+    try:
+        main(argv)
+    except TemplateShowsNoTextError as exc:  # the server's probe of the template it renders with, before it serves
+        raise refusal_to_serve(exc, base=base, template=template, server="The local server") from exc
 
 
 @app.command("vllm", epilog=examples("ee serve vllm --base ./models/smollm2 --port 8000 --print-command"))

@@ -65,6 +65,32 @@ TOOLS_SUFFIX = 'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</t
 COMPACT_TOOLS_PREAMBLE = "You may call these tools (name and arguments):\n"
 
 
+class TemplateShowsNoTextError(ChatTemplateError):
+    """:func:`probe_template`'s refusal of a template that renders no text of a user's or an assistant's message given
+    as ``{"role": ..., "content": ...}``, nor as text parts (ShareGPT-style templates read ``from``/``value``).
+
+    ``missing`` says whose text it does not show (``user``, ``assistant``); :attr:`shows_no_text` says so in words that
+    follow the template's name, for a caller that says what it would do with the template (a server: render requests)."""
+
+    def __init__(self, message: str, *, missing: Sequence[str]) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+    @property
+    def shows_no_text(self) -> str:
+        """``renders no text of a user and an assistant message given as ...: it reads other keys (...)``."""
+        return _shows_no_text(self.missing)
+
+
+def _shows_no_text(missing: Sequence[str]) -> str:
+    whose = " and ".join(f"an {who}" if who == "assistant" else f"a {who}" for who in missing)
+    return (
+        f'renders no text of {whose} message given as {{"role": ..., "content": "TEXT"}} (nor as '
+        '[{"type": "text", "text": "TEXT"}] parts): it reads other keys (ShareGPT-style templates read '
+        "message['from'] and message['value'])"
+    )
+
+
 @dataclass(frozen=True)
 class TemplateSupport:
     """What the chat template renders itself; each ``False`` is a documented fallback (module docstring)."""
@@ -116,9 +142,10 @@ def probe_template(tokenizer: Any) -> TemplateSupport:
     text parts), tools, tool calls (two in one message, with text beside them), tool results and a system message. Tool
     calls are probed with the ids as given, then, where that is refused, as 9 alphanumerics (Mistral's templates).
 
-    Raises :class:`ChatTemplateError` for a template that renders no text of a user's or an assistant's message given as
-    ``{"role": ..., "content": ...}``, nor as text parts (ShareGPT-style templates read ``from``/``value``): rows rendered
-    with it would hold no task, no tools or no target."""
+    Raises :class:`TemplateShowsNoTextError` (a :class:`ChatTemplateError`) for a template that renders no text of a
+    user's or an assistant's message given as ``{"role": ..., "content": ...}``, nor as text parts (ShareGPT-style
+    templates read ``from``/``value``): rows rendered with it would hold no task, no tools or no target, and a server
+    rendering requests with it would show the model none of their messages."""
     base = TemplateSupport(tools=True, tool_calls=True, content_parts=_content_as_parts(tokenizer))
     support = _probe_tools(tokenizer, base)
     if not (support.tools and support.tool_calls and support.tool_role):
@@ -168,8 +195,8 @@ def _probe_tools(tokenizer: Any, base: TemplateSupport) -> TemplateSupport:
 
 
 def _content_as_parts(tokenizer: Any) -> bool:
-    """Whether the template shows message text only given as text parts; :class:`ChatTemplateError` when it shows a
-    user's or an assistant's text neither way. A template that refuses these tiny conversations is not judged here:
+    """Whether the template shows message text only given as text parts; :class:`TemplateShowsNoTextError` when it shows
+    a user's or an assistant's text neither way. A template that refuses these tiny conversations is not judged here:
     its own error comes when a row is rendered."""
     missing: list[str] = []
     for parts in (False, True):
@@ -186,13 +213,12 @@ def _content_as_parts(tokenizer: Any) -> bool:
             return parts
     if not missing:
         return False
-    raise ChatTemplateError(
-        f"The chat template renders no text of {' and '.join(f'an {who}' if who == 'assistant' else f'a {who}' for who in missing)} "
-        'message given as {"role": ..., "content": "TEXT"} (nor as [{"type": "text", "text": "TEXT"}] parts): it reads other '
-        "keys (ShareGPT-style templates read message['from'] and message['value']), so every prompt and completion would "
-        "be trained on without its task, tools or target. Give the tokenizer a template that renders role/content messages "
-        "(tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(DIR) writes chat_template.jinja), e.g. the ChatML "
-        "template of a Qwen or SmolLM2 instruct model, or pick a base model whose template does."
+    raise TemplateShowsNoTextError(
+        f"The chat template {_shows_no_text(missing)}, so every prompt and completion would be trained on without its "
+        "task, tools or target. Give the tokenizer a template that renders role/content messages (tokenizer.chat_template "
+        "= TEMPLATE; tokenizer.save_pretrained(DIR) writes chat_template.jinja), e.g. the ChatML template of a Qwen or "
+        "SmolLM2 instruct model, or pick a base model whose template does.",
+        missing=missing,
     )
 
 

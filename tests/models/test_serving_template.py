@@ -186,6 +186,35 @@ def test_ee_serve_vllm_on_a_folder_it_cannot_read_a_tokenizer_from_serves_as_it_
     assert "--chat-template" not in result.stdout and "Not checked whether the chat template" in result.stderr
 
 
+def test_ee_serve_vllm_judges_the_template_it_serves_not_the_one_a_file_replaces(tmp_path: Any, monkeypatch: Any) -> None:
+    """A base whose own template is ShareGPT-keyed (it shows no message text) was refused even with a role/content
+    template given to serve it (--chat-template chatml.jinja: exit 1, an error about training). It is served with the
+    file, noting that it was not compared with the trainer; without --chat-template the refusal names the base's template
+    and the fix, and a file that shows no text is refused by its name."""
+    from .test_chat_template import SHAREGPT_TEMPLATE, SMOLLM2_TEMPLATE
+
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    sharegpt = tmp_path / "sharegpt-base"
+    build_test_tokenizer([SHAREGPT_TEMPLATE, json.dumps(TOOLS)], chat_template=SHAREGPT_TEMPLATE).save_pretrained(sharegpt)
+    chatml = tmp_path / "chatml.jinja"
+    chatml.write_text(SMOLLM2_TEMPLATE)
+    served = _serve_vllm("--base", str(sharegpt), "--chat-template", str(chatml))
+    assert served.exit_code == 0, served.output
+    assert f"--chat-template {chatml}" in served.stdout and "`ee train` refuses this base" in served.stderr
+
+    refused = _serve_vllm("--base", str(sharegpt))
+    assert refused.exit_code == 1
+    message = " ".join(refused.output.split())
+    assert f"The chat template of {sharegpt} renders no text of a user and an assistant message" in message
+    assert "vLLM would render every request without its messages" in message and "--chat-template FILE" in message
+
+    shows_nothing = tmp_path / "sharegpt.jinja"
+    shows_nothing.write_text(SHAREGPT_TEMPLATE)
+    named = _serve_vllm("--base", str(_base_folder(tmp_path, "qwen-2-5")), "--chat-template", str(shows_nothing))
+    assert named.exit_code == 1
+    assert f"The chat template {shows_nothing} renders no text" in " ".join(named.output.split())
+
+
 # --- which rendering a server's template gives, and adapters given at start ------------------------------------
 
 
