@@ -195,30 +195,35 @@ def _probe_tools(tokenizer: Any, base: TemplateSupport) -> TemplateSupport:
 
 
 def _content_as_parts(tokenizer: Any) -> bool:
-    """Whether the template shows message text only given as text parts; :class:`TemplateShowsNoTextError` when it shows
-    a user's or an assistant's text neither way. A template that refuses these tiny conversations is not judged here:
-    its own error comes when a row is rendered."""
-    missing: list[str] = []
+    """Whether the template shows message text only given as text parts (one that refuses string content and loops over
+    parts among them); :class:`TemplateShowsNoTextError` when it shows a user's or an assistant's text neither way. A
+    template that refuses these tiny conversations with string content and shows no text of them as parts is not judged
+    here: its own error comes when a row is rendered."""
+    missing: dict[bool, list[str] | None] = {}
+    """Per way (parts or not): whose text the template does not show; ``None`` where it refused the conversations."""
     for parts in (False, True):
         support = TemplateSupport(tools=True, tool_calls=True, content_parts=parts)
         user = {"role": "user", "content": _PROBE_USER}
         prompt = _probe_render(tokenizer, [user], support, default=None)
         reply = _probe_render(tokenizer, [user, {"role": "assistant", "content": _PROBE_REPLY}], support, generation=False, default=None)
         if prompt is None or reply is None:
-            if not parts:
-                return False
+            missing[parts] = None
             continue
-        missing = [who for who, marker, text in (("user", _PROBE_USER, prompt), ("assistant", _PROBE_REPLY, reply)) if marker not in text]
-        if not missing:
+        missing[parts] = [
+            who for who, marker, text in (("user", _PROBE_USER, prompt), ("assistant", _PROBE_REPLY, reply)) if marker not in text
+        ]
+        if not missing[parts]:
             return parts
-    if not missing:
+    as_string = missing[False]
+    if not as_string:  # refused as a string, and shown no better as parts: not judged here
         return False
     raise TemplateShowsNoTextError(
-        f"The chat template {_shows_no_text(missing)}, so every prompt and completion would be trained on without its "
-        "task, tools or target. Give the tokenizer a template that renders role/content messages (tokenizer.chat_template "
-        "= TEMPLATE; tokenizer.save_pretrained(DIR) writes chat_template.jinja), e.g. the ChatML template of a Qwen or "
-        "SmolLM2 instruct model, or pick a base model whose template does.",
-        missing=missing,
+        f"The chat template {_shows_no_text(as_string)}, so every prompt and "
+        "completion would be trained on without its task, tools or target. Give the tokenizer a template that renders "
+        "role/content messages (tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(DIR) writes "
+        "chat_template.jinja), e.g. the ChatML template of a Qwen or SmolLM2 instruct model, or pick a base model whose "
+        "template does.",
+        missing=as_string,
     )
 
 

@@ -13,6 +13,7 @@ from ee_middleware.models.chat_template import (
     FALLBACK_CALLS_AS_TEXT,
     FALLBACK_CONTENT,
     FALLBACK_CONVERSATION,
+    TemplateShowsNoTextError,
     TemplateSupport,
     _prepared,
     probe_template,
@@ -368,6 +369,46 @@ def test_a_template_that_requires_nine_character_call_ids_renders_calls_and_resu
         assert (
             tokenizer.apply_chat_template(sent, tools=TOOLS, chat_template=served, add_generation_prompt=True, tokenize=False) == expected
         )
+
+
+PARTS_ONLY_TEMPLATE = (
+    "{%- for message in messages %}{%- if message.content is string %}"
+    "{{ raise_exception('content must be a list of parts') }}{%- endif %}"
+    "{{ '<|' + message.role + '|>' }}{%- for part in message.content %}{%- if part.type == 'text' %}{{ part.text }}"
+    "{%- endif %}{%- endfor %}{{ '\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|assistant|>' }}{%- endif %}"
+)
+"""A template that refuses string content and shows a message's text only from its text parts (SIMULATED: SmolVLM's
+and Idefics3's loops show nothing of a string rather than refusing it)."""
+
+
+def test_a_template_that_refuses_string_content_gets_the_rows_text_as_parts_simulated() -> None:
+    """The probe stopped at the first refusal of string content, so content_parts stayed false and every row failed
+    with "content must be a list of parts"; the same template shows every row given parts, as vLLM gives it them."""
+    tokenizer = _tokenizer(PARTS_ONLY_TEMPLATE)
+    support = probe_template(tokenizer)
+    assert support.content_parts and "content" in support.describe()
+    for name, (prompt, completion) in ROWS.items():
+        prompt_text, completion_text, _ = render_pair(tokenizer, prompt, completion, FRUIT_TOOLS, support)
+        assert "You run the fruit shop." in prompt_text and "Do we have plums?" in prompt_text, name
+        assert (completion[0]["content"] or "") in completion_text, name
+        assert (PLUMS_TEXT in completion_text) == bool(completion[0].get("tool_calls")), name
+
+
+def test_a_template_refusing_string_content_and_showing_no_parts_is_left_to_the_rows_simulated() -> None:
+    """Refused as a string and shown as nothing given parts: not judged by the probe (its own error comes when a row is
+    rendered), as before; a template showing no string content and refusing parts is refused (ShareGPT-style)."""
+    refuses_strings = (
+        "{%- for message in messages %}{%- if message.content is string %}{{ raise_exception('no strings') }}{%- endif %}"
+        "{{ '<|' + message.role + '|>\n' }}{%- endfor %}"
+    )
+    assert not probe_template(_tokenizer(refuses_strings)).content_parts
+    refuses_parts = (
+        "{%- for message in messages %}{%- if message.content is not string %}{{ raise_exception('no parts') }}{%- endif %}"
+        "{{ '<|' + (message['from'] or '') + '|>' + (message['value'] or '') + '\n' }}{%- endfor %}"
+    )
+    with pytest.raises(TemplateShowsNoTextError) as refused:
+        probe_template(_tokenizer(refuses_parts))
+    assert refused.value.missing == ("user", "assistant")
 
 
 CALL_IDS = [
