@@ -10,17 +10,18 @@ asks for it, up to :data:`MAX_RETRY_AFTER_S`), then raised as
 problem with the request (llama.cpp's server sends "tools param requires --jinja flag" as HTTP 500), its ``setup``
 set when the problem is the server's setup or a setting every request carries, so that every request is refused alike
 (a replay job stops, an eval counts the task as unanswered); a body that is not JSON as
-:class:`~ee_middleware.errors.ModelResponseError`. An error sent with status 200 (``{"error": ...}``, as some proxies and gateways do) is treated as the status its ``code`` names. Every message
-names the URL (without any user:password in it) and shows an HTML error page by its title. A JSON
-answer that is not a usable completion (no choices; a choice without a message object: an empty one, a
-completions-style ``text``, a message that is a string) comes back as :class:`~ee_middleware.models.protocol.Choice`
-items with a problem, for the caller to count (never as an empty answer). A server that answers fewer choices than
-``n`` (Ollama and llama-cpp-python ignore ``n``; llama-server refuses it) is asked again for the rest
-(:class:`FewerChoicesWarning`, once per client).
+:class:`~ee_middleware.errors.ModelResponseError`. An error sent with status 200 (``{"error": ...}``, as some proxies
+and gateways do) is treated as the status its ``code`` names. Every message names the URL (without any user:password
+in it) and shows an HTML error page by its title. A JSON answer that is not a usable completion (no choices; a choice
+without a message object: an empty one, a completions-style ``text``, a message that is a string) comes back as
+:class:`~ee_middleware.models.protocol.Choice` items with a problem, for the caller to count (never as an empty
+answer). A server that answers fewer choices than ``n`` (Ollama and llama-cpp-python ignore ``n``; llama-server
+refuses it) is asked again for the rest (:class:`FewerChoicesWarning`, once per client).
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -73,8 +74,8 @@ _REQUEST_PROBLEMS: tuple[tuple[re.Pattern[str], str, bool], ...] = (
     ),
     (
         re.compile(
-            r"\bunsupported (?:param|parameter|value)s?\b|\bcan be specified, but not both\b|\bcannot use (?:tools with|custom grammar|both)\b"
-            r"|\brequires \w+ to be set\b|\bresponse_format type must be\b"
+            r"\bunsupported (?:param|parameter|value)s?\b|\bcan be specified, but not both\b"
+            r"|\bcannot use (?:tools with|custom grammar|both)\b|\brequires \w+ to be set\b|\bresponse_format type must be\b"
             r"|\b(?:param|parameter|setting|field|tool_choice|response_format|logprobs)s?\b[^\n.]{0,60}?" + _NOT_SUPPORTED,
             re.IGNORECASE,
         ),
@@ -83,7 +84,8 @@ _REQUEST_PROBLEMS: tuple[tuple[re.Pattern[str], str, bool], ...] = (
     ),
     (
         re.compile(
-            r"\bcannot have 2 or more assistant messages\b|\bexpected '(?:messages?|content|role|tool_calls|type|function|arguments)' to be\b"
+            r"\bcannot have 2 or more assistant messages\b"
+            r"|\bexpected '(?:messages?|content|role|tool_calls|type|function|arguments)' to be\b"
             r"|\bunsupported content part\b|\bmissing '(?:role|content)'|\bprefill is incompatible with\b"
             r"|\b(?:role|content part|content type|image input|audio input|image_url|input_audio)s?\b[^\n.]{0,60}?" + _NOT_SUPPORTED,
             re.IGNORECASE,
@@ -504,19 +506,30 @@ def _read_by(response: Any, deadline: float) -> None:
     """Read ``response``'s body, cutting its connection off at ``deadline`` (:class:`_DeadlinePassed`): a server that
     keeps sending a few bytes (keep-alive whitespace) resets every read's timeout, never this one. The watch is a
     timer ended before this returns. Through a transport without a socket (a test's ``httpx.MockTransport``) nothing
-    can be cut off: an answer finished after the deadline is refused when the read ends."""
+    can be cut off: an answer finished after the deadline is refused when the read ends.
+
+    The connection goes back to the pool when the body's stream closes, inside the read and before the timer can be
+    cancelled, and the pool may hand it to another thread's request at once: so the stream marks itself closed under a
+    lock first, and the timer, under that lock, cuts off only a stream not yet closed (whose answer then was not whole
+    at the deadline), never the socket another request now uses. Once cut off, the stream reads no further part (not
+    even the end of an answer already received), so its connection is closed rather than put back in the pool with
+    its socket shut down."""
     stream = response.extensions.get("network_stream")
     sock = stream.get_extra_info("socket") if stream is not None else None
-    cut = threading.Event()
+    lock, closed, cut = threading.Lock(), threading.Event(), threading.Event()
 
     def cut_off() -> None:
-        cut.set()
-        if isinstance(sock, socket.socket):
-            try:  # the base class's shutdown: a TLS socket's own would unwrap it under the reading thread
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
+        with lock:
+            if closed.is_set():  # read whole in time; the connection may be another request's already
+                return
+            cut.set()
+            if isinstance(sock, socket.socket):
+                try:  # the base class's shutdown: a TLS socket's own would unwrap it under the reading thread
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
+    response.stream = _closing_stream_type()(response.stream, lock, closed, cut)
     timer = threading.Timer(max(deadline - time.monotonic(), 0.0), cut_off)
     timer.daemon = True
     timer.start()
@@ -531,6 +544,34 @@ def _read_by(response: Any, deadline: float) -> None:
         timer.join()
     if cut.is_set():
         raise _DeadlinePassed(response.status_code)  # an answer cut off may look whole (a body that ends with the connection)
+
+
+@functools.cache
+def _closing_stream_type() -> type:
+    """An httpx byte stream that sets ``closed`` (holding ``lock``) before the stream it wraps closes and so hands its
+    connection back to the pool, and that reads no further part once ``cut`` is set (see :func:`_read_by`); a class
+    made once, on first use, as httpx is imported lazily."""
+    import httpx
+
+    class ClosingStream(httpx.SyncByteStream):
+        def __init__(self, stream: Any, lock: threading.Lock, closed: threading.Event, cut: threading.Event) -> None:
+            self._stream, self._lock, self._closed, self._cut = stream, lock, closed, cut
+
+        def __iter__(self) -> Iterator[bytes]:
+            parts = iter(self._stream)
+            while not self._cut.is_set():  # a connection whose answer ends after its cut would go back to the pool
+                part = next(parts, None)
+                if part is None:
+                    return
+                yield part
+            raise httpx.ReadError("the answer was cut off at its deadline")
+
+        def close(self) -> None:
+            with self._lock:
+                self._closed.set()
+            self._stream.close()
+
+    return ClosingStream
 
 
 def _timeout_problem(exc: Exception, timeout_s: float) -> str:
