@@ -246,10 +246,15 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             made = {c.get("id") for m in decisions[-1]["outputs"] for c in m.get("tool_calls") or ()}
             known = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
             messages = messages + [m for m in final_tool_messages if m.get("tool_call_id") in made - known]
-    if status == "interrupted" and _awaits_calls(decisions):
+    if status == "interrupted":
         # it stopped on calls that never got their results (awaiting a review, or cut off): the run gave no answer, and
-        # an assistant message written before those calls (a supervisor's reply before a sub-agent paused) is none
-        answer = None
+        # an assistant message written before those calls (a supervisor's reply before a sub-agent paused) is none. The
+        # state it paused in tells (capture's ee.langgraph.awaits_calls): a model call whose calls no state holds (a
+        # structured-output grader, a router) before a review node leaves the answer it reviews; where the spans do not
+        # say, the last decision that acted tells
+        said = attrs.get(sc.EE_AWAITS_CALLS)
+        if _awaits_calls(decisions) if said is None else str(said).lower() == "true":
+            answer = None
     try:
         trajectory = Trajectory(
             id=str(attrs.get(sc.EE_TRAJECTORY_ID) or run_trajectory_id(root.trace_id, root.span_id)),
@@ -1057,7 +1062,9 @@ def _paused(decisions: list[dict[str, Any]], tools: list[SpanData], final: dict[
 
 def _awaits_calls(decisions: list[dict[str, Any]]) -> bool:
     """Whether the run's last decision that acted (not a failed attempt, nor a reply thrown away) called tools: a run
-    that was interrupted there stopped on those calls, without an answer."""
+    that was interrupted there stopped on those calls, without an answer. Used where the spans do not say whether the
+    run paused on calls (:data:`~ee_middleware.capture.semconv.EE_AWAITS_CALLS`: another instrumentation's): a model call
+    answering by a tool call no state holds (structured output) before a review node is then taken for one."""
     for index in range(len(decisions) - 1, -1, -1):
         decision = decisions[index]
         if decision["span"].is_error or not decision["outputs"] or _discarded(index, decisions):

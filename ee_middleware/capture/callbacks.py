@@ -16,6 +16,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
-from ee_middleware.capture.payloads import captured_error, tool_error_positions
+from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -65,6 +66,12 @@ class RunCapture(BaseCallbackHandler):
         chunks need not hold it (``stream_mode="updates"`` or ``"messages"``)."""
         self.interrupted = False
         """Whether a node stopped the run with ``interrupt()`` (a stream's chunks need not say so)."""
+        self.awaits_calls: bool | None = None
+        """Whether the run paused on tool calls (see :func:`awaits_calls`): ``interrupt()`` in a tool, or in a node given a
+        state that ends on calls without their tool messages (``HumanInTheLoopMiddleware``, a review node before the
+        tools); ``False`` where the node that paused was given one that does not (a review after the model answered, a
+        structured-output call between); ``None`` where no node paused, or its input holds no conversation."""
+        self._node_runs: set[UUID] = set()  # the open chains that are LangGraph nodes (given their graph's state)
         self._tool_names: tuple[str, ...] | None = None  # of the tools offered at the run's last model call
         self._tools_offered: Any = None  # that call's tool list itself: a bound model passes the same list every call
         # where a graph runs inside a tool (an agent as a tool): the open chains' parents, and the open tool calls with
@@ -99,18 +106,26 @@ class RunCapture(BaseCallbackHandler):
             ):
                 self._subgraphs.add(running)
         self._chains[run_id] = (inputs, running)
+        node = (kwargs.get("metadata") or {}).get("langgraph_node")
+        if node is not None and kwargs.get("name") == node:
+            self._node_runs.add(run_id)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
         self._chains.pop(run_id, None)
+        self._node_runs.discard(run_id)
         if run_id == self._graph_run:
             self.graph_output = outputs
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
-        self._chains.pop(run_id, None)
+        given = self._chains.pop(run_id, None)
         if is_interrupt(error):
+            if run_id in self._node_runs and not self.interrupted:
+                # the node that paused (the first to raise it: a subgraph's node before the subgraph's node in its parent)
+                self.awaits_calls = awaits_calls(given[0] if given is not None else None)
             self.interrupted = True
+        self._node_runs.discard(run_id)
 
     def _elsewhere(self) -> bool:
         """Whether a model or tool call made now belongs to another recorder's run, which stores it (its app, store and
@@ -224,6 +239,8 @@ class RunCapture(BaseCallbackHandler):
         if is_interrupt(error):  # interrupt() in the tool: it has not finished (it runs again when the thread resumes)
             self._open.pop(run_id, None)
             self._end_tool(run_id)
+            if not self.interrupted:
+                self.awaits_calls = True  # paused in one of the calls: it and its parallel calls await it
             self.interrupted = True
             return
         if is_cancellation(error):  # cancelled with the run: no result, and the model never saw one (no observation)
@@ -374,6 +391,23 @@ class RunCapture(BaseCallbackHandler):
         span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))
 
 
+def awaits_calls(state: Any) -> bool | None:
+    """Whether a graph state's conversation ends on tool calls that not all have their tool message (the calls of its
+    last assistant message, after which only tool messages come): a run paused there waits on those calls, and has no
+    answer. ``None`` for a state without a conversation."""
+    messages = state_messages(state)
+    if not messages:
+        return None
+    tail = 0
+    while tail < len(messages) and getattr(messages[-1 - tail], "type", None) == "tool":
+        tail += 1
+    if tail == len(messages):
+        return None
+    calls = getattr(messages[-1 - tail], "tool_calls", None) or ()
+    answered = {getattr(m, "tool_call_id", None) for m in messages[len(messages) - tail :]}
+    return len(calls) > tail or any(isinstance(c, Mapping) and c.get("id") and c["id"] not in answered for c in calls)
+
+
 def is_interrupt(exc: BaseException) -> bool:
     """Whether ``exc`` is LangGraph's way of pausing a run for a human (``interrupt()``)."""
     return type(exc).__name__ in ("GraphInterrupt", "NodeInterrupt", "Interrupt")
@@ -449,6 +483,8 @@ class RunRecord:
     the first time each is used; later runs send only the number (see ``ProcessOffload.send``)."""
     reason: str | None = None
     """Why an ``interrupted`` run stopped, when nobody paused it (:func:`cancelled_reason`); ``None`` for a pause."""
+    awaits_calls: bool | None = None
+    """Whether a paused run paused on tool calls (:attr:`RunCapture.awaits_calls`); ``None`` where no node said."""
 
 
 def root_attributes(recorder: Recorder, trajectory_id: str, thread_id: Any) -> dict[str, Any]:
@@ -479,6 +515,11 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         attrs.update(encoder.graph_input_attributes(record.graph_input, fragments))
         if resumes_from_checkpoint(record.graph_input):
             attrs[sc.EE_RESUMED] = True
+        if record.status == "interrupted" and record.reason is None:
+            # a pause: where no node said (a breakpoint), the state the graph stopped in tells
+            awaiting = record.awaits_calls if record.awaits_calls is not None else awaits_calls(record.output)
+            if awaiting is not None:
+                attrs[sc.EE_AWAITS_CALLS] = awaiting
         attrs.update(encoder.graph_output_attributes(record.output, fragments, paused=record.status == "interrupted"))
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)

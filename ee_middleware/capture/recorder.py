@@ -478,12 +478,24 @@ class _Run:
                 self.environment,
                 calls,
                 reason=reason,
+                awaits_calls=handler.awaits_calls,
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
                 recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_span_failure))
         else:
             record = RunRecord(
-                self.trajectory_id, 0, 0, self.thread_id, status, error, self.input, output, self.environment, [], reason=reason
+                self.trajectory_id,
+                0,
+                0,
+                self.thread_id,
+                status,
+                error,
+                self.input,
+                output,
+                self.environment,
+                [],
+                reason=reason,
+                awaits_calls=handler.awaits_calls,
             )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))

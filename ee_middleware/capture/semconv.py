@@ -59,6 +59,11 @@ answered for the tool: ``ToolCallLimitMiddleware``, a guardrail). Positions, not
 EE_RESUMED = "ee.langgraph.resumed"
 """Set (true) on a run's root span when the graph was invoked to continue from its checkpoint (``Command(...)`` or
 ``None`` as its input: resuming after a human review, a breakpoint or ``interrupt()``), not on new input."""
+EE_AWAITS_CALLS = "ee.langgraph.awaits_calls"
+"""Set on a paused run's root span (``interrupted``, no :data:`EE_STATUS_REASON`): whether it paused on tool calls
+(``interrupt()`` in a tool, or in a node whose state ends on calls without their tool messages: a review of them), and
+so has no answer (true); false where the state it paused in does not (a review node after the model answered, with a
+structured-output call between). Absent where capture could not tell (another instrumentation's spans do not say)."""
 EE_NESTED_IN = "ee.langgraph.nested_in"
 """Set on the model and tool spans of a graph run inside a tool of the recorded run (an agent used as a tool: its nodes
 run in another checkpoint namespace than the tool's): the key of that tool call (:data:`EE_NESTED_RUN` on its span).

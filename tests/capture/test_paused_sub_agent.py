@@ -18,6 +18,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
+from pydantic import BaseModel
 
 from ee_middleware import record_experience
 from ee_middleware.capture.assembler import AssemblyOptions, assemble
@@ -120,3 +121,76 @@ def test_a_run_paused_after_its_model_answered_keeps_the_answer(store_path: Any)
     agent.invoke({"messages": [("user", "Write to the customer")]}, {"configurable": {"thread_id": "r-1"}})
     [paused] = _recorded(agent, store_path)
     assert (paused.status, paused.final_answer) == ("interrupted", "draft reply")
+
+
+class Grade(BaseModel):
+    """Grade the draft."""
+
+    score: int
+
+
+@pytest.mark.parametrize("between", ["structured-output", "router", "structured-output-then-breakpoint"])
+def test_a_run_paused_for_review_after_a_tool_calling_grader_keeps_the_answer(
+    between: str, store_path: Any, tracer_provider: Any, span_exporter: Any
+) -> None:
+    """The model answers, a model call that answers by a tool call grades the answer (``with_structured_output``, tool
+    calling by default; or a router's ``bind_tools`` call the node reads itself), then a review node pauses. The state
+    ends on the answer and nothing awaits a tool, yet the grader's call, the last decision that acted, was taken for a
+    call awaiting review and the answer was dropped (final_answer None). The state the run paused in now tells."""
+    drafter = ScriptedChatModel(script=[AIMessage(content="draft reply")])
+    grader = ScriptedChatModel(model_name="grader", policy=lambda m, t: AIMessage(content="", tool_calls=[tool_call("Grade", score=4)]))
+
+    class State(MessagesState):
+        score: int
+
+    def grade(state: State) -> dict[str, Any]:
+        if between == "router":
+            reply = grader.bind_tools([Grade], tool_choice="Grade").invoke(state["messages"])
+            return {"score": reply.tool_calls[0]["args"]["score"]}
+        return {"score": grader.with_structured_output(Grade).invoke(state["messages"]).score}
+
+    def review(state: State) -> dict[str, Any]:
+        if between != "structured-output-then-breakpoint":
+            interrupt("send it?")
+        return {}
+
+    builder = StateGraph(State)
+    builder.add_node("draft", lambda state: {"messages": [drafter.invoke(state["messages"])]})
+    builder.add_node("grade", grade)
+    builder.add_node("review", review)
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "grade")
+    builder.add_edge("grade", "review")
+    builder.add_edge("review", END)
+    breakpoints = ["review"] if between.endswith("breakpoint") else None
+    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=breakpoints)
+    agent = record_experience(graph, app="support", store=store_path, tracer_provider=tracer_provider)
+    out = agent.invoke({"messages": [("user", "Write to the customer")]}, {"configurable": {"thread_id": "g-1"}})
+    assert out["messages"][-1].content == "draft reply" and out["score"] == 4
+    [paused] = _recorded(agent, store_path)
+    assert (paused.status, paused.final_answer) == ("interrupted", "draft reply")
+    assert [s.action.tool_call.name for s in paused.steps if s.action.tool_call is not None] == ["Grade"]
+
+    spans = [from_readable_span(s) for s in span_exporter.get_finished_spans()]
+    assert assemble(spans, AssemblyOptions(app="support")).final_answer == "draft reply"
+
+
+def test_a_breakpoint_before_the_tools_of_a_sub_agent_free_graph_has_no_answer(store_path: Any) -> None:
+    """A graph stopped at a breakpoint before its tools (``interrupt_before=["tools"]``) after an earlier model reply: its
+    state ends on the calls awaiting the tools, so the earlier reply is no answer (as when no node says where it paused)."""
+    model = ScriptedChatModel(
+        script=[AIMessage(content="Let me look."), AIMessage(content="", tool_calls=[tool_call("refund_reviewed", order_id="A-1")])]
+    )
+    builder = StateGraph(MessagesState)
+    builder.add_node("intro", lambda state: {"messages": [model.invoke(state["messages"])]})
+    builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+    builder.add_node("tools", lambda state: {})
+    builder.add_edge(START, "intro")
+    builder.add_edge("intro", "agent")
+    builder.add_edge("agent", "tools")
+    builder.add_edge("tools", END)
+    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["tools"])
+    agent = record_experience(graph, app="support", store=store_path)
+    agent.invoke({"messages": [("user", "Refund order A-1")]}, {"configurable": {"thread_id": "b-1"}})
+    [paused] = _recorded(agent, store_path)
+    assert (paused.status, paused.final_answer) == ("interrupted", None)
