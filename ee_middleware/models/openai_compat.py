@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelServerError
+from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
 
 API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
@@ -173,6 +173,9 @@ class OpenAIChatClient:
         """How many :meth:`complete` calls the server's first answer held fewer choices than ``n`` for."""
         self.extra_requests = 0
         """How many further requests were sent for the choices such first answers lacked."""
+        self.failed_requests = 0
+        """How many of those further requests failed (their :meth:`complete` call returned the answers it had)."""
+        self._warned_failed = False
 
     @property
     def url(self) -> str:
@@ -197,6 +200,8 @@ class OpenAIChatClient:
         A server that answers fewer (Ollama and llama-cpp-python ignore ``n``; llama-server refuses ``n`` > 1) is asked
         again for the rest, each further request with the next seed, in at most ``n`` requests in all; a
         :class:`FewerChoicesWarning` says so once per client, and :attr:`short_answers` / :attr:`extra_requests` count it.
+        A further request that fails (a server whose queue is full) ends the asking: the answers received come back,
+        fewer than ``n``, said once per client and counted in :attr:`failed_requests`.
         """
         first_n = 1 if self._one_choice_only else n
         try:
@@ -209,16 +214,24 @@ class OpenAIChatClient:
         choices = _choices_of(response)
         if choices is None:
             return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
-        first, requests = len(choices), 1
+        first, requests, failure = len(choices), 1, None
         while len(choices) < n and requests < n:
             seed = None if sampling.seed is None else sampling.seed + requests  # another sample, not the same one again
-            more = _choices_of(self._chat(messages, tools, 1 if self._one_choice_only else n - len(choices), replace(sampling, seed=seed)))
             requests += 1
+            try:
+                more = _choices_of(
+                    self._chat(messages, tools, 1 if self._one_choice_only else n - len(choices), replace(sampling, seed=seed))
+                )
+            except ModelError as exc:  # the answers in hand are kept: the caller counts (replay refills) the missing ones
+                failure = exc
+                break
             if not more:
                 break
             choices.extend(more[: n - len(choices)])
         if first < n:
             self._note_fewer(n, first, requests - 1)
+        if failure is not None:
+            self._note_failed(len(choices), n, failure)
         return [_choice(index, choice) for index, choice in enumerate(choices)]
 
     def _chat(self, messages: Sequence[Message], tools: Sequence[ToolSchema] | None, n: int, sampling: Sampling) -> Any:
@@ -247,6 +260,18 @@ class OpenAIChatClient:
             warnings.warn(
                 f"The server at {self.url} ({self.model!r}) does not give n answers per request: {how}; a call for n answers "
                 "can take up to n requests. (Said once per client; its short_answers and extra_requests count this.)",
+                FewerChoicesWarning,
+                stacklevel=3,
+            )
+
+    def _note_failed(self, got: int, n: int, failure: ModelError) -> None:
+        with _CLIENT_LOCK:
+            self.failed_requests += 1
+            warned, self._warned_failed = self._warned_failed, True
+        if not warned:
+            warnings.warn(
+                f"A further request to {self.url} ({self.model!r}) for the answers its first one lacked failed, so {got} "
+                f"answer(s) of the n={n} asked come back: {failure} (Said once per client; its failed_requests counts this.)",
                 FewerChoicesWarning,
                 stacklevel=3,
             )

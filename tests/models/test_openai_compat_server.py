@@ -425,3 +425,31 @@ def test_the_same_5xx_on_every_attempt_names_its_message_as_the_likely_cause(wai
     ):
         ask(url, retries=2)
     assert "likely cause" not in str(info.value) and "finished loading" in str(info.value), "different answers: an outage"
+
+
+def test_a_further_request_that_fails_keeps_the_answers_received(waits: list[float]) -> None:
+    """Ollama (it ignores n) with a full queue: its first answer comes back, the further requests for the rest get 503
+    "server busy". Before: complete() raised ModelServerError and dropped the answer in hand (in replay: the job
+    stopped, as for a server that is down)."""
+    busy = {"error": "server busy, please try again.  maximum pending requests exceeded"}
+    requests: list[int] = []
+
+    def first_then_busy(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        requests.append(body["n"])
+        if len(requests) == 1:
+            one_choice_per_request(handler, body)
+        else:
+            write_json(handler, busy, 503)
+
+    messages = [{"role": "user", "content": "hi"}]
+    with answering(first_then_busy) as (url, _):
+        client = OpenAIChatClient(url, "llama3.2", retries=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            choices = client.complete(messages, n=4, sampling=Sampling(seed=5))
+        client.close()
+    assert [choice.text for choice in choices] == ["sample for seed 5"], "the answer received is returned"
+    assert requests == [4, 3, 3, 3], "one further request, retried, then the asking ends"
+    assert (client.short_answers, client.extra_requests, client.failed_requests) == (1, 1, 1)
+    said = [str(w.message) for w in caught if issubclass(w.category, FewerChoicesWarning)]
+    assert any("1 answer(s) of the n=4 asked come back" in text and "server busy" in text for text in said), said
