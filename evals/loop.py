@@ -34,7 +34,8 @@ class LoopConfig:
     ``execute_tools``: false for single-turn categories scored on the calls alone (one answer per turn).
     ``parse_text_calls``: read calls from the text when a message has no structured ``tool_calls``.
     ``feed_back_parse_errors``: when an answer looks like a call but cannot be read, tell the model
-    (as a user message) and let it try again within the step budget, instead of ending the turn.
+    (as a user message) and let it try again within the step budget, instead of ending the turn; an answer cut off at
+    ``max_tokens`` while still reasoning is never fed back (it ends the turn, counted in ``cut_answers``).
     ``end_at_max_steps``: a turn cut at ``max_steps_per_turn`` ends the conversation (no later user turn
     is run), as BFCL's multi-turn runner force-quits an entry.
     ``whole_answers``: an answer holding a call that cannot be read holds no call at all (none of its
@@ -169,7 +170,10 @@ def _run_turn(
         turn.steps.append(step)
         conversation.messages.append(_assistant_message(step))
         if not step.calls:
-            if step.problems and config.feed_back_parse_errors:  # problems are kept only where the answer tried to call
+            # Problems are kept only where the answer tried to call. One cut off at max_tokens while still reasoning ends
+            # the turn, its problem kept for the reason: asked again, the model would be cut again, and the fix (more
+            # max_tokens) is the operator's, not the model's.
+            if step.problems and config.feed_back_parse_errors and choices[0].cut_while_reasoning() is None:
                 conversation.messages.append({"role": "user", "content": PARSE_ERROR_PROMPT.format(problem=step.problems[0])})
                 continue
             turn.stopped = "answer"

@@ -37,6 +37,7 @@ from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import load_suite
 from ee_middleware.evals.tasks import EvalTask, TaskResult
+from ee_middleware.models.protocol import CUT_WHILE_REASONING
 
 RUN_FILE = "run.json"
 JOURNAL = "results.jsonl"
@@ -74,16 +75,21 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
 
 
 def _reason(result: TaskResult, limit: int = 2) -> str | None:
-    """The suite's reason, plus the calls the model tried that could not be read and the answers cut off at
-    ``max_tokens`` (else a failure would not say why)."""
+    """The suite's reason, plus the calls the model tried that could not be read, the answers cut off at ``max_tokens``
+    while still reasoning (they hold no call to read) and the other answers cut off at ``max_tokens`` (else a failure
+    would not say why)."""
     problems = result.conversation.problems
     cut = result.conversation.cut_answers
     if result.success or not (problems or cut):
         return result.reason
     notes = [result.reason] if result.reason else []
-    if problems:
-        listed = "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
-        notes.append(f"{len(problems)} call(s) the model tried could not be read, so they were never made ({listed})")
+    unread = [problem for problem in problems if CUT_WHILE_REASONING not in problem]
+    if unread:
+        listed = "; ".join(unread[:limit]) + (f"; and {len(unread) - limit} more" if len(unread) > limit else "")
+        notes.append(f"{len(unread)} call(s) the model tried could not be read, so they were never made ({listed})")
+    reasoning = [problem for problem in problems if CUT_WHILE_REASONING in problem]
+    if reasoning and reasoning[0] not in (result.reason or ""):
+        notes.append(f"{len(reasoning)} model answer(s) held no call and no text: {reasoning[0]}")
     if cut and not any("cut off at max_tokens" in problem for problem in problems):
         notes.append(f"{cut} model answer(s) were cut off at max_tokens (finish_reason 'length')")
     return "; ".join(notes) or None

@@ -42,7 +42,7 @@ from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask, TaskResult
 from ee_middleware.models.parsing import NOT_AN_OBJECT
-from ee_middleware.models.protocol import ChatClient
+from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient
 
 AST_CATEGORIES: dict[str, str] = {
     "simple": "simple_python",
@@ -305,6 +305,8 @@ def score_ast(task: EvalTask, conversation: Conversation) -> Verdict:
     if not calls and first is not None and first.problems:  # BFCL's decoder fails the whole answer (LoopConfig.whole_answers)
         if not first.from_text and all(NOT_AN_OBJECT in problem for problem in first.problems):  # decoded, but not {name: {...}}
             return Verdict(False, "ast_decoder:decoder_wrong_output_format", "a call's arguments are JSON but not an object")
+        if all(CUT_WHILE_REASONING in problem for problem in first.problems):  # it wrote no call: it never got that far
+            return Verdict(False, "ast_decoder:decoder_failed", f"the model made no function call: {first.problems[0]}")
         return Verdict(False, "ast_decoder:decoder_failed", "the answer holds a call that could not be read, so none of it counts")
     if not calls and first is not None and first.text:  # bfcl-eval's FC decoder fails on an answer that is text
         return Verdict(False, "ast_decoder:decoder_failed", "the model answered in text and made no function call")

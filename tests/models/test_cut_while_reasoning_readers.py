@@ -84,17 +84,21 @@ def reasoning_model(answer: Answer, *, parser: bool = False, draft: str = "") ->
 
 
 class _TextOnlyReasoningModel:
-    """A stand-in for a ``local:`` model (a text-only generator: ``Choice.from_text``) that thinks, then answers ``said``."""
+    """A stand-in for a ``local:`` model (a text-only generator: ``Choice.from_text``) that thinks, then answers ``said``
+    (or what ``said(messages)`` gives)."""
 
     model = "text-only-standin"
 
-    def __init__(self, said: str, draft: str = "") -> None:
+    def __init__(self, said: str | Answer, draft: str = "") -> None:
         self.said, self.draft = said, draft
+        self.requests = 0
 
     def complete(
         self, messages: Sequence[dict[str, Any]], *, tools: Any = None, n: int = 1, sampling: Sampling = Sampling()
     ) -> list[Choice]:
-        message, finish = _answer_within(_thinking(self.draft), self.said, sampling.max_tokens, parser=False)
+        self.requests += 1
+        said = self.said if isinstance(self.said, str) else self.said(list(messages))
+        message, finish = _answer_within(_thinking(self.draft), said, sampling.max_tokens, parser=False)
         return [Choice.from_text(message["content"], finish_reason=finish)]
 
     def describe(self) -> dict[str, Any]:
@@ -143,9 +147,81 @@ def test_a_bfcl_answer_cut_while_reasoning_says_so_and_names_max_tokens_scripted
         if max_tokens == 64:
             [step] = result.conversation.turns[0].steps
             assert step.problems == [CUT_AT_64] and not result.success
-            assert CUT_AT_64 in result_row(result, "m")["reason"]
+            # it wrote no call (a draft in its thinking is no call): the reason never says a call could not be read
+            assert result_row(result, "m")["reason"] == f"the model made no function call: {CUT_AT_64}"
         else:
             assert result.success, result.reason  # with the tokens it needs, the same model answers right
+
+
+def _calls_then_a_long_summary(task: Any) -> Answer:
+    """What a reasoning model answers on ``task``: the oracle's calls (``<tool_call>`` blocks), and after them a summary
+    longer than ``max_tokens`` 512 leaves room for, so that answer is cut off while the model still thinks."""
+    from ee_middleware.evals.clients import OracleClient
+
+    oracle = OracleClient().for_task(task)
+
+    def answer(messages: list[dict[str, Any]]) -> str:
+        message = oracle.complete(messages)[0].message
+        calls = [c["function"] for c in message.get("tool_calls") or []]
+        if not calls:
+            return "Here is what I did. " + "Each call went through and its result is shown above. " * 60
+        return "\n".join(
+            f"<tool_call>\n{json.dumps({'name': c['name'], 'arguments': json.loads(c['arguments'])})}\n</tool_call>" for c in calls
+        )
+
+    return answer
+
+
+@pytest.mark.parametrize("served", ["text-only model standin", "served without a parser", "served with a parser"])
+def test_a_bfcl_multi_turn_answer_cut_while_reasoning_ends_the_turn_and_is_never_fed_back_scripted_server(served: str) -> None:
+    """With feed_back_parse_errors (an [eval] key), a turn's closing answer cut off while still reasoning was fed back as a
+    call that could not be read ('Write the call again as valid JSON'), 20 times, and the entry force-quit: 0/30 where it
+    passed. Now it ends the turn as without feedback, counted as cut, its problem kept."""
+    from ee_middleware.evals.bfcl.suite import BFCLSuite
+    from ee_middleware.evals.loop import PARSE_ERROR_PROMPT, LoopConfig
+    from ee_middleware.evals.runner import result_row
+
+    suite = BFCLSuite("multi_turn_base")
+    task = suite.tasks()[0]
+    cut = "the answer was cut off at max_tokens while still reasoning: raise max_tokens (now 512)"
+    runs = {}
+    for feedback in (False, True):
+        config = LoopConfig(feed_back_parse_errors=feedback, max_tokens=512)
+        if served == "text-only model standin":
+            model = _TextOnlyReasoningModel(_calls_then_a_long_summary(task))
+            result, requests = suite.run(model, task, 0, config), model.requests
+        else:
+            with reasoning_model(_calls_then_a_long_summary(task), parser=served == "served with a parser") as (url, seen):
+                client = OpenAIChatClient(url, "m", retries=0)
+                result, requests = suite.run(client, task, 0, config), len(seen)
+                client.close()
+        runs[feedback] = (result, requests)
+        turns = result.conversation.turns
+        assert result.success, result_row(result, "m")["reason"]
+        assert [turn.stopped for turn in turns] == ["answer"] * len(task.turns)
+        assert [turn.steps[-1].problems for turn in turns] == [[cut]] * len(task.turns), "each closing answer's cause is kept"
+        assert result.conversation.cut_answers == len(task.turns)
+        prompt_start = PARSE_ERROR_PROMPT.split("(")[0]
+        assert not any(prompt_start in str(m.get("content")) for m in result.conversation.messages), "never fed back"
+    assert runs[True][1] == runs[False][1], "feedback asks for no more answers"
+
+
+def test_a_bfcl_entry_whose_every_answer_is_cut_while_reasoning_says_so_not_that_calls_could_not_be_read() -> None:
+    """Was: '4 call(s) the model tried could not be read, so they were never made (the answer was cut off ...)' for a
+    model that wrote no call; and with feed_back_parse_errors, 21 answers in its first turn and a force-quit."""
+    from ee_middleware.evals.bfcl.suite import BFCLSuite
+    from ee_middleware.evals.loop import LoopConfig
+    from ee_middleware.evals.runner import result_row
+
+    suite = BFCLSuite("multi_turn_base")
+    task = suite.tasks()[0]
+    model = _TextOnlyReasoningModel(_calls_then_a_long_summary(task))
+    result = suite.run(model, task, 0, LoopConfig(feed_back_parse_errors=True, max_tokens=64))
+    reason = result_row(result, "m")["reason"]
+    assert not result.success and result.error_type != "multi_turn:force_terminated"
+    assert model.requests == len(task.turns), "one answer per turn"
+    assert f"; {len(task.turns)} model answer(s) held no call and no text: {CUT_AT_64}" in reason
+    assert "could not be read" not in reason and "tried" not in reason
 
 
 @pytest.mark.parametrize("parser", [False, True], ids=["inline think", "reasoning parser"])
