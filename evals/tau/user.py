@@ -3,8 +3,9 @@
 It gets the task's instruction as its system prompt and the conversation so far with the roles
 swapped (the agent's replies are its "user" turns; tool calls and results are not shown: a customer
 does not see them), and writes the customer's next message. It ends the conversation by writing
-:data:`STOP`, or after ``max_turns`` messages; an answer without a message (empty, or cut off at ``max_tokens`` while
-still reasoning) fails the task with the reason, as a model that cannot answer does. The model is any
+:data:`STOP` or an empty answer, or after ``max_turns`` messages; an answer cut off at ``max_tokens`` while still
+reasoning, or one that holds no message at all (a response without choices), fails the task with the reason, as a model
+that cannot answer does. The model is any
 :mod:`ee_middleware.models` spec (``openai:BASE_URL#MODEL`` for an OpenAI-compatible endpoint), built with
 :func:`~ee_middleware.models.build_chat_client`.
 """
@@ -39,8 +40,8 @@ class SimulatedUser:
         self.max_turns = max_turns
         self.turns = 0
         self.error: str | None = None
-        """Set when the simulator's model failed or wrote no message (the conversation then ends, and the task fails with
-        this reason)."""
+        """Set when the simulator's model failed, gave no message or was cut off while still reasoning (the conversation
+        then ends, and the task fails with this reason)."""
 
     def next_turn(self, conversation: Conversation) -> list[Message] | None:
         if self.turns >= self.max_turns or conversation.error is not None:
@@ -51,9 +52,15 @@ class SimulatedUser:
             conversation.no_answer = gave_no_answer(exc)
             self.error = f"the user simulator's model could not answer: {exc}"
             return None
-        text = choices[0].text.strip() if choices else ""
-        if not text:  # not the customer being done (that is STOP): the task fails with the reason, never scored on half a talk
-            self.error = f"the user simulator's model wrote no message: {_why_no_text(choices, self.sampling.max_tokens)}"
+        why = _why_no_message(choices, self.sampling.max_tokens)
+        if why is not None:  # not the customer being done: the task fails with the reason, never scored on half a talk
+            self.error = f"the user simulator's model wrote no message: {why}"
+            return None
+        text = choices[0].text.strip()
+        if not text:
+            # The conversation ends, as with STOP; not the simulator's failure: when the agent's reply was empty (its own
+            # answer cut), the simulator's prompt ends on the customer's last line, and a server that continues a trailing
+            # assistant message (llama-server, LMDeploy) answers nothing.
             return None
         if STOP in text:
             return None
@@ -76,12 +83,12 @@ class SimulatedUser:
         return messages
 
 
-def _why_no_text(choices: list[Choice], max_tokens: int) -> str:
-    """Why the simulator's answer holds no message: no answer, none with a message, cut off while still reasoning (the
-    fix: more max_tokens), or an empty one."""
+def _why_no_message(choices: list[Choice], max_tokens: int) -> str | None:
+    """Why the simulator's answer is no message at all: no answer, none with a message, or cut off at ``max_tokens``
+    while still reasoning (the fix: more max_tokens); None for an answer with a message, an empty one included."""
     if not choices:
         return "the server returned no answer"
     choice = choices[0]
     if choice.problem is not None:
         return choice.problem
-    return choice.cut_while_reasoning(max_tokens) or f"its answer is empty (answer: {choice.raw[:200]!r}); it must write {STOP} to end"
+    return choice.cut_while_reasoning(max_tokens)

@@ -241,17 +241,51 @@ def test_a_user_simulator_cut_while_reasoning_fails_the_task_naming_max_tokens_s
     assert len(seen) == 1
 
 
-def test_a_user_simulator_that_writes_nothing_fails_the_task_instead_of_ending_it_scripted_server() -> None:
+def test_a_user_simulator_that_writes_nothing_ends_the_conversation_and_the_task_is_scored_scripted_server(serve: Any) -> None:
+    """The agent makes every right call and only its closing reply is cut off while it still thinks (text ""); the
+    simulator's prompt then ends on the customer's own line, and a server that continues a trailing assistant message
+    (llama-server, LMDeploy) answers nothing. Was: user_model_error ('its answer is empty ...; it must write ###STOP###'),
+    a finished task failed and blamed on the simulator; now the empty answer ends the conversation and the task is scored
+    on the database, as before 33f3bbc."""
     from ee_middleware.evals.clients import OracleClient
     from ee_middleware.evals.loop import LoopConfig
     from ee_middleware.evals.suites import SuiteSettings, load_suite
 
-    with reasoning_model(lambda messages: "") as (url, _):
-        suite = load_suite("tau:library:test:1", SuiteSettings(user_model=f"openai:{url}#customer"))
-        task = next(t for t in suite.tasks() if t.id == "renew-lichens")
-        result = suite.run(OracleClient(), task, 0, LoopConfig(max_tokens=1024))
-    assert result.error_type == "user_model_error" and "its answer is empty" in (result.reason or "")
-    assert "###STOP###" in (result.reason or ""), "the reason says how the simulator ends a conversation"
+    def customer(messages: list[dict[str, Any]]) -> str:
+        if len(messages) == 2:  # the system prompt and the agent's greeting
+            return "Hi, ada.okafor@example.org here. Please renew my lichen guide."
+        if messages[-1]["role"] == "assistant":  # the agent's reply was empty (left out): continues its own line, with nothing
+            return ""
+        return "Yes, please renew it." if "Shall I renew" in messages[-1]["content"] else "###STOP###"
+
+    def agent(task: Any) -> Answer:
+        oracle = OracleClient().for_task(task)
+
+        def answer(messages: list[dict[str, Any]]) -> str:
+            message = oracle.complete(messages)[0].message
+            calls = [c["function"] for c in message.get("tool_calls") or []]
+            if calls:
+                return "\n".join(
+                    f"<tool_call>\n{json.dumps({'name': c['name'], 'arguments': json.loads(c['arguments'])})}\n</tool_call>" for c in calls
+                )
+            if message["content"].startswith("Done"):  # its closing reply: longer than max_tokens leaves after its thinking
+                return "All done. " + "The renewal went through and the new due date is on your account. " * 30
+            return message["content"]
+
+        return answer
+
+    simulator = serve(customer)
+    suite = load_suite("tau:library:test:1", SuiteSettings(user_model=f"openai:{simulator.base_url}#customer"))
+    task = next(t for t in suite.tasks() if t.id == "renew-lichens")
+    with reasoning_model(agent(task)) as (url, _):
+        client = OpenAIChatClient(url, "m", retries=0)
+        result = suite.run(client, task, 0, LoopConfig(max_tokens=512))
+        client.close()
+    calls = [c["function"]["name"] for m in result.conversation.messages for c in m.get("tool_calls") or []]
+    assert calls == [name for name, _ in task.payload["actions"]], "the agent made every right call"
+    assert result.conversation.cut_answers == 1 and result.conversation.turns[-1].steps[-1].text == ""
+    assert simulator.requests[-1]["messages"][-1]["role"] == "assistant", "its prompt ended on the customer's own line"
+    assert (result.success, result.error_type, result.reason) == (True, None, None)
 
 
 def test_the_experience_model_cut_while_reasoning_says_so_and_names_its_max_tokens_scripted_server(bfcl_store_path: Path) -> None:
