@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ee_middleware.errors import ConfigError, ModelError
+from ee_middleware.errors import ConfigError, ModelError, ModelRequestError
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.messages import message_reasoning
-from ee_middleware.models.protocol import ChatClient, Sampling
+from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
@@ -53,7 +54,16 @@ SYNTHETIC_DROPPED = (
 
 JUDGE_MAX_TOKENS = 1024
 """The judge's ``max_tokens`` unless told otherwise (``ee curriculum run --judge-max-tokens``): its verdict is a short JSON
-object, but a reasoning judge (Qwen3, an R1 distill) thinks first, and one cut off while thinking gives no verdict."""
+object, but a reasoning judge (Qwen3, an R1 distill) thinks first, and one cut off while thinking gives no verdict. A
+server that refuses it for its context (vLLM ``--max-model-len 2048`` and the judge's prompt of up to ~2k tokens) is
+asked again with what the context leaves (:func:`judge`)."""
+
+JUDGE_MIN_TOKENS = 32
+"""The fewest tokens the judge is asked for when its context leaves less than ``max_tokens``: below, no verdict fits."""
+
+JUDGE_CONTEXT_BOUND = "its context left room for"
+"""In the reason of a judge cut off while still reasoning with fewer tokens than asked, its server's context being full:
+more ``max_tokens`` cannot help, a longer context can."""
 
 JUDGE_NO_VERDICT = "the judge gave no verdict"
 """The reason a rollout is dropped when the judge's answer holds no usable verdict; ``...: <why>`` when the answer was
@@ -104,11 +114,26 @@ def judge(
     client: ChatClient, instruction: str, conversation: Conversation, *, max_tokens: int = JUDGE_MAX_TOKENS
 ) -> tuple[float | None, str]:
     """The judge's reward (``None`` when its answer has no usable verdict) and its reasoning or the problem
-    (:data:`JUDGE_NO_VERDICT`, with the cause when it was cut off at ``max_tokens`` while still reasoning)."""
+    (:data:`JUDGE_NO_VERDICT`, with the cause when it was cut off at ``max_tokens`` while still reasoning).
+
+    A server that refuses the request because the prompt and ``max_tokens`` exceed the model's context is asked again
+    with fewer tokens (:func:`context_budget`), never fewer than :data:`JUDGE_MIN_TOKENS`; a refusal that leaves no
+    such room raises, as any other refusal does (:class:`~ee_middleware.errors.ModelRequestError`)."""
     shown = json.dumps(conversation.messages, ensure_ascii=False)[-6000:]
     messages = [{"role": "system", "content": JUDGE_PROMPT}, {"role": "user", "content": f"Task: {instruction}\n\nConversation:\n{shown}"}]
-    choices = client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=max_tokens))
-    if choices and (cut := choices[0].cut_while_reasoning(max_tokens)) is not None:
+    budget = max_tokens
+    while True:
+        try:
+            choices = client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=budget))
+            break
+        except ModelRequestError as exc:
+            fitted = context_budget(exc.refusal, budget)
+            if fitted is None or fitted < JUDGE_MIN_TOKENS:
+                raise
+            budget = fitted
+    if choices and (cut := choices[0].cut_while_reasoning(budget)) is not None:
+        if budget < max_tokens:
+            cut = f"{CUT_WHILE_REASONING}: {JUDGE_CONTEXT_BOUND} {budget} of its {max_tokens} max_tokens after the prompt: serve it with a longer context"
         return None, f"{JUDGE_NO_VERDICT}: {cut}"
     text = choices[0].text if choices and choices[0].problem is None else ""
     decoder = json.JSONDecoder()
@@ -121,6 +146,42 @@ def judge(
         if isinstance(reward, (int, float)) and not isinstance(reward, bool) and 0.0 <= reward <= 1.0:  # (NaN fails both)
             return float(reward), str(data.get("reasoning") or "")
     return None, JUDGE_NO_VERDICT
+
+
+_CONTEXT_LENGTH = re.compile(r"maximum context length (?:is|of) (\d+)|`inputs` tokens \+ `max_new_tokens` must be <= (\d+)", re.IGNORECASE)
+# The prompt's length as the server counted it: vLLM up to 0.10.1, OpenAI and ee serve local ("(1816 in the messages,"),
+# vLLM 0.10.2 to 0.17 ("your request has 1816 input tokens"), later vLLM when it counted the whole prompt ("your prompt
+# contains 1816 input tokens", not "at least"), SGLang ("1816 tokens from the input messages"), TGI ("Given: 1816 `inputs`
+# tokens").
+_PROMPT_LENGTH = re.compile(
+    r"\((\d+) in the messages|your request has (\d+) input tokens|your prompt contains (\d+) input tokens"
+    r"|(\d+) tokens from the input messages|Given: (\d+) `inputs` tokens",
+    re.IGNORECASE,
+)
+
+
+_CONTEXT_WORDS = re.compile(r"context[_ ]length|context window|prompt is too long", re.IGNORECASE)
+
+
+def is_context_refusal(text: str) -> bool:
+    """Whether ``text`` (a server's refusal) says the prompt and ``max_tokens`` exceed the model's context."""
+    return _CONTEXT_LENGTH.search(text) is not None or _CONTEXT_WORDS.search(text) is not None
+
+
+def context_budget(refusal: str, asked: int) -> int | None:
+    """A ``max_tokens`` below ``asked`` that the server's context may take, after it refused ``asked`` with ``refusal``;
+    None when the refusal is not about the context, or leaves no room.
+
+    Where the server says how long the prompt is, its context less that; where it gives only a bound (vLLM 0.18 and later:
+    "your prompt contains at least N - max_tokens + 1 input tokens", its count stopped at what could fit), half of
+    ``asked``: a refusal costs the server no generation, only the prompt's tokenization."""
+    context = _CONTEXT_LENGTH.search(refusal)
+    if context is None:
+        return None
+    prompt = _PROMPT_LENGTH.search(refusal)
+    length = int(context.group(1) or context.group(2))
+    budget = asked // 2 if prompt is None else length - int(next(g for g in prompt.groups() if g))
+    return budget if 0 < budget < asked else None
 
 
 class _Recording:

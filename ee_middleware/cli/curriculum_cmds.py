@@ -140,7 +140,10 @@ def run_cmd(
         1024,  # evals.curriculum.JUDGE_MAX_TOKENS (not imported here: the CLI imports evals lazily)
         "--judge-max-tokens",
         min=1,
-        help="Tokens the judge may write per verdict, its reasoning included (a reasoning judge cut off while thinking gives none).",
+        help=(
+            "Tokens the judge may write per verdict, its reasoning included (a reasoning judge cut off while thinking gives "
+            "none); fewer where its server refuses them as more than the model's context leaves after the prompt."
+        ),
     ),
     store: str = StoreOption,
     k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
@@ -156,7 +159,15 @@ def run_cmd(
     import functools
     import importlib
 
-    from ee_middleware.evals.curriculum import JUDGE_FAILED, JUDGE_NO_VERDICT, SYNTHETIC_DROPPED, read_tasks, run_curriculum
+    from ee_middleware.evals.curriculum import (
+        JUDGE_CONTEXT_BOUND,
+        JUDGE_FAILED,
+        JUDGE_NO_VERDICT,
+        SYNTHETIC_DROPPED,
+        is_context_refusal,
+        read_tasks,
+        run_curriculum,
+    )
     from ee_middleware.models.protocol import CUT_WHILE_REASONING
     from ee_middleware.models.spec import build_chat_client, endpoint_problem
     from ee_middleware.replay.sandboxes.registry import build_sandbox
@@ -197,19 +208,35 @@ def run_cmd(
     no_verdicts = {r: n for r, n in result.dropped.items() if r == JUDGE_NO_VERDICT or r.startswith(f"{JUDGE_NO_VERDICT}: ")}
     no_verdict = sum(no_verdicts.values())
     cut = sum(n for r, n in no_verdicts.items() if CUT_WHILE_REASONING in r)
-    judge_failed = sum(count for reason, count in result.dropped.items() if reason.startswith(f"{JUDGE_FAILED}: "))
+    context_bound = sum(n for r, n in no_verdicts.items() if JUDGE_CONTEXT_BOUND in r)
+    failures = {reason: count for reason, count in result.dropped.items() if reason.startswith(f"{JUDGE_FAILED}: ")}
+    judge_failed = sum(failures.values())
+    too_long = sum(count for reason, count in failures.items() if is_context_refusal(reason))
     problem = None
     if result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
         problem = f"no rollout was kept from the sandbox {sandbox}: {SYNTHETIC_DROPPED}."
+    elif too_long and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
+        problem = (
+            f"the judge {judge} failed on every one of the {judge_failed} rollout(s) it was shown (see 'dropped'): on {too_long} "
+            "of them its server refused the request as longer than the model's context (the prompt and the tokens for the "
+            f"verdict). Lower --judge-max-tokens (now {judge_max_tokens}), or serve the judge with a longer context (its "
+            "prompt holds the task and up to 6000 characters of the conversation)."
+        )
     elif judge_failed and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
         problem = (
             f"the judge {judge} failed on every one of the {judge_failed} rollout(s) it was shown (see 'dropped'): check that "
             "its server is up and answers in time, or pass another --judge."
         )
     elif cut and not result.kept and not result.dropped.get("judged unsuccessful"):
+        fix = (
+            "Serve the judge with a longer context: after the prompt, its context left fewer tokens than --judge-max-tokens "
+            f"(now {judge_max_tokens})."
+            if context_bound == cut
+            else f"Raise --judge-max-tokens (now {judge_max_tokens})."
+        )
         problem = (
             f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: on {cut} of them it was cut "
-            f"off at max_tokens while still reasoning. Raise --judge-max-tokens (now {judge_max_tokens})."
+            f"off at max_tokens while still reasoning. {fix}"
         )
     elif no_verdict and not result.kept and not result.dropped.get("judged unsuccessful"):
         problem = (
