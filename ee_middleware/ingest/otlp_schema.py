@@ -61,7 +61,10 @@ def _int64(value: Any) -> Any:
 
 
 def _uint32(value: Any) -> Any:
-    """A count (``uint32``): a JSON number, or a decimal string as some encoders write every integer."""
+    """A count (``uint32``): a JSON number, or a decimal string as some encoders write every integer; ``null`` (an absent
+    count, as converters and hand-written exporters write one) is 0, as protobuf's JSON parsers read it."""
+    if value is None:
+        return 0
     if isinstance(value, bool):
         raise ValueError("must be a count, got a boolean")
     if isinstance(value, str):

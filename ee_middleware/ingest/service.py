@@ -27,7 +27,7 @@ from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
 from ee_middleware.errors import IngestError
-from ee_middleware.ingest.dialects import adapt, run_problem
+from ee_middleware.ingest.dialects import _CHOICE, _DETAILS, _LEGACY, _MESSAGE_EVENTS, adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
 from ee_middleware.ingest.otlp_schema import Dropped
@@ -859,41 +859,88 @@ OpenTelemetry SDK setting that raises the limit (128 by default)."""
 
 
 def _dropped_problem(trace_id: str, run: list[SpanData], dropped: Mapping[tuple[str, str], Dropped]) -> tuple[str | None, list[str]]:
-    """Whether ``run`` holds spans its SDK exported cut to its span limits (``dropped``): a problem for a model or tool
-    span (the run is skipped: the history, tool result or error read from it is known to be incomplete, and
-    instrumentations that flatten messages into indexed attributes exceed the default limit of 128 attributes at about 60
-    messages), and a note for any other span of the run (its decisions are whole; a thread or task read from it may not
-    be)."""
+    """Whether ``run`` holds spans its SDK exported cut to its span limits (``dropped``) where what was cut is what
+    ingest reads from them (:func:`_lost`): a problem for a model or tool span (the run is skipped: the history, tool
+    result or error read from it is known to be incomplete, and instrumentations that flatten messages into indexed
+    attributes exceed the default limit of 128 attributes at about 60 messages), and a note for any other span of the
+    run (its decisions are whole; a thread, task or error read from it may not be). Events ingest does not read (one per
+    streamed chunk, as OpenLLMetry's OpenAI instrumentation adds them) may be dropped without either."""
     if not dropped:
         return None, []
-    cut = [(span, d) for span in run if (d := dropped.get((span.trace_id, span.span_id)))]
+    cut = [(span, lost) for span in run if (d := dropped.get((span.trace_id, span.span_id))) and (lost := _lost(span, d))]
     if not cut:
         return None, []
     decisive = [(span, d) for span, d in cut if _decision_span(span)]
     if decisive:
         span, d = decisive[0]
         tool = operation_of(span.attributes) == sc.OP_EXECUTE_TOOL
-        lost = (
-            "the tool's arguments, result or error read from it may be missing"
-            if tool
-            else "the messages read from it may lack some (the Python SDK drops the oldest attributes: a history's system "
-            "prompt and first messages where they are indexed attributes; other SDKs drop the newest: the last messages "
-            "and the reply)"
-        )
         more = f" (and {len(decisive) - 1} more model or tool span(s) of the run)" if len(decisive) > 1 else ""
         return (
             f"Trace {trace_id}: run {run[0].name!r} is incomplete: its {'tool' if tool else 'model'} span {span.name!r} "
-            f"({span.span_id}) was exported with {_dropped_text(d)}{more}, so {lost}; "
+            f"({span.span_id}) was exported with {_dropped_text(d)}{more}, so {_lost_text(d, tool)}; "
             f"raise {_limits_text(d)} where the app runs (the default is 128) so that later runs are exported whole; "
             "run skipped rather than stored with a history known to be incomplete."
         ), []
     notes = [
         f"Trace {trace_id}: run {run[0].name!r}: its span {span.name!r} ({span.span_id}) was exported with {_dropped_text(d)}; "
-        f"it is no model or tool span, so the run's decisions are whole, but what is read from it (a thread, a task) may "
-        f"be missing: raise {_limits_text(d)} where the app runs (the default is 128) so that later runs are exported whole."
+        f"it is no model or tool span, so the run's decisions are whole, but what is read from it "
+        f"({'a thread, a task' if d.attributes else 'an error'}{', an error' if d.attributes and (d.events or d.event_attributes) else ''}) "
+        f"may be missing: raise {_limits_text(d)} where the app runs (the default is 128) so that later runs are exported whole."
         for span, d in cut
     ]
     return None, notes
+
+
+_READ_EVENTS = frozenset({*_MESSAGE_EVENTS, _CHOICE, _DETAILS, *_LEGACY, "gen_ai.tool.message", "exception"})
+"""The span events ingest reads (:mod:`~ee_middleware.ingest.dialects`): the GenAI conventions' message events (the
+event form of a model span's history and reply), their older ``gen_ai.content.*`` and the inference details event, a
+tool span's message and result events (Strands), and ``exception`` (an error, an interrupt)."""
+
+
+def _lost(span: SpanData, dropped: Dropped) -> Dropped:
+    """What of ``dropped`` (cut from ``span`` by its SDK's span limits) is what ingest reads from the span: its attributes
+    (messages in attribute form, a tool's result, the model, a thread), and its events only where it reads some there
+    (:func:`_reads_events`). Others are no loss: OpenLLMetry's OpenAI instrumentation adds an event per streamed chunk, so
+    a reply of more than 128 chunks is exported with ``droppedEventsCount`` though its messages are attributes."""
+    if (dropped.events or dropped.event_attributes) and not _reads_events(span):
+        return dropped._replace(events=0, event_attributes=0)
+    return dropped
+
+
+def _reads_events(span: SpanData) -> bool:
+    """Whether ingest reads (or would have read) part of ``span`` from its events: it holds an event ingest reads
+    (:data:`_READ_EVENTS`), or it is a model span without the history, or an answer it should have (not an error), in
+    attributes or events (all of them may be among those dropped), or a tool span without a result."""
+    if any(name in _READ_EVENTS for name, _ in span.events):
+        return True
+    operation = operation_of(span.attributes)
+    if operation in sc.MODEL_OPERATIONS:
+        attrs = normalize(span).attributes
+        return attrs.get(sc.INPUT_MESSAGES) in (None, "") or (attrs.get(sc.OUTPUT_MESSAGES) in (None, "") and not span.is_error)
+    if operation == sc.OP_EXECUTE_TOOL:
+        return normalize(span).attributes.get(sc.TOOL_CALL_RESULT) is None
+    return False
+
+
+def _lost_text(dropped: Dropped, tool: bool) -> str:
+    """What may be missing from a model or tool span that lost ``dropped`` (all of it read by ingest: :func:`_lost`)."""
+    if tool:
+        return "the tool's arguments, result or error read from it may be missing"
+    parts = []
+    if dropped.attributes:
+        parts.append(
+            "the messages read from its attributes may lack some (the Python SDK drops the oldest attributes: a history's "
+            "system prompt and first messages where they are indexed attributes; other SDKs drop the newest: the last "
+            "messages and the reply)"
+        )
+    if dropped.events:
+        parts.append(
+            "the messages read from its events (one per message) may lack some (the Python SDK drops the oldest events: "
+            "a history's system prompt and first messages; other SDKs drop the newest: the last messages and the reply)"
+        )
+    if dropped.event_attributes:
+        parts.append("the messages read from its events may lack some of their fields (a message's content or tool calls)")
+    return ", and ".join(parts)
 
 
 def _decision_span(span: SpanData) -> bool:

@@ -4,10 +4,12 @@ Instrumentations that flatten every message into indexed attributes (OpenInferen
 OpenLLMetry's ``gen_ai.prompt.N.*``) pass the SDKs' default limit of 128 attributes per span at about 60 messages; the
 Python SDK then evicts the oldest attributes (the system prompt and the task), other SDKs drop the newest (the last
 messages and the reply), and the exporter counts what went in the span's ``dropped*Count``. Such a history is known to
-be incomplete: ingest says so, naming the span and the setting to raise, and does not store it as if it were whole."""
+be incomplete: ingest says so, naming the span and the setting to raise, and does not store it as if it were whole.
+Events ingest never reads (OpenLLMetry's one per streamed chunk) are no loss: only what it reads from a span counts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ import pytest
 from ee_middleware.ingest import ingest_files
 from ee_middleware.store import LocalExperienceStore
 from tests.ingest.otlp_builders import GENAI_FILE, _request, _span, _write
+from tests.ingest.test_dialects import _event_form_run
 
 TRACE = "9" * 32
+OPENLLMETRY = Path(__file__).parent / "fixtures" / "openllmetry_langgraph.jsonl"
 
 
 def _long_openinference_run(dropped: int) -> list[dict[str, Any]]:
@@ -70,14 +74,85 @@ def test_the_same_run_exported_whole_is_stored(tmp_path: Path) -> None:
 
 def test_message_events_dropped_by_the_event_limit_are_reported(tmp_path: Path) -> None:
     """The GenAI conventions' event form holds one event per message: a span over the event limit (128) lost some."""
-    spans = [dict(span) for span in GENAI_FILE]
+    spans = _event_form_run()
     spans[3]["droppedEventsCount"] = 7
     report = ingest_files([_write(tmp_path / "events.jsonl", _request(spans))], LocalExperienceStore(tmp_path / "s"))
     assert (report.problems, report.ingested) == (1, []), report.errors
     (problem,) = report.errors
-    assert "its model span 'chat gpt-x' (a000000000000004)" in problem
+    assert "its model span 'chat gpt-4o' (d000000000000004)" in problem
     assert "7 event(s) dropped (OTLP droppedEventsCount)" in problem and "OTEL_SPAN_EVENT_COUNT_LIMIT" in problem
-    assert "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT" not in problem, "only the limit that cut the span is named"
+    assert "the messages read from its events (one per message) may lack some" in problem
+    assert "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT" not in problem and "attributes" not in problem, "only the limit that cut the span is named"
+
+
+def test_a_model_span_whose_message_events_were_all_dropped_is_reported(tmp_path: Path) -> None:
+    """Nothing is left to show the event form (every message event dropped): the span has no messages at all, so what
+    was dropped is what ingest would have read."""
+    spans = _event_form_run()
+    spans[3]["events"] = [{"name": "gen_ai.content.completion.chunk", "timeUnixNano": "1700000000005000000"}] * 3
+    spans[3]["droppedEventsCount"] = 5
+    report = ingest_files([_write(tmp_path / "events.jsonl", _request(spans))], LocalExperienceStore(tmp_path / "s"))
+    assert (report.problems, report.ingested) == (1, []), report.errors
+    assert "5 event(s) dropped (OTLP droppedEventsCount)" in report.errors[0] and "OTEL_SPAN_EVENT_COUNT_LIMIT" in report.errors[0]
+
+
+def _streamed(chunks: int, dropped: int) -> list[str]:
+    """The real OpenLLMetry LangGraph fixture with each model span's reply streamed as OpenLLMetry's OpenAI
+    instrumentation (``opentelemetry-instrumentation-openai``, not installed here: its events are written as it writes
+    them) records it: one ``gen_ai.content.completion.chunk`` event per chunk, of which the SDK's event limit kept
+    ``chunks`` and dropped ``dropped``; the messages stay the span's attributes."""
+    out = []
+    for line in OPENLLMETRY.read_text().splitlines():
+        request = json.loads(line)
+        for resource in request["resourceSpans"]:
+            for scope in resource["scopeSpans"]:
+                for span in scope["spans"]:
+                    if span["name"].endswith(".chat"):
+                        at = span["startTimeUnixNano"]
+                        span["events"] = [{"name": "gen_ai.content.completion.chunk", "timeUnixNano": at} for _ in range(chunks)]
+                        span["droppedEventsCount"] = dropped
+        out.append(json.dumps(request))
+    return out
+
+
+def test_streamed_chunk_events_dropped_by_the_event_limit_lose_nothing_ingest_reads(tmp_path: Path) -> None:
+    """Defect (56d49b6): a streamed reply of more than 128 chunks is exported with droppedEventsCount > 0, and every
+    such OpenLLMetry run was skipped (exit 1) with a problem blaming evicted attributes and telling the user to raise
+    OTEL_SPAN_EVENT_COUNT_LIMIT past the longest reply, though ingest reads OpenLLMetry's messages from attributes and
+    never reads the chunk events. Now the runs are stored as when nothing was dropped, with no problem and no note."""
+    whole = LocalExperienceStore(tmp_path / "whole")
+    ingest_files([OPENLLMETRY], whole)
+    path = tmp_path / "streamed.jsonl"
+    path.write_text("\n".join(_streamed(chunks=128, dropped=95)) + "\n")
+    store = LocalExperienceStore(tmp_path / "store")
+    report = ingest_files([path], store)
+    assert (report.problems, report.notes) == (0, []), report.errors
+    expected = sorted((t.id, t.num_steps, t.final_answer) for t in whole.iter_trajectories())
+    assert len(expected) == 2 and sorted((t.id, t.num_steps, t.final_answer) for t in store.iter_trajectories()) == expected
+
+
+def test_a_span_cut_in_attributes_and_unread_events_names_the_attribute_limit_only(tmp_path: Path) -> None:
+    """The setting named is the one for what ingest lost: the attributes, not the chunk events it never reads."""
+    spans = _long_openinference_run(dropped=4)
+    spans[1]["events"] = [{"name": "gen_ai.content.completion.chunk", "timeUnixNano": spans[1]["startTimeUnixNano"]}] * 128
+    spans[1]["droppedEventsCount"] = 40
+    report = ingest_files([_write(tmp_path / "cut.jsonl", _request(spans))], LocalExperienceStore(tmp_path / "s"))
+    assert (report.problems, report.ingested) == (1, []), report.errors
+    (problem,) = report.errors
+    assert "4 attribute(s) dropped (OTLP droppedAttributesCount)" in problem and "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT" in problem
+    assert "event" not in problem
+
+
+@pytest.mark.parametrize("field", ["droppedAttributesCount", "droppedEventsCount"])
+def test_a_null_count_is_read_as_none_dropped(tmp_path: Path, field: str) -> None:
+    """Defect (56d49b6): ``"droppedEventsCount": null`` (an absent count, as converters write it) was a shape problem
+    that rejected the span and skipped its run; protobuf's JSON mapping reads null as the default, 0."""
+    spans = [dict(span) for span in GENAI_FILE]
+    for span in spans:
+        span[field] = None
+    spans[0]["events"] = [{"name": "exception", "attributes": [], "droppedAttributesCount": None}]
+    report = ingest_files([_write(tmp_path / "null.jsonl", _request(spans))], LocalExperienceStore(tmp_path / "s"))
+    assert (report.problems, len(report.ingested), report.notes) == (0, 1, []), report.errors
 
 
 def test_a_tool_span_cut_by_its_limits_is_reported(tmp_path: Path) -> None:
