@@ -91,4 +91,6 @@ def _why_no_message(choices: list[Choice], max_tokens: int) -> str | None:
     choice = choices[0]
     if choice.problem is not None:
         return choice.problem
-    return choice.cut_while_reasoning(max_tokens)
+    cut = choice.cut_while_reasoning(max_tokens)
+    # the fix's flag, and what else it moves: the simulator has no max_tokens of its own
+    return f"{cut}; the simulator is asked with the eval's --max-tokens, the agent's limit too" if cut else None

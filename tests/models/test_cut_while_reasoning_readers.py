@@ -236,7 +236,10 @@ def test_a_user_simulator_cut_while_reasoning_fails_the_task_naming_max_tokens_s
         task = next(t for t in suite.tasks() if t.id == "renew-lichens")
         result = suite.run(OracleClient(), task, 0, LoopConfig(max_tokens=64))
     assert (result.success, result.error_type) == (False, "user_model_error")
-    assert result.reason == f"the user simulator's model wrote no message: {CUT_AT_64}"
+    assert result.reason == (
+        f"the user simulator's model wrote no message: {CUT_AT_64}; the simulator is asked with the eval's --max-tokens, "
+        "the agent's limit too"
+    ), "the flag to raise, and that it is the agent's budget as well"
     assert [m["role"] for m in result.conversation.messages if m["role"] != "system"] == [], "no turn was run on nothing"
     assert len(seen) == 1
 
