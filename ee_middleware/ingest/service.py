@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +37,7 @@ from ee_middleware.records import Approval, Observation, Step, Trajectory, tool_
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import StoreSpec, open_store
+from ee_middleware.store.rows import trajectory_from_rows
 
 MAX_LISTED_PROBLEMS = 200
 MAX_LISTED_PER_FILE = 20
@@ -127,11 +128,15 @@ class _Target:
         app: str | None,
         redactor: Redactor | None,
         dropped: Mapping[tuple[str, str], Dropped] | None = None,
+        traces: Collection[str] | None = None,
     ) -> None:
         self._spec, self._app, self._redactor = store, app, redactor
         self.dropped: Mapping[tuple[str, str], Dropped] = dropped or {}
         """What the SDK dropped from a span to keep within its span limits, by (trace id, span id) (see
         :func:`_dropped_problem`)."""
+        self._traces = traces
+        """The ids of the traces read now (``None``: not known): only their stored trajectories may be versions of a run
+        read now (:meth:`in_trace`), so only their steps are read (:attr:`_stored_steps`)."""
 
     def assemble(self, trace_id: str, run: list[SpanData], report: IngestReport, *, nested: bool = False) -> Trajectory | None:
         """``run`` as a trajectory redacted with the store's rules, or ``None`` (the problem reported).
@@ -219,14 +224,31 @@ class _Target:
 
     @cached_property
     def _stored_steps(self) -> tuple[pl.DataFrame, dict[str, list[int]]]:
-        """The stored steps' columns that tell decisions apart, with their row numbers by trajectory id (read once, the
-        first time a run read now has a stored version)."""
-        columns = ["trajectory_id", "state_json", "action_kind", "tool_call_id", "tool_name", "arguments_json", "content"]
-        steps = self.store.steps().select(columns)
+        """The steps of the trajectories stored in the traces read now, with their row numbers by trajectory id: read once
+        per ingest, the first time a run read now has a stored version (for its decisions, and to merge it: a store read
+        per version made an ingest that merged K runs read the whole store K more times)."""
+        if self._traces is None:
+            ids = None
+        else:
+            column = self.stored["id"]
+            ids = [column[i] for trace_id in self._traces for i in self._rows_by_trace.get(trace_id, ())]
+        steps = self.store.steps(ids)
         by_id: dict[str, list[int]] = defaultdict(list)
         for index, trajectory_id in enumerate(steps["trajectory_id"].to_list()):
             by_id[trajectory_id].append(index)
         return steps, by_id
+
+    @cached_property
+    def _stored_index(self) -> dict[str, int]:
+        return {trajectory_id: index for index, trajectory_id in enumerate(self.stored["id"].to_list())}
+
+    def version(self, trajectory_id: str) -> Trajectory:
+        """A stored version of a run read now (a row of :meth:`in_trace`), from the rows read once per ingest."""
+        index = self._stored_index.get(trajectory_id)
+        if index is None:  # written by an earlier batch of this ingest
+            return self.store.get(trajectory_id)
+        steps, by_id = self._stored_steps
+        return trajectory_from_rows(self.stored.row(index, named=True), steps[by_id.get(trajectory_id, [])].to_dicts())
 
     def decisions(self, row: dict[str, Any]) -> Counter[tuple[Any, ...]]:
         """The decisions of a stored version (``row``, from :meth:`in_trace`), as :func:`_decisions` keys them."""
@@ -267,10 +289,18 @@ def ingest_spans(
     when a run assembles, so a new store is not created for input that holds none.
     """
     report = report or IngestReport()
+    traces: set[str] = set()
     with SpanSpill() as spill:
-        report.spans += spill.add(adapt(span) for span in spans)
-        _ingest_traces(spill, store, app=app, approve_by=approve_by, redactor=redactor, report=report, rejected=rejected)
+        report.spans += spill.add(_noted((adapt(span) for span in spans), traces))
+        _ingest_traces(spill, store, app=app, approve_by=approve_by, redactor=redactor, report=report, rejected=rejected, traces=traces)
     return report
+
+
+def _noted(spans: Iterable[SpanData], traces: set[str]) -> Iterator[SpanData]:
+    """``spans``, their trace ids added to ``traces`` as they pass."""
+    for span in spans:
+        traces.add(span.trace_id)
+        yield span
 
 
 def _ingest_traces(
@@ -281,11 +311,13 @@ def _ingest_traces(
     rejected: Iterable[RejectedSpan],
     unended: Iterable[tuple[str, str]] = (),
     dropped: Mapping[tuple[str, str], Dropped] | None = None,
+    traces: Collection[str] | None = None,
     app: str | None = None,
     approve_by: str | None = None,
     redactor: Redactor | None = None,
 ) -> None:
-    """Assemble the spilled spans trace by trace, writing the new trajectories in batches."""
+    """Assemble the spilled spans trace by trace, writing the new trajectories in batches; ``traces``: the ids of the
+    spilled traces, where known."""
     rejected_by_trace: dict[str, list[RejectedSpan]] = defaultdict(list)
     for bad in rejected:
         if bad.trace_id is not None:
@@ -293,7 +325,7 @@ def _ingest_traces(
     unended_by_trace: dict[str, set[str]] = defaultdict(set)
     for trace_id, span_id in unended:
         unended_by_trace[trace_id].add(span_id)
-    target = _Target(store, app, redactor, dropped)
+    target = _Target(store, app, redactor, dropped, traces)
     new: list[Trajectory] = []
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
 
@@ -303,7 +335,7 @@ def _ingest_traces(
             report.already_stored.append(versions.stored)
             return
         if versions.merge:  # stored versions holding decisions this one lacks (their spans were not read this time)
-            earlier = [next((t for t in new if t.id == row["id"]), None) or target.store.get(row["id"]) for row in versions.merge]
+            earlier = [next((t for t in new if t.id == row["id"]), None) or target.version(row["id"]) for row in versions.merge]
             trajectory, added = _merged(trajectory, earlier, target.options.max_observation_chars)
             if added:
                 report.notes.append(
@@ -311,13 +343,22 @@ def _ingest_traces(
                     f"{', '.join(row['id'] for row in versions.merge)} (their spans were in files not read this time): "
                     "they are kept in the version stored now, with the decisions read now."
                 )
+            trajectory.id = _run_id(trajectory.id, versions.rows)  # named after a stored version: the run it is one of
         if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
-            trajectory.id = _version_id(trajectory, target.known)
+            trajectory.id = _version_id(trajectory.id, _completeness(trajectory), target.known)
             for step in trajectory.steps:
                 step.trajectory_id = trajectory.id
         decision = versions.decision
         if decision is not None:
             trajectory.approval = decision
+            if versions.decided_on is not None and decision.status == "approved":
+                unseen = _unseen(trajectory, target.decisions(versions.decided_on))
+                if unseen:
+                    report.notes.append(
+                        f"Trace {trajectory.trace_id}: the approval of {versions.decided_on['id']} by {decision.by} is carried "
+                        f"over to {trajectory.id}, the more complete version of its run, though it was given without "
+                        f"{len(unseen)} of its decisions ({'; '.join(unseen)}): review them with `ee traces show {trajectory.id}`."
+                    )
         elif approve_by:
             trajectory.approval = Approval(status="approved", by=approve_by, at=utcnow(), reason="approved at ingest")
         target.add(trajectory)
@@ -385,6 +426,10 @@ class _RunVersions:
     (:func:`_merged`) before it is written, so that superseding them loses no decision."""
     decision: Approval | None = None
     """The decision carried over to it from them (:func:`_carried_decision`)."""
+    decided_on: dict[str, Any] | None = None
+    """The row of the version ``decision`` is the approval of (none for a rejection)."""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """The trajectories stored in its trace(s) (before and in this ingest)."""
 
 
 def _versions(
@@ -409,10 +454,10 @@ def _versions(
     a run whose later half is read alone (its first model calls in a file already read and moved away) holds the whole
     history in its last call's input, but only its own decisions.
     """
-    out = _RunVersions()
     rows = target.in_trace(trajectory.trace_id) if trajectory.trace_id else []
     for trace_id, _ in parts:
         rows += target.in_trace(trace_id)
+    out = _RunVersions(rows=rows)
     if not rows:
         return out
     messages = _message_keys(trajectory.model_dump(mode="json")["messages"])
@@ -420,13 +465,16 @@ def _versions(
     decisions = _decisions(trajectory.steps)
     part_ids = {part for _, part in parts}
     ended = trajectory.status != "interrupted"
-    for row in rows:
+    keys = [_message_keys(json.loads(row["messages_json"] or "[]")) for row in rows]
+    mine_ids = {trajectory.id} | _version_ids(
+        trajectory.id, Counter(2 * len(k) + (r["status"] != "interrupted") for r, k in zip(rows, keys, strict=True))
+    )
+    for row, theirs in zip(rows, keys, strict=True):
         if row["id"] in others:
             continue  # another run of the trace, read with this one (beside it, of the same messages)
-        theirs = _message_keys(json.loads(row["messages_json"] or "[]"))
         row_ended = row["status"] != "interrupted"
         stored = 2 * len(theirs) + row_ended
-        same_run = row["id"] in _version_ids(trajectory.id, stored)
+        same_run = row["id"] in mine_ids
         if row["id"] in part_ids:
             if theirs == messages[: len(theirs)] and _within(row, trajectory):
                 out.partial.append(row)  # one call of the run stored as a run of its own: its last decision only
@@ -449,28 +497,59 @@ def _versions(
                 return out
             out.partial.append(row)  # more of the run's messages, but not the decisions read now: merged with them
             out.merge.append(row)
-    out.decision = _carried_decision(out.partial)
+    out.decision, out.decided_on = _carried_decision(out.partial)
     return out
 
 
-def _version_ids(run_id: str, completeness: int) -> set[str]:
-    """The ids a version of the run ``run_id`` as complete as ``completeness`` may be stored under (:func:`_version_id`)."""
-    return {run_id, run_trajectory_id(run_id, f"v{completeness}")} | {
-        run_trajectory_id(run_id, f"v{completeness}.{n}") for n in range(_MAX_SAME_VERSIONS)
+def _version_ids(run_id: str, versions: Mapping[int, int]) -> set[str]:
+    """The ids later versions of the run ``run_id`` may be stored under (:func:`_version_id`), in a trace holding
+    ``versions[c]`` stored trajectories as complete as ``c``: a version is numbered ``n`` only where ``n`` more as complete
+    are stored, so these are all the ids its versions can have."""
+    return {run_trajectory_id(run_id, f"v{c}") for c in versions} | {
+        run_trajectory_id(run_id, f"v{c}.{n}") for c, count in versions.items() for n in range(count)
     }
 
 
-_MAX_SAME_VERSIONS = 8
-"""Versions of one run with the same messages and end (a run's decisions read in several ingests) told apart by id."""
+def _version_id(run_id: str, completeness: int, known: Collection[str]) -> str:
+    """The id of a later version of the run ``run_id`` (stored under that id) as complete as ``completeness``
+    (:func:`_completeness`): named by it, numbered where a version as complete is stored (one holding fewer of its
+    decisions; a long run read one file per ingest makes one per decision), never an id stored already."""
+    candidate = run_trajectory_id(run_id, f"v{completeness}")
+    n = 0
+    while candidate in known:
+        candidate = run_trajectory_id(run_id, f"v{completeness}.{n}")
+        n += 1
+    return candidate
 
 
-def _version_id(trajectory: Trajectory, known: Collection[str]) -> str:
-    """The id of a later version of the run stored as ``trajectory.id``: by how complete it is (:func:`_completeness`),
-    numbered where a version as complete is stored (one holding fewer of its decisions)."""
-    completeness = _completeness(trajectory)
-    candidates = [run_trajectory_id(trajectory.id, f"v{completeness}")]
-    candidates += [run_trajectory_id(trajectory.id, f"v{completeness}.{n}") for n in range(_MAX_SAME_VERSIONS)]
-    return next((c for c in candidates if c not in known), candidates[-1])
+def _run_id(trajectory_id: str, rows: Sequence[dict[str, Any]]) -> str:
+    """The id of the run a trajectory stored as ``trajectory_id`` (one of ``rows``, the trajectories of its trace) is a
+    version of: the id of another of ``rows`` that it was named after (:func:`_version_id`), else its own. A version of
+    a version (as ingest named one before) leads to the run too."""
+    completeness = {row["id"]: 2 * len(json.loads(row["messages_json"] or "[]")) + (row["status"] != "interrupted") for row in rows}
+    for _ in range(len(rows)):
+        if trajectory_id not in completeness:
+            break
+        counts = Counter(c for c in completeness.values() if c == completeness[trajectory_id])
+        of = next((i for i in completeness if i != trajectory_id and trajectory_id in _version_ids(i, counts)), None)
+        if of is None:
+            break
+        trajectory_id = of
+    return trajectory_id
+
+
+def _unseen(trajectory: Trajectory, seen: Counter[DecisionKey]) -> list[str]:
+    """The steps of ``trajectory`` whose decisions are not among ``seen`` (a version's), each as ``step N (what)``."""
+    left = Counter(seen)
+    out = []
+    for step in trajectory.steps:
+        (key,) = _decisions([step])
+        if left[key] > 0:
+            left[key] -= 1
+            continue
+        call = step.action.tool_call
+        out.append(f"step {step.index} ({f'a call of {call.name}' if call is not None else 'the answer'})")
+    return out
 
 
 DecisionKey = tuple[Any, ...]
@@ -506,9 +585,12 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
     """The run ``trajectory`` is, with the decisions of its stored versions ``earlier`` that it lacks, and how many of
     its decisions only they held (see :func:`_versions`: each version's messages start the others' or hold them).
 
-    The messages (and what is read from them: the final answer) are the longest version's; the status, error and id an
-    ended version's (one that read the run's root: one that never ended knows less of how the run ended, and is named
-    after the span above those it read, which may lie below the root); the time spans them all; tools offered in one
+    The messages (and what is read from them: the final answer) are the longest version's; the status, error and id
+    those of the version that read the run's root span: an ended one whose time holds the others' (a root span lasts
+    the whole run; a part of it read under a span below the root reads as ended too, and is named after that span);
+    where none did, the status and error are an ended version's (one that never ended knows less of how the run ended)
+    and the id that of one whose time holds the others' (named after the span above those it read, the nearest to the
+    root known). The time spans them all; tools offered in one
     version only are added (a step offered its own version's tools keeps them named); a thread, task or model one
     version lacks is taken from another. The steps are the longest version's, each added step before the first one
     given more messages than it, numbered again in that order (decisions too). A call whose version read no result for
@@ -517,7 +599,12 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
     message marks, is not known then, and is false."""
     versions = [trajectory, *earlier]
     base = max(versions, key=lambda t: (len(t.messages), t.status != "interrupted"))
-    ended = next((t for t in (trajectory, base, *versions) if t.status != "interrupted"), base)
+    start, end = min(_utc(t.started_at) for t in versions), max(_utc(t.ended_at) for t in versions)
+    outermost = [t for t in versions if _utc(t.started_at) <= start and _utc(t.ended_at) >= end]
+    ended = next((t for t in outermost if t.status != "interrupted"), None)
+    named = ended or next(iter(outermost), None)
+    ended = ended or next((t for t in (trajectory, base, *versions) if t.status != "interrupted"), base)
+    named = named or ended
     have = _decisions(base.steps)
     steps: list[tuple[Step, int]] = [(s, 0) for s in base.steps]  # (step, which version's decision it is)
     tools = list(base.tools)
@@ -541,7 +628,7 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
             if tool_schema_name(schema) not in names:
                 tools.append(schema)
                 names.add(tool_schema_name(schema))
-    if not added and base is trajectory:
+    if not added and base is trajectory and named is trajectory:
         return trajectory, 0
     only_stored = sum((_decisions(s for s, _ in steps) - _decisions(trajectory.steps)).values())
     replies = {
@@ -553,7 +640,7 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
     turns: dict[tuple[int, int], int] = {}
     for index, (step, source) in enumerate(steps):
         turn = turns.setdefault((source, step.decision_index), len(turns))
-        update: dict[str, Any] = {"trajectory_id": ended.id, "index": index, "decision_index": turn}
+        update: dict[str, Any] = {"trajectory_id": named.id, "index": index, "decision_index": turn}
         call = step.action.tool_call
         if call is not None and step.observation is None and call.id in replies and replies[call.id][0] > len(step.state):
             content = replies[call.id][1].get("content", "")
@@ -562,13 +649,13 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         numbered.append(step.model_copy(update=update))
     merged = base.model_copy(
         update={
-            "id": ended.id,
+            "id": named.id,
             "steps": numbered,
             "tools": tools,
             "status": ended.status,
             "error": ended.error,
-            "started_at": min(_utc(t.started_at) for t in versions),
-            "ended_at": max(_utc(t.ended_at) for t in versions),
+            "started_at": start,
+            "ended_at": end,
             "thread_id": next((t.thread_id for t in (base, *versions) if t.thread_id), None),
             "task": next((t.task for t in (base, *versions) if t.task), None),
             "model": next((t.model for t in (base, *versions) if t.model), None),
@@ -579,7 +666,7 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
     return merged, only_stored
 
 
-def _carried_decision(partial: list[dict[str, Any]]) -> Approval | None:
+def _carried_decision(partial: list[dict[str, Any]]) -> tuple[Approval | None, dict[str, Any] | None]:
     """The decision a run takes from the stored versions it completes (``partial``: earlier pieces of it, or the calls it
     was joined from, each stored as a run of its own), besides their own rejection as superseded.
 
@@ -588,7 +675,7 @@ def _carried_decision(partial: list[dict[str, Any]]) -> Approval | None:
     approval of another version, which is not carried over. It is rejected rather than left pending: pending, the run
     would be approved at ingest or by the next bulk approval, and a reviewer overturns the rejection with ``--force``
     (every decision stays in the history). With no rejection, the most complete version's approval carries over, as
-    before (the last call of a joined run holds the whole conversation the reviewer saw)."""
+    before (the last call of a joined run holds the whole conversation the reviewer saw), with the row it is that of."""
     decided = [row for row in partial if row["approval"] not in (None, "pending") and row["approval_by"] != SUPERSEDED_BY]
     rejected = [row for row in decided if row["approval"] == "rejected"]
     if rejected:
@@ -600,16 +687,16 @@ def _carried_decision(partial: list[dict[str, Any]]) -> Approval | None:
         overruled = [f"{row['id']} by {row['approval_by']}" for row in decided if row["approval"] == "approved"]
         if overruled:
             reasons.append(f"not carried over: the approval of {', '.join(overruled)}, another partial version")
-        return Approval(status="rejected", by=latest["approval_by"], at=latest["approval_at"] or utcnow(), reason="; ".join(reasons))
+        return Approval(status="rejected", by=latest["approval_by"], at=latest["approval_at"] or utcnow(), reason="; ".join(reasons)), None
     longest = max(partial, key=lambda row: (len(row["messages_json"] or ""), row["status"] != "interrupted"), default=None)
     if longest is None or not any(row is longest for row in decided):
-        return None
+        return None, None
     return Approval(
         status=longest["approval"],
         by=longest["approval_by"],
         at=longest["approval_at"] or utcnow(),
         reason=f"{longest['approval_reason'] or longest['approval']} (decided on {longest['id']}, a partial version of this run)",
-    )
+    ), longest
 
 
 def _message_keys(messages: list[Any]) -> list[tuple[Any, ...]]:
@@ -653,20 +740,20 @@ def _utc(value: Any) -> Any:
 
 def _supersede(target: _Target, pairs: list[tuple[dict[str, Any], Trajectory]], report: IngestReport) -> None:
     """Reject each stored partial version of a run now stored more completely, naming the version that replaces it
-    (every earlier decision on it stays in its history)."""
+    (every earlier decision on it stays in its history), all in one decision (one read of the store, not three each)."""
     done = target.superseded
+    reasons: dict[str, str] = {}
     for old, new in pairs:
         if old["id"] in done or (old["approval"] == "rejected" and old["approval_by"] == SUPERSEDED_BY):
             continue
+        if old["id"] == new.id:  # never the version written now: its run would be left with none live
+            report.problem(
+                f"Trace {new.trace_id}: the run stored now as {new.id} was to supersede the version stored under the same id; "
+                "it is left as it is (an ee-middleware bug: please report it)."
+            )
+            continue
         done.add(old["id"])
-        decide(
-            target.store,
-            [old["id"]],
-            "rejected",
-            by=SUPERSEDED_BY,
-            reason=f"superseded by {new.id}: a later ingest read more of the same run ({new.num_steps} step(s), {new.status})",
-            force=True,
-        )
+        reasons[old["id"]] = f"superseded by {new.id}: a later ingest read more of the same run ({new.num_steps} step(s), {new.status})"
         carried = ""
         if old["approval"] != "pending":
             carried = f"; its {old['approval']} decision by {old['approval_by']} is " + (
@@ -680,6 +767,8 @@ def _supersede(target: _Target, pairs: list[tuple[dict[str, Any], Trajectory]], 
             f"version {new.id} ({new.num_steps} step(s), {new.status}); the partial one is rejected as superseded{carried}."
         )
         old["approval"], old["approval_by"] = "rejected", SUPERSEDED_BY
+    if reasons:
+        decide(target.store, list(reasons), "rejected", by=SUPERSEDED_BY, reason=reasons, force=True)
 
 
 def _nothing_read(report: IngestReport) -> str:
@@ -1031,14 +1120,15 @@ def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec
     rejected: list[RejectedSpan] = []
     unended: set[tuple[str, str]] = set()
     dropped: dict[tuple[str, str], Dropped] = {}
+    traces: set[str] = set()
     with SpanSpill() as spill:
         for path in paths:
             parsed = ParseResult()
-            report.spans += spill.add(adapt(span) for span in iter_otlp_json(path, parsed))
+            report.spans += spill.add(_noted((adapt(span) for span in iter_otlp_json(path, parsed)), traces))
             report.files += 1
             report.file_problems(path, parsed.errors)
             rejected.extend(parsed.rejected)
             unended |= parsed.unended
             dropped.update(parsed.dropped)
-        _ingest_traces(spill, store, report=report, rejected=rejected, unended=unended, dropped=dropped, **kwargs)  # type: ignore[arg-type]
+        _ingest_traces(spill, store, report=report, rejected=rejected, unended=unended, dropped=dropped, traces=traces, **kwargs)  # type: ignore[arg-type]
     return report

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -37,10 +37,11 @@ def decide(
     status: ApprovalStatus,
     *,
     by: str,
-    reason: str | None = None,
+    reason: str | Mapping[str, str] | None = None,
     force: bool = False,
 ) -> list[ApprovalEvent]:
-    """Record ``status`` for the trajectories ``ids`` (unique prefixes accepted) and return the events.
+    """Record ``status`` for the trajectories ``ids`` (unique prefixes accepted) and return the events; ``reason`` may
+    give each trajectory its own, by its full id.
 
     Raises :class:`~ee_middleware.errors.ApprovalConflictError`, recording nothing, when a
     trajectory already has the opposite decision and ``force`` is false.
@@ -51,7 +52,7 @@ def decide(
 
 
 def _decide(
-    store: ExperienceStore, ids: Sequence[str], status: ApprovalStatus, *, by: str, reason: str | None, force: bool
+    store: ExperienceStore, ids: Sequence[str], status: ApprovalStatus, *, by: str, reason: str | Mapping[str, str] | None, force: bool
 ) -> list[ApprovalEvent]:
     frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
     current = {row["id"]: row for row in frame.to_dicts()}
@@ -71,7 +72,7 @@ def _decide(
             status=status,
             by=by,
             at=now if latest.get(i) is None or now > latest[i] else latest[i] + TICK,
-            reason=reason,
+            reason=reason.get(i) if isinstance(reason, Mapping) else reason,
             overrides=_approval(overturned[i]) if i in overturned else None,
         )
         for i in resolved

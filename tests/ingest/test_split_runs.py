@@ -9,6 +9,7 @@ each cut out of the sweep's files)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 
 from ee_middleware.export import decided_by_run
 from ee_middleware.ingest import ingest_files
+from ee_middleware.store import LocalExperienceStore
+from tests.ingest.otlp_builders import _request, _span, _write
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SUPERSEDED_BY = "ee traces ingest"  # who rejects a partial version (ee_middleware.ingest.service.SUPERSEDED_BY)
@@ -161,3 +164,170 @@ def test_a_later_half_read_with_the_whole_run_stored_adds_nothing(tmp_path, stor
     (whole,) = ingest_files([first, second], store).ingested
     again = ingest_files([second], store)
     assert (again.ingested, again.replaced, again.already_stored) == ([], [], [whole])
+
+
+def _one_call_per_file(tmp_path: Path, calls: int) -> list[Path]:
+    """A long OpenInference agent run of ``calls`` model calls (each after the first given the whole history before it)
+    whose spans lie in as many files, one call each, the agent's span (the root: it ends last) in the last one, as a
+    Collector rotating its file after each call writes them."""
+    trace, agent_id = "7" * 32, "7000000000000001"
+    history: dict[str, Any] = {
+        "llm.input_messages.0.message.role": "system",
+        "llm.input_messages.0.message.content": "You count.",
+        "llm.input_messages.1.message.role": "user",
+        "llm.input_messages.1.message.content": "Count to the end.",
+    }
+    files = []
+    for i in range(calls):
+        attrs = {"openinference.span.kind": "LLM", "llm.model_name": "m", **history}
+        out = "llm.output_messages.0.message"
+        attrs[f"{out}.role"] = "assistant"
+        if i < calls - 1:
+            call = {"tool_call.id": f"c{i}", "tool_call.function.name": "step", "tool_call.function.arguments": json.dumps({"n": i})}
+            attrs.update({f"{out}.tool_calls.0.{k}": v for k, v in call.items()})
+            at = len(history) // 2
+            history.update({f"llm.input_messages.{at}.message.role": "assistant"})
+            history.update({f"llm.input_messages.{at}.message.tool_calls.0.{k}": v for k, v in call.items()})
+            history.update(
+                {
+                    f"llm.input_messages.{at + 1}.message.role": "tool",
+                    f"llm.input_messages.{at + 1}.message.tool_call_id": f"c{i}",
+                    f"llm.input_messages.{at + 1}.message.content": f"done {i}",
+                }
+            )
+        else:
+            attrs[f"{out}.content"] = "All counted."
+        spans = [_span(f"{0x7100 + i:016x}", "ChatCompletion", attrs, parent=agent_id, start=10 + 100 * i, end=60 + 100 * i, trace=trace)]
+        if i == calls - 1:
+            spans.append(
+                _span(agent_id, "agent", {"openinference.span.kind": "AGENT", "input.value": "go"}, start=0, end=100 * calls, trace=trace)
+            )
+        files.append(_write(tmp_path / f"spans-{i:02d}.json", _request(spans)))
+    return files
+
+
+def test_a_long_run_read_one_file_per_ingest_newest_first_keeps_one_live_version(tmp_path, store):
+    """Defect (ae9ad9f): each ingest merged one more decision into a version with the same messages, named v{c} and
+    v{c}.0 to v{c}.7; the 10th such version reused an id already stored, which the supersede step then rejected: from the
+    11th ingest on the run had no live trajectory at all (every version rejected), silently. Now every version gets an
+    id never stored before, and every ingest leaves one live trajectory holding every decision read so far."""
+    calls = 13
+    files = _one_call_per_file(tmp_path, calls)
+    whole = type(store)(tmp_path / "whole")
+    ingest_files(files, whole)
+    (expected,) = whole.iter_trajectories()
+    assert expected.num_steps == calls
+    stored: set[str] = set()
+    for n, path in enumerate(reversed(files), start=1):
+        report = ingest_files([path], store)
+        assert report.problems == 0, report.errors
+        (written,) = report.ingested
+        assert written not in stored, f"ingest {n} stored its version under an id already stored"
+        stored.add(written)
+        (live,) = _current(store)
+        assert (live.id, live.num_steps) == (written, n)
+    assert _run_signature(live) == _run_signature(expected)
+    again = ingest_files(files, store)
+    assert (again.ingested, again.replaced, again.problems) == ([], [], 0), again.notes
+
+
+def _spans_by_end(fixture: str) -> list[dict[str, Any]]:
+    """Each span of ``fixture`` as a request of its own, in the order the spans ended (as an exporter writes them)."""
+    requests = []
+    for line in (FIXTURES / fixture).read_text(encoding="utf-8").splitlines():
+        request = json.loads(line)
+        for resource in request["resourceSpans"]:
+            for scope in resource["scopeSpans"]:
+                for span in scope["spans"]:
+                    requests.append(
+                        {
+                            "resourceSpans": [
+                                {
+                                    "resource": resource.get("resource", {}),
+                                    "scopeSpans": [{"scope": scope.get("scope", {}), "spans": [span]}],
+                                }
+                            ]
+                        }
+                    )
+    return sorted(requests, key=lambda r: int(r["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["endTimeUnixNano"]))
+
+
+def test_a_run_merged_from_a_piece_below_its_root_is_found_when_the_whole_file_is_read_again(tmp_path, store):
+    """Defect (ae9ad9f): the later half (the root span's) stored first, then the first half, read as a run under a node
+    span (its root not read: it looks ended), merged into a version named after a version of the piece's merge rather than
+    the run's; reading the whole file again (`ee traces ingest /data/otlp/*.json` each night) did not find it as the same
+    run and stored a second live copy with the same 3 decisions, both trained on. Now the merge is named after the version
+    that read the run's root span, and reading the files again, in any combination, adds nothing."""
+    requests = _spans_by_end("openinference_langgraph.jsonl")
+    cut = 13  # the file rotated after the first model call's node and tools spans, inside the second call's node
+    whole = _write(tmp_path / "whole.json", *requests)
+    first, later = _write(tmp_path / "spans-1.json", *requests[:cut]), _write(tmp_path / "spans-2.json", *requests[cut:])
+    reference = type(store)(tmp_path / "whole")
+    ingest_files([whole], reference)
+    expected = sorted((t.id, t.num_steps) for t in reference.iter_trajectories())
+    ingest_files([later], store)
+    night2 = ingest_files([first], store)
+    assert night2.problems == 0, night2.errors
+    assert sorted(t.num_steps for t in _current(store)) == [n for _, n in expected]
+    live = sorted(t.id for t in _current(store))
+    for files in ([whole], [first, later], [later], [first]):
+        again = ingest_files(files, store)
+        assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes)
+    assert sorted(t.id for t in _current(store)) == live
+
+
+class _CountingStore(LocalExperienceStore):
+    """The local store, counting its full reads (every table: what each get(), trajectories() or decide() costs)."""
+
+    loads = 0
+
+    def _load(self) -> Any:
+        self.loads += 1
+        return super()._load()
+
+
+def _night2_reads(folder: Path, runs: int) -> int:
+    """How many times the second night reads the whole store, merging ``runs`` runs whose first halves the first stored."""
+    lines = (FIXTURES / "rotation_openai_v2.jsonl").read_text(encoding="utf-8").splitlines()
+    trace = json.loads(lines[0])["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"]
+    first, later = [], []
+    for n in range(1, runs + 1):
+        copy = [line.replace(trace, f"{n:032x}") for line in lines]
+        first += copy[:2]
+        later += copy[2:]
+    folder.mkdir()
+    (folder / "spans-1.json").write_text("\n".join(first) + "\n", encoding="utf-8")
+    (folder / "spans-2.json").write_text("\n".join(later) + "\n", encoding="utf-8")
+    store = _CountingStore(folder / "store")
+    ingest_files([folder / "spans-1.json"], store)
+    store.loads = 0
+    night2 = ingest_files([folder / "spans-2.json"], store)
+    loads = store.loads
+    assert (night2.problems, len(night2.ingested), len(night2.replaced)) == (0, runs, runs), night2.errors
+    assert [t.num_steps for t in _current(store)] == [3] * runs
+    return loads
+
+
+def test_merging_runs_reads_the_store_as_often_for_one_run_as_for_several(tmp_path):
+    """Defect (ae9ad9f): each merged run read the whole store again (store.get per stored version: every table), on top
+    of the three reads of each superseded version's decide(): 800 stored runs, 5 merges: 8.6 s before ae9ad9f, 16.7 s
+    after; 3000 runs, 10 merges: 82 s, then 226 s. Now the stored versions a night merges come from one read of the
+    steps of the traces it reads, and the superseded ones are rejected in one decision: the reads do not grow with the
+    runs merged."""
+    one, several = _night2_reads(tmp_path / "one", 1), _night2_reads(tmp_path / "several", 6)
+    assert several == one, f"{one} full reads of the store to merge 1 run, {several} to merge 6"
+
+
+def test_an_approval_carried_over_to_a_merged_run_names_the_decisions_it_did_not_see(tmp_path, store):
+    """The most complete version's approval carries over (the README's rule); the note now says which decisions of the
+    run stored now the reviewer never saw, so that they can be reviewed."""
+    first, second = _split(tmp_path, "rotation_openai_v2.jsonl", 2)
+    (partial,) = ingest_files([first], store).ingested
+    store.approve([partial], by="alice", reason="looks right")
+    night2 = ingest_files([second], store)
+    (whole,) = night2.ingested
+    got = store.get(whole)
+    assert (got.approval.status, got.approval.by) == ("approved", "alice")
+    [note] = [n for n in night2.notes if "given without" in n]
+    assert f"the approval of {partial} by alice is carried over to {whole}" in note
+    assert "without 1 of its decisions (step 2 (the answer))" in note and f"ee traces show {whole}" in note
