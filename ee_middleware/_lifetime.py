@@ -30,6 +30,7 @@ __all__ = [
     "parent_death_preexec",
     "second_signal_ends",
     "set_parent_death_signal",
+    "stopping_signal",
     "termination_as_interrupt",
 ]
 
@@ -130,8 +131,10 @@ def termination_as_interrupt() -> Iterator[None]:
         for sig in taken:
             signal.signal(sig, signal.SIG_IGN)  # the clean-up now running is not interrupted again
             _SILENCED.add(sig)
+        _STOPPED_BY[:] = [signal.Signals(signum).name]
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    _INTERRUPTING.add(interrupt)
     previous = {sig: signal.signal(sig, interrupt) for sig in taken}
     try:
         yield
@@ -139,10 +142,27 @@ def termination_as_interrupt() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
             _SILENCED.discard(sig)
+        _INTERRUPTING.discard(interrupt)
+        if taken:
+            _STOPPED_BY.clear()
 
 
 _SILENCED: set[int] = set()
 """The signals :func:`termination_as_interrupt` ignores because a first one stopped the command (its clean-up runs)."""
+
+_INTERRUPTING: set[Callable[[int, object], None]] = set()
+"""The handlers :func:`termination_as_interrupt` has in place (a SIGTERM after a first Ctrl-C still has one)."""
+
+
+def stopping_signal() -> str | None:
+    """The name of the SIGTERM or SIGHUP that stopped the command (taken by :func:`termination_as_interrupt`), else
+    ``None`` (a Ctrl-C, or none): a ``KeyboardInterrupt`` raised again without its argument (Ray's ``ray.wait`` does)
+    does not tell."""
+    return _STOPPED_BY[0] if _STOPPED_BY else None
+
+
+_STOPPED_BY: list[str] = []
+"""The name of the signal :func:`termination_as_interrupt` took, once one came (see :func:`stopping_signal`)."""
 
 
 @contextmanager
@@ -158,7 +178,7 @@ def second_signal_ends(end_now: Callable[[], None]) -> Iterator[None]:
     taken = [
         sig
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        if sig in _SILENCED or signal.getsignal(sig) is signal.default_int_handler
+        if sig in _SILENCED or signal.getsignal(sig) is signal.default_int_handler or signal.getsignal(sig) in _INTERRUPTING
     ]
 
     def end(_signum: int, _frame: object) -> None:

@@ -34,6 +34,7 @@ then closes its sandbox; a second signal meanwhile kills them (see :meth:`Proces
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import gc
 import itertools
@@ -41,12 +42,13 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import queue
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,7 +117,9 @@ class _Worker:
         self._parts: tuple[Sandbox, Any] | None = None
         self._store: Any = None
         self._store_checked = False
-        self._requests: ThreadPoolExecutor | None = None
+        self._requests: RequestThreads | None = None
+        self._stopped = False
+        """Whether a replay was cut short by a stop (Ctrl-C, SIGTERM): the proposal requests in flight are not waited for."""
         self._waiting: tuple[Trajectory | TrajectoryRows, ProposingAhead | None] | None = None
         """The trajectory held for the next call, with its proposals asked for (see :meth:`replay_all`)."""
 
@@ -154,8 +158,12 @@ class _Worker:
         across calls as they do across one call's trajectories. A call that raises, or is closed early, and
         :meth:`close`, drop the one held (none is left asking)."""
         if self.spec.requests_in_flight <= 1 or not self.spec.look_ahead:
-            for trajectory in trajectories:
-                yield self.replay(trajectory)
+            try:
+                for trajectory in trajectories:
+                    yield self.replay(trajectory)
+            except (KeyboardInterrupt, SystemExit):
+                self._stopped = True
+                raise
             return
         finished = False
         try:
@@ -168,14 +176,23 @@ class _Worker:
                 last, self._waiting = self._waiting, None
                 yield self._stored(self._replay(*last))
             finished = True
+        except (KeyboardInterrupt, SystemExit):
+            self._stopped = True
+            raise
         finally:
             if not finished:
                 self._drop_waiting()  # the job stopped (an error, or the caller closed the iterator): none is left asking
 
+    def _stopping(self) -> bool:
+        """Whether this worker was stopped (Ctrl-C, SIGTERM, a local worker's stop signal or the job's stop event)."""
+        return self._stopped or _worker_stopped() is not None
+
     def _drop_waiting(self) -> None:
+        """Drop the trajectory held for the next call: its requests not sent yet are cancelled, and those in flight
+        waited for, unless this worker is stopping (a served model's answer can take minutes; none is used)."""
         waiting, self._waiting = self._waiting, None
         if waiting is not None and waiting[1] is not None:
-            waiting[1].drop()
+            waiting[1].drop(wait_for_running=not self._stopping())
 
     def _ask_ahead(self, item: Trajectory | TrajectoryRows) -> tuple[Trajectory | TrajectoryRows, ProposingAhead | None]:
         """``item`` built (when it can be), with its proposals asked for now."""
@@ -224,13 +241,16 @@ class _Worker:
         except Exception as exc:  # noqa: BLE001 - one trajectory's failure must not stop the job
             self._close_parts()
             return self._failed(trajectory.id, exc)
+        except (KeyboardInterrupt, SystemExit):
+            self._stopped = True  # (the job's own process replaying while its workers start calls this, not replay_all)
+            raise
         # what the policy raised: examples in the record, and a trajectory it raised at every state of fails (see Proposer.settle)
         return proposer.settle(outcome, settings.privacy.redact_data)
 
-    def _request_threads(self) -> ThreadPoolExecutor | None:
+    def _request_threads(self) -> RequestThreads | None:
         """The threads that propose for a trajectory's states concurrently, when the spec asks for more than one."""
         if self.spec.requests_in_flight > 1 and self._requests is None:
-            self._requests = ThreadPoolExecutor(self.spec.requests_in_flight, thread_name_prefix="ee-replay-propose")
+            self._requests = RequestThreads(self.spec.requests_in_flight, name="ee-replay-propose")
         return self._requests
 
     def _failed(self, trajectory_id: str, exc: Exception) -> ReplayOutcome:
@@ -259,7 +279,9 @@ class _Worker:
         try:
             self._drop_waiting()
             if requests is not None:
-                requests.shutdown(wait=True, cancel_futures=True)  # before the policy closes: no request still uses it
+                # before the policy closes: no request still uses it; but a stopped worker does not wait for the requests
+                # in flight (a served model's answers can take minutes): their threads end with them, unused
+                requests.shutdown(wait=not self._stopping(), cancel_futures=True)
             if store is not None:
                 store.close()  # seals (and syncs) this worker's spool segment
         finally:
@@ -276,6 +298,64 @@ class _Worker:
                         close()
                     except Exception:  # noqa: BLE001 - closing is best effort
                         pass
+
+
+class RequestThreads(concurrent.futures.Executor):
+    """A fixed pool of daemon threads (the proposal requests of a served policy, ``requests_in_flight`` at a time).
+
+    Unlike :class:`~concurrent.futures.ThreadPoolExecutor`, whose threads the interpreter joins as it exits, a stopped
+    job or worker (Ctrl-C, SIGTERM) does not wait for the requests still in flight: ``shutdown(wait=False)`` leaves
+    them to end on their own threads (with their answer, or their request's time-out), which nothing waits for.
+    """
+
+    def __init__(self, threads: int, *, name: str = "ee-request") -> None:
+        if threads < 1:
+            raise ValueError(f"RequestThreads needs at least one thread, got {threads}")
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._shut = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future[Any] = Future()
+            self._queue.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args, kwargs = item
+            del item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - the caller gets it from the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, fn, args, kwargs
+        self._queue.put(None)  # the next thread ends too
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shut = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 def write_outcome(store: Any, outcome: ReplayOutcome, *, where: object) -> None:
@@ -785,7 +865,7 @@ class ProcessExecutor:
                 self._submit(source, pending)
                 if not pending:
                     return
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done = _first_done(pending)
                 failure: Exception | None = None
                 for future in done:  # every call that came back is counted (its worker stored it), then the error raised
                     index = pending.pop(future)
@@ -883,7 +963,36 @@ class ProcessExecutor:
         for ender in enders:
             ender.start()
         for ender in enders:
-            ender.join()
+            _join(ender)
+
+
+_SIGNAL_CHECK_S = 0.2
+"""How often the job's thread, while it waits on its workers, runs the signal handlers. Only the main thread runs them,
+and the kernel may deliver a signal to another of the job's threads (a library's native threads: polars's); a blocking
+wait of the main thread is then not woken, and the signal was acted on only once a worker's call came back."""
+
+
+def _first_done(futures: Iterable[Future[Any]]) -> set[Future[Any]]:
+    """``concurrent.futures.wait(futures, return_when=FIRST_COMPLETED)``'s done set, waking every
+    :data:`_SIGNAL_CHECK_S` so that a signal is acted on at once (see there). And it never waits inside a
+    :class:`threading.Condition`: a signal handler that raises (Ctrl-C, SIGTERM) there can leave the condition's lock
+    released, and the stop then surfaced as ``RuntimeError: release unlocked lock``."""
+    futures = list(futures)
+    arrived: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(arrived.put)
+    while True:
+        try:
+            arrived.get(timeout=_SIGNAL_CHECK_S)
+        except queue.Empty:
+            continue
+        return {future for future in futures if future.done()}
+
+
+def _join(thread: threading.Thread) -> None:
+    """``thread.join()``, waking every :data:`_SIGNAL_CHECK_S` to run the signal handlers (see there)."""
+    while thread.is_alive():
+        thread.join(_SIGNAL_CHECK_S)
 
 
 def _signal_process(process: multiprocessing.process.BaseProcess | None, sig: signal.Signals) -> None:

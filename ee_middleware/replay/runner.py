@@ -193,11 +193,14 @@ class ProposingAhead:
     proposer: Proposer
     futures: list[Future[ProposalResult]]
 
-    def drop(self) -> None:
-        """Cancel the requests not started and wait for the others (none outlives this)."""
+    def drop(self, *, wait_for_running: bool = True) -> None:
+        """Cancel the requests not started and wait for the others (none outlives this). ``wait_for_running=False``: the
+        job is stopping (Ctrl-C, SIGTERM), and a served model's answer can take minutes, so the requests already sent
+        are left to end on their own threads; nothing they return is used."""
         for future in self.futures:
             future.cancel()
-        wait(self.futures)
+        if wait_for_running:
+            wait(self.futures)
 
 
 def propose_ahead(trajectory: Trajectory, proposer: Proposer, settings: ReplaySettings, requests: Executor) -> ProposingAhead | None:
@@ -491,8 +494,12 @@ def _propose_all(run: _Run, steps: list[Step], requests: Executor | None, ahead:
             ahead = _ask(run.trajectory, run.proposer, run.settings, steps, requests)
         try:
             results = [future.result() for future in ahead.futures]
-        finally:  # after a failure: the states not started are dropped, and none still asks once this returns
+        except Exception:  # the states not started are dropped, and none still asks once this returns
             ahead.drop()
+            raise
+        except BaseException:  # stopped (Ctrl-C, SIGTERM): the requests in flight are not waited for
+            ahead.drop(wait_for_running=False)
+            raise
     for proposals in results:
         run.rejected.update(proposals.counts)
     return results

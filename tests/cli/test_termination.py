@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from ee_middleware._lifetime import second_signal_ends, stopping_signal
 from ee_middleware.cli.common import termination_as_interrupt
 
 
@@ -32,6 +33,34 @@ def test_sigterm_is_a_keyboard_interrupt_and_a_second_one_does_not_cut_the_clean
             cleaned.append(True)
     assert cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # as it was
+
+
+def test_a_sigterm_after_a_ctrl_c_ends_a_clean_up_that_waits_on_other_processes() -> None:
+    # A Ctrl-C (or a SIGINT to the job's pid) stopped the job; its clean-up waits on its workers. A supervisor's SIGTERM
+    # then raised KeyboardInterrupt in the middle of it (and the wait went on) instead of ending the wait at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ended = []
+    with termination_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)  # not reached
+        except KeyboardInterrupt:
+            assert stopping_signal() is None  # a Ctrl-C: no SIGTERM or SIGHUP took it
+            with second_signal_ends(lambda: ended.append(True)):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+    assert ended == [True]
+
+
+def test_the_signal_that_stopped_the_command_is_known_where_the_interrupt_lost_it() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with termination_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # not reached
+        except KeyboardInterrupt:
+            assert stopping_signal() == "SIGTERM"  # also where Ray's ray.wait raised it again as KeyboardInterrupt()
+    assert stopping_signal() is None
 
 
 def test_a_sighup_the_command_was_started_ignoring_stays_ignored() -> None:

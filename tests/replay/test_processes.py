@@ -11,15 +11,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import pytest
 
 from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing.http import send_json, serving
 from tests.conftest import BFCL_ENTRIES
 
 pytestmark = pytest.mark.timeout(240)
@@ -153,7 +156,7 @@ def stopped(job: Job, within_s: float) -> str:
     return stderr
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group"])
+@pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group", "SIGINT to the job alone"])
 def test_a_job_with_workers_stops_at_once_and_says_what_it_kept(bfcl_store_path: Path, jobs: list[Job], how: str) -> None:
     # Each reset takes 30 s: a worker that finished the trajectory it replays, and those queued for it, took minutes.
     job = Job(
@@ -165,6 +168,8 @@ def test_a_job_with_workers_stops_at_once_and_says_what_it_kept(bfcl_store_path:
     wait_for_resets(job, 2)  # both workers are replaying
     if how.startswith("SIGTERM"):
         job.proc.send_signal(signal.SIGTERM)
+    elif how.endswith("alone"):  # (the kernel may hand it to one of polars's threads: it was acted on 30 s later)
+        job.proc.send_signal(signal.SIGINT)
     else:
         os.killpg(job.proc.pid, signal.SIGINT)
     stderr = stopped(job, STOPS_WITHIN_S)
@@ -198,3 +203,74 @@ def test_a_second_sigterm_kills_workers_whose_sandboxes_do_not_close(bfcl_store_
     stderr = stopped(job, 5)
     assert "interrupted: the replay stopped (SIGTERM)" in stderr, stderr
     assert wait_until_none_left(job.marker) == []
+
+
+SLOW_ANSWER_S = 30.0
+"""How long the stand-in model server takes to answer (a served model writing a long answer, or a hung server)."""
+
+
+class _SlowModelServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _SlowModelHandler)
+        self.requests_seen = 0
+        self.released = threading.Event()  # set when the test ends: the answers still pending then end at once
+
+
+class _SlowModelHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat completions endpoint whose answers take :data:`SLOW_ANSWER_S`."""
+
+    server: _SlowModelServer
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        send_json(self, {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "test", "max_model_len": 32768}]})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests_seen += 1
+        self.server.released.wait(SLOW_ANSWER_S)
+        call = {"id": "c0", "type": "function", "function": {"name": "nothing_here", "arguments": "{}"}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        try:
+            send_json(
+                self,
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
+                },
+            )
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_job_with_a_served_policy_stops_without_waiting_for_the_model_requests_in_flight_slow_server_stand_in(
+    bfcl_store_path: Path, jobs: list[Job], workers: str
+) -> None:
+    # Before, a stopped job (and each stopped worker) waited for every proposal request already sent: 18-40 s with
+    # 12-20 s answers, minutes with a long answer; in the job's own process a second SIGTERM was ignored meanwhile.
+    server = _SlowModelServer()
+    with serving(server) as url:
+        try:
+            job = Job(bfcl_store_path, "--workers", workers, "--policy", f"openai:{url}#m", "--requests-in-flight", "4")
+            jobs.append(job)
+            deadline = time.monotonic() + ENDS_WITHIN_S
+            while server.requests_seen < 4:  # proposal requests are in flight
+                assert job.proc.poll() is None, job.proc.stderr.read()
+                assert time.monotonic() < deadline, "the job never asked the model"
+                time.sleep(0.1)
+            time.sleep(1)
+            job.proc.send_signal(signal.SIGTERM)
+            stderr = stopped(job, 8)
+            assert "interrupted: the replay stopped (SIGTERM" in stderr, stderr
+            assert wait_until_none_left(job.marker) == []
+        finally:
+            server.released.set()
