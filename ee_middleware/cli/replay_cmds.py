@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from ee_middleware._lifetime import stopping_signal
 from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
@@ -177,7 +178,7 @@ def run(
             if "progress" in bar:
                 bar["progress"].stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        _say_interrupted(cfg, str(exc) or "SIGINT (Ctrl-C)", counted)
+        _say_interrupted(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
         raise
     if as_json:
         print_json(summary.to_dict())
@@ -204,8 +205,14 @@ def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> None:
         kept = "before replaying any trajectory"
     else:
         total, stored = counted
-        more = " (its workers may have stored a few more)" if cfg.workers > 1 or cfg.executor == "ray" else ""
-        kept = f"with {stored} of {total} trajectories replayed and stored{more}; those it was replaying are not stored"
+        if cfg.executor == "ray":  # an actor is only cancelled between trajectories: it stores the one it is on
+            kept = (
+                f"with {stored} of {total} trajectories replayed and stored, and each Ray actor stores the trajectory it "
+                "was replaying (so a few more may be stored)"
+            )
+        else:
+            more = " (its workers may have stored a few more)" if cfg.workers > 1 else ""
+            kept = f"with {stored} of {total} trajectories replayed and stored{more}; those it was replaying are not stored"
     again = " without --again" if cfg.again else ""  # with it, a run starts the next attempt instead
     typer.secho(
         f"interrupted: the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped.",
