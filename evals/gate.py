@@ -14,8 +14,10 @@ The policy (``[gate]`` in a TOML file) decides: each suite needs ``min_tasks`` p
 suite may lose more than ``max_regression`` (or, with ``block_significant_regression``, lose
 significantly at ``alpha``); the pooled delta over all suites must be at least ``min_improvement``;
 ``require_significant`` also asks for a significant pooled improvement. Runs that measure no model are refused
-whatever the policy: tasks the model server gave no answer to (down, timed out), a suite in which the model never
-answered (every task trial failed on its first request: a wrong served-model name, an adapter that cannot load).
+whatever the policy: tasks the model server gave no answer to (down, timed out) or whose worker process died (the
+same command runs them again once), a suite in which the model never answered (every task trial failed on its first
+request: a wrong served-model name, an adapter that cannot load, every worker killed). A task whose worker process
+died again on that rerun counts as failed, and a note says so.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
     return max(-1.0, low), min(1.0, high)
 
 
-RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer", "cut_answers", "error_type", "steps")
+RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer", "cut_answers", "error_type", "steps", "request_refused")
 """The columns of a run's results.parquet the gate reads (all but ``suite``, ``task_id`` and ``success`` where the run
 has them)."""
 REASON_CHARS = 300
@@ -165,7 +167,8 @@ def failure_reasons(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, str]
 
 
 def unanswered(run_dir: str | os.PathLike[str]) -> dict[str, int]:
-    """suite -> how many task trials the model server gave no answer to (down, timed out), from results.parquet."""
+    """suite -> how many task trials the model server gave no answer to (down, timed out) or whose worker process died
+    (to run again), from results.parquet."""
     path = Path(run_dir) / "results.parquet"
     return _unanswered(_results(path)) if path.exists() else {}
 
@@ -338,13 +341,23 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
         )
     comparisons = []
     for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
+        deaths = _died_once(results[role])
         for suite, n in sorted(_unanswered(results[role]).items()):
-            reasons.append(
-                f"{suite}: the model server gave no answer on {n} task trial(s) of the {role} run (down or timed out), so they "
-                f"say nothing of the model; run the same `ee eval run ... --out {run_dir}` again once it is up (it retries them)"
-            )
-    for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
-        reasons += _never_answered_reasons(results[role], role, run_dir)
+            if n > deaths.get(suite, 0):
+                reasons.append(
+                    f"{suite}: the model server gave no answer on {n - deaths.get(suite, 0)} task trial(s) of the {role} run "
+                    f"(down or timed out), so they say nothing of the model; run the same `ee eval run ... --out {run_dir}` "
+                    "again once it is up (it retries them)"
+                )
+        silent = _never_answered(results[role])
+        for suite, n in sorted(deaths.items()):
+            if suite not in silent:  # a suite every task of which died is named below
+                reasons.append(
+                    f"{suite}: the worker process running {n} task trial(s) of the {role} run died (killed out of memory, or "
+                    "a crash in the model's library), which says nothing of the model; run the same `ee eval run ... --out "
+                    f"{run_dir}` again, with fewer --workers if memory ran short (it runs them again, once)"
+                )
+        reasons += _never_answered_reasons(silent, role, run_dir)
     unscored = {**unscored_suites(baseline_dir), **unscored_suites(candidate_dir)}
     for suite, cause in sorted(unscored.items()):
         if suite not in candidate and suite not in baseline:
@@ -379,32 +392,82 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
             reasons.append(f"overall: delta {overall.delta:+.3f} is below the required improvement {policy.min_improvement:+.3f}")
         if policy.require_significant and not (overall.delta > 0 and overall.p_value < policy.alpha):
             reasons.append(_not_significant(overall, policy))
+    compared = {s.suite for s in comparisons}
+    died = {role: {k: v for k, v in _died_twice(frame).items() if k in compared} for role, frame in results.items()}
     return GateResult(
         passed=not reasons,
         reasons=reasons,
         suites=comparisons,
         overall=overall,
         policy=policy.model_dump(),
-        notes=_notes(overall, policy) + _cut_notes(comparisons),
+        notes=_notes(overall, policy) + _cut_notes(comparisons) + _died_notes(died),
     )
 
 
-def _never_answered_reasons(frame: Any, role: str, run_dir: str | os.PathLike[str]) -> list[str]:
-    """Why a run's suites in which its model never answered (every task trial failed on its first request: a wrong
-    served-model name, an adapter that cannot load) are no measure of the model, from :func:`_results`."""
+def _never_answered(frame: Any) -> dict[str, tuple[int, str]]:
+    """:func:`~ee_middleware.evals.runner.never_answered` of a run's :func:`_results` (nothing for a run from before
+    error types were recorded)."""
     from ee_middleware.evals.runner import never_answered
 
-    if "error_type" not in frame.columns:  # a run from before error types were recorded
-        return []
+    return never_answered(frame.to_dicts()) if "error_type" in frame.columns else {}
+
+
+def _never_answered_reasons(silent: dict[str, tuple[int, str]], role: str, run_dir: str | os.PathLike[str]) -> list[str]:
+    """Why a run's suites in which its model never answered (``silent``, :func:`_never_answered`: every task trial
+    failed on its first request, a wrong served-model name, an adapter that cannot load, or its worker process died) are
+    no measure of the model."""
     reasons = []
-    for suite, (trials, reason) in sorted(never_answered(frame.to_dicts()).items()):
+    for suite, (trials, reason) in sorted(silent.items()):
         quoted = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + "..."
         reasons.append(
             f"{suite}: the {role} run has no answer from its model: all {trials} task trial(s) failed before its first answer "
             f"({quoted}), so it measures the model's setup, not the model; fix that (the served model's name, the adapter's "
-            f"files, the model client) and run `ee eval run ... --out {run_dir}` again (those trials run again)"
+            f"files, the model client; for worker processes that died, the memory each needs: fewer --workers) and run "
+            f"`ee eval run ... --out {run_dir}` again (those trials run again)"
         )
     return reasons
+
+
+def _died(frame: Any, *, again: bool) -> Any:
+    """The rows of :func:`_results` whose worker process died: once (``no_answer``: they run again), or, with ``again``,
+    on the rerun too (they count as failed)."""
+    import polars as pl
+
+    if "error_type" not in frame.columns or "no_answer" not in frame.columns:
+        return frame.clear()
+    return frame.filter((pl.col("error_type") == "worker_died") & (pl.col("no_answer") != again))
+
+
+def _died_once(frame: Any) -> dict[str, int]:
+    """suite -> how many task trials of :func:`_results` lost their worker process once (the same command runs them again)."""
+    return {str(suite): int(n) for suite, n in _died(frame, again=False).group_by("suite").len().iter_rows()}
+
+
+def _died_twice(frame: Any) -> dict[str, list[str]]:
+    """suite -> the ids of the tasks of :func:`_results` whose worker process died on them on two commands (failed)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for suite, task_id in _died(frame, again=True).select("suite", "task_id").sort("suite", "task_id").iter_rows():
+        out[str(suite)].append(str(task_id))
+    return dict(out)
+
+
+def _died_notes(died: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Per run, the compared tasks whose worker process died on the command that ran them again too: they count as
+    failures, though a death (out of memory, a crash in a model library) is no answer of the model."""
+    notes = []
+    for role in ("baseline", "candidate"):
+        if died.get(role):
+            where = "; ".join(
+                f"{suite}: {', '.join(ids[:5])}" + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+                for suite, ids in sorted(died[role].items())
+            )
+            notes.append(
+                f"the {role} run counts {sum(len(ids) for ids in died[role].values())} task trial(s) as failed because the "
+                f"worker process running them died, on the command that ran them again too ({where}): killed out of memory "
+                "or a crash in the model's library, not an answer of the model, so the score may show that rather than the "
+                "model (run both with fewer --workers to measure those tasks)"
+            )
+    return notes
 
 
 def _cut_notes(comparisons: list[SuiteComparison]) -> list[str]:

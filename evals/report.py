@@ -21,7 +21,8 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     ``pass_hat`` maps each k up to the trials run to tau-bench's pass^k estimate (per task
     C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Suites that
     left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``;
-    suites with tasks the model server gave no answer to (down, timed out) get ``no_answer``, their count.
+    suites with tasks the model server gave no answer to (down, timed out) get ``no_answer``, their count, of which
+    ``worker_deaths`` (when any) were tasks whose worker process died (the same command runs them again once).
     ``cut_answers`` counts the model's answers that ended because they reached ``max_tokens`` (finish reason
     ``length``; 0 for rows of runs from before it was recorded); ``text_calls`` the answers whose calls were read from
     their text, not from structured ``tool_calls`` (0 likewise).
@@ -55,6 +56,9 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
         no_answer = sum(1 for r in items if r.get("no_answer"))
         if no_answer:
             out[-1]["no_answer"] = no_answer
+        deaths = sum(1 for r in items if r.get("no_answer") and r.get("error_type") == "worker_died")
+        if deaths:
+            out[-1]["worker_deaths"] = deaths
         if excluded and excluded.get(name):
             out[-1]["excluded"] = len(excluded[name])
             out[-1]["excluded_reasons"] = _by_count(excluded[name].values())
@@ -91,7 +95,8 @@ def write_outputs(
     import polars as pl
 
     rows = sorted(
-        ({"no_answer": False, "cut_answers": 0, "text_calls": 0, **r} for r in rows), key=lambda r: (r["suite"], r["task_id"], r["trial"])
+        ({"no_answer": False, "request_refused": False, "cut_answers": 0, "text_calls": 0, **r} for r in rows),
+        key=lambda r: (r["suite"], r["task_id"], r["trial"]),
     )
     names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
@@ -123,6 +128,7 @@ _SCHEMA = {
     "tool_calls": int,
     "duration_s": float,
     "no_answer": bool,
+    "request_refused": bool,
     "conversation": str,
     "details": str,
     "cut_answers": int,
@@ -207,16 +213,28 @@ def _cell(text: Any) -> str:
 
 
 def unanswered_warning(summary: list[dict[str, Any]]) -> str:
-    """A warning when the model server gave no answer on some tasks ("" when it always answered), naming the suites (a
-    run may hold suites several commands added: the command to run again is the one with those suites)."""
-    n = sum(s.get("no_answer", 0) for s in summary)
-    if not n:
-        return ""
-    where = ", ".join(f"{s['suite']}: {s['no_answer']}" for s in summary if s.get("no_answer"))
-    return (
-        f"Warning: the model server gave no answer on {n} task trial(s) (down or timed out; {where}); they count as failures "
-        "here. Run the same `ee eval run` command (with those suites) again once the server is up: it runs only those again."
-    )
+    """A warning when the model server gave no answer on some tasks, or the worker process running some died ("" when
+    neither), naming the suites (a run may hold suites several commands added: the command to run again is the one with
+    those suites)."""
+    server = {s["suite"]: s.get("no_answer", 0) - s.get("worker_deaths", 0) for s in summary}
+    deaths = {s["suite"]: s.get("worker_deaths", 0) for s in summary}
+    said = []
+    if sum(server.values()):
+        where = ", ".join(f"{suite}: {n}" for suite, n in server.items() if n)
+        said.append(
+            f"Warning: the model server gave no answer on {sum(server.values())} task trial(s) (down or timed out; {where}); "
+            "they count as failures here. Run the same `ee eval run` command (with those suites) again once the server is "
+            "up: it runs only those again."
+        )
+    if sum(deaths.values()):
+        where = ", ".join(f"{suite}: {n}" for suite, n in deaths.items() if n)
+        said.append(
+            f"Warning: the worker process running {sum(deaths.values())} task trial(s) died ({where}; killed out of memory, "
+            "or a crash in the model's library: see each one's reason), which says nothing of the model; they count as "
+            "failures here. Run the same `ee eval run` command (with those suites) again, with fewer --workers if memory "
+            "ran short: it runs only those again, once (a task whose worker dies again keeps that as its failure)."
+        )
+    return "\n".join(said)
 
 
 CUT_COLUMN = "cut at max_tokens"

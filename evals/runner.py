@@ -4,8 +4,9 @@ Results go to ``OUT/results.jsonl`` as each task finishes (one line per task and
 fsync-ed once a second),
 so an interrupted run resumes where it stopped: the same command skips every (suite, task, trial)
 already there, except those the model server gave no answer to (``no_answer``: it was down, timed
-out or failing), which run again, so a server that went down halfway costs a re-run, not a
-score, and those of a suite the model never answered at all (:func:`never_answered`). At the end
+out or failing) or whose worker process died (once: :data:`WORKER_DIED`), which run again, so a server
+that went down halfway costs a re-run, not a score, and those of a suite the model never answered at
+all (:func:`never_answered`). At the end
 the lines become ``OUT/results.parquet`` (written atomically) and the summary and report are
 written (:mod:`ee_middleware.evals.report`). A command naming other suites adds them to the run:
 the results, summary and reports hold every suite of it.
@@ -31,7 +32,7 @@ from ee_middleware._files import atomic_write_text
 from ee_middleware._lifetime import die_with_parent
 from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
-from ee_middleware.errors import ConfigError, EEError
+from ee_middleware.errors import ConfigError, EEError, ModelRequestError
 from ee_middleware.evals.clients import build_eval_client
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.loop import LoopConfig
@@ -67,6 +68,7 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "tool_calls": len(conversation.calls),
         "duration_s": round(result.duration_s, 6),
         "no_answer": bool(result.conversation.no_answer),
+        "request_refused": False,
         "cut_answers": conversation.cut_answers,
         "text_calls": conversation.text_calls,
         "conversation": json.dumps(conversation.messages, ensure_ascii=False, default=str),
@@ -128,8 +130,9 @@ def _run_claimed(
 
     names, excluded = _claim_run_dir(out, job, [suite.name for suite in suites.values()])
     journal_rows = _without_silent_suites(out, read_journal(out / JOURNAL), {suite.name for suite in suites.values()})
-    done = [r for r in journal_rows if not r.get("no_answer")]  # the server gave no answer: run again
+    done = [r for r in journal_rows if not r.get("no_answer")]  # the server gave no answer, a worker died: run again
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
+    died = {(r["suite"], r["task_id"], r["trial"]) for r in journal_rows if r.get("no_answer") and r.get("error_type") == WORKER_DIED}
     todo: list[tuple[str, EvalTask, int]] = []
     totals = {}
     for spec, suite in suites.items():
@@ -142,7 +145,7 @@ def _run_claimed(
             if progress:
                 progress(name, counts[name], totals[name])
         synced = time.monotonic()
-        for row in _execute(job, todo, worker):
+        for row in _execute(job, todo, worker, died):
             journal.write(json.dumps(row, ensure_ascii=False) + "\n")
             journal.flush()
             if time.monotonic() - synced >= SYNC_EVERY_S:  # a crash loses at most this much work: those tasks run again
@@ -168,30 +171,50 @@ def _run_claimed(
     return summary
 
 
-NO_MODEL_ANSWER = ("model_error", "client_error")
-"""The error types of a task trial that failed on a request to the model (refused, failing, its client raising)."""
+WORKER_DIED = "worker_died"
+"""The error type of a task whose worker process died while running it (killed, out of memory, a native crash). Such a
+death says nothing of the model's answers: the first one is counted as ``no_answer`` (the next command runs the task
+again); a task whose worker dies again, on that command, keeps it as its failure."""
+NO_MODEL_ANSWER = ("model_error", "client_error", WORKER_DIED)
+"""The error types of a task trial that failed on a request to the model (refused, failing, its client raising, its
+worker process killed)."""
+SETUP_STATUSES = (401, 403, 404, 405)
+"""The HTTP statuses of a refusal that every request to that server and model gets alike (the API key, the served
+model's name, the endpoint's path), whatever its messages: a refusal with another status (400 for a prompt longer than
+the context) is about the request it answers, unless the server's text names its setup (``ModelRequestError.setup``)."""
+
+
+def refused_for_its_messages(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a model server refusing one request for that request's own messages (a prompt longer than the
+    context, a chat template failing on them): :class:`ModelRequestError` not about the server's setup nor with a
+    :data:`SETUP_STATUSES` status. That task's failure says something of the task, not that the model cannot answer."""
+    return isinstance(exc, ModelRequestError) and not exc.setup and exc.status not in SETUP_STATUSES
 
 
 def got_no_model_answer(row: Mapping[str, Any]) -> bool:
-    """Whether a results row failed before the model's first answer: on a request the model (its server, its client)
-    could not answer, with no step of the model's in the conversation."""
-    return not row.get("success") and row.get("error_type") in NO_MODEL_ANSWER and not row.get("steps")
+    """Whether a results row failed before the model's first answer for a cause that says nothing of the model: a
+    request the model (its server, its client) could not answer, or its worker process dying, with no step of the
+    model's in the conversation. A request refused for its own messages (``request_refused``: a prompt too long) is
+    not one: that is the task's failure."""
+    return not row.get("success") and row.get("error_type") in NO_MODEL_ANSWER and not row.get("steps") and not row.get("request_refused")
 
 
 def never_answered(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, str]]:
     """suite -> (its task trials, the first one's reason) for each suite of ``rows`` in which the model never answered:
     every task trial failed before the model's first answer (:func:`got_no_model_answer`: a wrong served-model name
-    refused with 404 on every request, an adapter whose weights cannot load, a client raising on every request).
+    refused with 404 on every request, an adapter whose weights cannot load, a client raising on every request, a worker
+    process killed on every task).
 
     Such a suite's 0% measures the model's setup, not the model. One refused request beside answered ones stays a plain
-    task failure; a suite whose every trial got no answer from a server that was down (``no_answer``) is not named here
-    (those trials are run again anyway)."""
+    task failure, and so does a request refused for its own messages (a one-task suite's prompt too long); a suite whose
+    every trial got no answer from a server that was down (``no_answer``) is not named here (those trials are run again
+    anyway), but one whose every task's worker process died is."""
     by_suite: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_suite.setdefault(str(row["suite"]), []).append(row)
     out = {}
     for suite, items in by_suite.items():
-        refused = [r for r in items if not r.get("no_answer")]
+        refused = [r for r in items if not r.get("no_answer") or r.get("error_type") == WORKER_DIED]
         if refused and all(got_no_model_answer(r) for r in items):
             first = min(refused, key=lambda r: (str(r["task_id"]), int(r.get("trial") or 0)))
             out[suite] = (len(items), str(first.get("reason") or "no reason recorded"))
@@ -255,7 +278,7 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
                 f"results were made with. Use another --out, or delete {out} to start over."
             ) from exc
         changed = job.changed_settings(previous["job"])
-        if changed:  # rows with no answer of the model (a typo'd endpoint or served-model name) are no result to keep
+        if changed:  # rows with no answer of the model (a typo'd endpoint or served-model name, a killed worker) are no result to keep
             answered = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer") and not got_no_model_answer(r)]
             if answered:
                 raise ConfigError(
@@ -361,15 +384,46 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _execute(job: EvalJob, todo: list[tuple[str, EvalTask, int]], worker: _Worker) -> Iterator[dict[str, Any]]:
-    """The rows of ``todo``: in this process with ``worker`` (its caller closes it), or in ``job.workers`` processes."""
+def _execute(
+    job: EvalJob,
+    todo: list[tuple[str, EvalTask, int]],
+    worker: _Worker,
+    died_before: set[tuple[str, str, int]],
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``todo``: in this process with ``worker`` (its caller closes it), or in ``job.workers`` processes
+    (``died_before``: the (suite, task, trial) whose worker process died on an earlier command)."""
     if not todo:
         return
     if job.workers == 1 or len(todo) == 1:
         for spec, task, trial in todo:
             yield worker.run(spec, task, trial)
         return
-    yield from _in_processes(job, todo, worker.client.model)
+    yield from _in_processes(job, todo, worker.client.model, died_before)
+
+
+class _Watched:
+    """The worker's client as a suite gets it: the same client, remembering what its last request raised (None after an
+    answer), so that a task's row can say whether the server refused that task's own request
+    (:func:`refused_for_its_messages`); a task-aware client (``for_task``) is watched once bound."""
+
+    def __init__(self, client: Any, last: list[BaseException | None]) -> None:
+        self._client = client
+        self._last = last
+
+    def complete(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            choices = self._client.complete(*args, **kwargs)
+        except BaseException as exc:
+            self._last[0] = exc
+            raise
+        self._last[0] = None
+        return choices
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._client, name)
+        if name == "for_task" and callable(value):
+            return lambda task: _Watched(value(task), self._last)
+        return value
 
 
 class _Worker:
@@ -379,14 +433,21 @@ class _Worker:
         self.job = job
         self.client = build_eval_client(job.model, **job.client_options())
         self.config: LoopConfig = job.loop_config()
+        self._last: list[BaseException | None] = [None]
+        self._watched = _Watched(self.client, self._last)
 
     def run(self, spec: str, task: EvalTask, trial: int) -> dict[str, Any]:
         suite = load_suite(spec, self.job.suite_settings())
+        self._last[0] = None
         try:
-            result = suite.run(self.client, task, trial, self.config)
+            result = suite.run(self._watched, task, trial, self.config)
         except Exception as exc:  # noqa: BLE001 - a harness bug on one task is that task's failure, with the reason
             result = _crashed(suite.name, task, trial, exc)
-        return result_row(result, self.client.model)
+        row = result_row(result, self.client.model)
+        # the error that ended the task is its last request's: a refusal of that request's own messages is the task's
+        # failure, which never_answered() does not count as "the model never answered"
+        row["request_refused"] = result.error_type == "model_error" and refused_for_its_messages(self._last[0])
+        return row
 
     def close(self) -> None:
         self.client.close()
@@ -396,11 +457,19 @@ def _crashed(suite: str, task: EvalTask, trial: int, exc: Exception) -> TaskResu
     from ee_middleware.evals.tasks import Conversation
 
     reason = f"the harness failed on this task: {type(exc).__name__}: {exc}"
-    return TaskResult(suite, task.category, task.id, trial, False, reason, "harness_error", Conversation(error=reason), 0.0)
+    return TaskResult(
+        suite,
+        task.category,
+        task.id,
+        trial,
+        False,
+        reason,
+        "harness_error",
+        Conversation(error=reason),
+        0.0,
+    )
 
 
-WORKER_DIED = "worker_died"
-"""The error type of a task whose worker process died while running it (killed, out of memory, a native crash)."""
 _Item = tuple[str, EvalTask, int]
 _PROCESS_WORKER: _Worker | None = None
 
@@ -470,7 +539,11 @@ class _ProcessSlot:
 
     def __init__(self, context: Any, job_data: dict[str, Any], parent_pid: int) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_process_main, args=(child, job_data, parent_pid), name="ee-eval-worker")
+        self.process = context.Process(
+            target=_process_main,
+            args=(child, job_data, parent_pid),
+            name="ee-eval-worker",
+        )
         self.process.start()
         child.close()  # else the pipe would not read as closed when the process dies
         self.ready = False
@@ -520,10 +593,11 @@ class _ProcessSlot:
         self.conn.close()
 
 
-def _in_processes(job: EvalJob, todo: list[_Item], model: str) -> Iterator[dict[str, Any]]:
+def _in_processes(job: EvalJob, todo: list[_Item], model: str, died_before: set[tuple[str, str, int]]) -> Iterator[dict[str, Any]]:
     """The rows of ``todo`` run in ``job.workers`` processes. A process that dies running a task (killed out of memory, a
-    crash in a model library's native code) fails that task (:data:`WORKER_DIED`, saying so), and a new process takes its
-    place: the other tasks go on, and the same command does not die at that task again."""
+    crash in a model library's native code) fails that task (:data:`WORKER_DIED`, saying so; as ``no_answer`` unless it
+    died on it before: ``died_before``), and a new process takes its place: the other tasks go on, and the same command
+    does not die at that task again more than once."""
     context = multiprocessing.get_context("spawn")  # nothing of the parent's state (threads, caches) leaks in
     data, parent = job.model_dump(), os.getpid()
     queued = deque(todo)
@@ -554,7 +628,16 @@ def _in_processes(job: EvalJob, todo: list[_Item], model: str) -> Iterator[dict[
                             "1 to see the error."
                         ) from None
                     if slot.item is not None:
-                        rows.append(_died(job, slot.item, death.exitcode, model, time.monotonic() - slot.sent))
+                        rows.append(
+                            _died(
+                                job,
+                                slot.item,
+                                death.exitcode,
+                                model,
+                                time.monotonic() - slot.sent,
+                                died_before,
+                            )
+                        )
                     slot.stop()
                     slots[index] = _ProcessSlot(context, data, parent)  # stopped at once if no task is left
                     continue
@@ -565,27 +648,56 @@ def _in_processes(job: EvalJob, todo: list[_Item], model: str) -> Iterator[dict[
             slot.stop()
 
 
-def _died(job: EvalJob, item: _Item, exitcode: int | None, model: str, duration_s: float) -> dict[str, Any]:
-    """The failed row of the task a worker process died running, said as a warning too."""
+def _died(
+    job: EvalJob,
+    item: _Item,
+    exitcode: int | None,
+    model: str,
+    duration_s: float,
+    died_before: set[tuple[str, str, int]],
+) -> dict[str, Any]:
+    """The failed row of the task a worker process died running, said as a warning too: ``no_answer`` the first time (the
+    next command runs it again), the task's failure when it died on it before."""
     from ee_middleware.evals.tasks import Conversation
 
     spec, task, trial = item
     suite = load_suite(spec, job.suite_settings()).name
     how = _exit_text(exitcode)
-    reason = (
-        f"the worker process running this task died ({how}) before it finished: killed (out of memory?) or crashed in "
-        "native code (the model's library); the run went on with a new worker process"
-    )
+    again = (suite, task.id, trial) in died_before
+    if again:
+        reason = (
+            f"the worker process running this task died ({how}) before it finished, as one did on the command before: "
+            "killed (out of memory?) or crashed in native code (the model's library) on this task"
+        )
+        then = "it counts as failed, as it did on the command before"
+    else:
+        reason = (
+            f"the worker process running this task died ({how}) before it finished: killed (out of memory?) or crashed in "
+            "native code (the model's library); the run went on with a new worker process, and the same command runs this "
+            "task again (once)"
+        )
+        then = "it says nothing of the model, so the same command runs it again (once)"
     logger.warning(
-        "%s: task %s (trial %d): the worker process running it died (%s); it counts as failed (%s) and the run goes on with "
-        "a new worker process. Out of memory? Run with fewer --workers.",
+        "%s: task %s (trial %d): the worker process running it died (%s); %s, and the run goes on. Out of memory? Run with "
+        "fewer --workers.",
         suite,
         task.id,
         trial,
         how,
-        WORKER_DIED,
+        then,
     )
-    result = TaskResult(suite, task.category, task.id, trial, False, reason, WORKER_DIED, Conversation(error=reason), duration_s)
+    conversation = Conversation(error=reason, error_type=WORKER_DIED, no_answer=not again)
+    result = TaskResult(
+        suite,
+        task.category,
+        task.id,
+        trial,
+        False,
+        reason,
+        WORKER_DIED,
+        conversation,
+        duration_s,
+    )
     return result_row(result, model)
 
 
@@ -603,4 +715,12 @@ def _exit_text(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-__all__ = ["EvalJob", "got_no_model_answer", "never_answered", "read_journal", "result_row", "run_eval"]
+__all__ = [
+    "EvalJob",
+    "got_no_model_answer",
+    "never_answered",
+    "read_journal",
+    "refused_for_its_messages",
+    "result_row",
+    "run_eval",
+]

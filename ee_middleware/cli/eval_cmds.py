@@ -75,9 +75,11 @@ def run_cmd(
 ) -> None:
     """Run suites against a model; a task the model fails (garbage, a tool raising) is a failure with a reason.
 
-    Exits 1 when the model server gave no answer on some tasks (down, timing out): the run is incomplete, and
-    the same command run again runs only those tasks. Exits 1 too when in a suite the model never answered (every
-    task failed on its first request: a wrong --model name, an adapter that cannot load): fix that and run again.
+    Exits 1 when the model server gave no answer on some tasks (down, timing out), or the worker process running
+    some died (killed out of memory): the run is incomplete, and the same command run again runs only those tasks
+    (a task whose worker dies again then counts as failed). Exits 1 too when in a suite the model never answered
+    (every task failed on its first request: a wrong --model name, an adapter that cannot load, every worker
+    killed; not a prompt the server refused as too long): fix that and run again.
     Answers the model could not finish within --max-tokens (finish_reason 'length') are counted per suite
     (cut_answers) with a warning; the run still counts as done.
     """
@@ -113,7 +115,7 @@ def run_cmd(
     finally:
         if bars:
             bars.stop()
-    warnings = [text for text in (unanswered_warning(summary), never_answered_warning(summary)) if text]
+    warnings = [line for text in (unanswered_warning(summary), never_answered_warning(summary)) for line in text.splitlines() if line]
     cut = cut_warning(summary, job.max_tokens)
     text_calls = text_calls_note(summary)
     if as_json:
@@ -144,8 +146,9 @@ def never_answered_warning(summary: list[dict[str, Any]], limit: int = 300) -> s
     return (
         f"Warning: the model never answered in {len(silent)} suite(s): every task trial failed before its first answer "
         f"({where}). These scores measure the model's setup, not the model, and `ee eval gate` refuses them. Fix what the "
-        "error says (the served model's name, the adapter's files, the model client) and run `ee eval run` again with this "
-        "--out: those trials run again (a corrected model spec takes the folder over)."
+        "error says (the served model's name, the adapter's files, the model client; for worker processes that died, the "
+        "memory each needs: fewer --workers) and run `ee eval run` again with this --out: those trials run again (a "
+        "corrected model spec takes the folder over)."
     )
 
 

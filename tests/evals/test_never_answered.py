@@ -162,3 +162,30 @@ def test_a_local_adapter_whose_weights_cannot_load_is_a_run_that_measured_no_mod
     assert "Cannot apply the adapter" in summary["never_answered"]
     [reason] = gate(tmp_path / "run", tmp_path / "run", POLICY).reasons[:1]
     assert "the candidate run has no answer from its model" in reason
+
+
+def test_a_one_task_suite_whose_only_prompt_the_server_refuses_as_too_long_is_that_tasks_failure(tmp_path: Path) -> None:
+    """A small held-out split of one task whose prompt a server serving the model fine refuses with 400 ('prompt too
+    long'): a refusal of that request's own messages. Before: 'the model never answered' (exit 1), the prompt sent again
+    by every identical command, and the gate refused the run, naming the wrong fixes (the served model's name, the
+    adapter's files). A one-task suite refused for the model's name (404) is still one the model never answered."""
+    suite = "bfcl:irrelevance:1"
+    [task] = load_suite(suite).tasks()
+    server, handler = _server({"good"}, refuse_marker=json.dumps(task.turns[0][-1]["content"])[1:40])
+    with serving(server) as url:
+        job = EvalJob(suites=[suite], model=f"openai:{url}#good", out=str(tmp_path / "base"), retries=0)
+        [summary] = run_eval(job)
+        assert summary["failures"] == {"model_error": 1} and "never_answered" not in summary
+        [again] = run_eval(job)
+        assert again == summary and len(handler.requests) == 1, "the same command does not send the refused prompt again"
+        run_eval(job.model_copy(update={"model": "oracle", "out": str(tmp_path / "cand")}))
+        outcome = gate(tmp_path / "cand", tmp_path / "base", POLICY)
+        assert outcome.passed, outcome.reasons
+        [row] = read_journal(tmp_path / "base" / JOURNAL)
+        assert row["request_refused"] and "HTTP 400" in row["reason"]
+
+        [wrong] = run_eval(job.model_copy(update={"model": f"openai:{url}#goood", "out": str(tmp_path / "wrong")}))
+    assert "refused the request with HTTP 404" in wrong["never_answered"]
+    assert not gate(tmp_path / "cand", tmp_path / "wrong", POLICY).passed
+    result = CliRunner().invoke(app, ["eval", "run", "--suite", suite, "--model-spec", job.model, "--out", str(tmp_path / "base")])
+    assert result.exit_code == 0, result.output

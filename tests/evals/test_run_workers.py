@@ -63,7 +63,8 @@ def _children() -> set[int]:
 
 def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Before: the run ended with 'unexpected BrokenProcessPool ... (a bug in ee-middleware ...)', naming no task, with no
-    row journaled (the rows other workers had finished were lost), so every rerun died the same way."""
+    row journaled (the rows other workers had finished were lost), so every rerun died the same way. A death says nothing
+    of the model: the same command runs such a task again once, and a task whose worker dies again keeps that failure."""
     killing = sorted(t.id for t in load_suite(SUITE).tasks() if MARKER in json.dumps(t.turns))
     assert len(killing) >= 2, "the suite holds tasks that kill their worker"
     before = _children()
@@ -72,6 +73,7 @@ def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on
         [summary] = run_eval(job)
     assert summary["tasks"] == summary["runs"] == 12
     assert summary["failures"] == {"ast_decoder:decoder_failed": 12 - len(killing), "worker_died": len(killing)}
+    assert summary["no_answer"] == summary["worker_deaths"] == len(killing) and "never_answered" not in summary
     rows = read_journal(tmp_path / "run" / JOURNAL)
     died = {r["task_id"]: r for r in rows if r["error_type"] == "worker_died"}
     assert sorted(died) == killing
@@ -79,8 +81,16 @@ def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on
     for task_id in killing:
         assert f"bfcl:simple: task {task_id} (trial 0): the worker process running it died (killed by SIGKILL" in caplog.text
     assert _children() <= before, "no worker process outlives the run"
-    [again] = run_eval(job)  # the same command runs nothing again: it does not die at those tasks for ever
-    assert again == summary and len(read_journal(tmp_path / "run" / JOURNAL)) == 12
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ee_middleware.evals.runner"):
+        [again] = run_eval(job)  # the same command runs those tasks again, once
+    assert again["failures"] == summary["failures"] and "no_answer" not in again and "worker_deaths" not in again
+    assert caplog.text.count("it counts as failed, as it did on the command before") == len(killing)
+    final = [r for r in read_journal(tmp_path / "run" / JOURNAL) if r["error_type"] == "worker_died" and not r["no_answer"]]
+    assert sorted(r["task_id"] for r in final) == killing and all("as one did on the command before" in r["reason"] for r in final)
+    [third] = run_eval(job)  # then nothing runs again: it does not die at those tasks for ever
+    assert third == again and len(read_journal(tmp_path / "run" / JOURNAL)) == 12 + len(killing)
+    assert _children() <= before
 
 
 def test_a_worker_killed_while_it_starts_is_an_error_saying_so(tmp_path: Path) -> None:
@@ -89,3 +99,116 @@ def test_a_worker_killed_while_it_starts_is_an_error_saying_so(tmp_path: Path) -
     with pytest.raises(EEError, match=r"worker process of the run ended while it started \(killed by SIGKILL.*fewer --workers"):
         run_eval(job)
     assert _children() <= before
+
+
+def killed_always(**options: Any) -> NoopClient:
+    """A model whose worker process is killed on every request (a ``local:`` model the out-of-memory killer kills at each
+    generate), not while it is built."""
+    return _KilledAlways()
+
+
+class _KilledAlways(NoopClient):
+    model = "killed-always"
+
+    def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        n: int = 1,
+        sampling: Sampling = Sampling(),
+    ) -> list[Choice]:
+        if multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+
+
+def test_a_run_whose_every_worker_died_measured_no_model_exits_1_is_refused_by_the_gate_and_taken_over(tmp_path: Path) -> None:
+    """Before: every row worker_died, yet the run was a finished 0% run (exit 0, no never-answered warning), the gate
+    PASSED an oracle candidate against it (+100%), and a corrected --model-spec into the same --out was refused ('holds
+    6 result(s) of a run with other settings')."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.evals.gate import GatePolicy, gate
+
+    suite, base = "bfcl:simple:6", tmp_path / "base"
+    args = ["eval", "run", "--suite", suite, "--workers", "2", "--no-progress", "--json", "--out", str(base)]
+    result = CliRunner().invoke(app, [*args, "--model-spec", "tests.evals.test_run_workers:killed_always"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["failures"] == {"worker_died": 6} and "the worker process running this task died" in summary["never_answered"]
+    stderr = " ".join(result.stderr.split())
+    assert "error: the model never answered in 1 suite(s)" in stderr and "fewer --workers" in stderr
+    run_eval(EvalJob(suites=[suite], model="oracle", out=str(tmp_path / "cand")))
+    outcome = gate(tmp_path / "cand", base, GatePolicy(min_tasks=1))
+    assert not outcome.passed
+    assert any(r.startswith("bfcl:simple: the baseline run has no answer from its model: all 6 task trial(s)") for r in outcome.reasons)
+    # worker deaths are no result of the model: the corrected model spec takes the folder over
+    [fixed] = run_eval(EvalJob(suites=[suite], model="noop", out=str(base), workers=2))
+    assert fixed["runs"] == 6 and "worker_died" not in fixed["failures"] and "never_answered" not in fixed
+
+
+def killed_once(**options: Any) -> NoopClient:
+    """A model whose worker process is killed the first time it meets each task naming MARKER (a one-off out-of-memory
+    kill), and answers it on the next command (the tasks it met are files in ``$EE_TEST_DEATHS``)."""
+    return _KilledOnce()
+
+
+class _KilledOnce(NoopClient):
+    model = "killed-once"
+
+    def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        n: int = 1,
+        sampling: Sampling = Sampling(),
+    ) -> list[Choice]:
+        text = json.dumps(list(messages))
+        met = Path(os.environ["EE_TEST_DEATHS"]) / str(abs(hash(text)))
+        if multiprocessing.parent_process() is not None and MARKER in text and not met.exists():
+            met.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+
+
+def test_a_task_whose_worker_was_killed_once_runs_again_and_is_scored_on_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a one-off out-of-memory kill was that task's failure for good; the gate counted it as the model's, silently,
+    and the same command never ran it again. Now the run exits 1 (via the unanswered warning), the gate refuses it until
+    the same command has run those tasks again, and then they are scored on the model's answer."""
+    from ee_middleware.evals.gate import GatePolicy, gate
+    from ee_middleware.evals.report import unanswered_warning
+
+    monkeypatch.setenv("EE_TEST_DEATHS", str(tmp_path))
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # the same hash() in every worker process
+    killing = sorted(t.id for t in load_suite(SUITE).tasks() if MARKER in json.dumps(t.turns))
+    job = EvalJob(suites=[SUITE], model="tests.evals.test_run_workers:killed_once", out=str(tmp_path / "run"), workers=2)
+    [first] = run_eval(job)
+    assert first["failures"]["worker_died"] == first["worker_deaths"] == len(killing)
+    assert "the worker process running 4 task trial(s) died (bfcl:simple: 4" in " ".join(unanswered_warning([first]).split())
+    run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "noop"), "workers": 1}))
+    [reason] = gate(tmp_path / "run", tmp_path / "noop", GatePolicy(min_tasks=1)).reasons
+    assert reason.startswith("bfcl:simple: the worker process running 4 task trial(s) of the candidate run died")
+    assert f"`ee eval run ... --out {tmp_path / 'run'}` again" in reason
+    [again] = run_eval(job)
+    assert again["failures"] == {"ast_decoder:decoder_failed": 12} and "no_answer" not in again
+    outcome = gate(tmp_path / "run", tmp_path / "noop", GatePolicy(min_tasks=1))
+    assert outcome.passed and not any("worker" in note for note in outcome.notes), outcome.reasons
+
+
+def test_a_task_whose_worker_dies_on_the_rerun_too_counts_as_failed_and_the_gate_says_so(tmp_path: Path) -> None:
+    from ee_middleware.evals.gate import GatePolicy, gate
+
+    job = EvalJob(suites=[SUITE], model="tests.evals.test_run_workers:killed_on_marker", out=str(tmp_path / "run"), workers=2)
+    run_eval(job)
+    run_eval(job)
+    run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "noop"), "workers": 1}))
+    outcome = gate(tmp_path / "noop", tmp_path / "run", GatePolicy(min_tasks=1))
+    assert outcome.passed, outcome.reasons  # noop fails those tasks too: no task moved
+    [note] = [n for n in outcome.notes if "worker process" in n]
+    assert note.startswith("the baseline run counts 4 task trial(s) as failed because the worker process running them died")
+    assert "bfcl:simple: simple_python_0, simple_python_10, simple_python_11, simple_python_2" in note
