@@ -385,10 +385,7 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 
 def _execute(
-    job: EvalJob,
-    todo: list[tuple[str, EvalTask, int]],
-    worker: _Worker,
-    died_before: set[tuple[str, str, int]],
+    job: EvalJob, todo: list[tuple[str, EvalTask, int]], worker: _Worker, died_before: set[tuple[str, str, int]]
 ) -> Iterator[dict[str, Any]]:
     """The rows of ``todo``: in this process with ``worker`` (its caller closes it), or in ``job.workers`` processes
     (``died_before``: the (suite, task, trial) whose worker process died on an earlier command)."""
@@ -457,30 +454,42 @@ def _crashed(suite: str, task: EvalTask, trial: int, exc: Exception) -> TaskResu
     from ee_middleware.evals.tasks import Conversation
 
     reason = f"the harness failed on this task: {type(exc).__name__}: {exc}"
-    return TaskResult(
-        suite,
-        task.category,
-        task.id,
-        trial,
-        False,
-        reason,
-        "harness_error",
-        Conversation(error=reason),
-        0.0,
-    )
+    return TaskResult(suite, task.category, task.id, trial, False, reason, "harness_error", Conversation(error=reason), 0.0)
 
 
 _Item = tuple[str, EvalTask, int]
 _PROCESS_WORKER: _Worker | None = None
+AHEAD_MAX_BYTES = 32 * 1024
+"""A task is sent to a busy worker process ahead of its turn (so that it starts it without waiting for the parent) only
+when it pickles to at most this many bytes: it then fits the pipe's empty buffer, and sending it never blocks the parent
+while that worker writes a large row back. A larger task waits until a worker is idle."""
+STOP_WAIT_S = 10.0
+"""How long an idle worker process may take to end when told to (closing its model client)."""
+TERMINATE_WAIT_S = 5.0
+"""How long a worker process may take to end after SIGTERM (closing its model client) before it is killed."""
 
 
 def _init_process(job_data: dict[str, Any], parent_pid: int) -> None:
     global _PROCESS_WORKER
     # `ee eval run` killed (SIGTERM, SIGKILL) runs no clean-up: the kernel ends this worker with it, the watchdog elsewhere.
     die_with_parent(parent_pid, _end_orphaned, death_signal=signal.SIGKILL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the run in the parent, which ends its workers
+    # Ctrl-C (and a hang-up) stops the run in the parent, which ends its workers. A handler that does nothing, not
+    # SIG_IGN: an ignored signal stays ignored in every program this process starts (exec keeps it), so the helper
+    # processes of a model client (a local server, an engine) would not get Ctrl-C; a handled one is reset there.
+    signal.signal(signal.SIGINT, _ignore_signal)
+    signal.signal(signal.SIGHUP, _ignore_signal)
+    signal.signal(signal.SIGTERM, _end_on_signal)  # how the parent ends a busy worker: its client is closed first
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _PROCESS_WORKER = _Worker(EvalJob(**job_data))
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """A worker's SIGINT and SIGHUP: the parent stops the run."""
+
+
+def _end_on_signal(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM: end as after the last task, its model client closed (the processes it started with it)."""
+    raise SystemExit(128 + signum)
 
 
 def _end_orphaned() -> None:
@@ -491,6 +500,8 @@ def _process_main(conn: Connection, job_data: dict[str, Any], parent_pid: int) -
     """A worker process: builds its client, says it is ready, then runs one task per message until told to stop."""
     try:
         _init_process(job_data, parent_pid)
+    except SystemExit:  # told to end while it started: the parent reads that as the process ending
+        raise
     except BaseException as exc:  # noqa: BLE001 - the parent raises it
         _send_error(conn, exc)
         return
@@ -533,30 +544,52 @@ class _WorkerDied(Exception):
         self.exitcode = exitcode
 
 
+class _Queued:
+    """A task waiting for a worker process, pickled once (its size decides whether it may be sent ahead)."""
+
+    __slots__ = ("_payload", "item")
+
+    def __init__(self, item: _Item) -> None:
+        self.item = item
+        self._payload: bytes | None = None
+
+    def payload(self) -> bytes:
+        if self._payload is None:
+            from multiprocessing.reduction import ForkingPickler
+
+            self._payload = bytes(ForkingPickler.dumps(self.item))  # what Connection.send would send
+        return self._payload
+
+
 class _ProcessSlot:
-    """One worker process, sent one task at a time over a pipe: when it dies, the task it was running is known (and
-    only that one is lost), and so is its exit status."""
+    """One worker process, sent its tasks over a pipe: the one it runs and at most one ahead, which it runs next, in
+    order. When it dies, the task it was running is known (the first whose row has not come back; only that one is
+    lost, the one sent ahead runs elsewhere), and so is its exit status."""
 
     def __init__(self, context: Any, job_data: dict[str, Any], parent_pid: int) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=_process_main,
-            args=(child, job_data, parent_pid),
-            name="ee-eval-worker",
-        )
+        self.process = context.Process(target=_process_main, args=(child, job_data, parent_pid), name="ee-eval-worker")
         self.process.start()
         child.close()  # else the pipe would not read as closed when the process dies
         self.ready = False
-        self.item: _Item | None = None
-        self.sent = 0.0
+        self.items: deque[_Item] = deque()
+        """The tasks sent whose row has not come back: the first is running."""
+        self.started = 0.0
+        """When the first of ``items`` started (about: when the row before it came back)."""
+        self.stop_deadline = 0.0
+        """When the process, asked to end (:meth:`begin_stop`), is terminated, then killed."""
+        self._terminated = False
 
-    def give(self, item: _Item) -> bool:
-        """Send ``item`` to the idle process; False when it is gone (its death is read next)."""
+    def give(self, queued: _Queued) -> bool:
+        """Send ``queued``'s task to the process (it runs it after those it has); False when the process is gone (its
+        death is read next)."""
         try:
-            self.conn.send(item)
+            self.conn.send_bytes(queued.payload())
         except OSError:
             return False
-        self.item, self.sent = item, time.monotonic()
+        if not self.items:
+            self.started = time.monotonic()
+        self.items.append(queued.item)
         return True
 
     def receive(self) -> dict[str, Any] | None:
@@ -570,7 +603,8 @@ class _ProcessSlot:
                 self.ready = True
                 return None
             if kind == "row":
-                self.item = None
+                self.items.popleft()
+                self.started = time.monotonic()
                 return value  # type: ignore[no-any-return]
             if kind == "error":
                 exc, text = value
@@ -578,43 +612,90 @@ class _ProcessSlot:
         self.process.join(5)
         raise _WorkerDied(self.process.exitcode)
 
-    def stop(self) -> None:
-        """End the process: told to stop when idle, else (a task still running: the run is stopping) terminated."""
-        if self.process.is_alive() and self.ready and self.item is None:
+    def begin_stop(self) -> None:
+        """Ask the process to end: told to stop when idle (it closes its client), else (a task still running: the run is
+        stopping) terminated (SIGTERM: it closes its client too); :meth:`end_stop` waits for it."""
+        now = time.monotonic()
+        if self.process.is_alive() and self.ready and not self.items:
             with contextlib.suppress(OSError):
                 self.conn.send(None)
-            self.process.join(10)
-        if self.process.is_alive():
+            self.stop_deadline = now + STOP_WAIT_S
+        elif self.process.is_alive():
             self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+            self._terminated, self.stop_deadline = True, now + TERMINATE_WAIT_S
+
+    def stopped(self, now: float) -> bool:
+        """Whether the process has ended; one past its time is terminated, then killed."""
+        if not self.process.is_alive():
+            return True
+        if now >= self.stop_deadline:
+            if self._terminated:
+                self.process.kill()
+                self.process.join()
+                return True
+            self.process.terminate()
+            self._terminated, self.stop_deadline = True, now + TERMINATE_WAIT_S
+        return False
+
+    def close(self) -> None:
+        self.process.join()
         self.conn.close()
 
 
-def _in_processes(job: EvalJob, todo: list[_Item], model: str, died_before: set[tuple[str, str, int]]) -> Iterator[dict[str, Any]]:
+def _stop_all(slots: list[_ProcessSlot]) -> None:
+    """End every worker process, all at once: a run with N hung workers stops within one wait, not N."""
+    for slot in slots:
+        slot.begin_stop()
+    waiting = list(slots)
+    while waiting:
+        now = time.monotonic()
+        waiting = [slot for slot in waiting if not slot.stopped(now)]
+        if waiting:
+            timeout = max(0.0, min(slot.stop_deadline for slot in waiting) - now)
+            connection_wait([slot.process.sentinel for slot in waiting], timeout)
+    for slot in slots:
+        slot.close()
+
+
+def _hand_out(slots: list[_ProcessSlot], queued: deque[_Queued]) -> None:
+    """Give the queued tasks to the worker processes: first one to each idle process, then one ahead to each busy one
+    while more tasks wait than there are processes (the last ones go to whichever process is idle first, not behind a
+    long task)."""
+    for ahead in (False, True):
+        for slot in slots:
+            if not queued or not slot.ready or len(slot.items) != int(ahead):
+                continue
+            if ahead and (len(queued) <= len(slots) or len(queued[0].payload()) > AHEAD_MAX_BYTES):
+                return
+            if slot.give(queued[0]):
+                queued.popleft()
+
+
+def _in_processes(
+    job: EvalJob,
+    todo: list[_Item],
+    model: str,
+    died_before: set[tuple[str, str, int]],
+) -> Iterator[dict[str, Any]]:
     """The rows of ``todo`` run in ``job.workers`` processes. A process that dies running a task (killed out of memory, a
     crash in a model library's native code) fails that task (:data:`WORKER_DIED`, saying so; as ``no_answer`` unless it
-    died on it before: ``died_before``), and a new process takes its place: the other tasks go on, and the same command
-    does not die at that task again more than once."""
+    died on it before: ``died_before``), and a new process takes its place while tasks are left: the other tasks go on,
+    and the same command does not die at that task again more than once."""
     context = multiprocessing.get_context("spawn")  # nothing of the parent's state (threads, caches) leaks in
     data, parent = job.model_dump(), os.getpid()
-    queued = deque(todo)
+    queued = deque(_Queued(item) for item in todo)
     slots = [_ProcessSlot(context, data, parent) for _ in range(min(job.workers, len(todo)))]
     rows: list[dict[str, Any]] = []
     try:
         while True:
-            for slot in slots:  # before the rows are yielded: their caller's journal write keeps no process waiting
-                if slot.ready and slot.item is None and queued and slot.give(queued[0]):
-                    queued.popleft()
+            _hand_out(slots, queued)  # before the rows are yielded: their caller's journal write keeps no process waiting
             for row in rows:
                 yield row
-            if not queued and all(slot.item is None for slot in slots):
+            if not queued and not any(slot.items for slot in slots):
                 return
             rows = []
             ready = set(connection_wait([handle for slot in slots for handle in (slot.conn, slot.process.sentinel)]))
-            for index, slot in enumerate(slots):
+            for slot in list(slots):
                 if slot.conn not in ready and slot.process.sentinel not in ready:
                     continue
                 try:
@@ -627,34 +708,24 @@ def _in_processes(job: EvalJob, todo: list[_Item], model: str, died_before: set[
                             "it ran out of memory. Run with fewer --workers (each builds its own model), or with --workers "
                             "1 to see the error."
                         ) from None
-                    if slot.item is not None:
-                        rows.append(
-                            _died(
-                                job,
-                                slot.item,
-                                death.exitcode,
-                                model,
-                                time.monotonic() - slot.sent,
-                                died_before,
-                            )
-                        )
-                    slot.stop()
-                    slots[index] = _ProcessSlot(context, data, parent)  # stopped at once if no task is left
+                    if slot.items:
+                        running = slot.items.popleft()
+                        rows.append(_died(job, running, death.exitcode, model, time.monotonic() - slot.started, died_before))
+                        queued.extendleft(_Queued(item) for item in reversed(slot.items))  # sent ahead, never started
+                        slot.items.clear()
+                    slot.close()
+                    slots.remove(slot)
+                    if queued:  # a new process only for tasks still to run (a local: model loads in each)
+                        slots.append(_ProcessSlot(context, data, parent))
                     continue
                 if row is not None:
                     rows.append(row)
     finally:
-        for slot in slots:
-            slot.stop()
+        _stop_all(slots)
 
 
 def _died(
-    job: EvalJob,
-    item: _Item,
-    exitcode: int | None,
-    model: str,
-    duration_s: float,
-    died_before: set[tuple[str, str, int]],
+    job: EvalJob, item: _Item, exitcode: int | None, model: str, duration_s: float, died_before: set[tuple[str, str, int]]
 ) -> dict[str, Any]:
     """The failed row of the task a worker process died running, said as a warning too: ``no_answer`` the first time (the
     next command runs it again), the task's failure when it died on it before."""
@@ -687,17 +758,7 @@ def _died(
         then,
     )
     conversation = Conversation(error=reason, error_type=WORKER_DIED, no_answer=not again)
-    result = TaskResult(
-        suite,
-        task.category,
-        task.id,
-        trial,
-        False,
-        reason,
-        WORKER_DIED,
-        conversation,
-        duration_s,
-    )
+    result = TaskResult(suite, task.category, task.id, trial, False, reason, WORKER_DIED, conversation, duration_s)
     return result_row(result, model)
 
 
@@ -712,15 +773,9 @@ def _exit_text(exitcode: int | None) -> str:
             name = f"signal {-exitcode}"
         oom = ", as the kernel's out-of-memory killer does" if -exitcode == signal.SIGKILL else ""
         return f"killed by {name}{oom}"
+    if exitcode == 128 + signal.SIGTERM:
+        return f"exit code {exitcode}: it was sent SIGTERM"
     return f"exit code {exitcode}"
 
 
-__all__ = [
-    "EvalJob",
-    "got_no_model_answer",
-    "never_answered",
-    "read_journal",
-    "refused_for_its_messages",
-    "result_row",
-    "run_eval",
-]
+__all__ = ["EvalJob", "got_no_model_answer", "never_answered", "read_journal", "refused_for_its_messages", "result_row", "run_eval"]

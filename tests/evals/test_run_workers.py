@@ -212,3 +212,208 @@ def test_a_task_whose_worker_dies_on_the_rerun_too_counts_as_failed_and_the_gate
     [note] = [n for n in outcome.notes if "worker process" in n]
     assert note.startswith("the baseline run counts 4 task trial(s) as failed because the worker process running them died")
     assert "bfcl:simple: simple_python_0, simple_python_10, simple_python_11, simple_python_2" in note
+
+
+class _WithHelper(NoopClient):
+    """A model client that starts a helper process when built (a local server, an engine process), as some plug-ins do,
+    and ends it on close(); it answers after ``$EE_TEST_SLEEP`` seconds."""
+
+    model = "with-helper"
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self.helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+    def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        n: int = 1,
+        sampling: Sampling = Sampling(),
+    ) -> list[Choice]:
+        import time
+
+        time.sleep(float(os.environ.get("EE_TEST_SLEEP", "0")))
+        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+
+    def close(self) -> None:
+        self.helper.terminate()
+        self.helper.wait()
+
+
+def with_helper(**options: Any) -> NoopClient:
+    """``tests.evals.test_run_workers:with_helper``."""
+    return _WithHelper()
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_stopping_a_run_ends_the_processes_its_workers_model_clients_started(how: str, tmp_path: Path) -> None:
+    """Before: workers ignored SIGINT (SIG_IGN, which every program they start inherits) and were ended by SIGTERM, which
+    ran no clean-up: Ctrl-C, or SIGTERM to `ee eval run`, left each worker's helper process running."""
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, EE_TEST_MARK=mark, EE_TEST_SLEEP="0.2", PYTHONPATH=str(root))
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "ee_middleware.cli", "eval", "run", "--suite", "bfcl:simple:40", "--workers", "2"]
+    args += ["--model-spec", "tests.evals.test_run_workers:with_helper", "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(args, env=env, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def marked() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter():
+            with_mark = False
+            try:
+                with_mark = process.pid != proc.pid and process.environ().get("EE_TEST_MARK") == mark
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+            if with_mark:
+                found.append(process)
+        return found
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(read_journal(run / JOURNAL)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        helpers = [p for p in marked() if "time.sleep(600)" in " ".join(p.cmdline())]
+        assert len(helpers) == 3, "the parent's client and each worker's started a helper"
+        if how == "ctrl_c":
+            os.killpg(proc.pid, signal.SIGINT)  # the terminal sends it to the whole foreground process group
+        else:
+            proc.send_signal(signal.SIGTERM)  # a supervisor stops the command itself
+        assert proc.wait(timeout=60) == 130, proc.stderr.read() if proc.stderr else ""
+        time.sleep(1)
+        left = marked()
+        assert not left, f"left running: {[' '.join(p.cmdline()) for p in left]}"
+    finally:
+        for process in marked():
+            process.kill()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def hangs(**options: Any) -> NoopClient:
+    """A model whose worker processes hang on every request, ignoring SIGTERM (a native library stuck)."""
+    return _Hangs()
+
+
+class _Hangs(NoopClient):
+    model = "hangs"
+
+    def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        n: int = 1,
+        sampling: Sampling = Sampling(),
+    ) -> list[Choice]:
+        if multiprocessing.parent_process() is not None:
+            import time
+
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            (Path(os.environ["EE_TEST_HUNG"]) / str(os.getpid())).touch()
+            time.sleep(600)
+        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+
+
+def test_a_stopped_run_ends_its_hung_workers_all_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: each busy worker was terminated and waited for in turn (5 s each), so stopping a run whose 3 workers hung
+    in native code took 15 s; now all are ended together, within one wait."""
+    import threading
+    import time
+
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    monkeypatch.setenv("EE_TEST_HUNG", str(hung))
+    before = _children()
+    stopped: list[float] = []
+
+    def interrupt_when_all_hang() -> None:
+        deadline = time.monotonic() + 60
+        while len(list(hung.iterdir())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    watcher = threading.Thread(target=interrupt_when_all_hang, daemon=True)
+    watcher.start()
+    job = EvalJob(suites=["bfcl:simple:6"], model="tests.evals.test_run_workers:hangs", out=str(tmp_path / "run"), workers=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(job)
+    took = time.monotonic() - stopped[0]
+    assert took < 8, f"stopping 3 hung workers took {took:.1f} s (each may take 5 s after SIGTERM before it is killed)"
+    assert _children() <= before
+
+
+def killed_when_all_started(**options: Any) -> NoopClient:
+    """A model whose worker processes each wait, on their first request, until ``$EE_TEST_WORKERS`` of them have one (so
+    that no task is left to hand out), then are killed on the tasks naming MARKER."""
+    return _KilledWhenAllStarted()
+
+
+class _KilledWhenAllStarted(NoopClient):
+    model = "killed-when-all-started"
+
+    def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        n: int = 1,
+        sampling: Sampling = Sampling(),
+    ) -> list[Choice]:
+        import time
+
+        if multiprocessing.parent_process() is not None:
+            started = Path(os.environ["EE_TEST_STARTED"])
+            (started / str(os.getpid())).touch()
+            while len(list(started.iterdir())) < int(os.environ["EE_TEST_WORKERS"]):
+                time.sleep(0.01)
+            if MARKER in json.dumps(list(messages)):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+
+
+def test_no_worker_process_is_started_after_a_death_when_no_task_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a new process (a full model load for a local: model) was started after each death, even with nothing left
+    to run, only to be stopped. bfcl:simple:3 on 3 workers: simple_python_0 and simple_python_2 kill their worker once
+    every task is running."""
+    from ee_middleware.evals import runner
+
+    (tmp_path / "started").mkdir()
+    monkeypatch.setenv("EE_TEST_STARTED", str(tmp_path / "started"))
+    monkeypatch.setenv("EE_TEST_WORKERS", "3")
+    started: list[int] = []
+    real = runner._ProcessSlot.__init__
+
+    def counted(self: Any, *args: Any) -> None:  # the real worker process, counted
+        started.append(1)
+        real(self, *args)
+
+    monkeypatch.setattr(runner._ProcessSlot, "__init__", counted)
+    model = "tests.evals.test_run_workers:killed_when_all_started"
+    job = EvalJob(suites=["bfcl:simple:3"], model=model, out=str(tmp_path / "run"), workers=3)
+    [summary] = run_eval(job)
+    assert summary["failures"] == {"worker_died": 2, "ast_decoder:decoder_failed": 1}
+    assert len(started) == 3
+
+
+def test_workers_score_every_task_as_one_process_does(tmp_path: Path) -> None:
+    """Tasks are sent one ahead to each busy worker: every task still runs once, its row the same as in one process."""
+    one = EvalJob(suites=["bfcl:simple:40", "bfcl:irrelevance:20"], model="oracle", out=str(tmp_path / "one"))
+    run_eval(one)
+    run_eval(one.model_copy(update={"out": str(tmp_path / "three"), "workers": 3}))
+
+    def rows(name: str) -> list[tuple[Any, ...]]:
+        return sorted((r["suite"], r["task_id"], r["trial"], r["success"], r["reason"]) for r in read_journal(tmp_path / name / JOURNAL))
+
+    assert rows("three") == rows("one") and len(rows("one")) == 60
