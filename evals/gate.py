@@ -358,10 +358,16 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
                     f"{run_dir}` again, with fewer --workers if memory ran short (it runs them again, once)"
                 )
         reasons += _never_answered_reasons(silent, role, run_dir)
-    unscored = {**unscored_suites(baseline_dir), **unscored_suites(candidate_dir)}
-    for suite, cause in sorted(unscored.items()):
+    unscored = {suite: (cause, run_dir) for run_dir in (baseline_dir, candidate_dir) for suite, cause in unscored_suites(run_dir).items()}
+    for suite, (cause, run_dir) in sorted(unscored.items()):
         if suite not in candidate and suite not in baseline:
-            reasons.append(f"{suite}: no task was scored ({cause})")
+            way_out = (
+                f": the run records it from a command that stopped before running any of its tasks (as an older version "
+                f"kept such a suite); run the same `ee eval run ... --out {run_dir}` command again, which leaves it out"
+                if _phantom(run_dir, suite)
+                else ""
+            )
+            reasons.append(f"{suite}: no task was scored ({cause}){way_out}")
     for suite in sorted(set(candidate) | set(baseline)):
         if suite not in candidate or suite not in baseline:
             reasons.append(f"{suite}: only the {'candidate' if suite in candidate else 'baseline'} ran it; run both on the same suites")
@@ -468,6 +474,21 @@ def _died_notes(died: dict[str, dict[str, list[str]]]) -> list[str]:
                 "model (run both with fewer --workers to measure those tasks)"
             )
     return notes
+
+
+def _phantom(run_dir: str | os.PathLike[str], suite: str) -> bool:
+    """Whether ``run_dir``'s ``run.json`` records ``suite`` that no command of it ran (not in ``excluded``, written for
+    every suite a command ran): left by an older version's command that stopped before running its tasks. The same
+    command run again leaves it out."""
+    from ee_middleware.evals.runner import RUN_FILE
+
+    try:
+        record = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or not isinstance(record.get("excluded"), dict):
+        return False  # a record from before ``excluded``: every suite it names was kept
+    return suite in (record.get("suite_names") or []) and suite not in record["excluded"]
 
 
 def _cut_notes(comparisons: list[SuiteComparison]) -> list[str]:

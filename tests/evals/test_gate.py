@@ -370,3 +370,27 @@ def test_runs_that_differ_only_in_the_model_are_gated_as_ee_improve_gates_them(t
         "the runs were made with other settings ([eval] seed: 8 -> 7: the baseline's -> the candidate's), so their scores "
         "would measure the settings, not the model; run both with the same settings (all but the model)"
     ]
+
+
+def test_a_suite_an_older_version_recorded_without_running_it_fails_the_gate_naming_the_rerun_that_drops_it(tmp_path: Path) -> None:
+    """An older version's command with a typo'd suite (`--suite traces:stor`) recorded it in run.json before its tasks
+    failed to load, and its corrected command then finished the run listing it with no task (the record is written here
+    as that version wrote it). Before: the gate failed with 'traces:stor: no task was scored (the suite has no task)' and
+    nothing said that running the same `ee eval run` again leaves it out."""
+    from ee_middleware.evals.runner import RUN_FILE
+
+    job = EvalJob(suites=["bfcl:simple:3"], model="oracle", out=str(tmp_path / "cand"))
+    run_eval(job)
+    run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "base")}))
+    record = json.loads((tmp_path / "cand" / RUN_FILE).read_text())
+    record["suite_names"].insert(0, "traces:stor")
+    (tmp_path / "cand" / RUN_FILE).write_text(json.dumps(record))
+    summary = json.loads((tmp_path / "cand" / "summary.json").read_text())
+    summary["suites"].insert(0, {"suite": "traces:stor", "tasks": 0, "trials": 0, "runs": 0, "success_rate": 0.0, "failures": {}})
+    (tmp_path / "cand" / "summary.json").write_text(json.dumps(summary))
+
+    [reason] = gate(tmp_path / "cand", tmp_path / "base", GatePolicy(min_tasks=1)).reasons
+    assert reason.startswith("traces:stor: no task was scored (the suite has no task): the run records it from a command that")
+    assert reason.endswith(f"run the same `ee eval run ... --out {tmp_path / 'cand'}` command again, which leaves it out")
+    run_eval(job)  # that command
+    assert gate(tmp_path / "cand", tmp_path / "base", GatePolicy(min_tasks=1)).passed
