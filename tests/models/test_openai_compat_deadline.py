@@ -11,8 +11,9 @@ import httpx
 
 from ee_middleware.models import openai_compat
 from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.testing.http import send_json
 
-from .test_openai_compat_server import ANSWER, answering, timers, waits, write_json
+from .test_openai_compat_server import ANSWER, answering, timers, waits
 
 __all__ = ["waits"]  # the fixture the tests take by name
 
@@ -47,7 +48,7 @@ def test_a_deadline_passing_after_the_answer_was_read_cuts_off_no_other_request(
         if who == "B":
             fired.wait(5.0)  # B is still being answered when A's deadline passes
             time.sleep(0.05)
-        write_json(handler, ANSWER)
+        send_json(handler, ANSWER)
 
     with answering(answer) as (url, bodies):
         pool_of_one = httpx.HTTPTransport(limits=httpx.Limits(max_connections=1))

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from ee_middleware.errors import ModelRequestError, ModelServerError
+from ee_middleware.testing.http import send_json
 
-from .test_openai_compat_server import answering, ask, waits, write_json
+from .test_openai_compat_server import answering, ask, waits
 
 __all__ = ["waits"]  # the fixture the tests take by name
 
@@ -18,7 +19,7 @@ __all__ = ["waits"]  # the fixture the tests take by name
 def refusing(status: int, body: Any, content_type: str = "application/json") -> Any:
     def send(handler: Any, request: Any) -> None:
         if content_type == "application/json":
-            write_json(handler, body, status)
+            send_json(handler, body, status)
             return
         data = body.encode()
         handler.send_response(status)

@@ -20,7 +20,7 @@ from ee_middleware.errors import ModelRequestError, ModelResponseError, ModelSer
 from ee_middleware.models import openai_compat
 from ee_middleware.models.openai_compat import MAX_RETRY_AFTER_S, FewerChoicesWarning, OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
-from ee_middleware.testing.http import serving
+from ee_middleware.testing.http import send_json, serving
 
 ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
 Reply = tuple[int, dict[str, str], bytes]
@@ -263,15 +263,6 @@ def answering(answer: Any) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         yield url, bodies
 
 
-def write_json(handler: BaseHTTPRequestHandler, body: Any, status: int = 200) -> None:
-    data = json.dumps(body).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
-
-
 def keep_alive_then(answer: Any, *, every_s: float, for_s: float) -> Any:
     """An answer as omlx and CLIProxyAPI send a slow non-streaming one: the headers at once, then a space every
     ``every_s`` (chunked) while the upstream works, ``for_s`` in all, then the JSON."""
@@ -322,7 +313,7 @@ def test_an_answer_finished_within_timeout_s_is_read_keep_alive_whitespace_and_a
 
 
 def test_a_silent_server_times_out_at_timeout_s_from_the_start_of_the_attempt(waits: list[float]) -> None:
-    with answering(lambda handler, body: (time.sleep(2.0), write_json(handler, ANSWER))) as (url, _):
+    with answering(lambda handler, body: (time.sleep(2.0), send_json(handler, ANSWER))) as (url, _):
         started = time.monotonic()
         with pytest.raises(ModelServerError, match=r"timed out after 0.5 s") as info:
             ask(url, timeout_s=0.5, retries=0)
@@ -333,19 +324,19 @@ def test_a_silent_server_times_out_at_timeout_s_from_the_start_of_the_attempt(wa
 def one_choice_per_request(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
     """Ollama's /v1 and llama-cpp-python: one choice whatever ``n`` is; the answer depends on the seed."""
     message = {"role": "assistant", "content": f"sample for seed {body.get('seed')}"}
-    write_json(handler, {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+    send_json(handler, {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
 
 
 def n_choices(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
     """vLLM: ``n`` choices."""
     choices = [{"index": i, "message": {"role": "assistant", "content": f"sample {i}"}, "finish_reason": "stop"} for i in range(body["n"])]
-    write_json(handler, {"choices": choices})
+    send_json(handler, {"choices": choices})
 
 
 def refuses_n(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
     """llama-server: ``n`` != 1 is refused as HTTP 500."""
     if body.get("n", 1) != 1:
-        write_json(handler, {"error": {"code": 500, "message": "Only one completion choice is allowed", "type": "server_error"}}, 500)
+        send_json(handler, {"error": {"code": 500, "message": "Only one completion choice is allowed", "type": "server_error"}}, 500)
     else:
         one_choice_per_request(handler, body)
 
@@ -392,7 +383,7 @@ def test_a_server_that_honours_n_gets_one_request_as_before(waits: list[float]) 
 
 
 def llama_server_error(message: str) -> Any:
-    return lambda handler, body: write_json(handler, {"error": {"code": 500, "message": message, "type": "server_error"}}, 500)
+    return lambda handler, body: send_json(handler, {"error": {"code": 500, "message": message, "type": "server_error"}}, 500)
 
 
 @pytest.mark.parametrize(
@@ -439,7 +430,7 @@ def test_a_further_request_that_fails_keeps_the_answers_received(waits: list[flo
         if len(requests) == 1:
             one_choice_per_request(handler, body)
         else:
-            write_json(handler, busy, 503)
+            send_json(handler, busy, 503)
 
     messages = [{"role": "user", "content": "hi"}]
     with answering(first_then_busy) as (url, _):
