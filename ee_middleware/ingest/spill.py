@@ -15,6 +15,7 @@ holds (:func:`sweep_stale_spills`): a killed ingest's raw spans last until the n
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import pickle
 import shutil
@@ -27,6 +28,8 @@ from types import TracebackType
 from typing import IO
 
 from ee_middleware.capture.spandata import SpanData
+
+logger = logging.getLogger("ee_middleware.ingest")
 
 _BATCH = 2000
 PREFIX = "ee-ingest-"
@@ -66,12 +69,20 @@ def _stale(path: Path) -> bool:
     if not lock.exists():  # a spill being made (no spans yet), or one made before owner locks
         spans = path / _SPANS
         return spans.exists() and time.time() - spans.stat().st_mtime > LEGACY_AGE_S
-    with open(lock, "a") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # its ingest runs
+    try:
+        # Never created here: a lock gone since exists() is a spill its owner is removing, and a file made in its
+        # folder now would fail the owner's removal (Directory not empty).
+        fd = os.open(lock, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its ingest runs
+    else:
         return True  # nobody holds it: its ingest has ended (the lock is dropped with the process)
+    finally:
+        os.close(fd)
 
 
 def _locked_file(folder: Path) -> IO[str]:
@@ -95,7 +106,7 @@ class SpanSpill:
 
     def __init__(self) -> None:
         sweep_stale_spills()
-        self._folder = tempfile.TemporaryDirectory(prefix=PREFIX)
+        self._folder = tempfile.TemporaryDirectory(prefix=PREFIX, ignore_cleanup_errors=True)
         self._owner = _locked_file(Path(self._folder.name))
         self._db = sqlite3.connect(Path(self._folder.name) / _SPANS, isolation_level=None)
         self._db.executescript(
@@ -136,9 +147,23 @@ class SpanSpill:
         return [pickle.loads(blob) for (blob,) in rows]  # our own temporary file
 
     def close(self) -> None:
+        """Remove the spill's folder. Never fails the ingest: a folder another process wrote into while it was
+        removed (a sweep of an earlier version recreating ``owner.lock``) is removed once more, and one still there
+        after that is left, unlocked, to the next ingest's sweep, with a warning naming it."""
         self._db.close()
-        self._folder.cleanup()
-        self._owner.close()
+        folder = self._folder.name
+        try:
+            self._folder.cleanup()  # ignore_cleanup_errors: the folder is checked below instead
+            if os.path.lexists(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+            if os.path.lexists(folder):
+                logger.warning(
+                    "Could not remove the ingest's temporary folder %s: files were written into it while it was removed."
+                    " The next ingest removes it if they are its owner.lock; otherwise remove it by hand.",
+                    folder,
+                )
+        finally:
+            self._owner.close()
 
     def __enter__(self) -> SpanSpill:
         return self
