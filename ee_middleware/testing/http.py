@@ -1,12 +1,15 @@
-"""A real HTTP server on a background thread for as long as a ``with`` block lasts, and a JSON answer for its handlers."""
+"""A real HTTP server on a background thread for as long as a ``with`` block lasts, a JSON answer for its handlers, and
+:class:`ScriptedChatServer`, a stand-in for an OpenAI-compatible chat server answering from a script."""
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import BaseServer
 from typing import Any
 
@@ -37,3 +40,193 @@ def send_json(handler: BaseHTTPRequestHandler, body: Any, status: int = 200) -> 
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer of a :class:`ScriptedChatServer` sent as it is: ``body`` as JSON with HTTP ``status``.
+
+    For what the shorthand answers cannot say: a refusal (``Reply({"error": {...}}, 400)``), several choices, an odd body.
+    """
+
+    body: Any
+    status: int = 200
+
+
+Message = Mapping[str, Any]
+Answer = str | Message | tuple[str | Message, str] | Reply
+"""What a script gives for one chat request: the assistant's text (``str``), its message (a dict with ``"role"``),
+either with a ``finish_reason`` (``(message, "length")``; ``"stop"`` when not given), or a :class:`Reply`."""
+Script = Sequence[Answer] | Callable[[dict[str, Any]], Answer]
+Models = Sequence[str | Mapping[str, Any]] | Reply | None
+
+_ANSWER_FORMS = (
+    "an answer is a str (the assistant's text), a message dict with a 'role', a (message, finish_reason) tuple, or a Reply(body, status)"
+)
+_NOT_FOUND = Reply({"detail": "Not Found"}, 404)  # FastAPI's answer for a path it does not serve
+
+
+class ScriptedChatServerError(AssertionError):
+    """A :class:`ScriptedChatServer`'s script raised or gave something that is no answer (raised on leaving the ``with``)."""
+
+
+class ScriptedChatServer:
+    """A stand-in for an OpenAI-compatible chat server: a real HTTP server on 127.0.0.1, on a thread, for a ``with`` block.
+
+    >>> with ScriptedChatServer(["Hello.", "Bye."]) as server:     # doctest: +SKIP
+    ...     client = OpenAIChatClient(server.base_url, "m")
+    ...     ...
+    >>> server.requests[0]["messages"]                              # doctest: +SKIP
+
+    It answers ``POST {path}/chat/completions`` from ``script``: a list of answers (the n-th request gets the n-th answer,
+    the last one once they run out) or a callable given each request's JSON body that returns the answer (see
+    :data:`Answer`). ``GET {path}/models`` lists ``models`` (model ids, or whole entries as dicts, e.g. with
+    ``max_model_len``); ``models=None`` answers it 404 as a server without a listing does, and a :class:`Reply` answers
+    it as it is. Any other path is answered 404.
+
+    ``requests`` holds the body of every chat request, in the order they came (kept after the block);
+    ``model_listings`` counts the ``GET /models``. Requests are served concurrently; the script is called outside any
+    lock, so a callable that keeps state shared between requests guards it itself.
+
+    Leaving the block shuts the server down, closes its socket and joins its threads. If the script raised or gave
+    something that is no answer (the client got an HTTP 500 naming it), leaving the block raises
+    :class:`ScriptedChatServerError` with that cause, unless the block itself raised.
+    """
+
+    def __init__(self, script: Script, *, models: Models = ("m",), path: str = "/v1") -> None:
+        if not callable(script):
+            if isinstance(script, (str, bytes, Mapping)) or not isinstance(script, Sequence):
+                raise TypeError(f"ScriptedChatServer's script is a list of answers or a callable on the request body, not {script!r}")
+            if not script:
+                raise ValueError("ScriptedChatServer's script has no answer: give at least one (the last one is repeated)")
+            for i, answer in enumerate(script):
+                _reply(answer, i, "m")  # a bad answer fails here, not as an HTTP 500 in the middle of a test
+        self.script = script
+        self.models = _models_reply(models)
+        self.path = "/" + path.strip("/") if path.strip("/") else ""
+        self.requests: list[dict[str, Any]] = []
+        self.model_listings = 0
+        self._base_url: str | None = None
+        self._errors: list[tuple[int, BaseException]] = []
+        self._lock = threading.Lock()
+        self._stack: ExitStack | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1`` (with ``path``): what an OpenAI client is given as its base URL."""
+        if self._base_url is None:
+            raise RuntimeError("ScriptedChatServer is not started: use it as `with ScriptedChatServer(script) as server:`")
+        return self._base_url
+
+    def __enter__(self) -> ScriptedChatServer:
+        if self._stack is not None:
+            raise RuntimeError("ScriptedChatServer is already running: enter each one once")
+        with ExitStack() as stack:
+            self._base_url = stack.enter_context(serving(_Server(self), path=self.path))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        if self._errors and exc_type is None:
+            n, error = self._errors[0]
+            more = f" (and {len(self._errors) - 1} more)" if len(self._errors) > 1 else ""
+            raise ScriptedChatServerError(f"ScriptedChatServer's script failed on request {n + 1}{more}: {error}") from error
+
+    def _answer_chat(self, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            n = len(self.requests)
+            self.requests.append(body)
+        try:
+            answer = self.script(body) if callable(self.script) else self.script[min(n, len(self.script) - 1)]
+            return _reply(answer, n, body.get("model"))
+        except Exception as error:  # noqa: BLE001 - the client gets a 500, the test the cause on leaving the block
+            with self._lock:
+                self._errors.append((n, error))
+            return Reply({"error": {"message": f"ScriptedChatServer's script failed: {error!r}", "type": "server_error", "code": 500}}, 500)
+
+    def _answer_models(self) -> Reply:
+        with self._lock:
+            self.model_listings += 1
+        return self.models
+
+
+def _reply(answer: Answer, n: int, model: Any) -> Reply:
+    """The HTTP answer to the ``n``-th request (from 0) for ``model``; ``TypeError`` naming the forms for anything else."""
+    if isinstance(answer, Reply):
+        return answer
+    finish_reason = "stop"
+    if isinstance(answer, tuple):
+        if len(answer) != 2 or not isinstance(answer[1], str):
+            raise TypeError(f"the script gave {answer!r}: a tuple answer is (message, finish_reason); {_ANSWER_FORMS}")
+        answer, finish_reason = answer
+    if isinstance(answer, str):
+        message: dict[str, Any] = {"role": "assistant", "content": answer}
+    elif isinstance(answer, Mapping) and "role" in answer:
+        message = dict(answer)
+    else:
+        raise TypeError(f"the script gave {answer!r} ({type(answer).__name__}); {_ANSWER_FORMS}")
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason}
+    return Reply({"id": f"chatcmpl-{n}", "object": "chat.completion", "model": model, "choices": [choice]})
+
+
+def _models_reply(models: Models) -> Reply:
+    if models is None:
+        return _NOT_FOUND
+    if isinstance(models, Reply):
+        return models
+    if isinstance(models, (str, bytes, Mapping)) or not isinstance(models, Sequence):
+        raise TypeError(f"ScriptedChatServer's models is a list of model ids or entries, a Reply or None, not {models!r}")
+    data = []
+    for entry in models:
+        if isinstance(entry, str):
+            data.append({"id": entry, "object": "model"})
+        elif isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+            data.append(dict(entry))
+        else:
+            raise TypeError(f"ScriptedChatServer's models: {entry!r} is neither a model id nor an entry with an 'id'")
+    return Reply({"object": "list", "data": data})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # server_close still joins them (block_on_close)
+
+    def __init__(self, owner: ScriptedChatServer) -> None:
+        super().__init__(("127.0.0.1", 0), _ChatHandler)
+        self.owner = owner
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client closed the connection (it timed out, or was closed) before the answer was sent
+        super().handle_error(request, client_address)
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _route(self) -> str:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        prefix = self.server.owner.path
+        return path[len(prefix) :] if path.startswith(prefix) else path
+
+    def do_GET(self) -> None:
+        reply = self.server.owner._answer_models() if self._route() == "/models" else _NOT_FOUND
+        send_json(self, reply.body, reply.status)
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self._route() != "/chat/completions":
+            send_json(self, _NOT_FOUND.body, _NOT_FOUND.status)
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            send_json(self, {"error": {"message": f"the body is not JSON: {error}", "type": "BadRequestError", "code": 400}}, 400)
+            return
+        reply = self.server.owner._answer_chat(body)
+        send_json(self, reply.body, reply.status)

@@ -7,9 +7,6 @@ TGI and Xinference send); the client is the real one."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,7 +15,7 @@ from ee_middleware.evals.clients import build_eval_client
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.records import Observation, ToolCall
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import ScriptedChatServer
 
 TOOLS = [
     {
@@ -54,31 +51,6 @@ TEXT_REPEATED = [  # the same call written as text twice: its id comes from its 
 ]
 
 
-@contextmanager
-def chat_server(answers: list[dict[str, Any]], seen: list[dict[str, Any]]) -> Iterator[str]:
-    """The n-th request gets ``answers[n]`` (the last once they run out); every request body goes to ``seen``. It has no
-    model listing: ``GET /models`` is answered 404, as FastAPI answers a path it does not serve."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            send_json(self, {"detail": "Not Found"}, status=404)
-
-        def do_POST(self) -> None:
-            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            message = answers[min(len(seen), len(answers)) - 1]
-            send_json(
-                self, {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
-            )
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with serving(server) as url:
-        yield url
-
-
 class _Weather:
     """An environment whose observation names the call it answers."""
 
@@ -91,11 +63,13 @@ class _Weather:
 
 
 def _converse(answers: list[dict[str, Any]]) -> tuple[Conversation, _Weather, list[dict[str, Any]]]:
-    environment, seen = _Weather(), []
-    with chat_server(answers, seen) as url:
-        client = build_eval_client(f"openai:{url}#m", retries=0, timeout_s=10)
+    """The n-th request gets ``answers[n]`` (the last once they run out); returns every request body too. The server has
+    no model listing: ``GET /models`` is answered 404, as FastAPI answers a path it does not serve."""
+    environment = _Weather()
+    with ScriptedChatServer(answers, models=None) as server:
+        client = build_eval_client(f"openai:{server.base_url}#m", retries=0, timeout_s=10)
         try:
-            return run_conversation(client, TASK, environment, LoopConfig()), environment, seen
+            return run_conversation(client, TASK, environment, LoopConfig()), environment, server.requests
         finally:
             client.close()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from ee_middleware.cli.app import app
 from ee_middleware.evals.curriculum import JUDGE_MAX_TOKENS, context_budget, judge
 from ee_middleware.evals.tasks import Conversation
 from ee_middleware.models.openai_compat import OpenAIChatClient
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import Answer, Reply, ScriptedChatServer
 from tests.evals.test_curriculum import _tasks
 from tests.replay import conftest as replay_fixtures
 
@@ -65,32 +64,20 @@ def vllm_like(window: int, *, wording: str = "vllm<=0.10.1", thinking: int = 0) 
     refused, each with its prompt's length (``prompt_tokens``)."""
     seen: list[dict[str, Any]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            send_json(self, {"object": "list", "data": [{"id": "j", "object": "model", "max_model_len": window}]})
+    def answer(body: dict[str, Any]) -> Answer:
+        prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 8 * len(body["messages"])
+        asked = int(body.get("max_tokens") or 0)
+        seen.append({"prompt_tokens": prompt, "max_tokens": asked})
+        if prompt + asked > window:
+            return Reply(
+                {"object": "error", "message": _refusal(wording, window, prompt, asked), "type": "BadRequestError", "code": 400}, 400
+            )
+        if thinking > asked:
+            return {"role": "assistant", "content": "<think>\n" + "Let me weigh it. " * (asked // 4)}, "length"
+        return VERDICT
 
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 8 * len(body["messages"])
-            asked = int(body.get("max_tokens") or 0)
-            seen.append({"prompt_tokens": prompt, "max_tokens": asked})
-            if prompt + asked > window:
-                error = {"object": "error", "message": _refusal(wording, window, prompt, asked), "type": "BadRequestError", "code": 400}
-                send_json(self, error, status=400)
-                return
-            if thinking > asked:
-                message, finish = {"role": "assistant", "content": "<think>\n" + "Let me weigh it. " * (asked // 4)}, "length"
-            else:
-                message, finish = {"role": "assistant", "content": VERDICT}, "stop"
-            send_json(self, {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with serving(server) as url:
-        yield url, seen
+    with ScriptedChatServer(answer, models=[{"id": "j", "object": "model", "max_model_len": window}]) as server:
+        yield server.base_url, seen
 
 
 def _long_conversation() -> Conversation:

@@ -3,10 +3,6 @@ with scripted answers): what the loop keeps of its answer and what the result's 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ee_middleware.evals.clients import build_eval_client
@@ -14,29 +10,7 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.runner import result_row
 from ee_middleware.evals.tasks import EvalTask, TaskResult
 from ee_middleware.records import Observation, ToolCall
-from ee_middleware.testing.http import send_json, serving
-
-
-@contextmanager
-def fake_server(answers: list[dict[str, Any]]) -> Iterator[str]:
-    """A fake OpenAI chat server: the n-th request gets ``answers[n]`` (the last one once they run out)."""
-    seen: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            message = answers[min(len(seen), len(answers)) - 1]
-            send_json(
-                self, {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
-            )
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with serving(server) as url:
-        yield url
+from ee_middleware.testing.http import ScriptedChatServer
 
 
 class _Recording:
@@ -53,9 +27,10 @@ LIST_ARGUMENTS = {"id": "c1", "type": "function", "function": {"name": "set-prio
 
 
 def _converse(answers: list[dict[str, Any]], config: LoopConfig = LoopConfig()) -> tuple[Any, _Recording]:
+    """A fake OpenAI chat server: the n-th request gets ``answers[n]`` (the last one once they run out)."""
     environment = _Recording()
-    with fake_server(answers) as url:
-        client = build_eval_client(f"openai:{url}#m", retries=0, timeout_s=10)
+    with ScriptedChatServer(answers) as server:
+        client = build_eval_client(f"openai:{server.base_url}#m", retries=0, timeout_s=10)
         try:
             return run_conversation(client, TASK, environment, config), environment
         finally:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from typer.testing import CliRunner
 
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Choice, Sampling
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import ScriptedChatServer
 from tests.evals.test_curriculum import _policy, _tasks
 from tests.replay import conftest as replay_fixtures
 
@@ -60,27 +59,12 @@ def _answer_within(thinking: list[str], said: str, max_tokens: int, *, parser: b
 def reasoning_model(answer: Answer, *, parser: bool = False, draft: str = "") -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A server whose model thinks, then answers ``answer(messages)``; cut at the request's ``max_tokens``. Yields its base
     URL and the request bodies."""
-    seen: list[dict[str, Any]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            send_json(self, {"object": "list", "data": [{"id": "m", "object": "model"}]})
+    def reply(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        return _answer_within(_thinking(draft), answer(body["messages"]), int(body.get("max_tokens") or 10**6), parser=parser)
 
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            seen.append(body)
-            message, finish = _answer_within(
-                _thinking(draft), answer(body["messages"]), int(body.get("max_tokens") or 10**6), parser=parser
-            )
-            send_json(self, {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with serving(server) as url:
-        yield url, seen
+    with ScriptedChatServer(reply) as server:
+        yield server.base_url, server.requests
 
 
 class _TextOnlyReasoningModel:

@@ -12,32 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from ee_middleware.models.openai_compat import OpenAIChatClient
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import ScriptedChatServer
 
 
 @contextmanager
 def reasoning_model(content: str) -> Iterator[str]:
     """A server whose every chat answer is ``content`` (the model list names ``m``); yields its base URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            send_json(self, {"object": "list", "data": [{"id": "m", "object": "model"}]})
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            message = {"role": "assistant", "content": content}
-            send_json(self, {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
-        yield url
+    with ScriptedChatServer([content]) as server:
+        yield server.base_url
 
 
 def test_an_output_the_model_only_considered_while_thinking_is_not_said_in_an_eval_scripted_server() -> None:

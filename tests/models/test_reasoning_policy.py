@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from ee_middleware.replay.policies.chat import OpenAIPolicy
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import Reply, ScriptedChatServer
 
 THOUGHT = "The user asks about pears and apples; check pears first."
 
@@ -76,19 +75,10 @@ ANSWERS = [
 
 @pytest.fixture
 def vllm() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    requests: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            choices = [{"index": i, "message": m, "finish_reason": f} for i, (m, f) in enumerate(ANSWERS)]
-            send_json(self, {"id": "chatcmpl-1", "object": "chat.completion", "model": "qwen3", "choices": choices})
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as base_url:
-        yield base_url, requests
+    choices = [{"index": i, "message": m, "finish_reason": f} for i, (m, f) in enumerate(ANSWERS)]
+    reply = Reply({"id": "chatcmpl-1", "object": "chat.completion", "model": "qwen3", "choices": choices})
+    with ScriptedChatServer([reply]) as server:
+        yield server.base_url, server.requests
 
 
 def test_a_reasoning_models_proposals_from_a_state_that_holds_reasoning(point: DecisionPoint, vllm: tuple[str, list]) -> None:

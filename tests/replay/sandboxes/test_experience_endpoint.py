@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,33 +15,14 @@ import pytest
 from ee_middleware.errors import SandboxError
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.sandboxes.registry import build_sandbox
-from ee_middleware.testing.http import send_json, serving
+from ee_middleware.testing.http import Reply, ScriptedChatServer
 
 PREDICTION = {"reasoning": "a listing", "observation": "notes.txt", "is_error": False}
 
 
-@contextmanager
-def _server(models_status: int, models_body: Any) -> Iterator[str]:
+def _server(models_status: int, models_body: Any) -> ScriptedChatServer:
     """Chat answered with :data:`PREDICTION`; ``GET /models`` answered ``models_status`` with ``models_body``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            send_json(self, models_body, status=models_status)
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            message = {"role": "assistant", "content": json.dumps(PREDICTION)}
-            send_json(
-                self, {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
-            )
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with serving(server) as url:
-        yield url
+    return ScriptedChatServer([json.dumps(PREDICTION)], models=Reply(models_body, models_status))
 
 
 @pytest.mark.parametrize(
@@ -55,8 +33,8 @@ def _server(models_status: int, models_body: Any) -> Iterator[str]:
 def test_an_endpoint_without_a_model_listing_is_up_and_predicts(status: int, body: Any) -> None:
     """Before: SandboxError 'The experience model's endpoint cannot be reached ... refused the request with HTTP 404',
     though every chat request would have worked (ee improve's check counts a refusal as an answer)."""
-    with _server(status, body) as url:
-        sandbox = build_sandbox(f"experience:openai:{url}#em", top_k=0)
+    with _server(status, body) as server:
+        sandbox = build_sandbox(f"experience:openai:{server.base_url}#em", top_k=0)
         try:
             sandbox.reset(None)
             observation = sandbox.execute(ToolCall(id="c1", name="ls", arguments={}))
@@ -66,8 +44,8 @@ def test_an_endpoint_without_a_model_listing_is_up_and_predicts(status: int, bod
 
 
 def test_an_endpoint_that_fails_with_5xx_cannot_be_reached() -> None:
-    with _server(503, {"error": {"message": "loading"}}) as url, pytest.raises(SandboxError, match=r"cannot be reached.*503"):
-        build_sandbox(f"experience:openai:{url}#em", top_k=0)
+    with _server(503, {"error": {"message": "loading"}}) as server, pytest.raises(SandboxError, match=r"cannot be reached.*503"):
+        build_sandbox(f"experience:openai:{server.base_url}#em", top_k=0)
 
 
 def test_an_endpoint_that_is_down_cannot_be_reached() -> None:

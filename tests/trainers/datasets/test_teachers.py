@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -147,22 +146,14 @@ THINKING_TEACHER = [  # (content, finish_reason, reasoning_content), one per req
 def thinking_teacher_server() -> Iterator[str]:
     """A real HTTP server answering as a reasoning model served without a reasoning parser (a scripted stand-in):
     :data:`THINKING_TEACHER`'s answers, in turn."""
-    from ee_middleware.testing.http import send_json, serving
+    from ee_middleware.testing.http import ScriptedChatServer
 
-    answers = iter(THINKING_TEACHER)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            content, finish_reason, reasoning = next(answers)
-            message = {"role": "assistant", "content": content} | ({"reasoning_content": reasoning} if reasoning else {})
-            send_json(self, {"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]})
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
-        yield url
+    answers = [
+        ({"role": "assistant", "content": content} | ({"reasoning_content": reasoning} if reasoning else {}), finish_reason)
+        for content, finish_reason, reasoning in THINKING_TEACHER
+    ]
+    with ScriptedChatServer(answers) as server:
+        yield server.base_url
 
 
 def test_a_reasoning_teacher_s_thinking_never_becomes_a_rationale_scripted_server(tmp_path: Path) -> None:
