@@ -212,6 +212,22 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+_UNANSWERED = (
+    (
+        "the model server gave no answer on {total} task trial(s) (down or timed out; {where})",
+        " once the server is up: it runs only those again.",
+    ),
+    (
+        "the worker process running {total} task trial(s) died ({where}; killed out of memory, or a crash in the model's "
+        "library: see each one's reason), which says nothing of the model",
+        ", with fewer --workers if memory ran short: it runs only those again, once (a task whose worker dies again keeps "
+        "that as its failure).",
+    ),
+)
+"""The two kinds of unanswered trials :func:`unanswered_warning` names: what happened (``{total}`` trials, ``{where}``
+per suite), and what to add to 'run the same command again'."""
+
+
 def unanswered_warning(summary: list[dict[str, Any]]) -> str:
     """A warning when the model server gave no answer on some tasks, or the worker process running some died ("" when
     neither), naming the suites (a run may hold suites several commands added: the command to run again is the one with
@@ -219,21 +235,13 @@ def unanswered_warning(summary: list[dict[str, Any]]) -> str:
     server = {s["suite"]: s.get("no_answer", 0) - s.get("worker_deaths", 0) for s in summary}
     deaths = {s["suite"]: s.get("worker_deaths", 0) for s in summary}
     said = []
-    if sum(server.values()):
-        where = ", ".join(f"{suite}: {n}" for suite, n in server.items() if n)
-        said.append(
-            f"Warning: the model server gave no answer on {sum(server.values())} task trial(s) (down or timed out; {where}); "
-            "they count as failures here. Run the same `ee eval run` command (with those suites) again once the server is "
-            "up: it runs only those again."
-        )
-    if sum(deaths.values()):
-        where = ", ".join(f"{suite}: {n}" for suite, n in deaths.items() if n)
-        said.append(
-            f"Warning: the worker process running {sum(deaths.values())} task trial(s) died ({where}; killed out of memory, "
-            "or a crash in the model's library: see each one's reason), which says nothing of the model; they count as "
-            "failures here. Run the same `ee eval run` command (with those suites) again, with fewer --workers if memory "
-            "ran short: it runs only those again, once (a task whose worker dies again keeps that as its failure)."
-        )
+    for counts, (what, again) in zip((server, deaths), _UNANSWERED, strict=True):
+        if total := sum(counts.values()):
+            where = ", ".join(f"{suite}: {n}" for suite, n in counts.items() if n)
+            said.append(
+                f"Warning: {what.format(total=total, where=where)}; they count as failures here. "
+                f"Run the same `ee eval run` command (with those suites) again{again}"
+            )
     return "\n".join(said)
 
 
