@@ -4,7 +4,8 @@ Every write goes to a temporary file in the destination's folder (so the final r
 a file system), is flushed and ``fsync``-ed, then renamed over the destination with
 :func:`os.replace`, and the folder is ``fsync``-ed so that the rename itself survives a power cut.
 If anything fails before the rename, the temporary file is removed and the destination is left as
-it was.
+it was. :func:`create_exclusive` does the same for a file that must be created once only: it
+hard-links the temporary file into place instead, which fails when the destination exists.
 
 >>> atomic_write_text(path, "hello\\n")                       # doctest: +SKIP
 >>> with atomic_open(path, "w") as fh:                        # doctest: +SKIP
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "create_exclusive",
     "fsync_dir",
     "fsync_file",
     "pid_alive",
@@ -115,6 +117,35 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
     """Replace ``path`` with ``text`` atomically (see the module docstring)."""
     with atomic_open(path, "w", encoding=encoding, fsync=fsync) as fh:
         fh.write(text)
+
+
+def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666, fsync: bool = True) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; returns whether this call created it.
+
+    Written whole to a temporary file beside ``path`` (made with ``mode``, less the umask) and hard-linked into place,
+    which fails when ``path`` exists: of many processes doing this at once one wins, and the others find its file,
+    never half of one. With ``fsync`` the file, and the folder once the link is made or found, reach the disk. Raises
+    :class:`OSError` where the file system has no hard links (``EPERM``, ``ENOTSUP``), and :class:`FileNotFoundError`
+    when the temporary file was removed before the link (a sweep of left-behind temporary files)."""
+    final = Path(path)
+    tmp = temp_path_for(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        try:
+            os.link(tmp, final)
+            created = True
+        except FileExistsError:
+            created = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    if fsync:
+        fsync_dir(final.parent)
+    return created
 
 
 def remove_left_behind(parent: Path, pattern: str, marker: str) -> None:

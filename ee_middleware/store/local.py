@@ -35,7 +35,7 @@ from typing import Any, Literal, get_args
 
 import polars as pl
 
-from ee_middleware._files import TMP_SUFFIX, atomic_path, fsync_dir, temp_path_for
+from ee_middleware._files import TMP_SUFFIX, atomic_path, atomic_write_bytes, create_exclusive, fsync_dir
 from ee_middleware.errors import (
     ConfigError,
     IncompleteReadWarning,
@@ -147,29 +147,17 @@ def _publish_marker(marker: Path, *, fsync: bool) -> None:
     half-written marker, and a creator killed before the link leaves only its temporary file, which creating and
     opening the store ignore (compaction deletes it)."""
     data = json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat()}, indent=2).encode()
-    tmp = temp_path_for(marker)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        try:
-            os.link(tmp, marker)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:  # the temporary file was taken (compaction clears them): only by a store that exists
-            if not marker.exists():
-                raise
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            os.replace(tmp, marker)  # a file system without hard links: the last creator's marker stands
-    finally:
-        tmp.unlink(missing_ok=True)
-    if fsync:
-        fsync_dir(marker.parent)
+        create_exclusive(marker, data, fsync=fsync)
+    except FileNotFoundError:  # the temporary file was taken (compaction clears them): only by a store that exists
+        if not marker.exists():
+            raise
+        if fsync:
+            fsync_dir(marker.parent)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        atomic_write_bytes(marker, data, fsync=fsync)  # a file system without hard links: the last creator's marker stands
 
 
 def _foreign(name: str) -> bool:

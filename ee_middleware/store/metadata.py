@@ -17,15 +17,13 @@ warns about pseudonyms that differ per process).
 from __future__ import annotations
 
 import fcntl
-import os
 import re
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ee_middleware._files import atomic_write_bytes
+from ee_middleware._files import atomic_write_bytes, create_exclusive
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 """A metadata blob's name: a plain file name of ASCII letters, digits, ``.``, ``_`` and ``-`` (``redaction.json``)."""
@@ -124,21 +122,7 @@ def read_file(path: Path) -> bytes | None:
 def write_file(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
     """Replace ``path`` with ``data`` atomically; with ``exclusive``, create it owner-only unless it exists (one of many
     processes doing this at once wins, and the others find its file). Returns whether it was written."""
-    data = bytes(data)
-    if not exclusive:
-        atomic_write_bytes(path, data)
-        return True
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)  # atomic and exclusive: two processes starting at once agree on one file
-        except FileExistsError:
-            return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    if exclusive:
+        return create_exclusive(path, bytes(data), mode=0o600)
+    atomic_write_bytes(path, bytes(data))
     return True
