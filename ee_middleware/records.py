@@ -289,6 +289,19 @@ class Rollout(_Record):
 
 ReplayStatus = Literal["done", "skipped", "failed"]
 
+FEWER_ANSWERS: tuple[str, ...] = (
+    "short_answers",
+    "missing_answers",
+    "server_short_answers",
+    "extra_requests",
+    "failed_extra_requests",
+)
+"""What a replay record's ``details["fewer_answers"]`` counts, for a policy whose model answers fewer alternatives than
+asked: ``short_answers``, proposals the policy got fewer than K answers for (the refill supplied the rest);
+``missing_answers``, the answers those lacked; ``server_short_answers``, requests a served model answered with fewer
+choices than ``n`` (it ignores or refuses ``n``: the client asked again); ``extra_requests``, the further requests sent for
+them; ``failed_extra_requests``, those that failed (see :meth:`ReplayRecord.fewer_answers`)."""
+
 
 class ReplayRecord(_Record):
     """What replaying one trajectory under one configuration produced (the job's resume marker)."""
@@ -320,6 +333,15 @@ class ReplayRecord(_Record):
     details: dict[str, Any] = Field(default_factory=dict)
     duration_s: float = 0.0
     finished_at: dt.datetime = Field(default_factory=utcnow)
+
+    def fewer_answers(self) -> dict[str, int]:
+        """The counts of :data:`FEWER_ANSWERS` in ``details["fewer_answers"]``, each 0 where it is absent (a policy that
+        got every answer it asked for, and records written before replay counted them). The worker that replayed this
+        trajectory counts what its policy met since its previous record: with proposals asked for ahead (more than one
+        request in flight), a few of the next trajectory's may be counted here, but a run's records sum to its counts."""
+        given = self.details.get("fewer_answers")
+        given = given if isinstance(given, dict) else {}
+        return {name: int(given.get(name) or 0) for name in FEWER_ANSWERS}
 
 
 class Trajectory(_Record):

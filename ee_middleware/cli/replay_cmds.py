@@ -199,6 +199,24 @@ def run(
         raise typer.Exit(1)
 
 
+def _print_fewer_answers(summary: Any, out: Any) -> None:
+    """What the summary counts of a policy's model answering fewer alternatives than asked (summed over every worker)."""
+    if summary.server_short_answers:
+        failed = f", {summary.failed_extra_requests} of which failed" if summary.failed_extra_requests else ""
+        out.print(
+            f"[yellow]fewer choices than asked[/]: the policy's server answered {summary.server_short_answers} request(s) with "
+            f"fewer than n={summary.k} choices (it ignores or refuses n, as Ollama and llama.cpp do), so its client asked again "
+            f"in {summary.extra_requests} further request(s){failed}",
+            highlight=False,
+        )
+    if summary.short_answers:
+        out.print(
+            f"[yellow]fewer alternatives than K[/]: the policy's model answered {summary.short_answers} state(s) with fewer than "
+            f"K={summary.k} ({summary.missing_answers} missing in all); the refill (schema mutations) supplied the rest",
+            highlight=False,
+        )
+
+
 def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> None:
     """One line on stderr for a replay stopped by a signal: what is stored, and that the same command continues."""
     if not counted:
@@ -320,6 +338,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
             f"no usable observation for (nothing stored for them): {escape(unusable_reasons(summary.synthetic_failures))}",
             highlight=False,
         )
+    _print_fewer_answers(summary, out)
     if summary.rejected_by_reason:
         out.print("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected_by_reason.items())))
     for example in summary.policy_error_examples:

@@ -122,6 +122,10 @@ class _Worker:
         """Whether a replay was cut short by a stop (Ctrl-C, SIGTERM): the proposal requests in flight are not waited for."""
         self._waiting: tuple[Trajectory | TrajectoryRows, ProposingAhead | None] | None = None
         """The trajectory held for the next call, with its proposals asked for (see :meth:`replay_all`)."""
+        self._answers_closed: collections.Counter[str] = collections.Counter()
+        """The answer counts (see :func:`answer_counts`) of the policies this worker closed (rebuilt after a failure)."""
+        self._answers_recorded: collections.Counter[str] = collections.Counter()
+        """The answer counts already put in a record (see :meth:`_with_answer_counts`)."""
 
     def _build(self) -> tuple[Sandbox, Any]:
         from ee_middleware.replay.policies.proposer import Proposer
@@ -207,12 +211,31 @@ class _Worker:
         return item, propose_ahead(item, proposer, self.spec.settings, requests)
 
     def _stored(self, outcome: ReplayOutcome) -> ReplayOutcome:
+        outcome = self._with_answer_counts(outcome)
         store = self._writable_store()
         if store is None:
             return outcome
         with _uninterrupted():  # a worker told to stop finishes writing what it replayed
             write_outcome(store, outcome, where=self.spec.store)
         return ReplayOutcome(outcome.record, stored=True)
+
+    def _with_answer_counts(self, outcome: ReplayOutcome) -> ReplayOutcome:
+        """``outcome`` with what this worker's policy counted of answers fewer than asked since its previous record
+        (``details["fewer_answers"]``, see :meth:`~ee_middleware.records.ReplayRecord.fewer_answers`): the job's summary
+        sums the records, so every worker's counts (a process's, a Ray actor's, the job's own) are summed once."""
+        now = collections.Counter(self._answers_closed)
+        if self._parts is not None:
+            now.update(answer_counts(getattr(self._parts[1], "policy", None)))
+        new = {name: count - self._answers_recorded[name] for name, count in now.items() if count > self._answers_recorded[name]}
+        self._answers_recorded = now
+        if not new:
+            return outcome
+        record = outcome.record
+        given = record.details.get("fewer_answers")
+        merged = collections.Counter(given if isinstance(given, dict) else {})
+        merged.update(new)
+        details = {**record.details, "fewer_answers": dict(merged)}
+        return ReplayOutcome(record.model_copy(update={"details": details}), outcome.rollouts, outcome.stored)
 
     def _writable_store(self) -> Any:
         """This worker's own handle on the job's store, or ``None`` when the job writes (see :attr:`WorkerSpec.store`)."""
@@ -291,6 +314,7 @@ class _Worker:
         if self._parts is not None:
             sandbox, proposer = self._parts
             self._parts = None
+            self._answers_closed.update(answer_counts(getattr(proposer, "policy", None)))  # counted in the next record
             for part in (sandbox, getattr(proposer, "policy", None)):
                 close = getattr(part, "close", None)
                 if close is not None:
@@ -298,6 +322,27 @@ class _Worker:
                         close()
                     except Exception:  # noqa: BLE001 - closing is best effort
                         pass
+
+
+def answer_counts(policy: Any) -> dict[str, int]:
+    """What ``policy`` counted of answers fewer than asked (its ``answer_counts()``, as
+    :meth:`~ee_middleware.replay.policies.chat.ChatPolicy.answer_counts` gives them; none for a policy without it, or
+    one whose method fails): the names of :data:`~ee_middleware.records.FEWER_ANSWERS`, counts above 0."""
+    from ee_middleware.records import FEWER_ANSWERS
+
+    method = getattr(policy, "answer_counts", None)
+    if not callable(method):
+        return {}
+    try:
+        counts = method()
+    except Exception:  # a count must not fail a replay
+        logger.debug("the policy's answer_counts() failed", exc_info=True)
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {
+        name: value for name in FEWER_ANSWERS if isinstance(value := counts.get(name), int) and not isinstance(value, bool) and value > 0
+    }
 
 
 class RequestThreads(concurrent.futures.Executor):

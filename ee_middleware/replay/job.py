@@ -90,6 +90,19 @@ class ReplaySummary:
     """Stored rollouts whose observation an experience model predicted (``synthetic``)."""
     synthetic_failures: dict[str, int] = field(default_factory=dict)
     """Alternatives an experience model gave no usable observation for, by reason (nothing stored for them)."""
+    short_answers: int = 0
+    """Proposals the policy's model answered with fewer than K alternatives, even after its client asked again: the
+    refill (schema mutations) supplied the rest. Summed over every worker, as the four below are (from the records'
+    ``details["fewer_answers"]``, see :meth:`~ee_middleware.records.ReplayRecord.fewer_answers`)."""
+    missing_answers: int = 0
+    """The alternatives those proposals lacked."""
+    server_short_answers: int = 0
+    """Requests a served policy's server answered with fewer choices than ``n=K`` (it ignores ``n``, as Ollama and
+    llama-cpp-python do, or refuses it, as llama-server does): its client asked again for the rest."""
+    extra_requests: int = 0
+    """The further requests sent for those choices."""
+    failed_extra_requests: int = 0
+    """Those of them that failed (their proposals kept the answers received, and the refill supplied the rest)."""
     vault: str | None = None
     """The redaction vault replay restored arguments from (``None``: none)."""
     duration_s: float = 0.0
@@ -146,6 +159,8 @@ class ReplaySummary:
         failures.update(r.details.get("sandbox_failures", {}))  # counted by the runner, wherever the rollouts went
         self.sandbox_failures = dict(failures)
         self.synthetic_branches += r.details.get("synthetic_branches", 0)  # counted by the runner, wherever the rollouts went
+        for name, count in r.fewer_answers().items():  # counted by the worker that replayed it (0 in older records)
+            setattr(self, name, getattr(self, name) + count)
         unusable = Counter(self.synthetic_failures)
         unusable.update(r.details.get("synthetic_failures", {}))
         self.synthetic_failures = dict(unusable)

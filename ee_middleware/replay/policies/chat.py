@@ -3,7 +3,8 @@
 One ``complete`` call per decision point: the recorded state as the messages, the offered tools,
 ``n=k`` and the seed (the OpenAI-compatible client asks again where a server answers fewer; a client that still
 answers fewer than ``k`` is warned about once, :class:`~ee_middleware.models.openai_compat.FewerChoicesWarning`, and
-counted in :attr:`ChatPolicy.short_answers`). Every tool call of every answer becomes a candidate; an answer without tool
+counted in :attr:`ChatPolicy.short_answers`; :meth:`ChatPolicy.answer_counts` gives both counts, which a replay's
+records and summary carry). Every tool call of every answer becomes a candidate; an answer without tool
 calls has its text parsed; what cannot be read becomes a candidate with a problem, which the
 proposer counts as ``unparsable``. A model that cannot answer at all (server down, folder missing)
 raises :class:`~ee_middleware.errors.ModelError`, which ends the replay with that message.
@@ -79,6 +80,23 @@ class ChatPolicy:
     def close(self) -> None:
         """Close the client (connections, or the model's memory)."""
         self.client.close()
+
+    def answer_counts(self) -> dict[str, int]:
+        """How often the model answered fewer than asked, so far (the names of
+        :data:`~ee_middleware.records.FEWER_ANSWERS`): this policy's :attr:`short_answers` and :attr:`missing_answers`,
+        and its client's ``short_answers`` (as ``server_short_answers``), ``extra_requests`` and ``failed_requests`` (as
+        ``failed_extra_requests``) where it counts them (:class:`~ee_middleware.models.openai_compat.OpenAIChatClient`
+        does). A replay worker puts them in its records, and the job's summary sums them over every worker."""
+        client = {
+            "server_short_answers": "short_answers",
+            "extra_requests": "extra_requests",
+            "failed_extra_requests": "failed_requests",
+        }
+        counts = {"short_answers": self.short_answers, "missing_answers": self.missing_answers}
+        for name, attribute in client.items():
+            value = getattr(self.client, attribute, 0)
+            counts[name] = value if isinstance(value, int) and not isinstance(value, bool) else 0  # a user's client: ints only
+        return counts
 
     def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
         """``k`` sampled answers at ``point``; every tool call (or problem) in them is a candidate."""
