@@ -11,13 +11,14 @@ import pytest
 from ee_middleware.trainers.datasets.iwm import IWMOptions, estimated_tokens, kept_chars
 
 
-def _longest_fitting_head(text: str, options: IWMOptions) -> int:
-    """The reference: price every head of the text with estimated_tokens, one by one."""
+def _longest_fitting_heads(texts: list[str | None], options: IWMOptions) -> list[int | None]:
+    """The reference: every head of every text priced by estimated_tokens, one by one (in one frame); None for None."""
     limit = int(options.max_observation_tokens * options.chars_per_token)
-    head = text[:limit]
-    heads = pl.Series([head[:n] for n in range(len(head) + 1)]).to_frame("h")
-    costs = heads.select(estimated_tokens(pl.col("h"), options))["h"].to_list()
-    return max(n for n, cost in enumerate(costs) if cost <= options.max_observation_tokens + 1e-9)
+    heads = [(i, n, text[:n]) for i, text in enumerate(texts) if text is not None for n in range(min(len(text), limit) + 1)]
+    frame = pl.DataFrame({"text": [i for i, _, _ in heads], "n": [n for _, n, _ in heads], "h": [h for _, _, h in heads]})
+    fits = frame.filter(estimated_tokens(pl.col("h"), options) <= options.max_observation_tokens + 1e-9)
+    longest = dict(fits.group_by("text").agg(pl.col("n").max()).iter_rows())
+    return [None if text is None else longest[i] for i, text in enumerate(texts)]
 
 
 def _texts(seed: int) -> list[str | None]:
@@ -45,19 +46,8 @@ def test_kept_chars_is_the_longest_head_that_fits_for_short_and_long_observation
     options = IWMOptions(max_observation_tokens=budget)
     texts = _texts(budget)
     kept = kept_chars(pl.Series(texts, dtype=pl.String), options)
-    expected = [None if text is None else _longest_fitting_head(text, options) for text in texts]
-    assert kept == expected
+    assert kept == _longest_fitting_heads(texts, options)
     assert any(k is not None and t is not None and k < len(t) for k, t in zip(kept, texts, strict=True))  # some were cut
-
-
-def _longest_fitting_heads(texts: list[str], options: IWMOptions) -> list[int]:
-    """The reference for many texts at once: every head of every text priced by estimated_tokens in one frame."""
-    limit = int(options.max_observation_tokens * options.chars_per_token)
-    heads = [(i, n, text[:n]) for i, text in enumerate(texts) for n in range(min(len(text), limit) + 1)]
-    frame = pl.DataFrame({"text": [i for i, _, _ in heads], "n": [n for _, n, _ in heads], "h": [h for _, _, h in heads]})
-    fits = frame.filter(estimated_tokens(pl.col("h"), options) <= options.max_observation_tokens + 1e-9)
-    longest = dict(fits.group_by("text").agg(pl.col("n").max()).iter_rows())
-    return [longest[i] for i in range(len(texts))]
 
 
 def _fuzzed(seed: int, count: int, longest: int) -> list[str]:
