@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 from ee_middleware.bfcl.world import NETWORK_CLASSES, NETWORK_METHODS, World, execute, method_table, network_tools, world_from_environment
@@ -17,6 +20,8 @@ class BFCLSnapshot:
     """The world at one moment: each backend instance pickled on its own."""
 
     parts: dict[str, bytes]
+    randoms: dict[str, tuple[tuple[Any, ...], ...]] = field(default_factory=dict)
+    """The states of the ``random.Random`` instances each part holds, kept beside its pickle (see :class:`_Pickler`)."""
 
 
 class BFCLSandbox:
@@ -88,7 +93,12 @@ class BFCLSandbox:
         return execute(world, call, table=self._tools)
 
     def snapshot(self) -> BFCLSnapshot:
-        snapshot = BFCLSnapshot({name: pickle.dumps(instance, protocol=pickle.HIGHEST_PROTOCOL) for name, instance in self.world.items()})
+        parts, randoms = {}, {}
+        for name, instance in self.world.items():
+            parts[name], held = _pickled(instance)
+            if held:
+                randoms[name] = held
+        snapshot = BFCLSnapshot(parts, randoms)
         self._base, self._dirty = snapshot, set()
         return snapshot
 
@@ -96,7 +106,7 @@ class BFCLSandbox:
         world = self.world
         stale = self._dirty if snapshot is self._base else snapshot.parts.keys()
         for name in stale:
-            world[name] = pickle.loads(snapshot.parts[name])
+            world[name] = _unpickled(snapshot.parts[name], snapshot.randoms.get(name, ()))
         self._base, self._dirty = snapshot, set()
 
     def state_digest(self) -> str:
@@ -110,6 +120,59 @@ class BFCLSandbox:
         self._offline = frozenset()
         self._base = None
         self._dirty = set()
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a backend instance, with each plain ``random.Random`` in it (exactly that class; a subclass keeps its
+    own reduction) kept aside as its state (:attr:`randoms`) and pickled as its index there.
+
+    Unpickled the default way, a ``Random`` is built by ``Random()``, which seeds it from the OS, and then gets its
+    state from 625 ints read from the pickle: about 80 of the 90 us a restore of MessageAPI (which holds one) took,
+    where :class:`_Unpickler` sets the state kept aside (all of it: the generator's words and position and
+    ``gauss_next``), so the draws are the same."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.randoms: list[tuple[Any, ...]] = []
+        self.dispatch_table = {**copyreg.dispatch_table, random.Random: self._reduce_random}
+
+    def _reduce_random(self, rng: random.Random) -> tuple[Any, ...]:
+        self.randoms.append(rng.getstate())  # once per object: pickle memoizes what it reduced
+        return _random_at, (len(self.randoms) - 1,)
+
+
+def _random_at(index: int) -> random.Random:  # pragma: no cover - :class:`_Unpickler` puts its own in its place
+    raise pickle.UnpicklingError("a BFCL snapshot part that holds a random.Random is read by bfcl.sandbox._Unpickler")
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads what :class:`_Pickler` wrote, given the states it kept aside."""
+
+    def __init__(self, data: bytes, randoms: tuple[tuple[Any, ...], ...]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._randoms = randoms
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "_random_at" and module == __name__:
+            return self._random_at
+        return super().find_class(module, name)
+
+    def _random_at(self, index: int) -> random.Random:
+        rng = random.Random.__new__(random.Random)  # not seeded: setstate sets all of its state
+        rng.setstate(self._randoms[index])
+        return rng
+
+
+def _pickled(instance: Any) -> tuple[bytes, tuple[tuple[Any, ...], ...]]:
+    """``instance`` pickled by :class:`_Pickler`, and the states of the ``random.Random`` instances it kept aside."""
+    buffer = io.BytesIO()
+    pickler = _Pickler(buffer)
+    pickler.dump(instance)
+    return buffer.getvalue(), tuple(pickler.randoms)
+
+
+def _unpickled(data: bytes, randoms: tuple[tuple[Any, ...], ...]) -> Any:
+    return _Unpickler(data, randoms).load() if randoms else pickle.loads(data)
 
 
 _ALLOW_HINT = (
