@@ -155,7 +155,7 @@ def execute(world: World, call: ToolCall, *, table: Mapping[str, tuple[str, str]
     instance = world[class_name]
     method = getattr(instance, method_name)
     # Copies, so that the world never shares a list with the caller's records (or with a default).
-    arguments = copy.deepcopy(call.arguments)
+    arguments = _copied(call.arguments)
     for param, default in _PRISTINE_DEFAULTS.get(type(instance), {}).get(method_name, {}).items():
         arguments.setdefault(param, copy.deepcopy(default))
     mp = _mpmath_context()
@@ -171,6 +171,18 @@ def execute(world: World, call: ToolCall, *, table: Mapping[str, tuple[str, str]
             mp.dps = precision
     is_error = isinstance(value, dict) and "error" in value
     return Observation(content=_sorted_set_literals(format_result(value)), is_error=is_error)
+
+
+_ATOMIC = frozenset((str, int, float, bool, type(None)))
+"""Types ``copy.deepcopy`` returns as they are (exactly these: a subclass may copy itself otherwise)."""
+
+
+def _copied(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``copy.deepcopy(arguments)``: a call's arguments are mostly strings and numbers, which a new dict holds
+    as deepcopy would (the same objects), without its memo and dispatch per value."""
+    if type(arguments) is dict and all(type(value) in _ATOMIC for value in arguments.values()):
+        return dict(arguments)
+    return copy.deepcopy(arguments)
 
 
 _STRING_SET = re.compile(r"\{('(?:[^'\\]|\\.)*'(?:, '(?:[^'\\]|\\.)*')+)\}")
