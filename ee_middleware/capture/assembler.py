@@ -224,8 +224,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     if decisions:
         messages = decisions[-1]["state"] + decisions[-1]["outputs"]
         # a resumed run's input (Command, None) has no message: its task is the turn it resumed, the last user message
-        # the history holds before its first decision, not the thread's first (an earlier turn's)
-        ask = _last_user_text if attrs.get(sc.EE_RESUMED) else _first_user_text
+        # the history holds before its first decision, not the thread's first (an earlier turn's); so for any run on a
+        # thread whose input did not say (fields none of which reads as the question, another instrumentation's spans)
+        ask = _last_user_text if attrs.get(sc.EE_RESUMED) or thread_id else _first_user_text
         task = attrs.get(sc.EE_TASK) or ask(decisions[0]["state"])
     else:
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)

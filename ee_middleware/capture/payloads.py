@@ -157,12 +157,15 @@ class PayloadEncoder:
     def graph_input_attributes(self, graph_input: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
         """The run's input messages and its task (the first user message among them): a state's conversation
         (:func:`state_messages`), the messages a Functional API ``@entrypoint`` was given, or, for one given a string,
-        that string as the task. On a thread this is the turn's question, never the history the checkpointer adds."""
+        that string as the task. An input without messages (``{"question": q}``, an input schema's instance) has its
+        text field as the task (:func:`input_text`). On a thread this is the turn's question, never the history the
+        checkpointer adds."""
         if isinstance(graph_input, str):
             return {sc.EE_TASK: self._redact(graph_input)} if graph_input else {}
         messages = input_messages(graph_input)
         if not messages:
-            return {}
+            text = input_text(graph_input)
+            return {sc.EE_TASK: self._redact(text)} if text else {}
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages, cache)}
         task = next((m for m in langchain_to_openai(messages) if m["role"] == "user"), None)
         if task is not None:
@@ -229,6 +232,38 @@ def input_messages(graph_input: Any) -> Any:
         return graph_input
     if isinstance(graph_input, BaseMessage):
         return [graph_input]
+    return None
+
+
+TASK_FIELDS = ("question", "query", "task", "input", "prompt", "request", "message", "user_input", "instruction", "instructions", "text")
+"""The names that say which of an input's several text fields is its question, most telling first."""
+
+
+def input_text(graph_input: Any) -> str | None:
+    """The question in a graph's input that holds no messages: its only text field (a non-empty string, or one user
+    message), as in ``{"question": q}`` or ``{"query": q, "max_results": 3}``; of several, the one named as a question
+    (:data:`TASK_FIELDS`). The input is a dict or an input schema's pydantic or dataclass instance. ``None`` where no
+    field holds text, or several do and no name tells which (the run's task is then read from its model's input)."""
+    fields = _state_fields(graph_input)
+    if not fields:
+        return None
+    texts = {name: text for name, value in fields.items() if (text := _field_text(value))}
+    if len(texts) == 1:
+        return next(iter(texts.values()))
+    return next((texts[name] for name in TASK_FIELDS if name in texts), None)
+
+
+def _field_text(value: Any) -> str | None:
+    """The text of an input field that is a question: a string, or one user message (LangChain, OpenAI dict or
+    ``("user", text)`` tuple); ``None`` for anything else."""
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, BaseMessage):
+        return content_to_text(value.content) if value.type == "human" else None
+    if isinstance(value, Mapping) and value.get("role") == "user" and "content" in value:
+        return content_to_text(value["content"]) or None
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in ("user", "human") and isinstance(value[1], str):
+        return value[1] or None
     return None
 
 

@@ -6,7 +6,7 @@ question as its task (the first user message of the history its model saw). Real
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage
@@ -101,3 +101,71 @@ def test_a_functional_api_thread_has_each_turns_question_as_its_task(takes: str,
     assert [t.task for t in runs] == QUESTIONS
     assert [t.final_answer for t in runs] == ["It ships today.", "It ships today."]
     assert [len(t.steps[0].state) for t in runs] == [1, 3]  # the model saw the thread's history on the second turn
+
+
+THREE_QUESTIONS = ["Where is order A-1?", "And order B-2?", "Can I return C-3?"]
+
+
+class Ask(BaseModel):
+    question: str
+
+
+@dataclasses.dataclass
+class AskDataclass:
+    question: str
+
+
+def _question_graph(field: str, *, input_schema: type | None = None) -> Any:
+    """A graph whose input has no messages, only the question (under ``field``) and maybe other fields: its node turns
+    the question into the thread's next user message, so the model sees the whole thread's history on later turns."""
+    model = ScriptedChatModel(script=[AIMessage(content="It ships today.")])
+
+    class State(TypedDict, total=False):
+        question: str
+        query: str
+        ticket: str
+        customer: str
+        user_id: str
+        max_results: int
+        messages: Annotated[list[AnyMessage], add_messages]
+
+    def answer(state: State) -> dict[str, Any]:
+        asked = HumanMessage(state[field])  # type: ignore[literal-required]
+        return {"messages": [asked, model.invoke([*state.get("messages", []), asked])]}
+
+    builder = StateGraph(State, input_schema=input_schema) if input_schema is not None else StateGraph(State)
+    builder.add_node("answer", answer)
+    builder.add_edge(START, "answer")
+    builder.add_edge("answer", END)
+    return builder.compile(checkpointer=InMemorySaver())
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_thread_of_a_graph_given_only_a_question_has_each_turns_question_as_its_task(offload: str, store_path: Any) -> None:
+    """Before, the input ``{"question": q}`` gave no task, so it was read from the first model call's input: on a
+    thread that starts with the thread's first question, which became the task of every later run."""
+    agent = record_experience(_question_graph("question"), app="shop", store=store_path, offload=offload)
+    for question in THREE_QUESTIONS:
+        agent.invoke({"question": question}, THREAD)
+    runs = _recorded(agent, store_path)
+    assert [t.task for t in runs] == THREE_QUESTIONS
+    assert [len(t.steps[0].state) for t in runs] == [1, 3, 5]  # the model saw the thread's history
+
+
+@pytest.mark.parametrize(
+    ("field", "given"),
+    [
+        ("query", lambda q: {"query": q, "max_results": 3}),  # the only text field, whatever its name
+        ("question", lambda q: {"question": q, "user_id": "u-7"}),  # of several text fields, the one named as a question
+        ("question", lambda q: Ask(question=q)),  # an input schema's pydantic instance
+        ("question", lambda q: AskDataclass(question=q)),  # or dataclass instance
+        ("ticket", lambda q: {"ticket": q, "customer": "Ann Lee"}),  # none says which: the turn's last user message
+    ],
+    ids=["only-text-field", "named-field", "pydantic-input", "dataclass-input", "ambiguous-fields"],
+)
+def test_a_thread_of_a_graph_given_other_fields_has_each_turns_question_as_its_task(field: str, given: Any, store_path: Any) -> None:
+    schema = type(given("?")) if not isinstance(given("?"), dict) else None
+    agent = record_experience(_question_graph(field, input_schema=schema), app="shop", store=store_path)
+    for question in THREE_QUESTIONS:
+        agent.invoke(given(question), THREAD)
+    assert [t.task for t in _recorded(agent, store_path)] == THREE_QUESTIONS
