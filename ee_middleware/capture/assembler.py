@@ -235,7 +235,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     if status == "completed" and sc.EE_STATUS not in attrs and _paused(decisions, tools_here, final):
         status = "interrupted"  # another instrumentation's spans, which do not say the run paused (see _paused)
     if status == "completed":
-        stopped = _stopped_by(root, decisions)
+        stopped = _stopped_by(root, decisions, redact)
         if stopped is not None:
             status, error = "stopped", stopped
     answer = redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer
@@ -1081,7 +1081,7 @@ def _interrupted_tool(span: SpanData) -> bool:
     )
 
 
-def _stopped_by(root: SpanData, decisions: list[dict[str, Any]]) -> str | None:
+def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) -> str | None:
     """Why a run that returned normally did not end on its model's reply, or None when it did: its last message is a
     reply (an assistant message without tool calls) that no model call wrote, since the last decision that acted
     called tools, or every model call failed. A middleware or a graph node wrote it: ``ModelCallLimitMiddleware`` or
@@ -1089,7 +1089,10 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]]) -> str | None:
     with ``on_failure="continue"`` ('Model call failed after 3 attempts'). Such a run is ``stopped``, not
     ``completed``: an approval rule on ``completed`` would teach the run that failed. A reply that a middleware edited
     after the model (``after_model``) is still the model's: its decision answered. A run that called no model (resumed
-    after a review, a reviewer's node answering) has no decision to end early."""
+    after a review, a reviewer's node answering) has no decision to end early. Nor did a run end early whose last
+    decision was a structured reply (:data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`: the node read the
+    call as its answer), or whose last message a model call wrote as its reply (a drafter's, before a grader's
+    structured call or a router's call that its node read)."""
     if not decisions:
         return None  # a run that called no model (a reviewer's node answering on resume): nothing ended it early
     ended = [m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "assistant" and not m.get("tool_calls")]
@@ -1099,10 +1102,15 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]]) -> str | None:
         decision = decisions[index]
         if decision["span"].is_error or not decision["outputs"] or _discarded(index, decisions):
             continue  # a failed attempt, or a reply thrown away: no decision acted there
+        if str(decision["span"].attributes.get(sc.EE_STRUCTURED_OUTPUT)).lower() == "true":
+            return None  # its call is the structured answer the node read, not a call cut off
         if not any(m.get("tool_calls") for m in decision["outputs"]):
             return None  # the model answered: the run ended on its reply
         break
     text = content_to_text(ended[-1].get("content"))
+    replies = (m for d in decisions if not d["span"].is_error for m in d["outputs"] if not m.get("tool_calls"))
+    if any(content_to_text(m.get("content")) == redact(text) for m in replies):  # the decisions' replies are redacted
+        return None  # a model call wrote it; the calls after it were read by their nodes (a grader, a router)
     quoted = text if len(text) <= 200 else text[:200] + "..."
     return f"a middleware or graph node ended the run, not the model: no model call wrote its last message ({quoted!r})"
 

@@ -181,6 +181,8 @@ class RunCapture(BaseCallbackHandler):
             metadata = {**metadata, NESTED_IN_METADATA: nested}
         else:
             self._note_tools(params.get("tools"))
+        if (kwargs.get("options") or {}).get("ls_structured_output_format"):  # with_structured_output's call
+            metadata = {**metadata, STRUCTURED_OUTPUT_METADATA: True}
         if self.calls is not None:  # kept for the capture process: only what its span reads (smaller to send)
             params = {k: params[k] for k in CHAT_PARAMS if k in params}
             metadata = {k: metadata[k] for k in CHAT_METADATA if k in metadata}
@@ -309,6 +311,8 @@ class RunCapture(BaseCallbackHandler):
             attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(metadata["langgraph_checkpoint_ns"])
         if metadata.get(NESTED_IN_METADATA):
             attrs[sc.EE_NESTED_IN] = str(metadata[NESTED_IN_METADATA])
+        if metadata.get(STRUCTURED_OUTPUT_METADATA):
+            attrs[sc.EE_STRUCTURED_OUTPUT] = True
         if params.get("temperature") is not None:
             attrs[sc.REQUEST_TEMPERATURE] = float(params["temperature"])
         # encoded first and given to start_span: one pass over the attributes instead of two
@@ -593,7 +597,17 @@ CHAT_PARAMS = ("model", "model_name", "_type", "temperature", "tools")
 NESTED_IN_METADATA = "ee_nested_in"
 """Put in a model call's kept metadata by :meth:`RunCapture.on_chat_model_start`: the key of the graph run inside a tool
 that made it (:data:`~ee_middleware.capture.semconv.EE_NESTED_IN`)."""
-CHAT_METADATA = ("ls_model_name", "ls_provider", "langgraph_node", "langgraph_checkpoint_ns", NESTED_IN_METADATA)
+STRUCTURED_OUTPUT_METADATA = "ee_structured_output"
+"""Put in a model call's kept metadata by :meth:`RunCapture.on_chat_model_start` when the call asked for a structured
+reply (:data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`)."""
+CHAT_METADATA = (
+    "ls_model_name",
+    "ls_provider",
+    "langgraph_node",
+    "langgraph_checkpoint_ns",
+    NESTED_IN_METADATA,
+    STRUCTURED_OUTPUT_METADATA,
+)
 """The callback metadata a ``chat`` span reads."""
 
 

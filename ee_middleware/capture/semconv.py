@@ -64,6 +64,10 @@ EE_AWAITS_CALLS = "ee.langgraph.awaits_calls"
 (``interrupt()`` in a tool, or in a node whose state ends on calls without their tool messages: a review of them), and
 so has no answer (true); false where the state it paused in does not (a review node after the model answered, with a
 structured-output call between). Absent where capture could not tell (another instrumentation's spans do not say)."""
+EE_STRUCTURED_OUTPUT = "ee.structured_output"
+"""Set (true) on a ``chat`` span of a model call made for a structured reply (``with_structured_output``: LangChain's
+``ls_structured_output_format``): a tool call in its reply is the answer, which the node that asked reads itself (a
+grader, an extractor), not a call a tool runs. A run that ends after it ended normally, not cut off by a node."""
 EE_NESTED_IN = "ee.langgraph.nested_in"
 """Set on the model and tool spans of a graph run inside a tool of the recorded run (an agent used as a tool: its nodes
 run in another checkpoint namespace than the tool's): the key of that tool call (:data:`EE_NESTED_RUN` on its span).

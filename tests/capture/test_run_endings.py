@@ -18,10 +18,13 @@ from langchain.agents.middleware import (
 )
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
-from pydantic import Field
+from langgraph.graph import END, START, MessagesState, StateGraph
+from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
 from ee_middleware import record_experience
+from ee_middleware.capture.assembler import AssemblyOptions, assemble
+from ee_middleware.capture.spandata import from_readable_span
 from ee_middleware.cli.app import app
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
@@ -155,3 +158,77 @@ def test_runs_the_model_ended_stay_completed(tmp_path: Path) -> None:
     assert trajectory.final_answer == "No stock data for pears; 3 apples. -- the shop"
     assert trajectory.steps[0].observation.is_error and "failed after 2 attempts" in trajectory.steps[0].observation.content
     assert [s.action.kind for s in trajectory.steps] == ["tool_call", "tool_call", "answer"]
+
+
+class Grade(BaseModel):
+    """Grade the draft."""
+
+    score: int
+
+
+class Answer(BaseModel):
+    """The answer to the user."""
+
+    text: str
+
+
+def _structured_graph(ending: str) -> Any:
+    """A graph whose last node reads a model's structured reply itself (no review node after it, no tool runs its call):
+    a ``with_structured_output`` grader after a drafting model, a router's forced ``bind_tools`` call read by its node,
+    or a node that answers with the structured reply's text."""
+    drafter = ScriptedChatModel(script=[AIMessage(content="Your order ships today.")])
+    structured = ScriptedChatModel(
+        model_name="grader",
+        policy=lambda m, t: AIMessage(
+            content="",
+            tool_calls=[tool_call("Answer", text="It ships today.") if ending == "structured answer" else tool_call("Grade", score=4)],
+        ),
+    )
+
+    class State(MessagesState):
+        score: int
+
+    def last(state: State) -> dict[str, Any]:
+        if ending == "router after a draft":
+            reply = structured.bind_tools([Grade], tool_choice="Grade").invoke(state["messages"])
+            return {"score": reply.tool_calls[0]["args"]["score"]}
+        if ending == "structured answer":
+            return {"messages": [AIMessage(content=structured.with_structured_output(Answer).invoke(state["messages"]).text)]}
+        return {"score": structured.with_structured_output(Grade).invoke(state["messages"]).score}
+
+    builder = StateGraph(State)
+    if ending == "structured answer":
+        builder.add_edge(START, "last")
+    else:
+        builder.add_node("draft", lambda state: {"messages": [drafter.invoke(state["messages"])]})
+        builder.add_edge(START, "draft")
+        builder.add_edge("draft", "last")
+    builder.add_node("last", last)
+    builder.add_edge("last", END)
+    return builder.compile()
+
+
+STRUCTURED_ENDINGS = {
+    "grader after a draft": "Your order ships today.",
+    "router after a draft": "Your order ships today.",
+    "structured answer": "It ships today.",
+}
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("ending", list(STRUCTURED_ENDINGS))
+def test_a_run_ending_on_a_structured_reply_is_completed_scripted_model(
+    ending: str, offload: str, tmp_path: Path, tracer_provider: Any, span_exporter: Any
+) -> None:
+    """Before, these runs were stored ``stopped`` ('a middleware or graph node ended the run'): the last model call that
+    acted made a tool call (the structured reply), so the last message was taken for one a node wrote in its place. The
+    node read that call itself, and the run ended normally: ``completed``, from capture and from its spans read back."""
+    store = tmp_path / "s"
+    own = {"tracer_provider": tracer_provider} if offload == "thread" else {"offload": offload}  # process: its own spans
+    agent = record_experience(_structured_graph(ending), app="shop", store=store, **own)
+    trajectory = record_once(agent, store, TASK)
+    assert (trajectory.status, trajectory.error, trajectory.final_answer) == ("completed", None, STRUCTURED_ENDINGS[ending])
+    if offload == "process":
+        return
+    spans = [from_readable_span(s) for s in span_exporter.get_finished_spans()]
+    assert assemble(spans, AssemblyOptions(app="shop")).status == "completed"
