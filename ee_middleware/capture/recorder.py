@@ -35,6 +35,7 @@ import os
 import random
 import secrets
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -1070,12 +1071,8 @@ def _flush_at_multiprocessing_exit(_: object) -> None:
         multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=0)
 
 
-class _AfterFork:
-    """What ``multiprocessing.util.register_after_fork`` keeps a weak reference to (alive as long as this module)."""
-
-
-_AFTER_FORK = _AfterFork()
-multiprocessing.util.register_after_fork(_AFTER_FORK, _flush_at_multiprocessing_exit)
+# keyed on this module, which multiprocessing holds weakly and sys.modules keeps alive (as capture's shutdown module does)
+multiprocessing.util.register_after_fork(sys.modules[__name__], _flush_at_multiprocessing_exit)
 
 
 EXITED = "terminated: the process exited"

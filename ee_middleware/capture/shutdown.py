@@ -231,4 +231,5 @@ def _green_threads() -> bool:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-    multiprocessing.util.register_after_fork(sys.modules[__name__], _watch_in_multiprocessing_child)  # (held weakly)
+    # keyed on this module, which multiprocessing holds weakly and sys.modules keeps alive (as capture's recorder does)
+    multiprocessing.util.register_after_fork(sys.modules[__name__], _watch_in_multiprocessing_child)
