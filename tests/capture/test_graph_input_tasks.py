@@ -36,16 +36,27 @@ class DataclassState:
     messages: Annotated[list[AnyMessage], add_messages]
 
 
+def chain_graph(state: type, *nodes: tuple[str, Any], **compile_options: Any) -> Any:
+    """A graph of ``state`` running ``nodes`` (name, function) one after the other from START to END, compiled with an
+    ``InMemorySaver`` and ``compile_options`` (``interrupt_before``); ``input_schema`` goes to the builder."""
+    input_schema = compile_options.pop("input_schema", None)
+    builder = StateGraph(state, input_schema=input_schema) if input_schema is not None else StateGraph(state)
+    previous = START
+    for name, node in nodes:
+        builder.add_node(name, node)
+        builder.add_edge(previous, name)
+        previous = name
+    builder.add_edge(previous, END)
+    return builder.compile(checkpointer=InMemorySaver(), **compile_options)
+
+
 def _state_graph(schema: type) -> Any:
     model = ScriptedChatModel(script=[AIMessage(content="It ships today.")])
-    builder = StateGraph(schema)
-    builder.add_node("agent", lambda state: {"messages": [model.invoke(state.messages)]})
-    builder.add_edge(START, "agent")
-    builder.add_edge("agent", END)
-    return builder.compile(checkpointer=InMemorySaver())
+    return chain_graph(schema, ("agent", lambda state: {"messages": [model.invoke(state.messages)]}))
 
 
-def _recorded(agent: Any, store_path: Any) -> list[Trajectory]:
+def recorded(agent: Any, store_path: Any) -> list[Trajectory]:
+    """Wait until ``agent``'s recorder has written its runs, close it, and return the store's trajectories, oldest first."""
     assert agent.flush()
     agent.recorder.close()
     store = LocalExperienceStore(store_path)
@@ -61,7 +72,7 @@ def test_a_thread_invoked_with_state_instances_has_each_turns_question_as_its_ta
     agent = record_experience(_state_graph(schema), app="shop", store=store_path, offload=offload)
     for question in QUESTIONS:
         agent.invoke(schema(messages=[HumanMessage(question)]), THREAD)
-    runs = _recorded(agent, store_path)
+    runs = recorded(agent, store_path)
     assert [t.task for t in runs] == QUESTIONS
     assert [t.status for t in runs] == ["completed", "completed"]
     # the second turn's model saw the whole thread: its state still starts with the first question
@@ -72,7 +83,7 @@ def test_a_thread_invoked_with_a_dict_is_unchanged(store_path: Any) -> None:
     agent = record_experience(_state_graph(PydanticState), app="shop", store=store_path)
     for question in QUESTIONS:
         agent.invoke({"messages": [HumanMessage(question)]}, THREAD)
-    assert [t.task for t in _recorded(agent, store_path)] == QUESTIONS
+    assert [t.task for t in recorded(agent, store_path)] == QUESTIONS
 
 
 def _entrypoint(takes: str) -> Any:
@@ -97,7 +108,7 @@ def test_a_functional_api_thread_has_each_turns_question_as_its_task(takes: str,
     agent = record_experience(_entrypoint(takes), app="shop", store=store_path)
     for question in QUESTIONS:
         agent.invoke(question if takes == "string" else [HumanMessage(question)], THREAD)
-    runs = _recorded(agent, store_path)
+    runs = recorded(agent, store_path)
     assert [t.task for t in runs] == QUESTIONS
     assert [t.final_answer for t in runs] == ["It ships today.", "It ships today."]
     assert [len(t.steps[0].state) for t in runs] == [1, 3]  # the model saw the thread's history on the second turn
@@ -133,11 +144,7 @@ def _question_graph(field: str, *, input_schema: type | None = None) -> Any:
         asked = HumanMessage(state[field])  # type: ignore[literal-required]
         return {"messages": [asked, model.invoke([*state.get("messages", []), asked])]}
 
-    builder = StateGraph(State, input_schema=input_schema) if input_schema is not None else StateGraph(State)
-    builder.add_node("answer", answer)
-    builder.add_edge(START, "answer")
-    builder.add_edge("answer", END)
-    return builder.compile(checkpointer=InMemorySaver())
+    return chain_graph(State, ("answer", answer), input_schema=input_schema)
 
 
 @pytest.mark.parametrize("offload", ["thread", "process"])
@@ -147,7 +154,7 @@ def test_a_thread_of_a_graph_given_only_a_question_has_each_turns_question_as_it
     agent = record_experience(_question_graph("question"), app="shop", store=store_path, offload=offload)
     for question in THREE_QUESTIONS:
         agent.invoke({"question": question}, THREAD)
-    runs = _recorded(agent, store_path)
+    runs = recorded(agent, store_path)
     assert [t.task for t in runs] == THREE_QUESTIONS
     assert [len(t.steps[0].state) for t in runs] == [1, 3, 5]  # the model saw the thread's history
 
@@ -168,4 +175,4 @@ def test_a_thread_of_a_graph_given_other_fields_has_each_turns_question_as_its_t
     agent = record_experience(_question_graph(field, input_schema=schema), app="shop", store=store_path)
     for question in THREE_QUESTIONS:
         agent.invoke(given(question), THREAD)
-    assert [t.task for t in _recorded(agent, store_path)] == THREE_QUESTIONS
+    assert [t.task for t in recorded(agent, store_path)] == THREE_QUESTIONS

@@ -15,17 +15,15 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph import MessagesState
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel
 
 from ee_middleware import record_experience
 from ee_middleware.capture.assembler import AssemblyOptions, assemble
 from ee_middleware.capture.spandata import from_readable_span
-from ee_middleware.records import Trajectory
-from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.test_graph_input_tasks import chain_graph, recorded
 
 SUPERVISOR_REPLY = "I will ask the billing team to handle this."
 
@@ -62,23 +60,12 @@ def _supervised(pause: str) -> Any:
             middleware=[HumanInTheLoopMiddleware(interrupt_on={"refund_reviewed": True})],
         )
     supervisor = ScriptedChatModel(model_name="supervisor", script=[AIMessage(content=SUPERVISOR_REPLY)])
-    builder = StateGraph(MessagesState)
-    builder.add_node("supervisor", lambda state: {"messages": [supervisor.invoke(state["messages"])]})
-    builder.add_node("billing", billing)
-    builder.add_edge(START, "supervisor")
-    builder.add_edge("supervisor", "billing")
-    builder.add_edge("billing", END)
-    return builder.compile(checkpointer=InMemorySaver())
+    return chain_graph(MessagesState, ("supervisor", _replies(supervisor)), ("billing", billing))
 
 
-def _recorded(agent: Any, store_path: Any) -> list[Trajectory]:
-    assert agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(store_path)
-    try:
-        return sorted(store.iter_trajectories(), key=lambda t: t.started_at)
-    finally:
-        store.close()
+def _replies(model: Any) -> Any:
+    """A node that appends ``model``'s reply to the conversation."""
+    return lambda state: {"messages": [model.invoke(state["messages"])]}
 
 
 @pytest.mark.parametrize("pause", ["interrupt-in-tool", "hitl-middleware"])
@@ -89,7 +76,7 @@ def test_a_run_paused_inside_a_sub_agent_has_no_final_answer(pause: str, store_p
     assert "__interrupt__" in out
     resume = {"decisions": [{"type": "approve"}]} if pause == "hitl-middleware" else "approved"
     agent.invoke(Command(resume=resume), config)
-    paused, resumed = _recorded(agent, store_path)
+    paused, resumed = recorded(agent, store_path)
 
     assert paused.status == "interrupted" and paused.final_answer is None
     assert [s.action.content for s in paused.steps if s.action.kind == "answer"] == [SUPERVISOR_REPLY]  # still its step
@@ -111,15 +98,9 @@ def test_a_run_paused_after_its_model_answered_keeps_the_answer(store_path: Any)
     def review(state: MessagesState) -> dict[str, Any]:
         return {"messages": [AIMessage(content=f"reviewer said {interrupt('send it?')}")]}
 
-    builder = StateGraph(MessagesState)
-    builder.add_node("draft", lambda state: {"messages": [model.invoke(state["messages"])]})
-    builder.add_node("review", review)
-    builder.add_edge(START, "draft")
-    builder.add_edge("draft", "review")
-    builder.add_edge("review", END)
-    agent = record_experience(builder.compile(checkpointer=InMemorySaver()), app="support", store=store_path)
+    agent = record_experience(chain_graph(MessagesState, ("draft", _replies(model)), ("review", review)), app="support", store=store_path)
     agent.invoke({"messages": [("user", "Write to the customer")]}, {"configurable": {"thread_id": "r-1"}})
-    [paused] = _recorded(agent, store_path)
+    [paused] = recorded(agent, store_path)
     assert (paused.status, paused.final_answer) == ("interrupted", "draft reply")
 
 
@@ -154,20 +135,12 @@ def test_a_run_paused_for_review_after_a_tool_calling_grader_keeps_the_answer(
             interrupt("send it?")
         return {}
 
-    builder = StateGraph(State)
-    builder.add_node("draft", lambda state: {"messages": [drafter.invoke(state["messages"])]})
-    builder.add_node("grade", grade)
-    builder.add_node("review", review)
-    builder.add_edge(START, "draft")
-    builder.add_edge("draft", "grade")
-    builder.add_edge("grade", "review")
-    builder.add_edge("review", END)
     breakpoints = ["review"] if between.endswith("breakpoint") else None
-    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=breakpoints)
+    graph = chain_graph(State, ("draft", _replies(drafter)), ("grade", grade), ("review", review), interrupt_before=breakpoints)
     agent = record_experience(graph, app="support", store=store_path, tracer_provider=tracer_provider)
     out = agent.invoke({"messages": [("user", "Write to the customer")]}, {"configurable": {"thread_id": "g-1"}})
     assert out["messages"][-1].content == "draft reply" and out["score"] == 4
-    [paused] = _recorded(agent, store_path)
+    [paused] = recorded(agent, store_path)
     assert (paused.status, paused.final_answer) == ("interrupted", "draft reply")
     assert [s.action.tool_call.name for s in paused.steps if s.action.tool_call is not None] == ["Grade"]
 
@@ -181,16 +154,10 @@ def test_a_breakpoint_before_the_tools_of_a_sub_agent_free_graph_has_no_answer(s
     model = ScriptedChatModel(
         script=[AIMessage(content="Let me look."), AIMessage(content="", tool_calls=[tool_call("refund_reviewed", order_id="A-1")])]
     )
-    builder = StateGraph(MessagesState)
-    builder.add_node("intro", lambda state: {"messages": [model.invoke(state["messages"])]})
-    builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
-    builder.add_node("tools", lambda state: {})
-    builder.add_edge(START, "intro")
-    builder.add_edge("intro", "agent")
-    builder.add_edge("agent", "tools")
-    builder.add_edge("tools", END)
-    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["tools"])
+    graph = chain_graph(
+        MessagesState, ("intro", _replies(model)), ("agent", _replies(model)), ("tools", lambda state: {}), interrupt_before=["tools"]
+    )
     agent = record_experience(graph, app="support", store=store_path)
     agent.invoke({"messages": [("user", "Refund order A-1")]}, {"configurable": {"thread_id": "b-1"}})
-    [paused] = _recorded(agent, store_path)
+    [paused] = recorded(agent, store_path)
     assert (paused.status, paused.final_answer) == ("interrupted", None)
