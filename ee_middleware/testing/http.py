@@ -119,8 +119,8 @@ class ScriptedChatServer:
         return self._base_url
 
     def __enter__(self) -> ScriptedChatServer:
-        if self._stack is not None:
-            raise RuntimeError("ScriptedChatServer is already running: enter each one once")
+        if self._stack is not None or self._base_url is not None:
+            raise RuntimeError("a ScriptedChatServer serves one `with` block (its requests and errors are that block's): make a new one")
         with ExitStack() as stack:
             self._base_url = stack.enter_context(serving(_Server(self), path=self.path))
             self._stack = stack.pop_all()
@@ -141,7 +141,9 @@ class ScriptedChatServer:
             self.requests.append(body)
         try:
             answer = self.script(body) if callable(self.script) else self.script[min(n, len(self.script) - 1)]
-            return _reply(answer, n, body.get("model"))
+            reply = _reply(answer, n, body.get("model"))
+            json.dumps(reply.body)  # an answer that is not JSON fails here, as a 500 and on leaving the block
+            return reply
         except Exception as error:  # noqa: BLE001 - the client gets a 500, the test the cause on leaving the block
             with self._lock:
                 self._errors.append((n, error))
@@ -212,7 +214,9 @@ class _ChatHandler(BaseHTTPRequestHandler):
     def _route(self) -> str:
         path = self.path.split("?", 1)[0].rstrip("/")
         prefix = self.server.owner.path
-        return path[len(prefix) :] if path.startswith(prefix) else path
+        if not prefix:
+            return path
+        return path[len(prefix) :] if path.startswith(prefix + "/") else ""  # outside the base path: 404
 
     def do_GET(self) -> None:
         reply = self.server.owner._answer_models() if self._route() == "/models" else _NOT_FOUND

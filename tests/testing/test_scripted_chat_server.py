@@ -163,8 +163,30 @@ def test_it_is_used_once_started_and_entered_once() -> None:
     server = ScriptedChatServer(["hi"])
     with pytest.raises(RuntimeError, match="not started: use it as `with ScriptedChatServer"):
         server.base_url  # noqa: B018
-    with server, pytest.raises(RuntimeError, match="already running"):
+    with server, pytest.raises(RuntimeError, match="serves one `with` block"):
         server.__enter__()
+    with pytest.raises(RuntimeError, match=r"serves one `with` block .*: make a new one"), server:
+        pass  # entered again after its block: its requests and errors belong to the first block
+
+
+def test_a_client_that_drops_the_base_path_is_not_answered() -> None:
+    with ScriptedChatServer(["hi"]) as server:
+        root = server.base_url.removesuffix("/v1")
+        assert _post(f"{root}/chat/completions", {"model": "m", "messages": HELLO}) == (404, {"detail": "Not Found"})
+        assert _get(f"{root}/models") == (404, {"detail": "Not Found"})
+        assert _get(f"{root}/v1x/models") == (404, {"detail": "Not Found"})
+        assert _post(f"{server.base_url}/chat/completions", {"model": "m", "messages": HELLO})[0] == 200
+    assert server.model_listings == 0 and len(server.requests) == 1
+
+
+def test_an_answer_that_is_not_json_gives_a_500_and_the_test_its_cause() -> None:
+    with (
+        pytest.raises(ScriptedChatServerError, match="not JSON serializable") as raised,
+        ScriptedChatServer(lambda body: Reply({"when": object()})) as server,
+    ):
+        status, body = _post(f"{server.base_url}/chat/completions", {"model": "m", "messages": HELLO})
+        assert status == 500 and "TypeError" in body["error"]["message"]
+    assert isinstance(raised.value.__cause__, TypeError)
 
 
 def test_leaving_the_block_closes_every_socket_and_leaves_no_thread() -> None:
