@@ -27,8 +27,10 @@ server ends with the job's process, and local worker processes die with the fork
 :mod:`ee_middleware._lifetime`), even when the job is killed with ``SIGKILL``; sandbox children
 (``--isolation subprocess``) then kill themselves and every process their tools started. A job that ends early
 (Ctrl-C, SIGTERM, an error) stops its local workers at once: each drops the trajectory it is replaying (nothing of it
-is stored: a trajectory's rollouts and record are written together once it is done) and what it was sent after it,
-then closes its sandbox; a second signal meanwhile kills them (see :meth:`ProcessExecutor.close`).
+is stored: a trajectory's rollouts and record are written together once it is done) and what it was sent after it, or
+stops building its sandbox and policy (a model loading), then closes what it built; a second signal meanwhile kills
+them (see :meth:`ProcessExecutor.close`). Ray actors still being built are killed at once (see
+:meth:`RayExecutor.close`); built ones close first.
 """
 
 from __future__ import annotations
@@ -133,7 +135,11 @@ class _Worker:
 
         if self._parts is None:
             sandbox = self.spec.sandbox_factory()
-            policy, _ = prepare_policy(self.spec.policy, self.spec.policy_options, self.spec.policy_defaults)
+            try:
+                policy, _ = prepare_policy(self.spec.policy, self.spec.policy_options, self.spec.policy_defaults)
+            except BaseException:
+                _close_quietly(sandbox)  # (its child process, with isolation): the next build makes another
+                raise
             self._parts = (sandbox, Proposer(policy, k=self.spec.settings.k))
         return self._parts
 
@@ -316,12 +322,17 @@ class _Worker:
             self._parts = None
             self._answers_closed.update(answer_counts(getattr(proposer, "policy", None)))  # counted in the next record
             for part in (sandbox, getattr(proposer, "policy", None)):
-                close = getattr(part, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:  # noqa: BLE001 - closing is best effort
-                        pass
+                _close_quietly(part)
+
+
+def _close_quietly(part: Any) -> None:
+    """Close ``part`` (a sandbox, a policy) where it has a ``close``; closing is best effort."""
+    close = getattr(part, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
 
 
 def answer_counts(policy: Any) -> dict[str, int]:
@@ -549,20 +560,36 @@ def _interruptible() -> Iterator[None]:
         _INTERRUPTIBLE = False
 
 
-def _init_process_worker(spec: WorkerSpec, torch_threads: int, parent_pid: int, stop: Any = None) -> None:
+def _init_process_worker(spec: WorkerSpec, torch_threads: int, parent_pid: int, stop: Any = None, listening: Any = None) -> None:
+    """Set up a local worker process: its stop signal and event, then its sandbox and policy (:meth:`_Worker.warm_up`).
+
+    ``listening`` (an ``Event``) is set once the stop signal's handler is in place: from then on the job may send it
+    SIGINT (see :meth:`ProcessExecutor._stop_workers`), which also cuts the warm-up short (a policy loading a model, a
+    sandbox that takes long to build): a job stopped meanwhile does not wait for it."""
     global _PROCESS_WORKER, _STOP
     # The process that must not outlive us: the job (spawned workers) or the job's fork server, which ends the moment the
     # job does. Killed by the kernel when it dies; the watchdog covers systems without prctl.
     die_with_parent(parent_pid, _end_orphaned_worker, death_signal=signal.SIGKILL)
     _STOP = stop
     signal.signal(signal.SIGINT, _on_stop_signal)  # (SIGTERM stays deadly: the pool ends a broken worker with it)
+    if listening is not None:
+        listening.set()
     _JobForkServer.release_in_worker()
     os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
     _PROCESS_WORKER = worker = _Worker(spec)
     # A worker process ends through multiprocessing's exit function, which waits for every child
     # process: the sandbox (and its child, with --isolation subprocess) must be closed before that.
     multiprocessing.util.Finalize(None, worker.close, exitpriority=100)
-    worker.warm_up()
+    # The job sets its stop event before it looks at ``listening``: a worker that starts its warm-up after this check
+    # either finds the event set, or was listening in time to be sent the signal.
+    if _worker_stopped() is None:
+        try:
+            with _interruptible():
+                worker.warm_up()
+        except KeyboardInterrupt:
+            if _INTERRUPTED is None:
+                raise  # not the stop signal's
+            # stopped while warming up: every call it gets returns at once, and it closes what it built as it ends
     # What the worker holds now (modules, sandbox, policy) lives as long as it does: out of the collector's full passes,
     # as the job process does for its own heap (see ee_middleware.replay.job._frozen_heap).
     gc.freeze()
@@ -831,6 +858,7 @@ class ProcessExecutor:
             context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
         self._start_error: BaseException | None = None
         self._stop = context.Event()  # set when the job ends early: every call a worker gets then replays nothing
+        self._listening = [context.Event() for _ in range(workers)]  # set once that worker takes the stop signal
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
         self._here = _JobReplays(spec)
         self._unanswered = [0] * workers  # trajectories sent to each worker whose outcomes have not come back
@@ -843,7 +871,7 @@ class ProcessExecutor:
                         max_workers=1,
                         mp_context=context,
                         initializer=_init_process_worker,
-                        initargs=(spec, torch_threads, parent_pid, self._stop),
+                        initargs=(spec, torch_threads, parent_pid, self._stop, self._listening[len(self._pools)]),
                     )
                 )
         except BaseException:
@@ -972,13 +1000,14 @@ class ProcessExecutor:
                 self._stop_server()
 
     def _stop_workers(self) -> None:
-        """Tell every worker to replay nothing more: the calls queued for it then return at once, and a worker that has
-        started is sent SIGINT, which ends the replay it runs (see :func:`_replay_in_process`). It stores nothing of that
-        trajectory, and closes its sandbox as it ends (:meth:`_shut_pools`)."""
-        self._stop.set()
-        for index, process in enumerate(self._processes()):
-            # one that has not run its initializer yet (SIGINT is not handled there) has replayed nothing: the event stops it
-            if index < len(self._ready) and self._ready[index].done():
+        """Tell every worker to replay nothing more: the calls queued for it then return at once, and a worker that
+        handles the stop signal is sent SIGINT, which ends the replay it runs (see :func:`_replay_in_process`), or its
+        warm-up (a policy still loading: see :func:`_init_process_worker`). It stores nothing of that trajectory, and
+        closes its sandbox as it ends (:meth:`_shut_pools`)."""
+        self._stop.set()  # (before ``listening`` is read: see _init_process_worker)
+        for listening, process in zip(self._listening, self._processes(), strict=False):
+            # one that does not handle SIGINT yet (SIGINT would end it with a traceback) finds the event set before its warm-up
+            if listening.is_set():
                 _signal_process(process, signal.SIGINT)
 
     def _kill_workers(self) -> None:
@@ -1041,13 +1070,26 @@ def _join(thread: threading.Thread) -> None:
 
 
 def _signal_process(process: multiprocessing.process.BaseProcess | None, sig: signal.Signals) -> None:
-    """Send ``sig`` to ``process`` (nothing when it has ended)."""
-    if process is None or process.pid is None:
+    """Send ``sig`` to ``process`` while it runs (nothing when it has ended).
+
+    A worker that ended (killed, crashed) is reaped at once by the job's fork server, whose child it is, so its pid may
+    already be another process's, while its pool still lists it: whether it ended is read from its exit status, which
+    the server reports on the worker's sentinel, not from its pid."""
+    if process is None or process.pid is None or _has_ended(process):
         return
     try:
         os.kill(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _has_ended(process: multiprocessing.process.BaseProcess) -> bool:
+    """Whether ``process`` has ended: its exit status is known, or its sentinel says it has one (``exitcode`` reads it,
+    without waiting; the pool's own thread may have read it first)."""
+    try:
+        return process.exitcode is not None
+    except ValueError:  # closed
+        return True
 
 
 class _SharedIterator:
@@ -1288,6 +1330,9 @@ class RayExecutor:
                 pass
 
     def close(self) -> None:
+        """Cancel the calls still queued, close each built actor's sandbox and policy, then kill every actor (one still
+        being built at once: it replayed nothing, and its close would wait for the build) and stop the Ray instance this
+        executor started."""
         self._cancel_pending()  # (a consumer that stopped iterating without closing map) calls queued behind close's
         try:
             self._here.close()
@@ -1296,9 +1341,16 @@ class RayExecutor:
 
     def _close_actors(self) -> None:
         # Close the sandboxes first: ray.kill ends an actor at once, and a sandbox child would only
-        # notice a second later that its parent is gone.
+        # notice a second later that its parent is gone. An actor still being built (its sandbox or policy loading: the
+        # job stopped, or ended, before it was ready) has replayed nothing, and its close would wait for the build: it
+        # is killed at once.
         try:
-            self._ray.get([actor.close.remote() for actor in self._actors], timeout=_RAY_CLOSE_TIMEOUT_S)
+            built = set(self._ray.wait(self._ready, num_returns=len(self._ready), timeout=0)[0]) if self._ready else set()
+        except Exception:  # noqa: BLE001 - then every actor is asked to close, as before
+            built = set(self._ready)
+        try:
+            closing = [actor.close.remote() for actor, ready in zip(self._actors, self._ready, strict=False) if ready in built]
+            self._ray.get(closing, timeout=_RAY_CLOSE_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - a dead or hung actor is killed below either way
             pass
         for actor in self._actors:

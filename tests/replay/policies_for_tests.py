@@ -4,7 +4,11 @@ build them too. ``gated`` and ``failing`` are the mutation policy with one diffe
 - ``gated``: built at once in the process named by ``EE_TEST_GATE_PID`` and, in any other (a worker, a Ray actor), only
   once the file ``EE_TEST_POLICY_GATE`` exists (or after 60 s): it holds the workers' start-up while the job replays;
 - ``failing``: raises :class:`PolicyError` (a policy that stopped working: the job stops) at the trajectory
-  ``EE_TEST_FAIL_ON`` names.
+  ``EE_TEST_FAIL_ON`` names;
+- ``slow_to_build``: leaves a file named by its process's pid in ``EE_TEST_BUILD_DIR``, then takes
+  ``EE_TEST_BUILD_DELAY`` seconds to build (a policy loading a model);
+- ``dying``: its process dies (SIGKILL) at the trajectory ``EE_TEST_DIE_ON`` names, after writing its pid into the
+  file ``EE_TEST_DIED_PID`` (a worker killed by the kernel's out-of-memory killer, or a native crash).
 
 :class:`FixedCallsPolicy` is the base of tests' policies that propose the same calls at every state.
 """
@@ -12,6 +16,7 @@ build them too. ``gated`` and ``failing`` are the mutation policy with one diffe
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +45,26 @@ class _Failing(MutationPolicy):
 
 def failing(**options: Any) -> MutationPolicy:
     return _Failing()
+
+
+def slow_to_build(**options: Any) -> MutationPolicy:
+    folder = os.environ.get("EE_TEST_BUILD_DIR")
+    if folder:  # (the job's own process never builds a user's policy: only its workers do)
+        Path(folder, str(os.getpid())).touch()
+        time.sleep(float(os.environ.get("EE_TEST_BUILD_DELAY", "0")))
+    return MutationPolicy()
+
+
+class _Dying(MutationPolicy):
+    def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
+        if point.trajectory_id == os.environ.get("EE_TEST_DIE_ON"):
+            Path(os.environ["EE_TEST_DIED_PID"]).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().propose(point, k, seed=seed)
+
+
+def dying(**options: Any) -> MutationPolicy:
+    return _Dying()
 
 
 class FixedCallsPolicy:

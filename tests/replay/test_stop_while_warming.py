@@ -1,0 +1,89 @@
+"""A replay job stopped while its workers still build their sandbox and policy (warm-up), and one whose worker died:
+the stop reaches every worker that is alive, and only those.
+
+The first tests run the real CLI in a separate process (see :mod:`tests.replay.test_processes`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.store import LocalExperienceStore
+from tests.replay.test_processes import ENDS_WITHIN_S, STOPS_WITHIN_S, Job, jobs, stopped, wait_until_none_left
+
+__all__ = ["jobs"]  # the fixture, used by name
+
+pytestmark = pytest.mark.timeout(240)
+
+BUILD_DELAY_S = 300
+"""How long the policy takes to build in each worker (a model loading): far past the time a stop may take."""
+
+
+@pytest.mark.parametrize(
+    ("how", "executor"), [("SIGTERM to the job", "local"), ("Ctrl-C to its process group", "local"), ("SIGTERM to the job", "ray")]
+)
+def test_a_job_stopped_while_its_workers_build_their_policy_ends_at_once(
+    bfcl_store_path: Path, jobs: list[Job], tmp_path: Path, how: str, executor: str
+) -> None:
+    """Before, the stop reached no local worker still in its warm-up: the job waited for their policies to build (300 s
+    here; a model's load in practice), and a worker that got Ctrl-C went on building. A Ray actor still being built was
+    asked to close after it, and killed only 30 s later."""
+    if executor == "ray":
+        pytest.importorskip("ray")
+    built = tmp_path / "building"
+    built.mkdir()
+    job = Job(
+        bfcl_store_path,
+        *("--workers", "2", "--executor", executor, "--isolation", "subprocess"),
+        *("--policy", "tests.replay.policies_for_tests:slow_to_build"),
+        env={"EE_TEST_BUILD_DIR": str(built), "EE_TEST_BUILD_DELAY": str(BUILD_DELAY_S)},
+    )
+    jobs.append(job)
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    while len(list(built.iterdir())) < 2:  # both workers are building their policy (each its sandbox child already)
+        assert job.proc.poll() is None, job.proc.stderr.read()
+        assert time.monotonic() < deadline, "the workers never got to build their policy"
+        time.sleep(0.1)
+    if how.startswith("SIGTERM"):
+        job.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(job.proc.pid, signal.SIGINT)
+    stderr = stopped(job, STOPS_WITHIN_S)
+    assert "interrupted: the replay stopped" in stderr and "0 of 6 trajectories" in stderr, stderr
+    assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
+    assert LocalExperienceStore(bfcl_store_path).replays().height == 0
+
+
+def test_a_job_whose_worker_died_signals_no_longer_its_pid_when_it_stops_signals_recorded(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed (out of memory, a native crash) is reaped at once by the job's fork server, so its pid is free
+    for any new process; the pool that ran it still lists it. The job then stops (its pool is broken) and stops its
+    other workers with SIGINT: before, it sent one to the dead worker's pid too, which another process may hold by
+    then. The signals the job sends are recorded (and sent)."""
+    died = tmp_path / "died-pid"
+    trajectory = LocalExperienceStore(bfcl_store_path).trajectories()["id"].to_list()[2]
+    monkeypatch.setenv("EE_TEST_DIE_ON", trajectory)
+    monkeypatch.setenv("EE_TEST_DIED_PID", str(died))
+    sent: list[tuple[int, int]] = []
+    real_kill = os.kill
+
+    def recorded_kill(pid: int, sig: int) -> None:
+        sent.append((pid, sig))
+        real_kill(pid, sig)
+
+    monkeypatch.setattr(os, "kill", recorded_kill)
+    with pytest.raises(BrokenProcessPool):
+        run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, policy="tests.replay.policies_for_tests:dying"))
+    dead = int(died.read_text())
+    assert sent, "the job stopped its other worker"
+    # (the broken pool's own clean-up, in CPython's concurrent.futures, still sends SIGTERM to every process it lists)
+    assert [sig for pid, sig in sent if pid == dead and sig != signal.SIGTERM] == [], sent
