@@ -7,6 +7,11 @@ If anything fails before the rename, the temporary file is removed and the desti
 it was. :func:`create_exclusive` does the same for a file that must be created once only: it
 hard-links the temporary file into place instead, which fails when the destination exists.
 
+The temporary files of :func:`atomic_open`, :func:`atomic_write_bytes`, :func:`atomic_write_text` and
+:func:`create_exclusive` are held ``flock``-ed by their writer from their creation until they are
+renamed or removed, so that :func:`remove_abandoned_temps` removes only those a killed writer left,
+never one a live writer is about to rename.
+
 >>> atomic_write_text(path, "hello\\n")                       # doctest: +SKIP
 >>> with atomic_open(path, "w") as fh:                        # doctest: +SKIP
 ...     for line in lines:
@@ -18,10 +23,13 @@ hard-links the temporary file into place instead, which fails when the destinati
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,12 +42,16 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "pid_alive",
+    "remove_abandoned_temps",
     "remove_left_behind",
     "temp_path_for",
 ]
 
 TMP_SUFFIX = ".tmp"
 """Temporary files are named ``.<name>.<random>.tmp`` beside their destination."""
+
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX))
+"""The name :func:`temp_path_for` gives a temporary file; ``name`` is its destination's."""
 
 
 def temp_path_for(path: Path) -> Path:
@@ -68,12 +80,45 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
+def _held_temp(final: Path, mode: int = 0o666) -> Iterator[tuple[Path, int]]:
+    """Create a fresh temporary file beside ``final`` (made with ``mode``, less the umask) and hold it ``flock``-ed;
+    yield its path and a descriptor open for writing, closed (which drops the lock) when the block ends: after the
+    caller renamed or linked it into place, or removed it.
+
+    A sweep (:func:`remove_abandoned_temps`) that locked the new file between its creation and this lock, taking it for
+    a killed writer's, removed it: then another is made."""
+    while True:
+        tmp = temp_path_for(final)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: sweeps there keep a temporary file until it is old (min_age_s)
+            break
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield tmp, fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit it replaces ``path`` atomically.
 
     For writers that take a file name (``DataFrame.write_parquet``, ``savefig``). The temporary
     name ends in ``.tmp``: pass the format explicitly to writers that guess it from the suffix.
     On an exception the temporary file is removed, ``path`` is untouched and the exception goes on.
+    The writer creates the temporary file, so it is not held locked: in a folder that
+    :func:`remove_abandoned_temps` sweeps, use this only where no sweep can run meanwhile (the
+    store's parts, written and swept under its compaction lock).
     """
     final = Path(path)
     tmp = temp_path_for(final)
@@ -98,13 +143,21 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str 
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
-    with atomic_path(path, fsync=False) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
-        yield fh
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
+    final = Path(path)
+    # Written through the descriptor that holds the lock: the file is never opened again by name.
+    with _held_temp(final) as (tmp, fd):
+        try:
+            with open(fd, mode, encoding=None if "b" in mode else encoding, closefd=False) as fh:
+                yield fh
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     if fsync:
-        fsync_dir(Path(path).parent)
+        fsync_dir(final.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
@@ -124,28 +177,58 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
 
     Written whole to a temporary file beside ``path`` (made with ``mode``, less the umask) and hard-linked into place,
     which fails when ``path`` exists: of many processes doing this at once one wins, and the others find its file,
-    never half of one. With ``fsync`` the file, and the folder once the link is made or found, reach the disk. Raises
+    never half of one. With ``fsync`` the file, and the folder once the link is made or found, reach the disk. The
+    temporary file is held locked until it is removed (:func:`remove_abandoned_temps` leaves it alone). Raises
     :class:`OSError` where the file system has no hard links (``EPERM``, ``ENOTSUP``), and :class:`FileNotFoundError`
-    when the temporary file was removed before the link (a sweep of left-behind temporary files)."""
+    when the temporary file was removed before the link by a sweep that does not look at locks (an older version's)."""
     final = Path(path)
-    tmp = temp_path_for(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+    with _held_temp(final, mode) as (tmp, fd):
         try:
-            os.link(tmp, final)
-            created = True
-        except FileExistsError:
-            created = False
-    finally:
-        tmp.unlink(missing_ok=True)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+            try:
+                os.link(tmp, final)
+                created = True
+            except FileExistsError:
+                created = False
+        finally:
+            tmp.unlink(missing_ok=True)
     if fsync:
         fsync_dir(final.parent)
     return created
+
+
+def remove_abandoned_temps(folder: Path, *, min_age_s: float = 0.0, of: Collection[str] | None = None) -> list[Path]:
+    """Remove the temporary files in ``folder`` (named by :func:`temp_path_for`) that killed writers left; returns them.
+
+    One is removed only when no process holds it locked (the writers here hold theirs until they rename or remove it)
+    and it was last written at least ``min_age_s`` seconds ago: the age spares writers that take no lock (another
+    program, an older version, a file system without locks), so give one where such writers may be under way. ``of``:
+    only the temporary files of these destination names. A file that cannot be opened or locked is kept."""
+    try:
+        names = [p for p in folder.iterdir() if (m := TEMP_NAME.fullmatch(p.name)) and (of is None or m["name"] in of)]
+    except OSError:
+        return []  # no such folder, or it cannot be listed: nothing to remove
+    removed = []
+    for left in names:
+        try:
+            fd = os.open(left, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
+            st = os.fstat(fd)
+            if time.time() - st.st_mtime >= min_age_s and os.path.samestat(st, os.stat(left)):
+                left.unlink()  # still locked by this sweep: a writer that created it just now finds it gone and makes another
+                removed.append(left)
+        except OSError:  # locked by a live writer, renamed or removed meanwhile, or not ours to remove
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def remove_left_behind(parent: Path, pattern: str, marker: str) -> None:

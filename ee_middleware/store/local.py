@@ -35,7 +35,7 @@ from typing import Any, Literal, get_args
 
 import polars as pl
 
-from ee_middleware._files import TMP_SUFFIX, atomic_path, atomic_write_bytes, create_exclusive, fsync_dir
+from ee_middleware._files import TMP_SUFFIX, atomic_path, atomic_write_bytes, create_exclusive, fsync_dir, remove_abandoned_temps
 from ee_middleware.errors import (
     ConfigError,
     IncompleteReadWarning,
@@ -69,6 +69,10 @@ FORMAT = "ee-experience-store"
 MAX_PARTS_BEFORE_MERGE = 16
 READ_ATTEMPTS = 8
 """How often one read starts again when compaction swapped the manifest under it."""
+ABANDONED_TEMP_AGE_S = 3600.0
+"""How old an unlocked temporary file in the store's folder (of a metadata blob, of the marker) must be before compaction
+removes it. This version's writers hold theirs locked, so it only spares writers that take no lock (an older version's,
+one on a file system without locks); a killed writer's file goes at the first compaction this long after."""
 
 
 def _warn_quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spool.SpoolProblem]) -> None:
@@ -145,11 +149,11 @@ def _publish_marker(marker: Path, *, fsync: bool) -> None:
 
     Written to a temporary file and hard-linked into place, which fails when the marker exists: a reader never sees a
     half-written marker, and a creator killed before the link leaves only its temporary file, which creating and
-    opening the store ignore (compaction deletes it)."""
+    opening the store ignore (compaction deletes it once it is old: :data:`ABANDONED_TEMP_AGE_S`)."""
     data = json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat()}, indent=2).encode()
     try:
         create_exclusive(marker, data, fsync=fsync)
-    except FileNotFoundError:  # the temporary file was taken (compaction clears them): only by a store that exists
+    except FileNotFoundError:  # the temporary file was taken (an older version's compaction): only by a store that exists
         if not marker.exists():
             raise
         if fsync:
@@ -650,7 +654,7 @@ class LocalExperienceStore:
         return len(segments)
 
     def _remove_leftovers(self, snapshot: Manifest) -> bool:
-        """Delete retired parts past their grace period and temporary files of killed compactions;
+        """Delete retired parts past their grace period and temporary files of killed writers;
         adopt part files no manifest lists (a compaction killed before its swap, or one by an older
         version: their rows are whole, and repeats are dropped on read). Returns whether the
         manifest changed."""
@@ -667,9 +671,13 @@ class LocalExperienceStore:
                     if path.name not in listed and (table, path.name) not in retired:
                         snapshot.parts[table].append(path.name)
                         changed = True
-        for folder in [self.root, *(self.root / t for t in TABLES)]:
-            for tmp in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else ():
-                tmp.unlink(missing_ok=True)  # only compaction writes here, and it holds the lock
+        # Parts and the manifest are written only under the compaction lock, which this pass holds: theirs are a killed
+        # compaction's. The store's folder also holds the temporary files of metadata blobs and of the marker, written
+        # by other processes without that lock: only those no writer holds locked, and old, are a killed writer's.
+        for table in TABLES:
+            remove_abandoned_temps(self.root / table)
+        remove_abandoned_temps(self.root, of={MANIFEST})
+        remove_abandoned_temps(self.root, min_age_s=ABANDONED_TEMP_AGE_S)
         return changed
 
     def _write_part(self, table: str, df: pl.DataFrame) -> Path:
