@@ -253,8 +253,11 @@ class _ValueMaker:
         pools = self._pools(role, name, current)
         fits = self._fits_of(schema)
         if invalid:
-            seeds = [v for pool in pools for v in pool if fits(v)] or [v for v in self.vocab.identifiers if fits(v)]
-            broken = [_corrupt(self.rng, v, self.choice) for v in seeds[:50]]
+            # The first 50 fitting values (the pools hold hundreds; what fits past the 50th was never used).
+            seeds = list(itertools.islice((v for pool in pools for v in pool if fits(v)), 50)) or list(
+                itertools.islice((v for v in self.vocab.identifiers if fits(v)), 50)
+            )
+            broken = self._near_misses(seeds)
             broken = [v for v in broken if fits(v) and v != current] or [w for w in self.vocab.prose_words if fits(w)]
             if broken:
                 return self.choice(broken)
@@ -283,6 +286,37 @@ class _ValueMaker:
                     return self.choice(fitting)
         synthetic = f"{self.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
         return (synthetic + "x" * fits.low)[: max(fits.low, min(fits.high, len(synthetic)))]
+
+    def _near_misses(self, values: list[str]) -> list[str]:
+        """``[_corrupt(self.rng, v, self.choice) for v in values]``: for a plain ``random.Random``, the draws of
+        :func:`_chooser` written out in one loop (the same ``getrandbits`` calls, so the same values)."""
+        if type(self.rng) is not random.Random:
+            return [_corrupt(self.rng, v, self.choice) for v in values]
+        bits = self.rng.getrandbits
+        out = []
+        for value in values:
+            digits, letters = _positions(value)
+            positions, others, alphabet = (digits, _OTHER_DIGITS, _DIGITS) if digits else (letters, _OTHER_LETTERS, _LETTERS)
+            if not positions:
+                out.append(value + "x")
+                continue
+            n = len(positions)
+            k = n.bit_length()
+            r = bits(k)
+            while r >= n:
+                r = bits(k)
+            i = positions[r]
+            options = others.get(value[i] if digits else value[i].lower(), alphabet)
+            n = len(options)
+            k = n.bit_length()
+            r = bits(k)
+            while r >= n:
+                r = bits(k)
+            replacement = options[r]
+            if not digits and value[i].isupper():
+                replacement = replacement.upper()
+            out.append(value[:i] + replacement + value[i + 1 :])
+        return out
 
     def _fits_of(self, schema: Mapping[str, Any]) -> _Fits:
         found = self._fits.get(id(schema))

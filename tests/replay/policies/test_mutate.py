@@ -341,6 +341,32 @@ def test_near_misses_draw_exactly_as_before() -> None:
         assert ours.random() == reference.random(), "the same number of draws"
 
 
+def test_the_near_misses_of_a_value_maker_draw_exactly_as_before() -> None:
+    from ee_middleware.replay.policies.mutate import _ValueMaker
+
+    values = ["#W1234567", "abc", "ABC", "İstanbul", "x\u0661\u0662", "Ünïcode", "", "--", "a1", "ß", "ǅ", "²3", "mixedCase_9"]
+    for seed in range(100):
+        ours, reference = random.Random(seed), random.Random(seed)
+        assert _ValueMaker(ours, Vocabulary(), 0.3)._near_misses(values * 3) == [
+            _corrupt_as_first_written(reference, v) for v in values * 3
+        ]
+        assert ours.random() == reference.random(), "the same number of draws"
+
+
+def test_a_deliberately_invalid_string_reads_only_the_values_it_corrupts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the first 50 fitting values are corrupted; checking every value of the pools (hundreds of ids seen in a long
+    # conversation) against the schema first was work thrown away.
+    from ee_middleware.replay.policies import mutate
+
+    vocab = Vocabulary(identifiers=[f"#W{1000000 + i}" for i in range(500)])
+    checked = []
+    fits = mutate._Fits.__call__
+    monkeypatch.setattr(mutate._Fits, "__call__", lambda self, value: (checked.append(value), fits(self, value))[1])
+    value = mutate._ValueMaker(random.Random(0), vocab, 0.3).value({"type": "string"}, "order_id", 1, invalid=True)
+    assert value.startswith("#W1") and len(value) == 9
+    assert len(checked) <= 100, len(checked)  # 50 seeds, then their 50 near misses
+
+
 def test_the_fast_chooser_draws_exactly_what_random_choice_draws() -> None:
     from ee_middleware.replay.policies.mutate import _chooser
 
