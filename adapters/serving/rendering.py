@@ -1,7 +1,8 @@
 """Whether a server renders prompts as an adapter's training rows were rendered, and where a server says what it renders.
 
 An adapter's manifest records its ``rendering`` (:meth:`~ee_middleware.models.chat_template.TemplateSupport.describe`:
-per part of a conversation, ``chat template`` or the trainer's fallback for a base whose template drops it). A server
+per part of a conversation, ``chat template`` or the trainer's fallback for a base whose template drops it; and whether
+the messages' text or the calls' ids were given to the template changed, for a template refusing them as sent). A server
 renders requests with one chat template (:class:`~ee_middleware.adapters.templates.ServedTemplate` says how that
 compares with the trainer). An adapter loaded into a server that renders a part otherwise sees prompts unlike its
 training rows: no error, only worse answers. :func:`check_rendering` compares the two.
@@ -37,6 +38,12 @@ STATE_SCHEMA_VERSION = 1
 AS_TEMPLATE = "chat template"
 PARTS = ("tools", "tool_calls", "tool_results", "system")
 """The parts of a conversation :meth:`TemplateSupport.describe` names."""
+AS_SENT = {"content": "each message's text as a string, as sent", "call_ids": "each call's id as sent"}
+"""What the template is given, per entry :meth:`TemplateSupport.describe` adds only where the trainer changes it:
+``content`` (each message's text as a list of one text part, for a template that shows no string content) and
+``call_ids`` (each call's id made into the one format the template accepts). An adapter trained so and served without
+it is shown prompts without their text, or has its requests refused (and the other way round, ids or text it never saw
+in training)."""
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""}  # names a URL gives this machine by
 
 
@@ -144,11 +151,13 @@ class RenderingCheck:
 
 def trained_rendering(manifest: Mapping[str, Any] | None) -> dict[str, str] | None:
     """The rendering an adapter's manifest records, every part named: a part a manifest from before its fallback existed
-    leaves out was rendered by the chat template (that trainer had no other way). ``None`` when none is recorded."""
+    leaves out was rendered by the chat template (that trainer had no other way); :data:`AS_SENT`'s entries where it
+    records them. ``None`` when none is recorded."""
     recorded = manifest.get("rendering") if isinstance(manifest, Mapping) else None
     if not isinstance(recorded, Mapping) or not recorded:
         return None
-    return {part: str(recorded.get(part, AS_TEMPLATE)) for part in PARTS}
+    given = {part: str(recorded[part]) for part in AS_SENT if recorded.get(part) is not None}
+    return {**{part: str(recorded.get(part, AS_TEMPLATE)) for part in PARTS}, **given}
 
 
 def check_rendering(
@@ -156,7 +165,8 @@ def check_rendering(
 ) -> RenderingCheck:
     """Compare the rendering ``adapter`` was trained with (its ``manifest``) with what the server at ``server`` renders
     (its state file, :func:`server_record`; ``None`` when it has none). Parts compare by whether the chat template or a
-    fallback renders them, so the wording of a manifest from an older version does not count as a difference."""
+    fallback renders them, so the wording of a manifest from an older version does not count as a difference; the text
+    and call ids the template is given (:data:`AS_SENT`) by whether each is changed for it."""
     trained = trained_rendering(manifest)
     if trained is None:
         return RenderingCheck(
@@ -197,6 +207,7 @@ def check_rendering(
         for part in PARTS
         if (trained[part] == AS_TEMPLATE) != (str(served.get(part, AS_TEMPLATE)) == AS_TEMPLATE)
     ]
+    differences += _given_differences(trained, served, own=isinstance(template, Mapping) and template.get("kind") == "own")
     if not differences:
         return RenderingCheck(adapter, server, "same", f"{server} renders prompts as {adapter} was trained ({_summary(trained)}).")
     said = "; ".join(f"{d['part']}: trained with {_how(d['trained'])}, served with {_how(d['served'])}" for d in differences)
@@ -220,10 +231,25 @@ def check_rendering(
     )
 
 
+def _given_differences(trained: Mapping[str, str], served: Mapping[str, Any], *, own: bool) -> list[dict[str, str]]:
+    """Per :data:`AS_SENT` entry given to the template otherwise in training than by the server: ``part``, ``trained``
+    and ``served`` (the entry, or how the text or id is sent). With ``own`` (the base's template as it is, taken without
+    reading it) ``content`` is not compared: vLLM gives a template that loops over a message's content that content as
+    text parts, as the trainer did."""
+    differences = []
+    for part, as_sent in AS_SENT.items():
+        trained_how, served_how = trained.get(part), served.get(part)
+        if (trained_how is None) != (served_how is None) and not (own and part == "content"):
+            differences.append({"part": part, "trained": str(trained_how or as_sent), "served": str(served_how or as_sent)})
+    return differences
+
+
 def _how(value: str) -> str:
+    if value in AS_SENT.values():
+        return value
     return "the chat template" if value == AS_TEMPLATE else f"the fallback ({value})"
 
 
 def _summary(rendering: Mapping[str, str]) -> str:
-    fallbacks = [part for part in PARTS if rendering.get(part, AS_TEMPLATE) != AS_TEMPLATE]
+    fallbacks = [part for part in (*PARTS, *AS_SENT) if rendering.get(part, AS_TEMPLATE) != AS_TEMPLATE]
     return f"fallbacks for {', '.join(fallbacks)}" if fallbacks else "the chat template for every part"
