@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -48,8 +49,8 @@ from ee_middleware._lifetime import termination_as_interrupt
 from ee_middleware._optional import import_optional
 from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, check_port_free, make_server, sse_event
 from ee_middleware.adapters.serving.rendering import forget_server, record_server
-from ee_middleware.adapters.templates import local_served_template
-from ee_middleware.models.chat_template import probe_template, render_prompt
+from ee_middleware.adapters.templates import local_served_template, refusal_to_serve
+from ee_middleware.models.chat_template import TemplateShowsNoTextError, probe_template, render_prompt
 from ee_middleware.models.local import Generated, LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
 from ee_middleware.models.protocol import Sampling
@@ -61,7 +62,10 @@ DEFAULT_MAX_TOKENS = 256
 
 
 class LocalModelServer:
-    """The model side: the base model, the loaded adapters, rendering and generation."""
+    """The model side: the base model, the loaded adapters, rendering and generation.
+
+    Raises :class:`~ee_middleware.models.chat_template.TemplateShowsNoTextError` for a chat template (the base's own,
+    or ``chat_template``) that renders no message text, worded for serving and naming the fix (``--chat-template``)."""
 
     def __init__(
         self,
@@ -83,7 +87,10 @@ class LocalModelServer:
         model.eval()
         self.base_model = model
         self.model: Any = model  # the PeftModel once an adapter is loaded
-        self.support = probe_template(self.tokenizer)
+        try:
+            self.support = probe_template(self.tokenizer)
+        except TemplateShowsNoTextError as exc:  # worded for training: say what serving would do, and its fix
+            raise refusal_to_serve(exc, base=base, template=chat_template, server="The local server") from exc
         self.served_model_name = served_model_name or str(self.base_path)
         self.max_lora_rank = max_lora_rank
         self.adapters: dict[str, str] = {}
@@ -472,4 +479,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TemplateShowsNoTextError as exc:  # started directly (ServerProcess, by hand): the refusal, not a traceback
+        sys.exit(str(exc))
