@@ -1090,29 +1090,69 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) ->
     ``completed``: an approval rule on ``completed`` would teach the run that failed. A reply that a middleware edited
     after the model (``after_model``) is still the model's: its decision answered. A run that called no model (resumed
     after a review, a reviewer's node answering) has no decision to end early. Nor did a run end early whose last
-    decision was a structured reply (:data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`: the node read the
-    call as its answer), or whose last message a model call wrote as its reply (a drafter's, before a grader's
-    structured call or a router's call that its node read)."""
+    message is the answer of its last decision made for a structured reply
+    (:data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`: a node wrote that call's text or arguments as the
+    reply), or one some model call wrote as its reply (a drafter's, before a grader's structured call or a router's call
+    that its node read). A structured call followed by a message no model wrote (a judge after a call limit ended the
+    run, a planner's loop a guard node ended) is still ``stopped``."""
     if not decisions:
         return None  # a run that called no model (a reviewer's node answering on resume): nothing ended it early
     ended = [m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "assistant" and not m.get("tool_calls")]
     if not ended:
         return None  # it ended on tool messages (structured output, return_direct), or the spans do not say
+    text = content_to_text(ended[-1].get("content"))
     for index in range(len(decisions) - 1, -1, -1):
         decision = decisions[index]
         if decision["span"].is_error or not decision["outputs"] or _discarded(index, decisions):
             continue  # a failed attempt, or a reply thrown away: no decision acted there
         if str(decision["span"].attributes.get(sc.EE_STRUCTURED_OUTPUT)).lower() == "true":
-            return None  # its call is the structured answer the node read, not a call cut off
+            if _structured_answer_is(decision["raw_outputs"], text):
+                return None  # its node answered with the structured reply (the call's text or one of its arguments)
+            break  # read by its node (a grader, a planner): whether a model wrote the last message tells, below
         if not any(m.get("tool_calls") for m in decision["outputs"]):
             return None  # the model answered: the run ended on its reply
         break
-    text = content_to_text(ended[-1].get("content"))
     replies = (m for d in decisions if not d["span"].is_error for m in d["outputs"] if not m.get("tool_calls"))
     if any(content_to_text(m.get("content")) == redact(text) for m in replies):  # the decisions' replies are redacted
         return None  # a model call wrote it; the calls after it were read by their nodes (a grader, a router)
     quoted = text if len(text) <= 200 else text[:200] + "..."
     return f"a middleware or graph node ended the run, not the model: no model call wrote its last message ({quoted!r})"
+
+
+def _structured_answer_is(outputs: list[dict[str, Any]], text: str) -> bool:
+    """Whether ``text`` (a run's last message) is the answer of a structured-output call that replied ``outputs``: its
+    text, its arguments' JSON, or one of the strings in them (``Answer(text=...)`` written out as the reply)."""
+    if not text.strip():
+        return False
+    wanted = _json_or_none(text)
+    for message in outputs:
+        answers = [content_to_text(message.get("content"))]
+        answers += [(c.get("function") or {}).get("arguments") for c in message.get("tool_calls") or () if isinstance(c, Mapping)]
+        for answer in answers:
+            value = parse_arguments(answer) if isinstance(answer, Mapping) else _json_or_none(answer)
+            if answer == text or (wanted is not None and value == wanted) or text in _strings_in(value):
+                return True
+    return False
+
+
+def _json_or_none(text: Any) -> Any:
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
+def _strings_in(value: Any) -> list[str]:
+    """The strings in a decoded JSON value, at any depth."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings_in(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings_in(v)]
+    return []
 
 
 def _messages_attr(span: SpanData, key: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import (
+    AgentMiddleware,
     ModelCallLimitMiddleware,
     ModelRetryMiddleware,
     ToolCallLimitMiddleware,
@@ -232,3 +233,111 @@ def test_a_run_ending_on_a_structured_reply_is_completed_scripted_model(
         return
     spans = [from_readable_span(s) for s in span_exporter.get_finished_spans()]
     assert assemble(spans, AssemblyOptions(app="shop")).status == "completed"
+
+
+class Verdict(BaseModel):
+    """Judge the agent's run."""
+
+    ok: bool
+
+
+class NextAction(BaseModel):
+    """The next action to take."""
+
+    tool: str
+    item: str
+
+
+def _judged_agent(model: Any) -> Any:
+    """``create_agent`` with a call limit (``exit_behavior="end"``) and an ``after_agent`` middleware that grades every
+    run with ``with_structured_output``: the judge's call is the run's last model call, whoever wrote its last message."""
+    judge = ScriptedChatModel(model_name="judge", policy=lambda m, t: AIMessage(content="", tool_calls=[tool_call("Verdict", ok=False)]))
+
+    class Judge(AgentMiddleware):
+        def after_agent(self, state: Any, runtime: Any) -> None:
+            judge.with_structured_output(Verdict).invoke(state["messages"])
+
+    return create_agent(model, [check_stock], middleware=[ModelCallLimitMiddleware(run_limit=2, exit_behavior="end"), Judge()])
+
+
+def _planner_loop() -> Any:
+    """A custom loop whose planner picks each action with ``with_structured_output``; a guard node ends it after two
+    steps with its own message."""
+    planner = ScriptedChatModel(
+        model_name="planner",
+        policy=lambda m, t: AIMessage(content="", tool_calls=[tool_call("NextAction", tool="check_stock", item="pear")]),
+    )
+
+    class State(MessagesState):
+        steps: int
+
+    def plan(state: State) -> dict[str, Any]:
+        action = planner.with_structured_output(NextAction).invoke(state["messages"])
+        return {"messages": [AIMessage(content=f"calling {action.tool}({action.item})")], "steps": state.get("steps", 0) + 1}
+
+    builder = StateGraph(State)
+    builder.add_node("plan", plan)
+    builder.add_node("guard", lambda state: {"messages": [AIMessage(content="Step limit reached, giving up.")]})
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges("plan", lambda state: "guard" if state["steps"] >= 2 else "plan")
+    builder.add_edge("guard", END)
+    return builder.compile()
+
+
+def completed(trajectory: Any) -> bool:
+    """The README's approval rule (at module level: the capture process unpickles it)."""
+    return trajectory.status == "completed"
+
+
+STRUCTURED_LAST_STOPPED = {
+    "judge after a call limit": (
+        lambda: _judged_agent(ScriptedChatModel(policy=lambda m, t: _checks("pear")[0])),
+        "Model call limits exceeded",
+    ),
+    "planner loop a guard node ended": (_planner_loop, "Step limit reached, giving up."),
+}
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("case", list(STRUCTURED_LAST_STOPPED))
+def test_a_run_cut_off_before_a_structured_call_stays_stopped(
+    case: str, offload: str, tmp_path: Path, tracer_provider: Any, span_exporter: Any
+) -> None:
+    """A structured-output call that came last (a judge grading the run, a planner) does not make a run that a call limit
+    or a guard node ended ``completed``: its last message is neither that call's answer nor any model's reply. These
+    were stored ``completed`` (error None) when the last structured call alone was taken as the run's ending."""
+    build, message = STRUCTURED_LAST_STOPPED[case]
+    store = tmp_path / "s"
+    own = {"tracer_provider": tracer_provider} if offload == "thread" else {"offload": offload}
+    agent = record_experience(build(), app="shop", store=store, approve_if=completed, **own)
+    trajectory = record_once(agent, store, TASK)
+    assert trajectory.status == "stopped" and message in trajectory.error, (trajectory.status, trajectory.error)
+    assert trajectory.final_answer.startswith(message)
+    assert trajectory.approval.status == "pending"
+    if offload == "process":
+        return
+    spans = [from_readable_span(s) for s in span_exporter.get_finished_spans()]
+    assert assemble(spans, AssemblyOptions(app="shop")).status == "stopped"
+
+
+def test_a_judged_run_the_model_answered_stays_completed(tmp_path: Path) -> None:
+    """The same judged agent, whose model answers within the limit: the judge's structured call came last, and the
+    last message is the model's reply, so the run ended normally."""
+    model = ScriptedChatModel(script=[*_checks("pear"), AIMessage(content="No pears today.")])
+    trajectory = record_once(record_experience(_judged_agent(model), app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    assert (trajectory.status, trajectory.error, trajectory.final_answer) == ("completed", None, "No pears today.")
+
+
+def test_a_structured_answer_written_as_json_is_completed(tmp_path: Path) -> None:
+    """A node that writes the structured reply out as JSON (``model_dump_json``) answered with the call's arguments."""
+    model = ScriptedChatModel(policy=lambda m, t: AIMessage(content="", tool_calls=[tool_call("Answer", text="It ships today.")]))
+
+    def answer(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage(content=model.with_structured_output(Answer).invoke(state["messages"]).model_dump_json())]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("answer", answer)
+    builder.add_edge(START, "answer")
+    builder.add_edge("answer", END)
+    trajectory = record_once(record_experience(builder.compile(), app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
+    assert (trajectory.status, trajectory.error) == ("completed", None)
