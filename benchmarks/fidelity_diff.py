@@ -1,0 +1,139 @@
+"""A fidelity report of a big observation: ``describe_mismatch`` against the way it was made before (difflib over
+every line, lists sorted by each item's JSON at every level for the order hint).
+
+    .venv/bin/python benchmarks/fidelity_diff.py [--sizes 0.2 0.85 1.7] [--old-up-to 0.2] [--repeats 3]
+
+Observations are JSON lists of records sharing values (a ``sku`` of 300, a ``history`` of 10 small numbers, a state):
+the shape whose lines repeat often enough to be matched, and not so often that difflib leaves them out, which made
+difflib's work grow with the square of the lines. Each is compared with the sandbox's output differing in 5 values
+(``changed``), with one key more (``added``) and cut at three quarters (``cut``, a recorded prefix). Times are CPU
+seconds (``time.process_time``, the least of --repeats), so other work on the machine does not count; the old way runs
+only up to --old-up-to MB (it takes minutes at 1.7 MB). Printed: per size and case, new and old seconds, their ratio,
+and whether both reports are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import random
+import time
+from typing import Any
+
+from ee_middleware.replay import fidelity
+from ee_middleware.replay.fidelity import MAX_DIFF_LINES, MAX_LINE_CHARS, describe_mismatch
+
+
+def observations(size: int) -> tuple[str, dict[str, str]]:
+    """A recorded JSON observation about ``size`` characters long, and the sandbox's outputs to compare it with."""
+    rng = random.Random(size)
+    records: list[dict[str, Any]] = []
+    while len(json.dumps(records)) < size:
+        records += [
+            {"sku": rng.randrange(300), "history": [rng.randrange(100) for _ in range(10)], "state": rng.choice(["ok", "low"])}
+            for _ in range(500)
+        ]
+    recorded = json.dumps(records)
+    changed = json.loads(recorded)
+    for _ in range(5):
+        changed[rng.randrange(len(changed))]["state"] = "out"
+    added = json.loads(recorded)
+    added[len(added) // 2]["note"] = "restocked"
+    return recorded, {"changed": json.dumps(changed), "added": json.dumps(added), "cut": recorded[: len(recorded) * 3 // 4]}
+
+
+def _old_lines(text: str) -> list[str]:
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            return json.dumps(json.loads(stripped), indent=1, ensure_ascii=False).splitlines()
+        except ValueError:
+            pass
+    out: list[str] = []
+    for line in text.splitlines() or [""]:
+        out.extend(fidelity._BREAK.split(line) if len(line) > MAX_LINE_CHARS // 2 else [line])
+    return out
+
+
+def _old_unordered(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _old_unordered(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return sorted((_old_unordered(item) for item in value), key=lambda item: json.dumps(item, sort_keys=True))
+    return value
+
+
+def _old_order_hint(recorded: str, replayed: str) -> str | None:
+    if recorded == replayed:
+        return None
+    try:
+        documents = (json.loads(recorded), json.loads(replayed)) if recorded.strip()[:1] in "{[" and replayed.strip()[:1] in "{[" else None
+    except ValueError:
+        documents = None
+    if documents is None:
+        return fidelity.order_hint(recorded, replayed)  # other texts: unchanged
+    old, new = (json.dumps(document, sort_keys=True) for document in documents)
+    if old == new:
+        return fidelity.KEY_ORDER_HINT if json.dumps(documents[0]) != json.dumps(documents[1]) else None
+    old, new = (json.dumps(_old_unordered(document), sort_keys=True) for document in documents)
+    return fidelity.SET_ORDER_HINT if old == new else None
+
+
+def old_describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: bool = False) -> dict[str, Any]:
+    """The report as it was made before this change (the same fields, the same texts)."""
+    compared = replayed[: len(recorded)] if recorded_is_prefix else replayed
+    position = next((i for i, (x, y) in enumerate(zip(recorded, compared, strict=False)) if x != y), min(len(recorded), len(compared)))
+    lines = [
+        line.rstrip("\n")
+        for line in difflib.unified_diff(_old_lines(recorded), _old_lines(compared), "recorded", "sandbox", n=1, lineterm="")
+    ]
+    lines = [line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…" for line in lines]
+    if len(lines) > MAX_DIFF_LINES:
+        rest = len(lines) - (MAX_DIFF_LINES - 1)
+        lines = [*lines[: MAX_DIFF_LINES - 1], f"… {rest} more diff lines"]
+    report: dict[str, Any] = {
+        "position": position,
+        "line": recorded.count("\n", 0, position) + 1,
+        "column": position - (recorded.rfind("\n", 0, position) + 1) + 1,
+        "recorded_chars": len(recorded),
+        "replayed_chars": len(replayed),
+        "diff": "\n".join(lines),
+    }
+    hint = None if recorded_is_prefix else _old_order_hint(recorded, replayed)
+    if hint is not None:
+        report["hint"] = hint
+    return report
+
+
+def _cpu_seconds(repeats: int, work: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    """The least CPU seconds of ``repeats`` calls of ``work(*args, **kwargs)``, and what it returned."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.process_time()
+        result = work(*args, **kwargs)
+        best = min(best, time.process_time() - start)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.2, 0.85, 1.7], help="observation sizes in MB")
+    parser.add_argument("--old-up-to", type=float, default=0.2, help="run the old way up to this size (MB)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"{'MB':>5} {'case':<8} {'new s':>8} {'old s':>8} {'old/new':>8}  same")
+    for size in args.sizes:
+        recorded, outputs = observations(int(size * 1_000_000))
+        for case, replayed in outputs.items():
+            prefix = case == "cut"
+            new, report = _cpu_seconds(args.repeats, describe_mismatch, recorded, replayed, recorded_is_prefix=prefix)
+            if size <= args.old_up_to:
+                old, before = _cpu_seconds(1, old_describe_mismatch, recorded, replayed, recorded_is_prefix=prefix)
+                print(f"{len(recorded) / 1e6:5.2f} {case:<8} {new:8.3f} {old:8.2f} {old / new:8.1f}  {report == before}")
+            else:
+                print(f"{len(recorded) / 1e6:5.2f} {case:<8} {new:8.3f} {'-':>8} {'-':>8}  -")
+
+
+if __name__ == "__main__":
+    main()
