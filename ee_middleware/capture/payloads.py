@@ -8,6 +8,7 @@ once for its own span's output, the next span's input and the run's final output
 from __future__ import annotations
 
 import dataclasses
+import re
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -167,6 +168,13 @@ class PayloadEncoder:
             text = input_text(graph_input)
             return {sc.EE_TASK: self._redact(text)} if text else {}
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages, cache)}
+        fields = _state_fields(graph_input)
+        # a history under another name than messages next to the question ({"input": q, "chat_history": [...]}, the
+        # shape of LangChain's AgentExecutor): the question is the field, the history's first question an earlier turn's
+        text = _named_text(fields) if fields is not None and not fields.get("messages") else None
+        if text is not None:
+            attrs[sc.EE_TASK] = self._redact(text)
+            return attrs
         task = next((m for m in langchain_to_openai(messages) if m["role"] == "user"), None)
         if task is not None:
             attrs[sc.EE_TASK] = self._redact(content_to_text(task["content"]))
@@ -236,21 +244,57 @@ def input_messages(graph_input: Any) -> Any:
 
 
 TASK_FIELDS = ("question", "query", "task", "input", "prompt", "request", "message", "user_input", "instruction", "instructions", "text")
-"""The names that say which of an input's several text fields is its question, most telling first."""
+"""The names that say which of an input's text fields is its question, most telling first."""
 
 
 def input_text(graph_input: Any) -> str | None:
-    """The question in a graph's input that holds no messages: its only text field (a non-empty string, or one user
-    message), as in ``{"question": q}`` or ``{"query": q, "max_results": 3}``; of several, the one named as a question
-    (:data:`TASK_FIELDS`). The input is a dict or an input schema's pydantic or dataclass instance. ``None`` where no
-    field holds text, or several do and no name tells which (the run's task is then read from its model's input)."""
+    """The question in a graph's input that holds no messages: its text field named as a question (:data:`TASK_FIELDS`),
+    as in ``{"question": q}`` or ``{"query": q, "max_results": 3}``; else its only text field where that is a user
+    message, or reads as one (several words, not an id, a URL or a path, under a name that is not an id's or a file's).
+    The input is a dict or an input schema's pydantic or dataclass instance. ``None`` otherwise (``{"ticket_id":
+    "T-1042"}``, several text fields none of which is named as the question): the run's task is then read from its
+    model's input."""
     fields = _state_fields(graph_input)
     if not fields:
         return None
+    named = _named_text(fields)
+    if named is not None:
+        return named
     texts = {name: text for name, value in fields.items() if (text := _field_text(value))}
-    if len(texts) == 1:
-        return next(iter(texts.values()))
-    return next((texts[name] for name in TASK_FIELDS if name in texts), None)
+    if len(texts) != 1:
+        return None
+    [(name, text)] = texts.items()
+    return text if not isinstance(fields[name], str) or _reads_as_question(name, text) else None
+
+
+def _named_text(fields: Mapping[str, Any]) -> str | None:
+    """The text of the first field of ``fields`` named as a question (:data:`TASK_FIELDS`) that holds one."""
+    for name in TASK_FIELDS:
+        text = _field_text(fields[name]) if name in fields else None
+        if text:
+            return text
+    return None
+
+
+_IDENTIFIER_NAMES = frozenset(
+    ("id", "ids", "uuid", "guid", "key", "token", "url", "uri", "link", "path", "file", "filename", "dir", "directory",
+     "repo", "repository", "email", "hash", "sha", "slug", "code", "number", "no", "name", "ref")
+)  # fmt: skip
+"""The last word of a field name that holds an identifier, a location or a name, not a question (``ticket_id``,
+``fileUrl``, ``repo``, ``user_name``)."""
+
+
+def _reads_as_question(name: str, text: str) -> bool:
+    """Whether a lone text field ``name`` holding ``text`` reads as the run's question: a name that is not an id's, a
+    file's or a name's (:data:`_IDENTIFIER_NAMES`), and a text of several words that is no URL or path ("T-1042",
+    "https://...", "/data/in.csv", "Ann Lee" under ``customer`` are not; "Where is my parcel?" is)."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", name) if w]
+    if words and words[-1].lower() in _IDENTIFIER_NAMES:
+        return False
+    stripped = text.strip()
+    if "://" in stripped or stripped.startswith(("/", "~", "./", "../")) or re.match(r"[A-Za-z]:\\", stripped):
+        return False
+    return len(stripped.split()) >= 3 or (len(stripped.split()) == 2 and stripped.endswith("?"))
 
 
 def _field_text(value: Any) -> str | None:

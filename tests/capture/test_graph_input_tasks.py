@@ -162,13 +162,14 @@ def test_a_thread_of_a_graph_given_only_a_question_has_each_turns_question_as_it
 @pytest.mark.parametrize(
     ("field", "given"),
     [
-        ("query", lambda q: {"query": q, "max_results": 3}),  # the only text field, whatever its name
+        ("query", lambda q: {"query": q, "max_results": 3}),  # the only text field, named as a question
+        ("ticket", lambda q: {"ticket": q}),  # the only field, not named as one but reading as a question
         ("question", lambda q: {"question": q, "user_id": "u-7"}),  # of several text fields, the one named as a question
         ("question", lambda q: Ask(question=q)),  # an input schema's pydantic instance
         ("question", lambda q: AskDataclass(question=q)),  # or dataclass instance
-        ("ticket", lambda q: {"ticket": q, "customer": "Ann Lee"}),  # none says which: the turn's last user message
+        ("ticket", lambda q: {"ticket": q, "customer": "Ann Lee"}),  # none says which: the turn's user message
     ],
-    ids=["only-text-field", "named-field", "pydantic-input", "dataclass-input", "ambiguous-fields"],
+    ids=["only-text-field", "lone-field", "named-field", "pydantic-input", "dataclass-input", "ambiguous-fields"],
 )
 def test_a_thread_of_a_graph_given_other_fields_has_each_turns_question_as_its_task(field: str, given: Any, store_path: Any) -> None:
     schema = type(given("?")) if not isinstance(given("?"), dict) else None
@@ -176,3 +177,108 @@ def test_a_thread_of_a_graph_given_other_fields_has_each_turns_question_as_its_t
     for question in THREE_QUESTIONS:
         agent.invoke(given(question), THREAD)
     assert [t.task for t in recorded(agent, store_path)] == THREE_QUESTIONS
+
+
+class Ticket(TypedDict, total=False):
+    ticket_id: str
+    ticketId: str
+    url: str
+    file_path: str
+    repo: str
+    customer: str
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def _looked_up_graph(field: str) -> Any:
+    """A graph given only an identifier (under ``field``): its node asks the model the question the identifier names."""
+    model = ScriptedChatModel(script=[AIMessage(content="Refund issued.")])
+
+    def answer(state: Ticket) -> dict[str, Any]:
+        asked = HumanMessage(f"Customer writes about {state[field]}: my blender arrived broken, can I get a refund?")  # type: ignore[literal-required]
+        return {"messages": [asked, model.invoke([asked])]}
+
+    return chain_graph(Ticket, ("answer", answer)).copy(update={"checkpointer": None})
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"ticket_id": "T-1042"},
+        {"ticketId": "T-1042"},
+        {"url": "https://shop.example/orders/1042"},
+        {"file_path": "/data/tickets/1042 broken blender.txt"},
+        {"repo": "acme/shop"},
+        {"customer": "Ann Lee"},
+    ],
+    ids=lambda given: next(iter(given)),
+)
+def test_an_input_whose_only_field_is_an_identifier_has_the_models_question_as_its_task(given: dict[str, str], store_path: Any) -> None:
+    """Before, the only text field was the task whatever it held: ``{"ticket_id": "T-1042"}`` recorded the task
+    "T-1042". An identifier, a URL, a path or a name is no question: the task is the question the model was asked."""
+    [(field, value)] = given.items()
+    agent = record_experience(_looked_up_graph(field), app="shop", store=store_path)
+    agent.invoke(given)
+    [run] = recorded(agent, store_path)
+    assert run.task == f"Customer writes about {value}: my blender arrived broken, can I get a refund?"
+
+
+def _question_with_context_graph(*, checkpointer: bool) -> Any:
+    """A graph given ``{"ticket": q, "customer": name}`` (no field named as the question) whose node sends the question,
+    then a message of context about the customer, as the turn's user messages."""
+    model = ScriptedChatModel(script=[AIMessage(content="Refund approved.")])
+
+    class State(TypedDict, total=False):
+        ticket: str
+        customer: str
+        messages: Annotated[list[AnyMessage], add_messages]
+
+    def answer(state: State) -> dict[str, Any]:
+        asked = [HumanMessage(state["ticket"]), HumanMessage(f"Customer record: {state['customer']}, gold tier, 3 orders")]
+        return {"messages": [*asked, model.invoke([*state.get("messages", []), *asked])]}
+
+    graph = chain_graph(State, ("answer", answer))
+    return graph if checkpointer else graph.copy(update={"checkpointer": None})
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("on_thread", [True, False], ids=["thread", "no-thread"])
+def test_a_turn_that_sends_context_after_its_question_has_the_question_as_its_task(on_thread: bool, offload: str, store_path: Any) -> None:
+    """Before, a run on a thread took the last user message of its model's first input: the context message
+    ('Customer record: ...'), where the same run without a thread took the question."""
+    agent = record_experience(_question_with_context_graph(checkpointer=on_thread), app="shop", store=store_path, offload=offload)
+    for question in THREE_QUESTIONS:
+        agent.invoke({"ticket": question, "customer": "Ann Lee"}, THREAD if on_thread else None)
+    runs = recorded(agent, store_path)
+    assert [t.task for t in runs] == THREE_QUESTIONS
+    if on_thread:
+        assert [len(t.steps[0].state) for t in runs] == [2, 5, 8]  # the model saw the thread's history
+
+
+def _history_graph(*, checkpointer: bool) -> Any:
+    """LangChain's AgentExecutor input shape: ``{"input": q, "chat_history": [...]}``, the history sent by the caller."""
+    model = ScriptedChatModel(script=[AIMessage(content="Sure.")])
+
+    class State(TypedDict, total=False):
+        input: str
+        chat_history: list[AnyMessage]
+        output: str
+
+    def answer(state: State) -> dict[str, Any]:
+        return {"output": model.invoke([*state.get("chat_history", []), HumanMessage(state["input"])]).content}
+
+    graph = chain_graph(State, ("answer", answer))
+    return graph if checkpointer else graph.copy(update={"checkpointer": None})
+
+
+@pytest.mark.parametrize("on_thread", [True, False], ids=["thread", "no-thread"])
+def test_an_input_with_a_chat_history_has_its_question_as_its_task(on_thread: bool, store_path: Any) -> None:
+    """Before, the history's first user message was the task of every turn ('Where is order A-1?' three times): the
+    history was read as the run's input messages, and the question next to it ignored."""
+    agent = record_experience(_history_graph(checkpointer=on_thread), app="shop", store=store_path)
+    history: list[BaseMessage] = []
+    for question in THREE_QUESTIONS:
+        agent.invoke({"input": question, "chat_history": history}, THREAD if on_thread else None)
+        history = [*history, HumanMessage(question), AIMessage("Sure.")]
+    runs = recorded(agent, store_path)
+    assert [t.task for t in runs] == THREE_QUESTIONS
+    assert [len(t.steps[0].state) for t in runs] == [1, 3, 5]
