@@ -10,7 +10,8 @@ hard-links the temporary file into place instead, which fails when the destinati
 The temporary files of :func:`atomic_open`, :func:`atomic_write_bytes`, :func:`atomic_write_text` and
 :func:`create_exclusive` are held ``flock``-ed by their writer from their creation until they are
 renamed or removed, so that :func:`remove_abandoned_temps` removes only those a killed writer left,
-never one a live writer is about to rename.
+never one a live writer is about to rename. On a file system
+that takes no locks the writers write unlocked, and the sweep goes by age alone (:data:`UNLOCKED_TEMP_AGE_S`).
 
 >>> atomic_write_text(path, "hello\\n")                       # doctest: +SKIP
 >>> with atomic_open(path, "w") as fh:                        # doctest: +SKIP
@@ -23,6 +24,7 @@ never one a live writer is about to rename.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -41,6 +43,7 @@ __all__ = [
     "create_exclusive",
     "fsync_dir",
     "fsync_file",
+    "open_for_lock",
     "pid_alive",
     "remove_abandoned_temps",
     "remove_left_behind",
@@ -52,6 +55,14 @@ TMP_SUFFIX = ".tmp"
 
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX))
 """The name :func:`temp_path_for` gives a temporary file; ``name`` is its destination's."""
+
+UNLOCKED_TEMP_AGE_S = 3600.0
+"""How long ago a temporary file must have been last written before :func:`remove_abandoned_temps` removes it on a file
+system that takes no locks: no writer there holds one, so its age is all that tells a killed writer's file from a live
+one's."""
+
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
+"""What ``flock`` fails with on a file system that takes no locks (NFS mounted without a lock daemon: ENOLCK)."""
 
 
 def temp_path_for(path: Path) -> Path:
@@ -79,11 +90,25 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(fh.fileno())
 
 
+def open_for_lock(path: str | os.PathLike[str], flags: int = 0, mode: int = 0o666) -> int:
+    """A descriptor of ``path`` to ``flock`` exclusively: open for reading and writing, or for reading only where writing
+    is refused (the file's permissions, a read-only mount). ``flags`` are added (``O_CREAT``, ``O_NOFOLLOW``).
+
+    An NFS client emulates ``flock`` with byte-range locks, and an exclusive one needs a file open for writing
+    (``man 2 flock``): on a read-only descriptor it fails with ``EBADF``. Opening one for writing changes nothing in it."""
+    try:
+        return os.open(path, os.O_RDWR | flags, mode)
+    except OSError as exc:
+        if not isinstance(exc, PermissionError) and exc.errno != errno.EROFS:
+            raise
+    return os.open(path, os.O_RDONLY | flags, mode)
+
+
 @contextlib.contextmanager
 def _held_temp(final: Path, mode: int = 0o666) -> Iterator[tuple[Path, int]]:
     """Create a fresh temporary file beside ``final`` (made with ``mode``, less the umask) and hold it ``flock``-ed;
     yield its path and a descriptor open for writing, closed (which drops the lock) when the block ends: after the
-    caller renamed or linked it into place, or removed it.
+    caller renamed or linked it into place, or removed it. On a file system that takes no locks it is held unlocked.
 
     A sweep (:func:`remove_abandoned_temps`) that locked the new file between its creation and this lock, taking it for
     a killed writer's, removed it: then another is made."""
@@ -92,7 +117,7 @@ def _held_temp(final: Path, mode: int = 0o666) -> Iterator[tuple[Path, int]]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: sweeps there keep a temporary file until it is old (min_age_s)
+        except OSError:  # no locks here: written unlocked, and sweeps go by its age (UNLOCKED_TEMP_AGE_S)
             break
         try:
             if os.path.samestat(os.fstat(fd), os.stat(tmp)):
@@ -206,8 +231,10 @@ def remove_abandoned_temps(folder: Path, *, min_age_s: float = 0.0, of: Collecti
 
     One is removed only when no process holds it locked (the writers here hold theirs until they rename or remove it)
     and it was last written at least ``min_age_s`` seconds ago: the age spares writers that take no lock (another
-    program, an older version, a file system without locks), so give one where such writers may be under way. ``of``:
-    only the temporary files of these destination names. A file that cannot be opened or locked is kept."""
+    program, an older version), so give one where such writers may be under way. ``of``: only the temporary files of
+    these destination names. On a file system that takes no locks, where no writer holds one either, a file is removed
+    once it is :data:`UNLOCKED_TEMP_AGE_S` old (or ``min_age_s``, if longer). A file that cannot be opened, or that
+    cannot be locked for another reason, is kept."""
     try:
         names = [p for p in folder.iterdir() if (m := TEMP_NAME.fullmatch(p.name)) and (of is None or m["name"] in of)]
     except OSError:
@@ -215,16 +242,22 @@ def remove_abandoned_temps(folder: Path, *, min_age_s: float = 0.0, of: Collecti
     removed = []
     for left in names:
         try:
-            fd = os.open(left, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = open_for_lock(left, os.O_NOFOLLOW)
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
+            age = min_age_s
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError while a writer holds it
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    continue
+                age = max(min_age_s, UNLOCKED_TEMP_AGE_S)
             st = os.fstat(fd)
-            if time.time() - st.st_mtime >= min_age_s and os.path.samestat(st, os.stat(left)):
+            if time.time() - st.st_mtime >= age and os.path.samestat(st, os.stat(left)):
                 left.unlink()  # still locked by this sweep: a writer that created it just now finds it gone and makes another
                 removed.append(left)
-        except OSError:  # locked by a live writer, renamed or removed meanwhile, or not ours to remove
+        except OSError:  # renamed or removed meanwhile, or not ours to remove
             pass
         finally:
             os.close(fd)

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from ee_middleware import _files
-from ee_middleware._files import atomic_open, atomic_path, atomic_write_bytes, atomic_write_text
+from ee_middleware._files import (
+    UNLOCKED_TEMP_AGE_S,
+    atomic_open,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    create_exclusive,
+    open_for_lock,
+    remove_abandoned_temps,
+    temp_path_for,
+)
+from tests.store.mounts import nfs_locks_stand_in, no_locks_stand_in, read_only_view
 
 
 class Boom(Exception):
@@ -105,3 +120,93 @@ def test_only_whole_file_modes_are_accepted(tmp_path: Path):
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"), atomic_open(tmp_path / "x", "a"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _left_by_a_killed_writer(final: Path, written_ago: float) -> Path:
+    """A temporary file for ``final`` that no process holds, last written ``written_ago`` seconds ago."""
+    left = temp_path_for(final)
+    left.write_bytes(b"half")
+    then = time.time() - written_ago
+    os.utime(left, (then, then))
+    return left
+
+
+def test_writes_go_on_unlocked_on_a_file_system_without_locks_stand_in_no_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Where ``flock`` fails (ENOLCK: NFS without a lock daemon) every writer still writes, unlocked, and leaves neither
+    a temporary file nor a descriptor behind; without the fallback each of these raised "No locks available"."""
+    no_locks_stand_in(monkeypatch)
+    before = _open_fds()
+    atomic_write_text(tmp_path / "a.json", "x")
+    atomic_write_bytes(tmp_path / "b", b"y")
+    with atomic_open(tmp_path / "c", "w") as fh:
+        fh.write("z")
+    assert create_exclusive(tmp_path / "k", b"s", mode=0o600) is True
+    assert create_exclusive(tmp_path / "k", b"t") is False
+    assert [(tmp_path / n).read_bytes() for n in ("a.json", "b", "c", "k")] == [b"x", b"y", b"z", b"s"]
+    assert _leftovers(tmp_path) == []
+    assert _open_fds() == before
+
+
+@pytest.mark.parametrize("min_age_s", [0.0, 2 * UNLOCKED_TEMP_AGE_S])
+def test_on_a_file_system_without_locks_a_sweep_removes_a_temporary_file_once_old_stand_in_no_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, min_age_s: float
+):
+    """No writer holds a lock there, so age alone tells a killed writer's file: it was kept for good, whatever its age.
+    Now one last written :data:`UNLOCKED_TEMP_AGE_S` ago (or ``min_age_s``, if longer) goes; a younger one stays."""
+    no_locks_stand_in(monkeypatch)
+    bound = max(min_age_s, UNLOCKED_TEMP_AGE_S)
+    young = _left_by_a_killed_writer(tmp_path / "a.json", bound - 60)
+    old = _left_by_a_killed_writer(tmp_path / "a.json", bound + 60)
+    assert remove_abandoned_temps(tmp_path, min_age_s=min_age_s) == [old]
+    assert _leftovers(tmp_path) == [young.name]
+
+
+HOLDER = """
+import sys
+from ee_middleware._files import atomic_open
+with atomic_open(sys.argv[1], "w") as fh:  # a live writer, holding its temporary file
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_on_nfs_a_sweep_removes_a_killed_writers_temporary_file_and_keeps_a_live_ones_stand_in_nfs_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The sweep opened each file read-only, and NFS grants an exclusive lock only on a file open for writing: every
+    lock failed (EBADF) and every file was kept, however old. Now it opens them for writing; a live writer (a real
+    process holding its file) still keeps its own."""
+    nfs_locks_stand_in(monkeypatch)
+    left = _left_by_a_killed_writer(tmp_path / "a.json", 7200)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "b.json")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        (busy,) = [p for p in tmp_path.iterdir() if p.name.startswith(".b.json.")]
+        assert remove_abandoned_temps(tmp_path) == [left]
+        assert _leftovers(tmp_path) == [busy.name]
+    finally:
+        holder.communicate("", timeout=60)
+    assert (tmp_path / "b.json").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_file_that_cannot_be_opened_for_writing_is_opened_to_lock_read_only(tmp_path: Path):
+    """On a read-only mount (EROFS) the descriptor falls back to read-only; elsewhere it is open for writing."""
+    (tmp_path / "f").write_bytes(b"")
+    fd = open_for_lock(tmp_path / "f")
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+    finally:
+        os.close(fd)
+    with read_only_view(tmp_path) as view:
+        fd = open_for_lock(view / "f")
+        try:
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)

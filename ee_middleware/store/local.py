@@ -71,8 +71,10 @@ READ_ATTEMPTS = 8
 """How often one read starts again when compaction swapped the manifest under it."""
 ABANDONED_TEMP_AGE_S = 3600.0
 """How old an unlocked temporary file in the store's folder (of a metadata blob, of the marker) must be before compaction
-removes it. This version's writers hold theirs locked, so it only spares writers that take no lock (an older version's,
-one on a file system without locks); a killed writer's file goes at the first compaction this long after."""
+removes it. This version's writers hold theirs locked, so it only spares writers that take no lock (an older version's);
+a killed writer's file goes at the first compaction this long after. (A file system without locks lets no writer hold
+one, and the sweep would go by age alone, :data:`~ee_middleware._files.UNLOCKED_TEMP_AGE_S`, but compaction cannot run
+there: it takes a lock of its own.)"""
 
 
 def _warn_quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spool.SpoolProblem]) -> None:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
+from ee_middleware._files import open_for_lock
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreWriteError, os_error_advice
 
 if TYPE_CHECKING:
@@ -296,7 +297,7 @@ def remove_left_behind(spool_dir: Path, quarantine: Path) -> list[tuple[Path, Pa
     never read either way: :func:`list_segments` skips hidden names.
     """
     try:
-        gate = os.open(spool_dir / CREATION_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        gate = open_for_lock(spool_dir / CREATION_LOCK, os.O_CREAT, 0o644)  # writable: NFS locks only such exclusively
     except FileNotFoundError:  # no spool yet
         return []
     try:

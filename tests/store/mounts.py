@@ -2,10 +2,16 @@
 
 Both need root and mount permission (the sandbox has them); where the mount is refused the test
 that asked for it is skipped, and a test with an injected error covers the same path everywhere.
+
+Two file systems' locks cannot be mounted here (no NFS server): stand-ins make ``fcntl.flock``
+behave as they do, :func:`no_locks_stand_in` and :func:`nfs_locks_stand_in`.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -46,3 +52,35 @@ def read_only_view(folder: Path) -> Iterator[Path]:
         yield point
     finally:
         subprocess.run(["umount", str(point)], check=True)
+
+
+def _on_mount(fd: int, under: Path | None) -> bool:
+    """Whether the file open as ``fd`` lies under ``under`` (the stand-in's mount point; ``None``: everywhere)."""
+    return under is None or Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(under)
+
+
+def no_locks_stand_in(monkeypatch: pytest.MonkeyPatch, under: Path | None = None) -> None:
+    """Stand-in for a file system that takes no locks (NFS mounted without a lock daemon), mounted at ``under`` (or
+    everywhere): every ``flock`` of a file there fails with ENOLCK, "No locks available"."""
+    real = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if _on_mount(fd, under):
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def nfs_locks_stand_in(monkeypatch: pytest.MonkeyPatch, under: Path | None = None) -> None:
+    """Stand-in for the locks of an NFS mount at ``under`` (or everywhere): the client emulates ``flock`` with byte-range
+    locks, so an exclusive one on a descriptor not open for writing fails with EBADF (``man 2 flock``). Every other
+    lock is a real one."""
+    real = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY and _on_mount(fd, under):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)

@@ -27,6 +27,7 @@ from ee_middleware import _files
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store.local import ABANDONED_TEMP_AGE_S, MARKER
 from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.store.mounts import nfs_locks_stand_in
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -216,3 +217,29 @@ def test_a_killed_compactions_temporary_files_go_at_the_next_compaction(store_pa
     store.compact()
     assert [p.exists() for p in left] == [False, False, True]
     assert store.trajectories()["id"].to_list() == ["t1"]
+
+
+def test_on_nfs_a_compaction_runs_and_removes_what_killed_writers_left_stand_in_nfs_locks(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS grants an exclusive lock only on a file open for writing. The spool's creation lock and every temporary file
+    were opened read-only: compaction failed ("Bad file descriptor"), and the sweep could never lock a file, so it kept
+    every one, however old. Now both are opened for writing: the compaction folds the spool and removes them."""
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("t1")])
+    store.close()
+    store.compact()
+    store.write([sample_trajectory("t2")])
+    store.close()
+    left = [
+        _files.temp_path_for(store_path / "manifest.json"),
+        _files.temp_path_for(store_path / "trajectories" / "part-x.parquet"),
+        _files.temp_path_for(store_path / "redaction.json"),
+    ]
+    for path in left:
+        path.write_bytes(b"half")
+    _age(left[-1], ABANDONED_TEMP_AGE_S + 60)
+    nfs_locks_stand_in(monkeypatch)
+    assert store.compact() == 1
+    assert [p.exists() for p in left] == [False, False, False]
+    assert sorted(store.trajectories()["id"].to_list()) == ["t1", "t2"]
