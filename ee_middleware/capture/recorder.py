@@ -1057,7 +1057,12 @@ def _detach_offloads_after_fork() -> None:
     _END_GATE.open()  # closed by the parent's SIGTERM writer, which does not exist here
 
 
-if hasattr(os, "register_at_fork"):
+# Registered once per process: importlib.reload (Jupyter's autoreload) runs this module again in the same globals, and
+# registering again would run each hook twice in every forked child (two exit flushes). The hooks registered first stay;
+# the names they use are looked up in these globals, so they call the reloaded code.
+_FIRST_LOAD = "_FIRST_LOAD" not in globals()
+
+if _FIRST_LOAD and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_detach_offloads_after_fork)
 
 
@@ -1071,12 +1076,17 @@ def _flush_at_multiprocessing_exit(_: object) -> None:
         multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=0)
 
 
-# keyed on this module, which multiprocessing holds weakly and sys.modules keeps alive (as capture's shutdown module does)
-multiprocessing.util.register_after_fork(sys.modules[__name__], _flush_at_multiprocessing_exit)
+if _FIRST_LOAD:
+    # keyed on this module, which multiprocessing holds weakly and sys.modules keeps alive (as capture's shutdown module does)
+    multiprocessing.util.register_after_fork(sys.modules[__name__], _flush_at_multiprocessing_exit)
 
 
 EXITED = "terminated: the process exited"
 """The ``error`` of a run still in flight at exit (a daemon thread's; status ``interrupted``)."""
+
+
+if not _FIRST_LOAD:
+    atexit.unregister(globals()["_flush_at_exit"])  # the previous load's (see _FIRST_LOAD): one exit flush, the new code's
 
 
 @atexit.register

@@ -229,7 +229,11 @@ def _green_threads() -> bool:
     return False
 
 
-if hasattr(os, "register_at_fork"):
+# Registered once per process, as capture's recorder registers its own: importlib.reload runs this module again in the
+# same globals, and each hook would run twice in a forked child (the first ones call the reloaded code through them).
+_FIRST_LOAD = "_FIRST_LOAD" not in globals()
+
+if _FIRST_LOAD and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
     # keyed on this module, which multiprocessing holds weakly and sys.modules keeps alive (as capture's recorder does)
     multiprocessing.util.register_after_fork(sys.modules[__name__], _watch_in_multiprocessing_child)

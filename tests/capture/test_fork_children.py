@@ -162,3 +162,61 @@ def test_a_process_forked_while_the_vault_syncs_records_and_flushes(tmp_path: Pa
     agent.recorder.close()
     tasks = sorted(LocalExperienceStore(store).trajectories()["task"].to_list())
     assert len(tasks) == 2 and "dave@example.org" not in " ".join(tasks)
+
+
+RELOADED = textwrap.dedent(
+    """
+    import importlib, json, multiprocessing, multiprocessing.util as mu, os
+    from ee_middleware.capture import recorder, shutdown
+
+    def hooks():
+        names = ("_flush_at_multiprocessing_exit", "_watch_in_multiprocessing_child")
+        return sorted(k[2].__name__ for k in list(mu._afterfork_registry) if k[2].__name__ in names)
+
+    def exit_flushes(queue):
+        finalizers = [f for f in mu._finalizer_registry.values() if getattr(f._callback, "__name__", "") == "_flush_at_exit"]
+        queue.put(len(finalizers))
+
+    class Counted(list):  # stands in for the live recorders: counts the passes of the recorder's after-fork hook
+        def __iter__(self):
+            os.write(write_end, b"x")
+            return super().__iter__()
+
+    before = hooks()
+    for _ in range(2):  # Jupyter's autoreload, twice
+        importlib.reload(shutdown)
+        importlib.reload(recorder)
+    read_end, write_end = os.pipe()
+    recorder._live_recorders = Counted()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write_end)
+    passes = len(os.read(read_end, 100))
+    recorder._live_recorders = []
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=exit_flushes, args=(queue,))
+    child.start()
+    print(json.dumps({"before": before, "after": hooks(), "fork_hook_passes": passes, "exit_flushes": queue.get(timeout=20)}))
+    child.join(20)
+    parent = os.getpid()
+    # the atexit hooks look this name up when they run: each one registered prints once
+    recorder._flush_every_recorder = lambda: print("exit flush") if os.getpid() == parent else None
+    """
+)
+
+
+def test_reloading_capture_registers_its_fork_and_exit_hooks_once() -> None:
+    """``importlib.reload`` (Jupyter's autoreload) of capture's recorder and shutdown modules ran their module code
+    again, registering each after-fork hook once more (on the module object, which survives a reload): a forked child
+    then ran the recorder's hook twice and registered two exit flushes, and the process's exit flush ran twice."""
+    done = run_script(RELOADED, timeout=60)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    lines = done.stdout.strip().splitlines()
+    seen = json.loads(lines[0])
+    assert seen["before"] == seen["after"] == ["_flush_at_multiprocessing_exit", "_watch_in_multiprocessing_child"]
+    assert seen["fork_hook_passes"] == 1
+    assert seen["exit_flushes"] == 1
+    assert lines[1:] == ["exit flush"]
