@@ -111,21 +111,23 @@ def _held_temp(final: Path, mode: int = 0o666) -> Iterator[tuple[Path, int]]:
     caller renamed or linked it into place, or removed it. On a file system that takes no locks it is held unlocked.
 
     A sweep (:func:`remove_abandoned_temps`) that locked the new file between its creation and this lock, taking it for
-    a killed writer's, removed it: then another is made."""
+    a killed writer's, removed it: then another is made. Interrupted (Ctrl-C) before it is yielded, the file is removed."""
     while True:
         tmp = temp_path_for(final)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # no locks here: written unlocked, and sweeps go by its age (UNLOCKED_TEMP_AGE_S)
-            break
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # no locks here: written unlocked, and sweeps go by its age (UNLOCKED_TEMP_AGE_S)
                 break
-        except FileNotFoundError:
-            pass
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                    break
+            except FileNotFoundError:
+                pass
         except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
     try:

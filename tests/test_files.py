@@ -210,3 +210,30 @@ def test_a_file_that_cannot_be_opened_for_writing_is_opened_to_lock_read_only(tm
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["flock", "stat"])
+def test_an_interrupt_while_the_temporary_file_is_locked_removes_it_and_closes_it_stand_in_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+):
+    """Stand-in: a Ctrl-C lands in the writer's ``flock`` (which waits while a sweep holds the new file) or in its check
+    that the file is still there. The descriptor stayed open (from ``flock``) and the temporary file stayed on disk."""
+    module = _files.fcntl if where == "flock" else _files.os
+    real = getattr(module, where)
+    calls: list[object] = []
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        if not calls:
+            calls.append(args)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, where, interrupted)
+    before = _open_fds()
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(tmp_path / "a.json", "x")
+    monkeypatch.undo()
+    assert calls, "the interrupt landed"
+    assert _leftovers(tmp_path) == []
+    assert _open_fds() == before
+    assert not (tmp_path / "a.json").exists()
