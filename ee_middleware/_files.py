@@ -10,7 +10,7 @@ hard-links the temporary file into place instead, which fails when the destinati
 The temporary files of :func:`atomic_open`, :func:`atomic_write_bytes`, :func:`atomic_write_text` and
 :func:`create_exclusive` are held ``flock``-ed by their writer from their creation until they are
 renamed or removed, so that :func:`remove_abandoned_temps` removes only those a killed writer left,
-never one a live writer is about to rename. On a file system
+never one a live writer is about to rename (so are :func:`atomic_path`'s with ``locked=True``). On a file system
 that takes no locks the writers write unlocked, and the sweep goes by age alone (:data:`UNLOCKED_TEMP_AGE_S`).
 
 >>> atomic_write_text(path, "hello\\n")                       # doctest: +SKIP
@@ -137,26 +137,30 @@ def _held_temp(final: Path, mode: int = 0o666) -> Iterator[tuple[Path, int]]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True, locked: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit it replaces ``path`` atomically.
 
     For writers that take a file name (``DataFrame.write_parquet``, ``savefig``). The temporary
     name ends in ``.tmp``: pass the format explicitly to writers that guess it from the suffix.
     On an exception the temporary file is removed, ``path`` is untouched and the exception goes on.
-    The writer creates the temporary file, so it is not held locked: in a folder that
+
+    By default the writer creates the temporary file, so it is not held locked: in a folder that
     :func:`remove_abandoned_temps` sweeps, use this only where no sweep can run meanwhile (the
-    store's parts, written and swept under its compaction lock).
+    store's parts, written and swept under its compaction lock). With ``locked`` the file is created
+    here (empty) and held locked until after the rename, so that sweeps leave it alone, as long as
+    the writer writes into it by name (``open``, ``write_parquet``) rather than putting another file
+    in its place.
     """
     final = Path(path)
-    tmp = temp_path_for(final)
-    try:
-        yield tmp
-        if fsync:
-            fsync_file(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _held_temp(final) if locked else contextlib.nullcontext((temp_path_for(final), -1)) as (tmp, _fd):
+        try:
+            yield tmp
+            if fsync:
+                fsync_file(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     if fsync:
         fsync_dir(final.parent)
 

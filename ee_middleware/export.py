@@ -29,17 +29,15 @@ redacted, and redacting twice changes nothing; anything a later writer left is c
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from ee_middleware._files import TMP_SUFFIX, atomic_path
+from ee_middleware._files import atomic_path, remove_abandoned_temps
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, os_error_advice
 from ee_middleware.messages import parse_arguments
@@ -359,51 +357,14 @@ def _writing(path: Path) -> Iterator[None]:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
 
 
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX))
-"""The name :func:`~ee_middleware._files.temp_path_for` gives a temporary file beside an output."""
-
-
 @contextlib.contextmanager
 def _output_temp(path: Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` that replaces it whole on a clean exit (:func:`~ee_middleware._files.atomic_path`),
-    locked (``flock``) while it is written, so that an export can tell it from one a killed export left beside the same
-    output: those, unlocked, are removed first (a kill leaves no chance to remove one)."""
-    _remove_killed_temps(path)
-    with atomic_path(path) as tmp:
-        while True:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                if os.path.samestat(os.fstat(fd), os.stat(tmp)):
-                    break
-            except FileNotFoundError:  # taken for a killed export's between its creation and its lock: made again
-                pass
-            os.close(fd)
-        try:
-            yield tmp  # written by name: the same file, still locked
-        finally:
-            os.close(fd)  # after the rename: the output is whole before the lock goes
-
-
-def _remove_killed_temps(path: Path) -> None:
-    """Remove the temporary files that killed exports to ``path`` left beside it (those no export holds locked)."""
-    try:
-        names = [p for p in path.parent.iterdir() if (m := _TEMPORARY.fullmatch(p.name)) and m["name"] == path.name]
-    except OSError:
-        return  # the folder is not there yet (made by the export), or cannot be listed: the write says why
-    for left in names:
-        try:
-            fd = os.open(left, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.path.samestat(os.fstat(fd), os.stat(left)):
-                left.unlink()
-        except OSError:  # locked by an export still writing it, or gone already
-            pass
-        finally:
-            os.close(fd)
+    """A temporary file beside ``path`` that replaces it whole on a clean exit, held locked while it is written
+    (:func:`~ee_middleware._files.atomic_path` with ``locked``), so that an export can tell it from one a killed export
+    left beside the same output: those are removed first (a kill leaves no chance to remove one)."""
+    remove_abandoned_temps(path.parent, of={path.name})
+    with atomic_path(path, locked=True) as tmp:
+        yield tmp  # written by name: the same file, still locked
 
 
 _CALL = pl.Struct({"id": pl.String(), "type": pl.String(), "function": pl.Struct({"name": pl.String(), "arguments": pl.String()})})

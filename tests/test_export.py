@@ -20,6 +20,7 @@ from ee_middleware.export import export_jsonl, export_parquet
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.store.mounts import nfs_locks_stand_in, no_locks_stand_in
 
 
 def _own_messages(store_path: Path) -> LocalExperienceStore:
@@ -351,6 +352,42 @@ def test_an_export_removes_what_a_killed_export_left_beside_its_output(kind: str
     finally:
         holder.communicate("", timeout=60)
     assert export(LocalExperienceStore(store_path), out) == 1  # that export gone (its process ended): its file is too
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_an_export_writes_on_a_file_system_without_locks_stand_in_no_locks(
+    kind: str, store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ``flock`` fails (ENOLCK: NFS without a lock daemon) the export failed ("No locks available") and leaked a
+    descriptor, while the store's own writes went on unlocked. It writes now, as they do, and leaves nothing behind."""
+    import os
+
+    _own_messages(store_path).close()
+    out = tmp_path / "out" / f"train.{kind}"
+    out.parent.mkdir()
+    no_locks_stand_in(monkeypatch, under=out.parent)  # the output's folder; the store's is a local disk
+    before = set(os.listdir("/proc/self/fd"))
+    export = export_jsonl if kind == "jsonl" else export_parquet
+    assert export(LocalExperienceStore(store_path), out) == 1
+    assert set(os.listdir("/proc/self/fd")) == before
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_on_nfs_an_export_removes_what_a_killed_export_left_stand_in_nfs_locks(
+    kind: str, store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS grants an exclusive lock only on a file open for writing, and the export opened a killed export's temporary
+    file read-only to lock it: the lock failed and the file was kept for good. Now it goes."""
+    _own_messages(store_path).close()
+    out = tmp_path / "out" / f"train.{kind}"
+    out.parent.mkdir()
+    left = out.parent / f".train.{kind}.1a2b3c4d.tmp"
+    left.write_bytes(b"half")
+    nfs_locks_stand_in(monkeypatch, under=out.parent)
+    export = export_jsonl if kind == "jsonl" else export_parquet
+    assert export(LocalExperienceStore(store_path), out) == 1
     assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 

@@ -146,7 +146,10 @@ def test_writes_go_on_unlocked_on_a_file_system_without_locks_stand_in_no_locks(
         fh.write("z")
     assert create_exclusive(tmp_path / "k", b"s", mode=0o600) is True
     assert create_exclusive(tmp_path / "k", b"t") is False
+    with atomic_path(tmp_path / "d.parquet", locked=True) as tmp:
+        pl.DataFrame({"a": [1]}).write_parquet(tmp)
     assert [(tmp_path / n).read_bytes() for n in ("a.json", "b", "c", "k")] == [b"x", b"y", b"z", b"s"]
+    assert pl.read_parquet(tmp_path / "d.parquet")["a"].to_list() == [1]
     assert _leftovers(tmp_path) == []
     assert _open_fds() == before
 
