@@ -170,3 +170,7 @@ def test_a_call_of_strings_and_numbers_gets_its_own_arguments_without_a_deep_cop
     assert execute(world, plain).content == '{"retweet_status": "Successfully retweeted"}'
     assert deep_copies == []
     assert plain.arguments == {"tweet_id": 0}
+    # plain values still get a dict of their own: post_tweet's defaults (tags, mentions) must not land in the call
+    only_text = ToolCall(id="", name="post_tweet", arguments={"content": "hi"})
+    assert '"content": "hi"' in execute(world, only_text).content
+    assert only_text.arguments == {"content": "hi"}
