@@ -67,7 +67,8 @@ structured-output call between). Absent where capture could not tell (another in
 EE_STRUCTURED_OUTPUT = "ee.structured_output"
 """Set (true) on a ``chat`` span of a model call made for a structured reply (``with_structured_output``: LangChain's
 ``ls_structured_output_format``): a tool call in its reply is the answer, which the node that asked reads itself (a
-grader, an extractor), not a call a tool runs. A run that ends after it ended normally, not cut off by a node."""
+grader, an extractor), not a call a tool runs. A run whose last message is that call's answer ended normally; one whose
+last message a node wrote after it (a call limit, a guard) was cut off."""
 EE_NESTED_IN = "ee.langgraph.nested_in"
 """Set on the model and tool spans of a graph run inside a tool of the recorded run (an agent used as a tool: its nodes
 run in another checkpoint namespace than the tool's): the key of that tool call (:data:`EE_NESTED_RUN` on its span).
