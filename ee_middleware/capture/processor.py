@@ -202,7 +202,11 @@ class ExperienceSpanProcessor(SpanProcessor):
             if done:
                 self._jobs.append(self._buffers.pop(key))
                 self._ensure_worker()
-                self._wake.notify_all()  # force_flush waits on the same condition: wake the writer for sure
+                # the writer waits without a time-out only on an empty queue: wake it for the first run, and at the batch
+                # bound; between, it keeps its own time (min_write_interval_s). Waking it at every run's end only sent it
+                # back to sleep, taking the interpreter lock from the agent (thread mode) or CPU from it (process mode)
+                if len(self._jobs) == 1 or len(self._jobs) >= self._max_batch:
+                    self._wake.notify_all()  # all: force_flush waits on the same condition
             while len(self._buffers) > self._max_buffered:
                 _, dropped = self._buffers.popitem(last=False)
                 self.stats.spans_dropped += len(dropped)
