@@ -65,6 +65,8 @@ def normalize(span: SpanData) -> SpanData:
         name = attrs.get("traceloop.entity.name") or attrs.get("agent.name")
         if name:
             attrs.setdefault(sc.AGENT_NAME, name)
+    if attrs == span.attributes:  # already in GenAI form (capture's own spans): nothing to fill in, nothing to copy
+        return span
     return replace(span, attributes=attrs)
 
 

@@ -1,18 +1,81 @@
 """Capture's background work per run (issue 11.5: what competes with the agent under sustained load) is done once where
-it repeats: the store writer is not woken at every run's end. Each stays exact: the same stored trajectories
-(tests/capture/test_golden.py holds the stored rows and exported spans of real graphs)."""
+it repeats: the store writer is not woken at every run's end, and spans already in GenAI form are not copied by
+``normalize``. Each stays exact: the same stored trajectories (tests/capture/test_golden.py holds the stored rows and
+exported spans of real graphs)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ee_middleware import LocalExperienceStore
+from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions
+from ee_middleware.capture.normalize import normalize
 from ee_middleware.capture.processor import ExperienceSpanProcessor
+from ee_middleware.capture.spandata import SpanData, from_readable_span
+from ee_middleware.testing import ScriptedChatModel, tool_call
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+SCRIPT = [
+    AIMessage(content="", tool_calls=[tool_call("add", a=1, b=2)]),
+    AIMessage(content="", tool_calls=[tool_call("echo", text="hello")]),
+    AIMessage(content="1+2=3."),
+]
+
+
+def _graph():
+    model = ScriptedChatModel(script=SCRIPT).bind_tools([add, echo])
+
+    def agent(state: MessagesState) -> dict:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_node("tools", ToolNode([add, echo]))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+def _recorded_runs(tmp_path: Path, runs: int) -> list[list[SpanData]]:
+    """The spans of ``runs`` real runs of a ReAct graph recorded by capture, per run (read from the user's exporter)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = record_experience(_graph(), app="bench", store=tmp_path / "store", tracer_provider=provider)
+    for _ in range(runs):
+        agent.invoke({"messages": [("user", "add and echo")]})
+    agent.flush()
+    agent.recorder.close()
+    by_run: dict[str, list[SpanData]] = {}
+    for span in exporter.get_finished_spans():
+        data = from_readable_span(span)
+        by_run.setdefault(str(data.attributes[sc.EE_TRAJECTORY_ID]), []).append(data)
+    provider.shutdown()
+    return list(by_run.values())
 
 
 class _CountingCondition(threading.Condition):
@@ -49,3 +112,16 @@ def test_the_store_writer_is_not_woken_at_every_runs_end(tmp_path):
     # its first wait (an empty queue) ends with the first run; then it waits out min_write_interval_s once (a few more
     # wake-ups where the machine is slow), not once per run
     assert wakes <= 5, f"the writer woke {wakes} times for 40 runs"
+
+
+def test_spans_already_in_genai_form_are_not_copied_by_normalize(tmp_path):
+    [run] = _recorded_runs(tmp_path, 1)
+    assert {s.attributes[sc.OPERATION_NAME] for s in run} == {sc.OP_INVOKE_AGENT, sc.OP_CHAT, sc.OP_EXECUTE_TOOL}
+    for span in run:
+        assert normalize(span) is span, span.name
+    # a span of another dialect still gets its GenAI attributes
+    openinference = SpanData("t" * 32, "1" * 16, None, "ChatOpenAI", 1, 2, {"openinference.span.kind": "LLM", "llm.model_name": "gpt"})
+    filled = normalize(openinference)
+    assert filled is not openinference
+    assert filled.attributes[sc.OPERATION_NAME] == sc.OP_CHAT and filled.attributes[sc.REQUEST_MODEL] == "gpt"
+    assert openinference.attributes == {"openinference.span.kind": "LLM", "llm.model_name": "gpt"}
