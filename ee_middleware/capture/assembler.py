@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import json
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.errors import IngestError, RecordError
-from ee_middleware.messages import content_to_text, genai_to_openai, message_reasoning, openai_tool_schemas, parse_arguments
+from ee_middleware.messages import content_to_text, dumps, genai_to_openai, message_reasoning, openai_tool_schemas, parse_arguments
 from ee_middleware.records import (
     Action,
     Approval,
@@ -351,14 +352,45 @@ class _RunMemo:
         raw = span.attributes.get(sc.TOOL_DEFINITIONS)
         if isinstance(raw, str) and raw in self._tools:
             return self._tools[raw]
-        tools = _json_attr(span, sc.TOOL_DEFINITIONS, expect=list) or []
-        try:
-            schemas = openai_tool_schemas(tools)
-        except Exception as exc:
-            raise IngestError(f"Span {span.span_id} ({span.name}): {sc.TOOL_DEFINITIONS} is not a list of tool schemas: {exc}") from exc
+        known = _TOOL_SCHEMAS.get(raw) if isinstance(raw, str) else None
+        if known is not None:
+            schemas = json.loads(known)  # this run's own copy (its trajectory keeps it)
+        else:
+            tools = _json_attr(span, sc.TOOL_DEFINITIONS, expect=list) or []
+            try:
+                schemas = openai_tool_schemas(tools)
+            except Exception as exc:
+                raise IngestError(f"Span {span.span_id} ({span.name}): {sc.TOOL_DEFINITIONS} is not a list of tool schemas: {exc}") from exc
+            if isinstance(raw, str):
+                _remember_tool_schemas(raw, schemas)
         if isinstance(raw, str):
             self._tools[raw] = schemas
         return schemas
+
+
+_TOOL_SCHEMAS: dict[str, str] = {}
+"""``gen_ai.tool.definitions`` text -> the JSON text of its tool schemas (OpenAI form): an agent offers the same tools
+in every run, whose schemas are normalised once (:func:`~ee_middleware.messages.openai_tool_schemas`, a fifth of the
+tool spans' share of assembly) and decoded from this text by each run after."""
+_TOOL_SCHEMAS_MAX = 64
+_TOOL_SCHEMAS_LOCK = threading.Lock()
+
+
+def _remember_tool_schemas(raw: str, schemas: list[dict[str, Any]]) -> None:
+    """Keep ``schemas`` (of the tool definitions ``raw``) in :data:`_TOOL_SCHEMAS` where their JSON text decodes to them
+    exactly (plain JSON data, as :func:`~ee_middleware.messages.to_jsonable` makes it), the oldest dropped past
+    :data:`_TOOL_SCHEMAS_MAX` (a model bound anew with other tools at every turn)."""
+    text = dumps(schemas)
+    try:
+        exact = json.loads(text) == schemas and text == dumps(json.loads(text))
+    except (ValueError, RecursionError):
+        return
+    if not exact:
+        return
+    with _TOOL_SCHEMAS_LOCK:
+        while len(_TOOL_SCHEMAS) >= _TOOL_SCHEMAS_MAX:
+            _TOOL_SCHEMAS.pop(next(iter(_TOOL_SCHEMAS)), None)
+        _TOOL_SCHEMAS[raw] = text
 
 
 UNKNOWN_TOOL = "unknown_tool"

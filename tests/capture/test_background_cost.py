@@ -1,10 +1,11 @@
 """Capture's background work per run (issue 11.5: what competes with the agent under sustained load) is done once where
-it repeats: the store writer is not woken at every run's end, and spans already in GenAI form are not copied by
-``normalize``. Each stays exact: the same stored trajectories (tests/capture/test_golden.py holds the stored rows and
-exported spans of real graphs)."""
+it repeats: the store writer is not woken at every run's end, spans already in GenAI form are not copied by
+``normalize``, and an agent's tool schemas are normalised once for all its runs. Each stays exact: the same stored
+trajectories (tests/capture/test_golden.py holds the stored rows and exported spans of real graphs)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware.capture import assembler
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions
+from ee_middleware.capture.assembler import AssemblyOptions, assemble
 from ee_middleware.capture.normalize import normalize
 from ee_middleware.capture.processor import ExperienceSpanProcessor
 from ee_middleware.capture.spandata import SpanData, from_readable_span
@@ -125,3 +127,48 @@ def test_spans_already_in_genai_form_are_not_copied_by_normalize(tmp_path):
     assert filled is not openinference
     assert filled.attributes[sc.OPERATION_NAME] == sc.OP_CHAT and filled.attributes[sc.REQUEST_MODEL] == "gpt"
     assert openinference.attributes == {"openinference.span.kind": "LLM", "llm.model_name": "gpt"}
+
+
+def test_an_agents_tool_schemas_are_normalised_once_for_all_its_runs(tmp_path, monkeypatch):
+    runs = _recorded_runs(tmp_path, 3)
+    options = AssemblyOptions(source="record_experience", model_calls_required=False)
+    expected = [assemble(run, options) for run in runs]  # (the schemas of these tool definitions may be known already)
+    calls = []
+    normalise = assembler.openai_tool_schemas
+    monkeypatch.setattr(assembler, "openai_tool_schemas", lambda tools: calls.append(1) or normalise(tools))
+    monkeypatch.setattr(assembler, "_TOOL_SCHEMAS", {}, raising=False)  # none known yet
+    again = [assemble(run, options) for run in runs]
+    assert len(calls) == 1, "each run normalised the same tool schemas again"
+    assert [t.model_dump_json() for t in again] == [t.model_dump_json() for t in expected]
+    assert [t["function"]["name"] for t in again[0].tools] == ["add", "echo"]
+    # each run has its own schemas: a change to one trajectory's is not in the next run's
+    again[0].tools[0]["function"]["description"] = "changed"
+    assert assemble(runs[1], options).tools == json.loads(expected[1].model_dump_json())["tools"]
+
+
+T0 = 1_700_000_000 * 10**9  # span times (a time of 0 is read as "not recorded": now)
+
+
+def test_tool_schemas_json_holds_only_as_text_give_the_same_trajectory_every_run():
+    # a NaN in a schema (JSON has none) is normalised to the text "nan": the schemas kept for the next run hold that text
+    parameters = {"type": "object", "properties": {"n": {"type": "number", "maximum": float("nan")}}}
+    definitions = json.dumps([{"type": "function", "name": "f", "parameters": parameters}])
+    chat = SpanData(
+        "t" * 32,
+        "1" * 16,
+        "0" * 16,
+        "chat m",
+        T0 + 1,
+        T0 + 2,
+        {
+            sc.OPERATION_NAME: sc.OP_CHAT,
+            sc.REQUEST_MODEL: "m",
+            sc.INPUT_MESSAGES: json.dumps([{"role": "user", "parts": [{"type": "text", "content": "hi"}]}]),
+            sc.OUTPUT_MESSAGES: json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "hello"}]}]),
+            sc.TOOL_DEFINITIONS: definitions,
+        },
+    )
+    root = SpanData("t" * 32, "0" * 16, None, "invoke_agent a", T0, T0 + 3, {sc.OPERATION_NAME: sc.OP_INVOKE_AGENT})
+    first = assemble([root, chat])
+    assert assemble([root, chat]).model_dump_json() == first.model_dump_json()
+    assert first.tools[0]["function"]["parameters"]["properties"]["n"]["maximum"] == "nan"
