@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -400,12 +401,20 @@ def with_decoded_arguments(messages: Sequence[Message]) -> list[Message]:
 
 def langchain_to_openai(messages: Iterable[Any]) -> list[Message]:
     """Convert LangChain messages (objects, tuples or dicts) to OpenAI chat messages."""
-    from langchain_core.messages import convert_to_messages
+    base_message, convert_to_messages = _langchain_messages()
+    items = list(messages)
+    if not all(isinstance(message, base_message) for message in items):  # (it gives message objects back as they are)
+        items = convert_to_messages(items)
+    return [_langchain_message_to_openai(message) for message in items]
 
-    out: list[Message] = []
-    for message in convert_to_messages(list(messages)):
-        out.append(_langchain_message_to_openai(message))
-    return out
+
+@functools.cache
+def _langchain_messages() -> tuple[type, Any]:
+    """LangChain's ``BaseMessage`` and ``convert_to_messages``, imported once (``langchain_core.messages`` resolves each
+    name at every import statement; capture converts one message at a time)."""
+    from langchain_core.messages import BaseMessage, convert_to_messages
+
+    return BaseMessage, convert_to_messages
 
 
 def _langchain_message_to_openai(message: Any) -> Message:
@@ -631,10 +640,10 @@ def _genai_arguments(arguments: Any) -> Any:
     gives back what the model wrote (the conventions allow any value here)."""
     if isinstance(arguments, str) and arguments.strip():
         try:
-            if not isinstance(json.loads(arguments), dict):
-                return clean_text(arguments)
+            decoded = json.loads(arguments)
         except (ValueError, RecursionError):
             return clean_text(arguments)
+        return decoded if isinstance(decoded, dict) else clean_text(arguments)  # (what parse_arguments gives: decoded once)
     return parse_arguments(arguments)
 
 

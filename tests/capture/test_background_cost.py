@@ -1,6 +1,7 @@
 """Capture's background work per run (issue 11.5: what competes with the agent under sustained load) is done once where
 it repeats: the store writer is not woken at every run's end, spans already in GenAI form are not copied by
-``normalize``, and an agent's tool schemas are normalised once for all its runs. Each stays exact: the same stored
+``normalize``, an agent's tool schemas are normalised once for all its runs, and each message is converted without
+LangChain's ``convert_to_messages`` where it is a message object already, its calls' arguments decoded once. Each stays exact: the same stored
 trajectories (tests/capture/test_golden.py holds the stored rows and exported spans of real graphs)."""
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import json
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from langchain_core.messages import AIMessage
+import langchain_core.messages as lc_messages
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
@@ -18,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware import LocalExperienceStore, messages, record_experience
 from ee_middleware.capture import assembler
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble
@@ -172,3 +175,54 @@ def test_tool_schemas_json_holds_only_as_text_give_the_same_trajectory_every_run
     first = assemble([root, chat])
     assert assemble([root, chat]).model_dump_json() == first.model_dump_json()
     assert first.tools[0]["function"]["parameters"]["properties"]["n"]["maximum"] == "nan"
+
+
+def test_message_objects_are_converted_without_langchains_convert_to_messages(monkeypatch):
+    calls = []
+    convert = lc_messages.convert_to_messages
+    monkeypatch.setattr(lc_messages, "convert_to_messages", lambda items: calls.append(list(items)) or convert(items))
+    imported = getattr(messages, "_langchain_messages", None)  # (LangChain's names, imported once)
+    try:
+        if imported is not None:
+            imported.cache_clear()
+        history = [
+            HumanMessage("add 1 and 2"),
+            AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}]),
+            ToolMessage("3", tool_call_id="c1"),
+        ]
+        assert messages.langchain_to_openai(history) == [
+            {"role": "user", "content": "add 1 and 2"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a":1,"b":2}'}}],
+            },
+            {"role": "tool", "content": "3", "tool_call_id": "c1"},
+        ]
+        assert calls == []
+        # what is not a message object yet is converted by LangChain, as before
+        assert messages.langchain_to_openai([history[0], ("user", "and 3")]) == [
+            {"role": "user", "content": "add 1 and 2"},
+            {"role": "user", "content": "and 3"},
+        ]
+        assert len(calls) == 1
+    finally:
+        if imported is not None:
+            imported.cache_clear()  # (not to keep the stand-in)
+
+
+def test_a_tool_calls_arguments_are_decoded_once(monkeypatch):
+    decoded = []
+
+    def loads(text, **kwargs):
+        decoded.append(text)
+        return json.loads(text, **kwargs)
+
+    monkeypatch.setattr(messages, "json", SimpleNamespace(loads=loads, dumps=json.dumps, JSONDecodeError=json.JSONDecodeError))
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+    [genai] = messages.openai_to_genai([{"role": "assistant", "content": "", "tool_calls": [call]}])
+    assert genai["parts"] == [{"type": "tool_call", "id": "c1", "name": "add", "arguments": {"a": 1, "b": 2}}]
+    assert decoded == ['{"a": 1, "b": 2}']
+    # text that is no JSON object is kept as written, as before
+    call["function"]["arguments"] = "[1, 2]"
+    assert messages.openai_to_genai([{"role": "assistant", "content": "", "tool_calls": [call]}])[0]["parts"][0]["arguments"] == "[1, 2]"
