@@ -19,6 +19,7 @@ from ee_middleware.cli.app import app
 from ee_middleware.evals.curriculum import SYNTHETIC_DROPPED
 from ee_middleware.replay.curriculum import PARENT_KEY
 from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.testing.http import ScriptedChatServer
 from tests.replay import conftest as replay_fixtures
 from tests.replay.test_experience import ScriptedExperienceModel
 
@@ -239,14 +240,12 @@ def test_a_policy_server_that_reuses_call_ids_stores_each_step_with_its_own_obse
 ) -> None:
     """Before: observations were kept by call id, so the second call's ("0") replaced the first's and the stored
     trajectory read ls -> pwd's observation; the policy was sent both tool results under the one id."""
-    from tests.evals.test_call_ids import chat_server
-
-    seen: list[dict[str, Any]] = []
     judge = serve(_approve)
     tasks, _ = _tasks(bfcl_store_path, tmp_path)
-    with chat_server(answers, seen) as url:
-        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{url}#tgi", "--sandbox", "bfcl"]
+    with ScriptedChatServer(answers, models=None) as policy:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#tgi", "--sandbox", "bfcl"]
         result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    seen = policy.requests
     assert result.exit_code == 0, result.output
     [trajectory_id] = json.loads(result.stdout)["trajectories"]
     store = LocalExperienceStore(bfcl_store_path)
@@ -269,14 +268,12 @@ def test_a_policy_server_that_reuses_call_ids_stores_each_step_with_its_own_obse
 def test_a_judge_served_without_a_model_listing_is_used(bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
     """Before: a judge whose server answers chat but has no GET /v1/models (404) was refused as 'cannot be reached',
     though ee improve's own check counts such a refusal as an answer."""
-    from tests.evals.test_call_ids import chat_server
-
-    seen: list[dict[str, Any]] = []
     policy = serve(_policy(["ls"]))
     tasks, _ = _tasks(bfcl_store_path, tmp_path)
     verdict = {"role": "assistant", "content": json.dumps({"reasoning": "it listed the folder", "reward": 1})}
-    with chat_server([verdict], seen) as judge_url:
+    with ScriptedChatServer([verdict], models=None) as judge:  # no model listing: GET /v1/models is a 404
         args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
-        result = runner.invoke(app, [*args, "--judge", f"openai:{judge_url}#j", "--store", str(bfcl_store_path), "--json"])
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    seen = judge.requests
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["kept"] == 1 and len(seen) == 1, "the judge was asked and its verdict kept the rollout"
