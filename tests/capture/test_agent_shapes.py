@@ -28,7 +28,7 @@ from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
 
-OFFLOADS = pytest.mark.parametrize("offload", ["thread", "process"])
+OFFLOADS = pytest.mark.parametrize("offload", ["thread", pytest.param("process", marks=pytest.mark.heavy)])  # process: make test-heavy
 pytestmark = pytest.mark.usefixtures("no_child_left")  # every child process started here is stopped
 
 

@@ -20,6 +20,9 @@ from ee_middleware.export import export_jsonl
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 
+OFFLOADS = ["thread", pytest.param("process", marks=pytest.mark.heavy)]
+"""Capture in the agent's threads, and in a child process (a child per recorder: make test-heavy)."""
+
 
 @tool
 def fx_rate(cur: str) -> str:
@@ -65,7 +68,7 @@ def _supervisor(tool_fn: Any) -> Any:
     return create_agent(model, [tool_fn], system_prompt="You are the supervisor.")
 
 
-@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("offload", OFFLOADS)
 @pytest.mark.parametrize("inner_thread", [False, True], ids=["inherits_config", "own_thread"])
 def test_an_agent_run_inside_a_tool_is_a_trajectory_of_its_own(tmp_path: Path, offload: str, inner_thread: bool, caplog: Any) -> None:
     """The supervisor's tool runs a sub-agent. Its model and tool calls were mixed into the supervisor's trajectory
@@ -149,7 +152,7 @@ def _stored(*paths: Path) -> list[Any]:
     return sorted(out, key=lambda pair: pair[0].started_at)
 
 
-@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("offload", OFFLOADS)
 @pytest.mark.parametrize("stores", ["same_store", "own_store"])
 def test_a_sub_agent_recorded_itself_is_stored_once_by_its_own_recorder(tmp_path: Path, offload: str, stores: str, caplog: Any) -> None:
     """The supervisor's tool invokes a sub-agent that is itself wrapped with ``record_experience`` (app "fx-expert", in
@@ -297,7 +300,7 @@ def fail_on_supervisor(text: str) -> str:
     return text
 
 
-@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("offload", OFFLOADS)
 @pytest.mark.parametrize("failing", ["sub_agent", "supervisor"])
 def test_a_call_that_could_not_be_recorded_whole_costs_only_its_own_run(
     tmp_path: Path, offload: str, failing: str, monkeypatch: Any
@@ -335,7 +338,7 @@ def fail_on_tenant(text: str) -> str:
     return text
 
 
-@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("offload", OFFLOADS)
 def test_a_run_inside_a_tool_is_not_stored_without_the_environment_it_takes_from_the_outer_run(
     tmp_path: Path, offload: str, monkeypatch: Any
 ) -> None:
@@ -401,7 +404,7 @@ def _run(agent: Any, question: str, *, run_async: bool) -> Any:
     return agent.invoke({"messages": [("user", question)]}, config)
 
 
-@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("offload", OFFLOADS)
 @pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
 def test_a_recorded_agent_a_node_invokes_is_stored_once_by_its_own_recorder(
     tmp_path: Path, offload: str, run_async: bool, caplog: Any
@@ -459,7 +462,7 @@ def test_an_unwrapped_agent_a_node_invokes_stays_part_of_the_run(tmp_path: Path,
     ]
 
 
-@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("offload", OFFLOADS)
 @pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
 def test_a_recorded_graph_used_as_a_node_is_a_subgraph_of_the_run_and_stored_by_its_recorder_too(
     tmp_path: Path, offload: str, run_async: bool

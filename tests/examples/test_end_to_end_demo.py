@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from ee_middleware.jobs.runs import RunsDir
+
+pytestmark = pytest.mark.heavy  # the quick demo's whole loop (CI also runs make demo-quick): make test-heavy
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "end_to_end.py"
 

@@ -24,6 +24,8 @@ from ee_middleware.jobs.improve import STAGES, run_improve
 from ee_middleware.jobs.runs import RunsDir
 from tests.jobs.conftest import APP, stage_times, write_config
 
+pytestmark = pytest.mark.heavy  # whole ee improve runs (every stage, tiny models, a real local server): make test-heavy
+
 
 def _registry(workspace: Path):
     from ee_middleware.adapters.registry import open_registry

@@ -16,6 +16,8 @@ from ee_middleware.cli.app import app
 from ee_middleware.jobs.runs import RunsDir
 from tests.jobs.conftest import write_config
 
+pytestmark = pytest.mark.heavy  # whole ee improve runs from the command line: make test-heavy
+
 SHORT_NIGHT = "[improve.budgets]\nmax_minutes = 0.000001\n"
 """A run that starts (run.json written) and stops before its first stage (exit 3)."""
 

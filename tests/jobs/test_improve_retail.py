@@ -21,6 +21,8 @@ from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.improve import run_improve
 from ee_middleware.jobs.runs import RunsDir
 
+pytestmark = pytest.mark.heavy  # whole ee improve runs on the retail world: make test-heavy
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 if str(EXAMPLES) not in sys.path:  # the retail example imports as retail_db (as tests/examples/conftest.py does)
     sys.path.insert(0, str(EXAMPLES))

@@ -15,6 +15,8 @@ from ee_middleware.jobs.improve import run_improve
 from ee_middleware.jobs.runs import PRUNING_DIR, RunsDir
 from tests.jobs.conftest import APP, write_config
 
+pytestmark = pytest.mark.heavy  # several whole ee improve runs per test: make test-heavy
+
 
 def _registry(folder: Path):
     from ee_middleware.adapters.registry import open_registry

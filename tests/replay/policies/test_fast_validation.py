@@ -98,6 +98,7 @@ def _compare(schemas: ToolSchemas, name: str, arguments: dict[str, Any], counts:
         counts["not_fast"] += 1
 
 
+@pytest.mark.heavy  # every BFCL schema and thousands of candidates through both validators: about a minute
 def test_every_bfcl_schema_and_mutation_candidate_gets_jsonschemas_verdict() -> None:
     counts = {"valid": 0, "invalid": 0, "not_fast": 0}
     fast_schemas = 0

@@ -63,7 +63,7 @@ def test_labels_are_exactly_the_completion_tokens(built: Path, family: str, kind
 
 
 @pytest.mark.parametrize(
-    "family", [pytest.param(family, marks=[] if family == "gemma-2" else [pytest.mark.slow]) for family in sorted(CASES)]
+    "family", [pytest.param(family, marks=[pytest.mark.heavy] if family == "gemma-2" else [pytest.mark.slow]) for family in sorted(CASES)]
 )
 def test_train_iwm_and_reload_the_adapter(built: Path, tmp_path: Path, family: str) -> None:
     from peft import PeftModel

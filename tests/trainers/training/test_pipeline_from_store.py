@@ -12,6 +12,8 @@ import pytest
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 from ee_middleware.trainers.training import ContextBudgetWarning, TrainConfig, train
 
+pytestmark = pytest.mark.heavy  # replay, datasets and LoRA training per test: make test-heavy
+
 
 @pytest.fixture(scope="module")
 def built_data(replayed_store_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
