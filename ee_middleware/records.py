@@ -338,7 +338,9 @@ class ReplayRecord(_Record):
         """The counts of :data:`FEWER_ANSWERS` in ``details["fewer_answers"]``, each 0 where it is absent (a policy that
         got every answer it asked for, and records written before replay counted them). The worker that replayed this
         trajectory counts what its policy met since its previous record: with proposals asked for ahead (more than one
-        request in flight), a few of the next trajectory's may be counted here, but a run's records sum to its counts."""
+        request in flight), a few of the next trajectory's may be counted here. A policy rebuilt after a failure is read
+        again at every record until the requests it was still answering have ended, so a run's records sum to its
+        counts; only a stopped run (Ctrl-C, SIGTERM) leaves out the requests it did not wait for."""
         given = self.details.get("fewer_answers")
         given = given if isinstance(given, dict) else {}
         return {name: int(given.get(name) or 0) for name in FEWER_ANSWERS}

@@ -125,7 +125,13 @@ class _Worker:
         self._waiting: tuple[Trajectory | TrajectoryRows, ProposingAhead | None] | None = None
         """The trajectory held for the next call, with its proposals asked for (see :meth:`replay_all`)."""
         self._answers_closed: collections.Counter[str] = collections.Counter()
-        """The answer counts (see :func:`answer_counts`) of the policies this worker closed (rebuilt after a failure)."""
+        """The answer counts (see :func:`answer_counts`) of the policies this worker closed (rebuilt after a failure)
+        whose requests had all ended."""
+        self._closed_in_flight: list[tuple[Any, list[Future[Any]]]] = []
+        """The policies this worker let go while requests they were asked were still running (a trajectory failed while
+        the next one's proposals were asked for ahead), with those requests. Such a policy is closed only once they
+        have ended (closing a served policy's client cuts its requests off, and the server's work is lost), and its
+        counts grow as they end: each record reads them again until then."""
         self._answers_recorded: collections.Counter[str] = collections.Counter()
         """The answer counts already put in a record (see :meth:`_with_answer_counts`)."""
 
@@ -229,7 +235,9 @@ class _Worker:
         """``outcome`` with what this worker's policy counted of answers fewer than asked since its previous record
         (``details["fewer_answers"]``, see :meth:`~ee_middleware.records.ReplayRecord.fewer_answers`): the job's summary
         sums the records, so every worker's counts (a process's, a Ray actor's, the job's own) are summed once."""
+        running = self._closed_answer_counts()  # (first: it moves those whose requests ended into _answers_closed)
         now = collections.Counter(self._answers_closed)
+        now.update(running)
         if self._parts is not None:
             now.update(answer_counts(getattr(self._parts[1], "policy", None)))
         new = {name: count - self._answers_recorded[name] for name, count in now.items() if count > self._answers_recorded[name]}
@@ -242,6 +250,22 @@ class _Worker:
         merged.update(new)
         details = {**record.details, "fewer_answers": dict(merged)}
         return ReplayOutcome(record.model_copy(update={"details": details}), outcome.rollouts, outcome.stored)
+
+    def _closed_answer_counts(self) -> collections.Counter[str]:
+        """The answer counts of the policies let go while their requests ran (see :attr:`_closed_in_flight`), as of
+        now; one whose requests have all ended is counted in :attr:`_answers_closed` from now on, and closed."""
+        counts: collections.Counter[str] = collections.Counter()
+        running = []
+        for policy, requests in self._closed_in_flight:
+            ended = all(request.done() for request in requests)  # before the counts are read: none grows after
+            if ended:
+                self._answers_closed.update(answer_counts(policy))
+                _close_quietly(policy)
+            else:
+                counts.update(answer_counts(policy))
+                running.append((policy, requests))
+        self._closed_in_flight = running
+        return counts
 
     def _writable_store(self) -> Any:
         """This worker's own handle on the job's store, or ``None`` when the job writes (see :attr:`WorkerSpec.store`)."""
@@ -315,14 +339,23 @@ class _Worker:
                 store.close()  # seals (and syncs) this worker's spool segment
         finally:
             self._close_parts()  # the sandbox's child must end even if that failed: the worker waits for it on exit
+            closed, self._closed_in_flight = self._closed_in_flight, []
+            for policy, _ in closed:  # their requests have ended, or a stopped worker does not wait for them
+                _close_quietly(policy)
 
     def _close_parts(self) -> None:
         if self._parts is not None:
             sandbox, proposer = self._parts
             self._parts = None
-            self._answers_closed.update(answer_counts(getattr(proposer, "policy", None)))  # counted in the next record
-            for part in (sandbox, getattr(proposer, "policy", None)):
-                _close_quietly(part)
+            policy = getattr(proposer, "policy", None)
+            _close_quietly(sandbox)
+            # its counts go in the next record; requests still running on it (all were asked before this) count more
+            running = self._requests.unfinished() if self._requests is not None else []
+            if running:
+                self._closed_in_flight.append((policy, running))  # closed once they have ended
+            else:
+                self._answers_closed.update(answer_counts(policy))
+                _close_quietly(policy)
 
 
 def _close_quietly(part: Any) -> None:
@@ -370,6 +403,7 @@ class RequestThreads(concurrent.futures.Executor):
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._shut = False
+        self._unfinished: set[Future[Any]] = set()  # submitted, and not ended yet (see unfinished())
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(threads)]
         for thread in self._threads:
             thread.start()
@@ -379,21 +413,29 @@ class RequestThreads(concurrent.futures.Executor):
             if self._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future[Any] = Future()
+            self._unfinished.add(future)
             self._queue.put((future, fn, args, kwargs))
         return future
+
+    def unfinished(self) -> list[Future[Any]]:
+        """The requests submitted that have not ended yet (queued or running; one cancelled has ended)."""
+        with self._lock:
+            self._unfinished = {future for future in self._unfinished if not future.done()}
+            return list(self._unfinished)
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             future, fn, args, kwargs = item
             del item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - the caller gets it from the future
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # noqa: BLE001 - the caller gets it from the future
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            with self._lock:
+                self._unfinished.discard(future)
             del future, fn, args, kwargs
         self._queue.put(None)  # the next thread ends too
 
@@ -408,6 +450,7 @@ class RequestThreads(concurrent.futures.Executor):
                         break
                     if item is not None:
                         item[0].cancel()
+                        self._unfinished.discard(item[0])
             self._queue.put(None)
         if wait:
             for thread in self._threads:

@@ -8,7 +8,11 @@ llama-cpp-python's OpenAI endpoints do); the client asks it again for the rest.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.job import ReplaySummary, run_replay
 from ee_middleware.replay.runner import ReplayOutcome
 from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing.http import send_json, serving
 from tests.conftest import BFCL_ENTRIES
 
 K = 3
@@ -134,3 +139,79 @@ def test_ee_replay_run_json_reports_the_counts_summed_over_two_workers(bfcl_stor
     assert result.exit_code == 0, result.output
     shown = " ".join(result.stdout.split())
     assert f"asked again in {2 * summary['states']} further request(s)" in shown and "fewer than n=3 choices" in shown
+
+
+class RefusingOnceServer:
+    """A real HTTP server that answers one choice per request whatever ``n`` is, and refuses the first request for
+    ``n=K`` with 400 (a state longer than a small context: that trajectory alone fails, and its worker rebuilds its
+    policy). For :data:`SLOW_WINDOW_S` after that refusal, the other trajectories' requests take :data:`SLOW_S` to
+    answer: the ones the worker asked for ahead are then surely still running when it closes the failed policy.
+    It counts what it answered: ``first`` (``n=K``, answered) and ``further`` (``n<K``: the client asking again)."""
+
+    SLOW_S = 0.5
+    SLOW_WINDOW_S = 1.5
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.first = self.further = self.refused = 0
+        self.refused_task: str | None = None
+        self.refused_at = 0.0
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                send_json(self, {"object": "list", "data": [{"id": "em"}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                task = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+                with server.lock:
+                    refuse = body.get("n", 1) == K and server.refused_task is None
+                    if refuse:
+                        server.refused, server.refused_task, server.refused_at = 1, task, time.monotonic()
+                    slow = server.refused_task not in (None, task) and time.monotonic() - server.refused_at < server.SLOW_WINDOW_S
+                if refuse:
+                    error = {"message": "this request exceeds the context length", "type": "invalid_request_error"}
+                    send_json(self, {"error": error}, status=400)
+                    return
+                time.sleep(server.SLOW_S if slow else 0.01)
+                with server.lock:  # counted once answered (the client counts it once it reads the answer)
+                    if body.get("n", 1) == K:
+                        server.first += 1
+                    else:
+                        server.further += 1
+                message = {"role": "assistant", "content": "I would not call anything else here."}
+                send_json(self, {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def refusing_once() -> Iterator[tuple[RefusingOnceServer, str]]:
+    model = RefusingOnceServer()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), model.handler())) as base_url:
+        yield model, f"openai:{base_url}#em"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_counts_of_a_policy_rebuilt_after_a_failure_are_all_summed_with_its_requests_still_in_flight(
+    workers: int, bfcl_store_path: Path, refusing_once: tuple[RefusingOnceServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One trajectory fails on a 400 while the next one's proposals, asked for ahead on the same policy, are still being
+    answered. Before, the worker read the failed policy's counts once, as it closed it, and closing its client cut
+    those requests off (the server had answered them, the client asked again): the summary counted 38 short answers
+    where the server had answered 43 to 46."""
+    model, spec = refusing_once
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # every trajectory to the workers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=K, workers=workers, policy=spec))
+    assert model.refused == 1 and len(summary.failed) == 1 and summary.done == BFCL_ENTRIES - 1, summary.failed
+    assert "exceeds the context length" in next(iter(summary.failed.values())), summary.failed
+    assert (summary.server_short_answers, summary.extra_requests) == (model.first, model.further), "every answer the server gave"
+    assert _summed(_records(bfcl_store_path)) == {name: summary.to_dict()[name] for name in FEWER_ANSWERS}
