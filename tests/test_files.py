@@ -139,6 +139,8 @@ def test_writes_go_on_unlocked_on_a_file_system_without_locks_stand_in_no_locks(
     """Where ``flock`` fails (ENOLCK: NFS without a lock daemon) every writer still writes, unlocked, and leaves neither
     a temporary file nor a descriptor behind; without the fallback each of these raised "No locks available"."""
     no_locks_stand_in(monkeypatch)
+    pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "warm.parquet")  # polars' first write opens descriptors it keeps
+    (tmp_path / "warm.parquet").unlink()
     before = _open_fds()
     atomic_write_text(tmp_path / "a.json", "x")
     atomic_write_bytes(tmp_path / "b", b"y")
