@@ -726,7 +726,8 @@ class _JobForkServer:
         for module, name in _FORK_SERVER_INTERNALS:
             getattr(server if module is None else importlib.import_module(module), name)  # AttributeError if it moved
         server.set_forkserver_preload(list(dict.fromkeys(preload)))
-        server.ensure_running()
+        with _sigint_ignored_by_children():
+            server.ensure_running()
         self._server = server
         try:
             self.pid: int = server._forkserver_pid  # type: ignore[attr-defined]
@@ -756,6 +757,24 @@ class _JobForkServer:
         fd, state._forkserver_alive_fd = state._forkserver_alive_fd, None
         if fd is not None:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """A process started in this block (the job's fork server) ignores SIGINT from its first instruction: an ignored
+    signal stays ignored across ``exec``, and Python then installs no ``KeyboardInterrupt`` for it. The server ignores
+    it anyway once its imports are done, but a Ctrl-C to the job's process group during them ended it with a "Fatal
+    Python error" traceback on the job's terminal. Workers it forks ignore SIGINT too until they handle it (see
+    :func:`_init_process_worker`). A no-op outside the main thread (only it can set handlers)."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None:  # (also: a handler not set from Python, which cannot be put back)
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 _FORK_SERVER_INTERNALS: tuple[tuple[str | None, str], ...] = (
@@ -905,6 +924,7 @@ class ProcessExecutor:
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
         self._here = _JobReplays(spec)
         self._unanswered = [0] * workers  # trajectories sent to each worker whose outcomes have not come back
+        self._all_replayed = False  # set once map() has yielded every trajectory's outcome
         self._sizes = _BatchSizes(target_s=_LOCAL_BATCH_S)
         self._pools: list[ProcessPoolExecutor] = []  # one per worker (a pool of one process)
         try:
@@ -980,6 +1000,7 @@ class ProcessExecutor:
             while True:
                 self._submit(source, pending)
                 if not pending:
+                    self._all_replayed = True
                     return
                 done = _first_done(pending)
                 failure: Exception | None = None
@@ -1024,23 +1045,30 @@ class ProcessExecutor:
             return
 
     def close(self) -> None:
-        """End the workers and the fork server. Workers with trajectories still to answer for (the job ended early: Ctrl-C,
-        SIGTERM, an error) are stopped first (see :meth:`_stop_workers`): the job then ends within about a second instead
-        of after every trajectory they were sent; a second Ctrl-C, SIGTERM or SIGHUP meanwhile kills them."""
+        """End the workers and the fork server. When the job ends early (Ctrl-C, SIGTERM, an error; also before any
+        trajectory was sent, the fork server still importing or the workers still building their policy), or a worker
+        has not finished starting, the workers are stopped first (see :meth:`_stop_workers`): the job then ends within
+        about a second instead of after every trajectory they were sent, or their warm-up (a model loading). A second
+        Ctrl-C, SIGTERM or SIGHUP meanwhile kills them."""
         try:
-            if self._starter is not None:
-                self._starter.join()  # it ends once the server forked the workers, or failed to
-            if any(self._unanswered):
-                with second_signal_ends(self._kill_workers):
+            with second_signal_ends(self._kill_workers):
+                early = not self._all_replayed or any(self._unanswered)
+                if early:
+                    self._stop.set()  # a worker forked from now on skips its warm-up (see _init_process_worker)
+                if self._starter is not None:
+                    _join(self._starter)  # it ends once the server forked the workers, or failed to
+                if early or not self._all_started():
                     self._stop_workers()
-                    self._shut_pools()
-            else:
                 self._shut_pools()
         finally:
             try:
                 self._here.close()
             finally:
                 self._stop_server()
+
+    def _all_started(self) -> bool:
+        """Whether every worker has started (its warm-up done: see :func:`_started`)."""
+        return len(self._ready) == len(self._pools) and all(ready.done() for ready in self._ready)
 
     def _stop_workers(self) -> None:
         """Tell every worker to replay nothing more: the calls queued for it then return at once, and a worker that

@@ -12,6 +12,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ee_middleware.replay.config import ReplayConfig
@@ -60,6 +61,53 @@ def test_a_job_stopped_while_its_workers_build_their_policy_ends_at_once(
     assert "interrupted: the replay stopped" in stderr and "0 of 6 trajectories" in stderr, stderr
     assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
     assert LocalExperienceStore(bfcl_store_path).replays().height == 0
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group"])
+def test_a_job_stopped_before_its_workers_are_forked_ends_at_once(bfcl_store_path: Path, jobs: list[Job], tmp_path: Path, how: str) -> None:
+    """The stop comes while the job's fork server still imports what workers need (no worker forked, no call queued
+    yet). Before, the job then waited for every worker's whole warm-up (300 s here; a second SIGTERM did not end that
+    wait either), and a Ctrl-C to its process group ended the fork server in its imports with a "Fatal Python error"
+    traceback on the terminal."""
+    built = tmp_path / "building"
+    built.mkdir()
+    job = Job(
+        bfcl_store_path,
+        *("--workers", "2", "--isolation", "subprocess", "--policy", "tests.replay.policies_for_tests:slow_to_build"),
+        env={"EE_TEST_BUILD_DIR": str(built), "EE_TEST_BUILD_DELAY": str(BUILD_DELAY_S)},
+    )
+    jobs.append(job)
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    while not _has_fork_server(job.proc.pid):
+        assert job.proc.poll() is None, job.proc.stderr.read()
+        assert time.monotonic() < deadline, "the job never started its fork server"
+        time.sleep(0.005)
+    time.sleep(0.1)
+    assert list(built.iterdir()) == [], "no worker builds its policy yet (the fork server still imports)"
+    if how.startswith("SIGTERM"):
+        job.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(job.proc.pid, signal.SIGINT)
+    stderr = stopped(job, STOPS_WITHIN_S)
+    assert "interrupted: the replay stopped" in stderr and "0 of 6 trajectories" in stderr, stderr
+    assert list(built.iterdir()) == [], "a worker forked after the stop skips its warm-up"
+    assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
+    assert LocalExperienceStore(bfcl_store_path).replays().height == 0
+
+
+def _has_fork_server(pid: int) -> bool:
+    """Whether the process ``pid`` has started its fork server (a child whose command line names it)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:  # it ended
+        return False
+    for child in children:
+        try:
+            if "forkserver" in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:  # ended meanwhile
+            continue
+    return False
 
 
 def test_a_job_whose_worker_died_signals_no_longer_its_pid_when_it_stops_signals_recorded(
