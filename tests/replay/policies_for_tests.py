@@ -8,7 +8,8 @@ build them too. ``gated`` and ``failing`` are the mutation policy with one diffe
 - ``slow_to_build``: leaves a file named by its process's pid in ``EE_TEST_BUILD_DIR``, then takes
   ``EE_TEST_BUILD_DELAY`` seconds to build (a policy loading a model);
 - ``dying``: its process dies (SIGKILL) at the trajectory ``EE_TEST_DIE_ON`` names, after writing its pid into the
-  file ``EE_TEST_DIED_PID`` (a worker killed by the kernel's out-of-memory killer, or a native crash).
+  file ``EE_TEST_DIED_PID`` (a worker killed by the kernel's out-of-memory killer, or a native crash); each process
+  that builds it leaves a file named by its pid in ``EE_TEST_BUILD_DIR`` (when set).
 
 :class:`FixedCallsPolicy` is the base of tests' policies that propose the same calls at every state.
 """
@@ -64,6 +65,9 @@ class _Dying(MutationPolicy):
 
 
 def dying(**options: Any) -> MutationPolicy:
+    folder = os.environ.get("EE_TEST_BUILD_DIR")
+    if folder:
+        Path(folder, str(os.getpid())).touch()
     return _Dying()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -115,23 +116,30 @@ def test_a_job_whose_worker_died_signals_no_longer_its_pid_when_it_stops_signals
 ) -> None:
     """A worker killed (out of memory, a native crash) is reaped at once by the job's fork server, so its pid is free
     for any new process; the pool that ran it still lists it. The job then stops (its pool is broken) and stops its
-    other workers with SIGINT: before, it sent one to the dead worker's pid too, which another process may hold by
-    then. The signals the job sends are recorded (and sent)."""
-    died = tmp_path / "died-pid"
+    other worker with SIGINT: before, it sent one to the dead worker's pid too, which another process may hold by
+    then. The signals sent are recorded (and sent), each with the module that sent it: the job's own code, or
+    CPython's clean-up of the broken pool (which sends SIGTERM to every process it lists, the dead one too)."""
+    died, built = tmp_path / "died-pid", tmp_path / "building"
+    built.mkdir()
     trajectory = LocalExperienceStore(bfcl_store_path).trajectories()["id"].to_list()[2]
     monkeypatch.setenv("EE_TEST_DIE_ON", trajectory)
     monkeypatch.setenv("EE_TEST_DIED_PID", str(died))
-    sent: list[tuple[int, int]] = []
+    monkeypatch.setenv("EE_TEST_BUILD_DIR", str(built))
+    sent: list[tuple[int, int, str]] = []
     real_kill = os.kill
 
     def recorded_kill(pid: int, sig: int) -> None:
-        sent.append((pid, sig))
+        sent.append((pid, sig, sys._getframe(1).f_globals.get("__name__", "")))
         real_kill(pid, sig)
 
     monkeypatch.setattr(os, "kill", recorded_kill)
     with pytest.raises(BrokenProcessPool):
         run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, policy="tests.replay.policies_for_tests:dying"))
     dead = int(died.read_text())
-    assert sent, "the job stopped its other worker"
-    # (the broken pool's own clean-up, in CPython's concurrent.futures, still sends SIGTERM to every process it lists)
-    assert [sig for pid, sig in sent if pid == dead and sig != signal.SIGTERM] == [], sent
+    workers = {int(path.name) for path in built.iterdir()}
+    assert dead in workers and len(workers) == 2 and os.getpid() not in workers, (dead, workers)
+    (live,) = workers - {dead}
+    by_the_job = [(pid, sig) for pid, sig, sender in sent if sender.startswith("ee_middleware.")]
+    assert (live, signal.SIGINT) in by_the_job, f"the job stopped its live worker: {sent}"
+    assert [sig for pid, sig in by_the_job if pid == dead] == [], f"the job signalled the dead worker's pid: {sent}"
+    assert [sig for pid, sig, _ in sent if pid == dead and sig != signal.SIGTERM] == [], sent
