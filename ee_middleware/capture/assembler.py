@@ -1125,9 +1125,11 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) ->
     after a review, a reviewer's node answering) has no decision to end early. Nor did a run end early whose last
     message is the answer of its last decision made for a structured reply
     (:data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`: a node wrote that call's text or arguments as the
-    reply), or one some model call wrote as its reply (a drafter's, before a grader's structured call or a router's call
-    that its node read). A structured call followed by a message no model wrote (a judge after a call limit ended the
-    run, a planner's loop a guard node ended) is still ``stopped``."""
+    reply), or whose last message the node run that made that call wrote (capture's
+    :data:`~ee_middleware.capture.semconv.EE_LAST_REPLY_TASK`: a message built from the reply, a report's summary or a
+    grader's "Score 8/10"), or one some model call wrote as its reply (a drafter's, before a grader's structured call
+    or a router's call that its node read). A structured call followed by a message another node or a middleware wrote
+    (a judge after a call limit ended the run, a planner's loop a guard node ended) is still ``stopped``."""
     if not decisions:
         return None  # a run that called no model (a reviewer's node answering on resume): nothing ended it early
     ended = [m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "assistant" and not m.get("tool_calls")]
@@ -1141,6 +1143,8 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) ->
         if str(decision["span"].attributes.get(sc.EE_STRUCTURED_OUTPUT)).lower() == "true":
             if _structured_answer_is(decision["raw_outputs"], text):
                 return None  # its node answered with the structured reply (the call's text or one of its arguments)
+            if _written_in(root.attributes.get(sc.EE_LAST_REPLY_TASK), decision["span"]):
+                return None  # its node wrote the last message, built from the reply (a summary, "42.50 EUR", a score)
             break  # read by its node (a grader, a planner): whether a model wrote the last message tells, below
         if not any(m.get("tool_calls") for m in decision["outputs"]):
             return None  # the model answered: the run ended on its reply
@@ -1150,6 +1154,15 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) ->
         return None  # a model call wrote it; the calls after it were read by their nodes (a grader, a router)
     quoted = text if len(text) <= 200 else text[:200] + "..."
     return f"a middleware or graph node ended the run, not the model: no model call wrote its last message ({quoted!r})"
+
+
+def _written_in(task: Any, span: SpanData) -> bool:
+    """Whether the LangGraph node run ``task`` (a checkpoint namespace) made the model call of ``span``: the call's own
+    namespace, or one inside it (a graph the node invoked itself)."""
+    made_in = span.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
+    if not task or not made_in:
+        return False
+    return str(made_in) == str(task) or str(made_in).startswith(f"{task}|")
 
 
 def _structured_answer_is(outputs: list[dict[str, Any]], text: str) -> bool:

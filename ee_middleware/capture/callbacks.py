@@ -71,7 +71,11 @@ class RunCapture(BaseCallbackHandler):
         state that ends on calls without their tool messages (``HumanInTheLoopMiddleware``, a review node before the
         tools); ``False`` where the node that paused was given one that does not (a review after the model answered, a
         structured-output call between); ``None`` where no node paused, or its input holds no conversation."""
-        self._node_runs: set[UUID] = set()  # the open chains that are LangGraph nodes (given their graph's state)
+        # the open chains that are LangGraph nodes (given their graph's state), with their task's checkpoint namespace
+        self._node_runs: dict[UUID, str] = {}
+        # the assistant messages nodes returned, by identity (the graph's state holds those objects), with the checkpoint
+        # namespace of the first (innermost) node run that returned each: which node wrote the run's last message
+        self._writers: dict[int, tuple[Any, str]] = {}
         self._tool_names: tuple[str, ...] | None = None  # of the tools offered at the run's last model call
         self._tools_offered: Any = None  # that call's tool list itself: a bound model passes the same list every call
         # where a graph runs inside a tool (an agent as a tool): the open chains' parents, and the open tool calls with
@@ -108,12 +112,15 @@ class RunCapture(BaseCallbackHandler):
         self._chains[run_id] = (inputs, running)
         node = (kwargs.get("metadata") or {}).get("langgraph_node")
         if node is not None and kwargs.get("name") == node:
-            self._node_runs.add(run_id)
+            self._node_runs[run_id] = str((kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns") or node)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
         self._chains.pop(run_id, None)
-        self._node_runs.discard(run_id)
+        task = self._node_runs.pop(run_id, None)
+        if task is not None:
+            for message in _written_replies(outputs):
+                self._writers.setdefault(id(message), (message, task))
         if run_id == self._graph_run:
             self.graph_output = outputs
 
@@ -125,7 +132,16 @@ class RunCapture(BaseCallbackHandler):
                 # the node that paused (the first to raise it: a subgraph's node before the subgraph's node in its parent)
                 self.awaits_calls = awaits_calls(given[0] if given is not None else None)
             self.interrupted = True
-        self._node_runs.discard(run_id)
+        self._node_runs.pop(run_id, None)
+
+    def last_reply_task(self, output: Any) -> str | None:
+        """The checkpoint namespace of the LangGraph node run that wrote the last reply (an assistant message without
+        tool calls) in the graph's final state ``output``, or ``None`` where no node returned that message object."""
+        replies = [m for m in state_messages(output) or () if getattr(m, "type", None) == "ai" and not getattr(m, "tool_calls", None)]
+        if not replies:
+            return None
+        found = self._writers.get(id(replies[-1]))
+        return found[1] if found is not None and found[0] is replies[-1] else None
 
     def _elsewhere(self) -> bool:
         """Whether a model or tool call made now belongs to another recorder's run, which stores it (its app, store and
@@ -395,6 +411,21 @@ class RunCapture(BaseCallbackHandler):
         span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))
 
 
+def _written_replies(update: Any) -> list[Any]:
+    """The assistant message objects a LangGraph node returned: in its update (a mapping, a ``Command``'s ``update``, a
+    list of them), under any key (``messages``, a custom state's own list)."""
+    update = getattr(update, "update", update) if type(update).__name__ == "Command" else update
+    if isinstance(update, Mapping):
+        found: list[Any] = []
+        for value in update.values():
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            found += [m for m in items if getattr(m, "type", None) == "ai" and hasattr(m, "tool_calls")]
+        return found
+    if isinstance(update, (list, tuple)):
+        return [m for item in update if isinstance(item, Mapping) or type(item).__name__ == "Command" for m in _written_replies(item)]
+    return []
+
+
 def awaits_calls(state: Any) -> bool | None:
     """Whether a graph state's conversation ends on tool calls that not all have their tool message (the calls of its
     last assistant message, after which only tool messages come): a run paused there waits on those calls, and has no
@@ -489,6 +520,8 @@ class RunRecord:
     """Why an ``interrupted`` run stopped, when nobody paused it (:func:`cancelled_reason`); ``None`` for a pause."""
     awaits_calls: bool | None = None
     """Whether a paused run paused on tool calls (:attr:`RunCapture.awaits_calls`); ``None`` where no node said."""
+    last_reply_task: str | None = None
+    """The LangGraph node run that wrote the run's last reply (:meth:`RunCapture.last_reply_task`); ``None`` where unknown."""
 
 
 def root_attributes(recorder: Recorder, trajectory_id: str, thread_id: Any) -> dict[str, Any]:
@@ -524,6 +557,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
             awaiting = record.awaits_calls if record.awaits_calls is not None else awaits_calls(record.output)
             if awaiting is not None:
                 attrs[sc.EE_AWAITS_CALLS] = awaiting
+        if record.last_reply_task is not None:
+            attrs[sc.EE_LAST_REPLY_TASK] = record.last_reply_task
         attrs.update(encoder.graph_output_attributes(record.output, fragments, paused=record.status == "interrupted"))
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)

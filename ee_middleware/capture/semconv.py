@@ -56,6 +56,10 @@ EE_TOOL_ERROR_POSITIONS = "ee.tool_call.error_positions"
 """The positions, in a ``chat`` span's input messages (in the run root's output messages), of the tool messages that
 report an error (a ``ToolMessage`` with ``status="error"``), also those no tool span failed for (a middleware that
 answered for the tool: ``ToolCallLimitMiddleware``, a guardrail). Positions, not call ids: a model may reuse ids."""
+EE_LAST_REPLY_TASK = "ee.langgraph.last_reply_task"
+"""Set on a run's root span where capture saw which LangGraph node run returned the run's last reply (an assistant
+message without tool calls): that run's checkpoint namespace (as :data:`EE_LANGGRAPH_CHECKPOINT_NS` of the model calls
+made in it). A structured-output call's node that writes a message built from its reply ended the run normally."""
 EE_RESUMED = "ee.langgraph.resumed"
 """Set (true) on a run's root span when the graph was invoked to continue from its checkpoint (``Command(...)`` or
 ``None`` as its input: resuming after a human review, a breakpoint or ``interrupt()``), not on new input."""

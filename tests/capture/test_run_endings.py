@@ -341,3 +341,103 @@ def test_a_structured_answer_written_as_json_is_completed(tmp_path: Path) -> Non
     builder.add_edge("answer", END)
     trajectory = record_once(record_experience(builder.compile(), app="shop", store=tmp_path / "s"), tmp_path / "s", TASK)
     assert (trajectory.status, trajectory.error) == ("completed", None)
+
+
+class Finding(BaseModel):
+    title: str
+    severity: str
+
+
+class Report(BaseModel):
+    """A review of the user's contract."""
+
+    summary: str
+    findings: list[Finding]
+
+
+class Quote(BaseModel):
+    """A price quote."""
+
+    price: float
+    currency: str
+
+
+class Feedback(BaseModel):
+    comment: str
+    suggestions: list[str]
+
+
+class NestedGrade(BaseModel):
+    """Grade the draft."""
+
+    score: int
+    feedback: Feedback
+
+
+def _formatting_node(schema: type[BaseModel], args: dict[str, Any], write: Any, *, draft: bool = False) -> Any:
+    """A graph whose last node makes a ``with_structured_output`` call and writes a message built from the reply (not
+    the reply's text nor one of its strings); with ``draft``, a drafting model's reply comes first (a grader graph)."""
+    model = ScriptedChatModel(
+        model_name="analyst", policy=lambda m, t: AIMessage(content="", tool_calls=[tool_call(schema.__name__, **args)])
+    )
+    drafter = ScriptedChatModel(script=[AIMessage(content="Your order ships today.")])
+
+    def answer(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage(content=write(model.with_structured_output(schema).invoke(state["messages"])))]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("answer", answer)
+    if draft:
+        builder.add_node("draft", lambda state: {"messages": [drafter.invoke(state["messages"])]})
+        builder.add_edge(START, "draft")
+        builder.add_edge("draft", "answer")
+    else:
+        builder.add_edge(START, "answer")
+    builder.add_edge("answer", END)
+    return builder.compile()
+
+
+FORMATTED_ENDINGS = {
+    "summary of a nested report": (
+        lambda: _formatting_node(
+            Report,
+            {"summary": "Two clauses need attention.", "findings": [{"title": "Auto-renewal", "severity": "high"}]},
+            lambda r: r.summary + "\n" + "\n".join(f"- {f.title} ({f.severity})" for f in r.findings),
+        ),
+        "Two clauses need attention.\n- Auto-renewal (high)",
+    ),
+    "price from a float field": (
+        lambda: _formatting_node(Quote, {"price": 42.5, "currency": "EUR"}, lambda q: f"{q.price:.2f} {q.currency}"),
+        "42.50 EUR",
+    ),
+    "grader posting its verdict after a draft": (
+        lambda: _formatting_node(
+            NestedGrade,
+            {"score": 8, "feedback": {"comment": "Clear and short.", "suggestions": ["Add the tracking link."]}},
+            lambda g: f"Score {g.score}/10. {g.feedback.comment}",
+            draft=True,
+        ),
+        "Score 8/10. Clear and short.",
+    ),
+}
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("case", list(FORMATTED_ENDINGS))
+def test_a_structured_node_writing_a_message_built_from_its_reply_is_completed(
+    case: str, offload: str, tmp_path: Path, tracer_provider: Any, span_exporter: Any
+) -> None:
+    """The node that made the run's last (structured-output) call wrote its last message, built from the reply: the run
+    ended normally. These were stored ``stopped`` ('a middleware or graph node ended the run') when only the reply's
+    own text or strings counted as its answer; capture now says which node run wrote the last reply."""
+    build, answer = FORMATTED_ENDINGS[case]
+    store = tmp_path / "s"
+    own = {"tracer_provider": tracer_provider} if offload == "thread" else {"offload": offload}
+    agent = record_experience(build(), app="shop", store=store, approve_if=completed, **own)
+    trajectory = record_once(agent, store, TASK)
+    assert (trajectory.status, trajectory.error, trajectory.final_answer) == ("completed", None, answer)
+    assert trajectory.approval.status == "approved"
+    if offload == "process":
+        return
+    spans = [from_readable_span(s) for s in span_exporter.get_finished_spans()]
+    assert assemble(spans, AssemblyOptions(app="shop")).status == "completed"
