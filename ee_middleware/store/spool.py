@@ -297,7 +297,9 @@ def remove_left_behind(spool_dir: Path, quarantine: Path) -> list[tuple[Path, Pa
     never read either way: :func:`list_segments` skips hidden names.
     """
     try:
-        gate = open_for_lock(spool_dir / CREATION_LOCK, os.O_CREAT, 0o644)  # writable: NFS locks only such exclusively
+        gate = open_for_lock(
+            spool_dir / CREATION_LOCK, os.O_CREAT, 0o666
+        )  # writable (by any user the umask lets: a shared store): NFS locks only such exclusively
     except FileNotFoundError:  # no spool yet
         return []
     try:
@@ -611,7 +613,7 @@ class SpoolWriter:
             fd = gate = -1
             try:
                 self._dir.mkdir(parents=True, exist_ok=True)
-                gate = os.open(self._dir / CREATION_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+                gate = os.open(self._dir / CREATION_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
                 fcntl.flock(gate, fcntl.LOCK_SH)
                 fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)

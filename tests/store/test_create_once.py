@@ -14,6 +14,7 @@ import pytest
 
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store.local import MARKER
+from ee_middleware.testing.store_conformance import sample_trajectory
 
 
 class _Synced:
@@ -119,3 +120,24 @@ def test_on_a_file_system_without_hard_links_the_marker_is_written_whole_stand_i
     assert caught.value.errno == errno.EPERM
     assert store.read_meta("redaction.key") is None and _temporary_files(store.root) == []
     store.close()
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022])
+def test_the_spools_creation_lock_is_writable_by_whom_the_umask_lets_so_others_can_compact_a_shared_store(
+    tmp_path: Path, umask: int
+) -> None:
+    """Compaction locks ``spool/.create.lock`` exclusively, which NFS grants only on a descriptor open for writing. It
+    was made 0o644 whatever the umask: on a group-shared store (umask 002) only its creator could compact (others fell
+    back to reading it, and NFS refused the lock: 'Bad file descriptor')."""
+    from ee_middleware.store.spool import CREATION_LOCK
+
+    before = os.umask(umask)
+    try:
+        store = LocalExperienceStore(tmp_path / "s")
+        store.write([sample_trajectory("a")])
+        assert store.compact() == 1
+        store.close()
+    finally:
+        os.umask(before)
+    [lock] = list((tmp_path / "s").rglob(CREATION_LOCK))
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o666 & ~umask
