@@ -169,13 +169,17 @@ class PayloadEncoder:
             return {sc.EE_TASK: self._redact(text)} if text else {}
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(messages, cache)}
         fields = _state_fields(graph_input)
-        # a history under another name than messages next to the question ({"input": q, "chat_history": [...]}, the
-        # shape of LangChain's AgentExecutor): the question is the field, the history's first question an earlier turn's
-        text = _named_text(fields) if fields is not None and not fields.get("messages") else None
+        converted = langchain_to_openai(messages)
+        # a history of earlier turns (ending on a reply) under another name than messages next to the question
+        # ({"input": q, "chat_history": [...]}, the shape of LangChain's AgentExecutor): the question is the field, the
+        # history's first question an earlier turn's. A list that ends on the user's question ({"chat": [q],
+        # "instructions": ...}) is the turn itself: the field next to it is a system prompt or a document
+        history = bool(converted) and converted[-1]["role"] == "assistant" and not converted[-1].get("tool_calls")
+        text = _named_text(fields) if fields is not None and not fields.get("messages") and history else None
         if text is not None:
             attrs[sc.EE_TASK] = self._redact(text)
             return attrs
-        task = next((m for m in langchain_to_openai(messages) if m["role"] == "user"), None)
+        task = next((m for m in converted if m["role"] == "user"), None)
         if task is not None:
             attrs[sc.EE_TASK] = self._redact(content_to_text(task["content"]))
         return attrs
@@ -250,7 +254,8 @@ TASK_FIELDS = ("question", "query", "task", "input", "prompt", "request", "messa
 def input_text(graph_input: Any) -> str | None:
     """The question in a graph's input that holds no messages: its text field named as a question (:data:`TASK_FIELDS`),
     as in ``{"question": q}`` or ``{"query": q, "max_results": 3}``; else its only text field where that is a user
-    message, or reads as one (several words, not an id, a URL or a path, under a name that is not an id's or a file's).
+    message, or may be one (:func:`_reads_as_question`: not an id, a code, a bare URL or path, nor under a name that is
+    an id's, a file's or a name's).
     The input is a dict or an input schema's pydantic or dataclass instance. ``None`` otherwise (``{"ticket_id":
     "T-1042"}``, several text fields none of which is named as the question): the run's task is then read from its
     model's input."""
@@ -285,16 +290,27 @@ _IDENTIFIER_NAMES = frozenset(
 
 
 def _reads_as_question(name: str, text: str) -> bool:
-    """Whether a lone text field ``name`` holding ``text`` reads as the run's question: a name that is not an id's, a
-    file's or a name's (:data:`_IDENTIFIER_NAMES`), and a text of several words that is no URL or path ("T-1042",
-    "https://...", "/data/in.csv", "Ann Lee" under ``customer`` are not; "Where is my parcel?" is)."""
+    """Whether a lone text field ``name`` holding ``text`` may be the run's question: anything but what clearly is none.
+    Not under a name that is an id's, a file's or a name's (:data:`_IDENTIFIER_NAMES`); not one token (no whitespace)
+    that is a URL or a path ("https://...", "/data/in.csv", "~/x") or looks like an identifier or a code (letters with
+    digits, underscores, "#" or "@", or dotted: "T-1042", "ord_123", "#W1234", "v1.2"). A sentence, a single word
+    ("refund") and text written without spaces (Chinese, Japanese) are questions."""
     words = [w for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", name) if w]
     if words and words[-1].lower() in _IDENTIFIER_NAMES:
         return False
     stripped = text.strip()
-    if "://" in stripped or stripped.startswith(("/", "~", "./", "../")) or re.match(r"[A-Za-z]:\\", stripped):
-        return False
-    return len(stripped.split()) >= 3 or (len(stripped.split()) == 2 and stripped.endswith("?"))
+    if any(c.isspace() for c in stripped):
+        return True
+    if "://" in stripped or "/" in stripped or "\\" in stripped or stripped.startswith(("~", "www.")):
+        return False  # a bare URL or path
+    return not (_CODE_CHARS.fullmatch(stripped) and _CODE_MARKS.search(stripped))
+
+
+_CODE_CHARS = re.compile(r"[\w.#@:+-]+", re.ASCII)
+_CODE_MARKS = re.compile(r"[\d_#@]|\w\.\w", re.ASCII)
+"""One token of ASCII letters, digits and ``_.#@:+-`` (:data:`_CODE_CHARS`) holding a digit, an underscore, ``#``, ``@``
+or a dot inside (:data:`_CODE_MARKS`): an identifier or a code ("T-1042", "ord_123", "#W1234", "a@b.example"), not a
+word ("refund", "follow-up")."""
 
 
 def _field_text(value: Any) -> str | None:

@@ -185,7 +185,7 @@ class Ticket(TypedDict, total=False):
     url: str
     file_path: str
     repo: str
-    customer: str
+    customer_name: str
     messages: Annotated[list[AnyMessage], add_messages]
 
 
@@ -208,7 +208,7 @@ def _looked_up_graph(field: str) -> Any:
         {"url": "https://shop.example/orders/1042"},
         {"file_path": "/data/tickets/1042 broken blender.txt"},
         {"repo": "acme/shop"},
-        {"customer": "Ann Lee"},
+        {"customer_name": "Ann Lee"},
     ],
     ids=lambda given: next(iter(given)),
 )
@@ -282,3 +282,73 @@ def test_an_input_with_a_chat_history_has_its_question_as_its_task(on_thread: bo
     runs = recorded(agent, store_path)
     assert [t.task for t in runs] == THREE_QUESTIONS
     assert [len(t.steps[0].state) for t in runs] == [1, 3, 5]
+
+
+def _wrapping_graph(field: str) -> Any:
+    """A graph given one text field ``field`` (not named as a question) that wraps it in a RAG-style prompt for its model."""
+    model = ScriptedChatModel(script=[AIMessage(content="Done.")])
+    state = TypedDict("state", {field: str, "answer": str}, total=False)  # type: ignore[misc]
+
+    def answer(given: Any) -> dict[str, Any]:
+        asked = HumanMessage(f"Context:\n- Returns within 30 days.\n\nCustomer asks: {given[field]}")
+        return {"answer": model.invoke([asked]).content}
+
+    return chain_graph(state, ("answer", answer)).copy(update={"checkpointer": None})
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"goal": "退货流程是怎样的？我的订单号是A-1"},  # noqa: RUF001 - a full-width question mark, as typed
+        {"objective": "注文した商品はいつ届きますか？"},  # noqa: RUF001
+        {"problem": "Summarize https://shop.example/returns for me please"},
+        {"goal": "~/orders.csv shows a refund twice, why?"},
+        {"topic": "refund"},
+        {"customer": "Ann Lee"},
+    ],
+    ids=["chinese", "japanese", "url-inside", "path-first", "one-word", "two-words"],
+)
+def test_a_lone_field_that_is_not_clearly_an_identifier_is_the_task(given: dict[str, str], store_path: Any) -> None:
+    """Before, a lone field counted only with three words (or two and a '?') and no URL or path anywhere: Chinese and
+    Japanese questions (no spaces), a sentence holding a URL or starting with a path, and a one-word topic got the whole
+    prompt the node built as their task. Only what clearly is no question is passed over now."""
+    [(field, value)] = given.items()
+    agent = record_experience(_wrapping_graph(field), app="shop", store=store_path)
+    agent.invoke(given)
+    [run] = recorded(agent, store_path)
+    assert run.task == value
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"ticket": "T-1042"}, {"order": "ord_123"}, {"order": "#W1234"}, {"source": "https://shop.example/returns"},
+     {"attachment": "~/orders.csv"}, {"attachment": "C:\\data\\in.csv"}, {"release": "v2.4.1"}],
+    ids=["dashed-id", "underscored-id", "hash-id", "bare-url", "home-path", "windows-path", "dotted-code"],
+)  # fmt: skip
+def test_a_lone_field_holding_an_identifier_url_or_path_is_not_the_task(given: dict[str, str], store_path: Any) -> None:
+    """One token that is an identifier, a code, a URL or a path, under a name that does not say so: the task is the
+    question the model was asked."""
+    [(field, value)] = given.items()
+    agent = record_experience(_wrapping_graph(field), app="shop", store=store_path)
+    agent.invoke(given)
+    [run] = recorded(agent, store_path)
+    assert run.task == f"Context:\n- Returns within 30 days.\n\nCustomer asks: {value}"
+
+
+def test_a_conversation_next_to_an_instructions_field_has_its_question_as_its_task(store_path: Any) -> None:
+    """Before, a conversation under another key than ``messages`` next to any field named in TASK_FIELDS took that
+    field as the task: ``{"chat": [q], "instructions": "Answer in one short sentence."}`` recorded the instructions. A
+    list that ends on the user's question is the turn, not a history of earlier turns."""
+    model = ScriptedChatModel(script=[AIMessage(content="It ships today.")])
+
+    class State(TypedDict, total=False):
+        chat: Annotated[list[AnyMessage], add_messages]
+        instructions: str
+
+    def answer(state: State) -> dict[str, Any]:
+        return {"chat": [model.invoke([HumanMessage(state["instructions"]), *state["chat"]])]}
+
+    agent = record_experience(chain_graph(State, ("answer", answer)).copy(update={"checkpointer": None}), app="shop", store=store_path)
+    agent.invoke({"chat": [HumanMessage("Where is order A-1?")], "instructions": "Answer in one short sentence."})
+    [run] = recorded(agent, store_path)
+    assert run.task == "Where is order A-1?"
