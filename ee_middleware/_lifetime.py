@@ -23,11 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 __all__ = [
     "die_with_parent",
     "kill_process_group",
     "parent_death_preexec",
+    "process_hooks",
     "second_signal_ends",
     "set_parent_death_signal",
     "stopping_signal",
@@ -36,6 +38,17 @@ __all__ = [
 
 WATCHDOG_INTERVAL_S = 1.0
 _PR_SET_PDEATHSIG = 1
+
+# kept through a reload of this module too (importlib.reload runs it again in the same globals)
+_PROCESS_HOOKS: dict[str, dict[str, Any]] = globals().get("_PROCESS_HOOKS", {})
+
+
+def process_hooks(module: str) -> dict[str, Any]:
+    """What the module named ``module`` registered as this process's hooks (``os.register_at_fork``, ``atexit``,
+    ``multiprocessing``), for it to fill in: empty on its first load. Kept here, not in that module's globals, which a
+    reload of it loses: IPython's ``%autoreload`` clears the module's ``__dict__`` before reloading it, and hooks
+    registered again on each reload would run once per load (in every forked child, and at exit)."""
+    return _PROCESS_HOOKS.setdefault(module, {})
 
 
 def set_parent_death_signal(sig: signal.Signals) -> bool:

@@ -55,6 +55,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
+from ee_middleware._lifetime import process_hooks
 from ee_middleware._version import __version__
 from ee_middleware.capture import shutdown
 from ee_middleware.capture.callbacks import (
@@ -1059,10 +1060,14 @@ def _detach_offloads_after_fork() -> None:
     _END_GATE.open()  # closed by the parent's SIGTERM writer, which does not exist here
 
 
-# Registered once per process: importlib.reload (Jupyter's autoreload) runs this module again in the same globals, and
-# registering again would run each hook twice in every forked child (two exit flushes). The hooks registered first stay;
-# the names they use are looked up in these globals, so they call the reloaded code.
-_FIRST_LOAD = "_FIRST_LOAD" not in globals()
+# Registered once per process: a reload (importlib.reload; Jupyter's %autoreload, which clears these globals first) runs
+# this module again, and registering again would run each hook twice in every forked child (two exit flushes). What was
+# registered is kept outside these globals (_lifetime.process_hooks). The hooks registered first stay and look their
+# names up in these globals (the same dict after either reload); %autoreload gives them the new code, while after
+# importlib.reload they run their first load's body (an edit to the hooks themselves takes effect on restart).
+_HOOKS = process_hooks(__name__)
+_FIRST_LOAD = not _HOOKS
+_HOOKS["fork"] = True
 
 if _FIRST_LOAD and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_detach_offloads_after_fork)
@@ -1087,14 +1092,17 @@ EXITED = "terminated: the process exited"
 """The ``error`` of a run still in flight at exit (a daemon thread's; status ``interrupted``)."""
 
 
-if not _FIRST_LOAD:
-    atexit.unregister(globals()["_flush_at_exit"])  # the previous load's (see _FIRST_LOAD): one exit flush, the new code's
+if "exit" in _HOOKS:
+    atexit.unregister(_HOOKS["exit"])  # the previous load's (see _HOOKS): one exit flush, the new code's
 
 
 @atexit.register
 def _flush_at_exit() -> None:
     with _sigterm_after_the_exit_flush():
         _flush_every_recorder()
+
+
+_HOOKS["exit"] = _flush_at_exit
 
 
 @contextmanager

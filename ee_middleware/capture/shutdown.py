@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ee_middleware._lifetime import process_hooks
 from ee_middleware.capture.offload import in_capture_process
 
 logger = logging.getLogger("ee_middleware.capture")
@@ -229,9 +230,12 @@ def _green_threads() -> bool:
     return False
 
 
-# Registered once per process, as capture's recorder registers its own: importlib.reload runs this module again in the
-# same globals, and each hook would run twice in a forked child (the first ones call the reloaded code through them).
-_FIRST_LOAD = "_FIRST_LOAD" not in globals()
+# Registered once per process, as capture's recorder registers its own: a reload (importlib.reload; Jupyter's
+# %autoreload, which clears these globals first) runs this module again, and each hook would run twice in a forked child.
+# What was registered is kept outside these globals (_lifetime.process_hooks).
+_HOOKS = process_hooks(__name__)
+_FIRST_LOAD = not _HOOKS
+_HOOKS["fork"] = True
 
 if _FIRST_LOAD and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -182,10 +182,22 @@ RELOADED = textwrap.dedent(
             os.write(write_end, b"x")
             return super().__iter__()
 
+    # stands in for IPython's autoreload.superreload (%autoreload; IPython is not installed here), as it reloads: the
+    # module's __dict__ cleared but for its name and loader, reloaded, then the old functions given the new code
+    def superreload_stand_in(module):
+        old = dict(module.__dict__)
+        module.__dict__.clear()
+        module.__dict__.update(__name__=old["__name__"], __loader__=old["__loader__"])
+        importlib.reload(module)
+        for name, new in module.__dict__.items():
+            if type(old.get(name)) is type(new) and hasattr(new, "__code__") and old[name] is not new:
+                old[name].__code__, old[name].__defaults__, old[name].__doc__ = new.__code__, new.__defaults__, new.__doc__
+
+    reload = {"importlib": importlib.reload, "superreload": superreload_stand_in}[RELOAD]
     before = hooks()
     for _ in range(2):  # Jupyter's autoreload, twice
-        importlib.reload(shutdown)
-        importlib.reload(recorder)
+        reload(shutdown)
+        reload(recorder)
     read_end, write_end = os.pipe()
     recorder._live_recorders = Counted()
     pid = os.fork()
@@ -208,11 +220,14 @@ RELOADED = textwrap.dedent(
 )
 
 
-def test_reloading_capture_registers_its_fork_and_exit_hooks_once() -> None:
-    """``importlib.reload`` (Jupyter's autoreload) of capture's recorder and shutdown modules ran their module code
-    again, registering each after-fork hook once more (on the module object, which survives a reload): a forked child
-    then ran the recorder's hook twice and registered two exit flushes, and the process's exit flush ran twice."""
-    done = run_script(RELOADED, timeout=60)
+@pytest.mark.parametrize("how", ["importlib", "superreload"])
+def test_reloading_capture_registers_its_fork_and_exit_hooks_once(how: str) -> None:
+    """``importlib.reload`` of capture's recorder and shutdown modules ran their module code again, registering each
+    after-fork hook once more (on the module object, which survives a reload): a forked child then ran the recorder's
+    hook twice and registered two exit flushes, and the process's exit flush ran twice. Jupyter's ``%autoreload``
+    (``superreload``, a stand-in here) clears the module's ``__dict__`` first: a first-load flag kept in it was lost, and
+    every hook registered again."""
+    done = run_script(f"RELOAD = {how!r}\n" + RELOADED, timeout=60)
     assert done.returncode == 0 and not done.stderr, done.stderr
     lines = done.stdout.strip().splitlines()
     seen = json.loads(lines[0])
