@@ -417,8 +417,27 @@ def _langchain_messages() -> tuple[type, Any]:
     return BaseMessage, convert_to_messages
 
 
+def message_type(message: Any) -> Any:
+    """A LangChain message's ``type`` ("ai", "human", "tool", ...), a streamed chunk's (``AIMessageChunk``, whose
+    ``type`` is its class name) as its whole message's; ``None`` for an object without one (a dict, a tuple)."""
+    kind = getattr(message, "type", None)
+    return CHUNK_TYPES.get(kind, kind) if isinstance(kind, str) else kind
+
+
+CHUNK_TYPES = {
+    "AIMessageChunk": "ai",
+    "HumanMessageChunk": "human",
+    "SystemMessageChunk": "system",
+    "ToolMessageChunk": "tool",
+    "ChatMessageChunk": "chat",
+    "FunctionMessageChunk": "function",
+}
+"""The ``type`` of each of LangChain's message chunks (what ``model.stream()`` yields, and what a node that streams
+its model and adds the chunks up puts in the graph's state), and of the message it is a piece of."""
+
+
 def _langchain_message_to_openai(message: Any) -> Message:
-    kind = message.type
+    kind = message_type(message)
     role = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}.get(kind, kind)
     content = message.content
     reasoning: list[str] = []

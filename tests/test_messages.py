@@ -13,9 +13,16 @@ import pytest
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
+    ChatMessage,
+    ChatMessageChunk,
+    FunctionMessage,
+    FunctionMessageChunk,
     HumanMessage,
+    HumanMessageChunk,
     SystemMessage,
+    SystemMessageChunk,
     ToolMessage,
+    ToolMessageChunk,
     convert_to_messages,
     message_chunk_to_message,
 )
@@ -29,6 +36,7 @@ from ee_middleware.messages import (
     dumps,
     genai_to_openai,
     langchain_to_openai,
+    message_type,
     one_line,
     openai_to_genai,
     openai_tool_schemas,
@@ -805,3 +813,53 @@ def test_messages_without_reasoning_are_unchanged() -> None:
     assert langchain_to_openai([AIMessage(content="<think>\n\n</think>\n\nHello.")]) == [{"role": "assistant", "content": "Hello."}]
     assert split_reasoning("Say </think> to end.") == (None, "Say </think> to end.")
     assert split_reasoning("<thinking>Plan it.</thinking>\nDone.") == ("Plan it.", "Done.")
+
+
+@pytest.mark.parametrize(
+    ("chunk", "message"),
+    [
+        (HumanMessageChunk(content="How many pears?", name="bob"), HumanMessage(content="How many pears?", name="bob")),
+        (SystemMessageChunk(content="Be brief."), SystemMessage(content="Be brief.")),
+        (AIMessageChunk(content="3 pears."), AIMessage(content="3 pears.")),
+        (
+            ToolMessageChunk(content="3", tool_call_id="c1", name="check_stock", status="error"),
+            ToolMessage(content="3", tool_call_id="c1", name="check_stock", status="error"),
+        ),
+        (ChatMessageChunk(content="ok", role="critic"), ChatMessage(content="ok", role="critic")),
+        (FunctionMessageChunk(content="3", name="check_stock"), FunctionMessage(content="3", name="check_stock")),
+    ],
+    ids=["human", "system", "ai", "tool", "chat", "function"],
+)
+def test_a_message_chunk_converts_as_the_message_it_is_a_piece_of(chunk: Any, message: Any) -> None:
+    """A streamed chunk (what a node that streams its model adds up and puts in its state) has the role, name and
+    tool call id of its whole message. Was: its role was its class name ("AIMessageChunk"), its tool calls dropped."""
+    assert message_type(chunk) == message.type
+    assert langchain_to_openai([chunk]) == langchain_to_openai([message])
+    assert langchain_to_openai([chunk])[0]["role"] != type(chunk).__name__
+
+
+def test_a_streamed_replys_tool_calls_are_kept_as_for_a_whole_reply() -> None:
+    """The tool calls streamed in pieces (``tool_call_chunks``, arguments split over chunks), one whose arguments are
+    not JSON kept as the model wrote them, as for an ``AIMessage``'s ``tool_calls`` and ``invalid_tool_calls``."""
+    pieces = [
+        AIMessageChunk(content="Let me "),
+        AIMessageChunk(content="check.", tool_call_chunks=[{"name": "check_stock", "args": '{"item": ', "id": "c1", "index": 0}]),
+        AIMessageChunk(content="", tool_call_chunks=[{"name": None, "args": '"pear"}', "id": None, "index": 0}]),
+        AIMessageChunk(content="", tool_call_chunks=[{"name": "ship", "args": "to Bob, fast", "id": "c2", "index": 1}]),
+    ]
+    streamed = pieces[0]
+    for piece in pieces[1:]:
+        streamed += piece
+    whole = AIMessage(
+        content="Let me check.",
+        tool_calls=[{"name": "check_stock", "args": {"item": "pear"}, "id": "c1"}],
+        invalid_tool_calls=[{"name": "ship", "args": "to Bob, fast", "id": "c2", "error": None}],
+    )
+    [converted] = langchain_to_openai([streamed])
+    assert converted == langchain_to_openai([whole])[0] == langchain_to_openai([message_chunk_to_message(streamed)])[0]
+    assert converted["role"] == "assistant"
+    assert [call["function"] for call in converted["tool_calls"]] == [
+        {"name": "check_stock", "arguments": '{"item":"pear"}'},
+        {"name": "ship", "arguments": "to Bob, fast"},
+    ]
+    assert message_type({"role": "user"}) is None

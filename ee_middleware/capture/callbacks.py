@@ -29,6 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
+from ee_middleware.messages import message_type
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -137,7 +138,7 @@ class RunCapture(BaseCallbackHandler):
     def last_reply_task(self, output: Any) -> str | None:
         """The checkpoint namespace of the LangGraph node run that wrote the last reply (an assistant message without
         tool calls) in the graph's final state ``output``, or ``None`` where no node returned that message object."""
-        replies = [m for m in state_messages(output) or () if getattr(m, "type", None) == "ai" and not getattr(m, "tool_calls", None)]
+        replies = [m for m in state_messages(output) or () if message_type(m) == "ai" and not getattr(m, "tool_calls", None)]
         if not replies:
             return None
         found = self._writers.get(id(replies[-1]))
@@ -419,7 +420,7 @@ def _written_replies(update: Any) -> list[Any]:
         found: list[Any] = []
         for value in update.values():
             items = value if isinstance(value, (list, tuple)) else (value,)
-            found += [m for m in items if getattr(m, "type", None) == "ai" and hasattr(m, "tool_calls")]
+            found += [m for m in items if message_type(m) == "ai" and hasattr(m, "tool_calls")]
         return found
     if isinstance(update, (list, tuple)):
         return [m for item in update if isinstance(item, Mapping) or type(item).__name__ == "Command" for m in _written_replies(item)]
@@ -434,7 +435,7 @@ def awaits_calls(state: Any) -> bool | None:
     if not messages:
         return None
     tail = 0
-    while tail < len(messages) and getattr(messages[-1 - tail], "type", None) == "tool":
+    while tail < len(messages) and message_type(messages[-1 - tail]) == "tool":
         tail += 1
     if tail == len(messages):
         return None

@@ -21,6 +21,7 @@ from ee_middleware.messages import (
     content_to_text,
     dumps,
     langchain_to_openai,
+    message_type,
     openai_to_genai,
     openai_tool_schemas,
     to_jsonable,
@@ -109,7 +110,7 @@ class PayloadEncoder:
     ) -> dict[str, Any]:
         cache = {} if cache is None else cache
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(inputs, cache)}
-        if self._fragments_compose and not any(getattr(m, "type", None) == "tool" for m in outputs):
+        if self._fragments_compose and not any(message_type(m) == "tool" for m in outputs):
             # the reply's fragment, reused by the next span's input and the run's output
             replies = [self._fragment(cache, message) for message in outputs]
             reasons = tuple("tool_call" if calls else "stop" for _, _, calls in replies)
@@ -196,7 +197,7 @@ class PayloadEncoder:
         if not messages:
             return {}
         tail = 0
-        while tail < len(messages) and getattr(messages[-1 - tail], "type", None) == "tool":
+        while tail < len(messages) and message_type(messages[-1 - tail]) == "tool":
             tail += 1
         structured = output.get("structured_response") if isinstance(output, Mapping) else None
         if tail:
@@ -231,7 +232,7 @@ def _unanswered_calls(messages: Sequence[Any], tail: int) -> bool:
 
 def tool_error_positions(messages: Sequence[Any]) -> tuple[int, ...]:
     """The positions in ``messages`` of the tool messages that report an error (``status="error"``)."""
-    return tuple(i for i, m in enumerate(messages) if getattr(m, "type", None) == "tool" and getattr(m, "status", None) == "error")
+    return tuple(i for i, m in enumerate(messages) if message_type(m) == "tool" and getattr(m, "status", None) == "error")
 
 
 def input_messages(graph_input: Any) -> Any:
@@ -319,7 +320,7 @@ def _field_text(value: Any) -> str | None:
     if isinstance(value, str):
         return value if value.strip() else None
     if isinstance(value, BaseMessage):
-        return content_to_text(value.content) if value.type == "human" else None
+        return content_to_text(value.content) if message_type(value) == "human" else None
     if isinstance(value, Mapping) and value.get("role") == "user" and "content" in value:
         return content_to_text(value["content"]) or None
     if isinstance(value, tuple) and len(value) == 2 and value[0] in ("user", "human") and isinstance(value[1], str):
@@ -338,7 +339,7 @@ def state_messages(state: Any) -> Any:
     if "messages" in state:
         return state.get("messages")
     lists = [value for value in state.values() if _is_message_list(value)]
-    replied = [value for value in lists if any(getattr(m, "type", None) == "ai" for m in value)]
+    replied = [value for value in lists if any(message_type(m) == "ai" for m in value)]
     return (replied or lists or [None])[0]
 
 
