@@ -361,36 +361,80 @@ class _RunMemo:
                 schemas = openai_tool_schemas(tools)
             except Exception as exc:
                 raise IngestError(f"Span {span.span_id} ({span.name}): {sc.TOOL_DEFINITIONS} is not a list of tool schemas: {exc}") from exc
-            if isinstance(raw, str):
-                _remember_tool_schemas(raw, schemas)
+            if isinstance(raw, str) and _TOOL_SCHEMAS.seen_before(raw):
+                _TOOL_SCHEMAS.put(raw, schemas)
         if isinstance(raw, str):
             self._tools[raw] = schemas
         return schemas
 
 
-_TOOL_SCHEMAS: dict[str, str] = {}
-"""``gen_ai.tool.definitions`` text -> the JSON text of its tool schemas (OpenAI form): an agent offers the same tools
-in every run, whose schemas are normalised once (:func:`~ee_middleware.messages.openai_tool_schemas`, a fifth of the
-tool spans' share of assembly) and decoded from this text by each run after."""
-_TOOL_SCHEMAS_MAX = 64
-_TOOL_SCHEMAS_LOCK = threading.Lock()
+class _ToolSchemaCache:
+    """``gen_ai.tool.definitions`` text -> the JSON text of its tool schemas (OpenAI form): an agent offers the same
+    tools in every run, whose schemas are normalised once (:func:`~ee_middleware.messages.openai_tool_schemas`, a fifth
+    of the tool spans' share of assembly) and decoded from this text by each run after.
+
+    A text is kept the second time it is seen (the first time only its hash is), so that tools that change at every run
+    (a description with the date or the user's name, dynamic MCP tools) cost what they cost without a cache: keeping a
+    text costs about one more normalisation. The least recently used are dropped past ``max_entries`` sets or
+    ``max_chars`` characters of text (64 MCP-sized sets, 100 tools each, would otherwise hold 20 MiB for the life of
+    the process); a set over a quarter of ``max_chars`` is not kept. Thread-safe."""
+
+    def __init__(self, max_entries: int = 64, max_chars: int = 4 << 20, max_seen: int = 1024) -> None:
+        self.max_entries, self.max_chars, self.max_seen = max_entries, max_chars, max_seen
+        self.entries: dict[str, str] = {}  # least recently used first
+        self.chars = 0  # of the texts in entries, their keys with them
+        self.seen: dict[int, None] = {}  # hashes of the texts seen once and not kept (yet), oldest first
+        self._lock = threading.Lock()
+
+    def get(self, raw: str) -> str | None:
+        """The kept JSON text of the schemas of the definitions ``raw`` (made the most recently used), or ``None``."""
+        if raw not in self.entries:
+            return None
+        with self._lock:
+            known = self.entries.pop(raw, None)
+            if known is not None:
+                self.entries[raw] = known
+            return known
+
+    def seen_before(self, raw: str) -> bool:
+        """Whether the definitions text ``raw`` was seen before and not kept; remembers it as seen where it was not."""
+        key = hash(raw)
+        with self._lock:
+            if self.seen.pop(key, 0) is None:
+                return True
+            while len(self.seen) >= self.max_seen:
+                self.seen.pop(next(iter(self.seen)), None)
+            self.seen[key] = None
+            return False
+
+    def put(self, raw: str, schemas: list[dict[str, Any]]) -> None:
+        """Keep ``schemas`` (of the definitions ``raw``) where their JSON text decodes to them exactly (plain JSON data,
+        as :func:`~ee_middleware.messages.to_jsonable` makes it) and the pair fits in a quarter of ``max_chars``."""
+        if len(raw) > self.max_chars // 4:
+            return
+        text = dumps(schemas)
+        size = len(raw) + len(text)
+        if size > self.max_chars // 4:
+            return
+        try:
+            exact = json.loads(text) == schemas and text == dumps(json.loads(text))
+        except (ValueError, RecursionError):
+            return
+        if not exact:
+            return
+        with self._lock:
+            dropped = self.entries.pop(raw, None)
+            if dropped is not None:
+                self.chars -= len(raw) + len(dropped)
+            while self.entries and (len(self.entries) >= self.max_entries or self.chars + size > self.max_chars):
+                oldest = next(iter(self.entries))
+                self.chars -= len(oldest) + len(self.entries.pop(oldest))
+            self.entries[raw] = text
+            self.chars += size
 
 
-def _remember_tool_schemas(raw: str, schemas: list[dict[str, Any]]) -> None:
-    """Keep ``schemas`` (of the tool definitions ``raw``) in :data:`_TOOL_SCHEMAS` where their JSON text decodes to them
-    exactly (plain JSON data, as :func:`~ee_middleware.messages.to_jsonable` makes it), the oldest dropped past
-    :data:`_TOOL_SCHEMAS_MAX` (a model bound anew with other tools at every turn)."""
-    text = dumps(schemas)
-    try:
-        exact = json.loads(text) == schemas and text == dumps(json.loads(text))
-    except (ValueError, RecursionError):
-        return
-    if not exact:
-        return
-    with _TOOL_SCHEMAS_LOCK:
-        while len(_TOOL_SCHEMAS) >= _TOOL_SCHEMAS_MAX:
-            _TOOL_SCHEMAS.pop(next(iter(_TOOL_SCHEMAS)), None)
-        _TOOL_SCHEMAS[raw] = text
+_TOOL_SCHEMAS = _ToolSchemaCache()
+"""The tool schemas of the definitions texts seen in this process (capture's and ingest's runs)."""
 
 
 UNKNOWN_TOOL = "unknown_tool"
