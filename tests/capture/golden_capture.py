@@ -310,8 +310,9 @@ def _record_one(root: Path, name: str, make: Any, settings: dict[str, Any], driv
 
 def _span(span: Any) -> dict[str, Any]:
     attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (span.attributes or {}).items() if k not in _DROP_SPAN_ATTRS}
-    if sc.EE_LANGGRAPH_CHECKPOINT_NS in attrs:  # node:task-id: the task ids differ on every run
-        attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = _TASK_ID.sub(":?", attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS])
+    for key in (sc.EE_LANGGRAPH_CHECKPOINT_NS, sc.EE_LAST_REPLY_TASK):  # node:task-id: the task ids differ on every run
+        if key in attrs:
+            attrs[key] = _TASK_ID.sub(":?", attrs[key])
     events = [
         {"name": e.name, "attributes": {k: v for k, v in (e.attributes or {}).items() if k != "exception.stacktrace"}} for e in span.events
     ]
