@@ -88,6 +88,8 @@ def old_describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: b
         line.rstrip("\n")
         for line in difflib.unified_diff(_old_lines(recorded), _old_lines(compared), "recorded", "sandbox", n=1, lineterm="")
     ]
+    if not lines:  # the texts differ only in what the line split hides (trailing whitespace, line ends)
+        lines = ["--- recorded", "+++ sandbox", f"-{recorded!r}"[:MAX_LINE_CHARS], f"+{compared!r}"[:MAX_LINE_CHARS]]
     lines = [line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…" for line in lines]
     if len(lines) > MAX_DIFF_LINES:
         rest = len(lines) - (MAX_DIFF_LINES - 1)

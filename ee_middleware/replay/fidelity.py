@@ -150,7 +150,8 @@ def unified_diff(recorded: str, replayed: str, *, max_lines: int = MAX_DIFF_LINE
     """A short unified diff (``--- recorded`` / ``+++ sandbox``) of the two observations.
 
     Lines are matched by :class:`difflib.SequenceMatcher` (what :func:`difflib.unified_diff` gives) while that is cheap
-    (:data:`DIFFLIB_BUDGET`), else as :func:`_matching_blocks` says, in time linear in the texts' lengths."""
+    (:data:`DIFFLIB_BUDGET`, :data:`WORK_BUDGET`), else as :func:`_matching_blocks` says, in time about linear in the
+    texts' lengths."""
     return _short_diff(recorded, replayed, _diff_lines(recorded), _diff_lines(replayed), max_lines, context)
 
 
@@ -170,31 +171,88 @@ def _short_diff(recorded: str, replayed: str, old: list[str], new: list[str], ma
 
 DIFFLIB_BUDGET = 100_000
 """While both texts' lines and their pairs of equal lines (a line of one text with each equal line of the other, those
-difflib counts as popular left out) number at most this many, lines are matched by :class:`difflib.SequenceMatcher`,
-whose every search for the longest match visits every such pair: documents of many repeated lines (a list of small
-numbers, records sharing fields) made it quadratic, 30 s for a 0.2 MB JSON list. Any two texts of at most 315 lines
-each stay within it."""
+difflib counts as popular left out) number at most this many, lines are first matched by
+:class:`difflib.SequenceMatcher`, whose every search for the longest match visits every such pair: documents of many
+repeated lines (a list of small numbers, records sharing fields) made it quadratic, 30 s for a 0.2 MB JSON list."""
+
+WORK_BUDGET = 2_000_000
+"""The steps all the searches of one diff may take together (difflib's searches, each counted as the lines it scans
+and its share of the pairs, and the steps of every shortest edit script): difflib makes one search per matching run,
+so a text whose every record differs in one line (a clock the sandbox does not freeze) cost lines x records, 22 s for
+0.33 MB, and one allowance per stretch between anchors added up to 19 s over 1.2 MB of reordered lists. Past it, the
+remaining stretches are matched cheaply (:func:`_cheap_blocks`). Any two texts of a few thousand lines stay within it."""
+
+CHEAP_BUDGET = 500_000
+"""The places :func:`_cheap_blocks` may try, in all, to find where two stretches meet again after a difference."""
 
 Block = tuple[int, int, int]
 """``(i, j, n)``: ``old[i:i + n] == new[j:j + n]``, as :meth:`difflib.SequenceMatcher.get_matching_blocks` gives."""
 
 
+class _Spent(Exception):
+    """The diff's :data:`WORK_BUDGET` ran out during a search."""
+
+
+class _Work:
+    """What is left of one diff's :data:`WORK_BUDGET`, and of :data:`CHEAP_BUDGET`."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.cheap_left = CHEAP_BUDGET
+
+    def charge(self, steps: int) -> None:
+        """Count ``steps``; :class:`_Spent` when they are more than what is left (nothing is counted then)."""
+        if steps > self.left:
+            raise _Spent
+        self.left -= steps
+
+
+class _CountedMatcher(difflib.SequenceMatcher):
+    """difflib's matcher, each search for the longest match counted against ``work`` before it runs: the lines of
+    ``old`` it scans, and their share of the pairs of equal lines it visits (``pairs`` over all of ``old``)."""
+
+    def __init__(self, old: list[str], new: list[str], work: _Work, pairs: int) -> None:
+        self._work, self._pairs_per_line = work, pairs / max(1, len(old))
+        super().__init__(None, old, new, autojunk=True)
+
+    def find_longest_match(self, alo: int = 0, ahi: int | None = None, blo: int = 0, bhi: int | None = None) -> Any:
+        lines = (len(self.a) if ahi is None else ahi) - alo
+        self._work.charge(1 + lines + int(lines * self._pairs_per_line))
+        return super().find_longest_match(alo, ahi, blo, bhi)
+
+
+def _counted_difflib(old: list[str], new: list[str], work: _Work) -> list[Block] | None:
+    """difflib's matching blocks of ``old`` and ``new`` (the closing empty one left out), or ``None`` where ``work``
+    runs out first (what was spent stays spent)."""
+    pairs = _difflib_work(old, new) - len(old) - len(new)
+    if pairs > min(DIFFLIB_BUDGET, work.left):
+        return None
+    try:
+        return _CountedMatcher(old, new, work, pairs).get_matching_blocks()[:-1]
+    except _Spent:
+        return None
+
+
 def _matching_blocks(old: list[str], new: list[str]) -> list[Block]:
     """The lines of ``old`` and ``new`` that match, ending with ``(len(old), len(new), 0)``.
 
-    Within :data:`DIFFLIB_BUDGET`, difflib's own. Past it, in time about linear in the lines: the lines both texts begin
-    and end with match; between them, the lines found once in each text anchor the match where their order agrees
-    (the longest run of them in the same order, as patience diff does), and the lines between anchors are matched by
-    :func:`_gap_blocks`."""
+    Within :data:`DIFFLIB_BUDGET` and half of :data:`WORK_BUDGET`, difflib's own. Else, in time about linear in the
+    lines: the lines both texts begin and end with match; between them, the lines found once in each text anchor the
+    match where their order agrees (the longest run of them in the same order, as patience diff does), and the lines
+    between anchors are matched by :func:`_gap_blocks`, all of them within what is left of :data:`WORK_BUDGET`."""
+    work = _Work(WORK_BUDGET // 2)
     if _difflib_work(old, new) <= DIFFLIB_BUDGET:
-        return difflib.SequenceMatcher(None, old, new, autojunk=True).get_matching_blocks()
+        blocks = _counted_difflib(old, new, work)
+        if blocks is not None:
+            return [*blocks, (len(old), len(new), 0)]
+    work.left += WORK_BUDGET - WORK_BUDGET // 2
     head = _common_head(old, new)
     tail = _common_head(old[head:][::-1], new[head:][::-1])
     old_end, new_end = len(old) - tail, len(new) - tail
     blocks = [(0, 0, head)]
     i0 = j0 = head
     for i, j in [*_anchors(old, new, head, old_end, new_end), (old_end, new_end)]:
-        blocks += [(i0 + gi, j0 + gj, n) for gi, gj, n in _gap_blocks(old[i0:i], new[j0:j])]
+        blocks += [(i0 + gi, j0 + gj, n) for gi, gj, n in _gap_blocks(old[i0:i], new[j0:j], work)]
         blocks.append((i, j, 1 if i < old_end else tail))
         i0, j0 = i + 1, j + 1
     return [*_joined(blocks), (len(old), len(new), 0)]
@@ -234,37 +292,104 @@ def _anchors(old: list[str], new: list[str], start: int, old_end: int, new_end: 
     return chain[::-1]
 
 
-def _gap_blocks(old: list[str], new: list[str]) -> list[Block]:
+def _gap_blocks(old: list[str], new: list[str], work: _Work) -> list[Block]:
     """The matching lines of two stretches between anchors: a shortest edit script (:func:`_myers_blocks`) where they
-    differ in few lines, else difflib's where that is cheap, else none (they differ as a whole)."""
+    differ in few lines, else difflib's, while ``work`` allows; else :func:`_cheap_blocks`."""
     if not old or not new:
         return []
     if len(old) + len(new) <= 64:  # most gaps, between lines found once: a few lines of a record that changed
-        return _myers_blocks(old, new, budget=4096) or []
+        blocks = _myers_blocks(old, new, 4096, work)
+        return _cheap_blocks(old, new, work) if blocks is None else blocks
     old_counts, new_counts = Counter(old), Counter(new)
     shared = sum(min(n, new_counts[line]) for line, n in old_counts.items() if line in new_counts)
     if not shared:
         return []
     budget = 50_000 + len(old) + len(new)
     fewest_edits = len(old) + len(new) - 2 * shared
-    blocks = _myers_blocks(old, new, budget) if fewest_edits**2 <= 2 * budget else None
+    blocks = _myers_blocks(old, new, budget, work) if fewest_edits**2 <= 2 * min(budget, work.left) else None
     if blocks is None:
-        cheap = _difflib_work(old, new) - len(old) - len(new) <= DIFFLIB_BUDGET
-        blocks = difflib.SequenceMatcher(None, old, new, autojunk=True).get_matching_blocks()[:-1] if cheap else []
+        blocks = _counted_difflib(old, new, work)
+    return _cheap_blocks(old, new, work) if blocks is None else blocks
+
+
+def _cheap_blocks(old: list[str], new: list[str], work: _Work, window: int = 16) -> list[Block]:
+    """The matching lines of two stretches too costly to search, in time linear in their lines, so that the first lines
+    that differ show as they are. Where both have as many lines (values changed in place, the common case), matched by
+    position, if that matches most of them. Else read side by side: each run of equal lines matched, and after a
+    difference, the nearest place within ``window`` lines of each side where a few lines agree again taken as where
+    they meet (one equal line is often a repeated value met by chance); both sides skip ``window`` lines where there
+    is none. Where both have as many lines, whichever of the two matches more lines."""
+    if len(old) == len(new):
+        in_place = [(i, i, n) for i, n in _equal_runs(old, new)]
+        if 4 * sum(n for _, _, n in in_place) >= 3 * len(old):
+            return in_place
+        side_by_side = _side_by_side_blocks(old, new, window, work)  # as many lines inserted as deleted
+        return max(side_by_side, in_place, key=lambda blocks: sum(n for _, _, n in blocks))
+    return _side_by_side_blocks(old, new, window, work)
+
+
+def _side_by_side_blocks(old: list[str], new: list[str], window: int, work: _Work) -> list[Block]:
+    """:func:`_cheap_blocks` by reading both stretches side by side, each place tried counted in ``work.cheap_left``:
+    where that is spent, the rest of the stretches differ as a whole (the first lines that differ are shown by then)."""
+    blocks: list[Block] = []
+    i = j = 0
+    while i < len(old) and j < len(new):
+        n = _common_head(old, new, i, j)
+        if n:
+            blocks.append((i, j, n))
+            i, j = i + n, j + n
+            continue
+        if work.cheap_left <= 0:
+            break
+        meet, tried = None, 0
+        for d in range(1, 2 * window - 1):
+            for a in range(max(0, d - window + 1), min(d, window - 1) + 1):
+                x, y = i + a, j + d - a
+                tried += 1
+                if x < len(old) and y < len(new) and old[x] == new[y] and _meet(old, new, x, y):
+                    meet = x, y
+                    break
+            if meet is not None:
+                break
+        work.cheap_left -= tried
+        i, j = meet if meet is not None else (i + window, j + window)
     return blocks
 
 
-def _myers_blocks(old: Sequence[str], new: Sequence[str], budget: int) -> list[Block] | None:
+def _meet(old: list[str], new: list[str], i: int, j: int, run: int = 3) -> bool:
+    """Whether ``old`` from ``i`` and ``new`` from ``j`` agree in ``run`` lines, or up to the end of either (one equal
+    line is often a repeated value met by chance, which would set the rest of the stretch off by some lines)."""
+    return old[i : i + run] == new[j : j + run] or _common_head(old, new, i, j) >= min(len(old) - i, len(new) - j)
+
+
+def _equal_runs(old: list[str], new: list[str]) -> Iterator[tuple[int, int]]:
+    """``(i, n)`` of each run of positions where ``old[i:i + n] == new[i:i + n]`` (both as long)."""
+    start = None
+    for i, (a, b) in enumerate(zip(old, new, strict=True)):
+        if a == b:
+            if start is None:
+                start = i
+        elif start is not None:
+            yield start, i - start
+            start = None
+    if start is not None:
+        yield start, len(old) - start
+
+
+def _myers_blocks(old: Sequence[str], new: Sequence[str], budget: int, work: _Work) -> list[Block] | None:
     """The matching lines of a shortest edit script from ``old`` to ``new`` (Myers' greedy algorithm: with ``d`` edits,
-    about ``d * d / 2`` steps, each following a diagonal of equal lines), or ``None`` past ``budget`` steps."""
+    about ``d * d / 2`` steps, each following a diagonal of equal lines), or ``None`` past ``budget`` steps or what is
+    left of ``work`` (the steps taken are counted there either way)."""
     n, m = len(old), len(new)
+    limit = min(budget, work.left)
     furthest = {1: 0}  # per diagonal k = x - y: the furthest x reached with d edits
     trace: list[dict[int, int]] = []
     steps = 0
     for d in range(n + m + 1):
         trace.append(dict(furthest))
         steps += d + 1
-        if steps > budget:
+        if steps > limit:
+            work.left -= steps - d - 1
             return None
         for k in range(-d, d + 1, 2):
             inserted = k == -d or (k != d and furthest[k - 1] < furthest[k + 1])  # a line of new, else one of old deleted
@@ -274,6 +399,7 @@ def _myers_blocks(old: Sequence[str], new: Sequence[str], budget: int) -> list[B
                 x += _common_head(old, new, x, y)
             furthest[k] = x
             if x >= n and x - k >= m:
+                work.left -= steps
                 return _myers_path(trace, n, m)
     return None  # not reached: n + m edits always reach the end
 

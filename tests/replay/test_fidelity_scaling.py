@@ -7,9 +7,12 @@ difflib while that is cheap, else by a matcher linear in the lines (``fidelity.D
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import random
 import re
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +254,117 @@ def test_a_mismatch_of_a_1_7_mb_document_is_described_in_time_linear_in_its_leng
         assert re.fullmatch(rf"@@ -{start}(,\d+)? \+{start}(,\d+)? @@", diff[2]), (name, diff[:4], first)
         assert diff[3:5] == ([" " + lines[first - 1]] if first else []) + ["-" + lines[first]] + ([] if first else [diff[4]]), diff
         assert re.fullmatch(r"… \d+ more diff lines", diff[-1]) or name == "added", (name, diff)
+
+
+def _timestamped(n: int, clock: int) -> list[dict[str, Any]]:
+    """Records with a unique id and a timestamp from ``clock`` on: a clock the sandbox does not freeze changes each."""
+    return [{"id": f"order-{i}", "ts": clock + i, "state": "ok"} for i in range(n)]
+
+
+def _reordered_histories(n: int, length: int) -> tuple[str, str]:
+    """Records with a unique id and a list of small numbers, and the same with every list sorted (a set listed in the
+    sandbox's order): every record a stretch of reordered lines between two lines found once."""
+    rng = random.Random(1)
+    records = [{"id": f"r{i}", "history": [rng.randrange(100) for _ in range(length)]} for i in range(n)]
+    return json.dumps(records), json.dumps([{"id": r["id"], "history": sorted(r["history"])} for r in records])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "every timestamp changed, 0.33 MB",
+        "every timestamp changed, 0.49 MB",
+        "records listed twice, 0.55 MB",
+        "every list reordered, 0.84 MB",
+    ],
+)
+def test_the_work_of_all_searches_together_is_bounded(shape: str) -> None:
+    """The budget counts every search of a diff together: difflib makes one search per matching run, and a stretch
+    between anchors had its own allowance each, so these shapes took 22 s, 51 s, 35 s and 9 s (CPU); now a few
+    seconds at most on a loaded machine (about half a second unloaded), and the diff still starts at the first change."""
+    match shape:
+        case "every timestamp changed, 0.33 MB" | "every timestamp changed, 0.49 MB":
+            n = 6_000 if "0.33" in shape else 9_000
+            recorded, replayed = json.dumps(_timestamped(n, 1_700_000_000)), json.dumps(_timestamped(n, 1_800_000_000))
+        case "records listed twice, 0.55 MB":
+            old, new = _timestamped(5_000, 1_700_000_000), _timestamped(5_000, 1_800_000_000)
+            recorded, replayed = json.dumps(old + old), json.dumps(new + new)
+        case _:
+            recorded, replayed = _reordered_histories(2_000, 100)
+    started = time.process_time()
+    report = describe_mismatch(recorded, replayed)
+    took = time.process_time() - started
+    assert took < 6, (shape, took)
+    lines = report["diff"].splitlines()
+    assert lines[2].startswith("@@ -3,") or lines[2].startswith("@@ -4,"), lines  # the first record's second or third line
+    if "reordered" not in shape:  # a sorted list's diff begins with the recorded numbers that moved
+        assert any(line.startswith("+") and not line.startswith("+++") for line in lines), lines
+
+
+def test_a_stretch_too_costly_to_search_still_shows_the_values_that_changed() -> None:
+    """Records of repeated values (no line found once) with 300 values changed in place over 0.4 MB: the stretch is too
+    costly to search, and was reported replaced whole (7 unchanged recorded lines as ``-``, none of the sandbox's);
+    its lines are now compared by position, and the diff shows what difflib showed (in 8 s): the values that changed."""
+    rng = random.Random(9)
+    records = [{"sku": rng.randrange(300), "qty": rng.randrange(20), "state": rng.choice(["ok", "low"])} for _ in range(10_000)]
+    changed = json.loads(json.dumps(records))
+    for _ in range(300):
+        changed[rng.randrange(len(changed))]["qty"] = rng.randrange(20)
+    diff = describe_mismatch(json.dumps(records), json.dumps(changed))["diff"].splitlines()
+    assert diff[:8] == [
+        "--- recorded",
+        "+++ sandbox",
+        "@@ -403,3 +403,3 @@",
+        '   "sku": 13,',
+        '-  "qty": 2,',
+        '+  "qty": 14,',
+        '   "state": "low"',
+        "@@ -493,3 +493,3 @@",
+    ], diff
+    assert re.fullmatch(r"… \d+ more diff lines", diff[-1]) and int(diff[-1].split()[1]) < 3_000, diff[-1]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_stretches_with_lines_inserted_and_deleted_past_the_budget_show_their_first_differences_as_they_are(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the whole budget spent (``WORK_BUDGET`` 0), stretches of repeated lines with lines inserted, deleted and
+    changed are matched by reading them side by side: the diff applies back, starts at the first line that differs,
+    and marks about as many lines as were edited (unchanged lines are not shown as removed)."""
+    rng = random.Random(seed)
+    old = [f"value {rng.randrange(40)}" for _ in range(3_000)]
+    new = list(old)
+    edits = rng.randrange(1, 30)
+    for _ in range(edits):
+        at = rng.randrange(len(new))
+        match rng.randrange(3):
+            case 0:
+                new.insert(at, f"inserted {rng.randrange(5)}")
+            case 1:
+                del new[at]
+            case _:
+                new[at] = f"changed {rng.randrange(5)}"
+    new.append("one more")
+    monkeypatch.setattr(fidelity, "WORK_BUDGET", 0)
+    diff = unified_diff("\n".join(old), "\n".join(new), max_lines=10**9, context=0)
+    assert _apply(old, diff.split("\n", 2)[2]) == new
+    first = fidelity._common_head(old, new)
+    assert re.match(rf"@@ -{first}(,0)? |@@ -{first + 1}[ ,]", diff.splitlines()[2]), (first, diff.splitlines()[2])
+    assert sum(line[:1] in "-+" for line in diff.splitlines()[2:]) <= 4 * (edits + 1), diff[:2000]
+
+
+def test_the_benchmarks_report_from_before_is_the_real_one() -> None:
+    """benchmarks/fidelity_diff.py's "same" column compares with its copy of the report from before: that copy lacked the
+    fallback for texts differing only in what the line split hides, and gave an empty diff where the old code gave both
+    texts' reprs ("total: 3" against "total: 3\\n")."""
+    spec = importlib.util.spec_from_file_location("fidelity_benchmark", Path(__file__).parents[2] / "benchmarks" / "fidelity_diff.py")
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    pairs = [("total: 3", "total: 3\n"), ("a\r\nb", "a\nb"), ("x ", "x"), *_pairs(0, (0, 2, 20))]
+    for recorded, replayed in pairs:
+        for prefix in (False, True):
+            assert benchmark.old_describe_mismatch(recorded, replayed, recorded_is_prefix=prefix) == _old_describe_mismatch(
+                recorded, replayed, recorded_is_prefix=prefix
+            ), (recorded[:200], replayed[:200], prefix)
