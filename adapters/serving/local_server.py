@@ -467,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
                 served_model_name=app.served_model_name,
                 max_lora_rank=app.max_lora_rank,
                 template=local_served_template(app.base_path, app.tokenizer, app.support, args.chat_template),
+                renderer="local",
             )
             try:
                 server.serve_forever()

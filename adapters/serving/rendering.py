@@ -53,10 +53,20 @@ def servers_folder() -> Path:
 
 
 def record_server(
-    url: str, *, pid: int, base: str, served_model_name: str, template: ServedTemplate, max_lora_rank: int | None = None
+    url: str,
+    *,
+    pid: int,
+    base: str,
+    served_model_name: str,
+    template: ServedTemplate,
+    max_lora_rank: int | None = None,
+    renderer: str = "vllm",
 ) -> Path:
     """Write the state file of the server at ``url`` (process ``pid``), replacing one left by a server gone from that port.
 
+    ``renderer``: who renders its requests with ``template``, ``vllm`` or ``local`` (the local server, the trainer's own
+    functions): vLLM gives a template that loops over a message's content that content as text parts, whatever
+    ``template`` says, so :func:`check_rendering` does not compare ``content`` for a template vLLM is given as it is.
     ``max_lora_rank``: the largest LoRA rank the server loads (its ``--max-lora-rank``), so that a promote refuses a
     larger adapter before asking it."""
     parts = urlsplit(url)
@@ -72,6 +82,7 @@ def record_server(
         "base": base,
         "served_model_name": served_model_name,
         "max_lora_rank": max_lora_rank,
+        "renderer": renderer,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "chat_template": template.to_json(),
     }
@@ -207,7 +218,12 @@ def check_rendering(
         for part in PARTS
         if (trained[part] == AS_TEMPLATE) != (str(served.get(part, AS_TEMPLATE)) == AS_TEMPLATE)
     ]
-    differences += _given_differences(trained, served, own=isinstance(template, Mapping) and template.get("kind") == "own")
+    parts_by_vllm = (
+        isinstance(template, Mapping)
+        and template.get("kind") in ("own", "file")
+        and not (isinstance(state, Mapping) and state.get("renderer") == "local")  # files before `renderer`: vLLM's mostly
+    )
+    differences += _given_differences(trained, served, parts_by_vllm=parts_by_vllm)
     if not differences:
         return RenderingCheck(adapter, server, "same", f"{server} renders prompts as {adapter} was trained ({_summary(trained)}).")
     said = "; ".join(f"{d['part']}: trained with {_how(d['trained'])}, served with {_how(d['served'])}" for d in differences)
@@ -231,15 +247,16 @@ def check_rendering(
     )
 
 
-def _given_differences(trained: Mapping[str, str], served: Mapping[str, Any], *, own: bool) -> list[dict[str, str]]:
+def _given_differences(trained: Mapping[str, str], served: Mapping[str, Any], *, parts_by_vllm: bool) -> list[dict[str, str]]:
     """Per :data:`AS_SENT` entry given to the template otherwise in training than by the server: ``part``, ``trained``
-    and ``served`` (the entry, or how the text or id is sent). With ``own`` (the base's template as it is, taken without
-    reading it) ``content`` is not compared: vLLM gives a template that loops over a message's content that content as
-    text parts, as the trainer did."""
+    and ``served`` (the entry, or how the text or id is sent). With ``parts_by_vllm`` (vLLM renders with the base's own
+    template or a ``--chat-template`` file as it is) ``content`` is not compared: vLLM gives a template that loops over a
+    message's content that content as text parts, as the trainer did, though ``served`` (rendered here with strings)
+    says the text is sent as it is."""
     differences = []
     for part, as_sent in AS_SENT.items():
         trained_how, served_how = trained.get(part), served.get(part)
-        if (trained_how is None) != (served_how is None) and not (own and part == "content"):
+        if (trained_how is None) != (served_how is None) and not (parts_by_vllm and part == "content"):
             differences.append({"part": part, "trained": str(trained_how or as_sent), "served": str(served_how or as_sent)})
     return differences
 

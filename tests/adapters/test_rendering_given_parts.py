@@ -9,12 +9,13 @@ Real tokenizers with those templates, the trainer's probe (what ``ee train`` rec
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ee_middleware.adapters.serving.rendering import check_rendering
+from ee_middleware.adapters.serving.rendering import check_rendering, record_server
 from ee_middleware.adapters.templates import local_served_template, served_template, training_rendering
 from ee_middleware.models.chat_template import probe_template
 from tests.models.test_chat_template import CONTENT_PARTS_TEMPLATE, NINE_CHARACTER_IDS_TEMPLATE, _tokenizer
@@ -79,3 +80,38 @@ def test_an_adapter_trained_before_text_parts_existed_is_refused_by_a_server_giv
     assert check_rendering("vlm-bot", manifest, "http://gpu:8000/v1", state).status == "same"
     own = check_rendering("vlm-bot", manifest, "http://gpu:8000/v1", _state(served_template(base, None), base))
     assert [d["part"] for d in own.differences] == ["tools", "tool_calls"], own  # that template ignores them: not content
+
+
+def _recorded_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, template: Any, base: Path, **renderer: str) -> dict[str, Any]:
+    """The state file the server writes, read back: ``record_server`` called as ``ee serve vllm`` calls it (no
+    ``renderer``) or as the local server does (``renderer="local"``)."""
+    monkeypatch.setenv("EE_CACHE_DIR", str(tmp_path / "cache"))
+    path = record_server("http://127.0.0.1:8000/v1", pid=1, base=str(base), served_model_name="b", template=template, **renderer)
+    return json.loads(path.read_text())
+
+
+def test_a_template_file_given_to_vllm_gets_text_parts_as_the_base_template_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ee serve vllm --chat-template FILE`, FILE a copy of SmolVLM's own template: vLLM gives it each message's text as
+    parts, as it does the base's template, so an adapter trained with parts is not said to differ in ``content`` (it
+    was: "content: ... served with each message's text as a string, as sent"); only the tools and calls differ, as
+    against `own`. The local server given the same file renders it itself, with the trainer's functions: its text
+    is compared, and an adapter trained before parts existed differs there in ``content``."""
+    base, tokenizer = _base(tmp_path / "smolvlm-like", CONTENT_PARTS_TEMPLATE)
+    manifest = _manifest(tokenizer)
+    assert "content" in manifest["rendering"]
+    file = tmp_path / "own.jinja"
+    file.write_text(CONTENT_PARTS_TEMPLATE)
+
+    vllm = check_rendering(
+        "vlm-bot", manifest, "http://gpu:8000/v1", _recorded_state(monkeypatch, tmp_path, served_template(base, file), base)
+    )
+    own = check_rendering("vlm-bot", manifest, "http://gpu:8000/v1", _state(served_template(base, None), base))
+    assert [d["part"] for d in vllm.differences] == [d["part"] for d in own.differences] == ["tools", "tool_calls"], vllm
+    assert "content:" not in vllm.message and "as a string, as sent" not in vllm.message, vllm.message
+
+    local = local_served_template(base, tokenizer, probe_template(tokenizer), file)
+    state = _recorded_state(monkeypatch, tmp_path, local, base, renderer="local")
+    assert check_rendering("vlm-bot", manifest, "http://127.0.0.1:8000/v1", state).status == "same"
+    older = {"schema_version": 1, "rendering": {k: v for k, v in manifest["rendering"].items() if k != "content"}}
+    check = check_rendering("vlm-bot", older, "http://127.0.0.1:8000/v1", state)
+    assert [d["part"] for d in check.differences] == ["content"], check
