@@ -417,13 +417,19 @@ def test_the_job_returns_only_once_every_worker_has_closed_its_sandbox(
     bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Workers end by themselves, closing their sandboxes (a container stopped, a connection closed) to the end,
-    before the job returns: none is cut off by the fork server's end, or still running after the job."""
+    before the job returns: none is cut off by the fork server's end, or still running after the job.
+
+    A user's policy (the mutation policy, named by its spec) keeps the job's own process from replaying while the
+    workers start: with the built-in one it may replay every trajectory before any worker is forked, and the workers,
+    stopped as they start, then build no sandbox to close."""
     closed = tmp_path / "closed"
     closed.mkdir()
     monkeypatch.setenv("EE_TEST_CLOSED_DIR", str(closed))
     sandbox = "tests.replay.sandboxes_for_tests:SlowClosingBFCLSandbox"
+    monkeypatch.delenv("EE_TEST_BUILD_DIR", raising=False)
+    policy = "tests.replay.policies_for_tests:slow_to_build"  # built at once (no EE_TEST_BUILD_DIR)
     before = _own_processes()
-    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, sandbox=sandbox))
+    run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, sandbox=sandbox, policy=policy))
     workers = {int(p.name) for p in closed.iterdir()} - {os.getpid()}
     assert len(workers) == 2, f"the job returned before its workers closed their sandboxes ({len(workers)} of 2 had)"
     assert _own_processes() <= before
