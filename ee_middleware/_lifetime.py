@@ -179,12 +179,18 @@ _STOPPED_BY: list[str] = []
 
 
 @contextmanager
-def second_signal_ends(end_now: Callable[[], None]) -> Iterator[None]:
+def second_signal_ends(end_now: Callable[[], None], *, first: Callable[[], None] | None = None) -> Iterator[None]:
     """While a clean-up waits on other processes (a replay job stopping its workers), a second Ctrl-C, SIGTERM or SIGHUP
     calls ``end_now``, which must end that wait at once (kill the processes waited on), instead of being ignored
     (SIGTERM and SIGHUP after a first one, see :func:`termination_as_interrupt`) or raising ``KeyboardInterrupt`` in the
     middle of the clean-up (Ctrl-C). A signal the command was started ignoring (``nohup``'s SIGHUP), or that a caller
-    handles itself, stays as it is. A no-op outside the main thread (only it can install handlers)."""
+    handles itself, stays as it is. A no-op outside the main thread (only it can install handlers).
+
+    ``first``: the block is a normal end that no signal has stopped yet (a job waiting for its workers to close their
+    sandboxes). The first signal then calls ``first`` (tell the processes to stop, and let them finish their clean-up)
+    instead of ``end_now``, and is delivered as it would have been (``KeyboardInterrupt``: the command says it was
+    stopped and exits 130) once the block is over, so that a stop is never lost. Only a further one calls ``end_now``.
+    A signal already taken before the block (one :func:`termination_as_interrupt` now ignores) counts as that first."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -193,9 +199,14 @@ def second_signal_ends(end_now: Callable[[], None]) -> Iterator[None]:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         if sig in _SILENCED or signal.getsignal(sig) is signal.default_int_handler or signal.getsignal(sig) in _INTERRUPTING
     ]
+    came: list[tuple[int, Any]] = []  # the first signal, held back until the block is over
 
-    def end(_signum: int, _frame: object) -> None:
-        end_now()
+    def end(signum: int, frame: Any) -> None:
+        if first is None or came or signum in _SILENCED or _SILENCED & set(taken):
+            end_now()
+            return
+        came.append((signum, frame))
+        first()
 
     previous = {sig: signal.signal(sig, end) for sig in taken}
     try:
@@ -203,3 +214,9 @@ def second_signal_ends(end_now: Callable[[], None]) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if came:  # (not when the block raised: that error is what ends the command)
+        signum, frame = came[0]
+        handler = previous[signal.Signals(signum)]
+        if callable(handler):
+            handler(signum, frame)  # raises KeyboardInterrupt (termination_as_interrupt's, with the signal's name)
+        raise KeyboardInterrupt(signal.Signals(signum).name)

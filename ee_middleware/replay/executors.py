@@ -1049,10 +1049,11 @@ class ProcessExecutor:
         trajectory was sent, the fork server still importing or the workers still building their policy), or a worker
         has not finished starting, the workers are stopped first (see :meth:`_stop_workers`): the job then ends within
         about a second instead of after every trajectory they were sent, or their warm-up (a model loading). A second
-        Ctrl-C, SIGTERM or SIGHUP meanwhile kills them."""
+        Ctrl-C, SIGTERM or SIGHUP meanwhile kills them. A job that replayed everything and is stopped while its workers
+        close their sandboxes stops them too, and still ends as stopped (``KeyboardInterrupt``, exit 130)."""
         try:
-            with second_signal_ends(self._kill_workers):
-                early = not self._all_replayed or any(self._unanswered)
+            early = not self._all_replayed or any(self._unanswered)
+            with second_signal_ends(self._kill_workers, first=None if early else self._stop_workers):
                 if early:
                     self._stop.set()  # a worker forked from now on skips its warm-up (see _init_process_worker)
                 if self._starter is not None:

@@ -7,6 +7,9 @@ build them too. ``gated`` and ``failing`` are the mutation policy with one diffe
   ``EE_TEST_FAIL_ON`` names;
 - ``slow_to_build``: leaves a file named by its process's pid in ``EE_TEST_BUILD_DIR``, then takes
   ``EE_TEST_BUILD_DELAY`` seconds to build (a policy loading a model);
+- ``slow_to_close``: its ``close`` (a worker ending) leaves a file named by its process's pid in
+  ``EE_TEST_CLOSING_DIR``, takes ``EE_TEST_CLOSE_DELAY`` seconds (a model unloading, a connection draining), then leaves
+  one in ``EE_TEST_CLOSED_DIR``: a test can stop the job while its workers close, and tell whether they closed to the end;
 - ``dying``: its process dies (SIGKILL) at the trajectory ``EE_TEST_DIE_ON`` names, after writing its pid into the
   file ``EE_TEST_DIED_PID`` (a worker killed by the kernel's out-of-memory killer, or a native crash); each process
   that builds it leaves a file named by its pid in ``EE_TEST_BUILD_DIR`` (when set).
@@ -54,6 +57,20 @@ def slow_to_build(**options: Any) -> MutationPolicy:
         Path(folder, str(os.getpid())).touch()
         time.sleep(float(os.environ.get("EE_TEST_BUILD_DELAY", "0")))
     return MutationPolicy()
+
+
+class _SlowToClose(MutationPolicy):
+    def close(self) -> None:
+        for folder, delay in (("EE_TEST_CLOSING_DIR", "EE_TEST_CLOSE_DELAY"), ("EE_TEST_CLOSED_DIR", None)):
+            if path := os.environ.get(folder):
+                Path(path, str(os.getpid())).touch()
+            if delay:
+                time.sleep(float(os.environ.get(delay, "0")))
+        super().close()
+
+
+def slow_to_close(**options: Any) -> MutationPolicy:
+    return _SlowToClose()
 
 
 class _Dying(MutationPolicy):

@@ -1,5 +1,5 @@
-"""A replay job stopped while its workers still build their sandbox and policy (warm-up), and one whose worker died:
-the stop reaches every worker that is alive, and only those.
+"""A replay job stopped while its workers still build their sandbox and policy (warm-up), or close them after replaying
+everything, and one whose worker died: the stop reaches every worker that is alive, and only those.
 
 The first tests run the real CLI in a separate process (see :mod:`tests.replay.test_processes`).
 """
@@ -94,6 +94,48 @@ def test_a_job_stopped_before_its_workers_are_forked_ends_at_once(bfcl_store_pat
     assert list(built.iterdir()) == [], "a worker forked after the stop skips its warm-up"
     assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
     assert LocalExperienceStore(bfcl_store_path).replays().height == 0
+
+
+CLOSE_DELAY_S = 3.0
+"""How long each worker's policy takes to close (a model unloading): the stop comes meanwhile."""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group"])
+def test_a_job_stopped_while_its_workers_close_after_replaying_everything_ends_as_stopped(
+    bfcl_store_path: Path, jobs: list[Job], tmp_path: Path, how: str
+) -> None:
+    """Every trajectory was replayed and stored; the stop comes while the workers close their policies. Before, that
+    first SIGTERM or Ctrl-C was taken as a second one: it killed the workers mid-close and was swallowed, and the job
+    printed its summary and exited 0, as if nobody had stopped it. It now stops the workers, lets them close to the end
+    (a further signal would kill them), and exits 130 saying it was stopped."""
+    closing, closed = tmp_path / "closing", tmp_path / "closed"
+    closing.mkdir()
+    closed.mkdir()
+    job = Job(
+        bfcl_store_path,
+        *("--workers", "2", "--policy", "tests.replay.policies_for_tests:slow_to_close"),
+        env={"EE_TEST_CLOSING_DIR": str(closing), "EE_TEST_CLOSED_DIR": str(closed), "EE_TEST_CLOSE_DELAY": str(CLOSE_DELAY_S)},
+    )
+    jobs.append(job)
+
+    def workers_in(folder: Path) -> set[int]:
+        return {int(p.name) for p in folder.iterdir()} - {job.proc.pid}
+
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    while len(workers_in(closing)) < 2:
+        assert job.proc.poll() is None, f"the job ended before its workers closed (exit {job.proc.returncode}): {job.proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the workers never got to close their policy"
+        time.sleep(0.02)
+    assert workers_in(closed) == set(), "the stop comes while the workers close"
+    if how.startswith("SIGTERM"):
+        job.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(job.proc.pid, signal.SIGINT)
+    stderr = stopped(job, STOPS_WITHIN_S)
+    assert "interrupted: the replay stopped" in stderr and "6 of 6 trajectories" in stderr, stderr
+    assert workers_in(closed) == workers_in(closing), "one stop lets the workers close to the end"
+    assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
+    assert LocalExperienceStore(bfcl_store_path).replays().height == 6
 
 
 def _has_fork_server(pid: int) -> bool:
