@@ -180,7 +180,8 @@ WORK_BUDGET = 2_000_000
 and its share of the pairs, and the steps of every shortest edit script): difflib makes one search per matching run,
 so a text whose every record differs in one line (a clock the sandbox does not freeze) cost lines x records, 22 s for
 0.33 MB, and one allowance per stretch between anchors added up to 19 s over 1.2 MB of reordered lists. Past it, the
-remaining stretches are matched cheaply (:func:`_cheap_blocks`). Any two texts of a few thousand lines stay within it."""
+remaining stretches are matched cheaply (:func:`_cheap_blocks`): a correct diff, which may show a record removed and
+another added as values changed. Texts of a few thousand lines may go past it and still get difflib's report."""
 
 CHEAP_BUDGET = 500_000
 """The places :func:`_cheap_blocks` may try, in all, to find where two stretches meet again after a difference."""
