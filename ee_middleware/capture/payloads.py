@@ -255,8 +255,8 @@ TASK_FIELDS = ("question", "query", "task", "input", "prompt", "request", "messa
 def input_text(graph_input: Any) -> str | None:
     """The question in a graph's input that holds no messages: its text field named as a question (:data:`TASK_FIELDS`),
     as in ``{"question": q}`` or ``{"query": q, "max_results": 3}``; else its only text field where that is a user
-    message, or may be one (:func:`_reads_as_question`: not an id, a code, a bare URL or path, nor under a name that is
-    an id's, a file's or a name's).
+    message, or reads as a question (:func:`_reads_as_question`: a question mark, a sentence, not a parameter such as
+    ``{"lang": "en"}``).
     The input is a dict or an input schema's pydantic or dataclass instance. ``None`` otherwise (``{"ticket_id":
     "T-1042"}``, several text fields none of which is named as the question): the run's task is then read from its
     model's input."""
@@ -291,27 +291,27 @@ _IDENTIFIER_NAMES = frozenset(
 
 
 def _reads_as_question(name: str, text: str) -> bool:
-    """Whether a lone text field ``name`` holding ``text`` may be the run's question: anything but what clearly is none.
-    Not under a name that is an id's, a file's or a name's (:data:`_IDENTIFIER_NAMES`); not one token (no whitespace)
-    that is a URL or a path ("https://...", "/data/in.csv", "~/x") or looks like an identifier or a code (letters with
-    digits, underscores, "#" or "@", or dotted: "T-1042", "ord_123", "#W1234", "v1.2"). A sentence, a single word
-    ("refund") and text written without spaces (Chinese, Japanese) are questions."""
+    """Whether a lone text field ``name`` holding ``text`` reads as the run's question, not as one of its parameters
+    (``{"lang": "en"}``, ``{"city": "Paris"}``, ``{"customer": "Ann Lee"}``, ``{"ticket": "T-1042"}``): it ends with a
+    question mark ("?" or the full-width U+FF1F), or is a sentence of at least :data:`_QUESTION_WORDS` words, or is written
+    without spaces (Chinese, Japanese) in at least :data:`_QUESTION_CHARS` such characters; never under a name that is
+    an id's, a file's or a name's (:data:`_IDENTIFIER_NAMES`). Anything else leaves the task to the model's input, as
+    a field that is no question always did."""
     words = [w for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", name) if w]
     if words and words[-1].lower() in _IDENTIFIER_NAMES:
         return False
     stripped = text.strip()
-    if any(c.isspace() for c in stripped):
+    if stripped.endswith(("?", "\uff1f")):
         return True
-    if "://" in stripped or "/" in stripped or "\\" in stripped or stripped.startswith(("~", "www.")):
-        return False  # a bare URL or path
-    return not (_CODE_CHARS.fullmatch(stripped) and _CODE_MARKS.search(stripped))
+    if len(stripped.split()) >= _QUESTION_WORDS:
+        return True
+    return sum(1 for c in stripped if ord(c) >= 0x2E80) >= _QUESTION_CHARS  # CJK and the scripts written like it
 
 
-_CODE_CHARS = re.compile(r"[\w.#@:+-]+", re.ASCII)
-_CODE_MARKS = re.compile(r"[\d_#@]|\w\.\w", re.ASCII)
-"""One token of ASCII letters, digits and ``_.#@:+-`` (:data:`_CODE_CHARS`) holding a digit, an underscore, ``#``, ``@``
-or a dot inside (:data:`_CODE_MARKS`): an identifier or a code ("T-1042", "ord_123", "#W1234", "a@b.example"), not a
-word ("refund", "follow-up")."""
+_QUESTION_WORDS = 4
+_QUESTION_CHARS = 6
+"""A lone field's text is a question from this many words (space-separated), or this many characters of a script written
+without spaces: fewer is a parameter ("New York", "退款") whose run's task the model's input says better."""
 
 
 def _field_text(value: Any) -> str | None:

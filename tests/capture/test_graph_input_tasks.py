@@ -303,15 +303,14 @@ def _wrapping_graph(field: str) -> Any:
         {"objective": "注文した商品はいつ届きますか？"},  # noqa: RUF001
         {"problem": "Summarize https://shop.example/returns for me please"},
         {"goal": "~/orders.csv shows a refund twice, why?"},
-        {"topic": "refund"},
-        {"customer": "Ann Lee"},
+        {"ask": "Cancel my subscription today please"},
     ],
-    ids=["chinese", "japanese", "url-inside", "path-first", "one-word", "two-words"],
+    ids=["chinese", "japanese", "url-inside", "path-first", "four-words"],
 )
-def test_a_lone_field_that_is_not_clearly_an_identifier_is_the_task(given: dict[str, str], store_path: Any) -> None:
+def test_a_lone_field_that_reads_as_a_question_is_the_task(given: dict[str, str], store_path: Any) -> None:
     """Before, a lone field counted only with three words (or two and a '?') and no URL or path anywhere: Chinese and
-    Japanese questions (no spaces), a sentence holding a URL or starting with a path, and a one-word topic got the whole
-    prompt the node built as their task. Only what clearly is no question is passed over now."""
+    Japanese questions (no spaces), a sentence holding a URL or starting with a path got the whole prompt the node built
+    as their task."""
     [(field, value)] = given.items()
     agent = record_experience(_wrapping_graph(field), app="shop", store=store_path)
     agent.invoke(given)
@@ -322,12 +321,16 @@ def test_a_lone_field_that_is_not_clearly_an_identifier_is_the_task(given: dict[
 @pytest.mark.parametrize(
     "given",
     [{"ticket": "T-1042"}, {"order": "ord_123"}, {"order": "#W1234"}, {"source": "https://shop.example/returns"},
-     {"attachment": "~/orders.csv"}, {"attachment": "C:\\data\\in.csv"}, {"release": "v2.4.1"}],
-    ids=["dashed-id", "underscored-id", "hash-id", "bare-url", "home-path", "windows-path", "dotted-code"],
+     {"attachment": "~/orders.csv"}, {"attachment": "C:\\data\\in.csv"}, {"release": "v2.4.1"},
+     {"status": "open"}, {"lang": "en"}, {"mode": "fast"}, {"city": "Paris"}, {"ticker": "AAPL"}, {"customer": "Ann Lee"},
+     {"region": "EMEA"}, {"topic": "refund"}, {"city": "巴黎"}],
+    ids=["dashed-id", "underscored-id", "hash-id", "bare-url", "home-path", "windows-path", "dotted-code",
+         "status", "lang", "mode", "city", "ticker", "two-words", "region", "one-word", "two-cjk-characters"],
 )  # fmt: skip
-def test_a_lone_field_holding_an_identifier_url_or_path_is_not_the_task(given: dict[str, str], store_path: Any) -> None:
-    """One token that is an identifier, a code, a URL or a path, under a name that does not say so: the task is the
-    question the model was asked."""
+def test_a_lone_field_holding_a_parameter_identifier_url_or_path_is_not_the_task(given: dict[str, str], store_path: Any) -> None:
+    """One token that is an identifier, a code, a URL or a path, or a parameter of the run (a status, a language, a
+    city, a name: a word or two), under a name that does not say so: the task is the question the model was asked.
+    92794bd had taken such words as the task ('open', 'en'): the curriculum and the tool simulator read 'Task: en'."""
     [(field, value)] = given.items()
     agent = record_experience(_wrapping_graph(field), app="shop", store=store_path)
     agent.invoke(given)
