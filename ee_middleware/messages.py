@@ -419,9 +419,10 @@ def _langchain_messages() -> tuple[type, Any]:
 
 def message_type(message: Any) -> Any:
     """A LangChain message's ``type`` ("ai", "human", "tool", ...), a streamed chunk's (``AIMessageChunk``, whose
-    ``type`` is its class name) as its whole message's; ``None`` for an object without one (a dict, a tuple)."""
+    ``type`` is its class name) as its whole message's; ``None`` for an object without one (a dict, a tuple) or whose
+    ``type`` is no string (a pandas DataFrame with a ``type`` column: its column, which no comparison may be asked of)."""
     kind = getattr(message, "type", None)
-    return CHUNK_TYPES.get(kind, kind) if isinstance(kind, str) else kind
+    return CHUNK_TYPES.get(kind, kind) if isinstance(kind, str) else None
 
 
 CHUNK_TYPES = {

@@ -138,11 +138,11 @@ class RunCapture(BaseCallbackHandler):
     def last_reply_task(self, output: Any) -> str | None:
         """The checkpoint namespace of the LangGraph node run that wrote the last reply (an assistant message without
         tool calls) in the graph's final state ``output``, or ``None`` where no node returned that message object."""
-        replies = [m for m in state_messages(output) or () if message_type(m) == "ai" and not getattr(m, "tool_calls", None)]
-        if not replies:
+        reply = _last_reply(state_messages(output) or ())
+        if reply is None:
             return None
-        found = self._writers.get(id(replies[-1]))
-        return found[1] if found is not None and found[0] is replies[-1] else None
+        found = self._writers.get(id(reply))
+        return found[1] if found is not None and found[0] is reply else None
 
     def _elsewhere(self) -> bool:
         """Whether a model or tool call made now belongs to another recorder's run, which stores it (its app, store and
@@ -412,15 +412,30 @@ class RunCapture(BaseCallbackHandler):
         span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))
 
 
+def _last_reply(messages: Any) -> Any:
+    """The last assistant message without tool calls in ``messages``, read from the end (a long thread's state is not
+    walked whole at every node's end); ``None`` where there is none."""
+    for message in reversed(messages):
+        if message_type(message) == "ai" and not getattr(message, "tool_calls", None):
+            return message
+    return None
+
+
 def _written_replies(update: Any) -> list[Any]:
-    """The assistant message objects a LangGraph node returned: in its update (a mapping, a ``Command``'s ``update``, a
-    list of them), under any key (``messages``, a custom state's own list)."""
+    """The assistant message objects a LangGraph node returned that could be the run's last reply: in its update (a
+    mapping, a ``Command``'s ``update``, a list of them), under any key (``messages``, a custom state's own list), each
+    list's last assistant message (a subgraph's node returns its whole conversation: only its end can be the last reply)."""
     update = getattr(update, "update", update) if type(update).__name__ == "Command" else update
     if isinstance(update, Mapping):
         found: list[Any] = []
         for value in update.values():
-            items = value if isinstance(value, (list, tuple)) else (value,)
-            found += [m for m in items if message_type(m) == "ai" and hasattr(m, "tool_calls")]
+            if isinstance(value, (list, tuple)):
+                for message in reversed(value):
+                    if message_type(message) == "ai" and hasattr(message, "tool_calls"):
+                        found.append(message)
+                        break
+            elif message_type(value) == "ai" and hasattr(value, "tool_calls"):
+                found.append(value)
         return found
     if isinstance(update, (list, tuple)):
         return [m for item in update if isinstance(item, Mapping) or type(item).__name__ == "Command" for m in _written_replies(item)]

@@ -106,3 +106,54 @@ def test_runs_that_redact_alike_are_still_stored_after_one_that_failed(react_gra
     [trajectory] = _stored(store_path)
     assert trajectory.status == "completed" and trajectory.num_steps == 3
     assert trajectory.steps[1].observation.content.startswith("ordered 5 pear")
+
+
+class _Ambiguous:
+    """What a pandas Series is in a boolean test: a comparison gives another one, whose truth raises."""
+
+    def __eq__(self, other: object) -> Any:
+        return self
+
+    def __bool__(self) -> bool:
+        raise ValueError("The truth value of a Series is ambiguous (stand-in)")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _FrameWithATypeColumn:
+    """A stand-in for a pandas DataFrame with a ``type`` column: ``frame.type`` is that column."""
+
+    type = _Ambiguous()
+
+
+def test_a_node_update_holding_a_table_with_a_type_column_leaves_the_run_alone_stand_in_dataframe(tmp_path: Path) -> None:
+    """Capture reads which node wrote the run's last reply from the nodes' updates (a36a1f6): it compared each value's
+    ``type`` with "ai", and a DataFrame's ``type`` column made that raise at every node's end (logged; in strict mode the
+    user's invoke raised it). Only messages are asked their type now."""
+    from typing import TypedDict
+
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import END, START, StateGraph
+
+    from ee_middleware.testing import ScriptedChatModel
+
+    model = ScriptedChatModel(script=[AIMessage(content="Two refunds.")])
+
+    class State(TypedDict, total=False):
+        question: str
+        table: Any
+        rows: list[Any]
+        answer: str
+
+    builder = StateGraph(State)
+    builder.add_node("load", lambda state: {"table": _FrameWithATypeColumn(), "rows": [_FrameWithATypeColumn()]})
+    builder.add_node("answer", lambda state: {"answer": model.invoke(state["question"]).content})
+    builder.add_edge(START, "load")
+    builder.add_edge("load", "answer")
+    builder.add_edge("answer", END)
+    agent = record_experience(builder.compile(), app="ops", store=tmp_path / "store", strict=True)
+    agent.invoke({"question": "How many refunds?"})
+    agent.flush()
+    agent.recorder.close()
+    [trajectory] = _stored(tmp_path / "store")
+    assert trajectory.status == "completed" and trajectory.task == "How many refunds?"
