@@ -15,14 +15,17 @@ and whether both reports are the same.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import random
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from ee_middleware.replay import fidelity
-from ee_middleware.replay.fidelity import MAX_DIFF_LINES, MAX_LINE_CHARS, describe_mismatch
+from ee_middleware.replay.fidelity import describe_mismatch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the report from before lives with the test that pins it
+from tests.replay.test_fidelity_scaling import _old_describe_mismatch as old_describe_mismatch
 
 
 def observations(size: int) -> tuple[str, dict[str, str]]:
@@ -41,71 +44,6 @@ def observations(size: int) -> tuple[str, dict[str, str]]:
     added = json.loads(recorded)
     added[len(added) // 2]["note"] = "restocked"
     return recorded, {"changed": json.dumps(changed), "added": json.dumps(added), "cut": recorded[: len(recorded) * 3 // 4]}
-
-
-def _old_lines(text: str) -> list[str]:
-    stripped = text.strip()
-    if stripped[:1] in ("{", "["):
-        try:
-            return json.dumps(json.loads(stripped), indent=1, ensure_ascii=False).splitlines()
-        except ValueError:
-            pass
-    out: list[str] = []
-    for line in text.splitlines() or [""]:
-        out.extend(fidelity._BREAK.split(line) if len(line) > MAX_LINE_CHARS // 2 else [line])
-    return out
-
-
-def _old_unordered(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _old_unordered(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return sorted((_old_unordered(item) for item in value), key=lambda item: json.dumps(item, sort_keys=True))
-    return value
-
-
-def _old_order_hint(recorded: str, replayed: str) -> str | None:
-    if recorded == replayed:
-        return None
-    try:
-        documents = (json.loads(recorded), json.loads(replayed)) if recorded.strip()[:1] in "{[" and replayed.strip()[:1] in "{[" else None
-    except ValueError:
-        documents = None
-    if documents is None:
-        return fidelity.order_hint(recorded, replayed)  # other texts: unchanged
-    old, new = (json.dumps(document, sort_keys=True) for document in documents)
-    if old == new:
-        return fidelity.KEY_ORDER_HINT if json.dumps(documents[0]) != json.dumps(documents[1]) else None
-    old, new = (json.dumps(_old_unordered(document), sort_keys=True) for document in documents)
-    return fidelity.SET_ORDER_HINT if old == new else None
-
-
-def old_describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: bool = False) -> dict[str, Any]:
-    """The report as it was made before this change (the same fields, the same texts)."""
-    compared = replayed[: len(recorded)] if recorded_is_prefix else replayed
-    position = next((i for i, (x, y) in enumerate(zip(recorded, compared, strict=False)) if x != y), min(len(recorded), len(compared)))
-    lines = [
-        line.rstrip("\n")
-        for line in difflib.unified_diff(_old_lines(recorded), _old_lines(compared), "recorded", "sandbox", n=1, lineterm="")
-    ]
-    if not lines:  # the texts differ only in what the line split hides (trailing whitespace, line ends)
-        lines = ["--- recorded", "+++ sandbox", f"-{recorded!r}"[:MAX_LINE_CHARS], f"+{compared!r}"[:MAX_LINE_CHARS]]
-    lines = [line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…" for line in lines]
-    if len(lines) > MAX_DIFF_LINES:
-        rest = len(lines) - (MAX_DIFF_LINES - 1)
-        lines = [*lines[: MAX_DIFF_LINES - 1], f"… {rest} more diff lines"]
-    report: dict[str, Any] = {
-        "position": position,
-        "line": recorded.count("\n", 0, position) + 1,
-        "column": position - (recorded.rfind("\n", 0, position) + 1) + 1,
-        "recorded_chars": len(recorded),
-        "replayed_chars": len(replayed),
-        "diff": "\n".join(lines),
-    }
-    hint = None if recorded_is_prefix else _old_order_hint(recorded, replayed)
-    if hint is not None:
-        report["hint"] = hint
-    return report
 
 
 def _cpu_seconds(repeats: int, work: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:

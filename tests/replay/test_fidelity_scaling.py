@@ -7,12 +7,10 @@ difflib while that is cheap, else by a matcher linear in the lines (``fidelity.D
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import json
 import random
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -352,19 +350,3 @@ def test_stretches_with_lines_inserted_and_deleted_past_the_budget_show_their_fi
     first = fidelity._common_head(old, new)
     assert re.match(rf"@@ -{first}(,0)? |@@ -{first + 1}[ ,]", diff.splitlines()[2]), (first, diff.splitlines()[2])
     assert sum(line[:1] in "-+" for line in diff.splitlines()[2:]) <= 4 * (edits + 1), diff[:2000]
-
-
-def test_the_benchmarks_report_from_before_is_the_real_one() -> None:
-    """benchmarks/fidelity_diff.py's "same" column compares with its copy of the report from before: that copy lacked the
-    fallback for texts differing only in what the line split hides, and gave an empty diff where the old code gave both
-    texts' reprs ("total: 3" against "total: 3\\n")."""
-    spec = importlib.util.spec_from_file_location("fidelity_benchmark", Path(__file__).parents[2] / "benchmarks" / "fidelity_diff.py")
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    pairs = [("total: 3", "total: 3\n"), ("a\r\nb", "a\nb"), ("x ", "x"), *_pairs(0, (0, 2, 20))]
-    for recorded, replayed in pairs:
-        for prefix in (False, True):
-            assert benchmark.old_describe_mismatch(recorded, replayed, recorded_is_prefix=prefix) == _old_describe_mismatch(
-                recorded, replayed, recorded_is_prefix=prefix
-            ), (recorded[:200], replayed[:200], prefix)
