@@ -20,6 +20,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from ee_middleware.messages import message_type
+
 Policy = Callable[[Sequence[BaseMessage], Sequence[dict[str, Any]]], AIMessage]
 
 
@@ -52,9 +54,9 @@ class ScriptedChatModel(BaseChatModel):
         else:
             turn = 0
             for message in reversed(messages):
-                if message.type == "human":
+                if message_type(message) == "human":
                     break
-                turn += message.type == "ai"
+                turn += message_type(message) == "ai"  # an AIMessageChunk too: a node that streamed the model
             if not self.script:
                 raise ValueError("ScriptedChatModel needs a script or a policy")
             reply = self.script[min(turn, len(self.script) - 1)]

@@ -16,6 +16,7 @@ from typing import Any
 
 from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, BFCLEntry, load_entries
 from ee_middleware.bfcl.world import World, build_world, execute, parse_call
+from ee_middleware.messages import message_type
 from ee_middleware.records import ToolCall
 
 EXPERT_MODEL_NAME = "bfcl-ground-truth-expert"
@@ -49,12 +50,12 @@ def build_expert_graph(entry: BFCLEntry) -> Any:
         turn: int
 
     def expert(messages: Sequence[Any], _tools: Sequence[Any]) -> AIMessage:
-        turn = sum(1 for m in messages if m.type == "human") - 1
+        turn = sum(1 for m in messages if message_type(m) == "human") - 1
         done = 0
         for message in reversed(messages):
-            if message.type == "human":
+            if message_type(message) == "human":
                 break
-            done += message.type == "tool"
+            done += message_type(message) == "tool"
         calls = entry.ground_truth[turn] if 0 <= turn < len(entry.ground_truth) else []
         if done < len(calls):
             call = parse_call(calls[done], world, call_id=f"call_{turn}_{done}")
