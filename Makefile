@@ -63,11 +63,13 @@ demo-quick: $(STAMP)
 	@$(BYTECODE)
 	$(BIN)/python examples/end_to_end.py --out demo-output --quick
 
+# --durations: the slowest tests of every run are in the log, for keeping the default run under 15 min (HEAVY_TESTS).
 test: $(STAMP)
 	@$(BYTECODE)
-	$(BIN)/python -m pytest || $(NO_TESTS)
+	$(BIN)/python -m pytest --durations=30 || $(NO_TESTS)
 
-# Tests marked heavy (whole ee improve runs, the quick demo, several servers, capture-in-a-child-process variants):
+# Tests marked heavy (whole ee improve runs, the quick demo, several servers, Ray clusters, capture-in-a-child-process
+# variants, the slowest process-heavy tests: tests/conftest.py's HEAVY_TESTS):
 # outside the default run so that it stays under 15 min on 2 cores; CI runs them as a step of their own.
 test-heavy: $(STAMP)
 	@$(BYTECODE)

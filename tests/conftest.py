@@ -248,3 +248,124 @@ class _MissingDependencySkips:
 def pytest_configure(config: pytest.Config) -> None:
     if _strict_skips():
         config.pluginmanager.register(_MissingDependencySkips(), "ee-missing-dependency-skips")
+
+
+# --- Heavy tests by id, beside those marked `heavy` in their files -------------------------------------------------
+# Kept out of the default run (which stays under 15 min on 2 cores) and run by `make test-heavy`, a CI step of its own.
+# (test id glob, why): fnmatch globs, where "[[]" is a literal "[".
+SLOWEST = "one of the slowest tests of the default run"
+HEAVY_TESTS: list[tuple[str, str]] = [
+    ("tests/replay/test_executors.py::test_on_ray_*", "a local Ray cluster per test"),
+    ("tests/replay/test_fewer_answers.py::*[[]ray-*", "a local Ray cluster per test"),
+    ("tests/replay/test_golden.py::test_ray_*", "a local Ray cluster per test"),
+    ("tests/replay/test_job.py::test_ray_*", "a local Ray cluster per test"),
+    ("tests/replay/test_job.py::*[[]ray[]]", "a local Ray cluster per test"),
+    ("tests/replay/test_stop_while_warming.py::*-ray[]]", "a local Ray cluster per test"),
+    ("tests/cli/test_replay_interrupted_line.py::test_with_ray_actors_*", "a local Ray cluster per test"),
+    ("tests/store/test_local_store.py::test_many_processes_writing_at_once_lose_nothing", "many writer processes at once"),
+    ("tests/store/test_store_creation.py::test_processes_creating_one_new_store_at_once_all_open_it", "many processes at once"),
+    ("tests/store/test_concurrent_reads.py::test_reads_during_compaction_and_merges_are_consistent", "readers beside compactions"),
+    ("tests/ingest/test_files.py::test_peak_memory_does_not_grow_with_the_input", "large inputs ingested to measure memory"),
+    ("tests/jobs/test_improve_experience.py::*", "whole ee improve runs"),
+    ("tests/jobs/test_continue_changed.py::*", "whole ee improve runs, continued"),
+    ("tests/capture/test_golden.py::*[[]process-*", "the golden recorded again with capture in a child process"),
+    # The slowest of the rest in a --durations run (2026-12-01: 11-34 s each under load, two pytest workers): local model
+    # servers, `ee` subprocesses, MCP servers, capture children, eval and replay worker processes, tiny trainings.
+    ("tests/adapters/test_serving_local.py::test_the_local_server_passes_the_serving_conformance_kit", SLOWEST),
+    ("tests/trainers/datasets/test_teachers.py::test_a_dataset_build_loads_the_teacher_model_once_and_releases_it", SLOWEST),
+    ("tests/cli/test_replay_cli.py::test_an_expert_call_the_sandbox_fails_on_fails_the_trajectory_and_the_next_run_retries_it", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_a_recorded_agent_with_mcp_tools_replays_with_no_fidelity_mismatch", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_a_time_out_on_the_experts_path_names_the_mcp_sandboxs_own_limit", SLOWEST),
+    (
+        "tests/evals/test_bfcl_fc_decoding.py::test_a_local_text_model_s_multi_turn_answers_with_prose_score_as_bfcl_eval_s_qwen_fc_runner_scores_them",
+        SLOWEST,
+    ),
+    ("tests/adapters/test_rendering_check.py::test_the_local_server_records_the_template_it_renders_with", SLOWEST),
+    ("tests/capture/test_offload.py::test_process_mode_stores_what_thread_mode_stores_and_leaves_no_process", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_a_tool_no_mcp_server_lists_is_reported_in_the_mcp_sandboxs_terms", SLOWEST),
+    ("tests/cli/test_replay_cli.py::test_a_sandbox_failure_on_the_expert_s_last_call_keeps_the_trajectory_and_its_branches", SLOWEST),
+    ("tests/capture/test_exit_flush.py::test_runs_are_stored_when_the_script_exits_without_flushing[[]process-False-return[]]", SLOWEST),
+    ("tests/adapters/test_serving_local.py::test_killing_the_server_during_a_promote_leaves_the_registry_consistent", SLOWEST),
+    ("tests/capture/test_offload.py::test_a_forked_process_records_in_its_own_threads_and_leaves_the_child_to_the_parent", SLOWEST),
+    ("tests/cli/test_replay_cli.py::test_the_summary_counts_the_sandboxs_own_failures", SLOWEST),
+    ("tests/cli/test_replay_experience_cli.py::test_a_model_whose_every_prediction_is_unusable_fails_the_run_saying_why", SLOWEST),
+    ("tests/cli/test_replay_cli.py::test_what_tools_print_goes_to_stderr_and_json_stdout_is_the_summary_alone[[]workers[]]", SLOWEST),
+    ("tests/evals/test_run_workers.py::test_a_task_whose_worker_dies_on_the_rerun_too_counts_as_failed_and_the_gate_says_so", SLOWEST),
+    ("tests/trainers/datasets/test_sandbox_failures.py::test_the_job_stores_the_sandbox_failures_marked_and_counts_them", SLOWEST),
+    ("tests/replay/policies/test_transformers_local.py::test_a_model_that_learned_a_tool_call_gets_it_accepted", SLOWEST),
+    (
+        "tests/capture/test_fork_children.py::test_runs_recorded_in_multiprocessing_fork_workers_are_stored_without_flush[[]executor-process[]]",
+        SLOWEST,
+    ),
+    (
+        "tests/capture/test_sigterm_mid_write.py::test_a_trajectory_being_written_at_sigterm_is_stored_whole_slowed_disk[[]thread[]]",
+        SLOWEST,
+    ),
+    ("tests/evals/test_run_workers.py::test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on", SLOWEST),
+    (
+        "tests/capture/test_step_tools.py::test_a_resume_recorded_by_a_fresh_recorder_reads_the_paused_decisions_tools_from_the_store[[]process-False[]]",
+        SLOWEST,
+    ),
+    ("tests/adapters/test_local_server.py::test_ee_serve_local_stopped_with_sigterm_exits_cleanly_and_removes_its_state_file", SLOWEST),
+    (
+        "tests/adapters/test_local_server.py::test_a_request_for_an_adapter_unloaded_while_it_waited_for_the_model_is_a_404_not_the_base_forced_interleaving",
+        SLOWEST,
+    ),
+    ("tests/replay/sandboxes/test_mcp.py::test_it_runs_under_subprocess_isolation", SLOWEST),
+    (
+        "tests/replay/sandboxes/test_mcp.py::test_a_recorded_agent_whose_tool_acts_on_the_order_of_a_dict_replays_with_no_fidelity_mismatch",
+        SLOWEST,
+    ),
+    (
+        "tests/capture/test_step_tools.py::test_a_reviewed_call_is_taught_with_the_tools_its_paused_decision_was_offered[[]edit-process[]]",
+        SLOWEST,
+    ),
+    ("tests/capture/test_offload.py::test_a_module_that_builds_its_recorder_at_import_starts_one_capture_process", SLOWEST),
+    (
+        "tests/capture/test_fork_children.py::test_runs_recorded_in_multiprocessing_fork_workers_are_stored_without_flush[[]pool-process[]]",
+        SLOWEST,
+    ),
+    ("tests/capture/test_exit_flush.py::test_a_run_still_in_flight_at_exit_is_stored_as_interrupted", SLOWEST),
+    ("tests/bfcl/test_experts.py::test_entries_whose_run_capture_could_not_store_are_failures", SLOWEST),
+    (
+        "tests/replay/test_processes.py::test_a_job_with_a_served_policy_stops_without_waiting_for_the_model_requests_in_flight_slow_server_stand_in[[]2[]]",
+        SLOWEST,
+    ),
+    ("tests/capture/test_exit_flush.py::test_runs_are_stored_when_the_script_exits_without_flushing[[]thread-True-return[]]", SLOWEST),
+    (
+        "tests/replay/test_job.py::test_with_two_workers_a_fake_server_is_asked_for_each_workers_next_trajectory_while_one_replays[[]local[]]",
+        SLOWEST,
+    ),
+    ("tests/evals/test_run_workers.py::test_a_task_whose_worker_was_killed_once_runs_again_and_is_scored_on_its_answer", SLOWEST),
+    (
+        "tests/replay/sandboxes/test_injected.py::test_a_trajectory_whose_expert_needs_the_graph_state_is_skipped_naming_the_parameter[[]subprocess[]]",
+        SLOWEST,
+    ),
+    ("tests/trainers/training/test_mixed_builds.py::test_the_files_of_one_build_train_together", SLOWEST),
+    (
+        "tests/evals/test_run_workers.py::test_a_run_whose_every_worker_died_measured_no_model_exits_1_is_refused_by_the_gate_and_taken_over",
+        SLOWEST,
+    ),
+    ("tests/trainers/training/test_family_templates.py::test_labels_are_exactly_the_completion_tokens[[]iwm-gemma-2[]]", SLOWEST),
+    ("tests/capture/test_sigterm.py::test_sigterm_while_the_main_thread_holds_a_capture_lock_still_ends_the_process", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_the_conformance_kit_passes_on_a_streamable_http_server_it_starts", SLOWEST),
+    ("tests/replay/test_job.py::test_the_job_freezes_what_the_process_held_only_while_it_runs", SLOWEST),
+    (
+        "tests/capture/test_fork_children.py::test_runs_recorded_in_multiprocessing_fork_workers_are_stored_without_flush[[]executor-thread[]]",
+        SLOWEST,
+    ),
+    ("tests/capture/test_exit_flush.py::test_runs_are_stored_when_the_script_exits_without_flushing[[]thread-False-raise[]]", SLOWEST),
+    ("tests/capture/test_offload.py::test_auto_moves_to_a_process_under_sustained_load_and_loses_no_run", SLOWEST),
+    (
+        "tests/adapters/test_serving_sharegpt_base.py::test_a_base_whose_template_shows_no_text_is_served_with_the_template_given_and_promotes_say_unchecked",
+        SLOWEST,
+    ),
+    ("tests/replay/test_redaction_everywhere.py::test_with_the_vault_the_expert_path_reexecutes_with_the_real_values", SLOWEST),
+]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(fnmatch.fnmatch(item.nodeid, pattern) for pattern, _ in HEAVY_TESTS):
+            item.add_marker(pytest.mark.heavy)
