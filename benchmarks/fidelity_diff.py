@@ -15,8 +15,6 @@ and whether both reports are the same.
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -24,26 +22,10 @@ from typing import Any
 
 from ee_middleware.replay.fidelity import describe_mismatch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the report from before lives with the test that pins it
+# The observations and the report from before live with the test that pins them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.replay.test_fidelity_scaling import _big_observations as observations
 from tests.replay.test_fidelity_scaling import _old_describe_mismatch as old_describe_mismatch
-
-
-def observations(size: int) -> tuple[str, dict[str, str]]:
-    """A recorded JSON observation about ``size`` characters long, and the sandbox's outputs to compare it with."""
-    rng = random.Random(size)
-    records: list[dict[str, Any]] = []
-    while len(json.dumps(records)) < size:
-        records += [
-            {"sku": rng.randrange(300), "history": [rng.randrange(100) for _ in range(10)], "state": rng.choice(["ok", "low"])}
-            for _ in range(500)
-        ]
-    recorded = json.dumps(records)
-    changed = json.loads(recorded)
-    for _ in range(5):
-        changed[rng.randrange(len(changed))]["state"] = "out"
-    added = json.loads(recorded)
-    added[len(added) // 2]["note"] = "restocked"
-    return recorded, {"changed": json.dumps(changed), "added": json.dumps(added), "cut": recorded[: len(recorded) * 3 // 4]}
 
 
 def _cpu_seconds(repeats: int, work: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
