@@ -29,17 +29,18 @@ redacted, and redacting twice changes nothing; anything a later writer left is c
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
 from ee_middleware._files import atomic_path, remove_abandoned_temps
 from ee_middleware.capture.store_redaction import store_redactor
-from ee_middleware.errors import OutputError, os_error_advice
+from ee_middleware.errors import OutputError, StoreError, os_error_advice
 from ee_middleware.messages import parse_arguments
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Trajectory, offered_tools
@@ -60,14 +61,15 @@ def export_jsonl(
     per stretch of decisions offered the same ones, and one holding several conversations one example per conversation
     (``on_split(trajectory_id, what)``; see the module docstring). Returns the number of examples written.
 
-    The file is replaced whole or not at all; raises :class:`~ee_middleware.errors.OutputError`
-    (leaving nothing behind) when it cannot be written.
+    The file is replaced whole or not at all (on any failure nothing is left behind and an existing file is kept
+    as it was); raises :class:`~ee_middleware.errors.OutputError` when it cannot be written, and
+    :class:`~ee_middleware.errors.StoreError` naming the store's file when the store cannot be read.
     """
     path = _output_path(out, "jsonl")
-    redact = store_redactor(store, create_salt=False).redact_value
+    redact = _reading(store, path, lambda: store_redactor(store, create_salt=False)).redact_value
     count = 0
     with _writing(path), _output_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for trajectory, weights, others in _deciding(store, status, on_skipped):
+        for trajectory, weights, others in _deciding(store, status, on_skipped, path):
             if others and on_split is not None:
                 decisions = sum(len({s.decision_index for s in o.steps}) for o in others)
                 on_split(
@@ -102,10 +104,13 @@ def export_parquet(
     nothing is left out (``on_skipped``). Each message's ``tools``: for one the run decided at a decision offered
     only some of the trajectory's tools, their names; else null. A trajectory holding several conversations keeps its
     last one in its row; ``on_split(trajectory_id, what)`` says which decisions the row leaves out (the JSONL export
-    gives them examples of their own)."""
-    redact = store_redactor(store, create_salt=False).redact_value
+    gives them examples of their own).
+
+    The file is written as :func:`export_jsonl` writes it, with the same errors."""
+    path = _output_path(out, "parquet")
+    redact = _reading(store, path, lambda: store_redactor(store, create_salt=False)).redact_value
     rows = []
-    for t, weights, others in _deciding(store, status, on_skipped):
+    for t, weights, others in _deciding(store, status, on_skipped, path):
         if others and on_split is not None:
             decisions = sum(len({s.decision_index for s in o.steps}) for o in others)
             on_split(
@@ -131,7 +136,6 @@ def export_parquet(
                 "tools": json.dumps(t.tools, ensure_ascii=False),
             }
         )
-    path = _output_path(out, "parquet")
     with _writing(path), _output_temp(path) as tmp:
         pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
     return len(rows)
@@ -253,11 +257,12 @@ def _call_key(call: Any) -> tuple[str, str]:
 
 
 def _deciding(
-    store: ExperienceStore, status: ApprovalStatus | None, on_skipped: Callable[[str, str], None] | None
+    store: ExperienceStore, status: ApprovalStatus | None, on_skipped: Callable[[str, str], None] | None, out: Path
 ) -> Iterator[tuple[Trajectory, list[int | None], list[Trajectory]]]:
     """The trajectories of ``status`` with their :func:`decided_by_run` weights and their other conversations
-    (:func:`other_conversations`); one that decided nothing is left out, ``on_skipped`` told."""
-    for trajectory in store.iter_trajectories(status=status):
+    (:func:`other_conversations`); one that decided nothing is left out, ``on_skipped`` told. A failure to read the
+    store is raised as the store's (:func:`_from_store`), not as one of writing ``out``."""
+    for trajectory in _from_store(store, out, lambda: store.iter_trajectories(status=status)):
         weights = decided_by_run(trajectory)
         others = other_conversations(trajectory)
         if 1 in weights or others:
@@ -334,6 +339,67 @@ def _reply_message(steps: list[Step]) -> Message:
     if first.reasoning:
         message["reasoning_content"] = first.reasoning
     return message
+
+
+_T = TypeVar("_T")
+
+
+def _reading(store: ExperienceStore, out: Path, read: Callable[[], _T]) -> _T:
+    """``read()`` of ``store``, an :class:`OSError` it raises told as a failure to read the store (:func:`_store_failure`)."""
+    try:
+        return read()
+    except OSError as exc:
+        raise StoreError(_store_failure(store, exc, out)) from exc
+
+
+def _from_store(store: ExperienceStore, out: Path, items: Callable[[], Iterator[_T]]) -> Iterator[_T]:
+    """The items ``items()`` reads from ``store``, one at a time (an export streams them into its output file), an
+    :class:`OSError` raised while reading them told as the store's (:func:`_store_failure`): the output's own
+    failures, raised between the items, are told as :class:`OutputError` by :func:`_writing`. A local store whose
+    folder is gone once they are read fails too: removed while it was read, it gave fewer (or none) without an error."""
+    iterator = _reading(store, out, lambda: iter(items()))
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            break
+        except OSError as exc:
+            raise StoreError(_store_failure(store, exc, out)) from exc
+        yield item
+    root = getattr(store, "root", None)
+    if isinstance(root, Path) and not root.is_dir():
+        raise StoreError(
+            f"The experience store {root} was removed (or moved) while the export read it, so its trajectories may be "
+            f"missing from the export: nothing was written to {out}. Restore the store folder (or give the export the "
+            "place it was moved to), then export again."
+        )
+
+
+def _store_failure(store: ExperienceStore, exc: OSError, out: Path) -> str:
+    """Why reading ``store`` failed, naming its file and what to do about it, and that ``out`` was not written."""
+    root = getattr(store, "root", None)
+    where = f"the experience store {root}" if root is not None else f"the experience store ({type(store).__name__})"
+    reason = exc.strerror or str(exc)
+    file = f"{exc.filename}: " if exc.filename is not None else ""
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        advice = (
+            "Run the export as a user who may read the store, or give that user read permission on the file and its "
+            "folder (the store's own files, not the output, are the problem)."
+        )
+    elif isinstance(exc, FileNotFoundError):
+        advice = (
+            "A file of the store vanished while it was read (the folder removed or moved, or another process changing "
+            "it): check that the store is where the export was told it is (--store), then export again."
+        )
+    elif exc.errno == errno.EIO:
+        advice = "The disk holding the store failed to read it: check the disk (dmesg), and restore the file from a backup."
+    else:
+        root_hint = f" `ee store info --store {root}` tells when the store reads again." if root is not None else ""
+        advice = (
+            "The file is not one the store can read: move it out of the store folder (restore it from a backup if "
+            f"you have one), then export again.{root_hint}"
+        )
+    return f"Cannot read {where}: {file}{reason}. Nothing was written to {out}. {advice}"
 
 
 def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:

@@ -467,3 +467,24 @@ def test_every_conversation_of_a_send_map_reduce_run_is_exported_and_the_split_i
     assert result.exit_code == 0 and "Wrote 3 examples" in result.output
     assert "1 trajectories hold several conversations (each conversation is an example)" in result.output
     assert f"{trajectory.id} (3 conversations in one run" in result.output
+
+
+@pytest.mark.parametrize("writer", [export_jsonl, export_parquet])
+def test_a_store_that_cannot_be_read_raises_the_store_s_error_not_the_output_s(writer, store_path: Path, tmp_path: Path) -> None:
+    """An unreadable spool segment (here a folder where the segment was) is the store's failure, named with its file;
+    the JSONL export raised OutputError 'Cannot write OUT: Is a directory' before."""
+    import re
+
+    from ee_middleware.errors import StoreError
+
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("spooled")])
+    store.approve(["spooled"], by="alice")
+    (segment,) = [p for p in (store_path / "spool").iterdir() if p.name.endswith(".jsonl")]
+    segment.unlink()
+    segment.mkdir()
+    out = tmp_path / "out" / "train.jsonl"
+    with pytest.raises(StoreError, match=re.escape(f"Cannot read the experience store {store_path}: {segment}: Is a directory")) as raised:
+        writer(store, out)
+    assert not isinstance(raised.value, OutputError) and str(out) in str(raised.value)
+    assert not out.exists() and not any(out.parent.glob("*"))

@@ -260,7 +260,8 @@ def export(
     that decided nothing is left out. A run whose model calls were offered different tools is one JSONL example per
     stretch of decisions offered the same tools, each offering exactly those; a run holding several conversations
     (parallel Send branches) one per conversation, and the command lists such runs. The file is written whole or not at all: on any failure, no partial or
-    temporary file is left.
+    temporary file is left and an existing one is kept as it was. A failure names its cause: the store's file that
+    cannot be read (and the fix), or the output file that cannot be written.
     """
     from ee_middleware.export import export_jsonl, export_parquet
 

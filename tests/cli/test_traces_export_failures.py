@@ -1,0 +1,205 @@
+"""``ee traces export`` says whose fault a failure is: the store's (naming its file and the fix) or the output's
+(naming the output file), and on any failure leaves no partial or temporary file and an existing output untouched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware import LocalExperienceStore
+from ee_middleware.cli.app import app
+from ee_middleware.testing.store_conformance import sample_trajectory
+
+runner = CliRunner()
+OLD = "an earlier export, to be kept as it is\n"
+ROOT = os.geteuid() == 0
+SETPRIV = shutil.which("setpriv")
+NOBODY = 65534
+
+
+def ee(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def _as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
+    drop = [SETPRIV or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return subprocess.run([*drop, *command], capture_output=True, text=True, env={**os.environ, "HOME": "/tmp"}, timeout=120)
+
+
+def ee_as_another_user(*args: str) -> tuple[int, str]:
+    """The CLI run by a user that the files' permissions apply to: this process's own user, or (for root, whom
+    permissions do not stop) the ``nobody`` user in a child process."""
+    if not ROOT:
+        return ee(*args)
+    done = _as_nobody(sys.executable, "-m", "ee_middleware.cli", *args)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _another_user_can_run_ee() -> bool:
+    if not ROOT:
+        return True
+    if SETPRIV is None:
+        return False
+    try:
+        return _as_nobody(sys.executable, "-c", "import ee_middleware.cli.app").returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+needs_another_user = pytest.mark.skipif(
+    not _another_user_can_run_ee(), reason="root, and the nobody user cannot run this Python (permissions do not stop root)"
+)
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A folder the ``nobody`` user can reach (pytest's own tmp_path is its owner's only)."""
+    path = Path(tempfile.mkdtemp(prefix="ee-export-"))
+    path.chmod(0o755)
+    yield path
+    for inner in [path, *path.rglob("*")]:
+        if not inner.is_symlink():
+            inner.chmod(0o755 if inner.is_dir() else 0o644)
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def store_path(folder: Path) -> Path:
+    """A real store: two compacted Parquet parts and one spool segment, every trajectory approved."""
+    path = folder / "experience"
+    store = LocalExperienceStore(path)
+    for name in ("first", "second"):
+        store.write([sample_trajectory(name)])
+        store.compact()
+    store.write([sample_trajectory("spooled")])
+    store.approve(["first", "second", "spooled"], by="alice")
+    return path
+
+
+@pytest.fixture
+def out(folder: Path) -> Path:
+    """An existing output file (an earlier export) in a folder anyone may write to."""
+    outputs = folder / "exports"
+    outputs.mkdir()
+    outputs.chmod(0o777)
+    path = outputs / "train.jsonl"
+    path.write_text(OLD)
+    path.chmod(0o666)
+    return path
+
+
+def _untouched(out: Path) -> None:
+    """The earlier export is as it was, and nothing else is beside it (no partial or temporary file)."""
+    assert out.read_text() == OLD
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def _segment(store_path: Path) -> Path:
+    (segment,) = [p for p in (store_path / "spool").iterdir() if p.name.endswith(".jsonl")]
+    return segment
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_damaged_parquet_part_is_named_with_the_fix_not_the_output(store_path: Path, out: Path, fmt: str) -> None:
+    (part, *_) = sorted(store_path.glob("trajectories/part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:100])  # truncated: a full disk, a bad copy
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
+    assert code == 1
+    assert f"unreadable Parquet part {part}" in output and "ee store repair" in output and "--allow-partial" in output
+    assert "Cannot write" not in output
+    _untouched(out)
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out), "--allow-partial")
+    assert code == 0 and "Wrote" in output, output  # the rest
+    assert out.read_bytes() != OLD.encode()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+@pytest.mark.parametrize("damage", ["a folder", "a symbolic link to itself"])
+def test_an_unreadable_spool_segment_is_named_not_the_output(store_path: Path, out: Path, fmt: str, damage: str) -> None:
+    """Before, the JSONL export said `Cannot write OUT: Is a directory ... Check the folder's permissions` of the
+    output, and the Parquet one a bare OSError; the segment is the store's file."""
+    segment = _segment(store_path)
+    segment.unlink()
+    if damage == "a folder":
+        segment.mkdir()
+    else:
+        segment.symlink_to(segment)
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
+    assert code == 1, output
+    flat = " ".join(output.split())  # the error line is wrapped at the terminal's width
+    assert f"Cannot read the experience store {store_path}: {segment}" in flat
+    assert f"Nothing was written to {out}" in flat and "move it out of the store folder" in flat
+    assert "Cannot write" not in flat
+    _untouched(out)
+
+
+@needs_another_user
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_spool_segment_the_user_may_not_read_is_named_not_the_output(store_path: Path, out: Path, fmt: str) -> None:
+    """Before: `Cannot write OUT: Permission denied ... run as a user who may write there` (JSONL)."""
+    segment = _segment(store_path)
+    segment.chmod(0)
+    code, output = ee_as_another_user("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
+    assert code == 1, output
+    flat = " ".join(output.split())
+    assert f"Cannot read the experience store {store_path}: {segment}: Permission denied" in flat
+    assert "may read the store" in flat and "Cannot write" not in flat
+    _untouched(out)
+
+
+@needs_another_user
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_an_output_folder_the_user_may_not_write_is_named(store_path: Path, out: Path, fmt: str) -> None:
+    out.parent.chmod(0o755)  # its owner's alone
+    code, output = ee_as_another_user("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
+    assert code == 1, output
+    flat = " ".join(output.split())
+    assert f"Cannot write {out}: Permission denied. Nothing was written." in flat and "Cannot read" not in flat
+    _untouched(out)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_an_output_path_that_is_a_folder_is_named(store_path: Path, out: Path, fmt: str) -> None:
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out.parent))
+    assert code == 1 and f"{out.parent} is a folder; give the file to write" in " ".join(output.split())
+    _untouched(out)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_store_folder_removed_during_the_export_fails_and_says_so(
+    store_path: Path, out: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `Wrote 0 examples` over the earlier export (exit 0), with a note that the store holds no approved
+    trajectories. The folder is removed once the command has opened the store, before it reads it."""
+    import ee_middleware.cli.traces as traces
+
+    opened = traces.open_existing_store
+
+    def open_then_removed(spec: str) -> object:
+        store = opened(spec)
+        shutil.rmtree(store_path)
+        return store
+
+    monkeypatch.setattr(traces, "open_existing_store", open_then_removed)
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
+    assert code == 1, output
+    flat = " ".join(output.split())
+    assert f"The experience store {store_path} was removed (or moved) while the export read it" in flat
+    assert f"nothing was written to {out}" in flat
+    _untouched(out)
+
+
+def test_a_missing_output_folder_is_made(store_path: Path, out: Path) -> None:
+    target = out.parent / "new" / "deeper" / "train.jsonl"
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", "jsonl", "--out", str(target))
+    assert code == 0 and "Wrote" in output, output
+    assert target.read_text().count("\n") >= 3
