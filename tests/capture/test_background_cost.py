@@ -14,13 +14,11 @@ from types import SimpleNamespace
 
 import langchain_core.messages as lc_messages
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from langchain_core.tools import tool
-from langgraph.graph import START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from benchmarks.capture_overhead import TASK, build_graph
 from ee_middleware import LocalExperienceStore, messages, record_experience
 from ee_middleware.capture import assembler
 from ee_middleware.capture import semconv as sc
@@ -28,51 +26,17 @@ from ee_middleware.capture.assembler import AssemblyOptions, assemble
 from ee_middleware.capture.normalize import normalize
 from ee_middleware.capture.processor import ExperienceSpanProcessor
 from ee_middleware.capture.spandata import SpanData, from_readable_span
-from ee_middleware.testing import ScriptedChatModel, tool_call
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-@tool
-def echo(text: str) -> str:
-    """Return the text unchanged."""
-    return text
-
-
-SCRIPT = [
-    AIMessage(content="", tool_calls=[tool_call("add", a=1, b=2)]),
-    AIMessage(content="", tool_calls=[tool_call("echo", text="hello")]),
-    AIMessage(content="1+2=3."),
-]
-
-
-def _graph():
-    model = ScriptedChatModel(script=SCRIPT).bind_tools([add, echo])
-
-    def agent(state: MessagesState) -> dict:
-        return {"messages": [model.invoke(state["messages"])]}
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("agent", agent)
-    graph.add_node("tools", ToolNode([add, echo]))
-    graph.add_edge(START, "agent")
-    graph.add_conditional_edges("agent", tools_condition)
-    graph.add_edge("tools", "agent")
-    return graph.compile()
 
 
 def _recorded_runs(tmp_path: Path, runs: int) -> list[list[SpanData]]:
-    """The spans of ``runs`` real runs of a ReAct graph recorded by capture, per run (read from the user's exporter)."""
+    """The spans of ``runs`` real runs of the capture benchmark's ReAct graph (benchmarks/capture_overhead.py: an
+    instant model calling trivial tools) recorded by capture, per run (read from the user's exporter)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    agent = record_experience(_graph(), app="bench", store=tmp_path / "store", tracer_provider=provider)
+    agent = record_experience(build_graph(), app="bench", store=tmp_path / "store", tracer_provider=provider)
     for _ in range(runs):
-        agent.invoke({"messages": [("user", "add and echo")]})
+        agent.invoke(TASK)
     agent.flush()
     agent.recorder.close()
     by_run: dict[str, list[SpanData]] = {}
