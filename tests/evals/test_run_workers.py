@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +19,39 @@ from ee_middleware.evals.clients import NoopClient
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.runner import JOURNAL, read_journal, run_eval
 from ee_middleware.evals.suites import load_suite
-from ee_middleware.models.protocol import Choice, Sampling
+from tests.evals.client_parts import TurnClient
 
 SUITE = "bfcl:simple:12"
 MARKER = "triangle"
 """The tasks whose question names it kill their worker process (4 of the first 12 simple entries)."""
 
 
-class _KilledOnMarker(NoopClient):
+def _die() -> None:
+    """This process is killed by SIGKILL, as the kernel's out-of-memory killer kills."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _InWorkers(TurnClient):
+    """A model that does :meth:`in_worker` (dies, hangs) at each request in a worker process of the run, then answers as
+    noop does; in the run's own process it only answers."""
+
+    def in_worker(self, conversation: str) -> None:
+        """What it does in a worker process, given the conversation so far as JSON text."""
+
+    def turn(self, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if multiprocessing.parent_process() is not None:
+            self.in_worker(json.dumps(messages))
+        return None
+
+
+class _KilledOnMarker(_InWorkers):
     """A model whose process is killed (SIGKILL, as the kernel's out-of-memory killer kills) on the tasks naming MARKER."""
 
     model = "killed-on-marker"
 
-    def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        n: int = 1,
-        sampling: Sampling = Sampling(),
-    ) -> list[Choice]:
-        if multiprocessing.parent_process() is not None and MARKER in json.dumps(list(messages)):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+    def in_worker(self, conversation: str) -> None:
+        if MARKER in conversation:
+            _die()
 
 
 def killed_on_marker(**options: Any) -> NoopClient:
@@ -52,7 +62,7 @@ def killed_on_marker(**options: Any) -> NoopClient:
 def killed_while_starting(**options: Any) -> NoopClient:
     """A model whose worker process is killed while it builds the model (the parent process builds it as well)."""
     if multiprocessing.parent_process() is not None:
-        os.kill(os.getpid(), signal.SIGKILL)
+        _die()
     return NoopClient()
 
 
@@ -61,14 +71,37 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())}
 
 
-def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def outliving() -> Callable[[], set[int]]:
+    """The processes this process started since the test began (a run's workers, their own) still running when called."""
+    before = _children()
+    return lambda: _children() - before
+
+
+def _killing() -> list[str]:
+    """The ids of SUITE's tasks that kill their worker (their question names MARKER)."""
+    return sorted(t.id for t in load_suite(SUITE).tasks() if MARKER in json.dumps(t.turns))
+
+
+def _job(tmp_path: Path, model: str, *, suite: str = SUITE, workers: int = 2) -> EvalJob:
+    """A run of ``suite`` into ``tmp_path/run`` on ``workers`` worker processes with this module's ``model`` factory."""
+    return EvalJob(suites=[suite], model=f"{__name__}:{model}", out=str(tmp_path / "run"), workers=workers)
+
+
+def _noop_run(job: EvalJob, tmp_path: Path) -> None:
+    """The same suite run by noop in one process into ``tmp_path/noop`` (the other side of a gate)."""
+    run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "noop"), "workers": 1}))
+
+
+def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, outliving: Callable[[], set[int]]
+) -> None:
     """Before: the run ended with 'unexpected BrokenProcessPool ... (a bug in ee-middleware ...)', naming no task, with no
     row journaled (the rows other workers had finished were lost), so every rerun died the same way. A death says nothing
     of the model: the same command runs such a task again once, and a task whose worker dies again keeps that failure."""
-    killing = sorted(t.id for t in load_suite(SUITE).tasks() if MARKER in json.dumps(t.turns))
+    killing = _killing()
     assert len(killing) >= 2, "the suite holds tasks that kill their worker"
-    before = _children()
-    job = EvalJob(suites=[SUITE], model="tests.evals.test_run_workers:killed_on_marker", out=str(tmp_path / "run"), workers=2)
+    job = _job(tmp_path, "killed_on_marker")
     with caplog.at_level("WARNING", logger="ee_middleware.evals.runner"):
         [summary] = run_eval(job)
     assert summary["tasks"] == summary["runs"] == 12
@@ -80,7 +113,7 @@ def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on
     assert all("worker process running this task died (killed by SIGKILL" in r["reason"] for r in died.values())
     for task_id in killing:
         assert f"bfcl:simple: task {task_id} (trial 0): the worker process running it died (killed by SIGKILL" in caplog.text
-    assert _children() <= before, "no worker process outlives the run"
+    assert not outliving(), "no worker process outlives the run"
     caplog.clear()
     with caplog.at_level("WARNING", logger="ee_middleware.evals.runner"):
         [again] = run_eval(job)  # the same command runs those tasks again, once
@@ -90,15 +123,13 @@ def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on
     assert sorted(r["task_id"] for r in final) == killing and all("as one did on the command before" in r["reason"] for r in final)
     [third] = run_eval(job)  # then nothing runs again: it does not die at those tasks for ever
     assert third == again and len(read_journal(tmp_path / "run" / JOURNAL)) == 12 + len(killing)
-    assert _children() <= before
+    assert not outliving()
 
 
-def test_a_worker_killed_while_it_starts_is_an_error_saying_so(tmp_path: Path) -> None:
-    before = _children()
-    job = EvalJob(suites=[SUITE], model="tests.evals.test_run_workers:killed_while_starting", out=str(tmp_path / "run"), workers=2)
+def test_a_worker_killed_while_it_starts_is_an_error_saying_so(tmp_path: Path, outliving: Callable[[], set[int]]) -> None:
     with pytest.raises(EEError, match=r"worker process of the run ended while it started \(killed by SIGKILL.*fewer --workers"):
-        run_eval(job)
-    assert _children() <= before
+        run_eval(_job(tmp_path, "killed_while_starting"))
+    assert not outliving()
 
 
 def killed_always(**options: Any) -> NoopClient:
@@ -107,20 +138,11 @@ def killed_always(**options: Any) -> NoopClient:
     return _KilledAlways()
 
 
-class _KilledAlways(NoopClient):
+class _KilledAlways(_InWorkers):
     model = "killed-always"
 
-    def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        n: int = 1,
-        sampling: Sampling = Sampling(),
-    ) -> list[Choice]:
-        if multiprocessing.parent_process() is not None:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+    def in_worker(self, conversation: str) -> None:
+        _die()
 
 
 def test_a_run_whose_every_worker_died_measured_no_model_exits_1_is_refused_by_the_gate_and_taken_over(tmp_path: Path) -> None:
@@ -155,23 +177,14 @@ def killed_once(**options: Any) -> NoopClient:
     return _KilledOnce()
 
 
-class _KilledOnce(NoopClient):
+class _KilledOnce(_InWorkers):
     model = "killed-once"
 
-    def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        n: int = 1,
-        sampling: Sampling = Sampling(),
-    ) -> list[Choice]:
-        text = json.dumps(list(messages))
-        met = Path(os.environ["EE_TEST_DEATHS"]) / str(abs(hash(text)))
-        if multiprocessing.parent_process() is not None and MARKER in text and not met.exists():
+    def in_worker(self, conversation: str) -> None:
+        met = Path(os.environ["EE_TEST_DEATHS"]) / str(abs(hash(conversation)))
+        if MARKER in conversation and not met.exists():
             met.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+            _die()
 
 
 def test_a_task_whose_worker_was_killed_once_runs_again_and_is_scored_on_its_answer(
@@ -185,12 +198,11 @@ def test_a_task_whose_worker_was_killed_once_runs_again_and_is_scored_on_its_ans
 
     monkeypatch.setenv("EE_TEST_DEATHS", str(tmp_path))
     monkeypatch.setenv("PYTHONHASHSEED", "0")  # the same hash() in every worker process
-    killing = sorted(t.id for t in load_suite(SUITE).tasks() if MARKER in json.dumps(t.turns))
-    job = EvalJob(suites=[SUITE], model="tests.evals.test_run_workers:killed_once", out=str(tmp_path / "run"), workers=2)
+    job = _job(tmp_path, "killed_once")
     [first] = run_eval(job)
-    assert first["failures"]["worker_died"] == first["worker_deaths"] == len(killing)
+    assert first["failures"]["worker_died"] == first["worker_deaths"] == len(_killing())
     assert "the worker process running 4 task trial(s) died (bfcl:simple: 4" in " ".join(unanswered_warning([first]).split())
-    run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "noop"), "workers": 1}))
+    _noop_run(job, tmp_path)
     [reason] = gate(tmp_path / "run", tmp_path / "noop", GatePolicy(min_tasks=1)).reasons
     assert reason.startswith("bfcl:simple: the worker process running 4 task trial(s) of the candidate run died")
     assert f"`ee eval run ... --out {tmp_path / 'run'}` again" in reason
@@ -203,10 +215,10 @@ def test_a_task_whose_worker_was_killed_once_runs_again_and_is_scored_on_its_ans
 def test_a_task_whose_worker_dies_on_the_rerun_too_counts_as_failed_and_the_gate_says_so(tmp_path: Path) -> None:
     from ee_middleware.evals.gate import GatePolicy, gate
 
-    job = EvalJob(suites=[SUITE], model="tests.evals.test_run_workers:killed_on_marker", out=str(tmp_path / "run"), workers=2)
+    job = _job(tmp_path, "killed_on_marker")
     run_eval(job)
     run_eval(job)
-    run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "noop"), "workers": 1}))
+    _noop_run(job, tmp_path)
     outcome = gate(tmp_path / "noop", tmp_path / "run", GatePolicy(min_tasks=1))
     assert outcome.passed, outcome.reasons  # noop fails those tasks too: no task moved
     [note] = [n for n in outcome.notes if "worker process" in n]
@@ -214,7 +226,7 @@ def test_a_task_whose_worker_dies_on_the_rerun_too_counts_as_failed_and_the_gate
     assert "bfcl:simple: simple_python_0, simple_python_10, simple_python_11, simple_python_2" in note
 
 
-class _WithHelper(NoopClient):
+class _WithHelper(TurnClient):
     """A model client that starts a helper process when built (a local server, an engine process), as some plug-ins do,
     and ends it on close(); it answers after ``$EE_TEST_SLEEP`` seconds."""
 
@@ -226,18 +238,11 @@ class _WithHelper(NoopClient):
 
         self.helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 
-    def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        n: int = 1,
-        sampling: Sampling = Sampling(),
-    ) -> list[Choice]:
+    def turn(self, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
         import time
 
         time.sleep(float(os.environ.get("EE_TEST_SLEEP", "0")))
-        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+        return None
 
     def close(self) -> None:
         self.helper.terminate()
@@ -305,27 +310,20 @@ def hangs(**options: Any) -> NoopClient:
     return _Hangs()
 
 
-class _Hangs(NoopClient):
+class _Hangs(_InWorkers):
     model = "hangs"
 
-    def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        n: int = 1,
-        sampling: Sampling = Sampling(),
-    ) -> list[Choice]:
-        if multiprocessing.parent_process() is not None:
-            import time
+    def in_worker(self, conversation: str) -> None:
+        import time
 
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            (Path(os.environ["EE_TEST_HUNG"]) / str(os.getpid())).touch()
-            time.sleep(600)
-        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        (Path(os.environ["EE_TEST_HUNG"]) / str(os.getpid())).touch()
+        time.sleep(600)
 
 
-def test_a_stopped_run_ends_its_hung_workers_all_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stopped_run_ends_its_hung_workers_all_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outliving: Callable[[], set[int]]
+) -> None:
     """Before: each busy worker was terminated and waited for in turn (5 s each), so stopping a run whose 3 workers hung
     in native code took 15 s; now all are ended together, within one wait."""
     import threading
@@ -334,7 +332,6 @@ def test_a_stopped_run_ends_its_hung_workers_all_at_once(tmp_path: Path, monkeyp
     hung = tmp_path / "hung"
     hung.mkdir()
     monkeypatch.setenv("EE_TEST_HUNG", str(hung))
-    before = _children()
     stopped: list[float] = []
 
     def interrupt_when_all_hang() -> None:
@@ -346,12 +343,11 @@ def test_a_stopped_run_ends_its_hung_workers_all_at_once(tmp_path: Path, monkeyp
 
     watcher = threading.Thread(target=interrupt_when_all_hang, daemon=True)
     watcher.start()
-    job = EvalJob(suites=["bfcl:simple:6"], model="tests.evals.test_run_workers:hangs", out=str(tmp_path / "run"), workers=3)
     with pytest.raises(KeyboardInterrupt):
-        run_eval(job)
+        run_eval(_job(tmp_path, "hangs", suite="bfcl:simple:6", workers=3))
     took = time.monotonic() - stopped[0]
     assert took < 8, f"stopping 3 hung workers took {took:.1f} s (each may take 5 s after SIGTERM before it is killed)"
-    assert _children() <= before
+    assert not outliving()
 
 
 def killed_when_all_started(**options: Any) -> NoopClient:
@@ -360,27 +356,18 @@ def killed_when_all_started(**options: Any) -> NoopClient:
     return _KilledWhenAllStarted()
 
 
-class _KilledWhenAllStarted(NoopClient):
+class _KilledWhenAllStarted(_InWorkers):
     model = "killed-when-all-started"
 
-    def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        n: int = 1,
-        sampling: Sampling = Sampling(),
-    ) -> list[Choice]:
+    def in_worker(self, conversation: str) -> None:
         import time
 
-        if multiprocessing.parent_process() is not None:
-            started = Path(os.environ["EE_TEST_STARTED"])
-            (started / str(os.getpid())).touch()
-            while len(list(started.iterdir())) < int(os.environ["EE_TEST_WORKERS"]):
-                time.sleep(0.01)
-            if MARKER in json.dumps(list(messages)):
-                os.kill(os.getpid(), signal.SIGKILL)
-        return super().complete(messages, tools=tools, n=n, sampling=sampling)
+        started = Path(os.environ["EE_TEST_STARTED"])
+        (started / str(os.getpid())).touch()
+        while len(list(started.iterdir())) < int(os.environ["EE_TEST_WORKERS"]):
+            time.sleep(0.01)
+        if MARKER in conversation:
+            _die()
 
 
 def test_no_worker_process_is_started_after_a_death_when_no_task_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -400,9 +387,7 @@ def test_no_worker_process_is_started_after_a_death_when_no_task_is_left(tmp_pat
         real(self, *args)
 
     monkeypatch.setattr(runner._ProcessSlot, "__init__", counted)
-    model = "tests.evals.test_run_workers:killed_when_all_started"
-    job = EvalJob(suites=["bfcl:simple:3"], model=model, out=str(tmp_path / "run"), workers=3)
-    [summary] = run_eval(job)
+    [summary] = run_eval(_job(tmp_path, "killed_when_all_started", suite="bfcl:simple:3", workers=3))
     assert summary["failures"] == {"worker_died": 2, "ast_decoder:decoder_failed": 1}
     assert len(started) == 3
 

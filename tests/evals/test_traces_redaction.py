@@ -13,7 +13,6 @@ import json
 import re
 import sqlite3
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,12 @@ from ee_middleware.evals.runner import run_eval
 from ee_middleware.evals.suites import SuiteSettings, load_suite
 from ee_middleware.evals.tasks import EvalTask
 from ee_middleware.evals.traces.suite import expert_digests
-from ee_middleware.models.protocol import Choice, Sampling
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.sandboxes.protocol import state_digest
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store.registry import open_store
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.evals.client_parts import TurnClient
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 if str(EXAMPLES) not in sys.path:  # the retail example imports as retail_db (as tests/examples/conftest.py does)
@@ -61,37 +60,28 @@ def _no_vault_override(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the candidate: acts on what it is shown --------------------------------------------------------------------------
 
 
-class ReadsWhatItIsShown:
+class ReadsWhatItIsShown(TurnClient):
     """Answers the retail move and pending-orders requests and the newsletter one from the user message and its tool
     results alone (a stand-in for a model that reads them; see the module docstring). With ``email``, it uses that
     e-mail instead of the one it was given; with ``twice``, it subscribes twice."""
 
+    model = "reads-what-it-is-shown"
+
     def __init__(self, email: str | None = None, *, twice: bool = False) -> None:
-        self.model = "reads-what-it-is-shown"
         self.email, self.twice = email, twice
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model}
 
-    def close(self) -> None:
-        pass
-
-    def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        n: int = 1,
-        sampling: Sampling = Sampling(),
-    ) -> list[Choice]:
+    def turn(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         at = max(i for i, m in enumerate(messages) if m["role"] == "user")
         user, seen = str(messages[at]["content"]), [str(m["content"]) for m in messages[at + 1 :] if m["role"] == "tool"]
         step = self._next(user, seen)
         if isinstance(step, str):
-            return [Choice.from_message({"role": "assistant", "content": step}, finish_reason="stop")]
+            return {"role": "assistant", "content": step}
         name, arguments = step
         call = {"id": f"c{len(seen)}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
-        return [Choice.from_message({"role": "assistant", "content": "", "tool_calls": [call]}, finish_reason="tool_calls")]
+        return {"role": "assistant", "content": "", "tool_calls": [call]}
 
     def _next(self, user: str, seen: list[str]) -> tuple[str, dict[str, Any]] | str:
         email = self.email or _given(user, "email", r"[\w.+-]+@[\w.-]+\w")
