@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -185,9 +186,14 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         raise IngestError("No spans to assemble.")
     root = _root(spans)
     chats = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) in sc.MODEL_OPERATIONS]
-    # a tool that ended on interrupt() has no result (it runs again when the thread resumes): capture writes no span of
-    # it, another instrumentation's span of it is no observation (its error is the pause, not the tool's)
-    tools = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL and not _interrupted_tool(s)]
+    # a tool that ended on interrupt() has no result (it runs again when the thread resumes), nor has one cut off by a
+    # cancellation (the model never saw a result): capture writes no span of either, another instrumentation's span of
+    # it is no observation (its error is the pause or the cancellation, not the tool's)
+    tools = [
+        s
+        for s in spans
+        if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL and not _interrupted_tool(s) and _cancellation(s) is None
+    ]
     if not chats and options.model_calls_required:
         raise IngestError(
             f"Trace {root.trace_id}: no model span (gen_ai.operation.name='chat') in run {root.name!r}; "
@@ -1102,13 +1108,45 @@ def _observation(
 
 
 def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]:
+    """How the run ended and its error: as capture's ``ee.status`` says; else (another instrumentation's spans) ``error``
+    where the root failed, ``interrupted`` where what ended it was a cancellation (:func:`_cancellation`, with capture's
+    reason, ``cancelled: CancelledError``), ``completed`` otherwise."""
     status = root.attributes.get(sc.EE_STATUS)
     error = root.exception_message() or root.status_message if root.is_error else None
     if status in ("completed", "error", "interrupted", "stopped"):
         if status == "interrupted" and error is None and root.attributes.get(sc.EE_STATUS_REASON):
             error = str(root.attributes[sc.EE_STATUS_REASON])  # why a run nobody paused stopped (cancelled)
         return str(status), error
+    cancelled = _cancellation(root)
+    if cancelled is not None:
+        return "interrupted", f"cancelled: {cancelled}"
     return ("error", error or "the agent run failed") if root.is_error else ("completed", None)
+
+
+_CANCELLATIONS = frozenset({"CancelledError", "GeneratorExit", "KeyboardInterrupt"})
+"""The names of the exceptions that stop a run from outside it, capture's
+:data:`~ee_middleware.capture.callbacks.CANCELLATIONS` (which imports this module)."""
+_CANCELLED_STATUS = re.compile(r"(?:[A-Za-z_]\w*\.)*(CancelledError|GeneratorExit|KeyboardInterrupt)(?:\(|:|$)")
+"""A status message that starts with a cancellation's ``repr`` or ``Type: message`` (OpenInference writes the ``repr``,
+then the traceback)."""
+
+
+def _cancellation(span: SpanData) -> str | None:
+    """The name of the cancellation (:data:`_CANCELLATIONS`: its task cancelled, its stream closed, Ctrl-C) that ended
+    the failed ``span``, or ``None`` where it failed otherwise or did not fail. Read from what instrumentations write:
+    ``error.type`` (GenAI conventions, OpenLLMetry), else the last ``exception`` event's ``exception.type``
+    (OpenInference, OpenLLMetry, the OpenTelemetry SDK's ``record_exception``; LangSmith's as its dialect reads them),
+    else the status message; the type's module (``asyncio.exceptions.``) aside."""
+    declared = span.attributes.get(sc.ERROR_TYPE)
+    if not span.is_error and not declared:
+        return None
+    kinds = [event.get("exception.type") for name, event in span.events if name == "exception" and event.get("exception.type")]
+    kind = declared or (kinds[-1] if kinds else None)
+    if kind:
+        name = str(kind).rpartition(".")[2]
+        return name if name in _CANCELLATIONS else None
+    match = _CANCELLED_STATUS.match(span.status_message or "")
+    return match.group(1) if match else None
 
 
 def _paused(decisions: list[dict[str, Any]], tools: list[SpanData], final: dict[str, Any]) -> bool:
