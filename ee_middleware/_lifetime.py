@@ -17,6 +17,7 @@ And the other way round, a process told to end (``SIGTERM``, ``SIGHUP``) runs it
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
 import threading
@@ -190,7 +191,14 @@ def second_signal_ends(end_now: Callable[[], None], *, first: Callable[[], None]
     sandboxes). The first signal then calls ``first`` (tell the processes to stop, and let them finish their clean-up)
     instead of ``end_now``, and is delivered as it would have been (``KeyboardInterrupt``: the command says it was
     stopped and exits 130) once the block is over, so that a stop is never lost. Only a further one calls ``end_now``.
-    A signal already taken before the block (one :func:`termination_as_interrupt` now ignores) counts as that first."""
+    A signal already taken before the block (one :func:`termination_as_interrupt` now ignores) counts as that first.
+
+    ``first`` and ``end_now`` run on a thread of the block's own, never in the signal handler: Python runs the handler
+    on the main thread between two of its bytecodes, maybe inside a lock they take (the stop event the block's code is
+    setting), which the handler would then wait for forever. They must return quickly (set an event, signal
+    processes); one asked for but not yet started when the block ends is not run (the wait it would end is over), one
+    still running is waited for up to :data:`HANDOFF_JOIN_S`, and an error they raise is raised once the block is over
+    (when the block itself raised none)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -199,24 +207,84 @@ def second_signal_ends(end_now: Callable[[], None], *, first: Callable[[], None]
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         if sig in _SILENCED or signal.getsignal(sig) is signal.default_int_handler or signal.getsignal(sig) in _INTERRUPTING
     ]
+    if not taken:
+        yield
+        return
     came: list[tuple[int, Any]] = []  # the first signal, held back until the block is over
+    handoff = _Handoff()
 
     def end(signum: int, frame: Any) -> None:
+        # takes no lock (see _Handoff.ask): the main thread it interrupts may hold any
         if first is None or came or signum in _SILENCED or _SILENCED & set(taken):
-            end_now()
+            handoff.ask(end_now)
             return
         came.append((signum, frame))
-        first()
+        handoff.ask(first)
 
-    previous = {sig: signal.signal(sig, end) for sig in taken}
+    previous: dict[int, Any] = {}
     try:
+        for sig in taken:
+            previous[sig] = signal.signal(sig, end)
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if came:  # (not when the block raised: that error is what ends the command)
+        error = handoff.close()
+    if error is not None:  # (not when the block raised: that error is what ends the command)
+        if came:
+            error.add_note(f"(raised while the command stopped on {signal.Signals(came[0][0]).name})")
+        raise error
+    if came:
         signum, frame = came[0]
         handler = previous[signal.Signals(signum)]
         if callable(handler):
             handler(signum, frame)  # raises KeyboardInterrupt (termination_as_interrupt's, with the signal's name)
         raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+HANDOFF_JOIN_S = 5.0
+"""How long the end of a :func:`second_signal_ends` block waits for a ``first`` or ``end_now`` still running (they
+signal processes and set events: milliseconds). Past that the block ends all the same, and the call finishes on its
+daemon thread (it holds no exit up) rather than keep the command from ending (one waiting for a lock that the caller of
+the block still holds would never finish)."""
+
+HANDOFF_THREAD_NAME = "ee-second-signal"
+"""The name of the thread that runs a :func:`second_signal_ends` block's ``first`` and ``end_now``."""
+
+
+class _Handoff:
+    """A thread that runs what :func:`second_signal_ends`'s signal handler asks for, one call after the other.
+
+    Started with the block, by the main thread, not from the handler: starting a thread takes :mod:`threading`'s own
+    locks, which the interrupted main thread may hold (while it starts one). The handler hands a call over with
+    :meth:`queue.SimpleQueue.put`, which is reentrant (made for ``__del__`` methods and handlers) and waits for nothing.
+    A daemon thread: the block ends it (:meth:`close`), and should one of its calls hang, it does not keep the
+    interpreter from exiting."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._open = True
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=HANDOFF_THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def ask(self, call: Callable[[], None]) -> None:
+        """Have ``call`` run on the thread (safe in a signal handler)."""
+        self._calls.put(call)
+
+    def close(self) -> BaseException | None:
+        """Run nothing more (a call not started yet is dropped), wait up to :data:`HANDOFF_JOIN_S` for one still
+        running, and return the first error a call raised (``None``: none did)."""
+        self._open = False
+        self._calls.put(None)
+        deadline = time.monotonic() + HANDOFF_JOIN_S
+        while self._thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+            self._thread.join(min(left, 0.2))  # wakes to run the handlers of signals the kernel gave another thread
+        return self._error
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None and self._open:
+            try:
+                call()
+            except BaseException as exc:  # noqa: BLE001 - raised in the main thread once the block is over
+                self._error = self._error or exc

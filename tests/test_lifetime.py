@@ -1,0 +1,200 @@
+"""second_signal_ends: a signal during the block never runs ``first`` or ``end_now`` inside the signal handler, where
+it would wait forever for a lock the interrupted main thread holds.
+
+Python runs a signal handler on the main thread, between two of its bytecodes: when that thread is inside the locked
+region of the ``Event`` that ``first`` sets (or of any non-reentrant lock ``first`` or ``end_now`` takes), a handler that
+takes the same lock waits for itself. Each case runs in a process of its own, with real signals (a deadlocked process
+cannot be recovered from inside), and must end within :data:`ENDS_WITHIN_S`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from ee_middleware import _lifetime
+from ee_middleware._lifetime import second_signal_ends
+
+ENDS_WITHIN_S = 30
+"""Far past what each case takes (about a second); a case still running then has deadlocked."""
+
+PRELUDE = """
+import json, os, signal, subprocess, sys, threading, time
+from ee_middleware._lifetime import parent_death_preexec, second_signal_ends, termination_as_interrupt
+
+def spin(seconds):
+    # bytecodes, not a blocking call: a signal's handler runs in here, inside whatever lock the caller holds
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+def until(condition, what, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+def sleeper():
+    # the process a block waits on; killed with this one, should it deadlock (and be killed on its time-out)
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], preexec_fn=parent_death_preexec(signal.SIGKILL))
+
+calls, result = [], {}
+"""
+
+
+def _run(script: str) -> dict:
+    """Run ``script`` (after :data:`PRELUDE`) in a fresh Python; what it printed last, as JSON."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PRELUDE + textwrap.dedent(script)], capture_output=True, text=True, timeout=ENDS_WITHIN_S
+        )
+    except subprocess.TimeoutExpired as timed_out:
+        pytest.fail(f"deadlocked: the block had not ended after {ENDS_WITHIN_S} s; stderr: {timed_out.stderr!r}")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_first_signal_while_the_main_thread_holds_the_lock_first_takes_ends_the_block_as_stopped() -> None:
+    # ``stop`` is what the job's stop event is: a condition on a non-reentrant lock (threading.Event's, and
+    # multiprocessing.Event's). The signal comes while the main thread is inside it, as in the job's own ``stop.set()``.
+    result = _run(
+        """
+        stop = threading.Condition(threading.Lock())
+
+        def first():
+            with stop:
+                calls.append("first")
+                stop.notify_all()
+
+        try:
+            with termination_as_interrupt(), second_signal_ends(lambda: calls.append("end_now"), first=first):
+                with stop:
+                    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                    spin(1.0)
+                    result["in_the_lock"] = list(calls)  # first waits for the lock: it cannot have run yet
+                with stop:
+                    stop.wait_for(lambda: calls, timeout=10)
+        except KeyboardInterrupt as stopped:
+            result["interrupt"] = str(stopped)
+        result["calls"] = calls
+        result["threads"] = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+        print(json.dumps(result))
+        """
+    )
+    assert result["in_the_lock"] == []
+    assert result["calls"] == ["first"]
+    assert result["interrupt"] == "SIGTERM", "the stop is delivered once the block is over (exit 130)"
+    assert result["threads"] == [], "nothing the block started outlives it"
+
+
+@pytest.mark.parametrize("first", ["first given", "no first"])
+def test_a_second_signal_while_the_main_thread_holds_the_lock_end_now_takes_kills_what_the_block_waits_on(first: str) -> None:
+    # The block waits on a real child process that only end_now ends (kills); end_now takes a lock (the job's stop
+    # event) the main thread holds when the signal comes. "no first": the first signal already calls end_now.
+    result = _run(
+        f"""
+        child = sleeper()
+        stop = threading.Condition(threading.Lock())
+
+        def end_now():
+            with stop:
+                calls.append("end_now")
+                child.kill()
+
+        first = (lambda: calls.append("first")) if {first == "first given"} else None
+        try:
+            with termination_as_interrupt(), second_signal_ends(end_now, first=first):
+                if first is not None:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    until(lambda: calls == ["first"], "the first signal called first")
+                with stop:
+                    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                    spin(1.0)
+                until(lambda: child.poll() is not None, "end_now killed the child")
+        except KeyboardInterrupt as stopped:
+            result["interrupt"] = str(stopped)
+        finally:
+            child.kill()
+        result["calls"] = calls
+        result["child"] = child.wait()
+        print(json.dumps(result))
+        """
+    )
+    assert result["calls"] == (["first", "end_now"] if first == "first given" else ["end_now"])
+    assert result["child"] == -9, "end_now killed the process the block waited on"
+    if first == "first given":
+        assert result["interrupt"] == "SIGTERM"
+    else:
+        assert "interrupt" not in result, "without first, a signal is not delivered again after the block"
+
+
+def test_an_end_now_still_queued_when_the_block_ends_never_runs() -> None:
+    # first waits for a lock the main thread holds until after the block; meanwhile a second signal asks for end_now.
+    # The block ends first: the wait end_now would have cut short is over, and the child it would kill lives on.
+    result = _run(
+        """
+        import ee_middleware._lifetime as lifetime
+        lifetime.HANDOFF_JOIN_S = 0.5  # (the block's end waits this long for first, held below)
+        child = sleeper()
+        held = threading.Lock()
+
+        def first():
+            with held:
+                calls.append("first")
+
+        def end_now():
+            calls.append("end_now")
+            child.kill()
+
+        try:
+            with termination_as_interrupt():
+                try:
+                    with held:
+                        with second_signal_ends(end_now, first=first):
+                            os.kill(os.getpid(), signal.SIGTERM)
+                            spin(0.3)
+                            os.kill(os.getpid(), signal.SIGTERM)
+                            spin(0.3)
+                            result["in_the_block"] = list(calls)
+                finally:
+                    until(lambda: calls, "first ran once the lock was free")
+                    time.sleep(0.5)
+        except KeyboardInterrupt as stopped:
+            result["interrupt"] = str(stopped)
+        result["calls"] = calls
+        result["child"] = child.poll()
+        child.kill()
+        print(json.dumps(result))
+        """
+    )
+    assert result["in_the_block"] == []
+    assert result["calls"] == ["first"], "end_now, asked for before the block ended, did not run after it"
+    assert result["child"] is None
+    assert result["interrupt"] == "SIGTERM"
+
+
+def test_an_error_of_end_now_is_raised_once_the_block_is_over_not_in_its_middle() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    cleaned_up = []
+
+    def end_now() -> None:
+        raise OSError("no such process group")
+
+    try:
+        with pytest.raises(OSError, match="no such process group"), second_signal_ends(end_now):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)  # the signal's handler ran; end_now ran (and failed) on a thread of its own
+            cleaned_up.append(True)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert cleaned_up == [True], "the clean-up went on to its end"
+    assert [t for t in threading.enumerate() if t.name == _lifetime.HANDOFF_THREAD_NAME] == []
