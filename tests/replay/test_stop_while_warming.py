@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ee_middleware.replay.job import run_replay
 from ee_middleware.store import LocalExperienceStore
 from tests.replay.test_processes import ENDS_WITHIN_S, STOPS_WITHIN_S, Job, jobs, stopped, wait_until_none_left
 
-__all__ = ["jobs"]  # the fixture, used by name
+__all__ = ["jobs"]  # the fixture, used by name (by start)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,11 +30,48 @@ BUILD_DELAY_S = 300
 """How long the policy takes to build in each worker (a model loading): far past the time a stop may take."""
 
 
+@pytest.fixture
+def start(bfcl_store_path: Path, jobs: list[Job]) -> Callable[..., Job]:
+    """Starts ``ee replay run`` on the BFCL store with these flags and environment; whatever it leaves is killed when
+    the test ends."""
+
+    def start_job(*flags: str, **env: str) -> Job:
+        job = Job(bfcl_store_path, *flags, env=env)
+        jobs.append(job)
+        return job
+
+    return start_job
+
+
+def _wait_until(job: Job, ready: Callable[[], bool], what: str, poll_s: float) -> None:
+    """Wait until ``ready()`` says that ``what`` happened, which it must within ``ENDS_WITHIN_S``; the job still runs."""
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    while not ready():
+        assert job.proc.poll() is None, f"the job ended (exit {job.proc.returncode}) before {what}: {job.proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"not after {ENDS_WITHIN_S:g} s: {what}"
+        time.sleep(poll_s)
+
+
+def _stop(job: Job, how: str, store: Path, stored: int) -> None:
+    """Stop ``job`` once, as ``how`` says. It must end as stopped (exit 130) within ``STOPS_WITHIN_S``, saying that it
+    stored ``stored`` of the 6 trajectories (and have stored those), and leave none of its processes behind."""
+    if how == "SIGTERM to the job":
+        job.proc.send_signal(signal.SIGTERM)
+    elif how == "Ctrl-C to its process group":
+        os.killpg(job.proc.pid, signal.SIGINT)
+    else:
+        raise ValueError(f"no such way to stop a job: {how!r} (SIGTERM to the job, Ctrl-C to its process group)")
+    stderr = stopped(job, STOPS_WITHIN_S)
+    assert "interrupted: the replay stopped" in stderr and f"{stored} of 6 trajectories" in stderr, stderr
+    assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
+    assert LocalExperienceStore(store).replays().height == stored
+
+
 @pytest.mark.parametrize(
     ("how", "executor"), [("SIGTERM to the job", "local"), ("Ctrl-C to its process group", "local"), ("SIGTERM to the job", "ray")]
 )
 def test_a_job_stopped_while_its_workers_build_their_policy_ends_at_once(
-    bfcl_store_path: Path, jobs: list[Job], tmp_path: Path, how: str, executor: str
+    bfcl_store_path: Path, start: Callable[..., Job], tmp_path: Path, how: str, executor: str
 ) -> None:
     """Before, the stop reached no local worker still in its warm-up: the job waited for their policies to build (300 s
     here; a model's load in practice), and a worker that got Ctrl-C went on building. A Ray actor still being built was
@@ -42,58 +80,37 @@ def test_a_job_stopped_while_its_workers_build_their_policy_ends_at_once(
         pytest.importorskip("ray")
     built = tmp_path / "building"
     built.mkdir()
-    job = Job(
-        bfcl_store_path,
+    job = start(
         *("--workers", "2", "--executor", executor, "--isolation", "subprocess"),
         *("--policy", "tests.replay.policies_for_tests:slow_to_build"),
-        env={"EE_TEST_BUILD_DIR": str(built), "EE_TEST_BUILD_DELAY": str(BUILD_DELAY_S)},
+        EE_TEST_BUILD_DIR=str(built),
+        EE_TEST_BUILD_DELAY=str(BUILD_DELAY_S),
     )
-    jobs.append(job)
-    deadline = time.monotonic() + ENDS_WITHIN_S
-    while len(list(built.iterdir())) < 2:  # both workers are building their policy (each its sandbox child already)
-        assert job.proc.poll() is None, job.proc.stderr.read()
-        assert time.monotonic() < deadline, "the workers never got to build their policy"
-        time.sleep(0.1)
-    if how.startswith("SIGTERM"):
-        job.proc.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(job.proc.pid, signal.SIGINT)
-    stderr = stopped(job, STOPS_WITHIN_S)
-    assert "interrupted: the replay stopped" in stderr and "0 of 6 trajectories" in stderr, stderr
-    assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
-    assert LocalExperienceStore(bfcl_store_path).replays().height == 0
+    # both workers are building their policy (each its sandbox child already)
+    _wait_until(job, lambda: len(list(built.iterdir())) >= 2, "both workers build their policy", poll_s=0.1)
+    _stop(job, how, bfcl_store_path, stored=0)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group"])
-def test_a_job_stopped_before_its_workers_are_forked_ends_at_once(bfcl_store_path: Path, jobs: list[Job], tmp_path: Path, how: str) -> None:
+def test_a_job_stopped_before_its_workers_are_forked_ends_at_once(
+    bfcl_store_path: Path, start: Callable[..., Job], tmp_path: Path, how: str
+) -> None:
     """The stop comes while the job's fork server still imports what workers need (no worker forked, no call queued
     yet). Before, the job then waited for every worker's whole warm-up (300 s here; a second SIGTERM did not end that
     wait either), and a Ctrl-C to its process group ended the fork server in its imports with a "Fatal Python error"
     traceback on the terminal."""
     built = tmp_path / "building"
     built.mkdir()
-    job = Job(
-        bfcl_store_path,
+    job = start(
         *("--workers", "2", "--isolation", "subprocess", "--policy", "tests.replay.policies_for_tests:slow_to_build"),
-        env={"EE_TEST_BUILD_DIR": str(built), "EE_TEST_BUILD_DELAY": str(BUILD_DELAY_S)},
+        EE_TEST_BUILD_DIR=str(built),
+        EE_TEST_BUILD_DELAY=str(BUILD_DELAY_S),
     )
-    jobs.append(job)
-    deadline = time.monotonic() + ENDS_WITHIN_S
-    while not _has_fork_server(job.proc.pid):
-        assert job.proc.poll() is None, job.proc.stderr.read()
-        assert time.monotonic() < deadline, "the job never started its fork server"
-        time.sleep(0.005)
+    _wait_until(job, lambda: _has_fork_server(job.proc.pid), "the job started its fork server", poll_s=0.005)
     time.sleep(0.1)
     assert list(built.iterdir()) == [], "no worker builds its policy yet (the fork server still imports)"
-    if how.startswith("SIGTERM"):
-        job.proc.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(job.proc.pid, signal.SIGINT)
-    stderr = stopped(job, STOPS_WITHIN_S)
-    assert "interrupted: the replay stopped" in stderr and "0 of 6 trajectories" in stderr, stderr
+    _stop(job, how, bfcl_store_path, stored=0)
     assert list(built.iterdir()) == [], "a worker forked after the stop skips its warm-up"
-    assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
-    assert LocalExperienceStore(bfcl_store_path).replays().height == 0
 
 
 CLOSE_DELAY_S = 3.0
@@ -102,7 +119,7 @@ CLOSE_DELAY_S = 3.0
 
 @pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group"])
 def test_a_job_stopped_while_its_workers_close_after_replaying_everything_ends_as_stopped(
-    bfcl_store_path: Path, jobs: list[Job], tmp_path: Path, how: str
+    bfcl_store_path: Path, start: Callable[..., Job], tmp_path: Path, how: str
 ) -> None:
     """Every trajectory was replayed and stored; the stop comes while the workers close their policies. Before, that
     first SIGTERM or Ctrl-C was taken as a second one: it killed the workers mid-close and was swallowed, and the job
@@ -111,31 +128,20 @@ def test_a_job_stopped_while_its_workers_close_after_replaying_everything_ends_a
     closing, closed = tmp_path / "closing", tmp_path / "closed"
     closing.mkdir()
     closed.mkdir()
-    job = Job(
-        bfcl_store_path,
+    job = start(
         *("--workers", "2", "--policy", "tests.replay.policies_for_tests:slow_to_close"),
-        env={"EE_TEST_CLOSING_DIR": str(closing), "EE_TEST_CLOSED_DIR": str(closed), "EE_TEST_CLOSE_DELAY": str(CLOSE_DELAY_S)},
+        EE_TEST_CLOSING_DIR=str(closing),
+        EE_TEST_CLOSED_DIR=str(closed),
+        EE_TEST_CLOSE_DELAY=str(CLOSE_DELAY_S),
     )
-    jobs.append(job)
 
     def workers_in(folder: Path) -> set[int]:
         return {int(p.name) for p in folder.iterdir()} - {job.proc.pid}
 
-    deadline = time.monotonic() + ENDS_WITHIN_S
-    while len(workers_in(closing)) < 2:
-        assert job.proc.poll() is None, f"the job ended before its workers closed (exit {job.proc.returncode}): {job.proc.stderr.read()}"
-        assert time.monotonic() < deadline, "the workers never got to close their policy"
-        time.sleep(0.02)
+    _wait_until(job, lambda: len(workers_in(closing)) >= 2, "both workers close their policy", poll_s=0.02)
     assert workers_in(closed) == set(), "the stop comes while the workers close"
-    if how.startswith("SIGTERM"):
-        job.proc.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(job.proc.pid, signal.SIGINT)
-    stderr = stopped(job, STOPS_WITHIN_S)
-    assert "interrupted: the replay stopped" in stderr and "6 of 6 trajectories" in stderr, stderr
+    _stop(job, how, bfcl_store_path, stored=6)
     assert workers_in(closed) == workers_in(closing), "one stop lets the workers close to the end"
-    assert wait_until_none_left(job.marker) == [], "workers and their sandbox children end with the job"
-    assert LocalExperienceStore(bfcl_store_path).replays().height == 6
 
 
 def _has_fork_server(pid: int) -> bool:
