@@ -7,6 +7,9 @@ document). :func:`describe_mismatch` says where the texts part, and gives a unif
 lines around it: JSON documents are compared pretty-printed, one field per line; other long lines
 are broken after ``, ``, ``; `` and sentence ends, so that the diff shows the clause that changed. Where only the order
 of the same items differs, it says so, and names the likely cause (:func:`order_hint`).
+
+Every walk over a JSON document here is iterative: a tool's output nested thousands of levels deep (a tree, a recursive
+config, a buggy tool) is described like any other, never a ``RecursionError`` that loses the replay's branch.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from itertools import islice
+from itertools import islice, repeat
+from json.decoder import scanstring
 from json.encoder import encode_basestring
+from json.scanner import NUMBER_RE
 from typing import Any
 
 MAX_DIFF_LINES = 12
@@ -98,12 +103,12 @@ def _order_hint(recorded: str, replayed: str, documents: tuple[Any, Any]) -> str
     if recorded == replayed:
         return None
     if None not in documents and all(_plain_json_spacing(text) for text in (recorded, replayed)):
-        old, new = (json.dumps(document, sort_keys=True) for document in documents)
+        old, new = (_dumps(document, sort_keys=True) for document in documents)
         if old == new:  # the same values: only the order of keys (or the spacing) differs
-            return KEY_ORDER_HINT if json.dumps(documents[0]) != json.dumps(documents[1]) else None
+            return KEY_ORDER_HINT if _dumps(documents[0]) != _dumps(documents[1]) else None
         if len(old) != len(new) or Counter(old) != Counter(new):  # items in another order keep every character
             return None
-        return SET_ORDER_HINT if _unordered_json(documents[0]) == _unordered_json(documents[1]) else None
+        return SET_ORDER_HINT if _same_unordered(*documents) else None
     old_items = [item.strip() for item in _ITEM.findall(recorded)]
     new_items = [item.strip() for item in _ITEM.findall(replayed)]
     if len(old_items) < 2 or _ITEM.sub("", recorded) != _ITEM.sub("", replayed):
@@ -116,14 +121,91 @@ _ITEM = re.compile(r"[^,;\n{}\[\]()]+")
 
 
 def _json_document(text: str) -> Any:
-    """``text`` parsed, when it is a JSON object or array (spacing around it aside), else ``None``."""
+    """``text`` parsed, when it is a JSON object or array (spacing around it aside), else ``None``. What ``json.loads``
+    gives, also for documents nested deeper than it can recurse (:func:`_loads_deep`)."""
     stripped = text.strip()
     if stripped[:1] in ("{", "["):
         try:
-            return json.loads(stripped)
+            try:
+                return json.loads(stripped)
+            except RecursionError:
+                return _loads_deep(stripped)
         except ValueError:
             pass
     return None
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_CONSTANTS = {"null": None, "true": True, "false": False, "NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _loads_deep(text: str) -> Any:
+    """``json.loads(text)`` without recursion, for documents nested deeper than ``json``'s parser recurses (about a
+    thousand levels): the same values (a repeated key keeps its first place and its last value), ``ValueError`` where
+    ``json.loads`` refuses the text."""
+    space = _JSON_SPACE.match
+    open_containers: list[Any] = []  # from the outermost: each container still being filled
+    keys: list[Any] = []  # per open container: the key of the value being read (None in an array)
+    i = space(text, 0).end()
+    while True:
+        char = text[i : i + 1]
+        if char in ("{", "["):
+            i = space(text, i + 1).end()
+            if text[i : i + 1] == ("}" if char == "{" else "]"):
+                value: Any = {} if char == "{" else []
+                i += 1
+            else:
+                open_containers.append({} if char == "{" else [])
+                key = None
+                if char == "{":
+                    key, i = _object_key(text, i)
+                keys.append(key)
+                continue
+        elif char == '"':
+            value, i = scanstring(text, i + 1, True)
+        else:
+            number = NUMBER_RE.match(text, i)
+            if number is not None:
+                integer, fraction, exponent = number.groups()
+                value = float(integer + (fraction or "") + (exponent or "")) if fraction or exponent else int(integer)
+                i = number.end()
+            else:
+                word = next((word for word in _CONSTANTS if text.startswith(word, i)), None)
+                if word is None:
+                    raise ValueError(f"no JSON value at character {i}")
+                value, i = _CONSTANTS[word], i + len(word)
+        while True:  # the value read ends its container's field; closing containers end their own
+            i = space(text, i).end()
+            if not open_containers:
+                if i != len(text):
+                    raise ValueError(f"extra data at character {i}")
+                return value
+            container = open_containers[-1]
+            if isinstance(container, dict):
+                container[keys[-1]] = value
+            else:
+                container.append(value)
+            char = text[i : i + 1]
+            if char == ",":
+                i = space(text, i + 1).end()
+                if isinstance(container, dict):
+                    keys[-1], i = _object_key(text, i)
+                break
+            if char != ("}" if isinstance(container, dict) else "]"):
+                raise ValueError(f"expected ',' or a closing bracket at character {i}")
+            value, i = open_containers.pop(), i + 1
+            keys.pop()
+
+
+def _object_key(text: str, i: int) -> tuple[str, int]:
+    """The key of an object's field at ``text[i]``, and where its value starts (after the colon and spaces)."""
+    if text[i : i + 1] != '"':
+        raise ValueError(f"expected a key in double quotes at character {i}")
+    key, i = scanstring(text, i + 1, True)
+    i = _JSON_SPACE.match(text, i).end()
+    if text[i : i + 1] != ":":
+        raise ValueError(f"expected ':' at character {i}")
+    return key, _JSON_SPACE.match(text, i + 1).end()
 
 
 def _plain_json_spacing(text: str) -> bool:
@@ -131,15 +213,90 @@ def _plain_json_spacing(text: str) -> bool:
     return len(text.strip()) == len(text.strip(" \t\n\r"))
 
 
-def _unordered_json(value: Any) -> str:
-    """``json.dumps(value, sort_keys=True)`` with every list's items sorted by their own such JSON, so that two orders
-    of the same items give the same text. Each item is written once (sorting by ``json.dumps`` of each item at every
-    level wrote a deep document's leaves once per level above them)."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(key)}: {_unordered_json(item)}" for key, item in sorted(value.items(), key=_key)) + "}"
+def _same_unordered(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same values once every list's items are taken in any order (and every object's
+    keys): whether ``json.dumps(value, sort_keys=True)`` with every list's items sorted by their own such JSON is the
+    same text for both. Each distinct value is numbered once (:func:`_unordered_number`): sorting by ``json.dumps`` of
+    each item at every level wrote a deep document's leaves once per level above them, and writing each list's text
+    once still copied a document nested ``d`` levels deep ``d`` times."""
+    numbers: dict[Any, int] = {}
+    return _unordered_number(a, numbers) == _unordered_number(b, numbers)
+
+
+def _unordered_number(value: Any, numbers: dict[Any, int]) -> int:
+    """The number of ``value`` in ``numbers``, where the values :func:`_same_unordered` takes as the same have the same
+    number (and are given one when it has none): a scalar is numbered by its JSON, a list by the sorted numbers of its
+    items, an object by its keys, sorted, and their values' numbers. Without recursion."""
+    if not isinstance(value, _CONTAINERS):
+        return numbers.setdefault(json.dumps(value), len(numbers))
+    # per open container, from the outermost: its keys (None for a list), its items still to number, their numbers
+    open_containers = [_container(value, sort_keys=True)]
+    while True:
+        keys, items, numbered = open_containers[-1]
+        item = next(items, _END)
+        if item is _END:
+            open_containers.pop()
+            shape = ("[", *sorted(numbered)) if keys is None else ("{", *zip(keys, numbered, strict=True))
+            number = numbers.setdefault(shape, len(numbers))
+            if not open_containers:
+                return number
+            open_containers[-1][2].append(number)
+        elif isinstance(item, _CONTAINERS):
+            open_containers.append(_container(item, sort_keys=True))
+        else:
+            numbered.append(numbers.setdefault(json.dumps(item), len(numbers)))
+
+
+def _dumps(value: Any, *, sort_keys: bool = False) -> str:
+    """``json.dumps(value, sort_keys=sort_keys)``, also for documents nested deeper than its encoder recurses (written
+    then by :func:`_dumps_deep`)."""
+    try:
+        return json.dumps(value, sort_keys=sort_keys)
+    except RecursionError:
+        return _dumps_deep(value, sort_keys=sort_keys)
+
+
+def _dumps_deep(value: Any, *, sort_keys: bool) -> str:
+    """``json.dumps(value, sort_keys=sort_keys)`` without recursion."""
+    parts: list[str] = []
+    add = parts.append
+    # per open container, from the outermost: its keys (None for a list), its items still to write, and (in the list
+    # written) the items written so far
+    open_containers = [_container(value, sort_keys)] if isinstance(value, _CONTAINERS) else []
+    if not open_containers:
+        return json.dumps(value)
+    add("[" if open_containers[0][0] is None else "{")
+    while open_containers:
+        keys, items, written = open_containers[-1]
+        item = next(items, _END)
+        if item is _END:
+            open_containers.pop()
+            add("]" if keys is None else "}")
+            continue
+        if written:
+            add(", ")
+        if keys is not None:
+            add(json.dumps(keys[len(written)]) + ": ")
+        written.append(0)
+        if isinstance(item, _CONTAINERS):
+            container = _container(item, sort_keys)
+            open_containers.append(container)
+            add("[" if container[0] is None else "{")
+        else:
+            add(json.dumps(item))
+    return "".join(parts)
+
+
+_END = object()
+
+
+def _container(value: dict[str, Any] | list[Any], sort_keys: bool) -> tuple[list[str] | None, Iterator[Any], list[Any]]:
+    """A container as :func:`_dumps` and :func:`_unordered_number` keep it while they walk its items: its keys
+    (``None`` for a list), its items, and what was done with each so far."""
     if isinstance(value, list):
-        return "[" + ", ".join(sorted(_unordered_json(item) for item in value)) + "]"
-    return json.dumps(value)
+        return None, iter(value), []
+    fields = sorted(value.items(), key=_key) if sort_keys else list(value.items())
+    return [key for key, _ in fields], (item for _, item in fields), []
 
 
 def _key(item: tuple[str, Any]) -> str:
@@ -519,34 +676,46 @@ def _diff_lines(text: str, document: Any = _UNPARSED) -> list[str]:
 
 _INFINITY = float("inf")
 
+_CONTAINERS = (dict, list)
+
+MAX_INDENT = 64
+"""The deepest indent of a JSON document's lines in a diff: fields nested deeper are indented as much (a line of a
+document nested hundreds of levels deep would otherwise be its indent alone once cut at :data:`MAX_LINE_CHARS`)."""
+
 
 def _json_lines(document: Any) -> list[str]:
     """``json.dumps(document, indent=1, ensure_ascii=False).splitlines()``, written here in a third of the time a deep
-    document takes ``json``'s indenting encoder (pure Python, a generator per level)."""
+    document takes ``json``'s indenting encoder (pure Python, a generator per level), without recursion, and indented
+    at most :data:`MAX_INDENT` spaces."""
     lines: list[str] = []
-    _add_json_lines(document, lines, "", "", "")
+    add = lines.append
+    # per open container, from the outermost: its fields' (head, value, tail) still to write, its closing line, the
+    # indent of its fields; the document is the one field of a container without brackets
+    open_containers: list[tuple[Iterator[tuple[str, Any, str]], str | None, str]] = [(iter([("", document, "")]), None, "")]
+    while open_containers:
+        fields, closing, pad = open_containers[-1]
+        for head, value, tail in fields:
+            if isinstance(value, _CONTAINERS) and value:
+                inner = pad + " " if len(pad) < MAX_INDENT else pad
+                tails = [","] * len(value)
+                tails[-1] = ""
+                if isinstance(value, dict):
+                    add(head + "{")
+                    heads = [f"{inner}{encode_basestring(key)}: " for key in value]
+                    open_containers.append((zip(heads, value.values(), tails, strict=True), pad + "}" + tail, inner))
+                else:
+                    add(head + "[")
+                    open_containers.append((zip(repeat(inner), value, tails), pad + "]" + tail, inner))
+                break  # the container's fields first, then the rest of this one's
+            add(head + _json_scalar(value) + tail)
+        else:
+            open_containers.pop()
+            if closing is not None:
+                add(closing)
     text = "\n".join(lines)
     if "\x85" in text or "\u2028" in text or "\u2029" in text:  # line ends to splitlines, which JSON leaves in strings
         return text.splitlines()
     return lines
-
-
-def _add_json_lines(value: Any, lines: list[str], pad: str, head: str, tail: str) -> None:
-    """Add ``value``'s lines, indented by ``pad``, the first after ``head`` (its indent and key), the last before ``tail``."""
-    if isinstance(value, dict) and value:
-        lines.append(head + "{")
-        inner, last = pad + " ", len(value) - 1
-        for n, (key, item) in enumerate(value.items()):
-            _add_json_lines(item, lines, inner, f"{inner}{encode_basestring(key)}: ", "," if n < last else "")
-        lines.append(pad + "}" + tail)
-    elif isinstance(value, list) and value:
-        lines.append(head + "[")
-        inner, last = pad + " ", len(value) - 1
-        for n, item in enumerate(value):
-            _add_json_lines(item, lines, inner, inner, "," if n < last else "")
-        lines.append(pad + "]" + tail)
-    else:
-        lines.append(head + _json_scalar(value) + tail)
 
 
 def _json_scalar(value: Any) -> str:
