@@ -131,24 +131,24 @@ def split_nested(spans: Sequence[SpanData]) -> list[list[SpanData]]:
     outer = [s for s in spans if str(s.attributes.get(sc.EE_NESTED_IN) or "") not in nested]
     root = _root(outer)
     hosts = {str(s.attributes[sc.EE_NESTED_RUN]): s for s in spans if s.attributes.get(sc.EE_NESTED_RUN)}
-    return [outer, *([_nested_root(root, hosts.get(key), key, group), *group] for key, group in nested.items())]
+    threads = _NestedThreads(outer, groups, hosts)
+    return [outer, *([_nested_root(root, hosts.get(key), key, group, threads.inherited(key)), *group] for key, group in nested.items())]
 
 
-def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[SpanData]) -> SpanData:
+def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[SpanData], on_outer_thread: bool) -> SpanData:
     """The root span of a graph run inside the tool call ``host`` of the run rooted at ``outer``: the app, version and
-    environment of the outer run; its thread where the graph ran in the tool's namespace (invoked with the tool's
-    configuration), none where it ran in a root namespace of its own (invoked with a configuration of its own, whose
-    thread the callbacks do not tell), as ingest reads it; the tool call's time, and its outcome: ``error`` where the
-    tool failed, else ``completed``, or the outer run's status where the tool never ended (a pause, a cancellation)."""
+    environment of the outer run; its thread where it ran on it (``on_outer_thread``: invoked with the tool's
+    configuration, see :class:`_NestedThreads`), none where it ran in a root namespace of its own (invoked with a
+    configuration of its own, whose thread the callbacks do not tell), as ingest reads it; the tool call's time, and its
+    outcome: ``error`` where the tool failed, else ``completed``, or the outer run's status where the tool never ended
+    (a pause, a cancellation)."""
     attrs = outer.attributes
     own = {
         sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
         sc.EE_TRAJECTORY_ID: uuid.uuid5(_ID_NAMESPACE, f"{attrs.get(sc.EE_TRAJECTORY_ID) or outer.span_id}:nested:{key}").hex,
         **{k: attrs[k] for k in _NESTED_INHERITS if k in attrs},
     }
-    tool_ns = host.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS) if host is not None else None
-    inner = {str(ns) for s in spans if (ns := s.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS))}
-    if attrs.get(sc.CONVERSATION_ID) and tool_ns and inner and all(ns.startswith(f"{tool_ns}|") for ns in inner):
+    if attrs.get(sc.CONVERSATION_ID) and on_outer_thread:
         own[sc.CONVERSATION_ID] = attrs[sc.CONVERSATION_ID]
     if host is not None:
         own[sc.EE_STATUS] = "error" if host.is_error else "completed"
@@ -172,6 +172,62 @@ def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[S
         events=host.events if failed and host is not None else (),
         resource=outer.resource,
     )
+
+
+class _NestedThreads:
+    """Which graph runs inside the tools of one recorded run (:func:`split_nested`: ``groups`` by key, the tool spans
+    that held them ``hosts``) ran on the recorded run's thread: invoked with their tool's configuration, which carries
+    the thread and the tool's checkpoint namespace, so every namespace of the inner run is below the tool's. One
+    invoked with a configuration of its own runs in a root namespace of its own and on a thread the callbacks do not
+    tell: it gets none.
+
+    Where the tool's span tells its namespace, the inner run is on the thread if its namespaces are below it and the
+    tool is the recorded run's, or a tool of another inner run that is on it. A tool that never ended (cancelled with
+    the run, or paused on ``interrupt()`` in the inner run) has no span: its namespace is then a task of the recorded
+    graph (at the depth of the recorded run's own namespaces, below the same parent) that every namespace of the inner
+    run is below. That holds only where no inner run started a root namespace of its own (a tool of one would look
+    alike, on that run's thread); where one did, or the recorded run's spans name no namespace, it gets none."""
+
+    def __init__(self, outer: Sequence[SpanData], groups: Mapping[str, list[SpanData]], hosts: Mapping[str, SpanData]) -> None:
+        self._groups, self._hosts = groups, hosts
+        self._known: dict[str, bool] = {}
+        own = [str(ns) for s in outer if not s.attributes.get(sc.EE_NESTED_IN) and (ns := s.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS))]
+        self._depth = min((ns.count("|") for ns in own), default=None)  # the recorded graph's tasks: the shallowest
+        parents = {ns.rpartition("|")[0] for ns in own if ns.count("|") == self._depth}
+        self._parent = parents.pop() if len(parents) == 1 else None
+        # an inner run invoked with a configuration of its own (a root namespace, as shallow as the recorded graph's
+        # tasks), or one whose namespaces are unknown: its tasks look like the recorded graph's
+        self._own_roots = self._depth is None or any(
+            not (names := self._namespaces(key)) or min(ns.count("|") for ns in names) <= self._depth for key in groups
+        )
+
+    def _namespaces(self, key: str) -> set[str]:
+        return {str(ns) for s in self._groups.get(key, ()) if (ns := s.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS))}
+
+    def inherited(self, key: str, seen: frozenset[str] = frozenset()) -> bool:
+        """Whether the inner run ``key`` ran on the recorded run's thread."""
+        if key not in self._known:
+            self._known[key] = key not in seen and self._inherited(key, seen | {key})
+        return self._known[key]
+
+    def _inherited(self, key: str, seen: frozenset[str]) -> bool:
+        inner = self._namespaces(key)
+        if not inner:
+            return False
+        host = self._hosts.get(key)
+        if host is not None:
+            tool_ns = host.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
+            if not tool_ns or not all(ns.startswith(f"{tool_ns}|") for ns in inner):
+                return False
+            held_by = str(host.attributes.get(sc.EE_NESTED_IN) or "")
+            return not held_by or held_by not in self._groups or self.inherited(held_by, seen)
+        if self._own_roots or self._depth is None or self._parent is None:
+            return False
+        tasks = {"|".join(ns.split("|")[: self._depth + 1]) for ns in inner}
+        if len(tasks) != 1:
+            return False
+        task = tasks.pop()
+        return task.rpartition("|")[0] == self._parent and all(ns.startswith(f"{task}|") for ns in inner)
 
 
 _NESTED_INHERITS = (sc.EE_APP, sc.AGENT_NAME, sc.EE_APP_VERSION, sc.AGENT_VERSION, sc.EE_RECORDER, sc.EE_ENVIRONMENT)
