@@ -218,6 +218,101 @@ def _resumes(graph_input: Any) -> bool:
 
 
 _TRACELOOP_INPUT = "traceloop.entity.input"
+_TRACELOOP_OUTPUT = "traceloop.entity.output"
+
+
+def graph_run_attributes(span: SpanData) -> dict[str, Any]:
+    """The attributes capture writes on a LangGraph run's root span from the graph's input and what it returned
+    (``ee.task`` and ``gen_ai.input.messages``; ``ee.final_answer``, ``gen_ai.output.messages`` and
+    ``ee.tool_call.error_positions``: see :meth:`~ee_middleware.capture.payloads.PayloadEncoder.graph_input_attributes`
+    and ``graph_output_attributes``), read from the span of that graph run as another instrumentation wrote it:
+    OpenInference's ``input.value`` / ``output.value`` (JSON), OpenLLMetry's ``traceloop.entity.input``'s ``inputs`` /
+    ``traceloop.entity.output``'s ``outputs``. The messages in them (LangChain's ``{"type", "data"}`` dicts, its
+    ``lc`` serialization, ``[role, text]`` pairs, OpenAI's role dicts) are read back as LangChain messages, so that the
+    run's task is the user's question (not a ``Send`` branch's), its answer what the graph returned (a node that rewrote
+    the model's reply, ``create_agent``'s structured response) and its closing tool messages the observations of its
+    last calls. A value that is no graph state (not a JSON object, or messages that do not read) is left alone; a run
+    resumed from its checkpoint (``Command``, ``None``) has no task, as in capture. :mod:`.runs` calls this for the
+    span that holds a run's graph input (its root, or OpenLLMetry's workflow span under it)."""
+    from ee_middleware.capture.payloads import PayloadEncoder  # imports LangChain: only where a graph's values are read
+    from ee_middleware.capture.redaction import Redactor
+
+    attrs = span.attributes
+    graph_input: Any = _MISSING
+    graph_output: Any = _MISSING
+    if "input.value" in attrs or "output.value" in attrs:
+        if attrs.get("input.mime_type") == "application/json":
+            graph_input = _decoded(attrs.get("input.value"))
+        if attrs.get("output.mime_type") == "application/json":
+            graph_output = _decoded(attrs.get("output.value"))
+    elif _TRACELOOP_INPUT in attrs or _TRACELOOP_OUTPUT in attrs:
+        value = _decoded(attrs.get(_TRACELOOP_INPUT))
+        if isinstance(value, Mapping) and "inputs" in value:
+            graph_input = value["inputs"]
+        value = _decoded(attrs.get(_TRACELOOP_OUTPUT))
+        if isinstance(value, Mapping) and "outputs" in value:
+            graph_output = value["outputs"]
+    # no redaction and no cut here: the assembler redacts and caps what it reads from the root, as for capture's spans
+    encoder = PayloadEncoder(Redactor(defaults=False), _UNCUT)
+    found: dict[str, Any] = {}
+    state = _graph_state(graph_input) if isinstance(graph_input, Mapping) and not _resumes(graph_input) else None
+    if state is not None:
+        found.update(encoder.graph_input_attributes(state))
+    state = _graph_state(graph_output) if isinstance(graph_output, Mapping) else None
+    if state is not None:
+        paused = _INTERRUPTS in state  # LangGraph returns the pending interrupts with the state it paused in
+        found.update(encoder.graph_output_attributes({k: v for k, v in state.items() if k != _INTERRUPTS}, paused=paused))
+    return found
+
+
+_MISSING = object()
+_UNCUT = 2**62
+_INTERRUPTS = "__interrupt__"
+_LC_TYPES = {"HumanMessage": "human", "AIMessage": "ai", "SystemMessage": "system", "ToolMessage": "tool", "ChatMessage": "chat"}
+_LC_TYPES |= {"FunctionMessage": "function", "RemoveMessage": "remove"}
+
+
+def _graph_state(value: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A graph's state (its input or output) as an instrumentation serialized it, each list of messages and each single
+    message in it read back as LangChain messages (:func:`_serialized_message`); ``None`` where a value that looks like
+    messages does not read as them (then the values are not what capture would have seen)."""
+    from langchain_core.messages import convert_to_messages, messages_from_dict
+
+    def read(message: Any) -> Any:
+        if isinstance(message, Mapping) and message.get("lc") == 1:
+            name = str((message.get("id") or ["?"])[-1])
+            message = {"type": _LC_TYPES.get(name, name), "data": message.get("kwargs")}
+        if isinstance(message, Mapping) and isinstance(message.get("data"), Mapping) and "role" not in message:
+            [read_back] = messages_from_dict([message])
+            return read_back
+        [read_back] = convert_to_messages([tuple(message) if isinstance(message, list) else message])
+        return read_back
+
+    state: dict[str, Any] = {}
+    for key, item in value.items():
+        try:
+            if isinstance(item, list) and item and all(_serialized_message(m) for m in item):
+                state[key] = [read(m) for m in item]
+            elif isinstance(item, Mapping) and _serialized_message(item) and "role" not in item:
+                state[key] = read(item)
+            elif not (isinstance(item, Mapping) and item.get("lc") == 1 and item.get("type") == "not_implemented"):
+                state[key] = item  # (an object LangChain's serializer wrote as its repr is not the value capture read)
+        except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError):
+            return None  # shaped like messages but not LangChain's: not a state capture would have read
+    return state
+
+
+def _serialized_message(value: Any) -> bool:
+    """Whether ``value`` is a LangChain message as OpenInference (``{"type": "human", "data": {...}}``), OpenLLMetry
+    (``{"lc": 1, "type": "constructor", "id": [..., "HumanMessage"], "kwargs": {...}}``) or JSON itself (a ``("user",
+    text)`` pair as a list, an OpenAI role dict) writes it."""
+    if isinstance(value, Mapping):
+        if value.get("lc") == 1:
+            return value.get("type") == "constructor" and isinstance(value.get("kwargs"), Mapping) and isinstance(value.get("id"), list)
+        if isinstance(value.get("type"), str) and isinstance(value.get("data"), Mapping):
+            return "content" in value["data"]
+        return isinstance(value.get("role"), str) and "content" in value
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], str | list)
 
 
 FAILED_RESULT = "is_error"

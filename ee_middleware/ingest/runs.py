@@ -41,7 +41,7 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.ingest.dialects import litellm_raw_calls
+from ee_middleware.ingest.dialects import graph_run_attributes, litellm_raw_calls
 from ee_middleware.messages import content_to_text, genai_to_openai, parse_arguments
 
 _NODE_KEYS = (
@@ -724,6 +724,8 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
       :func:`~ee_middleware.ingest.dialects.adapt`) says so on the span that holds the graph's input; OpenLLMetry's is its
       workflow span, below the run's ``invoke_agent`` span, and the mark goes to the run's root, where the assembler
       reads it.
+    * The graph's input and output: what capture writes on its root from them (the task, the answer, the closing tool
+      messages) read from the span that holds them (:func:`_graph_io`).
     """
     changed: dict[str, dict[str, Any]] = {}
     root = run[0]
@@ -742,6 +744,9 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
         s.parent_span_id == root.span_id and s.attributes.get(sc.EE_RESUMED) and not in_graph_node(s) for s in run
     ):
         changed.setdefault(root.span_id, {})[sc.EE_RESUMED] = True
+    graph = _graph_io(run, tree)
+    if graph:
+        changed.setdefault(root.span_id, {}).update({k: v for k, v in graph.items() if k not in root.attributes})
     for span in run:
         attrs = normalized[span.span_id].attributes
         if operation_of(attrs) not in sc.MODEL_OPERATIONS or attrs.get(sc.TOOL_DEFINITIONS) not in (None, ""):
@@ -754,6 +759,29 @@ def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:
     if not changed:
         return run
     return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]
+
+
+def _graph_io(run: list[SpanData], tree: _Tree) -> dict[str, Any]:
+    """What capture writes on a LangGraph run's root from the graph's input and output
+    (:func:`~ee_middleware.ingest.dialects.graph_run_attributes`), read from the span of the graph run another
+    instrumentation wrote: the run's root (OpenInference's graph span), else the one span under it outside every node
+    that holds them (OpenLLMetry's workflow span, under its ``invoke_agent`` span). Nothing for capture's own runs (their
+    root says it), a run of no LangGraph graph (none of its spans ran in a node: a CrewAI crew's inputs are no graph
+    state), a run whose graph span was not exported (the span at its top is a node's, whose output is an update, not
+    what the graph returned), or a graph run inside a tool (capture's root of one holds none of it either)."""
+    root = run[0]
+    if root.span_id not in tree.by_id or root.span_id in tree.nested or in_graph_node(root) or sc.EE_STATUS in root.attributes:
+        return {}
+    if not any(in_graph_node(s) for s in run):
+        return {}
+    found = graph_run_attributes(root)
+    if found:
+        return found
+    held = [s for s in run if s.parent_span_id == root.span_id and not in_graph_node(s) and _TRACELOOP_IO & s.attributes.keys()]
+    return graph_run_attributes(held[0]) if len(held) == 1 else {}
+
+
+_TRACELOOP_IO = frozenset({"traceloop.entity.input", "traceloop.entity.output"})
 
 
 _THREAD_KEYS = frozenset({sc.CONVERSATION_ID, "session.id", "traceloop.association.properties.thread_id"})
@@ -872,13 +900,18 @@ def with_task(run: list[SpanData]) -> list[SpanData]:
     """
     ids = {s.span_id for s in run}
     tops = [s for s in run if s.parent_span_id not in ids]
-    # (ee.tool_call.error_positions is no sign of one: a dialect marks failed tool results so, dialects.adapt)
-    if any(key.startswith("ee.") and key != sc.EE_TOOL_ERROR_POSITIONS for s in tops for key in s.attributes):
-        return run  # ee-middleware's own run: its root says what it knows (ee.task), as live capture reads it
+    # (ee.tool_call.error_positions is no sign of one: a dialect marks failed tool results so, dialects.adapt; nor is the
+    # answer the graph returned, read from another instrumentation's spans, _graph_io)
+    if any(key.startswith("ee.") and key not in _READ_FROM_DIALECTS for s in tops for key in s.attributes):
+        return run  # ee-middleware's own run (or a task read from the graph's input): its root says what it knows (ee.task)
     task = _last_user_text(run)
     if not task:
         return run
     return [replace(s, attributes={**s.attributes, sc.EE_TASK: task}) if s.parent_span_id not in ids else s for s in run]
+
+
+_READ_FROM_DIALECTS = frozenset({sc.EE_TOOL_ERROR_POSITIONS, sc.EE_FINAL_ANSWER})
+"""The ``ee.*`` keys ingest itself puts on another instrumentation's spans that leave the task to :func:`with_task`."""
 
 
 def _last_user_text(run: Sequence[SpanData]) -> str | None:
