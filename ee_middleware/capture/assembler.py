@@ -141,7 +141,7 @@ def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[S
     configuration, see :class:`_NestedThreads`), none where it ran in a root namespace of its own (invoked with a
     configuration of its own, whose thread the callbacks do not tell), as ingest reads it; the tool call's time, and its
     outcome: ``error`` where the tool failed, else ``completed``, or the outer run's status where the tool never ended
-    (a pause, a cancellation)."""
+    (a pause, a cancellation); resumed where the outer run was (a graph that paused inside the tool resumes with it)."""
     attrs = outer.attributes
     own = {
         sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
@@ -150,6 +150,11 @@ def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[S
     }
     if attrs.get(sc.CONVERSATION_ID) and on_outer_thread:
         own[sc.CONVERSATION_ID] = attrs[sc.CONVERSATION_ID]
+    if attrs.get(sc.EE_RESUMED):
+        # the outer run resumed: its tool ran again, and a graph run inside it that paused (interrupt() in one of its
+        # tools) resumed from its own checkpoint, though its input is new. The calls it ran before its first model
+        # call are then the reviewed turn (see _reviewed_turns, which finds none in a graph run that started afresh)
+        own[sc.EE_RESUMED] = True
     if host is not None:
         own[sc.EE_STATUS] = "error" if host.is_error else "completed"
         start, end = host.start_ns, host.end_ns

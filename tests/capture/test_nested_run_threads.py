@@ -25,6 +25,7 @@ from ee_middleware.records import Trajectory
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+from tests.ingest.test_nested_agents import _dumps, _ingested_twice
 
 pytestmark = pytest.mark.usefixtures("no_child_left")
 
@@ -180,10 +181,10 @@ def test_an_agent_below_a_finished_tool_of_an_agent_on_its_own_thread_is_not_on_
     ]
 
 
-def test_an_agent_in_a_tool_paused_on_interrupt_keeps_the_outer_thread(tmp_path: Path) -> None:
-    """The inner agent's tool asks for approval (``interrupt()``); the outer run is resumed with
-    ``Command(resume=True)``. The paused inner run (its refund call awaiting review) was stored with no thread although
-    it inherited the tool's configuration (thread ``p1``); every run is on ``p1`` now."""
+def _refund_desk(store: Path, tracer_provider: Any = None) -> dict[str | None, list[Trajectory]]:
+    """An outer agent (with a checkpointer) whose tool runs a billing agent with the tool's configuration; the billing
+    agent's refund tool asks for approval (``interrupt()``), and the outer run is resumed with ``Command(resume=True)``
+    on thread ``p1``. The stored runs by model."""
 
     @tool
     def refund(order: str) -> str:
@@ -199,14 +200,78 @@ def test_an_agent_in_a_tool_paused_on_interrupt_keeps_the_outer_thread(tmp_path:
 
     model = ScriptedChatModel(policy=_asks("billing_agent", "outer done", request="refund A-7 please"), model_name="outer-m")
     outer = create_agent(model, [billing_agent], checkpointer=InMemorySaver())
-    store = tmp_path / "store"
-    agent = record_experience(outer, app="billing", store=store)
+    agent = record_experience(outer, app="billing", store=store, tracer_provider=tracer_provider)
     config = {"configurable": {"thread_id": "p1"}}
     agent.invoke({"messages": [("user", "customer wants a refund")]}, config)
     out = agent.invoke(Command(resume=True), config)
     assert out["messages"][-1].content == "outer done: inner done: refunded A-7"
     agent.recorder.close()
-    runs = _by_model(_stored(store))
+    return _by_model(_stored(store))
+
+
+def _calls(trajectory: Trajectory) -> list[tuple[str, Any, str | None]]:
+    return [
+        (s.action.tool_call.name, s.action.tool_call.arguments, s.observation.content if s.observation else None)
+        if s.action.tool_call
+        else ("answer", None, s.action.content)
+        for s in trajectory.steps
+    ]
+
+
+def test_an_agent_in_a_tool_paused_on_interrupt_keeps_the_outer_thread(tmp_path: Path) -> None:
+    """The paused inner run (its refund call awaiting review) was stored with no thread although it inherited the tool's
+    configuration (thread ``p1``); every run is on ``p1`` now."""
+    runs = _refund_desk(tmp_path / "store")
     paused = [t for t in runs["inner-m"] if t.status == "interrupted"]
-    assert len(paused) == 1 and [s.action.tool_call.name for s in paused[0].steps if s.action.tool_call] == ["refund"]
+    assert len(paused) == 1 and _calls(paused[0]) == [("refund", {"order": "A-7"}, None)]
     assert {t.thread_id for ts in runs.values() for t in ts} == {"p1"}
+
+
+def test_the_call_approved_inside_a_sub_agent_is_a_step_of_its_resumed_run(
+    tmp_path: Path, tracer_provider: Any, span_exporter: Any
+) -> None:
+    """README: "a reviewed call is learned from the resumed trajectory, as decided". The resumed inner run's input is new
+    (the tool runs again), but LangGraph resumes it from its checkpoint: the approved refund call it ran before its
+    model's answer is its first step, with the refund's result, as for a top-level agent. Before, it was a step of
+    neither run (the paused one ends on it unobserved; the resumed one held only the answer). Ingesting the same spans
+    stores the same."""
+    live = tmp_path / "live"
+    runs = _refund_desk(live, tracer_provider)
+    [resumed] = [t for t in runs["inner-m"] if t.status == "completed"]
+    assert (resumed.task, resumed.thread_id) == ("refund A-7 please", "p1")
+    assert _calls(resumed) == [("refund", {"order": "A-7"}, "refunded A-7"), ("answer", None, "inner done: refunded A-7")]
+    [resumed_outer] = [t for t in runs["outer-m"] if t.status == "completed"]
+    assert _calls(resumed_outer)[0] == ("billing_agent", {"request": "refund A-7 please"}, "inner done: refunded A-7")
+
+    ingested, first, _ = _ingested_twice(tmp_path, list(span_exporter.get_finished_spans()))
+    assert (first.errors, len(first.ingested)) == ([], 4)
+    assert _dumps(ingested) == _dumps(live)
+
+
+def test_an_agent_a_resumed_tool_starts_afresh_keeps_its_own_steps(tmp_path: Path) -> None:
+    """The guard: the outer tool asks for approval itself, then runs the inner agent; on resume the inner agent starts
+    afresh (nothing of it paused). Resumed with the outer run, it has no reviewed turn: its task and steps are its own."""
+
+    @tool
+    def quick_lookup(key: str) -> str:
+        """Look a key up."""
+        return f"value-{key}"
+
+    inner = create_agent(ScriptedChatModel(policy=_asks("quick_lookup", "inner says", key="k1"), model_name="inner-m"), [quick_lookup])
+
+    @tool
+    def approved_lookup(request: str, config: RunnableConfig) -> str:
+        """Ask for approval, then ask the inner agent."""
+        if not interrupt({"ask": request}):
+            return "refused"
+        return inner.invoke({"messages": [("user", request)]}, config)["messages"][-1].content
+
+    model = ScriptedChatModel(policy=_asks("approved_lookup", "outer done", request="look k1 up"), model_name="outer-m")
+    agent = record_experience(create_agent(model, [approved_lookup], checkpointer=InMemorySaver()), app="desk", store=tmp_path / "store")
+    config = {"configurable": {"thread_id": "q1"}}
+    agent.invoke({"messages": [("user", "please look k1 up")]}, config)
+    assert agent.invoke(Command(resume=True), config)["messages"][-1].content == "outer done: inner says: value-k1"
+    agent.recorder.close()
+    [only] = _by_model(_stored(tmp_path / "store"))["inner-m"]
+    assert (only.task, only.thread_id, only.status) == ("look k1 up", "q1", "completed")
+    assert _calls(only) == [("quick_lookup", {"key": "k1"}, "value-k1"), ("answer", None, "inner says: value-k1")]
