@@ -29,7 +29,6 @@ redacted, and redacting twice changes nothing; anything a later writer left is c
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ from ee_middleware.errors import OutputError, StoreError, os_error_advice
 from ee_middleware.messages import parse_arguments
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Trajectory, offered_tools
+from ee_middleware.store.access import read_advice
 from ee_middleware.store.protocol import ExperienceStore
 
 
@@ -381,24 +381,14 @@ def _store_failure(store: ExperienceStore, exc: OSError, out: Path) -> str:
     where = f"the experience store {root}" if root is not None else f"the experience store ({type(store).__name__})"
     reason = exc.strerror or str(exc)
     file = f"{exc.filename}: " if exc.filename is not None else ""
-    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
-        advice = (
-            "Run the export as a user who may read the store, or give that user read permission on the file and its "
-            "folder (the store's own files, not the output, are the problem)."
-        )
-    elif isinstance(exc, FileNotFoundError):
+    if isinstance(exc, FileNotFoundError):
         advice = (
             "A file of the store vanished while it was read (the folder removed or moved, or another process changing "
             "it): check that the store is where the export was told it is (--store), then export again."
         )
-    elif exc.errno == errno.EIO:
-        advice = "The disk holding the store failed to read it: check the disk (dmesg), and restore the file from a backup."
-    else:
+    else:  # the store's commands say the same of the file (ee_middleware.store.access)
         root_hint = f" `ee store info --store {root}` tells when the store reads again." if root is not None else ""
-        advice = (
-            "The file is not one the store can read: move it out of the store folder (restore it from a backup if "
-            f"you have one), then export again.{root_hint}"
-        )
+        advice = f"{read_advice(exc)}{root_hint}"
     return f"Cannot read {where}: {file}{reason}. Nothing was written to {out}. {advice}"
 
 

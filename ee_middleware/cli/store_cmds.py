@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -22,9 +23,19 @@ app = typer.Typer(help="Inspect and maintain an experience store.", no_args_is_h
 
 @app.command("info", epilog=examples("ee store info --store ./experience"))
 def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bool = AllowPartialOption) -> None:
-    """Counts of trajectories by approval, spool segments and Parquet parts."""
+    """Counts of trajectories by approval, spool segments and Parquet parts.
+
+    A file of the store that cannot be read (no permission, a folder in its place, a failed disk) is named with what to do.
+    """
+    from ee_middleware.errors import StoreError
+    from ee_middleware.store.access import store_unreadable
+
     with reading_store(allow_partial=allow_partial):
-        data = open_existing_store(store).info()
+        opened = open_existing_store(store)
+        try:
+            data = opened.info()
+        except OSError as exc:
+            raise StoreError(store_unreadable(getattr(opened, "root", store), exc)) from exc
     if as_json:
         print_json(data)
         return
@@ -44,12 +55,32 @@ def compact(store: str = StoreOption) -> None:
     Exits 1 when it finds a damaged Parquet part: it checks every part's footer (a cut-off file) and reads in
     full the parts it merges. A damaged part is left as it is: `ee store repair` reads every part in full and
     takes damaged ones out. Damaged spool segments are moved to quarantine/ (said on stderr, exit 0).
+    A part or spool segment it cannot read (no permission, a folder in its place, a failed disk) is left where it
+    is and named, the rest compacted (exit 1); a manifest.json it cannot read stops it before it changes anything.
     """
-    with reading_store(allow_partial=True) as damage:
-        folded = open_existing_store(store).compact()
+    from ee_middleware.errors import IncompleteReadWarning
+    from ee_middleware.store.access import UnreadableFileWarning
+
+    with reading_store(allow_partial=True):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            folded = open_existing_store(store).compact()
+        for w in seen:  # to reading_store, which says them; the unreadable files are told apart from damage here
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    hiding = [w.category for w in seen if issubclass(w.category, IncompleteReadWarning)]
+    unreadable = any(issubclass(c, UnreadableFileWarning) for c in hiding)
+    damaged = any(not issubclass(c, UnreadableFileWarning) for c in hiding)
     typer.echo(f"Compacted {folded} spool segment(s) into Parquet parts.")
-    if damage.incomplete:
+    if damaged:
         typer.secho(f"error: damaged parts found (above); run `ee store repair --store {store}` to take them out.", err=True, fg="red")
+    if unreadable:
+        typer.secho(
+            "error: files that could not be read were left where they are (above), nothing of them lost; do what is said "
+            f"there, then run `ee store compact --store {store}` again.",
+            err=True,
+            fg="red",
+        )
+    if damaged or unreadable:
         raise typer.Exit(1)
 
 
@@ -61,6 +92,10 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     are recording. Damaged spool segments are quarantined by `ee store compact`. A missing or damaged
     ee-store.json (the file that marks a folder as a store) is written anew when the folder holds a
     store's files; a damaged one is kept in quarantine/.
+
+    A file it cannot read (no permission, a folder in its place, a failed disk) is not known to be damaged:
+    it is left where it is and named with what to do (exit 1); one that is ee-store.json or manifest.json
+    stops the repair before it changes anything.
     """
     from ee_middleware.store.local import LocalExperienceStore
     from ee_middleware.store.registry import store_config_value
@@ -75,8 +110,11 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     report = do_repair()
     if marker is not None:
         report = {**report, "marker_written": marker["marker_written"], "damaged_marker_moved_to": marker["damaged_marker_moved_to"]}
+    unreadable = report.get("unreadable_files", [])
     if as_json:
         print_json(report)
+        if unreadable:
+            raise typer.Exit(1)
         return
     written = marker is not None and marker["marker_written"] is not None
     if written:
@@ -89,5 +127,10 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
         typer.echo(f"Dropped missing part {path} from the manifest.")
     if not moved and not dropped:
         typer.echo(f"No damaged parts in {store}.")
-    else:
+    elif not unreadable:
         typer.echo("Reads are complete again, without those parts' rows; restore them from a backup if you have one.")
+    for item in unreadable:
+        typer.secho(f"error: Cannot read {item['path']}: {item['reason']}. Left it where it is. {item['advice']}", err=True, fg="red")
+    if unreadable:
+        typer.secho("error: reads stay incomplete until these files can be read.", err=True, fg="red")
+        raise typer.Exit(1)

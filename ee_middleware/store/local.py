@@ -47,6 +47,7 @@ from ee_middleware.errors import (
 )
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory, utcnow
 from ee_middleware.store import spool
+from ee_middleware.store.access import UnreadableFileWarning, cannot_read, read_advice, refused
 from ee_middleware.store.approvals import decide, in_order_decided
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.metadata import check_meta_name, read_file, write_file
@@ -110,7 +111,12 @@ class _MarkerMissing(StoreError):
 
 
 class _MarkerDamaged(StoreError):
-    """The folder's ``ee-store.json`` cannot be read, or holds no JSON object."""
+    """The folder's ``ee-store.json`` is damaged: not JSON, or no JSON object."""
+
+
+class _MarkerRefused(StoreError):
+    """The system would not let this process read the folder's ``ee-store.json`` (:func:`~ee_middleware.store.access.refused`):
+    it may be whole, so ``ee store repair`` leaves it as it is."""
 
 
 def _marker_example() -> str:
@@ -118,7 +124,8 @@ def _marker_example() -> str:
 
 
 def _read_marker(root: Path) -> dict[str, Any]:
-    """What ``root``'s marker holds; :class:`_MarkerMissing` or :class:`_MarkerDamaged` (saying how to recover)."""
+    """What ``root``'s marker holds; :class:`_MarkerMissing`, :class:`_MarkerDamaged` or (one the system would not let
+    this process read) :class:`_MarkerRefused`, saying how to recover."""
     marker = root / MARKER
     try:
         meta = json.loads(marker.read_bytes())
@@ -126,7 +133,12 @@ def _read_marker(root: Path) -> dict[str, Any]:
             raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
     except FileNotFoundError:
         raise _MarkerMissing(f"No experience store at {root}. Record a run into it first, or check the --store path.") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise _MarkerRefused(
+            f"{cannot_read(marker, exc)} It is the file that marks the folder as an experience store; `ee store repair` "
+            "leaves it as it is, and nothing stored is lost."
+        ) from exc
+    except ValueError as exc:
         raise _MarkerDamaged(
             f"{marker} is unreadable ({exc or 'it is empty'}). It only marks the folder as an experience store and holds "
             f"{_marker_example()}; the store's records are in other files, and nothing of them is lost. Run "
@@ -273,7 +285,8 @@ class LocalExperienceStore:
         """Write a new ``ee-store.json`` into ``root`` when it is missing or damaged and the folder holds a store's files
         (spool segments, Parquet parts, a manifest); a damaged one is kept as ``quarantine/ee-store.json.damaged``.
         Returns what was done (``marker_written``: the new marker's path, or ``None`` when the marker was fine), JSON-ready.
-        Raises :class:`StoreError` for a folder without a store's files, or one whose marker names another format.
+        Raises :class:`StoreError` for a folder without a store's files, one whose marker names another format, or one
+        whose marker this process may not read (no permission, a folder in its place: it may be whole, and is left as it is).
 
         The marker only says that the folder is a store and which major schema version it holds; nothing stored is in it.
         Safe while agents are recording and when run twice at once."""
@@ -488,9 +501,13 @@ class LocalExperienceStore:
         frames = [frame([], schema).lazy()]
         for path in snapshot.paths(self.root, table):
             try:
-                columns = pl.read_parquet_schema(path) if _named_in_utf8(path) else _read_part(path, schema).schema
-            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged or vanished file
-                self._warn_part(path, str(exc))
+                if _named_in_utf8(path):
+                    with open(path, "rb") as fh:  # as _read_part: a folder in its place is no empty part
+                        columns = pl.read_parquet_schema(fh)
+                else:
+                    columns = _read_part(path, schema).schema
+            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged, unreadable or vanished file
+                self._warn_part(path, exc)
                 continue
             absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in columns]
             part = pl.scan_parquet(path) if _named_in_utf8(path) else _read_part(path, schema).lazy()
@@ -545,11 +562,22 @@ class LocalExperienceStore:
                 if snapshot.generation is None or not read_manifest(self.root, TABLES).same_as(snapshot):
                     raise PartVanished(path) from None
                 self._warn_part(path, f"it is listed in {MANIFEST} but missing")
-            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
-                self._warn_part(path, str(exc))
+            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged (or unreadable) file
+                self._warn_part(path, exc)
         return pl.concat(frames, how="vertical")
 
-    def _warn_part(self, path: Path, why: str) -> None:
+    def _warn_part(self, path: Path, why: str | Exception) -> None:
+        """Warn that ``path``'s rows are missing from the answer: a damaged part (``ee store repair`` takes it out), or
+        one the system would not let this process read (:class:`UnreadableFileWarning`: it is left where it is)."""
+        problem = refused(why) if isinstance(why, Exception) else None
+        if problem is not None:
+            warnings.warn(
+                f"Could not read Parquet part {path}: {problem.strerror or problem}. Its rows are missing from this answer. "
+                f"{read_advice(problem)} `ee store repair` leaves it where it is.",
+                UnreadableFileWarning,
+                stacklevel=5,
+            )
+            return
         warnings.warn(
             f"Skipped unreadable Parquet part {path}: {why}. Its rows are missing from this answer. "
             f"Run `ee store repair --store {self.root}` to move it to quarantine/, then restore it from a backup if you have one.",
@@ -558,6 +586,14 @@ class LocalExperienceStore:
         )
 
     def _warn_manifest(self, snapshot: Manifest) -> None:
+        if snapshot.refused is not None:
+            warnings.warn(
+                f"{cannot_read(self.root / MANIFEST, snapshot.refused)} Read every part file instead (the answer is "
+                "complete). `ee store compact` and `ee store repair` leave it as it is and refuse to run until it can be read.",
+                StoreCorruptionWarning,
+                stacklevel=5,
+            )
+            return
         if snapshot.unreadable is not None:
             warnings.warn(
                 f"{self.root / MANIFEST} is unreadable ({snapshot.unreadable}); read every part file instead. "
@@ -586,6 +622,7 @@ class LocalExperienceStore:
 
     def _compact_locked(self) -> int:
         snapshot = read_manifest(self.root, TABLES)
+        self._refuse_unread_manifest(snapshot, "compact")
         changed = self._remove_leftovers(snapshot)
         spool_dir = self.root / "spool"
         for hidden, moved_to in spool.remove_left_behind(spool_dir, self.root / "quarantine"):
@@ -601,12 +638,16 @@ class LocalExperienceStore:
         folded: dict[str, list[pl.DataFrame]] = {name: [] for name in TABLES}
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
         unreadable: dict[Path, SpoolRows] = {}
+        not_read: list[tuple[Path, OSError]] = []
         for segment in spool.list_segments(spool_dir):
-            if spool.is_live(segment):
-                continue
             try:
+                if spool.is_live(segment):
+                    continue
                 data = segment.read_bytes()
             except FileNotFoundError:  # an empty segment its writer removed after a failed write (see spool.py)
+                continue
+            except OSError as exc:  # not known to be damaged: left where it is, its records kept (and said below)
+                not_read.append((segment, exc))
                 continue
             segments.append(segment)
             good, problems = spool.decode_lines(data, segment, live=False)
@@ -653,7 +694,24 @@ class LocalExperienceStore:
                 segment.unlink(missing_ok=True)
         if self._fsync and segments:
             fsync_dir(spool_dir)
+        for segment, exc in not_read:  # last: under reading_store(allow_partial=False) this warning raises
+            warnings.warn(
+                f"Left the spool segment {segment} in the spool: {cannot_read(segment, exc)} Its records are not in the "
+                "store's Parquet parts and reads cannot see them until it can be read; nothing of it was changed or lost. "
+                "Run `ee store compact` again then.",
+                UnreadableFileWarning,
+                stacklevel=3,
+            )
         return len(segments)
+
+    def _refuse_unread_manifest(self, snapshot: Manifest, doing: str) -> None:
+        """Raise :class:`StoreError` when the system would not let this process read ``manifest.json``: it may be whole, and
+        ``doing`` (compaction, repair) would replace it by a listing of every part file (the retired ones live again)."""
+        if snapshot.refused is not None:
+            raise StoreError(
+                f"Cannot {doing} {self.root}: {cannot_read(self.root / MANIFEST, snapshot.refused)} It lists the store's "
+                "live Parquet parts, and is not replaced while it cannot be read. Nothing was changed."
+            )
 
     def _remove_leftovers(self, snapshot: Manifest) -> bool:
         """Delete retired parts past their grace period and temporary files of killed writers;
@@ -715,8 +773,8 @@ class LocalExperienceStore:
                 except FileNotFoundError:
                     self._warn_part(path, f"it is listed in {MANIFEST} but missing")
                     damaged[table].add(path.name)
-                except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
-                    self._warn_part(path, str(exc))
+                except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged (or unreadable) file
+                    self._warn_part(path, exc)
                     damaged[table].add(path.name)
         return damaged
 
@@ -736,7 +794,7 @@ class LocalExperienceStore:
                 frames.append(_read_part(self.root / table / name, TABLES[table]))
                 merged.append(name)
             except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
-                self._warn_part(self.root / table / name, str(exc))
+                self._warn_part(self.root / table / name, exc)
         if len(merged) < 2:
             return []
         path = self._write_part(table, drop_repeats(table, pl.concat(frames, how="vertical")))
@@ -773,7 +831,11 @@ class LocalExperienceStore:
     def repair(self) -> dict[str, Any]:
         """Take damaged Parquet parts out of the store: move them to ``quarantine/TABLE/`` and drop
         parts the manifest lists but that are gone, so that reads are complete again (without
-        their rows). Returns what was done, JSON-ready."""
+        their rows). Returns what was done, JSON-ready.
+
+        A part or spool segment the system would not let this process read (no permission, a folder in its place, a
+        failed disk) is not known to be damaged: it is left where it is, and listed under ``unreadable_files`` with why
+        and what to do. A ``manifest.json`` it cannot read raises :class:`StoreError` (nothing is changed)."""
         try:
             with self._compaction_lock():
                 return self._repair_locked()
@@ -784,8 +846,10 @@ class LocalExperienceStore:
 
     def _repair_locked(self) -> dict[str, Any]:
         snapshot = read_manifest(self.root, TABLES)
+        self._refuse_unread_manifest(snapshot, "repair")
         damaged: list[tuple[str, str, str]] = []
         missing: list[str] = []
+        not_read = _unreadable_segments(self.root / "spool")
         for table in TABLES:
             keep = []
             for path in snapshot.paths(self.root, table):
@@ -794,8 +858,12 @@ class LocalExperienceStore:
                     keep.append(path.name)
                 except FileNotFoundError:
                     missing.append(str(path))
-                except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
-                    damaged.append((table, path.name, str(exc)))
+                except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged (or unreadable) file
+                    if (problem := refused(exc)) is not None:
+                        keep.append(path.name)  # not known to be damaged: moving it would take whole rows out
+                        not_read.append(_unread(path, problem))
+                    else:
+                        damaged.append((table, path.name, str(exc)))
             snapshot.parts[table] = keep
         if damaged or missing or snapshot.generation is None:
             snapshot.generation = (snapshot.generation or 0) + 1
@@ -806,7 +874,7 @@ class LocalExperienceStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.root / table / name, target)
             moved.append({"part": str(self.root / table / name), "moved_to": str(target), "reason": reason})
-        return {"root": str(self.root), "quarantined_parts": moved, "missing_parts_dropped": missing}
+        return {"root": str(self.root), "quarantined_parts": moved, "missing_parts_dropped": missing, "unreadable_files": not_read}
 
     # --- metadata blobs (ee_middleware.store.protocol.KeepsMetadata) ------------------------------
 
@@ -851,6 +919,25 @@ class LocalExperienceStore:
         }
 
 
+def _unread(path: Path, exc: OSError) -> dict[str, str]:
+    """A file repair left where it is because it could not read it, JSON-ready."""
+    return {"path": str(path), "reason": exc.strerror or str(exc), "advice": read_advice(exc)}
+
+
+def _unreadable_segments(spool_dir: Path) -> list[dict[str, str]]:
+    """The spool segments this process cannot open to read (:func:`_unread`): compaction leaves them where they are."""
+    found = []
+    for segment in spool.list_segments(spool_dir):
+        try:
+            with open(segment, "rb"):
+                pass
+        except FileNotFoundError:  # compacted meanwhile
+            continue
+        except OSError as exc:
+            found.append(_unread(segment, exc))
+    return found
+
+
 def _named_in_utf8(path: Path) -> bool:
     """Whether polars can open ``path`` by name. A name that is not UTF-8 (a folder named in Latin-1: Linux names are
     bytes) it cannot: such files are opened here and polars is given the open file."""
@@ -878,12 +965,12 @@ def _unknown_columns(path: Path, schema: dict[str, pl.DataType]) -> list[str]:
 
 
 def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """One part with exactly ``schema``'s columns (columns added since it was written are null)."""
-    if _named_in_utf8(path):
-        df = pl.read_parquet(path)
-    else:
-        with open(path, "rb") as fh:
-            df = pl.read_parquet(fh)
+    """One part with exactly ``schema``'s columns (columns added since it was written are null). A part the system will not
+    let this process read raises the system's :class:`OSError` naming it (opened here first: polars reads a folder in its
+    place as an empty dataset, and reports its errors as its own), which is no sign of damage
+    (:func:`~ee_middleware.store.access.refused`)."""
+    with open(path, "rb") as fh:
+        df = pl.read_parquet(path) if _named_in_utf8(path) else pl.read_parquet(fh)
     absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in df.columns]
     return (df.with_columns(absent) if absent else df).select(list(schema)).cast(schema)  # type: ignore[arg-type]
 

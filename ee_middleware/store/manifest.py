@@ -48,6 +48,9 @@ class Manifest:
     retired: list[dict[str, Any]] = field(default_factory=list)
     unreadable: str | None = None
     """Why ``manifest.json`` could not be read, when it could not (every part file is then live)."""
+    refused: OSError | None = None
+    """The system's error, when ``manifest.json`` could not be read for it (no permission, a folder in its place, a
+    failed disk) rather than for damage: the file may be whole, and must not be replaced by a listing of part files."""
 
     def paths(self, root: Path, table: str) -> list[Path]:
         return [root / table / name for name in self.parts.get(table, [])]
@@ -64,7 +67,10 @@ def read_manifest(root: Path, tables: Iterable[str]) -> Manifest:
         return _parse(json.loads(path.read_bytes()), tables)
     except FileNotFoundError:
         return Manifest(generation=None, parts={t: [p.name for p in list_part_files(root / t)] for t in tables})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except OSError as exc:
+        parts = {t: [p.name for p in list_part_files(root / t)] for t in tables}
+        return Manifest(generation=None, parts=parts, unreadable=exc.strerror or str(exc), refused=exc)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return Manifest(generation=None, parts={t: [p.name for p in list_part_files(root / t)] for t in tables}, unreadable=str(exc))
 
 
