@@ -447,8 +447,7 @@ class PythonSandbox:
             # SystemExit too: a tool that wraps a command line (argparse on bad arguments) or calls sys.exit()
             # must not end the replay job. KeyboardInterrupt still stops it.
             return Observation(content=self._format_error(exc), is_error=True)
-        is_error = bool(self._is_error_result(value)) if self._is_error_result else False
-        return Observation(content=self._format_result(value), is_error=is_error)
+        return self._observation(value, is_error=False)
 
     def _schema(self, name: str, fn: Callable[..., Any], *, skip: int) -> Any:
         self._schemas[name] = schema = argument_schema(name, fn, skip=skip)
@@ -459,9 +458,18 @@ class PythonSandbox:
             value, is_error = call_tool(tool, call.id, call.name, copy.deepcopy(call.arguments), self._await)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - as _invoke: a tool's failure is an observation
             return Observation(content=self._format_error(exc), is_error=True)
-        if self._is_error_result is not None and not is_error:
-            is_error = bool(self._is_error_result(value))
-        return Observation(content=self._format_result(value), is_error=is_error)
+        return self._observation(value, is_error=is_error)
+
+    def _observation(self, value: Any, *, is_error: bool) -> Observation:
+        """The observation of a tool's return value (an error where ``is_error`` or ``is_error_result`` says so). A value
+        that cannot be checked or written as text (a dict nested deeper than ``json.dumps`` and ``str`` recurse: LangChain's
+        tool raises there too) is the tool's failure, an error observation, never a crash of the replay."""
+        try:
+            if self._is_error_result is not None and not is_error:
+                is_error = bool(self._is_error_result(value))
+            return Observation(content=self._format_result(value), is_error=is_error)
+        except Exception as exc:  # noqa: BLE001 - as _invoke: a tool's failure is an observation
+            return Observation(content=self._format_error(exc), is_error=True)
 
     def _await(self, awaitable: Any) -> Any:
         """Run an async tool's awaitable to its end on this sandbox's own event loop, kept across calls as an app's loop
