@@ -188,7 +188,8 @@ class PayloadEncoder:
     def graph_output_attributes(self, output: Any, cache: FragmentCache | None = None, *, paused: bool = False) -> dict[str, Any]:
         """The run's outcome: its final assistant message, or, when the run ends on tool messages
         (``create_agent`` with a ``response_format``, tools with ``return_direct``), those tool
-        messages (the observations of the last calls) and the structured response as the answer.
+        messages (the observations of the last calls); the answer is the state's structured response as JSON where
+        it has one (any ``response_format``: ``create_agent``'s, ``create_react_agent``'s), else the last message's text.
 
         A run that ends on tool messages without having finished (``paused``: an ``interrupted`` run, such as one
         stopped by ``interrupt()`` in one of several parallel tools; or one whose last assistant message has calls
@@ -214,9 +215,12 @@ class PayloadEncoder:
         last = converted[-1]
         if last["role"] != "assistant" or last.get("tool_calls"):
             return {}
+        # a structured response asked for after the reply (create_react_agent's generate_structured_response node) or
+        # parsed from it (create_agent's ProviderStrategy) is the answer, as with ToolStrategy above
+        answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(last["content"])
         return {
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
-            sc.EE_FINAL_ANSWER: self._redact(content_to_text(last["content"])),
+            sc.EE_FINAL_ANSWER: self._redact(answer),
         }
 
 
