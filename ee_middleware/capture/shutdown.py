@@ -20,8 +20,13 @@ ends instead: see ``recorder._flush_at_exit``.)
   that imports the app after installing its own handler (``uvicorn --workers N`` and ``--reload`` import it in each
   worker inside ``serve()``; ``uvicorn app:app`` loads it before): there the server's handler is the app's, and only
   the app's shutdown can flush.
-- The handler does its waiting on a thread of its own, with a time limit: the signal may arrive while the main thread
-  holds one of capture's locks, which that thread then waits on in vain until the limit, never for ever.
+- The handler writes nothing itself: it hands the work to a thread of its own, started with the handler (and again in a
+  forked process that inherits it), and waits for it with a time limit. The signal may arrive while the main thread
+  holds one of capture's locks, which that thread then waits on in vain until the limit, never for ever. The main
+  thread never gets back from the handler (the process ends in it), so the thread must be running before the signal: a
+  thread started from the handler does not begin until the main thread lets go of :mod:`threading`'s own lock, which
+  it holds while it starts a thread itself, and the runs were lost. Where ``threading`` is green (gevent, eventlet, see
+  below) that thread is not started ahead (its blocking wait would stop every green thread): the handler starts one.
 - A Python handler runs only when the main thread next runs Python code. A SIGTERM that comes just before the main
   thread blocks in C (taken by another thread, or between a lock's last signal check and its wait) leaves that thread
   blocked with the handler pending, where at the default the signal ends the process from any thread. A
@@ -49,6 +54,7 @@ from __future__ import annotations
 import logging
 import multiprocessing.util
 import os
+import queue
 import signal
 import sys
 import threading
@@ -107,22 +113,30 @@ def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], N
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # not the main interpreter
         return False
+    _start_writer()
     return True
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    # takes no lock the interrupted main thread may hold (see the module docstring)
     global _stopping, _nudge_pending
     if _stopping and _nudge_pending:  # the watcher's repeat of the SIGTERM being handled, not a second one
         _nudge_pending = False
         return
     if not _stopping and _flush is not None:  # a second SIGTERM while this one waits: end now
         _stopping = True
-        worker = threading.Thread(target=_flush_quietly, args=(_flush,), name="ee-capture-sigterm-flush", daemon=True)
-        try:
-            worker.start()
-            worker.join(FLUSH_S)
-        except RuntimeError:  # no new thread at interpreter shutdown: nothing more can be written
+        writer = _writer
+        if sys.is_finalizing():  # its threads are gone: nothing more can be written
             pass
+        elif writer is not None and writer.pid == os.getpid():
+            writer.write(_flush, FLUSH_S)
+        else:  # green threads (or a reloaded module): a thread of its own, started now
+            worker = threading.Thread(target=_flush_quietly, args=(_flush,), name=WRITER_THREAD_NAME, daemon=True)
+            try:
+                worker.start()
+                worker.join(FLUSH_S)
+            except RuntimeError:  # no new thread at interpreter shutdown: nothing more can be written
+                pass
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.raise_signal(signal.SIGTERM)  # ends the process here, unless this thread blocks SIGTERM
     _stopping = False
@@ -135,6 +149,56 @@ def _flush_quietly(flush: Callable[[float, str], None]) -> None:
         flush(FLUSH_S, TERMINATED)
     except Exception:  # the process ends either way
         logger.exception("ee-middleware: writing recorded runs at SIGTERM failed")
+
+
+WRITER_THREAD_NAME = "ee-capture-sigterm-flush"
+"""The name of the thread that writes the runs at SIGTERM (:class:`_Writer`)."""
+
+
+class _Writer:
+    """The thread that writes the runs at SIGTERM, started before the signal comes, by the main thread (not by the
+    handler: a thread begins only once it has taken :mod:`threading`'s own lock, which the interrupted main thread may
+    hold, and never lets go of). The handler hands the flush over with :meth:`queue.SimpleQueue.put` (reentrant, waits
+    for nothing) and waits for it on a queue of its own, made there, which no other thread can hold. A daemon: idle, it
+    keeps no process from exiting."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # a forked process has no copy of the thread: it starts its own (_after_fork_in_child)
+        self._asked: queue.SimpleQueue[tuple[Callable[[float, str], None], queue.SimpleQueue[None]]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=WRITER_THREAD_NAME, daemon=True).start()
+
+    def write(self, flush: Callable[[float, str], None], seconds: float) -> None:
+        """Have ``flush`` run on the thread, and wait at most ``seconds`` for it (safe in a signal handler; a signal
+        handler that runs meanwhile, as a second SIGTERM's, interrupts the wait)."""
+        done: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._asked.put((flush, done))
+        try:
+            done.get(timeout=seconds)
+        except queue.Empty:  # still writing: the process ends all the same
+            pass
+
+    def _run(self) -> None:
+        while True:
+            flush, done = self._asked.get()
+            try:
+                _flush_quietly(flush)
+            finally:
+                done.put(None)
+
+
+_writer: _Writer | None = None
+
+
+def _start_writer() -> None:
+    """Start this process's :class:`_Writer`, where capture's handler has SIGTERM and ``threading`` is not green; from
+    the main thread (or a forked child's only thread)."""
+    global _writer
+    if _green_threads() or signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        return
+    try:
+        _writer = _Writer()
+    except RuntimeError:  # no new thread at interpreter shutdown
+        _writer = None
 
 
 def _watch_for_a_pending_handler() -> None:
@@ -196,8 +260,11 @@ def _watch(reader: int, main_thread: int | None) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _stopping, _nudge_pending, _wakeup
+    global _stopping, _nudge_pending, _wakeup, _writer
     _stopping = _nudge_pending = False
+    if _writer is not None:  # the parent's thread is not in this process: the inherited handler needs one here
+        _writer = None
+        _start_writer()
     if _wakeup is None:
         return
     inherited, _wakeup = _wakeup, None  # shared with the parent: its watcher would read this process's signals
