@@ -66,12 +66,18 @@ def test_the_diff_of_a_deep_document_shows_the_field_that_changed_with_its_key()
     recorded_text, replayed_text = _with_recursion(json.dumps, recorded), _with_recursion(json.dumps, replayed)
     parsed = fidelity._json_document(recorded_text)  # at the default recursion limit
     assert _with_recursion(lambda: parsed == recorded)
-    expected_lines = _with_recursion(lambda: json.dumps(recorded, indent=1, ensure_ascii=False).splitlines())
-    lines = fidelity._diff_lines(recorded_text)
-    assert len(lines) == len(expected_lines)
-    assert [line.lstrip() for line in lines] == [line.lstrip() for line in expected_lines]
-    assert max(len(line) - len(line.lstrip()) for line in lines) == fidelity.MAX_INDENT
-    assert lines[: fidelity.MAX_INDENT] == expected_lines[: fidelity.MAX_INDENT]  # indented as json does, up to MAX_INDENT levels
+
+    def pad(level: int) -> str:
+        return " " * min(level, fidelity.MAX_INDENT)
+
+    # json.dumps(indent=1)'s lines (its indenting encoder takes seconds at this depth), indented at most MAX_INDENT
+    expected = [line for n in range(DEPTH) for line in (pad(2 * n) + "{", f'{pad(2 * n + 1)}"a": "a{n}",', pad(2 * n + 1) + '"z": [')]
+    leaf = 2 * DEPTH
+    expected += [pad(leaf) + "{", pad(leaf + 1) + '"status": "ok",', pad(leaf + 1) + '"qty": 3', pad(leaf) + "}"]
+    expected += [line for n in reversed(range(DEPTH)) for line in (pad(2 * n + 1) + "]", pad(2 * n) + "}")]
+    assert fidelity._diff_lines(recorded_text) == expected
+    shallow = _deep_object(20, {"status": "ok"})  # json.dumps's own lines where it can write them
+    assert fidelity._diff_lines(json.dumps(shallow)) == json.dumps(shallow, indent=1, ensure_ascii=False).splitlines()
     diff = unified_diff(recorded_text, replayed_text).splitlines()
     assert f'-{" " * fidelity.MAX_INDENT}"qty": 3' in diff and f'+{" " * fidelity.MAX_INDENT}"qty": 4' in diff, diff
 
