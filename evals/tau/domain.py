@@ -25,7 +25,7 @@ from typing import Any
 
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.matching import normalize
-from ee_middleware.records import ToolCall
+from ee_middleware.records import ToolCall, tool_schema_name
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 
 Tool = Callable[..., Any]
@@ -208,6 +208,7 @@ class TauDomain:
                 f"The tau domain {self.name!r} could not load the tasks of its split {split!r}: {type(exc).__name__}: {exc} "
                 "(raised by the domain's task loader: check the tasks file it reads)."
             ) from exc
+        self.check_schemas()
         seen: set[str] = set()
         for task in tasks:
             self.check_task(task, split)
@@ -228,9 +229,40 @@ class TauDomain:
             return dataclasses.replace(task, category="action")
         return dataclasses.replace(task, category="answer" if task.outputs else "refusal")
 
+    def offered_tools(self) -> list[str]:
+        """The names of the tools the agent is offered: those the domain's ``schemas`` name, in their order."""
+        return [name for name in (tool_schema_name(schema) for schema in self.schemas or []) if name is not None]
+
+    def check_schemas(self) -> None:
+        """Every schema names one of the domain's tools, once (a schema with no tool offers the agent a call that
+        can only fail; one offered twice is ambiguous to the model)."""
+        where = f"The tau domain {self.name!r}"
+        if not isinstance(self.schemas, list):
+            raise ConfigError(
+                f"{where}'s schemas are {type(self.schemas).__name__} {self.schemas!r:.60}, not a list: give a list of "
+                'OpenAI tool schemas, one per tool ({"type": "function", "function": {"name": ..., "parameters": {...}}}).'
+            )
+        seen: set[str] = set()
+        for i, schema in enumerate(self.schemas):
+            name = tool_schema_name(schema)
+            if name is None:
+                raise ConfigError(
+                    f"{where}'s schema {i + 1} ({schema!r:.80}) names no tool: write each as an OpenAI tool schema, "
+                    '{"type": "function", "function": {"name": TOOL, "description": ..., "parameters": {...}}}.'
+                )
+            if name not in self.tools:
+                raise ConfigError(
+                    f"{where} offers the agent the tool {name!r} (schema {i + 1}), which is none of its tools "
+                    f"({', '.join(self.tools) or 'none'}), so every call the agent makes to it fails. Add its function "
+                    f"to the domain's tools ({name!r}: FUNCTION), or remove the schema."
+                )
+            if name in seen:
+                raise ConfigError(f"{where} has two schemas of the tool {name!r}: keep one.")
+            seen.add(name)
+
     def check_task(self, task: TauTask, split: str) -> None:
         """The task has turns, each with the user's text; its outputs are texts; every ground-truth action
-        names one of the domain's tools with arguments it takes.
+        names one of the domain's tools, one the agent is offered (a schema names it), with arguments it takes.
 
         (A misspelled action would fail on both databases alike, so the task would score every agent
         that changes nothing as right and every agent that does the work as wrong; a task with no turn
@@ -263,11 +295,19 @@ class TauDomain:
                 "output any agent (one that does nothing too) passes it. List what a reply must hold "
                 '("outputs": ["..."]), or make it a refusal task if the agent must only decline.'
             )
+        offered = self.offered_tools()
         for action in task.actions:
             tool = self.tools.get(action.name)
             if tool is None:
                 raise ConfigError(
                     f"{where}: its ground-truth action {action.name!r} names no tool of the domain; its tools: {', '.join(self.tools)}."
+                )
+            if action.name not in offered:
+                raise ConfigError(
+                    f"{where}: its ground truth calls the tool {action.name!r}, which the agent is never offered: the domain's "
+                    f"schemas leave it out (they offer {', '.join(offered) or 'nothing'}), so no agent can make that call and "
+                    f"every agent fails the task. Add a schema of {action.name!r} to the domain's schemas "
+                    "(ee_middleware.evals.tau.domains.library.tools.schema(FUNCTION) writes one from its signature and docstring)."
                 )
             try:
                 signature = inspect.signature(tool)
