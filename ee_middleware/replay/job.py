@@ -83,6 +83,12 @@ class ReplaySummary:
     final_call_sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Expert calls at a trajectory's last tool-call step that the sandbox got no answer for (time-out, crash, memory), by
     tool: no later state depends on them, so the trajectory is done with its rollouts (an earlier step's fails it)."""
+    unanswered_calls_not_executed: dict[str, int] = field(default_factory=dict)
+    """Expert calls a paused or cancelled run ended on (awaiting review, or cut off), by tool: never executed (the reviewer
+    may reject the call); the alternatives at their state ran, and no later state was branched from."""
+    states_not_reached: int = 0
+    """Tool-call states after such a call: not branched from (the world there is no state production had), nor counted in
+    :attr:`states`."""
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts whose observation is the sandbox's own failure, by kind (``timeout``, ``crash``, ``memory``): stored
     marked (``Observation.sandbox_failure``), left out of datasets."""
@@ -151,6 +157,10 @@ class ReplaySummary:
         final = Counter(self.final_calls_not_replayed)
         final.update(call["tool"] for call in r.details.get("final_calls_not_replayed", []))
         self.final_calls_not_replayed = dict(final)
+        unanswered = Counter(self.unanswered_calls_not_executed)
+        unanswered.update(call["tool"] for call in r.details.get("unanswered_calls_not_executed", []))
+        self.unanswered_calls_not_executed = dict(unanswered)
+        self.states_not_reached += len(r.details.get("states_not_reached", []))
         if r.status == "done" and "expert_sandbox_failure" in r.details:  # at the last tool-call step (a failed record's: earlier)
             failed_last = Counter(self.final_call_sandbox_failures)
             failed_last[r.details["expert_sandbox_failure"]["tool"]] += 1

@@ -57,6 +57,15 @@ the recorded observation leads to the next state; the alternatives at its state 
 (``details["malformed_calls_not_executed"]`` lists such calls). Every observation a sandbox returns has its lone
 surrogates replaced with U+FFFD before it is compared, stored or reported, as capture does (:func:`~ee_middleware.messages.clean_text`).
 
+A run that paused for a human review (``HumanInTheLoopMiddleware``, a breakpoint, ``interrupt()`` in a tool) or was
+cancelled from outside is an ``interrupted`` trajectory ending on calls without an observation: a call awaiting review
+(which the reviewer may reject) or one the cancellation cut off. Replay never executes such a call: the alternatives at
+its state are replayed as at any other (the world there is production's), but the world after it is no state production
+had (the call never ran, or ran partway: a tool that called ``interrupt()``), so no later state is branched from
+(``details["unanswered_calls_not_executed"]`` lists such calls, with why; ``details["states_not_reached"]`` the steps
+of the states left out, which ``states`` does not count). The run that resumed the thread is a trajectory of its own,
+and replays the reviewed turn as the reviewer decided it.
+
 A trajectory that recorded no tool schemas (ingested from an instrumentation whose spans carry no tool definitions) is
 skipped, saying so and how to record them: every alternative is proposed from, and checked against, the tools offered.
 """
@@ -238,6 +247,7 @@ def replay_trajectory(
         ahead = None
     run = _Run(trajectory, sandbox, proposer, settings)
     tool_steps = _tool_steps(trajectory)
+    run.not_reached = [s.index for s in _tool_steps(trajectory, reachable=False)[len(tool_steps) :]]
     try:
         skipped = _reset_for_replay(run, tool_steps)
     except BaseException:
@@ -259,6 +269,9 @@ def replay_trajectory(
         if at_step is not None:
             at_step(trajectory, step)
         _branch(run, step, proposals)
+        if _unanswered(trajectory, step):  # awaiting review or cut off: never run (the last state replay reaches)
+            run.unanswered_not_executed.append({"step": step.index, "tool": expert.name, "why": _why_unanswered(trajectory)})
+            continue
         if _malformed_by_the_model(trajectory, expert):  # answered by the graph, not the tool: the world is as it was
             run.malformed_not_executed.append({"step": step.index, "tool": expert.name})
             continue
@@ -306,6 +319,10 @@ class _Run:
     """The expert's calls whose arguments the model wrote malformed (:func:`_malformed_by_the_model`): not executed."""
     environment_unrestored: list[Unrestored] = field(default_factory=list)
     """Placeholders of the environment reference the vault could not restore: the sandbox's world was built with them."""
+    unanswered_not_executed: list[dict[str, Any]] = field(default_factory=list)
+    """The expert's call awaiting review, or cut off, that replay stopped at (:func:`_unanswered`): not executed."""
+    not_reached: list[int] = field(default_factory=list)
+    """The steps of the tool-call states after such a call: not branched from (:func:`_tool_steps`)."""
     world_diverged: bool = False
     """Whether an expert step observed something else than recorded in a world built with ``environment_unrestored``:
     from that step on the world is taken to differ from the recorded one (see the module docstring)."""
@@ -354,6 +371,10 @@ class _Run:
             details["expert_sandbox_failure"] = self.final_sandbox_failure
         if self.malformed_not_executed:
             details["malformed_calls_not_executed"] = self.malformed_not_executed
+        if self.unanswered_not_executed:
+            details["unanswered_calls_not_executed"] = self.unanswered_not_executed
+        if self.not_reached:
+            details["states_not_reached"] = self.not_reached
         unrestored = sum(bool(r.unrestored) for r in self.rollouts)
         if unrestored:
             details["unrestored_branches"] = unrestored
@@ -475,8 +496,30 @@ def _malformed_by_the_model(trajectory: Trajectory, call: ToolCall) -> bool:
     return not any(tool_schema_name(schema) == call.name and declares_raw(schema) for schema in trajectory.tools)
 
 
-def _tool_steps(trajectory: Trajectory) -> list[Step]:
-    return [s for s in trajectory.steps if s.action.kind == "tool_call" and s.action.tool_call is not None]
+def _tool_steps(trajectory: Trajectory, *, reachable: bool = True) -> list[Step]:
+    """The expert's tool-call steps, the states replay branches from; with ``reachable``, those up to the first call
+    without an observation of an ``interrupted`` trajectory (:func:`_unanswered`), included: the world after it is no
+    state production had."""
+    steps = [s for s in trajectory.steps if s.action.kind == "tool_call" and s.action.tool_call is not None]
+    if reachable:
+        for position, step in enumerate(steps):
+            if _unanswered(trajectory, step):
+                return steps[: position + 1]
+    return steps
+
+
+def _unanswered(trajectory: Trajectory, step: Step) -> bool:
+    """Whether ``step``'s call is one a paused or cancelled run ended on: an ``interrupted`` trajectory's call without an
+    observation, awaiting a human review (the reviewer may reject it) or cut off by the cancellation. It never ran as
+    recorded, or ran partway (a tool that called ``interrupt()``), so replay does not execute it. (A call without an
+    observation in a run that ended otherwise ran: it is executed, its observation unchecked.)"""
+    return trajectory.status == "interrupted" and step.observation is None
+
+
+def _why_unanswered(trajectory: Trajectory) -> str:
+    """Why an interrupted trajectory's call has no observation: the run was stopped from outside (its ``error`` says how,
+    ``cancelled: CancelledError``), or it paused for a review (no ``error``)."""
+    return f"cut off ({trajectory.error})" if trajectory.error else "awaiting review"
 
 
 def _propose_all(run: _Run, steps: list[Step], requests: Executor | None, ahead: ProposingAhead | None = None) -> list[ProposalResult]:
