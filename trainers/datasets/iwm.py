@@ -12,6 +12,14 @@ trained on once per configuration. A rollout that repeats another replay's at th
 compared as values, and the same observation) is left out (:func:`repeated_rollouts`; the first in the order
 trajectory, step, branch, replay id stays), before the error cap counts the rows; ``datasets.json`` counts them
 (``repeats_left_out``). One replay never proposes a call twice at a state (its proposer drops duplicates).
+
+A run paused for a review, or cancelled, ends on calls without an observation (:func:`~ee_middleware.trainers.datasets.
+source.paused_turn_steps`). A state after such a call within the run is none production had (the call may be rejected,
+or ran partway): its rollouts (of a replay made before replay stopped there) are left out and counted
+(``rollouts_after_call_awaiting_review_left_out``), so no prompt shows the call with a result nobody saw. Its turn's
+calls that did run (a parallel call beside a tool that called ``interrupt()``) are held by the resumed run's trajectory
+too, which teaches the turn as the reviewer decided it, as IL and SR do: the paused run's copies give no expert row and
+are counted (``paused_turn_repeats_left_out``). Both are left out before the error cap counts.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from ee_middleware.trainers.datasets.rows import (
     tool_result_message,
     user_message,
 )
-from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
+from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader, paused_turn_steps
 from ee_middleware.trainers.datasets.sr import _call_key as call_key
 
 
@@ -138,14 +146,17 @@ MEDIA_SIZE_REMOVED = "_media_size_removed"
 
 def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expert: bool) -> pl.DataFrame:
     """The rows before the error cap: the rollouts' (``rollouts``), then the expert steps' (``expert``),
-    observations cut to the budget, with the sizes of media placeholders left out (:data:`MEDIA_SIZE`). A chunked build
-    makes the two apart (their orders differ)."""
+    observations cut to the budget, with the sizes of media placeholders left out (:data:`MEDIA_SIZE`); none of a
+    paused run's turn awaiting review, nor of a state after a call awaiting it (see the module docstring). A chunked
+    build makes the two apart (their orders differ)."""
     tools = source.trajectories.rename({"id": "trajectory_id", "tools_json": "tools"})
     states = world_states(source.steps)
+    paused = paused_turn_steps(source.trajectories, source.steps, pl.col("observation").is_not_null())
     parts = []
     if rollouts:
+        taught = source.rollouts.join(paused.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti", maintain_order="left")
         parts.append(
-            source.rollouts.join(states, on=["trajectory_id", "step_index"], how="inner", maintain_order="left").select(
+            taught.join(states, on=["trajectory_id", "step_index"], how="inner", maintain_order="left").select(
                 "trajectory_id",
                 "step_index",
                 "branch_index",
@@ -161,6 +172,7 @@ def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expe
     if expert:
         expert_steps = source.steps.filter((pl.col("action_kind") == "tool_call") & pl.col("observation").is_not_null())
         expert_steps = expert_steps.rename({"index": "step_index"}).drop("state_json")
+        expert_steps = expert_steps.join(paused, on=["trajectory_id", "step_index"], how="anti", maintain_order="left")
         parts.append(
             expert_steps.join(states, on=["trajectory_id", "step_index"], how="inner", maintain_order="left").select(
                 "trajectory_id",

@@ -91,6 +91,36 @@ def taught_steps(source: DatasetSource) -> tuple[pl.DataFrame, int]:
     return kept, int(keyed.filter(pl.col("action_kind") == "tool_call").height - kept.filter(pl.col("action_kind") == "tool_call").height)
 
 
+PAUSED_STEPS_SCHEMA = {"trajectory_id": pl.String(), "step_index": pl.Int64(), "after": pl.Boolean()}
+
+
+def paused_turn_steps(trajectories: pl.DataFrame, steps: pl.DataFrame, observed: pl.Expr) -> pl.DataFrame:
+    """``trajectory_id``, ``step_index`` and ``after`` of the tool-call steps of a paused or cancelled run that datasets
+    never teach as recorded: those of a turn holding a call awaiting review or cut off (an ``interrupted`` trajectory's
+    call without an observation, see :func:`taught_steps`), and any after the trajectory's first such call. ``after``
+    marks the latter: states replay never reaches (it does not run that call, which the reviewer may reject, so the
+    world past it is no state production had: :mod:`ee_middleware.replay.runner`).
+
+    ``steps`` needs ``trajectory_id``, ``index``, ``action_kind`` and ``decision_index``; ``observed`` is true for a
+    step with an observation (``pl.col("observation").is_not_null()`` of a source, ``has_observation`` of an index)."""
+    if "status" not in trajectories.columns:
+        return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
+    paused = trajectories.filter(pl.col("status") == "interrupted")["id"]
+    if paused.is_empty():
+        return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
+    calls = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("trajectory_id").is_in(paused.implode())).select(
+        "trajectory_id", pl.col("index").cast(pl.Int64).alias("step_index"), turn_key().alias("_turn"), (~observed).alias("_unanswered")
+    )
+    unanswered = calls.filter(pl.col("_unanswered"))
+    if unanswered.is_empty():
+        return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
+    first = unanswered.group_by("trajectory_id").agg(pl.col("step_index").min().alias("_first"))
+    turns = unanswered.select("trajectory_id", "_turn").unique().with_columns(pl.lit(True).alias("_paused_turn"))
+    marked = calls.join(first, on="trajectory_id", how="inner").join(turns, on=["trajectory_id", "_turn"], how="left")
+    after = pl.col("step_index") > pl.col("_first")
+    return marked.filter(after | pl.col("_paused_turn").fill_null(False)).select("trajectory_id", "step_index", after.alias("after"))
+
+
 def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) -> str:
     """The source hash every dataset row records: sorted trajectory ids, sorted rollout ids, step count."""
     digest = hashlib.sha256()
@@ -188,7 +218,7 @@ class SourceIndex:
     """The keys of a source, without its text: what a build plans its groups of trajectories with.
 
     ``trajectories``: :data:`TRAJECTORY_COLUMNS` of the approved trajectories (store order);
-    ``steps``: ``trajectory_id``, ``index``, ``action_kind``, ``has_observation``,
+    ``steps``: ``trajectory_id``, ``index``, ``action_kind``, ``decision_index``, ``has_observation``,
     ``observation_is_error``, ``state_bytes`` (storage order); ``rollouts``: ``id``,
     ``trajectory_id``, ``step_index``, ``is_error`` (the rollouts a build uses, sorted as
     :meth:`~ee_middleware.store.local.LocalExperienceStore.rollouts` sorts them)."""
@@ -410,6 +440,7 @@ class SourceReader:
             "trajectory_id",
             "index",
             "action_kind",
+            "decision_index",
             pl.col("observation").is_not_null().alias("has_observation"),
             "observation_is_error",
             pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
