@@ -181,6 +181,7 @@ def _promote(
         overridden["ignored_rendering"] = [check.differences for check in differing]
     registry.note("promote-started", app=record.app, adapter=name, by=by, replicas=[r.url for r in replicas], **overridden)
     loaded: list[ServingBackend] = []
+    held: list[ServingBackend] = []  # replicas that held it before this promote (a retired adapter stays loaded for a rollback)
     verifications: list[Verification] = []
     for replica in replicas:
         try:
@@ -190,11 +191,13 @@ def _promote(
                     replica.load(name, record.path)
                     loaded.append(replica)
                 except AdapterNameInUseError:
-                    pass  # another promoter loaded it since the listing: one name is one set of weights, so it is this adapter
+                    held.append(replica)  # another promoter loaded it since the listing: one name is one set of weights
+            else:
+                held.append(replica)
             say(f"verifying {name} on {replica.url}")
             verifications.append(replica.verify(name))
         except ServingError as exc:
-            _fail(registry, record, replica, exc, loaded, by=by, say=say)
+            _fail(registry, record, replica, exc, loaded, held, by=by, say=say)
     previous = registry.switch_live(name, by=by)
     say(f"{record.app} -> {name}")
     return SwitchResult(
@@ -447,7 +450,7 @@ def _check_ranks(registry: AdapterRegistry, record: AdapterRecord, replicas: Seq
         raise ServerRankError(
             f"{record.name} has LoRA rank r={record.rank}, above the --max-lora-rank of "
             + "; ".join(f"{url} ({limit}: {source})" for url, limit, source in over)
-            + f". Nothing was loaded; it stays a candidate, and {record.app} still serves "
+            + f". Nothing was loaded; it stays {_status_text(record.status)}, and {record.app} still serves "
             f"{registry.resolve(record.app) or 'the base model'}. {rank_advice(record.rank, min(limit for _, limit, _ in over))}",
             url=over[0][0],
         )
@@ -528,10 +531,14 @@ def _fail(
     replica: ServingBackend,
     exc: ServingError,
     loaded: list[ServingBackend],
+    held: list[ServingBackend],
     *,
     by: str | None,
     say: Progress,
 ) -> None:
+    """Undo what this promote loaded, mark the adapter failed where it is at fault, and raise :class:`PromotionError`
+    saying what happened: which replicas it was unloaded from or stays loaded on, and its status now (a retired
+    adapter that is not at fault stays retired, not a candidate)."""
     problems = []
     for other in loaded:
         say(f"rolling back: unloading {record.name} from {other.url}")
@@ -544,19 +551,40 @@ def _fail(
         reason += " Also " + "; ".join(problems) + "."
     if _adapter_at_fault(exc):
         registry.mark_failed(record.name, reason, by=by)
-        outcome = "is marked failed"
+        outcome = "It is marked failed"
     else:
         registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=reason)
         when = f"once every replica allows rank {record.rank}" if isinstance(exc, ServerRankError) else "when every replica answers"
-        outcome = f"stays a candidate: the adapter is not at fault. Promote it again {when} (ee adapters promote {record.name} ...)"
+        outcome = (
+            f"It stays {_status_text(registry.get(record.name).status)}: the adapter is not at fault. Promote it again {when} "
+            f"(ee adapters promote {record.name} ...)"
+        )
     live = registry.resolve(record.app)
     raise PromotionError(
-        f"Promoting {record.name} failed on {replica.url}: {exc} It was unloaded from every replica it had been loaded on"
-        + (" except where noted: " + "; ".join(problems) if problems else "")
-        + f", and {outcome}. {record.app} still serves {live or 'the base model'}.",
+        f"Promoting {record.name} failed on {replica.url}: {exc} {_unload_text(loaded, held, problems)} {outcome}. "
+        f"{record.app} still serves {live or 'the base model'}.",
         adapter=record.name,
         replica=replica.url,
     ) from exc
+
+
+def _status_text(status: Status | str) -> str:
+    """``a candidate``, ``retired``: a status as the end of "it stays ..."."""
+    value = getattr(status, "value", status)
+    return "a candidate" if value == Status.candidate.value else str(value)
+
+
+def _unload_text(loaded: list[ServingBackend], held: list[ServingBackend], problems: list[str]) -> str:
+    """What a failed promote did on the replicas: unloaded it where it had loaded it (bar the ``problems``), and left it
+    where a replica held it before."""
+    if loaded:
+        text = f"It was unloaded from {', '.join(r.url for r in loaded)}, where this promote had loaded it"
+        text += f" (except: {'; '.join(problems)})." if problems else "."
+    else:
+        text = "Nothing was loaded by this promote."
+    if held:
+        text += f" It stays loaded on {', '.join(r.url for r in held)}, which held it before."
+    return text
 
 
 def rollback(

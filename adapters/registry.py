@@ -586,6 +586,11 @@ def _rollback_name(index: dict[str, Any], app: str) -> str:
     if entry is None:
         raise AdapterNotFoundError(f"No app named {app!r} in the registry. See `ee adapters list`.")
     usable = [n for n in entry["previous"] if index["adapters"][n]["status"] == Status.retired]
+    if not usable and entry.get("live") is None:
+        raise InvalidTransitionError(
+            f"{app} has no live adapter: it serves the base model, and no adapter of it was ever promoted, so nothing can be "
+            f"rolled back. Promote one first (ee adapters promote NAME ...; see ee adapters list --app {app})."
+        )
     if not usable:
         raise InvalidTransitionError(
             f"{app} has no earlier live adapter to roll back to (nothing was promoted before {entry.get('live')})."
