@@ -8,6 +8,10 @@ lines around it: JSON documents are compared pretty-printed, one field per line;
 are broken after ``, ``, ``; `` and sentence ends, so that the diff shows the clause that changed. Where only the order
 of the same items differs, it says so, and names the likely cause (:func:`order_hint`).
 
+An expert call whose exception ended the run is the one exception to comparing texts: no model saw its error, and what
+was recorded is capture's record of the exception (``Type: message``), which no tool node's text matches.
+:func:`raised_as_recorded` says whether the sandbox's call raised the same exception instead.
+
 Every walk over a JSON document here is iterative: a tool's output nested thousands of levels deep (a tree, a recursive
 config, a buggy tool) is described like any other, never a ``RecursionError`` that loses the replay's branch.
 """
@@ -24,7 +28,10 @@ from itertools import islice, repeat
 from json.decoder import scanstring
 from json.encoder import encode_basestring
 from json.scanner import NUMBER_RE
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ee_middleware.records import Observation, Step, Trajectory
 
 MAX_DIFF_LINES = 12
 """Lines of a diff kept (headers and hunk markers included); the rest is counted in one last line."""
@@ -77,6 +84,72 @@ def describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: bool 
     if hint is not None:
         report["hint"] = hint
     return report
+
+
+def ended_the_run(trajectory: Trajectory, step: Step) -> bool:
+    """Whether ``step``'s call raised the exception that ended the run, so that no model saw its error: the trajectory
+    ended ``error``, the call's recorded observation is an error, and no model decision came after the call's (its turn,
+    parallel calls included, is the run's last). Its recorded text is then the record of the exception (capture's
+    ``Type: message``, as ``create_agent``'s default tool-error handling re-raises it; another instrumentation's
+    exception event alike), not a text any tool node showed; an error a tool node showed the model
+    (``ToolNode(handle_tool_errors=True)``, a middleware's answer) is followed by the model's next decision."""
+    recorded = step.observation
+    return (
+        trajectory.status == "error"
+        and recorded is not None
+        and recorded.is_error
+        and all(other.decision_index <= step.decision_index for other in trajectory.steps)
+    )
+
+
+_RECORDED_EXCEPTION = re.compile(r"([A-Za-z_][\w.]*)(?:: (.*))?", re.DOTALL)
+"""An exception as capture (and OpenTelemetry's ``exception`` event) records it: its type, maybe qualified (``Outer.Error``,
+``httpx.ConnectError``), then ``: `` and its message (``str(exc)``)."""
+
+
+def raised_as_recorded(trajectory: Trajectory, step: Step, replayed: Observation) -> bool:
+    """Whether the sandbox's answer to the expert's call at ``step`` is the exception production's call raised, where
+    that exception ended the run (:func:`ended_the_run`): no model saw its error, so the fidelity check compares the
+    exception, not a text. The sandbox's answer must be an error (not a sandbox failure) whose text names an exception
+    of the recorded type (its unqualified name) with the recorded message, as Python writes an exception: ``Type:
+    message`` (``str``-form, a traceback's last line, ``PythonSandbox``'s default ``format_error``) or ``Type('message')``
+    (``repr``, LangGraph's ``ToolNode`` template), anywhere in the text (a ``format_error`` may add to it). Another
+    exception, another message, a result, or a text naming no exception (a ``format_error`` that leaves them out) is a
+    mismatch still. A recorded message cut when stored (``truncated_chars``) is compared as the start of the message."""
+    recorded = step.observation
+    if recorded is None or not replayed.is_error or replayed.sandbox_failure or not ended_the_run(trajectory, step):
+        return False
+    parsed = _RECORDED_EXCEPTION.fullmatch(recorded.content)
+    if parsed is None:  # a bare message (an instrumentation that wrote no type): nothing says which exception it was
+        return False
+    name, message = parsed.group(1).rpartition(".")[2], parsed.group(2) or ""
+    cut = bool(recorded.truncated_chars)
+    return any(_names_exception(replayed.content, form, end) for form, end in _exception_forms(name, message, cut))
+
+
+def _exception_forms(name: str, message: str, cut: bool) -> list[tuple[str, bool]]:
+    """The texts Python writes an exception of type ``name`` with ``str(exc) == message`` as, each with whether the text
+    must end there (at the end of the sandbox's text or of its line): ``str``-form and ``repr``-form, the latter both for
+    one string argument (``RuntimeError('x')``) and for an exception whose ``str`` is its arguments' ``repr``
+    (``KeyError('x')``, several arguments). ``cut``: the recorded message is the start of the real one."""
+    if cut:
+        return [(f"{name}: {message}", False), (f"{name}({message!r}"[:-1], False), (f"{name}({message}", False)]
+    if not message:
+        return [(name, True), (f"{name}: ", True), (f"{name}()", False)]
+    return [(f"{name}: {message}", True), (f"{name}({message!r})", False), (f"{name}({message})", False)]
+
+
+def _names_exception(text: str, form: str, must_end: bool) -> bool:
+    """Whether ``form`` stands in ``text`` as a whole exception's text: not the tail of a longer name before it
+    (``MyValueError``), and, with ``must_end``, followed by the end of ``text`` or of its line (not a longer message)."""
+    start = text.find(form)
+    while start >= 0:
+        before = text[start - 1 : start]
+        after = text[start + len(form) : start + len(form) + 1]
+        if not (before.isalnum() or before == "_") and (not must_end or after in ("", "\n", "\r")):
+            return True
+        start = text.find(form, start + 1)
+    return False
 
 
 SET_ORDER_HINT = (

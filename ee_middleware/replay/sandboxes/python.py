@@ -181,7 +181,9 @@ def format_result(value: Any) -> str:
 
 def format_exception(exc: BaseException) -> str:
     """The error text an agent's tool node would show the model for ``exc``: ``Error: ValueError: ...``, or for arguments
-    a LangChain tool's schema refused (LangGraph's ``ToolInvocationError``) its message, as ``create_agent`` shows it."""
+    a LangChain tool's schema refused (LangGraph's ``ToolInvocationError``) its message, as ``create_agent`` shows it.
+    Where the recorded call's exception ended the run (no model saw a text), replay compares the exception this text
+    names instead (:func:`~ee_middleware.replay.fidelity.raised_as_recorded`)."""
     if type(exc).__name__ == "ToolInvocationError" and isinstance(getattr(exc, "message", None), str):
         return exc.message  # type: ignore[attr-defined]
     return f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
