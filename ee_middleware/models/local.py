@@ -283,7 +283,71 @@ def load_pretrained(
             "Use an instruct model whose tokenizer defines one, or give it one: tokenizer.chat_template = '...' (a Jinja "
             "template), then tokenizer.save_pretrained(DIR), which writes chat_template.jinja."
         )
+    check_vocabulary(tokenizer, model, f"{folder}" + (f" (GGUF file {gguf_file})" if gguf_file else ""))
     return tokenizer, model
+
+
+def check_vocabulary(tokenizer: Any, model: Any, where: str) -> None:
+    """Refuse a tokenizer that can produce a token id past the end of ``model``'s input embedding table: the first text
+    holding such a token stops the model with ``IndexError: index out of range in self`` (mid-training, or mid-answer).
+    It happens when the tokenizer files were copied from another model of the family, or tokens were added to the
+    tokenizer without ``model.resize_token_embeddings``. A table with more rows than the tokenizer has tokens is fine
+    (many models pad it to a multiple of 64 or 128). ``where``: the folder both came from, for the message.
+
+    Raises :class:`ModelLoadError` naming both sizes and the fix; a model or tokenizer that does not say its size (no
+    ``get_input_embeddings``, no vocabulary) is not checked here."""
+    rows = _embedding_rows(model)
+    if rows is None:
+        return
+    tokens = _tokenizer_ids(tokenizer)
+    if tokens is None:
+        return
+    config_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    refuse_tokens_past_embeddings(tokens, rows, where, "vocab_size in config.json" if config_size == rows else None)
+
+
+def refuse_tokens_past_embeddings(tokens: int, rows: int, where: str, rows_from: str | None = None) -> None:
+    """:class:`ModelLoadError` naming both sizes and the fix when a tokenizer's ``tokens`` ids (one past its highest) do not
+    fit the ``rows`` of its model's input embedding table (:func:`check_vocabulary`). ``where``: the folder; ``rows_from``:
+    where the number of rows is written, when known."""
+    if tokens <= rows:
+        return
+    said = f" ({rows_from})" if rows_from else ""
+    raise ModelLoadError(
+        f"The tokenizer in {where} has {tokens} token ids (0 to {tokens - 1}) but the model's input embeddings have only "
+        f"{rows} rows{said}, so any text holding one of the last {tokens - rows} tokens stops the model (IndexError: index "
+        "out of range). The tokenizer files do not belong to this model (copied from another model of its family?) or tokens "
+        "were added without resizing the embeddings. Use the model's own tokenizer files, or resize the model to its tokenizer "
+        "and save both: model.resize_token_embeddings(len(tokenizer)); model.save_pretrained(DIR); "
+        "tokenizer.save_pretrained(DIR)."
+    )
+
+
+def _embedding_rows(model: Any) -> int | None:
+    """How many token ids ``model``'s input embedding table holds, or ``None`` when it does not say."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    rows = getattr(embeddings, "num_embeddings", None)
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
+
+
+def _tokenizer_ids(tokenizer: Any) -> int | None:
+    """One past the highest token id ``tokenizer`` can produce (its vocabulary with added tokens; ids can have gaps, so
+    the highest id counts, not only how many there are), or ``None`` when it does not say."""
+    highest = -1
+    try:
+        highest = len(tokenizer) - 1
+    except TypeError:
+        pass
+    try:
+        vocabulary = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        vocabulary = {}
+    ids = [i for i in vocabulary.values() if isinstance(i, int)] if isinstance(vocabulary, dict) else []
+    highest = max([highest, *ids])
+    return highest + 1 if highest >= 0 else None
 
 
 CONTEXT_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")

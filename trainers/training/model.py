@@ -20,7 +20,7 @@ from typing import Any
 from ee_middleware._files import remove_left_behind
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import ModelLoadError
-from ee_middleware.models.local import CONTEXT_FIELDS, load_pretrained, model_context
+from ee_middleware.models.local import CONTEXT_FIELDS, load_pretrained, model_context, refuse_tokens_past_embeddings
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.errors import BaseModelError
 
@@ -229,10 +229,10 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
 def check_base(spec: str, *, max_length: int | None = None) -> BaseSource:
-    """:func:`resolve_base`, and for a plain folder also that its tokenizer has a chat template, and (given
-    ``max_length``) that its context holds ``max_length`` tokens (:func:`check_context`), read from its files without
-    loading anything (a GGUF file's context from its metadata): a job checks its base this way before it spends hours
-    on the stages before training."""
+    """:func:`resolve_base`, and for a plain folder also that its tokenizer has a chat template and no token id past the
+    model's embedding table (:func:`check_vocabulary_files`), and (given ``max_length``) that its context holds
+    ``max_length`` tokens (:func:`check_context`), read from its files without loading anything (a GGUF file's context
+    from its metadata): a job checks its base this way before it spends hours on the stages before training."""
     source = resolve_base(spec)
     if max_length is not None:
         found = model_context(source.folder, source.gguf_file)  # an unreadable config.json is named when the model is loaded
@@ -252,7 +252,56 @@ def check_base(spec: str, *, max_length: int | None = None) -> BaseSource:
             "a template: tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(DIR) (e.g. the ChatML template of a "
             "Qwen or SmolLM2 instruct model)."
         )
+    check_vocabulary_files(folder)
     return source
+
+
+def check_vocabulary_files(folder: Path) -> None:
+    """:class:`BaseModelError` when the tokenizer saved in ``folder`` (``tokenizer.json``) has token ids past the model's
+    embedding table (``vocab_size`` in ``config.json``), read from the files alone; loading the model checks the same
+    on the loaded objects (:func:`~ee_middleware.models.local.check_vocabulary`). Files it cannot read (a slow
+    tokenizer's, a config without ``vocab_size``) are left to that check."""
+    rows = _config_vocab_size(folder / "config.json")
+    tokens = _tokenizer_file_ids(folder / "tokenizer.json") if rows is not None else None
+    if rows is None or tokens is None:
+        return
+    try:
+        refuse_tokens_past_embeddings(tokens, rows, str(folder), f"vocab_size in {folder / 'config.json'}")
+    except ModelLoadError as exc:
+        raise BaseModelError(str(exc)) from exc
+
+
+def _config_vocab_size(path: Path) -> int | None:
+    """``vocab_size`` in a model's ``config.json`` (a multimodal model's under ``text_config``), or ``None``."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for where in (config, config.get("text_config") if isinstance(config, dict) else None):
+        size = where.get("vocab_size") if isinstance(where, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            return size
+    return None
+
+
+def _tokenizer_file_ids(path: Path) -> int | None:
+    """One past the highest token id a fast tokenizer's ``tokenizer.json`` holds (its model's vocabulary and its added
+    tokens), or ``None`` when the file is missing or laid out otherwise."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    vocabulary = (saved.get("model") or {}).get("vocab") if isinstance(saved.get("model"), dict) else None
+    if isinstance(vocabulary, dict):  # BPE, WordPiece, WordLevel: token -> id
+        ids = [i for i in vocabulary.values() if isinstance(i, int)]
+    elif isinstance(vocabulary, list):  # Unigram: [piece, score] by id
+        ids = [len(vocabulary) - 1] if vocabulary else []
+    else:
+        return None
+    ids += [t["id"] for t in saved.get("added_tokens") or () if isinstance(t, dict) and isinstance(t.get("id"), int)]
+    return max(ids) + 1 if ids else None
 
 
 def check_context(model_config: Any, max_length: int, config_file: Path) -> None:
