@@ -83,7 +83,7 @@ from ee_middleware.errors import EnvironmentUnavailableError
 from ee_middleware.messages import clean_text, declares_raw
 from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import world_environment
-from ee_middleware.replay.fidelity import describe_mismatch
+from ee_middleware.replay.fidelity import describe_mismatch, raised_as_recorded
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
@@ -602,7 +602,11 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any]
     recorded = step.observation
     privacy = run.settings.privacy
     joined_close = _blocks_joined_close(run.trajectory.schema_version)
-    matched = recorded is None or _same_observation(recorded, replayed, privacy, blocks_joined_close=joined_close)
+    matched = (
+        recorded is None
+        or _same_observation(recorded, replayed, privacy, blocks_joined_close=joined_close)
+        or raised_as_recorded(run.trajectory, step, replayed)  # an exception that ended the run: compared as raised
+    )
     if run.environment_unrestored and (run.world_diverged or not matched):
         run.world_diverged = True  # the world built with the environment's placeholders is not the recorded one
         unrestored = unrestored + run.environment_unrestored
