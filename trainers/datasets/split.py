@@ -79,6 +79,72 @@ MAX_LISTED_ADDED = 20
 
 
 @dataclass(frozen=True)
+class UnitLinks:
+    """What links the trajectories of one unit, counted over the source trajectories in it (over all its trajectories
+    when no two source ones share a link): the thread id most of them ran on, the task most of them ask, and the
+    curriculum trajectories in it rolled out on a variant of another's task."""
+
+    thread: tuple[str, int, str] | None = None
+    """The thread id shared by the most of them (two or more), how many, and the earliest of them."""
+    threads_shared: int = 0
+    """Thread ids shared by two or more of them."""
+    task: tuple[int, str] | None = None
+    """How many ask the task asked most often in the unit (two or more, whitespace and case aside), and the earliest."""
+    tasks_shared: int = 0
+    """Tasks asked by two or more of them."""
+    variants: int = 0
+    """Curriculum trajectories linked to the trajectory whose task theirs is a variant of."""
+
+    def describe(self) -> dict[str, Any]:
+        """``datasets.json``'s ``split.units.largest.linked_by``."""
+        thread = self.thread
+        return {
+            "thread": {"thread_id": thread[0], "trajectories": thread[1], "example": thread[2], "threads_shared": self.threads_shared}
+            if thread
+            else None,
+            "task": {"trajectories": self.task[0], "example": self.task[1], "tasks_shared": self.tasks_shared} if self.task else None,
+            "variants": self.variants,
+        }
+
+    def explain(self) -> str:
+        """Sentences naming what links the unit, the most frequent link first, each with an example and the fix."""
+        parts: list[tuple[int, str]] = []
+        if self.thread is not None:
+            thread_id, count, example = self.thread
+            shown = thread_id if len(thread_id) <= 60 else thread_id[:57] + "..."
+            others = f" ({self.threads_shared - 1} other thread ids are shared too)" if self.threads_shared > 1 else ""
+            parts.append(
+                (
+                    count,
+                    f"{count} of them ran on one thread id, {shown!r} (e.g. {example}; `ee traces show ID`){others}: a thread's "
+                    "later runs carry its earlier runs' messages, so one thread id reused for separate conversations (as a "
+                    "fixed thread_id such as '1' in a LangGraph config does) links them all. Give each conversation its own "
+                    "thread id when recording (config={'configurable': {'thread_id': str(uuid.uuid4())}} per conversation)",
+                )
+            )
+        if self.task is not None:
+            count, example = self.task
+            others = f" ({self.tasks_shared - 1} other tasks are asked more than once too)" if self.tasks_shared > 1 else ""
+            parts.append(
+                (
+                    count,
+                    f"the task asked most often in it is asked by {count} trajectories (e.g. {example}; `ee traces show ID`)"
+                    f"{others}: runs of one task hold the same examples, so they stay together; a request many conversations "
+                    "open with (a greeting) links them all",
+                )
+            )
+        if self.variants:
+            parts.append(
+                (
+                    self.variants,
+                    f"{self.variants} of them are curriculum rollouts, each linked to the trajectory whose task theirs is a variant of",
+                )
+            )
+        parts.sort(key=lambda part: -part[0])
+        return "; ".join(text for _, text in parts) or "no thread id or task is shared by two of them"
+
+
+@dataclass(frozen=True)
 class SplitRule:
     """Which trajectories are held out: any trajectory matched by any of the set rules, with its unit (see the module
     docstring)."""
@@ -142,6 +208,8 @@ class Split:
     """The most source trajectories one unit holds, and that unit's earliest trajectory."""
     most_asked_task: tuple[int, str | None] = (0, None)
     """The most source trajectories asking one task, and the earliest of them."""
+    largest_unit_links: UnitLinks = field(default_factory=UnitLinks)
+    """What links the largest unit's trajectories (:class:`UnitLinks`)."""
 
     def describe(self) -> dict[str, Any]:
         """What ``datasets.json``'s ``split`` says of the units and of the trajectories added (beside the id lists)."""
@@ -152,7 +220,7 @@ class Split:
             "total": self.units,
             "heldout": self.heldout_units,
             "partly_heldout": self.partly_heldout_units,
-            "largest": {"trajectories": size, "earliest": earliest},
+            "largest": {"trajectories": size, "earliest": earliest, "linked_by": self.largest_unit_links.describe()},
             "rule": (
                 "trajectories sharing a thread id or a task (whitespace and case aside), and curriculum trajectories with "
                 "the trajectory whose task theirs is a variant of, transitively, over every trajectory the store holds; "
@@ -161,12 +229,10 @@ class Split:
         }
         trajectories = len(self.heldout) + len(self.train)
         if size > max(LARGE_UNIT_MIN, LARGE_UNIT_SHARE * trajectories):
-            asked, example = self.most_asked_task
             units["warning"] = (
                 f"one unit holds {size} of the {trajectories} trajectories (its earliest: {earliest}): linked by threads "
-                "and tasks, they go to one side together, and a held-out share holds out all of them or none. The task "
-                f"asked most often is asked by {asked} trajectories (e.g. {example}; `ee traces show ID`): a request many "
-                "conversations open with (a greeting) links them all"
+                "and tasks, they go to one side together, and a held-out share holds out all of them or none. What links "
+                f"them: {self.largest_unit_links.explain()}"
             )
         return {
             "matched_by_rule": len(self.matched),
@@ -245,6 +311,7 @@ def split_trajectories(source: pl.DataFrame, rule: SplitRule, recorded: pl.DataF
         partly_heldout_units=sum(1 for s in sides.values() if len(s) == 2),
         largest_unit=(largest[1], graph.ids[graph.earliest[largest[0]]]) if largest is not None else (0, None),
         most_asked_task=graph.most_asked(in_source),
+        largest_unit_links=graph.links(largest[0], in_source) if largest is not None else UnitLinks(),
     )
 
 
@@ -358,10 +425,12 @@ class _Units:
         tasks = ordered.filter(pl.col("task").is_not_null()).group_by("task", maintain_order=True).agg("n")
         self.thread_of: dict[int, int] = {}
         self.threads: list[tuple[list[int], list[int]]] = []  # members by start, and their starts
-        for members, starts in threads.select("n", "start").iter_rows():
+        self.thread_ids: list[str] = []
+        for thread_id, members, starts in threads.select("thread_id", "n", "start").iter_rows():
             for n in members:
                 self.thread_of[n] = len(self.threads)
             self.threads.append((members, starts))
+            self.thread_ids.append(thread_id)
         self.task_of: dict[int, int] = {}
         self.tasks: list[list[int]] = []
         for (members,) in tasks.select("n").iter_rows():
@@ -389,6 +458,31 @@ class _Units:
             if len(asking) > best[0]:
                 best = (len(asking), self.ids[asking[0]])
         return best
+
+    def links(self, root: int, among: set[int]) -> UnitLinks:
+        """What links the unit ``root`` (:class:`UnitLinks`), counted over its members in ``among`` (over all its
+        members when no two of those share a thread, a task or a variant link)."""
+        members = [n for n in range(len(self.ids)) if self.find(n) == root]
+        in_variant = {n for children in self.variants.values() for n in children}
+        for scope in ([n for n in members if n in among], members):
+            chosen = set(scope)
+            threads = Counter(self.thread_of[n] for n in scope if n in self.thread_of)
+            tasks = Counter(self.task_of[n] for n in scope if n in self.task_of)
+            shared_threads = [t for t, count in threads.items() if count > 1]
+            shared_tasks = [t for t, count in tasks.items() if count > 1]
+            variants = sum(1 for n in scope if n in in_variant)
+            if not (shared_threads or shared_tasks or variants):
+                continue
+            thread = task = None
+            if shared_threads:  # the most shared; of equals, the one whose first run is earliest (threads are by start)
+                t = max(shared_threads, key=lambda t: (threads[t], -t))
+                first = next(n for n in self.threads[t][0] if n in chosen)  # members are by start
+                thread = (self.thread_ids[t], threads[t], self.ids[first])
+            if shared_tasks:
+                t = max(shared_tasks, key=lambda t: (tasks[t], -t))
+                task = (tasks[t], self.ids[next(n for n in self.tasks[t] if n in chosen)])
+            return UnitLinks(thread, len(shared_threads), task, len(shared_tasks), variants)
+        return UnitLinks()
 
     def find(self, n: int) -> int:
         parent = self.parent
