@@ -263,6 +263,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     redact = options.redactor.redact if options.redactor is not None else (lambda v: v)
     memo = _RunMemo()
     decisions = [_decision(chat, redact, memo) for chat in chats]
+    formatting = _answer_formatting(root, decisions, tools)
+    decisions = [d for index, d in enumerate(decisions) if index not in formatting]
     # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
     final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
     final = {"state": final_tool_messages, "errors": _error_positions(root, 0)}
@@ -1297,6 +1299,66 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) ->
         return None  # a model call wrote it; the calls after it were read by their nodes (a grader, a router)
     quoted = text if len(text) <= 200 else text[:200] + "..."
     return f"a middleware or graph node ended the run, not the model: no model call wrote its last message ({quoted!r})"
+
+
+def _answer_formatting(root: SpanData, decisions: list[dict[str, Any]], tools: list[SpanData]) -> set[int]:
+    """The indices of the decisions that only wrote the run's answer in the form asked for, after the model had
+    answered: ``create_react_agent(response_format=...)``'s ``generate_structured_response`` node asks the model once
+    more (``with_structured_output``) for the reply it gave as the structured response. Such a call decided nothing (it
+    is the framework formatting the answer): no step, and its schema is none of the run's tools.
+
+    A decision is one where its span is marked :data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`, it came
+    after the model call that wrote the run's last message (a reply), in another node run than the one that wrote it
+    (capture's :data:`~ee_middleware.capture.semconv.EE_LAST_REPLY_TASK`), no tool span or tool message answers its
+    calls, and its reply (its one call's arguments, or its text) is the run's final answer as JSON. A grader's or a
+    judge's structured call (its reply is not the answer), a node answering with a structured reply's text (it wrote
+    the last message) and ``create_agent``'s ``ToolStrategy`` call (a tool message answers it, in the model's node)
+    stay steps. Another instrumentation's spans do not say which node wrote the last message: nothing is dropped."""
+    attrs = root.attributes
+    task, answer = attrs.get(sc.EE_LAST_REPLY_TASK), _json_or_none(attrs.get(sc.EE_FINAL_ANSWER))
+    ended = [m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "assistant" and not m.get("tool_calls")]
+    if not task or not isinstance(answer, (dict, list)) or not ended:
+        return set()  # (a structured response is an object: a plain text answer is the model's own)
+    text = content_to_text(ended[-1].get("content"))
+    replied = next(
+        (
+            index
+            for index in range(len(decisions) - 1, -1, -1)
+            if not decisions[index]["span"].is_error
+            and any(not m.get("tool_calls") and content_to_text(m.get("content")) == text for m in decisions[index]["raw_outputs"])
+        ),
+        None,
+    )
+    if replied is None:
+        return set()
+    answered = {str(t.attributes[sc.TOOL_CALL_ID]) for t in tools if t.attributes.get(sc.TOOL_CALL_ID)}
+    answered |= {str(m.get("tool_call_id")) for d in decisions for m in d["raw"] if m.get("role") == "tool"}
+    answered |= {str(m.get("tool_call_id")) for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"}
+    named = {str(t.attributes.get(sc.TOOL_NAME)) for t in tools if not t.attributes.get(sc.TOOL_CALL_ID)}
+    after = decisions[replied]["span"].end_ns
+    formatting = set()
+    for index in range(replied + 1, len(decisions)):
+        span = decisions[index]["span"]
+        if (
+            str(span.attributes.get(sc.EE_STRUCTURED_OUTPUT)).lower() != "true"
+            or span.is_error
+            or span.start_ns < after
+            or _written_in(task, span)
+        ):
+            continue
+        outputs = decisions[index]["raw_outputs"]
+        calls = [c for m in outputs for c in m.get("tool_calls") or () if isinstance(c, Mapping)]
+        if any(str(c.get("id")) in answered or (c.get("function") or {}).get("name") in named for c in calls):
+            continue  # a tool ran it, or a node answered it with a tool message: a call that acted
+        if len(calls) == 1:
+            said = parse_arguments((calls[0].get("function") or {}).get("arguments"))
+        elif not calls and len(outputs) == 1:
+            said = _json_or_none(content_to_text(outputs[0].get("content")))  # a provider's JSON mode: the reply's text
+        else:
+            continue
+        if said == answer:
+            formatting.add(index)
+    return formatting
 
 
 def _written_in(task: Any, span: SpanData) -> bool:

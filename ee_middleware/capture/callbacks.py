@@ -194,11 +194,12 @@ class RunCapture(BaseCallbackHandler):
         nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
         if nested == RECORDED_ELSEWHERE:  # below a tool call of a wrapped sub-agent's (see on_tool_start)
             return
+        structured = bool((kwargs.get("options") or {}).get("ls_structured_output_format"))  # with_structured_output's call
         if nested is not None:  # a graph run inside a tool: a trajectory of its own, with its own tools
             metadata = {**metadata, NESTED_IN_METADATA: nested}
-        else:
+        elif not structured:  # the schema a structured call binds is the reply's form, not a tool offered to act
             self._note_tools(params.get("tools"))
-        if (kwargs.get("options") or {}).get("ls_structured_output_format"):  # with_structured_output's call
+        if structured:
             metadata = {**metadata, STRUCTURED_OUTPUT_METADATA: True}
         if self.calls is not None:  # kept for the capture process: only what its span reads (smaller to send)
             params = {k: params[k] for k in CHAT_PARAMS if k in params}
