@@ -10,15 +10,16 @@ models are evaluated in-process (``local:BASE@ADAPTER``) and a promote switches 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware._files import atomic_write_text
 from ee_middleware.errors import hide_credentials
-from ee_middleware.jobs.errors import JobError
+from ee_middleware.jobs.errors import JobError, LiveAdapterChangedError
 from ee_middleware.jobs.runs import file_entry
 from ee_middleware.jobs.stages import ADAPTER_DIR, DATA_DIR, StageContext, StageResult
 from ee_middleware.messages import finite_or_null
@@ -501,7 +502,12 @@ def promote(ctx: StageContext) -> StageResult:
     result = StageResult(inputs={"candidate": name, "gate_passed": gate_out["passed"], "replicas": [r.url for r in replicas]})
     live_before = registry.resolve(ctx.config.alias_name)
     if gate_out["passed"]:
-        switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
+        # The check and the switch under one hold of the registry's operation lease (run_promote takes it again, as its
+        # holder may): no other promote or rollback can make another adapter live between them.
+        with _operation_lease(registry, f"promote of {name}", by=_by(ctx), say=ctx.progress.info):
+            live_before = registry.resolve(ctx.config.alias_name)
+            _refuse_unseen_live(ctx, name, live_before)
+            switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
         replaced = switched.replaced or live_before
         if replaced == name:  # an earlier attempt switched the alias and was stopped before this manifest: what was live then
             baseline = ctx.run.outputs("evaluate").get("baseline")
@@ -520,6 +526,46 @@ def promote(ctx: StageContext) -> StageResult:
     result.decisions.append(f"not promoted: {reason}; {ctx.config.alias_name} still serves {live_before or 'the base model'}")
     result.summary = f"not promoted; {ctx.config.alias_name} still serves {live_before or 'the base model'}"
     return result
+
+
+def _operation_lease(registry: Any, doing: str, *, by: str, say: Callable[[str], None]) -> contextlib.AbstractContextManager[Any]:
+    """The registry's operation lease (``operation(doing, by=, on_wait=)``, the one promote, rollback and retire hold),
+    or nothing for a plug-in registry without one."""
+    operation = getattr(registry, "operation", None)
+    return operation(doing, by=by, on_wait=say) if callable(operation) else contextlib.nullcontext()
+
+
+def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None) -> None:
+    """The gate compared ``candidate`` with the adapter live at the evaluate stage (its ``baseline``): when another one
+    is live now (``live``: promoted or rolled back since, by another ``ee improve`` run on the same registry or by
+    hand), promoting would replace an adapter no gate compared it with, so the stage fails with
+    :class:`LiveAdapterChangedError`. The candidate live already (an earlier attempt switched the alias and was stopped
+    before its manifest) goes on: the promote only loads it again where a replica lacks it."""
+    gated = ctx.run.outputs("evaluate").get("baseline")
+    if gated is None or live == candidate:
+        return  # an evaluate manifest without a baseline says nothing to compare with
+    gated_live = None if gated == BASE else gated
+    if live == gated_live:
+        return
+    alias, registry = ctx.config.alias_name, ctx.config.registry
+    gated_text = f"the live adapter then, {gated}" if gated_live else "the base model (no adapter was live then)"
+    now_text = f"{live} is live now" if live else "no adapter is live now (the base model serves it)"
+    servers = "".join(f" --server {url}" for url in ctx.config.serving.servers)
+    back = (
+        f" Or, if {gated} should be live, promote it again (`ee adapters promote {gated} -r {registry}{servers}`) and run `ee "
+        "improve` with the same config: the run continues and promotes its candidate over the adapter it was gated against."
+        if gated_live
+        else ""
+    )
+    raise LiveAdapterChangedError(
+        f"{alias}'s live adapter changed since run {ctx.run.id} evaluated {candidate}: its gate compared {candidate} with "
+        f"{gated_text}, but {now_text} (switched by another `ee improve` run on this registry, or by `ee adapters promote` / "
+        f"`rollback`; `ee adapters show {live or gated} -r {registry}` shows who switched it, and when). {candidate} was never compared "
+        f"with it, so it is not promoted: {alias} still serves {live or 'the base model'}, and {candidate} stays a "
+        f"candidate. To gate a candidate against what is live now, start a new run: `ee improve --new-run` with the "
+        f"same config (this run is abandoned and {candidate} retired; the new run trains and evaluates again).{back}",
+        details={"alias": alias, "candidate": candidate, "gated_against": gated, "live": live},
+    )
 
 
 def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:

@@ -26,3 +26,15 @@ class RunConfigChangedError(JobError, ConfigError):
 
 class BudgetExhausted(JobError):
     """The ``max_minutes`` budget ran out: the run stops before its next step and continues on the next call."""
+
+
+class LiveAdapterChangedError(JobError):
+    """The promote stage found another adapter live than the one the evaluate stage measured the candidate against
+    (promoted or rolled back since): promoting would replace an adapter no gate compared it with.
+
+    ``details``: ``alias``, ``candidate``, ``gated_against`` (the evaluate stage's baseline: an adapter name, or
+    ``base``) and ``live`` (the adapter live now, or None): the failed stage's manifest records them as ``live_changed``."""
+
+    def __init__(self, message: str, *, details: dict[str, str | None]) -> None:
+        super().__init__(message)
+        self.details = details

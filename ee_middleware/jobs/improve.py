@@ -42,7 +42,7 @@ from typing import Any
 from ee_middleware._toml import read_config_text
 from ee_middleware.errors import EEError
 from ee_middleware.jobs.config import ImproveConfig
-from ee_middleware.jobs.errors import BudgetExhausted, JobError
+from ee_middleware.jobs.errors import BudgetExhausted, JobError, LiveAdapterChangedError
 from ee_middleware.jobs.memory import PeakMemory
 from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, job_table, now
 from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, StageResult
@@ -289,6 +289,8 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
             peak_rss_per_stage=memory.per_stage,
             error=error_text(exc),
         )
+        if isinstance(exc, LiveAdapterChangedError):
+            manifest["live_changed"] = exc.details
         run.write_stage(name, manifest)
         raise
     seconds = round(time.perf_counter() - started, 3)
