@@ -367,6 +367,7 @@ class ImproveConfig(BaseModel):
         job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
         self.gate_policy()
         _check_specs(replay.sandbox, replay.policy, job.sandbox, data.teacher if "sr" in data.kinds else None)
+        self._check_traces_sandbox(job.sandbox)
         from ee_middleware.evals.suites import SuiteSettings, load_suite
 
         for written, spec in zip(self.suites, self.suite_specs(), strict=True):
@@ -379,6 +380,36 @@ class ImproveConfig(BaseModel):
         self._check_base(train.base_model, train.max_length, train.target_modules)
         _check_device(train.device)
         self._check_store(replay.sandbox)
+
+    def _check_traces_sandbox(self, sandbox: str | None) -> None:
+        """A ``traces`` suite scores each held-out trajectory by the sandbox's ``state_digest()`` (the candidate's final
+        world against the expert's): in a sandbox without one every task is left out, so the run would replay and train,
+        then fail its gate ('no task was scored') and end with exit status 0, every night. Stop before the run instead.
+
+        The sandbox (``sandbox``: the evaluation's, ``[eval] sandbox`` or else ``[replay] sandbox``) is looked at without
+        being built where its spec tells its class (a class, a factory whose return annotation names a class with the
+        method, ``mcp:``, ``experience:``); otherwise one is built as the suite builds it, looked at and closed."""
+        traces = [written for written in self.suites if written.strip().partition(":")[0] == TRACES_SUITE]
+        if not traces or not sandbox or not sandbox.strip():
+            return  # no sandbox named: the suite's own default (bfcl for BFCL apps, which has one)
+        problem = _no_state_digest(sandbox.strip())
+        if problem is None:
+            return
+        key = "[eval] sandbox" if "sandbox" in self.tables()["eval"] else "[replay] sandbox (the evaluation's too: [eval] names none)"
+        where = f" in {self.config_path}" if self.config_path is not None else ""
+        others = [written for written in self.suites if written not in traces]
+        drop = (
+            f"drop {', '.join(repr(t) for t in traces)} from [improve] suites (suites = {others!r})"
+            if others
+            else "replace the traces suite in [improve] suites with a suite that needs no digest (bfcl:..., tau:...)"
+        )
+        raise ConfigError(
+            f"{key} = {sandbox!r}{where}: {problem}. The traces suite ([improve] suites = {list(self.suites)!r}) scores each "
+            "held-out trajectory by comparing the sandbox's state_digest() after the candidate's run with the expert's, so "
+            "every task would be left out: the run would replay and train, then fail its gate with no task scored, every "
+            "night. Add a state_digest() -> str method to the sandbox (ee_middleware.replay.sandboxes.digest.digest_of digests "
+            f"a world; PythonSandbox has one; docs/sandboxes.md), or {drop}."
+        )
 
     def _check_owned_keys(self) -> None:
         """A stage setting the job sets itself (:data:`OWNED_KEYS`) is an error naming what sets it: the job would drop
@@ -668,6 +699,74 @@ def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None, tea
                 )
         except EEError as exc:
             raise ConfigError(f"{key} = {spec!r}: {exc}") from exc
+
+
+def _no_state_digest(spec: str) -> str | None:
+    """Why the sandbox ``spec`` names has no ``state_digest()``, or None when it has one (or may: a class that hands
+    attributes on with ``__getattr__``). Its class is read where the spec tells it; otherwise one sandbox is built
+    as the traces suite builds it (no options), looked at and closed. A sandbox that cannot be built is named with
+    what it raised: the suite could not build it either."""
+    from ee_middleware.errors import EEError
+    from ee_middleware.replay.sandboxes.registry import SANDBOXES, build_sandbox
+
+    try:
+        if spec.startswith("mcp:"):
+            from ee_middleware.replay.sandboxes.mcp import McpSandbox
+
+            known: type | None = McpSandbox
+        elif spec.startswith("experience:"):
+            from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
+
+            known = ExperienceSandbox
+        else:
+            known = _sandbox_class(SANDBOXES.resolve(spec))
+    except EEError as exc:
+        raise ConfigError(f"sandbox {spec!r}: {exc}") from exc
+    if known is not None and (has := _has_state_digest(known)) is not None:
+        return None if has else f"its class {known.__module__}.{known.__qualname__} has no state_digest() method"
+    try:
+        sandbox = build_sandbox(spec)
+    except Exception as exc:
+        raise ConfigError(
+            f"sandbox {spec!r}: building one to look for its state_digest() (the traces suite builds one per task the same "
+            f"way, without options) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        if callable(getattr(sandbox, "state_digest", None)):
+            return None
+        kind = type(sandbox)
+        return f"the sandbox its factory returns ({kind.__module__}.{kind.__qualname__}) has no state_digest() method"
+    finally:
+        close = getattr(sandbox, "close", None)
+        if callable(close):
+            close()
+
+
+def _sandbox_class(factory: Any) -> type | None:
+    """The class of the sandboxes ``factory`` returns, where it tells it without being called: the factory itself when it
+    is a class, else its return annotation when that names a concrete class with ``state_digest`` (one without it may
+    still return a subclass that has it: then None, and a sandbox is built to see)."""
+    import typing
+
+    if isinstance(factory, type):
+        return factory
+    try:
+        returned = typing.get_type_hints(factory).get("return")
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve (a TYPE_CHECKING import): not known
+        return None
+    if isinstance(returned, type) and _has_state_digest(returned):
+        return returned
+    return None
+
+
+def _has_state_digest(cls: type) -> bool | None:
+    """Whether instances of ``cls`` have ``state_digest()``; None when the class cannot tell (a protocol, or a class that
+    hands attributes on with ``__getattr__``, such as a wrapper around another sandbox)."""
+    if callable(getattr(cls, "state_digest", None)):
+        return True
+    if getattr(cls, "_is_protocol", False) or getattr(cls, "__getattr__", None) is not None:
+        return None
+    return False
 
 
 def _check_device(device: str) -> None:
