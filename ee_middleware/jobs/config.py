@@ -45,6 +45,7 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -57,7 +58,7 @@ from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from ee_middleware.evals.gate import GatePolicy
     from ee_middleware.evals.job import EvalJob
@@ -240,7 +241,8 @@ class ImproveConfig(BaseModel):
         if path is not None:
             values["config_path"] = Path(path).expanduser().resolve()
             _check_sub_table_keys(values["config_path"], getattr(values, "from_file", {}))
-        return build_config(cls, values, "improve")
+        with _naming_file("improve", values.get("config_path")):
+            return build_config(cls, values, "improve")
 
     @property
     def alias_name(self) -> str:
@@ -361,11 +363,16 @@ class ImproveConfig(BaseModel):
                 )
         self._check_owned_keys()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
-        replay = self.replay_config()
-        data = self.dataset_config(folder / "data", None)
-        train = self.train_config(folder / "data", folder / "adapter", max_steps=None)
-        job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
-        self.gate_policy()
+        with _naming_file("replay", self.config_path):
+            replay = self.replay_config()
+        with _naming_file("datasets", self.config_path):
+            data = self.dataset_config(folder / "data", None)
+        with _naming_file("train", self.config_path):
+            train = self.train_config(folder / "data", folder / "adapter", max_steps=None)
+        with _naming_file("eval", self.config_path):
+            job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
+        with _naming_file("gate", self.config_path):
+            self.gate_policy()
         _check_specs(replay.sandbox, replay.policy, job.sandbox, data.teacher if "sr" in data.kinds else None)
         self._check_traces_sandbox(job.sandbox)
         from ee_middleware.evals.suites import SuiteSettings, load_suite
@@ -648,6 +655,20 @@ def _check_sub_table_keys(path: Path, table: Mapping[str, Any]) -> None:
             f"{path}: {moves}, not directly in [improve]. Move {'it' if sum(map(len, misplaced.values())) == 1 else 'them'} "
             f"below {lines} (after the [improve] keys), e.g.\n[{next(iter(misplaced))}]\n{next(iter(misplaced.values()))[0]} = ..."
         )
+
+
+@contextlib.contextmanager
+def _naming_file(table: str, path: Path | None) -> Iterator[None]:
+    """An unknown key in ``[table]`` of the config file at ``path`` is refused naming the file, as a value of the wrong
+    type is (pydantic's 'Extra inputs are not permitted' named the key only: with several config files, or a file
+    beside the run's copies, which one was not said)."""
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        if path is None or str(path) in text or "Extra inputs are not permitted" not in text:
+            raise
+        raise ConfigError(f"{text}: in [{table}] of {path} (remove the key, or correct its name)") from exc
 
 
 def _registry_missing(exc: BaseException) -> bool:
