@@ -256,6 +256,16 @@ class ExperienceSpanProcessor(SpanProcessor):
 
     # --- worker --------------------------------------------------------------------------------
 
+    def start_writer(self) -> None:
+        """Start the thread that writes the finished runs now, not when the first run ends. Where capture's SIGTERM
+        handler is the process's (:mod:`~ee_middleware.capture.shutdown`), the runs in flight are written from it, and a
+        thread started there may never begin: a new thread waits for :mod:`threading`'s own lock, which the main thread
+        holds while it starts a thread itself, and never lets go of once the signal came (the process ends in the
+        handler). Idle, the thread waits on a condition; a daemon, it keeps no process from exiting."""
+        with self._lock:
+            if not self._closed:
+                self._ensure_worker()
+
     def _ensure_worker(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._work, name="ee-experience-writer", daemon=True)

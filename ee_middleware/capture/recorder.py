@@ -147,6 +147,7 @@ class Recorder:
         atexit.unregister(_flush_at_exit)
         atexit.register(_flush_at_exit)
         flush_on_sigterm(_flush_at_sigterm, _END_GATE.open)  # SIGTERM at its default ends the process without the exit flush
+        _ready_for_sigterm(self)
 
     def _plan_offload(self, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
         """Decide ``config.offload``: start the capture process now (``"process"``), later under
@@ -1055,6 +1056,7 @@ def _detach_offloads_after_fork() -> None:
         recorder._failed_seen = recorder.stats.runs_failed  # (without the capture process's now)
         recorder._in_flight.clear()
         recorder.finisher.forget_after_fork()
+        _ready_for_sigterm(recorder)  # (the processor forgot its parent's thread in its own hook, which ran before)
         if recorder.vault is not None:
             recorder.vault.forget_after_fork()
     _END_GATE.open()  # closed by the parent's SIGTERM writer, which does not exist here
@@ -1180,6 +1182,18 @@ class _EndGate:
 
 
 _END_GATE = _EndGate()
+
+
+def _ready_for_sigterm(recorder: Recorder) -> None:
+    """Start ``recorder``'s threads that write a run (the span finisher, the store writer) now, where capture's SIGTERM
+    handler is this process's and has its own thread running (not where ``threading`` is green): the handler's flush
+    cannot start them (see :meth:`~ee_middleware.capture.processor.ExperienceSpanProcessor.start_writer`), and before
+    any run ended they were not running."""
+    writer = shutdown._writer  # started with the handler (and again in a forked process that inherits it)
+    if writer is None or writer.pid != os.getpid():
+        return
+    recorder.finisher.start()
+    recorder.processor.start_writer()
 
 
 def _flush_at_sigterm(seconds: float, reason: str) -> None:

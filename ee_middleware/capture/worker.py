@@ -77,13 +77,23 @@ class SpanFinisher:
         with self._cond:
             self._outstanding += 1
             self._jobs.append((time.monotonic(), job))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+            self._ensure_thread()
             # the finisher waits without a timeout only on an empty queue: wake it for the first job
             # (it then keeps its own time), when no run is in flight, or at the backlog bound
             if self._active_runs == 0 or len(self._jobs) == 1 or len(self._jobs) >= self._max_backlog:
                 self._cond.notify()
+
+    def start(self) -> None:
+        """Start the thread now, not with the first job (where capture's SIGTERM handler is the process's, whose flush
+        cannot start one: see :meth:`~ee_middleware.capture.processor.ExperienceSpanProcessor.start_writer`)."""
+        with self._cond:
+            if not self._closed:
+                self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Process everything queued now, whatever runs are in flight, and wait for it."""
