@@ -11,6 +11,8 @@ import errno
 import json
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +37,18 @@ def error_body(status: int, message: str, kind: str = "BadRequestError") -> dict
 
 class _ClientGone(Exception):
     """Writing to the client failed: it closed the connection (or it broke)."""
+
+
+class _Abandoned(Exception):
+    """The server stopped and answered this request 503 already (it did not finish within the grace)."""
+
+
+STOP_GRACE_S = 8.0
+"""How long a stopping server waits for the requests in flight to be answered (within ``docker stop``'s 10 s and
+:meth:`~ee_middleware.adapters.serving.launch.ServerProcess.stop`'s 15 s before their SIGKILL); those still running then
+are answered 503."""
+
+STOPPING_MESSAGE = "The server is stopping. Send the request again to another replica, or to this one once it is back."
 
 
 @dataclass
@@ -70,6 +84,45 @@ class JSONHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    # A StoppingHTTPServer follows each connection: idle (between requests), a request being worked on, or one being
+    # answered, so that its stop closes the idle ones at once and waits for the others.
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.server, StoppingHTTPServer):
+            self.server.opened(self)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if isinstance(self.server, StoppingHTTPServer):
+                self.server.closed(self)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if isinstance(self.server, StoppingHTTPServer) and not self.server.request_started(self):
+            self.close_connection = True
+            self.send_json(503, error_body(503, STOPPING_MESSAGE, "ServiceUnavailableError"))
+            return False
+        return True
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except _Abandoned:
+            self.close_connection = True  # the stopping server has answered it 503
+        finally:
+            if isinstance(self.server, StoppingHTTPServer):
+                self.server.request_ended(self)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        stopping = isinstance(self.server, StoppingHTTPServer) and self.server.responding(self)
+        super().send_response(code, message)
+        if stopping:
+            self.send_header("Connection", "close")  # the client opens its next request elsewhere
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
@@ -146,16 +199,132 @@ class JSONHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def make_server(handler: type[JSONHandler], attributes: dict[str, Any], host: str, port: int) -> ThreadingHTTPServer:
+_IDLE, _WORKING, _ANSWERING, _ABANDONED = "idle", "working", "answering", "abandoned"
+"""Where a connection of a :class:`StoppingHTTPServer` stands: between requests, a request read and being worked on, its
+answer being sent, or answered 503 by the stop (its handler's own answer is then dropped)."""
+
+
+class StoppingHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that stops cleanly under traffic (:meth:`stop`): it takes no more connections, closes the
+    idle keep-alive ones at once, answers a request that comes on an open one 503, and waits up to a grace for the
+    requests in flight, answering those still running 503.
+
+    Handler threads are daemons that :meth:`server_close` does not join: an idle keep-alive connection (a router's, a
+    client's pool) would otherwise hold the stop until its client closes it."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._guard = threading.Condition()
+        self._connections: dict[BaseHTTPRequestHandler, str] = {}
+        self.stopping = False
+        self._stopped = False
+        super().__init__(address, handler)
+
+    # --- called by the handlers (JSONHandler) ----------------------------------------------------
+
+    def opened(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._guard:
+            self._connections[handler] = _IDLE
+
+    def closed(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._guard:
+            self._connections.pop(handler, None)
+            self._guard.notify_all()
+
+    def request_started(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Whether the request just read on ``handler``'s connection is served (``False``: the server is stopping)."""
+        with self._guard:
+            if self.stopping:
+                self._connections[handler] = _ANSWERING  # its 503 is being sent
+                return False
+            self._connections[handler] = _WORKING
+            return True
+
+    def responding(self, handler: BaseHTTPRequestHandler) -> bool:
+        """``handler`` starts its answer: whether the server is stopping (the answer then closes the connection).
+        Raises :class:`_Abandoned` when the stop has answered the request 503 already."""
+        with self._guard:
+            if self._connections.get(handler) == _ABANDONED:
+                raise _Abandoned
+            self._connections[handler] = _ANSWERING
+            return self.stopping
+
+    def request_ended(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._guard:
+            if handler in self._connections:
+                self._connections[handler] = _IDLE
+            self._guard.notify_all()
+
+    # --- stopping -----------------------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        """How many requests are being worked on or answered now."""
+        with self._guard:
+            return sum(state in (_WORKING, _ANSWERING) for state in self._connections.values())
+
+    def stop(self, grace_s: float = STOP_GRACE_S, *, cut_short: threading.Event | None = None) -> int:
+        """Stop serving (call it once ``serve_forever`` has returned, or from another thread after :meth:`shutdown`):
+        close the listening socket and the idle connections, wait up to ``grace_s`` (less once ``cut_short`` is set)
+        for the requests in flight, then answer 503 those not answering yet and close every connection. Returns how
+        many requests were cut that way; idempotent (a second call returns 0)."""
+        with self._guard:
+            if self._stopped:
+                return 0
+            self._stopped = self.stopping = True
+            idle = [handler for handler, state in self._connections.items() if state == _IDLE]
+        self.socket.close()  # new connections are refused now: a client or the router tries another replica
+        for handler in idle:
+            _shut(handler)  # a handler waiting for the next request on it reads the end, and its thread ends
+        deadline = time.monotonic() + grace_s
+        with self._guard:
+            while (
+                any(state in (_WORKING, _ANSWERING) for state in self._connections.values())
+                and not (cut_short is not None and cut_short.is_set())
+                and (left := deadline - time.monotonic()) > 0
+            ):
+                self._guard.wait(min(left, 0.1))
+            late = {handler: state for handler, state in self._connections.items() if state in (_WORKING, _ANSWERING)}
+            for handler, state in late.items():
+                if state == _WORKING:
+                    self._connections[handler] = _ABANDONED
+            others = [handler for handler in self._connections if handler not in late]
+        for handler, state in late.items():
+            if state == _WORKING:  # nothing of its answer is sent yet: say why it gets none
+                body = json.dumps(error_body(503, STOPPING_MESSAGE, "ServiceUnavailableError")).encode()
+                head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                try:
+                    handler.connection.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
+                except OSError:
+                    pass  # the client went away already
+            _shut(handler)  # one cut while answering (a long stream) ends as a broken connection, which clients retry
+        for handler in others:
+            _shut(handler)
+        return len(late)
+
+    def server_close(self) -> None:
+        """Stop (:meth:`stop`, with the default grace, unless stopped already), then close the socket."""
+        self.stop()
+        super().server_close()
+
+
+def _shut(handler: BaseHTTPRequestHandler) -> None:
+    try:
+        handler.connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
+
+
+def make_server(handler: type[JSONHandler], attributes: dict[str, Any], host: str, port: int) -> StoppingHTTPServer:
     """A threading HTTP server whose handler class carries ``attributes`` (the app it serves); port 0 picks a free one.
+    It stops cleanly under traffic (:meth:`StoppingHTTPServer.stop`).
 
     :class:`~ee_middleware.adapters.errors.ServerStartError` when the address cannot be taken (a port in use)."""
     try:
-        server = ThreadingHTTPServer((host, port), type("Handler", (handler,), attributes))
+        return StoppingHTTPServer((host, port), type("Handler", (handler,), attributes))
     except OSError as exc:
         raise address_error(host, port, exc) from exc
-    server.daemon_threads = True
-    return server
 
 
 def check_port_free(host: str, port: int) -> None:

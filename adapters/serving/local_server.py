@@ -28,12 +28,15 @@ renders and its ``--max-lora-rank`` (:mod:`~ee_middleware.adapters.serving.rende
 against them before loading it. Requests run one at
 a time (one lock around the model; a request for an adapter unloaded while it waited for its turn is a 404, never
 answered by the base under the adapter's name); loading an adapter takes tens of milliseconds and never reloads
-the base. SIGTERM stops it as Ctrl-C does (its state file removed). Run it with ``ee serve local --base DIR`` (or ``python -m`` this module).
+the base. SIGTERM stops it as Ctrl-C does (its state file removed): it takes no new connection, closes idle ones, answers
+the requests in flight within ``EE_STOP_GRACE_S`` (default 8 s; 503 after that, or at once on a second signal, which
+exits 130) and exits 0. Run it with ``ee serve local --base DIR`` (or ``python -m`` this module).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -41,13 +44,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
-from ee_middleware._lifetime import termination_as_interrupt
+from ee_middleware._lifetime import second_signal_ends, termination_as_interrupt
 from ee_middleware._optional import import_optional
-from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, check_port_free, make_server, sse_event
+from ee_middleware.adapters.serving.http import (
+    STOP_GRACE_S,
+    EventStream,
+    JSONHandler,
+    RequestError,
+    StoppingHTTPServer,
+    check_port_free,
+    make_server,
+    sse_event,
+)
 from ee_middleware.adapters.serving.rendering import forget_server, record_server
 from ee_middleware.adapters.templates import local_served_template, refusal_to_serve
 from ee_middleware.models.chat_template import TemplateShowsNoTextError, probe_template, render_prompt
@@ -432,7 +443,7 @@ class _Handler(JSONHandler):
         return 200, routes[path](body)
 
 
-def make_http_server(app: LocalModelServer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+def make_http_server(app: LocalModelServer, host: str = "127.0.0.1", port: int = 8000) -> StoppingHTTPServer:
     """A threading HTTP server for ``app`` (call ``serve_forever``); port 0 picks a free one."""
     return make_server(_Handler, {"app": app}, host, port)
 
@@ -447,6 +458,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-template", default=None, help="a Jinja chat template file replacing the tokenizer's")
     parser.add_argument("--num-threads", type=int, default=1)
     args = parser.parse_args(argv)
+    try:
+        grace_s = stop_grace_s()
+    except ValueError as exc:
+        parser.error(str(exc))
     check_port_free(args.host, args.port)  # before the model loads
     app = LocalModelServer(
         args.base,
@@ -476,7 +491,58 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         finally:
-            server.server_close()
+            code = stop_serving(server, grace_s)
+    end_process(code)
+
+
+def stop_grace_s() -> float:
+    """How long a stopping server waits for the requests in flight: ``EE_STOP_GRACE_S`` seconds, else
+    :data:`~ee_middleware.adapters.serving.http.STOP_GRACE_S`."""
+    value = os.environ.get("EE_STOP_GRACE_S", "").strip()
+    if not value:
+        return STOP_GRACE_S
+    try:
+        grace = float(value)
+    except ValueError:
+        grace = -1.0
+    if not 0 <= grace < float("inf"):
+        raise ValueError(f"EE_STOP_GRACE_S must be a number of seconds >= 0, got {value!r}: set it so (e.g. 8), or unset it.")
+    return grace
+
+
+def stop_serving(server: StoppingHTTPServer, grace_s: float) -> int:
+    """Stop ``server`` after its ``serve_forever`` returned: no new connection, the requests in flight answered within
+    ``grace_s`` (then 503). A second Ctrl-C, SIGTERM or SIGHUP during that wait answers them 503 at once. Returns the
+    exit code: 0, or 130 when a second signal cut the wait short."""
+    cut_short = threading.Event()
+    with second_signal_ends(cut_short.set):
+        in_flight = server.in_flight()
+        if in_flight:  # said once a second signal is taken: one sent on reading it ends the wait
+            print(
+                f"ee local server: stopping; waiting up to {grace_s:g} s for {in_flight} request(s) in flight "
+                "(a second Ctrl-C or SIGTERM ends it now)",
+                file=sys.stderr,
+                flush=True,
+            )
+        late = server.stop(grace_s, cut_short=cut_short)
+    if late:
+        print(f"ee local server: {late} request(s) still in flight were answered 503 (server stopping)", file=sys.stderr, flush=True)
+    server.server_close()
+    return 130 if cut_short.is_set() else 0
+
+
+def end_process(code: int) -> NoReturn:
+    """End the process now with ``code``, after its exit handlers and with its output flushed, without finalising the
+    interpreter: a request still generating (answered 503 by the stop) is inside torch on a daemon thread, and
+    finalising under it aborts the process ("terminate called without an active exception", exit -6). Finalising also
+    took seconds (collecting torch's and transformers' objects) while the server had stopped already."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe or stream: nothing more to write anyway
+    os._exit(code)
 
 
 if __name__ == "__main__":
