@@ -97,6 +97,9 @@ class GateResult:
     test: str = "McNemar exact (two-sided), paired by task; 95% CI: Newcombe hybrid score for paired proportions"
     notes: list[str] = field(default_factory=list)
     """How sure the decision is, where the policy did not ask: a tie, an improvement within the noise."""
+    served_models: dict[str, dict[str, int]] = field(default_factory=dict)
+    """``candidate`` and ``baseline``: each model the run's server said answered -> its task trials (empty for a run whose
+    client did not say, or from before it was recorded)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +110,7 @@ class GateResult:
             "policy": self.policy,
             "suites": [asdict(s) for s in self.suites],
             "overall": asdict(self.overall) if self.overall else None,
+            "served_models": self.served_models,
         }
 
 
@@ -144,7 +148,19 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
     return max(-1.0, low), min(1.0, high)
 
 
-RESULT_COLUMNS = ("suite", "task_id", "success", "trial", "reason", "no_answer", "cut_answers", "error_type", "steps", "request_refused")
+RESULT_COLUMNS = (
+    "suite",
+    "task_id",
+    "success",
+    "trial",
+    "reason",
+    "no_answer",
+    "cut_answers",
+    "error_type",
+    "steps",
+    "request_refused",
+    "served_model",
+)
 """The columns of a run's results.parquet the gate reads (all but ``suite``, ``task_id`` and ``success`` where the run
 has them)."""
 REASON_CHARS = 300
@@ -326,13 +342,36 @@ def compare(suite: str, candidate: dict[str, bool], baseline: dict[str, bool], w
     )
 
 
-def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], policy: GatePolicy = GatePolicy()) -> GateResult:
-    """Compare two runs suite by suite and apply ``policy``; reasons name every rule that failed."""
+def gate(
+    candidate_dir: str | os.PathLike[str],
+    baseline_dir: str | os.PathLike[str],
+    policy: GatePolicy = GatePolicy(),
+    *,
+    allow_mixed_models: bool = False,
+) -> GateResult:
+    """Compare two runs suite by suite and apply ``policy``; reasons name every rule that failed.
+
+    A run whose answers came from more than one served model (a run through a router's alias resumed after a promote)
+    is refused, unless ``allow_mixed_models`` (then a note names them)."""
     results = {"candidate": _finished_results(candidate_dir), "baseline": _finished_results(baseline_dir)}  # each file read once
     (candidate, candidate_trials), (baseline, baseline_trials) = _outcomes(results["candidate"]), _outcomes(results["baseline"])
     why = _failure_reasons(results["candidate"])
     cut = {role: _cut_answers(frame) for role, frame in results.items()}
+    served = {role: _served_models(frame) for role, frame in results.items()}
     reasons: list[str] = []
+    mixed_notes: list[str] = []
+    for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):
+        if len(served[role]) > 1:
+            listed = ", ".join(f"{name} ({n} task trial(s))" for name, n in served[role].items())
+            what = f"the {role} run's answers come from {len(served[role])} served models ({listed})"
+            if allow_mixed_models:
+                mixed_notes.append(f"{what}; its score mixes them (allowed by --allow-mixed-models)")
+            else:
+                reasons.append(
+                    f"{what}: the model behind the name it asked for changed while it ran or before its resume (a promote "
+                    f"behind a router's alias), so its score is no measure of one model; evaluate one model in a new --out "
+                    f"folder (by its own served name), or pass --allow-mixed-models to gate it anyway ({run_dir})"
+                )
     changed = setting_differences(candidate_dir, baseline_dir)
     if changed:  # another max_tokens (answers cut), temperature or seed: the delta would measure the settings
         reasons.append(
@@ -406,8 +445,73 @@ def gate(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[
         suites=comparisons,
         overall=overall,
         policy=policy.model_dump(),
-        notes=_notes(overall, policy) + _cut_notes(comparisons) + _died_notes(died),
+        notes=_notes(overall, policy) + _cut_notes(comparisons) + _died_notes(died) + mixed_notes,
+        served_models=served,
     )
+
+
+def _served_models(frame: Any) -> dict[str, int]:
+    """Each model a run's :func:`_results` say answered -> its task trials (nothing for a run from before it was recorded)."""
+    from ee_middleware.evals.report import served_models
+
+    if "served_model" not in frame.columns:
+        return {}
+    return served_models(frame.select("served_model").to_dicts())
+
+
+def check_runs_of_adapter(
+    candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], name: str, paths: tuple[str, ...] = ()
+) -> None:
+    """Refuse (:class:`ConfigError`) to record a gate on the adapter ``name`` from runs that did not gate it: the same run
+    folder as candidate and baseline, or a candidate run whose model is not ``name``. The candidate's model is read from
+    its answers (the served model the server said answered: behind a router's alias, the live adapter's own name), else
+    from its ``run.json`` (``openai:URL#NAME``, or ``local:BASE@DIR`` with the adapter's folder: one of ``paths``, or a
+    folder named ``name``)."""
+    candidate, baseline = Path(candidate_dir), Path(baseline_dir)
+    if candidate.resolve() == baseline.resolve():
+        raise ConfigError(
+            f"--candidate and --baseline are the same run folder ({candidate.resolve()}): a run gated against itself ties "
+            f"whatever the model, so it says nothing of {name}. Give --candidate the run of {name} and --baseline the run "
+            "of the live model, on the same suites."
+        )
+    served = _served_models(_finished_results(candidate))
+    job = _recorded_job(candidate)
+    spec = job.get("model") if job else None
+    if name in served:
+        return
+    if served:
+        why = f"its answers came from {', '.join(served)}"
+    elif isinstance(spec, str) and _spec_names_adapter(spec, name, paths):
+        return
+    elif isinstance(spec, str):
+        from ee_middleware.errors import hide_credentials
+
+        why = f"its model is {hide_credentials(spec)}"
+    else:
+        why = "its run.json records no model"
+    raise ConfigError(
+        f"The candidate run {candidate.resolve()} did not evaluate {name}: {why}. A gate recorded on {name} decides whether "
+        f"`ee adapters promote {name}` goes through, so its candidate must be a run of {name}: evaluate it by its served "
+        f"name (ee eval run --endpoint URL --model {name} ...) or as local:BASE@ADAPTER_DIR with its registered folder, then "
+        "gate that run."
+    )
+
+
+def _spec_names_adapter(spec: str, name: str, paths: tuple[str, ...]) -> bool:
+    """Whether the model spec ``spec`` is the adapter ``name``: served under that name, or loaded from its folder."""
+    from ee_middleware.models.spec import parse_model_spec
+
+    try:
+        parsed = parse_model_spec(spec)
+    except Exception:  # noqa: BLE001 - a spec this version cannot read names no adapter
+        return False
+    if parsed.kind == "openai":
+        return parsed.model == name
+    if parsed.kind == "local" and parsed.adapter:
+        folder = Path(parsed.adapter).expanduser()
+        known = {Path(p).expanduser().resolve() for p in paths if p}
+        return folder.name == name or folder.resolve() in known
+    return False
 
 
 def _never_answered(frame: Any) -> dict[str, tuple[int, str]]:

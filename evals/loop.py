@@ -208,7 +208,14 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
         calls = []
     if calls and not structured_calls:
         text = ""  # the text was the calls themselves
-    return Step(calls=calls, text=text, problems=problems, finish_reason=choice.finish_reason, from_text=not structured_calls)
+    return Step(
+        calls=calls,
+        text=text,
+        problems=problems,
+        finish_reason=choice.finish_reason,
+        from_text=not structured_calls,
+        model=getattr(choice, "model", None),  # a plug-in client's choice objects may not have it
+    )
 
 
 def _as_bfcl_reads(choice: Any, *, executed: bool, max_tokens: int) -> list[ToolCall | ParseProblem]:

@@ -25,7 +25,9 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     ``worker_deaths`` (when any) were tasks whose worker process died (the same command runs them again once).
     ``cut_answers`` counts the model's answers that ended because they reached ``max_tokens`` (finish reason
     ``length``; 0 for rows of runs from before it was recorded); ``text_calls`` the answers whose calls were read from
-    their text, not from structured ``tool_calls`` (0 likewise).
+    their text, not from structured ``tool_calls`` (0 likewise). ``served_models`` (when the client said which model
+    answered: a served model's responses name it) maps each model that answered to its task trials: more than one means
+    the run mixes models (:func:`mixed_models_warning`).
     """
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -59,10 +61,44 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
         deaths = sum(1 for r in items if r.get("no_answer") and r.get("error_type") == "worker_died")
         if deaths:
             out[-1]["worker_deaths"] = deaths
+        served = served_models(items)
+        if served:
+            out[-1]["served_models"] = served
         if excluded and excluded.get(name):
             out[-1]["excluded"] = len(excluded[name])
             out[-1]["excluded_reasons"] = _by_count(excluded[name].values())
     return out
+
+
+def served_models(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Each model the rows' ``served_model`` names (the model the server said answered) -> how many rows it answered
+    in, most first (a row whose conversation two models answered counts for both); empty when no row names one."""
+    from ee_middleware.evals.runner import SERVED_SEPARATOR
+
+    return _by_count(name for row in rows if row.get("served_model") for name in str(row["served_model"]).split(SERVED_SEPARATOR))
+
+
+def run_served_models(summary: list[dict[str, Any]]) -> dict[str, int]:
+    """The ``served_models`` of a run's suites (:func:`summarize`) added up."""
+    total: Counter[str] = Counter()
+    for suite in summary:
+        total.update(suite.get("served_models") or {})
+    return _by_count(total.elements())
+
+
+def mixed_models_warning(summary: list[dict[str, Any]]) -> str:
+    """A warning when the run's answers came from more than one served model ("" otherwise): a run through a router's
+    alias that was resumed (or ran on) after a promote switched the alias holds two adapters' answers."""
+    served = run_served_models(summary)
+    if len(served) < 2:
+        return ""
+    listed = ", ".join(f"{name} ({n} task trial(s))" for name, n in served.items())
+    return (
+        f"Warning: the answers of this run come from {len(served)} served models: {listed}. The model behind the name it "
+        "asked for changed while it ran, or between the command and its resume (a promote behind a router's alias), so its "
+        "scores mix them; `ee eval gate` refuses such a run (unless --allow-mixed-models). Evaluate one model: ask for it "
+        "by its own name (--model ADAPTER_NAME), or run again in a new --out folder while the alias stays put."
+    )
 
 
 def _by_count(values: Iterable[str]) -> dict[str, int]:
@@ -95,7 +131,7 @@ def write_outputs(
     import polars as pl
 
     rows = sorted(
-        ({"no_answer": False, "request_refused": False, "cut_answers": 0, "text_calls": 0, **r} for r in rows),
+        ({"no_answer": False, "request_refused": False, "cut_answers": 0, "text_calls": 0, "served_model": None, **r} for r in rows),
         key=lambda r: (r["suite"], r["task_id"], r["trial"]),
     )
     names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
@@ -106,7 +142,11 @@ def write_outputs(
     cut = sum(s["cut_answers"] for s in summary)
     model = hide_credentials(job.model)  # an endpoint's user:password@ stays out of every file
     text_calls = sum(s["text_calls"] for s in summary)
-    record = {"model": model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "text_calls": text_calls, "suites": summary}
+    record = {"model": model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "text_calls": text_calls}
+    served = run_served_models(summary)
+    if served:
+        record["served_models"] = served
+    record["suites"] = summary
     atomic_write_text(out / SUMMARY, json.dumps(record, indent=2))
     chart = _bar_chart(out / "success.png", summary)
     max_tokens = getattr(job, "max_tokens", None)
@@ -123,6 +163,7 @@ _SCHEMA = {
     "reason": str,
     "error_type": str,
     "model": str,
+    "served_model": str,
     "turns": int,
     "steps": int,
     "tool_calls": int,
@@ -291,9 +332,11 @@ def markdown_report(
     summary: list[dict[str, Any]], rows: list[dict[str, Any]], model: str, chart: str | None, *, max_tokens: int | None = None
 ) -> str:
     """The markdown report; ``max_tokens``: the run's limit, named in the warning about answers cut off at it."""
-    lines = [
-        f"# Evaluation of `{model}`",
-        "",
+    lines = [f"# Evaluation of `{model}`", ""]
+    served = run_served_models(summary)
+    if served:
+        lines += ["Answered by: " + ", ".join(f"`{_cell(name)}` ({n} task trial(s))" for name, n in served.items()), ""]
+    lines += [
         f"| suite | tasks | trials | success | pass^k | failures | {CUT_COLUMN} |",
         "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
@@ -303,7 +346,7 @@ def markdown_report(
             f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} "
             f"| {s.get('cut_answers', 0)} |"
         )
-    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
+    for warning in (mixed_models_warning(summary), unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
         if warning:
             lines += ["", warning]
     if chart:
@@ -327,8 +370,11 @@ def html_report(
 ) -> str:
     """The HTML report; ``max_tokens``: the run's limit, named in the warning about answers cut off at it."""
     e = html.escape
-    body = [
-        f"<h1>Evaluation of <code>{e(model)}</code></h1>",
+    body = [f"<h1>Evaluation of <code>{e(model)}</code></h1>"]
+    served = run_served_models(summary)
+    if served:
+        body.append("<p>Answered by: " + ", ".join(f"<code>{e(name)}</code> ({n} task trial(s))" for name, n in served.items()) + "</p>")
+    body += [
         "<table><tr><th>suite</th><th>tasks</th><th>trials</th><th>success</th><th>pass^k</th><th>failures</th>"
         f"<th>{e(CUT_COLUMN)}</th></tr>",
     ]
@@ -339,7 +385,7 @@ def html_report(
             f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td><td>{s.get('cut_answers', 0)}</td></tr>"
         )
     body.append("</table>")
-    for warning in (unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
+    for warning in (mixed_models_warning(summary), unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
         if warning:
             body.append(f"<p><strong>{e(warning)}</strong></p>")
     if chart:

@@ -51,8 +51,15 @@ Progress = Callable[[str, int, int], None]
 """``progress(suite, done, total)``."""
 
 
+SERVED_SEPARATOR = ", "
+"""Between the names in a row's ``served_model`` when the model behind the name changed during one conversation."""
+
+
 def result_row(result: TaskResult, model: str) -> dict[str, Any]:
-    """One results row: the score, the reason, and the full conversation as JSON text."""
+    """One results row: the score, the reason, and the full conversation as JSON text.
+
+    ``model`` is the name the run asked for (the spec's); ``served_model`` the one the server said answered (the
+    responses' ``model``: behind a router's alias, the live adapter's own name; None when the client does not say)."""
     conversation = result.conversation
     return {
         "suite": result.suite,
@@ -63,6 +70,7 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "reason": _reason(result),
         "error_type": result.error_type,
         "model": model,
+        "served_model": SERVED_SEPARATOR.join(conversation.served_models) or None,
         "turns": len(conversation.turns),
         "steps": sum(len(t.steps) for t in conversation.turns),
         "tool_calls": len(conversation.calls),

@@ -46,13 +46,15 @@ class Step:
 
     ``finish_reason``: why the model's answer ended, as the client reported it (``stop``, ``tool_calls``, ``length``
     when it reached ``max_tokens``: :data:`CUT_OFF`; None when the client did not say). ``from_text``: the answer had
-    no structured ``tool_calls``, so its calls (if any) were read from its text."""
+    no structured ``tool_calls``, so its calls (if any) were read from its text. ``model``: the model the server said
+    answered (the response's ``model``; None when the client did not say)."""
 
     calls: list[ToolCall]
     text: str
     problems: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     from_text: bool = False
+    model: str | None = None
 
 
 @dataclass
@@ -99,6 +101,12 @@ class Conversation:
         """How many of the model's answers had their calls read from their text, not from structured ``tool_calls``
         (a local text model; a served model whose server has no tool parser)."""
         return sum(1 for turn in self.turns for step in turn.steps if step.from_text and step.calls)
+
+    @property
+    def served_models(self) -> list[str]:
+        """The models the server said answered, each once, in order (empty when the client said none): one, unless
+        the model behind the name changed during the conversation (a promote behind a router's alias)."""
+        return list(dict.fromkeys(step.model for turn in self.turns for step in turn.steps if step.model))
 
     @property
     def replies(self) -> list[str]:

@@ -84,7 +84,7 @@ def run_cmd(
     (cut_answers) with a warning; the run still counts as done.
     """
     from ee_middleware.evals.job import EvalJob
-    from ee_middleware.evals.report import cut_warning, text_calls_note, unanswered_warning
+    from ee_middleware.evals.report import cut_warning, mixed_models_warning, text_calls_note, unanswered_warning
     from ee_middleware.evals.runner import run_eval
 
     overrides: dict[str, Any] = {
@@ -118,13 +118,14 @@ def run_cmd(
     warnings = [line for text in (unanswered_warning(summary), never_answered_warning(summary)) for line in text.splitlines() if line]
     cut = cut_warning(summary, job.max_tokens)
     text_calls = text_calls_note(summary)
+    mixed = mixed_models_warning(summary)
     if as_json:
         print_json(summary[0] if len(summary) == 1 else summary)
-        for text in (cut, text_calls):  # stdout stays the JSON alone
+        for text in (mixed, cut, text_calls):  # stdout stays the JSON alone
             if text:
                 typer.echo(text, err=True)
     else:
-        _print_summary(out_console, summary, Path(job.out), "\n".join(warnings), cut, text_calls)
+        _print_summary(out_console, summary, Path(job.out), "\n".join(warnings), cut, text_calls, mixed)
     if warnings:  # an incomplete run, or one that measured no model: a script or CI step must not read it as done
         if as_json:
             for text in warnings:
@@ -202,10 +203,12 @@ class _Bars:
         self._progress.stop()
 
 
-def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warning: str, cut: str = "", text_calls: str = "") -> None:
+def _print_summary(
+    out: Any, summary: list[dict[str, Any]], folder: Path, warning: str, cut: str = "", text_calls: str = "", mixed: str = ""
+) -> None:
     from rich.table import Table
 
-    from ee_middleware.evals.report import CUT_COLUMN, rate_text
+    from ee_middleware.evals.report import CUT_COLUMN, rate_text, run_served_models
 
     table = Table(title=f"Results in {folder}")
     for column in ("suite", "tasks", "trials", "success", "pass^k", "failures", CUT_COLUMN):
@@ -222,11 +225,14 @@ def _print_summary(out: Any, summary: list[dict[str, Any]], folder: Path, warnin
             str(s.get("cut_answers", 0)),
         )
     out.print(table)
+    served = run_served_models(summary)
+    if served:
+        out.print(escape("Answered by: " + ", ".join(f"{name} ({n} task trial(s))" for name, n in served.items())))
     for s in summary:
         if s.get("excluded"):
             reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
             out.print(escape(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})"))
-    for text in (warning, cut, text_calls):
+    for text in (mixed, warning, cut, text_calls):
         if text:
             out.print(f"[yellow]{escape(text)}[/yellow]")
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
@@ -244,6 +250,11 @@ def gate_cmd(
     registry: str | None = typer.Option(
         None, "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="The adapter registry --adapter is in."
     ),
+    allow_mixed_models: bool = typer.Option(
+        False,
+        "--allow-mixed-models",
+        help="Gate a run whose answers came from more than one served model (refused by default: a router alias moved by a promote).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Compare two runs task by task (McNemar exact, Newcombe CIs); exit 1 when the policy fails.
@@ -256,9 +267,13 @@ def gate_cmd(
 
     block_significant_regression and require_significant add McNemar tests at alpha.
 
-    A missing or unfinished run folder is an error (exit 1 too, with its reason).
+    A missing or unfinished run folder is an error (exit 1 too, with its reason), and so is a run whose answers came
+    from more than one served model, unless --allow-mixed-models.
+
+    With --adapter, the candidate run must be a run of that adapter (its answers, or its model spec, name it) and the
+    baseline another run folder; the record keeps both folders' absolute paths.
     """
-    from ee_middleware.evals.gate import GatePolicy, gate
+    from ee_middleware.evals.gate import GatePolicy, check_runs_of_adapter, gate
 
     if (adapter is None) != (registry is None):
         raise typer.BadParameter("--adapter and --registry go together: the adapter the gate decides on, and its registry")
@@ -270,12 +285,17 @@ def gate_cmd(
                 + ")",
                 param_hint=flag,
             )
-    result = gate(candidate, baseline, GatePolicy.load(policy, min_tasks=min_tasks))
+    adapters = None
     if adapter is not None and registry is not None:
         from ee_middleware.adapters.registry import open_registry
 
-        record = {"kind": "gate", "candidate_run": str(candidate), "baseline_run": str(baseline), **result.to_dict()}
-        open_registry(registry, create=False).add_eval(adapter, record)
+        adapters = open_registry(registry, create=False)
+        registered = adapters.get(adapter)  # an unknown name is refused before anything is compared
+        check_runs_of_adapter(candidate, baseline, adapter, (registered.path, registered.source_path))
+    result = gate(candidate, baseline, GatePolicy.load(policy, min_tasks=min_tasks), allow_mixed_models=allow_mixed_models)
+    if adapters is not None and adapter is not None:
+        runs = {"candidate_run": str(candidate.resolve()), "baseline_run": str(baseline.resolve())}  # found again from any folder
+        adapters.add_eval(adapter, {"kind": "gate", **runs, **result.to_dict()})
     if as_json:
         print_json(result.to_dict())
     else:

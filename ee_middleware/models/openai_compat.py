@@ -214,25 +214,27 @@ class OpenAIChatClient:
         choices = _choices_of(response)
         if choices is None:
             return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
+        answered = [_answered_by(response)] * len(choices)
         first, requests, failure = len(choices), 1, None
         while len(choices) < n and requests < n:
             seed = None if sampling.seed is None else sampling.seed + requests  # another sample, not the same one again
             requests += 1
             try:
-                more = _choices_of(
-                    self._chat(messages, tools, 1 if self._one_choice_only else n - len(choices), replace(sampling, seed=seed))
-                )
+                further = self._chat(messages, tools, 1 if self._one_choice_only else n - len(choices), replace(sampling, seed=seed))
             except ModelError as exc:  # the answers in hand are kept: the caller counts (replay refills) the missing ones
                 failure = exc
                 break
+            more = _choices_of(further)
             if not more:
                 break
-            choices.extend(more[: n - len(choices)])
+            more = more[: n - len(choices)]
+            choices.extend(more)
+            answered += [_answered_by(further)] * len(more)
         if first < n:
             self._note_fewer(n, first, requests - 1)
         if failure is not None:
             self._note_failed(len(choices), n, failure)
-        return [_choice(index, choice) for index, choice in enumerate(choices)]
+        return [replace(_choice(index, choice), model=model) for index, (choice, model) in enumerate(zip(choices, answered, strict=True))]
 
     def _chat(self, messages: Sequence[Message], tools: Sequence[ToolSchema] | None, n: int, sampling: Sampling) -> Any:
         """One chat-completions request's decoded answer."""
@@ -484,6 +486,12 @@ class OpenAIChatClient:
                     self._client = httpx.Client(timeout=self.timeout_s, headers=headers, auth=self._auth, transport=self._transport)
                 client = self._client
         return client
+
+
+def _answered_by(response: Any) -> str | None:
+    """The model a response says answered (its ``model``), None where it names none."""
+    model = response.get("model") if isinstance(response, dict) else None
+    return model if isinstance(model, str) and model else None
 
 
 def _choices_of(response: Any) -> list[Any] | None:

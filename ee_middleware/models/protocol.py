@@ -57,7 +57,9 @@ class Choice:
     ``message`` is the chat message (OpenAI shape; whatever the server sent, which may be malformed);
     ``raw`` is the answer as text (clipped for structured messages), for records and debugging;
     ``problem`` is set when the backend gave no message at all (e.g. a response without choices);
-    ``structured`` is false for a model that only writes text (its tool calls are parsed from it).
+    ``structured`` is false for a model that only writes text (its tool calls are parsed from it);
+    ``model`` is the model the server says answered (the response's ``model``: behind a router's alias, the adapter's
+    own name), None where the backend does not say.
     """
 
     message: Any
@@ -65,6 +67,7 @@ class Choice:
     problem: str | None = None
     finish_reason: str | None = None
     structured: bool = True
+    model: str | None = None
 
     @property
     def text(self) -> str:

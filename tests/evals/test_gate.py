@@ -135,7 +135,7 @@ def test_ee_eval_gate_cli_json_policy_file_and_exit_code(runs: dict[str, Path], 
     assert typo.exit_code == 1 and "min_taks" in typo.output
 
 
-def test_the_gate_result_is_recorded_on_the_adapter(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_the_gate_result_is_recorded_on_the_adapter_only_from_a_run_of_it(runs: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("peft")
     from ee_middleware.adapters.registry import open_registry
     from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama
@@ -145,10 +145,11 @@ def test_the_gate_result_is_recorded_on_the_adapter(runs: dict[str, Path], tmp_p
     registry = open_registry(tmp_path / "registry")
     record = registry.register(train_shaped_adapter(base, tmp_path / "adapter"), app="support-bot")
     args = ["eval", "gate", "--candidate", str(runs["oracle"]), "--baseline", str(runs["noop"]), "--min-tasks", "20"]
-    passed = CliRunner().invoke(app, [*args, "--adapter", record.name, "-r", str(tmp_path / "registry"), "--json"])
-    assert passed.exit_code == 0, passed.output
-    [evaluation] = open_registry(tmp_path / "registry").get(record.name).evals
-    assert evaluation["kind"] == "gate" and evaluation["passed"] is True and evaluation["candidate_run"] == str(runs["oracle"])
+    # the oracle's run is no run of the adapter: recorded, its pass would let the adapter's promote through
+    # (a run of it is recorded: tests/adapters/test_eval_answering_model.py)
+    refused = CliRunner().invoke(app, [*args, "--adapter", record.name, "-r", str(tmp_path / "registry"), "--json"])
+    assert refused.exit_code == 1 and f"did not evaluate {record.name}: its model is oracle" in " ".join(refused.output.split())
+    assert open_registry(tmp_path / "registry").get(record.name).evals == []
     alone = CliRunner().invoke(app, [*args, "--adapter", record.name])
     assert alone.exit_code == 2 and "--adapter and --registry go together" in alone.output
 
