@@ -61,7 +61,8 @@ from ee_middleware.adapters.serving.http import (
 )
 from ee_middleware.adapters.serving.rendering import forget_server, record_server
 from ee_middleware.adapters.templates import local_served_template, refusal_to_serve
-from ee_middleware.models.chat_template import TemplateShowsNoTextError, probe_template, render_prompt
+from ee_middleware.errors import ChatTemplateError
+from ee_middleware.models.chat_template import TemplateDoesNotCompileError, TemplateShowsNoTextError, probe_template, render_prompt
 from ee_middleware.models.local import Generated, LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
 from ee_middleware.models.protocol import Sampling
@@ -76,7 +77,9 @@ class LocalModelServer:
     """The model side: the base model, the loaded adapters, rendering and generation.
 
     Raises :class:`~ee_middleware.models.chat_template.TemplateShowsNoTextError` for a chat template (the base's own,
-    or ``chat_template``) that renders no message text, worded for serving and naming the fix (``--chat-template``)."""
+    or ``chat_template``) that renders no message text, worded for serving and naming the fix (``--chat-template``), and
+    :class:`~ee_middleware.models.chat_template.TemplateDoesNotCompileError` for one that is not valid Jinja, naming the
+    file and the syntax error."""
 
     def __init__(
         self,
@@ -102,6 +105,10 @@ class LocalModelServer:
             self.support = probe_template(self.tokenizer)
         except TemplateShowsNoTextError as exc:  # worded for training: say what serving would do, and its fix
             raise refusal_to_serve(exc, base=base, template=chat_template, server="The local server") from exc
+        except TemplateDoesNotCompileError as exc:  # it would answer every request with the syntax error: refuse now
+            raise _does_not_compile(exc, base=self.base_path, template=chat_template) from exc
+        self.template_file = None if chat_template is None else str(chat_template)
+        """The ``--chat-template`` file served in place of the base's own template (named when it cannot render a request)."""
         self.served_model_name = served_model_name or str(self.base_path)
         self.max_lora_rank = max_lora_rank
         self.adapters: dict[str, str] = {}
@@ -170,7 +177,7 @@ class LocalModelServer:
         self._check_model(body.get("model"))
         if "messages" in body:
             messages = _messages(body)
-            text = render_prompt(self.tokenizer, messages, body.get("tools") or None, self.support)
+            text = self._render(messages, body.get("tools") or None)
             if not body.get("add_generation_prompt", True):
                 raise RequestError(400, "add_generation_prompt=false is not supported by the local server")
         else:
@@ -204,7 +211,7 @@ class LocalModelServer:
             # answered by the base model under the adapter's name (the branches below take a name not loaded as the base).
             self._check_model(model_name)
             generator = LocalGenerator.from_objects(self.model, self.tokenizer, model_name=model_name, num_threads=None)
-            input_ids = self.tokenizer(generator.render(messages, tools), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            input_ids = self.tokenizer(self._render(messages, tools), add_special_tokens=False, return_tensors="pt")["input_ids"]
             prompt_tokens = int(input_ids.shape[1])
             max_tokens = _within_context(prompt_tokens, max_tokens, generator.max_length)
             sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
@@ -232,6 +239,14 @@ class LocalModelServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+    def _render(self, messages: list[dict[str, Any]], tools: Any) -> str:
+        """The prompt for a request; a conversation the template cannot render is a 400 naming the template (the
+        ``--chat-template`` file, or the base's own), as vLLM answers a chat template error."""
+        try:
+            return render_prompt(self.tokenizer, messages, tools, self.support, template_file=self.template_file)
+        except ChatTemplateError as exc:
+            raise RequestError(400, str(exc)) from exc
 
     def _check_model(self, name: Any) -> None:
         if name is not None and name != self.served_model_name and name not in self.adapters:
@@ -424,6 +439,23 @@ def _adapter_rank(folder: Path) -> int:
     return rank
 
 
+def _does_not_compile(exc: TemplateDoesNotCompileError, *, base: Path, template: str | Path | None) -> TemplateDoesNotCompileError:
+    """The refusal of a chat template that is not valid Jinja, naming the file served (``--chat-template``, or the base's)."""
+    where = f"line {exc.line}: " if exc.line is not None else ""
+    if template is not None:
+        message = (
+            f"The local server cannot serve the chat template {template} (--chat-template): it is not valid Jinja "
+            f"({where}{exc.detail}), so every request would be refused. Fix its syntax, or leave --chat-template out to "
+            "serve the base's own template."
+        )
+    else:
+        message = (
+            f"The local server cannot serve the chat template of {base}: it is not valid Jinja ({where}{exc.detail}), so "
+            "every request would be refused. Give a template that is with --chat-template FILE."
+        )
+    return TemplateDoesNotCompileError(message, line=exc.line, detail=exc.detail)
+
+
 class _Handler(JSONHandler):
     server_version = "ee-local-server"
     app: LocalModelServer  # set on the subclass made by make_http_server
@@ -548,5 +580,8 @@ def end_process(code: int) -> NoReturn:
 if __name__ == "__main__":
     try:
         main()
-    except TemplateShowsNoTextError as exc:  # started directly (ServerProcess, by hand): the refusal, not a traceback
+    except (
+        TemplateShowsNoTextError,
+        TemplateDoesNotCompileError,
+    ) as exc:  # started directly (ServerProcess, by hand): the refusal, not a traceback
         sys.exit(str(exc))

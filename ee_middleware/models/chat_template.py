@@ -82,6 +82,51 @@ class TemplateShowsNoTextError(ChatTemplateError):
         return _shows_no_text(self.missing)
 
 
+class TemplateDoesNotCompileError(ChatTemplateError):
+    """:func:`probe_template`'s refusal of a template that is not valid Jinja (a ``TemplateSyntaxError``): it would
+    render no conversation at all. ``line`` is the template's line the error is on (``None``: not said), ``detail``
+    Jinja's words for it."""
+
+    def __init__(self, message: str, *, line: int | None, detail: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.detail = detail
+
+
+def _check_compiles(tokenizer: Any) -> None:
+    """:class:`TemplateDoesNotCompileError` when rendering the simplest conversation fails on the template's syntax
+    (another refusal of it is judged by the probes)."""
+    try:
+        _apply(tokenizer, [_probe_user()], None, TemplateSupport(tools=True, tool_calls=True), generation=True)
+    except Exception as exc:  # only a syntax error is this check's business
+        syntax = _jinja_syntax_error(exc)
+        if syntax is None:
+            return
+        line = getattr(syntax, "lineno", None)
+        detail = str(getattr(syntax, "message", None) or syntax)
+        where = f"line {line}: " if isinstance(line, int) else ""
+        raise TemplateDoesNotCompileError(
+            f"The chat template is not valid Jinja ({where}{detail}), so it renders no conversation. Fix its syntax "
+            "(every {% ... %} and {{ ... }} closed, each {% for %}/{% if %} ended by {% endfor %}/{% endif %}), or give "
+            "the tokenizer another template.",
+            line=line if isinstance(line, int) else None,
+            detail=detail,
+        ) from exc
+
+
+def _jinja_syntax_error(exc: BaseException) -> BaseException | None:
+    """``exc`` or the error it was raised from, where that is Jinja's ``TemplateSyntaxError`` (told by class name: the
+    tokenizer's Jinja is not imported here)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ == "TemplateSyntaxError" for cls in type(current).__mro__):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _shows_no_text(missing: Sequence[str]) -> str:
     whose = " and ".join(f"an {who}" if who == "assistant" else f"a {who}" for who in missing)
     return (
@@ -145,7 +190,9 @@ def probe_template(tokenizer: Any) -> TemplateSupport:
     Raises :class:`TemplateShowsNoTextError` (a :class:`ChatTemplateError`) for a template that renders no text of a
     user's or an assistant's message given as ``{"role": ..., "content": ...}``, nor as text parts (ShareGPT-style
     templates read ``from``/``value``): rows rendered with it would hold no task, no tools or no target, and a server
-    rendering requests with it would show the model none of their messages."""
+    rendering requests with it would show the model none of their messages. Raises :class:`TemplateDoesNotCompileError`
+    for a template that is not valid Jinja (it renders nothing)."""
+    _check_compiles(tokenizer)
     base = TemplateSupport(tools=True, tool_calls=True, content_parts=_content_as_parts(tokenizer))
     support = _probe_tools(tokenizer, base)
     if not (support.tools and support.tool_calls and support.tool_role):
@@ -418,8 +465,14 @@ def system_in_first_user_turn(messages: Sequence[dict[str, Any]]) -> list[dict[s
     return [{"role": "user", "content": system}, *rest]
 
 
-def _template_error(exc: Exception, messages: Sequence[dict[str, Any]]) -> ChatTemplateError:
+def _template_error(exc: Exception, messages: Sequence[dict[str, Any]], template_file: str | None = None) -> ChatTemplateError:
     roles = ", ".join(str(m.get("role")) for m in messages)
+    if template_file is not None:  # a file given in place of the model's own: the limit is that file's
+        return ChatTemplateError(
+            f"The chat template {template_file} cannot render these messages (roles {roles}): {type(exc).__name__}: {exc}. "
+            f"This is a limit of that file (e.g. strict user/assistant alternation, or an error it raises): fix {template_file} "
+            "so that it accepts this conversation, or use a template that does."
+        )
     return ChatTemplateError(
         f"The chat template cannot render these messages (roles {roles}): {type(exc).__name__}: {exc}. This is a limit of "
         "the model's own template (e.g. strict user/assistant alternation). Give the tokenizer a template that accepts "
@@ -429,14 +482,22 @@ def _template_error(exc: Exception, messages: Sequence[dict[str, Any]]) -> ChatT
 
 
 def render_prompt(
-    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, support: TemplateSupport
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    support: TemplateSupport,
+    *,
+    template_file: str | None = None,
 ) -> str:
-    """The prompt text for the model's next assistant turn (generation prompt included)."""
+    """The prompt text for the model's next assistant turn (generation prompt included).
+
+    ``template_file``: the file the tokenizer's template was read from in place of the model's own (a server's
+    ``--chat-template``), named by the :class:`ChatTemplateError` of a conversation the template cannot render."""
     prepared, tool_list = _prepared(messages, tools, support)
     try:
         return _apply(tokenizer, prepared, tool_list, support, generation=True)
     except Exception as exc:
-        raise _template_error(exc, prepared) from exc
+        raise _template_error(exc, prepared, template_file) from exc
 
 
 FALLBACK_CONVERSATION = "conversation"
