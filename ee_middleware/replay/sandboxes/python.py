@@ -449,7 +449,7 @@ class PythonSandbox:
             # SystemExit too: a tool that wraps a command line (argparse on bad arguments) or calls sys.exit()
             # must not end the replay job. KeyboardInterrupt still stops it.
             return Observation(content=self._format_error(exc), is_error=True)
-        return self._observation(value, is_error=False)
+        return self._observation(value, is_error=False, name=name)
 
     def _schema(self, name: str, fn: Callable[..., Any], *, skip: int) -> Any:
         self._schemas[name] = schema = argument_schema(name, fn, skip=skip)
@@ -460,18 +460,38 @@ class PythonSandbox:
             value, is_error = call_tool(tool, call.id, call.name, copy.deepcopy(call.arguments), self._await)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - as _invoke: a tool's failure is an observation
             return Observation(content=self._format_error(exc), is_error=True)
-        return self._observation(value, is_error=is_error)
+        return self._observation(value, is_error=is_error, name=call.name)
 
-    def _observation(self, value: Any, *, is_error: bool) -> Observation:
-        """The observation of a tool's return value (an error where ``is_error`` or ``is_error_result`` says so). A value
-        that cannot be checked or written as text (a dict nested deeper than ``json.dumps`` and ``str`` recurse: LangChain's
-        tool raises there too) is the tool's failure, an error observation, never a crash of the replay."""
-        try:
-            if self._is_error_result is not None and not is_error:
+    def _observation(self, value: Any, *, is_error: bool, name: str) -> Observation:
+        """The observation of tool ``name``'s return value (an error where ``is_error`` or ``is_error_result`` says so).
+        A value the default ``format_result`` cannot write as text (a dict nested deeper than ``json.dumps`` and ``str``
+        recurse, an int past Python's digit limit: LangChain's tool raises there too) is the tool's failure, an error
+        observation, never a crash of the replay. An exception from the sandbox's own ``is_error_result`` or
+        ``format_result`` is a bug of that function, never the tool's observation: :class:`SandboxError` naming it
+        (the trajectory's replay fails, as it did before these ran inside a guard)."""
+        if self._is_error_result is not None and not is_error:
+            try:
                 is_error = bool(self._is_error_result(value))
-            return Observation(content=self._format_result(value), is_error=is_error)
-        except Exception as exc:  # noqa: BLE001 - as _invoke: a tool's failure is an observation
+            except Exception as exc:  # re-raised below, naming the function
+                raise self._callable_failed("is_error_result", name, value, exc) from exc
+        if self._format_result is not format_result:
+            try:
+                return Observation(content=self._format_result(value), is_error=is_error)
+            except Exception as exc:  # re-raised below, naming the function
+                raise self._callable_failed("format_result", name, value, exc) from exc
+        try:
+            return Observation(content=format_result(value), is_error=is_error)
+        except (RecursionError, ValueError) as exc:  # json.dumps and str() both refused the value: the tool's failure
             return Observation(content=self._format_error(exc), is_error=True)
+
+    @staticmethod
+    def _callable_failed(option: str, tool: str, value: Any, exc: Exception) -> SandboxError:
+        """The error for the sandbox's own ``option`` function raising on tool ``tool``'s result ``value``."""
+        return SandboxError(
+            f"The sandbox's {option} raised {type(exc).__name__}: {exc} on tool {tool!r}'s result (a {type(value).__name__}); "
+            f"fix {option} so that it takes every value the tool returns (a tool's failure belongs in the tool: raise "
+            "there, and the sandbox stores it as an error observation)."
+        )
 
     def _await(self, awaitable: Any) -> Any:
         """Run an async tool's awaitable to its end on this sandbox's own event loop, kept across calls as an app's loop
