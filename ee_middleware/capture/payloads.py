@@ -8,6 +8,7 @@ once for its own span's output, the next span's input and the run's final output
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import traceback
 from collections.abc import Mapping, Sequence
@@ -188,8 +189,9 @@ class PayloadEncoder:
     def graph_output_attributes(self, output: Any, cache: FragmentCache | None = None, *, paused: bool = False) -> dict[str, Any]:
         """The run's outcome: its final assistant message, or, when the run ends on tool messages
         (``create_agent`` with a ``response_format``, tools with ``return_direct``), those tool
-        messages (the observations of the last calls); the answer is the state's structured response as JSON where
-        it has one (any ``response_format``: ``create_agent``'s, ``create_react_agent``'s), else the last message's text.
+        messages (the observations of the last calls); the answer is the state's structured response as JSON (its
+        schema's aliases as keys, as the model wrote it) where this run gave it (any ``response_format``:
+        ``create_agent``'s, ``create_react_agent``'s; see :func:`_structured_answer`), else the last message's text.
 
         A run that ends on tool messages without having finished (``paused``: an ``interrupted`` run, such as one
         stopped by ``interrupt()`` in one of several parallel tools; or one whose last assistant message has calls
@@ -200,12 +202,12 @@ class PayloadEncoder:
         tail = 0
         while tail < len(messages) and message_type(messages[-1 - tail]) == "tool":
             tail += 1
-        structured = output.get("structured_response") if isinstance(output, Mapping) else None
+        structured = _structured_answer(messages, tail, output.get("structured_response") if isinstance(output, Mapping) else None)
         if tail:
             tools = [dict(m, content=self._cut(content_to_text(m["content"]))[0]) for m in langchain_to_openai(messages[-tail:])]
             attrs: dict[str, Any] = {sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(tools))}
             if not paused and not _unanswered_calls(messages, tail):
-                answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(tools[-1]["content"])
+                answer = structured if structured is not None else content_to_text(tools[-1]["content"])
                 attrs[sc.EE_FINAL_ANSWER] = self._redact(answer)
             errors = tool_error_positions(messages[-tail:])
             if errors:
@@ -217,11 +219,69 @@ class PayloadEncoder:
             return {}
         # a structured response asked for after the reply (create_react_agent's generate_structured_response node) or
         # parsed from it (create_agent's ProviderStrategy) is the answer, as with ToolStrategy above
-        answer = dumps(to_jsonable(structured)) if structured is not None else content_to_text(last["content"])
+        answer = structured if structured is not None else content_to_text(last["content"])
         return {
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(answer),
         }
+
+
+def _structured_answer(messages: Sequence[Any], tail: int, structured: Any) -> str | None:
+    """The state's structured response as JSON where it is this run's answer, else ``None``.
+
+    LangGraph keeps ``structured_response`` in a thread's checkpoint from turn to turn, so a later turn that ends without
+    giving one (``ModelCallLimitMiddleware`` ending it, a guardrail jumping to the end with a refusal, ``return_direct``
+    tools) still holds an earlier turn's. A structured response read from a model's message (``ToolStrategy``: the
+    arguments of a call the run's closing tool messages answer; ``ProviderStrategy``: the JSON of the last reply) is
+    therefore the answer only when that message is the one the run ended on: the latest assistant message that carries
+    it (:func:`_carries`) must be the last reply, or the call the closing tool messages answer. One that no message
+    carries was asked for in a model call of its own (``create_react_agent``'s ``generate_structured_response`` node,
+    which gives a new one at the end of every turn) and is the answer.
+
+    The JSON is the response dumped by its schema's aliases (``model_dump(mode="json", by_alias=True)``): the keys of
+    the JSON schema the model was given and of the model's own reply."""
+    if structured is None:
+        return None
+    ended = len(messages) - 1 - tail  # the reply the run ended on, or the call its closing tool messages answer
+    for index in range(min(ended, len(messages) - 1), -1, -1):
+        if message_type(messages[index]) == "ai" and _carries(messages[index], structured):
+            if index != ended:
+                return None  # an earlier turn's (or an earlier call's) response, kept by the checkpoint
+            break
+    model_dump = getattr(structured, "model_dump", None)
+    if callable(model_dump) and not isinstance(structured, type):
+        try:
+            return dumps(model_dump(mode="json", by_alias=True))
+        except Exception:  # noqa: BLE001 - a model that cannot dump itself: to_jsonable's repr fallback
+            pass
+    return dumps(to_jsonable(structured))
+
+
+def _carries(message: Any, structured: Any) -> bool:
+    """Whether the assistant ``message`` holds ``structured``: its text is JSON for it (``ProviderStrategy`` parses the
+    reply), or one of its tool calls has it as arguments (``ToolStrategy``). A pydantic response is compared as its
+    schema reads the JSON (aliases, coercion, defaults), anything else (a ``TypedDict``'s or JSON schema's dict, a value
+    ingest read back from JSON) as JSON data."""
+    candidates = [c.get("args") for c in getattr(message, "tool_calls", None) or () if isinstance(c, Mapping)]
+    text = content_to_text(getattr(message, "content", None)).strip()
+    if text.startswith(("{", "[")):
+        try:
+            candidates.append(json.loads(text))
+        except (ValueError, RecursionError):
+            pass
+    validate = getattr(type(structured), "model_validate", None)
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if callable(validate):
+            try:
+                if validate(candidate) == structured:
+                    return True
+            except Exception:  # noqa: BLE001 - not this schema's data: another call's arguments, another JSON
+                continue
+        elif to_jsonable(candidate) == to_jsonable(structured):
+            return True
+    return False
 
 
 def _unanswered_calls(messages: Sequence[Any], tail: int) -> bool:
