@@ -88,68 +88,87 @@ def describe_mismatch(recorded: str, replayed: str, *, recorded_is_prefix: bool 
 
 def ended_the_run(trajectory: Trajectory, step: Step) -> bool:
     """Whether ``step``'s call raised the exception that ended the run, so that no model saw its error: the trajectory
-    ended ``error``, the call's recorded observation is an error, and no model decision came after the call's (its turn,
-    parallel calls included, is the run's last). Its recorded text is then the record of the exception (capture's
-    ``Type: message``, as ``create_agent``'s default tool-error handling re-raises it; another instrumentation's
-    exception event alike), not a text any tool node showed; an error a tool node showed the model
-    (``ToolNode(handle_tool_errors=True)``, a middleware's answer) is followed by the model's next decision."""
+    ended ``error`` with this call's exception as its error (:func:`_is_exception`: the same type and message), the
+    call's recorded observation is an error, and no model decision came after the call's (its turn, parallel calls
+    included, is the run's last). Its recorded text is then the record of the exception (capture's ``Type: message``,
+    as ``create_agent``'s default tool-error handling re-raises it; another instrumentation's exception event alike),
+    not a text any tool node showed. An error a tool node showed the model (``ToolNode(handle_tool_errors=True)``, a
+    middleware's answer) is followed by the model's next decision, or, where the model call given it failed (a
+    provider's 503, a context overflow), by the run ending on that failure: another error than the call's. Of parallel
+    calls that all raised, only the one whose exception the run raised ended it; the others are compared as text."""
     recorded = step.observation
     return (
         trajectory.status == "error"
         and recorded is not None
         and recorded.is_error
+        and trajectory.error is not None
+        and _is_exception(trajectory.error, recorded)
         and all(other.decision_index <= step.decision_index for other in trajectory.steps)
     )
+
+
+def _is_exception(error: str, recorded: Observation) -> bool:
+    """Whether the run's ``error`` is the exception the ``recorded`` observation records: the same type (its module
+    aside) and message, or, where the observation was cut when stored, a message that starts with the recorded one."""
+    ran, raised = _RECORDED_EXCEPTION.fullmatch(error), _RECORDED_EXCEPTION.fullmatch(recorded.content)
+    if ran is None or raised is None or ran.group(1).rpartition(".")[2] != raised.group(1).rpartition(".")[2]:
+        return False
+    message, said = ran.group(2) or "", raised.group(2) or ""
+    return message.startswith(said) if recorded.truncated_chars else message == said
 
 
 _RECORDED_EXCEPTION = re.compile(r"([A-Za-z_][\w.]*)(?:: (.*))?", re.DOTALL)
 """An exception as capture (and OpenTelemetry's ``exception`` event) records it: its type, maybe qualified (``Outer.Error``,
 ``httpx.ConnectError``), then ``: `` and its message (``str(exc)``)."""
 
+ERROR_TEXTS = (("", ""), ("Error: ", ""), ("Error: ", "\n Please fix your mistakes."), ("", "\n Please fix your mistakes."))
+"""The texts around an exception that a sandbox's error text may add (prefix, suffix) and still be compared as the
+exception (:func:`raised_as_recorded`): none (``f"{type(e).__name__}: {e}"``), ``PythonSandbox``'s default
+``format_error`` (``Error: RuntimeError: backend down``) and LangGraph's ``ToolNode`` template (``Error: {exc!r}\n Please
+fix your mistakes.``, docs/sandboxes.md's ``tool_error_text``)."""
 
-def raised_as_recorded(trajectory: Trajectory, step: Step, replayed: Observation) -> bool:
+
+def raised_as_recorded(trajectory: Trajectory, step: Step, replayed: Observation, redact: Callable[[str], Any] | None = None) -> bool:
     """Whether the sandbox's answer to the expert's call at ``step`` is the exception production's call raised, where
     that exception ended the run (:func:`ended_the_run`): no model saw its error, so the fidelity check compares the
-    exception, not a text. The sandbox's answer must be an error (not a sandbox failure) whose text names an exception
-    of the recorded type (its unqualified name) with the recorded message, as Python writes an exception: ``Type:
-    message`` (``str``-form, a traceback's last line, ``PythonSandbox``'s default ``format_error``) or ``Type('message')``
-    (``repr``, LangGraph's ``ToolNode`` template), anywhere in the text (a ``format_error`` may add to it). Another
-    exception, another message, a result, or a text naming no exception (a ``format_error`` that leaves them out) is a
-    mismatch still. A recorded message cut when stored (``truncated_chars``) is compared as the start of the message."""
+    exception, not a text. The sandbox's answer must be an error (not a sandbox failure) whose whole text is an
+    exception of the recorded type (its unqualified name) with the recorded message, as Python writes one: ``Type:
+    message`` (``str``-form, a traceback's last line) or ``Type('message')`` (``repr``, for an exception whose ``repr``
+    is its type and its one string argument, or whose ``str`` is its arguments' ``repr`` as ``KeyError``'s), alone or
+    in one of the texts of :data:`ERROR_TEXTS` (``PythonSandbox``'s default ``format_error``, ``ToolNode``'s template).
+    Another exception, another message (longer, or with more lines), an exception quoted in another's message
+    (``Exception: tool failed: RuntimeError: ...``), a ``format_error`` text of another shape, a result, or a text
+    naming no exception is a mismatch still. A recorded message cut when stored (``truncated_chars``) is compared as
+    the start of the message.
+
+    ``redact``: the store's current redaction (replay's ``ReplayPrivacy.redact_data``), which the sandbox's text went
+    through: a recording made under older rules (a rule added since capture) is compared redacted with it too, as
+    replay's text comparison does, only when the plain comparison fails."""
     recorded = step.observation
     if recorded is None or not replayed.is_error or replayed.sandbox_failure or not ended_the_run(trajectory, step):
         return False
-    parsed = _RECORDED_EXCEPTION.fullmatch(recorded.content)
+    if _written_as(recorded.content, bool(recorded.truncated_chars), replayed.content):
+        return True
+    current = redact(recorded.content) if redact is not None else recorded.content
+    return (
+        isinstance(current, str)
+        and current != recorded.content
+        and _written_as(current, bool(recorded.truncated_chars), text=replayed.content)
+    )
+
+
+def _written_as(recorded: str, cut: bool, text: str) -> bool:
+    """Whether ``text`` is the exception ``recorded`` (``Type: message``) in one of the forms :func:`raised_as_recorded`
+    accepts; ``cut``: the recorded message is the start of the real one."""
+    parsed = _RECORDED_EXCEPTION.fullmatch(recorded)
     if parsed is None:  # a bare message (an instrumentation that wrote no type): nothing says which exception it was
         return False
     name, message = parsed.group(1).rpartition(".")[2], parsed.group(2) or ""
-    cut = bool(recorded.truncated_chars)
-    return any(_names_exception(replayed.content, form, end) for form, end in _exception_forms(name, message, cut))
-
-
-def _exception_forms(name: str, message: str, cut: bool) -> list[tuple[str, bool]]:
-    """The texts Python writes an exception of type ``name`` with ``str(exc) == message`` as, each with whether the text
-    must end there (at the end of the sandbox's text or of its line): ``str``-form and ``repr``-form, the latter both for
-    one string argument (``RuntimeError('x')``) and for an exception whose ``str`` is its arguments' ``repr``
-    (``KeyError('x')``, several arguments). ``cut``: the recorded message is the start of the real one."""
-    if cut:
-        return [(f"{name}: {message}", False), (f"{name}({message!r}"[:-1], False), (f"{name}({message}", False)]
-    if not message:
-        return [(name, True), (f"{name}: ", True), (f"{name}()", False)]
-    return [(f"{name}: {message}", True), (f"{name}({message!r})", False), (f"{name}({message})", False)]
-
-
-def _names_exception(text: str, form: str, must_end: bool) -> bool:
-    """Whether ``form`` stands in ``text`` as a whole exception's text: not the tail of a longer name before it
-    (``MyValueError``), and, with ``must_end``, followed by the end of ``text`` or of its line (not a longer message)."""
-    start = text.find(form)
-    while start >= 0:
-        before = text[start - 1 : start]
-        after = text[start + len(form) : start + len(form) + 1]
-        if not (before.isalnum() or before == "_") and (not must_end or after in ("", "\n", "\r")):
-            return True
-        start = text.find(form, start + 1)
-    return False
+    if cut:  # the text's end is not known: its start must be an exception's, after a known prefix
+        starts = (f"{name}: {message}", f"{name}({message!r}"[:-1], f"{name}({message}")
+        return any(text.startswith(prefix + start) for prefix in {p for p, _ in ERROR_TEXTS} for start in starts)
+    forms = (f"{name}: {message}", f"{name}({message!r})", f"{name}({message})") if message else (name, f"{name}: ", f"{name}()")
+    return any(text == prefix + form + suffix for prefix, suffix in ERROR_TEXTS for form in forms)
 
 
 SET_ORDER_HINT = (

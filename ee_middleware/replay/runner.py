@@ -605,7 +605,7 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any]
     matched = (
         recorded is None
         or _same_observation(recorded, replayed, privacy, blocks_joined_close=joined_close)
-        or raised_as_recorded(run.trajectory, step, replayed)  # an exception that ended the run: compared as raised
+        or raised_as_recorded(run.trajectory, step, replayed, privacy.redact_data)  # an exception that ended the run: compared as raised
     )
     if run.environment_unrestored and (run.world_diverged or not matched):
         run.world_diverged = True  # the world built with the environment's placeholders is not the recorded one

@@ -75,6 +75,15 @@ def answering_sandbox() -> PythonSandbox:
     return _sandbox(_answer)
 
 
+def _lookup_raising(world: dict[str, Any], city: str) -> str:
+    raise RuntimeError("backend down: now")
+
+
+def lookup_raising_sandbox() -> PythonSandbox:
+    """The lookup raises the exception that ended the recorded run (its call had answered)."""
+    return PythonSandbox(lambda environment: {}, tools={"fail": _fail, "lookup": _lookup_raising})
+
+
 def _tools() -> list[Any]:
     @tool("fail")
     def fail(q: str) -> str:
@@ -181,7 +190,12 @@ def test_an_error_the_tool_node_showed_the_model_is_still_compared_as_text(tmp_p
     [
         (Observation(content="Error: RuntimeError: backend down: now", is_error=True), True),
         (Observation(content="Error: RuntimeError('backend down: now')\n Please fix your mistakes.", is_error=True), True),
-        (Observation(content="Tool failed.\nbuiltins.RuntimeError: backend down: now\nTry again.", is_error=True), True),
+        (Observation(content="RuntimeError: backend down: now", is_error=True), True),
+        (Observation(content="Error: RuntimeError: backend down: now\n Please fix your mistakes.", is_error=True), True),
+        (Observation(content="Tool failed.\nbuiltins.RuntimeError: backend down: now\nTry again.", is_error=True), False),
+        (Observation(content="Error: RuntimeError: backend down: now\nretry after 5 s", is_error=True), False),
+        (Observation(content="Error: Exception: tool failed: RuntimeError: backend down: now", is_error=True), False),
+        (Observation(content="Error: RuntimeError('backend down: now')\nretry after 5 s", is_error=True), False),
         (Observation(content="Error: MyRuntimeError: backend down: now", is_error=True), False),
         (Observation(content="Error: RuntimeError: backend down: now!", is_error=True), False),
         (Observation(content="Error: RuntimeError: backend down: no", is_error=True), False),
@@ -192,7 +206,9 @@ def test_an_error_the_tool_node_showed_the_model_is_still_compared_as_text(tmp_p
 )
 def test_which_sandbox_answers_name_the_recorded_exception(tmp_path: Path, replayed: Observation, same: bool) -> None:
     """On the real recording: the exception's type (whole, its module aside) and message as Python writes them, in an
-    error that is the tool's own (not a sandbox failure)."""
+    error that is the tool's own (not a sandbox failure), the whole text in one of the accepted forms. Before, a text
+    that named the exception anywhere matched: a message with more lines ('retry after 5 s'), another exception quoting
+    it in its message ('Exception: tool failed: RuntimeError: ...'), any text around it."""
     trajectory = _record(tmp_path / "experience", [tool_call("fail", q="now")])
     assert raised_as_recorded(trajectory, trajectory.steps[0], replayed) is same
 
@@ -203,6 +219,60 @@ def test_a_key_error_is_named_in_its_repr_form(tmp_path: Path) -> None:
     step = trajectory.steps[0]
     assert step.observation is not None
     step = step.model_copy(update={"observation": step.observation.model_copy(update={"content": "KeyError: 'order 7'"})})
+    trajectory = trajectory.model_copy(update={"error": "KeyError: 'order 7'", "steps": [step]})
     for text in ("Error: KeyError: 'order 7'", "Error: KeyError('order 7')\n Please fix your mistakes."):
         assert raised_as_recorded(trajectory, step, Observation(content=text, is_error=True)), text
     assert not raised_as_recorded(trajectory, step, Observation(content="Error: KeyError: 'order 8'", is_error=True))
+
+
+def _fail_shown_then_model_failed(root: Path) -> Trajectory:
+    """``ToolNode`` shows the model the tool's error as ``Type: message``; the model call given it fails (a provider's
+    503), so the run ends ``error`` with no decision after the call, but on another exception than the tool's."""
+
+    def policy(messages: list[Any], tools: Any) -> AIMessage:
+        if not any(m.type == "tool" for m in messages):
+            return AIMessage(content="", tool_calls=[tool_call("fail", q="now")])
+        assert messages[-1].content == "RuntimeError: backend down: now"  # the model was given the tool node's text
+        raise RuntimeError("provider: 503 service unavailable")
+
+    node = ToolNode(_tools(), handle_tool_errors=lambda e: f"{type(e).__name__}: {e}")
+    agent = record_experience(create_react_agent(ScriptedChatModel(policy=policy), node), app="raised", store=root)
+    with pytest.raises(RuntimeError, match="503"):
+        agent.invoke({"messages": [("user", "Try the backend")]})
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(root)
+    try:
+        (trajectory,) = store.iter_trajectories()
+        store.approve([trajectory.id], by="test")
+    finally:
+        store.close()
+    return trajectory
+
+
+def test_an_error_shown_to_a_model_whose_call_then_failed_is_compared_as_text(tmp_path: Path) -> None:
+    """The model saw 'RuntimeError: backend down: now'; the default format_error writes 'Error: RuntimeError: ...',
+    which is not that text: a fidelity mismatch (docs/sandboxes.md: make format_error write what the tool node showed).
+    Before, the run's ending ``error`` with no decision after the call was taken to mean that no model saw the text, and
+    the mismatch went unreported (0 mismatches)."""
+    root = tmp_path / "experience"
+    trajectory = _fail_shown_then_model_failed(root)
+    (step,) = trajectory.steps
+    assert (trajectory.status, trajectory.error) == ("error", "RuntimeError: provider: 503 service unavailable")
+    assert not ended_the_run(trajectory, step)
+    (mismatch,) = _replay(root, "same_sandbox")
+    assert (mismatch["recorded"], mismatch["replayed"]) == ("RuntimeError: backend down: now", "Error: RuntimeError: backend down: now")
+
+
+def test_only_the_parallel_call_whose_exception_ended_the_run_is_compared_as_raised(tmp_path: Path) -> None:
+    """Two parallel calls both raise; the run's error is one of them. The other's exception did not end the run (its
+    record is no record of the run's exception), so its text is compared as text."""
+    trajectory = _record(tmp_path / "experience", [tool_call("fail", q="now"), tool_call("fail", q="later")])
+    by_text = {s.observation.content: s for s in trajectory.steps if s.observation is not None}
+    assert set(by_text) == {"RuntimeError: backend down: now", "RuntimeError: backend down: later"}
+    assert trajectory.error in by_text
+    ended = [text for text, step in by_text.items() if ended_the_run(trajectory, step)]
+    assert ended == [trajectory.error]
+    for text, step in by_text.items():
+        replayed = Observation(content=f"Error: {text}", is_error=True)
+        assert raised_as_recorded(trajectory, step, replayed) is (text == trajectory.error), text
