@@ -12,6 +12,7 @@ span with its descendants (or a whole trace when no agent span exists); inside i
 from __future__ import annotations
 
 import bisect
+import builtins
 import datetime as dt
 import json
 import re
@@ -250,10 +251,11 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     # a tool that ended on interrupt() has no result (it runs again when the thread resumes), nor has one cut off by a
     # cancellation (the model never saw a result): capture writes no span of either, another instrumentation's span of
     # it is no observation (its error is the pause or the cancellation, not the tool's)
+    cancelled = _cancellation(root) if not root.attributes.get(sc.EE_STATUS) else None
     tools = [
         s
         for s in spans
-        if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL and not _interrupted_tool(s) and _cancellation(s) is None
+        if s.attributes.get(sc.OPERATION_NAME) == sc.OP_EXECUTE_TOOL and not _interrupted_tool(s) and _cancellation(s, cancelled) is None
     ]
     if not chats and options.model_calls_required:
         raise IngestError(
@@ -1186,30 +1188,83 @@ def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]
     return ("error", error or "the agent run failed") if root.is_error else ("completed", None)
 
 
-_CANCELLATIONS = frozenset({"CancelledError", "GeneratorExit", "KeyboardInterrupt"})
-"""The names of the exceptions that stop a run from outside it, capture's
-:data:`~ee_middleware.capture.callbacks.CANCELLATIONS` (which imports this module)."""
-_CANCELLED_STATUS = re.compile(r"(?:[A-Za-z_]\w*\.)*(CancelledError|GeneratorExit|KeyboardInterrupt)(?:\(|:|$)")
-"""A status message that starts with a cancellation's ``repr`` or ``Type: message`` (OpenInference writes the ``repr``,
-then the traceback)."""
+_CANCELLATION_TYPES = {
+    "asyncio.exceptions.CancelledError": "CancelledError",
+    "asyncio.CancelledError": "CancelledError",
+    "builtins.GeneratorExit": "GeneratorExit",
+    "builtins.KeyboardInterrupt": "KeyboardInterrupt",
+}
+"""The exceptions that stop a run from outside it, by qualified name, and the name capture's reason gives them: capture's
+:data:`~ee_middleware.capture.callbacks.CANCELLATIONS` (which imports this module). ``concurrent.futures``'
+``CancelledError`` (an ``Exception`` a cancelled future's ``result()`` raises) and an app's own class of that name are
+none: the run failed."""
+_CANCELLATIONS = frozenset(_CANCELLATION_TYPES.values())
+"""The names of :data:`_CANCELLATION_TYPES`."""
+_TRACEBACK = "Traceback (most recent call last):"
 
 
-def _cancellation(span: SpanData) -> str | None:
-    """The name of the cancellation (:data:`_CANCELLATIONS`: its task cancelled, its stream closed, Ctrl-C) that ended
-    the failed ``span``, or ``None`` where it failed otherwise or did not fail. Read from what instrumentations write:
-    ``error.type`` (GenAI conventions, OpenLLMetry), else the last ``exception`` event's ``exception.type``
-    (OpenInference, OpenLLMetry, the OpenTelemetry SDK's ``record_exception``; LangSmith's as its dialect reads them),
-    else the status message; the type's module (``asyncio.exceptions.``) aside."""
-    declared = span.attributes.get(sc.ERROR_TYPE)
-    if not span.is_error and not declared:
+def _cancellation(span: SpanData, run_cancelled: str | None = None) -> str | None:
+    """The name of the cancellation (:data:`_CANCELLATION_TYPES`: its task cancelled, its stream closed, Ctrl-C) that
+    ended the failed ``span``, or ``None`` where it failed otherwise or did not fail.
+
+    Decided by the exception's qualified type (:func:`_exception_type`) wherever the span records one. A bare name alone
+    (an exporter that dropped the events and the traceback) is ``GeneratorExit`` or ``KeyboardInterrupt`` (builtins, which
+    every writer names bare); a bare ``CancelledError`` could be ``concurrent.futures``' or an app's own, and is one only
+    on a span below a root that was cancelled so (``run_cancelled``: the same exception on its way up). Taking a failure
+    for a cancellation would hide it and drop its call's observation; the other way round keeps both, flagged an error."""
+    if not span.is_error and not span.attributes.get(sc.ERROR_TYPE):
         return None
-    kinds = [event.get("exception.type") for name, event in span.events if name == "exception" and event.get("exception.type")]
-    kind = declared or (kinds[-1] if kinds else None)
-    if kind:
-        name = str(kind).rpartition(".")[2]
-        return name if name in _CANCELLATIONS else None
-    match = _CANCELLED_STATUS.match(span.status_message or "")
-    return match.group(1) if match else None
+    kind, qualified = _exception_type(span)
+    if kind is None:
+        return None
+    if qualified:
+        return _CANCELLATION_TYPES.get(kind)
+    if f"builtins.{kind}" in _CANCELLATION_TYPES:
+        return kind
+    return kind if kind in _CANCELLATIONS and kind == run_cancelled else None
+
+
+def _exception_type(span: SpanData) -> tuple[str | None, bool]:
+    """The type of the exception that ended ``span`` and whether that name is qualified (``asyncio.exceptions.
+    CancelledError``, ``builtins.KeyboardInterrupt``), from what instrumentations write: the last ``exception`` event's
+    ``exception.type`` (the OpenTelemetry SDK's ``record_exception`` qualifies all but builtins; OpenInference writes a
+    ``BaseException``'s bare) and the exception line of its ``exception.stacktrace``, ``error.type`` (OpenLLMetry: bare),
+    the status message (OpenInference's: the ``repr``, then the traceback). A qualified name anywhere wins over bare ones;
+    a Python traceback's counts as qualified (it leaves the module out for builtins and ``__main__`` only)."""
+    events = [event for name, event in span.events if name == "exception"]
+    last = events[-1] if events else {}
+    status = span.status_message or ""
+    head = re.match(r"[A-Za-z_][\w.]*(?=\(|:|$)", status.partition(_TRACEBACK)[0].strip())
+    said = [str(kind) for kind in (last.get("exception.type"), span.attributes.get(sc.ERROR_TYPE)) if kind]
+    told = (
+        *(kind for kind in said if "." in kind),
+        _traceback_type(last.get("exception.stacktrace")),
+        _traceback_type(status),
+        head.group(0) if head and "." in head.group(0) else None,
+    )
+    qualified = next((kind for kind in told if kind), None)
+    if qualified:
+        return qualified, True
+    bare = [*said, *([head.group(0)] if head else [])]
+    return (bare[0], False) if bare else (None, False)
+
+
+def _traceback_type(text: Any) -> str | None:
+    """The qualified type of the exception a Python traceback in ``text`` ends on (its last block's exception line,
+    ``asyncio.exceptions.CancelledError`` or ``module.Error: message``); a name Python writes bare is a builtin's
+    (``builtins.``) or ``__main__``'s."""
+    if not isinstance(text, str) or _TRACEBACK not in text:
+        return None
+    for line in text.rpartition(_TRACEBACK)[2].splitlines():
+        if not line.strip() or line[0].isspace():
+            continue  # a frame or its source line
+        name = line.partition(":")[0].strip()
+        if not all(part.isidentifier() for part in name.split(".")):
+            return None
+        if "." in name:
+            return name
+        return f"builtins.{name}" if isinstance(getattr(builtins, name, None), type) else f"__main__.{name}"
+    return None
 
 
 def _paused(decisions: list[dict[str, Any]], tools: list[SpanData], final: dict[str, Any]) -> bool:

@@ -33,11 +33,14 @@ def _meta(node: str, integration: str = "langchain_create_agent") -> str:
     return json.dumps({"ls_integration": integration, "thread_id": THREAD, "langgraph_node": node, "langgraph_checkpoint_ns": f"{node}:1"})
 
 
-def _failed(kind: str, message: str, *, status: str | None = None, events: bool = True) -> dict[str, Any]:
+def _failed(kind: str, message: str, *, status: str | None = None, events: bool = True, raised: str | None = None) -> dict[str, Any]:
     """A span's ``status`` and ``events`` for an exception, as OpenInference records one: the status message is the
-    exception's ``repr`` then its traceback; the event names the type (``events=False``: an exporter that dropped it)."""
+    exception's ``repr`` then its traceback, whose last line names the type ``raised`` as Python writes it (the module
+    left out for builtins and ``__main__`` only; ``kind`` where not given); the event names the type ``kind``
+    (``events=False``: an exporter that dropped it)."""
     short = kind.rpartition(".")[2]
-    text = status if status is not None else f"{short}({message!r})Traceback (most recent call last):\n\n\n{kind}: {message}"
+    line = f"{raised or kind}: {message}" if message else raised or kind
+    text = status if status is not None else f"{short}({message!r})Traceback (most recent call last):\n\n\n{line}"
     out: dict[str, Any] = {"status": {"code": 2, "message": text}}
     if events:
         out["events"] = [
@@ -161,13 +164,18 @@ def _one(store: Any, path: Path) -> Trajectory:
     return trajectory
 
 
-@pytest.mark.parametrize("kind", ["CancelledError", "asyncio.exceptions.CancelledError", "GeneratorExit", "KeyboardInterrupt"])
+ASYNCIO_CANCELLED = "asyncio.exceptions.CancelledError"
+
+
+@pytest.mark.parametrize("kind", ["CancelledError", ASYNCIO_CANCELLED, "GeneratorExit", "KeyboardInterrupt"])
 def test_a_cancelled_openinference_run_is_interrupted_and_its_cut_off_call_unobserved(store, tmp_path, kind):
-    """The run's root and the cut-off tool record the cancellation (``exception.type``, with or without its module):
-    ``interrupted`` with capture's reason, the cut-off call without an observation, no answer. The call whose tool
-    raised a real error before stays an error observation."""
+    """The run's root and the cut-off tool record the cancellation (``exception.type``, with or without its module;
+    OpenInference writes a ``BaseException``'s bare, its traceback qualified): ``interrupted`` with capture's reason, the
+    cut-off call without an observation, no answer. The call whose tool raised a real error before stays an error
+    observation."""
     short = kind.rpartition(".")[2]
-    path = _cancelled_run(tmp_path / "run.jsonl", _failed(kind, ""), _failed(kind, ""))
+    raised = ASYNCIO_CANCELLED if short == "CancelledError" else kind
+    path = _cancelled_run(tmp_path / "run.jsonl", _failed(kind, "", raised=raised), _failed(kind, "", raised=raised))
     trajectory = _one(store, path)
     assert (trajectory.status, trajectory.error) == ("interrupted", f"cancelled: {short}")
     assert (trajectory.thread_id, trajectory.task, trajectory.final_answer) == (THREAD, "check A-7 slowly", None)
@@ -177,7 +185,7 @@ def test_a_cancelled_openinference_run_is_interrupted_and_its_cut_off_call_unobs
 def test_a_cancellation_told_by_error_type_or_by_the_status_alone_is_one_too(store, tmp_path):
     """OpenLLMetry and the GenAI conventions name the type in ``error.type``; an exporter that dropped the events leaves
     the status message (OpenInference's: the ``repr``, then the traceback)."""
-    root = _failed("CancelledError", "", events=False)
+    root = _failed("CancelledError", "", events=False, raised=ASYNCIO_CANCELLED)
     slow = {"attrs": {"error.type": "CancelledError"}, "status": {"code": 2, "message": ""}}
     trajectory = _one(store, _cancelled_run(tmp_path / "run.jsonl", root, slow, lookup_fails=False))
     assert (trajectory.status, trajectory.error) == ("interrupted", "cancelled: CancelledError")
