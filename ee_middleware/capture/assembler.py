@@ -142,7 +142,7 @@ def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[S
     configuration, see :class:`_NestedThreads`), none where it ran in a root namespace of its own (invoked with a
     configuration of its own, whose thread the callbacks do not tell), as ingest reads it; the tool call's time, and its
     outcome: ``error`` where the tool failed, else ``completed``, or the outer run's status where the tool never ended
-    (a pause, a cancellation); resumed where the outer run was (a graph that paused inside the tool resumes with it)."""
+    (a pause, a cancellation); resumed where the outer run was and the graph resumed with it (:func:`_resumed_inside`)."""
     attrs = outer.attributes
     own = {
         sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
@@ -151,10 +151,11 @@ def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[S
     }
     if attrs.get(sc.CONVERSATION_ID) and on_outer_thread:
         own[sc.CONVERSATION_ID] = attrs[sc.CONVERSATION_ID]
-    if attrs.get(sc.EE_RESUMED):
+    if attrs.get(sc.EE_RESUMED) and _resumed_inside(spans):
         # the outer run resumed: its tool ran again, and a graph run inside it that paused (interrupt() in one of its
         # tools) resumed from its own checkpoint, though its input is new. The calls it ran before its first model
-        # call are then the reviewed turn (see _reviewed_turns, which finds none in a graph run that started afresh)
+        # call are then the reviewed turn (see _reviewed_turns), and its task the turn it resumed. One the tool runs
+        # afresh (after a review of the tool's own) is a run from new input: its task is its first user message
         own[sc.EE_RESUMED] = True
     if host is not None:
         own[sc.EE_STATUS] = "error" if host.is_error else "completed"
@@ -178,6 +179,32 @@ def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[S
         events=host.events if failed and host is not None else (),
         resource=outer.resource,
     )
+
+
+def _resumed_inside(spans: Sequence[SpanData]) -> bool:
+    """Whether a graph run inside a tool of a resumed run (``spans``, its own) resumed with it rather than starting
+    afresh: LangGraph runs the task that paused in its checkpoint namespace first (the tool that called
+    ``interrupt()``), so before its first model call it ran a call that an assistant message of that call's history
+    made. A graph the tool runs afresh asks its model first, from its new input."""
+    chats = [s for s in spans if operation_of(s.attributes) in sc.MODEL_OPERATIONS]
+    if not chats:
+        return False
+    first = min(chats, key=lambda s: s.start_ns)
+    ran = {
+        str(call_id)
+        for s in spans
+        if operation_of(s.attributes) == sc.OP_EXECUTE_TOOL
+        and s.start_ns < first.start_ns
+        and (call_id := s.attributes.get(sc.TOOL_CALL_ID))
+    }
+    if not ran:
+        return False
+    try:
+        history = _messages_attr(first, sc.INPUT_MESSAGES)
+    except IngestError:
+        return False  # assembling the run says what is wrong with its messages
+    made = {str(c.get("id")) for m in history if m.get("role") == "assistant" for c in m.get("tool_calls") or () if isinstance(c, Mapping)}
+    return not ran.isdisjoint(made)
 
 
 class _NestedThreads:
