@@ -117,9 +117,7 @@ def inspect_adapter(folder: str | Path) -> AdapterFiles:
         raise AdapterFilesError(
             f"{path} has no adapter weights ({' or '.join(WEIGHT_FILES)}). Was the training run interrupted? Train again."
         )
-    rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise AdapterFilesError(f"{path / CONFIG_FILE} has no valid LoRA rank 'r' (got {rank!r}); is this a LoRA adapter?")
+    rank = adapter_rank(path, config)
     _check_weights(path / weights)
     manifest = _read_json(path / MANIFEST_FILE, what="the training manifest") if (path / MANIFEST_FILE).is_file() else None
     base = _base_model(config, manifest)
@@ -182,6 +180,54 @@ def _read_json(path: Path, *, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise AdapterFilesError(f"{path} ({what}) is not a JSON object. The folder is damaged: train the adapter again.")
     return data
+
+
+def adapter_rank(folder: str | Path, config: dict[str, Any] | None = None) -> int:
+    """The adapter's LoRA rank as a server's ``--max-lora-rank`` limits it: the largest rank of its modules. That is the
+    largest of ``r`` and the values of peft's ``rank_pattern`` (per-module ranks), and of the rows of the ``lora_A``
+    matrices in ``adapter_model.safetensors`` (read from its header only) where that file is there.
+
+    ``config``: the folder's ``adapter_config.json`` when read already. :class:`AdapterFilesError` for a config that
+    cannot be read or has no valid ``r``, or a ``rank_pattern`` that is not module names mapped to ranks."""
+    path = Path(folder)
+    if config is None:
+        config = _read_json(path / CONFIG_FILE, what="the adapter config (written by peft's save_pretrained)")
+    rank = config.get("r")
+    if not _is_rank(rank):
+        raise AdapterFilesError(f"{path / CONFIG_FILE} has no valid LoRA rank 'r' (got {rank!r}); is this a LoRA adapter?")
+    pattern = config.get("rank_pattern") or {}
+    if not isinstance(pattern, dict) or not all(_is_rank(value) for value in pattern.values()):
+        raise AdapterFilesError(
+            f"{path / CONFIG_FILE} has a rank_pattern that is not module names mapped to ranks (got {pattern!r}); "
+            "save the adapter again with peft's save_pretrained."
+        )
+    return max([rank, *pattern.values(), *_lora_a_rows(path / WEIGHT_FILES[0])])
+
+
+_LORA_A = re.compile(r"\.lora_(?:embedding_)?A(?:\.|$)")
+"""A LoRA ``A`` matrix's tensor name in peft's saved weights (``...q_proj.lora_A.weight``, ``...embed_tokens.lora_embedding_A``):
+its first dimension is the module's rank."""
+
+
+def _is_rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _lora_a_rows(weights: Path) -> list[int]:
+    """The row counts (ranks) of the ``lora_A`` (and ``lora_embedding_A``) tensors in a safetensors file's header; none
+    where the file is missing or unreadable (:func:`_check_weights` says so where it matters)."""
+    try:
+        with open(weights, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size)) if 0 < size <= weights.stat().st_size - 8 else {}
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for name, tensor in header.items() if isinstance(header, dict) else ():
+        shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        if _LORA_A.search(name) and isinstance(shape, list) and shape and _is_rank(shape[0]):
+            rows.append(shape[0])
+    return rows
 
 
 def _check_weights(path: Path) -> None:

@@ -21,7 +21,6 @@ Both built-in servers speak the same API, so one client class does the work:
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ee_middleware.adapters.errors import (
+    AdapterFilesError,
     AdapterLoadError,
     AdapterNameInUseError,
     AdapterPathNotFoundError,
@@ -39,6 +39,7 @@ from ee_middleware.adapters.errors import (
     ServingError,
     VerificationError,
 )
+from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
@@ -434,11 +435,12 @@ def _server_answer(exc: ModelServerError) -> str:
 
 
 def _rank(path: str | Path) -> int | None:
+    """The adapter's rank as ``--max-lora-rank`` limits it (:func:`~ee_middleware.adapters.records.adapter_rank`: ``r``,
+    ``rank_pattern``'s ranks and its ``lora_A`` matrices); ``None`` where its folder cannot say (the server then does)."""
     try:
-        rank = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8")).get("r")
-    except (OSError, ValueError, AttributeError):
+        return adapter_rank(path)
+    except AdapterFilesError:
         return None
-    return rank if isinstance(rank, int) else None
 
 
 BACKENDS = PluginKind(

@@ -49,6 +49,8 @@ from typing import Any, NoReturn, cast
 
 from ee_middleware._lifetime import second_signal_ends, termination_as_interrupt
 from ee_middleware._optional import import_optional
+from ee_middleware.adapters.errors import AdapterFilesError
+from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.adapters.serving.http import (
     STOP_GRACE_S,
     EventStream,
@@ -430,13 +432,12 @@ def _float(body: dict[str, Any], key: str, default: float) -> float:
 
 
 def _adapter_rank(folder: Path) -> int:
+    """The adapter's rank as ``--max-lora-rank`` limits it (:func:`~ee_middleware.adapters.records.adapter_rank`: ``r``,
+    ``rank_pattern``'s ranks and its ``lora_A`` matrices); a config that cannot say is a 400."""
     try:
-        rank = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("r")
-    except (OSError, ValueError) as exc:
-        raise RequestError(400, f"{folder / 'adapter_config.json'} cannot be read: {exc}") from exc
-    if not isinstance(rank, int):
-        raise RequestError(400, f"{folder / 'adapter_config.json'} has no LoRA rank 'r'")
-    return rank
+        return adapter_rank(folder)
+    except AdapterFilesError as exc:
+        raise RequestError(400, str(exc)) from exc
 
 
 def _does_not_compile(exc: TemplateDoesNotCompileError, *, base: Path, template: str | Path | None) -> TemplateDoesNotCompileError:
