@@ -235,12 +235,13 @@ def test_two_promoters_of_the_same_adapter_racing_on_a_replica_both_succeed_stan
     assert name in server.loaded, "it stays loaded: the other promoter's load"
 
 
-def _gate_run(folder: Path, success: bool) -> Path:
-    """An eval run folder as `ee eval run` writes it: 25 tasks of one suite, all passed or all failed."""
+def _gate_run(folder: Path, success: bool, served_model: str | None = None) -> Path:
+    """An eval run folder as `ee eval run` writes it: 25 tasks of one suite, all passed or all failed, answered by
+    ``served_model`` (the response's `model`) where one is given."""
     import polars as pl
 
     folder.mkdir()
-    rows = [{"suite": "s", "task_id": f"t{i}", "trial": 0, "success": success} for i in range(25)]
+    rows = [{"suite": "s", "task_id": f"t{i}", "trial": 0, "success": success, "served_model": served_model} for i in range(25)]
     pl.DataFrame(rows).write_parquet(folder / "results.parquet")
     return folder
 
@@ -258,7 +259,7 @@ def test_an_adapter_that_failed_its_recorded_gate_is_promoted_only_with_ignore_g
     registry, (live, worse) = _registry(tmp_path, "/models/base", "/models/base")
     promote(registry, live, [backend])
     runner = CliRunner()
-    good, bad = _gate_run(tmp_path / "live-run", True), _gate_run(tmp_path / "cand-run", False)
+    good, bad = _gate_run(tmp_path / "live-run", True, live), _gate_run(tmp_path / "cand-run", False, worse)
     gated = runner.invoke(
         app, ["eval", "gate", "--candidate", str(bad), "--baseline", str(good), "--adapter", worse, "-r", str(registry.root)]
     )
