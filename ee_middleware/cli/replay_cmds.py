@@ -366,9 +366,10 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     if summary.unanswered_calls_not_executed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.unanswered_calls_not_executed.items()))
         out.print(
-            f"[yellow]not executed[/]: {calls}: calls a paused or cancelled run ended on (awaiting review, or cut off), which the "
-            f"reviewer may reject; the alternatives at their state ran, and the {summary.states_not_reached} state(s) after them "
-            "were not branched from (the resumed run's trajectory replays the turn as the reviewer decided it)",
+            f"[yellow]not executed[/]: {calls}: calls a paused or cancelled run ended on without a result (in a turn paused for a "
+            "review, which may reject them, or cut off); the alternatives at their state ran, and the "
+            f"{summary.states_not_reached} state(s) after them were not branched from (a resumed run's trajectory, where there "
+            "is one, replays the turn as the reviewer decided it)",
             highlight=False,
         )
     if summary.final_call_sandbox_failures:

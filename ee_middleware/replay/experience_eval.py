@@ -49,9 +49,9 @@ from ee_middleware.replay.retrieval import (
     Retriever,
     Transition,
     TransitionIndex,
+    expert_transitions,
     rollout_transition,
-    rollouts_out_of_use,
-    trajectory_transitions,
+    transitions_out_of_use,
     words,
 )
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError
@@ -163,20 +163,23 @@ def split_store(
     (searched by ``retriever``: see :data:`ee_middleware.replay.retrieval.RETRIEVERS`). Pending and rejected trajectories
     are neither held out nor indexed: only what was approved for training is."""
     approved = list(store.iter_trajectories(status="approved"))  # what training may use, as dataset builds read
-    trajectories = [t for t in approved if trajectory_transitions(t)]
+    # the expert steps a build teaches: none a paused run's resumed run holds too, nor after its call awaiting review
+    taught = expert_transitions(approved)
+    trajectories = [t for t in approved if taught[t.id]]
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and len(trajectories) > 1:
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
     index = TransitionIndex.of(retriever)
     kept = {t.id: t for t in trajectories if t.id not in held}
-    transitions = [tr for trajectory in kept.values() for tr in trajectory_transitions(trajectory)]
-    if kept:  # the rollouts a dataset build uses (no superseded attempt, none left out for fidelity mismatches or unrestored)
+    transitions = [tr for trajectory_id in kept for tr in taught[trajectory_id]]
+    if kept:  # the rollouts a dataset build uses (no superseded attempt, none left out for fidelity mismatches or unrestored,
+        # none at a state after a paused run's call awaiting review)
         rollouts = [rollout_transition(rollout, kept[rollout.trajectory_id]) for rollout in store.iter_rollouts(list(kept))]
         real = [t for t in rollouts if t is not None]
-        out_of_use = rollouts_out_of_use(store, [t.id for t in approved], real)
+        out_of_use = transitions_out_of_use(store, approved, real)
         transitions.extend(t for t in real if t.id not in out_of_use)
     index.add(transitions)
-    pairs = [(t, tr) for t in trajectories if t.id in held for tr in trajectory_transitions(t)]
+    pairs = [(t, tr) for t in trajectories if t.id in held for tr in taught[t.id]]
     return HeldOutSplit(pairs[:limit] if limit else pairs, held, index)
 
 

@@ -4,7 +4,7 @@ DreamGym's experience model predicts the next observation of a tool call with th
 *real* transitions as in-context examples. A real transition is an expert step of an approved
 trajectory (its recorded observation; pending and rejected trajectories are not read, as dataset builds do not) or a non-synthetic rollout (the sandbox's real observation);
 experience-model output is never indexed, so the model is never grounded on its own guesses. The buffer reads
-rollouts as dataset builds select them (:func:`rollouts_out_of_use`, by the builds' own rule:
+rollouts as dataset builds select them (:func:`transitions_out_of_use`, by the builds' own rule:
 :func:`ee_middleware.replay.attempts.rollouts_in_use`), so it also leaves out the rollouts of a replay that a later
 attempt superseded (``ee replay run --again``, its sandbox fixed since), and those of a replay whose record reports
 fidelity mismatches (the sandbox answered the expert's own recorded call otherwise than production), from its first
@@ -12,7 +12,10 @@ mismatching step on, and its configuration's answers to the tools it got wrong, 
 disagree with production is no real example. A rollout indexed before its replay was superseded or found mismatching
 (a buffer refreshed while replays run) is never returned again either. Nor are rollouts whose arguments held redaction
 placeholders replay could not restore (``Rollout.unrestored``, which builds leave out as their ``unrestored_json`` is
-set: :func:`rollout_transition`): the sandbox answered the placeholder (``user not found``), not the value.
+set: :func:`rollout_transition`): the sandbox answered the placeholder (``user not found``), not the value. Of a run
+paused for a review or cancelled, it leaves out what IWM leaves out (:func:`paused_steps_left_out`): the rollouts at a
+state after its call awaiting review or cut off (a world production never had), the expert steps after that call, and
+its turn's calls a later run of the thread (the resumed run) holds too.
 
 :class:`TransitionIndex` keeps the transitions, reads what the store gained since the last call
 (:meth:`TransitionIndex.refresh`) and applies the rules every query obeys; a **retriever** scores
@@ -43,12 +46,15 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ee_middleware.errors import SandboxError
 from ee_middleware.messages import content_to_text, parse_arguments
 from ee_middleware.plugins import PluginKind
 from ee_middleware.records import Rollout, Trajectory
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DEFAULT_TOP_K = 3
 DEFAULT_RETRIEVER = "bm25"
@@ -231,22 +237,94 @@ def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition |
     )
 
 
-def rollouts_out_of_use(store: Any, trajectory_ids: Iterable[str], transitions: Iterable[Transition]) -> set[str]:
-    """The ids of the rollout ``transitions`` a dataset build leaves out, by the builds' rule
-    (:func:`~ee_middleware.replay.attempts.rollouts_in_use`) over the store's replay records of ``trajectory_ids`` (the
-    trajectories the buffer reads, as a build reads its source's): those of a replay a later attempt of its
+def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
+    """The steps of the paused or cancelled runs among ``trajectories`` that dataset builds never teach from that run, by
+    IWM's own rule (:func:`~ee_middleware.trainers.datasets.source.paused_turn_steps`, over the trajectories as a build
+    reads them: the store's approved ones): a polars frame of ``trajectory_id``, ``step_index``, ``after`` (a state after
+    the run's call awaiting review or cut off: no rollout there, no expert step) and ``held_later`` (a call of the paused
+    turn a later run of the thread holds too: that run's copy is the example)."""
+    import polars as pl
+
+    from ee_middleware.trainers.datasets.source import paused_turn_steps
+
+    runs: dict[str, list[Any]] = {"id": [], "status": [], "thread_id": [], "started_at": []}
+    steps: dict[str, list[Any]] = {k: [] for k in ("trajectory_id", "index", "action_kind", "decision_index", "tool_call_id", "observed")}
+    for trajectory in trajectories:
+        for key, value in zip(runs, (trajectory.id, trajectory.status, trajectory.thread_id, trajectory.started_at), strict=True):
+            runs[key].append(value)
+        if trajectory.status != "interrupted" and trajectory.thread_id is None:
+            continue  # neither paused nor on a thread a paused run may have been resumed on
+        for step in trajectory.steps:
+            call = step.action.tool_call
+            row = (
+                trajectory.id,
+                step.index,
+                step.action.kind,
+                step.decision_index,
+                call.id if call else None,
+                step.observation is not None,
+            )
+            for key, value in zip(steps, row, strict=True):
+                steps[key].append(value)
+    runs_frame = pl.DataFrame(
+        runs, schema={"id": pl.String, "status": pl.String, "thread_id": pl.String, "started_at": pl.Datetime("us", "UTC")}
+    )
+    steps_frame = pl.DataFrame(
+        steps,
+        schema={
+            "trajectory_id": pl.String,
+            "index": pl.Int64,
+            "action_kind": pl.String,
+            "decision_index": pl.Int64,
+            "tool_call_id": pl.String,
+            "observed": pl.Boolean,
+        },
+    )
+    return paused_turn_steps(runs_frame, steps_frame, pl.col("observed"))
+
+
+def expert_transitions(trajectories: Sequence[Trajectory]) -> dict[str, list[Transition]]:
+    """Each trajectory's expert transitions (:func:`trajectory_transitions`) that dataset builds teach, by trajectory id:
+    none of a paused or cancelled run's steps they leave out (:func:`paused_steps_left_out`: after its call awaiting
+    review or cut off, or a call of its turn a later run of the thread holds). ``trajectories``: all those a build reads
+    (the store's approved ones), so that a resumed run is found."""
+    left_out = {(t, i) for t, i in paused_steps_left_out(trajectories).select("trajectory_id", "step_index").iter_rows()}
+    return {
+        trajectory.id: [tr for tr in trajectory_transitions(trajectory) if (tr.trajectory_id, tr.step_index) not in left_out]
+        for trajectory in trajectories
+    }
+
+
+def transitions_out_of_use(store: Any, trajectories: Sequence[Trajectory], transitions: Iterable[Transition]) -> set[str]:
+    """The ids of the ``transitions`` a dataset build leaves out, by the builds' rules over ``trajectories`` (those the
+    buffer reads, as a build reads its source: the store's approved ones) and the store's replay records of them.
+
+    Rollouts, by :func:`~ee_middleware.replay.attempts.rollouts_in_use`: those of a replay a later attempt of its
     configuration superseded (``ee replay run --again``), and those a replay's fidelity mismatches leave out (from its
-    first mismatching step on; its configuration's answers to a tool it got wrong, anywhere). Expert steps are always
-    in use."""
-    rollouts = [t for t in transitions if t.replay_id is not None]
-    if not rollouts:
-        return set()
+    first mismatching step on; its configuration's answers to a tool it got wrong, anywhere). Rollouts and expert steps,
+    by :func:`paused_steps_left_out` (as IWM): rollouts at a state after a paused or cancelled run's call awaiting
+    review or cut off (stored by a replay made before replay stopped there); the expert steps after that call, and
+    those of its turn a later run of the thread (the resumed run) holds too."""
     import polars as pl
 
     from ee_middleware.replay.attempts import rollouts_in_use
 
+    trajectories = list(trajectories)
+    transitions = list(transitions)
+    paused = paused_steps_left_out(trajectories)
+    after = {(t, i) for t, i in paused.filter(pl.col("after")).select("trajectory_id", "step_index").iter_rows()}
+    left_out = {(t, i) for t, i in paused.select("trajectory_id", "step_index").iter_rows()}
+    out = {
+        t.id
+        for t in transitions
+        if (t.trajectory_id, t.step_index) in (left_out if t.replay_id is None else after)  # expert steps / rollouts
+    }
+    rollouts = [t for t in transitions if t.replay_id is not None and t.id not in out]
+    if not rollouts:
+        return out
     records = store.replays()
-    records = records.filter(pl.col("trajectory_id").is_in(pl.Series(list(trajectory_ids), dtype=pl.String).implode()))
+    ids = pl.Series([t.id for t in trajectories], dtype=pl.String)
+    records = records.filter(pl.col("trajectory_id").is_in(ids.implode()))
     keys = pl.DataFrame(
         {
             "id": [t.id for t in rollouts],
@@ -257,7 +335,7 @@ def rollouts_out_of_use(store: Any, trajectory_ids: Iterable[str], transitions: 
         },
         schema={"id": pl.String, "replay_id": pl.String, "trajectory_id": pl.String, "step_index": pl.Int64, "tool_name": pl.String},
     )
-    return set(keys.filter(~rollouts_in_use(records))["id"].to_list())
+    return out | set(keys.filter(~rollouts_in_use(records))["id"].to_list())
 
 
 @runtime_checkable
@@ -385,8 +463,9 @@ class TransitionIndex:
     """Indexed trajectories no longer approved (rejected since): their transitions stay in the retriever (it only grows)
     but never come back."""
     _out_of_use: set[str] = field(default_factory=set)
-    """Rollout transitions a dataset build would leave out now (:func:`rollouts_out_of_use`), also those indexed before
-    their replay was superseded or found mismatching: they are never returned."""
+    """Transitions a dataset build would leave out now (:func:`transitions_out_of_use`), also those indexed before
+    their replay was superseded or found mismatching, or before a later run of their paused thread was approved: they
+    are never returned."""
 
     @classmethod
     def of(cls, retriever: str | Retriever | None = None, **options: Any) -> TransitionIndex:
@@ -416,8 +495,9 @@ class TransitionIndex:
         """Add the store's real transitions not indexed yet; how many. Only approved trajectories are read, as dataset
         builds read them: pending ones wait for their review (and are indexed once approved), rejected ones are left
         out, also when they were rejected after they were indexed (and come back when approved again); so are the rollouts a
-        dataset build leaves out (:func:`rollouts_out_of_use`: a replay a later attempt of its configuration superseded,
-        ``ee replay run --again`` once its sandbox was fixed; a replay's fidelity mismatches), also when the replay was
+        dataset build leaves out (:func:`transitions_out_of_use`: a replay a later attempt of its configuration superseded,
+        ``ee replay run --again`` once its sandbox was fixed; a replay's fidelity mismatches; a paused run's states
+        after its call awaiting review, and its turn's calls the resumed run holds), also when the replay was
         superseded or its mismatches recorded after they were indexed; and, as builds, rollouts the sandbox answered
         for a redaction placeholder replay could not restore (:func:`rollout_transition`)."""
         trajectories: dict[str, Trajectory] = {}
@@ -438,7 +518,9 @@ class TransitionIndex:
                     self._seen_rollouts.add(rollout.id)
                 else:
                     candidates.append((rollout.id, transition))
-            self._out_of_use = rollouts_out_of_use(store, trajectories, [*self.transitions, *(t for _, t in candidates)])
+            self._out_of_use = transitions_out_of_use(
+                store, list(trajectories.values()), [*self.transitions, *fresh, *(t for _, t in candidates)]
+            )
             for rollout_id, transition in candidates:
                 if transition.id not in self._out_of_use:  # one left out now is read again by the next refresh
                     self._seen_rollouts.add(rollout_id)

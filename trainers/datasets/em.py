@@ -1,7 +1,9 @@
 """The ``em`` dataset: training rows for the experience model (DreamGym), from the store's real transitions.
 
 One row per real transition (an expert step with its recorded observation) of an approved trajectory
-(what IL, IWM and SR train on; pending and rejected ones are left out) that is not held out. The prompt is exactly what the experience sandbox sends at serving time
+(what IL, IWM and SR train on; pending and rejected ones are left out) that is not held out, and that IWM teaches: of a
+run paused for a review or cancelled, none after its call awaiting review or cut off (its state shows that call without
+a result), nor a call of its turn the resumed run holds too (:func:`~ee_middleware.replay.retrieval.expert_transitions`). The prompt is exactly what the experience sandbox sends at serving time
 (:func:`ee_middleware.replay.sandboxes.experience.build_prompt`: task, end of the state, the top-k
 retrieved real transitions, the call); retrieval never returns the row's own trajectory nor any
 held-out trajectory. The held-out split is the one ``ee experience eval`` uses for the same share
@@ -26,7 +28,7 @@ import polars as pl
 
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.replay.experience_eval import split_store
-from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, trajectory_transitions
+from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, expert_transitions
 from ee_middleware.replay.sandboxes.experience import build_prompt, template_reasoning
 from ee_middleware.trainers.datasets.rows import conform, example_id
 
@@ -58,11 +60,13 @@ def build_em(
     searches the replay buffer (see :data:`ee_middleware.replay.retrieval.RETRIEVERS`; ``bm25`` by default)."""
     split = split_store(store, share=held_out, seed=seed, retriever=retriever)
     rows = []
-    for trajectory in store.iter_trajectories(status="approved"):
+    approved = list(store.iter_trajectories(status="approved"))
+    # as IWM: no paused run's copy of a call its resumed run holds, nor a state after its call awaiting review
+    taught = expert_transitions(approved)
+    for trajectory in approved:
         if trajectory.id in split.held_out_ids:
             continue
-        transitions = trajectory_transitions(trajectory)
-        for transition in transitions:
+        for transition in taught[trajectory.id]:
             examples = split.index.search(
                 transition.tool,
                 transition.arguments,

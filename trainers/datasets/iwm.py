@@ -16,10 +16,13 @@ trajectory, step, branch, replay id stays), before the error cap counts the rows
 A run paused for a review, or cancelled, ends on calls without an observation (:func:`~ee_middleware.trainers.datasets.
 source.paused_turn_steps`). A state after such a call within the run is none production had (the call may be rejected,
 or ran partway): its rollouts (of a replay made before replay stopped there) are left out and counted
-(``rollouts_after_call_awaiting_review_left_out``), so no prompt shows the call with a result nobody saw. Its turn's
-calls that did run (a parallel call beside a tool that called ``interrupt()``) are held by the resumed run's trajectory
-too, which teaches the turn as the reviewer decided it, as IL and SR do: the paused run's copies give no expert row and
-are counted (``paused_turn_repeats_left_out``). Both are left out before the error cap counts.
+(``rollouts_after_call_awaiting_review_left_out``), so no prompt shows the call with a result nobody saw; so are the
+expert rows of calls after it in the run (``expert_steps_after_unanswered_call_left_out``). A call of its turn that did
+run (a parallel call beside a tool that called ``interrupt()``) is held by the resumed run's trajectory too, where that
+run is in the source, which teaches the turn as the reviewer decided it, as IL and SR do: the paused run's copy gives no
+expert row and is counted (``paused_turn_repeats_left_out``). Where no later run of the thread holds it (never resumed,
+cancelled, the resumed run not approved) the paused run's copy, before the call without an observation, is the only one
+and is taught. All are left out before the error cap counts.
 """
 
 from __future__ import annotations
@@ -144,14 +147,19 @@ MEDIA_SIZE_REMOVED = "_media_size_removed"
 """The column of :func:`iwm_rows` saying that a row's target had a media placeholder's size left out."""
 
 
-def iwm_rows(source: DatasetSource, options: IWMOptions, *, rollouts: bool, expert: bool) -> pl.DataFrame:
+def iwm_rows(
+    source: DatasetSource, options: IWMOptions, *, rollouts: bool, expert: bool, paused: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """The rows before the error cap: the rollouts' (``rollouts``), then the expert steps' (``expert``),
     observations cut to the budget, with the sizes of media placeholders left out (:data:`MEDIA_SIZE`); none of a
-    paused run's turn awaiting review, nor of a state after a call awaiting it (see the module docstring). A chunked
-    build makes the two apart (their orders differ)."""
-    tools = source.trajectories.rename({"id": "trajectory_id", "tools_json": "tools"})
+    state after a paused run's call awaiting review, nor of its turn's calls a resumed run holds too (see the module
+    docstring; ``paused``: :func:`~ee_middleware.trainers.datasets.source.paused_turn_steps` of the whole source, given
+    by a build that reads it a group at a time; else of ``source``). A chunked build makes the two apart (their orders
+    differ)."""
+    tools = source.trajectories.select(pl.col("id").alias("trajectory_id"), pl.col("tools_json").alias("tools"))
     states = world_states(source.steps)
-    paused = paused_turn_steps(source.trajectories, source.steps, pl.col("observation").is_not_null())
+    if paused is None:
+        paused = paused_turn_steps(source.trajectories, source.steps, pl.col("observation").is_not_null())
     parts = []
     if rollouts:
         taught = source.rollouts.join(paused.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti", maintain_order="left")

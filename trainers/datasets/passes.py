@@ -29,7 +29,14 @@ from ee_middleware.trainers.datasets.iwm import (
     kept_errors,
     without_repeats,
 )
-from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader, paused_turn_steps, taught_steps
+from ee_middleware.trainers.datasets.source import (
+    DatasetSource,
+    SourceIndex,
+    SourceReader,
+    paused_expert_counts,
+    paused_turn_steps,
+    taught_steps,
+)
 from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher
 
@@ -130,8 +137,8 @@ class IWMWriter(KindWriter):
     (:meth:`add`, storage order); with the error cap active, the rows without an error, then the error
     rows it keeps (chosen from counts taken on the keys, before any row is built). ``repeats``: the rollouts that
     repeat another replay's (:func:`~ee_middleware.trainers.datasets.iwm.find_repeated_rollouts`), left out before
-    the cap counts, as are a paused run's turn awaiting review and the states after its call awaiting it (see
-    :mod:`~ee_middleware.trainers.datasets.iwm`)."""
+    the cap counts, as are the states after a paused run's call awaiting review and the copies of its turn's calls a
+    resumed run holds (see :mod:`~ee_middleware.trainers.datasets.iwm`)."""
 
     def __init__(self, parts: PartWriter, index: SourceIndex, options: IWMOptions, repeats: pl.DataFrame | None = None) -> None:
         super().__init__(parts)
@@ -145,16 +152,17 @@ class IWMWriter(KindWriter):
             "trajectory_id", pl.col("index").alias("step_index"), "action_kind", "has_observation", "observation_is_error"
         )
         rollouts = index.rollouts.join(self.repeats.select("id"), on="id", how="anti", maintain_order="left")
-        # as iwm_rows leaves them out: the rows the cap counts are the rows written
-        paused = paused_turn_steps(index.trajectories, index.steps, pl.col("has_observation"))
-        taught = rollouts.join(paused.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti")
+        # as iwm_rows leaves them out: the rows the cap counts are the rows written. Of the whole source, as a paused
+        # run's copy of a call is left out only where a later trajectory of its thread holds it, in any group.
+        self.paused = paused_turn_steps(index.trajectories, index.steps, pl.col("has_observation"))
+        taught = rollouts.join(self.paused.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti")
         self.after_review = rollouts.height - taught.height
         flags = [taught.join(steps, on=["trajectory_id", "step_index"], how="semi")["is_error"]]
-        self.paused_copies = 0
+        self.expert_left_out: dict[str, int] = {}
         if options.include_expert_steps:
             expert = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("has_observation"))
-            kept = expert.join(paused, on=["trajectory_id", "step_index"], how="anti")
-            self.paused_copies = expert.height - kept.height
+            kept = expert.join(self.paused, on=["trajectory_id", "step_index"], how="anti")
+            self.expert_left_out = paused_expert_counts(self.paused, expert)
             flags.append(kept["observation_is_error"].fill_null(False))
         is_error = pl.concat(flags)
         self.keep = kept_errors(int((~is_error).sum()), int(is_error.sum()), options.max_error_share, options.seed)
@@ -163,10 +171,10 @@ class IWMWriter(KindWriter):
 
     def add_rollouts(self, source: DatasetSource) -> None:
         source = without_repeats(source, self.repeats)
-        self._write(iwm_rows(source, self.options, rollouts=True, expert=False), source.source_hash)
+        self._write(iwm_rows(source, self.options, rollouts=True, expert=False, paused=self.paused), source.source_hash)
 
     def add(self, source: DatasetSource) -> None:
-        self._write(iwm_rows(source, self.options, rollouts=False, expert=True), source.source_hash)
+        self._write(iwm_rows(source, self.options, rollouts=False, expert=True, paused=self.paused), source.source_hash)
 
     def _write(self, rows: pl.DataFrame, source_hash: str) -> None:
         if self.keep is None:
@@ -191,14 +199,8 @@ class IWMWriter(KindWriter):
         left_out = self.errors_seen - len(self.keep) if self.keep is not None else 0
         media = {"media_sizes_left_out": self.media_sizes} if self.media_sizes else {}
         # only where the source holds a paused run: other builds' summaries are as they were
-        paused = {
-            key: n
-            for key, n in (
-                ("rollouts_after_call_awaiting_review_left_out", self.after_review),
-                ("paused_turn_repeats_left_out", self.paused_copies),
-            )
-            if n
-        }
+        paused = {"rollouts_after_call_awaiting_review_left_out": self.after_review} if self.after_review else {}
+        paused |= self.expert_left_out
         return {
             **self.extra,
             "error_share": share,

@@ -38,14 +38,14 @@ from ee_middleware.trainers.datasets.rows import turn_key
 
 _T = TypeVar("_T")
 
-TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "source", "status")
+TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "source", "status", "thread_id")
 """Columns of the trajectories table a build keeps for every trajectory (never the messages)."""
 
 
 @dataclass(frozen=True)
 class DatasetSource:
     """Frames of the store content a dataset is built from (approved trajectories only): ``trajectories`` holds their
-    ``id``, ``tools_json`` and ``status``."""
+    ``id``, ``tools_json`` and ``status`` (and, read by :func:`load_source`, ``thread_id`` and ``started_at``)."""
 
     trajectories: pl.DataFrame
     steps: pl.DataFrame
@@ -91,24 +91,38 @@ def taught_steps(source: DatasetSource) -> tuple[pl.DataFrame, int]:
     return kept, int(keyed.filter(pl.col("action_kind") == "tool_call").height - kept.filter(pl.col("action_kind") == "tool_call").height)
 
 
-PAUSED_STEPS_SCHEMA = {"trajectory_id": pl.String(), "step_index": pl.Int64(), "after": pl.Boolean()}
+PAUSED_STEPS_SCHEMA = {"trajectory_id": pl.String(), "step_index": pl.Int64(), "after": pl.Boolean(), "held_later": pl.Boolean()}
 
 
 def paused_turn_steps(trajectories: pl.DataFrame, steps: pl.DataFrame, observed: pl.Expr) -> pl.DataFrame:
-    """``trajectory_id``, ``step_index`` and ``after`` of the tool-call steps of a paused or cancelled run that datasets
-    never teach as recorded: those of a turn holding a call awaiting review or cut off (an ``interrupted`` trajectory's
-    call without an observation, see :func:`taught_steps`), and any after the trajectory's first such call. ``after``
-    marks the latter: states replay never reaches (it does not run that call, which the reviewer may reject, so the
-    world past it is no state production had: :mod:`ee_middleware.replay.runner`).
+    """``trajectory_id``, ``step_index``, ``after`` and ``held_later`` of the tool-call steps of a paused or cancelled run
+    (an ``interrupted`` trajectory ending on calls without an observation: awaiting review, or cut off; see
+    :func:`taught_steps`) that datasets never teach from that run. Every builder that reads expert steps or rollouts
+    (IWM, the experience model's ``em`` rows, its replay buffer and ``ee experience eval``) leaves them out by this one
+    rule:
 
-    ``steps`` needs ``trajectory_id``, ``index``, ``action_kind`` and ``decision_index``; ``observed`` is true for a
-    step with an observation (``pl.col("observation").is_not_null()`` of a source, ``has_observation`` of an index)."""
+    * ``after``: a step after the trajectory's first call without an observation. Its state is none production had (the
+      call may be rejected, or ran partway, and a prompt would show it with a result nobody saw): no rollout at it, no
+      expert row of it.
+    * ``held_later``: a step of the turn holding such a call (or after it) whose call a later trajectory of the same
+      thread among ``trajectories`` (the run that resumed it) holds with its observation, at a step not ``after``
+      itself: that copy teaches the call once, in the turn as the reviewer decided it.
+
+    A step of that turn before its first call without an observation that no later trajectory holds (a run never resumed,
+    or cancelled, or whose resumed run is not among ``trajectories``: not approved) is not returned: it is the only copy
+    of a call that ran in production, taught from the paused run.
+
+    ``trajectories`` needs ``id`` and ``status``, and for ``held_later`` ``thread_id`` and ``started_at``; ``steps``
+    needs ``trajectory_id``, ``index``, ``action_kind`` and ``decision_index``, and for ``held_later`` ``tool_call_id``
+    (the resumed run's copy of a call keeps the call's id). ``observed`` is true for a step with an observation
+    (``pl.col("observation").is_not_null()`` of a source, ``has_observation`` of an index)."""
     if "status" not in trajectories.columns:
         return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
     paused = trajectories.filter(pl.col("status") == "interrupted")["id"]
     if paused.is_empty():
         return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
-    calls = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("trajectory_id").is_in(paused.implode())).select(
+    is_call = pl.col("action_kind") == "tool_call"
+    calls = steps.filter(is_call & pl.col("trajectory_id").is_in(paused.implode())).select(
         "trajectory_id", pl.col("index").cast(pl.Int64).alias("step_index"), turn_key().alias("_turn"), (~observed).alias("_unanswered")
     )
     unanswered = calls.filter(pl.col("_unanswered"))
@@ -118,7 +132,48 @@ def paused_turn_steps(trajectories: pl.DataFrame, steps: pl.DataFrame, observed:
     turns = unanswered.select("trajectory_id", "_turn").unique().with_columns(pl.lit(True).alias("_paused_turn"))
     marked = calls.join(first, on="trajectory_id", how="inner").join(turns, on=["trajectory_id", "_turn"], how="left")
     after = pl.col("step_index") > pl.col("_first")
-    return marked.filter(after | pl.col("_paused_turn").fill_null(False)).select("trajectory_id", "step_index", after.alias("after"))
+    marked = marked.filter(after | pl.col("_paused_turn").fill_null(False)).select("trajectory_id", "step_index", after.alias("after"))
+    held = _held_later(trajectories, steps, observed, marked)
+    marked = marked.join(held, on=["trajectory_id", "step_index"], how="left").with_columns(pl.col("held_later").fill_null(False))
+    return marked.filter(pl.col("after") | pl.col("held_later")).select(list(PAUSED_STEPS_SCHEMA))
+
+
+def paused_expert_counts(paused: pl.DataFrame, expert: pl.DataFrame) -> dict[str, int]:
+    """How many of the ``expert`` steps (``trajectory_id``, ``step_index``: those with an observation a builder would
+    teach) ``paused`` (:func:`paused_turn_steps`) leaves out, by why, only those not zero:
+    ``paused_turn_repeats_left_out`` (a later run of the thread holds the call: ``held_later``) and
+    ``expert_steps_after_unanswered_call_left_out`` (after the run's call awaiting review or cut off, and held nowhere
+    else: its state shows that call without a result)."""
+    left_out = expert.select("trajectory_id", "step_index").join(paused, on=["trajectory_id", "step_index"], how="inner")
+    repeats = int(left_out["held_later"].sum())
+    counts = {"paused_turn_repeats_left_out": repeats, "expert_steps_after_unanswered_call_left_out": left_out.height - repeats}
+    return {key: n for key, n in counts.items() if n}
+
+
+def _held_later(trajectories: pl.DataFrame, steps: pl.DataFrame, observed: pl.Expr, marked: pl.DataFrame) -> pl.DataFrame:
+    """``trajectory_id``, ``step_index`` and ``held_later`` (true) of the ``marked`` steps whose call a later trajectory of
+    the same thread holds with its observation, at a step not ``after`` itself (see :func:`paused_turn_steps`)."""
+    empty = pl.DataFrame(schema={"trajectory_id": pl.String(), "step_index": pl.Int64(), "held_later": pl.Boolean()})
+    if not {"thread_id", "started_at"} <= set(trajectories.columns) or "tool_call_id" not in steps.columns:
+        return empty
+    runs = trajectories.filter(pl.col("thread_id").is_not_null()).select(
+        pl.col("id").alias("trajectory_id"), "thread_id", pl.col("started_at").alias("_started")
+    )
+    calls = (
+        steps.filter((pl.col("action_kind") == "tool_call") & pl.col("tool_call_id").is_not_null())
+        .select("trajectory_id", pl.col("index").cast(pl.Int64).alias("step_index"), "tool_call_id", observed.alias("_observed"))
+        .join(runs, on="trajectory_id", how="inner")
+    )
+    mine = calls.join(marked, on=["trajectory_id", "step_index"], how="inner")
+    if mine.is_empty():
+        return empty
+    holders = calls.filter(pl.col("_observed")).join(marked.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti")
+    pairs = mine.join(holders, on=["thread_id", "tool_call_id"], how="inner", suffix="_holder")
+    later = (pl.col("_started_holder") > pl.col("_started")) | (
+        (pl.col("_started_holder") == pl.col("_started")) & (pl.col("trajectory_id_holder") > pl.col("trajectory_id"))
+    )
+    held = pairs.filter(later.fill_null(False)).select("trajectory_id", "step_index").unique()
+    return held.with_columns(pl.lit(True).alias("held_later"))
 
 
 def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) -> str:
@@ -150,7 +205,9 @@ def load_source(
     ``include_sandbox_failures``, rollouts whose observation is the sandbox's own failure (a time-out, a
     crash, the memory limit: ``Observation.sandbox_failure``), which no production tool returns.
     """
-    trajectories = store.trajectories(status="approved", app=app).select("id", "tools_json", "status")
+    trajectories = store.trajectories(status="approved", app=app)
+    # thread and start: which later run on the thread holds a paused turn's call too (paused_turn_steps)
+    trajectories = trajectories.select("id", "tools_json", "status", *(c for c in ("thread_id", "started_at") if c in trajectories.columns))
     ids = trajectories["id"].to_list()
     steps = store.steps(ids)
     rollouts = store.rollouts(ids)
@@ -218,7 +275,7 @@ class SourceIndex:
     """The keys of a source, without its text: what a build plans its groups of trajectories with.
 
     ``trajectories``: :data:`TRAJECTORY_COLUMNS` of the approved trajectories (store order);
-    ``steps``: ``trajectory_id``, ``index``, ``action_kind``, ``decision_index``, ``has_observation``,
+    ``steps``: ``trajectory_id``, ``index``, ``action_kind``, ``decision_index``, ``tool_call_id``, ``has_observation``,
     ``observation_is_error``, ``state_bytes`` (storage order); ``rollouts``: ``id``,
     ``trajectory_id``, ``step_index``, ``is_error`` (the rollouts a build uses, sorted as
     :meth:`~ee_middleware.store.local.LocalExperienceStore.rollouts` sorts them)."""
@@ -441,6 +498,7 @@ class SourceReader:
             "index",
             "action_kind",
             "decision_index",
+            "tool_call_id",
             pl.col("observation").is_not_null().alias("has_observation"),
             "observation_is_error",
             pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
