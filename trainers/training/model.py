@@ -19,7 +19,7 @@ from typing import Any
 
 from ee_middleware._files import remove_left_behind
 from ee_middleware._optional import import_optional
-from ee_middleware.errors import ModelLoadError
+from ee_middleware.errors import MissingExtraError, ModelLoadError
 from ee_middleware.models.local import CONTEXT_FIELDS, load_pretrained, model_context, refuse_tokens_past_embeddings
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.errors import BaseModelError
@@ -186,15 +186,24 @@ def check_target_modules(source: BaseSource, target: Sequence[str]) -> None:
     file is converted, and a base transformers cannot build from its config alone (custom modelling code)."""
     if source.gguf_file is not None:
         return
+    model = _meta_model(source.folder)
+    if model is not None:
+        modules_to_adapt(model, target)
+
+
+def _meta_model(folder: Path) -> Any | None:
+    """The model of the plain folder ``folder`` as loading it builds it (``AutoModelForCausalLM`` from its config.json),
+    on torch's meta device: its modules and their shapes, no weights read and no memory taken. ``None`` when
+    transformers cannot build it from the config alone (custom modelling code, a damaged config): the trainer loads it
+    for real and names what is wrong."""
     transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
     torch = import_optional("torch", extra="train", purpose=_PURPOSE)
     try:
-        config = transformers.AutoConfig.from_pretrained(str(source.folder), local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
         with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(config)
+            return transformers.AutoModelForCausalLM.from_config(config)
     except Exception:  # noqa: BLE001 - the trainer loads it for real and names what is wrong
-        return
-    modules_to_adapt(model, target)
+        return None
 
 
 def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
@@ -258,15 +267,31 @@ def check_base(spec: str, *, max_length: int | None = None) -> BaseSource:
 
 def check_vocabulary_files(folder: Path) -> None:
     """:class:`BaseModelError` when the tokenizer saved in ``folder`` (``tokenizer.json``) has token ids past the model's
-    embedding table (``vocab_size`` in ``config.json``), read from the files alone; loading the model checks the same
-    on the loaded objects (:func:`~ee_middleware.models.local.check_vocabulary`). Files it cannot read (a slow
-    tokenizer's, a config without ``vocab_size``) are left to that check."""
-    rows = _config_vocab_size(folder / "config.json")
-    tokens = _tokenizer_file_ids(folder / "tokenizer.json") if rows is not None else None
-    if rows is None or tokens is None:
+    input embedding table, found without reading the weights; loading the model checks the same on the loaded objects
+    (:func:`~ee_middleware.models.local.check_vocabulary`).
+
+    It refuses only when sure. ``vocab_size`` in ``config.json`` is not always the table's size: some architectures build
+    a bigger one (Mllama: ``vocab_size + 8``, Llama-3.2-Vision's ``<|image|>`` token is id ``vocab_size``). So a tokenizer
+    that reaches past ``vocab_size`` is measured against the table the model's class builds from its config, on torch's
+    meta device (:func:`_meta_model`, as loading it builds it). Files it cannot read (a slow tokenizer's, a config
+    without ``vocab_size``) and a model transformers cannot build from its config alone are left to the load-time check."""
+    written = _config_vocab_size(folder / "config.json")
+    tokens = _tokenizer_file_ids(folder / "tokenizer.json") if written is not None else None
+    if written is None or tokens is None or tokens <= written:
         return
     try:
-        refuse_tokens_past_embeddings(tokens, rows, str(folder), f"vocab_size in {folder / 'config.json'}")
+        model = _meta_model(folder)
+    except MissingExtraError:
+        return  # no transformers here: the table cannot be measured, and the base is never loaded without it either
+    try:
+        rows = getattr(model.get_input_embeddings(), "num_embeddings", None) if model is not None else None
+    except (AttributeError, NotImplementedError):
+        rows = None
+    if not isinstance(rows, int):
+        return
+    said = f"vocab_size in {folder / 'config.json'}" if rows == written else f"built from {folder / 'config.json'}"
+    try:
+        refuse_tokens_past_embeddings(tokens, rows, str(folder), said)
     except ModelLoadError as exc:
         raise BaseModelError(str(exc)) from exc
 
