@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Collection
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -506,7 +507,7 @@ def promote(ctx: StageContext) -> StageResult:
         # holder may): no other promote or rollback can make another adapter live between them.
         with _operation_lease(registry, f"promote of {name}", by=_by(ctx), say=ctx.progress.info):
             live_before = registry.resolve(ctx.config.alias_name)
-            _refuse_unseen_live(ctx, name, live_before)
+            _refuse_unseen_live(ctx, name, live_before, registry)
             switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
         replaced = switched.replaced or live_before
         if replaced == name:  # an earlier attempt switched the alias and was stopped before this manifest: what was live then
@@ -535,14 +536,21 @@ def _operation_lease(registry: Any, doing: str, *, by: str, say: Callable[[str],
     return operation(doing, by=by, on_wait=say) if callable(operation) else contextlib.nullcontext()
 
 
-def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None) -> None:
+def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None, registry: Any) -> None:
     """The gate compared ``candidate`` with the adapter live at the evaluate stage (its ``baseline``): when another one
     is live now (``live``: promoted or rolled back since, by another ``ee improve`` run on the same registry or by
     hand), promoting would replace an adapter no gate compared it with, so the stage fails with
     :class:`LiveAdapterChangedError`. The candidate live already (an earlier attempt switched the alias and was stopped
-    before its manifest) goes on: the promote only loads it again where a replica lacks it."""
+    before its manifest) goes on: the promote only loads it again where a replica lacks it.
+
+    A candidate that was live since this run registered it and was taken off again (``ee adapters rollback``, or
+    another adapter promoted over it: ``registry``'s history says so) is refused the same way, even when the adapter
+    live now is the one its gate measured: someone took it off, and promoting it again would undo that without a word."""
+    if live == candidate:
+        return
+    _refuse_taken_off(ctx, candidate, live, registry)
     gated = ctx.run.outputs("evaluate").get("baseline")
-    if gated is None or live == candidate:
+    if gated is None:
         return  # an evaluate manifest without a baseline says nothing to compare with
     gated_live = None if gated == BASE else gated
     if live == gated_live:
@@ -566,6 +574,79 @@ def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None) -> 
         f"same config (this run is abandoned and {candidate} retired; the new run trains and evaluates again).{back}",
         details={"alias": alias, "candidate": candidate, "gated_against": gated, "live": live},
     )
+
+
+def _refuse_taken_off(ctx: StageContext, candidate: str, live: str | None, registry: Any) -> None:
+    """:class:`LiveAdapterChangedError` when ``registry``'s history holds an event, since this run registered
+    ``candidate``, that took it off as live (a ``rollback`` from it, a ``promote`` of another adapter over it): an
+    earlier attempt of this promote switched the alias and was stopped before its manifest, or someone promoted it by
+    hand, and then it was taken off. A registry without a history (a plug-in's) cannot tell, and is not refused."""
+    event = _taken_off(ctx.run, registry, candidate)
+    if event is None:
+        return
+    alias, location = ctx.config.alias_name, ctx.config.registry
+    who, when, action = str(event.get("by") or "someone"), str(event.get("at") or "an unrecorded time"), str(event.get("action") or "")
+    after = event.get("adapter")
+    if action == "rollback":
+        how = f"rolled back to {after} by {who} at {when} (`ee adapters rollback`)"
+    else:
+        how = f"replaced by {after or 'another adapter'}, {action or 'switched'} by {who} at {when}"
+    try:
+        record = registry.get(candidate)
+        state = f"{candidate} stays {record.status}" + (f" ({record.reason})" if record.reason else "")
+    except Exception:  # noqa: BLE001 - what it is now only adds to the message
+        state = f"{candidate} is left as it is"
+    servers = "".join(f" --server {url}" for url in ctx.config.serving.servers)
+    raise LiveAdapterChangedError(
+        f"{alias}: {candidate}, the candidate of run {ctx.run.id}, went live after the run registered it and was taken off "
+        f"again: {how}. Promoting it again would undo that without a word, so it is not promoted: {alias} still serves "
+        f"{live or 'the base model'}, and {state} (`ee adapters show {candidate} -r {location}` shows its history). If "
+        f"{candidate} should be live after all, promote it by hand (`ee adapters promote {candidate} -r {location}{servers}`): "
+        "the next `ee improve` with the same config finds it live and finishes the run. Otherwise start a new run: `ee improve "
+        "--new-run` with the same config (this run is abandoned; the new run trains and evaluates again).",
+        details={
+            "alias": alias,
+            "candidate": candidate,
+            "gated_against": ctx.run.outputs("evaluate").get("baseline"),
+            "live": live,
+            "taken_off": action or None,
+            "taken_off_by": event.get("by"),
+            "taken_off_at": event.get("at"),
+            "replaced_by": after,
+        },
+    )
+
+
+def _taken_off(run: Run, registry: Any, candidate: str) -> dict[str, Any] | None:
+    """The newest event of ``registry``'s history (applied: in its index) that took ``candidate`` off as live
+    (``replaced``: it), from the start of ``run``'s register stage on (else of the run): the same weights registered
+    before, and taken off then, are another matter. ``None`` when there is none, or no history to read."""
+    history = getattr(registry, "history", None)
+    if not callable(history):
+        return None
+    register = run.stage("register") or {}
+    since = _moment(register.get("started_at")) or _moment(run.data.get("started_at"))
+    found = None
+    for event in history(adapter=candidate):
+        if event.get("replaced") != candidate or event.get("applied") is False:
+            continue
+        at = _moment(event.get("at"))
+        # the run's times are whole seconds, the registry's milliseconds: an event in the second the stage started counts
+        if since is not None and at is not None and at < since:
+            continue
+        found = event
+    return found
+
+
+def _moment(text: Any) -> datetime | None:
+    """An ISO time as an aware datetime (UTC when it names no zone), or ``None``."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:

@@ -33,7 +33,10 @@ class LiveAdapterChangedError(JobError):
     (promoted or rolled back since): promoting would replace an adapter no gate compared it with.
 
     ``details``: ``alias``, ``candidate``, ``gated_against`` (the evaluate stage's baseline: an adapter name, or
-    ``base``) and ``live`` (the adapter live now, or None): the failed stage's manifest records them as ``live_changed``."""
+    ``base``) and ``live`` (the adapter live now, or None): the failed stage's manifest records them as ``live_changed``.
+    Also raised for a candidate that went live and was taken off again since its run registered it (rolled back, or
+    another adapter promoted over it): then ``taken_off`` (the history's action), ``taken_off_by``, ``taken_off_at`` and
+    ``replaced_by`` (the adapter that went live in its place) say how."""
 
     def __init__(self, message: str, *, details: dict[str, str | None]) -> None:
         super().__init__(message)
