@@ -323,10 +323,13 @@ class ImproveConfig(BaseModel):
             "first has finished (the evaluate stage: started)."
         )
 
-    def check(self) -> None:
+    def check(self, *, evaluation_sandbox: bool = True) -> None:
         """Build every stage's configuration now and look at the base model, so that a typo in a stage table, an unknown
         suite or a base model that cannot be trained stops the job before it replays anything (found by the stage that
-        reads it, hours later, it left a failed run that the corrected file could not continue)."""
+        reads it, hours later, it left a failed run that the corrected file could not continue).
+
+        ``evaluation_sandbox=False`` leaves out :meth:`check_evaluation_sandbox`, which may build a sandbox: the job
+        runs it once it knows that an evaluate stage is still to run (a run continued at its promote stage needs none)."""
         import difflib
         import tempfile
 
@@ -374,7 +377,8 @@ class ImproveConfig(BaseModel):
         with _naming_file("gate", self.config_path):
             self.gate_policy()
         _check_specs(replay.sandbox, replay.policy, job.sandbox, data.teacher if "sr" in data.kinds else None)
-        self._check_traces_sandbox(job.sandbox)
+        if evaluation_sandbox:
+            self._check_traces_sandbox(job.sandbox)
         from ee_middleware.evals.suites import SuiteSettings, load_suite
 
         for written, spec in zip(self.suites, self.suite_specs(), strict=True):
@@ -387,6 +391,16 @@ class ImproveConfig(BaseModel):
         self._check_base(train.base_model, train.max_length, train.target_modules)
         _check_device(train.device)
         self._check_store(replay.sandbox)
+
+    def check_evaluation_sandbox(self) -> None:
+        """With a ``traces`` suite, that the evaluation's sandbox has ``state_digest()`` (:meth:`_check_traces_sandbox`):
+        :meth:`check` does it unless told not to; the job does it before a run whose evaluate stage is still to run."""
+        import tempfile
+
+        folder = Path(tempfile.gettempdir()) / "ee-improve-check"
+        with _naming_file("eval", self.config_path):
+            job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
+        self._check_traces_sandbox(job.sandbox)
 
     def _check_traces_sandbox(self, sandbox: str | None) -> None:
         """A ``traces`` suite scores each held-out trajectory by the sandbox's ``state_digest()`` (the candidate's final

@@ -79,7 +79,9 @@ def run_improve(
     say = progress or QuietProgress()
     runs = RunsDir(config.runs)
     started = time.monotonic()
-    config.check()  # a config or base model that cannot work stops the job before a run is started
+    # a config or base model that cannot work stops the job before a run is started; the evaluation's sandbox is
+    # looked at below, only for a run whose evaluate stage is still to run
+    config.check(evaluation_sandbox=False)
     from ee_middleware.jobs.deploy import check_servers
 
     with runs.lock():
@@ -95,6 +97,8 @@ def run_improve(
         # so does a server it names that does not answer (a wrong port), of the stages still to run: a run continued past
         # its replay no longer needs the replay policy's server
         check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name)])
+        if run is None or not run.stage_done("evaluate"):  # it may build a sandbox: a run left with gate or promote needs none
+            config.check_evaluation_sandbox()
         if run is not None and run.data.get("config_hash") not in (config_hash, same(run)):
             _take_changes(run, config, config_hash, say)  # settings of stages it has not finished, which it now runs with
         if run is None:
