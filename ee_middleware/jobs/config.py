@@ -680,9 +680,42 @@ def _naming_file(table: str, path: Path | None) -> Iterator[None]:
         yield
     except ConfigError as exc:
         text = str(exc)
-        if path is None or str(path) in text or "Extra inputs are not permitted" not in text:
+        if path is None or str(path) in text or _UNKNOWN_KEY not in text:
             raise
-        raise ConfigError(f"{text}: in [{table}] of {path} (remove the key, or correct its name)") from exc
+        tables, sub_tables = _tables_of_unknown_keys(text, table, path)
+        fix = "remove the table, or correct its name" if sub_tables else "remove the key, or correct its name"
+        raise ConfigError(f"{text}: in {' and '.join(tables)} of {path} ({fix})") from exc
+
+
+_UNKNOWN_KEY = "Extra inputs are not permitted"
+
+
+def _tables_of_unknown_keys(text: str, table: str, path: Path) -> tuple[list[str], bool]:
+    """The tables of ``path`` (``[improve.serving]``, ``[train.lora]``) that hold the unknown keys ``text`` names by their
+    path from ``[table]`` (``serving.servrs``, ``lora``), and whether each is itself a table the user wrote (``[train.lora]``
+    where [train] has no setting ``lora``)."""
+    import re
+
+    try:
+        root: Any = read_toml(path).get(table, {})
+    except Exception:  # noqa: BLE001 - the file was read once already; its table is named as it was written
+        root = {}
+    named: list[str] = []
+    whole_tables = True
+    for location in re.findall(rf"(?:^|: |; )([^\s:;()]+): {_UNKNOWN_KEY}", text):
+        node, names = root, [table]
+        *parents, last = location.split(".")
+        for part in parents:
+            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+                break
+            node = node[part]
+            names.append(part)
+        is_table = len(names) == len(parents) + 1 and isinstance(node, dict) and isinstance(node.get(last), dict)
+        whole_tables &= is_table
+        shown = "[" + ".".join([*names, last] if is_table else names) + "]"
+        if shown not in named:
+            named.append(shown)
+    return named or [f"[{table}]"], bool(named) and whole_tables
 
 
 def _registry_missing(exc: BaseException) -> bool:
