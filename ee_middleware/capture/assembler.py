@@ -131,18 +131,41 @@ def split_nested(spans: Sequence[SpanData]) -> list[list[SpanData]]:
         return [list(spans)]
     outer = [s for s in spans if str(s.attributes.get(sc.EE_NESTED_IN) or "") not in nested]
     root = _root(outer)
-    hosts = {str(s.attributes[sc.EE_NESTED_RUN]): s for s in spans if s.attributes.get(sc.EE_NESTED_RUN)}
+    held = {s.span_id: _held_keys(s) for s in spans if s.attributes.get(sc.EE_NESTED_RUN)}
+    hosts = {key: s for s in spans if s.span_id in held for key in held[s.span_id]}
     threads = _NestedThreads(outer, groups, hosts)
-    return [outer, *([_nested_root(root, hosts.get(key), key, group, threads.inherited(key)), *group] for key, group in nested.items())]
+    return [
+        outer,
+        *(
+            [
+                _nested_root(
+                    root, hosts.get(key), key, group, threads.inherited(key), held.get(hosts[key].span_id, ()) if key in hosts else ()
+                ),
+                *group,
+            ]
+            for key, group in nested.items()
+        ),
+    ]
 
 
-def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[SpanData], on_outer_thread: bool) -> SpanData:
+def _held_keys(span: SpanData) -> tuple[str, ...]:
+    """The keys of the graph runs a tool call's span says ran inside it (:data:`~ee_middleware.capture.semconv.
+    EE_NESTED_RUN`: one key, or a list of them where the tool ran several)."""
+    value = span.attributes.get(sc.EE_NESTED_RUN)
+    return tuple(str(key) for key in value) if isinstance(value, list | tuple) else (str(value),)
+
+
+def _nested_root(
+    outer: SpanData, host: SpanData | None, key: str, spans: list[SpanData], on_outer_thread: bool, siblings: Sequence[str] = ()
+) -> SpanData:
     """The root span of a graph run inside the tool call ``host`` of the run rooted at ``outer``: the app, version and
     environment of the outer run; its thread where it ran on it (``on_outer_thread``: invoked with the tool's
     configuration, see :class:`_NestedThreads`), none where it ran in a root namespace of its own (invoked with a
     configuration of its own, whose thread the callbacks do not tell), as ingest reads it; the tool call's time, and its
     outcome: ``error`` where the tool failed, else ``completed``, or the outer run's status where the tool never ended
-    (a pause, a cancellation); resumed where the outer run was and the graph resumed with it (:func:`_resumed_inside`)."""
+    (a pause, a cancellation); resumed where the outer run was and the graph resumed with it (:func:`_resumed_inside`).
+    Where the tool ran several graph runs (``siblings``, the keys its span holds, in the order they started), each
+    has its own spans' time, and only the last the tool's failure (the others returned)."""
     attrs = outer.attributes
     own = {
         sc.OPERATION_NAME: sc.OP_INVOKE_AGENT,
@@ -157,18 +180,20 @@ def _nested_root(outer: SpanData, host: SpanData | None, key: str, spans: list[S
         # call are then the reviewed turn (see _reviewed_turns), and its task the turn it resumed. One the tool runs
         # afresh (after a review of the tool's own) is a run from new input: its task is its first user message
         own[sc.EE_RESUMED] = True
+    several = len(siblings) > 1
     if host is not None:
-        own[sc.EE_STATUS] = "error" if host.is_error else "completed"
-        start, end = host.start_ns, host.end_ns
+        failed = host.is_error and not (several and key != siblings[-1])
+        own[sc.EE_STATUS] = "error" if failed else "completed"
+        start, end = (min(s.start_ns for s in spans), max(s.end_ns for s in spans)) if several else (host.start_ns, host.end_ns)
     else:
         own[sc.EE_STATUS] = attrs.get(sc.EE_STATUS) or "interrupted"
         if attrs.get(sc.EE_STATUS_REASON):
             own[sc.EE_STATUS_REASON] = attrs[sc.EE_STATUS_REASON]
         start, end = min(s.start_ns for s in spans), max(s.end_ns for s in spans)
-    failed = host is not None and host.is_error
+    failed = host is not None and own[sc.EE_STATUS] == "error"
     return SpanData(
         trace_id=outer.trace_id,
-        span_id=host.span_id if host is not None else key,
+        span_id=host.span_id if host is not None and not several else key,
         parent_span_id=outer.span_id,
         name=f"invoke_agent {attrs.get(sc.EE_APP) or attrs.get(sc.AGENT_NAME) or ''}".rstrip(),
         start_ns=start,
@@ -214,7 +239,10 @@ class _NestedThreads:
     invoked with a configuration of its own runs in a root namespace of its own and on a thread the callbacks do not
     tell: it gets none.
 
-    Where the tool's span tells its namespace, the inner run is on the thread if its namespaces are below it and the
+    Capture's spans say it (:data:`~ee_middleware.capture.semconv.EE_NESTED_ON_THREAD`, decided while the run ran, from
+    the namespaces of the call, of its tool and of the run that made the tool call: also where the tool never ended, or
+    the run that made it left no span here, as a run resumed and paused again leaves none). For spans written before
+    that: where the tool's span tells its namespace, the inner run is on the thread if its namespaces are below it and the
     tool is the recorded run's, or a tool of another inner run that is on it. A tool that never ended (cancelled with
     the run, or paused on ``interrupt()`` in the inner run) has no span: its namespace is then a task of the recorded
     graph (at the depth of the recorded run's own namespaces, below the same parent) that every namespace of the inner
@@ -244,6 +272,9 @@ class _NestedThreads:
         return self._known[key]
 
     def _inherited(self, key: str, seen: frozenset[str]) -> bool:
+        told = [s.attributes[sc.EE_NESTED_ON_THREAD] for s in self._groups.get(key, ()) if sc.EE_NESTED_ON_THREAD in s.attributes]
+        if told:  # capture saw it run (spans written before it said so are read as below)
+            return all(str(on).lower() == "true" for on in told)
         inner = self._namespaces(key)
         if not inner:
             return False

@@ -82,8 +82,10 @@ class RunCapture(BaseCallbackHandler):
         # where a graph runs inside a tool (an agent as a tool): the open chains' parents, and the open tool calls with
         # their checkpoint namespace and the key of the nested run they are in (see _nested_in)
         self._parents: dict[UUID, UUID | None] = {}
+        self._chain_namespaces: dict[UUID, str] = {}  # the open chains' checkpoint namespaces (where they have one)
         self._open_tools: dict[UUID, tuple[str | None, str | None]] = {}
-        self._hosts: set[UUID] = set()  # tool calls a graph ran inside
+        self._hosts: dict[UUID, list[str]] = {}  # tool calls graphs ran inside, with the keys of those graph runs
+        self._on_thread: dict[str, bool] = {}  # by key: whether that graph run is on the recorded run's thread
         # where another recorded run is in flight (see _elsewhere): the open chains' inputs with the recorded run in flight
         # where each started, and the recorded graphs run as nodes of this run (its subgraphs)
         self._chains: dict[UUID, tuple[Any, RunCapture | None]] = {}
@@ -111,12 +113,16 @@ class RunCapture(BaseCallbackHandler):
             ):
                 self._subgraphs.add(running)
         self._chains[run_id] = (inputs, running)
+        namespace = (kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns")
+        if namespace is not None and self._open_tools:
+            self._chain_namespaces[run_id] = str(namespace)
         node = (kwargs.get("metadata") or {}).get("langgraph_node")
         if node is not None and kwargs.get("name") == node:
             self._node_runs[run_id] = str((kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns") or node)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
+        self._chain_namespaces.pop(run_id, None)
         self._chains.pop(run_id, None)
         task = self._node_runs.pop(run_id, None)
         if task is not None:
@@ -127,6 +133,7 @@ class RunCapture(BaseCallbackHandler):
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
+        self._chain_namespaces.pop(run_id, None)
         given = self._chains.pop(run_id, None)
         if is_interrupt(error):
             if run_id in self._node_runs and not self.interrupted:
@@ -157,9 +164,10 @@ class RunCapture(BaseCallbackHandler):
         """The key of the graph run inside a tool of this run that a model or tool call (child of ``parent``) belongs
         to, or None for a call of the recorded run itself. A graph invoked inside a tool (an agent as a tool) runs its
         nodes in another checkpoint namespace than the tool's (below it, or a root one of its own when invoked with a
-        configuration of its own); a model the tool calls directly runs in the tool's, and is the recorded run's.
+        configuration of its own); a model the tool calls directly runs in the tool's, and is the recorded run's. Each
+        graph run is one (two invocations in one tool call are two runs): its key is its own run id.
         :data:`RECORDED_ELSEWHERE` for a call below a tool call that another recorder's run made (:meth:`_elsewhere`)."""
-        seen = 0
+        seen, path = 0, []
         while parent is not None and seen < 1000:  # the open chains' parents, up to the nearest open tool call
             if parent in self._open_tools:
                 namespace, outer = self._open_tools[parent]
@@ -168,11 +176,28 @@ class RunCapture(BaseCallbackHandler):
                 mine = (metadata or {}).get("langgraph_checkpoint_ns")
                 if mine is None or namespace is None or str(mine) == namespace:
                     return outer  # in the tool's own namespace: its run's
-                self._hosts.add(parent)
-                return str(parent)
+                key = self._nested_graph(path, namespace, parent)
+                if key not in self._on_thread:
+                    self._hosts.setdefault(parent, []).append(key)
+                    # invoked with the tool's configuration (the thread, and the tool's namespace above its own), by a
+                    # tool of the recorded run or of a graph run that is itself on the thread
+                    self._on_thread[key] = str(mine).startswith(f"{namespace}|") and (outer is None or self._on_thread.get(outer, False))
+                return key
+            path.append(parent)
             parent = self._parents.get(parent)
             seen += 1
         return None
+
+    def _nested_graph(self, path: list[UUID], namespace: str, tool: UUID) -> str:
+        """The key of the graph run a call belongs to, from ``path`` (the open chains from the call up to the tool
+        call ``tool`` it is below, whose checkpoint namespace is ``namespace``): the chain holding the first one, from
+        the tool down, that runs in another namespace (a node of that graph; chains between the tool and the graph run
+        in the tool's)."""
+        for index in range(len(path) - 1, -1, -1):
+            own = self._chain_namespaces.get(path[index])
+            if own is not None and own != namespace:
+                return str(path[index + 1]) if index + 1 < len(path) else str(path[index])
+        return str(path[-1]) if path else str(tool)
 
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
@@ -196,7 +221,7 @@ class RunCapture(BaseCallbackHandler):
             return
         structured = bool((kwargs.get("options") or {}).get("ls_structured_output_format"))  # with_structured_output's call
         if nested is not None:  # a graph run inside a tool: a trajectory of its own, with its own tools
-            metadata = {**metadata, NESTED_IN_METADATA: nested}
+            metadata = {**metadata, NESTED_IN_METADATA: nested, NESTED_ON_THREAD_METADATA: self._on_thread.get(nested, False)}
         elif not structured:  # the schema a structured call binds is the reply's form, not a tool offered to act
             self._note_tools(params.get("tools"))
         if structured:
@@ -246,10 +271,11 @@ class RunCapture(BaseCallbackHandler):
         self._open_tools[run_id] = (None if namespace is None else str(namespace), nested)
         if nested == RECORDED_ELSEWHERE:  # kept open only so that the calls below it are known as that recorder's too
             return
+        on_thread = self._on_thread.get(nested, False) if nested is not None else None
         self._open[run_id] = (
             time.time_ns(),
             "tool",
-            (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str, nested),
+            (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str, nested, on_thread),
         )
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -269,13 +295,11 @@ class RunCapture(BaseCallbackHandler):
             return
         self._close(run_id, None, error)
 
-    def _end_tool(self, run_id: UUID) -> str | None:
-        """Forget an open tool call; the key of the graph run it held (:meth:`_nested_in`), if one ran inside it."""
+    def _end_tool(self, run_id: UUID) -> tuple[str, ...] | None:
+        """Forget an open tool call; the keys of the graph runs it held (:meth:`_nested_in`), if any ran inside it."""
         self._open_tools.pop(run_id, None)
-        if run_id in self._hosts:
-            self._hosts.discard(run_id)
-            return str(run_id)
-        return None
+        keys = self._hosts.pop(run_id, None)
+        return tuple(keys) if keys else None
 
     def _close(self, run_id: UUID, result: Any, error: BaseException | None) -> None:
         opened = self._open.pop(run_id, None)
@@ -286,7 +310,7 @@ class RunCapture(BaseCallbackHandler):
         if kind == "tool":
             namespace = self._open_tools.get(run_id, (None, None))[0]
             hosted = self._end_tool(run_id)
-            if hosted is not None:  # (name, call id, arguments, nested in, its namespace, the key of the run it held)
+            if hosted is not None:  # (name, call id, arguments, nested in, on thread, its namespace, the keys it held)
                 data = (*data, namespace, hosted)
         end = time.time_ns()
         if self.calls is not None:
@@ -329,6 +353,7 @@ class RunCapture(BaseCallbackHandler):
             attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(metadata["langgraph_checkpoint_ns"])
         if metadata.get(NESTED_IN_METADATA):
             attrs[sc.EE_NESTED_IN] = str(metadata[NESTED_IN_METADATA])
+            attrs[sc.EE_NESTED_ON_THREAD] = bool(metadata.get(NESTED_ON_THREAD_METADATA))
         if metadata.get(STRUCTURED_OUTPUT_METADATA):
             attrs[sc.EE_STRUCTURED_OUTPUT] = True
         if params.get("temperature") is not None:
@@ -347,19 +372,21 @@ class RunCapture(BaseCallbackHandler):
             self._span(f"chat {model}", SpanKind.CLIENT, attrs, start, end, error if encoded else None, None, failed=not encoded)
 
     def _emit_tool(self, start: int, end: int, data: tuple[Any, ...], output: Any, error: BaseException | None) -> None:
-        name, call_id, arguments, *nesting = data  # (nested in, and for a call a graph ran inside: namespace, key)
+        name, call_id, arguments, nested, on_thread, *hosting = data  # for a call graphs ran inside: namespace, keys
         encoder = self.recorder.encoder
         attrs = self._base_attributes(sc.OP_EXECUTE_TOOL)
         attrs[sc.TOOL_NAME] = str(name)
         attrs[sc.TOOL_TYPE] = "function"
         if call_id:
             attrs[sc.TOOL_CALL_ID] = str(call_id)
-        if nesting and nesting[0]:
-            attrs[sc.EE_NESTED_IN] = str(nesting[0])
-        if len(nesting) == 3:
-            if nesting[1]:
-                attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(nesting[1])
-            attrs[sc.EE_NESTED_RUN] = str(nesting[2])
+        if nested:
+            attrs[sc.EE_NESTED_IN] = str(nested)
+            attrs[sc.EE_NESTED_ON_THREAD] = bool(on_thread)
+        if len(hosting) == 2:
+            if hosting[0]:
+                attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(hosting[0])
+            keys = [str(key) for key in hosting[1]]
+            attrs[sc.EE_NESTED_RUN] = keys[0] if len(keys) == 1 else keys
         encoded, status = False, None
         try:
             attrs[sc.TOOL_CALL_ARGUMENTS] = encoder.tool_arguments(arguments)
@@ -649,6 +676,9 @@ CHAT_PARAMS = ("model", "model_name", "_type", "temperature", "tools")
 NESTED_IN_METADATA = "ee_nested_in"
 """Put in a model call's kept metadata by :meth:`RunCapture.on_chat_model_start`: the key of the graph run inside a tool
 that made it (:data:`~ee_middleware.capture.semconv.EE_NESTED_IN`)."""
+NESTED_ON_THREAD_METADATA = "ee_nested_on_thread"
+"""Put beside :data:`NESTED_IN_METADATA`: whether that graph run is on the recorded run's thread
+(:data:`~ee_middleware.capture.semconv.EE_NESTED_ON_THREAD`)."""
 STRUCTURED_OUTPUT_METADATA = "ee_structured_output"
 """Put in a model call's kept metadata by :meth:`RunCapture.on_chat_model_start` when the call asked for a structured
 reply (:data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`)."""
@@ -658,6 +688,7 @@ CHAT_METADATA = (
     "langgraph_node",
     "langgraph_checkpoint_ns",
     NESTED_IN_METADATA,
+    NESTED_ON_THREAD_METADATA,
     STRUCTURED_OUTPUT_METADATA,
 )
 """The callback metadata a ``chat`` span reads."""

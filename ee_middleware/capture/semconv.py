@@ -78,7 +78,12 @@ EE_NESTED_IN = "ee.langgraph.nested_in"
 run in another checkpoint namespace than the tool's): the key of that tool call (:data:`EE_NESTED_RUN` on its span).
 Such a run becomes a trajectory of its own; the outer run keeps the tool call and the result it returned."""
 EE_NESTED_RUN = "ee.langgraph.nested_run"
-"""Set on the span of a tool call a graph ran inside (see :data:`EE_NESTED_IN`): the key its spans name."""
+"""Set on the span of a tool call a graph ran inside (see :data:`EE_NESTED_IN`): the key its spans name (a list of keys
+where the tool ran several graph runs, each a trajectory of its own)."""
+EE_NESTED_ON_THREAD = "ee.langgraph.nested_on_thread"
+"""Set beside :data:`EE_NESTED_IN`: whether that graph run is on the recorded run's thread (invoked with its tool's
+configuration, by a tool of the recorded run or of a graph run that is itself on it), as capture saw it while it ran;
+it tells also where the tool's span does not (a tool that never ended: cancelled, paused inside)."""
 EE_CAPTURE_FAILED = "ee.capture.failed"
 """Set on a span capture could not finish whole (encoding or redacting its payload raised, a ``redact_fn`` that raised):
 what failed and the exception's type. A run with such a span is not stored (the failure is counted in ``stats``)."""

@@ -65,3 +65,60 @@ def test_an_agent_a_resumed_tool_runs_afresh_has_the_task_it_has_when_nothing_wa
     ingested, first, _ = _ingested_twice(tmp_path, list(span_exporter.get_finished_spans()))
     assert first.errors == []
     assert _dumps(ingested) == _dumps(tmp_path / "live")
+
+
+def test_an_agent_paused_twice_inside_a_tool_keeps_the_outer_thread_in_every_run(
+    tmp_path: Path, tracer_provider: Any, span_exporter: Any
+) -> None:
+    """The inner agent (the tool's configuration, outer thread ``p1``) asks for two refunds in turn, each paused on
+    ``interrupt()``. The outer run that resumed and paused again made no model call and its tool never ended: its spans
+    name no namespace of its own. Its inner run was stored with no thread (before); now every run is on ``p1``, each
+    resumed inner run starting with the call approved in it. Ingesting the spans stores the same."""
+
+    @tool
+    def refund(order: str) -> str:
+        """Refund an order (asks a reviewer)."""
+        return f"refunded {order}" if interrupt({"refund": order}) else "refused"
+
+    def inner_policy(messages: list[Any], tools: Any) -> Any:
+        from langchain_core.messages import AIMessage
+
+        from ee_middleware.testing import tool_call
+
+        done = sum(1 for m in messages if m.type == "tool")
+        if done < 2:
+            return AIMessage("", tool_calls=[tool_call("refund", order=("A-7", "B-8")[done])])
+        return AIMessage(f"inner done: {messages[-1].content}")
+
+    inner = create_agent(ScriptedChatModel(policy=inner_policy, model_name="inner-m"), [refund])
+
+    @tool
+    def billing_agent(request: str, config: RunnableConfig) -> str:
+        """Ask the billing agent."""
+        return inner.invoke({"messages": [("user", request)]}, config)["messages"][-1].content
+
+    model = ScriptedChatModel(policy=_asks("billing_agent", "outer done", request="refund A-7 and B-8"), model_name="outer-m")
+    live = tmp_path / "live"
+    agent = record_experience(
+        create_agent(model, [billing_agent], checkpointer=InMemorySaver()), app="desk", store=live, tracer_provider=tracer_provider
+    )
+    config = {"configurable": {"thread_id": "p1"}}
+    agent.invoke({"messages": [("user", "refund A-7 and B-8")]}, config)
+    agent.invoke(Command(resume=True), config)
+    assert agent.invoke(Command(resume=True), config)["messages"][-1].content == "outer done: inner done: refunded B-8"
+    agent.recorder.close()
+    runs = _stored(live)
+    assert {t.thread_id for t in runs} == {"p1"}
+    inner_runs = [t for t in runs if t.model == "inner-m"]
+    assert [(t.status, _calls(t)) for t in inner_runs] == [
+        ("interrupted", [("refund", {"order": "A-7"}, None)]),
+        ("interrupted", [("refund", {"order": "A-7"}, "refunded A-7"), ("refund", {"order": "B-8"}, None)]),
+        ("completed", [("refund", {"order": "B-8"}, "refunded B-8"), ("answer", None, "inner done: refunded B-8")]),
+    ]
+    ingested, first, _ = _ingested_twice(tmp_path, list(span_exporter.get_finished_spans()))
+    assert len(first.errors) == 1 and "called no model" in first.errors[0]  # the outer run resumed and paused again
+
+    def seen(trajectories: list[Any]) -> list[Any]:
+        return [(t.id, t.model, t.status, t.thread_id, _calls(t)) for t in trajectories if t.model is not None]
+
+    assert seen(_stored(ingested)) == seen(runs)
