@@ -1,17 +1,13 @@
 """A store's file that cannot be read for want of permission (or a folder in its place) is not damage: every ``ee store``
 command names it with the real cause and the fix, ``ee store repair`` neither moves nor replaces it, and ``ee store
 compact`` leaves it where it is and compacts the rest. Real stores, through the real CLI; permissions are checked as a
-user they apply to (for root: ``nobody``, or root without the capabilities that let it read any file)."""
+user they apply to (for root: root without the capabilities that let it read any file, else ``nobody``: tests/unreadable.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +17,9 @@ from typer.testing import CliRunner
 from ee_middleware import LocalExperienceStore
 from ee_middleware.cli.app import app
 from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.unreadable import HELD, MISSING, ee_as_held_user, needs_held_user, open_folder
 
 runner = CliRunner()
-ROOT = os.geteuid() == 0
-SETPRIV = shutil.which("setpriv")
-NOBODY = 65534
-NO_READ_OVERRIDE = "-dac_override,-dac_read_search"
-"""The capabilities that let root read, write and search any file whatever its permissions: without them root is held
-to a file's mode bits like anyone (a mode-000 file is unreadable to its owner too)."""
 
 
 def ee(*args: str) -> tuple[int, str]:
@@ -36,62 +27,11 @@ def ee(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _user_switches() -> list[list[str]]:
-    return [
-        [SETPRIV or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"],
-        [SETPRIV or "setpriv", f"--inh-caps={NO_READ_OVERRIDE}", f"--bounding-set={NO_READ_OVERRIDE}"],
-    ]
-
-
-def _runs_python(switch: list[str]) -> bool:
-    try:
-        done = subprocess.run([*switch, sys.executable, "-c", "import ee_middleware.cli.app"], capture_output=True, timeout=120)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-def _another_user() -> list[str] | None:
-    """How to run a command as a user that file permissions stop: ``[]`` for this process's own (not root); for root, the
-    ``nobody`` user (as tests/cli/test_traces_export_failures.py does) or, where nobody cannot reach this Python (a
-    virtual environment under /root), root without its read-any-file capabilities; ``None`` when neither runs."""
-    if not ROOT:
-        return []
-    if SETPRIV is None:
-        return None
-    return next((switch for switch in _user_switches() if _runs_python(switch)), None)
-
-
-ANOTHER_USER = _another_user()
-needs_another_user = pytest.mark.skipif(
-    ANOTHER_USER is None, reason="root, and neither nobody nor root without CAP_DAC_OVERRIDE can run this Python"
-)
-
-
-def ee_as_another_user(*args: str) -> tuple[int, str]:
-    """The CLI run by a user that file permissions apply to (see :func:`_another_user`)."""
-    if not ANOTHER_USER:
-        return ee(*args)
-    done = subprocess.run(
-        [*ANOTHER_USER, sys.executable, "-m", "ee_middleware.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HOME": "/tmp", "COLUMNS": "4000"},
-        timeout=300,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
 @pytest.fixture
 def folder() -> Iterator[Path]:
-    """A folder anyone may reach (pytest's own tmp_path is its owner's only)."""
-    path = Path(tempfile.mkdtemp(prefix="ee-unreadable-"))
-    path.chmod(0o755)
-    yield path
-    for inner in [path, *path.rglob("*")]:
-        if not inner.is_symlink():
-            inner.chmod(0o755 if inner.is_dir() else 0o644)
-    shutil.rmtree(path)
+    """A folder any user may reach, for a permission test's child process (tests/unreadable.py)."""
+    with open_folder("ee-unreadable-") as path:
+        yield path
 
 
 @pytest.fixture
@@ -116,8 +56,18 @@ def store_path(folder: Path) -> Path:
 
 
 def _files(root: Path) -> dict[str, str]:
-    """Every file of the store by path (relative) and the hash of its bytes (as root: whatever their permissions)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of the store by path (relative) and the hash of its bytes; one this test's user may not read (and a
+    folder it may not list) by its inode, size and modification time (a suite run as root reads them all)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() and os.access(path, os.R_OK | os.X_OK):
+            continue  # its files are listed
+        try:
+            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            seen = path.lstat()
+            found[str(path.relative_to(root))] = f"not read: inode {seen.st_ino}, {seen.st_size} bytes, {seen.st_mtime_ns}"
+    return found
 
 
 def _flat(output: str) -> str:
@@ -136,7 +86,7 @@ def _ids(store_path: Path) -> set[str]:
 ALL = {"first", "second", "spooled", "spooled-too"}
 
 
-@needs_another_user
+@needs_held_user
 @pytest.mark.parametrize("unreadable", ["the part", "its folder"])
 def test_a_parquet_part_this_user_may_not_read_is_named_and_repair_leaves_it(store_path: Path, unreadable: str) -> None:
     """Before: `Skipped unreadable Parquet part ... Run ee store repair to move it to quarantine/`, and repair moved the
@@ -146,22 +96,22 @@ def test_a_parquet_part_this_user_may_not_read_is_named_and_repair_leaves_it(sto
     (part if unreadable == "the part" else part.parent).chmod(0)
     before = _files(store_path)
 
-    code, output = ee_as_another_user("store", "info", "--store", str(store_path))
+    code, output = ee_as_held_user("store", "info", "--store", str(store_path))
     flat = _flat(output)
     assert code == 1, output
     assert f"Could not read Parquet part {part}: Permission denied" in flat and "chmod" in flat
     assert "to move it to quarantine" not in flat and "`ee store repair` leaves it where it is" in flat
 
-    code, output = ee_as_another_user("store", "repair", "--store", str(store_path), "--json")
+    code, output = ee_as_held_user("store", "repair", "--store", str(store_path), "--json")
     assert code == 1, output
     report = json.loads(output[: output.rindex("}") + 1])
     assert report["quarantined_parts"] == [] and report["missing_parts_dropped"] == []
     assert part in [Path(f["path"]) for f in report["unreadable_files"]]
-    code, output = ee_as_another_user("store", "repair", "--store", str(store_path))
+    code, output = ee_as_held_user("store", "repair", "--store", str(store_path))
     assert code == 1 and f"Cannot read {part}: Permission denied. Left it where it is." in _flat(output), output
     assert _files(store_path) == before and not (store_path / "quarantine").exists()
 
-    code, output = ee_as_another_user("store", "compact", "--store", str(store_path))
+    code, output = ee_as_held_user("store", "compact", "--store", str(store_path))
     flat = _flat(output)
     assert code == 1 and "damaged parts found" not in flat, output
     if unreadable == "the part":  # the rest compacted
@@ -176,7 +126,7 @@ def test_a_parquet_part_this_user_may_not_read_is_named_and_repair_leaves_it(sto
     assert _ids(store_path) == ALL  # nothing was lost
 
 
-@needs_another_user
+@needs_held_user
 def test_a_marker_this_user_may_not_read_is_named_and_not_replaced(store_path: Path) -> None:
     """Before: `ee-store.json is unreadable ... Run ee store repair to write a new one`, and repair moved the healthy
     marker to quarantine/ and wrote another."""
@@ -184,7 +134,7 @@ def test_a_marker_this_user_may_not_read_is_named_and_not_replaced(store_path: P
     marker.chmod(0)
     before = _files(store_path)
     for command in ("info", "compact", "repair"):
-        code, output = ee_as_another_user("store", command, "--store", str(store_path))
+        code, output = ee_as_held_user("store", command, "--store", str(store_path))
         flat = _flat(output)
         assert code == 1, (command, output)
         assert f"Cannot read {marker}: Permission denied" in flat and "chmod" in flat, (command, output)
@@ -192,18 +142,18 @@ def test_a_marker_this_user_may_not_read_is_named_and_not_replaced(store_path: P
     assert _files(store_path) == before and not (store_path / "quarantine").exists()
 
 
-@needs_another_user
+@needs_held_user
 def test_a_manifest_this_user_may_not_read_is_not_replaced(store_path: Path) -> None:
     """Before: reads said `ee store compact writes a new one`, and compact and repair replaced it with a listing of
     every part file (retired ones live again)."""
     manifest = store_path / "manifest.json"
     manifest.chmod(0)
     before = _files(store_path)
-    code, output = ee_as_another_user("store", "info", "--store", str(store_path))
+    code, output = ee_as_held_user("store", "info", "--store", str(store_path))
     assert code == 0 and f"Cannot read {manifest}: Permission denied" in _flat(output), output
     assert "writes a new one" not in _flat(output)
     for command in ("compact", "repair"):
-        code, output = ee_as_another_user("store", command, "--store", str(store_path))
+        code, output = ee_as_held_user("store", command, "--store", str(store_path))
         flat = _flat(output)
         assert code == 1, (command, output)
         assert f"Cannot {command} {store_path}: Cannot read {manifest}: Permission denied" in flat and "Nothing was changed" in flat
@@ -227,10 +177,11 @@ def _make_unreadable(segment: Path, how: str) -> None:
 def test_an_unreadable_spool_segment_is_named_and_compact_folds_the_rest(store_path: Path, how: str) -> None:
     """Before: `ee store compact` failed the whole store on it (`Cannot compact ...: Permission denied ... run as a user who
     may write there`), `ee store repair` said `No damaged parts`, `ee store info` gave a bare file error."""
-    if how == "no permission" and ANOTHER_USER is None:
-        pytest.skip("root, and neither nobody nor root without CAP_DAC_OVERRIDE can run this Python")
-    run = ee_as_another_user if how == "no permission" else ee
+    if how == "no permission" and HELD is None:
+        pytest.skip(MISSING)
+    run = ee_as_held_user if how == "no permission" else ee
     unreadable, readable = _segments(store_path)
+    before = unreadable.read_bytes() if how == "no permission" else None
     _make_unreadable(unreadable, how)
     reason = {"no permission": "Permission denied", "a folder": "Is a directory", "a symbolic link to itself": "Too many levels"}[how]
     fix = "chmod" if how == "no permission" else "move it out of the store folder"
@@ -245,7 +196,6 @@ def test_an_unreadable_spool_segment_is_named_and_compact_folds_the_rest(store_p
     assert code == 1, output
     assert f"Cannot read {unreadable}: {reason}" in flat and "Left it where it is" in flat and fix in flat
 
-    before = unreadable.read_bytes() if how == "no permission" else None
     code, output = run("store", "compact", "--store", str(store_path))
     flat = _flat(output)
     assert code == 1, output
@@ -255,8 +205,8 @@ def test_an_unreadable_spool_segment_is_named_and_compact_folds_the_rest(store_p
     assert not readable.exists() and os.path.lexists(unreadable)  # folded; left where it was
     assert not (store_path / "quarantine").exists()
     if before is not None:
-        assert unreadable.read_bytes() == before
         unreadable.chmod(0o666)
+        assert unreadable.read_bytes() == before
         assert _ids(store_path) == ALL
         code, output = ee("store", "compact", "--store", str(store_path))
         assert code == 0 and "Compacted 1 spool segment(s)" in output, output

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +13,10 @@ from typer.testing import CliRunner
 from ee_middleware import LocalExperienceStore
 from ee_middleware.cli.app import app
 from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.unreadable import ee_as_held_user, needs_held_user, open_folder
 
 runner = CliRunner()
 OLD = "an earlier export, to be kept as it is\n"
-ROOT = os.geteuid() == 0
-SETPRIV = shutil.which("setpriv")
-NOBODY = 65534
 
 
 def ee(*args: str) -> tuple[int, str]:
@@ -30,46 +24,11 @@ def ee(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
-    drop = [SETPRIV or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    return subprocess.run([*drop, *command], capture_output=True, text=True, env={**os.environ, "HOME": "/tmp"}, timeout=120)
-
-
-def ee_as_another_user(*args: str) -> tuple[int, str]:
-    """The CLI run by a user that the files' permissions apply to: this process's own user, or (for root, whom
-    permissions do not stop) the ``nobody`` user in a child process."""
-    if not ROOT:
-        return ee(*args)
-    done = _as_nobody(sys.executable, "-m", "ee_middleware.cli", *args)
-    return done.returncode, done.stdout + done.stderr
-
-
-def _another_user_can_run_ee() -> bool:
-    if not ROOT:
-        return True
-    if SETPRIV is None:
-        return False
-    try:
-        return _as_nobody(sys.executable, "-c", "import ee_middleware.cli.app").returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-needs_another_user = pytest.mark.skipif(
-    not _another_user_can_run_ee(), reason="root, and the nobody user cannot run this Python (permissions do not stop root)"
-)
-
-
 @pytest.fixture
 def folder() -> Iterator[Path]:
-    """A folder the ``nobody`` user can reach (pytest's own tmp_path is its owner's only)."""
-    path = Path(tempfile.mkdtemp(prefix="ee-export-"))
-    path.chmod(0o755)
-    yield path
-    for inner in [path, *path.rglob("*")]:
-        if not inner.is_symlink():
-            inner.chmod(0o755 if inner.is_dir() else 0o644)
-    shutil.rmtree(path)
+    """A folder any user may reach, for a permission test's child process (tests/unreadable.py)."""
+    with open_folder("ee-export-") as path:
+        yield path
 
 
 @pytest.fixture
@@ -142,13 +101,13 @@ def test_an_unreadable_spool_segment_is_named_not_the_output(store_path: Path, o
     _untouched(out)
 
 
-@needs_another_user
+@needs_held_user
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_a_spool_segment_the_user_may_not_read_is_named_not_the_output(store_path: Path, out: Path, fmt: str) -> None:
     """Before: `Cannot write OUT: Permission denied ... run as a user who may write there` (JSONL)."""
     segment = _segment(store_path)
     segment.chmod(0)
-    code, output = ee_as_another_user("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
+    code, output = ee_as_held_user("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
     assert code == 1, output
     flat = " ".join(output.split())
     assert f"Cannot read the experience store {store_path}: {segment}: Permission denied" in flat
@@ -156,11 +115,11 @@ def test_a_spool_segment_the_user_may_not_read_is_named_not_the_output(store_pat
     _untouched(out)
 
 
-@needs_another_user
+@needs_held_user
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_an_output_folder_the_user_may_not_write_is_named(store_path: Path, out: Path, fmt: str) -> None:
-    out.parent.chmod(0o755)  # its owner's alone
-    code, output = ee_as_another_user("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
+    out.parent.chmod(0o555)  # no one's, not even its owner's
+    code, output = ee_as_held_user("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out))
     assert code == 1, output
     flat = " ".join(output.split())
     assert f"Cannot write {out}: Permission denied. Nothing was written." in flat and "Cannot read" not in flat
@@ -203,3 +162,4 @@ def test_a_missing_output_folder_is_made(store_path: Path, out: Path) -> None:
     code, output = ee("traces", "export", "--store", str(store_path), "--format", "jsonl", "--out", str(target))
     assert code == 0 and "Wrote" in output, output
     assert target.read_text().count("\n") >= 3
+
