@@ -404,13 +404,42 @@ def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:
 
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
-    """Turn a failed write into one clear :class:`OutputError` (the atomic helpers already removed
-    their temporary file)."""
+    """Make the output's missing folders, and turn a failed write into one clear :class:`OutputError` (the atomic
+    helpers already removed their temporary file). On any failure (the store's too) the folders made here are removed
+    again, so that a failed export leaves nothing behind."""
+    made: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield
+        try:
+            _make_folders(path.parent, made)
+            yield
+        except BaseException:
+            _remove_empty(made)
+            raise
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
+
+
+def _make_folders(folder: Path, made: list[Path]) -> None:
+    """``mkdir -p folder``, adding each folder this call made (not one another process made meanwhile) to ``made``,
+    innermost first."""
+    for missing in reversed([p for p in (folder, *folder.parents) if not p.exists()]):
+        try:
+            missing.mkdir()
+        except FileExistsError:
+            if not missing.is_dir():
+                raise
+            continue
+        made.insert(0, missing)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty: one that something was put into stays, and so do the
+    ones around it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager

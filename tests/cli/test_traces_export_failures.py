@@ -163,3 +163,16 @@ def test_a_missing_output_folder_is_made(store_path: Path, out: Path) -> None:
     assert code == 0 and "Wrote" in output, output
     assert target.read_text().count("\n") >= 3
 
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_failed_export_removes_the_output_folders_it_made_and_only_those(store_path: Path, out: Path, fmt: str) -> None:
+    """Before: the JSONL export made NEW/DEEPER before it read the store, and left both behind when the store failed."""
+    segment = _segment(store_path)
+    segment.unlink()
+    segment.mkdir()  # the store cannot be read
+    there = out.parent / "there"  # an empty folder that was already there stays
+    there.mkdir()
+    target = there / "new" / "deeper" / f"train.{fmt}"
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(target))
+    assert code == 1 and f"Cannot read the experience store {store_path}: {segment}" in " ".join(output.split()), output
+    assert there.is_dir() and list(there.iterdir()) == []
