@@ -1420,13 +1420,17 @@ def _answer_formatting(root: SpanData, decisions: list[dict[str, Any]], tools: l
     more (``with_structured_output``) for the reply it gave as the structured response. Such a call decided nothing (it
     is the framework formatting the answer): no step, and its schema is none of the run's tools.
 
-    A decision is one where its span is marked :data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`, it came
-    after the model call that wrote the run's last message (a reply), in another node run than the one that wrote it
-    (capture's :data:`~ee_middleware.capture.semconv.EE_LAST_REPLY_TASK`), no tool span or tool message answers its
-    calls, and its reply (its one call's arguments, or its text) is the run's final answer as JSON. A grader's or a
-    judge's structured call (its reply is not the answer), a node answering with a structured reply's text (it wrote
-    the last message) and ``create_agent``'s ``ToolStrategy`` call (a tool message answers it, in the model's node)
-    stay steps. Another instrumentation's spans do not say which node wrote the last message: nothing is dropped."""
+    A decision is one where its span is marked :data:`~ee_middleware.capture.semconv.EE_STRUCTURED_OUTPUT`, it ran in
+    a node named ``generate_structured_response`` (:data:`~ee_middleware.capture.semconv.EE_LANGGRAPH_NODE`, else the
+    last node of its checkpoint namespace), it came after the model call that wrote the run's last message (a reply),
+    in another node run than the one that wrote it (capture's
+    :data:`~ee_middleware.capture.semconv.EE_LAST_REPLY_TASK`), no tool span or tool message answers its calls, and its
+    reply (its one call's arguments, or its text) is the run's final answer as JSON. Any other node's structured call
+    is a decision, even one whose reply is the run's answer (the last node of a triage graph choosing a team and a
+    priority into ``structured_response``), and so are a grader's or a judge's (their reply is not the answer), a node
+    answering with a structured reply's text (it wrote the last message) and ``create_agent``'s ``ToolStrategy`` call
+    (a tool message answers it, in the model's node). Another instrumentation's spans do not say which node wrote the
+    last message: nothing is dropped."""
     attrs = root.attributes
     task, answer = attrs.get(sc.EE_LAST_REPLY_TASK), _json_or_none(attrs.get(sc.EE_FINAL_ANSWER))
     ended = [m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "assistant" and not m.get("tool_calls")]
@@ -1454,6 +1458,7 @@ def _answer_formatting(root: SpanData, decisions: list[dict[str, Any]], tools: l
         span = decisions[index]["span"]
         if (
             str(span.attributes.get(sc.EE_STRUCTURED_OUTPUT)).lower() != "true"
+            or _node_of(span) != _REACT_FORMATTING_NODE
             or span.is_error
             or span.start_ns < after
             or _written_in(task, span)
@@ -1472,6 +1477,23 @@ def _answer_formatting(root: SpanData, decisions: list[dict[str, Any]], tools: l
         if said == answer:
             formatting.add(index)
     return formatting
+
+
+_REACT_FORMATTING_NODE = "generate_structured_response"
+"""The node in which ``langgraph.prebuilt.create_react_agent(response_format=...)`` asks for the structured response."""
+
+
+def _node_of(span: SpanData) -> str | None:
+    """The name of the LangGraph node a model call ran in: the span's
+    :data:`~ee_middleware.capture.semconv.EE_LANGGRAPH_NODE`, else the innermost node of its checkpoint namespace
+    (``outer:<task id>|node:<task id>``)."""
+    node = span.attributes.get(sc.EE_LANGGRAPH_NODE)
+    if node:
+        return str(node)
+    namespace = span.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
+    if not namespace:
+        return None
+    return str(namespace).rsplit("|", 1)[-1].split(":", 1)[0] or None
 
 
 def _written_in(task: Any, span: SpanData) -> bool:
