@@ -518,8 +518,11 @@ def _unanswered(trajectory: Trajectory, step: Step) -> bool:
 
 def _why_unanswered(trajectory: Trajectory) -> str:
     """Why an interrupted trajectory's call has no observation: the run was stopped from outside (its ``error`` says how,
-    ``cancelled: CancelledError``), or it paused for a review (no ``error``)."""
-    return f"cut off ({trajectory.error})" if trajectory.error else "awaiting review"
+    ``cancelled: CancelledError``), or its turn paused for a review (no ``error``). A paused turn's calls all wait for
+    its review (none ran, or one ran partway: a tool that called ``interrupt()``), the one under review and those
+    beside it that nobody reviews (a ``HumanInTheLoopMiddleware`` that interrupts on ``note`` alone, in a turn
+    ``[lookup, note]``); the trajectory does not say which is which, so the reason names the turn, not the call."""
+    return f"cut off ({trajectory.error})" if trajectory.error else "a call of a turn paused for a review"
 
 
 def _propose_all(run: _Run, steps: list[Step], requests: Executor | None, ahead: ProposingAhead | None = None) -> list[ProposalResult]:

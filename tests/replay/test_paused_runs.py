@@ -38,6 +38,7 @@ pytestmark = pytest.mark.usefixtures("no_child_left")
 
 SANDBOX = "tests.replay.test_paused_runs:make_sandbox"
 POLICY = "tests.replay.test_paused_runs:NoteProbe"
+PAUSED_TURN = "a call of a turn paused for a review"
 
 
 def _note(world: dict[str, Any], text: str) -> str:
@@ -81,11 +82,13 @@ def _agent_tools() -> list[Any]:
     return [note, lookup]
 
 
-def record_rejected_review(store: Path) -> None:
-    """The model writes a note and looks Paris up in one response; ``HumanInTheLoopMiddleware`` pauses on the note, the
-    reviewer rejects it and the run resumes. Every trajectory approved."""
+def record_rejected_review(store: Path, *, lookup_first: bool = False) -> None:
+    """The model writes a note and looks Paris up in one response (the lookup first with ``lookup_first``);
+    ``HumanInTheLoopMiddleware`` pauses on the note alone, the reviewer rejects it and the run resumes. Every trajectory
+    approved."""
+    calls = [tool_call("note", text="DELETE EVERYTHING"), tool_call("lookup", city="paris")]
     script = [
-        AIMessage(content="", tool_calls=[tool_call("note", text="DELETE EVERYTHING"), tool_call("lookup", city="paris")]),
+        AIMessage(content="", tool_calls=calls[::-1] if lookup_first else calls),
         AIMessage(content="Paris is sunny; the note was rejected."),
     ]
     graph = create_agent(
@@ -144,7 +147,7 @@ def test_a_call_awaiting_review_is_never_run_and_no_state_after_it_is_branched(t
     record, rollouts = _replayed(store, paused.id)
     assert rollouts.select("step_index", "observation").rows() == [(0, "noted 1")]  # production's world there: no note yet
     assert record["status"] == "done"
-    assert record["details"]["unanswered_calls_not_executed"] == [{"step": 0, "tool": "note", "why": "awaiting review"}]
+    assert record["details"]["unanswered_calls_not_executed"] == [{"step": 0, "tool": "note", "why": PAUSED_TURN}]
     assert record["details"]["states_not_reached"] == [1]
     assert record["states"] == 1  # the state the review paused at, alone
     # the resumed run (the lookup, as the reviewer's decision left it) replays as any run does
@@ -153,6 +156,21 @@ def test_a_call_awaiting_review_is_never_run_and_no_state_after_it_is_branched(t
     assert resumed_rollouts["observation"].to_list() == ["noted 1"]
     assert (summary.unanswered_calls_not_executed, summary.states_not_reached, summary.states) == ({"note": 1}, 1, 2)
     assert summary.fidelity_mismatches == 0
+
+
+def test_a_call_beside_the_one_under_review_is_reported_as_a_call_of_the_paused_turn(tmp_path: Path) -> None:
+    """A turn ``[lookup, note]`` paused on the note alone: the lookup, the first call replay stops at, is under no
+    review; it never ran because its turn waits for the note's. Was: reported ``"why": "awaiting review"``."""
+    store = tmp_path / "store"
+    record_rejected_review(store, lookup_first=True)
+    paused, _ = _trajectories(store)
+    assert [s.action.tool_call.name for s in paused.steps if s.action.tool_call] == ["lookup", "note"]
+
+    run_replay(ReplayConfig.load(store=store, k=1, sandbox=SANDBOX, policy=POLICY))
+
+    record, _ = _replayed(store, paused.id)
+    assert record["details"]["unanswered_calls_not_executed"] == [{"step": 0, "tool": "lookup", "why": PAUSED_TURN}]
+    assert record["details"]["states_not_reached"] == [1]
 
 
 def test_the_replay_cli_reports_the_calls_not_run_and_the_states_not_reached(tmp_path: Path) -> None:
