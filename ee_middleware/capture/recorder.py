@@ -140,14 +140,19 @@ class Recorder:
         self._in_flight: dict[str, weakref.ref[_Run]] = {}  # trajectory id -> its run, until the run ends (or is collected)
         self._failed_seen = 0  # stats.runs_failed as the last flush saw it: a flush after more failed returns False
         self._failed_lock = threading.Lock()
+        self._ready_in: int | None = None  # the process where this recorder's writing threads run ahead (_ready_for_a_run)
         self._plan_offload(tracer_provider, approve_if, salt)
         _live_recorders.add(self)
         # atexit runs the last registered first: registered again now, the recorder's exit flush runs before the exit hook
         # of a tracer provider made before it (the user's own), which would shut its processor down with runs unfinished
         atexit.unregister(_flush_at_exit)
         atexit.register(_flush_at_exit)
-        flush_on_sigterm(_flush_at_sigterm, _END_GATE.open)  # SIGTERM at its default ends the process without the exit flush
-        _ready_for_sigterm(self)
+        if flush_on_sigterm(_flush_at_sigterm, _END_GATE.open):  # SIGTERM at its default ends the process without the exit flush
+            for recorder in list(_live_recorders):  # the runs in flight of recorders built on other threads before this one
+                if recorder._in_flight:
+                    _ready_for_a_run(recorder)
+        # capture's threads start with a recorder's first run (_ready_for_a_run), not here: an agent built and never run
+        # (at import, per request, in a registry) costs none
 
     def _plan_offload(self, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
         """Decide ``config.offload``: start the capture process now (``"process"``), later under
@@ -375,6 +380,7 @@ class _Run:
         self.trajectory_id = uuid.uuid4().hex
         self.thread_id = configurable.get("thread_id")
         self.environment = self._environment(graph_input, cfg, configurable)
+        _ready_for_a_run(recorder)  # before the run is in flight, where SIGTERM would have it written
         self.offload = recorder._offload_for_run()
         if self.offload is not None:
             # the spans are made in the capture process; the user's spans nest under a stand-in here
@@ -1055,8 +1061,7 @@ def _detach_offloads_after_fork() -> None:
         recorder._failed_lock = threading.Lock()
         recorder._failed_seen = recorder.stats.runs_failed  # (without the capture process's now)
         recorder._in_flight.clear()
-        recorder.finisher.forget_after_fork()
-        _ready_for_sigterm(recorder)  # (the processor forgot its parent's thread in its own hook, which ran before)
+        recorder.finisher.forget_after_fork()  # (its thread starts with the first run here: _ready_for_a_run)
         if recorder.vault is not None:
             recorder.vault.forget_after_fork()
     _END_GATE.open()  # closed by the parent's SIGTERM writer, which does not exist here
@@ -1184,16 +1189,25 @@ class _EndGate:
 _END_GATE = _EndGate()
 
 
-def _ready_for_sigterm(recorder: Recorder) -> None:
-    """Start ``recorder``'s threads that write a run (the span finisher, the store writer) now, where capture's SIGTERM
-    handler is this process's and has its own thread running (not where ``threading`` is green): the handler's flush
-    cannot start them (see :meth:`~ee_middleware.capture.processor.ExperienceSpanProcessor.start_writer`), and before
-    any run ended they were not running."""
-    writer = shutdown._writer  # started with the handler (and again in a forked process that inherits it)
-    if writer is None or writer.pid != os.getpid():
+def _ready_for_a_run(recorder: Recorder) -> None:
+    """As a run of ``recorder`` starts, on its thread, before it is in flight; what this process needs to write it
+    however it ends, once (per process, per recorder): where capture's SIGTERM handler is this process's (not where
+    ``threading`` is green), its writer thread runs (:func:`~ee_middleware.capture.shutdown.ready_to_write`) and so do
+    ``recorder``'s threads that write a run (the span finisher, the store writer): the handler's flush cannot start them
+    (see :meth:`~ee_middleware.capture.processor.ExperienceSpanProcessor.start_writer`), and before any run ended they
+    were not running. Started here, not when the recorder is built or the process forked: a recorder never run, or a
+    forked process that records nothing, starts no thread."""
+    pid = os.getpid()
+    if recorder._ready_in == pid:
         return
-    recorder.finisher.start()
-    recorder.processor.start_writer()
+    if not shutdown.ready_to_write():
+        return  # started as they are needed (the handler, if it is capture's again later, starts its own)
+    try:
+        recorder.finisher.start()
+        recorder.processor.start_writer()
+    except RuntimeError:  # no new thread (interpreter shutdown): they start with their first job, as without the handler
+        return
+    recorder._ready_in = pid
 
 
 def _flush_at_sigterm(seconds: float, reason: str) -> None:

@@ -20,13 +20,19 @@ ends instead: see ``recorder._flush_at_exit``.)
   that imports the app after installing its own handler (``uvicorn --workers N`` and ``--reload`` import it in each
   worker inside ``serve()``; ``uvicorn app:app`` loads it before): there the server's handler is the app's, and only
   the app's shutdown can flush.
-- The handler writes nothing itself: it hands the work to a thread of its own, started with the handler (and again in a
-  forked process that inherits it), and waits for it with a time limit. The signal may arrive while the main thread
-  holds one of capture's locks, which that thread then waits on in vain until the limit, never for ever. The main
-  thread never gets back from the handler (the process ends in it), so the thread must be running before the signal: a
-  thread started from the handler does not begin until the main thread lets go of :mod:`threading`'s own lock, which
-  it holds while it starts a thread itself, and the runs were lost. Where ``threading`` is green (gevent, eventlet, see
-  below) that thread is not started ahead (its blocking wait would stop every green thread): the handler starts one.
+- The handler writes nothing itself: it hands the work to a thread of its own, and waits for it with a time limit. The
+  signal may arrive while the main thread holds one of capture's locks, which that thread then waits on in vain until
+  the limit, never for ever. The main thread never gets back from the handler (the process ends in it), so the thread
+  must be running before the signal: a thread started from the handler does not begin until the main thread lets go of
+  :mod:`threading`'s own lock, which it holds while it starts a thread itself, and the runs were lost. So it is started
+  when the process's first run starts (:func:`ready_to_write`, on the run's thread, before the run is in flight), while
+  the handler is capture's; not when the handler is installed, nor in a forked process before it records: a process
+  that never records (one that only builds its agents, a forked child that execs or exits at once, ``subprocess``'s
+  ``preexec_fn``) gets no thread, and Python 3.12+ does not warn at its ``os.fork`` that it is multi-threaded. A
+  process where no run started has nothing to write: there the handler only ends it. Where ``threading`` is green
+  (gevent, eventlet, see below) that thread is not started ahead (its blocking wait would stop every green thread): the
+  handler starts one. So does it where the app's own handler calls capture's after replacing it (capture's was not the
+  installed one when the runs started).
 - A Python handler runs only when the main thread next runs Python code. A SIGTERM that comes just before the main
   thread blocks in C (taken by another thread, or between a lock's last signal check and its wait) leaves that thread
   blocked with the handler pending, where at the default the signal ends the process from any thread. A
@@ -90,6 +96,7 @@ _resume: Callable[[], None] | None = None
 _stopping = False
 _nudge_pending = False  # the watcher sent SIGTERM to the main thread; a handler run it causes during the flush is no second SIGTERM
 _wakeup: tuple[int, int] | None = None  # (read end, write end) of the pipe of this process's wakeup fd, where capture set it
+_ran_in: int | None = None  # the process where a run started (not its parent's before a fork): it has runs to write
 
 
 def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], None]) -> bool:
@@ -113,7 +120,8 @@ def flush_on_sigterm(flush: Callable[[float, str], None], resume: Callable[[], N
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # not the main interpreter
         return False
-    _start_writer()
+    if _ran_in == os.getpid():  # a recorder built on another thread recorded before this one installed the handler
+        _start_writer()
     return True
 
 
@@ -130,7 +138,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
             pass
         elif writer is not None and writer.pid == os.getpid():
             writer.write(_flush, FLUSH_S)
-        else:  # green threads (or a reloaded module): a thread of its own, started now
+        elif _ran_in != os.getpid() and _FIRST_LOAD:  # no run started in this process: nothing to write
+            pass
+        else:  # green threads (or a reloaded module, an app's handler that calls this one): a thread of its own, started now
             worker = threading.Thread(target=_flush_quietly, args=(_flush,), name=WRITER_THREAD_NAME, daemon=True)
             try:
                 worker.start()
@@ -156,14 +166,14 @@ WRITER_THREAD_NAME = "ee-capture-sigterm-flush"
 
 
 class _Writer:
-    """The thread that writes the runs at SIGTERM, started before the signal comes, by the main thread (not by the
-    handler: a thread begins only once it has taken :mod:`threading`'s own lock, which the interrupted main thread may
-    hold, and never lets go of). The handler hands the flush over with :meth:`queue.SimpleQueue.put` (reentrant, waits
+    """The thread that writes the runs at SIGTERM, started before the signal comes, as the process's first run starts
+    (not by the handler: a thread begins only once it has taken :mod:`threading`'s own lock, which the interrupted main
+    thread may hold, and never lets go of). The handler hands the flush over with :meth:`queue.SimpleQueue.put` (reentrant, waits
     for nothing) and waits for it on a queue of its own, made there, which no other thread can hold. A daemon: idle, it
     keeps no process from exiting."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()  # a forked process has no copy of the thread: it starts its own (_after_fork_in_child)
+        self.pid = os.getpid()  # a forked process has no copy of the thread: it starts its own with its first run
         self._asked: queue.SimpleQueue[tuple[Callable[[float, str], None], queue.SimpleQueue[None]]] = queue.SimpleQueue()
         threading.Thread(target=self._run, name=WRITER_THREAD_NAME, daemon=True).start()
 
@@ -187,17 +197,34 @@ class _Writer:
 
 
 _writer: _Writer | None = None
+_writer_lock = threading.Lock()  # two runs starting at once start one writer
+
+
+def ready_to_write() -> bool:
+    """Called as a run starts, on its thread, before the run is in flight: note that this process has runs to write at
+    SIGTERM and start its :class:`_Writer`, once per process, where capture's handler has SIGTERM and ``threading`` is
+    not green (see the module docstring). Returns whether the writer is running in this process: then the threads that
+    write a run (the recorder's) must be running before the signal comes too."""
+    global _ran_in
+    pid = os.getpid()
+    writer = _writer
+    if writer is None or writer.pid != pid:
+        with _writer_lock:
+            if _writer is None or _writer.pid != pid:
+                _start_writer()
+        writer = _writer
+    _ran_in = pid  # (after the writer started: a SIGTERM while the main thread starts it finds nothing to write, and ends)
+    return writer is not None and writer.pid == pid
 
 
 def _start_writer() -> None:
-    """Start this process's :class:`_Writer`, where capture's handler has SIGTERM and ``threading`` is not green; from
-    the main thread (or a forked child's only thread)."""
+    """Start this process's :class:`_Writer`, where capture's handler has SIGTERM and ``threading`` is not green."""
     global _writer
     if _green_threads() or signal.getsignal(signal.SIGTERM) is not _on_sigterm:
         return
     try:
         _writer = _Writer()
-    except RuntimeError:  # no new thread at interpreter shutdown
+    except RuntimeError:  # no new thread at interpreter shutdown (or none to be had): the handler starts one
         _writer = None
 
 
@@ -260,11 +287,12 @@ def _watch(reader: int, main_thread: int | None) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _stopping, _nudge_pending, _wakeup, _writer
+    global _stopping, _nudge_pending, _wakeup, _writer, _writer_lock, _ran_in
     _stopping = _nudge_pending = False
-    if _writer is not None:  # the parent's thread is not in this process: the inherited handler needs one here
-        _writer = None
-        _start_writer()
+    # the parent's writer is not in this process, nor are its runs: the child starts its own writer with its first run
+    # (ready_to_write), not here: a child that execs or exits at once (preexec_fn, a daemonizer) starts no thread
+    _writer = _ran_in = None
+    _writer_lock = threading.Lock()  # it may have been held by a thread that does not exist here
     if _wakeup is None:
         return
     inherited, _wakeup = _wakeup, None  # shared with the parent: its watcher would read this process's signals
