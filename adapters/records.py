@@ -183,9 +183,11 @@ def _read_json(path: Path, *, what: str) -> dict[str, Any]:
 
 
 def adapter_rank(folder: str | Path, config: dict[str, Any] | None = None) -> int:
-    """The adapter's LoRA rank as a server's ``--max-lora-rank`` limits it: the largest rank of its modules. That is the
-    largest of ``r`` and the values of peft's ``rank_pattern`` (per-module ranks), and of the rows of the ``lora_A``
-    matrices in ``adapter_model.safetensors`` (read from its header only) where that file is there.
+    """The adapter's LoRA rank as a server's ``--max-lora-rank`` limits it: the largest rank of its modules, and never
+    below ``r`` (vLLM checks ``r``). Where ``adapter_model.safetensors`` has a readable header, the modules' ranks are
+    the rows of its ``lora_A`` matrices (what peft's ``rank_pattern`` really applied); otherwise (``.bin`` weights,
+    none yet) they are the ``rank_pattern`` entries that match a target module (peft's rule: the key, a regex, matches
+    the end of the module's dotted name), since peft saves entries that matched no module unchanged.
 
     ``config``: the folder's ``adapter_config.json`` when read already. :class:`AdapterFilesError` for a config that
     cannot be read or has no valid ``r``, or a ``rank_pattern`` that is not module names mapped to ranks."""
@@ -201,7 +203,31 @@ def adapter_rank(folder: str | Path, config: dict[str, Any] | None = None) -> in
             f"{path / CONFIG_FILE} has a rank_pattern that is not module names mapped to ranks (got {pattern!r}); "
             "save the adapter again with peft's save_pretrained."
         )
-    return max([rank, *pattern.values(), *_lora_a_rows(path / WEIGHT_FILES[0])])
+    rows = _lora_a_rows(path / WEIGHT_FILES[0])
+    if rows:
+        return max([rank, *rows])
+    targets = config.get("target_modules")
+    return max([rank, *(value for key, value in pattern.items() if _may_target(key, targets))])
+
+
+def _may_target(key: str, targets: Any) -> bool:
+    """Whether peft could have applied the ``rank_pattern`` entry ``key`` to a module named by ``target_modules``.
+
+    peft matches ``key`` as ``re.match(rf"(.*\\.)?({key})$", module_name)`` on full dotted names that end with a target
+    name; without the base model those full names are unknown, so an entry counts when it ends with a target's name (``q_proj``,
+    ``layers.0.self_attn.q_proj``, ``layers\\.0\\..*q_proj``) or as a regex matches the end of a target name. A ``target_modules`` regex string,
+    ``all-linear``, or none: every entry counts (it cannot be ruled out)."""
+    if not isinstance(targets, list) or not targets or not all(isinstance(target, str) for target in targets):
+        return True
+    for target in targets:
+        if re.search(rf"(?<![A-Za-z0-9_]){re.escape(target)}$", key):
+            return True
+        try:
+            if re.match(rf"(.*\.)?({key})$", target):
+                return True
+        except re.error:
+            return True
+    return False
 
 
 _LORA_A = re.compile(r"\.lora_(?:embedding_)?A(?:\.|$)")
