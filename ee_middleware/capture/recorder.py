@@ -1084,9 +1084,22 @@ def _flush_at_multiprocessing_exit(_: object) -> None:
     """In a ``multiprocessing`` process forked from this one (``Process``, ``Pool``, ``ProcessPoolExecutor`` with the
     ``fork`` start method): such a process ends with ``os._exit``, which runs no ``atexit`` hook, after running
     ``multiprocessing``'s own exit finalizers; the exit flush is made one of them, so the runs it recorded are written
-    before it ends. (Registered here, after ``multiprocessing`` clears the finalizers a forked process inherits; a
-    process it spawns exits through ``sys.exit``, where the ``atexit`` hook flushes.)"""
+    before it ends. (Registered here, after ``multiprocessing`` clears the finalizers a forked process inherits. A
+    process of the ``forkserver`` or ``spawn`` start method imports capture itself, often only with its first task, after
+    this hook ran: it is registered there when the process's first run starts, see :func:`_ready_for_a_run`.)"""
     if _forked_pid == os.getpid():
+        _flush_at_multiprocessing_finalizers()
+
+
+_exit_flush_in: int | None = None  # the process whose multiprocessing exit finalizers flush capture's recorders
+
+
+def _flush_at_multiprocessing_finalizers() -> None:
+    """Make the exit flush one of ``multiprocessing``'s exit finalizers in this process, once: a process it started ends
+    with them, and with ``os._exit`` where the start method is ``fork`` or ``forkserver`` (no ``atexit`` hook runs)."""
+    global _exit_flush_in
+    if _exit_flush_in != os.getpid():
+        _exit_flush_in = os.getpid()
         multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=0)
 
 
@@ -1191,15 +1204,21 @@ _END_GATE = _EndGate()
 
 def _ready_for_a_run(recorder: Recorder) -> None:
     """As a run of ``recorder`` starts, on its thread, before it is in flight; what this process needs to write it
-    however it ends, once (per process, per recorder): where capture's SIGTERM handler is this process's (not where
-    ``threading`` is green), its writer thread runs (:func:`~ee_middleware.capture.shutdown.ready_to_write`) and so do
-    ``recorder``'s threads that write a run (the span finisher, the store writer): the handler's flush cannot start them
-    (see :meth:`~ee_middleware.capture.processor.ExperienceSpanProcessor.start_writer`), and before any run ended they
-    were not running. Started here, not when the recorder is built or the process forked: a recorder never run, or a
-    forked process that records nothing, starts no thread."""
+    however it ends, once (per process, per recorder):
+
+    - in a process ``multiprocessing`` started (any start method), the exit flush is one of its exit finalizers (a
+      ``forkserver`` worker ends with ``os._exit``: its runs were lost when its pool was closed);
+    - where capture's SIGTERM handler is this process's (not where ``threading`` is green), its writer thread runs
+      (:func:`~ee_middleware.capture.shutdown.ready_to_write`) and so do ``recorder``'s threads that write a run (the
+      span finisher, the store writer): the handler's flush cannot start them (see
+      :meth:`~ee_middleware.capture.processor.ExperienceSpanProcessor.start_writer`), and before any run ended they were
+      not running. Started here, not when the recorder is built or the process forked: a recorder never run, or a
+      forked process that records nothing, starts no thread."""
     pid = os.getpid()
     if recorder._ready_in == pid:
         return
+    if _exit_flush_in != pid and multiprocessing.parent_process() is not None:
+        _flush_at_multiprocessing_finalizers()
     if not shutdown.ready_to_write():
         return  # started as they are needed (the handler, if it is capture's again later, starts its own)
     try:

@@ -1,4 +1,5 @@
-"""Capture starts its threads when a process first records, not when a recorder is built or a process forked.
+"""Capture starts its threads when a process first records, not when a recorder is built or a process forked; and a
+``multiprocessing`` worker of any start method writes its runs when its pool is closed.
 
 A recorder built with capture's SIGTERM handler installed started its span finisher and store writer at once (two
 threads kept for as long as the process lives, for each recorder, used or not), and capture's SIGTERM writer was
@@ -6,6 +7,9 @@ started with the handler and again in every forked process (also a ``subprocess`
 and exec): a process that never records was multi-threaded (Python 3.12+ warns at each ``os.fork`` of one). They are
 needed running before SIGTERM only where a run may be in flight, so they start as the process's first run starts
 (tests/capture/test_sigterm_before_any_run.py keeps what that fixed).
+
+A ``forkserver`` ``Pool`` worker imports capture itself (with the module of its first task) and ends with
+``os._exit``, which runs no ``atexit`` hook: its runs were lost when the pool was closed and joined.
 
 Real processes, real ``create_agent`` graphs, real recorders and the real local store.
 """
@@ -183,3 +187,50 @@ def test_sigterm_to_a_process_that_never_recorded_ends_it_at_once(tmp_path: Path
     assert done.returncode == -15, done.stderr[-3000:]
     assert "went on" not in done.stdout
     assert time.monotonic() - started < 30  # (the 3 s spin ends in the handler; the process's start takes the rest)
+
+
+POOL_MODULE = """
+import os
+from agent import ask, build
+
+agent = build(os.environ["EE_TEST_STORE"])  # built at import: in each worker, as it unpickles its first task
+
+
+def job(i):
+    ask(agent, f"job-{i}")
+    return os.getpid()
+"""
+
+POOL = """
+import json, multiprocessing, os, sys
+os.environ["EE_TEST_STORE"] = sys.argv[1]
+import jobs
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context(sys.argv[2])
+    if sys.argv[3] == "pool":
+        pool = context.Pool(2)
+        pids = pool.map(jobs.job, range(6))
+        pool.close()
+        pool.join()
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(2, mp_context=context) as executor:  # (its exit waits for the workers to end)
+            pids = list(executor.map(jobs.job, range(6)))
+    print(json.dumps(sorted(set(pids))))
+"""
+
+
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_runs_recorded_in_pool_workers_are_stored_when_the_pool_is_closed(tmp_path: Path, start_method: str, kind: str) -> None:
+    (tmp_path / "agent.py").write_text(AGENT)
+    (tmp_path / "jobs.py").write_text(POOL_MODULE)
+    store = tmp_path / "experience"
+    done = run_script(POOL, str(store), start_method, kind, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]), "the jobs ran in the pool's workers"
+    stored = LocalExperienceStore(store).trajectories()
+    assert sorted(stored["thread_id"].to_list()) == [f"job-{i}" for i in range(6)], done.stderr[-3000:]
+    assert set(stored["status"].to_list()) == {"completed"}
