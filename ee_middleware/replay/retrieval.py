@@ -15,7 +15,7 @@ placeholders replay could not restore (``Rollout.unrestored``, which builds leav
 set: :func:`rollout_transition`): the sandbox answered the placeholder (``user not found``), not the value. Of a run
 paused for a review or cancelled, it leaves out what IWM leaves out (:func:`paused_steps_left_out`): the rollouts at a
 state after its call awaiting review or cut off (a world production never had), the expert steps after that call, and
-its turn's calls a later run of the thread (the resumed run) holds too.
+its turn's calls the next run of the thread (the resumed run) holds too (same id, tool and arguments).
 
 :class:`TransitionIndex` keeps the transitions, reads what the store gained since the last call
 (:meth:`TransitionIndex.refresh`) and applies the rules every query obeys; a **retriever** scores
@@ -242,13 +242,16 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
     IWM's own rule (:func:`~ee_middleware.trainers.datasets.source.paused_turn_steps`, over the trajectories as a build
     reads them: the store's approved ones): a polars frame of ``trajectory_id``, ``step_index``, ``after`` (a state after
     the run's call awaiting review or cut off: no rollout there, no expert step) and ``held_later`` (a call of the paused
-    turn a later run of the thread holds too: that run's copy is the example)."""
+    turn the next run of the thread holds too, same id, tool and arguments: that run's copy is the example)."""
     import polars as pl
 
     from ee_middleware.trainers.datasets.source import paused_turn_steps
 
     runs: dict[str, list[Any]] = {"id": [], "status": [], "thread_id": [], "started_at": []}
-    steps: dict[str, list[Any]] = {k: [] for k in ("trajectory_id", "index", "action_kind", "decision_index", "tool_call_id", "observed")}
+    steps: dict[str, list[Any]] = {
+        k: []
+        for k in ("trajectory_id", "index", "action_kind", "decision_index", "tool_call_id", "tool_name", "arguments_json", "observed")
+    }
     for trajectory in trajectories:
         for key, value in zip(runs, (trajectory.id, trajectory.status, trajectory.thread_id, trajectory.started_at), strict=True):
             runs[key].append(value)
@@ -262,6 +265,8 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
                 step.action.kind,
                 step.decision_index,
                 call.id if call else None,
+                call.name if call else None,
+                json.dumps(call.arguments, sort_keys=True, default=str) if call else None,
                 step.observation is not None,
             )
             for key, value in zip(steps, row, strict=True):
@@ -277,6 +282,8 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
             "action_kind": pl.String,
             "decision_index": pl.Int64,
             "tool_call_id": pl.String,
+            "tool_name": pl.String,
+            "arguments_json": pl.String,
             "observed": pl.Boolean,
         },
     )

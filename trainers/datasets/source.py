@@ -104,17 +104,19 @@ def paused_turn_steps(trajectories: pl.DataFrame, steps: pl.DataFrame, observed:
     * ``after``: a step after the trajectory's first call without an observation. Its state is none production had (the
       call may be rejected, or ran partway, and a prompt would show it with a result nobody saw): no rollout at it, no
       expert row of it.
-    * ``held_later``: a step of the turn holding such a call (or after it) whose call a later trajectory of the same
-      thread among ``trajectories`` (the run that resumed it) holds with its observation, at a step not ``after``
-      itself: that copy teaches the call once, in the turn as the reviewer decided it.
+    * ``held_later``: a step of the turn holding such a call (or after it) whose call the run that resumed it (the next
+      trajectory of the same thread among ``trajectories``) holds with its observation, with the same ``tool_call_id``,
+      tool name and arguments, at a step not ``after`` itself: that copy teaches the call once, in the turn as the
+      reviewer decided it. A later run's call that only shares the id (providers number calls per reply) holds nothing.
 
-    A step of that turn before its first call without an observation that no later trajectory holds (a run never resumed,
-    or cancelled, or whose resumed run is not among ``trajectories``: not approved) is not returned: it is the only copy
-    of a call that ran in production, taught from the paused run.
+    A step of that turn before its first call without an observation that the next run does not hold (a run never
+    resumed, or cancelled, or whose resumed run is not among ``trajectories``: not approved) is not returned: it is the
+    only copy of a call that ran in production, taught from the paused run.
 
     ``trajectories`` needs ``id`` and ``status``, and for ``held_later`` ``thread_id`` and ``started_at``; ``steps``
     needs ``trajectory_id``, ``index``, ``action_kind`` and ``decision_index``, and for ``held_later`` ``tool_call_id``
-    (the resumed run's copy of a call keeps the call's id). ``observed`` is true for a step with an observation
+    (the resumed run's copy of a call keeps the call's id) and ``tool_name`` and ``arguments_json`` (or their
+    :func:`call_key`, ``call_key``). ``observed`` is true for a step with an observation
     (``pl.col("observation").is_not_null()`` of a source, ``has_observation`` of an index)."""
     if "status" not in trajectories.columns:
         return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
@@ -150,29 +152,50 @@ def paused_expert_counts(paused: pl.DataFrame, expert: pl.DataFrame) -> dict[str
     return {key: n for key, n in counts.items() if n}
 
 
+def call_key() -> pl.Expr:
+    """A step's call, by tool name and arguments (``tool_name``, ``arguments_json``): a paused run's call and its resumed
+    run's copy of it have the same one (:func:`paused_turn_steps`)."""
+    return pl.concat_str([pl.col("tool_name").fill_null(""), pl.col("arguments_json").fill_null("")], separator="\x00").hash(seed=0)
+
+
 def _held_later(trajectories: pl.DataFrame, steps: pl.DataFrame, observed: pl.Expr, marked: pl.DataFrame) -> pl.DataFrame:
-    """``trajectory_id``, ``step_index`` and ``held_later`` (true) of the ``marked`` steps whose call a later trajectory of
-    the same thread holds with its observation, at a step not ``after`` itself (see :func:`paused_turn_steps`)."""
+    """``trajectory_id``, ``step_index`` and ``held_later`` (true) of the ``marked`` steps whose call the run that resumed
+    theirs (the next trajectory of the same thread) holds with its observation, at a step not ``after`` itself (see
+    :func:`paused_turn_steps`).
+
+    A call is matched by its ``tool_call_id`` and its tool name and arguments (:func:`call_key`) in that one run only:
+    many providers number calls per reply (``call_0``, ``"0"``), so a later, unrelated call of the thread often has the
+    same id. Each paused run is compared with one run, so the cost is linear in the steps."""
     empty = pl.DataFrame(schema={"trajectory_id": pl.String(), "step_index": pl.Int64(), "held_later": pl.Boolean()})
     if not {"thread_id", "started_at"} <= set(trajectories.columns) or "tool_call_id" not in steps.columns:
         return empty
-    runs = trajectories.filter(pl.col("thread_id").is_not_null()).select(
-        pl.col("id").alias("trajectory_id"), "thread_id", pl.col("started_at").alias("_started")
+    if "call_key" not in steps.columns and not {"tool_name", "arguments_json"} <= set(steps.columns):
+        raise ValueError(
+            "paused_turn_steps: steps has tool_call_id but neither tool_name and arguments_json nor call_key; select them "
+            "too (a resumed run's copy of a call is matched by its id, tool name and arguments)"
+        )
+    runs = (
+        trajectories.filter(pl.col("thread_id").is_not_null() & pl.col("started_at").is_not_null())
+        .select(pl.col("id").alias("trajectory_id"), "thread_id", "started_at")
+        .sort("thread_id", "started_at", "trajectory_id")
+        .with_columns(pl.col("trajectory_id").shift(-1).over("thread_id").alias("_resumed_by"))
+        .select("trajectory_id", "_resumed_by")
     )
-    calls = (
-        steps.filter((pl.col("action_kind") == "tool_call") & pl.col("tool_call_id").is_not_null())
-        .select("trajectory_id", pl.col("index").cast(pl.Int64).alias("step_index"), "tool_call_id", observed.alias("_observed"))
-        .join(runs, on="trajectory_id", how="inner")
+    key = pl.col("call_key") if "call_key" in steps.columns else call_key()
+    calls = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("tool_call_id").is_not_null()).select(
+        "trajectory_id", pl.col("index").cast(pl.Int64).alias("step_index"), "tool_call_id", key.alias("_call"), observed.alias("_observed")
     )
-    mine = calls.join(marked, on=["trajectory_id", "step_index"], how="inner")
+    mine = calls.join(marked, on=["trajectory_id", "step_index"], how="inner").join(runs, on="trajectory_id", how="inner")
+    mine = mine.filter(pl.col("_resumed_by").is_not_null())
     if mine.is_empty():
         return empty
-    holders = calls.filter(pl.col("_observed")).join(marked.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti")
-    pairs = mine.join(holders, on=["thread_id", "tool_call_id"], how="inner", suffix="_holder")
-    later = (pl.col("_started_holder") > pl.col("_started")) | (
-        (pl.col("_started_holder") == pl.col("_started")) & (pl.col("trajectory_id_holder") > pl.col("trajectory_id"))
+    holders = (
+        calls.filter(pl.col("_observed") & pl.col("trajectory_id").is_in(mine["_resumed_by"].unique().implode()))
+        .join(marked.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti")
+        .select(pl.col("trajectory_id").alias("_resumed_by"), "tool_call_id", "_call")
+        .unique()
     )
-    held = pairs.filter(later.fill_null(False)).select("trajectory_id", "step_index").unique()
+    held = mine.join(holders, on=["_resumed_by", "tool_call_id", "_call"], how="semi").select("trajectory_id", "step_index").unique()
     return held.with_columns(pl.lit(True).alias("held_later"))
 
 
@@ -275,7 +298,8 @@ class SourceIndex:
     """The keys of a source, without its text: what a build plans its groups of trajectories with.
 
     ``trajectories``: :data:`TRAJECTORY_COLUMNS` of the approved trajectories (store order);
-    ``steps``: ``trajectory_id``, ``index``, ``action_kind``, ``decision_index``, ``tool_call_id``, ``has_observation``,
+    ``steps``: ``trajectory_id``, ``index``, ``action_kind``, ``decision_index``, ``tool_call_id``, ``call_key``
+    (:func:`call_key`), ``has_observation``,
     ``observation_is_error``, ``state_bytes`` (storage order); ``rollouts``: ``id``,
     ``trajectory_id``, ``step_index``, ``is_error`` (the rollouts a build uses, sorted as
     :meth:`~ee_middleware.store.local.LocalExperienceStore.rollouts` sorts them)."""
@@ -499,6 +523,7 @@ class SourceReader:
             "action_kind",
             "decision_index",
             "tool_call_id",
+            call_key().alias("call_key"),
             pl.col("observation").is_not_null().alias("has_observation"),
             "observation_is_error",
             pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
