@@ -141,7 +141,7 @@ JOBS = {
     ("improve",): "ee_middleware.jobs.config:ImproveConfig",
 }
 NOT_SETTINGS = {"--config", "--progress", "--json", "--allow-partial", "--candidate", "--baseline", "--policy", "--adapter", "--registry"}
-NOT_SETTINGS |= {"--new-run", "--force", "--example-config", "--endpoint"}
+NOT_SETTINGS |= {"--new-run", "--force", "--example-config", "--endpoint", "--allow-mixed-models"}  # (per call, as --force)
 
 
 def test_the_readme_gives_the_key_of_every_flag_spelled_otherwise_in_the_file() -> None:
