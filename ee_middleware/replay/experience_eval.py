@@ -49,9 +49,8 @@ from ee_middleware.replay.retrieval import (
     Retriever,
     Transition,
     TransitionIndex,
+    buffer_transitions,
     expert_transitions,
-    rollout_transition,
-    transitions_out_of_use,
     words,
 )
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError
@@ -165,20 +164,14 @@ def split_store(
     approved = list(store.iter_trajectories(status="approved"))  # what training may use, as dataset builds read
     # the expert steps a build teaches: none a paused run's resumed run holds too, nor after its call awaiting review
     taught = expert_transitions(approved)
-    trajectories = [t for t in approved if taught[t.id]]
+    trajectories = [t for t in approved if taught[t.id]]  # held out only where there is something to predict
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and len(trajectories) > 1:
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
     index = TransitionIndex.of(retriever)
-    kept = {t.id: t for t in trajectories if t.id not in held}
-    transitions = [tr for trajectory_id in kept for tr in taught[trajectory_id]]
-    if kept:  # the rollouts a dataset build uses (no superseded attempt, none left out for fidelity mismatches or unrestored,
-        # none at a state after a paused run's call awaiting review)
-        rollouts = [rollout_transition(rollout, kept[rollout.trajectory_id]) for rollout in store.iter_rollouts(list(kept))]
-        real = [t for t in rollouts if t is not None]
-        out_of_use = transitions_out_of_use(store, approved, real)
-        transitions.extend(t for t in real if t.id not in out_of_use)
-    index.add(transitions)
+    # every approved trajectory not held out, as IWM and the live buffer: a paused run none of whose calls is taught
+    # still gives its rollouts at states before the pause
+    index.add(buffer_transitions(store, approved, leave_out=held, taught=taught))
     pairs = [(t, tr) for t in trajectories if t.id in held for tr in taught[t.id]]
     return HeldOutSplit(pairs[:limit] if limit else pairs, held, index)
 

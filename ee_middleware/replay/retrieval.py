@@ -302,6 +302,33 @@ def expert_transitions(trajectories: Sequence[Trajectory]) -> dict[str, list[Tra
     }
 
 
+def buffer_transitions(
+    store: Any,
+    trajectories: Sequence[Trajectory],
+    *,
+    leave_out: Iterable[str] = (),
+    taught: dict[str, list[Transition]] | None = None,
+) -> list[Transition]:
+    """The real transitions of ``trajectories`` (all those a build reads: the store's approved ones), except those of
+    the trajectories in ``leave_out`` (a held-out set), that the replay buffer indexes, by IWM's rule: every
+    trajectory's expert transitions a build teaches (:func:`expert_transitions`; ``taught`` when already computed)
+    and its rollouts a build uses (:func:`rollout_transition`, :func:`transitions_out_of_use`). A paused run whose
+    expert steps its resumed run all holds still gives its rollouts at states before its pause, as in IWM and
+    :meth:`TransitionIndex.refresh`."""
+    trajectories = list(trajectories)
+    taught = expert_transitions(trajectories) if taught is None else taught
+    skipped = set(leave_out)
+    kept = {t.id: t for t in trajectories if t.id not in skipped}
+    transitions = [tr for trajectory_id in kept for tr in taught[trajectory_id]]
+    if kept:  # the rollouts a build uses: no superseded attempt, none left out for fidelity mismatches or unrestored,
+        # none at a state after a paused run's call awaiting review
+        rollouts = [rollout_transition(rollout, kept[rollout.trajectory_id]) for rollout in store.iter_rollouts(list(kept))]
+        real = [t for t in rollouts if t is not None]
+        out_of_use = transitions_out_of_use(store, trajectories, real)
+        transitions.extend(t for t in real if t.id not in out_of_use)
+    return transitions
+
+
 def transitions_out_of_use(store: Any, trajectories: Sequence[Trajectory], transitions: Iterable[Transition]) -> set[str]:
     """The ids of the ``transitions`` a dataset build leaves out, by the builds' rules over ``trajectories`` (those the
     buffer reads, as a build reads its source: the store's approved ones) and the store's replay records of them.
