@@ -159,6 +159,7 @@ RESULT_COLUMNS = (
     "error_type",
     "steps",
     "request_refused",
+    "server_refused",
     "served_model",
 )
 """The columns of a run's results.parquet the gate reads (all but ``suite``, ``task_id`` and ``success`` where the run
@@ -397,6 +398,7 @@ def gate(
                     f"{run_dir}` again, with fewer --workers if memory ran short (it runs them again, once)"
                 )
         reasons += _never_answered_reasons(silent, role, run_dir)
+        reasons += _server_refused_reasons(results[role], role, run_dir)
     unscored = {suite: (cause, run_dir) for run_dir in (baseline_dir, candidate_dir) for suite, cause in unscored_suites(run_dir).items()}
     for suite, (cause, run_dir) in sorted(unscored.items()):
         if suite not in candidate and suite not in baseline:
@@ -534,6 +536,28 @@ def _never_answered_reasons(silent: dict[str, tuple[int, str]], role: str, run_d
             f"({quoted}), so it measures the model's setup, not the model; fix that (the served model's name, the adapter's "
             f"files, the model client; for worker processes that died, the memory each needs: fewer --workers) and run "
             f"`ee eval run ... --out {run_dir}` again (those trials run again)"
+        )
+    return reasons
+
+
+def _server_refused_reasons(frame: Any, role: str, run_dir: str | os.PathLike[str]) -> list[str]:
+    """Why a run holding task trials whose request the model server refused to render (``server_refused``: its chat
+    template failed on the conversation) is no measure of the model on them (nothing for a run from before it was
+    recorded)."""
+    import polars as pl
+
+    if "server_refused" not in frame.columns:
+        return []
+    reasons = []
+    refused = frame.filter(pl.col("server_refused")).sort("suite", "task_id", "trial")
+    for (suite,), rows in refused.group_by("suite", maintain_order=True):
+        reason = str(rows["reason"][0] if "reason" in rows.columns and rows["reason"][0] else "no reason recorded")
+        quoted = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + "..."
+        reasons.append(
+            f"{suite}: the model server refused to render the request of {rows.height} task trial(s) of the {role} run before "
+            f"its model answered it ({quoted}): its chat template failed on the conversation, so those failures measure "
+            f"the template, not the model; fix the template (--chat-template, or the model's own) and run `ee eval run ... "
+            f"--out {run_dir}` again (those trials run again)"
         )
     return reasons
 

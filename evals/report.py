@@ -22,7 +22,9 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Suites that
     left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``;
     suites with tasks the model server gave no answer to (down, timed out) get ``no_answer``, their count, of which
-    ``worker_deaths`` (when any) were tasks whose worker process died (the same command runs them again once).
+    ``worker_deaths`` (when any) were tasks whose worker process died (the same command runs them again once);
+    suites with tasks whose request the server refused to render (``server_refused`` rows: its chat template failed on
+    it) get ``server_refused``, their count, and ``server_refused_reason``, the first one's reason.
     ``cut_answers`` counts the model's answers that ended because they reached ``max_tokens`` (finish reason
     ``length``; 0 for rows of runs from before it was recorded); ``text_calls`` the answers whose calls were read from
     their text, not from structured ``tool_calls`` (0 likewise). ``served_models`` (when the client said which model
@@ -61,6 +63,11 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
         deaths = sum(1 for r in items if r.get("no_answer") and r.get("error_type") == "worker_died")
         if deaths:
             out[-1]["worker_deaths"] = deaths
+        refused = [r for r in items if r.get("server_refused")]
+        if refused:
+            out[-1]["server_refused"] = len(refused)
+            first = min(refused, key=lambda r: (str(r["task_id"]), int(r.get("trial") or 0)))
+            out[-1]["server_refused_reason"] = str(first.get("reason") or "no reason recorded")
         served = served_models(items)
         if served:
             out[-1]["served_models"] = served
@@ -131,7 +138,18 @@ def write_outputs(
     import polars as pl
 
     rows = sorted(
-        ({"no_answer": False, "request_refused": False, "cut_answers": 0, "text_calls": 0, "served_model": None, **r} for r in rows),
+        (
+            {
+                "no_answer": False,
+                "request_refused": False,
+                "server_refused": False,
+                "cut_answers": 0,
+                "text_calls": 0,
+                "served_model": None,
+                **r,
+            }
+            for r in rows
+        ),
         key=lambda r: (r["suite"], r["task_id"], r["trial"]),
     )
     names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
@@ -170,6 +188,7 @@ _SCHEMA = {
     "duration_s": float,
     "no_answer": bool,
     "request_refused": bool,
+    "server_refused": bool,
     "conversation": str,
     "details": str,
     "cut_answers": int,
@@ -269,9 +288,10 @@ _UNANSWERED = (
 per suite), and what to add to 'run the same command again'."""
 
 
-def unanswered_warning(summary: list[dict[str, Any]]) -> str:
-    """A warning when the model server gave no answer on some tasks, or the worker process running some died ("" when
-    neither), naming the suites (a run may hold suites several commands added: the command to run again is the one with
+def unanswered_warning(summary: list[dict[str, Any]], limit: int = 300) -> str:
+    """A warning when the model server gave no answer on some tasks, the worker process running some died, or the server
+    refused to render some tasks' requests (its chat template failed on them: ``server_refused``) ("" when none of
+    these), naming the suites (a run may hold suites several commands added: the command to run again is the one with
     those suites)."""
     server = {s["suite"]: s.get("no_answer", 0) - s.get("worker_deaths", 0) for s in summary}
     deaths = {s["suite"]: s.get("worker_deaths", 0) for s in summary}
@@ -283,6 +303,20 @@ def unanswered_warning(summary: list[dict[str, Any]]) -> str:
                 f"Warning: {what.format(total=total, where=where)}; they count as failures here. "
                 f"Run the same `ee eval run` command (with those suites) again{again}"
             )
+    refused = [s for s in summary if s.get("server_refused")]
+    if refused:
+        where = "; ".join(
+            f"{s['suite']}: {s['server_refused']} of {s['runs']}, the first: "
+            + (s["server_refused_reason"] if len(s["server_refused_reason"]) <= limit else s["server_refused_reason"][:limit] + "...")
+            for s in refused
+        )
+        said.append(
+            f"Warning: the model server refused to render the request of {sum(s['server_refused'] for s in refused)} task "
+            f"trial(s) before the model answered it ({where}). That is its chat template (--chat-template, or the "
+            "model's own) failing on the conversation, not the model's answer: they count as failures here, and "
+            "`ee eval gate` refuses this run. Fix the template (or serve one that renders these conversations) and run "
+            "the same `ee eval run` command (with those suites) again: it runs only those again."
+        )
     return "\n".join(said)
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -77,6 +78,7 @@ def result_row(result: TaskResult, model: str) -> dict[str, Any]:
         "duration_s": round(result.duration_s, 6),
         "no_answer": bool(result.conversation.no_answer),
         "request_refused": False,
+        "server_refused": False,
         "cut_answers": conversation.cut_answers,
         "text_calls": conversation.text_calls,
         "conversation": json.dumps(conversation.messages, ensure_ascii=False, default=str),
@@ -138,7 +140,8 @@ def _run_claimed(
 
     names, excluded = _claim_run_dir(out, job, [suite.name for suite in suites.values()])
     journal_rows = _without_silent_suites(out, read_journal(out / JOURNAL), {suite.name for suite in suites.values()})
-    done = [r for r in journal_rows if not r.get("no_answer")]  # the server gave no answer, a worker died: run again
+    # the server gave no answer, a worker died, the server refused to render the request (its template): run again
+    done = [r for r in journal_rows if not _run_again(r)]
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
     died = {(r["suite"], r["task_id"], r["trial"]) for r in journal_rows if r.get("no_answer") and r.get("error_type") == WORKER_DIED}
     todo: list[tuple[str, EvalTask, int]] = []
@@ -164,9 +167,7 @@ def _run_claimed(
             if progress:
                 progress(row["suite"], counts[row["suite"]], totals[row["suite"]])
     # The tasks of suites an earlier command added that got no answer stay in the run as such (this one did not run them).
-    done += [
-        r for r in journal_rows if r.get("no_answer") and r["suite"] not in totals and (r["suite"], r["task_id"], r["trial"]) not in seen
-    ]
+    done += [r for r in journal_rows if _run_again(r) and r["suite"] not in totals and (r["suite"], r["task_id"], r["trial"]) not in seen]
     excluded.update({suite.name: dict(getattr(suite, "excluded", None) or {}) for suite in suites.values()})
     names += [name for name in dict.fromkeys(r["suite"] for r in done) if name not in names]
     write_outputs(out, done, job, excluded, names)
@@ -197,6 +198,32 @@ def refused_for_its_messages(exc: BaseException | None) -> bool:
     context, a chat template failing on them): :class:`ModelRequestError` not about the server's setup nor with a
     :data:`SETUP_STATUSES` status. That task's failure says something of the task, not that the model cannot answer."""
     return isinstance(exc, ModelRequestError) and not exc.setup and exc.status not in SETUP_STATUSES
+
+
+CONTEXT_REFUSAL = re.compile(
+    r"context (?:length|size|window)|too long|too many (?:input )?tokens|max_new_tokens|input tokens|"
+    r"maximum (?:sequence|input|prompt) length|exceeds the (?:model's )?(?:maximum|limit)",
+    re.IGNORECASE,
+)
+"""The wording of a server refusing a request as longer than the model's context (vLLM's and the local server's
+"This model's maximum context length is N tokens", llama.cpp's "exceeds the available context size", TGI's
+"`inputs` tokens + `max_new_tokens` must be <= N", "prompt is too long")."""
+
+
+def refused_by_server(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a model server refusing a request for its own messages (:func:`refused_for_its_messages`)
+    for a cause other than their length: its chat template failing on them (vLLM answers a template's error with 400
+    and the template's own text; the local server names the template), a prompt it cannot render. The model never saw
+    that request, so the trial measures the server's template, not the model: it is counted apart (``server_refused``),
+    warned about, run again by the next command, and refused by the gate. A prompt longer than the context
+    (:data:`CONTEXT_REFUSAL`) stays that task's failure."""
+    return refused_for_its_messages(exc) and not CONTEXT_REFUSAL.search(str(exc))
+
+
+def _run_again(row: Mapping[str, Any]) -> bool:
+    """Whether the next command runs a journal row's task trial again: the server gave no answer, its worker process
+    died, or the server refused to render its request (``server_refused``: a template fixed since renders it)."""
+    return bool(row.get("no_answer") or row.get("server_refused"))
 
 
 def got_no_model_answer(row: Mapping[str, Any]) -> bool:
@@ -287,7 +314,7 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
             ) from exc
         changed = job.changed_settings(previous["job"])
         if changed:  # rows with no answer of the model (a typo'd endpoint or served-model name, a killed worker) are no result to keep
-            answered = [r for r in read_journal(out / JOURNAL) if not r.get("no_answer") and not got_no_model_answer(r)]
+            answered = [r for r in read_journal(out / JOURNAL) if not _run_again(r) and not got_no_model_answer(r)]
             if answered:
                 raise ConfigError(
                     f"{out} holds {len(answered)} result(s) of a run with other settings, so it cannot be resumed with these "
@@ -385,7 +412,7 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict) and all(isinstance(row.get(key, ...), kind) for key, kind in _ROW_KEYS.items()):
-                key = (row["suite"], row["task_id"], row["trial"], bool(row.get("no_answer")))
+                key = (row["suite"], row["task_id"], row["trial"], bool(row.get("no_answer")), bool(row.get("server_refused")))
                 if key not in keys:
                     keys.add(key)
                     rows.append(row)
@@ -452,6 +479,7 @@ class _Worker:
         # the error that ended the task is its last request's: a refusal of that request's own messages is the task's
         # failure, which never_answered() does not count as "the model never answered"
         row["request_refused"] = result.error_type == "model_error" and refused_for_its_messages(self._last[0])
+        row["server_refused"] = row["request_refused"] and refused_by_server(self._last[0])
         return row
 
     def close(self) -> None:
@@ -786,4 +814,13 @@ def _exit_text(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-__all__ = ["EvalJob", "got_no_model_answer", "never_answered", "read_journal", "refused_for_its_messages", "result_row", "run_eval"]
+__all__ = [
+    "EvalJob",
+    "got_no_model_answer",
+    "never_answered",
+    "read_journal",
+    "refused_by_server",
+    "refused_for_its_messages",
+    "result_row",
+    "run_eval",
+]
