@@ -231,23 +231,35 @@ def _structured_answer(messages: Sequence[Any], tail: int, structured: Any) -> s
 
     LangGraph keeps ``structured_response`` in a thread's checkpoint from turn to turn, so a later turn that ends without
     giving one (``ModelCallLimitMiddleware`` ending it, a guardrail jumping to the end with a refusal, ``return_direct``
-    tools) still holds an earlier turn's. A structured response read from a model's message (``ToolStrategy``: the
-    arguments of a call the run's closing tool messages answer; ``ProviderStrategy``: the JSON of the last reply) is
-    therefore the answer only when that message is the one the run ended on: the latest assistant message that carries
-    it (:func:`_carries`) must be the last reply, or the call the closing tool messages answer. One that no message
-    carries was asked for in a model call of its own (``create_react_agent``'s ``generate_structured_response`` node,
-    which gives a new one at the end of every turn) and is the answer.
+    tools) still holds an earlier turn's. Only this turn's messages (after its user message) tell whether it gave one:
+    an earlier turn's message carrying an equal value is no evidence, as a model may give the same answer twice.
+
+    * A message of this turn carries it (:func:`_carried_as`: ``ToolStrategy``'s call arguments, ``ProviderStrategy``'s
+      reply JSON): it is the answer where the latest such message is the one the run ended on (the last reply, or the
+      call the closing tool messages answer); else it is an earlier call's (a validation retry's), and is not.
+    * None does: it was asked for in a model call of its own (``create_react_agent``'s ``generate_structured_response``
+      node, which gives a new one at the end of every turn, after the model's reply) and is the answer, unless an
+      earlier turn's message carries it and this turn cannot have given it: that message is a ``ToolStrategy`` call
+      (``create_react_agent`` never writes its call to the messages), or this turn did not end on a model's reply (a
+      middleware's or guardrail's message, tool messages): ``create_agent`` kept an earlier turn's response.
+
+    Limit: a state read back without the reply's metadata (ingest) cannot tell a model's reply from a middleware's; a
+    response carried only by an earlier turn's reply text is then taken as kept, not given again.
 
     The JSON is the response dumped by its schema's aliases (``model_dump(mode="json", by_alias=True)``): the keys of
     the JSON schema the model was given and of the model's own reply."""
     if structured is None:
         return None
     ended = len(messages) - 1 - tail  # the reply the run ended on, or the call its closing tool messages answer
-    for index in range(min(ended, len(messages) - 1), -1, -1):
-        if message_type(messages[index]) == "ai" and _carries(messages[index], structured):
-            if index != ended:
-                return None  # an earlier turn's (or an earlier call's) response, kept by the checkpoint
-            break
+    turn_start = next((i + 1 for i in range(min(ended, len(messages) - 1), -1, -1) if message_type(messages[i]) == "human"), 0)
+    carrier = next((i for i in range(min(ended, len(messages) - 1), turn_start - 1, -1) if _carried_as(messages[i], structured)), None)
+    if carrier is not None:
+        if carrier != ended:
+            return None  # an earlier call's response of this turn (a validation retry's)
+    else:
+        earlier = next((how for m in reversed(messages[:turn_start]) if (how := _carried_as(m, structured))), None)
+        if earlier == "call" or (earlier == "text" and not (tail == 0 and ended >= 0 and _model_reply(messages[ended]))):
+            return None  # create_agent's response of an earlier turn, kept by the checkpoint
     model_dump = getattr(structured, "model_dump", None)
     if callable(model_dump) and not isinstance(structured, type):
         try:
@@ -257,18 +269,34 @@ def _structured_answer(messages: Sequence[Any], tail: int, structured: Any) -> s
     return dumps(to_jsonable(structured))
 
 
-def _carries(message: Any, structured: Any) -> bool:
-    """Whether the assistant ``message`` holds ``structured``: its text is JSON for it (``ProviderStrategy`` parses the
-    reply), or one of its tool calls has it as arguments (``ToolStrategy``). A pydantic response is compared as its
-    schema reads the JSON (aliases, coercion, defaults), anything else (a ``TypedDict``'s or JSON schema's dict, a value
-    ingest read back from JSON) as JSON data."""
-    candidates = [c.get("args") for c in getattr(message, "tool_calls", None) or () if isinstance(c, Mapping)]
-    text = content_to_text(getattr(message, "content", None)).strip()
+def _carried_as(message: Any, structured: Any) -> str | None:
+    """How the assistant ``message`` carries ``structured``: ``"call"`` (one of its tool calls has it as arguments:
+    ``ToolStrategy``), ``"text"`` (its text blocks are JSON for it: ``ProviderStrategy`` parses the reply's text,
+    without reasoning or thinking blocks, :func:`_reply_text`), or ``None`` (not at all, or not an assistant message).
+    A pydantic response is compared as its schema reads the data (aliases, coercion, defaults), anything else (a
+    ``TypedDict``'s or JSON schema's dict, a value ingest read back from JSON) as JSON data."""
+    if message_type(message) != "ai":
+        return None
+    calls = [c.get("args") for c in getattr(message, "tool_calls", None) or () if isinstance(c, Mapping)]
+    if _carries_any(calls, structured):
+        return "call"
+    text = _reply_text(getattr(message, "content", None)).strip()
     if text.startswith(("{", "[")):
         try:
-            candidates.append(json.loads(text))
+            if _carries_any([json.loads(text)], structured):
+                return "text"
         except (ValueError, RecursionError):
             pass
+    return None
+
+
+def _model_reply(message: Any) -> bool:
+    """Whether ``message`` came from a chat model call (it has the provider's metadata or usage), not from a middleware
+    or guardrail writing an ``AIMessage`` itself."""
+    return bool(getattr(message, "response_metadata", None)) or getattr(message, "usage_metadata", None) is not None
+
+
+def _carries_any(candidates: Sequence[Any], structured: Any) -> bool:
     validate = getattr(type(structured), "model_validate", None)
     for candidate in candidates:
         if candidate is None:
@@ -282,6 +310,26 @@ def _carries(message: Any, structured: Any) -> bool:
         elif to_jsonable(candidate) == to_jsonable(structured):
             return True
     return False
+
+
+def _reply_text(content: Any) -> str:
+    """A reply's text as ``ProviderStrategy`` parses it: a string as is, else its ``text`` blocks (and blocks with a
+    string ``content``) joined, without reasoning or thinking blocks (LangChain's
+    ``ProviderStrategyBinding._extract_text_content_from_message``)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content if isinstance(content, list | tuple) else (content,):
+        if isinstance(block, Mapping):
+            if block.get("type") == "text" and "text" in block:
+                parts.append(str(block["text"]))
+            elif isinstance(block.get("content"), str):
+                parts.append(block["content"])
+        else:
+            parts.append(str(block))
+    return "".join(parts)
 
 
 def _unanswered_calls(messages: Sequence[Any], tail: int) -> bool:
