@@ -465,10 +465,12 @@ def check_runs_of_adapter(
     candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], name: str, paths: tuple[str, ...] = ()
 ) -> None:
     """Refuse (:class:`ConfigError`) to record a gate on the adapter ``name`` from runs that did not gate it: the same run
-    folder as candidate and baseline, or a candidate run whose model is not ``name``. The candidate's model is read from
-    its answers (the served model the server said answered: behind a router's alias, the live adapter's own name), else
-    from its ``run.json`` (``openai:URL#NAME``, or ``local:BASE@DIR`` with the adapter's folder: one of ``paths``, or a
-    folder named ``name``)."""
+    folder as candidate and baseline, a candidate run whose model is not ``name``, or a baseline run whose model is
+    ``name`` (a copy of the candidate's run, ``--model NAME`` by mistake, the app's alias once ``name`` went live): a run
+    of ``name`` against a run of ``name`` ties whatever it does. A run's model is read from its answers (the served
+    model the server said answered: behind a router's alias, the live adapter's own name), else from its ``run.json``
+    (``openai:URL#NAME``, or ``local:BASE@DIR`` with the adapter's folder: one of ``paths``, or a folder named
+    ``name``)."""
     candidate, baseline = Path(candidate_dir), Path(baseline_dir)
     if candidate.resolve() == baseline.resolve():
         raise ConfigError(
@@ -476,27 +478,38 @@ def check_runs_of_adapter(
             f"whatever the model, so it says nothing of {name}. Give --candidate the run of {name} and --baseline the run "
             "of the live model, on the same suites."
         )
-    served = _served_models(_finished_results(candidate))
-    job = _recorded_job(candidate)
-    spec = job.get("model") if job else None
-    if name in served:
-        return
-    if served:
-        why = f"its answers came from {', '.join(served)}"
-    elif isinstance(spec, str) and _spec_names_adapter(spec, name, paths):
-        return
-    elif isinstance(spec, str):
-        from ee_middleware.errors import hide_credentials
+    is_run, why = _run_of_adapter(candidate, name, paths)
+    if not is_run:
+        raise ConfigError(
+            f"The candidate run {candidate.resolve()} did not evaluate {name}: {why}. A gate recorded on {name} decides "
+            f"whether `ee adapters promote {name}` goes through, so its candidate must be a run of {name}: evaluate it by "
+            f"its served name (ee eval run --endpoint URL --model {name} ...) or as local:BASE@ADAPTER_DIR with its "
+            "registered folder, then gate that run."
+        )
+    is_run, why = _run_of_adapter(baseline, name, paths)
+    if is_run:
+        raise ConfigError(
+            f"The baseline run {baseline.resolve()} evaluated {name} itself ({why}), so the gate would compare {name} with "
+            f"itself: the runs tie whatever it does, and a tie recorded on {name} would let `ee adapters promote {name}` "
+            "through. Give --baseline a run of the live model (by its served name, or the app's alias before the "
+            f"promote), on the same suites, then gate again."
+        )
 
-        why = f"its model is {hide_credentials(spec)}"
-    else:
-        why = "its run.json records no model"
-    raise ConfigError(
-        f"The candidate run {candidate.resolve()} did not evaluate {name}: {why}. A gate recorded on {name} decides whether "
-        f"`ee adapters promote {name}` goes through, so its candidate must be a run of {name}: evaluate it by its served "
-        f"name (ee eval run --endpoint URL --model {name} ...) or as local:BASE@ADAPTER_DIR with its registered folder, then "
-        "gate that run."
-    )
+
+def _run_of_adapter(run: Path, name: str, paths: tuple[str, ...]) -> tuple[bool, str]:
+    """Whether the run in ``run`` evaluated the adapter ``name`` (see :func:`check_runs_of_adapter`), and what says so
+    or what its model was instead."""
+    served = _served_models(_finished_results(run))
+    if served:
+        answered = ", ".join(served)
+        return name in served, f"its answers came from {answered}"
+    job = _recorded_job(run)
+    spec = job.get("model") if job else None
+    if not isinstance(spec, str):
+        return False, "its run.json records no model"
+    from ee_middleware.errors import hide_credentials
+
+    return _spec_names_adapter(spec, name, paths), f"its model is {hide_credentials(spec)}"
 
 
 def _spec_names_adapter(spec: str, name: str, paths: tuple[str, ...]) -> bool:
