@@ -206,8 +206,9 @@ answer being sent, or answered 503 by the stop (its handler's own answer is then
 
 class StoppingHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server that stops cleanly under traffic (:meth:`stop`): it takes no more connections, closes the
-    idle keep-alive ones at once, answers a request that comes on an open one 503, and waits up to a grace for the
-    requests in flight, answering those still running 503.
+    idle keep-alive ones at once (a client sending on one then sees the connection closed, and retries elsewhere),
+    answers 503 a request on a connection it accepted before the stop but had not started, and waits up to a grace
+    for the requests in flight, answering those still running 503.
 
     Handler threads are daemons that :meth:`server_close` does not join: an idle keep-alive connection (a router's, a
     client's pool) would otherwise hold the stop until its client closes it."""
