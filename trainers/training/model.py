@@ -194,16 +194,35 @@ def check_target_modules(source: BaseSource, target: Sequence[str]) -> None:
 def _meta_model(folder: Path) -> Any | None:
     """The model of the plain folder ``folder`` as loading it builds it (``AutoModelForCausalLM`` from its config.json),
     on torch's meta device: its modules and their shapes, no weights read and no memory taken. ``None`` when
-    transformers cannot build it from the config alone (custom modelling code, a damaged config): the trainer loads it
-    for real and names what is wrong."""
+    transformers cannot build it from the config alone (custom modelling code, an architecture it does not know, a
+    damaged config): the trainer loads it for real and names what is wrong.
+
+    A config with custom code (``auto_map``) is not built at all, and nothing here trusts remote code: transformers
+    would otherwise ask on the terminal whether to run the folder's Python, and run it on "y", during a check that
+    only reads files (and for a known ``model_type`` it would build the built-in class, not the folder's)."""
     transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
     torch = import_optional("torch", extra="train", purpose=_PURPOSE)
+    if _has_custom_code(folder / "config.json"):
+        return None
     try:
-        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         with torch.device("meta"):
-            return transformers.AutoModelForCausalLM.from_config(config)
+            return transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception:  # noqa: BLE001 - the trainer loads it for real and names what is wrong
         return None
+
+
+def _has_custom_code(path: Path) -> bool:
+    """Whether a model's ``config.json`` names custom modelling code (``auto_map``, its own or its text model's); an
+    unreadable file counts as such (nothing is built from it)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    if not isinstance(config, dict):
+        return True
+    text = config.get("text_config")
+    return bool(config.get("auto_map")) or (isinstance(text, dict) and bool(text.get("auto_map")))
 
 
 def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
@@ -270,11 +289,12 @@ def check_vocabulary_files(folder: Path) -> None:
     input embedding table, found without reading the weights; loading the model checks the same on the loaded objects
     (:func:`~ee_middleware.models.local.check_vocabulary`).
 
-    It refuses only when sure. ``vocab_size`` in ``config.json`` is not always the table's size: some architectures build
-    a bigger one (Mllama: ``vocab_size + 8``, Llama-3.2-Vision's ``<|image|>`` token is id ``vocab_size``). So a tokenizer
-    that reaches past ``vocab_size`` is measured against the table the model's class builds from its config, on torch's
-    meta device (:func:`_meta_model`, as loading it builds it). Files it cannot read (a slow tokenizer's, a config
-    without ``vocab_size``) and a model transformers cannot build from its config alone are left to the load-time check."""
+    ``vocab_size`` in ``config.json`` is not always the table's size: some architectures build a bigger one (Mllama:
+    ``vocab_size + 8``, Llama-3.2-Vision's ``<|image|>`` token is id ``vocab_size``). So a tokenizer that reaches past
+    ``vocab_size`` is measured against the table the model's class builds from its config, on torch's meta device
+    (:func:`_meta_model`, as loading it builds it). A model transformers cannot build from its config alone (custom code
+    in ``auto_map``, which is never run here, or an architecture it does not know) is judged by ``vocab_size``, from the
+    files. Files it cannot read (a slow tokenizer's, a config without ``vocab_size``) are left to the load-time check."""
     written = _config_vocab_size(folder / "config.json")
     tokens = _tokenizer_file_ids(folder / "tokenizer.json") if written is not None else None
     if written is None or tokens is None or tokens <= written:
@@ -284,7 +304,7 @@ def check_vocabulary_files(folder: Path) -> None:
     except MissingExtraError:
         return  # no transformers here: the table cannot be measured, and the base is never loaded without it either
     try:
-        rows = getattr(model.get_input_embeddings(), "num_embeddings", None) if model is not None else None
+        rows = getattr(model.get_input_embeddings(), "num_embeddings", None) if model is not None else written
     except (AttributeError, NotImplementedError):
         rows = None
     if not isinstance(rows, int):

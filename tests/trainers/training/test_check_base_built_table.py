@@ -95,17 +95,14 @@ def test_a_tokenizer_past_the_built_table_is_still_refused_at_start_up_naming_it
     assert "last 4 tokens" in message and "model.resize_token_embeddings(len(tokenizer))" in message
 
 
-def test_a_base_transformers_cannot_build_from_its_config_is_left_to_the_load_time_check(tmp_path: Any) -> None:
-    """No sure number of rows (an architecture this transformers does not know): the start-up check does not guess
-    from vocab_size; loading the model is what names the problem."""
-    from ee_middleware.errors import ModelLoadError
-    from ee_middleware.models.local import load_pretrained
-
+def test_a_base_transformers_cannot_build_from_its_config_is_judged_by_vocab_size_from_its_files(tmp_path: Any) -> None:
+    """No table to measure (an architecture this transformers does not know, or custom code, which the check never
+    runs): the start-up check judges by vocab_size, from the files (tests/trainers/training/
+    test_check_base_custom_code.py has the custom-code case)."""
     base = tmp_path / "custom"
-    _tiny_mllama(base, ["<|image|>"])
+    written, _, tokens = _tiny_mllama(base, ["<|image|>"])
     config = (base / "config.json").read_text()
     (base / "config.json").write_text(config.replace('"model_type": "mllama"', '"model_type": "not_a_known_architecture"', 1))
 
-    assert check_base(str(base)).folder == base.resolve()
-    with pytest.raises(ModelLoadError, match="Cannot load a causal language model"):
-        load_pretrained(base)
+    with pytest.raises(BaseModelError, match=rf"has {tokens} token ids.*only {written} rows \(vocab_size in "):
+        check_base(str(base))
