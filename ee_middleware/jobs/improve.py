@@ -86,6 +86,10 @@ def run_improve(
 
     with runs.lock():
         if new_run:
+            # a new run runs every stage: its servers and evaluation sandbox are looked at before the unfinished run is
+            # abandoned (its candidate retired and unloaded), so a refused --new-run changes nothing
+            check_servers(config, STAGES)
+            config.check_evaluation_sandbox()
             for run_id in runs.abandon_unfinished("--new-run", config.scope()):
                 say.info(f"run {run_id} marked abandoned (--new-run)")
         config_hash = config.config_hash()
@@ -94,11 +98,12 @@ def run_improve(
             return config.config_hash(recorded=job_table(earlier))
 
         run = runs.resumable(config_hash, config.scope(), hash_like=same, refused=config.refused_changes)
-        # so does a server it names that does not answer (a wrong port), of the stages still to run: a run continued past
-        # its replay no longer needs the replay policy's server
-        check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name)])
-        if run is None or not run.stage_done("evaluate"):  # it may build a sandbox: a run left with gate or promote needs none
-            config.check_evaluation_sandbox()
+        if not new_run:
+            # so does a server it names that does not answer (a wrong port), of the stages still to run: a run continued
+            # past its replay no longer needs the replay policy's server
+            check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name)])
+            if run is None or not run.stage_done("evaluate"):  # it may build a sandbox: a run left with gate or promote needs none
+                config.check_evaluation_sandbox()
         if run is not None and run.data.get("config_hash") not in (config_hash, same(run)):
             _take_changes(run, config, config_hash, say)  # settings of stages it has not finished, which it now runs with
         if run is None:
