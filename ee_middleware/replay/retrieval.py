@@ -239,13 +239,13 @@ def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition |
 
 def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
     """The steps of the paused or cancelled runs among ``trajectories`` that dataset builds never teach from that run, by
-    IWM's own rule (:func:`~ee_middleware.trainers.datasets.source.paused_turn_steps`, over the trajectories as a build
+    IWM's own rule (:func:`~ee_middleware.replay.paused_turns.paused_turn_steps`, over the trajectories as a build
     reads them: the store's approved ones): a polars frame of ``trajectory_id``, ``step_index``, ``after`` (a state after
     the run's call awaiting review or cut off: no rollout there, no expert step) and ``held_later`` (a call of the paused
     turn the next run of the thread holds too, same id, tool and arguments: that run's copy is the example)."""
     import polars as pl
 
-    from ee_middleware.trainers.datasets.source import paused_turn_steps
+    from ee_middleware.replay.paused_turns import paused_turn_steps
 
     runs: dict[str, list[Any]] = {"id": [], "status": [], "thread_id": [], "started_at": []}
     steps: dict[str, list[Any]] = {

@@ -13,8 +13,8 @@ compared as values, and the same observation) is left out (:func:`repeated_rollo
 trajectory, step, branch, replay id stays), before the error cap counts the rows; ``datasets.json`` counts them
 (``repeats_left_out``). One replay never proposes a call twice at a state (its proposer drops duplicates).
 
-A run paused for a review, or cancelled, ends on calls without an observation (:func:`~ee_middleware.trainers.datasets.
-source.paused_turn_steps`). A state after such a call within the run is none production had (the call may be rejected,
+A run paused for a review, or cancelled, ends on calls without an observation (:func:`~ee_middleware.replay.
+paused_turns.paused_turn_steps`). A state after such a call within the run is none production had (the call may be rejected,
 or ran partway): its rollouts (of a replay made before replay stopped there) are left out and counted
 (``rollouts_after_call_awaiting_review_left_out``), so no prompt shows the call with a result nobody saw; so are the
 expert rows of calls after it in the run (``expert_steps_after_unanswered_call_left_out``). A call of its turn that did
@@ -33,6 +33,7 @@ from typing import Any
 
 import polars as pl
 
+from ee_middleware.replay.paused_turns import paused_turn_steps
 from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.rows import (
     IWM_INSTRUCTION,
@@ -49,7 +50,7 @@ from ee_middleware.trainers.datasets.rows import (
     tool_result_message,
     user_message,
 )
-from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader, paused_turn_steps
+from ee_middleware.trainers.datasets.source import DatasetSource, SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.sr import _call_key as call_key
 
 
@@ -154,7 +155,7 @@ def iwm_rows(
     """The rows before the error cap: the rollouts' (``rollouts``), then the expert steps' (``expert``),
     observations cut to the budget, with the sizes of media placeholders left out (:data:`MEDIA_SIZE`); none of a
     state after a paused run's call awaiting review, nor of its turn's calls a resumed run holds too (see the module
-    docstring; ``paused``: :func:`~ee_middleware.trainers.datasets.source.paused_turn_steps` of the whole source, given
+    docstring; ``paused``: :func:`~ee_middleware.replay.paused_turns.paused_turn_steps` of the whole source, given
     by a build that reads it a group at a time; else of ``source``). A chunked build makes the two apart (their orders
     differ)."""
     tools = source.trajectories.select(pl.col("id").alias("trajectory_id"), pl.col("tools_json").alias("tools"))

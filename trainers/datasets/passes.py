@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from ee_middleware.replay.paused_turns import paused_turn_steps
 from ee_middleware.trainers.datasets.il import build_il, malformed_calls
 from ee_middleware.trainers.datasets.iwm import (
     MEDIA_SIZE_REMOVED,
@@ -34,7 +35,6 @@ from ee_middleware.trainers.datasets.source import (
     SourceIndex,
     SourceReader,
     paused_expert_counts,
-    paused_turn_steps,
     taught_steps,
 )
 from ee_middleware.trainers.datasets.sr import SRBuilder, SROptions

@@ -37,6 +37,7 @@ import polars as pl
 
 from ee_middleware import records
 from ee_middleware.messages import dumps
+from ee_middleware.replay.paused_turns import turn_key
 
 KINDS: tuple[str, ...] = ("il", "iwm", "sr")
 
@@ -126,17 +127,6 @@ def offered_tools_json(schemas: str | None, names: str | None) -> str | None:
     if names is None:
         return schemas
     return dumps(records.offered_tools(json.loads(schemas or "[]"), json.loads(names)))
-
-
-def turn_key() -> pl.Expr:
-    """The turn a step is part of, within its trajectory: the tool calls of one model response (steps sharing a
-    ``decision_index``) are one turn, every other step is its own."""
-    is_call = pl.col("action_kind") == "tool_call"
-    return (
-        pl.when(is_call & pl.col("decision_index").is_not_null())
-        .then(pl.format("call:{}", pl.col("decision_index")))
-        .otherwise(pl.format("step:{}", pl.col("index")))
-    )
 
 
 def expert_turns(steps: pl.DataFrame, **lists: pl.Expr) -> pl.DataFrame:

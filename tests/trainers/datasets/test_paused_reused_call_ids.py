@@ -19,9 +19,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from ee_middleware import record_experience
+from ee_middleware.replay.paused_turns import paused_turn_steps
 from ee_middleware.replay.retrieval import expert_transitions, paused_steps_left_out
 from ee_middleware.testing import ScriptedChatModel
-from ee_middleware.trainers.datasets.source import paused_turn_steps
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
 from tests.replay.test_paused_runs import _agent_tools, _approve_all, _trajectories
 from tests.trainers.datasets.test_paused_copies import _tokyo_rows

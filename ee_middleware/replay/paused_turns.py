@@ -1,0 +1,114 @@
+"""Which steps of a paused or cancelled run datasets never teach from that run: one rule for every builder (IWM, the
+experience model's ``em`` rows, its replay buffer and ``ee experience eval``), kept in the light core so that replay's
+retrieval and the dataset builders read the same function (see :func:`paused_turn_steps`)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def turn_key() -> pl.Expr:
+    """The turn a step is part of, within its trajectory: the tool calls of one model response (steps sharing a
+    ``decision_index``) are one turn, every other step is its own."""
+    is_call = pl.col("action_kind") == "tool_call"
+    return (
+        pl.when(is_call & pl.col("decision_index").is_not_null())
+        .then(pl.format("call:{}", pl.col("decision_index")))
+        .otherwise(pl.format("step:{}", pl.col("index")))
+    )
+
+
+PAUSED_STEPS_SCHEMA = {"trajectory_id": pl.String(), "step_index": pl.Int64(), "after": pl.Boolean(), "held_later": pl.Boolean()}
+
+
+def paused_turn_steps(trajectories: pl.DataFrame, steps: pl.DataFrame, observed: pl.Expr) -> pl.DataFrame:
+    """``trajectory_id``, ``step_index``, ``after`` and ``held_later`` of the tool-call steps of a paused or cancelled run
+    (an ``interrupted`` trajectory ending on calls without an observation: awaiting review, or cut off; see
+    :func:`~ee_middleware.trainers.datasets.source.taught_steps`) that datasets never teach from that run. Every
+    builder that reads expert steps or rollouts (IWM, the experience model's ``em`` rows, its replay buffer and
+    ``ee experience eval``) leaves them out by this one rule:
+
+    * ``after``: a step after the trajectory's first call without an observation. Its state is none production had (the
+      call may be rejected, or ran partway, and a prompt would show it with a result nobody saw): no rollout at it, no
+      expert row of it.
+    * ``held_later``: a step of the turn holding such a call (or after it) whose call the run that resumed it (the next
+      trajectory of the same thread among ``trajectories``) holds with its observation, with the same ``tool_call_id``,
+      tool name and arguments, at a step not ``after`` itself: that copy teaches the call once, in the turn as the
+      reviewer decided it. A later run's call that only shares the id (providers number calls per reply) holds nothing.
+
+    A step of that turn before its first call without an observation that the next run does not hold (a run never
+    resumed, or cancelled, or whose resumed run is not among ``trajectories``: not approved) is not returned: it is the
+    only copy of a call that ran in production, taught from the paused run.
+
+    ``trajectories`` needs ``id`` and ``status``, and for ``held_later`` ``thread_id`` and ``started_at``; ``steps``
+    needs ``trajectory_id``, ``index``, ``action_kind`` and ``decision_index``, and for ``held_later`` ``tool_call_id``
+    (the resumed run's copy of a call keeps the call's id) and ``tool_name`` and ``arguments_json`` (or their
+    :func:`call_key`, ``call_key``). ``observed`` is true for a step with an observation
+    (``pl.col("observation").is_not_null()`` of a source, ``has_observation`` of an index)."""
+    if "status" not in trajectories.columns:
+        return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
+    paused = trajectories.filter(pl.col("status") == "interrupted")["id"]
+    if paused.is_empty():
+        return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
+    is_call = pl.col("action_kind") == "tool_call"
+    calls = steps.filter(is_call & pl.col("trajectory_id").is_in(paused.implode())).select(
+        "trajectory_id", pl.col("index").cast(pl.Int64).alias("step_index"), turn_key().alias("_turn"), (~observed).alias("_unanswered")
+    )
+    unanswered = calls.filter(pl.col("_unanswered"))
+    if unanswered.is_empty():
+        return pl.DataFrame(schema=PAUSED_STEPS_SCHEMA)
+    first = unanswered.group_by("trajectory_id").agg(pl.col("step_index").min().alias("_first"))
+    turns = unanswered.select("trajectory_id", "_turn").unique().with_columns(pl.lit(True).alias("_paused_turn"))
+    marked = calls.join(first, on="trajectory_id", how="inner").join(turns, on=["trajectory_id", "_turn"], how="left")
+    after = pl.col("step_index") > pl.col("_first")
+    marked = marked.filter(after | pl.col("_paused_turn").fill_null(False)).select("trajectory_id", "step_index", after.alias("after"))
+    held = _held_later(trajectories, steps, observed, marked)
+    marked = marked.join(held, on=["trajectory_id", "step_index"], how="left").with_columns(pl.col("held_later").fill_null(False))
+    return marked.filter(pl.col("after") | pl.col("held_later")).select(list(PAUSED_STEPS_SCHEMA))
+
+
+def call_key() -> pl.Expr:
+    """A step's call, by tool name and arguments (``tool_name``, ``arguments_json``): a paused run's call and its resumed
+    run's copy of it have the same one (:func:`paused_turn_steps`)."""
+    return pl.concat_str([pl.col("tool_name").fill_null(""), pl.col("arguments_json").fill_null("")], separator="\x00").hash(seed=0)
+
+
+def _held_later(trajectories: pl.DataFrame, steps: pl.DataFrame, observed: pl.Expr, marked: pl.DataFrame) -> pl.DataFrame:
+    """``trajectory_id``, ``step_index`` and ``held_later`` (true) of the ``marked`` steps whose call the run that resumed
+    theirs (the next trajectory of the same thread) holds with its observation, at a step not ``after`` itself (see
+    :func:`paused_turn_steps`).
+
+    A call is matched by its ``tool_call_id`` and its tool name and arguments (:func:`call_key`) in that one run only:
+    many providers number calls per reply (``call_0``, ``"0"``), so a later, unrelated call of the thread often has the
+    same id. Each paused run is compared with one run, so the cost is linear in the steps."""
+    empty = pl.DataFrame(schema={"trajectory_id": pl.String(), "step_index": pl.Int64(), "held_later": pl.Boolean()})
+    if not {"thread_id", "started_at"} <= set(trajectories.columns) or "tool_call_id" not in steps.columns:
+        return empty
+    if "call_key" not in steps.columns and not {"tool_name", "arguments_json"} <= set(steps.columns):
+        raise ValueError(
+            "paused_turn_steps: steps has tool_call_id but neither tool_name and arguments_json nor call_key; select them "
+            "too (a resumed run's copy of a call is matched by its id, tool name and arguments)"
+        )
+    runs = (
+        trajectories.filter(pl.col("thread_id").is_not_null() & pl.col("started_at").is_not_null())
+        .select(pl.col("id").alias("trajectory_id"), "thread_id", "started_at")
+        .sort("thread_id", "started_at", "trajectory_id")
+        .with_columns(pl.col("trajectory_id").shift(-1).over("thread_id").alias("_resumed_by"))
+        .select("trajectory_id", "_resumed_by")
+    )
+    key = pl.col("call_key") if "call_key" in steps.columns else call_key()
+    calls = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("tool_call_id").is_not_null()).select(
+        "trajectory_id", pl.col("index").cast(pl.Int64).alias("step_index"), "tool_call_id", key.alias("_call"), observed.alias("_observed")
+    )
+    mine = calls.join(marked, on=["trajectory_id", "step_index"], how="inner").join(runs, on="trajectory_id", how="inner")
+    mine = mine.filter(pl.col("_resumed_by").is_not_null())
+    if mine.is_empty():
+        return empty
+    holders = (
+        calls.filter(pl.col("_observed") & pl.col("trajectory_id").is_in(mine["_resumed_by"].unique().implode()))
+        .join(marked.filter(pl.col("after")), on=["trajectory_id", "step_index"], how="anti")
+        .select(pl.col("trajectory_id").alias("_resumed_by"), "tool_call_id", "_call")
+        .unique()
+    )
+    held = mine.join(holders, on=["_resumed_by", "tool_call_id", "_call"], how="semi").select("trajectory_id", "step_index").unique()
+    return held.with_columns(pl.lit(True).alias("held_later"))
