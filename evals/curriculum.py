@@ -67,7 +67,13 @@ more ``max_tokens`` cannot help, a longer context can."""
 
 JUDGE_NO_VERDICT = "the judge gave no verdict"
 """The reason a rollout is dropped when the judge's answer holds no usable verdict; ``...: <why>`` when the answer was
-cut off at ``max_tokens`` while the judge was still reasoning (:meth:`~ee_middleware.models.Choice.cut_while_reasoning`)."""
+cut off at ``max_tokens``, while the judge was still reasoning (:meth:`~ee_middleware.models.Choice.cut_while_reasoning`)
+or in its verdict (:data:`JUDGE_CUT`)."""
+
+JUDGE_CUT = "the answer was cut off at max_tokens (finish_reason 'length')"
+"""In the reason of a judge whose (non-reasoning) answer stopped at ``max_tokens`` before its verdict was complete
+(``the judge gave no verdict: <this>: <the fix>``); one cut off while still reasoning says
+:data:`~ee_middleware.models.protocol.CUT_WHILE_REASONING` instead."""
 
 JUDGE_FAILED = "the judge failed"
 """The start of the reason a rollout is dropped when the judge gave no answer (``the judge failed: <the error>``)."""
@@ -114,7 +120,7 @@ def judge(
     client: ChatClient, instruction: str, conversation: Conversation, *, max_tokens: int = JUDGE_MAX_TOKENS
 ) -> tuple[float | None, str]:
     """The judge's reward (``None`` when its answer has no usable verdict) and its reasoning or the problem
-    (:data:`JUDGE_NO_VERDICT`, with the cause when it was cut off at ``max_tokens`` while still reasoning).
+    (:data:`JUDGE_NO_VERDICT`, with the cause when it was cut off at ``max_tokens``, while still reasoning or not).
 
     A server that refuses the request because the prompt and ``max_tokens`` exceed the model's context is asked again
     with fewer tokens (:func:`context_budget`), never fewer than :data:`JUDGE_MIN_TOKENS`; a refusal that leaves no
@@ -145,6 +151,12 @@ def judge(
         reward = data.get("reward") if isinstance(data, dict) else None
         if isinstance(reward, (int, float)) and not isinstance(reward, bool) and 0.0 <= reward <= 1.0:  # (NaN fails both)
             return float(reward), str(data.get("reasoning") or "")
+    if choices and choices[0].problem is None and choices[0].finish_reason == "length":
+        # a verdict cut short is not a judge that cannot follow the format: the fix is more tokens (or a longer context)
+        if budget < max_tokens:
+            bound = f"{JUDGE_CONTEXT_BOUND} {budget} of its {max_tokens} max_tokens after the prompt: serve it with a longer context"
+            return None, f"{JUDGE_NO_VERDICT}: {JUDGE_CUT}: {bound}"
+        return None, f"{JUDGE_NO_VERDICT}: {JUDGE_CUT}: raise max_tokens (now {budget})"
     return None, JUDGE_NO_VERDICT
 
 

@@ -161,6 +161,7 @@ def run_cmd(
 
     from ee_middleware.evals.curriculum import (
         JUDGE_CONTEXT_BOUND,
+        JUDGE_CUT,
         JUDGE_FAILED,
         JUDGE_NO_VERDICT,
         SYNTHETIC_DROPPED,
@@ -207,7 +208,8 @@ def run_cmd(
         judge_client.close()
     no_verdicts = {r: n for r, n in result.dropped.items() if r == JUDGE_NO_VERDICT or r.startswith(f"{JUDGE_NO_VERDICT}: ")}
     no_verdict = sum(no_verdicts.values())
-    cut = sum(n for r, n in no_verdicts.items() if CUT_WHILE_REASONING in r)
+    cut = sum(n for r, n in no_verdicts.items() if CUT_WHILE_REASONING in r or JUDGE_CUT in r)
+    reasoning = sum(n for r, n in no_verdicts.items() if CUT_WHILE_REASONING in r)
     context_bound = sum(n for r, n in no_verdicts.items() if JUDGE_CONTEXT_BOUND in r)
     failures = {reason: count for reason, count in result.dropped.items() if reason.startswith(f"{JUDGE_FAILED}: ")}
     judge_failed = sum(failures.values())
@@ -236,7 +238,7 @@ def run_cmd(
         )
         problem = (
             f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: on {cut} of them it was cut "
-            f"off at max_tokens while still reasoning. {fix}"
+            f"off at max_tokens{' while still reasoning' if reasoning == cut else ''}. {fix}"
         )
     elif no_verdict and not result.kept and not result.dropped.get("judged unsuccessful"):
         problem = (

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
-from ee_middleware.evals.curriculum import JUDGE_MAX_TOKENS, context_budget, judge
+from ee_middleware.evals.curriculum import JUDGE_CUT, JUDGE_MAX_TOKENS, JUDGE_NO_VERDICT, context_budget, judge
 from ee_middleware.evals.tasks import Conversation
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.testing.http import Answer, Reply, ScriptedChatServer
@@ -181,11 +181,12 @@ def test_a_reasoning_judge_cut_off_within_what_its_context_leaves_is_told_to_tak
 def test_a_judge_served_by_ee_serve_local_with_a_short_context_answers_within_it(local_server: Any) -> None:
     """ee's own server (the tiny random Llama, 512 positions) refuses prompt + max_tokens past its context in vLLM's
     words. Was: the judge's 1024 tokens were refused (ModelRequestError, the rollout dropped as 'the judge failed'); now
-    it is asked for what the context leaves, and answers (a random model: no verdict, but an answer)."""
+    it is asked for what the context leaves, and answers (a random model: no verdict, but an answer, which stops at the
+    tokens the context left: said so, with the fix)."""
     conversation = Conversation(messages=[{"role": "user", "content": "List the folder."}, {"role": "assistant", "content": "ls pwd"}])
     client = OpenAIChatClient(local_server.base_url, local_server.model, retries=0, api_key="")
     try:
         reward, why = judge(client, "List the folder.", conversation)
     finally:
         client.close()
-    assert (reward, why) == (None, "the judge gave no verdict")
+    assert reward is None and why.startswith(f"{JUDGE_NO_VERDICT}: {JUDGE_CUT}: its context left room for "), why

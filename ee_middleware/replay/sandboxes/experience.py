@@ -446,7 +446,17 @@ class ExperienceSandbox:
         cut = choice.cut_while_reasoning(self.max_tokens)  # not "the answer is empty": its max_tokens went to reasoning
         if cut is not None:
             raise SyntheticObservationError(cut, choice.raw)
-        return parse_prediction(choice.text), examples
+        try:
+            return parse_prediction(choice.text), examples
+        except SyntheticObservationError as exc:
+            if choice.finish_reason != "length":
+                raise
+            # the JSON is unreadable because the answer stopped at max_tokens: the fix is more tokens, not another model
+            raise SyntheticObservationError(
+                f"the answer was cut off at max_tokens (finish_reason 'length'; raise max_tokens, now {self.max_tokens}: "
+                f"`max_tokens` in [replay.sandbox_settings], or `ee experience eval --max-tokens`): {exc.reason}",
+                exc.raw,
+            ) from None
 
     def prompt(self, call: ToolCall, *, exclude_ids: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[Transition]]:
         """The messages the model is asked for ``call`` at the current step, and the retrieved examples in them."""
