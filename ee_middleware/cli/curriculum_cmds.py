@@ -38,6 +38,9 @@ def propose_cmd(
     n: int = typer.Option(10, "--n", min=1, help="Variants to write."),
     out: Path = typer.Option(Path("tasks.jsonl"), "--out", help="Where the variants go (JSON lines)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed of MODEL (variant k uses seed + k)."),
+    max_tokens: int = typer.Option(
+        200, "--max-tokens", min=1, help="Tokens MODEL may write per variant (raise it for a model that reasons first)."
+    ),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -54,15 +57,17 @@ def propose_cmd(
     try:
         # what the model's code prints (module:factory) goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
-            proposal = propose(client, scores, opened.iter_trajectories(), n=n, seed=seed)
+            proposal = propose(client, scores, opened.iter_trajectories(), n=n, max_tokens=max_tokens, seed=seed)
     finally:
         client.close()
-    problem = None if proposal.variants else _why_no_variant(scores, proposal, model)
+    problem = None if proposal.variants else _why_no_variant(scores, proposal, model, max_tokens)
     if problem is None:  # an earlier tasks.jsonl is never replaced by an empty one
         _write_variants(out, proposal.variants)
     summary = {
         "out": str(out),
-        "variants": len(proposal.variants),
+        "variants": len(proposal.variants),  # distinct: a repeat is rejected as a duplicate
+        "requested": n,
+        "attempts": proposal.attempts,
         "rejected": proposal.rejected,
         "unmatched": proposal.unmatched,
         "top_tasks": [{"task_id": s.task_id, "n": s.n, "p": s.p, "variance": s.variance} for s in scores[:10]],
@@ -77,8 +82,8 @@ def propose_cmd(
         raise typer.Exit(1)
 
 
-def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str) -> str:
-    """Why ``propose`` wrote nothing, and what to do about it."""
+def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str, max_tokens: int) -> str:
+    """Why ``propose`` wrote nothing, and what to do about it (``max_tokens``: what MODEL was asked to write at most)."""
     if not scores:
         return "the eval run has no results rows."
     if all(s.variance == 0 for s in scores):
@@ -90,6 +95,12 @@ def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str) -> 
         return (
             "no task with varying outcomes has a stored trajectory (matched by the environment's entry_id or the task text): "
             "record those tasks into --store, or point --store at the store they were recorded in."
+        )
+    if proposal.cut:
+        return (
+            f"{model} wrote no usable variant (rejected: {proposal.rejected}): {proposal.cut} of its {proposal.attempts} "
+            f"answer(s) were cut off at max_tokens before a whole variant. Raise --max-tokens (now {max_tokens}), e.g. "
+            f"--max-tokens {max_tokens * 4} for a model that reasons first."
         )
     return f"{model} wrote no usable variant (rejected: {proposal.rejected}); try another model or a larger --n."
 
@@ -110,7 +121,12 @@ def _write_variants(out: Path, variants: list[dict[str, Any]]) -> None:
 def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: Proposal) -> None:
     out = summary["out"]
     if summary["error"] is None:
-        typer.echo(f"{len(proposal.variants)} variants written to {out}")
+        short = (
+            f" (of {summary['requested']} asked for, in {proposal.attempts} attempts)"
+            if len(proposal.variants) < summary["requested"]
+            else ""
+        )
+        typer.echo(f"{len(proposal.variants)} distinct variants written to {out}{short}")
     for s in scores[:5]:
         typer.echo(f"  {s.task_id}: p={s.p:.2f} p(1-p)={s.variance:.3f} over {s.n} trials")
     if proposal.rejected:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.errors import ConfigError
-from ee_middleware.models.protocol import Sampling
+from ee_middleware.models.protocol import CUT_WHILE_REASONING, Sampling
 from ee_middleware.records import Trajectory
 
 CURRICULUM_SOURCE = "curriculum"
@@ -180,13 +180,35 @@ def tool_names(trajectory: Trajectory) -> list[str]:
     return [str(t.get("function", t).get("name")) for t in trajectory.tools if isinstance(t, dict)]
 
 
+CUT_AT_MAX_TOKENS = "the answer was cut off at max_tokens (finish_reason 'length')"
+"""The start of the reason a variant is rejected when the writer's answer stopped at ``max_tokens`` before a usable
+variant (``<this>: <what was wrong>``); one cut off while still reasoning says
+:data:`~ee_middleware.models.protocol.CUT_WHILE_REASONING` instead."""
+
+DUPLICATE = "duplicate of an earlier variant"
+"""The reason a variant is rejected when it repeats one already kept (same parent, same instruction up to case and
+spacing): it would be rolled out and judged again for nothing."""
+
+
 @dataclass
 class Proposal:
-    """The curriculum's output: the variants kept, the rejections by reason and the tasks it could not match."""
+    """The curriculum's output: the variants kept (all distinct), the rejections by reason, the tasks it could not
+    match and the requests it made (``attempts``)."""
 
     variants: list[dict[str, Any]] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
+    attempts: int = 0
+
+    @property
+    def cut(self) -> int:
+        """Rejections of an answer cut off at ``max_tokens`` (while reasoning or not): more tokens is the fix."""
+        return sum(n for reason, n in self.rejected.items() if reason.startswith((CUT_AT_MAX_TOKENS, CUT_WHILE_REASONING)))
+
+
+def _same_instruction(text: str) -> str:
+    """``text`` compared as an instruction: case and runs of spacing do not make a variant new."""
+    return " ".join(text.split()).casefold()
 
 
 def validate_variant(text: str, parent_instruction: str, known_tools: Sequence[str]) -> tuple[dict[str, Any] | None, str | None]:
@@ -220,13 +242,19 @@ def validate_variant(text: str, parent_instruction: str, known_tools: Sequence[s
 def propose(
     client: Any, scores: Sequence[TaskScore], trajectories: Iterable[Trajectory], *, n: int, max_tokens: int = 200, seed: int = 0
 ) -> Proposal:
-    """Up to ``n`` validated variants of the highest-variance tasks (tasks with ``p(1 - p) = 0`` are never picked)."""
+    """Up to ``n`` validated, distinct variants of the highest-variance tasks (tasks with ``p(1 - p) = 0`` are never
+    picked), in at most ``3 * n`` requests of ``max_tokens`` tokens each.
+
+    A variant repeating one already kept for the same parent is rejected as :data:`DUPLICATE` (the writer is shown the
+    ones kept, and asked again within the budget); an answer cut off at ``max_tokens`` is rejected as such
+    (:data:`CUT_AT_MAX_TOKENS`, or the reasoning cut of :meth:`~ee_middleware.models.Choice.cut_while_reasoning`)."""
     result = Proposal()
     candidates = [s for s in scores if s.variance > 0]
     matched = match_trajectories(candidates, trajectories)
     result.unmatched = [s.task_id for s in candidates if s.task_id not in matched]
     usable = [s for s in candidates if s.task_id in matched]
     rejected: dict[str, int] = defaultdict(int)
+    kept: dict[tuple[str, str], list[str]] = defaultdict(list)  # the instructions kept, by parent task
     attempt = 0
     while usable and len(result.variants) < n and attempt < 3 * n:
         score = usable[attempt % len(usable)]
@@ -234,17 +262,32 @@ def propose(
         known = tool_names(parent)
         instruction = score.instruction or parent.task or ""
         user = f"Task: {instruction}\nTools: {json.dumps(known)}\nWrite variant number {attempt // len(usable) + 1}."
+        if kept[score.suite, score.task_id]:
+            user += (
+                f"\nVariants already written (write a different one): {json.dumps(kept[score.suite, score.task_id], ensure_ascii=False)}"
+            )
         choices = client.complete(
             [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
             n=1,
             sampling=Sampling(temperature=1.0, max_tokens=max_tokens, seed=seed + attempt),
         )
         attempt += 1
-        text = choices[0].text if choices and choices[0].problem is None else ""
+        choice = choices[0] if choices else None
+        cut = choice.cut_while_reasoning(max_tokens) if choice is not None else None
+        if cut is not None:  # not "no JSON object": its max_tokens went to reasoning
+            rejected[cut] += 1
+            continue
+        text = choice.text if choice is not None and choice.problem is None else ""
         variant, reason = validate_variant(text, instruction, known)
         if variant is None:
+            if choice is not None and choice.problem is None and choice.finish_reason == "length":
+                reason = f"{CUT_AT_MAX_TOKENS}: {reason}"
             rejected[reason or "unknown"] += 1
             continue
+        if _same_instruction(variant["instruction"]) in {_same_instruction(i) for i in kept[score.suite, score.task_id]}:
+            rejected[DUPLICATE] += 1
+            continue
+        kept[score.suite, score.task_id].append(variant["instruction"])
         digest = hashlib.blake2b(f"{score.suite}:{score.task_id}:{variant['instruction']}".encode(), digest_size=8).hexdigest()
         result.variants.append(
             {
@@ -264,4 +307,5 @@ def propose(
             }
         )
     result.rejected = dict(rejected)
+    result.attempts = attempt
     return result

@@ -1,0 +1,98 @@
+"""`ee curriculum propose` keeps distinct variants only, sends --max-tokens, and names an answer cut off at it.
+
+The writer is a scripted stand-in behind a real local HTTP server (ScriptedChatServer); the eval rows, the store of
+real BFCL expert trajectories, the proposer and the CLI are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.testing.http import Answer, ScriptedChatServer
+
+DUPLICATE = "duplicate of an earlier variant"  # the reason (spelled out: the test ran against the code before it)
+
+
+def _propose(store_path: Path, tmp_path: Path, base_url: str, *extra: str) -> tuple[Any, Path]:
+    """``ee curriculum propose --json`` of a writer at ``base_url`` on an eval run where one stored task has p = 0.5."""
+    store = LocalExperienceStore(store_path)
+    entry = sorted(t.environment["entry_id"] for t in store.iter_trajectories())[0]
+    store.close()
+    tmp_path.mkdir(exist_ok=True)
+    results = tmp_path / "results.jsonl"
+    rows = [{"suite": "bfcl", "task_id": entry, "trial": i, "success": ok} for i, ok in enumerate([True, False, True, False])]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "tasks.jsonl"
+    args = ["curriculum", "propose", "--from", str(results), "--model", f"openai:{base_url}#writer", "--store", str(store_path)]
+    return CliRunner().invoke(app, [*args, "--out", str(out), "--json", *extra]), out
+
+
+LIST = json.dumps({"instruction": "List the files in the current folder.", "tools": ["ls"]})
+LIST_AGAIN = json.dumps({"instruction": "list the files   in the current folder.", "tools": ["ls"]})  # same, up to case and spacing
+PWD = json.dumps({"instruction": "Show the current folder.", "tools": ["pwd"]})
+DRAFTS = json.dumps({"instruction": "List the files, then make a folder named drafts.", "tools": ["ls", "mkdir"]})
+
+
+def test_a_writer_that_repeats_itself_gives_distinct_variants_only_scripted_server(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was: '"variants": 3' for 3 rows holding 2 distinct ids (the same curriculum-<digest> line twice)."""
+    answers = iter([LIST, LIST, LIST_AGAIN, PWD, LIST, PWD, DRAFTS, LIST, LIST])
+    with ScriptedChatServer(lambda body: next(answers)) as server:
+        result, out = _propose(bfcl_store_path, tmp_path, server.base_url, "--n", "3")
+        requests = list(server.requests)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    variants = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [v["instruction"] for v in variants] == [json.loads(a)["instruction"] for a in (LIST, PWD, DRAFTS)]
+    assert len({v["id"] for v in variants}) == len(variants) == summary["variants"] == summary["requested"] == 3
+    assert summary["rejected"] == {DUPLICATE: 4} and summary["attempts"] == 7 == len(requests)
+    assert "Variants already written" in requests[1]["messages"][-1]["content"], "the writer is shown what it already wrote"
+
+
+def test_a_writer_that_only_repeats_itself_keeps_one_within_the_attempt_budget_scripted_server(
+    bfcl_store_path: Path, tmp_path: Path
+) -> None:
+    with ScriptedChatServer(lambda body: LIST) as server:
+        result, out = _propose(bfcl_store_path, tmp_path, server.base_url, "--n", "2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["variants"], summary["attempts"], summary["rejected"]) == (1, 6, {DUPLICATE: 5})
+    assert len(out.read_text().splitlines()) == 1
+
+
+def _cut(reasoning: bool) -> Answer:
+    if reasoning:  # a model that thinks first, cut off at max_tokens before it closed its <think>
+        return {"role": "assistant", "content": "<think>\nThe task lists files, so a variant could " + "weigh it " * 40}, "length"
+    return {"role": "assistant", "content": '{"instruction": "List every file in the current folder and then, for each'}, "length"
+
+
+def test_a_writer_cut_off_at_max_tokens_is_told_to_raise_max_tokens_scripted_server(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was: every answer rejected as "no JSON object with an 'instruction' field", 'try another model or a larger --n',
+    and max_tokens fixed at 200."""
+    for reasoning in (True, False):
+        with ScriptedChatServer(lambda body, reasoning=reasoning: _cut(reasoning)) as server:
+            result, out = _propose(bfcl_store_path, tmp_path / str(reasoning), server.base_url, "--n", "2", "--max-tokens", "60")
+            asked = {request["max_tokens"] for request in server.requests}
+        assert result.exit_code == 1 and not out.exists(), result.output
+        assert asked == {60}, "--max-tokens is what the writer is asked for"
+        summary = json.loads(result.stdout)
+        [reason] = summary["rejected"]
+        if reasoning:
+            assert reason == "the answer was cut off at max_tokens while still reasoning: raise max_tokens (now 60)"
+        else:
+            assert reason == "the answer was cut off at max_tokens (finish_reason 'length'): no JSON object with an 'instruction' field"
+        error = summary["error"]
+        assert "6 of its 6 answer(s) were cut off at max_tokens" in error and "Raise --max-tokens (now 60)" in error
+        assert "larger --n" not in error and "Raise --max-tokens (now 60)" in result.stderr
+
+
+def test_the_writer_is_asked_for_200_tokens_by_default_scripted_server(bfcl_store_path: Path, tmp_path: Path) -> None:
+    with ScriptedChatServer(lambda body: PWD) as server:
+        result, _ = _propose(bfcl_store_path, tmp_path, server.base_url, "--n", "1")
+        assert result.exit_code == 0, result.output
+        assert [request["max_tokens"] for request in server.requests] == [200]
