@@ -83,8 +83,14 @@ class ModelScore:
 
 
 def load_heldout(path: str | os.PathLike[str]) -> list[HeldoutState]:
-    """The held-out IL states in ``path``: a ``heldout/`` folder, a data folder that has one, or an ``il.parquet`` file."""
+    """The held-out IL states in ``path``: a ``heldout/`` folder, a data folder that has one, or a held-out ``il.parquet``.
+
+    Only a file that ``ee datasets build --heldout-...`` marked held out (``ee.split=heldout`` in its Parquet metadata)
+    is read: a training ``il.parquet`` holds the rows an adapter was trained on, so scoring it would call them held out.
+    """
     import polars as pl
+
+    from ee_middleware.trainers.datasets.split import is_heldout_file
 
     path = Path(path)
     candidates = [path] if path.suffix == ".parquet" else [path / "il.parquet", path / "heldout" / "il.parquet"]
@@ -95,6 +101,14 @@ def load_heldout(path: str | os.PathLike[str]) -> list[HeldoutState]:
         raise ConfigError(
             f"No held-out IL dataset in {path}. Build one with `ee datasets build ... --heldout-share 0.2 --out DATA` "
             "and pass DATA (or DATA/heldout)."
+        )
+    if not is_heldout_file(dict(pl.read_parquet_metadata(file) or {})):
+        raise ConfigError(
+            f"{file} is a training dataset, not a held-out one (its Parquet metadata has no ee.split=heldout)"
+            f"{f' and {path} has no heldout/il.parquet' if path.is_dir() else ''}: its rows are the ones an adapter "
+            "trained on, so their likelihood says nothing about held-out states. Rebuild with a held-out split, "
+            "`ee datasets build ... --heldout-share 0.1 --out DATA` (or --heldout-ids/--heldout-app/--heldout-after), "
+            "train on DATA and pass --data DATA (its heldout/il.parquet is scored)."
         )
     frame = pl.read_parquet(file)
     states = []

@@ -348,7 +348,9 @@ def _print_moved(out: Any, suites: list[Any], limit: int = 10) -> None:
 @app.command("likelihood", epilog=examples("ee eval likelihood --data ./data --base ./models/smollm2 --adapter ./adapters/il"))
 def likelihood_cmd(
     data: Path = typer.Option(
-        ..., "--data", help="Held-out states: DATA/heldout (from ee datasets build --heldout-...), DATA, or an il.parquet."
+        ...,
+        "--data",
+        help="Held-out states: DATA/heldout (from ee datasets build --heldout-...), DATA, or a held-out il.parquet (a training one is refused).",
     ),
     base: Path = typer.Option(..., "--base", help="The base model: a save_pretrained folder or a .gguf file."),
     adapter: list[Path] = typer.Option([], "--adapter", help="A LoRA adapter folder to score against the base; repeat for several."),

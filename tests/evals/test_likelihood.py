@@ -34,8 +34,15 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def heldout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder: the training il.parquet and, in heldout/, the same rows marked held out (as --heldout-... marks them)."""
+    import polars as pl
+
+    from ee_middleware.trainers.datasets.split import HELDOUT, SPLIT_METADATA_KEY
+
     folder = tmp_path_factory.mktemp("data")
-    write_dataset(folder, "il", [il_row(i, FOLDERS[i % len(FOLDERS)]) for i in range(12)])
+    train_file = write_dataset(folder, "il", [il_row(i, FOLDERS[i % len(FOLDERS)]) for i in range(12)])
+    (folder / "heldout").mkdir()
+    pl.read_parquet(train_file).write_parquet(folder / "heldout" / "il.parquet", metadata={SPLIT_METADATA_KEY: HELDOUT})
     return folder
 
 
