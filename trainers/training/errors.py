@@ -27,10 +27,11 @@ class MissingDatasetError(TrainDataError):
     def __init__(self, path: str | os.PathLike[str], kind: str, setting: str = "--data (or data in [train])") -> None:
         self.path, self.kind = Path(path), kind
         folder = self.path.parent
+        # em.parquet comes from the experience model's builder; `ee datasets build` refuses the em kind.
+        build = f"ee experience dataset --store STORE --out {folder}" if kind == "em" else f"ee datasets build --store STORE --out {folder}"
         super().__init__(
             f"No {kind.upper()} dataset at {self.path} ({self.path.absolute()}): {setting} names the folder {folder}. Build the "
-            f"datasets there first (ee datasets build --store STORE --out {folder}), or set {setting} to the folder that "
-            f"holds {self.path.name}."
+            f"datasets there first ({build}), or set {setting} to the folder that holds {self.path.name}."
         )
 
     def named_by(self, setting: str) -> MissingDatasetError:
