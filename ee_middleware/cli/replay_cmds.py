@@ -195,6 +195,8 @@ def run(
         )
     if summary.no_usable_prediction:
         typer.secho(f"error: {summary.no_usable_prediction_error()}", err=True, fg="red")
+    if summary.no_usable_proposal:
+        typer.secho(f"error: {summary.no_usable_proposal_error()}", err=True, fg="red")
     if summary.failed or summary.no_usable_prediction:
         raise typer.Exit(1)
 

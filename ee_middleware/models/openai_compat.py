@@ -110,6 +110,10 @@ class _DeadlinePassed(Exception):
     """An attempt's answer was not complete within ``timeout_s``."""
 
 
+NO_CHOICES = "the response has no choices"
+"""The problem of the one :class:`Choice` that :meth:`OpenAIChatClient.complete` returns for a response without choices:
+it stands for none (a caller counting the answers received counts it as 0)."""
+
 _UNFINISHED = (0, "unfinished")
 """An attempt's answer, among those :meth:`OpenAIChatClient._failure_advice` reads, that was cut off at ``timeout_s``."""
 
@@ -213,7 +217,7 @@ class OpenAIChatClient:
             response = self._chat(messages, tools, 1, sampling)
         choices = _choices_of(response)
         if choices is None:
-            return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem="the response has no choices")]
+            return [Choice(None, raw=clip(json.dumps(response, ensure_ascii=False)), problem=NO_CHOICES)]
         answered = [_answered_by(response)] * len(choices)
         first, requests, failure = len(choices), 1, None
         while len(choices) < n and requests < n:

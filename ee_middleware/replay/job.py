@@ -96,6 +96,9 @@ class ReplaySummary:
     """Stored rollouts whose observation an experience model predicted (``synthetic``)."""
     synthetic_failures: dict[str, int] = field(default_factory=dict)
     """Alternatives an experience model gave no usable observation for, by reason (nothing stored for them)."""
+    unusable_proposals: dict[str, int] = field(default_factory=dict)
+    """Of the trajectories that failed because the policy's model gave no usable proposal at any of their states (a server
+    that answers with no choices, with prose only, with arguments that are not JSON): its proposals, by reason."""
     short_answers: int = 0
     """Proposals the policy's model answered with fewer than K alternatives, even after its client asked again: the
     refill (schema mutations) supplied the rest. Summed over every worker, as the four below are (from the records'
@@ -122,6 +125,20 @@ class ReplaySummary:
         """Why a run whose experience model gave no usable observation at all fails, and what to do (``again``: how this
         caller replays the same trajectories once the model is fixed)."""
         return no_usable_prediction_text(self.synthetic_failures, again=again)
+
+    @property
+    def no_usable_proposal(self) -> bool:
+        """Whether the policy's model gave no usable proposal at any state of any trajectory this run replayed (every
+        one failed for it, none is done)."""
+        return bool(self.unusable_proposals) and not self.done
+
+    def no_usable_proposal_error(self) -> str:
+        """Why a run whose policy's model gave no usable proposal at all fails, and what to do."""
+        return (
+            f"the policy's model gave no usable proposal at any state of the {len(self.failed)} trajectory(ies) it was asked "
+            f"about ({unusable_reasons(self.unusable_proposals)}), so nothing it proposed was stored, and these trajectories "
+            "are not done for this configuration: fix the model's server (or the model), then run the same command again."
+        )
 
     @property
     def branches_per_s(self) -> float:
@@ -171,6 +188,9 @@ class ReplaySummary:
         self.synthetic_branches += r.details.get("synthetic_branches", 0)  # counted by the runner, wherever the rollouts went
         for name, count in r.fewer_answers().items():  # counted by the worker that replayed it (0 in older records)
             setattr(self, name, getattr(self, name) + count)
+        proposals = Counter(self.unusable_proposals)
+        proposals.update(r.details.get("unusable_proposals", {}) if r.status == "failed" else {})
+        self.unusable_proposals = dict(proposals)
         unusable = Counter(self.synthetic_failures)
         unusable.update(r.details.get("synthetic_failures", {}))
         self.synthetic_failures = dict(unusable)
@@ -183,8 +203,8 @@ class ReplaySummary:
 
 
 def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
-    """The reasons an experience model's predictions were unusable (``failures``: counts by reason), the most frequent
-    first, with their counts."""
+    """The reasons a model's answers (an experience model's predictions, a policy's proposals) were unusable
+    (``failures``: counts by reason), the most frequent first, with their counts."""
     from ee_middleware.messages import one_line
 
     reasons = sorted(failures.items(), key=lambda item: (-item[1], item[0]))

@@ -31,6 +31,8 @@ from ee_middleware.testing.http import send_json, serving
 from tests.conftest import BFCL_ENTRIES
 
 K = 3
+A_CALL = '<tool_call>{"name": "pwd", "arguments": {}}</tool_call>'
+"""A served policy's answer: a usable call (a model that answers none fails the trajectory, see test_unusable_policy)."""
 
 
 def _records(store: Path) -> list[ReplayRecord]:
@@ -63,7 +65,7 @@ def test_a_server_that_ignores_n_is_counted_in_the_summary_summed_over_every_wor
         pytest.importorskip("ray")
     # every trajectory to the workers (none replayed by the job's process while they start): each gets some at once
     monkeypatch.setattr(job, "light_in_process", lambda config: False)
-    model = serve(lambda messages: "I would not call anything else here.")
+    model = serve(lambda messages: A_CALL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FewerChoicesWarning)  # (said once per client: the job's process's, with 1 worker)
         summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=K, workers=workers, executor=executor, policy=model.spec))
@@ -84,7 +86,7 @@ class OneChoiceClient:
     model = "one-choice"
 
     def complete(self, messages: Any, *, tools: Any = None, n: int = 1, sampling: Sampling = Sampling()) -> list[Choice]:
-        return [Choice.from_message({"role": "assistant", "content": "I would not call anything else here."})]
+        return [Choice.from_message({"role": "assistant", "content": A_CALL})]
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model}
@@ -124,7 +126,7 @@ def test_a_record_written_before_the_counts_reads_them_as_zero() -> None:
 def test_ee_replay_run_json_reports_the_counts_summed_over_two_workers(bfcl_store_path: Path, serve: Any) -> None:
     from ee_middleware.cli.app import app
 
-    model = serve(lambda messages: "I would not call anything else here.")
+    model = serve(lambda messages: A_CALL)
     args = ["replay", "run", "--store", str(bfcl_store_path), "--policy", model.spec, "--k", str(K), "--workers", "2", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -182,7 +184,7 @@ class RefusingOnceServer:
                         server.first += 1
                     else:
                         server.further += 1
-                message = {"role": "assistant", "content": "I would not call anything else here."}
+                message = {"role": "assistant", "content": A_CALL}
                 send_json(self, {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
 
             def log_message(self, format: str, *args: Any) -> None:

@@ -20,6 +20,11 @@ from ee_middleware.replay.job import run_replay
 from ee_middleware.store import LocalExperienceStore
 from tests.conftest import BFCL_ENTRIES
 
+A_CALL = '<tool_call>{"name": "pwd", "arguments": {}}</tool_call>'
+"""A served policy's answer: a usable call (a model that answers none fails the trajectory, see test_unusable_policy)."""
+LOOKUP_CALL = '<tool_call>{"name": "lookup", "arguments": {"key": "b"}}</tool_call>'
+"""The same in :func:`lookup_sandbox`'s world."""
+
 SLOW = "tests.replay.sandboxes_for_tests:SlowBFCLSandbox"
 
 
@@ -215,23 +220,24 @@ def test_the_job_freezes_what_the_process_held_only_while_it_runs(bfcl_store_pat
 def test_a_job_proposes_with_a_served_model(workers: int, bfcl_store_path: Path, serve: Any) -> None:
     """``--policy openai:URL#MODEL`` against a real HTTP server: the job's sampling settings reach it under the
     server's names (it once failed at once: the policy was given ``max_new_tokens``, which it does not take)."""
-    model = serve(lambda messages: "I would not call anything else here.")
+    model = serve(lambda messages: A_CALL)
     summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=workers, policy=model.spec, max_new_tokens=48))
     assert summary.done == BFCL_ENTRIES and summary.failed == {}
     assert model.requests and {(r["max_tokens"], r["temperature"]) for r in model.requests} == {(48, 1.0)}
     assert {r["n"] for r in model.requests} == {2, 1}, "n=K, then the answer the stand-in (one choice per request) left out"
-    assert summary.rejected_by_reason.get("unparsable", 0) >= 1  # the answers were read, and refused as calls
+    rejected = summary.rejected_by_reason
+    assert rejected.get("duplicate", 0) + rejected.get("expert_action", 0) >= 1  # the answers were read as calls
 
 
 class _InFlight:
-    """Answers a served policy's requests (text, which the proposer refuses, so the mutation policy refills every
-    state) and counts how many are in flight at once. Until two have met, a request waits (10 s at most, once) for a
+    """Answers a served policy's requests (one call, so the mutation policy refills the rest of every state) and counts how many are in flight at once. Until two have met, a request waits (10 s at most, once) for a
     second one: a job that asks for a trajectory's states together makes them meet, one that asks in turn never does."""
 
-    def __init__(self, wait_for_company: bool) -> None:
+    def __init__(self, wait_for_company: bool, answer: str = A_CALL) -> None:
         import threading
 
         self.wait_for_company = wait_for_company
+        self.answer = answer
         self.now = self.most = 0
         self.lock = threading.Condition()
 
@@ -243,7 +249,7 @@ class _InFlight:
             if self.wait_for_company and not self.lock.wait_for(lambda: self.most >= 2, timeout=10):
                 self.wait_for_company = False  # none came: the job asks one at a time (and the test fails)
         try:
-            return f"I would rather not call anything after {len(messages)} messages."
+            return self.answer
         finally:
             with self.lock:
                 self.now -= 1
@@ -361,7 +367,7 @@ def test_a_served_policy_is_asked_for_the_next_trajectorys_states_while_one_repl
     one, ahead = tmp_path / "one", tmp_path / "ahead"
     _one_state_store(one, 5)
     _one_state_store(ahead, 5)
-    in_flight = _InFlight(wait_for_company=False)
+    in_flight = _InFlight(wait_for_company=False, answer=LOOKUP_CALL)
     model = serve(in_flight)
     options = {"k": 2, "policy": model.spec, "sandbox": f"{__name__}:lookup_sandbox"}
     run_replay(ReplayConfig.load(store=one, requests_in_flight=1, **options))
@@ -398,7 +404,7 @@ class _Overlaps:
                 self.company = 0  # it never came: the workers ask one at a time each (and the test fails)
             self.now -= 1
             self.spans.append((came, time.monotonic(), task))
-        return f"I would rather not call anything after {len(messages)} messages."
+        return LOOKUP_CALL
 
     def overlapping_tasks(self) -> int:
         """The most requests for distinct trajectories in flight at one moment."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from ee_middleware.errors import PolicyError
 from ee_middleware.models.local import LocalGenerator
-from ee_middleware.models.openai_compat import FewerChoicesWarning, OpenAIChatClient
+from ee_middleware.models.openai_compat import NO_CHOICES, FewerChoicesWarning, OpenAIChatClient
 from ee_middleware.models.parsing import ParseProblem
 from ee_middleware.models.protocol import ChatClient, Sampling
 from ee_middleware.records import ProposerInfo
@@ -104,8 +104,9 @@ class ChatPolicy:
             return Proposals()
         sampling = Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=seed)
         choices = self.client.complete(point.state, tools=point.tools or None, n=k, sampling=sampling)
-        if len(choices) < k:
-            self._note_short(k, len(choices))
+        answered = sum(choice.problem != NO_CHOICES for choice in choices)  # not the problem standing for none
+        if answered < k:
+            self._note_short(k, answered)
         proposer = ProposerInfo(
             policy=self.name, model=self.client.model, temperature=self.temperature, top_p=self.top_p, seed=seed, settings=self.settings
         )

@@ -9,7 +9,9 @@ list up (``refill``), and the refilled candidates say so in their proposer metad
 An exception the policy raises at a state is counted (``policy_error``) and the state refilled; the proposer keeps the
 first few messages per trajectory, which :meth:`Proposer.settle` puts in its replay record
 (``details["policy_error_examples"]``). A trajectory at every state of which the policy raised has only the refill's
-alternatives: it fails (the next run replays it again, once the policy works) rather than being done.
+alternatives: it fails (the next run replays it again, once the policy works) rather than being done. So does a
+trajectory at none of whose states the policy's model gave a usable proposal (a server that answers with no choices,
+with prose only, with arguments that are not JSON): its record's reason names why, by how many proposals.
 """
 
 from __future__ import annotations
@@ -76,6 +78,36 @@ class PolicyErrors:
     """``{"step": STEP_INDEX, "error": "POLICY: TYPE: MESSAGE"}``, the first :data:`MAX_POLICY_ERROR_EXAMPLES`."""
 
 
+@dataclass
+class UnusableProposals:
+    """The states of one trajectory, and why the policy's own proposals there were not usable: :attr:`usable` holds the
+    states at which it gave at least one (a well-formed call of an offered tool, kept or not), :attr:`reasons` counts the
+    others by reason."""
+
+    states: set[int] = field(default_factory=set)
+    usable: set[int] = field(default_factory=set)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+UNUSABLE_REASONS: frozenset[str] = frozenset({"unparsable", "unknown_tool", "invalid_arguments"})
+"""Rejections that say the policy's proposal was not usable (``duplicate`` and ``expert_action`` ones were calls)."""
+
+NO_TOOL_CALL_ADVICE = (
+    "answered prose, no tool call: serve the model with a tool-call parser (vLLM: --enable-auto-tool-choice "
+    "--tool-call-parser NAME), or use a model that calls tools"
+)
+
+
+def unusable_reason(rejection: Rejection) -> str:
+    """Why ``rejection`` (of the policy's own proposal) was not usable, for a message that counts them by reason."""
+    from ee_middleware.messages import one_line
+
+    if rejection.reason == "unparsable" and rejection.detail.startswith("no tool call found"):
+        return NO_TOOL_CALL_ADVICE
+    detail = one_line(rejection.detail, 200)
+    return detail if rejection.reason == "unparsable" else f"{rejection.reason}: {detail}"
+
+
 _DEFAULT_REFILL: Any = object()
 
 
@@ -97,6 +129,7 @@ class Proposer:
         self.refill: Policy | None = MutationPolicy() if refill is _DEFAULT_REFILL else refill
         self.max_refill_rounds = max_refill_rounds
         self._policy_errors: dict[str, PolicyErrors] = {}
+        self._unusable: dict[str, UnusableProposals] = {}
         self._lock = threading.Lock()  # states are proposed for from several threads at once (requests in flight)
 
     def describe(self) -> dict[str, Any]:
@@ -118,6 +151,8 @@ class Proposer:
         raised = next((r.detail for r in state.result.rejected if r.reason == "policy_error"), None)
         if raised is not None:
             self._note_policy_error(point, raised)
+        else:
+            self._note_usable(point, state.result)
         if self.refill is None:
             return state.result
         for round_index in range(self.max_refill_rounds):
@@ -137,6 +172,26 @@ class Proposer:
                 errors.examples.append({"step": point.step_index, "error": detail})
             errors.states.add(point.step_index)
 
+    def _note_usable(self, point: DecisionPoint, result: ProposalResult) -> None:
+        """Whether the policy's own proposals at ``point`` (nothing refilled yet) held a usable one, and why not."""
+        own = [r for r in result.rejected if not r.refill]
+        usable = bool(result.accepted) or any(r.reason not in UNUSABLE_REASONS for r in own)
+        with self._lock:
+            noted = self._unusable.setdefault(point.trajectory_id, UnusableProposals())
+            noted.states.add(point.step_index)
+            if usable:
+                noted.usable.add(point.step_index)
+            elif own:
+                noted.reasons.update(unusable_reason(r) for r in own)
+            else:
+                noted.reasons["the policy proposed nothing"] += 1
+
+    def unusable_proposals(self, trajectory_id: str) -> UnusableProposals | None:
+        """Which of ``trajectory_id``'s states the policy gave usable proposals at, and why not at the others, forgotten
+        here (``None``: it was asked at none, or raised at every one)."""
+        with self._lock:
+            return self._unusable.pop(trajectory_id, None)
+
     def policy_errors(self, trajectory_id: str) -> PolicyErrors | None:
         """The policy's errors at ``trajectory_id``'s states, forgotten here (``None``: it raised at none)."""
         with self._lock:
@@ -145,25 +200,49 @@ class Proposer:
     def settle(self, outcome: ReplayOutcome, redact: Callable[[Any], Any] = lambda value: value) -> ReplayOutcome:
         """``outcome`` with what the policy raised while proposing for its trajectory: the first messages in its record's
         ``details["policy_error_examples"]`` (``redact``: the store's redaction, as the record's other texts get), and,
-        where the policy raised at every state, ``failed`` without rollouts: only the refill's alternatives were
-        replayed, so the trajectory is not done for this policy, and the next run replays it again."""
+        where the policy raised at every state, or its model gave no usable proposal at any (``details["unusable_proposals"]``:
+        how many by reason), ``failed`` without rollouts: only the refill's alternatives were replayed, so the trajectory is
+        not done for this policy, and the next run replays it again."""
         from ee_middleware.errors import hide_credentials
         from ee_middleware.messages import one_line
+        from ee_middleware.replay.job import unusable_reasons
 
         errors = self.policy_errors(outcome.record.trajectory_id)
+        unusable = self.unusable_proposals(outcome.record.trajectory_id)
         record = outcome.record
-        if errors is None or record.status == "skipped":
+        if (errors is None and unusable is None) or record.status == "skipped":
             return outcome
-        examples = redact([{**example, "error": hide_credentials(one_line(example["error"], 500))} for example in errors.examples])
-        details = {**record.details, "policy_error_examples": examples}
-        if record.status != "done" or record.states == 0 or len(errors.states) < record.states:
-            return type(outcome)(record.model_copy(update={"details": details}), outcome.rollouts, outcome.stored)
+        details = dict(record.details)
+        examples: list[dict[str, Any]] = []
+        if errors is not None:
+            examples = redact([{**example, "error": hide_credentials(one_line(example["error"], 500))} for example in errors.examples])
+            details["policy_error_examples"] = examples
+        raised = errors.states if errors is not None else set()
+        asked = raised | (unusable.states if unusable is not None else set())
+        none_usable = unusable is None or not unusable.usable
+        if record.status != "done" or record.states == 0 or len(asked) < record.states or not none_usable:
+            return (
+                outcome
+                if errors is None
+                else type(outcome)(record.model_copy(update={"details": details}), outcome.rollouts, outcome.stored)
+            )
         for replayed in ("synthetic_branches", "unrestored_branches", "sandbox_failures"):  # of the rollouts dropped
             details.pop(replayed, None)
-        reason = (
-            f"the policy {record.policy!r} raised at every state ({record.states}), so none of its alternatives was replayed "
-            f"(the first: {examples[0]['error'] if examples else '?'}); fix the policy, then run the same command again"
-        )
+        if unusable is None or not unusable.states:
+            reason = (
+                f"the policy {record.policy!r} raised at every state ({record.states}), so none of its alternatives was replayed "
+                f"(the first: {examples[0]['error'] if examples else '?'}); fix the policy, then run the same command again"
+            )
+        else:
+            reasons = Counter(unusable.reasons)
+            if raised:
+                reasons[f"raised: {examples[0]['error'] if examples else '?'}"] += len(raised)
+            details["unusable_proposals"] = {str(redact(hide_credentials(why))): count for why, count in reasons.items()}
+            reason = (
+                f"the policy {record.policy!r} gave no usable proposal at any of the {record.states} state(s) "
+                f"({unusable_reasons(details['unusable_proposals'])}), so none of its alternatives was replayed (only the "
+                "refill's would have been); fix the model's server or the model, then run the same command again"
+            )
         failed = record.model_copy(update={"status": "failed", "reason": redact(reason), "branches": 0, "errors": 0, "details": details})
         return type(outcome)(failed, [], outcome.stored)
 

@@ -1,0 +1,92 @@
+"""A served policy whose model never answers usably (no choices, a choice without a message, prose only, arguments that
+are not JSON) fails the replay with an ``error:`` line naming why, and leaves the trajectories to replay again; one that
+answers usably at some states keeps today's behaviour.
+
+Against real HTTP servers (:class:`~ee_middleware.testing.http.ScriptedChatServer`) and the BFCL expert store."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.models.openai_compat import FewerChoicesWarning
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing.http import Reply, ScriptedChatServer
+from tests.conftest import BFCL_ENTRIES
+
+K = 3
+A_CALL = '<tool_call>{"name": "pwd", "arguments": {}}</tool_call>'
+"""A usable answer at every BFCL state (``pwd``: an offered tool with no arguments)."""
+
+
+def _bad_arguments(body: dict[str, Any]) -> dict[str, Any]:
+    name = body["tools"][0]["function"]["name"]
+    call = {"id": "c1", "type": "function", "function": {"name": name, "arguments": "{not json"}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+UNUSABLE = {
+    "no choices": ([Reply({"id": "x", "object": "chat.completion"})], "the response has no choices"),
+    "empty choices": ([Reply({"choices": []})], "the response has no choices"),
+    "null message": ([Reply({"choices": [{"index": 0, "message": None, "finish_reason": "stop"}]})], "has no 'message' object"),
+    "prose": (["I would not call anything here."], "answered prose, no tool call: serve the model with a tool-call parser"),
+    "arguments not JSON": (_bad_arguments, "arguments are not valid JSON"),
+}
+
+
+def _ee(*args: str) -> Any:
+    from ee_middleware.cli.app import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("kind", list(UNUSABLE))
+def test_a_served_policy_that_never_answers_usably_fails_the_replay_and_a_rerun_replays(kind: str, bfcl_store_path: Path) -> None:
+    script, reason = UNUSABLE[kind]
+    store = str(bfcl_store_path)
+    with ScriptedChatServer(script) as server, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        spec = f"openai:{server.base_url}#m"
+        result = _ee("replay", "run", "--store", store, "--policy", spec, "--k", str(K), "--json", "--no-progress")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert {"done", "states", "branches", "rejected_by_reason", "failed", "branches_per_s"} <= set(summary), "the keys it had are kept"
+    assert summary["done"] == 0 and len(summary["failed"]) == BFCL_ENTRIES
+    assert any(reason in why for why in summary["unusable_proposals"]), summary["unusable_proposals"]
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert "gave no usable proposal at any state" in error and reason in error and "run the same command again" in error
+    assert LocalExperienceStore(store).rollouts().height == 0, "no refill-only alternatives were stored as the policy's"
+
+    with ScriptedChatServer([A_CALL]) as fixed, warnings.catch_warnings():  # the server fixed, behind the same spec
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        again = _ee("replay", "run", "--store", store, "--policy", spec.replace(server.base_url, fixed.base_url), "--k", str(K))
+        assert again.exit_code == 0, again.output
+        assert fixed.requests, "the trajectories were replayed again"
+    rollouts = LocalExperienceStore(store).rollouts()
+    assert rollouts.height and (rollouts["proposer_policy"] == "openai").any()
+
+
+def test_a_served_policy_usable_at_some_states_only_replays_every_trajectory_as_before(bfcl_store_path: Path) -> None:
+    # usable at each trajectory's first state (system + user message) only; prose at every later one
+    def answer(body: dict[str, Any]) -> str:
+        return A_CALL if len(body["messages"]) <= 2 else "I would not call anything here."
+
+    with ScriptedChatServer(answer) as server, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=K, workers=1, policy=f"openai:{server.base_url}#m"))
+    assert summary.done == BFCL_ENTRIES and summary.failed == {} and not summary.no_usable_proposal
+    assert summary.rejected_by_reason.get("unparsable", 0) > 0 and summary.unusable_proposals == {}
+
+
+def test_the_fewer_choices_count_does_not_count_the_problem_made_up_for_a_body_without_choices(bfcl_store_path: Path) -> None:
+    no_choices = ScriptedChatServer([Reply({"id": "x", "object": "chat.completion"})])
+    with no_choices as server, pytest.warns(FewerChoicesWarning, match=rf"asked 'm' for {K} answers and got 0:"):
+        summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=K, workers=1, policy=f"openai:{server.base_url}#m"))
+    assert summary.short_answers == summary.states and summary.missing_answers == K * summary.states
