@@ -130,6 +130,8 @@ class OpenAIChatClient:
     ``api_key`` defaults to ``EE_OPENAI_API_KEY``, then ``OPENAI_API_KEY``; no key sends no
     ``Authorization`` header. ``tool_choice`` and ``extra_body`` go into every request that offers
     tools / every request. ``transport`` is an ``httpx`` transport (tests pass ``httpx.MockTransport``).
+    ``timeout_knob`` is how the user of the command that made the client sets ``timeout_s`` (``"--timeout N"``,
+    ``"--policy-setting timeout_s=N"``), which the advice after a timeout names; ``None``: it names the setting alone.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class OpenAIChatClient:
         tool_choice: str | dict[str, Any] | None = "auto",
         extra_body: dict[str, Any] | None = None,
         transport: Any = None,
+        timeout_knob: str | None = None,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
@@ -160,6 +163,7 @@ class OpenAIChatClient:
                 )
         self.model = model
         self.timeout_s = timeout_s
+        self.timeout_knob = timeout_knob
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
         self.tool_choice = tool_choice
@@ -440,13 +444,18 @@ class OpenAIChatClient:
             response.close()
         return response
 
+    def _timeout_setting(self) -> str:
+        """``timeout_s``, how the running command sets it (where its caller said) and its value, for advice."""
+        knob = f"{self.timeout_knob}; " if self.timeout_knob else ""
+        return f"timeout_s ({knob}now {self.timeout_s:g} s)"
+
     def _failure_advice(self, answers: list[tuple[int, str] | None], timed_out: bool) -> str:
         """What to check after every attempt failed (``answers``: each attempt's 5xx/429 status and text,
         :data:`_UNFINISHED` for an answer cut off at ``timeout_s``, or None)."""
         last = answers[-1] if answers else None
         if last == _UNFINISHED:
             return (
-                f"The server answers, but the answer took longer than timeout_s (--timeout; now {self.timeout_s:g} s): raise it "
+                f"The server answers, but the answer took longer than {self._timeout_setting()}: raise it "
                 "if the model is only slow (a long answer, a long queue); if it never finishes, check the model server behind "
                 "this one (a proxy that keeps the connection open for an upstream that is stuck)."
             )
@@ -463,9 +472,7 @@ class OpenAIChatClient:
                 f"only overloaded or still loading the model, try again later. {outage}"
             )
         if timed_out:
-            return (
-                f"{outage} If the model is only slow (a long answer, a long queue), raise timeout_s (--timeout; now {self.timeout_s:g} s)."
-            )
+            return f"{outage} If the model is only slow (a long answer, a long queue), raise {self._timeout_setting()}."
         return outage
 
     def _refusal_advice(self, status: int) -> str:

@@ -1,24 +1,27 @@
 """A served policy whose model never answers usably (no choices, a choice without a message, prose only, arguments that
 are not JSON) fails the replay with an ``error:`` line naming why, and leaves the trajectories to replay again; one that
-answers usably at some states keeps today's behaviour.
+answers usably at some states keeps today's behaviour. The timeout advice names the knob of the command that runs.
 
 Against real HTTP servers (:class:`~ee_middleware.testing.http.ScriptedChatServer`) and the BFCL expert store."""
 
 from __future__ import annotations
 
 import json
+import time
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from ee_middleware.models.openai_compat import FewerChoicesWarning
+from ee_middleware.errors import ModelError
+from ee_middleware.models.openai_compat import FewerChoicesWarning, OpenAIChatClient
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.job import run_replay
 from ee_middleware.store import LocalExperienceStore
-from ee_middleware.testing.http import Reply, ScriptedChatServer
+from ee_middleware.testing.http import Reply, ScriptedChatServer, serving
 from tests.conftest import BFCL_ENTRIES
 
 K = 3
@@ -90,3 +93,45 @@ def test_the_fewer_choices_count_does_not_count_the_problem_made_up_for_a_body_w
     with no_choices as server, pytest.warns(FewerChoicesWarning, match=rf"asked 'm' for {K} answers and got 0:"):
         summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=K, workers=1, policy=f"openai:{server.base_url}#m"))
     assert summary.short_answers == summary.states and summary.missing_answers == K * summary.states
+
+
+class _Hanging(BaseHTTPRequestHandler):
+    """Answers every request after 2 s: longer than the timeouts below."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(2)
+        try:
+            self.send_response(200)
+            self.end_headers()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_timeout_advice_of_a_replay_names_its_policy_setting_not_a_flag_it_lacks(bfcl_store_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hanging)
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign] # a connection the client closed
+    with serving(server) as url:
+        spec = f"openai:{url}#m"
+        result = _ee(
+            "replay", "run", "--store", str(bfcl_store_path), "--policy", spec, "--k", "2", "--limit", "1", "--no-progress",
+            "--policy-setting", "timeout_s=0.5", "--policy-setting", "retries=0",
+        )  # fmt: skip
+        assert result.exit_code == 1, result.output
+        text = " ".join(result.stderr.split())
+        assert "raise timeout_s (`--policy-setting timeout_s=N`, or timeout_s under [replay.policy_settings]; now 0.5 s)" in text, text
+        assert "--timeout;" not in text
+
+        client = OpenAIChatClient(url, "m", timeout_s=0.5, retries=0)  # a caller that names no knob: the setting alone
+        with pytest.raises(ModelError) as info:
+            client.complete([{"role": "user", "content": "hi"}])
+        assert "raise timeout_s (now 0.5 s)" in str(info.value) and "--timeout" not in str(info.value)
+        client.close()
+        knob = OpenAIChatClient(url, "m", timeout_s=0.5, retries=0, timeout_knob="--timeout N")
+        with pytest.raises(ModelError) as info:
+            knob.complete([{"role": "user", "content": "hi"}])
+        assert "raise timeout_s (--timeout N; now 0.5 s)" in str(info.value)
+        knob.close()

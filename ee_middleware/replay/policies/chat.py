@@ -135,6 +135,10 @@ class ChatPolicy:
             )
 
 
+POLICY_TIMEOUT_KNOB = "`--policy-setting timeout_s=N`, or timeout_s under [replay.policy_settings]"
+"""How a replay's user sets the served policy's ``timeout_s`` (what the advice after a timeout names)."""
+
+
 class OpenAIPolicy(ChatPolicy):
     """Proposes alternatives with an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -172,6 +176,7 @@ class OpenAIPolicy(ChatPolicy):
                 tool_choice=tool_choice,
                 extra_body=extra_body,
                 transport=transport,
+                timeout_knob=POLICY_TIMEOUT_KNOB,
             )
         except ValueError as exc:
             raise PolicyError(str(exc)) from exc
