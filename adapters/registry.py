@@ -152,7 +152,8 @@ class LocalAdapterRegistry:
         if not (self.root / "index.json").is_file():
             if not create:
                 raise RegistryNotFoundError(
-                    f"No adapter registry at {self.root} (no index.json). Register an adapter first: ee adapters register PATH --app APP."
+                    f"No adapter registry at {self.root} (no index.json). Register an adapter first: "
+                    f"ee adapters register PATH --app APP -r {self.root}"
                 )
             (self.root / "adapters").mkdir(parents=True, exist_ok=True)
             with self._locked():

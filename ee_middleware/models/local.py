@@ -399,8 +399,9 @@ def _check_model_folder(path: Path, gguf_file: str | None) -> None:
     if not path.is_dir():
         raise ModelLoadError(
             f"No model folder at {path}. Point at a local folder saved with save_pretrained "
-            "(config.json, weights, tokenizer files) or at a .gguf file, e.g. 'local:/models/smollm2'; "
-            "models are never downloaded."
+            "(config.json, weights, tokenizer files) or at a .gguf file: a flag that takes a model folder takes the path "
+            "itself (--base /models/smollm2, --base-model /models/smollm2), a model spec takes it after local: "
+            "(--policy local:/models/smollm2, --teacher, --model-spec); models are never downloaded."
         )
     if gguf_file is None and not (path / "config.json").is_file():
         raise ModelLoadError(
