@@ -85,7 +85,7 @@ from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, St
 from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch, raised_as_recorded
 from ee_middleware.replay.policies.protocol import DecisionPoint
-from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
+from ee_middleware.replay.policies.schema import no_schemas_fix
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 from ee_middleware.replay.sandboxes.protocol import check_offered_tools
@@ -426,7 +426,7 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
     if not run.trajectory.tools:
         return (
             "the trajectory records no tool schemas (its spans carried no tool definitions), so no alternative call can be "
-            f"proposed or checked against the tools the model was offered. {NO_SCHEMAS_FIX}"
+            f"proposed or checked against the tools the model was offered. {no_schemas_fix(run.trajectory.source)}"
         )
     # (a curriculum trajectory's lineage is no world); its placeholders restored from the vault, as arguments are
     environment, unrestored = run.settings.privacy.restore_environment(world_environment(run.trajectory.environment))

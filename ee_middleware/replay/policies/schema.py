@@ -344,12 +344,33 @@ def _path_text(path: Sequence[Any]) -> str:
     return text
 
 
+CAPTURED_NO_SCHEMAS_FIX = (
+    "record_experience recorded this run, and it reads the offered tools from each model call's invocation params: the "
+    "chat model's bind_tools did not pass them there (a wrapper or custom BaseChatModel that keeps the tools itself "
+    "instead of returning self.bind(tools=...)). Make bind_tools return self.bind(tools=[convert_to_openai_tool(t) "
+    "for t in tools], **kwargs), or bind them so, then record the runs again."
+)
+"""What to do about a run ``record_experience`` captured without tool schemas: its model's calls carried no ``tools``."""
+
 NO_SCHEMAS_FIX = (
     "Record the offered tools: capture with @record_experience, or with an instrumentation that writes them "
-    "(gen_ai.tool.definitions, llm.tools, ai.prompt.tools), then ingest again."
+    "(gen_ai.tool.definitions, llm.tools, ai.prompt.tools), then ingest again. For runs record_experience captured "
+    "(source record_experience in ee traces show): " + CAPTURED_NO_SCHEMAS_FIX
 )
 """What to do about trajectories that recorded no tool schemas (OpenTelemetry's OpenAI v2 instrumentation, Strands and
-OpenInference's Chat Completions spans carry no tool definitions): said by replay and by the dataset build."""
+OpenInference's Chat Completions spans carry no tool definitions; a chat model whose bind_tools keeps the tools): said
+by the dataset build, whose trajectories may come from either."""
+
+
+def no_schemas_fix(source: str | None) -> str:
+    """What to do about one trajectory without tool schemas, by its ``source``: a run ``record_experience`` captured
+    lost them at the model's bind_tools; an ingested one at an instrumentation that does not write them."""
+    if source == "record_experience":
+        return CAPTURED_NO_SCHEMAS_FIX
+    return (
+        "Record the offered tools: capture with @record_experience, or with an instrumentation that writes them "
+        "(gen_ai.tool.definitions, llm.tools, ai.prompt.tools), then ingest again."
+    )
 
 
 _CACHE: collections.OrderedDict[int, tuple[Sequence[Any], ToolSchemas]] = collections.OrderedDict()
