@@ -458,12 +458,18 @@ class _Watched:
         return value
 
 
+EVAL_TIMEOUT_KNOB = "`--timeout N`, or timeout_s under [eval]"
+"""How an eval's user sets the model client's ``timeout_s`` (what the advice after a timeout names)."""
+
+
 class _Worker:
     """A client built once, reused for every task this worker runs."""
 
     def __init__(self, job: EvalJob) -> None:
         self.job = job
         self.client = build_eval_client(job.model, **job.client_options())
+        if getattr(self.client, "timeout_knob", False) is None:  # a served model's client: its timeout advice names the flag
+            self.client.timeout_knob = EVAL_TIMEOUT_KNOB  # type: ignore[attr-defined]
         self.config: LoopConfig = job.loop_config()
         self._last: list[BaseException | None] = [None]
         self._watched = _Watched(self.client, self._last)

@@ -1,0 +1,44 @@
+"""An eval whose served model takes longer than ``timeout_s`` is told to raise it with the eval's own knob
+(``--timeout N``, or ``timeout_s`` under ``[eval]``), not a flag another command has (32bc6de: the client's advice names
+the knob its caller gives). Against a real HTTP server that answers too late."""
+
+from __future__ import annotations
+
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import EVAL_TIMEOUT_KNOB, run_eval
+from ee_middleware.testing.http import serving
+
+
+class _Late(BaseHTTPRequestHandler):
+    """Answers every request after 2 s: longer than the eval's timeout below."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(2)
+        try:
+            self.send_response(200)
+            self.end_headers()
+        except OSError:
+            pass
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_evals_timeout_advice_names_its_own_flag(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Late)
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign] # a connection the client closed
+    with serving(server) as url:
+        job = EvalJob(suites=["bfcl:simple:1"], model=f"openai:{url}#m", out=str(tmp_path / "run"), timeout_s=0.5, retries=0)
+        [summary] = run_eval(job)
+    rows = (tmp_path / "run" / "results.jsonl").read_text()
+    assert f"raise timeout_s ({EVAL_TIMEOUT_KNOB}; now 0.5 s)" in rows, rows[:2000]
+    assert summary is not None
