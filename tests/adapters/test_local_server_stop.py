@@ -13,13 +13,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ee_middleware.adapters.serving.http import STOPPING_MESSAGE
 from ee_middleware.adapters.serving.launch import ServerProcess, free_port
 from ee_middleware.adapters.serving.rendering import servers_folder
 
-SLOW = {"messages": [{"role": "user", "content": "Where is order A-1001?"}], "max_tokens": 900, "temperature": 0}
-"""A request the tiny model answers in seconds on a CPU (900 tokens: the random model never ends early)."""
+SLOW = {"messages": [{"role": "user", "content": "Where is order A-1001?"}], "max_tokens": 4000, "temperature": 0}
+"""A request the tiny model answers in seconds on a CPU (4,000 tokens, the random model never ending early: 900 were
+generated within the 1.5 s a test waits before its signal on a quiet machine)."""
+
+
+@pytest.fixture(scope="module")
+def slow_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama of ``tiny_base`` with a context that holds :data:`SLOW`'s answer."""
+    pytest.importorskip("transformers")
+    from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama
+    from tests.adapters.conftest import CORPUS, SMOLLM2_TEMPLATE
+
+    tokenizer = build_test_tokenizer(CORPUS, chat_template=SMOLLM2_TEMPLATE)
+    return save_tiny_llama(tmp_path_factory.mktemp("slow-base"), tokenizer, max_positions=4608)
 
 
 @contextmanager
@@ -48,6 +61,7 @@ def _in_flight(url: str, count: int = 1) -> tuple[list[threading.Thread], list[h
     for thread in threads:
         thread.start()
     time.sleep(1.5)  # sent, read, and being generated (or waiting for the model)
+    assert not answers, f"answered before the test's signal: make SLOW slower ({answers})"
     return threads, answers
 
 
@@ -58,10 +72,10 @@ def _stop(server: ServerProcess, sig: signal.Signals, *, timeout_s: float = 120)
     return server.process.wait(timeout=timeout_s), time.monotonic() - started
 
 
-def test_sigterm_while_a_request_is_generated_lets_it_finish_and_exits_0(tiny_base: Path) -> None:
+def test_sigterm_while_a_request_is_generated_lets_it_finish_and_exits_0(slow_base: Path) -> None:
     """Before: the process aborted (exit -6, "terminate called without an active exception": the interpreter finalised
     while a handler thread was inside torch's generate), the client got RemoteDisconnected (3 of 3)."""
-    with _server(tiny_base, grace_s=120) as server:
+    with _server(slow_base, grace_s=120) as server:
         state = servers_folder() / f"{server.url.split(':')[-1].split('/')[0]}.json"
         assert state.is_file()
         threads, answers = _in_flight(server.url)
@@ -77,10 +91,10 @@ def test_sigterm_while_a_request_is_generated_lets_it_finish_and_exits_0(tiny_ba
     assert not state.exists()
 
 
-def test_ctrl_c_with_requests_past_the_grace_answers_them_503_and_exits_0(tiny_base: Path) -> None:
+def test_ctrl_c_with_requests_past_the_grace_answers_them_503_and_exits_0(slow_base: Path) -> None:
     """Requests still running after EE_STOP_GRACE_S (one generated, one waiting for the model) are answered 503 naming
     the stop, and the process ends with 0 at once, not aborted. Before: exit -6 and RemoteDisconnected."""
-    with _server(tiny_base, grace_s=0.3) as server:
+    with _server(slow_base, grace_s=0.3) as server:
         threads, answers = _in_flight(server.url, count=2)
         code, took = _stop(server, signal.SIGINT)
         for thread in threads:
@@ -98,10 +112,10 @@ def test_ctrl_c_with_requests_past_the_grace_answers_them_503_and_exits_0(tiny_b
     assert "answered 503" in log
 
 
-def test_a_second_sigterm_during_the_grace_ends_it_at_once_with_130(tiny_base: Path) -> None:
+def test_a_second_sigterm_during_the_grace_ends_it_at_once_with_130(slow_base: Path) -> None:
     """A supervisor's second SIGTERM (or a second Ctrl-C) ends the wait for the requests in flight: they are answered
     503 and the process exits 130 at once, not after the grace. Before: the first SIGTERM aborted it (exit -6)."""
-    with _server(tiny_base, grace_s=300) as server:
+    with _server(slow_base, grace_s=300) as server:
         assert server.process is not None and server.log_path is not None
         threads, answers = _in_flight(server.url, count=2)
         server.process.send_signal(signal.SIGTERM)
@@ -119,10 +133,10 @@ def test_a_second_sigterm_during_the_grace_ends_it_at_once_with_130(tiny_base: P
     assert len(statuses) == 2 and 503 in statuses, answers
 
 
-def test_an_idle_server_with_keep_alive_connections_open_stops_promptly(tiny_base: Path) -> None:
+def test_an_idle_server_with_keep_alive_connections_open_stops_promptly(slow_base: Path) -> None:
     """A router or client pool keeps connections open between requests. Before: the stop took 5 to 8 s (handler threads
     waited on in server_close, then the interpreter's finalisation collected torch's objects)."""
-    with _server(tiny_base) as server, httpx.Client(timeout=30) as client:
+    with _server(slow_base) as server, httpx.Client(timeout=30) as client:
         assert client.get(f"{server.url}/models").status_code == 200  # the connection stays open in the pool
         assert client.get(f"{server.url}/models").status_code == 200
         code, took = _stop(server, signal.SIGTERM, timeout_s=60)
