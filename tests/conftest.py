@@ -360,6 +360,10 @@ HEAVY_TESTS: list[tuple[str, str]] = [
         "tests/adapters/test_serving_sharegpt_base.py::test_a_base_whose_template_shows_no_text_is_served_with_the_template_given_and_promotes_say_unchecked",
         SLOWEST,
     ),
+    # 2026-12-01's additions: a served tiny model generating thousands of tokens per test, pools of spawned workers
+    ("tests/adapters/test_local_server_stop.py::*", "a server process generating 4,000 tokens per test"),
+    ("tests/capture/test_threads_start_with_a_run.py::test_runs_recorded_in_pool_workers_*[[]spawn-*", "spawned pool workers"),
+    ("tests/replay/test_fidelity_scaling.py::test_a_mismatch_of_a_1_7_mb_document_*", SLOWEST),
     ("tests/replay/test_redaction_everywhere.py::test_with_the_vault_the_expert_path_reexecutes_with_the_real_values", SLOWEST),
 ]
 
