@@ -175,16 +175,16 @@ class Proposer:
     def _note_usable(self, point: DecisionPoint, result: ProposalResult) -> None:
         """Whether the policy's own proposals at ``point`` (nothing refilled yet) held a usable one, and why not."""
         own = [r for r in result.rejected if not r.refill]
-        usable = bool(result.accepted) or any(r.reason not in UNUSABLE_REASONS for r in own)
+        # a state the policy proposed nothing at is no unusable answer: a policy may have nothing to propose there (the
+        # mutation policy with no argument to change); a server's empty answer is a rejected stand-in (NO_CHOICES)
+        usable = bool(result.accepted) or not own or any(r.reason not in UNUSABLE_REASONS for r in own)
         with self._lock:
             noted = self._unusable.setdefault(point.trajectory_id, UnusableProposals())
             noted.states.add(point.step_index)
             if usable:
                 noted.usable.add(point.step_index)
-            elif own:
-                noted.reasons.update(unusable_reason(r) for r in own)
             else:
-                noted.reasons["the policy proposed nothing"] += 1
+                noted.reasons.update(unusable_reason(r) for r in own)
 
     def unusable_proposals(self, trajectory_id: str) -> UnusableProposals | None:
         """Which of ``trajectory_id``'s states the policy gave usable proposals at, and why not at the others, forgotten
