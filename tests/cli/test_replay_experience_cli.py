@@ -40,18 +40,21 @@ def test_a_model_whose_every_prediction_is_unusable_fails_the_run_saying_why(bfc
     summary = json.loads(result.stdout)
     unusable = sum(summary["synthetic_failures"].values())
     assert summary["done"] == 1 and summary["branches"] == 0 and summary["synthetic_branches"] == 0 and unusable > 0
-    assert summary["states"] > 0 and summary["synthetic_failures"] == {NO_JSON: unusable}
+    # the random model's answers run to max_tokens: the reason says so before what was wrong (046bebd)
+    [(reason, count)] = summary["synthetic_failures"].items()
+    assert summary["states"] > 0 and count == unusable and reason.endswith(f"): {NO_JSON}"), reason
+    assert reason.startswith("the answer was cut off at max_tokens (finish_reason 'length'; raise max_tokens, now 12"), reason
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # (transformers draws its loading bar too)
     assert len(errors) == 1 and errors[0].startswith("error: the experience model gave no usable observation"), result.stderr
     error = errors[0]
-    assert f"any of the {unusable} alternative(s)" in error and NO_JSON in error and "--again" in error
+    assert f"any of the {unusable} alternative(s)" in error and "cut off at max_tokens" in error and "--again" in error
 
     again = _replay(bfcl_store_path, tmp_path, sandbox, "--again", settings="max_tokens = 12")
     assert again.exit_code == 1, again.output
     rows = dict(line.rsplit(None, 1) for line in again.stdout.splitlines() if "predict" in line and line.strip()[-1].isdigit())
     assert rows == {"    of them predicted by the experience model": "0", "  predictions unusable (not stored)": str(unusable)}, rows
     text = " ".join(again.stdout.split())  # as wrapped to the terminal's width
-    assert f"unusable predictions: {unusable} alternative(s)" in text and f"{NO_JSON} ({unusable})" in text
+    assert f"unusable predictions: {unusable} alternative(s)" in text and f"({unusable})" in text and "cut off at max_tokens" in text
     assert "error: the experience model gave no usable observation" in again.stderr
 
 
