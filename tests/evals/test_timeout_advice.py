@@ -4,37 +4,17 @@ the knob its caller gives). Against a real HTTP server that answers too late."""
 
 from __future__ import annotations
 
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.runner import EVAL_TIMEOUT_KNOB, run_eval
 from ee_middleware.testing.http import serving
-
-
-class _Late(BaseHTTPRequestHandler):
-    """Answers every request after 2 s: longer than the eval's timeout below."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        time.sleep(2)
-        try:
-            self.send_response(200)
-            self.end_headers()
-        except OSError:
-            pass
-
-    def do_GET(self) -> None:
-        self.do_POST()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+from tests.replay.test_unusable_policy import _Hanging  # answers after 2 s
 
 
 def test_an_evals_timeout_advice_names_its_own_flag(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Late)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hanging)
     server.handle_error = lambda request, address: None  # type: ignore[method-assign] # a connection the client closed
     with serving(server) as url:
         job = EvalJob(suites=["bfcl:simple:1"], model=f"openai:{url}#m", out=str(tmp_path / "run"), timeout_s=0.5, retries=0)
