@@ -73,8 +73,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Tracer
 
     from ee_middleware.capture.config import CaptureConfig
+    from ee_middleware.capture.direct_spans import DirectTracer
     from ee_middleware.capture.payloads import PayloadEncoder
     from ee_middleware.capture.processor import ExperienceSpanProcessor
     from ee_middleware.capture.redaction import Redactor
@@ -86,23 +88,38 @@ logger = logging.getLogger("ee_middleware.capture")
 
 MODES = ("thread", "process", "auto")
 SPAN_PROCESSOR_ENV = "EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR"
-"""``package.module:factory`` of a span processor the child adds to its provider (tests read the
-child's spans with it)."""
+"""``package.module:factory`` of a span processor for the child's spans (tests read them with it): the child then makes
+them through the OpenTelemetry SDK, on a provider of its own, instead of directly."""
 ORPHAN_GRACE_S = 10.0
 _PICKLE_PROTOCOL = 5
 
 
-def private_provider(config: CaptureConfig) -> TracerProvider:
-    """The recorder's own tracer provider (the global one is never replaced)."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-
+def _service_attributes(config: CaptureConfig) -> dict[str, Any]:
     attrs = {"service.name": config.app}
     if config.app_version:
         attrs["service.version"] = config.app_version
+    return attrs
+
+
+def direct_tracer(config: CaptureConfig, processor: ExperienceSpanProcessor) -> DirectTracer:
+    """The tracer of a recorder without the user's own tracer provider: its spans reach only ``processor``, made as plain
+    data (:mod:`ee_middleware.capture.direct_spans`); the global provider is never replaced."""
+    from ee_middleware.capture.direct_spans import DirectTracer, resource_attributes
+
+    return DirectTracer(processor, resource_attributes(_service_attributes(config)))
+
+
+def private_provider(config: CaptureConfig) -> TracerProvider:
+    """An SDK tracer provider of the recorder's own, where a test's span processor (:data:`SPAN_PROCESSOR_ENV`) must see
+    the capture process's spans as SDK spans. Every span is sampled (the spans are capture's records, whatever
+    ``OTEL_TRACES_SAMPLER`` says for the user's exporters)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
     # Not shut down at exit by the SDK: its exit hook ran before the recorder's (``_flush_at_exit``), which ends the runs
     # still being finished, so the processor was closed by then and those runs were lost. The recorder closes it.
-    return TracerProvider(resource=Resource.create(attrs), shutdown_on_exit=False)
+    return TracerProvider(resource=Resource.create(_service_attributes(config)), sampler=ALWAYS_ON, shutdown_on_exit=False)
 
 
 def redaction_settings(config: CaptureConfig, vault: Vault | None) -> StoreRedaction:
@@ -773,17 +790,18 @@ class _Worker:
             config, self.store, recorder_id=recorder_id, strict=strict, approve_if=approve_if, salt=salt, vault=self.vault
         )
         keep_redaction_when_restored(self.store, redaction_settings(config, self.vault), salt)  # a store folder made again
-        self.provider = private_provider(config)
-        self.provider.add_span_processor(self.processor)
+        self.tracer: Tracer | DirectTracer = direct_tracer(config, self.processor)
         tap = os.environ.get(SPAN_PROCESSOR_ENV)
-        if tap:
+        if tap:  # a test reads the spans: SDK spans, on a provider of the child's own
             import importlib
 
-            module, _, factory = tap.partition(":")
-            self.provider.add_span_processor(getattr(importlib.import_module(module), factory)())
-        from ee_middleware._version import __version__
+            from ee_middleware._version import __version__
 
-        self.tracer = self.provider.get_tracer("ee_middleware", __version__)
+            provider = private_provider(config)
+            provider.add_span_processor(self.processor)
+            module, _, factory = tap.partition(":")
+            provider.add_span_processor(getattr(importlib.import_module(module), factory)())
+            self.tracer = provider.get_tracer("ee_middleware", __version__)
         self._tool_lists: dict[int, list[Any]] = {}
 
     def report_failure(self, message: str, exc: BaseException) -> None:

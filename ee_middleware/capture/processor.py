@@ -22,8 +22,9 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -182,18 +183,32 @@ class ExperienceSpanProcessor(SpanProcessor):
             self.report_failure(f"could not buffer span {span.name!r}: {exc!r}", exc)
 
     def _on_end(self, span: ReadableSpan) -> None:
-        attrs = span.attributes or {}
+        parent = span.parent
+        self._keep(span.attributes or {}, f"{span.context.trace_id:032x}", parent is None or parent.is_remote, span, from_readable_span)
+
+    def on_end_data(self, data: SpanData) -> None:
+        """A span made as plain data (:class:`~ee_middleware.capture.direct_spans.DirectTracer`): kept as :meth:`on_end`
+        keeps an SDK span."""
+        try:
+            self._keep(data.attributes, data.trace_id, data.parent_span_id is None or bool(data.parent_remote), data, None)
+        except Exception as exc:  # noqa: BLE001 - capture must never break the host
+            self.report_failure(f"could not buffer span {data.name!r}: {exc!r}", exc)
+
+    def _keep(self, attrs: Mapping[str, Any], trace_id: str, is_root: bool, span: Any, convert: Callable[[Any], SpanData] | None) -> None:
+        """Buffer a span of this processor's runs (``convert``-ed to :class:`SpanData` once known to be one)."""
         if self.recorder_id is not None:
             if attrs.get(sc.EE_RECORDER) != self.recorder_id:
                 return
             key = str(attrs.get(sc.EE_TRAJECTORY_ID))
             done = operation_of(attrs) == sc.OP_INVOKE_AGENT
         else:
-            key = f"{span.context.trace_id:032x}"
-            done = span.parent is None or span.parent.is_remote
+            key, done = trace_id, is_root
             if operation_of(attrs) is None and not (done and key in self._buffers):
                 return
-        data = from_readable_span(span)
+        self._buffer(key, done, convert(span) if convert is not None else span)
+
+    def _buffer(self, key: str, done: bool, data: SpanData) -> None:
+        """Keep ``data`` with its run's spans (``key``); ``done``: the run's root, whose run goes to the writer."""
         with self._lock:
             if self._closed:
                 return

@@ -53,7 +53,7 @@ from langgraph.pregel.protocol import PregelProtocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, Tracer
 
 from ee_middleware._lifetime import process_hooks
 from ee_middleware._version import __version__
@@ -71,13 +71,14 @@ from ee_middleware.capture.callbacks import (
     sendable_calls,
 )
 from ee_middleware.capture.config import CaptureConfig
+from ee_middleware.capture.direct_spans import DirectTracer
 from ee_middleware.capture.offload import (
     ProcessOffload,
+    direct_tracer,
     frozen_problem,
     in_capture_process,
     keep_redaction_when_restored,
     picklable_problem,
-    private_provider,
     recording_parts,
     redaction_settings,
 )
@@ -123,14 +124,19 @@ class Recorder:
         )
         self._record_redaction(salt)
         self.finisher = SpanFinisher(self.processor.report_span_failure)
-        self.tracer_provider = tracer_provider if tracer_provider is not None else private_provider(config)
-        if not hasattr(self.tracer_provider, "add_span_processor"):
+        self.tracer_provider = tracer_provider
+        """The user's own tracer provider, or None: the recorder's spans then reach only its processor, made directly."""
+        self.tracer: Tracer | DirectTracer
+        if tracer_provider is None:
+            self.tracer = direct_tracer(config, self.processor)
+        elif not hasattr(tracer_provider, "add_span_processor"):
             raise ConfigError(
-                f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(self.tracer_provider).__name__}); "
+                f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(tracer_provider).__name__}); "
                 "pass opentelemetry.sdk.trace.TracerProvider() or leave it out."
             )
-        self.tracer_provider.add_span_processor(self.processor)
-        self.tracer = self.tracer_provider.get_tracer("ee_middleware", __version__)
+        else:
+            tracer_provider.add_span_processor(self.processor)
+            self.tracer = tracer_provider.get_tracer("ee_middleware", __version__)
         self.warned_tool_lists = False  # said once: a run's model calls were offered different tools (RunCapture)
         self.warned_emulated_tools = False  # said once: LLMToolEmulator wrote tool results (RunCapture)
         self.offload: ProcessOffload | None = None

@@ -9,7 +9,10 @@ fixed, so redaction placeholders are the same on every run.
 ``record_all(root, offload="process")`` records the same scenarios with capture's work in its
 child process (ee_middleware/capture/offload.py): there the recorder keeps its private tracer
 provider, and the child's spans reach the test through :func:`span_file_tap` (a span processor the
-child adds, named by ``EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR``).
+child adds, named by ``EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR``). ``offload="thread-direct"`` and
+``"process-direct"`` record as users without a tracer provider of their own do: the recorder's spans
+are made directly as plain data (ee_middleware/capture/direct_spans.py), seen by no exporter, so
+only the stored trajectories are compared (``"spans"`` is None).
 
 Regenerate (only when a behaviour change is intended, and say so in the commit):
 
@@ -283,14 +286,17 @@ def _record_one(root: Path, name: str, make: Any, settings: dict[str, Any], driv
     exporter = InMemorySpanExporter()
     provider: TracerProvider | None = None
     spans_file = root / f"{name}.spans.jsonl"
-    if offload == "thread":
+    where, _, direct = offload.partition("-")
+    if direct:  # the recorder's own spans, made directly (no exporter sees them)
+        os.environ.pop(SPAN_PROCESSOR_ENV, None)
+    elif where == "thread":
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
         os.environ[SPAN_PROCESSOR_ENV] = f"{__name__}:span_file_tap"
         os.environ[SPANS_FILE_ENV] = str(spans_file)
-    agent, path = _recorded(root, name, make(), provider, offload=offload, **settings)
-    if offload == "process":
+    agent, path = _recorded(root, name, make(), provider, offload=where, **settings)
+    if where == "process":
         assert agent.recorder.offload is not None, "the recorder did not start its capture process"
     drive(agent)
     agent.flush()
@@ -299,6 +305,8 @@ def _record_one(root: Path, name: str, make: Any, settings: dict[str, Any], driv
     # call ids are numbered within each trajectory (runs of a batch end in any order); in spans they are blanked
     trajectories = sorted(_renumber_calls(_stable(t.model_dump(mode="json"))) for t in store.iter_trajectories())
     store.close()
+    if direct:
+        return {"trajectories": [json.loads(t) for t in trajectories], "spans": None}
     if provider is not None:
         exported = [_span(s) for s in exporter.get_finished_spans()]
         provider.shutdown()

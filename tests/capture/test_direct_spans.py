@@ -1,0 +1,156 @@
+"""Spans made directly as plain data (ee_middleware/capture/direct_spans.py) read as the OpenTelemetry SDK's spans read
+(the same :class:`SpanData`), and a recorder without a tracer provider of the user's own stores every run whatever the
+user's OpenTelemetry settings say about sampling and attribute limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.status import Status, StatusCode
+
+from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware.capture.direct_spans import DirectTracer
+from ee_middleware.capture.spandata import SpanData, from_readable_span
+from tests.conftest import USER_TASK
+
+
+class _Collected:
+    """Stands in for the processor: keeps what a :class:`DirectTracer` hands it."""
+
+    def __init__(self) -> None:
+        self.spans: list[SpanData] = []
+
+    def on_end_data(self, data: SpanData) -> None:
+        self.spans.append(data)
+
+
+def _sdk_and_direct() -> tuple[Any, InMemorySpanExporter, DirectTracer, _Collected]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    collected = _Collected()
+    return provider.get_tracer("t"), exporter, DirectTracer(collected, {}), collected  # type: ignore[arg-type]
+
+
+def _comparable(data: SpanData) -> dict[str, Any]:
+    out = {k: getattr(data, k) for k in ("name", "start_ns", "end_ns", "attributes", "status_code", "status_message", "events")}
+    out["root"] = data.parent_span_id is None
+    return out
+
+
+def _drive(tracer: Any, error: BaseException) -> None:
+    """The same calls on a span of either tracer, the way capture and a user's code make them."""
+    root = tracer.start_span("invoke_agent shop", kind=SpanKind.INTERNAL, attributes={"a": "x", "keys": ["k1", "k2"]}, start_time=10)
+    child = tracer.start_span(
+        "chat m", context=trace.set_span_in_context(root), kind=SpanKind.CLIENT, attributes={"n": 3, "f": 0.5, "b": True}, start_time=11
+    )
+    child.set_attribute("positions", [0, 2])
+    child.set_attributes({"later": "y", "nested": {"k": [1, 2]}, "": "dropped", "none": None})
+    child.add_event("exception", {"exception.type": "ValueError", "exception.message": "bad"})
+    child.set_status(Status(StatusCode.ERROR, "bad"))
+    child.set_status(StatusCode.UNSET)  # ignored, as the SDK ignores it
+    child.update_name("chat m2")
+    child.end(end_time=12)
+    child.set_attribute("after", "ignored")  # an ended span takes nothing
+    child.add_event("after")
+    child.end(end_time=99)
+    root.record_exception(error, attributes={"extra": 1})
+    root.set_status(Status(StatusCode.OK))
+    root.set_status(Status(StatusCode.ERROR, "not after OK"))
+    root.end(end_time=13)
+
+
+def test_direct_spans_are_the_sdk_spans_as_plain_data():
+    sdk, exporter, direct, collected = _sdk_and_direct()
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        error = exc
+    _drive(sdk, error)
+    _drive(direct, error)
+    expected = [_comparable(from_readable_span(s)) for s in exporter.get_finished_spans()]
+    assert [_comparable(s) for s in collected.spans] == expected
+    assert collected.spans[0].parent_span_id == collected.spans[1].span_id  # the child's parent: the root
+    assert collected.spans[0].trace_id == collected.spans[1].trace_id
+
+
+def test_a_direct_span_continues_the_current_trace_and_keeps_its_sampling():
+    user_provider = TracerProvider(sampler=ALWAYS_OFF)  # the user's own tracing samples this request out
+    _, _, direct, collected = _sdk_and_direct()
+    with user_provider.get_tracer("user").start_as_current_span("request") as request:
+        span = direct.start_span("invoke_agent shop")
+        with trace.use_span(span, end_on_exit=True):
+            assert trace.get_current_span() is span
+    parent = request.get_span_context()
+    assert span.get_span_context().trace_flags == parent.trace_flags and not span.get_span_context().trace_flags.sampled
+    [data] = collected.spans  # recorded all the same: capture's records are not the user's sampling
+    assert data.trace_id == f"{parent.trace_id:032x}" and data.parent_span_id == f"{parent.span_id:016x}"
+    assert data.parent_remote is False
+    fresh = direct.start_span("another")  # no current span: a trace of its own, sampled
+    assert fresh.get_span_context().trace_id != parent.trace_id and fresh.get_span_context().trace_flags.sampled
+
+
+def _stored(store_path: Path) -> list[Any]:
+    store = LocalExperienceStore(store_path)
+    try:
+        return list(store.iter_trajectories())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_TRACES_SAMPLER": "always_off"},
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.0"},
+        {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "12", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3"},
+    ],
+    ids=["sampler-off", "ratio-zero", "attribute-limits"],
+)
+def test_the_users_otel_settings_for_their_exporters_never_drop_or_cut_a_recorded_run(react_graph, tmp_path, monkeypatch, env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    store_path = tmp_path / "store"
+    agent = record_experience(react_graph, app="shop", store=store_path, offload="thread")
+    agent.invoke(USER_TASK)
+    assert agent.flush()
+    [trajectory] = _stored(store_path)
+    assert trajectory.status == "completed"
+    assert [step.action.tool_call.name if step.action.tool_call else step.action.kind for step in trajectory.steps] == [
+        "check_stock",
+        "order_item",
+        "answer",
+    ]
+    assert trajectory.steps[0].state[0]["content"] == USER_TASK["messages"][0][1]  # whole, not cut at 12 characters
+    assert trajectory.steps[2].action.content == "Pears were out of stock; I ordered 5, so there are 5 now."
+
+
+def test_a_run_inside_an_unsampled_user_span_is_stored_in_the_users_trace(react_graph, tmp_path):
+    user_provider = TracerProvider(sampler=ALWAYS_OFF)
+    store_path = tmp_path / "store"
+    agent = record_experience(react_graph, app="shop", store=store_path, offload="thread")
+    with user_provider.get_tracer("user").start_as_current_span("request"):
+        agent.invoke(USER_TASK)
+    assert agent.flush()
+    [trajectory] = _stored(store_path)
+    assert trajectory.status == "completed" and len(trajectory.steps) == 3
+
+
+def test_direct_spans_reach_the_recorders_processor_only_once_each(react_graph, tmp_path):
+    store_path = tmp_path / "store"
+    agent = record_experience(react_graph, app="shop", store=store_path, offload="thread")
+    assert isinstance(agent.recorder.tracer, DirectTracer) and agent.recorder.tracer_provider is None
+    for _ in range(3):
+        agent.invoke(USER_TASK)
+    assert agent.flush()
+    stats = agent.recorder.stats
+    assert stats.trajectories_written == 3 and stats.spans_dropped == 0 and not stats.errors
+    assert len({t.id for t in _stored(store_path)}) == 3
