@@ -123,7 +123,7 @@ class CaptureConfig:
     process (deferred while runs are in flight, up to 2 s). Opt-in, because they start a process
     inside your application: ``"process"``, a child process started with the
     recorder (the agent's process only pickles each run: the low-overhead mode under sustained
-    load; needs the recorder's private tracer provider, a store given as a folder or spec, and
+    load; needs a recorder without the user's own ``tracer_provider``, a store given as a folder or spec, and
     ``redact_fn``/``approve_if`` that pickle); ``"auto"``, threads until the deferral
     bound is reached while runs are in flight (sustained load), then the child process where the
     process mode can be used and there are two CPUs."""

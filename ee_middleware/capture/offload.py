@@ -6,11 +6,11 @@ interpreter lock the agent needs. With ``offload="process"`` (or ``"auto"`` unde
 the agent's process only pickles each finished run's raw objects (:class:`RunRecord`: messages,
 outputs, times; about 0.1 ms) and writes them to a pipe; a child process started from this module
 (:func:`child_main`) makes the spans with the same code as the thread path
-(:func:`~ee_middleware.capture.callbacks.emit_run`), on its own private tracer provider, with the
+(:func:`~ee_middleware.capture.callbacks.emit_run`), made directly for its own processor, with the
 same redaction rules, salt and vault, and writes the trajectories to the same store (its own spool
 segment).
 
-Only for the recorder's private tracer provider: spans made in the child never reach a provider of
+Only for a recorder without the user's own ``tracer_provider``: spans made in the child never reach a provider of
 the agent's process, so with the user's own ``tracer_provider`` capture stays in-thread.
 
 - ``flush()`` sends a marker and waits for the child's answer, which comes after everything sent

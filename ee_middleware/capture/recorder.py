@@ -976,7 +976,8 @@ def record_experience(
         app_version: version stored with every run.
         approve_if: ``trajectory -> bool``; runs for which it returns True are approved automatically.
         tracer_provider: your OpenTelemetry SDK ``TracerProvider``; the spans then also reach your
-            own exporters. By default a private provider is used (the global one is never replaced).
+            own exporters. By default the recorder's spans are made directly for its own processor, seen by no exporter and
+            stored whatever the ``OTEL_*`` sampling and limits say (the global provider is never replaced).
         environment: environment reference for replay: a dict or a hook ``(input, config) -> dict``
             (a run's ``config["configurable"]["ee_environment"]`` takes its place); anything but a dict
             raises :class:`ConfigError` when the run starts.
