@@ -20,6 +20,26 @@ def turn_key() -> pl.Expr:
 
 PAUSED_STEPS_SCHEMA = {"trajectory_id": pl.String(), "step_index": pl.Int64(), "after": pl.Boolean(), "held_later": pl.Boolean()}
 
+RUNS_SCHEMA = {"id": pl.String(), "status": pl.String(), "thread_id": pl.String(), "started_at": pl.Datetime("us", "UTC")}
+"""The ``trajectories`` frame of :func:`paused_turn_steps`, for a caller that makes one: every column it reads
+(``thread_id`` and ``started_at`` for ``held_later``), with its type."""
+
+
+def steps_schema(observed: str) -> dict[str, pl.DataType]:
+    """The ``steps`` frame of :func:`paused_turn_steps`, for a caller that makes one: every column it reads (the call's
+    id, tool name and arguments for ``held_later``), with its type, and the boolean column named ``observed`` that the
+    caller's ``observed`` expression reads (true for a step with an observation)."""
+    return {
+        "trajectory_id": pl.String(),
+        "index": pl.Int64(),
+        "action_kind": pl.String(),
+        "decision_index": pl.Int64(),
+        "tool_call_id": pl.String(),
+        "tool_name": pl.String(),
+        "arguments_json": pl.String(),
+        observed: pl.Boolean(),
+    }
+
 
 def paused_turn_steps(trajectories: pl.DataFrame, steps: pl.DataFrame, observed: pl.Expr) -> pl.DataFrame:
     """``trajectory_id``, ``step_index``, ``after`` and ``held_later`` of the tool-call steps of a paused or cancelled run

@@ -245,13 +245,10 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
     turn the next run of the thread holds too, same id, tool and arguments: that run's copy is the example)."""
     import polars as pl
 
-    from ee_middleware.replay.paused_turns import paused_turn_steps
+    from ee_middleware.replay.paused_turns import RUNS_SCHEMA, paused_turn_steps, steps_schema
 
-    runs: dict[str, list[Any]] = {"id": [], "status": [], "thread_id": [], "started_at": []}
-    steps: dict[str, list[Any]] = {
-        k: []
-        for k in ("trajectory_id", "index", "action_kind", "decision_index", "tool_call_id", "tool_name", "arguments_json", "observed")
-    }
+    runs: dict[str, list[Any]] = {k: [] for k in RUNS_SCHEMA}
+    steps: dict[str, list[Any]] = {k: [] for k in steps_schema("observed")}
     for trajectory in trajectories:
         for key, value in zip(runs, (trajectory.id, trajectory.status, trajectory.thread_id, trajectory.started_at), strict=True):
             runs[key].append(value)
@@ -271,22 +268,8 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
             )
             for key, value in zip(steps, row, strict=True):
                 steps[key].append(value)
-    runs_frame = pl.DataFrame(
-        runs, schema={"id": pl.String, "status": pl.String, "thread_id": pl.String, "started_at": pl.Datetime("us", "UTC")}
-    )
-    steps_frame = pl.DataFrame(
-        steps,
-        schema={
-            "trajectory_id": pl.String,
-            "index": pl.Int64,
-            "action_kind": pl.String,
-            "decision_index": pl.Int64,
-            "tool_call_id": pl.String,
-            "tool_name": pl.String,
-            "arguments_json": pl.String,
-            "observed": pl.Boolean,
-        },
-    )
+    runs_frame = pl.DataFrame(runs, schema=RUNS_SCHEMA)
+    steps_frame = pl.DataFrame(steps, schema=steps_schema("observed"))
     return paused_turn_steps(runs_frame, steps_frame, pl.col("observed"))
 
 

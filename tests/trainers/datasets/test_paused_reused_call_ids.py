@@ -19,7 +19,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from ee_middleware import record_experience
-from ee_middleware.replay.paused_turns import paused_turn_steps
+from ee_middleware.replay.paused_turns import RUNS_SCHEMA, paused_turn_steps, steps_schema
 from ee_middleware.replay.retrieval import expert_transitions, paused_steps_left_out
 from ee_middleware.testing import ScriptedChatModel
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
@@ -114,23 +114,8 @@ def test_ten_thousand_runs_on_one_thread_with_reused_ids_stand_in_index_frames()
         else:  # an unrelated later turn
             steps += [(nxt, 0, "tool_call", 0, "call_0", "note", '{"text":"hello"}', True)]
         steps += [(nxt, 2, "final_answer", 1, None, None, None, False)]
-    trajectories = pl.DataFrame(
-        runs, schema={"id": pl.String, "status": pl.String, "thread_id": pl.String, "started_at": pl.Datetime("us", "UTC")}, orient="row"
-    )
-    frame = pl.DataFrame(
-        steps,
-        schema={
-            "trajectory_id": pl.String,
-            "index": pl.Int64,
-            "action_kind": pl.String,
-            "decision_index": pl.Int64,
-            "tool_call_id": pl.String,
-            "tool_name": pl.String,
-            "arguments_json": pl.String,
-            "has_observation": pl.Boolean,
-        },
-        orient="row",
-    )
+    trajectories = pl.DataFrame(runs, schema=RUNS_SCHEMA, orient="row")
+    frame = pl.DataFrame(steps, schema=steps_schema("has_observation"), orient="row")
 
     out = paused_turn_steps(trajectories, frame, pl.col("has_observation"))
 
