@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.trainers.datasets.split import is_heldout_file
-from ee_middleware.trainers.training.errors import MissingDatasetError, TrainDataError
+from ee_middleware.trainers.training.errors import MissingDatasetError, TrainDataError, build_command
 
 REQUIRED_COLUMNS = ("id", "prompt", "completion", "tools")
 FILE_NAMES = {"il": "il.parquet", "iwm": "iwm.parquet", "sr": "sr.parquet", "em": "em.parquet"}
-_BUILD_HINT = "Rebuild it with `ee datasets build`."
 
 
 @dataclass(frozen=True)
@@ -60,11 +59,11 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
         frame = pl.read_parquet(path)
         metadata = dict(pl.read_parquet_metadata(path) or {})
     except Exception as exc:
-        raise TrainDataError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {exc}). {_BUILD_HINT}") from exc
+        raise TrainDataError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {exc}). {_rebuild_hint(path, kind)}") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise TrainDataError(
-            f"{path} lacks the column(s) {', '.join(missing)}; a dataset needs {', '.join(REQUIRED_COLUMNS)}. {_BUILD_HINT}"
+            f"{path} lacks the column(s) {', '.join(missing)}; a dataset needs {', '.join(REQUIRED_COLUMNS)}. {_rebuild_hint(path, kind)}"
         )
     if frame.height == 0:
         raise TrainDataError(f"{path} has no rows. Approve more trajectories or re-run replay, then rebuild the {kind.upper()} dataset.")
@@ -107,33 +106,39 @@ def rows_from_frame(frame: Any, path: Path, kind: str) -> list[ChatRow]:
 
 def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> ChatRow:
     where = f"{path} row {index} (id {record.get('id')!r})"
-    prompt = _json_list(where, "prompt", record["prompt"])
-    completion = _json_list(where, "completion", record["completion"])
-    tools = _json_list(where, "tools", record["tools"] if record["tools"] is not None else "[]")
+    hint = _rebuild_hint(path, kind)
+    prompt = _json_list(where, "prompt", record["prompt"], hint)
+    completion = _json_list(where, "completion", record["completion"], hint)
+    tools = _json_list(where, "tools", record["tools"] if record["tools"] is not None else "[]", hint)
     for column, messages in (("prompt", prompt), ("completion", completion)):
         for message in messages:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise TrainDataError(
-                    f"{where}: {column} must be a list of chat messages with a 'role' (OpenAI shape), got {str(message)[:80]!r}. "
-                    f"{_BUILD_HINT}"
+                    f"{where}: {column} must be a list of chat messages with a 'role' (OpenAI shape), got {str(message)[:80]!r}. {hint}"
                 )
     if not prompt:
-        raise TrainDataError(f"{where}: prompt has no messages. {_BUILD_HINT}")
+        raise TrainDataError(f"{where}: prompt has no messages. {hint}")
     if len(completion) != 1 or completion[0]["role"] != "assistant":
-        raise TrainDataError(f"{where}: completion must be a list with one assistant message. {_BUILD_HINT}")
+        raise TrainDataError(f"{where}: completion must be a list with one assistant message. {hint}")
     return ChatRow(id=str(record["id"]), kind=record.get("kind") or kind, prompt=prompt, completion=completion, tools=tools)
 
 
-def _json_list(where: str, column: str, text: Any) -> list[Any]:
+def _json_list(where: str, column: str, text: Any, hint: str) -> list[Any]:
     if not isinstance(text, str):
-        raise TrainDataError(f"{where}: {column} must be JSON text, got {type(text).__name__}. {_BUILD_HINT}")
+        raise TrainDataError(f"{where}: {column} must be JSON text, got {type(text).__name__}. {hint}")
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise TrainDataError(f"{where}: {column} is not valid JSON ({exc}). {_BUILD_HINT}") from None
+        raise TrainDataError(f"{where}: {column} is not valid JSON ({exc}). {hint}") from None
     if not isinstance(value, list):
-        raise TrainDataError(f"{where}: {column} must be a JSON list, got {type(value).__name__}. {_BUILD_HINT}")
+        raise TrainDataError(f"{where}: {column} must be a JSON list, got {type(value).__name__}. {hint}")
     return value
+
+
+def _rebuild_hint(path: Path, kind: str) -> str:
+    """How a broken dataset file's error ends: the command that writes ``path`` (:func:`build_command`), so an
+    ``em.parquet`` is rebuilt by ``ee experience dataset``, not by ``ee datasets build`` (which refuses that kind)."""
+    return f"Rebuild it with `{build_command(kind, path.parent)}`."
 
 
 def _sha256(path: Path) -> str:

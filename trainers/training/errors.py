@@ -20,6 +20,14 @@ class TrainDataError(TrainError, ValueError):
     """A dataset file is missing, empty, or holds rows that are not chat prompt/completion pairs."""
 
 
+def build_command(kind: str, folder: str | os.PathLike[str]) -> str:
+    """The command that writes the ``kind`` dataset file into ``folder``, as advice names it: ``ee experience dataset``
+    for ``em`` (``ee datasets build`` refuses that kind), ``ee datasets build`` for the others (``il``, ``iwm``, ``sr``)."""
+    if kind == "em":
+        return f"ee experience dataset --store STORE --out {folder}"
+    return f"ee datasets build --store STORE --out {folder}"
+
+
 class MissingDatasetError(TrainDataError):
     """A dataset file the schedule trains on is not in the data folder. ``setting``: the setting that named the folder, as
     the message says it (``ee train`` names the flag or the config file it came from)."""
@@ -27,8 +35,7 @@ class MissingDatasetError(TrainDataError):
     def __init__(self, path: str | os.PathLike[str], kind: str, setting: str = "--data (or data in [train])") -> None:
         self.path, self.kind = Path(path), kind
         folder = self.path.parent
-        # em.parquet comes from the experience model's builder; `ee datasets build` refuses the em kind.
-        build = f"ee experience dataset --store STORE --out {folder}" if kind == "em" else f"ee datasets build --store STORE --out {folder}"
+        build = build_command(kind, folder)
         super().__init__(
             f"No {kind.upper()} dataset at {self.path} ({self.path.absolute()}): {setting} names the folder {folder}. Build the "
             f"datasets there first ({build}), or set {setting} to the folder that holds {self.path.name}."
