@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
@@ -507,7 +508,7 @@ def promote(ctx: StageContext) -> StageResult:
         # holder may): no other promote or rollback can make another adapter live between them.
         with _operation_lease(registry, f"promote of {name}", by=_by(ctx), say=ctx.progress.info):
             live_before = registry.resolve(ctx.config.alias_name)
-            _refuse_unseen_live(ctx, name, live_before, registry)
+            unchecked = _refuse_unseen_live(ctx, name, live_before, registry)
             switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
         replaced = switched.replaced or live_before
         if replaced == name:  # an earlier attempt switched the alias and was stopped before this manifest: what was live then
@@ -516,6 +517,7 @@ def promote(ctx: StageContext) -> StageResult:
         result.outputs = {**switched.to_json(), "promoted": True, "replaced": replaced}
         where = f"on {len(replicas)} replica(s)" if replicas else "in the registry only (no servers configured; the router serves it)"
         result.decisions.append(f"promoted {name} {where}; {ctx.config.alias_name} was {replaced or 'the base model'}")
+        result.decisions.extend(unchecked)
         result.decisions.extend(check.message for check in switched.rendering if check.status != "same")  # chat template unchecked
         result.summary = f"{ctx.config.alias_name} -> {name}"
         return result
@@ -536,7 +538,7 @@ def _operation_lease(registry: Any, doing: str, *, by: str, say: Callable[[str],
     return operation(doing, by=by, on_wait=say) if callable(operation) else contextlib.nullcontext()
 
 
-def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None, registry: Any) -> None:
+def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None, registry: Any) -> list[str]:
     """The gate compared ``candidate`` with the adapter live at the evaluate stage (its ``baseline``): when another one
     is live now (``live``: promoted or rolled back since, by another ``ee improve`` run on the same registry or by
     hand), promoting would replace an adapter no gate compared it with, so the stage fails with
@@ -545,16 +547,18 @@ def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None, reg
 
     A candidate that was live since this run registered it and was taken off again (``ee adapters rollback``, or
     another adapter promoted over it: ``registry``'s history says so) is refused the same way, even when the adapter
-    live now is the one its gate measured: someone took it off, and promoting it again would undo that without a word."""
+    live now is the one its gate measured: someone took it off, and promoting it again would undo that without a word.
+
+    Returns what the history could not tell (each said in a warning too), for the stage's decisions."""
     if live == candidate:
-        return
-    _refuse_taken_off(ctx, candidate, live, registry)
+        return []
+    unchecked = _refuse_taken_off(ctx, candidate, live, registry)
     gated = ctx.run.outputs("evaluate").get("baseline")
     if gated is None:
-        return  # an evaluate manifest without a baseline says nothing to compare with
+        return unchecked  # an evaluate manifest without a baseline says nothing to compare with
     gated_live = None if gated == BASE else gated
     if live == gated_live:
-        return
+        return unchecked
     alias, registry = ctx.config.alias_name, ctx.config.registry
     gated_text = f"the live adapter then, {gated}" if gated_live else "the base model (no adapter was live then)"
     now_text = f"{live} is live now" if live else "no adapter is live now (the base model serves it)"
@@ -576,21 +580,24 @@ def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None, reg
     )
 
 
-def _refuse_taken_off(ctx: StageContext, candidate: str, live: str | None, registry: Any) -> None:
+def _refuse_taken_off(ctx: StageContext, candidate: str, live: str | None, registry: Any) -> list[str]:
     """:class:`LiveAdapterChangedError` when ``registry``'s history holds an event, since this run registered
     ``candidate``, that took it off as live (a ``rollback`` from it, a ``promote`` of another adapter over it): an
     earlier attempt of this promote switched the alias and was stopped before its manifest, or someone promoted it by
-    hand, and then it was taken off. A registry without a history (a plug-in's) cannot tell, and is not refused."""
-    event = _taken_off(ctx.run, registry, candidate)
+    hand, and then it was taken off. Returns what could not be checked (see :func:`_taken_off`)."""
+    event, unchecked = _taken_off(ctx, registry, candidate)
     if event is None:
-        return
+        return unchecked
     alias, location = ctx.config.alias_name, ctx.config.registry
-    who, when, action = str(event.get("by") or "someone"), str(event.get("at") or "an unrecorded time"), str(event.get("action") or "")
+    raw_at = event.get("at")
+    who, when, action = str(event.get("by") or "someone"), _moment_text(raw_at), str(event.get("action") or "")
     after = event.get("adapter")
     if action == "rollback":
         how = f"rolled back to {after} by {who} at {when} (`ee adapters rollback`)"
     else:
         how = f"replaced by {after or 'another adapter'}, {action or 'switched'} by {who} at {when}"
+    if _moment(raw_at) is None:
+        how += f" (the registry gives no readable time for it, so it may be older than run {ctx.run.id}'s register stage)"
     try:
         record = registry.get(candidate)
         state = f"{candidate} stays {record.status}" + (f" ({record.reason})" if record.reason else "")
@@ -611,42 +618,114 @@ def _refuse_taken_off(ctx: StageContext, candidate: str, live: str | None, regis
             "live": live,
             "taken_off": action or None,
             "taken_off_by": event.get("by"),
-            "taken_off_at": event.get("at"),
+            "taken_off_at": None if raw_at is None else when,
             "replaced_by": after,
         },
     )
 
 
-def _taken_off(run: Run, registry: Any, candidate: str) -> dict[str, Any] | None:
+def _taken_off(ctx: StageContext, registry: Any, candidate: str) -> tuple[dict[str, Any] | None, list[str]]:
     """The newest event of ``registry``'s history (applied: in its index) that took ``candidate`` off as live
-    (``replaced``: it), from the start of ``run``'s register stage on (else of the run): the same weights registered
-    before, and taken off then, are another matter. ``None`` when there is none, or no history to read."""
+    (``replaced``: it), from the start of the run's register stage on (else of the run): the same weights registered
+    before, and taken off then, are another matter. ``None`` when there is none. And what could not be checked, each
+    said in a warning (a ``UserWarning`` naming the registry): the whole check when the registry keeps no history (no
+    ``history``, or one that raises ``NotImplementedError`` or returns ``None``: it cannot tell, and is not refused),
+    and each such event whose ``at`` is not a time :func:`_moment` reads (it counts: whether it is older than the run
+    cannot be told, and undoing an operator's rollback is the harm the check is there for).
+
+    A history that fails otherwise (a remote registry's transient error, a plug-in's bug) fails the stage with a
+    :class:`JobError` naming the registry and its error, rather than skipping the check: the check keeps a promote from
+    undoing someone's rollback, and the next ``ee improve`` with the same config only asks again."""
+    run, location = ctx.run, ctx.config.registry
+    kind = f"{type(registry).__module__}.{type(registry).__qualname__}"
+    what = (
+        f"whether {candidate} went live since run {run.id} registered it and was taken off again (`ee adapters rollback`, or "
+        "another adapter promoted over it) was not checked"
+    )
     history = getattr(registry, "history", None)
-    if not callable(history):
-        return None
+    try:
+        events = history(adapter=candidate) if callable(history) else None
+        if events is not None:
+            events = list(events)
+    except NotImplementedError as exc:
+        events, reason = None, f"its history() raised NotImplementedError{f': {exc}' if str(exc) else ''}"
+    except Exception as exc:
+        detail = hide_credentials(f"{type(exc).__name__}: {exc}")
+        servers = "".join(f" --server {url}" for url in ctx.config.serving.servers)
+        raise JobError(
+            f"The adapter registry {location} ({kind}) could not give {candidate}'s history: {detail}. The promote stage of run "
+            f"{run.id} reads it to check that nobody took {candidate} off as live since the run registered it (a rollback "
+            f"that a promote would undo without a word), so {candidate} is not promoted and nothing was switched. Run `ee "
+            "improve` with the same config again once the registry answers: the run continues at its promote stage. A "
+            "registry that keeps no history should raise NotImplementedError from history() (the check is then skipped, "
+            f"with a warning); to promote {candidate} now, promote it by hand (`ee adapters promote {candidate} -r "
+            f"{location}{servers}`) and run `ee improve` again: it finds it live and finishes the run."
+        ) from exc
+    else:
+        reason = "it has no history()" if not callable(history) else "its history() returned None"
+    if events is None:
+        return None, [_unchecked(f"The adapter registry {location} ({kind}) keeps no history ({reason}): {what}.")]
     register = run.stage("register") or {}
     since = _moment(register.get("started_at")) or _moment(run.data.get("started_at"))
-    found = None
-    for event in history(adapter=candidate):
-        if event.get("replaced") != candidate or event.get("applied") is False:
+    found, unchecked = None, []
+    for event in events:
+        if not isinstance(event, dict) or event.get("replaced") != candidate or event.get("applied") is False:
             continue
-        at = _moment(event.get("at"))
+        raw_at = event.get("at")
+        at = _moment(raw_at)
+        if since is not None and at is None:
+            given = f"the time {raw_at!r}" if raw_at is not None else "no time (`at`)"
+            unchecked.append(
+                _unchecked(
+                    f"The adapter registry {location} ({kind}) gives {given} for its {event.get('action') or 'unnamed'} event "
+                    f"that took {candidate} off (by {event.get('by') or 'someone'}); the promote reads an ISO 8601 string, a "
+                    f"datetime or epoch seconds. Whether that event came after run {run.id}'s register stage could not be told, "
+                    "so it is taken as having come after it."
+                )
+            )
         # the run's times are whole seconds, the registry's milliseconds: an event in the second the stage started counts
-        if since is not None and at is not None and at < since:
+        elif since is not None and at is not None and at < since:
             continue
         found = event
-    return found
+    return found, unchecked
 
 
-def _moment(text: Any) -> datetime | None:
-    """An ISO time as an aware datetime (UTC when it names no zone), or ``None``."""
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+def _unchecked(message: str) -> str:
+    """``message``, said in a warning (``ee improve`` shows it on stderr), for the stage's decisions too."""
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return message
+
+
+def _moment(value: Any) -> datetime | None:
+    """A time from a registry's history (``at``) or a run's files, as an aware datetime, or ``None`` when it is none of
+    these: an ISO 8601 string, a :class:`datetime`, or a number of seconds since the epoch. A time that names no zone
+    is UTC, as the registry and the runs write their times."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (ValueError, OverflowError, OSError):  # NaN, or beyond the calendar (milliseconds taken for seconds)
+            return None
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _moment_text(value: Any) -> str:
+    """A history event's ``at`` for a message: as the registry wrote it when an ISO string, the time it reads as when
+    another form, quoted when it is no time."""
+    if value is None:
+        return "an unrecorded time"
+    moment = _moment(value)
+    if moment is None:
+        return repr(value)
+    return value if isinstance(value, str) else moment.isoformat()
 
 
 def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:

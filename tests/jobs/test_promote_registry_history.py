@@ -1,0 +1,225 @@
+"""The promote stage's check that its candidate was not taken off as live since the run registered it reads the adapter
+registry's history: with a plug-in registry, a history that cannot be read, or whose events give their time (``at``)
+as a datetime or epoch seconds rather than the local registry's ISO strings.
+
+A real installed registry plug-in (a module plus a dist-info declaring ``ee_middleware.adapter_registries``, as
+tests/jobs/test_preflight.py installs one) over the local registry's folder, a real run folder and the real stage
+runner; the earlier stages' manifests are written as they write them (see tests/jobs/test_promote_live_changed.py)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.adapters.promote import rollback
+from ee_middleware.adapters.registry import open_registry
+from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.errors import JobError, LiveAdapterChangedError
+from ee_middleware.jobs.improve import _run_stage
+from ee_middleware.jobs.runs import Run, now
+from tests.jobs.test_promote_live_changed import APP, _context, _setup
+
+PLUGIN = '''
+import os
+from datetime import UTC, datetime
+
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+
+
+class NoHistoryRegistry(LocalAdapterRegistry):
+    def history(self, *, app=None, adapter=None):
+        raise NotImplementedError("the team registry keeps no history")
+
+
+class FlakyRegistry(LocalAdapterRegistry):
+    """A remote registry whose history endpoint is down while TEAM_REGISTRY_DOWN is set."""
+
+    def history(self, *, app=None, adapter=None):
+        if os.environ.get("TEAM_REGISTRY_DOWN"):
+            raise ConnectionError("registry.team.example: 503 Service Unavailable")
+        return super().history(app=app, adapter=adapter)
+
+
+def _at(text, form):
+    moment = datetime.fromisoformat(text)
+    return {
+        "aware": moment,
+        "naive": moment.astimezone(UTC).replace(tzinfo=None),
+        "epoch": moment.timestamp(),
+        "epoch-int": int(moment.timestamp()),
+        "unreadable": "last Tuesday",
+        "missing": None,
+    }[form]
+
+
+class TimedRegistry(LocalAdapterRegistry):
+    """A registry whose history gives each event's time in the form TEAM_AT_FORM names."""
+
+    def history(self, *, app=None, adapter=None):
+        form = os.environ["TEAM_AT_FORM"]
+        return [{**event, "at": _at(event["at"], form)} for event in super().history(app=app, adapter=adapter)]
+
+
+def open_no_history(location, *, create=True):
+    return NoHistoryRegistry(location, create=create)
+
+
+def open_flaky(location, *, create=True):
+    return FlakyRegistry(location, create=create)
+
+
+def open_timed(location, *, create=True):
+    return TimedRegistry(location, create=create)
+'''
+
+
+@pytest.fixture(autouse=True)
+def registry_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    site = tmp_path / "site"
+    (site / "team_history_registries-0.1.dist-info").mkdir(parents=True)
+    (site / "team_history_registries.py").write_text(PLUGIN)
+    (site / "team_history_registries-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: team-history-registries\nVersion: 0.1\n"
+    )
+    (site / "team_history_registries-0.1.dist-info" / "entry_points.txt").write_text(
+        "[ee_middleware.adapter_registries]\nteam-nohistory = team_history_registries:open_no_history\n"
+        "team-flaky = team_history_registries:open_flaky\nteam-timed = team_history_registries:open_timed\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    sys.modules.pop("team_history_registries", None)
+    yield
+    sys.modules.pop("team_history_registries", None)
+
+
+def _plugin_setup(tmp_path: Path, plugin: str) -> tuple[ImproveConfig, Run, dict[str, str]]:
+    """:func:`_setup`'s registry, run and adapters, the run's config naming the registry through ``plugin``."""
+    config, run, names = _setup(tmp_path)
+    return config.model_copy(update={"registry": f"{plugin}:{config.registry}"}), run, names
+
+
+def _promote(config: ImproveConfig, run: Run) -> list[str]:
+    """Run the promote stage; the texts of the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run_stage(_context(config, run), "promote")
+    return [str(w.message) for w in caught]
+
+
+def _registered_later(run: Run, names: dict[str, str]) -> None:
+    """The run's register stage starts now, after what happened in the registry before (the run's times are whole
+    seconds): the registry handed back the record of weights it held already."""
+    time.sleep(1.05)
+    run.write_stage("register", {"stage": "register", "status": "done", "started_at": now(), "outputs": {"candidate": names["cand"]}})
+
+
+def test_a_registry_that_keeps_no_history_promotes_with_a_warning_saying_what_was_not_checked(tmp_path: Path) -> None:
+    config, run, names = _plugin_setup(tmp_path, "team-nohistory")
+
+    said = _promote(config, run)
+
+    registry = open_registry(config.registry)
+    assert registry.resolve(APP) == names["cand"]
+    [warning] = [text for text in said if "history" in text]
+    assert config.registry in warning and "team_history_registries.NoHistoryRegistry" in warning
+    assert "NotImplementedError: the team registry keeps no history" in warning
+    assert f"whether {names['cand']} went live since run {run.id} registered it and was taken off again" in warning
+    assert "was not checked" in warning
+    assert warning in run.stage("promote")["decisions"]  # type: ignore[index]
+
+
+def test_a_history_that_fails_refuses_the_promote_and_the_next_call_promotes_once_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, run, names = _plugin_setup(tmp_path, "team-flaky")
+    monkeypatch.setenv("TEAM_REGISTRY_DOWN", "1")
+
+    with pytest.raises(JobError) as caught:
+        _run_stage(_context(config, run), "promote")
+
+    message = str(caught.value)
+    assert not isinstance(caught.value, LiveAdapterChangedError)
+    assert config.registry in message and "team_history_registries.FlakyRegistry" in message
+    assert "ConnectionError: registry.team.example: 503 Service Unavailable" in message
+    assert f"{names['cand']} is not promoted" in message and "Run `ee improve` with the same config again" in message
+    assert "NotImplementedError" in message and f"ee adapters promote {names['cand']}" in message
+    registry = open_registry(config.registry)
+    assert registry.resolve(APP) == names["v1"]  # nothing was switched
+    assert run.stage("promote")["status"] == "failed"  # type: ignore[index]
+
+    monkeypatch.delenv("TEAM_REGISTRY_DOWN")
+    assert not [text for text in _promote(config, run) if "history" in text]
+
+    assert registry.resolve(APP) == names["cand"]
+    assert run.stage("promote")["attempt"] == 2  # type: ignore[index]
+
+
+@pytest.mark.parametrize("form", ["aware", "naive", "epoch", "epoch-int"])
+def test_event_times_as_datetimes_or_epoch_seconds_keep_an_old_rollback_of_the_same_weights_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """As tests/jobs/test_promote_rolled_back.py's test of the same weights taken off before this run registered them,
+    through a plug-in whose events give ``at`` as a datetime (with its zone or without: UTC) or epoch seconds."""
+    monkeypatch.setenv("TEAM_AT_FORM", form)
+    config, run, names = _plugin_setup(tmp_path, "team-timed")
+    registry = open_registry(config.registry)
+    registry.switch_live(names["cand"], by="an earlier run")
+    rollback(registry, APP, [], by="alice")
+    _registered_later(run, names)
+
+    said = _promote(config, run)
+
+    assert registry.resolve(APP) == names["cand"]
+    assert run.outputs("promote")["replaced"] == names["v1"]
+    assert not [text for text in said if "history" in text or "ISO 8601" in text], said
+
+
+@pytest.mark.parametrize("form", ["aware", "naive", "epoch"])
+def test_a_rollback_since_the_run_registered_with_a_datetime_or_epoch_time_is_refused_naming_when(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    monkeypatch.setenv("TEAM_AT_FORM", form)
+    config, run, names = _plugin_setup(tmp_path, "team-timed")
+    registry = open_registry(config.registry)
+    registry.switch_live(names["cand"], by="ee improve (stopped after the switch, before the manifest)")
+    rollback(registry, APP, [], by="alice")
+    stored = open_registry(config.registry.partition(":")[2]).history(adapter=names["cand"])[-1]["at"]  # the folder's own ISO time
+
+    with pytest.raises(LiveAdapterChangedError, match=f"rolled back to {names['v1']} by alice at ") as caught:
+        _run_stage(_context(config, run), "promote")
+
+    when = caught.value.details["taken_off_at"]
+    assert isinstance(when, str) and f"by alice at {when} " in str(caught.value)
+    # the moment the registry stored (a naive one read as UTC), to the microsecond a float of seconds keeps
+    assert abs((datetime.fromisoformat(when) - datetime.fromisoformat(stored)).total_seconds()) < 1e-3
+    assert registry.resolve(APP) == names["v1"]
+    assert run.stage("promote")["live_changed"]["taken_off_at"] == when  # type: ignore[index]
+
+
+@pytest.mark.parametrize("form", ["unreadable", "missing"])
+def test_an_event_time_that_cannot_be_read_is_said_and_the_rollback_still_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """Whether the rollback is older than the run cannot be told: it is said, and the promote is refused (the operator's
+    rollback may be this run's candidate's), the refusal saying that its time could not be read."""
+    monkeypatch.setenv("TEAM_AT_FORM", form)
+    config, run, names = _plugin_setup(tmp_path, "team-timed")
+    registry = open_registry(config.registry)
+    registry.switch_live(names["cand"], by="an earlier run")
+    rollback(registry, APP, [], by="alice")
+    _registered_later(run, names)
+
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(LiveAdapterChangedError) as refused:
+        warnings.simplefilter("always")
+        _run_stage(_context(config, run), "promote")
+
+    [warning] = [str(w.message) for w in caught if "ISO 8601" in str(w.message)]
+    assert config.registry in warning and "team_history_registries.TimedRegistry" in warning
+    assert ("'last Tuesday'" if form == "unreadable" else "no time (`at`)") in warning
+    assert "rollback event" in warning and "by alice" in warning and "taken as having come after it" in warning
+    assert "no readable time" in str(refused.value)
+    assert registry.resolve(APP) == names["v1"]
