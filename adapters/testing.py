@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,27 @@ def _adapter(folder: Path, seed: int, rank: int = 4, base: str = "/models/confor
     return folder
 
 
+SKEW = timedelta(minutes=10)
+"""How far a registry's clock (its history's ``at``) may be from this machine's for :func:`check_registry`."""
+
+
+def _iso_time(value: Any) -> datetime | None:
+    """An ISO 8601 string as an aware datetime (UTC when it names no zone), or ``None``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
-    """Check an empty registry from ``factory`` against the :class:`AdapterRegistry` contract; ``work`` is a scratch folder."""
+    """Check an empty registry from ``factory`` against the :class:`AdapterRegistry` contract; ``work`` is a scratch folder.
+
+    Each history event's ``at`` must be the time it was made (within :data:`SKEW`) as an ISO 8601 string (without a
+    zone: UTC)."""
+    started = datetime.now(UTC)
     registry = factory()
     assert isinstance(registry, AdapterRegistry), f"{registry!r} does not implement AdapterRegistry"
     a = registry.register(_adapter(work / "a", 1), "conformance", by="kit")
@@ -85,6 +105,17 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         actions
     )
     assert all(e["applied"] for e in registry.history()) and all({"at", "by", "action"} <= set(e) for e in registry.history())
+    ended = datetime.now(UTC)
+    for event in registry.history():
+        at = _iso_time(event["at"])
+        assert at is not None, (
+            f"the {event['action']} event's at={event['at']!r} is not an ISO 8601 string: `ee adapters show` prints it, and "
+            "ee improve's promote compares it with its run's times (to tell a rollback since the run from an older one)"
+        )
+        assert started - SKEW <= at <= ended + SKEW, (
+            f"the {event['action']} event's at={event['at']!r} is not when the kit made it ({started.isoformat()} to "
+            f"{ended.isoformat()}): a time without a zone is read as UTC"
+        )
     fresh = factory()
     assert fresh.resolve("conformance") == a.name, "a second handle must see what the first one wrote"
 
