@@ -510,7 +510,10 @@ def show(
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Show the rollouts of a trajectory, state by state, beside the expert's action."""
+    """Show the rollouts of a trajectory, state by state, beside the expert's action.
+
+    When they come from more than one replay (another --seed, an --again), each row names its replay and the header
+    lists them: --replay-id ID shows one."""
     from ee_middleware.errors import TrajectoryNotFoundError
 
     with reading_store(allow_partial=allow_partial):
@@ -540,11 +543,23 @@ def show(
         if trajectory is None:
             r = rollouts[0]
             trajectory = opened.get(r.trajectory_id)
+        # Rollouts of several replays (another --seed, an --again, ee improve after a manual run): each row names its
+        # replay, and a state's rows come replay by replay; one replay's rows are shown as they always were.
+        replays = _replays_shown(opened, trajectory.id, rollouts)
+        labels = _replay_labels(list(replays)) if len(replays) > 1 else {}
+        order = {rid: n for n, rid in enumerate(replays)}
         by_step: dict[int, list[Any]] = {}
-        for r in rollouts:
+        for r in sorted(rollouts, key=lambda r: order[r.replay_id]):  # stable: each replay's branches stay in order
             by_step.setdefault(r.step_index, []).append(r)
         mismatches, unrestorable, unlisted = _replay_notes_by_step(opened, trajectory.id, replay_id)
         out.print(f"[bold]{escape(trajectory.id)}[/]  app={escape(trajectory.app)}  task: {escape(short(trajectory.task, 160))}")
+        if labels:
+            out.print(
+                f"[yellow]{len(replays)} replays shown[/], each row names its replay; --replay-id ID shows one "
+                f"(e.g. --replay-id {escape(next(iter(replays)))}):"
+            )
+            for rid, described in replays.items():
+                out.print(f"  replay {escape(rid)}: {escape(described)}")
         if not (rollouts or mismatches or unrestorable):
             out.print(f"[yellow]{escape(_why_no_rollouts(opened, trajectory, replay_id))}[/]")
         for step in trajectory.steps:
@@ -564,7 +579,9 @@ def show(
             for r in by_step.get(step.index, []):
                 alt = r.action.tool_call
                 table.add_row(
-                    escape(f"#{r.branch_index} {r.proposer.policy}") + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
+                    escape(f"#{r.branch_index} {r.proposer.policy}")
+                    + (f"\n[cyan]replay {escape(labels[r.replay_id])}[/]" if labels else "")
+                    + ("\n[magenta]synthetic[/]" if r.synthetic else ""),
                     escape(f"{alt.name}({json.dumps(alt.arguments, ensure_ascii=False)})") if alt else "",
                     observation_cell(r.observation.content, r.is_error, 300) + _synthetic_note(r),
                 )
@@ -575,6 +592,55 @@ def show(
                 _print_unrestorable(out, note, f"step {step.index}, replay {replay}")
         if unlisted:
             out.print(f"[yellow]{unlisted} more unrestorable step(s) were counted but not listed (a replay record lists the first few).[/]")
+
+
+def _replays_shown(opened: Any, trajectory_id: str, rollouts: list[Any]) -> dict[str, str]:
+    """The replays ``rollouts`` (of ``trajectory_id``) come from, the first replayed first, each described by its
+    configuration as its newest record of the trajectory says (policy, K, seed, sandbox) and how many rollouts it has."""
+    import polars as pl
+
+    counts: dict[str, int] = {}
+    policies: dict[str, str] = {}
+    for r in rollouts:
+        counts[r.replay_id] = counts.get(r.replay_id, 0) + 1
+        policies.setdefault(r.replay_id, r.proposer.policy)
+    if len(counts) < 2:  # nothing to tell apart: no need to read the records
+        return dict.fromkeys(counts, "")
+    records = opened.replays().filter(pl.col("trajectory_id") == trajectory_id).filter(pl.col("replay_id").is_in(list(counts)))
+    first: dict[str, Any] = {}
+    newest: dict[str, dict[str, Any]] = {}
+    for row in records.sort("finished_at").iter_rows(named=True):
+        first.setdefault(row["replay_id"], row["finished_at"])
+        newest[row["replay_id"]] = row
+    # a replay without a record (its job stopped before writing it) comes last; ids break ties, so the order is stable
+    ordered = sorted(counts, key=lambda rid: (rid not in first, str(first.get(rid, "")), rid))
+    described = {}
+    for rid in ordered:
+        row = newest.get(rid)
+        how = (
+            f"policy {row['policy']}, k={row['k']}, seed {row['seed']}, sandbox {row['sandbox']}"
+            if row is not None
+            else f"policy {policies[rid]}, no replay record"
+        )
+        details = json.loads(row.get("details_json") or "{}") if row is not None else {}
+        if details.get("attempt_of"):  # the same configuration replayed again (--again): its ids differ, not its settings
+            how += f", attempt {details.get('attempt')} of replay {details['attempt_of']}"
+        described[rid] = f"{how}; {counts[rid]} rollout(s) of this trajectory"
+    return described
+
+
+def _replay_labels(replay_ids: list[str], least: int = 6) -> dict[str, str]:
+    """Each replay id as its shortest start of at least ``least`` characters that tells it apart from the others (the
+    whole id when it is the start of another): the label its rows carry, beside the full ids the header lists."""
+
+    def shared(a: str, b: str) -> int:
+        return next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+    labels = {}
+    for rid in replay_ids:
+        common = max((shared(rid, other) for other in replay_ids if other != rid), default=0)
+        labels[rid] = rid[: max(least, common + 1)]
+    return labels
 
 
 def _why_no_rollouts(opened: Any, trajectory: Any, replay_id: str | None) -> str:
