@@ -408,7 +408,9 @@ def _check_predictions(ctx: StageContext, records: pl.DataFrame) -> None:
     if not unusable or synthetic:
         return
     again = f"replay them again with `{_again_command(ctx)}`, then run ee improve again: the run continues with that attempt"
-    text = no_usable_prediction_text(dict(unusable), again=again)
+    # more tokens change [replay], which a run fixes once its select stage has finished: a new run takes them
+    more_tokens = "start a new run with `ee improve --config FILE --new-run`"
+    text = no_usable_prediction_text(dict(unusable), again=again, more_tokens=more_tokens)
     raise JobError(text[0].upper() + text[1:])
 
 

@@ -212,15 +212,41 @@ def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
     return shown + (f"; {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
 
 
-def no_usable_prediction_text(failures: dict[str, int], *, again: str) -> str:
+CUT_OFF = "the answer was cut off at max_tokens"
+"""The start of every reason an answer that stopped at ``max_tokens`` is unusable for (the experience sandbox's, and
+:data:`~ee_middleware.models.protocol.CUT_WHILE_REASONING`): the fix is more tokens, not another model."""
+
+MORE_TOKENS = (
+    "run the same command again: another max_tokens is another replay configuration (a new replay id), which replays these trajectories"
+)
+"""What ``ee replay run`` does once max_tokens is raised (see :func:`no_usable_prediction_text`)."""
+
+
+def no_usable_prediction_text(failures: dict[str, int], *, again: str, more_tokens: str = MORE_TOKENS) -> str:
     """Why replay with an experience model that gave no usable observation for any of the alternatives it was asked to
-    predict (``failures``: how many by reason) stored no synthetic branch, and what to do; ``again``: how the caller
-    replays the same trajectories once the model is fixed."""
+    predict (``failures``: how many by reason) stored no synthetic branch, and what to do, as the reasons say: answers
+    cut off at max_tokens (:data:`CUT_OFF`) need more tokens (``more_tokens``: what the caller runs after raising
+    them); any other unusable answer needs another model or template (``again``: how the caller replays the same
+    trajectories once the model is fixed)."""
+    total = sum(failures.values())
+    cut = sum(count for reason, count in failures.items() if reason.startswith(CUT_OFF))
+    text = (
+        f"the experience model gave no usable observation for any of the {total} alternative(s) it was asked to predict "
+        f"({unusable_reasons(failures)}), so no synthetic branch was stored."
+    )
+    tokens = "raise max_tokens (`max_tokens` in [replay.sandbox_settings]; try a value with `ee experience eval --max-tokens N`)"
+    model = (
+        "It must answer one JSON object with an 'observation' field (measure it with `ee experience eval`; an untrained "
+        "base model rarely does)."
+    )
+    if cut == total:  # the answers were on their way: more room is the fix, the model may be fine
+        return f"{text} Every answer was cut off at max_tokens before a whole observation: {tokens}, then {more_tokens}."
+    fix = f"These trajectories count as replayed by this configuration: after fixing the model behind the same spec, {again}."
+    if not cut:
+        return f"{text} {model} {fix}"
     return (
-        f"the experience model gave no usable observation for any of the {sum(failures.values())} alternative(s) it was "
-        f"asked to predict ({unusable_reasons(failures)}), so no synthetic branch was stored. It must answer one JSON object with an "
-        "'observation' field (measure it with `ee experience eval`; an untrained base model rarely does). These trajectories "
-        f"count as replayed by this configuration: after fixing the model behind the same spec, {again}."
+        f"{text} {cut} of the answers were cut off at max_tokens: {tokens}, then {more_tokens}. The other {total - cut} "
+        f"were unusable for another reason: {model[0].lower()}{model[1:]} {fix}"
     )
 
 

@@ -47,7 +47,10 @@ def test_a_model_whose_every_prediction_is_unusable_fails_the_run_saying_why(bfc
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # (transformers draws its loading bar too)
     assert len(errors) == 1 and errors[0].startswith("error: the experience model gave no usable observation"), result.stderr
     error = errors[0]
-    assert f"any of the {unusable} alternative(s)" in error and "cut off at max_tokens" in error and "--again" in error
+    assert f"any of the {unusable} alternative(s)" in error and "cut off at max_tokens" in error
+    # every answer ran to max_tokens: the advice is more tokens (a new configuration), not another model and --again
+    assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
+    assert "run the same command again" in error and "fixing the model" not in error and "--again" not in error, error
 
     again = _replay(bfcl_store_path, tmp_path, sandbox, "--again", settings="max_tokens = 12")
     assert again.exit_code == 1, again.output

@@ -1,0 +1,158 @@
+"""``ee replay run`` whose experience model gave no usable observation says what to do as the reasons say.
+
+Answers cut off at max_tokens need more tokens, not another model: the error used to append "after fixing the model
+behind the same spec, replay them with --again" whatever the reason, which sent a user whose model was fine to replace
+it (and --again with the same max_tokens cuts the answers off again). The experience model is a scripted one behind a
+real local HTTP server (the test names say so) that answers as a served model does: ``finish_reason`` ``"length"``
+when the request's max_tokens is too small for a whole prediction. The store holds real BFCL expert trajectories.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.testing.http import serving
+from tests.replay.test_experience import copy_first_example
+
+Reply = Callable[[dict[str, Any]], tuple[str, str]]
+"""A request's body -> the answer's content and finish_reason."""
+
+ROOM = 200
+"""The max_tokens a whole prediction needs from the scripted model."""
+
+
+@pytest.fixture
+def served() -> Iterator[Callable[[Reply], str]]:
+    """Start a scripted experience model behind a real local HTTP server; its ``openai:`` spec."""
+    with ExitStack() as servers:
+
+        def start(reply: Reply) -> str:
+            url = servers.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(reply))))
+            return f"openai:{url}#em"
+
+        yield start
+
+
+def _handler(reply: Reply) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._send({"object": "list", "data": [{"id": "em"}]})
+
+        def do_POST(self) -> None:
+            content, finish_reason = reply(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+            message = {"role": "assistant", "content": content}
+            self._send({"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]})
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def needs_room(body: dict[str, Any]) -> tuple[str, str]:
+    """A good model that needs :data:`ROOM` tokens: below that its prediction stops half-way."""
+    whole = copy_first_example(body["messages"])
+    if int(body.get("max_tokens") or 0) < ROOM:
+        return whole[: len(whole) // 2], "length"
+    return whole, "stop"
+
+
+def prose(body: dict[str, Any]) -> tuple[str, str]:
+    """A model that answers prose, whatever its room."""
+    return "The tool probably works.", "stop"
+
+
+def _replay(store: Path, tmp_path: Path, spec: str, *flags: str, max_tokens: int) -> Any:
+    config = tmp_path / "replay.toml"
+    config.write_text(
+        f'[replay]\nstore = "{store}"\nsandbox = "experience:{spec}"\nk = 2\n\n[replay.sandbox_settings]\nmax_tokens = {max_tokens}\n'
+    )
+    flags = ("--limit", "1", "--no-progress", *flags)
+    return CliRunner().invoke(app, ["replay", "run", "--config", str(config), *flags])
+
+
+def _error(result: Any) -> str:
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return error
+
+
+def test_answers_cut_off_at_max_tokens_get_the_max_tokens_advice_only_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, served: Callable[[Reply], str]
+) -> None:
+    spec = served(needs_room)
+    cut = _replay(bfcl_store_path, tmp_path, spec, max_tokens=16)
+    assert cut.exit_code == 1, cut.output
+    error = _error(cut)
+    assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
+    assert "`max_tokens` in [replay.sandbox_settings]" in error and "run the same command again" in error, error
+    assert "fixing the model" not in error and "untrained base model" not in error and "--again" not in error, error
+
+    # What it says is so: with room, the same command (no --again) replays the trajectory as a new configuration.
+    roomy = _replay(bfcl_store_path, tmp_path, spec, "--json", max_tokens=ROOM)
+    assert roomy.exit_code == 0, roomy.output
+    summary = json.loads(roomy.stdout)
+    assert summary["selected"] == 1 and summary["synthetic_branches"] > 0 and summary["synthetic_failures"] == {}
+
+
+def test_other_unusable_answers_keep_the_model_advice_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, served: Callable[[Reply], str]
+) -> None:
+    result = _replay(bfcl_store_path, tmp_path, served(prose), max_tokens=ROOM)
+    assert result.exit_code == 1, result.output
+    error = _error(result)
+    assert "It must answer one JSON object with an 'observation' field" in error, error
+    assert "after fixing the model behind the same spec, replay them with --again." in error, error
+    assert "raise max_tokens" not in error and "cut off" not in error, error
+
+
+def test_some_answers_cut_off_and_some_prose_get_both_advices_with_their_counts_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, served: Callable[[Reply], str]
+) -> None:
+    asked: list[int] = []
+
+    def every_other_is_prose(body: dict[str, Any]) -> tuple[str, str]:
+        asked.append(len(asked))
+        return prose(body) if len(asked) % 2 else needs_room(body)
+
+    result = _replay(bfcl_store_path, tmp_path, served(every_other_is_prose), "--json", max_tokens=16)
+    assert result.exit_code == 1, result.output
+    failures = json.loads(result.stdout)["synthetic_failures"]
+    cut = sum(count for reason, count in failures.items() if reason.startswith("the answer was cut off at max_tokens"))
+    total = sum(failures.values())
+    assert 0 < cut < total == len(asked), failures
+    error = _error(result)
+    assert f"{cut} of the answers were cut off at max_tokens: raise max_tokens" in error, error
+    assert f"The other {total - cut} were unusable for another reason: it must answer one JSON object" in error, error
+    assert "after fixing the model behind the same spec, replay them with --again." in error, error
+
+
+def test_answers_cut_off_while_still_reasoning_get_the_max_tokens_advice_only_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, served: Callable[[Reply], str]
+) -> None:
+    def thinks_past_its_room(body: dict[str, Any]) -> tuple[str, str]:
+        return "<think>The call lists the folder, so the observation is", "length"
+
+    result = _replay(bfcl_store_path, tmp_path, served(thinks_past_its_room), "--json", max_tokens=16)
+    assert result.exit_code == 1, result.output
+    [reason] = json.loads(result.stdout)["synthetic_failures"]
+    assert reason == "the answer was cut off at max_tokens while still reasoning: raise max_tokens (now 16)", reason
+    error = _error(result)
+    assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
+    assert "fixing the model" not in error and "--again" not in error, error
