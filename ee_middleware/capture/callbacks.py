@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
+from ee_middleware.capture.direct_spans import DirectTracer, RootIds
 from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
 from ee_middleware.messages import message_type
 
@@ -566,6 +567,9 @@ class RunRecord:
     """Whether a paused run paused on tool calls (:attr:`RunCapture.awaits_calls`); ``None`` where no node said."""
     last_reply_task: str | None = None
     """The LangGraph node run that wrote the run's last reply (:meth:`RunCapture.last_reply_task`); ``None`` where unknown."""
+    root_ids: RootIds | None = None
+    """The ids of the run's root span, decided when the run started (the user's spans nested under a stand-in with them);
+    ``None``: new ones when the root is made."""
 
 
 def root_attributes(recorder: Recorder, trajectory_id: str, thread_id: Any) -> dict[str, Any]:
@@ -643,12 +647,12 @@ def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
     """Make every span of a run recorded whole (``RunCapture(buffered=True)``): the root span, its
     calls in the order they ended, then the root's outcome. ``on_error(message, exc)`` hears of a
     call that could not be emitted (the others still are)."""
-    span = recorder.tracer.start_span(
-        f"invoke_agent {recorder.config.app}",
-        kind=SpanKind.INTERNAL,
-        attributes=root_attributes(recorder, record.trajectory_id, record.thread_id),
-        start_time=record.start_ns,
-    )
+    name, attrs = f"invoke_agent {recorder.config.app}", root_attributes(recorder, record.trajectory_id, record.thread_id)
+    tracer = recorder.tracer
+    if record.root_ids is not None and isinstance(tracer, DirectTracer):
+        span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attrs, start_time=record.start_ns, ids=record.root_ids)
+    else:  # an SDK tracer (a test's tap in the capture process) picks its own ids
+        span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attrs, start_time=record.start_ns)
     handler = RunCapture(recorder, record.trajectory_id, trace.set_span_in_context(span))
     try:
         for call in record.calls:

@@ -14,9 +14,14 @@ the recorder or the user's code can see a difference:
   ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` set for the user's exporters cuts a recorded payload.
 - Every span is recorded: ``OTEL_TRACES_SAMPLER`` and an unsampled parent are the user's choices
   for what their exporters see, not for what capture stores (a private SDK provider read them and
-  stored none or a fraction of the runs). The span's trace flags are its parent's, so that spans
-  the user's code starts below it are sampled as their parent was.
-- ``set_status``, ``record_exception`` and calls on an ended span behave as the SDK's.
+  stored none or a fraction of the runs). A run's root span is *marked* sampled or not as that
+  sampler decides (read once per tracer, as an SDK provider reads it), so that the spans the user's
+  code starts below it are exported as they would be without capture; spans below the root share
+  its flags.
+- Read as an SDK span by the user's code (``trace.get_current_span()`` in a node or tool): ``name``,
+  ``attributes``, ``parent``, ``status``, ``events``, ``start_time``... are there, read-only.
+- ``set_status``, ``record_exception`` and calls on an ended span behave as the SDK's; a span ended on
+  one thread while another still sets attributes on it takes none after its end.
 
 A user's own ``tracer_provider`` keeps the SDK's spans: their exporters must see them.
 """
@@ -24,14 +29,16 @@ A user's own ``tracer_provider`` keeps the SDK's spans: their exporters must see
 from __future__ import annotations
 
 import random
+import threading
 import time
 import traceback
+import types
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.attributes import _clean_attribute_value
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
 from ee_middleware.capture.spandata import SpanData
@@ -41,10 +48,46 @@ if TYPE_CHECKING:
 
     from ee_middleware.capture.processor import ExperienceSpanProcessor
 
-__all__ = ["DirectSpan", "DirectTracer", "resource_attributes"]
+__all__ = ["DirectSpan", "DirectTracer", "RootIds", "resource_attributes"]
 
 _PLAIN = (str, bool, int, float)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_RANDOM_TRACE_ID = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+"""W3C Trace Context level 2's flag for a random trace id (set by SDKs that know it on the trace ids they generate)."""
+
+
+class RootIds(NamedTuple):
+    """A root span's ids decided in one process and used to make the span in another (the capture process): the user's
+    spans nest under a stand-in with these ids while the run is in flight, and the stored run is in the same trace."""
+
+    trace_id: int
+    span_id: int
+    trace_flags: int
+    parent_span_id: int | None
+    parent_remote: bool | None
+    trace_state: tuple[tuple[str, str], ...] = ()
+
+    def contexts(self) -> tuple[SpanContext, SpanContext | None]:
+        """The span's context and its parent's."""
+        state = TraceState(list(self.trace_state)) if self.trace_state else None
+        own = SpanContext(self.trace_id, self.span_id, is_remote=False, trace_flags=TraceFlags(self.trace_flags), trace_state=state)
+        if self.parent_span_id is None:
+            return own, None
+        return own, SpanContext(self.trace_id, self.parent_span_id, is_remote=bool(self.parent_remote))
+
+
+def env_sampler() -> Any:
+    """The sampler an SDK ``TracerProvider()`` takes from ``OTEL_TRACES_SAMPLER``/``_ARG`` (``parentbased_always_on``
+    where unset or unreadable)."""
+    from opentelemetry.sdk.trace import sampling
+
+    read = getattr(sampling, "_get_from_env_or_default", None)
+    try:
+        sampler = read() if callable(read) else None
+    except Exception:  # noqa: BLE001 - an unreadable setting: the SDK's default
+        sampler = None
+    return sampler if sampler is not None else sampling.ParentBased(sampling.ALWAYS_ON)
 
 
 def resource_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,9 +101,39 @@ def resource_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 class DirectTracer:
     """Starts :class:`DirectSpan` s whose ended records go to ``processor`` (:meth:`ExperienceSpanProcessor.on_end_data`)."""
 
-    def __init__(self, processor: ExperienceSpanProcessor, resource: Mapping[str, Any]) -> None:
+    def __init__(self, processor: ExperienceSpanProcessor, resource: Mapping[str, Any], sampler: Any = None) -> None:
         self.processor = processor
         self.resource = dict(resource)
+        self.sampler = sampler if sampler is not None else env_sampler()
+
+    def root_ids(
+        self, name: str, context: Context | None = None, kind: SpanKind = SpanKind.INTERNAL, attributes: Mapping[str, Any] | None = None
+    ) -> RootIds:
+        """The ids of a span started now in ``context`` (the current context when ``None``): in its parent's trace, marked
+        sampled as the sampler decides where the parent is not a span of this module (whose flags it shares)."""
+        parent_span = trace.get_current_span(context)
+        parent = parent_span.get_span_context()
+        valid = parent.is_valid
+        trace_id = parent.trace_id if valid else (random.getrandbits(128) or 1)
+        state = parent.trace_state if valid else None
+        if isinstance(parent_span, DirectSpan):
+            flags = int(parent.trace_flags)
+        else:  # as the SDK's start_span: sampled as the sampler says, the random-trace-id flag as the trace's
+            try:
+                result = self.sampler.should_sample(context, trace_id, name, kind, attributes)
+                flags, state = int(_SAMPLED if result.decision.is_sampled() else _NOT_SAMPLED), result.trace_state
+            except Exception:  # noqa: BLE001 - a user's sampler that fails marks nothing out: the SDK's default
+                flags = int(parent.trace_flags) & 1 if valid else int(_SAMPLED)
+            if _RANDOM_TRACE_ID and (getattr(parent.trace_flags, "random_trace_id", False) if valid else True):
+                flags |= _RANDOM_TRACE_ID
+        return RootIds(
+            trace_id,
+            random.getrandbits(64) or 1,
+            flags,
+            parent.span_id if valid else None,
+            parent.is_remote if valid else None,
+            tuple(state.items()) if state else (),
+        )
 
     def start_span(
         self,
@@ -69,17 +142,13 @@ class DirectTracer:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Mapping[str, Any] | None = None,
         start_time: int | None = None,
+        *,
+        ids: RootIds | None = None,
     ) -> DirectSpan:
-        """A started span, the child of the span in ``context`` (the current context when ``None``)."""
-        parent = trace.get_current_span(context).get_span_context()
-        if not parent.is_valid:
-            parent = None
-        span_id = random.getrandbits(64) or 1
-        if parent is None:
-            ids = SpanContext(random.getrandbits(128) or 1, span_id, is_remote=False, trace_flags=_SAMPLED)
-        else:
-            ids = SpanContext(parent.trace_id, span_id, is_remote=False, trace_flags=parent.trace_flags, trace_state=parent.trace_state)
-        return DirectSpan(self, name, ids, parent, attributes, time.time_ns() if start_time is None else start_time)
+        """A started span, the child of the span in ``context`` (the current context when ``None``), or with the ``ids``
+        decided earlier (:meth:`root_ids`)."""
+        own, parent = (ids if ids is not None else self.root_ids(name, context, kind, attributes)).contexts()
+        return DirectSpan(self, name, kind, own, parent, attributes, time.time_ns() if start_time is None else start_time)
 
 
 class DirectSpan(trace.Span):
@@ -89,6 +158,7 @@ class DirectSpan(trace.Span):
         self,
         tracer: DirectTracer,
         name: str,
+        kind: SpanKind,
         context: SpanContext,
         parent: SpanContext | None,
         attributes: Mapping[str, Any] | None,
@@ -96,15 +166,15 @@ class DirectSpan(trace.Span):
     ) -> None:
         self._tracer = tracer
         self._name = name
+        self._kind = kind
         self._context = context
         self._parent = parent
         self._start_ns = start_ns
         self._end_ns: int | None = None
-        self._attributes: dict[str, Any] = {}
-        self._events: list[tuple[str, dict[str, Any]]] = []
+        self._attributes: dict[str, Any] = _cleaned(attributes) if attributes else {}
+        self._events: list[tuple[str, dict[str, Any], int]] = []
         self._status = Status(StatusCode.UNSET)
-        if attributes:
-            self._set_all(attributes)
+        self._lock = threading.Lock()  # a span's end and a late call from another thread: nothing lands after the end
 
     # --- trace.Span ---------------------------------------------------------------------------
 
@@ -115,32 +185,35 @@ class DirectSpan(trace.Span):
         return self._end_ns is None
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        if self._end_ns is None:
-            self._set_all(attributes)
+        cleaned = _cleaned(attributes)
+        with self._lock:
+            if self._end_ns is None:
+                self._attributes.update(cleaned)
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self._end_ns is None:
-            self._set_all({key: value})
+        self.set_attributes({key: value})
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
-        if self._end_ns is None:
-            self._events.append((name, _cleaned(attributes) if attributes else {}))
+        event = (name, _cleaned(attributes) if attributes else {}, time.time_ns() if timestamp is None else timestamp)
+        with self._lock:
+            if self._end_ns is None:
+                self._events.append(event)
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         """Links are not read by trajectory assembly: accepted and not kept."""
 
     def update_name(self, name: str) -> None:
-        if self._end_ns is None:
-            self._name = name
+        with self._lock:
+            if self._end_ns is None:
+                self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        # as the SDK: an OK status is final, and UNSET never replaces one
-        if self._end_ns is not None or self._status.status_code is StatusCode.OK:
-            return
         if isinstance(status, StatusCode):
             status = Status(status, description)
-        if status.status_code is not StatusCode.UNSET:
-            self._status = status
+        with self._lock:
+            # as the SDK: an OK status is final, and UNSET never replaces one
+            if self._end_ns is None and self._status.status_code is not StatusCode.OK and status.status_code is not StatusCode.UNSET:
+                self._status = status
 
     def record_exception(
         self, exception: BaseException, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None, escaped: bool = False
@@ -158,9 +231,10 @@ class DirectSpan(trace.Span):
         self.add_event("exception", event, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end_ns is not None:
-            return
-        self._end_ns = time.time_ns() if end_time is None else end_time
+        with self._lock:
+            if self._end_ns is not None:
+                return
+            self._end_ns = time.time_ns() if end_time is None else end_time
         parent = self._parent
         status = self._status
         self._tracer.processor.on_end_data(
@@ -174,16 +248,67 @@ class DirectSpan(trace.Span):
                 attributes=self._attributes,
                 status_code=status.status_code.name,
                 status_message=status.description,
-                events=tuple(self._events),
+                events=tuple((name, attrs) for name, attrs, _ in self._events),
                 resource=dict(self._tracer.resource),
                 parent_remote=parent.is_remote if parent is not None else None,
             )
         )
 
-    # --- internals ----------------------------------------------------------------------------
+    # --- what an SDK span also lets its readers see (read-only) ---------------------------------
 
-    def _set_all(self, attributes: Mapping[str, Any]) -> None:
-        self._attributes.update(_cleaned(attributes))
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def kind(self) -> SpanKind:
+        return self._kind
+
+    @property
+    def context(self) -> SpanContext:
+        return self._context
+
+    @property
+    def parent(self) -> SpanContext | None:
+        return self._parent
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        return types.MappingProxyType(self._attributes)
+
+    @property
+    def events(self) -> tuple[Any, ...]:
+        from opentelemetry.sdk.trace import Event
+
+        return tuple(Event(name, attrs, timestamp) for name, attrs, timestamp in self._events)
+
+    @property
+    def links(self) -> tuple[Any, ...]:
+        return ()
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def start_time(self) -> int:
+        return self._start_ns
+
+    @property
+    def end_time(self) -> int | None:
+        return self._end_ns
+
+    @property
+    def resource(self) -> Any:
+        from opentelemetry.sdk.resources import Resource
+
+        return Resource(self._tracer.resource)
+
+    @property
+    def instrumentation_scope(self) -> None:
+        return None
+
+    dropped_attributes = dropped_events = dropped_links = 0
 
 
 def _cleaned(attributes: Mapping[str, Any]) -> dict[str, Any]:

@@ -71,7 +71,7 @@ from ee_middleware.capture.callbacks import (
     sendable_calls,
 )
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.capture.direct_spans import DirectTracer
+from ee_middleware.capture.direct_spans import DirectTracer, RootIds
 from ee_middleware.capture.offload import (
     ProcessOffload,
     direct_tracer,
@@ -389,10 +389,11 @@ class _Run:
         _ready_for_a_run(recorder)  # before the run is in flight, where SIGTERM would have it written
         self.offload = recorder._offload_for_run()
         if self.offload is not None:
-            # the spans are made in the capture process; the user's spans nest under a stand-in here
+            # the spans are made in the capture process; the user's spans nest under a stand-in here, with the ids the
+            # root gets there (in the current trace, marked sampled as the user's sampler says: DirectTracer.root_ids)
             self.start_ns = time.time_ns()
-            ids = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _SAMPLED)
-            self.span = NonRecordingSpan(ids)
+            self.root_ids: RootIds | None = _root_ids(recorder)
+            self.span = NonRecordingSpan(self.root_ids.contexts()[0]) if self.root_ids is not None else _stand_in()
         else:
             attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
             self.span = recorder.tracer.start_span(f"invoke_agent {recorder.config.app}", kind=SpanKind.INTERNAL, attributes=attrs)
@@ -495,6 +496,7 @@ class _Run:
                 reason=reason,
                 awaits_calls=handler.awaits_calls,
                 last_reply_task=handler.last_reply_task(output),
+                root_ids=self.root_ids,
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
                 recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_span_failure))
@@ -518,6 +520,18 @@ class _Run:
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
         recorder.finisher.run_ended()
         return True
+
+
+def _root_ids(recorder: Recorder) -> RootIds | None:
+    """The ids a run's root span will have, decided in the agent's process (``None`` where its tracer is not direct)."""
+    tracer = recorder.tracer
+    if not isinstance(tracer, DirectTracer):
+        return None
+    return tracer.root_ids(f"invoke_agent {recorder.config.app}")
+
+
+def _stand_in() -> NonRecordingSpan:
+    return NonRecordingSpan(SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _SAMPLED))
 
 
 def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:

@@ -7,9 +7,9 @@ and the random tool-call ids are numbered in order of appearance. The store's ps
 fixed, so redaction placeholders are the same on every run.
 
 ``record_all(root, offload="process")`` records the same scenarios with capture's work in its
-child process (ee_middleware/capture/offload.py): there the recorder keeps its private tracer
-provider, and the child's spans reach the test through :func:`span_file_tap` (a span processor the
-child adds, named by ``EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR``). ``offload="thread-direct"`` and
+child process (ee_middleware/capture/offload.py): there the recorder has no tracer provider of the
+user's, and the child's spans reach the test through :func:`span_file_tap` (a span processor on an
+SDK provider the child makes for it, named by ``EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR``). ``offload="thread-direct"`` and
 ``"process-direct"`` record as users without a tracer provider of their own do: the recorder's spans
 are made directly as plain data (ee_middleware/capture/direct_spans.py), seen by no exporter, so
 only the stored trajectories are compared (``"spans"`` is None).

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.tools import tool
+from langgraph.prebuilt import create_react_agent
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -154,3 +156,60 @@ def test_direct_spans_reach_the_recorders_processor_only_once_each(react_graph, 
     stats = agent.recorder.stats
     assert stats.trajectories_written == 3 and stats.spans_dropped == 0 and not stats.errors
     assert len({t.id for t in _stored(store_path)}) == 3
+
+
+def _agent_with_user_spans(expert_model: Any, user_tracer: Any, store_path: Path, offload: str, seen: list[Any]) -> Any:
+    """A ReAct agent whose stock tool opens a span of the user's own and reads the current span as an SDK span."""
+
+    @tool
+    def check_stock(item: str) -> str:
+        """How many of an item are in stock."""
+        current = trace.get_current_span()  # the run's root span (thread mode) or its stand-in (process mode)
+        seen.append({k: getattr(current, k, None) for k in ("name", "attributes", "parent", "status", "start_time")})
+        with user_tracer.start_as_current_span("db.query"):
+            return "0"
+
+    @tool
+    def order_item(item: str, quantity: int) -> str:
+        """Order more of an item."""
+        return "ok"
+
+    return record_experience(create_react_agent(expert_model, [check_stock, order_item]), app="shop", store=store_path, offload=offload)
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_run_inside_the_users_span_is_stored_in_the_users_trace_with_their_spans_under_it(expert_model, tmp_path, offload):
+    exporter = InMemorySpanExporter()
+    user_provider = TracerProvider()
+    user_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    user_tracer = user_provider.get_tracer("user-code")
+    seen: list[Any] = []
+    agent = _agent_with_user_spans(expert_model, user_tracer, tmp_path / "store", offload, seen)
+    with user_tracer.start_as_current_span("request") as request:
+        agent.invoke(USER_TASK)
+    assert agent.flush()
+    agent.recorder.close()
+    [trajectory] = _stored(tmp_path / "store")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    trace_id = request.get_span_context().trace_id
+    assert trajectory.trace_id == f"{trace_id:032x}"  # process mode too: the capture process made the root with these ids
+    assert spans["db.query"].context.trace_id == trace_id
+    assert spans["db.query"].parent.span_id != request.get_span_context().span_id  # below the run's root, not beside it
+    if offload == "thread":  # the root span read as an SDK span by the user's code
+        assert seen[0]["name"] == "invoke_agent shop" and seen[0]["attributes"]["gen_ai.operation.name"] == "invoke_agent"
+        assert seen[0]["parent"].span_id == request.get_span_context().span_id and seen[0]["status"].status_code is StatusCode.UNSET
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_the_users_sampler_still_decides_which_of_their_own_spans_inside_a_run_are_exported(expert_model, tmp_path, monkeypatch, offload):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+    exporter = InMemorySpanExporter()
+    user_provider = TracerProvider()  # reads the same setting
+    user_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = _agent_with_user_spans(expert_model, user_provider.get_tracer("user-code"), tmp_path / "store", offload, [])
+    agent.invoke(USER_TASK)
+    assert agent.flush()
+    agent.recorder.close()
+    assert [s.name for s in exporter.get_finished_spans()] == []  # their tracing is off: capture turns none of it on
+    [trajectory] = _stored(tmp_path / "store")  # and the run is stored all the same
+    assert trajectory.status == "completed" and len(trajectory.steps) == 3
