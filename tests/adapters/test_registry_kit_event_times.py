@@ -6,14 +6,15 @@ given in another form."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ee_middleware.adapters.registry import LocalAdapterRegistry
-from ee_middleware.adapters.testing import check_registry
+from ee_middleware.adapters.testing import _adapter, check_registry
 
 
 class TimedHistory(LocalAdapterRegistry):
@@ -35,6 +36,7 @@ class TimedHistory(LocalAdapterRegistry):
             "epoch": moment.timestamp(),
             "unreadable": "just now",
             "iso-12h-off": moment.replace(hour=(moment.hour + 12) % 24).isoformat(),
+            "iso-naive-12h-off": moment.astimezone(UTC).replace(hour=(moment.hour + 12) % 24, tzinfo=None).isoformat(),
         }[self.form]
 
 
@@ -56,3 +58,23 @@ def test_other_times_fail_the_kit_naming_the_event(tmp_path: Path, form: str, sa
     with pytest.raises(AssertionError, match="the register event's at=") as caught:
         check_registry(lambda: TimedHistory(tmp_path / "reg", form), tmp_path / "work")
     assert said in str(caught.value)
+
+
+def test_another_apps_older_events_in_the_registry_do_not_fail_the_kit(tmp_path: Path) -> None:
+    """A shared or staging registry where ``conformance`` is a fresh app but another app has history from a week ago
+    (and an interrupted promote): the kit checks only the events it made. Before, it failed on the other app's time."""
+    LocalAdapterRegistry(tmp_path / "reg").register(_adapter(tmp_path / "other", 99), "other-app", by="admin")
+    history = tmp_path / "reg" / "history.jsonl"
+    week_ago = (datetime.now(UTC) - timedelta(days=7)).isoformat(timespec="milliseconds")
+    events = [{**json.loads(line), "at": week_ago} for line in history.read_text().splitlines() if line.strip()]
+    assert events, "the local registry keeps its history in history.jsonl"
+    history.write_text("".join(json.dumps(event) + "\n" for event in events))
+
+    check_registry(lambda: LocalAdapterRegistry(tmp_path / "reg"), tmp_path / "work")
+
+
+@pytest.mark.parametrize(("form", "says_utc"), [("iso-12h-off", False), ("iso-naive-12h-off", True)])
+def test_a_time_off_by_hours_says_utc_only_when_it_names_no_zone(tmp_path: Path, form: str, says_utc: bool) -> None:
+    with pytest.raises(AssertionError, match="is not when the kit made it") as caught:
+        check_registry(lambda: TimedHistory(tmp_path / "reg", form), tmp_path / "work")
+    assert ("without a zone is read as UTC" in str(caught.value)) is says_utc, str(caught.value)
