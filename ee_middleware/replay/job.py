@@ -33,6 +33,7 @@ from ee_middleware.replay.executors import (
 )
 from ee_middleware.replay.privacy import ReplayPrivacy
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
+from ee_middleware.replay.sandboxes.experience import CUT_BEFORE_JSON
 from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints, sandbox_factory, sandbox_options
 from ee_middleware.store.protocol import ExperienceStore
 
@@ -214,7 +215,8 @@ def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
 
 CUT_OFF = "the answer was cut off at max_tokens"
 """The start of every reason an answer that stopped at ``max_tokens`` is unusable for (the experience sandbox's, and
-:data:`~ee_middleware.models.protocol.CUT_WHILE_REASONING`): the fix is more tokens, not another model."""
+:data:`~ee_middleware.models.protocol.CUT_WHILE_REASONING`): more tokens are the fix, and the only one unless the answer
+had not begun the JSON object asked for (:data:`~ee_middleware.replay.sandboxes.experience.CUT_BEFORE_JSON`)."""
 
 MORE_TOKENS = (
     "run the same command again: another max_tokens is another replay configuration (a new replay id), which replays these trajectories"
@@ -226,10 +228,12 @@ def no_usable_prediction_text(failures: dict[str, int], *, again: str, more_toke
     """Why replay with an experience model that gave no usable observation for any of the alternatives it was asked to
     predict (``failures``: how many by reason) stored no synthetic branch, and what to do, as the reasons say: answers
     cut off at max_tokens (:data:`CUT_OFF`) need more tokens (``more_tokens``: what the caller runs after raising
-    them); any other unusable answer needs another model or template (``again``: how the caller replays the same
-    trajectories once the model is fixed)."""
+    them); any other unusable answer, and one cut off before it began the JSON object asked for (prose runs to any
+    max_tokens), needs another model or template too (``again``: how the caller replays the same trajectories once the
+    model is fixed)."""
     total = sum(failures.values())
     cut = sum(count for reason, count in failures.items() if reason.startswith(CUT_OFF))
+    prose = sum(count for reason, count in failures.items() if reason.startswith(CUT_BEFORE_JSON))
     text = (
         f"the experience model gave no usable observation for any of the {total} alternative(s) it was asked to predict "
         f"({unusable_reasons(failures)}), so no synthetic branch was stored."
@@ -239,14 +243,22 @@ def no_usable_prediction_text(failures: dict[str, int], *, again: str, more_toke
         "It must answer one JSON object with an 'observation' field (measure it with `ee experience eval`; an untrained "
         "base model rarely does)."
     )
-    if cut == total:  # the answers were on their way: more room is the fix, the model may be fine
-        return f"{text} Every answer was cut off at max_tokens before a whole observation: {tokens}, then {more_tokens}."
     fix = f"These trajectories count as replayed by this configuration: after fixing the model behind the same spec, {again}."
     if not cut:
         return f"{text} {model} {fix}"
+    if cut == total:
+        every = f"{text} Every answer was cut off at max_tokens before a whole observation: {tokens}, then {more_tokens}."
+        if not prose:  # the answers were on their way to the JSON object: more room is the fix, the model may be fine
+            return every
+        which = "none of them had begun" if prose == cut else f"{prose} of them had not begun"
+        return (
+            f"{every} But {which} the JSON object asked for: the model may not be answering in the required JSON shape, "
+            f"and prose is cut off at any max_tokens. {model} {fix}"
+        )
+    began = f" ({prose} of them before any JSON object began)" if prose else ""
     return (
-        f"{text} {cut} of the answers were cut off at max_tokens: {tokens}, then {more_tokens}. The other {total - cut} "
-        f"were unusable for another reason: {model[0].lower()}{model[1:]} {fix}"
+        f"{text} {cut} of the answers were cut off at max_tokens{began}: {tokens}, then {more_tokens}. The other "
+        f"{total - cut} were unusable for another reason: {model[0].lower()}{model[1:]} {fix}"
     )
 
 

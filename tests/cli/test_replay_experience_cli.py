@@ -40,17 +40,21 @@ def test_a_model_whose_every_prediction_is_unusable_fails_the_run_saying_why(bfc
     summary = json.loads(result.stdout)
     unusable = sum(summary["synthetic_failures"].values())
     assert summary["done"] == 1 and summary["branches"] == 0 and summary["synthetic_branches"] == 0 and unusable > 0
-    # the random model's answers run to max_tokens: the reason says so before what was wrong (046bebd)
+    # the random model's answers run to max_tokens, with no JSON object begun: the reason says so before what was wrong
     [(reason, count)] = summary["synthetic_failures"].items()
     assert summary["states"] > 0 and count == unusable and reason.endswith(f"): {NO_JSON}"), reason
-    assert reason.startswith("the answer was cut off at max_tokens (finish_reason 'length'; raise max_tokens, now 12"), reason
+    assert reason.startswith(
+        "the answer was cut off at max_tokens before any JSON object began (finish_reason 'length'; raise max_tokens, now 12"
+    ), reason
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # (transformers draws its loading bar too)
     assert len(errors) == 1 and errors[0].startswith("error: the experience model gave no usable observation"), result.stderr
     error = errors[0]
     assert f"any of the {unusable} alternative(s)" in error and "cut off at max_tokens" in error
-    # every answer ran to max_tokens: the advice is more tokens (a new configuration), not another model and --again
+    # prose runs to any max_tokens: the advice is more tokens and the model's JSON shape (a random model rambles at any
+    # limit), then --again with the model fixed
     assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
-    assert "run the same command again" in error and "fixing the model" not in error and "--again" not in error, error
+    assert "But none of them had begun the JSON object asked for: the model may not be answering" in error, error
+    assert "It must answer one JSON object with an 'observation' field" in error and "--again" in error, error
 
     again = _replay(bfcl_store_path, tmp_path, sandbox, "--again", settings="max_tokens = 12")
     assert again.exit_code == 1, again.output

@@ -2,7 +2,8 @@
 
 Answers cut off at max_tokens need more tokens, not another model: the error used to append "after fixing the model
 behind the same spec, replay them with --again" whatever the reason, which sent a user whose model was fine to replace
-it (and --again with the same max_tokens cuts the answers off again). The experience model is a scripted one behind a
+it (and --again with the same max_tokens cuts the answers off again). Answers cut off before they began the JSON
+object asked for (prose, which runs to any max_tokens) need the model's JSON shape too. The experience model is a scripted one behind a
 real local HTTP server (the test names say so) that answers as a served model does: ``finish_reason`` ``"length"``
 when the request's max_tokens is too small for a whole prediction. The store holds real BFCL expert trajectories.
 """
@@ -20,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from ee_middleware.replay.sandboxes.experience import CUT_BEFORE_JSON
 from ee_middleware.testing.http import serving
 from tests.replay.test_experience import copy_first_example
 
@@ -156,3 +158,62 @@ def test_answers_cut_off_while_still_reasoning_get_the_max_tokens_advice_only_fa
     error = _error(result)
     assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
     assert "fixing the model" not in error and "--again" not in error, error
+
+
+def test_prose_cut_off_at_max_tokens_gets_the_json_shape_advice_too_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, served: Callable[[Reply], str]
+) -> None:
+    # An untrained model's usual answer: prose that runs to whatever max_tokens it is given.
+    def rambles(body: dict[str, Any]) -> tuple[str, str]:
+        return "Sure! When the agent runs this call, the tool would typically return the files that are there, such as", "length"
+
+    spec = served(rambles)
+    for max_tokens in (16, ROOM):  # more tokens alone only give the same error again
+        result = _replay(bfcl_store_path, tmp_path, spec, "--json", max_tokens=max_tokens)
+        assert result.exit_code == 1, result.output
+        [reason] = json.loads(result.stdout)["synthetic_failures"]
+        assert reason.startswith(f"{CUT_BEFORE_JSON} (finish_reason 'length'; raise max_tokens, now {max_tokens}"), reason
+        error = _error(result)
+        assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
+        assert "But none of them had begun the JSON object asked for: the model may not be answering in the required JSON shape" in error
+        assert "It must answer one JSON object with an 'observation' field" in error, error
+        assert "after fixing the model behind the same spec, replay them with --again." in error, error
+
+
+@pytest.mark.parametrize(
+    "opener", ["", "  \n", "```json\n", "<think>It lists the folder.</think>\n"], ids=["plain", "whitespace", "fence", "reasoning"]
+)
+def test_answers_cut_off_on_their_way_to_the_json_object_get_the_max_tokens_advice_only_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, served: Callable[[Reply], str], opener: str
+) -> None:
+    def opens_then_needs_room(body: dict[str, Any]) -> tuple[str, str]:
+        content, finish_reason = needs_room(body)
+        return opener + content, finish_reason
+
+    result = _replay(bfcl_store_path, tmp_path, served(opens_then_needs_room), "--json", max_tokens=16)
+    assert result.exit_code == 1, result.output
+    [reason] = json.loads(result.stdout)["synthetic_failures"]
+    assert reason.startswith("the answer was cut off at max_tokens (finish_reason 'length'"), reason
+    error = _error(result)
+    assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
+    assert "JSON shape" not in error and "fixing the model" not in error and "--again" not in error, error
+
+
+def test_some_answers_cut_off_as_prose_and_some_on_their_way_get_both_advices_with_their_counts_fake_server(
+    bfcl_store_path: Path, tmp_path: Path, served: Callable[[Reply], str]
+) -> None:
+    asked: list[int] = []
+
+    def every_other_rambles(body: dict[str, Any]) -> tuple[str, str]:
+        asked.append(len(asked))
+        return ("The tool would probably list the files, such as", "length") if len(asked) % 2 else needs_room(body)
+
+    result = _replay(bfcl_store_path, tmp_path, served(every_other_rambles), "--json", max_tokens=16)
+    assert result.exit_code == 1, result.output
+    failures = json.loads(result.stdout)["synthetic_failures"]
+    prose = sum(count for reason, count in failures.items() if reason.startswith(CUT_BEFORE_JSON))
+    assert 0 < prose < sum(failures.values()) == len(asked), failures
+    error = _error(result)
+    assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in error, error
+    assert f"But {prose} of them had not begun the JSON object asked for: the model may not be answering" in error, error
+    assert "after fixing the model behind the same spec, replay them with --again." in error, error

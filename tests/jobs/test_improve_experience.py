@@ -8,6 +8,8 @@ model rarely answers the JSON asked for), the real improve job and ``ee replay r
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,9 @@ from tests.jobs.conftest import write_config
 def test_a_replay_stage_whose_experience_model_gave_no_usable_prediction_fails_saying_what_to_change(
     workspace: Path, tiny_base: Path, tmp_path: Path
 ) -> None:
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
     from ee_middleware.testing.tiny_models import build_test_tokenizer, save_tiny_llama
 
     garbage = save_tiny_llama(tmp_path / "world-model", build_test_tokenizer(["ls cd mkdir observation {}"]), max_positions=4096)
@@ -45,11 +50,22 @@ def test_a_replay_stage_whose_experience_model_gave_no_usable_prediction_fails_s
     assert str(again.value) == message
     assert len(RunsDir(workspace / "runs").list()) == 1
 
-    # Every answer was cut off at max_tokens: the fix it names is more tokens, in a new run (a run's [replay] settings
-    # are fixed once its select stage has finished), not another model replayed with --again.
+    # Every answer was cut off at max_tokens, none of them having begun the JSON object (a random model rambles at any
+    # limit): it names more tokens, in a new run (a run's [replay] settings are fixed once its select stage has
+    # finished), and the model's JSON shape, with the command that replays once the model is fixed.
     assert "Every answer was cut off at max_tokens before a whole observation: raise max_tokens" in message, message
     assert "then start a new run with `ee improve --config FILE --new-run`." in message, message
-    assert "fixing the model" not in message and "--again" not in message, message
+    assert "But none of them had begun the JSON object asked for" in message, message
+    assert "It must answer one JSON object" in message and "after fixing the model behind the same spec" in message, message
+
+    # The command the error names replays the same configuration's next attempt, which the continued run then reads.
+    command = shlex.split(message.split("`ee replay run --again", 1)[1].split("`", 1)[0])
+    result = CliRunner().invoke(app, ["replay", "run", "--again", *command, "--no-progress", "--json"])
+    summary = json.loads(result.stdout)
+    assert summary["attempt"] == 2 and summary["selected"] == 8, result.output  # every approved trajectory of the app
+    assert ImproveConfig.load(path).replay_config().replay_id == summary["replay_id"]
+
+    # More tokens are another configuration: a continued run refuses them, a new run replays with them.
     path.write_text(path.read_text().replace("max_tokens = 8", "max_tokens = 9"))
     with pytest.raises(RunConfigChangedError, match="--new-run"):
         run_improve(ImproveConfig.load(path))

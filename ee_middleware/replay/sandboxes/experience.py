@@ -56,6 +56,26 @@ SYSTEM_PROMPT = (
 )
 
 
+CUT_BEFORE_JSON = "the answer was cut off at max_tokens before any JSON object began"
+"""The start of the reason an answer that stopped at ``max_tokens`` before it began the JSON object asked for is
+unusable for (prose until the limit, an untrained model's usual answer): more tokens alone will not make it JSON.
+An answer cut off inside the object says ``"the answer was cut off at max_tokens (finish_reason 'length'; ..."``."""
+
+
+def _began_json(text: str) -> bool:
+    """Whether ``text`` (an answer without its reasoning) begins the JSON object asked for: after whitespace and an
+    optional code fence, a ``{`` followed by a key's quote, or by nothing yet (a random ``{}`` in prose is no start)."""
+    rest = text.lstrip()
+    if rest.startswith("```"):
+        rest = rest[3:].removeprefix("json").removeprefix("JSON").lstrip()
+        if not rest:
+            return True  # cut off right after the fence
+    if not rest.startswith("{"):
+        return False
+    rest = rest[1:].lstrip()
+    return not rest or rest.startswith('"')
+
+
 class SyntheticObservationError(SandboxError):
     """The experience model's answer is not a usable observation (garbage, nothing parseable, no answer)."""
 
@@ -451,9 +471,11 @@ class ExperienceSandbox:
         except SyntheticObservationError as exc:
             if choice.finish_reason != "length":
                 raise
-            # the JSON is unreadable because the answer stopped at max_tokens: the fix is more tokens, not another model
+            # the JSON is unreadable because the answer stopped at max_tokens: more tokens are the fix when it was on
+            # its way to the object; prose that ran to the limit would run to any limit (the model is the fix too)
+            cut = "the answer was cut off at max_tokens" if _began_json(choice.text) else CUT_BEFORE_JSON
             raise SyntheticObservationError(
-                f"the answer was cut off at max_tokens (finish_reason 'length'; raise max_tokens, now {self.max_tokens}: "
+                f"{cut} (finish_reason 'length'; raise max_tokens, now {self.max_tokens}: "
                 f"`max_tokens` in [replay.sandbox_settings], or `ee experience eval --max-tokens`): {exc.reason}",
                 exc.raw,
             ) from None
