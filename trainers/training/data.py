@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.trainers.datasets.split import is_heldout_file
-from ee_middleware.trainers.training.errors import MissingDatasetError, TrainDataError, build_command
+from ee_middleware.trainers.training.errors import DATASETS_RECORD, MissingDatasetError, TrainDataError, build_advice, build_folder
 
 REQUIRED_COLUMNS = ("id", "prompt", "completion", "tools")
 FILE_NAMES = {"il": "il.parquet", "iwm": "iwm.parquet", "sr": "sr.parquet", "em": "em.parquet"}
@@ -89,12 +89,14 @@ def check_one_build(datasets: dict[str, DatasetFile]) -> None:
         return
     files = " and ".join(f"{d.path.name} (source {', '.join(d.source_hashes)})" for d in built.values())
     folder = next(iter(built.values())).path.parent
-    kinds = ",".join(sorted(datasets, key=lambda k: list(FILE_NAMES).index(k)))
+    kinds = [kind for kind in datasets if kind != "em"]  # em.parquet comes from ee experience dataset, on its own
+    advice = build_advice(kinds[0], folder, together=kinds)
     raise TrainDataError(
         f"{folder} holds dataset files of different builds: {files}. They were built from different states of the "
         "store (an older ee datasets build left an earlier build's files beside a later one's), and the earlier one may "
-        f"hold trajectories the later build held out. Rebuild them together: ee datasets build --store STORE --out {folder} "
-        f"--kinds {kinds}"
+        f"hold trajectories the later build held out. Rebuild them together: `{advice.command}`"
+        + (f" ({advice.note})" if advice.note else "")
+        + (f" (the store and options of the latest build, which {advice.recorded} records)" if advice.recorded else "")
     )
 
 
@@ -136,9 +138,30 @@ def _json_list(where: str, column: str, text: Any, hint: str) -> list[Any]:
 
 
 def _rebuild_hint(path: Path, kind: str) -> str:
-    """How a broken dataset file's error ends: the command that writes ``path`` (:func:`build_command`), so an
-    ``em.parquet`` is rebuilt by ``ee experience dataset``, not by ``ee datasets build`` (which refuses that kind)."""
-    return f"Rebuild it with `{build_command(kind, path.parent)}`."
+    """How a broken dataset file's error ends: the command that writes ``path`` again as its build wrote it
+    (:func:`build_advice`): ``ee experience dataset`` for ``em.parquet`` (``ee datasets build`` refuses that kind);
+    for the others ``ee datasets build`` into the build's folder (the parent of ``heldout/``) with the store and options
+    its ``datasets.json`` records. Options nothing records are asked for: rebuilt with the defaults, the files would
+    differ (another held-out split, or none, and its files removed)."""
+    advice = build_advice(kind, path.parent)
+    note = f" ({advice.note})" if advice.note else ""
+    if kind == "em":
+        return (
+            f"Rebuild it with `{advice.command}` and the options it was built with (--held-out, --seed, --top-k, --teacher, "
+            "--retriever: em.parquet does not record them); with others the rows differ, and another --held-out or --seed "
+            "trains on transitions that ee experience eval holds out."
+        )
+    out = build_folder(kind, path.parent)
+    if advice.recorded is not None:
+        return (
+            f"Rebuild it with `{advice.command}`{note}: the store and options {advice.recorded} records, so it writes that "
+            f"build's files in {out} again (heldout/ included), from the store as it is now."
+        )
+    return (
+        f"Rebuild it with `{advice.command}` and the options it was built with (--kinds, --heldout-share/-ids/-app/-after/"
+        f"-before, --seed, --app, --replay-id, ...: {out} has no readable {DATASETS_RECORD} to say which); without them the "
+        f"build uses the defaults, holds nothing out, and removes {out / 'heldout'}."
+    )
 
 
 def _sha256(path: Path) -> str:
