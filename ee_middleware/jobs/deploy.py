@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shlex
+import sys
 import warnings
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
@@ -531,6 +533,40 @@ def promote(ctx: StageContext) -> StageResult:
     return result
 
 
+_CLI_BACKENDS = ("vllm", "local")  # what `ee adapters promote --backend` takes
+
+
+def promote_command(config: ImproveConfig, name: str) -> str:
+    """A shell command that promotes ``name`` by hand as ``config``'s promote stage would: into its registry, on its
+    ``[improve.serving]`` servers, with their backend and ``max_lora_rank``, runnable as written.
+
+    ``ee adapters promote NAME -r REGISTRY --server URL ... --backend B [--max-lora-rank N]`` where that command can
+    say it. Where it cannot, the same library call (:func:`ee_middleware.adapters.promote.promote`) through the Python
+    running this job: no servers configured (the promote is then the registry's alias switch alone, which the command
+    refuses: it needs a ``--server``), or a serving-backend plug-in (its ``--backend`` takes vllm or local only)."""
+    serving = config.serving
+    if serving.servers and serving.backend in _CLI_BACKENDS:
+        words = ["ee", "adapters", "promote", name, "-r", config.registry]
+        for url in serving.servers:
+            words += ["--server", url]
+        words += ["--backend", serving.backend]
+        if serving.max_lora_rank is not None:
+            words += ["--max-lora-rank", str(serving.max_lora_rank)]
+        return shlex.join(words)
+    replicas = (
+        f"build_backends({list(serving.servers)!r}, kind={serving.backend!r}, max_lora_rank={serving.max_lora_rank!r})"
+        if serving.servers
+        else "[]"
+    )
+    code = (
+        "from ee_middleware.adapters.promote import promote; from ee_middleware.adapters.registry import open_registry; "
+        + ("from ee_middleware.adapters.serving.backend import build_backends; " if serving.servers else "")
+        + f"done = promote(open_registry({config.registry!r}, create=False), {name!r}, {replicas}, progress=print); "
+        + "print(done.live.app, '->', done.live.name)"
+    )
+    return shlex.join([sys.executable, "-c", code])
+
+
 def _operation_lease(registry: Any, doing: str, *, by: str, say: Callable[[str], None]) -> contextlib.AbstractContextManager[Any]:
     """The registry's operation lease (``operation(doing, by=, on_wait=)``, the one promote, rollback and retire hold),
     or nothing for a plug-in registry without one."""
@@ -562,9 +598,8 @@ def _refuse_unseen_live(ctx: StageContext, candidate: str, live: str | None, reg
     alias, registry = ctx.config.alias_name, ctx.config.registry
     gated_text = f"the live adapter then, {gated}" if gated_live else "the base model (no adapter was live then)"
     now_text = f"{live} is live now" if live else "no adapter is live now (the base model serves it)"
-    servers = "".join(f" --server {url}" for url in ctx.config.serving.servers)
     back = (
-        f" Or, if {gated} should be live, promote it again (`ee adapters promote {gated} -r {registry}{servers}`) and run `ee "
+        f" Or, if {gated} should be live, promote it again (`{promote_command(ctx.config, gated)}`) and run `ee "
         "improve` with the same config: the run continues and promotes its candidate over the adapter it was gated against."
         if gated_live
         else ""
@@ -603,12 +638,11 @@ def _refuse_taken_off(ctx: StageContext, candidate: str, live: str | None, regis
         state = f"{candidate} stays {record.status}" + (f" ({record.reason})" if record.reason else "")
     except Exception:  # noqa: BLE001 - what it is now only adds to the message
         state = f"{candidate} is left as it is"
-    servers = "".join(f" --server {url}" for url in ctx.config.serving.servers)
     raise LiveAdapterChangedError(
         f"{alias}: {candidate}, the candidate of run {ctx.run.id}, went live after the run registered it and was taken off "
         f"again: {how}. Promoting it again would undo that without a word, so it is not promoted: {alias} still serves "
         f"{live or 'the base model'}, and {state} (`ee adapters show {candidate} -r {location}` shows its history). If "
-        f"{candidate} should be live after all, promote it by hand (`ee adapters promote {candidate} -r {location}{servers}`): "
+        f"{candidate} should be live after all, promote it by hand (`{promote_command(ctx.config, candidate)}`): "
         "the next `ee improve` with the same config finds it live and finishes the run. Otherwise start a new run: `ee improve "
         "--new-run` with the same config (this run is abandoned; the new run trains and evaluates again).",
         details={
@@ -651,15 +685,14 @@ def _taken_off(ctx: StageContext, registry: Any, candidate: str) -> tuple[dict[s
         events, reason = None, f"its history() raised NotImplementedError{f': {exc}' if str(exc) else ''}"
     except Exception as exc:
         detail = hide_credentials(f"{type(exc).__name__}: {exc}")
-        servers = "".join(f" --server {url}" for url in ctx.config.serving.servers)
         raise JobError(
             f"The adapter registry {location} ({kind}) could not give {candidate}'s history: {detail}. The promote stage of run "
             f"{run.id} reads it to check that nobody took {candidate} off as live since the run registered it (a rollback "
             f"that a promote would undo without a word), so {candidate} is not promoted and nothing was switched. Run `ee "
             "improve` with the same config again once the registry answers: the run continues at its promote stage. A "
             "registry that keeps no history should raise NotImplementedError from history() (the check is then skipped, "
-            f"with a warning); to promote {candidate} now, promote it by hand (`ee adapters promote {candidate} -r "
-            f"{location}{servers}`) and run `ee improve` again: it finds it live and finishes the run."
+            f"with a warning); to promote {candidate} now, promote it by hand (`{promote_command(ctx.config, candidate)}`) "
+            "and run `ee improve` again: it finds it live and finishes the run."
         ) from exc
     else:
         reason = "it has no history()" if not callable(history) else "its history() returned None"

@@ -14,6 +14,7 @@ import pytest
 
 from ee_middleware.adapters.registry import open_registry
 from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.deploy import promote_command
 from ee_middleware.jobs.errors import LiveAdapterChangedError
 from ee_middleware.jobs.improve import _run_stage
 from ee_middleware.jobs.runs import Run, RunsDir
@@ -72,7 +73,7 @@ def test_promote_refuses_when_another_adapter_went_live_since_evaluate(tmp_path:
 
     message = str(caught.value)
     assert names["v1"] in message and names["v2"] in message and names["cand"] in message
-    assert "--new-run" in message and f"ee adapters promote {names['v1']}" in message
+    assert "--new-run" in message and f"promote it again (`{promote_command(config, names['v1'])}`)" in message
     assert registry.resolve(APP) == names["v2"]  # the alias was not switched
     assert registry.get(names["cand"]).status == "candidate"
     manifest = run.stage("promote")

@@ -8,6 +8,11 @@ runner; the earlier stages' manifests are written as they write them (see tests/
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import socket
+import subprocess
 import sys
 import time
 import warnings
@@ -18,7 +23,8 @@ import pytest
 
 from ee_middleware.adapters.promote import rollback
 from ee_middleware.adapters.registry import open_registry
-from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.config import ImproveConfig, Serving
+from ee_middleware.jobs.deploy import promote_command
 from ee_middleware.jobs.errors import JobError, LiveAdapterChangedError
 from ee_middleware.jobs.improve import _run_stage
 from ee_middleware.jobs.runs import Run, now
@@ -146,7 +152,7 @@ def test_a_history_that_fails_refuses_the_promote_and_the_next_call_promotes_onc
     assert config.registry in message and "team_history_registries.FlakyRegistry" in message
     assert "ConnectionError: registry.team.example: 503 Service Unavailable" in message
     assert f"{names['cand']} is not promoted" in message and "Run `ee improve` with the same config again" in message
-    assert "NotImplementedError" in message and f"ee adapters promote {names['cand']}" in message
+    assert "NotImplementedError" in message and f"promote it by hand (`{promote_command(config, names['cand'])}`)" in message
     registry = open_registry(config.registry)
     assert registry.resolve(APP) == names["v1"]  # nothing was switched
     assert run.stage("promote")["status"] == "failed"  # type: ignore[index]
@@ -223,3 +229,92 @@ def test_an_event_time_that_cannot_be_read_is_said_and_the_rollback_still_counts
     assert "rollback event" in warning and "by alice" in warning and "taken as having come after it" in warning
     assert "no readable time" in str(refused.value)
     assert registry.resolve(APP) == names["v1"]
+
+
+# --- the promote by hand that the refusals name ------------------------------------------------------------------------
+
+
+def _named_promote(message: str) -> str:
+    [command] = [c for c in re.findall(r"`([^`]+)`", message) if c.startswith(("ee adapters promote ", shlex.quote(sys.executable)))]
+    return command
+
+
+def _run_as_written(command: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``command`` run in a shell as a user would paste it, with this environment's ``ee`` on PATH and the registry
+    plug-in installed."""
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(root)]),
+    }
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize("refusal", ["live-changed", "taken-off", "history-down"])
+def test_the_promote_by_hand_each_refusal_names_works_as_written_without_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """No [improve.serving] servers (ee improve then promotes in the registry only). Before, each refusal named
+    `ee adapters promote NAME -r REGISTRY`, which fails: "No model server given"."""
+    config, run, names = _plugin_setup(tmp_path, "team-flaky")
+    registry = open_registry(config.registry)
+    to_promote = names["cand"]
+    if refusal == "live-changed":  # another adapter went live since the evaluation: the refusal offers the gated one back
+        registry.switch_live(names["v2"], by="bob")
+        to_promote = names["v1"]
+    elif refusal == "taken-off":
+        registry.switch_live(names["cand"], by="ee improve (stopped after the switch, before the manifest)")
+        rollback(registry, APP, [], by="alice")
+    else:
+        monkeypatch.setenv("TEAM_REGISTRY_DOWN", "1")
+    with pytest.raises(JobError) as caught:
+        _run_stage(_context(config, run), "promote")
+    command = _named_promote(str(caught.value))
+    assert command == promote_command(config, to_promote)
+
+    done = _run_as_written(command, tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert registry.resolve(APP) == to_promote
+    _promote(config, run)  # the next ee improve continues the run and finishes it
+    assert run.stage("promote")["status"] == "done"  # type: ignore[index]
+    assert registry.resolve(APP) == names["cand"]
+
+
+def test_the_promote_by_hand_names_the_servers_backend_and_rank_ee_improve_used(tmp_path: Path) -> None:
+    """With servers: the same --server, --backend (ee improve's default, local, is not the command's, vllm) and
+    --max-lora-rank. The server here is not running: the command gets as far as asking it."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}/v1"
+    config, run, names = _setup(tmp_path)
+    config = config.model_copy(update={"serving": Serving(servers=[url], max_lora_rank=32)})
+    registry = open_registry(config.registry)
+    registry.switch_live(names["cand"], by="ee improve (stopped after the switch, before the manifest)")
+    rollback(registry, APP, [], by="alice")
+    with pytest.raises(LiveAdapterChangedError) as caught:
+        _run_stage(_context(config, run), "promote")
+    command = _named_promote(str(caught.value))
+    assert shlex.split(command) == [
+        "ee", "adapters", "promote", names["cand"], "-r", config.registry, "--server", url, "--backend", "local", "--max-lora-rank", "32"
+    ]  # fmt: skip
+
+    done = _run_as_written(command, tmp_path)
+
+    assert done.returncode == 1, done.stderr  # not a usage error (2)
+    assert f"the local server at {url}" in done.stderr and "No model server given" not in done.stderr, done.stderr
+    assert registry.resolve(APP) == names["v1"]
+
+
+def test_the_promote_by_hand_with_a_serving_backend_plug_in_builds_it_as_ee_improve_does(tmp_path: Path) -> None:
+    """`ee adapters promote --backend` takes vllm or local only: a plug-in's name goes to the same library call."""
+    config, _, names = _setup(tmp_path)
+    config = config.model_copy(update={"serving": Serving(backend="team_serving:Backend", servers=["http://gpu-1:8000/v1"])})
+
+    command = promote_command(config, names["cand"])
+
+    python, flag, code = shlex.split(command)
+    assert (python, flag) == (sys.executable, "-c")
+    assert "build_backends(['http://gpu-1:8000/v1'], kind='team_serving:Backend', max_lora_rank=None)" in code
+    compile(code, "<promote by hand>", "exec")

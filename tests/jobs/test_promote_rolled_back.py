@@ -14,6 +14,7 @@ import pytest
 
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import open_registry
+from ee_middleware.jobs.deploy import promote_command
 from ee_middleware.jobs.errors import LiveAdapterChangedError
 from ee_middleware.jobs.improve import _run_stage
 from ee_middleware.jobs.runs import now
@@ -35,7 +36,7 @@ def test_a_candidate_rolled_back_after_its_promote_was_stopped_is_not_promoted_a
     message = str(caught.value)
     assert f"rolled back to {names['v1']} by alice at {rolled_back_at}" in message, message
     assert f"{APP} still serves {names['v1']}" in message and "stays retired" in message
-    assert f"ee adapters promote {names['cand']}" in message and "--new-run" in message
+    assert f"promote it by hand (`{promote_command(config, names['cand'])}`)" in message and "--new-run" in message
     assert registry.resolve(APP) == names["v1"]  # the operator's rollback stands
     assert registry.get(names["cand"]).status == "retired"
     manifest = run.stage("promote")
