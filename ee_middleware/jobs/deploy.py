@@ -17,7 +17,7 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -633,6 +633,11 @@ def _refuse_taken_off(ctx: StageContext, candidate: str, live: str | None, regis
         how = f"replaced by {after or 'another adapter'}, {action or 'switched'} by {who} at {when}"
     if _moment(raw_at) is None:
         how += f" (the registry gives no readable time for it, so it may be older than run {ctx.run.id}'s register stage)"
+    elif _names_no_zone(raw_at):
+        how += (
+            f" (a time without a zone, so it may be older than run {ctx.run.id}'s register stage: it is taken as older only "
+            f"when it is more than {_hours(_WIDEST_UTC_OFFSET)} hours older)"
+        )
     try:
         record = registry.get(candidate)
         state = f"{candidate} stays {record.status}" + (f" ({record.reason})" if record.reason else "")
@@ -665,7 +670,9 @@ def _taken_off(ctx: StageContext, registry: Any, candidate: str) -> tuple[dict[s
     said in a warning (a ``UserWarning`` naming the registry): the whole check when the registry keeps no history (no
     ``history``, or one that raises ``NotImplementedError`` or returns ``None``: it cannot tell, and is not refused),
     and each such event whose ``at`` is not a time :func:`_moment` reads (it counts: whether it is older than the run
-    cannot be told, and undoing an operator's rollback is the harm the check is there for).
+    cannot be told, and undoing an operator's rollback is the harm the check is there for), or is a time without a zone
+    (a naive datetime or ISO string: a plug-in's ``datetime.now()`` is local time, not UTC) that is not older than the
+    register stage in every zone (it counts the same way; one older by more than :data:`_WIDEST_UTC_OFFSET` does not).
 
     A history that fails otherwise (a remote registry's transient error, a plug-in's bug) fails the stage with a
     :class:`JobError` naming the registry and its error, rather than skipping the check: the check keeps a promote from
@@ -706,19 +713,33 @@ def _taken_off(ctx: StageContext, registry: Any, candidate: str) -> tuple[dict[s
             continue
         raw_at = event.get("at")
         at = _moment(raw_at)
-        if since is not None and at is None:
+        zoneless = at is not None and _names_no_zone(raw_at)
+        event_text = f"its {event.get('action') or 'unnamed'} event that took {candidate} off (by {event.get('by') or 'someone'})"
+        if since is None:
+            pass
+        elif at is None:
             given = f"the time {raw_at!r}" if raw_at is not None else "no time (`at`)"
             unchecked.append(
                 _unchecked(
-                    f"The adapter registry {location} ({kind}) gives {given} for its {event.get('action') or 'unnamed'} event "
-                    f"that took {candidate} off (by {event.get('by') or 'someone'}); the promote reads an ISO 8601 string, a "
-                    f"datetime or epoch seconds. Whether that event came after run {run.id}'s register stage could not be told, "
-                    "so it is taken as having come after it."
+                    f"The adapter registry {location} ({kind}) gives {given} for {event_text}; the promote reads an ISO 8601 "
+                    f"string, a datetime or epoch seconds. Whether that event came after run {run.id}'s register stage could "
+                    "not be told, so it is taken as having come after it."
                 )
             )
-        # the run's times are whole seconds, the registry's milliseconds: an event in the second the stage started counts
-        elif since is not None and at is not None and at < since:
+        # the run's times are whole seconds, the registry's milliseconds: an event in the second the stage started counts.
+        # A time without a zone is older only when it is older read in every zone (a plug-in's datetime.now() is local).
+        elif (at + _WIDEST_UTC_OFFSET if zoneless else at) < since:
             continue
+        elif zoneless and at - _WIDEST_UTC_OFFSET < since:
+            unchecked.append(
+                _unchecked(
+                    f"The adapter registry {location} ({kind}) gives the time {raw_at!r}, which names no zone, for "
+                    f"{event_text}; run {run.id}'s register stage started at {since.isoformat()}. Read in some zones that "
+                    "event came before it, in others after, so it is taken as having come after it (a time without a zone "
+                    f"is only taken as older when it is more than {_hours(_WIDEST_UTC_OFFSET)} hours older, older in every "
+                    "zone). The registry should give `at` with its zone, e.g. datetime.now(UTC).isoformat()."
+                )
+            )
         found = event
     return found, unchecked
 
@@ -729,10 +750,32 @@ def _unchecked(message: str) -> str:
     return message
 
 
+_WIDEST_UTC_OFFSET = timedelta(hours=14)
+"""How far local time may be from UTC (UTC-12:00 to UTC+14:00): a registry's event time that names no zone is that
+moment within this much either way."""
+
+
+def _hours(span: timedelta) -> int:
+    return int(span.total_seconds() // 3600)
+
+
+def _names_no_zone(value: Any) -> bool:
+    """Whether ``value``, a time :func:`_moment` reads, is a wall-clock time without a zone (a naive datetime, or an ISO
+    string without an offset): a registry plug-in's ``datetime.now()`` gives local time there, not UTC."""
+    if isinstance(value, datetime):
+        return value.tzinfo is None or value.utcoffset() is None
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).tzinfo is None
+        except ValueError:
+            return False
+    return False
+
+
 def _moment(value: Any) -> datetime | None:
     """A time from a registry's history (``at``) or a run's files, as an aware datetime, or ``None`` when it is none of
     these: an ISO 8601 string, a :class:`datetime`, or a number of seconds since the epoch. A time that names no zone
-    is UTC, as the registry and the runs write their times."""
+    is read as UTC, as the runs write their times; a registry's may be local time (see :func:`_names_no_zone`)."""
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -747,7 +790,7 @@ def _moment(value: Any) -> datetime | None:
             return None
     else:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
 
 
 def _moment_text(value: Any) -> str:
@@ -758,7 +801,9 @@ def _moment_text(value: Any) -> str:
     moment = _moment(value)
     if moment is None:
         return repr(value)
-    return value if isinstance(value, str) else moment.isoformat()
+    if isinstance(value, str):
+        return value
+    return value.isoformat() if isinstance(value, datetime) else moment.isoformat()  # a naive datetime stays zone-less
 
 
 def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:

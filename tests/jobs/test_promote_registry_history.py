@@ -8,6 +8,7 @@ runner; the earlier stages' manifests are written as they write them (see tests/
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,7 +17,8 @@ import subprocess
 import sys
 import time
 import warnings
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,8 @@ def _at(text, form):
     return {
         "aware": moment,
         "naive": moment.astimezone(UTC).replace(tzinfo=None),
+        "naive-local": moment.astimezone().replace(tzinfo=None),  # datetime.now(): this machine's wall clock
+        "iso-naive-local": moment.astimezone().replace(tzinfo=None).isoformat(),
         "epoch": moment.timestamp(),
         "epoch-int": int(moment.timestamp()),
         "unreadable": "last Tuesday",
@@ -164,12 +168,13 @@ def test_a_history_that_fails_refuses_the_promote_and_the_next_call_promotes_onc
     assert run.stage("promote")["attempt"] == 2  # type: ignore[index]
 
 
-@pytest.mark.parametrize("form", ["aware", "naive", "epoch", "epoch-int"])
+@pytest.mark.parametrize("form", ["aware", "epoch", "epoch-int"])
 def test_event_times_as_datetimes_or_epoch_seconds_keep_an_old_rollback_of_the_same_weights_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
 ) -> None:
     """As tests/jobs/test_promote_rolled_back.py's test of the same weights taken off before this run registered them,
-    through a plug-in whose events give ``at`` as a datetime (with its zone or without: UTC) or epoch seconds."""
+    through a plug-in whose events give ``at`` as an aware datetime or epoch seconds. (A time without a zone:
+    test_a_rollback_whose_time_names_no_zone_is_kept_out_only_when_older_in_every_zone.)"""
     monkeypatch.setenv("TEAM_AT_FORM", form)
     config, run, names = _plugin_setup(tmp_path, "team-timed")
     registry = open_registry(config.registry)
@@ -200,8 +205,12 @@ def test_a_rollback_since_the_run_registered_with_a_datetime_or_epoch_time_is_re
 
     when = caught.value.details["taken_off_at"]
     assert isinstance(when, str) and f"by alice at {when} " in str(caught.value)
-    # the moment the registry stored (a naive one read as UTC), to the microsecond a float of seconds keeps
-    assert abs((datetime.fromisoformat(when) - datetime.fromisoformat(stored)).total_seconds()) < 1e-3
+    # the moment the registry stored (a naive one, the plug-in's UTC, shown without a zone), to the microsecond a float
+    # of seconds keeps
+    moment = datetime.fromisoformat(when)
+    assert (moment.tzinfo is None) is (form == "naive")
+    assert abs((moment.replace(tzinfo=moment.tzinfo or UTC) - datetime.fromisoformat(stored)).total_seconds()) < 1e-3
+    assert ("a time without a zone" in str(caught.value)) is (form == "naive")
     assert registry.resolve(APP) == names["v1"]
     assert run.stage("promote")["live_changed"]["taken_off_at"] == when  # type: ignore[index]
 
@@ -229,6 +238,87 @@ def test_an_event_time_that_cannot_be_read_is_said_and_the_rollback_still_counts
     assert "rollback event" in warning and "by alice" in warning and "taken as having come after it" in warning
     assert "no readable time" in str(refused.value)
     assert registry.resolve(APP) == names["v1"]
+
+
+# --- a time without a zone (a plug-in's datetime.now()) ----------------------------------------------------------------
+
+
+@pytest.fixture
+def west_of_utc() -> Iterator[None]:
+    """This machine's local time is America/Los_Angeles (UTC-8 in December, UTC-7 in summer)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/Los_Angeles"
+    time.tzset()
+    yield
+    if before is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+def _age_history(config: ImproveConfig, days: int) -> None:
+    """Move every event of the registry's folder ``days`` back: what happened there happened that long ago."""
+    path = Path(config.registry.partition(":")[2]) / "history.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert events, "the local registry keeps its history in history.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({**e, "at": (datetime.fromisoformat(e["at"]) - timedelta(days=days)).isoformat(timespec="milliseconds")}) + "\n"
+            for e in events
+        )
+    )
+
+
+@pytest.mark.usefixtures("west_of_utc")
+@pytest.mark.parametrize("form", ["naive-local", "iso-naive-local", "naive"])
+def test_a_rollback_since_the_run_registered_whose_time_names_no_zone_is_refused_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """alice rolls the candidate back after the run registered it; the plug-in gives the time as datetime.now() (local
+    wall-clock time, 8 hours behind UTC here), as its ISO text, or as UTC without a zone. Before, a time without a zone
+    was read as UTC: the local ones read 8 hours older than the register stage, the rollback was skipped and the promote
+    put the candidate live again without a word."""
+    monkeypatch.setenv("TEAM_AT_FORM", form)
+    config, run, names = _plugin_setup(tmp_path, "team-timed")
+    run.write_stage("register", {"stage": "register", "status": "done", "started_at": now(), "outputs": {"candidate": names["cand"]}})
+    registry = open_registry(config.registry)
+    registry.switch_live(names["cand"], by="ee improve (stopped after the switch, before the manifest)")
+    rollback(registry, APP, [], by="alice")
+    [given] = [e["at"] for e in registry.history(adapter=names["cand"]) if e["action"] == "rollback"]
+
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(LiveAdapterChangedError) as refused:
+        warnings.simplefilter("always")
+        _run_stage(_context(config, run), "promote")
+
+    [warning] = [str(w.message) for w in caught if "names no zone" in str(w.message)]
+    assert config.registry in warning and "team_history_registries.TimedRegistry" in warning and repr(given) in warning
+    assert "rollback event" in warning and "by alice" in warning and "taken as having come after it" in warning
+    assert "datetime.now(UTC)" in warning  # how the plug-in gives the zone
+    assert f"by alice at {given if isinstance(given, str) else given.isoformat()} " in str(refused.value)
+    assert "a time without a zone" in str(refused.value)
+    assert registry.resolve(APP) == names["v1"]  # alice's rollback stands
+
+
+@pytest.mark.usefixtures("west_of_utc")
+@pytest.mark.parametrize("form", ["naive-local", "iso-naive-local", "naive"])
+def test_a_rollback_whose_time_names_no_zone_is_kept_out_only_when_older_in_every_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """The same weights rolled back two days before the run registered them: older than the register stage in every
+    zone, so the promote goes on without a word."""
+    monkeypatch.setenv("TEAM_AT_FORM", form)
+    config, run, names = _plugin_setup(tmp_path, "team-timed")
+    registry = open_registry(config.registry)
+    registry.switch_live(names["cand"], by="an earlier run")
+    rollback(registry, APP, [], by="alice")
+    _age_history(config, days=2)
+    _registered_later(run, names)
+
+    said = _promote(config, run)
+
+    assert registry.resolve(APP) == names["cand"]
+    assert not [text for text in said if "history" in text or "zone" in text], said
 
 
 # --- the promote by hand that the refusals name ------------------------------------------------------------------------
