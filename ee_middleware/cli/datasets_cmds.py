@@ -323,7 +323,10 @@ def show(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Counts, token-length histograms, a few rendered examples, and (with --max-length) what truncation would cut."""
+    """Counts, token-length histograms, a few rendered examples, and (with --max-length) what truncation would cut.
+
+    Rows are read as ee train reads them: an unreadable file, or a row that is not a chat prompt/completion pair, is an
+    error naming it and the command that writes the file again."""
     from ee_middleware.models.chat_template import probe_template
     from ee_middleware.trainers.datasets.build import read_dataset
     from ee_middleware.trainers.datasets.summary import (

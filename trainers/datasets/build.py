@@ -656,20 +656,60 @@ class PartWriter:
 
 
 def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:
-    """One dataset file, checked to have the dataset columns."""
+    """One dataset file, checked to have the dataset columns. A missing or broken one's error names the command that
+    writes it (:func:`~ee_middleware.trainers.training.errors.rebuild_hint`: the store and options its build's
+    ``datasets.json`` records), as ``ee train``'s does."""
     from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA
 
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"Dataset {path} does not exist. Build it with: ee datasets build --store DIR --out {path.parent}")
+        raise ConfigError(f"Dataset {path} does not exist. {_build_advice(path)}")
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:
-        raise ConfigError(f"Dataset {path} is not readable Parquet ({exc}). Rebuild it with ee datasets build.") from exc
+        raise ConfigError(f"Dataset {path} is not readable Parquet ({exc}). {_rebuild_advice(path)}") from exc
     missing = [c for c in ("prompt", "completion", "tools") if c not in frame.columns]
     if missing:
-        raise ConfigError(f"Dataset {path} lacks column(s) {', '.join(missing)}; it was not built by ee datasets build.")
+        raise ConfigError(
+            f"Dataset {path} lacks column(s) {', '.join(missing)}; a dataset file needs prompt, completion and tools. "
+            f"{_rebuild_advice(path)}"
+        )
     return frame.select([c for c in DATASET_SCHEMA if c in frame.columns])
+
+
+def _file_kind(path: Path) -> str | None:
+    """The kind a dataset file's name says (``il.parquet``: il; ``em.parquet``, written by ``ee experience dataset``:
+    em), ``None`` for another name."""
+    return path.stem if path.suffix == ".parquet" and path.stem in (*KINDS, "em") else None
+
+
+def _rebuild_advice(path: Path) -> str:
+    """How the error about a broken dataset file ends: ``ee train``'s advice for the kind its name says, or, for a file
+    named otherwise (its kind unknown), the two commands that write dataset files."""
+    from ee_middleware.trainers.training.errors import rebuild_hint
+
+    kind = _file_kind(path)
+    if kind is not None:
+        return rebuild_hint(path, kind)
+    return (
+        "Rebuild it with the command that wrote it: `ee datasets build --store STORE --out FOLDER` (il, iwm and sr files, "
+        "named KIND.parquet) or `ee experience dataset --store STORE --out FOLDER` (em.parquet), with the options it was "
+        "built with."
+    )
+
+
+def _build_advice(path: Path) -> str:
+    """How the error about a missing dataset file ends: the command that writes it into its folder."""
+    import shlex
+
+    from ee_middleware.trainers.training.errors import build_advice
+
+    kind = _file_kind(path)
+    if kind is None:
+        out = shlex.quote(str(path.parent))
+        return f"Build it with `ee datasets build --store STORE --out {out}` (it writes il.parquet, iwm.parquet, sr.parquet)."
+    advice = build_advice(kind, path.parent)
+    return f"Build it with `{advice.command}`" + (f" ({advice.note})" if advice.note else "") + "."
 
 
 def chat_examples(frame: pl.DataFrame) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ from typing import Any
 
 import polars as pl
 
+from ee_middleware.trainers.datasets.rows import KINDS
+
 CHARS_PER_TOKEN = 4.0
 
 TRAINER_RENDERING = (
@@ -21,12 +23,19 @@ ESTIMATED_RENDERING = "estimated: characters of the prompt and completion JSON /
 def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None, path: Path | None = None) -> dict[str, Any]:
     """Row counts by proposer/error/kind and prompt+completion lengths: with a tokenizer, the tokens the trainer's
     rendering of each row needs (:func:`rendered_lengths`); else estimated from the JSON text. ``rendering`` says which;
-    ``path``: the file, named in errors about a row."""
+    ``path``: the file, named in errors about a row. Either way the rows are read as ``ee train`` reads them: a row
+    that is not a chat prompt/completion pair raises the trainer's
+    :class:`~ee_middleware.trainers.training.errors.TrainDataError`, naming the file, the row, what is wrong and the
+    command that writes the file again."""
+    path = path if path is not None else Path("dataset.parquet")
     if tokenizer is not None:
-        lengths = rendered_lengths(frame, path if path is not None else Path("dataset.parquet"), tokenizer)
+        lengths = rendered_lengths(frame, path, tokenizer)
         unit = "tokens"
         rendering = TRAINER_RENDERING
     else:
+        from ee_middleware.trainers.training.data import rows_from_frame
+
+        rows_from_frame(frame, path, _kind(frame, path))  # checked, not kept: the lengths below come from the text
         chars = frame.select((pl.col("prompt").str.len_chars() + pl.col("completion").str.len_chars()).alias("n"))["n"].to_list()
         lengths = [int(c / CHARS_PER_TOKEN) for c in chars]
         unit = "tokens (estimated: chars/4; pass --tokenizer for real counts)"
@@ -72,10 +81,9 @@ def rendered_lengths(frame: pl.DataFrame, path: Path, tokenizer: Any) -> list[in
     from ee_middleware.trainers.training.data import rows_from_frame
     from ee_middleware.trainers.training.render import render_texts
 
-    kind = str(frame["kind"][0]) if "kind" in frame.columns and frame.height else path.stem
     support = probe_template(tokenizer)
     lengths = []
-    for row in rows_from_frame(frame, path, kind):
+    for row in rows_from_frame(frame, path, _kind(frame, path)):
         prompt_text, completion_text, _ = render_texts(tokenizer, row, support)
         lengths.append(count_tokens(tokenizer, prompt_text) + count_tokens(tokenizer, completion_text))
     return lengths
@@ -89,8 +97,7 @@ def budget_report(frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: i
     from ee_middleware.trainers.training.data import rows_from_frame
     from ee_middleware.trainers.training.render import tokenize_rows
 
-    kind = str(frame["kind"][0]) if "kind" in frame.columns and frame.height else path.stem
-    rows = rows_from_frame(frame, path, kind)
+    rows = rows_from_frame(frame, path, _kind(frame, path))
     _, stats = tokenize_rows(tokenizer, rows, max_length, probe_template(tokenizer))
     needed = sorted(cut["original_tokens"] for cut in stats.cuts)
     over = stats.truncated + stats.dropped_too_long
@@ -109,6 +116,14 @@ def budget_report(frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: i
         "dropped_completion_too_long": stats.dropped_too_long,
         "prompt_tokens_before_fitting": {"median": needed[len(needed) // 2], "max": needed[-1]} if needed else None,
     }
+
+
+def _kind(frame: pl.DataFrame, path: Path) -> str:
+    """The dataset kind of ``frame``'s rows, as ``ee train`` takes it: the file's name (``il.parquet``: il); for a file
+    named otherwise, its ``kind`` column."""
+    if path.stem in (*KINDS, "em") or "kind" not in frame.columns or not frame.height:
+        return path.stem
+    return str(frame["kind"][0])
 
 
 def histogram_lines(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:

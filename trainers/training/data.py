@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.trainers.datasets.split import is_heldout_file
-from ee_middleware.trainers.training.errors import DATASETS_RECORD, MissingDatasetError, TrainDataError, build_advice, build_folder
+from ee_middleware.trainers.training.errors import MissingDatasetError, TrainDataError, build_advice
+from ee_middleware.trainers.training.errors import rebuild_hint as _rebuild_hint
 
 REQUIRED_COLUMNS = ("id", "prompt", "completion", "tools")
 FILE_NAMES = {"il": "il.parquet", "iwm": "iwm.parquet", "sr": "sr.parquet", "em": "em.parquet"}
@@ -135,33 +136,6 @@ def _json_list(where: str, column: str, text: Any, hint: str) -> list[Any]:
     if not isinstance(value, list):
         raise TrainDataError(f"{where}: {column} must be a JSON list, got {type(value).__name__}. {hint}")
     return value
-
-
-def _rebuild_hint(path: Path, kind: str) -> str:
-    """How a broken dataset file's error ends: the command that writes ``path`` again as its build wrote it
-    (:func:`build_advice`): ``ee experience dataset`` for ``em.parquet`` (``ee datasets build`` refuses that kind);
-    for the others ``ee datasets build`` into the build's folder (the parent of ``heldout/``) with the store and options
-    its ``datasets.json`` records. Options nothing records are asked for: rebuilt with the defaults, the files would
-    differ (another held-out split, or none, and its files removed)."""
-    advice = build_advice(kind, path.parent)
-    note = f" ({advice.note})" if advice.note else ""
-    if kind == "em":
-        return (
-            f"Rebuild it with `{advice.command}` and the options it was built with (--held-out, --seed, --top-k, --teacher, "
-            "--retriever: em.parquet does not record them); with others the rows differ, and another --held-out or --seed "
-            "trains on transitions that ee experience eval holds out."
-        )
-    out = build_folder(kind, path.parent)
-    if advice.recorded is not None:
-        return (
-            f"Rebuild it with `{advice.command}`{note}: the store and options {advice.recorded} records, so it writes that "
-            f"build's files in {out} again (heldout/ included), from the store as it is now."
-        )
-    return (
-        f"Rebuild it with `{advice.command}` and the options it was built with (--kinds, --heldout-share/-ids/-app/-after/"
-        f"-before, --seed, --app, --replay-id, ...: {out} has no readable {DATASETS_RECORD} to say which); without them the "
-        f"build uses the defaults, holds nothing out, and removes {out / 'heldout'}."
-    )
 
 
 def _sha256(path: Path) -> str:

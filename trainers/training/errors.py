@@ -106,6 +106,34 @@ def build_command(kind: str, folder: str | os.PathLike[str]) -> str:
     return build_advice(kind, folder).command
 
 
+def rebuild_hint(path: str | os.PathLike[str], kind: str) -> str:
+    """How a broken dataset file's error ends: the command that writes ``path`` again as its build wrote it
+    (:func:`build_advice`): ``ee experience dataset`` for ``em.parquet`` (``ee datasets build`` refuses that kind);
+    for the others ``ee datasets build`` into the build's folder (the parent of ``heldout/``) with the store and options
+    its ``datasets.json`` records. Options nothing records are asked for: rebuilt with the defaults, the files would
+    differ (another held-out split, or none, and its files removed)."""
+    path = Path(path)
+    advice = build_advice(kind, path.parent)
+    note = f" ({advice.note})" if advice.note else ""
+    if kind == "em":
+        return (
+            f"Rebuild it with `{advice.command}` and the options it was built with (--held-out, --seed, --top-k, --teacher, "
+            "--retriever: em.parquet does not record them); with others the rows differ, and another --held-out or --seed "
+            "trains on transitions that ee experience eval holds out."
+        )
+    out = build_folder(kind, path.parent)
+    if advice.recorded is not None:
+        return (
+            f"Rebuild it with `{advice.command}`{note}: the store and options {advice.recorded} records, so it writes that "
+            f"build's files in {out} again (heldout/ included), from the store as it is now."
+        )
+    return (
+        f"Rebuild it with `{advice.command}` and the options it was built with (--kinds, --heldout-share/-ids/-app/-after/"
+        f"-before, --seed, --app, --replay-id, ...: {out} has no readable {DATASETS_RECORD} to say which); without them the "
+        f"build uses the defaults, holds nothing out, and removes {out / 'heldout'}."
+    )
+
+
 def _read_record(path: Path) -> dict[str, Any] | None:
     """``datasets.json``'s content, when it is readable and records the build's settings."""
     try:
