@@ -104,37 +104,41 @@ def check_one_build(datasets: dict[str, DatasetFile]) -> None:
 def rows_from_frame(frame: Any, path: Path, kind: str) -> list[ChatRow]:
     """The chat rows of a dataset frame, checked; errors name ``path`` and the row."""
     columns = ["id", "prompt", "completion", "tools"] + (["kind"] if "kind" in frame.columns else [])
-    return [_parse_row(path, index, record, kind) for index, record in enumerate(frame.select(columns).iter_rows(named=True))]
+    try:
+        return [_parse_row(path, index, record, kind) for index, record in enumerate(frame.select(columns).iter_rows(named=True))]
+    except _BadRow as bad:  # the advice reads the build's datasets.json: once, for the row that is wrong
+        raise TrainDataError(f"{bad} {_rebuild_hint(path, kind)}") from None
+
+
+class _BadRow(Exception):
+    """A row that is not a chat prompt/completion pair (the message without the rebuild advice)."""
 
 
 def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> ChatRow:
     where = f"{path} row {index} (id {record.get('id')!r})"
-    hint = _rebuild_hint(path, kind)
-    prompt = _json_list(where, "prompt", record["prompt"], hint)
-    completion = _json_list(where, "completion", record["completion"], hint)
-    tools = _json_list(where, "tools", record["tools"] if record["tools"] is not None else "[]", hint)
+    prompt = _json_list(where, "prompt", record["prompt"])
+    completion = _json_list(where, "completion", record["completion"])
+    tools = _json_list(where, "tools", record["tools"] if record["tools"] is not None else "[]")
     for column, messages in (("prompt", prompt), ("completion", completion)):
         for message in messages:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise TrainDataError(
-                    f"{where}: {column} must be a list of chat messages with a 'role' (OpenAI shape), got {str(message)[:80]!r}. {hint}"
-                )
+                raise _BadRow(f"{where}: {column} must be a list of chat messages with a 'role' (OpenAI shape), got {str(message)[:80]!r}.")
     if not prompt:
-        raise TrainDataError(f"{where}: prompt has no messages. {hint}")
+        raise _BadRow(f"{where}: prompt has no messages.")
     if len(completion) != 1 or completion[0]["role"] != "assistant":
-        raise TrainDataError(f"{where}: completion must be a list with one assistant message. {hint}")
+        raise _BadRow(f"{where}: completion must be a list with one assistant message.")
     return ChatRow(id=str(record["id"]), kind=record.get("kind") or kind, prompt=prompt, completion=completion, tools=tools)
 
 
-def _json_list(where: str, column: str, text: Any, hint: str) -> list[Any]:
+def _json_list(where: str, column: str, text: Any) -> list[Any]:
     if not isinstance(text, str):
-        raise TrainDataError(f"{where}: {column} must be JSON text, got {type(text).__name__}. {hint}")
+        raise _BadRow(f"{where}: {column} must be JSON text, got {type(text).__name__}.")
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise TrainDataError(f"{where}: {column} is not valid JSON ({exc}). {hint}") from None
+        raise _BadRow(f"{where}: {column} is not valid JSON ({exc}).") from None
     if not isinstance(value, list):
-        raise TrainDataError(f"{where}: {column} must be a JSON list, got {type(value).__name__}. {hint}")
+        raise _BadRow(f"{where}: {column} must be a JSON list, got {type(value).__name__}.")
     return value
 
 
