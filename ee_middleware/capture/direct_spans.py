@@ -14,8 +14,8 @@ the recorder or the user's code can see a difference:
   ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` set for the user's exporters cuts a recorded payload.
 - Every span is recorded: ``OTEL_TRACES_SAMPLER`` and an unsampled parent are the user's choices
   for what their exporters see, not for what capture stores (a private SDK provider read them and
-  stored none or a fraction of the runs). A run's root span is *marked* sampled or not as that
-  sampler decides (read once per tracer, as an SDK provider reads it), so that the spans the user's
+  stored none or a fraction of the runs). A run's root span is *marked* sampled or not as the user's
+  sampler decides (their global SDK provider's, else the one ``OTEL_TRACES_SAMPLER`` names), so that the spans the user's
   code starts below it are exported as they would be without capture; spans below the root share
   its flags.
 - Read as an SDK span by the user's code (``trace.get_current_span()`` in a node or tool): ``name``,
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.attributes import _clean_attribute_value
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
 from ee_middleware.capture.spandata import SpanData
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from ee_middleware.capture.processor import ExperienceSpanProcessor
 
-__all__ = ["DirectSpan", "DirectTracer", "RootIds", "resource_attributes"]
+__all__ = ["DirectSpan", "DirectTracer", "RootIds", "StandInSpan", "resource_attributes"]
 
 _PLAIN = (str, bool, int, float)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -104,7 +104,20 @@ class DirectTracer:
     def __init__(self, processor: ExperienceSpanProcessor, resource: Mapping[str, Any], sampler: Any = None) -> None:
         self.processor = processor
         self.resource = dict(resource)
-        self.sampler = sampler if sampler is not None else env_sampler()
+        self.sampler = sampler
+        self._env_sampler: Any = None
+
+    def user_sampler(self) -> Any:
+        """The sampler that decides a root's flags: the one given, else the global SDK provider's (a sampler set in code
+        or through an entry point), else the one ``OTEL_TRACES_SAMPLER`` names (read once)."""
+        if self.sampler is not None:
+            return self.sampler
+        sampler = getattr(trace.get_tracer_provider(), "sampler", None)
+        if sampler is not None and callable(getattr(sampler, "should_sample", None)):
+            return sampler
+        if self._env_sampler is None:
+            self._env_sampler = env_sampler()
+        return self._env_sampler
 
     def root_ids(
         self, name: str, context: Context | None = None, kind: SpanKind = SpanKind.INTERNAL, attributes: Mapping[str, Any] | None = None
@@ -120,7 +133,7 @@ class DirectTracer:
             flags = int(parent.trace_flags)
         else:  # as the SDK's start_span: sampled as the sampler says, the random-trace-id flag as the trace's
             try:
-                result = self.sampler.should_sample(context, trace_id, name, kind, attributes)
+                result = self.user_sampler().should_sample(context, trace_id, name, kind, attributes)
                 flags, state = int(_SAMPLED if result.decision.is_sampled() else _NOT_SAMPLED), result.trace_state
             except Exception:  # noqa: BLE001 - a user's sampler that fails marks nothing out: the SDK's default
                 flags = int(parent.trace_flags) & 1 if valid else int(_SAMPLED)
@@ -147,8 +160,16 @@ class DirectTracer:
     ) -> DirectSpan:
         """A started span, the child of the span in ``context`` (the current context when ``None``), or with the ``ids``
         decided earlier (:meth:`root_ids`)."""
-        own, parent = (ids if ids is not None else self.root_ids(name, context, kind, attributes)).contexts()
-        return DirectSpan(self, name, kind, own, parent, attributes, time.time_ns() if start_time is None else start_time)
+        start = time.time_ns() if start_time is None else start_time
+        if ids is None:
+            parent_span = trace.get_current_span(context)
+            if isinstance(parent_span, DirectSpan):  # a call's span below its run's root: the root's trace and flags
+                parent = parent_span._context
+                own = SpanContext(parent.trace_id, random.getrandbits(64) or 1, False, parent.trace_flags, parent.trace_state)
+                return DirectSpan(self, name, kind, own, parent, attributes, start)
+            ids = self.root_ids(name, context, kind, attributes)
+        own, parent_context = ids.contexts()
+        return DirectSpan(self, name, kind, own, parent_context, attributes, start)
 
 
 class DirectSpan(trace.Span):
@@ -309,6 +330,32 @@ class DirectSpan(trace.Span):
         return None
 
     dropped_attributes = dropped_events = dropped_links = 0
+
+
+class StandInSpan(NonRecordingSpan):
+    """The current span of a run whose spans the capture process makes (``offload="process"``): it records nothing here,
+    and reads as the run's root span does in thread mode where the agent's process knows it (name, parent, times);
+    ``attributes`` and ``events`` are empty (they are made there)."""
+
+    def __init__(self, name: str, ids: RootIds, start_ns: int) -> None:
+        own, parent = ids.contexts()
+        super().__init__(own)
+        self.name = name
+        self.parent = parent
+        self.start_time = start_ns
+
+    kind = SpanKind.INTERNAL
+    end_time = None
+    attributes: Mapping[str, Any] = types.MappingProxyType({})
+    events: tuple[Any, ...] = ()
+    links: tuple[Any, ...] = ()
+    status = Status(StatusCode.UNSET)
+    instrumentation_scope = None
+    dropped_attributes = dropped_events = dropped_links = 0
+
+    @property
+    def context(self) -> SpanContext:
+        return self.get_span_context()
 
 
 def _cleaned(attributes: Mapping[str, Any]) -> dict[str, Any]:

@@ -71,7 +71,7 @@ from ee_middleware.capture.callbacks import (
     sendable_calls,
 )
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.capture.direct_spans import DirectTracer, RootIds
+from ee_middleware.capture.direct_spans import DirectTracer, RootIds, StandInSpan
 from ee_middleware.capture.offload import (
     ProcessOffload,
     direct_tracer,
@@ -393,7 +393,8 @@ class _Run:
             # root gets there (in the current trace, marked sampled as the user's sampler says: DirectTracer.root_ids)
             self.start_ns = time.time_ns()
             self.root_ids: RootIds | None = _root_ids(recorder)
-            self.span = NonRecordingSpan(self.root_ids.contexts()[0]) if self.root_ids is not None else _stand_in()
+            name = f"invoke_agent {recorder.config.app}"
+            self.span = StandInSpan(name, self.root_ids, self.start_ns) if self.root_ids is not None else _stand_in()
         else:
             attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
             self.span = recorder.tracer.start_span(f"invoke_agent {recorder.config.app}", kind=SpanKind.INTERNAL, attributes=attrs)

@@ -195,9 +195,13 @@ def test_a_run_inside_the_users_span_is_stored_in_the_users_trace_with_their_spa
     assert trajectory.trace_id == f"{trace_id:032x}"  # process mode too: the capture process made the root with these ids
     assert spans["db.query"].context.trace_id == trace_id
     assert spans["db.query"].parent.span_id != request.get_span_context().span_id  # below the run's root, not beside it
-    if offload == "thread":  # the root span read as an SDK span by the user's code
-        assert seen[0]["name"] == "invoke_agent shop" and seen[0]["attributes"]["gen_ai.operation.name"] == "invoke_agent"
-        assert seen[0]["parent"].span_id == request.get_span_context().span_id and seen[0]["status"].status_code is StatusCode.UNSET
+    # the run's root span (or its stand-in while the capture process makes it) reads as an SDK span in the user's code
+    assert seen[0]["name"] == "invoke_agent shop" and seen[0]["start_time"] > 0
+    assert seen[0]["parent"].span_id == request.get_span_context().span_id and seen[0]["status"].status_code is StatusCode.UNSET
+    if offload == "thread":
+        assert seen[0]["attributes"]["gen_ai.operation.name"] == "invoke_agent"
+    else:
+        assert dict(seen[0]["attributes"]) == {}
 
 
 @pytest.mark.parametrize("offload", ["thread", "process"])
@@ -213,3 +217,17 @@ def test_the_users_sampler_still_decides_which_of_their_own_spans_inside_a_run_a
     assert [s.name for s in exporter.get_finished_spans()] == []  # their tracing is off: capture turns none of it on
     [trajectory] = _stored(tmp_path / "store")  # and the run is stored all the same
     assert trajectory.status == "completed" and len(trajectory.steps) == 3
+
+
+def test_a_root_is_marked_sampled_as_the_global_providers_own_sampler_decides(monkeypatch):
+    """A sampler set in code on the user's global SDK provider (not through OTEL_TRACES_SAMPLER) decides the root's flags."""
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: TracerProvider(sampler=ParentBased(ALWAYS_OFF)))
+    _, _, direct, collected = _sdk_and_direct()
+    root = direct.start_span("invoke_agent shop")
+    child = direct.start_span("chat m", context=trace.set_span_in_context(root))
+    assert not root.get_span_context().trace_flags.sampled and child.get_span_context().trace_flags == root.get_span_context().trace_flags
+    child.end()
+    root.end()
+    assert [s.name for s in collected.spans] == ["chat m", "invoke_agent shop"]  # recorded all the same
