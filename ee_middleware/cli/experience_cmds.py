@@ -56,7 +56,11 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many held-out transitions."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Tokens the model may write per prediction."),
-    out: Path = typer.Option(Path("experience-eval"), "--out", help="Folder for report.json and fidelity.png."),
+    out: Path = typer.Option(
+        Path("experience-eval"),
+        "--out",
+        help="Folder for report.json and fidelity.png; an eval that ends in an error writes neither (a report already there is kept).",
+    ),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -64,9 +68,14 @@ def eval_cmd(
 
     Predicts held-out real transitions without retrieval, with retrieval and (with --trained) with retrieval
     and the trained experience model; per tool: exact match, token F1, error/success agreement and reward
-    agreement. Writes OUT/report.json (a replay config's fidelity gate reads it) and OUT/fidelity.png."""
+    agreement. Writes OUT/report.json (a replay config's fidelity gate reads it) and OUT/fidelity.png.
+
+    A model that stops answering (its server down, or failing after the client's retries) stops the eval at that
+    prediction with an error, as it stops a replay; an eval that ends in an error writes no report, so one already
+    in OUT is kept."""
     from ee_middleware._files import atomic_write_text
-    from ee_middleware.replay.experience_eval import split_store, write_chart
+    from ee_middleware.errors import ModelError, hide_credentials
+    from ee_middleware.replay.experience_eval import split_store, variant_plan, write_chart
     from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
 
     opened = open_existing_store(store)
@@ -84,30 +93,47 @@ def eval_cmd(
             param_hint="--held-out",
         )
     sandboxes = []  # an endpoint that is down fails here, before any prediction
+    done = [0]  # predictions made, to say where a model that stopped answering stopped the eval
     # what the model's code prints (a module:factory, a local model) goes to stderr: stdout holds the answer alone
     with user_output_to_stderr():
         try:
             sandboxes.append(ExperienceSandbox(model, max_tokens=max_tokens, index=split.index))
             if trained is not None:
                 sandboxes.append(ExperienceSandbox(trained, max_tokens=max_tokens, index=split.index))
-            report = _run(sandboxes[0], sandboxes[1] if trained else None, split, top_k, quiet=as_json)
+            try:
+                report = _run(sandboxes[0], sandboxes[1] if trained else None, split, top_k, quiet=as_json, done=done)
+            except ModelError as exc:
+                # the model gave no answer after the client's retries (its server died, or refuses every request): the
+                # predictions left would all fail alike, so the eval stopped there, as a replay does, and writes no report
+                if len(exc.args) == 1:
+                    plan = variant_plan(sandboxes[0], sandboxes[1] if trained else None, top_k)
+                    variant, variant_sandbox, _ = plan[min(done[0] // len(split.held_out), len(plan) - 1)]
+                    stopped = (
+                        f"the evaluation stopped at prediction {done[0] + 1} of {len(split.held_out) * len(plan)} "
+                        f"({variant!r} variant, {hide_credentials(variant_sandbox.model)})"
+                    )
+                    exc.args = (f"{exc} ({stopped}; {_not_written(out)}; re-run the same command once the model answers.)",)
+                raise
         finally:
             for sandbox in sandboxes:
                 sandbox.close()
     import json
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    report["chart"] = str(out / "fidelity.png") if write_chart(report, out / "fidelity.png") else None
-    report["report"] = str(out / "report.json")
     down = next((data for data in report["variants"].values() if data["overall"]["n"] and not data["overall"]["answered"]), None)
-    report["error"] = None  # or: a model that answered no prediction (it failed or timed out after retries on every one)
+    error = None  # or: a model that answered no prediction (each request refused, or each answer no completion)
     if down is not None:
         reason = next(iter(down["overall"].get("failure_reasons") or {"": 0}))
-        report["error"] = (
-            f"every prediction of {down['model']} failed ({reason}); the report ({report['report']}) measures nothing for it: "
-            "check that the model server is up and answers in time."
+        error = (
+            f"every prediction of {down['model']} failed ({reason}): a report would measure nothing for it, so "
+            f"{_not_written(out)}; fix what the reason names and re-run the same command."
         )
+        report["chart"] = report["report"] = None
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        report["chart"] = str(out / "fidelity.png") if write_chart(report, out / "fidelity.png") else None
+        report["report"] = str(out / "report.json")
+    report["error"] = error
     if as_json:
         print_json(report)
     else:
@@ -182,11 +208,23 @@ def dataset_cmd(
     typer.echo(f"{frame.height} em rows written to {summary['path']} (teacher {teacher}; {flagged} reasoning(s) replaced by the template)")
 
 
-def _run(sandbox: Any, trained: Any, split: Any, top_k: int, *, quiet: bool) -> dict[str, Any]:
+def _not_written(out: Path) -> str:
+    """What a failed eval left in ``out``: nothing new, and the report of an earlier run, if any, as it was."""
+    if (out / "report.json").is_file():
+        return f"no report was written, and {out / 'report.json'} from an earlier run is kept"
+    return f"no report was written to {out}"
+
+
+def _run(sandbox: Any, trained: Any, split: Any, top_k: int, *, quiet: bool, done: list[int]) -> dict[str, Any]:
+    """:func:`~ee_middleware.replay.experience_eval.evaluate`, with a progress bar unless ``quiet``; ``done[0]`` counts
+    the predictions made."""
     from ee_middleware.replay.experience_eval import evaluate, variant_plan
 
+    def made(n: int) -> None:
+        done[0] += n
+
     if quiet:
-        return evaluate(sandbox, split, top_k=top_k, trained=trained)
+        return evaluate(sandbox, split, top_k=top_k, trained=trained, progress=made)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = len(split.held_out) * len(variant_plan(sandbox, trained, top_k))
@@ -194,7 +232,12 @@ def _run(sandbox: Any, trained: Any, split: Any, top_k: int, *, quiet: bool) -> 
         TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
     ) as bar:
         task = bar.add_task("predict", total=total)
-        return evaluate(sandbox, split, top_k=top_k, trained=trained, progress=lambda n: bar.advance(task, n))
+
+        def advance(n: int) -> None:
+            made(n)
+            bar.advance(task, n)
+
+        return evaluate(sandbox, split, top_k=top_k, trained=trained, progress=advance)
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -248,7 +291,8 @@ def _print_table(report: dict[str, Any]) -> None:
             )
     if model_errors:
         out.print(
-            f"{report['model_errors']} prediction(s) got no answer from the model (failed or timed out after retries): "
-            "counted as failed, the metrics are over the answered ones"
+            f"{report['model_errors']} prediction(s) got no answer from the model (the request refused, or an answer that is "
+            "no completion): counted as failed, the metrics are over the answered ones"
         )
-    out.print(f"report: {report['report']}" + (f"  chart: {report['chart']}" if report["chart"] else ""))
+    if report["report"] is not None:  # (none written when every prediction of a model failed: see its error line)
+        out.print(f"report: {report['report']}" + (f"  chart: {report['chart']}" if report["chart"] else ""))

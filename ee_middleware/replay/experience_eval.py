@@ -24,9 +24,16 @@ The metrics:
 * ``reward_agreement``: on a trajectory's last step, whether a predicted reward (>= 0.5 is success)
   agrees with the real outcome (``None`` where no prediction had a reward);
 * ``failed``: predictions that gave no usable observation, with their ``failure_reasons``: an answer that is not
-  one (scored 0 on every metric above), or a model error (the server failed or timed out after the client's
-  retries: counted in ``model_errors``, and left out of the metrics, which are over the ``answered`` predictions).
-  The report's ``model_errors`` totals them.
+  one (scored 0 on every metric above), or a model error that fails this prediction alone (a request the server
+  refuses, such as a prompt longer than its context, or an answer that is not a chat completion: counted in
+  ``model_errors``, and left out of the metrics, which are over the ``answered`` predictions). The report's
+  ``model_errors`` totals them.
+
+A model that cannot answer at all (its server unreachable, failing or timing out after the client's retries, refusing
+the key or the model's name, a local model that does not load: :func:`~ee_middleware.replay.executors.model_unusable`,
+what a replay stops on) stops :func:`evaluate` at that prediction with its error (a
+:class:`~ee_middleware.errors.ModelServerError` naming the server's URL): the predictions left would all fail alike,
+and a report of them would measure nothing.
 
 Each variant records the ``model`` it ran. A replay config's fidelity gate reads the retrieval
 variant of the model it replays with (:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
@@ -44,6 +51,7 @@ from typing import Any
 
 from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.records import ToolCall, Trajectory
+from ee_middleware.replay.executors import model_unusable
 from ee_middleware.replay.retrieval import (
     DEFAULT_TOP_K,
     Retriever,
@@ -186,7 +194,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Predict every held-out transition under each variant; the report (see the module docstring). A split whose
     replay buffer is empty (every trajectory held out) is a :class:`~ee_middleware.errors.ConfigError`: its
-    ``retrieval`` variant would retrieve nothing.
+    ``retrieval`` variant would retrieve nothing. A model that cannot answer (see the module docstring) raises its
+    :class:`~ee_middleware.errors.ModelError` at the first prediction it gives no answer to, and no report is made.
 
     ``sandbox`` runs ``no-retrieval`` and ``retrieval``; ``trained`` (optional) runs ``retrieval+trained``.
     """
@@ -243,7 +252,11 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
         prediction, examples = sandbox.predict(call, exclude_ids=(real.id,))
     except SyntheticObservationError as exc:
         return {"failed": True, "reason": exc.reason, "exact": 0.0, "token_f1": 0.0, "error_agreement": 0.0, "reward": None}
-    except ModelError as exc:  # no answer at all: not the model's fidelity, so left out of the metrics
+    except ModelError as exc:
+        if model_unusable(exc):
+            raise  # the server is down or refuses every request: each prediction left would fail the same way, retried
+        # this prediction got no answer (the request refused, the answer not a completion): not the model's fidelity,
+        # so left out of the metrics
         return {"failed": True, "model_error": True, "reason": f"the model failed: {exc}", "reward": None}
     assert all(e.trajectory_id not in sandbox.exclude_trajectories and e.id != real.id for e in examples)
     reward = None

@@ -1,5 +1,6 @@
-"""``ee experience eval``: the held-out share at its ends, the reasons of failed predictions in the table, and no
-library debug output; on the real BFCL expert store, with a scripted experience model behind a real HTTP server."""
+"""``ee experience eval``: the held-out share at its ends, the reasons of failed predictions in the table, no
+library debug output, and a model server that dies mid-eval; on the real BFCL expert store, with a scripted experience
+model behind a real HTTP server."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from ee_middleware.cli.app import app
 from ee_middleware.testing.http import serving
 from tests.replay.test_experience import Answer, ScriptedExperienceModel, _handler, copy_first_example
+from tests.replay.test_experience_eval import dies_after
 
 
 @contextmanager
@@ -80,3 +82,50 @@ def test_the_bm25s_retriever_prints_no_debug_line(bfcl_store_path: Path, tmp_pat
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["retriever"] == "bm25s"
     assert "bm25s" not in done.stderr and "DEBUG" not in done.stderr, done.stderr
+
+
+def test_a_server_that_dies_stops_the_eval_and_keeps_the_earlier_report(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The experience model's server died mid-eval: the eval went on, each prediction left tried 3 times against it
+    (90 requests, 41 s for 38 predictions in the report's run), then replaced the report.json a replay's fidelity gate
+    read with one scoring token F1 0.0 for every tool. It now stops at the first prediction that got no answer, with an
+    error naming the server's URL, where it stopped and what to do, and writes nothing: the earlier report and chart
+    are kept, and a fresh --out gets no report."""
+    from ee_middleware.models import openai_compat
+
+    out = tmp_path / "eval"
+    with served(copy_first_example) as model:
+        result = CliRunner().invoke(app, _eval_args(model, bfcl_store_path, out, "--held-out", "0.34", "--json"))
+    assert result.exit_code == 0, result.output
+    n = json.loads(result.stdout)["held_out_transitions"]
+    earlier = {name: (out / name).read_bytes() for name in ("report.json", "fidelity.png") if (out / name).exists()}
+    assert "report.json" in earlier
+
+    for as_json in (["--json"], []):
+        with dies_after(3) as dying:
+            monkeypatch.setattr(openai_compat, "_sleep", dying.waits.append)  # the back-off between retries, counted
+            args = _eval_args(dying, bfcl_store_path, out, "--held-out", "0.34", *as_json)
+            result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 1, result.output
+        error = " ".join(result.stderr.split())
+        assert f"error: No usable answer from {dying.base_url}/chat/completions after 3 attempt(s)" in error, error
+        assert "Is the vLLM (or other OpenAI-compatible) server running and reachable?" in error
+        assert f"the evaluation stopped at prediction 4 of {2 * n} ('no-retrieval' variant, {dying.spec})" in error
+        assert f"no report was written, and {out / 'report.json'} from an earlier run is kept" in error
+        assert "re-run the same command once the model answers" in error
+        assert dying.attempts == 4 and len(dying.waits) == 2, "one prediction's retries (refused), then no other prediction"
+        assert {name: (out / name).read_bytes() for name in earlier} == earlier, "the earlier report and chart are kept"
+        if as_json:
+            assert result.stdout == "", "an error is the stderr line alone, as when a replay stops"
+
+    fresh = tmp_path / "fresh"
+    with served(copy_first_example) as model, dies_after(2) as dying:  # the trained model's server dies
+        monkeypatch.setattr(openai_compat, "_sleep", dying.waits.append)
+        result = CliRunner().invoke(app, _eval_args(model, bfcl_store_path, fresh, "--held-out", "0.34", "--trained", dying.spec, "--json"))
+    assert result.exit_code == 1, result.output
+    error = " ".join(result.stderr.split())
+    assert f"the evaluation stopped at prediction {2 * n + 3} of {3 * n} ('retrieval+trained' variant, {dying.spec})" in error
+    assert f"no report was written to {fresh};" in error
+    assert len(model.requests) == 2 * n and dying.attempts == 3
+    assert not (fresh / "report.json").exists() and not (fresh / "fidelity.png").exists()

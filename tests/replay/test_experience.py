@@ -264,10 +264,15 @@ def test_experience_eval_compares_no_retrieval_with_retrieval_on_the_same_held_o
     assert table.exit_code == 0 and "token F1" in table.stdout and "no-retrieval" in table.stdout
 
 
-def _serve_failing_some(failing: Callable[[int], bool], answer: Answer = copy_first_example) -> Any:
+def _serve_failing_some(
+    failing: Callable[[int], bool],
+    answer: Answer = copy_first_example,
+    *,
+    refusal: tuple[int, str] = (500, "the model server is overloaded"),
+) -> Any:
     """A fake server: the scripted experience model, except that chat requests numbered in ``failing`` (0-based,
-    retries included) get HTTP 500, as from an intermittent model server (a timeout after the client's retries is
-    the same ModelServerError to the evaluation)."""
+    retries included) get ``refusal`` (status, message): by default HTTP 500, as from an intermittent model server (a
+    timeout after the client's retries is the same ModelServerError)."""
     from contextlib import contextmanager
     from http.server import ThreadingHTTPServer
 
@@ -280,7 +285,7 @@ def _serve_failing_some(failing: Callable[[int], bool], answer: Answer = copy_fi
         def do_POST(self) -> None:
             if failing(next(attempts)):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                send_json(self, {"error": {"message": "the model server is overloaded"}}, status=500)
+                send_json(self, {"error": {"message": refusal[1]}}, status=refusal[0])
                 return
             super().do_POST()
 
@@ -293,12 +298,14 @@ def _serve_failing_some(failing: Callable[[int], bool], answer: Answer = copy_fi
     return started()
 
 
-def test_experience_eval_counts_model_errors_as_failures_and_keeps_the_report_fake_server(
+def test_experience_eval_counts_a_refused_prediction_and_writes_no_report_that_measures_nothing_fake_server(
     bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A model error after the client's retries (HTTP 500 three times, or a timeout) in the middle of the evaluation
-    is a failed prediction with its reason, as an unusable answer is; the tools' fidelity is measured over the answered
-    predictions. Before, the first one ended the command with a traceback and no report."""
+    """A prediction the server refuses (HTTP 400: a prompt longer than the model's context) in the middle of the
+    evaluation fails alone, with its reason, as an unusable answer does; the tools' fidelity is measured over the
+    answered predictions (before, the first model error ended the command with a traceback and no report). A model
+    that answered no prediction writes no report: one from an earlier run is kept (it was replaced by one measuring
+    nothing). A server that stops answering stops the eval instead (tests/cli/test_experience_cli.py)."""
     from typer.testing import CliRunner
 
     from ee_middleware.cli.app import app
@@ -306,7 +313,8 @@ def test_experience_eval_counts_model_errors_as_failures_and_keeps_the_report_fa
 
     monkeypatch.setattr(openai_compat, "_sleep", lambda s: None)  # the client's back-off between retries
     out = tmp_path / "eval"
-    with _serve_failing_some(lambda attempt: attempt in (1, 2, 3)) as model:  # the second prediction, all 3 attempts
+    too_long = (400, "This model's maximum context length is 2048 tokens. However, you requested 2311 tokens.")
+    with _serve_failing_some(lambda attempt: attempt == 1, refusal=too_long) as model:  # the second prediction, not retried
         args = ["experience", "eval", "--model", model.spec, "--store", str(bfcl_store_path), "--held-out", "0.34", "--out", str(out)]
         result = CliRunner().invoke(app, [*args, "--json"])
         written = json.loads((out / "report.json").read_text())
@@ -325,17 +333,22 @@ def test_experience_eval_counts_model_errors_as_failures_and_keeps_the_report_fa
     tool = next(t for t, row in none["tools"].items() if row["model_errors"])
     assert none["tools"][tool]["answered"] == none["tools"][tool]["n"] - 1
 
-    with _serve_failing_some(lambda attempt: True) as down:  # up for the endpoint check, then every prediction fails
+    kept = (out / "report.json").read_bytes()
+    with _serve_failing_some(lambda attempt: True, refusal=too_long) as down:  # up for the endpoint check, then refusing all
         args = ["experience", "eval", "--model", down.spec, "--store", str(bfcl_store_path), "--held-out", "0.34", "--out", str(out)]
         for as_json in (["--json"], []):
             result = CliRunner().invoke(app, [*args, *as_json], env={"COLUMNS": "200"})
             assert result.exit_code == 1, result.output
-            assert f"every prediction of {down.spec} failed" in result.stderr and "report.json" in result.stderr
-            assert json.loads((out / "report.json").read_text())["model_errors"] == 2 * n
+            error = " ".join(result.stderr.split())
+            assert f"every prediction of {down.spec} failed" in error and "HTTP 400" in error, error
+            assert f"no report was written, and {out / 'report.json'} from an earlier run is kept" in error
+            assert (out / "report.json").read_bytes() == kept
             if as_json:
-                assert json.loads(result.stdout)["error"].startswith(f"every prediction of {down.spec} failed")
+                shown = json.loads(result.stdout)
+                assert shown["error"].startswith(f"every prediction of {down.spec} failed") and shown["report"] is None
+                assert shown["model_errors"] == 2 * n, "every prediction was made: a refusal fails its own alone"
             else:
-                assert "model err." in result.stdout
+                assert "model err." in result.stdout and "report:" not in result.stdout
 
 
 # -- replay through the experience model -----------------------------------------------------------

@@ -7,15 +7,21 @@ HTTP server (the ``serve`` fixture)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, ModelServerError
 from ee_middleware.replay.experience_eval import evaluate, fields_f1, split_store, token_f1, words_f1
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
 from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.testing.http import serving
+from tests.replay.test_experience import ScriptedExperienceModel, _handler, copy_first_example
 
 
 def test_a_wrong_value_under_the_right_key_scores_nothing() -> None:
@@ -130,3 +136,63 @@ def test_a_split_that_holds_out_everything_is_refused_and_zero_still_holds_out_o
     finally:
         sandbox.close()
     assert len(nothing.held_out_ids) == 1 and len(nothing.index) > 0, "at 0, one trajectory is still held out (documented)"
+
+
+@dataclass
+class DyingExperienceModel(ScriptedExperienceModel):
+    """The scripted experience model whose server dies at a prediction: see :func:`dies_after`."""
+
+    attempts: int = 0
+    """Prediction requests that reached the server, the unanswered one included."""
+    waits: list[float] = field(default_factory=list)
+    """The client's back-off waits between retries (see the test's ``_sleep``)."""
+
+
+@contextmanager
+def dies_after(answered: int) -> Iterator[DyingExperienceModel]:
+    """The scripted experience model (answers with the best retrieved example) behind a real HTTP server that dies at
+    prediction ``answered + 1``: it reads that request, stops listening (the client's retries are refused) and closes
+    the connection unanswered, as a model server killed mid-request does."""
+    model = DyingExperienceModel(copy_first_example)
+
+    class Dying(_handler(model)):  # type: ignore[misc]
+        def do_POST(self) -> None:
+            model.attempts += 1
+            if model.attempts <= answered:
+                super().do_POST()
+                return
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.server.shutdown()  # (from a handler's thread: the serving thread's loop ends)
+            self.server.server_close()  # nothing listens on the port any more
+            self.close_connection = True  # and this request's connection closes without an answer
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Dying)) as url:
+        model.base_url = url
+        yield model
+
+
+def test_a_server_that_dies_stops_the_evaluation_at_that_prediction(bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model error after the client's retries (the server died) was counted as a failed prediction and the evaluation
+    went on: every prediction left was tried 3 times against a dead server (38 predictions, 90 requests, 41 s in the
+    report's run), then made a report whose retrieval variant answered nothing. It now raises the server's
+    ModelServerError at the first prediction that got no answer, as a replay stops, and makes no report."""
+    from ee_middleware.models import openai_compat
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        split = split_store(store, share=0.34, seed=0)
+    finally:
+        store.close()
+    assert len(split.held_out) > 5
+    with dies_after(5) as dying:
+        monkeypatch.setattr(openai_compat, "_sleep", dying.waits.append)  # the back-off between retries, counted
+        sandbox = ExperienceSandbox(dying.spec, index=split.index)
+        made: list[int] = []
+        try:
+            with pytest.raises(ModelServerError, match=r"^No usable answer from .* after 3 attempt\(s\)") as raised:
+                evaluate(sandbox, split, top_k=3, progress=made.append)
+        finally:
+            sandbox.close()
+    assert raised.value.url == f"{dying.base_url}/chat/completions"
+    assert sum(made) == 5, "the predictions before the one that got no answer"
+    assert dying.attempts == 6 and len(dying.waits) == 2, "one prediction's retries (refused), then no other prediction"
