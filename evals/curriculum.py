@@ -7,8 +7,10 @@ ground truth, so the outcome is verified by a judge model (DreamGym's outcome re
 model, or any chat model) that sees the task and the whole conversation, tool results included, and
 answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when no observation came from an experience model
 (a trajectory is stored as recorded experience: IL, IWM, SR and the replay buffer read its observations as what the
-tools returned; a model that was asked for one and gave nothing usable counts too), the loop ended without an error, it
-made at least one tool call and the judge's reward is 1; it is stored as a trajectory with ``source="curriculum"``,
+tools returned; a model that was asked for one and gave nothing usable counts too), every call it made named a tool the
+task offers (:data:`UNKNOWN_TOOL_DROPPED`: such a call ends the rollout before the sandbox sees it), the loop ended
+without an error, every call the policy wrote could be read (:data:`UNPARSABLE_DROPPED`), it made at least one tool call
+and the judge's reward is 1 (the judge is asked last); it is stored as a trajectory with ``source="curriculum"``,
 ``pending`` for approval unless ``approve_if`` accepts it, so it feeds IL/IWM/SR like any other once approved. Its
 environment reference names the task it is a variant of (:func:`~ee_middleware.replay.curriculum.with_parent`), which
 the held-out split follows. Everything else is counted by reason, a judge that failed after its client's retries (timed
@@ -35,7 +37,7 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.messages import message_reasoning
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
-from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 from ee_middleware.replay.sandboxes.protocol import check_offered_tools
@@ -51,6 +53,19 @@ SYNTHETIC_DROPPED = (
     "experience: run the curriculum in a sandbox of the real tools, and synthesize with 'ee replay run --sandbox experience:...', "
     "whose rollouts carry their lineage)"
 )
+
+UNPARSABLE_DROPPED = (
+    "unparsable: the policy wrote a tool call that could not be read (arguments that are not a JSON object, or a call "
+    "in its text that does not parse): check the policy server's tool-call parser or chat template"
+)
+"""The reason a rollout is dropped when an answer of the policy held a tool call that could not be read (never executed,
+left out of the conversation): it starts with replay's name for such a proposal (``rejected_by_reason``'s
+``unparsable``). A rollout with no call at all is ``no tool call``."""
+
+UNKNOWN_TOOL_DROPPED = "unknown_tool: the policy called a tool the task does not offer"
+"""The reason a rollout is dropped when the policy called a tool that is not among the task's ``tools`` (names compared
+exactly, as the sandbox compares them): stored and approved, it would teach the policy to call a tool that is not there.
+It starts with replay's name for such a proposal (``rejected_by_reason``'s ``unknown_tool``)."""
 
 JUDGE_MAX_TOKENS = 1024
 """The judge's ``max_tokens`` unless told otherwise (``ee curriculum run --judge-max-tokens``): its verdict is a short JSON
@@ -112,6 +127,14 @@ def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
         missing = [key for key in ("id", "instruction", "tools") if key not in task]
         if missing:
             raise ConfigError(f"tasks line {number}: missing {', '.join(missing)} (write tasks with 'ee curriculum propose').")
+        tools = task["tools"]
+        if not isinstance(tools, list) or any(tool_schema_name(tool) is None for tool in tools):
+            # the policy is offered these schemas, and a call is checked against their names
+            raise ConfigError(
+                f"tasks line {number}: 'tools' is not a list of tool schemas, each with a name "
+                '({"type": "function", "function": {"name": ..., "parameters": ...}}): '
+                "write tasks with 'ee curriculum propose'."
+            )
         tasks.append(task)
     return tasks
 
@@ -196,16 +219,44 @@ def context_budget(refusal: str, asked: int) -> int | None:
     return budget if 0 < budget < asked else None
 
 
-class _Recording:
-    """The sandbox as the loop's environment, keeping each call's full observation (``is_error`` included)."""
+def unreadable_call(conversation: Conversation) -> bool:
+    """Whether the policy wrote a tool call in ``conversation`` that could not be read (:data:`UNPARSABLE_DROPPED`).
 
-    def __init__(self, sandbox: Any) -> None:
+    Such a call was never run and is left out of the messages: stored, the rollout would show an answer the policy did
+    not write. Where the policy made no readable call, any answer the loop took for a call counts
+    (:attr:`~ee_middleware.evals.tasks.Conversation.problems`: the rollout is dropped either way, and this names why);
+    beside readable calls, only one in an answer with structured calls, with calls read from its text or with a
+    ``<tool_call>`` block does: a final answer that merely starts like JSON (a list of the files asked for) is an answer,
+    which the judge reads."""
+    if not conversation.calls:
+        return bool(conversation.problems)
+    steps = (step for turn in conversation.turns for step in turn.steps)
+    return any(step.problems and (not step.from_text or step.calls or "<tool_call>" in step.text) for step in steps)
+
+
+class _UnknownTool(Exception):
+    """The policy called a tool the task does not offer: the rollout ends there (it is dropped, whatever came next)."""
+
+
+class _Recording:
+    """The sandbox as the loop's environment, keeping each call's full observation (``is_error`` included); a call of a
+    tool not among ``offered`` (names) never reaches the sandbox: it ends the rollout (:attr:`unknown`)."""
+
+    def __init__(self, sandbox: Any, offered: Iterable[str]) -> None:
         self.sandbox = sandbox
+        self.offered = frozenset(offered)
         self.observations: dict[str, Observation] = {}
         self.synthetic: list[str] = []
         """Tools whose observation a model wrote (an experience-model sandbox's ``provenance()``), not the tools."""
+        self.unknown: list[str] = []
+        """The tool the policy called that the task does not offer, once it did (the rollout ended at that call)."""
 
     def execute(self, call: ToolCall) -> Observation:
+        if call.name not in self.offered:
+            # A sandbox may run tools the task does not offer (BFCL's cover every tool of the entry's classes): the
+            # world is not changed by a call the policy was never offered, and the rollout is not worth going on with.
+            self.unknown.append(call.name)
+            raise _UnknownTool(f"the task does not offer the tool {call.name!r}")
         if not self.sandbox.covers(call.name):
             observation = Observation(content=f"Error: tool {call.name!r} is not available here.", is_error=True)
         else:
@@ -324,7 +375,7 @@ def run_curriculum(
                 started = utcnow()
                 sandbox.reset(world_environment(task.get("environment")))
                 check_offered_tools(sandbox, task["tools"])  # a production tool where the world goes raises before it runs
-                environment = _Recording(sandbox)
+                environment = _Recording(sandbox, [name for tool in task["tools"] if (name := tool_schema_name(tool)) is not None])
                 conversation = run_conversation(policy, eval_task, environment, loop, trial=trial)
                 if progress is not None:
                     progress(1)
@@ -334,8 +385,14 @@ def run_curriculum(
                     # First: a model that gave no usable observation also ends the rollout with a tool error.
                     run.dropped[SYNTHETIC_DROPPED] += 1
                     continue
+                if environment.unknown:  # before the error: the call ended the rollout as a tool error
+                    run.dropped[UNKNOWN_TOOL_DROPPED] += 1
+                    continue
                 if conversation.error_type:
                     run.dropped[f"the rollout failed: {conversation.error_type}"] += 1
+                    continue
+                if unreadable_call(conversation):
+                    run.dropped[UNPARSABLE_DROPPED] += 1
                     continue
                 if not conversation.calls:
                     run.dropped["no tool call"] += 1

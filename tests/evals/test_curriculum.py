@@ -277,3 +277,141 @@ def test_a_judge_served_without_a_model_listing_is_used(bfcl_store_path: Path, t
     seen = judge.requests
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["kept"] == 1 and len(seen) == 1, "the judge was asked and its verdict kept the rollout"
+
+
+def _only_tools(tasks: Path, names: set[str]) -> None:
+    """Offer the task in ``tasks`` only the tools ``names`` (the BFCL sandbox still covers every tool of the entry)."""
+    task = json.loads(tasks.read_text())
+    task["tools"] = [t for t in task["tools"] if t["function"]["name"] in names]
+    assert {t["function"]["name"] for t in task["tools"]} == names
+    tasks.write_text(json.dumps(task) + "\n")
+
+
+def _structured(*calls: tuple[str, str]) -> dict[str, Any]:
+    """An assistant message with structured tool calls ``(name, arguments text)``, as a server with a tool parser sends."""
+    tool_calls = [{"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}} for i, (n, a) in enumerate(calls)]
+    return {"role": "assistant", "content": None, "tool_calls": tool_calls}
+
+
+DONE = {"role": "assistant", "content": "Done."}
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [_structured(("ls", '{"path": "."')), DONE],  # arguments cut short: not JSON
+        [_structured(("ls", "[1, 2]")), DONE],  # JSON, not an object
+        [_structured(("ls", "{}"), ("pwd", '{"a": ')), DONE],  # one call of two unreadable: ls ran, the answer was not this
+        [_structured(("ls", "{}")), _structured(("pwd", "{")), DONE],  # a later answer's call unreadable
+        [  # calls read from the text (a server without a tool parser), one of two unreadable
+            '<tool_call>{"name": "ls", "arguments": {}}</tool_call>\n<tool_call>{"name": "pwd", "arguments": [1]}</tool_call>',
+            DONE,
+        ],
+        [_structured(("ls", "{}")), '<tool_call>{"name": "pwd", "arguments": "{"}</tool_call>', DONE],  # a later text call
+    ],
+    ids=["cut-json", "json-array", "one-of-two-calls", "later-answer", "text-one-of-two-calls", "later-text-call"],
+)
+def test_a_rollout_with_a_tool_call_whose_arguments_cannot_be_read_is_dropped_as_unparsable_not_judged(
+    answers: list[Any], bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """Before: a rollout whose only call's arguments were unreadable was dropped as 'no tool call' (the policy did call:
+    the user looked for a model that does not call tools, not for a broken tool-call parser), and one where another
+    call could be read was judged and stored without the unreadable call, as an answer the policy did not write."""
+    from ee_middleware.evals.curriculum import UNPARSABLE_DROPPED
+
+    judge = serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    with ScriptedChatServer(answers) as policy:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+        args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path)]
+        result = runner.invoke(app, [*args, "--json", "--approve-if", "tests.evals.test_curriculum:approve_all"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["dropped"] == {UNPARSABLE_DROPPED: 1}, summary
+    assert UNPARSABLE_DROPPED.startswith("unparsable") and "arguments" in UNPARSABLE_DROPPED
+    assert (summary["kept"], summary["stored"], summary["approved"]) == (0, 0, 0)
+    assert not judge.requests, "dropped before the judge is asked"
+    assert not _curriculum(bfcl_store_path)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [_structured(("delete_everything", "{}")), DONE],  # the repro: a tool no sandbox has
+        [_structured(("cd", '{"folder": "workspace"}')), DONE],  # a tool the BFCL sandbox covers, the task does not offer
+        [_structured(("ls", "{}"), ("delete_everything", "{}")), DONE],  # one call of two unknown
+        [_structured(("ls", "{}")), _structured(("LS", "{}")), DONE],  # a later call; names compared exactly
+    ],
+    ids=["no-such-tool", "covered-not-offered", "one-of-two-calls", "later-answer-other-case"],
+)
+def test_a_rollout_that_calls_a_tool_the_task_does_not_offer_is_dropped_before_the_judge_and_the_sandbox(
+    answers: list[dict[str, Any]], bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """Before: such a call got the observation "Error: tool ... is not available here" (or ran, where the sandbox covers
+    the tool), the judge was asked, and a lenient judge's reward 1 stored the rollout, approved with --approve-if: it
+    taught IL to call a tool that does not exist. Replay drops such proposals (unknown_tool) before the sandbox."""
+    from ee_middleware.evals.curriculum import UNKNOWN_TOOL_DROPPED
+
+    judge = serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    _only_tools(tasks, {"ls", "pwd"})
+    for as_json in (["--json", "--approve-if", "tests.evals.test_curriculum:approve_all"], []):
+        with ScriptedChatServer(answers) as policy:
+            args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+            args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), *as_json]
+            result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        # the rollout ended at the unknown call: the policy was not asked again after it (DONE is never sent)
+        assert len(policy.requests) == len(answers) - 1, policy.requests
+        if as_json:
+            summary = json.loads(result.stdout)
+            assert summary["dropped"] == {UNKNOWN_TOOL_DROPPED: 1}, summary
+            assert (summary["kept"], summary["stored"], summary["approved"]) == (0, 0, 0)
+        else:
+            assert f"dropped 1: {UNKNOWN_TOOL_DROPPED}" in result.stdout, result.output
+    assert UNKNOWN_TOOL_DROPPED.startswith("unknown_tool")
+    assert not judge.requests, "dropped before the judge is asked"
+    assert not _curriculum(bfcl_store_path)
+
+
+def test_a_rollout_calling_only_offered_tools_is_still_judged_and_stored(bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
+    """The check of the calls' names keeps what the task offers: ls and pwd, both offered, are judged and stored."""
+    judge = serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    _only_tools(tasks, {"ls", "pwd"})
+    with ScriptedChatServer([_structured(("ls", "{}"), ("pwd", "")), DONE]) as policy:  # empty arguments: none
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["kept"], summary["stored"], summary["dropped"]) == (1, 1, {}), summary
+    assert list(_curriculum(bfcl_store_path).values()) == [["ls", "pwd"]]
+    assert len(judge.requests) == 1
+
+
+@pytest.mark.parametrize("tools", [["ls", "pwd"], {"ls": {}}, [{"type": "function", "function": {"description": "no name"}}]])
+def test_a_tasks_line_whose_tools_are_not_named_schemas_is_named(tools: Any) -> None:
+    """A call is checked against the names of the task's tool schemas: tools given some other way (names alone) would
+    drop every rollout as unknown_tool, so they are refused with the line and the form."""
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.evals.curriculum import read_tasks
+
+    line = json.dumps({"id": "a", "instruction": "i", "tools": tools})
+    with pytest.raises(ConfigError, match=r"tasks line 2: 'tools' is not a list of tool schemas, each with a name .*ee curriculum propose"):
+        read_tasks(['{"id": "ok", "instruction": "i", "tools": []}', line])
+
+
+def test_a_final_answer_that_starts_like_json_after_a_readable_call_is_judged_and_stored(
+    bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """An answer that is not a call (the files asked for, as a JSON list) is an answer the judge reads, not an unreadable
+    call: the rollout is kept as before."""
+    judge = serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    with ScriptedChatServer([_structured(("ls", "{}")), '["final_report.pdf", "previous_report.pdf"]']) as policy:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["kept"], summary["stored"], summary["dropped"]) == (1, 1, {}), summary
+    assert len(judge.requests) == 1
