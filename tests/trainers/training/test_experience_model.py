@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import polars as pl
 from ee_middleware.replay.experience_eval import split_store
 from ee_middleware.replay.sandboxes.experience import build_prompt, parse_prediction
 from ee_middleware.store.local import LocalExperienceStore
-from ee_middleware.trainers.datasets.em import build_em
+from ee_middleware.trainers.datasets.em import TEACHER_SHOWN, build_em, copies
 from ee_middleware.trainers.training.api import train
 from tests.replay.test_experience import ScriptedExperienceModel, _handler
 from tests.trainers.training.test_train import config
@@ -70,6 +72,75 @@ def test_a_teacher_that_copies_the_observation_is_replaced_and_flagged(bfcl_stor
         assert 0 < copied.height == summary["flagged"] < frame.height
         reasons = [json.loads(json.loads(c)[0]["content"])["reasoning"] for c in frame["completion"]]
         assert "The folder exists, so the listing succeeds." in reasons and not any(r.startswith("It returned") for r in reasons)
+
+
+def _quoting_teacher(shown: str) -> str:
+    """A teacher's reasoning for an observation of which it was shown ``shown``, by the observation (so a row's reasoning
+    can be told from its target): it quotes all of it but the last two characters, or all of it re-quoted and reflowed,
+    or only names one short value from it."""
+    kind = zlib.crc32(shown.encode()) % 3
+    if kind == 0:
+        return f"It returned {shown[:-2]}"
+    if kind == 1:
+        return "It returned " + " ".join(shown.replace('"', "'").split())
+    value = (re.findall(r"\d+|[A-Za-z_]{3,12}", shown) or ["nothing"])[0]
+    return f"The call fits the current state, so the tool reports {value}."
+
+
+def test_a_teacher_that_quotes_the_observation_nearly_whole_is_replaced_and_flagged(bfcl_store_path: Path) -> None:
+    """A model teacher quoting the observation it was shown but for its last two characters (or re-quoted, reflowed)
+    went into the targets unflagged (0 of 19 rows in the report's run): only an observation found whole and exact in the
+    reasoning counted as copied. One that names a single short value from the observation is still kept."""
+    from http.server import ThreadingHTTPServer
+
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.testing.http import serving
+
+    model = ScriptedExperienceModel(lambda messages: _quoting_teacher(messages[-1]["content"].split("The tool returned: ", 1)[1]))
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))) as url:
+        out = bfcl_store_path.parent / "em"
+        result = CliRunner().invoke(
+            app, ["experience", "dataset", "--store", str(bfcl_store_path), "--out", str(out), "--teacher", f"openai:{url}#t", "--json"]
+        )
+    assert result.exit_code == 0, result.output
+    quoted = named = 0
+    for row in pl.read_parquet(out / "em.parquet").iter_rows(named=True):
+        target = json.loads(json.loads(row["completion"])[0]["content"])
+        shown = target["observation"][:TEACHER_SHOWN]
+        answer = _quoting_teacher(shown)
+        if not answer.startswith("It returned"):
+            named += 1
+            assert row["quality_flags"] == "{}" and target["reasoning"] == answer, "naming one value is no copy"
+        elif len(shown) >= 100:
+            quoted += 1
+            assert json.loads(row["quality_flags"]) == {"teacher_copied": True}, f"not caught: {answer[:120]!r}"
+            assert not target["reasoning"].startswith("It returned"), "the template's reasoning replaces it"
+    assert quoted >= 5 and named >= 5, (quoted, named)
+
+
+def test_a_copy_is_a_long_common_run_of_what_the_teacher_was_shown() -> None:
+    """What counts as copying an observation: a long run of it (ignoring case, whitespace and quotes), from the part
+    the teacher was shown, that is not also in the task or call; a few short values named from it do not."""
+    files = [{"name": f"report_{i:03d}.csv", "size": 1000 + 37 * i, "owner": "alex"} for i in range(40)]
+    note = "Quota nearly exhausted: 97% of the 50 GB allowance is used by archived exports."
+    observation = json.dumps({"current_directory": "/home/alex/documents/quarterly-reports/2024", "files": files, "note": note}, indent=1)
+    assert len(observation) > TEACHER_SHOWN
+    shown = observation[:TEACHER_SHOWN]
+    middle = shown[700:800]
+    assert copies(f"It lists {middle.replace(chr(34), chr(39)).upper()} and more.", shown), "a 100-character stretch, re-quoted"
+    assert copies("It returned " + " ".join(shown[:-2].split()), shown), "all but the end, reflowed"
+    assert not copies("The folder holds report_007.csv (1259 bytes) among 40 files owned by alex.", shown), "a few values"
+    assert note not in shown and not copies(f"It warns: {note}", shown), "nor what the teacher never saw"
+    path = "/home/alex/documents/quarterly-reports/2024"
+    call = json.dumps({"tool": "cd", "arguments": {"folder": path}})
+    restating = f"The agent moved into {path}, which the tool confirms as the current directory."
+    assert copies(restating, shown) and not copies(restating, shown, context=f"Go to {path}\n{call}"), "the call's own path"
+    assert copies(restating + f" It returned {middle}", shown, context=call), "but a copy besides it still counts"
+    short = '{"error": "No such file: a.txt"}'
+    assert copies(f"It returned {short[:-2]}", short) and not copies("No such file, so it fails.", short)
+    assert not copies('It returned {"status": "ok"}', '{"status": "ok"}'), "an observation this short never counts as copied"
 
 
 def test_the_experience_model_schedule_trains_on_em_rows_only(bfcl_store_path: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
