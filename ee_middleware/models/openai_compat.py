@@ -420,7 +420,8 @@ class OpenAIChatClient:
                     f"{refusal} {advice}", url=url, status=status, refusal=refusal, answer=_json_or_none(response), setup=setup
                 )
         raise ModelServerError(
-            f"No usable answer from {url} after {self.retries + 1} attempt(s): {last_problem}. {self._failure_advice(answers, timed_out)}",
+            f"No usable answer from {url} after {self.retries + 1} attempt(s): {str(last_problem).rstrip('.')}. "
+            f"{self._failure_advice(answers, timed_out)}",
             url=url,
             status=last_status,
             timed_out=timed_out,

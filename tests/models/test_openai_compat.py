@@ -121,6 +121,13 @@ def test_retries_exhausted_raise_a_server_error_naming_the_url_and_the_last_prob
     assert len(script.requests) == 3 and info.value.url == f"{URL}/chat/completions"
 
 
+def test_a_problem_that_ends_its_own_sentence_is_not_given_a_second_full_stop() -> None:
+    script = Script(httpx.RemoteProtocolError("Server disconnected without sending a response."))
+    with pytest.raises(ModelServerError) as info:
+        script.client(retries=1).complete([{"role": "user", "content": "x"}])
+    assert "without sending a response. Is the vLLM" in str(info.value) and ".." not in str(info.value)
+
+
 def test_timeouts_are_retried_and_reported() -> None:
     script = Script(httpx.ReadTimeout("too slow"))
     with pytest.raises(ModelServerError, match=r"timed out after 2 s \(ReadTimeout\)"):
