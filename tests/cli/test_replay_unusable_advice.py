@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,7 @@ from typer.testing import CliRunner
 from ee_middleware.cli.app import app
 from ee_middleware.replay.sandboxes.experience import CUT_BEFORE_JSON
 from ee_middleware.testing.http import serving
-from tests.replay.test_experience import copy_first_example
-
-Reply = Callable[[dict[str, Any]], tuple[str, str]]
-"""A request's body -> the answer's content and finish_reason."""
+from tests.replay.test_experience import Reply, chat_handler, copy_first_example
 
 ROOM = 200
 """The max_tokens a whole prediction needs from the scripted model."""
@@ -38,34 +35,10 @@ def served() -> Iterator[Callable[[Reply], str]]:
     with ExitStack() as servers:
 
         def start(reply: Reply) -> str:
-            url = servers.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(reply))))
+            url = servers.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), chat_handler(reply))))
             return f"openai:{url}#em"
 
         yield start
-
-
-def _handler(reply: Reply) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._send({"object": "list", "data": [{"id": "em"}]})
-
-        def do_POST(self) -> None:
-            content, finish_reason = reply(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-            message = {"role": "assistant", "content": content}
-            self._send({"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]})
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
 
 
 def needs_room(body: dict[str, Any]) -> tuple[str, str]:

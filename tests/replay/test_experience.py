@@ -41,7 +41,14 @@ class ScriptedExperienceModel:
         return f"openai:{self.base_url}#em"
 
 
-def _handler(model: ScriptedExperienceModel) -> type[BaseHTTPRequestHandler]:
+Reply = Callable[[dict[str, Any]], tuple[str, str]]
+"""A chat request's body -> the answer's content and ``finish_reason``."""
+
+
+def chat_handler(reply: Reply) -> type[BaseHTTPRequestHandler]:
+    """A handler answering as an OpenAI-compatible chat server does (``GET /v1/models``, ``POST /v1/chat/completions``),
+    its answers from ``reply``: the stand-in behind the scripted experience models of these tests."""
+
     class Handler(BaseHTTPRequestHandler):
         def _send(self, body: Any) -> None:
             data = json.dumps(body).encode()
@@ -55,15 +62,22 @@ def _handler(model: ScriptedExperienceModel) -> type[BaseHTTPRequestHandler]:
             self._send({"object": "list", "data": [{"id": "em"}]})
 
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            model.requests.append(body)
-            content = model.answer(body["messages"])
-            self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]})
+            content, finish_reason = reply(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+            message = {"role": "assistant", "content": content}
+            self._send({"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]})
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler
+
+
+def _handler(model: ScriptedExperienceModel) -> type[BaseHTTPRequestHandler]:
+    def reply(body: dict[str, Any]) -> tuple[str, str]:
+        model.requests.append(body)
+        return model.answer(body["messages"]), "stop"
+
+    return chat_handler(reply)
 
 
 def copy_first_example(messages: list[dict[str, Any]]) -> str:

@@ -3,7 +3,6 @@ the fix (more max_tokens), not as an answer in the wrong format."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,32 +15,13 @@ import pytest
 from ee_middleware.records import ToolCall, Trajectory
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox, SyntheticObservationError
 from ee_middleware.store.local import LocalExperienceStore
+from tests.replay.test_experience import chat_handler
 
 CUT = '{"reasoning": "ls lists the directory", "observation": "{\\"current_directory_content\\": [\\"report.pdf\\", \\"no'
 
 
 def _handler(content: str, finish_reason: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._send({"object": "list", "data": [{"id": "em"}]})
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            message = {"role": "assistant", "content": content}
-            self._send({"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]})
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
+    return chat_handler(lambda _body: (content, finish_reason))
 
 
 @pytest.fixture
