@@ -35,7 +35,9 @@ from typing import Any
 from ee_middleware.errors import ConfigError, ModelError, ModelRequestError
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
+from ee_middleware.evals.tasks import Step as Answer
 from ee_middleware.messages import message_reasoning
+from ee_middleware.models.parsing import without_reasoning
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
@@ -223,15 +225,55 @@ def unreadable_call(conversation: Conversation) -> bool:
     """Whether the policy wrote a tool call in ``conversation`` that could not be read (:data:`UNPARSABLE_DROPPED`).
 
     Such a call was never run and is left out of the messages: stored, the rollout would show an answer the policy did
-    not write. Where the policy made no readable call, any answer the loop took for a call counts
-    (:attr:`~ee_middleware.evals.tasks.Conversation.problems`: the rollout is dropped either way, and this names why);
-    beside readable calls, only one in an answer with structured calls, with calls read from its text or with a
-    ``<tool_call>`` block does: a final answer that merely starts like JSON (a list of the files asked for) is an answer,
-    which the judge reads."""
-    if not conversation.calls:
-        return bool(conversation.problems)
-    steps = (step for turn in conversation.turns for step in turn.steps)
-    return any(step.problems and (not step.from_text or step.calls or "<tool_call>" in step.text) for step in steps)
+    not write. Only an answer that tried to call counts (:func:`tried_to_call`): a final answer that merely is JSON (a
+    list of the files asked for, ``{"files": [...]}``) is an answer, which the judge reads, and a rollout of such answers
+    alone is ``no tool call``."""
+    return any(tried_to_call(step) for turn in conversation.turns for step in turn.steps)
+
+
+_CALL_MARKUP = ("<tool_call>", "<function=", "[TOOL_CALLS]", "to=functions.", "<|tool_call|>", "<|python_tag|>", "<\uff5ctool\u2581")
+"""The markers of a tool call in a model family's text (Hermes/Qwen, Qwen3-Coder and Llama, Mistral, gpt-oss, Phi, Llama's
+python tag, DeepSeek's tool tokens), as :mod:`ee_middleware.models.parsing` reads them."""
+
+_CALL_KEYS = ("name", "arguments", "parameters", "function", "tool_calls")
+# A call written as JSON that does not decode (cut off at max_tokens, a Python-literal dict): it opens with a call's key,
+# or it is a list of Python calls.
+_OPENS_A_CALL = re.compile(
+    r"\[?\s*\{\s*[\"']?(?:" + "|".join(_CALL_KEYS) + r")[\"']?\s*:"  # {"name": "ls", "argu...
+    r"|\[?\s*\{\s*[\"']?type[\"']?\s*:\s*[\"']function[\"']"  # {"type": "function", "func...
+    r"|\[\s*[A-Za-z_][\w.]*\s*\("  # [ls(path=x)]
+)
+
+
+def tried_to_call(answer: Answer) -> bool:
+    """Whether ``answer`` (a step of the loop) held a tool call that could not be read, as opposed to an answer that
+    merely is JSON.
+
+    The loop records problems for every answer that starts like JSON (:attr:`~ee_middleware.evals.tasks.Step.problems`,
+    the parser's reason only), so what was written decides: structured ``tool_calls`` (the server's parser took them
+    for calls), calls read from the same text beside the unreadable one, a model family's call markup (a
+    ``<tool_call>`` block, ...), or JSON in a call's shape (an object with ``arguments``/``parameters``, a ``function``
+    object or ``tool_calls``; one that does not decode, as a call cut off at ``max_tokens``, by its first key)."""
+    if not answer.problems:
+        return False
+    if not answer.from_text or answer.calls:
+        return True
+    text = without_reasoning(answer.text)[0].strip()
+    if any(marker in text for marker in _CALL_MARKUP):
+        return True
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError):
+        return _OPENS_A_CALL.match(text) is not None
+    return any(_call_shaped(item) for item in (payload if isinstance(payload, list) else [payload]))
+
+
+def _call_shaped(payload: Any) -> bool:
+    """Whether decoded JSON is a tool call's object (``{"name", "arguments"}``, OpenAI's ``{"type", "function"}``, a
+    message's ``tool_calls``), whatever its values: a name alone is not (``{"name": "report.pdf"}`` is a file)."""
+    if not isinstance(payload, dict):
+        return False
+    return "arguments" in payload or "parameters" in payload or isinstance(payload.get("function"), dict) or "tool_calls" in payload
 
 
 class _UnknownTool(Exception):

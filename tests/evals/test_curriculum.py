@@ -415,3 +415,58 @@ def test_a_final_answer_that_starts_like_json_after_a_readable_call_is_judged_an
     summary = json.loads(result.stdout)
     assert (summary["kept"], summary["stored"], summary["dropped"]) == (1, 1, {}), summary
     assert len(judge.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ['["final_report.pdf", "previous_report.pdf"]', '{"files": ["final_report.pdf"]}', '{"name": 3, "files": []}', "[1, 2]"],
+    ids=["json-list", "json-object", "name-not-a-string", "numbers"],
+)
+def test_a_rollout_whose_only_answer_is_json_and_not_a_call_is_dropped_as_no_tool_call(
+    answer: str, bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """Before (7b6cce2): the loop records a parse problem for any answer that starts like JSON, and a rollout without a
+    readable call was dropped as unparsable ('check the policy server's tool-call parser or chat template'): the wrong
+    fix, the model simply called no tool (/tmp/s36/r4/reason_json_answer.py)."""
+    from ee_middleware.evals.curriculum import UNPARSABLE_DROPPED
+
+    judge = serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    with ScriptedChatServer([answer]) as policy:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["dropped"] == {"no tool call": 1}, summary
+    assert UNPARSABLE_DROPPED not in summary["dropped"] and not judge.requests and not _curriculum(bfcl_store_path)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        ['{"name": "ls", "arguments": "[1"}'],  # a bare JSON call whose arguments do not decode
+        ['{"name": "ls", "arguments": {"path": "."'],  # a bare JSON call cut short
+        ["{'name': 'ls', 'arguments': [1]}"],  # a Python-literal call, arguments not an object
+        ['[{"type": "function", "function": {"name": "ls", "arguments": "[1]"}}]'],  # OpenAI's form, as text
+        ['[TOOL_CALLS]ls[ARGS]{"path": '],  # Mistral's markers
+        ['{"tool_calls": [{"function": {"name": "ls", "arguments": 5}}]}'],  # a chat message's calls, as text
+        [_structured(("ls", "{}")), '{"name": "pwd", "arguments": "{"}', DONE],  # after a readable call (was: judged)
+    ],
+    ids=["bare-json", "bare-cut", "python-literal", "openai-form", "mistral-markers", "message-tool-calls", "after-a-call"],
+)
+def test_an_answer_in_a_tool_calls_shape_whose_call_cannot_be_read_is_unparsable(
+    answers: list[Any], bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """A call written in the text without a <tool_call> block (a server without a tool parser) is still a call: the
+    rollout is dropped as unparsable, not as 'no tool call', nor judged without it."""
+    from ee_middleware.evals.curriculum import UNPARSABLE_DROPPED
+
+    judge = serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    with ScriptedChatServer(answers) as policy:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["dropped"] == {UNPARSABLE_DROPPED: 1}, summary
+    assert not judge.requests and not _curriculum(bfcl_store_path)
