@@ -135,7 +135,9 @@ class AdapterRegistry(Protocol):
     def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]:
         """The events in the order made, each with ``applied``; of one ``app``, and of one ``adapter``: those acting on it
         (``adapter``) and those that replaced it as live (``replaced``: the promote that superseded it, a rollback from it).
-        Each has ``at`` (when, an ISO 8601 string; without a zone, UTC), ``by`` and ``action``. A registry that keeps no
+        Each has ``at`` (when, an ISO 8601 string with its zone: ``datetime.now(UTC).isoformat()``; a time without one
+        could be any zone's, so ``ee improve``'s promote counts a rollback within 14 hours of its run as since the run), ``by``
+        and ``action``. A registry that keeps no
         history raises ``NotImplementedError`` (ee improve's promote then skips its check of a rollback since its run,
         with a warning)."""
         ...

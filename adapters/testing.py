@@ -114,11 +114,13 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
             f"the {event['action']} event's at={event['at']!r} is not an ISO 8601 string: `ee adapters show` prints it, and "
             "ee improve's promote compares it with its run's times (to tell a rollback since the run from an older one)"
         )
-        zoneless = datetime.fromisoformat(event["at"]).tzinfo is None
+        assert datetime.fromisoformat(event["at"]).tzinfo is not None, (
+            f"the {event['action']} event's at={event['at']!r} names no zone: it could be any zone's time, so ee improve's "
+            "promote cannot tell a rollback since its run from an older one within 14 hours (give the zone, e.g. "
+            "datetime.now(UTC).isoformat())"
+        )
         assert started - SKEW <= at <= ended + SKEW, (
-            f"the {event['action']} event's at={event['at']!r} is not when the kit made it ({started.isoformat()} to "
-            f"{ended.isoformat()})"
-            + (": a time without a zone is read as UTC (give the zone, e.g. datetime.now(UTC).isoformat())" if zoneless else "")
+            f"the {event['action']} event's at={event['at']!r} is not when the kit made it ({started.isoformat()} to {ended.isoformat()})"
         )
     fresh = factory()
     assert fresh.resolve("conformance") == a.name, "a second handle must see what the first one wrote"

@@ -79,3 +79,16 @@ def test_a_prediction_cut_at_max_tokens_names_the_cut_and_the_fix_fake_server(bf
 def test_the_same_unreadable_answer_that_stopped_on_its_own_is_not_called_cut_fake_server(bfcl_store_path: Path, cut_model: Any) -> None:
     error = _predict(cut_model(CUT, "stop"), bfcl_store_path, max_tokens=64)
     assert error.reason == "no JSON object with an 'observation' field in the answer"
+
+
+@pytest.mark.parametrize("lead_in", ["Here is the predicted observation: ", "Sure.\n\n", "```json\n"])
+def test_an_answer_cut_inside_its_json_after_a_lead_in_is_not_called_prose_fake_server(
+    bfcl_store_path: Path, cut_model: Any, lead_in: str
+) -> None:
+    """The answer parser reads an object after a lead-in, so more tokens would make it whole: not "before any JSON"."""
+    from ee_middleware.replay.sandboxes.experience import CUT_BEFORE_JSON
+
+    error = _predict(cut_model(lead_in + CUT, "length"), bfcl_store_path, max_tokens=64)
+    assert error.reason.startswith("the answer was cut off at max_tokens") and not error.reason.startswith(CUT_BEFORE_JSON)
+    prose = _predict(cut_model("The tool would list the files {} of the folder and", "length"), bfcl_store_path, max_tokens=64)
+    assert prose.reason.startswith(CUT_BEFORE_JSON)

@@ -33,9 +33,9 @@ def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None, path: Path | No
         unit = "tokens"
         rendering = TRAINER_RENDERING
     else:
-        from ee_middleware.trainers.training.data import rows_from_frame
+        from ee_middleware.trainers.training.data import check_rows
 
-        rows_from_frame(frame, path, _kind(frame, path))  # checked, not kept: the lengths below come from the text
+        check_rows(frame, path, _kind(frame, path))  # checked, not kept: the lengths below come from the text
         chars = frame.select((pl.col("prompt").str.len_chars() + pl.col("completion").str.len_chars()).alias("n"))["n"].to_list()
         lengths = [int(c / CHARS_PER_TOKEN) for c in chars]
         unit = "tokens (estimated: chars/4; pass --tokenizer for real counts)"

@@ -110,6 +110,20 @@ def rows_from_frame(frame: Any, path: Path, kind: str) -> list[ChatRow]:
         raise TrainDataError(f"{bad} {_rebuild_hint(path, kind)}") from None
 
 
+def check_rows(frame: Any, path: Path, kind: str) -> int:
+    """Check every row of a dataset frame as :func:`rows_from_frame` does, keeping none (memory stays flat with the
+    file); the number of rows. Raises the same :class:`TrainDataError`."""
+    columns = ["id", "prompt", "completion", "tools"] + (["kind"] if "kind" in frame.columns else [])
+    count = 0
+    try:
+        for index, record in enumerate(frame.select(columns).iter_rows(named=True)):
+            _parse_row(path, index, record, kind)
+            count += 1
+    except _BadRow as bad:
+        raise TrainDataError(f"{bad} {_rebuild_hint(path, kind)}") from None
+    return count
+
+
 class _BadRow(Exception):
     """A row that is not a chat prompt/completion pair (the message without the rebuild advice)."""
 

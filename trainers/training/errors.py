@@ -67,7 +67,7 @@ def build_folder(kind: str, folder: str | os.PathLike[str]) -> Path:
     folder with no ``datasets.json`` of its own) ``OUT``, which the build writes ``heldout/`` into; else ``folder``."""
     from ee_middleware.trainers.datasets.split import HELDOUT_DIR
 
-    folder = Path(folder)
+    folder = Path(folder).absolute()  # "." inside heldout/ is named by its name, and the command runs from anywhere
     if kind != "em" and folder.name == HELDOUT_DIR and not (folder / DATASETS_RECORD).is_file():
         return folder.parent
     return folder

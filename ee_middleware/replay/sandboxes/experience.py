@@ -30,6 +30,7 @@ expert's own call then returns its recorded observation, so the history stays re
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,18 +63,15 @@ unusable for (prose until the limit, an untrained model's usual answer): more to
 An answer cut off inside the object says ``"the answer was cut off at max_tokens (finish_reason 'length'; ..."``."""
 
 
+_JSON_START = re.compile(r'\{\s*(?:"|\Z)')
+"""A JSON object's start: ``{`` and a key's quote, or ``{`` where the answer stops (a ``{}`` in prose is no start)."""
+_FENCE_AT_END = re.compile(r"```(?:json|JSON)?\s*\Z")
+
+
 def _began_json(text: str) -> bool:
-    """Whether ``text`` (an answer without its reasoning) begins the JSON object asked for: after whitespace and an
-    optional code fence, a ``{`` followed by a key's quote, or by nothing yet (a random ``{}`` in prose is no start)."""
-    rest = text.lstrip()
-    if rest.startswith("```"):
-        rest = rest[3:].removeprefix("json").removeprefix("JSON").lstrip()
-        if not rest:
-            return True  # cut off right after the fence
-    if not rest.startswith("{"):
-        return False
-    rest = rest[1:].lstrip()
-    return not rest or rest.startswith('"')
+    """Whether ``text`` (an answer without its reasoning) began the JSON object asked for: anywhere, as the answer parser
+    reads an object after a lead-in ("Here is the observation: {..."), or it stopped right after a code fence opened."""
+    return _JSON_START.search(text) is not None or _FENCE_AT_END.search(text) is not None
 
 
 class SyntheticObservationError(SandboxError):
