@@ -32,7 +32,7 @@ from typing import Any
 
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, Sampling
-from ee_middleware.records import Trajectory
+from ee_middleware.records import ToolSchema, Trajectory, tool_schema_name
 
 CURRICULUM_SOURCE = "curriculum"
 """``Trajectory.source`` of the trajectories rolled out on tasks a model wrote (``ee curriculum run``)."""
@@ -175,9 +175,16 @@ def match_trajectories(scores: Sequence[TaskScore], trajectories: Iterable[Traje
     return out
 
 
+def named_tools(trajectory: Trajectory) -> list[ToolSchema]:
+    """The tool schemas a trajectory offered that have a name (a variant's ``tools``): a stored trajectory may hold one
+    without (capture keeps an OpenAI schema whose function has no name), which no call can name and which
+    ``ee curriculum run`` refuses in a tasks file."""
+    return [t for t in trajectory.tools if tool_schema_name(t) is not None]
+
+
 def tool_names(trajectory: Trajectory) -> list[str]:
-    """The names of the tool schemas a trajectory offered."""
-    return [str(t.get("function", t).get("name")) for t in trajectory.tools if isinstance(t, dict)]
+    """The names of the tool schemas a trajectory offered (those without a name left out)."""
+    return [name for t in trajectory.tools if (name := tool_schema_name(t)) is not None]
 
 
 CUT_AT_MAX_TOKENS = "the answer was cut off at max_tokens (finish_reason 'length')"
@@ -301,7 +308,7 @@ def propose(
                     "variance": score.variance,
                 },
                 "instruction": variant["instruction"],
-                "tools": parent.tools,
+                "tools": named_tools(parent),
                 "needs": variant["tools"],
                 "environment": world_environment(parent.environment),  # a variant of a variant: its own lineage only
             }

@@ -470,3 +470,38 @@ def test_an_answer_in_a_tool_calls_shape_whose_call_cannot_be_read_is_unparsable
     summary = json.loads(result.stdout)
     assert summary["dropped"] == {UNPARSABLE_DROPPED: 1}, summary
     assert not judge.requests and not _curriculum(bfcl_store_path)
+
+
+def test_curriculum_propose_writes_only_named_tool_schemas_so_run_reads_its_tasks(
+    bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """A stored trajectory may hold a tool schema without a name (capture keeps an OpenAI schema whose function has none;
+    an imported trace, a provider's built-in tool). Before: propose copied the parent's schemas as they were, and
+    'ee curriculum run' (read_tasks) refused the whole file it wrote; the writer was shown the tool 'None'."""
+    from ee_middleware.evals.curriculum import read_tasks
+    from ee_middleware.records import tool_schema_name
+
+    source = LocalExperienceStore(bfcl_store_path)
+    expert = next(t for t in source.iter_trajectories() if t.environment["entry_id"] == "multi_turn_base_0")
+    source.close()
+    unnamed = [{"type": "function", "function": {"description": "no name", "parameters": {}}}, {"type": "web_search"}]
+    store_path = tmp_path / "store"
+    store = LocalExperienceStore(store_path)
+    store.write([expert.model_copy(update={"tools": [*expert.tools, *unnamed]})])
+    store.close()
+    results = tmp_path / "run" / "results.jsonl"
+    results.parent.mkdir()
+    results.write_text(
+        "".join(
+            json.dumps({"suite": "bfcl", "task_id": "multi_turn_base_0", "trial": i, "success": ok}) + "\n"
+            for i, ok in enumerate([True, False])
+        )
+    )
+    writer = serve(lambda messages: json.dumps({"instruction": "Show me what is in this folder.", "tools": ["ls"]}))
+    out = tmp_path / "tasks.jsonl"
+    args = ["curriculum", "propose", "--from", str(results.parent), "--model", f"openai:{writer.base_url}#w", "--store", str(store_path)]
+    result = runner.invoke(app, [*args, "--n", "1", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    [task] = read_tasks(out.read_text().splitlines())  # was: ConfigError "'tools' is not a list of tool schemas, each with a name"
+    assert task["tools"] == expert.tools and all(tool_schema_name(t) is not None for t in task["tools"])
+    assert "None" not in json.dumps(writer.requests), "the writer is shown the named tools only"
