@@ -44,9 +44,10 @@ from typing import Any
 
 from ee_middleware.bfcl.experts import record_experts
 from ee_middleware.bfcl.sandbox import BFCLSandbox
+from ee_middleware.errors import ModelError
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.config import ReplayConfig
-from ee_middleware.replay.experience_eval import evaluate, split_store, write_chart
+from ee_middleware.replay.experience_eval import evaluate, split_store, unanswered, write_chart
 from ee_middleware.replay.job import run_replay
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
@@ -255,60 +256,71 @@ def main() -> None:
         record_experts(root, "multi_turn_base", limit=args.limit)
         replayed = run_replay(ReplayConfig(store=root, sandbox="bfcl", policy="mutate", k=2))
         store = LocalExperienceStore(root)
-        trajectories = list(store.iter_trajectories())
-        print(f"model: {model}\nBFCL multi_turn_base entries: {len(trajectories)}, real rollouts replayed: {replayed.branches}")
-        if not args.skip_retrievers:
-            retrievers(store, args.repeats)
+        sandboxes: list[ExperienceSandbox] = []  # closed at the end, also when a step fails
+        try:
+            trajectories = list(store.iter_trajectories())
+            print(f"model: {model}\nBFCL multi_turn_base entries: {len(trajectories)}, real rollouts replayed: {replayed.branches}")
+            if not args.skip_retrievers:
+                retrievers(store, args.repeats)
 
-        work = alternatives(trajectories, args.k, args.states)
-        t0 = time.perf_counter()
-        sandbox = ExperienceSandbox(model, store=store, max_tokens=args.max_tokens)
-        sandbox.index  # noqa: B018 - build the replay buffer before timing
-        sequential(sandbox, [work[0][:1]])  # load the model (cold start, reported apart)
-        cold_s = time.perf_counter() - t0
-        real, one_by_one, in_batches, usable_seq, usable_batch, identical = [], [], [], [], [], []
-        for _ in range(args.repeats):  # interleaved rounds
-            rate, n_real = real_rate(trajectories, args.k)
-            real.append(rate)
-            rate, texts = sequential(sandbox, work)
-            one_by_one.append(rate)
-            usable_seq.append(usable(texts))
-            rate, batch_texts = batched(sandbox, work)
-            in_batches.append(rate)
-            usable_batch.append(usable(batch_texts))
-            identical.append(sum(a == b for a, b in zip(texts, batch_texts, strict=True)) / len(texts))
-        n_synthetic = sum(len(b) for b in work)
-        print(f"\n2. throughput: K={args.k}, {args.repeats} interleaved rounds (transitions/s)")
-        print(f"cold start of the experience model (load + index + first prediction): {cold_s:.1f} s")
-        print(f"real BFCL sandbox:                  {spread(real)} ({n_real} per round)")
-        print(
-            f"experience model, one by one:       {spread(one_by_one)} ({n_synthetic} per round); usable {statistics.mean(usable_seq):.0%}"
-        )
-        print(
-            f"{f'experience model, batch of K={args.k}:':<36}{spread(in_batches)}; usable {statistics.mean(usable_batch):.0%}, "
-            f"identical to one by one {statistics.mean(identical):.0%}"
-        )
-        print(
-            f"ratio real / synthetic (medians): {statistics.median(real) / statistics.median(one_by_one):.0f}x one by one, "
-            f"{statistics.median(real) / statistics.median(in_batches):.0f}x batched; "
-            f"batch of K speed-up {statistics.median(in_batches) / statistics.median(one_by_one):.2f}x"
-        )
-        print(f"load average: {os.getloadavg()[0]:.2f}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+            work = alternatives(trajectories, args.k, args.states)
+            t0 = time.perf_counter()
+            sandbox = ExperienceSandbox(model, store=store, max_tokens=args.max_tokens)
+            sandboxes.append(sandbox)
+            sandbox.index  # noqa: B018 - build the replay buffer before timing
+            sequential(sandbox, [work[0][:1]])  # load the model (cold start, reported apart)
+            cold_s = time.perf_counter() - t0
+            real, one_by_one, in_batches, usable_seq, usable_batch, identical = [], [], [], [], [], []
+            for _ in range(args.repeats):  # interleaved rounds
+                rate, n_real = real_rate(trajectories, args.k)
+                real.append(rate)
+                rate, texts = sequential(sandbox, work)
+                one_by_one.append(rate)
+                usable_seq.append(usable(texts))
+                rate, batch_texts = batched(sandbox, work)
+                in_batches.append(rate)
+                usable_batch.append(usable(batch_texts))
+                identical.append(sum(a == b for a, b in zip(texts, batch_texts, strict=True)) / len(texts))
+            n_synthetic = sum(len(b) for b in work)
+            print(f"\n2. throughput: K={args.k}, {args.repeats} interleaved rounds (transitions/s)")
+            print(f"cold start of the experience model (load + index + first prediction): {cold_s:.1f} s")
+            print(f"real BFCL sandbox:                  {spread(real)} ({n_real} per round)")
+            print(
+                f"experience model, one by one:       {spread(one_by_one)} ({n_synthetic} per round); usable {statistics.mean(usable_seq):.0%}"
+            )
+            print(
+                f"{f'experience model, batch of K={args.k}:':<36}{spread(in_batches)}; usable {statistics.mean(usable_batch):.0%}, "
+                f"identical to one by one {statistics.mean(identical):.0%}"
+            )
+            print(
+                f"ratio real / synthetic (medians): {statistics.median(real) / statistics.median(one_by_one):.0f}x one by one, "
+                f"{statistics.median(real) / statistics.median(in_batches):.0f}x batched; "
+                f"batch of K speed-up {statistics.median(in_batches) / statistics.median(one_by_one):.2f}x"
+            )
+            print(f"load average: {os.getloadavg()[0]:.2f}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
-        trained_spec = args.trained
-        if trained_spec is None and args.train_steps > 0:
-            if not model.startswith("local:"):
-                raise SystemExit("Training here needs a local --model; pass --trained SPEC for a served one.")
-            trained_spec = train_em(root, model, args.train_steps, Path(tmp))
-        trained = ExperienceSandbox(trained_spec, max_tokens=args.max_tokens) if trained_spec else None
-        split = split_store(store, share=HELD_OUT, limit=args.eval_limit)
-        t0 = time.perf_counter()
-        report = evaluate(sandbox, split, trained=trained)
-        eval_s = time.perf_counter() - t0
-        sandbox.close()
-        if trained is not None:
-            trained.close()
-        store.close()
+            trained_spec = args.trained
+            if trained_spec is None and args.train_steps > 0:
+                if not model.startswith("local:"):
+                    raise SystemExit("Training here needs a local --model; pass --trained SPEC for a served one.")
+                trained_spec = train_em(root, model, args.train_steps, Path(tmp))
+            trained = ExperienceSandbox(trained_spec, max_tokens=args.max_tokens) if trained_spec else None
+            if trained is not None:
+                sandboxes.append(trained)
+            split = split_store(store, share=HELD_OUT, limit=args.eval_limit)
+            t0 = time.perf_counter()
+            try:
+                report = evaluate(sandbox, split, trained=trained)
+            except ModelError as exc:  # its server went away mid-run (a prediction it fails alone is counted instead)
+                raise SystemExit(f"error: {exc} (the fidelity evaluation stopped; no report was written to {args.out})") from exc
+            eval_s = time.perf_counter() - t0
+        finally:
+            for each in sandboxes:
+                each.close()
+            store.close()
+    down = unanswered(report)
+    if down is not None:  # a report that measures nothing for a model, which a replay's fidelity gate could read
+        raise SystemExit(f"error: {down}; no report was written to {args.out}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_chart(report, args.out / "fidelity.png")

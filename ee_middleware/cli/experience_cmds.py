@@ -70,12 +70,13 @@ def eval_cmd(
     and the trained experience model; per tool: exact match, token F1, error/success agreement and reward
     agreement. Writes OUT/report.json (a replay config's fidelity gate reads it) and OUT/fidelity.png.
 
-    A model that stops answering (its server down, or failing after the client's retries) stops the eval at that
-    prediction with an error, as it stops a replay; an eval that ends in an error writes no report, so one already
-    in OUT is kept."""
+    A model that stops answering (its server down: failing after the client's retries and not answering GET /models
+    either) stops the eval at that prediction with an error, as it stops a replay; an eval that ends in an error writes
+    no report, so one already in OUT is kept. A prediction the server fails on while it still answers (a per-input
+    crash) is counted as a model error, and the eval goes on."""
     from ee_middleware._files import atomic_write_text
     from ee_middleware.errors import ModelError, hide_credentials
-    from ee_middleware.replay.experience_eval import split_store, variant_plan, write_chart
+    from ee_middleware.replay.experience_eval import split_store, unanswered, variant_plan, write_chart
     from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
 
     opened = open_existing_store(store)
@@ -103,8 +104,9 @@ def eval_cmd(
             try:
                 report = _run(sandboxes[0], sandboxes[1] if trained else None, split, top_k, quiet=as_json, done=done)
             except ModelError as exc:
-                # the model gave no answer after the client's retries (its server died, or refuses every request): the
-                # predictions left would all fail alike, so the eval stopped there, as a replay does, and writes no report
+                # the model gave no answer after the client's retries and its server does not answer GET /models (it
+                # died), or it refuses every request: the predictions left would all fail alike, so the eval stopped
+                # there, as a replay does, and writes no report
                 if len(exc.args) == 1:
                     plan = variant_plan(sandboxes[0], sandboxes[1] if trained else None, top_k)
                     variant, variant_sandbox, _ = plan[min(done[0] // len(split.held_out), len(plan) - 1)]
@@ -119,13 +121,11 @@ def eval_cmd(
                 sandbox.close()
     import json
 
-    down = next((data for data in report["variants"].values() if data["overall"]["n"] and not data["overall"]["answered"]), None)
     error = None  # or: a model that answered no prediction (each request refused, or each answer no completion)
+    down = unanswered(report)
     if down is not None:
-        reason = next(iter(down["overall"].get("failure_reasons") or {"": 0}))
         error = (
-            f"every prediction of {down['model']} failed ({reason}): a report would measure nothing for it, so "
-            f"{_not_written(out)}; fix what the reason names and re-run the same command."
+            f"{down}: a report would measure nothing for it, so {_not_written(out)}; fix what the reason names and re-run the same command."
         )
         report["chart"] = report["report"] = None
     else:
@@ -291,8 +291,9 @@ def _print_table(report: dict[str, Any]) -> None:
             )
     if model_errors:
         out.print(
-            f"{report['model_errors']} prediction(s) got no answer from the model (the request refused, or an answer that is "
-            "no completion): counted as failed, the metrics are over the answered ones"
+            f"{report['model_errors']} prediction(s) got no answer from the model (the request refused, or failed after retries "
+            "while the server answered others, or an answer that is no completion): counted as failed, the metrics are over "
+            "the answered ones"
         )
     if report["report"] is not None:  # (none written when every prediction of a model failed: see its error line)
         out.print(f"report: {report['report']}" + (f"  chart: {report['chart']}" if report["chart"] else ""))

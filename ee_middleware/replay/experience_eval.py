@@ -25,15 +25,16 @@ The metrics:
   agrees with the real outcome (``None`` where no prediction had a reward);
 * ``failed``: predictions that gave no usable observation, with their ``failure_reasons``: an answer that is not
   one (scored 0 on every metric above), or a model error that fails this prediction alone (a request the server
-  refuses, such as a prompt longer than its context, or an answer that is not a chat completion: counted in
-  ``model_errors``, and left out of the metrics, which are over the ``answered`` predictions). The report's
-  ``model_errors`` totals them.
+  refuses, such as a prompt longer than its context; an answer that is not a chat completion; or a request the server
+  keeps failing or timing out on after the client's retries while it still answers ``GET /models``, such as a
+  per-input crash in its tokenizer or chat template: counted in ``model_errors``, and left out of the metrics, which
+  are over the ``answered`` predictions). The report's ``model_errors`` totals them.
 
-A model that cannot answer at all (its server unreachable, failing or timing out after the client's retries, refusing
-the key or the model's name, a local model that does not load: :func:`~ee_middleware.replay.executors.model_unusable`,
-what a replay stops on) stops :func:`evaluate` at that prediction with its error (a
-:class:`~ee_middleware.errors.ModelServerError` naming the server's URL): the predictions left would all fail alike,
-and a report of them would measure nothing.
+A model that cannot answer at all (its server unreachable, failing or timing out after the client's retries and not
+answering ``GET /models`` either (:func:`~ee_middleware.models.spec.endpoint_problem`), refusing the key or the model's
+name, a local model that does not load: :func:`~ee_middleware.replay.executors.model_unusable`, what a replay stops
+on) stops :func:`evaluate` at that prediction with its error (a :class:`~ee_middleware.errors.ModelServerError`
+naming the server's URL): the predictions left would all fail alike, and a report of them would measure nothing.
 
 Each variant records the ``model`` it ran. A replay config's fidelity gate reads the retrieval
 variant of the model it replays with (:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
@@ -49,7 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.errors import ConfigError, ModelError
+from ee_middleware.errors import ConfigError, ModelError, ModelRequestError, ModelServerError
+from ee_middleware.models.spec import endpoint_problem
 from ee_middleware.records import ToolCall, Trajectory
 from ee_middleware.replay.executors import model_unusable
 from ee_middleware.replay.retrieval import (
@@ -239,6 +241,17 @@ def evaluate(
     return report
 
 
+def unanswered(report: dict[str, Any]) -> str | None:
+    """Why ``report`` (of :func:`evaluate`) measures nothing for a model, or ``None``: a variant of which no prediction
+    got an answer (each request refused or failed, or each answer no chat completion) scores 0 on every tool. Such a
+    report is not written (an earlier one, which a replay's fidelity gate may read, is kept)."""
+    down = next((data for data in report["variants"].values() if data["overall"]["n"] and not data["overall"]["answered"]), None)
+    if down is None:
+        return None
+    reason = next(iter(down["overall"].get("failure_reasons") or {"": 0}))
+    return f"every prediction of {down['model']} failed ({reason})"
+
+
 def variant_plan(sandbox: ExperienceSandbox, trained: ExperienceSandbox | None, top_k: int) -> list[tuple[str, ExperienceSandbox, int]]:
     """(variant, the sandbox that runs it, its top-k), in report order."""
     plan = [("no-retrieval", sandbox, 0), ("retrieval", sandbox, top_k)]
@@ -253,10 +266,10 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
     except SyntheticObservationError as exc:
         return {"failed": True, "reason": exc.reason, "exact": 0.0, "token_f1": 0.0, "error_agreement": 0.0, "reward": None}
     except ModelError as exc:
-        if model_unusable(exc):
+        if model_unusable(exc) and not _fails_this_prediction_alone(sandbox, exc):
             raise  # the server is down or refuses every request: each prediction left would fail the same way, retried
-        # this prediction got no answer (the request refused, the answer not a completion): not the model's fidelity,
-        # so left out of the metrics
+        # this prediction got no answer (the request refused or failed, the answer not a completion): not the model's
+        # fidelity, so left out of the metrics
         return {"failed": True, "model_error": True, "reason": f"the model failed: {exc}", "reward": None}
     assert all(e.trajectory_id not in sandbox.exclude_trajectories and e.id != real.id for e in examples)
     reward = None
@@ -269,6 +282,19 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
         "error_agreement": float(prediction["is_error"] == real.is_error),
         "reward": reward,
     }
+
+
+def _fails_this_prediction_alone(sandbox: ExperienceSandbox, exc: ModelError) -> bool:
+    """Whether ``exc``, a server failure after the client's retries (5xx, a timeout, no connection), belongs to this
+    prediction alone: the server still answers ``GET /models``
+    (:func:`~ee_middleware.models.spec.endpoint_problem`, the check made before any prediction), so it failed on this
+    request (a per-input crash in its tokenizer or chat template, a proxy relaying a refusal as 500, a prompt it takes
+    too long over) and answers the others. A refusal of every request (401, 403, 404, its setup) or a local model that
+    does not load is never this prediction's alone; nor is the failure of a client that cannot be asked."""
+    client = sandbox._client
+    if not isinstance(exc, ModelServerError) or isinstance(exc, ModelRequestError) or getattr(client, "list_models", None) is None:
+        return False
+    return endpoint_problem(client) is None
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``ee experience eval``: the held-out share at its ends, the reasons of failed predictions in the table, no
-library debug output, and a model server that dies mid-eval; on the real BFCL expert store, with a scripted experience
-model behind a real HTTP server."""
+library debug output, a model server that dies mid-eval and one that fails on one prompt; on the real BFCL expert
+store, with a scripted experience model behind a real HTTP server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from ee_middleware.cli.app import app
 from ee_middleware.testing.http import serving
 from tests.replay.test_experience import Answer, ScriptedExperienceModel, _handler, copy_first_example
-from tests.replay.test_experience_eval import dies_after
+from tests.replay.test_experience_eval import crashes_on, dies_after, one_held_out_prompt
 
 
 @contextmanager
@@ -114,7 +114,8 @@ def test_a_server_that_dies_stops_the_eval_and_keeps_the_earlier_report(
         assert f"the evaluation stopped at prediction 4 of {2 * n} ('no-retrieval' variant, {dying.spec})" in error
         assert f"no report was written, and {out / 'report.json'} from an earlier run is kept" in error
         assert "re-run the same command once the model answers" in error
-        assert dying.attempts == 4 and len(dying.waits) == 2, "one prediction's retries (refused), then no other prediction"
+        assert dying.attempts == 4, "one prediction (its retries refused), then no other prediction"
+        assert len(dying.waits) == 4, "the back-off of its retries, then of the GET /models check's (unanswered: the server is gone)"
         assert {name: (out / name).read_bytes() for name in earlier} == earlier, "the earlier report and chart are kept"
         if as_json:
             assert result.stdout == "", "an error is the stderr line alone, as when a replay stops"
@@ -129,3 +130,31 @@ def test_a_server_that_dies_stops_the_eval_and_keeps_the_earlier_report(
     assert f"no report was written to {fresh};" in error
     assert len(model.requests) == 2 * n and dying.attempts == 3
     assert not (fresh / "report.json").exists() and not (fresh / "fidelity.png").exists()
+
+
+def test_a_prompt_the_server_always_fails_on_is_counted_and_the_report_written(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers HTTP 500 to one held-out prompt (every attempt) and every other request: the eval stopped
+    at that prediction, said to re-run once the model answers (it answered every other prediction, so each re-run
+    stopped at the same one) and wrote no report. The server answers GET /models, so the prediction is a model error:
+    counted, named under the table, and the report is written."""
+    from ee_middleware.models import openai_compat
+    from ee_middleware.replay.experience_eval import split_store
+    from ee_middleware.store.local import LocalExperienceStore
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        prompt, sharing = one_held_out_prompt(split_store(store, share=0.34, seed=0))
+    finally:
+        store.close()
+    monkeypatch.setattr(openai_compat, "_sleep", lambda s: None)  # the client's back-off between retries
+    out = tmp_path / "eval"
+    with crashes_on(prompt) as crashing:
+        result = CliRunner().invoke(app, _eval_args(crashing, bfcl_store_path, out, "--held-out", "0.34"), env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model_errors"] == 2 * sharing and crashing.crashes == 3 * 2 * sharing
+    table = " ".join(result.stdout.split())
+    assert f"{2 * sharing} prediction(s) got no answer from the model" in table, table
+    assert f"report: {out / 'report.json'}" in table

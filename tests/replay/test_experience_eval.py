@@ -6,6 +6,7 @@ HTTP server (the ``serve`` fixture)."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from ee_middleware.errors import ConfigError, ModelServerError
 from ee_middleware.replay.experience_eval import evaluate, fields_f1, split_store, token_f1, words_f1
 from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
 from ee_middleware.store.local import LocalExperienceStore
-from ee_middleware.testing.http import serving
+from ee_middleware.testing.http import send_json, serving
 from tests.replay.test_experience import ScriptedExperienceModel, _handler, copy_first_example
 
 
@@ -195,4 +196,83 @@ def test_a_server_that_dies_stops_the_evaluation_at_that_prediction(bfcl_store_p
             sandbox.close()
     assert raised.value.url == f"{dying.base_url}/chat/completions"
     assert sum(made) == 5, "the predictions before the one that got no answer"
-    assert dying.attempts == 6 and len(dying.waits) == 2, "one prediction's retries (refused), then no other prediction"
+    assert dying.attempts == 6, "one prediction (its retries refused), then no other prediction"
+    assert len(dying.waits) == 4, "the back-off of its retries, then of the GET /models check's (unanswered: the server is gone)"
+
+
+@dataclass
+class OnePromptCrashes(ScriptedExperienceModel):
+    """The scripted experience model whose server fails on one prompt: see :func:`crashes_on`."""
+
+    crashes: int = 0
+    """Requests answered with HTTP 500 (the one prompt's, retries included)."""
+    listings: int = 0
+    """``GET /models`` requests (each answered)."""
+
+
+@contextmanager
+def crashes_on(prompt: str) -> Iterator[OnePromptCrashes]:
+    """The scripted experience model (answers with the best retrieved example) behind a real HTTP server that answers
+    HTTP 500 to every request whose last message is ``prompt``, as a server whose tokenizer or chat template throws on
+    one input does (vLLM sends its exception as a 500), and answers every other request, ``GET /models`` included."""
+    model = OnePromptCrashes(copy_first_example)
+
+    class Crashing(_handler(model)):  # type: ignore[misc]
+        def do_GET(self) -> None:
+            model.listings += 1
+            super().do_GET()
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if json.loads(body)["messages"][-1]["content"] == prompt:
+                model.crashes += 1
+                crash = {"object": "error", "message": "'NoneType' object is not subscriptable", "type": "InternalServerError", "code": 500}
+                send_json(self, crash, status=500)
+                return
+            self.rfile = io.BytesIO(body)
+            super().do_POST()
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Crashing)) as url:
+        model.base_url = url
+        yield model
+
+
+def one_held_out_prompt(split: Any) -> tuple[str, int]:
+    """The last message of a held-out transition's prompt (the same in every variant: the examples come before it) and
+    how many held-out transitions share it."""
+    from ee_middleware.replay.sandboxes.experience import build_prompt
+
+    prompts = [build_prompt(t.task, t.state, t.tool, t.arguments, [])[-1]["content"] for _, t in split.held_out]
+    return prompts[len(prompts) // 2], prompts.count(prompts[len(prompts) // 2])
+
+
+def test_a_prompt_the_server_always_fails_on_fails_that_prediction_alone(bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers HTTP 500 to one held-out prompt (every attempt) and every other request stopped the whole
+    evaluation at that prediction with no report, and a re-run stopped at the same one. The server still answers GET
+    /models, so the failure is that prediction's: counted in model_errors with its reason, and the evaluation goes on."""
+    from ee_middleware.models import openai_compat
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        split = split_store(store, share=0.34, seed=0)
+    finally:
+        store.close()
+    prompt, sharing = one_held_out_prompt(split)
+    waits: list[float] = []
+    monkeypatch.setattr(openai_compat, "_sleep", waits.append)
+    with crashes_on(prompt) as crashing:
+        sandbox = ExperienceSandbox(crashing.spec, index=split.index)
+        made: list[int] = []
+        try:
+            report = evaluate(sandbox, split, top_k=3, progress=made.append)
+        finally:
+            sandbox.close()
+    assert sum(made) == 2 * len(split.held_out), "every prediction of both variants was made"
+    assert report["model_errors"] == 2 * sharing, "that prompt's prediction in each variant, and no other"
+    assert crashing.crashes == 3 * 2 * sharing, "each of its predictions retried by the client (3 attempts)"
+    assert crashing.listings == 1 + 2 * sharing, "the check before any prediction, then one after each failure"
+    for data in report["variants"].values():
+        overall = data["overall"]
+        assert overall["model_errors"] == sharing and overall["answered"] == len(split.held_out) - sharing
+        [reason] = [r for r in overall["failure_reasons"] if r.startswith("the model failed")]
+        assert "after 3 attempt(s): HTTP 500" in reason and "'NoneType' object is not subscriptable" in reason, reason
