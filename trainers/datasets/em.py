@@ -16,17 +16,18 @@ a completed trajectory, 0.0 otherwise). The reasoning is written by a teacher: `
 fixed sentence from the call and the outcome) or a chat model (``local:``/``openai:``/factory) that
 sees the real observation (its first :data:`TEACHER_SHOWN` characters) and must explain it without copying it; a
 model reasoning that is empty, or that copies what the teacher was shown of the observation in substance
-(:func:`copies`: ignoring case, whitespace, quotes and backslashes, a run of it covering :data:`COPY_SHARE` of it, or
-one of at least :data:`COPY_RUN` characters that the task or call does not also hold), is replaced by the template's and
-flagged (``quality_flags``). Naming a few values from it is no copy, and an observation shorter than :data:`MIN_COPY`
-characters is never counted as copied.
+(:func:`copies`: ignoring case, whitespace, quotes and backslashes, a run of it of more than one value covering
+:data:`COPY_SHARE` of it, or one holding :data:`COPY_RUN` characters of values besides its longest and those the task or
+call also holds), is replaced by the template's and flagged (``quality_flags``). Naming a few values from it, or one long
+value (a path, a commit SHA, a URL), is no copy, and an observation shorter than :data:`MIN_COPY` characters is never
+counted as copied.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,17 +49,21 @@ MIN_COPY = 24
 """An observation shorter than this (stripped) is never counted as copied: a result that short (``true``,
 ``{"status": "ok"}``) can hardly be explained without naming it."""
 COPY_RUN = 40
-"""A run of at least this many characters common to a reasoning and the observation (and not one the teacher was also
-shown in the task or call) counts as copied. The values a reasoning may fairly name (a number, a date, an id, a name,
-a file name) are shorter: a UUID is 36 characters, an ISO timestamp with its zone 25; 40 are about 10 tokens, a tenth
-of the 96 a teacher may write."""
+"""A run common to a reasoning and the observation counts as copied when the values it holds, besides its longest one
+and those the task or call also holds (the teacher saw them there and may restate them), come to at least this many
+characters, each of them counting one more for the separator before it (so a re-indented copy counts the same). One
+value named, however long (a path, a 40-character git SHA, a 64-character SHA-256, a URL), is no copy: the teacher is
+asked what state the call met, and a state is often one long value. 40 further characters are three or four more
+values in the observation's own order (a listing's names and sizes, an error's text around its path), about 10
+tokens, a tenth of the 96 a teacher may write; naming two or three short values next to each other (a file name and
+its size, a commit and its author) stays under it."""
 COPY_SHARE = 0.8
-"""A run covering this share of the observation counts as copied however short, and even when the task or call
-holds it too: a quote of the whole but a few characters."""
-_COPY_TRIES = 16
-"""At most this many runs the task or call also holds are looked past (bounds the time on a reasoning that restates
-its call again and again)."""
+"""A run of more than one value covering this share of the observation counts as copied however short, and even when
+the task or call holds it too: a quote of the whole but a few characters."""
 _DROPPED = str.maketrans("", "", "\\\"'`\u2018\u2019\u201c\u201d")
+_BETWEEN_VALUES = re.compile(r"[\s,;{}\[\]()<>|]+")
+"""What separates values once quotes are dropped: whitespace, JSON/list/tag punctuation. Not ``: / . = & -`` (inside
+URLs, paths, timestamps, dotted keys, query strings); a ``key: value`` pair is two values by its space."""
 
 
 def _normal(text: str) -> str:
@@ -67,34 +72,89 @@ def _normal(text: str) -> str:
     return " ".join(text.split()).translate(_DROPPED).casefold()
 
 
+def _suffix_automaton(text: str) -> tuple[list[dict[str, int]], list[int], list[int]]:
+    """The suffix automaton of ``text`` (transitions, suffix links, lengths), built in O(len(text)): it finds the
+    longest piece of ``text`` ending at each character of another text in one pass over that text."""
+    moves: list[dict[str, int]] = [{}]
+    link, length = [-1], [0]
+    last = 0
+    for char in text:
+        current = len(moves)
+        moves.append({})
+        link.append(0)
+        length.append(length[last] + 1)
+        state = last
+        while state != -1 and char not in moves[state]:
+            moves[state][char] = current
+            state = link[state]
+        if state != -1:
+            follow = moves[state][char]
+            if length[state] + 1 == length[follow]:
+                link[current] = follow
+            else:
+                clone = len(moves)
+                moves.append(dict(moves[follow]))
+                link.append(link[follow])
+                length.append(length[state] + 1)
+                while state != -1 and moves[state].get(char) == follow:
+                    moves[state][char] = clone
+                    state = link[state]
+                link[follow] = link[current] = clone
+        last = current
+    return moves, link, length
+
+
+def _common_runs(text: str, observation: str) -> set[str]:
+    """The maximal runs of ``text`` that ``observation`` also holds (none can grow on either side), in
+    O(len(text) + len(observation))."""
+    moves, link, length = _suffix_automaton(observation)
+    ends: list[int] = []  # the longest run of the observation ending at each character of text
+    state = size = 0
+    for char in text:
+        while state and char not in moves[state]:
+            state = link[state]
+            size = length[state]
+        if char in moves[state]:
+            state, size = moves[state][char], size + 1
+        ends.append(size)
+    return {text[end + 1 - size : end + 1] for end, size in enumerate(ends) if size and (end + 1 == len(ends) or ends[end + 1] <= size)}
+
+
 def copies(reasoning: str, shown: str, context: str = "") -> bool:
     """Whether ``reasoning`` copies ``shown`` (the part of the observation the teacher saw) in substance. Both
-    normalised (:func:`_normal`), they share a run that covers :data:`COPY_SHARE` of the observation, or a run of at
-    least :data:`COPY_RUN` characters not counting its longest stretch also found in ``context`` (the task and call the
-    teacher saw, which a reasoning may restate). A few values named from the observation (a number, a name) are no
-    copy, and an observation shorter than :data:`MIN_COPY` characters is never copied."""
+    normalised (:func:`_normal`), they share a run of more than one value that covers :data:`COPY_SHARE` of the
+    observation, or one whose values besides its longest and besides those also in ``context`` (the task and call the
+    teacher saw, which a reasoning may restate) come to :data:`COPY_RUN` characters. Values named from the observation
+    (a number, a name, one long path or hash) are no copy, and an observation shorter than :data:`MIN_COPY` characters
+    is never copied. Costs O(len(reasoning) + len(shown)), plus one pass over ``context`` when a run may be a copy."""
     if len(shown.strip()) < MIN_COPY:
         return False
-    observation = _normal(shown)
+    observation, text = _normal(shown), _normal(reasoning)
     most = math.ceil(COPY_SHARE * len(observation))
-    need = min(COPY_RUN, most)
-    if need < 1:
-        return False
-    text, seen = _normal(reasoning), _normal(context)
-    matcher = difflib.SequenceMatcher(None, "", observation, autojunk=False)  # indexes the observation once
-    for _ in range(_COPY_TRIES):
-        matcher.set_seq1(text)
-        found = matcher.find_longest_match(0, len(text), 0, len(observation))
-        if found.size < need:
-            return False
-        if found.size >= most:
+    seen: str | None = None
+    said: set[str] = set()
+    for run in _common_runs(text, observation):
+        values = [value for value in _BETWEEN_VALUES.split(run) if value]
+        if len(values) < 2:
+            continue  # one value named, however long
+        if len(run) >= most:
             return True
-        run = text[found.a : found.a + found.size]
-        restated = difflib.SequenceMatcher(None, run, seen, autojunk=False).find_longest_match(0, len(run), 0, len(seen)).size
-        if found.size - restated >= need:
+        if _beyond_one(list(map(len, values))) < COPY_RUN:
+            continue
+        if seen is None:  # the task and call, split once per row and only for a run that may be a copy
+            seen = _normal(context)
+            said = set(_BETWEEN_VALUES.split(seen))
+        # the run's first and last values may be cut short: those count as said when the context holds them anywhere
+        fresh = [len(v) for i, v in enumerate(values) if v not in said and not ((i == 0 or i == len(values) - 1) and v in seen)]
+        if _beyond_one(fresh) >= COPY_RUN:
             return True
-        text = f"{text[: found.a]}\0{text[found.a + found.size :]}"  # look past this run: the NUL matches no text
     return False
+
+
+def _beyond_one(sizes: list[int]) -> int:
+    """How much of a run with values of these lengths is more than one value named: all but the longest, each with one
+    character for its separator."""
+    return sum(sizes) - max(sizes) + len(sizes) - 1 if sizes else 0
 
 
 def build_em(

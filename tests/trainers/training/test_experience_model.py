@@ -136,11 +136,41 @@ def test_a_copy_is_a_long_common_run_of_what_the_teacher_was_shown() -> None:
     path = "/home/alex/documents/quarterly-reports/2024"
     call = json.dumps({"tool": "cd", "arguments": {"folder": path}})
     restating = f"The agent moved into {path}, which the tool confirms as the current directory."
-    assert copies(restating, shown) and not copies(restating, shown, context=f"Go to {path}\n{call}"), "the call's own path"
+    assert not copies(restating, shown) and not copies(restating, shown, context=f"Go to {path}\n{call}"), "one value named"
     assert copies(restating + f" It returned {middle}", shown, context=call), "but a copy besides it still counts"
+    code = "\n".join(f"def handler_{i}(request, context):\n    return process(request, timeout={i})" for i in range(40))
+    echo, write = (
+        f"Wrote app/handlers.py:\n{code}",
+        json.dumps({"tool": "write_file", "arguments": {"path": "app/handlers.py", "content": code}}),
+    )
+    assert copies(f"It wrote {code[100:400]}", echo) and not copies(f"It wrote {code[100:400]}", echo, context=write), "the call restated"
     short = '{"error": "No such file: a.txt"}'
     assert copies(f"It returned {short[:-2]}", short) and not copies("No such file, so it fails.", short)
     assert not copies('It returned {"status": "ok"}', '{"status": "ok"}'), "an observation this short never counts as copied"
+
+
+def test_a_reasoning_naming_one_long_value_from_the_observation_is_no_copy() -> None:
+    """The teacher is asked what state the call met, and a state is often one long value: the directory an ``ls``
+    reports, a commit's 40-character SHA-1, the path a FileNotFoundError names. Each was flagged as copied (any 40
+    characters in common counted); one value named, however long, is no copy, while quoting the values around it is."""
+    directory = "/home/alex/documents/quarterly-reports/2024/archive"
+    listing = json.dumps({"current_working_directory": directory, "files": ["q1.csv", "q2.csv", "q3.csv", "summary.pdf", "notes.txt"]})
+    ls = "List the files here.\n" + json.dumps({"tool": "ls", "arguments": {}})
+    assert not copies(f"The agent is in {directory}, so ls lists what that folder holds.", listing, context=ls)
+    assert copies(f"It returned current_working_directory: {directory}, files: [q1.csv, q2.csv, q3.csv, summary.pdf]", listing, context=ls)
+
+    sha, sha256 = "9fceb02d0ae598e95dc970b74767f19372d61af8", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    log = f"commit {sha}\nAuthor: Alex <alex@example.com>\nDate:   Mon Mar 4 10:00:00 2024\n\n    Fix the parser\n" * 3
+    git = "What is the latest commit?\n" + json.dumps({"tool": "git_log", "arguments": {"n": 3}})
+    assert not copies(f"The history starts at commit {sha}, so git log lists the three latest commits.", log, context=git)
+    assert not copies(f"The archive's digest is {sha256}.", f"sha256: {sha256}  archive.tar.gz\nsize: 1048576", context=git)
+    assert copies(f"It shows commit {sha} Author: Alex <alex@example.com> Date: Mon Mar 4 10:00:00 2024", log, context=git)
+
+    missing = "/srv/app/data/exports/2024-03-04/report_final_v2.xlsx"
+    error = f"Error: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
+    export = "Open the latest export.\n" + json.dumps({"tool": "open_latest_export", "arguments": {}})
+    assert not copies(f"The newest export, {missing}, was deleted, so opening it fails.", error, context=export)
+    assert copies(f"It failed: FileNotFoundError: [Errno 2] No such file or directory: {missing}", error, context=export)
 
 
 def test_the_experience_model_schedule_trains_on_em_rows_only(bfcl_store_path: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
