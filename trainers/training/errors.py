@@ -67,7 +67,9 @@ def build_folder(kind: str, folder: str | os.PathLike[str]) -> Path:
     folder with no ``datasets.json`` of its own) ``OUT``, which the build writes ``heldout/`` into; else ``folder``."""
     from ee_middleware.trainers.datasets.split import HELDOUT_DIR
 
-    folder = Path(folder).absolute()  # "." inside heldout/ is named by its name, and the command runs from anywhere
+    folder = Path(folder)
+    if folder.name in ("", ".", ".."):  # "." inside heldout/: its name tells the build's folder, so read it
+        folder = folder.resolve()
     if kind != "em" and folder.name == HELDOUT_DIR and not (folder / DATASETS_RECORD).is_file():
         return folder.parent
     return folder
