@@ -70,7 +70,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     """Check an empty registry from ``factory`` against the :class:`AdapterRegistry` contract; ``work`` is a scratch folder.
 
     Each history event the kit made (app ``conformance``) must have ``at``, the time it was made (within :data:`SKEW`),
-    as an ISO 8601 string (without a zone: UTC). Other apps' events, in a registry that holds some, are not checked."""
+    as an ISO 8601 string with its zone (``datetime.now(UTC).isoformat()``). Other apps' events, in a registry that holds some, are not checked."""
     started = datetime.now(UTC)
     registry = factory()
     assert isinstance(registry, AdapterRegistry), f"{registry!r} does not implement AdapterRegistry"

@@ -224,11 +224,17 @@ def evaluate(
     for variant, variant_sandbox, k in plan:
         variant_sandbox.top_k = k
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        failing: list[ModelError] = []  # the server failures of the predictions just made, in a row
         for trajectory, transition in split.held_out:
             step = next(s for s in trajectory.steps if s.index == transition.step_index)
             variant_sandbox.at_step(trajectory, step)
             call = ToolCall(id="eval", name=transition.tool, arguments=transition.arguments)
-            rows[transition.tool].append(_score(variant_sandbox, call, transition))
+            row = _score(variant_sandbox, call, transition)
+            rows[transition.tool].append(row)
+            server_failure = row.pop("server_failure", None)
+            failing = [*failing, server_failure] if server_failure is not None else []
+            if len(failing) >= SERVER_FAILURES_IN_A_ROW:
+                raise _generation_down(failing)
             if progress is not None:
                 progress(1)
         report["variants"][variant] = {
@@ -266,11 +272,15 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
     except SyntheticObservationError as exc:
         return {"failed": True, "reason": exc.reason, "exact": 0.0, "token_f1": 0.0, "error_agreement": 0.0, "reward": None}
     except ModelError as exc:
-        if model_unusable(exc) and not _fails_this_prediction_alone(sandbox, exc):
+        unusable = model_unusable(exc)
+        if unusable and not _fails_this_prediction_alone(sandbox, exc):
             raise  # the server is down or refuses every request: each prediction left would fail the same way, retried
         # this prediction got no answer (the request refused or failed, the answer not a completion): not the model's
         # fidelity, so left out of the metrics
-        return {"failed": True, "model_error": True, "reason": f"the model failed: {exc}", "reward": None}
+        row = {"failed": True, "model_error": True, "reason": f"the model failed: {exc}", "reward": None}
+        if unusable:  # a server failure the server's listing outlived: counted, and a run of them stops the eval
+            row["server_failure"] = exc
+        return row
     assert all(e.trajectory_id not in sandbox.exclude_trajectories and e.id != real.id for e in examples)
     reward = None
     if real.reward is not None and prediction["reward"] is not None:
@@ -282,6 +292,25 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
         "error_agreement": float(prediction["is_error"] == real.is_error),
         "reward": reward,
     }
+
+
+SERVER_FAILURES_IN_A_ROW = 3
+"""Predictions in a row whose requests the server failed after its retries (5xx, time-outs) while it still answered
+``GET /models``: then its generation is down, not one prompt (a vLLM whose engine died, a gateway that lists models
+itself), and the eval stops as for a server that is gone, instead of retrying every prediction left."""
+
+
+def _generation_down(failures: list[ModelError]) -> ModelError:
+    last = failures[-1]
+    message = (
+        f"{last} The server still lists its models, but failed the last {len(failures)} predictions in a row after its "
+        "retries: its generation is down (a dead engine behind a live API server, a gateway answering the listing itself)."
+    )
+    error = ModelServerError(
+        message, url=getattr(last, "url", "") or "", status=getattr(last, "status", None), timed_out=getattr(last, "timed_out", False)
+    )
+    error.__cause__ = last
+    return error
 
 
 def _fails_this_prediction_alone(sandbox: ExperienceSandbox, exc: ModelError) -> bool:

@@ -276,3 +276,40 @@ def test_a_prompt_the_server_always_fails_on_fails_that_prediction_alone(bfcl_st
         assert overall["model_errors"] == sharing and overall["answered"] == len(split.held_out) - sharing
         [reason] = [r for r in overall["failure_reasons"] if r.startswith("the model failed")]
         assert "after 3 attempt(s): HTTP 500" in reason and "'NoneType' object is not subscriptable" in reason, reason
+
+
+def test_a_server_whose_generation_is_dead_behind_a_live_listing_stops_the_evaluation(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM with a dead engine (or a gateway listing models itself) answers GET /models and fails every completion: the
+    evaluation stops after a few predictions in a row fail so, instead of retrying and backing off on every one left."""
+    from ee_middleware.models import openai_compat
+    from ee_middleware.replay.experience_eval import SERVER_FAILURES_IN_A_ROW
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        split = split_store(store, share=0.34, seed=0)
+    finally:
+        store.close()
+    assert len(split.held_out) > SERVER_FAILURES_IN_A_ROW
+    monkeypatch.setattr(openai_compat, "_sleep", lambda _s: None)
+    model = OnePromptCrashes(copy_first_example)
+
+    class DeadEngine(_handler(model)):  # type: ignore[misc]
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            model.crashes += 1
+            dead = {"object": "error", "message": "Background loop has errored already.", "type": "InternalServerError", "code": 500}
+            send_json(self, dead, status=500)
+
+    made: list[int] = []
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), DeadEngine)) as url:
+        model.base_url = url
+        sandbox = ExperienceSandbox(model.spec, index=split.index)
+        try:
+            with pytest.raises(ModelServerError, match="failed the last 3 predictions in a row") as stopped:
+                evaluate(sandbox, split, top_k=3, progress=made.append)
+        finally:
+            sandbox.close()
+    assert sum(made) == SERVER_FAILURES_IN_A_ROW - 1 and model.crashes == 3 * SERVER_FAILURES_IN_A_ROW
+    assert "Background loop has errored already" in str(stopped.value) and stopped.value.url.startswith(url)
