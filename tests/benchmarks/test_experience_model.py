@@ -48,7 +48,8 @@ def _run(model: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str | 
 def test_a_model_that_answers_no_prediction_writes_no_report_stand_in_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The benchmark wrote report.json and fidelity.png when every prediction failed: a report that measures nothing,
     the one ``ee experience eval`` refuses to write. It now ends with that error and writes none."""
-    with _serve_failing_some(lambda attempt: True) as down:  # GET /models answers, every chat request gets HTTP 500
+    # GET /models answers, every chat request is refused (HTTP 400, each one's own: counted, not a server that is down)
+    with _serve_failing_some(lambda attempt: True, refusal=(400, "this model cannot take the request")) as down:
         message, closed = _run(down.spec, tmp_path / "bench", monkeypatch)
     assert message is not None and message.startswith(f"error: every prediction of {down.spec} failed"), message
     assert f"no report was written to {tmp_path / 'bench'}" in message
