@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,25 +104,22 @@ def check_one_build(datasets: dict[str, DatasetFile]) -> None:
 
 def rows_from_frame(frame: Any, path: Path, kind: str) -> list[ChatRow]:
     """The chat rows of a dataset frame, checked; errors name ``path`` and the row."""
-    columns = ["id", "prompt", "completion", "tools"] + (["kind"] if "kind" in frame.columns else [])
-    try:
-        return [_parse_row(path, index, record, kind) for index, record in enumerate(frame.select(columns).iter_rows(named=True))]
-    except _BadRow as bad:  # the advice reads the build's datasets.json: once, for the row that is wrong
-        raise TrainDataError(f"{bad} {_rebuild_hint(path, kind)}") from None
+    return list(_checked_rows(frame, path, kind))
 
 
 def check_rows(frame: Any, path: Path, kind: str) -> int:
     """Check every row of a dataset frame as :func:`rows_from_frame` does, keeping none (memory stays flat with the
     file); the number of rows. Raises the same :class:`TrainDataError`."""
+    return sum(1 for _ in _checked_rows(frame, path, kind))
+
+
+def _checked_rows(frame: Any, path: Path, kind: str) -> Iterator[ChatRow]:
     columns = ["id", "prompt", "completion", "tools"] + (["kind"] if "kind" in frame.columns else [])
-    count = 0
     try:
         for index, record in enumerate(frame.select(columns).iter_rows(named=True)):
-            _parse_row(path, index, record, kind)
-            count += 1
-    except _BadRow as bad:
+            yield _parse_row(path, index, record, kind)
+    except _BadRow as bad:  # the advice reads the build's datasets.json: once, for the row that is wrong
         raise TrainDataError(f"{bad} {_rebuild_hint(path, kind)}") from None
-    return count
 
 
 class _BadRow(Exception):
