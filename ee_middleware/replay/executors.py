@@ -68,6 +68,7 @@ from ee_middleware.errors import (
     PolicyError,
     StoreError,
 )
+from ee_middleware.models.spec import endpoint_problem
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
 from ee_middleware.replay.runner import ProposingAhead, ReplayOutcome, ReplaySettings, propose_ahead, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
@@ -105,10 +106,74 @@ def model_unusable(exc: ModelError) -> bool:
     server is unreachable or failing after retries, refuses the key or the model's name (401, 403, 404), refuses for its
     setup or a setting every request carries (llama-server without ``--jinja``: :attr:`ModelRequestError.setup`), or a
     local model does not load. A request it refuses otherwise (400: a state longer than its context), an answer it
-    garbles or messages its chat template cannot render fail that trajectory alone."""
+    garbles or messages its chat template cannot render fail that trajectory alone; so does a failure after retries
+    from a server that still lists its models (:func:`fails_alone`), until :data:`SERVER_FAILURES_IN_A_ROW` in a row."""
     if isinstance(exc, ModelRequestError):
         return exc.status in (401, 403, 404) or exc.setup
     return isinstance(exc, (ModelLoadError, ModelServerError)) and not isinstance(exc, ModelResponseError)
+
+
+SERVER_FAILURES_IN_A_ROW = 3
+"""Items in a row (a replay worker's trajectories, ``ee experience eval``'s predictions) whose requests a server failed
+after its retries (5xx, time-outs) while it still answered ``GET /models``: then its generation is down, not one prompt
+(a vLLM whose engine died, a gateway that lists models itself), and the work stops as for a server that is gone,
+instead of retrying every item left (see :class:`ServerFailuresInARow`)."""
+
+
+def fails_alone(exc: ModelError, clients: Iterable[Any]) -> bool:
+    """Whether ``exc``, a server failure after the client's retries (5xx, a timeout, no connection: what
+    :func:`model_unusable` stops on), belongs to the request that got it alone: the server still answers ``GET /models``
+    (:func:`~ee_middleware.models.spec.endpoint_problem`), so it failed on that request (a per-input crash in its
+    tokenizer or chat template, a proxy relaying a refusal as 500, a prompt it takes too long over) and answers others.
+
+    The server is asked through the ``clients`` in use (a policy's, an experience sandbox's) whose ``base_url`` the
+    failed request's URL starts with, or through each of them that can be asked where none does (a client of the user's
+    own without a ``base_url``). A refusal of every request (401, 403, 404, its setup), a local model that does not load,
+    and a failure no client can be asked about (none has ``list_models``) are never one request's alone."""
+    if not isinstance(exc, ModelServerError) or isinstance(exc, (ModelRequestError, ModelResponseError)):
+        return False
+    askable = list({id(client): client for client in clients if getattr(client, "list_models", None) is not None}.values())
+    serving = [client for client in askable if _serves(client, getattr(exc, "url", "") or "")] or askable
+    return bool(serving) and all(endpoint_problem(client) is None for client in serving)
+
+
+def _serves(client: Any, url: str) -> bool:
+    base = getattr(client, "base_url", None)
+    return isinstance(base, str) and bool(base) and (url == base or url.startswith(base.rstrip("/") + "/"))
+
+
+class ServerFailuresInARow:
+    """The items in a row (``items``: "trajectories", "predictions") that ended with a server failure kept to their own
+    request (:func:`fails_alone`). At ``limit`` of them the server's generation is down behind a live model listing,
+    and :meth:`note` raises a :class:`~ee_middleware.errors.ModelServerError` saying so (naming the last failure's URL),
+    which stops the work as a server that is gone does. One rule for a replay (per worker) and ``ee experience eval``."""
+
+    def __init__(self, items: str, limit: int = SERVER_FAILURES_IN_A_ROW) -> None:
+        self.items = items
+        self.limit = limit
+        self._failures: list[ModelError] = []
+
+    def note(self, failure: ModelError | None) -> None:
+        """One item ended: with ``failure``, the server failure :func:`fails_alone` kept to it, or any other way
+        (``None``: answered, or failed for another reason), which ends the row."""
+        self._failures = [*self._failures, failure] if failure is not None else []
+        if len(self._failures) >= self.limit:
+            failures, self._failures = self._failures, []
+            raise _generation_down(failures, self.items)
+
+
+def _generation_down(failures: list[ModelError], items: str) -> ModelServerError:
+    last = failures[-1]
+    message = (
+        f"{last} The server still lists its models, but failed the last {len(failures)} {items} in a row after its "
+        "retries: its generation is down (a dead engine behind a live API server, a gateway answering the listing itself). "
+        "Check the server's log and restart it."
+    )
+    error = ModelServerError(
+        message, url=getattr(last, "url", "") or "", status=getattr(last, "status", None), timed_out=getattr(last, "timed_out", False)
+    )
+    error.__cause__ = last
+    return error
 
 
 class _Worker:
@@ -134,6 +199,8 @@ class _Worker:
         counts grow as they end: each record reads them again until then."""
         self._answers_recorded: collections.Counter[str] = collections.Counter()
         """The answer counts already put in a record (see :meth:`_with_answer_counts`)."""
+        self._server_failures = ServerFailuresInARow("trajectories")
+        """This worker's trajectories in a row failed by a server that still lists its models (see :meth:`_replay`)."""
 
     def _build(self) -> tuple[Sandbox, Any]:
         from ee_middleware.replay.policies.proposer import Proposer
@@ -287,16 +354,22 @@ class _Worker:
         except (PolicyError, MissingExtraError):
             raise  # the policy is unusable (server down, model missing): stop the whole job
         except ModelError as exc:
-            if model_unusable(exc):
+            server_failure = model_unusable(exc)
+            if server_failure and not fails_alone(exc, _model_clients(sandbox, proposer)):
                 raise  # every trajectory would fail the same way (retried each time): stop the job
             self._close_parts()
+            # a failure of a server that still lists its models is this trajectory's; a run of them stops the job
+            self._server_failures.note(exc if server_failure else None)
             return self._failed(trajectory.id, exc)
         except Exception as exc:  # noqa: BLE001 - one trajectory's failure must not stop the job
             self._close_parts()
+            self._server_failures.note(None)
             return self._failed(trajectory.id, exc)
         except (KeyboardInterrupt, SystemExit):
             self._stopped = True  # (the job's own process replaying while its workers start calls this, not replay_all)
             raise
+        if outcome.record.status != "skipped":  # (a trajectory skipped for its tools asks little or nothing of a server)
+            self._server_failures.note(None)
         # what the policy raised: examples in the record, and a trajectory it raised at every state of fails (see Proposer.settle)
         return proposer.settle(outcome, settings.privacy.redact_data)
 
@@ -356,6 +429,13 @@ class _Worker:
             else:
                 self._answers_closed.update(answer_counts(policy))
                 _close_quietly(policy)
+
+
+def _model_clients(sandbox: Sandbox, proposer: Any) -> list[Any]:
+    """The chat clients a worker's parts ask (see :func:`fails_alone`): its policy's (a
+    :class:`~ee_middleware.replay.policies.chat.ChatPolicy`'s) and an experience sandbox's."""
+    clients = (getattr(getattr(proposer, "policy", None), "client", None), getattr(sandbox, "_client", None))
+    return [client for client in clients if client is not None]
 
 
 def _close_quietly(part: Any) -> None:

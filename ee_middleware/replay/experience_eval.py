@@ -34,7 +34,10 @@ A model that cannot answer at all (its server unreachable, failing or timing out
 answering ``GET /models`` either (:func:`~ee_middleware.models.spec.endpoint_problem`), refusing the key or the model's
 name, a local model that does not load: :func:`~ee_middleware.replay.executors.model_unusable`, what a replay stops
 on) stops :func:`evaluate` at that prediction with its error (a :class:`~ee_middleware.errors.ModelServerError`
-naming the server's URL): the predictions left would all fail alike, and a report of them would measure nothing.
+naming the server's URL): the predictions left would all fail alike, and a report of them would measure nothing. So
+does a run of :data:`~ee_middleware.replay.executors.SERVER_FAILURES_IN_A_ROW` predictions failed in a row by a server
+that still lists its models (its generation is down behind a live listing). A replay follows the same rule
+(:func:`~ee_middleware.replay.executors.fails_alone`, :class:`~ee_middleware.replay.executors.ServerFailuresInARow`).
 
 Each variant records the ``model`` it ran. A replay config's fidelity gate reads the retrieval
 variant of the model it replays with (:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
@@ -50,10 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.errors import ConfigError, ModelError, ModelRequestError, ModelServerError
-from ee_middleware.models.spec import endpoint_problem
+from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.records import ToolCall, Trajectory
-from ee_middleware.replay.executors import model_unusable
+from ee_middleware.replay.executors import SERVER_FAILURES_IN_A_ROW as SERVER_FAILURES_IN_A_ROW  # (the rule is shared)
+from ee_middleware.replay.executors import ServerFailuresInARow, fails_alone, model_unusable
 from ee_middleware.replay.retrieval import (
     DEFAULT_TOP_K,
     Retriever,
@@ -224,17 +227,14 @@ def evaluate(
     for variant, variant_sandbox, k in plan:
         variant_sandbox.top_k = k
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        failing: list[ModelError] = []  # the server failures of the predictions just made, in a row
+        in_a_row = ServerFailuresInARow("predictions")
         for trajectory, transition in split.held_out:
             step = next(s for s in trajectory.steps if s.index == transition.step_index)
             variant_sandbox.at_step(trajectory, step)
             call = ToolCall(id="eval", name=transition.tool, arguments=transition.arguments)
             row = _score(variant_sandbox, call, transition)
             rows[transition.tool].append(row)
-            server_failure = row.pop("server_failure", None)
-            failing = [*failing, server_failure] if server_failure is not None else []
-            if len(failing) >= SERVER_FAILURES_IN_A_ROW:
-                raise _generation_down(failing)
+            in_a_row.note(row.pop("server_failure", None))  # a run of server failures: its generation is down
             if progress is not None:
                 progress(1)
         report["variants"][variant] = {
@@ -273,7 +273,7 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
         return {"failed": True, "reason": exc.reason, "exact": 0.0, "token_f1": 0.0, "error_agreement": 0.0, "reward": None}
     except ModelError as exc:
         unusable = model_unusable(exc)
-        if unusable and not _fails_this_prediction_alone(sandbox, exc):
+        if unusable and not fails_alone(exc, [sandbox._client]):
             raise  # the server is down or refuses every request: each prediction left would fail the same way, retried
         # this prediction got no answer (the request refused or failed, the answer not a completion): not the model's
         # fidelity, so left out of the metrics
@@ -292,38 +292,6 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
         "error_agreement": float(prediction["is_error"] == real.is_error),
         "reward": reward,
     }
-
-
-SERVER_FAILURES_IN_A_ROW = 3
-"""Predictions in a row whose requests the server failed after its retries (5xx, time-outs) while it still answered
-``GET /models``: then its generation is down, not one prompt (a vLLM whose engine died, a gateway that lists models
-itself), and the eval stops as for a server that is gone, instead of retrying every prediction left."""
-
-
-def _generation_down(failures: list[ModelError]) -> ModelError:
-    last = failures[-1]
-    message = (
-        f"{last} The server still lists its models, but failed the last {len(failures)} predictions in a row after its "
-        "retries: its generation is down (a dead engine behind a live API server, a gateway answering the listing itself)."
-    )
-    error = ModelServerError(
-        message, url=getattr(last, "url", "") or "", status=getattr(last, "status", None), timed_out=getattr(last, "timed_out", False)
-    )
-    error.__cause__ = last
-    return error
-
-
-def _fails_this_prediction_alone(sandbox: ExperienceSandbox, exc: ModelError) -> bool:
-    """Whether ``exc``, a server failure after the client's retries (5xx, a timeout, no connection), belongs to this
-    prediction alone: the server still answers ``GET /models``
-    (:func:`~ee_middleware.models.spec.endpoint_problem`, the check made before any prediction), so it failed on this
-    request (a per-input crash in its tokenizer or chat template, a proxy relaying a refusal as 500, a prompt it takes
-    too long over) and answers the others. A refusal of every request (401, 403, 404, its setup) or a local model that
-    does not load is never this prediction's alone; nor is the failure of a client that cannot be asked."""
-    client = sandbox._client
-    if not isinstance(exc, ModelServerError) or isinstance(exc, ModelRequestError) or getattr(client, "list_models", None) is None:
-        return False
-    return endpoint_problem(client) is None
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
