@@ -6,6 +6,7 @@ folder), imported inside the commands.
 
 from __future__ import annotations
 
+from datetime import UTC
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,23 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         )
         out.print(f"datasets: {datasets or '-'}")
     for event in history:
-        applied = "" if event["applied"] else "  (interrupted: not applied)"
-        out.print(f"  {event['at'][:19]}  {event['action']:<16} by {event.get('by', '?')}{_replacement(event, name)}{applied}")
+        applied = "" if event.get("applied", True) else "  (interrupted: not applied)"
+        line = f"  {_when(event.get('at'))}  {event.get('action', '?'):<16} by {event.get('by', '?')}{_replacement(event, name)}{applied}"
+        out.print(escape(line))
+
+
+def _when(value: Any) -> str:
+    """A history event's time (``at``) for ``show``, to the second: in UTC, saying so, from every form ee improve's
+    promote reads (an ISO 8601 string, a datetime, epoch seconds); a time without a zone as given, saying it names none
+    (a registry plug-in's ``datetime.now()`` is local time); any other value as the registry gave it."""
+    from ee_middleware.jobs.deploy import event_moment, names_no_zone
+
+    moment = event_moment(value)
+    if moment is None:
+        return "time unknown" if value is None else f"time {value!r}"
+    if names_no_zone(value):
+        return f"{moment:%Y-%m-%d %H:%M:%S} (no zone)"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _replacement(event: dict[str, Any], name: str) -> str:
@@ -192,7 +208,7 @@ def _replacement(event: dict[str, Any], name: str) -> str:
         return ""
     if other == name:
         return f"  (replaced {replaced})"
-    return f"  (rolled back to {other})" if event["action"] == "rollback" else f"  (superseded by {other})"
+    return f"  (rolled back to {other})" if event.get("action") == "rollback" else f"  (superseded by {other})"
 
 
 @app.command("promote", epilog=examples("ee adapters promote support-bot-v3-1a2b3c -r ./registry --server http://127.0.0.1:8000/v1"))

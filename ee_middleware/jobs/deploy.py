@@ -631,9 +631,9 @@ def _refuse_taken_off(ctx: StageContext, candidate: str, live: str | None, regis
         how = f"rolled back to {after} by {who} at {when} (`ee adapters rollback`)"
     else:
         how = f"replaced by {after or 'another adapter'}, {action or 'switched'} by {who} at {when}"
-    if _moment(raw_at) is None:
+    if event_moment(raw_at) is None:
         how += f" (the registry gives no readable time for it, so it may be older than run {ctx.run.id}'s register stage)"
-    elif _names_no_zone(raw_at):
+    elif names_no_zone(raw_at):
         how += (
             f" (a time without a zone, so it may be older than run {ctx.run.id}'s register stage: it is taken as older only "
             f"when it is more than {_hours(_WIDEST_UTC_OFFSET)} hours older)"
@@ -669,7 +669,7 @@ def _taken_off(ctx: StageContext, registry: Any, candidate: str) -> tuple[dict[s
     before, and taken off then, are another matter. ``None`` when there is none. And what could not be checked, each
     said in a warning (a ``UserWarning`` naming the registry): the whole check when the registry keeps no history (no
     ``history``, or one that raises ``NotImplementedError`` or returns ``None``: it cannot tell, and is not refused),
-    and each such event whose ``at`` is not a time :func:`_moment` reads (it counts: whether it is older than the run
+    and each such event whose ``at`` is not a time :func:`event_moment` reads (it counts: whether it is older than the run
     cannot be told, and undoing an operator's rollback is the harm the check is there for), or is a time without a zone
     (a naive datetime or ISO string: a plug-in's ``datetime.now()`` is local time, not UTC) that is not older than the
     register stage in every zone (it counts the same way; one older by more than :data:`_WIDEST_UTC_OFFSET` does not).
@@ -706,14 +706,14 @@ def _taken_off(ctx: StageContext, registry: Any, candidate: str) -> tuple[dict[s
     if events is None:
         return None, [_unchecked(f"The adapter registry {location} ({kind}) keeps no history ({reason}): {what}.")]
     register = run.stage("register") or {}
-    since = _moment(register.get("started_at")) or _moment(run.data.get("started_at"))
+    since = event_moment(register.get("started_at")) or event_moment(run.data.get("started_at"))
     found, unchecked = None, []
     for event in events:
         if not isinstance(event, dict) or event.get("replaced") != candidate or event.get("applied") is False:
             continue
         raw_at = event.get("at")
-        at = _moment(raw_at)
-        zoneless = at is not None and _names_no_zone(raw_at)
+        at = event_moment(raw_at)
+        zoneless = at is not None and names_no_zone(raw_at)
         event_text = f"its {event.get('action') or 'unnamed'} event that took {candidate} off (by {event.get('by') or 'someone'})"
         if since is None:
             pass
@@ -759,8 +759,8 @@ def _hours(span: timedelta) -> int:
     return int(span.total_seconds() // 3600)
 
 
-def _names_no_zone(value: Any) -> bool:
-    """Whether ``value``, a time :func:`_moment` reads, is a wall-clock time without a zone (a naive datetime, or an ISO
+def names_no_zone(value: Any) -> bool:
+    """Whether ``value``, a time :func:`event_moment` reads, is a wall-clock time without a zone (a naive datetime, or an ISO
     string without an offset): a registry plug-in's ``datetime.now()`` gives local time there, not UTC."""
     if isinstance(value, datetime):
         return value.tzinfo is None or value.utcoffset() is None
@@ -772,10 +772,10 @@ def _names_no_zone(value: Any) -> bool:
     return False
 
 
-def _moment(value: Any) -> datetime | None:
+def event_moment(value: Any) -> datetime | None:
     """A time from a registry's history (``at``) or a run's files, as an aware datetime, or ``None`` when it is none of
     these: an ISO 8601 string, a :class:`datetime`, or a number of seconds since the epoch. A time that names no zone
-    is read as UTC, as the runs write their times; a registry's may be local time (see :func:`_names_no_zone`)."""
+    is read as UTC, as the runs write their times; a registry's may be local time (see :func:`names_no_zone`)."""
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -798,7 +798,7 @@ def _moment_text(value: Any) -> str:
     another form, quoted when it is no time."""
     if value is None:
         return "an unrecorded time"
-    moment = _moment(value)
+    moment = event_moment(value)
     if moment is None:
         return repr(value)
     if isinstance(value, str):
