@@ -19,7 +19,13 @@ from ee_middleware.cli.common import JsonOption, console, examples, print_json, 
 app = typer.Typer(help="Versioned LoRA adapters: register, promote (hot-swap into the servers), roll back, retire.", no_args_is_help=True)
 
 RegistryOption = typer.Option(
-    ..., "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="Adapter registry: a folder (created on first register)."
+    ...,
+    "--registry",
+    "-r",
+    envvar="EE_ADAPTER_REGISTRY",
+    show_envvar=True,
+    help="Adapter registry: a folder (created on first register; or local:PATH), NAME:LOCATION for an installed registry plug-in "
+    "(an ee_middleware.adapter_registries entry point), or package.module:factory.",
 )
 ServerOption = typer.Option(
     [],
@@ -34,12 +40,31 @@ RankOption = typer.Option(
 )
 
 
-class BackendChoice(StrEnum):
-    vllm = "vllm"
-    local = "local"
+def _backend(spec: str) -> str:
+    """``--backend``: a serving backend's spec, checked now (a typo is a usage error listing every accepted form)."""
+    from ee_middleware.adapters.serving.backend import BACKENDS
+    from ee_middleware.errors import EEError
+
+    try:
+        BACKENDS.resolve(spec)
+    except EEError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return spec.strip()
 
 
-BackendOption = typer.Option(BackendChoice.vllm, "--backend", help="What the servers are: vllm or local (ee serve local).")
+BackendOption = typer.Option(
+    "vllm",
+    "--backend",
+    callback=_backend,
+    help="What the servers are: vllm, local (ee serve local), or a serving-backend plug-in: package.module:factory or the "
+    "name of an ee_middleware.serving_backends entry point (as [improve.serving] backend).",
+)
+RegistryOnlyOption = typer.Option(
+    False,
+    "--registry-only",
+    help="Load it on no server: switch the app's alias in the registry alone (as ee improve does without [improve.serving] "
+    "servers). Takes no --server.",
+)
 
 
 class StatusChoice(StrEnum):  # the values of ee_middleware.adapters.records.Status (kept out of the CLI's imports)
@@ -60,10 +85,33 @@ def _urls(servers: list[str]) -> list[str]:
     return [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
 
 
-def _replicas(urls: list[str], backend: BackendChoice, max_lora_rank: int | None) -> list[Any]:
+def _replicas(urls: list[str], backend: str, max_lora_rank: int | None) -> list[Any]:
     from ee_middleware.adapters.serving.backend import build_backends
 
-    return build_backends(urls, kind=backend.value, max_lora_rank=max_lora_rank)
+    return build_backends(urls, kind=backend, max_lora_rank=max_lora_rank)
+
+
+def _switch_replicas(ctx: typer.Context, servers: list[str], backend: str, max_lora_rank: int | None, *, registry_only: bool) -> list[Any]:
+    """The replicas a promote or rollback loads on: those ``--server`` names, or none with ``--registry-only`` (servers
+    from EE_SERVER_URLS are then left out, with a note; given on the command line, they are a usage error)."""
+    urls = _urls(servers)
+    if not registry_only:
+        if not urls:
+            raise typer.BadParameter(
+                "no model server given. Pass --server URL once per replica (or set EE_SERVER_URLS=URL,URL), e.g. --server "
+                "http://127.0.0.1:8000/v1; or --registry-only to switch the alias in the registry alone, loading it on no server.",
+                param_hint="'--server'",
+            )
+        return _replicas(urls, backend, max_lora_rank)
+    if urls:
+        if getattr(ctx.get_parameter_source("servers"), "name", None) != "ENVIRONMENT":  # typer's own click: by name
+            raise typer.BadParameter(
+                f"--registry-only loads the adapter on no server, but --server names {', '.join(urls)}: leave out --server, "
+                "or --registry-only to load it there.",
+                param_hint="'--registry-only'",
+            )
+        typer.echo(f"note: --registry-only: the servers in EE_SERVER_URLS ({', '.join(urls)}) are left alone.", err=True)
+    return []
 
 
 def _record_json(record: Any) -> dict[str, Any]:
@@ -213,10 +261,12 @@ def _replacement(event: dict[str, Any], name: str) -> str:
 
 @app.command("promote", epilog=examples("ee adapters promote support-bot-v3-1a2b3c -r ./registry --server http://127.0.0.1:8000/v1"))
 def promote(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="The adapter to make live."),
     registry: str = RegistryOption,
     servers: list[str] = ServerOption,
-    backend: BackendChoice = BackendOption,
+    backend: str = BackendOption,
+    registry_only: bool = RegistryOnlyOption,
     max_lora_rank: int | None = RankOption,
     by: str | None = ByOption,
     ignore_gate: bool = typer.Option(
@@ -241,7 +291,7 @@ def promote(
     load; an adapter an earlier version marked failed for it is made a candidate again and promoted."""
     from ee_middleware.adapters.promote import promote as run_promote
 
-    replicas = _replicas(_urls(servers), backend, max_lora_rank)
+    replicas = _switch_replicas(ctx, servers, backend, max_lora_rank, registry_only=registry_only)
     progress = None if as_json else lambda t: typer.echo(t, err=True)
     result = run_promote(
         _registry(registry), name, replicas, by=by, progress=progress, ignore_gate=ignore_gate, ignore_rendering=ignore_rendering
@@ -257,10 +307,12 @@ def promote(
 
 @app.command("rollback", epilog=examples("ee adapters rollback support-bot -r ./registry --server http://127.0.0.1:8000/v1"))
 def rollback(
+    ctx: typer.Context,
     app_name: str = typer.Argument(..., help="The app whose previous live adapter comes back."),
     registry: str = RegistryOption,
     servers: list[str] = ServerOption,
-    backend: BackendChoice = BackendOption,
+    backend: str = BackendOption,
+    registry_only: bool = RegistryOnlyOption,
     max_lora_rank: int | None = RankOption,
     by: str | None = ByOption,
     as_json: bool = JsonOption,
@@ -269,7 +321,8 @@ def rollback(
     from ee_middleware.adapters.promote import rollback as run_rollback
 
     progress = None if as_json else lambda t: typer.echo(t, err=True)
-    result = run_rollback(_registry(registry), app_name, _replicas(_urls(servers), backend, max_lora_rank), by=by, progress=progress)
+    replicas = _switch_replicas(ctx, servers, backend, max_lora_rank, registry_only=registry_only)
+    result = run_rollback(_registry(registry), app_name, replicas, by=by, progress=progress)
     if as_json:
         print_json(result.to_json())
     else:
@@ -281,7 +334,7 @@ def retire(
     name: str = typer.Argument(..., help="The adapter to withdraw."),
     registry: str = RegistryOption,
     servers: list[str] = ServerOption,
-    backend: BackendChoice = BackendOption,
+    backend: str = BackendOption,
     reason: str | None = typer.Option(None, "--reason", help="Why, for the record."),
     by: str | None = ByOption,
     as_json: bool = JsonOption,

@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import shlex
-import sys
 import warnings
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
@@ -533,38 +532,22 @@ def promote(ctx: StageContext) -> StageResult:
     return result
 
 
-_CLI_BACKENDS = ("vllm", "local")  # what `ee adapters promote --backend` takes
-
-
 def promote_command(config: ImproveConfig, name: str) -> str:
-    """A shell command that promotes ``name`` by hand as ``config``'s promote stage would: into its registry, on its
-    ``[improve.serving]`` servers, with their backend and ``max_lora_rank``, runnable as written.
-
-    ``ee adapters promote NAME -r REGISTRY --server URL ... --backend B [--max-lora-rank N]`` where that command can
-    say it. Where it cannot, the same library call (:func:`ee_middleware.adapters.promote.promote`) through the Python
-    running this job: no servers configured (the promote is then the registry's alias switch alone, which the command
-    refuses: it needs a ``--server``), or a serving-backend plug-in (its ``--backend`` takes vllm or local only)."""
+    """A shell command that promotes ``name`` by hand as ``config``'s promote stage would, runnable as written:
+    ``ee adapters promote NAME -r REGISTRY`` (the registry as the config names it: a folder, or a registry plug-in's
+    ``NAME:LOCATION`` or ``package.module:factory``), then the ``[improve.serving]`` servers with their backend (a
+    built-in name or a serving-backend plug-in's spec) and ``max_lora_rank``; without servers ``--registry-only``: the
+    promote is then the registry's alias switch alone, as the stage's is."""
     serving = config.serving
-    if serving.servers and serving.backend in _CLI_BACKENDS:
-        words = ["ee", "adapters", "promote", name, "-r", config.registry]
-        for url in serving.servers:
-            words += ["--server", url]
-        words += ["--backend", serving.backend]
-        if serving.max_lora_rank is not None:
-            words += ["--max-lora-rank", str(serving.max_lora_rank)]
-        return shlex.join(words)
-    replicas = (
-        f"build_backends({list(serving.servers)!r}, kind={serving.backend!r}, max_lora_rank={serving.max_lora_rank!r})"
-        if serving.servers
-        else "[]"
-    )
-    code = (
-        "from ee_middleware.adapters.promote import promote; from ee_middleware.adapters.registry import open_registry; "
-        + ("from ee_middleware.adapters.serving.backend import build_backends; " if serving.servers else "")
-        + f"done = promote(open_registry({config.registry!r}, create=False), {name!r}, {replicas}, progress=print); "
-        + "print(done.live.app, '->', done.live.name)"
-    )
-    return shlex.join([sys.executable, "-c", code])
+    words = ["ee", "adapters", "promote", name, "-r", config.registry]
+    if not serving.servers:
+        return shlex.join([*words, "--registry-only"])
+    for url in serving.servers:
+        words += ["--server", url]
+    words += ["--backend", serving.backend]
+    if serving.max_lora_rank is not None:
+        words += ["--max-lora-rank", str(serving.max_lora_rank)]
+    return shlex.join(words)
 
 
 def _operation_lease(registry: Any, doing: str, *, by: str, say: Callable[[str], None]) -> contextlib.AbstractContextManager[Any]:

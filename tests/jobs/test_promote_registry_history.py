@@ -4,7 +4,8 @@ as a datetime or epoch seconds rather than the local registry's ISO strings.
 
 A real installed registry plug-in (a module plus a dist-info declaring ``ee_middleware.adapter_registries``, as
 tests/jobs/test_preflight.py installs one) over the local registry's folder, a real run folder and the real stage
-runner; the earlier stages' manifests are written as they write them (see tests/jobs/test_promote_live_changed.py)."""
+runner; the earlier stages' manifests are written as they write them (see tests/jobs/test_promote_live_changed.py).
+The promote by hand that the refusals name runs as written, through the real ``ee`` CLI in a shell."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from ee_middleware.jobs.deploy import promote_command
 from ee_middleware.jobs.errors import JobError, LiveAdapterChangedError
 from ee_middleware.jobs.improve import _run_stage
 from ee_middleware.jobs.runs import Run, now
+from tests.adapters.helpers import StandInVLLM
 from tests.jobs.test_promote_live_changed import APP, _context, _setup
 
 PLUGIN = '''
@@ -87,23 +90,45 @@ def open_timed(location, *, create=True):
     return TimedRegistry(location, create=create)
 '''
 
+SERVING_PLUGIN = '''
+import os
+from pathlib import Path
+
+from ee_middleware.adapters.serving.backend import VLLMBackend
+
+
+class Backend(VLLMBackend):
+    """The team's serving backend: vLLM's runtime LoRA API, each load written to TEAM_SERVING_LOG."""
+
+    kind = "team-gpu"
+
+    def load(self, name, path):
+        with Path(os.environ["TEAM_SERVING_LOG"]).open("a") as log:
+            log.write(f"{self.url} {name}\\n")
+        return super().load(name, path)
+'''
+
 
 @pytest.fixture(autouse=True)
 def registry_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     site = tmp_path / "site"
     (site / "team_history_registries-0.1.dist-info").mkdir(parents=True)
     (site / "team_history_registries.py").write_text(PLUGIN)
+    (site / "team_serving.py").write_text(SERVING_PLUGIN)
     (site / "team_history_registries-0.1.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: team-history-registries\nVersion: 0.1\n"
     )
     (site / "team_history_registries-0.1.dist-info" / "entry_points.txt").write_text(
         "[ee_middleware.adapter_registries]\nteam-nohistory = team_history_registries:open_no_history\n"
         "team-flaky = team_history_registries:open_flaky\nteam-timed = team_history_registries:open_timed\n"
+        "[ee_middleware.serving_backends]\nteam-gpu = team_serving:Backend\n"
     )
     monkeypatch.syspath_prepend(str(site))
-    sys.modules.pop("team_history_registries", None)
+    for module in ("team_history_registries", "team_serving"):
+        sys.modules.pop(module, None)
     yield
-    sys.modules.pop("team_history_registries", None)
+    for module in ("team_history_registries", "team_serving"):
+        sys.modules.pop(module, None)
 
 
 def _plugin_setup(tmp_path: Path, plugin: str) -> tuple[ImproveConfig, Run, dict[str, str]]:
@@ -325,7 +350,7 @@ def test_a_rollback_whose_time_names_no_zone_is_kept_out_only_when_older_in_ever
 
 
 def _named_promote(message: str) -> str:
-    [command] = [c for c in re.findall(r"`([^`]+)`", message) if c.startswith(("ee adapters promote ", shlex.quote(sys.executable)))]
+    [command] = [c for c in re.findall(r"`([^`]+)`", message) if c.startswith("ee adapters promote ")]
     return command
 
 
@@ -345,8 +370,10 @@ def _run_as_written(command: str, tmp_path: Path) -> subprocess.CompletedProcess
 def test_the_promote_by_hand_each_refusal_names_works_as_written_without_servers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
 ) -> None:
-    """No [improve.serving] servers (ee improve then promotes in the registry only). Before, each refusal named
-    `ee adapters promote NAME -r REGISTRY`, which fails: "No model server given"."""
+    """No [improve.serving] servers (ee improve then promotes in the registry only), a registry plug-in: the refusal names
+    `ee adapters promote NAME -r PLUGIN:LOCATION --registry-only`. Before, a python -c line (`ee adapters promote` took
+    no promote in the registry alone), and before that `ee adapters promote NAME -r REGISTRY`, which failed: "No model
+    server given"."""
     config, run, names = _plugin_setup(tmp_path, "team-flaky")
     registry = open_registry(config.registry)
     to_promote = names["cand"]
@@ -362,6 +389,7 @@ def test_the_promote_by_hand_each_refusal_names_works_as_written_without_servers
         _run_stage(_context(config, run), "promote")
     command = _named_promote(str(caught.value))
     assert command == promote_command(config, to_promote)
+    assert shlex.split(command) == ["ee", "adapters", "promote", to_promote, "-r", config.registry, "--registry-only"]
 
     done = _run_as_written(command, tmp_path)
 
@@ -397,14 +425,42 @@ def test_the_promote_by_hand_names_the_servers_backend_and_rank_ee_improve_used(
     assert registry.resolve(APP) == names["v1"]
 
 
-def test_the_promote_by_hand_with_a_serving_backend_plug_in_builds_it_as_ee_improve_does(tmp_path: Path) -> None:
-    """`ee adapters promote --backend` takes vllm or local only: a plug-in's name goes to the same library call."""
-    config, _, names = _setup(tmp_path)
-    config = config.model_copy(update={"serving": Serving(backend="team_serving:Backend", servers=["http://gpu-1:8000/v1"])})
+@pytest.fixture
+def stand_in_vllm() -> Iterator[StandInVLLM]:
+    server = StandInVLLM()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
-    command = promote_command(config, names["cand"])
 
-    python, flag, code = shlex.split(command)
-    assert (python, flag) == (sys.executable, "-c")
-    assert "build_backends(['http://gpu-1:8000/v1'], kind='team_serving:Backend', max_lora_rank=None)" in code
-    compile(code, "<promote by hand>", "exec")
+@pytest.mark.parametrize("backend", ["team_serving:Backend", "team-gpu"])
+def test_the_promote_by_hand_with_a_serving_backend_plug_in_works_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_vllm: StandInVLLM, backend: str
+) -> None:
+    """ee improve serving through a serving-backend plug-in (a module:factory, or an installed entry point's name) and a
+    registry plug-in: the refusal names `ee adapters promote` with both, which loads the candidate on the server through
+    the plug-in and switches the alias. Before, a python -c line: `ee adapters promote --backend` took vllm or local
+    only. The plug-in is vLLM's backend under the team's name; the server, the stand-in of vLLM's runtime LoRA API
+    (tests/adapters/helpers.py) on a real HTTP server."""
+    url = f"http://127.0.0.1:{stand_in_vllm.server_address[1]}/v1"
+    monkeypatch.setenv("TEAM_SERVING_LOG", str(tmp_path / "team-serving.log"))
+    config, run, names = _plugin_setup(tmp_path, "team-flaky")
+    config = config.model_copy(update={"serving": Serving(backend=backend, servers=[url], max_lora_rank=8)})
+    registry = open_registry(config.registry)
+    registry.switch_live(names["cand"], by="ee improve (stopped after the switch, before the manifest)")
+    rollback(registry, APP, [], by="alice")
+    with pytest.raises(LiveAdapterChangedError) as caught:
+        _run_stage(_context(config, run), "promote")
+    command = _named_promote(str(caught.value))
+    assert shlex.split(command) == [
+        "ee", "adapters", "promote", names["cand"], "-r", config.registry, "--server", url, "--backend", backend, "--max-lora-rank", "8"
+    ]  # fmt: skip
+
+    done = _run_as_written(command, tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert registry.resolve(APP) == names["cand"]
+    assert names["cand"] in stand_in_vllm.loaded
+    assert (tmp_path / "team-serving.log").read_text() == f"{url} {names['cand']}\n"  # loaded through the plug-in
