@@ -572,6 +572,11 @@ class RunRecord:
     ``None``: new ones when the root is made."""
 
 
+def root_span_name(recorder: Recorder) -> str:
+    """The name of a run's ``invoke_agent`` span (the OpenTelemetry GenAI convention: the operation, then the agent)."""
+    return f"{sc.OP_INVOKE_AGENT} {recorder.config.app}"
+
+
 def root_attributes(recorder: Recorder, trajectory_id: str, thread_id: Any) -> dict[str, Any]:
     """The attributes of a run's ``invoke_agent`` span known when it starts."""
     app = recorder.config.app
@@ -647,7 +652,7 @@ def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:
     """Make every span of a run recorded whole (``RunCapture(buffered=True)``): the root span, its
     calls in the order they ended, then the root's outcome. ``on_error(message, exc)`` hears of a
     call that could not be emitted (the others still are)."""
-    name, attrs = f"invoke_agent {recorder.config.app}", root_attributes(recorder, record.trajectory_id, record.thread_id)
+    name, attrs = root_span_name(recorder), root_attributes(recorder, record.trajectory_id, record.thread_id)
     tracer = recorder.tracer
     if record.root_ids is not None and isinstance(tracer, DirectTracer):
         span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attrs, start_time=record.start_ns, ids=record.root_ids)

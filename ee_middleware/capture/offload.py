@@ -790,9 +790,11 @@ class _Worker:
             config, self.store, recorder_id=recorder_id, strict=strict, approve_if=approve_if, salt=salt, vault=self.vault
         )
         keep_redaction_when_restored(self.store, redaction_settings(config, self.vault), salt)  # a store folder made again
-        self.tracer: Tracer | DirectTracer = direct_tracer(config, self.processor)
+        self.tracer: Tracer | DirectTracer
         tap = os.environ.get(SPAN_PROCESSOR_ENV)
-        if tap:  # a test reads the spans: SDK spans, on a provider of the child's own
+        if not tap:
+            self.tracer = direct_tracer(config, self.processor)
+        else:  # a test reads the spans: SDK spans, on a provider of the child's own
             import importlib
 
             from ee_middleware._version import __version__

@@ -184,7 +184,9 @@ class ExperienceSpanProcessor(SpanProcessor):
 
     def _on_end(self, span: ReadableSpan) -> None:
         parent = span.parent
-        self._keep(span.attributes or {}, f"{span.context.trace_id:032x}", parent is None or parent.is_remote, span, from_readable_span)
+        # a recorder's spans are kept by their trajectory id: the trace id is read only without one (ingest)
+        trace_id = "" if self.recorder_id is not None else f"{span.context.trace_id:032x}"
+        self._keep(span.attributes or {}, trace_id, parent is None or parent.is_remote, span, from_readable_span)
 
     def on_end_data(self, data: SpanData) -> None:
         """A span made as plain data (:class:`~ee_middleware.capture.direct_spans.DirectTracer`): kept as :meth:`on_end`

@@ -32,7 +32,6 @@ import inspect
 import logging
 import multiprocessing.util
 import os
-import random
 import secrets
 import signal
 import sys
@@ -53,7 +52,7 @@ from langgraph.pregel.protocol import PregelProtocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, Tracer
+from opentelemetry.trace import SpanKind, Tracer
 
 from ee_middleware._lifetime import process_hooks
 from ee_middleware._version import __version__
@@ -68,6 +67,7 @@ from ee_middleware.capture.callbacks import (
     is_cancellation,
     is_interrupt,
     root_attributes,
+    root_span_name,
     sendable_calls,
 )
 from ee_middleware.capture.config import CaptureConfig
@@ -97,9 +97,6 @@ from ee_middleware.store.registry import open_store
 logger = logging.getLogger("ee_middleware.capture")
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
-
-
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 class Recorder:
@@ -392,12 +389,11 @@ class _Run:
             # the spans are made in the capture process; the user's spans nest under a stand-in here, with the ids the
             # root gets there (in the current trace, marked sampled as the user's sampler says: DirectTracer.root_ids)
             self.start_ns = time.time_ns()
-            self.root_ids: RootIds | None = _root_ids(recorder)
-            name = f"invoke_agent {recorder.config.app}"
-            self.span = StandInSpan(name, self.root_ids, self.start_ns) if self.root_ids is not None else _stand_in()
+            self.root_ids: RootIds = _root_ids(recorder)
+            self.span = StandInSpan(root_span_name(recorder), self.root_ids, self.start_ns)
         else:
             attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
-            self.span = recorder.tracer.start_span(f"invoke_agent {recorder.config.app}", kind=SpanKind.INTERNAL, attributes=attrs)
+            self.span = recorder.tracer.start_span(root_span_name(recorder), kind=SpanKind.INTERNAL, attributes=attrs)
         self.context = trace.set_span_in_context(self.span)
         self.paused = False
         """Whether the run stopped at a static breakpoint (``interrupt_before``/``interrupt_after``), set by the graph's
@@ -523,16 +519,12 @@ class _Run:
         return True
 
 
-def _root_ids(recorder: Recorder) -> RootIds | None:
-    """The ids a run's root span will have, decided in the agent's process (``None`` where its tracer is not direct)."""
+def _root_ids(recorder: Recorder) -> RootIds:
+    """The ids a run's root span will have, decided in the agent's process. A recorder that offloads has no tracer
+    provider of the user's (the capture process could not reach its exporters), so its tracer is always direct."""
     tracer = recorder.tracer
-    if not isinstance(tracer, DirectTracer):
-        return None
-    return tracer.root_ids(f"invoke_agent {recorder.config.app}")
-
-
-def _stand_in() -> NonRecordingSpan:
-    return NonRecordingSpan(SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _SAMPLED))
+    assert isinstance(tracer, DirectTracer), "a recorder with the user's own tracer provider never offloads"
+    return tracer.root_ids(root_span_name(recorder))
 
 
 def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:
