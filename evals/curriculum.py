@@ -431,7 +431,9 @@ def run_curriculum(
                     run.dropped[UNKNOWN_TOOL_DROPPED] += 1
                     continue
                 if conversation.error_type:
-                    run.dropped[f"the rollout failed: {conversation.error_type}"] += 1
+                    # a policy server that gave no answer (down, timing out): its error holds the fix (--timeout)
+                    detail = f" ({conversation.error})" if conversation.no_answer and conversation.error else ""
+                    run.dropped[f"the rollout failed: {conversation.error_type}{detail}"] += 1
                     continue
                 if unreadable_call(conversation):
                     run.dropped[UNPARSABLE_DROPPED] += 1

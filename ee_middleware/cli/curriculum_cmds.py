@@ -18,6 +18,7 @@ from ee_middleware.cli.common import (
     reading_store,
     user_output_to_stderr,
 )
+from ee_middleware.cli.experience_cmds import TIMEOUT_KNOB, timeout_option
 
 if TYPE_CHECKING:
     from ee_middleware.replay.curriculum import Proposal, TaskScore
@@ -41,6 +42,7 @@ def propose_cmd(
     max_tokens: int = typer.Option(
         200, "--max-tokens", min=1, help="Tokens MODEL may write per variant (raise it for a model that reasons first)."
     ),
+    timeout_s: float = timeout_option("MODEL"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -48,12 +50,12 @@ def propose_cmd(
 
     Scores each task by the variance p(1-p) of its outcomes in an eval run, and has MODEL write variants of
     the highest-scoring ones (same tools and environment, validated against the tool schemas)."""
-    from ee_middleware.models.spec import build_chat_client
     from ee_middleware.replay.curriculum import propose, read_results, score_tasks
+    from ee_middleware.replay.sandboxes.experience import build_model_client
 
     scores = score_tasks(read_results(results))
     opened = open_existing_store(store)
-    client = build_chat_client(model)
+    client = build_model_client(model, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB)
     try:
         # what the model's code prints (module:factory) goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
@@ -164,6 +166,7 @@ def run_cmd(
     store: str = StoreOption,
     k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
     approve_if: str | None = typer.Option(None, "--approve-if", help="module:function(trajectory) -> bool; others stay pending."),
+    timeout_s: float = timeout_option("the policy and the judge"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -186,7 +189,8 @@ def run_cmd(
         run_curriculum,
     )
     from ee_middleware.models.protocol import CUT_WHILE_REASONING
-    from ee_middleware.models.spec import build_chat_client, endpoint_problem
+    from ee_middleware.models.spec import endpoint_problem
+    from ee_middleware.replay.sandboxes.experience import build_model_client
     from ee_middleware.replay.sandboxes.registry import build_sandbox
 
     if not tasks.exists():
@@ -201,7 +205,7 @@ def run_cmd(
             raise typer.BadParameter(f"cannot import {approve_if!r} ({exc}); write module:function.", param_hint="--approve-if") from None
     opened = open_existing_store(store)
     build_sandbox(sandbox).close()  # a sandbox that cannot be built fails here, before any rollout
-    policy_client, judge_client = build_chat_client(policy), build_chat_client(judge)
+    policy_client, judge_client = (build_model_client(spec, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB) for spec in (policy, judge))
     try:
         problem = endpoint_problem(judge_client)  # a judge endpoint that is down fails here, before any rollout
         if problem is not None:
@@ -243,7 +247,7 @@ def run_cmd(
     elif judge_failed and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
         problem = (
             f"the judge {judge} failed on every one of the {judge_failed} rollout(s) it was shown (see 'dropped'): check that "
-            "its server is up and answers in time, or pass another --judge."
+            f"its server is up and answers in time (raise --timeout, now {timeout_s:g} s, for a slow one), or pass another --judge."
         )
     elif cut and not result.kept and not result.dropped.get("judged unsuccessful"):
         fix = (

@@ -27,6 +27,26 @@ RetrieverOption = typer.Option(
     help="How the replay buffer is searched: bm25 (built in), bm25s (pip install 'ee-middleware[experience]'), module:factory or an entry point.",
 )
 
+TIMEOUT_KNOB = "`--timeout N`"
+"""How these commands' user sets the model client's ``timeout_s`` (what the advice after a timeout names)."""
+
+
+def _positive_seconds(value: float) -> float:
+    if not value > 0:  # (NaN too)
+        raise typer.BadParameter(f"must be a number of seconds > 0, got {value:g}; e.g. --timeout 120 for a model served on CPU.")
+    return value
+
+
+def timeout_option(who: str) -> Any:
+    """A ``--timeout`` option: seconds per request to ``who`` (an ``openai:`` model; others have no request timeout)."""
+    return typer.Option(
+        60.0,
+        "--timeout",
+        callback=_positive_seconds,
+        help=f"Seconds per request to {who} when it is an openai: model (one served on CPU takes seconds per answer, more behind a queue).",
+    )
+
+
 app = typer.Typer(help="The experience model: a language model standing in for tools that cannot be replayed.", no_args_is_help=True)
 
 
@@ -56,6 +76,7 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many held-out transitions."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Tokens the model may write per prediction."),
+    timeout_s: float = timeout_option("the model"),
     out: Path = typer.Option(
         Path("experience-eval"),
         "--out",
@@ -98,9 +119,10 @@ def eval_cmd(
     # what the model's code prints (a module:factory, a local model) goes to stderr: stdout holds the answer alone
     with user_output_to_stderr():
         try:
-            sandboxes.append(ExperienceSandbox(model, max_tokens=max_tokens, index=split.index))
+            timing = {"timeout_s": timeout_s, "timeout_knob": TIMEOUT_KNOB}
+            sandboxes.append(ExperienceSandbox(model, max_tokens=max_tokens, index=split.index, **timing))
             if trained is not None:
-                sandboxes.append(ExperienceSandbox(trained, max_tokens=max_tokens, index=split.index))
+                sandboxes.append(ExperienceSandbox(trained, max_tokens=max_tokens, index=split.index, **timing))
             try:
                 report = _run(sandboxes[0], sandboxes[1] if trained else None, split, top_k, quiet=as_json, done=done)
             except ModelError as exc:
@@ -158,6 +180,7 @@ def dataset_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split (as 'ee experience eval')."),
     top_k: int = typer.Option(3, "--top-k", min=0, help="Retrieved real transitions in each prompt."),
     retriever: str = RetrieverOption,
+    timeout_s: float = timeout_option("the teacher"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -172,9 +195,9 @@ def dataset_cmd(
     opened = open_existing_store(store)
     client = None
     if teacher != "template":
-        from ee_middleware.models.spec import build_chat_client
+        from ee_middleware.replay.sandboxes.experience import build_model_client
 
-        client = build_chat_client(teacher)
+        client = build_model_client(teacher, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB)
     try:
         # what a local teacher or a retriever's code prints goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):

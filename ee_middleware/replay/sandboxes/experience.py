@@ -21,7 +21,8 @@ default, ``bm25s`` or a plug-in: :data:`ee_middleware.replay.retrieval.RETRIEVER
 ``fidelity`` (a report of ``ee experience eval --json``, whose variant that measured this model is
 read unless ``fidelity_variant`` names one, or a tool -> score mapping) refuses the
 tools whose measured fidelity is below their threshold or was never measured; :meth:`refusal_hint`
-says which and why, and ``ee replay run`` prints it.
+says which and why, and ``ee replay run`` prints it. ``timeout_s`` (seconds per request to an ``openai:`` model, 60 by
+default; a model on a CPU server takes seconds per prediction, and longer behind a queue) is how long the model may take.
 
 Expert steps are not predicted: the runner announces each recorded step (:meth:`at_step`) and the
 expert's own call then returns its recorded observation, so the history stays real.
@@ -61,6 +62,23 @@ CUT_BEFORE_JSON = "the answer was cut off at max_tokens before any JSON object b
 """The start of the reason an answer that stopped at ``max_tokens`` before it began the JSON object asked for is
 unusable for (prose until the limit, an untrained model's usual answer): more tokens alone will not make it JSON.
 An answer cut off inside the object says ``"the answer was cut off at max_tokens (finish_reason 'length'; ..."``."""
+
+
+SANDBOX_TIMEOUT_KNOB = "timeout_s under [replay.sandbox_settings]"
+"""How a replay's user sets the experience model's ``timeout_s`` (what the advice after a timeout names)."""
+
+
+def build_model_client(spec: str, *, timeout_s: float | None = None, timeout_knob: str | None = None) -> ChatClient:
+    """The chat client ``spec`` names (:func:`~ee_middleware.models.spec.build_chat_client`), waiting ``timeout_s`` per
+    request where it is an ``openai:`` model's (``None``: the client's 60 s; a local model or a plug-in has no request
+    timeout to set), and whose advice after a timeout names ``timeout_knob``: how the running command sets it."""
+    from ee_middleware.models.spec import build_chat_client
+
+    options = {"timeout_s": timeout_s} if timeout_s is not None and spec.strip().startswith("openai:") else {}
+    client = build_chat_client(spec, **options)
+    if timeout_knob is not None and getattr(client, "timeout_knob", False) is None:  # a served model's client
+        client.timeout_knob = timeout_knob  # type: ignore[attr-defined]
+    return client
 
 
 _JSON_START = re.compile(r'\{\s*(?:"|\Z)')
@@ -257,6 +275,11 @@ def _check_settings(**settings: Any) -> None:
         )
     if isinstance(refresh_s, bool) or not isinstance(refresh_s, (int, float)) or not refresh_s >= 0:
         raise ValueError(f"refresh_s must be a number of seconds >= 0, got {_shown(refresh_s)}, e.g. refresh_s = 60.")
+    timeout_s = settings["timeout_s"]
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0):
+        raise ValueError(
+            f"timeout_s must be a number of seconds > 0 (per request to the model), got {_shown(timeout_s)}, e.g. timeout_s = 120."
+        )
     for name in ("real", "fidelity_variant"):
         if settings[name] is not None and not isinstance(settings[name], str):
             example = 'real = "bfcl"' if name == "real" else 'fidelity_variant = "retrieval"'
@@ -287,6 +310,8 @@ class ExperienceSandbox:
     A setting of the wrong type or range (``min_fidelity = 0.6`` for a table, ``{"*" = "0.6"}`` for a number) is a
     ``ValueError`` naming it and how to write it; :func:`build_experience_sandbox` (``ee replay run``'s
     ``[replay.sandbox_settings]``) reports it, and an unknown setting, as the sandbox's bad options.
+    ``timeout_knob`` is no setting: it is how the command that builds the sandbox sets ``timeout_s`` (``ee experience
+    eval``: ``--timeout N``), which the model client's advice after a timeout names.
     """
 
     kind = "experience"
@@ -309,6 +334,8 @@ class ExperienceSandbox:
         allow_network: bool = False,
         check_endpoint: bool = True,
         refresh_s: float = 60.0,
+        timeout_s: float | None = None,
+        timeout_knob: str = SANDBOX_TIMEOUT_KNOB,
     ) -> None:
         if client is None and not model:
             raise SandboxError("The experience sandbox needs a model: 'experience:local:DIR' or 'experience:openai:BASE_URL#MODEL'.")
@@ -316,6 +343,7 @@ class ExperienceSandbox:
             top_k=top_k,
             max_tokens=max_tokens,
             refresh_s=refresh_s,
+            timeout_s=timeout_s,
             real=real,
             fidelity=fidelity,
             fidelity_variant=fidelity_variant,
@@ -331,6 +359,7 @@ class ExperienceSandbox:
         self._retriever = build_retriever(retriever) if index is None else None  # an unknown one or a missing extra fails here
         self.top_k = top_k
         self.refresh_s = refresh_s
+        self.timeout_s = timeout_s
         self._store: Any = None
         self._owns_store = False
         self._refreshed_at = 0.0
@@ -344,9 +373,7 @@ class ExperienceSandbox:
 
             self._real = build_sandbox(real, **sandbox_options(allow_network=allow_network))
         if self._client is None:
-            from ee_middleware.models.spec import build_chat_client
-
-            self._client = build_chat_client(model)  # type: ignore[arg-type]
+            self._client = build_model_client(model, timeout_s=timeout_s, timeout_knob=timeout_knob)  # type: ignore[arg-type]
         if check_endpoint:
             self._check_endpoint()
         self._trajectory: Trajectory | None = None
@@ -534,6 +561,10 @@ def build_experience_sandbox(spec: str, **options: Any) -> ExperienceSandbox:
         raise SandboxError(
             f"Bad options for sandbox {spec!r}: the model is the sandbox spec's own ('experience:MODEL_SPEC'), not a setting: "
             "leave out model."
+        )
+    if "timeout_knob" in options:
+        raise SandboxError(
+            f"Bad options for sandbox {spec!r}: timeout_knob is not a setting; set the model's request timeout with timeout_s."
         )
     # The registry's checks, as for every sandbox: an unknown setting is 'Bad options' (with a did-you-mean), a value of the
     # wrong type or range 'Bad settings' (see ExperienceSandbox), each naming the setting and the fix.
