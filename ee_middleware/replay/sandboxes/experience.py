@@ -81,15 +81,54 @@ def build_model_client(spec: str, *, timeout_s: float | None = None, timeout_kno
     return client
 
 
-_JSON_START = re.compile(r'\{\s*(?:"|\Z)')
-"""A JSON object's start: ``{`` and a key's quote, or ``{`` where the answer stops (a ``{}`` in prose is no start)."""
+_ANSWER_KEYS = ("reasoning", "observation", "is_error", "reward")
+"""The keys of the JSON object the model is asked for (:data:`SYSTEM_PROMPT`; ``reward`` in the trained model's target)."""
+_OBJECT_HEAD = re.compile(r'\{\s*(?:\Z|"(\w*)(?:\Z|("\s*(?:\Z|:\s*(?:\Z|["{\[\-0-9tfn])))))')
+"""An object's start: ``{`` where the answer stops, or ``{`` and a key (group 1, whole when group 2 matched) that stops
+with the answer, or is followed by ``:`` and the start of a JSON value (or the answer's end)."""
 _FENCE_AT_END = re.compile(r"```(?:json|JSON)?\s*\Z")
 
 
 def _began_json(text: str) -> bool:
-    """Whether ``text`` (an answer without its reasoning) began the JSON object asked for: anywhere, as the answer parser
-    reads an object after a lead-in ("Here is the observation: {..."), or it stopped right after a code fence opened."""
-    return _JSON_START.search(text) is not None or _FENCE_AT_END.search(text) is not None
+    """Whether ``text`` (an answer without its reasoning) was cut off inside the JSON object asked for: an object that opens
+    with one of its keys (:data:`_ANSWER_KEYS`) and never closes before the answer's end, anywhere, as the answer parser
+    reads an object after a lead-in ("Here is the observation: {..."); or it stopped right after a code fence opened.
+
+    Prose that mentions the shape (``an object like {"observation": ..., "is_error": ...}``) is no start: the object it
+    shows closes, and prose follows; nor is a ``{}`` in prose, or an object of other keys."""
+    if _FENCE_AT_END.search(text) is not None:
+        return True
+    for head in _OBJECT_HEAD.finditer(text):
+        key = head.group(1)
+        if key is None:  # "{" and the answer's end
+            return True
+        if not (key in _ANSWER_KEYS if head.group(2) else any(k.startswith(key) for k in _ANSWER_KEYS)):
+            continue
+        if not _closes(text, head.start()):
+            return True
+    return False
+
+
+def _closes(text: str, start: int) -> bool:
+    """Whether the object opening at ``text[start]`` closes before the end of ``text`` (braces inside strings skipped)."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text[start:]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
 
 
 class SyntheticObservationError(SandboxError):

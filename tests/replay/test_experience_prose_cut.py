@@ -1,0 +1,88 @@
+"""Prose that mentions the JSON shape asked for and runs to ``max_tokens`` is cut off before its JSON (CUT_BEFORE_JSON:
+the model may not answer in the shape at all), not "cut off" inside it (more tokens would not help).
+
+The experience model is a scripted stand-in behind a real local HTTP server (ScriptedChatServer); the sandbox, its
+client and the store of real BFCL expert trajectories are the real ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.sandboxes.experience import (
+    CUT_BEFORE_JSON,
+    ExperienceSandbox,
+    SyntheticObservationError,
+    _began_json,
+)
+from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.testing.http import ScriptedChatServer
+
+PROSE = [
+    # the reviewer's (r6#3): a key named in an example object that closes, then more prose
+    "To predict what the tool returns I need to think about the format. The answer must be an object like "
+    '{"observation": ..., "is_error": ...}. The command lists the directory, and directories in this project usually '
+    "contain a src folder, a tests folder and a README, so the listing would most likely show",
+    'The user said "write {"key": value} pairs" earlier, so the config file probably has several of those entries; the '
+    "tool reads it and returns its contents, which most likely include the database host, the port and the",
+    # an example with real values that closes, and prose after it
+    'An answer looks like {"reasoning": "why", "observation": "what", "is_error": false} and for ls it would list the',
+    # keys named in prose without a value after them, never closed
+    'I must write {"observation" and "is_error" fields, so let me think about what the folder holds: probably the',
+    "The tool would list the files {} of the folder and",
+]
+
+CUT_INSIDE = [
+    '{"reasoning": "ls lists the folder", "observation": "{\\"current_directory_content\\": [\\"report.pdf\\", \\"no',
+    'Here is the predicted observation: {"reasoning": "ls lists the folder {and its } braces", "observation": "rep',
+    'Like {"observation": "x"}. So: {"reasoning": "the folder holds one file", "observation": {"files": ["a',
+    '```json\n{\n  "reasoning": "it lists',
+    "```json\n",
+    "Sure: {",
+    '{"obs',
+]
+
+
+@pytest.mark.parametrize("text", PROSE)
+def test_prose_mentioning_the_json_shape_did_not_begin_it(text: str) -> None:
+    assert not _began_json(text)
+
+
+@pytest.mark.parametrize("text", CUT_INSIDE)
+def test_an_answer_cut_inside_its_json_began_it(text: str) -> None:
+    assert _began_json(text)
+
+
+def _predict(spec: str, store_path: Path) -> SyntheticObservationError:
+    store = LocalExperienceStore(store_path)
+    try:
+        trajectory = next(iter(store.iter_trajectories()))
+    finally:
+        store.close()
+    step = next(s for s in trajectory.steps if s.action.tool_call is not None)
+    expert = step.action.tool_call
+    assert expert is not None
+    sandbox = ExperienceSandbox(spec, store=str(store_path), max_tokens=64)
+    sandbox.reset(None)
+    sandbox.at_step(trajectory, step)
+    try:
+        with pytest.raises(SyntheticObservationError) as caught:
+            sandbox.execute(ToolCall(id="alt", name=expert.name, arguments={**expert.arguments, "__alt": 1}))
+    finally:
+        sandbox.close()
+    return caught.value
+
+
+def test_prose_naming_the_keys_cut_at_max_tokens_gets_the_before_json_advice_scripted_server(bfcl_store_path: Path) -> None:
+    """Before: 'the answer was cut off at max_tokens (...)' for PROSE[0] and PROSE[1], which the replay job counts as
+    answers on their way to the JSON, so its summary lost the advice that the model may not answer in the JSON shape."""
+    for text in (PROSE[0], PROSE[1], PROSE[3]):  # (PROSE[2]'s example is itself a readable answer)
+        with ScriptedChatServer([(text, "length")], models=["em"]) as server:
+            error = _predict(f"openai:{server.base_url}#em", bfcl_store_path)
+        assert error.reason.startswith(CUT_BEFORE_JSON), error.reason
+    with ScriptedChatServer([(CUT_INSIDE[1], "length")], models=["em"]) as server:
+        error = _predict(f"openai:{server.base_url}#em", bfcl_store_path)
+    assert error.reason.startswith("the answer was cut off at max_tokens (finish_reason 'length'"), error.reason
