@@ -18,9 +18,10 @@ sees the real observation (its first :data:`TEACHER_SHOWN` characters) and must 
 model reasoning that is empty, or that copies what the teacher was shown of the observation in substance
 (:func:`copies`: ignoring case, whitespace, quotes and backslashes, a run of it of more than one value covering
 :data:`COPY_SHARE` of it, or one holding :data:`COPY_RUN` characters of values besides its longest and those the task or
-call also holds), is replaced by the template's and flagged (``quality_flags``). Naming a few values from it, or one long
-value (a path, a commit SHA, a URL), is no copy, and an observation shorter than :data:`MIN_COPY` characters is never
-counted as copied.
+call also holds), is replaced by the template's and flagged (``quality_flags``). A value is what the tool wrote as one
+(a key, a number, a line of a JSON string, a field of a line of text), so naming a few values from it, or one long value
+(a path, a commit SHA, a URL, a title or commit subject, spaces and all), is no copy, and an observation shorter than
+:data:`MIN_COPY` characters is never counted as copied.
 """
 
 from __future__ import annotations
@@ -61,28 +62,93 @@ COPY_SHARE = 0.8
 """A run of more than one value covering this share of the observation counts as copied however short, and even when
 the task or call holds it too: a quote of the whole but a few characters."""
 _DROPPED = str.maketrans("", "", "\\\"'`\u2018\u2019\u201c\u201d")
-_BETWEEN_VALUES = re.compile(r"[\s,;{}\[\]()<>|]+")
-"""What separates values once quotes are dropped: whitespace, JSON/list/tag punctuation. Not ``: / . = & -`` (inside
-URLs, paths, timestamps, dotted keys, query strings); a ``key: value`` pair is two values by its space."""
+_ESCAPED_SPACE = re.compile(r"\\[nrt]")
+"""A JSON/Python escape of a line break or tab, read as whitespace (a teacher quoting a JSON observation writes it
+escaped or unescaped alike)."""
+_PIECE = re.compile(
+    r"(?P<space>(?:\s|\\[nrt])+)|(?P<dropped>[\\\"'`\u2018\u2019\u201c\u201d])|[{}\[\],;:|()<>.!?]|[^\s\\\"'`\u2018\u2019\u201c\u201d{}\[\],;:|()<>.!?]+"
+)
+"""How :func:`_normal_marked` reads an observation: whitespace, a dropped character, a punctuation mark (the only
+characters besides whitespace that may separate values), or a stretch of others (never a separator)."""
+_LOOKS_JSON = re.compile(r"\s*(?:\{\s*[\"'}]|\[\s*[\"'{\[\]\d-])")
+"""An observation that opens like a JSON (or Python-literal) object or list, whole or cut at :data:`TEACHER_SHOWN`."""
+_JSON_STRING = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\\\n]|\\.)*'?")
+_TEXT_STRING = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"")
+_JSON_SEPARATOR = re.compile(r"[\s{}\[\],:]+")
+"""Between a JSON observation's strings: its punctuation and the whitespace around it, all structure."""
+_TEXT_SEPARATOR = re.compile(r"[\n\r\t\f\v]|\\[nrt]| {2,}|[,;|{}\[\]()<>]|[:.!?](?=\s)")
+"""In plain text: a line break, a tab or a column's gap of 2+ spaces, list/bracket punctuation, and ``:`` or a
+sentence's end before a space (``Error: ...``, ``key: value``). Not a single space, nor ``: / . = & -`` inside a word
+(paths, URLs, timestamps, dotted keys, query strings)."""
+_LINE_BREAK = re.compile(r"[\n\r\t\f\v]|\\[nrt]| {2,}")
+"""Inside a quoted string: its lines (and tab- or column-separated fields) only; one line of it is one value."""
+_A_VALUE = re.compile(r"0+")
 
 
 def _normal(text: str) -> str:
-    """``text`` as :func:`copies` compares it: whitespace runs as one space, no quotes or backslashes (a teacher that
-    quotes JSON often re-quotes or unescapes it), case folded."""
-    return " ".join(text.split()).translate(_DROPPED).casefold()
+    """``text`` as :func:`copies` compares it: escaped line breaks and tabs and whitespace runs as one space, no quotes
+    or backslashes (a teacher that quotes JSON often re-quotes or unescapes it), case folded."""
+    return " ".join(_ESCAPED_SPACE.sub(" ", text).translate(_DROPPED).split()).casefold()
 
 
-def _suffix_automaton(text: str) -> tuple[list[dict[str, int]], list[int], list[int]]:
-    """The suffix automaton of ``text`` (transitions, suffix links, lengths), built in O(len(text)): it finds the
-    longest piece of ``text`` ending at each character of another text in one pass over that text."""
+def _separators(observation: str) -> bytearray:
+    """Which characters of ``observation`` separate two of its values (1) rather than lie inside one (0). A JSON (or
+    Python-literal) observation's values are its keys, numbers and each line of its strings; plain text's are its lines
+    and the fields in them (:data:`_TEXT_SEPARATOR`), a double-quoted string on one line being one. So a value holding
+    spaces (a path with spaces, a title, a commit subject) is one value, as it is for the tool that wrote it."""
+    marks = bytearray(len(observation))
+    json_like = _LOOKS_JSON.match(observation) is not None
+    between = _JSON_SEPARATOR if json_like else _TEXT_SEPARATOR
+    done = 0
+    for string in (_JSON_STRING if json_like else _TEXT_STRING).finditer(observation):
+        for found in between.finditer(observation, done, string.start()):
+            marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
+        for found in _LINE_BREAK.finditer(observation, string.start(), string.end()):
+            marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
+        done = string.end()
+    for found in between.finditer(observation, done):
+        marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
+    return marks
+
+
+def _normal_marked(observation: str) -> tuple[str, str]:
+    """``observation`` normalised as :func:`_normal` does it, and a flag for each of its characters: ``1`` where it
+    separates two values of the observation (:func:`_separators`), ``0`` inside a value."""
+    marks = _separators(observation)
+    out: list[str] = []
+    flags: list[str] = []
+    space = separates = False
+    for piece in _PIECE.finditer(observation):
+        if piece.lastgroup == "dropped":
+            continue
+        start, end = piece.span()
+        if piece.lastgroup == "space":
+            space = True
+            separates = separates or marks.find(1, start, end) != -1
+            continue
+        if space and out:
+            out.append(" ")
+            flags.append("1" if separates else "0")
+        space = separates = False
+        folded = piece.group().casefold()
+        out.append(folded)
+        flags.append(("1" if marks[start] else "0") * len(folded))
+    return "".join(out), "".join(flags)
+
+
+def _suffix_automaton(text: str) -> tuple[list[dict[str, int]], list[int], list[int], list[int]]:
+    """The suffix automaton of ``text`` (transitions, suffix links, lengths, and the first end of each state's pieces
+    in ``text``), built in O(len(text)): it finds the longest piece of ``text`` ending at each character of another
+    text, and where it first is in ``text``, in one pass over that text."""
     moves: list[dict[str, int]] = [{}]
-    link, length = [-1], [0]
+    link, length, first = [-1], [0], [-1]
     last = 0
-    for char in text:
+    for index, char in enumerate(text):
         current = len(moves)
         moves.append({})
         link.append(0)
         length.append(length[last] + 1)
+        first.append(index)
         state = last
         while state != -1 and char not in moves[state]:
             moves[state][char] = current
@@ -96,19 +162,20 @@ def _suffix_automaton(text: str) -> tuple[list[dict[str, int]], list[int], list[
                 moves.append(dict(moves[follow]))
                 link.append(link[follow])
                 length.append(length[state] + 1)
+                first.append(first[follow])
                 while state != -1 and moves[state].get(char) == follow:
                     moves[state][char] = clone
                     state = link[state]
                 link[follow] = link[current] = clone
         last = current
-    return moves, link, length
+    return moves, link, length, first
 
 
-def _common_runs(text: str, observation: str) -> set[str]:
-    """The maximal runs of ``text`` that ``observation`` also holds (none can grow on either side), in
-    O(len(text) + len(observation))."""
-    moves, link, length = _suffix_automaton(observation)
-    ends: list[int] = []  # the longest run of the observation ending at each character of text
+def _common_runs(text: str, observation: str) -> dict[str, int]:
+    """The maximal runs of ``text`` that ``observation`` also holds (none can grow on either side), each with where it
+    first starts in ``observation``, in O(len(text) + len(observation))."""
+    moves, link, length, first = _suffix_automaton(observation)
+    ends: list[tuple[int, int]] = []  # the longest run of the observation ending at each character of text, and its state
     state = size = 0
     for char in text:
         while state and char not in moves[state]:
@@ -116,39 +183,65 @@ def _common_runs(text: str, observation: str) -> set[str]:
             size = length[state]
         if char in moves[state]:
             state, size = moves[state][char], size + 1
-        ends.append(size)
-    return {text[end + 1 - size : end + 1] for end, size in enumerate(ends) if size and (end + 1 == len(ends) or ends[end + 1] <= size)}
+        ends.append((size, state))
+    runs: dict[str, int] = {}
+    for end, (size, state) in enumerate(ends):
+        if size and (end + 1 == len(ends) or ends[end + 1][0] <= size):
+            runs.setdefault(text[end + 1 - size : end + 1], first[state] + 1 - size)
+    return runs
 
 
 def copies(reasoning: str, shown: str, context: str = "") -> bool:
     """Whether ``reasoning`` copies ``shown`` (the part of the observation the teacher saw) in substance. Both
-    normalised (:func:`_normal`), they share a run of more than one value that covers :data:`COPY_SHARE` of the
-    observation, or one whose values besides its longest and besides those also in ``context`` (the task and call the
-    teacher saw, which a reasoning may restate) come to :data:`COPY_RUN` characters. Values named from the observation
-    (a number, a name, one long path or hash) are no copy, and an observation shorter than :data:`MIN_COPY` characters
-    is never copied. Costs O(len(reasoning) + len(shown)), plus one pass over ``context`` when a run may be a copy."""
+    normalised (:func:`_normal`), they share a run of more than one value of the observation that covers
+    :data:`COPY_SHARE` of it, or one whose values besides its longest and besides those also in ``context`` (the task
+    and call the teacher saw, which a reasoning may restate) come to :data:`COPY_RUN` characters. A value is what the
+    tool wrote as one (:func:`_separators`): a key, a number, a line of a JSON string, a field of a line of text, so one
+    holding spaces (a path, a title, a commit subject) is one value. Values named from the observation (a number, a
+    name, one long path, hash or title) are no copy, and an observation shorter than :data:`MIN_COPY` characters is
+    never copied. Costs O(len(reasoning) + len(shown)), plus a search of ``context`` for each value of a run that may be a
+    copy."""
     if len(shown.strip()) < MIN_COPY:
         return False
     observation, text = _normal(shown), _normal(reasoning)
     most = math.ceil(COPY_SHARE * len(observation))
+    # a run shorter than both bounds cannot be a copy: the observation's values are marked only when one is not
+    runs = {run: start for run, start in _common_runs(text, observation).items() if len(run) >= min(most, COPY_RUN)}
+    marks = _normal_marked(shown)[1] if runs else ""
     seen: str | None = None
-    said: set[str] = set()
-    for run in _common_runs(text, observation):
-        values = [value for value in _BETWEEN_VALUES.split(run) if value]
+    for run, start in runs.items():
+        inside = marks[start : start + len(run)]
+        values = [value for value in (run[m.start() : m.end()].strip() for m in _A_VALUE.finditer(inside)) if value]
         if len(values) < 2:
             continue  # one value named, however long
         if len(run) >= most:
             return True
         if _beyond_one(list(map(len, values))) < COPY_RUN:
             continue
-        if seen is None:  # the task and call, split once per row and only for a run that may be a copy
+        if seen is None:  # the task and call, normalised once per row and only for a run that may be a copy
             seen = _normal(context)
-            said = set(_BETWEEN_VALUES.split(seen))
         # the run's first and last values may be cut short: those count as said when the context holds them anywhere
-        fresh = [len(v) for i, v in enumerate(values) if v not in said and not ((i == 0 or i == len(values) - 1) and v in seen)]
+        fresh = [
+            len(value) for i, value in enumerate(values) if not (value in seen if i in (0, len(values) - 1) else _holds_whole(seen, value))
+        ]
         if _beyond_one(fresh) >= COPY_RUN:
             return True
     return False
+
+
+def _holds_whole(context: str, value: str) -> bool:
+    """Whether normalised ``context`` holds ``value`` whole: not inside a longer word, path or URL (``alex`` is not said
+    by ``/home/alex/documents``)."""
+    at = context.find(value)
+    while at != -1:
+        end = at + len(value)
+        if (at == 0 or context[at - 1] in _AROUND_A_VALUE) and (end == len(context) or context[end] in _AROUND_A_VALUE):
+            return True
+        at = context.find(value, at + 1)
+    return False
+
+
+_AROUND_A_VALUE = frozenset(" ,;:{}[]()<>|=")
 
 
 def _beyond_one(sizes: list[int]) -> int:
