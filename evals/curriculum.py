@@ -236,8 +236,8 @@ _CALL_MARKUP = ("<tool_call>", "<function=", "[TOOL_CALLS]", "to=functions.", "<
 python tag, DeepSeek's tool tokens), as :mod:`ee_middleware.models.parsing` reads them."""
 
 _CALL_KEYS = ("name", "arguments", "parameters", "function", "tool_calls")
-# A call written as JSON that does not decode (cut off at max_tokens, a Python-literal dict): it opens with a call's key,
-# or it is a list of Python calls.
+# A call written as JSON that does not decode (cut off at max_tokens, a Python-literal dict, followed by a sentence): it
+# opens with a call's key, or it is a list of Python calls; then _opens_a_call reads as much of its first object as there is.
 _OPENS_A_CALL = re.compile(
     r"\[?\s*\{\s*[\"']?(?:" + "|".join(_CALL_KEYS) + r")[\"']?\s*:"  # {"name": "ls", "argu...
     r"|\[?\s*\{\s*[\"']?type[\"']?\s*:\s*[\"']function[\"']"  # {"type": "function", "func...
@@ -253,7 +253,8 @@ def tried_to_call(answer: Answer) -> bool:
     the parser's reason only), so what was written decides: structured ``tool_calls`` (the server's parser took them
     for calls), calls read from the same text beside the unreadable one, a model family's call markup (a
     ``<tool_call>`` block, ...), or JSON in a call's shape (an object with ``arguments``/``parameters``, a ``function``
-    object or ``tool_calls``; one that does not decode, as a call cut off at ``max_tokens``, by its first key)."""
+    object or ``tool_calls``; one that does not decode whole by its leading JSON, or as far as it goes where it is cut
+    off at ``max_tokens``: :func:`_opens_a_call`)."""
     if not answer.problems:
         return False
     if not answer.from_text or answer.calls:
@@ -264,8 +265,58 @@ def tried_to_call(answer: Answer) -> bool:
     try:
         payload = json.loads(text)
     except (ValueError, RecursionError):
-        return _OPENS_A_CALL.match(text) is not None
+        return _OPENS_A_CALL.match(text) is not None and _opens_a_call(text)
     return any(_call_shaped(item) for item in (payload if isinstance(payload, list) else [payload]))
+
+
+_KEY = re.compile(r""""(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[A-Za-z_]\w*""")
+"""An object's key as a model writes it: JSON's, a Python literal's, unquoted, or cut inside its quotes."""
+_STRING = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'""")
+_COLON = re.compile(r"\s*:\s*")
+_COMMA = re.compile(r"\s*,\s*")
+_JSON = json.JSONDecoder()
+
+
+def _opens_a_call(text: str) -> bool:
+    """Whether ``text`` (which opens like a call but does not decode whole) is in a call's shape as far as it can be
+    read, as :func:`_call_shaped` says of one that decodes: its leading JSON where that is complete (a record followed
+    by a sentence), else its first object's keys up to where it ends or is cut (a Python-literal dict, a call cut at
+    ``max_tokens``). A ``name`` that is not a string, or a next key that is not the call's ``arguments``/``parameters``
+    (``{"name": "Alice Smith", "email": "alice@exa``), is not a call's shape; an object cut before its next key is
+    whole is taken for a call (it may be one)."""
+    try:
+        payload, _ = _JSON.raw_decode(text)
+    except (ValueError, RecursionError):
+        pass
+    else:
+        return any(_call_shaped(item) for item in (payload if isinstance(payload, list) else [payload]))
+    opening = re.match(r"\[?\s*\{\s*", text)
+    if opening is None:
+        return True  # a list of Python calls: [ls(path=x)]
+    at, named = opening.end(), False
+    while key := _KEY.match(text, at):
+        name = key.group().strip("\"'")
+        colon = _COLON.match(text, key.end())
+        if colon is None:  # cut inside or after the next key
+            return any(call_key.startswith(name) for call_key in ("arguments", "parameters"))
+        start = colon.end()
+        if name in ("arguments", "parameters", "tool_calls"):
+            return True
+        if name == "function":
+            return text[start : start + 1] in ("{", "")  # OpenAI's {"function": {"name", "arguments"}}
+        if named or name not in ("name", "type"):
+            return False  # a record's field
+        value = _STRING.match(text, start)
+        if value is None:
+            return text[start : start + 1] in ("", '"', "'")  # cut inside it, or not a string
+        if name == "type":
+            return value.group()[1:-1] == "function"  # {"type": "function", "function": ...}
+        named = True
+        comma = _COMMA.match(text, value.end())
+        if comma is None:
+            return text[value.end() :].strip() == ""  # cut after the name; closed there, it is a record ({"name": "a.pdf"})
+        at = comma.end()
+    return at == len(text)  # cut after the name's comma
 
 
 def _call_shaped(payload: Any) -> bool:

@@ -18,7 +18,9 @@ Accepted shapes, tried in this order:
 - fenced code blocks (```` ```json ... ``` ````);
 - the whole text as JSON: ``{"name": ..., "arguments"|"parameters": {...}}`` (``arguments`` may be
   a JSON string), a list of those, OpenAI ``{"type": "function", "function": {...}}`` items, or a
-  chat message with ``tool_calls``;
+  chat message with ``tool_calls``; ``{"name": ...}`` alone is a call to a tool without arguments (to one of the
+  offered tools where ``param_order`` names them), while an object with a ``name`` and other keys but neither
+  ``arguments`` nor ``parameters`` is a record the model wrote (``{"name": "report.pdf", "size": 48213}``), not a call;
 - Python call syntax: ``name(a=1, b='x')`` or ``[f(a=1), g()]``, read with :mod:`ast` and
   ``ast.literal_eval`` on each argument node (never ``eval``): only literal values are accepted;
 - JSON objects or Python calls embedded in prose.
@@ -501,7 +503,7 @@ def _parse_segment(text: str, order: ParamOrder) -> list[ParsedCall]:
     direct = _parse_block(text, order)
     if any(isinstance(r, ToolCall) for r in direct):
         return direct
-    embedded = _embedded_json(text) or _embedded_python(text, order)
+    embedded = _embedded_json(text, order) or _embedded_python(text, order)
     if embedded:
         return embedded
     return direct if _looks_structured(text) else [ParseProblem("no tool call found in the output", _short(text))]
@@ -519,10 +521,10 @@ def _parse_block(block: str, order: ParamOrder) -> list[ParsedCall]:
         if block[0] in "[{":
             literal = _python_literal(block)  # single-quoted dicts, True/None: Python-literal JSON
             if literal is not None:
-                return _from_json_payload(literal)
+                return _from_json_payload(literal, order)
             return [ParseProblem(f"invalid JSON ({_short(str(exc))})", _short(block))]
         return [ParseProblem("not JSON and not a Python call", _short(block))]
-    return _from_json_payload(payload)
+    return _from_json_payload(payload, order)
 
 
 def _reject_constant(name: str) -> Any:
@@ -546,18 +548,19 @@ def _python_literal(block: str) -> Any:
     return None if isinstance(value, ParseProblem) else value
 
 
-def _from_json_payload(payload: Any) -> list[ParsedCall]:
+def _from_json_payload(payload: Any, order: ParamOrder | None = None) -> list[ParsedCall]:
     if isinstance(payload, list):
         if not payload:
             return [ParseProblem("an empty JSON list", "[]")]
-        return [item for element in payload for item in _from_json_payload(element)]
+        return [item for element in payload for item in _from_json_payload(element, order)]
     if isinstance(payload, Mapping) and isinstance(payload.get("tool_calls"), list):
-        return [_from_json_call(item) for item in payload["tool_calls"]]
-    return [_from_json_call(payload)]
+        return [_from_json_call(item, order) for item in payload["tool_calls"]]
+    return [_from_json_call(payload, order)]
 
 
-def _from_json_call(item: Any) -> ParsedCall:
-    """``{"name", "arguments"|"parameters"}`` or an OpenAI ``{"type": "function", "function": {...}}`` item."""
+def _from_json_call(item: Any, order: ParamOrder | None = None) -> ParsedCall:
+    """``{"name", "arguments"|"parameters"}`` or an OpenAI ``{"type": "function", "function": {...}}`` item; a name alone
+    (a tool without arguments: of ``order``'s tools where it names them), not a name among a record's fields."""
     if not isinstance(item, Mapping):
         return ParseProblem(f"expected a JSON object for a tool call, got {type(item).__name__}", _short(item))
     given_id = item.get("id") if isinstance(item.get("id"), str) and item.get("id") else None
@@ -565,6 +568,16 @@ def _from_json_call(item: Any) -> ParsedCall:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         return ParseProblem("the tool call has no 'name' string", _short(item))
+    if body is item and "arguments" not in item and "parameters" not in item:
+        fields = _record_fields(item)
+        if fields:
+            keys = ", ".join(repr(key) for key in fields[:5])
+            return ParseProblem(
+                f"an object with a 'name' and {keys} but neither 'arguments' nor 'parameters' is a record, not a tool call",
+                _short(item),
+            )
+        if order and name.strip() not in order:
+            return ParseProblem(f"{{'name': {name.strip()!r}}} alone names none of the offered tools, so it is no call", _short(item))
     raw_args = body.get("arguments", body.get("parameters", {}))
     arguments = _decode_arguments(raw_args)
     if isinstance(arguments, ParseProblem):
@@ -681,7 +694,7 @@ def _jsonable(value: Any) -> Any:
     return ParseProblem(f"is a {type(value).__name__}, which JSON cannot carry")
 
 
-def _embedded_json(text: str) -> list[ParsedCall]:
+def _embedded_json(text: str, order: ParamOrder | None = None) -> list[ParsedCall]:
     """Tool-call-like JSON objects or lists inside prose, left to right, not overlapping."""
     decoder = json.JSONDecoder(parse_constant=_reject_constant)
     found: list[ParsedCall] = []
@@ -694,7 +707,7 @@ def _embedded_json(text: str) -> list[ParsedCall]:
             payload, end = decoder.raw_decode(text, match.start())
         except (ValueError, RecursionError):
             payload, end = None, 0
-        calls = _from_json_payload(payload) if _looks_like_call(payload) else []
+        calls = _from_json_payload(payload, order) if _looks_like_call(payload, order) else []
         if calls:  # a call moves past itself, so calls cost no more than reading the text once
             found.extend(calls)
             pos = end
@@ -703,10 +716,22 @@ def _embedded_json(text: str) -> list[ParsedCall]:
     return found
 
 
-def _looks_like_call(payload: Any) -> bool:
+def _looks_like_call(payload: Any, order: ParamOrder | None = None) -> bool:
+    """Whether JSON found in prose is in a call's shape (:func:`_from_json_call`): not a record that has a ``name``."""
     if isinstance(payload, list):
-        return bool(payload) and all(_looks_like_call(p) for p in payload)
-    return isinstance(payload, Mapping) and ("name" in payload or "function" in payload or "tool_calls" in payload)
+        return bool(payload) and all(_looks_like_call(p, order) for p in payload)
+    if not isinstance(payload, Mapping):
+        return False
+    if "function" in payload or "tool_calls" in payload or "arguments" in payload or "parameters" in payload:
+        return "name" in payload or "function" in payload or "tool_calls" in payload
+    name = payload.get("name")
+    return isinstance(name, str) and not _record_fields(payload) and (not order or name.strip() in order)
+
+
+def _record_fields(item: Mapping[str, Any]) -> list[str]:
+    """The keys of an object with a ``name`` and no arguments that a call's object does not have: its ``id`` and OpenAI's
+    ``"type": "function"`` aside, any key makes it a record (a file's ``size``, a person's ``email``)."""
+    return [key for key in item if key not in ("name", "id") and not (key == "type" and item.get("type") == "function")]
 
 
 def _embedded_python(text: str, order: ParamOrder) -> list[ParsedCall]:

@@ -1,0 +1,68 @@
+"""``ee curriculum run``: an answer that is a record the policy wrote (its ``name`` a file's or a person's), followed by
+a sentence, cut at ``max_tokens`` or written as a Python literal, is "no tool call", not an unreadable call nor a call
+of an unknown tool; a call written in text and cut short or unreadable is still "unparsable".
+
+The policy and judge are scripted stand-ins behind real local HTTP servers; the sandbox is the real BFCL one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ee_middleware.evals.curriculum import UNPARSABLE_DROPPED
+from ee_middleware.testing.http import ScriptedChatServer
+from tests.evals.test_curriculum import Serve, _approve, _curriculum, _tasks, app, runner
+from tests.replay import conftest as replay_fixtures
+
+serve = replay_fixtures.serve  # scripted models behind real local HTTP servers
+
+
+def _dropped(answer: str, store: Path, folder: Path, serve: Serve) -> dict[str, int]:
+    judge = serve(_approve)
+    tasks, _ = _tasks(store, folder)
+    with ScriptedChatServer([answer]) as policy:
+        args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+        result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(store), "--json"])
+    assert result.exit_code == 0, result.output
+    assert not judge.requests and not _curriculum(store)
+    return json.loads(result.stdout)["dropped"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"name": 42, "size": 1} is what I found',
+        '{"name": "Alice Smith", "email": "alice@exa',
+        '{"name": "final_report.pdf", "size": 48213}\nThat is the newest report.',
+        "{'name': 'final_report.pdf', 'size': 48213}",
+        '[{"name": "final_report.pdf", "size": 48213}, {"name": "notes.txt", "size": 112}] are the two files.',
+    ],
+    ids=[
+        "record-then-a-sentence",
+        "record-cut-at-max-tokens",
+        "named-record-then-a-sentence",
+        "python-literal-record",
+        "records-then-a-sentence",
+    ],
+)
+def test_an_answer_that_is_a_record_with_a_name_is_no_tool_call(answer: str, bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
+    """The first two were dropped as unparsable ('check the policy server's tool-call parser or chat template': only an
+    answer that decodes whole had its shape checked); the others as calling an unknown tool (the parser read the record
+    as a call to a tool named 'final_report.pdf')."""
+    assert _dropped(answer, bfcl_store_path, tmp_path, serve) == {"no tool call": 1}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"name": "ls", "argu',  # cut inside the arguments key
+        '{"name": "ls", ',  # cut before its second key
+        "{'name': 'ls', 'arguments': [1]} and that lists it",  # a Python-literal call, arguments not an object
+        '{"name": "ls", "parameters": {"a": tru',  # cut inside its parameters
+    ],
+    ids=["cut-in-key", "cut-after-name", "python-literal-then-text", "cut-in-parameters"],
+)
+def test_a_call_in_text_that_cannot_be_read_is_still_unparsable(answer: str, bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
+    assert _dropped(answer, bfcl_store_path, tmp_path, serve) == {UNPARSABLE_DROPPED: 1}
