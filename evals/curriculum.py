@@ -92,6 +92,9 @@ JUDGE_CUT = "the answer was cut off at max_tokens (finish_reason 'length')"
 (``the judge gave no verdict: <this>: <the fix>``); one cut off while still reasoning says
 :data:`~ee_middleware.models.protocol.CUT_WHILE_REASONING` instead."""
 
+POLICY_FAILED = "the rollout failed: model_error"
+"""The start of the reason a rollout is dropped with when the policy's model gave no answer (its server down, timing out,
+failing): the client's error follows in parentheses."""
 JUDGE_FAILED = "the judge failed"
 """The start of the reason a rollout is dropped when the judge gave no answer (``the judge failed: <the error>``)."""
 

@@ -183,6 +183,7 @@ def run_cmd(
         JUDGE_CUT,
         JUDGE_FAILED,
         JUDGE_NO_VERDICT,
+        POLICY_FAILED,
         SYNTHETIC_DROPPED,
         is_context_refusal,
         read_tasks,
@@ -207,9 +208,11 @@ def run_cmd(
     build_sandbox(sandbox).close()  # a sandbox that cannot be built fails here, before any rollout
     policy_client, judge_client = (build_model_client(spec, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB) for spec in (policy, judge))
     try:
-        problem = endpoint_problem(judge_client)  # a judge endpoint that is down fails here, before any rollout
-        if problem is not None:
-            raise typer.BadParameter(f"the judge {judge} cannot be reached: {problem}", param_hint="--judge")
+        # a policy or judge endpoint that is down fails here, before any rollout
+        for client, spec, flag in ((policy_client, policy, "--policy"), (judge_client, judge, "--judge")):
+            problem = endpoint_problem(client)
+            if problem is not None:
+                raise typer.BadParameter(f"the {flag[2:]} {spec} cannot be reached: {problem}", param_hint=flag)
         # what the policy's and the sandbox's code prints goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
             result = run_curriculum(
@@ -235,7 +238,13 @@ def run_cmd(
     judge_failed = sum(failures.values())
     too_long = sum(count for reason, count in failures.items() if is_context_refusal(reason))
     problem = None
-    if result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
+    policy_failed = sum(n for reason, n in result.dropped.items() if reason.startswith(POLICY_FAILED))
+    if policy_failed and policy_failed == sum(result.dropped.values()) and not result.kept:
+        problem = (
+            f"the policy {policy} answered none of the {policy_failed} rollout(s) (see 'dropped'): check that its server is "
+            f"up and answers in time (raise --timeout, now {timeout_s:g} s, for a slow one), or pass another --policy."
+        )
+    elif result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
         problem = f"no rollout was kept from the sandbox {sandbox}: {SYNTHETIC_DROPPED}."
     elif too_long and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
         problem = (
