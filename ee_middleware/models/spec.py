@@ -105,24 +105,55 @@ def build_chat_client(spec: str, **options: Any) -> ChatClient:
     return build_from_spec(spec, CHAT_CLIENTS, local=LocalGenerator, openai=OpenAIChatClient, **options)
 
 
-def endpoint_problem(client: Any) -> str | None:
+PROBE_TIMEOUT_S = 30.0
+"""The longest a quick ``GET /models`` check (:func:`endpoint_problem`'s ``quick``) waits for the server, as ``ee improve``'s
+check before a run does; a client whose own ``timeout_s`` is shorter waits that."""
+
+
+def endpoint_problem(client: Any, *, quick: bool = False) -> str | None:
     """Why the server ``client`` talks to gives no answer (unreachable, timing out, failing with 5xx after its retries),
     asked with ``GET /models``; ``None`` when it answers or ``client`` talks to no server (it has no ``list_models``).
 
     An answer of any kind counts: a refusal (4xx: a server or gateway without a model listing, a key for chat only) or
     a body that is not a listing says the server is up, and the requests that follow say what a refusal of theirs means.
     The one rule of every check made before work starts (``ee improve``, the experience sandbox, the curriculum judge).
+
+    ``quick``: one attempt, waiting at most :data:`PROBE_TIMEOUT_S` (the client's ``timeout_s`` where shorter), instead of
+    the client's own timeout and retries: for a check made after a request of the client's already waited those out
+    (:func:`~ee_middleware.replay.executors.fails_alone`), where a hung server would cost them twice over. An
+    :class:`~ee_middleware.models.openai_compat.OpenAIChatClient` is asked so; a client of the user's own is asked as it is.
     """
     list_models = getattr(client, "list_models", None)
     if list_models is None:
         return None
+    probe = _quick_probe(client) if quick else None
     try:
-        list_models()
+        (probe.list_models if probe is not None else list_models)()
     except (ModelRequestError, ModelResponseError):
         return None  # it answered
     except ModelError as exc:
         return str(exc)
+    finally:
+        if probe is not None:
+            probe.close()
     return None
+
+
+def _quick_probe(client: Any) -> Any:
+    """A copy of ``client`` (an ``OpenAIChatClient``: its URL, key and transport) that asks once within
+    :data:`PROBE_TIMEOUT_S`, on a connection pool of its own (``client``'s keeps serving its requests); ``None`` for
+    another kind of client."""
+    import copy
+
+    from ee_middleware.models.openai_compat import OpenAIChatClient
+
+    if not isinstance(client, OpenAIChatClient):
+        return None
+    probe = copy.copy(client)
+    probe._client = None  # a pool of its own: httpx takes the timeout when the pool opens
+    probe.retries = 0
+    probe.timeout_s = min(PROBE_TIMEOUT_S, client.timeout_s)
+    return probe
 
 
 def build_from_spec(

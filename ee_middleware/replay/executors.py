@@ -127,19 +127,30 @@ def fails_alone(exc: ModelError, clients: Iterable[Any]) -> bool:
     tokenizer or chat template, a proxy relaying a refusal as 500, a prompt it takes too long over) and answers others.
 
     The server is asked through the ``clients`` in use (a policy's, an experience sandbox's) whose ``base_url`` the
-    failed request's URL starts with, or through each of them that can be asked where none does (a client of the user's
-    own without a ``base_url``). A refusal of every request (401, 403, 404, its setup), a local model that does not load,
-    and a failure no client can be asked about (none has ``list_models``) are never one request's alone."""
+    failed request's URL starts with, or, where none does, through those that can be asked and have no ``base_url`` (a
+    client of the user's own): a client whose ``base_url`` is another server's did not make the request (a policy
+    plug-in's own served client is not among ``clients``), and that server's answer says nothing of the one that failed.
+    It is asked once, within a short timeout (``endpoint_problem``'s ``quick``): the request already waited out the
+    client's timeout and retries. A refusal of every request (401, 403, 404, its setup), a local model that does not
+    load, and a failure no client can be asked about (none has ``list_models``, or none is the failed URL's and all name
+    their server) are never one request's alone."""
     if not isinstance(exc, ModelServerError) or isinstance(exc, (ModelRequestError, ModelResponseError)):
         return False
     askable = list({id(client): client for client in clients if getattr(client, "list_models", None) is not None}.values())
-    serving = [client for client in askable if _serves(client, getattr(exc, "url", "") or "")] or askable
-    return bool(serving) and all(endpoint_problem(client) is None for client in serving)
+    url = getattr(exc, "url", "") or ""
+    serving = [client for client in askable if _serves(client, url)] or [client for client in askable if not _base_url(client)]
+    return bool(serving) and all(endpoint_problem(client, quick=True) is None for client in serving)
+
+
+def _base_url(client: Any) -> str:
+    """``client``'s ``base_url``, ``""`` where it names none."""
+    base = getattr(client, "base_url", None)
+    return base if isinstance(base, str) else ""
 
 
 def _serves(client: Any, url: str) -> bool:
-    base = getattr(client, "base_url", None)
-    return isinstance(base, str) and bool(base) and (url == base or url.startswith(base.rstrip("/") + "/"))
+    base = _base_url(client)
+    return bool(base) and (url == base or url.startswith(base.rstrip("/") + "/"))
 
 
 class ServerFailuresInARow:

@@ -11,8 +11,13 @@ experience-model sandbox, and the BFCL expert store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import threading
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.executors import SERVER_FAILURES_IN_A_ROW
 from ee_middleware.replay.job import run_replay
 from ee_middleware.store import LocalExperienceStore
-from ee_middleware.testing.http import Reply, ScriptedChatServer
+from ee_middleware.testing.http import Reply, ScriptedChatServer, send_json, serving
 from tests.conftest import BFCL_ENTRIES
 from tests.replay.test_experience import copy_first_example
 
@@ -157,3 +162,178 @@ def test_an_experience_model_server_that_fails_one_prompt_fails_that_trajectory_
     assert records.pop(target) == "failed" and set(records.values()) == {"done"}
     rollouts = LocalExperienceStore(bfcl_store_path).rollouts()
     assert rollouts.height and rollouts["synthetic"].all() and target not in set(rollouts["trajectory_id"].to_list())
+
+
+# -- which server is asked, and how long it is waited for ------------------------------------------------------------
+
+
+class RoutedPolicy:
+    """A user's policy plug-in (``--policy tests.replay.test_server_failures:RoutedPolicy``) that asks a served model
+    through a ChatPolicy of its own: the job sees no ``.client`` of it. Its server is ``EE_TEST_ROUTED_URL``."""
+
+    name = "routed"
+
+    def __init__(self, **_options: Any) -> None:
+        from ee_middleware.replay.policies.chat import OpenAIPolicy
+
+        self.inner = OpenAIPolicy(os.environ["EE_TEST_ROUTED_URL"], "m", backoff_s=0.01, timeout_s=5)
+
+    def propose(self, point: Any, k: int, *, seed: int) -> Any:
+        return self.inner.propose(point, k, seed=seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {"routed": self.inner.describe()}
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _nothing_listens() -> str:
+    """A base URL on a local port nothing listens on (connections refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_down_policy_server_is_not_judged_by_the_experience_server_that_is_up(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy plug-in's own served client (not among the clients the job knows) whose server is down, with an
+    experience sandbox whose server is up: the failed URL matched no known client, so every client was asked and the
+    experience server's listing made the down policy server's failure "one trajectory's". The job failed 2 trajectories
+    (each after a full retry cycle) and then stopped saying the server "still lists its models ... restart it", which
+    is false. Now only a client with no base_url of its own stands in for the unmatched URL: the job stops at once."""
+    monkeypatch.setenv("EE_TEST_ROUTED_URL", _nothing_listens())
+    with ScriptedChatServer(lambda body: copy_first_example(body["messages"]), models=["em"]) as experience:
+        config = ReplayConfig.load(
+            store=bfcl_store_path,
+            k=2,
+            workers=1,
+            policy=f"{__name__}:RoutedPolicy",
+            sandbox=f"experience:openai:{experience.base_url}#em",
+        )
+        with pytest.raises(ModelServerError, match="0 trajectories finished before this are saved") as stopped:
+            run_replay(config)
+        listings = experience.model_listings
+    message = str(stopped.value)
+    assert "Connection refused" in message or "ConnectError" in message, message
+    assert "still lists its models" not in message and stopped.value.url.startswith(os.environ["EE_TEST_ROUTED_URL"])
+    assert _records(bfcl_store_path) == {}, "no trajectory marked failed"
+    assert listings <= 2, "the experience server was asked only by its sandbox's own checks, never for the policy's failure"
+
+
+def test_fails_alone_asks_only_the_server_that_failed_or_a_client_without_a_url() -> None:
+    """:func:`fails_alone` on real clients and servers: a failure of a URL no client names is judged by a client without
+    a ``base_url`` of its own (a user's client, which may be the one that made it), never by a client of another server."""
+    from ee_middleware.models.openai_compat import OpenAIChatClient
+    from ee_middleware.replay.executors import fails_alone
+
+    down = OpenAIChatClient(_nothing_listens(), "m", retries=0)
+    with ScriptedChatServer(["unused"], models=["em"]) as up:
+        other = OpenAIChatClient(up.base_url, "em")
+        try:
+            with pytest.raises(ModelServerError) as failed:
+                down.complete([{"role": "user", "content": "hi"}])
+            exc = failed.value
+
+            class OwnClient:
+                """A user's client of the up server that names no base_url."""
+
+                def list_models(self) -> list[str]:
+                    return other.list_models()
+
+            assert not fails_alone(exc, [other]), "another server's listing says nothing of the one that failed"
+            assert fails_alone(exc, [other, OwnClient()]), "a client without a URL of its own may be the one that failed"
+            assert not fails_alone(exc, [down, other]), "the failed URL's own client is asked: its server is down"
+            assert up.model_listings == 1, "the up server was asked only through the client without a URL"
+        finally:
+            other.close()
+            down.close()
+
+
+class WedgedServer:
+    """A real HTTP server that reads every request and never answers it (a hung server: a wedged engine, a stuck
+    proxy), except the first ``listings_answered`` ``GET /models``. ``url`` is its base URL once its ``with`` began."""
+
+    def __init__(self, listings_answered: int = 0) -> None:
+        self.listings_answered = listings_answered
+        self.posts = 0
+        self.listings = 0
+        self.url = ""
+        self._release = threading.Event()
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> WedgedServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.listings += 1
+                if owner.listings <= owner.listings_answered:
+                    send_json(self, {"object": "list", "data": [{"id": "em"}, {"id": "m"}]})
+                    return
+                owner._release.wait(60)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.posts += 1
+                owner._release.wait(60)
+
+        self.url = self._stack.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._release.set()  # the handlers' threads end before the server closes
+        self._stack.close()
+
+
+def test_a_hung_policy_server_stops_the_job_after_one_short_listing_check(bfcl_store_path: Path) -> None:
+    """A policy server that takes requests and never answers: after the POST's retries (3 attempts of timeout_s), the
+    job asked GET /models with the client's own timeout and retries too (3 more attempts: 10.0 s instead of 6.7 s at
+    timeout_s=1, ~3 min more at the defaults) before stopping. Now it asks once (7.3 s), within min(30 s, timeout_s):
+    tests/models/test_endpoint_probe.py checks that limit."""
+    with WedgedServer() as server:
+        config = ReplayConfig.load(
+            store=bfcl_store_path,
+            k=2,
+            workers=1,
+            policy=f"openai:{server.url}#m",
+            policy_settings={"backoff_s": 0.01, "timeout_s": 1.0},
+        )
+        with pytest.raises(ModelServerError, match="0 trajectories finished before this are saved") as stopped:
+            run_replay(config)
+        posts, listings = server.posts, server.listings
+    assert "after 3 attempt(s): timed out after 1 s" in str(stopped.value) and posts >= 3, "(several states are asked at once)"
+    assert listings == 1, f"one GET /models attempt after the failure, not the client's {listings}"
+
+
+def test_a_hung_experience_server_stops_the_evaluation_after_one_short_listing_check(
+    bfcl_store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ee experience eval`` follows the same rule: an experience server that listed its models at the check before
+    work, then hangs, is asked GET /models once (not with the client's retries) before the evaluation stops."""
+    from ee_middleware.models import openai_compat
+    from ee_middleware.replay.experience_eval import evaluate, split_store
+    from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        split = split_store(store, share=0.34, seed=0)
+    finally:
+        store.close()
+    waits: list[float] = []
+    monkeypatch.setattr(openai_compat, "_sleep", waits.append)
+    with WedgedServer(listings_answered=1) as server:
+        sandbox = ExperienceSandbox(f"openai:{server.url}#em", index=split.index, timeout_s=1.0)
+        try:
+            with pytest.raises(ModelServerError, match=r"after 3 attempt\(s\): timed out after 1 s"):
+                evaluate(sandbox, split, top_k=3)
+        finally:
+            sandbox.close()
+        posts, listings = server.posts, server.listings
+    assert posts == 3 and listings == 1 + 1, "the check before work, then one GET /models attempt after the failure"
+    assert len(waits) == 2, "the back-off of the prediction's retries only"
