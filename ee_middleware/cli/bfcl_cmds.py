@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
     StoreOption,
     console,
+    escape,
     examples,
     print_json,
     progress_console,

@@ -319,6 +319,38 @@ def key_value_settings(pairs: list[str], flag: str, example: str) -> dict[str, A
     return settings
 
 
+_HIDDEN_EFFECT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on rather than shows: C0 and C1 controls but newline and tab (ESC starts sequences that
+recolour, clear or overwrite the screen, set the window title or write the clipboard; C1 CSI and OSC do the same on
+some terminals) and the bidi embeddings, overrides and isolates, which reorder the text shown around them."""
+
+
+def visible(text: str) -> str:
+    """``text`` as a terminal may show it: each character it would act on instead of showing (:data:`_HIDDEN_EFFECT`)
+    written out, ``\\x1b`` for a C0 control or DEL and ``\\u009b``, ``\\u202e`` for a C1 control or a bidi override;
+    newlines and tabs are kept, and a CRLF line end is a newline. Every text a command prints for a person that comes
+    from records, tools, models or files goes through it (:func:`escape` does, for rich markup); ``--json`` answers do
+    not: they are a contract, and a program reads them (JSON writes C0 controls as ``\\u001b``, and keeps the others
+    as stored)."""
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    return _HIDDEN_EFFECT.sub(_written_out, text)
+
+
+def _written_out(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` for rich markup: its brackets printed as they are (``rich.markup.escape``) and the characters a terminal
+    would act on written out (:func:`visible`). Use it, not ``rich.markup.escape``, for any text a command did not write
+    itself."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(visible(text))
+
+
 _SAYS_ERROR = re.compile(r"\s*error\b:?", re.IGNORECASE)
 
 
@@ -327,8 +359,6 @@ def observation_cell(content: str | None, is_error: bool, width: int) -> str:
     text begins with the word, ``Error: no ticket T-404`` as LangGraph's ToolNode and many apps write them, that word in
     red, once), and an empty one (a tool that returned nothing, ``[]`` as LangChain stores it) as a dim ``(empty)``,
     told apart from no observation (``content`` None: a blank cell)."""
-    from rich.markup import escape
-
     if content is None:
         return ""
     if not content:

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
     console,
+    escape,
     examples,
     key_value_settings,
     open_job_store,
@@ -22,6 +22,7 @@ from ee_middleware.cli.common import (
     reading_store,
     short,
     store_origin,
+    visible,
 )
 
 app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, export.", no_args_is_help=True)
@@ -177,7 +178,7 @@ def build(
     out_console.print(table)
     missing = summary.get("tool_schemas_missing")
     if missing:
-        typer.secho(f"warning: {missing['warning']}", err=True, fg="yellow")
+        typer.secho(f"warning: {visible(missing['warning'])}", err=True, fg="yellow")
     _print_replays(out_console, summary)
     failures = summary.get("sandbox_failures_left_out") or {}
     if failures.get("total"):
@@ -295,8 +296,8 @@ def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
         elsewhere = f", and {_plural(calls, 'call', 'calls')} to {tools} the same sandbox answered in other trajectories"
     typer.secho(
         f"warning: left out {_plural(left['rollouts'], 'rollout', 'rollouts')} of replays whose sandbox answered the expert's "
-        f"own recorded call otherwise than production (fidelity mismatches: {where}): "
-        f"{'their' if len(listed) != 1 else 'its'} {_plural(own, 'rollout', 'rollouts')} from that step on{elsewhere}. "
+        f"own recorded call otherwise than production (fidelity mismatches: {visible(where)}): "
+        f"{'their' if len(listed) != 1 else 'its'} {_plural(own, 'rollout', 'rollouts')} from that step on{visible(elsewhere)}. "
         "Fix the sandbox and replay again (ee replay show TRAJECTORY_ID shows the diff; a tool whose answer holds the time "
         "or a fresh id never matches: docs/sandboxes.md says how to keep those in the world); --include-fidelity-mismatches "
         "uses them.",
@@ -372,7 +373,7 @@ def show(
     out = console()
     for file in files:
         d = described[file.stem]
-        out.rule(f"[bold]{file.name}[/]: {d['rows']} rows")
+        out.rule(f"[bold]{escape(file.name)}[/]: {d['rows']} rows")
         out.print(", ".join(f"{k}={v}" for k, v in d["counts"].items()))
         out.print(f"prompt+completion {d['unit']}: min {d['min']}, median {d['median']}, max {d['max']}")
         out.print(f"[dim]lengths: {escape(d['rendering'])}[/]")
@@ -390,9 +391,9 @@ def show(
         support = probe_template(tok) if tok is not None and examples else None
         for row in frame.head(examples).iter_rows(named=True):
             out.print(
-                f"[dim]--- {row['id']} (trajectory {short(row['trajectory_id'], 12)}, step {row['step_index']}, branch {row['branch_index']})[/]"
+                f"[dim]--- {escape(row['id'])} (trajectory {escape(short(row['trajectory_id'], 12))}, step {row['step_index']}, branch {row['branch_index']})[/]"
             )
-            out.print(render_example(row, tok, support), markup=False, highlight=False)
+            out.print(visible(render_example(row, tok, support)), markup=False, highlight=False)
     if plot is not None:
         out.print(f"histograms: {plot}")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
     console,
+    escape,
     examples,
     print_json,
     progress_console,

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from ee_middleware.cli.common import (
     JsonOption,
     console,
+    escape,
     examples,
     library_bars_off,
     print_json,

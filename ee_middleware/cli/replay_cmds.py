@@ -16,6 +16,7 @@ from ee_middleware.cli.common import (
     JsonOption,
     StoreOption,
     console,
+    escape,
     examples,
     key_value_settings,
     observation_cell,
@@ -299,7 +300,8 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
 
     attempt = f" (attempt {summary.attempt})" if summary.attempt > 1 else ""
     table = Table(
-        title=f"replay {summary.replay_id}{attempt}: sandbox={summary.sandbox} policy={summary.policy} k={summary.k}", box=box.SIMPLE_HEAD
+        title=escape(f"replay {summary.replay_id}{attempt}: sandbox={summary.sandbox} policy={summary.policy} k={summary.k}"),
+        box=box.SIMPLE_HEAD,
     )
     table.add_column("")
     table.add_column("value", justify="right")
@@ -324,7 +326,6 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     out.print(table)
-    from rich.markup import escape
 
     if summary.sandbox_failures:
         kinds = ", ".join(f"{kind}={count}" for kind, count in sorted(summary.sandbox_failures.items()))
@@ -403,7 +404,6 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
 
 def _print_mismatch(out: Any, mismatch: dict[str, Any], where: str) -> None:
     """A fidelity error: where the sandbox's observation parts from the recorded one, and a short diff."""
-    from rich.markup import escape
 
     from ee_middleware.replay.fidelity import describe_mismatch
 
@@ -418,7 +418,7 @@ def _print_mismatch(out: Any, mismatch: dict[str, Any], where: str) -> None:
         out.print(f"    [yellow]{escape(mismatch['hint'])}[/]", highlight=False)
     if mismatch.get("redacted_arguments"):
         out.print(
-            f"    [yellow]the expert's {', '.join(mismatch['redacted_arguments'])} argument(s) were redacted at capture: the sandbox "
+            f"    [yellow]the expert's {escape(', '.join(mismatch['redacted_arguments']))} argument(s) were redacted at capture: the sandbox "
             "received the placeholder, not the value (docs/sandboxes.md, 'Redaction and replay')[/]"
         )
     styles = {"-": "red", "+": "green", "@": "cyan"}
@@ -474,7 +474,6 @@ def list_rollouts(
     shown_trajectories = short_ids((r.trajectory_id for r in rollouts), among=trajectory_ids)
     shown_rollouts = short_ids((r.id for r in rollouts), among=[*everything["id"].to_list(), *trajectory_ids])
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=escape(f"{len(rollouts)} rollouts in {store}"), box=box.SIMPLE_HEAD, pad_edge=False)
@@ -536,7 +535,6 @@ def show(
         if as_json:
             print_json([_rollout_json(r) for r in rollouts])
             return
-        from rich.markup import escape
         from rich.table import Table
 
         out = console()
@@ -673,7 +671,6 @@ def _synthetic_note(rollout: Any) -> str:
     source = rollout.synthetic_source
     if source is None:
         return ""
-    from rich.markup import escape
 
     note = f"\n[magenta]by {escape(source.model)}[/]; retrieved: {escape(', '.join(source.retrieved) or 'none')}"
     if source.reasoning:
@@ -712,7 +709,6 @@ def _replay_notes_by_step(
 
 def _print_unrestorable(out: Any, step: dict[str, Any], where: str) -> None:
     """An expert step whose redacted arguments replay could not give back to the sandbox."""
-    from rich.markup import escape
 
     arguments = ", ".join(step.get("arguments") or []) or "some"
     held = f"the expert's {arguments} argument(s)"

@@ -14,6 +14,7 @@ from ee_middleware.cli.common import (
     JsonOption,
     StoreOption,
     console,
+    escape,
     examples,
     observation_cell,
     open_existing_store,
@@ -75,7 +76,6 @@ def list_traces(
         return
     shown_ids = short_ids((row["id"] for row in rows), among=every_id)  # unique among every id in the store, so each one resolves
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     apps = sorted({row["app"] for row in rows})
@@ -119,7 +119,6 @@ def show(
     if as_json:
         print_json({**trajectory.model_dump(mode="json"), "approval_history": decisions})
         return
-    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -189,7 +188,6 @@ def _redacted(trajectory: Any, redact: Any) -> Any:
 
 
 def _history_table(decisions: list[dict[str, Any]]) -> Any:
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="approval history (oldest first)", title_justify="left")
@@ -311,7 +309,6 @@ def ingest(
     are still ingested, and the exit code is 1 if any problem was found. Ingesting the same file
     twice adds nothing.
     """
-    from rich.markup import escape
 
     from ee_middleware.ingest import ingest_files
 
