@@ -7,6 +7,7 @@ client and the store of real BFCL expert trajectories are the real ones.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from ee_middleware.replay.sandboxes.experience import (
     ExperienceSandbox,
     SyntheticObservationError,
     _began_json,
+    parse_prediction,
 )
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.testing.http import ScriptedChatServer
@@ -33,6 +35,10 @@ PROSE = [
     # keys named in prose without a value after them, never closed
     'I must write {"observation" and "is_error" fields, so let me think about what the folder holds: probably the',
     "The tool would list the files {} of the folder and",
+    # an example that never closes, its values placeholders; an object of other keys (an echoed call); a set in prose
+    'The answer is {"observation": ..., "is_error": ... so the listing of the folder shows "a',
+    '{"tool": "ls", "arguments": {"path": "/tmp"',
+    "The folder holds {a, b and",
 ]
 
 CUT_INSIDE = [
@@ -45,6 +51,20 @@ CUT_INSIDE = [
     '{"obs',
 ]
 
+COMPLETE_AND_CUT = [
+    # (the whole answer, which the answer parser accepts; where max_tokens cut it)
+    ('{"result": {"observation": "total 12", "is_error": false}}', '{"result": {"observation": "total'),
+    ('{"id": 1, "result": {"observation": "total 12"}}', '{"id": 1, "result": {"observation": "tot'),
+    ('{"tool": "ls", "observation": "total 12", "is_error": false}', '{"tool": "ls", "observation": "total'),
+    ('{"tool": "ls", "arguments": {}, "observation": "total 12"}', '{"tool": "ls", "arguments": {}, "obser'),
+    ('[{"observation": "total 12"}]', '[{"observation": "total'),
+    ('{"reward": NaN, "observation": "total 12"}', '{"reward": NaN, "observation": "tot'),
+    ('He said "{" first. {"observation": "total 12"}', 'He said "{" first. {"observation": "tot'),
+    ('Think {it\'s "x" or "y. So: {"observation": "total 12"}', 'Think {it\'s "x" or "y. So: {"observation": "tot'),
+]
+"""Answers cut inside an object the parser reads: the asked one is a wrapper key's value or a list's item, follows other
+keys (a NaN reward, an echoed tool call), or follows prose whose braces and quotes do not pair."""
+
 
 @pytest.mark.parametrize("text", PROSE)
 def test_prose_mentioning_the_json_shape_did_not_begin_it(text: str) -> None:
@@ -54,6 +74,33 @@ def test_prose_mentioning_the_json_shape_did_not_begin_it(text: str) -> None:
 @pytest.mark.parametrize("text", CUT_INSIDE)
 def test_an_answer_cut_inside_its_json_began_it(text: str) -> None:
     assert _began_json(text)
+
+
+@pytest.mark.parametrize(("complete", "cut"), COMPLETE_AND_CUT)
+def test_an_answer_cut_inside_an_object_the_parser_reads_began_it(complete: str, cut: str) -> None:
+    """Before (1458084): False for the wrapped one and those whose asked key follows another (its ``finditer`` never read
+    the inner ``{``; a first key not asked was no start). The unpaired-prose ones keep what 1458084 read right."""
+    assert complete.startswith(cut) and parse_prediction(complete)["observation"] == "total 12"
+    assert _began_json(cut)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"reasoning": ' * 7000 + "1" + "}" * 7000 + " and some prose",
+        "word { " * 15000,
+        '{"a": 1, ' * 15000,
+        '{"' + "{" * 100000 + '" x',
+        '{"{"' * 25000,
+        '{"observation": "x", "is_error": false} ' * 2500,
+    ],
+    ids=["nested-asked-keys-closed", "braces-in-prose", "other-keys", "brace-run-in-key", "brace-quote", "closed-examples"],
+)
+def test_began_json_takes_linear_time_on_long_answers(text: str) -> None:
+    """Before: over 10 s for the first (each asked key's head was scanned to its end: quadratic). One pass: under 0.1 s."""
+    started = time.perf_counter()
+    _began_json(text)
+    assert time.perf_counter() - started < 1.5, len(text)
 
 
 def _predict(spec: str, store_path: Path) -> SyntheticObservationError:
@@ -86,3 +133,15 @@ def test_prose_naming_the_keys_cut_at_max_tokens_gets_the_before_json_advice_scr
     with ScriptedChatServer([(CUT_INSIDE[1], "length")], models=["em"]) as server:
         error = _predict(f"openai:{server.base_url}#em", bfcl_store_path)
     assert error.reason.startswith("the answer was cut off at max_tokens (finish_reason 'length'"), error.reason
+
+
+def test_a_wrapped_answer_cut_at_max_tokens_gets_the_raise_max_tokens_advice_scripted_server(bfcl_store_path: Path) -> None:
+    """Before (1458084): CUT_BEFORE_JSON ('the model may not be answering in the JSON shape') for an answer the parser
+    reads once whole: more tokens are the fix."""
+    for _, cut in COMPLETE_AND_CUT:
+        with ScriptedChatServer([(cut, "length")], models=["em"]) as server:
+            error = _predict(f"openai:{server.base_url}#em", bfcl_store_path)
+        assert error.reason.startswith("the answer was cut off at max_tokens (finish_reason 'length'; raise max_tokens, now 64"), (
+            cut,
+            error.reason,
+        )

@@ -83,52 +83,113 @@ def build_model_client(spec: str, *, timeout_s: float | None = None, timeout_kno
 
 _ANSWER_KEYS = ("reasoning", "observation", "is_error", "reward")
 """The keys of the JSON object the model is asked for (:data:`SYSTEM_PROMPT`; ``reward`` in the trained model's target)."""
-_OBJECT_HEAD = re.compile(r'\{\s*(?:\Z|"(\w*)(?:\Z|("\s*(?:\Z|:\s*(?:\Z|["{\[\-0-9tfn])))))')
-"""An object's start: ``{`` where the answer stops, or ``{`` and a key (group 1, whole when group 2 matched) that stops
-with the answer, or is followed by ``:`` and the start of a JSON value (or the answer's end)."""
+_VALUE_START = frozenset('"{[-0123456789tfnNI')
+"""The first character of a JSON value (``NaN`` and ``Infinity`` too: the answer parser reads them)."""
+_QUOTE_OR_ESCAPE = re.compile(r'["\\]')
 _FENCE_AT_END = re.compile(r"```(?:json|JSON)?\s*\Z")
+_KEY, _COLON, _VALUE, _OTHER = range(4)
+"""Where :func:`_began_json` is in an open object: a key comes next (after ``{`` or ``,``), a key was read (``:`` comes
+next), ``:`` was read (a value comes next), anything else."""
+
+
+class _Open:
+    """An object or array that opened in the answer and has not closed yet (:func:`_began_json`)."""
+
+    __slots__ = ("asked", "at", "first", "is_object", "key", "keyed", "state")
+
+    def __init__(self, at: int, is_object: bool) -> None:
+        self.at = at  # the index of its "{" or "["
+        self.is_object = is_object
+        self.state = _KEY if is_object else _OTHER
+        self.first = is_object  # nothing but whitespace read inside it yet
+        self.key: str | None = None  # the key just read, until its value starts
+        self.keyed = False  # a key and ':' were read in it
+        self.asked = False  # one of its keys is an asked one (:data:`_ANSWER_KEYS`), with ':' and a value after it
+
+
+def _string_end(text: str, start: int) -> int:
+    """The index of the quote that closes the JSON string whose first character is ``text[start]``, or -1 (it never closes)."""
+    while (stop := _QUOTE_OR_ESCAPE.search(text, start)) is not None:
+        if stop.group() == '"':
+            return stop.start()
+        start = stop.start() + 2  # an escape and the character it escapes
+    return -1
 
 
 def _began_json(text: str) -> bool:
-    """Whether ``text`` (an answer without its reasoning) was cut off inside the JSON object asked for: an object that opens
-    with one of its keys (:data:`_ANSWER_KEYS`) and never closes before the answer's end, anywhere, as the answer parser
-    reads an object after a lead-in ("Here is the observation: {..."); or it stopped right after a code fence opened.
+    """Whether ``text`` (an answer without its reasoning) was cut off inside the JSON object asked for, anywhere in it, as
+    the answer parser reads an object after a lead-in ("Here is the observation: {...") or inside another: an object that
+    never closes before the answer's end, at any depth (the value of a wrapper's key, an item of a list), and holds one
+    of the asked keys (:data:`_ANSWER_KEYS`; first or after other keys) followed by ``:`` and the start of a value; or
+    the answer stopped where an asked key is being written (right after an object's ``{``, inside a key that an asked
+    one starts with, before an asked key's value); or right after a code fence opened.
 
     Prose that mentions the shape (``an object like {"observation": ..., "is_error": ...}``) is no start: the object it
-    shows closes, and prose follows; nor is a ``{}`` in prose, or an object of other keys."""
+    shows closes, and prose follows; nor is a ``{}`` or a ``{word`` in prose, a key named without ``:`` after it, or an
+    object of other keys. One pass (linear time): quotes outside any object are prose; inside one, braces in strings are
+    skipped."""
     if _FENCE_AT_END.search(text) is not None:
         return True
-    for head in _OBJECT_HEAD.finditer(text):
-        key = head.group(1)
-        if key is None:  # "{" and the answer's end
-            return True
-        if not (key in _ANSWER_KEYS if head.group(2) else any(k.startswith(key) for k in _ANSWER_KEYS)):
+    stack: list[_Open] = []
+    cut_key: str | None = None  # the key the answer stopped inside
+    i, n = 0, len(text)
+    while i < n:
+        if not stack:
+            i = text.find("{", i)
+            if i < 0:
+                break
+            stack.append(_Open(i, True))
+            i += 1
             continue
-        if not _closes(text, head.start()):
-            return True
-    return False
-
-
-def _closes(text: str, start: int) -> bool:
-    """Whether the object opening at ``text[start]`` closes before the end of ``text`` (braces inside strings skipped)."""
-    depth, in_string, escaped = 0, False, False
-    for ch in text[start:]:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            depth += 1
+        top, ch = stack[-1], text[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if top.first:
+            if ch not in '"}':  # "{" and then a word or a number: prose ("{it's", "{0}"), no object
+                stack.pop()
+                continue  # the character is read again, outside
+            top.first = False
+        if top.state == _COLON:
+            if ch == ":":
+                top.state, top.keyed = _VALUE, True
+                i += 1
+                continue
+            if not top.keyed:  # '{"word" and ...': prose quoting a brace; an object may start inside the "key"
+                stack.pop()
+                i = top.at + 1
+                continue
+            top.state = _OTHER
+        elif top.state == _VALUE:
+            top.asked = top.asked or (ch in _VALUE_START and top.key in _ANSWER_KEYS)
+            top.state = _OTHER
+        if ch == '"':
+            end = _string_end(text, i + 1)
+            if end < 0:  # the answer stops inside this string
+                if top.state == _KEY:
+                    cut_key = text[i + 1 :]
+                break
+            if top.state == _KEY:
+                top.key, top.state = text[i + 1 : end], _COLON
+            i = end + 1
+            continue
+        if ch == ",":
+            top.state = _KEY if top.is_object else _OTHER
         elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return True
-    return False
+            stack.pop()
+        else:
+            top.state = _OTHER
+            if ch in "{[":
+                stack.append(_Open(i, ch == "{"))
+        i += 1
+    if not stack:
+        return False
+    if any(open_.asked for open_ in stack):
+        return True
+    top = stack[-1]
+    if cut_key is not None:
+        return any(key.startswith(cut_key) for key in _ANSWER_KEYS)
+    return top.first or (top.state in (_COLON, _VALUE) and top.key in _ANSWER_KEYS)
 
 
 class SyntheticObservationError(SandboxError):
