@@ -532,14 +532,45 @@ def promote(ctx: StageContext) -> StageResult:
     return result
 
 
+def ee_program() -> list[str]:
+    """How a command printed for the user runs this installation's ``ee``: ``ee`` when that is the ``ee`` on ``PATH``;
+    else the ``ee`` script beside the running Python (a virtualenv's ``bin/``, not on ``PATH`` without activating it), by
+    its full path; else ``python -m ee_middleware.cli`` with the running Python (no script installed beside it)."""
+    import os
+    import shutil
+    import sys
+
+    on_path = shutil.which("ee")
+    beside = Path(sys.executable).parent / ("ee.exe" if os.name == "nt" else "ee")
+    if beside.is_file():
+        return ["ee"] if on_path and os.path.samefile(on_path, beside) else [str(beside)]
+    if on_path and _script_python(Path(on_path)) == sys.executable:
+        return ["ee"]  # a script installed elsewhere for this Python (pip install --user: ~/.local/bin)
+    return [sys.executable, "-m", "ee_middleware.cli"]
+
+
+def _script_python(script: Path) -> str | None:
+    """The interpreter a console script's ``#!`` line names, ``None`` when it has none (or cannot be read)."""
+    try:
+        with script.open("rb") as file:
+            first = file.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return words[0] if words else None
+
+
 def promote_command(config: ImproveConfig, name: str) -> str:
     """A shell command that promotes ``name`` by hand as ``config``'s promote stage would, runnable as written:
     ``ee adapters promote NAME -r REGISTRY`` (the registry as the config names it: a folder, or a registry plug-in's
     ``NAME:LOCATION`` or ``package.module:factory``), then the ``[improve.serving]`` servers with their backend (a
     built-in name or a serving-backend plug-in's spec) and ``max_lora_rank``; without servers ``--registry-only``: the
-    promote is then the registry's alias switch alone, as the stage's is."""
+    promote is then the registry's alias switch alone, as the stage's is. ``ee`` is this installation's
+    (:func:`ee_program`): a run from cron or systemd often has no ``ee`` on its ``PATH``, or another one."""
     serving = config.serving
-    words = ["ee", "adapters", "promote", name, "-r", config.registry]
+    words = [*ee_program(), "adapters", "promote", name, "-r", config.registry]
     if not serving.servers:
         return shlex.join([*words, "--registry-only"])
     for url in serving.servers:

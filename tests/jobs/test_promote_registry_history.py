@@ -349,6 +349,13 @@ def test_a_rollback_whose_time_names_no_zone_is_kept_out_only_when_older_in_ever
 # --- the promote by hand that the refusals name ------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _ee_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's PATH has this installation's ``ee`` (an activated virtualenv): the commands name plain ``ee``
+    (tests/jobs/test_promote_command_program.py covers a PATH without it)."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def _named_promote(message: str) -> str:
     [command] = [c for c in re.findall(r"`([^`]+)`", message) if c.startswith("ee adapters promote ")]
     return command
