@@ -6,7 +6,7 @@ folder), imported inside the commands.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, date
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -230,22 +230,44 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         out.print(f"datasets: {datasets or '-'}")
     for event in history:
         applied = "" if event.get("applied", True) else "  (interrupted: not applied)"
-        line = f"  {_when(event.get('at'))}  {event.get('action', '?'):<16} by {event.get('by', '?')}{_replacement(event, name)}{applied}"
+        line = (
+            f"  {_when(event.get('at'))}  {_said(event.get('action')):<16} by {_said(event.get('by'))}{_replacement(event, name)}{applied}"
+        )
         out.print(escape(line))
 
 
 def _when(value: Any) -> str:
     """A history event's time (``at``) for ``show``, to the second: in UTC, saying so, from every form ee improve's
     promote reads (an ISO 8601 string, a datetime, epoch seconds); a time without a zone as given, saying it names none
-    (a registry plug-in's ``datetime.now()`` is local time); any other value as the registry gave it."""
+    (a registry plug-in's ``datetime.now()`` is local time); an ISO date alone as that date, saying it has no time; any
+    other value as the registry gave it."""
     from ee_middleware.jobs.deploy import event_moment, names_no_zone
 
     moment = event_moment(value)
     if moment is None:
         return "time unknown" if value is None else f"time {value!r}"
+    if isinstance(value, str) and _date_only(value):
+        return f"{moment.date().isoformat()} (a date, no time)"  # not an invented 00:00:00
     if names_no_zone(value):
         return f"{moment:%Y-%m-%d %H:%M:%S} (no zone)"
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    try:
+        return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    except OverflowError:  # a time at the calendar's edge (datetime.min with an offset) has no UTC reading
+        return moment.isoformat(sep=" ", timespec="seconds")
+
+
+def _date_only(text: str) -> bool:
+    """Whether ``text`` is an ISO 8601 date with no time of day (``2026-11-30``)."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _said(value: Any) -> str:
+    """A history event's ``action`` or ``by`` for ``show``: ``unknown`` where the registry gives none (missing, null)."""
+    return "unknown" if value is None or value == "" else str(value)
 
 
 def _replacement(event: dict[str, Any], name: str) -> str:
