@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, BinaryIO, Literal, get_args
 
 import polars as pl
 
@@ -741,22 +741,38 @@ class LocalExperienceStore:
         return changed
 
     def _write_part(self, table: str, df: pl.DataFrame) -> Path:
+        """Write ``df`` as a new part of ``table`` (live once a manifest lists it). A failed write leaves no file and raises
+        the operating system's :class:`OSError`, or :class:`StoreWriteError` when the part would pass this process's
+        file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``)."""
         folder = self.root / table
         folder.mkdir(exist_ok=True)
         name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
         with atomic_path(final, fsync=self._fsync) as tmp:
             try:
-                if _named_in_utf8(tmp):
-                    df.write_parquet(tmp, compression="zstd")
-                else:
-                    with open(tmp, "wb") as fh:
-                        df.write_parquet(fh, compression="zstd")
-            except pl.exceptions.PolarsError as exc:
-                error = _os_error_in(exc)
-                if error is None:
-                    raise
-                raise error from exc
+                # Opened here (polars cannot open a name that is not UTF-8) and written through _KeepsWriteError: an OS
+                # error met while polars writes the footer reaches it as "Invalid thrift: transport error", its number lost.
+                with open(tmp, "wb") as fh:
+                    sink = _KeepsWriteError(fh)
+                    try:
+                        df.write_parquet(sink, compression="zstd")
+                    except pl.exceptions.PolarsError as exc:
+                        error = sink.error or _os_error_in(exc)
+                        if error is None:
+                            raise
+                        raise error from exc
+            except OSError as exc:
+                limit = spool._file_size_limit()
+                if exc.errno == errno.EFBIG and limit is not None:
+                    raise StoreWriteError(
+                        f"Cannot compact {self.root}: the Parquet part it writes to {table}/ would be larger than this "
+                        f"process's file-size limit ({limit} bytes: `ulimit -f`, systemd's LimitFSIZE=). Nothing stored "
+                        "was changed or lost: the spool segments and parts it was folding are kept, and reads see them all "
+                        "(only more slowly). Raise the limit for this process (`ulimit -f unlimited`, LimitFSIZE=infinity), "
+                        f"or run `ee store compact --store {self.root}` where no limit applies.",
+                        errno=errno.EFBIG,
+                    ) from exc
+                raise
         return final
 
     def _check_parts(self, snapshot: Manifest) -> dict[str, set[str]]:
@@ -946,6 +962,29 @@ def _named_in_utf8(path: Path) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+class _KeepsWriteError:
+    """A binary file for polars to write to that keeps the :class:`OSError` a write raised (polars reports it as text, and
+    some of its writers drop the error number), so that a full disk or a file-size limit is told as one."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
 
 
 def _os_error_in(exc: Exception) -> OSError | None:
