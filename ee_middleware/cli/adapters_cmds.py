@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
-from ee_middleware.cli.common import JsonOption, console, examples, print_json, short
+from ee_middleware.cli.common import JsonOption, console, escape, examples, print_json, short
 
 app = typer.Typer(help="Versioned LoRA adapters: register, promote (hot-swap into the servers), roll back, retire.", no_args_is_help=True)
 
@@ -215,19 +214,25 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         return
     manifest = record.manifest or {}
     out = console()
-    out.print(f"[bold]{record.name}[/bold]  app {record.app}  version {record.version}  status {record.status}  rank {record.rank}")
-    out.print(f"base model: {record.base_model}\npath: {record.path} (registered from {record.source_path})")
+    out.print(
+        f"[bold]{escape(record.name)}[/bold]  app {escape(record.app)}  version {record.version}  status {record.status}  "
+        f"rank {record.rank}"
+    )
+    out.print(escape(f"base model: {record.base_model}\npath: {record.path} (registered from {record.source_path})"))
     if record.reason:
-        out.print(f"reason: {record.reason}")
+        out.print(escape(f"reason: {record.reason}"))
     if manifest:
         metrics = manifest.get("metrics", {})
         datasets = ", ".join(
             f"{k} ({v.get('rows', '?')} rows, sha256 {str(v.get('sha256', ''))[:12]})" for k, v in manifest.get("datasets", {}).items()
         )
         out.print(
-            f"trained: schedule {manifest.get('schedule', {}).get('name')}, {metrics.get('steps')} steps, final loss {metrics.get('final_loss')}"
+            escape(
+                f"trained: schedule {manifest.get('schedule', {}).get('name')}, {metrics.get('steps')} steps, "
+                f"final loss {metrics.get('final_loss')}"
+            )
         )
-        out.print(f"datasets: {datasets or '-'}")
+        out.print(escape(f"datasets: {datasets or '-'}"))
     for event in history:
         applied = "" if event.get("applied", True) else "  (interrupted: not applied)"
         line = (
