@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,11 @@ TIMEOUT_KNOB = "`--timeout N`"
 
 
 def _positive_seconds(value: float) -> float:
-    if not value > 0:  # (NaN too)
-        raise typer.BadParameter(f"must be a number of seconds > 0, got {value:g}; e.g. --timeout 120 for a model served on CPU.")
+    if not 0 < value < math.inf:  # (NaN too; inf would pass "> 0", then fail every request)
+        raise typer.BadParameter(
+            f"must be a finite number of seconds > 0, got {value:g}; e.g. --timeout 120 for a model served on CPU, or "
+            "--timeout 3600 for one that may take very long (there is no 'no limit')."
+        )
     return value
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import math
 import os
 import re
 import socket
@@ -152,8 +153,12 @@ class OpenAIChatClient:
             raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
         if not model:
             raise ValueError("An OpenAI-compatible client needs a model name (the server's served model or adapter name)")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+            # inf would pass "> 0", then fail every request: httpx's deadline overflows time_t
+            raise ValueError(
+                f"timeout_s must be a finite number of seconds > 0 (how long one request may take), got {timeout_s!r}; "
+                "e.g. 120, or 3600 for a model that may take very long (there is no 'no limit')"
+            )
         self.base_url, self._auth = _without_credentials(base_url.rstrip("/"))
         for endpoint in ("/chat/completions", "/completions"):
             if self.base_url.endswith(endpoint):

@@ -140,14 +140,28 @@ def test_curriculum_run_timeout_reaches_the_judge_and_the_policy_slow_scripted_s
     assert [reason for reason in dropped if reason.startswith("the rollout failed: model_error") and ADVICE in reason], dropped
 
 
+@pytest.mark.parametrize("value", ["0", "inf", "nan"])
 @pytest.mark.parametrize("command", [["experience", "eval"], ["experience", "dataset"], ["curriculum", "propose"], ["curriculum", "run"]])
-def test_a_timeout_that_is_not_positive_is_refused_naming_the_flag(command: list[str]) -> None:
+def test_a_timeout_that_is_not_positive_and_finite_is_refused_naming_the_flag(command: list[str], value: str) -> None:
+    """Before: --timeout inf passed the check ("> 0"), then every request failed (see the test below)."""
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "--timeout" in result.output, result.output
-    result = runner.invoke(app, [*command, "--timeout", "0"])
-    assert result.exit_code == 2 and "--timeout" in result.output and "must be a number of seconds > 0" in _flat(result.output), (
-        result.output
-    )
+    result = runner.invoke(app, [*command, "--timeout", value])
+    flat = _flat(result.output)
+    assert result.exit_code == 2 and "--timeout" in flat and "must be a finite number of seconds > 0" in flat, result.output
+    assert f"got {value}" in flat and "--timeout 3600" in flat, result.output
+
+
+def test_experience_eval_timeout_inf_is_a_usage_error_not_a_crash_scripted_server(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Before: the eval ran, the client's first request raised OverflowError (httpx's deadline past time_t), and the
+    command ended with "unexpected OverflowError ... a bug in ee-middleware", exit 1."""
+    with ScriptedChatServer(_prediction, models=["em"]) as server:
+        args = ["experience", "eval", "--model", f"openai:{server.base_url}#em", "--store", str(bfcl_store_path), "--limit", "1"]
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--timeout", "inf", "--json"])
+        assert server.requests == [], server.requests
+    assert result.exit_code == 2, result.output
+    assert "--timeout" in result.output and "OverflowError" not in result.output, result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_sandbox_setting_timeout_s_reaches_the_client_and_its_advice_names_it_slow_scripted_server(bfcl_store_path: Path) -> None:
@@ -180,9 +194,10 @@ def test_the_sandbox_setting_timeout_s_reaches_the_client_and_its_advice_names_i
                 sandbox.close()
 
 
-@pytest.mark.parametrize("value", [0, -1, "60", True, float("nan")])
+@pytest.mark.parametrize("value", [0, -1, "60", True, float("nan"), float("inf"), float("-inf")])
 def test_a_bad_timeout_s_setting_is_named_with_its_fix(value: Any) -> None:
-    with pytest.raises(SandboxError, match=r"timeout_s must be a number of seconds > 0.*e\.g\. timeout_s = 120"):
+    """Before: inf (valid TOML: ``timeout_s = inf``) was accepted, and every request to the model then failed."""
+    with pytest.raises(SandboxError, match=r"timeout_s must be a finite number of seconds > 0.*e\.g\. timeout_s = 120"):
         build_sandbox("experience:openai:http://127.0.0.1:9/v1#em", timeout_s=value, check_endpoint=False)
 
 

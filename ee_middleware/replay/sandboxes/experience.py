@@ -31,6 +31,7 @@ expert's own call then returns its recorded observation, so the history stays re
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -376,9 +377,10 @@ def _check_settings(**settings: Any) -> None:
     if isinstance(refresh_s, bool) or not isinstance(refresh_s, (int, float)) or not refresh_s >= 0:
         raise ValueError(f"refresh_s must be a number of seconds >= 0, got {_shown(refresh_s)}, e.g. refresh_s = 60.")
     timeout_s = settings["timeout_s"]
-    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0):
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf):
         raise ValueError(
-            f"timeout_s must be a number of seconds > 0 (per request to the model), got {_shown(timeout_s)}, e.g. timeout_s = 120."
+            f"timeout_s must be a finite number of seconds > 0 (per request to the model), got {_shown(timeout_s)}, e.g. "
+            "timeout_s = 120, or timeout_s = 3600 for a model that may take very long (there is no 'no limit')."
         )
     for name in ("real", "fidelity_variant"):
         if settings[name] is not None and not isinstance(settings[name], str):
