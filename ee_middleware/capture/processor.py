@@ -338,8 +338,18 @@ class ExperienceSpanProcessor(SpanProcessor):
             self.store.write(trajectories)
             self.stats.trajectories_written += len(trajectories)
         except Exception as exc:  # noqa: BLE001
-            message = f"could not write {len(trajectories)} trajectories to {self.store!r}: {exc}"
-            self.report_failure(message, exc, runs=len(trajectories))
+            if len(trajectories) == 1:
+                self.report_failure(f"could not write 1 trajectory to {self.store!r}: {exc}", exc)
+                return
+            # A batch is stored whole or not at all: one run the store refuses (a record larger than the largest file
+            # this process may write, one it cannot encode) must not take the runs batched with it along. Each is
+            # written on its own, and each that fails again is reported with its own reason.
+            for trajectory in trajectories:
+                try:
+                    self.store.write([trajectory])
+                    self.stats.trajectories_written += 1
+                except Exception as single:  # noqa: BLE001
+                    self.report_failure(f"could not write trajectory {trajectory.id} to {self.store!r}: {single}", single)
 
     def _approve(self, trajectory: Trajectory) -> Trajectory:
         if self.approve_if is None:
