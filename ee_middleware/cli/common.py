@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import re
 import sys
 import threading
@@ -317,6 +318,17 @@ def key_value_settings(pairs: list[str], flag: str, example: str) -> dict[str, A
         except ValueError:
             settings[key.strip()] = value
     return settings
+
+
+def positive_seconds(value: float | None) -> float | None:
+    """A ``--timeout`` option's callback: a finite number of seconds > 0 (``None``: not given, the configuration's or
+    the default), else a usage error naming the flag and a value to use."""
+    if value is not None and not 0 < value < math.inf:  # (NaN too; inf would pass "> 0", then fail every request)
+        raise typer.BadParameter(
+            f"must be a finite number of seconds > 0, got {value:g}; e.g. --timeout 120 for a model served on CPU, or "
+            "--timeout 3600 for one that may take very long (there is no 'no limit')."
+        )
+    return value
 
 
 _HIDDEN_EFFECT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")

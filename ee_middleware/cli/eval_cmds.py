@@ -13,6 +13,7 @@ from ee_middleware.cli.common import (
     console,
     escape,
     examples,
+    positive_seconds,
     print_json,
     progress_console,
     reading_store,
@@ -57,7 +58,7 @@ def run_cmd(
         None, "--max-tokens", min=1, help="Tokens the model may write per answer; answers cut at it are counted. [default: 512]"
     ),
     max_steps: int | None = typer.Option(None, "--max-steps-per-turn", min=1, help="Model answers per user turn. [default: 20]"),
-    timeout_s: float | None = typer.Option(None, "--timeout", help="Seconds per model request. [default: 60]"),
+    timeout_s: float | None = typer.Option(None, "--timeout", callback=positive_seconds, help="Seconds per model request. [default: 60]"),
     user_model: str | None = typer.Option(None, "--user-model", help="tau suites: an openai:URL#MODEL user simulator (default: scripted)."),
     tau_bench_dir: str | None = typer.Option(
         None, "--tau-bench-dir", envvar="EE_TAU_BENCH_DIR", help="tau suites: a tau-bench checkout (for tau:retail and tau:airline)."

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
     StoreOption,
     console,
+    escape,
     examples,
     open_existing_store,
+    positive_seconds,
     print_json,
     progress_console,
     reading_store,
@@ -32,21 +32,12 @@ TIMEOUT_KNOB = "`--timeout N`"
 """How these commands' user sets the model client's ``timeout_s`` (what the advice after a timeout names)."""
 
 
-def _positive_seconds(value: float) -> float:
-    if not 0 < value < math.inf:  # (NaN too; inf would pass "> 0", then fail every request)
-        raise typer.BadParameter(
-            f"must be a finite number of seconds > 0, got {value:g}; e.g. --timeout 120 for a model served on CPU, or "
-            "--timeout 3600 for one that may take very long (there is no 'no limit')."
-        )
-    return value
-
-
 def timeout_option(who: str) -> Any:
     """A ``--timeout`` option: seconds per request to ``who`` (an ``openai:`` model; others have no request timeout)."""
     return typer.Option(
         60.0,
         "--timeout",
-        callback=_positive_seconds,
+        callback=positive_seconds,
         help=f"Seconds per request to {who} when it is an openai: model (one served on CPU takes seconds per answer, more behind a queue).",
     )
 
