@@ -5,7 +5,8 @@ recordings (``bfcl-<entry id>``), so rollout ids are the same on every machine a
 :func:`outputs` reduces what a replay stored to what must never change: every rollout's id, step,
 branch, proposed call, proposer metadata, observation and flags, and every replay record's status,
 counts and details (run times and timestamps left out). ``golden/`` holds the outputs captured
-before the replay was made faster (``python -m tests.replay.golden_replay`` writes them again).
+before the replay was made faster, written again when ``mutate`` began comparing calls with their schema defaults
+filled in (``python -m tests.replay.golden_replay`` writes them again).
 """
 
 from __future__ import annotations

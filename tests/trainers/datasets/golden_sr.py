@@ -5,7 +5,8 @@ expert trajectories with stable ids, :func:`tests.replay.golden_replay.stable_st
 expert turn there makes one tool call. :func:`outputs` reduces SR's rows (template teacher, K=3) to what must not
 change: each row's id, lineage, completion text and a sha256 of every column's value. ``golden/sr_bfcl_k4.json``
 holds the rows as SR built them before parallel tool calls were taught as one turn, written again when alternatives
-with the expert call's own outcome stopped being shown (8 rows lost such an alternative)
+with the expert call's own outcome stopped being shown (8 rows lost such an alternative), and when ``mutate`` stopped
+proposing calls that differ only by an argument at its schema default (2 rows changed)
 (``python -m tests.trainers.datasets.golden_sr`` writes it again).
 """
 
