@@ -77,18 +77,47 @@ def first_parameter(fn: Callable[..., Any]) -> inspect.Parameter | None:
 
 
 def filled_by_langchain(fn: Callable[..., Any], parameter: str) -> str | None:
-    """What a LangChain tool fills ``fn``'s ``parameter`` with when it calls ``fn`` (``callbacks``, ``run_manager``, a
-    parameter annotated ``RunnableConfig``), or ``None``: such a parameter is neither the world nor the model's."""
+    """What a LangChain tool fills ``fn``'s ``parameter`` with when it calls ``fn`` (``callbacks``, ``run_manager``, the
+    parameter :func:`config_parameter` names), or ``None``: such a parameter is neither the world nor the model's."""
     if parameter in ("callbacks", "run_manager"):
         return f"its {parameter}"
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - names only a module could resolve: read the annotation as written
-        hints = {}
-    annotation = hints.get(parameter, inspect.signature(fn).parameters[parameter].annotation)
-    if annotation == "RunnableConfig" or getattr(annotation, "__name__", None) == "RunnableConfig":
+    if parameter == config_parameter(fn):
         return "the run's RunnableConfig"
     return None
+
+
+def config_parameter(fn: Callable[..., Any], *, skip: int = 0) -> str | None:
+    """The parameter of ``fn`` (after its first ``skip``) that LangChain's tool gives the run's ``RunnableConfig`` and
+    leaves out of the argument schema, or ``None``: as langchain_core finds it (``_get_runnable_config_param``), the
+    first one annotated ``RunnableConfig`` itself (a string annotation resolved in ``fn``'s module, as with ``from
+    __future__ import annotations``; read as written when it cannot be resolved). ``Optional[RunnableConfig]`` is not
+    one: LangChain offers it to the model as an optional argument and passes what the call gives (``None``)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - names only a module could resolve: read the annotations as written
+        hints = {}
+    for parameter in parameters[skip:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        annotation = hints.get(parameter.name, parameter.annotation)
+        if annotation == "RunnableConfig" or getattr(annotation, "__name__", None) == "RunnableConfig":
+            return parameter.name
+    return None
+
+
+def tool_run_config() -> dict[str, Any]:
+    """The ``RunnableConfig`` replay gives a tool function's :func:`config_parameter`: the one LangChain builds for a tool
+    called outside a graph run (``ensure_config()``: no tags, metadata or callbacks, the default recursion limit, an
+    empty ``configurable``), made afresh for each call. Never the replay job's own callbacks, nor production's
+    ``configurable`` (a thread id, a user): a trajectory does not hold them; a tool that reads one fails as it would
+    have without it (give it from the world instead)."""
+    from langchain_core.runnables.config import DEFAULT_RECURSION_LIMIT
+
+    return {"tags": [], "metadata": {}, "callbacks": None, "recursion_limit": DEFAULT_RECURSION_LIMIT, "configurable": {}}
 
 
 def offered_arguments(tool: Any) -> set[str] | None:
@@ -128,15 +157,16 @@ def on_world(tool: Any, world: Callable[[], Any]) -> Any:
             update[attribute] = _given_the_world(fn, world, is_async=attribute == "coroutine")
     schema = getattr(tool, "args_schema", None)
     if schema is None or name in (getattr(schema, "model_fields", None) or {}):
-        update["args_schema"] = create_schema_from_function(
-            tool.name, wrapped_function(tool), filter_args=[name, "run_manager", "callbacks"]
-        )
+        fn = wrapped_function(tool)
+        assert fn is not None
+        filtered = [name, "run_manager", "callbacks", *filter(None, [config_parameter(fn, skip=1)])]
+        update["args_schema"] = create_schema_from_function(tool.name, fn, filter_args=filtered)
     return tool.model_copy(update=update)
 
 
 def _given_the_world(fn: Callable[..., Any], world: Callable[[], Any], *, is_async: bool) -> Callable[..., Any]:
-    """``fn`` with ``world()`` as its first argument; its signature the function's own after the world (LangChain looks
-    there for the parameters it fills in: callbacks, a RunnableConfig)."""
+    """``fn`` with ``world()`` as its first argument; its signature and type hints the function's own after the world
+    (LangChain looks there for the parameters it fills in: callbacks, a RunnableConfig)."""
     if is_async:
 
         async def bound(*args: Any, **kwargs: Any) -> Any:
@@ -148,7 +178,13 @@ def _given_the_world(fn: Callable[..., Any], world: Callable[[], Any], *, is_asy
             return fn(world(), *args, **kwargs)
 
     signature = inspect.signature(fn)
-    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore[attr-defined]
+    parameters = list(signature.parameters.values())
+    bound.__signature__ = signature.replace(parameters=parameters[1:])  # type: ignore[attr-defined]
+    try:  # resolved in fn's module: LangChain finds the RunnableConfig parameter by typing.get_type_hints(bound)
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - names only a module could resolve: LangChain finds none in fn either
+        hints = {}
+    bound.__annotations__ = {key: hint for key, hint in hints.items() if not parameters or key != parameters[0].name}
     bound.__name__ = getattr(fn, "__name__", "tool")
     return bound
 
@@ -181,7 +217,9 @@ def argument_schema(name: str, fn: Callable[..., Any], *, skip: int = 0) -> Any:
         from langchain_core.tools import create_schema_from_function
 
         skipped = [p.name for p in parameters[:skip]]
-        return create_schema_from_function(name, fn, filter_args=[*skipped, "run_manager", "callbacks"])
+        config = config_parameter(fn, skip=skip)  # LangChain fills it (see tool_run_config), the model never gives it
+        filtered = [*skipped, "run_manager", "callbacks", *([config] if config is not None else [])]
+        return create_schema_from_function(name, fn, filter_args=filtered)
     except Exception:  # noqa: BLE001 - annotations pydantic cannot read: the function gets the raw arguments
         return None
 

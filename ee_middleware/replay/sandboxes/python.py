@@ -51,12 +51,14 @@ from ee_middleware.replay.sandboxes.journal import JDict, JList, Journal, Journa
 from ee_middleware.replay.sandboxes.langchain_tool import (
     argument_schema,
     call_tool,
+    config_parameter,
     filled_by_langchain,
     first_parameter,
     is_langchain_tool,
     offered_arguments,
     on_world,
     tool_injected_parameters,
+    tool_run_config,
     validated_arguments,
     wrapped_function,
 )
@@ -339,6 +341,13 @@ class PythonSandbox:
             for name, fn in self._direct.items()
             if (found := tool_injected_parameters(fn) if is_langchain_tool(fn) else injected_parameters(fn))
         }
+        # plain functions' parameter for the run's RunnableConfig, which LangChain's tool fills (tool objects fill their own)
+        self._config_parameters = {
+            name: found
+            for table, skip in ((self._tools, 1), (self._direct, 0))
+            for name, fn in table.items()
+            if not is_langchain_tool(fn) and (found := config_parameter(fn, skip=skip)) is not None
+        }
         self._format_result = format_result
         self._is_error_result = is_error_result
         self._format_error = format_error
@@ -442,6 +451,9 @@ class PythonSandbox:
                 schema = self._schemas[name] if name in self._schemas else self._schema(name, fn, skip=len(world))
             if schema is not None:  # as LangChain's tool gives them to its function
                 arguments = validated_arguments(schema, name, arguments, self._injected.get(name, {}))
+            config = self._config_parameters.get(name)
+            if config is not None:  # over any value the model wrote, as LangChain does
+                arguments[config] = tool_run_config()
             value = fn(*world, **arguments)
             if inspect.isawaitable(value):  # an ``async def`` tool: its result, not the coroutine
                 value = self._await(value)
