@@ -19,7 +19,7 @@ model reasoning that is empty, or that copies what the teacher was shown of the 
 (:func:`copies`: ignoring case, whitespace, quotes and backslashes, a run of it of more than one value covering
 :data:`COPY_SHARE` of it, or one holding :data:`COPY_RUN` characters of values besides its longest and those the task or
 call also holds), is replaced by the template's and flagged (``quality_flags``). A value is what the tool wrote as one
-(a key, a number, a line of a JSON string, a field of a line of text), so naming a few values from it, or one long value
+(a key, a number, a field of a line of text, in plain text or in a JSON string), so naming a few values from it, or one long value
 (a path, a commit SHA, a URL, a title or commit subject, spaces and all), is no copy, and an observation shorter than
 :data:`MIN_COPY` characters is never counted as copied.
 """
@@ -70,8 +70,12 @@ _PIECE = re.compile(
 )
 """How :func:`_normal_marked` reads an observation: whitespace, a dropped character, a punctuation mark (the only
 characters besides whitespace that may separate values), or a stretch of others (never a separator)."""
-_LOOKS_JSON = re.compile(r"\s*(?:\{\s*[\"'}]|\[\s*[\"'{\[\]\d-])")
-"""An observation that opens like a JSON (or Python-literal) object or list, whole or cut at :data:`TEACHER_SHOWN`."""
+_LOOKS_JSON = re.compile(
+    r"\s*(?:\{\s*[\"'}]|\[\s*(?:[\"'{\[\]]|-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?\s*(?:,|\][ \t]*(?:[\n\r,\]}]|$))))"
+)
+"""An observation that opens like a JSON (or Python-literal) object or list, whole or cut at :data:`TEACHER_SHOWN`. A
+list of numbers must be one (``[3, 4]``), not a log line's bracketed time or number (``[2024-03-04 10:00:01] INFO``,
+``[12] deployed``)."""
 _JSON_STRING = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\\\n]|\\.)*'?")
 _TEXT_STRING = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"")
 _JSON_SEPARATOR = re.compile(r"[\s{}\[\],:]+")
@@ -81,7 +85,7 @@ _TEXT_SEPARATOR = re.compile(r"[\n\r\t\f\v]|\\[nrt]| {2,}|[,;|{}\[\]()<>]|[:.!?]
 sentence's end before a space (``Error: ...``, ``key: value``). Not a single space, nor ``: / . = & -`` inside a word
 (paths, URLs, timestamps, dotted keys, query strings)."""
 _LINE_BREAK = re.compile(r"[\n\r\t\f\v]|\\[nrt]| {2,}")
-"""Inside a quoted string: its lines (and tab- or column-separated fields) only; one line of it is one value."""
+"""Inside a double-quoted string of plain text: its lines (and tab- or column-separated fields) only."""
 _A_VALUE = re.compile(r"0+")
 
 
@@ -93,9 +97,10 @@ def _normal(text: str) -> str:
 
 def _separators(observation: str) -> bytearray:
     """Which characters of ``observation`` separate two of its values (1) rather than lie inside one (0). A JSON (or
-    Python-literal) observation's values are its keys, numbers and each line of its strings; plain text's are its lines
-    and the fields in them (:data:`_TEXT_SEPARATOR`), a double-quoted string on one line being one. So a value holding
-    spaces (a path with spaces, a title, a commit subject) is one value, as it is for the tool that wrote it."""
+    Python-literal) observation's values are its keys, numbers and the fields of its strings' text; plain text's are its
+    lines and the fields in them (:data:`_TEXT_SEPARATOR`), a double-quoted string on one line being one. So a value
+    holding spaces (a path with spaces, a title, a commit subject) is one value, as it is for the tool that wrote it,
+    and a JSON-wrapped output (a stdout, a file's content, a text part) has the fields its text has plain."""
     marks = bytearray(len(observation))
     json_like = _LOOKS_JSON.match(observation) is not None
     between = _JSON_SEPARATOR if json_like else _TEXT_SEPARATOR
@@ -103,7 +108,9 @@ def _separators(observation: str) -> bytearray:
     for string in (_JSON_STRING if json_like else _TEXT_STRING).finditer(observation):
         for found in between.finditer(observation, done, string.start()):
             marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
-        for found in _LINE_BREAK.finditer(observation, string.start(), string.end()):
+        # a JSON string holds what the tool wrote (a stdout, a file, a text part): its text's own fields, as plain text
+        inner = _TEXT_SEPARATOR if json_like else _LINE_BREAK
+        for found in inner.finditer(observation, string.start(), string.end()):
             marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
         done = string.end()
     for found in between.finditer(observation, done):
@@ -196,11 +203,11 @@ def copies(reasoning: str, shown: str, context: str = "") -> bool:
     normalised (:func:`_normal`), they share a run of more than one value of the observation that covers
     :data:`COPY_SHARE` of it, or one whose values besides its longest and besides those also in ``context`` (the task
     and call the teacher saw, which a reasoning may restate) come to :data:`COPY_RUN` characters. A value is what the
-    tool wrote as one (:func:`_separators`): a key, a number, a line of a JSON string, a field of a line of text, so one
-    holding spaces (a path, a title, a commit subject) is one value. Values named from the observation (a number, a
-    name, one long path, hash or title) are no copy, and an observation shorter than :data:`MIN_COPY` characters is
-    never copied. Costs O(len(reasoning) + len(shown)), plus a search of ``context`` for each value of a run that may be a
-    copy."""
+    tool wrote as one (:func:`_separators`): a key, a number, a field of a line of text, in plain text or inside a JSON
+    string (a stdout, a file's content), so one holding spaces (a path, a title, a commit subject) is one value. Values
+    named from the observation (a number, a name, one long path, hash or title) are no copy, and an observation shorter
+    than :data:`MIN_COPY` characters is never copied. Costs O(len(reasoning) + len(shown)), plus, when a run may be a
+    copy, one split of ``context`` and a search of it for each distinct value holding a space or punctuation."""
     if len(shown.strip()) < MIN_COPY:
         return False
     observation, text = _normal(shown), _normal(reasoning)
@@ -208,7 +215,7 @@ def copies(reasoning: str, shown: str, context: str = "") -> bool:
     # a run shorter than both bounds cannot be a copy: the observation's values are marked only when one is not
     runs = {run: start for run, start in _common_runs(text, observation).items() if len(run) >= min(most, COPY_RUN)}
     marks = _normal_marked(shown)[1] if runs else ""
-    seen: str | None = None
+    said: _Said | None = None
     for run, start in runs.items():
         inside = marks[start : start + len(run)]
         values = [value for value in (run[m.start() : m.end()].strip() for m in _A_VALUE.finditer(inside)) if value]
@@ -218,20 +225,42 @@ def copies(reasoning: str, shown: str, context: str = "") -> bool:
             return True
         if _beyond_one(list(map(len, values))) < COPY_RUN:
             continue
-        if seen is None:  # the task and call, normalised once per row and only for a run that may be a copy
-            seen = _normal(context)
+        if said is None:  # the task and call, normalised once per row and only for a run that may be a copy
+            said = _Said(_normal(context))
         # the run's first and last values may be cut short: those count as said when the context holds them anywhere
         fresh = [
-            len(value) for i, value in enumerate(values) if not (value in seen if i in (0, len(values) - 1) else _holds_whole(seen, value))
+            len(value) for i, value in enumerate(values) if not (value in said.context if i in (0, len(values) - 1) else said.whole(value))
         ]
         if _beyond_one(fresh) >= COPY_RUN:
             return True
     return False
 
 
+class _Said:
+    """What the normalised task and call (``context``) say whole: not inside a longer word, path or URL (``alex`` is not
+    said by ``/home/alex/documents``). Built once per row, lazily: a value without the characters around a value is
+    looked up in the set of the context's words (one split of it), any other is searched once and remembered, so a run
+    of short values found only inside a large blob costs a lookup each, not a scan of every place they occur."""
+
+    def __init__(self, context: str) -> None:
+        self.context = context
+        self._words: frozenset[str] | None = None
+        self._known: dict[str, bool] = {}
+
+    def whole(self, value: str) -> bool:
+        """Whether the context holds ``value`` bounded by a space or punctuation (or its ends) on both sides."""
+        if not _AROUND_A_VALUE_RE.search(value):
+            if self._words is None:
+                self._words = frozenset(self.context.translate(_AROUND_AS_SPACE).split(" "))
+            return value in self._words
+        known = self._known.get(value)
+        if known is None:
+            known = self._known[value] = _holds_whole(self.context, value)
+        return known
+
+
 def _holds_whole(context: str, value: str) -> bool:
-    """Whether normalised ``context`` holds ``value`` whole: not inside a longer word, path or URL (``alex`` is not said
-    by ``/home/alex/documents``)."""
+    """Whether normalised ``context`` holds ``value`` whole: not inside a longer word, path or URL."""
     at = context.find(value)
     while at != -1:
         end = at + len(value)
@@ -242,6 +271,8 @@ def _holds_whole(context: str, value: str) -> bool:
 
 
 _AROUND_A_VALUE = frozenset(" ,;:{}[]()<>|=")
+_AROUND_A_VALUE_RE = re.compile(r"[ ,;:{}\[\]()<>|=]")
+_AROUND_AS_SPACE = str.maketrans(dict.fromkeys(_AROUND_A_VALUE, " "))
 
 
 def _beyond_one(sizes: list[int]) -> int:

@@ -85,3 +85,83 @@ def test_the_observation_is_normalised_as_the_reasoning_is() -> None:
     for text in [LOG, QUESTION, WINDOWS, 'a " b', "x\\ny \\\\n z\t", "\u201cStra\u00dfe\u201d , 'q'  (x86)", PWD]:
         normal, marks = _normal_marked(text)
         assert normal == _normal(text) and len(marks) == len(normal)
+
+
+ISSUES = json.dumps(
+    [
+        {"number": 4121, "title": "Crash when exporting empty ledgers", "state": "open", "user": {"login": "mkoval"}, "comments": 3},
+        {
+            "number": 4122,
+            "title": "Retry warehouse export on dropped connection",
+            "state": "open",
+            "user": {"login": "jane-d"},
+            "comments": 11,
+        },
+        {"number": 4123, "title": "Move invoice renderer to shared templates", "state": "open", "user": {"login": "alexr"}, "comments": 0},
+    ]
+)
+PARAGRAPH = (
+    "The exporter reads every invoice from the warehouse, converts the amounts to the ledger currency using the daily rate "
+    "table, and writes one CSV per customer into the reports folder; failed rows are retried three times before the run is "
+    "marked as partial and an alert is sent to the on-call channel."
+)
+LOG_LINE = "2024-03-04 10:00:01 ERROR [worker-3] Failed to connect to database at db.internal:5432 after 3 retries: connection refused"
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "observation", "context"),
+    [
+        (
+            "The API returned " + ISSUES[:330],
+            json.dumps({"stdout": ISSUES, "stderr": "", "exit_code": 0}),
+            _call("bash", command="curl -s https://api.example.com/issues"),
+        ),
+        ("It returned " + ISSUES[:330], json.dumps([{"type": "text", "text": ISSUES}]), _call("list_issues", repo="acme/ledger")),
+        (
+            "The README says " + PARAGRAPH[:330],
+            json.dumps({"content": "# Exporter\n\n" + PARAGRAPH + "\n"}),
+            _call("read_file", path="README.md"),
+        ),
+        ("The log says " + LOG_LINE, json.dumps({"stdout": LOG_LINE + "\n", "exit_code": 0}), _call("bash", command="tail -1 app.log")),
+    ],
+    ids=["curl-json-body-in-stdout", "mcp-text-part", "file-content-as-json-string", "log-line-in-stdout"],
+)
+def test_quoting_one_line_of_a_json_wrapped_output_is_a_copy(reasoning: str, observation: str, context: str) -> None:
+    """None was flagged: inside a JSON string only line breaks separated values, so a quote within one of its lines (the
+    whole of a one-line output) was one value named. The text's fields count there as they do in plain text."""
+    assert copies(reasoning, observation, context=context)
+    assert not copies("The API answered with three open issues; 4122 has the most comments.", observation, context=context)
+
+
+@pytest.mark.parametrize(
+    "observation",
+    [
+        f"[2024-03-04 10:00:01] INFO uploaded {PWD}/q3 summary.pdf\n[2024-03-04 10:00:02] INFO done\n",
+        f"[12] uploaded {PWD}/q3 summary.pdf in 42s\n",
+    ],
+    ids=["bracketed-time", "bracketed-number"],
+)
+def test_a_log_opening_with_a_bracket_and_a_digit_is_text(observation: str) -> None:
+    """Read as JSON, whose every space outside strings separates values, naming one path with spaces from it was a copy."""
+    assert not copies(f"The file {PWD}/q3 summary.pdf was uploaded.", observation, context=_call("bash", command="tail -2 sync.log"))
+    assert copies("It printed " + observation.replace("\n", " "), observation)
+
+
+def test_short_values_the_call_holds_only_inside_a_large_blob_cost_a_lookup_each() -> None:
+    """A run of short values (small numbers) the teacher quoted, with a call carrying a 115 KB hex blob holding them only
+    inside its words: each value scanned every place it occurs in the blob, 140-330 ms a row; now one split of the
+    call. Timed (best of 3, a wide bound for a loaded machine): the row must stay a few ms."""
+    import random
+    import time
+
+    rng = random.Random(0)
+    blob = "".join(rng.choice("0123456789abcdef") for _ in range(115_000))
+    context = "Store it.\n" + _call("put_blob", data=blob)
+    numbers = json.dumps([rng.choice([0, 1, 2, 3]) for _ in range(600)])[:1500]
+    reasoning = "The values are " + numbers[1:400]
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        assert copies(reasoning, numbers, context=context)
+        best = min(best, time.perf_counter() - start)
+    assert best < 0.05, f"{best * 1000:.0f} ms"
