@@ -262,7 +262,9 @@ class ChildServer:
             self.snapshots.popitem(last=False)
 
     def execute(self, call: ToolCall) -> Observation:
-        """Run ``call``; tool failures (``MemoryError`` and ``SystemExit`` included) become error observations."""
+        """Run ``call``; tool failures (``MemoryError`` and ``SystemExit`` included) become error observations. A
+        :class:`PythonSandbox` makes a tool's exception its observation itself, with its ``format_error``, as in
+        process; an exception another inner sandbox lets escape is written as the default ``format_error`` writes it."""
         try:
             result = self.inner.execute(call)
         except MemoryError:
@@ -270,8 +272,9 @@ class ChildServer:
         except SandboxError:
             raise  # the sandbox itself failed (misuse, broken world): the parent raises it as in-process
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a tool included: the child must survive
-            text = f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
-            return Observation(content=text, is_error=True)
+            from ee_middleware.replay.sandboxes.python import format_exception
+
+            return Observation(content=format_exception(exc), is_error=True)
         if not isinstance(result, Observation):
             return Observation(
                 content=f"Error: the inner sandbox returned {type(result).__name__} for tool '{call.name}', not an Observation.",

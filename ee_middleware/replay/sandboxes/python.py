@@ -33,6 +33,7 @@ says which parameter and how to allow it), never called without it.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import json
@@ -179,6 +180,23 @@ def format_result(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     except Exception:  # noqa: BLE001 - as langchain_core's tools: anything JSON refuses (a date, a cycle) is its str()
         return str(value)
+
+
+_TOOL_FAILURES = (Exception, SystemExit, asyncio.CancelledError)
+"""What a tool may raise that is its failure, an error observation: ``SystemExit`` too (a tool that wraps a command line:
+argparse on bad arguments, ``sys.exit()``), and ``asyncio.CancelledError`` (an inner task of an async client cancelled;
+see :meth:`PythonSandbox._failure` for the caller's own cancellation). ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM taken as
+one) stops the replay job."""
+
+
+def _caller_is_cancelled() -> bool:
+    """Whether the asyncio task calling the sandbox (a replay driven from async code) is being cancelled: a
+    ``CancelledError`` then belongs to it, as asyncio's own ``timeout`` and ``TaskGroup`` tell them apart."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop runs in this thread: no task to cancel
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 def format_exception(exc: BaseException) -> str:
@@ -457,11 +475,16 @@ class PythonSandbox:
             value = fn(*world, **arguments)
             if inspect.isawaitable(value):  # an ``async def`` tool: its result, not the coroutine
                 value = self._await(value)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a tool's failure is an observation, not a crash
-            # SystemExit too: a tool that wraps a command line (argparse on bad arguments) or calls sys.exit()
-            # must not end the replay job. KeyboardInterrupt still stops it.
-            return Observation(content=self._format_error(exc), is_error=True)
+        except _TOOL_FAILURES as exc:  # a tool's failure is an observation, not a crash
+            return self._failure(exc)
         return self._observation(value, is_error=False, name=name)
+
+    def _failure(self, exc: BaseException) -> Observation:
+        """The error observation of a tool's exception (one of :data:`_TOOL_FAILURES`); a ``CancelledError`` while the
+        asyncio task calling the sandbox is itself being cancelled is that task's stop, never the tool's: raised again."""
+        if isinstance(exc, asyncio.CancelledError) and _caller_is_cancelled():
+            raise exc
+        return Observation(content=self._format_error(exc), is_error=True)
 
     def _schema(self, name: str, fn: Callable[..., Any], *, skip: int) -> Any:
         self._schemas[name] = schema = argument_schema(name, fn, skip=skip)
@@ -470,8 +493,8 @@ class PythonSandbox:
     def _invoke_langchain_tool(self, tool: Any, call: ToolCall) -> Observation:
         try:
             value, is_error = call_tool(tool, call.id, call.name, copy.deepcopy(call.arguments), self._await)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - as _invoke: a tool's failure is an observation
-            return Observation(content=self._format_error(exc), is_error=True)
+        except _TOOL_FAILURES as exc:  # as _invoke: a tool's failure is an observation
+            return self._failure(exc)
         return self._observation(value, is_error=is_error, name=call.name)
 
     def _observation(self, value: Any, *, is_error: bool, name: str) -> Observation:
@@ -509,24 +532,36 @@ class PythonSandbox:
         """Run an async tool's awaitable to its end on this sandbox's own event loop, kept across calls as an app's loop
         is, so that a tool's cached client (bound to the loop it was made on) stays usable: the loop runs in this thread,
         or, when this thread already runs a loop (a notebook, an async service), in a thread of the sandbox's own that
-        :meth:`close` stops."""
-        import asyncio
+        :meth:`close` stops.
 
-        async def result() -> Any:
-            return await awaitable
+        A ``CancelledError`` the awaitable raises (an inner task of its HTTP or database client cancelled) is raised here
+        as it is, in either case (out of the loop's own thread it would be ``concurrent.futures.CancelledError``). The
+        task that runs it on the sandbox's loop is the sandbox's: only code on that loop, the tool's, can cancel it. A
+        stop of the replay job (Ctrl-C, or SIGTERM taken as one) reaches an awaiting tool as ``KeyboardInterrupt``, which
+        propagates."""
+
+        async def result() -> tuple[Any, asyncio.CancelledError | None]:
+            try:
+                return await awaitable, None
+            except asyncio.CancelledError as exc:  # carried out of the loop as it is (see above)
+                return None, exc
 
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
-            return self._loop.run_until_complete(result())
-        if self._loop_thread is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="ee-sandbox-async", daemon=True)
-            thread.start()
-            self._loop_thread = (loop, thread)
-        return asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]).result()
+            value, cancelled = self._loop.run_until_complete(result())
+        else:
+            if self._loop_thread is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="ee-sandbox-async", daemon=True)
+                thread.start()
+                self._loop_thread = (loop, thread)
+            value, cancelled = asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]).result()
+        if cancelled is not None:
+            raise cancelled
+        return value
 
     def snapshot(self) -> WorldSnapshot | JournalSnapshot:
         self._check_open()

@@ -1,0 +1,224 @@
+"""A tool raising ``asyncio.CancelledError`` is an error observation, the same in process and in a subprocess sandbox.
+
+An async tool's HTTP or database client may let an inner task's cancellation surface as ``CancelledError`` (a
+``BaseException``). Before, PythonSandbox caught ``Exception`` and ``SystemExit`` only: one such call at one alternative
+ended the whole in-process replay job with a raw traceback, while under ``--isolation subprocess`` the child made it
+``Error: CancelledError`` without the sandbox's ``format_error``. Now both give ``format_error``'s text; what stops the
+job is a stop of the job (Ctrl-C, SIGTERM: ``KeyboardInterrupt``) or the cancellation of the asyncio task calling the
+sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import StructuredTool
+
+from ee_middleware import record_experience
+from ee_middleware._lifetime import termination_as_interrupt
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.policies.proposer import Proposer
+from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
+from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.conftest import record_once
+from tests.replay.policies_for_tests import FixedCallsPolicy
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def tool_error_text(exc: BaseException) -> str:
+    """LangGraph's ``ToolNode(handle_tool_errors=True)`` text, as an app's sandbox gives it."""
+    return f"Error: {exc!r}\n Please fix your mistakes."
+
+
+async def _order(order_id: str) -> str:
+    if order_id == "dropped":  # an HTTP client's inner request task, cancelled under it (a pool closed, a peer gone)
+        request = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        request.cancel()
+        await request
+    if order_id == "raised":
+        raise asyncio.CancelledError("request cancelled")
+    return f"order {order_id}: shipped"
+
+
+async def get_order(world: dict[str, Any], order_id: str) -> str:
+    """Look an order up."""
+    world["lookups"] = world.get("lookups", 0) + 1
+    return await _order(order_id)
+
+
+def get_order_sync(world: dict[str, Any], order_id: str) -> str:
+    """Look an order up through a synchronous wrapper of the async client."""
+    return asyncio.run(_order(order_id))
+
+
+async def find_order(order_id: str) -> str:
+    """Look an order up (production's read-only tool object)."""
+    return await _order(order_id)
+
+
+def build(environment: dict[str, Any] | None) -> dict[str, Any]:
+    return {"lookups": 0}
+
+
+def make_sandbox() -> PythonSandbox:
+    return PythonSandbox(
+        build,
+        tools={"get_order": get_order, "get_order_sync": get_order_sync},
+        read_only_tools={"find_order": StructuredTool.from_function(coroutine=find_order, handle_tool_error=True)},
+        format_error=tool_error_text,
+    )
+
+
+CANCELLED = {
+    "dropped": tool_error_text(asyncio.CancelledError()),
+    "raised": tool_error_text(asyncio.CancelledError("request cancelled")),
+}
+
+
+def _call(tool: str, order_id: str) -> ToolCall:
+    return ToolCall(id=f"call_{tool}_{order_id}", name=tool, arguments={"order_id": order_id})
+
+
+def _answers(sandbox: Any) -> list[tuple[str, bool]]:
+    """Every tool's answer to each cancelling call, then to a good one (the sandbox still works)."""
+    return [
+        (observation.content, observation.is_error)
+        for tool in ("get_order", "get_order_sync", "find_order")
+        for order_id in (*CANCELLED, "A1")
+        for observation in [sandbox.execute(_call(tool, order_id))]
+    ]
+
+
+EXPECTED = [
+    *((text, True) for text in CANCELLED.values()),
+    ("order A1: shipped", False),
+] * 3
+
+
+@pytest.mark.parametrize("isolation", ["in-process", "subprocess"])
+def test_a_cancelled_error_from_a_tool_is_an_observation_through_format_error_in_both_modes(isolation: str) -> None:
+    """An async world tool, a sync one (``asyncio.run`` over the client) and an async-only tool object: each cancelling
+    call is ``format_error``'s text, and the sandbox goes on. Before: in process the CancelledError escaped execute(); in
+    the subprocess child it was 'Error: CancelledError: request cancelled', not format_error's text."""
+    sandbox = make_sandbox() if isolation == "in-process" else SubprocessSandbox(make_sandbox, memory_mb=None)
+    try:
+        sandbox.reset({})
+        assert _answers(sandbox) == EXPECTED
+    finally:
+        sandbox.close()
+
+
+def test_a_cancelled_error_from_a_tool_is_an_observation_when_the_caller_runs_an_event_loop() -> None:
+    """Called from async code (the tool then runs on the sandbox's own loop thread, whence a cancellation came back as
+    ``concurrent.futures.CancelledError``): the same observations, with the tool's own exception given to format_error."""
+    seen: list[BaseException] = []
+
+    def remember(exc: BaseException) -> str:
+        seen.append(exc)
+        return tool_error_text(exc)
+
+    sandbox = PythonSandbox(build, tools={"get_order": get_order}, format_error=remember)
+    sandbox.reset({})
+
+    async def job() -> list[tuple[str, bool]]:
+        return [(o.content, o.is_error) for o in (sandbox.execute(_call("get_order", i)) for i in (*CANCELLED, "A1"))]
+
+    assert asyncio.run(job()) == EXPECTED[:3]
+    assert [type(exc) for exc in seen] == [asyncio.CancelledError] * 2
+    sandbox.close()
+
+
+def test_the_cancellation_of_the_task_calling_the_sandbox_is_not_taken_for_the_tools() -> None:
+    """An async job being cancelled while it calls the sandbox: a CancelledError then is the job's (asyncio's rule,
+    as its ``timeout`` and ``TaskGroup`` tell them apart), raised from execute() instead of becoming an observation."""
+    sandbox = make_sandbox()
+    sandbox.reset({})
+    returned: list[Any] = []
+
+    async def job() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # the job is told to stop while a tool runs
+        returned.append(sandbox.execute(_call("get_order", "raised")))
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(job())
+    assert returned == []
+    sandbox.close()
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_an_async_tool_awaits_stops_the_job(stop: str) -> None:
+    """Ctrl-C (and SIGTERM, which ``ee`` commands take as one: ``termination_as_interrupt``) reaches a tool awaiting
+    in the sandbox's loop as KeyboardInterrupt, which execute() lets through: the job stops. (The signal is sent to the
+    main thread, as the kernel hands it a Ctrl-C: select() is interrupted and Python runs its handler at once.)"""
+    started = threading.Event()
+
+    async def slow(order_id: str) -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    sandbox = PythonSandbox(build, tools={}, read_only_tools={"slow": slow}, format_error=tool_error_text)
+    sandbox.reset({})
+
+    def send() -> None:  # once the loop waits in select(), as a Ctrl-C finds it (not just before: no EINTR then)
+        if started.wait(10):
+            time.sleep(0.3)
+            signal.pthread_kill(threading.main_thread().ident, getattr(signal, stop))  # type: ignore[arg-type]
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    began = time.monotonic()
+    try:
+        with termination_as_interrupt(), pytest.raises(KeyboardInterrupt, match="SIGTERM" if stop == "SIGTERM" else None):
+            sandbox.execute(_call("slow", "A1"))
+        assert time.monotonic() - began < 30, "the tool's await was not interrupted"
+    finally:
+        sender.join()
+        sandbox.close()
+
+
+class _ProposesCancellingLookups(FixedCallsPolicy):
+    name = "cancelling-lookups"
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = [
+        ("get_order", {"order_id": "dropped"}),
+        ("get_order", {"order_id": "raised"}),
+    ]
+
+
+@pytest.mark.parametrize("isolation", ["in-process", "subprocess"])
+def test_a_replay_whose_alternatives_cancel_ends_with_the_same_rollouts_in_both_modes(tmp_path: Path, isolation: str) -> None:
+    """The sweep's case through a real agent: the expert's lookup replays as recorded, and the alternatives whose lookup
+    cancels are rollouts with format_error's text. Before, the in-process replay raised CancelledError."""
+
+    async def get_order_in_production(order_id: str) -> str:
+        """Look an order up."""
+        return await _order(order_id)
+
+    production = StructuredTool.from_function(coroutine=get_order_in_production, name="get_order")
+    script = [AIMessage(content="", tool_calls=[tool_call("get_order", order_id="A1")]), AIMessage(content="done")]
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [production]), app="orders", store=tmp_path / "s")
+    trajectory = record_once(agent, tmp_path / "s", {"messages": [("user", "Where is A1?")]}, run_async=True)
+    sandbox = make_sandbox() if isolation == "in-process" else SubprocessSandbox(make_sandbox, memory_mb=None)
+    try:
+        outcome = replay_trajectory(
+            trajectory, sandbox, Proposer(_ProposesCancellingLookups(), k=2), ReplaySettings("cancel", "fixed", k=2)
+        )
+    finally:
+        sandbox.close()
+    assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
+    branches = sorted((r.action.tool_call.arguments["order_id"], r.observation.content, r.observation.is_error) for r in outcome.rollouts)
+    assert branches == [("dropped", CANCELLED["dropped"], True), ("raised", CANCELLED["raised"], True)]
