@@ -20,7 +20,9 @@ rollouts also show what failure looks like; those candidates say so in their pro
 Every candidate validates against the offered schemas; none equals the expert's action; all are
 distinct. Calls are compared as the tool receives them: an argument at its schema's ``default`` is the
 argument left out (``{"order_id": "O-1", "fields": null}`` is ``{"order_id": "O-1"}`` when ``fields``
-defaults to ``null``). Seeded: the same decision point, ``k`` and ``seed`` give the same candidates.
+defaults to ``null``). Schemas are read through local ``$ref`` s and ``allOf`` (pydantic's schemas of
+nested models; :func:`~ee_middleware.replay.policies.schema.resolve_schema`). Seeded: the same decision
+point, ``k`` and ``seed`` give the same candidates.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+import math
 import random
 import re
 import threading
@@ -96,7 +99,8 @@ def _string_role(name: str, form: str | None, value: str) -> str:
 
 
 class _Unseen(Exception):
-    """No value of the argument's role was seen (an e-mail address where the conversation shows none)."""
+    """No value of the argument's role was seen (an e-mail address where the conversation shows none), or no value can
+    be made for its schema (a ``$ref`` that :func:`~ee_middleware.replay.policies.schema.resolve_schema` left)."""
 
 
 class _ValueMaker:
@@ -189,6 +193,8 @@ class _ValueMaker:
             kind = self.choice(options)
         if isinstance(kind, str):
             return kind
+        if "$ref" in schema:  # remote, naming nothing, or past the depth a recursive schema is followed to
+            raise _Unseen(str(schema["$ref"]))
         if "properties" in schema:
             return "object"
         return "array" if "items" in schema or "prefixItems" in schema else "string"
@@ -229,7 +235,10 @@ class _ValueMaker:
         else:
             value = self.rng.randint(0, 10)
         low, high = _bounds(schema, integer=True)
-        return int(min(max(value, low), high))
+        value = min(max(value, low), high)
+        if "multipleOf" in schema and not invalid:
+            value = _multiple(value, schema["multipleOf"], low, high)
+        return int(value)
 
     def _same_digits(self, current: Any) -> list[int]:
         if not isinstance(current, int):
@@ -246,7 +255,10 @@ class _ValueMaker:
         else:
             value = round(self.rng.uniform(0, 100), 2)
         low, high = _bounds(schema, integer=False)
-        return float(min(max(value, low), high))
+        value = min(max(value, low), high)
+        if "multipleOf" in schema and not invalid:
+            value = _multiple(value, schema["multipleOf"], low, high)
+        return float(value)
 
     # -- strings: by role -----------------------------------------------------------------------------
 
@@ -663,7 +675,7 @@ class MutationPolicy:
             maker.other_tools = (others, list(itertools.accumulate(weights)))  # what random.choices(others, weights) sums up
         others, cum_weights = maker.other_tools
         name = maker.rng.choices(others, cum_weights=cum_weights)[0]
-        arguments, broken = maker.arguments(schemas.parameters(name), invalid)
+        arguments, broken = maker.arguments(schemas.resolved(name), invalid)
         return name, arguments, broken
 
     def _perturb(self, expert: ToolCall, schemas: ToolSchemas, maker: _ValueMaker, invalid: bool) -> tuple[str, dict[str, Any], str | None]:
@@ -703,7 +715,7 @@ def _memo_id_inputs(schemas: ToolSchemas, name: str) -> tuple[tuple[str, str], .
     key = ("mutate.id_inputs", name)
     found = schemas.memo.get(key)
     if found is None:
-        found = schemas.memo[key] = _id_inputs(schemas.parameters(name))
+        found = schemas.memo[key] = _id_inputs(schemas.resolved(name))
     return found
 
 
@@ -758,7 +770,7 @@ def _same_json(a: Any, b: Any) -> bool:
 
 
 def _defaults_of(schema: Any, depth: int = 0) -> _Defaults | None:
-    """The defaults declared in ``schema`` and below it; ``None`` when it declares none."""
+    """The defaults declared in ``schema`` (a resolved one) and below it; ``None`` when it declares none."""
     if not isinstance(schema, Mapping) or depth > 2 * _MAX_DEPTH:
         return None
     defaults: dict[str, Any] = {}
@@ -780,16 +792,38 @@ def _defaults_of(schema: Any, depth: int = 0) -> _Defaults | None:
 
 
 def _memo_defaults(schemas: ToolSchemas) -> dict[str, _Defaults]:
-    """Tool name -> :func:`_defaults_of` its schema, for the tools that declare defaults (kept with the schemas)."""
+    """Tool name -> :func:`_defaults_of` its resolved schema, for the tools that declare defaults (kept with the schemas)."""
     found = schemas.memo.get("mutate.defaults")
     if found is None:
         found = {}
         for name in schemas.names:
-            plan = _defaults_of(schemas.parameters(name))
+            plan = _defaults_of(schemas.resolved(name))
             if plan is not None:
                 found[name] = plan
         schemas.memo["mutate.defaults"] = found
     return found
+
+
+def _multiple(value: float, step: Any, low: float, high: float) -> float:
+    """``value`` moved to the nearest multiple of ``step`` within ``[low, high]`` (``value`` when ``step`` is no positive
+    number or no multiple lies there). A float step's multiples are rounded to its decimals, and one that a validator's
+    ``value / step`` does not divide exactly (``0.07 / 0.01``) is passed over for a neighbour that it does."""
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0 or not math.isfinite(step):
+        return value
+    n = round(value / step)
+    if math.isfinite(low) and n * step < low:
+        n = math.ceil(low / step)
+    if math.isfinite(high) and n * step > high:
+        n = math.floor(high / step)
+    if isinstance(step, int) and isinstance(value, int):
+        return n * step if low <= n * step <= high else value
+    decimals = max(0, -math.floor(math.log10(step))) + 6
+    for candidate in (n, n + 1, n - 1, n + 2, n - 2):
+        multiple = round(candidate * step, decimals)
+        quotient = multiple / step
+        if low <= multiple <= high and quotient == int(quotient):
+            return multiple
+    return value
 
 
 def _breakable(schema: Any) -> bool:

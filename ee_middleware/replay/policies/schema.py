@@ -4,6 +4,8 @@ Schemas come in the OpenAI form ``{"type": "function", "function": {"name", "des
 "parameters"}}`` (bare ``{"name", "parameters"}`` function docs are accepted too). BFCL's function
 docs use non-standard JSON-schema types (``dict``, ``float``, ``tuple``, ``any``);
 :func:`normalize_schema` maps them to standard ones before anything validates against them.
+:func:`resolve_schema` inlines local ``$ref`` s and merges ``allOf`` for whatever generates values
+from a schema (pydantic's schemas of nested models use both); validation reads the schema as offered.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import math
 import pickle
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +37,8 @@ _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _SUBSCHEMA_SINGLE = ("additionalProperties", "items", "not", "contains")
 _MAX_PROBLEM_CHARS = 300
+_MAX_REF_DEPTH = 8
+"""How many ``$ref`` s one path through a schema follows (a recursive model's schema refers to itself)."""
 
 
 def normalize_schema(schema: Any) -> Any:
@@ -63,6 +68,158 @@ def normalize_schema(schema: Any) -> Any:
         if isinstance(out.get(key), list):
             out[key] = [normalize_schema(sub) for sub in out[key]]
     return out
+
+
+def resolve_schema(schema: Any) -> Any:
+    """``schema`` for generating values: local ``$ref`` s inlined and ``allOf`` merged, recursively.
+
+    A ``$ref`` is a JSON pointer into the schema itself (``#/$defs/Line``, ``#/definitions/Line``,
+    ``#`` for the root); its sibling keywords (a ``default``, a ``description``) are merged over the
+    schema it names. One path follows at most :data:`_MAX_REF_DEPTH` references (a recursive
+    model's schema refers to itself); past that, or for a reference that names nothing here (a
+    remote one), the ``{"$ref": ...}`` is left as it is: no value can be made for it. ``allOf``
+    members are merged into one schema: properties (a property in several, merged too), required
+    names, types (those all allow), enums (the values all allow), the tighter bound of each of
+    ``minimum``/``maximum``/``minLength``/... and ``multipleOf`` (their least common multiple, for
+    integers); for other keywords the last member that has it wins, and the schema's own keywords
+    win over its members'. A schema with neither keyword anywhere is returned as it is.
+    """
+    if not isinstance(schema, Mapping) or not _has_references(schema, 0):
+        return schema
+    return _Resolver(schema).resolve(schema, _MAX_REF_DEPTH)
+
+
+def _has_references(schema: Any, depth: int) -> bool:
+    """Whether ``$ref`` or ``allOf`` occurs anywhere in ``schema`` (nested ever deeper than JSON allows: reads as yes)."""
+    if depth > 64:
+        return True
+    if isinstance(schema, Mapping):
+        return "$ref" in schema or "allOf" in schema or any(_has_references(v, depth + 1) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_references(v, depth + 1) for v in schema)
+    return False
+
+
+class _Resolver:
+    """Inlines one root schema's local references; the result of each (pointer, depth left) is made once and shared."""
+
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.made: dict[tuple[str, int], Any] = {}
+
+    def resolve(self, schema: Any, depth: int) -> Any:
+        if isinstance(schema, list):
+            return [self.resolve(sub, depth) for sub in schema]
+        if not isinstance(schema, Mapping):
+            return schema
+        out: dict[str, Any] = {}
+        for key, value in schema.items():
+            if key in ("$defs", "definitions", "$ref", "allOf"):
+                continue  # the definitions are inlined where they are used
+            if key in _SUBSCHEMA_MAPS and isinstance(value, Mapping):
+                out[key] = {name: self.resolve(sub, depth) for name, sub in value.items()}
+            elif key in _SUBSCHEMA_SINGLE or key in _SUBSCHEMA_LISTS:
+                out[key] = self.resolve(value, depth)
+            else:
+                out[key] = value
+        parts = []
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            target = self._target(ref, depth)
+            if target is None:
+                return dict(schema)  # unresolvable here: left for the caller to see
+            parts.append(target)
+        members = schema.get("allOf")
+        if isinstance(members, list):
+            parts.extend(self.resolve(sub, depth) for sub in members if isinstance(sub, Mapping))
+        if not parts:
+            return out
+        merged: dict[str, Any] = {}
+        for part in [*parts, out]:
+            merged = _merge(merged, part)
+        return merged
+
+    def _target(self, ref: str, depth: int) -> Any:
+        """The resolved schema ``ref`` points at, or ``None`` (not a local pointer, names nothing, or too deep)."""
+        if depth <= 0 or not ref.startswith("#"):
+            return None
+        found = self.made.get((ref, depth))
+        if found is None:
+            target = _pointer(self.root, ref[1:])
+            if not isinstance(target, Mapping):
+                return None
+            found = self.made[(ref, depth)] = self.resolve(target, depth - 1)
+        return found
+
+
+def _pointer(root: Any, pointer: str) -> Any:
+    """The value at a JSON pointer (``/$defs/Line``; ``~1`` is ``/``, ``~0`` is ``~``, ``%``-escapes decoded) in ``root``."""
+    from urllib.parse import unquote
+
+    node = root
+    for token in unquote(pointer).split("/")[1:] if pointer else ():
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    return node
+
+
+_LOWER_BOUNDS = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
+_UPPER_BOUNDS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """One schema a value must satisfy for both ``a`` and ``b`` (as far as generation reads it; see :func:`resolve_schema`)."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out:
+            out[key] = value
+            continue
+        mine = out[key]
+        if key == "properties" and isinstance(mine, Mapping) and isinstance(value, Mapping):
+            out[key] = {**mine, **{n: _merge(mine[n], s) if n in mine and _both_maps(mine[n], s) else s for n, s in value.items()}}
+        elif key == "required" and isinstance(mine, list) and isinstance(value, list):
+            out[key] = list(dict.fromkeys([*mine, *value]))
+        elif key == "type":
+            out[key] = _common_type(mine, value)
+        elif key == "enum" and isinstance(mine, list) and isinstance(value, list):
+            out[key] = [v for v in mine if v in value]
+        elif key in _LOWER_BOUNDS and _is_number(mine) and _is_number(value):
+            out[key] = max(mine, value)
+        elif key in _UPPER_BOUNDS and _is_number(mine) and _is_number(value):
+            out[key] = min(mine, value)
+        elif key == "multipleOf" and _is_number(mine) and _is_number(value):
+            out[key] = math.lcm(mine, value) if isinstance(mine, int) and isinstance(value, int) else max(mine, value)
+        elif key in ("items", "additionalProperties") and _both_maps(mine, value):
+            out[key] = _merge(mine, value)
+        elif key == "additionalProperties" and (mine is False or value is False):
+            out[key] = False
+        else:
+            out[key] = value
+    return out
+
+
+def _both_maps(a: Any, b: Any) -> bool:
+    return isinstance(a, Mapping) and isinstance(b, Mapping)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _common_type(a: Any, b: Any) -> Any:
+    """The types both ``a`` and ``b`` allow (an integer is a number); ``b`` when they share none (no value fits then)."""
+    left = a if isinstance(a, list) else [a]
+    right = b if isinstance(b, list) else [b]
+    common = [t for t in left if t in right or (t == "integer" and "number" in right)]
+    common += [t for t in right if t == "integer" and "number" in left and t not in common]
+    if not common:
+        return b
+    return common[0] if len(common) == 1 else common
 
 
 def _normalize_type(value: Any) -> Any:
@@ -96,6 +253,7 @@ class ToolSchemas:
         self._validators: dict[str, Any] = {}
         self._fast: dict[str, Any] = {}
         self._arguments: dict[str, tuple[Mapping[str, Any], frozenset[str]]] = {}
+        self._resolved: dict[str, Any] = {}
         self.memo: dict[Any, Any] = {}
         """What a policy derives from these schemas alone (never from a decision point), kept as long as they are."""
         for tool in tools:
@@ -123,6 +281,15 @@ class ToolSchemas:
         """The normalized JSON schema of ``name``'s arguments (raises ``KeyError`` for an unknown tool)."""
         return self._parameters[name]
 
+    def resolved(self, name: str) -> dict[str, Any]:
+        """:meth:`parameters` of ``name`` with local ``$ref`` s inlined and ``allOf`` merged (:func:`resolve_schema`),
+        made once: for generating values (validate against :meth:`parameters`); shared, so read it, never change it."""
+        found = self._resolved.get(name)
+        if found is None:
+            found = resolve_schema(self._parameters[name])
+            found = self._resolved[name] = found if isinstance(found, dict) else self._parameters[name]
+        return found
+
     def properties(self, name: str) -> dict[str, Any]:
         """Argument name -> schema for ``name`` (empty when the schema lists none)."""
         props = self._parameters[name].get("properties")
@@ -134,10 +301,17 @@ class ToolSchemas:
         return [r for r in req if isinstance(r, str)] if isinstance(req, list) else []
 
     def arguments_of(self, name: str) -> tuple[Mapping[str, Any], frozenset[str]]:
-        """:meth:`properties` and :meth:`required` of ``name`` (a set), computed once: shared, so read them, never change them."""
+        """The properties and required names (a set) of :meth:`resolved` ``name``, computed once: shared, so read them,
+        never change them."""
         found = self._arguments.get(name)
         if found is None:
-            found = self._arguments[name] = (self.properties(name), frozenset(self.required(name)))
+            schema = self.resolved(name)
+            props = schema.get("properties")
+            required = schema.get("required")
+            found = self._arguments[name] = (
+                props if isinstance(props, Mapping) else {},
+                frozenset(r for r in required if isinstance(r, str)) if isinstance(required, list) else frozenset(),
+            )
         return found
 
     def description(self, name: str) -> str:
