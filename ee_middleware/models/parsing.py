@@ -18,9 +18,11 @@ Accepted shapes, tried in this order:
 - fenced code blocks (```` ```json ... ``` ````);
 - the whole text as JSON: ``{"name": ..., "arguments"|"parameters": {...}}`` (``arguments`` may be
   a JSON string), a list of those, OpenAI ``{"type": "function", "function": {...}}`` items, or a
-  chat message with ``tool_calls``; ``{"name": ...}`` alone is a call to a tool without arguments (to one of the
-  offered tools where ``param_order`` names them), while an object with a ``name`` and other keys but neither
-  ``arguments`` nor ``parameters`` is a record the model wrote (``{"name": "report.pdf", "size": 48213}``), not a call;
+  chat message with ``tool_calls``; ``{"name": ...}`` alone (or with a call's own keys: an id, an index, a thought) is
+  a call to a tool without arguments; one whose arguments are under another key (``args``, ``input``) is a problem
+  naming it; in plain text (not inside call markup nor ``tool_calls``), an object with a ``name``, a record's fields
+  and neither ``arguments`` nor ``parameters`` is a record the model wrote (``{"name": "report.pdf", "size": 48213}``),
+  not a call, unless ``param_order`` offers a tool of that name;
 - Python call syntax: ``name(a=1, b='x')`` or ``[f(a=1), g()]``, read with :mod:`ast` and
   ``ast.literal_eval`` on each argument node (never ``eval``): only literal values are accepted;
 - JSON objects or Python calls embedded in prose.
@@ -286,7 +288,7 @@ def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
     for marker in _CALL_MARKERS:
         if text.startswith(marker) and text[len(marker) :].strip():
             return _parse_block(text[len(marker) :].strip(), order)
-    return _parse_block(text, order)
+    return _parse_block(text, order, bare=True)
 
 
 def _family_blocks(text: str, *, executed: bool) -> list[ParsedCall] | None:
@@ -390,10 +392,10 @@ def _parse(text: str, order: ParamOrder) -> list[ParsedCall]:
             return _parse_segment(text[len(marker) :].strip(), order)
     fenced = [block.strip() for block in _FENCED.findall(text) if block.strip()]
     if fenced:
-        results = [item for block in fenced for item in _parse_segment(block, order)]
+        results = [item for block in fenced for item in _parse_segment(block, order, bare=True)]
         if any(isinstance(r, ToolCall) for r in results):
             return results
-    return _parse_segment(text, order)
+    return _parse_segment(text, order, bare=True)
 
 
 def _tagged_blocks(text: str) -> tuple[list[str], str]:
@@ -498,18 +500,19 @@ def _function_tag_call(name: str, body: str, raw: str) -> ParsedCall:
     return ToolCall(id="", name=name, arguments=decoded)
 
 
-def _parse_segment(text: str, order: ParamOrder) -> list[ParsedCall]:
-    """A block as a whole, else the calls embedded in it, else the best explanation of why not."""
-    direct = _parse_block(text, order)
+def _parse_segment(text: str, order: ParamOrder, *, bare: bool = False) -> list[ParsedCall]:
+    """A block as a whole, else the calls embedded in it, else the best explanation of why not (``bare``: plain text,
+    not inside call markup; see :func:`_from_json_payload`)."""
+    direct = _parse_block(text, order, bare=bare)
     if any(isinstance(r, ToolCall) for r in direct):
         return direct
-    embedded = _embedded_json(text, order) or _embedded_python(text, order)
+    embedded = _embedded_json(text, order, bare=bare) or _embedded_python(text, order)
     if embedded:
         return embedded
     return direct if _looks_structured(text) else [ParseProblem("no tool call found in the output", _short(text))]
 
 
-def _parse_block(block: str, order: ParamOrder) -> list[ParsedCall]:
+def _parse_block(block: str, order: ParamOrder, *, bare: bool = False) -> list[ParsedCall]:
     """One candidate payload: JSON (object or list), else a Python call expression."""
     if not block:
         return [ParseProblem("empty tool-call block", "")]
@@ -521,10 +524,10 @@ def _parse_block(block: str, order: ParamOrder) -> list[ParsedCall]:
         if block[0] in "[{":
             literal = _python_literal(block)  # single-quoted dicts, True/None: Python-literal JSON
             if literal is not None:
-                return _from_json_payload(literal, order)
+                return _from_json_payload(literal, order, bare=bare)
             return [ParseProblem(f"invalid JSON ({_short(str(exc))})", _short(block))]
         return [ParseProblem("not JSON and not a Python call", _short(block))]
-    return _from_json_payload(payload, order)
+    return _from_json_payload(payload, order, bare=bare)
 
 
 def _reject_constant(name: str) -> Any:
@@ -548,19 +551,26 @@ def _python_literal(block: str) -> Any:
     return None if isinstance(value, ParseProblem) else value
 
 
-def _from_json_payload(payload: Any, order: ParamOrder | None = None) -> list[ParsedCall]:
+def _from_json_payload(payload: Any, order: ParamOrder | None = None, *, bare: bool = False) -> list[ParsedCall]:
+    """The calls of decoded JSON written in text; ``bare``: found in plain text (the whole answer, a fenced block, prose),
+    not inside call markup nor a ``tool_calls`` list, so an object in it may be a record the model wrote."""
     if isinstance(payload, list):
         if not payload:
             return [ParseProblem("an empty JSON list", "[]")]
-        return [item for element in payload for item in _from_json_payload(element, order)]
+        return [item for element in payload for item in _from_json_payload(element, order, bare=bare)]
     if isinstance(payload, Mapping) and isinstance(payload.get("tool_calls"), list):
-        return [_from_json_call(item, order) for item in payload["tool_calls"]]
-    return [_from_json_call(payload, order)]
+        return [_from_json_call(item, order, written=True) for item in payload["tool_calls"]]
+    return [_from_json_call(payload, order, written=True, bare=bare)]
 
 
-def _from_json_call(item: Any, order: ParamOrder | None = None) -> ParsedCall:
+def _from_json_call(item: Any, order: ParamOrder | None = None, *, written: bool = False, bare: bool = False) -> ParsedCall:
     """``{"name", "arguments"|"parameters"}`` or an OpenAI ``{"type": "function", "function": {...}}`` item; a name alone
-    (a tool without arguments: of ``order``'s tools where it names them), not a name among a record's fields."""
+    is a call to a tool without arguments.
+
+    ``written`` (an object in the model's text, not a server's structured ``tool_calls`` item): one whose arguments
+    are under another key (``args``, ``params``, ``kwargs``, ``input``) is a problem saying so, not a call without them.
+    ``bare`` (in plain text, not inside call markup: :func:`_from_json_payload`): one with a ``name``, no arguments and
+    a record's fields (:func:`_record_fields`) is a record, not a call, unless ``order`` offers a tool of that name."""
     if not isinstance(item, Mapping):
         return ParseProblem(f"expected a JSON object for a tool call, got {type(item).__name__}", _short(item))
     given_id = item.get("id") if isinstance(item.get("id"), str) and item.get("id") else None
@@ -568,21 +578,37 @@ def _from_json_call(item: Any, order: ParamOrder | None = None) -> ParsedCall:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         return ParseProblem("the tool call has no 'name' string", _short(item))
-    if body is item and "arguments" not in item and "parameters" not in item:
-        fields = _record_fields(item)
-        if fields:
-            keys = ", ".join(repr(key) for key in fields[:5])
-            return ParseProblem(
-                f"an object with a 'name' and {keys} but neither 'arguments' nor 'parameters' is a record, not a tool call",
-                _short(item),
-            )
-        if order and name.strip() not in order:
-            return ParseProblem(f"{{'name': {name.strip()!r}}} alone names none of the offered tools, so it is no call", _short(item))
+    if written and body is item and "arguments" not in item and "parameters" not in item:
+        shape = _not_a_calls_shape(item, name.strip(), order, bare=bare)
+        if shape is not None:
+            return ParseProblem(shape, _short(item))
     raw_args = body.get("arguments", body.get("parameters", {}))
     arguments = _decode_arguments(raw_args)
     if isinstance(arguments, ParseProblem):
         return ParseProblem(f"{name}: {arguments.problem}", _short(item))
     return ToolCall(id=given_id or "", name=name.strip(), arguments=arguments)
+
+
+def _not_a_calls_shape(item: Mapping[str, Any], name: str, order: ParamOrder | None, *, bare: bool) -> str | None:
+    """Why an object the model wrote with a ``name`` and neither ``arguments`` nor ``parameters`` is not read as a call
+    without arguments, or None when it is one: its arguments under a misnamed key; or, ``bare`` (not inside call
+    markup), a record's fields beside the name (``{"name": "report.pdf", "size": 48213}``) where no offered tool has that
+    name, or an offered tool's arguments written beside its name."""
+    misnamed = [key for key in item if key in _MISNAMED_ARGUMENTS]
+    if misnamed:
+        return f"the call {name!r} has its arguments under {misnamed[0]!r}: a call's arguments go under 'arguments' (or 'parameters')"
+    fields = _record_fields(item) if bare else []
+    if not fields:
+        return None
+    keys = ", ".join(repr(key) for key in fields[:5])
+    if order and name in order:
+        if set(fields) <= set(order[name]):
+            return f"the call {name!r} has its arguments ({keys}) beside its name: a call's arguments go under 'arguments'"
+        return None  # an offered tool's call with some other key: read as it always was
+    return (
+        f"an object with a 'name' and {keys} but neither 'arguments' nor 'parameters' is a record, not a tool call "
+        "(a call's arguments go under 'arguments')"
+    )
 
 
 def _decode_arguments(raw: Any) -> dict[str, Any] | ParseProblem:
@@ -694,8 +720,9 @@ def _jsonable(value: Any) -> Any:
     return ParseProblem(f"is a {type(value).__name__}, which JSON cannot carry")
 
 
-def _embedded_json(text: str, order: ParamOrder | None = None) -> list[ParsedCall]:
-    """Tool-call-like JSON objects or lists inside prose, left to right, not overlapping."""
+def _embedded_json(text: str, order: ParamOrder | None = None, *, bare: bool = False) -> list[ParsedCall]:
+    """Tool-call-like JSON objects or lists inside prose, left to right, not overlapping (``bare``: see
+    :func:`_from_json_payload`)."""
     decoder = json.JSONDecoder(parse_constant=_reject_constant)
     found: list[ParsedCall] = []
     pos, misses = 0, 0
@@ -707,7 +734,7 @@ def _embedded_json(text: str, order: ParamOrder | None = None) -> list[ParsedCal
             payload, end = decoder.raw_decode(text, match.start())
         except (ValueError, RecursionError):
             payload, end = None, 0
-        calls = _from_json_payload(payload, order) if _looks_like_call(payload, order) else []
+        calls = _from_json_payload(payload, order, bare=bare) if _looks_like_call(payload, order, bare=bare) else []
         if calls:  # a call moves past itself, so calls cost no more than reading the text once
             found.extend(calls)
             pos = end
@@ -716,22 +743,39 @@ def _embedded_json(text: str, order: ParamOrder | None = None) -> list[ParsedCal
     return found
 
 
-def _looks_like_call(payload: Any, order: ParamOrder | None = None) -> bool:
-    """Whether JSON found in prose is in a call's shape (:func:`_from_json_call`): not a record that has a ``name``."""
+def _looks_like_call(payload: Any, order: ParamOrder | None = None, *, bare: bool = False) -> bool:
+    """Whether JSON found in prose is in a call's shape (:func:`_from_json_call`); ``bare`` (prose outside call markup):
+    not a record that has a ``name`` (:func:`_not_a_calls_shape`; a call with misnamed arguments is one, so its problem
+    is told)."""
     if isinstance(payload, list):
-        return bool(payload) and all(_looks_like_call(p, order) for p in payload)
-    if not isinstance(payload, Mapping):
+        return bool(payload) and all(_looks_like_call(p, order, bare=bare) for p in payload)
+    if not isinstance(payload, Mapping) or not ("name" in payload or "function" in payload or "tool_calls" in payload):
         return False
-    if "function" in payload or "tool_calls" in payload or "arguments" in payload or "parameters" in payload:
-        return "name" in payload or "function" in payload or "tool_calls" in payload
+    if not bare or "function" in payload or "tool_calls" in payload or "arguments" in payload or "parameters" in payload:
+        return True
     name = payload.get("name")
-    return isinstance(name, str) and not _record_fields(payload) and (not order or name.strip() in order)
+    if not isinstance(name, str):
+        return False
+    shape = _not_a_calls_shape(payload, name.strip(), order, bare=True)
+    return shape is None or any(key in _MISNAMED_ARGUMENTS for key in payload)
+
+
+_MISNAMED_ARGUMENTS = frozenset({"args", "params", "kwargs", "input", "argument", "parameter"})
+"""Keys a model writes a call's arguments under instead of ``arguments``/``parameters`` (Anthropic's ``input``)."""
+CALL_FIELDS = frozenset(
+    {"name", "id", "call_id", "tool_call_id", "index", "thought", "thoughts", "thinking", "reasoning", "reason", "rationale"}
+    | {"explanation", "description", "comment", "note", "notes"}
+)
+"""Keys a call's object may carry beside its name and arguments (an id, its place in a list, the model's reason), which
+no record's field makes it."""
+CALL_TYPES = frozenset({"function", "tool_call", "tool_use", "function_call", "tool"})
+"""The values of a ``type`` key that say the object is a call (OpenAI's ``"function"``), not a record (``"file"``)."""
 
 
 def _record_fields(item: Mapping[str, Any]) -> list[str]:
-    """The keys of an object with a ``name`` and no arguments that a call's object does not have: its ``id`` and OpenAI's
-    ``"type": "function"`` aside, any key makes it a record (a file's ``size``, a person's ``email``)."""
-    return [key for key in item if key not in ("name", "id") and not (key == "type" and item.get("type") == "function")]
+    """The keys of an object with a ``name`` and no arguments that a call's object does not have (:data:`CALL_FIELDS`;
+    a ``type`` naming a call, as OpenAI's ``"function"``): a file's ``size``, a person's ``email``, a ``"type": "file"``."""
+    return [key for key in item if key not in CALL_FIELDS and not (key == "type" and item.get("type") in CALL_TYPES)]
 
 
 def _embedded_python(text: str, order: ParamOrder) -> list[ParsedCall]:
