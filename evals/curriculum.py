@@ -37,7 +37,7 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.evals.tasks import Step as Answer
 from ee_middleware.messages import message_reasoning
-from ee_middleware.models.parsing import without_reasoning
+from ee_middleware.models.parsing import CALL_FIELDS, CALL_TYPES, without_reasoning
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
@@ -277,6 +277,10 @@ _KEY = re.compile(r""""(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[A-Za-z_]\w*""")
 _STRING = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'""")
 _COLON = re.compile(r"\s*:\s*")
 _COMMA = re.compile(r"\s*,\s*")
+_ARGUMENTS_KEY = re.compile(r"[\"'](?:arguments|parameters)[\"']\s*:")
+"""A call's arguments key further on, after a key a record also has (``{"name": "ls", "size": 4, "arguments": ...``)."""
+_SCALAR = re.compile(r"-?\d[\d.eE+-]*|true|false|null|True|False|None")
+"""A number or constant as the value of a call's own key (``"index": 0``)."""
 _JSON = json.JSONDecoder()
 
 
@@ -284,9 +288,11 @@ def _opens_a_call(text: str) -> bool:
     """Whether ``text`` (which opens like a call but does not decode whole) is in a call's shape as far as it can be
     read, as :func:`_call_shaped` says of one that decodes: its leading JSON where that is complete (a record followed
     by a sentence), else its first object's keys up to where it ends or is cut (a Python-literal dict, a call cut at
-    ``max_tokens``). A ``name`` that is not a string, or a next key that is not the call's ``arguments``/``parameters``
-    (``{"name": "Alice Smith", "email": "alice@exa``), is not a call's shape; an object cut before its next key is
-    whole is taken for a call (it may be one)."""
+    ``max_tokens``). A ``name`` that is not a string, or a next key that is neither the call's ``arguments``/
+    ``parameters`` nor one of a call's own keys the parser accepts beside a name (an ``id``, an ``index``, a thought,
+    ``"type": "function"``: :data:`~ee_middleware.models.parsing.CALL_FIELDS`), is not a call's shape
+    (``{"name": "Alice Smith", "email": "alice@exa``); an object cut before its next key is whole, or inside one of a
+    call's own keys, is taken for a call (it may be one)."""
     try:
         payload, _ = _JSON.raw_decode(text)
     except (ValueError, RecursionError):
@@ -307,14 +313,22 @@ def _opens_a_call(text: str) -> bool:
             return True
         if name == "function":
             return text[start : start + 1] in ("{", "")  # OpenAI's {"function": {"name", "arguments"}}
-        if named or name not in ("name", "type"):
-            return False  # a record's field
-        value = _STRING.match(text, start)
-        if value is None:
-            return text[start : start + 1] in ("", '"', "'")  # cut inside it, or not a string
-        if name == "type":
-            return value.group()[1:-1] == "function"  # {"type": "function", "function": ...}
-        named = True
+        if named and (name == "type" or (name in CALL_FIELDS and name != "name")):
+            # a call's own key after its name (an id, an index, a thought, "type": "function"), as the parser reads it
+            value = _STRING.match(text, start) or _SCALAR.match(text, start)
+            if value is None or value.end() == len(text):
+                return True  # cut inside it: it may be a call
+            if name == "type" and value.group()[1:-1] not in CALL_TYPES:
+                return _ARGUMENTS_KEY.search(text, start) is not None  # {"name": "a.pdf", "type": "file", ...}
+        else:
+            if named or name not in ("name", "type"):
+                return _ARGUMENTS_KEY.search(text, start) is not None  # a record's field, unless the call's arguments follow
+            value = _STRING.match(text, start)
+            if value is None:
+                return text[start : start + 1] in ("", '"', "'")  # cut inside it, or not a string
+            if name == "type":
+                return value.group()[1:-1] == "function"  # {"type": "function", "function": ...}
+            named = True
         comma = _COMMA.match(text, value.end())
         if comma is None:
             return text[value.end() :].strip() == ""  # cut after the name; closed there, it is a record ({"name": "a.pdf"})

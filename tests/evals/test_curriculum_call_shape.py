@@ -66,3 +66,34 @@ def test_an_answer_that_is_a_record_with_a_name_is_no_tool_call(answer: str, bfc
 )
 def test_a_call_in_text_that_cannot_be_read_is_still_unparsable(answer: str, bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
     assert _dropped(answer, bfcl_store_path, tmp_path, serve) == {UNPARSABLE_DROPPED: 1}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"name": "ls", "id": "call_1", "arguments": {"path": "/ho',
+        '{"name": "ls", "type": "function", "parameters": {"path": "/ho',
+        '{"name": "ls", "thought": "list the home folder", "arguments": {"path": "/ho',
+        '{"name": "ls", "index": 0, "id": "call_',
+        "{'name': 'ls', 'id': 'c1', 'arguments': [1]}",
+    ],
+    ids=["id-then-cut", "type-function-then-cut", "thought-then-cut", "cut-in-id", "python-literal-with-id"],
+)
+def test_a_call_with_its_own_keys_after_the_name_cut_short_is_still_unparsable(
+    answer: str, bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    """Each was "no tool call": a key after the name other than arguments/parameters was taken for a record's field,
+    though the parser reads an id, an index, a thought and "type": "function" beside a call's name. A rollout that had
+    made calls and ended on such a cut call then went to the judge, and could be stored with it as its final answer."""
+    assert _dropped(answer, bfcl_store_path, tmp_path, serve) == {UNPARSABLE_DROPPED: 1}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ['{"name": "final_report.pdf", "type": "file", "size": 482', '{"name": "Widget", "description": "A small one", "price": 3'],
+    ids=["typed-record-cut", "described-record-cut"],
+)
+def test_a_record_cut_short_after_a_key_a_call_may_have_is_no_tool_call(
+    answer: str, bfcl_store_path: Path, tmp_path: Path, serve: Serve
+) -> None:
+    assert _dropped(answer, bfcl_store_path, tmp_path, serve) == {"no tool call": 1}
