@@ -18,7 +18,8 @@ secret name (``password``, ``client_secret``, ``api_key``, ``access_token``, ``a
 number in it replaced, its keys and shape kept (a JSON Schema there, a tool's ``password`` parameter, is no secret:
 only its example, default and constant values are), while one under a weak name (``token``, ``pin``,
 ``boarding_pass``, ``cookie``) is ordinary data; keys are scanned as any text is, and a string that holds JSON (a tool returning ``'{"password": ...}'`` as text) is parsed,
-redacted as data and written back in the same layout. :meth:`Redactor.redact_text` works on any text, JSON text
+redacted as data and written back in the same layout. A number goes through the rules as its JSON text: one a rule takes whole (a card number sent as
+``4111111111111111``) becomes its placeholder, a string, as any redacted value is. :meth:`Redactor.redact_text` works on any text, JSON text
 included: it never consumes a quote or a backslash escape, and a bare value after a quoted secret name
 (``"pin": 4821``) becomes a string, so valid JSON stays valid.
 """
@@ -742,11 +743,15 @@ class Redactor:
         """Whether :meth:`redact_text` keeps JSON text valid (true without a ``custom`` function)."""
         return self.custom is None
 
-    def placeholder(self, kind: str, value: str) -> str:
-        """``[REDACTED:<kind>]``, or ``[REDACTED:<kind>:<tag>]`` with a salt (same value, same tag)."""
+    def placeholder(self, kind: str, value: str | int | float) -> str:
+        """``[REDACTED:<kind>]``, or ``[REDACTED:<kind>:<tag>]`` with a salt (same value, same tag).
+
+        A number (a JSON number replaced whole) gets a tag of its own, not that of its digits as text, so that
+        ``on_replace`` (the vault) maps each pseudonym to one value of one JSON type and replay restores the number."""
         if self.salt is None:
             return f"[REDACTED:{kind}]"
-        tag = hmac.new(self.salt, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
+        text = value if isinstance(value, str) else f"{_NUMBER_TAG}{json.dumps(value)}"
+        tag = hmac.new(self.salt, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
         placeholder = f"[REDACTED:{kind}:{tag}]"
         if self.on_replace is not None:
             self.on_replace(placeholder, value)
@@ -769,6 +774,8 @@ class Redactor:
             return {self._redact_key(k): self._redact_member(k, v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.redact_value(v) for v in value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and self._rules:
+            return self._redact_number(value)
         return value
 
     redact = redact_value
@@ -812,6 +819,20 @@ class Redactor:
             return [self._redact_schema(item) for item in value]
         return self.redact_value(value)
 
+    def _redact_number(self, value: int | float) -> int | float | str:
+        """A JSON number (``{"card_number": 4111111111111111}``) through the rules, as its JSON text: one a rule takes
+        whole becomes the placeholder (a string), one a rule takes part of becomes its text with the placeholder in it
+        (a user pattern), any other is kept as it is."""
+        text = json.dumps(value)
+        if len(text) < 7 and not self._user:  # no built-in kind matches under 7 digits (_LONG_NUMBER)
+            return value
+        found = self._find(text)
+        if not found:
+            return value
+        if len(found) == 1 and found[0][:2] == (0, len(text)):
+            return self.placeholder(found[0][2], value)
+        return self._apply_rules(text)
+
     def _redact_secret(self, value: Any) -> Any:
         """``value`` below a secret-named key: every string and number in it replaced (placeholders kept), objects and
         lists kept in shape, their keys redacted as keys are."""
@@ -819,9 +840,10 @@ class Redactor:
             return {self._redact_key(k): self._redact_secret(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self._redact_secret(v) for v in value]
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "":
-            text = str(value)
-            return text if PLACEHOLDER.fullmatch(text) else self.placeholder("secret", text)
+        if isinstance(value, str) and value:
+            return value if PLACEHOLDER.fullmatch(value) else self.placeholder("secret", value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return self.placeholder("secret", value)
         return value
 
     def _matches(self, text: str) -> Iterator[tuple[int, int, str, str]]:
@@ -925,7 +947,8 @@ class Redactor:
 
     def _apply_rules(self, text: str) -> str:
         replacements = [
-            (start, end, quote + self.placeholder(kind, text[start:end]) + quote) for start, end, kind, quote in self._find(text)
+            (start, end, quote + self.placeholder(kind, _bare_number(text[start:end]) if quote else text[start:end]) + quote)
+            for start, end, kind, quote in self._find(text)
         ]
         if not replacements:
             return text
@@ -943,8 +966,24 @@ _IN_SHORT_KEY = re.compile(r"\d|[sr]k_|whsec_|AKIA|ASIA")
 identifiers (``AKIA...``, ``sk_live_...``, ``whsec_...``) start so, and the other kinds that fit (an IBAN without
 spaces) have digits. Other short identifiers (``role``, ``order_id``) are JSON keys not scanned."""
 
+_NUMBER_TAG = "\x00number:"
+"""Put before a number's JSON text to make its pseudonym tag (no value a text rule matches starts so)."""
+
 _CLEAN_MEMO_CHARS = 4_000_000
 """Characters of clean text a redactor remembers at most (texts over 1/64 of it are not kept)."""
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+"""A JSON number's text."""
+
+
+def _bare_number(value: str) -> str | int | float:
+    """A bare value written as a string (``"pin": 4821`` in JSON text): the number it is, if it is one, so that its
+    pseudonym is the one :meth:`Redactor.redact_value` gives the number."""
+    if _JSON_NUMBER.fullmatch(value) is None:
+        return value
+    number = json.loads(value)
+    return number if json.dumps(number) == value else value  # (1.50 or 1e3: the text, its only spelling)
 
 
 def _lower(text: str) -> str:

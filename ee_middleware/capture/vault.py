@@ -12,10 +12,15 @@ Format (JSON lines, owner-only ``0600``, append-only)::
 
     {"format": "ee-redaction-vault", "version": 1, "encryption": null}
     {"p": "[REDACTED:email:1a2b3c4d]", "v": "emma.kim21@example.com"}
+    {"p": "[REDACTED:secret:5e6f7a8b]", "v": 4821}
+
+``"v"`` keeps the value's JSON type: a number replaced whole (a ``pin`` of 4821, a card number sent as a JSON number)
+is written as a number and restored as one (its pseudonym differs from that of the same digits in text).
 
 With ``EE_VAULT_KEY`` set (a Fernet key: ``python -c "from ee_middleware.capture.vault import
 new_key; print(new_key())"``) values are encrypted (``"c"`` instead of ``"v"``; the header has
-``"encryption": "fernet"`` and a ``key_check`` token, so a wrong key is refused at once). Encryption
+``"encryption": "fernet"`` and a ``key_check`` token, so a wrong key is refused at once; a number is encrypted as its
+JSON text, under ``"n"``). Encryption
 needs ``cryptography``: ``pip install 'ee-middleware[vault]'``.
 
 A vault whose file is readable by group or others is refused (``chmod 600 PATH``). A placeholder
@@ -140,39 +145,53 @@ class Vault:
                 try:
                     entry = json.loads(line)
                     placeholder = entry["p"]
-                    value = self._cipher.decrypt(entry["c"].encode()).decode() if self._cipher is not None else entry["v"]
+                    if self._cipher is None:
+                        value = entry["v"]
+                    elif "n" in entry:
+                        value = json.loads(self._cipher.decrypt(entry["n"].encode()))
+                    else:
+                        value = self._cipher.decrypt(entry["c"].encode()).decode()
+                    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                        continue
                 except Exception:  # noqa: BLE001 - a half-written last line (a crash) or a foreign line: skip it
                     continue
                 self._remember(placeholder, value)
 
-    def _remember(self, placeholder: str, value: str) -> bool:
+    def _remember(self, placeholder: str, value: str | int | float) -> bool:
         known = self._values.get(placeholder)
         if known is None:
             self._values[placeholder] = value
             return True
-        if known is not AMBIGUOUS and known != value:
+        if known is not AMBIGUOUS and (known != value or type(known) is not type(value)):
             self._values[placeholder] = AMBIGUOUS
             return True
         return False
 
     # --- use ---
 
-    def add(self, placeholder: str, value: str) -> None:
-        """Record that ``placeholder`` stands for ``value`` (appended once per new pair)."""
+    def add(self, placeholder: str, value: str | int | float) -> None:
+        """Record that ``placeholder`` stands for ``value`` (appended once per new pair): a string, or a number that
+        was replaced whole (kept a number, so that replay restores it as one)."""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(f"A vault value is a string or a number, not {type(value).__name__} ({placeholder}).")
         with self._lock:
             known = self._values.get(placeholder)
-            if known == value or known is AMBIGUOUS:
+            if (known == value and type(known) is type(value)) or known is AMBIGUOUS:
                 return
             self._remember(placeholder, value)
-            entry = (
-                {"p": placeholder, "c": self._cipher.encrypt(value.encode()).decode()} if self._cipher else {"p": placeholder, "v": value}
-            )
+            if self._cipher is None:
+                entry = {"p": placeholder, "v": value}
+            elif isinstance(value, str):
+                entry = {"p": placeholder, "c": self._cipher.encrypt(value.encode()).decode()}
+            else:
+                entry = {"p": placeholder, "n": self._cipher.encrypt(json.dumps(value).encode()).decode()}
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             os.write(self._fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass"))
 
     def lookup(self, placeholder: str) -> Any:
-        """The value ``placeholder`` stands for; ``None`` when unknown, :data:`AMBIGUOUS` when two values share it."""
+        """The value ``placeholder`` stands for (a string, or a number replaced whole); ``None`` when unknown,
+        :data:`AMBIGUOUS` when two values share it."""
         return self._values.get(placeholder)
 
     def __len__(self) -> int:

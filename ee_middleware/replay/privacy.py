@@ -184,22 +184,31 @@ def _mentions_placeholder(value: Any) -> bool:
 
 def _restore(value: Any, vault: Vault | None, missing: list[Unrestored]) -> Any:
     if isinstance(value, str):
-        return PLACEHOLDER.sub(lambda m: _value_of(m.group(0), vault, missing), value) if "[REDACTED:" in value else value
+        if "[REDACTED:" not in value:
+            return value
+        if PLACEHOLDER.fullmatch(value):  # a value replaced whole: the original, of its JSON type (a number stays one)
+            return _value_of(value, vault, missing)
+        return PLACEHOLDER.sub(lambda m: _as_text(_value_of(m.group(0), vault, missing)), value)
     if isinstance(value, dict):  # a key holds placeholders as a value does (tag_contacts(tags={"[REDACTED:email:...]": "vip"}))
-        return {_restore(k, vault, missing): _restore(v, vault, missing) for k, v in value.items()}
+        return {_as_text(_restore(k, vault, missing)): _restore(v, vault, missing) for k, v in value.items()}
     if isinstance(value, list):
         return [_restore(v, vault, missing) for v in value]
     return value
 
 
-def _value_of(placeholder: str, vault: Vault | None, missing: list[Unrestored]) -> str:
+def _as_text(value: Any) -> str:
+    """A restored value as it reads in text: a number as its JSON text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _value_of(placeholder: str, vault: Vault | None, missing: list[Unrestored]) -> str | int | float:
     if not is_pseudonym(placeholder):
         reason = "a placeholder without a pseudonym tag names no value (record with redaction_pseudonyms=True)"
     elif vault is None:
         reason = "no redaction vault (record with vault=True to replay real values)"
     else:
         value = vault.lookup(placeholder)
-        if isinstance(value, str):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return value
         reason = "two values share this tag in the vault" if value is AMBIGUOUS else "not in the redaction vault"
     missing.append(Unrestored(placeholder, reason))

@@ -1,0 +1,104 @@
+"""The redaction vault keeps a redacted value's JSON type: a real ``create_agent`` run recorded with
+``record_experience(..., vault=True)`` (numbers under secret names, a card number sent as a JSON number), then what
+replay gives the sandbox (:meth:`ReplayPrivacy.restore`) is exactly the recorded call, numbers as numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+
+from ee_middleware import record_experience
+from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.vault import KEY_ENV, Vault, new_key
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.privacy import ReplayPrivacy
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+
+UNLOCK = {"account": "A-7", "pin": 4821, "otp_secret": 0.5, "access_token": {"ttl": 3600, "scopes": ["read", 2]}}
+CHARGE = {"card_number": 4111111111111111, "amount": 12.5, "card_text": "4111 1111 1111 1111", "note": "paid with 4111111111111111 today"}
+
+
+@tool
+def unlock(account: str, pin: int, otp_secret: float, access_token: dict) -> str:
+    """Unlock an account."""
+    return "ok"
+
+
+@tool
+def charge(card_number: int, amount: float, card_text: str, note: str) -> str:
+    """Charge a card."""
+    return "charged"
+
+
+def _record(tmp_path: Path) -> LocalExperienceStore:
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("unlock", **UNLOCK)]),
+        AIMessage(content="", tool_calls=[tool_call("charge", **CHARGE)]),
+        AIMessage(content="done"),
+    ]
+    store = tmp_path / "store"
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [unlock, charge]), app="bank", store=store, vault=True)
+    agent.invoke({"messages": [("user", "unlock A-7 and pay")]})
+    agent.flush()
+    agent.recorder.close()
+    return LocalExperienceStore(store)
+
+
+def _calls(store: LocalExperienceStore) -> list[ToolCall]:
+    [trajectory] = store.iter_trajectories()
+    return [step.action.tool_call for step in trajectory.steps if step.action.tool_call is not None]
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_replay_restores_redacted_numbers_as_the_numbers_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
+    if encrypted:
+        monkeypatch.setenv(KEY_ENV, new_key())
+    store = _record(tmp_path)
+    unlock_call, charge_call = _calls(store)
+    stored = json.dumps([unlock_call.arguments, charge_call.arguments])
+    assert "4821" not in stored and "4111" not in stored and "3600" not in stored, "the store keeps placeholders"
+    privacy = ReplayPrivacy.of_store(store)
+    for call, original in ((unlock_call, UNLOCK), (charge_call, CHARGE)):
+        restored, unrestored = privacy.restore(call)
+        assert unrestored == []
+        assert restored.arguments == original
+        assert json.dumps(restored.arguments) == json.dumps(original), "same JSON types (4821, not '4821'; 0.5, not '0.5')"
+
+
+def test_a_number_and_the_same_digits_in_text_get_their_own_pseudonyms_and_both_restore(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "v.vault", create=True)
+    redactor = Redactor(salt=b"s" * 32, on_replace=vault.add)
+    redacted = redactor.redact_value({"pin": 4821, "pin_text": "4821", "card": 4111111111111111, "said": "card 4111111111111111"})
+    assert redacted["pin"] != redacted["pin_text"] and redacted["card"] not in redacted["said"]
+    privacy = ReplayPrivacy(None, None, str(tmp_path / "v.vault"))
+    restored, unrestored = privacy.restore(ToolCall(id="c", name="t", arguments=redacted))
+    assert unrestored == []
+    assert restored.arguments == {"pin": 4821, "pin_text": "4821", "card": 4111111111111111, "said": "card 4111111111111111"}
+    # a number's placeholder inside a longer text is restored as its digits
+    quoted, _ = privacy.restore(ToolCall(id="c", name="t", arguments={"q": f"pin {redacted['pin']}!"}))
+    assert quoted.arguments == {"q": "pin 4821!"}
+
+
+def test_an_older_vault_with_string_values_still_restores_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.vault"
+    lines = [{"format": "ee-redaction-vault", "version": 1, "encryption": None}, {"p": "[REDACTED:secret:0a1b2c3d]", "v": "4821"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    path.chmod(0o600)
+    restored, unrestored = ReplayPrivacy(None, None, str(path)).restore(
+        ToolCall(id="c", name="t", arguments={"pin": "[REDACTED:secret:0a1b2c3d]"})
+    )
+    assert (restored.arguments, unrestored) == ({"pin": "4821"}, [])
+
+
+@pytest.mark.parametrize("value", [True, None, [1], {"a": 1}])
+def test_the_vault_refuses_a_value_that_is_no_string_or_number(tmp_path: Path, value: Any) -> None:
+    vault = Vault(tmp_path / "v.vault", create=True)
+    with pytest.raises(TypeError, match="string or a number"):
+        vault.add("[REDACTED:secret:0a1b2c3d]", value)
