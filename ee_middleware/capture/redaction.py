@@ -18,7 +18,8 @@ secret name (``password``, ``client_secret``, ``api_key``, ``access_token``, ``a
 number in it replaced, its keys and shape kept (a JSON Schema there, a tool's ``password`` parameter, is no secret:
 only its example, default and constant values are), while one under a weak name (``token``, ``pin``,
 ``boarding_pass``, ``cookie``) is ordinary data; keys are scanned as any text is, and a string that holds JSON (a tool returning ``'{"password": ...}'`` as text) is parsed,
-redacted as data and written back in the same layout. A number goes through the rules as its JSON text: one a rule takes whole (a card number sent as
+redacted as data and written back in the same layout (its ``\\uXXXX``, ``\\/`` and ``\\n`` escapes hide nothing from the
+rules). A number goes through the rules as its JSON text: one a rule takes whole (a card number sent as
 ``4111111111111111``) becomes its placeholder, a string, as any redacted value is. :meth:`Redactor.redact_text` works on any text, JSON text
 included: it never consumes a quote or a backslash escape, and a bare value after a quoted secret name
 (``"pin": 4821``) becomes a string, so valid JSON stays valid.
@@ -914,8 +915,25 @@ class Redactor:
     def _clean_json(self, text: str) -> bool:
         """Whether JSON ``text`` surely holds nothing to redact: no rule matches in it (secret-named
         members included: the ``secret`` rule sees ``"password": ...``), and no JSON text sits two
-        strings deep, where escaping would hide a member name from the rules."""
-        return self.custom is None and '\\\\\\"' not in text and self._no_match(text)
+        strings deep, where escaping would hide a member name from the rules.
+
+        Escapes other than ``\\"`` and ``\\\\`` (``\\u0438``, ``\\/``, ``\\n``) would hide what they stand for from
+        the rules (an address in Cyrillic, ``postgres:\\/\\/user:pw@``, a password after a line break): in a text
+        holding them the rules run over it with those escapes decoded (and once more with those one string deeper
+        decoded, where there are any)."""
+        if self.custom is not None or '\\\\\\"' in text:
+            return False
+        if "\\" not in text or text in self._clean_texts:
+            return self._no_match(text)
+        view = _decode_escapes(text)  # what the strings say
+        if not self._no_match(view):
+            return False
+        if "\\\\" in view:  # and the JSON texts in them
+            deeper = _decode_escapes(view, deeper=True)
+            if deeper != view and not self._no_match(deeper):
+                return False
+        self._remember_clean(text)
+        return True
 
     def redact_json(self, value: Any) -> str:
         """Redacted JSON text of JSON-like ``value`` (compact, UTF-8).
@@ -1050,6 +1068,45 @@ def _user_rule(kind: str, pattern: str | Pattern[str]) -> Rule:
     if "keep" in compiled.groupindex:  # the older form: a leading group that stays, the rest replaced
         return Rule(kind, compiled, group="keep")
     return Rule(kind, compiled)
+
+
+_SIMPLE_ESCAPES = (("\\n", "\n"), ("\\t", "\t"), ("\\r", "\r"), ("\\/", "/"), ("\\b", "\b"), ("\\f", "\f"))
+"""The JSON escapes other than ``\\uXXXX`` that hide what a rule sees (``postgres:\\/\\/``, a line break); not ``\\"``,
+which the rules handle where it is."""
+_UNICODE_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4})+")
+_BACKSLASHES = "\ue000"
+"""Stands for an escaped backslash while the other escapes are decoded (a text holding it is decoded by a slower way)."""
+
+
+def _decode_escapes(text: str, *, deeper: bool = False) -> str:
+    """JSON ``text`` with the escapes of :data:`_SIMPLE_ESCAPES` and ``\\uXXXX`` decoded (a ``"`` or ``\\`` written
+    ``\\"``, ``\\\\``), for the rules to scan: what its strings say, in its layout. With ``deeper``, those after any run
+    of backslashes, run dropped: what the JSON texts held in its strings say too (the rules may find more than there
+    is, a backslash before a letter taken for an escape, and the value is then walked: never less)."""
+    if deeper:
+        while "\\\\" in text:
+            text = text.replace("\\\\", "\\")
+        return _decode_escapes(text)
+    escaped = "\\\\" in text
+    if escaped:
+        if _BACKSLASHES in text:
+            return "\\\\".join(_decode_escapes(part) for part in text.split("\\\\"))
+        text = text.replace("\\\\", _BACKSLASHES)
+    for escape, char in _SIMPLE_ESCAPES:  # str.replace: far faster than a regex with a function
+        if escape in text:
+            text = text.replace(escape, char)
+    if "\\u" in text:
+        text = _UNICODE_ESCAPES.sub(_decoded_unicode, text)
+    return text.replace(_BACKSLASHES, "\\\\") if escaped else text
+
+
+def _decoded_unicode(match: re.Match[str]) -> str:
+    """A run of ``\\uXXXX`` escapes decoded (surrogate pairs joined), a ``"`` or ``\\`` in it written escaped."""
+    try:
+        chars = json.loads(f'"{match.group()}"')
+    except ValueError:
+        return match.group()
+    return chars.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _dump_like(value: Any, original: Any, text: str) -> str:
