@@ -642,7 +642,7 @@ KINDS: dict[str, tuple[bool, str]] = {
         "client_secret, api_key, access_token, ...): JSON fields, key=value, DB_PASSWORD=... environment lines",
     ),
     "password": (True, 'passwords in prose ("my password is ...")'),
-    "email": (True, "e-mail addresses, non-ASCII ones too"),
+    "email": (True, "e-mail addresses, non-ASCII and URL-encoded (%40) ones too"),
     "credit_card": (True, "payment card numbers (Luhn-checked; also followed by an amount, a CVV or an expiry)"),
     "iban": (True, "IBANs (checksum-checked; also followed by a number or a word)"),
     "us_ssn": (True, "US social security numbers (123-45-6789)"),
