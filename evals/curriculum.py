@@ -499,8 +499,9 @@ def run_curriculum(
                     run.dropped[UNKNOWN_TOOL_DROPPED] += 1
                     continue
                 if conversation.error_type:
-                    # a policy server that gave no answer (down, timing out): its error holds the fix (--timeout)
-                    detail = f" ({conversation.error})" if conversation.no_answer and conversation.error else ""
+                    # the policy's model failed (its server down, timing out, refusing the model's name, the key or the
+                    # prompt): its error says which, and holds the fix (--timeout, the served name, max context)
+                    detail = f" ({conversation.error})" if conversation.error_type == "model_error" and conversation.error else ""
                     run.dropped[f"the rollout failed: {conversation.error_type}{detail}"] += 1
                     continue
                 if unreadable_call(conversation):

@@ -240,10 +240,10 @@ def run_cmd(
     problem = None
     policy_failed = sum(n for reason, n in result.dropped.items() if reason.startswith(POLICY_FAILED))
     if policy_failed and policy_failed == sum(result.dropped.values()) and not result.kept:
-        problem = (
-            f"the policy {policy} answered none of the {policy_failed} rollout(s) (see 'dropped'): check that its server is "
-            f"up and answers in time (raise --timeout, now {timeout_s:g} s, for a slow one), or pass another --policy."
-        )
+        first = next(reason for reason in result.dropped if reason.startswith(POLICY_FAILED))
+        said = first[len(POLICY_FAILED) :].strip()
+        said = said[1:-1] if said.startswith("(") and said.endswith(")") else said
+        problem = f"the policy {policy} answered none of the {policy_failed} rollout(s) (see 'dropped'): {said or 'it gave no answer'}"
     elif result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
         problem = f"no rollout was kept from the sandbox {sandbox}: {SYNTHETIC_DROPPED}."
     elif too_long and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
