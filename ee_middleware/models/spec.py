@@ -135,14 +135,15 @@ def endpoint_problem(client: Any, *, quick: bool = False) -> str | None:
         return str(exc)
     finally:
         if probe is not None:
-            probe.close()
+            _release_probe(probe)
     return None
 
 
 def _quick_probe(client: Any) -> Any:
     """A copy of ``client`` (an ``OpenAIChatClient``: its URL, key and transport) that asks once within
-    :data:`PROBE_TIMEOUT_S`, on a connection pool of its own (``client``'s keeps serving its requests); ``None`` for
-    another kind of client."""
+    :data:`PROBE_TIMEOUT_S`; ``None`` for another kind of client. ``client``'s own ``httpx.Client`` keeps serving its
+    requests: the copy opens a connection pool of its own, or, where the user passed a ``transport`` (a proxy, mTLS,
+    ``verify``), sends through that transport, which :func:`_release_probe` leaves open."""
     import copy
 
     from ee_middleware.models.openai_compat import OpenAIChatClient
@@ -154,6 +155,19 @@ def _quick_probe(client: Any) -> Any:
     probe.retries = 0
     probe.timeout_s = min(PROBE_TIMEOUT_S, client.timeout_s)
     return probe
+
+
+def _release_probe(probe: Any) -> None:
+    """Free what :func:`_quick_probe`'s copy opened, and nothing its original uses.
+
+    ``httpx.Client.close`` closes the client's transport: the probe's own pool when the client built it, but a transport
+    the user passed is the original client's too, and closing it cuts the requests other threads have in flight on it
+    (``ReadError``). That ``httpx.Client`` is only dropped: it has no finalizer, and with a transport given it opens no
+    proxy transports of its own, so nothing is left open."""
+    if probe._transport is None:
+        probe.close()
+    else:
+        probe._client = None
 
 
 def build_from_spec(
