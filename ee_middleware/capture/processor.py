@@ -16,6 +16,7 @@ live.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import threading
@@ -122,6 +123,22 @@ def strict_default() -> bool:
     """Strict capture (raise instead of log) when ``EE_CAPTURE_STRICT`` is on (our test suite sets it); read by
     :func:`~ee_middleware.capture.config.env_flag`, so a misspelt value is refused, as ``CaptureConfig.load`` refuses it."""
     return env_flag("EE_CAPTURE_STRICT") is True
+
+
+_SAME_FAILURES_TO_STOP = 3
+"""Runs of a refused batch written one by one that failed in a row the same way (type and errno): then the store
+refuses every write, and the runs left are reported together instead of each retried (and logged)."""
+
+_WHOLE_STORE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+"""Operating-system errors no smaller write avoids (a full disk, a quota, a read-only or unreadable folder)."""
+
+
+def _refuses_every_write(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) in _WHOLE_STORE_ERRNOS
+
+
+def _trajectories(n: int) -> str:
+    return "1 trajectory" if n == 1 else f"{n} trajectories"
 
 
 class ExperienceSpanProcessor(SpanProcessor):
@@ -338,18 +355,35 @@ class ExperienceSpanProcessor(SpanProcessor):
             self.store.write(trajectories)
             self.stats.trajectories_written += len(trajectories)
         except Exception as exc:  # noqa: BLE001
-            if len(trajectories) == 1:
-                self.report_failure(f"could not write 1 trajectory to {self.store!r}: {exc}", exc)
+            if len(trajectories) == 1 or _refuses_every_write(exc):
+                message = f"could not write {_trajectories(len(trajectories))} to {self.store!r}: {exc}"
+                self.report_failure(message, exc, runs=len(trajectories))
                 return
-            # A batch is stored whole or not at all: one run the store refuses (a record larger than the largest file
-            # this process may write, one it cannot encode) must not take the runs batched with it along. Each is
-            # written on its own, and each that fails again is reported with its own reason.
-            for trajectory in trajectories:
-                try:
-                    self.store.write([trajectory])
-                    self.stats.trajectories_written += 1
-                except Exception as single:  # noqa: BLE001
-                    self.report_failure(f"could not write trajectory {trajectory.id} to {self.store!r}: {single}", single)
+            self._write_one_by_one(trajectories)
+
+    def _write_one_by_one(self, trajectories: list[Trajectory]) -> None:
+        """Write each run of a batch the store refused on its own: a batch is stored whole or not at all, and one run the
+        store refuses (a record larger than the largest file this process may write, one it cannot encode) must not take
+        the runs batched with it along. A store that fails :data:`_SAME_FAILURES_TO_STOP` runs in a row the same way
+        (a remote store timing out) has the rest reported with that failure at once, not retried one by one."""
+        same: tuple[type[BaseException], Any] | None = None
+        in_a_row = 0
+        for position, trajectory in enumerate(trajectories):
+            try:
+                self.store.write([trajectory])
+                self.stats.trajectories_written += 1
+                same, in_a_row = None, 0
+            except Exception as single:  # noqa: BLE001
+                kind = (type(single), getattr(single, "errno", None))
+                in_a_row = in_a_row + 1 if kind == same else 1
+                same = kind
+                left = len(trajectories) - position
+                if _refuses_every_write(single) or in_a_row >= _SAME_FAILURES_TO_STOP:
+                    message = f"could not write {_trajectories(left)} (of {len(trajectories)} batched together) to {self.store!r}: {single}"
+                    self.report_failure(message, single, runs=left)
+                    return
+                message = f"could not write 1 run (of {len(trajectories)} batched together) to {self.store!r}: {single}"
+                self.report_failure(message, single)
 
     def _approve(self, trajectory: Trajectory) -> Trajectory:
         if self.approve_if is None:

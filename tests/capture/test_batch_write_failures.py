@@ -5,11 +5,18 @@ limit, set in a child process, on a real LangGraph graph recorded with ``record_
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, TypedDict
+
+import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 
 from ee_middleware.store import LocalExperienceStore
 
@@ -70,3 +77,77 @@ def test_a_run_the_store_refuses_fails_alone_and_the_runs_batched_with_it_are_st
     tasks = sorted(store.trajectories()["task"].to_list())
     store.close()
     assert tasks == ["after 0", "after 1", "before 0", "before 1"]
+
+
+class _State(TypedDict):
+    messages: Annotated[list, add_messages]
+
+
+def _graph() -> object:
+    builder = StateGraph(_State)
+    builder.add_node("reply", lambda state: {"messages": [("ai", "ok")]})
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    return builder.compile()
+
+
+def _record_batch(agent: object, runs: int) -> object:
+    """Run the agent ``runs`` times while its writer holds them back, so they go to the store as one batch."""
+    processor = agent.recorder.processor  # type: ignore[attr-defined]
+    processor._write_interval = 3600.0
+    for i in range(runs):
+        agent.invoke({"messages": [("user", f"task {i}")]})  # type: ignore[attr-defined]
+    processor._write_interval = 0.0
+    return processor
+
+
+def test_a_full_disk_fails_a_batch_once_not_run_by_run_injected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ENOSPC injected into the spool's writes: no smaller write avoids it, so the batch is reported once (review r5 of
+    # 30e22eb: 100 runs logged 100 errors and wrote 101 times)
+    from ee_middleware import record_experience
+    from ee_middleware.store import spool
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(_graph(), app="ops", store=tmp_path / "store", strict=False, redact=False, offload="thread")
+    processor = _record_batch(agent, 40)
+    writes = []
+    real_write = processor.store.write
+    monkeypatch.setattr(processor.store, "write", lambda batch: writes.append(len(batch)) or real_write(batch))
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool.os, "write", full)
+    with caplog.at_level(logging.ERROR, logger="ee_middleware"):
+        agent.flush()
+    monkeypatch.undo()
+    stats = agent.recorder.stats
+    agent.recorder.close()
+    assert (stats.runs_failed, stats.trajectories_written) == (40, 0)
+    assert len(writes) <= 2 and sum(writes) == 40, writes  # one write per batch, none run by run
+    assert sum("No space left on device" in r.getMessage() for r in caplog.records) == len(writes)
+
+
+class _TimingOutStore(LocalExperienceStore):
+    """A store whose every write times out, as a remote store behind a dead network would."""
+
+    def write(self, trajectories: object) -> int:
+        self.attempts = getattr(self, "attempts", 0) + 1
+        raise TimeoutError("the store's service did not answer within 30 s")
+
+
+def test_a_store_failing_every_write_the_same_way_is_not_asked_run_by_run_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ee_middleware import record_experience
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    store = _TimingOutStore(tmp_path / "store")
+    agent = record_experience(_graph(), app="ops", store=store, strict=False, redact=False, offload="thread")
+    _record_batch(agent, 30)
+    agent.flush()
+    stats = agent.recorder.stats
+    agent.recorder.close()
+    assert (stats.runs_failed, stats.trajectories_written) == (30, 0)
+    assert store.attempts <= 2 * (1 + 3), store.attempts  # per batch: the batch, then 3 runs alone, then the rest at once
+    assert any("did not answer" in e and "batched together" in e for e in stats.errors), stats.errors
