@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -52,6 +53,16 @@ class EvalJob(BaseModel):
         if len(set(suites)) != len(suites):
             raise ValueError(f"a suite is listed twice: {suites}")
         return suites
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _finite_timeout(cls, timeout_s: float) -> float:
+        if not math.isfinite(timeout_s):  # inf passes "> 0", then the model client refuses it (after a run's other stages)
+            raise ValueError(
+                "must be a finite number of seconds (how long one model request may take), e.g. 120, or 3600 for a model "
+                "that may take very long (there is no 'no limit')"
+            )
+        return timeout_s
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> EvalJob:

@@ -46,6 +46,7 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -142,6 +143,16 @@ class Budgets(BaseModel):
     the next call continues it."""
 
 
+def _finite_seconds(value: float) -> float:
+    """``value``, a timeout in seconds, when finite: ``inf`` passes ``> 0`` but fails every request the client sends."""
+    if not math.isfinite(value):
+        raise ValueError(
+            "must be a finite number of seconds (how long one request to the servers may take), e.g. 600, or 3600 for a "
+            "model that may take very long (there is no 'no limit')"
+        )
+    return value
+
+
 class Serving(BaseModel):
     """The model servers the candidate is evaluated on and promoted into (none: evaluated in-process, promoted in the registry)."""
 
@@ -155,7 +166,7 @@ class Serving(BaseModel):
     """The base model's served name (default: the first model the server lists that is not a registered adapter)."""
     max_lora_rank: int | None = Field(None, ge=1)
     """The servers' ``--max-lora-rank`` (default: ``EE_MAX_LORA_RANK``, else 16)."""
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: Annotated[float, AfterValidator(_finite_seconds)] = Field(600.0, gt=0)
     """Seconds per request to the servers (evaluation requests included)."""
 
 
