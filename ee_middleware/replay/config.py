@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
@@ -149,6 +150,16 @@ class ReplayConfig(BaseModel):
             for option, name in fields.items()
             if name not in self.model_fields_set and option not in self.policy_settings
         }
+
+    @field_validator("tool_timeout_s")
+    @classmethod
+    def _finite_tool_timeout(cls, tool_timeout_s: float) -> float:
+        if not math.isfinite(tool_timeout_s):  # inf passes "> 0", then the subprocess sandbox's wait overflows
+            raise ValueError(
+                "must be a finite number of seconds (how long one tool call may run), e.g. 30, or 600 for slow tools "
+                "(there is no 'no limit')"
+            )
+        return tool_timeout_s
 
     @model_validator(mode="after")
     def _requests_fit_the_policy(self) -> ReplayConfig:

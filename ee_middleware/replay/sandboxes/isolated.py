@@ -57,6 +57,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.util
@@ -173,12 +174,13 @@ class SubprocessSandbox(ClosedOnExit):
     ) -> None:
         if not callable(factory):
             raise SandboxError(f"SubprocessSandbox needs a callable factory that returns a sandbox, got {type(factory).__name__}.")
-        if timeout_s is not None and timeout_s <= 0:
-            raise SandboxError(f"timeout_s must be positive or None, got {timeout_s!r}.")
-        if memory_mb is not None and memory_mb <= 0:
-            raise SandboxError(f"memory_mb must be positive or None, got {memory_mb!r}.")
-        if control_timeout_s <= 0:
-            raise SandboxError(f"control_timeout_s must be positive, got {control_timeout_s!r}.")
+        # "0 < x < inf", not "x > 0": inf (and NaN) would pass, then overflow the first wait (or the child's limit)
+        if timeout_s is not None and not 0 < timeout_s < math.inf:
+            raise SandboxError(f"timeout_s must be a finite number of seconds > 0, or None for no limit, got {timeout_s!r}.")
+        if memory_mb is not None and not 0 < memory_mb < math.inf:
+            raise SandboxError(f"memory_mb must be a positive number of MiB, or None for no limit, got {memory_mb!r}.")
+        if not 0 < control_timeout_s < math.inf:
+            raise SandboxError(f"control_timeout_s must be a finite number of seconds > 0, got {control_timeout_s!r}.")
         if max_snapshots < 1:
             raise SandboxError(f"max_snapshots must be at least 1, got {max_snapshots!r}.")
         try:
