@@ -90,7 +90,10 @@ def test_train(tmp_path: Path) -> None:
 def test_eval_run(tmp_path: Path) -> None:
     # --timeout -1 was reported as timeout_s; a gate policy file given to ee eval run ran on the defaults.
     args = ("eval", "run", "--suite", "bfcl:simple:2", "--model-spec", "oracle", "--out", tmp_path / "e")
-    assert "--timeout: Input should be greater than 0 (got -1.0)" in _error(ee(*args, "--timeout", "-1"))
+    negative = ee(*args, "--timeout", "-1")  # a usage error naming the flag (cli.common.positive_seconds)
+    assert negative.exit_code == 2 and "Invalid value for '--timeout': must be a finite number of seconds > 0" in " ".join(
+        negative.output.split()
+    ), negative.output
     gate = _file(tmp_path, "[gate]\nmin_tasks = 1\n")
     assert "has no [eval] table" in _error(ee(*args, "--config", gate))
     typed = _file(tmp_path, '[eval]\ntrials = "2"\ntimeout = 5\n', "eval.toml")
