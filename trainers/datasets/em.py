@@ -80,11 +80,12 @@ _JSON_STRING = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\\\n]|\\.)*'?")
 _TEXT_STRING = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"")
 _JSON_SEPARATOR = re.compile(r"[\s{}\[\],:]+")
 """Between a JSON observation's strings: its punctuation and the whitespace around it, all structure."""
-_TEXT_SEPARATOR = re.compile(r"[\n\r\t\f\v]|\\[nrt]| {2,}|[,;|{}\[\]()<>]|[:.!?](?=\s)")
-"""In plain text: a line break, a tab or a column's gap of 2+ spaces, list/bracket punctuation, and ``:`` or a
-sentence's end before a space (``Error: ...``, ``key: value``). Not a single space, nor ``: / . = & -`` inside a word
-(paths, URLs, timestamps, dotted keys, query strings)."""
-_LINE_BREAK = re.compile(r"[\n\r\t\f\v]|\\[nrt]| {2,}")
+_TEXT_SEPARATOR = re.compile(r"(?P<backslash>\\\\)|[\n\r\t\f\v]|\\[nrt]| {2,}|[,;|{}\[\]()<>]|[:.!?](?=\s)")
+"""In plain text: a line break (or its escape), a tab or a column's gap of 2+ spaces, list/bracket punctuation, and
+``:`` or a sentence's end before a space (``Error: ...``, ``key: value``). Not a single space, nor ``: / . = & -``
+inside a word (paths, URLs, timestamps, dotted keys, query strings), nor an escaped backslash (the ``backslash`` group,
+never a separator: in ``C:\\\\Users\\\\nina`` its second backslash does not start ``\\n``)."""
+_LINE_BREAK = re.compile(r"(?P<backslash>\\\\)|[\n\r\t\f\v]|\\[nrt]| {2,}")
 """Inside a double-quoted string of plain text: its lines (and tab- or column-separated fields) only."""
 _A_VALUE = re.compile(r"0+")
 
@@ -106,16 +107,20 @@ def _separators(observation: str) -> bytearray:
     between = _JSON_SEPARATOR if json_like else _TEXT_SEPARATOR
     done = 0
     for string in (_JSON_STRING if json_like else _TEXT_STRING).finditer(observation):
-        for found in between.finditer(observation, done, string.start()):
-            marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
+        _mark(marks, between, observation, done, string.start())
         # a JSON string holds what the tool wrote (a stdout, a file, a text part): its text's own fields, as plain text
-        inner = _TEXT_SEPARATOR if json_like else _LINE_BREAK
-        for found in inner.finditer(observation, string.start(), string.end()):
-            marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
+        _mark(marks, _TEXT_SEPARATOR if json_like else _LINE_BREAK, observation, string.start(), string.end())
         done = string.end()
-    for found in between.finditer(observation, done):
-        marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
+    _mark(marks, between, observation, done, len(observation))
     return marks
+
+
+def _mark(marks: bytearray, separator: re.Pattern[str], text: str, start: int, end: int) -> None:
+    """Flag in ``marks`` what ``separator`` finds in ``text[start:end]``, read left to right so that an escaped
+    backslash (its ``backslash`` group, left unflagged) is one character: ``\\\\n`` is a backslash and an ``n``."""
+    for found in separator.finditer(text, start, end):
+        if found.lastgroup != "backslash":
+            marks[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
 
 
 def _normal_marked(observation: str) -> tuple[str, str]:

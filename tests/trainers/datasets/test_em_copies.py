@@ -165,3 +165,26 @@ def test_short_values_the_call_holds_only_inside_a_large_blob_cost_a_lookup_each
         assert copies(reasoning, numbers, context=context)
         best = min(best, time.perf_counter() - start)
     assert best < 0.05, f"{best * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        r"C:\Users\nina\Documents\reports\tax returns 2023\travel expenses final.pdf",
+        r"D:\temp\tools\repos\new folder\release notes for the team.txt",
+    ],
+    ids=["users-nina-reports-tax", "temp-tools-repos-new"],
+)
+def test_naming_one_windows_path_whose_folders_start_with_n_r_or_t_is_no_copy(path: str) -> None:
+    """JSON writes each backslash escaped (``\\\\``): its second backslash and the folder's first letter (``\\nina``,
+    ``\\reports``, ``\\tax``) were read as an escaped line break or tab, so the one path counted as several values."""
+    observation = json.dumps({"path": path, "size": 48213, "owner": "jane"})
+    assert not copies(f"The file is at {path}, ready to open.", observation, context="find the file")
+
+
+def test_an_escaped_line_break_after_an_escaped_backslash_still_separates() -> None:
+    """``\\\\`` then ``\\n`` (a path ending in a backslash, then a new line) is a backslash and a line break."""
+    observation = json.dumps({"stdout": "C:\\tools\\\nbuild finished in 12.4 seconds with 0 warnings and 0 errors\n"})
+    _, flags = _normal_marked(observation)
+    text, _ = _normal_marked(observation)
+    assert flags[text.index("build") - 1] == "1"
