@@ -37,7 +37,7 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.evals.tasks import Step as Answer
 from ee_middleware.messages import message_reasoning
-from ee_middleware.models.parsing import CALL_FIELDS, CALL_TYPES, without_reasoning
+from ee_middleware.models.parsing import CALL_FIELDS, CALL_TYPES, MISNAMED_ARGUMENTS, misnamed_arguments, without_reasoning
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
@@ -243,7 +243,7 @@ _CALL_KEYS = ("name", "arguments", "parameters", "function", "tool_calls")
 # opens with a call's key, or it is a list of Python calls; then _opens_a_call reads as much of its first object as there is.
 _OPENS_A_CALL = re.compile(
     r"\[?\s*\{\s*[\"']?(?:" + "|".join(_CALL_KEYS) + r")[\"']?\s*:"  # {"name": "ls", "argu...
-    r"|\[?\s*\{\s*[\"']?type[\"']?\s*:\s*[\"']function[\"']"  # {"type": "function", "func...
+    r"|\[?\s*\{\s*[\"']?type[\"']?\s*:\s*[\"'](?:" + "|".join(sorted(CALL_TYPES)) + r")[\"']"  # {"type": "function", "func...
     r"|\[\s*[A-Za-z_][\w.]*\s*\("  # [ls(path=x)]
 )
 
@@ -256,7 +256,8 @@ def tried_to_call(answer: Answer) -> bool:
     the parser's reason only), so what was written decides: structured ``tool_calls`` (the server's parser took them
     for calls), calls read from the same text beside the unreadable one, a model family's call markup (a
     ``<tool_call>`` block, ...), or JSON in a call's shape (an object with ``arguments``/``parameters``, a ``function``
-    object or ``tool_calls``; one that does not decode whole by its leading JSON, or as far as it goes where it is cut
+    object or ``tool_calls``, or a name with its arguments under a misnamed key, as the parser tells it:
+    :func:`~ee_middleware.models.parsing.misnamed_arguments`; one that does not decode whole by its leading JSON, or as far as it goes where it is cut
     off at ``max_tokens``: :func:`_opens_a_call`)."""
     if not answer.problems:
         return False
@@ -277,8 +278,14 @@ _KEY = re.compile(r""""(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[A-Za-z_]\w*""")
 _STRING = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'""")
 _COLON = re.compile(r"\s*:\s*")
 _COMMA = re.compile(r"\s*,\s*")
-_ARGUMENTS_KEY = re.compile(r"[\"'](?:arguments|parameters)[\"']\s*:")
-"""A call's arguments key further on, after a key a record also has (``{"name": "ls", "size": 4, "arguments": ...``)."""
+_ARGUMENTS_KEY = re.compile(
+    r"[\"'](?:arguments|parameters)[\"']\s*:"
+    r"|[\"'](?:" + "|".join(sorted(MISNAMED_ARGUMENTS)) + r")[\"']\s*:\s*(?:[\"']?\{(?!\s*\})|$)"
+)
+"""A call's arguments key further on, after a key a record also has (``{"name": "ls", "size": 4, "arguments": ...``),
+or a misnamed one holding an object that is not empty (``"input": {"pa``), as the parser tells a call by it."""
+_EMPTY = re.compile(r"""\{\s*\}|\[\s*\]|null|None|""|''|"\{\s*\}"|'\{\s*\}'""")
+"""A misnamed arguments key's value that holds no arguments (:func:`~ee_middleware.models.parsing.misnamed_arguments`)."""
 _SCALAR = re.compile(r"-?\d[\d.eE+-]*|true|false|null|True|False|None")
 """A number or constant as the value of a call's own key (``"index": 0``)."""
 _JSON = json.JSONDecoder()
@@ -313,7 +320,17 @@ def _opens_a_call(text: str) -> bool:
             return True
         if name == "function":
             return text[start : start + 1] in ("{", "")  # OpenAI's {"function": {"name", "arguments"}}
-        if named and (name == "type" or (name in CALL_FIELDS and name != "name")):
+        if named and name in MISNAMED_ARGUMENTS:
+            # {"name": "ls", "args": {"pa: arguments under a misnamed key, which the parser reports (misnamed_arguments)
+            value = _EMPTY.match(text, start)
+            if value is None:
+                opens = text[start : start + 1]
+                if opens in ("{", ""):
+                    return True  # an object's arguments (whole or cut), or cut before its value
+                if opens in ("'", '"') and text[start + 1 :].lstrip()[:1] in ("{", ""):
+                    return True  # JSON text of its arguments, or cut inside it
+                return _ARGUMENTS_KEY.search(text, start) is not None  # a record's field ("params": "110M")
+        elif named and (name == "type" or (name in CALL_FIELDS and name != "name")):
             # a call's own key after its name (an id, an index, a thought, "type": "function"), as the parser reads it
             value = _STRING.match(text, start) or _SCALAR.match(text, start)
             if value is None or value.end() == len(text):
@@ -327,8 +344,12 @@ def _opens_a_call(text: str) -> bool:
             if value is None:
                 return text[start : start + 1] in ("", '"', "'")  # cut inside it, or not a string
             if name == "type":
-                return value.group()[1:-1] == "function"  # {"type": "function", "function": ...}
-            named = True
+                if value.group()[1:-1] not in CALL_TYPES or value.group()[1:-1] == "function":
+                    return value.group()[1:-1] == "function"  # {"type": "function", "function": ...}
+                # {"type": "tool_use", "id": "t1", "name": "ls", "input": {...: a call when its arguments follow
+                return _ARGUMENTS_KEY.search(text, value.end()) is not None
+            else:
+                named = True
         comma = _COMMA.match(text, value.end())
         if comma is None:
             return text[value.end() :].strip() == ""  # cut after the name; closed there, it is a record ({"name": "a.pdf"})
@@ -338,10 +359,14 @@ def _opens_a_call(text: str) -> bool:
 
 def _call_shaped(payload: Any) -> bool:
     """Whether decoded JSON is a tool call's object (``{"name", "arguments"}``, OpenAI's ``{"type", "function"}``, a
-    message's ``tool_calls``), whatever its values: a name alone is not (``{"name": "report.pdf"}`` is a file)."""
+    message's ``tool_calls``, a name with its arguments under a misnamed key such as ``args`` or Anthropic's ``input``:
+    :func:`~ee_middleware.models.parsing.misnamed_arguments`), whatever its values: a name alone is not
+    (``{"name": "report.pdf"}`` is a file, ``{"name": "bert-base", "params": "110M"}`` a record)."""
     if not isinstance(payload, dict):
         return False
-    return "arguments" in payload or "parameters" in payload or isinstance(payload.get("function"), dict) or "tool_calls" in payload
+    if "arguments" in payload or "parameters" in payload or isinstance(payload.get("function"), dict) or "tool_calls" in payload:
+        return True
+    return isinstance(payload.get("name"), str) and misnamed_arguments(payload) is not None
 
 
 class _UnknownTool(Exception):

@@ -594,9 +594,9 @@ def _not_a_calls_shape(item: Mapping[str, Any], name: str, order: ParamOrder | N
     without arguments, or None when it is one: its arguments under a misnamed key; or, ``bare`` (not inside call
     markup), a record's fields beside the name (``{"name": "report.pdf", "size": 48213}``) where no offered tool has that
     name, or an offered tool's arguments written beside its name."""
-    misnamed = [key for key in item if key in _MISNAMED_ARGUMENTS]
-    if misnamed:
-        return f"the call {name!r} has its arguments under {misnamed[0]!r}: a call's arguments go under 'arguments' (or 'parameters')"
+    misnamed = misnamed_arguments(item, bare=bare)
+    if misnamed is not None:
+        return f"the call {name!r} has its arguments under {misnamed!r}: a call's arguments go under 'arguments' (or 'parameters')"
     fields = _record_fields(item) if bare else []
     if not fields:
         return None
@@ -757,11 +757,39 @@ def _looks_like_call(payload: Any, order: ParamOrder | None = None, *, bare: boo
     if not isinstance(name, str):
         return False
     shape = _not_a_calls_shape(payload, name.strip(), order, bare=True)
-    return shape is None or any(key in _MISNAMED_ARGUMENTS for key in payload)
+    return shape is None or misnamed_arguments(payload, bare=True) is not None
 
 
-_MISNAMED_ARGUMENTS = frozenset({"args", "params", "kwargs", "input", "argument", "parameter"})
-"""Keys a model writes a call's arguments under instead of ``arguments``/``parameters`` (Anthropic's ``input``)."""
+MISNAMED_ARGUMENTS = frozenset({"args", "params", "kwargs", "input", "argument", "parameter"})
+"""Keys a model writes a call's arguments under instead of ``arguments``/``parameters`` (Anthropic's ``input``); which of
+them hold arguments: :func:`misnamed_arguments`."""
+
+
+def misnamed_arguments(item: Mapping[str, Any], *, bare: bool = True) -> str | None:
+    """The key of :data:`MISNAMED_ARGUMENTS` under which an object with a ``name`` (and neither ``arguments`` nor
+    ``parameters``) holds its call's arguments, or None: the one rule the parser and ``ee curriculum run`` share.
+
+    An empty value (``{}``, ``null``, ``""``, ``[]``, ``"{}"``) holds none: ``{"name": "pwd", "input": {}}`` is a call
+    without arguments. ``bare`` (plain text, not inside call markup): only an object, or JSON text of one, is arguments,
+    so a record's field of that name (``{"name": "bert-base", "params": "110M"}``) is left to the record rule; inside
+    call markup any other value is arguments misplaced."""
+    for key, value in item.items():
+        if key not in MISNAMED_ARGUMENTS or _empty_arguments(value):
+            continue
+        if not bare or isinstance(value, Mapping) or (isinstance(value, str) and value.lstrip().startswith("{")):
+            return key
+    return None
+
+
+def _empty_arguments(value: Any) -> bool:
+    """Whether a misnamed key's value holds no arguments (``{}``, ``null``, ``""``, ``[]``, or ``"{}"`` as text)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value[:1] == "{" and value[1:].strip() == "}":
+            return True
+    return value is None or (isinstance(value, (Mapping, list, str)) and not value)
+
+
 CALL_FIELDS = frozenset(
     {"name", "id", "call_id", "tool_call_id", "index", "thought", "thoughts", "thinking", "reasoning", "reason", "rationale"}
     | {"explanation", "description", "comment", "note", "notes"}
@@ -774,8 +802,14 @@ CALL_TYPES = frozenset({"function", "tool_call", "tool_use", "function_call", "t
 
 def _record_fields(item: Mapping[str, Any]) -> list[str]:
     """The keys of an object with a ``name`` and no arguments that a call's object does not have (:data:`CALL_FIELDS`;
-    a ``type`` naming a call, as OpenAI's ``"function"``): a file's ``size``, a person's ``email``, a ``"type": "file"``."""
-    return [key for key in item if key not in CALL_FIELDS and not (key == "type" and item.get("type") in CALL_TYPES)]
+    a ``type`` naming a call, as OpenAI's ``"function"``; a misnamed arguments key left empty): a file's ``size``, a person's ``email``, a ``"type": "file"``."""
+    return [
+        key
+        for key, value in item.items()
+        if key not in CALL_FIELDS
+        and not (key == "type" and value in CALL_TYPES)
+        and not (key in MISNAMED_ARGUMENTS and _empty_arguments(value))  # {"name": "pwd", "input": {}}: no arguments
+    ]
 
 
 def _embedded_python(text: str, order: ParamOrder) -> list[ParsedCall]:

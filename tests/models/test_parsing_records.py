@@ -140,3 +140,46 @@ def test_structured_calls_are_not_judged_by_their_shape() -> None:
     message = {"tool_calls": [{"id": "c1", "type": "function", "function": {"name": "pwd"}}]}
     [call] = from_openai_message(message)
     assert isinstance(call, ToolCall) and (call.id, call.name, call.arguments) == ("c1", "pwd", {})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>\n{"name": "pwd", "args": {}}\n</tool_call>',
+        '{"name": "pwd", "params": {}}',
+        '[TOOL_CALLS][{"name": "pwd", "kwargs": {}}]',
+        '{"type": "tool_use", "id": "toolu_1", "name": "pwd", "input": {}}',
+        '<|python_tag|>{"name": "pwd", "params": null}',
+        '{"name": "pwd", "args": ""}',
+        '{"name": "pwd", "args": "{}"}',
+        '{"name": "pwd", "args": []}',
+    ],
+    ids=["markup-args", "params", "mistral-kwargs", "anthropic-input", "python-tag-null", "empty-text", "empty-json-text", "empty-list"],
+)
+def test_a_call_with_an_empty_misnamed_key_is_a_call_without_arguments(text: str) -> None:
+    """Each was read exactly so before 178b4db, which made it a problem ("has its arguments under 'args'")."""
+    for order in (None, OFFERED):
+        [call] = parse_tool_calls(text, param_order=order)
+        assert isinstance(call, ToolCall) and (call.name, call.arguments) == ("pwd", {}), call
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Model {"name": "bert-base", "params": "110M"} fits.\n{"name": "ls", "arguments": {"path": "."}}',
+        'The regulator is {"name": "LM7805", "input": "12V", "output": "5V"}.\nls(path=".")',
+    ],
+    ids=["params-field-then-json-call", "input-field-then-python-call"],
+)
+def test_a_record_whose_field_is_called_params_or_input_does_not_hide_the_call_after_it(text: str) -> None:
+    """A plain value under ``params``/``input`` is a record's field (a model's size, a part's rating), not a call's
+    arguments: the problem "has its arguments under 'params'" stood in for the record, and stopped the Python call's
+    reading."""
+    for order in (None, OFFERED):
+        assert [(c.name, c.arguments) for c in parse_tool_calls(text, param_order=order)] == [("ls", {"path": "."})]
+
+
+def test_misplaced_arguments_of_any_value_inside_call_markup_say_so() -> None:
+    """Inside call markup the object is a call: a plain value under ``params`` is its arguments, misplaced."""
+    [problem] = parse_tool_calls('<tool_call>{"name": "ls", "params": "."}</tool_call>')
+    assert isinstance(problem, ParseProblem) and "has its arguments under 'params'" in problem.problem
