@@ -331,15 +331,24 @@ def positive_seconds(value: float | None) -> float | None:
     return value
 
 
-_HIDDEN_EFFECT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-"""Characters a terminal acts on rather than shows: C0 and C1 controls but newline and tab (ESC starts sequences that
-recolour, clear or overwrite the screen, set the window title or write the clipboard; C1 CSI and OSC do the same on
-some terminals) and the bidi embeddings, overrides and isolates, which reorder the text shown around them."""
+_HIDDEN_EFFECT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+"""Characters a terminal acts on rather than shows, or shows as nothing: C0 and C1 controls but newline and tab (ESC
+starts sequences that recolour, clear or overwrite the screen, set the window title or write the clipboard; C1 CSI and
+OSC do the same on some terminals); the bidi embeddings, overrides and isolates, which reorder the text shown around
+them, and the bidi marks (LRM, RLM, ALM), which move neutral characters such as ``,`` or ``-`` across it; the line and
+paragraph separators (U+2028/9), shown as a line break by some terminals and pagers; the zero-width space, word joiner
+and invisible operators (U+2060-2064) and the BOM (U+FEFF), which hide inside a word (``ad\u200bmin`` looks like
+``admin``).
+
+The zero-width joiner and non-joiner (U+200D, U+200C) are kept where they do their work, between two non-ASCII
+characters: emoji sequences (a ZWJ joins the emoji of 👩‍💻), Persian, Urdu and Indic words. Next to an ASCII character
+or at either end of the text they change nothing shown, and only hide, so they are written out there."""
 
 
 def visible(text: str) -> str:
     """``text`` as a terminal may show it: each character it would act on instead of showing (:data:`_HIDDEN_EFFECT`)
-    written out, ``\\x1b`` for a C0 control or DEL and ``\\u009b``, ``\\u202e`` for a C1 control or a bidi override;
+    written out, ``\\x1b`` for a C0 control or DEL and ``\\u009b``, ``\\u202e`` for a C1 control, a bidi override or mark, or an
+    invisible character that hides in a word (a zero-width joiner only where it joins nothing: see the constant);
     newlines and tabs are kept, and a CRLF line end is a newline. Every text a command prints for a person that comes
     from records, tools, models or files goes through it (:func:`escape` does, for rich markup); ``--json`` answers do
     not: they are a contract, and a program reads them (JSON writes C0 controls as ``\\u001b``, and keeps the others
@@ -349,8 +358,17 @@ def visible(text: str) -> str:
     return _HIDDEN_EFFECT.sub(_written_out, text)
 
 
+_JOINERS = ("\u200c", "\u200d")
+
+
 def _written_out(found: re.Match[str]) -> str:
-    code = ord(found.group())
+    char = found.group()
+    if char in _JOINERS:  # kept between two non-ASCII characters shown as they are (see _HIDDEN_EFFECT)
+        text, at = found.string, found.start()
+        before, after = text[at - 1 : at], text[at + 1 : at + 2]
+        if before > "\x7f" and after > "\x7f" and not _HIDDEN_EFFECT.search(before + after):
+            return char
+    code = ord(char)
     return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
 
 

@@ -29,13 +29,21 @@ from ee_middleware.replay import PythonSandbox
 from ee_middleware.testing import ScriptedChatModel
 
 # Clear the screen, colour, set the title (OSC 0), write the clipboard (OSC 52), a C1 CSI, a right-to-left override
-# and an isolate: what a tool wrapping a CLI, or a hostile page, can return.
-HOSTILE = "\x1b[2J\x1b[31mred\x1b[0m \x1b]0;pwned\x07 \x1b]52;c;aGk=\x07 \x9b1A \u202eevil\u202c \u2066iso\u2069"
+# and an isolate: what a tool wrapping a CLI, or a hostile page, can return. Then characters that show as nothing: bidi
+# marks, line and paragraph separators, a zero-width space, BOM, word joiner, a ZWJ that joins nothing, and one that
+# joins an emoji (kept).
+HOSTILE = (
+    "\x1b[2J\x1b[31mred\x1b[0m \x1b]0;pwned\x07 \x1b]52;c;aGk=\x07 \x9b1A \u202eevil\u202c \u2066iso\u2069"
+    " ad\u200bmin \u200eLRM\u200f\u061c \u2028\u2029 \ufeffBOM x\u2060y ad\u200dmin \U0001f469\u200d\U0001f4bb"
+)
 TASK = "check \x1b[8mhidden\x1b[0m and \u202etxt.exe\u202c"
 ANSWER = "all good \x1b[1A\x1b[2K\u202edone"
 ARGUMENT = "hi \u202eoverride\u202c \x9b"
-RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-"""What must not reach a person's terminal raw (newline and tab are layout)."""
+RAW = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+    "|(?<![^\x00-\x7f])[\u200c\u200d]|[\u200c\u200d](?![^\x00-\x7f])"
+)
+"""What must not reach a person's terminal raw (newline and tab are layout; a ZWJ between two emoji is text)."""
 
 _ticks = itertools.count()
 
@@ -185,5 +193,18 @@ def test_visible_writes_out_what_a_terminal_would_act_on() -> None:
     assert visible("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069") == (
         "\\u202a\\u202b\\u202c\\u202d\\u202e\\u2066\\u2067\\u2068\\u2069"
     )
-    assert visible("ü 日本 ✓ C:\\path \u200b") == "ü 日本 ✓ C:\\path \u200b", "other text is left as it is"
+    assert visible("ü 日本 ✓ C:\\path") == "ü 日本 ✓ C:\\path", "other text is left as it is"
     assert escape("\x1b[31m[bold]x[/]") == "\\x1b[31m\\[bold]x\\[/]", "and markup is escaped after"
+
+
+def test_visible_writes_out_characters_that_show_as_nothing_and_keeps_joiners_that_join() -> None:
+    """Was: bidi marks, line and paragraph separators, zero-width space, word joiner and BOM passed raw (a reader saw
+    ``admin`` for ``ad\\u200bmin``, a line break for U+2028)."""
+    from ee_middleware.cli.common import visible
+
+    assert visible("a\u200eb\u200fc\u061cd") == "a\\u200eb\\u200fc\\u061cd", "LRM, RLM, ALM"
+    assert visible("one\u2028two\u2029") == "one\\u2028two\\u2029", "line and paragraph separators"
+    assert visible("\ufeffad\u200bmin x\u2060y a\u2062b") == "\\ufeffad\\u200bmin x\\u2060y a\\u2062b"
+    assert visible("ad\u200dmin ad\u200cmin \u200d") == "ad\\u200dmin ad\\u200cmin \\u200d", "joining nothing: hidden"
+    for text in ("\U0001f469\u200d\U0001f4bb", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\u0915\u094d\u200d\u0937"):
+        assert visible(text) == text, "an emoji sequence, a Persian word, a Devanagari conjunct: the joiner is their text"
