@@ -19,8 +19,9 @@ number in it replaced, its keys and shape kept (a JSON Schema there, a tool's ``
 only its example, default and constant values are), while one under a weak name (``token``, ``pin``,
 ``boarding_pass``, ``cookie``) is ordinary data; keys are scanned as any text is, and a string that holds JSON (a tool returning ``'{"password": ...}'`` as text) is parsed,
 redacted as data and written back in the same layout (its ``\\uXXXX``, ``\\/`` and ``\\n`` escapes hide nothing from the
-rules). A number goes through the rules as its JSON text: one a rule takes whole (a card number sent as
-``4111111111111111``) becomes its placeholder, a string, as any redacted value is. :meth:`Redactor.redact_text` works on any text, JSON text
+rules). An integer a built-in kind takes whole (a card number sent as ``4111111111111111``) becomes its placeholder,
+a string, as any redacted value is; a float is never taken by a built-in kind; user patterns run over any number's JSON
+text. :meth:`Redactor.redact_text` works on any text, JSON text
 included: it never consumes a quote or a backslash escape, and a bare value after a quoted secret name
 (``"pin": 4821``) becomes a string, so valid JSON stays valid.
 """
@@ -398,7 +399,7 @@ def _is_schema(value: Any) -> bool:
 
 # --- numbers with a check: a card or an IBAN inside a longer run ----------------------------------------------------
 
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_CARD = re.compile(r"(?<![\d-])(?<!\d\.)\d(?:[ -]?\d){12,18}(?![\d-])")
 _DIGIT_GROUP = re.compile(r"\d+")
 _CARD_LAYOUTS = ((4, 4, 4, 4, 3), (4, 4, 4, 4), (4, 6, 5), (4, 6, 4))
 """How cards are written in groups, longest first: 19 digits in fours and a three, 16 in fours, 15 as 4-6-5 (Amex),
@@ -730,6 +731,7 @@ class Redactor:
         enabled = set(rules.enabled_kinds())
         self._builtin = [r for r in BUILTIN_RULES if r.kind in enabled]
         self._secret_keys = "secret" in enabled
+        self._int_kinds = enabled
         extras = extra_patterns.items() if isinstance(extra_patterns, Mapping) else (("custom", p) for p in extra_patterns)
         self._user = [_user_rule(kind, pattern) for kind, pattern in [*rules.patterns.items(), *extras]]
         self._rules = self._builtin + self._user
@@ -757,11 +759,12 @@ class Redactor:
     def placeholder(self, kind: str, value: str | int | float) -> str:
         """``[REDACTED:<kind>]``, or ``[REDACTED:<kind>:<tag>]`` with a salt (same value, same tag).
 
-        A number (a JSON number replaced whole) gets a tag of its own, not that of its digits as text, so that
-        ``on_replace`` (the vault) maps each pseudonym to one value of one JSON type and replay restores the number."""
+        A number (a JSON number replaced whole) gets the tag of its digits as text (the pseudonym recorded for it before
+        numbers were typed, so replaying an older store compares equal); ``on_replace`` gets the number itself, and
+        the vault restores it as a number unless the same tag was also seen as a string (:mod:`~.vault`)."""
         if self.salt is None:
             return f"[REDACTED:{kind}]"
-        text = value if isinstance(value, str) else f"{_NUMBER_TAG}{json.dumps(value)}"
+        text = value if isinstance(value, str) else str(value)
         tag = hmac.new(self.salt, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
         placeholder = f"[REDACTED:{kind}:{tag}]"
         if self.on_replace is not None:
@@ -831,18 +834,36 @@ class Redactor:
         return self.redact_value(value)
 
     def _redact_number(self, value: int | float) -> int | float | str:
-        """A JSON number (``{"card_number": 4111111111111111}``) through the rules, as its JSON text: one a rule takes
-        whole becomes the placeholder (a string), one a rule takes part of becomes its text with the placeholder in it
-        (a user pattern), any other is kept as it is."""
-        text = json.dumps(value)
-        if len(text) < 7 and not self._user:  # no built-in kind matches under 7 digits (_LONG_NUMBER)
+        """A JSON number (``{"card_number": 4111111111111111}``): an integer a built-in kind takes whole (a card number)
+        becomes its placeholder, a string; a float is never a card, a phone number or an id, so no built-in kind
+        applies to one. User patterns run over the number's JSON text, an integer's or a float's: one that takes it
+        whole makes it the placeholder, one that takes part of it makes it its text with the placeholder in it. Any
+        other number is kept as it is (and not remembered: a long list of numbers would fill the clean-text memo)."""
+        if isinstance(value, int):
+            kind = self._whole_int_kind(value)
+            if kind is not None:
+                return self.placeholder(kind, value)
+        if not self._user:
             return value
-        found = self._find(text)
+        text = json.dumps(value)
+        found = list(self._matches(text, self._user))
         if not found:
             return value
         if len(found) == 1 and found[0][:2] == (0, len(text)):
             return self.placeholder(found[0][2], value)
-        return self._apply_rules(text)
+        return self._apply_found(text, found)
+
+    def _whole_int_kind(self, value: int) -> str | None:
+        """The built-in kind that takes integer ``value`` whole, if one does. Of the built-in rules only the card rule
+        matches a run of digits with no separator, letter or sign (:data:`_INT_KINDS`): tested in plain Python, with
+        no regex, since a JSON payload can hold thousands of numbers."""
+        if value < 10**12:  # (fewer than 13 digits, or negative: "-4111..." is no card in text either)
+            return None
+        text = str(value)
+        for kind, check in _INT_KINDS:
+            if kind in self._int_kinds and check(text):
+                return kind
+        return None
 
     def _redact_secret(self, value: Any) -> Any:
         """``value`` below a secret-named key: every string and number in it replaced (placeholders kept), objects and
@@ -857,13 +878,13 @@ class Redactor:
             return self.placeholder("secret", value)
         return value
 
-    def _matches(self, text: str) -> Iterator[tuple[int, int, str, str]]:
-        """(start, end, kind, quote) of each secret in ``text``, its placeholder to be written in ``quote``; earlier
-        rules win where matches overlap."""
-        rules = self._rules
+    def _matches(self, text: str, only: list[Rule] | None = None) -> Iterator[tuple[int, int, str, str]]:
+        """(start, end, kind, quote) of each secret in ``text`` (found by the rules ``only``, else by all), its
+        placeholder to be written in ``quote``; earlier rules win where matches overlap."""
+        rules = self._rules if only is None else only
         lowered = _lower(text)
         seen: dict[Any, Any] = {}  # each prefilter's verdict: searched once, by the gate or the first rule that needs it
-        if not self._could_match(lowered, seen):
+        if only is None and not self._could_match(lowered, seen):
             rules = self._user
         # the spans taken so far (placeholders already there, then matches), sorted and apart: a structure under a
         # secret name can hold thousands of values, each tested against the others
@@ -974,9 +995,13 @@ class Redactor:
         return self.redact_text(text)
 
     def _apply_rules(self, text: str) -> str:
+        return self._apply_found(text, self._find(text))
+
+    def _apply_found(self, text: str, found: list[tuple[int, int, str, str]]) -> str:
+        """``text`` with each of ``found`` (:meth:`_matches`) replaced by its placeholder."""
         replacements = [
             (start, end, quote + self.placeholder(kind, _bare_number(text[start:end]) if quote else text[start:end]) + quote)
-            for start, end, kind, quote in self._find(text)
+            for start, end, kind, quote in found
         ]
         if not replacements:
             return text
@@ -994,8 +1019,10 @@ _IN_SHORT_KEY = re.compile(r"\d|[sr]k_|whsec_|AKIA|ASIA")
 identifiers (``AKIA...``, ``sk_live_...``, ``whsec_...``) start so, and the other kinds that fit (an IBAN without
 spaces) have digits. Other short identifiers (``role``, ``order_id``) are JSON keys not scanned."""
 
-_NUMBER_TAG = "\x00number:"
-"""Put before a number's JSON text to make its pseudonym tag (no value a text rule matches starts so)."""
+_INT_KINDS: tuple[tuple[str, Callable[[str], bool]], ...] = (("credit_card", _is_card),)
+"""The built-in kinds whose rule matches a JSON integer's text whole (digits alone, 13 or more), with the test that
+says so. No other does: an IBAN starts with letters, an SSN, a phone number or an IP address needs a separator, a
+``+`` or a dot, the key and token kinds need letters (tests/capture/test_redaction_numbers.py checks this)."""
 
 _CLEAN_MEMO_CHARS = 4_000_000
 """Characters of clean text a redactor remembers at most (texts over 1/64 of it are not kept)."""

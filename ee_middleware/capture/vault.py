@@ -10,12 +10,15 @@ not carry it), or the path given as ``vault=PATH``. The store's ``redaction.json
 
 Format (JSON lines, owner-only ``0600``, append-only)::
 
-    {"format": "ee-redaction-vault", "version": 1, "encryption": null}
+    {"format": "ee-redaction-vault", "version": 2, "encryption": null}
     {"p": "[REDACTED:email:1a2b3c4d]", "v": "emma.kim21@example.com"}
     {"p": "[REDACTED:secret:5e6f7a8b]", "v": 4821}
 
 ``"v"`` keeps the value's JSON type: a number replaced whole (a ``pin`` of 4821, a card number sent as a JSON number)
-is written as a number and restored as one (its pseudonym differs from that of the same digits in text).
+is written as a number and restored as one. Its pseudonym is that of its digits as text (the one stores recorded before
+numbers were typed hold): where one pseudonym was written both as a string and as a number, the string is restored, as
+it was before. Version 1 vaults (strings only) are read as they are; a vault of a newer version than this code reads is
+refused with a message saying so.
 
 With ``EE_VAULT_KEY`` set (a Fernet key: ``python -c "from ee_middleware.capture.vault import
 new_key; print(new_key())"``) values are encrypted (``"c"`` instead of ``"v"``; the header has
@@ -41,6 +44,9 @@ from ee_middleware.errors import ConfigError
 
 FORMAT = "ee-redaction-vault"
 KEY_ENV = "EE_VAULT_KEY"
+VERSION = 2
+"""The vault format this code writes and reads: 2 holds numbers as numbers (``"v": 4821``, encrypted ``"n"``); 1, the
+older one, only strings (read as they are)."""
 _KEY_CHECK = b"ee-redaction-vault"
 AMBIGUOUS = object()
 """What :meth:`Vault.lookup` returns for a placeholder recorded with two different values."""
@@ -92,7 +98,7 @@ class Vault:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except FileExistsError:
             return
-        header: dict[str, Any] = {"format": FORMAT, "version": 1, "encryption": None}
+        header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "encryption": None}
         if key:
             header.update(encryption="fernet", key_check=_cipher(key).encrypt(_KEY_CHECK).decode())
         try:
@@ -115,6 +121,12 @@ class Vault:
             raise ConfigError(f"The redaction vault {self.path} is unreadable ({exc}).") from exc
         if header.get("format") != FORMAT:
             raise ConfigError(f"{self.path} is not a redaction vault (its first line says format={header.get('format')!r}).")
+        version = header.get("version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
+            raise ConfigError(
+                f"The redaction vault {self.path} has format version {version!r}, newer than this ee-middleware reads "
+                f"(version {VERSION} at most). Upgrade ee-middleware to replay with it."
+            )
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
             raise ConfigError(
                 f"The redaction vault {self.path} is readable by others (mode {stat.filemode(info.st_mode)}) or not yours; "
@@ -158,14 +170,22 @@ class Vault:
                 self._remember(placeholder, value)
 
     def _remember(self, placeholder: str, value: str | int | float) -> bool:
+        """Record ``value`` for ``placeholder``; whether that changed what it stands for. A number and its digits as
+        text share a pseudonym (``pin=4821`` and ``"pin is 4821"``): where both were seen the string is kept, what
+        replay gave before numbers were typed."""
         known = self._values.get(placeholder)
         if known is None:
             self._values[placeholder] = value
             return True
-        if known is not AMBIGUOUS and (known != value or type(known) is not type(value)):
-            self._values[placeholder] = AMBIGUOUS
+        if known is AMBIGUOUS or (known == value and type(known) is type(value)):
+            return False
+        if isinstance(known, str) != isinstance(value, str) and _text(known) == _text(value):
+            if isinstance(known, str):
+                return False
+            self._values[placeholder] = value
             return True
-        return False
+        self._values[placeholder] = AMBIGUOUS
+        return True
 
     # --- use ---
 
@@ -175,10 +195,8 @@ class Vault:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise TypeError(f"A vault value is a string or a number, not {type(value).__name__} ({placeholder}).")
         with self._lock:
-            known = self._values.get(placeholder)
-            if (known == value and type(known) is type(value)) or known is AMBIGUOUS:
+            if not self._remember(placeholder, value):
                 return
-            self._remember(placeholder, value)
             if self._cipher is None:
                 entry = {"p": placeholder, "v": value}
             elif isinstance(value, str):
@@ -214,6 +232,11 @@ class Vault:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+
+
+def _text(value: str | int | float) -> str:
+    """A vault value as text: a number as the digits its pseudonym was made of (:meth:`Redactor.placeholder`)."""
+    return value if isinstance(value, str) else str(value)
 
 
 _OPEN: dict[tuple[str, int, int, str | None], Vault] = {}

@@ -22,7 +22,7 @@ from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 
 UNLOCK = {"account": "A-7", "pin": 4821, "otp_secret": 0.5, "access_token": {"ttl": 3600, "scopes": ["read", 2]}}
-CHARGE = {"card_number": 4111111111111111, "amount": 12.5, "card_text": "4111 1111 1111 1111", "note": "paid with 4111111111111111 today"}
+CHARGE = {"card_number": 4111111111111111, "amount": 12.5, "card_text": "4111 1111 1111 1111", "note": "paid with 5555555555554444 today"}
 
 
 @tool
@@ -72,18 +72,26 @@ def test_replay_restores_redacted_numbers_as_the_numbers_recorded(tmp_path: Path
         assert json.dumps(restored.arguments) == json.dumps(original), "same JSON types (4821, not '4821'; 0.5, not '0.5')"
 
 
-def test_a_number_and_the_same_digits_in_text_get_their_own_pseudonyms_and_both_restore(tmp_path: Path) -> None:
+def test_a_number_and_the_same_digits_in_text_share_a_pseudonym_and_replay_gives_the_string_as_before(tmp_path: Path) -> None:
+    """A number's pseudonym is that of its digits as text (what stores recorded before numbers were typed hold); a
+    pseudonym the vault saw both as a string and as a number is restored as the string, a number-only one as the
+    number."""
     vault = Vault(tmp_path / "v.vault", create=True)
     redactor = Redactor(salt=b"s" * 32, on_replace=vault.add)
-    redacted = redactor.redact_value({"pin": 4821, "pin_text": "4821", "card": 4111111111111111, "said": "card 4111111111111111"})
-    assert redacted["pin"] != redacted["pin_text"] and redacted["card"] not in redacted["said"]
+    redacted = redactor.redact_value({"pin": 4821, "said": "pin=4821", "code_pin": 7301, "card": 4111111111111111})
+    assert redacted["pin"] == redactor.placeholder("secret", "4821") and redacted["said"] == f"pin={redacted['pin']}"
     privacy = ReplayPrivacy(None, None, str(tmp_path / "v.vault"))
     restored, unrestored = privacy.restore(ToolCall(id="c", name="t", arguments=redacted))
     assert unrestored == []
-    assert restored.arguments == {"pin": 4821, "pin_text": "4821", "card": 4111111111111111, "said": "card 4111111111111111"}
+    assert restored.arguments == {"pin": "4821", "said": "pin=4821", "code_pin": 7301, "card": 4111111111111111}
+    # the same in the other order, and read back from the file
+    vault2 = Vault(tmp_path / "w.vault", create=True)
+    vault2.add(redacted["code_pin"], 7301)
+    vault2.add(redacted["code_pin"], "7301")
+    assert vault2.lookup(redacted["code_pin"]) == "7301" and Vault(tmp_path / "w.vault").lookup(redacted["code_pin"]) == "7301"
     # a number's placeholder inside a longer text is restored as its digits
-    quoted, _ = privacy.restore(ToolCall(id="c", name="t", arguments={"q": f"pin {redacted['pin']}!"}))
-    assert quoted.arguments == {"q": "pin 4821!"}
+    quoted, _ = privacy.restore(ToolCall(id="c", name="t", arguments={"q": f"code {redacted['code_pin']}!"}))
+    assert quoted.arguments == {"q": "code 7301!"}
 
 
 def test_an_older_vault_with_string_values_still_restores_them(tmp_path: Path) -> None:
