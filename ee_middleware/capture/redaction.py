@@ -740,6 +740,9 @@ class Redactor:
         # texts seen lately in which no rule matched (a system prompt, the tool list, a repeated
         # tool result or task): not scanned again; bounded by _CLEAN_MEMO_CHARS in all
         self._clean_texts: dict[str, None] = {}
+        # JSON texts holding escapes that _clean_json found clean with them decoded (the raw-scan memo above says
+        # nothing about what escapes hide)
+        self._clean_json_texts: dict[str, None] = {}
         self._clean_chars = 0
 
     @property
@@ -928,13 +931,15 @@ class Redactor:
         """Whether no rule matches in ``text`` (remembered for recent clean texts)."""
         return not self._find(text, first_only=True)
 
-    def _remember_clean(self, text: str) -> None:
+    def _remember_clean(self, text: str, memo: dict[str, None] | None = None) -> None:
+        """Remember ``text`` as clean in ``memo`` (the raw-scan memo by default); both memos share one budget."""
         if len(text) > _CLEAN_MEMO_CHARS // 64:
             return
         if self._clean_chars + len(text) > _CLEAN_MEMO_CHARS:
             self._clean_texts.clear()  # simpler than an LRU, and rare: the memo holds hundreds of texts
+            self._clean_json_texts.clear()
             self._clean_chars = 0
-        self._clean_texts[text] = None
+        (self._clean_texts if memo is None else memo)[text] = None
         self._clean_chars += len(text)
 
     def _could_match(self, lowered: str, seen: dict[Any, Any] | None = None) -> bool:
@@ -954,8 +959,11 @@ class Redactor:
         decoded, where there are any)."""
         if self.custom is not None or '\\\\\\"' in text:
             return False
-        if "\\" not in text or text in self._clean_texts:
+        if "\\" not in text:
             return self._no_match(text)
+        # (not the raw-text memo: a text holding escapes whose raw scan found nothing may hide a secret behind them)
+        if text in self._clean_json_texts:
+            return True
         view = _decode_escapes(text)  # what the strings say
         if not self._no_match(view):
             return False
@@ -963,7 +971,7 @@ class Redactor:
             deeper = _decode_escapes(view, deeper=True)
             if deeper != view and not self._no_match(deeper):
                 return False
-        self._remember_clean(text)
+        self._remember_clean(text, self._clean_json_texts)
         return True
 
     def redact_json(self, value: Any) -> str:
