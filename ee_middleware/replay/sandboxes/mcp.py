@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import shutil
 import socket
@@ -528,8 +529,11 @@ class McpSandbox(ClosedOnExit):
                 raise SandboxError(f"McpSandbox server {name!r} is a {type(spec).__name__}, not an McpServer(command, args, env, ...).")
         if isinstance(allow_open_world, str):
             allow_open_world = [allow_open_world]
-        if timeout_s <= 0 or start_timeout_s <= 0:
-            raise SandboxError(f"timeout_s and start_timeout_s must be positive, got {timeout_s!r} and {start_timeout_s!r}.")
+        if not (0 < timeout_s < math.inf and 0 < start_timeout_s < math.inf):  # (NaN too; inf fails every call's wait)
+            raise SandboxError(
+                f"timeout_s and start_timeout_s must be finite numbers of seconds > 0, got {timeout_s!r} and {start_timeout_s!r} "
+                "(e.g. timeout_s = 600 for a slow tool; there is no 'no limit')."
+            )
         self.kind = kind
         self.servers = dict(servers)
         self.allow_open_world = frozenset(allow_open_world)
