@@ -775,8 +775,12 @@ class Redactor:
         return placeholder
 
     def redact_text(self, text: str) -> str:
-        """Return ``text`` with every secret replaced by its placeholder."""
+        """Return ``text`` with every secret replaced by its placeholder. JSON objects and arrays written inside it
+        with backslash escapes (an error ``API error 422: {"email": "m\\u00fcller@..."}``) are read through their
+        escapes, as :meth:`redact_value` reads a string holding JSON."""
         if self._rules and text:
+            if "\\" in text and ('{"' in text or '["' in text) and _HIDING_ESCAPE.search(text):
+                text = self._redact_embedded_json(text)
             text = self._apply_rules(text)
         if self.custom is not None:
             text = self.custom(text)
@@ -987,6 +991,17 @@ class Redactor:
 
     def _redact_string(self, text: str) -> str:
         stripped = text.strip()
+        if len(stripped) > 1 and stripped[0] == stripped[-1] == '"' and "\\" in stripped:  # json.dumps("<a string>")
+            try:
+                inner = json.loads(stripped)
+            except ValueError:
+                inner = None
+            if isinstance(inner, str):
+                redacted = self._redact_string(inner)
+                if redacted == inner:
+                    return text
+                start = text.index('"')
+                return text[:start] + _dump_like(redacted, inner, stripped) + text[start + len(stripped) :]
         if len(stripped) > 1 and stripped[0] in "{[" and stripped[-1] in "}]":
             if self._clean_json(stripped):
                 return text
@@ -1001,6 +1016,29 @@ class Redactor:
                 start = text.index(stripped[0])
                 return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
         return self.redact_text(text)
+
+    def _redact_embedded_json(self, text: str) -> str:
+        """``text`` with each JSON object or array inside it that holds an escape redacted as data and written back
+        in its layout (at most :data:`_EMBEDDED_TRIES` starts tried: a parse fails fast on prose)."""
+        out, last, tries = [], 0, 0
+        for start in _EMBEDDED_START.finditer(text):
+            if start.start() < last:
+                continue
+            tries += 1
+            if tries > _EMBEDDED_TRIES:
+                break
+            try:
+                data, end = _DECODER.raw_decode(text, start.start())
+            except ValueError:
+                continue
+            segment = text[start.start() : end]
+            if not isinstance(data, (dict, list)) or not _HIDING_ESCAPE.search(segment):
+                continue
+            redacted = self.redact_value(data)
+            if redacted != data:
+                out += [text[last : start.start()], _dump_like(redacted, data, segment)]
+                last = end
+        return "".join(out) + text[last:] if out else text
 
     def _apply_rules(self, text: str) -> str:
         return self._apply_found(text, self._find(text))
@@ -1031,6 +1069,13 @@ _INT_KINDS: tuple[tuple[str, Callable[[str], bool]], ...] = (("credit_card", _is
 """The built-in kinds whose rule matches a JSON integer's text whole (digits alone, 13 or more), with the test that
 says so. No other does: an IBAN starts with letters, an SSN, a phone number or an IP address needs a separator, a
 ``+`` or a dot, the key and token kinds need letters (tests/capture/test_redaction_numbers.py checks this)."""
+
+_EMBEDDED_START = re.compile(r"[{\[](?=\s*[\"{\[\]}])")
+"""Where a JSON object or array may start inside text (a ``{`` or ``[`` before a quote or a bracket)."""
+_EMBEDDED_TRIES = 16
+_HIDING_ESCAPE = re.compile(r"\\[u/nrtbf]")
+"""An escape that hides what it stands for from the rules (:data:`_SIMPLE_ESCAPES`, ``\\uXXXX``)."""
+_DECODER = json.JSONDecoder()
 
 _CLEAN_MEMO_CHARS = 4_000_000
 """Characters of clean text a redactor remembers at most (texts over 1/64 of it are not kept)."""
