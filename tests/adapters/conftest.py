@@ -85,7 +85,8 @@ def local_server(tiny_base: Path) -> Iterator[Any]:
     command = local_command(
         str(tiny_base), port=port, served_model_name="tiny-base", max_lora_rank=8, chat_template=str(template_path("smollm2-tools"))
     )
-    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server")
+    # ends with this test process even when it is killed (a CI timeout, Ctrl-C twice): a module's server is up longest
+    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server", end_with_parent=True)
     with server:
         yield server
     assert not server.running()
